@@ -1,0 +1,101 @@
+"""avatarbench web app: composes the engine and the ui/ tabs into one Gradio Blocks and serves it.
+
+Flags become settings (so the doctor and every tab see the same values). Hugging Face
+Spaces runs this file directly and sets GRADIO_SERVER_NAME/PORT, which are the defaults here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+import gradio as gr
+
+from engine.device import DeviceChoice, DeviceError, resolve_device, set_memory_fraction
+from engine.settings import PREFIX, Settings, SettingsError, get_settings, validate_device_spec
+from engine.telemetry import TelemetrySampler, get_sampler
+from ui.style import CSS
+from ui.system import DoctorCache, build_system_tab
+from ui.telemetry import build_telemetry_panel
+
+log = logging.getLogger("avatarbench")
+
+
+def device_banner(choice: DeviceChoice) -> str:
+    from engine.device import capabilities
+
+    caps = capabilities(choice.device)
+    if choice.is_cuda:
+        return f"**avatarbench** · running on `{choice.device}` **{caps.name}** · {', '.join(caps.precisions)}"
+    return f"**avatarbench** · ⚠️ **CPU fallback**: {choice.reason}. Every tab works, more slowly."
+
+
+def build_app(settings: Settings, choice: DeviceChoice, sampler: TelemetrySampler) -> gr.Blocks:
+    doctor = DoctorCache(settings)
+    doctor.warm_up()
+    with gr.Blocks(title="avatarbench", analytics_enabled=False) as demo:
+        gr.Markdown(device_banner(choice), elem_id="device-banner")
+        timer = build_telemetry_panel(demo, sampler)
+        with gr.Tabs(), gr.Tab("System", id="system"):
+            build_system_tab(demo, settings, sampler, timer, choice, doctor)
+    return demo
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="avatarbench serve", description="Serve the avatarbench web app.")
+    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
+    parser.add_argument("--share", action="store_true", help="create a public Gradio share link")
+    parser.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default: settings)")
+    parser.add_argument("--auth", default=None, metavar="USER:PASS", help="require this login")
+    args = parser.parse_args(argv)
+    if args.auth is not None:
+        user, sep, password = args.auth.partition(":")
+        if not sep or not user or not password:
+            parser.error("--auth must be USER:PASS with both parts non-empty")
+        args.auth = (user, password)
+    if args.device is not None:
+        try:
+            args.device = validate_device_spec(args.device)
+        except SettingsError as exc:
+            parser.error(str(exc))
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    args = parse_args(argv)
+    if args.device is not None:
+        os.environ[PREFIX + "DEVICE"] = args.device
+        get_settings.cache_clear()
+    try:
+        settings = get_settings()
+        settings.ensure_dirs()
+        choice = resolve_device(settings.device)
+    except (SettingsError, DeviceError, OSError) as exc:
+        print(f"avatarbench: {exc}", file=sys.stderr)
+        return 2
+    if set_memory_fraction(settings.gpu_memory_fraction, choice.device):
+        log.info("GPU memory fraction for this process: %s", settings.gpu_memory_fraction)
+    log.info("device: %s (%s)", choice.device, choice.reason)
+    sampler = get_sampler(settings.telemetry_interval_s, settings.telemetry_history_s)
+    demo = build_app(settings, choice, sampler)
+    demo.queue(default_concurrency_limit=1)
+    demo.launch(
+        server_name=args.host,
+        server_port=args.port,
+        share=args.share,
+        auth=args.auth,
+        max_file_size=settings.max_upload_bytes,
+        allowed_paths=[str(settings.outputs_dir)],
+        theme=gr.themes.Soft(),
+        css=CSS,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""The result type every capability returns.
+
+A run is a sequence of named stages; each stage's wall time is recorded as it happens, so
+the slowest stage is always visible. Peak host memory (this process's high-water RSS) and
+peak GPU memory (the PyTorch allocator's high-water mark) are read at the end. The object
+is plain data: picklable and JSON-serialisable, never holding tensors, so it can come back
+from a ZeroGPU worker or another process unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class StageTiming:
+    name: str
+    seconds: float
+    items: int | None = None  # frames, batches or samples handled, where that makes sense
+
+    @property
+    def items_per_s(self) -> float | None:
+        if not self.items or self.seconds <= 0:
+            return None
+        return self.items / self.seconds
+
+
+@dataclass
+class RunResult:
+    """Outputs plus everything needed to judge the run: where time and memory went, what ran."""
+
+    device: str = "cpu"
+    device_name: str = ""
+    precision: str = "fp32"
+    outputs: dict[str, str] = field(default_factory=dict)
+    stages: list[StageTiming] = field(default_factory=list)
+    peak_host_bytes: int | None = None
+    peak_gpu_bytes: int | None = None
+    warnings: list[str] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @contextmanager
+    def stage(self, name: str, items: int | None = None) -> Iterator[StageTiming]:
+        """Time a stage; the caller may set `.items` on the yielded record before it closes.
+
+        On CUDA the caller synchronises before leaving the block where the stage's last work
+        is asynchronous, so the wall time is the work's time and not only the launch's.
+        """
+        record = StageTiming(name=name, seconds=0.0, items=items)
+        start = time.perf_counter()
+        try:
+            yield record
+        finally:
+            record.seconds = time.perf_counter() - start
+            self.stages.append(record)
+
+    def warn(self, message: str) -> None:
+        if message not in self.warnings:
+            self.warnings.append(message)
+
+    @property
+    def total_seconds(self) -> float:
+        return sum(s.seconds for s in self.stages)
+
+    @property
+    def slowest_stage(self) -> StageTiming | None:
+        return max(self.stages, key=lambda s: s.seconds, default=None)
+
+    def record_peaks(self, torch_device: Any = None) -> None:
+        """Fill peak host and GPU memory; call once at the end of the run."""
+        self.peak_host_bytes = peak_host_rss_bytes()
+        if torch_device is not None and getattr(torch_device, "type", None) == "cuda":
+            import torch
+
+            self.peak_gpu_bytes = int(torch.cuda.max_memory_allocated(torch_device))
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["total_seconds"] = self.total_seconds
+        slowest = self.slowest_stage
+        out["slowest_stage"] = slowest.name if slowest else None
+        return out
+
+    def to_json(self, **kwargs: Any) -> str:
+        return json.dumps(self.to_dict(), default=str, **kwargs)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunResult:
+        data = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        data["stages"] = [StageTiming(**s) for s in data.get("stages", [])]
+        return cls(**data)
+
+
+def peak_host_rss_bytes() -> int | None:
+    """This process's high-water resident set size, or None where the OS does not say."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # Linux reports KiB, macOS bytes.
+    return int(peak if sys.platform == "darwin" else peak * 1024)

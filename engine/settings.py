@@ -1,0 +1,133 @@
+"""Settings read from AVATARBENCH_* environment variables.
+
+One frozen object, built once per process, so every module (and the doctor) sees the
+same paths and limits. A bad value stops start-up with a message naming the variable
+and what it accepts, rather than surfacing later as an odd failure.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+PREFIX = "AVATARBENCH_"
+
+
+class SettingsError(ValueError):
+    """An AVATARBENCH_* variable holds a value we cannot use."""
+
+
+def _default_data_dir() -> Path:
+    # Hugging Face Spaces mounts persistent storage at /data; use it when it is writable.
+    spaces_storage = Path("/data")
+    if spaces_storage.is_dir() and os.access(spaces_storage, os.W_OK):
+        return spaces_storage / "avatarbench"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "avatarbench"
+
+
+def _env(env: dict[str, str], name: str) -> str | None:
+    value = env.get(PREFIX + name)
+    return value.strip() if value is not None and value.strip() else None
+
+
+def _number(env: dict[str, str], name: str, default: float, lo: float, hi: float, kind: type = float):
+    raw = _env(env, name)
+    if raw is None:
+        return kind(default)
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise SettingsError(f"{PREFIX}{name}={raw!r} is not a {kind.__name__}; expected {lo}..{hi}") from None
+    if not lo <= value <= hi:
+        raise SettingsError(f"{PREFIX}{name}={raw!r} is out of range; expected {lo}..{hi}")
+    return value
+
+
+def validate_device_spec(spec: str) -> str:
+    """Accept auto, cpu, cuda or cuda:N; anything else is an error naming what is accepted."""
+    spec = spec.strip().lower()
+    if spec in ("auto", "cpu", "cuda"):
+        return spec
+    if spec.startswith("cuda:") and spec[5:].isdigit():
+        return spec
+    raise SettingsError(f"device {spec!r} is not one of auto, cpu, cuda, cuda:N")
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path
+    weights_dir: Path
+    device: str = "auto"
+    max_upload_mb: int = 500
+    gpu_memory_fraction: float = 0.9
+    telemetry_interval_s: float = 1.0
+    telemetry_history_s: int = 600
+    cpu_workers: int = 2
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.data_dir / "cache"
+
+    @property
+    def outputs_dir(self) -> Path:
+        return self.data_dir / "outputs"
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "avatarbench.sqlite3"
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return self.max_upload_mb * 1024 * 1024
+
+    def ensure_dirs(self) -> None:
+        for path in (self.data_dir, self.weights_dir, self.cache_dir, self.outputs_dir):
+            path.mkdir(parents=True, exist_ok=True)
+
+    def as_dict(self) -> dict[str, object]:
+        out = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items() if k != "extra"}
+        out.update(cache_dir=str(self.cache_dir), outputs_dir=str(self.outputs_dir), db_path=str(self.db_path))
+        return out
+
+
+# name, meaning: shown by the README and the System tab so the two never disagree.
+DOCUMENTED = {
+    "DATA_DIR": "cache, outputs and the SQLite database (default /data/avatarbench on a Space "
+    "with persistent storage, else ~/.cache/avatarbench)",
+    "WEIGHTS_DIR": "where model weights are looked up (default DATA_DIR/weights)",
+    "DEVICE": "auto | cpu | cuda | cuda:N (default auto)",
+    "MAX_UPLOAD_MB": "largest accepted upload in MiB, 1..100000 (default 500)",
+    "GPU_MEMORY_FRACTION": "share of GPU memory this process may allocate, 0.05..1.0 (default 0.9)",
+    "TELEMETRY_INTERVAL": "seconds between telemetry samples, 0.1..60 (default 1.0)",
+    "TELEMETRY_HISTORY": "seconds of telemetry history kept, 10..86400 (default 600)",
+    "CPU_WORKERS": "worker threads for CPU jobs, 1..64 (default 2)",
+}
+
+
+def load_settings(env: dict[str, str] | None = None) -> Settings:
+    """Build settings from the environment (or the mapping given, for tests)."""
+    env = dict(os.environ if env is None else env)
+    data_dir = Path(_env(env, "DATA_DIR") or _default_data_dir()).expanduser()
+    weights_dir = Path(_env(env, "WEIGHTS_DIR") or data_dir / "weights").expanduser()
+    known = {PREFIX + name for name in DOCUMENTED}
+    return Settings(
+        data_dir=data_dir,
+        weights_dir=weights_dir,
+        device=validate_device_spec(_env(env, "DEVICE") or "auto"),
+        max_upload_mb=_number(env, "MAX_UPLOAD_MB", 500, 1, 100_000, int),
+        gpu_memory_fraction=_number(env, "GPU_MEMORY_FRACTION", 0.9, 0.05, 1.0),
+        telemetry_interval_s=_number(env, "TELEMETRY_INTERVAL", 1.0, 0.1, 60.0),
+        telemetry_history_s=_number(env, "TELEMETRY_HISTORY", 600, 10, 86_400, int),
+        cpu_workers=_number(env, "CPU_WORKERS", 2, 1, 64, int),
+        extra={k: v for k, v in env.items() if k.startswith(PREFIX) and k not in known},
+    )
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return load_settings()

@@ -1,0 +1,113 @@
+"""End to end: app.py in a subprocess, driven through gradio_client and a real headless Chromium."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+
+import pytest
+from conftest import RunningApp, chromium_path, stop_app
+
+pytest.importorskip("gradio_client")
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def client(running_app: RunningApp):
+    from gradio_client import Client
+
+    return Client(running_app.url, verbose=False)
+
+
+def test_api_page_lists_the_endpoints(client) -> None:
+    api = client.view_api(print_info=False, return_format="dict")
+    names = set(api["named_endpoints"])
+    assert {"/doctor", "/telemetry", "/device"} <= names
+
+
+def test_doctor_endpoint_reports_every_check_with_a_fix(client) -> None:
+    report = client.predict(fresh=True, api_name="/doctor")
+    names = [c["name"] for c in report["checks"]]
+    for expected in (
+        "python",
+        "pytorch",
+        "nvidia-driver",
+        "device",
+        "onnxruntime-packages",
+        "onnxruntime-cuda",
+        "onnxruntime-tensorrt",
+        "video-encoders",
+        "disk",
+        "settings",
+    ):
+        assert expected in names
+    assert report["status"] in ("ok", "warning", "problem")
+    for check in report["checks"]:
+        assert check["status"] in ("ok", "warning", "problem")
+        assert check["fix"].strip()
+        assert check["found"].strip()
+
+
+def test_telemetry_endpoint_returns_live_host_figures(client) -> None:
+    import psutil
+
+    first = client.predict(history_seconds=30, api_name="/telemetry")
+    snap = first["snapshot"]
+    assert snap["host"]["ram_total_bytes"] == psutil.virtual_memory().total
+    assert snap["host"]["process_rss_bytes"] > 10 * 2**20
+    assert "Host: CPU" in first["table"]
+    if not snap["gpus"]:
+        assert snap["gpu_status"].startswith("no NVIDIA GPU visible (")
+    time.sleep(1.2)
+    second = client.predict(history_seconds=30, api_name="/telemetry")
+    assert second["snapshot"]["timestamp"] > snap["timestamp"]
+    assert len(second["history"]) >= 2
+
+
+def test_device_endpoint(client) -> None:
+    info = client.predict(api_name="/device")
+    assert info["device"].startswith(("cpu", "cuda"))
+    assert "fp32" in info["capabilities"]["precisions"]
+
+
+@pytest.mark.browser
+def test_page_shows_tabs_and_live_telemetry(running_app: RunningApp, tmp_path) -> None:
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=chromium_path(),
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1100})
+            page.goto(running_app.url, wait_until="domcontentloaded")
+            page.get_by_role("tab", name="System").wait_for(timeout=60_000)
+            stamp = page.locator("#telemetry-timestamp")
+            sync_api.expect(stamp).to_contain_text("Updated", timeout=60_000)
+            first = stamp.inner_text()
+            sync_api.expect(stamp).not_to_have_text(first, timeout=20_000)
+            second = stamp.inner_text()
+            assert first != second and "Updated" in second
+            sync_api.expect(page.locator("#doctor-report")).to_contain_text("onnxruntime-cuda", timeout=120_000)
+            page.wait_for_timeout(1500)  # let the plots draw their first history
+            page.screenshot(path=str(tmp_path / "app.png"), full_page=True)
+            assert (tmp_path / "app.png").stat().st_size > 10_000
+            if os.environ.get("AB_SCREENSHOT_TO"):  # `make screenshot` refreshes the README's
+                shutil.copy(tmp_path / "app.png", os.environ["AB_SCREENSHOT_TO"])
+        finally:
+            browser.close()
+
+
+def test_app_stops_cleanly_on_ctrl_c(running_app: RunningApp) -> None:
+    code = stop_app(running_app)
+    assert code in (0, 130), running_app.log()[-2000:]

@@ -1,0 +1,112 @@
+import pytest
+import torch
+
+from engine.device import (
+    DeviceError,
+    apply_backend_flags,
+    capabilities,
+    current_backend_flags,
+    is_out_of_memory,
+    precision_dtype,
+    resolve_device,
+    run_with_oom_backoff,
+    set_memory_fraction,
+)
+
+needs_no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only behaviour")
+
+
+@needs_no_cuda
+def test_auto_falls_back_to_cpu_and_says_why() -> None:
+    choice = resolve_device("auto")
+    assert choice.device.type == "cpu" and not choice.is_cuda
+    assert "no GPU" in choice.reason
+
+
+@needs_no_cuda
+def test_asking_for_cuda_without_a_gpu_is_a_clear_error() -> None:
+    with pytest.raises(DeviceError, match="use --device cpu or auto"):
+        resolve_device("cuda:0")
+
+
+def test_cpu_capabilities_and_precisions() -> None:
+    caps = capabilities(torch.device("cpu"))
+    assert caps.precisions == ["fp32", "bf16"]
+    assert precision_dtype("bf16", caps) is torch.bfloat16
+    with pytest.raises(DeviceError, match="fp16 is not supported"):
+        precision_dtype("fp16", caps)
+    with pytest.raises(ValueError, match="not one of"):
+        precision_dtype("int3", caps)
+
+
+def test_backend_flags_are_set_explicitly() -> None:
+    before = current_backend_flags()
+    try:
+        flags = apply_backend_flags(cudnn_benchmark=True, tf32=True)
+        assert flags.cudnn_benchmark and flags.tf32
+        assert torch.backends.cuda.matmul.fp32_precision == "tf32"
+        flags = apply_backend_flags(cudnn_benchmark=False, tf32=False)
+        assert not flags.cudnn_benchmark and not flags.tf32
+    finally:
+        apply_backend_flags(before.cudnn_benchmark, before.tf32)
+
+
+def test_memory_fraction_is_a_no_op_on_cpu_and_validated() -> None:
+    assert set_memory_fraction(0.5, torch.device("cpu")) is False
+    with pytest.raises(ValueError):
+        set_memory_fraction(0.0, torch.device("cpu"))
+
+
+class FakeOrtError(Exception):
+    """Stands in for onnxruntime's RuntimeException, which carries its module name."""
+
+
+FakeOrtError.__module__ = "onnxruntime.capi.onnxruntime_pybind11_state"
+
+
+def test_out_of_memory_is_recognised_only_for_real_allocation_failures() -> None:
+    assert is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert is_out_of_memory(
+        FakeOrtError("BFCArena::AllocateRawInternal Failed to allocate memory for requested buffer")
+    )
+    assert is_out_of_memory(RuntimeError("CUDA error: out of memory"))
+    assert not is_out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+    assert not is_out_of_memory(FakeOrtError("Invalid input name: x"))
+    assert not is_out_of_memory(ValueError("out of memory"))  # not an error type that can mean OOM
+
+
+def test_backoff_halves_the_batch_on_oom_until_it_fits() -> None:
+    calls, backoffs = [], []
+
+    def work(batch: int) -> str:
+        calls.append(batch)
+        if batch > 16:
+            raise torch.OutOfMemoryError(f"CUDA out of memory at batch {batch}")
+        return f"ran {batch}"
+
+    result, used = run_with_oom_backoff(work, 64, on_backoff=lambda a, b, e: backoffs.append((a, b)))
+    assert (result, used) == ("ran 16", 16)
+    assert calls == [64, 32, 16]
+    assert backoffs == [(64, 32), (32, 16)]
+
+
+def test_backoff_lets_every_other_error_through_unchanged() -> None:
+    calls = []
+
+    def work(batch: int) -> None:
+        calls.append(batch)
+        raise ValueError("shape mismatch: expected (B, 6, 96, 96)")
+
+    with pytest.raises(ValueError, match="shape mismatch"):
+        run_with_oom_backoff(work, 64)
+    assert calls == [64]
+
+
+def test_backoff_gives_up_at_the_minimum_batch_with_the_oom_itself() -> None:
+    def work(batch: int) -> None:
+        raise FakeOrtError("Failed to allocate memory")
+
+    with pytest.raises(FakeOrtError):
+        run_with_oom_backoff(work, 8, min_batch_size=2)
+    with pytest.raises(ValueError):
+        run_with_oom_backoff(work, 0)

@@ -1,0 +1,47 @@
+import json
+import pickle
+import time
+
+from engine.results import RunResult, StageTiming, peak_host_rss_bytes
+
+
+def test_stages_are_timed_in_order_and_the_slowest_is_named() -> None:
+    result = RunResult(device="cpu", precision="fp32")
+    with result.stage("decode", items=10):
+        time.sleep(0.01)
+    with result.stage("infer") as rec:
+        time.sleep(0.03)
+        rec.items = 4
+    assert [s.name for s in result.stages] == ["decode", "infer"]
+    assert result.slowest_stage.name == "infer"
+    assert result.stages[1].items == 4 and result.stages[1].items_per_s > 0
+    assert result.total_seconds >= 0.04
+
+
+def test_a_failing_stage_is_still_recorded() -> None:
+    result = RunResult()
+    try:
+        with result.stage("encode"):
+            raise ValueError("boom")
+    except ValueError:
+        pass
+    assert result.stages[0].name == "encode"
+
+
+def test_round_trips_through_json_and_pickle() -> None:
+    result = RunResult(device="cuda:0", device_name="H100", precision="fp16", outputs={"video": "/tmp/x.mp4"})
+    result.stages.append(StageTiming("infer", 1.5, 100))
+    result.warn("ONNX Runtime fell back to CPU")
+    result.warn("ONNX Runtime fell back to CPU")
+    result.record_peaks()
+    assert result.warnings == ["ONNX Runtime fell back to CPU"]
+    data = json.loads(result.to_json())
+    assert data["slowest_stage"] == "infer" and data["peak_host_bytes"] > 0
+    assert RunResult.from_dict(data) == result
+    assert pickle.loads(pickle.dumps(result)) == result
+
+
+def test_peak_host_rss_is_at_least_the_current_rss() -> None:
+    import psutil
+
+    assert peak_host_rss_bytes() >= psutil.Process().memory_info().rss * 0.9

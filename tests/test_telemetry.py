@@ -1,0 +1,188 @@
+import sys
+import time
+import types
+from collections import namedtuple
+
+import psutil
+import pytest
+
+from engine import telemetry
+from engine.telemetry import NvmlSource, TelemetrySampler, render_table, series
+
+
+class NotSupported(Exception):
+    pass
+
+
+def fake_nvml(unsupported: set[str] = frozenset(), devices: int = 1, init_error: Exception | None = None):
+    """A pynvml stand-in: two GPUs' worth of plausible values; names in `unsupported` raise."""
+    Util = namedtuple("Util", "gpu memory")
+    Mem = namedtuple("Mem", "used total free")
+    Proc = namedtuple("Proc", "pid usedGpuMemory")
+    mod = types.ModuleType("pynvml")
+    mod.NVMLError = Exception
+    mod.NVML_TEMPERATURE_GPU, mod.NVML_CLOCK_SM, mod.NVML_CLOCK_MEM = 0, 1, 2
+    mod.NVML_PCIE_UTIL_TX_BYTES, mod.NVML_PCIE_UTIL_RX_BYTES = 0, 1
+    values = {
+        "nvmlDeviceGetName": lambda h: f"NVIDIA Test GPU {h}",
+        "nvmlDeviceGetUUID": lambda h: f"GPU-0000-{h}",
+        "nvmlDeviceGetUtilizationRates": lambda h: Util(87, 40),
+        "nvmlDeviceGetMemoryInfo": lambda h: Mem(20 * 2**30, 80 * 2**30, 60 * 2**30),
+        "nvmlDeviceGetTemperature": lambda h, kind: 61,
+        "nvmlDeviceGetPowerUsage": lambda h: 312_500,
+        "nvmlDeviceGetEnforcedPowerLimit": lambda h: 700_000,
+        "nvmlDeviceGetClockInfo": lambda h, kind: {1: 1980, 2: 2619}[kind],
+        "nvmlDeviceGetPcieThroughput": lambda h, kind: {0: 2048, 1: 4096}[kind],
+        "nvmlDeviceGetEncoderUtilization": lambda h: [12, 167000],
+        "nvmlDeviceGetDecoderUtilization": lambda h: [3, 167000],
+        "nvmlDeviceGetFanSpeed": lambda h: 30,
+        "nvmlDeviceGetPerformanceState": lambda h: 0,
+        "nvmlDeviceGetCurrentClocksEventReasons": lambda h: 0x4 | 0x20,
+        "nvmlDeviceGetTotalEnergyConsumption": lambda h: 123456,
+        "nvmlDeviceGetMigMode": lambda h: [0, 0],
+        "nvmlDeviceGetComputeRunningProcesses": lambda h: [Proc(1, 3 * 2**30), Proc(999_999_999, None)],
+        "nvmlDeviceGetGraphicsRunningProcesses": lambda h: [Proc(1, 3 * 2**30)],
+    }
+
+    def raising(*args):
+        raise NotSupported("Not Supported")
+
+    for name, fn in values.items():
+        setattr(mod, name, raising if name in unsupported else fn)
+
+    def init():
+        if init_error is not None:
+            raise init_error
+
+    mod.nvmlInit = init
+    mod.nvmlDeviceGetCount = lambda: devices
+    mod.nvmlDeviceGetHandleByIndex = lambda i: i
+    mod.nvmlSystemGetDriverVersion = lambda: b"580.159.04"
+    mod.nvmlSystemGetCudaDriverVersion_v2 = lambda: 13000
+    return mod
+
+
+@pytest.fixture
+def use_fake(monkeypatch):
+    def install(**kwargs):
+        monkeypatch.setitem(sys.modules, "pynvml", fake_nvml(**kwargs))
+        return NvmlSource()
+
+    return install
+
+
+def test_every_field_is_read_from_nvml(use_fake) -> None:
+    source = use_fake(devices=2)
+    assert source.status == "" and source.driver_version == "580.159.04" and source.cuda_driver_version == "13.0"
+    gpu = source.sample()[1]
+    assert gpu.name == "NVIDIA Test GPU 1" and gpu.uuid == "GPU-0000-1"
+    assert (gpu.util_gpu_percent, gpu.util_memory_percent, gpu.temperature_c) == (87, 40, 61)
+    assert gpu.memory_percent == pytest.approx(25.0)
+    assert (gpu.power_w, gpu.power_limit_w) == (312.5, 700.0)
+    assert (gpu.sm_clock_mhz, gpu.memory_clock_mhz, gpu.pcie_rx_kbs, gpu.pcie_tx_kbs) == (1980, 2619, 4096, 2048)
+    assert (gpu.encoder_percent, gpu.decoder_percent, gpu.fan_percent) == (12, 3, 30)
+    assert gpu.performance_state == "P0" and gpu.mig_mode is False
+    assert gpu.throttle_reasons == ["software power cap", "software thermal slowdown"]
+    # A PID seen by both process lists is listed once; a PID from another namespace gets N/A.
+    assert [(p.pid, p.kind) for p in gpu.processes] == [(1, "C"), (999_999_999, "C")]
+    assert gpu.processes[1].name == "N/A" and gpu.processes[1].used_memory_bytes is None
+
+
+def test_unsupported_calls_become_na_not_exceptions(use_fake) -> None:
+    missing = {
+        "nvmlDeviceGetFanSpeed",
+        "nvmlDeviceGetPowerUsage",
+        "nvmlDeviceGetEncoderUtilization",
+        "nvmlDeviceGetCurrentClocksEventReasons",
+        "nvmlDeviceGetComputeRunningProcesses",
+        "nvmlDeviceGetUtilizationRates",
+        "nvmlDeviceGetPcieThroughput",
+    }
+    source = use_fake(unsupported=missing)  # like a MIG slice
+    gpu = source.sample()[0]
+    assert gpu.fan_percent is None and gpu.power_w is None and gpu.encoder_percent is None
+    assert gpu.throttle_reasons is None and gpu.util_gpu_percent is None and gpu.pcie_rx_kbs is None
+    assert gpu.memory_used_bytes == 20 * 2**30  # the supported fields are still there
+    sampler = TelemetrySampler(nvml=source)
+    table = render_table(sampler.sample_now())
+    assert "N/A" in table and "NVIDIA Test GPU 0" in table and "20480MiB / 81920MiB" in table
+    assert "Driver Version: 580.159.04" in table
+
+
+def test_nvml_start_failure_is_a_plain_reason(use_fake) -> None:
+    class NVMLError_LibraryNotFound(Exception):
+        pass
+
+    source = use_fake(init_error=NVMLError_LibraryNotFound("NVML Shared Library Not Found"))
+    assert source.devices == []
+    assert source.status.startswith("no NVIDIA GPU visible (") and "libnvidia-ml.so.1" in source.status
+    assert use_fake(devices=0).status == "no NVIDIA GPU visible (NVML is working but reports no devices)"
+
+
+def test_without_nvml_host_telemetry_is_real_and_the_status_is_clear(monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # import fails, as on a Mac
+    sampler = TelemetrySampler()
+    time.sleep(0.1)
+    snap = sampler.sample_now()
+    assert snap.gpus == [] and snap.gpu_status == "no NVIDIA GPU visible (nvidia-ml-py is not installed)"
+    assert snap.host.ram_total_bytes == psutil.virtual_memory().total
+    assert snap.host.cpu_count == psutil.cpu_count()
+    assert 0 < snap.host.process_rss_bytes <= snap.host.ram_total_bytes
+    assert 0 <= snap.host.cpu_percent <= 100
+    text = render_table(snap)
+    assert "nvidia-ml-py is not installed" in text and "Host: CPU" in text
+
+
+def test_this_machine_reports_its_real_state() -> None:
+    snap = TelemetrySampler().sample_now()
+    if snap.gpus:
+        assert snap.gpu_status == ""
+    else:
+        assert snap.gpu_status.startswith("no NVIDIA GPU visible (")
+
+
+def test_ring_buffer_keeps_only_the_history_window(use_fake) -> None:
+    sampler = TelemetrySampler(interval_s=1.0, history_s=5.0, nvml=use_fake())
+    assert sampler.capacity == 5
+    for _ in range(8):
+        sampler.sample_now()
+    history = sampler.history()
+    assert len(history) == 5 and history[-1] is sampler.latest()
+    assert [s.timestamp for s in history] == sorted(s.timestamp for s in history)
+    assert sampler.history(seconds=0) == [history[-1]]
+    cols = series(history)
+    assert len(cols["time"]) == 5 and cols["gpu0.util_percent"] == [87.0] * 5
+    assert cols["gpu0.memory_gib"] == [20.0] * 5
+
+
+def test_background_thread_samples_at_its_interval_and_stops(use_fake) -> None:
+    sampler = TelemetrySampler(interval_s=0.05, history_s=60, nvml=use_fake()).start()
+    try:
+        deadline = time.monotonic() + 5
+        while len(sampler.history()) < 4 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert sampler.running and len(sampler.history()) >= 4
+    finally:
+        sampler.stop()
+    assert not sampler.running
+    count = len(sampler.history())
+    time.sleep(0.15)
+    assert len(sampler.history()) == count
+
+
+def test_the_process_sampler_is_a_singleton(monkeypatch) -> None:
+    monkeypatch.setattr(telemetry, "_sampler", None)
+    first = telemetry.get_sampler(interval_s=0.5, history_s=10)
+    try:
+        assert telemetry.get_sampler() is first and first.running
+    finally:
+        first.stop()
+
+
+def test_snapshot_dict_is_json_ready(use_fake) -> None:
+    import json
+
+    snap = TelemetrySampler(nvml=use_fake()).sample_now()
+    data = json.loads(json.dumps(snap.to_dict()))
+    assert data["gpus"][0]["memory_percent"] == pytest.approx(25.0)
+    assert data["time"] == snap.time_text

@@ -1,0 +1,161 @@
+"""The System tab: the GPU doctor, an nvidia-smi style table, the device in use and settings.
+
+Also registers the JSON API endpoints (`/doctor`, `/telemetry`, `/device`) that
+`gradio_client` and the API page show.
+"""
+
+from __future__ import annotations
+
+import html
+import threading
+from typing import Any
+
+import gradio as gr
+
+from engine.device import DeviceChoice, capabilities, current_backend_flags
+from engine.doctor import OK, PROBLEM, WARNING, DoctorReport, run_doctor
+from engine.settings import DOCUMENTED, PREFIX, Settings
+from engine.telemetry import TelemetrySampler, render_table
+
+_BADGES = {OK: ("ok", "#2e7d32"), WARNING: ("warning", "#b26a00"), PROBLEM: ("problem", "#c62828")}
+
+
+class DoctorCache:
+    """The last doctor report, shared by all visitors; a refresh runs at most one doctor at a time."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self._report: DoctorReport | None = None
+        self._lock = threading.Lock()
+
+    def get(self, fresh: bool = False) -> DoctorReport:
+        with self._lock:
+            if fresh or self._report is None:
+                self._report = run_doctor(self.settings)
+            return self._report
+
+    def warm_up(self) -> None:
+        """Run the first doctor in the background so the first page view does not wait for it."""
+        threading.Thread(target=self.get, name="avatarbench-doctor", daemon=True).start()
+
+
+def doctor_html(report: DoctorReport) -> str:
+    rows = []
+    for c in report.checks:
+        label, color = _BADGES[c.status]
+        fix = "" if c.status == OK else html.escape(c.fix)
+        rows.append(
+            f"<tr><td><span class='ab-badge' style='background:{color}'>{label}</span></td>"
+            f"<td><b>{html.escape(c.name)}</b></td><td>{html.escape(c.found)}</td>"
+            f"<td class='ab-fix'>{fix}</td></tr>"
+        )
+    n = report.counts()
+    label, color = _BADGES[report.status]
+    summary = (
+        f"<p><span class='ab-badge' style='background:{color}'>{label}</span> "
+        f"{n[OK]} ok · {n[WARNING]} warning(s) · {n[PROBLEM]} problem(s) · ran in {report.seconds:.1f}s</p>"
+    )
+    return (
+        f"{summary}<table class='ab-doctor'><thead><tr><th>Status</th><th>Check</th><th>Found</th>"
+        f"<th>Fix</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
+def device_info(choice: DeviceChoice) -> dict[str, Any]:
+    flags = current_backend_flags()
+    return {
+        "device": str(choice.device),
+        "requested": choice.requested,
+        "reason": choice.reason,
+        "capabilities": capabilities(choice.device).as_dict(),
+        "backend_flags": {"cudnn_benchmark": flags.cudnn_benchmark, "tf32": flags.tf32},
+    }
+
+
+def settings_rows(settings: Settings) -> list[list[str]]:
+    values = settings.as_dict()
+    keys = {
+        "DATA_DIR": "data_dir",
+        "WEIGHTS_DIR": "weights_dir",
+        "DEVICE": "device",
+        "MAX_UPLOAD_MB": "max_upload_mb",
+        "GPU_MEMORY_FRACTION": "gpu_memory_fraction",
+        "TELEMETRY_INTERVAL": "telemetry_interval_s",
+        "TELEMETRY_HISTORY": "telemetry_history_s",
+        "CPU_WORKERS": "cpu_workers",
+    }
+    return [[PREFIX + name, str(values[keys[name]]), meaning] for name, meaning in DOCUMENTED.items()]
+
+
+def build_system_tab(
+    demo: gr.Blocks,
+    settings: Settings,
+    sampler: TelemetrySampler,
+    timer: gr.Timer,
+    choice: DeviceChoice,
+    doctor: DoctorCache,
+) -> None:
+    """Render the tab's contents in the current Blocks context and register its API endpoints."""
+    gr.Markdown("### GPU doctor\nWhy the GPU is (or is not) being used, layer by layer, with the exact fix.")
+    doctor_view = gr.HTML(elem_id="doctor-report")
+    rerun = gr.Button("Run the doctor again", variant="secondary", elem_id="doctor-rerun")
+    with gr.Accordion("Doctor report (JSON)", open=False):
+        doctor_json = gr.JSON()
+    gr.Markdown("### GPUs and host (nvidia-smi style)")
+    smi = gr.Code(lines=18, show_line_numbers=False, elem_id="smi-text", buttons=["copy"])
+    with gr.Row():
+        with gr.Column():
+            gr.Markdown("### Device in use")
+            gr.JSON(value=device_info(choice))
+        with gr.Column():
+            gr.Markdown("### Settings (environment variables)")
+            gr.Dataframe(
+                value=settings_rows(settings), headers=["Variable", "Value", "Meaning"], interactive=False, wrap=True
+            )
+
+    def show(fresh: bool) -> tuple[str, dict[str, Any]]:
+        report = doctor.get(fresh=fresh)
+        return doctor_html(report), report.to_dict()
+
+    demo.load(
+        lambda: show(False),
+        outputs=[doctor_view, doctor_json],
+        api_visibility="private",
+        concurrency_id="doctor",
+        concurrency_limit=1,
+    )
+    rerun.click(
+        lambda: show(True),
+        outputs=[doctor_view, doctor_json],
+        api_visibility="private",
+        concurrency_id="doctor",
+        concurrency_limit=1,
+    )
+    gr.on(
+        [demo.load, timer.tick],
+        lambda: render_table(sampler.latest()),
+        outputs=smi,
+        queue=False,
+        show_progress="hidden",
+        api_visibility="private",
+    )
+
+    def doctor_api(fresh: bool = True) -> dict[str, Any]:
+        """Run the GPU doctor (or return the last report) as JSON: status, counts and every check."""
+        return doctor.get(fresh=fresh).to_dict()
+
+    def telemetry_api(history_seconds: float = 0.0) -> dict[str, Any]:
+        """The newest telemetry sample, its nvidia-smi style text, and optionally the recent history."""
+        snap = sampler.latest()
+        out = {"snapshot": snap.to_dict(), "table": render_table(snap)}
+        if history_seconds > 0:
+            out["history"] = [s.to_dict() for s in sampler.history(history_seconds)]
+        return out
+
+    def device_api() -> dict[str, Any]:
+        """The device this server runs on, its capabilities and backend flags."""
+        return device_info(choice)
+
+    gr.api(doctor_api, api_name="doctor", concurrency_id="doctor", concurrency_limit=1)
+    gr.api(telemetry_api, api_name="telemetry", queue=False)
+    gr.api(device_api, api_name="device", queue=False)
