@@ -24,6 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from engine import telemetry
 from engine.telemetry import TelemetrySampler
 
 
@@ -47,6 +48,34 @@ def per_sample_cost(sampler: TelemetrySampler, samples: int) -> dict:
         "cpu_ms_mean": 1e3 * statistics.fmean(cpu),
         "wall_ms_median": 1e3 * statistics.median(wall),
     }
+
+
+def per_call_cost(sampler: TelemetrySampler, rounds: int = 50) -> dict[str, float]:
+    """CPU ms per NVML call, median over rounds: which counter is worth its price."""
+    costs: dict[str, list[float]] = {}
+    original = telemetry._NvmlDevice.get
+
+    def timed(self, fn, *args):
+        c0 = time.thread_time()
+        try:
+            return original(self, fn, *args)
+        finally:
+            name = getattr(fn, "__name__", str(fn)) + (f"({args[0]})" if args else "")
+            costs.setdefault(name, []).append(time.thread_time() - c0)
+
+    telemetry._NvmlDevice.get = timed
+    try:
+        for _ in range(rounds):
+            sampler.sample_now()
+    finally:
+        telemetry._NvmlDevice.get = original
+    c0 = time.thread_time()
+    for _ in range(rounds):
+        sampler._host.sample()
+    host = (time.thread_time() - c0) / rounds
+    out = {name: 1e3 * statistics.median(values) for name, values in costs.items()}
+    out["host (psutil)"] = 1e3 * host
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
 
 def in_situ_cost(interval: float, seconds: float) -> dict:
@@ -83,6 +112,7 @@ def main() -> None:
     first = sampler.sample_now()
     gpu_names = [g.name for g in first.gpus]
     per_sample = per_sample_cost(sampler, args.samples)
+    per_call = per_call_cost(sampler) if gpu_names else {}
     in_situ = in_situ_cost(args.interval, args.seconds)
     per_sample["percent_of_one_core_at_interval"] = per_sample["cpu_ms_median"] / (10.0 * args.interval)
     result = {
@@ -98,6 +128,7 @@ def main() -> None:
             "driver": first.driver_version,
         },
         "per_sample": per_sample,
+        "per_call_cpu_ms": per_call,
         "in_situ": in_situ,
         "target_percent_of_one_core": 1.0,
     }

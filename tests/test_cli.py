@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -44,11 +46,16 @@ def test_bad_input_is_a_clear_error() -> None:
     assert run("telemetry", "--interval", "0").returncode == 2
     proc = run("doctor", AVATARBENCH_MAX_UPLOAD_MB="many")
     assert proc.returncode == 2 and "AVATARBENCH_MAX_UPLOAD_MB" in proc.stderr
+
+
+def test_serve_rejects_a_bad_login_spec() -> None:
+    pytest.importorskip("gradio")
     proc = run("serve", "--auth", "nopassword")
     assert proc.returncode == 2 and "USER:PASS" in proc.stderr
 
 
 def test_serve_shows_the_app_flags() -> None:
+    pytest.importorskip("gradio")
     proc = run("serve", "--help")
     assert proc.returncode == 0
     for flag in ("--host", "--port", "--share", "--device", "--auth"):

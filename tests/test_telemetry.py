@@ -38,17 +38,22 @@ def fake_nvml(unsupported: set[str] = frozenset(), devices: int = 1, init_error:
         "nvmlDeviceGetFanSpeed": lambda h: 30,
         "nvmlDeviceGetPerformanceState": lambda h: 0,
         "nvmlDeviceGetCurrentClocksEventReasons": lambda h: 0x4 | 0x20,
-        "nvmlDeviceGetTotalEnergyConsumption": lambda h: 123456,
         "nvmlDeviceGetMigMode": lambda h: [0, 0],
         "nvmlDeviceGetComputeRunningProcesses": lambda h: [Proc(1, 3 * 2**30), Proc(999_999_999, None)],
         "nvmlDeviceGetGraphicsRunningProcesses": lambda h: [Proc(1, 3 * 2**30)],
     }
 
-    def raising(*args):
-        raise NotSupported("Not Supported")
+    calls = mod.calls = {}
+
+    def raising(name):
+        def call(*args):
+            calls[name] = calls.get(name, 0) + 1
+            raise NotSupported("Not Supported")
+
+        return call
 
     for name, fn in values.items():
-        setattr(mod, name, raising if name in unsupported else fn)
+        setattr(mod, name, raising(name) if name in unsupported else fn)
 
     def init():
         if init_error is not None:
@@ -107,6 +112,11 @@ def test_unsupported_calls_become_na_not_exceptions(use_fake) -> None:
     table = render_table(sampler.sample_now())
     assert "N/A" in table and "NVIDIA Test GPU 0" in table and "20480MiB / 81920MiB" in table
     assert "Driver Version: 580.159.04" in table
+    # An unsupported call is asked once, not on every tick.
+    source.sample()
+    calls = sys.modules["pynvml"].calls
+    assert calls.pop("nvmlDeviceGetPcieThroughput") == 2  # asked once for RX, once for TX
+    assert set(calls.values()) == {1} and len(calls) == len(missing) - 1
 
 
 def test_nvml_start_failure_is_a_plain_reason(use_fake) -> None:
