@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -23,7 +24,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from engine.settings import PREFIX, Settings, get_settings
+from engine.settings import DOCUMENTED, PREFIX, Settings, get_settings
 
 OK, WARNING, PROBLEM = "ok", "warning", "problem"
 _ORDER = {OK: 0, WARNING: 1, PROBLEM: 2}
@@ -226,20 +227,19 @@ def check_torch(ctx: _Context) -> Check:
     devices = []
     problems = []
     arch_list = details["arch_list"]
+    built_majors = {int(m.group(1)) // 10 for a in arch_list if (m := re.match(r"sm_(\d+)", a))}
+    has_ptx = any(a.startswith("compute_") for a in arch_list)
     for i in range(torch.cuda.device_count()):
         props = torch.cuda.get_device_properties(i)
-        sm = f"sm_{props.major}{props.minor}"
         devices.append(f"cuda:{i} {props.name} (compute capability {props.major}.{props.minor})")
-        # A GPU whose architecture has neither SASS nor older PTX in the wheel cannot run its kernels.
-        compatible = [a for a in arch_list if a.startswith("sm_") and int(a[3:]) // 10 == props.major]
-        if (
-            arch_list
-            and sm not in arch_list
-            and not compatible
-            and not any(a.startswith("compute_") for a in arch_list)
-        ):
-            problems.append(f"{props.name} is {sm}, but this PyTorch has kernels only for {', '.join(arch_list)}")
-    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+        # Kernels run on a GPU with SASS of its major architecture in the wheel, or through PTX.
+        if arch_list and props.major not in built_majors and not has_ptx:
+            problems.append(
+                f"{props.name} is sm_{props.major}{props.minor}, but this PyTorch has kernels only for "
+                + ", ".join(arch_list)
+            )
+    raw = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    cudnn = f"{raw // 10000}.{raw % 10000 // 100}.{raw % 100}" if raw else None
     details.update(devices=devices, cudnn=cudnn)
     found = f"{build}; cuDNN {cudnn or 'not available'}; " + "; ".join(devices)
     if problems:
@@ -301,8 +301,8 @@ def check_driver(ctx: _Context) -> Check:
             "nvidia-driver",
             PROBLEM,
             found + "; but " + "; ".join(too_new),
-            f"Update the NVIDIA driver to one supporting CUDA {max(needs.values())}, or install wheels built for "
-            f"CUDA {ctx.cuda_driver_version}: pip install torch --index-url "
+            f"Update the NVIDIA driver to one supporting CUDA {max(needs.values(), key=_major_minor)}, or install "
+            f"wheels built for CUDA {ctx.cuda_driver_version}: pip install torch --index-url "
             f"https://download.pytorch.org/whl/{_cuda_wheel_tag(ctx.cuda_driver_version)}",
             details,
         )
@@ -420,20 +420,18 @@ def _provider_check(ctx: _Context, provider: str, name: str) -> Check:
             details,
         )
     found = f"{provider} fails to load, sessions fall back to {result['session_providers']}: {result['error']}"
+    fix = fix_cuda
     if provider == "TensorrtExecutionProvider":
+        major = cuda.split(".")[0]
         fix = (
-            "Install TensorRT 10 for CUDA "
-            + cuda.split(".")[0]
-            + " (pip install tensorrt-cu"
-            + cuda.split(".")[0]
-            + ", matching onnxruntime-gpu's requirements) and put its libs on "
-            "LD_LIBRARY_PATH; or use the CUDA provider, which needs no TensorRT.\n" + fix_cuda
+            f"Install TensorRT 10 for CUDA {major} (pip install tensorrt-cu{major}, the version onnxruntime-gpu "
+            "lists in its requirements) and put its lib folder on LD_LIBRARY_PATH; or use the CUDA provider, "
+            "which needs no TensorRT."
         )
-        status = (
-            WARNING if status == PROBLEM and ctx.ort_probe["providers"]["CUDAExecutionProvider"]["loaded"] else status
-        )
-    else:
-        fix = fix_cuda
+        if probe["providers"]["CUDAExecutionProvider"]["loaded"]:
+            status = WARNING  # the CUDA provider still serves the GPU
+        else:
+            fix += "\nTensorRT also needs what the CUDA provider needs:\n" + fix_cuda
     if not ctx.gpu_present:
         fix += "\nOn a machine without an NVIDIA GPU this is expected: the CPU provider is used."
     return Check(name, status, found, fix, details)
@@ -539,8 +537,6 @@ def check_settings(ctx: _Context) -> Check:
         f"telemetry every {s.telemetry_interval_s}s"
     )
     if s.extra:
-        from engine.settings import DOCUMENTED
-
         return Check(
             "settings",
             WARNING,

@@ -94,18 +94,30 @@ class Settings:
         return out
 
 
-# name, meaning: shown by the README and the System tab so the two never disagree.
-DOCUMENTED = {
-    "DATA_DIR": "cache, outputs and the SQLite database (default /data/avatarbench on a Space "
-    "with persistent storage, else ~/.cache/avatarbench)",
-    "WEIGHTS_DIR": "where model weights are looked up (default DATA_DIR/weights)",
-    "DEVICE": "auto | cpu | cuda | cuda:N (default auto)",
-    "MAX_UPLOAD_MB": "largest accepted upload in MiB, 1..100000 (default 500)",
-    "GPU_MEMORY_FRACTION": "share of GPU memory this process may allocate, 0.05..1.0 (default 0.9)",
-    "TELEMETRY_INTERVAL": "seconds between telemetry samples, 0.1..60 (default 1.0)",
-    "TELEMETRY_HISTORY": "seconds of telemetry history kept, 10..86400 (default 600)",
-    "CPU_WORKERS": "worker threads for CPU jobs, 1..64 (default 2)",
+# variable (after the prefix) -> (Settings field, meaning): the README and the System tab show
+# this table, so the two never disagree.
+DOCUMENTED: dict[str, tuple[str, str]] = {
+    "DATA_DIR": (
+        "data_dir",
+        "cache, outputs and the SQLite database (default /data/avatarbench on a Space with persistent storage, "
+        "else ~/.cache/avatarbench)",
+    ),
+    "WEIGHTS_DIR": ("weights_dir", "where model weights are looked up (default DATA_DIR/weights)"),
+    "DEVICE": ("device", "auto | cpu | cuda | cuda:N (default auto)"),
+    "MAX_UPLOAD_MB": ("max_upload_mb", "largest accepted upload in MiB, 1..100000 (default 500)"),
+    "GPU_MEMORY_FRACTION": (
+        "gpu_memory_fraction",
+        "share of GPU memory this process may allocate, 0.05..1.0 (default 0.9)",
+    ),
+    "TELEMETRY_INTERVAL": ("telemetry_interval_s", "seconds between telemetry samples, 0.1..60 (default 1.0)"),
+    "TELEMETRY_HISTORY": ("telemetry_history_s", "seconds of telemetry history kept, 10..86400 (default 600)"),
+    "CPU_WORKERS": ("cpu_workers", "worker threads for CPU jobs, 1..64 (default 2)"),
 }
+
+
+def documented_values(settings: Settings) -> list[tuple[str, str, str]]:
+    """(variable, current value, meaning) for every documented setting."""
+    return [(PREFIX + name, str(getattr(settings, f)), meaning) for name, (f, meaning) in DOCUMENTED.items()]
 
 
 def load_settings(env: dict[str, str] | None = None) -> Settings:

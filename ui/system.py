@@ -14,7 +14,7 @@ import gradio as gr
 
 from engine.device import DeviceChoice, capabilities, current_backend_flags
 from engine.doctor import OK, PROBLEM, WARNING, DoctorReport, run_doctor
-from engine.settings import DOCUMENTED, PREFIX, Settings
+from engine.settings import Settings, documented_values
 from engine.telemetry import TelemetrySampler, render_table
 
 _BADGES = {OK: ("ok", "#2e7d32"), WARNING: ("warning", "#b26a00"), PROBLEM: ("problem", "#c62828")}
@@ -72,21 +72,6 @@ def device_info(choice: DeviceChoice) -> dict[str, Any]:
     }
 
 
-def settings_rows(settings: Settings) -> list[list[str]]:
-    values = settings.as_dict()
-    keys = {
-        "DATA_DIR": "data_dir",
-        "WEIGHTS_DIR": "weights_dir",
-        "DEVICE": "device",
-        "MAX_UPLOAD_MB": "max_upload_mb",
-        "GPU_MEMORY_FRACTION": "gpu_memory_fraction",
-        "TELEMETRY_INTERVAL": "telemetry_interval_s",
-        "TELEMETRY_HISTORY": "telemetry_history_s",
-        "CPU_WORKERS": "cpu_workers",
-    }
-    return [[PREFIX + name, str(values[keys[name]]), meaning] for name, meaning in DOCUMENTED.items()]
-
-
 def build_system_tab(
     demo: gr.Blocks,
     settings: Settings,
@@ -110,7 +95,10 @@ def build_system_tab(
         with gr.Column():
             gr.Markdown("### Settings (environment variables)")
             gr.Dataframe(
-                value=settings_rows(settings), headers=["Variable", "Value", "Meaning"], interactive=False, wrap=True
+                value=[list(row) for row in documented_values(settings)],
+                headers=["Variable", "Value", "Meaning"],
+                interactive=False,
+                wrap=True,
             )
 
     def show(fresh: bool) -> tuple[str, dict[str, Any]]:
