@@ -17,6 +17,7 @@ import gradio as gr
 from engine.device import DeviceChoice, DeviceError, resolve_device, set_memory_fraction
 from engine.settings import PREFIX, Settings, SettingsError, get_settings, validate_device_spec
 from engine.telemetry import TelemetrySampler, get_sampler
+from ui.lipsync import ASSETS, build_lipsync_tab
 from ui.style import CSS
 from ui.system import DoctorCache, build_system_tab
 from ui.telemetry import build_telemetry_panel
@@ -39,8 +40,11 @@ def build_app(settings: Settings, choice: DeviceChoice, sampler: TelemetrySample
     with gr.Blocks(title="avatarbench", analytics_enabled=False) as demo:
         gr.Markdown(device_banner(choice), elem_id="device-banner")
         timer = build_telemetry_panel(demo, sampler)
-        with gr.Tabs(), gr.Tab("System", id="system"):
-            build_system_tab(demo, settings, sampler, timer, choice, doctor)
+        with gr.Tabs():
+            with gr.Tab("Lip-sync", id="lipsync"):
+                build_lipsync_tab(settings)
+            with gr.Tab("System", id="system"):
+                build_system_tab(demo, settings, sampler, timer, choice, doctor)
     return demo
 
 
@@ -90,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         share=args.share,
         auth=args.auth,
         max_file_size=settings.max_upload_bytes,
-        allowed_paths=[str(settings.outputs_dir)],
+        allowed_paths=[str(settings.outputs_dir), str(ASSETS)],
         theme=gr.themes.Soft(),
         css=CSS,
     )

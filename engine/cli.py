@@ -47,6 +47,59 @@ def _cmd_telemetry(args: argparse.Namespace) -> int:
         return 0
 
 
+def _progress_bar(fraction: float, label: str) -> None:
+    width = 30
+    filled = int(width * max(0.0, min(1.0, fraction)))
+    end = "\n" if fraction >= 1.0 else ""
+    print(f"\r[{'#' * filled}{'.' * (width - filled)}] {fraction * 100:5.1f}% {label:<24}", end=end, file=sys.stderr)
+
+
+def _pads(text: str) -> tuple[int, int, int, int]:
+    parts = text.replace(",", " ").split()
+    if len(parts) != 4 or not all(p.isdigit() for p in parts):
+        raise argparse.ArgumentTypeError("pads are four pixel counts: TOP BOTTOM LEFT RIGHT, e.g. 0,10,0,0")
+    return tuple(int(p) for p in parts)  # type: ignore[return-value]
+
+
+def _cmd_lipsync(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from engine.lipsync import LipSyncConfig, run_lipsync
+
+    config = LipSyncConfig(
+        face=Path(args.face),
+        audio=Path(args.audio),
+        out=Path(args.out),
+        engine=args.engine,
+        checkpoint=args.checkpoint,
+        device=args.device,
+        batch_size=args.batch_size,
+        precision=args.precision,
+        compile=args.compile,
+        pads=args.pads,
+        smooth=not args.no_smooth,
+        detector=args.detector,
+        detector_checkpoint=args.detector_checkpoint,
+        detect_scale=args.detect_scale,
+        paste_mode=args.paste,
+        audio_offset=args.audio_offset,
+    )
+    result = run_lipsync(config, progress=None if args.quiet else _progress_bar)
+    if args.json:
+        Path(args.json).write_text(result.to_json(indent=2) + "\n")
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    m = result.metrics
+    print(
+        f"{result.outputs['video']}: {m['frames']} frames at {m['fps']:g} fps by {m['engine_label']} on "
+        f"{result.device} ({result.precision}), batch {m['batch_size']}, {m['faces_missed']} without a face"
+    )
+    for stage in result.stages:
+        rate = f" ({stage.items_per_s:.1f}/s)" if stage.items_per_s else ""
+        print(f"  {stage.name:<10} {stage.seconds:8.3f} s{rate}")
+    return 0
+
+
 def _serve(app_args: list[str]) -> int:
     import app  # the composition root; see the module docstring
 
@@ -68,6 +121,27 @@ def build_parser() -> argparse.ArgumentParser:
     tele.add_argument("--count", type=int, default=0, help="stop after N samples with --watch (0: never)")
     tele.set_defaults(func=_cmd_telemetry)
 
+    lip = sub.add_parser("lipsync", help="lip-sync a face image or video to speech (writes an MP4)")
+    lip.add_argument("--face", required=True, help="face image or video")
+    lip.add_argument("--audio", required=True, help="speech: any audio file, or a video's sound track")
+    lip.add_argument("--out", required=True, help="output .mp4")
+    lip.add_argument("--engine", default="auto", choices=["auto", "wav2lip", "baseline"])
+    lip.add_argument("--checkpoint", help="Wav2Lip checkpoint (path or hf:OWNER/REPO/FILE)")
+    lip.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    lip.add_argument("--batch-size", type=int, help="frames per batch (default: from free GPU memory; 128 on CPU)")
+    lip.add_argument("--precision", choices=["fp32", "fp16", "bf16"], help="default: fp16 on CUDA, fp32 on CPU")
+    lip.add_argument("--compile", action="store_true", help="torch.compile the generator")
+    lip.add_argument("--pads", type=_pads, default=(0, 10, 0, 0), help="TOP,BOTTOM,LEFT,RIGHT (default 0,10,0,0)")
+    lip.add_argument("--no-smooth", action="store_true", help="do not smooth face boxes over time")
+    lip.add_argument("--detector", default="haar", choices=["haar", "s3fd"])
+    lip.add_argument("--detector-checkpoint", help="s3fd.pth for --detector s3fd")
+    lip.add_argument("--detect-scale", type=float, default=0.5, help="detect on frames scaled by this (0.1..1)")
+    lip.add_argument("--paste", default="blend", choices=["blend", "upstream"])
+    lip.add_argument("--audio-offset", type=int, default=0, help="shift speech by N frames (+: lips were late)")
+    lip.add_argument("--json", help="write the full result (timings, memory, warnings) to this file")
+    lip.add_argument("--quiet", action="store_true", help="no progress bar")
+    lip.set_defaults(func=_cmd_lipsync)
+
     # Listed for --help only: main() hands `serve ...` to app.py's own parser untouched.
     sub.add_parser("serve", help="start the web app (flags: --host --port --share --device --auth)")
     return parser
@@ -83,9 +157,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except SettingsError as exc:
+    except _input_errors() as exc:
         print(f"avatarbench: {exc}", file=sys.stderr)
         return 2
+
+
+def _input_errors() -> tuple[type[BaseException], ...]:
+    """Errors that mean bad input or set-up (a message, not a traceback).
+
+    Every input error the engine raises (LipSyncError, AudioError, MediaError, FaceError,
+    CheckpointError) is a ValueError; WeightsError is a FileNotFoundError; DeviceError is looked up
+    only if engine.device was imported, so `telemetry` does not pay for importing torch.
+    """
+    errors: list[type[BaseException]] = [SettingsError, ValueError, FileNotFoundError]
+    device = sys.modules.get("engine.device")
+    if device is not None:
+        errors.append(device.DeviceError)
+    return tuple(errors)
 
 
 if __name__ == "__main__":

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+_LOCK = threading.Lock()
 
 
 @dataclass
@@ -48,7 +51,9 @@ class RunResult:
 
     @contextmanager
     def stage(self, name: str, items: int | None = None) -> Iterator[StageTiming]:
-        """Time a stage; the caller may set `.items` on the yielded record before it closes.
+        """Time a stage; entering the same stage again adds to it (a pipeline runs each stage once
+        per batch), so `stages` holds one total per stage in first-seen order. Safe to use from the
+        pipeline's worker threads. The caller may set `.items` on the yielded record.
 
         On CUDA the caller synchronises before leaving the block where the stage's last work
         is asynchronous, so the wall time is the work's time and not only the launch's.
@@ -59,7 +64,14 @@ class RunResult:
             yield record
         finally:
             record.seconds = time.perf_counter() - start
-            self.stages.append(record)
+            with _LOCK:
+                existing = next((s for s in self.stages if s.name == name), None)
+                if existing is None:
+                    self.stages.append(record)
+                else:
+                    existing.seconds += record.seconds
+                    if record.items is not None:
+                        existing.items = (existing.items or 0) + record.items
 
     def warn(self, message: str) -> None:
         if message not in self.warnings:

@@ -66,6 +66,10 @@ class Settings:
     telemetry_interval_s: float = 1.0
     telemetry_history_s: int = 600
     cpu_workers: int = 2
+    max_side: int = 2560
+    max_seconds: float = 600.0
+    wav2lip_checkpoint: str | None = None
+    s3fd_checkpoint: str | None = None
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -112,6 +116,14 @@ DOCUMENTED: dict[str, tuple[str, str]] = {
     "TELEMETRY_INTERVAL": ("telemetry_interval_s", "seconds between telemetry samples, 0.1..60 (default 1.0)"),
     "TELEMETRY_HISTORY": ("telemetry_history_s", "seconds of telemetry history kept, 10..86400 (default 600)"),
     "CPU_WORKERS": ("cpu_workers", "worker threads for CPU jobs, 1..64 (default 2)"),
+    "MAX_SIDE": ("max_side", "largest accepted image/video side in pixels, 64..8192 (default 2560: 4K is refused)"),
+    "MAX_SECONDS": ("max_seconds", "longest accepted video or audio in seconds, 1..7200 (default 600)"),
+    "WAV2LIP_CHECKPOINT": (
+        "wav2lip_checkpoint",
+        "Wav2Lip generator checkpoint: a path, or hf:OWNER/REPO/FILE (downloaded only when online); "
+        "default: WEIGHTS_DIR/wav2lip_gan.pth or wav2lip.pth",
+    ),
+    "S3FD_CHECKPOINT": ("s3fd_checkpoint", "S3FD face detector checkpoint (default: WEIGHTS_DIR/s3fd.pth)"),
 }
 
 
@@ -135,6 +147,10 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         telemetry_interval_s=_number(env, "TELEMETRY_INTERVAL", 1.0, 0.1, 60.0),
         telemetry_history_s=_number(env, "TELEMETRY_HISTORY", 600, 10, 86_400, int),
         cpu_workers=_number(env, "CPU_WORKERS", 2, 1, 64, int),
+        max_side=_number(env, "MAX_SIDE", 2560, 64, 8192, int),
+        max_seconds=_number(env, "MAX_SECONDS", 600.0, 1.0, 7200.0),
+        wav2lip_checkpoint=_env(env, "WAV2LIP_CHECKPOINT"),
+        s3fd_checkpoint=_env(env, "S3FD_CHECKPOINT"),
         extra={k: v for k, v in env.items() if k.startswith(PREFIX) and k not in known},
     )
 

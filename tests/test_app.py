@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from pathlib import Path
 
 import pytest
 from conftest import RunningApp, chromium_path, stop_app
@@ -71,6 +72,34 @@ def test_device_endpoint(client) -> None:
     assert "fp32" in info["capabilities"]["precisions"]
 
 
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+
+
+def _lipsync_args(face: Path, speech: Path) -> list:
+    from gradio_client import handle_file
+
+    return [handle_file(str(face)), handle_file(str(speech)), "baseline", "", 0, "auto", False, 0, 10, 0, 0, True,
+            "haar", 0.5, "blend", 0]
+
+
+def test_lipsync_endpoint_makes_a_video(client) -> None:
+    video, summary, _chart, details = client.predict(*_lipsync_args(ASSETS / "face.jpg", ASSETS / "speech.wav"),
+                                                     api_name="/lipsync")
+    path = Path(video["video"] if isinstance(video, dict) else video)
+    assert path.exists() and path.stat().st_size > 10_000
+    assert "not Wav2Lip" in summary and details["metrics"]["frames"] > 100
+
+
+def test_lipsync_bad_input_is_a_message_and_the_app_keeps_serving(client, tmp_path) -> None:
+    from gradio_client.exceptions import AppError
+
+    bogus = tmp_path / "speech.wav"
+    bogus.write_bytes(b"this is not audio" * 50)
+    with pytest.raises(AppError, match="could not be decoded"):
+        client.predict(*_lipsync_args(ASSETS / "face.jpg", bogus), api_name="/lipsync")
+    assert client.predict(api_name="/device")["device"]
+
+
 @pytest.mark.browser
 def test_page_shows_tabs_and_live_telemetry(running_app: RunningApp, tmp_path) -> None:
     sync_api = pytest.importorskip("playwright.sync_api")
@@ -91,7 +120,8 @@ def test_page_shows_tabs_and_live_telemetry(running_app: RunningApp, tmp_path) -
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1100})
             page.goto(running_app.url, wait_until="domcontentloaded")
-            page.get_by_role("tab", name="System").wait_for(timeout=60_000)
+            page.get_by_role("tab", name="Lip-sync").wait_for(timeout=60_000)
+            page.get_by_role("tab", name="System").click()
             stamp = page.locator("#telemetry-timestamp")
             sync_api.expect(stamp).to_contain_text("Updated", timeout=60_000)
             first = stamp.inner_text()

@@ -45,3 +45,14 @@ def test_peak_host_rss_is_at_least_the_current_rss() -> None:
     import psutil
 
     assert peak_host_rss_bytes() >= psutil.Process().memory_info().rss * 0.9
+
+
+def test_a_stage_entered_per_batch_accumulates_into_one_total() -> None:
+    result = RunResult()
+    for _ in range(3):
+        with result.stage("infer", items=8):
+            time.sleep(0.002)
+    with result.stage("encode"):
+        pass
+    assert [s.name for s in result.stages] == ["infer", "encode"]
+    assert result.stages[0].items == 24 and result.stages[0].seconds >= 0.006

@@ -1,0 +1,372 @@
+"""Audio for the lip-sync engines: decoding anything to 16 kHz mono, Wav2Lip's mel features, and a loudness track.
+
+The mel spectrogram must match what Wav2Lip was trained on (Rudrabha/Wav2Lip `audio.py` with its
+`hparams.py`), or the model sees features it never learnt. That upstream code ran on librosa 0.7,
+whose centred STFT padded by reflection; librosa >= 0.10 pads with zeros, which quietly changes the
+first and last two frames. So the framing and FFT are done here in numpy and do not depend on the
+installed librosa; the Slaney mel filterbank is written out here too (checked against librosa in the tests).
+
+Heavy imports (PyAV, scipy) happen inside the functions, so importing the engine stays cheap.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+SAMPLE_RATE = 16000
+HOP = 200  # mel frames are 80 per second at 16 kHz
+MEL_STEP = 16  # mel frames per Wav2Lip chunk
+
+# Wav2Lip hparams.py: the features the released checkpoints were trained on.
+N_FFT = 800
+WIN_LENGTH = 800
+N_MELS = 80
+FMIN = 55.0
+FMAX = 7600.0
+PREEMPHASIS = 0.97
+MIN_LEVEL_DB = -100.0
+REF_LEVEL_DB = 20.0
+MAX_ABS_VALUE = 4.0
+MEL_FPS = SAMPLE_RATE / HOP  # 80 mel frames per second
+
+ACCEPTED_FORMATS = "audio (wav, mp3, m4a/aac, ogg vorbis/opus, flac) or a video with sound (mp4, mkv, webm, mov)"
+
+# Codec padding (AAC priming, MP3 frames) can add a few tens of ms to a clip cut at exactly the limit.
+_LIMIT_SLACK_S = 0.1
+# Frames per STFT block, so an hour of audio never needs an (frames x 800) float64 matrix at once.
+_STFT_BLOCK = 4096
+
+# frame_energy's mapping from dBFS to [0, 1] and its smoothing, chosen for a mouth-opening signal.
+_ENERGY_FLOOR_DB = -50.0  # at or below this a frame counts as silence (0)
+_ENERGY_MIN_RANGE_DB = 25.0  # the ceiling is never closer to the floor than this (-25 dBFS at least)
+_ENERGY_CEIL_PERCENTILE = 95.0
+_ATTACK_S = 0.015
+_RELEASE_S = 0.08
+_FILTER_PAD = 2048  # zeros around the clip so the zero-phase filter works on clips of any length
+
+
+class AudioError(ValueError):
+    """Bad audio input; the message says what was wrong and what is accepted."""
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def load_audio(path: str | os.PathLike, max_seconds: float | None = None) -> np.ndarray:
+    """Decode a file's first audio stream to float32 mono 16 kHz in [-1, 1].
+
+    Decoding streams frame by frame and gives up as soon as `max_seconds` is passed, so an
+    hour-long upload is rejected after decoding only the allowed amount.
+    """
+    file = Path(os.fspath(path))
+    _check_file(file)
+    if max_seconds is not None and not (max_seconds > 0 and math.isfinite(max_seconds)):
+        raise AudioError(f"max_seconds must be a positive number of seconds, got {max_seconds!r}")
+    wav = _decode(file, max_seconds)
+    if wav.size == 0:
+        raise AudioError(f"{file.name}: the audio stream is empty (0 samples decoded); a clip with sound is needed")
+    _check_finite(wav, file.name)
+    np.clip(wav, -1.0, 1.0, out=wav)  # lossy decoders and the resampler overshoot full scale slightly
+    return np.ascontiguousarray(wav, dtype=np.float32)
+
+
+def _check_file(file: Path) -> None:
+    if not file.exists():
+        raise AudioError(f"audio file not found: {file}")
+    if not file.is_file():
+        raise AudioError(f"not a file: {file}; expected an audio or video file ({ACCEPTED_FORMATS})")
+    if file.stat().st_size == 0:
+        raise AudioError(f"{file.name} is empty (0 bytes); expected an audio or video file ({ACCEPTED_FORMATS})")
+
+
+def _decode(file: Path, max_seconds: float | None) -> np.ndarray:
+    """Demux and decode only the audio stream; PyAV errors become AudioError."""
+    import av
+
+    try:
+        container = av.open(str(file), metadata_errors="ignore")
+    except av.error.PermissionError as exc:
+        raise AudioError(f"{file.name} could not be read: {exc.strerror or exc}") from exc
+    except (av.error.FFmpegError, UnicodeDecodeError) as exc:
+        raise _undecodable(file, exc) from exc
+    with container:
+        if not container.streams.audio:
+            kinds = sorted({s.type for s in container.streams}) or ["none"]
+            raise AudioError(
+                f"{file.name} has no audio stream (streams found: {', '.join(kinds)}); "
+                "a video without sound cannot drive lip-sync: use a file with an audio track"
+            )
+        stream = container.streams.audio[0]
+        max_samples = None if max_seconds is None else int((max_seconds + _LIMIT_SLACK_S) * SAMPLE_RATE)
+        try:
+            return _decode_stream(container, stream, max_samples, file, max_seconds)
+        except av.error.FFmpegError as exc:
+            raise _undecodable(file, exc) from exc
+
+
+def _decode_stream(container, stream, max_samples: int | None, file: Path, max_seconds: float | None) -> np.ndarray:
+    import av
+
+    resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+    pieces: list[np.ndarray] = []
+    total = 0
+
+    def take(frames) -> None:
+        nonlocal total
+        for frame in frames:
+            samples = frame.to_ndarray().reshape(-1)
+            pieces.append(samples)
+            total += samples.size
+            if max_samples is not None and total > max_samples:
+                raise _too_long(file, stream, container, total, max_seconds)
+
+    for packet in container.demux(stream):
+        for frame in packet.decode():
+            take(resampler.resample(frame))
+    take(resampler.resample(None))  # the resampler holds back a filter's worth of samples until flushed
+    if not pieces:
+        return np.zeros(0, dtype=np.float32)
+    return np.concatenate(pieces).astype(np.float32, copy=False)
+
+
+def _undecodable(file: Path, exc: Exception) -> AudioError:
+    return AudioError(
+        f"{file.name} could not be decoded as audio or video ({type(exc).__name__}: {exc}); "
+        f"the file may be corrupt or in an unsupported format. Accepted: {ACCEPTED_FORMATS}"
+    )
+
+
+def _too_long(file: Path, stream, container, decoded: int, max_seconds: float | None) -> AudioError:
+    declared = _declared_seconds(stream, container)
+    if declared is not None and declared > decoded / SAMPLE_RATE:
+        length = f"{declared:.1f} s long"
+    else:  # no declared duration, or an estimate that is plainly wrong
+        length = f"longer than {decoded / SAMPLE_RATE:.1f} s"
+    return AudioError(f"{file.name} is {length}; the limit is {max_seconds:g} s: trim the audio or raise the limit")
+
+
+def _declared_seconds(stream, container) -> float | None:
+    """The duration the container claims, only for the error message (it can be an estimate)."""
+    import av
+
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / av.time_base
+    return None
+
+
+def _check_finite(wav: np.ndarray, what: str) -> None:
+    if not np.isfinite(wav).all():
+        bad = int(np.count_nonzero(~np.isfinite(wav)))
+        raise AudioError(f"{what}: {bad} samples are NaN or infinite; only finite samples in [-1, 1] are accepted")
+
+
+# --------------------------------------------------------------------------- Wav2Lip mel features
+
+
+def mel_spectrogram(wav: np.ndarray) -> np.ndarray:
+    """Wav2Lip's normalised log-mel features, float32 (80, 1 + len(wav) // 200)."""
+    x = _as_mono(wav, "mel_spectrogram")
+    emphasised = _preemphasis(x)
+    mel = np.concatenate([_mel_magnitudes(block) for block in _stft_blocks(emphasised)], axis=1)
+    db = 20.0 * np.log10(np.maximum(10.0 ** (MIN_LEVEL_DB / 20.0), mel)) - REF_LEVEL_DB
+    normalised = 2 * MAX_ABS_VALUE * ((db - MIN_LEVEL_DB) / -MIN_LEVEL_DB) - MAX_ABS_VALUE
+    return np.clip(normalised, -MAX_ABS_VALUE, MAX_ABS_VALUE).astype(np.float32)
+
+
+def _as_mono(wav: np.ndarray, caller: str) -> np.ndarray:
+    x = np.asarray(wav)
+    if x.ndim != 1:
+        raise AudioError(f"{caller}: expected a 1-D mono waveform at {SAMPLE_RATE} Hz, got shape {x.shape}")
+    if x.size == 0:
+        raise AudioError(f"{caller}: the waveform is empty; at least one sample is needed")
+    if not np.issubdtype(x.dtype, np.number) or np.iscomplexobj(x):
+        raise AudioError(f"{caller}: expected real float samples, got dtype {x.dtype}")
+    x = x.astype(np.float64)
+    _check_finite(x, caller)
+    return x
+
+
+def _preemphasis(x: np.ndarray) -> np.ndarray:
+    """y[n] = x[n] - 0.97 x[n-1] with x[-1] = 0, as scipy.signal.lfilter([1, -0.97], [1], x) does upstream."""
+    y = x.copy()
+    y[1:] -= PREEMPHASIS * x[:-1]
+    return y
+
+
+def _stft_blocks(y: np.ndarray):
+    """Centred frames (reflect padding, as librosa 0.7) in blocks of frames, windowed and ready for the FFT."""
+    padded = np.pad(y, N_FFT // 2, mode="reflect")
+    frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[::HOP]  # (1 + len // HOP, N_FFT), a view
+    window = _hann_window()
+    for start in range(0, frames.shape[0], _STFT_BLOCK):
+        yield frames[start : start + _STFT_BLOCK] * window
+
+
+def _mel_magnitudes(windowed: np.ndarray) -> np.ndarray:
+    magnitude = np.abs(np.fft.rfft(windowed, n=N_FFT, axis=1))  # magnitude, not power, as upstream
+    return _mel_basis() @ magnitude.T
+
+
+@lru_cache(maxsize=1)
+def _hann_window() -> np.ndarray:
+    """Periodic Hann (scipy's get_window('hann', 800, fftbins=True)), the window librosa's stft uses."""
+    n = np.arange(WIN_LENGTH)
+    window = 0.5 - 0.5 * np.cos(2.0 * np.pi * n / WIN_LENGTH)
+    window.setflags(write=False)
+    return window
+
+
+def _hz_to_slaney_mel(hz: np.ndarray) -> np.ndarray:
+    """Slaney's mel scale: linear below 1 kHz (200/3 Hz per mel), logarithmic above."""
+    hz = np.asarray(hz, np.float64)
+    linear = hz / (200.0 / 3)
+    log_part = 15.0 + np.log(np.maximum(hz, 1e-10) / 1000.0) / (np.log(6.4) / 27.0)
+    return np.where(hz >= 1000.0, log_part, linear)
+
+
+def _slaney_mel_to_hz(mel: np.ndarray) -> np.ndarray:
+    mel = np.asarray(mel, np.float64)
+    return np.where(mel >= 15.0, 1000.0 * np.exp((np.log(6.4) / 27.0) * (mel - 15.0)), mel * (200.0 / 3))
+
+
+@lru_cache(maxsize=1)
+def _mel_basis() -> np.ndarray:
+    """Slaney-scale, Slaney-normalised triangular filters, as librosa's defaults (and so upstream) make them.
+
+    Written out here rather than taken from librosa so the engine does not need librosa (and numba)
+    at run time; a test checks it against librosa.filters.mel.
+    """
+    fft_hz = np.linspace(0.0, SAMPLE_RATE / 2, 1 + N_FFT // 2)
+    edges = _slaney_mel_to_hz(np.linspace(_hz_to_slaney_mel(FMIN), _hz_to_slaney_mel(FMAX), N_MELS + 2))
+    widths = np.diff(edges)
+    ramps = edges[:, None] - fft_hz[None, :]
+    lower = -ramps[:-2] / widths[:-1, None]
+    upper = ramps[2:] / widths[1:, None]
+    basis = np.maximum(0.0, np.minimum(lower, upper)) * (2.0 / (edges[2:] - edges[:-2]))[:, None]
+    # float32 values as librosa returns them, applied in float64 as upstream's dot product did.
+    basis = basis.astype(np.float32).astype(np.float64)
+    basis.setflags(write=False)
+    return basis
+
+
+# --------------------------------------------------------------------------- per-video-frame chunks
+
+
+def mel_chunks(mel: np.ndarray, fps: float, offset_frames: int = 0) -> np.ndarray:
+    """One (80, 16) mel window per video frame, float32 (N, 80, 16), as Wav2Lip's inference loop cuts them.
+
+    The count follows upstream: regular chunks while they fit, then one chunk aligned to the end.
+    Starts use upstream's `int(i * (80. / fps))` so frame alignment is bit-identical to Wav2Lip.
+    `offset_frames` moves the audio against the video without changing the count.
+    """
+    mel = _check_mel(mel)
+    _check_fps(fps, "mel_chunks")
+    multiplier = MEL_FPS / fps  # computed first and multiplied after, exactly as upstream
+    n_mel = mel.shape[1]
+    last = n_mel - MEL_STEP
+    n_regular = 0
+    while int(n_regular * multiplier) <= last:
+        n_regular += 1
+    frames = range(int(offset_frames), int(offset_frames) + n_regular + 1)
+    starts = np.clip(np.array([int(j * multiplier) for j in frames], dtype=np.int64), 0, last)
+    index = starts[:, None] + np.arange(MEL_STEP)[None, :]  # (N, 16)
+    return np.ascontiguousarray(mel[:, index].transpose(1, 0, 2), dtype=np.float32)
+
+
+def _check_mel(mel: np.ndarray) -> np.ndarray:
+    mel = np.asarray(mel)
+    if mel.ndim != 2 or mel.shape[0] != N_MELS:
+        raise AudioError(f"expected a mel spectrogram of shape ({N_MELS}, T), got shape {mel.shape}")
+    n_mel = mel.shape[1]
+    if n_mel < MEL_STEP:
+        have_s = (n_mel - 1) * HOP / SAMPLE_RATE if n_mel else 0.0
+        need_s = (MEL_STEP - 1) * HOP / SAMPLE_RATE
+        raise AudioError(
+            f"audio too short: {n_mel} mel frames (about {have_s:.3f} s) but one Wav2Lip chunk needs {MEL_STEP} "
+            f"(at least {need_s:.4f} s, {(MEL_STEP - 1) * HOP} samples at {SAMPLE_RATE} Hz)"
+        )
+    return mel
+
+
+def _check_fps(fps: float, caller: str) -> None:
+    if not (isinstance(fps, (int, float, np.integer, np.floating)) and math.isfinite(fps) and fps > 0):
+        raise AudioError(f"{caller}: fps must be a positive finite number, got {fps!r}")
+
+
+# --------------------------------------------------------------------------- loudness per video frame
+
+
+def frame_energy(wav: np.ndarray, fps: float, n_frames: int, band: tuple[float, float] = (300.0, 3000.0)) -> np.ndarray:
+    """Speech-band loudness per video frame in [0, 1], smoothed, for the weight-free baseline engine's mouth.
+
+    Silence (below -50 dBFS) maps to 0; the ceiling is the clip's 95th-percentile frame level but at
+    least 25 dB above the floor, so quiet and loud recordings both use the range and a short burst
+    in silence still reaches 1. Attack is fast and release slower so the mouth closes smoothly.
+    """
+    _check_fps(fps, "frame_energy")
+    if not isinstance(n_frames, (int, np.integer)) or n_frames < 0:
+        raise AudioError(f"frame_energy: n_frames must be a non-negative integer, got {n_frames!r}")
+    n_frames = int(n_frames)
+    x = np.asarray(wav, dtype=np.float64)
+    if x.ndim != 1:
+        raise AudioError(f"frame_energy: expected a 1-D mono waveform at {SAMPLE_RATE} Hz, got shape {x.shape}")
+    _check_finite(x, "frame_energy")
+    if n_frames == 0:
+        return np.zeros(0, dtype=np.float32)
+    level_db = _frame_levels_db(_band_pass(x, _check_band(band)), fps, n_frames)
+    return _smooth(_db_to_unit(level_db), fps).astype(np.float32)
+
+
+def _check_band(band: tuple[float, float]) -> tuple[float, float]:
+    low, high = (float(v) for v in band)
+    if not 0 < low < high < SAMPLE_RATE / 2:
+        raise AudioError(f"frame_energy: band must satisfy 0 < low < high < {SAMPLE_RATE // 2} Hz, got {band!r}")
+    return low, high
+
+
+def _band_pass(x: np.ndarray, band: tuple[float, float]) -> np.ndarray:
+    """Zero-phase Butterworth band-pass: speech formants without hum or hiss, and no time shift."""
+    from scipy.signal import butter, sosfiltfilt
+
+    if not x.any():
+        return np.zeros_like(x)
+    sos = butter(4, band, btype="bandpass", fs=SAMPLE_RATE, output="sos")
+    padded = np.pad(x, _FILTER_PAD)
+    return sosfiltfilt(sos, padded)[_FILTER_PAD : _FILTER_PAD + x.size]
+
+
+def _frame_levels_db(y: np.ndarray, fps: float, n_frames: int) -> np.ndarray:
+    """RMS in dBFS over each video frame's span of samples; frames past the audio's end are silence."""
+    bounds = np.round(np.arange(n_frames + 1) * (SAMPLE_RATE / fps)).astype(np.int64)
+    needed = int(bounds[-1])
+    if y.size < needed:
+        y = np.pad(y, (0, needed - y.size))
+    energy = np.concatenate([[0.0], np.cumsum(y[:needed] ** 2)])
+    lengths = np.maximum(np.diff(bounds), 1)
+    mean_square = np.maximum(energy[bounds[1:]] - energy[bounds[:-1]], 0.0) / lengths
+    return 10.0 * np.log10(np.maximum(mean_square, 1e-12))
+
+
+def _db_to_unit(level_db: np.ndarray) -> np.ndarray:
+    ceiling = max(float(np.percentile(level_db, _ENERGY_CEIL_PERCENTILE)), _ENERGY_FLOOR_DB + _ENERGY_MIN_RANGE_DB)
+    return np.clip((level_db - _ENERGY_FLOOR_DB) / (ceiling - _ENERGY_FLOOR_DB), 0.0, 1.0)
+
+
+def _smooth(level: np.ndarray, fps: float) -> np.ndarray:
+    """One-pole envelope follower; time constants in seconds so the feel does not depend on fps."""
+    attack = 1.0 - math.exp(-1.0 / (fps * _ATTACK_S))
+    release = 1.0 - math.exp(-1.0 / (fps * _RELEASE_S))
+    out = np.empty_like(level)
+    state = 0.0
+    for i, target in enumerate(level.tolist()):
+        state += (attack if target > state else release) * (target - state)
+        out[i] = state
+    out[out < 1e-3] = 0.0  # the release tail never reaches 0 by itself; silence should read as exactly 0
+    return out

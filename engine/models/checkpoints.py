@@ -1,0 +1,235 @@
+"""Reading and validating checkpoint files, shared by every model loader.
+
+Most failures users hit are not bugs in the network but a wrong file: an HTML login page saved as
+``.pth``, a Git LFS pointer, a half-finished download, or the weights of a different model. Each of
+these is recognised here and reported as a :class:`CheckpointError` that says what the file is and
+which file was expected, instead of a pickle traceback or a wall of missing keys.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+# How many names of each kind of mismatch a message lists before it says "and N more".
+_LIST_LIMIT = 10
+_LFS_MAGIC = b"version https://git-lfs.github.com/spec/v1"
+_ZIP_MAGIC = b"PK\x03\x04"
+_ZIP_END_MAGIC = b"PK\x05\x06"  # end-of-central-directory record, always in the last ~64 KiB of a zip
+_MODULE_PREFIX = "module."
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file cannot be used; the message says what is wrong with it and which file is expected."""
+
+    def __init__(self, problem: str, *, path: str | os.PathLike[str] | None = None, expected: str | None = None):
+        self.problem = problem
+        self.path = None if path is None else str(path)
+        self.expected = expected
+        message = problem if self.path is None else f"{self.path}: {problem}"
+        if expected:
+            message += f"\nExpected {expected}."
+        super().__init__(message)
+
+
+def _size_text(n_bytes: int) -> str:
+    if n_bytes < 1024:
+        return f"{n_bytes} bytes"
+    if n_bytes < 1024**2:
+        return f"{n_bytes / 1024:.1f} KB"
+    return f"{n_bytes / 1024**2:.1f} MB"
+
+
+def _sniff(path: Path, expected: str) -> None:
+    """Reject files whose first or last bytes show they are no checkpoint: clearer than an unpickling error."""
+    if not path.exists():
+        raise CheckpointError("no such file: download it first or fix the path", path=path, expected=expected)
+    if not path.is_file():
+        raise CheckpointError("this is a directory, not a checkpoint file", path=path, expected=expected)
+    size = path.stat().st_size
+    if size == 0:
+        raise CheckpointError(
+            "the file is empty (0 bytes): the download probably failed or was interrupted",
+            path=path,
+            expected=expected,
+        )
+    with open(path, "rb") as f:
+        head = f.read(512)
+        tail = b""
+        if head.startswith(_ZIP_MAGIC):
+            f.seek(max(0, size - 66_000))
+            tail = f.read()
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if text.startswith((b"<!doctype", b"<html")):
+        raise CheckpointError(
+            f"this is a web page ({_size_text(size)}), not a checkpoint: "
+            "the download link probably returned a login or error page",
+            path=path,
+            expected=expected,
+        )
+    if text.startswith(_LFS_MAGIC):
+        raise CheckpointError(
+            f"this is a Git LFS pointer ({_size_text(size)}), not the weights: "
+            "run git lfs pull or download the real file",
+            path=path,
+            expected=expected,
+        )
+    if head.startswith(_ZIP_MAGIC) and _ZIP_END_MAGIC not in tail:
+        raise CheckpointError(
+            f"the file is truncated ({_size_text(size)}; its zip end record is missing): "
+            "the download stopped early, download it again",
+            path=path,
+            expected=expected,
+        )
+
+
+def _torch_load(path: Path, expected: str) -> object:
+    try:
+        # map_location="cpu": checkpoints saved from a GPU (including torch's legacy non-zip format, whose
+        # storages are tagged "cuda:0") load on any machine; the caller moves the model afterwards.
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "unsupported global" in str(e).lower():  # a real pickle naming a class weights_only will not import
+            problem = (
+                "the file holds Python objects besides tensors, which weights_only loading refuses to run: "
+                "it is not a plain PyTorch checkpoint of the expected kind"
+            )
+        else:
+            problem = "torch.load could not read it: the file is truncated or corrupt, or not a PyTorch checkpoint"
+        raise CheckpointError(f"{problem} ({type(e).__name__}: {e})", path=path, expected=expected) from e
+    except Exception as e:  # torch raises RuntimeError, EOFError, ValueError, zipfile errors... for broken files
+        problem = "torch.load could not read it: the file is truncated or corrupt, or not a PyTorch checkpoint"
+        raise CheckpointError(f"{problem} ({type(e).__name__}: {e})", path=path, expected=expected) from e
+
+
+def read_checkpoint(path: str | os.PathLike[str], expected: str) -> dict[str, torch.Tensor]:
+    """The state dict stored in ``path``, on the CPU.
+
+    Accepts a training checkpoint ``{"state_dict": ..., "optimizer": ..., "global_step": ...}`` (only
+    ``state_dict`` is used) or a plain state dict. ``expected`` describes the right file for messages,
+    e.g. "the official Wav2Lip generator checkpoint wav2lip.pth or wav2lip_gan.pth (about 416 MB)".
+    """
+    path = Path(path)
+    _sniff(path, expected)
+    obj = _torch_load(path, expected)
+    size = _size_text(path.stat().st_size)
+
+    if isinstance(obj, Mapping) and "state_dict" in obj:
+        state = obj["state_dict"]
+        where = "its 'state_dict' entry"
+    else:
+        state = obj
+        where = "it"
+    if not isinstance(state, Mapping):
+        raise CheckpointError(
+            f"not a checkpoint of the expected kind ({size}): {where} holds a {type(state).__name__}, "
+            "not a dict of named tensors",
+            path=path,
+            expected=expected,
+        )
+    not_tensors = [str(k) for k, v in state.items() if not isinstance(v, torch.Tensor) or not isinstance(k, str)]
+    if not state or len(not_tensors) == len(state):
+        keys = ", ".join(not_tensors[:_LIST_LIMIT]) or "none"
+        raise CheckpointError(
+            f"not a checkpoint of the expected kind ({size}): {where} is a dict without tensors (keys: {keys})",
+            path=path,
+            expected=expected,
+        )
+    if not_tensors:
+        raise CheckpointError(
+            f"not a state dict ({size}): {len(not_tensors)} of its {len(state)} entries are not tensors "
+            f"({_names(not_tensors)}); a checkpoint of another format or another model?",
+            path=path,
+            expected=expected,
+        )
+    return dict(state)
+
+
+def strip_module_prefix(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop the one leading ``module.`` that ``nn.DataParallel`` adds to every key when the model is saved.
+
+    Only a leading prefix, and only once: ``str.replace("module.", "")`` would also rename a layer
+    legitimately called ``module`` and hide a twice-wrapped save, which should fail loudly instead.
+    """
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        new = key[len(_MODULE_PREFIX) :] if key.startswith(_MODULE_PREFIX) else key
+        if new in out:
+            raise CheckpointError(f"the key {new!r} appears both with and without the 'module.' prefix")
+        out[new] = value
+    return out
+
+
+def _names(names: list[str]) -> str:
+    shown = ", ".join(names[:_LIST_LIMIT])
+    return shown + (f" ... and {len(names) - _LIST_LIMIT} more" if len(names) > _LIST_LIMIT else "")
+
+
+def _recognise(keys: list[str]) -> str | None:
+    """Name the well-known network whose state-dict keys these are, if any (for the mismatch hint)."""
+    if any(k.startswith("face_decoder_blocks.") for k in keys):
+        return "the Wav2Lip generator (wav2lip.pth / wav2lip_gan.pth)"
+    if any(k.startswith("binary_pred.") for k in keys):
+        return "the Wav2Lip visual-quality discriminator (visual_quality_disc.pth)"
+    if any(k.startswith("face_encoder.") for k in keys) and any(k.startswith("audio_encoder.") for k in keys):
+        return "SyncNet, Wav2Lip's lip-sync expert (lipsync_expert.pth)"
+    if "fc7_mbox_conf.weight" in keys:
+        return "the S3FD face detector (s3fd.pth)"
+    return None
+
+
+def _hint(own: list[str], state: list[str], n_matched: int, unexpected: list[str], model: nn.Module) -> str:
+    name = type(model).__name__
+    if unexpected and all(k.startswith(_MODULE_PREFIX) for k in unexpected) and n_matched == 0:
+        return "its keys still start with 'module.' after one was removed: saved from a model wrapped twice?"
+    known = _recognise(state)
+    if n_matched < len(own) / 2 and known != _recognise(own):
+        if known:
+            return f"most keys do not match {name}: this looks like a different network, {known}"
+        return (
+            f"most keys do not match {name}: this looks like a different network "
+            "(e.g. the Wav2Lip discriminator/SyncNet or another model)"
+        )
+    return f"the layout matches {name} only in part: a modified fork (e.g. another input size) or another version?"
+
+
+def load_strict(
+    model: nn.Module,
+    state: Mapping[str, torch.Tensor],
+    expected: str,
+    *,
+    path: str | os.PathLike[str] | None = None,
+) -> None:
+    """Load ``state`` into ``model`` only if every key and shape matches; otherwise say exactly what differs.
+
+    ``path`` (optional) names the file in the message. Dtypes may differ (a half-precision file loads
+    into a float32 model); shapes may not.
+    """
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [
+        f"{k} (file {tuple(state[k].shape)}, model {tuple(own[k].shape)})"
+        for k in own
+        if k in state and state[k].shape != own[k].shape
+    ]
+    if missing or unexpected or mismatched:
+        n_matched = len(own) - len(missing) - len(mismatched)
+        lines = [
+            f"the weights do not fit {type(model).__name__}: "
+            f"{n_matched} of the model's {len(own)} entries match, the file has {len(state)}."
+        ]
+        if missing:
+            lines.append(f"Missing keys ({len(missing)}): {_names(missing)}")
+        if unexpected:
+            lines.append(f"Unexpected keys ({len(unexpected)}): {_names(unexpected)}")
+        if mismatched:
+            lines.append(f"Shape mismatches ({len(mismatched)}): {_names(mismatched)}")
+        lines.append("Hint: " + _hint(list(own), list(state), n_matched, unexpected, model))
+        raise CheckpointError("\n".join(lines), path=path, expected=expected)
+    model.load_state_dict(state, strict=True)

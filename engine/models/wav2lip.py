@@ -1,0 +1,197 @@
+"""The Wav2Lip generator (Prajwal et al., 2020), laid out so the official checkpoints load unchanged.
+
+Module attribute names (``face_encoder_blocks``, ``audio_encoder``, ``face_decoder_blocks``,
+``output_block``, and ``conv_block`` inside every unit) are the upstream ones, because they are the
+state-dict keys of ``wav2lip.pth`` / ``wav2lip_gan.pth``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+from engine.models.checkpoints import load_strict, read_checkpoint, strip_module_prefix
+
+WAV2LIP_EXPECTED = "the official Wav2Lip generator checkpoint wav2lip.pth or wav2lip_gan.pth (about 416 MB)"
+FACE_SIZE = 96  # the generator's face crops are FACE_SIZE x FACE_SIZE
+MEL_SHAPE = (1, 80, 16)  # one mel window: 80 mel bins x 16 frames (0.2 s of audio at 80 mel frames per second)
+N_STATE_ENTRIES = 352  # state-dict entries of the published generator (parameters and BatchNorm buffers)
+N_PARAMETERS = 36_298_035
+
+
+class ConvUnit(nn.Module):
+    """Conv2d + BatchNorm + ReLU, optionally adding the input before the ReLU (then cin == cout, stride 1)."""
+
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        kernel_size: int,
+        stride: int | tuple[int, int],
+        padding: int,
+        residual: bool = False,
+    ) -> None:
+        super().__init__()
+        self.conv_block = nn.Sequential(nn.Conv2d(cin, cout, kernel_size, stride, padding), nn.BatchNorm2d(cout))
+        self.act = nn.ReLU()
+        self.residual = residual  # a Python constant: torch.compile and ONNX export see a fixed graph
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv_block(x)
+        if self.residual:
+            y = y + x
+        return self.act(y)
+
+
+class ConvTransposeUnit(nn.Module):
+    """ConvTranspose2d + BatchNorm + ReLU: the decoder's upsampling step."""
+
+    def __init__(
+        self, cin: int, cout: int, kernel_size: int, stride: int, padding: int, output_padding: int = 0
+    ) -> None:
+        super().__init__()
+        self.conv_block = nn.Sequential(
+            nn.ConvTranspose2d(cin, cout, kernel_size, stride, padding, output_padding), nn.BatchNorm2d(cout)
+        )
+        self.act = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.conv_block(x))
+
+
+def _residuals(channels: int, count: int) -> list[nn.Module]:
+    return [ConvUnit(channels, channels, 3, 1, 1, residual=True) for _ in range(count)]
+
+
+def _down(cin: int, cout: int, kernel_size: int, stride: int, padding: int, n_residual: int) -> nn.Sequential:
+    """One encoder stage: a (strided) unit then ``n_residual`` residual units at the new width."""
+    return nn.Sequential(ConvUnit(cin, cout, kernel_size, stride, padding), *_residuals(cout, n_residual))
+
+
+def _up(cin: int, cout: int, stride: int, padding: int, output_padding: int, n_residual: int) -> nn.Sequential:
+    """One decoder stage: a 3x3 transposed unit then ``n_residual`` residual units."""
+    return nn.Sequential(
+        ConvTransposeUnit(cin, cout, 3, stride, padding, output_padding), *_residuals(cout, n_residual)
+    )
+
+
+class Wav2Lip(nn.Module):
+    """The published 96x96 Wav2Lip generator.
+
+    ``forward(mel, face)``: ``mel`` (B, 1, 80, 16) is one mel-spectrogram window per frame; ``face`` (B, 6, 96, 96)
+    holds, in [0, 1] and BGR channel order, the target crop with its lower half masked (channels 0-2)
+    stacked with a reference crop (channels 3-5). Returns the generated crops (B, 3, 96, 96) in [0, 1], BGR.
+
+    Only 4-D inputs; the upstream's 5-D (B, T, ...) training layout is flattened by the caller. The forward
+    has no data-dependent Python control flow, so it traces, compiles and exports as one static graph.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        # Face encoder: 96 -> 96, 48, 24, 12, 6, 3, 1 (each stage's output is kept for a skip connection).
+        self.face_encoder_blocks = nn.ModuleList(
+            [
+                _down(6, 16, 7, 1, 3, 0),
+                _down(16, 32, 3, 2, 1, 2),
+                _down(32, 64, 3, 2, 1, 3),
+                _down(64, 128, 3, 2, 1, 2),
+                _down(128, 256, 3, 2, 1, 2),
+                _down(256, 512, 3, 2, 1, 1),
+                nn.Sequential(ConvUnit(512, 512, 3, 1, 0), ConvUnit(512, 512, 1, 1, 0)),
+            ]
+        )
+        # Audio encoder, one flat Sequential (its indices are checkpoint keys): 80x16 -> 27x16 -> 9x6 -> 3x3 -> 1x1.
+        self.audio_encoder = nn.Sequential(
+            ConvUnit(1, 32, 3, 1, 1),
+            *_residuals(32, 2),
+            ConvUnit(32, 64, 3, (3, 1), 1),
+            *_residuals(64, 2),
+            ConvUnit(64, 128, 3, 3, 1),
+            *_residuals(128, 2),
+            ConvUnit(128, 256, 3, (3, 2), 1),
+            *_residuals(256, 1),
+            ConvUnit(256, 512, 3, 1, 0),
+            ConvUnit(512, 512, 1, 1, 0),
+        )
+        # Decoder: from the 512x1x1 audio embedding back to 96x96; every stage's input is the previous
+        # stage's output concatenated with the encoder feature of the same size, hence the odd widths.
+        self.face_decoder_blocks = nn.ModuleList(
+            [
+                nn.Sequential(ConvUnit(512, 512, 1, 1, 0)),  # 1x1
+                _up(1024, 512, 1, 0, 0, 1),  # 3x3
+                _up(1024, 512, 2, 1, 1, 2),  # 6x6
+                _up(768, 384, 2, 1, 1, 2),  # 12x12
+                _up(512, 256, 2, 1, 1, 2),  # 24x24
+                _up(320, 128, 2, 1, 1, 2),  # 48x48
+                _up(160, 64, 2, 1, 1, 2),  # 96x96
+            ]
+        )
+        self.output_block = nn.Sequential(ConvUnit(80, 32, 3, 1, 1), nn.Conv2d(32, 3, 1, 1, 0), nn.Sigmoid())
+
+    def forward(self, mel: torch.Tensor, face: torch.Tensor) -> torch.Tensor:
+        skips = []
+        x = face
+        for block in self.face_encoder_blocks:
+            x = block(x)
+            skips.append(x)
+        x = self.audio_encoder(mel)
+        for block, skip in zip(self.face_decoder_blocks, reversed(skips), strict=True):
+            x = torch.cat((block(x), skip), dim=1)
+        return self.output_block(x)
+
+
+def load_wav2lip(
+    path: str | os.PathLike[str], device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> Wav2Lip:
+    """The generator with the weights in ``path``, in eval mode on ``device``; CheckpointError names any wrong file."""
+    state = strip_module_prefix(read_checkpoint(path, WAV2LIP_EXPECTED))
+    model = Wav2Lip()
+    load_strict(model, state, WAV2LIP_EXPECTED, path=path)
+    return model.eval().to(device=device, dtype=dtype)
+
+
+def random_wav2lip_checkpoint(
+    path: str | os.PathLike[str], seed: int = 0, prefix: bool = True, legacy: bool = False
+) -> None:
+    """Write random generator weights in the official checkpoint layout, so tests and benchmarks need no download.
+
+    Same structure as the released files: ``{"state_dict": {"module." + key: tensor}, "optimizer": ...,
+    "global_step": 0, "global_epoch": 0}`` (``prefix=False`` drops the DataParallel prefix; ``legacy=True``
+    uses torch's old non-zip serialisation). BatchNorm statistics come from one pass over random inputs, so
+    eval-mode outputs vary with the input instead of saturating at 0 or 1. About 145 MB: the official files
+    are larger because their optimizer state holds Adam moments for every parameter; here it is a stand-in.
+    """
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(seed)
+        model = Wav2Lip()
+        batchnorms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+        for bn in batchnorms:
+            bn.weight.copy_(1.0 + 0.1 * torch.randn(bn.num_features))
+            bn.bias.copy_(0.1 * torch.randn(bn.num_features))
+            bn.momentum = 1.0  # the next batch's statistics become the running statistics
+        # One train-mode pass on random inputs sets every BatchNorm's running mean/var to the statistics
+        # its input really has, so eval-mode activations stay in range instead of exploding or dying.
+        model.train()(torch.randn(4, *MEL_SHAPE), torch.rand(4, 6, FACE_SIZE, FACE_SIZE))
+        for bn in batchnorms:
+            bn.momentum = 0.1
+            bn.running_var.clamp_(min=1e-3)
+            bn.num_batches_tracked.fill_(1000)
+        model.eval()
+    state = {("module." if prefix else "") + k: v for k, v in model.state_dict().items()}
+    optimizer = {
+        "state": {0: {"step": torch.tensor(1.0), "exp_avg": torch.zeros(4), "exp_avg_sq": torch.zeros(4)}},
+        "param_groups": [
+            {
+                "lr": 1e-4,
+                "betas": (0.9, 0.999),
+                "eps": 1e-8,
+                "weight_decay": 0,
+                "amsgrad": False,
+                "params": list(range(len(list(model.parameters())))),
+            }
+        ],
+    }
+    checkpoint = {"state_dict": state, "optimizer": optimizer, "global_step": 0, "global_epoch": 0}
+    torch.save(checkpoint, path, _use_new_zipfile_serialization=not legacy)

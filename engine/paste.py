@@ -1,0 +1,53 @@
+"""Face crops in, generated crops back into the frame.
+
+Two paste modes: "upstream" reproduces the reference Wav2Lip inference exactly (the whole box
+replaced, predictions truncated to uint8 before resizing), and "blend" (the default) rounds
+and feathers the prediction over the lower face only, so the eyes, forehead and box edges stay
+the original pixels and no seam shows.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import cv2
+import numpy as np
+
+PASTE_MODES = ("blend", "upstream")
+Box = tuple[int, int, int, int]
+
+
+def crop(frame: np.ndarray, box: Box, size: int) -> np.ndarray:
+    """The box resized to size x size (uint8 BGR), as the generators take it."""
+    x1, y1, x2, y2 = box
+    return cv2.resize(frame[y1:y2, x1:x2], (size, size), interpolation=cv2.INTER_AREA)
+
+
+@lru_cache(maxsize=64)
+def lower_face_mask(height: int, width: int) -> np.ndarray:
+    """A soft (h, w, 1) float32 mask: an ellipse over mouth and jaw, fading out before the box edges."""
+    mask = np.zeros((height, width), np.float32)
+    centre = (width // 2, int(height * 0.72))
+    axes = (max(1, int(width * 0.36)), max(1, int(height * 0.26)))
+    cv2.ellipse(mask, centre, axes, 0, 0, 360, 1.0, thickness=-1)
+    sigma = max(1.0, 0.06 * min(height, width))
+    mask = cv2.GaussianBlur(mask, (0, 0), sigmaX=sigma, sigmaY=sigma)
+    mask[:2], mask[-2:], mask[:, :2], mask[:, -2:] = 0, 0, 0, 0  # the box edge is always original
+    mask.setflags(write=False)
+    return mask[:, :, None]
+
+
+def paste(frame: np.ndarray, box: Box, prediction: np.ndarray, mode: str = "blend") -> None:
+    """Write a generated crop (float, 0..255, BGR) back into `frame` in place."""
+    x1, y1, x2, y2 = box
+    width, height = x2 - x1, y2 - y1
+    if mode == "upstream":
+        frame[y1:y2, x1:x2] = cv2.resize(prediction.astype(np.uint8), (width, height))
+        return
+    if mode != "blend":
+        raise ValueError(f"paste mode {mode!r} is not one of {', '.join(PASTE_MODES)}")
+    generated = cv2.resize(prediction.astype(np.float32), (width, height), interpolation=cv2.INTER_CUBIC)
+    mask = lower_face_mask(height, width)
+    region = frame[y1:y2, x1:x2].astype(np.float32)
+    blended = region + mask * (generated - region)
+    frame[y1:y2, x1:x2] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)

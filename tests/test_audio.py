@@ -1,0 +1,493 @@
+"""engine/audio.py: decoding through PyAV, Wav2Lip's mel features and chunks, and the loudness track.
+
+Every test file is generated here with PyAV (or the stdlib `wave`), so the suite needs no data and no network.
+"""
+
+from __future__ import annotations
+
+import wave
+from pathlib import Path
+
+import av
+import librosa
+import numpy as np
+import pytest
+from scipy.signal import get_window, lfilter
+
+from engine import audio
+from engine.audio import HOP, MEL_STEP, SAMPLE_RATE, AudioError, frame_energy, load_audio, mel_chunks, mel_spectrogram
+
+TONE_HZ = 440.0
+SECONDS = 1.5
+
+
+def _tone(rate: int, seconds: float, hz: float = TONE_HZ, amplitude: float = 0.5) -> np.ndarray:
+    """A stereo (2, n) float32 tone, the same in both channels."""
+    t = np.arange(round(rate * seconds)) / rate
+    mono = (amplitude * np.sin(2 * np.pi * hz * t)).astype(np.float32)
+    return np.stack([mono, mono])
+
+
+def _write_audio(
+    path: Path,
+    codec: str,
+    rate: int,
+    seconds: float = SECONDS,
+    container_format: str | None = None,
+    video_codec: str | None = None,
+    data: np.ndarray | None = None,
+    sample_format: str = "fltp",
+) -> Path:
+    """Encode planar float audio (and optionally a few tiny video frames) into any PyAV container."""
+    data = _tone(rate, seconds) if data is None else data
+    with av.open(str(path), "w", format=container_format) as container:
+        stream = container.add_stream(codec, rate=rate, layout="stereo" if data.shape[0] == 2 else "mono")
+        if video_codec:
+            _mux_video(container, video_codec, seconds)
+        pts = 0
+        for start in range(0, data.shape[1], 1024):
+            piece = np.ascontiguousarray(data[:, start : start + 1024])
+            if sample_format == "flt":
+                piece = piece.T.reshape(1, -1)  # packed: channels interleaved in one plane
+            frame = av.AudioFrame.from_ndarray(piece, format=sample_format, layout=stream.layout.name)
+            frame.sample_rate, frame.pts = rate, pts
+            pts += frame.samples
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return path
+
+
+def _mux_video(container, codec: str, seconds: float) -> None:
+    video = container.add_stream(codec, rate=25)
+    video.width = video.height = 64
+    video.pix_fmt = "yuv420p"
+    for k in range(round(seconds * 25)):
+        image = np.full((64, 64, 3), (k * 7) % 255, dtype=np.uint8)
+        for packet in video.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+            container.mux(packet)
+    for packet in video.encode(None):
+        container.mux(packet)
+
+
+def _video_codec() -> str:
+    return "libx264" if "libx264" in av.codecs_available else "mpeg4"
+
+
+def _write_wav16(path: Path, samples: np.ndarray, rate: int = SAMPLE_RATE) -> Path:
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
+    return path
+
+
+def _dominant_hz(wav: np.ndarray) -> float:
+    spectrum = np.abs(np.fft.rfft(wav * np.hanning(wav.size)))
+    return float(np.argmax(spectrum) * SAMPLE_RATE / wav.size)
+
+
+def _ogg_codec() -> str:
+    for codec in ("libvorbis", "libopus"):
+        if codec in av.codecs_available:
+            return codec
+    pytest.skip("PyAV's FFmpeg has neither libvorbis nor libopus")
+
+
+# --------------------------------------------------------------------------- load_audio: good inputs
+
+CASES = [
+    pytest.param("tone.wav", "pcm_s16le", 44100, None, None, id="wav-pcm_s16le-44k1"),
+    pytest.param("tone.flac", "flac", 48000, None, None, id="flac-48k"),
+    pytest.param("tone.mp3", "libmp3lame", 44100, None, None, id="mp3-44k1"),
+    pytest.param("tone.m4a", "aac", 44100, "ipod", None, id="m4a-aac-44k1"),
+    pytest.param("tone.ogg", "ogg", 48000, None, None, id="ogg-48k"),
+    pytest.param("clip.mp4", "aac", 48000, None, "video", id="mp4-video-aac-48k"),
+    pytest.param("clip.mkv", "flac", 44100, None, "video", id="mkv-video-flac-44k1"),
+]
+
+
+@pytest.mark.parametrize(("name", "codec", "rate", "container_format", "video"), CASES)
+def test_load_audio_decodes_to_16k_mono(
+    tmp_path: Path, name: str, codec: str, rate: int, container_format: str | None, video: str | None
+) -> None:
+    if codec == "ogg":
+        codec = _ogg_codec()
+    if codec not in av.codecs_available:
+        pytest.skip(f"{codec} is not in PyAV's FFmpeg")
+    video_codec = _video_codec() if video else None
+    path = _write_audio(tmp_path / name, codec, rate, container_format=container_format, video_codec=video_codec)
+
+    wav = load_audio(path)
+
+    assert wav.dtype == np.float32 and wav.ndim == 1 and wav.flags.c_contiguous
+    # AAC keeps up to ~1024 samples of tail padding at the source rate; the others are exact.
+    assert abs(wav.size / SAMPLE_RATE - SECONDS) < 0.03, wav.size
+    assert abs(_dominant_hz(wav) - TONE_HZ) < 1.0
+    assert wav.min() >= -1.0 and wav.max() <= 1.0
+    middle = wav[SAMPLE_RATE // 4 : -SAMPLE_RATE // 4]
+    assert 0.3 < np.sqrt(np.mean(middle**2)) < 0.6  # a steady tone, not silence and not clipped noise
+
+
+def test_load_audio_accepts_pathlike_and_str(tmp_path: Path) -> None:
+    path = _write_wav16(tmp_path / "mono.wav", np.full(1600, 0.25))
+    assert np.array_equal(load_audio(path), load_audio(str(path)))
+    assert load_audio(path).size == 1600
+
+
+def test_load_audio_clips_to_full_scale(tmp_path: Path) -> None:
+    loud = _tone(48000, 0.5, amplitude=1.5)  # float PCM can exceed full scale
+    wav = load_audio(_write_audio(tmp_path / "loud.wav", "pcm_f32le", 48000, 0.5, data=loud, sample_format="flt"))
+    assert wav.max() <= 1.0 and wav.min() >= -1.0 and wav.max() == 1.0
+
+
+# --------------------------------------------------------------------------- load_audio: bad inputs
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(AudioError, match="not found"):
+        load_audio(tmp_path / "nope.wav")
+
+
+def test_directory_is_not_audio(tmp_path: Path) -> None:
+    with pytest.raises(AudioError, match="not a file"):
+        load_audio(tmp_path)
+
+
+def test_random_bytes_named_wav(tmp_path: Path) -> None:
+    path = tmp_path / "noise.wav"
+    path.write_bytes(np.random.default_rng(1).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    with pytest.raises(AudioError, match=r"could not be decoded.*Accepted: audio \(wav, mp3"):
+        load_audio(path)
+
+
+def test_text_file(tmp_path: Path) -> None:
+    path = tmp_path / "notes.txt"
+    path.write_text("this is not audio\n" * 20)
+    with pytest.raises(AudioError, match="could not be decoded"):
+        load_audio(path)
+
+
+def test_zero_byte_file(tmp_path: Path) -> None:
+    path = tmp_path / "empty.mp3"
+    path.write_bytes(b"")
+    with pytest.raises(AudioError, match="0 bytes"):
+        load_audio(path)
+
+
+def test_video_without_audio(tmp_path: Path) -> None:
+    path = tmp_path / "silent.mp4"
+    with av.open(str(path), "w") as container:
+        _mux_video(container, _video_codec(), 0.4)
+    with pytest.raises(AudioError, match=r"no audio stream.*video"):
+        load_audio(path)
+
+
+def test_zero_length_wav(tmp_path: Path) -> None:
+    path = _write_wav16(tmp_path / "zero.wav", np.zeros(0))
+    assert path.stat().st_size > 0  # a valid header, no samples
+    with pytest.raises(AudioError, match="empty"):
+        load_audio(path)
+
+
+def test_too_long_names_duration_and_limit(tmp_path: Path) -> None:
+    path = _write_wav16(tmp_path / "three.wav", np.zeros(3 * SAMPLE_RATE))
+    with pytest.raises(AudioError, match=r"3\.0 s long; the limit is 1 s"):
+        load_audio(path, max_seconds=1)
+    assert load_audio(path, max_seconds=3).size == 3 * SAMPLE_RATE  # exactly at the limit is fine
+
+
+def test_too_long_stops_decoding_early(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = _write_wav16(tmp_path / "long.wav", np.zeros(60 * SAMPLE_RATE))
+    fed = []
+    real = av.AudioResampler
+
+    class CountingResampler:
+        def __init__(self, **kwargs) -> None:
+            self._inner = real(**kwargs)
+
+        def resample(self, frame):
+            fed.append(0 if frame is None else frame.samples)
+            return self._inner.resample(frame)
+
+    monkeypatch.setattr(av, "AudioResampler", CountingResampler)
+    with pytest.raises(AudioError, match="the limit is 2 s"):
+        load_audio(path, max_seconds=2)
+    assert 2 * SAMPLE_RATE < sum(fed) < 3 * SAMPLE_RATE  # stopped right after the limit, not after 60 s
+
+
+def test_bad_max_seconds(tmp_path: Path) -> None:
+    path = _write_wav16(tmp_path / "a.wav", np.zeros(1600))
+    with pytest.raises(AudioError, match="max_seconds"):
+        load_audio(path, max_seconds=0)
+
+
+def test_nan_samples_in_file(tmp_path: Path) -> None:
+    data = _tone(16000, 0.5)
+    data[:, 4000:4010] = np.nan
+    path = _write_audio(tmp_path / "nan.wav", "pcm_f32le", 16000, 0.5, data=data, sample_format="flt")
+    with pytest.raises(AudioError, match="NaN"):
+        load_audio(path)
+
+
+def test_nan_and_inf_samples_in_mel() -> None:
+    wav = np.zeros(4000, dtype=np.float32)
+    wav[100] = np.nan
+    with pytest.raises(AudioError, match="NaN or infinite"):
+        mel_spectrogram(wav)
+    wav[100] = np.inf
+    with pytest.raises(AudioError, match="NaN or infinite"):
+        mel_spectrogram(wav)
+
+
+def test_mel_rejects_empty_and_stereo() -> None:
+    with pytest.raises(AudioError, match="empty"):
+        mel_spectrogram(np.zeros(0, dtype=np.float32))
+    with pytest.raises(AudioError, match="1-D mono"):
+        mel_spectrogram(np.zeros((2, 1000), dtype=np.float32))
+
+
+def test_audio_error_is_a_value_error() -> None:
+    assert issubclass(AudioError, ValueError)
+
+
+# --------------------------------------------------------------------------- mel_spectrogram
+
+
+def _noise(n: int, seed: int = 0, scale: float = 0.1) -> np.ndarray:
+    return (np.random.default_rng(seed).standard_normal(n) * scale).astype(np.float32)
+
+
+def _normalise(mel_magnitude: np.ndarray) -> np.ndarray:
+    db = 20 * np.log10(np.maximum(1e-5, mel_magnitude)) - 20
+    return np.clip(8 * ((db + 100) / 100) - 4, -4, 4)
+
+
+def _librosa_mel(wav: np.ndarray, pad_mode: str) -> np.ndarray:
+    """Upstream's recipe run through today's librosa, with the padding chosen explicitly."""
+    emphasised = lfilter([1, -0.97], [1], wav)
+    stft = librosa.stft(y=emphasised, n_fft=800, hop_length=200, win_length=800, pad_mode=pad_mode)
+    basis = librosa.filters.mel(sr=16000, n_fft=800, n_mels=80, fmin=55, fmax=7600)
+    return _normalise(basis @ np.abs(stft))
+
+
+@pytest.mark.parametrize("n", [3000, 16000, 16123, 48000])
+def test_mel_shape_dtype_range(n: int) -> None:
+    mel = mel_spectrogram(_noise(n))
+    assert mel.shape == (80, 1 + n // HOP)
+    assert mel.dtype == np.float32
+    assert mel.min() >= -4.0 and mel.max() <= 4.0
+
+
+def test_silence_is_minus_four_everywhere() -> None:
+    # 0 -> the 1e-5 floor -> -100 dB - 20 dB = -120 dB -> 8 * (-20 / 100) - 4 = -5.6 -> clipped to -4.
+    assert np.all(mel_spectrogram(np.zeros(8000, dtype=np.float32)) == -4.0)
+
+
+def test_loud_tone_lights_up_its_band() -> None:
+    t = np.arange(SAMPLE_RATE) / SAMPLE_RATE
+    mel = mel_spectrogram((0.5 * np.sin(2 * np.pi * 1000 * t)).astype(np.float32))
+    centres = librosa.mel_frequencies(n_mels=82, fmin=55, fmax=7600)[1:-1]
+    band = int(np.argmin(np.abs(centres - 1000)))
+    interior = mel[:, 5:-5]
+    assert interior[band].min() > 1.5
+    assert np.all(interior.argmax(axis=0) == band)
+    assert interior[-1].max() < interior[band].min() - 2  # far bands stay low
+
+
+def test_interior_frame_matches_hand_computation() -> None:
+    wav = _noise(16000, seed=3)
+    x = wav.astype(np.float64)
+    emphasised = np.concatenate([[x[0]], x[1:] - 0.97 * x[:-1]])
+    padded = np.pad(emphasised, 400, mode="reflect")
+    t = 37
+    frame = padded[t * 200 : t * 200 + 800] * get_window("hann", 800, fftbins=True)
+    magnitude = np.abs(np.fft.rfft(frame))
+    basis = librosa.filters.mel(sr=16000, n_fft=800, n_mels=80, fmin=55, fmax=7600, htk=False, norm="slaney")
+    expected = _normalise(basis @ magnitude)
+
+    got = mel_spectrogram(wav)[:, t]
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert expected.min() > -4 and expected.max() < 4  # unclipped, so the comparison means something
+
+
+def test_matches_upstream_recipe_with_reflect_padding() -> None:
+    wav = _noise(16123, seed=4)
+    np.testing.assert_allclose(mel_spectrogram(wav), _librosa_mel(wav, "reflect"), atol=1e-5)
+
+
+def test_edge_frames_use_reflection_not_zero_padding() -> None:
+    wav = _noise(16123, seed=5)
+    mel = mel_spectrogram(wav)
+    zero_padded = _librosa_mel(wav, "constant")
+    differs = np.abs(mel - zero_padded).max(axis=0) > 1e-3
+    assert differs[[0, 1, -2, -1]].all()  # the frames that reach into the padding
+    np.testing.assert_allclose(mel[:, 2:-2], zero_padded[:, 2:-2], atol=1e-5)  # interior: identical either way
+
+
+# --------------------------------------------------------------------------- mel_chunks
+
+
+def _upstream_chunks(mel: np.ndarray, fps: float) -> list[np.ndarray]:
+    """Wav2Lip inference.py's loop, restated: regular chunks while they fit, then one aligned to the end."""
+    chunks, i, multiplier = [], 0, 80.0 / fps
+    while True:
+        start = int(i * multiplier)
+        if start + MEL_STEP > mel.shape[1]:
+            chunks.append(mel[:, mel.shape[1] - MEL_STEP :])
+            return chunks
+        chunks.append(mel[:, start : start + MEL_STEP])
+        i += 1
+
+
+@pytest.fixture(scope="module")
+def mel_3s() -> np.ndarray:
+    mel = mel_spectrogram(_noise(3 * SAMPLE_RATE, seed=6))
+    assert mel.shape == (80, 241)
+    return mel
+
+
+def test_chunks_3s_at_25fps(mel_3s: np.ndarray) -> None:
+    chunks = mel_chunks(mel_3s, 25)
+    assert chunks.shape == (72, 80, 16) and chunks.dtype == np.float32 and chunks.flags.c_contiguous
+    np.testing.assert_array_equal(chunks[-1], mel_3s[:, -16:])
+    for i in range(71):
+        start = int(i * 80 / 25)
+        np.testing.assert_array_equal(chunks[i], mel_3s[:, start : start + 16])
+
+
+@pytest.mark.parametrize("fps", [12.5, 23.976, 24, 24000 / 1001, 25, 29.97, 30, 30000 / 1001, 50, 59.94, 60])
+def test_chunks_equal_upstream_loop(mel_3s: np.ndarray, fps: float) -> None:
+    chunks = mel_chunks(mel_3s, fps)
+    expected = _upstream_chunks(mel_3s, fps)
+    assert len(chunks) == len(expected)
+    np.testing.assert_array_equal(chunks, np.stack(expected))
+    # About one chunk per video frame of the audio, less the 0.2 s window's worth, plus the end chunk.
+    assert fps * (3 - 0.2) <= len(chunks) <= fps * 3 + 1
+
+
+def test_chunk_counts_at_30_and_2997(mel_3s: np.ndarray) -> None:
+    assert len(mel_chunks(mel_3s, 30)) == 86
+    assert len(mel_chunks(mel_3s, 29.97)) == 86
+
+
+def test_offset_shifts_audio_by_whole_frames(mel_3s: np.ndarray) -> None:
+    plain = mel_chunks(mel_3s, 25)
+    ahead = mel_chunks(mel_3s, 25, offset_frames=1)
+    behind = mel_chunks(mel_3s, 25, offset_frames=-2)
+    assert ahead.shape == behind.shape == plain.shape
+    np.testing.assert_array_equal(ahead[:-1], plain[1:])
+    np.testing.assert_array_equal(ahead[-1], mel_3s[:, -16:])  # clamped at the end
+    np.testing.assert_array_equal(behind[2:], plain[:-2])
+    np.testing.assert_array_equal(behind[0], mel_3s[:, :16])  # clamped at the start
+    np.testing.assert_array_equal(behind[1], mel_3s[:, :16])
+    huge = mel_chunks(mel_3s, 25, offset_frames=1000)
+    assert huge.shape == plain.shape and np.array_equal(huge[0], mel_3s[:, -16:])
+
+
+def test_exactly_one_chunk_of_audio() -> None:
+    mel = mel_spectrogram(_noise(3000))  # 1 + 3000 // 200 = 16 mel frames
+    chunks = mel_chunks(mel, 25)
+    assert chunks.shape == (2, 80, 16)  # upstream: the regular chunk at 0, then the end-aligned one (the same)
+    np.testing.assert_array_equal(chunks[0], chunks[1])
+
+
+def test_too_short_for_a_chunk() -> None:
+    mel = mel_spectrogram(_noise(2999))  # 15 mel frames
+    with pytest.raises(AudioError, match=r"audio too short: 15 mel frames.*needs 16"):
+        mel_chunks(mel, 25)
+
+
+def test_chunks_reject_bad_fps_and_shape(mel_3s: np.ndarray) -> None:
+    for fps in (0, -25, float("nan"), float("inf")):
+        with pytest.raises(AudioError, match="fps"):
+            mel_chunks(mel_3s, fps)
+    with pytest.raises(AudioError, match=r"\(80, T\)"):
+        mel_chunks(mel_3s.T, 25)
+
+
+# --------------------------------------------------------------------------- frame_energy
+
+
+def _burst(seconds: float = 3.0, on: tuple[float, float] = (1.0, 2.0), hz: float = 1000.0) -> np.ndarray:
+    wav = np.zeros(round(seconds * SAMPLE_RATE), dtype=np.float32)
+    a, b = (round(s * SAMPLE_RATE) for s in on)
+    t = np.arange(b - a) / SAMPLE_RATE
+    wav[a:b] = 0.3 * np.sin(2 * np.pi * hz * t)
+    return wav
+
+
+def test_energy_of_silence_is_zero() -> None:
+    energy = frame_energy(np.zeros(3 * SAMPLE_RATE, dtype=np.float32), 25, 75)
+    assert energy.shape == (75,) and energy.dtype == np.float32
+    assert np.all(energy == 0)
+
+
+def test_energy_of_faint_noise_is_zero() -> None:
+    hiss = _noise(3 * SAMPLE_RATE, scale=10 ** (-70 / 20))  # -70 dBFS, far below the -50 dBFS floor
+    assert frame_energy(hiss, 25, 75).max() < 0.05
+
+
+def test_energy_follows_a_tone_burst() -> None:
+    energy = frame_energy(_burst(), 25, 75)  # burst covers frames 25..49
+    assert energy[26:50].min() > 0.9
+    assert energy[:24].max() < 0.05  # fast attack, nothing before
+    assert energy[58:].max() < 0.05  # released within a few frames after
+    assert np.all(np.diff(energy[50:]) <= 0)  # and it decays smoothly rather than snapping shut
+
+
+def test_energy_ignores_out_of_band_sound() -> None:
+    rumble = _burst(hz=60.0)  # mains hum: not speech
+    speech_band = _burst(hz=1000.0)
+    assert frame_energy(rumble, 25, 75).max() < 0.5 * frame_energy(speech_band, 25, 75).max()
+
+
+def test_energy_of_syllable_like_noise_varies_in_range() -> None:
+    t = np.arange(3 * SAMPLE_RATE) / SAMPLE_RATE
+    # 4 syllables a second, peaking near -20 dBFS like ordinary recorded speech.
+    syllables = _noise(t.size, seed=8, scale=0.1) * np.sin(2 * np.pi * 2 * t) ** 2
+    energy = frame_energy(syllables, 25, 75)
+    assert energy.max() > 0.8
+    assert 0.2 < np.percentile(energy, 10) < 0.7  # gaps between syllables are lower, yet not shut like silence
+    assert energy.max() - np.percentile(energy, 10) > 0.3
+
+
+@pytest.mark.parametrize(("seconds", "n_frames"), [(1.0, 75), (5.0, 50), (3.0, 90)])
+def test_energy_length_is_n_frames(seconds: float, n_frames: int) -> None:
+    wav = _burst(seconds, on=(0.0, seconds))
+    fps = 25 if n_frames != 90 else 30
+    energy = frame_energy(wav, fps, n_frames)
+    assert energy.shape == (n_frames,) and energy.dtype == np.float32
+    covered = int(seconds * fps)
+    assert energy[0] > 0.8  # the attack takes a frame
+    assert energy[1 : min(covered, n_frames) - 1].min() > 0.9
+    if covered < n_frames:
+        assert energy[covered + 10 :].max() < 0.05  # past the audio: silence
+
+
+def test_energy_edge_cases() -> None:
+    assert frame_energy(np.zeros(0, dtype=np.float32), 25, 10).tolist() == [0.0] * 10
+    assert frame_energy(_burst(), 25, 0).shape == (0,)
+    assert frame_energy(_burst(), 29.97, 3).shape == (3,)
+    with pytest.raises(AudioError, match="band"):
+        frame_energy(_burst(), 25, 10, band=(3000.0, 300.0))
+    with pytest.raises(AudioError, match="n_frames"):
+        frame_energy(_burst(), 25, -1)
+    with pytest.raises(AudioError, match="fps"):
+        frame_energy(_burst(), 0, 10)
+
+
+def test_module_constants() -> None:
+    assert (SAMPLE_RATE, HOP, MEL_STEP) == (16000, 200, 16)
+    assert audio.SAMPLE_RATE // audio.HOP == 80
+
+
+def test_mel_filterbank_matches_librosa() -> None:
+    librosa = pytest.importorskip("librosa")
+    from engine.audio import _mel_basis
+
+    expected = librosa.filters.mel(sr=16000, n_fft=800, n_mels=80, fmin=55, fmax=7600)
+    assert _mel_basis().shape == expected.shape
+    np.testing.assert_allclose(_mel_basis(), expected, rtol=1e-6, atol=1e-9)

@@ -1,0 +1,338 @@
+"""Face detection: Haar on the real face, NMS, S3FD decoding and batching, the tracker, errors."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from engine.faces import (
+    FaceDetector,
+    FaceError,
+    FaceTracker,
+    HaarDetector,
+    S3FDDetector,
+    box_iou,
+    decode_s3fd,
+    largest,
+    make_detector,
+    nms,
+)
+from engine.models.s3fd import head_map_sizes, random_s3fd_checkpoint
+
+ROOT = Path(__file__).resolve().parent.parent
+# Where the face is in assets/face.jpg (looked up by eye): hairline to chin, cheek to cheek.
+FACE_REGION = (180.0, 70.0, 272.0, 180.0)
+
+
+def _iou(a, b) -> float:
+    """IoU of two x1 y1 x2 y2 boxes, written out: the reference for the vectorised code."""
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = w * h
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+@pytest.fixture(scope="module")
+def face() -> np.ndarray:
+    image = cv2.imread(str(ROOT / "assets" / "face.jpg"))
+    assert image is not None and image.shape == (512, 512, 3)
+    return image
+
+
+@pytest.fixture(scope="module")
+def s3fd(tmp_path_factory: pytest.TempPathFactory) -> S3FDDetector:
+    path = tmp_path_factory.mktemp("s3fd") / "s3fd.pth"
+    random_s3fd_checkpoint(path, seed=0)
+    return S3FDDetector(path, device="cpu", detect_scale=0.5, batch_size=4)
+
+
+# ---------------------------------------------------------------------------------------------- Haar
+
+
+def test_haar_finds_the_face_at_both_scales(face: np.ndarray) -> None:
+    boxes = {}
+    for scale in (0.5, 1.0):
+        (dets,) = HaarDetector(detect_scale=scale).detect([face])
+        assert dets.dtype == np.float32 and dets.shape == (1, 5), dets
+        x1, y1, x2, y2, score = dets[0]
+        assert 200 < (x1 + x2) / 2 < 255 and 100 < (y1 + y2) / 2 < 150, dets
+        assert _iou(dets[0], FACE_REGION) > 0.6
+        assert y2 >= 175, "the box is extended down to the chin"
+        assert 0 < score <= 1
+        boxes[scale] = dets[0]
+    assert _iou(boxes[0.5], boxes[1.0]) > 0.6
+
+
+def test_haar_finds_nothing_in_blank_or_noise() -> None:
+    noise = np.random.default_rng(0).integers(0, 256, (360, 480, 3), dtype=np.uint8)
+    blank = np.full((360, 480, 3), 127, np.uint8)
+    for dets in HaarDetector().detect([blank, noise]):
+        assert dets.shape == (0, 5) and dets.dtype == np.float32
+
+
+def test_haar_works_on_grey_images(face: np.ndarray) -> None:
+    grey = cv2.cvtColor(cv2.cvtColor(face, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
+    (dets,) = HaarDetector().detect([grey])
+    assert dets.shape == (1, 5) and _iou(dets[0], FACE_REGION) > 0.6
+
+
+def test_haar_rejects_bad_frames() -> None:
+    with pytest.raises(FaceError, match="uint8"):
+        HaarDetector().detect([np.zeros((64, 64, 3), np.float32)])
+    with pytest.raises(FaceError, match="HxWx3"):
+        HaarDetector().detect([np.zeros((64, 64, 4), np.uint8)])
+
+
+# ----------------------------------------------------------------------------------------------- NMS
+
+
+def _reference_nms(boxes: list[list[float]], scores: np.ndarray, thresh: float) -> list[int]:
+    """Plain greedy NMS, one box at a time."""
+    order = list(np.argsort(-scores, kind="stable"))
+    keep: list[int] = []
+    while order:
+        i = order.pop(0)
+        keep.append(int(i))
+        order = [j for j in order if _iou(boxes[i], boxes[j]) <= thresh]
+    return keep
+
+
+def test_nms_keeps_the_right_boxes() -> None:
+    boxes = torch.tensor(
+        [[0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30], [21, 21, 31, 31], [0.5, 0, 10.5, 10]], dtype=torch.float32
+    )
+    scores = torch.tensor([0.9, 0.8, 0.7, 0.95, 0.5])
+    assert nms(boxes, scores, 0.5).tolist() == [3, 0]
+    assert nms(boxes, scores, 0.95).tolist() == [3, 0, 1, 2, 4]
+    assert nms(boxes[:0], scores[:0], 0.5).tolist() == []
+
+
+def test_nms_is_greedy_through_suppression_chains() -> None:
+    # A suppresses B, B would suppress C, but B is gone, so C stays.
+    boxes = torch.tensor([[0, 0, 10, 10], [4, 0, 14, 10], [8, 0, 18, 10]], dtype=torch.float32)
+    assert nms(boxes, torch.tensor([0.9, 0.8, 0.7]), 0.3).tolist() == [0, 2]
+
+
+@pytest.mark.parametrize("thresh", [0.1, 0.3, 0.5, 0.7])
+def test_nms_matches_reference_on_random_boxes(thresh: float) -> None:
+    rng = np.random.default_rng(int(thresh * 10))
+    xy = rng.uniform(0, 200, (150, 2))
+    wh = rng.uniform(10, 60, (150, 2))
+    boxes = np.concatenate([xy, xy + wh], axis=1).astype(np.float32)
+    scores = rng.uniform(0, 1, 150).astype(np.float32)
+    got = nms(torch.from_numpy(boxes), torch.from_numpy(scores), thresh).tolist()
+    assert got == _reference_nms(boxes.tolist(), scores, thresh)
+    ious = box_iou(torch.from_numpy(boxes[:20]), torch.from_numpy(boxes[:20])).numpy()
+    assert np.allclose(ious, [[_iou(a, b) for b in boxes[:20].tolist()] for a in boxes[:20].tolist()], atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------- S3FD
+
+
+def _synthetic_outputs(batch: int, height: int, width: int) -> list[torch.Tensor]:
+    """Head outputs of the right shapes: every anchor background (face probability 0.01), zero offsets."""
+    outputs = []
+    for rows, cols in head_map_sizes(height, width):
+        cls = torch.zeros(batch, 2, rows, cols)
+        cls[:, 0], cls[:, 1] = 0.99, 0.01
+        outputs += [cls, torch.zeros(batch, 4, rows, cols)]
+    return outputs
+
+
+def _set_anchor(outputs, image: int, head: int, row: int, col: int, score: float, loc) -> None:
+    outputs[2 * head][image, :, row, col] = torch.tensor([1 - score, score])
+    outputs[2 * head + 1][image, :, row, col] = torch.tensor(loc, dtype=torch.float32)
+
+
+def test_decode_s3fd_recovers_a_hand_computed_box() -> None:
+    height, width = 128, 160
+    outputs = _synthetic_outputs(2, height, width)
+    # Head 2: stride 16, anchor 64. Cell (row 3, col 5) is centred at (8 + 5*16, 8 + 3*16) = (88, 56).
+    loc = (0.5, -0.25, math.log(1.5) / 0.2, 0.0)
+    _set_anchor(outputs, image=0, head=2, row=3, col=5, score=0.9, loc=loc)
+    # cx = 88 + 0.5*0.1*64 = 91.2; cy = 56 - 0.25*0.1*64 = 54.4; w = 64*1.5 = 96; h = 64.
+    expected = [91.2 - 48, 54.4 - 32, 91.2 + 48, 54.4 + 32, 0.9]
+    # A weaker face elsewhere in image 1 only (head 0: stride 4, anchor 16; cell (10, 20) -> centre (82, 42)).
+    _set_anchor(outputs, image=1, head=0, row=10, col=20, score=0.4, loc=(0, 0, 0, 0))
+
+    dets = decode_s3fd(outputs, (height, width), threshold=0.5, nms_iou=0.3)
+    assert len(dets) == 2
+    assert dets[0].shape == (1, 5) and dets[0].dtype == torch.float32
+    assert torch.allclose(dets[0][0], torch.tensor(expected), atol=1e-4)
+    assert dets[1].shape == (0, 5)
+
+    low = decode_s3fd(outputs, (height, width), threshold=0.3, nms_iou=0.3)
+    assert low[0].shape == (1, 5)
+    assert torch.allclose(low[1][0], torch.tensor([82 - 8, 42 - 8, 82 + 8, 42 + 8, 0.4]), atol=1e-4)
+
+
+def test_decode_s3fd_clips_to_the_image_and_suppresses_duplicates() -> None:
+    height, width = 64, 64
+    outputs = _synthetic_outputs(1, height, width)
+    _set_anchor(outputs, 0, head=1, row=0, col=0, score=0.8, loc=(0, 0, 0, 0))  # centre (4, 4), side 32
+    _set_anchor(outputs, 0, head=1, row=0, col=1, score=0.7, loc=(-0.5, 0, 0, 0))  # centre (10.4, 4): overlaps it
+    (dets,) = decode_s3fd(outputs, (height, width), threshold=0.5, nms_iou=0.3)
+    assert dets.shape == (1, 5)
+    assert torch.allclose(dets[0], torch.tensor([0, 0, 20, 20, 0.8]), atol=1e-4)
+    with pytest.raises(FaceError, match="12 head outputs"):
+        decode_s3fd(outputs[:10], (height, width), 0.5, 0.3)
+
+
+def test_s3fd_detector_end_to_end_with_random_weights(s3fd: S3FDDetector) -> None:
+    rng = np.random.default_rng(1)
+    frames = [
+        rng.integers(0, 256, (96, 128, 3), dtype=np.uint8),
+        rng.integers(0, 256, (128, 96, 3), dtype=np.uint8),
+        rng.integers(0, 256, (96, 128, 3), dtype=np.uint8),
+    ]
+    results = s3fd.detect(frames)
+    assert len(results) == 3
+    for frame, dets in zip(frames, results, strict=True):
+        height, width = frame.shape[:2]
+        assert isinstance(dets, np.ndarray) and dets.dtype == np.float32
+        assert dets.ndim == 2 and dets.shape[1] == 5 and len(dets) <= 50
+        assert np.isfinite(dets).all()
+        assert (dets[:, 0] >= 0).all() and (dets[:, 2] <= width).all() and (dets[:, 0] <= dets[:, 2]).all()
+        assert (dets[:, 1] >= 0).all() and (dets[:, 3] <= height).all() and (dets[:, 1] <= dets[:, 3]).all()
+        assert ((dets[:, 4] > 0.5) & (dets[:, 4] <= 1)).all()
+    # A frame's result does not depend on the other frames in the call (grouping keeps the order).
+    (alone,) = s3fd.detect([frames[1]])
+    assert alone.shape == results[1].shape and np.allclose(alone, results[1], atol=1e-3)
+    assert s3fd.detect([]) == []
+
+
+def test_s3fd_detector_backs_off_on_out_of_memory(s3fd: S3FDDetector, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+
+    def fake_batch(frames: list[np.ndarray]) -> list[np.ndarray]:
+        calls.append(len(frames))
+        if len(frames) > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return [np.full((1, 5), i, np.float32) for i in range(len(frames))]
+
+    monkeypatch.setattr(s3fd, "_detect_batch", fake_batch)
+    monkeypatch.setattr(s3fd, "batch_size", 4)
+    frames = [np.zeros((32, 32, 3), np.uint8)] * 5
+    results = s3fd.detect(frames)
+    assert calls == [4, 2, 2, 1] and s3fd.batch_size == 2
+    assert [float(r[0, 0]) for r in results] == [0, 1, 0, 1, 0]
+
+
+def test_s3fd_checkpoint_errors(tmp_path: Path) -> None:
+    with pytest.raises(FaceError, match=r"s3fd\.pth.*user-supplied"):
+        S3FDDetector(tmp_path / "s3fd.pth")
+    page = tmp_path / "page.pth"
+    page.write_text("<!DOCTYPE html><html>sign in</html>")
+    with pytest.raises(FaceError, match="web page"):
+        S3FDDetector(page)
+
+
+# ------------------------------------------------------------------------------------------ make_detector
+
+
+def test_make_detector() -> None:
+    detector = make_detector("Haar", detect_scale=0.25)
+    assert isinstance(detector, HaarDetector) and isinstance(detector, FaceDetector)
+    assert detector.name == "haar" and detector.detect_scale == 0.25
+    with pytest.raises(FaceError, match=r"unknown face detector 'mtcnn'.*haar, s3fd"):
+        make_detector("mtcnn")
+    with pytest.raises(FaceError, match=r"needs a checkpoint.*s3fd\.pth.*user-supplied"):
+        make_detector("s3fd")
+    with pytest.raises(FaceError, match="detect_scale"):
+        make_detector("haar", detect_scale=0)
+
+
+# ------------------------------------------------------------------------------------------------ tracker
+
+
+def _det(x1: float, y1: float, x2: float, y2: float, score: float = 0.9) -> np.ndarray:
+    return np.array([[x1, y1, x2, y2, score]], np.float32)
+
+
+NONE = np.zeros((0, 5), np.float32)
+SHAPE = (480, 640, 3)
+
+
+def test_largest_picks_by_area() -> None:
+    dets = np.concatenate([_det(0, 0, 10, 10, 0.99), _det(50, 50, 90, 100, 0.6), _det(0, 0, 30, 20, 0.8)])
+    assert largest(dets).tolist() == pytest.approx([50, 50, 90, 100, 0.6])
+    assert largest(NONE) is None
+
+
+def test_tracker_pads_and_clips() -> None:
+    tracker = FaceTracker(pads=(5, 10, 20, 30))
+    track = tracker.update(_det(10, 20, 110, 150), (200, 300, 3))
+    assert track.box == (0, 15, 140, 160) and track.detected
+    track = FaceTracker(pads=(0, 10, 0, 0)).update(_det(200, 100, 290, 195), (200, 300, 3))
+    assert track.box == (200, 100, 290, 200)
+
+
+def test_tracker_uses_the_largest_face() -> None:
+    dets = np.concatenate([_det(0, 0, 20, 20), _det(300, 200, 400, 320)])
+    assert FaceTracker(pads=(0, 0, 0, 0)).update(dets, SHAPE).box == (300, 200, 400, 320)
+
+
+def test_tracker_smooths_a_static_jittering_face() -> None:
+    rng = np.random.default_rng(0)
+    base = np.array([200.0, 120.0, 320.0, 270.0])
+    tracker = FaceTracker(pads=(0, 0, 0, 0))
+    inputs, outputs = [], []
+    for _ in range(300):
+        box = base + rng.normal(0, 2.0, 4)
+        inputs.append(box)
+        outputs.append(tracker.update(_det(*box), SHAPE).box)
+    inputs, outputs = np.array(inputs[20:]), np.array(outputs[20:], dtype=float)
+    assert (outputs.var(axis=0) < 0.25 * inputs.var(axis=0)).all(), (outputs.var(axis=0), inputs.var(axis=0))
+    assert np.abs(outputs.mean(axis=0) - base).max() < 1.0
+    assert FaceTracker(smooth=False, pads=(0, 0, 0, 0)).update(_det(*base), SHAPE).box == (200, 120, 320, 270)
+
+
+def test_tracker_follows_a_jump_without_lag() -> None:
+    tracker = FaceTracker(pads=(0, 0, 0, 0))
+    for _ in range(30):
+        tracker.update(_det(100, 100, 220, 250), SHAPE)
+    shift = 0.3 * SHAPE[1]  # 30% of the frame width
+    moved = (100 + shift, 100, 220 + shift, 250)
+    followed = [tracker.update(_det(*moved), SHAPE).box for _ in range(2)]
+    assert np.abs(np.array(followed[-1]) - np.array(moved)).max() <= 1
+
+
+def test_tracker_follows_steady_motion_closely() -> None:
+    tracker = FaceTracker(pads=(0, 0, 0, 0))
+    lags = []
+    for t in range(60):
+        x = 100 + 5.0 * t  # 5 px a frame, 4% of the face width
+        box = tracker.update(_det(x, 100, x + 120, 250), SHAPE).box
+        lags.append(x - box[0])
+    assert max(lags[10:]) < 5.0
+
+
+def test_tracker_holds_the_box_through_short_gaps_then_passes_through() -> None:
+    tracker = FaceTracker(pads=(0, 0, 0, 0), max_gap=6)
+    first = tracker.update(_det(100, 100, 220, 250), SHAPE)
+    held = [tracker.update(NONE, SHAPE) for _ in range(5)]
+    assert all(t.box == first.box and not t.detected for t in held)
+    assert tracker.missed == 5
+    assert tracker.update(_det(100, 100, 220, 250), SHAPE).detected
+    tracks = [tracker.update(NONE, SHAPE) for _ in range(8)]
+    assert [t.box is None for t in tracks] == [False] * 6 + [True] * 2
+    assert not any(t.detected for t in tracks)
+    assert tracker.missed == 13
+    # A face after a long gap starts afresh at its own position (no blending with the old one).
+    assert tracker.update(_det(400, 50, 500, 180), SHAPE).box == (400, 50, 500, 180)
+
+
+def test_tracker_fixed_box_overrides_detection() -> None:
+    tracker = FaceTracker(fixed_box=(-10, 5, 700, 100))
+    for dets in (_det(100, 100, 220, 250), NONE):
+        track = tracker.update(dets, SHAPE)
+        assert track.box == (0, 5, 640, 100) and track.detected
+    assert tracker.missed == 0
+    with pytest.raises(FaceError, match="fixed_box"):
+        FaceTracker(fixed_box=(10, 10, 5, 20))

@@ -1,0 +1,291 @@
+"""The lip-sync pipeline end to end on the CPU, with weights and media the tests make."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+
+from engine.audio import AudioError, mel_chunks, mel_spectrogram
+from engine.lipsync import LipSyncConfig, LipSyncError, run_lipsync
+from engine.lipsync_engines import BaselineEngine
+from engine.media import MediaError, VideoWriter, probe_video, read_frames
+from engine.models.checkpoints import CheckpointError
+from engine.paste import paste
+from engine.settings import load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+FACE = ROOT / "assets" / "face.jpg"
+
+
+def write_wav(path: Path, samples: np.ndarray, rate: int = 16000) -> Path:
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("pcm_s16le", rate=rate, layout="mono")
+        frame = av.AudioFrame.from_ndarray(
+            (np.clip(samples, -1, 1) * 32767).astype(np.int16).reshape(1, -1), format="s16", layout="mono"
+        )
+        frame.sample_rate = rate
+        for packet in stream.encode(frame) if samples.size else []:
+            container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return path
+
+
+def speech_like(seconds: float, rate: int = 16000, seed: int = 0) -> np.ndarray:
+    """Voiced syllables: a 140 Hz buzz with formants, switched on and off four times a second."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * rate)) / rate
+    buzz = sum(np.sin(2 * np.pi * f * t) / (k + 1) for k, f in enumerate((140, 700, 1200, 2500)))
+    gate = (np.sin(2 * np.pi * 4 * t) > 0).astype(np.float32)
+    return (0.3 * buzz * gate + 0.003 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+def face_video(path: Path, frames: int, size: int = 256, blank_from: int | None = None, blank_to: int = 0) -> Path:
+    """The test portrait drifting a few pixels per frame; optionally blank (no face) for a span."""
+    face = cv2.resize(cv2.imread(str(FACE)), (size + 40, size + 40), interpolation=cv2.INTER_AREA)
+    writer = VideoWriter(path, 25, size, size, codec="libx264")
+    for i in range(frames):
+        dx = int(20 + 12 * np.sin(i / 5))
+        frame = np.ascontiguousarray(face[20 : 20 + size, dx : dx + size])
+        if blank_from is not None and blank_from <= i < blank_to:
+            frame = np.full_like(frame, 90)
+        writer.write(frame)
+    writer.close()
+    return path
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory) -> dict[str, Path]:
+    from engine.models.s3fd import random_s3fd_checkpoint
+    from engine.models.wav2lip import random_wav2lip_checkpoint
+
+    d = tmp_path_factory.mktemp("lipsync")
+    out = {
+        "speech": write_wav(d / "speech.wav", speech_like(1.0)),
+        "silence": write_wav(d / "silence.wav", np.zeros(16000, np.float32)),
+        "video": face_video(d / "face.mp4", 30),
+        "short_video": face_video(d / "short.mp4", 10),
+        "checkpoint": d / "wav2lip.pth",
+        "s3fd": d / "s3fd.pth",
+    }
+    random_wav2lip_checkpoint(out["checkpoint"], seed=0)
+    random_s3fd_checkpoint(out["s3fd"], seed=0)
+    return out
+
+
+@pytest.fixture
+def settings(tmp_path):
+    return load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path / "data")})
+
+
+def expected_frames(seconds: float, fps: float = 25.0) -> int:
+    return len(mel_chunks(mel_spectrogram(np.zeros(int(seconds * 16000), np.float32)), fps))
+
+
+def test_paste_blend_changes_only_the_lower_face() -> None:
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 255, (120, 160, 3), dtype=np.uint8)
+    before = frame.copy()
+    box = (40, 20, 120, 100)
+    paste(frame, box, np.full((96, 96, 3), 255.0, np.float32), "blend")
+    outside = np.ones(frame.shape[:2], bool)
+    outside[20:100, 40:120] = False
+    assert np.array_equal(frame[outside], before[outside])
+    assert np.array_equal(frame[20:40, 40:120], before[20:40, 40:120])  # eyes and forehead untouched
+    assert (frame[80:90, 70:90].astype(int) - before[80:90, 70:90]).mean() > 50  # the mouth was replaced
+
+
+def test_paste_upstream_replaces_the_box_with_truncated_values() -> None:
+    frame = np.zeros((50, 50, 3), np.uint8)
+    paste(frame, (10, 10, 30, 30), np.full((96, 96, 3), 10.9, np.float32), "upstream")
+    assert (frame[10:30, 10:30] == 10).all() and (frame[:10] == 0).all()
+
+
+def test_wav2lip_on_a_video_clip(media, settings, tmp_path) -> None:
+    out = tmp_path / "out.mp4"
+    config = LipSyncConfig(
+        face=media["video"], audio=media["speech"], out=out, checkpoint=str(media["checkpoint"]), batch_size=8
+    )
+    result = run_lipsync(config, settings)
+    info = probe_video(out)
+    frames = expected_frames(1.0)
+    assert frames == 22
+    assert (info.width, info.height, info.has_audio) == (256, 256, True)
+    assert sum(1 for _ in read_frames(out)) == frames  # the 30-frame video was trimmed to the speech
+    with av.open(str(out)) as container:
+        audio = container.streams.audio[0]
+        assert abs(float(audio.duration * audio.time_base) - frames / 25) < 0.1
+    assert result.metrics["engine"] == "wav2lip" and result.metrics["frames"] == frames
+    assert [s.name for s in result.stages] == ["audio", "mel", "decode", "detect", "inference", "paste", "encode"]
+    assert result.stages[4].items == frames - result.metrics["faces_missed"]
+    assert result.peak_host_bytes > 0 and result.outputs["video"] == str(out)
+
+
+def test_a_short_video_is_looped_to_the_speech(media, settings, tmp_path) -> None:
+    out = tmp_path / "looped.mp4"
+    run_lipsync(LipSyncConfig(face=media["short_video"], audio=media["speech"], out=out, engine="baseline"), settings)
+    assert sum(1 for _ in read_frames(out)) == expected_frames(1.0)
+
+
+def test_image_with_the_baseline_engine(media, settings, tmp_path) -> None:
+    out = tmp_path / "image.mp4"
+    progress = []
+    result = run_lipsync(
+        LipSyncConfig(face=FACE, audio=media["speech"], out=out), settings, progress=lambda f, label: progress.append(f)
+    )
+    assert result.metrics["engine"] == "baseline" and "not Wav2Lip" in result.metrics["engine_label"]
+    assert any("baseline engine" in w for w in result.warnings)
+    assert probe_video(out).width == 512 and progress[-1] == 1.0
+    assert progress == sorted(progress)
+
+
+def _mouth_change(video: Path, reference: np.ndarray) -> float:
+    """The largest mean change over the lower third of the detected face box, across frames."""
+    from engine.faces import FaceTracker, HaarDetector
+
+    x1, y1, x2, y2 = FaceTracker().update(HaarDetector().detect([reference])[0], reference.shape).box
+    y0 = y1 + 2 * (y2 - y1) // 3
+    diffs = [np.abs(f[y0:y2, x1:x2].astype(int) - reference[y0:y2, x1:x2]).mean() for f in read_frames(video)]
+    return float(np.max(diffs))
+
+
+def test_baseline_mouth_moves_with_speech_and_not_in_silence(media, settings, tmp_path) -> None:
+    crops = np.stack([cv2.resize(cv2.imread(str(FACE)), (128, 128))] * 2)
+    engine = BaselineEngine(__import__("torch").device("cpu"))
+    still = engine(np.zeros((2, 80, 16), np.float32), crops, np.array([0.0, 1.0], np.float32))
+    assert np.abs(still[0] - crops[0]).max() < 1.0  # silence: identity warp
+    assert np.abs(still[1][90:120] - crops[1][90:120]).mean() > 3.0  # speech: the jaw opens
+    reference = cv2.imread(str(FACE))
+    loud, quiet = tmp_path / "loud.mp4", tmp_path / "quiet.mp4"
+    run_lipsync(LipSyncConfig(face=FACE, audio=media["speech"], out=loud, engine="baseline"), settings)
+    result = run_lipsync(LipSyncConfig(face=FACE, audio=media["silence"], out=quiet, engine="baseline"), settings)
+    assert any("silent" in w for w in result.warnings)
+    assert _mouth_change(loud, reference) > 2 * _mouth_change(quiet, reference) + 1.0
+
+
+def test_frames_without_a_face_pass_through_and_are_counted(media, settings, tmp_path) -> None:
+    video = face_video(tmp_path / "gap.mp4", 25, blank_from=5, blank_to=22)
+    out = tmp_path / "gap-out.mp4"
+    result = run_lipsync(LipSyncConfig(face=video, audio=media["speech"], out=out, engine="baseline"), settings)
+    assert result.metrics["faces_missed"] >= 5
+    assert any("without" in w or "no detected face" in w for w in result.warnings)
+    assert out.exists()
+
+
+@pytest.mark.parametrize("kind", ["alpha", "grey"])
+def test_images_with_alpha_or_in_greyscale_work(kind, media, settings, tmp_path) -> None:
+    image = cv2.imread(str(FACE))
+    path = tmp_path / f"{kind}.png"
+    if kind == "alpha":
+        cv2.imwrite(str(path), np.dstack([image, np.full(image.shape[:2], 255, np.uint8)]))
+    else:
+        cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_BGR2GRAY))
+    result = run_lipsync(LipSyncConfig(face=path, audio=media["speech"], out=tmp_path / "o.mp4"), settings)
+    assert result.metrics["frames"] == expected_frames(1.0)
+
+
+def test_bad_inputs_get_clear_errors(media, settings, tmp_path) -> None:
+    blank = tmp_path / "blank.png"
+    cv2.imwrite(str(blank), np.full((200, 200, 3), 128, np.uint8))
+    with pytest.raises(LipSyncError, match="no face found"):
+        run_lipsync(LipSyncConfig(face=blank, audio=media["speech"], out=tmp_path / "a.mp4"), settings)
+    faceless = face_video(tmp_path / "faceless.mp4", 10, blank_from=0, blank_to=10)
+    with pytest.raises(LipSyncError, match="no face found in any"):
+        run_lipsync(LipSyncConfig(face=faceless, audio=media["speech"], out=tmp_path / "b.mp4"), settings)
+    assert not (tmp_path / "b.mp4").exists()
+    corrupt = tmp_path / "corrupt.mp4"
+    corrupt.write_bytes(b"\x00\x01not a video" * 100)
+    with pytest.raises(MediaError, match="could not be read"):
+        run_lipsync(LipSyncConfig(face=corrupt, audio=media["speech"], out=tmp_path / "c.mp4"), settings)
+    empty = write_wav(tmp_path / "empty.wav", np.zeros(0, np.float32))
+    with pytest.raises(AudioError):
+        run_lipsync(LipSyncConfig(face=FACE, audio=empty, out=tmp_path / "d.mp4"), settings)
+    small = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path), "AVATARBENCH_MAX_SIDE": "128"})
+    with pytest.raises(MediaError, match="larger than the limit"):
+        run_lipsync(LipSyncConfig(face=media["video"], audio=media["speech"], out=tmp_path / "e.mp4"), small)
+    short = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path), "AVATARBENCH_MAX_SECONDS": "1"})
+    long_audio = write_wav(tmp_path / "long.wav", speech_like(2.5))
+    with pytest.raises(AudioError):
+        run_lipsync(LipSyncConfig(face=FACE, audio=long_audio, out=tmp_path / "f.mp4"), short)
+    with pytest.raises(CheckpointError):
+        run_lipsync(
+            LipSyncConfig(face=FACE, audio=media["speech"], out=tmp_path / "g.mp4", checkpoint=str(media["s3fd"])),
+            settings,
+        )
+    with pytest.raises(LipSyncError, match="needs a checkpoint"):
+        run_lipsync(LipSyncConfig(face=FACE, audio=media["speech"], out=tmp_path / "h.mp4", engine="wav2lip"), settings)
+    for bad in (
+        dict(pads=(0, -1, 0, 0)),
+        dict(out=tmp_path / "x.avi"),
+        dict(batch_size=0),
+        dict(engine="sadtalker"),
+        dict(paste_mode="poisson"),
+        dict(detect_scale=2.0),
+        dict(precision="int8"),
+    ):
+        config = LipSyncConfig(face=FACE, audio=media["speech"], out=tmp_path / "i.mp4")
+        for key, value in bad.items():
+            setattr(config, key, value)
+        with pytest.raises(LipSyncError):
+            run_lipsync(config, settings)
+
+
+def test_cli_lipsync_writes_the_video_and_metrics(media, tmp_path) -> None:
+    out, metrics = tmp_path / "cli.mp4", tmp_path / "metrics.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "engine",
+            "lipsync",
+            "--face",
+            str(FACE),
+            "--audio",
+            str(media["speech"]),
+            "--out",
+            str(out),
+            "--checkpoint",
+            str(media["checkpoint"]),
+            "--batch-size",
+            "16",
+            "--json",
+            str(metrics),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={**__import__("os").environ, "AVATARBENCH_DATA_DIR": str(tmp_path / "data")},
+    )
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(metrics.read_text())
+    assert data["metrics"]["engine"] == "wav2lip" and out.exists()
+    assert "100.0%" in proc.stderr and "inference" in proc.stdout
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "engine",
+            "lipsync",
+            "--face",
+            "missing.jpg",
+            "--audio",
+            str(media["speech"]),
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert bad.returncode == 2 and "not found" in bad.stderr and "Traceback" not in bad.stderr
