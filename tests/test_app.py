@@ -78,13 +78,30 @@ ASSETS = Path(__file__).resolve().parent.parent / "assets"
 def _lipsync_args(face: Path, speech: Path) -> list:
     from gradio_client import handle_file
 
-    return [handle_file(str(face)), handle_file(str(speech)), "baseline", "", 0, "auto", False, 0, 10, 0, 0, True,
-            "haar", 0.5, "blend", 0]
+    return [
+        handle_file(str(face)),
+        handle_file(str(speech)),
+        "baseline",
+        "",
+        0,
+        "auto",
+        False,
+        0,
+        10,
+        0,
+        0,
+        True,
+        "haar",
+        0.5,
+        "blend",
+        0,
+    ]
 
 
 def test_lipsync_endpoint_makes_a_video(client) -> None:
-    video, summary, _chart, details = client.predict(*_lipsync_args(ASSETS / "face.jpg", ASSETS / "speech.wav"),
-                                                     api_name="/lipsync")
+    video, summary, _chart, details = client.predict(
+        *_lipsync_args(ASSETS / "face.jpg", ASSETS / "speech.wav"), api_name="/lipsync"
+    )
     path = Path(video["video"] if isinstance(video, dict) else video)
     assert path.exists() and path.stat().st_size > 10_000
     assert "not Wav2Lip" in summary and details["metrics"]["frames"] > 100
