@@ -547,6 +547,33 @@ def check_settings(ctx: _Context) -> Check:
     return Check("settings", OK, found, details=details)
 
 
+def check_weights(ctx: _Context) -> Check:
+    from engine.weights import S3FD, WAV2LIP, WeightsError, resolve, where_to_put
+
+    found, missing, broken = [], [], []
+    for model in (WAV2LIP, S3FD):
+        try:
+            path = resolve(model, ctx.settings)
+        except WeightsError as exc:
+            broken.append(str(exc))
+            continue
+        (found if path else missing).append(f"{model.filenames[0]}: {path}" if path else model)
+    details = {"found": found, "missing": [m.filenames[0] for m in missing], "broken": broken}
+    if broken:
+        return Check("weights", PROBLEM, "; ".join(broken), "Fix the path in the setting, or unset it.", details)
+    text = "; ".join(found) if found else "no model weights configured"
+    if missing:
+        names = ", ".join(m.filenames[0] for m in missing)
+        return Check(
+            "weights",
+            WARNING,
+            f"{text}; missing: {names} (the weight-free engines are used instead)",
+            "\n".join(where_to_put(m, ctx.settings) for m in missing),
+            details,
+        )
+    return Check("weights", OK, text, details=details)
+
+
 CHECKS: tuple[Callable[[_Context], Check], ...] = (
     check_python,
     check_torch,
@@ -557,6 +584,7 @@ CHECKS: tuple[Callable[[_Context], Check], ...] = (
     check_ort_tensorrt,
     check_video,
     check_disk,
+    check_weights,
     check_settings,
 )
 

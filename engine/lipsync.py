@@ -219,8 +219,10 @@ def run_lipsync(config: LipSyncConfig, settings: Settings | None = None, progres
             "no Wav2Lip checkpoint configured: using the baseline engine (not Wav2Lip). "
             + where_to_put(WAV2LIP, settings)
         )
-    detector_ckpt = resolve(S3FD, settings, config.detector_checkpoint) if config.detector == "s3fd" else None
-    detector = make_detector(config.detector, device=device, checkpoint=detector_ckpt, detect_scale=config.detect_scale)
+    detector = None  # a fixed box needs no detection at all
+    if config.fixed_box is None:
+        ckpt = resolve(S3FD, settings, config.detector_checkpoint) if config.detector == "s3fd" else None
+        detector = make_detector(config.detector, device=device, checkpoint=ckpt, detect_scale=config.detect_scale)
     tracker = FaceTracker(pads=config.pads, smooth=config.smooth, fixed_box=config.fixed_box)
     batch_size = config.batch_size or auto_batch_size(device, precision)
     if generator.name == "baseline":
@@ -238,7 +240,9 @@ def run_lipsync(config: LipSyncConfig, settings: Settings | None = None, progres
     try:
         for frames in _background(_batched(_frames(config, settings, count), batch_size, result), 2, "decode"):
             with result.stage("detect", items=len(frames)):
-                if still:
+                if detector is None:
+                    detections = [np.zeros((0, 5), np.float32)] * len(frames)
+                elif still:
                     still_detections = still_detections if still_detections is not None else detector.detect(frames[:1])
                     detections = still_detections * len(frames)
                 else:
@@ -284,7 +288,7 @@ def run_lipsync(config: LipSyncConfig, settings: Settings | None = None, progres
         height=size[1],
         audio_seconds=len(wav) / SAMPLE_RATE,
         encoder=writer.codec,
-        detector=detector.name,
+        detector=detector.name if detector else "fixed box",
     )
     result.record_peaks(device)
     progress(1.0, "done")

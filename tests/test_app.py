@@ -24,7 +24,7 @@ def client(running_app: RunningApp):
 def test_api_page_lists_the_endpoints(client) -> None:
     api = client.view_api(print_info=False, return_format="dict")
     names = set(api["named_endpoints"])
-    assert {"/doctor", "/telemetry", "/device"} <= names
+    assert {"/doctor", "/telemetry", "/device", "/lipsync"} <= names
 
 
 def test_doctor_endpoint_reports_every_check_with_a_fix(client) -> None:
@@ -40,6 +40,7 @@ def test_doctor_endpoint_reports_every_check_with_a_fix(client) -> None:
         "onnxruntime-tensorrt",
         "video-encoders",
         "disk",
+        "weights",
         "settings",
     ):
         assert expected in names

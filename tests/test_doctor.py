@@ -147,3 +147,20 @@ def test_unwritable_data_dir_is_a_problem(tmp_path: Path) -> None:
 
 def test_check_objects_default_to_nothing_to_fix() -> None:
     assert Check("x", OK, "fine").fix == doctor.NOTHING_TO_FIX
+
+
+def test_weights_check_says_where_missing_files_go_and_flags_a_wrong_path(tmp_path: Path) -> None:
+    ctx = _ctx(tmp_path)
+    check = doctor.check_weights(ctx)
+    assert check.status == WARNING and "wav2lip_gan.pth" in check.fix and "non-commercial" in check.fix
+    (ctx.settings.weights_dir).mkdir(parents=True, exist_ok=True)
+    (ctx.settings.weights_dir / "wav2lip.pth").write_bytes(b"x")
+    (ctx.settings.weights_dir / "s3fd.pth").write_bytes(b"x")
+    assert doctor.check_weights(ctx).status == OK
+    bad = _ctx(
+        tmp_path,
+        settings=load_settings(
+            {"AVATARBENCH_DATA_DIR": str(tmp_path), "AVATARBENCH_WAV2LIP_CHECKPOINT": str(tmp_path / "nope.pth")}
+        ),
+    )
+    assert doctor.check_weights(bad).status == PROBLEM

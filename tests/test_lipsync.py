@@ -289,3 +289,15 @@ def test_cli_lipsync_writes_the_video_and_metrics(media, tmp_path) -> None:
         check=False,
     )
     assert bad.returncode == 2 and "not found" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_a_fixed_box_skips_detection(media, settings, tmp_path) -> None:
+    config = LipSyncConfig(
+        face=media["video"],
+        audio=media["speech"],
+        out=tmp_path / "fixed.mp4",
+        engine="baseline",
+        fixed_box=(60, 20, 200, 220),
+    )
+    result = run_lipsync(config, settings)
+    assert result.metrics["detector"] == "fixed box" and result.metrics["faces_missed"] == 0

@@ -1,0 +1,287 @@
+"""Lip-sync speed: end to end with per-stage timings, the network alone, and upstream Wav2Lip beside it.
+
+Cases, on inputs this script makes (the public-domain portrait in assets/, the generated speech
+there tiled to length):
+  video    a 1280x720, 25 fps clip of the portrait drifting, with 10 s of speech
+  image    the 512x512 portrait, with 40 s of speech
+  network  the Wav2Lip generator alone, by batch size and precision (CUDA events on the GPU)
+  upstream with --upstream PATH (a Rudrabha/Wav2Lip checkout): its inference.py on the same inputs
+           with --box (its detector skipped), against our pipeline with the same fixed box, in the
+           same run; prints upstream time / ours.
+Weights are random-initialised in the official checkpoint format: speed does not depend on
+trained values. Usage:
+  python benchmarks/lipsync.py [--device auto] [--quick] [--compile] [--upstream PATH] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from engine.audio import SAMPLE_RATE, load_audio  # noqa: E402
+from engine.device import capabilities, resolve_device  # noqa: E402
+from engine.faces import FaceTracker, HaarDetector  # noqa: E402
+from engine.lipsync import LipSyncConfig, run_lipsync  # noqa: E402
+from engine.media import VideoWriter  # noqa: E402
+from engine.models.wav2lip import load_wav2lip, random_wav2lip_checkpoint  # noqa: E402
+from engine.settings import load_settings  # noqa: E402
+
+FACE = ROOT / "assets" / "face.jpg"
+SPEECH = ROOT / "assets" / "speech.wav"
+
+# Run by the upstream checkout's own Python files: librosa >= 0.10 takes mel's arguments by keyword
+# only, which upstream's audio.py passes positionally; nothing else is changed.
+UPSTREAM_SHIM = """
+import runpy, sys
+import librosa.filters
+_mel = librosa.filters.mel
+def _mel_positional(*args, **kwargs):
+    kwargs.update(zip(("sr", "n_fft"), args))
+    return _mel(**kwargs)
+librosa.filters.mel = _mel_positional
+upstream = sys.argv[1]
+sys.path.insert(0, upstream)
+sys.argv = [upstream + "/inference.py"] + sys.argv[2:]
+runpy.run_path(upstream + "/inference.py", run_name="__main__")
+"""
+
+
+def write_speech(path: Path, seconds: float) -> Path:
+    import av
+
+    speech = load_audio(SPEECH)
+    samples = np.tile(speech, int(np.ceil(seconds * SAMPLE_RATE / len(speech))))[: int(seconds * SAMPLE_RATE)]
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("pcm_s16le", rate=SAMPLE_RATE, layout="mono")
+        frame = av.AudioFrame.from_ndarray(
+            (samples * 32767).astype(np.int16).reshape(1, -1), format="s16", layout="mono"
+        )
+        frame.sample_rate = SAMPLE_RATE
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            container.mux(packet)
+    return path
+
+
+def write_video(path: Path, seconds: float, width: int = 1280, height: int = 720, fps: float = 25.0) -> Path:
+    face = cv2.resize(cv2.imread(str(FACE)), (int(height * 0.8), int(height * 0.8)))
+    writer = VideoWriter(path, fps, width, height, codec="libx264")
+    background = np.full((height, width, 3), 60, np.uint8)
+    for i in range(int(seconds * fps)):
+        frame = background.copy()
+        x = int((width - face.shape[1]) / 2 + 40 * np.sin(i / 12))
+        y = int((height - face.shape[0]) / 2)
+        frame[y : y + face.shape[0], x : x + face.shape[1]] = face
+        writer.write(frame)
+    writer.close()
+    return path
+
+
+def end_to_end(name: str, config: LipSyncConfig, settings) -> dict:
+    start = time.perf_counter()
+    result = run_lipsync(config, settings)
+    wall = time.perf_counter() - start
+    frames = result.metrics["frames"]
+    row = {
+        "case": name,
+        "wall_s": wall,
+        "frames": frames,
+        "frames_per_s": frames / wall,
+        "batch_size": result.metrics["batch_size"],
+        "precision": result.precision,
+        "encoder": result.metrics["encoder"],
+        "stages_s": {s.name: round(s.seconds, 4) for s in result.stages},
+        "slowest_stage": result.slowest_stage.name,
+        "peak_gpu_bytes": result.peak_gpu_bytes,
+        "peak_host_bytes": result.peak_host_bytes,
+    }
+    print(
+        f"{name:<18} {wall:7.2f} s  {frames / wall:7.1f} frames/s  batch {row['batch_size']:<4} "
+        f"{result.precision:<5} slowest: {row['slowest_stage']}  {row['stages_s']}",
+        flush=True,
+    )
+    return row
+
+
+def network_sweep(
+    checkpoint: Path, device: torch.device, batches: list[int], precisions: list[str], compile_: bool
+) -> list[dict]:
+    rows = []
+    rng = np.random.default_rng(0)
+    for precision in precisions:
+        dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+        model = load_wav2lip(checkpoint, device=device, dtype=dtype)
+        variants = [("eager", model)]
+        if compile_ and device.type == "cuda":
+            variants.append(("compiled", torch.compile(model, dynamic=False)))
+        for label, net in variants:
+            for batch in batches:
+                mel = torch.from_numpy(rng.uniform(-4, 4, (batch, 1, 80, 16)).astype(np.float32)).to(device, dtype)
+                face = torch.from_numpy(rng.uniform(0, 1, (batch, 6, 96, 96)).astype(np.float32)).to(device, dtype)
+                if device.type == "cuda":
+                    face = face.contiguous(memory_format=torch.channels_last)
+                try:
+                    ms = _time_forward(net, mel, face, device, runs=10 if device.type == "cuda" else 3)
+                except torch.OutOfMemoryError:
+                    rows.append({"precision": precision, "variant": label, "batch": batch, "oom": True})
+                    torch.cuda.empty_cache()
+                    continue
+                rows.append(
+                    {
+                        "precision": precision,
+                        "variant": label,
+                        "batch": batch,
+                        "ms_median": ms,
+                        "samples_per_s": batch / ms * 1e3,
+                    }
+                )
+                print(
+                    f"network {precision:<5} {label:<8} batch {batch:<5} {ms:9.2f} ms  {batch / ms * 1e3:9.0f}/s",
+                    flush=True,
+                )
+    return rows
+
+
+def _time_forward(net, mel, face, device: torch.device, runs: int) -> float:
+    with torch.inference_mode():
+        for _ in range(3):
+            net(mel, face)
+        times = []
+        for _ in range(runs):
+            if device.type == "cuda":
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                net(mel, face)
+                end.record()
+                end.synchronize()
+                times.append(start.elapsed_time(end))
+            else:
+                t0 = time.perf_counter()
+                net(mel, face)
+                times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def run_upstream(upstream: Path, checkpoint: Path, face: Path, speech: Path, box: tuple, work: Path) -> dict:
+    """Upstream's inference.py in a subprocess (cwd with the temp/ folder it writes to)."""
+    (work / "temp").mkdir(parents=True, exist_ok=True)
+    shim = work / "upstream_shim.py"
+    shim.write_text(UPSTREAM_SHIM)
+    x1, y1, x2, y2 = box
+    command = [
+        sys.executable,
+        str(shim),
+        str(upstream.resolve()),
+        "--checkpoint_path",
+        str(checkpoint),
+        "--face",
+        str(face),
+        "--audio",
+        str(speech),
+        "--outfile",
+        str(work / "upstream.mp4"),
+        "--box",
+        str(y1),
+        str(y2),
+        str(x1),
+        str(x2),
+    ]
+    start = time.perf_counter()
+    proc = subprocess.run(command, cwd=work, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"upstream inference.py failed:\n{proc.stderr[-3000:]}")
+    return {"wall_s": wall, "muxed_with_ffmpeg": (work / "upstream.mp4").exists()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--quick", action="store_true", help="short inputs (3 s video, 8 s image), small sweep")
+    parser.add_argument("--compile", action="store_true", help="add torch.compile to the network sweep (CUDA)")
+    parser.add_argument("--upstream", type=Path, help="a Rudrabha/Wav2Lip checkout to time beside ours")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = parser.parse_args()
+
+    device = resolve_device(args.device).device
+    caps = capabilities(device)
+    cuda = device.type == "cuda"
+    video_s, image_s = (3.0, 8.0) if args.quick else (10.0, 40.0)
+    work = Path(tempfile.mkdtemp(prefix="avatarbench-bench-"))
+    settings = load_settings({**os.environ, "AVATARBENCH_DATA_DIR": str(work / "data")})
+    checkpoint = work / "wav2lip.pth"
+    random_wav2lip_checkpoint(checkpoint)
+    video = write_video(work / "face720p.mp4", video_s)
+    speech_video = write_speech(work / "speech_video.wav", video_s)
+    speech_image = write_speech(work / "speech_image.wav", image_s)
+    print(f"device {device} ({caps.name}); inputs in {work}", flush=True)
+
+    def config(face: Path, speech: Path, out: str, **kw) -> LipSyncConfig:
+        return LipSyncConfig(
+            face=face, audio=speech, out=work / out, checkpoint=str(checkpoint), device=str(device), **kw
+        )
+
+    rows = [
+        end_to_end("video 720p", config(video, speech_video, "video.mp4"), settings),
+        end_to_end("image", config(FACE, speech_image, "image.mp4"), settings),
+    ]
+    batches = [1, 16, 64, 128, 256, 512] if cuda else [1, 16, 64, 128]
+    precisions = ["fp32", "fp16", "bf16"] if cuda else ["fp32"]  # CPU bf16 convolutions crawl without AMX
+    if args.quick:
+        batches = [b for b in batches if b in (16, 128, 512)]
+    network = network_sweep(checkpoint, device, batches, precisions, args.compile)
+
+    upstream = None
+    if args.upstream:
+        first = next(iter(__import__("engine.media", fromlist=["read_frames"]).read_frames(video)))
+        box = FaceTracker().update(HaarDetector().detect([first])[0], first.shape).box
+        ours = end_to_end("video, fixed box", config(video, speech_video, "fixed.mp4", fixed_box=box), settings)
+        theirs = run_upstream(args.upstream, checkpoint, video, speech_video, box, work / "upstream")
+        upstream = {"box": box, "ours": ours, "upstream": theirs, "speedup": theirs["wall_s"] / ours["wall_s"]}
+        print(
+            f"upstream inference.py {theirs['wall_s']:.2f} s vs ours {ours['wall_s']:.2f} s: "
+            f"{upstream['speedup']:.2f}x (ffmpeg mux included upstream: {theirs['muxed_with_ffmpeg']})",
+            flush=True,
+        )
+
+    report = {
+        "benchmark": "lipsync",
+        "date": date.today().isoformat(),
+        "command": " ".join(["python", *sys.argv]),
+        "machine": {
+            "device": str(device),
+            "name": caps.name,
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "torch": torch.__version__,
+        },
+        "weights": "random-initialised, official Wav2Lip checkpoint format",
+        "inputs": {"video": f"1280x720 25 fps, {video_s:g} s", "image": f"512x512, {image_s:g} s of speech"},
+        "end_to_end": rows,
+        "network": network,
+        "upstream": upstream,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    tag = caps.name.lower().replace(" ", "-") if cuda else "cpu"
+    path = args.out / f"lipsync-{tag}-{report['date']}{'-quick' if args.quick else ''}.json"
+    path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
