@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from engine.audio import SAMPLE_RATE, load_audio  # noqa: E402
-from engine.device import capabilities, resolve_device  # noqa: E402
+from engine.device import apply_backend_flags, capabilities, resolve_device  # noqa: E402
 from engine.faces import FaceTracker, HaarDetector  # noqa: E402
 from engine.lipsync import LipSyncConfig, run_lipsync  # noqa: E402
 from engine.media import VideoWriter  # noqa: E402
@@ -121,40 +121,49 @@ def end_to_end(name: str, config: LipSyncConfig, settings) -> dict:
 def network_sweep(
     checkpoint: Path, device: torch.device, batches: list[int], precisions: list[str], compile_: bool
 ) -> list[dict]:
+    """Forward time by precision x batch x memory format (x torch.compile at the large batches).
+
+    fp32 is true fp32 (TF32 off); tf32 is fp32 tensors with TF32 tensor-core maths allowed.
+    """
     rows = []
     rng = np.random.default_rng(0)
+    cuda = device.type == "cuda"
     for precision in precisions:
-        dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+        apply_backend_flags(cudnn_benchmark=True, tf32=precision == "tf32")
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
         model = load_wav2lip(checkpoint, device=device, dtype=dtype)
-        variants = [("eager", model)]
-        if compile_ and device.type == "cuda":
-            variants.append(("compiled", torch.compile(model, dynamic=False)))
-        for label, net in variants:
+        variants = [("eager", model, False)]
+        if cuda:
+            # A second copy: Module.to(memory_format=...) converts in place.
+            cl_model = load_wav2lip(checkpoint, device=device, dtype=dtype).to(memory_format=torch.channels_last)
+            variants.append(("eager+channels_last", cl_model, True))
+        for label, net, channels_last in variants:
             for batch in batches:
-                mel = torch.from_numpy(rng.uniform(-4, 4, (batch, 1, 80, 16)).astype(np.float32)).to(device, dtype)
-                face = torch.from_numpy(rng.uniform(0, 1, (batch, 6, 96, 96)).astype(np.float32)).to(device, dtype)
-                if device.type == "cuda":
-                    face = face.contiguous(memory_format=torch.channels_last)
-                try:
-                    ms = _time_forward(net, mel, face, device, runs=10 if device.type == "cuda" else 3)
-                except torch.OutOfMemoryError:
-                    rows.append({"precision": precision, "variant": label, "batch": batch, "oom": True})
-                    torch.cuda.empty_cache()
-                    continue
+                rows.append(_sweep_point(net, precision, label, batch, dtype, channels_last, device, rng))
+        if compile_ and cuda:
+            for batch in [b for b in batches if b >= 128]:
+                torch._dynamo.reset()  # one graph per batch size, no recompile limit across the sweep
+                compiled = torch.compile(model.to(memory_format=torch.channels_last), dynamic=False)
                 rows.append(
-                    {
-                        "precision": precision,
-                        "variant": label,
-                        "batch": batch,
-                        "ms_median": ms,
-                        "samples_per_s": batch / ms * 1e3,
-                    }
+                    _sweep_point(compiled, precision, "compiled+channels_last", batch, dtype, True, device, rng)
                 )
-                print(
-                    f"network {precision:<5} {label:<8} batch {batch:<5} {ms:9.2f} ms  {batch / ms * 1e3:9.0f}/s",
-                    flush=True,
-                )
+    apply_backend_flags(cudnn_benchmark=True, tf32=False)
     return rows
+
+
+def _sweep_point(net, precision: str, label: str, batch: int, dtype, channels_last: bool, device, rng) -> dict:
+    mel = torch.from_numpy(rng.uniform(-4, 4, (batch, 1, 80, 16)).astype(np.float32)).to(device, dtype)
+    face = torch.from_numpy(rng.uniform(0, 1, (batch, 6, 96, 96)).astype(np.float32)).to(device, dtype)
+    if channels_last:
+        face = face.contiguous(memory_format=torch.channels_last)
+    row = {"precision": precision, "variant": label, "batch": batch}
+    try:
+        ms = _time_forward(net, mel, face, device, runs=10 if device.type == "cuda" else 3)
+    except torch.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        return {**row, "oom": True}
+    print(f"network {precision:<5} {label:<24} batch {batch:<5} {ms:9.2f} ms  {batch / ms * 1e3:9.0f}/s", flush=True)
+    return {**row, "ms_median": ms, "samples_per_s": batch / ms * 1e3}
 
 
 def _time_forward(net, mel, face, device: torch.device, runs: int) -> float:
@@ -241,7 +250,7 @@ def main() -> None:
         end_to_end("image", config(FACE, speech_image, "image.mp4"), settings),
     ]
     batches = [1, 16, 64, 128, 256, 512] if cuda else [1, 16, 64, 128]
-    precisions = ["fp32", "fp16", "bf16"] if cuda else ["fp32"]  # CPU bf16 convolutions crawl without AMX
+    precisions = ["fp32", "tf32", "fp16", "bf16"] if cuda else ["fp32"]  # CPU bf16 convolutions crawl without AMX
     if args.quick:
         batches = [b for b in batches if b in (16, 128, 512)]
     network = network_sweep(checkpoint, device, batches, precisions, args.compile)
@@ -251,13 +260,18 @@ def main() -> None:
         first = next(iter(__import__("engine.media", fromlist=["read_frames"]).read_frames(video)))
         box = FaceTracker().update(HaarDetector().detect([first])[0], first.shape).box
         ours = end_to_end("video, fixed box", config(video, speech_video, "fixed.mp4", fixed_box=box), settings)
-        theirs = run_upstream(args.upstream, checkpoint, video, speech_video, box, work / "upstream")
-        upstream = {"box": box, "ours": ours, "upstream": theirs, "speedup": theirs["wall_s"] / ours["wall_s"]}
-        print(
-            f"upstream inference.py {theirs['wall_s']:.2f} s vs ours {ours['wall_s']:.2f} s: "
-            f"{upstream['speedup']:.2f}x (ffmpeg mux included upstream: {theirs['muxed_with_ffmpeg']})",
-            flush=True,
-        )
+        try:
+            theirs = run_upstream(args.upstream, checkpoint, video, speech_video, box, work / "upstream")
+        except RuntimeError as exc:  # keep the rest of the report
+            upstream = {"box": box, "ours": ours, "error": str(exc)[-2000:]}
+            print(exc, flush=True)
+        else:
+            upstream = {"box": box, "ours": ours, "upstream": theirs, "speedup": theirs["wall_s"] / ours["wall_s"]}
+            print(
+                f"upstream inference.py {theirs['wall_s']:.2f} s vs ours {ours['wall_s']:.2f} s: "
+                f"{upstream['speedup']:.2f}x (upstream's ffmpeg mux ran: {theirs['muxed_with_ffmpeg']})",
+                flush=True,
+            )
 
     report = {
         "benchmark": "lipsync",

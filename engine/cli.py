@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     lip.add_argument("--checkpoint", help="Wav2Lip checkpoint (path or hf:OWNER/REPO/FILE)")
     lip.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     lip.add_argument("--batch-size", type=int, help="frames per batch (default: from free GPU memory; 128 on CPU)")
-    lip.add_argument("--precision", choices=["fp32", "fp16", "bf16"], help="default: fp16 on CUDA, fp32 on CPU")
+    lip.add_argument("--precision", choices=["fp32", "tf32", "fp16", "bf16"], help="default: fp16 on CUDA, fp32 on CPU")
     lip.add_argument("--compile", action="store_true", help="torch.compile the generator")
     lip.add_argument("--pads", type=_pads, default=(0, 10, 0, 0), help="TOP,BOTTOM,LEFT,RIGHT (default 0,10,0,0)")
     lip.add_argument("--no-smooth", action="store_true", help="do not smooth face boxes over time")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ import numpy as np
 
 from engine.audio import SAMPLE_RATE, frame_energy, load_audio, mel_chunks, mel_spectrogram
 from engine.device import capabilities, resolve_device, run_with_oom_backoff
-from engine.faces import FaceTracker, make_detector
+from engine.faces import FaceDetector, FaceTracker, make_detector
 from engine.lipsync_engines import BaselineEngine, Generator, Wav2LipEngine, auto_batch_size, default_precision
 from engine.media import VideoWriter, is_image, load_image, probe_video, read_frames, validate_video
 from engine.paste import PASTE_MODES, crop, paste
@@ -67,8 +68,8 @@ class LipSyncConfig:
             raise LipSyncError(f"paste mode {self.paste_mode!r} is not one of {', '.join(PASTE_MODES)}")
         if self.batch_size is not None and not 1 <= self.batch_size <= 4096:
             raise LipSyncError(f"batch size {self.batch_size} must be between 1 and 4096")
-        if self.precision not in (None, "fp32", "fp16", "bf16"):
-            raise LipSyncError(f"precision {self.precision!r} is not one of fp32, fp16, bf16")
+        if self.precision not in (None, "fp32", "tf32", "fp16", "bf16"):
+            raise LipSyncError(f"precision {self.precision!r} is not one of fp32, tf32, fp16, bf16")
         if len(self.pads) != 4 or any(p < 0 or p > 200 for p in self.pads):
             raise LipSyncError(f"pads {self.pads} must be four numbers of pixels between 0 and 200")
         if not 0.1 <= self.detect_scale <= 1.0:
@@ -235,23 +236,19 @@ def run_lipsync(config: LipSyncConfig, settings: Settings | None = None, progres
     writer = VideoWriter(out, fps, size[0], size[1], audio=audio)
     encoder = _Encoder(writer, result)
     still = is_image(config.face)
-    still_detections = None
+    batches = _detected(_batched(_frames(config, settings, count), batch_size, result), detector, still, result)
     done = 0
+    started = time.perf_counter()
     try:
-        for frames in _background(_batched(_frames(config, settings, count), batch_size, result), 2, "decode"):
-            with result.stage("detect", items=len(frames)):
-                if detector is None:
-                    detections = [np.zeros((0, 5), np.float32)] * len(frames)
-                elif still:
-                    still_detections = still_detections if still_detections is not None else detector.detect(frames[:1])
-                    detections = still_detections * len(frames)
-                else:
-                    detections = detector.detect(frames)
-                tracks = [tracker.update(d, f.shape) for d, f in zip(detections, frames, strict=True)]
+        # Decoding and detection run ahead in one thread, encoding behind in another, while this
+        # thread tracks, generates and pastes: the stages overlap.
+        for frames, detections in _background(batches, 2, "decode-detect"):
+            tracks = [tracker.update(d, f.shape) for d, f in zip(detections, frames, strict=True)]
             with_face = [i for i, t in enumerate(tracks) if t.box is not None]
             if still and not with_face:
                 raise LipSyncError(f"no face found in {Path(config.face).name}; use a clear, frontal face photo")
-            outputs = [frame.copy() for frame in frames]
+            # Decoded frames are fresh arrays and are pasted into in place; the still image is shared.
+            outputs = [frame.copy() for frame in frames] if still else frames
             if with_face:
                 crops = np.stack([crop(frames[i], tracks[i].box, generator.crop_size) for i in with_face])
                 index = np.array([done + i for i in with_face])
@@ -271,6 +268,7 @@ def run_lipsync(config: LipSyncConfig, settings: Settings | None = None, progres
     except BaseException:
         encoder.cancel()
         raise
+    wall = time.perf_counter() - started
     if tracker.missed == count:
         out.unlink(missing_ok=True)
         raise LipSyncError(f"no face found in any of the {count} frames of {Path(config.face).name}")
@@ -288,6 +286,8 @@ def run_lipsync(config: LipSyncConfig, settings: Settings | None = None, progres
         height=size[1],
         audio_seconds=len(wav) / SAMPLE_RATE,
         encoder=writer.codec,
+        pipeline_seconds=wall,
+        frames_per_second=count / wall if wall > 0 else None,
         detector=detector.name if detector else "fixed box",
     )
     result.record_peaks(device)
@@ -300,6 +300,23 @@ def _generate(generator: Generator, mels: np.ndarray, crops: np.ndarray, energy:
         generator(mels[i : i + batch], crops[i : i + batch], energy[i : i + batch]) for i in range(0, len(crops), batch)
     ]
     return np.concatenate(parts)
+
+
+def _detected(
+    batches: Iterator[list[np.ndarray]], detector: FaceDetector | None, still: bool, result: RunResult
+) -> Iterator[tuple[list[np.ndarray], list[np.ndarray]]]:
+    """Attach detections to each batch (none for a fixed box; once for a still image)."""
+    still_detections = None
+    for frames in batches:
+        with result.stage("detect", items=len(frames)):
+            if detector is None:
+                detections = [np.zeros((0, 5), np.float32)] * len(frames)
+            elif still:
+                still_detections = still_detections or detector.detect(frames[:1])
+                detections = still_detections * len(frames)
+            else:
+                detections = detector.detect(frames)
+        yield frames, detections
 
 
 def _batched(frames: Iterator[np.ndarray], size: int, result: RunResult) -> Iterator[list[np.ndarray]]:

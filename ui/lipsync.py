@@ -58,7 +58,7 @@ def summary_markdown(result: RunResult) -> str:
         f"**{m['engine_label']}** on `{result.device}` ({result.device_name}, {result.precision}) · "
         f"{m['frames']} frames at {m['fps']:g} fps · batch {m['batch_size']} · encoder `{m['encoder']}` · "
         f"detector `{m['detector']}` · {m['faces_missed']} frame(s) without a face · "
-        f"total {result.total_seconds:.2f}s",
+        f"{m['pipeline_seconds']:.2f}s wall ({m['frames_per_second']:.1f} frames/s; stages overlap)",
     ]
     lines += [f"- ⚠️ {w}" for w in result.warnings]
     return "\n".join(lines)
@@ -83,7 +83,7 @@ def build_lipsync_tab(settings: Settings) -> None:
             with gr.Accordion("Options", open=False):
                 with gr.Row():
                     batch = gr.Number(value=0, precision=0, minimum=0, maximum=4096, label="Batch size (0: auto)")
-                    precision = gr.Dropdown(["auto", "fp32", "fp16", "bf16"], value="auto", label="Precision")
+                    precision = gr.Dropdown(["auto", "fp32", "tf32", "fp16", "bf16"], value="auto", label="Precision")
                     compile_ = gr.Checkbox(value=False, label="torch.compile")
                 with gr.Row():
                     pad_top = gr.Number(value=0, precision=0, minimum=0, maximum=200, label="Pad top")
