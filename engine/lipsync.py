@@ -158,10 +158,9 @@ class _Encoder:
         self.writer.abort()
 
 
-def _frames(config: LipSyncConfig, settings: Settings, count: int) -> Iterator[np.ndarray]:
-    """`count` frames of the face input: an image repeated, or a video trimmed or looped."""
-    if is_image(config.face):
-        image = load_image(config.face, max_side=settings.max_side)
+def _frames(config: LipSyncConfig, image: np.ndarray | None, count: int) -> Iterator[np.ndarray]:
+    """`count` frames of the face input: the still image repeated, or the video trimmed or looped."""
+    if image is not None:
         for _ in range(count):
             yield image
         return
@@ -201,8 +200,10 @@ def run_lipsync(config: LipSyncConfig, settings: Settings | None = None, progres
     progress(0.0, "reading the speech")
     with result.stage("audio"):
         wav = load_audio(config.audio, max_seconds=settings.max_seconds)
-    if is_image(config.face):
-        fps, size = IMAGE_FPS, load_image(config.face, max_side=settings.max_side).shape[1::-1]
+    still = is_image(config.face)
+    image = load_image(config.face, max_side=settings.max_side) if still else None
+    if image is not None:
+        fps, size = IMAGE_FPS, (image.shape[1], image.shape[0])
     else:
         info = probe_video(config.face)
         validate_video(info, Path(config.face).name, settings.max_side, settings.max_seconds)
@@ -235,8 +236,7 @@ def run_lipsync(config: LipSyncConfig, settings: Settings | None = None, progres
     out.parent.mkdir(parents=True, exist_ok=True)
     writer = VideoWriter(out, fps, size[0], size[1], audio=audio)
     encoder = _Encoder(writer, result)
-    still = is_image(config.face)
-    batches = _detected(_batched(_frames(config, settings, count), batch_size, result), detector, still, result)
+    batches = _detected(_batched(_frames(config, image, count), batch_size, result), detector, still, result)
     done = 0
     started = time.perf_counter()
     try:

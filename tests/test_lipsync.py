@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -237,67 +238,61 @@ def test_bad_inputs_get_clear_errors(media, settings, tmp_path) -> None:
             run_lipsync(config, settings)
 
 
-def test_cli_lipsync_writes_the_video_and_metrics(media, tmp_path) -> None:
-    out, metrics = tmp_path / "cli.mp4", tmp_path / "metrics.json"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "engine",
-            "lipsync",
-            "--face",
-            str(FACE),
-            "--audio",
-            str(media["speech"]),
-            "--out",
-            str(out),
-            "--checkpoint",
-            str(media["checkpoint"]),
-            "--batch-size",
-            "16",
-            "--json",
-            str(metrics),
-        ],
+def _cli(*args: str, data: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "AVATARBENCH_DATA_DIR": str(data)}
+    return subprocess.run(
+        [sys.executable, "-m", "engine", "lipsync", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=300,
         check=False,
-        env={**__import__("os").environ, "AVATARBENCH_DATA_DIR": str(tmp_path / "data")},
+        env=env,
+    )
+
+
+def test_cli_lipsync_writes_the_video_and_metrics(media, tmp_path) -> None:
+    out, metrics = tmp_path / "cli.mp4", tmp_path / "metrics.json"
+    proc = _cli(
+        "--face",
+        str(FACE),
+        "--audio",
+        str(media["speech"]),
+        "--out",
+        str(out),
+        "--checkpoint",
+        str(media["checkpoint"]),
+        "--batch-size",
+        "16",
+        "--json",
+        str(metrics),
+        data=tmp_path / "data",
     )
     assert proc.returncode == 0, proc.stderr
     data = json.loads(metrics.read_text())
     assert data["metrics"]["engine"] == "wav2lip" and out.exists()
     assert "100.0%" in proc.stderr and "inference" in proc.stdout
-    bad = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "engine",
-            "lipsync",
-            "--face",
-            "missing.jpg",
-            "--audio",
-            str(media["speech"]),
-            "--out",
-            str(out),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    bad = _cli("--face", "missing.jpg", "--audio", str(media["speech"]), "--out", str(out), data=tmp_path / "data")
     assert bad.returncode == 2 and "not found" in bad.stderr and "Traceback" not in bad.stderr
 
 
-def test_a_fixed_box_skips_detection(media, settings, tmp_path) -> None:
-    config = LipSyncConfig(
-        face=media["video"],
-        audio=media["speech"],
-        out=tmp_path / "fixed.mp4",
-        engine="baseline",
-        fixed_box=(60, 20, 200, 220),
+def test_blend_mode_leaves_every_pixel_outside_the_face_box_as_it_was(media, settings, tmp_path, monkeypatch) -> None:
+    from engine import lipsync
+    from engine.faces import FaceTracker, HaarDetector
+
+    written = []
+    original = lipsync.VideoWriter.write
+    monkeypatch.setattr(
+        lipsync.VideoWriter, "write", lambda self, frame: (written.append(frame.copy()), original(self, frame))[1]
     )
-    result = run_lipsync(config, settings)
-    assert result.metrics["detector"] == "fixed box" and result.metrics["faces_missed"] == 0
+    image = cv2.imread(str(FACE))
+    x1, y1, x2, y2 = FaceTracker().update(HaarDetector().detect([image])[0], image.shape).box
+    ckpt = str(media["checkpoint"])
+    config = LipSyncConfig(face=FACE, audio=media["speech"], out=tmp_path / "b.mp4", checkpoint=ckpt)
+    run_lipsync(config, settings)
+    assert len(written) == expected_frames(1.0)
+    outside = np.ones(image.shape[:2], bool)
+    outside[y1:y2, x1:x2] = False
+    for frame in written:
+        assert np.array_equal(frame[outside], image[outside])
+    assert any(not np.array_equal(f[y1:y2, x1:x2], image[y1:y2, x1:x2]) for f in written)

@@ -12,9 +12,12 @@ import os
 import pickle
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from torch import nn
+
+M = TypeVar("M", bound=nn.Module)
 
 # How many names of each kind of mismatch a message lists before it says "and N more".
 _LIST_LIMIT = 10
@@ -233,3 +236,10 @@ def load_strict(
         lines.append("Hint: " + _hint(list(own), list(state), n_matched, unexpected, model))
         raise CheckpointError("\n".join(lines), path=path, expected=expected)
     model.load_state_dict(state, strict=True)
+
+
+def load_into(model: M, path: str | os.PathLike[str], expected: str, device, dtype: torch.dtype) -> M:
+    """Read, check and load a checkpoint into ``model``; returned in eval mode on ``device`` in ``dtype``."""
+    state = strip_module_prefix(read_checkpoint(path, expected))
+    load_strict(model, state, expected, path=path)
+    return model.eval().to(device=device, dtype=dtype)

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.models.checkpoints import load_strict, read_checkpoint, strip_module_prefix
+from engine.models.checkpoints import load_into
 
 S3FD_EXPECTED = "the S3FD face detector weights s3fd.pth used by Wav2Lip (a plain state dict, about 86 MB)"
 
@@ -153,10 +153,7 @@ def load_s3fd(
     path: str | os.PathLike[str], device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
 ) -> S3FD:
     """The detector with the weights in ``path``, in eval mode on ``device``; CheckpointError names any wrong file."""
-    state = strip_module_prefix(read_checkpoint(path, S3FD_EXPECTED))
-    model = S3FD()
-    load_strict(model, state, S3FD_EXPECTED, path=path)
-    return model.eval().to(device=device, dtype=dtype)
+    return load_into(S3FD(), path, S3FD_EXPECTED, device, dtype)
 
 
 def random_s3fd_checkpoint(path: str | os.PathLike[str], seed: int = 0) -> None:

@@ -12,7 +12,7 @@ import os
 import torch
 from torch import nn
 
-from engine.models.checkpoints import load_strict, read_checkpoint, strip_module_prefix
+from engine.models.checkpoints import load_into
 
 WAV2LIP_EXPECTED = "the official Wav2Lip generator checkpoint wav2lip.pth or wav2lip_gan.pth (about 416 MB)"
 FACE_SIZE = 96  # the generator's face crops are FACE_SIZE x FACE_SIZE
@@ -146,10 +146,7 @@ def load_wav2lip(
     path: str | os.PathLike[str], device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
 ) -> Wav2Lip:
     """The generator with the weights in ``path``, in eval mode on ``device``; CheckpointError names any wrong file."""
-    state = strip_module_prefix(read_checkpoint(path, WAV2LIP_EXPECTED))
-    model = Wav2Lip()
-    load_strict(model, state, WAV2LIP_EXPECTED, path=path)
-    return model.eval().to(device=device, dtype=dtype)
+    return load_into(Wav2Lip(), path, WAV2LIP_EXPECTED, device, dtype)
 
 
 def random_wav2lip_checkpoint(
