@@ -100,6 +100,41 @@ def _cmd_lipsync(args: argparse.Namespace) -> int:
     return 0
 
 
+def _symbol(text: str) -> tuple[str, int]:
+    name, sep, value = text.partition("=")
+    if not sep or not name or not value.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=VALUE with a positive whole number, e.g. batch=8")
+    return name, int(value)
+
+
+def _cmd_onnx_inspect(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from engine.onnx_model import file_sha256, inspect_model, prepare_model
+    from engine.settings import get_settings
+
+    settings = get_settings()
+    settings.ensure_dirs()
+    with tempfile.TemporaryDirectory(dir=settings.cache_dir) as work:
+        path = prepare_model(args.model, work)
+        info = inspect_model(path, dict(args.symbol), sha256=file_sha256(args.model))
+        if args.json:
+            print(json.dumps(info.to_dict(), indent=2, default=str))
+            return 0
+    print(f"{args.model}: IR {info.ir_version}, opsets {info.opsets}, produced by {info.producer or 'unknown'}")
+    print(f"  sha256 {info.sha256}, {info.size_bytes / 2**20:.1f} MiB, {info.parameters:,} parameters")
+    for kind, specs in (("input", info.inputs), ("output", info.outputs)):
+        for spec in specs:
+            print(f"  {kind:<6} {spec.name}: {spec.dtype} {spec.shape}")
+    print(f"  symbols {info.symbols}")
+    print("  ops " + ", ".join(f"{op} x{n}" for op, n in info.op_counts.items()))
+    flops = "unknown" if info.flops is None else f"{info.flops / 1e9:.3f} GFLOP per run"
+    print(f"  {flops}; not counted: {', '.join(info.flops_not_counted) or 'nothing'}")
+    for warning in info.warnings:
+        print(f"  warning: {warning}")
+    return 0
+
+
 def _serve(app_args: list[str]) -> int:
     import app  # the composition root; see the module docstring
 
@@ -141,6 +176,21 @@ def build_parser() -> argparse.ArgumentParser:
     lip.add_argument("--json", help="write the full result (timings, memory, warnings) to this file")
     lip.add_argument("--quiet", action="store_true", help="no progress bar")
     lip.set_defaults(func=_cmd_lipsync)
+
+    onnx_cmd = sub.add_parser("onnx", help="ONNX models: validate and inspect")
+    onnx_sub = onnx_cmd.add_subparsers(dest="onnx_command", required=True)
+    inspect = onnx_sub.add_parser("inspect", help="validate an .onnx (or a .zip with external data) and describe it")
+    inspect.add_argument("model", help=".onnx file, or .zip holding one model and its external-data files")
+    inspect.add_argument(
+        "--symbol",
+        type=_symbol,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="value for a symbolic dimension (repeatable), e.g. --symbol batch=8",
+    )
+    inspect.add_argument("--json", action="store_true", help="the full description as JSON")
+    inspect.set_defaults(func=_cmd_onnx_inspect)
 
     # Listed for --help only: main() hands `serve ...` to app.py's own parser untouched.
     sub.add_parser("serve", help="start the web app (flags: --host --port --share --device --auth)")

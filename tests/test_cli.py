@@ -60,3 +60,25 @@ def test_serve_shows_the_app_flags() -> None:
     assert proc.returncode == 0
     for flag in ("--host", "--port", "--share", "--device", "--auth"):
         assert flag in proc.stdout
+
+
+def test_onnx_inspect(tmp_path: Path) -> None:
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    x = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, 32, 32])
+    y = helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch", 8, 30, 30])
+    w = numpy_helper.from_array(np.ones((8, 3, 3, 3), np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Conv", ["image", "w"], ["out"])], "g", [x], [y], [w])
+    path = tmp_path / "conv.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    env = {"AVATARBENCH_DATA_DIR": str(tmp_path / "data")}
+    text = run("onnx", "inspect", str(path), "--symbol", "batch=4", **env)
+    assert text.returncode == 0, text.stderr
+    assert "input  image: float32 ['batch', 3, 32, 32]" in text.stdout and "Conv x1" in text.stdout
+    info = json.loads(run("onnx", "inspect", str(path), "--json", **env).stdout)
+    assert info["flops"] == 2 * 8 * 30 * 30 * 3 * 9 and info["parameters"] == 216
+    bad = run("onnx", "inspect", str(tmp_path / "data"), **env)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert run("onnx", "inspect", str(path), "--symbol", "batch", **env).returncode == 2

@@ -1,0 +1,457 @@
+"""engine.onnx_model: hostile uploads are refused, honest ones are described correctly (FLOPs by hand)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import stat
+import struct
+import warnings
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from engine.onnx_model import (  # noqa: E402
+    Limits,
+    ModelError,
+    TensorSpec,
+    check_input_budget,
+    default_symbols,
+    file_sha256,
+    inspect_model,
+    prepare_model,
+)
+
+F = TensorProto.FLOAT
+
+
+def _init(name: str, shape: tuple[int, ...], dtype: type = np.float32) -> TensorProto:
+    return numpy_helper.from_array(np.random.default_rng(0).standard_normal(shape).astype(dtype), name)
+
+
+def _model(nodes, inputs, outputs, inits=(), opsets=(("", 17),), ir_version=8, **kw) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "g", inputs, outputs, list(inits))
+    imports = [helper.make_opsetid(d, v) for d, v in opsets]
+    return helper.make_model(graph, opset_imports=imports, ir_version=ir_version, **kw)
+
+
+def _write(model: onnx.ModelProto, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+def conv_net() -> onnx.ModelProto:
+    """x[batch,3,8,8] -> Conv 3x3 (4 ch, pad 1) -> Relu -> Flatten -> Gemm(256->10, +C) -> MatMul(10->5)."""
+    nodes = [
+        helper.make_node("Conv", ["x", "W", "B"], ["c"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("Flatten", ["r"], ["f"], axis=1),
+        helper.make_node("Gemm", ["f", "W2", "C"], ["g"], transB=1),
+        helper.make_node("MatMul", ["g", "W3"], ["y"]),
+    ]
+    inits = [
+        _init("W", (4, 3, 3, 3)),
+        _init("B", (4,)),
+        _init("W2", (10, 256)),
+        _init("C", (10,)),
+        _init("W3", (10, 5)),
+    ]
+    x = helper.make_tensor_value_info("x", F, ["batch", 3, 8, 8])
+    y = helper.make_tensor_value_info("y", F, ["batch", 5])
+    return _model(nodes, [x], [y], inits, producer_name="avatarbench-test", producer_version="1.0")
+
+
+def conv_net_flops(batch: int) -> int:
+    conv = 2 * (batch * 4 * 8 * 8) * 3 * (3 * 3)
+    gemm = 2 * batch * 10 * 256 + batch * 10
+    matmul = 2 * batch * 5 * 10
+    return conv + gemm + matmul
+
+
+def test_conv_net_inspection(tmp_path: Path) -> None:
+    upload = _write(conv_net(), tmp_path / "net.onnx")
+    path = prepare_model(upload, tmp_path / "work")
+    assert path.parent.parent == tmp_path / "work" and path.read_bytes() == upload.read_bytes()
+    info = inspect_model(path, sha256=file_sha256(upload))
+    assert info.sha256 == file_sha256(upload) and info.path == str(path)
+    assert info.ir_version == 8 and info.opsets == {"": 17} and info.producer == "avatarbench-test 1.0"
+    assert info.inputs == [TensorSpec("x", "float32", ["batch", 3, 8, 8])]
+    assert info.outputs == [TensorSpec("y", "float32", ["batch", 5])]
+    assert info.op_counts == {"Conv": 1, "Flatten": 1, "Gemm": 1, "MatMul": 1, "Relu": 1}
+    assert info.parameters == 108 + 4 + 2560 + 10 + 50
+    assert info.parameter_bytes == 4 * info.parameters
+    assert info.symbols == {"batch": 1}
+    assert info.flops == conv_net_flops(1) == 19054
+    assert info.flops_counted == {"Conv": 13824, "Gemm": 5130, "MatMul": 100}
+    assert info.flops_not_counted == ["Flatten", "Relu"]
+    assert info.external_data == [] and info.size_bytes == upload.stat().st_size
+    assert any("dynamic batch: batch=1" in w for w in info.warnings)
+    json.dumps(info.to_dict())  # plain data all the way down
+
+    info8 = inspect_model(path, symbols={"batch": 8})
+    assert info8.symbols == {"batch": 8}
+    assert info8.flops == conv_net_flops(8) == 8 * info.flops
+    assert info8.sha256 == file_sha256(path)  # without the upload's hash, the model file's own
+
+
+def test_depth_like_model_and_input_budget(tmp_path: Path) -> None:
+    nodes = [
+        helper.make_node("Conv", ["image", "W"], ["c"], kernel_shape=[1, 1]),
+        helper.make_node("Squeeze", ["c", "axes"], ["depth"]),
+    ]
+    inits = [_init("W", (1, 3, 1, 1)), numpy_helper.from_array(np.array([1], np.int64), "axes")]
+    image = helper.make_tensor_value_info("image", F, [8, 3, 448, 448])
+    depth = helper.make_tensor_value_info("depth", F, [8, 448, 448])
+    info = inspect_model(_write(_model(nodes, [image], [depth], inits), tmp_path / "depth.onnx"))
+    assert info.inputs == [TensorSpec("image", "float32", [8, 3, 448, 448])]
+    assert info.outputs == [TensorSpec("depth", "float32", [8, 448, 448])]
+    assert info.symbols == {}
+    assert info.flops == 2 * (8 * 448 * 448) * 3
+    assert check_input_budget(info.inputs, {}, Limits()) == 8 * 3 * 448 * 448
+    with pytest.raises(ModelError, match=r"4,816,896 input elements.*over the limit of 1,000,000"):
+        check_input_budget(info.inputs, {}, Limits(max_input_elements=1_000_000))
+
+
+# ---------------------------------------------------------------------------------------------- external data
+
+
+def _external_model_dir(folder: Path) -> Path:
+    """model.onnx + weights.bin (the 64x64 MatMul weight, 16 KiB); the bias stays inline."""
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["h"]), helper.make_node("Add", ["h", "bias"], ["y"])]
+    x = helper.make_tensor_value_info("x", F, ["batch", 64])
+    y = helper.make_tensor_value_info("y", F, ["batch", 64])
+    model = _model(nodes, [x], [y], [_init("W", (64, 64)), _init("bias", (64,))])
+    folder.mkdir(parents=True)
+    cwd = os.getcwd()
+    os.chdir(folder)  # onnx refuses a location that already exists relative to the *working* directory
+    try:
+        onnx.save_model(
+            model, "model.onnx", save_as_external_data=True, all_tensors_to_one_file=True, location="weights.bin"
+        )
+    finally:
+        os.chdir(cwd)
+    return folder / "model.onnx"
+
+
+def _set_external(model_path: Path, **entries: str) -> None:
+    """Rewrite W's external-data entries in place (without touching the data)."""
+    model = onnx.load(str(model_path), load_external_data=False)
+    tensor = next(t for t in model.graph.initializer if t.name == "W")
+    current = {e.key: e.value for e in tensor.external_data} | entries
+    del tensor.external_data[:]
+    for key, value in current.items():
+        tensor.external_data.add(key=key, value=value)
+    model_path.write_bytes(model.SerializeToString())
+
+
+def test_zipped_external_data_model(tmp_path: Path) -> None:
+    model_path = _external_model_dir(tmp_path / "src")
+    upload = tmp_path / "upload.zip"
+    inner = tmp_path / "inner.zip"
+    with zipfile.ZipFile(inner, "w") as zf:
+        zf.writestr("other.onnx", b"nested zips are just data")
+    with zipfile.ZipFile(upload, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.write(model_path, "pkg/model.onnx")
+        zf.write(model_path.parent / "weights.bin", "pkg/weights.bin")
+        zf.write(inner, "pkg/extras/inner.zip")
+        zf.writestr("__MACOSX/pkg/._model.onnx", b"Finder metadata")
+    path = prepare_model(upload, tmp_path / "work")
+    assert path.name == "model.onnx" and path.parent.name == "pkg"
+    info = inspect_model(path, sha256=file_sha256(upload))
+    assert info.external_data == ["weights.bin"]
+    assert info.size_bytes == path.stat().st_size + 64 * 64 * 4
+    assert info.parameters == 64 * 64 + 64 and info.parameter_bytes == 4 * info.parameters
+    assert info.flops == 2 * 64 * 64 and info.flops_not_counted == ["Add"]
+
+
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [
+        ("escape", "leaves the model's folder"),
+        ("absolute", "absolute paths are refused"),
+        ("symlink", "is a symlink"),
+        ("symlinked_folder", "'sub' is a symlink"),
+        ("missing", "the file is missing"),
+        ("beyond", "beyond the file's 16,384 bytes"),
+        ("short", "holds 100 bytes but its shape and type need 16,384"),
+    ],
+)
+def test_external_data_refusals(tmp_path: Path, setup: str, message: str) -> None:
+    model_path = _external_model_dir(tmp_path / "m")
+    weights = model_path.parent / "weights.bin"
+    outside = tmp_path / "outside.bin"
+    outside.write_bytes(weights.read_bytes())
+    if setup == "escape":
+        _set_external(model_path, location="../outside.bin")
+    elif setup == "absolute":
+        _set_external(model_path, location=str(outside))
+    elif setup == "symlink":
+        weights.unlink()
+        weights.symlink_to(outside)
+    elif setup == "symlinked_folder":
+        (tmp_path / "real").mkdir()
+        os.replace(weights, tmp_path / "real" / "weights.bin")
+        (model_path.parent / "sub").symlink_to(tmp_path / "real", target_is_directory=True)
+        _set_external(model_path, location="sub/weights.bin")
+    elif setup == "missing":
+        weights.unlink()
+    elif setup == "beyond":
+        _set_external(model_path, offset="100", length="16384")
+    elif setup == "short":
+        _set_external(model_path, length="100")
+    with pytest.raises(ModelError, match=message):
+        inspect_model(model_path)
+
+
+# ---------------------------------------------------------------------------------------------- zips
+
+
+def _zip(path: Path, members: dict[str, bytes], compression: int = zipfile.ZIP_STORED) -> Path:
+    with zipfile.ZipFile(path, "w", compression) as zf:
+        for name, data in members.items():
+            zf.writestr(zipfile.ZipInfo(name), data, compress_type=compression)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("../evil.onnx", "'..' component"),
+        ("/tmp/evil.onnx", "absolute path"),
+        ("..\\evil.onnx", "backslash"),
+        ("C:/evil.onnx", "drive letter"),
+    ],
+)
+def test_zip_member_paths_refused(tmp_path: Path, name: str, message: str) -> None:
+    upload = _zip(tmp_path / "u.zip", {name: conv_net().SerializeToString()})
+    with pytest.raises(ModelError, match=message):
+        prepare_model(upload, tmp_path / "work")
+    assert list((tmp_path / "work").iterdir()) == []  # nothing left behind
+    assert not (tmp_path / "evil.onnx").exists()
+
+
+def test_zip_symlink_and_duplicate_members_refused(tmp_path: Path) -> None:
+    link = zipfile.ZipInfo("weights.bin")
+    link.external_attr = (stat.S_IFLNK | 0o777) << 16
+    with zipfile.ZipFile(tmp_path / "link.zip", "w") as zf:
+        zf.writestr("model.onnx", conv_net().SerializeToString())
+        zf.writestr(link, "/etc/passwd")
+    with pytest.raises(ModelError, match="symlink"):
+        prepare_model(tmp_path / "link.zip", tmp_path / "work")
+
+    with zipfile.ZipFile(tmp_path / "dup.zip", "w") as zf, warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # zipfile warns about the duplicate it writes
+        zf.writestr("model.onnx", conv_net().SerializeToString())
+        zf.writestr("model.onnx", b"second copy")
+    with pytest.raises(ModelError, match="more than once"):
+        prepare_model(tmp_path / "dup.zip", tmp_path / "work")
+
+
+def test_zip_member_count_and_bombs_refused(tmp_path: Path) -> None:
+    model = conv_net().SerializeToString()
+    many = _zip(tmp_path / "many.zip", {"model.onnx": model} | {f"d{i}.bin": b"x" for i in range(5)})
+    with pytest.raises(ModelError, match=r"6 members.*limit of 3"):
+        prepare_model(many, tmp_path / "work", Limits(max_members=3))
+
+    bomb = _zip(tmp_path / "bomb.zip", {"model.onnx": model, "zeros.bin": bytes(50 * 2**20)}, zipfile.ZIP_DEFLATED)
+    assert bomb.stat().st_size < 200_000
+    with pytest.raises(ModelError, match="zip bomb"):
+        prepare_model(bomb, tmp_path / "work")
+    with pytest.raises(ModelError, match=r"declares 50\.0 MiB"):
+        prepare_model(bomb, tmp_path / "work", Limits(max_unpacked_bytes=10 * 2**20))
+    assert list((tmp_path / "work").iterdir()) == []
+
+
+def test_zip_with_lying_declared_size_refused(tmp_path: Path) -> None:
+    """The directory claims 1000 bytes for a member that inflates to 200 kB: caught while reading."""
+    payload = random.Random(0).randbytes(200_000)
+    upload = _zip(tmp_path / "lie.zip", {"model.onnx": conv_net().SerializeToString(), "data.bin": payload}, 8)
+    raw = bytearray(upload.read_bytes())
+    central = raw.rfind(b"data.bin") - 46
+    local = raw.find(b"data.bin") - 30
+    assert raw[central : central + 4] == b"PK\x01\x02" and raw[local : local + 4] == b"PK\x03\x04"
+    struct.pack_into("<L", raw, central + 24, 1000)
+    struct.pack_into("<L", raw, local + 22, 1000)
+    upload.write_bytes(bytes(raw))
+    with pytest.raises(ModelError, match=r"not a readable zip|beyond its declared size"):
+        prepare_model(upload, tmp_path / "work")
+
+
+def test_zip_file_and_folder_of_the_same_name_refused(tmp_path: Path) -> None:
+    upload = _zip(tmp_path / "clash.zip", {"pkg": b"a file", "pkg/model.onnx": conv_net().SerializeToString()})
+    with pytest.raises(ModelError, match="could not be unpacked"):
+        prepare_model(upload, tmp_path / "work")
+    assert list((tmp_path / "work").iterdir()) == []
+
+
+def test_zip_needs_exactly_one_onnx(tmp_path: Path) -> None:
+    model = conv_net().SerializeToString()
+    with pytest.raises(ModelError, match=r"found no \.onnx file; members: readme\.txt"):
+        prepare_model(_zip(tmp_path / "none.zip", {"readme.txt": b"hi"}), tmp_path / "work")
+    two = _zip(tmp_path / "two.zip", {"a.onnx": model, "sub/b.onnx": model})
+    with pytest.raises(ModelError, match=r"exactly one \.onnx.*found a\.onnx, sub/b\.onnx"):
+        prepare_model(two, tmp_path / "work")
+
+
+# ---------------------------------------------------------------------------------------------- domains and versions
+
+
+def test_custom_domain_refused_and_contrib_ops_allowed(tmp_path: Path) -> None:
+    x = helper.make_tensor_value_info("x", F, ["batch", 4, 8])
+    y = helper.make_tensor_value_info("y", F, ["batch", 4, 8])
+    custom = _model(
+        [helper.make_node("MyOp", ["x"], ["y"], domain="custom.ops")], [x], [y], opsets=[("", 17), ("custom.ops", 1)]
+    )
+    with pytest.raises(ModelError, match=r"'custom\.ops' \(MyOp\).*shared libraries"):
+        inspect_model(_write(custom, tmp_path / "custom.onnx"))
+
+    attention = helper.make_node("Attention", ["x", "w", "b"], ["y"], domain="com.microsoft", num_heads=2)
+    contrib = _model(
+        [attention], [x], [y], [_init("w", (8, 24)), _init("b", (24,))], opsets=[("", 17), ("com.microsoft", 1)]
+    )
+    info = inspect_model(_write(contrib, tmp_path / "contrib.onnx"))
+    assert info.opsets == {"": 17, "com.microsoft": 1}
+    assert info.op_counts == {"com.microsoft.Attention": 1}
+    # projection 2*B*S*8*24, then Q·Kᵀ and A·V at 2*B*S*Skv*8 each (B=1, S=Skv=4)
+    assert info.flops_counted == {"com.microsoft.Attention": 1536 + 256 + 256}
+
+
+def test_attention_mha_and_einsum_flops(tmp_path: Path) -> None:
+    q = helper.make_tensor_value_info("q", F, [1, 2, 4, 8])
+    k = helper.make_tensor_value_info("k", F, [1, 2, 6, 8])
+    v = helper.make_tensor_value_info("v", F, [1, 2, 6, 8])
+    o = helper.make_tensor_value_info("o", F, [1, 2, 4, 8])
+    onnx_attention = _model([helper.make_node("Attention", ["q", "k", "v"], ["o"])], [q, k, v], [o], opsets=[("", 23)])
+    info = inspect_model(_write(onnx_attention, tmp_path / "attn.onnx"))
+    assert info.flops == 2 * 2 * 1 * 2 * 4 * 6 * 8
+
+    q3 = helper.make_tensor_value_info("q", F, [1, 4, 8])
+    kv3 = [helper.make_tensor_value_info(n, F, [1, 6, 8]) for n in ("k", "v")]
+    o3 = helper.make_tensor_value_info("o", F, [1, 4, 8])
+    mha = helper.make_node("MultiHeadAttention", ["q", "k", "v"], ["o"], domain="com.microsoft", num_heads=2)
+    model = _model([mha], [q3, *kv3], [o3], opsets=[("", 17), ("com.microsoft", 1)])
+    assert inspect_model(_write(model, tmp_path / "mha.onnx")).flops == 2 * 2 * 4 * 6 * 8
+
+    a = helper.make_tensor_value_info("a", F, [2, 3, 4])
+    b = helper.make_tensor_value_info("b", F, [2, 4, 5])
+    c = helper.make_tensor_value_info("c", F, [2, 3, 5])
+    einsum = _model([helper.make_node("Einsum", ["a", "b"], ["c"], equation="bij,bjk->bik")], [a, b], [c])
+    assert inspect_model(_write(einsum, tmp_path / "einsum.onnx")).flops == 2 * 2 * 3 * 4 * 5
+
+
+def test_subgraphs_counted_not_estimated_and_fp16_noted(tmp_path: Path) -> None:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT16, [2])
+    cond = helper.make_tensor_value_info("cond", TensorProto.BOOL, [])
+    out = helper.make_tensor_value_info("out", TensorProto.FLOAT16, [2])
+    branch_out = helper.make_tensor_value_info("b_out", TensorProto.FLOAT16, [2])
+    then = helper.make_graph([helper.make_node("Add", ["x", "h"], ["b_out"])], "then", [], [branch_out])
+    other = helper.make_graph([helper.make_node("Neg", ["x"], ["b_out"])], "else", [], [branch_out])
+    nodes = [helper.make_node("If", ["cond"], ["out"], then_branch=then, else_branch=other)]
+    model = _model(nodes, [cond, x], [out], [_init("h", (2,), np.float16)])
+    info = inspect_model(_write(model, tmp_path / "if.onnx"))
+    assert info.op_counts == {"Add": 1, "If": 1, "Neg": 1}
+    assert info.flops is None
+    assert "If (its subgraphs are not counted: 1 node)" in info.flops_not_counted
+    assert "Neg (inside a subgraph: 1 node)" in info.flops_not_counted
+    assert info.inputs[1] == TensorSpec("x", "float16", [2]) and info.parameter_bytes == 4
+    assert any(w.startswith("float16 weights: 1 initializer(s)") for w in info.warnings)
+
+
+def test_versions_newer_than_onnx_knows_refused(tmp_path: Path) -> None:
+    x = helper.make_tensor_value_info("x", F, [1])
+    nodes = [helper.make_node("Identity", ["x"], ["y"])]
+    y = helper.make_tensor_value_info("y", F, [1])
+    with pytest.raises(ModelError, match="opset 999, newer than onnx"):
+        inspect_model(_write(_model(nodes, [x], [y], opsets=[("", 999)]), tmp_path / "opset.onnx"))
+    with pytest.raises(ModelError, match="IR version 999 is newer"):
+        inspect_model(_write(_model(nodes, [x], [y], ir_version=999), tmp_path / "ir.onnx"))
+
+
+# ---------------------------------------------------------------------------------------------- broken files
+
+
+def test_broken_uploads_refused(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    noise = tmp_path / "noise.onnx"
+    noise.write_bytes(random.Random(1).randbytes(4096))
+    with pytest.raises(ModelError, match="truncated or not an ONNX protobuf"):
+        inspect_model(noise)
+    with pytest.raises(ModelError, match=r"not an ONNX model or a \.zip|truncated or not an ONNX protobuf"):
+        inspect_model(prepare_model(noise, work))
+
+    whole = conv_net().SerializeToString()
+    truncated = tmp_path / "half.onnx"
+    truncated.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(ModelError, match="truncated or not an ONNX protobuf"):
+        inspect_model(prepare_model(truncated, work))
+
+    text = tmp_path / "notes.onnx"
+    text.write_text("this is not a model\n")
+    with pytest.raises(ModelError, match=r"is not an ONNX model or a \.zip"):
+        prepare_model(text, work)
+    with pytest.raises(ModelError, match="truncated or not an ONNX protobuf"):
+        inspect_model(text)
+
+    empty = tmp_path / "empty.onnx"
+    empty.write_bytes(b"")
+    with pytest.raises(ModelError, match="empty"):
+        prepare_model(empty, work)
+    with pytest.raises(ModelError, match=r"big\.onnx is 11\.0 KiB \(11,\d{3} bytes\), over the limit of 100 bytes"):
+        prepare_model(_write(conv_net(), tmp_path / "big.onnx"), work, Limits(max_file_bytes=100))
+    with pytest.raises(ModelError, match="cannot be read"):
+        prepare_model(tmp_path / "absent.onnx", work)
+    with pytest.raises(ModelError, match=r"not a readable zip|no end-of-central-directory"):
+        prepare_model(_write_bytes(tmp_path / "cut.zip", b"PK\x03\x04" + bytes(100)), work)
+
+
+def _write_bytes(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def test_huge_declared_dims_refused(tmp_path: Path) -> None:
+    y = helper.make_tensor_value_info("y", F, None)
+    nodes = [helper.make_node("Identity", ["x"], ["y"])]
+    huge = helper.make_tensor_value_info("x", F, [1, 10**12])
+    y = helper.make_tensor_value_info("y", F, [1, 10**12])
+    with pytest.raises(ModelError, match="dimension 1 = 1,000,000,000,000"):
+        inspect_model(_write(_model(nodes, [huge], [y]), tmp_path / "huge.onnx"))
+    wide = helper.make_tensor_value_info("x", F, [100_000, 100_000])
+    y = helper.make_tensor_value_info("y", F, [100_000, 100_000])
+    with pytest.raises(ModelError, match="10,000,000,000 input elements"):
+        inspect_model(_write(_model(nodes, [wide], [y]), tmp_path / "wide.onnx"))
+
+
+def test_unnamed_dims_get_symbols(tmp_path: Path) -> None:
+    x = helper.make_tensor_value_info("x", F, [None, 4])
+    y = helper.make_tensor_value_info("y", F, [None, 4])
+    info = inspect_model(_write(_model([helper.make_node("Relu", ["x"], ["y"])], [x], [y]), tmp_path / "u.onnx"))
+    assert info.inputs == [TensorSpec("x", "float32", ["x_dim0", 4])]
+    assert info.outputs == [TensorSpec("y", "float32", [None, 4])]
+    assert info.symbols == {"x_dim0": 1} and info.flops is None and info.flops_not_counted == ["Relu"]
+
+
+# ---------------------------------------------------------------------------------------------- symbols
+
+
+def test_default_symbols_and_overrides() -> None:
+    specs = [TensorSpec("x", "float32", ["batch", 3, "H", "W"]), TensorSpec("mask", "bool", ["batch", "H"])]
+    assert default_symbols(specs) == {"batch": 1, "H": 1, "W": 1}
+    assert default_symbols(specs, {"H": 64, "batch": 2}) == {"batch": 2, "H": 64, "W": 1}
+    with pytest.raises(ModelError, match=r"unknown symbol.*T.*symbols are: batch, H, W"):
+        default_symbols(specs, {"T": 2})
+    for bad in (0, 1_000_001, True, "8", 2.5):
+        with pytest.raises(ModelError, match="symbol 'H' must be"):
+            default_symbols(specs, {"H": bad})
+    assert default_symbols(specs, {"H": np.int64(5), "W": 7.0}) == {"batch": 1, "H": 5, "W": 7}
+    with pytest.raises(ModelError, match="no value for W"):
+        specs[0].concrete({"batch": 1, "H": 2})
+    assert specs[0].concrete({"batch": 2, "H": 5, "W": 6}) == (2, 3, 5, 6)
+    assert check_input_budget(specs, {"batch": 2, "H": 5, "W": 6}, Limits()) == 180 + 10
