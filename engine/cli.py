@@ -61,6 +61,15 @@ def _pads(text: str) -> tuple[int, int, int, int]:
     return tuple(int(p) for p in parts)  # type: ignore[return-value]
 
 
+def _box(text: str) -> tuple[int, int, int, int] | None:
+    from engine.lipsync import LipSyncError, parse_box
+
+    try:
+        return parse_box(text)
+    except LipSyncError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _cmd_lipsync(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -83,6 +92,7 @@ def _cmd_lipsync(args: argparse.Namespace) -> int:
         detect_scale=args.detect_scale,
         paste_mode=args.paste,
         audio_offset=args.audio_offset,
+        fixed_box=args.box,
     )
     result = run_lipsync(config, progress=None if args.quiet else _progress_bar)
     if args.json:
@@ -168,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     lip.add_argument("--compile", action="store_true", help="torch.compile the generator")
     lip.add_argument("--pads", type=_pads, default=(0, 10, 0, 0), help="TOP,BOTTOM,LEFT,RIGHT (default 0,10,0,0)")
     lip.add_argument("--no-smooth", action="store_true", help="do not smooth face boxes over time")
+    lip.add_argument("--box", type=_box, help="fixed face box X1,Y1,X2,Y2 in pixels: no detection at all")
     lip.add_argument("--detector", default="haar", choices=["haar", "s3fd"])
     lip.add_argument("--detector-checkpoint", help="s3fd.pth for --detector s3fd")
     lip.add_argument("--detect-scale", type=float, default=0.5, help="detect on frames scaled by this (0.1..1)")

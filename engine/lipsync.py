@@ -41,6 +41,19 @@ class LipSyncError(ValueError):
     """Options or inputs the pipeline cannot use; the message says what is accepted."""
 
 
+def parse_box(text: str | None) -> tuple[int, int, int, int] | None:
+    """'X1,Y1,X2,Y2' (commas or spaces) -> a box; empty -> None (detect every frame)."""
+    if not text or not text.strip():
+        return None
+    parts = text.replace(",", " ").split()
+    if len(parts) != 4 or not all(p.isdigit() for p in parts):
+        raise LipSyncError(f"box {text!r} must be four pixel coordinates: X1,Y1,X2,Y2")
+    x1, y1, x2, y2 = (int(p) for p in parts)
+    if x2 <= x1 or y2 <= y1:
+        raise LipSyncError(f"box {text!r} is empty: X2 must exceed X1 and Y2 exceed Y1")
+    return x1, y1, x2, y2
+
+
 @dataclass
 class LipSyncConfig:
     face: Path

@@ -96,6 +96,7 @@ def _lipsync_args(face: Path, speech: Path) -> list:
         0.5,
         "blend",
         0,
+        "",
     ]
 
 

@@ -296,3 +296,12 @@ def test_blend_mode_leaves_every_pixel_outside_the_face_box_as_it_was(media, set
     for frame in written:
         assert np.array_equal(frame[outside], image[outside])
     assert any(not np.array_equal(f[y1:y2, x1:x2], image[y1:y2, x1:x2]) for f in written)
+
+
+def test_parse_box() -> None:
+    from engine.lipsync import parse_box
+
+    assert parse_box("10, 20, 110,140") == (10, 20, 110, 140) and parse_box("  ") is None
+    for bad in ("1,2,3", "a,b,c,d", "10,10,5,20", "-1,0,5,5"):
+        with pytest.raises(LipSyncError):
+            parse_box(bad)

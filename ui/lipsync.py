@@ -14,7 +14,7 @@ from typing import Any
 import gradio as gr
 import plotly.graph_objects as go
 
-from engine.lipsync import ENGINES, LipSyncConfig, run_lipsync
+from engine.lipsync import ENGINES, LipSyncConfig, LipSyncError, parse_box, run_lipsync
 from engine.media import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 from engine.paste import PASTE_MODES
 from engine.results import RunResult
@@ -97,6 +97,7 @@ def build_lipsync_tab(settings: Settings) -> None:
                 with gr.Row():
                     paste_mode = gr.Radio(list(PASTE_MODES), value="blend", label="Paste mode")
                     offset = gr.Slider(-10, 10, value=0, step=1, label="Audio offset (frames; + if lips are late)")
+                    fixed_box = gr.Textbox(label="Fixed face box X1,Y1,X2,Y2 (empty: detect every frame)")
             run = gr.Button("Lip-sync", variant="primary")
         with gr.Column():
             video = gr.Video(label="Result", interactive=False)
@@ -122,12 +123,17 @@ def build_lipsync_tab(settings: Settings) -> None:
         detect_scale,
         mode,
         audio_offset,
+        box_text,
         progress=gr.Progress(),
     ) -> tuple[Any, ...]:
         if not face_path:
             raise gr.Error("Upload a face image or video.")
         if not speech_path:
             raise gr.Error("Upload or record the speech.")
+        try:
+            box = parse_box(box_text)
+        except LipSyncError as exc:
+            raise gr.Error(str(exc)) from None
         config = LipSyncConfig(
             face=Path(face_path),
             audio=Path(speech_path),
@@ -144,6 +150,7 @@ def build_lipsync_tab(settings: Settings) -> None:
             detect_scale=float(detect_scale),
             paste_mode=mode,
             audio_offset=int(audio_offset),
+            fixed_box=box,
         )
         try:
             result = run_lipsync(config, settings, progress=lambda f, label: progress(f, desc=label))
@@ -171,6 +178,7 @@ def build_lipsync_tab(settings: Settings) -> None:
         scale,
         paste_mode,
         offset,
+        fixed_box,
     ]
     run.click(
         lipsync, inputs, [video, summary, chart, details], api_name="lipsync", concurrency_id="gpu", concurrency_limit=1
