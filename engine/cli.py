@@ -11,6 +11,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from engine.settings import SettingsError
 
@@ -145,6 +146,63 @@ def _cmd_onnx_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of whole numbers") from None
+    if not values:
+        raise argparse.ArgumentTypeError("give at least one value")
+    return values
+
+
+def _cmd_onnx_eval(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from engine.onnx_eval import EvalConfig, evaluate
+    from engine.onnx_model import file_sha256, inspect_model, prepare_model
+    from engine.settings import get_settings
+
+    settings = get_settings()
+    settings.ensure_dirs()
+    config = EvalConfig(
+        providers=[p.strip() for p in args.providers.split(",") if p.strip()],
+        batch_sizes=args.batch,
+        symbols=dict(args.symbol),
+        runs=args.runs,
+        warmup=args.warmup,
+        inputs_npz=args.inputs,
+        expected_npz=args.expected,
+        trt_fp16=args.trt_fp16,
+        trt_cache_dir=str(settings.cache_dir / "tensorrt"),
+        gpu_memory_fraction=settings.gpu_memory_fraction,
+    )
+    config.validate()
+    with tempfile.TemporaryDirectory(dir=settings.cache_dir) as work:
+        path = prepare_model(args.model, work)
+        info = inspect_model(path, sha256=file_sha256(args.model))
+        report = evaluate(path, info, config, progress=None if args.quiet else _progress_bar)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    for row in report["results"]:
+        if row.get("error"):
+            print(f"{row['provider']:<5} batch {row['batch']:<5} failed: {row['error']}")
+            continue
+        lat = row["latency"]
+        speedup = f"  {row['speedup_vs_cpu']:.2f}x CPU" if row.get("speedup_vs_cpu") else ""
+        print(
+            f"{row['provider']:<5} batch {row['batch']:<5} on {row.get('ran_on', '?'):<26} p50 {lat['p50_ms']:8.3f} ms"
+            f"  p99 {lat['p99_ms']:8.3f} ms  {lat['throughput_per_s']:10.1f}/s{speedup}"
+        )
+    for provider, outputs in report["parity"].items():
+        for name, p in outputs.items():
+            if isinstance(p, dict) and "max_abs" in p:
+                print(f"parity {provider} {name}: max abs {p['max_abs']:.3g}, cosine {p['cosine']:.6f}")
+    for warning in report["warnings"]:
+        print(warning if warning.lower().startswith("warning") else f"warning: {warning}", file=sys.stderr)
+    return 0
+
+
 def _serve(app_args: list[str]) -> int:
     import app  # the composition root; see the module docstring
 
@@ -202,6 +260,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     inspect.add_argument("--json", action="store_true", help="the full description as JSON")
     inspect.set_defaults(func=_cmd_onnx_inspect)
+    ev = onnx_sub.add_parser("eval", help="run a model on execution providers: latency, throughput, parity")
+    ev.add_argument("model", help=".onnx file, or .zip holding one model and its external-data files")
+    ev.add_argument("--providers", default="cpu", help="comma-separated: cpu,cuda,trt (default cpu)")
+    ev.add_argument("--batch", type=_int_list, default=[1], help="batch sizes when the batch is free, e.g. 1,8,32")
+    ev.add_argument(
+        "--symbol",
+        type=_symbol,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="value for another symbolic dimension (repeatable)",
+    )
+    ev.add_argument("--runs", type=int, default=50, help="timed runs per configuration (default 50)")
+    ev.add_argument("--warmup", type=int, default=5, help="untimed runs after the first (default 5)")
+    ev.add_argument("--inputs", help=".npz of inputs keyed by input name (default: seeded synthetic)")
+    ev.add_argument("--expected", help=".npz of expected outputs keyed by output name: accuracy metrics")
+    ev.add_argument("--trt-fp16", action="store_true", help="allow fp16 in TensorRT engines")
+    ev.add_argument("--json", help="write the full report to this file")
+    ev.add_argument("--quiet", action="store_true", help="no progress bar")
+    ev.set_defaults(func=_cmd_onnx_eval)
 
     # Listed for --help only: main() hands `serve ...` to app.py's own parser untouched.
     sub.add_parser("serve", help="start the web app (flags: --host --port --share --device --auth)")

@@ -59,7 +59,7 @@ def captured_stderr() -> Iterator[io.StringIO]:
             out.write(tmp.read().decode("utf-8", errors="replace"))
 
 
-def _loader_error(provider: str) -> str | None:
+def loader_error(provider: str) -> str | None:
     """dlopen the provider library ourselves: the OSError names the first missing dependency."""
     import onnxruntime
 
@@ -79,7 +79,7 @@ def _loader_error(provider: str) -> str | None:
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
-def _error_lines(text: str) -> str:
+def error_lines(text: str) -> str:
     lines = [ln.strip() for ln in _ANSI.sub("", text).splitlines() if ln.strip()]
     important = [ln for ln in lines if any(w in ln for w in ("Error", "error", "Failed", "failed", "cannot"))]
     return "\n".join(important or lines)[-2000:]
@@ -110,8 +110,8 @@ def probe_provider(provider: str) -> dict[str, Any]:
     result["session_providers"] = got
     result["loaded"] = got[0] == provider and bool(np.allclose(y, 2 * x))
     if not result["loaded"]:
-        result["error"] = _loader_error(provider) or _error_lines(err.getvalue()) or "fell back to CPU"
-        result["log"] = _error_lines(err.getvalue())
+        result["error"] = loader_error(provider) or error_lines(err.getvalue()) or "fell back to CPU"
+        result["log"] = error_lines(err.getvalue())
     return result
 
 
@@ -136,7 +136,7 @@ def probe_all() -> dict[str, Any]:
                 preload_error = str(exc)
         report["preload"] = {
             "error": preload_error,
-            "messages": _error_lines(out.getvalue() + err.getvalue()),
+            "messages": error_lines(out.getvalue() + err.getvalue()),
             "providers": {p: probe_provider(p) for p in GPU_PROVIDERS},
         }
     return report

@@ -82,3 +82,24 @@ def test_onnx_inspect(tmp_path: Path) -> None:
     bad = run("onnx", "inspect", str(tmp_path / "data"), **env)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert run("onnx", "inspect", str(path), "--symbol", "batch", **env).returncode == 2
+
+
+def test_onnx_eval(tmp_path: Path) -> None:
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])
+    w = numpy_helper.from_array(np.ones((16, 4), np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g", [x], [y], [w])
+    path = tmp_path / "mm.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), str(path))
+    report_path = tmp_path / "report.json"
+    env = {"AVATARBENCH_DATA_DIR": str(tmp_path / "data")}
+    proc = run("onnx", "eval", str(path), "--batch", "1,4", "--runs", "5", "--json", str(report_path), "--quiet", **env)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(report_path.read_text())
+    assert [r["batch"] for r in report["results"]] == [1, 4]
+    assert "cpu   batch 4" in proc.stdout and "parity cpu y: max abs 0" in proc.stdout
+    assert run("onnx", "eval", str(path), "--providers", "tpu", **env).returncode == 2

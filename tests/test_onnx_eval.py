@@ -1,0 +1,417 @@
+"""engine.onnx_eval on the CPU: inputs, statistics, parity, accuracy, fallbacks and refusals, on tiny models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+import engine.onnx_eval as oe  # noqa: E402
+from engine.onnx_eval import (  # noqa: E402
+    EvalConfig,
+    EvalError,
+    SessionError,
+    evaluate,
+    latency_stats,
+    load_npz_inputs,
+    parity,
+    synthetic_inputs,
+    topk,
+)
+from engine.onnx_model import Limits, ModelError, ModelInfo, TensorSpec, inspect_model  # noqa: E402
+
+W = np.arange(12, dtype=np.float32).reshape(4, 3) / 10 - 0.5
+B = np.array([0.1, -0.2, 0.3], dtype=np.float32)
+FAST = {"runs": 5, "warmup": 1, "intra_op_threads": 1}
+
+
+def _save(graph: onnx.GraphProto, path: Path) -> Path:
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+def mlp(path: Path) -> Path:
+    """y = Relu(x @ W + B) on x[N, 4]; k2 = k + k on k[N, 1] int64 (an integer input to feed)."""
+    nodes = [
+        helper.make_node("MatMul", ["x", "W"], ["m"]),
+        helper.make_node("Add", ["m", "B"], ["a"]),
+        helper.make_node("Relu", ["a"], ["y"]),
+        helper.make_node("Add", ["k", "k"], ["k2"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "mlp",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4]),
+            helper.make_tensor_value_info("k", TensorProto.INT64, ["N", 1]),
+        ],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3]),
+            helper.make_tensor_value_info("k2", TensorProto.INT64, ["N", 1]),
+        ],
+        [numpy_helper.from_array(W, "W"), numpy_helper.from_array(B, "B")],
+    )
+    return _save(graph, path)
+
+
+def fixed(path: Path) -> Path:
+    """y = x + 1 on a fixed x[2, 4]: no batch dimension to sweep."""
+    one = numpy_helper.from_array(np.ones((2, 4), np.float32), "one")
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "one"], ["y"])],
+        "fixed",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])],
+        [one],
+    )
+    return _save(graph, path)
+
+
+def classifier(path: Path, weights: np.ndarray) -> Path:
+    """logits = x @ weights on x[N, 4]: six classes."""
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "Wc"], ["logits"])],
+        "cls",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", weights.shape[1]])],
+        [numpy_helper.from_array(weights, "Wc")],
+    )
+    return _save(graph, path)
+
+
+def reference(x: np.ndarray) -> np.ndarray:
+    return np.maximum(x.astype(np.float32) @ W + B, 0)
+
+
+@pytest.fixture
+def mlp_model(tmp_path: Path) -> tuple[Path, ModelInfo]:
+    path = mlp(tmp_path / "mlp.onnx")
+    return path, inspect_model(path)
+
+
+def _plain_types(value) -> bool:
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain_types(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_plain_types(v) for v in value)
+    return value is None or (type(value) in (str, int, float, bool))
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+
+
+def test_synthetic_inputs_dtypes_shapes_and_seed() -> None:
+    specs = [
+        TensorSpec("f32", "float32", ["N", 3]),
+        TensorSpec("f16", "float16", [2, "T"]),
+        TensorSpec("i64", "int64", ["N"]),
+        TensorSpec("i8", "int8", [50]),
+        TensorSpec("u8", "uint8", [4, 4]),
+        TensorSpec("b", "bool", ["N", 2]),
+    ]
+    values = {"N": 5, "T": 7}
+    a = synthetic_inputs(specs, values, seed=1)
+    expect = {"f32": (5, 3), "f16": (2, 7), "i64": (5,), "i8": (50,), "u8": (4, 4), "b": (5, 2)}
+    for spec in specs:
+        assert a[spec.name].dtype == np.dtype(spec.dtype)
+        assert a[spec.name].shape == expect[spec.name]
+    assert a["f32"].min() >= 0 and a["f32"].max() < 1
+    for name in ("i64", "i8", "u8"):
+        assert a[name].min() >= 0 and a[name].max() < 100
+    again, other = synthetic_inputs(specs, values, seed=1), synthetic_inputs(specs, values, seed=2)
+    assert all(np.array_equal(a[k], again[k]) for k in a)
+    assert not np.array_equal(a["f32"], other["f32"])
+    with pytest.raises(EvalError, match="numeric or bool"):
+        synthetic_inputs([TensorSpec("s", "object", [1])], {}, 0)
+
+
+def test_latency_stats_by_hand() -> None:
+    stats = latency_stats([float(v) for v in range(10, 0, -1)], batch=4)
+    assert stats["n"] == 10
+    assert stats["mean_ms"] == pytest.approx(5.5)
+    assert stats["std_ms"] == pytest.approx(np.std(np.arange(1, 11), ddof=1))
+    assert (stats["min_ms"], stats["max_ms"]) == (1.0, 10.0)
+    assert stats["p50_ms"] == pytest.approx(5.5)
+    assert stats["p90_ms"] == pytest.approx(9.1)
+    assert stats["p95_ms"] == pytest.approx(9.55)
+    assert stats["p99_ms"] == pytest.approx(9.91)
+    assert stats["throughput_per_s"] == pytest.approx(4 / 0.0055)
+    assert latency_stats([2.0], 1)["std_ms"] == 0.0
+    with pytest.raises(EvalError):
+        latency_stats([], 1)
+
+
+# ---------------------------------------------------------------------------------------------- evaluate
+
+
+def test_evaluate_cpu_batch_sweep(mlp_model: tuple[Path, ModelInfo]) -> None:
+    path, info = mlp_model
+    calls: list[tuple[float, str]] = []
+    report = evaluate(path, info, EvalConfig(batch_sizes=[1, 4], **FAST), progress=lambda f, s: calls.append((f, s)))
+    rows = report["results"]
+    assert [(r["provider"], r["batch"]) for r in rows] == [("cpu", 1), ("cpu", 4)]
+    for row in rows:
+        lat = row["latency"]
+        assert row["error"] is None and not row["fell_back"]
+        assert lat["n"] == 5
+        assert lat["min_ms"] <= lat["p50_ms"] <= lat["p95_ms"] <= lat["p99_ms"] <= lat["max_ms"]
+        assert row["samples_per_s"] == pytest.approx(row["batch"] / (lat["mean_ms"] / 1000))
+        assert row["first_run_ms"] > 0
+        assert row["latency_iobinding"] is None and row["iobinding"].startswith("not applicable")
+        assert row["speedup_vs_cpu"] == 1.0
+        assert row["achieved_gflops"] > 0  # MatMul FLOPs, scaled by the batch
+        assert row["memory"]["host_rss_before_bytes"] > 0 and row["memory"]["gpu_delta_bytes"] is None
+    gflop = [r["achieved_gflops"] * r["latency"]["p50_ms"] for r in rows]
+    assert gflop[1] == pytest.approx(4 * gflop[0])
+    for out in ("y", "k2"):
+        p = report["parity"]["cpu"][out]
+        assert (p["max_abs"], p["max_rel"], p["mean_abs"], p["tolerance_to_pass"]) == (0.0, 0.0, 0.0, 0.0)
+        assert p["cosine"] == pytest.approx(1.0)
+    assert report["warnings"] == []
+    assert report["sessions"]["cpu"]["got"] == ["CPUExecutionProvider"]
+    assert report["input_source"] == {"x": "synthetic", "k": "synthetic"}
+    assert _plain_types(report)
+    json.dumps(report, allow_nan=False)
+    fractions = [f for f, _ in calls]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+
+
+def test_cuda_fallback_is_loud(mlp_model: tuple[Path, ModelInfo]) -> None:
+    from engine.ort_probe import probe_provider
+
+    if probe_provider("CUDAExecutionProvider")["loaded"]:
+        pytest.skip("CUDA really loads here: no fallback to observe")
+    path, info = mlp_model
+    report = evaluate(path, info, EvalConfig(providers=["cuda"], **FAST))
+    assert report["results"][0]["trt_build_s"] is None
+    session = report["sessions"]["cuda"]
+    assert session["fell_back"] and session["got"][0] == "CPUExecutionProvider"
+    assert any(
+        "CUDAExecutionProvider" in w and ("libcublasLt" in w or "CPUExecutionProvider" in w) for w in report["warnings"]
+    )
+    (row,) = report["results"]
+    assert row["provider"] == "cuda" and row["fell_back"] and row["ran_on"] == "CPUExecutionProvider"
+    assert row["latency_iobinding"] is None
+    # CPU was not asked for: it ran only as the parity reference, without timing rows.
+    assert report["sessions"]["cpu"]["reference_only"] is True
+    assert report["parity"]["cuda"]["y"]["max_abs"] == 0.0 and "cpu" not in report["parity"]
+    assert row["speedup_vs_cpu"] is None
+    json.dumps(report)
+
+
+def test_iobinding_path_runs_on_cpu_values(mlp_model: tuple[Path, ModelInfo]) -> None:
+    """The device-resident timing is only used on a GPU; its binding logic is exercised here on the CPU."""
+    path, info = mlp_model
+    config = EvalConfig(**FAST)
+    session, meta = oe.make_session(path, "cpu", config)
+    assert meta["got"] == ["CPUExecutionProvider"] and not meta["fell_back"] and meta["create_s"] > 0
+    feeds = synthetic_inputs(info.inputs, {"N": 2}, 0)
+    stats = oe._iobinding_latency(session, feeds, config, batch=2, device="cpu")
+    assert stats["n"] == 5 and stats["throughput_per_s"] > 0
+
+
+def test_session_failure_is_recorded_and_others_run(
+    mlp_model: tuple[Path, ModelInfo], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = oe.make_session
+
+    def flaky(model_path, provider, config):
+        if provider == "trt":
+            raise SessionError("TensorrtExecutionProvider: session creation failed: op NoSuchOp unsupported")
+        return real(model_path, provider, config)
+
+    monkeypatch.setattr(oe, "make_session", flaky)
+    path, info = mlp_model
+    report = evaluate(path, info, EvalConfig(providers=["cpu", "trt"], **FAST))
+    assert "NoSuchOp" in report["sessions"]["trt"]["error"]
+    assert any("trt" in w and "NoSuchOp" in w for w in report["warnings"])
+    assert [r["provider"] for r in report["results"]] == ["cpu"]
+    assert "NoSuchOp" in report["parity"]["trt"]["error"] and report["parity"]["cpu"]["y"]["max_abs"] == 0.0
+
+
+def test_failing_batch_is_recorded_and_the_rest_runs(tmp_path: Path) -> None:
+    """Reshape to [1, 4] works at N=1 only: batch 4 fails with ORT's error, batch 1 is still measured."""
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "shape"], ["y"])],
+        "reshape",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        [numpy_helper.from_array(np.array([1, 4], np.int64), "shape")],
+    )
+    path = _save(graph, tmp_path / "reshape.onnx")
+    report = evaluate(path, inspect_model(path), EvalConfig(batch_sizes=[4, 1], **FAST))
+    bad, good = report["results"]
+    assert bad["batch"] == 4 and bad["latency"] is None and not bad["out_of_memory"]
+    assert "Reshape" in bad["error"] or "shape" in bad["error"].lower()
+    assert good["batch"] == 1 and good["error"] is None and good["latency"]["n"] == 5
+    assert any("batch 4 failed" in w for w in report["warnings"])
+    # The CPU is the parity reference, and it has no outputs at the first batch size: said, not hidden.
+    assert report["parity"] == {} and any("no CPU reference" in w for w in report["warnings"])
+    json.dumps(report)
+
+
+def test_fixed_shape_runs_once_with_warning(tmp_path: Path) -> None:
+    path = fixed(tmp_path / "fixed.onnx")
+    report = evaluate(path, inspect_model(path), EvalConfig(batch_sizes=[1, 8], **FAST))
+    (row,) = report["results"]
+    assert row["batch"] == 2 and row["error"] is None
+    assert len(report["warnings"]) == 1 and "no batch dimension" in report["warnings"][0]
+
+
+def test_input_budget_refused_before_allocating(
+    mlp_model: tuple[Path, ModelInfo], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def boom(*args, **kwargs):
+        raise AssertionError("allocated or created a session before the budget check")
+
+    monkeypatch.setattr(oe, "synthetic_inputs", boom)
+    monkeypatch.setattr(oe, "make_session", boom)
+    path, info = mlp_model
+    with pytest.raises(ModelError, match="over the limit"):
+        evaluate(path, info, EvalConfig(batch_sizes=[1, 64], **FAST), limits=Limits(max_input_elements=100))
+
+
+# ---------------------------------------------------------------------------------------------- user inputs
+
+
+def test_npz_inputs_refusals(mlp_model: tuple[Path, ModelInfo], tmp_path: Path) -> None:
+    _, info = mlp_model
+    values = {"N": 1}
+    x, k = np.zeros((1, 4), np.float32), np.zeros((1, 1), np.int64)
+    cases = {
+        "name": ({"x": x, "kk": k}, "'kk'.*not model inputs"),
+        "shape": ({"x": np.zeros((2, 4), np.float32)}, r"shape \[2, 4\].*\[1, 4\]"),
+        "dtype": ({"k": np.full((1, 1), 0.5)}, "float64.*int64"),
+    }
+    for label, (arrays, message) in cases.items():
+        npz = tmp_path / f"{label}.npz"
+        np.savez(npz, **arrays)
+        with pytest.raises(EvalError, match=message):
+            load_npz_inputs(npz, info.inputs, values)
+    big = tmp_path / "big.npz"
+    np.savez(big, k=np.array([[2**40]], np.int64))  # int64 fits; int64 -> int32 would need a value check
+    assert load_npz_inputs(big, info.inputs, values)["k"].dtype == np.int64
+    not_npz = tmp_path / "x.npz"
+    not_npz.write_bytes(b"not a zip")
+    with pytest.raises(EvalError, match=r"not a readable \.npz"):
+        load_npz_inputs(not_npz, info.inputs, values)
+
+
+def test_npz_inputs_are_used(mlp_model: tuple[Path, ModelInfo], tmp_path: Path) -> None:
+    path, info = mlp_model
+    x = np.array([[1.0, -2.0, 3.0, 0.5], [0.2, 0.4, -0.6, 2.0]])  # float64: cast to float32 (values fit)
+    k = np.array([[7], [-3]], np.int64)
+    np.savez(tmp_path / "in.npz", x=x, k=k)
+    np.savez(tmp_path / "want.npz", y=reference(x), k2=2 * k)
+    config = EvalConfig(
+        batch_sizes=[2, 3], inputs_npz=str(tmp_path / "in.npz"), expected_npz=str(tmp_path / "want.npz"), **FAST
+    )
+    report = evaluate(path, info, config)
+    assert report["input_source"] == {"x": "npz", "k": "npz"}
+    assert [r["batch"] for r in report["results"]] == [2, 3]  # batch 3 repeats the user's rows
+    assert all(r["error"] is None for r in report["results"])
+    acc = report["accuracy"]["expected"]["cpu"]
+    assert acc["y"]["mae"] < 1e-6 and acc["y"]["cosine"] == pytest.approx(1.0)
+    assert acc["k2"]["max_error"] == 0.0
+
+
+# ---------------------------------------------------------------------------------------------- accuracy
+
+
+def test_accuracy_against_expected(mlp_model: tuple[Path, ModelInfo], tmp_path: Path) -> None:
+    path, info = mlp_model
+    feeds = synthetic_inputs(info.inputs, {"N": 1}, seed=3)  # what evaluate feeds with seed 3
+    y, k2 = reference(feeds["x"]), 2 * feeds["k"]
+    np.savez(tmp_path / "good.npz", y=y, k2=k2)
+    np.savez(tmp_path / "off.npz", y=y + 0.1, k2=k2)
+    np.savez(tmp_path / "shape.npz", y=np.zeros((1, 5), np.float32), k2=k2)
+    np.savez(tmp_path / "keys.npz", y=y, extra=k2)
+
+    def run(name: str) -> dict:
+        return evaluate(path, info, EvalConfig(seed=3, expected_npz=str(tmp_path / name), **FAST))
+
+    good = run("good.npz")["accuracy"]["expected"]["cpu"]["y"]
+    assert good["mae"] < 1e-6 and good["rmse"] < 1e-6 and good["max_error"] < 1e-6
+    off = run("off.npz")["accuracy"]["expected"]["cpu"]["y"]
+    assert off["mae"] == pytest.approx(0.1, abs=1e-5) and off["max_error"] == pytest.approx(0.1, abs=1e-5)
+    assert "shape mismatch" in run("shape.npz")["accuracy"]["expected"]["cpu"]["y"]["error"]
+    with pytest.raises(EvalError, match=r"missing 'k2'.*extra \['extra'\]"):
+        run("keys.npz")
+
+
+def test_topk_on_a_tiny_classifier(tmp_path: Path) -> None:
+    weights = np.random.default_rng(0).standard_normal((4, 6)).astype(np.float32)
+    path = classifier(tmp_path / "cls.onnx", weights)
+    x = np.random.default_rng(1).standard_normal((4, 4)).astype(np.float32)
+    ranked = np.argsort(-(x @ weights), axis=1)
+    labels = [int(ranked[0, 0]), int(ranked[1, 0]), int(ranked[2, 3]), int(ranked[3, 5])]  # rank 1, 1, 4, 6
+    np.savez(tmp_path / "x.npz", x=x)
+    config = EvalConfig(batch_sizes=[4], inputs_npz=str(tmp_path / "x.npz"), labels=labels, **FAST)
+    result = evaluate(path, inspect_model(path), config)["accuracy"]["topk"]["cpu"]
+    assert (result["top1"], result["top5"], result["n"], result["classes"]) == (0.5, 0.75, 4, 6)
+    with pytest.raises(EvalError, match="one label per sample"):
+        evaluate(path, inspect_model(path), EvalConfig(batch_sizes=[2], labels=labels, **FAST))
+    assert topk(np.array([[0.1, 0.9, 0.0]]), [2]) == {"top1": 0.0, "top5": 1.0, "top5_k": 3, "n": 1, "classes": 3}
+    with pytest.raises(EvalError, match="outside"):
+        topk(np.zeros((1, 3)), [3])
+
+
+def test_parity_metrics_by_hand() -> None:
+    ref = {"a": np.array([1.0, 2.0, np.nan, 4.0], np.float32), "b": np.zeros((2, 2)), "c": np.ones(3)}
+    other = {"a": np.array([1.0, 2.5, np.nan, 3.0], np.float32), "b": np.zeros((4,)), "c": np.array([1, np.nan, 1.0])}
+    out = parity(ref, other)
+    a = out["a"]
+    assert a["max_abs"] == pytest.approx(1.0) and a["mean_abs"] == pytest.approx(0.5)
+    assert a["max_rel"] == pytest.approx(0.25) and a["nan"] == {"reference": 1, "other": 1}
+    t = a["tolerance_to_pass"]
+    assert np.allclose(other["a"], ref["a"], rtol=0, atol=t, equal_nan=True)
+    assert not np.allclose(other["a"], ref["a"], rtol=0, atol=t * 0.999, equal_nan=True)
+    assert out["b"] == {"shape_mismatch": True, "reference_shape": [2, 2], "shape": [4]}
+    assert out["c"]["tolerance_to_pass"] == float("inf") and out["c"]["max_abs"] == 0.0
+    assert parity({"a": np.ones(2)}, {})["a"] == {"missing": True}
+    half = parity({"h": np.array([1 / 3], np.float32)}, {"h": np.array([1 / 3], np.float16)})["h"]
+    assert np.allclose(np.float16(1 / 3), np.float32(1 / 3), rtol=0, atol=half["tolerance_to_pass"])
+
+
+# ---------------------------------------------------------------------------------------------- config
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"providers": ["gpu"]}, "unknown provider.*accepted: cpu, cuda, trt"),
+        ({"providers": []}, "non-empty list"),
+        ({"providers": ["cpu", "cpu"]}, "twice"),
+        ({"runs": 0}, r"runs must be an integer in 1\.\.10000"),
+        ({"runs": 10001}, "runs"),
+        ({"warmup": -1}, "warmup"),
+        ({"batch_sizes": [0]}, r"1\.\.4096"),
+        ({"batch_sizes": [5000]}, r"1\.\.4096"),
+        ({"batch_sizes": [True]}, "not integers"),
+        ({"gpu_memory_fraction": 0.0}, r"\(0, 1\]"),
+        ({"labels": [1, -1]}, "labels"),
+        ({"trt_workspace_gb": 0}, "trt_workspace_gb"),
+        ({"intra_op_threads": -2}, "intra_op_threads"),
+    ],
+)
+def test_config_validate_refusals(changes: dict, message: str) -> None:
+    with pytest.raises(EvalError, match=message):
+        EvalConfig(**changes).validate()
+
+
+def test_config_defaults_valid_and_symbol_refusals(mlp_model: tuple[Path, ModelInfo]) -> None:
+    EvalConfig().validate()
+    path, info = mlp_model
+    with pytest.raises(EvalError, match="batch dimension"):
+        evaluate(path, info, EvalConfig(symbols={"N": 4}, **FAST))
+    with pytest.raises(ModelError, match="unknown symbol"):
+        evaluate(path, info, EvalConfig(symbols={"T": 4}, **FAST))
+    with pytest.raises(EvalError, match="unknown provider"):
+        oe.make_session(path, "tpu", EvalConfig())
