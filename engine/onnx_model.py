@@ -8,7 +8,7 @@ folder, no symlinks, within the file), refuses custom-op domains (they would nee
 libraries, which are never loaded), runs the ONNX checker, then reports inputs, outputs, operators,
 parameters and an estimate of the FLOPs at chosen values of the symbolic dimensions.
 
-No ONNX Runtime here: sessions and evaluation belong to a later module. onnx is imported inside the
+No ONNX Runtime here: sessions and evaluation live in engine/onnx_eval.py. onnx is imported inside the
 functions that need it, so importing the engine stays cheap.
 """
 
