@@ -7,11 +7,13 @@ over to app.py, the composition root, and imports it only when that command runs
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from engine.settings import SettingsError
 
@@ -72,8 +74,6 @@ def _box(text: str) -> tuple[int, int, int, int] | None:
 
 
 def _cmd_lipsync(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from engine.lipsync import LipSyncConfig, run_lipsync
 
     config = LipSyncConfig(
@@ -118,7 +118,9 @@ def _symbol(text: str) -> tuple[str, int]:
     return name, int(value)
 
 
-def _cmd_onnx_inspect(args: argparse.Namespace) -> int:
+@contextlib.contextmanager
+def _prepared_model(model: str, symbols: dict[str, int] | None = None) -> Iterator[tuple[Path, Any]]:
+    """The upload prepared (checked, unpacked) in a private folder under the cache, and its inspection."""
     import tempfile
 
     from engine.onnx_model import file_sha256, inspect_model, prepare_model
@@ -127,8 +129,12 @@ def _cmd_onnx_inspect(args: argparse.Namespace) -> int:
     settings = get_settings()
     settings.ensure_dirs()
     with tempfile.TemporaryDirectory(dir=settings.cache_dir) as work:
-        path = prepare_model(args.model, work)
-        info = inspect_model(path, dict(args.symbol), sha256=file_sha256(args.model))
+        path = prepare_model(model, work)
+        yield path, inspect_model(path, symbols, sha256=file_sha256(model))
+
+
+def _cmd_onnx_inspect(args: argparse.Namespace) -> int:
+    with _prepared_model(args.model, dict(args.symbol)) as (_, info):
         if args.json:
             print(json.dumps(info.to_dict(), indent=2, default=str))
             return 0
@@ -157,14 +163,10 @@ def _int_list(text: str) -> list[int]:
 
 
 def _cmd_onnx_eval(args: argparse.Namespace) -> int:
-    import tempfile
-
     from engine.onnx_eval import EvalConfig, evaluate
-    from engine.onnx_model import file_sha256, inspect_model, prepare_model
     from engine.settings import get_settings
 
     settings = get_settings()
-    settings.ensure_dirs()
     config = EvalConfig(
         providers=[p.strip() for p in args.providers.split(",") if p.strip()],
         batch_sizes=args.batch,
@@ -178,9 +180,7 @@ def _cmd_onnx_eval(args: argparse.Namespace) -> int:
         gpu_memory_fraction=settings.gpu_memory_fraction,
     )
     config.validate()
-    with tempfile.TemporaryDirectory(dir=settings.cache_dir) as work:
-        path = prepare_model(args.model, work)
-        info = inspect_model(path, sha256=file_sha256(args.model))
+    with _prepared_model(args.model) as (path, info):
         report = evaluate(path, info, config, progress=None if args.quiet else _progress_bar)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")

@@ -224,11 +224,12 @@ def run_lipsync(config: LipSyncConfig, settings: Settings | None = None, progres
     with result.stage("mel"):
         chunks = mel_chunks(mel_spectrogram(wav), fps, config.audio_offset)
     count = len(chunks)
-    energy = frame_energy(wav, fps, count)
     if float(np.abs(wav).max()) < 1e-4:
         result.warn("the speech is silent: the mouth will not move")
 
     generator = _make_generator(config, settings, device, caps, precision)
+    # Only the baseline reads speech energy; Wav2Lip works from the mel chunks.
+    energy = frame_energy(wav, fps, count) if generator.name == "baseline" else np.zeros(count, np.float32)
     if generator.name == "baseline":
         result.warn(
             "no Wav2Lip checkpoint configured: using the baseline engine (not Wav2Lip). "
