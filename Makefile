@@ -32,6 +32,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/telemetry_overhead.py
+	$(BIN)/python benchmarks/onnx_overhead.py
 
 # Refresh the README's screenshot from the running app (real headless Chromium).
 screenshot: $(STAMP)

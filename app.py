@@ -15,9 +15,13 @@ from collections.abc import Sequence
 import gradio as gr
 
 from engine.device import DeviceChoice, DeviceError, resolve_device, set_memory_fraction
+from engine.onnx_jobs import KIND as ONNX_EVAL
+from engine.onnx_jobs import OnnxEvalJobs
 from engine.settings import PREFIX, Settings, SettingsError, get_settings, validate_device_spec
+from engine.store import CPU, JobRunner, JobStore
 from engine.telemetry import TelemetrySampler, get_sampler
 from ui.lipsync import ASSETS, build_lipsync_tab
+from ui.onnx_eval import build_onnx_eval_tab
 from ui.style import CSS
 from ui.system import DoctorCache, build_system_tab
 from ui.telemetry import build_telemetry_panel
@@ -34,7 +38,20 @@ def device_banner(choice: DeviceChoice) -> str:
     return f"**avatarbench** · ⚠️ **CPU fallback**: {choice.reason}. Every tab works, more slowly."
 
 
-def build_app(settings: Settings, choice: DeviceChoice, sampler: TelemetrySampler) -> gr.Blocks:
+def start_jobs(settings: Settings, choice: DeviceChoice) -> tuple[OnnxEvalJobs, JobRunner]:
+    """The job store and its workers: jobs a previous process left running are failed first, then
+    queued ones (including those submitted before a restart) run on one worker per GPU and the CPU pool."""
+    store = JobStore(settings.db_path, settings.data_dir / "blobs")
+    store.recover()
+    gpu = choice.device if choice.is_cuda else None
+    jobs = OnnxEvalJobs(store, settings, gpu)
+    runner = JobRunner(store, {ONNX_EVAL: jobs.handle}, cpu_workers=settings.cpu_workers)
+    jobs.wake = runner.wake
+    runner.start([d for d in (gpu, CPU) if d])
+    return jobs, runner
+
+
+def build_app(settings: Settings, choice: DeviceChoice, sampler: TelemetrySampler, jobs: OnnxEvalJobs) -> gr.Blocks:
     doctor = DoctorCache(settings)
     doctor.warm_up()
     with gr.Blocks(title="avatarbench", analytics_enabled=False) as demo:
@@ -43,6 +60,8 @@ def build_app(settings: Settings, choice: DeviceChoice, sampler: TelemetrySample
         with gr.Tabs():
             with gr.Tab("Lip-sync", id="lipsync"):
                 build_lipsync_tab(settings)
+            with gr.Tab("ONNX eval", id="onnx"):
+                build_onnx_eval_tab(settings, jobs)
             with gr.Tab("System", id="system"):
                 build_system_tab(demo, settings, sampler, timer, choice, doctor)
     return demo
@@ -86,7 +105,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.info("GPU memory fraction for this process: %s", settings.gpu_memory_fraction)
     log.info("device: %s (%s)", choice.device, choice.reason)
     sampler = get_sampler(settings.telemetry_interval_s, settings.telemetry_history_s)
-    demo = build_app(settings, choice, sampler)
+    jobs, runner = start_jobs(settings, choice)
+    demo = build_app(settings, choice, sampler, jobs)
     demo.queue(default_concurrency_limit=1)
     demo.launch(
         server_name=args.host,
@@ -98,6 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         theme=gr.themes.Soft(),
         css=CSS,
     )
+    runner.stop()
     return 0
 
 

@@ -15,6 +15,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from engine.onnx_images import CHANNEL_ORDERS, RESIZE_MODES, SCALINGS
+from engine.parsing import int_list, name_value
 from engine.settings import SettingsError
 
 
@@ -112,10 +114,14 @@ def _cmd_lipsync(args: argparse.Namespace) -> int:
 
 
 def _symbol(text: str) -> tuple[str, int]:
-    name, sep, value = text.partition("=")
-    if not sep or not name or not value.strip().isdigit():
-        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=VALUE with a positive whole number, e.g. batch=8")
-    return name, int(value)
+    try:
+        return name_value(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+EXAMPLE_PREFIX = "example:"
+MODEL_HELP = ".onnx file, .zip holding one model and its external-data files, or example:wav2lip / example:s3fd"
 
 
 @contextlib.contextmanager
@@ -128,6 +134,10 @@ def _prepared_model(model: str, symbols: dict[str, int] | None = None) -> Iterat
 
     settings = get_settings()
     settings.ensure_dirs()
+    if model.startswith(EXAMPLE_PREFIX):
+        from engine.onnx_examples import example_path
+
+        model = str(example_path(model.removeprefix(EXAMPLE_PREFIX), settings.cache_dir))
     with tempfile.TemporaryDirectory(dir=settings.cache_dir) as work:
         path = prepare_model(model, work)
         yield path, inspect_model(path, symbols, sha256=file_sha256(model))
@@ -152,14 +162,18 @@ def _cmd_onnx_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _labels(text: str) -> list[int]:
+    try:
+        return int_list(text, "labels")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _int_list(text: str) -> list[int]:
     try:
-        values = [int(v) for v in text.replace(" ", "").split(",") if v]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of whole numbers") from None
-    if not values:
-        raise argparse.ArgumentTypeError("give at least one value")
-    return values
+        return int_list(text, minimum=1)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _cmd_onnx_eval(args: argparse.Namespace) -> int:
@@ -175,9 +189,16 @@ def _cmd_onnx_eval(args: argparse.Namespace) -> int:
         warmup=args.warmup,
         inputs_npz=args.inputs,
         expected_npz=args.expected,
+        seed=args.seed,
+        labels=args.labels,
         trt_fp16=args.trt_fp16,
-        trt_cache_dir=str(settings.cache_dir / "tensorrt"),
+        trt_workspace_gb=args.trt_workspace,
         gpu_memory_fraction=settings.gpu_memory_fraction,
+        images=args.images,
+        image_input=args.image_input,
+        image_resize=args.resize,
+        image_scaling=args.scaling,
+        image_channels=args.channels,
     )
     config.validate()
     with _prepared_model(args.model) as (path, info):
@@ -249,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     onnx_cmd = sub.add_parser("onnx", help="ONNX models: validate and inspect")
     onnx_sub = onnx_cmd.add_subparsers(dest="onnx_command", required=True)
     inspect = onnx_sub.add_parser("inspect", help="validate an .onnx (or a .zip with external data) and describe it")
-    inspect.add_argument("model", help=".onnx file, or .zip holding one model and its external-data files")
+    inspect.add_argument("model", help=MODEL_HELP)
     inspect.add_argument(
         "--symbol",
         type=_symbol,
@@ -261,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--json", action="store_true", help="the full description as JSON")
     inspect.set_defaults(func=_cmd_onnx_inspect)
     ev = onnx_sub.add_parser("eval", help="run a model on execution providers: latency, throughput, parity")
-    ev.add_argument("model", help=".onnx file, or .zip holding one model and its external-data files")
+    ev.add_argument("model", help=MODEL_HELP)
     ev.add_argument("--providers", default="cpu", help="comma-separated: cpu,cuda,trt (default cpu)")
     ev.add_argument("--batch", type=_int_list, default=[1], help="batch sizes when the batch is free, e.g. 1,8,32")
     ev.add_argument(
@@ -276,7 +297,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--warmup", type=int, default=5, help="untimed runs after the first (default 5)")
     ev.add_argument("--inputs", help=".npz of inputs keyed by input name (default: seeded synthetic)")
     ev.add_argument("--expected", help=".npz of expected outputs keyed by output name: accuracy metrics")
+    ev.add_argument("--images", nargs="+", metavar="IMAGE", help="images for an image input (resized and scaled)")
+    ev.add_argument("--image-input", help="the input the images fill (default: the first image-shaped one)")
+    ev.add_argument("--resize", default="stretch", choices=RESIZE_MODES, help="how images meet the input size")
+    ev.add_argument("--scaling", default="0-1", choices=list(SCALINGS), help="pixel values (imagenet: mean/std)")
+    ev.add_argument("--channels", default="rgb", choices=CHANNEL_ORDERS, help="channel order the model expects")
+    ev.add_argument("--labels", type=_labels, help="class labels of the first batch, e.g. 3,1,7: top-1/top-5")
+    ev.add_argument("--seed", type=int, default=0, help="seed of the synthetic inputs")
     ev.add_argument("--trt-fp16", action="store_true", help="allow fp16 in TensorRT engines")
+    ev.add_argument("--trt-workspace", type=float, default=4.0, help="TensorRT workspace in GiB (default 4)")
     ev.add_argument("--json", help="write the full report to this file")
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
     ev.set_defaults(func=_cmd_onnx_eval)

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from engine.onnx_images import ImageInputError, ImageOptions, images_to_tensor, pick_image_input
 from engine.onnx_model import Limits, ModelInfo, TensorSpec, check_input_budget, default_symbols
 from engine.ort_probe import captured_stderr, error_lines, loader_error
 
@@ -76,6 +77,15 @@ class EvalConfig:
     trt_cache_dir: str | None = None  # engine cache on disk (default: the settings' cache dir)
     gpu_memory_fraction: float = 0.9
     intra_op_threads: int = 0  # 0: ORT default
+    device_id: int = 0  # the CUDA device the GPU providers use
+    images: list[str] | None = None  # image files -> one image input (see engine.onnx_images)
+    image_input: str | None = None  # which input the images fill (default: the first image-shaped one)
+    image_resize: str = "stretch"
+    image_scaling: str = "0-1"
+    image_channels: str = "rgb"
+
+    def image_options(self) -> ImageOptions:
+        return ImageOptions(resize=self.image_resize, scaling=self.image_scaling, channels=self.image_channels)
 
     def validate(self) -> None:
         """Every problem at once, each with what is accepted, before anything is loaded."""
@@ -118,6 +128,7 @@ class EvalConfig:
             _range("seed", self.seed, 0, 2**63 - 1, integer=True),
             _range("trt_workspace_gb", self.trt_workspace_gb, 0.0625, 1024),
             _range("intra_op_threads", self.intra_op_threads, 0, 1024, integer=True),
+            _range("device_id", self.device_id, 0, 63, integer=True),
             ""
             if _is_number(self.gpu_memory_fraction) and 0 < self.gpu_memory_fraction <= 1
             else f"gpu_memory_fraction must be in (0, 1], got {self.gpu_memory_fraction!r}",
@@ -130,6 +141,15 @@ class EvalConfig:
             value = getattr(self, name)
             if value is not None and not isinstance(value, str | os.PathLike):
                 out.append(f"{name} must be a path or None, got {type(value).__name__}")
+        if self.images is not None:
+            if not isinstance(self.images, list | tuple) or not self.images:
+                out.append("images must be None or a non-empty list of image paths")
+            elif not all(isinstance(v, str | os.PathLike) for v in self.images):
+                out.append("images must be paths")
+        try:
+            self.image_options().validate()
+        except ImageInputError as exc:
+            out.append(str(exc))
         return out
 
 
@@ -307,24 +327,33 @@ def _load_expected(path: str | os.PathLike, outputs: list[TensorSpec], limits: L
 # ---------------------------------------------------------------------------------------------- sessions
 
 
-def _nvml_device(source: Any) -> Any:
-    """The NVML device that CUDA calls device 0 (NVML ignores CUDA_VISIBLE_DEVICES)."""
+def _nvml_device(source: Any, device_id: int = 0) -> Any:
+    """The NVML device that CUDA calls `device_id` (NVML ignores CUDA_VISIBLE_DEVICES, CUDA does not)."""
     devices = getattr(source, "devices", [])
     if not devices:
         return None
-    first = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip()
-    if first.isdigit() and int(first) < len(devices):
-        return devices[int(first)]
-    return next((d for d in devices if first and d.uuid and d.uuid.startswith(first)), devices[0])
+    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    if not visible:
+        return devices[device_id] if device_id < len(devices) else None
+    if device_id >= len(visible):
+        return None
+    want = visible[device_id]
+    if want.isdigit():
+        return devices[int(want)] if int(want) < len(devices) else None
+    return next((d for d in devices if d.uuid and d.uuid.startswith(want)), None)
 
 
-def _gpu_memory(source: Any) -> tuple[int, int] | None:
-    """(used, total) bytes of the GPU the session uses, or None without NVML."""
-    device = _nvml_device(source)
+def _gpu_memory(source: Any, device_id: int = 0) -> dict[str, int | None] | None:
+    """Used and total bytes of the session's GPU, and this process's share (None where NVML cannot tell:
+    in some containers NVML reports host PIDs), or None without NVML."""
+    device = _nvml_device(source, device_id)
     if device is None:
         return None
     info = device.get(device.nvml.nvmlDeviceGetMemoryInfo)
-    return (int(info.used), int(info.total)) if info is not None else None
+    if info is None:
+        return None
+    mine = next((p.used_memory_bytes for p in device.processes() if p.pid == os.getpid()), None)
+    return {"used": int(info.used), "total": int(info.total), "process": mine}
 
 
 def _nvml() -> Any:
@@ -350,16 +379,17 @@ def _provider_list(provider: str, config: EvalConfig) -> list[Any]:
     if provider == "cpu":
         return ["CPUExecutionProvider"]
     cuda: dict[str, Any] = {
-        "device_id": 0,
+        "device_id": int(config.device_id),
         "cudnn_conv_algo_search": "EXHAUSTIVE",
         "arena_extend_strategy": "kSameAsRequested",
     }
-    memory = _gpu_memory(_nvml())
+    memory = _gpu_memory(_nvml(), config.device_id)
     if memory is not None:
-        cuda["gpu_mem_limit"] = int(config.gpu_memory_fraction * memory[1])
+        cuda["gpu_mem_limit"] = int(config.gpu_memory_fraction * memory["total"])
     chain: list[Any] = [("CUDAExecutionProvider", cuda), "CPUExecutionProvider"]
     if provider == "trt":
         trt = {
+            "device_id": int(config.device_id),
             "trt_fp16_enable": bool(config.trt_fp16),
             "trt_engine_cache_enable": True,
             "trt_engine_cache_path": _trt_cache_path(config),
@@ -651,17 +681,54 @@ def _inputs_for(info: ModelInfo, config: EvalConfig, plan: _Plan, batch: int, us
         if spec.name not in user:
             continue
         array = user[spec.name]
-        if plan.batch_symbols and spec.shape and spec.shape[0] in plan.batch_symbols and array.shape[0] != batch:
+        if spec.shape and spec.shape[0] in plan.batch_symbols and array.shape[0] != batch:
             array = np.take(array, np.arange(batch) % array.shape[0], axis=0)
         feeds[spec.name] = array
     return {spec.name: feeds[spec.name] for spec in info.inputs}
 
 
-def _memory_now(nvml: Any) -> dict[str, int | None]:
+def _user_inputs(info: ModelInfo, config: EvalConfig, plan: _Plan) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Arrays from the inputs .npz and the images, checked against the model at the first batch size, and
+    where each came from ("npz" or "images").
+
+    Images fill one input; their count need not match the batch (they are repeated or cut along it),
+    except for a fixed-shape input, whose own batch is what the model accepts.
+    """
+    user = load_npz_inputs(config.inputs_npz, info.inputs, plan.values) if config.inputs_npz else {}
+    sources = dict.fromkeys(user, "npz")
+    if not config.images:
+        return user, sources
+    try:
+        spec = pick_image_input(info.inputs, config.image_input)
+        array = images_to_tensor(list(config.images), spec, plan.values, config.image_options())
+    except ImageInputError as exc:
+        raise EvalError(str(exc)) from None
+    if spec.name in user:
+        raise EvalError(f"input {spec.name!r} is given twice: in the inputs .npz and as images")
+    batch = spec.shape[0]
+    if not isinstance(batch, str):  # fixed batch: repeat or cut the images to it
+        want = int(batch) if isinstance(batch, int) else 1
+        if array.shape[0] != want:
+            plan.warnings.append(f"{array.shape[0]} image(s) for input {spec.name!r} with a fixed batch of {want}")
+            array = np.take(array, np.arange(want) % array.shape[0], axis=0)
+    elif array.shape[0] != plan.batches[0]:
+        plan.warnings.append(
+            f"{array.shape[0]} image(s) at batch size {plan.batches[0]}: images are repeated or cut to each batch "
+            "size; for accuracy over all of them, make the first batch size the number of images"
+        )
+    user[spec.name], sources[spec.name] = array, "images"
+    return user, sources
+
+
+def _memory_now(nvml: Any, device_id: int = 0) -> dict[str, int | None]:
     import psutil
 
-    gpu = _gpu_memory(nvml) if nvml is not None else None
-    return {"rss": int(psutil.Process().memory_info().rss), "gpu": gpu[0] if gpu else None}
+    gpu = _gpu_memory(nvml, device_id) if nvml is not None else None
+    return {
+        "rss": int(psutil.Process().memory_info().rss),
+        "gpu": gpu["used"] if gpu else None,
+        "process": gpu["process"] if gpu else None,
+    }
 
 
 def _memory_delta(before: dict[str, int | None], after: dict[str, int | None]) -> dict[str, int | None]:
@@ -673,6 +740,9 @@ def _memory_delta(before: dict[str, int | None], after: dict[str, int | None]) -
         "gpu_used_before_bytes": before["gpu"],
         "gpu_used_after_bytes": after["gpu"],
         "gpu_delta_bytes": gpu_delta,
+        # ORT's GPU arena only grows, so the process's GPU memory after a batch is its peak so far
+        # (the CUDA context included); NVML's device delta also counts other processes.
+        "gpu_process_bytes": after["process"],
     }
 
 
@@ -698,6 +768,7 @@ def _empty_row(key: str, batch: int, meta: dict[str, Any]) -> dict[str, Any]:
         "first_run_ms": None,
         "trt_build_s": None,
         "latency": None,
+        "times_ms": None,
         "latency_iobinding": None,
         "iobinding": None,
         "samples_per_s": None,
@@ -715,7 +786,7 @@ class _Runner:
     def __init__(self, model_path: Any, info: ModelInfo, config: EvalConfig, plan: _Plan, progress: Progress | None):
         self.model_path, self.info, self.config, self.plan = model_path, info, config, plan
         self.progress = progress
-        self.user = load_npz_inputs(config.inputs_npz, info.inputs, plan.values) if config.inputs_npz else {}
+        self.user, self.sources = _user_inputs(info, config, plan)
         self.first_inputs = _inputs_for(info, config, plan, plan.batches[0], self.user)
         self.total = len(config.providers) * len(plan.batches) + (1 if plan.reference_only else 0)
         self.done = 0
@@ -724,6 +795,9 @@ class _Runner:
         self.outputs: dict[str, dict[str, np.ndarray]] = {}  # provider -> outputs at the first batch
         self.warnings = list(plan.warnings)
         self.nvml = _nvml() if any(p in GPU_KEYS for p in config.providers) else None
+
+    def memory_now(self, key: str) -> dict[str, int | None]:
+        return _memory_now(self.nvml if key in GPU_KEYS else None, self.config.device_id)
 
     def tell(self, fraction_of_step: float, label: str) -> None:
         if self.progress is not None:
@@ -735,7 +809,7 @@ class _Runner:
 
     def run_provider(self, key: str, reference_only: bool) -> None:
         self.tell(0.0, f"{key}: creating the session")
-        before = _memory_now(self.nvml if key in GPU_KEYS else None)
+        before = self.memory_now(key)
         try:
             session, meta = make_session(self.model_path, key, self.config)
         except (SessionError, OSError) as exc:  # OSError: the TensorRT cache folder cannot be made
@@ -785,7 +859,7 @@ class _Runner:
                     row["error"], row["out_of_memory"] = f"{type(exc).__name__}: {exc}", _is_oom(exc)
                     oom_at = batch if row["out_of_memory"] else oom_at
                     self.warnings.append(f"{key} at batch {batch} failed: {row['error'][:500]}")
-            row["memory"] = _memory_delta(before, _memory_now(self.nvml if key in GPU_KEYS else None))
+            row["memory"] = _memory_delta(before, self.memory_now(key))
             self.rows.append(row)
             self.done += 1
 
@@ -813,6 +887,7 @@ class _Runner:
 
         times = _timed_runs(lambda: session.run(names, feeds), config.runs, tick)
         row["latency"] = latency_stats(times, batch)
+        row["times_ms"] = [round(t, 4) for t in times]  # the distribution, for plots and re-analysis
         row["samples_per_s"] = row["latency"]["throughput_per_s"]
         row["iobinding"] = self.measure_iobinding(session, meta, feeds, row)
 
@@ -930,6 +1005,25 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _checked_plan(info: ModelInfo, config: EvalConfig, limits: Limits) -> _Plan:
+    config.validate()
+    plan = _plan(info, config, limits)
+    if config.labels is not None:
+        _check_labels(info, plan, list(config.labels))
+    return plan
+
+
+def check_request(info: ModelInfo, config: EvalConfig, limits: Limits | None = None) -> list[str]:
+    """Every refusal evaluate() would make before running, without creating a session; returns the
+    plan's warnings. A queue calls this at submit time, so bad settings never become failed jobs."""
+    limits = limits or Limits()
+    plan = _checked_plan(info, config, limits)
+    if config.expected_npz:
+        _load_expected(config.expected_npz, info.outputs, limits)
+    _user_inputs(info, config, plan)
+    return plan.warnings
+
+
 def evaluate(
     model_path: str | os.PathLike,
     info: ModelInfo,
@@ -943,11 +1037,8 @@ def evaluate(
     Input problems raise EvalError / ModelError before any session is created; a provider that
     cannot create a session, or a batch that fails, is recorded in the report and the rest still run.
     """
-    config.validate()
     limits = limits or Limits()
-    plan = _plan(info, config, limits)
-    if config.labels is not None:
-        _check_labels(info, plan, list(config.labels))
+    plan = _checked_plan(info, config, limits)
     expected = _load_expected(config.expected_npz, info.outputs, limits) if config.expected_npz else None
     runner = _Runner(model_path, info, config, plan, progress)
     runner.run_all()
@@ -966,7 +1057,7 @@ def evaluate(
         "environment": _environment(),
         "symbols": plan.values,
         "batch_symbols": plan.batch_symbols,
-        "input_source": {s.name: "npz" if s.name in runner.user else "synthetic" for s in info.inputs},
+        "input_source": {s.name: runner.sources.get(s.name, "synthetic") for s in info.inputs},
         "sessions": runner.sessions,
         "results": runner.rows,
         "parity": parity_report,

@@ -187,10 +187,10 @@ class _NvmlDevice:
         )
         if reasons is not None:
             s.throttle_reasons = [text for bit, text in THROTTLE_REASONS.items() if reasons & bit]
-        s.processes = self._processes()
+        s.processes = self.processes()
         return s
 
-    def _processes(self) -> list[GpuProcess]:
+    def processes(self) -> list[GpuProcess]:
         out: list[GpuProcess] = []
         seen: set[int] = set()
         for kind, fn in (

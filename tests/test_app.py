@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -25,6 +26,7 @@ def test_api_page_lists_the_endpoints(client) -> None:
     api = client.view_api(print_info=False, return_format="dict")
     names = set(api["named_endpoints"])
     assert {"/doctor", "/telemetry", "/device", "/lipsync"} <= names
+    assert {"/onnx_submit", "/onnx_status", "/onnx_queue", "/onnx_result", "/onnx_inspect"} <= names
 
 
 def test_doctor_endpoint_reports_every_check_with_a_fix(client) -> None:
@@ -119,6 +121,53 @@ def test_lipsync_bad_input_is_a_message_and_the_app_keeps_serving(client, tmp_pa
     assert client.predict(api_name="/device")["device"]
 
 
+def _wait_for_job(client, job_id: str, timeout_s: float = 120) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = client.predict(job_id, api_name="/onnx_status")
+        if status["status"] in ("done", "failed"):
+            return status
+        time.sleep(0.3)
+    raise AssertionError(f"job {job_id} still {status['status']} after {timeout_s}s")
+
+
+def test_onnx_job_api_end_to_end(client, tmp_path) -> None:
+    from gradio_client import handle_file
+    from tiny_onnx import mlp
+
+    model = mlp(tmp_path / "mlp.onnx")
+    settings = json.dumps({"batch_sizes": [1, 4], "runs": 5, "warmup": 1})
+    submitted = client.predict(handle_file(str(model)), "", settings, None, None, [], api_name="/onnx_submit")
+    job_id = submitted["job_id"]
+    assert submitted["status"] in ("queued", "running", "done") and submitted["model_name"] == "mlp.onnx"
+    listed = client.predict(api_name="/onnx_queue")
+    assert all(j["status"] in ("queued", "running") for j in listed)
+    status = _wait_for_job(client, job_id)
+    assert status["status"] == "done", status["error"]
+    result = client.predict(job_id, api_name="/onnx_result")
+    rows = result["report"]["results"]
+    assert [(r["provider"], r["batch"]) for r in rows] == [("cpu", 1), ("cpu", 4)]
+    for row in rows:  # throughput is batch / mean latency
+        assert row["samples_per_s"] == pytest.approx(row["batch"] / (row["latency"]["mean_ms"] / 1000))
+    assert result["report"]["parity"]["cpu"]["y"]["max_abs"] == 0.0
+    described, io_rows = client.predict("Upload", "wav2lip", handle_file(str(model)), "", api_name="/onnx_inspect")
+    assert "mlp.onnx" in described and [row[1] for row in io_rows["data"]] == ["x", "k", "y", "k2"]
+
+
+def test_onnx_job_api_refusals_are_messages(client, tmp_path) -> None:
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    page = tmp_path / "model.onnx"
+    page.write_text("<!DOCTYPE html><html>a download page, not a model</html>")
+    with pytest.raises(AppError, match="not an ONNX model"):
+        client.predict(handle_file(str(page)), "", "{}", None, None, [], api_name="/onnx_submit")
+    with pytest.raises(AppError, match="not valid JSON"):
+        client.predict(None, "wav2lip", "{runs: 3", None, None, [], api_name="/onnx_submit")
+    with pytest.raises(AppError, match="no job"):
+        client.predict("000000000000", api_name="/onnx_result")
+
+
 @pytest.mark.browser
 def test_page_shows_tabs_and_live_telemetry(running_app: RunningApp, tmp_path) -> None:
     sync_api = pytest.importorskip("playwright.sync_api")
@@ -140,6 +189,7 @@ def test_page_shows_tabs_and_live_telemetry(running_app: RunningApp, tmp_path) -
             page = browser.new_page(viewport={"width": 1400, "height": 1100})
             page.goto(running_app.url, wait_until="domcontentloaded")
             page.get_by_role("tab", name="Lip-sync").wait_for(timeout=60_000)
+            _queue_an_onnx_evaluation_in_the_page(page, sync_api)
             page.get_by_role("tab", name="System").click()
             stamp = page.locator("#telemetry-timestamp")
             sync_api.expect(stamp).to_contain_text("Updated", timeout=60_000)
@@ -155,6 +205,16 @@ def test_page_shows_tabs_and_live_telemetry(running_app: RunningApp, tmp_path) -
                 shutil.copy(tmp_path / "app.png", os.environ["AB_SCREENSHOT_TO"])
         finally:
             browser.close()
+
+
+def _queue_an_onnx_evaluation_in_the_page(page, sync_api) -> None:
+    """The tab's own flow: the built-in example, queue, the timer polls, the results table fills."""
+    page.get_by_role("tab", name="ONNX eval").click()
+    page.get_by_label("Batch sizes (when the batch is free)").fill("2")
+    page.get_by_label("Timed runs").fill("3")
+    page.get_by_role("button", name="Queue evaluation").click()
+    sync_api.expect(page.locator("body")).to_contain_text("finished", timeout=120_000)
+    sync_api.expect(page.locator("body")).to_contain_text("cpu → CPU", timeout=10_000)  # the result summary
 
 
 def test_app_stops_cleanly_on_ctrl_c(running_app: RunningApp) -> None:

@@ -103,3 +103,24 @@ def test_onnx_eval(tmp_path: Path) -> None:
     assert [r["batch"] for r in report["results"]] == [1, 4]
     assert "cpu   batch 4" in proc.stdout and "parity cpu y: max abs 0" in proc.stdout
     assert run("onnx", "eval", str(path), "--providers", "tpu", **env).returncode == 2
+
+
+def test_onnx_eval_with_images_and_labels(tmp_path: Path) -> None:
+    import cv2
+    import numpy as np
+    from tiny_onnx import colour_classifier
+
+    model = colour_classifier(tmp_path / "colours.onnx", layout="nhwc")
+    images = []
+    for name, bgr in (("red", (0, 0, 255)), ("blue", (255, 0, 0))):
+        cv2.imwrite(str(tmp_path / f"{name}.png"), np.full((24, 24, 3), bgr, np.uint8))
+        images.append(str(tmp_path / f"{name}.png"))
+    report_path = tmp_path / "report.json"
+    env = {"AVATARBENCH_DATA_DIR": str(tmp_path / "data")}
+    args = ["--batch", "2", "--runs", "3", "--labels", "0,2", "--scaling", "imagenet", "--json", str(report_path)]
+    proc = run("onnx", "eval", str(model), "--images", *images, *args, "--quiet", **env)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(report_path.read_text())
+    assert report["accuracy"]["topk"]["cpu"]["top1"] == 1.0 and report["input_source"] == {"image": "images"}
+    bad = run("onnx", "eval", str(model), "--images", str(tmp_path / "none.png"), "--quiet", **env)
+    assert bad.returncode == 2 and "not found" in bad.stderr

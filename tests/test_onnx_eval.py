@@ -11,6 +11,7 @@ import pytest
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+from tiny_onnx import B, W, classifier, fixed, mlp, save  # noqa: E402
 
 import engine.onnx_eval as oe  # noqa: E402
 from engine.onnx_eval import (  # noqa: E402
@@ -26,64 +27,7 @@ from engine.onnx_eval import (  # noqa: E402
 )
 from engine.onnx_model import Limits, ModelError, ModelInfo, TensorSpec, inspect_model  # noqa: E402
 
-W = np.arange(12, dtype=np.float32).reshape(4, 3) / 10 - 0.5
-B = np.array([0.1, -0.2, 0.3], dtype=np.float32)
 FAST = {"runs": 5, "warmup": 1, "intra_op_threads": 1}
-
-
-def _save(graph: onnx.GraphProto, path: Path) -> Path:
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    path.write_bytes(model.SerializeToString())
-    return path
-
-
-def mlp(path: Path) -> Path:
-    """y = Relu(x @ W + B) on x[N, 4]; k2 = k + k on k[N, 1] int64 (an integer input to feed)."""
-    nodes = [
-        helper.make_node("MatMul", ["x", "W"], ["m"]),
-        helper.make_node("Add", ["m", "B"], ["a"]),
-        helper.make_node("Relu", ["a"], ["y"]),
-        helper.make_node("Add", ["k", "k"], ["k2"]),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "mlp",
-        [
-            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4]),
-            helper.make_tensor_value_info("k", TensorProto.INT64, ["N", 1]),
-        ],
-        [
-            helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3]),
-            helper.make_tensor_value_info("k2", TensorProto.INT64, ["N", 1]),
-        ],
-        [numpy_helper.from_array(W, "W"), numpy_helper.from_array(B, "B")],
-    )
-    return _save(graph, path)
-
-
-def fixed(path: Path) -> Path:
-    """y = x + 1 on a fixed x[2, 4]: no batch dimension to sweep."""
-    one = numpy_helper.from_array(np.ones((2, 4), np.float32), "one")
-    graph = helper.make_graph(
-        [helper.make_node("Add", ["x", "one"], ["y"])],
-        "fixed",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])],
-        [one],
-    )
-    return _save(graph, path)
-
-
-def classifier(path: Path, weights: np.ndarray) -> Path:
-    """logits = x @ weights on x[N, 4]: six classes."""
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "Wc"], ["logits"])],
-        "cls",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", weights.shape[1]])],
-        [numpy_helper.from_array(weights, "Wc")],
-    )
-    return _save(graph, path)
 
 
 def reference(x: np.ndarray) -> np.ndarray:
@@ -245,7 +189,7 @@ def test_failing_batch_is_recorded_and_the_rest_runs(tmp_path: Path) -> None:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
         [numpy_helper.from_array(np.array([1, 4], np.int64), "shape")],
     )
-    path = _save(graph, tmp_path / "reshape.onnx")
+    path = save(graph, tmp_path / "reshape.onnx")
     report = evaluate(path, inspect_model(path), EvalConfig(batch_sizes=[4, 1], **FAST))
     bad, good = report["results"]
     assert bad["batch"] == 4 and bad["latency"] is None and not bad["out_of_memory"]
@@ -415,3 +359,44 @@ def test_config_defaults_valid_and_symbol_refusals(mlp_model: tuple[Path, ModelI
         evaluate(path, info, EvalConfig(symbols={"T": 4}, **FAST))
     with pytest.raises(EvalError, match="unknown provider"):
         oe.make_session(path, "tpu", EvalConfig())
+
+
+class _FakeDevice:
+    """Just what onnx_eval reads from engine.telemetry's NVML device."""
+
+    def __init__(self, uuid: str, used: int, pids: dict[int, int]):
+        from types import SimpleNamespace
+
+        self.uuid = uuid
+        self.nvml = SimpleNamespace(nvmlDeviceGetMemoryInfo=lambda: SimpleNamespace(used=used, total=80 * 2**30))
+        self._pids = pids
+
+    def get(self, fn):
+        return fn()
+
+    def processes(self):
+        from engine.telemetry import GpuProcess
+
+        return [GpuProcess(pid, "python", "C", used) for pid, used in self._pids.items()]
+
+
+def test_gpu_memory_follows_cuda_visible_devices_and_finds_this_process(monkeypatch) -> None:
+    import os
+    from types import SimpleNamespace
+
+    source = SimpleNamespace(
+        devices=[
+            _FakeDevice("GPU-aaa", 1, {}),
+            _FakeDevice("GPU-bbb", 2, {os.getpid(): 512}),
+            _FakeDevice("GPU-c", 3, {}),
+        ]
+    )
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert oe._gpu_memory(source, 1) == {"used": 2, "total": 80 * 2**30, "process": 512}
+    assert oe._gpu_memory(source, 0)["process"] is None  # not on this device
+    assert oe._gpu_memory(source, 7) is None
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,1")
+    assert oe._gpu_memory(source, 0)["used"] == 3 and oe._gpu_memory(source, 1)["used"] == 2
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-bbb")
+    assert oe._gpu_memory(source, 0)["used"] == 2 and oe._gpu_memory(source, 1) is None
+    assert oe._gpu_memory(SimpleNamespace(devices=[]), 0) is None

@@ -1,0 +1,227 @@
+"""ONNX evaluation reports as tables and charts: one report, or several side by side for comparison.
+
+Pure functions from the report dict (engine.onnx_eval.evaluate's JSON) to rows and plotly figures,
+so the live result, a reopened job and the compare view all render the same way.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import plotly.graph_objects as go
+
+RESULT_HEADERS = [
+    "provider",
+    "ran on",
+    "batch",
+    "p50 ms",
+    "p90 ms",
+    "p99 ms",
+    "mean ± std ms",
+    "samples/s",
+    "× CPU",
+    "GFLOP/s",
+    "first run ms",
+    "TRT build s",
+    "device-resident p50 ms",
+    "GPU mem Δ MiB",
+    "process GPU MiB",
+    "host RSS Δ MiB",
+    "note",
+]
+PARITY_HEADERS = ["provider", "output", "max abs", "max rel", "mean abs", "cosine", "tolerance to pass", "NaN/Inf"]
+ACCURACY_HEADERS = ["provider", "output", "MAE", "RMSE", "max error", "cosine", "top-1", "top-5"]
+IO_HEADERS = ["kind", "name", "dtype", "shape"]
+COMPARE_HEADERS = ["job", "model", "provider", "ran on", "batch", "p50 ms", "p99 ms", "samples/s", "× CPU"]
+
+
+def _num(value: Any, digits: int = 3) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return round(float(value), digits)
+
+
+def _mib(value: Any) -> Any:
+    return "" if value is None else round(value / 2**20, 1)
+
+
+def _note(row: dict) -> str:
+    if row.get("error"):
+        return ("OOM: " if row.get("out_of_memory") else "") + str(row["error"])[:200]
+    return "⚠️ fell back to CPU" if row.get("fell_back") else ""
+
+
+def result_rows(report: dict) -> list[list]:
+    rows = []
+    for r in report.get("results", []):
+        lat, io, mem = r.get("latency") or {}, r.get("latency_iobinding") or {}, r.get("memory") or {}
+        spread = f"{lat['mean_ms']:.3f} ± {lat['std_ms']:.3f}" if lat else ""
+        rows.append(
+            [
+                r["provider"],
+                (r.get("ran_on") or "").replace("ExecutionProvider", ""),
+                r["batch"],
+                _num(lat.get("p50_ms")),
+                _num(lat.get("p90_ms")),
+                _num(lat.get("p99_ms")),
+                spread,
+                _num(r.get("samples_per_s"), 1),
+                _num(r.get("speedup_vs_cpu"), 2),
+                _num(r.get("achieved_gflops"), 1),
+                _num(r.get("first_run_ms"), 1),
+                _num(r.get("trt_build_s"), 2),
+                _num(io.get("p50_ms")),
+                _mib(mem.get("gpu_delta_bytes")),
+                _mib(mem.get("gpu_process_bytes")),
+                _mib(mem.get("host_rss_delta_bytes")),
+                _note(r),
+            ]
+        )
+    return rows
+
+
+def parity_rows(report: dict) -> list[list]:
+    rows = []
+    for provider, outputs in (report.get("parity") or {}).items():
+        if "error" in outputs and not isinstance(outputs["error"], dict):
+            rows.append([provider, "", "", "", "", "", "", outputs["error"]])
+            continue
+        for name, p in outputs.items():
+            if p.get("missing") or p.get("shape_mismatch") or "max_abs" not in p:
+                rows.append([provider, name, "", "", "", "", "", "missing / shape or type differs"])
+                continue
+            bad = f"{p['nan']['other']}/{p['inf']['other']} (ref {p['nan']['reference']}/{p['inf']['reference']})"
+            rows.append(
+                [
+                    provider,
+                    name,
+                    _num(p["max_abs"], 6),
+                    _num(p["max_rel"], 6),
+                    _num(p["mean_abs"], 6),
+                    _num(p["cosine"], 6),
+                    _num(p["tolerance_to_pass"], 6),
+                    bad,
+                ]
+            )
+    return rows
+
+
+def accuracy_rows(report: dict) -> list[list]:
+    acc = report.get("accuracy") or {}
+    rows = []
+    for provider, outputs in (acc.get("expected") or {}).items():
+        for name, m in outputs.items():
+            if "error" in m:
+                rows.append([provider, name, "", "", "", "", "", m["error"]])
+            else:
+                errors = [_num(m[k], 6) for k in ("mae", "rmse", "max_error", "cosine")]
+                rows.append([provider, name, *errors, "", ""])
+    for provider, t in (acc.get("topk") or {}).items():
+        if "error" in t:
+            rows.append([provider, "top-k", "", "", "", "", "", t["error"]])
+        else:
+            rows.append([provider, f"top-k over {t['n']} samples", "", "", "", "", t["top1"], t["top5"]])
+    return rows
+
+
+def io_rows(inspection: dict) -> list[list]:
+    return [[kind, s["name"], s["dtype"], str(s["shape"])] for kind in ("inputs", "outputs") for s in inspection[kind]]
+
+
+def inspection_markdown(inspection: dict) -> str:
+    flops = inspection.get("flops")
+    at = inspection["symbols"] or "its fixed shapes"
+    flops_text = "unknown" if flops is None else f"{flops / 1e9:.3f} GFLOP per run at {at}"
+    ops = ", ".join(f"{op} ×{n}" for op, n in sorted(inspection["op_counts"].items(), key=lambda kv: -kv[1]))
+    lines = [
+        f"**{inspection['name']}** · IR {inspection['ir_version']} · opsets {inspection['opsets']} · "
+        f"producer {inspection['producer'] or 'unknown'}",
+        f"- {inspection['parameters']:,} parameters, {inspection['parameter_bytes'] / 2**20:.1f} MiB of weights; "
+        f"file {inspection['size_bytes'] / 2**20:.1f} MiB; sha256 `{inspection['sha256'][:16]}…`",
+        f"- {flops_text}; not counted: {', '.join(inspection['flops_not_counted']) or 'nothing'}",
+        f"- ops: {ops}",
+    ]
+    lines += [f"- ⚠️ {w}" for w in inspection.get("warnings", [])]
+    return "\n".join(lines)
+
+
+def _layout(fig: go.Figure, title: str, x: str, y: str, height: int = 300) -> go.Figure:
+    fig.update_layout(
+        title={"text": title, "font": {"size": 13}},
+        height=height,
+        margin={"l": 60, "r": 10, "t": 35, "b": 40},
+        xaxis_title=x,
+        yaxis_title=y,
+        template="plotly_white",
+        legend={"orientation": "h", "y": -0.25},
+    )
+    return fig
+
+
+def latency_figure(report: dict) -> go.Figure:
+    """The distribution of timed runs per provider and batch size (box with all points)."""
+    fig = go.Figure()
+    for r in report.get("results", []):
+        if r.get("times_ms"):
+            fig.add_trace(
+                go.Box(y=r["times_ms"], name=f"{r['provider']} b{r['batch']}", boxpoints="all", jitter=0.4, pointpos=0)
+            )
+    return _layout(fig, "Latency per run", "provider, batch", "ms")
+
+
+def throughput_figure(reports: list[tuple[str, dict]]) -> go.Figure:
+    """Samples/s against batch size, one line per provider (and per job when comparing)."""
+    fig = go.Figure()
+    for label, report in reports:
+        by_provider: dict[str, list[tuple[int, float]]] = {}
+        for r in report.get("results", []):
+            if r.get("samples_per_s"):
+                by_provider.setdefault(r["provider"], []).append((r["batch"], r["samples_per_s"]))
+        for provider, points in by_provider.items():
+            points.sort()
+            name = f"{label} {provider}".strip()
+            xs, ys = [b for b, _ in points], [t for _, t in points]
+            fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name=name))
+    fig.update_xaxes(type="log")
+    return _layout(fig, "Throughput vs batch size", "batch size", "samples/s")
+
+
+def compare_rows(jobs: list[tuple[str, str, dict]]) -> list[list]:
+    """(job id, model name, report) triples as one table of their timed rows."""
+    rows = []
+    for job_id, model, report in jobs:
+        for r in report.get("results", []):
+            lat = r.get("latency") or {}
+            rows.append(
+                [
+                    job_id,
+                    model,
+                    r["provider"],
+                    (r.get("ran_on") or "").replace("ExecutionProvider", ""),
+                    r["batch"],
+                    _num(lat.get("p50_ms")),
+                    _num(lat.get("p99_ms")),
+                    _num(r.get("samples_per_s"), 1),
+                    _num(r.get("speedup_vs_cpu"), 2),
+                ]
+            )
+    return rows
+
+
+def summary_markdown(report: dict) -> str:
+    job = report.get("job", {})
+    env = report.get("environment", {})
+    sessions = report.get("sessions", {})
+    got = ", ".join(
+        f"{key} → {(session.get('got') or ['failed'])[0].replace('ExecutionProvider', '')}"
+        for key, session in sessions.items()
+    )
+    lines = [
+        f"**{job.get('model_name', 'model')}** · job `{job.get('id', '?')}` on `{job.get('device', '?')}` · "
+        f"onnxruntime {env.get('onnxruntime', '?')} · symbols {report.get('symbols')} · sessions: {got}",
+    ]
+    lines += [f"- ⚠️ {w}" for w in report.get("warnings", [])]
+    return "\n".join(lines)
