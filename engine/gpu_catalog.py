@@ -1,0 +1,206 @@
+"""The GPUs people rent for talking-head and LLM inference: memory, bandwidth, peak rates, features, prices.
+
+Peak rates are NVIDIA's published dense figures (no structured sparsity) in TFLOP/s (TOPS for int8);
+fp16/bf16 are tensor-core rates with fp32 accumulation, which is what PyTorch and ONNX Runtime use
+(GeForce cards run at half their fp16-accumulate marketing figure). Cards before Ampere (compute
+capability < 8.0) have no tf32 or bf16 tensor cores: those entries are None, and a benchmark at those
+precisions there runs at the fp32 rate. Prices are indicative on-demand hourly rates, each with its
+source and date; they change often, so they are editable (a JSON file in the data directory
+overrides them) and every cost figure says which price it used.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "int8")
+PRICE_SOURCE = "indicative on-demand rate, single GPU, public price lists as of 2026-11 (edit to your provider's)"
+
+
+@dataclass(frozen=True)
+class Gpu:
+    key: str
+    name: str
+    memory_gb: float  # usable device memory as sold (GB = 1e9 bytes)
+    bandwidth_gbs: float  # memory bandwidth, GB/s
+    peak_tflops: dict[str, float | None]  # PRECISIONS -> dense peak; None where the card has no such unit
+    compute_capability: tuple[int, int]
+    nvenc: bool
+    price_per_hour: float | None = None
+    price_source: str = PRICE_SOURCE
+    aliases: tuple[str, ...] = ()  # substrings of NVML names that identify the card
+    notes: str = ""
+    detected: bool = False
+
+    @property
+    def memory_bytes(self) -> int:
+        return int(self.memory_gb * 1e9)
+
+    def peak(self, precision: str) -> float:
+        """The rate a run at this precision can reach: tf32/bf16 fall back to fp32 on pre-Ampere cards."""
+        value = self.peak_tflops.get(precision)
+        if value is None and precision in ("tf32", "bf16"):
+            return float(self.peak_tflops["fp32"])  # type: ignore[arg-type]
+        if value is None:
+            raise KeyError(f"{self.name} has no {precision} rate")
+        return float(value)
+
+    def supports(self, feature: str) -> bool:
+        """bf16, tf32, flash attention and paged attention, Marlin kernels: all need compute capability 8.0+."""
+        if feature in ("bf16", "tf32", "flash-attention", "paged-attention", "marlin"):
+            return self.compute_capability >= (8, 0)
+        if feature == "fp16-tensor-cores":
+            return self.compute_capability >= (7, 0)
+        raise KeyError(feature)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["compute_capability"] = f"{self.compute_capability[0]}.{self.compute_capability[1]}"
+        return out
+
+
+def _rates(fp32: float, tf32: float | None, fp16: float, bf16: float | None, int8: float) -> dict[str, float | None]:
+    return {"fp32": fp32, "tf32": tf32, "fp16": fp16, "bf16": bf16, "int8": int8}
+
+
+CATALOG: dict[str, Gpu] = {
+    g.key: g
+    for g in (
+        Gpu("T4", "NVIDIA T4", 16, 320, _rates(8.1, None, 65, None, 130), (7, 5), True, 0.35, aliases=("T4",)),
+        Gpu(
+            "V100-16GB", "NVIDIA V100 16GB (SXM2)", 16, 900, _rates(15.7, None, 125, None, 62), (7, 0), True, 2.48,
+            aliases=("V100-SXM2-16GB", "V100-PCIE-16GB", "V100 16GB"),
+            notes="int8 through DP4A (no int8 tensor cores)",
+        ),
+        Gpu(
+            "V100-32GB", "NVIDIA V100 32GB (SXM2)", 32, 900, _rates(15.7, None, 125, None, 62), (7, 0), True, 2.75,
+            aliases=("V100-SXM2-32GB", "V100-PCIE-32GB", "V100S"),
+        ),
+        Gpu(
+            "A10G", "NVIDIA A10G", 24, 600, _rates(31.2, 35, 70, 70, 140), (8, 6), True, 1.01, aliases=("A10G",),
+            notes="AWS's A10 variant (g5 instances); tensor rates as AWS reports them",
+        ),
+        Gpu("A40", "NVIDIA A40", 48, 696, _rates(37.4, 74.8, 149.7, 149.7, 299.3), (8, 6), True, 0.44, aliases=("A40",)),  # noqa: E501
+        Gpu("L4", "NVIDIA L4", 24, 300, _rates(30.3, 60, 121, 121, 242), (8, 9), True, 0.80, aliases=("L4",)),
+        Gpu("L40S", "NVIDIA L40S", 48, 864, _rates(91.6, 183, 362, 362, 733), (8, 9), True, 1.86, aliases=("L40S",)),
+        Gpu(
+            "A100-40GB", "NVIDIA A100 40GB", 40, 1555, _rates(19.5, 156, 312, 312, 624), (8, 0), False, 1.29,
+            aliases=("A100-SXM4-40GB", "A100-PCIE-40GB", "A100 40GB"), notes="no NVENC (decoders only)",
+        ),
+        Gpu(
+            "A100-80GB", "NVIDIA A100 80GB", 80, 2039, _rates(19.5, 156, 312, 312, 624), (8, 0), False, 1.79,
+            aliases=("A100-SXM4-80GB", "A100 80GB PCIe", "A100-80GB"), notes="no NVENC (decoders only)",
+        ),
+        Gpu(
+            "RTX-3090", "NVIDIA GeForce RTX 3090", 24, 936, _rates(35.6, 35.6, 71, 71, 284), (8, 6), True, 0.22,
+            aliases=("RTX 3090",),
+        ),
+        Gpu(
+            "RTX-4090", "NVIDIA GeForce RTX 4090", 24, 1008, _rates(82.6, 82.6, 165.2, 165.2, 660.6), (8, 9), True,
+            0.34, aliases=("RTX 4090",),
+        ),
+        Gpu(
+            "RTX-4090D-48GB", "NVIDIA GeForce RTX 4090 D 48GB", 48, 1008, _rates(73.5, 73.5, 147, 147, 588), (8, 9),
+            True, 0.50, aliases=("RTX 4090 D",), notes="memory-modified 4090 D boards; rates scaled by its core count",
+        ),
+        Gpu(
+            "H100", "NVIDIA H100 80GB (SXM)", 80, 3350, _rates(67, 495, 989.5, 989.5, 1979), (9, 0), False, 2.49,
+            aliases=("H100",), notes="no NVENC (decoders only); the PCIe card has lower rates",
+        ),
+        Gpu(
+            "H200", "NVIDIA H200 141GB", 141, 4800, _rates(67, 495, 989.5, 989.5, 1979), (9, 0), False, 3.50,
+            aliases=("H200",), notes="no NVENC (decoders only)",
+        ),
+    )
+}  # fmt: skip
+
+
+def _mentions(name: str, alias: str) -> bool:
+    """Whether the alias appears as a whole token ("L4" is not in "L40S", "A40" is not in "RTX A4000")."""
+    return re.search(rf"(?<![a-z0-9]){re.escape(alias.lower())}(?![a-z0-9])", name) is not None
+
+
+def find_gpu(name: str) -> Gpu | None:
+    """A catalog entry by key (case-insensitive) or by an NVML name such as 'NVIDIA A100-SXM4-80GB'."""
+    wanted = name.strip().lower()
+    for gpu in CATALOG.values():
+        if gpu.key.lower() == wanted:
+            return gpu
+    # the longest matching alias wins: "A100-SXM4-80GB" must not match a shorter, vaguer one
+    scored = [(len(alias), gpu) for gpu in CATALOG.values() for alias in gpu.aliases if _mentions(wanted, alias)]
+    return max(scored, key=lambda t: t[0])[1] if scored else None
+
+
+def detected_gpu(name: str, memory_bytes: int, compute_capability: tuple[int, int]) -> Gpu:
+    """The card this machine has: its catalog entry with the real memory, or a bare entry if unknown."""
+    known = find_gpu(name)
+    if known is not None:
+        return replace(known, memory_gb=memory_bytes / 1e9, detected=True, name=name)
+    return Gpu(
+        key="detected",
+        name=name,
+        memory_gb=memory_bytes / 1e9,
+        bandwidth_gbs=0.0,
+        peak_tflops=dict.fromkeys(PRECISIONS),
+        compute_capability=compute_capability,
+        nvenc=False,
+        price_per_hour=None,
+        notes="not in the catalog: peak rates unknown, so no % of peak",
+        detected=True,
+    )
+
+
+@dataclass
+class PriceBook:
+    """Hourly prices by catalog key, with where each came from; saved as JSON beside the data."""
+
+    prices: dict[str, float] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def defaults(cls) -> PriceBook:
+        return cls(
+            {k: g.price_per_hour for k, g in CATALOG.items() if g.price_per_hour is not None},
+            {k: g.price_source for k, g in CATALOG.items()},
+        )
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> PriceBook:
+        """Defaults, overridden by the file's entries; a missing file is the defaults."""
+        book = cls.defaults()
+        p = Path(path)
+        if not p.is_file():
+            return book
+        try:
+            data = json.loads(p.read_text())
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"price file {p} is not readable JSON: {exc}") from None
+        book.update(data.get("prices", {}), data.get("sources", {}))
+        return book
+
+    def update(self, prices: dict[str, Any], sources: dict[str, str] | None = None) -> None:
+        for key, value in prices.items():
+            if key not in CATALOG:
+                raise ValueError(f"no GPU {key!r} in the catalog; known: {', '.join(CATALOG)}")
+            if value is None:
+                self.prices.pop(key, None)
+                continue
+            if not isinstance(value, int | float) or isinstance(value, bool) or not 0 < value < 1000:
+                raise ValueError(f"price for {key} must be dollars per hour in (0, 1000), got {value!r}")
+            self.prices[key] = float(value)
+            self.sources[key] = (sources or {}).get(key, "edited by the user")
+
+    def save(self, path: str | os.PathLike) -> None:
+        p = Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"prices": self.prices, "sources": self.sources}, indent=2) + "\n")
+        os.replace(tmp, p)
+
+
+__all__ = ["CATALOG", "PRECISIONS", "Gpu", "PriceBook", "detected_gpu", "find_gpu"]

@@ -1,0 +1,143 @@
+"""engine.gpu_catalog and engine.planner against figures computed by hand."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.gpu_catalog import CATALOG, PriceBook, detected_gpu, find_gpu
+from engine.planner import (
+    CUDA_CONTEXT_BYTES,
+    LLMS,
+    TGI_RUNTIME_BYTES,
+    LlmRequest,
+    PlanError,
+    calibrate_activations,
+    cost_table,
+    llm_weight_bytes,
+    plan_llm,
+    plan_model_memory,
+)
+
+GIB = 2**30
+
+
+def test_catalog_lookup_and_features() -> None:
+    assert find_gpu("NVIDIA A100-SXM4-80GB").key == "A100-80GB"
+    assert find_gpu("NVIDIA L40S").key == "L40S" and find_gpu("NVIDIA L4").key == "L4"
+    assert find_gpu("NVIDIA RTX A4000") is None  # "A40" is not a whole token of it
+    assert find_gpu("v100-16gb").key == "V100-16GB"
+    t4, h100 = CATALOG["T4"], CATALOG["H100"]
+    assert not t4.supports("bf16") and not t4.supports("flash-attention") and t4.supports("fp16-tensor-cores")
+    assert h100.supports("flash-attention") and not h100.nvenc and t4.nvenc
+    assert t4.peak("bf16") == t4.peak("fp32") == 8.1  # no bf16 units: it runs at the fp32 rate
+    assert h100.peak("fp16") == 989.5
+    mine = detected_gpu("NVIDIA H100 80GB HBM3", 85_520_809_984, (9, 0))
+    assert mine.key == "H100" and mine.detected and mine.memory_gb == pytest.approx(85.52, abs=0.01)
+    unknown = detected_gpu("NVIDIA Quadro RTX 8000", 48 * 10**9, (7, 5))
+    assert unknown.key == "detected" and unknown.peak_tflops["fp16"] is None
+
+
+def test_llm_weights_and_kv_cache_by_hand() -> None:
+    mistral, llama = LLMS["mistral-7b"], LLMS["llama-2-7b"]
+    assert mistral.kv_bytes_per_token() == 2 * 32 * 8 * 128 * 2 == 131_072  # 128 KiB per token
+    assert llama.kv_bytes_per_token() == 524_288  # no grouped-query attention: 4x Mistral's
+    assert llm_weight_bytes(mistral) == 14_480_000_000  # 7.24e9 parameters x 2 bytes
+    embed = 2 * 32000 * 4096  # input embedding + output head stay fp16
+    assert llm_weight_bytes(mistral, "awq") == int((7.24e9 - embed) * 66.5 / 128 + embed * 2)
+    assert llm_weight_bytes(mistral, "awq") / 1e9 == pytest.approx(4.15, abs=0.01)
+    assert llm_weight_bytes(LLMS["gemma-2b"]) == int(2.51e9 * 2)  # tied embeddings count once, still fp16
+    with pytest.raises(PlanError, match="quantize"):
+        llm_weight_bytes(mistral, "fp8")
+
+
+def test_what_a_16_gb_card_holds_at_fp16_and_at_4_bits() -> None:
+    fp16 = plan_llm(LlmRequest("V100-16GB", "llama-2-7b", max_total_tokens=4096, quantize="none"))
+    assert not fp16["fits"]  # 13.5 GB of weights in a 14.4 GB budget leaves nothing for the KV cache
+    assert fp16["memory"]["kv_token_capacity"] == 0
+    awq = plan_llm(LlmRequest("L4", "llama-2-7b", max_total_tokens=4096, quantize="awq", concurrent_requests=4))
+    m = awq["memory"]["per_gpu"]
+    budget = int(24e9 * 0.9)
+    assert m["budget_bytes"] == budget and m["runtime_bytes"] == TGI_RUNTIME_BYTES
+    kv = budget - llm_weight_bytes(LLMS["llama-2-7b"], "awq") - TGI_RUNTIME_BYTES - m["prefill_activation_bytes"]
+    assert awq["memory"]["kv_token_capacity"] == kv // 524_288
+    assert awq["fits"] and awq["flags"]["--quantize"] == "awq" and "--dtype" not in awq["flags"]
+    assert "--quantize awq" in awq["launch"] and "--max-total-tokens 4096" in awq["launch"]
+
+
+def test_auto_quantization_sharding_and_old_card_warnings() -> None:
+    small = plan_llm(LlmRequest("A100-80GB", "mistral-7b", max_total_tokens=8192))
+    assert small["fits"] and small["flags"]["--num-shard"] == 1 and "--quantize" not in small["flags"]
+    assert small["flags"]["--dtype"] == "bfloat16" and small["flags"]["--max-input-tokens"] == 8191
+    two = plan_llm(LlmRequest("L4", "llama-2-13b", count=2, max_total_tokens=4096, quantize="none"))
+    assert two["fits"] and two["flags"]["--num-shard"] == 2  # 26 GB of weights need both cards
+    old = plan_llm(LlmRequest("V100-16GB", "mistral-7b", count=2, max_total_tokens=4096))
+    assert old["flags"]["--num-shard"] == 1  # no flash attention: TGI cannot shard
+    assert old["flags"]["--quantize"] == "eetq"  # auto skips 4-bit: Marlin needs 8.0+
+    assert "--dtype" not in old["flags"]
+    assert any("flash attention" in w for w in old["warnings"])
+    asked = plan_llm(LlmRequest("T4", "mistral-7b", quantize="awq"))
+    assert any("Marlin" in w for w in asked["warnings"])
+    long = plan_llm(LlmRequest("H100", "llama-2-7b", max_total_tokens=8192))
+    assert any("exceeds" in w for w in long["warnings"])
+    for bad, message in (
+        (LlmRequest("B200", "mistral-7b"), "unknown GPU"),
+        (LlmRequest("H100", "gpt-5"), "unknown model"),
+        (LlmRequest("H100", "mistral-7b", max_input_tokens=5000, max_total_tokens=4096), "below max_total_tokens"),
+    ):
+        with pytest.raises(PlanError, match=message):
+            plan_llm(bad)
+
+
+def test_cost_arithmetic_and_scaling() -> None:
+    book = PriceBook.defaults()
+    rows = {r["gpu"]: r for r in cost_table(100.0, "fp16", CATALOG["H100"], book)}
+    h100 = rows["H100"]
+    price = book.prices["H100"]
+    assert h100["basis"] == "measured" and h100["samples_per_s"] == 100.0
+    assert h100["cost_per_1000_requests"] == pytest.approx(price / (100 * 3600) * 1000)
+    assert h100["requests_per_10_usd"] == pytest.approx(10 / price * 100 * 3600)
+    a100 = rows["A100-80GB"]
+    assert a100["basis"] == "estimate" and a100["samples_per_s"] == pytest.approx(100 * 312 / 989.5)
+    per_video = {r["gpu"]: r for r in cost_table(100.0, "fp16", CATALOG["H100"], book, samples_per_request=250)}
+    assert per_video["H100"]["requests_per_s"] == pytest.approx(0.4)
+    on_cpu = cost_table(5.0, "fp32", None, book)
+    assert all(r["samples_per_s"] is None and "CPU" in r["basis"] for r in on_cpu)
+    with pytest.raises(PlanError):
+        cost_table(0.0, "fp16", None, book)
+
+
+def test_price_book_edits_round_trip(tmp_path) -> None:
+    path = tmp_path / "prices.json"
+    book = PriceBook.load(path)  # missing file: the defaults
+    assert book.prices["T4"] == CATALOG["T4"].price_per_hour
+    book.update({"T4": 0.5}, {"T4": "my provider, 2026-11-22"})
+    book.save(path)
+    again = PriceBook.load(path)
+    assert again.prices["T4"] == 0.5 and again.sources["T4"] == "my provider, 2026-11-22"
+    with pytest.raises(ValueError, match="no GPU"):
+        again.update({"TPUv5": 1.0})
+    with pytest.raises(ValueError, match="dollars per hour"):
+        again.update({"T4": -1})
+    path.write_text("{broken")
+    with pytest.raises(ValueError, match="not readable JSON"):
+        PriceBook.load(path)
+
+
+def test_model_memory_plan_by_hand() -> None:
+    per_sample, fixed = calibrate_activations([(1, 1050), (4, 1200), (8, 1400)])
+    assert (per_sample, fixed) == (50, 1000)
+    with pytest.raises(PlanError):
+        calibrate_activations([(4, 1), (4, 2)])
+    t4 = CATALOG["T4"]
+    weights, act = 72_600_000, 2_000_000
+    fit = plan_model_memory(t4, weights, act, "fp16", 0.9, target_samples_per_s=5000, samples_per_s_per_gpu=1800)
+    assert (int(16e9 * 0.9) - weights - CUDA_CONTEXT_BYTES) // act == 6744  # capped at the 4096 asked for
+    assert fit.max_batch == 4096 and fit.recommended_batch == 4096
+    small = plan_model_memory(t4, weights, act, max_batch=3000)
+    assert small.max_batch == 3000 and small.recommended_batch == 2048  # a power of two
+    assert fit.gpus_for_target == 3
+    assert fit.predicted_bytes == weights + CUDA_CONTEXT_BYTES + fit.recommended_batch * act
+    bf = plan_model_memory(t4, weights, act, "bf16")
+    assert any("no bf16" in w for w in bf.warnings)
+    huge = plan_model_memory(t4, 20 * 10**9, act)
+    assert huge.max_batch == 0 and huge.recommended_batch == 0 and huge.warnings
