@@ -310,6 +310,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
     ev.set_defaults(func=_cmd_onnx_eval)
 
+    from engine.cli_bench import add_commands
+
+    add_commands(sub)
+
     # Listed for --help only: main() hands `serve ...` to app.py's own parser untouched.
     sub.add_parser("serve", help="start the web app (flags: --host --port --share --device --auth)")
     return parser

@@ -78,6 +78,7 @@ class EvalConfig:
     gpu_memory_fraction: float = 0.9
     intra_op_threads: int = 0  # 0: ORT default
     device_id: int = 0  # the CUDA device the GPU providers use
+    cuda_tf32: bool = False  # let the CUDA provider use TF32 (ORT's own default is on; fp32 results move ~1e-3)
     images: list[str] | None = None  # image files -> one image input (see engine.onnx_images)
     image_input: str | None = None  # which input the images fill (default: the first image-shaped one)
     image_resize: str = "stretch"
@@ -133,6 +134,7 @@ class EvalConfig:
             if _is_number(self.gpu_memory_fraction) and 0 < self.gpu_memory_fraction <= 1
             else f"gpu_memory_fraction must be in (0, 1], got {self.gpu_memory_fraction!r}",
             "" if isinstance(self.trt_fp16, bool) else f"trt_fp16 must be true or false, got {self.trt_fp16!r}",
+            "" if isinstance(self.cuda_tf32, bool) else f"cuda_tf32 must be true or false, got {self.cuda_tf32!r}",
         ]
 
     def _check_files(self) -> list[str]:
@@ -380,6 +382,7 @@ def _provider_list(provider: str, config: EvalConfig) -> list[Any]:
         return ["CPUExecutionProvider"]
     cuda: dict[str, Any] = {
         "device_id": int(config.device_id),
+        "use_tf32": int(bool(config.cuda_tf32)),
         "cudnn_conv_algo_search": "EXHAUSTIVE",
         "arena_extend_strategy": "kSameAsRequested",
     }

@@ -280,7 +280,8 @@ def plan_llm(req: LlmRequest) -> dict[str, Any]:
             "attention and paged attention need 8.0+, so TGI runs the slower non-flash path, cannot shard "
             "(one GPU only) and pads the KV cache per request"
         )
-    quant_options = ["none", "eetq", "awq"] if req.quantize == "auto" else [req.quantize]
+    int8 = "eetq" if gpu.supports("eetq") else "bitsandbytes"
+    quant_options = ["none", int8, "awq"] if req.quantize == "auto" else [req.quantize]
     for q in quant_options:
         if q not in QUANT_BYTES_PER_PARAM:
             raise PlanError(f"quantize {q!r} is not one of auto, {', '.join(QUANT_BYTES_PER_PARAM)}")
@@ -289,6 +290,8 @@ def plan_llm(req: LlmRequest) -> dict[str, Any]:
             f"{req.quantize.upper()} in current TGI runs on the Marlin kernels, which need compute capability "
             f"8.0+; {gpu.name} may not run it"
         )
+    if req.quantize == "eetq" and not gpu.supports("eetq"):
+        warnings.append(f"EETQ's kernels cover compute capability 7.0 to 8.9; {gpu.name} may not run it")
     shard_options = [s for s in (1, 2, 4, 8) if s <= req.count and spec.kv_heads % s == 0 and spec.heads % s == 0]
     if not flash:
         shard_options = [1]
@@ -338,7 +341,7 @@ def plan_llm(req: LlmRequest) -> dict[str, Any]:
             f"{best['kv_token_capacity'] // req.max_total_tokens} concurrent requests at max_total_tokens "
             "(TGI sizes --max-batch-total-tokens from the free memory itself)"
         )
-    if dtype == "float16":
+    if dtype == "float16" and best["quantize"] == "none":
         reasons.append("--dtype float16: this card has no bf16")
     launch = " ".join(f"{k} {v}" for k, v in flags.items() if v is not None)
     return {

@@ -124,3 +124,27 @@ def test_onnx_eval_with_images_and_labels(tmp_path: Path) -> None:
     assert report["accuracy"]["topk"]["cpu"]["top1"] == 1.0 and report["input_source"] == {"image": "images"}
     bad = run("onnx", "eval", str(model), "--images", str(tmp_path / "none.png"), "--quiet", **env)
     assert bad.returncode == 2 and "not found" in bad.stderr
+
+
+def test_bench_plan_and_cost(tmp_path: Path) -> None:
+    env = {"AVATARBENCH_DATA_DIR": str(tmp_path / "data")}
+    report_path, csv_path = tmp_path / "bench.json", tmp_path / "bench.csv"
+    args = ["--model", "wav2lip", "--batch", "1,2", "--runs", "2", "--warmup", "0", "--device", "cpu"]
+    proc = run("bench", *args, "--json", str(report_path), "--csv", str(csv_path), "--quiet", **env)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(report_path.read_text())
+    assert [r["label"] for r in report["results"]] == ["cpu eager fp32 b1", "cpu eager fp32 b2"]
+    assert "cpu eager fp32 b2" in proc.stdout and "GFLOP/sample" in proc.stdout
+    assert len(csv_path.read_text().splitlines()) == 3
+    assert run("bench", "--precision", "fp64", **env).returncode == 2
+
+    plan_path = tmp_path / "plan.json"
+    plan = run("plan", "--gpu", "V100-16GB", "--count", "2", "--llm", "mistral-7b", "--max-total-tokens", "4096",
+               "--quantize", "awq", "--json", str(plan_path), **env)  # fmt: skip
+    data = json.loads(plan_path.read_text())
+    assert {"fits", "memory", "flags", "warnings", "reasons"} <= set(data)
+    assert any("Marlin" in w for w in data["warnings"]) and "text-generation-launcher" in plan.stdout
+    assert run("plan", "--gpu", "B300", "--llm", "mistral-7b", **env).returncode == 2
+
+    cost = run("cost", "--throughput", "1000", "--on", "H100", "--precision", "fp16", **env)
+    assert cost.returncode == 0 and "measured" in cost.stdout and "estimate" in cost.stdout

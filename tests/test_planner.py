@@ -75,6 +75,10 @@ def test_auto_quantization_sharding_and_old_card_warnings() -> None:
     assert old["flags"]["--quantize"] == "eetq"  # auto skips 4-bit: Marlin needs 8.0+
     assert "--dtype" not in old["flags"]
     assert any("flash attention" in w for w in old["warnings"])
+    hopper = plan_llm(LlmRequest("H100", "llama-2-13b", max_total_tokens=4096, concurrent_requests=80))
+    assert hopper["flags"].get("--quantize") in (None, "bitsandbytes", "awq")  # never EETQ above 8.9
+    eetq = plan_llm(LlmRequest("H100", "mistral-7b", quantize="eetq"))
+    assert any("EETQ" in w for w in eetq["warnings"])
     asked = plan_llm(LlmRequest("T4", "mistral-7b", quantize="awq"))
     assert any("Marlin" in w for w in asked["warnings"])
     long = plan_llm(LlmRequest("H100", "llama-2-7b", max_total_tokens=8192))

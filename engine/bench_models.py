@@ -1,0 +1,172 @@
+"""The networks a benchmark sweep can run: our own PyTorch models (random weights; speed does not depend on
+trained values), their ONNX exports, and any ONNX model stored by the ONNX eval tab.
+
+A BenchModel knows how to build its PyTorch module, make a batch of inputs, count its FLOPs per sample, and
+where its ONNX file is; the runtimes in engine/bench_runtimes.py use nothing else.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SEED = 0
+
+
+@dataclass
+class BenchModel:
+    name: str
+    title: str
+    onnx_path: Callable[[], Path] | None  # the ONNX file for the ORT runtimes (exported on first use)
+    build_torch: Callable[[], Any] | None = None  # a torch.nn.Module in eval mode, fp32, on the CPU
+    torch_inputs: Callable[[int], tuple[Any, ...]] | None = None  # fp32 CPU tensors for a batch
+    flops_fixed: float | None = None  # FLOPs per sample when known without counting (ONNX estimate)
+    numpy_inputs: Callable[[int], dict[str, np.ndarray]] | None = None  # ONNX-only models: feeds for a batch
+
+    @property
+    def has_torch(self) -> bool:
+        return self.build_torch is not None
+
+
+def _seeded(build: Callable[[], Any]) -> Callable[[], Any]:
+    def make() -> Any:
+        import torch
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(SEED)
+            return build().eval()
+
+    return make
+
+
+def _wav2lip() -> Any:
+    from engine.models.wav2lip import Wav2Lip
+
+    return Wav2Lip()
+
+
+def _s3fd() -> Any:
+    from engine.models.s3fd import S3FD
+
+    return S3FD()
+
+
+def _randn(*shape: int) -> Any:
+    import torch
+
+    g = torch.Generator().manual_seed(SEED)
+    return torch.rand(*shape, generator=g)  # [0, 1): what a face crop or a mel in [0, 1] looks like
+
+
+BUILTIN = {
+    "wav2lip": ("Wav2Lip generator", _wav2lip, lambda b: (_randn(b, 1, 80, 16), _randn(b, 6, 96, 96))),
+    "s3fd": ("S3FD face detector (384x640)", _s3fd, lambda b: (_randn(b, 3, 384, 640),)),
+}
+
+
+def builtin_model(name: str, cache_dir: str | os.PathLike) -> BenchModel:
+    if name not in BUILTIN:
+        raise ValueError(f"no built-in model {name!r}; available: {', '.join(BUILTIN)} or onnx:<sha256>")
+    title, build, inputs = BUILTIN[name]
+
+    def onnx_path() -> Path:
+        from engine.onnx_examples import example_path
+
+        return example_path(name, cache_dir)
+
+    return BenchModel(name, title, onnx_path, _seeded(build), inputs)
+
+
+def onnx_model(path: str | os.PathLike, name: str, info: Any) -> BenchModel:
+    """An ONNX model prepared and inspected by engine.onnx_model (`info`): ORT runtimes only, seeded
+    synthetic inputs. Its batch must be free (a symbolic first dimension) so the sweep can set it."""
+    from engine.onnx_eval import synthetic_inputs
+
+    file = Path(path)
+    batch_symbols = {s.shape[0] for s in info.inputs if s.shape and isinstance(s.shape[0], str)}
+    if not info.inputs or len(batch_symbols) != 1 or any(not s.shape for s in info.inputs):
+        raise ValueError(
+            f"{name}: a benchmark sets the batch, so every input needs the same symbolic first dimension "
+            f"(found {[s.shape for s in info.inputs]}); evaluate fixed-shape models in the ONNX eval tab"
+        )
+    symbol = next(iter(batch_symbols))
+    per_sample = info.flops / info.symbols.get(symbol, 1) if info.flops else None
+
+    def feeds(batch: int) -> dict[str, np.ndarray]:
+        return synthetic_inputs(info.inputs, {**info.symbols, symbol: batch}, SEED)
+
+    return BenchModel(name, f"ONNX model {name}", lambda: file, flops_fixed=per_sample, numpy_inputs=feeds)
+
+
+def count_flops(model: BenchModel) -> float | None:
+    """FLOPs per sample (2 per multiply-add) from torch's flop counter on one fp32 sample on the CPU."""
+    if model.flops_fixed is not None or not model.has_torch:
+        return model.flops_fixed
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    module = model.build_torch()  # type: ignore[misc]
+    inputs = model.torch_inputs(1)  # type: ignore[misc]
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        module(*inputs)
+    return float(counter.get_total_flops())
+
+
+_BYTES = {"fp32": 4, "tf32": 4, "fp16": 2, "bf16": 2}
+
+
+def weight_bytes(model: BenchModel, precision: str) -> int:
+    module = model.build_torch()  # type: ignore[misc]
+    return sum(p.numel() for p in module.parameters()) * _BYTES[precision] + sum(
+        b.numel() * b.element_size() for b in module.buffers()
+    )
+
+
+def activation_bytes_per_sample(model: BenchModel, precision: str) -> int:
+    """Every leaf module's output for one sample, summed: an upper bound on inference activations (a real
+    run frees most of them early), from a CPU forward. A GPU sweep's peaks calibrate the real figure."""
+    import torch
+
+    module = model.build_torch()  # type: ignore[misc]
+    total = [0]
+
+    def hook(_m: Any, _i: Any, out: Any) -> None:
+        for t in out if isinstance(out, list | tuple) else (out,):
+            if isinstance(t, torch.Tensor):
+                total[0] += t.numel() * _BYTES[precision]
+
+    handles = [m.register_forward_hook(hook) for m in module.modules() if not list(m.children())]
+    try:
+        with torch.inference_mode():
+            module(*model.torch_inputs(1))  # type: ignore[misc]
+    finally:
+        for h in handles:
+            h.remove()
+    return total[0] + sum(t.numel() * _BYTES[precision] for t in model.torch_inputs(1))  # type: ignore[misc]
+
+
+def first_output(value: Any) -> np.ndarray:
+    """The first output as a float64 array on the host (lists and tuples of outputs: the first)."""
+    if isinstance(value, list | tuple):
+        value = value[0]
+    if hasattr(value, "detach"):
+        return value.detach().float().cpu().numpy().astype(np.float64)
+    return np.asarray(value, dtype=np.float64)
+
+
+__all__ = [
+    "BUILTIN",
+    "BenchModel",
+    "activation_bytes_per_sample",
+    "builtin_model",
+    "count_flops",
+    "first_output",
+    "onnx_model",
+    "weight_bytes",
+]

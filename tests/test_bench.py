@@ -1,0 +1,183 @@
+"""engine.bench on the CPU: a small real sweep whose metrics must agree with each other, grids, presets,
+refusals, out-of-memory recording, ONNX models from the store, jobs and imported reports."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("onnxruntime")
+import torch
+from tiny_onnx import mlp
+
+import engine.bench as bench
+from engine.bench import BenchError, BenchPoint, SweepConfig, grid, preset, rows_to_csv, run_sweep
+from engine.bench_jobs import BenchJobs
+from engine.bench_models import builtin_model, count_flops
+from engine.settings import load_settings
+from engine.store import CPU, DONE, JobStore, StoreError
+from engine.telemetry import TelemetrySampler
+
+
+@pytest.fixture(scope="module")
+def wav2lip(tmp_path_factory: pytest.TempPathFactory):
+    return builtin_model("wav2lip", tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture(scope="module")
+def sweep_report(wav2lip) -> dict:
+    points = [
+        BenchPoint("eager", "fp32", 1, "cpu"),
+        BenchPoint("eager", "fp32", 2, "cpu", channels_last=True),
+        BenchPoint("ort-cpu", "fp32", 2, "cpu"),
+        BenchPoint("eager", "fp32", 2, "cuda"),  # no GPU here: recorded as an error, not run on the CPU
+    ]
+    sampler = TelemetrySampler(interval_s=0.2, history_s=600).start()
+    try:
+        return run_sweep(SweepConfig("wav2lip", points, runs=3, warmup=1), wav2lip, None, sampler=sampler)
+    finally:
+        sampler.stop()
+
+
+def test_wav2lip_costs_about_4_gmac_per_frame(wav2lip) -> None:
+    flops = count_flops(wav2lip)
+    assert 3.5e9 < flops / 2 < 4.5e9  # multiply-adds: FLOPs count two per MAC
+
+
+def test_sweep_metrics_are_consistent(sweep_report: dict) -> None:
+    rows = sweep_report["results"]
+    assert [r["status"] for r in rows] == ["ok", "ok", "ok", "error"]
+    assert "no CUDA device" in rows[3]["error"]
+    flops = sweep_report["model"]["flops_per_sample"]
+    for row in rows[:3]:
+        lat = row["latency"]
+        assert row["samples_per_s"] == pytest.approx(row["batch"] / (lat["mean_ms"] / 1000))
+        assert row["achieved_tflops"] == pytest.approx(flops * row["samples_per_s"] / 1e12)
+        assert row["speedup"] == pytest.approx(row["samples_per_s"] / rows[0]["samples_per_s"])
+        assert row["load_s"] > 0 and row["first_run_s"] > 0 and lat["n"] == 3
+        assert row["percent_of_peak"] is None and row["energy_j_per_sample"] is None  # CPU: no peak, no NVML
+        assert row["error_vs_fp32"]["rel_l2"] < 1e-4 and row["error_vs_fp32"]["nan_or_inf"] == 0
+        assert row["telemetry"] and all(len(t) == 5 for t in row["telemetry"])
+        assert row["host_rss_bytes"] > 0
+    assert rows[0]["speedup"] == 1.0
+    assert rows[2]["ran_on"] == "CPUExecutionProvider" and not rows[2]["fell_back"]
+    assert bench.RANDOM_WEIGHTS_NOTE in sweep_report["notes"]
+    assert sweep_report["machine"]["torch"] == torch.__version__
+    json.dumps(sweep_report)  # plain data all the way down
+
+
+def test_csv_export(sweep_report: dict) -> None:
+    lines = rows_to_csv(sweep_report).strip().splitlines()
+    assert lines[0].startswith("label,device,runtime") and len(lines) == 1 + len(sweep_report["results"])
+    assert lines[1].startswith("cpu eager fp32 b1,cpu,eager,fp32,1,")
+
+
+def test_grid_drops_meaningless_combinations() -> None:
+    points, notes = grid(
+        ["eager", "ort-cpu", "ort-cuda", "cudagraphs"], ["fp32", "fp16"], [1, 4], ["cpu"], [False, True]
+    )
+    labels = [p.label for p in points]
+    assert "cpu eager fp32 b1" in labels and "cpu eager fp32 b1 cl" in labels and "cpu ort-cpu fp32 b4" in labels
+    assert not any("fp16" in label or "cudagraphs" in label or "ort-cuda" in label for label in labels)
+    assert len([p for p in points if p.runtime == "ort-cpu"]) == 2  # channels_last is not an ORT option
+    assert any("CUDA graphs" in n for n in notes) and any("GPU precisions" in n for n in notes)
+
+
+def test_presets_scale_down_without_a_gpu() -> None:
+    ladder = preset("wav2lip-ladder", "wav2lip", has_gpu=False)
+    # 128, 512, 1024 at 1/64; fp16 became fp32, channels_last and compile stay
+    assert [(p.runtime, p.batch, p.channels_last) for p in ladder.points] == [
+        ("eager", 2, False), ("eager", 8, False), ("eager", 8, True), ("compile", 8, True), ("compile", 16, True),
+    ]  # fmt: skip
+    assert all(p.device == "cpu" and p.precision == "fp32" for p in ladder.points)
+    assert any("1/64" in n for n in ladder.notes)
+    on_gpu = preset("wav2lip-ladder", "wav2lip", has_gpu=True)
+    assert [(p.runtime, p.precision, p.batch) for p in on_gpu.points] == [
+        ("eager", "fp32", 128), ("eager", "fp32", 512), ("eager", "fp16", 512), ("compile", "fp16", 512),
+        ("compile", "fp16", 1024),
+    ]  # fmt: skip
+    assert on_gpu.baseline == 0
+    assert [p.runtime for p in preset("cpu-vs-gpu", "wav2lip", has_gpu=False).points] == ["eager", "ort-cpu"]
+    with pytest.raises(BenchError, match="no preset"):
+        preset("fastest", "wav2lip", True)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"model": "wav2lip", "points": []}, "no configurations"),
+        ({"model": "wav2lip", "points": [{"runtime": "tensorflow"}]}, "runtime 'tensorflow'"),
+        ({"model": "wav2lip", "points": [{"batch": 0}]}, "batch 0"),
+        ({"model": "wav2lip", "points": [{"precision": "fp8"}]}, "precision 'fp8'"),
+        ({"model": "wav2lip", "points": [{}], "baseline": 3}, "baseline"),
+        ({"model": "wav2lip", "points": [{}], "runs": 0}, "runs"),
+        ({"model": "wav2lip", "points": [{"colour": "red"}]}, "unknown point field"),
+        ({"model": "wav2lip", "points": [{}], "speed": "max"}, "unknown sweep field"),
+        ({"points": [{}]}, "needs a model"),
+        ({"model": "wav2lip", "points": [{}] * 201}, "at most 200"),
+    ],
+)
+def test_sweep_refusals(data: dict, message: str) -> None:
+    with pytest.raises(BenchError, match=message):
+        SweepConfig.from_dict(data).validate()
+
+
+def test_out_of_memory_is_recorded_and_the_sweep_goes_on(wav2lip, monkeypatch) -> None:
+    real = bench.make_runtime
+
+    def flaky(model, point, device, fraction):
+        if point.batch == 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(model, point, device, fraction)
+
+    monkeypatch.setattr(bench, "make_runtime", flaky)
+    points = [BenchPoint("eager", "fp32", 2, "cpu"), BenchPoint("eager", "fp32", 1, "cpu")]
+    rows = run_sweep(SweepConfig("wav2lip", points, runs=2, warmup=0), wav2lip, None)["results"]
+    assert rows[0]["status"] == "oom" and "out of memory" in rows[0]["error"]
+    assert rows[1]["status"] == "ok" and rows[1]["speedup"] is None  # the baseline has no throughput
+
+
+def _jobs(tmp_path: Path) -> BenchJobs:
+    settings = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path / "data")})
+    settings.ensure_dirs()
+    return BenchJobs(JobStore(settings.db_path, settings.data_dir / "blobs"), settings, None)
+
+
+def test_jobs_round_trip_and_imports(tmp_path: Path) -> None:
+    jobs = _jobs(tmp_path)
+    sha = jobs.store.put_blob(mlp(tmp_path / "mlp.onnx"))
+    job = jobs.submit({"model": f"onnx:{sha}", "points": [{"runtime": "ort-cpu", "batch": 4, "device": "cpu"}],
+                       "runs": 3, "warmup": 0})  # fmt: skip
+    assert job.device == CPU and job.model_sha256 == sha
+    claimed = jobs.store.claim_next(CPU)
+    report = jobs.handle(claimed, lambda f, label: None)
+    jobs.store.finish(claimed.id, report)
+    row = report["results"][0]
+    assert row["status"] == "ok" and row["flops_per_sample"] == 2 * 4 * 3  # the MatMul's MACs per sample, x2
+    assert row["error_vs_fp32"]["max_abs"] == 0.0  # ORT CPU against itself
+    result = jobs.result(job.id)
+    assert result["status"] == DONE and result["report"]["results"][0]["batch"] == 4
+    imported = jobs.import_report(json.dumps(report))
+    assert imported.status == DONE and imported.device == "imported"
+    history = jobs.history()
+    assert [h["id"] for h in history] == [imported.id, job.id] and history[0]["imported"]
+    assert jobs.store.claim_next("imported") is None  # imported reports are done, never claimed
+
+
+def test_job_refusals(tmp_path: Path) -> None:
+    jobs = _jobs(tmp_path)
+    with pytest.raises(BenchError, match="no CUDA device"):
+        jobs.submit({"model": "wav2lip", "points": [{"device": "cuda"}]})
+    with pytest.raises(BenchError, match="no model"):
+        jobs.submit({"model": "resnet50", "points": [{"device": "cpu"}]})
+    with pytest.raises(StoreError, match="no stored file"):
+        jobs.submit({"model": "onnx:" + "a" * 64, "points": [{"runtime": "ort-cpu", "device": "cpu"}]})
+    with pytest.raises(BenchError, match="not valid JSON"):
+        jobs.submit("{points")  # type: ignore[arg-type]
+    with pytest.raises(BenchError, match="not a benchmark report"):
+        jobs.import_report({"results": []})
+    with pytest.raises(StoreError, match="not a benchmark"):
+        jobs.result(jobs.store.submit("onnx_eval", {}, CPU).id)
+    assert [h for h in jobs.history()] == []
