@@ -11,15 +11,19 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import gradio as gr
 
+from engine.bench_jobs import KIND as BENCH
+from engine.bench_jobs import BenchJobs
 from engine.device import DeviceChoice, DeviceError, resolve_device, set_memory_fraction
 from engine.onnx_jobs import KIND as ONNX_EVAL
 from engine.onnx_jobs import OnnxEvalJobs
 from engine.settings import PREFIX, Settings, SettingsError, get_settings, validate_device_spec
 from engine.store import CPU, JobRunner, JobStore
 from engine.telemetry import TelemetrySampler, get_sampler
+from ui.bench import build_bench_tab
 from ui.lipsync import ASSETS, build_lipsync_tab
 from ui.onnx_eval import build_onnx_eval_tab
 from ui.style import CSS
@@ -38,20 +42,29 @@ def device_banner(choice: DeviceChoice) -> str:
     return f"**avatarbench** · ⚠️ **CPU fallback**: {choice.reason}. Every tab works, more slowly."
 
 
-def start_jobs(settings: Settings, choice: DeviceChoice) -> tuple[OnnxEvalJobs, JobRunner]:
+@dataclass
+class Services:
+    onnx: OnnxEvalJobs
+    bench: BenchJobs
+    runner: JobRunner
+
+
+def start_jobs(settings: Settings, choice: DeviceChoice, sampler: TelemetrySampler) -> Services:
     """The job store and its workers: jobs a previous process left running are failed first, then
-    queued ones (including those submitted before a restart) run on one worker per GPU and the CPU pool."""
+    queued ones (including those submitted before a restart) run on one worker per GPU and the CPU pool.
+    ONNX evaluations and benchmark sweeps share the per-device queues, so they never time each other."""
     store = JobStore(settings.db_path, settings.data_dir / "blobs")
     store.recover()
-    gpu = choice.device if choice.is_cuda else None
-    jobs = OnnxEvalJobs(store, settings, gpu)
-    runner = JobRunner(store, {ONNX_EVAL: jobs.handle}, cpu_workers=settings.cpu_workers)
-    jobs.wake = runner.wake
+    gpu = str(choice.device) if choice.is_cuda else None
+    onnx = OnnxEvalJobs(store, settings, gpu)
+    sweeps = BenchJobs(store, settings, gpu, sampler=sampler)
+    runner = JobRunner(store, {ONNX_EVAL: onnx.handle, BENCH: sweeps.handle}, cpu_workers=settings.cpu_workers)
+    onnx.wake = sweeps.wake = runner.wake
     runner.start([d for d in (gpu, CPU) if d])
-    return jobs, runner
+    return Services(onnx, sweeps, runner)
 
 
-def build_app(settings: Settings, choice: DeviceChoice, sampler: TelemetrySampler, jobs: OnnxEvalJobs) -> gr.Blocks:
+def build_app(settings: Settings, choice: DeviceChoice, sampler: TelemetrySampler, services: Services) -> gr.Blocks:
     doctor = DoctorCache(settings)
     doctor.warm_up()
     with gr.Blocks(title="avatarbench", analytics_enabled=False) as demo:
@@ -61,7 +74,9 @@ def build_app(settings: Settings, choice: DeviceChoice, sampler: TelemetrySample
             with gr.Tab("Lip-sync", id="lipsync"):
                 build_lipsync_tab(settings)
             with gr.Tab("ONNX eval", id="onnx"):
-                build_onnx_eval_tab(settings, jobs)
+                build_onnx_eval_tab(settings, services.onnx)
+            with gr.Tab("GPU benchmark", id="bench"):
+                build_bench_tab(settings, services.bench)
             with gr.Tab("System", id="system"):
                 build_system_tab(demo, settings, sampler, timer, choice, doctor)
     return demo
@@ -105,8 +120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.info("GPU memory fraction for this process: %s", settings.gpu_memory_fraction)
     log.info("device: %s (%s)", choice.device, choice.reason)
     sampler = get_sampler(settings.telemetry_interval_s, settings.telemetry_history_s)
-    jobs, runner = start_jobs(settings, choice)
-    demo = build_app(settings, choice, sampler, jobs)
+    services = start_jobs(settings, choice, sampler)
+    demo = build_app(settings, choice, sampler, services)
     demo.queue(default_concurrency_limit=1)
     demo.launch(
         server_name=args.host,
@@ -118,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         theme=gr.themes.Soft(),
         css=CSS,
     )
-    runner.stop()
+    services.runner.stop()
     return 0
 
 

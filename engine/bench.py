@@ -490,7 +490,11 @@ def run_sweep(
                 row["status"] = "oom" if is_out_of_memory(exc) else "error"
                 row["error"] = f"{type(exc).__name__}: {str(exc)[:800]}"
             finally:
-                gc.collect()
+                gc.collect()  # the failed point's tensors die with its traceback; then the cache can go
+                if gpu_device:
+                    from engine.device import release_cached_memory
+
+                    release_cached_memory()
         row["host_rss_bytes"] = _rss()
         if gpu_device and point.device == "cuda" and nvml_device is not None:
             info = nvml_device.get(nvml_device.nvml.nvmlDeviceGetMemoryInfo)

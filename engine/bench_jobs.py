@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Callable
 from typing import Any
 
-from engine.bench import BenchError, SweepConfig, run_sweep
+from engine.bench import BenchError, SweepConfig, preset, run_sweep
 from engine.bench_models import BUILTIN, BenchModel, builtin_model, onnx_model
 from engine.onnx_model import Limits, inspect_model, prepare_model
 from engine.settings import Settings
@@ -34,8 +34,21 @@ class BenchJobs:
     ) -> None:
         self.store, self.settings, self.gpu_device, self.wake, self.sampler = store, settings, gpu_device, wake, sampler
 
-    def submit(self, sweep: dict[str, Any] | SweepConfig) -> Job:
-        config = sweep if isinstance(sweep, SweepConfig) else SweepConfig.from_dict(_object(sweep))
+    def submit(self, sweep: dict[str, Any] | str | SweepConfig) -> Job:
+        """A full sweep (model, points, ...) or a preset: {"preset": NAME, "model": ..., "runs": N, "warmup": N}."""
+        if isinstance(sweep, SweepConfig):
+            config = sweep
+        else:
+            data = _object(sweep)
+            if "points" not in data and data.get("preset"):
+                extra = sorted(set(data) - {"preset", "model", "runs", "warmup"})
+                if extra:
+                    raise BenchError(f"a preset takes model, runs and warmup; not {', '.join(extra)}")
+                has_gpu = self.gpu_device is not None
+                config = preset(data["preset"], data.get("model", "wav2lip"), has_gpu, data.get("runs", 20),
+                                data.get("warmup", 3))  # fmt: skip
+            else:
+                config = SweepConfig.from_dict(data)
         config.validate()
         self._check_model(config.model)
         wants_gpu = any(p.device == "cuda" for p in config.points)
@@ -80,6 +93,14 @@ class BenchJobs:
         job = self.store.submit(KIND, {"sweep": sweep.to_dict(), "imported": True}, IMPORTED)
         self.store.finish(job.id, report)
         return self.store.get(job.id)
+
+    def stored_onnx_models(self, limit: int = 200) -> list[tuple[str, str]]:
+        """(label, "onnx:<sha256>") for the models the ONNX eval tab stored, newest first, each once."""
+        seen: dict[str, str] = {}
+        for job in self.store.history(limit, kind="onnx_eval"):
+            if job.model_sha256 and job.model_sha256 not in seen:
+                seen[job.model_sha256] = f"{job.settings.get('model_name', 'model')} ({job.model_sha256[:8]})"
+        return [(label, f"onnx:{sha}") for sha, label in seen.items()]
 
     def result(self, job_id: str) -> dict[str, Any]:
         job = self.store.get(job_id)

@@ -157,19 +157,32 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         if gpu is None:
             raise ValueError(f"unknown GPU {args.gpu!r}; known: {', '.join(CATALOG)}")
         from engine.bench_models import activation_bytes_per_sample, builtin_model, weight_bytes
+        from engine.planner import calibration_from_report
         from engine.settings import get_settings
 
         model = builtin_model(args.model, get_settings().cache_dir)
-        act = activation_bytes_per_sample(model, args.precision)
+        calibrated = None
+        if args.calibrate:
+            calibrated = calibration_from_report(json.loads(Path(args.calibrate).read_text()), args.precision)
+            if calibrated is None:
+                raise ValueError(f"{args.calibrate} has no GPU eager {args.precision} rows at two batch sizes")
+        if calibrated:
+            act, weights = calibrated
+            basis = f"calibrated from {args.calibrate} (allocator peaks by batch)"
+        else:
+            act, weights = activation_bytes_per_sample(model, args.precision), weight_bytes(model, args.precision)
+            basis = "estimate: every layer output of one sample kept (an upper bound; --calibrate with a GPU sweep)"
         fit = plan_model_memory(
-            gpu, weight_bytes(model, args.precision), act, args.precision, args.memory_fraction,
-            basis="estimate: every layer output of one sample kept (an upper bound; a GPU sweep calibrates it)",
+            gpu, weights, act, args.precision, args.memory_fraction, target_samples_per_s=args.target_throughput,
+            samples_per_s_per_gpu=args.throughput_per_gpu, basis=basis,
         )  # fmt: skip
         _write_json(args.json, fit.to_dict())
-        print(f"{model.title} on {gpu.name} at {args.precision}: weights {fit.weights_bytes / 2**20:.0f} MiB, "
-              f"activations {fit.activation_bytes_per_sample / 2**20:.1f} MiB/sample (upper bound)")  # fmt: skip
+        print(f"{model.title} on {gpu.name} at {args.precision}: fixed {fit.weights_bytes / 2**20:.0f} MiB, "
+              f"activations {fit.activation_bytes_per_sample / 2**20:.1f} MiB/sample ({basis})")  # fmt: skip
         print(f"  largest batch under {args.memory_fraction:g} of memory: {fit.max_batch}")
         print(f"  recommended batch: {fit.recommended_batch}")
+        if fit.gpus_for_target:
+            print(f"  GPUs for {args.target_throughput:g} samples/s: {fit.gpus_for_target}")
         for warning in fit.warnings:
             print(f"  warning: {warning}")
         return 0 if fit.max_batch else 1
@@ -236,6 +249,9 @@ def add_commands(sub: Any) -> None:
     plan.add_argument("--concurrent", type=int, default=1, help="requests at max-total-tokens held at once")
     plan.add_argument("--quantize", default="auto", choices=["auto", "none", "eetq", "bitsandbytes", "awq", "gptq"])
     plan.add_argument("--memory-fraction", type=float, default=0.9)
+    plan.add_argument("--calibrate", metavar="REPORT.json", help="for --model: a GPU sweep's report (bench --json)")
+    plan.add_argument("--target-throughput", type=float, help="for --model: samples/s wanted in total")
+    plan.add_argument("--throughput-per-gpu", type=float, help="for --model: measured samples/s on one card")
     plan.add_argument("--json", help="write the plan here")
     plan.set_defaults(func=_cmd_plan)
 

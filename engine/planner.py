@@ -123,6 +123,21 @@ def calibrate_activations(peaks: list[tuple[int, int]]) -> tuple[int, int]:
     return max(0, round(slope)), max(0, round(mean_m - slope * mean_b))
 
 
+def calibration_from_report(report: dict[str, Any], precision: str) -> tuple[int, int] | None:
+    """(bytes per sample, fixed bytes) from a GPU sweep's eager rows at this precision, or None when the
+    sweep has fewer than two such batch sizes. Fixed bytes are what the allocator held beyond the batch:
+    weights and persistent workspaces (the CUDA context is not in the allocator and is added separately)."""
+    peaks = [
+        (r["batch"], r["peak_allocated_bytes"])
+        for r in report.get("results", [])
+        if r.get("status") == "ok" and r.get("device") == "cuda" and r.get("runtime") == "eager"
+        and r.get("precision") == precision and r.get("peak_allocated_bytes")
+    ]  # fmt: skip
+    if len({b for b, _ in peaks}) < 2:
+        return None
+    return calibrate_activations(peaks)
+
+
 def plan_model_memory(
     gpu: Gpu,
     weights_bytes: int,
@@ -366,6 +381,7 @@ __all__ = [
     "MemoryFit",
     "PlanError",
     "calibrate_activations",
+    "calibration_from_report",
     "cost_table",
     "llm_weight_bytes",
     "plan_llm",

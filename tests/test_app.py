@@ -27,6 +27,7 @@ def test_api_page_lists_the_endpoints(client) -> None:
     names = set(api["named_endpoints"])
     assert {"/doctor", "/telemetry", "/device", "/lipsync"} <= names
     assert {"/onnx_submit", "/onnx_status", "/onnx_queue", "/onnx_result", "/onnx_inspect"} <= names
+    assert {"/bench_submit", "/bench_status", "/bench_result", "/bench_import", "/plan_llm", "/cost"} <= names
 
 
 def test_doctor_endpoint_reports_every_check_with_a_fix(client) -> None:
@@ -168,6 +169,32 @@ def test_onnx_job_api_refusals_are_messages(client, tmp_path) -> None:
         client.predict("000000000000", api_name="/onnx_result")
 
 
+def test_bench_api_end_to_end(client) -> None:
+    from gradio_client.exceptions import AppError
+
+    sweep = {"model": "wav2lip", "points": [{"device": "cpu", "batch": 1}, {"device": "cpu", "batch": 2}], "runs": 2}
+    submitted = client.predict(json.dumps(sweep), api_name="/bench_submit")
+    deadline = time.monotonic() + 180
+    while (status := client.predict(submitted["job_id"], api_name="/bench_status"))["status"] not in ("done", "failed"):
+        assert time.monotonic() < deadline, status
+        time.sleep(0.3)
+    assert status["status"] == "done", status["error"]
+    report = client.predict(submitted["job_id"], api_name="/bench_result")["report"]
+    assert [r["label"] for r in report["results"]] == ["cpu eager fp32 b1", "cpu eager fp32 b2"]
+    assert report["results"][0]["speedup"] == 1.0
+    imported = client.predict(json.dumps(report), api_name="/bench_import")
+    assert imported["status"] == "done" and imported["imported"]
+    with pytest.raises(AppError, match="no CUDA device"):
+        client.predict(json.dumps({"model": "wav2lip", "points": [{"device": "cuda"}]}), api_name="/bench_submit")
+    plan = client.predict("T4", "tinyllama-1.1b", 1, 2048, 0, 4, "auto", 0.9, api_name="/plan_llm")
+    assert plan["fits"] and plan["flags"]["--max-total-tokens"] == 2048
+    with pytest.raises(AppError, match="unknown GPU"):
+        client.predict("TPU", "tinyllama-1.1b", api_name="/plan_llm")
+    rows = client.predict(1000.0, "H100", "fp16", 250.0, api_name="/cost")
+    h100 = next(r for r in rows if r["gpu"] == "H100")
+    assert h100["basis"] == "measured" and h100["requests_per_s"] == pytest.approx(4.0)
+
+
 @pytest.mark.browser
 def test_page_shows_tabs_and_live_telemetry(running_app: RunningApp, tmp_path) -> None:
     sync_api = pytest.importorskip("playwright.sync_api")
@@ -190,6 +217,7 @@ def test_page_shows_tabs_and_live_telemetry(running_app: RunningApp, tmp_path) -
             page.goto(running_app.url, wait_until="domcontentloaded")
             page.get_by_role("tab", name="Lip-sync").wait_for(timeout=60_000)
             _queue_an_onnx_evaluation_in_the_page(page, sync_api)
+            _queue_a_sweep_in_the_page(page, sync_api)
             page.get_by_role("tab", name="System").click()
             stamp = page.locator("#telemetry-timestamp")
             sync_api.expect(stamp).to_contain_text("Updated", timeout=60_000)
@@ -215,6 +243,16 @@ def _queue_an_onnx_evaluation_in_the_page(page, sync_api) -> None:
     page.get_by_role("button", name="Queue evaluation").click()
     sync_api.expect(page.locator("body")).to_contain_text("finished", timeout=120_000)
     sync_api.expect(page.locator("body")).to_contain_text("cpu → CPU", timeout=10_000)  # the result summary
+
+
+def _queue_a_sweep_in_the_page(page, sync_api) -> None:
+    """The benchmark tab's own flow: a one-configuration custom grid, queued, polled, charted."""
+    page.get_by_role("tab", name="GPU benchmark").click()
+    page.locator("#bench-batches textarea").fill("1")
+    page.locator("#bench-runs input").fill("2")
+    page.get_by_role("button", name="Queue sweep").click()
+    sync_api.expect(page.locator("body")).to_contain_text("GFLOP per sample", timeout=120_000)
+    sync_api.expect(page.locator("body")).to_contain_text("cpu eager fp32 b1", timeout=10_000)
 
 
 def test_app_stops_cleanly_on_ctrl_c(running_app: RunningApp) -> None:

@@ -169,3 +169,58 @@ def test_onnx_eval_on_the_cuda_provider(tmp_path) -> None:
     assert all(r["latency_iobinding"] for r in cuda_rows)  # device-resident timing measured
     assert report["parity"]["cuda"]["y"]["cosine"] > 0.9999
     print("\n", [(r["provider"], r["batch"], r["latency"]["p50_ms"], r["iobinding"]) for r in report["results"]])
+
+
+def test_bench_sweep_on_the_gpu_reports_peak_share_energy_and_memory(tmp_path) -> None:
+    from engine.bench import BenchPoint, SweepConfig, run_sweep
+    from engine.bench_models import builtin_model
+    from engine.telemetry import TelemetrySampler
+
+    points = [
+        BenchPoint("eager", "fp32", 64, "cuda"),
+        BenchPoint("eager", "fp16", 64, "cuda", channels_last=True),
+        BenchPoint("cudagraphs", "fp16", 64, "cuda", channels_last=True),
+        BenchPoint("ort-cuda", "fp32", 16, "cuda"),
+        BenchPoint("eager", "fp32", 16, "cpu"),
+    ]
+    sampler = TelemetrySampler(interval_s=0.2).start()
+    try:
+        report = run_sweep(
+            SweepConfig("wav2lip", points, runs=10, warmup=2),
+            builtin_model("wav2lip", tmp_path),
+            "cuda:0",
+            None,
+            sampler,
+        )
+    finally:
+        sampler.stop()
+    rows = report["results"]
+    assert [r["status"] for r in rows] == ["ok"] * 5, [r["error"] for r in rows]
+    assert report["machine"]["gpu"]["name"].startswith("NVIDIA")
+    for row in rows[:3]:
+        assert row["peak_allocated_bytes"] > 0 and row["device_used_bytes"] > 0
+        assert row["energy_j_per_sample"] is None or row["energy_j_per_sample"] > 0
+        if report["gpu"]["key"] != "detected":
+            assert 0 < row["percent_of_peak"] < 100
+    assert rows[1]["error_vs_fp32"]["rel_l2"] < 1e-2  # fp16 against the fp32 reference
+    assert rows[2]["error_vs_fp32"]["rel_l2"] < 1e-2  # the graph replays the same kernels
+    assert rows[3]["ran_on"] == "CUDAExecutionProvider" and not rows[3]["fell_back"]
+    assert rows[1]["speedup"] > 1.0  # fp16 tensor cores beat fp32 at the same batch
+
+
+def test_bench_records_a_real_out_of_memory_and_goes_on(tmp_path) -> None:
+    import torch
+
+    from engine.bench import BenchPoint, SweepConfig, run_sweep
+    from engine.bench_models import builtin_model
+
+    total = torch.cuda.get_device_properties(0).total_memory
+    torch.cuda.set_per_process_memory_fraction(2 * 2**30 / total, 0)  # a 2 GiB card
+    try:
+        points = [BenchPoint("eager", "fp32", 4096, "cuda"), BenchPoint("eager", "fp32", 8, "cuda")]
+        rows = run_sweep(
+            SweepConfig("wav2lip", points, runs=2, warmup=0), builtin_model("wav2lip", tmp_path), "cuda:0"
+        )["results"]
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0, 0)
+    assert rows[0]["status"] == "oom" and rows[1]["status"] == "ok"

@@ -145,3 +145,23 @@ def test_model_memory_plan_by_hand() -> None:
     assert any("no bf16" in w for w in bf.warnings)
     huge = plan_model_memory(t4, 20 * 10**9, act)
     assert huge.max_batch == 0 and huge.recommended_batch == 0 and huge.warnings
+
+
+def test_calibration_from_a_sweep_report() -> None:
+    from engine.planner import calibration_from_report
+
+    def row(batch: int, peak: int, **extra) -> dict:
+        base = {"status": "ok", "device": "cuda", "runtime": "eager", "precision": "fp16", "batch": batch}
+        return {**base, "peak_allocated_bytes": peak, **extra}
+
+    report = {
+        "results": [
+            row(128, 100 * 2**20 + 128 * 3 * 2**20),
+            row(512, 100 * 2**20 + 512 * 3 * 2**20),
+            row(512, 1, precision="fp32"),  # other precision: ignored
+            row(1024, 1, status="oom"),  # failed: ignored
+            row(256, 1, device="cpu"),  # CPU: no allocator peak to learn from
+        ]
+    }
+    assert calibration_from_report(report, "fp16") == (3 * 2**20, 100 * 2**20)
+    assert calibration_from_report(report, "bf16") is None

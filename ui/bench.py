@@ -1,0 +1,433 @@
+"""The GPU benchmark tab: build a sweep (preset or custom grid), queue it, watch it, read the results and
+charts, compare runs and machines, price them, and plan what fits on which GPU (LLM serving too).
+Registers the API: /bench_submit, /bench_status, /bench_result, /bench_import, /plan_llm, /cost.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from engine.bench import PRECISIONS, PRESETS, BenchError, grid, rows_to_csv
+from engine.bench_jobs import BenchJobs
+from engine.bench_models import BUILTIN, activation_bytes_per_sample, builtin_model, weight_bytes
+from engine.bench_runtimes import COMPILE_MODES, RUNTIMES
+from engine.gpu_catalog import CATALOG, PriceBook, find_gpu
+from engine.parsing import int_list
+from engine.planner import (
+    LLMS,
+    QUANT_BYTES_PER_PARAM,
+    LlmRequest,
+    PlanError,
+    calibration_from_report,
+    cost_table,
+    plan_llm,
+    plan_model_memory,
+)
+from engine.store import DONE, FAILED, StoreError
+from ui.bench_report import (
+    COMPARE_HEADERS,
+    COST_HEADERS,
+    RESULT_HEADERS,
+    compare_figure,
+    compare_rows,
+    cost_rows,
+    latency_memory_figure,
+    result_rows,
+    speedup_figure,
+    summary_markdown,
+    telemetry_figure,
+    throughput_figure,
+)
+
+CUSTOM = "custom grid"
+HISTORY_HEADERS = ["job", "status", "model", "preset", "configurations", "machine", "submitted", "error"]
+ERRORS = (ValueError, OSError, StoreError)
+
+
+def _when(ts: float | None) -> str:
+    return datetime.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if ts else ""
+
+
+def _status_text(s: dict) -> str:
+    head = f"Sweep `{s['id']}` · **{s['status']}** · {s['model']} · {s['points']} configuration(s) on `{s['device']}`"
+    if s["status"] == "queued":
+        return f"{head} · position {s['position']}"
+    if s["status"] == "running":
+        return f"{head} · {s['progress'] * 100:.0f}% · {s['progress_label']}"
+    if s["status"] == FAILED:
+        return f"{head}\n\n❌ {s['error']}"
+    return f"{head} · finished {_when(s['finished'])}"
+
+
+def build_bench_tab(settings: Any, jobs: BenchJobs) -> None:
+    has_gpu = jobs.gpu_device is not None
+    prices_path = Path(settings.data_dir) / "prices.json"
+    gr.Markdown(
+        "Sweep batch size × precision × compilation × runtime on our networks or an ONNX model you evaluated, "
+        "measured properly (warm-up apart, CUDA events, memory, TFLOP/s against the card's peak, error against "
+        "fp32, energy). Weights are random: speed does not depend on trained values. "
+        + ("" if has_gpu else "⚠️ No GPU here: sweeps run on the CPU; presets are scaled down and say so.")
+    )
+    job_id = gr.State(None)
+    with gr.Row():
+        with gr.Column(scale=1):
+            with gr.Row():
+                model = gr.Dropdown(list(BUILTIN), value="wav2lip", label="Model", allow_custom_value=False)
+                refresh_models = gr.Button("↻ stored ONNX models", size="sm")
+            preset_name = gr.Dropdown([CUSTOM, *PRESETS], value="wav2lip-ladder" if has_gpu else CUSTOM, label="Preset")
+            gr.Markdown("\n".join(f"- **{k}**: {v[0]}" for k, v in PRESETS.items()))
+            with gr.Group():
+                runtimes = gr.CheckboxGroup(list(RUNTIMES), value=["eager"], label="Runtimes (custom grid)")
+                precisions = gr.CheckboxGroup(list(PRECISIONS), value=["fp32"], label="Precisions")
+                devices = gr.CheckboxGroup(["cpu", "cuda"], value=["cuda" if has_gpu else "cpu"], label="Devices")
+                batches = gr.Textbox(
+                    value="1,8" if not has_gpu else "32,128,512", label="Batch sizes", elem_id="bench-batches"
+                )
+                with gr.Row():
+                    channels_last = gr.CheckboxGroup(["off", "on"], value=["off"], label="channels_last")
+                    cudnn = gr.CheckboxGroup(["on", "off"], value=["on"], label="cudnn.benchmark")
+                    compile_mode = gr.Dropdown(list(COMPILE_MODES), value="default", label="torch.compile mode")
+            with gr.Row():
+                runs = gr.Number(
+                    value=20, precision=0, minimum=1, maximum=10_000, label="Timed runs", elem_id="bench-runs"
+                )
+                warmup = gr.Number(value=3, precision=0, minimum=0, maximum=1000, label="Warm-up runs")
+            submit = gr.Button("Queue sweep", variant="primary")
+        with gr.Column(scale=2):
+            status = gr.Markdown("No sweep yet.")
+            summary = gr.Markdown()
+            table = gr.Dataframe(headers=RESULT_HEADERS, interactive=False, label="Results")
+            with gr.Row():
+                speedup_plot = gr.Plot(show_label=False)
+                throughput_plot = gr.Plot(show_label=False)
+            with gr.Row():
+                memory_plot = gr.Plot(show_label=False)
+                telemetry_plot = gr.Plot(show_label=False)
+            with gr.Row():
+                json_file = gr.File(label="Report (JSON)", interactive=False)
+                csv_file = gr.File(label="Results (CSV)", interactive=False)
+    with gr.Accordion("History, compare and import", open=False):
+        with gr.Row():
+            refresh = gr.Button("Refresh")
+            chosen = gr.Textbox(label="Job ids (comma-separated): open the first, compare all")
+            open_btn = gr.Button("Open")
+            compare_btn = gr.Button("Compare")
+            import_file = gr.File(label="Import a report (JSON) from another machine", file_types=[".json"])
+        history = gr.Dataframe(headers=HISTORY_HEADERS, interactive=False)
+        compare_table = gr.Dataframe(headers=COMPARE_HEADERS, interactive=False, label="Compared")
+        compare_plot = gr.Plot(show_label=False)
+    with gr.Accordion("Cost per request", open=False):
+        gr.Markdown(
+            "Prices are indicative on-demand hourly rates with their source; edit them for your provider "
+            f"(saved to `{prices_path}`). Cards that were not measured get a compute-scaled estimate."
+        )
+        with gr.Row():
+            cost_config = gr.Dropdown([], label="Measured configuration (from the results above)")
+            per_request = gr.Number(value=1, minimum=0.001, label="Samples per request (e.g. 250 frames)")
+            cost_btn = gr.Button("Compute cost")
+        prices = gr.Dataframe(
+            headers=["GPU", "$/hour", "source"], value=_price_rows(PriceBook.load(prices_path)), interactive=True
+        )
+        save_prices = gr.Button("Save prices")
+        cost_table_view = gr.Dataframe(headers=COST_HEADERS, interactive=False)
+    with gr.Accordion("Planner: what fits on which GPU", open=False):
+        with gr.Row():
+            plan_gpu = gr.Dropdown(list(CATALOG), value="V100-16GB", label="GPU")
+            plan_count = gr.Number(value=1, precision=0, minimum=1, maximum=64, label="GPUs")
+            plan_llm_name = gr.Dropdown(list(LLMS), value="mistral-7b", label="LLM")
+            plan_quant = gr.Dropdown(["auto", *QUANT_BYTES_PER_PARAM], value="auto", label="Quantize")
+        with gr.Row():
+            plan_total = gr.Number(value=4096, precision=0, minimum=2, label="Max total tokens")
+            plan_input = gr.Number(value=0, precision=0, minimum=0, label="Max input tokens (0: total - 1)")
+            plan_concurrent = gr.Number(value=1, precision=0, minimum=1, label="Concurrent requests")
+            plan_fraction = gr.Slider(0.1, 1.0, value=0.9, step=0.05, label="CUDA memory fraction")
+        plan_btn = gr.Button("Plan LLM serving")
+        plan_text = gr.Markdown()
+        plan_json = gr.JSON(label="Plan")
+        gr.Markdown(
+            "**Our networks**: weights + activations per sample x batch + the CUDA context under the memory "
+            "fraction. With a GPU sweep of that model open above (eager, two or more batch sizes at the precision), "
+            "activations are calibrated from its measured peaks; otherwise an upper-bound estimate is used."
+        )
+        with gr.Row():
+            fit_model = gr.Dropdown(list(BUILTIN), value="wav2lip", label="Network")
+            fit_precision = gr.Dropdown(list(PRECISIONS), value="fp16", label="Precision")
+            fit_target = gr.Number(value=0, minimum=0, label="Target samples/s (0: none)")
+            fit_rate = gr.Number(value=0, minimum=0, label="Measured samples/s per GPU (0: none)")
+        fit_btn = gr.Button("Plan network memory")
+        fit_text = gr.Markdown()
+    timer = gr.Timer(1.0, active=False)
+
+    def sweep_request(model_name, preset_choice, rts, precs, devs, batch_text, cl, cb, mode, n_runs, n_warm) -> dict:
+        if preset_choice != CUSTOM:
+            return {"preset": preset_choice, "model": model_name, "runs": int(n_runs), "warmup": int(n_warm)}
+        points, notes = grid(
+            list(rts or []), list(precs or []), int_list(batch_text, "batch sizes", minimum=1), list(devs or []),
+            [v == "on" for v in cl or ["off"]], [v == "on" for v in cb or ["on"]], mode,
+        )  # fmt: skip
+        if not points:
+            raise BenchError("this grid has no configuration that can run: " + "; ".join(notes))
+        data = {"model": model_name, "points": [asdict(p) for p in points], "runs": int(n_runs)}
+        return {**data, "warmup": int(n_warm), "notes": notes}
+
+    def queue(*form) -> tuple[Any, ...]:
+        try:
+            job = jobs.submit(sweep_request(*form))
+        except ERRORS as exc:
+            raise gr.Error(str(exc)) from None
+        return job.id, _status_text(jobs.status(job.id)), gr.Timer(active=True)
+
+    def render(job: str) -> tuple[Any, ...]:
+        result = jobs.result(job)
+        report = result["report"]
+        out = Path(settings.outputs_dir)
+        (out / f"bench-{job}.json").write_text(json.dumps(report, indent=2) + "\n")
+        (out / f"bench-{job}.csv").write_text(rows_to_csv(report))
+        labels = [r["label"] for r in report["results"] if r.get("samples_per_s")]
+        return (
+            summary_markdown(report, result),
+            result_rows(report),
+            speedup_figure(report),
+            throughput_figure(report),
+            latency_memory_figure(report),
+            telemetry_figure(report),
+            str(out / f"bench-{job}.json"),
+            str(out / f"bench-{job}.csv"),
+            gr.Dropdown(choices=labels, value=labels[0] if labels else None),
+        )
+
+    outputs = [summary, table, speedup_plot, throughput_plot, memory_plot, telemetry_plot, json_file, csv_file]
+    outputs.append(cost_config)
+    blank = tuple(gr.update() for _ in outputs)
+
+    def poll(job: str | None) -> tuple[Any, ...]:
+        if not job:
+            return ("No sweep yet.", gr.Timer(active=False), *blank)
+        try:
+            s = jobs.status(job)
+        except StoreError as exc:
+            return (str(exc), gr.Timer(active=False), *blank)
+        if s["status"] == DONE:
+            return (_status_text(s), gr.Timer(active=False), *render(job))
+        return (_status_text(s), gr.Timer(active=s["status"] != FAILED), *blank)
+
+    def history_rows() -> list[list]:
+        return [
+            [h["id"], h["status"], h["model"], h["preset"] or "custom", h["points"], h["machine"] or "",
+             _when(h["created"]), (h["error"] or "")[:160]]
+            for h in jobs.history(100)
+        ]  # fmt: skip
+
+    def ids(text: str) -> list[str]:
+        found = [t for t in (text or "").replace(",", " ").split() if t]
+        if not found:
+            raise gr.Error("Give one or more job ids from the history table.")
+        return found
+
+    def open_job(text: str) -> tuple[Any, ...]:
+        job = ids(text)[0]
+        return (job, *poll(job))
+
+    def compare(text: str) -> tuple[Any, Any]:
+        done = []
+        for job in ids(text):
+            try:
+                r = jobs.result(job)
+            except StoreError as exc:
+                raise gr.Error(str(exc)) from None
+            if r["status"] != DONE:
+                raise gr.Error(f"job {job} is {r['status']}; only finished sweeps can be compared")
+            done.append((job, r["machine"] or "", r["report"]))
+        return compare_rows(done), compare_figure(done)
+
+    def import_report(path: str | None) -> list[list]:
+        if not path:
+            return history_rows()
+        try:
+            jobs.import_report(Path(path).read_text())
+        except ERRORS as exc:
+            raise gr.Error(str(exc)) from None
+        return history_rows()
+
+    def price_configuration(job: str | None, label: str | None, samples: float) -> list[list]:
+        if not job or not label:
+            raise gr.Error("Run or open a sweep first, then pick one of its configurations.")
+        result = jobs.result(job)
+        row = next((r for r in result["report"]["results"] if r["label"] == label), None)
+        if row is None or not row.get("samples_per_s"):
+            raise gr.Error(f"{label} has no throughput")
+        gpu_name = ((result["report"].get("machine") or {}).get("gpu") or {}).get("name")
+        measured_on = find_gpu(gpu_name) if gpu_name and row["device"] == "cuda" else None
+        try:
+            rows = cost_table(row["samples_per_s"], row["precision"], measured_on, PriceBook.load(prices_path), samples)
+        except PlanError as exc:
+            raise gr.Error(str(exc)) from None
+        return cost_rows(rows)
+
+    def save(table_value: Any) -> Any:
+        values = table_value.values.tolist() if hasattr(table_value, "values") else table_value
+        book = PriceBook.load(prices_path)
+        try:
+            book.update({r[0]: float(r[1]) if r[1] not in ("", None) else None for r in values},
+                        {r[0]: str(r[2]) for r in values})  # fmt: skip
+            book.save(prices_path)
+        except (ValueError, TypeError) as exc:
+            raise gr.Error(str(exc)) from None
+        gr.Info("Prices saved")
+        return _price_rows(book)
+
+    def plan_form(gpu, count, llm, quant, total, max_input, concurrent, fraction) -> tuple[str, dict]:
+        request = LlmRequest(gpu, llm, int(count), int(max_input) or None, int(total), int(concurrent), quant, fraction)
+        try:
+            result = plan_llm(request)
+        except PlanError as exc:
+            raise gr.Error(str(exc)) from None
+        return _plan_markdown(result), result
+
+    def fit_form(gpu_key, name, precision, fraction, target, rate, job) -> str:
+        gpu = CATALOG[gpu_key]
+        calibrated, basis = None, "estimate: every layer output of one sample kept (an upper bound)"
+        if job:
+            report = jobs.result(job).get("report") or {}
+            if report.get("model", {}).get("name") == name:
+                calibrated = calibration_from_report(report, precision)
+                basis = f"calibrated from sweep {job}" if calibrated else basis
+        net = builtin_model(name, settings.cache_dir)
+        act, weights = calibrated or (activation_bytes_per_sample(net, precision), weight_bytes(net, precision))
+        fit = plan_model_memory(gpu, weights, act, precision, fraction, target_samples_per_s=target or None,
+                                samples_per_s_per_gpu=rate or None, basis=basis)  # fmt: skip
+        lines = [
+            f"**{net.title}** on {gpu.name} at {precision} ({basis}): fixed {fit.weights_bytes / 2**20:.0f} MiB, "
+            f"{fit.activation_bytes_per_sample / 2**20:.1f} MiB per sample, CUDA context "
+            f"{fit.overhead_bytes / 2**20:.0f} MiB",
+            f"- largest batch under {fraction:g} of {gpu.memory_gb:g} GB: **{fit.max_batch}**; recommended "
+            f"**{fit.recommended_batch}** (predicted {fit.predicted_bytes / 2**30:.2f} GiB)",
+        ]
+        if fit.gpus_for_target:
+            lines.append(f"- GPUs for {target:g} samples/s at {rate:g} per GPU: **{fit.gpus_for_target}**")
+        return "\n".join(lines + [f"- ⚠️ {w}" for w in fit.warnings])
+
+    form = [
+        model,
+        preset_name,
+        runtimes,
+        precisions,
+        devices,
+        batches,
+        channels_last,
+        cudnn,
+        compile_mode,
+        runs,
+        warmup,
+    ]
+    refresh_models.click(
+        lambda: gr.Dropdown(choices=[*BUILTIN, *jobs.stored_onnx_models()]), None, model, api_visibility="private"
+    )
+    submit.click(queue, form, [job_id, status, timer], api_visibility="private")
+    timer.tick(poll, [job_id], [status, timer, *outputs], queue=False, api_visibility="private")
+    refresh.click(history_rows, None, history, queue=False, api_visibility="private")
+    open_btn.click(open_job, chosen, [job_id, status, timer, *outputs], api_visibility="private")
+    compare_btn.click(compare, chosen, [compare_table, compare_plot], api_visibility="private")
+    import_file.upload(import_report, import_file, history, api_visibility="private")
+    cost_btn.click(price_configuration, [job_id, cost_config, per_request], cost_table_view, api_visibility="private")
+    save_prices.click(save, prices, prices, api_visibility="private")
+    plan_inputs = [plan_gpu, plan_count, plan_llm_name, plan_quant, plan_total, plan_input, plan_concurrent]
+    plan_btn.click(plan_form, [*plan_inputs, plan_fraction], [plan_text, plan_json], api_visibility="private")
+    fit_inputs = [plan_gpu, fit_model, fit_precision, plan_fraction, fit_target, fit_rate, job_id]
+    fit_btn.click(fit_form, fit_inputs, fit_text, api_visibility="private")
+    _register_api(jobs, prices_path)
+
+
+def _price_rows(book: PriceBook) -> list[list]:
+    return [[key, book.prices.get(key, ""), book.sources.get(key, "")] for key in CATALOG]
+
+
+def _plan_markdown(result: dict) -> str:
+    verdict = "✅ fits" if result["fits"] else "❌ does not fit"
+    m = result["memory"]
+    parts = ", ".join(f"{k.removesuffix('_bytes').replace('_', ' ')} {v / 1e9:.2f} GB" for k, v in m["per_gpu"].items())
+    lines = [
+        f"**{result['model']['name']}** on {m['shards']} × {result['gpu']['name']}: {verdict}",
+        f"- per GPU: {parts}",
+        f"- KV cache {m['kv_bytes_per_token'] / 1024:.0f} KiB per token; room for {m['kv_token_capacity']:,} tokens "
+        f"({m['kv_tokens_needed']:,} needed)",
+        f"- `{result['launch']}`",
+    ]
+    lines += [f"- why: {r}" for r in result["reasons"]]
+    lines += [f"- ⚠️ {w}" for w in result["warnings"]]
+    return "\n".join(lines)
+
+
+def _register_api(jobs: BenchJobs, prices_path: Path) -> None:
+    def bench_submit(sweep_json: str) -> dict:
+        """Queue a sweep: a JSON object with model and points (runtime, precision, batch, device, channels_last,
+        cudnn_benchmark, compile_mode), runs, warmup; or {"preset": NAME, "model": ...}. Returns its status."""
+        try:
+            job = jobs.submit(sweep_json)
+        except ERRORS as exc:
+            raise gr.Error(str(exc)) from None
+        return {**jobs.status(job.id), "job_id": job.id}
+
+    def bench_status(job_id: str) -> dict:
+        """State, queue position and progress of a sweep."""
+        try:
+            return jobs.status(job_id)
+        except StoreError as exc:
+            raise gr.Error(str(exc)) from None
+
+    def bench_result(job_id: str) -> dict:
+        """The sweep's status and, once done, its full report (machine, per-configuration metrics)."""
+        try:
+            return jobs.result(job_id)
+        except StoreError as exc:
+            raise gr.Error(str(exc)) from None
+
+    def bench_import(report_json: str) -> dict:
+        """Store a report exported on another machine, for comparison; returns its job summary."""
+        try:
+            return jobs.status(jobs.import_report(report_json).id)
+        except ERRORS as exc:
+            raise gr.Error(str(exc)) from None
+
+    def plan_llm_api(
+        gpu: str,
+        llm: str,
+        count: int = 1,
+        max_total_tokens: int = 4096,
+        max_input_tokens: int = 0,
+        concurrent_requests: int = 1,
+        quantize: str = "auto",
+        memory_fraction: float = 0.9,
+    ) -> dict:
+        """LLM serving plan: whether it fits, memory by part, TGI launch flags, reasons and warnings."""
+        request = LlmRequest(gpu, llm, count, max_input_tokens or None, max_total_tokens, concurrent_requests,
+                             quantize, memory_fraction)  # fmt: skip
+        try:
+            return plan_llm(request)
+        except PlanError as exc:
+            raise gr.Error(str(exc)) from None
+
+    def cost_api(
+        samples_per_s: float, measured_on: str, precision: str = "fp16", samples_per_request: float = 1
+    ) -> list:
+        """Cost per 1000 requests and requests per $10 on each priced GPU; measured_on is cpu or a catalog key."""
+        gpu = None if measured_on.lower() == "cpu" else CATALOG.get(measured_on)
+        if measured_on.lower() != "cpu" and gpu is None:
+            raise gr.Error(f"unknown GPU {measured_on!r}; known: cpu, {', '.join(CATALOG)}")
+        try:
+            return cost_table(samples_per_s, precision, gpu, PriceBook.load(prices_path), samples_per_request)
+        except PlanError as exc:
+            raise gr.Error(str(exc)) from None
+
+    gr.api(bench_submit, api_name="bench_submit", concurrency_limit=4, concurrency_id="bench_submit")
+    gr.api(bench_status, api_name="bench_status", queue=False)
+    gr.api(bench_result, api_name="bench_result", queue=False)
+    gr.api(bench_import, api_name="bench_import", queue=False)
+    gr.api(plan_llm_api, api_name="plan_llm", queue=False)
+    gr.api(cost_api, api_name="cost", queue=False)
