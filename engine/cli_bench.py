@@ -103,7 +103,11 @@ def _progress(fraction: float, label: str) -> None:
 
 
 def _fmt(value: Any, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
+    """format(value, spec), or a dash padded to the spec's width so the columns stay aligned."""
+    if value is None:
+        width = "".join(c for c in spec.split(".")[0] if c.isdigit())
+        return "-".rjust(int(width or 0))
+    return format(value, spec)
 
 
 def _print_sweep(report: dict[str, Any]) -> None:
@@ -180,7 +184,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         print(f"{model.title} on {gpu.name} at {args.precision}: fixed {fit.weights_bytes / 2**20:.0f} MiB, "
               f"activations {fit.activation_bytes_per_sample / 2**20:.1f} MiB/sample ({basis})")  # fmt: skip
         print(f"  largest batch under {args.memory_fraction:g} of memory: {fit.max_batch}")
-        print(f"  recommended batch: {fit.recommended_batch}")
+        print(f"  recommended batch: {fit.recommended_batch}, precision: {fit.recommended_precision}")
         if fit.gpus_for_target:
             print(f"  GPUs for {args.target_throughput:g} samples/s: {fit.gpus_for_target}")
         for warning in fit.warnings:

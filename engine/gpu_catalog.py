@@ -15,6 +15,7 @@ import json
 import os
 import re
 from dataclasses import asdict, dataclass, field, replace
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -195,7 +196,7 @@ class PriceBook:
             if not isinstance(value, int | float) or isinstance(value, bool) or not 0 < value < 1000:
                 raise ValueError(f"price for {key} must be dollars per hour in (0, 1000), got {value!r}")
             self.prices[key] = float(value)
-            self.sources[key] = (sources or {}).get(key, "edited by the user")
+            self.sources[key] = (sources or {}).get(key) or f"edited by the user on {date.today().isoformat()}"
 
     def save(self, path: str | os.PathLike) -> None:
         p = Path(path)

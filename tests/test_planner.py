@@ -139,7 +139,7 @@ def test_model_memory_plan_by_hand() -> None:
     assert fit.max_batch == 4096 and fit.recommended_batch == 4096
     small = plan_model_memory(t4, weights, act, max_batch=3000)
     assert small.max_batch == 3000 and small.recommended_batch == 2048  # a power of two
-    assert fit.gpus_for_target == 3
+    assert fit.gpus_for_target == 3 and fit.recommended_precision == "fp16"
     assert fit.predicted_bytes == weights + CUDA_CONTEXT_BYTES + fit.recommended_batch * act
     bf = plan_model_memory(t4, weights, act, "bf16")
     assert any("no bf16" in w for w in bf.warnings)

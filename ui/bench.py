@@ -5,7 +5,6 @@ Registers the API: /bench_submit, /bench_status, /bench_result, /bench_import, /
 
 from __future__ import annotations
 
-import datetime
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -17,7 +16,7 @@ from engine.bench import PRECISIONS, PRESETS, BenchError, grid, rows_to_csv
 from engine.bench_jobs import BenchJobs
 from engine.bench_models import BUILTIN, activation_bytes_per_sample, builtin_model, weight_bytes
 from engine.bench_runtimes import COMPILE_MODES, RUNTIMES
-from engine.gpu_catalog import CATALOG, PriceBook, find_gpu
+from engine.gpu_catalog import CATALOG, Gpu, PriceBook, detected_gpu, find_gpu
 from engine.parsing import int_list
 from engine.planner import (
     LLMS,
@@ -29,7 +28,7 @@ from engine.planner import (
     plan_llm,
     plan_model_memory,
 )
-from engine.store import DONE, FAILED, StoreError
+from engine.store import FAILED, StoreError
 from ui.bench_report import (
     COMPARE_HEADERS,
     COST_HEADERS,
@@ -44,14 +43,11 @@ from ui.bench_report import (
     telemetry_figure,
     throughput_figure,
 )
+from ui.widgets import finished_results, job_ids, job_poller, when
 
 CUSTOM = "custom grid"
 HISTORY_HEADERS = ["job", "status", "model", "preset", "configurations", "machine", "submitted", "error"]
 ERRORS = (ValueError, OSError, StoreError)
-
-
-def _when(ts: float | None) -> str:
-    return datetime.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if ts else ""
 
 
 def _status_text(s: dict) -> str:
@@ -62,11 +58,17 @@ def _status_text(s: dict) -> str:
         return f"{head} · {s['progress'] * 100:.0f}% · {s['progress_label']}"
     if s["status"] == FAILED:
         return f"{head}\n\n❌ {s['error']}"
-    return f"{head} · finished {_when(s['finished'])}"
+    return f"{head} · finished {when(s['finished'])}"
 
 
 def build_bench_tab(settings: Any, jobs: BenchJobs) -> None:
     has_gpu = jobs.gpu_device is not None
+    cards: dict[str, Gpu] = dict(CATALOG)
+    card_choices: list[tuple[str, str]] = [(key, key) for key in CATALOG]
+    if has_gpu:
+        here = _this_card(jobs.gpu_device)
+        cards["detected"] = here
+        card_choices.insert(0, (f"this machine: {here.name}", "detected"))
     prices_path = Path(settings.data_dir) / "prices.json"
     gr.Markdown(
         "Sweep batch size × precision × compilation × runtime on our networks or an ONNX model you evaluated, "
@@ -138,7 +140,7 @@ def build_bench_tab(settings: Any, jobs: BenchJobs) -> None:
         cost_table_view = gr.Dataframe(headers=COST_HEADERS, interactive=False)
     with gr.Accordion("Planner: what fits on which GPU", open=False):
         with gr.Row():
-            plan_gpu = gr.Dropdown(list(CATALOG), value="V100-16GB", label="GPU")
+            plan_gpu = gr.Dropdown(card_choices, value="V100-16GB", label="GPU")
             plan_count = gr.Number(value=1, precision=0, minimum=1, maximum=64, label="GPUs")
             plan_llm_name = gr.Dropdown(list(LLMS), value="mistral-7b", label="LLM")
             plan_quant = gr.Dropdown(["auto", *QUANT_BYTES_PER_PARAM], value="auto", label="Quantize")
@@ -204,46 +206,21 @@ def build_bench_tab(settings: Any, jobs: BenchJobs) -> None:
 
     outputs = [summary, table, speedup_plot, throughput_plot, memory_plot, telemetry_plot, json_file, csv_file]
     outputs.append(cost_config)
-    blank = tuple(gr.update() for _ in outputs)
-
-    def poll(job: str | None) -> tuple[Any, ...]:
-        if not job:
-            return ("No sweep yet.", gr.Timer(active=False), *blank)
-        try:
-            s = jobs.status(job)
-        except StoreError as exc:
-            return (str(exc), gr.Timer(active=False), *blank)
-        if s["status"] == DONE:
-            return (_status_text(s), gr.Timer(active=False), *render(job))
-        return (_status_text(s), gr.Timer(active=s["status"] != FAILED), *blank)
+    poll = job_poller(jobs.status, _status_text, render, len(outputs), "No sweep yet.")
 
     def history_rows() -> list[list]:
         return [
             [h["id"], h["status"], h["model"], h["preset"] or "custom", h["points"], h["machine"] or "",
-             _when(h["created"]), (h["error"] or "")[:160]]
+             when(h["created"]), (h["error"] or "")[:160]]
             for h in jobs.history(100)
         ]  # fmt: skip
 
-    def ids(text: str) -> list[str]:
-        found = [t for t in (text or "").replace(",", " ").split() if t]
-        if not found:
-            raise gr.Error("Give one or more job ids from the history table.")
-        return found
-
     def open_job(text: str) -> tuple[Any, ...]:
-        job = ids(text)[0]
+        job = job_ids(text)[0]
         return (job, *poll(job))
 
     def compare(text: str) -> tuple[Any, Any]:
-        done = []
-        for job in ids(text):
-            try:
-                r = jobs.result(job)
-            except StoreError as exc:
-                raise gr.Error(str(exc)) from None
-            if r["status"] != DONE:
-                raise gr.Error(f"job {job} is {r['status']}; only finished sweeps can be compared")
-            done.append((job, r["machine"] or "", r["report"]))
+        done = [(r["id"], r["machine"] or "", r["report"]) for r in finished_results(jobs.result, text)]
         return compare_rows(done), compare_figure(done)
 
     def import_report(path: str | None) -> list[list]:
@@ -283,7 +260,9 @@ def build_bench_tab(settings: Any, jobs: BenchJobs) -> None:
         return _price_rows(book)
 
     def plan_form(gpu, count, llm, quant, total, max_input, concurrent, fraction) -> tuple[str, dict]:
-        request = LlmRequest(gpu, llm, int(count), int(max_input) or None, int(total), int(concurrent), quant, fraction)
+        request = LlmRequest(
+            cards[gpu], llm, int(count), int(max_input) or None, int(total), int(concurrent), quant, fraction
+        )
         try:
             result = plan_llm(request)
         except PlanError as exc:
@@ -291,7 +270,7 @@ def build_bench_tab(settings: Any, jobs: BenchJobs) -> None:
         return _plan_markdown(result), result
 
     def fit_form(gpu_key, name, precision, fraction, target, rate, job) -> str:
-        gpu = CATALOG[gpu_key]
+        gpu = cards[gpu_key]
         calibrated, basis = None, "estimate: every layer output of one sample kept (an upper bound)"
         if job:
             report = jobs.result(job).get("report") or {}
@@ -307,7 +286,8 @@ def build_bench_tab(settings: Any, jobs: BenchJobs) -> None:
             f"{fit.activation_bytes_per_sample / 2**20:.1f} MiB per sample, CUDA context "
             f"{fit.overhead_bytes / 2**20:.0f} MiB",
             f"- largest batch under {fraction:g} of {gpu.memory_gb:g} GB: **{fit.max_batch}**; recommended "
-            f"**{fit.recommended_batch}** (predicted {fit.predicted_bytes / 2**30:.2f} GiB)",
+            f"**{fit.recommended_batch}** (predicted {fit.predicted_bytes / 2**30:.2f} GiB); recommended precision "
+            f"**{fit.recommended_precision}**",
         ]
         if fit.gpus_for_target:
             lines.append(f"- GPUs for {target:g} samples/s at {rate:g} per GPU: **{fit.gpus_for_target}**")
@@ -342,6 +322,13 @@ def build_bench_tab(settings: Any, jobs: BenchJobs) -> None:
     fit_inputs = [plan_gpu, fit_model, fit_precision, plan_fraction, fit_target, fit_rate, job_id]
     fit_btn.click(fit_form, fit_inputs, fit_text, api_visibility="private")
     _register_api(jobs, prices_path)
+
+
+def _this_card(device: str) -> Gpu:
+    import torch
+
+    props = torch.cuda.get_device_properties(device)
+    return detected_gpu(props.name, int(props.total_memory), (props.major, props.minor))
 
 
 def _price_rows(book: PriceBook) -> list[list]:

@@ -6,6 +6,8 @@ from typing import Any
 
 import plotly.graph_objects as go
 
+from ui.widgets import layout
+
 RESULT_HEADERS = [
     "configuration",
     "status",
@@ -92,19 +94,6 @@ def summary_markdown(report: dict, job: dict | None = None) -> str:
     return "\n".join(lines)
 
 
-def _layout(fig: go.Figure, title: str, x: str, y: str) -> go.Figure:
-    fig.update_layout(
-        title={"text": title, "font": {"size": 13}},
-        height=300,
-        margin={"l": 60, "r": 10, "t": 35, "b": 40},
-        xaxis_title=x,
-        yaxis_title=y,
-        template="plotly_white",
-        legend={"orientation": "h", "y": -0.3},
-    )
-    return fig
-
-
 def speedup_figure(report: dict) -> go.Figure:
     rows = [r for r in report.get("results", []) if r.get("speedup")]
     fig = go.Figure(
@@ -118,7 +107,7 @@ def speedup_figure(report: dict) -> go.Figure:
         )
     )
     fig.update_yaxes(autorange="reversed")
-    return _layout(fig, "Speed-up against the baseline (first configuration)", "× baseline throughput", "")
+    return layout(fig, "Speed-up against the baseline (first configuration)", "× baseline throughput", "")
 
 
 def throughput_figure(report: dict) -> go.Figure:
@@ -133,7 +122,7 @@ def throughput_figure(report: dict) -> go.Figure:
         points.sort()
         fig.add_trace(go.Scatter(x=[b for b, _ in points], y=[t for _, t in points], mode="lines+markers", name=key))
     fig.update_xaxes(type="log")
-    return _layout(fig, "Throughput vs batch size", "batch size", "samples/s")
+    return layout(fig, "Throughput vs batch size", "batch size", "samples/s")
 
 
 def latency_memory_figure(report: dict) -> go.Figure:
@@ -153,7 +142,7 @@ def latency_memory_figure(report: dict) -> go.Figure:
         )
     )
     label = "peak memory MiB (GPU allocator, else device, else host RSS)"
-    return _layout(fig, "Latency vs memory", label, "p50 latency per batch, ms")
+    return layout(fig, "Latency vs memory", label, "p50 latency per batch, ms")
 
 
 def telemetry_figure(report: dict) -> go.Figure:
@@ -172,7 +161,7 @@ def telemetry_figure(report: dict) -> go.Figure:
             fig.add_trace(go.Scatter(x=t, y=[s[3] for s in samples], mode="lines", name=f"{r['label']} W", yaxis="y2"))
         offset = t[-1] + 1.0
     fig.update_layout(yaxis2={"overlaying": "y", "side": "right", "title": "W"})
-    return _layout(fig, "Telemetry during the timed runs", "seconds (configurations back to back)", "utilisation %")
+    return layout(fig, "Telemetry during the timed runs", "seconds (configurations back to back)", "utilisation %")
 
 
 def compare_rows(jobs: list[tuple[str, str, dict]]) -> list[list]:
@@ -196,7 +185,7 @@ def compare_figure(jobs: list[tuple[str, str, dict]]) -> go.Figure:
             go.Bar(name=f"{job_id} {machine}", x=[r["label"] for r in rows], y=[r["samples_per_s"] for r in rows])
         )
     fig.update_layout(barmode="group")
-    return _layout(fig, "Throughput by configuration, per run", "", "samples/s")
+    return layout(fig, "Throughput by configuration, per run", "", "samples/s")
 
 
 def cost_rows(rows: list[dict]) -> list[list]:

@@ -7,7 +7,6 @@ its status until it finishes, so a closed tab loses nothing and the history can 
 
 from __future__ import annotations
 
-import datetime
 import json
 import logging
 import tempfile
@@ -39,6 +38,7 @@ from ui.onnx_report import (
     summary_markdown,
     throughput_figure,
 )
+from ui.widgets import finished_results, job_ids, job_poller, when
 
 log = logging.getLogger(__name__)
 HISTORY_HEADERS = ["job", "model", "status", "providers", "device", "submitted", "best samples/s", "error"]
@@ -53,10 +53,6 @@ def _provider_choices() -> list[tuple[str, str]]:
     return [(key if name in available else f"{key} (not in this onnxruntime)", key) for key, name in PROVIDERS.items()]
 
 
-def _when(ts: float | None) -> str:
-    return datetime.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if ts else ""
-
-
 def status_markdown(status: dict) -> str:
     state = status["status"]
     head = f"Job `{status['id']}` · **{state}** · {status['model_name']} on `{status['device']}`"
@@ -67,7 +63,7 @@ def status_markdown(status: dict) -> str:
     if state == FAILED:
         return f"{head}\n\n❌ {status['error']}"
     took = (status["finished"] or 0) - (status["started"] or status["finished"] or 0)
-    return f"{head} · finished {_when(status['finished'])} in {took:.1f}s"
+    return f"{head} · finished {when(status['finished'])} in {took:.1f}s"
 
 
 def _best_throughput(report: dict | None) -> Any:
@@ -218,19 +214,11 @@ def build_onnx_eval_tab(settings: Any, jobs: OnnxEvalJobs) -> None:
 
     result_outputs = [summary, results, latency_plot, throughput_plot, parity, accuracy, report_file]
     result_outputs += [inspection, io_table]
-    blank = tuple(gr.update() for _ in result_outputs)
 
-    def poll(job: str | None) -> tuple[Any, ...]:
-        if not job:
-            return ("No evaluation yet.", gr.Timer(active=False), *blank)
-        try:
-            state = jobs.status(job)
-        except StoreError as exc:
-            return (str(exc), gr.Timer(active=False), *blank)
-        if state["status"] == DONE:
-            return (status_markdown(state), gr.Timer(active=False), *render(jobs.result(job)["report"], job))
-        finished = state["status"] == FAILED
-        return (status_markdown(state), gr.Timer(active=not finished), *blank)
+    def render_job(job: str) -> tuple[Any, ...]:
+        return render(jobs.result(job)["report"], job)
+
+    poll = job_poller(jobs.status, status_markdown, render_job, len(result_outputs), "No evaluation yet.")
 
     def history_rows() -> list[list]:
         rows = []
@@ -243,33 +231,19 @@ def build_onnx_eval_tab(settings: Any, jobs: OnnxEvalJobs) -> None:
                     h["status"],
                     ",".join(h["providers"]),
                     h["device"],
-                    _when(h["created"]),
+                    when(h["created"]),
                     _best_throughput(report),
                     (h["error"] or "")[:160],
                 ]
             )
         return rows
 
-    def chosen_ids(text: str) -> list[str]:
-        ids = [t for t in (text or "").replace(",", " ").split() if t]
-        if not ids:
-            raise gr.Error("Give one or more job ids from the history table.")
-        return ids
-
     def open_job(text: str) -> tuple[Any, ...]:
-        job = chosen_ids(text)[0]
+        job = job_ids(text)[0]
         return (job, *poll(job))
 
     def compare(text: str) -> tuple[list[list], Any]:
-        done = []
-        for job in chosen_ids(text):
-            try:
-                r = jobs.result(job)
-            except StoreError as exc:
-                raise gr.Error(str(exc)) from None
-            if r["status"] != DONE:
-                raise gr.Error(f"job {job} is {r['status']}; only finished jobs can be compared")
-            done.append((job, r["model_name"], r["report"]))
+        done = [(r["id"], r["model_name"], r["report"]) for r in finished_results(jobs.result, text)]
         return compare_rows(done), throughput_figure([(f"{j} {m}", rep) for j, m, rep in done])
 
     form = [providers, batches, runs, warmup, seed, trt_fp16, trt_workspace, symbols, image_input, resize, scaling]

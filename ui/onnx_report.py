@@ -11,6 +11,8 @@ from typing import Any
 
 import plotly.graph_objects as go
 
+from ui.widgets import layout
+
 RESULT_HEADERS = [
     "provider",
     "ran on",
@@ -148,19 +150,6 @@ def inspection_markdown(inspection: dict) -> str:
     return "\n".join(lines)
 
 
-def _layout(fig: go.Figure, title: str, x: str, y: str, height: int = 300) -> go.Figure:
-    fig.update_layout(
-        title={"text": title, "font": {"size": 13}},
-        height=height,
-        margin={"l": 60, "r": 10, "t": 35, "b": 40},
-        xaxis_title=x,
-        yaxis_title=y,
-        template="plotly_white",
-        legend={"orientation": "h", "y": -0.25},
-    )
-    return fig
-
-
 def latency_figure(report: dict) -> go.Figure:
     """The distribution of timed runs per provider and batch size (box with all points)."""
     fig = go.Figure()
@@ -169,7 +158,7 @@ def latency_figure(report: dict) -> go.Figure:
             fig.add_trace(
                 go.Box(y=r["times_ms"], name=f"{r['provider']} b{r['batch']}", boxpoints="all", jitter=0.4, pointpos=0)
             )
-    return _layout(fig, "Latency per run", "provider, batch", "ms")
+    return layout(fig, "Latency per run", "provider, batch", "ms")
 
 
 def throughput_figure(reports: list[tuple[str, dict]]) -> go.Figure:
@@ -186,7 +175,7 @@ def throughput_figure(reports: list[tuple[str, dict]]) -> go.Figure:
             xs, ys = [b for b, _ in points], [t for _, t in points]
             fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name=name))
     fig.update_xaxes(type="log")
-    return _layout(fig, "Throughput vs batch size", "batch size", "samples/s")
+    return layout(fig, "Throughput vs batch size", "batch size", "samples/s")
 
 
 def compare_rows(jobs: list[tuple[str, str, dict]]) -> list[list]:

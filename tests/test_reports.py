@@ -1,0 +1,56 @@
+"""The tabs' tables and charts render real reports (a tiny sweep and a tiny evaluation), every function."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("gradio")
+
+from tiny_onnx import mlp
+
+from engine.bench import BenchPoint, SweepConfig, run_sweep
+from engine.bench_models import onnx_model
+from engine.onnx_eval import EvalConfig, evaluate
+from engine.onnx_model import inspect_model
+from ui import bench_report, onnx_report
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
+    path = mlp(tmp_path_factory.mktemp("m") / "mlp.onnx")
+    return path, inspect_model(path)
+
+
+def test_bench_report_renders(model) -> None:
+    path, info = model
+    points = [BenchPoint("ort-cpu", "fp32", 1, "cpu"), BenchPoint("ort-cpu", "fp32", 4, "cpu")]
+    report = run_sweep(SweepConfig("mlp", points, runs=2, warmup=0), onnx_model(path, "mlp", info), None)
+    rows = bench_report.result_rows(report)
+    assert len(rows) == 2 and len(rows[0]) == len(bench_report.RESULT_HEADERS)
+    assert "random-initialised" in bench_report.summary_markdown(report, {"id": "abc", "imported": True})
+    for figure in (
+        bench_report.speedup_figure(report),
+        bench_report.throughput_figure(report),
+        bench_report.latency_memory_figure(report),
+        bench_report.telemetry_figure(report),
+        bench_report.compare_figure([("a", "cpu", report), ("b", "cpu", report)]),
+    ):
+        assert figure.layout.title.text
+    assert len(bench_report.compare_rows([("a", "cpu", report)])[0]) == len(bench_report.COMPARE_HEADERS)
+
+
+def test_onnx_report_renders(model) -> None:
+    path, info = model
+    report = evaluate(path, info, EvalConfig(batch_sizes=[1, 2], runs=2, warmup=0))
+    report["inspection"] = {**{k: v for k, v in info.to_dict().items() if k != "path"}, "name": "mlp.onnx"}
+    assert len(onnx_report.result_rows(report)[0]) == len(onnx_report.RESULT_HEADERS)
+    assert onnx_report.parity_rows(report)[0][:2] == ["cpu", "y"]
+    assert "mlp.onnx" in onnx_report.inspection_markdown(report["inspection"])
+    assert onnx_report.io_rows(report["inspection"])[0] == ["inputs", "x", "float32", "['N', 4]"]
+    assert onnx_report.latency_figure(report).layout.title.text
+    assert onnx_report.throughput_figure([("", report)]).layout.title.text
+    assert len(onnx_report.compare_rows([("j", "mlp", report)])) == 2
+    assert "sessions: cpu → CPU" in onnx_report.summary_markdown(report)
