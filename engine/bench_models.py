@@ -63,23 +63,62 @@ def _randn(*shape: int) -> Any:
     return torch.rand(*shape, generator=g)  # [0, 1): what a face crop or a mel in [0, 1] looks like
 
 
+def _liveportrait(kind: str) -> Callable[[], Any]:
+    def build() -> Any:
+        from engine.models import liveportrait as lp
+
+        classes = {
+            "appearance": lp.AppearanceFeatureExtractor,
+            "motion": lp.MotionExtractor,
+            "warping": lp.WarpingNetwork,
+            "decoder": lp.SPADEDecoder,
+        }
+        return classes[kind]()
+
+    return build
+
+
+def _keypoints(b: int) -> Any:
+    return _randn(b, 21, 3) * 0.4 - 0.2  # canonical keypoints sit well inside [-1, 1]
+
+
 BUILTIN = {
     "wav2lip": ("Wav2Lip generator", _wav2lip, lambda b: (_randn(b, 1, 80, 16), _randn(b, 6, 96, 96))),
     "s3fd": ("S3FD face detector (384x640)", _s3fd, lambda b: (_randn(b, 3, 384, 640),)),
+    "liveportrait-appearance": (
+        "LivePortrait appearance feature extractor",
+        _liveportrait("appearance"),
+        lambda b: (_randn(b, 3, 256, 256),),
+    ),
+    "liveportrait-motion": (
+        "LivePortrait motion extractor (ConvNeXt-V2-tiny)",
+        _liveportrait("motion"),
+        lambda b: (_randn(b, 3, 256, 256),),
+    ),
+    "liveportrait-warping": (
+        "LivePortrait warping module (5-D grid_sample)",
+        _liveportrait("warping"),
+        lambda b: (_randn(b, 32, 16, 64, 64), _keypoints(b), _keypoints(b)),
+    ),
+    "liveportrait-decoder": (
+        "LivePortrait SPADE decoder (512x512 out)",
+        _liveportrait("decoder"),
+        lambda b: (_randn(b, 256, 64, 64),),
+    ),
 }
 
 
 def builtin_model(name: str, cache_dir: str | os.PathLike) -> BenchModel:
     if name not in BUILTIN:
         raise ValueError(f"no built-in model {name!r}; available: {', '.join(BUILTIN)} or onnx:<sha256>")
+    from engine.onnx_examples import EXAMPLES, example_path
+
     title, build, inputs = BUILTIN[name]
 
     def onnx_path() -> Path:
-        from engine.onnx_examples import example_path
-
         return example_path(name, cache_dir)
 
-    return BenchModel(name, title, onnx_path, _seeded(build), inputs)
+    return BenchModel(name, title, onnx_path if name in EXAMPLES else None, _seeded(build), inputs)
 
 
 def onnx_model(path: str | os.PathLike, name: str, info: Any) -> BenchModel:
@@ -152,7 +191,12 @@ def activation_bytes_per_sample(model: BenchModel, precision: str) -> int:
 
 
 def first_output(value: Any) -> np.ndarray:
-    """The first output as a float64 array on the host (lists and tuples of outputs: the first)."""
+    """The output to compare, as float64 on the host: the first of a list or tuple; a dict of outputs (the
+    LivePortrait networks) as all its tensors flattened per sample side by side, in key order."""
+    if isinstance(value, dict):
+        import torch
+
+        value = torch.cat([v.detach().float().flatten(1) for _, v in sorted(value.items())], dim=1)
     if isinstance(value, list | tuple):
         value = value[0]
     if hasattr(value, "detach"):

@@ -181,3 +181,12 @@ def test_job_refusals(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="not a benchmark"):
         jobs.result(jobs.store.submit("onnx_eval", {}, CPU).id)
     assert [h for h in jobs.history()] == []
+
+
+def test_liveportrait_networks_are_benchmarkable(tmp_path: Path) -> None:
+    model = builtin_model("liveportrait-motion", tmp_path)
+    points = [BenchPoint("eager", "fp32", 2, "cpu"), BenchPoint("ort-cpu", "fp32", 2, "cpu")]
+    rows = run_sweep(SweepConfig("liveportrait-motion", points, runs=2, warmup=0), model, None)["results"]
+    assert rows[0]["status"] == "ok" and rows[0]["error_vs_fp32"]["rel_l2"] < 1e-5  # every output head compared
+    assert rows[0]["flops_per_sample"] > 1e9  # ConvNeXt-V2-tiny at 256x256: about 2.3 GFLOP
+    assert rows[1]["status"] == "error" and "no ONNX file" in rows[1]["error"]

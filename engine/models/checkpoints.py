@@ -153,6 +153,27 @@ def read_checkpoint(path: str | os.PathLike[str], expected: str) -> dict[str, to
     return dict(state)
 
 
+def read_checkpoint_parts(path: str | os.PathLike[str], expected: str, parts: tuple[str, ...]) -> dict[str, dict]:
+    """A file that holds several state dicts under named keys (LivePortrait's retargeting file): each named
+    part, checked to be a dict of tensors."""
+    path = Path(path)
+    _sniff(path, expected)
+    obj = _torch_load(path, expected)
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"holds a {type(obj).__name__}, not a dict of state dicts", path=path, expected=expected)
+    missing = [p for p in parts if p not in obj]
+    if missing:
+        found = _names([str(k) for k in obj])
+        raise CheckpointError(f"missing part(s) {', '.join(missing)} (found: {found})", path=path, expected=expected)
+    out = {}
+    for part in parts:
+        state = obj[part]
+        if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise CheckpointError(f"part {part!r} is not a state dict of tensors", path=path, expected=expected)
+        out[part] = dict(state)
+    return out
+
+
 def strip_module_prefix(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Drop the one leading ``module.`` that ``nn.DataParallel`` adds to every key when the model is saved.
 
@@ -183,6 +204,15 @@ def _recognise(keys: list[str]) -> str | None:
         return "SyncNet, Wav2Lip's lip-sync expert (lipsync_expert.pth)"
     if "fc7_mbox_conf.weight" in keys:
         return "the S3FD face detector (s3fd.pth)"
+    liveportrait = {
+        "detector.stages.": "LivePortrait's motion extractor (motion_extractor.pth)",
+        "resblocks_3d.": "LivePortrait's appearance feature extractor (appearance_feature_extractor.pth)",
+        "dense_motion_network.": "LivePortrait's warping module (warping_module.pth)",
+        "G_middle_0.": "LivePortrait's SPADE generator (spade_generator.pth)",
+    }
+    for prefix, name in liveportrait.items():
+        if any(k.startswith(prefix) for k in keys):
+            return name
     return None
 
 
