@@ -1,0 +1,123 @@
+"""LivePortrait's keypoint maths and the crop / paste-back, against values worked out by hand."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from engine.portrait_crop import PasteBack, crop_image, crop_transform, paste_mask
+from engine.portrait_motion import (
+    LIP_KEYPOINTS,
+    KeypointInfo,
+    compose,
+    motion_multiplier,
+    relative_driving,
+    rotation_matrix,
+    stitch,
+    transform_keypoints,
+)
+
+
+def _info(n: int = 1, yaw: float = 0.0, seed: int = 0) -> KeypointInfo:
+    g = torch.Generator().manual_seed(seed)
+    return KeypointInfo(
+        pitch=torch.zeros(n),
+        yaw=torch.full((n,), yaw),
+        roll=torch.zeros(n),
+        t=torch.rand(n, 3, generator=g) * 0.1,
+        exp=torch.rand(n, 21, 3, generator=g) * 0.02,
+        scale=torch.ones(n) + 0.1 * torch.rand(n, generator=g),
+        kp=torch.rand(n, 21, 3, generator=g) - 0.5,
+    )
+
+
+def test_rotation_matrix_convention() -> None:
+    r = rotation_matrix(torch.tensor([30.0]), torch.zeros(1), torch.zeros(1))[0]
+    c, s = math.cos(math.pi / 6), math.sin(math.pi / 6)
+    assert torch.allclose(r, torch.tensor([[1.0, 0, 0], [0, c, s], [0, -s, c]]), atol=1e-6)  # (Rx)^T
+    many = rotation_matrix(torch.tensor([10.0, -40]), torch.tensor([25.0, 5]), torch.tensor([-15.0, 60]))
+    assert torch.allclose(many @ many.transpose(1, 2), torch.eye(3).expand(2, 3, 3), atol=1e-6)
+    assert torch.allclose(torch.linalg.det(many), torch.ones(2), atol=1e-6)
+
+
+def test_compose_ignores_z_translation() -> None:
+    kp = torch.zeros(1, 21, 3)
+    out = compose(kp, torch.eye(3)[None], torch.zeros(1, 21, 3), torch.ones(1), torch.tensor([[0.1, 0.2, 0.3]]))
+    assert torch.allclose(out[0, 0], torch.tensor([0.1, 0.2, 0.0]))
+
+
+def test_relative_motion() -> None:
+    source = _info(seed=1)
+    first = _info(seed=2)
+    still = relative_driving(source, first, first)  # the first driving frame itself: the source as it is
+    assert torch.allclose(still, transform_keypoints(source), atol=1e-6)
+    turned = _info(yaw=20.0, seed=2)  # the driver turns 20 degrees and keeps its expression
+    moved = relative_driving(source, turned, first)
+    want = compose(source.kp, rotation_matrix(torch.zeros(1), torch.tensor([20.0]), torch.zeros(1)), source.exp,
+                   source.scale, source.t)  # fmt: skip
+    assert torch.allclose(moved, want, atol=1e-5)  # the source was frontal, so its rotation is the driver's delta
+    smiling = _info(seed=2)
+    smiling.exp = smiling.exp + 0.05
+    lips = relative_driving(source, smiling, first, region="lip")
+    changed = (lips - transform_keypoints(source)).abs().sum(-1)[0] > 1e-6
+    assert changed.nonzero().flatten().tolist() == sorted(LIP_KEYPOINTS)
+    assert torch.allclose(relative_driving(source, smiling, first, region="pose"), transform_keypoints(source))
+    with pytest.raises(ValueError, match="animation region"):
+        relative_driving(source, smiling, first, region="hands")
+
+
+def test_motion_multiplier_is_the_volume_ratio() -> None:
+    pts = torch.rand(1, 21, 3)
+    assert motion_multiplier(pts, pts * 2) == pytest.approx(1 / math.sqrt(8))
+
+
+def test_stitching_with_a_zero_network_changes_nothing() -> None:
+    mlp = nn.Sequential(nn.Linear(126, 65))
+    nn.init.zeros_(mlp[0].weight)
+    nn.init.zeros_(mlp[0].bias)
+    x = torch.rand(3, 21, 3)
+    assert torch.equal(stitch(mlp, torch.rand(1, 21, 3), x), x)
+    nn.init.constant_(mlp[0].bias, 0.5)
+    out = stitch(mlp, torch.rand(1, 21, 3), x)
+    assert torch.allclose(out[..., :2], x[..., :2] + 1.0) and torch.allclose(out[..., 2], x[..., 2] + 0.5)
+
+
+def test_crop_transform_and_its_inverse() -> None:
+    t = crop_transform((100, 200, 200, 300))  # a 100 px face centred at (150, 250)
+    side = 230.0
+    assert t.scale == pytest.approx(512 / side)
+    centre = t.to_original @ np.array([256, 256, 1.0])
+    assert centre == pytest.approx([150, 250 - 0.125 * side])  # moved up towards the forehead
+    m = np.vstack([t.to_crop, [0, 0, 1]]) @ np.vstack([t.to_original, [0, 0, 1]])
+    assert np.allclose(m, np.eye(3))
+    with pytest.raises(ValueError, match="empty"):
+        crop_transform((10, 10, 10, 50))
+
+
+def test_paste_mask_shape() -> None:
+    mask = paste_mask()
+    assert mask.shape == (512, 512) and mask[256, 256] == 1.0 and mask[0, 256] == 0.0
+    assert mask[8, 256] == pytest.approx((16 * 8 - 1) / 255) and mask[0, 0] == 0.0
+    assert np.allclose(mask, mask.T)
+    assert mask[256, 511] == pytest.approx(15 / 255)  # like the released template, the far edge starts at 15
+
+
+def test_paste_back_puts_the_crop_back_where_it_came_from() -> None:
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 255, (360, 480, 3), dtype=np.uint8)
+    t = crop_transform((200, 120, 280, 200), scale=1.5)
+    crop = crop_image(frame, t)
+    paste = PasteBack(t, 360, 480, "cpu")
+    original = torch.from_numpy(frame).permute(2, 0, 1)[None].float() / 255
+    generated = torch.from_numpy(crop).permute(2, 0, 1)[None].float() / 255
+    back = paste(generated, original)
+    assert back.shape == (1, 3, 360, 480)
+    centre = (slice(None), slice(None), slice(140, 180), slice(220, 260))  # well inside the feathered border
+    assert (back[centre] - original[centre]).abs().mean() < 0.06  # resampled twice: close, not exact
+    assert torch.equal(back[..., :20, :20], original[..., :20, :20])  # outside the crop: untouched
+    white = paste(torch.ones_like(generated), original)
+    assert float(white[centre].min()) > 0.999
