@@ -310,9 +310,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
     ev.set_defaults(func=_cmd_onnx_eval)
 
-    from engine.cli_bench import add_commands
+    from engine import cli_bench, cli_portrait
 
-    add_commands(sub)
+    cli_bench.add_commands(sub)
+    cli_portrait.add_commands(sub)
 
     # Listed for --help only: main() hands `serve ...` to app.py's own parser untouched.
     sub.add_parser("serve", help="start the web app (flags: --host --port --share --device --auth)")
@@ -323,6 +324,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["serve"]:
         return _serve(argv[1:])
+    if argv[:2] == ["portrait", "export"]:
+        from engine.cli_portrait import export_main
+
+        return export_main(argv[2:])
     args = build_parser().parse_args(argv)
     if getattr(args, "interval", 1.0) <= 0:
         print("avatarbench: --interval must be > 0", file=sys.stderr)

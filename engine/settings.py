@@ -70,6 +70,7 @@ class Settings:
     max_seconds: float = 600.0
     wav2lip_checkpoint: str | None = None
     s3fd_checkpoint: str | None = None
+    liveportrait_dir: str | None = None
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -124,6 +125,11 @@ DOCUMENTED: dict[str, tuple[str, str]] = {
         "default: WEIGHTS_DIR/wav2lip_gan.pth or wav2lip.pth",
     ),
     "S3FD_CHECKPOINT": ("s3fd_checkpoint", "S3FD face detector checkpoint (default: WEIGHTS_DIR/s3fd.pth)"),
+    "LIVEPORTRAIT_DIR": (
+        "liveportrait_dir",
+        "LivePortrait weights: the folder holding base_models/ and retargeting_models/ "
+        "(default: WEIGHTS_DIR/liveportrait)",
+    ),
 }
 
 
@@ -151,6 +157,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         max_seconds=_number(env, "MAX_SECONDS", 600.0, 1.0, 7200.0),
         wav2lip_checkpoint=_env(env, "WAV2LIP_CHECKPOINT"),
         s3fd_checkpoint=_env(env, "S3FD_CHECKPOINT"),
+        liveportrait_dir=_env(env, "LIVEPORTRAIT_DIR"),
         extra={k: v for k, v in env.items() if k.startswith(PREFIX) and k not in known},
     )
 

@@ -1,0 +1,382 @@
+"""Portrait animation: a source portrait animated by a driving video (or image, or a saved motion template)
+through our LivePortrait networks, pasted back into the full source image and written as MP4 with the
+driving video's sound.
+
+Stages: the source is detected, cropped (2.3x the face, shifted up) and encoded once (appearance features
+and keypoints: the per-source cache); the driving clip is streamed twice, never held in memory: once to
+detect its face and fix one crop box for the whole clip, once to crop every frame and extract its motion in
+batches. Driving keypoints are computed for all frames (a few hundred numbers each), then output frames are
+rendered in batches: warping + decoding + paste-back on the device, encoding in order.
+
+Precision: on CUDA the appearance extractor, warping module and decoder run under fp16 autocast (PyTorch
+keeps grid_sample in fp32 there); the motion extractor always runs in strict fp32 with TF32 off, because
+TF32 moves its pose logits by about 0.1 degree-bins.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from engine.device import apply_backend_flags, capabilities, resolve_device
+from engine.media import MediaError, VideoWriter, is_image, load_image, probe_video, read_frames, validate_video
+from engine.portrait_crop import (
+    DRIVING_SCALE,
+    DRIVING_VY,
+    CropTransform,
+    PasteBack,
+    crop_image,
+    crop_transform,
+    network_input,
+)
+from engine.portrait_motion import (
+    REGIONS,
+    KeypointInfo,
+    driving_multiplier,
+    expression_friendly,
+    keypoint_info,
+    motion_multiplier,
+    relative_driving,
+    stitch,
+    transform_keypoints,
+)
+from engine.results import RunResult
+from engine.settings import Settings, get_settings
+
+Progress = Callable[[float, str], Any]
+DRIVING_OPTIONS = ("expression-friendly", "pose-friendly")
+BACKENDS = ("torch", "onnx-cpu", "onnx-cuda", "onnx-trt")
+TEMPLATE_SUFFIX = ".npz"
+IMAGE_FPS = 25.0
+_TEMPLATE_FIELDS = ("pitch", "yaw", "roll", "t", "exp", "scale", "kp")
+
+
+class PortraitError(ValueError):
+    """The request cannot run; the message says what was wrong and what is accepted."""
+
+
+@dataclass
+class PortraitConfig:
+    source: Path
+    driving: Path  # a video, an image, or a motion template (.npz saved by an earlier run)
+    out: Path
+    weights: str | None = None  # LivePortrait folder with base_models/ and retargeting_models/
+    device: str = "auto"
+    precision: str | None = None  # default: fp16 on CUDA, fp32 on the CPU
+    region: str = "all"
+    relative: bool = True
+    driving_option: str = "expression-friendly"
+    multiplier: float = 1.0
+    stitching: bool = True
+    paste_back: bool = True
+    max_frames: int | None = None
+    batch_size: int = 8
+    save_template: Path | None = None
+    backend: str = "torch"  # torch | onnx-cpu | onnx-cuda | onnx-trt (our own ONNX export, fp32, opset 20)
+
+    def validate(self) -> None:
+        problems = []
+        if self.region not in REGIONS:
+            problems.append(f"animation region {self.region!r} is not one of {', '.join(REGIONS)}")
+        if self.driving_option not in DRIVING_OPTIONS:
+            problems.append(f"driving option {self.driving_option!r} is not one of {', '.join(DRIVING_OPTIONS)}")
+        if self.precision not in (None, "fp32", "fp16", "bf16"):
+            problems.append(f"precision {self.precision!r} is not fp32, fp16 or bf16")
+        if not 0.0 <= float(self.multiplier) <= 3.0:
+            problems.append(f"driving multiplier {self.multiplier} is outside 0..3")
+        if self.backend not in BACKENDS:
+            problems.append(f"backend {self.backend!r} is not one of {', '.join(BACKENDS)}")
+        if not 1 <= int(self.batch_size) <= 256:
+            problems.append(f"batch size {self.batch_size} is outside 1..256")
+        if self.max_frames is not None and int(self.max_frames) < 1:
+            problems.append("max_frames must be at least 1")
+        for name in ("source", "driving"):
+            if not Path(getattr(self, name)).is_file():
+                problems.append(f"{name} file not found: {getattr(self, name)}")
+        if problems:
+            raise PortraitError("; ".join(problems))
+
+
+def weights_folder(config: PortraitConfig, settings: Settings) -> Path:
+    folder = Path(config.weights or settings.liveportrait_dir or settings.weights_dir / "liveportrait")
+    if not (folder / "base_models").is_dir():
+        raise PortraitError(
+            f"no LivePortrait weights in {folder}: put the official pretrained_weights/liveportrait folder there "
+            "(base_models/*.pth and retargeting_models/stitching_retargeting_module.pth, from the Hugging Face "
+            "repository KwaiVGI/LivePortrait), or set AVATARBENCH_LIVEPORTRAIT_DIR / --weights"
+        )
+    return folder
+
+
+def _largest_face(image: np.ndarray, detector: Any) -> np.ndarray | None:
+    from engine.faces import largest
+
+    found = largest(detector.detect([image])[0])
+    return None if found is None else found[:4]
+
+
+def _rgb(bgr: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(bgr[:, :, ::-1])
+
+
+def _batches(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+class _Networks:
+    """The loaded networks and how to run each in the chosen precision."""
+
+    def __init__(self, folder: Path, device: torch.device, precision: str) -> None:
+        from engine.models.liveportrait import load_liveportrait
+
+        self.nets = load_liveportrait(folder, device)
+        self.retargeting = self.nets.retargeting
+        self.device, self.precision = device, precision
+        half = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
+        self.autocast = half is not None
+        self.half = half
+
+    def amp(self) -> contextlib.AbstractContextManager:
+        if not self.autocast:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.half)
+
+    @torch.inference_mode()
+    def motion(self, images: torch.Tensor) -> KeypointInfo:
+        apply_backend_flags(tf32=False)  # strict fp32: TF32 shifts the pose logits
+        return keypoint_info(self.nets.motion(images.float()))
+
+    @torch.inference_mode()
+    def appearance(self, image: torch.Tensor) -> torch.Tensor:
+        with self.amp():
+            return self.nets.appearance(image).float()
+
+    @torch.inference_mode()
+    def render(self, feature: torch.Tensor, x_source: torch.Tensor, x_driving: torch.Tensor) -> torch.Tensor:
+        b = x_driving.shape[0]
+        with self.amp():
+            warped = self.nets.warping(
+                feature.expand(b, -1, -1, -1, -1), kp_driving=x_driving, kp_source=x_source.expand(b, -1, -1)
+            )
+            return self.nets.decoder(warped["out"]).float()
+
+
+def _driving_box(path: Path, detector: Any, max_frames: int | None, result: RunResult) -> np.ndarray:
+    """One crop box for the whole clip: the mean of the faces found (every frame is scanned once)."""
+    boxes = []
+    with result.stage("detect"):
+        for i, frame in enumerate(read_frames(path)):
+            if max_frames is not None and i >= max_frames:
+                break
+            box = _largest_face(frame, detector)
+            if box is not None:
+                boxes.append(box)
+    if not boxes:
+        raise PortraitError(f"no face found in the driving video {path.name}: a frontal face must be visible")
+    return np.mean(boxes, axis=0)
+
+
+def _driving_motion(
+    config: PortraitConfig, nets: _Networks, detector: Any, result: RunResult, progress: Progress
+) -> tuple[KeypointInfo, float, int, bool]:
+    """Motion of every driving frame, its frame rate, frame count and whether it has sound."""
+    path = Path(config.driving)
+    if path.suffix.lower() == TEMPLATE_SUFFIX:
+        return (*load_template(path, config.max_frames), False)
+    if is_image(path):
+        image = load_image(path)
+        box = _largest_face(image, detector)
+        if box is None:
+            raise PortraitError(f"no face found in the driving image {path.name}")
+        crop = crop_image(_rgb(image), crop_transform(box, DRIVING_SCALE, DRIVING_VY))
+        with result.stage("motion", items=1):
+            return nets.motion(network_input(crop, nets.device)), IMAGE_FPS, 1, False
+    settings = get_settings()
+    info = probe_video(path)
+    validate_video(info, path.name, settings.max_side, settings.max_seconds)
+    progress(0.05, "finding the driving face")
+    transform = crop_transform(_driving_box(path, detector, config.max_frames, result), DRIVING_SCALE, DRIVING_VY)
+    infos: list[KeypointInfo] = []
+    frames = (f for i, f in enumerate(read_frames(path)) if config.max_frames is None or i < config.max_frames)
+    total = min(info.frames or 1, config.max_frames or info.frames or 1)
+    for batch in _batches(frames, config.batch_size):
+        with result.stage("crop", items=len(batch)):
+            tensor = torch.cat([network_input(crop_image(_rgb(f), transform), nets.device) for f in batch])
+        with result.stage("motion", items=len(batch)):
+            infos.append(nets.motion(tensor))
+        progress(0.05 + 0.25 * min(1.0, len(infos) * config.batch_size / total), "driving motion")
+    merged = KeypointInfo(*(torch.cat([getattr(i, f) for i in infos]) for f in _TEMPLATE_FIELDS))
+    return merged, info.fps, merged.kp.shape[0], info.has_audio
+
+
+def save_template(path: Path, motion: KeypointInfo, fps: float) -> None:
+    """The driving motion (per frame: pose, translation, expression, scale, keypoints) for later reuse."""
+    arrays = {f: getattr(motion, f).detach().cpu().numpy() for f in _TEMPLATE_FIELDS}
+    np.savez(path, fps=np.float64(fps), **arrays)
+
+
+def load_template(path: Path, max_frames: int | None = None) -> tuple[KeypointInfo, float, int]:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            missing = [f for f in (*_TEMPLATE_FIELDS, "fps") if f not in data]
+            if missing:
+                raise PortraitError(f"{path.name} is not a motion template: missing {', '.join(missing)}")
+            arrays = {f: torch.from_numpy(np.asarray(data[f], dtype=np.float32)) for f in _TEMPLATE_FIELDS}
+            fps = float(data["fps"])
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, PortraitError):
+            raise
+        raise PortraitError(f"{path.name} cannot be read as a motion template (.npz): {exc}") from None
+    motion = KeypointInfo(**arrays)
+    n = motion.kp.shape[0] if max_frames is None else min(max_frames, motion.kp.shape[0])
+    shapes_ok = motion.kp.shape[1:] == (21, 3) and motion.exp.shape[1:] == (21, 3) and n >= 1
+    if not shapes_ok or not 1 <= fps <= 240:
+        raise PortraitError(f"{path.name}: keypoints must be (frames, 21, 3) and fps in 1..240")
+    return motion.select(slice(0, n)), fps, n
+
+
+def _driving_keypoints(config: PortraitConfig, source: KeypointInfo, motion: KeypointInfo, nets: _Networks):
+    """Keypoints that move the source as the driver moves (relative to the driver's first frame), the
+    expression-friendly rescaling, stitching and the driving multiplier."""
+    x_source = transform_keypoints(source)
+    first = motion.select(0)
+    if config.relative and motion.kp.shape[0] > 1:
+        x = relative_driving(source, motion, first, config.region)
+        if config.driving_option == "expression-friendly":
+            x_first = x[:1]
+            x = expression_friendly(x, x_first, x_source, motion_multiplier(x_source, x_first))
+    else:  # one driving image, or absolute motion: the driver's own pose and expression on the source
+        x = relative_driving(source, motion, source.select(0), config.region)
+    if config.stitching:
+        with torch.inference_mode():
+            x = stitch(nets.retargeting["stitching"], x_source, x)
+    return driving_multiplier(x, x_source, config.multiplier), x_source
+
+
+def run_portrait(
+    config: PortraitConfig, settings: Settings | None = None, progress: Progress | None = None
+) -> RunResult:
+    settings = settings or get_settings()
+    progress = progress or (lambda fraction, label: None)
+    config.validate()
+    choice = resolve_device(config.device)
+    device = choice.device
+    precision = config.precision or ("fp16" if choice.is_cuda else "fp32")
+    result = RunResult(device=str(device), device_name=capabilities(device).name, precision=precision)
+    result.config = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()}
+    if not choice.is_cuda:
+        result.warn(f"running on the CPU: {choice.reason}")
+    folder = weights_folder(config, settings)
+    progress(0.0, "loading the networks")
+    with result.stage("load"):
+        nets = _load_networks(config, settings, folder, device, precision, result)
+    device = nets.device  # ONNX Runtime takes and returns host arrays
+    from engine.faces import HaarDetector
+
+    detector = HaarDetector(detect_scale=0.5)
+    with result.stage("decode"):
+        source_bgr = load_image(config.source, max_side=settings.max_side)
+    box = _largest_face(source_bgr, detector)
+    if box is None:
+        raise PortraitError(f"no face found in the source {Path(config.source).name}: a frontal portrait is needed")
+    transform: CropTransform = crop_transform(box)
+    with result.stage("crop"):
+        source_input = network_input(crop_image(_rgb(source_bgr), transform), device)
+    with result.stage("source features"):
+        feature = nets.appearance(source_input)
+        source_motion = nets.motion(source_input)
+    motion, fps, count, has_audio = _driving_motion(config, nets, detector, result, progress)
+    if config.save_template:
+        save_template(Path(config.save_template), motion, fps)
+        result.outputs["template"] = str(config.save_template)
+    x_driving, x_source = _driving_keypoints(config, source_motion, motion, nets)
+    audio = _driving_audio(config, fps, count) if has_audio else None
+    height, width = source_bgr.shape[:2]
+    out_size = (width, height) if config.paste_back else (512, 512)
+    out = Path(config.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    writer = VideoWriter(out, fps, out_size[0], out_size[1], audio=audio)
+    paste = PasteBack(transform, height, width, device) if config.paste_back else None
+    original = torch.from_numpy(_rgb(source_bgr)).to(device).permute(2, 0, 1)[None].float() / 255
+    started = time.perf_counter()
+    try:
+        for start in range(0, count, config.batch_size):
+            x = x_driving[start : start + config.batch_size].to(device)
+            with result.stage("warp + decode", items=x.shape[0]):
+                frames = nets.render(feature, x_source.to(device), x)
+                _sync(device)
+            with result.stage("paste", items=x.shape[0]):
+                frames = paste(frames, original) if paste is not None else frames
+                pixels = (frames * 255).round_().to(torch.uint8).permute(0, 2, 3, 1).flip(-1).cpu().numpy()
+            with result.stage("encode", items=len(pixels)):
+                for frame in pixels:
+                    writer.write(np.ascontiguousarray(frame))
+            progress(0.3 + 0.7 * min(1.0, (start + len(pixels)) / count), f"frame {start + len(pixels)}/{count}")
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    result.outputs["video"] = str(out)
+    result.metrics.update(
+        engine="liveportrait",
+        backend=config.backend,
+        frames=count,
+        fps=fps,
+        face_box=[round(float(v), 1) for v in box],
+        crop_scale=transform.scale,
+        frames_per_second=count / max(time.perf_counter() - started, 1e-9),
+        encoder=writer.codec,
+    )
+    result.record_peaks(device)
+    progress(1.0, "done")
+    return result
+
+
+def _load_networks(
+    config: PortraitConfig, settings: Settings, folder: Path, device: torch.device, precision: str, result: RunResult
+) -> Any:
+    if config.backend == "torch":
+        return _Networks(folder, device, precision)
+    from engine.portrait_onnx import onnx_networks
+
+    nets = onnx_networks(folder, settings.cache_dir, config.backend, device.index or 0)
+    for warning in nets.warnings:
+        result.warn(warning)
+    result.precision = "fp32"
+    result.metrics["providers"] = nets.providers
+    return nets
+
+
+def _driving_audio(config: PortraitConfig, fps: float, count: int) -> np.ndarray | None:
+    from engine.audio import AudioError, load_audio
+
+    try:
+        wav = load_audio(config.driving)
+    except (AudioError, MediaError):
+        return None
+    want = round(count / fps * 16000)
+    out = np.zeros(want, np.float32)
+    out[: min(want, len(wav))] = wav[:want]
+    return out
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+__all__ = ["DRIVING_OPTIONS", "PortraitConfig", "PortraitError", "load_template", "run_portrait", "save_template"]
