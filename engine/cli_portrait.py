@@ -31,6 +31,7 @@ def _cmd_portrait(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         save_template=Path(args.save_template) if args.save_template else None,
         backend=args.backend,
+        engine=args.engine,
     )
     result = run_portrait(config, progress=None if args.quiet else _progress_bar)
     if args.json:
@@ -38,8 +39,8 @@ def _cmd_portrait(args: argparse.Namespace) -> int:
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     m = result.metrics
-    print(f"{result.outputs['video']}: {m['frames']} frames at {m['fps']:g} fps, {m['backend']} on {result.device} "
-          f"({result.precision})")  # fmt: skip
+    print(f"{result.outputs['video']}: {m['frames']} frames at {m['fps']:g} fps, {m['engine']} ({m['backend']}) on "
+          f"{result.device} ({result.precision})")  # fmt: skip
     for stage in result.stages:
         rate = f" ({stage.items_per_s:.2f}/s)" if stage.items_per_s else ""
         print(f"  {stage.name:<16} {stage.seconds:8.3f} s{rate}")
@@ -59,7 +60,7 @@ def export_main(argv: Sequence[str]) -> int:
 
 
 def add_commands(sub: Any) -> None:
-    from engine.portrait import BACKENDS, DRIVING_OPTIONS
+    from engine.portrait import BACKENDS, DRIVING_OPTIONS, ENGINES
     from engine.portrait_motion import REGIONS
 
     p = sub.add_parser(
@@ -69,6 +70,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--driving", required=True, help="driving video, image, or motion template (.npz)")
     p.add_argument("--out", required=True, help="output .mp4")
     p.add_argument("--weights", help="LivePortrait weights folder (default: AVATARBENCH_LIVEPORTRAIT_DIR)")
+    p.add_argument("--engine", default="auto", choices=ENGINES, help="auto: liveportrait when its weights are found")
     p.add_argument("--backend", default="torch", choices=BACKENDS)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], help="torch backend (default fp16 on CUDA)")

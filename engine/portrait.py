@@ -53,6 +53,7 @@ from engine.settings import Settings, get_settings
 Progress = Callable[[float, str], Any]
 DRIVING_OPTIONS = ("expression-friendly", "pose-friendly")
 BACKENDS = ("torch", "onnx-cpu", "onnx-cuda", "onnx-trt")
+ENGINES = ("auto", "liveportrait", "baseline")
 TEMPLATE_SUFFIX = ".npz"
 IMAGE_FPS = 25.0
 _TEMPLATE_FIELDS = ("pitch", "yaw", "roll", "t", "exp", "scale", "kp")
@@ -80,6 +81,7 @@ class PortraitConfig:
     batch_size: int = 8
     save_template: Path | None = None
     backend: str = "torch"  # torch | onnx-cpu | onnx-cuda | onnx-trt (our own ONNX export, fp32, opset 20)
+    engine: str = "auto"  # liveportrait when its weights are there, else the weight-free baseline
 
     def validate(self) -> None:
         problems = []
@@ -91,6 +93,8 @@ class PortraitConfig:
             problems.append(f"precision {self.precision!r} is not fp32, fp16 or bf16")
         if not 0.0 <= float(self.multiplier) <= 3.0:
             problems.append(f"driving multiplier {self.multiplier} is outside 0..3")
+        if self.engine not in ENGINES:
+            problems.append(f"engine {self.engine!r} is not one of {', '.join(ENGINES)}")
         if self.backend not in BACKENDS:
             problems.append(f"backend {self.backend!r} is not one of {', '.join(BACKENDS)}")
         if not 1 <= int(self.batch_size) <= 256:
@@ -267,24 +271,42 @@ def _driving_keypoints(config: PortraitConfig, source: KeypointInfo, motion: Key
     return driving_multiplier(x, x_source, config.multiplier), x_source
 
 
+@dataclass
+class _Plan:
+    """What an engine hands the writer: frames in batches, on `device`, as (B, 3, H, W) in [0, 1]."""
+
+    batches: Iterator[torch.Tensor]
+    fps: float
+    count: int
+    has_audio: bool
+    size: tuple[int, int]  # width, height
+    device: torch.device
+    metrics: dict[str, Any]
+
+
+def _pick_engine(config: PortraitConfig, settings: Settings) -> str:
+    if config.engine != "auto":
+        return config.engine
+    try:
+        weights_folder(config, settings)
+    except PortraitError:
+        return "baseline"
+    return "liveportrait"
+
+
 def run_portrait(
     config: PortraitConfig, settings: Settings | None = None, progress: Progress | None = None
 ) -> RunResult:
+    """Animate the source with the driving motion; the result has the video, stage timings and warnings."""
     settings = settings or get_settings()
     progress = progress or (lambda fraction, label: None)
     config.validate()
     choice = resolve_device(config.device)
-    device = choice.device
     precision = config.precision or ("fp16" if choice.is_cuda else "fp32")
-    result = RunResult(device=str(device), device_name=capabilities(device).name, precision=precision)
+    result = RunResult(device=str(choice.device), device_name=capabilities(choice.device).name, precision=precision)
     result.config = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()}
     if not choice.is_cuda:
         result.warn(f"running on the CPU: {choice.reason}")
-    folder = weights_folder(config, settings)
-    progress(0.0, "loading the networks")
-    with result.stage("load"):
-        nets = _load_networks(config, settings, folder, device, precision, result)
-    device = nets.device  # ONNX Runtime takes and returns host arrays
     from engine.faces import HaarDetector
 
     detector = HaarDetector(detect_scale=0.5)
@@ -293,6 +315,41 @@ def run_portrait(
     box = _largest_face(source_bgr, detector)
     if box is None:
         raise PortraitError(f"no face found in the source {Path(config.source).name}: a frontal portrait is needed")
+    engine = _pick_engine(config, settings)
+    if engine == "baseline":
+        if config.engine == "auto":
+            result.warn(
+                "no LivePortrait weights found: using the baseline engine (optical-flow motion transfer, not "
+                "LivePortrait). Put the weights in AVATARBENCH_LIVEPORTRAIT_DIR to use LivePortrait."
+            )
+        plan = _baseline_plan(config, settings, source_bgr, box, detector, choice.device, result, progress)
+    else:
+        plan = _liveportrait_plan(
+            config, settings, source_bgr, box, detector, choice.device, precision, result, progress
+        )
+    _write(plan, config, result, progress)
+    result.metrics.update(engine=engine, face_box=[round(float(v), 1) for v in box], **plan.metrics)
+    result.record_peaks(plan.device)
+    progress(1.0, "done")
+    return result
+
+
+def _liveportrait_plan(
+    config: PortraitConfig,
+    settings: Settings,
+    source_bgr: np.ndarray,
+    box: np.ndarray,
+    detector: Any,
+    device: torch.device,
+    precision: str,
+    result: RunResult,
+    progress: Progress,
+) -> _Plan:
+    folder = weights_folder(config, settings)
+    progress(0.0, "loading the networks")
+    with result.stage("load"):
+        nets = _load_networks(config, settings, folder, device, precision, result)
+    device = nets.device  # ONNX Runtime takes and returns host arrays
     transform: CropTransform = crop_transform(box)
     with result.stage("crop"):
         source_input = network_input(crop_image(_rgb(source_bgr), transform), device)
@@ -304,46 +361,92 @@ def run_portrait(
         save_template(Path(config.save_template), motion, fps)
         result.outputs["template"] = str(config.save_template)
     x_driving, x_source = _driving_keypoints(config, source_motion, motion, nets)
-    audio = _driving_audio(config, fps, count) if has_audio else None
     height, width = source_bgr.shape[:2]
-    out_size = (width, height) if config.paste_back else (512, 512)
-    out = Path(config.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    writer = VideoWriter(out, fps, out_size[0], out_size[1], audio=audio)
     paste = PasteBack(transform, height, width, device) if config.paste_back else None
     original = torch.from_numpy(_rgb(source_bgr)).to(device).permute(2, 0, 1)[None].float() / 255
-    started = time.perf_counter()
-    try:
+
+    def batches() -> Iterator[torch.Tensor]:
         for start in range(0, count, config.batch_size):
             x = x_driving[start : start + config.batch_size].to(device)
             with result.stage("warp + decode", items=x.shape[0]):
                 frames = nets.render(feature, x_source.to(device), x)
                 _sync(device)
+            if paste is None:
+                yield frames
+                continue
             with result.stage("paste", items=x.shape[0]):
-                frames = paste(frames, original) if paste is not None else frames
-                pixels = (frames * 255).round_().to(torch.uint8).permute(0, 2, 3, 1).flip(-1).cpu().numpy()
+                yield paste(frames, original)
+
+    size = (width, height) if config.paste_back else (512, 512)
+    metrics = {"backend": config.backend, "crop_scale": transform.scale}
+    return _Plan(batches(), fps, count, has_audio, size, device, metrics)
+
+
+def _baseline_plan(
+    config: PortraitConfig,
+    settings: Settings,
+    source_bgr: np.ndarray,
+    box: np.ndarray,
+    detector: Any,
+    device: torch.device,
+    result: RunResult,
+    progress: Progress,
+) -> _Plan:
+    from engine.portrait_baseline import render_batch, track_motion
+
+    path = Path(config.driving)
+    if path.suffix.lower() == TEMPLATE_SUFFIX:
+        raise PortraitError("motion templates hold LivePortrait keypoints: the baseline engine needs a driving video")
+    if is_image(path):
+        raise PortraitError("the baseline engine transfers motion from a driving video; an image has none")
+    info = probe_video(path)
+    validate_video(info, path.name, settings.max_side, settings.max_seconds)
+    progress(0.05, "finding the driving face")
+    driving_box = _driving_box(path, detector, config.max_frames, result)
+    frames = (f for i, f in enumerate(read_frames(path)) if config.max_frames is None or i < config.max_frames)
+    progress(0.15, "tracking the driving motion")
+    with result.stage("motion"):
+        motion = track_motion(frames, driving_box)
+    count = motion.head.shape[0]
+    source = torch.from_numpy(_rgb(source_bgr)).to(device).permute(2, 0, 1)[None].float() / 255
+
+    def batches() -> Iterator[torch.Tensor]:
+        for start in range(0, count, config.batch_size):
+            end = start + config.batch_size
+            with result.stage("warp", items=min(end, count) - start):
+                out = render_batch(source, box, motion.head[start:end], motion.flow[start:end], config.multiplier)
+                _sync(device)
+            yield out
+
+    height, width = source_bgr.shape[:2]
+    return _Plan(batches(), info.fps, count, info.has_audio, (width, height), device, {"backend": "torch"})
+
+
+def _write(plan: _Plan, config: PortraitConfig, result: RunResult, progress: Progress) -> None:
+    audio = _driving_audio(config, plan.fps, plan.count) if plan.has_audio else None
+    out = Path(config.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    writer = VideoWriter(out, plan.fps, plan.size[0], plan.size[1], audio=audio)
+    started, done = time.perf_counter(), 0
+    try:
+        for frames in plan.batches:
+            pixels = (frames * 255).round_().to(torch.uint8).permute(0, 2, 3, 1).flip(-1).cpu().numpy()
             with result.stage("encode", items=len(pixels)):
                 for frame in pixels:
                     writer.write(np.ascontiguousarray(frame))
-            progress(0.3 + 0.7 * min(1.0, (start + len(pixels)) / count), f"frame {start + len(pixels)}/{count}")
+            done += len(pixels)
+            progress(0.3 + 0.7 * min(1.0, done / plan.count), f"frame {done}/{plan.count}")
         writer.close()
     except BaseException:
         writer.abort()
         raise
     result.outputs["video"] = str(out)
     result.metrics.update(
-        engine="liveportrait",
-        backend=config.backend,
-        frames=count,
-        fps=fps,
-        face_box=[round(float(v), 1) for v in box],
-        crop_scale=transform.scale,
-        frames_per_second=count / max(time.perf_counter() - started, 1e-9),
+        frames=plan.count,
+        fps=plan.fps,
+        frames_per_second=plan.count / max(time.perf_counter() - started, 1e-9),
         encoder=writer.codec,
     )
-    result.record_peaks(device)
-    progress(1.0, "done")
-    return result
 
 
 def _load_networks(
@@ -379,4 +482,13 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-__all__ = ["DRIVING_OPTIONS", "PortraitConfig", "PortraitError", "load_template", "run_portrait", "save_template"]
+__all__ = [
+    "BACKENDS",
+    "DRIVING_OPTIONS",
+    "ENGINES",
+    "PortraitConfig",
+    "PortraitError",
+    "load_template",
+    "run_portrait",
+    "save_template",
+]

@@ -86,3 +86,41 @@ def test_refusals_are_messages(weights: Path, driving: Path, tmp_path: Path) -> 
     with pytest.raises(PortraitError, match="driving file not found"):
         PortraitConfig(source, tmp_path / "missing.mp4", tmp_path / "o.mp4").validate()
     assert not (tmp_path / "o.mp4").exists()
+
+
+def _video(path: Path, frames: list[np.ndarray]) -> Path:
+    writer = VideoWriter(path, 25, frames[0].shape[1], frames[0].shape[0])
+    for frame in frames:
+        writer.write(frame)
+    writer.close()
+    return path
+
+
+def test_baseline_engine_without_weights(driving: Path, tmp_path: Path) -> None:
+    from engine.media import read_frames
+
+    face = cv2.resize(cv2.imread(str(ASSETS / "face.jpg")), (320, 320))
+    tilted = []
+    for i in range(8):
+        m = cv2.getRotationMatrix2D((160, 160), 2.0 * i, 1.0)
+        tilted.append(cv2.warpAffine(face, m, (320, 320), borderMode=cv2.BORDER_REFLECT))
+    tilt = _video(tmp_path / "tilt.mp4", tilted)
+    still = _video(tmp_path / "still.mp4", [face] * 4)
+    none = str(tmp_path / "no-weights")
+    result = run_portrait(PortraitConfig(ASSETS / "face.jpg", tilt, tmp_path / "tilt-out.mp4", weights=none))
+    assert result.metrics["engine"] == "baseline" and result.metrics["frames"] == 8
+    assert any("baseline engine" in w and "not LivePortrait" in w for w in result.warnings)
+    source = cv2.imread(str(ASSETS / "face.jpg")).astype(np.float32)
+    out = [f.astype(np.float32) for f in read_frames(tmp_path / "tilt-out.mp4")]
+    assert len(out) == 8 and out[0].shape == source.shape
+    corner = (slice(0, 40), slice(0, 40))  # far from the face: the background stays put
+    assert np.abs(out[-1][corner] - source[corner]).mean() < 4
+    face_region = (slice(60, 190), slice(172, 280))
+    moved = np.abs(out[-1][face_region] - out[0][face_region]).mean()
+    calm = run_portrait(PortraitConfig(ASSETS / "face.jpg", still, tmp_path / "still-out.mp4", weights=none))
+    still_out = [f.astype(np.float32) for f in read_frames(tmp_path / "still-out.mp4")]
+    assert calm.metrics["frames"] == 4
+    still_change = np.abs(still_out[-1][face_region] - still_out[0][face_region]).mean()
+    assert still_change < 2 < moved  # a still driver moves nothing; a tilting one moves the face
+    with pytest.raises(PortraitError, match="an image has none"):
+        run_portrait(PortraitConfig(ASSETS / "face.jpg", ASSETS / "face.jpg", tmp_path / "x.mp4", engine="baseline"))
