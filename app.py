@@ -26,6 +26,7 @@ from engine.telemetry import TelemetrySampler, get_sampler
 from ui.bench import build_bench_tab
 from ui.lipsync import ASSETS, build_lipsync_tab
 from ui.onnx_eval import build_onnx_eval_tab
+from ui.portrait import build_portrait_tab
 from ui.style import CSS
 from ui.system import DoctorCache, build_system_tab
 from ui.telemetry import build_telemetry_panel
@@ -73,6 +74,8 @@ def build_app(settings: Settings, choice: DeviceChoice, sampler: TelemetrySample
         with gr.Tabs():
             with gr.Tab("Lip-sync", id="lipsync"):
                 build_lipsync_tab(settings)
+            with gr.Tab("Portrait animation", id="portrait"):
+                build_portrait_tab(settings)
             with gr.Tab("ONNX eval", id="onnx"):
                 build_onnx_eval_tab(settings, services.onnx)
             with gr.Tab("GPU benchmark", id="bench"):

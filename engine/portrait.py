@@ -401,6 +401,8 @@ def _baseline_plan(
         raise PortraitError("the baseline engine transfers motion from a driving video; an image has none")
     info = probe_video(path)
     validate_video(info, path.name, settings.max_side, settings.max_seconds)
+    if config.save_template:
+        result.warn("motion templates hold LivePortrait keypoints: the baseline engine does not save one")
     progress(0.05, "finding the driving face")
     driving_box = _driving_box(path, detector, config.max_frames, result)
     frames = (f for i, f in enumerate(read_frames(path)) if config.max_frames is None or i < config.max_frames)

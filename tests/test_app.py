@@ -28,6 +28,7 @@ def test_api_page_lists_the_endpoints(client) -> None:
     assert {"/doctor", "/telemetry", "/device", "/lipsync"} <= names
     assert {"/onnx_submit", "/onnx_status", "/onnx_queue", "/onnx_result", "/onnx_inspect"} <= names
     assert {"/bench_submit", "/bench_status", "/bench_result", "/bench_import", "/plan_llm", "/cost"} <= names
+    assert "/portrait" in names
 
 
 def test_doctor_endpoint_reports_every_check_with_a_fix(client) -> None:
@@ -120,6 +121,29 @@ def test_lipsync_bad_input_is_a_message_and_the_app_keeps_serving(client, tmp_pa
     with pytest.raises(AppError, match="could not be decoded"):
         client.predict(*_lipsync_args(ASSETS / "face.jpg", bogus), api_name="/lipsync")
     assert client.predict(api_name="/device")["device"]
+
+
+def test_portrait_endpoint_animates_the_example(client) -> None:
+    from gradio_client import handle_file
+
+    args = ["auto", "torch", "auto", True, "expression-friendly", "all", 1.0, True, True, 10, 8, False]
+    video, summary, strip, _chart, _template, details = client.predict(
+        handle_file(str(ASSETS / "face.jpg")), handle_file(str(ASSETS / "driving.mp4")), *args, api_name="/portrait"
+    )
+    path = Path(video["video"] if isinstance(video, dict) else video)
+    assert path.exists() and path.stat().st_size > 5_000
+    assert "baseline" in summary and details["metrics"]["frames"] == 10 and strip
+
+
+def test_portrait_bad_input_is_a_message(client, tmp_path) -> None:
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    blank = tmp_path / "blank.png"
+    blank.write_bytes(b"not an image at all" * 10)
+    args = ["auto", "torch", "auto", True, "expression-friendly", "all", 1.0, True, True, 2, 8, False]
+    with pytest.raises(AppError, match="could not be decoded"):
+        client.predict(handle_file(str(blank)), handle_file(str(ASSETS / "driving.mp4")), *args, api_name="/portrait")
 
 
 def _wait_for_job(client, job_id: str, timeout_s: float = 120) -> dict:
@@ -218,6 +242,7 @@ def test_page_shows_tabs_and_live_telemetry(running_app: RunningApp, tmp_path) -
             page.get_by_role("tab", name="Lip-sync").wait_for(timeout=60_000)
             _queue_an_onnx_evaluation_in_the_page(page, sync_api)
             _queue_a_sweep_in_the_page(page, sync_api)
+            _animate_the_portrait_example(page, sync_api)
             page.get_by_role("tab", name="System").click()
             stamp = page.locator("#telemetry-timestamp")
             sync_api.expect(stamp).to_contain_text("Updated", timeout=60_000)
@@ -253,6 +278,15 @@ def _queue_a_sweep_in_the_page(page, sync_api) -> None:
     page.get_by_role("button", name="Queue sweep").click()
     sync_api.expect(page.locator("body")).to_contain_text("GFLOP per sample", timeout=120_000)
     sync_api.expect(page.locator("body")).to_contain_text("cpu eager fp32 b1", timeout=10_000)
+
+
+def _animate_the_portrait_example(page, sync_api) -> None:
+    page.get_by_role("tab", name="Portrait animation").click()
+    page.get_by_text("a driving clip we made from it").locator("..").locator("tbody tr").first.click()
+    page.get_by_role("button", name="Animate").click()
+    sync_api.expect(page.locator("body")).to_contain_text(
+        "optical-flow motion transfer, not LivePortrait", timeout=120_000
+    )
 
 
 def test_app_stops_cleanly_on_ctrl_c(running_app: RunningApp) -> None:
