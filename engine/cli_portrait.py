@@ -32,6 +32,8 @@ def _cmd_portrait(args: argparse.Namespace) -> int:
         save_template=Path(args.save_template) if args.save_template else None,
         backend=args.backend,
         engine=args.engine,
+        crop=not args.no_crop,
+        rotate=(args.pitch, args.yaw, args.roll),
     )
     result = run_portrait(config, progress=None if args.quiet else _progress_bar)
     if args.json:
@@ -80,6 +82,10 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--multiplier", type=float, default=1.0, help="scale of the driving motion (0..3)")
     p.add_argument("--no-stitching", action="store_true", help="skip the stitching network")
     p.add_argument("--no-paste-back", action="store_true", help="write the 512x512 crop instead of the full image")
+    p.add_argument("--no-crop", action="store_true", help="use the whole source image, not a crop around the face")
+    p.add_argument("--pitch", type=float, default=0.0, help="extra head pitch in degrees (-45..45)")
+    p.add_argument("--yaw", type=float, default=0.0, help="extra head yaw in degrees (-45..45)")
+    p.add_argument("--roll", type=float, default=0.0, help="extra head roll in degrees (-45..45)")
     p.add_argument("--max-frames", type=int, help="stop after N driving frames")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--save-template", help="also save the driving motion here (.npz) for reuse as --driving")

@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +82,8 @@ class PortraitConfig:
     save_template: Path | None = None
     backend: str = "torch"  # torch | onnx-cpu | onnx-cuda | onnx-trt (our own ONNX export, fp32, opset 20)
     engine: str = "auto"  # liveportrait when its weights are there, else the weight-free baseline
+    crop: bool = True  # False: the whole source image is the network's view (for images already framed)
+    rotate: tuple[float, float, float] = (0.0, 0.0, 0.0)  # extra pitch, yaw, roll in degrees (LivePortrait)
 
     def validate(self) -> None:
         problems = []
@@ -99,6 +101,8 @@ class PortraitConfig:
             problems.append(f"backend {self.backend!r} is not one of {', '.join(BACKENDS)}")
         if not 1 <= int(self.batch_size) <= 256:
             problems.append(f"batch size {self.batch_size} is outside 1..256")
+        if len(self.rotate) != 3 or any(not -45 <= float(a) <= 45 for a in self.rotate):
+            problems.append(f"head rotation {tuple(self.rotate)} must be three angles in -45..45 degrees")
         if self.max_frames is not None and int(self.max_frames) < 1:
             problems.append("max_frames must be at least 1")
         for name in ("source", "driving"):
@@ -170,13 +174,23 @@ class _Networks:
             return self.nets.appearance(image).float()
 
     @torch.inference_mode()
-    def render(self, feature: torch.Tensor, x_source: torch.Tensor, x_driving: torch.Tensor) -> torch.Tensor:
+    def warp(self, feature: torch.Tensor, x_source: torch.Tensor, x_driving: torch.Tensor) -> torch.Tensor:
+        """The source features moved to the driving keypoints: (B, 256, 64, 64)."""
         b = x_driving.shape[0]
         with self.amp():
             warped = self.nets.warping(
                 feature.expand(b, -1, -1, -1, -1), kp_driving=x_driving, kp_source=x_source.expand(b, -1, -1)
             )
-            return self.nets.decoder(warped["out"]).float()
+            return warped["out"]
+
+    @torch.inference_mode()
+    def decode(self, warped: torch.Tensor) -> torch.Tensor:
+        """(B, 3, 512, 512) frames in [0, 1]."""
+        with self.amp():
+            return self.nets.decoder(warped).float()
+
+    def render(self, feature: torch.Tensor, x_source: torch.Tensor, x_driving: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.warp(feature, x_source, x_driving))
 
 
 def _driving_box(path: Path, detector: Any, max_frames: int | None, result: RunResult) -> np.ndarray:
@@ -257,14 +271,17 @@ def _driving_keypoints(config: PortraitConfig, source: KeypointInfo, motion: Key
     """Keypoints that move the source as the driver moves (relative to the driver's first frame), the
     expression-friendly rescaling, stitching and the driving multiplier."""
     x_source = transform_keypoints(source)
-    first = motion.select(0)
+    posed = source
+    if any(config.rotate):  # the head-rotation sliders: the source's own pose, turned by the offsets
+        dp, dy, dr = (float(a) for a in config.rotate)
+        posed = replace(source, pitch=source.pitch + dp, yaw=source.yaw + dy, roll=source.roll + dr)
     if config.relative and motion.kp.shape[0] > 1:
-        x = relative_driving(source, motion, first, config.region)
+        x = relative_driving(posed, motion, motion.select(0), config.region)
         if config.driving_option == "expression-friendly":
             x_first = x[:1]
             x = expression_friendly(x, x_first, x_source, motion_multiplier(x_source, x_first))
-    else:  # one driving image, or absolute motion: the driver's own pose and expression on the source
-        x = relative_driving(source, motion, source.select(0), config.region)
+    else:  # one driving image, or absolute motion: the driver's pose and expression against the source's own
+        x = relative_driving(posed, motion, source.select(0), config.region)
     if config.stitching:
         with torch.inference_mode():
             x = stitch(nets.retargeting["stitching"], x_source, x)
@@ -350,7 +367,8 @@ def _liveportrait_plan(
     with result.stage("load"):
         nets = _load_networks(config, settings, folder, device, precision, result)
     device = nets.device  # ONNX Runtime takes and returns host arrays
-    transform: CropTransform = crop_transform(box)
+    height, width = source_bgr.shape[:2]
+    transform: CropTransform = crop_transform(box) if config.crop else crop_transform((0, 0, width, height), 1.0, 0.0)
     with result.stage("crop"):
         source_input = network_input(crop_image(_rgb(source_bgr), transform), device)
     with result.stage("source features"):
@@ -361,15 +379,17 @@ def _liveportrait_plan(
         save_template(Path(config.save_template), motion, fps)
         result.outputs["template"] = str(config.save_template)
     x_driving, x_source = _driving_keypoints(config, source_motion, motion, nets)
-    height, width = source_bgr.shape[:2]
     paste = PasteBack(transform, height, width, device) if config.paste_back else None
     original = torch.from_numpy(_rgb(source_bgr)).to(device).permute(2, 0, 1)[None].float() / 255
 
     def batches() -> Iterator[torch.Tensor]:
         for start in range(0, count, config.batch_size):
             x = x_driving[start : start + config.batch_size].to(device)
-            with result.stage("warp + decode", items=x.shape[0]):
-                frames = nets.render(feature, x_source.to(device), x)
+            with result.stage("warp", items=x.shape[0]):
+                warped = nets.warp(feature, x_source.to(device), x)
+                _sync(device)
+            with result.stage("decode network", items=x.shape[0]):
+                frames = nets.decode(warped)
                 _sync(device)
             if paste is None:
                 yield frames

@@ -53,49 +53,60 @@ def _grey(frame: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
 
 
-def track_motion(frames: Iterator[np.ndarray], box: np.ndarray) -> DrivingMotion:
-    """Head and local motion of every frame relative to the first (frames are BGR, streamed once)."""
+def _fit_similarity(first: np.ndarray, other: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """3x3 similarity taking `points` of `first` to where Lucas-Kanade finds them in `other` (identity when
+    too few points track)."""
+    import cv2
+
+    if len(points) < 3:
+        return np.eye(3)
+    moved, status, _ = cv2.calcOpticalFlowPyrLK(first, other, points.reshape(-1, 1, 2), None)
+    ok = status.reshape(-1) == 1
+    if ok.sum() < 3:
+        return np.eye(3)
+    estimate, _ = cv2.estimateAffinePartial2D(points[ok], moved.reshape(-1, 2)[ok], method=cv2.RANSAC)
+    return np.eye(3) if estimate is None else np.vstack([estimate, [0, 0, 1]])
+
+
+def track_motion(frames: Iterator[np.ndarray], box: np.ndarray, refinements: int = 2) -> DrivingMotion:
+    """Head and local motion of every frame relative to the first (frames are BGR, streamed once).
+
+    Lucas-Kanade alone under-reads rotations (by about 9% at 6 degrees: a rotating patch is not a shifted
+    one), so each frame's similarity is refined: the frame is warped back by the estimate and the residual
+    motion against the first frame is fitted again, until the residual is negligible (two rounds).
+    """
     import cv2
 
     center, size = _normaliser(box)
     heads, flows = [], []
-    first_grey = prev_grey = None
-    points0 = points = None
-    crop0 = None
+    first = points = crop0 = None
+    similarity = np.eye(3)
     for frame in frames:
         grey = _grey(frame)
-        if first_grey is None:
-            first_grey = prev_grey = grey
+        h, w = grey.shape
+        if first is None:
+            first = grey
             mask = np.zeros_like(grey)
             x1, y1, x2, y2 = (int(v) for v in box)
             mask[max(0, y1) : y2, max(0, x1) : x2] = 255
             found = cv2.goodFeaturesToTrack(grey, 200, 0.01, max(3, int(size / 30)), mask=mask)
-            points0 = points = (
-                found.reshape(-1, 2).astype(np.float32) if found is not None else np.zeros((0, 2), np.float32)
-            )
+            points = np.zeros((0, 2), np.float32) if found is None else found.reshape(-1, 2).astype(np.float32)
             crop0 = cv2.warpAffine(grey, _crop_matrix(center, size), (FLOW_SIZE, FLOW_SIZE))
             heads.append(np.array([[1.0, 0, 0], [0, 1.0, 0]]))
             flows.append(np.zeros((2, FLOW_SIZE, FLOW_SIZE), np.float32))
             continue
-        similarity = np.eye(3)
-        if len(points) >= 3:
-            moved, status, _ = cv2.calcOpticalFlowPyrLK(prev_grey, grey, points.reshape(-1, 1, 2), None)
-            ok = status.reshape(-1) == 1
-            points, points0 = moved.reshape(-1, 2)[ok], points0[ok]
-            if len(points) >= 3:
-                estimate, _ = cv2.estimateAffinePartial2D(points0, points, method=cv2.RANSAC)
-                if estimate is not None:
-                    similarity = np.vstack([estimate, [0, 0, 1]])
-        prev_grey = grey
+        for _ in range(refinements + 1):  # seeded by the previous frame's estimate (identity for the second)
+            back = cv2.warpAffine(grey, np.linalg.inv(similarity)[:2], (w, h), borderMode=cv2.BORDER_REFLECT)
+            similarity = similarity @ _fit_similarity(first, back, points)
         # the frame with the head motion undone, in the first frame's crop
-        stabilised = cv2.warpAffine(grey, _crop_matrix(center, size, np.linalg.inv(similarity)), (FLOW_SIZE, FLOW_SIZE))
+        inverse = np.linalg.inv(similarity)
+        stabilised = cv2.warpAffine(grey, _crop_matrix(center, size, inverse), (FLOW_SIZE, FLOW_SIZE))
         flow = cv2.calcOpticalFlowFarneback(stabilised, crop0, None, 0.5, 3, 15, 3, 5, 1.2, 0)
         flows.append((flow.transpose(2, 0, 1) * (2 * CROP_EXTENT / FLOW_SIZE)).astype(np.float32))
         # similarity in box units: u' = (S(c + size u) - c) / size
-        a = similarity[:2, :2]
         t = (similarity[:2, :2] @ center + similarity[:2, 2] - center) / size
-        heads.append(np.hstack([a, t[:, None]]))
-    if first_grey is None:
+        heads.append(np.hstack([similarity[:2, :2], t[:, None]]))
+    if first is None:
         raise ValueError("the driving video has no frames")
     return DrivingMotion(np.stack(heads), np.stack(flows))
 

@@ -132,17 +132,20 @@ class OnnxNetworks:
     def appearance(self, image: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(self._run("appearance", {"image": image.cpu().numpy()})[0])
 
-    def render(self, feature: torch.Tensor, x_source: torch.Tensor, x_driving: torch.Tensor) -> torch.Tensor:
+    def warp(self, feature: torch.Tensor, x_source: torch.Tensor, x_driving: torch.Tensor) -> np.ndarray:
         b = x_driving.shape[0]
-        warped = self._run(
-            "warping",
-            {
-                "feature": np.broadcast_to(feature.cpu().numpy(), (b, *feature.shape[1:])),
-                "kp_driving": x_driving.cpu().numpy(),
-                "kp_source": np.broadcast_to(x_source.cpu().numpy(), (b, 21, 3)),
-            },
-        )
-        return torch.from_numpy(self._run("decoder", {"feature": warped[2]})[0])
+        feeds = {
+            "feature": np.broadcast_to(feature.cpu().numpy(), (b, *feature.shape[1:])),
+            "kp_driving": x_driving.cpu().numpy(),
+            "kp_source": np.broadcast_to(x_source.cpu().numpy(), (b, 21, 3)),
+        }
+        return self._run("warping", feeds)[2]
+
+    def decode(self, warped: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(self._run("decoder", {"feature": warped})[0])
+
+    def render(self, feature: torch.Tensor, x_source: torch.Tensor, x_driving: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.warp(feature, x_source, x_driving))
 
 
 def onnx_networks(weights_dir: Path, cache_dir: Path, backend: str, device_id: int = 0) -> Any:

@@ -44,7 +44,7 @@ def test_video_driver_writes_the_animated_portrait_and_its_motion(weights: Path,
     assert (info.width, info.height) == (512, 512) and info.frames == 1  # pasted back into the 512x512 source
     assert result.metrics["frames"] == 1 and result.metrics["backend"] == "torch"
     stages = [s.name for s in result.stages]
-    for name in ("load", "source features", "detect", "crop", "motion", "warp + decode", "paste", "encode"):
+    for name in ("load", "source features", "detect", "crop", "motion", "warp", "decode network", "paste", "encode"):
         assert name in stages
     motion, fps, count = load_template(template)
     assert fps == 25.0 and count == 1 and motion.kp.shape == (1, 21, 3)

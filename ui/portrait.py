@@ -91,6 +91,11 @@ def build_portrait_tab(settings: Settings) -> None:
                     max_frames = gr.Number(value=0, precision=0, minimum=0, label="Max frames (0: all)")
                     batch = gr.Number(value=8, precision=0, minimum=1, maximum=256, label="Batch size")
                     keep_template = gr.Checkbox(value=False, label="Save the driving motion as a template")
+                with gr.Row():
+                    crop = gr.Checkbox(value=True, label="Crop around the face")
+                    pitch = gr.Slider(-45, 45, value=0, step=1, label="Head pitch (°)")
+                    yaw = gr.Slider(-45, 45, value=0, step=1, label="Head yaw (°)")
+                    roll = gr.Slider(-45, 45, value=0, step=1, label="Head roll (°)")
             run = gr.Button("Animate", variant="primary")
         with gr.Column():
             video = gr.Video(label="Result", interactive=False)
@@ -103,7 +108,7 @@ def build_portrait_tab(settings: Settings) -> None:
 
     def animate(
         source_path, driving_path, engine_name, backend_name, prec, rel, opt, reg, mult, stitch, paste,
-        frames_cap, batch_size, save, progress=gr.Progress(),
+        frames_cap, batch_size, save, crop_face, p_deg, y_deg, r_deg, progress=gr.Progress(),
     ) -> tuple[Any, ...]:  # fmt: skip
         if not source_path:
             raise gr.Error("Upload a source portrait.")
@@ -127,6 +132,8 @@ def build_portrait_tab(settings: Settings) -> None:
             save_template=settings.outputs_dir / f"motion-{name}.npz" if save else None,
             backend=backend_name,
             engine=engine_name,
+            crop=bool(crop_face),
+            rotate=(float(p_deg), float(y_deg), float(r_deg)),
         )
         try:
             result = run_portrait(config, settings, progress=lambda f, label: progress(f, desc=label))
@@ -146,7 +153,7 @@ def build_portrait_tab(settings: Settings) -> None:
         )
 
     inputs = [source, driving, engine, backend, precision, relative, option, region, multiplier, stitching]
-    inputs += [paste_back, max_frames, batch, keep_template]
+    inputs += [paste_back, max_frames, batch, keep_template, crop, pitch, yaw, roll]
     run.click(
         animate,
         inputs,
