@@ -71,8 +71,9 @@ def test_onnx_backend_matches_pytorch(weights: Path, tmp_path: Path) -> None:
 
 def test_refusals_are_messages(weights: Path, driving: Path, tmp_path: Path) -> None:
     source = ASSETS / "face.jpg"
-    with pytest.raises(PortraitError, match="no LivePortrait weights"):
-        run_portrait(PortraitConfig(source, driving, tmp_path / "o.mp4", weights=str(tmp_path / "none")))
+    missing = str(tmp_path / "none")
+    with pytest.raises(PortraitError, match="no LivePortrait weights"):  # asked for LivePortrait explicitly
+        run_portrait(PortraitConfig(source, driving, tmp_path / "o.mp4", weights=missing, engine="liveportrait"))
     blank = tmp_path / "blank.png"
     cv2.imwrite(str(blank), np.full((256, 256, 3), 128, np.uint8))
     with pytest.raises(PortraitError, match="no face found in the source"):
