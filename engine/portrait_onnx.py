@@ -74,6 +74,8 @@ def export_onnx(weights_dir: str | os.PathLike, out_dir: str | os.PathLike) -> d
         path = out / FILES[name]
         tmp = path.with_suffix(".tmp")
         axes = {n: {0: "batch"} for n in (*inputs, *outputs)}
+        if name == "decoder":  # fully convolutional: any feature size (the pipeline uses 64x64 -> 512x512)
+            axes = {"feature": {0: "batch", 2: "height", 3: "width"}, "image": {0: "batch", 2: "height8", 3: "width8"}}
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             torch.onnx.export(
