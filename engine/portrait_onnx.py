@@ -23,6 +23,7 @@ from engine.models.liveportrait import load_liveportrait
 from engine.portrait_motion import KeypointInfo, keypoint_info
 
 OPSET = 20
+EXPORT_VERSION = 2  # part of the cache key: bump when the export changes (2: the decoder's size is free)
 FILES = {
     "appearance": "appearance_feature_extractor.onnx",
     "motion": "motion_extractor.onnx",
@@ -88,8 +89,8 @@ def export_onnx(weights_dir: str | os.PathLike, out_dir: str | os.PathLike) -> d
 
 
 def weights_digest(weights_dir: str | os.PathLike) -> str:
-    """Names, sizes and modification times of the weight files: a cache key for their export."""
-    h = hashlib.sha256()
+    """The export version and the weight files' names, sizes and modification times: a cache key for the export."""
+    h = hashlib.sha256(f"export-v{EXPORT_VERSION}-opset{OPSET}".encode())
     for f in sorted(Path(weights_dir).rglob("*.pth")):
         st = f.stat()
         h.update(f"{f.relative_to(weights_dir)}:{st.st_size}:{st.st_mtime_ns}".encode())
