@@ -34,6 +34,9 @@ def _cmd_portrait(args: argparse.Namespace) -> int:
         engine=args.engine,
         crop=not args.no_crop,
         rotate=(args.pitch, args.yaw, args.roll),
+        eye_open=args.eye_open,
+        lip_open=args.lip_open,
+        landmarks=args.landmarks,
     )
     result = run_portrait(config, progress=None if args.quiet else _progress_bar)
     if args.json:
@@ -86,6 +89,9 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--pitch", type=float, default=0.0, help="extra head pitch in degrees (-45..45)")
     p.add_argument("--yaw", type=float, default=0.0, help="extra head yaw in degrees (-45..45)")
     p.add_argument("--roll", type=float, default=0.0, help="extra head roll in degrees (-45..45)")
+    p.add_argument("--eye-open", type=float, help="retarget the eyes to this openness, 0 (closed)..0.8")
+    p.add_argument("--lip-open", type=float, help="retarget the lips to this openness, 0 (closed)..0.8")
+    p.add_argument("--landmarks", help="LivePortrait's landmark.onnx for retargeting (default: in --weights)")
     p.add_argument("--max-frames", type=int, help="stop after N driving frames")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--save-template", help="also save the driving motion here (.npz) for reuse as --driving")

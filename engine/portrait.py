@@ -44,6 +44,7 @@ from engine.portrait_motion import (
     keypoint_info,
     motion_multiplier,
     relative_driving,
+    retarget,
     stitch,
     transform_keypoints,
 )
@@ -84,6 +85,9 @@ class PortraitConfig:
     engine: str = "auto"  # liveportrait when its weights are there, else the weight-free baseline
     crop: bool = True  # False: the whole source image is the network's view (for images already framed)
     rotate: tuple[float, float, float] = (0.0, 0.0, 0.0)  # extra pitch, yaw, roll in degrees (LivePortrait)
+    eye_open: float | None = None  # retarget the eyes to this openness (needs the landmark model)
+    lip_open: float | None = None  # retarget the lips to this openness (needs the landmark model)
+    landmarks: str | None = None  # LivePortrait's landmark.onnx (default: in the weights folder)
 
     def validate(self) -> None:
         problems = []
@@ -103,6 +107,10 @@ class PortraitConfig:
             problems.append(f"batch size {self.batch_size} is outside 1..256")
         if len(self.rotate) != 3 or any(not -45 <= float(a) <= 45 for a in self.rotate):
             problems.append(f"head rotation {tuple(self.rotate)} must be three angles in -45..45 degrees")
+        for name in ("eye_open", "lip_open"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= float(value) <= 0.8:
+                problems.append(f"{name} {value} is outside 0..0.8 (0: closed)")
         if self.max_frames is not None and int(self.max_frames) < 1:
             problems.append("max_frames must be at least 1")
         for name in ("source", "driving"):
@@ -267,9 +275,16 @@ def load_template(path: Path, max_frames: int | None = None) -> tuple[KeypointIn
     return motion.select(slice(0, n)), fps, n
 
 
-def _driving_keypoints(config: PortraitConfig, source: KeypointInfo, motion: KeypointInfo, nets: _Networks):
+def _driving_keypoints(
+    config: PortraitConfig,
+    source: KeypointInfo,
+    motion: KeypointInfo,
+    nets: Any,
+    openness: tuple[np.ndarray, float] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Keypoints that move the source as the driver moves (relative to the driver's first frame), the
-    expression-friendly rescaling, stitching and the driving multiplier."""
+    expression-friendly rescaling, eye and lip retargeting (given the source's eye and lip openness),
+    stitching and the driving multiplier."""
     x_source = transform_keypoints(source)
     posed = source
     if any(config.rotate):  # the head-rotation sliders: the source's own pose, turned by the offsets
@@ -282,8 +297,15 @@ def _driving_keypoints(config: PortraitConfig, source: KeypointInfo, motion: Key
             x = expression_friendly(x, x_first, x_source, motion_multiplier(x_source, x_first))
     else:  # one driving image, or absolute motion: the driver's pose and expression against the source's own
         x = relative_driving(posed, motion, source.select(0), config.region)
-    if config.stitching:
-        with torch.inference_mode():
+    n = x.shape[0]
+    with torch.inference_mode():
+        if config.eye_open is not None and openness is not None:
+            eyes = torch.tensor([[*openness[0], config.eye_open]], dtype=torch.float32).expand(n, 3)
+            x = x + retarget(nets.retargeting["eye"], x_source, eyes)
+        if config.lip_open is not None and openness is not None:
+            lips = torch.tensor([[openness[1], config.lip_open]], dtype=torch.float32).expand(n, 2)
+            x = x + retarget(nets.retargeting["lip"], x_source, lips)
+        if config.stitching:
             x = stitch(nets.retargeting["stitching"], x_source, x)
     return driving_multiplier(x, x_source, config.multiplier), x_source
 
@@ -378,7 +400,15 @@ def _liveportrait_plan(
     if config.save_template:
         save_template(Path(config.save_template), motion, fps)
         result.outputs["template"] = str(config.save_template)
-    x_driving, x_source = _driving_keypoints(config, source_motion, motion, nets)
+    openness = None
+    if config.eye_open is not None or config.lip_open is not None:
+        from engine.portrait_landmarks import LandmarkModel, eye_open_ratios, lip_open_ratio
+
+        with result.stage("landmarks"):
+            points = LandmarkModel(config.landmarks or folder / "landmark.onnx")(_rgb(source_bgr), box)
+        openness = (eye_open_ratios(points), lip_open_ratio(points))
+        result.metrics["source_openness"] = {"eyes": openness[0].tolist(), "lips": openness[1]}
+    x_driving, x_source = _driving_keypoints(config, source_motion, motion, nets, openness)
     paste = PasteBack(transform, height, width, device) if config.paste_back else None
     original = torch.from_numpy(_rgb(source_bgr)).to(device).permute(2, 0, 1)[None].float() / 255
 

@@ -96,6 +96,11 @@ def build_portrait_tab(settings: Settings) -> None:
                     pitch = gr.Slider(-45, 45, value=0, step=1, label="Head pitch (°)")
                     yaw = gr.Slider(-45, 45, value=0, step=1, label="Head yaw (°)")
                     roll = gr.Slider(-45, 45, value=0, step=1, label="Head roll (°)")
+                with gr.Row():  # retargeting needs LivePortrait's landmark.onnx beside its weights
+                    eyes_on = gr.Checkbox(value=False, label="Retarget eyes")
+                    eyes = gr.Slider(0.0, 0.8, value=0.35, step=0.01, label="Eye openness")
+                    lips_on = gr.Checkbox(value=False, label="Retarget lips")
+                    lips = gr.Slider(0.0, 0.8, value=0.0, step=0.01, label="Lip openness")
             run = gr.Button("Animate", variant="primary")
         with gr.Column():
             video = gr.Video(label="Result", interactive=False)
@@ -108,7 +113,8 @@ def build_portrait_tab(settings: Settings) -> None:
 
     def animate(
         source_path, driving_path, engine_name, backend_name, prec, rel, opt, reg, mult, stitch, paste,
-        frames_cap, batch_size, save, crop_face, p_deg, y_deg, r_deg, progress=gr.Progress(),
+        frames_cap, batch_size, save, crop_face, p_deg, y_deg, r_deg, eye_on, eye_v, lip_on, lip_v,
+        progress=gr.Progress(),
     ) -> tuple[Any, ...]:  # fmt: skip
         if not source_path:
             raise gr.Error("Upload a source portrait.")
@@ -134,6 +140,8 @@ def build_portrait_tab(settings: Settings) -> None:
             engine=engine_name,
             crop=bool(crop_face),
             rotate=(float(p_deg), float(y_deg), float(r_deg)),
+            eye_open=float(eye_v) if eye_on else None,
+            lip_open=float(lip_v) if lip_on else None,
         )
         try:
             result = run_portrait(config, settings, progress=lambda f, label: progress(f, desc=label))
@@ -153,7 +161,7 @@ def build_portrait_tab(settings: Settings) -> None:
         )
 
     inputs = [source, driving, engine, backend, precision, relative, option, region, multiplier, stitching]
-    inputs += [paste_back, max_frames, batch, keep_template, crop, pitch, yaw, roll]
+    inputs += [paste_back, max_frames, batch, keep_template, crop, pitch, yaw, roll, eyes_on, eyes, lips_on, lips]
     run.click(
         animate,
         inputs,
