@@ -69,7 +69,7 @@ def _wait_until_up(app: RunningApp, timeout_s: float) -> None:
     raise RuntimeError(f"app.py did not answer within {timeout_s}s:\n{app.log()[-3000:]}")
 
 
-def stop_app(app: RunningApp, timeout_s: float = 20.0) -> int:
+def stop_app(app: RunningApp, timeout_s: float = 40.0) -> int:
     """Ctrl-C, as a user would; returns the exit code (kills only if it hangs)."""
     if app.proc.poll() is None:
         app.proc.send_signal(signal.SIGINT)

@@ -302,9 +302,21 @@ def test_page_shows_tabs_and_live_telemetry(running_app: RunningApp, tmp_path) -
             browser.close()
 
 
+def _open_tab(page, sync_api, name: str, marker) -> None:
+    """Click a tab until its content shows: a click that lands while the page is still hydrating is lost."""
+    for _ in range(3):
+        page.get_by_role("tab", name=name).click()
+        try:
+            sync_api.expect(marker).to_be_visible(timeout=20_000)
+            return
+        except AssertionError:
+            continue
+    sync_api.expect(marker).to_be_visible(timeout=20_000)
+
+
 def _queue_an_onnx_evaluation_in_the_page(page, sync_api) -> None:
     """The tab's own flow: the built-in example, queue, the timer polls, the results table fills."""
-    page.get_by_role("tab", name="ONNX eval").click()
+    _open_tab(page, sync_api, "ONNX eval", page.get_by_role("button", name="Queue evaluation"))
     page.get_by_label("Batch sizes (when the batch is free)").fill("2")
     page.get_by_label("Timed runs").fill("3")
     page.get_by_role("button", name="Queue evaluation").click()
@@ -314,7 +326,7 @@ def _queue_an_onnx_evaluation_in_the_page(page, sync_api) -> None:
 
 def _queue_a_sweep_in_the_page(page, sync_api) -> None:
     """The benchmark tab's own flow: a one-configuration custom grid, queued, polled, charted."""
-    page.get_by_role("tab", name="GPU benchmark").click()
+    _open_tab(page, sync_api, "GPU benchmark", page.get_by_role("button", name="Queue sweep"))
     page.locator("#bench-batches textarea").fill("1")
     page.locator("#bench-runs input").fill("2")
     page.get_by_role("button", name="Queue sweep").click()
@@ -323,8 +335,10 @@ def _queue_a_sweep_in_the_page(page, sync_api) -> None:
 
 
 def _animate_the_portrait_example(page, sync_api) -> None:
-    page.get_by_role("tab", name="Portrait animation").click()
+    _open_tab(page, sync_api, "Portrait animation", page.get_by_role("button", name="Animate"))
     page.get_by_text("a driving clip we made from it").locator("..").locator("tbody tr").first.click()
+    for name in ("face.jpg", "driving.mp4"):  # the example's files are loaded into the inputs first
+        sync_api.expect(page.locator(f"a[href*='{name}']").first).to_be_visible(timeout=30_000)
     page.get_by_role("button", name="Animate").click()
     sync_api.expect(page.locator("body")).to_contain_text(
         "optical-flow motion transfer, not LivePortrait", timeout=120_000
