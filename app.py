@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -85,6 +87,32 @@ def build_app(settings: Settings, choice: DeviceChoice, sampler: TelemetrySample
     return demo
 
 
+SHUTDOWN_GRACE_S = 15.0
+
+
+def _bounded_shutdown_on_ctrl_c() -> None:
+    """Ctrl-C closes the server gracefully, but never hangs: the web server waits for open connections and a
+    running job cannot be interrupted, so after SHUTDOWN_GRACE_S (or at a second Ctrl-C) the process exits
+    anyway (code 130). Jobs left running are failed by recover() at the next start."""
+    state = {"stopping": False}
+
+    def handler(signum: int, frame: object) -> None:
+        if state["stopping"]:
+            os._exit(130)
+        state["stopping"] = True
+
+        def force() -> None:
+            log.warning("shutdown took over %.0f s (open connections or a running job): exiting", SHUTDOWN_GRACE_S)
+            os._exit(130)
+
+        timer = threading.Timer(SHUTDOWN_GRACE_S, force)
+        timer.daemon = True
+        timer.start()
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, handler)
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="avatarbench serve", description="Serve the avatarbench web app.")
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
@@ -126,17 +154,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     services = start_jobs(settings, choice, sampler)
     demo = build_app(settings, choice, sampler, services)
     demo.queue(default_concurrency_limit=1)
-    demo.launch(
-        server_name=args.host,
-        server_port=args.port,
-        share=args.share,
-        auth=args.auth,
-        max_file_size=settings.max_upload_bytes,
-        allowed_paths=[str(settings.outputs_dir), str(ASSETS)],
-        theme=gr.themes.Soft(),
-        css=CSS,
-    )
-    services.runner.stop()
+    if threading.current_thread() is threading.main_thread():
+        _bounded_shutdown_on_ctrl_c()
+    try:
+        demo.launch(
+            server_name=args.host,
+            server_port=args.port,
+            share=args.share,
+            auth=args.auth,
+            max_file_size=settings.max_upload_bytes,
+            allowed_paths=[str(settings.outputs_dir), str(ASSETS)],
+            theme=gr.themes.Soft(),
+            css=CSS,
+        )
+    except KeyboardInterrupt:  # Ctrl-C while launch() was still starting up (it handles later ones itself)
+        demo.close()
+    if not services.runner.stop():
+        # A job is still inside PyTorch or ONNX Runtime: finalising the interpreter under it can abort or hang,
+        # so leave now; recover() fails that job at the next start.
+        logging.shutdown()
+        os._exit(130)
     return 0
 
 

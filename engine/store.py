@@ -352,9 +352,9 @@ class JobRunner:
                 t.start()
                 self._threads.append(t)
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Ask workers to exit after their current job; a handler cannot be interrupted, so this may time out
-        (the threads are daemons, and recover() at the next start-up fails whatever they left running)."""
+    def stop(self, timeout: float = 5.0) -> bool:
+        """Ask workers to exit after their current job; True when they all did. A handler cannot be interrupted,
+        so this may time out (recover() at the next start-up fails whatever they left running)."""
         self._stopping.set()
         self.wake()
         deadline = time.monotonic() + timeout
@@ -364,6 +364,7 @@ class JobRunner:
         if alive:
             log.warning("job workers still busy after stop(): %s", ", ".join(alive))
         self._threads = [t for t in self._threads if t.is_alive()]
+        return not alive
 
     def wake(self) -> None:
         with self._cond:

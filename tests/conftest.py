@@ -82,9 +82,8 @@ def stop_app(app: RunningApp, timeout_s: float = 40.0) -> int:
     return app.proc.returncode
 
 
-@pytest.fixture(scope="module")
-def running_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp]:
-    data = tmp_path_factory.mktemp("appdata")
+def start_app(data: Path) -> RunningApp:
+    """app.py in a subprocess on a free port with its data in `data`, once it answers."""
     port = free_port()
     env = dict(
         os.environ,
@@ -94,7 +93,7 @@ def running_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp
         PYTHONUNBUFFERED="1",
     )
     log_path = data / "app.log"
-    with open(log_path, "wb") as log_file:
+    with open(log_path, "ab") as log_file:
         proc = subprocess.Popen(
             [sys.executable, str(ROOT / "app.py"), "--host", "127.0.0.1", "--port", str(port)],
             cwd=ROOT,
@@ -105,7 +104,17 @@ def running_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp
     app = RunningApp(proc, f"http://127.0.0.1:{port}", log_path)
     try:
         _wait_until_up(app, timeout_s=120)
+    except BaseException:
+        proc.kill()
+        raise
+    return app
+
+
+@pytest.fixture(scope="module")
+def running_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp]:
+    app = start_app(tmp_path_factory.mktemp("appdata"))
+    try:
         yield app
     finally:
-        if proc.poll() is None:
+        if app.proc.poll() is None:
             stop_app(app)
