@@ -160,34 +160,34 @@ def count_flops(model: BenchModel) -> float | None:
 _BYTES = {"fp32": 4, "tf32": 4, "fp16": 2, "bf16": 2}
 
 
-def weight_bytes(model: BenchModel, precision: str) -> int:
-    module = model.build_torch()  # type: ignore[misc]
-    return sum(p.numel() for p in module.parameters()) * _BYTES[precision] + sum(
-        b.numel() * b.element_size() for b in module.buffers()
-    )
+def memory_profile(model: BenchModel, precision: str) -> tuple[int, int]:
+    """(weight bytes, activation bytes per sample) at this precision, from one build of the network.
 
-
-def activation_bytes_per_sample(model: BenchModel, precision: str) -> int:
-    """Every leaf module's output for one sample, summed: an upper bound on inference activations (a real
-    run frees most of them early), from a CPU forward. A GPU sweep's peaks calibrate the real figure."""
+    Activations are every leaf module's output for one sample, summed: an upper bound on inference
+    activations (a real run frees most of them early), from a CPU forward. A GPU sweep's peaks calibrate
+    the real figure (engine.planner.calibration_from_report)."""
     import torch
 
     module = model.build_torch()  # type: ignore[misc]
-    total = [0]
+    width = _BYTES[precision]
+    weights = sum(p.numel() for p in module.parameters()) * width
+    weights += sum(b.numel() * b.element_size() for b in module.buffers())
+    inputs = model.torch_inputs(1)  # type: ignore[misc]
+    total = [sum(t.numel() for t in inputs) * width]
 
     def hook(_m: Any, _i: Any, out: Any) -> None:
         for t in out if isinstance(out, list | tuple) else (out,):
             if isinstance(t, torch.Tensor):
-                total[0] += t.numel() * _BYTES[precision]
+                total[0] += t.numel() * width
 
     handles = [m.register_forward_hook(hook) for m in module.modules() if not list(m.children())]
     try:
         with torch.inference_mode():
-            module(*model.torch_inputs(1))  # type: ignore[misc]
+            module(*inputs)
     finally:
         for h in handles:
             h.remove()
-    return total[0] + sum(t.numel() * _BYTES[precision] for t in model.torch_inputs(1))  # type: ignore[misc]
+    return weights, total[0]
 
 
 def first_output(value: Any) -> np.ndarray:
@@ -207,10 +207,9 @@ def first_output(value: Any) -> np.ndarray:
 __all__ = [
     "BUILTIN",
     "BenchModel",
-    "activation_bytes_per_sample",
     "builtin_model",
     "count_flops",
     "first_output",
+    "memory_profile",
     "onnx_model",
-    "weight_bytes",
 ]

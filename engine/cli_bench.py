@@ -160,7 +160,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         gpu = CATALOG.get(args.gpu)
         if gpu is None:
             raise ValueError(f"unknown GPU {args.gpu!r}; known: {', '.join(CATALOG)}")
-        from engine.bench_models import activation_bytes_per_sample, builtin_model, weight_bytes
+        from engine.bench_models import builtin_model, memory_profile
         from engine.planner import calibration_from_report
         from engine.settings import get_settings
 
@@ -174,7 +174,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
             act, weights = calibrated
             basis = f"calibrated from {args.calibrate} (allocator peaks by batch)"
         else:
-            act, weights = activation_bytes_per_sample(model, args.precision), weight_bytes(model, args.precision)
+            weights, act = memory_profile(model, args.precision)
             basis = "estimate: every layer output of one sample kept (an upper bound; --calibrate with a GPU sweep)"
         fit = plan_model_memory(
             gpu, weights, act, args.precision, args.memory_fraction, target_samples_per_s=args.target_throughput,

@@ -123,31 +123,18 @@ def test_lipsync_bad_input_is_a_message_and_the_app_keeps_serving(client, tmp_pa
     assert client.predict(api_name="/device")["device"]
 
 
+def _portrait_options(max_frames: int) -> list:
+    """/portrait's inputs after the two files: engine, backend, precision, relative, driving option, region,
+    multiplier, stitching, paste-back, max frames, batch, save template, crop, pitch, yaw, roll, eyes on/value,
+    lips on/value."""
+    return ["auto", "torch", "auto", True, "expression-friendly", "all", 1.0, True, True, max_frames, 8, False,
+            True, 0, 0, 0, False, 0.3, False, 0.0]  # fmt: skip
+
+
 def test_portrait_endpoint_animates_the_example(client) -> None:
     from gradio_client import handle_file
 
-    args = [
-        "auto",
-        "torch",
-        "auto",
-        True,
-        "expression-friendly",
-        "all",
-        1.0,
-        True,
-        True,
-        10,
-        8,
-        False,
-        True,
-        0,
-        0,
-        0,
-        False,
-        0.3,
-        False,
-        0.0,
-    ]
+    args = _portrait_options(max_frames=10)
     video, summary, strip, _chart, _template, details = client.predict(
         handle_file(str(ASSETS / "face.jpg")), handle_file(str(ASSETS / "driving.mp4")), *args, api_name="/portrait"
     )
@@ -162,28 +149,7 @@ def test_portrait_bad_input_is_a_message(client, tmp_path) -> None:
 
     blank = tmp_path / "blank.png"
     blank.write_bytes(b"not an image at all" * 10)
-    args = [
-        "auto",
-        "torch",
-        "auto",
-        True,
-        "expression-friendly",
-        "all",
-        1.0,
-        True,
-        True,
-        2,
-        8,
-        False,
-        True,
-        0,
-        0,
-        0,
-        False,
-        0.3,
-        False,
-        0.0,
-    ]
+    args = _portrait_options(max_frames=2)
     with pytest.raises(AppError, match="could not be decoded"):
         client.predict(handle_file(str(blank)), handle_file(str(ASSETS / "driving.mp4")), *args, api_name="/portrait")
 

@@ -14,7 +14,7 @@ import gradio as gr
 
 from engine.bench import PRECISIONS, PRESETS, BenchError, grid, rows_to_csv
 from engine.bench_jobs import BenchJobs
-from engine.bench_models import BUILTIN, activation_bytes_per_sample, builtin_model, weight_bytes
+from engine.bench_models import BUILTIN, builtin_model, memory_profile
 from engine.bench_runtimes import COMPILE_MODES, RUNTIMES
 from engine.gpu_catalog import CATALOG, Gpu, PriceBook, detected_gpu, find_gpu
 from engine.parsing import int_list
@@ -278,7 +278,7 @@ def build_bench_tab(settings: Any, jobs: BenchJobs) -> None:
                 calibrated = calibration_from_report(report, precision)
                 basis = f"calibrated from sweep {job}" if calibrated else basis
         net = builtin_model(name, settings.cache_dir)
-        act, weights = calibrated or (activation_bytes_per_sample(net, precision), weight_bytes(net, precision))
+        act, weights = calibrated or memory_profile(net, precision)[::-1]
         fit = plan_model_memory(gpu, weights, act, precision, fraction, target_samples_per_s=target or None,
                                 samples_per_s_per_gpu=rate or None, basis=basis)  # fmt: skip
         lines = [

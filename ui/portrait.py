@@ -46,7 +46,13 @@ def side_by_side(driving: Path, video: Path, count: int) -> np.ndarray | None:
     def frames(path: Path) -> list[np.ndarray]:
         if is_image(path):
             return [load_image(path)] * len(picks)
-        return [f for i, f in enumerate(read_frames(path)) if i in picks]
+        out = []
+        for i, frame in enumerate(read_frames(path)):  # stop at the last pick: no need to decode the rest
+            if i in picks:
+                out.append(frame)
+            if i >= max(picks):
+                break
+        return out
 
     rows = []
     for path in (driving, video):
