@@ -10,8 +10,11 @@ The baseline engine (no weights) is timed end to end too, as the floor a learned
 Reference points to beat (published): 12.8 ms per frame on an RTX 4090 (official, PyTorch), 30+ fps on an
 RTX 3090 (TensorRT).
 
-Usage: python benchmarks/portrait.py [--backends torch,onnx-cpu] [--precisions fp32,fp16] [--frames 8]
-       [--runs 5] [--device auto]
+Precisions apply to the torch backend (autocast) and to ONNX Runtime's CUDA (our fp16 graphs) and TensorRT
+(its fp16 engines) providers; the CPU provider runs fp32 only. `--compile` adds torch.compile rows.
+
+Usage: python benchmarks/portrait.py [--backends torch,onnx-cpu] [--precisions fp32,fp16] [--compile]
+       [--frames 8] [--runs 5] [--device auto]
 Writes benchmarks/results/portrait-<gpu or cpu>-<date>.json and prints a table.
 """
 
@@ -33,7 +36,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from engine.device import resolve_device
 from engine.models.liveportrait import write_random_weights
 from engine.portrait import PortraitConfig, _load_networks, run_portrait
-from engine.results import RunResult
 from engine.settings import get_settings
 from engine.telemetry import TelemetrySampler
 
@@ -54,9 +56,10 @@ def _median_ms(fn, runs: int, device: torch.device) -> float:
     return statistics.median(times)
 
 
-def modules(weights: Path, backend: str, precision: str, device: torch.device, runs: int) -> dict:
-    config = PortraitConfig(ASSETS / "face.jpg", ASSETS / "driving.mp4", Path("unused.mp4"), backend=backend)
-    nets = _load_networks(config, get_settings(), weights, device, precision, RunResult())
+def modules(weights: Path, backend: str, precision: str, compiled: bool, device: torch.device, runs: int) -> dict:
+    config = PortraitConfig(ASSETS / "face.jpg", ASSETS / "driving.mp4", Path("unused.mp4"), backend=backend,
+                            compile=compiled, batch_size=1)  # fmt: skip
+    nets = _load_networks(config, get_settings(), weights, device, precision)
     dev = nets.device
     image = torch.rand(1, 3, 256, 256, device=dev)
     feature = nets.appearance(image)
@@ -70,11 +73,13 @@ def modules(weights: Path, backend: str, precision: str, device: torch.device, r
     }
 
 
-def end_to_end(weights: Path | None, backend: str, precision: str, device: str, frames: int, out: Path) -> dict:
+def end_to_end(
+    weights: Path | None, backend: str, precision: str, compiled: bool, device: str, frames: int, out: Path
+) -> dict:
     engine = "liveportrait" if weights else "baseline"
     config = PortraitConfig(
         ASSETS / "face.jpg", ASSETS / "driving.mp4", out, weights=str(weights) if weights else None, device=device,
-        precision=precision, backend=backend, max_frames=frames, engine=engine,
+        precision=precision, backend=backend, max_frames=frames, engine=engine, compile=compiled,
     )  # fmt: skip
     result = run_portrait(config)
     return {
@@ -90,7 +95,8 @@ def end_to_end(weights: Path | None, backend: str, precision: str, device: str, 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backends", default="torch,onnx-cpu")
-    parser.add_argument("--precisions", default="fp32", help="torch backend precisions, e.g. fp32,fp16")
+    parser.add_argument("--precisions", default="fp32", help="e.g. fp32,fp16 (the ONNX CPU provider: fp32 only)")
+    parser.add_argument("--compile", action="store_true", help="also time the torch backend under torch.compile")
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--device", default="auto")
@@ -100,21 +106,28 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="portrait-bench-"))
     weights = write_random_weights(work / "weights")
     rows = []
+    configs = []
     for backend in args.backends.split(","):
-        precisions = args.precisions.split(",") if backend == "torch" else ["fp32"]
-        for precision in precisions:
-            mods = modules(weights, backend, precision, choice.device, args.runs)
-            e2e = end_to_end(weights, backend, precision, str(choice.device), args.frames, work / f"{backend}.mp4")
-            rows.append({"backend": backend, "precision": precision, "modules": mods, "end_to_end": e2e})
-            per_frame = mods["warping_ms"] + mods["decoder_ms"]
-            print(
-                f"{backend:<10} {precision:<5} appearance {mods['appearance_ms']:8.1f} ms  motion "
-                f"{mods['motion_ms']:7.1f} ms  warping {mods['warping_ms']:8.1f} ms  "
-                f"decoder {mods['decoder_ms']:8.1f} ms"
-                f"  -> {per_frame:8.1f} ms/frame; end to end {e2e['frames_per_second']:.2f} frames/s",
-                flush=True,
-            )
-    baseline = end_to_end(None, "torch", "fp32", str(choice.device), 75, work / "baseline.mp4")
+        precisions = ["fp32"] if backend == "onnx-cpu" else args.precisions.split(",")
+        configs += [(backend, p, False) for p in precisions]
+        configs += [(backend, p, True) for p in precisions if args.compile and backend == "torch"]
+    for backend, precision, compiled in configs:
+        mods = modules(weights, backend, precision, compiled, choice.device, args.runs)
+        out = work / f"{backend}.mp4"
+        e2e = end_to_end(weights, backend, precision, compiled, str(choice.device), args.frames, out)
+        rows.append(
+            {"backend": backend, "precision": precision, "compiled": compiled, "modules": mods, "end_to_end": e2e}
+        )
+        per_frame = mods["warping_ms"] + mods["decoder_ms"]
+        label = backend + ("+compile" if compiled else "")
+        print(
+            f"{label:<14} {precision:<5} appearance {mods['appearance_ms']:8.1f} ms  motion "
+            f"{mods['motion_ms']:7.1f} ms  warping {mods['warping_ms']:8.1f} ms  "
+            f"decoder {mods['decoder_ms']:8.1f} ms"
+            f"  -> {per_frame:8.1f} ms/frame; end to end {e2e['frames_per_second']:.2f} frames/s",
+            flush=True,
+        )
+    baseline = end_to_end(None, "torch", "fp32", False, str(choice.device), 75, work / "baseline.mp4")
     print(f"baseline   end to end {baseline['frames_per_second']:.1f} frames/s over {baseline['frames']} frames")
     snapshot = TelemetrySampler().sample_now()
     gpu = snapshot.gpus[0].name if snapshot.gpus and choice.is_cuda else None

@@ -332,9 +332,11 @@ def _measure(ctx: _Context, point: BenchPoint, row: dict[str, Any]) -> None:
     device = ctx.gpu_device if point.device == "cuda" else "cpu"
     energy = _Energy(ctx.nvml_device if point.device == "cuda" else None)
     runtime = make_runtime(ctx.model, point, device, ctx.memory_fraction)  # type: ignore[arg-type]
+    resident = 0  # tensors other work in this process keeps (e.g. cached portrait networks) are not this point's
     if device.startswith("cuda"):
         import torch
 
+        resident = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
     try:
         start = time.perf_counter()
@@ -356,7 +358,8 @@ def _measure(ctx: _Context, point: BenchPoint, row: dict[str, Any]) -> None:
         t1, joules1 = time.time(), energy.read()
         row["latency"] = latency_stats(times, point.batch)
         row["samples_per_s"] = row["latency"]["throughput_per_s"]
-        row["peak_allocated_bytes"] = runtime.peak_bytes()
+        peak = runtime.peak_bytes()
+        row["peak_allocated_bytes"] = None if peak is None else peak - resident
         row["telemetry"] = _telemetry(ctx.sampler, t0, t1, _gpu_index(ctx.gpu_device))
         samples = ctx.config.runs * point.batch
         if joules0 is not None and joules1 is not None and joules1 > joules0:

@@ -37,6 +37,8 @@ def _cmd_portrait(args: argparse.Namespace) -> int:
         eye_open=args.eye_open,
         lip_open=args.lip_open,
         landmarks=args.landmarks,
+        normalize_lips=not args.no_normalize_lips,
+        compile=args.compile,
     )
     result = run_portrait(config, progress=None if args.quiet else _progress_bar)
     if args.json:
@@ -56,10 +58,14 @@ def export_main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="avatarbench portrait export", description="write LivePortrait as ONNX")
     parser.add_argument("--weights", required=True, help="folder with base_models/ and retargeting_models/")
     parser.add_argument("--out", required=True, help="folder for the .onnx files")
+    parser.add_argument(
+        "--precision", default="fp32", choices=["fp32", "fp16"],
+        help="fp16: appearance, warping and decoder in fp16 with GridSample and the motion extractor in fp32",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     from engine.portrait_onnx import export_onnx
 
-    paths = export_onnx(args.weights, args.out)
+    paths = export_onnx(args.weights, args.out, args.precision)
     print(json.dumps({k: str(v) for k, v in paths.items()}, indent=2))
     return 0
 
@@ -74,11 +80,19 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--source", required=True, help="the portrait (an image)")
     p.add_argument("--driving", required=True, help="driving video, image, or motion template (.npz)")
     p.add_argument("--out", required=True, help="output .mp4")
-    p.add_argument("--weights", help="LivePortrait weights folder (default: AVATARBENCH_LIVEPORTRAIT_DIR)")
+    p.add_argument(
+        "--weights",
+        help="LivePortrait weights folder, or hf:KwaiVGI/LivePortrait to download (default: "
+        "AVATARBENCH_LIVEPORTRAIT_DIR, then the Hub's local cache)",
+    )
     p.add_argument("--engine", default="auto", choices=ENGINES, help="auto: liveportrait when its weights are found")
     p.add_argument("--backend", default="torch", choices=BACKENDS)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], help="torch backend (default fp16 on CUDA)")
+    p.add_argument(
+        "--precision", choices=["fp32", "fp16", "bf16"],
+        help="default fp16 on CUDA; ONNX backends: fp32 or fp16 (the motion extractor always fp32)",
+    )  # fmt: skip
+    p.add_argument("--compile", action="store_true", help="torch.compile the warping module and decoder (torch)")
     p.add_argument("--region", default="all", choices=REGIONS, help="what the driver moves")
     p.add_argument("--absolute", action="store_true", help="the driver's own pose, not motion relative to frame 0")
     p.add_argument("--driving-option", default="expression-friendly", choices=DRIVING_OPTIONS)
@@ -92,6 +106,9 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--eye-open", type=float, help="retarget the eyes to this openness, 0 (closed)..0.8")
     p.add_argument("--lip-open", type=float, help="retarget the lips to this openness, 0 (closed)..0.8")
     p.add_argument("--landmarks", help="LivePortrait's landmark.onnx for retargeting (default: in --weights)")
+    p.add_argument(
+        "--no-normalize-lips", action="store_true", help="keep an open source mouth open (default: closed first)"
+    )
     p.add_argument("--max-frames", type=int, help="stop after N driving frames")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--save-template", help="also save the driving motion here (.npz) for reuse as --driving")

@@ -10,7 +10,11 @@ rendered in batches: warping + decoding + paste-back on the device, encoding in 
 
 Precision: on CUDA the appearance extractor, warping module and decoder run under fp16 autocast (PyTorch
 keeps grid_sample in fp32 there); the motion extractor always runs in strict fp32 with TF32 off, because
-TF32 moves its pose logits by about 0.1 degree-bins.
+TF32 moves its pose logits by about 0.1 degree-bins. With `compile`, the warping module and decoder go through
+torch.compile at one fixed batch shape (the last batch is padded), so they compile once.
+
+Between runs in one process the loaded networks and each source's features stay cached (engine/portrait_cache.py):
+re-animating a portrait with other options costs warping + decoding only.
 """
 
 from __future__ import annotations
@@ -35,7 +39,9 @@ from engine.portrait_crop import (
     crop_image,
     crop_transform,
     network_input,
+    roll_from_landmarks,
 )
+from engine.portrait_landmarks import LandmarkModel, eye_open_ratios, lip_open_ratio
 from engine.portrait_motion import (
     REGIONS,
     KeypointInfo,
@@ -57,6 +63,10 @@ BACKENDS = ("torch", "onnx-cpu", "onnx-cuda", "onnx-trt")
 ENGINES = ("auto", "liveportrait", "baseline")
 TEMPLATE_SUFFIX = ".npz"
 IMAGE_FPS = 25.0
+LIP_NORMALIZE_THRESHOLD = 0.03  # source lips open at least this much are closed before animating (upstream's)
+HUB_REPO = "KwaiVGI/LivePortrait"
+HUB_PATTERNS = ["liveportrait/base_models/*", "liveportrait/retargeting_models/*", "liveportrait/landmark.onnx"]
+COMPILE_BACKEND = "inductor"  # tests use "eager" to check the plumbing without a C++ toolchain
 _TEMPLATE_FIELDS = ("pitch", "yaw", "roll", "t", "exp", "scale", "kp")
 
 
@@ -88,6 +98,8 @@ class PortraitConfig:
     eye_open: float | None = None  # retarget the eyes to this openness (needs the landmark model)
     lip_open: float | None = None  # retarget the lips to this openness (needs the landmark model)
     landmarks: str | None = None  # LivePortrait's landmark.onnx (default: in the weights folder)
+    normalize_lips: bool = True  # close an open source mouth before animating (relative video motion, landmarks)
+    compile: bool = False  # torch.compile the warping module and decoder (torch backend)
 
     def validate(self) -> None:
         problems = []
@@ -103,6 +115,10 @@ class PortraitConfig:
             problems.append(f"engine {self.engine!r} is not one of {', '.join(ENGINES)}")
         if self.backend not in BACKENDS:
             problems.append(f"backend {self.backend!r} is not one of {', '.join(BACKENDS)}")
+        if self.compile and self.backend != "torch":
+            problems.append("torch.compile applies to the torch backend only")
+        if self.backend != "torch" and self.precision == "bf16":
+            problems.append("the ONNX backends run fp32 or fp16, not bf16")
         if not 1 <= int(self.batch_size) <= 256:
             problems.append(f"batch size {self.batch_size} is outside 1..256")
         if len(self.rotate) != 3 or any(not -45 <= float(a) <= 45 for a in self.rotate):
@@ -120,15 +136,42 @@ class PortraitConfig:
             raise PortraitError("; ".join(problems))
 
 
+def hub_weights(reference: str, download: bool) -> Path | None:
+    """The `liveportrait/` folder of a Hub snapshot (`hf:OWNER/REPO`): downloaded when asked for and online,
+    otherwise only looked up in the Hub's local cache (None when it is not there)."""
+    repo = reference.removeprefix("hf:").strip("/")
+    try:
+        from huggingface_hub import snapshot_download
+
+        snapshot = snapshot_download(repo, allow_patterns=HUB_PATTERNS, local_files_only=not download)
+    except Exception as exc:  # offline, not cached, no such repo, huggingface_hub missing
+        if download:
+            raise PortraitError(f"could not fetch the LivePortrait weights from {reference}: {exc}") from None
+        return None
+    folder = Path(snapshot) / "liveportrait"
+    return folder if (folder / "base_models").is_dir() else None
+
+
 def weights_folder(config: PortraitConfig, settings: Settings) -> Path:
-    folder = Path(config.weights or settings.liveportrait_dir or settings.weights_dir / "liveportrait")
-    if not (folder / "base_models").is_dir():
-        raise PortraitError(
-            f"no LivePortrait weights in {folder}: put the official pretrained_weights/liveportrait folder there "
-            "(base_models/*.pth and retargeting_models/stitching_retargeting_module.pth, from the Hugging Face "
-            "repository KwaiVGI/LivePortrait), or set AVATARBENCH_LIVEPORTRAIT_DIR / --weights"
-        )
-    return folder
+    """Explicit path or `hf:` reference > AVATARBENCH_LIVEPORTRAIT_DIR > weights dir > the Hub's cache."""
+    configured = config.weights or settings.liveportrait_dir
+    if configured and str(configured).startswith("hf:"):
+        found = hub_weights(str(configured), download=True)
+        if found is None:
+            raise PortraitError(f"{configured} has no liveportrait/base_models folder")
+        return found
+    folder = Path(configured or settings.weights_dir / "liveportrait")
+    if (folder / "base_models").is_dir():
+        return folder
+    cached = None if configured else hub_weights(f"hf:{HUB_REPO}", download=False)
+    if cached is not None:
+        return cached
+    raise PortraitError(
+        f"no LivePortrait weights in {folder}: put the official pretrained_weights/liveportrait folder there "
+        f"(base_models/*.pth and retargeting_models/stitching_retargeting_module.pth, from the Hugging Face "
+        f"repository {HUB_REPO}), set AVATARBENCH_LIVEPORTRAIT_DIR / --weights, or give --weights hf:{HUB_REPO} "
+        "to download it"
+    )
 
 
 def _largest_face(image: np.ndarray, detector: Any) -> np.ndarray | None:
@@ -153,10 +196,19 @@ def _batches(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
         yield batch
 
 
-class _Networks:
-    """The loaded networks and how to run each in the chosen precision."""
+def _pad(tensor: torch.Tensor, rows: int) -> torch.Tensor:
+    """The batch filled up to `rows` by repeating its last row, so a compiled network sees one shape only."""
+    if tensor.shape[0] >= rows:
+        return tensor
+    return torch.cat([tensor, tensor[-1:].expand(rows - tensor.shape[0], *tensor.shape[1:])])
 
-    def __init__(self, folder: Path, device: torch.device, precision: str) -> None:
+
+class _Networks:
+    """The loaded networks and how to run each in the chosen precision (optionally compiled at `batch` rows)."""
+
+    def __init__(
+        self, folder: Path, device: torch.device, precision: str, compile: bool = False, batch: int = 8
+    ) -> None:
         from engine.models.liveportrait import load_liveportrait
 
         self.nets = load_liveportrait(folder, device)
@@ -165,6 +217,11 @@ class _Networks:
         half = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
         self.autocast = half is not None
         self.half = half
+        self.warping, self.decoder = self.nets.warping, self.nets.decoder
+        self.batch = batch if compile else None
+        if compile:
+            self.warping = torch.compile(self.warping, backend=COMPILE_BACKEND, dynamic=False)
+            self.decoder = torch.compile(self.decoder, backend=COMPILE_BACKEND, dynamic=False)
 
     def amp(self) -> contextlib.AbstractContextManager:
         if not self.autocast:
@@ -185,17 +242,21 @@ class _Networks:
     def warp(self, feature: torch.Tensor, x_source: torch.Tensor, x_driving: torch.Tensor) -> torch.Tensor:
         """The source features moved to the driving keypoints: (B, 256, 64, 64)."""
         b = x_driving.shape[0]
+        rows = self.batch or b
         with self.amp():
-            warped = self.nets.warping(
-                feature.expand(b, -1, -1, -1, -1), kp_driving=x_driving, kp_source=x_source.expand(b, -1, -1)
+            warped = self.warping(
+                feature.expand(rows, -1, -1, -1, -1),
+                kp_driving=_pad(x_driving, rows),
+                kp_source=x_source.expand(rows, -1, -1),
             )
-            return warped["out"]
+            return warped["out"][:b]
 
     @torch.inference_mode()
     def decode(self, warped: torch.Tensor) -> torch.Tensor:
         """(B, 3, 512, 512) frames in [0, 1]."""
+        b = warped.shape[0]
         with self.amp():
-            return self.nets.decoder(warped).float()
+            return self.decoder(_pad(warped, self.batch or b))[:b].float()
 
     def render(self, feature: torch.Tensor, x_source: torch.Tensor, x_driving: torch.Tensor) -> torch.Tensor:
         return self.decode(self.warp(feature, x_source, x_driving))
@@ -284,7 +345,8 @@ def _driving_keypoints(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Keypoints that move the source as the driver moves (relative to the driver's first frame), the
     expression-friendly rescaling, eye and lip retargeting (given the source's eye and lip openness),
-    stitching and the driving multiplier."""
+    stitching, lip normalisation (an open source mouth closed first, as upstream does for relative motion)
+    and the driving multiplier."""
     x_source = transform_keypoints(source)
     posed = source
     if any(config.rotate):  # the head-rotation sliders: the source's own pose, turned by the offsets
@@ -307,7 +369,15 @@ def _driving_keypoints(
             x = x + retarget(nets.retargeting["lip"], x_source, lips)
         if config.stitching:
             x = stitch(nets.retargeting["stitching"], x_source, x)
+        if openness is not None and _normalises_lips(config, n, openness[1]):
+            x = x + retarget(nets.retargeting["lip"], x_source, torch.tensor([[openness[1], 0.0]]))
     return driving_multiplier(x, x_source, config.multiplier), x_source
+
+
+def _normalises_lips(config: PortraitConfig, frames: int, source_lips: float) -> bool:
+    """Upstream closes an open source mouth before relative motion from a clip, unless the lips are retargeted."""
+    wanted = config.normalize_lips and config.relative and config.lip_open is None and frames > 1
+    return wanted and source_lips >= LIP_NORMALIZE_THRESHOLD
 
 
 @dataclass
@@ -384,30 +454,52 @@ def _liveportrait_plan(
     result: RunResult,
     progress: Progress,
 ) -> _Plan:
+    from engine.portrait_cache import NETWORKS, SOURCES, file_digest
+    from engine.portrait_onnx import weights_digest
+
     folder = weights_folder(config, settings)
     progress(0.0, "loading the networks")
+    if config.backend != "torch":
+        precision = _onnx_precision(config, precision, device, result)
+    fixed_batch = config.batch_size if config.compile else None
+    nets_key = (str(folder.resolve()), weights_digest(folder), config.backend, str(device), precision, fixed_batch)
     with result.stage("load"):
-        nets = _load_networks(config, settings, folder, device, precision, result)
-    device = nets.device  # ONNX Runtime takes and returns host arrays
+        nets, nets_hit = NETWORKS.get_or_build(
+            nets_key, lambda: _load_networks(config, settings, folder, device, precision)
+        )
+    if not nets_hit:
+        SOURCES.clear()  # features made by other networks
+    for warning in getattr(nets, "warnings", []):
+        result.warn(warning)
+    if config.backend != "torch":
+        result.metrics["providers"] = nets.providers
+    result.precision = precision
+    device = nets.device  # where the ONNX backend's frames come out
     height, width = source_bgr.shape[:2]
-    transform: CropTransform = crop_transform(box) if config.crop else crop_transform((0, 0, width, height), 1.0, 0.0)
-    with result.stage("crop"):
-        source_input = network_input(crop_image(_rgb(source_bgr), transform), device)
-    with result.stage("source features"):
-        feature = nets.appearance(source_input)
-        source_motion = nets.motion(source_input)
+    landmarks = _source_landmarks(config, folder, source_bgr, box, result)
+    if not config.crop:
+        transform: CropTransform = crop_transform((0, 0, width, height), 1.0, 0.0)
+    else:  # upright by the eye line when the landmark model is there (upstream crops from landmarks too)
+        transform = crop_transform(box, angle=0.0 if landmarks is None else roll_from_landmarks(landmarks))
+
+    def encode_source() -> tuple[torch.Tensor, KeypointInfo]:
+        with result.stage("crop"):
+            source_input = network_input(crop_image(_rgb(source_bgr), transform), device)
+        with result.stage("source features"):
+            return nets.appearance(source_input), nets.motion(source_input)
+
+    source_key = (file_digest(config.source), config.crop, transform.angle, nets_key)
+    (feature, source_motion), source_hit = SOURCES.get_or_build(source_key, encode_source)
+    result.metrics["cache"] = {"networks": nets_hit, "source": source_hit}
     motion, fps, count, has_audio = _driving_motion(config, nets, detector, result, progress)
     if config.save_template:
         save_template(Path(config.save_template), motion, fps)
         result.outputs["template"] = str(config.save_template)
     openness = None
-    if config.eye_open is not None or config.lip_open is not None:
-        from engine.portrait_landmarks import LandmarkModel, eye_open_ratios, lip_open_ratio
-
-        with result.stage("landmarks"):
-            points = LandmarkModel(config.landmarks or folder / "landmark.onnx")(_rgb(source_bgr), box)
-        openness = (eye_open_ratios(points), lip_open_ratio(points))
+    if landmarks is not None:
+        openness = (eye_open_ratios(landmarks), lip_open_ratio(landmarks))
         result.metrics["source_openness"] = {"eyes": openness[0].tolist(), "lips": openness[1]}
+        result.metrics["lips_normalised"] = _normalises_lips(config, count, openness[1])
     x_driving, x_source = _driving_keypoints(config, source_motion, motion, nets, openness)
     paste = PasteBack(transform, height, width, device) if config.paste_back else None
     original = torch.from_numpy(_rgb(source_bgr)).to(device).permute(2, 0, 1)[None].float() / 255
@@ -428,7 +520,8 @@ def _liveportrait_plan(
                 yield paste(frames, original)
 
     size = (width, height) if config.paste_back else (512, 512)
-    metrics = {"backend": config.backend, "crop_scale": transform.scale}
+    metrics = {"backend": config.backend, "crop_scale": transform.scale, "crop_angle": transform.angle}
+    metrics["compiled"] = config.compile
     return _Plan(batches(), fps, count, has_audio, size, device, metrics)
 
 
@@ -501,19 +594,37 @@ def _write(plan: _Plan, config: PortraitConfig, result: RunResult, progress: Pro
     )
 
 
+def _source_landmarks(
+    config: PortraitConfig, folder: Path, source_bgr: np.ndarray, box: np.ndarray, result: RunResult
+) -> np.ndarray | None:
+    """The source's 203 landmarks from LivePortrait's optional landmark model (an upright crop, the eyes' and
+    lips' openness for retargeting and lip normalisation). Retargeting asked for explicitly needs the model;
+    otherwise it is used when it is there."""
+    retargeting = config.eye_open is not None or config.lip_open is not None
+    path = Path(config.landmarks or folder / "landmark.onnx")
+    if not retargeting and not path.is_file():
+        result.metrics["landmarks"] = f"none (no {path}): axis-aligned crop, no lip normalisation"
+        return None
+    with result.stage("landmarks"):
+        return LandmarkModel(path)(_rgb(source_bgr), box)
+
+
+def _onnx_precision(config: PortraitConfig, precision: str, device: torch.device, result: RunResult) -> str:
+    """fp16 needs the CUDA or TensorRT provider on a CUDA device; ONNX Runtime's CPU provider runs fp32."""
+    if precision == "fp16" and (config.backend == "onnx-cpu" or device.type != "cuda"):
+        result.warn(f"{config.backend} on {device} runs fp32 (fp16 needs the CUDA or TensorRT provider on a GPU)")
+        return "fp32"
+    return precision
+
+
 def _load_networks(
-    config: PortraitConfig, settings: Settings, folder: Path, device: torch.device, precision: str, result: RunResult
+    config: PortraitConfig, settings: Settings, folder: Path, device: torch.device, precision: str
 ) -> Any:
     if config.backend == "torch":
-        return _Networks(folder, device, precision)
+        return _Networks(folder, device, precision, config.compile, config.batch_size)
     from engine.portrait_onnx import onnx_networks
 
-    nets = onnx_networks(folder, settings.cache_dir, config.backend, device.index or 0)
-    for warning in nets.warnings:
-        result.warn(warning)
-    result.precision = "fp32"
-    result.metrics["providers"] = nets.providers
-    return nets
+    return onnx_networks(folder, settings.cache_dir, config.backend, device.index or 0, precision)
 
 
 def _driving_audio(config: PortraitConfig, fps: float, count: int) -> np.ndarray | None:

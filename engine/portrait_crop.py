@@ -3,7 +3,8 @@
 blended on the device the frames are on.
 
 The official crop is built from InsightFace's 106 landmarks (non-commercial weights); here it comes from the
-face box of engine/faces.py (Haar or S3FD), so roll is not removed: the box is axis-aligned. The paste-back
+face box of engine/faces.py (Haar or S3FD), turned upright by the eye line of LivePortrait's optional landmark
+model when the user supplied it (`roll_from_landmarks`); without it the crop is axis-aligned. The paste-back
 mask is our own formula for the released template (a 512x512 square feathered over 16 pixels with rounded
 corners, within one grey level of it).
 """
@@ -33,23 +34,46 @@ class CropTransform:
 
     @property
     def scale(self) -> float:
-        return float(self.to_crop[0, 0])
+        return float(np.hypot(self.to_crop[0, 0], self.to_crop[0, 1]))
+
+    @property
+    def angle(self) -> float:
+        """The face's tilt the crop removed, in degrees (positive: clockwise in the image)."""
+        return float(np.degrees(np.arctan2(self.to_crop[0, 1], self.to_crop[0, 0])))
 
 
 def crop_transform(
-    box: tuple[float, float, float, float], scale: float = SOURCE_SCALE, vy: float = SOURCE_VY, size: int = CROP_SIZE
+    box: tuple[float, float, float, float] | np.ndarray,
+    scale: float = SOURCE_SCALE,
+    vy: float = SOURCE_VY,
+    size: int = CROP_SIZE,
+    angle: float = 0.0,
 ) -> CropTransform:
     """The square crop around a face box (x1, y1, x2, y2): side = scale x the box's larger side, centre moved
-    by vy x side (negative: towards the forehead), resampled to size x size."""
+    by vy x side along the face's vertical (negative: towards the forehead), turned by `angle` degrees (the
+    face's clockwise tilt in the image) so the face comes out upright, resampled to size x size."""
     x1, y1, x2, y2 = (float(v) for v in box)
     if x2 <= x1 or y2 <= y1:
         raise ValueError(f"face box {box} is empty: x2 must exceed x1 and y2 exceed y1")
     side = max(x2 - x1, y2 - y1) * scale
-    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2 + vy * side
-    s = size / side
-    to_crop = np.array([[s, 0.0, size / 2 - s * cx], [0.0, s, size / 2 - s * cy]])
-    to_original = np.array([[1 / s, 0.0, cx - size / 2 / s], [0.0, 1 / s, cy - size / 2 / s]])
+    c, s_ = np.cos(np.radians(angle)), np.sin(np.radians(angle))
+    turn = np.array([[c, -s_], [s_, c]])  # crop axes -> image axes (y down: positive turns clockwise)
+    centre = np.array([(x1 + x2) / 2, (y1 + y2) / 2]) + vy * side * (turn @ np.array([0.0, 1.0]))
+    k = size / side
+    half = np.array([size / 2, size / 2])
+    forward = k * turn.T
+    backward = turn / k
+    to_crop = np.hstack([forward, (half - forward @ centre)[:, None]])
+    to_original = np.hstack([backward, (centre - backward @ half)[:, None]])
     return CropTransform(to_crop, to_original, size)
+
+
+def roll_from_landmarks(points: np.ndarray) -> float:
+    """The face's tilt in degrees from the eye line of the 203-point layout (positive: clockwise), so that
+    `crop_transform(..., angle=roll)` makes the eyes level."""
+    eyes = sorted((points[[0, 12]].mean(0), points[[24, 36]].mean(0)), key=lambda p: p[0])
+    (lx, ly), (rx, ry) = eyes
+    return float(np.degrees(np.arctan2(ry - ly, rx - lx)))
 
 
 def crop_image(image: np.ndarray, transform: CropTransform) -> np.ndarray:
@@ -126,4 +150,5 @@ __all__ = [
     "crop_transform",
     "network_input",
     "paste_mask",
+    "roll_from_landmarks",
 ]

@@ -2,10 +2,15 @@
 uses in place of the PyTorch modules.
 
 The export is fp32 at opset 20 (the first opset whose GridSample takes 5-D volumes, which the warping module
-needs); the batch axis is free. Sessions go through engine.onnx_eval.make_session, so a provider that falls
-back to the CPU is reported, never silent; TF32 stays off on the CUDA provider (ORT turns it on by default,
-and it shifts the motion extractor's pose logits). With TensorRT, the nodes TensorRT cannot take (GridSample)
-run on the CUDA provider inside the same session.
+needs); the batch axis is free. The fp16 variant converts the appearance extractor, warping module and decoder
+with ONNX Runtime's float16 converter, keeping GridSample in fp32 (casts around it) and the inputs and outputs
+fp32; the motion extractor always stays fp32 because its pose logits are precision-sensitive. TensorRT builds
+its own fp16 engines from the fp32 graphs instead (`trt_fp16_enable`, again not for the motion extractor).
+
+Sessions go through engine.onnx_eval.make_session, so a provider that falls back to the CPU is reported, never
+silent; TF32 stays off on the CUDA provider (ORT turns it on by default, and it shifts the motion extractor's
+pose logits). With TensorRT, the nodes TensorRT cannot take (GridSample) run on the CUDA provider inside the
+same session. Runs use IOBinding on torch tensors, so on a GPU the frames never leave the device.
 """
 
 from __future__ import annotations
@@ -31,7 +36,11 @@ FILES = {
     "decoder": "spade_generator.onnx",
 }
 BACKENDS = {"onnx-cpu": "cpu", "onnx-cuda": "cuda", "onnx-trt": "trt"}
+PRECISIONS = ("fp32", "fp16")
+HALF_NETWORKS = ("appearance", "warping", "decoder")  # the motion extractor stays strict fp32
+HALF_KEEP_FP32 = ("GridSample",)
 _MOTION_OUTPUTS = ["pitch", "yaw", "roll", "t", "exp", "scale", "kp"]
+_GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 
 
 def _specs() -> dict[str, tuple[tuple[torch.Tensor, ...], list[str], list[str]]]:
@@ -60,8 +69,23 @@ class _DictOutputs(torch.nn.Module):
         return tuple(out[k] for k in self.keys)
 
 
-def export_onnx(weights_dir: str | os.PathLike, out_dir: str | os.PathLike) -> dict[str, Path]:
+def to_fp16(path: Path) -> None:
+    """Convert an exported network to fp16 in place: GridSample stays fp32, inputs and outputs stay fp32."""
+    import onnx
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+    model = convert_float_to_float16(
+        onnx.load(str(path)), keep_io_types=True, op_block_list=[*DEFAULT_OP_BLOCK_LIST, *HALF_KEEP_FP32]
+    )
+    tmp = path.with_suffix(".tmp")
+    onnx.save(model, str(tmp))
+    os.replace(tmp, path)
+
+
+def export_onnx(weights_dir: str | os.PathLike, out_dir: str | os.PathLike, precision: str = "fp32") -> dict[str, Path]:
     """Export the four base networks from the official weights; returns name -> .onnx path."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"ONNX export precision {precision!r} is not one of {', '.join(PRECISIONS)}")
     nets = load_liveportrait(weights_dir)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -84,6 +108,8 @@ def export_onnx(weights_dir: str | os.PathLike, out_dir: str | os.PathLike) -> d
                 output_names=outputs, dynamic_axes=axes,
             )  # fmt: skip
         os.replace(tmp, path)
+        if precision == "fp16" and name in HALF_NETWORKS:
+            to_fp16(path)
         paths[name] = path
     return paths
 
@@ -97,25 +123,74 @@ def weights_digest(weights_dir: str | os.PathLike) -> str:
     return h.hexdigest()[:16]
 
 
-def cached_export(weights_dir: str | os.PathLike, cache_dir: str | os.PathLike) -> dict[str, Path]:
+def cached_export(weights_dir: str | os.PathLike, cache_dir: str | os.PathLike, precision: str = "fp32") -> dict:
+    """The export for these weights from the cache, made on first use; fp16 files sit in a sub-folder and share
+    the fp32 motion extractor."""
     folder = Path(cache_dir) / "liveportrait-onnx" / weights_digest(weights_dir)
     if all((folder / f).is_file() for f in FILES.values()):
-        return {name: folder / f for name, f in FILES.items()}
-    return export_onnx(weights_dir, folder)
+        paths = {name: folder / f for name, f in FILES.items()}
+    else:
+        paths = export_onnx(weights_dir, folder)
+    if precision == "fp32":
+        return paths
+    half = folder / precision
+    half.mkdir(exist_ok=True)
+    for name in HALF_NETWORKS:
+        target = half / FILES[name]
+        if not target.is_file():
+            tmp = target.with_suffix(".part")
+            tmp.write_bytes(paths[name].read_bytes())
+            to_fp16(tmp)
+            os.replace(tmp, target)
+        paths[name] = target
+    return paths
+
+
+class _BoundSession:
+    """One ORT session run on torch tensors through IOBinding: inputs are read and outputs written where the
+    tensors live (the GPU when the session runs there), with no host round trip."""
+
+    def __init__(self, session: Any, providers: list[str], device_id: int) -> None:
+        self.session = session
+        on_gpu = bool(providers) and providers[0] in _GPU_PROVIDERS and torch.cuda.is_available()
+        self.device = torch.device("cuda", device_id) if on_gpu else torch.device("cpu")
+
+    def __call__(self, feeds: dict[str, torch.Tensor], outputs: dict[str, tuple[int, ...]]) -> list[torch.Tensor]:
+        kind, index = self.device.type, self.device.index or 0
+        binding = self.session.io_binding()
+        held = []  # the bound inputs must outlive the run
+        for name, tensor in feeds.items():
+            t = tensor.to(self.device, torch.float32).contiguous()
+            held.append(t)
+            binding.bind_input(name, kind, index, np.float32, list(t.shape), t.data_ptr())
+        results = []
+        for name, shape in outputs.items():
+            out = torch.empty(shape, dtype=torch.float32, device=self.device)
+            binding.bind_output(name, kind, index, np.float32, list(shape), out.data_ptr())
+            results.append(out)
+        if self.device.type == "cuda":
+            torch.cuda.current_stream(self.device).synchronize()  # ORT runs on its own stream
+        self.session.run_with_iobinding(binding)
+        return results
 
 
 class OnnxNetworks:
-    """The same three calls as the PyTorch networks (motion, appearance, render), through ORT sessions."""
+    """The same calls as the PyTorch networks (motion, appearance, warp, decode, render), through ORT sessions."""
 
-    def __init__(self, paths: dict[str, Path], backend: str, retargeting: dict, device_id: int = 0) -> None:
+    def __init__(
+        self, paths: dict[str, Path], backend: str, retargeting: dict, device_id: int = 0, precision: str = "fp32"
+    ) -> None:
         from engine.onnx_eval import EvalConfig, make_session
 
         key = BACKENDS[backend]
-        config = EvalConfig(providers=[key], device_id=device_id, cuda_tf32=False)
-        self.sessions, self.providers, self.warnings = {}, {}, []
+        self.sessions: dict[str, _BoundSession] = {}
+        self.providers: dict[str, list[str]] = {}
+        self.warnings: list[str] = []
         for name, path in paths.items():
+            trt_fp16 = key == "trt" and precision == "fp16" and name in HALF_NETWORKS
+            config = EvalConfig(providers=[key], device_id=device_id, cuda_tf32=False, trt_fp16=trt_fp16)
             session, meta = make_session(path, key, config)
-            self.sessions[name] = session
+            self.sessions[name] = _BoundSession(session, meta["got"], device_id)
             self.providers[name] = meta["got"]
             if meta["fell_back"]:
                 self.warnings.append(
@@ -123,38 +198,57 @@ class OnnxNetworks:
                     f"({meta['fallback_reason']})"
                 )
         self.retargeting = retargeting  # the small MLPs stay in PyTorch on the CPU
-        self.device = torch.device("cpu")
-
-    def _run(self, name: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        return self.sessions[name].run(None, {k: np.ascontiguousarray(v, np.float32) for k, v in feeds.items()})
+        self.device = self.sessions["decoder"].device  # where the rendered frames are
 
     def motion(self, images: torch.Tensor) -> KeypointInfo:
-        out = self._run("motion", {"image": images.cpu().numpy()})
-        return keypoint_info({k: torch.from_numpy(v) for k, v in zip(_MOTION_OUTPUTS, out, strict=True)})
+        b = images.shape[0]
+        shapes = {"pitch": (b, 66), "yaw": (b, 66), "roll": (b, 66), "t": (b, 3), "exp": (b, 63), "scale": (b, 1)}
+        out = self.sessions["motion"]({"image": images}, {**shapes, "kp": (b, 63)})
+        return keypoint_info({k: v.cpu() for k, v in zip(_MOTION_OUTPUTS, out, strict=True)})
 
     def appearance(self, image: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(self._run("appearance", {"image": image.cpu().numpy()})[0])
+        return self.sessions["appearance"]({"image": image}, {"feature": (image.shape[0], 32, 16, 64, 64)})[0]
 
-    def warp(self, feature: torch.Tensor, x_source: torch.Tensor, x_driving: torch.Tensor) -> np.ndarray:
+    def warp(self, feature: torch.Tensor, x_source: torch.Tensor, x_driving: torch.Tensor) -> torch.Tensor:
         b = x_driving.shape[0]
         feeds = {
-            "feature": np.broadcast_to(feature.cpu().numpy(), (b, *feature.shape[1:])),
-            "kp_driving": x_driving.cpu().numpy(),
-            "kp_source": np.broadcast_to(x_source.cpu().numpy(), (b, 21, 3)),
+            "feature": feature.expand(b, -1, -1, -1, -1),
+            "kp_driving": x_driving,
+            "kp_source": x_source.expand(b, -1, -1),
         }
-        return self._run("warping", feeds)[2]
+        return self.sessions["warping"](feeds, {"out": (b, 256, 64, 64)})[0]
 
-    def decode(self, warped: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(self._run("decoder", {"feature": warped})[0])
+    def decode(self, warped: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = warped.shape
+        return self.sessions["decoder"]({"feature": warped}, {"image": (b, 3, 8 * h, 8 * w)})[0]
 
     def render(self, feature: torch.Tensor, x_source: torch.Tensor, x_driving: torch.Tensor) -> torch.Tensor:
         return self.decode(self.warp(feature, x_source, x_driving))
 
 
-def onnx_networks(weights_dir: Path, cache_dir: Path, backend: str, device_id: int = 0) -> Any:
+def onnx_networks(
+    weights_dir: Path, cache_dir: Path, backend: str, device_id: int = 0, precision: str = "fp32"
+) -> OnnxNetworks:
+    """Sessions for `backend`. fp16 means our fp16 graphs on the CUDA provider, TensorRT's own fp16 engines on
+    the TensorRT provider (from the fp32 graphs); the CPU provider runs fp32 only."""
     from engine.models.liveportrait import load_retargeting
 
-    return OnnxNetworks(cached_export(weights_dir, cache_dir), backend, load_retargeting(weights_dir), device_id)
+    if precision not in PRECISIONS:
+        raise ValueError(f"the ONNX backends run fp32 or fp16, not {precision}")
+    graphs = "fp16" if precision == "fp16" and backend == "onnx-cuda" else "fp32"
+    paths = cached_export(weights_dir, cache_dir, graphs)
+    return OnnxNetworks(paths, backend, load_retargeting(weights_dir), device_id, precision)
 
 
-__all__ = ["BACKENDS", "FILES", "OPSET", "OnnxNetworks", "cached_export", "export_onnx", "onnx_networks"]
+__all__ = [
+    "BACKENDS",
+    "FILES",
+    "HALF_NETWORKS",
+    "OPSET",
+    "PRECISIONS",
+    "OnnxNetworks",
+    "cached_export",
+    "export_onnx",
+    "onnx_networks",
+    "to_fp16",
+]

@@ -126,9 +126,9 @@ def test_lipsync_bad_input_is_a_message_and_the_app_keeps_serving(client, tmp_pa
 def _portrait_options(max_frames: int) -> list:
     """/portrait's inputs after the two files: engine, backend, precision, relative, driving option, region,
     multiplier, stitching, paste-back, max frames, batch, save template, crop, pitch, yaw, roll, eyes on/value,
-    lips on/value."""
+    lips on/value, normalise lips, compile."""
     return ["auto", "torch", "auto", True, "expression-friendly", "all", 1.0, True, True, max_frames, 8, False,
-            True, 0, 0, 0, False, 0.3, False, 0.0]  # fmt: skip
+            True, 0, 0, 0, False, 0.3, False, 0.0, True, False]  # fmt: skip
 
 
 def test_portrait_endpoint_animates_the_example(client) -> None:

@@ -235,15 +235,19 @@ def _portrait_inputs(tmp_path):
     return write_random_weights(tmp_path / "lp"), assets / "face.jpg", assets / "driving.mp4"
 
 
-@pytest.mark.parametrize("backend", ["torch", "onnx-cuda", "onnx-trt"])
-def test_portrait_backends_on_the_gpu_do_not_fall_back(tmp_path, backend) -> None:
+@pytest.mark.parametrize(
+    ("backend", "precision"),
+    [("torch", "fp16"), ("onnx-cuda", "fp32"), ("onnx-cuda", "fp16"), ("onnx-trt", "fp32"), ("onnx-trt", "fp16")],
+)
+def test_portrait_backends_on_the_gpu_do_not_fall_back(tmp_path, backend, precision) -> None:
     from engine.portrait import PortraitConfig, run_portrait
 
     weights, face, driving = _portrait_inputs(tmp_path)
     config = PortraitConfig(face, driving, tmp_path / "out.mp4", weights=str(weights), device="cuda",
-                            backend=backend, max_frames=8)  # fmt: skip
+                            backend=backend, precision=precision, max_frames=8)  # fmt: skip
     result = run_portrait(config)
     assert result.metrics["frames"] == 8 and result.metrics["engine"] == "liveportrait"
+    assert result.precision == precision
     assert not any("runs on CPUExecutionProvider" in w for w in result.warnings), result.warnings
     if backend != "torch":
         for name, got in result.metrics["providers"].items():
@@ -265,3 +269,37 @@ def test_portrait_fp16_agrees_with_fp32(tmp_path) -> None:
     b = fp16.render(fp16.appearance(image), x, x + 0.02)
     assert (a - b).abs().mean() < 0.01  # within a few grey levels on average
     assert torch.equal(fp16.motion(image).kp, fp32.motion(image).kp)  # the motion extractor stays strict fp32
+
+
+def test_portrait_onnx_fp16_agrees_with_fp32_and_stays_on_the_gpu(tmp_path) -> None:
+    import torch
+
+    from engine.portrait_onnx import onnx_networks
+
+    weights, _, _ = _portrait_inputs(tmp_path)
+    fp32 = onnx_networks(weights, tmp_path / "cache", "onnx-cuda", precision="fp32")
+    fp16 = onnx_networks(weights, tmp_path / "cache", "onnx-cuda", precision="fp16")
+    assert fp16.device.type == "cuda" and not fp16.warnings
+    image = torch.rand(1, 3, 256, 256, device="cuda")
+    feature = fp32.appearance(image)
+    assert feature.device.type == "cuda"  # IOBinding: no host round trip
+    x = fp32.motion(image).kp
+    a, b = fp32.render(feature, x, x + 0.02), fp16.render(fp16.appearance(image), x, x + 0.02)
+    assert a.device.type == "cuda" and (a - b).abs().mean() < 0.01
+    assert torch.equal(fp16.motion(image).kp, fp32.motion(image).kp)  # the same fp32 motion graph
+
+
+def test_portrait_compiled_matches_eager_on_the_gpu(tmp_path) -> None:
+    import torch
+
+    from engine.portrait import _Networks
+
+    weights, _, _ = _portrait_inputs(tmp_path)
+    eager = _Networks(weights, torch.device("cuda"), "fp16")
+    compiled = _Networks(weights, torch.device("cuda"), "fp16", compile=True, batch=4)
+    image = torch.rand(1, 3, 256, 256, device="cuda")
+    feature = eager.appearance(image)
+    x = eager.motion(image).kp
+    drive = x + torch.linspace(0, 0.03, 3, device="cuda").view(3, 1, 1)  # 3 rows: padded to 4
+    a, b = eager.render(feature, x, drive), compiled.render(feature, x, drive)
+    assert b.shape == (3, 3, 512, 512) and (a - b).abs().mean() < 0.005

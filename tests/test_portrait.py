@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine.media import VideoWriter, probe_video
+from engine.media import VideoWriter, probe_video, read_frames
 from engine.models.liveportrait import write_random_weights
 from engine.portrait import PortraitConfig, PortraitError, load_template, run_portrait
 
@@ -21,6 +21,11 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_random_weights(tmp_path_factory.mktemp("lp"))
+
+
+@pytest.fixture(scope="module")
+def onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("onnx-cache")
 
 
 @pytest.fixture(scope="module")
@@ -48,14 +53,43 @@ def test_video_driver_writes_the_animated_portrait_and_its_motion(weights: Path,
         assert name in stages
     motion, fps, count = load_template(template)
     assert fps == 25.0 and count == 1 and motion.kp.shape == (1, 21, 3)
+    assert result.metrics["cache"] == {"networks": False, "source": False} and result.metrics["crop_angle"] == 0
+    assert result.metrics["landmarks"].startswith("none")  # no landmark.onnx: axis-aligned, no lip normalisation
+    # the saved motion drives a second run, which reuses the loaded networks and the source's features
+    again = run_portrait(PortraitConfig(ASSETS / "face.jpg", template, tmp_path / "again.mp4", weights=str(weights)))
+    assert again.metrics["cache"] == {"networks": True, "source": True} and again.metrics["frames"] == 1
+    assert "source features" not in [s.name for s in again.stages]
+    frames = [next(iter(read_frames(p))).astype(np.float32) for p in (out, tmp_path / "again.mp4")]
+    assert np.abs(frames[0] - frames[1]).mean() < 1.0  # the same motion gives the same frame
 
 
-def test_onnx_backend_matches_pytorch(weights: Path, tmp_path: Path) -> None:
+def test_landmarks_turn_the_crop_upright_and_close_the_lips(weights: Path, tmp_path: Path) -> None:
+    from tiny_onnx import landmark_model
+
+    from engine.portrait import save_template
+    from engine.portrait_motion import KeypointInfo
+
+    g = torch.Generator().manual_seed(4)
+    frames = KeypointInfo(torch.zeros(2), torch.tensor([0.0, 5.0]), torch.zeros(2), torch.zeros(2, 3),
+                          torch.zeros(2, 21, 3), torch.ones(2), torch.rand(2, 21, 3, generator=g) - 0.5)  # fmt: skip
+    save_template(tmp_path / "turn.npz", frames, 25.0)  # a two-frame driver: relative motion, lips normalised
+    model = landmark_model(tmp_path / "landmark.onnx", tilt_deg=12.0)
+    config = PortraitConfig(ASSETS / "face.jpg", tmp_path / "turn.npz", tmp_path / "out.mp4", weights=str(weights),
+                            landmarks=str(model), max_frames=2, batch_size=2)  # fmt: skip
+    result = run_portrait(config)
+    m = result.metrics
+    assert m["frames"] == 2 and m["crop_angle"] == pytest.approx(12.0, abs=0.01)  # the stand-in's eye line
+    assert m["source_openness"]["lips"] == pytest.approx(0.2, abs=1e-3) and m["lips_normalised"] is True
+    assert "landmarks" in [s.name for s in result.stages]
+    assert probe_video(tmp_path / "out.mp4").frames == 2
+
+
+def test_onnx_backend_matches_pytorch(weights: Path, onnx_cache: Path) -> None:
     from engine.portrait import _Networks
     from engine.portrait_onnx import onnx_networks
 
     torch_nets = _Networks(weights, torch.device("cpu"), "fp32")
-    onnx_nets = onnx_networks(weights, tmp_path / "cache", "onnx-cpu")
+    onnx_nets = onnx_networks(weights, onnx_cache, "onnx-cpu")
     assert set(onnx_nets.providers) == {"appearance", "motion", "warping", "decoder"} and not onnx_nets.warnings
     image = torch.rand(1, 3, 256, 256)
     feature = torch_nets.appearance(image)
@@ -64,11 +98,56 @@ def test_onnx_backend_matches_pytorch(weights: Path, tmp_path: Path) -> None:
     assert torch.allclose(a.kp, b.kp, atol=1e-4) and torch.allclose(a.yaw, b.yaw, atol=1e-3)
     x_s = a.kp
     warped = torch_nets.warp(feature, x_s, x_s + 0.02)
-    assert np.abs(onnx_nets.warp(feature, x_s, x_s + 0.02) - warped.numpy()).max() < 1e-3
+    assert (onnx_nets.warp(feature, x_s, x_s + 0.02) - warped).abs().max() < 1e-3
     small = warped[:, :, :16, :16]  # the decoder is fully convolutional: a 16x16 feature map is a 128x128 image
-    frame_torch, frame_onnx = torch_nets.decode(small), onnx_nets.decode(small.numpy())
+    frame_torch, frame_onnx = torch_nets.decode(small), onnx_nets.decode(small)
     assert frame_onnx.shape == (1, 3, 128, 128)
     assert (frame_torch - frame_onnx).abs().max() < 1e-3
+
+
+def test_fp16_export_keeps_grid_sample_and_the_motion_extractor_in_fp32(weights: Path, onnx_cache: Path) -> None:
+    import onnx
+
+    from engine.models.liveportrait import load_retargeting
+    from engine.portrait_onnx import OnnxNetworks, cached_export
+
+    full, half = cached_export(weights, onnx_cache), cached_export(weights, onnx_cache, "fp16")
+    assert half["motion"] == full["motion"] and half["decoder"] != full["decoder"]
+    graph = onnx.load(str(half["warping"])).graph
+    made_by = {out: node for node in graph.node for out in node.output}
+    float_inputs = {i.name for i in graph.input if i.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
+    samplers = [n for n in graph.node if n.op_type == "GridSample"]
+    assert len(samplers) == 2  # the dense-motion deformation and the final warp
+    for node in samplers:
+        for name in node.input:
+            cast = made_by.get(name)
+            to_float = cast is not None and cast.op_type == "Cast" and cast.attribute[0].i == onnx.TensorProto.FLOAT
+            assert to_float or name in float_inputs, name
+    dtypes = {t.name: t.data_type for t in graph.initializer}
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    assert len(convs) >= 10 and all(dtypes[n.input[1]] == onnx.TensorProto.FLOAT16 for n in convs)  # fp16 convs
+    assert all(i.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for i in graph.input)  # io stays fp32
+    fp32 = OnnxNetworks(full, "onnx-cpu", load_retargeting(weights))
+    fp16 = OnnxNetworks(half, "onnx-cpu", load_retargeting(weights))
+    image = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(1))
+    a, b = fp32.appearance(image), fp16.appearance(image)
+    assert b.dtype == torch.float32 and (a - b).abs().max() < 1e-2
+    small = torch.rand(1, 256, 16, 16, generator=torch.Generator().manual_seed(2)) * 0.1
+    assert (fp32.decode(small) - fp16.decode(small)).abs().mean() < 2e-3  # under a grey level on average
+
+
+def test_compiled_networks_pad_the_last_batch(weights: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import engine.portrait as portrait
+
+    monkeypatch.setattr(portrait, "COMPILE_BACKEND", "eager")  # the plumbing, without a C++ toolchain
+    plain = portrait._Networks(weights, torch.device("cpu"), "fp32")
+    compiled = portrait._Networks(weights, torch.device("cpu"), "fp32", compile=True, batch=3)
+    feature = torch.rand(2, 256, 8, 8, generator=torch.Generator().manual_seed(3)) * 0.1
+    out = compiled.decode(feature)  # two rows padded to three, then cut back
+    assert out.shape == (2, 3, 64, 64) and torch.allclose(out, plain.decode(feature), atol=1e-5)
+    with pytest.raises(PortraitError, match="torch backend only"):
+        PortraitConfig(ASSETS / "face.jpg", ASSETS / "face.jpg", Path("o.mp4"), backend="onnx-cpu",
+                       compile=True).validate()  # fmt: skip
 
 
 def test_refusals_are_messages(weights: Path, driving: Path, tmp_path: Path) -> None:

@@ -98,6 +98,25 @@ def test_crop_transform_and_its_inverse() -> None:
         crop_transform((10, 10, 10, 50))
 
 
+def test_a_tilted_face_comes_out_upright() -> None:
+    from engine.portrait_crop import roll_from_landmarks
+
+    points = np.zeros((203, 2))
+    tilt = np.radians(15)  # eyes 60 px apart, the right one lower: the face leans clockwise by 15 degrees
+    left, right = np.array([120.0, 240.0]), np.array([120 + 60 * np.cos(tilt), 240 + 60 * np.sin(tilt)])
+    corners = np.array([[-10.0, 0.0], [10.0, 0.0]])  # each eye's two corners
+    points[[0, 12]], points[[24, 36]] = left + corners, right + corners
+    assert roll_from_landmarks(points) == pytest.approx(15.0)
+    t = crop_transform((100, 200, 200, 300), angle=15.0)
+    eyes = [t.to_crop @ np.append(p, 1.0) for p in (left, right)]
+    assert eyes[0][1] == pytest.approx(eyes[1][1]) and eyes[0][0] < eyes[1][0]  # level, left stays left
+    assert t.angle == pytest.approx(15.0) and t.scale == pytest.approx(512 / 230)
+    m = np.vstack([t.to_crop, [0, 0, 1]]) @ np.vstack([t.to_original, [0, 0, 1]])
+    assert np.allclose(m, np.eye(3))
+    up = t.to_original @ np.array([256, 256, 1.0]) - np.array([150, 250])  # the shift follows the face's vertical
+    assert np.hypot(*up) == pytest.approx(0.125 * 230) and up[0] > 0 and up[1] < 0
+
+
 def test_paste_mask_shape() -> None:
     mask = paste_mask()
     assert mask.shape == (512, 512) and mask[256, 256] == 1.0 and mask[0, 256] == 0.0

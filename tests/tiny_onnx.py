@@ -76,3 +76,35 @@ def colour_classifier(path: Path, layout: str = "nchw", size: int = 8) -> Path:
         [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 3])],
     )
     return save(graph, path)
+
+
+def landmark_layout(tilt_deg: float = 0.0) -> np.ndarray:
+    """203 points in crop units: left eye 0.2 wide, open 0.05; right eye 0.2 wide, open 0.04; mouth 0.3 wide,
+    open 0.06 (so openness 0.25, 0.2 and 0.2); `tilt_deg` turns it clockwise about the crop's centre."""
+    pts = np.full((203, 2), 0.5, np.float32)
+    pts[0], pts[12], pts[6], pts[18] = (0.3, 0.4), (0.5, 0.4), (0.4, 0.375), (0.4, 0.425)
+    pts[24], pts[36], pts[30], pts[42] = (0.55, 0.4), (0.75, 0.4), (0.65, 0.38), (0.65, 0.42)
+    pts[48], pts[66], pts[90], pts[102] = (0.35, 0.7), (0.65, 0.7), (0.5, 0.67), (0.5, 0.73)
+    c, s = np.cos(np.radians(tilt_deg)), np.sin(np.radians(tilt_deg))
+    return ((pts - 0.5) @ np.array([[c, s], [-s, c]], np.float32) + 0.5).astype(np.float32)
+
+
+def landmark_model(path: Path, tilt_deg: float = 0.0) -> Path:
+    """A stand-in for LivePortrait's landmark.onnx: 'input' (1,3,224,224) -> a constant (1, 406), the input
+    summed, times zero, plus the layout."""
+    nodes = [
+        helper.make_node("ReduceSum", ["input"], ["total"], keepdims=0),
+        helper.make_node("Mul", ["total", "zero"], ["nothing"]),
+        helper.make_node("Add", ["layout", "nothing"], ["landmarks"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "landmarks",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 224, 224])],
+        [helper.make_tensor_value_info("landmarks", TensorProto.FLOAT, [1, 406])],
+        [numpy_helper.from_array(np.zeros((), np.float32), "zero"),
+         numpy_helper.from_array(landmark_layout(tilt_deg).reshape(1, 406), "layout")],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)], ir_version=8)
+    path.write_bytes(model.SerializeToString())
+    return path

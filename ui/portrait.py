@@ -29,6 +29,12 @@ def summary_markdown(result: RunResult) -> str:
     label = "LivePortrait" if m["engine"] == "liveportrait" else baseline
     providers = m.get("providers")
     where = f" · providers {providers}" if providers else ""
+    cache = m.get("cache")
+    if cache:
+        reused = [name for name in ("networks", "source") if cache[name]]
+        where += f" · reused from the last run: {', '.join(reused)}" if reused else ""
+    if m.get("compiled"):
+        where += " · torch.compile"
     lines = [
         f"{label} · {m['backend']} on `{result.device}` ({result.device_name}, {result.precision}){where} · "
         f"{m['frames']} frames at {m['fps']:g} fps · {m['frames_per_second']:.1f} frames/s · encoder `{m['encoder']}`"
@@ -107,6 +113,9 @@ def build_portrait_tab(settings: Settings) -> None:
                     eyes = gr.Slider(0.0, 0.8, value=0.35, step=0.01, label="Eye openness")
                     lips_on = gr.Checkbox(value=False, label="Retarget lips")
                     lips = gr.Slider(0.0, 0.8, value=0.0, step=0.01, label="Lip openness")
+                with gr.Row():
+                    normalize = gr.Checkbox(value=True, label="Normalise lips (close an open source mouth first)")
+                    compiled = gr.Checkbox(value=False, label="torch.compile (torch backend; first run compiles)")
             run = gr.Button("Animate", variant="primary")
         with gr.Column():
             video = gr.Video(label="Result", interactive=False)
@@ -119,8 +128,8 @@ def build_portrait_tab(settings: Settings) -> None:
 
     def animate(
         source_path, driving_path, engine_name, backend_name, prec, rel, opt, reg, mult, stitch, paste,
-        frames_cap, batch_size, save, crop_face, p_deg, y_deg, r_deg, eye_on, eye_v, lip_on, lip_v,
-        progress=gr.Progress(),
+        frames_cap, batch_size, save, crop_face, p_deg, y_deg, r_deg, eye_on, eye_v, lip_on, lip_v, norm_lips,
+        compile_nets, progress=gr.Progress(),
     ) -> tuple[Any, ...]:  # fmt: skip
         if not source_path:
             raise gr.Error("Upload a source portrait.")
@@ -148,6 +157,8 @@ def build_portrait_tab(settings: Settings) -> None:
             rotate=(float(p_deg), float(y_deg), float(r_deg)),
             eye_open=float(eye_v) if eye_on else None,
             lip_open=float(lip_v) if lip_on else None,
+            normalize_lips=bool(norm_lips),
+            compile=bool(compile_nets),
         )
         try:
             result = run_portrait(config, settings, progress=lambda f, label: progress(f, desc=label))
@@ -168,6 +179,7 @@ def build_portrait_tab(settings: Settings) -> None:
 
     inputs = [source, driving, engine, backend, precision, relative, option, region, multiplier, stitching]
     inputs += [paste_back, max_frames, batch, keep_template, crop, pitch, yaw, roll, eyes_on, eyes, lips_on, lips]
+    inputs += [normalize, compiled]
     run.click(
         animate,
         inputs,

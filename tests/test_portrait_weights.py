@@ -1,0 +1,79 @@
+"""Where the LivePortrait weights come from (a folder, the Hub's local cache, an explicit hf: reference) and
+the cache of networks and sources that portrait runs share."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from engine.portrait import PortraitConfig, PortraitError, hub_weights, weights_folder
+from engine.portrait_cache import LruCache, file_digest
+from engine.settings import Settings
+
+FACE = Path(__file__).resolve().parent.parent / "assets" / "face.jpg"
+
+
+def _hub_snapshot(cache: Path, repo: str = "KwaiVGI/LivePortrait") -> Path:
+    """The Hub's cache layout with one snapshot that has liveportrait/base_models."""
+    root = cache / f"models--{repo.replace('/', '--')}"
+    revision = "0" * 40
+    folder = root / "snapshots" / revision / "liveportrait"
+    (folder / "base_models").mkdir(parents=True)
+    (root / "refs").mkdir()
+    (root / "refs" / "main").write_text(revision)
+    return folder
+
+
+def test_weights_come_from_the_folder_then_the_hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # nothing here may reach the network
+    settings = Settings(data_dir=tmp_path, weights_dir=tmp_path / "weights")
+    config = PortraitConfig(FACE, FACE, tmp_path / "o.mp4")
+    with pytest.raises(PortraitError, match="hf:KwaiVGI/LivePortrait"):
+        weights_folder(config, settings)  # nothing anywhere: the message says where to put them
+    assert hub_weights("hf:KwaiVGI/LivePortrait", download=False) is None
+    cached = _hub_snapshot(tmp_path / "hub")
+    assert weights_folder(config, settings) == cached  # found in the Hub's cache, without the network
+    local = tmp_path / "weights" / "liveportrait"
+    (local / "base_models").mkdir(parents=True)
+    assert weights_folder(config, settings) == local  # a local folder wins
+    explicit = PortraitConfig(FACE, FACE, tmp_path / "o.mp4", weights=str(tmp_path / "nowhere"))
+    with pytest.raises(PortraitError, match="no LivePortrait weights"):
+        weights_folder(explicit, settings)  # a folder named explicitly is never replaced by another
+    with pytest.raises(PortraitError, match="could not fetch"):
+        weights_folder(PortraitConfig(FACE, FACE, tmp_path / "o.mp4", weights="hf:Someone/Else"), settings)
+
+
+def test_lru_cache_keeps_the_most_recent_and_builds_once() -> None:
+    cache, built = LruCache(2), []
+
+    def build(value: str):
+        return lambda: built.append(value) or value
+
+    assert cache.get_or_build("a", build("A")) == ("A", False)
+    assert cache.get_or_build("a", build("A2")) == ("A", True)
+    cache.get_or_build("b", build("B"))
+    cache.get_or_build("a", build("A3"))  # a is now the most recent
+    cache.get_or_build("c", build("C"))  # evicts b
+    assert cache.get_or_build("b", build("B2")) == ("B2", False)
+    assert built == ["A", "B", "C", "B2"] and len(cache) == 2
+    threads = [threading.Thread(target=cache.get_or_build, args=("d", build("D"))) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert built.count("D") == 1
+    cache.clear()
+    assert len(cache) == 0
+
+
+def test_file_digest_is_about_the_bytes(tmp_path: Path) -> None:
+    copy = tmp_path / "renamed.jpg"
+    copy.write_bytes(FACE.read_bytes())
+    assert file_digest(copy) == file_digest(FACE)
+    copy.write_bytes(FACE.read_bytes() + b"x")
+    assert file_digest(copy) != file_digest(FACE)
