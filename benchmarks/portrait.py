@@ -81,12 +81,19 @@ def end_to_end(
         ASSETS / "face.jpg", ASSETS / "driving.mp4", out, weights=str(weights) if weights else None, device=device,
         precision=precision, backend=backend, max_frames=frames, engine=engine, compile=compiled,
     )  # fmt: skip
-    result = run_portrait(config)
+    walls, results = [], []
+    for _ in range(2 if weights else 1):  # LivePortrait twice: the re-run finds networks and source cached
+        start = time.perf_counter()
+        results.append(run_portrait(config))
+        walls.append(time.perf_counter() - start)
+    result = results[0]
     return {
         "engine": engine,
         "frames": result.metrics["frames"],
         "frames_per_second": result.metrics["frames_per_second"],
         "stages_s": {s.name: s.seconds for s in result.stages},
+        "wall_s": walls[0],
+        "rerun_wall_s": walls[-1] if weights else None,
         "peak_gpu_bytes": result.peak_gpu_bytes,
         "warnings": result.warnings,
     }
@@ -124,7 +131,8 @@ def main() -> int:
             f"{label:<14} {precision:<5} appearance {mods['appearance_ms']:8.1f} ms  motion "
             f"{mods['motion_ms']:7.1f} ms  warping {mods['warping_ms']:8.1f} ms  "
             f"decoder {mods['decoder_ms']:8.1f} ms"
-            f"  -> {per_frame:8.1f} ms/frame; end to end {e2e['frames_per_second']:.2f} frames/s",
+            f"  -> {per_frame:8.1f} ms/frame; end to end {e2e['frames_per_second']:.2f} frames/s, "
+            f"{e2e['wall_s']:.1f} s (re-run with the cache {e2e['rerun_wall_s']:.1f} s)",
             flush=True,
         )
     baseline = end_to_end(None, "torch", "fp32", False, str(choice.device), 75, work / "baseline.mp4")

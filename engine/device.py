@@ -169,6 +169,14 @@ def current_backend_flags() -> BackendFlags:
     )
 
 
+def pad_batch(tensor: torch.Tensor, rows: int) -> torch.Tensor:
+    """The batch filled up to `rows` by repeating its last row: compiled graphs and TensorRT engines then see
+    one shape and are built once (callers cut the outputs back)."""
+    if tensor.shape[0] >= rows:
+        return tensor
+    return torch.cat([tensor, tensor[-1:].expand(rows - tensor.shape[0], *tensor.shape[1:])])
+
+
 def set_memory_fraction(fraction: float, device: torch.device) -> bool:
     """Cap this process's share of GPU memory; returns False (and does nothing) on a CPU device."""
     if not 0.0 < fraction <= 1.0:

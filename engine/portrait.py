@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine.device import apply_backend_flags, capabilities, resolve_device
+from engine.device import apply_backend_flags, capabilities, pad_batch, resolve_device
 from engine.media import MediaError, VideoWriter, is_image, load_image, probe_video, read_frames, validate_video
 from engine.portrait_crop import (
     DRIVING_SCALE,
@@ -196,13 +196,6 @@ def _batches(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
         yield batch
 
 
-def _pad(tensor: torch.Tensor, rows: int) -> torch.Tensor:
-    """The batch filled up to `rows` by repeating its last row, so a compiled network sees one shape only."""
-    if tensor.shape[0] >= rows:
-        return tensor
-    return torch.cat([tensor, tensor[-1:].expand(rows - tensor.shape[0], *tensor.shape[1:])])
-
-
 class _Networks:
     """The loaded networks and how to run each in the chosen precision (optionally compiled at `batch` rows)."""
 
@@ -246,7 +239,7 @@ class _Networks:
         with self.amp():
             warped = self.warping(
                 feature.expand(rows, -1, -1, -1, -1),
-                kp_driving=_pad(x_driving, rows),
+                kp_driving=pad_batch(x_driving, rows),
                 kp_source=x_source.expand(rows, -1, -1),
             )
             return warped["out"][:b]
@@ -256,7 +249,7 @@ class _Networks:
         """(B, 3, 512, 512) frames in [0, 1]."""
         b = warped.shape[0]
         with self.amp():
-            return self.decoder(_pad(warped, self.batch or b))[:b].float()
+            return self.decoder(pad_batch(warped, self.batch or b))[:b].float()
 
     def render(self, feature: torch.Tensor, x_source: torch.Tensor, x_driving: torch.Tensor) -> torch.Tensor:
         return self.decode(self.warp(feature, x_source, x_driving))
@@ -461,7 +454,7 @@ def _liveportrait_plan(
     progress(0.0, "loading the networks")
     if config.backend != "torch":
         precision = _onnx_precision(config, precision, device, result)
-    fixed_batch = config.batch_size if config.compile else None
+    fixed_batch = config.batch_size if config.compile or config.backend == "onnx-trt" else None
     nets_key = (str(folder.resolve()), weights_digest(folder), config.backend, str(device), precision, fixed_batch)
     with result.stage("load"):
         nets, nets_hit = NETWORKS.get_or_build(
@@ -624,7 +617,8 @@ def _load_networks(
         return _Networks(folder, device, precision, config.compile, config.batch_size)
     from engine.portrait_onnx import onnx_networks
 
-    return onnx_networks(folder, settings.cache_dir, config.backend, device.index or 0, precision)
+    batch = config.batch_size if config.backend == "onnx-trt" else None  # one TensorRT engine per network
+    return onnx_networks(folder, settings.cache_dir, config.backend, device.index or 0, precision, batch)
 
 
 def _driving_audio(config: PortraitConfig, fps: float, count: int) -> np.ndarray | None:

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from engine.device import pad_batch
 from engine.models.liveportrait import load_liveportrait
 from engine.portrait_motion import KeypointInfo, keypoint_info
 
@@ -178,10 +179,19 @@ class OnnxNetworks:
     """The same calls as the PyTorch networks (motion, appearance, warp, decode, render), through ORT sessions."""
 
     def __init__(
-        self, paths: dict[str, Path], backend: str, retargeting: dict, device_id: int = 0, precision: str = "fp32"
+        self,
+        paths: dict[str, Path],
+        backend: str,
+        retargeting: dict,
+        device_id: int = 0,
+        precision: str = "fp32",
+        batch: int | None = None,
     ) -> None:
+        """`batch`: pad every call to this many rows, so TensorRT builds one engine per network, not one per
+        batch size it meets."""
         from engine.onnx_eval import EvalConfig, make_session
 
+        self.batch = batch
         key = BACKENDS[backend]
         self.sessions: dict[str, _BoundSession] = {}
         self.providers: dict[str, list[str]] = {}
@@ -200,34 +210,45 @@ class OnnxNetworks:
         self.retargeting = retargeting  # the small MLPs stay in PyTorch on the CPU
         self.device = self.sessions["decoder"].device  # where the rendered frames are
 
+    def _rows(self, b: int) -> int:
+        return max(b, self.batch or b)
+
     def motion(self, images: torch.Tensor) -> KeypointInfo:
         b = images.shape[0]
-        shapes = {"pitch": (b, 66), "yaw": (b, 66), "roll": (b, 66), "t": (b, 3), "exp": (b, 63), "scale": (b, 1)}
-        out = self.sessions["motion"]({"image": images}, {**shapes, "kp": (b, 63)})
-        return keypoint_info({k: v.cpu() for k, v in zip(_MOTION_OUTPUTS, out, strict=True)})
+        n = self._rows(b)
+        shapes = {"pitch": (n, 66), "yaw": (n, 66), "roll": (n, 66), "t": (n, 3), "exp": (n, 63), "scale": (n, 1)}
+        out = self.sessions["motion"]({"image": pad_batch(images, n)}, {**shapes, "kp": (n, 63)})
+        return keypoint_info({k: v[:b].cpu() for k, v in zip(_MOTION_OUTPUTS, out, strict=True)})
 
     def appearance(self, image: torch.Tensor) -> torch.Tensor:
         return self.sessions["appearance"]({"image": image}, {"feature": (image.shape[0], 32, 16, 64, 64)})[0]
 
     def warp(self, feature: torch.Tensor, x_source: torch.Tensor, x_driving: torch.Tensor) -> torch.Tensor:
         b = x_driving.shape[0]
+        n = self._rows(b)
         feeds = {
-            "feature": feature.expand(b, -1, -1, -1, -1),
-            "kp_driving": x_driving,
-            "kp_source": x_source.expand(b, -1, -1),
+            "feature": feature.expand(n, -1, -1, -1, -1),
+            "kp_driving": pad_batch(x_driving, n),
+            "kp_source": x_source.expand(n, -1, -1),
         }
-        return self.sessions["warping"](feeds, {"out": (b, 256, 64, 64)})[0]
+        return self.sessions["warping"](feeds, {"out": (n, 256, 64, 64)})[0][:b]
 
     def decode(self, warped: torch.Tensor) -> torch.Tensor:
         b, _, h, w = warped.shape
-        return self.sessions["decoder"]({"feature": warped}, {"image": (b, 3, 8 * h, 8 * w)})[0]
+        n = self._rows(b)
+        return self.sessions["decoder"]({"feature": pad_batch(warped, n)}, {"image": (n, 3, 8 * h, 8 * w)})[0][:b]
 
     def render(self, feature: torch.Tensor, x_source: torch.Tensor, x_driving: torch.Tensor) -> torch.Tensor:
         return self.decode(self.warp(feature, x_source, x_driving))
 
 
 def onnx_networks(
-    weights_dir: Path, cache_dir: Path, backend: str, device_id: int = 0, precision: str = "fp32"
+    weights_dir: Path,
+    cache_dir: Path,
+    backend: str,
+    device_id: int = 0,
+    precision: str = "fp32",
+    batch: int | None = None,
 ) -> OnnxNetworks:
     """Sessions for `backend`. fp16 means our fp16 graphs on the CUDA provider, TensorRT's own fp16 engines on
     the TensorRT provider (from the fp32 graphs); the CPU provider runs fp32 only."""
@@ -237,7 +258,7 @@ def onnx_networks(
         raise ValueError(f"the ONNX backends run fp32 or fp16, not {precision}")
     graphs = "fp16" if precision == "fp16" and backend == "onnx-cuda" else "fp32"
     paths = cached_export(weights_dir, cache_dir, graphs)
-    return OnnxNetworks(paths, backend, load_retargeting(weights_dir), device_id, precision)
+    return OnnxNetworks(paths, backend, load_retargeting(weights_dir), device_id, precision, batch)
 
 
 __all__ = [

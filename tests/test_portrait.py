@@ -86,7 +86,7 @@ def test_landmarks_turn_the_crop_upright_and_close_the_lips(weights: Path, tmp_p
 
 def test_onnx_backend_matches_pytorch(weights: Path, onnx_cache: Path) -> None:
     from engine.portrait import _Networks
-    from engine.portrait_onnx import onnx_networks
+    from engine.portrait_onnx import OnnxNetworks, cached_export, onnx_networks
 
     torch_nets = _Networks(weights, torch.device("cpu"), "fp32")
     onnx_nets = onnx_networks(weights, onnx_cache, "onnx-cpu")
@@ -103,6 +103,13 @@ def test_onnx_backend_matches_pytorch(weights: Path, onnx_cache: Path) -> None:
     frame_torch, frame_onnx = torch_nets.decode(small), onnx_nets.decode(small)
     assert frame_onnx.shape == (1, 3, 128, 128)
     assert (frame_torch - frame_onnx).abs().max() < 1e-3
+    # padded to a fixed batch (as for TensorRT): the same rows come back
+    padded = OnnxNetworks(cached_export(weights, onnx_cache), "onnx-cpu", {}, batch=3)
+    two = torch.rand(2, 3, 256, 256)
+    assert torch.allclose(padded.motion(two).kp, onnx_nets.motion(two).kp, atol=1e-5)
+    pair = small.expand(2, -1, -1, -1)
+    assert padded.decode(pair).shape == (2, 3, 128, 128)
+    assert torch.allclose(padded.decode(pair), onnx_nets.decode(pair), atol=1e-5)
 
 
 def test_fp16_export_keeps_grid_sample_and_the_motion_extractor_in_fp32(weights: Path, onnx_cache: Path) -> None:
