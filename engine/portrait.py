@@ -255,9 +255,10 @@ class _Networks:
         return self.decode(self.warp(feature, x_source, x_driving))
 
 
-def _driving_box(path: Path, detector: Any, max_frames: int | None, result: RunResult) -> np.ndarray:
-    """One crop box for the whole clip: the mean of the faces found (every frame is scanned once)."""
-    boxes = []
+def _driving_box(path: Path, detector: Any, max_frames: int | None, result: RunResult) -> tuple[np.ndarray, int]:
+    """One crop box for the whole clip (the mean of the faces found; every frame is scanned once) and the
+    index of the first frame with a face (relative motion is measured against it)."""
+    boxes, first = [], None
     with result.stage("detect"):
         for i, frame in enumerate(read_frames(path)):
             if max_frames is not None and i >= max_frames:
@@ -265,18 +266,20 @@ def _driving_box(path: Path, detector: Any, max_frames: int | None, result: RunR
             box = _largest_face(frame, detector)
             if box is not None:
                 boxes.append(box)
-    if not boxes:
+                first = i if first is None else first
+    if first is None:
         raise PortraitError(f"no face found in the driving video {path.name}: a frontal face must be visible")
-    return np.mean(boxes, axis=0)
+    return np.mean(boxes, axis=0), first
 
 
 def _driving_motion(
     config: PortraitConfig, nets: _Networks, detector: Any, result: RunResult, progress: Progress
-) -> tuple[KeypointInfo, float, int, bool]:
-    """Motion of every driving frame, its frame rate, frame count and whether it has sound."""
+) -> tuple[KeypointInfo, float, int, bool, int]:
+    """Motion of every driving frame, its frame rate, frame count, whether it has sound, and the reference
+    frame for relative motion (the first, or the first with a face when the clip starts without one)."""
     path = Path(config.driving)
     if path.suffix.lower() == TEMPLATE_SUFFIX:
-        return (*load_template(path, config.max_frames), False)
+        return (*load_template(path, config.max_frames), False, 0)
     if is_image(path):
         image = load_image(path)
         box = _largest_face(image, detector)
@@ -284,12 +287,18 @@ def _driving_motion(
             raise PortraitError(f"no face found in the driving image {path.name}")
         crop = crop_image(_rgb(image), crop_transform(box, DRIVING_SCALE, DRIVING_VY))
         with result.stage("motion", items=1):
-            return nets.motion(network_input(crop, nets.device)), IMAGE_FPS, 1, False
+            return nets.motion(network_input(crop, nets.device)), IMAGE_FPS, 1, False, 0
     settings = get_settings()
     info = probe_video(path)
     validate_video(info, path.name, settings.max_side, settings.max_seconds)
     progress(0.05, "finding the driving face")
-    transform = crop_transform(_driving_box(path, detector, config.max_frames, result), DRIVING_SCALE, DRIVING_VY)
+    box, reference = _driving_box(path, detector, config.max_frames, result)
+    if reference and config.relative:
+        result.warn(
+            f"the driving clip's first frame shows no face: motion is measured against frame {reference}, the "
+            "first with a face (trim the clip to start on the face for the upstream behaviour)"
+        )
+    transform = crop_transform(box, DRIVING_SCALE, DRIVING_VY)
     infos: list[KeypointInfo] = []
     frames = (f for i, f in enumerate(read_frames(path)) if config.max_frames is None or i < config.max_frames)
     total = min(info.frames or 1, config.max_frames or info.frames or 1)
@@ -300,7 +309,7 @@ def _driving_motion(
             infos.append(nets.motion(tensor))
         progress(0.05 + 0.25 * min(1.0, len(infos) * config.batch_size / total), "driving motion")
     merged = KeypointInfo(*(torch.cat([getattr(i, f) for i in infos]) for f in _TEMPLATE_FIELDS))
-    return merged, info.fps, merged.kp.shape[0], info.has_audio
+    return merged, info.fps, merged.kp.shape[0], info.has_audio, reference
 
 
 def save_template(path: Path, motion: KeypointInfo, fps: float) -> None:
@@ -335,23 +344,30 @@ def _driving_keypoints(
     motion: KeypointInfo,
     nets: Any,
     openness: tuple[np.ndarray, float] | None = None,
+    reference: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Keypoints that move the source as the driver moves (relative to the driver's first frame), the
-    expression-friendly rescaling, eye and lip retargeting (given the source's eye and lip openness),
-    stitching, lip normalisation (an open source mouth closed first, as upstream does for relative motion)
-    and the driving multiplier."""
+    """Keypoints that move the source as the driver moves, the expression-friendly rescaling, eye and lip
+    retargeting (given the source's eye and lip openness), stitching, lip normalisation (an open source mouth
+    closed first, as upstream does for relative motion) and the driving multiplier.
+
+    Relative motion from a clip is measured against its `reference` frame; from one image, relative motion
+    keeps the source's pose, scale and position and takes the driver's expression (upstream measures it
+    against a fixed neutral expression, we against the source's own); absolute motion takes the driver's pose,
+    expression and position and keeps the source's scale, as upstream does."""
     x_source = transform_keypoints(source)
     posed = source
     if any(config.rotate):  # the head-rotation sliders: the source's own pose, turned by the offsets
         dp, dy, dr = (float(a) for a in config.rotate)
         posed = replace(source, pitch=source.pitch + dp, yaw=source.yaw + dy, roll=source.roll + dr)
     if config.relative and motion.kp.shape[0] > 1:
-        x = relative_driving(posed, motion, motion.select(0), config.region)
+        x = relative_driving(posed, motion, motion.select(reference), config.region)
         if config.driving_option == "expression-friendly":
-            x_first = x[:1]
+            x_first = x[reference : reference + 1]
             x = expression_friendly(x, x_first, x_source, motion_multiplier(x_source, x_first))
-    else:  # one driving image, or absolute motion: the driver's pose and expression against the source's own
-        x = relative_driving(posed, motion, source.select(0), config.region)
+    elif config.relative:  # one image: no motion of pose, scale or position; its expression against the source's
+        x = relative_driving(posed, motion, replace(motion, exp=source.exp), config.region)
+    else:  # absolute: the driver's pose, expression and position at the source's scale
+        x = relative_driving(posed, motion, replace(source, scale=motion.scale), config.region)
     n = x.shape[0]
     with torch.inference_mode():
         if config.eye_open is not None and openness is not None:
@@ -484,7 +500,7 @@ def _liveportrait_plan(
     source_key = (file_digest(config.source), config.crop, transform.angle, nets_key)
     (feature, source_motion), source_hit = SOURCES.get_or_build(source_key, encode_source)
     result.metrics["cache"] = {"networks": nets_hit, "source": source_hit}
-    motion, fps, count, has_audio = _driving_motion(config, nets, detector, result, progress)
+    motion, fps, count, has_audio, reference = _driving_motion(config, nets, detector, result, progress)
     if config.save_template:
         save_template(Path(config.save_template), motion, fps)
         result.outputs["template"] = str(config.save_template)
@@ -493,7 +509,7 @@ def _liveportrait_plan(
         openness = (eye_open_ratios(landmarks), lip_open_ratio(landmarks))
         result.metrics["source_openness"] = {"eyes": openness[0].tolist(), "lips": openness[1]}
         result.metrics["lips_normalised"] = _normalises_lips(config, count, openness[1])
-    x_driving, x_source = _driving_keypoints(config, source_motion, motion, nets, openness)
+    x_driving, x_source = _driving_keypoints(config, source_motion, motion, nets, openness, reference)
     paste = PasteBack(transform, height, width, device) if config.paste_back else None
     original = torch.from_numpy(_rgb(source_bgr)).to(device).permute(2, 0, 1)[None].float() / 255
 
@@ -540,7 +556,12 @@ def _baseline_plan(
     if config.save_template:
         result.warn("motion templates hold LivePortrait keypoints: the baseline engine does not save one")
     progress(0.05, "finding the driving face")
-    driving_box = _driving_box(path, detector, config.max_frames, result)
+    driving_box, first_face = _driving_box(path, detector, config.max_frames, result)
+    if first_face:
+        raise PortraitError(
+            f"the driving clip's first frame shows no face (the first is at frame {first_face}): the baseline engine "
+            "measures motion against the first frame, so trim the clip to start on the face"
+        )
     frames = (f for i, f in enumerate(read_frames(path)) if config.max_frames is None or i < config.max_frames)
     progress(0.15, "tracking the driving motion")
     with result.stage("motion"):

@@ -213,3 +213,16 @@ def test_baseline_engine_without_weights(driving: Path, tmp_path: Path) -> None:
     assert still_change < 2 < moved  # a still driver moves nothing; a tilting one moves the face
     with pytest.raises(PortraitError, match="an image has none"):
         run_portrait(PortraitConfig(ASSETS / "face.jpg", ASSETS / "face.jpg", tmp_path / "x.mp4", engine="baseline"))
+
+
+def test_a_driving_clip_that_starts_without_a_face(tmp_path: Path) -> None:
+    from engine.faces import HaarDetector
+    from engine.portrait import _driving_box
+    from engine.results import RunResult
+
+    face = cv2.resize(cv2.imread(str(ASSETS / "face.jpg")), (320, 320))
+    late = _video(tmp_path / "late.mp4", [np.zeros_like(face), face, face])  # a fade-in from black
+    box, first = _driving_box(late, HaarDetector(detect_scale=0.5), None, RunResult())
+    assert first == 1 and box[2] > box[0]  # LivePortrait measures relative motion against frame 1 (and warns)
+    with pytest.raises(PortraitError, match="first frame shows no face"):
+        run_portrait(PortraitConfig(ASSETS / "face.jpg", late, tmp_path / "o.mp4", engine="baseline"))

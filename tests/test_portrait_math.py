@@ -178,3 +178,38 @@ def test_baseline_recovers_a_known_head_motion() -> None:
         assert angle == pytest.approx(3.0 * i, abs=0.5)
         assert head[0, 2] * 80 == pytest.approx(2.0 * i, abs=1.0)  # box units x the 80 px box: the shift in px
     assert motion.flow.shape == (6, 2, 128, 128) and np.abs(motion.flow).mean() < 0.05  # rigid: little local flow
+
+
+def _driven(tmp_path, source: KeypointInfo, driver: KeypointInfo, reference: int = 0, **options) -> torch.Tensor:
+    from pathlib import Path
+
+    from engine.portrait import PortraitConfig, _driving_keypoints
+
+    face = Path(__file__).resolve().parent.parent / "assets" / "face.jpg"
+    config = PortraitConfig(face, face, tmp_path / "o.mp4", stitching=False, **options)
+    return _driving_keypoints(config, source, driver, nets=None, reference=reference)[0]
+
+
+def _no_z(t: torch.Tensor) -> torch.Tensor:
+    out = t.clone()
+    out[:, 2] = 0
+    return out
+
+
+def test_one_driving_image_gives_its_expression_and_absolute_motion_keeps_the_source_scale(tmp_path) -> None:
+    source, driver = _info(seed=5), _info(n=2, yaw=12.0, seed=6)
+    image = driver.select(0)
+    x = _driven(tmp_path, source, image)  # relative, one image: the source's pose, scale and place
+    assert torch.allclose(x, compose(source.kp, source.rotation, image.exp, source.scale, source.t), atol=1e-5)
+    x = _driven(tmp_path, source, driver, relative=False)  # absolute: the driver's pose, expression, position
+    want = source.kp @ driver.rotation + driver.exp
+    assert torch.allclose(x, source.scale.view(1, 1, 1) * want + _no_z(driver.t)[:, None], atol=1e-5)
+
+
+def test_relative_motion_is_measured_against_the_reference_frame(tmp_path) -> None:
+    source = _info(seed=7)
+    clip = _info(n=3, seed=8)
+    clip.yaw[:] = torch.tensor([30.0, 0.0, 5.0])  # frame 0 is an outlier (say, no face was found in it)
+    x = _driven(tmp_path, source, clip, reference=1, driving_option="pose-friendly")
+    assert torch.allclose(x[1], transform_keypoints(source)[0], atol=1e-5)  # the reference frame: no motion
+    assert not torch.allclose(x[2], x[1], atol=1e-3)
