@@ -544,7 +544,7 @@ def _baseline_plan(
     result: RunResult,
     progress: Progress,
 ) -> _Plan:
-    from engine.portrait_baseline import render_batch, track_motion
+    from engine.portrait_baseline import render_batch, still_before, track_motion
 
     path = Path(config.driving)
     if path.suffix.lower() == TEMPLATE_SUFFIX:
@@ -558,14 +558,15 @@ def _baseline_plan(
     progress(0.05, "finding the driving face")
     driving_box, first_face = _driving_box(path, detector, config.max_frames, result)
     if first_face:
-        raise PortraitError(
-            f"the driving clip's first frame shows no face (the first is at frame {first_face}): the baseline engine "
-            "measures motion against the first frame, so trim the clip to start on the face"
+        result.warn(
+            f"the driving clip's first frame shows no face: motion is measured against frame {first_face}, the "
+            "first with a face; the frames before it show the source still"
         )
-    frames = (f for i, f in enumerate(read_frames(path)) if config.max_frames is None or i < config.max_frames)
+    last = config.max_frames or None
+    frames = (f for i, f in enumerate(read_frames(path)) if i >= first_face and (last is None or i < last))
     progress(0.15, "tracking the driving motion")
     with result.stage("motion"):
-        motion = track_motion(frames, driving_box)
+        motion = still_before(track_motion(frames, driving_box), first_face)
     count = motion.head.shape[0]
     source = torch.from_numpy(_rgb(source_bgr)).to(device).permute(2, 0, 1)[None].float() / 255
 

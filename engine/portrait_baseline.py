@@ -111,6 +111,13 @@ def track_motion(frames: Iterator[np.ndarray], box: np.ndarray, refinements: int
     return DrivingMotion(np.stack(heads), np.stack(flows))
 
 
+def still_before(motion: DrivingMotion, frames: int) -> DrivingMotion:
+    """`frames` frames of no motion put before the tracked ones (a clip whose face appears late)."""
+    head = np.broadcast_to(np.eye(2, 3), (frames, 2, 3))
+    flow = np.zeros((frames, *motion.flow.shape[1:]), motion.flow.dtype)
+    return DrivingMotion(np.concatenate([head, motion.head]), np.concatenate([flow, motion.flow]))
+
+
 def _smoothstep(x: torch.Tensor) -> torch.Tensor:
     x = x.clamp(0, 1)
     return x * x * (3 - 2 * x)
