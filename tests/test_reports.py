@@ -54,3 +54,20 @@ def test_onnx_report_renders(model) -> None:
     assert onnx_report.throughput_figure([("", report)]).layout.title.text
     assert len(onnx_report.compare_rows([("j", "mlp", report)])) == 2
     assert "sessions: cpu → CPU" in onnx_report.summary_markdown(report)
+
+
+def test_portrait_summary_says_what_was_reused_and_adjusted() -> None:
+    from engine.results import RunResult
+    from ui import portrait
+
+    result = RunResult(device="cuda:0", device_name="NVIDIA H100", precision="fp16")
+    result.metrics.update(engine="liveportrait", backend="onnx-cuda", frames=8, fps=25.0, frames_per_second=90.0,
+                          encoder="libx264", providers={"decoder": ["CUDAExecutionProvider"]},
+                          cache={"networks": True, "source": False}, crop_angle=12.0, lips_normalised=True)  # fmt: skip
+    result.warn("an example warning")
+    text = portrait.summary_markdown(result)
+    assert text.startswith("LivePortrait · onnx-cuda") and "reused from the last run: networks" in text
+    assert "crop turned 12.0° upright" in text and "source lips closed first" in text and "⚠️ an example" in text
+    result.metrics.update(engine="baseline", cache=None, crop_angle=0.0, lips_normalised=False)
+    text = portrait.summary_markdown(result)
+    assert "**baseline**" in text and "reused" not in text and "crop turned" not in text

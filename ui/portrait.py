@@ -35,6 +35,10 @@ def summary_markdown(result: RunResult) -> str:
         where += f" · reused from the last run: {', '.join(reused)}" if reused else ""
     if m.get("compiled"):
         where += " · torch.compile"
+    if m.get("crop_angle"):
+        where += f" · crop turned {m['crop_angle']:.1f}° upright"
+    if m.get("lips_normalised"):
+        where += " · source lips closed first"
     lines = [
         f"{label} · {m['backend']} on `{result.device}` ({result.device_name}, {result.precision}){where} · "
         f"{m['frames']} frames at {m['fps']:g} fps · {m['frames_per_second']:.1f} frames/s · encoder `{m['encoder']}`"
