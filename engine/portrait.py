@@ -402,14 +402,16 @@ class _Plan:
     metrics: dict[str, Any]
 
 
-def _pick_engine(config: PortraitConfig, settings: Settings) -> str:
-    if config.engine != "auto":
-        return config.engine
+def _pick_engine(config: PortraitConfig, settings: Settings) -> tuple[str, Path | None]:
+    """The engine and, for LivePortrait, its weights folder (looked up once: it may search the Hub's cache)."""
+    if config.engine == "baseline":
+        return "baseline", None
+    if config.engine == "liveportrait":
+        return "liveportrait", weights_folder(config, settings)
     try:
-        weights_folder(config, settings)
+        return "liveportrait", weights_folder(config, settings)
     except PortraitError:
-        return "baseline"
-    return "liveportrait"
+        return "baseline", None
 
 
 def run_portrait(
@@ -433,8 +435,8 @@ def run_portrait(
     box = _largest_face(source_bgr, detector)
     if box is None:
         raise PortraitError(f"no face found in the source {Path(config.source).name}: a frontal portrait is needed")
-    engine = _pick_engine(config, settings)
-    if engine == "baseline":
+    engine, folder = _pick_engine(config, settings)
+    if folder is None:
         if config.engine == "auto":
             result.warn(
                 "no LivePortrait weights found: using the baseline engine (optical-flow motion transfer, not "
@@ -443,7 +445,7 @@ def run_portrait(
         plan = _baseline_plan(config, settings, source_bgr, box, detector, choice.device, result, progress)
     else:
         plan = _liveportrait_plan(
-            config, settings, source_bgr, box, detector, choice.device, precision, result, progress
+            config, settings, folder, source_bgr, box, detector, choice.device, precision, result, progress
         )
     _write(plan, config, result, progress)
     result.metrics.update(engine=engine, face_box=[round(float(v), 1) for v in box], **plan.metrics)
@@ -455,6 +457,7 @@ def run_portrait(
 def _liveportrait_plan(
     config: PortraitConfig,
     settings: Settings,
+    folder: Path,
     source_bgr: np.ndarray,
     box: np.ndarray,
     detector: Any,
@@ -466,7 +469,6 @@ def _liveportrait_plan(
     from engine.portrait_cache import NETWORKS, SOURCES, file_digest
     from engine.portrait_onnx import weights_digest
 
-    folder = weights_folder(config, settings)
     progress(0.0, "loading the networks")
     if config.backend != "torch":
         precision = _onnx_precision(config, precision, device, result)

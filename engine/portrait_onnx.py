@@ -70,17 +70,18 @@ class _DictOutputs(torch.nn.Module):
         return tuple(out[k] for k in self.keys)
 
 
-def to_fp16(path: Path) -> None:
-    """Convert an exported network to fp16 in place: GridSample stays fp32, inputs and outputs stay fp32."""
+def to_fp16(source: Path, target: Path) -> None:
+    """An exported network converted to fp16 (`target` may be `source`): GridSample stays fp32, and so do the
+    inputs and outputs."""
     import onnx
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
     model = convert_float_to_float16(
-        onnx.load(str(path)), keep_io_types=True, op_block_list=[*DEFAULT_OP_BLOCK_LIST, *HALF_KEEP_FP32]
+        onnx.load(str(source)), keep_io_types=True, op_block_list=[*DEFAULT_OP_BLOCK_LIST, *HALF_KEEP_FP32]
     )
-    tmp = path.with_suffix(".tmp")
+    tmp = target.with_suffix(".tmp")
     onnx.save(model, str(tmp))
-    os.replace(tmp, path)
+    os.replace(tmp, target)
 
 
 def export_onnx(weights_dir: str | os.PathLike, out_dir: str | os.PathLike, precision: str = "fp32") -> dict[str, Path]:
@@ -110,7 +111,7 @@ def export_onnx(weights_dir: str | os.PathLike, out_dir: str | os.PathLike, prec
             )  # fmt: skip
         os.replace(tmp, path)
         if precision == "fp16" and name in HALF_NETWORKS:
-            to_fp16(path)
+            to_fp16(path, path)
         paths[name] = path
     return paths
 
@@ -139,10 +140,7 @@ def cached_export(weights_dir: str | os.PathLike, cache_dir: str | os.PathLike, 
     for name in HALF_NETWORKS:
         target = half / FILES[name]
         if not target.is_file():
-            tmp = target.with_suffix(".part")
-            tmp.write_bytes(paths[name].read_bytes())
-            to_fp16(tmp)
-            os.replace(tmp, target)
+            to_fp16(paths[name], target)
         paths[name] = target
     return paths
 
