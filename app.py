@@ -17,14 +17,15 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from engine.bench_jobs import KIND as BENCH
-from engine.bench_jobs import BenchJobs
-from engine.device import DeviceChoice, DeviceError, resolve_device, set_memory_fraction
-from engine.onnx_jobs import KIND as ONNX_EVAL
-from engine.onnx_jobs import OnnxEvalJobs
-from engine.settings import PREFIX, Settings, SettingsError, get_settings, validate_device_spec
-from engine.store import CPU, JobRunner, JobStore
-from engine.telemetry import TelemetrySampler, get_sampler
+from engine.bench.jobs import KIND as BENCH
+from engine.bench.jobs import BenchJobs
+from engine.core.device import DeviceChoice, DeviceError, resolve_device, set_memory_fraction
+from engine.core.settings import PREFIX, Settings, SettingsError, get_settings, validate_device_spec
+from engine.jobs.runner import JobRunner
+from engine.jobs.store import CPU, JobStore
+from engine.onnx.jobs import KIND as ONNX_EVAL
+from engine.onnx.jobs import OnnxEvalJobs
+from engine.system.telemetry import TelemetrySampler, get_sampler
 from ui.bench import build_bench_tab
 from ui.lipsync import ASSETS, build_lipsync_tab
 from ui.onnx_eval import build_onnx_eval_tab
@@ -37,7 +38,7 @@ log = logging.getLogger("avatarbench")
 
 
 def device_banner(choice: DeviceChoice) -> str:
-    from engine.device import capabilities
+    from engine.core.device import capabilities
 
     caps = capabilities(choice.device)
     if choice.is_cuda:

@@ -34,13 +34,14 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine.audio import SAMPLE_RATE, load_audio  # noqa: E402
-from engine.device import apply_backend_flags, capabilities, resolve_device  # noqa: E402
-from engine.faces import FaceTracker, HaarDetector  # noqa: E402
-from engine.lipsync import LipSyncConfig, run_lipsync  # noqa: E402
-from engine.media import VideoWriter  # noqa: E402
+from engine.core.audio import SAMPLE_RATE, load_audio  # noqa: E402
+from engine.core.device import apply_backend_flags, capabilities, resolve_device  # noqa: E402
+from engine.core.media import VideoWriter  # noqa: E402
+from engine.core.settings import load_settings  # noqa: E402
+from engine.faces.detection import HaarDetector  # noqa: E402
+from engine.faces.tracking import FaceTracker  # noqa: E402
+from engine.lipsync.pipeline import LipSyncConfig, run_lipsync  # noqa: E402
 from engine.models.wav2lip import load_wav2lip, random_wav2lip_checkpoint  # noqa: E402
-from engine.settings import load_settings  # noqa: E402
 
 FACE = ROOT / "assets" / "face.jpg"
 SPEECH = ROOT / "assets" / "speech.wav"
@@ -257,7 +258,7 @@ def main() -> None:
 
     upstream = None
     if args.upstream:
-        first = next(iter(__import__("engine.media", fromlist=["read_frames"]).read_frames(video)))
+        first = next(iter(__import__("engine.core.media", fromlist=["read_frames"]).read_frames(video)))
         box = FaceTracker().update(HaarDetector().detect([first])[0], first.shape).box
         ours = end_to_end("video, fixed box", config(video, speech_video, "fixed.mp4", fixed_box=box), settings)
         try:

@@ -3,7 +3,7 @@
 For each model and provider, in one process and on the same inputs:
 - bare: `InferenceSession(path, providers=[...])` with ORT's defaults, a few warm-up calls, then N calls
   of `session.run(None, feeds)` timed with perf_counter_ns; the p50;
-- ours: `engine.onnx_eval.evaluate` with the same runs and warm-up; the p50 of its row.
+- ours: `engine.onnx.evaluate.evaluate` with the same runs and warm-up; the p50 of its row.
 The two alternate for several rounds in ABBA order so that drift in clocks or load hits both, and
 the overhead is the median over rounds of ours/bare - 1. Session creation and the first
 run are excluded from both, as they are reported separately by the harness.
@@ -33,9 +33,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.onnx_eval import PROVIDERS, EvalConfig, evaluate, synthetic_inputs
-from engine.onnx_examples import example_path
-from engine.onnx_model import inspect_model
+from engine.onnx.evaluate import PROVIDERS, EvalConfig, evaluate, synthetic_inputs
+from engine.onnx.examples import example_path
+from engine.onnx.model import inspect_model
 
 TARGET = 0.03
 
@@ -114,7 +114,7 @@ def measure(name: str, path: Path, provider: str, args: argparse.Namespace) -> d
 def machine() -> dict:
     import onnxruntime as ort
 
-    from engine.telemetry import TelemetrySampler
+    from engine.system.telemetry import TelemetrySampler
 
     snapshot = TelemetrySampler().sample_now()
     return {

@@ -34,12 +34,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine import portrait_cache
-from engine.device import resolve_device
+from engine.core.device import resolve_device
+from engine.core.settings import get_settings
 from engine.models.liveportrait import write_random_weights
-from engine.portrait import PortraitConfig, _load_networks, run_portrait
-from engine.settings import get_settings
-from engine.telemetry import TelemetrySampler
+from engine.portrait import cache as portrait_cache
+from engine.portrait.pipeline import PortraitConfig, _load_networks, run_portrait
+from engine.system.telemetry import TelemetrySampler
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 

@@ -24,8 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine import telemetry
-from engine.telemetry import TelemetrySampler
+from engine.system import telemetry
+from engine.system.telemetry import TelemetrySampler
 
 
 def process_cpu_seconds() -> float:

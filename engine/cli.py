@@ -15,13 +15,13 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from engine.onnx_images import CHANNEL_ORDERS, RESIZE_MODES, SCALINGS
-from engine.parsing import int_list, name_value
-from engine.settings import SettingsError
+from engine.core.parsing import int_list, name_value
+from engine.core.settings import SettingsError
+from engine.onnx.images import CHANNEL_ORDERS, RESIZE_MODES, SCALINGS
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:
-    from engine.doctor import PROBLEM, run_doctor
+    from engine.system.doctor import PROBLEM, run_doctor
 
     report = run_doctor()
     print(report.to_json() if args.json else report.render_text())
@@ -29,7 +29,7 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def _cmd_telemetry(args: argparse.Namespace) -> int:
-    from engine.telemetry import TelemetrySampler, render_table
+    from engine.system.telemetry import TelemetrySampler, render_table
 
     sampler = TelemetrySampler(interval_s=args.interval, history_s=max(10.0, args.interval * 2))
     count = 0
@@ -67,7 +67,7 @@ def _pads(text: str) -> tuple[int, int, int, int]:
 
 
 def _box(text: str) -> tuple[int, int, int, int] | None:
-    from engine.lipsync import LipSyncError, parse_box
+    from engine.lipsync.pipeline import LipSyncError, parse_box
 
     try:
         return parse_box(text)
@@ -76,7 +76,7 @@ def _box(text: str) -> tuple[int, int, int, int] | None:
 
 
 def _cmd_lipsync(args: argparse.Namespace) -> int:
-    from engine.lipsync import LipSyncConfig, run_lipsync
+    from engine.lipsync.pipeline import LipSyncConfig, run_lipsync
 
     config = LipSyncConfig(
         face=Path(args.face),
@@ -129,13 +129,13 @@ def _prepared_model(model: str, symbols: dict[str, int] | None = None) -> Iterat
     """The upload prepared (checked, unpacked) in a private folder under the cache, and its inspection."""
     import tempfile
 
-    from engine.onnx_model import file_sha256, inspect_model, prepare_model
-    from engine.settings import get_settings
+    from engine.core.settings import get_settings
+    from engine.onnx.model import file_sha256, inspect_model, prepare_model
 
     settings = get_settings()
     settings.ensure_dirs()
     if model.startswith(EXAMPLE_PREFIX):
-        from engine.onnx_examples import example_path
+        from engine.onnx.examples import example_path
 
         model = str(example_path(model.removeprefix(EXAMPLE_PREFIX), settings.cache_dir))
     with tempfile.TemporaryDirectory(dir=settings.cache_dir) as work:
@@ -177,8 +177,8 @@ def _int_list(text: str) -> list[int]:
 
 
 def _cmd_onnx_eval(args: argparse.Namespace) -> int:
-    from engine.onnx_eval import EvalConfig, evaluate
-    from engine.settings import get_settings
+    from engine.core.settings import get_settings
+    from engine.onnx.evaluate import EvalConfig, evaluate
 
     settings = get_settings()
     config = EvalConfig(
@@ -310,7 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
     ev.set_defaults(func=_cmd_onnx_eval)
 
-    from engine import cli_bench, cli_portrait
+    from engine.bench import cli as cli_bench
+    from engine.portrait import cli as cli_portrait
 
     cli_bench.add_commands(sub)
     cli_portrait.add_commands(sub)
@@ -325,7 +326,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["serve"]:
         return _serve(argv[1:])
     if argv[:2] == ["portrait", "export"]:
-        from engine.cli_portrait import export_main
+        from engine.portrait.cli import export_main
 
         return export_main(argv[2:])
     args = build_parser().parse_args(argv)
@@ -344,10 +345,10 @@ def _input_errors() -> tuple[type[BaseException], ...]:
 
     Every input error the engine raises (LipSyncError, AudioError, MediaError, FaceError,
     CheckpointError) is a ValueError; WeightsError is a FileNotFoundError; DeviceError is looked up
-    only if engine.device was imported, so `telemetry` does not pay for importing torch.
+    only if engine.core.device was imported, so `telemetry` does not pay for importing torch.
     """
     errors: list[type[BaseException]] = [SettingsError, ValueError, FileNotFoundError]
-    device = sys.modules.get("engine.device")
+    device = sys.modules.get("engine.core.device")
     if device is not None:
         errors.append(device.DeviceError)
     return tuple(errors)

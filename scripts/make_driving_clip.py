@@ -12,7 +12,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.media import VideoWriter
+from engine.core.media import VideoWriter
 
 SIZE, FPS, FRAMES = 320, 25, 75
 

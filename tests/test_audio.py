@@ -1,4 +1,4 @@
-"""engine/audio.py: decoding through PyAV, Wav2Lip's mel features and chunks, and the loudness track.
+"""engine/core/audio.py: decoding through PyAV, Wav2Lip's mel features and chunks, and the loudness track.
 
 Every test file is generated here with PyAV (or the stdlib `wave`), so the suite needs no data and no network.
 """
@@ -14,8 +14,17 @@ import numpy as np
 import pytest
 from scipy.signal import get_window, lfilter
 
-from engine import audio
-from engine.audio import HOP, MEL_STEP, SAMPLE_RATE, AudioError, frame_energy, load_audio, mel_chunks, mel_spectrogram
+from engine.core import audio
+from engine.core.audio import (
+    HOP,
+    MEL_STEP,
+    SAMPLE_RATE,
+    AudioError,
+    frame_energy,
+    load_audio,
+    mel_chunks,
+    mel_spectrogram,
+)
 
 TONE_HZ = 440.0
 SECONDS = 1.5
@@ -486,7 +495,7 @@ def test_module_constants() -> None:
 
 def test_mel_filterbank_matches_librosa() -> None:
     librosa = pytest.importorskip("librosa")
-    from engine.audio import _mel_basis
+    from engine.core.audio import _mel_basis
 
     expected = librosa.filters.mel(sr=16000, n_fft=800, n_mels=80, fmin=55, fmax=7600)
     assert _mel_basis().shape == expected.shape

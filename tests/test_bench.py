@@ -1,4 +1,4 @@
-"""engine.bench on the CPU: a small real sweep whose metrics must agree with each other, grids, presets,
+"""engine.bench.sweep on the CPU: a small real sweep whose metrics must agree with each other, grids, presets,
 refusals, out-of-memory recording, ONNX models from the store, jobs and imported reports."""
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ pytest.importorskip("onnxruntime")
 import torch
 from tiny_onnx import mlp
 
-import engine.bench as bench
-from engine.bench import BenchError, BenchPoint, SweepConfig, grid, preset, rows_to_csv, run_sweep
-from engine.bench_jobs import BenchJobs
-from engine.bench_models import builtin_model, count_flops
-from engine.settings import load_settings
-from engine.store import CPU, DONE, JobStore, StoreError
-from engine.telemetry import TelemetrySampler
+import engine.bench.sweep as bench
+from engine.bench.jobs import BenchJobs
+from engine.bench.sweep import BenchError, BenchPoint, SweepConfig, grid, preset, rows_to_csv, run_sweep
+from engine.bench.workloads import builtin_model, count_flops
+from engine.core.settings import load_settings
+from engine.jobs.store import CPU, DONE, JobStore, StoreError
+from engine.system.telemetry import TelemetrySampler
 
 
 @pytest.fixture(scope="module")

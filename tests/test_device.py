@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from engine.device import (
+from engine.core.device import (
     DeviceError,
     apply_backend_flags,
     capabilities,

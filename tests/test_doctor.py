@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from engine import doctor
-from engine.doctor import OK, PROBLEM, WARNING, Check, _Context, run_doctor
-from engine.settings import load_settings
+from engine.core.settings import load_settings
+from engine.system import doctor
+from engine.system.doctor import OK, PROBLEM, WARNING, Check, _Context, run_doctor
 
 
 @pytest.fixture(scope="module")

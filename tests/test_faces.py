@@ -10,10 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from engine.faces import (
+from engine.faces.detection import (
     FaceDetector,
     FaceError,
-    FaceTracker,
     HaarDetector,
     S3FDDetector,
     box_iou,
@@ -22,6 +21,7 @@ from engine.faces import (
     make_detector,
     nms,
 )
+from engine.faces.tracking import FaceTracker
 from engine.models.s3fd import head_map_sizes, random_s3fd_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.gpu
 def test_telemetry_fields_come_from_real_nvml() -> None:
     import torch
 
-    from engine.telemetry import TelemetrySampler, render_table
+    from engine.system.telemetry import TelemetrySampler, render_table
 
     x = torch.ones(256 * 2**20, dtype=torch.uint8, device="cuda")  # 256 MiB so this process shows up
     snap = TelemetrySampler().sample_now()
@@ -41,8 +41,8 @@ def test_telemetry_fields_come_from_real_nvml() -> None:
 
 
 def test_doctor_sees_the_cuda_provider_load(tmp_path) -> None:
-    from engine.doctor import OK, run_doctor
-    from engine.settings import load_settings
+    from engine.core.settings import load_settings
+    from engine.system.doctor import OK, run_doctor
 
     report = run_doctor(load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path)}))
     assert report.get("pytorch").status == OK
@@ -57,7 +57,7 @@ def test_doctor_sees_the_cuda_provider_load(tmp_path) -> None:
 def test_device_and_precision_support() -> None:
     import torch
 
-    from engine.device import capabilities, precision_dtype, resolve_device
+    from engine.core.device import capabilities, precision_dtype, resolve_device
 
     choice = resolve_device("auto")
     assert choice.is_cuda
@@ -72,7 +72,7 @@ def test_device_and_precision_support() -> None:
 def test_oom_backoff_on_a_real_out_of_memory_error() -> None:
     import torch
 
-    from engine.device import run_with_oom_backoff
+    from engine.core.device import run_with_oom_backoff
 
     free, total = torch.cuda.mem_get_info()
     gib = 2**30
@@ -97,8 +97,8 @@ def test_wav2lip_fp16_agrees_with_fp32_and_is_faster(tmp_path) -> None:
 
     import torch
 
-    from engine.device import capabilities, resolve_device
-    from engine.lipsync_engines import Wav2LipEngine
+    from engine.core.device import capabilities, resolve_device
+    from engine.lipsync.engines import Wav2LipEngine
     from engine.models.wav2lip import random_wav2lip_checkpoint
 
     ckpt = tmp_path / "wav2lip.pth"
@@ -133,9 +133,9 @@ def test_wav2lip_fp16_agrees_with_fp32_and_is_faster(tmp_path) -> None:
 def test_lipsync_pipeline_on_the_gpu(tmp_path) -> None:
     from test_lipsync import FACE, speech_like, write_wav
 
-    from engine.lipsync import LipSyncConfig, run_lipsync
+    from engine.core.settings import load_settings
+    from engine.lipsync.pipeline import LipSyncConfig, run_lipsync
     from engine.models.wav2lip import random_wav2lip_checkpoint
-    from engine.settings import load_settings
 
     ckpt = tmp_path / "wav2lip.pth"
     random_wav2lip_checkpoint(ckpt)
@@ -152,8 +152,8 @@ def test_onnx_eval_on_the_cuda_provider(tmp_path) -> None:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from engine.onnx_eval import EvalConfig, evaluate
-    from engine.onnx_model import inspect_model
+    from engine.onnx.evaluate import EvalConfig, evaluate
+    from engine.onnx.model import inspect_model
 
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 512])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 512])
@@ -172,9 +172,9 @@ def test_onnx_eval_on_the_cuda_provider(tmp_path) -> None:
 
 
 def test_bench_sweep_on_the_gpu_reports_peak_share_energy_and_memory(tmp_path) -> None:
-    from engine.bench import BenchPoint, SweepConfig, run_sweep
-    from engine.bench_models import builtin_model
-    from engine.telemetry import TelemetrySampler
+    from engine.bench.sweep import BenchPoint, SweepConfig, run_sweep
+    from engine.bench.workloads import builtin_model
+    from engine.system.telemetry import TelemetrySampler
 
     points = [
         BenchPoint("eager", "fp32", 64, "cuda"),
@@ -211,8 +211,8 @@ def test_bench_sweep_on_the_gpu_reports_peak_share_energy_and_memory(tmp_path) -
 def test_bench_records_a_real_out_of_memory_and_goes_on(tmp_path) -> None:
     import torch
 
-    from engine.bench import BenchPoint, SweepConfig, run_sweep
-    from engine.bench_models import builtin_model
+    from engine.bench.sweep import BenchPoint, SweepConfig, run_sweep
+    from engine.bench.workloads import builtin_model
 
     total = torch.cuda.get_device_properties(0).total_memory
     torch.cuda.set_per_process_memory_fraction(2 * 2**30 / total, 0)  # a 2 GiB card
@@ -240,7 +240,7 @@ def _portrait_inputs(tmp_path):
     [("torch", "fp16"), ("onnx-cuda", "fp32"), ("onnx-cuda", "fp16"), ("onnx-trt", "fp32"), ("onnx-trt", "fp16")],
 )
 def test_portrait_backends_on_the_gpu_do_not_fall_back(tmp_path, backend, precision) -> None:
-    from engine.portrait import PortraitConfig, run_portrait
+    from engine.portrait.pipeline import PortraitConfig, run_portrait
 
     weights, face, driving = _portrait_inputs(tmp_path)
     config = PortraitConfig(face, driving, tmp_path / "out.mp4", weights=str(weights), device="cuda",
@@ -257,7 +257,7 @@ def test_portrait_backends_on_the_gpu_do_not_fall_back(tmp_path, backend, precis
 def test_portrait_fp16_agrees_with_fp32(tmp_path) -> None:
     import torch
 
-    from engine.portrait import _Networks
+    from engine.portrait.pipeline import _Networks
 
     weights, _, _ = _portrait_inputs(tmp_path)
     fp32 = _Networks(weights, torch.device("cuda"), "fp32")
@@ -274,7 +274,7 @@ def test_portrait_fp16_agrees_with_fp32(tmp_path) -> None:
 def test_portrait_onnx_fp16_agrees_with_fp32_and_stays_on_the_gpu(tmp_path) -> None:
     import torch
 
-    from engine.portrait_onnx import onnx_networks
+    from engine.portrait.onnx_backend import onnx_networks
 
     weights, _, _ = _portrait_inputs(tmp_path)
     fp32 = onnx_networks(weights, tmp_path / "cache", "onnx-cuda", precision="fp32")
@@ -292,7 +292,7 @@ def test_portrait_onnx_fp16_agrees_with_fp32_and_stays_on_the_gpu(tmp_path) -> N
 def test_portrait_compiled_matches_eager_on_the_gpu(tmp_path) -> None:
     import torch
 
-    from engine.portrait import _Networks
+    from engine.portrait.pipeline import _Networks
 
     weights, _, _ = _portrait_inputs(tmp_path)
     eager = _Networks(weights, torch.device("cuda"), "fp16")

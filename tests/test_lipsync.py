@@ -13,13 +13,13 @@ import cv2
 import numpy as np
 import pytest
 
-from engine.audio import AudioError, mel_chunks, mel_spectrogram
-from engine.lipsync import LipSyncConfig, LipSyncError, run_lipsync
-from engine.lipsync_engines import BaselineEngine
-from engine.media import MediaError, VideoWriter, probe_video, read_frames
+from engine.core.audio import AudioError, mel_chunks, mel_spectrogram
+from engine.core.media import MediaError, VideoWriter, probe_video, read_frames
+from engine.core.settings import load_settings
+from engine.lipsync.engines import BaselineEngine
+from engine.lipsync.paste import paste
+from engine.lipsync.pipeline import LipSyncConfig, LipSyncError, run_lipsync
 from engine.models.checkpoints import CheckpointError
-from engine.paste import paste
-from engine.settings import load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 FACE = ROOT / "assets" / "face.jpg"
@@ -149,7 +149,8 @@ def test_image_with_the_baseline_engine(media, settings, tmp_path) -> None:
 
 def _mouth_change(video: Path, reference: np.ndarray) -> float:
     """The largest mean change over the lower third of the detected face box, across frames."""
-    from engine.faces import FaceTracker, HaarDetector
+    from engine.faces.detection import HaarDetector
+    from engine.faces.tracking import FaceTracker
 
     x1, y1, x2, y2 = FaceTracker().update(HaarDetector().detect([reference])[0], reference.shape).box
     y0 = y1 + 2 * (y2 - y1) // 3
@@ -277,8 +278,9 @@ def test_cli_lipsync_writes_the_video_and_metrics(media, tmp_path) -> None:
 
 
 def test_blend_mode_leaves_every_pixel_outside_the_face_box_as_it_was(media, settings, tmp_path, monkeypatch) -> None:
-    from engine import lipsync
-    from engine.faces import FaceTracker, HaarDetector
+    from engine.faces.detection import HaarDetector
+    from engine.faces.tracking import FaceTracker
+    from engine.lipsync import pipeline as lipsync
 
     written = []
     original = lipsync.VideoWriter.write
@@ -299,7 +301,7 @@ def test_blend_mode_leaves_every_pixel_outside_the_face_box_as_it_was(media, set
 
 
 def test_parse_box() -> None:
-    from engine.lipsync import parse_box
+    from engine.lipsync.pipeline import parse_box
 
     assert parse_box("10, 20, 110,140") == (10, 20, 110, 140) and parse_box("  ") is None
     for bad in ("1,2,3", "a,b,c,d", "10,10,5,20", "-1,0,5,5"):

@@ -1,4 +1,4 @@
-"""engine.onnx_eval on the CPU: inputs, statistics, parity, accuracy, fallbacks and refusals, on tiny models."""
+"""engine.onnx.evaluate on the CPU: inputs, statistics, parity, accuracy, fallbacks and refusals, on tiny models."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ ort = pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from tiny_onnx import B, W, classifier, fixed, mlp, save  # noqa: E402
 
-import engine.onnx_eval as oe  # noqa: E402
-from engine.onnx_eval import (  # noqa: E402
+import engine.onnx.evaluate as oe  # noqa: E402
+from engine.onnx.evaluate import (  # noqa: E402
     EvalConfig,
     EvalError,
     SessionError,
@@ -25,7 +25,7 @@ from engine.onnx_eval import (  # noqa: E402
     synthetic_inputs,
     topk,
 )
-from engine.onnx_model import Limits, ModelError, ModelInfo, TensorSpec, inspect_model  # noqa: E402
+from engine.onnx.model import Limits, ModelError, ModelInfo, TensorSpec, inspect_model  # noqa: E402
 
 FAST = {"runs": 5, "warmup": 1, "intra_op_threads": 1}
 
@@ -128,7 +128,7 @@ def test_evaluate_cpu_batch_sweep(mlp_model: tuple[Path, ModelInfo]) -> None:
 
 
 def test_cuda_fallback_is_loud(mlp_model: tuple[Path, ModelInfo]) -> None:
-    from engine.ort_probe import probe_provider
+    from engine.system.ort_probe import probe_provider
 
     if probe_provider("CUDAExecutionProvider")["loaded"]:
         pytest.skip("CUDA really loads here: no fallback to observe")
@@ -362,7 +362,7 @@ def test_config_defaults_valid_and_symbol_refusals(mlp_model: tuple[Path, ModelI
 
 
 class _FakeDevice:
-    """Just what onnx_eval reads from engine.telemetry's NVML device."""
+    """Just what onnx_eval reads from engine.system.telemetry's NVML device."""
 
     def __init__(self, uuid: str, used: int, pids: dict[int, int]):
         from types import SimpleNamespace
@@ -375,7 +375,7 @@ class _FakeDevice:
         return fn()
 
     def processes(self):
-        from engine.telemetry import GpuProcess
+        from engine.system.telemetry import GpuProcess
 
         return [GpuProcess(pid, "python", "C", used) for pid, used in self._pids.items()]
 

@@ -8,9 +8,9 @@ import pytest
 
 pytest.importorskip("onnxruntime")
 
-from engine.onnx_eval import EvalConfig, evaluate
-from engine.onnx_examples import EXAMPLES, example_path
-from engine.onnx_model import inspect_model
+from engine.onnx.evaluate import EvalConfig, evaluate
+from engine.onnx.examples import EXAMPLES, example_path
+from engine.onnx.model import inspect_model
 
 
 def test_wav2lip_example_is_the_generator_and_is_exported_once(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""engine.onnx_images and images as evaluation inputs: layouts, scaling, resizing, refusals, top-k on images."""
+"""engine.onnx.images and images as evaluation inputs: layouts, scaling, resizing, refusals, top-k on images."""
 
 from __future__ import annotations
 
@@ -11,15 +11,15 @@ pytest.importorskip("onnxruntime")
 import cv2
 from tiny_onnx import colour_classifier, mlp
 
-from engine.onnx_eval import EvalConfig, EvalError, check_request, evaluate
-from engine.onnx_images import (
+from engine.onnx.evaluate import EvalConfig, EvalError, check_request, evaluate
+from engine.onnx.images import (
     ImageInputError,
     ImageOptions,
     image_layout,
     images_to_tensor,
     pick_image_input,
 )
-from engine.onnx_model import TensorSpec, inspect_model
+from engine.onnx.model import TensorSpec, inspect_model
 
 RED, GREEN, BLUE = (0, 0, 255), (0, 255, 0), (255, 0, 0)  # BGR, as OpenCV writes
 

@@ -1,4 +1,4 @@
-"""engine.onnx_jobs: submit-time refusals, queues per device, running through the JobRunner, restarts."""
+"""engine.onnx.jobs: submit-time refusals, queues per device, running through the JobRunner, restarts."""
 
 from __future__ import annotations
 
@@ -12,11 +12,12 @@ pytest.importorskip("onnxruntime")
 import cv2
 from tiny_onnx import W, colour_classifier, mlp
 
-from engine.onnx_eval import EvalError
-from engine.onnx_jobs import KIND, OnnxEvalJobs
-from engine.onnx_model import ModelError
-from engine.settings import load_settings
-from engine.store import CPU, DONE, FAILED, QUEUED, JobRunner, JobStore, StoreError
+from engine.core.settings import load_settings
+from engine.jobs.runner import JobRunner
+from engine.jobs.store import CPU, DONE, FAILED, QUEUED, JobStore, StoreError
+from engine.onnx.evaluate import EvalError
+from engine.onnx.jobs import KIND, OnnxEvalJobs
+from engine.onnx.model import ModelError
 
 FAST = {"runs": 3, "warmup": 0, "intra_op_threads": 1}
 

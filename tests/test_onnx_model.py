@@ -1,4 +1,4 @@
-"""engine.onnx_model: hostile uploads are refused, honest ones are described correctly (FLOPs by hand)."""
+"""engine.onnx.model: hostile uploads are refused, honest ones are described correctly (FLOPs by hand)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import pytest
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from engine.onnx_model import (  # noqa: E402
+from engine.onnx.model import (  # noqa: E402
     Limits,
     ModelError,
     TensorSpec,

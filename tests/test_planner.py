@@ -1,11 +1,11 @@
-"""engine.gpu_catalog and engine.planner against figures computed by hand."""
+"""engine.bench.catalog and engine.bench.planner against figures computed by hand."""
 
 from __future__ import annotations
 
 import pytest
 
-from engine.gpu_catalog import CATALOG, PriceBook, detected_gpu, find_gpu
-from engine.planner import (
+from engine.bench.catalog import CATALOG, PriceBook, detected_gpu, find_gpu
+from engine.bench.planner import (
     CUDA_CONTEXT_BYTES,
     LLMS,
     TGI_RUNTIME_BYTES,
@@ -148,7 +148,7 @@ def test_model_memory_plan_by_hand() -> None:
 
 
 def test_calibration_from_a_sweep_report() -> None:
-    from engine.planner import calibration_from_report
+    from engine.bench.planner import calibration_from_report
 
     def row(batch: int, peak: int, **extra) -> dict:
         base = {"status": "ok", "device": "cuda", "runtime": "eager", "precision": "fp16", "batch": batch}

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from engine.media import VideoWriter, probe_video, read_frames
+from engine.core.media import VideoWriter, probe_video, read_frames
 from engine.models.liveportrait import write_random_weights
-from engine.portrait import PortraitConfig, PortraitError, load_template, run_portrait
+from engine.portrait.pipeline import PortraitConfig, PortraitError, load_template, run_portrait
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 pytestmark = pytest.mark.slow
@@ -66,8 +66,8 @@ def test_video_driver_writes_the_animated_portrait_and_its_motion(weights: Path,
 def test_landmarks_turn_the_crop_upright_and_close_the_lips(weights: Path, tmp_path: Path) -> None:
     from tiny_onnx import landmark_model
 
-    from engine.portrait import save_template
-    from engine.portrait_motion import KeypointInfo
+    from engine.portrait.motion import KeypointInfo
+    from engine.portrait.pipeline import save_template
 
     g = torch.Generator().manual_seed(4)
     frames = KeypointInfo(torch.zeros(2), torch.tensor([0.0, 5.0]), torch.zeros(2), torch.zeros(2, 3),
@@ -85,8 +85,8 @@ def test_landmarks_turn_the_crop_upright_and_close_the_lips(weights: Path, tmp_p
 
 
 def test_onnx_backend_matches_pytorch(weights: Path, onnx_cache: Path) -> None:
-    from engine.portrait import _Networks
-    from engine.portrait_onnx import OnnxNetworks, cached_export, onnx_networks
+    from engine.portrait.onnx_backend import OnnxNetworks, cached_export, onnx_networks
+    from engine.portrait.pipeline import _Networks
 
     torch_nets = _Networks(weights, torch.device("cpu"), "fp32")
     onnx_nets = onnx_networks(weights, onnx_cache, "onnx-cpu")
@@ -116,7 +116,7 @@ def test_fp16_export_keeps_grid_sample_and_the_motion_extractor_in_fp32(weights:
     import onnx
 
     from engine.models.liveportrait import load_retargeting
-    from engine.portrait_onnx import OnnxNetworks, cached_export
+    from engine.portrait.onnx_backend import OnnxNetworks, cached_export
 
     full, half = cached_export(weights, onnx_cache), cached_export(weights, onnx_cache, "fp16")
     assert half["motion"] == full["motion"] and half["decoder"] != full["decoder"]
@@ -144,7 +144,7 @@ def test_fp16_export_keeps_grid_sample_and_the_motion_extractor_in_fp32(weights:
 
 
 def test_compiled_networks_pad_the_last_batch(weights: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import engine.portrait as portrait
+    import engine.portrait.pipeline as portrait
 
     monkeypatch.setattr(portrait, "COMPILE_BACKEND", "eager")  # the plumbing, without a C++ toolchain
     plain = portrait._Networks(weights, torch.device("cpu"), "fp32")
@@ -186,7 +186,7 @@ def _video(path: Path, frames: list[np.ndarray]) -> Path:
 
 
 def test_baseline_engine_without_weights(driving: Path, tmp_path: Path) -> None:
-    from engine.media import read_frames
+    from engine.core.media import read_frames
 
     face = cv2.resize(cv2.imread(str(ASSETS / "face.jpg")), (320, 320))
     tilted = []
@@ -216,9 +216,9 @@ def test_baseline_engine_without_weights(driving: Path, tmp_path: Path) -> None:
 
 
 def test_a_driving_clip_that_starts_without_a_face(tmp_path: Path) -> None:
-    from engine.faces import HaarDetector
-    from engine.portrait import _driving_box
-    from engine.results import RunResult
+    from engine.core.results import RunResult
+    from engine.faces.detection import HaarDetector
+    from engine.portrait.pipeline import _driving_box
 
     face = cv2.resize(cv2.imread(str(ASSETS / "face.jpg")), (320, 320))
     late = _video(tmp_path / "late.mp4", [np.zeros_like(face), face, face])  # a fade-in from black

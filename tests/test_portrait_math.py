@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from engine.portrait_crop import PasteBack, crop_image, crop_transform, paste_mask
-from engine.portrait_motion import (
+from engine.portrait.crop import PasteBack, crop_image, crop_transform, paste_mask
+from engine.portrait.motion import (
     LIP_KEYPOINTS,
     KeypointInfo,
     compose,
@@ -99,7 +99,7 @@ def test_crop_transform_and_its_inverse() -> None:
 
 
 def test_a_tilted_face_comes_out_upright() -> None:
-    from engine.portrait_crop import roll_from_landmarks
+    from engine.portrait.crop import roll_from_landmarks
 
     points = np.zeros((203, 2))
     tilt = np.radians(15)  # eyes 60 px apart, the right one lower: the face leans clockwise by 15 degrees
@@ -145,7 +145,7 @@ def test_paste_back_puts_the_crop_back_where_it_came_from() -> None:
 def test_head_rotation_offsets_turn_the_driven_keypoints(tmp_path) -> None:
     from pathlib import Path
 
-    from engine.portrait import PortraitConfig, _driving_keypoints
+    from engine.portrait.pipeline import PortraitConfig, _driving_keypoints
 
     face = Path(__file__).resolve().parent.parent / "assets" / "face.jpg"
     source = _info(seed=3)
@@ -160,7 +160,7 @@ def test_baseline_recovers_a_known_head_motion() -> None:
     """A driving clip we generate by rotating and shifting a face: the tracked similarity must match it."""
     import cv2
 
-    from engine.portrait_baseline import track_motion
+    from engine.portrait.baseline import track_motion
 
     face = cv2.resize(
         cv2.imread(str(__import__("pathlib").Path(__file__).resolve().parent.parent / "assets/face.jpg")), (320, 320)
@@ -183,7 +183,7 @@ def test_baseline_recovers_a_known_head_motion() -> None:
 def _driven(tmp_path, source: KeypointInfo, driver: KeypointInfo, reference: int = 0, **options) -> torch.Tensor:
     from pathlib import Path
 
-    from engine.portrait import PortraitConfig, _driving_keypoints
+    from engine.portrait.pipeline import PortraitConfig, _driving_keypoints
 
     face = Path(__file__).resolve().parent.parent / "assets" / "face.jpg"
     config = PortraitConfig(face, face, tmp_path / "o.mp4", stitching=False, **options)

@@ -14,9 +14,9 @@ from torch import nn
 pytest.importorskip("onnxruntime")
 from tiny_onnx import landmark_model
 
-from engine.portrait import PortraitConfig, _driving_keypoints
-from engine.portrait_landmarks import LandmarkError, LandmarkModel, eye_open_ratios, lip_open_ratio
-from engine.portrait_motion import KeypointInfo, transform_keypoints
+from engine.portrait.landmarks import LandmarkError, LandmarkModel, eye_open_ratios, lip_open_ratio
+from engine.portrait.motion import KeypointInfo, transform_keypoints
+from engine.portrait.pipeline import PortraitConfig, _driving_keypoints
 
 FACE = Path(__file__).resolve().parent.parent / "assets" / "face.jpg"
 

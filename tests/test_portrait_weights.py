@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.portrait import PortraitConfig, PortraitError, hub_weights, weights_folder
-from engine.portrait_cache import LruCache, file_digest
-from engine.settings import Settings
+from engine.core.settings import Settings
+from engine.portrait.cache import LruCache, file_digest
+from engine.portrait.pipeline import PortraitConfig, PortraitError, hub_weights, weights_folder
 
 FACE = Path(__file__).resolve().parent.parent / "assets" / "face.jpg"
 

@@ -11,10 +11,10 @@ pytest.importorskip("gradio")
 
 from tiny_onnx import mlp
 
-from engine.bench import BenchPoint, SweepConfig, run_sweep
-from engine.bench_models import onnx_model
-from engine.onnx_eval import EvalConfig, evaluate
-from engine.onnx_model import inspect_model
+from engine.bench.sweep import BenchPoint, SweepConfig, run_sweep
+from engine.bench.workloads import onnx_model
+from engine.onnx.evaluate import EvalConfig, evaluate
+from engine.onnx.model import inspect_model
 from ui import bench_report, onnx_report
 
 
@@ -57,7 +57,7 @@ def test_onnx_report_renders(model) -> None:
 
 
 def test_portrait_summary_says_what_was_reused_and_adjusted() -> None:
-    from engine.results import RunResult
+    from engine.core.results import RunResult
     from ui import portrait
 
     result = RunResult(device="cuda:0", device_name="NVIDIA H100", precision="fp16")

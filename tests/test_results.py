@@ -2,7 +2,7 @@ import json
 import pickle
 import time
 
-from engine.results import RunResult, StageTiming, peak_host_rss_bytes
+from engine.core.results import RunResult, StageTiming, peak_host_rss_bytes
 
 
 def test_stages_are_timed_in_order_and_the_slowest_is_named() -> None:

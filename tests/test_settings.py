@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.settings import SettingsError, load_settings, validate_device_spec
+from engine.core.settings import SettingsError, load_settings, validate_device_spec
 
 
 def test_defaults_derive_paths_from_the_data_dir(tmp_path: Path) -> None:

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.store import DONE, FAILED, QUEUED, RUNNING, Job, JobRunner, JobStore, StoreError
+from engine.jobs.runner import JobRunner
+from engine.jobs.store import DONE, FAILED, QUEUED, RUNNING, Job, JobStore, StoreError
 
 
 @pytest.fixture

@@ -6,8 +6,8 @@ from collections import namedtuple
 import psutil
 import pytest
 
-from engine import telemetry
-from engine.telemetry import NvmlSource, TelemetrySampler, render_table, series
+from engine.system import telemetry
+from engine.system.telemetry import NvmlSource, TelemetrySampler, render_table, series
 
 
 class NotSupported(Exception):

@@ -12,13 +12,9 @@ from typing import Any
 
 import gradio as gr
 
-from engine.bench import PRECISIONS, PRESETS, BenchError, grid, rows_to_csv
-from engine.bench_jobs import BenchJobs
-from engine.bench_models import BUILTIN, builtin_model, memory_profile
-from engine.bench_runtimes import COMPILE_MODES, RUNTIMES
-from engine.gpu_catalog import CATALOG, Gpu, PriceBook, detected_gpu, find_gpu
-from engine.parsing import int_list
-from engine.planner import (
+from engine.bench.catalog import CATALOG, Gpu, PriceBook, detected_gpu, find_gpu
+from engine.bench.jobs import BenchJobs
+from engine.bench.planner import (
     LLMS,
     QUANT_BYTES_PER_PARAM,
     LlmRequest,
@@ -28,7 +24,11 @@ from engine.planner import (
     plan_llm,
     plan_model_memory,
 )
-from engine.store import FAILED, StoreError
+from engine.bench.sweep import PRECISIONS, PRESETS, BenchError, grid, rows_to_csv
+from engine.bench.workloads import BUILTIN, builtin_model, memory_profile
+from engine.core.parsing import int_list
+from engine.jobs.store import FAILED, StoreError
+from engine.runtimes.bench_runtimes import COMPILE_MODES, RUNTIMES
 from ui.bench_report import (
     COMPARE_HEADERS,
     COST_HEADERS,

@@ -14,12 +14,12 @@ from typing import Any
 import gradio as gr
 import plotly.graph_objects as go
 
-from engine.lipsync import ENGINES, LipSyncConfig, LipSyncError, parse_box, run_lipsync
-from engine.media import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
-from engine.paste import PASTE_MODES
-from engine.results import RunResult
-from engine.settings import Settings
-from engine.weights import WAV2LIP, where_to_put
+from engine.core.media import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
+from engine.core.results import RunResult
+from engine.core.settings import Settings
+from engine.core.weights import WAV2LIP, where_to_put
+from engine.lipsync.paste import PASTE_MODES
+from engine.lipsync.pipeline import ENGINES, LipSyncConfig, LipSyncError, parse_box, run_lipsync
 
 log = logging.getLogger(__name__)
 ASSETS = Path(__file__).resolve().parent.parent / "assets"

@@ -1,7 +1,7 @@
 """The ONNX eval tab: pick a built-in model or upload one, inspect it, queue an evaluation, watch it, read
 and compare results. Also registers the job API: /onnx_submit, /onnx_status, /onnx_queue, /onnx_result.
 
-Evaluations are jobs (engine.onnx_jobs), not requests: the button only queues one, and a timer polls
+Evaluations are jobs (engine.onnx.jobs), not requests: the button only queues one, and a timer polls
 its status until it finishes, so a closed tab loses nothing and the history can reopen any result.
 """
 
@@ -15,13 +15,13 @@ from typing import Any
 
 import gradio as gr
 
-from engine.onnx_eval import PROVIDERS
-from engine.onnx_examples import EXAMPLES, example_path
-from engine.onnx_images import CHANNEL_ORDERS, RESIZE_MODES, SCALINGS
-from engine.onnx_jobs import OnnxEvalJobs
-from engine.onnx_model import ACCEPTED, Limits, file_sha256, inspect_model, prepare_model
-from engine.parsing import int_list, name_values
-from engine.store import DONE, FAILED, StoreError
+from engine.core.parsing import int_list, name_values
+from engine.jobs.store import DONE, FAILED, StoreError
+from engine.onnx.evaluate import PROVIDERS
+from engine.onnx.examples import EXAMPLES, example_path
+from engine.onnx.images import CHANNEL_ORDERS, RESIZE_MODES, SCALINGS
+from engine.onnx.jobs import OnnxEvalJobs
+from engine.onnx.model import ACCEPTED, Limits, file_sha256, inspect_model, prepare_model
 from ui.onnx_report import (
     ACCURACY_HEADERS,
     COMPARE_HEADERS,

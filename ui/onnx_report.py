@@ -1,6 +1,6 @@
 """ONNX evaluation reports as tables and charts: one report, or several side by side for comparison.
 
-Pure functions from the report dict (engine.onnx_eval.evaluate's JSON) to rows and plotly figures,
+Pure functions from the report dict (engine.onnx.evaluate.evaluate's JSON) to rows and plotly figures,
 so the live result, a reopened job and the compare view all render the same way.
 """
 

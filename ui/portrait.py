@@ -12,11 +12,11 @@ import cv2
 import gradio as gr
 import numpy as np
 
-from engine.media import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, is_image, load_image, read_frames
-from engine.portrait import BACKENDS, DRIVING_OPTIONS, ENGINES, PortraitConfig, run_portrait
-from engine.portrait_motion import REGIONS
-from engine.results import RunResult
-from engine.settings import Settings
+from engine.core.media import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, is_image, load_image, read_frames
+from engine.core.results import RunResult
+from engine.core.settings import Settings
+from engine.portrait.motion import REGIONS
+from engine.portrait.pipeline import BACKENDS, DRIVING_OPTIONS, ENGINES, PortraitConfig, run_portrait
 from ui.lipsync import ASSETS, INPUT_ERRORS, timing_figure
 
 log = logging.getLogger(__name__)

@@ -12,10 +12,10 @@ from typing import Any
 
 import gradio as gr
 
-from engine.device import DeviceChoice, capabilities, current_backend_flags
-from engine.doctor import OK, PROBLEM, WARNING, DoctorReport, run_doctor
-from engine.settings import Settings, documented_values
-from engine.telemetry import TelemetrySampler, render_table
+from engine.core.device import DeviceChoice, capabilities, current_backend_flags
+from engine.core.settings import Settings, documented_values
+from engine.system.doctor import OK, PROBLEM, WARNING, DoctorReport, run_doctor
+from engine.system.telemetry import TelemetrySampler, render_table
 
 _BADGES = {OK: ("ok", "#2e7d32"), WARNING: ("warning", "#b26a00"), PROBLEM: ("problem", "#c62828")}
 

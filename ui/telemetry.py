@@ -1,6 +1,6 @@
 """The live telemetry panel shown above every tab: current values and history plots.
 
-It reads the process's one sampler (engine.telemetry) and never runs GPU work, so its timer
+It reads the process's one sampler (engine.system.telemetry) and never runs GPU work, so its timer
 ticks bypass the queue (`queue=False`): a busy GPU queue never freezes the gauges.
 """
 
@@ -11,7 +11,7 @@ import html
 import gradio as gr
 import plotly.graph_objects as go
 
-from engine.telemetry import Snapshot, TelemetrySampler, series, throttle_text
+from engine.system.telemetry import Snapshot, TelemetrySampler, series, throttle_text
 
 PLOT_HEIGHT = 230
 _COLORS = ("#76b900", "#1f77b4", "#ff7f0e", "#d62728", "#9467bd", "#8c564b")

@@ -9,7 +9,7 @@ from typing import Any
 import gradio as gr
 import plotly.graph_objects as go
 
-from engine.store import DONE, FAILED, StoreError
+from engine.jobs.store import DONE, FAILED, StoreError
 
 
 def layout(fig: go.Figure, title: str, x: str, y: str, height: int = 300) -> go.Figure:

@@ -1,7 +1,7 @@
 """The S3FD face detector (Zhang et al., 2017) as Wav2Lip runs it, laid out so the official ``s3fd.pth`` loads.
 
 Attribute names (``conv1_1`` ... ``conv7_2``, ``fc6``, ``fc7``, ``conv3_3_norm`` ..., ``*_mbox_conf`` /
-``*_mbox_loc``) are the state-dict keys of ``s3fd.pth``. Decoding boxes and NMS live in ``engine/faces.py``;
+``*_mbox_loc``) are the state-dict keys of ``s3fd.pth``. Decoding boxes and NMS live in ``engine/faces/detection.py``;
 this module exports the facts they need (strides, anchors, variances, mean, head map sizes).
 
 Note on ``fc6``: it is a plain 3x3 convolution with padding 3 (no dilation), as in the released S3FD model

@@ -1,0 +1,394 @@
+"""What fits on which GPU, and what it costs: cost per request from measured throughput, a memory planner
+for our own models, and an LLM serving planner that outputs Text Generation Inference (TGI) settings.
+
+Every figure says where it came from: "measured" (a benchmark on that card), "estimate" (a measurement
+scaled by the catalog's peak rates, or arithmetic from the model's shape). Memory is in bytes
+(GB = 1e9, GiB = 2**30 where printed).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from engine.bench.catalog import CATALOG, Gpu, PriceBook
+
+CUDA_CONTEXT_BYTES = 800 * 2**20  # CUDA context + cuBLAS/cuDNN workspaces of one PyTorch process (typical)
+TGI_RUNTIME_BYTES = 2 * 2**30  # TGI's own reserve: context, CUDA graphs, NCCL buffers (typical, per shard)
+QUANT_BYTES_PER_PARAM = {
+    "none": 2.0,  # fp16 / bf16
+    "eetq": 1.0 + 2 / 4096,  # int8 weights with a per-row fp16 scale (rows of ~4096)
+    "bitsandbytes": 1.0 + 2 / 4096,
+    # 4-bit weights in groups of 128 with an fp16 scale and a packed 4-bit zero point per group
+    "awq": (128 * 0.5 + 2 + 0.5) / 128,
+    "gptq": (128 * 0.5 + 2 + 0.5) / 128,
+}
+FOUR_BIT = ("awq", "gptq")
+
+
+class PlanError(ValueError):
+    """The request cannot be planned; the message says why and what is accepted."""
+
+
+# ---------------------------------------------------------------------------------------------- cost
+
+
+def scaled_throughput(measured: float, measured_on: Gpu, target: Gpu, precision: str) -> float | None:
+    """A measurement moved to another card by the ratio of their peak rates at that precision (a compute-bound
+    estimate; memory-bound work scales with bandwidth instead, so treat it as a first guess)."""
+    try:
+        a, b = measured_on.peak(precision), target.peak(precision)
+    except KeyError:
+        return None
+    if not a or not b:
+        return None
+    return measured * b / a
+
+
+def cost_table(
+    throughput: float,
+    precision: str,
+    measured_on: Gpu | None,
+    prices: PriceBook,
+    samples_per_request: float = 1.0,
+) -> list[dict[str, Any]]:
+    """Cost per 1000 requests and requests per $10 on each priced GPU. `throughput` is samples/s measured
+    on `measured_on` (None for the CPU: then no GPU figure is estimated); other cards are scaled estimates.
+    A request is `samples_per_request` samples (e.g. 250 frames for 10 s of lip-synced video)."""
+    if throughput <= 0 or samples_per_request <= 0:
+        raise PlanError("throughput and samples per request must be positive")
+    rows = []
+    for key, gpu in CATALOG.items():
+        price = prices.prices.get(key)
+        if price is None:
+            continue
+        if measured_on is None:
+            rate, basis = None, "not estimated: measured on the CPU"
+        elif measured_on.key == key:
+            rate, basis = throughput, "measured"
+        elif measured_on.key == "detected":
+            rate, basis = None, "not estimated: the measured card has no catalog rates"
+        else:
+            rate, basis = scaled_throughput(throughput, measured_on, gpu, precision), "estimate"
+        row: dict[str, Any] = {
+            "gpu": key,
+            "price_per_hour": price,
+            "price_source": prices.sources.get(key, ""),
+            "basis": basis,
+            "samples_per_s": rate,
+            "requests_per_s": None,
+            "cost_per_1000_requests": None,
+            "requests_per_10_usd": None,
+        }
+        if rate:
+            per_s = rate / samples_per_request
+            row["requests_per_s"] = per_s
+            row["cost_per_1000_requests"] = price / (per_s * 3600) * 1000
+            row["requests_per_10_usd"] = 10 / price * per_s * 3600
+        rows.append(row)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------- our models
+
+
+@dataclass
+class MemoryFit:
+    weights_bytes: int
+    activation_bytes_per_sample: int
+    overhead_bytes: int
+    budget_bytes: int  # memory fraction x card memory
+    max_batch: int  # the largest batch that fits (0: not even one)
+    recommended_batch: int  # a power of two at most max_batch, capped by the request
+    precision: str
+    recommended_precision: str
+    gpus_for_target: int | None
+    predicted_bytes: int  # at the recommended batch
+    basis: str
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def calibrate_activations(peaks: list[tuple[int, int]]) -> tuple[int, int]:
+    """(bytes per sample, fixed bytes) by least squares over (batch, peak allocator bytes) pairs."""
+    if len({b for b, _ in peaks}) < 2:
+        raise PlanError("calibration needs peaks at two or more batch sizes")
+    n = len(peaks)
+    mean_b = sum(b for b, _ in peaks) / n
+    mean_m = sum(m for _, m in peaks) / n
+    var = sum((b - mean_b) ** 2 for b, _ in peaks)
+    slope = sum((b - mean_b) * (m - mean_m) for b, m in peaks) / var
+    return max(0, round(slope)), max(0, round(mean_m - slope * mean_b))
+
+
+def calibration_from_report(report: dict[str, Any], precision: str) -> tuple[int, int] | None:
+    """(bytes per sample, fixed bytes) from a GPU sweep's eager rows at this precision, or None when the
+    sweep has fewer than two such batch sizes. Fixed bytes are what the allocator held beyond the batch:
+    weights and persistent workspaces (the CUDA context is not in the allocator and is added separately)."""
+    peaks = [
+        (r["batch"], r["peak_allocated_bytes"])
+        for r in report.get("results", [])
+        if r.get("status") == "ok" and r.get("device") == "cuda" and r.get("runtime") == "eager"
+        and r.get("precision") == precision and r.get("peak_allocated_bytes")
+    ]  # fmt: skip
+    if len({b for b, _ in peaks}) < 2:
+        return None
+    return calibrate_activations(peaks)
+
+
+def plan_model_memory(
+    gpu: Gpu,
+    weights_bytes: int,
+    activation_bytes_per_sample: int,
+    precision: str = "fp16",
+    memory_fraction: float = 0.9,
+    max_batch: int = 4096,
+    target_samples_per_s: float | None = None,
+    samples_per_s_per_gpu: float | None = None,
+    basis: str = "estimate",
+) -> MemoryFit:
+    """Batch size and GPU count for one of our networks: weights + batch x activations + the CUDA context
+    must stay under memory_fraction of the card."""
+    if not 0 < memory_fraction <= 1:
+        raise PlanError(f"memory fraction must be in (0, 1], got {memory_fraction}")
+    warnings = []
+    if precision == "bf16" and not gpu.supports("bf16"):
+        warnings.append(f"{gpu.name} (compute capability {gpu.compute_capability}) has no bf16: use fp16")
+    if precision in ("fp16", "bf16") and not gpu.supports("fp16-tensor-cores"):
+        warnings.append(f"{gpu.name} has no tensor cores: fp16 saves memory but not much time")
+    budget = int(gpu.memory_bytes * memory_fraction)
+    free = budget - weights_bytes - CUDA_CONTEXT_BYTES
+    fits = max(0, free // activation_bytes_per_sample) if activation_bytes_per_sample else max_batch
+    fits = int(min(fits, max_batch))
+    recommended = 2 ** int(math.log2(fits)) if fits >= 1 else 0
+    if fits == 0:
+        warnings.append(f"does not fit: weights and one sample need more than {budget / 2**30:.1f} GiB")
+    gpus = None
+    if target_samples_per_s and samples_per_s_per_gpu:
+        gpus = max(1, math.ceil(target_samples_per_s / samples_per_s_per_gpu))
+    predicted = weights_bytes + CUDA_CONTEXT_BYTES + recommended * activation_bytes_per_sample
+    # fp16 where tensor cores exist (Wav2Lip's fp16 output is within 0.13 grey levels of fp32, bf16 8x further);
+    # fp32 on cards without them, where fp16 saves memory but little time.
+    best = "fp16" if gpu.supports("fp16-tensor-cores") else "fp32"
+    return MemoryFit(
+        weights_bytes, activation_bytes_per_sample, CUDA_CONTEXT_BYTES, budget, fits, recommended, precision, best,
+        gpus, predicted, basis, warnings,
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------- LLMs
+
+
+@dataclass(frozen=True)
+class LlmSpec:
+    key: str
+    name: str
+    parameters: float
+    layers: int
+    hidden: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    max_positions: int
+    tied_embeddings: bool = False
+
+    @property
+    def embedding_parameters(self) -> int:
+        """Input embedding plus the output head: these stay in fp16 when the rest is quantized."""
+        return self.vocab * self.hidden * (1 if self.tied_embeddings else 2)
+
+    def kv_bytes_per_token(self, dtype_bytes: int = 2) -> int:
+        return 2 * self.layers * self.kv_heads * self.head_dim * dtype_bytes
+
+
+LLMS: dict[str, LlmSpec] = {
+    s.key: s
+    for s in (
+        LlmSpec("tinyllama-1.1b", "TinyLlama/TinyLlama-1.1B-Chat-v1.0", 1.10e9, 22, 2048, 32, 4, 64, 32000, 2048),
+        LlmSpec("phi-2", "microsoft/phi-2", 2.78e9, 32, 2560, 32, 32, 80, 51200, 2048),
+        LlmSpec("gemma-2b", "google/gemma-2b", 2.51e9, 18, 2048, 8, 1, 256, 256000, 8192, tied_embeddings=True),
+        LlmSpec("mistral-7b", "mistralai/Mistral-7B-v0.1", 7.24e9, 32, 4096, 32, 8, 128, 32000, 32768),
+        LlmSpec("llama-2-7b", "meta-llama/Llama-2-7b-hf", 6.74e9, 32, 4096, 32, 32, 128, 32000, 4096),
+        LlmSpec("llama-2-13b", "meta-llama/Llama-2-13b-hf", 13.0e9, 40, 5120, 40, 40, 128, 32000, 4096),
+    )
+}
+
+
+def llm_weight_bytes(spec: LlmSpec, quantize: str = "none") -> int:
+    if quantize not in QUANT_BYTES_PER_PARAM:
+        raise PlanError(f"quantize {quantize!r} is not one of {', '.join(QUANT_BYTES_PER_PARAM)}")
+    embed = spec.embedding_parameters
+    body = max(0.0, spec.parameters - embed)
+    return int(body * QUANT_BYTES_PER_PARAM[quantize] + embed * 2)
+
+
+@dataclass
+class LlmRequest:
+    gpu: str | Gpu  # a catalog key, or a Gpu (the detected card)
+    llm: str | LlmSpec
+    count: int = 1  # GPUs available
+    max_input_tokens: int | None = None
+    max_total_tokens: int = 4096
+    concurrent_requests: int = 1  # requests at max_total_tokens that must fit in the KV cache at once
+    quantize: str = "auto"  # auto | none | eetq | bitsandbytes | awq | gptq
+    memory_fraction: float = 0.9
+
+
+def _prefill_bytes(spec: LlmSpec, tokens: int, shards: int) -> int:
+    """Peak activations of a prefill pass: hidden states and attention/MLP temporaries (about 12 hidden-sized
+    fp16 vectors per token across the widest layer), split across shards, plus fp32 logits of the last tokens."""
+    return int(tokens * spec.hidden * 2 * 12 / shards + spec.vocab * 4 * min(tokens, 256))
+
+
+def _fit(spec: LlmSpec, gpu: Gpu, req: LlmRequest, shards: int, quantize: str, prefill_tokens: int) -> dict[str, Any]:
+    per_gpu = int(gpu.memory_bytes * req.memory_fraction)
+    weights = llm_weight_bytes(spec, quantize) / shards
+    prefill = _prefill_bytes(spec, prefill_tokens, shards)
+    kv_budget = per_gpu - weights - TGI_RUNTIME_BYTES - prefill
+    kv_per_token = spec.kv_bytes_per_token() / shards
+    capacity = int(kv_budget // kv_per_token) if kv_budget > 0 else 0
+    needed = req.max_total_tokens * req.concurrent_requests
+    return {
+        "shards": shards,
+        "quantize": quantize,
+        "per_gpu": {
+            "budget_bytes": per_gpu,
+            "weights_bytes": int(weights),
+            "runtime_bytes": TGI_RUNTIME_BYTES,
+            "prefill_activation_bytes": prefill,
+            "kv_cache_bytes": max(0, int(kv_budget)),
+        },
+        "kv_bytes_per_token": int(spec.kv_bytes_per_token()),
+        "kv_token_capacity": capacity,
+        "kv_tokens_needed": needed,
+        "fits": capacity >= needed,
+    }
+
+
+def plan_llm(req: LlmRequest) -> dict[str, Any]:
+    """Whether a TGI deployment fits, memory by part, the launch flags and the reasons and warnings."""
+    gpu = CATALOG.get(req.gpu) if isinstance(req.gpu, str) else req.gpu
+    if gpu is None:
+        raise PlanError(f"unknown GPU {req.gpu!r}; known: {', '.join(CATALOG)}")
+    spec = req.llm if isinstance(req.llm, LlmSpec) else LLMS.get(str(req.llm).lower())
+    if spec is None:
+        raise PlanError(f"unknown model {req.llm!r}; presets: {', '.join(LLMS)} (or give its shape)")
+    if req.count < 1 or req.count > 64:
+        raise PlanError("count must be 1..64 GPUs")
+    if req.max_total_tokens < 2:
+        raise PlanError("max_total_tokens must be at least 2")
+    max_input = req.max_input_tokens or req.max_total_tokens - 1
+    if not 1 <= max_input < req.max_total_tokens:
+        raise PlanError(f"max_input_tokens ({max_input}) must be below max_total_tokens ({req.max_total_tokens})")
+    if req.concurrent_requests < 1:
+        raise PlanError("concurrent_requests must be at least 1")
+    warnings: list[str] = []
+    reasons: list[str] = []
+    flash = gpu.supports("flash-attention")
+    if req.max_total_tokens > spec.max_positions:
+        warnings.append(
+            f"max_total_tokens {req.max_total_tokens} exceeds {spec.name}'s context of {spec.max_positions} tokens"
+        )
+    if not flash:
+        warnings.append(
+            f"{gpu.name} has compute capability {gpu.compute_capability[0]}.{gpu.compute_capability[1]}: flash "
+            "attention and paged attention need 8.0+, so TGI runs the slower non-flash path, cannot shard "
+            "(one GPU only) and pads the KV cache per request"
+        )
+    int8 = "eetq" if gpu.supports("eetq") else "bitsandbytes"
+    quant_options = ["none", int8, "awq"] if req.quantize == "auto" else [req.quantize]
+    for q in quant_options:
+        if q not in QUANT_BYTES_PER_PARAM:
+            raise PlanError(f"quantize {q!r} is not one of auto, {', '.join(QUANT_BYTES_PER_PARAM)}")
+    if req.quantize in FOUR_BIT and not gpu.supports("marlin"):
+        warnings.append(
+            f"{req.quantize.upper()} in current TGI runs on the Marlin kernels, which need compute capability "
+            f"8.0+; {gpu.name} may not run it"
+        )
+    if req.quantize == "eetq" and not gpu.supports("eetq"):
+        warnings.append(f"EETQ's kernels cover compute capability 7.0 to 8.9; {gpu.name} may not run it")
+    shard_options = [s for s in (1, 2, 4, 8) if s <= req.count and spec.kv_heads % s == 0 and spec.heads % s == 0]
+    if not flash:
+        shard_options = [1]
+    prefill_tokens = max(max_input, min(4096, max_input * req.concurrent_requests))
+    tried = []
+    chosen = None
+    for q in quant_options:  # least quantization first, then fewest shards: the best quality that fits
+        if q in FOUR_BIT and not gpu.supports("marlin") and req.quantize == "auto":
+            continue
+        for shards in shard_options:
+            fit = _fit(spec, gpu, req, shards, q, prefill_tokens)
+            tried.append(fit)
+            if fit["fits"]:
+                chosen = fit
+                break
+        if chosen:
+            break
+    best = chosen or max(tried, key=lambda f: f["kv_token_capacity"])
+    if chosen is None:
+        warnings.append(
+            f"does not fit: at best {best['kv_token_capacity']:,} KV tokens per replica for "
+            f"{best['kv_tokens_needed']:,} needed ({req.concurrent_requests} x {req.max_total_tokens}); use more or "
+            "larger GPUs, 4-bit weights, or shorter sequences"
+        )
+    if best["quantize"] != "none":
+        reasons.append(
+            f"--quantize {best['quantize']}: fp16 weights ({llm_weight_bytes(spec) / 1e9:.1f} GB) leave too little "
+            "room for the KV cache"
+            if req.quantize == "auto"
+            else f"--quantize {best['quantize']} as asked"
+        )
+    if best["shards"] > 1:
+        reasons.append(f"--num-shard {best['shards']}: one GPU cannot hold weights and KV cache")
+    dtype = "bfloat16" if gpu.supports("bf16") else "float16"
+    flags = {
+        "--num-shard": best["shards"],
+        "--cuda-memory-fraction": req.memory_fraction,
+        "--max-input-tokens": max_input,
+        "--max-total-tokens": req.max_total_tokens,
+        "--max-batch-prefill-tokens": prefill_tokens,
+        "--dtype": dtype if best["quantize"] == "none" else None,
+        "--quantize": None if best["quantize"] == "none" else best["quantize"],
+    }
+    if flash and best["fits"]:
+        reasons.append(
+            f"the KV cache holds about {best['kv_token_capacity']:,} tokens per replica: "
+            f"{best['kv_token_capacity'] // req.max_total_tokens} concurrent requests at max_total_tokens "
+            "(TGI sizes --max-batch-total-tokens from the free memory itself)"
+        )
+    if dtype == "float16" and best["quantize"] == "none":
+        reasons.append("--dtype float16: this card has no bf16")
+    launch = " ".join(f"{k} {v}" for k, v in flags.items() if v is not None)
+    return {
+        "gpu": gpu.to_dict(),
+        "model": asdict(spec),
+        "fits": best["fits"],
+        "memory": best,
+        "weights_bytes_by_quantization": {q: llm_weight_bytes(spec, q) for q in QUANT_BYTES_PER_PARAM},
+        "flags": {k: v for k, v in flags.items() if v is not None},
+        "launch": f"text-generation-launcher --model-id {spec.name} {launch}",
+        "reasons": reasons,
+        "warnings": warnings,
+        "considered": tried,
+    }
+
+
+__all__ = [
+    "LLMS",
+    "QUANT_BYTES_PER_PARAM",
+    "LlmRequest",
+    "LlmSpec",
+    "MemoryFit",
+    "PlanError",
+    "calibrate_activations",
+    "calibration_from_report",
+    "cost_table",
+    "llm_weight_bytes",
+    "plan_llm",
+    "plan_model_memory",
+    "scaled_throughput",
+]

@@ -1,0 +1,557 @@
+"""Benchmark sweeps: a model x runtime x precision x batch x memory format x cudnn.benchmark grid (or a preset),
+each point measured the same way, with speed-up against a baseline, memory, achieved TFLOP/s against the
+card's peak, numerical error against fp32, energy, and the telemetry recorded while it ran.
+
+How a point is measured: build (load_s), first run on the batch (first_run_s: torch.compile and TensorRT
+engine builds happen here), `warmup` untimed runs, then `runs` timed runs (CUDA events on the GPU). The
+inputs of a batch are 8 seeded samples repeated, so the output's first 8 samples can be checked against
+one fp32 reference per device, however large the batch. An out-of-memory point is recorded as "oom" and
+the sweep goes on; a point whose ONNX Runtime session fell back to the CPU is flagged. Weights are random
+(seeded): speed does not depend on trained values, and every report says so.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from itertools import product
+from typing import Any
+
+import numpy as np
+
+from engine.bench.workloads import BenchModel, count_flops
+from engine.onnx.evaluate import latency_stats
+from engine.runtimes.bench_runtimes import COMPILE_MODES, ORT_RUNTIMES, RUNTIMES, TORCH_RUNTIMES, make_runtime
+
+PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
+DEVICES = ("cpu", "cuda")
+REFERENCE_SAMPLES = 8
+MAX_POINTS = 200
+MAX_BATCH = 8192
+CPU_BATCH_DIVISOR = 64  # GPU presets on a machine without one: the same ladder at 1/64 of the batch
+RANDOM_WEIGHTS_NOTE = "random-initialised weights (seeded): speed and memory do not depend on trained values"
+
+Progress = Callable[[float, str], Any]
+
+
+class BenchError(ValueError):
+    """The sweep request is refused; the message says what was wrong and what is accepted."""
+
+
+@dataclass(frozen=True)
+class BenchPoint:
+    runtime: str = "eager"
+    precision: str = "fp32"
+    batch: int = 1
+    device: str = "cuda"  # cpu | cuda (the sweep's GPU)
+    channels_last: bool = False
+    cudnn_benchmark: bool = True
+    compile_mode: str = "default"
+
+    @property
+    def label(self) -> str:
+        parts = [self.device, self.runtime, self.precision, f"b{self.batch}"]
+        if self.channels_last:
+            parts.append("cl")
+        if self.runtime == "compile" and self.compile_mode != "default":
+            parts.append(self.compile_mode)
+        if self.device == "cuda" and self.runtime in TORCH_RUNTIMES and not self.cudnn_benchmark:
+            parts.append("no-cudnn-bench")
+        return " ".join(parts)
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.runtime not in RUNTIMES:
+            out.append(f"runtime {self.runtime!r} is not one of {', '.join(RUNTIMES)}")
+        if self.precision not in PRECISIONS:
+            out.append(f"precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
+        if self.device not in DEVICES:
+            out.append(f"device {self.device!r} is not cpu or cuda")
+        if not isinstance(self.batch, int) or isinstance(self.batch, bool) or not 1 <= self.batch <= MAX_BATCH:
+            out.append(f"batch {self.batch!r} is not a whole number in 1..{MAX_BATCH}")
+        if self.compile_mode not in COMPILE_MODES:
+            out.append(f"compile mode {self.compile_mode!r} is not one of {', '.join(COMPILE_MODES)}")
+        return out
+
+
+@dataclass
+class SweepConfig:
+    model: str  # a built-in name (wav2lip, s3fd) or onnx:<sha256> of a model stored by ONNX eval
+    points: list[BenchPoint]
+    runs: int = 20
+    warmup: int = 3
+    baseline: int = 0  # index into points: its throughput is speed-up 1.0
+    preset: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def validate(self) -> None:
+        problems = []
+        if not self.points:
+            problems.append("no configurations to run")
+        if len(self.points) > MAX_POINTS:
+            problems.append(f"{len(self.points)} configurations; at most {MAX_POINTS} per sweep")
+        for i, point in enumerate(self.points):
+            problems += [f"configuration {i + 1}: {p}" for p in point.problems()]
+        for name, value, lo, hi in (("runs", self.runs, 1, 10_000), ("warmup", self.warmup, 0, 1000)):
+            if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+                problems.append(f"{name} must be a whole number in {lo}..{hi}, got {value!r}")
+        if not isinstance(self.baseline, int) or not 0 <= self.baseline < max(1, len(self.points)):
+            problems.append(f"baseline must index a configuration (0..{len(self.points) - 1})")
+        if problems:
+            raise BenchError("invalid sweep: " + "; ".join(problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SweepConfig:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise BenchError(
+                f"unknown sweep field(s) {', '.join(unknown)}; known: {', '.join(cls.__dataclass_fields__)}"
+            )
+        points = []
+        for p in known.get("points", []):
+            if not isinstance(p, dict):
+                raise BenchError("each point must be an object with runtime, precision, batch, device, ...")
+            extra = sorted(set(p) - set(BenchPoint.__dataclass_fields__))
+            if extra:
+                raise BenchError(f"unknown point field(s) {', '.join(extra)}")
+            points.append(BenchPoint(**p))
+        known["points"] = points
+        if "model" not in known:
+            raise BenchError("a sweep needs a model")
+        return cls(**known)
+
+
+# ---------------------------------------------------------------------------------------------- grids and presets
+
+
+def grid(
+    runtimes: list[str],
+    precisions: list[str],
+    batches: list[int],
+    devices: list[str],
+    channels_last: list[bool] = (False,),  # type: ignore[assignment]
+    cudnn_benchmark: list[bool] = (True,),  # type: ignore[assignment]
+    compile_mode: str = "default",
+) -> tuple[list[BenchPoint], list[str]]:
+    """Every combination that means something, and a note for each kind that was dropped."""
+    points, dropped = [], set()
+    for device, runtime, precision, batch, cl, cb in product(
+        devices, runtimes, precisions, batches, channels_last, cudnn_benchmark
+    ):
+        if runtime in ORT_RUNTIMES:
+            if (runtime == "ort-cpu") != (device == "cpu"):
+                dropped.add(f"{runtime} runs on {'the CPU' if runtime == 'ort-cpu' else 'the GPU'} only")
+                continue
+            if precision == "bf16" or (precision == "fp16" and runtime != "ort-trt"):
+                dropped.add("ONNX Runtime runs the model's own precision (fp32; tf32 on CUDA; fp16 via TensorRT)")
+                continue
+            if cl or not cb:
+                cl, cb = False, True  # not ORT options: one point, not duplicates
+        if device == "cpu" and runtime == "cudagraphs":
+            dropped.add("CUDA graphs need the GPU")
+            continue
+        if device == "cpu" and precision in ("tf32", "fp16"):
+            dropped.add("tf32 and fp16 are GPU precisions (the CPU runs fp32 and bf16)")
+            continue
+        if device == "cpu" and not cb:
+            cb = True
+        points.append(BenchPoint(runtime, precision, int(batch), device, cl, cb, compile_mode))
+    unique = list(dict.fromkeys(points))
+    return unique, sorted(f"skipped: {d}" for d in dropped)
+
+
+WAV2LIP_LADDER = [
+    BenchPoint("eager", "fp32", 128, "cuda"),
+    BenchPoint("eager", "fp32", 512, "cuda"),
+    BenchPoint("eager", "fp16", 512, "cuda", channels_last=True),
+    BenchPoint("compile", "fp16", 512, "cuda", channels_last=True),
+    BenchPoint("compile", "fp16", 1024, "cuda", channels_last=True),
+]
+CPU_VS_GPU = [
+    BenchPoint("eager", "fp32", 32, "cpu"),
+    BenchPoint("ort-cpu", "fp32", 32, "cpu"),
+    BenchPoint("eager", "fp32", 32, "cuda"),
+    BenchPoint("eager", "fp16", 32, "cuda", channels_last=True),
+    BenchPoint("ort-cuda", "fp32", 32, "cuda"),
+]
+ONNX_PROVIDERS = [
+    BenchPoint("ort-cpu", "fp32", 8, "cpu"),
+    BenchPoint("ort-cuda", "fp32", 8, "cuda"),
+    BenchPoint("ort-cuda", "tf32", 8, "cuda"),
+    BenchPoint("ort-trt", "fp32", 8, "cuda"),
+    BenchPoint("ort-trt", "fp16", 8, "cuda"),
+]
+PRESETS: dict[str, tuple[str, list[BenchPoint]]] = {
+    "wav2lip-ladder": (
+        "batch 128 fp32 eager (the baseline), 512, 512 fp16, 512 fp16 compiled, 1024 fp16 compiled",
+        WAV2LIP_LADDER,
+    ),
+    "precision-grid": (
+        "fp32, tf32, fp16, bf16 x batch 32, 128, 512 (eager, channels_last)",
+        grid(["eager"], list(PRECISIONS), [32, 128, 512], ["cuda"], [True])[0],
+    ),
+    "cpu-vs-gpu": ("one batch on the CPU (PyTorch, ORT) and the GPU (PyTorch fp32/fp16, ORT CUDA)", CPU_VS_GPU),
+    "onnx-providers": ("ONNX Runtime CPU, CUDA (fp32, tf32), TensorRT (fp32, fp16), batch 8", ONNX_PROVIDERS),
+}
+
+
+def preset(name: str, model: str, has_gpu: bool, runs: int = 20, warmup: int = 3) -> SweepConfig:
+    """A preset as a sweep for this machine. Without a GPU: a preset that compares with the CPU keeps its CPU
+    side; the others run their GPU points on the CPU at 1/64 of the batch (tf32/fp16 become fp32, GPU-only
+    runtimes are dropped). The notes say which happened."""
+    if name not in PRESETS:
+        raise BenchError(f"no preset {name!r}; presets: {', '.join(PRESETS)}")
+    points = list(PRESETS[name][1])
+    notes = [f"preset {name}: {PRESETS[name][0]}"]
+    if not has_gpu and any(p.device == "cpu" for p in points):  # a comparison with the CPU: keep its side
+        points = [p for p in points if p.device == "cpu"]
+        notes.append("no GPU here: only the CPU configurations ran")
+    elif not has_gpu:
+        cpu_points = []
+        for p in points:
+            if p.runtime in ("cudagraphs", "ort-cuda", "ort-trt"):
+                continue
+            batch = max(1, p.batch // CPU_BATCH_DIVISOR) if p.device == "cuda" else p.batch
+            precision = "fp32" if p.precision in ("tf32", "fp16") else p.precision
+            cpu_points.append(replace(p, device="cpu", batch=batch, precision=precision, cudnn_benchmark=True))
+        points = list(dict.fromkeys(cpu_points))
+        notes.append(
+            f"no GPU here: the GPU points ran on the CPU at 1/{CPU_BATCH_DIVISOR} of their batch, fp16/tf32 as "
+            "fp32, CUDA-only runtimes dropped"
+        )
+    return SweepConfig(model, points, runs, warmup, 0, name, notes)
+
+
+# ---------------------------------------------------------------------------------------------- measuring
+
+
+def _repeat_to(inputs: tuple[Any, ...] | dict[str, np.ndarray], batch: int) -> Any:
+    """The 8 reference samples repeated (and cut) to the batch: torch tensors, or numpy feeds by name."""
+    if isinstance(inputs, dict):
+        return {k: np.ascontiguousarray(np.take(a, np.arange(batch) % a.shape[0], axis=0)) for k, a in inputs.items()}
+    out = []
+    for t in inputs:
+        reps = math.ceil(batch / t.shape[0])
+        out.append(t.repeat(reps, *([1] * (t.dim() - 1)))[:batch].contiguous())
+    return tuple(out)
+
+
+def _error(out: np.ndarray, ref: np.ndarray) -> dict[str, Any]:
+    """Against the fp32 reference of the same samples (a batch below 8 compares its own samples)."""
+    n = min(out.shape[0], ref.shape[0])
+    out, ref = out[:n], ref[:n]
+    if out.shape != ref.shape:
+        return {"error": f"shape {list(out.shape)} against the reference {list(ref.shape)}"}
+    finite = bool(np.all(np.isfinite(out)))
+    diff = np.abs(out - ref)
+    norm = float(np.linalg.norm(ref))
+    return {
+        "max_abs": float(diff.max()) if finite else math.inf,
+        "rel_l2": float(np.linalg.norm(out - ref) / norm) if finite and norm else (0.0 if finite else math.inf),
+        "nan_or_inf": int((~np.isfinite(out)).sum()),
+    }
+
+
+class _Energy:
+    """NVML's energy counter (mJ since driver load) when the card has one, else power integrated from the
+    telemetry samples of the window."""
+
+    def __init__(self, nvml_device: Any) -> None:
+        self.device = nvml_device
+
+    def read(self) -> float | None:
+        if self.device is None:
+            return None
+        value = self.device.get(getattr(self.device.nvml, "nvmlDeviceGetTotalEnergyConsumption", None))
+        return float(value) / 1000.0 if value is not None else None  # joules
+
+
+def _telemetry(sampler: Any, t0: float, t1: float, gpu_index: int) -> list[list[Any]]:
+    """Compact series for the window: [t, gpu util %, gpu memory bytes, power W, host cpu %]."""
+    if sampler is None:
+        return []
+    rows = []
+    for snap in sampler.history():
+        if t0 - 0.5 <= snap.timestamp <= t1 + 0.5:
+            gpu = snap.gpus[gpu_index] if len(snap.gpus) > gpu_index else None
+            rows.append(
+                [
+                    round(snap.timestamp - t0, 3),
+                    gpu.util_gpu_percent if gpu else None,
+                    gpu.memory_used_bytes if gpu else None,
+                    gpu.power_w if gpu else None,
+                    snap.host.cpu_percent,
+                ]
+            )
+    return rows
+
+
+@dataclass
+class _Context:
+    model: BenchModel
+    config: SweepConfig
+    gpu_device: str | None  # "cuda:N" or None
+    gpu: Any  # gpu_catalog.Gpu for the card, or None
+    nvml_device: Any
+    sampler: Any
+    memory_fraction: float
+    flops: float | None
+    references: dict[str, np.ndarray] = field(default_factory=dict)
+    base_inputs: Any = ()  # the 8 reference samples: torch tensors, or numpy feeds for ONNX-only models
+
+
+def _reference(ctx: _Context, device: str) -> np.ndarray:
+    """fp32 eager output of the 8 reference samples on this device (TF32 off); ONNX-only models: ORT on CPU."""
+    if device in ctx.references:
+        return ctx.references[device]
+    point = BenchPoint("eager" if ctx.model.has_torch else "ort-cpu", "fp32", REFERENCE_SAMPLES, device)
+    if not ctx.model.has_torch:
+        point = replace(point, device="cpu")
+    runtime = make_runtime(ctx.model, point, ctx.gpu_device if point.device == "cuda" else "cpu", ctx.memory_fraction)
+    try:
+        runtime.load()
+        runtime.set_inputs(ctx.base_inputs)
+        runtime.run()
+        runtime.sync()
+        ctx.references[device] = runtime.output()
+    finally:
+        runtime.close()
+    return ctx.references[device]
+
+
+def _measure(ctx: _Context, point: BenchPoint, row: dict[str, Any]) -> None:
+    device = ctx.gpu_device if point.device == "cuda" else "cpu"
+    energy = _Energy(ctx.nvml_device if point.device == "cuda" else None)
+    runtime = make_runtime(ctx.model, point, device, ctx.memory_fraction)  # type: ignore[arg-type]
+    resident = 0  # tensors other work in this process keeps (e.g. cached portrait networks) are not this point's
+    if device.startswith("cuda"):
+        import torch
+
+        resident = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    try:
+        start = time.perf_counter()
+        runtime.load()
+        runtime.set_inputs(_repeat_to(ctx.base_inputs, point.batch))
+        row["load_s"] = time.perf_counter() - start
+        row["ran_on"], row["fell_back"] = runtime.ran_on, runtime.fell_back
+        if runtime.fell_back:
+            row["warnings"].append(f"fell back to {runtime.ran_on}: {runtime.fallback_reason}")
+        start = time.perf_counter()
+        runtime.run()
+        runtime.sync()
+        row["first_run_s"] = time.perf_counter() - start
+        for _ in range(ctx.config.warmup):
+            runtime.run()
+        runtime.sync()
+        joules0, t0 = energy.read(), time.time()
+        times = runtime.timed_runs(ctx.config.runs)
+        t1, joules1 = time.time(), energy.read()
+        row["latency"] = latency_stats(times, point.batch)
+        row["samples_per_s"] = row["latency"]["throughput_per_s"]
+        peak = runtime.peak_bytes()
+        row["peak_allocated_bytes"] = None if peak is None else peak - resident
+        row["telemetry"] = _telemetry(ctx.sampler, t0, t1, _gpu_index(ctx.gpu_device))
+        samples = ctx.config.runs * point.batch
+        if joules0 is not None and joules1 is not None and joules1 > joules0:
+            row["energy_j_per_sample"], row["energy_source"] = (joules1 - joules0) / samples, "NVML energy counter"
+        else:
+            powers = [r[3] for r in row["telemetry"] if r[3] is not None]
+            if powers and point.device == "cuda":
+                row["energy_j_per_sample"] = float(np.mean(powers)) * (t1 - t0) / samples
+                row["energy_source"] = "mean telemetry power x time"
+        output = runtime.output()[:REFERENCE_SAMPLES]
+    finally:
+        runtime.close()
+    row["error_vs_fp32"] = _error(output, _reference(ctx, point.device))
+
+
+def _gpu_index(device: str | None) -> int:
+    return int(device.partition(":")[2] or 0) if device else 0
+
+
+def _empty_row(point: BenchPoint) -> dict[str, Any]:
+    return {
+        **asdict(point),
+        "label": point.label,
+        "status": "ok",
+        "error": None,
+        "ran_on": None,
+        "fell_back": False,
+        "load_s": None,
+        "first_run_s": None,
+        "latency": None,
+        "samples_per_s": None,
+        "speedup": None,
+        "peak_allocated_bytes": None,
+        "device_used_bytes": None,
+        "host_rss_bytes": None,
+        "flops_per_sample": None,
+        "achieved_tflops": None,
+        "percent_of_peak": None,
+        "error_vs_fp32": None,
+        "energy_j_per_sample": None,
+        "energy_source": None,
+        "telemetry": [],
+        "warnings": [],
+    }
+
+
+def _finish(rows: list[dict[str, Any]], ctx: _Context) -> None:
+    base = rows[ctx.config.baseline] if rows else None
+    base_rate = base["samples_per_s"] if base and base["status"] == "ok" else None
+    for row in rows:
+        rate = row["samples_per_s"]
+        if not rate:
+            continue
+        if base_rate:
+            row["speedup"] = rate / base_rate
+        if ctx.flops:
+            row["flops_per_sample"] = ctx.flops
+            row["achieved_tflops"] = ctx.flops * rate / 1e12
+            if row["device"] == "cuda" and ctx.gpu is not None and ctx.gpu.key != "detected":
+                row["percent_of_peak"] = 100.0 * row["achieved_tflops"] / ctx.gpu.peak(row["precision"])
+
+
+def machine(gpu_device: str | None) -> dict[str, Any]:
+    """What a result must carry to be compared across machines."""
+    import onnxruntime as ort
+    import torch
+
+    info: dict[str, Any] = {
+        "host": platform.node(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "onnxruntime": ort.__version__,
+        "gpu": None,
+    }
+    if gpu_device:
+        props = torch.cuda.get_device_properties(gpu_device)
+        info["gpu"] = {
+            "name": props.name,
+            "memory_bytes": int(props.total_memory),
+            "compute_capability": f"{props.major}.{props.minor}",
+        }
+        from engine.system.telemetry import NvmlSource
+
+        source = NvmlSource()
+        info["driver"] = getattr(source, "driver_version", None)
+    return info
+
+
+def run_sweep(
+    config: SweepConfig,
+    model: BenchModel,
+    gpu_device: str | None,
+    progress: Progress | None = None,
+    sampler: Any = None,
+    memory_fraction: float = 0.9,
+) -> dict[str, Any]:
+    """Measure every point; the report (JSON-ready). Points asking for the GPU on a machine without one are
+    recorded as errors, not silently run on the CPU."""
+    config.validate()
+    tell = progress or (lambda f, label: None)
+    gpu = nvml_device = None
+    if gpu_device:
+        import torch
+
+        from engine.bench.catalog import detected_gpu
+        from engine.onnx.evaluate import _nvml, _nvml_device
+
+        props = torch.cuda.get_device_properties(gpu_device)
+        gpu = detected_gpu(props.name, int(props.total_memory), (props.major, props.minor))
+        nvml_device = _nvml_device(_nvml(), _gpu_index(gpu_device))
+    tell(0.0, "counting FLOPs")
+    flops = count_flops(model)
+    make_inputs = model.torch_inputs if model.has_torch else model.numpy_inputs
+    base = make_inputs(REFERENCE_SAMPLES)  # type: ignore[misc]
+    ctx = _Context(model, config, gpu_device, gpu, nvml_device, sampler, memory_fraction, flops, base_inputs=base)
+    rows = []
+    for i, point in enumerate(config.points):
+        tell(i / len(config.points), f"{i + 1}/{len(config.points)}: {point.label}")
+        row = _empty_row(point)
+        if point.device == "cuda" and not gpu_device:
+            row["status"], row["error"] = "error", "no CUDA device on this machine"
+        else:
+            try:
+                _measure(ctx, point, row)
+            except Exception as exc:
+                from engine.core.device import is_out_of_memory
+
+                row["status"] = "oom" if is_out_of_memory(exc) else "error"
+                row["error"] = f"{type(exc).__name__}: {str(exc)[:800]}"
+            finally:
+                gc.collect()  # the failed point's tensors die with its traceback; then the cache can go
+                if gpu_device:
+                    from engine.core.device import release_cached_memory
+
+                    release_cached_memory()
+        row["host_rss_bytes"] = _rss()
+        if gpu_device and point.device == "cuda" and nvml_device is not None:
+            info = nvml_device.get(nvml_device.nvml.nvmlDeviceGetMemoryInfo)
+            row["device_used_bytes"] = int(info.used) if info is not None else None
+        rows.append(row)
+    _finish(rows, ctx)
+    tell(1.0, "done")
+    return {
+        "model": {"name": model.name, "title": model.title, "flops_per_sample": flops},
+        "config": config.to_dict(),
+        "machine": machine(gpu_device),
+        "gpu": gpu.to_dict() if gpu else None,
+        "results": rows,
+        "notes": [*config.notes, RANDOM_WEIGHTS_NOTE],
+    }
+
+
+def _rss() -> int:
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)
+
+
+def rows_to_csv(report: dict[str, Any]) -> str:
+    """One line per configuration, the numbers a spreadsheet wants."""
+    import csv
+    import io
+
+    columns = [
+        "label", "device", "runtime", "precision", "batch", "channels_last", "cudnn_benchmark", "compile_mode",
+        "status", "ran_on", "fell_back", "load_s", "first_run_s", "mean_ms", "std_ms", "p50_ms", "p95_ms",
+        "samples_per_s", "speedup", "peak_allocated_bytes", "device_used_bytes", "achieved_tflops",
+        "percent_of_peak", "max_abs_error", "rel_l2_error", "energy_j_per_sample", "error",
+    ]  # fmt: skip
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(columns)
+    for r in report["results"]:
+        lat, err = r.get("latency") or {}, r.get("error_vs_fp32") or {}
+        values = {**r, **{k: lat.get(k) for k in ("mean_ms", "std_ms", "p50_ms", "p95_ms")}}
+        values["max_abs_error"], values["rel_l2_error"] = err.get("max_abs"), err.get("rel_l2")
+        writer.writerow([values.get(c) for c in columns])
+    return out.getvalue()
+
+
+__all__ = [
+    "PRECISIONS",
+    "PRESETS",
+    "RANDOM_WEIGHTS_NOTE",
+    "BenchError",
+    "BenchPoint",
+    "SweepConfig",
+    "grid",
+    "preset",
+    "rows_to_csv",
+    "run_sweep",
+]

@@ -1,0 +1,215 @@
+"""The networks a benchmark sweep can run: our own PyTorch models (random weights; speed does not depend on
+trained values), their ONNX exports, and any ONNX model stored by the ONNX eval tab.
+
+A BenchModel knows how to build its PyTorch module, make a batch of inputs, count its FLOPs per sample, and
+where its ONNX file is; the runtimes in engine/runtimes/bench_runtimes.py use nothing else.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SEED = 0
+
+
+@dataclass
+class BenchModel:
+    name: str
+    title: str
+    onnx_path: Callable[[], Path] | None  # the ONNX file for the ORT runtimes (exported on first use)
+    build_torch: Callable[[], Any] | None = None  # a torch.nn.Module in eval mode, fp32, on the CPU
+    torch_inputs: Callable[[int], tuple[Any, ...]] | None = None  # fp32 CPU tensors for a batch
+    flops_fixed: float | None = None  # FLOPs per sample when known without counting (ONNX estimate)
+    numpy_inputs: Callable[[int], dict[str, np.ndarray]] | None = None  # ONNX-only models: feeds for a batch
+
+    @property
+    def has_torch(self) -> bool:
+        return self.build_torch is not None
+
+
+def _seeded(build: Callable[[], Any]) -> Callable[[], Any]:
+    def make() -> Any:
+        import torch
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(SEED)
+            return build().eval()
+
+    return make
+
+
+def _wav2lip() -> Any:
+    from engine.models.wav2lip import Wav2Lip
+
+    return Wav2Lip()
+
+
+def _s3fd() -> Any:
+    from engine.models.s3fd import S3FD
+
+    return S3FD()
+
+
+def _randn(*shape: int) -> Any:
+    import torch
+
+    g = torch.Generator().manual_seed(SEED)
+    return torch.rand(*shape, generator=g)  # [0, 1): what a face crop or a mel in [0, 1] looks like
+
+
+def _liveportrait(kind: str) -> Callable[[], Any]:
+    def build() -> Any:
+        from engine.models import liveportrait as lp
+
+        classes = {
+            "appearance": lp.AppearanceFeatureExtractor,
+            "motion": lp.MotionExtractor,
+            "warping": lp.WarpingNetwork,
+            "decoder": lp.SPADEDecoder,
+        }
+        return classes[kind]()
+
+    return build
+
+
+def _keypoints(b: int) -> Any:
+    return _randn(b, 21, 3) * 0.4 - 0.2  # canonical keypoints sit well inside [-1, 1]
+
+
+BUILTIN = {
+    "wav2lip": ("Wav2Lip generator", _wav2lip, lambda b: (_randn(b, 1, 80, 16), _randn(b, 6, 96, 96))),
+    "s3fd": ("S3FD face detector (384x640)", _s3fd, lambda b: (_randn(b, 3, 384, 640),)),
+    "liveportrait-appearance": (
+        "LivePortrait appearance feature extractor",
+        _liveportrait("appearance"),
+        lambda b: (_randn(b, 3, 256, 256),),
+    ),
+    "liveportrait-motion": (
+        "LivePortrait motion extractor (ConvNeXt-V2-tiny)",
+        _liveportrait("motion"),
+        lambda b: (_randn(b, 3, 256, 256),),
+    ),
+    "liveportrait-warping": (
+        "LivePortrait warping module (5-D grid_sample)",
+        _liveportrait("warping"),
+        lambda b: (_randn(b, 32, 16, 64, 64), _keypoints(b), _keypoints(b)),
+    ),
+    "liveportrait-decoder": (
+        "LivePortrait SPADE decoder (512x512 out)",
+        _liveportrait("decoder"),
+        lambda b: (_randn(b, 256, 64, 64),),
+    ),
+}
+
+
+def builtin_model(name: str, cache_dir: str | os.PathLike) -> BenchModel:
+    if name not in BUILTIN:
+        raise ValueError(f"no built-in model {name!r}; available: {', '.join(BUILTIN)} or onnx:<sha256>")
+    from engine.onnx.examples import EXAMPLES, example_path
+
+    title, build, inputs = BUILTIN[name]
+
+    def onnx_path() -> Path:
+        return example_path(name, cache_dir)
+
+    return BenchModel(name, title, onnx_path if name in EXAMPLES else None, _seeded(build), inputs)
+
+
+def onnx_model(path: str | os.PathLike, name: str, info: Any) -> BenchModel:
+    """An ONNX model prepared and inspected by engine.onnx.model (`info`): ORT runtimes only, seeded
+    synthetic inputs. Its batch must be free (a symbolic first dimension) so the sweep can set it."""
+    from engine.onnx.evaluate import synthetic_inputs
+
+    file = Path(path)
+    batch_symbols = {s.shape[0] for s in info.inputs if s.shape and isinstance(s.shape[0], str)}
+    if not info.inputs or len(batch_symbols) != 1 or any(not s.shape for s in info.inputs):
+        raise ValueError(
+            f"{name}: a benchmark sets the batch, so every input needs the same symbolic first dimension "
+            f"(found {[s.shape for s in info.inputs]}); evaluate fixed-shape models in the ONNX eval tab"
+        )
+    symbol = next(iter(batch_symbols))
+    per_sample = info.flops / info.symbols.get(symbol, 1) if info.flops else None
+
+    def feeds(batch: int) -> dict[str, np.ndarray]:
+        return synthetic_inputs(info.inputs, {**info.symbols, symbol: batch}, SEED)
+
+    return BenchModel(name, f"ONNX model {name}", lambda: file, flops_fixed=per_sample, numpy_inputs=feeds)
+
+
+def count_flops(model: BenchModel) -> float | None:
+    """FLOPs per sample (2 per multiply-add) from torch's flop counter on one fp32 sample on the CPU."""
+    if model.flops_fixed is not None or not model.has_torch:
+        return model.flops_fixed
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    module = model.build_torch()  # type: ignore[misc]
+    inputs = model.torch_inputs(1)  # type: ignore[misc]
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        module(*inputs)
+    return float(counter.get_total_flops())
+
+
+_BYTES = {"fp32": 4, "tf32": 4, "fp16": 2, "bf16": 2}
+
+
+def memory_profile(model: BenchModel, precision: str) -> tuple[int, int]:
+    """(weight bytes, activation bytes per sample) at this precision, from one build of the network.
+
+    Activations are every leaf module's output for one sample, summed: an upper bound on inference
+    activations (a real run frees most of them early), from a CPU forward. A GPU sweep's peaks calibrate
+    the real figure (engine.bench.planner.calibration_from_report)."""
+    import torch
+
+    module = model.build_torch()  # type: ignore[misc]
+    width = _BYTES[precision]
+    weights = sum(p.numel() for p in module.parameters()) * width
+    weights += sum(b.numel() * b.element_size() for b in module.buffers())
+    inputs = model.torch_inputs(1)  # type: ignore[misc]
+    total = [sum(t.numel() for t in inputs) * width]
+
+    def hook(_m: Any, _i: Any, out: Any) -> None:
+        for t in out if isinstance(out, list | tuple) else (out,):
+            if isinstance(t, torch.Tensor):
+                total[0] += t.numel() * width
+
+    handles = [m.register_forward_hook(hook) for m in module.modules() if not list(m.children())]
+    try:
+        with torch.inference_mode():
+            module(*inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    return weights, total[0]
+
+
+def first_output(value: Any) -> np.ndarray:
+    """The output to compare, as float64 on the host: the first of a list or tuple; a dict of outputs (the
+    LivePortrait networks) as all its tensors flattened per sample side by side, in key order."""
+    if isinstance(value, dict):
+        import torch
+
+        value = torch.cat([v.detach().float().flatten(1) for _, v in sorted(value.items())], dim=1)
+    if isinstance(value, list | tuple):
+        value = value[0]
+    if hasattr(value, "detach"):
+        return value.detach().float().cpu().numpy().astype(np.float64)
+    return np.asarray(value, dtype=np.float64)
+
+
+__all__ = [
+    "BUILTIN",
+    "BenchModel",
+    "builtin_model",
+    "count_flops",
+    "first_output",
+    "memory_profile",
+    "onnx_model",
+]

@@ -1,0 +1,91 @@
+"""Find model files: explicit path > setting > weights dir > Hugging Face Hub (only when online).
+
+Weights are never bundled (several carry non-commercial terms), so every model says where its
+file goes. A hub reference is `hf:OWNER/REPO/PATH/IN/REPO`; it is downloaded only when the user
+asked for it and the machine is online, and lands in the hub's own cache.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.core.settings import PREFIX, Settings
+
+
+class WeightsError(FileNotFoundError):
+    """A model file is missing or cannot be fetched; the message says where it should go."""
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """What a model needs: the setting that names it, the usual file names, and how to get it."""
+
+    key: str  # Settings attribute and AVATARBENCH_ variable suffix
+    filenames: tuple[str, ...]
+    description: str
+    licence: str
+
+
+WAV2LIP = ModelFile(
+    key="wav2lip_checkpoint",
+    filenames=("wav2lip_gan.pth", "wav2lip.pth"),
+    description="the official Wav2Lip generator checkpoint (wav2lip_gan.pth or wav2lip.pth, about 416 MB)",
+    licence="Wav2Lip weights are for research and non-commercial use only (see the Rudrabha/Wav2Lip README); "
+    "you supply them.",
+)
+S3FD = ModelFile(
+    key="s3fd_checkpoint",
+    filenames=("s3fd.pth", "s3fd-619a316812.pth"),
+    description="the S3FD face detector checkpoint s3fd.pth (about 86 MB)",
+    licence="S3FD weights come with the face_alignment project (BSD-3-Clause); you supply them.",
+)
+
+
+def hub_download(reference: str) -> Path:
+    """Fetch `hf:OWNER/REPO/PATH` through huggingface_hub's cache; refused when offline."""
+    parts = reference.removeprefix("hf:").strip("/").split("/")
+    if len(parts) < 3:
+        raise WeightsError(f"{reference!r} is not hf:OWNER/REPO/PATH/TO/FILE")
+    repo_id, filename = "/".join(parts[:2]), "/".join(parts[2:])
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        raise WeightsError(f"{reference} is not cached and HF_HUB_OFFLINE is set; download it or give a local path")
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError:
+        raise WeightsError("huggingface_hub is not installed; give a local path instead") from None
+    try:
+        return Path(hf_hub_download(repo_id=repo_id, filename=filename))
+    except Exception as exc:  # offline, 404, gated repo...
+        raise WeightsError(f"could not fetch {reference}: {exc}") from None
+
+
+def resolve(model: ModelFile, settings: Settings, explicit: str | os.PathLike | None = None) -> Path | None:
+    """The file to load, or None when none is configured (callers then use a weight-free engine).
+
+    A path that was given explicitly (argument or setting) but does not exist is an error, not a
+    silent fall-back: the user meant that file.
+    """
+    configured = explicit if explicit not in (None, "") else getattr(settings, model.key)
+    if configured:
+        text = str(configured)
+        if text.startswith("hf:"):
+            return hub_download(text)
+        path = Path(text).expanduser()
+        if not path.is_file():
+            raise WeightsError(f"{path} does not exist; expected {model.description}")
+        return path
+    for name in model.filenames:
+        for folder in (settings.weights_dir, settings.weights_dir / model.key.split("_")[0]):
+            if (folder / name).is_file():
+                return folder / name
+    return None
+
+
+def where_to_put(model: ModelFile, settings: Settings) -> str:
+    """One sentence for the UI and errors: where the file goes."""
+    return (
+        f"Put {model.description} at {settings.weights_dir / model.filenames[0]}, or set "
+        f"{PREFIX}{model.key.upper()} to its path. {model.licence}"
+    )

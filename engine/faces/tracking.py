@@ -1,0 +1,113 @@
+"""From per-frame detections to the one box per frame the lip-sync model crops: the largest face, Wav2Lip's
+``--pads``, a smoothing filter that steadies a static face without lagging a moving one, and a bounded hold-over
+of the last box through short detection gaps."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from engine.faces.detection import FaceError, largest
+
+
+@dataclass
+class FaceTrack:
+    """The tracker's box for one frame (x1, y1, x2, y2, padded and clipped; None = pass the frame through)."""
+
+    box: tuple[int, int, int, int] | None
+    detected: bool
+
+
+class BoxSmoother:
+    """Adaptive exponential smoothing of box corners that steadies jitter and follows real motion at once.
+
+    The blend weight grows with how far the new box is from the smoothed one, relative to the box size:
+    ``alpha = min_alpha + (1 - min_alpha) * min(1, move / follow)**2``. Jitter of 1-3% of the size gets
+    alpha near ``min_alpha`` (heavy smoothing); a move of ``follow`` (10%) or more of the size gets alpha 1,
+    so the box is where the face is in the same frame: no lag on fast motion or cuts.
+    """
+
+    def __init__(self, min_alpha: float = 0.15, follow: float = 0.1) -> None:
+        self.min_alpha, self.follow = min_alpha, follow
+        self.state: np.ndarray | None = None
+
+    def reset(self) -> None:
+        self.state = None
+
+    def __call__(self, box: np.ndarray) -> np.ndarray:
+        box = np.asarray(box, dtype=np.float64)
+        if self.state is None:
+            self.state = box.copy()
+            return self.state.copy()
+        size = max(1.0, 0.5 * ((self.state[2] - self.state[0]) + (self.state[3] - self.state[1])))
+        move = float(np.abs(box - self.state).max()) / size
+        alpha = self.min_alpha + (1.0 - self.min_alpha) * min(1.0, move / self.follow) ** 2
+        self.state = self.state + alpha * (box - self.state)
+        return self.state.copy()
+
+
+def _pad_and_clip(
+    box: np.ndarray, pads: tuple[int, int, int, int], frame_shape: tuple[int, ...]
+) -> tuple[int, int, int, int] | None:
+    """Wav2Lip's --pads (top, bottom, left, right), then clipped to the frame; None when nothing is left."""
+    height, width = frame_shape[:2]
+    top, bottom, left, right = pads
+    bx1, by1, bx2, by2 = (float(v) for v in box[:4])
+    x1, x2 = (round(min(max(v, 0.0), width)) for v in (bx1 - left, bx2 + right))
+    y1, y2 = (round(min(max(v, 0.0), height)) for v in (by1 - top, by2 + bottom))
+    return (x1, y1, x2, y2) if x2 - x1 >= 2 and y2 - y1 >= 2 else None
+
+
+class FaceTracker:
+    """One box per frame from per-frame detections: largest face, pads, smoothing, short-gap hold-over.
+
+    ``fixed_box`` (x1, y1, x2, y2 in frame pixels) replaces detection: every frame gets it, clipped, with
+    ``detected=True`` and no pads; ``missed`` then stays 0. Note Wav2Lip's ``--box`` is ordered
+    (top, bottom, left, right): convert before passing it here.
+    """
+
+    def __init__(
+        self,
+        pads: tuple[int, int, int, int] = (0, 10, 0, 0),
+        smooth: bool = True,
+        max_gap: int = 12,
+        fixed_box: tuple[int, int, int, int] | None = None,
+    ) -> None:
+        if len(pads) != 4:
+            raise FaceError(f"pads must be (top, bottom, left, right), got {pads!r}")
+        if max_gap < 0:
+            raise FaceError(f"max_gap {max_gap} must be >= 0")
+        if fixed_box is not None and (
+            len(fixed_box) != 4 or fixed_box[2] <= fixed_box[0] or fixed_box[3] <= fixed_box[1]
+        ):
+            raise FaceError(f"fixed_box must be (x1, y1, x2, y2) with x2 > x1 and y2 > y1, got {fixed_box!r}")
+        self.pads = tuple(int(p) for p in pads)
+        self.smooth, self.max_gap, self.fixed_box = smooth, int(max_gap), fixed_box
+        self.missed = 0
+        self._smoother = BoxSmoother()
+        self._last: tuple[int, int, int, int] | None = None
+        self._gap = 0
+
+    def update(self, detections: np.ndarray, frame_shape: tuple[int, ...]) -> FaceTrack:
+        if self.fixed_box is not None:
+            return FaceTrack(_pad_and_clip(np.asarray(self.fixed_box, float), (0, 0, 0, 0), frame_shape), True)
+        face = largest(detections)
+        box = None
+        if face is not None:
+            raw = face[:4].astype(np.float64)
+            box = _pad_and_clip(self._smoother(raw) if self.smooth else raw, self.pads, frame_shape)
+        if box is not None:
+            self._last, self._gap = box, 0
+            return FaceTrack(box, True)
+        return self._carry_over()
+
+    def _carry_over(self) -> FaceTrack:
+        """No face this frame: keep the last box for up to max_gap frames, then pass frames through."""
+        self.missed += 1
+        self._gap += 1
+        if self._last is not None and self._gap <= self.max_gap:
+            return FaceTrack(self._last, False)
+        self._last = None
+        self._smoother.reset()  # a face that comes back after a long gap starts a fresh track
+        return FaceTrack(None, False)

@@ -1,0 +1,320 @@
+"""Jobs that outlive a web request: SQLite rows with status, queue position and results, plus a blob store.
+
+ONNX evaluations (and later benchmark sweeps) take minutes, so the browser only submits a job and polls
+it; the row survives an app restart, and `recover()` marks jobs a dead process left RUNNING as FAILED
+(their worker is gone, so they would otherwise look busy forever and block their device's queue).
+
+Decisions worth knowing:
+- One connection per JobStore, guarded by a lock, rather than one per thread: Gradio serves requests from
+  a pool of threads that come and go, and per-thread connections would leak with them. Every statement
+  is milliseconds, so the lock costs nothing noticeable. Across processes (two stores on one file),
+  SQLite's own locking applies: WAL mode lets readers run beside a writer, a busy timeout makes writers
+  wait rather than fail, and multi-statement writes use BEGIN IMMEDIATE so two claimers never both read
+  "nothing running" before either writes (a deferred transaction could also fail on the lock upgrade).
+- Queue order is the insertion order (an autoincrement `seq`), not `created`: two submits in the same
+  clock tick must still have a definite order. `position` is computed when read, never stored, so it
+  cannot go stale.
+- "One running job per device" protects a GPU's memory; the "cpu" key allows `max_running` at once.
+- Blobs are content-addressed (sha256), so a model uploaded twice is stored once, and a job names its
+  model by hash: the row stays meaningful even if the user's original upload path disappears.
+- JSON columns are text written with allow_nan=True: evaluation results hold float('inf') / NaN.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import secrets
+import sqlite3
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
+CPU = "cpu"
+
+_SCHEMA_VERSION = 1
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_COLUMNS = (
+    "id, kind, model_sha256, settings, device, status, progress, progress_label, error, result, "
+    "created, started, finished, seq"
+)
+
+
+class StoreError(ValueError):
+    """A request the store cannot satisfy (unknown job, bad or missing blob); its text is shown to users."""
+
+
+@dataclass
+class Job:
+    id: str
+    kind: str
+    model_sha256: str | None
+    settings: dict
+    device: str
+    status: str
+    progress: float
+    progress_label: str
+    error: str | None
+    result: dict | None
+    created: float
+    started: float | None
+    finished: float | None
+    position: int | None = None  # 1-based place among the device's queued jobs; None unless queued
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, allow_nan=True)
+
+
+def _row_to_job(row: tuple, position: int | None = None) -> Job:
+    (job_id, kind, sha, settings, device, status, progress, label, error, result, created, started, finished) = row[:13]
+    return Job(
+        id=job_id,
+        kind=kind,
+        model_sha256=sha,
+        settings=json.loads(settings),
+        device=device,
+        status=status,
+        progress=progress,
+        progress_label=label,
+        error=error,
+        result=None if result is None else json.loads(result),
+        created=created,
+        started=started,
+        finished=finished,
+        position=position,
+    )
+
+
+class JobStore:
+    """The job table and the blob directory. Thread-safe; several processes may share one database file."""
+
+    def __init__(self, db_path: str | os.PathLike, blobs_dir: str | os.PathLike) -> None:
+        self.db_path = Path(db_path)
+        self.blobs_dir = Path(blobs_dir)
+        self.db_path.parent.mkdir(parents=True, exist_ok=True)
+        self.blobs_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        # isolation_level=None: autocommit, so transactions are exactly the BEGINs written below.
+        self._conn = sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None, check_same_thread=False)
+        with self._lock:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn.execute("PRAGMA busy_timeout=30000")
+            with self._tx() as c:
+                version = c.execute("PRAGMA user_version").fetchone()[0]
+                if version > _SCHEMA_VERSION:
+                    raise StoreError(f"{self.db_path} has job schema v{version}; this app knows v{_SCHEMA_VERSION}")
+                c.execute(
+                    """CREATE TABLE IF NOT EXISTS jobs (
+                        id TEXT NOT NULL UNIQUE,
+                        kind TEXT NOT NULL,
+                        model_sha256 TEXT,
+                        settings TEXT NOT NULL,
+                        device TEXT NOT NULL,
+                        status TEXT NOT NULL,
+                        progress REAL NOT NULL DEFAULT 0,
+                        progress_label TEXT NOT NULL DEFAULT '',
+                        error TEXT,
+                        result TEXT,
+                        created REAL NOT NULL,
+                        started REAL,
+                        finished REAL,
+                        seq INTEGER PRIMARY KEY AUTOINCREMENT
+                    )"""
+                )
+                c.execute("CREATE INDEX IF NOT EXISTS jobs_status_device ON jobs (status, device, seq)")
+                c.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+
+    # -- plumbing -----------------------------------------------------------------------------------------
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction that takes SQLite's write lock up front (see the module docstring)."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def _read(self, sql: str, params: tuple = ()) -> list[tuple]:
+        with self._lock:
+            return self._conn.execute(sql, params).fetchall()
+
+    def _write(self, sql: str, params: tuple) -> int:
+        with self._lock:
+            return self._conn.execute(sql, params).rowcount
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> JobStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- start-up -----------------------------------------------------------------------------------------
+
+    def recover(self) -> int:
+        """Fail jobs a dead process left RUNNING. Call once at start-up, before any JobRunner starts here.
+
+        With several app processes on one file this would also fail the other processes' running jobs;
+        the app runs one process per database.
+        """
+        now = time.time()
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
+        n = self._write(
+            "UPDATE jobs SET status = ?, error = ?, finished = ? WHERE status = ?",
+            (FAILED, f"the app stopped while this job was running (restart at {when})", now, RUNNING),
+        )
+        if n:
+            log.warning("marked %d job(s) left running by a previous process as failed", n)
+        return n
+
+    # -- blobs --------------------------------------------------------------------------------------------
+
+    def put_blob(self, path: str | os.PathLike) -> str:
+        """Store a file by content; return its sha256. Hashes while copying, so the upload is read once."""
+        src = Path(path)
+        if not src.is_file():
+            raise StoreError(f"no file {src}")
+        digest = hashlib.sha256()
+        # The temp file sits in blobs_dir so the final rename stays on one filesystem, hence atomic: a
+        # reader never sees a half-written blob, and a crash leaves only a stray .tmp file.
+        fd, tmp_name = tempfile.mkstemp(prefix=".incoming-", suffix=".tmp", dir=self.blobs_dir)
+        tmp = Path(tmp_name)
+        try:
+            with open(fd, "wb") as out, src.open("rb") as inp:
+                while chunk := inp.read(1 << 20):
+                    digest.update(chunk)
+                    out.write(chunk)
+            sha = digest.hexdigest()
+            dest = self.blobs_dir / sha[:2] / sha
+            if dest.is_file():
+                return sha  # already stored: the content is identical by construction
+            dest.parent.mkdir(exist_ok=True)
+            os.replace(tmp, dest)  # two racing puts of one content both write identical bytes
+            return sha
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def blob_path(self, sha256: str) -> Path:
+        if not isinstance(sha256, str) or not _SHA256.fullmatch(sha256.lower()):
+            raise StoreError(f"not a sha256 (64 hex characters): {sha256!r}")
+        sha = sha256.lower()
+        path = self.blobs_dir / sha[:2] / sha
+        if not path.is_file():
+            raise StoreError(f"no stored file with sha256 {sha}")
+        return path
+
+    # -- jobs ---------------------------------------------------------------------------------------------
+
+    def submit(self, kind: str, settings: dict, device: str, model_sha256: str | None = None) -> Job:
+        if not isinstance(settings, dict):
+            raise StoreError(f"settings must be a dict, not {type(settings).__name__}")
+        if not kind or not device:
+            raise StoreError("a job needs a kind and a device")
+        settings_text = _dumps(settings)  # fails here, in the request, if the settings are not JSON
+        for _ in range(5):
+            job_id = secrets.token_hex(6)
+            try:
+                self._write(
+                    "INSERT INTO jobs (id, kind, model_sha256, settings, device, status, created) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (job_id, kind, model_sha256, settings_text, device, QUEUED, time.time()),
+                )
+            except sqlite3.IntegrityError:  # 48-bit id collision: vanishingly rare, just draw again
+                continue
+            return self.get(job_id)
+        raise StoreError("could not allocate a job id")
+
+    def get(self, job_id: str) -> Job:
+        rows = self._read(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
+        if not rows:
+            raise StoreError(f"no job {job_id}")
+        row = rows[0]
+        position = None
+        if row[5] == QUEUED:
+            position = self._read(
+                "SELECT COUNT(*) FROM jobs WHERE status = ? AND device = ? AND seq <= ?", (QUEUED, row[4], row[13])
+            )[0][0]
+        return _row_to_job(row, position)
+
+    def queue(self) -> list[Job]:
+        rows = self._read(f"SELECT {_COLUMNS} FROM jobs WHERE status IN (?, ?) ORDER BY seq", (QUEUED, RUNNING))
+        seen: dict[str, int] = {}
+        jobs = []
+        for row in rows:
+            position = None
+            if row[5] == QUEUED:
+                position = seen[row[4]] = seen.get(row[4], 0) + 1
+            jobs.append(_row_to_job(row, position))
+        return jobs
+
+    def history(self, limit: int = 50, kind: str | None = None) -> list[Job]:
+        """Newest first, all statuses. Positions are left None: this is a log, the queue view has them."""
+        if kind is None:
+            rows = self._read(f"SELECT {_COLUMNS} FROM jobs ORDER BY seq DESC LIMIT ?", (int(limit),))
+        else:
+            rows = self._read(f"SELECT {_COLUMNS} FROM jobs WHERE kind = ? ORDER BY seq DESC LIMIT ?", (kind, limit))
+        return [_row_to_job(r) for r in rows]
+
+    def claim_next(self, device: str, max_running: int = 1) -> Job | None:
+        """Move the device's oldest queued job to RUNNING, unless `max_running` jobs already run there."""
+        with self._tx() as c:
+            running = c.execute("SELECT COUNT(*) FROM jobs WHERE status = ? AND device = ?", (RUNNING, device))
+            if running.fetchone()[0] >= max_running:
+                return None
+            row = c.execute(
+                "SELECT id FROM jobs WHERE status = ? AND device = ? ORDER BY seq LIMIT 1", (QUEUED, device)
+            ).fetchone()
+            if row is None:
+                return None
+            c.execute("UPDATE jobs SET status = ?, started = ? WHERE id = ?", (RUNNING, time.time(), row[0]))
+            return _row_to_job(c.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (row[0],)).fetchone())
+
+    def update_progress(self, job_id: str, fraction: float, label: str) -> None:
+        """Only a running job's progress moves: a late callback must not touch a finished row."""
+        fraction = min(1.0, max(0.0, float(fraction)))
+        self._write(
+            "UPDATE jobs SET progress = ?, progress_label = ? WHERE id = ? AND status = ?",
+            (fraction, str(label), job_id, RUNNING),
+        )
+
+    def finish(self, job_id: str, result: dict) -> None:
+        if not isinstance(result, dict):
+            raise StoreError(f"a job result must be a dict, not {type(result).__name__}")
+        text = _dumps(result)
+        n = self._write(
+            "UPDATE jobs SET status = ?, progress = 1.0, result = ?, error = NULL, finished = ? WHERE id = ?",
+            (DONE, text, time.time(), job_id),
+        )
+        if not n:
+            raise StoreError(f"no job {job_id}")
+
+    def fail(self, job_id: str, error: str) -> None:
+        n = self._write(
+            "UPDATE jobs SET status = ?, error = ?, finished = ? WHERE id = ?",
+            (FAILED, str(error), time.time(), job_id),
+        )
+        if not n:
+            raise StoreError(f"no job {job_id}")
+
+
+__all__ = ["CPU", "DONE", "FAILED", "QUEUED", "RUNNING", "Job", "JobStore", "StoreError"]

@@ -1,0 +1,1072 @@
+"""Evaluate an inspected ONNX model with ONNX Runtime: latency, batch sweep, provider parity, accuracy.
+
+`inspect_model` has already accepted the model; this module runs it. Every number in the report says
+which execution provider really produced it: onnxruntime-gpu silently falls back to the CPU when the
+CUDA or TensorRT libraries do not load, so each session's `get_providers()` is compared with the
+request, and a fallback becomes a loud warning and a `fell_back` flag on its rows (the rows still run,
+so the user sees what the fallback measured, labelled as such).
+
+Decisions worth knowing:
+- Inputs are generated (or loaded) once per batch size from the seed, so every provider sees the same
+  tensors; parity and accuracy use the first batch size only.
+- The CPU session is the parity reference. When the user did not ask for CPU it runs once, untimed, at
+  the first batch size, and its session is marked `reference_only` (no CPU rows, so no speed-up).
+- An out-of-memory row is recorded, and the larger batch sizes of that provider are skipped rather
+  than retried smaller: the user asked for those batch sizes, a silently smaller one would mislead.
+- The device-resident (IOBinding) figure is measured only when a GPU provider really runs; on the
+  CPU it would be the same run, so it is None and marked not applicable.
+- Non-finite results stay as float('inf') / float('nan') (json.dumps writes Infinity / NaN).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import os
+import time
+import warnings
+import zipfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from engine.onnx.images import ImageInputError, ImageOptions, images_to_tensor, pick_image_input
+from engine.onnx.model import Limits, ModelInfo, TensorSpec, check_input_budget, default_symbols
+from engine.system.ort_probe import captured_stderr, error_lines, loader_error
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
+
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "trt": "TensorrtExecutionProvider"}
+GPU_KEYS = ("cuda", "trt")
+MAX_RUNS, MAX_WARMUP, MAX_BATCH = 10_000, 1_000, 4096
+_SYNTHETIC_INT_HIGH = 100
+_REL_FLOOR = 1e-6
+
+Progress = Callable[[float, str], Any]
+
+
+class EvalError(ValueError):
+    """The evaluation request is refused; the message says what was wrong and what is accepted."""
+
+
+class SessionError(RuntimeError):
+    """ONNX Runtime could not create a session for one provider (recorded, the others still run)."""
+
+
+# ---------------------------------------------------------------------------------------------- config
+
+
+@dataclass
+class EvalConfig:
+    providers: list[str] = field(default_factory=lambda: ["cpu"])  # keys of PROVIDERS
+    batch_sizes: list[int] = field(default_factory=lambda: [1])  # used when the model has a batch symbol
+    symbols: dict[str, int] = field(default_factory=dict)  # other symbolic dims (default: the inspected values)
+    runs: int = 50
+    warmup: int = 5
+    seed: int = 0
+    inputs_npz: str | None = None  # user inputs keyed by input name (overrides synthetic)
+    expected_npz: str | None = None  # expected outputs keyed by output name -> accuracy metrics
+    labels: list[int] | None = None  # class labels -> top-1/top-5 on the first output (N, classes)
+    trt_fp16: bool = False
+    trt_workspace_gb: float = 4.0
+    trt_cache_dir: str | None = None  # engine cache on disk (default: the settings' cache dir)
+    gpu_memory_fraction: float = 0.9
+    intra_op_threads: int = 0  # 0: ORT default
+    device_id: int = 0  # the CUDA device the GPU providers use
+    cuda_tf32: bool = False  # let the CUDA provider use TF32 (ORT's own default is on; fp32 results move ~1e-3)
+    images: list[str] | None = None  # image files -> one image input (see engine.onnx.images)
+    image_input: str | None = None  # which input the images fill (default: the first image-shaped one)
+    image_resize: str = "stretch"
+    image_scaling: str = "0-1"
+    image_channels: str = "rgb"
+
+    def image_options(self) -> ImageOptions:
+        return ImageOptions(resize=self.image_resize, scaling=self.image_scaling, channels=self.image_channels)
+
+    def validate(self) -> None:
+        """Every problem at once, each with what is accepted, before anything is loaded."""
+        problems = [p for p in (*self._check_lists(), *self._check_numbers(), *self._check_files()) if p]
+        if problems:
+            raise EvalError("invalid evaluation settings: " + "; ".join(problems))
+
+    def _check_lists(self) -> list[str]:
+        out = []
+        accepted = ", ".join(PROVIDERS)
+        if not isinstance(self.providers, list | tuple) or not self.providers:
+            out.append(f"providers must be a non-empty list of {accepted}")
+        else:
+            unknown = [p for p in self.providers if p not in PROVIDERS]
+            if unknown:
+                out.append(f"unknown provider(s) {', '.join(map(repr, unknown))}; accepted: {accepted}")
+            if len(set(self.providers)) != len(self.providers):
+                out.append(f"providers {list(self.providers)} lists one twice")
+        if not isinstance(self.batch_sizes, list | tuple) or not self.batch_sizes:
+            out.append(f"batch_sizes must be a non-empty list of integers 1..{MAX_BATCH}")
+        else:
+            bad = [b for b in self.batch_sizes if not _is_int(b) or not 1 <= b <= MAX_BATCH]
+            if bad:
+                out.append(f"batch sizes {bad} are not integers in 1..{MAX_BATCH}")
+            elif len(set(self.batch_sizes)) != len(self.batch_sizes):
+                out.append(f"batch_sizes {list(self.batch_sizes)} lists one twice")
+        if not isinstance(self.symbols, dict) or not all(isinstance(k, str) for k in self.symbols):
+            out.append("symbols must be a dict of symbol name -> integer")
+        if self.labels is not None:
+            if not isinstance(self.labels, list | tuple) or not self.labels:
+                out.append("labels must be None or a non-empty list of class indices (one per sample)")
+            elif not all(_is_int(v) and v >= 0 for v in self.labels):
+                out.append("labels must be integers >= 0 (class indices)")
+        return out
+
+    def _check_numbers(self) -> list[str]:
+        return [
+            _range("runs", self.runs, 1, MAX_RUNS, integer=True),
+            _range("warmup", self.warmup, 0, MAX_WARMUP, integer=True),
+            _range("seed", self.seed, 0, 2**63 - 1, integer=True),
+            _range("trt_workspace_gb", self.trt_workspace_gb, 0.0625, 1024),
+            _range("intra_op_threads", self.intra_op_threads, 0, 1024, integer=True),
+            _range("device_id", self.device_id, 0, 63, integer=True),
+            ""
+            if _is_number(self.gpu_memory_fraction) and 0 < self.gpu_memory_fraction <= 1
+            else f"gpu_memory_fraction must be in (0, 1], got {self.gpu_memory_fraction!r}",
+            "" if isinstance(self.trt_fp16, bool) else f"trt_fp16 must be true or false, got {self.trt_fp16!r}",
+            "" if isinstance(self.cuda_tf32, bool) else f"cuda_tf32 must be true or false, got {self.cuda_tf32!r}",
+        ]
+
+    def _check_files(self) -> list[str]:
+        out = []
+        for name in ("inputs_npz", "expected_npz", "trt_cache_dir"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str | os.PathLike):
+                out.append(f"{name} must be a path or None, got {type(value).__name__}")
+        if self.images is not None:
+            if not isinstance(self.images, list | tuple) or not self.images:
+                out.append("images must be None or a non-empty list of image paths")
+            elif not all(isinstance(v, str | os.PathLike) for v in self.images):
+                out.append("images must be paths")
+        try:
+            self.image_options().validate()
+        except ImageInputError as exc:
+            out.append(str(exc))
+        return out
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return _is_int(value) or (isinstance(value, float | np.floating) and math.isfinite(value))
+
+
+def _range(name: str, value: Any, lo: float, hi: float, integer: bool = False) -> str:
+    ok = _is_int(value) if integer else _is_number(value)
+    if ok and lo <= value <= hi:
+        return ""
+    kind = "an integer" if integer else "a number"
+    return f"{name} must be {kind} in {lo}..{hi}, got {value!r}"
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+
+
+def _np_dtype(spec: TensorSpec) -> np.dtype:
+    try:
+        return np.dtype(spec.dtype)
+    except TypeError:
+        raise EvalError(
+            f"input {spec.name!r} has type {spec.dtype}, which numpy (and so this evaluation) cannot build; "
+            "supported: float16/32/64, int8..int64, uint8..uint64, bool"
+        ) from None
+
+
+def synthetic_inputs(specs: list[TensorSpec], values: dict[str, int], seed: int) -> dict[str, np.ndarray]:
+    """Reproducible inputs: the same seed and shapes give the same tensors on every provider and run."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for spec in specs:
+        shape, dtype = spec.concrete(values), _np_dtype(spec)
+        if dtype.kind == "f":
+            draw = rng.random(shape, dtype=np.float64 if dtype == np.float64 else np.float32)
+            out[spec.name] = draw.astype(dtype, copy=False)
+        elif dtype.kind in "iu":
+            high = min(_SYNTHETIC_INT_HIGH, int(np.iinfo(dtype).max) + 1)
+            out[spec.name] = rng.integers(0, high, size=shape, dtype=dtype)
+        elif dtype.kind == "b":
+            out[spec.name] = rng.random(shape) < 0.5
+        else:
+            raise EvalError(
+                f"input {spec.name!r} is {spec.dtype}: synthetic inputs are numeric or bool only; "
+                "give its values in an inputs .npz"
+            )
+    return out
+
+
+def _npz_headers(path: str | os.PathLike, what: str) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Shape and dtype of every array, read from the .npy headers before any data is allocated."""
+    name = Path(path).name
+    try:
+        zf = zipfile.ZipFile(path)
+    except (OSError, zipfile.BadZipFile) as exc:
+        accepted = "a zip of .npy arrays, as np.savez writes"
+        raise EvalError(f"{what} {name} is not a readable .npz ({accepted}): {exc}") from None
+    headers = {}
+    with zf:
+        for member in zf.infolist():
+            if member.is_dir():
+                continue
+            if not member.filename.endswith(".npy"):
+                raise EvalError(f"{what} {name}: member {member.filename!r} is not a .npy array")
+            try:
+                with zf.open(member) as f:
+                    version = np.lib.format.read_magic(f)
+                    if version == (1, 0):
+                        shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+                    elif version == (2, 0):
+                        shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+                    else:
+                        raise ValueError(f".npy format version {version} is not supported")
+            except (ValueError, OSError, zipfile.BadZipFile, RuntimeError) as exc:
+                raise EvalError(f"{what} {name}: array {member.filename[:-4]!r} cannot be read: {exc}") from None
+            headers[member.filename[:-4]] = (tuple(int(d) for d in shape), dtype)
+    return headers
+
+
+def _load_arrays(path: str | os.PathLike, names: list[str], what: str) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {name: np.asarray(npz[name]) for name in names}
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise EvalError(f"{what} {Path(path).name} cannot be read: {exc}") from None
+
+
+def _fits(array: np.ndarray, dtype: np.dtype) -> bool:
+    """Whether a downcast keeps the values: integers round-trip exactly, finite floats stay finite."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        cast = array.astype(dtype)
+    if dtype.kind in "iu":
+        return bool(np.array_equal(cast.astype(array.dtype), array))
+    return bool(np.array_equal(np.isfinite(cast), np.isfinite(array)))
+
+
+def _cast_rule(have: np.dtype, want: np.dtype) -> str:
+    """'same', 'safe' (always exact), 'check' (allowed when the values fit) or 'refuse'."""
+    if have == want:
+        return "same"
+    if have.kind in "fiub" and np.can_cast(have, want, casting="safe"):
+        return "safe"
+    if have.kind == want.kind == "f" or (have.kind in "iu" and want.kind in "iu"):
+        return "check"
+    if have.kind in "US" and want.kind in "OUS":
+        return "safe"
+    return "refuse"
+
+
+def load_npz_inputs(path: str | os.PathLike, specs: list[TensorSpec], values: dict[str, int]) -> dict[str, np.ndarray]:
+    """The user's inputs, checked against the model (names, dtypes, shapes at `values`).
+
+    Inputs the file leaves out are not an error: evaluate fills them with synthetic data. A name the
+    model does not have is refused (a typo would otherwise be silently ignored).
+    """
+    by_name = {spec.name: spec for spec in specs}
+    headers = _npz_headers(path, "inputs")
+    unknown = sorted(set(headers) - set(by_name))
+    if unknown:
+        raise EvalError(
+            f"inputs .npz has array(s) {', '.join(map(repr, unknown))} that are not model inputs; "
+            f"the model's inputs are: {', '.join(map(repr, by_name))}"
+        )
+    for name, (shape, dtype) in headers.items():
+        spec = by_name[name]
+        want_shape, want_dtype = spec.concrete(values), _np_dtype(spec)
+        if shape != want_shape:
+            at = ", ".join(f"{k}={v}" for k, v in values.items() if k in spec.shape) or "fixed shape"
+            raise EvalError(
+                f"input {name!r} in the .npz has shape {list(shape)}, the model wants {list(want_shape)} "
+                f"({spec.shape} at {at}; npz inputs must match the first batch size)"
+            )
+        if _cast_rule(dtype, want_dtype) == "refuse":
+            raise EvalError(
+                f"input {name!r} in the .npz is {dtype}, the model wants {want_dtype}; {dtype} cannot be converted "
+                f"without changing values: save it as {want_dtype}"
+            )
+    arrays = _load_arrays(path, list(headers), "inputs")
+    out = {}
+    for name, array in arrays.items():
+        want = _np_dtype(by_name[name])
+        if _cast_rule(array.dtype, want) == "check" and not _fits(array, want):
+            raise EvalError(f"input {name!r} in the .npz is {array.dtype} with values that do not fit {want}")
+        out[name] = np.ascontiguousarray(array, dtype=want if want.kind != "O" else array.dtype)
+    return out
+
+
+def _load_expected(path: str | os.PathLike, outputs: list[TensorSpec], limits: Limits) -> dict[str, np.ndarray]:
+    """Expected outputs, keys checked exactly (missing and extra listed) before the model runs; shapes are
+    compared with the real outputs afterwards (output shapes are often only known by running)."""
+    headers = _npz_headers(path, "expected outputs")
+    names = [spec.name for spec in outputs]
+    missing, extra = [n for n in names if n not in headers], sorted(set(headers) - set(names))
+    if missing or extra:
+        parts = [f"missing {', '.join(map(repr, missing))}" if missing else "", f"extra {extra}" if extra else ""]
+        raise EvalError(
+            f"expected-outputs .npz must hold exactly the model's outputs ({', '.join(map(repr, names))}): "
+            + "; ".join(p for p in parts if p)
+        )
+    for name, (shape, dtype) in headers.items():
+        if dtype.kind not in "fiub":
+            raise EvalError(f"expected output {name!r} is {dtype}; accuracy needs numeric arrays")
+        if math.prod(shape) > limits.max_input_elements:
+            raise EvalError(
+                f"expected output {name!r} has {math.prod(shape):,} elements, over {limits.max_input_elements:,}"
+            )
+    return _load_arrays(path, names, "expected outputs")
+
+
+# ---------------------------------------------------------------------------------------------- sessions
+
+
+def _nvml_device(source: Any, device_id: int = 0) -> Any:
+    """The NVML device that CUDA calls `device_id` (NVML ignores CUDA_VISIBLE_DEVICES, CUDA does not)."""
+    devices = getattr(source, "devices", [])
+    if not devices:
+        return None
+    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    if not visible:
+        return devices[device_id] if device_id < len(devices) else None
+    if device_id >= len(visible):
+        return None
+    want = visible[device_id]
+    if want.isdigit():
+        return devices[int(want)] if int(want) < len(devices) else None
+    return next((d for d in devices if d.uuid and d.uuid.startswith(want)), None)
+
+
+def _gpu_memory(source: Any, device_id: int = 0) -> dict[str, int | None] | None:
+    """Used and total bytes of the session's GPU, and this process's share (None where NVML cannot tell:
+    in some containers NVML reports host PIDs), or None without NVML."""
+    device = _nvml_device(source, device_id)
+    if device is None:
+        return None
+    info = device.get(device.nvml.nvmlDeviceGetMemoryInfo)
+    if info is None:
+        return None
+    mine = next((p.used_memory_bytes for p in device.processes() if p.pid == os.getpid()), None)
+    return {"used": int(info.used), "total": int(info.total), "process": mine}
+
+
+def _nvml() -> Any:
+    from engine.system.telemetry import NvmlSource
+
+    return NvmlSource()
+
+
+def _trt_cache_path(config: EvalConfig) -> str:
+    if config.trt_cache_dir:
+        base = Path(config.trt_cache_dir)
+    else:
+        from engine.core.settings import get_settings
+
+        base = get_settings().cache_dir / "onnx-trt"
+    path = base / ("fp16" if config.trt_fp16 else "fp32")  # engines of both precisions never mix
+    path.mkdir(parents=True, exist_ok=True)
+    return str(path)
+
+
+def _provider_list(provider: str, config: EvalConfig) -> list[Any]:
+    """ORT's providers argument: the asked one with its options, then the fallbacks ORT may use."""
+    if provider == "cpu":
+        return ["CPUExecutionProvider"]
+    cuda: dict[str, Any] = {
+        "device_id": int(config.device_id),
+        "use_tf32": int(bool(config.cuda_tf32)),
+        "cudnn_conv_algo_search": "EXHAUSTIVE",
+        "arena_extend_strategy": "kSameAsRequested",
+    }
+    memory = _gpu_memory(_nvml(), config.device_id)
+    if memory is not None:
+        cuda["gpu_mem_limit"] = int(config.gpu_memory_fraction * memory["total"])
+    chain: list[Any] = [("CUDAExecutionProvider", cuda), "CPUExecutionProvider"]
+    if provider == "trt":
+        trt = {
+            "device_id": int(config.device_id),
+            "trt_fp16_enable": bool(config.trt_fp16),
+            "trt_engine_cache_enable": True,
+            "trt_engine_cache_path": _trt_cache_path(config),
+            "trt_max_workspace_size": int(config.trt_workspace_gb * 2**30),
+        }
+        chain.insert(0, ("TensorrtExecutionProvider", trt))
+    return chain
+
+
+def make_session(
+    model_path: str | os.PathLike, provider: str, config: EvalConfig
+) -> tuple[ort.InferenceSession, dict[str, Any]]:
+    """A session for one provider, and what it really got: ORT falls back silently, so we compare.
+
+    Raises SessionError (with ORT's log) when ORT cannot create the session at all.
+    """
+    import onnxruntime as ort
+
+    if provider not in PROVIDERS:
+        raise EvalError(f"unknown provider {provider!r}; accepted: {', '.join(PROVIDERS)}")
+    name = PROVIDERS[provider]
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    if config.intra_op_threads:
+        options.intra_op_num_threads = int(config.intra_op_threads)
+    chain = _provider_list(provider, config)
+    stdout, err = io.StringIO(), io.StringIO()  # the TensorRT fallback notice is a Python print on stdout
+    start = time.perf_counter()
+    try:
+        with (
+            captured_stderr() as err,
+            contextlib.redirect_stdout(stdout),
+            warnings.catch_warnings(record=True) as caught,
+        ):
+            warnings.simplefilter("always")
+            session = ort.InferenceSession(str(model_path), sess_options=options, providers=chain)
+    except Exception as exc:
+        log = error_lines(err.getvalue() + stdout.getvalue())
+        raise SessionError(f"{name}: session creation failed: {exc}" + (f"\n{log}" if log else "")) from exc
+    create_s = time.perf_counter() - start
+    got = list(session.get_providers())
+    log = error_lines("\n".join([err.getvalue(), stdout.getvalue(), *(str(w.message) for w in caught)]))
+    fell_back = not got or got[0] != name
+    info = {"requested": name, "provider": provider, "got": got, "fell_back": fell_back, "log": log}
+    info["create_s"] = create_s
+    info["fallback_reason"] = _fallback_reason(name, log) if fell_back else None
+    return session, info
+
+
+def _fallback_reason(name: str, log: str) -> str:
+    """The first missing library when dlopen says so; otherwise ORT's own words."""
+    import onnxruntime as ort
+
+    if name not in ort.get_available_providers():
+        return f"{name} is not built into this onnxruntime package"
+    loader = loader_error(name)
+    if loader:
+        return loader
+    return log.splitlines()[-1] if log else "ORT gave no reason"
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+
+
+def latency_stats(times_ms: list[float], batch: int) -> dict[str, Any]:
+    """Summary of timed runs; std is the sample std (n-1), percentiles interpolate linearly (numpy's)."""
+    times = np.asarray(times_ms, dtype=np.float64)
+    if times.size == 0 or not np.all(np.isfinite(times)) or np.any(times < 0):
+        raise EvalError("latency_stats needs at least one finite, non-negative time")
+    mean = float(times.mean())
+    p50, p90, p95, p99 = (float(v) for v in np.percentile(times, [50, 90, 95, 99]))
+    return {
+        "n": int(times.size),
+        "mean_ms": mean,
+        "std_ms": float(times.std(ddof=1)) if times.size > 1 else 0.0,
+        "min_ms": float(times.min()),
+        "max_ms": float(times.max()),
+        "p50_ms": p50,
+        "p90_ms": p90,
+        "p95_ms": p95,
+        "p99_ms": p99,
+        "throughput_per_s": batch / (mean / 1000.0) if mean > 0 else None,
+    }
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+    if na == 0 or nb == 0:
+        return 1.0 if na == nb else 0.0
+    return float(np.dot(a, b) / (na * nb))
+
+
+def _tolerance(ref: np.ndarray, other: np.ndarray, both_finite: np.ndarray, nonfinite_differ: bool) -> float:
+    """The smallest atol np.allclose accepts, computed in the dtype np.allclose itself compares in."""
+    if nonfinite_differ:
+        return math.inf
+    common = np.result_type(ref.dtype, other.dtype, 1.0)
+    with np.errstate(invalid="ignore", over="ignore"):
+        diff = np.abs(other.astype(common).ravel()[both_finite] - ref.astype(common).ravel()[both_finite])
+    if diff.size == 0:
+        return 0.0
+    return float(diff.max()) if np.all(np.isfinite(diff)) else math.inf
+
+
+def _compare_one(ref: np.ndarray, other: np.ndarray) -> dict[str, Any]:
+    if ref.shape != other.shape:
+        return {"shape_mismatch": True, "reference_shape": list(ref.shape), "shape": list(other.shape)}
+    if ref.dtype.kind not in "fiub" or other.dtype.kind not in "fiub":
+        return {"shape_mismatch": False, "exact_match": bool(np.array_equal(ref, other))}
+    r, o = ref.astype(np.float64).ravel(), other.astype(np.float64).ravel()
+    both = np.isfinite(r) & np.isfinite(o)
+    rest_r, rest_o = r[~both], o[~both]
+    nonfinite_differ = not np.all((np.isnan(rest_r) & np.isnan(rest_o)) | (rest_r == rest_o))
+    diff = np.abs(o[both] - r[both])
+    return {
+        "shape_mismatch": False,
+        "max_abs": float(diff.max()) if diff.size else 0.0,
+        "max_rel": float((diff / np.maximum(np.abs(r[both]), _REL_FLOOR)).max()) if diff.size else 0.0,
+        "mean_abs": float(diff.mean()) if diff.size else 0.0,
+        "cosine": _cosine(r[both], o[both]),
+        "nan": {"reference": int(np.isnan(r).sum()), "other": int(np.isnan(o).sum())},
+        "inf": {"reference": int(np.isinf(r).sum()), "other": int(np.isinf(o).sum())},
+        "finite_compared": int(both.sum()),
+        "tolerance_to_pass": _tolerance(ref, other, both, bool(nonfinite_differ)),
+    }
+
+
+def parity(reference: dict[str, np.ndarray], other: dict[str, np.ndarray]) -> dict[str, dict]:
+    """Per output: how far `other` is from the reference; tolerance_to_pass is the smallest atol with
+    np.allclose(other, ref, rtol=0, atol=t, equal_nan=True) true (inf when NaN/inf positions differ)."""
+    out: dict[str, dict] = {}
+    for name, ref in reference.items():
+        if name not in other:
+            out[name] = {"missing": True}
+        else:
+            out[name] = _compare_one(np.asarray(ref), np.asarray(other[name]))
+    return out
+
+
+def accuracy(outputs: dict[str, np.ndarray], expected: dict[str, np.ndarray]) -> dict[str, dict]:
+    """Error of the model's outputs against the user's expected values (float64, flattened)."""
+    missing, extra = sorted(set(expected) - set(outputs)), sorted(set(outputs) - set(expected))
+    if missing or extra:
+        raise EvalError(f"expected outputs do not match the model's outputs: missing {missing}, extra {extra}")
+    out: dict[str, dict] = {}
+    for name, want in expected.items():
+        got, want = np.asarray(outputs[name]), np.asarray(want)
+        if got.shape != want.shape:
+            out[name] = {"error": f"shape mismatch: the model gave {list(got.shape)}, expected {list(want.shape)}"}
+            continue
+        g, w = got.astype(np.float64).ravel(), want.astype(np.float64).ravel()
+        err = g - w
+        out[name] = {
+            "mae": float(np.abs(err).mean()) if err.size else 0.0,
+            "rmse": float(np.sqrt(np.mean(err**2))) if err.size else 0.0,
+            "max_error": float(np.abs(err).max()) if err.size else 0.0,
+            "cosine": _cosine(g, w),
+        }
+    return out
+
+
+def topk(logits: np.ndarray, labels: list[int]) -> dict[str, Any]:
+    """Top-1 / top-5 accuracy of (N, classes) scores; with fewer than 5 classes top5 uses all of them."""
+    scores = np.asarray(logits)
+    if scores.ndim < 1 or scores.shape[0] != len(labels):
+        raise EvalError(
+            f"top-k needs one label per sample: output has {scores.shape[:1]} samples, {len(labels)} labels"
+        )
+    scores = scores.reshape(len(labels), -1).astype(np.float64)
+    classes = scores.shape[1]
+    bad = [v for v in labels if not 0 <= int(v) < classes]
+    if bad:
+        raise EvalError(f"labels {bad[:10]} are outside 0..{classes - 1} (the output has {classes} classes)")
+    k5 = min(5, classes)
+    order = np.argsort(-scores, axis=1, kind="stable")
+    truth = np.asarray(labels, dtype=np.int64)[:, None]
+    return {
+        "top1": float(np.mean(order[:, 0] == truth[:, 0])),
+        "top5": float(np.mean(np.any(order[:, :k5] == truth, axis=1))),
+        "top5_k": k5,
+        "n": len(labels),
+        "classes": classes,
+    }
+
+
+# ---------------------------------------------------------------------------------------------- timing
+
+
+def _timed_runs(fn: Callable[[], Any], n: int, tick: Callable[[int], None]) -> list[float]:
+    times = []
+    every = max(1, n // 10)
+    for i in range(n):
+        start = time.perf_counter_ns()
+        fn()
+        times.append((time.perf_counter_ns() - start) / 1e6)
+        if (i + 1) % every == 0:
+            tick(i + 1)
+    return times
+
+
+def _iobinding_latency(
+    session: ort.InferenceSession, feeds: dict[str, np.ndarray], config: EvalConfig, batch: int, device: str = "cuda"
+) -> dict[str, Any]:
+    """Inputs already on the GPU, outputs left there: the device-resident figure (GPU providers only;
+    `device` is a parameter so that the tests can drive this path on the CPU)."""
+    import onnxruntime as ort
+
+    binding = session.io_binding()
+    on_device = {name: ort.OrtValue.ortvalue_from_numpy(array, device, 0) for name, array in feeds.items()}
+    for name, value in on_device.items():
+        binding.bind_ortvalue_input(name, value)
+    for out in session.get_outputs():
+        binding.bind_output(out.name, device, 0)
+    binding.synchronize_inputs()
+
+    def once() -> None:
+        session.run_with_iobinding(binding)
+        binding.synchronize_outputs()
+
+    for _ in range(config.warmup + 1):
+        once()
+    return latency_stats(_timed_runs(once, config.runs, lambda _: None), batch)
+
+
+# ---------------------------------------------------------------------------------------------- evaluate
+
+
+@dataclass
+class _Plan:
+    """What evaluate decided before running anything."""
+
+    values: dict[str, int]  # symbol values at the first batch size
+    batch_symbols: list[str]
+    batches: list[int]
+    run_keys: list[str]  # providers in run order (CPU first)
+    reference_only: bool
+    warnings: list[str]
+
+
+def _batch_symbols(info: ModelInfo) -> list[str]:
+    first = [spec.shape[0] for spec in info.inputs if spec.shape and isinstance(spec.shape[0], str)]
+    return [s for s in dict.fromkeys(first) if s in info.symbols]
+
+
+def _fixed_batch(info: ModelInfo) -> int:
+    """Samples per run of a fixed-shape model: the first input's leading dim when it has rank >= 2."""
+    shape = info.inputs[0].shape if info.inputs else []
+    return int(shape[0]) if len(shape) >= 2 and isinstance(shape[0], int) and shape[0] > 0 else 1
+
+
+def _symbols_at(plan: _Plan, batch: int) -> dict[str, int]:
+    return {**plan.values, **dict.fromkeys(plan.batch_symbols, batch)}
+
+
+def _plan(info: ModelInfo, config: EvalConfig, limits: Limits) -> _Plan:
+    warns: list[str] = []
+    batch_syms = _batch_symbols(info)
+    clash = [s for s in config.symbols if s in batch_syms]
+    if clash:
+        raise EvalError(f"{', '.join(clash)} is the batch dimension: set it with batch_sizes, not symbols")
+    inspected = {k: v for k, v in info.symbols.items() if k not in batch_syms}
+    values = default_symbols(info.inputs, {**inspected, **config.symbols, **dict.fromkeys(batch_syms, 1)})
+    if batch_syms:
+        batches = [int(b) for b in config.batch_sizes]
+        if len(batch_syms) > 1:
+            warns.append(f"several batch dimensions ({', '.join(batch_syms)}): each is set to the batch size")
+    else:
+        batches = [_fixed_batch(info)]
+        if len(config.batch_sizes) > 1:
+            warns.append(
+                f"the model has no batch dimension (all input shapes fixed in the first dimension); batch sizes "
+                f"{list(config.batch_sizes)} were ignored and it ran once at its own batch of {batches[0]}"
+            )
+    plan = _Plan(values, batch_syms, batches, [], "cpu" not in config.providers, warns)
+    for batch in batches:  # refuse before anything is allocated
+        check_input_budget(info.inputs, _symbols_at(plan, batch), limits)
+    plan.values = _symbols_at(plan, batches[0])
+    plan.run_keys = ["cpu", *(p for p in config.providers if p != "cpu")]
+    return plan
+
+
+def _inputs_for(info: ModelInfo, config: EvalConfig, plan: _Plan, batch: int, user: dict[str, np.ndarray]):
+    """Synthetic inputs at this batch, with the user's arrays in place (repeated along the batch axis)."""
+    values = _symbols_at(plan, batch)
+    missing = [spec for spec in info.inputs if spec.name not in user]
+    feeds = synthetic_inputs(missing, values, config.seed)
+    for spec in info.inputs:
+        if spec.name not in user:
+            continue
+        array = user[spec.name]
+        if spec.shape and spec.shape[0] in plan.batch_symbols and array.shape[0] != batch:
+            array = np.take(array, np.arange(batch) % array.shape[0], axis=0)
+        feeds[spec.name] = array
+    return {spec.name: feeds[spec.name] for spec in info.inputs}
+
+
+def _user_inputs(info: ModelInfo, config: EvalConfig, plan: _Plan) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Arrays from the inputs .npz and the images, checked against the model at the first batch size, and
+    where each came from ("npz" or "images").
+
+    Images fill one input; their count need not match the batch (they are repeated or cut along it),
+    except for a fixed-shape input, whose own batch is what the model accepts.
+    """
+    user = load_npz_inputs(config.inputs_npz, info.inputs, plan.values) if config.inputs_npz else {}
+    sources = dict.fromkeys(user, "npz")
+    if not config.images:
+        return user, sources
+    try:
+        spec = pick_image_input(info.inputs, config.image_input)
+        array = images_to_tensor(list(config.images), spec, plan.values, config.image_options())
+    except ImageInputError as exc:
+        raise EvalError(str(exc)) from None
+    if spec.name in user:
+        raise EvalError(f"input {spec.name!r} is given twice: in the inputs .npz and as images")
+    batch = spec.shape[0]
+    if not isinstance(batch, str):  # fixed batch: repeat or cut the images to it
+        want = int(batch) if isinstance(batch, int) else 1
+        if array.shape[0] != want:
+            plan.warnings.append(f"{array.shape[0]} image(s) for input {spec.name!r} with a fixed batch of {want}")
+            array = np.take(array, np.arange(want) % array.shape[0], axis=0)
+    elif array.shape[0] != plan.batches[0]:
+        plan.warnings.append(
+            f"{array.shape[0]} image(s) at batch size {plan.batches[0]}: images are repeated or cut to each batch "
+            "size; for accuracy over all of them, make the first batch size the number of images"
+        )
+    user[spec.name], sources[spec.name] = array, "images"
+    return user, sources
+
+
+def _memory_now(nvml: Any, device_id: int = 0) -> dict[str, int | None]:
+    import psutil
+
+    gpu = _gpu_memory(nvml, device_id) if nvml is not None else None
+    return {
+        "rss": int(psutil.Process().memory_info().rss),
+        "gpu": gpu["used"] if gpu else None,
+        "process": gpu["process"] if gpu else None,
+    }
+
+
+def _memory_delta(before: dict[str, int | None], after: dict[str, int | None]) -> dict[str, int | None]:
+    gpu_delta = after["gpu"] - before["gpu"] if after["gpu"] is not None and before["gpu"] is not None else None
+    return {
+        "host_rss_before_bytes": before["rss"],
+        "host_rss_after_bytes": after["rss"],
+        "host_rss_delta_bytes": after["rss"] - before["rss"],  # type: ignore[operator]
+        "gpu_used_before_bytes": before["gpu"],
+        "gpu_used_after_bytes": after["gpu"],
+        "gpu_delta_bytes": gpu_delta,
+        # ORT's GPU arena only grows, so the process's GPU memory after a batch is its peak so far
+        # (the CUDA context included); NVML's device delta also counts other processes.
+        "gpu_process_bytes": after["process"],
+    }
+
+
+def _is_oom(exc: BaseException) -> bool:
+    """engine.core.device decides (the shared list of ORT/CUDA allocation texts); it imports torch, so it is only
+    asked when the text mentions memory at all."""
+    text = str(exc).lower()
+    if "memory" not in text and "alloc" not in text:
+        return False
+    try:
+        from engine.core.device import is_out_of_memory
+    except Exception:
+        return "out of memory" in text or "failed to allocate" in text
+    return is_out_of_memory(exc)
+
+
+def _empty_row(key: str, batch: int, meta: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "provider": key,
+        "ran_on": meta["got"][0] if meta.get("got") else None,
+        "batch": batch,
+        "fell_back": bool(meta.get("fell_back")),
+        "first_run_ms": None,
+        "trt_build_s": None,
+        "latency": None,
+        "times_ms": None,
+        "latency_iobinding": None,
+        "iobinding": None,
+        "samples_per_s": None,
+        "achieved_gflops": None,
+        "speedup_vs_cpu": None,
+        "memory": None,
+        "error": None,
+        "out_of_memory": False,
+    }
+
+
+class _Runner:
+    """One evaluation's state: the plan, shared inputs, progress, and what was collected."""
+
+    def __init__(self, model_path: Any, info: ModelInfo, config: EvalConfig, plan: _Plan, progress: Progress | None):
+        self.model_path, self.info, self.config, self.plan = model_path, info, config, plan
+        self.progress = progress
+        self.user, self.sources = _user_inputs(info, config, plan)
+        self.first_inputs = _inputs_for(info, config, plan, plan.batches[0], self.user)
+        self.total = len(config.providers) * len(plan.batches) + (1 if plan.reference_only else 0)
+        self.done = 0
+        self.sessions: dict[str, dict] = {}
+        self.rows: list[dict] = []
+        self.outputs: dict[str, dict[str, np.ndarray]] = {}  # provider -> outputs at the first batch
+        self.warnings = list(plan.warnings)
+        self.nvml = _nvml() if any(p in GPU_KEYS for p in config.providers) else None
+
+    def memory_now(self, key: str) -> dict[str, int | None]:
+        return _memory_now(self.nvml if key in GPU_KEYS else None, self.config.device_id)
+
+    def tell(self, fraction_of_step: float, label: str) -> None:
+        if self.progress is not None:
+            self.progress(min(1.0, (self.done + fraction_of_step) / max(self.total, 1)), label)
+
+    def run_all(self) -> None:
+        for key in self.plan.run_keys:
+            self.run_provider(key, reference_only=key == "cpu" and self.plan.reference_only)
+
+    def run_provider(self, key: str, reference_only: bool) -> None:
+        self.tell(0.0, f"{key}: creating the session")
+        before = self.memory_now(key)
+        try:
+            session, meta = make_session(self.model_path, key, self.config)
+        except (SessionError, OSError) as exc:  # OSError: the TensorRT cache folder cannot be made
+            self.sessions[key] = {"provider": key, "requested": PROVIDERS[key], "error": str(exc)}
+            self.warnings.append(f"{key} ({PROVIDERS[key]}) could not be used: {exc}")
+            self.done += 1 if reference_only else len(self.plan.batches)
+            return
+        meta["reference_only"] = reference_only
+        self.sessions[key] = meta
+        if meta["fell_back"]:
+            self.warnings.append(
+                f"WARNING: {meta['requested']} was requested but the session runs on {meta['got'][0]} "
+                f"({meta['fallback_reason']}); the '{key}' rows measure {meta['got'][0]}, not {meta['requested']}, "
+                "and are marked fell_back"
+            )
+        try:
+            if reference_only:
+                self.reference_run(session, key)
+            else:
+                self.run_batches(session, key, meta, before)
+        finally:
+            del session
+
+    def reference_run(self, session: ort.InferenceSession, key: str) -> None:
+        self.tell(0.0, "cpu: reference outputs for parity")
+        try:
+            self.outputs[key] = self.run_once(session, self.first_inputs)
+        except Exception as exc:
+            self.sessions[key]["error"] = f"{type(exc).__name__}: {exc}"
+            self.warnings.append(f"the CPU reference run failed, so there is no parity: {exc}")
+        self.done += 1
+
+    def run_once(self, session: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        names = [out.name for out in session.get_outputs()]
+        return dict(zip(names, session.run(names, feeds), strict=True))
+
+    def run_batches(self, session: ort.InferenceSession, key: str, meta: dict, before: dict) -> None:
+        oom_at = None
+        for batch in self.plan.batches:
+            row = _empty_row(key, batch, meta)
+            if oom_at is not None and batch >= oom_at:
+                row["error"] = f"skipped: out of memory at batch {oom_at}"
+            else:
+                try:
+                    self.measure(session, key, meta, row)
+                except Exception as exc:
+                    row["error"], row["out_of_memory"] = f"{type(exc).__name__}: {exc}", _is_oom(exc)
+                    oom_at = batch if row["out_of_memory"] else oom_at
+                    self.warnings.append(f"{key} at batch {batch} failed: {row['error'][:500]}")
+            row["memory"] = _memory_delta(before, self.memory_now(key))
+            self.rows.append(row)
+            self.done += 1
+
+    def measure(self, session: ort.InferenceSession, key: str, meta: dict, row: dict) -> None:
+        batch, config = row["batch"], self.config
+        first = batch == self.plan.batches[0]
+        feeds = self.first_inputs if first else _inputs_for(self.info, config, self.plan, batch, self.user)
+        label = f"{key} batch {batch}"
+        self.tell(0.0, f"{label}: first run")
+        start = time.perf_counter_ns()
+        outputs = self.run_once(session, feeds)
+        row["first_run_ms"] = (time.perf_counter_ns() - start) / 1e6
+        if meta["got"][0] == PROVIDERS["trt"]:  # the TensorRT engine is built (or loaded from its cache) here
+            row["trt_build_s"] = row["first_run_ms"] / 1000.0
+        if first:
+            self.outputs[key] = outputs
+        del outputs
+        self.tell(0.0, f"{label}: warm-up")
+        for _ in range(config.warmup):
+            session.run(None, feeds)
+        names = [out.name for out in session.get_outputs()]
+
+        def tick(i: int) -> None:
+            self.tell(i / config.runs * 0.9, f"{label}: run {i}/{config.runs}")
+
+        times = _timed_runs(lambda: session.run(names, feeds), config.runs, tick)
+        row["latency"] = latency_stats(times, batch)
+        row["times_ms"] = [round(t, 4) for t in times]  # the distribution, for plots and re-analysis
+        row["samples_per_s"] = row["latency"]["throughput_per_s"]
+        row["iobinding"] = self.measure_iobinding(session, meta, feeds, row)
+
+    def measure_iobinding(self, session: ort.InferenceSession, meta: dict, feeds: dict, row: dict) -> str:
+        if meta["got"][0] == "CPUExecutionProvider":
+            return "not applicable: the session runs on the CPU, where inputs and outputs already live"
+        self.tell(0.9, f"{meta['provider']} batch {row['batch']}: device-resident runs")
+        try:
+            row["latency_iobinding"] = _iobinding_latency(session, feeds, self.config, row["batch"])
+        except Exception as exc:
+            self.warnings.append(f"{meta['provider']} IOBinding timing failed at batch {row['batch']}: {exc}")
+            return f"failed: {exc}"
+        return "measured"
+
+
+def _finish_rows(rows: list[dict], info: ModelInfo, plan: _Plan) -> None:
+    """Speed-up against the CPU row of the same batch, and achieved GFLOP/s where the FLOPs apply."""
+    cpu = {r["batch"]: r for r in rows if r["provider"] == "cpu" and r["latency"]}
+    scale_base = _flops_batch_base(info, plan)
+    for row in rows:
+        if not row["latency"]:
+            continue
+        p50 = row["latency"]["p50_ms"]
+        ref = cpu.get(row["batch"])
+        cpu_vs_cpu = row["provider"] != "cpu" and row["ran_on"] == PROVIDERS["cpu"]  # a fallback: no speed-up
+        if ref is not None and p50 > 0 and not cpu_vs_cpu:
+            row["speedup_vs_cpu"] = ref["latency"]["p50_ms"] / p50
+        if scale_base is not None and p50 > 0:
+            scale = row["batch"] / scale_base if plan.batch_symbols else 1.0
+            row["achieved_gflops"] = info.flops * scale / (p50 / 1000.0) / 1e9  # type: ignore[operator]
+
+
+def _flops_batch_base(info: ModelInfo, plan: _Plan) -> int | None:
+    """The batch the FLOPs were counted at; None when they do not scale to this run (other symbols differ)."""
+    if not info.flops:
+        return None
+    others_same = all(info.symbols.get(k) == v for k, v in plan.values.items() if k not in plan.batch_symbols)
+    bases = {info.symbols.get(s) for s in plan.batch_symbols}
+    if not others_same or len(bases) > 1 or None in bases:
+        return None
+    return next(iter(bases)) if bases else 1
+
+
+def _accuracy_report(runner: _Runner, expected: dict[str, np.ndarray] | None, labels: list[int] | None) -> dict:
+    report: dict[str, Any] = {}
+    providers = [k for k in runner.outputs if not runner.sessions[k].get("reference_only")]
+    if expected is not None:
+        report["expected"] = {k: accuracy(runner.outputs[k], expected) for k in providers}
+    if labels is not None:
+        report["topk"] = {}
+        first = runner.info.outputs[0].name
+        for key in providers:
+            try:
+                report["topk"][key] = topk(runner.outputs[key][first], labels)
+            except EvalError as exc:
+                report["topk"][key] = {"error": str(exc)}
+    return report
+
+
+def _check_labels(info: ModelInfo, plan: _Plan, labels: list[int]) -> None:
+    """Refuse before running when the first output's sample count is known and differs from the labels."""
+    if not info.outputs:
+        raise EvalError("labels were given but the model has no outputs")
+    shape = info.outputs[0].shape
+    first = shape[0] if shape else None
+    n = first if isinstance(first, int) else plan.values.get(first) if isinstance(first, str) else None
+    if n is not None and n != len(labels):
+        raise EvalError(
+            f"{len(labels)} labels for output {info.outputs[0].name!r}, which has {n} samples at the first batch "
+            f"size ({shape}); give one label per sample"
+        )
+
+
+def _no_outputs(key: str, runner: _Runner) -> str:
+    session = runner.sessions.get(key, {})
+    row = next((r for r in runner.rows if r["provider"] == key), None)
+    why = session.get("error") or (row or {}).get("error") or "it did not run"
+    return f"no outputs at the first batch size: {why}"
+
+
+def _environment() -> dict[str, Any]:
+    import onnxruntime as ort
+
+    return {
+        "onnxruntime": ort.__version__,
+        "available_providers": list(ort.get_available_providers()),
+        "numpy": np.__version__,
+        "cpu_count": os.cpu_count(),
+    }
+
+
+def _model_summary(info: ModelInfo) -> dict[str, Any]:
+    return {
+        "sha256": info.sha256,
+        "inputs": [asdict(s) for s in info.inputs],
+        "outputs": [asdict(s) for s in info.outputs],
+        "flops": info.flops,
+        "parameters": info.parameters,
+        "symbols": dict(info.symbols),
+    }
+
+
+def _plain(value: Any) -> Any:
+    """JSON-ready: numpy scalars and arrays, tuples and paths become plain Python values."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return value
+
+
+def _checked_plan(info: ModelInfo, config: EvalConfig, limits: Limits) -> _Plan:
+    config.validate()
+    plan = _plan(info, config, limits)
+    if config.labels is not None:
+        _check_labels(info, plan, list(config.labels))
+    return plan
+
+
+def check_request(info: ModelInfo, config: EvalConfig, limits: Limits | None = None) -> list[str]:
+    """Every refusal evaluate() would make before running, without creating a session; returns the
+    plan's warnings. A queue calls this at submit time, so bad settings never become failed jobs."""
+    limits = limits or Limits()
+    plan = _checked_plan(info, config, limits)
+    if config.expected_npz:
+        _load_expected(config.expected_npz, info.outputs, limits)
+    _user_inputs(info, config, plan)
+    return plan.warnings
+
+
+def evaluate(
+    model_path: str | os.PathLike,
+    info: ModelInfo,
+    config: EvalConfig,
+    progress: Progress | None = None,
+    *,
+    limits: Limits | None = None,
+) -> dict[str, Any]:
+    """Run the model on every asked provider and batch size; the full report, JSON-serialisable.
+
+    Input problems raise EvalError / ModelError before any session is created; a provider that
+    cannot create a session, or a batch that fails, is recorded in the report and the rest still run.
+    """
+    limits = limits or Limits()
+    plan = _checked_plan(info, config, limits)
+    expected = _load_expected(config.expected_npz, info.outputs, limits) if config.expected_npz else None
+    runner = _Runner(model_path, info, config, plan, progress)
+    runner.run_all()
+    _finish_rows(runner.rows, info, plan)
+    reference = runner.outputs.get("cpu")
+    parity_report: dict[str, Any] = {}
+    if reference is None:
+        runner.warnings.append("no CPU reference outputs: parity was not computed")
+    else:
+        for key in config.providers:
+            out = runner.outputs.get(key)
+            parity_report[key] = parity(reference, out) if out is not None else {"error": _no_outputs(key, runner)}
+    report = {
+        "model": _model_summary(info),
+        "config": asdict(config),
+        "environment": _environment(),
+        "symbols": plan.values,
+        "batch_symbols": plan.batch_symbols,
+        "input_source": {s.name: runner.sources.get(s.name, "synthetic") for s in info.inputs},
+        "sessions": runner.sessions,
+        "results": runner.rows,
+        "parity": parity_report,
+        "accuracy": _accuracy_report(runner, expected, config.labels),
+        "warnings": runner.warnings,
+    }
+    if progress is not None:
+        progress(1.0, "done")
+    return _plain(report)

@@ -1,0 +1,154 @@
+"""The LivePortrait crop and paste-back: a similarity transform from a detected face box into a 512x512 crop
+(scale 2.3 around the face, shifted up by 0.125 of the crop), and the way back with a feathered mask,
+blended on the device the frames are on.
+
+The official crop is built from InsightFace's 106 landmarks (non-commercial weights); here it comes from the
+face box of engine/faces/detection.py (Haar or S3FD), turned upright by the eye line of LivePortrait's optional landmark
+model when the user supplied it (`roll_from_landmarks`); without it the crop is axis-aligned. The paste-back
+mask is our own formula for the released template (a 512x512 square feathered over 16 pixels with rounded
+corners, within one grey level of it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+CROP_SIZE = 512
+NETWORK_SIZE = 256
+SOURCE_SCALE, SOURCE_VY = 2.3, -0.125
+DRIVING_SCALE, DRIVING_VY = 2.2, -0.1
+_FEATHER = 16
+
+
+@dataclass(frozen=True)
+class CropTransform:
+    """Affine maps between the original image and the crop (2x3, pixel coordinates, OpenCV convention)."""
+
+    to_crop: np.ndarray
+    to_original: np.ndarray
+    size: int
+
+    @property
+    def scale(self) -> float:
+        return float(np.hypot(self.to_crop[0, 0], self.to_crop[0, 1]))
+
+    @property
+    def angle(self) -> float:
+        """The face's tilt the crop removed, in degrees (positive: clockwise in the image)."""
+        return float(np.degrees(np.arctan2(self.to_crop[0, 1], self.to_crop[0, 0])))
+
+
+def crop_transform(
+    box: tuple[float, float, float, float] | np.ndarray,
+    scale: float = SOURCE_SCALE,
+    vy: float = SOURCE_VY,
+    size: int = CROP_SIZE,
+    angle: float = 0.0,
+) -> CropTransform:
+    """The square crop around a face box (x1, y1, x2, y2): side = scale x the box's larger side, centre moved
+    by vy x side along the face's vertical (negative: towards the forehead), turned by `angle` degrees (the
+    face's clockwise tilt in the image) so the face comes out upright, resampled to size x size."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    if x2 <= x1 or y2 <= y1:
+        raise ValueError(f"face box {box} is empty: x2 must exceed x1 and y2 exceed y1")
+    side = max(x2 - x1, y2 - y1) * scale
+    c, s_ = np.cos(np.radians(angle)), np.sin(np.radians(angle))
+    turn = np.array([[c, -s_], [s_, c]])  # crop axes -> image axes (y down: positive turns clockwise)
+    centre = np.array([(x1 + x2) / 2, (y1 + y2) / 2]) + vy * side * (turn @ np.array([0.0, 1.0]))
+    k = size / side
+    half = np.array([size / 2, size / 2])
+    forward = k * turn.T
+    backward = turn / k
+    to_crop = np.hstack([forward, (half - forward @ centre)[:, None]])
+    to_original = np.hstack([backward, (centre - backward @ half)[:, None]])
+    return CropTransform(to_crop, to_original, size)
+
+
+def roll_from_landmarks(points: np.ndarray) -> float:
+    """The face's tilt in degrees from the eye line of the 203-point layout (positive: clockwise), so that
+    `crop_transform(..., angle=roll)` makes the eyes level."""
+    eyes = sorted((points[[0, 12]].mean(0), points[[24, 36]].mean(0)), key=lambda p: p[0])
+    (lx, ly), (rx, ry) = eyes
+    return float(np.degrees(np.arctan2(ry - ly, rx - lx)))
+
+
+def crop_image(image: np.ndarray, transform: CropTransform) -> np.ndarray:
+    """The crop (HxWx3 uint8, black outside the image), bilinear."""
+    import cv2
+
+    return cv2.warpAffine(image, transform.to_crop, (transform.size, transform.size), flags=cv2.INTER_LINEAR)
+
+
+def network_input(crop: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+    """512 crop (RGB uint8) -> 1x3x256x256 float in [0, 1], area-downsampled as the official pipeline does."""
+    import cv2
+
+    small = cv2.resize(crop, (NETWORK_SIZE, NETWORK_SIZE), interpolation=cv2.INTER_AREA)
+    return torch.from_numpy(small).to(device).permute(2, 0, 1)[None].float().div_(255)
+
+
+def paste_mask(size: int = CROP_SIZE) -> np.ndarray:
+    """(size, size) float32 in [0, 1]: 1 inside, a 16-pixel linear feather to 0 at the border, rounded corners."""
+    i = np.arange(size, dtype=np.float64)
+    edge = np.minimum(i, size - i)  # distance from the nearer border, per axis
+    inset = np.maximum(_FEATHER - edge, 0)
+    d = np.hypot(inset[None, :], inset[:, None])
+    return (np.clip(np.round(_FEATHER * (_FEATHER - d) - 1), 0, 255) / 255).astype(np.float32)
+
+
+def _affine_grid(to_original: np.ndarray, out_h: int, out_w: int, src: int, like: torch.Tensor) -> torch.Tensor:
+    """The sampling grid that maps each original-image pixel into the crop (normalised, align_corners=False)."""
+    m = np.vstack([to_original, [0, 0, 1]])
+    inv = np.linalg.inv(m)[:2]  # original -> crop
+    ys, xs = torch.meshgrid(
+        torch.arange(out_h, device=like.device, dtype=torch.float32),
+        torch.arange(out_w, device=like.device, dtype=torch.float32),
+        indexing="ij",
+    )
+    a = torch.as_tensor(inv, dtype=torch.float32, device=like.device)
+    cx = a[0, 0] * xs + a[0, 1] * ys + a[0, 2]
+    cy = a[1, 0] * xs + a[1, 1] * ys + a[1, 2]
+    # pixel centres: crop pixel k covers [k, k+1) in OpenCV's warpAffine convention
+    grid = torch.stack([(2 * cx + 1) / src - 1, (2 * cy + 1) / src - 1], dim=-1)
+    return grid[None]
+
+
+class PasteBack:
+    """Blends generated 512x512 crops back into full frames on the frames' device; the warped mask and grid
+    are computed once per source (the crop transform does not change)."""
+
+    def __init__(self, transform: CropTransform, height: int, width: int, device: torch.device | str) -> None:
+        dummy = torch.empty(0, device=device)
+        self.grid = _affine_grid(transform.to_original, height, width, transform.size, dummy)
+        mask = torch.from_numpy(paste_mask(transform.size)).to(device)[None, None]
+        self.mask = F.grid_sample(mask, self.grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+    def __call__(self, generated: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
+        """generated: (B, 3, 512, 512) in [0, 1]; original: (B or 1, 3, H, W) in [0, 1] -> (B, 3, H, W)."""
+        b = generated.shape[0]
+        warped = F.grid_sample(
+            generated.float(), self.grid.expand(b, -1, -1, -1), mode="bilinear", padding_mode="zeros",
+            align_corners=False,
+        )  # fmt: skip
+        return (self.mask * warped + (1 - self.mask) * original.float()).clamp_(0, 1)
+
+
+__all__ = [
+    "CROP_SIZE",
+    "DRIVING_SCALE",
+    "DRIVING_VY",
+    "NETWORK_SIZE",
+    "SOURCE_SCALE",
+    "SOURCE_VY",
+    "CropTransform",
+    "PasteBack",
+    "crop_image",
+    "crop_transform",
+    "network_input",
+    "paste_mask",
+    "roll_from_landmarks",
+]

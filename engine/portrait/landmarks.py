@@ -1,0 +1,65 @@
+"""Optional 203-point face landmarks (LivePortrait's `landmark.onnx`, supplied by the user with the weights)
+for eye and lip retargeting: the retargeting networks take how open the source's eyes and lips are.
+
+The model sees a 224x224 RGB crop (1.5x the face box, shifted up by 0.1) in [0, 1]; among its outputs is
+one with 203 x 2 values in crop units (x 224), which are mapped back to the image. Openness is a distance
+ratio, so it does not depend on the face's size or position.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from engine.portrait.crop import crop_image, crop_transform
+
+SIZE = 224
+POINTS = 203
+
+
+class LandmarkError(ValueError):
+    """The landmark model cannot be used; the message says why."""
+
+
+def _ratio(points: np.ndarray, a: int, b: int, c: int, d: int) -> float:
+    return float(np.linalg.norm(points[a] - points[b]) / (np.linalg.norm(points[c] - points[d]) + 1e-6))
+
+
+def eye_open_ratios(points: np.ndarray) -> np.ndarray:
+    """(left, right): eyelid gap over eye width on the 203-point layout."""
+    return np.array([_ratio(points, 6, 18, 0, 12), _ratio(points, 30, 42, 24, 36)], np.float32)
+
+
+def lip_open_ratio(points: np.ndarray) -> float:
+    """Inner-lip gap over mouth width on the 203-point layout."""
+    return _ratio(points, 90, 102, 48, 66)
+
+
+class LandmarkModel:
+    def __init__(self, path: str | os.PathLike) -> None:
+        import onnxruntime as ort
+
+        file = Path(path)
+        if not file.is_file():
+            raise LandmarkError(f"no landmark model at {file} (LivePortrait's landmark.onnx, next to base_models/)")
+        try:
+            self.session = ort.InferenceSession(str(file), providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            raise LandmarkError(f"{file.name} is not a usable ONNX landmark model: {exc}") from None
+        self.input = self.session.get_inputs()[0].name
+
+    def __call__(self, rgb: np.ndarray, box: np.ndarray) -> np.ndarray:
+        """(203, 2) landmarks in image pixels for the face in `box`."""
+        transform = crop_transform(box, scale=1.5, vy=-0.1, size=SIZE)
+        crop = crop_image(rgb, transform).astype(np.float32) / 255
+        outputs = self.session.run(None, {self.input: crop.transpose(2, 0, 1)[None]})
+        found = [o for o in outputs if np.asarray(o).size == POINTS * 2]
+        if not found:
+            raise LandmarkError(f"the landmark model gave no output of {POINTS} x 2 values")
+        points = np.asarray(found[-1], np.float64).reshape(POINTS, 2) * SIZE
+        return points @ transform.to_original[:, :2].T + transform.to_original[:, 2]
+
+
+__all__ = ["LandmarkError", "LandmarkModel", "eye_open_ratios", "lip_open_ratio"]

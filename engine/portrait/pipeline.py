@@ -1,0 +1,675 @@
+"""Portrait animation: a source portrait animated by a driving video (or image, or a saved motion template)
+through our LivePortrait networks, pasted back into the full source image and written as MP4 with the
+driving video's sound.
+
+Stages: the source is detected, cropped (2.3x the face, shifted up) and encoded once (appearance features
+and keypoints: the per-source cache); the driving clip is streamed twice, never held in memory: once to
+detect its face and fix one crop box for the whole clip, once to crop every frame and extract its motion in
+batches. Driving keypoints are computed for all frames (a few hundred numbers each), then output frames are
+rendered in batches: warping + decoding + paste-back on the device, encoding in order.
+
+Precision: on CUDA the appearance extractor, warping module and decoder run under fp16 autocast (PyTorch
+keeps grid_sample in fp32 there); the motion extractor always runs in strict fp32 with TF32 off, because
+TF32 moves its pose logits by about 0.1 degree-bins. With `compile`, the warping module and decoder go through
+torch.compile at one fixed batch shape (the last batch is padded), so they compile once.
+
+Between runs in one process the loaded networks and each source's features stay cached (engine/portrait/cache.py):
+re-animating a portrait with other options costs warping + decoding only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from engine.core.device import apply_backend_flags, capabilities, pad_batch, resolve_device
+from engine.core.media import MediaError, VideoWriter, is_image, load_image, probe_video, read_frames, validate_video
+from engine.core.results import RunResult
+from engine.core.settings import Settings, get_settings
+from engine.portrait.crop import (
+    DRIVING_SCALE,
+    DRIVING_VY,
+    CropTransform,
+    PasteBack,
+    crop_image,
+    crop_transform,
+    network_input,
+    roll_from_landmarks,
+)
+from engine.portrait.landmarks import LandmarkModel, eye_open_ratios, lip_open_ratio
+from engine.portrait.motion import (
+    REGIONS,
+    KeypointInfo,
+    driving_multiplier,
+    expression_friendly,
+    keypoint_info,
+    motion_multiplier,
+    relative_driving,
+    retarget,
+    stitch,
+    transform_keypoints,
+)
+
+Progress = Callable[[float, str], Any]
+DRIVING_OPTIONS = ("expression-friendly", "pose-friendly")
+BACKENDS = ("torch", "onnx-cpu", "onnx-cuda", "onnx-trt")
+ENGINES = ("auto", "liveportrait", "baseline")
+TEMPLATE_SUFFIX = ".npz"
+IMAGE_FPS = 25.0
+LIP_NORMALIZE_THRESHOLD = 0.03  # source lips open at least this much are closed before animating (upstream's)
+HUB_REPO = "KwaiVGI/LivePortrait"
+HUB_PATTERNS = ["liveportrait/base_models/*", "liveportrait/retargeting_models/*", "liveportrait/landmark.onnx"]
+COMPILE_BACKEND = "inductor"  # tests use "eager" to check the plumbing without a C++ toolchain
+_TEMPLATE_FIELDS = ("pitch", "yaw", "roll", "t", "exp", "scale", "kp")
+
+
+class PortraitError(ValueError):
+    """The request cannot run; the message says what was wrong and what is accepted."""
+
+
+@dataclass
+class PortraitConfig:
+    source: Path
+    driving: Path  # a video, an image, or a motion template (.npz saved by an earlier run)
+    out: Path
+    weights: str | None = None  # LivePortrait folder with base_models/ and retargeting_models/
+    device: str = "auto"
+    precision: str | None = None  # default: fp16 on CUDA, fp32 on the CPU
+    region: str = "all"
+    relative: bool = True
+    driving_option: str = "expression-friendly"
+    multiplier: float = 1.0
+    stitching: bool = True
+    paste_back: bool = True
+    max_frames: int | None = None
+    batch_size: int = 8
+    save_template: Path | None = None
+    backend: str = "torch"  # torch | onnx-cpu | onnx-cuda | onnx-trt (our own ONNX export, fp32, opset 20)
+    engine: str = "auto"  # liveportrait when its weights are there, else the weight-free baseline
+    crop: bool = True  # False: the whole source image is the network's view (for images already framed)
+    rotate: tuple[float, float, float] = (0.0, 0.0, 0.0)  # extra pitch, yaw, roll in degrees (LivePortrait)
+    eye_open: float | None = None  # retarget the eyes to this openness (needs the landmark model)
+    lip_open: float | None = None  # retarget the lips to this openness (needs the landmark model)
+    landmarks: str | None = None  # LivePortrait's landmark.onnx (default: in the weights folder)
+    normalize_lips: bool = True  # close an open source mouth before animating (relative video motion, landmarks)
+    compile: bool = False  # torch.compile the warping module and decoder (torch backend)
+
+    def validate(self) -> None:
+        problems = []
+        if self.region not in REGIONS:
+            problems.append(f"animation region {self.region!r} is not one of {', '.join(REGIONS)}")
+        if self.driving_option not in DRIVING_OPTIONS:
+            problems.append(f"driving option {self.driving_option!r} is not one of {', '.join(DRIVING_OPTIONS)}")
+        if self.precision not in (None, "fp32", "fp16", "bf16"):
+            problems.append(f"precision {self.precision!r} is not fp32, fp16 or bf16")
+        if not 0.0 <= float(self.multiplier) <= 3.0:
+            problems.append(f"driving multiplier {self.multiplier} is outside 0..3")
+        if self.engine not in ENGINES:
+            problems.append(f"engine {self.engine!r} is not one of {', '.join(ENGINES)}")
+        if self.backend not in BACKENDS:
+            problems.append(f"backend {self.backend!r} is not one of {', '.join(BACKENDS)}")
+        if self.compile and self.backend != "torch":
+            problems.append("torch.compile applies to the torch backend only")
+        if self.backend != "torch" and self.precision == "bf16":
+            problems.append("the ONNX backends run fp32 or fp16, not bf16")
+        if not 1 <= int(self.batch_size) <= 256:
+            problems.append(f"batch size {self.batch_size} is outside 1..256")
+        if len(self.rotate) != 3 or any(not -45 <= float(a) <= 45 for a in self.rotate):
+            problems.append(f"head rotation {tuple(self.rotate)} must be three angles in -45..45 degrees")
+        for name in ("eye_open", "lip_open"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= float(value) <= 0.8:
+                problems.append(f"{name} {value} is outside 0..0.8 (0: closed)")
+        if self.max_frames is not None and int(self.max_frames) < 1:
+            problems.append("max_frames must be at least 1")
+        for name in ("source", "driving"):
+            if not Path(getattr(self, name)).is_file():
+                problems.append(f"{name} file not found: {getattr(self, name)}")
+        if problems:
+            raise PortraitError("; ".join(problems))
+
+
+def hub_weights(reference: str, download: bool) -> Path | None:
+    """The `liveportrait/` folder of a Hub snapshot (`hf:OWNER/REPO`): downloaded when asked for and online,
+    otherwise only looked up in the Hub's local cache (None when it is not there)."""
+    repo = reference.removeprefix("hf:").strip("/")
+    try:
+        from huggingface_hub import snapshot_download
+
+        snapshot = snapshot_download(repo, allow_patterns=HUB_PATTERNS, local_files_only=not download)
+    except Exception as exc:  # offline, not cached, no such repo, huggingface_hub missing
+        if download:
+            raise PortraitError(f"could not fetch the LivePortrait weights from {reference}: {exc}") from None
+        return None
+    folder = Path(snapshot) / "liveportrait"
+    return folder if (folder / "base_models").is_dir() else None
+
+
+def weights_folder(config: PortraitConfig, settings: Settings) -> Path:
+    """Explicit path or `hf:` reference > AVATARBENCH_LIVEPORTRAIT_DIR > weights dir > the Hub's cache."""
+    configured = config.weights or settings.liveportrait_dir
+    if configured and str(configured).startswith("hf:"):
+        found = hub_weights(str(configured), download=True)
+        if found is None:
+            raise PortraitError(f"{configured} has no liveportrait/base_models folder")
+        return found
+    folder = Path(configured or settings.weights_dir / "liveportrait")
+    if (folder / "base_models").is_dir():
+        return folder
+    cached = None if configured else hub_weights(f"hf:{HUB_REPO}", download=False)
+    if cached is not None:
+        return cached
+    raise PortraitError(
+        f"no LivePortrait weights in {folder}: put the official pretrained_weights/liveportrait folder there "
+        f"(base_models/*.pth and retargeting_models/stitching_retargeting_module.pth, from the Hugging Face "
+        f"repository {HUB_REPO}), set AVATARBENCH_LIVEPORTRAIT_DIR / --weights, or give --weights hf:{HUB_REPO} "
+        "to download it"
+    )
+
+
+def _largest_face(image: np.ndarray, detector: Any) -> np.ndarray | None:
+    from engine.faces.detection import largest
+
+    found = largest(detector.detect([image])[0])
+    return None if found is None else found[:4]
+
+
+def _rgb(bgr: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(bgr[:, :, ::-1])
+
+
+def _batches(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+class _Networks:
+    """The loaded networks and how to run each in the chosen precision (optionally compiled at `batch` rows)."""
+
+    def __init__(
+        self, folder: Path, device: torch.device, precision: str, compile: bool = False, batch: int = 8
+    ) -> None:
+        from engine.models.liveportrait import load_liveportrait
+
+        self.nets = load_liveportrait(folder, device)
+        self.retargeting = self.nets.retargeting
+        self.device, self.precision = device, precision
+        half = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
+        self.autocast = half is not None
+        self.half = half
+        self.warping, self.decoder = self.nets.warping, self.nets.decoder
+        self.batch = batch if compile else None
+        if compile:
+            self.warping = torch.compile(self.warping, backend=COMPILE_BACKEND, dynamic=False)
+            self.decoder = torch.compile(self.decoder, backend=COMPILE_BACKEND, dynamic=False)
+
+    def amp(self) -> contextlib.AbstractContextManager:
+        if not self.autocast:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.half)
+
+    @torch.inference_mode()
+    def motion(self, images: torch.Tensor) -> KeypointInfo:
+        apply_backend_flags(tf32=False)  # strict fp32: TF32 shifts the pose logits
+        return keypoint_info(self.nets.motion(images.float()))
+
+    @torch.inference_mode()
+    def appearance(self, image: torch.Tensor) -> torch.Tensor:
+        with self.amp():
+            return self.nets.appearance(image).float()
+
+    @torch.inference_mode()
+    def warp(self, feature: torch.Tensor, x_source: torch.Tensor, x_driving: torch.Tensor) -> torch.Tensor:
+        """The source features moved to the driving keypoints: (B, 256, 64, 64)."""
+        b = x_driving.shape[0]
+        rows = self.batch or b
+        with self.amp():
+            warped = self.warping(
+                feature.expand(rows, -1, -1, -1, -1),
+                kp_driving=pad_batch(x_driving, rows),
+                kp_source=x_source.expand(rows, -1, -1),
+            )
+            return warped["out"][:b]
+
+    @torch.inference_mode()
+    def decode(self, warped: torch.Tensor) -> torch.Tensor:
+        """(B, 3, 512, 512) frames in [0, 1]."""
+        b = warped.shape[0]
+        with self.amp():
+            return self.decoder(pad_batch(warped, self.batch or b))[:b].float()
+
+    def render(self, feature: torch.Tensor, x_source: torch.Tensor, x_driving: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.warp(feature, x_source, x_driving))
+
+
+def _driving_box(path: Path, detector: Any, max_frames: int | None, result: RunResult) -> tuple[np.ndarray, int]:
+    """One crop box for the whole clip (the mean of the faces found; every frame is scanned once) and the
+    index of the first frame with a face (relative motion is measured against it)."""
+    boxes, first = [], None
+    with result.stage("detect"):
+        for i, frame in enumerate(read_frames(path)):
+            if max_frames is not None and i >= max_frames:
+                break
+            box = _largest_face(frame, detector)
+            if box is not None:
+                boxes.append(box)
+                first = i if first is None else first
+    if first is None:
+        raise PortraitError(f"no face found in the driving video {path.name}: a frontal face must be visible")
+    return np.mean(boxes, axis=0), first
+
+
+def _driving_motion(
+    config: PortraitConfig, nets: _Networks, detector: Any, result: RunResult, progress: Progress
+) -> tuple[KeypointInfo, float, int, bool, int]:
+    """Motion of every driving frame, its frame rate, frame count, whether it has sound, and the reference
+    frame for relative motion (the first, or the first with a face when the clip starts without one)."""
+    path = Path(config.driving)
+    if path.suffix.lower() == TEMPLATE_SUFFIX:
+        return (*load_template(path, config.max_frames), False, 0)
+    if is_image(path):
+        image = load_image(path)
+        box = _largest_face(image, detector)
+        if box is None:
+            raise PortraitError(f"no face found in the driving image {path.name}")
+        crop = crop_image(_rgb(image), crop_transform(box, DRIVING_SCALE, DRIVING_VY))
+        with result.stage("motion", items=1):
+            return nets.motion(network_input(crop, nets.device)), IMAGE_FPS, 1, False, 0
+    settings = get_settings()
+    info = probe_video(path)
+    validate_video(info, path.name, settings.max_side, settings.max_seconds)
+    progress(0.05, "finding the driving face")
+    box, reference = _driving_box(path, detector, config.max_frames, result)
+    if reference and config.relative:
+        result.warn(
+            f"the driving clip's first frame shows no face: motion is measured against frame {reference}, the "
+            "first with a face (trim the clip to start on the face for the upstream behaviour)"
+        )
+    transform = crop_transform(box, DRIVING_SCALE, DRIVING_VY)
+    infos: list[KeypointInfo] = []
+    frames = (f for i, f in enumerate(read_frames(path)) if config.max_frames is None or i < config.max_frames)
+    total = min(info.frames or 1, config.max_frames or info.frames or 1)
+    for batch in _batches(frames, config.batch_size):
+        with result.stage("crop", items=len(batch)):
+            tensor = torch.cat([network_input(crop_image(_rgb(f), transform), nets.device) for f in batch])
+        with result.stage("motion", items=len(batch)):
+            infos.append(nets.motion(tensor))
+        progress(0.05 + 0.25 * min(1.0, len(infos) * config.batch_size / total), "driving motion")
+    merged = KeypointInfo(*(torch.cat([getattr(i, f) for i in infos]) for f in _TEMPLATE_FIELDS))
+    return merged, info.fps, merged.kp.shape[0], info.has_audio, reference
+
+
+def save_template(path: Path, motion: KeypointInfo, fps: float) -> None:
+    """The driving motion (per frame: pose, translation, expression, scale, keypoints) for later reuse."""
+    arrays = {f: getattr(motion, f).detach().cpu().numpy() for f in _TEMPLATE_FIELDS}
+    np.savez(path, fps=np.float64(fps), **arrays)
+
+
+def load_template(path: Path, max_frames: int | None = None) -> tuple[KeypointInfo, float, int]:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            missing = [f for f in (*_TEMPLATE_FIELDS, "fps") if f not in data]
+            if missing:
+                raise PortraitError(f"{path.name} is not a motion template: missing {', '.join(missing)}")
+            arrays = {f: torch.from_numpy(np.asarray(data[f], dtype=np.float32)) for f in _TEMPLATE_FIELDS}
+            fps = float(data["fps"])
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, PortraitError):
+            raise
+        raise PortraitError(f"{path.name} cannot be read as a motion template (.npz): {exc}") from None
+    motion = KeypointInfo(**arrays)
+    n = motion.kp.shape[0] if max_frames is None else min(max_frames, motion.kp.shape[0])
+    shapes_ok = motion.kp.shape[1:] == (21, 3) and motion.exp.shape[1:] == (21, 3) and n >= 1
+    if not shapes_ok or not 1 <= fps <= 240:
+        raise PortraitError(f"{path.name}: keypoints must be (frames, 21, 3) and fps in 1..240")
+    return motion.select(slice(0, n)), fps, n
+
+
+def _driving_keypoints(
+    config: PortraitConfig,
+    source: KeypointInfo,
+    motion: KeypointInfo,
+    nets: Any,
+    openness: tuple[np.ndarray, float] | None = None,
+    reference: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keypoints that move the source as the driver moves, the expression-friendly rescaling, eye and lip
+    retargeting (given the source's eye and lip openness), stitching, lip normalisation (an open source mouth
+    closed first, as upstream does for relative motion) and the driving multiplier.
+
+    Relative motion from a clip is measured against its `reference` frame; from one image, relative motion
+    keeps the source's pose, scale and position and takes the driver's expression (upstream measures it
+    against a fixed neutral expression, we against the source's own); absolute motion takes the driver's pose,
+    expression and position and keeps the source's scale, as upstream does."""
+    x_source = transform_keypoints(source)
+    posed = source
+    if any(config.rotate):  # the head-rotation sliders: the source's own pose, turned by the offsets
+        dp, dy, dr = (float(a) for a in config.rotate)
+        posed = replace(source, pitch=source.pitch + dp, yaw=source.yaw + dy, roll=source.roll + dr)
+    if config.relative and motion.kp.shape[0] > 1:
+        x = relative_driving(posed, motion, motion.select(reference), config.region)
+        if config.driving_option == "expression-friendly":
+            x_first = x[reference : reference + 1]
+            x = expression_friendly(x, x_first, x_source, motion_multiplier(x_source, x_first))
+    elif config.relative:  # one image: no motion of pose, scale or position; its expression against the source's
+        x = relative_driving(posed, motion, replace(motion, exp=source.exp), config.region)
+    else:  # absolute: the driver's pose, expression and position at the source's scale
+        x = relative_driving(posed, motion, replace(source, scale=motion.scale), config.region)
+    n = x.shape[0]
+    with torch.inference_mode():
+        if config.eye_open is not None and openness is not None:
+            eyes = torch.tensor([[*openness[0], config.eye_open]], dtype=torch.float32).expand(n, 3)
+            x = x + retarget(nets.retargeting["eye"], x_source, eyes)
+        if config.lip_open is not None and openness is not None:
+            lips = torch.tensor([[openness[1], config.lip_open]], dtype=torch.float32).expand(n, 2)
+            x = x + retarget(nets.retargeting["lip"], x_source, lips)
+        if config.stitching:
+            x = stitch(nets.retargeting["stitching"], x_source, x)
+        if openness is not None and _normalises_lips(config, n, openness[1]):
+            x = x + retarget(nets.retargeting["lip"], x_source, torch.tensor([[openness[1], 0.0]]))
+    return driving_multiplier(x, x_source, config.multiplier), x_source
+
+
+def _normalises_lips(config: PortraitConfig, frames: int, source_lips: float) -> bool:
+    """Upstream closes an open source mouth before relative motion from a clip, unless the lips are retargeted."""
+    wanted = config.normalize_lips and config.relative and config.lip_open is None and frames > 1
+    return wanted and source_lips >= LIP_NORMALIZE_THRESHOLD
+
+
+@dataclass
+class _Plan:
+    """What an engine hands the writer: frames in batches, on `device`, as (B, 3, H, W) in [0, 1]."""
+
+    batches: Iterator[torch.Tensor]
+    fps: float
+    count: int
+    has_audio: bool
+    size: tuple[int, int]  # width, height
+    device: torch.device
+    metrics: dict[str, Any]
+
+
+def _pick_engine(config: PortraitConfig, settings: Settings) -> tuple[str, Path | None]:
+    """The engine and, for LivePortrait, its weights folder (looked up once: it may search the Hub's cache)."""
+    if config.engine == "baseline":
+        return "baseline", None
+    if config.engine == "liveportrait":
+        return "liveportrait", weights_folder(config, settings)
+    try:
+        return "liveportrait", weights_folder(config, settings)
+    except PortraitError:
+        return "baseline", None
+
+
+def run_portrait(
+    config: PortraitConfig, settings: Settings | None = None, progress: Progress | None = None
+) -> RunResult:
+    """Animate the source with the driving motion; the result has the video, stage timings and warnings."""
+    settings = settings or get_settings()
+    progress = progress or (lambda fraction, label: None)
+    config.validate()
+    choice = resolve_device(config.device)
+    precision = config.precision or ("fp16" if choice.is_cuda else "fp32")
+    result = RunResult(device=str(choice.device), device_name=capabilities(choice.device).name, precision=precision)
+    result.config = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()}
+    if not choice.is_cuda:
+        result.warn(f"running on the CPU: {choice.reason}")
+    from engine.faces.detection import HaarDetector
+
+    detector = HaarDetector(detect_scale=0.5)
+    with result.stage("decode"):
+        source_bgr = load_image(config.source, max_side=settings.max_side)
+    box = _largest_face(source_bgr, detector)
+    if box is None:
+        raise PortraitError(f"no face found in the source {Path(config.source).name}: a frontal portrait is needed")
+    engine, folder = _pick_engine(config, settings)
+    if folder is None:
+        if config.engine == "auto":
+            result.warn(
+                "no LivePortrait weights found: using the baseline engine (optical-flow motion transfer, not "
+                "LivePortrait). Put the weights in AVATARBENCH_LIVEPORTRAIT_DIR to use LivePortrait."
+            )
+        plan = _baseline_plan(config, settings, source_bgr, box, detector, choice.device, result, progress)
+    else:
+        plan = _liveportrait_plan(
+            config, settings, folder, source_bgr, box, detector, choice.device, precision, result, progress
+        )
+    _write(plan, config, result, progress)
+    result.metrics.update(engine=engine, face_box=[round(float(v), 1) for v in box], **plan.metrics)
+    result.record_peaks(plan.device)
+    progress(1.0, "done")
+    return result
+
+
+def _liveportrait_plan(
+    config: PortraitConfig,
+    settings: Settings,
+    folder: Path,
+    source_bgr: np.ndarray,
+    box: np.ndarray,
+    detector: Any,
+    device: torch.device,
+    precision: str,
+    result: RunResult,
+    progress: Progress,
+) -> _Plan:
+    from engine.portrait.cache import NETWORKS, SOURCES, file_digest
+    from engine.portrait.onnx_backend import weights_digest
+
+    progress(0.0, "loading the networks")
+    if config.backend != "torch":
+        precision = _onnx_precision(config, precision, device, result)
+    fixed_batch = config.batch_size if config.compile or config.backend == "onnx-trt" else None
+    nets_key = (str(folder.resolve()), weights_digest(folder), config.backend, str(device), precision, fixed_batch)
+    with result.stage("load"):
+        nets, nets_hit = NETWORKS.get_or_build(
+            nets_key, lambda: _load_networks(config, settings, folder, device, precision)
+        )
+    if not nets_hit:
+        SOURCES.clear()  # features made by other networks
+    for warning in getattr(nets, "warnings", []):
+        result.warn(warning)
+    if config.backend != "torch":
+        result.metrics["providers"] = nets.providers
+    result.precision = precision
+    device = nets.device  # where the ONNX backend's frames come out
+    height, width = source_bgr.shape[:2]
+    landmarks = _source_landmarks(config, folder, source_bgr, box, result)
+    if not config.crop:
+        transform: CropTransform = crop_transform((0, 0, width, height), 1.0, 0.0)
+    else:  # upright by the eye line when the landmark model is there (upstream crops from landmarks too)
+        transform = crop_transform(box, angle=0.0 if landmarks is None else roll_from_landmarks(landmarks))
+
+    def encode_source() -> tuple[torch.Tensor, KeypointInfo]:
+        with result.stage("crop"):
+            source_input = network_input(crop_image(_rgb(source_bgr), transform), device)
+        with result.stage("source features"):
+            return nets.appearance(source_input), nets.motion(source_input)
+
+    source_key = (file_digest(config.source), config.crop, transform.angle, nets_key)
+    (feature, source_motion), source_hit = SOURCES.get_or_build(source_key, encode_source)
+    result.metrics["cache"] = {"networks": nets_hit, "source": source_hit}
+    motion, fps, count, has_audio, reference = _driving_motion(config, nets, detector, result, progress)
+    if config.save_template:
+        save_template(Path(config.save_template), motion, fps)
+        result.outputs["template"] = str(config.save_template)
+    openness = None
+    if landmarks is not None:
+        openness = (eye_open_ratios(landmarks), lip_open_ratio(landmarks))
+        result.metrics["source_openness"] = {"eyes": openness[0].tolist(), "lips": openness[1]}
+        result.metrics["lips_normalised"] = _normalises_lips(config, count, openness[1])
+    x_driving, x_source = _driving_keypoints(config, source_motion, motion, nets, openness, reference)
+    paste = PasteBack(transform, height, width, device) if config.paste_back else None
+    original = torch.from_numpy(_rgb(source_bgr)).to(device).permute(2, 0, 1)[None].float() / 255
+
+    def batches() -> Iterator[torch.Tensor]:
+        for start in range(0, count, config.batch_size):
+            x = x_driving[start : start + config.batch_size].to(device)
+            with result.stage("warp", items=x.shape[0]):
+                warped = nets.warp(feature, x_source.to(device), x)
+                _sync(device)
+            with result.stage("decode network", items=x.shape[0]):
+                frames = nets.decode(warped)
+                _sync(device)
+            if paste is None:
+                yield frames
+                continue
+            with result.stage("paste", items=x.shape[0]):
+                yield paste(frames, original)
+
+    size = (width, height) if config.paste_back else (512, 512)
+    metrics = {"backend": config.backend, "crop_scale": transform.scale, "crop_angle": transform.angle}
+    metrics["compiled"] = config.compile
+    return _Plan(batches(), fps, count, has_audio, size, device, metrics)
+
+
+def _baseline_plan(
+    config: PortraitConfig,
+    settings: Settings,
+    source_bgr: np.ndarray,
+    box: np.ndarray,
+    detector: Any,
+    device: torch.device,
+    result: RunResult,
+    progress: Progress,
+) -> _Plan:
+    from engine.portrait.baseline import render_batch, still_before, track_motion
+
+    path = Path(config.driving)
+    if path.suffix.lower() == TEMPLATE_SUFFIX:
+        raise PortraitError("motion templates hold LivePortrait keypoints: the baseline engine needs a driving video")
+    if is_image(path):
+        raise PortraitError("the baseline engine transfers motion from a driving video; an image has none")
+    info = probe_video(path)
+    validate_video(info, path.name, settings.max_side, settings.max_seconds)
+    if config.save_template:
+        result.warn("motion templates hold LivePortrait keypoints: the baseline engine does not save one")
+    progress(0.05, "finding the driving face")
+    driving_box, first_face = _driving_box(path, detector, config.max_frames, result)
+    if first_face:
+        result.warn(
+            f"the driving clip's first frame shows no face: motion is measured against frame {first_face}, the "
+            "first with a face; the frames before it show the source still"
+        )
+    last = config.max_frames or None
+    frames = (f for i, f in enumerate(read_frames(path)) if i >= first_face and (last is None or i < last))
+    progress(0.15, "tracking the driving motion")
+    with result.stage("motion"):
+        motion = still_before(track_motion(frames, driving_box), first_face)
+    count = motion.head.shape[0]
+    source = torch.from_numpy(_rgb(source_bgr)).to(device).permute(2, 0, 1)[None].float() / 255
+
+    def batches() -> Iterator[torch.Tensor]:
+        for start in range(0, count, config.batch_size):
+            end = start + config.batch_size
+            with result.stage("warp", items=min(end, count) - start):
+                out = render_batch(source, box, motion.head[start:end], motion.flow[start:end], config.multiplier)
+                _sync(device)
+            yield out
+
+    height, width = source_bgr.shape[:2]
+    return _Plan(batches(), info.fps, count, info.has_audio, (width, height), device, {"backend": "torch"})
+
+
+def _write(plan: _Plan, config: PortraitConfig, result: RunResult, progress: Progress) -> None:
+    audio = _driving_audio(config, plan.fps, plan.count) if plan.has_audio else None
+    out = Path(config.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    writer = VideoWriter(out, plan.fps, plan.size[0], plan.size[1], audio=audio)
+    started, done = time.perf_counter(), 0
+    try:
+        for frames in plan.batches:
+            pixels = (frames * 255).round_().to(torch.uint8).permute(0, 2, 3, 1).flip(-1).cpu().numpy()
+            with result.stage("encode", items=len(pixels)):
+                for frame in pixels:
+                    writer.write(np.ascontiguousarray(frame))
+            done += len(pixels)
+            progress(0.3 + 0.7 * min(1.0, done / plan.count), f"frame {done}/{plan.count}")
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    result.outputs["video"] = str(out)
+    result.metrics.update(
+        frames=plan.count,
+        fps=plan.fps,
+        frames_per_second=plan.count / max(time.perf_counter() - started, 1e-9),
+        encoder=writer.codec,
+    )
+
+
+def _source_landmarks(
+    config: PortraitConfig, folder: Path, source_bgr: np.ndarray, box: np.ndarray, result: RunResult
+) -> np.ndarray | None:
+    """The source's 203 landmarks from LivePortrait's optional landmark model (an upright crop, the eyes' and
+    lips' openness for retargeting and lip normalisation). Retargeting asked for explicitly needs the model;
+    otherwise it is used when it is there."""
+    retargeting = config.eye_open is not None or config.lip_open is not None
+    path = Path(config.landmarks or folder / "landmark.onnx")
+    if not retargeting and not path.is_file():
+        result.metrics["landmarks"] = f"none (no {path}): axis-aligned crop, no lip normalisation"
+        return None
+    with result.stage("landmarks"):
+        return LandmarkModel(path)(_rgb(source_bgr), box)
+
+
+def _onnx_precision(config: PortraitConfig, precision: str, device: torch.device, result: RunResult) -> str:
+    """fp16 needs the CUDA or TensorRT provider on a CUDA device; ONNX Runtime's CPU provider runs fp32."""
+    if precision == "fp16" and (config.backend == "onnx-cpu" or device.type != "cuda"):
+        result.warn(f"{config.backend} on {device} runs fp32 (fp16 needs the CUDA or TensorRT provider on a GPU)")
+        return "fp32"
+    return precision
+
+
+def _load_networks(
+    config: PortraitConfig, settings: Settings, folder: Path, device: torch.device, precision: str
+) -> Any:
+    if config.backend == "torch":
+        return _Networks(folder, device, precision, config.compile, config.batch_size)
+    from engine.portrait.onnx_backend import onnx_networks
+
+    batch = config.batch_size if config.backend == "onnx-trt" else None  # one TensorRT engine per network
+    return onnx_networks(folder, settings.cache_dir, config.backend, device.index or 0, precision, batch)
+
+
+def _driving_audio(config: PortraitConfig, fps: float, count: int) -> np.ndarray | None:
+    from engine.core.audio import AudioError, load_audio
+
+    try:
+        wav = load_audio(config.driving)
+    except (AudioError, MediaError):
+        return None
+    want = round(count / fps * 16000)
+    out = np.zeros(want, np.float32)
+    out[: min(want, len(wav))] = wav[:want]
+    return out
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+__all__ = [
+    "BACKENDS",
+    "DRIVING_OPTIONS",
+    "ENGINES",
+    "PortraitConfig",
+    "PortraitError",
+    "load_template",
+    "run_portrait",
+    "save_template",
+]

@@ -1,0 +1,612 @@
+"""The GPU doctor: why the GPU is (not) being used, and the exact fix.
+
+Each check looks at one layer (Python, PyTorch and CUDA, the NVIDIA driver, ONNX Runtime's
+packages and providers, video encoders, disk, settings) and returns a status, what it found
+and what to do. A check that itself crashes becomes a "problem" naming the crash, so the
+report always comes back whole.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from engine.core.settings import DOCUMENTED, PREFIX, Settings, get_settings
+
+OK, WARNING, PROBLEM = "ok", "warning", "problem"
+_ORDER = {OK: 0, WARNING: 1, PROBLEM: 2}
+NOTHING_TO_FIX = "Nothing to fix."
+MIN_FREE_BYTES = 5 * 2**30
+ORT_PACKAGES = (
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "onnxruntime-directml",
+    "onnxruntime-openvino",
+    "onnxruntime-silicon",
+    "onnxruntime-training",
+)
+
+
+@dataclass
+class Check:
+    name: str
+    status: str
+    found: str
+    fix: str = NOTHING_TO_FIX
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DoctorReport:
+    checks: list[Check]
+    created: float = field(default_factory=time.time)
+    seconds: float = 0.0
+
+    @property
+    def status(self) -> str:
+        return max((c.status for c in self.checks), key=_ORDER.__getitem__, default=OK)
+
+    def counts(self) -> dict[str, int]:
+        return {s: sum(c.status == s for c in self.checks) for s in (OK, WARNING, PROBLEM)}
+
+    def get(self, name: str) -> Check:
+        return next(c for c in self.checks if c.name == name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "counts": self.counts(),
+            "created": self.created,
+            "seconds": round(self.seconds, 3),
+            "checks": [asdict(c) for c in self.checks],
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, default=str)
+
+    def render_text(self) -> str:
+        marks = {OK: "[ ok ]", WARNING: "[warn]", PROBLEM: "[FAIL]"}
+        lines = []
+        for c in self.checks:
+            lines.append(f"{marks[c.status]} {c.name}: {c.found}")
+            if c.status != OK:
+                lines.extend(
+                    "         fix: " + ln if i == 0 else "              " + ln
+                    for i, ln in enumerate(c.fix.splitlines())
+                )
+        n = self.counts()
+        lines.append(f"\n{n[OK]} ok, {n[WARNING]} warning(s), {n[PROBLEM]} problem(s) in {self.seconds:.1f}s")
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------- context
+
+
+@dataclass
+class _Context:
+    """Facts several checks need, gathered once."""
+
+    settings: Settings
+    nvml_gpus: list[str]
+    nvml_status: str
+    driver_version: str | None
+    cuda_driver_version: str | None
+    ort_probe: dict[str, Any] | None = None
+    ort_probe_error: str | None = None
+
+    @property
+    def gpu_present(self) -> bool:
+        return bool(self.nvml_gpus)
+
+
+def _gather_nvml() -> tuple[list[str], str, str | None, str | None]:
+    from engine.system.telemetry import NvmlSource
+
+    source = NvmlSource()
+    return [d.name for d in source.devices], source.status, source.driver_version, source.cuda_driver_version
+
+
+def run_ort_probe(timeout_s: float = 180.0) -> tuple[dict[str, Any] | None, str | None]:
+    """Run engine.system.ort_probe in a subprocess: (report, None) or (None, why it failed)."""
+    root = Path(__file__).resolve().parents[2]  # the repository root, above engine/
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])))
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "engine.system.ort_probe"],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            env=env,
+            cwd=root,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return None, f"the provider probe did not finish in {timeout_s:.0f}s"
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+        return None, f"the provider probe exited with code {proc.returncode}: " + " | ".join(tail)
+    try:
+        return json.loads(proc.stdout.strip().splitlines()[-1]), None
+    except (json.JSONDecodeError, IndexError):
+        return None, "the provider probe printed no report: " + proc.stdout[-500:]
+
+
+def _major_minor(version: str | None) -> tuple[int, int] | None:
+    if not version:
+        return None
+    try:
+        parts = version.split(".")
+        return int(parts[0]), int(parts[1]) if len(parts) > 1 else 0
+    except ValueError:
+        return None
+
+
+def _cuda_wheel_tag(cuda_driver_version: str | None) -> str:
+    """A PyTorch index tag the driver can run, for the fix text.
+
+    CUDA's minor-version compatibility lets any 12.x (or 13.x) build run on any driver of the
+    same major version, so the major version alone decides.
+    """
+    mm = _major_minor(cuda_driver_version)
+    if mm is None or mm[0] >= 13:
+        return "cu130"
+    return "cu126" if mm[0] == 12 else "cu118"
+
+
+# ---------------------------------------------------------------------------- checks
+
+
+def check_python(ctx: _Context) -> Check:
+    version = platform.python_version()
+    found = f"Python {version} ({platform.python_implementation()}) on {platform.system()} {platform.machine()}"
+    in_venv = sys.prefix != sys.base_prefix
+    return Check("python", OK, found, details={"executable": sys.executable, "virtualenv": in_venv})
+
+
+def check_torch(ctx: _Context) -> Check:
+    try:
+        import torch
+    except ImportError as exc:
+        return Check("pytorch", PROBLEM, f"PyTorch does not import: {exc}", "pip install -r requirements.txt")
+    details = {
+        "version": torch.__version__,
+        "cuda_build": torch.version.cuda,
+        "cuda_available": torch.cuda.is_available(),
+        "arch_list": torch.cuda.get_arch_list() if torch.version.cuda else [],
+    }
+    build = f"PyTorch {torch.__version__} ({'CUDA ' + torch.version.cuda if torch.version.cuda else 'CPU-only build'})"
+    if os.environ.get("SPACES_ZERO_GPU") and not torch.cuda.is_available():
+        return Check(
+            "pytorch",
+            OK,
+            f"{build}; ZeroGPU Space: the GPU is attached only inside @spaces.GPU functions",
+            details=details,
+        )
+    if not torch.cuda.is_available():
+        tag = _cuda_wheel_tag(ctx.cuda_driver_version)
+        if ctx.gpu_present and torch.version.cuda is None:
+            return Check(
+                "pytorch",
+                PROBLEM,
+                f"{build}, but NVML sees {', '.join(ctx.nvml_gpus)}: everything runs on the CPU",
+                f"Install a CUDA build of PyTorch matching the driver (CUDA {ctx.cuda_driver_version}):\n"
+                f"pip install --force-reinstall torch --index-url https://download.pytorch.org/whl/{tag}",
+                details,
+            )
+        if ctx.gpu_present:
+            return Check(
+                "pytorch",
+                PROBLEM,
+                f"{build}, NVML sees {', '.join(ctx.nvml_gpus)}, but torch.cuda.is_available() is False",
+                "The driver is too old for this build or the device is hidden. Check CUDA_VISIBLE_DEVICES "
+                f"(now {os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')!r}) and `nvidia-smi`; or install a "
+                f"build the driver supports: pip install torch --index-url https://download.pytorch.org/whl/{tag}",
+                details,
+            )
+        return Check(
+            "pytorch",
+            WARNING,
+            f"{build}; no NVIDIA GPU visible, so PyTorch runs on the CPU",
+            "Run on a machine with an NVIDIA GPU and driver (on Hugging Face Spaces: Settings > Hardware, "
+            "or ZeroGPU). Until then every tab works on the CPU, more slowly.",
+            details,
+        )
+    devices = []
+    problems = []
+    arch_list = details["arch_list"]
+    built_majors = {int(m.group(1)) // 10 for a in arch_list if (m := re.match(r"sm_(\d+)", a))}
+    has_ptx = any(a.startswith("compute_") for a in arch_list)
+    for i in range(torch.cuda.device_count()):
+        props = torch.cuda.get_device_properties(i)
+        devices.append(f"cuda:{i} {props.name} (compute capability {props.major}.{props.minor})")
+        # Kernels run on a GPU with SASS of its major architecture in the wheel, or through PTX.
+        if arch_list and props.major not in built_majors and not has_ptx:
+            problems.append(
+                f"{props.name} is sm_{props.major}{props.minor}, but this PyTorch has kernels only for "
+                + ", ".join(arch_list)
+            )
+    raw = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    cudnn = f"{raw // 10000}.{raw % 10000 // 100}.{raw % 100}" if raw else None
+    details.update(devices=devices, cudnn=cudnn)
+    found = f"{build}; cuDNN {cudnn or 'not available'}; " + "; ".join(devices)
+    if problems:
+        return Check(
+            "pytorch",
+            PROBLEM,
+            found + ". " + "; ".join(problems),
+            "Install a PyTorch build that supports this GPU (older cards need an older CUDA build, "
+            "e.g. --index-url https://download.pytorch.org/whl/cu126).",
+            details,
+        )
+    if cudnn is None:
+        return Check(
+            "pytorch",
+            WARNING,
+            found,
+            "cuDNN does not load: reinstall torch so its nvidia-cudnn wheel "
+            "matches (pip install --force-reinstall torch).",
+            details,
+        )
+    return Check("pytorch", OK, found, details=details)
+
+
+def check_driver(ctx: _Context) -> Check:
+    details = {"driver": ctx.driver_version, "cuda_driver": ctx.cuda_driver_version, "gpus": ctx.nvml_gpus}
+    if not ctx.gpu_present:
+        return Check(
+            "nvidia-driver",
+            WARNING,
+            ctx.nvml_status or "no NVIDIA GPU visible",
+            "Install the NVIDIA driver (it provides libnvidia-ml.so.1 and libcuda.so.1); in a container run "
+            "with `--gpus all` (NVIDIA Container Toolkit). Without it avatarbench uses the CPU.",
+            details,
+        )
+    driver_cuda = _major_minor(ctx.cuda_driver_version)
+    needs = {}
+    try:
+        import torch
+
+        if torch.version.cuda:
+            needs["PyTorch"] = torch.version.cuda
+    except ImportError:
+        pass
+    if ctx.ort_probe and ctx.ort_probe.get("build_cuda_version"):
+        needs["onnxruntime-gpu"] = ctx.ort_probe["build_cuda_version"]
+    details["wheel_cuda"] = needs
+    found = (
+        f"driver {ctx.driver_version}, supports CUDA up to {ctx.cuda_driver_version}; "
+        f"{len(ctx.nvml_gpus)} GPU(s): {', '.join(ctx.nvml_gpus)}"
+    )
+    # CUDA minor-version compatibility: a wheel runs on any driver of the same major version or newer.
+    too_new = [
+        f"{pkg} is built for CUDA {v}"
+        for pkg, v in needs.items()
+        if driver_cuda and (_major_minor(v) or (0, 0))[0] > driver_cuda[0]
+    ]
+    if too_new:
+        return Check(
+            "nvidia-driver",
+            PROBLEM,
+            found + "; but " + "; ".join(too_new),
+            f"Update the NVIDIA driver to one supporting CUDA {max(needs.values(), key=_major_minor)}, or install "
+            f"wheels built for CUDA {ctx.cuda_driver_version}: pip install torch --index-url "
+            f"https://download.pytorch.org/whl/{_cuda_wheel_tag(ctx.cuda_driver_version)}",
+            details,
+        )
+    return Check("nvidia-driver", OK, found, details=details)
+
+
+def check_device(ctx: _Context) -> Check:
+    from engine.core.device import DeviceError, capabilities, resolve_device
+
+    try:
+        choice = resolve_device(ctx.settings.device)
+    except DeviceError as exc:
+        return Check(
+            "device",
+            PROBLEM,
+            str(exc),
+            f"Set {PREFIX}DEVICE (or --device) to auto or cpu, or fix the GPU set-up above.",
+        )
+    caps = capabilities(choice.device)
+    found = f"runs on {choice.device} ({caps.name}; {choice.reason}); precisions: {', '.join(caps.precisions)}"
+    details = caps.as_dict()
+    if not choice.is_cuda and ctx.settings.device == "auto":
+        return Check(
+            "device",
+            WARNING,
+            found + "; CPU fallback",
+            "See the pytorch and nvidia-driver checks for why no GPU is used.",
+            details,
+        )
+    return Check("device", OK, found, details=details)
+
+
+def check_ort_packages(ctx: _Context) -> Check:
+    installed = {}
+    for name in ORT_PACKAGES:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            installed[name] = metadata.version(name)
+    details = {"installed": installed}
+    listing = ", ".join(f"{k} {v}" for k, v in installed.items()) or "none"
+    if not installed:
+        return Check(
+            "onnxruntime-packages",
+            PROBLEM,
+            "no ONNX Runtime package is installed",
+            "pip install onnxruntime-gpu (Linux x86-64 with an NVIDIA GPU) or pip install onnxruntime",
+            details,
+        )
+    if len(installed) > 1:
+        keep = "onnxruntime-gpu" if "onnxruntime-gpu" in installed else next(iter(installed))
+        others = " ".join(k for k in installed if k != keep)
+        return Check(
+            "onnxruntime-packages",
+            PROBLEM,
+            f"several ONNX Runtime packages are installed together ({listing}); they share one import name, "
+            "so whichever was installed last wins, a common cause of CPU-only runs",
+            f"pip uninstall -y {others} {keep} && pip install {keep}=={installed[keep]}",
+            details,
+        )
+    (name,) = installed
+    if name == "onnxruntime" and ctx.gpu_present and sys.platform.startswith("linux"):
+        return Check(
+            "onnxruntime-packages",
+            WARNING,
+            f"{listing}: the CPU-only build, but an NVIDIA GPU is present",
+            "pip uninstall -y onnxruntime && pip install onnxruntime-gpu",
+            details,
+        )
+    return Check("onnxruntime-packages", OK, listing, details=details)
+
+
+_ORT_FIX_CUDA = (
+    "ONNX Runtime {version} (CUDA {cuda}) needs the CUDA {major} runtime and cuDNN 9 libraries. Either\n"
+    "pip install 'onnxruntime-gpu[cuda,cudnn]'   (the NVIDIA runtime wheels), then call\n"
+    "onnxruntime.preload_dlls() before creating a session, or import torch first when "
+    "torch is built for the same CUDA major version;\n"
+    "or install the CUDA {major} toolkit and cuDNN 9 system-wide and put their lib folders on LD_LIBRARY_PATH."
+)
+
+
+def _provider_check(ctx: _Context, provider: str, name: str) -> Check:
+    if ctx.ort_probe is None:
+        return Check(
+            name,
+            PROBLEM,
+            f"could not probe ONNX Runtime: {ctx.ort_probe_error}",
+            "Run `python -m engine.system.ort_probe` to see the full error, then reinstall onnxruntime-gpu.",
+        )
+    probe = ctx.ort_probe
+    result = probe["providers"][provider]
+    preload = (probe.get("preload") or {}).get("providers", {}).get(provider)
+    details = {"available": probe["available"], "probe": result, "after_preload": preload}
+    cuda = probe.get("build_cuda_version") or "?"
+    fix_cuda = _ORT_FIX_CUDA.format(version=probe["version"], cuda=cuda, major=cuda.split(".")[0])
+    if result["loaded"]:
+        return Check(
+            name, OK, f"{provider} loads and runs (session providers: {result['session_providers']})", details=details
+        )
+    if preload and preload["loaded"]:
+        return Check(
+            name,
+            WARNING,
+            f"{provider} loads only after onnxruntime.preload_dlls(): {result['error']}",
+            "Call onnxruntime.preload_dlls() before creating sessions; or set "
+            "LD_LIBRARY_PATH to the nvidia/*/lib folders in site-packages.",
+            details,
+        )
+    # Without a GPU a failing GPU provider is expected; with one, it means silent CPU runs.
+    status = PROBLEM if ctx.gpu_present else WARNING
+    if provider not in probe["available"]:
+        return Check(
+            name,
+            status,
+            f"{provider} is not built into onnxruntime {probe['version']}",
+            "pip uninstall -y onnxruntime && pip install onnxruntime-gpu",
+            details,
+        )
+    found = f"{provider} fails to load, sessions fall back to {result['session_providers']}: {result['error']}"
+    fix = fix_cuda
+    if provider == "TensorrtExecutionProvider":
+        major = cuda.split(".")[0]
+        fix = (
+            f"Install TensorRT 10 for CUDA {major} (pip install tensorrt-cu{major}, the version onnxruntime-gpu "
+            "lists in its requirements) and put its lib folder on LD_LIBRARY_PATH; or use the CUDA provider, "
+            "which needs no TensorRT."
+        )
+        if probe["providers"]["CUDAExecutionProvider"]["loaded"]:
+            status = WARNING  # the CUDA provider still serves the GPU
+        else:
+            fix += "\nTensorRT also needs what the CUDA provider needs:\n" + fix_cuda
+    if not ctx.gpu_present:
+        fix += "\nOn a machine without an NVIDIA GPU this is expected: the CPU provider is used."
+    return Check(name, status, found, fix, details)
+
+
+def check_ort_cuda(ctx: _Context) -> Check:
+    return _provider_check(ctx, "CUDAExecutionProvider", "onnxruntime-cuda")
+
+
+def check_ort_tensorrt(ctx: _Context) -> Check:
+    return _provider_check(ctx, "TensorrtExecutionProvider", "onnxruntime-tensorrt")
+
+
+def check_video(ctx: _Context) -> Check:
+    try:
+        import av
+    except ImportError as exc:
+        return Check("video-encoders", PROBLEM, f"PyAV does not import: {exc}", "pip install av")
+    from engine.core.media import available_encoders, probe_encoder
+
+    listed = available_encoders()
+    nvenc = probe_encoder("h264_nvenc")
+    x264 = probe_encoder("libx264")
+    details = {
+        "pyav": av.__version__,
+        "listed": listed,
+        "ffmpeg_cli": shutil.which("ffmpeg"),
+        "h264_nvenc": asdict(nvenc),
+        "libx264": asdict(x264),
+    }
+    found = f"PyAV {av.__version__}; encoders listed: {', '.join(listed) or 'none'}; "
+    if nvenc.works:
+        return Check("video-encoders", OK, found + "NVENC (h264_nvenc) encodes", details=details)
+    why = f"NVENC does not work ({nvenc.error})"
+    if x264.works:
+        fix = (
+            "Videos are encoded with libx264 on the CPU. NVENC needs an NVIDIA GPU with an encoder (not "
+            "A100/H100/H200) and the driver's libnvidia-encode.so; in Docker add "
+            "NVIDIA_DRIVER_CAPABILITIES=compute,utility,video."
+        )
+        return Check("video-encoders", WARNING, found + why + "; libx264 works", fix, details)
+    return Check(
+        "video-encoders",
+        PROBLEM,
+        found + why + f"; libx264 fails too ({x264.error})",
+        "pip install --force-reinstall av (its wheels bundle FFmpeg with libx264)",
+        details,
+    )
+
+
+def _dir_status(path: Path) -> tuple[bool, int | None, str]:
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free if probe.exists() else None
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path):
+            pass
+        return True, free, ""
+    except OSError as exc:
+        return False, free, str(exc)
+
+
+def check_disk(ctx: _Context) -> Check:
+    s = ctx.settings
+    paths = {"data": s.data_dir, "weights": s.weights_dir, "cache": s.cache_dir, "outputs": s.outputs_dir}
+    details, problems, low = {}, [], []
+    for label, path in paths.items():
+        writable, free, error = _dir_status(path)
+        details[label] = {"dir": str(path), "writable": writable, "free_bytes": free}
+        if not writable:
+            problems.append(f"{label} dir {path} is not writable ({error})")
+        elif free is not None and free < MIN_FREE_BYTES:
+            low.append(f"{label} dir {path} has only {free / 2**30:.1f} GiB free")
+    free_data = details["data"]["free_bytes"]
+    found = f"data dir {s.data_dir} ({free_data / 2**30:.1f} GiB free)" if free_data else f"data dir {s.data_dir}"
+    if problems:
+        return Check(
+            "disk",
+            PROBLEM,
+            "; ".join(problems),
+            f"Point {PREFIX}DATA_DIR (and {PREFIX}WEIGHTS_DIR) at a writable folder.",
+            details,
+        )
+    if low:
+        return Check(
+            "disk",
+            WARNING,
+            "; ".join(low),
+            f"Free space, or point {PREFIX}DATA_DIR at a larger disk: model weights, TensorRT "
+            "engine caches and output videos need several GiB.",
+            details,
+        )
+    return Check("disk", OK, found + "; all folders writable", details=details)
+
+
+def check_settings(ctx: _Context) -> Check:
+    s = ctx.settings
+    details = s.as_dict()
+    found = (
+        f"device {s.device}, GPU memory fraction {s.gpu_memory_fraction}, uploads up to {s.max_upload_mb} MiB, "
+        f"telemetry every {s.telemetry_interval_s}s"
+    )
+    if s.extra:
+        return Check(
+            "settings",
+            WARNING,
+            found + f"; unknown variables: {', '.join(sorted(s.extra))}",
+            "Check the spelling; known variables: " + ", ".join(PREFIX + k for k in DOCUMENTED),
+            details,
+        )
+    return Check("settings", OK, found, details=details)
+
+
+def check_weights(ctx: _Context) -> Check:
+    from engine.core.weights import S3FD, WAV2LIP, WeightsError, resolve, where_to_put
+
+    found, missing, broken = [], [], []
+    for model in (WAV2LIP, S3FD):
+        try:
+            path = resolve(model, ctx.settings)
+        except WeightsError as exc:
+            broken.append(str(exc))
+            continue
+        (found if path else missing).append(f"{model.filenames[0]}: {path}" if path else model)
+    details = {"found": found, "missing": [m.filenames[0] for m in missing], "broken": broken}
+    if broken:
+        return Check("weights", PROBLEM, "; ".join(broken), "Fix the path in the setting, or unset it.", details)
+    text = "; ".join(found) if found else "no model weights configured"
+    if missing:
+        names = ", ".join(m.filenames[0] for m in missing)
+        return Check(
+            "weights",
+            WARNING,
+            f"{text}; missing: {names} (the weight-free engines are used instead)",
+            "\n".join(where_to_put(m, ctx.settings) for m in missing),
+            details,
+        )
+    return Check("weights", OK, text, details=details)
+
+
+CHECKS: tuple[Callable[[_Context], Check], ...] = (
+    check_python,
+    check_torch,
+    check_driver,
+    check_device,
+    check_ort_packages,
+    check_ort_cuda,
+    check_ort_tensorrt,
+    check_video,
+    check_disk,
+    check_weights,
+    check_settings,
+)
+
+
+def run_doctor(settings: Settings | None = None) -> DoctorReport:
+    """Run every check; never raises."""
+    start = time.perf_counter()
+    gpus, status, driver, cuda = _gather_nvml()
+    probe, probe_error = run_ort_probe()
+    ctx = _Context(settings or get_settings(), gpus, status, driver, cuda, probe, probe_error)
+    checks = []
+    for fn in CHECKS:
+        try:
+            checks.append(fn(ctx))
+        except Exception as exc:
+            name = fn.__name__.removeprefix("check_")
+            checks.append(
+                Check(
+                    name,
+                    PROBLEM,
+                    f"the check itself failed: {type(exc).__name__}: {exc}",
+                    "Please report this with the output of `avatarbench doctor --json`.",
+                )
+            )
+    return DoctorReport(checks=checks, seconds=time.perf_counter() - start)

@@ -1,0 +1,161 @@
+"""Does each ONNX Runtime execution provider really load? Run as `python -m engine.system.ort_probe`.
+
+`get_available_providers()` lists what the package was *built* with, not what can load:
+onnxruntime-gpu lists CUDA and TensorRT on a machine with no CUDA libraries at all, then
+silently runs on the CPU. The only honest test is to create a session asking for the provider
+and compare `get_providers()` with the request. ORT prints the loader's error on the C-level
+stderr, so it is captured at the file-descriptor level. The doctor runs this in a subprocess,
+because a broken CUDA install can crash the process that loads it, and because a failed load
+followed by `preload_dlls()` must not leave state in the app's own process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import io
+import json
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+_PROVIDER_LIBS = {
+    "CUDAExecutionProvider": "libonnxruntime_providers_cuda.so",
+    "TensorrtExecutionProvider": "libonnxruntime_providers_tensorrt.so",
+}
+
+
+def tiny_model_bytes() -> bytes:
+    """y = x + x on a (1, 8) float tensor: the smallest graph every provider can take."""
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])
+    graph = helper.make_graph([helper.make_node("Add", ["x", "x"], ["y"])], "probe", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    return model.SerializeToString()
+
+
+@contextlib.contextmanager
+def captured_stderr() -> Iterator[io.StringIO]:
+    """Capture everything written to fd 2 (C and C++ code included) during the block."""
+    out = io.StringIO()
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield out
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            out.write(tmp.read().decode("utf-8", errors="replace"))
+
+
+def loader_error(provider: str) -> str | None:
+    """dlopen the provider library ourselves: the OSError names the first missing dependency."""
+    import onnxruntime
+
+    lib = _PROVIDER_LIBS.get(provider)
+    if lib is None or not sys.platform.startswith("linux"):
+        return None
+    path = Path(onnxruntime.__file__).parent / "capi" / lib
+    if not path.exists():
+        return f"{lib} is not part of this onnxruntime package"
+    try:
+        ctypes.CDLL(str(path))
+    except OSError as exc:
+        return str(exc)
+    return None
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def error_lines(text: str) -> str:
+    lines = [ln.strip() for ln in _ANSI.sub("", text).splitlines() if ln.strip()]
+    important = [ln for ln in lines if any(w in ln for w in ("Error", "error", "Failed", "failed", "cannot"))]
+    return "\n".join(important or lines)[-2000:]
+
+
+def probe_provider(provider: str) -> dict[str, Any]:
+    """Create a session asking for `provider`; report what it really got and why not."""
+    import numpy as np
+    import onnxruntime as ort
+
+    result: dict[str, Any] = {"provider": provider, "loaded": False, "session_providers": [], "error": None}
+    if provider not in ort.get_available_providers():
+        result["error"] = f"{provider} is not built into this onnxruntime package"
+        return result
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: keeps the captured text to the point
+    try:
+        with captured_stderr() as err:
+            session = ort.InferenceSession(
+                tiny_model_bytes(), sess_options=options, providers=[provider, "CPUExecutionProvider"]
+            )
+            got = session.get_providers()
+            x = np.arange(8, dtype=np.float32).reshape(1, 8)
+            (y,) = session.run(None, {"x": x})
+    except Exception as exc:
+        result["error"] = f"session creation failed: {exc}"
+        return result
+    result["session_providers"] = got
+    result["loaded"] = got[0] == provider and bool(np.allclose(y, 2 * x))
+    if not result["loaded"]:
+        result["error"] = loader_error(provider) or error_lines(err.getvalue()) or "fell back to CPU"
+        result["log"] = error_lines(err.getvalue())
+    return result
+
+
+def probe_all() -> dict[str, Any]:
+    """Probe every GPU provider; if CUDA fails, retry once after `onnxruntime.preload_dlls()`."""
+    import onnxruntime as ort
+
+    report: dict[str, Any] = {
+        "version": ort.__version__,
+        "device": ort.get_device(),
+        "available": ort.get_available_providers(),
+        "build_cuda_version": _build_cuda_version(),
+        "providers": {p: probe_provider(p) for p in GPU_PROVIDERS},
+        "preload": None,
+    }
+    if not report["providers"]["CUDAExecutionProvider"]["loaded"] and hasattr(ort, "preload_dlls"):
+        with captured_stderr() as err, contextlib.redirect_stdout(io.StringIO()) as out:
+            try:
+                ort.preload_dlls()
+                preload_error = None
+            except Exception as exc:
+                preload_error = str(exc)
+        report["preload"] = {
+            "error": preload_error,
+            "messages": error_lines(out.getvalue() + err.getvalue()),
+            "providers": {p: probe_provider(p) for p in GPU_PROVIDERS},
+        }
+    return report
+
+
+def _build_cuda_version() -> str | None:
+    try:
+        from onnxruntime.capi import build_and_package_info as info
+    except ImportError:
+        return None
+    return getattr(info, "cuda_version", None) or None
+
+
+def main() -> None:
+    # onnxruntime prints its own fallback notices on stdout: keep stdout for the JSON alone.
+    with contextlib.redirect_stdout(sys.stderr):
+        report = probe_all()
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
