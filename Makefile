@@ -1,41 +1,57 @@
-# The two commands: `make run` and `make test`. Both create .venv and install on first use.
+# The two commands: `make run` and `make test`. Both create .venv on first use. `make run` installs the
+# runtime dependencies only (requirements.txt); `make test` adds the test tools (pyproject.toml's `test`
+# extra: pytest, playwright, ruff, librosa). Every version is pinned: requirements.txt and constraints.txt.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# PyTorch is installed first and pinned to the release the tests ran on; requirements.txt only
-# sets a floor. Override for another build, e.g. make run TORCH="torch==2.11.0".
+# The PyTorch build, installed along with the rest; requirements.txt only allows the range the tests ran
+# on. Override for another build, e.g. make run TORCH="torch==2.11.0".
 TORCH ?= torch==2.13.0
-STAMP := $(VENV)/.installed
 PORT ?= 7860
+PIP := $(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt
+DEPS := requirements.txt constraints.txt pyproject.toml Makefile
+# What has been installed into $(VENV): the runtime dependencies, then the test tools as well.
+RUNTIME := $(VENV)/.installed-runtime
+TESTDEPS := $(VENV)/.installed-test
 
 .PHONY: run test test-gpu lint bench screenshot clean
 
-$(STAMP): requirements.txt pyproject.toml Makefile
-	@echo "setting up $(VENV) (first run only; a few minutes)"
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --disable-pip-version-check "$(TORCH)"
-	$(BIN)/python -m pip install -q --disable-pip-version-check -e ".[test]"
-	@touch $(STAMP)
+# The suite ran on Python 3.11 to 3.13 (pyproject.toml's requires-python says the same; 3.10 has no wheels).
+$(BIN)/python:
+	@$(PYTHON) -c 'import sys; sys.exit(not (3, 11) <= sys.version_info[:2] <= (3, 13))' 2>/dev/null || { \
+	  echo "avatarbench needs Python 3.11 to 3.13 ($(PYTHON): $$($(PYTHON) --version 2>/dev/null || echo 'not found'))." >&2; \
+	  echo "Name one with PYTHON, e.g. make $(or $(MAKECMDGOALS),run) PYTHON=python3.12" >&2; exit 1; }
+	@echo "setting up $(VENV) with $$($(PYTHON) --version) (first run only; a few minutes)"
+	@$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); \
+	  echo "could not create $(VENV); on Debian or Ubuntu: apt-get install python3-venv" >&2; exit 1; }
 
-run: $(STAMP)
+$(RUNTIME): $(DEPS) | $(BIN)/python
+	$(PIP) "$(TORCH)" -e .
+	@touch $@
+
+$(TESTDEPS): $(RUNTIME)
+	$(PIP) "$(TORCH)" -e ".[test]"
+	@touch $@
+
+run: $(RUNTIME)
 	$(BIN)/python app.py --port $(PORT)
 
-test: $(STAMP)
+test: $(TESTDEPS)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
-test-gpu: $(STAMP)
+test-gpu: $(TESTDEPS)
 	$(BIN)/python -m pytest -m gpu
 
-lint: $(STAMP)
+lint: $(TESTDEPS)
 	$(BIN)/ruff check .
 
-bench: $(STAMP)
+bench: $(RUNTIME)
 	$(BIN)/python benchmarks/telemetry_overhead.py
 	$(BIN)/python benchmarks/onnx_overhead.py
 
 # Refresh the README's screenshot from the running app (real headless Chromium).
-screenshot: $(STAMP)
+screenshot: $(TESTDEPS)
 	AB_SCREENSHOT_TO=$(CURDIR)/assets/screenshot.png $(BIN)/python -m pytest -q tests/test_app.py -k page
 
 clean:

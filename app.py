@@ -1,7 +1,9 @@
-"""avatarbench web app: composes the engine and the ui/ tabs into one Gradio Blocks and serves it.
+"""avatarbench's composition root: the web app (the engine and the ui/ tabs in one Gradio Blocks) and the
+`avatarbench` console script (`serve`, plus the engine's command table from engine/cli.py).
 
-Flags become settings (so the doctor and every tab see the same values). Hugging Face
-Spaces runs this file directly and sets GRADIO_SERVER_NAME/PORT, which are the defaults here.
+`python app.py [--host --port --share --device --auth]` serves (Hugging Face Spaces runs this file and sets
+GRADIO_SERVER_NAME/PORT, the defaults here). Flags become settings, so the doctor and every tab see the same values.
+Gradio and ui/ are imported only when serving, so that `avatarbench telemetry` and friends start fast.
 """
 
 from __future__ import annotations
@@ -14,25 +16,22 @@ import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import gradio as gr
+from engine.cli import main as run_command
+from engine.core.commands import Command
+from engine.core.errors import InputError
+from engine.core.settings import PREFIX, get_settings, validate_device_spec
 
-from engine.bench.jobs import KIND as BENCH
-from engine.bench.jobs import BenchJobs
-from engine.core.device import DeviceChoice, DeviceError, resolve_device, set_memory_fraction
-from engine.core.settings import PREFIX, Settings, SettingsError, get_settings, validate_device_spec
-from engine.jobs.runner import JobRunner
-from engine.jobs.store import CPU, JobStore
-from engine.onnx.jobs import KIND as ONNX_EVAL
-from engine.onnx.jobs import OnnxEvalJobs
-from engine.system.telemetry import TelemetrySampler, get_sampler
-from ui.bench import build_bench_tab
-from ui.lipsync import ASSETS, build_lipsync_tab
-from ui.onnx_eval import build_onnx_eval_tab
-from ui.portrait import build_portrait_tab
-from ui.style import CSS
-from ui.system import DoctorCache, build_system_tab
-from ui.telemetry import build_telemetry_panel
+if TYPE_CHECKING:
+    import gradio as gr
+
+    from engine.bench.jobs import BenchJobs
+    from engine.core.device import DeviceChoice
+    from engine.core.settings import Settings
+    from engine.jobs.runner import JobRunner
+    from engine.onnx.jobs import OnnxEvalJobs
+    from engine.system.telemetry import TelemetrySampler
 
 log = logging.getLogger("avatarbench")
 
@@ -57,6 +56,13 @@ def start_jobs(settings: Settings, choice: DeviceChoice, sampler: TelemetrySampl
     """The job store and its workers: jobs a previous process left running are failed first, then
     queued ones (including those submitted before a restart) run on one worker per GPU and the CPU pool.
     ONNX evaluations and benchmark sweeps share the per-device queues, so they never time each other."""
+    from engine.bench.jobs import KIND as BENCH
+    from engine.bench.jobs import BenchJobs
+    from engine.jobs.runner import JobRunner
+    from engine.jobs.store import CPU, JobStore
+    from engine.onnx.jobs import KIND as ONNX_EVAL
+    from engine.onnx.jobs import OnnxEvalJobs
+
     store = JobStore(settings.db_path, settings.data_dir / "blobs")
     store.recover()
     gpu = str(choice.device) if choice.is_cuda else None
@@ -69,6 +75,15 @@ def start_jobs(settings: Settings, choice: DeviceChoice, sampler: TelemetrySampl
 
 
 def build_app(settings: Settings, choice: DeviceChoice, sampler: TelemetrySampler, services: Services) -> gr.Blocks:
+    import gradio as gr
+
+    from ui.bench import build_bench_tab
+    from ui.lipsync import build_lipsync_tab
+    from ui.onnx_eval import build_onnx_eval_tab
+    from ui.portrait import build_portrait_tab
+    from ui.system import DoctorCache, build_system_tab
+    from ui.telemetry import build_telemetry_panel
+
     doctor = DoctorCache(settings)
     doctor.warm_up()
     with gr.Blocks(title="avatarbench", analytics_enabled=False) as demo:
@@ -114,40 +129,43 @@ def _bounded_shutdown_on_ctrl_c() -> None:
     signal.signal(signal.SIGINT, handler)
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="avatarbench serve", description="Serve the avatarbench web app.")
+def serve_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
     parser.add_argument("--share", action="store_true", help="create a public Gradio share link")
     parser.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default: settings)")
     parser.add_argument("--auth", default=None, metavar="USER:PASS", help="require this login")
-    args = parser.parse_args(argv)
-    if args.auth is not None:
-        user, sep, password = args.auth.partition(":")
-        if not sep or not user or not password:
-            parser.error("--auth must be USER:PASS with both parts non-empty")
-        args.auth = (user, password)
-    if args.device is not None:
-        try:
-            args.device = validate_device_spec(args.device)
-        except SettingsError as exc:
-            parser.error(str(exc))
-    return args
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    args = parse_args(argv)
+def _login(spec: str | None) -> tuple[str, str] | None:
+    if spec is None:
+        return None
+    user, sep, password = spec.partition(":")
+    if not sep or not user or not password:
+        raise InputError("--auth must be USER:PASS with both parts non-empty")
+    return user, password
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Start the app and serve until Ctrl-C (bad flags or settings are one line and exit 2)."""
+    import gradio as gr
+
+    from engine.core.device import resolve_device, set_memory_fraction
+    from engine.system.telemetry import get_sampler
+    from ui.style import CSS
+    from ui.widgets import ASSETS
+
+    auth = _login(args.auth)
     if args.device is not None:
-        os.environ[PREFIX + "DEVICE"] = args.device
+        os.environ[PREFIX + "DEVICE"] = validate_device_spec(args.device)
         get_settings.cache_clear()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    settings = get_settings()
     try:
-        settings = get_settings()
         settings.ensure_dirs()
-        choice = resolve_device(settings.device)
-    except (SettingsError, DeviceError, OSError) as exc:
-        print(f"avatarbench: {exc}", file=sys.stderr)
-        return 2
+    except OSError as exc:
+        raise InputError(f"cannot create the data folder {settings.data_dir}: {exc}") from None
+    choice = resolve_device(settings.device)
     if set_memory_fraction(settings.gpu_memory_fraction, choice.device):
         log.info("GPU memory fraction for this process: %s", settings.gpu_memory_fraction)
     log.info("device: %s (%s)", choice.device, choice.reason)
@@ -162,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             server_name=args.host,
             server_port=args.port,
             share=args.share,
-            auth=args.auth,
+            auth=auth,
             max_file_size=settings.max_upload_bytes,
             allowed_paths=[str(settings.outputs_dir), str(ASSETS)],
             theme=gr.themes.Soft(),
@@ -178,5 +196,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+SERVE = Command("serve", "start the web app", serve, flags=serve_flags)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The `avatarbench` console script: `serve` and every engine command."""
+    return run_command(argv, extra=[SERVE])
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["serve", *sys.argv[1:]]))

@@ -40,7 +40,8 @@ from engine.core.media import VideoWriter  # noqa: E402
 from engine.core.settings import load_settings  # noqa: E402
 from engine.faces.detection import HaarDetector  # noqa: E402
 from engine.faces.tracking import FaceTracker  # noqa: E402
-from engine.lipsync.pipeline import LipSyncConfig, run_lipsync  # noqa: E402
+from engine.lipsync.config import LipSyncConfig  # noqa: E402
+from engine.lipsync.pipeline import run_lipsync  # noqa: E402
 from engine.models.wav2lip import load_wav2lip, random_wav2lip_checkpoint  # noqa: E402
 
 FACE = ROOT / "assets" / "face.jpg"
@@ -93,9 +94,10 @@ def write_video(path: Path, seconds: float, width: int = 1280, height: int = 720
     return path
 
 
-def end_to_end(name: str, config: LipSyncConfig, settings) -> dict:
+def end_to_end(name: str, job: tuple[LipSyncConfig, Path, str], settings) -> dict:
+    config, out, device = job
     start = time.perf_counter()
-    result = run_lipsync(config, settings)
+    result = run_lipsync(config, out, settings, device=device)
     wall = time.perf_counter() - start
     frames = result.metrics["frames"]
     row = {
@@ -241,10 +243,8 @@ def main() -> None:
     speech_image = write_speech(work / "speech_image.wav", image_s)
     print(f"device {device} ({caps.name}); inputs in {work}", flush=True)
 
-    def config(face: Path, speech: Path, out: str, **kw) -> LipSyncConfig:
-        return LipSyncConfig(
-            face=face, audio=speech, out=work / out, checkpoint=str(checkpoint), device=str(device), **kw
-        )
+    def config(face: Path, speech: Path, out: str, **kw) -> tuple[LipSyncConfig, Path, str]:
+        return LipSyncConfig(face=face, audio=speech, checkpoint=str(checkpoint), **kw), work / out, str(device)
 
     rows = [
         end_to_end("video 720p", config(video, speech_video, "video.mp4"), settings),
@@ -260,7 +260,7 @@ def main() -> None:
     if args.upstream:
         first = next(iter(__import__("engine.core.media", fromlist=["read_frames"]).read_frames(video)))
         box = FaceTracker().update(HaarDetector().detect([first])[0], first.shape).box
-        ours = end_to_end("video, fixed box", config(video, speech_video, "fixed.mp4", fixed_box=box), settings)
+        ours = end_to_end("video, fixed box", config(video, speech_video, "fixed.mp4", box=box), settings)
         try:
             theirs = run_upstream(args.upstream, checkpoint, video, speech_video, box, work / "upstream")
         except RuntimeError as exc:  # keep the rest of the report

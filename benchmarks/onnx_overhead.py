@@ -33,9 +33,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.onnx.evaluate import PROVIDERS, EvalConfig, evaluate, synthetic_inputs
+from engine.onnx.config import EvalConfig
+from engine.onnx.evaluate import evaluate, synthetic_inputs
 from engine.onnx.examples import example_path
 from engine.onnx.model import inspect_model
+from engine.runtimes.ort_session import PROVIDERS
 
 TARGET = 0.03
 
@@ -74,7 +76,8 @@ def bare_p50(path: Path, provider: str, feeds: dict, runs: int, warmup: int, thr
 
 
 def ours_p50(path: Path, info, provider: str, batch: int, runs: int, warmup: int, threads: int) -> float:
-    config = EvalConfig(providers=[provider], batch_sizes=[batch], runs=runs, warmup=warmup, intra_op_threads=threads)
+    config = EvalConfig(model=path, providers=(provider,), batch_sizes=(batch,), runs=runs, warmup=warmup,
+                        intra_op_threads=threads)  # fmt: skip
     row = evaluate(path, info, config)["results"][-1]
     if row["error"] or row["fell_back"]:
         raise RuntimeError(f"{provider}: {row['error'] or 'fell back to the CPU'}")

@@ -38,7 +38,8 @@ from engine.core.device import resolve_device
 from engine.core.settings import get_settings
 from engine.models.liveportrait import write_random_weights
 from engine.portrait import cache as portrait_cache
-from engine.portrait.pipeline import PortraitConfig, _load_networks, run_portrait
+from engine.portrait.config import PortraitConfig
+from engine.portrait.pipeline import _load_networks, run_portrait
 from engine.system.telemetry import TelemetrySampler
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -59,8 +60,8 @@ def _median_ms(fn, runs: int, device: torch.device) -> float:
 
 
 def modules(weights: Path, backend: str, precision: str, compiled: bool, device: torch.device, runs: int) -> dict:
-    config = PortraitConfig(ASSETS / "face.jpg", ASSETS / "driving.mp4", Path("unused.mp4"), backend=backend,
-                            compile=compiled, batch_size=1)  # fmt: skip
+    source, driving = ASSETS / "face.jpg", ASSETS / "driving.mp4"
+    config = PortraitConfig(source, driving, backend=backend, compile=compiled, batch_size=1)
     nets = _load_networks(config, get_settings(), weights, device, precision)
     dev = nets.device
     image = torch.rand(1, 3, 256, 256, device=dev)
@@ -80,13 +81,13 @@ def end_to_end(
 ) -> dict:
     engine = "liveportrait" if weights else "baseline"
     config = PortraitConfig(
-        ASSETS / "face.jpg", ASSETS / "driving.mp4", out, weights=str(weights) if weights else None, device=device,
-        precision=precision, backend=backend, max_frames=frames, engine=engine, compile=compiled,
+        ASSETS / "face.jpg", ASSETS / "driving.mp4", weights=str(weights) if weights else None, precision=precision,
+        backend=backend, max_frames=frames, engine=engine, compile=compiled,
     )  # fmt: skip
     walls, results = [], []
     for _ in range(2 if weights else 1):  # LivePortrait twice: the re-run finds networks and source cached
         start = time.perf_counter()
-        results.append(run_portrait(config))
+        results.append(run_portrait(config, out, device=device))
         walls.append(time.perf_counter() - start)
     result = results[0]
     return {

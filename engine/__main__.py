@@ -1,4 +1,4 @@
-"""`python -m engine` is the `avatarbench` command."""
+"""`python -m engine`: the engine's commands (the `avatarbench` console script adds `serve`, from app.py)."""
 
 import sys
 

@@ -28,7 +28,38 @@ def test_api_page_lists_the_endpoints(client) -> None:
     assert {"/doctor", "/telemetry", "/device", "/lipsync"} <= names
     assert {"/onnx_submit", "/onnx_status", "/onnx_queue", "/onnx_result", "/onnx_inspect"} <= names
     assert {"/bench_submit", "/bench_status", "/bench_result", "/bench_import", "/plan_llm", "/cost"} <= names
-    assert "/portrait" in names
+    assert {"/portrait", "/plan_network"} <= names
+
+
+CAPABILITIES = {
+    "/lipsync": ("engine.lipsync.config", "LipSyncConfig"),
+    "/portrait": ("engine.portrait.config", "PortraitConfig"),
+    "/onnx_submit": ("engine.onnx.config", "EvalConfig"),
+    "/onnx_inspect": ("engine.onnx.config", "InspectConfig"),
+    "/bench_submit": ("engine.bench.config", "SweepRequest"),
+    "/plan_llm": ("engine.bench.config", "LlmRequest"),
+    "/plan_network": ("engine.bench.config", "NetworkPlanConfig"),
+    "/cost": ("engine.bench.config", "CostConfig"),
+}
+
+
+def test_every_api_parameter_is_its_configs_field_with_the_same_default(client) -> None:
+    """The API page's parameters are the config's fields, in order, with the CLI's defaults; every optional one
+    has a default, so a call with only the required values works."""
+    import importlib
+
+    from engine.core.options import fields
+
+    api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    for endpoint, (module, name) in CAPABILITIES.items():
+        cls = getattr(importlib.import_module(module), name)
+        params = api[endpoint]["parameters"]
+        assert [p["parameter_name"] for p in params] == [f.name for f in fields(cls)], endpoint
+        for p, f in zip(params, fields(cls), strict=True):
+            assert p["parameter_has_default"] == (not f.required), (endpoint, f.name)
+            if not f.required:
+                shown = f.text_of(f.default)
+                assert p["parameter_default"] in ((shown,) if shown is not None else (None, "")), (endpoint, f.name)
 
 
 def test_doctor_endpoint_reports_every_check_with_a_fix(client) -> None:
@@ -78,35 +109,14 @@ def test_device_endpoint(client) -> None:
 
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
+BAD_LIPSYNC_MESSAGE = "batch size 0 is outside 1..4096; pads: give 4 whole numbers, e.g. 1,8,32,128"
 
 
-def _lipsync_args(face: Path, speech: Path) -> list:
+def test_lipsync_endpoint_makes_a_video_from_only_its_files(client) -> None:
     from gradio_client import handle_file
 
-    return [
-        handle_file(str(face)),
-        handle_file(str(speech)),
-        "baseline",
-        "",
-        0,
-        "auto",
-        False,
-        0,
-        10,
-        0,
-        0,
-        True,
-        "haar",
-        0.5,
-        "blend",
-        0,
-        "",
-    ]
-
-
-def test_lipsync_endpoint_makes_a_video(client) -> None:
     video, summary, _chart, details = client.predict(
-        *_lipsync_args(ASSETS / "face.jpg", ASSETS / "speech.wav"), api_name="/lipsync"
+        face=handle_file(str(ASSETS / "face.jpg")), audio=handle_file(str(ASSETS / "speech.wav")), api_name="/lipsync"
     )
     path = Path(video["video"] if isinstance(video, dict) else video)
     assert path.exists() and path.stat().st_size > 10_000
@@ -114,33 +124,31 @@ def test_lipsync_endpoint_makes_a_video(client) -> None:
 
 
 def test_lipsync_bad_input_is_a_message_and_the_app_keeps_serving(client, tmp_path) -> None:
+    from gradio_client import handle_file
     from gradio_client.exceptions import AppError
 
     bogus = tmp_path / "speech.wav"
     bogus.write_bytes(b"this is not audio" * 50)
+    face = handle_file(str(ASSETS / "face.jpg"))
     with pytest.raises(AppError, match="could not be decoded"):
-        client.predict(*_lipsync_args(ASSETS / "face.jpg", bogus), api_name="/lipsync")
+        client.predict(face=face, audio=handle_file(str(bogus)), api_name="/lipsync")
+    speech = handle_file(str(ASSETS / "speech.wav"))
+    with pytest.raises(AppError) as refused:
+        client.predict(face=face, audio=speech, batch_size=0, pads="1,2", api_name="/lipsync")
+    assert str(refused.value) == BAD_LIPSYNC_MESSAGE  # in the CLI's words (tests/test_cli.py checks those)
     assert client.predict(api_name="/device")["device"]
 
 
-def _portrait_options(max_frames: int) -> list:
-    """/portrait's inputs after the two files: engine, backend, precision, relative, driving option, region,
-    multiplier, stitching, paste-back, max frames, batch, save template, crop, pitch, yaw, roll, eyes on/value,
-    lips on/value, normalise lips, compile."""
-    return ["auto", "torch", "auto", True, "expression-friendly", "all", 1.0, True, True, max_frames, 8, False,
-            True, 0, 0, 0, False, 0.3, False, 0.0, True, False]  # fmt: skip
-
-
-def test_portrait_endpoint_animates_the_example(client) -> None:
+def test_portrait_endpoint_animates_the_example_from_only_its_files(client) -> None:
     from gradio_client import handle_file
 
-    args = _portrait_options(max_frames=10)
     video, summary, strip, _chart, _template, details = client.predict(
-        handle_file(str(ASSETS / "face.jpg")), handle_file(str(ASSETS / "driving.mp4")), *args, api_name="/portrait"
-    )
+        source=handle_file(str(ASSETS / "face.jpg")), driving=handle_file(str(ASSETS / "driving.mp4")),
+        api_name="/portrait",
+    )  # fmt: skip
     path = Path(video["video"] if isinstance(video, dict) else video)
     assert path.exists() and path.stat().st_size > 5_000
-    assert "baseline" in summary and details["metrics"]["frames"] == 10 and strip
+    assert "baseline" in summary and details["metrics"]["frames"] == 75 and strip  # the whole 3 s clip
 
 
 def test_portrait_bad_input_is_a_message(client, tmp_path) -> None:
@@ -149,9 +157,9 @@ def test_portrait_bad_input_is_a_message(client, tmp_path) -> None:
 
     blank = tmp_path / "blank.png"
     blank.write_bytes(b"not an image at all" * 10)
-    args = _portrait_options(max_frames=2)
+    driving = handle_file(str(ASSETS / "driving.mp4"))
     with pytest.raises(AppError, match="could not be decoded"):
-        client.predict(handle_file(str(blank)), handle_file(str(ASSETS / "driving.mp4")), *args, api_name="/portrait")
+        client.predict(source=handle_file(str(blank)), driving=driving, max_frames=2, api_name="/portrait")
 
 
 def _wait_for_job(client, job_id: str, timeout_s: float = 120) -> dict:
@@ -169,8 +177,9 @@ def test_onnx_job_api_end_to_end(client, tmp_path) -> None:
     from tiny_onnx import mlp
 
     model = mlp(tmp_path / "mlp.onnx")
-    settings = json.dumps({"batch_sizes": [1, 4], "runs": 5, "warmup": 1})
-    submitted = client.predict(handle_file(str(model)), "", settings, None, None, [], api_name="/onnx_submit")
+    submitted = client.predict(
+        model=handle_file(str(model)), batch_sizes="1,4", runs=5, warmup=1, api_name="/onnx_submit"
+    )
     job_id = submitted["job_id"]
     assert submitted["status"] in ("queued", "running", "done") and submitted["model_name"] == "mlp.onnx"
     listed = client.predict(api_name="/onnx_queue")
@@ -183,7 +192,7 @@ def test_onnx_job_api_end_to_end(client, tmp_path) -> None:
     for row in rows:  # throughput is batch / mean latency
         assert row["samples_per_s"] == pytest.approx(row["batch"] / (row["latency"]["mean_ms"] / 1000))
     assert result["report"]["parity"]["cpu"]["y"]["max_abs"] == 0.0
-    described, io_rows = client.predict("Upload", "wav2lip", handle_file(str(model)), "", api_name="/onnx_inspect")
+    described, io_rows = client.predict(model=handle_file(str(model)), api_name="/onnx_inspect")
     assert "mlp.onnx" in described and [row[1] for row in io_rows["data"]] == ["x", "k", "y", "k2"]
 
 
@@ -194,9 +203,11 @@ def test_onnx_job_api_refusals_are_messages(client, tmp_path) -> None:
     page = tmp_path / "model.onnx"
     page.write_text("<!DOCTYPE html><html>a download page, not a model</html>")
     with pytest.raises(AppError, match="not an ONNX model"):
-        client.predict(handle_file(str(page)), "", "{}", None, None, [], api_name="/onnx_submit")
-    with pytest.raises(AppError, match="not valid JSON"):
-        client.predict(None, "wav2lip", "{runs: 3", None, None, [], api_name="/onnx_submit")
+        client.predict(model=handle_file(str(page)), api_name="/onnx_submit")
+    with pytest.raises(AppError, match="providers 'tpu' is not one of cpu, cuda, trt"):
+        client.predict(example="wav2lip", providers="cpu,tpu", api_name="/onnx_submit")
+    with pytest.raises(AppError, match="give either a model"):
+        client.predict(api_name="/onnx_submit")
     with pytest.raises(AppError, match="no job"):
         client.predict("000000000000", api_name="/onnx_result")
 
@@ -204,8 +215,7 @@ def test_onnx_job_api_refusals_are_messages(client, tmp_path) -> None:
 def test_bench_api_end_to_end(client) -> None:
     from gradio_client.exceptions import AppError
 
-    sweep = {"model": "wav2lip", "points": [{"device": "cpu", "batch": 1}, {"device": "cpu", "batch": 2}], "runs": 2}
-    submitted = client.predict(json.dumps(sweep), api_name="/bench_submit")
+    submitted = client.predict(model="wav2lip", device="cpu", batch="1,2", runs=2, api_name="/bench_submit")
     deadline = time.monotonic() + 180
     while (status := client.predict(submitted["job_id"], api_name="/bench_status"))["status"] not in ("done", "failed"):
         assert time.monotonic() < deadline, status
@@ -217,12 +227,18 @@ def test_bench_api_end_to_end(client) -> None:
     imported = client.predict(json.dumps(report), api_name="/bench_import")
     assert imported["status"] == "done" and imported["imported"]
     with pytest.raises(AppError, match="no CUDA device"):
-        client.predict(json.dumps({"model": "wav2lip", "points": [{"device": "cuda"}]}), api_name="/bench_submit")
-    plan = client.predict("T4", "tinyllama-1.1b", 1, 2048, 0, 4, "auto", 0.9, api_name="/plan_llm")
+        client.predict(points=json.dumps([{"device": "cuda"}]), api_name="/bench_submit")
+    plan = client.predict(gpu="T4", llm="tinyllama-1.1b", max_total_tokens=2048, concurrent_requests=4,
+                          api_name="/plan_llm")  # fmt: skip
     assert plan["fits"] and plan["flags"]["--max-total-tokens"] == 2048
     with pytest.raises(AppError, match="unknown GPU"):
-        client.predict("TPU", "tinyllama-1.1b", api_name="/plan_llm")
-    rows = client.predict(1000.0, "H100", "fp16", 250.0, api_name="/cost")
+        client.predict(gpu="TPU", llm="tinyllama-1.1b", api_name="/plan_llm")
+    with pytest.raises(AppError, match=r"memory fraction 5 is outside 0\.05\.\.1"):
+        client.predict(gpu="T4", llm="tinyllama-1.1b", memory_fraction=5, api_name="/plan_llm")
+    network = client.predict(gpu="T4", model="s3fd", api_name="/plan_network")
+    assert network["model"].startswith("S3FD") and network["recommended_batch"] >= 1
+    rows = client.predict(throughput=1000.0, measured_on="H100", precision="fp16", samples_per_request=250.0,
+                          api_name="/cost")  # fmt: skip
     h100 = next(r for r in rows if r["gpu"] == "H100")
     assert h100["basis"] == "measured" and h100["requests_per_s"] == pytest.approx(4.0)
 
@@ -325,8 +341,8 @@ def test_ctrl_c_during_a_job_exits_and_the_restart_fails_that_job(tmp_path) -> N
     app = start_app(tmp_path)
     try:
         client = Client(app.url, verbose=False)
-        sweep = {"model": "wav2lip", "points": [{"device": "cpu", "batch": 8}], "runs": 200}
-        job = client.predict(json.dumps(sweep), api_name="/bench_submit")["job_id"]
+        points = json.dumps([{"device": "cpu", "batch": 8}])
+        job = client.predict(points=points, runs=200, api_name="/bench_submit")["job_id"]
         deadline = time.monotonic() + 60
         while client.predict(job, api_name="/bench_status")["status"] != "running":
             assert time.monotonic() < deadline

@@ -13,8 +13,9 @@ import torch
 from tiny_onnx import mlp
 
 import engine.bench.sweep as bench
+from engine.bench.config import BenchError, SweepRequest
 from engine.bench.jobs import BenchJobs
-from engine.bench.sweep import BenchError, BenchPoint, SweepConfig, grid, preset, rows_to_csv, run_sweep
+from engine.bench.sweep import BenchPoint, SweepConfig, grid, preset, rows_to_csv, run_sweep
 from engine.bench.workloads import builtin_model, count_flops
 from engine.core.settings import load_settings
 from engine.jobs.store import CPU, DONE, JobStore, StoreError
@@ -148,8 +149,8 @@ def _jobs(tmp_path: Path) -> BenchJobs:
 def test_jobs_round_trip_and_imports(tmp_path: Path) -> None:
     jobs = _jobs(tmp_path)
     sha = jobs.store.put_blob(mlp(tmp_path / "mlp.onnx"))
-    job = jobs.submit({"model": f"onnx:{sha}", "points": [{"runtime": "ort-cpu", "batch": 4, "device": "cpu"}],
-                       "runs": 3, "warmup": 0})  # fmt: skip
+    points = json.dumps([{"runtime": "ort-cpu", "batch": 4, "device": "cpu"}])
+    job = jobs.submit(SweepRequest.build({"model": f"onnx:{sha}", "points": points, "runs": 3, "warmup": 0}))
     assert job.device == CPU and job.model_sha256 == sha
     claimed = jobs.store.claim_next(CPU)
     report = jobs.handle(claimed, lambda f, label: None)
@@ -169,13 +170,13 @@ def test_jobs_round_trip_and_imports(tmp_path: Path) -> None:
 def test_job_refusals(tmp_path: Path) -> None:
     jobs = _jobs(tmp_path)
     with pytest.raises(BenchError, match="no CUDA device"):
-        jobs.submit({"model": "wav2lip", "points": [{"device": "cuda"}]})
+        jobs.submit(SweepRequest.build({"model": "wav2lip", "device": "cuda"}))
     with pytest.raises(BenchError, match="no model"):
-        jobs.submit({"model": "resnet50", "points": [{"device": "cpu"}]})
+        jobs.submit(SweepRequest.build({"model": "resnet50", "device": "cpu"}))
     with pytest.raises(StoreError, match="no stored file"):
-        jobs.submit({"model": "onnx:" + "a" * 64, "points": [{"runtime": "ort-cpu", "device": "cpu"}]})
+        jobs.submit(SweepRequest.build({"model": "onnx:" + "a" * 64, "runtime": "ort-cpu", "device": "cpu"}))
     with pytest.raises(BenchError, match="not valid JSON"):
-        jobs.submit("{points")  # type: ignore[arg-type]
+        SweepRequest.build({"points": "{points"})
     with pytest.raises(BenchError, match="not a benchmark report"):
         jobs.import_report({"results": []})
     with pytest.raises(StoreError, match="not a benchmark"):

@@ -9,9 +9,12 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
+CONSOLE_SCRIPT = "import sys, app; sys.exit(app.main(sys.argv[1:]))"  # what pyproject's `avatarbench` runs
+
+
 def run(*args: str, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "engine", *args],
+        [sys.executable, "-c", CONSOLE_SCRIPT, *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -74,14 +77,18 @@ def test_onnx_inspect(tmp_path: Path) -> None:
     path = tmp_path / "conv.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     env = {"AVATARBENCH_DATA_DIR": str(tmp_path / "data")}
-    text = run("onnx", "inspect", str(path), "--symbol", "batch=4", **env)
+    text = run("onnx", "inspect", str(path), "--symbols", "batch=4", **env)
     assert text.returncode == 0, text.stderr
     assert "input  image: float32 ['batch', 3, 32, 32]" in text.stdout and "Conv x1" in text.stdout
     info = json.loads(run("onnx", "inspect", str(path), "--json", **env).stdout)
     assert info["flops"] == 2 * 8 * 30 * 30 * 3 * 9 and info["parameters"] == 216
     bad = run("onnx", "inspect", str(tmp_path / "data"), **env)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
-    assert run("onnx", "inspect", str(path), "--symbol", "batch", **env).returncode == 2
+    assert run("onnx", "inspect", str(path), "--symbols", "batch", **env).returncode == 2
+    example = run("onnx", "inspect", "--example", "wav2lip", **env)
+    assert example.returncode == 0 and "input  mel: float32" in example.stdout
+    neither = run("onnx", "inspect", **env)
+    assert neither.returncode == 2 and "give either a model" in neither.stderr
 
 
 def test_onnx_eval(tmp_path: Path) -> None:
@@ -97,7 +104,8 @@ def test_onnx_eval(tmp_path: Path) -> None:
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), str(path))
     report_path = tmp_path / "report.json"
     env = {"AVATARBENCH_DATA_DIR": str(tmp_path / "data")}
-    proc = run("onnx", "eval", str(path), "--batch", "1,4", "--runs", "5", "--json", str(report_path), "--quiet", **env)
+    args = ["--batch-sizes", "1,4", "--runs", "5", "--json", str(report_path), "--quiet"]
+    proc = run("onnx", "eval", str(path), *args, **env)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(report_path.read_text())
     assert [r["batch"] for r in report["results"]] == [1, 4]
@@ -117,7 +125,8 @@ def test_onnx_eval_with_images_and_labels(tmp_path: Path) -> None:
         images.append(str(tmp_path / f"{name}.png"))
     report_path = tmp_path / "report.json"
     env = {"AVATARBENCH_DATA_DIR": str(tmp_path / "data")}
-    args = ["--batch", "2", "--runs", "3", "--labels", "0,2", "--scaling", "imagenet", "--json", str(report_path)]
+    args = ["--batch-sizes", "2", "--runs", "3", "--labels", "0,2", "--image-scaling", "imagenet"]
+    args += ["--json", str(report_path)]
     proc = run("onnx", "eval", str(model), "--images", *images, *args, "--quiet", **env)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(report_path.read_text())
@@ -139,12 +148,14 @@ def test_bench_plan_and_cost(tmp_path: Path) -> None:
     assert run("bench", "--precision", "fp64", **env).returncode == 2
 
     plan_path = tmp_path / "plan.json"
-    plan = run("plan", "--gpu", "V100-16GB", "--count", "2", "--llm", "mistral-7b", "--max-total-tokens", "4096",
+    plan = run("plan", "llm", "--gpu", "V100-16GB", "--count", "2", "--llm", "mistral-7b", "--max-total-tokens", "4096",
                "--quantize", "awq", "--json", str(plan_path), **env)  # fmt: skip
     data = json.loads(plan_path.read_text())
     assert {"fits", "memory", "flags", "warnings", "reasons"} <= set(data)
     assert any("Marlin" in w for w in data["warnings"]) and "text-generation-launcher" in plan.stdout
-    assert run("plan", "--gpu", "B300", "--llm", "mistral-7b", **env).returncode == 2
+    assert run("plan", "llm", "--gpu", "B300", "--llm", "mistral-7b", **env).returncode == 2
+    network = run("plan", "network", "--gpu", "T4", "--model", "s3fd", "--precision", "fp16", **env)
+    assert network.returncode == 0 and "recommended batch" in network.stdout
 
-    cost = run("cost", "--throughput", "1000", "--on", "H100", "--precision", "fp16", **env)
+    cost = run("cost", "--throughput", "1000", "--measured-on", "H100", "--precision", "fp16", **env)
     assert cost.returncode == 0 and "measured" in cost.stdout and "estimate" in cost.stdout

@@ -134,26 +134,25 @@ def test_lipsync_pipeline_on_the_gpu(tmp_path) -> None:
     from test_lipsync import FACE, speech_like, write_wav
 
     from engine.core.settings import load_settings
-    from engine.lipsync.pipeline import LipSyncConfig, run_lipsync
+    from engine.lipsync.config import LipSyncConfig
+    from engine.lipsync.pipeline import run_lipsync
     from engine.models.wav2lip import random_wav2lip_checkpoint
 
     ckpt = tmp_path / "wav2lip.pth"
     random_wav2lip_checkpoint(ckpt)
     speech = write_wav(tmp_path / "speech.wav", speech_like(3.0))
     settings = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path / "data")})
-    config = LipSyncConfig(face=FACE, audio=speech, out=tmp_path / "out.mp4", checkpoint=str(ckpt))
-    result = run_lipsync(config, settings)
+    config = LipSyncConfig(face=FACE, audio=speech, checkpoint=str(ckpt))
+    result = run_lipsync(config, tmp_path / "out.mp4", settings)
     assert result.device.startswith("cuda") and result.precision == "fp16"
     assert result.metrics["batch_size"] >= 64 and result.peak_gpu_bytes > 0
     assert result.metrics["frames"] == 72 and (tmp_path / "out.mp4").exists()
 
 
-def test_onnx_eval_on_the_cuda_provider(tmp_path) -> None:
+def _matmul_onnx(path):
+    """y = Relu(x @ w) on x[N, 512]: enough work for the GPU providers to take every node."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
-
-    from engine.onnx.evaluate import EvalConfig, evaluate
-    from engine.onnx.model import inspect_model
 
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 512])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 512])
@@ -161,14 +160,69 @@ def test_onnx_eval_on_the_cuda_provider(tmp_path) -> None:
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Relu", ["m"], ["y"])], "g", [x], [y], [w]
     )
-    path = tmp_path / "mm.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), str(path))
-    report = evaluate(path, inspect_model(path), EvalConfig(providers=["cpu", "cuda"], batch_sizes=[1, 64], runs=20))
+    return path
+
+
+def test_onnx_eval_on_the_cuda_provider(tmp_path) -> None:
+    from engine.onnx.config import EvalConfig
+    from engine.onnx.evaluate import evaluate
+    from engine.onnx.model import inspect_model
+
+    path = _matmul_onnx(tmp_path / "mm.onnx")
+    config = EvalConfig(model=path, providers=("cpu", "cuda"), batch_sizes=(1, 64), runs=20)
+    report = evaluate(path, inspect_model(path), config)
     cuda_rows = [r for r in report["results"] if r["provider"] == "cuda"]
     assert cuda_rows and all(r["ran_on"] == "CUDAExecutionProvider" and not r["fell_back"] for r in cuda_rows)
     assert all(r["latency_iobinding"] for r in cuda_rows)  # device-resident timing measured
     assert report["parity"]["cuda"]["y"]["cosine"] > 0.9999
     print("\n", [(r["provider"], r["batch"], r["latency"]["p50_ms"], r["iobinding"]) for r in report["results"]])
+
+
+def test_ort_session_binds_on_its_own_cuda_device(tmp_path) -> None:
+    """IOBinding goes to the session's device_id (the last card, so not device 0 where there are several)."""
+    import torch
+
+    from engine.runtimes.ort_session import OrtOptions, OrtSession
+
+    device_id = torch.cuda.device_count() - 1
+    path = _matmul_onnx(tmp_path / "mm.onnx")
+    session = OrtSession(path, OrtOptions("cuda", device_id=device_id))
+    assert session.ran_on == "CUDAExecutionProvider" and not session.fell_back, session.fallback_reason
+    assert session.device == ("cuda", device_id)
+    feeds = {"x": np.random.default_rng(1).random((8, 512), dtype=np.float32)}
+    reference = OrtSession(path, OrtOptions("cpu")).run(feeds)[0]
+    binding = session.bind(feeds)
+    binding.run()
+    np.testing.assert_allclose(binding.outputs()[0], reference, rtol=1e-4, atol=1e-4)
+    (y,) = session.run_torch({"x": torch.from_numpy(feeds["x"])}, {"y": (8, 512)})
+    assert y.device == torch.device("cuda", device_id) and session.torch_device == y.device
+    np.testing.assert_allclose(y.cpu().numpy(), reference, rtol=1e-4, atol=1e-4)
+
+
+def test_every_runtime_runs_on_the_gpu_through_the_interface(tmp_path) -> None:
+    from engine.bench.sweep import BenchPoint
+    from engine.bench.workloads import builtin_model
+    from engine.runtimes.registry import RUNTIMES, make_runtime
+
+    model = builtin_model("wav2lip", tmp_path)
+    inputs = model.torch_inputs(4)  # type: ignore[misc]
+    outputs = {}
+    for name in RUNTIMES:
+        if name in ("compile", "ort-trt", "ort-cpu"):
+            continue  # compile and TensorRT builds take minutes; the CPU runtime has its own tests
+        runtime = make_runtime(model, BenchPoint(name, "fp32", 4, "cuda"), "cuda:0")
+        try:
+            runtime.load()
+            runtime.set_inputs(inputs)
+            runtime.run()
+            runtime.sync()
+            assert len(runtime.timed_runs(2)) == 2 and not runtime.fell_back, runtime.fallback_reason
+            outputs[name] = runtime.output()
+        finally:
+            runtime.close()
+    for name, out in outputs.items():
+        np.testing.assert_allclose(out, outputs["eager"], rtol=1e-3, atol=1e-3, err_msg=name)
 
 
 def test_bench_sweep_on_the_gpu_reports_peak_share_energy_and_memory(tmp_path) -> None:
@@ -240,12 +294,12 @@ def _portrait_inputs(tmp_path):
     [("torch", "fp16"), ("onnx-cuda", "fp32"), ("onnx-cuda", "fp16"), ("onnx-trt", "fp32"), ("onnx-trt", "fp16")],
 )
 def test_portrait_backends_on_the_gpu_do_not_fall_back(tmp_path, backend, precision) -> None:
-    from engine.portrait.pipeline import PortraitConfig, run_portrait
+    from engine.portrait.config import PortraitConfig
+    from engine.portrait.pipeline import run_portrait
 
     weights, face, driving = _portrait_inputs(tmp_path)
-    config = PortraitConfig(face, driving, tmp_path / "out.mp4", weights=str(weights), device="cuda",
-                            backend=backend, precision=precision, max_frames=8)  # fmt: skip
-    result = run_portrait(config)
+    config = PortraitConfig(face, driving, weights=str(weights), backend=backend, precision=precision, max_frames=8)
+    result = run_portrait(config, tmp_path / "out.mp4", device="cuda")
     assert result.metrics["frames"] == 8 and result.metrics["engine"] == "liveportrait"
     assert result.precision == precision
     assert not any("runs on CPUExecutionProvider" in w for w in result.warnings), result.warnings

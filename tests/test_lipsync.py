@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,9 +17,10 @@ import pytest
 from engine.core.audio import AudioError, mel_chunks, mel_spectrogram
 from engine.core.media import MediaError, VideoWriter, probe_video, read_frames
 from engine.core.settings import load_settings
+from engine.lipsync.config import LipSyncConfig, LipSyncError
 from engine.lipsync.engines import BaselineEngine
 from engine.lipsync.paste import paste
-from engine.lipsync.pipeline import LipSyncConfig, LipSyncError, run_lipsync
+from engine.lipsync.pipeline import run_lipsync
 from engine.models.checkpoints import CheckpointError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -111,10 +113,9 @@ def test_paste_upstream_replaces_the_box_with_truncated_values() -> None:
 
 def test_wav2lip_on_a_video_clip(media, settings, tmp_path) -> None:
     out = tmp_path / "out.mp4"
-    config = LipSyncConfig(
-        face=media["video"], audio=media["speech"], out=out, checkpoint=str(media["checkpoint"]), batch_size=8
-    )
-    result = run_lipsync(config, settings)
+    ckpt = str(media["checkpoint"])
+    config = LipSyncConfig(face=media["video"], audio=media["speech"], checkpoint=ckpt, batch_size=8)
+    result = run_lipsync(config, out, settings)
     info = probe_video(out)
     frames = expected_frames(1.0)
     assert frames == 22
@@ -131,7 +132,7 @@ def test_wav2lip_on_a_video_clip(media, settings, tmp_path) -> None:
 
 def test_a_short_video_is_looped_to_the_speech(media, settings, tmp_path) -> None:
     out = tmp_path / "looped.mp4"
-    run_lipsync(LipSyncConfig(face=media["short_video"], audio=media["speech"], out=out, engine="baseline"), settings)
+    run_lipsync(LipSyncConfig(face=media["short_video"], audio=media["speech"], engine="baseline"), out, settings)
     assert sum(1 for _ in read_frames(out)) == expected_frames(1.0)
 
 
@@ -139,7 +140,7 @@ def test_image_with_the_baseline_engine(media, settings, tmp_path) -> None:
     out = tmp_path / "image.mp4"
     progress = []
     result = run_lipsync(
-        LipSyncConfig(face=FACE, audio=media["speech"], out=out), settings, progress=lambda f, label: progress.append(f)
+        LipSyncConfig(face=FACE, audio=media["speech"]), out, settings, progress=lambda f, label: progress.append(f)
     )
     assert result.metrics["engine"] == "baseline" and "not Wav2Lip" in result.metrics["engine_label"]
     assert any("baseline engine" in w for w in result.warnings)
@@ -166,8 +167,8 @@ def test_baseline_mouth_moves_with_speech_and_not_in_silence(media, settings, tm
     assert np.abs(still[1][90:120] - crops[1][90:120]).mean() > 3.0  # speech: the jaw opens
     reference = cv2.imread(str(FACE))
     loud, quiet = tmp_path / "loud.mp4", tmp_path / "quiet.mp4"
-    run_lipsync(LipSyncConfig(face=FACE, audio=media["speech"], out=loud, engine="baseline"), settings)
-    result = run_lipsync(LipSyncConfig(face=FACE, audio=media["silence"], out=quiet, engine="baseline"), settings)
+    run_lipsync(LipSyncConfig(face=FACE, audio=media["speech"], engine="baseline"), loud, settings)
+    result = run_lipsync(LipSyncConfig(face=FACE, audio=media["silence"], engine="baseline"), quiet, settings)
     assert any("silent" in w for w in result.warnings)
     assert _mouth_change(loud, reference) > 2 * _mouth_change(quiet, reference) + 1.0
 
@@ -175,7 +176,7 @@ def test_baseline_mouth_moves_with_speech_and_not_in_silence(media, settings, tm
 def test_frames_without_a_face_pass_through_and_are_counted(media, settings, tmp_path) -> None:
     video = face_video(tmp_path / "gap.mp4", 25, blank_from=5, blank_to=22)
     out = tmp_path / "gap-out.mp4"
-    result = run_lipsync(LipSyncConfig(face=video, audio=media["speech"], out=out, engine="baseline"), settings)
+    result = run_lipsync(LipSyncConfig(face=video, audio=media["speech"], engine="baseline"), out, settings)
     assert result.metrics["faces_missed"] >= 5
     assert any("without" in w or "no detected face" in w for w in result.warnings)
     assert out.exists()
@@ -189,7 +190,7 @@ def test_images_with_alpha_or_in_greyscale_work(kind, media, settings, tmp_path)
         cv2.imwrite(str(path), np.dstack([image, np.full(image.shape[:2], 255, np.uint8)]))
     else:
         cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_BGR2GRAY))
-    result = run_lipsync(LipSyncConfig(face=path, audio=media["speech"], out=tmp_path / "o.mp4"), settings)
+    result = run_lipsync(LipSyncConfig(face=path, audio=media["speech"]), tmp_path / "o.mp4", settings)
     assert result.metrics["frames"] == expected_frames(1.0)
 
 
@@ -197,46 +198,43 @@ def test_bad_inputs_get_clear_errors(media, settings, tmp_path) -> None:
     blank = tmp_path / "blank.png"
     cv2.imwrite(str(blank), np.full((200, 200, 3), 128, np.uint8))
     with pytest.raises(LipSyncError, match="no face found"):
-        run_lipsync(LipSyncConfig(face=blank, audio=media["speech"], out=tmp_path / "a.mp4"), settings)
+        run_lipsync(LipSyncConfig(face=blank, audio=media["speech"]), tmp_path / "a.mp4", settings)
     faceless = face_video(tmp_path / "faceless.mp4", 10, blank_from=0, blank_to=10)
     with pytest.raises(LipSyncError, match="no face found in any"):
-        run_lipsync(LipSyncConfig(face=faceless, audio=media["speech"], out=tmp_path / "b.mp4"), settings)
+        run_lipsync(LipSyncConfig(face=faceless, audio=media["speech"]), tmp_path / "b.mp4", settings)
     assert not (tmp_path / "b.mp4").exists()
     corrupt = tmp_path / "corrupt.mp4"
     corrupt.write_bytes(b"\x00\x01not a video" * 100)
     with pytest.raises(MediaError, match="could not be read"):
-        run_lipsync(LipSyncConfig(face=corrupt, audio=media["speech"], out=tmp_path / "c.mp4"), settings)
+        run_lipsync(LipSyncConfig(face=corrupt, audio=media["speech"]), tmp_path / "c.mp4", settings)
     empty = write_wav(tmp_path / "empty.wav", np.zeros(0, np.float32))
     with pytest.raises(AudioError):
-        run_lipsync(LipSyncConfig(face=FACE, audio=empty, out=tmp_path / "d.mp4"), settings)
+        run_lipsync(LipSyncConfig(face=FACE, audio=empty), tmp_path / "d.mp4", settings)
     small = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path), "AVATARBENCH_MAX_SIDE": "128"})
     with pytest.raises(MediaError, match="larger than the limit"):
-        run_lipsync(LipSyncConfig(face=media["video"], audio=media["speech"], out=tmp_path / "e.mp4"), small)
+        run_lipsync(LipSyncConfig(face=media["video"], audio=media["speech"]), tmp_path / "e.mp4", small)
     short = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path), "AVATARBENCH_MAX_SECONDS": "1"})
     long_audio = write_wav(tmp_path / "long.wav", speech_like(2.5))
     with pytest.raises(AudioError):
-        run_lipsync(LipSyncConfig(face=FACE, audio=long_audio, out=tmp_path / "f.mp4"), short)
+        run_lipsync(LipSyncConfig(face=FACE, audio=long_audio), tmp_path / "f.mp4", short)
     with pytest.raises(CheckpointError):
-        run_lipsync(
-            LipSyncConfig(face=FACE, audio=media["speech"], out=tmp_path / "g.mp4", checkpoint=str(media["s3fd"])),
-            settings,
-        )
+        config = LipSyncConfig(face=FACE, audio=media["speech"], checkpoint=str(media["s3fd"]))
+        run_lipsync(config, tmp_path / "g.mp4", settings)
     with pytest.raises(LipSyncError, match="needs a checkpoint"):
-        run_lipsync(LipSyncConfig(face=FACE, audio=media["speech"], out=tmp_path / "h.mp4", engine="wav2lip"), settings)
-    for bad in (
-        dict(pads=(0, -1, 0, 0)),
-        dict(out=tmp_path / "x.avi"),
-        dict(batch_size=0),
-        dict(engine="sadtalker"),
-        dict(paste_mode="poisson"),
-        dict(detect_scale=2.0),
-        dict(precision="int8"),
+        run_lipsync(LipSyncConfig(face=FACE, audio=media["speech"], engine="wav2lip"), tmp_path / "h.mp4", settings)
+    with pytest.raises(LipSyncError, match=r"must be an \.mp4"):
+        run_lipsync(LipSyncConfig(face=FACE, audio=media["speech"]), tmp_path / "x.avi", settings)
+    for bad, message in (
+        (dict(pads=(0, -1, 0, 0)), "pads -1 is outside 0..200"),
+        (dict(batch_size=0), "batch size 0 is outside 1..4096"),
+        (dict(engine="sadtalker"), "engine 'sadtalker' is not one of auto, wav2lip, baseline"),
+        (dict(paste="poisson"), "paste 'poisson' is not one of blend, upstream"),
+        (dict(detect_scale=2.0), "detect scale 2 is outside 0.1..1"),
+        (dict(precision="int8"), "precision 'int8' is not one of auto"),
     ):
-        config = LipSyncConfig(face=FACE, audio=media["speech"], out=tmp_path / "i.mp4")
-        for key, value in bad.items():
-            setattr(config, key, value)
-        with pytest.raises(LipSyncError):
-            run_lipsync(config, settings)
+        config = LipSyncConfig(face=FACE, audio=media["speech"], **bad)
+        with pytest.raises(LipSyncError, match=re.escape(message)):
+            run_lipsync(config, tmp_path / "i.mp4", settings)
 
 
 def _cli(*args: str, data: Path) -> subprocess.CompletedProcess:
@@ -290,8 +288,8 @@ def test_blend_mode_leaves_every_pixel_outside_the_face_box_as_it_was(media, set
     image = cv2.imread(str(FACE))
     x1, y1, x2, y2 = FaceTracker().update(HaarDetector().detect([image])[0], image.shape).box
     ckpt = str(media["checkpoint"])
-    config = LipSyncConfig(face=FACE, audio=media["speech"], out=tmp_path / "b.mp4", checkpoint=ckpt)
-    run_lipsync(config, settings)
+    config = LipSyncConfig(face=FACE, audio=media["speech"], checkpoint=ckpt)
+    run_lipsync(config, tmp_path / "b.mp4", settings)
     assert len(written) == expected_frames(1.0)
     outside = np.ones(image.shape[:2], bool)
     outside[y1:y2, x1:x2] = False
@@ -301,7 +299,7 @@ def test_blend_mode_leaves_every_pixel_outside_the_face_box_as_it_was(media, set
 
 
 def test_parse_box() -> None:
-    from engine.lipsync.pipeline import parse_box
+    from engine.lipsync.config import parse_box
 
     assert parse_box("10, 20, 110,140") == (10, 20, 110, 140) and parse_box("  ") is None
     for bad in ("1,2,3", "a,b,c,d", "10,10,5,20", "-1,0,5,5"):

@@ -14,10 +14,10 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from tiny_onnx import B, W, classifier, fixed, mlp, save  # noqa: E402
 
 import engine.onnx.evaluate as oe  # noqa: E402
+from engine.core.errors import InputError  # noqa: E402
+from engine.onnx.config import EvalConfig, EvalError  # noqa: E402
 from engine.onnx.evaluate import (  # noqa: E402
-    EvalConfig,
-    EvalError,
-    SessionError,
+    Placement,
     evaluate,
     latency_stats,
     load_npz_inputs,
@@ -26,8 +26,10 @@ from engine.onnx.evaluate import (  # noqa: E402
     topk,
 )
 from engine.onnx.model import Limits, ModelError, ModelInfo, TensorSpec, inspect_model  # noqa: E402
+from engine.runtimes.ort_session import OrtSession, SessionError  # noqa: E402
 
-FAST = {"runs": 5, "warmup": 1, "intra_op_threads": 1}
+# The request names its model; evaluate() runs the prepared file it is handed, so the name here is only a label.
+FAST = {"model": Path("model.onnx"), "runs": 5, "warmup": 1, "intra_op_threads": 1}
 
 
 def reference(x: np.ndarray) -> np.ndarray:
@@ -98,7 +100,7 @@ def test_latency_stats_by_hand() -> None:
 def test_evaluate_cpu_batch_sweep(mlp_model: tuple[Path, ModelInfo]) -> None:
     path, info = mlp_model
     calls: list[tuple[float, str]] = []
-    report = evaluate(path, info, EvalConfig(batch_sizes=[1, 4], **FAST), progress=lambda f, s: calls.append((f, s)))
+    report = evaluate(path, info, EvalConfig(batch_sizes=(1, 4), **FAST), progress=lambda f, s: calls.append((f, s)))
     rows = report["results"]
     assert [(r["provider"], r["batch"]) for r in rows] == [("cpu", 1), ("cpu", 4)]
     for row in rows:
@@ -133,7 +135,7 @@ def test_cuda_fallback_is_loud(mlp_model: tuple[Path, ModelInfo]) -> None:
     if probe_provider("CUDAExecutionProvider")["loaded"]:
         pytest.skip("CUDA really loads here: no fallback to observe")
     path, info = mlp_model
-    report = evaluate(path, info, EvalConfig(providers=["cuda"], **FAST))
+    report = evaluate(path, info, EvalConfig(providers=("cuda",), **FAST))
     assert report["results"][0]["trt_build_s"] is None
     session = report["sessions"]["cuda"]
     assert session["fell_back"] and session["got"][0] == "CPUExecutionProvider"
@@ -154,26 +156,26 @@ def test_iobinding_path_runs_on_cpu_values(mlp_model: tuple[Path, ModelInfo]) ->
     """The device-resident timing is only used on a GPU; its binding logic is exercised here on the CPU."""
     path, info = mlp_model
     config = EvalConfig(**FAST)
-    session, meta = oe.make_session(path, "cpu", config)
+    session = OrtSession(path, oe._session_options("cpu", config, Placement()))
+    meta = session.info
     assert meta["got"] == ["CPUExecutionProvider"] and not meta["fell_back"] and meta["create_s"] > 0
+    assert session.device == ("cpu", 0)  # a CPU session binds where it runs
     feeds = synthetic_inputs(info.inputs, {"N": 2}, 0)
-    stats = oe._iobinding_latency(session, feeds, config, batch=2, device="cpu")
+    stats = oe._iobinding_latency(session, feeds, config, batch=2)
     assert stats["n"] == 5 and stats["throughput_per_s"] > 0
 
 
 def test_session_failure_is_recorded_and_others_run(
     mlp_model: tuple[Path, ModelInfo], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = oe.make_session
-
-    def flaky(model_path, provider, config):
-        if provider == "trt":
+    def flaky(model_path, options):
+        if options.provider == "trt":
             raise SessionError("TensorrtExecutionProvider: session creation failed: op NoSuchOp unsupported")
-        return real(model_path, provider, config)
+        return OrtSession(model_path, options)
 
-    monkeypatch.setattr(oe, "make_session", flaky)
+    monkeypatch.setattr(oe, "OrtSession", flaky)
     path, info = mlp_model
-    report = evaluate(path, info, EvalConfig(providers=["cpu", "trt"], **FAST))
+    report = evaluate(path, info, EvalConfig(providers=("cpu", "trt"), **FAST))
     assert "NoSuchOp" in report["sessions"]["trt"]["error"]
     assert any("trt" in w and "NoSuchOp" in w for w in report["warnings"])
     assert [r["provider"] for r in report["results"]] == ["cpu"]
@@ -190,7 +192,7 @@ def test_failing_batch_is_recorded_and_the_rest_runs(tmp_path: Path) -> None:
         [numpy_helper.from_array(np.array([1, 4], np.int64), "shape")],
     )
     path = save(graph, tmp_path / "reshape.onnx")
-    report = evaluate(path, inspect_model(path), EvalConfig(batch_sizes=[4, 1], **FAST))
+    report = evaluate(path, inspect_model(path), EvalConfig(batch_sizes=(4, 1), **FAST))
     bad, good = report["results"]
     assert bad["batch"] == 4 and bad["latency"] is None and not bad["out_of_memory"]
     assert "Reshape" in bad["error"] or "shape" in bad["error"].lower()
@@ -203,7 +205,7 @@ def test_failing_batch_is_recorded_and_the_rest_runs(tmp_path: Path) -> None:
 
 def test_fixed_shape_runs_once_with_warning(tmp_path: Path) -> None:
     path = fixed(tmp_path / "fixed.onnx")
-    report = evaluate(path, inspect_model(path), EvalConfig(batch_sizes=[1, 8], **FAST))
+    report = evaluate(path, inspect_model(path), EvalConfig(batch_sizes=(1, 8), **FAST))
     (row,) = report["results"]
     assert row["batch"] == 2 and row["error"] is None
     assert len(report["warnings"]) == 1 and "no batch dimension" in report["warnings"][0]
@@ -216,10 +218,10 @@ def test_input_budget_refused_before_allocating(
         raise AssertionError("allocated or created a session before the budget check")
 
     monkeypatch.setattr(oe, "synthetic_inputs", boom)
-    monkeypatch.setattr(oe, "make_session", boom)
+    monkeypatch.setattr(oe, "OrtSession", boom)
     path, info = mlp_model
     with pytest.raises(ModelError, match="over the limit"):
-        evaluate(path, info, EvalConfig(batch_sizes=[1, 64], **FAST), limits=Limits(max_input_elements=100))
+        evaluate(path, info, EvalConfig(batch_sizes=(1, 64), **FAST), limits=Limits(max_input_elements=100))
 
 
 # ---------------------------------------------------------------------------------------------- user inputs
@@ -254,9 +256,7 @@ def test_npz_inputs_are_used(mlp_model: tuple[Path, ModelInfo], tmp_path: Path) 
     k = np.array([[7], [-3]], np.int64)
     np.savez(tmp_path / "in.npz", x=x, k=k)
     np.savez(tmp_path / "want.npz", y=reference(x), k2=2 * k)
-    config = EvalConfig(
-        batch_sizes=[2, 3], inputs_npz=str(tmp_path / "in.npz"), expected_npz=str(tmp_path / "want.npz"), **FAST
-    )
+    config = EvalConfig(batch_sizes=(2, 3), inputs=tmp_path / "in.npz", expected=tmp_path / "want.npz", **FAST)
     report = evaluate(path, info, config)
     assert report["input_source"] == {"x": "npz", "k": "npz"}
     assert [r["batch"] for r in report["results"]] == [2, 3]  # batch 3 repeats the user's rows
@@ -279,7 +279,7 @@ def test_accuracy_against_expected(mlp_model: tuple[Path, ModelInfo], tmp_path: 
     np.savez(tmp_path / "keys.npz", y=y, extra=k2)
 
     def run(name: str) -> dict:
-        return evaluate(path, info, EvalConfig(seed=3, expected_npz=str(tmp_path / name), **FAST))
+        return evaluate(path, info, EvalConfig(seed=3, expected=tmp_path / name, **FAST))
 
     good = run("good.npz")["accuracy"]["expected"]["cpu"]["y"]
     assert good["mae"] < 1e-6 and good["rmse"] < 1e-6 and good["max_error"] < 1e-6
@@ -297,11 +297,11 @@ def test_topk_on_a_tiny_classifier(tmp_path: Path) -> None:
     ranked = np.argsort(-(x @ weights), axis=1)
     labels = [int(ranked[0, 0]), int(ranked[1, 0]), int(ranked[2, 3]), int(ranked[3, 5])]  # rank 1, 1, 4, 6
     np.savez(tmp_path / "x.npz", x=x)
-    config = EvalConfig(batch_sizes=[4], inputs_npz=str(tmp_path / "x.npz"), labels=labels, **FAST)
+    config = EvalConfig(batch_sizes=(4,), inputs=tmp_path / "x.npz", labels=tuple(labels), **FAST)
     result = evaluate(path, inspect_model(path), config)["accuracy"]["topk"]["cpu"]
     assert (result["top1"], result["top5"], result["n"], result["classes"]) == (0.5, 0.75, 4, 6)
     with pytest.raises(EvalError, match="one label per sample"):
-        evaluate(path, inspect_model(path), EvalConfig(batch_sizes=[2], labels=labels, **FAST))
+        evaluate(path, inspect_model(path), EvalConfig(batch_sizes=(2,), labels=tuple(labels), **FAST))
     assert topk(np.array([[0.1, 0.9, 0.0]]), [2]) == {"top1": 0.0, "top5": 1.0, "top5_k": 3, "n": 1, "classes": 3}
     with pytest.raises(EvalError, match="outside"):
         topk(np.zeros((1, 3)), [3])
@@ -330,73 +330,35 @@ def test_parity_metrics_by_hand() -> None:
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"providers": ["gpu"]}, "unknown provider.*accepted: cpu, cuda, trt"),
-        ({"providers": []}, "non-empty list"),
-        ({"providers": ["cpu", "cpu"]}, "twice"),
-        ({"runs": 0}, r"runs must be an integer in 1\.\.10000"),
+        ({"providers": "gpu"}, "providers 'gpu' is not one of cpu, cuda, trt"),
+        ({"providers": ""}, "providers is empty"),
+        ({"providers": "cpu,cpu"}, "twice"),
+        ({"runs": 0}, r"runs 0 is outside 1\.\.10000"),
         ({"runs": 10001}, "runs"),
         ({"warmup": -1}, "warmup"),
-        ({"batch_sizes": [0]}, r"1\.\.4096"),
-        ({"batch_sizes": [5000]}, r"1\.\.4096"),
-        ({"batch_sizes": [True]}, "not integers"),
-        ({"gpu_memory_fraction": 0.0}, r"\(0, 1\]"),
-        ({"labels": [1, -1]}, "labels"),
-        ({"trt_workspace_gb": 0}, "trt_workspace_gb"),
-        ({"intra_op_threads": -2}, "intra_op_threads"),
+        ({"batch_sizes": "0"}, r"1\.\.4096"),
+        ({"batch_sizes": "5000"}, r"1\.\.4096"),
+        ({"batch_sizes": "1,x"}, "not a comma-separated list of whole numbers"),
+        ({"labels": "1,-1"}, "labels"),
+        ({"trt_workspace_gb": 0}, "trt workspace gb"),
+        ({"intra_op_threads": -2}, "intra op threads"),
+        ({"image_scaling": "0-2"}, "image scaling '0-2' is not one of"),
+        ({"model": None}, "give either a model"),
+        ({"example": "wav2lip"}, "give either a model"),
+        ({"runs": True}, "runs must be a whole number"),
     ],
 )
 def test_config_validate_refusals(changes: dict, message: str) -> None:
     with pytest.raises(EvalError, match=message):
-        EvalConfig(**changes).validate()
+        EvalConfig.build({"model": "m.onnx", **changes})
 
 
 def test_config_defaults_valid_and_symbol_refusals(mlp_model: tuple[Path, ModelInfo]) -> None:
-    EvalConfig().validate()
+    EvalConfig(example="wav2lip").validate()
     path, info = mlp_model
     with pytest.raises(EvalError, match="batch dimension"):
-        evaluate(path, info, EvalConfig(symbols={"N": 4}, **FAST))
+        evaluate(path, info, EvalConfig(symbols=(("N", 4),), **FAST))
     with pytest.raises(ModelError, match="unknown symbol"):
-        evaluate(path, info, EvalConfig(symbols={"T": 4}, **FAST))
-    with pytest.raises(EvalError, match="unknown provider"):
-        oe.make_session(path, "tpu", EvalConfig())
-
-
-class _FakeDevice:
-    """Just what onnx_eval reads from engine.system.telemetry's NVML device."""
-
-    def __init__(self, uuid: str, used: int, pids: dict[int, int]):
-        from types import SimpleNamespace
-
-        self.uuid = uuid
-        self.nvml = SimpleNamespace(nvmlDeviceGetMemoryInfo=lambda: SimpleNamespace(used=used, total=80 * 2**30))
-        self._pids = pids
-
-    def get(self, fn):
-        return fn()
-
-    def processes(self):
-        from engine.system.telemetry import GpuProcess
-
-        return [GpuProcess(pid, "python", "C", used) for pid, used in self._pids.items()]
-
-
-def test_gpu_memory_follows_cuda_visible_devices_and_finds_this_process(monkeypatch) -> None:
-    import os
-    from types import SimpleNamespace
-
-    source = SimpleNamespace(
-        devices=[
-            _FakeDevice("GPU-aaa", 1, {}),
-            _FakeDevice("GPU-bbb", 2, {os.getpid(): 512}),
-            _FakeDevice("GPU-c", 3, {}),
-        ]
-    )
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    assert oe._gpu_memory(source, 1) == {"used": 2, "total": 80 * 2**30, "process": 512}
-    assert oe._gpu_memory(source, 0)["process"] is None  # not on this device
-    assert oe._gpu_memory(source, 7) is None
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,1")
-    assert oe._gpu_memory(source, 0)["used"] == 3 and oe._gpu_memory(source, 1)["used"] == 2
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-bbb")
-    assert oe._gpu_memory(source, 0)["used"] == 2 and oe._gpu_memory(source, 1) is None
-    assert oe._gpu_memory(SimpleNamespace(devices=[]), 0) is None
+        evaluate(path, info, EvalConfig(symbols=(("T", 4),), **FAST))
+    with pytest.raises(InputError, match="unknown provider"):
+        oe._session_options("tpu", EvalConfig(**FAST), Placement())

@@ -15,8 +15,8 @@ from tiny_onnx import W, colour_classifier, mlp
 from engine.core.settings import load_settings
 from engine.jobs.runner import JobRunner
 from engine.jobs.store import CPU, DONE, FAILED, QUEUED, JobStore, StoreError
-from engine.onnx.evaluate import EvalError
-from engine.onnx.jobs import KIND, OnnxEvalJobs
+from engine.onnx.config import EvalConfig, EvalError
+from engine.onnx.jobs import KIND, OnnxEvalJobs, Submission
 from engine.onnx.model import ModelError
 
 FAST = {"runs": 3, "warmup": 0, "intra_op_threads": 1}
@@ -29,6 +29,11 @@ def settings(tmp_path: Path):
 
 def _jobs(settings, gpu: str | None = None) -> OnnxEvalJobs:
     return OnnxEvalJobs(JobStore(settings.db_path, settings.data_dir / "blobs"), settings, gpu)
+
+
+def _submit(jobs: OnnxEvalJobs, **values) -> Submission:
+    """As the API and the tab submit: raw values built into the config, then queued."""
+    return jobs.submit(EvalConfig.build(values))
 
 
 def _wait(jobs: OnnxEvalJobs, job_id: str, timeout: float = 60) -> dict:
@@ -53,7 +58,7 @@ def test_submit_runs_and_keeps_the_report(settings, tmp_path: Path) -> None:
         np.savez(expected, y=np.maximum(x @ W + np.array([0.1, -0.2, 0.3], np.float32), 0), k2=np.zeros((2, 1)))
         inputs = tmp_path / "inputs.npz"
         np.savez(inputs, x=x)
-        sub = jobs.submit({"batch_sizes": [2, 4], **FAST}, model=model, inputs_npz=inputs, expected_npz=expected)
+        sub = _submit(jobs, batch_sizes="2,4", model=model, inputs=inputs, expected=expected, **FAST)
         status = _wait(jobs, sub.job.id)  # wake() starts it at once: a 5 s poll would time the test out here
         assert status["status"] == DONE, status["error"]
         result = jobs.result(sub.job.id)
@@ -61,7 +66,8 @@ def test_submit_runs_and_keeps_the_report(settings, tmp_path: Path) -> None:
         assert [(r["provider"], r["batch"]) for r in report["results"]] == [("cpu", 2), ("cpu", 4)]
         assert report["accuracy"]["expected"]["cpu"]["y"]["max_error"] < 1e-6
         assert report["inspection"]["name"] == "upload.onnx" and "path" not in report["inspection"]
-        assert report["config"]["inputs_npz"] == sub.job.settings["files"]["inputs_npz"]  # a hash, not a path
+        assert report["config"]["inputs"] == sub.job.settings["files"]["inputs"]  # a hash, not a path
+        assert report["config"]["model"] == result["model_sha256"]
         assert report["job"]["id"] == sub.job.id and result["model_name"] == "upload.onnx"
         assert jobs.store.blob_path(result["model_sha256"]).read_bytes() == model.read_bytes()
         assert [h["id"] for h in jobs.history()] == [sub.job.id] and jobs.queue() == []
@@ -72,19 +78,19 @@ def test_submit_runs_and_keeps_the_report(settings, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"providers": ["gpu"]}, "unknown provider"),
-        ({"inputs_npz": "/etc/passwd"}, "set by the server"),
-        ({"gpu_memory_fraction": 1.0}, "set by the server"),
-        ({"batchsize": 2}, "unknown setting"),
+        ({"providers": "gpu"}, "providers 'gpu' is not one of"),
+        ({"inputs_npz": "/etc/passwd"}, "unknown option"),
+        ({"gpu_memory_fraction": 1.0}, "unknown option"),
+        ({"batchsize": 2}, "unknown option"),
         ({"runs": 0}, "runs"),
-        ({"labels": [1, 2, 3]}, "3 labels"),
-        ({"symbols": {"N": 3}}, "batch dimension"),
+        ({"labels": "1,2,3"}, "3 labels"),
+        ({"symbols": "N=3"}, "batch dimension"),
     ],
 )
 def test_bad_settings_are_refused_at_submit_and_nothing_is_queued(settings, tmp_path: Path, options, message) -> None:
     jobs = _jobs(settings)
     with pytest.raises(ValueError, match=message):
-        jobs.submit(options, model=mlp(tmp_path / "m.onnx"))
+        _submit(jobs, model=mlp(tmp_path / "m.onnx"), **options)
     assert jobs.store.history() == []
 
 
@@ -93,27 +99,25 @@ def test_bad_uploads_are_refused_at_submit(settings, tmp_path: Path) -> None:
     text = tmp_path / "model.onnx"
     text.write_text("<html>not a model</html>")
     with pytest.raises(ModelError, match="not an ONNX model"):
-        jobs.submit({}, model=text)
+        _submit(jobs, model=text)
     cut = tmp_path / "cut.onnx"
     cut.write_bytes(mlp(tmp_path / "whole.onnx").read_bytes()[:-20])
     with pytest.raises(ModelError):
-        jobs.submit({}, model=cut)
-    with pytest.raises(EvalError, match="either a model file"):
-        jobs.submit({}, model=cut, example="wav2lip")
-    with pytest.raises(EvalError, match="no built-in example"):
-        jobs.submit({}, example="resnet")
-    with pytest.raises(EvalError, match="JSON object"):
-        jobs.submit(["cpu"], model=cut)  # type: ignore[arg-type]
+        _submit(jobs, model=cut)
+    with pytest.raises(EvalError, match="either a model"):
+        _submit(jobs, model=cut, example="wav2lip")
+    with pytest.raises(EvalError, match="example 'resnet' is not one of wav2lip, s3fd"):
+        _submit(jobs, example="resnet")
     assert jobs.store.history() == []
 
 
 def test_gpu_providers_choose_the_gpu_queue_only_where_a_gpu_exists(settings, tmp_path: Path) -> None:
     model = mlp(tmp_path / "m.onnx")
     on_gpu = _jobs(settings, gpu="cuda:1")
-    assert on_gpu.submit({"providers": ["cpu", "cuda"]}, model=model).job.device == "cuda:1"
-    assert on_gpu.submit({"providers": ["cpu"]}, model=model).job.device == CPU
+    assert _submit(on_gpu, providers="cpu,cuda", model=model).job.device == "cuda:1"
+    assert _submit(on_gpu, providers="cpu", model=model).job.device == CPU
     cpu_only = _jobs(settings)
-    sub = cpu_only.submit({"providers": ["trt"]}, model=model)
+    sub = _submit(cpu_only, providers="trt", model=model)
     assert sub.job.device == CPU and any("no CUDA device" in w for w in sub.warnings)
     positions = [(s["device"], s["position"]) for s in cpu_only.queue()]
     assert positions == [("cuda:1", 1), (CPU, 1), (CPU, 2)]
@@ -129,7 +133,7 @@ def test_images_are_stored_and_used_by_the_job(settings, tmp_path: Path) -> None
         image[:] = bgr
         cv2.imwrite(str(tmp_path / f"{i}.png"), image)
         paths.append(tmp_path / f"{i}.png")
-    sub = jobs.submit({"batch_sizes": [2], "labels": [0, 2], **FAST}, model=model, images=paths)
+    sub = _submit(jobs, batch_sizes="2", labels="0,2", model=model, images=paths, **FAST)
     job = jobs.store.claim_next(CPU)
     report = jobs.handle(job, lambda f, label: None)
     assert report["accuracy"]["topk"]["cpu"]["top1"] == 1.0
@@ -140,8 +144,8 @@ def test_images_are_stored_and_used_by_the_job(settings, tmp_path: Path) -> None
 def test_queued_jobs_survive_a_restart_and_run_after_it(settings, tmp_path: Path) -> None:
     first = _jobs(settings)
     model = mlp(tmp_path / "m.onnx")
-    running = first.submit(FAST, model=model).job
-    waiting = first.submit(FAST, model=model).job
+    running = _submit(first, model=model, **FAST).job
+    waiting = _submit(first, model=model, **FAST).job
     assert first.store.claim_next(CPU).id == running.id  # "running" when the process dies
     first.store.close()
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 
 from engine.bench.catalog import CATALOG, PriceBook, detected_gpu, find_gpu
+from engine.bench.config import LlmRequest
 from engine.bench.planner import (
     CUDA_CONTEXT_BYTES,
     LLMS,
     TGI_RUNTIME_BYTES,
-    LlmRequest,
     PlanError,
     calibrate_activations,
     cost_table,
@@ -85,7 +85,7 @@ def test_auto_quantization_sharding_and_old_card_warnings() -> None:
     assert any("exceeds" in w for w in long["warnings"])
     for bad, message in (
         (LlmRequest("B200", "mistral-7b"), "unknown GPU"),
-        (LlmRequest("H100", "gpt-5"), "unknown model"),
+        (LlmRequest("H100", "gpt-5"), "llm 'gpt-5' is not one of"),
         (LlmRequest("H100", "mistral-7b", max_input_tokens=5000, max_total_tokens=4096), "below max_total_tokens"),
     ):
         with pytest.raises(PlanError, match=message):

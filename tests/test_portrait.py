@@ -12,7 +12,8 @@ import torch
 
 from engine.core.media import VideoWriter, probe_video, read_frames
 from engine.models.liveportrait import write_random_weights
-from engine.portrait.pipeline import PortraitConfig, PortraitError, load_template, run_portrait
+from engine.portrait.config import PortraitConfig, PortraitError
+from engine.portrait.pipeline import load_template, run_portrait
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 pytestmark = pytest.mark.slow
@@ -41,10 +42,10 @@ def driving(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_video_driver_writes_the_animated_portrait_and_its_motion(weights: Path, driving: Path, tmp_path: Path) -> None:
-    out, template = tmp_path / "out.mp4", tmp_path / "motion.npz"
-    config = PortraitConfig(ASSETS / "face.jpg", driving, out, weights=str(weights), max_frames=1,
-                            save_template=template)  # fmt: skip
-    result = run_portrait(config)
+    out, template = tmp_path / "out.mp4", tmp_path / "out.npz"
+    config = PortraitConfig(ASSETS / "face.jpg", driving, weights=str(weights), max_frames=1, save_template=True)
+    result = run_portrait(config, out)
+    assert result.outputs["template"] == str(template)
     info = probe_video(out)
     assert (info.width, info.height) == (512, 512) and info.frames == 1  # pasted back into the 512x512 source
     assert result.metrics["frames"] == 1 and result.metrics["backend"] == "torch"
@@ -56,7 +57,7 @@ def test_video_driver_writes_the_animated_portrait_and_its_motion(weights: Path,
     assert result.metrics["cache"] == {"networks": False, "source": False} and result.metrics["crop_angle"] == 0
     assert result.metrics["landmarks"].startswith("none")  # no landmark.onnx: axis-aligned, no lip normalisation
     # the saved motion drives a second run, which reuses the loaded networks and the source's features
-    again = run_portrait(PortraitConfig(ASSETS / "face.jpg", template, tmp_path / "again.mp4", weights=str(weights)))
+    again = run_portrait(PortraitConfig(ASSETS / "face.jpg", template, weights=str(weights)), tmp_path / "again.mp4")
     assert again.metrics["cache"] == {"networks": True, "source": True} and again.metrics["frames"] == 1
     assert "source features" not in [s.name for s in again.stages]
     frames = [next(iter(read_frames(p))).astype(np.float32) for p in (out, tmp_path / "again.mp4")]
@@ -74,9 +75,9 @@ def test_landmarks_turn_the_crop_upright_and_close_the_lips(weights: Path, tmp_p
                           torch.zeros(2, 21, 3), torch.ones(2), torch.rand(2, 21, 3, generator=g) - 0.5)  # fmt: skip
     save_template(tmp_path / "turn.npz", frames, 25.0)  # a two-frame driver: relative motion, lips normalised
     model = landmark_model(tmp_path / "landmark.onnx", tilt_deg=12.0)
-    config = PortraitConfig(ASSETS / "face.jpg", tmp_path / "turn.npz", tmp_path / "out.mp4", weights=str(weights),
-                            landmarks=str(model), max_frames=2, batch_size=2)  # fmt: skip
-    result = run_portrait(config)
+    config = PortraitConfig(ASSETS / "face.jpg", tmp_path / "turn.npz", weights=str(weights), landmarks=str(model),
+                            max_frames=2, batch_size=2)  # fmt: skip
+    result = run_portrait(config, tmp_path / "out.mp4")
     m = result.metrics
     assert m["frames"] == 2 and m["crop_angle"] == pytest.approx(12.0, abs=0.01)  # the stand-in's eye line
     assert m["source_openness"]["lips"] == pytest.approx(0.2, abs=1e-3) and m["lips_normalised"] is True
@@ -153,27 +154,26 @@ def test_compiled_networks_pad_the_last_batch(weights: Path, monkeypatch: pytest
     out = compiled.decode(feature)  # two rows padded to three, then cut back
     assert out.shape == (2, 3, 64, 64) and torch.allclose(out, plain.decode(feature), atol=1e-5)
     with pytest.raises(PortraitError, match="torch backend only"):
-        PortraitConfig(ASSETS / "face.jpg", ASSETS / "face.jpg", Path("o.mp4"), backend="onnx-cpu",
-                       compile=True).validate()  # fmt: skip
+        PortraitConfig(ASSETS / "face.jpg", ASSETS / "face.jpg", backend="onnx-cpu", compile=True).validate()
 
 
 def test_refusals_are_messages(weights: Path, driving: Path, tmp_path: Path) -> None:
     source = ASSETS / "face.jpg"
     missing = str(tmp_path / "none")
     with pytest.raises(PortraitError, match="no LivePortrait weights"):  # asked for LivePortrait explicitly
-        run_portrait(PortraitConfig(source, driving, tmp_path / "o.mp4", weights=missing, engine="liveportrait"))
+        run_portrait(PortraitConfig(source, driving, weights=missing, engine="liveportrait"), tmp_path / "o.mp4")
     blank = tmp_path / "blank.png"
     cv2.imwrite(str(blank), np.full((256, 256, 3), 128, np.uint8))
     with pytest.raises(PortraitError, match="no face found in the source"):
-        run_portrait(PortraitConfig(blank, driving, tmp_path / "o.mp4", weights=str(weights)))
+        run_portrait(PortraitConfig(blank, driving, weights=str(weights)), tmp_path / "o.mp4")
     bad = tmp_path / "motion.npz"
     np.savez(bad, kp=np.zeros((3, 21, 3)))
     with pytest.raises(PortraitError, match="not a motion template"):
         load_template(bad)
-    with pytest.raises(PortraitError, match="animation region"):
-        PortraitConfig(source, driving, tmp_path / "o.mp4", region="hair").validate()
+    with pytest.raises(PortraitError, match="region 'hair' is not one of all, exp, pose, lip, eyes"):
+        PortraitConfig(source, driving, region="hair").validate()
     with pytest.raises(PortraitError, match="driving file not found"):
-        PortraitConfig(source, tmp_path / "missing.mp4", tmp_path / "o.mp4").validate()
+        PortraitConfig(source, tmp_path / "missing.mp4").validate()
     assert not (tmp_path / "o.mp4").exists()
 
 
@@ -196,7 +196,7 @@ def test_baseline_engine_without_weights(driving: Path, tmp_path: Path) -> None:
     tilt = _video(tmp_path / "tilt.mp4", tilted)
     still = _video(tmp_path / "still.mp4", [face] * 4)
     none = str(tmp_path / "no-weights")
-    result = run_portrait(PortraitConfig(ASSETS / "face.jpg", tilt, tmp_path / "tilt-out.mp4", weights=none))
+    result = run_portrait(PortraitConfig(ASSETS / "face.jpg", tilt, weights=none), tmp_path / "tilt-out.mp4")
     assert result.metrics["engine"] == "baseline" and result.metrics["frames"] == 8
     assert any("baseline engine" in w and "not LivePortrait" in w for w in result.warnings)
     source = cv2.imread(str(ASSETS / "face.jpg")).astype(np.float32)
@@ -206,13 +206,13 @@ def test_baseline_engine_without_weights(driving: Path, tmp_path: Path) -> None:
     assert np.abs(out[-1][corner] - source[corner]).mean() < 4
     face_region = (slice(60, 190), slice(172, 280))
     moved = np.abs(out[-1][face_region] - out[0][face_region]).mean()
-    calm = run_portrait(PortraitConfig(ASSETS / "face.jpg", still, tmp_path / "still-out.mp4", weights=none))
+    calm = run_portrait(PortraitConfig(ASSETS / "face.jpg", still, weights=none), tmp_path / "still-out.mp4")
     still_out = [f.astype(np.float32) for f in read_frames(tmp_path / "still-out.mp4")]
     assert calm.metrics["frames"] == 4
     still_change = np.abs(still_out[-1][face_region] - still_out[0][face_region]).mean()
     assert still_change < 2 < moved  # a still driver moves nothing; a tilting one moves the face
     with pytest.raises(PortraitError, match="an image has none"):
-        run_portrait(PortraitConfig(ASSETS / "face.jpg", ASSETS / "face.jpg", tmp_path / "x.mp4", engine="baseline"))
+        run_portrait(PortraitConfig(ASSETS / "face.jpg", ASSETS / "face.jpg", engine="baseline"), tmp_path / "x.mp4")
 
 
 def test_a_driving_clip_that_starts_without_a_face(tmp_path: Path) -> None:
@@ -224,5 +224,5 @@ def test_a_driving_clip_that_starts_without_a_face(tmp_path: Path) -> None:
     late = _video(tmp_path / "late.mp4", [np.zeros_like(face), face, face])  # a fade-in from black
     box, first = _driving_box(late, HaarDetector(detect_scale=0.5), None, RunResult())
     assert first == 1 and box[2] > box[0]  # relative motion is measured against frame 1, with a warning
-    result = run_portrait(PortraitConfig(ASSETS / "face.jpg", late, tmp_path / "o.mp4", engine="baseline"))
+    result = run_portrait(PortraitConfig(ASSETS / "face.jpg", late, engine="baseline"), tmp_path / "o.mp4")
     assert result.metrics["frames"] == 3 and any("first frame shows no face" in w for w in result.warnings)

@@ -145,11 +145,12 @@ def test_paste_back_puts_the_crop_back_where_it_came_from() -> None:
 def test_head_rotation_offsets_turn_the_driven_keypoints(tmp_path) -> None:
     from pathlib import Path
 
-    from engine.portrait.pipeline import PortraitConfig, _driving_keypoints
+    from engine.portrait.config import PortraitConfig
+    from engine.portrait.pipeline import _driving_keypoints
 
     face = Path(__file__).resolve().parent.parent / "assets" / "face.jpg"
     source = _info(seed=3)
-    config = PortraitConfig(face, face, tmp_path / "o.mp4", stitching=False, rotate=(0.0, 20.0, 0.0))
+    config = PortraitConfig(face, face, stitching=False, yaw=20.0)
     x, x_source = _driving_keypoints(config, source, source, nets=None)  # the source drives itself
     turned = rotation_matrix(source.pitch, source.yaw + 20, source.roll)
     assert torch.allclose(x, compose(source.kp, turned, source.exp, source.scale, source.t), atol=1e-5)
@@ -183,10 +184,11 @@ def test_baseline_recovers_a_known_head_motion() -> None:
 def _driven(tmp_path, source: KeypointInfo, driver: KeypointInfo, reference: int = 0, **options) -> torch.Tensor:
     from pathlib import Path
 
-    from engine.portrait.pipeline import PortraitConfig, _driving_keypoints
+    from engine.portrait.config import PortraitConfig
+    from engine.portrait.pipeline import _driving_keypoints
 
     face = Path(__file__).resolve().parent.parent / "assets" / "face.jpg"
-    config = PortraitConfig(face, face, tmp_path / "o.mp4", stitching=False, **options)
+    config = PortraitConfig(face, face, stitching=False, **options)
     return _driving_keypoints(config, source, driver, nets=None, reference=reference)[0]
 
 

@@ -14,9 +14,10 @@ from torch import nn
 pytest.importorskip("onnxruntime")
 from tiny_onnx import landmark_model
 
+from engine.portrait.config import PortraitConfig
 from engine.portrait.landmarks import LandmarkError, LandmarkModel, eye_open_ratios, lip_open_ratio
 from engine.portrait.motion import KeypointInfo, transform_keypoints
-from engine.portrait.pipeline import PortraitConfig, _driving_keypoints
+from engine.portrait.pipeline import _driving_keypoints
 
 FACE = Path(__file__).resolve().parent.parent / "assets" / "face.jpg"
 
@@ -51,17 +52,17 @@ def test_retargeting_adds_the_networks_deltas(tmp_path: Path) -> None:
                           torch.zeros(1, 21, 3), torch.ones(1), torch.rand(1, 21, 3, generator=g) - 0.5)  # fmt: skip
     nets = SimpleNamespace(retargeting={"eye": _mlp(66, 0.01), "lip": _mlp(65, 0.02)})
     openness = (np.array([0.3, 0.3], np.float32), 0.1)
-    base = PortraitConfig(FACE, FACE, tmp_path / "o.mp4", stitching=False)
+    base = PortraitConfig(FACE, FACE, stitching=False)
     plain, _ = _driving_keypoints(base, source, source, nets, openness)
     assert torch.allclose(plain, transform_keypoints(source))
-    eyes = PortraitConfig(FACE, FACE, tmp_path / "o.mp4", stitching=False, eye_open=0.0)
+    eyes = PortraitConfig(FACE, FACE, stitching=False, eye_open=0.0)
     x, _ = _driving_keypoints(eyes, source, source, nets, openness)
     assert torch.allclose(x, plain + 0.01)
-    both = PortraitConfig(FACE, FACE, tmp_path / "o.mp4", stitching=False, eye_open=0.0, lip_open=0.5)
+    both = PortraitConfig(FACE, FACE, stitching=False, eye_open=0.0, lip_open=0.5)
     x, _ = _driving_keypoints(both, source, source, nets, openness)
     assert torch.allclose(x, plain + 0.03)
     with pytest.raises(ValueError, match=r"outside 0\.\.0\.8"):
-        PortraitConfig(FACE, FACE, tmp_path / "o.mp4", eye_open=1.5).validate()
+        PortraitConfig(FACE, FACE, eye_open=1.5).validate()
 
 
 def test_lip_normalisation_closes_an_open_source_mouth_before_relative_motion(tmp_path: Path) -> None:
@@ -73,7 +74,7 @@ def test_lip_normalisation_closes_an_open_source_mouth_before_relative_motion(tm
     still = transform_keypoints(source).expand(2, 21, 3)
 
     def driven(openness: tuple, **options) -> torch.Tensor:
-        config = PortraitConfig(FACE, FACE, tmp_path / "o.mp4", stitching=False, **options)
+        config = PortraitConfig(FACE, FACE, stitching=False, **options)
         return _driving_keypoints(config, source, clip, nets, openness)[0]
 
     eyes = np.array([0.3, 0.3], np.float32)

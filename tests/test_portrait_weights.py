@@ -10,7 +10,8 @@ import pytest
 
 from engine.core.settings import Settings
 from engine.portrait.cache import LruCache, file_digest
-from engine.portrait.pipeline import PortraitConfig, PortraitError, hub_weights, weights_folder
+from engine.portrait.config import PortraitConfig, PortraitError
+from engine.portrait.pipeline import hub_weights, weights_folder
 
 FACE = Path(__file__).resolve().parent.parent / "assets" / "face.jpg"
 
@@ -32,7 +33,7 @@ def test_weights_come_from_the_folder_then_the_hub_cache(tmp_path: Path, monkeyp
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # nothing here may reach the network
     settings = Settings(data_dir=tmp_path, weights_dir=tmp_path / "weights")
-    config = PortraitConfig(FACE, FACE, tmp_path / "o.mp4")
+    config = PortraitConfig(FACE, FACE)
     with pytest.raises(PortraitError, match="hf:KwaiVGI/LivePortrait"):
         weights_folder(config, settings)  # nothing anywhere: the message says where to put them
     assert hub_weights("hf:KwaiVGI/LivePortrait", download=False) is None
@@ -41,11 +42,11 @@ def test_weights_come_from_the_folder_then_the_hub_cache(tmp_path: Path, monkeyp
     local = tmp_path / "weights" / "liveportrait"
     (local / "base_models").mkdir(parents=True)
     assert weights_folder(config, settings) == local  # a local folder wins
-    explicit = PortraitConfig(FACE, FACE, tmp_path / "o.mp4", weights=str(tmp_path / "nowhere"))
+    explicit = PortraitConfig(FACE, FACE, weights=str(tmp_path / "nowhere"))
     with pytest.raises(PortraitError, match="no LivePortrait weights"):
         weights_folder(explicit, settings)  # a folder named explicitly is never replaced by another
     with pytest.raises(PortraitError, match="could not fetch"):
-        weights_folder(PortraitConfig(FACE, FACE, tmp_path / "o.mp4", weights="hf:Someone/Else"), settings)
+        weights_folder(PortraitConfig(FACE, FACE, weights="hf:Someone/Else"), settings)
 
 
 def test_lru_cache_keeps_the_most_recent_and_builds_once() -> None:

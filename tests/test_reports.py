@@ -13,9 +13,12 @@ from tiny_onnx import mlp
 
 from engine.bench.sweep import BenchPoint, SweepConfig, run_sweep
 from engine.bench.workloads import onnx_model
-from engine.onnx.evaluate import EvalConfig, evaluate
+from engine.onnx.config import EvalConfig
+from engine.onnx.evaluate import evaluate
 from engine.onnx.model import inspect_model
 from ui import bench_report, onnx_report
+
+MODEL = Path("model.onnx")  # the request's model name; evaluate() runs the file it is handed
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +47,7 @@ def test_bench_report_renders(model) -> None:
 
 def test_onnx_report_renders(model) -> None:
     path, info = model
-    report = evaluate(path, info, EvalConfig(batch_sizes=[1, 2], runs=2, warmup=0))
+    report = evaluate(path, info, EvalConfig(model=MODEL, batch_sizes=[1, 2], runs=2, warmup=0))
     report["inspection"] = {**{k: v for k, v in info.to_dict().items() if k != "path"}, "name": "mlp.onnx"}
     assert len(onnx_report.result_rows(report)[0]) == len(onnx_report.RESULT_HEADERS)
     assert onnx_report.parity_rows(report)[0][:2] == ["cpu", "y"]

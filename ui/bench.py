@@ -1,34 +1,32 @@
 """The GPU benchmark tab: build a sweep (preset or custom grid), queue it, watch it, read the results and
 charts, compare runs and machines, price them, and plan what fits on which GPU (LLM serving too).
-Registers the API: /bench_submit, /bench_status, /bench_result, /bench_import, /plan_llm, /cost.
+Registers the API: /bench_submit, /bench_status, /bench_result, /bench_import, /plan_llm, /plan_network, /cost.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
 from engine.bench.catalog import CATALOG, Gpu, PriceBook, detected_gpu, find_gpu
+from engine.bench.config import PRECISIONS, CostConfig, LlmRequest, NetworkPlanConfig, SweepRequest
 from engine.bench.jobs import BenchJobs
 from engine.bench.planner import (
     LLMS,
     QUANT_BYTES_PER_PARAM,
-    LlmRequest,
-    PlanError,
     calibration_from_report,
+    cost_for,
     cost_table,
     plan_llm,
-    plan_model_memory,
+    plan_network,
 )
-from engine.bench.sweep import PRECISIONS, PRESETS, BenchError, grid, rows_to_csv
-from engine.bench.workloads import BUILTIN, builtin_model, memory_profile
-from engine.core.parsing import int_list
-from engine.jobs.store import FAILED, StoreError
-from engine.runtimes.bench_runtimes import COMPILE_MODES, RUNTIMES
+from engine.bench.sweep import PRESETS, rows_to_csv
+from engine.bench.workloads import BUILTIN
+from engine.jobs.store import FAILED
+from engine.runtimes.registry import COMPILE_MODES, RUNTIMES
 from ui.bench_report import (
     COMPARE_HEADERS,
     COST_HEADERS,
@@ -43,11 +41,11 @@ from ui.bench_report import (
     telemetry_figure,
     throughput_figure,
 )
+from ui.forms import api_endpoint, api_function, reported
 from ui.widgets import finished_results, job_ids, job_poller, when
 
 CUSTOM = "custom grid"
 HISTORY_HEADERS = ["job", "status", "model", "preset", "configurations", "machine", "submitted", "error"]
-ERRORS = (ValueError, OSError, StoreError)
 
 
 def _status_text(s: dict) -> str:
@@ -166,23 +164,17 @@ def build_bench_tab(settings: Any, jobs: BenchJobs) -> None:
         fit_text = gr.Markdown()
     timer = gr.Timer(1.0, active=False)
 
-    def sweep_request(model_name, preset_choice, rts, precs, devs, batch_text, cl, cb, mode, n_runs, n_warm) -> dict:
-        if preset_choice != CUSTOM:
-            return {"preset": preset_choice, "model": model_name, "runs": int(n_runs), "warmup": int(n_warm)}
-        points, notes = grid(
-            list(rts or []), list(precs or []), int_list(batch_text, "batch sizes", minimum=1), list(devs or []),
-            [v == "on" for v in cl or ["off"]], [v == "on" for v in cb or ["on"]], mode,
-        )  # fmt: skip
-        if not points:
-            raise BenchError("this grid has no configuration that can run: " + "; ".join(notes))
-        data = {"model": model_name, "points": [asdict(p) for p in points], "runs": int(n_runs)}
-        return {**data, "warmup": int(n_warm), "notes": notes}
+    def sweep_request(model_name, preset_choice, rts, precs, devs, batch_text, cl, cb, mode, n_runs, n_warm) -> Any:
+        return SweepRequest.build({
+            "model": model_name, "preset": None if preset_choice == CUSTOM else preset_choice,
+            "runtime": ",".join(rts or []), "precision": ",".join(precs or []), "device": ",".join(devs or []),
+            "batch": batch_text, "channels_last": ",".join(cl or ["off"]), "cudnn_benchmark": ",".join(cb or ["on"]),
+            "compile_mode": mode, "runs": n_runs, "warmup": n_warm,
+        })  # fmt: skip
 
     def queue(*form) -> tuple[Any, ...]:
-        try:
+        with reported("the sweep"):
             job = jobs.submit(sweep_request(*form))
-        except ERRORS as exc:
-            raise gr.Error(str(exc)) from None
         return job.id, _status_text(jobs.status(job.id)), gr.Timer(active=True)
 
     def render(job: str) -> tuple[Any, ...]:
@@ -226,10 +218,8 @@ def build_bench_tab(settings: Any, jobs: BenchJobs) -> None:
     def import_report(path: str | None) -> list[list]:
         if not path:
             return history_rows()
-        try:
+        with reported("the import"):
             jobs.import_report(Path(path).read_text())
-        except ERRORS as exc:
-            raise gr.Error(str(exc)) from None
         return history_rows()
 
     def price_configuration(job: str | None, label: str | None, samples: float) -> list[list]:
@@ -241,10 +231,8 @@ def build_bench_tab(settings: Any, jobs: BenchJobs) -> None:
             raise gr.Error(f"{label} has no throughput")
         gpu_name = ((result["report"].get("machine") or {}).get("gpu") or {}).get("name")
         measured_on = find_gpu(gpu_name) if gpu_name and row["device"] == "cuda" else None
-        try:
+        with reported("the cost table"):
             rows = cost_table(row["samples_per_s"], row["precision"], measured_on, PriceBook.load(prices_path), samples)
-        except PlanError as exc:
-            raise gr.Error(str(exc)) from None
         return cost_rows(rows)
 
     def save(table_value: Any) -> Any:
@@ -260,29 +248,24 @@ def build_bench_tab(settings: Any, jobs: BenchJobs) -> None:
         return _price_rows(book)
 
     def plan_form(gpu, count, llm, quant, total, max_input, concurrent, fraction) -> tuple[str, dict]:
-        request = LlmRequest(
-            cards[gpu], llm, int(count), int(max_input) or None, int(total), int(concurrent), quant, fraction
-        )
-        try:
-            result = plan_llm(request)
-        except PlanError as exc:
-            raise gr.Error(str(exc)) from None
+        values = dict(gpu=gpu, llm=llm, count=count, max_total_tokens=total, max_input_tokens=max_input or None,
+                      concurrent_requests=concurrent, quantize=quant, memory_fraction=fraction)  # fmt: skip
+        with reported("the LLM plan"):
+            result = plan_llm(LlmRequest.build(values), card=cards.get(gpu))
         return _plan_markdown(result), result
 
     def fit_form(gpu_key, name, precision, fraction, target, rate, job) -> str:
+        report = (jobs.result(job).get("report") or {}) if job else {}
+        # the open sweep calibrates when it measured this network at this precision; else the estimate
+        usable = report.get("model", {}).get("name") == name and calibration_from_report(report, precision)
+        values = dict(gpu=gpu_key, model=name, precision=precision, memory_fraction=fraction,
+                      target_throughput=target or None, throughput_per_gpu=rate or None)  # fmt: skip
+        with reported("the network plan"):
+            config = NetworkPlanConfig.build(values)
+            title, fit = plan_network(config, settings.cache_dir, report if usable else None, cards.get(gpu_key))
         gpu = cards[gpu_key]
-        calibrated, basis = None, "estimate: every layer output of one sample kept (an upper bound)"
-        if job:
-            report = jobs.result(job).get("report") or {}
-            if report.get("model", {}).get("name") == name:
-                calibrated = calibration_from_report(report, precision)
-                basis = f"calibrated from sweep {job}" if calibrated else basis
-        net = builtin_model(name, settings.cache_dir)
-        act, weights = calibrated or memory_profile(net, precision)[::-1]
-        fit = plan_model_memory(gpu, weights, act, precision, fraction, target_samples_per_s=target or None,
-                                samples_per_s_per_gpu=rate or None, basis=basis)  # fmt: skip
         lines = [
-            f"**{net.title}** on {gpu.name} at {precision} ({basis}): fixed {fit.weights_bytes / 2**20:.0f} MiB, "
+            f"**{title}** on {gpu.name} at {precision} ({fit.basis}): fixed {fit.weights_bytes / 2**20:.0f} MiB, "
             f"{fit.activation_bytes_per_sample / 2**20:.1f} MiB per sample, CUDA context "
             f"{fit.overhead_bytes / 2**20:.0f} MiB",
             f"- largest batch under {fraction:g} of {gpu.memory_gb:g} GB: **{fit.max_batch}**; recommended "
@@ -321,7 +304,7 @@ def build_bench_tab(settings: Any, jobs: BenchJobs) -> None:
     plan_btn.click(plan_form, [*plan_inputs, plan_fraction], [plan_text, plan_json], api_visibility="private")
     fit_inputs = [plan_gpu, fit_model, fit_precision, plan_fraction, fit_target, fit_rate, job_id]
     fit_btn.click(fit_form, fit_inputs, fit_text, api_visibility="private")
-    _register_api(jobs, prices_path)
+    _register_api(jobs, settings, prices_path, cards)
 
 
 def _this_card(device: str) -> Gpu:
@@ -351,70 +334,48 @@ def _plan_markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def _register_api(jobs: BenchJobs, prices_path: Path) -> None:
-    def bench_submit(sweep_json: str) -> dict:
-        """Queue a sweep: a JSON object with model and points (runtime, precision, batch, device, channels_last,
-        cudnn_benchmark, compile_mode), runs, warmup; or {"preset": NAME, "model": ...}. Returns its status."""
-        try:
-            job = jobs.submit(sweep_json)
-        except ERRORS as exc:
-            raise gr.Error(str(exc)) from None
+def _register_api(jobs: BenchJobs, settings: Any, prices_path: Path, cards: dict[str, Gpu]) -> None:
+    """The API: every parameter is a field of the capability's config, named as the CLI's flags."""
+
+    def bench_submit(values: dict[str, Any]) -> dict:
+        job = jobs.submit(SweepRequest.build(values))
         return {**jobs.status(job.id), "job_id": job.id}
 
     def bench_status(job_id: str) -> dict:
         """State, queue position and progress of a sweep."""
-        try:
+        with reported("the sweep status"):
             return jobs.status(job_id)
-        except StoreError as exc:
-            raise gr.Error(str(exc)) from None
 
     def bench_result(job_id: str) -> dict:
         """The sweep's status and, once done, its full report (machine, per-configuration metrics)."""
-        try:
+        with reported("the sweep result"):
             return jobs.result(job_id)
-        except StoreError as exc:
-            raise gr.Error(str(exc)) from None
 
     def bench_import(report_json: str) -> dict:
         """Store a report exported on another machine, for comparison; returns its job summary."""
-        try:
+        with reported("the import"):
             return jobs.status(jobs.import_report(report_json).id)
-        except ERRORS as exc:
-            raise gr.Error(str(exc)) from None
 
-    def plan_llm_api(
-        gpu: str,
-        llm: str,
-        count: int = 1,
-        max_total_tokens: int = 4096,
-        max_input_tokens: int = 0,
-        concurrent_requests: int = 1,
-        quantize: str = "auto",
-        memory_fraction: float = 0.9,
-    ) -> dict:
-        """LLM serving plan: whether it fits, memory by part, TGI launch flags, reasons and warnings."""
-        request = LlmRequest(gpu, llm, count, max_input_tokens or None, max_total_tokens, concurrent_requests,
-                             quantize, memory_fraction)  # fmt: skip
-        try:
-            return plan_llm(request)
-        except PlanError as exc:
-            raise gr.Error(str(exc)) from None
+    def plan_network_api(values: dict[str, Any], progress: Any) -> dict:
+        config = NetworkPlanConfig.build(values)
+        title, fit = plan_network(config, settings.cache_dir, card=cards.get(config.gpu))
+        return {"model": title, **fit.to_dict()}
 
-    def cost_api(
-        samples_per_s: float, measured_on: str, precision: str = "fp16", samples_per_request: float = 1
-    ) -> list:
-        """Cost per 1000 requests and requests per $10 on each priced GPU; measured_on is cpu or a catalog key."""
-        gpu = None if measured_on.lower() == "cpu" else CATALOG.get(measured_on)
-        if measured_on.lower() != "cpu" and gpu is None:
-            raise gr.Error(f"unknown GPU {measured_on!r}; known: cpu, {', '.join(CATALOG)}")
-        try:
-            return cost_table(samples_per_s, precision, gpu, PriceBook.load(prices_path), samples_per_request)
-        except PlanError as exc:
-            raise gr.Error(str(exc)) from None
-
-    gr.api(bench_submit, api_name="bench_submit", concurrency_limit=4, concurrency_id="bench_submit")
+    with gr.Column(visible=False):
+        network_plan = gr.JSON()
+    about = "Batch size and GPU count for one of our networks (parameters as `avatarbench plan network`)."
+    api_endpoint(NetworkPlanConfig, plan_network_api, network_plan, "plan_network", about)
+    submit = api_function(SweepRequest, bench_submit, "the sweep")
+    submit.__doc__ = "Queue a sweep (parameters as `avatarbench bench`); returns its status and job id."
+    llm = api_function(LlmRequest, lambda values: plan_llm(LlmRequest.build(values)), "the LLM plan")
+    llm.__doc__ = "LLM serving plan (parameters as `avatarbench plan llm`): fits?, memory by part, TGI flags."
+    cost = api_function(
+        CostConfig, lambda values: cost_for(CostConfig.build(values), PriceBook.load(prices_path)), "the cost table"
+    )
+    cost.__doc__ = "Cost per 1000 requests on each priced GPU (parameters as `avatarbench cost`)."
+    gr.api(submit, api_name="bench_submit", concurrency_limit=4, concurrency_id="bench_submit")
     gr.api(bench_status, api_name="bench_status", queue=False)
     gr.api(bench_result, api_name="bench_result", queue=False)
     gr.api(bench_import, api_name="bench_import", queue=False)
-    gr.api(plan_llm_api, api_name="plan_llm", queue=False)
-    gr.api(cost_api, api_name="cost", queue=False)
+    gr.api(llm, api_name="plan_llm", queue=False)
+    gr.api(cost, api_name="cost", queue=False)

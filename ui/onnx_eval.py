@@ -9,19 +9,19 @@ from __future__ import annotations
 
 import json
 import logging
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
-from engine.core.parsing import int_list, name_values
-from engine.jobs.store import DONE, FAILED, StoreError
-from engine.onnx.evaluate import PROVIDERS
-from engine.onnx.examples import EXAMPLES, example_path
-from engine.onnx.images import CHANNEL_ORDERS, RESIZE_MODES, SCALINGS
+from engine.jobs.store import DONE, FAILED
+from engine.onnx.config import EvalConfig, InspectConfig
+from engine.onnx.examples import EXAMPLES
 from engine.onnx.jobs import OnnxEvalJobs
-from engine.onnx.model import ACCEPTED, Limits, file_sha256, inspect_model, prepare_model
+from engine.onnx.model import ACCEPTED
+from engine.onnx.uploads import display_name, model_source, prepared
+from engine.runtimes.ort_session import PROVIDERS
+from ui.forms import api_endpoint, choices, default, reported
 from ui.onnx_report import (
     ACCURACY_HEADERS,
     COMPARE_HEADERS,
@@ -38,7 +38,7 @@ from ui.onnx_report import (
     summary_markdown,
     throughput_figure,
 )
-from ui.widgets import finished_results, job_ids, job_poller, when
+from ui.widgets import finished_results, job_ids, job_poller, number, when
 
 log = logging.getLogger(__name__)
 HISTORY_HEADERS = ["job", "model", "status", "providers", "device", "submitted", "best samples/s", "error"]
@@ -73,13 +73,13 @@ def _best_throughput(report: dict | None) -> Any:
 
 def build_onnx_eval_tab(settings: Any, jobs: OnnxEvalJobs) -> None:
     """Render the tab in the current Blocks context and register the job API endpoints."""
-    limits = Limits(max_file_bytes=settings.max_upload_bytes)
     gr.Markdown(
         "Evaluate any ONNX model on every execution provider: latency percentiles, throughput, speed-up over "
         "the CPU, parity between providers and accuracy on your data. Each evaluation is a queued job; results "
         f"are kept. Accepted: {ACCEPTED}. The built-in examples are exports of our own networks with random "
         "weights (made on first use, no download)."
     )
+    c = EvalConfig
     job_id = gr.State(None)
     with gr.Row():
         with gr.Column(scale=1):
@@ -94,22 +94,25 @@ def build_onnx_eval_tab(settings: Any, jobs: OnnxEvalJobs) -> None:
             inspect_btn = gr.Button("Inspect")
             providers = gr.CheckboxGroup(_provider_choices(), value=["cpu"], label="Execution providers")
             with gr.Row():
-                batches = gr.Textbox(value="1,8", label="Batch sizes (when the batch is free)")
-                runs = gr.Number(value=50, precision=0, minimum=1, maximum=10_000, label="Timed runs")
-                warmup = gr.Number(value=5, precision=0, minimum=0, maximum=1000, label="Warm-up runs")
-                seed = gr.Number(value=0, precision=0, minimum=0, label="Seed")
+                batch_sizes = gr.Textbox(value="1,8", label="Batch sizes (when the batch is free)")
+                runs = number(c, "runs", "Timed runs")
+                warmup = number(c, "warmup", "Warm-up runs")
+                seed = number(c, "seed", "Seed")
             with gr.Accordion("TensorRT", open=False), gr.Row():
-                trt_fp16 = gr.Checkbox(value=False, label="Allow fp16 engines")
-                trt_workspace = gr.Number(value=4, minimum=0.0625, maximum=1024, label="Workspace (GiB)")
+                trt_fp16 = gr.Checkbox(value=default(c, "trt_fp16"), label="Allow fp16 engines")
+                trt_workspace_gb = number(c, "trt_workspace_gb", "Workspace (GiB)")
             with gr.Accordion("Your data (default: seeded synthetic inputs)", open=False):
-                inputs_npz = gr.File(label="Inputs .npz (arrays keyed by input name)", file_types=[".npz"])
-                expected_npz = gr.File(label="Expected outputs .npz (keyed by output name)", file_types=[".npz"])
+                inputs = gr.File(label="Inputs .npz (arrays keyed by input name)", file_types=[".npz"])
+                expected = gr.File(label="Expected outputs .npz (keyed by output name)", file_types=[".npz"])
                 images = gr.File(label="Images for an image input", file_count="multiple", file_types=["image"])
                 with gr.Row():
                     image_input = gr.Textbox(label="Image input name (empty: the first image-shaped input)")
-                    resize = gr.Dropdown(list(RESIZE_MODES), value="stretch", label="Resize")
-                    scaling = gr.Dropdown(list(SCALINGS), value="0-1", label="Scaling")
-                    channels = gr.Radio(list(CHANNEL_ORDERS), value="rgb", label="Channel order")
+                    image_resize = gr.Dropdown(choices(c, "image_resize"), value=default(c, "image_resize"),
+                                               label="Resize")  # fmt: skip
+                    image_scaling = gr.Dropdown(choices(c, "image_scaling"), value=default(c, "image_scaling"),
+                                                label="Scaling")  # fmt: skip
+                    image_channels = gr.Radio(choices(c, "image_channels"), value=default(c, "image_channels"),
+                                              label="Channel order")  # fmt: skip
                 labels = gr.Textbox(label="Class labels, one per sample of the first batch (top-1/top-5)")
             submit = gr.Button("Queue evaluation", variant="primary")
         with gr.Column(scale=2):
@@ -136,63 +139,27 @@ def build_onnx_eval_tab(settings: Any, jobs: OnnxEvalJobs) -> None:
         compare_plot = gr.Plot(show_label=False)
     timer = gr.Timer(1.0, active=False)
 
-    def model_source(kind: str, name: str, path: str | None) -> tuple[str | None, str | None]:
-        if kind == _EXAMPLE:
-            return None, name
-        if not path:
-            raise gr.Error(f"Upload a model ({ACCEPTED}), or pick a built-in example.")
-        return path, None
+    def chosen_model(kind: str, name: str, path: str | None) -> dict[str, Any]:
+        return {"model": None, "example": name} if kind == _EXAMPLE else {"model": path, "example": None}
 
     def inspect(kind: str, name: str, path: str | None, symbols_text: str) -> tuple[str, list[list]]:
-        model, example_name = model_source(kind, name, path)
-        try:
-            values = name_values(symbols_text)
-            src = Path(model) if model else example_path(example_name, settings.cache_dir)
-            settings.ensure_dirs()
-            with tempfile.TemporaryDirectory(prefix="inspect-", dir=settings.cache_dir) as work:
-                lim = limits if model else Limits()
-                info = inspect_model(prepare_model(src, work, lim), values or None, lim, sha256=file_sha256(src))
-        except (ValueError, OSError) as exc:
-            raise gr.Error(str(exc)) from None
-        described = info.to_dict()
-        described["name"] = Path(model).name if model else EXAMPLES[example_name].title
+        with reported("ONNX inspection"):
+            return inspected(InspectConfig.build({**chosen_model(kind, name, path), "symbols": symbols_text}))
+
+    def inspected(config: InspectConfig) -> tuple[str, list[list]]:
+        source = model_source(config.model, config.example, settings)
+        with prepared(source, settings, dict(config.symbols)) as (_, info):
+            described = {**info.to_dict(), "name": display_name(source)}
         return inspection_markdown(described), io_rows(described)
 
-    def options_from_form(
-        provider_keys, batch_text, n_runs, n_warmup, seed_value, fp16, workspace, symbols_text, image_name,
-        resize_mode, scaling_mode, channel_order, labels_text,
-    ) -> dict[str, Any]:  # fmt: skip
-        options: dict[str, Any] = {
-            "providers": list(provider_keys or []),
-            "batch_sizes": int_list(batch_text, "batch sizes", minimum=1),
-            "symbols": name_values(symbols_text),
-            "runs": int(n_runs),
-            "warmup": int(n_warmup),
-            "seed": int(seed_value),
-            "trt_fp16": bool(fp16),
-            "trt_workspace_gb": float(workspace),
-            "image_input": (image_name or "").strip() or None,
-            "image_resize": resize_mode,
-            "image_scaling": scaling_mode,
-            "image_channels": channel_order,
-        }
-        if (labels_text or "").strip():
-            options["labels"] = int_list(labels_text, "labels")
-        return options
-
-    def queue_job(kind, name, path, inputs_path, expected_path, image_paths, *form) -> tuple[Any, ...]:
-        model, example_name = model_source(kind, name, path)
-        try:
-            submission = jobs.submit(
-                options_from_form(*form),
-                model=model,
-                example=example_name,
-                inputs_npz=inputs_path,
-                expected_npz=expected_path,
-                images=list(image_paths or []),
-            )
-        except (ValueError, OSError, StoreError) as exc:
-            raise gr.Error(str(exc)) from None
+    def queue_job(kind, name, path, provider_keys, *form) -> tuple[Any, ...]:
+        names = ["inputs", "expected", "images", "batch_sizes", "runs", "warmup", "seed", "trt_fp16",
+                 "trt_workspace_gb", "symbols", "image_input", "image_resize", "image_scaling", "image_channels",
+                 "labels"]  # fmt: skip
+        values = {**dict(zip(names, form, strict=True)), **chosen_model(kind, name, path)}
+        values["providers"] = ",".join(provider_keys or [])
+        with reported("ONNX evaluation"):
+            submission = jobs.submit(EvalConfig.build(values))
         state = jobs.status(submission.job.id)
         return submission.job.id, status_markdown(state), gr.Timer(active=True)
 
@@ -246,8 +213,8 @@ def build_onnx_eval_tab(settings: Any, jobs: OnnxEvalJobs) -> None:
         done = [(r["id"], r["model_name"], r["report"]) for r in finished_results(jobs.result, text)]
         return compare_rows(done), throughput_figure([(f"{j} {m}", rep) for j, m, rep in done])
 
-    form = [providers, batches, runs, warmup, seed, trt_fp16, trt_workspace, symbols, image_input, resize, scaling]
-    form += [channels, labels]
+    form = [inputs, expected, images, batch_sizes, runs, warmup, seed, trt_fp16, trt_workspace_gb, symbols, image_input]
+    form += [image_resize, image_scaling, image_channels, labels]
     source.change(
         lambda kind: (gr.update(visible=kind == _EXAMPLE), gr.update(visible=kind == _UPLOAD)),
         source,
@@ -255,65 +222,41 @@ def build_onnx_eval_tab(settings: Any, jobs: OnnxEvalJobs) -> None:
         queue=False,
         api_visibility="private",
     )
-    inspect_btn.click(inspect, [source, example, upload, symbols], [inspection, io_table], api_name="onnx_inspect")
+    inspect_btn.click(inspect, [source, example, upload, symbols], [inspection, io_table], api_visibility="private")
     submit.click(
-        queue_job,
-        [source, example, upload, inputs_npz, expected_npz, images, *form],
-        [job_id, status, timer],
-        api_visibility="undocumented",
+        queue_job, [source, example, upload, providers, *form], [job_id, status, timer], api_visibility="private"
     )
     timer.tick(poll, [job_id], [status, timer, *result_outputs], queue=False, api_visibility="private")
     refresh.click(history_rows, None, history, queue=False, api_visibility="private")
     open_btn.click(open_job, chosen, [job_id, status, timer, *result_outputs], api_visibility="private")
     compare_btn.click(compare, chosen, [compare_table, compare_plot], api_visibility="private")
-    _register_api(jobs)
+    _register_api(jobs, inspected)
 
 
-def _register_api(jobs: OnnxEvalJobs) -> None:
-    """The job API for scripts (gradio_client). Submit takes files, so it is an event on hidden components."""
+def _register_api(jobs: OnnxEvalJobs, inspected: Any) -> None:
+    """The job API for scripts (gradio_client): its parameters are EvalConfig's and InspectConfig's fields, the
+    same names and defaults as `avatarbench onnx eval` and `onnx inspect`."""
     with gr.Column(visible=False):
-        model = gr.File(label="model (.onnx or .zip); leave empty to use `example`")
-        example = gr.Textbox(label=f"example: one of {', '.join(EXAMPLES)} when no model is given")
-        options = gr.Textbox(label="settings as a JSON object (providers, batch_sizes, runs, ...)", value="{}")
-        inputs_npz = gr.File(label="inputs .npz")
-        expected_npz = gr.File(label="expected outputs .npz")
-        images = gr.File(label="images", file_count="multiple")
-        submitted = gr.JSON()
-        trigger = gr.Button()
+        submitted, description, table = gr.JSON(), gr.Markdown(), gr.Dataframe()
 
-    def onnx_submit(model_path, example_name, options_json, inputs_path, expected_path, image_paths) -> dict:
-        try:
-            parsed = json.loads(options_json or "{}")
-            submission = jobs.submit(
-                parsed,
-                model=model_path or None,
-                example=None if model_path else (example_name or "").strip() or None,
-                inputs_npz=inputs_path,
-                expected_npz=expected_path,
-                images=list(image_paths or []),
-            )
-        except json.JSONDecodeError as exc:
-            raise gr.Error(f"settings are not valid JSON: {exc}") from None
-        except (ValueError, OSError, StoreError) as exc:
-            raise gr.Error(str(exc)) from None
+    def onnx_submit(values: dict[str, Any], progress: Any) -> dict:
+        submission = jobs.submit(EvalConfig.build(values))
         return {**jobs.status(submission.job.id), "job_id": submission.job.id}
 
-    trigger.click(
-        onnx_submit,
-        [model, example, options, inputs_npz, expected_npz, images],
-        submitted,
-        api_name="onnx_submit",
-        api_description="Queue an ONNX evaluation; returns the job id and its status.",
-        concurrency_limit=4,
-        concurrency_id="onnx_submit",
-    )
+    api_endpoint(
+        EvalConfig, onnx_submit, submitted, "onnx_submit",
+        "Queue an ONNX evaluation (parameters as `avatarbench onnx eval`); returns the job id and its status.",
+        concurrency_limit=4, concurrency_id="onnx_submit",
+    )  # fmt: skip
+    api_endpoint(
+        InspectConfig, lambda values, _: inspected(InspectConfig.build(values)), [description, table],
+        "onnx_inspect", "Validate and describe a model (parameters as `avatarbench onnx inspect`).",
+    )  # fmt: skip
 
     def onnx_status(job_id: str) -> dict:
         """State, queue position and progress of one evaluation job."""
-        try:
+        with reported("ONNX job status"):
             return jobs.status(job_id)
-        except StoreError as exc:
-            raise gr.Error(str(exc)) from None
 
     def onnx_queue() -> list:
         """All queued and running evaluation jobs, in queue order."""
@@ -321,10 +264,8 @@ def _register_api(jobs: OnnxEvalJobs) -> None:
 
     def onnx_result(job_id: str) -> dict:
         """The job's status and, once done, its full report (null before)."""
-        try:
+        with reported("ONNX job result"):
             return jobs.result(job_id)
-        except StoreError as exc:
-            raise gr.Error(str(exc)) from None
 
     gr.api(onnx_status, api_name="onnx_status", queue=False)
     gr.api(onnx_queue, api_name="onnx_queue", queue=False)

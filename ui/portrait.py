@@ -1,5 +1,5 @@
 """The Portrait animation tab: a source portrait animated by a driving video, image or motion template, with
-per-stage timings and a side-by-side strip; its button is the `/portrait` API endpoint."""
+per-stage timings and a side-by-side strip; also registers the `/portrait` API endpoint."""
 
 from __future__ import annotations
 
@@ -15,9 +15,10 @@ import numpy as np
 from engine.core.media import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, is_image, load_image, read_frames
 from engine.core.results import RunResult
 from engine.core.settings import Settings
-from engine.portrait.motion import REGIONS
-from engine.portrait.pipeline import BACKENDS, DRIVING_OPTIONS, ENGINES, PortraitConfig, run_portrait
-from ui.lipsync import ASSETS, INPUT_ERRORS, timing_figure
+from engine.portrait.config import PortraitConfig
+from engine.portrait.pipeline import run_portrait
+from ui.forms import Progress, api_endpoint, choices, default, form_handler
+from ui.widgets import ASSETS, number, slider, timing_figure
 
 log = logging.getLogger(__name__)
 STRIP_FRAMES = 4
@@ -75,12 +76,14 @@ def side_by_side(driving: Path, video: Path, count: int) -> np.ndarray | None:
 
 
 def build_portrait_tab(settings: Settings) -> None:
+    """Render the tab (one component per PortraitConfig field) and register the `/portrait` API endpoint."""
     gr.Markdown(
         "Animate a portrait with a driving video (or image, or a saved motion template). With LivePortrait's "
         "weights (`AVATARBENCH_LIVEPORTRAIT_DIR`: the official `pretrained_weights/liveportrait` folder) our "
         "LivePortrait engine runs in PyTorch or through ONNX Runtime; without them a clearly labelled "
         "**baseline** engine (tracked head motion + optical flow) runs, so the example works with no download."
     )
+    c = PortraitConfig
     with gr.Row():
         with gr.Column():
             # a File, not an Image: Gradio's Image decodes uploads itself and fails without a message on a bad one
@@ -91,35 +94,43 @@ def build_portrait_tab(settings: Settings) -> None:
                 type="filepath",
             )
             with gr.Row():
-                engine = gr.Radio(list(ENGINES), value="auto", label="Engine")
-                backend = gr.Dropdown(list(BACKENDS), value="torch", label="Backend (LivePortrait)")
-                precision = gr.Dropdown(["auto", "fp32", "fp16", "bf16"], value="auto", label="Precision")
+                engine = gr.Radio(choices(c, "engine"), value=default(c, "engine"), label="Engine")
+                backend = gr.Dropdown(choices(c, "backend"), value=default(c, "backend"), label="Backend")
+                precision = gr.Dropdown(choices(c, "precision"), value=default(c, "precision"), label="Precision")
             with gr.Accordion("Options", open=False):
                 with gr.Row():
-                    relative = gr.Checkbox(value=True, label="Relative motion")
-                    option = gr.Radio(list(DRIVING_OPTIONS), value="expression-friendly", label="Driving option")
-                    region = gr.Dropdown(list(REGIONS), value="all", label="Animation region")
+                    relative = gr.Checkbox(value=default(c, "relative"), label="Relative motion")
+                    driving_option = gr.Radio(
+                        choices(c, "driving_option"), value=default(c, "driving_option"), label="Driving option"
+                    )
+                    region = gr.Dropdown(choices(c, "region"), value=default(c, "region"), label="Animation region")
                 with gr.Row():
-                    multiplier = gr.Slider(0.0, 3.0, value=1.0, step=0.05, label="Driving multiplier")
-                    stitching = gr.Checkbox(value=True, label="Stitching")
-                    paste_back = gr.Checkbox(value=True, label="Paste back into the full image")
+                    multiplier = slider(c, "multiplier", "Driving multiplier", step=0.05)
+                    stitching = gr.Checkbox(value=default(c, "stitching"), label="Stitching")
+                    paste_back = gr.Checkbox(value=default(c, "paste_back"), label="Paste back into the full image")
                 with gr.Row():
-                    max_frames = gr.Number(value=0, precision=0, minimum=0, label="Max frames (0: all)")
-                    batch = gr.Number(value=8, precision=0, minimum=1, maximum=256, label="Batch size")
-                    keep_template = gr.Checkbox(value=False, label="Save the driving motion as a template")
+                    max_frames = number(c, "max_frames", "Max frames (empty: all)")
+                    batch_size = number(c, "batch_size", "Batch size")
+                    save_template = gr.Checkbox(
+                        value=default(c, "save_template"), label="Save the driving motion as a template"
+                    )
                 with gr.Row():
-                    crop = gr.Checkbox(value=True, label="Crop around the face")
-                    pitch = gr.Slider(-45, 45, value=0, step=1, label="Head pitch (°)")
-                    yaw = gr.Slider(-45, 45, value=0, step=1, label="Head yaw (°)")
-                    roll = gr.Slider(-45, 45, value=0, step=1, label="Head roll (°)")
+                    crop = gr.Checkbox(value=default(c, "crop"), label="Crop around the face")
+                    pitch = slider(c, "pitch", "Head pitch (°)", step=1)
+                    yaw = slider(c, "yaw", "Head yaw (°)", step=1)
+                    roll = slider(c, "roll", "Head roll (°)", step=1)
                 with gr.Row():  # retargeting needs LivePortrait's landmark.onnx beside its weights
-                    eyes_on = gr.Checkbox(value=False, label="Retarget eyes")
-                    eyes = gr.Slider(0.0, 0.8, value=0.35, step=0.01, label="Eye openness")
-                    lips_on = gr.Checkbox(value=False, label="Retarget lips")
-                    lips = gr.Slider(0.0, 0.8, value=0.0, step=0.01, label="Lip openness")
+                    eye_open = number(c, "eye_open", "Retarget the eyes to this openness, 0..0.8 (empty: off)")
+                    lip_open = number(c, "lip_open", "Retarget the lips to this openness, 0..0.8 (empty: off)")
+                    normalize_lips = gr.Checkbox(
+                        value=default(c, "normalize_lips"), label="Normalise lips (close an open source mouth first)"
+                    )
+                    compile_ = gr.Checkbox(
+                        value=default(c, "compile"), label="torch.compile (torch backend; first run compiles)"
+                    )
                 with gr.Row():
-                    normalize = gr.Checkbox(value=True, label="Normalise lips (close an open source mouth first)")
-                    compiled = gr.Checkbox(value=False, label="torch.compile (torch backend; first run compiles)")
+                    weights = gr.Textbox(label="LivePortrait weights folder, or hf:KwaiVGI/LivePortrait")
+                    landmarks = gr.Textbox(label="landmark.onnx (empty: beside the weights)")
             run = gr.Button("Animate", variant="primary")
         with gr.Column():
             video = gr.Video(label="Result", interactive=False)
@@ -130,68 +141,31 @@ def build_portrait_tab(settings: Settings) -> None:
             with gr.Accordion("Full result (JSON)", open=False):
                 details = gr.JSON()
 
-    def animate(
-        source_path, driving_path, engine_name, backend_name, prec, rel, opt, reg, mult, stitch, paste,
-        frames_cap, batch_size, save, crop_face, p_deg, y_deg, r_deg, eye_on, eye_v, lip_on, lip_v, norm_lips,
-        compile_nets, progress=gr.Progress(),
-    ) -> tuple[Any, ...]:  # fmt: skip
-        if not source_path:
-            raise gr.Error("Upload a source portrait.")
-        if not driving_path:
-            raise gr.Error("Upload a driving video, image or motion template.")
-        name = uuid.uuid4().hex[:12]
-        config = PortraitConfig(
-            source=Path(source_path),
-            driving=Path(driving_path),
-            out=settings.outputs_dir / f"portrait-{name}.mp4",
-            device=settings.device,
-            precision=None if prec == "auto" else prec,
-            region=reg,
-            relative=bool(rel),
-            driving_option=opt,
-            multiplier=float(mult),
-            stitching=bool(stitch),
-            paste_back=bool(paste),
-            max_frames=int(frames_cap) or None,
-            batch_size=int(batch_size),
-            save_template=settings.outputs_dir / f"motion-{name}.npz" if save else None,
-            backend=backend_name,
-            engine=engine_name,
-            crop=bool(crop_face),
-            rotate=(float(p_deg), float(y_deg), float(r_deg)),
-            eye_open=float(eye_v) if eye_on else None,
-            lip_open=float(lip_v) if lip_on else None,
-            normalize_lips=bool(norm_lips),
-            compile=bool(compile_nets),
-        )
-        try:
-            result = run_portrait(config, settings, progress=lambda f, label: progress(f, desc=label))
-        except INPUT_ERRORS as exc:
-            raise gr.Error(str(exc)) from None
-        except Exception as exc:  # keep serving; the log has the traceback
-            log.exception("portrait animation failed")
-            raise gr.Error(f"portrait animation failed: {type(exc).__name__}: {exc}") from None
-        out = Path(result.outputs["video"])
+    def animate(values: dict[str, Any], progress: Progress) -> tuple[Any, ...]:
+        config = PortraitConfig.build(values)
+        out = settings.outputs_dir / f"portrait-{uuid.uuid4().hex[:12]}.mp4"
+        result = run_portrait(config, out, settings, progress=progress)
         return (
             str(out),
             summary_markdown(result),
-            side_by_side(Path(driving_path), out, result.metrics["frames"]),
+            side_by_side(Path(config.driving), out, result.metrics["frames"]),
             timing_figure(result),
             result.outputs.get("template"),
             result.to_dict(),
         )
 
-    inputs = [source, driving, engine, backend, precision, relative, option, region, multiplier, stitching]
-    inputs += [paste_back, max_frames, batch, keep_template, crop, pitch, yaw, roll, eyes_on, eyes, lips_on, lips]
-    inputs += [normalize, compiled]
-    run.click(
-        animate,
-        inputs,
-        [video, summary, strip, chart, template, details],
-        api_name="portrait",
-        concurrency_id="gpu",
-        concurrency_limit=1,
-    )
+    inputs = dict(
+        source=source, driving=driving, engine=engine, weights=weights, backend=backend, precision=precision,
+        compile=compile_, region=region, relative=relative, driving_option=driving_option, multiplier=multiplier,
+        stitching=stitching, paste_back=paste_back, crop=crop, pitch=pitch, yaw=yaw, roll=roll, eye_open=eye_open,
+        lip_open=lip_open, landmarks=landmarks, normalize_lips=normalize_lips, max_frames=max_frames,
+        batch_size=batch_size, save_template=save_template,
+    )  # fmt: skip
+    outputs, gpu = [video, summary, strip, chart, template, details], {"concurrency_id": "gpu", "concurrency_limit": 1}
+    handler = form_handler(PortraitConfig, inputs, animate, "portrait animation")
+    run.click(handler, inputs_kwargs=inputs, outputs=outputs, api_visibility="private", **gpu)
+    about = "Animate a portrait; parameters as `avatarbench portrait`."
+    api_endpoint(PortraitConfig, animate, outputs, "portrait", about, **gpu)
     gr.Examples(
         examples=[[str(ASSETS / "face.jpg"), str(ASSETS / "driving.mp4")]],
         inputs=[source, driving],

@@ -1,15 +1,63 @@
-"""Pieces the job tabs share: chart layout, timestamps, job-id lists, and the status poller behind gr.Timer."""
+"""Pieces the tabs share: the example assets, number inputs ranged by their config field, the stage-time chart,
+chart layout, timestamps, job-id lists, and the status poller behind gr.Timer."""
 
 from __future__ import annotations
 
 import datetime
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
 import plotly.graph_objects as go
 
+from engine.core.options import Config
+from engine.core.results import RunResult
 from engine.jobs.store import DONE, FAILED, StoreError
+from ui.forms import default, field
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+
+
+def number(cls: type[Config], name: str, label: str) -> gr.Number:
+    """A number box at the field's default (empty where the field accepts None). No bounds here: the config checks
+    the range, with the same words as the CLI and the API."""
+    return gr.Number(value=default(cls, name), label=label, precision=0 if field(cls, name).type is int else None)
+
+
+def slider(cls: type[Config], name: str, label: str, step: float) -> gr.Slider:
+    """A slider over the field's range, at its default."""
+    f = field(cls, name)
+    return gr.Slider(f.option.low, f.option.high, value=default(cls, name), step=step, label=label)
+
+
+def timing_figure(result: RunResult) -> go.Figure:
+    names = [s.name for s in result.stages]
+    seconds = [s.seconds for s in result.stages]
+    slowest = result.slowest_stage.name if result.stages else None
+    colors = ["#d62728" if n == slowest else "#76b900" for n in names]
+    fig = go.Figure(
+        go.Bar(
+            x=seconds,
+            y=names,
+            orientation="h",
+            marker_color=colors,
+            text=[f"{s:.2f}s" for s in seconds],
+            textposition="auto",
+        )
+    )
+    fig.update_layout(
+        title={"text": "Time per stage (slowest in red)", "font": {"size": 13}},
+        height=260,
+        margin={"l": 70, "r": 10, "t": 30, "b": 30},
+        xaxis_title="seconds",
+        yaxis={"autorange": "reversed"},
+        template="plotly_white",
+    )
+    return fig
+
+
+
 
 
 def layout(fig: go.Figure, title: str, x: str, y: str, height: int = 300) -> go.Figure:

@@ -19,6 +19,8 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from engine.core.errors import InputError
+
 PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "int8")
 PRICE_SOURCE = "indicative on-demand rate, single GPU, public price lists as of 2026-11 (edit to your provider's)"
 
@@ -182,19 +184,19 @@ class PriceBook:
         try:
             data = json.loads(p.read_text())
         except (OSError, ValueError) as exc:
-            raise ValueError(f"price file {p} is not readable JSON: {exc}") from None
+            raise InputError(f"price file {p} is not readable JSON: {exc}") from None
         book.update(data.get("prices", {}), data.get("sources", {}))
         return book
 
     def update(self, prices: dict[str, Any], sources: dict[str, str] | None = None) -> None:
         for key, value in prices.items():
             if key not in CATALOG:
-                raise ValueError(f"no GPU {key!r} in the catalog; known: {', '.join(CATALOG)}")
+                raise InputError(f"no GPU {key!r} in the catalog; known: {', '.join(CATALOG)}")
             if value is None:
                 self.prices.pop(key, None)
                 continue
             if not isinstance(value, int | float) or isinstance(value, bool) or not 0 < value < 1000:
-                raise ValueError(f"price for {key} must be dollars per hour in (0, 1000), got {value!r}")
+                raise InputError(f"price for {key} must be dollars per hour in (0, 1000), got {value!r}")
             self.prices[key] = float(value)
             self.sources[key] = (sources or {}).get(key) or f"edited by the user on {date.today().isoformat()}"
 

@@ -13,7 +13,8 @@ import tempfile
 from collections.abc import Callable
 from typing import Any
 
-from engine.bench.sweep import BenchError, SweepConfig, preset, run_sweep
+from engine.bench.config import BenchError, SweepRequest
+from engine.bench.sweep import SweepConfig, run_sweep
 from engine.bench.workloads import BUILTIN, BenchModel, builtin_model, onnx_model
 from engine.core.settings import Settings
 from engine.jobs.store import CPU, Job, JobStore, StoreError
@@ -34,21 +35,9 @@ class BenchJobs:
     ) -> None:
         self.store, self.settings, self.gpu_device, self.wake, self.sampler = store, settings, gpu_device, wake, sampler
 
-    def submit(self, sweep: dict[str, Any] | str | SweepConfig) -> Job:
-        """A full sweep (model, points, ...) or a preset: {"preset": NAME, "model": ..., "runs": N, "warmup": N}."""
-        if isinstance(sweep, SweepConfig):
-            config = sweep
-        else:
-            data = _object(sweep)
-            if "points" not in data and data.get("preset"):
-                extra = sorted(set(data) - {"preset", "model", "runs", "warmup"})
-                if extra:
-                    raise BenchError(f"a preset takes model, runs and warmup; not {', '.join(extra)}")
-                has_gpu = self.gpu_device is not None
-                config = preset(data["preset"], data.get("model", "wav2lip"), has_gpu, data.get("runs", 20),
-                                data.get("warmup", 3))  # fmt: skip
-            else:
-                config = SweepConfig.from_dict(data)
+    def submit(self, sweep: SweepRequest | SweepConfig) -> Job:
+        """Queue a sweep: a request as the CLI and the API take it, or the configurations themselves."""
+        config = sweep.plan(self.gpu_device is not None) if isinstance(sweep, SweepRequest) else sweep
         config.validate()
         self._check_model(config.model)
         wants_gpu = any(p.device == "cuda" for p in config.points)

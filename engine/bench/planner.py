@@ -8,11 +8,17 @@ scaled by the catalog's peak rates, or arithmetic from the model's shape). Memor
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from engine.bench.catalog import CATALOG, Gpu, PriceBook
+from engine.core.errors import InputError
+
+if TYPE_CHECKING:
+    from engine.bench.config import CostConfig, LlmRequest, NetworkPlanConfig
 
 CUDA_CONTEXT_BYTES = 800 * 2**20  # CUDA context + cuBLAS/cuDNN workspaces of one PyTorch process (typical)
 TGI_RUNTIME_BYTES = 2 * 2**30  # TGI's own reserve: context, CUDA graphs, NCCL buffers (typical, per shard)
@@ -27,7 +33,7 @@ QUANT_BYTES_PER_PARAM = {
 FOUR_BIT = ("awq", "gptq")
 
 
-class PlanError(ValueError):
+class PlanError(InputError):
     """The request cannot be planned; the message says why and what is accepted."""
 
 
@@ -179,6 +185,48 @@ def plan_model_memory(
     )  # fmt: skip
 
 
+ESTIMATE_BASIS = "estimate: every layer output of one sample kept (an upper bound; calibrate with a GPU sweep)"
+
+
+def plan_network(
+    config: NetworkPlanConfig, cache_dir: str | Path, report: dict[str, Any] | None = None, card: Gpu | None = None
+) -> tuple[str, MemoryFit]:
+    """(the network's title, its memory plan) for one of our networks on a card. `report` is a GPU sweep's report
+    (its allocator peaks calibrate the activations; the file named by config.calibrate when not given); `card`
+    stands in for the catalog's entry (the detected GPU)."""
+    from engine.bench.workloads import builtin_model, memory_profile
+
+    config = config.checked()
+    gpu = card or CATALOG.get(config.gpu)
+    if gpu is None:
+        raise PlanError(f"unknown GPU {config.gpu!r}; known: {', '.join(CATALOG)}")
+    if report is None and config.calibrate is not None:
+        try:
+            report = json.loads(Path(config.calibrate).read_text())
+        except (OSError, ValueError) as exc:
+            raise PlanError(f"calibrate: {Path(config.calibrate).name} is not a readable JSON report ({exc})") from None
+    model = builtin_model(config.model, cache_dir)
+    calibrated = calibration_from_report(report, config.precision) if isinstance(report, dict) else None
+    if report is not None and calibrated is None:
+        raise PlanError(f"the calibration report has no GPU eager {config.precision} rows at two batch sizes")
+    if calibrated:
+        (activations, weights), basis = calibrated, "calibrated from a GPU sweep (allocator peaks by batch)"
+    else:
+        (weights, activations), basis = memory_profile(model, config.precision), ESTIMATE_BASIS
+    fit = plan_model_memory(
+        gpu, weights, activations, config.precision, config.memory_fraction,
+        target_samples_per_s=config.target_throughput, samples_per_s_per_gpu=config.throughput_per_gpu, basis=basis,
+    )  # fmt: skip
+    return model.title, fit
+
+
+def cost_for(config: CostConfig, prices: PriceBook) -> list[dict[str, Any]]:
+    """cost_table for a checked request: measured_on is "cpu" or a catalog key."""
+    config = config.checked()
+    measured_on = None if config.measured_on == "cpu" else CATALOG[config.measured_on]
+    return cost_table(config.throughput, config.precision, measured_on, prices, config.samples_per_request)
+
+
 # ---------------------------------------------------------------------------------------------- LLMs
 
 
@@ -226,18 +274,6 @@ def llm_weight_bytes(spec: LlmSpec, quantize: str = "none") -> int:
     return int(body * QUANT_BYTES_PER_PARAM[quantize] + embed * 2)
 
 
-@dataclass
-class LlmRequest:
-    gpu: str | Gpu  # a catalog key, or a Gpu (the detected card)
-    llm: str | LlmSpec
-    count: int = 1  # GPUs available
-    max_input_tokens: int | None = None
-    max_total_tokens: int = 4096
-    concurrent_requests: int = 1  # requests at max_total_tokens that must fit in the KV cache at once
-    quantize: str = "auto"  # auto | none | eetq | bitsandbytes | awq | gptq
-    memory_fraction: float = 0.9
-
-
 def _prefill_bytes(spec: LlmSpec, tokens: int, shards: int) -> int:
     """Peak activations of a prefill pass: hidden states and attention/MLP temporaries (about 12 hidden-sized
     fp16 vectors per token across the widest layer), split across shards, plus fp32 logits of the last tokens."""
@@ -269,23 +305,17 @@ def _fit(spec: LlmSpec, gpu: Gpu, req: LlmRequest, shards: int, quantize: str, p
     }
 
 
-def plan_llm(req: LlmRequest) -> dict[str, Any]:
-    """Whether a TGI deployment fits, memory by part, the launch flags and the reasons and warnings."""
-    gpu = CATALOG.get(req.gpu) if isinstance(req.gpu, str) else req.gpu
+def plan_llm(req: LlmRequest, card: Gpu | None = None) -> dict[str, Any]:
+    """Whether a TGI deployment fits, memory by part, the launch flags and the reasons and warnings. `card` stands in
+    for the catalog's entry (the detected GPU); req.gpu then only names it."""
+    req = req.checked()
+    gpu = card or CATALOG.get(req.gpu)
     if gpu is None:
         raise PlanError(f"unknown GPU {req.gpu!r}; known: {', '.join(CATALOG)}")
-    spec = req.llm if isinstance(req.llm, LlmSpec) else LLMS.get(str(req.llm).lower())
-    if spec is None:
-        raise PlanError(f"unknown model {req.llm!r}; presets: {', '.join(LLMS)} (or give its shape)")
-    if req.count < 1 or req.count > 64:
-        raise PlanError("count must be 1..64 GPUs")
-    if req.max_total_tokens < 2:
-        raise PlanError("max_total_tokens must be at least 2")
+    spec = LLMS[req.llm]
     max_input = req.max_input_tokens or req.max_total_tokens - 1
     if not 1 <= max_input < req.max_total_tokens:
         raise PlanError(f"max_input_tokens ({max_input}) must be below max_total_tokens ({req.max_total_tokens})")
-    if req.concurrent_requests < 1:
-        raise PlanError("concurrent_requests must be at least 1")
     warnings: list[str] = []
     reasons: list[str] = []
     flash = gpu.supports("flash-attention")
@@ -301,9 +331,6 @@ def plan_llm(req: LlmRequest) -> dict[str, Any]:
         )
     int8 = "eetq" if gpu.supports("eetq") else "bitsandbytes"
     quant_options = ["none", int8, "awq"] if req.quantize == "auto" else [req.quantize]
-    for q in quant_options:
-        if q not in QUANT_BYTES_PER_PARAM:
-            raise PlanError(f"quantize {q!r} is not one of auto, {', '.join(QUANT_BYTES_PER_PARAM)}")
     if req.quantize in FOUR_BIT and not gpu.supports("marlin"):
         warnings.append(
             f"{req.quantize.upper()} in current TGI runs on the Marlin kernels, which need compute capability "

@@ -24,23 +24,18 @@ from typing import Any
 
 import numpy as np
 
+from engine.bench.config import DEVICES, MAX_BATCH, PRECISIONS, BenchError
 from engine.bench.workloads import BenchModel, count_flops
 from engine.onnx.evaluate import latency_stats
-from engine.runtimes.bench_runtimes import COMPILE_MODES, ORT_RUNTIMES, RUNTIMES, TORCH_RUNTIMES, make_runtime
+from engine.runtimes.base import cuda_index
+from engine.runtimes.registry import COMPILE_MODES, ORT_RUNTIMES, RUNTIMES, TORCH_RUNTIMES, make_runtime
 
-PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
-DEVICES = ("cpu", "cuda")
 REFERENCE_SAMPLES = 8
 MAX_POINTS = 200
-MAX_BATCH = 8192
 CPU_BATCH_DIVISOR = 64  # GPU presets on a machine without one: the same ladder at 1/64 of the batch
 RANDOM_WEIGHTS_NOTE = "random-initialised weights (seeded): speed and memory do not depend on trained values"
 
 Progress = Callable[[float, str], Any]
-
-
-class BenchError(ValueError):
-    """The sweep request is refused; the message says what was wrong and what is accepted."""
 
 
 @dataclass(frozen=True)
@@ -360,7 +355,7 @@ def _measure(ctx: _Context, point: BenchPoint, row: dict[str, Any]) -> None:
         row["samples_per_s"] = row["latency"]["throughput_per_s"]
         peak = runtime.peak_bytes()
         row["peak_allocated_bytes"] = None if peak is None else peak - resident
-        row["telemetry"] = _telemetry(ctx.sampler, t0, t1, _gpu_index(ctx.gpu_device))
+        row["telemetry"] = _telemetry(ctx.sampler, t0, t1, cuda_index(ctx.gpu_device or "cpu"))
         samples = ctx.config.runs * point.batch
         if joules0 is not None and joules1 is not None and joules1 > joules0:
             row["energy_j_per_sample"], row["energy_source"] = (joules1 - joules0) / samples, "NVML energy counter"
@@ -373,10 +368,6 @@ def _measure(ctx: _Context, point: BenchPoint, row: dict[str, Any]) -> None:
     finally:
         runtime.close()
     row["error_vs_fp32"] = _error(output, _reference(ctx, point.device))
-
-
-def _gpu_index(device: str | None) -> int:
-    return int(device.partition(":")[2] or 0) if device else 0
 
 
 def _empty_row(point: BenchPoint) -> dict[str, Any]:
@@ -468,11 +459,11 @@ def run_sweep(
         import torch
 
         from engine.bench.catalog import detected_gpu
-        from engine.onnx.evaluate import _nvml, _nvml_device
+        from engine.system import gpu_memory
 
         props = torch.cuda.get_device_properties(gpu_device)
         gpu = detected_gpu(props.name, int(props.total_memory), (props.major, props.minor))
-        nvml_device = _nvml_device(_nvml(), _gpu_index(gpu_device))
+        nvml_device = gpu_memory.nvml_device(gpu_memory.nvml_source(), cuda_index(gpu_device))
     tell(0.0, "counting FLOPs")
     flops = count_flops(model)
     make_inputs = model.torch_inputs if model.has_torch else model.numpy_inputs

@@ -2,7 +2,7 @@
 trained values), their ONNX exports, and any ONNX model stored by the ONNX eval tab.
 
 A BenchModel knows how to build its PyTorch module, make a batch of inputs, count its FLOPs per sample, and
-where its ONNX file is; the runtimes in engine/runtimes/bench_runtimes.py use nothing else.
+where its ONNX file is; the runtimes in engine/runtimes/ use nothing else (see engine.runtimes.base.RuntimeModel).
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from engine.core.errors import InputError
 
 SEED = 0
 
@@ -110,7 +112,7 @@ BUILTIN = {
 
 def builtin_model(name: str, cache_dir: str | os.PathLike) -> BenchModel:
     if name not in BUILTIN:
-        raise ValueError(f"no built-in model {name!r}; available: {', '.join(BUILTIN)} or onnx:<sha256>")
+        raise InputError(f"no built-in model {name!r}; available: {', '.join(BUILTIN)} or onnx:<sha256>")
     from engine.onnx.examples import EXAMPLES, example_path
 
     title, build, inputs = BUILTIN[name]
@@ -129,7 +131,7 @@ def onnx_model(path: str | os.PathLike, name: str, info: Any) -> BenchModel:
     file = Path(path)
     batch_symbols = {s.shape[0] for s in info.inputs if s.shape and isinstance(s.shape[0], str)}
     if not info.inputs or len(batch_symbols) != 1 or any(not s.shape for s in info.inputs):
-        raise ValueError(
+        raise InputError(
             f"{name}: a benchmark sets the batch, so every input needs the same symbolic first dimension "
             f"(found {[s.shape for s in info.inputs]}); evaluate fixed-shape models in the ONNX eval tab"
         )
@@ -190,26 +192,11 @@ def memory_profile(model: BenchModel, precision: str) -> tuple[int, int]:
     return weights, total[0]
 
 
-def first_output(value: Any) -> np.ndarray:
-    """The output to compare, as float64 on the host: the first of a list or tuple; a dict of outputs (the
-    LivePortrait networks) as all its tensors flattened per sample side by side, in key order."""
-    if isinstance(value, dict):
-        import torch
-
-        value = torch.cat([v.detach().float().flatten(1) for _, v in sorted(value.items())], dim=1)
-    if isinstance(value, list | tuple):
-        value = value[0]
-    if hasattr(value, "detach"):
-        return value.detach().float().cpu().numpy().astype(np.float64)
-    return np.asarray(value, dtype=np.float64)
-
-
 __all__ = [
     "BUILTIN",
     "BenchModel",
     "builtin_model",
     "count_flops",
-    "first_output",
     "memory_profile",
     "onnx_model",
 ]

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.core.errors import InputError
+
 SAMPLE_RATE = 16000
 HOP = 200  # mel frames are 80 per second at 16 kHz
 MEL_STEP = 16  # mel frames per Wav2Lip chunk
@@ -50,7 +52,7 @@ _RELEASE_S = 0.08
 _FILTER_PAD = 2048  # zeros around the clip so the zero-phase filter works on clips of any length
 
 
-class AudioError(ValueError):
+class AudioError(InputError):
     """Bad audio input; the message says what was wrong and what is accepted."""
 
 

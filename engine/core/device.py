@@ -14,13 +14,14 @@ from typing import Any, TypeVar
 
 import torch
 
+from engine.core.errors import InputError, SetupError
 from engine.core.settings import validate_device_spec
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class DeviceError(RuntimeError):
+class DeviceError(SetupError):
     """The requested device cannot be used; the message says why and what to do."""
 
 
@@ -136,7 +137,7 @@ def precision_dtype(precision: str, caps: DeviceCapabilities) -> torch.dtype:
     """Map fp32|tf32|fp16|bf16 to a dtype, refusing what the device cannot do (with the reason)."""
     precision = precision.lower()
     if precision not in ("fp32", "tf32", "fp16", "bf16"):
-        raise ValueError(f"precision {precision!r} is not one of fp32, tf32, fp16, bf16")
+        raise InputError(f"precision {precision!r} is not one of fp32, tf32, fp16, bf16")
     if precision not in caps.precisions:
         raise DeviceError(
             f"{precision} is not supported on {caps.name} ({caps.device}); supported: {', '.join(caps.precisions)}"

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.core.errors import InputError, SetupError
+
 # Preference order: GPU first, then the software encoders PyAV wheels carry.
 H264_ENCODERS = ("h264_nvenc", "libx264", "libopenh264")
 
@@ -79,7 +81,7 @@ def pick_h264_encoder() -> str:
     for codec in H264_ENCODERS:
         if probe_encoder(codec).works:
             return codec
-    raise RuntimeError(f"no working H.264 encoder among {', '.join(H264_ENCODERS)} in PyAV's FFmpeg")
+    raise SetupError(f"no working H.264 encoder among {', '.join(H264_ENCODERS)} in PyAV's FFmpeg")
 
 
 # ---------------------------------------------------------------------------- decoding
@@ -88,7 +90,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mpg", ".mpeg", ".gif")
 
 
-class MediaError(ValueError):
+class MediaError(InputError):
     """An input image or video we cannot use; the message says why and what is accepted."""
 
 

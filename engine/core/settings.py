@@ -12,10 +12,12 @@ from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+from engine.core.errors import InputError
+
 PREFIX = "AVATARBENCH_"
 
 
-class SettingsError(ValueError):
+class SettingsError(InputError):
     """An AVATARBENCH_* variable holds a value we cannot use."""
 
 

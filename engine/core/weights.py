@@ -11,10 +11,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.core.errors import SetupError
 from engine.core.settings import PREFIX, Settings
 
 
-class WeightsError(FileNotFoundError):
+class WeightsError(SetupError, FileNotFoundError):
     """A model file is missing or cannot be fetched; the message says where it should go."""
 
 

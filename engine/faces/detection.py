@@ -23,12 +23,13 @@ import numpy as np
 import torch
 
 from engine.core.device import resolve_device, run_with_oom_backoff
+from engine.core.errors import InputError
+from engine.faces import DETECTORS
 from engine.models.checkpoints import CheckpointError
 from engine.models.s3fd import ANCHOR_SIZES, BGR_MEAN, FACE_CLASS, STRIDES, VARIANCES, load_s3fd
 
 Detections = np.ndarray  # (K, 5) float32: x1, y1, x2, y2, score, in full-frame pixel coordinates
 
-DETECTORS = ("haar", "s3fd")
 HAAR_CASCADE = "haarcascade_frontalface_default.xml"
 # How far a Haar box is grown, as fractions of its own height (top, bottom) and width (left, right), to look
 # like an S3FD box. The cascade's square box runs from the forehead to just below the mouth; S3FD's (which
@@ -44,7 +45,7 @@ PRE_NMS_TOP_K = 1000
 _MAX_LOG_SIZE = 10.0
 
 
-class FaceError(ValueError):
+class FaceError(InputError):
     """Face detection cannot run as asked; the message says why and what to do."""
 
 

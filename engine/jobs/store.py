@@ -38,6 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from engine.core.errors import InputError
+
 log = logging.getLogger(__name__)
 
 QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
@@ -51,7 +53,7 @@ _COLUMNS = (
 )
 
 
-class StoreError(ValueError):
+class StoreError(InputError):
     """A request the store cannot satisfy (unknown job, bad or missing blob); its text is shown to users."""
 
 

@@ -13,7 +13,9 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
-PASTE_MODES = ("blend", "upstream")
+from engine.core.errors import InputError
+from engine.lipsync.config import PASTE_MODES
+
 Box = tuple[int, int, int, int]
 
 
@@ -45,7 +47,7 @@ def paste(frame: np.ndarray, box: Box, prediction: np.ndarray, mode: str = "blen
         frame[y1:y2, x1:x2] = cv2.resize(prediction.astype(np.uint8), (width, height))
         return
     if mode != "blend":
-        raise ValueError(f"paste mode {mode!r} is not one of {', '.join(PASTE_MODES)}")
+        raise InputError(f"paste mode {mode!r} is not one of {', '.join(PASTE_MODES)}")
     generated = cv2.resize(prediction.astype(np.float32), (width, height), interpolation=cv2.INTER_CUBIC)
     mask = lower_face_mask(height, width)
     region = frame[y1:y2, x1:x2].astype(np.float32)

@@ -16,7 +16,6 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,69 +28,13 @@ from engine.core.settings import Settings, get_settings
 from engine.core.weights import S3FD, WAV2LIP, resolve, where_to_put
 from engine.faces.detection import FaceDetector, make_detector
 from engine.faces.tracking import FaceTracker
+from engine.lipsync.config import LipSyncConfig, LipSyncError
 from engine.lipsync.engines import BaselineEngine, Generator, Wav2LipEngine, auto_batch_size, default_precision
-from engine.lipsync.paste import PASTE_MODES, crop, paste
+from engine.lipsync.paste import crop, paste
 
 log = logging.getLogger(__name__)
 Progress = Callable[[float, str], None]
-ENGINES = ("auto", "wav2lip", "baseline")
 IMAGE_FPS = 25.0
-
-
-class LipSyncError(ValueError):
-    """Options or inputs the pipeline cannot use; the message says what is accepted."""
-
-
-def parse_box(text: str | None) -> tuple[int, int, int, int] | None:
-    """'X1,Y1,X2,Y2' (commas or spaces) -> a box; empty -> None (detect every frame)."""
-    if not text or not text.strip():
-        return None
-    parts = text.replace(",", " ").split()
-    if len(parts) != 4 or not all(p.isdigit() for p in parts):
-        raise LipSyncError(f"box {text!r} must be four pixel coordinates: X1,Y1,X2,Y2")
-    x1, y1, x2, y2 = (int(p) for p in parts)
-    if x2 <= x1 or y2 <= y1:
-        raise LipSyncError(f"box {text!r} is empty: X2 must exceed X1 and Y2 exceed Y1")
-    return x1, y1, x2, y2
-
-
-@dataclass
-class LipSyncConfig:
-    face: Path
-    audio: Path
-    out: Path
-    engine: str = "auto"
-    checkpoint: str | None = None
-    device: str = "auto"
-    batch_size: int | None = None  # None: chosen from free GPU memory (128 on the CPU)
-    precision: str | None = None  # None: fp16 on CUDA, fp32 on the CPU
-    compile: bool = False
-    pads: tuple[int, int, int, int] = (0, 10, 0, 0)  # top, bottom, left, right
-    smooth: bool = True
-    fixed_box: tuple[int, int, int, int] | None = None
-    detector: str = "haar"
-    detector_checkpoint: str | None = None
-    detect_scale: float = 0.5
-    paste_mode: str = "blend"
-    audio_offset: int = 0  # video frames; positive when the output's lips look late
-
-    def validate(self) -> None:
-        if self.engine not in ENGINES:
-            raise LipSyncError(f"engine {self.engine!r} is not one of {', '.join(ENGINES)}")
-        if self.paste_mode not in PASTE_MODES:
-            raise LipSyncError(f"paste mode {self.paste_mode!r} is not one of {', '.join(PASTE_MODES)}")
-        if self.batch_size is not None and not 1 <= self.batch_size <= 4096:
-            raise LipSyncError(f"batch size {self.batch_size} must be between 1 and 4096")
-        if self.precision not in (None, "fp32", "tf32", "fp16", "bf16"):
-            raise LipSyncError(f"precision {self.precision!r} is not one of fp32, tf32, fp16, bf16")
-        if len(self.pads) != 4 or any(p < 0 or p > 200 for p in self.pads):
-            raise LipSyncError(f"pads {self.pads} must be four numbers of pixels between 0 and 200")
-        if not 0.1 <= self.detect_scale <= 1.0:
-            raise LipSyncError(f"detection scale {self.detect_scale} must be between 0.1 and 1")
-        if not -25 <= self.audio_offset <= 25:
-            raise LipSyncError(f"audio offset {self.audio_offset} must be between -25 and 25 frames")
-        if Path(self.out).suffix.lower() != ".mp4":
-            raise LipSyncError(f"output {self.out} must be an .mp4 file")
 
 
 def _background(items: Iterator, depth: int, name: str) -> Iterator:
@@ -199,15 +142,25 @@ def _make_generator(config: LipSyncConfig, settings: Settings, device, caps, pre
     return BaselineEngine(device)
 
 
-def run_lipsync(config: LipSyncConfig, settings: Settings | None = None, progress: Progress | None = None) -> RunResult:
-    """Run the whole pipeline; returns the result with the output path, counts and stage timings."""
+def run_lipsync(
+    config: LipSyncConfig,
+    out: str | Path,
+    settings: Settings | None = None,
+    progress: Progress | None = None,
+    device: str | None = None,
+) -> RunResult:
+    """Run the whole pipeline into `out` (.mp4) on `device` (default: the settings' device); returns the result with
+    the output path, counts and stage timings."""
     settings = settings or get_settings()
     progress = progress or (lambda fraction, label: None)
-    config.validate()
-    choice = resolve_device(config.device)
+    config = config.checked()
+    out = Path(out)
+    if out.suffix.lower() != ".mp4":
+        raise LipSyncError(f"output {out.name} must be an .mp4 file")
+    choice = resolve_device(device or settings.device)
     device, caps = choice.device, capabilities(choice.device)
-    precision = config.precision or default_precision(device)
-    result = RunResult(device=str(device), device_name=caps.name, precision=precision, config=_config_dict(config))
+    precision = default_precision(device) if config.precision == "auto" else config.precision
+    result = RunResult(device=str(device), device_name=caps.name, precision=precision, config=config.to_text())
     if not choice.is_cuda:
         result.warn(f"running on the CPU: {choice.reason}")
 
@@ -237,17 +190,16 @@ def run_lipsync(config: LipSyncConfig, settings: Settings | None = None, progres
             + where_to_put(WAV2LIP, settings)
         )
     detector = None  # a fixed box needs no detection at all
-    if config.fixed_box is None:
+    if config.box is None:
         ckpt = resolve(S3FD, settings, config.detector_checkpoint) if config.detector == "s3fd" else None
         detector = make_detector(config.detector, device=device, checkpoint=ckpt, detect_scale=config.detect_scale)
-    tracker = FaceTracker(pads=config.pads, smooth=config.smooth, fixed_box=config.fixed_box)
+    tracker = FaceTracker(pads=config.pads, smooth=config.smooth, fixed_box=config.box)
     batch_size = config.batch_size or auto_batch_size(device, precision)
     if generator.name == "baseline":
         batch_size = min(batch_size, 64)
     # The audio track runs exactly as long as the frames.
     audio = np.zeros(round(count / fps * SAMPLE_RATE), np.float32)
     audio[: min(len(wav), len(audio))] = wav[: len(audio)]
-    out = Path(config.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     writer = VideoWriter(out, fps, size[0], size[1], audio=audio)
     encoder = _Encoder(writer, result)
@@ -275,7 +227,7 @@ def run_lipsync(config: LipSyncConfig, settings: Settings | None = None, progres
                     result.warn(f"out of GPU memory at batch {len(crops)}: ran at {used}")
                 with result.stage("paste", items=len(with_face)):
                     for j, i in enumerate(with_face):
-                        paste(outputs[i], tracks[i].box, generated[j], config.paste_mode)
+                        paste(outputs[i], tracks[i].box, generated[j], config.paste)
             encoder.put(outputs)
             done += len(frames)
             progress(done / count, f"frame {done}/{count}")
@@ -343,7 +295,3 @@ def _batched(frames: Iterator[np.ndarray], size: int, result: RunResult) -> Iter
         if not batch:
             return
         yield batch
-
-
-def _config_dict(config: LipSyncConfig) -> dict:
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()}

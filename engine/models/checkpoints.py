@@ -17,6 +17,8 @@ from typing import TypeVar
 import torch
 from torch import nn
 
+from engine.core.errors import InputError
+
 M = TypeVar("M", bound=nn.Module)
 
 # How many names of each kind of mismatch a message lists before it says "and N more".
@@ -27,7 +29,7 @@ _ZIP_END_MAGIC = b"PK\x05\x06"  # end-of-central-directory record, always in the
 _MODULE_PREFIX = "module."
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A checkpoint file cannot be used; the message says what is wrong with it and which file is expected."""
 
     def __init__(self, problem: str, *, path: str | os.PathLike[str] | None = None, expected: str | None = None):

@@ -2,9 +2,9 @@
 
 `inspect_model` has already accepted the model; this module runs it. Every number in the report says
 which execution provider really produced it: onnxruntime-gpu silently falls back to the CPU when the
-CUDA or TensorRT libraries do not load, so each session's `get_providers()` is compared with the
-request, and a fallback becomes a loud warning and a `fell_back` flag on its rows (the rows still run,
-so the user sees what the fallback measured, labelled as such).
+CUDA or TensorRT libraries do not load, so each session (engine.runtimes.ort_session) compares its
+`get_providers()` with the request, and a fallback becomes a loud warning and a `fell_back` flag on its
+rows (the rows still run, so the user sees what the fallback measured, labelled as such).
 
 Decisions worth knowing:
 - Inputs are generated (or loaded) once per batch size from the seed, so every provider sees the same
@@ -20,155 +20,43 @@ Decisions worth knowing:
 
 from __future__ import annotations
 
-import contextlib
-import io
 import math
 import os
 import time
-import warnings
 import zipfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from engine.onnx.config import EvalConfig, EvalError
 from engine.onnx.images import ImageInputError, ImageOptions, images_to_tensor, pick_image_input
 from engine.onnx.model import Limits, ModelInfo, TensorSpec, check_input_budget, default_symbols
-from engine.system.ort_probe import captured_stderr, error_lines, loader_error
+from engine.runtimes.ort_session import GPU_KEYS, PROVIDERS, OrtOptions, OrtSession, SessionError
+from engine.system.gpu_memory import gpu_memory, nvml_source
 
-if TYPE_CHECKING:
-    import onnxruntime as ort
-
-PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "trt": "TensorrtExecutionProvider"}
-GPU_KEYS = ("cuda", "trt")
-MAX_RUNS, MAX_WARMUP, MAX_BATCH = 10_000, 1_000, 4096
 _SYNTHETIC_INT_HIGH = 100
 _REL_FLOOR = 1e-6
 
 Progress = Callable[[float, str], Any]
 
 
-class EvalError(ValueError):
-    """The evaluation request is refused; the message says what was wrong and what is accepted."""
+# ---------------------------------------------------------------------------------------------- placement
 
 
-class SessionError(RuntimeError):
-    """ONNX Runtime could not create a session for one provider (recorded, the others still run)."""
+@dataclass(frozen=True)
+class Placement:
+    """Where an evaluation runs: the server's (or the CLI's) choice, never part of a submitted request."""
 
-
-# ---------------------------------------------------------------------------------------------- config
-
-
-@dataclass
-class EvalConfig:
-    providers: list[str] = field(default_factory=lambda: ["cpu"])  # keys of PROVIDERS
-    batch_sizes: list[int] = field(default_factory=lambda: [1])  # used when the model has a batch symbol
-    symbols: dict[str, int] = field(default_factory=dict)  # other symbolic dims (default: the inspected values)
-    runs: int = 50
-    warmup: int = 5
-    seed: int = 0
-    inputs_npz: str | None = None  # user inputs keyed by input name (overrides synthetic)
-    expected_npz: str | None = None  # expected outputs keyed by output name -> accuracy metrics
-    labels: list[int] | None = None  # class labels -> top-1/top-5 on the first output (N, classes)
-    trt_fp16: bool = False
-    trt_workspace_gb: float = 4.0
-    trt_cache_dir: str | None = None  # engine cache on disk (default: the settings' cache dir)
-    gpu_memory_fraction: float = 0.9
-    intra_op_threads: int = 0  # 0: ORT default
     device_id: int = 0  # the CUDA device the GPU providers use
-    cuda_tf32: bool = False  # let the CUDA provider use TF32 (ORT's own default is on; fp32 results move ~1e-3)
-    images: list[str] | None = None  # image files -> one image input (see engine.onnx.images)
-    image_input: str | None = None  # which input the images fill (default: the first image-shaped one)
-    image_resize: str = "stretch"
-    image_scaling: str = "0-1"
-    image_channels: str = "rgb"
-
-    def image_options(self) -> ImageOptions:
-        return ImageOptions(resize=self.image_resize, scaling=self.image_scaling, channels=self.image_channels)
-
-    def validate(self) -> None:
-        """Every problem at once, each with what is accepted, before anything is loaded."""
-        problems = [p for p in (*self._check_lists(), *self._check_numbers(), *self._check_files()) if p]
-        if problems:
-            raise EvalError("invalid evaluation settings: " + "; ".join(problems))
-
-    def _check_lists(self) -> list[str]:
-        out = []
-        accepted = ", ".join(PROVIDERS)
-        if not isinstance(self.providers, list | tuple) or not self.providers:
-            out.append(f"providers must be a non-empty list of {accepted}")
-        else:
-            unknown = [p for p in self.providers if p not in PROVIDERS]
-            if unknown:
-                out.append(f"unknown provider(s) {', '.join(map(repr, unknown))}; accepted: {accepted}")
-            if len(set(self.providers)) != len(self.providers):
-                out.append(f"providers {list(self.providers)} lists one twice")
-        if not isinstance(self.batch_sizes, list | tuple) or not self.batch_sizes:
-            out.append(f"batch_sizes must be a non-empty list of integers 1..{MAX_BATCH}")
-        else:
-            bad = [b for b in self.batch_sizes if not _is_int(b) or not 1 <= b <= MAX_BATCH]
-            if bad:
-                out.append(f"batch sizes {bad} are not integers in 1..{MAX_BATCH}")
-            elif len(set(self.batch_sizes)) != len(self.batch_sizes):
-                out.append(f"batch_sizes {list(self.batch_sizes)} lists one twice")
-        if not isinstance(self.symbols, dict) or not all(isinstance(k, str) for k in self.symbols):
-            out.append("symbols must be a dict of symbol name -> integer")
-        if self.labels is not None:
-            if not isinstance(self.labels, list | tuple) or not self.labels:
-                out.append("labels must be None or a non-empty list of class indices (one per sample)")
-            elif not all(_is_int(v) and v >= 0 for v in self.labels):
-                out.append("labels must be integers >= 0 (class indices)")
-        return out
-
-    def _check_numbers(self) -> list[str]:
-        return [
-            _range("runs", self.runs, 1, MAX_RUNS, integer=True),
-            _range("warmup", self.warmup, 0, MAX_WARMUP, integer=True),
-            _range("seed", self.seed, 0, 2**63 - 1, integer=True),
-            _range("trt_workspace_gb", self.trt_workspace_gb, 0.0625, 1024),
-            _range("intra_op_threads", self.intra_op_threads, 0, 1024, integer=True),
-            _range("device_id", self.device_id, 0, 63, integer=True),
-            ""
-            if _is_number(self.gpu_memory_fraction) and 0 < self.gpu_memory_fraction <= 1
-            else f"gpu_memory_fraction must be in (0, 1], got {self.gpu_memory_fraction!r}",
-            "" if isinstance(self.trt_fp16, bool) else f"trt_fp16 must be true or false, got {self.trt_fp16!r}",
-            "" if isinstance(self.cuda_tf32, bool) else f"cuda_tf32 must be true or false, got {self.cuda_tf32!r}",
-        ]
-
-    def _check_files(self) -> list[str]:
-        out = []
-        for name in ("inputs_npz", "expected_npz", "trt_cache_dir"):
-            value = getattr(self, name)
-            if value is not None and not isinstance(value, str | os.PathLike):
-                out.append(f"{name} must be a path or None, got {type(value).__name__}")
-        if self.images is not None:
-            if not isinstance(self.images, list | tuple) or not self.images:
-                out.append("images must be None or a non-empty list of image paths")
-            elif not all(isinstance(v, str | os.PathLike) for v in self.images):
-                out.append("images must be paths")
-        try:
-            self.image_options().validate()
-        except ImageInputError as exc:
-            out.append(str(exc))
-        return out
+    gpu_memory_fraction: float = 0.9  # ORT's arena limit on that device
+    trt_cache_dir: str | None = None  # TensorRT's engine cache (default: the settings' cache dir)
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int | np.integer) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return _is_int(value) or (isinstance(value, float | np.floating) and math.isfinite(value))
-
-
-def _range(name: str, value: Any, lo: float, hi: float, integer: bool = False) -> str:
-    ok = _is_int(value) if integer else _is_number(value)
-    if ok and lo <= value <= hi:
-        return ""
-    kind = "an integer" if integer else "a number"
-    return f"{name} must be {kind} in {lo}..{hi}, got {value!r}"
+def _image_options(config: EvalConfig) -> ImageOptions:
+    return ImageOptions(resize=config.image_resize, scaling=config.image_scaling, channels=config.image_channels)
 
 
 # ---------------------------------------------------------------------------------------------- inputs
@@ -329,130 +217,18 @@ def _load_expected(path: str | os.PathLike, outputs: list[TensorSpec], limits: L
 # ---------------------------------------------------------------------------------------------- sessions
 
 
-def _nvml_device(source: Any, device_id: int = 0) -> Any:
-    """The NVML device that CUDA calls `device_id` (NVML ignores CUDA_VISIBLE_DEVICES, CUDA does not)."""
-    devices = getattr(source, "devices", [])
-    if not devices:
-        return None
-    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
-    if not visible:
-        return devices[device_id] if device_id < len(devices) else None
-    if device_id >= len(visible):
-        return None
-    want = visible[device_id]
-    if want.isdigit():
-        return devices[int(want)] if int(want) < len(devices) else None
-    return next((d for d in devices if d.uuid and d.uuid.startswith(want)), None)
-
-
-def _gpu_memory(source: Any, device_id: int = 0) -> dict[str, int | None] | None:
-    """Used and total bytes of the session's GPU, and this process's share (None where NVML cannot tell:
-    in some containers NVML reports host PIDs), or None without NVML."""
-    device = _nvml_device(source, device_id)
-    if device is None:
-        return None
-    info = device.get(device.nvml.nvmlDeviceGetMemoryInfo)
-    if info is None:
-        return None
-    mine = next((p.used_memory_bytes for p in device.processes() if p.pid == os.getpid()), None)
-    return {"used": int(info.used), "total": int(info.total), "process": mine}
-
-
-def _nvml() -> Any:
-    from engine.system.telemetry import NvmlSource
-
-    return NvmlSource()
-
-
-def _trt_cache_path(config: EvalConfig) -> str:
-    if config.trt_cache_dir:
-        base = Path(config.trt_cache_dir)
-    else:
-        from engine.core.settings import get_settings
-
-        base = get_settings().cache_dir / "onnx-trt"
-    path = base / ("fp16" if config.trt_fp16 else "fp32")  # engines of both precisions never mix
-    path.mkdir(parents=True, exist_ok=True)
-    return str(path)
-
-
-def _provider_list(provider: str, config: EvalConfig) -> list[Any]:
-    """ORT's providers argument: the asked one with its options, then the fallbacks ORT may use."""
-    if provider == "cpu":
-        return ["CPUExecutionProvider"]
-    cuda: dict[str, Any] = {
-        "device_id": int(config.device_id),
-        "use_tf32": int(bool(config.cuda_tf32)),
-        "cudnn_conv_algo_search": "EXHAUSTIVE",
-        "arena_extend_strategy": "kSameAsRequested",
-    }
-    memory = _gpu_memory(_nvml(), config.device_id)
-    if memory is not None:
-        cuda["gpu_mem_limit"] = int(config.gpu_memory_fraction * memory["total"])
-    chain: list[Any] = [("CUDAExecutionProvider", cuda), "CPUExecutionProvider"]
-    if provider == "trt":
-        trt = {
-            "device_id": int(config.device_id),
-            "trt_fp16_enable": bool(config.trt_fp16),
-            "trt_engine_cache_enable": True,
-            "trt_engine_cache_path": _trt_cache_path(config),
-            "trt_max_workspace_size": int(config.trt_workspace_gb * 2**30),
-        }
-        chain.insert(0, ("TensorrtExecutionProvider", trt))
-    return chain
-
-
-def make_session(
-    model_path: str | os.PathLike, provider: str, config: EvalConfig
-) -> tuple[ort.InferenceSession, dict[str, Any]]:
-    """A session for one provider, and what it really got: ORT falls back silently, so we compare.
-
-    Raises SessionError (with ORT's log) when ORT cannot create the session at all.
-    """
-    import onnxruntime as ort
-
-    if provider not in PROVIDERS:
-        raise EvalError(f"unknown provider {provider!r}; accepted: {', '.join(PROVIDERS)}")
-    name = PROVIDERS[provider]
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    if config.intra_op_threads:
-        options.intra_op_num_threads = int(config.intra_op_threads)
-    chain = _provider_list(provider, config)
-    stdout, err = io.StringIO(), io.StringIO()  # the TensorRT fallback notice is a Python print on stdout
-    start = time.perf_counter()
-    try:
-        with (
-            captured_stderr() as err,
-            contextlib.redirect_stdout(stdout),
-            warnings.catch_warnings(record=True) as caught,
-        ):
-            warnings.simplefilter("always")
-            session = ort.InferenceSession(str(model_path), sess_options=options, providers=chain)
-    except Exception as exc:
-        log = error_lines(err.getvalue() + stdout.getvalue())
-        raise SessionError(f"{name}: session creation failed: {exc}" + (f"\n{log}" if log else "")) from exc
-    create_s = time.perf_counter() - start
-    got = list(session.get_providers())
-    log = error_lines("\n".join([err.getvalue(), stdout.getvalue(), *(str(w.message) for w in caught)]))
-    fell_back = not got or got[0] != name
-    info = {"requested": name, "provider": provider, "got": got, "fell_back": fell_back, "log": log}
-    info["create_s"] = create_s
-    info["fallback_reason"] = _fallback_reason(name, log) if fell_back else None
-    return session, info
-
-
-def _fallback_reason(name: str, log: str) -> str:
-    """The first missing library when dlopen says so; otherwise ORT's own words."""
-    import onnxruntime as ort
-
-    if name not in ort.get_available_providers():
-        return f"{name} is not built into this onnxruntime package"
-    loader = loader_error(name)
-    if loader:
-        return loader
-    return log.splitlines()[-1] if log else "ORT gave no reason"
+def _session_options(provider: str, config: EvalConfig, placement: Placement) -> OrtOptions:
+    """The session settings of one provider of an evaluation."""
+    return OrtOptions(
+        provider=provider,
+        device_id=placement.device_id,
+        cuda_tf32=config.cuda_tf32,
+        trt_fp16=config.trt_fp16,
+        trt_workspace_gb=config.trt_workspace_gb,
+        trt_cache_dir=placement.trt_cache_dir,
+        gpu_memory_fraction=placement.gpu_memory_fraction,
+        intra_op_threads=config.intra_op_threads,
+    )
 
 
 # ---------------------------------------------------------------------------------------------- metrics
@@ -594,28 +370,13 @@ def _timed_runs(fn: Callable[[], Any], n: int, tick: Callable[[int], None]) -> l
     return times
 
 
-def _iobinding_latency(
-    session: ort.InferenceSession, feeds: dict[str, np.ndarray], config: EvalConfig, batch: int, device: str = "cuda"
-) -> dict[str, Any]:
-    """Inputs already on the GPU, outputs left there: the device-resident figure (GPU providers only;
-    `device` is a parameter so that the tests can drive this path on the CPU)."""
-    import onnxruntime as ort
-
-    binding = session.io_binding()
-    on_device = {name: ort.OrtValue.ortvalue_from_numpy(array, device, 0) for name, array in feeds.items()}
-    for name, value in on_device.items():
-        binding.bind_ortvalue_input(name, value)
-    for out in session.get_outputs():
-        binding.bind_output(out.name, device, 0)
-    binding.synchronize_inputs()
-
-    def once() -> None:
-        session.run_with_iobinding(binding)
-        binding.synchronize_outputs()
-
+def _iobinding_latency(session: OrtSession, feeds: dict[str, np.ndarray], config: EvalConfig, batch: int) -> dict:
+    """Inputs already on the session's device, outputs left there: the device-resident figure (measured for GPU
+    providers; on a CPU session it binds to the CPU, which is how the tests drive it)."""
+    binding = session.bind(feeds)
     for _ in range(config.warmup + 1):
-        once()
-    return latency_stats(_timed_runs(once, config.runs, lambda _: None), batch)
+        binding.run()
+    return latency_stats(_timed_runs(binding.run, config.runs, lambda _: None), batch)
 
 
 # ---------------------------------------------------------------------------------------------- evaluate
@@ -651,11 +412,11 @@ def _symbols_at(plan: _Plan, batch: int) -> dict[str, int]:
 def _plan(info: ModelInfo, config: EvalConfig, limits: Limits) -> _Plan:
     warns: list[str] = []
     batch_syms = _batch_symbols(info)
-    clash = [s for s in config.symbols if s in batch_syms]
+    clash = [s for s in config.symbol_values if s in batch_syms]
     if clash:
         raise EvalError(f"{', '.join(clash)} is the batch dimension: set it with batch_sizes, not symbols")
     inspected = {k: v for k, v in info.symbols.items() if k not in batch_syms}
-    values = default_symbols(info.inputs, {**inspected, **config.symbols, **dict.fromkeys(batch_syms, 1)})
+    values = default_symbols(info.inputs, {**inspected, **config.symbol_values, **dict.fromkeys(batch_syms, 1)})
     if batch_syms:
         batches = [int(b) for b in config.batch_sizes]
         if len(batch_syms) > 1:
@@ -697,13 +458,13 @@ def _user_inputs(info: ModelInfo, config: EvalConfig, plan: _Plan) -> tuple[dict
     Images fill one input; their count need not match the batch (they are repeated or cut along it),
     except for a fixed-shape input, whose own batch is what the model accepts.
     """
-    user = load_npz_inputs(config.inputs_npz, info.inputs, plan.values) if config.inputs_npz else {}
+    user = load_npz_inputs(config.inputs, info.inputs, plan.values) if config.inputs else {}
     sources = dict.fromkeys(user, "npz")
     if not config.images:
         return user, sources
     try:
         spec = pick_image_input(info.inputs, config.image_input)
-        array = images_to_tensor(list(config.images), spec, plan.values, config.image_options())
+        array = images_to_tensor(list(config.images), spec, plan.values, _image_options(config))
     except ImageInputError as exc:
         raise EvalError(str(exc)) from None
     if spec.name in user:
@@ -726,7 +487,7 @@ def _user_inputs(info: ModelInfo, config: EvalConfig, plan: _Plan) -> tuple[dict
 def _memory_now(nvml: Any, device_id: int = 0) -> dict[str, int | None]:
     import psutil
 
-    gpu = _gpu_memory(nvml, device_id) if nvml is not None else None
+    gpu = gpu_memory(nvml, device_id) if nvml is not None else None
     return {
         "rss": int(psutil.Process().memory_info().rss),
         "gpu": gpu["used"] if gpu else None,
@@ -786,8 +547,17 @@ def _empty_row(key: str, batch: int, meta: dict[str, Any]) -> dict[str, Any]:
 class _Runner:
     """One evaluation's state: the plan, shared inputs, progress, and what was collected."""
 
-    def __init__(self, model_path: Any, info: ModelInfo, config: EvalConfig, plan: _Plan, progress: Progress | None):
+    def __init__(
+        self,
+        model_path: Any,
+        info: ModelInfo,
+        config: EvalConfig,
+        plan: _Plan,
+        progress: Progress | None,
+        placement: Placement,
+    ) -> None:
         self.model_path, self.info, self.config, self.plan = model_path, info, config, plan
+        self.placement = placement
         self.progress = progress
         self.user, self.sources = _user_inputs(info, config, plan)
         self.first_inputs = _inputs_for(info, config, plan, plan.batches[0], self.user)
@@ -797,10 +567,10 @@ class _Runner:
         self.rows: list[dict] = []
         self.outputs: dict[str, dict[str, np.ndarray]] = {}  # provider -> outputs at the first batch
         self.warnings = list(plan.warnings)
-        self.nvml = _nvml() if any(p in GPU_KEYS for p in config.providers) else None
+        self.nvml = nvml_source() if any(p in GPU_KEYS for p in config.providers) else None
 
     def memory_now(self, key: str) -> dict[str, int | None]:
-        return _memory_now(self.nvml if key in GPU_KEYS else None, self.config.device_id)
+        return _memory_now(self.nvml if key in GPU_KEYS else None, self.placement.device_id)
 
     def tell(self, fraction_of_step: float, label: str) -> None:
         if self.progress is not None:
@@ -814,13 +584,13 @@ class _Runner:
         self.tell(0.0, f"{key}: creating the session")
         before = self.memory_now(key)
         try:
-            session, meta = make_session(self.model_path, key, self.config)
+            session = OrtSession(self.model_path, _session_options(key, self.config, self.placement))
         except (SessionError, OSError) as exc:  # OSError: the TensorRT cache folder cannot be made
             self.sessions[key] = {"provider": key, "requested": PROVIDERS[key], "error": str(exc)}
             self.warnings.append(f"{key} ({PROVIDERS[key]}) could not be used: {exc}")
             self.done += 1 if reference_only else len(self.plan.batches)
             return
-        meta["reference_only"] = reference_only
+        meta = {**session.info, "reference_only": reference_only}
         self.sessions[key] = meta
         if meta["fell_back"]:
             self.warnings.append(
@@ -834,9 +604,9 @@ class _Runner:
             else:
                 self.run_batches(session, key, meta, before)
         finally:
-            del session
+            session.close()
 
-    def reference_run(self, session: ort.InferenceSession, key: str) -> None:
+    def reference_run(self, session: OrtSession, key: str) -> None:
         self.tell(0.0, "cpu: reference outputs for parity")
         try:
             self.outputs[key] = self.run_once(session, self.first_inputs)
@@ -845,11 +615,10 @@ class _Runner:
             self.warnings.append(f"the CPU reference run failed, so there is no parity: {exc}")
         self.done += 1
 
-    def run_once(self, session: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        names = [out.name for out in session.get_outputs()]
-        return dict(zip(names, session.run(names, feeds), strict=True))
+    def run_once(self, session: OrtSession, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(session.output_names, session.run(feeds), strict=True))
 
-    def run_batches(self, session: ort.InferenceSession, key: str, meta: dict, before: dict) -> None:
+    def run_batches(self, session: OrtSession, key: str, meta: dict, before: dict) -> None:
         oom_at = None
         for batch in self.plan.batches:
             row = _empty_row(key, batch, meta)
@@ -866,7 +635,7 @@ class _Runner:
             self.rows.append(row)
             self.done += 1
 
-    def measure(self, session: ort.InferenceSession, key: str, meta: dict, row: dict) -> None:
+    def measure(self, session: OrtSession, key: str, meta: dict, row: dict) -> None:
         batch, config = row["batch"], self.config
         first = batch == self.plan.batches[0]
         feeds = self.first_inputs if first else _inputs_for(self.info, config, self.plan, batch, self.user)
@@ -882,19 +651,18 @@ class _Runner:
         del outputs
         self.tell(0.0, f"{label}: warm-up")
         for _ in range(config.warmup):
-            session.run(None, feeds)
-        names = [out.name for out in session.get_outputs()]
+            session.run(feeds)
 
         def tick(i: int) -> None:
             self.tell(i / config.runs * 0.9, f"{label}: run {i}/{config.runs}")
 
-        times = _timed_runs(lambda: session.run(names, feeds), config.runs, tick)
+        times = _timed_runs(lambda: session.run(feeds), config.runs, tick)
         row["latency"] = latency_stats(times, batch)
         row["times_ms"] = [round(t, 4) for t in times]  # the distribution, for plots and re-analysis
         row["samples_per_s"] = row["latency"]["throughput_per_s"]
         row["iobinding"] = self.measure_iobinding(session, meta, feeds, row)
 
-    def measure_iobinding(self, session: ort.InferenceSession, meta: dict, feeds: dict, row: dict) -> str:
+    def measure_iobinding(self, session: OrtSession, meta: dict, feeds: dict, row: dict) -> str:
         if meta["got"][0] == "CPUExecutionProvider":
             return "not applicable: the session runs on the CPU, where inputs and outputs already live"
         self.tell(0.9, f"{meta['provider']} batch {row['batch']}: device-resident runs")
@@ -1009,7 +777,6 @@ def _plain(value: Any) -> Any:
 
 
 def _checked_plan(info: ModelInfo, config: EvalConfig, limits: Limits) -> _Plan:
-    config.validate()
     plan = _plan(info, config, limits)
     if config.labels is not None:
         _check_labels(info, plan, list(config.labels))
@@ -1020,9 +787,10 @@ def check_request(info: ModelInfo, config: EvalConfig, limits: Limits | None = N
     """Every refusal evaluate() would make before running, without creating a session; returns the
     plan's warnings. A queue calls this at submit time, so bad settings never become failed jobs."""
     limits = limits or Limits()
+    config = config.checked()
     plan = _checked_plan(info, config, limits)
-    if config.expected_npz:
-        _load_expected(config.expected_npz, info.outputs, limits)
+    if config.expected:
+        _load_expected(config.expected, info.outputs, limits)
     _user_inputs(info, config, plan)
     return plan.warnings
 
@@ -1034,6 +802,7 @@ def evaluate(
     progress: Progress | None = None,
     *,
     limits: Limits | None = None,
+    placement: Placement | None = None,
 ) -> dict[str, Any]:
     """Run the model on every asked provider and batch size; the full report, JSON-serialisable.
 
@@ -1041,9 +810,10 @@ def evaluate(
     cannot create a session, or a batch that fails, is recorded in the report and the rest still run.
     """
     limits = limits or Limits()
+    config = config.checked()
     plan = _checked_plan(info, config, limits)
-    expected = _load_expected(config.expected_npz, info.outputs, limits) if config.expected_npz else None
-    runner = _Runner(model_path, info, config, plan, progress)
+    expected = _load_expected(config.expected, info.outputs, limits) if config.expected else None
+    runner = _Runner(model_path, info, config, plan, progress, placement or Placement())
     runner.run_all()
     _finish_rows(runner.rows, info, plan)
     reference = runner.outputs.get("cpu")
@@ -1056,7 +826,7 @@ def evaluate(
             parity_report[key] = parity(reference, out) if out is not None else {"error": _no_outputs(key, runner)}
     report = {
         "model": _model_summary(info),
-        "config": asdict(config),
+        "config": config.to_text(),
         "environment": _environment(),
         "symbols": plan.values,
         "batch_symbols": plan.batch_symbols,

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from engine.core.errors import InputError
+
 _FORMAT = 1  # bump when an export below changes, so stale cached files are not reused
 _OPSET = 17
 _lock = threading.Lock()
@@ -72,7 +74,7 @@ EXAMPLES = {
 def example_path(name: str, cache_dir: str | os.PathLike) -> Path:
     """The cached export of one example, exporting it first if needed (a few seconds on a CPU)."""
     if name not in EXAMPLES:
-        raise ValueError(f"no built-in example {name!r}; available: {', '.join(EXAMPLES)}")
+        raise InputError(f"no built-in example {name!r}; available: {', '.join(EXAMPLES)}")
     folder = Path(cache_dir) / "onnx-examples"
     path = folder / f"{name}-v{_FORMAT}-opset{_OPSET}.onnx"
     if path.is_file():

@@ -15,10 +15,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from engine.core.errors import InputError
+from engine.onnx.config import CHANNEL_ORDERS, MAX_IMAGES, RESIZE_MODES
+
 if TYPE_CHECKING:  # onnx_model imports onnx; the CLI imports this module for its option lists
     from engine.onnx.model import TensorSpec
 
-RESIZE_MODES = ("stretch", "crop", "letterbox")
 SCALINGS = {
     # name: (multiplier applied to 0..255 values, mean, std) per channel in RGB order
     "0-1": (1 / 255, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
@@ -26,11 +28,9 @@ SCALINGS = {
     "imagenet": (1 / 255, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     "0-255": (1.0, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
 }
-CHANNEL_ORDERS = ("rgb", "bgr")
-MAX_IMAGES = 256
 
 
-class ImageInputError(ValueError):
+class ImageInputError(InputError):
     """The images cannot become this model's input; the message says why and what is accepted."""
 
 

@@ -7,27 +7,27 @@ job store, so the web app and any other front end share one behaviour:
   and a CUDA device exists, else on the CPU queue;
 - handle() is the JobRunner handler: it unpacks the stored model again in a private folder, runs
   the evaluation and returns the report (with the inspection) as the job's result.
-Settings the server owns (paths, memory fraction, device id) cannot be set by a submitter.
+Where a job runs (device id, memory share, TensorRT cache) is the server's choice, never a submitter's: it is not
+part of EvalConfig at all (engine.onnx.evaluate.Placement).
 """
 
 from __future__ import annotations
 
-import os
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, fields
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 from engine.core.settings import Settings
 from engine.jobs.store import CPU, Job, JobStore, StoreError
-from engine.onnx.evaluate import GPU_KEYS, EvalConfig, EvalError, check_request, evaluate
-from engine.onnx.examples import EXAMPLES, example_path
-from engine.onnx.model import Limits, file_sha256, inspect_model, prepare_model
+from engine.onnx.config import EvalConfig
+from engine.onnx.evaluate import Placement, check_request, evaluate
+from engine.onnx.model import Limits, inspect_model, prepare_model
+from engine.onnx.uploads import model_source, prepared
+from engine.runtimes.ort_session import GPU_KEYS
 
 KIND = "onnx_eval"
-SERVER_OWNED = ("inputs_npz", "expected_npz", "images", "trt_cache_dir", "gpu_memory_fraction", "device_id")
-USER_OPTIONS = tuple(f.name for f in fields(EvalConfig) if f.name not in SERVER_OWNED)
+FILE_FIELDS = ("model", "example", "inputs", "expected", "images")  # stored as blobs, not as options
 
 
 @dataclass
@@ -46,71 +46,32 @@ class OnnxEvalJobs:
 
     # -- submit -------------------------------------------------------------------------------------------
 
-    def submit(
-        self,
-        options: dict[str, Any],
-        model: str | os.PathLike | None = None,
-        example: str | None = None,
-        inputs_npz: str | os.PathLike | None = None,
-        expected_npz: str | os.PathLike | None = None,
-        images: list[str | os.PathLike] | None = None,
-    ) -> Submission:
-        """Check everything evaluate() would refuse, store the files, queue the job (raises ValueError)."""
-        if (model is None) == (example is None):
-            raise EvalError("give either a model file (.onnx or .zip) or the name of a built-in example")
-        options = _user_options(options)
-        model_path, limits, name = self._model_source(model, example)
-        images = list(images or [])
-        config = self._config(options, inputs_npz, expected_npz, images, device_id=0)
-        with self._workdir() as work:
-            prepared = prepare_model(model_path, work, limits)
-            info = inspect_model(prepared, options.get("symbols") or None, limits, sha256=file_sha256(model_path))
-            warnings = [*info.warnings, *check_request(info, config, limits)]
+    def submit(self, config: EvalConfig) -> Submission:
+        """Check everything evaluate() would refuse, store the files, queue the job (raises InputError)."""
+        config = config.checked()
+        source = model_source(config.model, config.example, self.settings)
+        with prepared(source, self.settings, config.symbol_values) as (_, info):
+            warnings = [*info.warnings, *check_request(info, config, source.limits)]
         device = self._device_for(config.providers)
         if device == CPU and any(p in GPU_KEYS for p in config.providers):
             warnings.append(
                 "this machine has no CUDA device: the cuda/trt rows will show ONNX Runtime's fallback to the CPU"
             )
         files = {
-            "model": self.store.put_blob(model_path),
-            "inputs_npz": self.store.put_blob(inputs_npz) if inputs_npz else None,
-            "expected_npz": self.store.put_blob(expected_npz) if expected_npz else None,
-            "images": [self.store.put_blob(p) for p in images],
+            "model": self.store.put_blob(source.path),
+            "inputs": self.store.put_blob(config.inputs) if config.inputs else None,
+            "expected": self.store.put_blob(config.expected) if config.expected else None,
+            "images": [self.store.put_blob(p) for p in config.images or ()],
         }
-        record = {"model_name": name, "example": example, "options": options, "files": files, "warnings": warnings}
+        options = {k: v for k, v in config.to_text().items() if k not in FILE_FIELDS}
+        record = {"model_name": source.name, "example": config.example, "options": options, "files": files}
+        record["warnings"] = warnings
         job = self.store.submit(KIND, record, device, model_sha256=files["model"])
         self.wake()
         return Submission(job, warnings)
 
-    def _model_source(self, model: str | os.PathLike | None, example: str | None) -> tuple[Path, Limits, str]:
-        if example is not None:
-            if example not in EXAMPLES:
-                raise EvalError(f"no built-in example {example!r}; available: {', '.join(EXAMPLES)}")
-            return example_path(example, self.settings.cache_dir), Limits(), f"example: {example}"
-        path = Path(model)  # type: ignore[arg-type]
-        return path, Limits(max_file_bytes=self.settings.max_upload_bytes), path.name
-
     def _device_for(self, providers: list[str]) -> str:
         return self.gpu_device if self.gpu_device and any(p in GPU_KEYS for p in providers) else CPU
-
-    def _config(
-        self,
-        options: dict[str, Any],
-        inputs_npz: str | os.PathLike | None,
-        expected_npz: str | os.PathLike | None,
-        images: list[str | os.PathLike],
-        device_id: int,
-    ) -> EvalConfig:
-        config = EvalConfig(
-            **options,
-            inputs_npz=os.fspath(inputs_npz) if inputs_npz else None,
-            expected_npz=os.fspath(expected_npz) if expected_npz else None,
-            images=[os.fspath(p) for p in images] or None,
-            gpu_memory_fraction=self.settings.gpu_memory_fraction,
-            device_id=device_id,
-        )
-        config.validate()
-        return config
 
     def _workdir(self) -> tempfile.TemporaryDirectory:
         self.settings.ensure_dirs()
@@ -122,24 +83,24 @@ class OnnxEvalJobs:
         """JobRunner handler: the full report, with the inspection and what was submitted."""
         record, store = job.settings, self.store
         files = record["files"]
-        blob = store.blob_path(files["model"])
-        device_id = int(job.device.partition(":")[2] or 0) if job.device != CPU else 0
-        config = self._config(
-            dict(record["options"]),
-            store.blob_path(files["inputs_npz"]) if files.get("inputs_npz") else None,
-            store.blob_path(files["expected_npz"]) if files.get("expected_npz") else None,
-            [store.blob_path(sha) for sha in files.get("images") or []],
-            device_id,
+        blobs = {k: store.blob_path(files[k]) if files.get(k) else None for k in ("inputs", "expected")}
+        images = [store.blob_path(sha) for sha in files.get("images") or []] or None
+        config = EvalConfig.build({**record["options"], "model": store.blob_path(files["model"]), **blobs,
+                                   "images": images})  # fmt: skip
+        placement = Placement(
+            device_id=int(job.device.partition(":")[2] or 0) if job.device != CPU else 0,
+            gpu_memory_fraction=self.settings.gpu_memory_fraction,
         )
         limits = Limits() if record.get("example") else Limits(max_file_bytes=self.settings.max_upload_bytes)
         progress(0.0, "unpacking and inspecting the model")
         with self._workdir() as work:
-            prepared = prepare_model(blob, work, limits)
-            info = inspect_model(prepared, record["options"].get("symbols") or None, limits, sha256=job.model_sha256)
-            report = evaluate(prepared, info, config, progress, limits=limits)
-        for key in ("inputs_npz", "expected_npz", "images"):  # blob paths mean nothing to a reader
-            report["config"][key] = files.get(key) or None
-        report["config"]["trt_cache_dir"] = None
+            path = prepare_model(config.model, work, limits)
+            info = inspect_model(path, config.symbol_values or None, limits, sha256=job.model_sha256)
+            report = evaluate(path, info, config, progress, limits=limits, placement=placement)
+        report["config"].update(  # blob paths mean nothing to a reader: name the files by content
+            model=files["model"], example=record.get("example"), inputs=files.get("inputs"),
+            expected=files.get("expected"), images=files.get("images") or None,
+        )  # fmt: skip
         # No "path" key: gradio_client takes any dict with one for a file to download.
         report["inspection"] = {
             **{k: v for k, v in info.to_dict().items() if k != "path"},
@@ -166,18 +127,6 @@ class OnnxEvalJobs:
         return {**job_summary(job), "report": job.result}
 
 
-def _user_options(options: dict[str, Any]) -> dict[str, Any]:
-    if not isinstance(options, dict):
-        raise EvalError(f"settings must be a JSON object, not {type(options).__name__}")
-    owned = sorted(set(options) & set(SERVER_OWNED))
-    if owned:
-        raise EvalError(f"{', '.join(owned)} are set by the server, not by a submission")
-    unknown = sorted(set(options) - set(USER_OPTIONS))
-    if unknown:
-        raise EvalError(f"unknown setting(s) {', '.join(unknown)}; accepted: {', '.join(USER_OPTIONS)}")
-    return dict(options)
-
-
 def job_summary(job: Job) -> dict[str, Any]:
     """What a status poll needs; the report itself only comes with result()."""
     return {
@@ -190,7 +139,7 @@ def job_summary(job: Job) -> dict[str, Any]:
         "device": job.device,
         "model_name": job.settings.get("model_name"),
         "model_sha256": job.model_sha256,
-        "providers": job.settings.get("options", {}).get("providers", ["cpu"]),
+        "providers": str(job.settings.get("options", {}).get("providers", "cpu")).split(","),
         "error": job.error,
         "created": job.created,
         "started": job.started,
@@ -199,4 +148,4 @@ def job_summary(job: Job) -> dict[str, Any]:
     }
 
 
-__all__ = ["KIND", "SERVER_OWNED", "USER_OPTIONS", "OnnxEvalJobs", "Submission", "job_summary"]
+__all__ = ["KIND", "OnnxEvalJobs", "Submission", "job_summary"]

@@ -30,6 +30,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from engine.core.errors import InputError
+
 if TYPE_CHECKING:
     import onnx
 
@@ -58,7 +60,7 @@ _DTYPE_BITS = {
 _FLOAT16, _BFLOAT16, _STRING = 10, 16, 8
 
 
-class ModelError(ValueError):
+class ModelError(InputError):
     """The upload or model is refused; the message says what was wrong and what is accepted."""
 
 

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from engine.core.errors import InputError
+
 FLOW_SIZE = 128
 CROP_EXTENT = 0.8  # the flow crop spans +-0.8 box sizes around the face centre
 HEAD_REACH = 1.1  # the warp fades to zero by 1.1 box sizes from the face centre
@@ -107,7 +109,7 @@ def track_motion(frames: Iterator[np.ndarray], box: np.ndarray, refinements: int
         t = (similarity[:2, :2] @ center + similarity[:2, 2] - center) / size
         heads.append(np.hstack([similarity[:2, :2], t[:, None]]))
     if first is None:
-        raise ValueError("the driving video has no frames")
+        raise InputError("the driving video has no frames")
     return DrivingMotion(np.stack(heads), np.stack(flows))
 
 

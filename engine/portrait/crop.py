@@ -17,6 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from engine.core.errors import InputError
+
 CROP_SIZE = 512
 NETWORK_SIZE = 256
 SOURCE_SCALE, SOURCE_VY = 2.3, -0.125
@@ -54,7 +56,7 @@ def crop_transform(
     face's clockwise tilt in the image) so the face comes out upright, resampled to size x size."""
     x1, y1, x2, y2 = (float(v) for v in box)
     if x2 <= x1 or y2 <= y1:
-        raise ValueError(f"face box {box} is empty: x2 must exceed x1 and y2 exceed y1")
+        raise InputError(f"face box {box} is empty: x2 must exceed x1 and y2 exceed y1")
     side = max(x2 - x1, y2 - y1) * scale
     c, s_ = np.cos(np.radians(angle)), np.sin(np.radians(angle))
     turn = np.array([[c, -s_], [s_, c]])  # crop axes -> image axes (y down: positive turns clockwise)

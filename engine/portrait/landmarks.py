@@ -13,13 +13,14 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.core.errors import InputError
 from engine.portrait.crop import crop_image, crop_transform
 
 SIZE = 224
 POINTS = 203
 
 
-class LandmarkError(ValueError):
+class LandmarkError(InputError):
     """The landmark model cannot be used; the message says why."""
 
 

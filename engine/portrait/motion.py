@@ -13,9 +13,10 @@ from dataclasses import dataclass
 
 import torch
 
+from engine.core.errors import InputError
 from engine.models.liveportrait.motion import bins_to_degrees
+from engine.portrait.config import REGIONS
 
-REGIONS = ("all", "exp", "pose", "lip", "eyes")
 LIP_KEYPOINTS = (6, 12, 14, 17, 19, 20)
 EYE_KEYPOINTS = (11, 13, 15, 16, 18)
 
@@ -96,7 +97,7 @@ def relative_driving(
     """Driving keypoints for the source face: the driving frames' motion relative to the first driving frame
     (rotation, expression, scale and translation deltas) applied to the source, limited to a region."""
     if region not in REGIONS:
-        raise ValueError(f"animation region {region!r} is not one of {', '.join(REGIONS)}")
+        raise InputError(f"animation region {region!r} is not one of {', '.join(REGIONS)}")
     n = driving.kp.shape[0]
     r_s, r_d, r_0 = source.rotation, driving.rotation, first.rotation
     posed = region in ("all", "pose")

@@ -7,7 +7,7 @@ with ONNX Runtime's float16 converter, keeping GridSample in fp32 (casts around 
 fp32; the motion extractor always stays fp32 because its pose logits are precision-sensitive. TensorRT builds
 its own fp16 engines from the fp32 graphs instead (`trt_fp16_enable`, again not for the motion extractor).
 
-Sessions go through engine.onnx.evaluate.make_session, so a provider that falls back to the CPU is reported, never
+Sessions are engine.runtimes.ort_session.OrtSession, so a provider that falls back to the CPU is reported, never
 silent; TF32 stays off on the CUDA provider (ORT turns it on by default, and it shifts the motion extractor's
 pose logits). With TensorRT, the nodes TensorRT cannot take (GridSample) run on the CUDA provider inside the
 same session. Runs use IOBinding on torch tensors, so on a GPU the frames never leave the device.
@@ -19,14 +19,14 @@ import hashlib
 import os
 import warnings
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import torch
 
 from engine.core.device import pad_batch
+from engine.core.errors import InputError
 from engine.models.liveportrait import load_liveportrait
 from engine.portrait.motion import KeypointInfo, keypoint_info
+from engine.runtimes.ort_session import OrtOptions, OrtSession
 
 OPSET = 20
 EXPORT_VERSION = 2  # part of the cache key: bump when the export changes (2: the decoder's size is free)
@@ -41,7 +41,6 @@ PRECISIONS = ("fp32", "fp16")
 HALF_NETWORKS = ("appearance", "warping", "decoder")  # the motion extractor stays strict fp32
 HALF_KEEP_FP32 = ("GridSample",)
 _MOTION_OUTPUTS = ["pitch", "yaw", "roll", "t", "exp", "scale", "kp"]
-_GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 
 
 def _specs() -> dict[str, tuple[tuple[torch.Tensor, ...], list[str], list[str]]]:
@@ -87,7 +86,7 @@ def to_fp16(source: Path, target: Path) -> None:
 def export_onnx(weights_dir: str | os.PathLike, out_dir: str | os.PathLike, precision: str = "fp32") -> dict[str, Path]:
     """Export the four base networks from the official weights; returns name -> .onnx path."""
     if precision not in PRECISIONS:
-        raise ValueError(f"ONNX export precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+        raise InputError(f"ONNX export precision {precision!r} is not one of {', '.join(PRECISIONS)}")
     nets = load_liveportrait(weights_dir)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -145,34 +144,6 @@ def cached_export(weights_dir: str | os.PathLike, cache_dir: str | os.PathLike, 
     return paths
 
 
-class _BoundSession:
-    """One ORT session run on torch tensors through IOBinding: inputs are read and outputs written where the
-    tensors live (the GPU when the session runs there), with no host round trip."""
-
-    def __init__(self, session: Any, providers: list[str], device_id: int) -> None:
-        self.session = session
-        on_gpu = bool(providers) and providers[0] in _GPU_PROVIDERS and torch.cuda.is_available()
-        self.device = torch.device("cuda", device_id) if on_gpu else torch.device("cpu")
-
-    def __call__(self, feeds: dict[str, torch.Tensor], outputs: dict[str, tuple[int, ...]]) -> list[torch.Tensor]:
-        kind, index = self.device.type, self.device.index or 0
-        binding = self.session.io_binding()
-        held = []  # the bound inputs must outlive the run
-        for name, tensor in feeds.items():
-            t = tensor.to(self.device, torch.float32).contiguous()
-            held.append(t)
-            binding.bind_input(name, kind, index, np.float32, list(t.shape), t.data_ptr())
-        results = []
-        for name, shape in outputs.items():
-            out = torch.empty(shape, dtype=torch.float32, device=self.device)
-            binding.bind_output(name, kind, index, np.float32, list(shape), out.data_ptr())
-            results.append(out)
-        if self.device.type == "cuda":
-            torch.cuda.current_stream(self.device).synchronize()  # ORT runs on its own stream
-        self.session.run_with_iobinding(binding)
-        return results
-
-
 class OnnxNetworks:
     """The same calls as the PyTorch networks (motion, appearance, warp, decode, render), through ORT sessions."""
 
@@ -187,26 +158,23 @@ class OnnxNetworks:
     ) -> None:
         """`batch`: pad every call to this many rows, so TensorRT builds one engine per network, not one per
         batch size it meets."""
-        from engine.onnx.evaluate import EvalConfig, make_session
-
         self.batch = batch
         key = BACKENDS[backend]
-        self.sessions: dict[str, _BoundSession] = {}
+        self.sessions: dict[str, OrtSession] = {}
         self.providers: dict[str, list[str]] = {}
         self.warnings: list[str] = []
         for name, path in paths.items():
             trt_fp16 = key == "trt" and precision == "fp16" and name in HALF_NETWORKS
-            config = EvalConfig(providers=[key], device_id=device_id, cuda_tf32=False, trt_fp16=trt_fp16)
-            session, meta = make_session(path, key, config)
-            self.sessions[name] = _BoundSession(session, meta["got"], device_id)
-            self.providers[name] = meta["got"]
-            if meta["fell_back"]:
+            options = OrtOptions(provider=key, device_id=device_id, cuda_tf32=False, trt_fp16=trt_fp16)
+            session = OrtSession(path, options)
+            self.sessions[name], self.providers[name] = session, session.got
+            if session.fell_back:
                 self.warnings.append(
-                    f"WARNING: the {name} network asked for {meta['requested']} but runs on {meta['got'][0]} "
-                    f"({meta['fallback_reason']})"
+                    f"WARNING: the {name} network asked for {session.requested} but runs on {session.ran_on} "
+                    f"({session.fallback_reason})"
                 )
         self.retargeting = retargeting  # the small MLPs stay in PyTorch on the CPU
-        self.device = self.sessions["decoder"].device  # where the rendered frames are
+        self.device = self.sessions["decoder"].torch_device  # where the rendered frames are
 
     def _rows(self, b: int) -> int:
         return max(b, self.batch or b)
@@ -215,11 +183,12 @@ class OnnxNetworks:
         b = images.shape[0]
         n = self._rows(b)
         shapes = {"pitch": (n, 66), "yaw": (n, 66), "roll": (n, 66), "t": (n, 3), "exp": (n, 63), "scale": (n, 1)}
-        out = self.sessions["motion"]({"image": pad_batch(images, n)}, {**shapes, "kp": (n, 63)})
+        out = self.sessions["motion"].run_torch({"image": pad_batch(images, n)}, {**shapes, "kp": (n, 63)})
         return keypoint_info({k: v[:b].cpu() for k, v in zip(_MOTION_OUTPUTS, out, strict=True)})
 
     def appearance(self, image: torch.Tensor) -> torch.Tensor:
-        return self.sessions["appearance"]({"image": image}, {"feature": (image.shape[0], 32, 16, 64, 64)})[0]
+        shapes = {"feature": (image.shape[0], 32, 16, 64, 64)}
+        return self.sessions["appearance"].run_torch({"image": image}, shapes)[0]
 
     def warp(self, feature: torch.Tensor, x_source: torch.Tensor, x_driving: torch.Tensor) -> torch.Tensor:
         b = x_driving.shape[0]
@@ -229,12 +198,13 @@ class OnnxNetworks:
             "kp_driving": pad_batch(x_driving, n),
             "kp_source": x_source.expand(n, -1, -1),
         }
-        return self.sessions["warping"](feeds, {"out": (n, 256, 64, 64)})[0][:b]
+        return self.sessions["warping"].run_torch(feeds, {"out": (n, 256, 64, 64)})[0][:b]
 
     def decode(self, warped: torch.Tensor) -> torch.Tensor:
         b, _, h, w = warped.shape
         n = self._rows(b)
-        return self.sessions["decoder"]({"feature": pad_batch(warped, n)}, {"image": (n, 3, 8 * h, 8 * w)})[0][:b]
+        feeds, shapes = {"feature": pad_batch(warped, n)}, {"image": (n, 3, 8 * h, 8 * w)}
+        return self.sessions["decoder"].run_torch(feeds, shapes)[0][:b]
 
     def render(self, feature: torch.Tensor, x_source: torch.Tensor, x_driving: torch.Tensor) -> torch.Tensor:
         return self.decode(self.warp(feature, x_source, x_driving))
@@ -253,7 +223,7 @@ def onnx_networks(
     from engine.models.liveportrait import load_retargeting
 
     if precision not in PRECISIONS:
-        raise ValueError(f"the ONNX backends run fp32 or fp16, not {precision}")
+        raise InputError(f"the ONNX backends run fp32 or fp16, not {precision}")
     graphs = "fp16" if precision == "fp16" and backend == "onnx-cuda" else "fp32"
     paths = cached_export(weights_dir, cache_dir, graphs)
     return OnnxNetworks(paths, backend, load_retargeting(weights_dir), device_id, precision, batch)

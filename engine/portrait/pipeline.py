@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from engine.core.device import apply_backend_flags, capabilities, pad_batch, res
 from engine.core.media import MediaError, VideoWriter, is_image, load_image, probe_video, read_frames, validate_video
 from engine.core.results import RunResult
 from engine.core.settings import Settings, get_settings
+from engine.portrait.config import PortraitConfig, PortraitError
 from engine.portrait.crop import (
     DRIVING_SCALE,
     DRIVING_VY,
@@ -45,7 +46,6 @@ from engine.portrait.crop import (
 )
 from engine.portrait.landmarks import LandmarkModel, eye_open_ratios, lip_open_ratio
 from engine.portrait.motion import (
-    REGIONS,
     KeypointInfo,
     driving_multiplier,
     expression_friendly,
@@ -58,9 +58,6 @@ from engine.portrait.motion import (
 )
 
 Progress = Callable[[float, str], Any]
-DRIVING_OPTIONS = ("expression-friendly", "pose-friendly")
-BACKENDS = ("torch", "onnx-cpu", "onnx-cuda", "onnx-trt")
-ENGINES = ("auto", "liveportrait", "baseline")
 TEMPLATE_SUFFIX = ".npz"
 IMAGE_FPS = 25.0
 LIP_NORMALIZE_THRESHOLD = 0.03  # source lips open at least this much are closed before animating (upstream's)
@@ -68,72 +65,6 @@ HUB_REPO = "KwaiVGI/LivePortrait"
 HUB_PATTERNS = ["liveportrait/base_models/*", "liveportrait/retargeting_models/*", "liveportrait/landmark.onnx"]
 COMPILE_BACKEND = "inductor"  # tests use "eager" to check the plumbing without a C++ toolchain
 _TEMPLATE_FIELDS = ("pitch", "yaw", "roll", "t", "exp", "scale", "kp")
-
-
-class PortraitError(ValueError):
-    """The request cannot run; the message says what was wrong and what is accepted."""
-
-
-@dataclass
-class PortraitConfig:
-    source: Path
-    driving: Path  # a video, an image, or a motion template (.npz saved by an earlier run)
-    out: Path
-    weights: str | None = None  # LivePortrait folder with base_models/ and retargeting_models/
-    device: str = "auto"
-    precision: str | None = None  # default: fp16 on CUDA, fp32 on the CPU
-    region: str = "all"
-    relative: bool = True
-    driving_option: str = "expression-friendly"
-    multiplier: float = 1.0
-    stitching: bool = True
-    paste_back: bool = True
-    max_frames: int | None = None
-    batch_size: int = 8
-    save_template: Path | None = None
-    backend: str = "torch"  # torch | onnx-cpu | onnx-cuda | onnx-trt (our own ONNX export, fp32, opset 20)
-    engine: str = "auto"  # liveportrait when its weights are there, else the weight-free baseline
-    crop: bool = True  # False: the whole source image is the network's view (for images already framed)
-    rotate: tuple[float, float, float] = (0.0, 0.0, 0.0)  # extra pitch, yaw, roll in degrees (LivePortrait)
-    eye_open: float | None = None  # retarget the eyes to this openness (needs the landmark model)
-    lip_open: float | None = None  # retarget the lips to this openness (needs the landmark model)
-    landmarks: str | None = None  # LivePortrait's landmark.onnx (default: in the weights folder)
-    normalize_lips: bool = True  # close an open source mouth before animating (relative video motion, landmarks)
-    compile: bool = False  # torch.compile the warping module and decoder (torch backend)
-
-    def validate(self) -> None:
-        problems = []
-        if self.region not in REGIONS:
-            problems.append(f"animation region {self.region!r} is not one of {', '.join(REGIONS)}")
-        if self.driving_option not in DRIVING_OPTIONS:
-            problems.append(f"driving option {self.driving_option!r} is not one of {', '.join(DRIVING_OPTIONS)}")
-        if self.precision not in (None, "fp32", "fp16", "bf16"):
-            problems.append(f"precision {self.precision!r} is not fp32, fp16 or bf16")
-        if not 0.0 <= float(self.multiplier) <= 3.0:
-            problems.append(f"driving multiplier {self.multiplier} is outside 0..3")
-        if self.engine not in ENGINES:
-            problems.append(f"engine {self.engine!r} is not one of {', '.join(ENGINES)}")
-        if self.backend not in BACKENDS:
-            problems.append(f"backend {self.backend!r} is not one of {', '.join(BACKENDS)}")
-        if self.compile and self.backend != "torch":
-            problems.append("torch.compile applies to the torch backend only")
-        if self.backend != "torch" and self.precision == "bf16":
-            problems.append("the ONNX backends run fp32 or fp16, not bf16")
-        if not 1 <= int(self.batch_size) <= 256:
-            problems.append(f"batch size {self.batch_size} is outside 1..256")
-        if len(self.rotate) != 3 or any(not -45 <= float(a) <= 45 for a in self.rotate):
-            problems.append(f"head rotation {tuple(self.rotate)} must be three angles in -45..45 degrees")
-        for name in ("eye_open", "lip_open"):
-            value = getattr(self, name)
-            if value is not None and not 0.0 <= float(value) <= 0.8:
-                problems.append(f"{name} {value} is outside 0..0.8 (0: closed)")
-        if self.max_frames is not None and int(self.max_frames) < 1:
-            problems.append("max_frames must be at least 1")
-        for name in ("source", "driving"):
-            if not Path(getattr(self, name)).is_file():
-                problems.append(f"{name} file not found: {getattr(self, name)}")
-        if problems:
-            raise PortraitError("; ".join(problems))
 
 
 def hub_weights(reference: str, download: bool) -> Path | None:
@@ -356,8 +287,8 @@ def _driving_keypoints(
     expression and position and keeps the source's scale, as upstream does."""
     x_source = transform_keypoints(source)
     posed = source
-    if any(config.rotate):  # the head-rotation sliders: the source's own pose, turned by the offsets
-        dp, dy, dr = (float(a) for a in config.rotate)
+    if any(config.rotation):  # the head-rotation sliders: the source's own pose, turned by the offsets
+        dp, dy, dr = config.rotation
         posed = replace(source, pitch=source.pitch + dp, yaw=source.yaw + dy, roll=source.roll + dr)
     if config.relative and motion.kp.shape[0] > 1:
         x = relative_driving(posed, motion, motion.select(reference), config.region)
@@ -415,16 +346,24 @@ def _pick_engine(config: PortraitConfig, settings: Settings) -> tuple[str, Path 
 
 
 def run_portrait(
-    config: PortraitConfig, settings: Settings | None = None, progress: Progress | None = None
+    config: PortraitConfig,
+    out: str | Path,
+    settings: Settings | None = None,
+    progress: Progress | None = None,
+    device: str | None = None,
 ) -> RunResult:
-    """Animate the source with the driving motion; the result has the video, stage timings and warnings."""
+    """Animate the source with the driving motion into `out` (.mp4) on `device` (default: the settings' device); the
+    result has the video, stage timings and warnings. With save_template the motion goes to `out` with .npz."""
     settings = settings or get_settings()
     progress = progress or (lambda fraction, label: None)
-    config.validate()
-    choice = resolve_device(config.device)
-    precision = config.precision or ("fp16" if choice.is_cuda else "fp32")
+    config = config.checked()
+    out = Path(out)
+    if out.suffix.lower() != ".mp4":
+        raise PortraitError(f"output {out.name} must be an .mp4 file")
+    choice = resolve_device(device or settings.device)
+    precision = ("fp16" if choice.is_cuda else "fp32") if config.precision == "auto" else config.precision
     result = RunResult(device=str(choice.device), device_name=capabilities(choice.device).name, precision=precision)
-    result.config = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()}
+    result.config = config.to_text()
     if not choice.is_cuda:
         result.warn(f"running on the CPU: {choice.reason}")
     from engine.faces.detection import HaarDetector
@@ -444,10 +383,11 @@ def run_portrait(
             )
         plan = _baseline_plan(config, settings, source_bgr, box, detector, choice.device, result, progress)
     else:
+        template = out.with_suffix(TEMPLATE_SUFFIX) if config.save_template else None
         plan = _liveportrait_plan(
-            config, settings, folder, source_bgr, box, detector, choice.device, precision, result, progress
+            config, settings, folder, source_bgr, box, detector, choice.device, precision, template, result, progress
         )
-    _write(plan, config, result, progress)
+    _write(plan, config, out, result, progress)
     result.metrics.update(engine=engine, face_box=[round(float(v), 1) for v in box], **plan.metrics)
     result.record_peaks(plan.device)
     progress(1.0, "done")
@@ -463,6 +403,7 @@ def _liveportrait_plan(
     detector: Any,
     device: torch.device,
     precision: str,
+    template: Path | None,
     result: RunResult,
     progress: Progress,
 ) -> _Plan:
@@ -503,9 +444,9 @@ def _liveportrait_plan(
     (feature, source_motion), source_hit = SOURCES.get_or_build(source_key, encode_source)
     result.metrics["cache"] = {"networks": nets_hit, "source": source_hit}
     motion, fps, count, has_audio, reference = _driving_motion(config, nets, detector, result, progress)
-    if config.save_template:
-        save_template(Path(config.save_template), motion, fps)
-        result.outputs["template"] = str(config.save_template)
+    if template is not None:
+        save_template(template, motion, fps)
+        result.outputs["template"] = str(template)
     openness = None
     if landmarks is not None:
         openness = (eye_open_ratios(landmarks), lip_open_ratio(landmarks))
@@ -584,9 +525,8 @@ def _baseline_plan(
     return _Plan(batches(), info.fps, count, info.has_audio, (width, height), device, {"backend": "torch"})
 
 
-def _write(plan: _Plan, config: PortraitConfig, result: RunResult, progress: Progress) -> None:
+def _write(plan: _Plan, config: PortraitConfig, out: Path, result: RunResult, progress: Progress) -> None:
     audio = _driving_audio(config, plan.fps, plan.count) if plan.has_audio else None
-    out = Path(config.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     writer = VideoWriter(out, plan.fps, plan.size[0], plan.size[1], audio=audio)
     started, done = time.perf_counter(), 0
@@ -664,11 +604,6 @@ def _sync(device: torch.device) -> None:
 
 
 __all__ = [
-    "BACKENDS",
-    "DRIVING_OPTIONS",
-    "ENGINES",
-    "PortraitConfig",
-    "PortraitError",
     "load_template",
     "run_portrait",
     "save_template",

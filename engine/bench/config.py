@@ -1,0 +1,157 @@
+"""What the benchmark room is asked to do, one config per capability: a sweep (`avatarbench bench`, `/bench_submit`),
+an LLM serving plan (`plan llm`, `/plan_llm`), a memory plan for one of our networks (`plan network`,
+`/plan_network`) and a cost table (`cost`, `/cost`). Each is the one source of its CLI flags, API parameters and
+checks. Light to import (no torch).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from engine.bench.catalog import CATALOG
+from engine.bench.planner import LLMS, QUANT_BYTES_PER_PARAM, PlanError
+from engine.bench.workloads import BUILTIN
+from engine.core.errors import InputError
+from engine.core.options import Config, number_tuple, option, switch_tuple, word_tuple
+from engine.runtimes.registry import COMPILE_MODES, RUNTIMES
+
+if TYPE_CHECKING:
+    from engine.bench.sweep import SweepConfig
+
+PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
+DEVICES = ("cpu", "cuda")
+PRESET_NAMES = ("wav2lip-ladder", "precision-grid", "cpu-vs-gpu", "onnx-providers")  # engine/bench/sweep.py PRESETS
+MAX_BATCH = 8192
+MODEL_HELP = f"{', '.join(BUILTIN)}, onnx:<sha256> of a model stored by ONNX eval, or an .onnx/.zip path (CLI)"
+
+
+class BenchError(InputError):
+    """The sweep request is refused; the message says what was wrong and what is accepted."""
+
+
+@dataclass
+class SweepRequest(Config):
+    """A sweep as people ask for it: a preset, a grid of options, or explicit points (JSON); plan() turns it into
+    the list of configurations the sweep measures (engine.bench.sweep.SweepConfig)."""
+
+    error = BenchError
+
+    model: str = option("wav2lip", help=MODEL_HELP)
+    preset: str | None = option(None, help="a preset instead of the grid (empty: the grid)", choices=PRESET_NAMES)
+    runtime: tuple[str, ...] = option(
+        ("eager",), help="runtimes, e.g. eager,ort-cpu", choices=RUNTIMES, text=word_tuple("runtime")
+    )
+    precision: tuple[str, ...] = option(
+        ("fp32",), help="precisions, e.g. fp32,fp16", choices=PRECISIONS, text=word_tuple("precision")
+    )
+    batch: tuple[int, ...] = option((1, 8), help="batch sizes, e.g. 128,512", low=1, high=MAX_BATCH,
+                                    text=number_tuple(int))  # fmt: skip
+    compile: tuple[bool, ...] = option((False,), help="off, on or off,on (adds torch.compile)", text=switch_tuple())
+    compile_mode: str = option("default", help="torch.compile mode", choices=COMPILE_MODES)
+    channels_last: tuple[bool, ...] = option((False,), help="off, on or off,on", text=switch_tuple())
+    cudnn_benchmark: tuple[bool, ...] = option((True,), help="on, off or on,off", text=switch_tuple())
+    device: tuple[str, ...] | None = option(
+        None, help="cpu,cuda (empty: cuda when there is one, else cpu)", choices=DEVICES, text=word_tuple("device")
+    )
+    runs: int = option(20, help="timed runs per configuration", low=1, high=10_000)
+    warmup: int = option(3, help="untimed runs after the first", low=0, high=1000)
+    points: str | None = option(
+        None, help='explicit configurations as a JSON list, e.g. [{"runtime": "eager", "precision": "fp16", '
+        '"batch": 512, "device": "cuda"}] (empty: the grid)',
+    )  # fmt: skip
+
+    def problems(self) -> list[str]:
+        if self.points is None:
+            return []
+        try:
+            data = json.loads(self.points)
+        except json.JSONDecodeError as exc:
+            return [f"points are not valid JSON: {exc}"]
+        if not isinstance(data, list) or not all(isinstance(p, dict) for p in data):
+            return ["points must be a JSON list of objects (runtime, precision, batch, device, ...)"]
+        return []
+
+    def plan(self, has_gpu: bool) -> SweepConfig:
+        """The configurations to measure on this machine (with notes on what was dropped or scaled down)."""
+        from engine.bench.sweep import SweepConfig, grid, preset
+
+        if self.preset:
+            config = preset(self.preset, self.model, has_gpu, self.runs, self.warmup)
+        elif self.points is not None:
+            data = {"model": self.model, "points": json.loads(self.points), "runs": self.runs, "warmup": self.warmup}
+            config = SweepConfig.from_dict(data)
+        else:
+            runtimes = list(self.runtime)
+            if True in self.compile and "compile" not in runtimes:
+                runtimes.append("compile")
+            if False not in self.compile:
+                runtimes = [r for r in runtimes if r != "eager"] or ["compile"]
+            devices = list(self.device or (("cuda",) if has_gpu else ("cpu",)))
+            points, notes = grid(runtimes, list(self.precision), list(self.batch), devices, list(self.channels_last),
+                                 list(self.cudnn_benchmark), self.compile_mode)  # fmt: skip
+            if not points:
+                raise BenchError("this grid has no configuration that can run: " + "; ".join(notes))
+            config = SweepConfig(self.model, points, self.runs, self.warmup, notes=notes)
+        config.validate()
+        return config
+
+
+@dataclass
+class LlmRequest(Config):
+    """Serving an LLM with Text Generation Inference on `count` GPUs: does it fit, and with which flags."""
+
+    error = PlanError
+
+    gpu: str = option(help=f"the card: {', '.join(CATALOG)}")
+    llm: str = option(help="the model", choices=tuple(LLMS))
+    count: int = option(1, help="GPUs available (tensor-parallel shards)", low=1, high=64)
+    max_input_tokens: int | None = option(None, help="longest prompt (empty: max total tokens - 1)", low=1,
+                                          high=1_048_576)  # fmt: skip
+    max_total_tokens: int = option(4096, help="prompt plus generated tokens per request", low=2, high=1_048_576)
+    concurrent_requests: int = option(1, help="requests at max total tokens held at once", low=1, high=100_000)
+    quantize: str = option("auto", help="weight quantisation", choices=("auto", *QUANT_BYTES_PER_PARAM))
+    memory_fraction: float = option(0.9, help="share of each GPU's memory TGI may use", low=0.05, high=1.0)
+
+
+@dataclass
+class NetworkPlanConfig(Config):
+    """Batch size and GPU count for one of our networks on a card."""
+
+    error = PlanError
+
+    gpu: str = option(help=f"the card: {', '.join(CATALOG)}")
+    model: str = option("wav2lip", help="one of our networks", choices=tuple(BUILTIN))
+    precision: str = option("fp16", help="precision of weights and activations", choices=PRECISIONS)
+    memory_fraction: float = option(0.9, help="share of the GPU's memory to plan for", low=0.05, high=1.0)
+    calibrate: Path | None = option(
+        None, help="a GPU sweep's report (bench --json) whose peaks calibrate the activations", file=True
+    )
+    target_throughput: float | None = option(None, help="samples/s wanted in total", low=0.001, high=1e12)
+    throughput_per_gpu: float | None = option(None, help="measured samples/s on one card", low=0.001, high=1e12)
+
+
+@dataclass
+class CostConfig(Config):
+    """Cost per 1000 requests on every priced card, from a throughput measured on one."""
+
+    error = PlanError
+
+    throughput: float = option(help="measured samples per second", low=1e-6, high=1e12)
+    measured_on: str = option(help="where it was measured: cpu or a card", choices=("cpu", *CATALOG))
+    precision: str = option("fp16", help="precision it was measured at", choices=PRECISIONS)
+    samples_per_request: float = option(1.0, help="e.g. 250 frames per 10 s video", low=1e-6, high=1e9)
+
+
+__all__ = [
+    "DEVICES",
+    "PRECISIONS",
+    "PRESET_NAMES",
+    "BenchError",
+    "CostConfig",
+    "LlmRequest",
+    "NetworkPlanConfig",
+    "SweepRequest",
+]

@@ -1,0 +1,57 @@
+"""The shape of a CLI command, and the flags the commands share. The command table (engine/cli.py) lists every
+room's commands; each room's cli.py declares its own with `Command`, so no room imports the table."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from engine.core.options import Config
+
+if TYPE_CHECKING:
+    from engine.core.results import RunResult
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str  # one word, or "group word" for a subcommand of a group (e.g. "onnx eval")
+    help: str
+    run: Callable[[argparse.Namespace], int | None]
+    config: type[Config] | None = None  # its fields become flags; run() builds it with options.from_args
+    flags: Callable[[argparse.ArgumentParser], None] | None = None  # the command's own front-end flags
+
+
+def write_json(path: str | None, text: str) -> None:
+    """--json FILE: the full result, for machines."""
+    if path:
+        Path(path).write_text(text.rstrip("\n") + "\n")
+
+
+def output_flags(parser: argparse.ArgumentParser, json_help: str = "write the full result to this file") -> None:
+    """The flags most commands share: --json FILE and --quiet (no progress bar)."""
+    parser.add_argument("--json", metavar="FILE", help=json_help)
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run_flags(parser: argparse.ArgumentParser) -> None:
+    """--out and --device for the commands that make a video: where the result goes and what runs it (the request
+    itself is the config), plus --json and --quiet."""
+    parser.add_argument("--out", required=True, help="output .mp4")
+    parser.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: AVATARBENCH_DEVICE, else auto)")
+    output_flags(parser, "write the full result (timings, memory, warnings) to this file")
+
+
+def print_run(args: argparse.Namespace, result: RunResult, headline: str) -> int:
+    """What a video-making command prints: --json's file, warnings on stderr, the headline, the stage times."""
+    write_json(args.json, result.to_json(indent=2))
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(headline)
+    for stage in result.stages:
+        rate = f" ({stage.items_per_s:.2f}/s)" if stage.items_per_s else ""
+        print(f"  {stage.name:<16} {stage.seconds:8.3f} s{rate}")
+    return 0

@@ -1,0 +1,73 @@
+"""What a lip-sync run is asked to do: the one source of `avatarbench lipsync`'s flags, the `/lipsync` API's
+parameters and their checks. Light to import (no torch), so the CLI starts fast.
+
+Where the result goes (`out`) and which device runs it are not part of the request: the CLI names the file and
+the device, the app writes into its outputs folder on the device its settings (or its job placement) choose.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine.core.errors import InputError
+from engine.core.options import Config, TextForm, number_tuple, option
+from engine.faces import DETECTORS
+
+ENGINES = ("auto", "wav2lip", "baseline")
+PRECISIONS = ("auto", "fp32", "tf32", "fp16", "bf16")
+PASTE_MODES = ("blend", "upstream")
+
+
+class LipSyncError(InputError):
+    """Options or inputs the pipeline cannot use; the message says what is accepted."""
+
+
+def parse_box(text: str | None) -> tuple[int, int, int, int] | None:
+    """'X1,Y1,X2,Y2' (commas or spaces) -> a box; empty -> None (detect every frame)."""
+    if not text or not str(text).strip():
+        return None
+    parts = str(text).replace(",", " ").split()
+    if len(parts) != 4 or not all(p.isdigit() for p in parts):
+        raise LipSyncError(f"{text!r} must be four pixel coordinates: X1,Y1,X2,Y2")
+    x1, y1, x2, y2 = (int(p) for p in parts)
+    if x2 <= x1 or y2 <= y1:
+        raise LipSyncError(f"{text!r} is empty: X2 must exceed X1 and Y2 exceed Y1")
+    return x1, y1, x2, y2
+
+
+def _format_box(box: Any) -> str:
+    return ",".join(str(int(v)) for v in box)
+
+
+@dataclass
+class LipSyncConfig(Config):
+    error = LipSyncError
+
+    face: Path = option(help="face image or video", file=True)
+    audio: Path = option(help="speech: any audio file, or a video's sound track", file=True)
+    engine: str = option("auto", help="auto: Wav2Lip when a checkpoint is found, else the baseline", choices=ENGINES)
+    checkpoint: str | None = option(None, help="Wav2Lip checkpoint: a path or hf:OWNER/REPO/FILE (empty: settings)")
+    batch_size: int | None = option(
+        None, help="frames per batch (empty: from free GPU memory; 128 on the CPU)", low=1, high=4096
+    )
+    precision: str = option("auto", help="auto: fp16 on CUDA, fp32 on the CPU", choices=PRECISIONS)
+    compile: bool = option(False, help="torch.compile the generator")
+    pads: tuple[int, ...] = option(
+        (0, 10, 0, 0), help="pixels added to the face box: TOP,BOTTOM,LEFT,RIGHT", low=0, high=200,
+        text=number_tuple(int, 4),
+    )  # fmt: skip
+    smooth: bool = option(True, help="smooth face boxes over time")
+    box: tuple[int, ...] | None = option(
+        None, help="fixed face box X1,Y1,X2,Y2 in pixels: no detection at all (empty: detect)",
+        text=TextForm(parse_box, _format_box),
+    )  # fmt: skip
+    detector: str = option("haar", help="face detector (s3fd needs s3fd.pth)", choices=DETECTORS)
+    detector_checkpoint: str | None = option(None, help="s3fd.pth for the s3fd detector (empty: settings)")
+    detect_scale: float = option(0.5, help="detect on frames scaled by this", low=0.1, high=1.0)
+    paste: str = option("blend", help="blend: feathered lower face; upstream: Wav2Lip's own paste", choices=PASTE_MODES)
+    audio_offset: int = option(0, help="shift the speech by N frames (+: the lips were late)", low=-25, high=25)
+
+
+__all__ = ["DETECTORS", "ENGINES", "PASTE_MODES", "PRECISIONS", "LipSyncConfig", "LipSyncError", "parse_box"]

@@ -1,0 +1,79 @@
+"""`avatarbench onnx inspect` and `avatarbench onnx eval`: validate and describe a model, then run it on execution
+providers. The flags are InspectConfig's and EvalConfig's fields."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from engine.core.commands import Command, output_flags, write_json
+from engine.core.options import from_args
+from engine.onnx.config import EvalConfig, InspectConfig
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from engine.core.settings import get_settings
+    from engine.onnx.uploads import model_source, prepared
+
+    config, settings = from_args(InspectConfig, args), get_settings()
+    source = model_source(config.model, config.example, settings)
+    with prepared(source, settings, dict(config.symbols)) as (_, info):
+        if args.json:
+            print(json.dumps(info.to_dict(), indent=2, default=str))
+            return 0
+    print(f"{source.name}: IR {info.ir_version}, opsets {info.opsets}, produced by {info.producer or 'unknown'}")
+    print(f"  sha256 {info.sha256}, {info.size_bytes / 2**20:.1f} MiB, {info.parameters:,} parameters")
+    for kind, specs in (("input", info.inputs), ("output", info.outputs)):
+        for spec in specs:
+            print(f"  {kind:<6} {spec.name}: {spec.dtype} {spec.shape}")
+    print(f"  symbols {info.symbols}")
+    print("  ops " + ", ".join(f"{op} x{n}" for op, n in info.op_counts.items()))
+    flops = "unknown" if info.flops is None else f"{info.flops / 1e9:.3f} GFLOP per run"
+    print(f"  {flops}; not counted: {', '.join(info.flops_not_counted) or 'nothing'}")
+    for warning in info.warnings:
+        print(f"  warning: {warning}")
+    return 0
+
+
+def _inspect_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="the full description as JSON")
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from engine.core.progress import ProgressBar
+    from engine.core.settings import get_settings
+    from engine.onnx.evaluate import Placement, evaluate
+    from engine.onnx.uploads import model_source, prepared
+
+    config, settings = from_args(EvalConfig, args), get_settings()
+    source = model_source(config.model, config.example, settings)
+    with prepared(source, settings, config.symbol_values) as (path, info), ProgressBar(args.quiet) as bar:
+        placement = Placement(gpu_memory_fraction=settings.gpu_memory_fraction)
+        report = evaluate(path, info, config, bar, limits=source.limits, placement=placement)
+    write_json(args.json, json.dumps(report, indent=2))
+    for row in report["results"]:
+        if row.get("error"):
+            print(f"{row['provider']:<5} batch {row['batch']:<5} failed: {row['error']}")
+            continue
+        lat = row["latency"]
+        speedup = f"  {row['speedup_vs_cpu']:.2f}x CPU" if row.get("speedup_vs_cpu") else ""
+        print(
+            f"{row['provider']:<5} batch {row['batch']:<5} on {row.get('ran_on', '?'):<26} p50 {lat['p50_ms']:8.3f} ms"
+            f"  p99 {lat['p99_ms']:8.3f} ms  {lat['throughput_per_s']:10.1f}/s{speedup}"
+        )
+    for provider, outputs in report["parity"].items():
+        for name, p in outputs.items():
+            if isinstance(p, dict) and "max_abs" in p:
+                print(f"parity {provider} {name}: max abs {p['max_abs']:.3g}, cosine {p['cosine']:.6f}")
+    for warning in report["warnings"]:
+        print(warning if warning.lower().startswith("warning") else f"warning: {warning}", file=sys.stderr)
+    return 0
+
+
+COMMANDS = [
+    Command("onnx inspect", "validate an .onnx (or a .zip with external data) and describe it", _inspect,
+            InspectConfig, _inspect_flags),
+    Command("onnx eval", "run a model on execution providers: latency, throughput, parity", _eval, EvalConfig,
+            lambda parser: output_flags(parser, "write the full report to this file")),
+]  # fmt: skip

@@ -1,0 +1,50 @@
+"""Where an ONNX request's model comes from: an upload (checked against the upload size limit) or a built-in
+example (exported on first use), prepared in a private folder and inspected. The CLI, the tab and the job queue
+all go through here, so a model is refused the same way wherever it arrives."""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.core.settings import Settings
+from engine.onnx.examples import EXAMPLES, example_path
+from engine.onnx.model import Limits, ModelInfo, file_sha256, inspect_model, prepare_model
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    path: Path  # the file as given (an upload, or the cached export of an example)
+    limits: Limits
+    name: str  # what reports call it: the upload's file name, or "example: NAME"
+    example: str | None
+
+
+def model_source(model: Path | None, example: str | None, settings: Settings) -> ModelSource:
+    """The request's model file; an example needs no upload limit (we made it)."""
+    if example is not None:
+        return ModelSource(example_path(example, settings.cache_dir), Limits(), f"example: {example}", example)
+    path = Path(model)  # type: ignore[arg-type]  # the config guarantees one of the two
+    return ModelSource(path, Limits(max_file_bytes=settings.max_upload_bytes), path.name, None)
+
+
+@contextlib.contextmanager
+def prepared(source: ModelSource, settings: Settings, symbols: dict[str, int] | None = None) -> Iterator[
+    tuple[Path, ModelInfo]
+]:
+    """The model checked and unpacked in a private folder under the cache (removed afterwards), and its
+    inspection at `symbols`."""
+    settings.ensure_dirs()
+    with tempfile.TemporaryDirectory(prefix="onnx-", dir=settings.cache_dir) as work:
+        path = prepare_model(source.path, work, source.limits)
+        yield path, inspect_model(path, symbols or None, source.limits, sha256=file_sha256(source.path))
+
+
+def display_name(source: ModelSource) -> str:
+    return EXAMPLES[source.example].title if source.example else source.name
+
+
+__all__ = ["ModelSource", "display_name", "model_source", "prepared"]

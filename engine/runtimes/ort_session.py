@@ -1,0 +1,261 @@
+"""The one way the engine opens an ONNX Runtime session: ONNX eval, the sweeps' ORT runtimes and the portrait
+ONNX backend all go through OrtSession, so they share the provider options, the fallback check and IOBinding.
+
+Why a wrapper: onnxruntime-gpu silently falls back to the CPU when the CUDA or TensorRT libraries do not load, so
+every session compares `get_providers()` with the request and keeps the loader's error as the reason (the
+TensorRT notice is a Python print on stdout, the CUDA one goes to the C-level stderr: both are captured). And
+IOBinding must bind where the session really runs: cuda:<its device_id> on a GPU provider, the CPU after a
+fallback, never a fixed device 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from engine.core.errors import InputError, SetupError
+from engine.system.gpu_memory import gpu_memory, nvml_source
+from engine.system.ort_probe import captured_stderr, error_lines, loader_error
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
+    import torch
+
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "trt": "TensorrtExecutionProvider"}
+GPU_KEYS = ("cuda", "trt")
+GPU_PROVIDERS = tuple(PROVIDERS[key] for key in GPU_KEYS)
+
+
+class SessionError(SetupError):
+    """ONNX Runtime could not create a session for one provider; the message carries ORT's log."""
+
+
+@dataclass(frozen=True)
+class OrtOptions:
+    """How to open a session: the provider asked for (a key of PROVIDERS) and its settings."""
+
+    provider: str = "cpu"
+    device_id: int = 0  # the CUDA device the GPU providers use
+    cuda_tf32: bool = False  # ORT's own default is on; it moves fp32 results by ~1e-3
+    trt_fp16: bool = False
+    trt_workspace_gb: float = 4.0
+    trt_cache_dir: str | os.PathLike | None = None  # engine cache on disk (default: the settings' cache dir)
+    gpu_memory_fraction: float = 0.9  # the CUDA arena's cap, as a share of the card's memory
+    intra_op_threads: int = 0  # 0: ORT's default
+
+    def __post_init__(self) -> None:
+        if self.provider not in PROVIDERS:
+            raise InputError(f"unknown provider {self.provider!r}; accepted: {', '.join(PROVIDERS)}")
+
+    @property
+    def requested(self) -> str:
+        return PROVIDERS[self.provider]
+
+
+def _trt_cache_path(options: OrtOptions) -> str:
+    if options.trt_cache_dir:
+        base = Path(options.trt_cache_dir)
+    else:
+        from engine.core.settings import get_settings
+
+        base = get_settings().cache_dir / "onnx-trt"
+    path = base / ("fp16" if options.trt_fp16 else "fp32")  # engines of both precisions never mix
+    path.mkdir(parents=True, exist_ok=True)
+    return str(path)
+
+
+def _provider_chain(options: OrtOptions) -> list[Any]:
+    """ORT's providers argument: the asked one with its options, then the fallbacks ORT may use."""
+    if options.provider == "cpu":
+        return ["CPUExecutionProvider"]
+    cuda: dict[str, Any] = {
+        "device_id": int(options.device_id),
+        "use_tf32": int(bool(options.cuda_tf32)),
+        "cudnn_conv_algo_search": "EXHAUSTIVE",
+        "arena_extend_strategy": "kSameAsRequested",
+    }
+    memory = gpu_memory(nvml_source(), options.device_id)
+    if memory is not None:
+        cuda["gpu_mem_limit"] = int(options.gpu_memory_fraction * memory["total"])
+    chain: list[Any] = [("CUDAExecutionProvider", cuda), "CPUExecutionProvider"]
+    if options.provider == "trt":
+        trt = {
+            "device_id": int(options.device_id),
+            "trt_fp16_enable": bool(options.trt_fp16),
+            "trt_engine_cache_enable": True,
+            "trt_engine_cache_path": _trt_cache_path(options),
+            "trt_max_workspace_size": int(options.trt_workspace_gb * 2**30),
+        }
+        chain.insert(0, ("TensorrtExecutionProvider", trt))
+    return chain
+
+
+def _fallback_reason(name: str, log: str) -> str:
+    """The first missing library when dlopen says so; otherwise ORT's own words."""
+    import onnxruntime as ort
+
+    if name not in ort.get_available_providers():
+        return f"{name} is not built into this onnxruntime package"
+    loader = loader_error(name)
+    if loader:
+        return loader
+    return log.splitlines()[-1] if log else "ORT gave no reason"
+
+
+class OrtSession:
+    """A session for one provider and what it really got (ORT falls back silently, so we compare).
+
+    Raises SessionError (with ORT's log) when ORT cannot create the session at all, and OSError when the
+    TensorRT cache folder cannot be made.
+    """
+
+    def __init__(self, model_path: str | os.PathLike, options: OrtOptions) -> None:
+        import onnxruntime as ort
+
+        self.options = options
+        session_options = ort.SessionOptions()
+        session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        session_options.log_severity_level = 3
+        if options.intra_op_threads:
+            session_options.intra_op_num_threads = int(options.intra_op_threads)
+        chain = _provider_chain(options)
+        stdout, err = io.StringIO(), io.StringIO()
+        start = time.perf_counter()
+        try:
+            with (
+                captured_stderr() as err,
+                contextlib.redirect_stdout(stdout),
+                warnings.catch_warnings(record=True) as caught,
+            ):
+                warnings.simplefilter("always")
+                session = ort.InferenceSession(str(model_path), sess_options=session_options, providers=chain)
+        except Exception as exc:
+            log = error_lines(err.getvalue() + stdout.getvalue())
+            raise SessionError(
+                f"{options.requested}: session creation failed: {exc}" + (f"\n{log}" if log else "")
+            ) from exc
+        self.create_s = time.perf_counter() - start
+        self.session: ort.InferenceSession | None = session
+        self.got: list[str] = list(session.get_providers())
+        self.log = error_lines("\n".join([err.getvalue(), stdout.getvalue(), *(str(w.message) for w in caught)]))
+        self.fell_back = not self.got or self.got[0] != options.requested
+        self.fallback_reason = _fallback_reason(options.requested, self.log) if self.fell_back else None
+        self.input_names = [i.name for i in session.get_inputs()]
+        self.output_names = [o.name for o in session.get_outputs()]
+
+    @property
+    def requested(self) -> str:
+        return self.options.requested
+
+    @property
+    def ran_on(self) -> str:
+        """The provider that really runs the graph (its first nodes, when several share it)."""
+        return self.got[0] if self.got else "?"
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.ran_on in GPU_PROVIDERS
+
+    @property
+    def device(self) -> tuple[str, int]:
+        """Where IOBinding puts inputs and outputs: ORT's (device type, id) of the provider that really runs."""
+        return ("cuda", int(self.options.device_id)) if self.on_gpu else ("cpu", 0)
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """What the reports keep about the session (the keys ONNX eval's `sessions` section shows)."""
+        return {
+            "requested": self.requested,
+            "provider": self.options.provider,
+            "got": list(self.got),
+            "fell_back": self.fell_back,
+            "log": self.log,
+            "create_s": self.create_s,
+            "fallback_reason": self.fallback_reason,
+        }
+
+    def _live(self) -> ort.InferenceSession:
+        if self.session is None:
+            raise RuntimeError("the ONNX Runtime session was closed")
+        return self.session
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Every output, on the host (ORT copies inputs in and outputs out on each call)."""
+        return self._live().run(self.output_names, feeds)
+
+    def bind(self, feeds: dict[str, np.ndarray]) -> DeviceBinding:
+        """The inputs copied once to the session's device, the outputs left there: runs without host copies."""
+        return DeviceBinding(self, feeds)
+
+    @property
+    def torch_device(self) -> torch.device:
+        """Where torch tensors meet this session: its GPU when it runs on one (and torch sees CUDA), else the CPU."""
+        import torch
+
+        kind, index = self.device
+        return torch.device(kind, index) if kind == "cuda" and torch.cuda.is_available() else torch.device("cpu")
+
+    def run_torch(
+        self, feeds: dict[str, torch.Tensor], output_shapes: dict[str, tuple[int, ...]]
+    ) -> list[torch.Tensor]:
+        """Run on float32 torch tensors through IOBinding: inputs are read and outputs written where the tensors
+        live (the session's GPU when it runs there), with no host round trip."""
+        import torch
+
+        device = self.torch_device
+        kind, index = device.type, device.index or 0
+        binding = self._live().io_binding()
+        held = []  # the bound inputs must outlive the run
+        for name, tensor in feeds.items():
+            t = tensor.to(device, torch.float32).contiguous()
+            held.append(t)
+            binding.bind_input(name, kind, index, np.float32, list(t.shape), t.data_ptr())
+        results = []
+        for name, shape in output_shapes.items():
+            out = torch.empty(shape, dtype=torch.float32, device=device)
+            binding.bind_output(name, kind, index, np.float32, list(shape), out.data_ptr())
+            results.append(out)
+        if kind == "cuda":
+            torch.cuda.current_stream(device).synchronize()  # ORT runs on its own stream
+        self._live().run_with_iobinding(binding)
+        return results
+
+    def close(self) -> None:
+        self.session = None
+
+
+class DeviceBinding:
+    """numpy feeds bound once on the session's own device (OrtSession.device), outputs bound there too."""
+
+    def __init__(self, session: OrtSession, feeds: dict[str, np.ndarray]) -> None:
+        import onnxruntime as ort
+
+        self._session = session._live()
+        kind, index = session.device
+        self._binding = self._session.io_binding()
+        self._inputs = {name: ort.OrtValue.ortvalue_from_numpy(array, kind, index) for name, array in feeds.items()}
+        for name, value in self._inputs.items():
+            self._binding.bind_ortvalue_input(name, value)
+        for name in session.output_names:
+            self._binding.bind_output(name, kind, index)
+        self._binding.synchronize_inputs()
+
+    def run(self) -> None:
+        """One run; returns when its outputs are ready (so host timing measures the device's work)."""
+        self._session.run_with_iobinding(self._binding)
+        self._binding.synchronize_outputs()
+
+    def outputs(self) -> list[np.ndarray]:
+        """The last run's outputs, copied to the host."""
+        return list(self._binding.copy_outputs_to_cpu())
+
+
+__all__ = ["GPU_KEYS", "GPU_PROVIDERS", "PROVIDERS", "DeviceBinding", "OrtOptions", "OrtSession", "SessionError"]

@@ -1,0 +1,62 @@
+"""`avatarbench doctor` and `avatarbench telemetry`: why the GPU is (not) used, and what every GPU is doing."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from engine.core.commands import Command
+from engine.core.errors import InputError
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from engine.system.doctor import PROBLEM, run_doctor
+
+    report = run_doctor()
+    print(report.to_json() if args.json else report.render_text())
+    return 1 if report.status == PROBLEM else 0
+
+
+def _doctor_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="machine-readable report")
+
+
+def _telemetry(args: argparse.Namespace) -> int:
+    from engine.system.telemetry import TelemetrySampler, render_table
+
+    if not args.interval > 0:
+        raise InputError(f"--interval must be > 0 seconds, got {args.interval:g}")
+    sampler = TelemetrySampler(interval_s=args.interval, history_s=max(10.0, args.interval * 2))
+    count = 0
+    try:
+        while True:
+            # CPU percentages are measured between two samples: wait one interval (a short one for a single
+            # reading) after the sampler starts.
+            time.sleep(args.interval if args.watch else min(args.interval, 0.25))
+            snap = sampler.sample_now()
+            if args.json:
+                print(json.dumps(snap.to_dict()), flush=True)
+            else:
+                if args.watch and sys.stdout.isatty():
+                    print("\033[2J\033[H", end="")
+                print(render_table(snap), flush=True)
+            count += 1
+            if not args.watch or (args.count and count >= args.count):
+                return 0
+    except KeyboardInterrupt:  # how --watch is meant to end
+        return 0
+
+
+def _telemetry_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--watch", action="store_true", help="refresh until Ctrl-C")
+    parser.add_argument("--json", action="store_true", help="one JSON object per sample")
+    parser.add_argument("--interval", type=float, default=1.0, help="seconds between samples with --watch")
+    parser.add_argument("--count", type=int, default=0, help="stop after N samples with --watch (0: never)")
+
+
+COMMANDS = [
+    Command("doctor", "diagnose why the GPU is (not) used, with fixes", _doctor, flags=_doctor_flags),
+    Command("telemetry", "nvidia-smi style GPU and host telemetry", _telemetry, flags=_telemetry_flags),
+]

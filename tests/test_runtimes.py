@@ -1,0 +1,358 @@
+"""engine.runtimes on the CPU: the registry, the one interface, the runtimes' own refusals, a real run through eager
+PyTorch and ONNX Runtime, and the ORT session wrapper (provider options, fallback, IOBinding on its own device)."""
+
+from __future__ import annotations
+
+import inspect
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+import onnxruntime as ort
+import torch
+from tiny_onnx import B, W, classifier, mlp
+
+import engine.runtimes.ort_session as ort_session
+from engine.core.errors import InputError, SetupError
+from engine.runtimes.base import Runtime, RuntimeUnavailable
+from engine.runtimes.cuda_graphs import CudaGraphsRuntime
+from engine.runtimes.ort_cpu import OrtCpuRuntime
+from engine.runtimes.ort_cuda import OrtCudaRuntime
+from engine.runtimes.ort_session import OrtOptions, OrtSession, SessionError
+from engine.runtimes.ort_trt import OrtTrtRuntime
+from engine.runtimes.registry import (
+    ORT_RUNTIMES,
+    REGISTRY,
+    RUNTIMES,
+    TORCH_RUNTIMES,
+    make_runtime,
+    runtime_class,
+)
+from engine.runtimes.torch_compiled import CompiledRuntime
+from engine.runtimes.torch_eager import EagerRuntime
+from engine.system.gpu_memory import gpu_memory
+
+
+@dataclass(frozen=True)
+class Point:
+    """What the sweep's BenchPoint offers a runtime (engine.runtimes.base.RuntimeOptions)."""
+
+    runtime: str = "eager"
+    precision: str = "fp32"
+    channels_last: bool = False
+    cudnn_benchmark: bool = True
+    compile_mode: str = "default"
+
+
+class _Mlp(torch.nn.Module):
+    """The torch twin of tiny_onnx.mlp's first output: y = Relu(x @ W + B); k is taken and ignored."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w, self.b = torch.nn.Parameter(torch.from_numpy(W)), torch.nn.Parameter(torch.from_numpy(B))
+
+    def forward(self, x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x @ self.w + self.b)
+
+
+@dataclass
+class Model:
+    """What a runtime asks of a model (engine.runtimes.base.RuntimeModel)."""
+
+    name: str
+    build_torch: Any = None
+    onnx_path: Any = None
+
+    @property
+    def has_torch(self) -> bool:
+        return self.build_torch is not None
+
+
+@pytest.fixture
+def model(tmp_path: Path) -> Model:
+    path = mlp(tmp_path / "mlp.onnx")
+    return Model("mlp", lambda: _Mlp().eval(), lambda: path)
+
+
+def _inputs(batch: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(batch, 4, generator=g), torch.randint(0, 9, (batch, 1), generator=g)
+
+
+# ---------------------------------------------------------------------------------------------- registry
+
+
+def test_every_name_maps_to_its_class_in_order() -> None:
+    expected = {
+        "eager": EagerRuntime,
+        "compile": CompiledRuntime,
+        "cudagraphs": CudaGraphsRuntime,
+        "ort-cpu": OrtCpuRuntime,
+        "ort-cuda": OrtCudaRuntime,
+        "ort-trt": OrtTrtRuntime,
+    }
+    assert expected == REGISTRY and tuple(expected) == RUNTIMES
+    assert (RUNTIMES[:3], RUNTIMES[3:]) == (TORCH_RUNTIMES, ORT_RUNTIMES)
+    assert [REGISTRY[n].provider for n in ORT_RUNTIMES] == ["cpu", "cuda", "trt"]  # type: ignore[attr-defined]
+    assert all(runtime_class(name) is cls for name, cls in REGISTRY.items())
+
+
+def test_an_unknown_runtime_is_refused_with_the_accepted_names(model: Model) -> None:
+    with pytest.raises(InputError, match=r"unknown runtime 'tensorflow'; accepted: eager, compile, .*ort-trt"):
+        runtime_class("tensorflow")
+    with pytest.raises(InputError, match="unknown runtime"):
+        make_runtime(model, Point("tvm"), "cpu")
+
+
+@pytest.mark.parametrize("cls", list(REGISTRY.values()), ids=list(REGISTRY))
+def test_every_runtime_implements_the_base_interface(cls: type[Runtime]) -> None:
+    assert issubclass(cls, Runtime) and not inspect.isabstract(cls)
+    assert REGISTRY[cls.name] is cls and cls.family in ("torch", "onnxruntime")
+    for method in ("check", "load", "set_inputs", "run", "sync", "timed_runs", "output", "peak_bytes", "close"):
+        assert callable(getattr(cls, method)), method
+
+
+# ---------------------------------------------------------------------------------------------- refusals
+
+
+def test_runtimes_refuse_what_they_cannot_run(model: Model) -> None:
+    assert issubclass(RuntimeUnavailable, SetupError)
+    onnx_only, torch_only = Model("onnx-only", onnx_path=model.onnx_path), Model("torch-only", model.build_torch)
+    cases = [
+        (onnx_only, Point("eager"), "cpu", "is an ONNX model"),
+        (model, Point("cudagraphs"), "cpu", "CUDA graphs need a CUDA device"),
+        (torch_only, Point("ort-cpu"), "cpu", "has no ONNX file"),
+        (model, Point("ort-cuda", "fp16"), "cuda:0", "fp16 only through TensorRT"),
+        (model, Point("ort-trt", "bf16"), "cuda:0", "bf16 is not offered"),
+    ]
+    for m, point, device, message in cases:
+        with pytest.raises(RuntimeUnavailable, match=message):
+            make_runtime(m, point, device)
+    trt = make_runtime(model, Point("ort-trt", "fp16"), "cuda:1", memory_fraction=0.5)  # built, not loaded
+    options = trt.session_options()  # type: ignore[attr-defined]
+    assert (options.provider, options.device_id, options.trt_fp16, options.gpu_memory_fraction) == ("trt", 1, True, 0.5)
+
+
+# ---------------------------------------------------------------------------------------------- real runs
+
+
+def test_eager_and_ort_cpu_agree_through_the_interface(model: Model) -> None:
+    x, k = _inputs()
+    expected = np.maximum(x.numpy() @ W + B, 0).astype(np.float64)
+    for name in ("eager", "ort-cpu"):
+        runtime = make_runtime(model, Point(name), "cpu")
+        try:
+            runtime.load()
+            runtime.set_inputs((x, k))
+            runtime.run()
+            runtime.sync()
+            times = runtime.timed_runs(3)
+            assert len(times) == 3 and all(t >= 0 for t in times)
+            np.testing.assert_allclose(runtime.output(), expected, rtol=1e-5, atol=1e-6)
+            assert runtime.peak_bytes() is None  # no device allocator on the CPU
+            assert not runtime.fell_back and runtime.fallback_reason is None
+            assert runtime.ran_on == ("cpu" if name == "eager" else "CPUExecutionProvider")
+        finally:
+            runtime.close()
+
+
+def test_ort_runtime_takes_numpy_feeds_by_name(model: Model) -> None:
+    x, k = _inputs(2)
+    runtime = make_runtime(model, Point("ort-cpu"), "cpu")
+    runtime.load()
+    runtime.set_inputs({"x": x.numpy(), "k": k.numpy()})
+    runtime.run()
+    assert runtime.output().shape == (2, 3)
+    runtime.close()
+
+
+def test_ort_cuda_without_cuda_falls_back_loudly_and_still_runs(model: Model) -> None:
+    from engine.system.ort_probe import probe_provider
+
+    if probe_provider("CUDAExecutionProvider")["loaded"]:
+        pytest.skip("CUDA really loads here: no fallback to observe")
+    runtime = make_runtime(model, Point("ort-cuda"), "cuda:0")
+    runtime.load()
+    assert runtime.fell_back and runtime.ran_on == "CPUExecutionProvider" and runtime.fallback_reason
+    runtime.set_inputs(_inputs())
+    runtime.run()  # on the CPU, with no device binding
+    assert runtime.binding is None and runtime.output().shape == (3, 3)  # type: ignore[attr-defined]
+    runtime.close()
+
+
+# ---------------------------------------------------------------------------------------------- the ORT session
+
+
+def test_session_info_run_and_binding_on_the_cpu(model: Model) -> None:
+    session = OrtSession(model.onnx_path(), OrtOptions(intra_op_threads=1))
+    info = session.info
+    assert list(info) == ["requested", "provider", "got", "fell_back", "log", "create_s", "fallback_reason"]
+    assert info["got"] == ["CPUExecutionProvider"] and not info["fell_back"] and info["create_s"] > 0
+    assert session.device == ("cpu", 0) and session.input_names == ["x", "k"] and session.output_names == ["y", "k2"]
+    feeds = {"x": _inputs()[0].numpy(), "k": _inputs()[1].numpy()}
+    y, k2 = session.run(feeds)
+    binding = session.bind(feeds)
+    binding.run()
+    bound_y, bound_k2 = binding.outputs()
+    np.testing.assert_array_equal(bound_y, y)
+    np.testing.assert_array_equal(bound_k2, k2)
+    session.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        session.run(feeds)
+
+
+def test_torch_tensors_run_through_iobinding_on_the_cpu(tmp_path: Path) -> None:
+    weights = np.random.default_rng(0).standard_normal((4, 6)).astype(np.float32)
+    session = OrtSession(classifier(tmp_path / "cls.onnx", weights), OrtOptions())
+    assert session.torch_device == torch.device("cpu")
+    x = torch.rand(5, 4, dtype=torch.float64)  # converted to float32 on the way in
+    (logits,) = session.run_torch({"x": x}, {"logits": (5, 6)})
+    assert logits.dtype == torch.float32 and logits.device.type == "cpu"
+    np.testing.assert_allclose(logits.numpy(), x.float().numpy() @ weights, rtol=1e-5, atol=1e-6)
+
+
+def test_unknown_provider_is_refused() -> None:
+    with pytest.raises(InputError, match="unknown provider 'tpu'; accepted: cpu, cuda, trt"):
+        OrtOptions(provider="tpu")
+
+
+class _FakeBinding:
+    def __init__(self, calls: list) -> None:
+        self.calls = calls
+
+    def bind_ortvalue_input(self, name: str, value: Any) -> None:
+        self.calls.append(("input", name, value.device))
+
+    def bind_output(self, name: str, kind: str, index: int) -> None:
+        self.calls.append(("output", name, (kind, index)))
+
+    def synchronize_inputs(self) -> None:
+        pass
+
+    def synchronize_outputs(self) -> None:
+        pass
+
+
+class _FakeOrtValue:
+    @staticmethod
+    def ortvalue_from_numpy(array: np.ndarray, kind: str, index: int) -> Any:
+        return SimpleNamespace(array=array, device=(kind, index))
+
+
+def _fake_ort(monkeypatch: pytest.MonkeyPatch, got: list[str], total_bytes: int = 80 * 2**30) -> dict:
+    """InferenceSession and OrtValue stand-ins that record what they are asked; NVML sees four cards."""
+    seen: dict[str, Any] = {"binding": []}
+
+    class FakeSession:
+        def __init__(self, path: str, sess_options: Any, providers: list) -> None:
+            seen["providers"] = providers
+
+        def get_providers(self) -> list[str]:
+            return got
+
+        def get_inputs(self) -> list:
+            return [SimpleNamespace(name="x")]
+
+        def get_outputs(self) -> list:
+            return [SimpleNamespace(name="y")]
+
+        def io_binding(self) -> _FakeBinding:
+            return _FakeBinding(seen["binding"])
+
+    memory = SimpleNamespace(used=1, total=total_bytes)
+    card = SimpleNamespace(uuid="GPU-x", nvml=SimpleNamespace(nvmlDeviceGetMemoryInfo=lambda: memory),
+                           get=lambda fn: fn(), processes=lambda: [])  # fmt: skip
+    monkeypatch.setattr(ort, "InferenceSession", FakeSession)
+    monkeypatch.setattr(ort, "OrtValue", _FakeOrtValue)
+    monkeypatch.setattr(ort_session, "nvml_source", lambda: SimpleNamespace(devices=[card] * 4))
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    return seen
+
+
+def test_binding_uses_the_sessions_own_device_id(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bug this wrapper fixes: ONNX eval's device-resident figure bound to device 0 whatever the session used."""
+    seen = _fake_ort(monkeypatch, ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    session = OrtSession("model.onnx", OrtOptions("cuda", device_id=3, gpu_memory_fraction=0.5))
+    assert not session.fell_back and session.on_gpu and session.device == ("cuda", 3)
+    (cuda, cuda_options), cpu = seen["providers"]
+    assert cuda == "CUDAExecutionProvider" and cpu == "CPUExecutionProvider"
+    assert cuda_options["device_id"] == 3 and cuda_options["use_tf32"] == 0
+    assert cuda_options["gpu_mem_limit"] == 40 * 2**30  # half of the card's 80 GiB, read from NVML
+    session.bind({"x": np.zeros((2, 4), np.float32)})
+    assert seen["binding"] == [("input", "x", ("cuda", 3)), ("output", "y", ("cuda", 3))]
+
+
+def test_after_a_fallback_the_binding_stays_on_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = _fake_ort(monkeypatch, ["CPUExecutionProvider"])
+    session = OrtSession("model.onnx", OrtOptions("cuda", device_id=2))
+    assert session.fell_back and session.fallback_reason and session.ran_on == "CPUExecutionProvider"
+    assert session.device == ("cpu", 0) and session.torch_device == torch.device("cpu")
+    session.bind({"x": np.zeros((2, 4), np.float32)})
+    assert seen["binding"] == [("input", "x", ("cpu", 0)), ("output", "y", ("cpu", 0))]
+
+
+def test_tensorrt_options_and_its_engine_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    seen = _fake_ort(monkeypatch, ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
+    options = OrtOptions("trt", device_id=1, trt_fp16=True, trt_workspace_gb=2, trt_cache_dir=str(tmp_path))
+    session = OrtSession("model.onnx", options)
+    assert session.device == ("cuda", 1) and not session.fell_back
+    (trt, trt_options), (cuda, _), _ = seen["providers"]
+    assert (trt, cuda) == ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+    assert trt_options["device_id"] == 1 and trt_options["trt_fp16_enable"] is True
+    assert trt_options["trt_max_workspace_size"] == 2 * 2**30
+    assert trt_options["trt_engine_cache_path"] == str(tmp_path / "fp16") and (tmp_path / "fp16").is_dir()
+
+
+def test_a_session_that_cannot_be_created_is_a_setup_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("op NoSuchOp is not supported")
+
+    monkeypatch.setattr(ort, "InferenceSession", broken)
+    with pytest.raises(SessionError, match="CPUExecutionProvider: session creation failed: op NoSuchOp") as caught:
+        OrtSession("model.onnx", OrtOptions())
+    assert isinstance(caught.value, SetupError)
+
+
+# ---------------------------------------------------------------------------------------------- NVML memory
+
+
+class _FakeDevice:
+    """Just what engine.system.gpu_memory reads from engine.system.telemetry's NVML device."""
+
+    def __init__(self, uuid: str, used: int, pids: dict[int, int]):
+        self.uuid = uuid
+        self.nvml = SimpleNamespace(nvmlDeviceGetMemoryInfo=lambda: SimpleNamespace(used=used, total=80 * 2**30))
+        self._pids = pids
+
+    def get(self, fn):
+        return fn()
+
+    def processes(self):
+        from engine.system.telemetry import GpuProcess
+
+        return [GpuProcess(pid, "python", "C", used) for pid, used in self._pids.items()]
+
+
+def test_gpu_memory_follows_cuda_visible_devices_and_finds_this_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    source = SimpleNamespace(
+        devices=[
+            _FakeDevice("GPU-aaa", 1, {}),
+            _FakeDevice("GPU-bbb", 2, {os.getpid(): 512}),
+            _FakeDevice("GPU-c", 3, {}),
+        ]
+    )
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert gpu_memory(source, 1) == {"used": 2, "total": 80 * 2**30, "process": 512}
+    assert gpu_memory(source, 0)["process"] is None  # not on this device
+    assert gpu_memory(source, 7) is None
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,1")
+    assert gpu_memory(source, 0)["used"] == 3 and gpu_memory(source, 1)["used"] == 2
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-bbb")
+    assert gpu_memory(source, 0)["used"] == 2 and gpu_memory(source, 1) is None
+    assert gpu_memory(SimpleNamespace(devices=[]), 0) is None

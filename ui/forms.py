@@ -1,0 +1,150 @@
+"""Forms made from capability configs, and how their errors reach the user.
+
+A capability's API parameters are its config's fields (engine/core/options.py): the same names, defaults and checks
+as the CLI flags. `form_handler` gives an event handler exactly those parameters, so Gradio's API page and
+`gradio_client` show them (a call with only the required files works). `api_endpoint` registers a capability's API
+on invisible components made from the config, so Gradio's own range checks never pre-empt ours and the tab's visible
+form stays free to present the fields as it likes; `api_function` does the same for `gr.api`. `reported` turns our
+errors into their message and anything else into "internal error <id>", the traceback going to the server log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import gradio as gr
+
+from engine.core.errors import AvatarbenchError
+from engine.core.options import Config, Field, fields
+
+log = logging.getLogger("avatarbench.ui")
+Progress = Callable[[float, str], None]
+
+
+@contextlib.contextmanager
+def reported(what: str) -> Iterator[None]:
+    """Our errors become their one-line message; a bug becomes a short message with an id that the server log
+    holds beside the traceback (never a traceback in the page)."""
+    try:
+        yield
+    except gr.Error:
+        raise
+    except AvatarbenchError as exc:
+        log.info("%s refused: %s", what, exc)
+        raise gr.Error(str(exc)) from None
+    except Exception as exc:
+        error_id = uuid.uuid4().hex[:8]
+        log.exception("internal error %s in %s", error_id, what)
+        raise gr.Error(f"internal error in {what} ({type(exc).__name__}; id {error_id} in the server log)") from None
+
+
+def field(cls: type[Config], name: str) -> Field:
+    return next(f for f in fields(cls) if f.name == name)
+
+
+def default(cls: type[Config], name: str) -> Any:
+    """A component's initial value: the field's default as the API writes it (None for a required file)."""
+    f = field(cls, name)
+    return None if f.required else f.text_of(f.default)
+
+
+def choices(cls: type[Config], name: str) -> list[Any]:
+    return list(field(cls, name).option.choices)
+
+
+def _api_type(f: Field) -> Any:
+    base = {bool: bool, int: int, float: float}.get(f.type, str) if f.option.text is None else str
+    if f.option.many:
+        base = list[str]
+    return base | None if f.optional or f.option.file else base
+
+
+def _signature(cls: type[Config], names: list[str], with_progress: bool) -> inspect.Signature:
+    by_name = {f.name: f for f in fields(cls)}
+    params = []
+    for name in names:
+        f = by_name[name]
+        value = inspect.Parameter.empty if f.required else f.text_of(f.default)
+        params.append(inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=value,
+                                        annotation=_api_type(f)))  # fmt: skip
+    if with_progress:
+        params.append(inspect.Parameter("progress", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=gr.Progress()))
+    return inspect.Signature(params, return_annotation=Any)  # one output (gr.api counts the annotation's)
+
+
+def _named(run: Callable[..., Any], signature: inspect.Signature, what: str) -> Callable[..., Any]:
+    with_progress = "progress" in signature.parameters
+
+    def handler(*args: Any, **kwargs: Any) -> Any:
+        values = dict(signature.bind(*args, **kwargs).arguments)
+        progress = values.pop("progress", None)  # what Gradio injects; absent when called directly
+        with reported(what):
+            if not with_progress:
+                return run(values)
+            if progress is None:
+                return run(values, lambda fraction, label: None)
+            return run(values, lambda fraction, label: progress(fraction, desc=label))
+
+    handler.__doc__ = run.__doc__
+    handler.__signature__ = signature  # type: ignore[attr-defined]
+    handler.__annotations__ = {p.name: p.annotation for p in signature.parameters.values() if p.name != "progress"}
+    return handler
+
+
+def form_handler(
+    cls: type[Config], components: Mapping[str, Any], run: Callable[[dict[str, Any], Progress], Any], what: str
+) -> Callable[..., Any]:
+    """An event handler for `.click(handler, inputs_kwargs=components)` whose parameters are the config's fields
+    named in `components` (in that order), with their defaults; `run(values, progress)` gets them as a dict (feed it
+    to cls.build) and a progress callback that drives gr.Progress."""
+    return _named(run, _signature(cls, list(components), with_progress=True), what)
+
+
+def api_function(cls: type[Config], run: Callable[[dict[str, Any]], Any], what: str) -> Callable[..., Any]:
+    """A function for `gr.api` whose typed parameters are all the config's fields, with their defaults."""
+    return _named(run, _signature(cls, [f.name for f in fields(cls)], with_progress=False), what)
+
+
+def hidden_inputs(cls: type[Config], skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Invisible components, one per field (files as uploads), for an API-only endpoint. Call inside a hidden
+    column."""
+    out: dict[str, Any] = {}
+    for f in fields(cls):
+        if f.name in skip:
+            continue
+        value, label = default(cls, f.name), f"{f.name}: {f.option.help}"
+        if f.option.file:
+            out[f.name] = gr.File(label=label, file_count="multiple" if f.option.many else "single")
+        elif f.type is bool and f.option.text is None:
+            out[f.name] = gr.Checkbox(value=value, label=label)
+        elif f.type in (int, float) and f.option.text is None:
+            out[f.name] = gr.Number(value=value, label=label, precision=0 if f.type is int else None)
+        else:  # a required field has no value: the API page then lists it as required
+            out[f.name] = gr.Textbox(value=value if value is not None or f.required else "", label=label)
+    return out
+
+
+def api_endpoint(
+    cls: type[Config],
+    run: Callable[[dict[str, Any], Progress], Any],
+    outputs: Any,
+    api_name: str,
+    description: str,
+    **event: Any,
+) -> None:
+    """The `/api_name` endpoint: one invisible input per config field, feeding `run(values, progress)`."""
+    with gr.Column(visible=False):
+        inputs = hidden_inputs(cls)
+        trigger = gr.Button()
+    trigger.click(
+        form_handler(cls, inputs, run, api_name), inputs_kwargs=inputs, outputs=outputs, api_name=api_name,
+        api_description=description, **event,
+    )  # fmt: skip
+
+
+__all__ = ["api_endpoint", "api_function", "choices", "default", "field", "form_handler", "hidden_inputs", "reported"]
