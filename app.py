@@ -29,9 +29,13 @@ if TYPE_CHECKING:
     from engine.bench.jobs import BenchJobs
     from engine.core.device import DeviceChoice
     from engine.core.settings import Settings
-    from engine.jobs.runner import JobRunner
+    from engine.jobs.broker import Broker
+    from engine.jobs.kinds import JobKind
+    from engine.lipsync.jobs import LipSyncJobs
     from engine.onnx.jobs import OnnxEvalJobs
+    from engine.portrait.jobs import PortraitJobs
     from engine.system.telemetry import TelemetrySampler
+    from ui.jobs import Access
 
 log = logging.getLogger("avatarbench")
 
@@ -45,39 +49,60 @@ def device_banner(choice: DeviceChoice) -> str:
     return f"**avatarbench** · ⚠️ **CPU fallback**: {choice.reason}. Every tab works, more slowly."
 
 
+# Each job kind's handler, run in the worker processes (imported there, never in the web process).
+JOB_KINDS = {
+    "lipsync": "engine.lipsync.jobs:handle",
+    "portrait": "engine.portrait.jobs:handle",
+    "onnx_eval": "engine.onnx.jobs:handle",
+    "bench": "engine.bench.jobs:handle",
+}
+
+
 @dataclass
 class Services:
+    broker: Broker
+    lipsync: LipSyncJobs
+    portrait: PortraitJobs
     onnx: OnnxEvalJobs
     bench: BenchJobs
-    runner: JobRunner
+
+    def kinds(self) -> dict[str, JobKind]:
+        return {k.kind: k for k in (self.lipsync, self.portrait, self.onnx, self.bench)}
 
 
-def start_jobs(settings: Settings, choice: DeviceChoice, sampler: TelemetrySampler) -> Services:
-    """The job store and its workers: jobs a previous process left running are failed first, then
-    queued ones (including those submitted before a restart) run on one worker per GPU and the CPU pool.
-    ONNX evaluations and benchmark sweeps share the per-device queues, so they never time each other."""
-    from engine.bench.jobs import KIND as BENCH
+def worker_devices(settings: Settings) -> dict[str, int]:
+    """Worker processes per device: one per visible GPU (CUDA_VISIBLE_DEVICES respected; none when the device
+    setting is "cpu"), and AVATARBENCH_CPU_WORKERS for the CPU."""
+    import torch
+
+    gpus = 0 if settings.device == "cpu" or not torch.cuda.is_available() else torch.cuda.device_count()
+    return {**{f"cuda:{i}": 1 for i in range(gpus)}, "cpu": settings.cpu_workers}
+
+
+def start_jobs(settings: Settings) -> Services:
+    """The job store and the broker's worker processes: jobs a previous process left running are failed first,
+    then queued ones (including those submitted before a restart) run."""
     from engine.bench.jobs import BenchJobs
-    from engine.jobs.runner import JobRunner
-    from engine.jobs.store import CPU, JobStore
-    from engine.onnx.jobs import KIND as ONNX_EVAL
+    from engine.jobs.broker import Broker, JobLimits
+    from engine.jobs.store import JobStore
+    from engine.lipsync.jobs import LipSyncJobs
     from engine.onnx.jobs import OnnxEvalJobs
+    from engine.portrait.jobs import PortraitJobs
 
     store = JobStore(settings.db_path, settings.data_dir / "blobs")
     store.recover()
-    gpu = str(choice.device) if choice.is_cuda else None
-    onnx = OnnxEvalJobs(store, settings, gpu)
-    sweeps = BenchJobs(store, settings, gpu, sampler=sampler)
-    runner = JobRunner(store, {ONNX_EVAL: onnx.handle, BENCH: sweeps.handle}, cpu_workers=settings.cpu_workers)
-    onnx.wake = sweeps.wake = runner.wake
-    runner.start([d for d in (gpu, CPU) if d])
-    return Services(onnx, sweeps, runner)
+    limits = JobLimits(dict(settings.job_time_limits), int(settings.job_memory_gb * 2**30))
+    broker = Broker(store, JOB_KINDS, worker_devices(settings), limits).start()
+    return Services(broker, *(kind(broker, settings) for kind in (LipSyncJobs, PortraitJobs, OnnxEvalJobs, BenchJobs)))
 
 
-def build_app(settings: Settings, choice: DeviceChoice, sampler: TelemetrySampler, services: Services) -> gr.Blocks:
+def build_app(
+    settings: Settings, choice: DeviceChoice, sampler: TelemetrySampler, services: Services, access: Access
+) -> gr.Blocks:
     import gradio as gr
 
     from ui.bench import build_bench_tab
+    from ui.jobs import register_job_api
     from ui.lipsync import build_lipsync_tab
     from ui.onnx_eval import build_onnx_eval_tab
     from ui.portrait import build_portrait_tab
@@ -91,42 +116,47 @@ def build_app(settings: Settings, choice: DeviceChoice, sampler: TelemetrySample
         timer = build_telemetry_panel(demo, sampler)
         with gr.Tabs():
             with gr.Tab("Lip-sync", id="lipsync"):
-                build_lipsync_tab(settings)
+                build_lipsync_tab(settings, services.lipsync, access)
             with gr.Tab("Portrait animation", id="portrait"):
-                build_portrait_tab(settings)
+                build_portrait_tab(settings, services.portrait, access)
             with gr.Tab("ONNX eval", id="onnx"):
-                build_onnx_eval_tab(settings, services.onnx)
+                build_onnx_eval_tab(settings, services.onnx, access)
             with gr.Tab("GPU benchmark", id="bench"):
-                build_bench_tab(settings, services.bench)
+                build_bench_tab(settings, services.bench, access)
             with gr.Tab("System", id="system"):
                 build_system_tab(demo, settings, sampler, timer, choice, doctor)
+        register_job_api(services.broker.store, services.kinds(), access)
     return demo
 
 
-SHUTDOWN_GRACE_S = 15.0
+class Shutdown:
+    """SIGTERM (what Spaces and Docker send) and Ctrl-C stop the app the same way: the web server closes, running
+    jobs get AVATARBENCH_SHUTDOWN_GRACE seconds to finish and are then failed with the reason, queued jobs wait
+    for the next start, and no worker process is left. A second signal, or a shutdown that hangs for another
+    30 s, ends the process at once."""
 
+    def __init__(self, grace_s: float) -> None:
+        self.grace_s = grace_s
+        self.signal_name: str | None = None
 
-def _bounded_shutdown_on_ctrl_c() -> None:
-    """Ctrl-C closes the server gracefully, but never hangs: the web server waits for open connections and a
-    running job cannot be interrupted, so after SHUTDOWN_GRACE_S (or at a second Ctrl-C) the process exits
-    anyway (code 130). Jobs left running are failed by recover() at the next start."""
-    state = {"stopping": False}
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, self._handle)
+            signal.signal(signal.SIGTERM, self._handle)
 
-    def handler(signum: int, frame: object) -> None:
-        if state["stopping"]:
-            os._exit(130)
-        state["stopping"] = True
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.signal_name is not None:
+            os._exit(128 + signum)
+        self.signal_name = signal.Signals(signum).name
 
         def force() -> None:
-            log.warning("shutdown took over %.0f s (open connections or a running job): exiting", SHUTDOWN_GRACE_S)
-            os._exit(130)
+            log.warning("shutdown took too long: exiting now")
+            os._exit(128 + signum)
 
-        timer = threading.Timer(SHUTDOWN_GRACE_S, force)
+        timer = threading.Timer(self.grace_s + 30.0, force)
         timer.daemon = True
         timer.start()
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGINT, handler)
+        raise KeyboardInterrupt  # ends demo.launch()'s wait in the main thread
 
 
 def serve_flags(parser: argparse.ArgumentParser) -> None:
@@ -134,28 +164,35 @@ def serve_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
     parser.add_argument("--share", action="store_true", help="create a public Gradio share link")
     parser.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default: settings)")
-    parser.add_argument("--auth", default=None, metavar="USER:PASS", help="require this login")
+    parser.add_argument("--auth", action="append", metavar="USER:PASS", help="require a login (repeat for more users)")
+    parser.add_argument(
+        "--operator", action="append", metavar="USER", help="a login that sees and manages every user's jobs"
+    )
 
 
-def _login(spec: str | None) -> tuple[str, str] | None:
-    if spec is None:
+def _logins(specs: list[str] | None) -> list[tuple[str, str]] | None:
+    if not specs:
         return None
-    user, sep, password = spec.partition(":")
-    if not sep or not user or not password:
-        raise InputError("--auth must be USER:PASS with both parts non-empty")
-    return user, password
+    logins = []
+    for spec in specs:
+        user, sep, password = spec.partition(":")
+        if not sep or not user or not password:
+            raise InputError("--auth must be USER:PASS with both parts non-empty")
+        logins.append((user, password))
+    return logins
 
 
 def serve(args: argparse.Namespace) -> int:
-    """Start the app and serve until Ctrl-C (bad flags or settings are one line and exit 2)."""
+    """Start the app and serve until SIGTERM or Ctrl-C (bad flags or settings are one line and exit 2)."""
     import gradio as gr
 
-    from engine.core.device import resolve_device, set_memory_fraction
+    from engine.core.device import resolve_device
     from engine.system.telemetry import get_sampler
+    from ui.jobs import Access
     from ui.style import CSS
     from ui.widgets import ASSETS
 
-    auth = _login(args.auth)
+    auth = _logins(args.auth)
     if args.device is not None:
         os.environ[PREFIX + "DEVICE"] = validate_device_spec(args.device)
         get_settings.cache_clear()
@@ -166,16 +203,16 @@ def serve(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise InputError(f"cannot create the data folder {settings.data_dir}: {exc}") from None
     choice = resolve_device(settings.device)
-    if set_memory_fraction(settings.gpu_memory_fraction, choice.device):
-        log.info("GPU memory fraction for this process: %s", settings.gpu_memory_fraction)
     log.info("device: %s (%s)", choice.device, choice.reason)
     sampler = get_sampler(settings.telemetry_interval_s, settings.telemetry_history_s)
-    services = start_jobs(settings, choice, sampler)
-    demo = build_app(settings, choice, sampler, services)
-    demo.queue(default_concurrency_limit=1)
-    if threading.current_thread() is threading.main_thread():
-        _bounded_shutdown_on_ctrl_c()
+    shutdown = Shutdown(settings.shutdown_grace_s)
+    shutdown.install()
+    services = start_jobs(settings)
+    access = Access(frozenset(args.operator or ()))
+    demo = None
     try:
+        demo = build_app(settings, choice, sampler, services, access)
+        demo.queue(default_concurrency_limit=1)
         demo.launch(
             server_name=args.host,
             server_port=args.port,
@@ -186,13 +223,14 @@ def serve(args: argparse.Namespace) -> int:
             theme=gr.themes.Soft(),
             css=CSS,
         )
-    except KeyboardInterrupt:  # Ctrl-C while launch() was still starting up (it handles later ones itself)
-        demo.close()
-    if not services.runner.stop():
-        # A job is still inside PyTorch or ONNX Runtime: finalising the interpreter under it can abort or hang,
-        # so leave now; recover() fails that job at the next start.
-        logging.shutdown()
-        os._exit(130)
+    except KeyboardInterrupt:  # a signal while launch() was still starting up (it handles later ones itself)
+        pass
+    finally:
+        if demo is not None:
+            demo.close()
+        reason = f"the app was stopped ({shutdown.signal_name or 'its server ended'})"
+        failed = services.broker.stop(settings.shutdown_grace_s, reason)
+        log.info("stopped%s", f"; failed the running job(s) {', '.join(failed)}" if failed else "")
     return 0
 
 

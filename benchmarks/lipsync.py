@@ -40,6 +40,7 @@ from engine.core.media import VideoWriter  # noqa: E402
 from engine.core.settings import load_settings  # noqa: E402
 from engine.faces.detection import HaarDetector  # noqa: E402
 from engine.faces.tracking import FaceTracker  # noqa: E402
+from engine.jobs.measure import measured  # noqa: E402
 from engine.lipsync.config import LipSyncConfig  # noqa: E402
 from engine.lipsync.pipeline import run_lipsync  # noqa: E402
 from engine.models.wav2lip import load_wav2lip, random_wav2lip_checkpoint  # noqa: E402
@@ -96,9 +97,10 @@ def write_video(path: Path, seconds: float, width: int = 1280, height: int = 720
 
 def end_to_end(name: str, job: tuple[LipSyncConfig, Path, str], settings) -> dict:
     config, out, device = job
-    start = time.perf_counter()
-    result = run_lipsync(config, out, settings, device=device)
-    wall = time.perf_counter() - start
+    with measured(device) as window:
+        result = run_lipsync(config, out, settings, device=device)
+    figures = window.figures()
+    wall = figures["wall_s"]
     frames = result.metrics["frames"]
     row = {
         "case": name,
@@ -110,8 +112,11 @@ def end_to_end(name: str, job: tuple[LipSyncConfig, Path, str], settings) -> dic
         "encoder": result.metrics["encoder"],
         "stages_s": {s.name: round(s.seconds, 4) for s in result.stages},
         "slowest_stage": result.slowest_stage.name,
-        "peak_gpu_bytes": result.peak_gpu_bytes,
-        "peak_host_bytes": result.peak_host_bytes,
+        "peak_gpu_bytes": figures["peak_allocated_bytes"],
+        "peak_host_bytes": figures["peak_rss_bytes"],
+        "peak_device_used_bytes": figures["peak_device_used_bytes"],
+        "energy_j": figures["energy_j"],
+        "energy_source": figures["energy_source"],
     }
     print(
         f"{name:<18} {wall:7.2f} s  {frames / wall:7.1f} frames/s  batch {row['batch_size']:<4} "

@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from engine.core.device import resolve_device
 from engine.core.settings import get_settings
+from engine.jobs.measure import measured
 from engine.models.liveportrait import write_random_weights
 from engine.portrait import cache as portrait_cache
 from engine.portrait.config import PortraitConfig
@@ -84,20 +85,24 @@ def end_to_end(
         ASSETS / "face.jpg", ASSETS / "driving.mp4", weights=str(weights) if weights else None, precision=precision,
         backend=backend, max_frames=frames, engine=engine, compile=compiled,
     )  # fmt: skip
-    walls, results = [], []
+    runs = []
     for _ in range(2 if weights else 1):  # LivePortrait twice: the re-run finds networks and source cached
-        start = time.perf_counter()
-        results.append(run_portrait(config, out, device=device))
-        walls.append(time.perf_counter() - start)
-    result = results[0]
+        with measured(device) as window:
+            result = run_portrait(config, out, device=device)
+        runs.append((result, window.figures()))
+    (result, figures), rerun = runs[0], runs[-1][1]
     return {
         "engine": engine,
         "frames": result.metrics["frames"],
         "frames_per_second": result.metrics["frames_per_second"],
         "stages_s": {s.name: s.seconds for s in result.stages},
-        "wall_s": walls[0],
-        "rerun_wall_s": walls[-1] if weights else None,
-        "peak_gpu_bytes": result.peak_gpu_bytes,
+        "wall_s": figures["wall_s"],
+        "rerun_wall_s": rerun["wall_s"] if weights else None,
+        "peak_gpu_bytes": figures["peak_allocated_bytes"],
+        "peak_host_bytes": figures["peak_rss_bytes"],
+        "peak_device_used_bytes": figures["peak_device_used_bytes"],
+        "energy_j": figures["energy_j"],
+        "energy_source": figures["energy_source"],
         "warnings": result.warnings,
     }
 

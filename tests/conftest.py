@@ -69,10 +69,10 @@ def _wait_until_up(app: RunningApp, timeout_s: float) -> None:
     raise RuntimeError(f"app.py did not answer within {timeout_s}s:\n{app.log()[-3000:]}")
 
 
-def stop_app(app: RunningApp, timeout_s: float = 40.0) -> int:
-    """Ctrl-C, as a user would; returns the exit code (kills only if it hangs)."""
+def stop_app(app: RunningApp, timeout_s: float = 40.0, how: int = signal.SIGINT) -> int:
+    """Ctrl-C (or `how`), as a user or a container runtime would; returns the exit code (kills only if it hangs)."""
     if app.proc.poll() is None:
-        app.proc.send_signal(signal.SIGINT)
+        app.proc.send_signal(how)
         try:
             app.proc.wait(timeout_s)
         except subprocess.TimeoutExpired:
@@ -82,7 +82,7 @@ def stop_app(app: RunningApp, timeout_s: float = 40.0) -> int:
     return app.proc.returncode
 
 
-def start_app(data: Path) -> RunningApp:
+def start_app(data: Path, *flags: str, **env_vars: str) -> RunningApp:
     """app.py in a subprocess on a free port with its data in `data`, once it answers."""
     port = free_port()
     env = dict(
@@ -91,11 +91,12 @@ def start_app(data: Path) -> RunningApp:
         AVATARBENCH_TELEMETRY_INTERVAL="0.5",
         GRADIO_ANALYTICS_ENABLED="False",
         PYTHONUNBUFFERED="1",
+        **env_vars,
     )
     log_path = data / "app.log"
     with open(log_path, "ab") as log_file:
         proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "app.py"), "--host", "127.0.0.1", "--port", str(port)],
+            [sys.executable, str(ROOT / "app.py"), "--host", "127.0.0.1", "--port", str(port), *flags],
             cwd=ROOT,
             env=env,
             stdout=log_file,

@@ -329,33 +329,4 @@ def _animate_the_portrait_example(page, sync_api) -> None:
 
 def test_app_stops_cleanly_on_ctrl_c(running_app: RunningApp) -> None:
     code = stop_app(running_app)
-    assert code in (0, 130), running_app.log()[-2000:]
-
-
-def test_ctrl_c_during_a_job_exits_and_the_restart_fails_that_job(tmp_path) -> None:
-    """A running job cannot be interrupted: Ctrl-C still ends the app promptly (code 130), and the next start
-    marks the job failed with the reason instead of leaving it 'running' forever."""
-    from conftest import start_app
-    from gradio_client import Client
-
-    app = start_app(tmp_path)
-    try:
-        client = Client(app.url, verbose=False)
-        points = json.dumps([{"device": "cpu", "batch": 8}])
-        job = client.predict(points=points, runs=200, api_name="/bench_submit")["job_id"]
-        deadline = time.monotonic() + 60
-        while client.predict(job, api_name="/bench_status")["status"] != "running":
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
-        started = time.monotonic()
-        assert stop_app(app, timeout_s=40) == 130
-        assert time.monotonic() - started < 30
-    finally:
-        if app.proc.poll() is None:
-            app.proc.kill()
-    again = start_app(tmp_path)
-    try:
-        status = Client(again.url, verbose=False).predict(job, api_name="/bench_status")
-        assert status["status"] == "failed" and "app stopped while this job was running" in status["error"]
-    finally:
-        stop_app(again)
+    assert code == 0, running_app.log()[-2000:]

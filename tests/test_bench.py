@@ -18,8 +18,9 @@ from engine.bench.jobs import BenchJobs
 from engine.bench.sweep import BenchPoint, SweepConfig, grid, preset, rows_to_csv, run_sweep
 from engine.bench.workloads import builtin_model, count_flops
 from engine.core.settings import load_settings
+from engine.jobs.broker import Broker
 from engine.jobs.store import CPU, DONE, JobStore, StoreError
-from engine.system.telemetry import TelemetrySampler
+from engine.jobs.worker import WorkerContext, run_job
 
 
 @pytest.fixture(scope="module")
@@ -35,11 +36,7 @@ def sweep_report(wav2lip) -> dict:
         BenchPoint("ort-cpu", "fp32", 2, "cpu"),
         BenchPoint("eager", "fp32", 2, "cuda"),  # no GPU here: recorded as an error, not run on the CPU
     ]
-    sampler = TelemetrySampler(interval_s=0.2, history_s=600).start()
-    try:
-        return run_sweep(SweepConfig("wav2lip", points, runs=3, warmup=1), wav2lip, None, sampler=sampler)
-    finally:
-        sampler.stop()
+    return run_sweep(SweepConfig("wav2lip", points, runs=3, warmup=1), wav2lip, None)
 
 
 def test_wav2lip_costs_about_4_gmac_per_frame(wav2lip) -> None:
@@ -60,8 +57,10 @@ def test_sweep_metrics_are_consistent(sweep_report: dict) -> None:
         assert row["load_s"] > 0 and row["first_run_s"] > 0 and lat["n"] == 3
         assert row["percent_of_peak"] is None and row["energy_j_per_sample"] is None  # CPU: no peak, no NVML
         assert row["error_vs_fp32"]["rel_l2"] < 1e-4 and row["error_vs_fp32"]["nan_or_inf"] == 0
-        assert row["telemetry"] and all(len(t) == 5 for t in row["telemetry"])
-        assert row["host_rss_bytes"] > 0
+        assert row["energy_source"] is None and row["device_used_bytes"] is None and row["peak_allocated_bytes"] is None
+        # the timed runs' window: [t, GPU util %, device used bytes, power W, host CPU %, process RSS bytes]
+        assert row["telemetry"] and all(len(t) == 6 and t[1] is None and t[5] > 0 for t in row["telemetry"])
+        assert row["host_rss_bytes"] >= max(t[5] for t in row["telemetry"])
     assert rows[0]["speedup"] == 1.0
     assert rows[2]["ran_on"] == "CPUExecutionProvider" and not rows[2]["fell_back"]
     assert bench.RANDOM_WEIGHTS_NOTE in sweep_report["notes"]
@@ -140,48 +139,59 @@ def test_out_of_memory_is_recorded_and_the_sweep_goes_on(wav2lip, monkeypatch) -
     assert rows[1]["status"] == "ok" and rows[1]["speedup"] is None  # the baseline has no throughput
 
 
+OWNER = "tester"
+HANDLERS = {"bench": "engine.bench.jobs:handle"}
+
+
 def _jobs(tmp_path: Path) -> BenchJobs:
+    """The submit side; its broker's workers never start: a test runs a claimed job itself, as a worker would."""
     settings = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path / "data")})
     settings.ensure_dirs()
-    return BenchJobs(JobStore(settings.db_path, settings.data_dir / "blobs"), settings, None)
+    store = JobStore(settings.db_path, settings.data_dir / "blobs")
+    return BenchJobs(Broker(store, HANDLERS, {CPU: 1}), settings)
 
 
 def test_jobs_round_trip_and_imports(tmp_path: Path) -> None:
     jobs = _jobs(tmp_path)
     sha = jobs.store.put_blob(mlp(tmp_path / "mlp.onnx"))
+    upload = jobs.store.submit("onnx_eval", {}, CPU, model_sha256=sha, owner=OWNER)  # the owner's own upload
+    jobs.store.fail(upload.id, "not run here")
     points = json.dumps([{"runtime": "ort-cpu", "batch": 4, "device": "cpu"}])
-    job = jobs.submit(SweepRequest.build({"model": f"onnx:{sha}", "points": points, "runs": 3, "warmup": 0}))
-    assert job.device == CPU and job.model_sha256 == sha
+    job = jobs.submit(SweepRequest.build({"model": f"onnx:{sha}", "points": points, "runs": 3, "warmup": 0}), OWNER)
+    assert job.device == CPU and job.model_sha256 == sha and job.timed
     claimed = jobs.store.claim_next(CPU)
-    report = jobs.handle(claimed, lambda f, label: None)
-    jobs.store.finish(claimed.id, report)
+    run_job(claimed, WorkerContext(jobs.store, jobs.settings, CPU), HANDLERS)
+    result = jobs.result(job.id, OWNER)
+    report = result["report"]
     row = report["results"][0]
     assert row["status"] == "ok" and row["flops_per_sample"] == 2 * 4 * 3  # the MatMul's MACs per sample, x2
     assert row["error_vs_fp32"]["max_abs"] == 0.0  # ORT CPU against itself
-    result = jobs.result(job.id)
-    assert result["status"] == DONE and result["report"]["results"][0]["batch"] == 4
-    imported = jobs.import_report(json.dumps(report))
+    assert result["status"] == DONE and report["results"][0]["batch"] == 4 and report["measurement"]["wall_s"] > 0
+    imported = jobs.import_report(json.dumps(report), OWNER)
     assert imported.status == DONE and imported.device == "imported"
-    history = jobs.history()
+    history = jobs.history(OWNER)
     assert [h["id"] for h in history] == [imported.id, job.id] and history[0]["imported"]
+    assert jobs.history("someone else") == []
     assert jobs.store.claim_next("imported") is None  # imported reports are done, never claimed
+    with pytest.raises(StoreError, match="no stored file"):  # another user cannot sweep this upload
+        jobs.submit(SweepRequest.build({"model": f"onnx:{sha}", "points": points}), "someone else")
 
 
 def test_job_refusals(tmp_path: Path) -> None:
     jobs = _jobs(tmp_path)
     with pytest.raises(BenchError, match="no CUDA device"):
-        jobs.submit(SweepRequest.build({"model": "wav2lip", "device": "cuda"}))
+        jobs.submit(SweepRequest.build({"model": "wav2lip", "device": "cuda"}), OWNER)
     with pytest.raises(BenchError, match="no model"):
-        jobs.submit(SweepRequest.build({"model": "resnet50", "device": "cpu"}))
+        jobs.submit(SweepRequest.build({"model": "resnet50", "device": "cpu"}), OWNER)
     with pytest.raises(StoreError, match="no stored file"):
-        jobs.submit(SweepRequest.build({"model": "onnx:" + "a" * 64, "runtime": "ort-cpu", "device": "cpu"}))
+        jobs.submit(SweepRequest.build({"model": "onnx:" + "a" * 64, "runtime": "ort-cpu", "device": "cpu"}), OWNER)
     with pytest.raises(BenchError, match="not valid JSON"):
         SweepRequest.build({"points": "{points"})
     with pytest.raises(BenchError, match="not a benchmark report"):
-        jobs.import_report({"results": []})
-    with pytest.raises(StoreError, match="not a benchmark"):
-        jobs.result(jobs.store.submit("onnx_eval", {}, CPU).id)
-    assert [h for h in jobs.history()] == []
+        jobs.import_report({"results": []}, OWNER)
+    with pytest.raises(StoreError, match="not a bench job"):
+        jobs.result(jobs.store.submit("onnx_eval", {}, CPU).id, None)
+    assert jobs.history(OWNER) == []
 
 
 def test_liveportrait_networks_are_benchmarkable(tmp_path: Path) -> None:

@@ -134,6 +134,7 @@ def test_lipsync_pipeline_on_the_gpu(tmp_path) -> None:
     from test_lipsync import FACE, speech_like, write_wav
 
     from engine.core.settings import load_settings
+    from engine.jobs.measure import measured
     from engine.lipsync.config import LipSyncConfig
     from engine.lipsync.pipeline import run_lipsync
     from engine.models.wav2lip import random_wav2lip_checkpoint
@@ -143,9 +144,12 @@ def test_lipsync_pipeline_on_the_gpu(tmp_path) -> None:
     speech = write_wav(tmp_path / "speech.wav", speech_like(3.0))
     settings = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path / "data")})
     config = LipSyncConfig(face=FACE, audio=speech, checkpoint=str(ckpt))
-    result = run_lipsync(config, tmp_path / "out.mp4", settings)
+    with measured("cuda") as window:
+        result = run_lipsync(config, tmp_path / "out.mp4", settings)
+    figures = window.figures()
     assert result.device.startswith("cuda") and result.precision == "fp16"
-    assert result.metrics["batch_size"] >= 64 and result.peak_gpu_bytes > 0
+    assert result.metrics["batch_size"] >= 64 and figures["peak_allocated_bytes"] > 0
+    assert figures["peak_device_used_bytes"] >= figures["peak_allocated_bytes"]
     assert result.metrics["frames"] == 72 and (tmp_path / "out.mp4").exists()
 
 
@@ -228,7 +232,6 @@ def test_every_runtime_runs_on_the_gpu_through_the_interface(tmp_path) -> None:
 def test_bench_sweep_on_the_gpu_reports_peak_share_energy_and_memory(tmp_path) -> None:
     from engine.bench.sweep import BenchPoint, SweepConfig, run_sweep
     from engine.bench.workloads import builtin_model
-    from engine.system.telemetry import TelemetrySampler
 
     points = [
         BenchPoint("eager", "fp32", 64, "cuda"),
@@ -237,17 +240,7 @@ def test_bench_sweep_on_the_gpu_reports_peak_share_energy_and_memory(tmp_path) -
         BenchPoint("ort-cuda", "fp32", 16, "cuda"),
         BenchPoint("eager", "fp32", 16, "cpu"),
     ]
-    sampler = TelemetrySampler(interval_s=0.2).start()
-    try:
-        report = run_sweep(
-            SweepConfig("wav2lip", points, runs=10, warmup=2),
-            builtin_model("wav2lip", tmp_path),
-            "cuda:0",
-            None,
-            sampler,
-        )
-    finally:
-        sampler.stop()
+    report = run_sweep(SweepConfig("wav2lip", points, runs=10, warmup=2), builtin_model("wav2lip", tmp_path), "cuda:0")
     rows = report["results"]
     assert [r["status"] for r in rows] == ["ok"] * 5, [r["error"] for r in rows]
     assert report["machine"]["gpu"]["name"].startswith("NVIDIA")

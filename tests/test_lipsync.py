@@ -127,7 +127,7 @@ def test_wav2lip_on_a_video_clip(media, settings, tmp_path) -> None:
     assert result.metrics["engine"] == "wav2lip" and result.metrics["frames"] == frames
     assert [s.name for s in result.stages] == ["audio", "mel", "decode", "detect", "inference", "paste", "encode"]
     assert result.stages[4].items == frames - result.metrics["faces_missed"]
-    assert result.peak_host_bytes > 0 and result.outputs["video"] == str(out)
+    assert result.measurement == {} and result.outputs["video"] == str(out)  # its caller measures the run
 
 
 def test_a_short_video_is_looped_to_the_speech(media, settings, tmp_path) -> None:

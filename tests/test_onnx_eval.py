@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -11,13 +13,15 @@ import pytest
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
-from tiny_onnx import B, W, classifier, fixed, mlp, save  # noqa: E402
+from tiny_onnx import B, W, classifier, fixed, huge_output, mlp, nonzero, save  # noqa: E402
 
 import engine.onnx.evaluate as oe  # noqa: E402
 from engine.core.errors import InputError  # noqa: E402
 from engine.onnx.config import EvalConfig, EvalError  # noqa: E402
 from engine.onnx.evaluate import (  # noqa: E402
     Placement,
+    accuracy,
+    check_request,
     evaluate,
     latency_stats,
     load_npz_inputs,
@@ -322,6 +326,203 @@ def test_parity_metrics_by_hand() -> None:
     assert parity({"a": np.ones(2)}, {})["a"] == {"missing": True}
     half = parity({"h": np.array([1 / 3], np.float32)}, {"h": np.array([1 / 3], np.float16)})["h"]
     assert np.allclose(np.float16(1 / 3), np.float32(1 / 3), rtol=0, atol=half["tolerance_to_pass"])
+
+
+# ---------------------------------------------------------------------------------------------- chunked statistics
+
+
+def _old_parity(ref: np.ndarray, other: np.ndarray) -> dict:
+    """The whole-array float64 formulas parity used before it walked in chunks: the oracle."""
+    r, o = ref.astype(np.float64).ravel(), other.astype(np.float64).ravel()
+    both = np.isfinite(r) & np.isfinite(o)
+    rest_r, rest_o = r[~both], o[~both]
+    differ = not np.all((np.isnan(rest_r) & np.isnan(rest_o)) | (rest_r == rest_o))
+    diff = np.abs(o[both] - r[both])
+    common = np.result_type(ref.dtype, other.dtype, 1.0)
+    with np.errstate(invalid="ignore", over="ignore"):
+        loose = np.abs(other.astype(common).ravel()[both] - ref.astype(common).ravel()[both])
+    tolerance = 0.0 if loose.size == 0 else float(loose.max()) if np.all(np.isfinite(loose)) else math.inf
+    return {
+        "shape_mismatch": False,
+        "max_abs": float(diff.max()) if diff.size else 0.0,
+        "max_rel": float((diff / np.maximum(np.abs(r[both]), 1e-6)).max()) if diff.size else 0.0,
+        "mean_abs": float(diff.mean()) if diff.size else 0.0,
+        "cosine": _old_cosine(r[both], o[both]),
+        "nan": {"reference": int(np.isnan(r).sum()), "other": int(np.isnan(o).sum())},
+        "inf": {"reference": int(np.isinf(r).sum()), "other": int(np.isinf(o).sum())},
+        "finite_compared": int(both.sum()),
+        "tolerance_to_pass": math.inf if differ else tolerance,
+    }
+
+
+def _old_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+    if na == 0 or nb == 0:
+        return 1.0 if na == nb else 0.0
+    return float(np.dot(a, b) / (na * nb))
+
+
+def _old_accuracy(got: np.ndarray, want: np.ndarray) -> dict:
+    g, w = got.astype(np.float64).ravel(), want.astype(np.float64).ravel()
+    with np.errstate(invalid="ignore", over="ignore"):
+        err = g - w
+        return {
+            "mae": float(np.abs(err).mean()) if err.size else 0.0,
+            "rmse": float(np.sqrt(np.mean(err**2))) if err.size else 0.0,
+            "max_error": float(np.abs(err).max()) if err.size else 0.0,
+            "cosine": _old_cosine(g, w),
+        }
+
+
+def _planted(n: int, dtype: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A reference with NaN, +inf and -inf planted, and a slightly different copy with the same non-finite values."""
+    rng = np.random.default_rng(seed)
+    ref = rng.standard_normal(n) * 10
+    for value in (np.nan, np.inf, -np.inf):
+        ref[rng.choice(n, size=max(1, n // 500), replace=False)] = value
+    other = np.where(np.isfinite(ref), ref * (1 + 1e-3 * rng.standard_normal(n)) + 1e-4, ref)
+    return ref.astype(dtype), other
+
+
+def _agree(new: dict, old: dict, summed: tuple[str, ...]) -> None:
+    """Counts, maxima and tolerances equal; chunk-summed figures equal up to float rounding (NaN only where NaN)."""
+    assert new.keys() == old.keys()
+    for key, value in old.items():
+        if key in summed and math.isfinite(value):
+            assert new[key] == pytest.approx(value, rel=1e-12, abs=1e-300), key
+        elif isinstance(value, float) and math.isnan(value):
+            assert math.isnan(new[key]), key
+        else:
+            assert new[key] == value, key
+
+
+@pytest.mark.parametrize("dtypes", [("float32", "float32"), ("float32", "float16"), ("float64", "float32")])
+def test_chunked_parity_and_accuracy_match_the_whole_array_formulas(
+    dtypes: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ref, other64 = _planted(10_007, dtypes[0], seed=len(dtypes[1]))
+    same = other64.astype(dtypes[1])
+    differ = same.copy()
+    differ[np.flatnonzero(np.isfinite(ref))[:3]] = np.nan  # NaN where the reference is finite: tolerance inf
+    grid = (ref[:10_000].reshape(100, 100).T, same[:10_000].reshape(100, 100).T)  # not contiguous
+    counts = (np.arange(10_007) % 97 - 48, (np.arange(10_007) % 89 - 44).astype(np.int32))
+    finite = (np.nan_to_num(ref, posinf=0, neginf=0), np.nan_to_num(same, posinf=0, neginf=0))  # accuracy not NaN
+    cases = [(ref, same), (ref, differ), counts, grid, finite]
+    whole = [(oe._compare_one(r, o), accuracy({"y": o}, {"y": r})["y"]) for r, o in cases]
+    monkeypatch.setattr(oe, "_COMPARE_CHUNK", 1000)  # 11 chunks, the last one short
+    for (r, o), (one_chunk, one_chunk_accuracy) in zip(cases, whole, strict=True):
+        old, old_accuracy = _old_parity(r, o), _old_accuracy(o, r)
+        assert repr(one_chunk) == repr(old) and repr(one_chunk_accuracy) == repr(old_accuracy)  # bit for bit
+        _agree(oe._compare_one(r, o), old, ("mean_abs", "cosine"))
+        _agree(accuracy({"y": o}, {"y": r})["y"], old_accuracy, ("mae", "rmse", "cosine"))
+    assert whole[0][0]["tolerance_to_pass"] < math.inf and whole[1][0]["tolerance_to_pass"] == math.inf
+    assert whole[0][0]["nan"]["reference"] == 20 and whole[0][0]["inf"]["other"] == 40
+
+
+def test_parity_of_an_output_larger_than_one_chunk_makes_no_float64_copy(monkeypatch: pytest.MonkeyPatch) -> None:
+    ref, other = _planted((1 << 20) + 12_345, "float32", seed=7)  # the real chunk size: two chunks
+    _agree(oe._compare_one(ref, other.astype(np.float32)), _old_parity(ref, other.astype(np.float32)),
+           ("mean_abs", "cosine"))  # fmt: skip
+    monkeypatch.setattr(oe, "_COMPARE_CHUNK", 1 << 16)
+    big = np.random.default_rng(0).standard_normal(4 << 20).astype(np.float32)  # 16 MiB; 32 MiB in float64
+    close = big + np.float32(1e-3)
+    tracemalloc.start()
+    try:
+        oe._compare_one(big, close)
+        accuracy({"y": close}, {"y": big})
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < big.size * 8 // 4  # a quarter of one float64 copy: only chunks were converted
+
+
+# ---------------------------------------------------------------------------------------------- output budget
+
+
+def _boom(*args, **kwargs):
+    raise AssertionError("allocated or created a session before the output budget check")
+
+
+def test_outputs_over_the_budget_are_refused_before_running(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(oe, "synthetic_inputs", _boom)
+    monkeypatch.setattr(oe, "OrtSession", _boom)
+    path = huge_output(tmp_path / "huge.onnx")
+    info = inspect_model(path)
+    message = (
+        r"outputs too large: at batch size 1 the evaluation would hold 20\.0 GiB of outputs, 19\.0 GiB over the "
+        r"limit of 1\.0 GiB\. One run returns 10\.0 GiB \('y' 10\.0 GiB\).*no setting makes them smaller"
+    )
+    with pytest.raises(EvalError, match=message):
+        check_request(info, EvalConfig(**FAST))
+    with pytest.raises(EvalError, match="outputs too large"):
+        evaluate(path, info, EvalConfig(**FAST))
+    small = huge_output(tmp_path / "small.onnx", elements=2**20)  # 4 MiB per sample
+    with pytest.raises(EvalError, match=r"at batch size 512 .* hold 2\.0 GiB.*use smaller batch sizes$"):
+        check_request(inspect_model(small), EvalConfig(batch_sizes=(1, 512), **FAST))
+
+
+def test_output_budget_counts_the_kept_copies_and_the_largest_batch(mlp_model: tuple[Path, ModelInfo]) -> None:
+    """y [N, 3] float32 and k2 [N, 1] int64: 20 bytes per sample. At batch sizes (2, 8) the first batch's 40 bytes
+    are kept once per session, beside one run of 160 bytes."""
+    _, info = mlp_model
+    config = EvalConfig(batch_sizes=(2, 8), **FAST)
+    assert check_request(info, config, Limits(max_output_bytes=40 + 160)) == []
+    with pytest.raises(EvalError, match=r"batch size 8 .* hold 200 bytes.*1 bytes over the limit of 199 bytes"):
+        check_request(info, config, Limits(max_output_bytes=199))
+    two = EvalConfig(batch_sizes=(2, 8), providers=("cpu", "cuda"), **FAST)
+    with pytest.raises(EvalError, match=r"hold 240 bytes.*each of the 2 session.*fewer providers"):
+        check_request(info, two, Limits(max_output_bytes=200))
+
+
+def test_undeclared_output_sizes_come_from_shape_inference(tmp_path: Path) -> None:
+    """y = Relu(x) on x[N, 4], declared with no dimensions: inference finds [1, 4] at N=1, scaled with the batch."""
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "relu",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, None])],
+    )
+    info = inspect_model(save(graph, tmp_path / "relu.onnx"))
+    assert info.output_shapes == {"y": [1, 4]}
+    config = EvalConfig(batch_sizes=(1, 10), **FAST)
+    assert check_request(info, config, Limits(max_output_bytes=16 + 160)) == []
+    with pytest.raises(EvalError, match="hold 176 bytes"):
+        check_request(info, config, Limits(max_output_bytes=175))
+
+
+def test_output_sizes_known_only_by_running_are_checked_after_the_first_run(tmp_path: Path) -> None:
+    """NonZero's where[2, 4N] int64 is 64 bytes per sample, known only by running: batch sizes 1 and 4 fit in 400
+    bytes beside the 64 kept, 64 does not and is skipped."""
+    path = nonzero(tmp_path / "nonzero.onnx")
+    info = inspect_model(path)
+    config, limits = EvalConfig(batch_sizes=(1, 4, 64), **FAST), Limits(max_output_bytes=400)
+    (warning,) = check_request(info, config, limits)
+    assert "'where' is only known by running" in warning
+    report = evaluate(path, info, config, limits=limits)
+    rows = {row["batch"]: row for row in report["results"]}
+    assert rows[1]["latency"] and rows[4]["latency"] and rows[64]["latency"] is None
+    assert rows[64]["error"].startswith("skipped: outputs too large: at batch size 64")
+    assert "hold 4.1 KiB" in rows[64]["error"]  # 64 kept + 64 * 64
+    assert any(w.startswith("cpu at batch 64 was skipped") for w in report["warnings"])
+    assert report["parity"]["cpu"]["where"]["max_abs"] == 0.0
+
+
+def test_a_declared_output_size_the_first_run_exceeds_is_replaced_by_the_real_one(tmp_path: Path) -> None:
+    """y declared [N, 3] but expanded to [N, 1000]: 4000 bytes per sample, not 12. Batch size 64 fits the
+    declaration but not the real size, and is skipped after the first run shows it."""
+    graph = helper.make_graph(
+        [helper.make_node("Expand", ["x", "shape"], ["y"])],
+        "understated",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+        [numpy_helper.from_array(np.array([1, 1000], np.int64), "shape")],
+    )
+    path = save(graph, tmp_path / "understated.onnx")
+    info = inspect_model(path)
+    config, limits = EvalConfig(batch_sizes=(1, 64), **FAST), Limits(max_output_bytes=10_000)
+    assert check_request(info, config, limits) == []  # 12 + 64 * 12 bytes by the declaration
+    rows = evaluate(path, info, config, limits=limits)["results"]
+    assert rows[0]["latency"] and rows[1]["error"].startswith("skipped: outputs too large: at batch size 64")
 
 
 # ---------------------------------------------------------------------------------------------- config

@@ -25,7 +25,9 @@ from engine.onnx.model import (  # noqa: E402
     default_symbols,
     file_sha256,
     inspect_model,
+    output_bytes,
     prepare_model,
+    tensor_bytes,
 )
 
 F = TensorProto.FLOAT
@@ -95,8 +97,10 @@ def test_conv_net_inspection(tmp_path: Path) -> None:
     assert any("dynamic batch: batch=1" in w for w in info.warnings)
     json.dumps(info.to_dict())  # plain data all the way down
 
+    assert info.output_shapes == {"y": [1, 5]}  # shape inference at the inspected symbols
+
     info8 = inspect_model(path, symbols={"batch": 8})
-    assert info8.symbols == {"batch": 8}
+    assert info8.symbols == {"batch": 8} and info8.output_shapes == {"y": [8, 5]}
     assert info8.flops == conv_net_flops(8) == 8 * info.flops
     assert info8.sha256 == file_sha256(path)  # without the upload's hash, the model file's own
 
@@ -455,3 +459,18 @@ def test_default_symbols_and_overrides() -> None:
         specs[0].concrete({"batch": 1, "H": 2})
     assert specs[0].concrete({"batch": 2, "H": 5, "W": 6}) == (2, 3, 5, 6)
     assert check_input_budget(specs, {"batch": 2, "H": 5, "W": 6}, Limits()) == 180 + 10
+
+
+def test_output_bytes_from_declared_shapes() -> None:
+    outputs = [
+        TensorSpec("frames", "float32", ["batch", 3, 96, 96]),
+        TensorSpec("mask", "bool", ["batch", 96, 96]),
+        TensorSpec("boxes", "float32", ["batch", None, 4]),  # data-dependent
+        TensorSpec("tokens", "int64", ["batch", "out_len"]),  # a symbol no input has
+        TensorSpec("names", "object", [2]),  # strings: no fixed size
+        TensorSpec("half", "bfloat16", [3]),
+    ]
+    sizes = output_bytes(outputs, {"batch": 4})
+    assert sizes == {"frames": 4 * 3 * 96 * 96 * 4, "mask": 4 * 96 * 96, "boxes": None, "tokens": None,
+                     "names": None, "half": 6}  # fmt: skip
+    assert tensor_bytes("int4", [3]) == 2 and tensor_bytes("float64", []) == 8 and tensor_bytes("sequence", [1]) is None

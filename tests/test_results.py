@@ -2,7 +2,7 @@ import json
 import pickle
 import time
 
-from engine.core.results import RunResult, StageTiming, peak_host_rss_bytes
+from engine.core.results import RunResult, StageTiming
 
 
 def test_stages_are_timed_in_order_and_the_slowest_is_named() -> None:
@@ -15,7 +15,6 @@ def test_stages_are_timed_in_order_and_the_slowest_is_named() -> None:
     assert [s.name for s in result.stages] == ["decode", "infer"]
     assert result.slowest_stage.name == "infer"
     assert result.stages[1].items == 4 and result.stages[1].items_per_s > 0
-    assert result.total_seconds >= 0.04
 
 
 def test_a_failing_stage_is_still_recorded() -> None:
@@ -33,18 +32,18 @@ def test_round_trips_through_json_and_pickle() -> None:
     result.stages.append(StageTiming("infer", 1.5, 100))
     result.warn("ONNX Runtime fell back to CPU")
     result.warn("ONNX Runtime fell back to CPU")
-    result.record_peaks()
+    result.measurement = {"wall_s": 1.7, "peak_rss_bytes": 2**30, "telemetry": [[0.0, 50.0, 2**31, 300.0, 12.5, 2**30]]}
     assert result.warnings == ["ONNX Runtime fell back to CPU"]
     data = json.loads(result.to_json())
-    assert data["slowest_stage"] == "infer" and data["peak_host_bytes"] > 0
+    assert data["slowest_stage"] == "infer" and data["measurement"]["peak_rss_bytes"] == 2**30
     assert RunResult.from_dict(data) == result
     assert pickle.loads(pickle.dumps(result)) == result
 
 
-def test_peak_host_rss_is_at_least_the_current_rss() -> None:
-    import psutil
-
-    assert peak_host_rss_bytes() >= psutil.Process().memory_info().rss * 0.9
+def test_a_stored_result_with_the_old_whole_process_figures_still_loads() -> None:
+    old = {"device": "cpu", "stages": [{"name": "infer", "seconds": 1.0}], "peak_host_bytes": 5, "total_seconds": 1.0}
+    result = RunResult.from_dict(old)
+    assert result.stages == [StageTiming("infer", 1.0)] and result.measurement == {}
 
 
 def test_a_stage_entered_per_batch_accumulates_into_one_total() -> None:

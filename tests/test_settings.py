@@ -54,3 +54,12 @@ def test_device_spec() -> None:
     for bad in ("cuda:", "cuda:x", "gpu", ""):
         with pytest.raises(SettingsError):
             validate_device_spec(bad)
+
+
+def test_the_readme_documents_every_setting() -> None:
+    from pathlib import Path
+
+    from engine.core.settings import DOCUMENTED, PREFIX
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert [n for n in DOCUMENTED if f"`{PREFIX}{n}`" not in readme] == []

@@ -1,4 +1,5 @@
-"""The job store: rows survive restarts, claims are exclusive, and the runner keeps going after a failure."""
+"""The job store: rows survive restarts, claims are exclusive (a timed job has its device alone), reads are
+limited to their owner; and a worker's run of one job records progress and ends it either way."""
 
 from __future__ import annotations
 
@@ -9,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.jobs.runner import JobRunner
-from engine.jobs.store import DONE, FAILED, QUEUED, RUNNING, Job, JobStore, StoreError
+from engine.jobs.store import CANCELLED, DONE, FAILED, QUEUED, RUNNING, Job, JobStore, StoreError
 
 
 @pytest.fixture
@@ -18,39 +18,6 @@ def store(tmp_path: Path) -> Iterator[JobStore]:
     s = JobStore(tmp_path / "jobs.db", tmp_path / "blobs")
     yield s
     s.close()
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting")
-        time.sleep(0.01)
-
-
-def settled(store: JobStore, *ids: str) -> Callable[[], bool]:
-    return lambda: all(store.get(i).status in (DONE, FAILED) for i in ids)
-
-
-class Concurrency:
-    """Counts how many handler calls overlap, so a test can assert the per-device limit."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.now = 0
-        self.max = 0
-
-    def handler(self, hold_s: float) -> Callable[[Job, Callable[[float, str], None]], dict]:
-        def run(job: Job, progress: Callable[[float, str], None]) -> dict:
-            with self.lock:
-                self.now += 1
-                self.max = max(self.max, self.now)
-            time.sleep(hold_s)
-            with self.lock:
-                self.now -= 1
-            return {"id": job.id}
-
-        return run
 
 
 # -- rows ----------------------------------------------------------------------------------------------------
@@ -155,14 +122,8 @@ def test_restart_fails_running_jobs_and_runs_queued_ones(tmp_path: Path) -> None
         assert dead.error.startswith("the app stopped while this job was running (restart at ")
         assert new.get(waiting.id).status == QUEUED and new.get(waiting.id).position == 1
         assert new.recover() == 0
-
-        runner = JobRunner(new, {"onnx_eval": lambda job, progress: {"n": job.settings["n"]}}, poll_s=0.05)
-        try:
-            runner.start(["cuda:0"])
-            wait_for(settled(new, waiting.id))
-        finally:
-            runner.stop()
-        assert new.get(waiting.id).status == DONE and new.get(waiting.id).result == {"n": 1}
+        assert new.claim_next("cuda:0", worker=4242).id == waiting.id  # the queued job runs after the restart
+        assert new.get(waiting.id).worker == 4242
     finally:
         new.close()
 
@@ -247,78 +208,111 @@ def test_claim_next_honours_max_running(store: JobStore) -> None:
     assert store.claim_next("cuda:1") is None  # nothing queued there
 
 
-# -- runner --------------------------------------------------------------------------------------------------
+def test_a_timed_job_has_its_device_alone(store: JobStore) -> None:
+    first = store.submit("bench", {}, "cuda:0")
+    timed = store.submit("onnx_eval", {}, "cuda:0", timed=True)
+    after = store.submit("bench", {}, "cuda:0")
+    assert store.claim_next("cuda:0", max_running=4).id == first.id
+    assert store.claim_next("cuda:0", max_running=4) is None  # the timed job waits for the device to be free...
+    store.finish(first.id, {})
+    assert store.claim_next("cuda:0", max_running=4).id == timed.id
+    assert store.claim_next("cuda:0", max_running=4) is None  # ...and nothing joins it while it measures
+    store.finish(timed.id, {})
+    assert store.claim_next("cuda:0", max_running=4).id == after.id
 
 
-def test_runner_runs_jobs_records_progress_and_survives_a_failure(store: JobStore) -> None:
-    seen_progress: list[tuple[float, str]] = []
-
-    def evaluate(job: Job, progress: Callable[[float, str], None]) -> dict:
-        progress(0.5, "halfway")
-        got = store.get(job.id)
-        seen_progress.append((got.progress, got.progress_label))
-        for i in range(50):  # a burst: the throttle must keep these from all hitting the database
-            progress(i / 100, f"step {i}")
-        return {"latency_ms": 1.5, "settings": job.settings}
-
-    def explode(job: Job, progress: Callable[[float, str], None]) -> dict:
-        raise RuntimeError("CUDA out of memory")
-
-    runner = JobRunner(store, {"onnx_eval": evaluate, "broken": explode}, poll_s=0.05)
-    try:
-        runner.start(["cuda:0"])
-        bad = store.submit("broken", {}, "cuda:0")
-        good = store.submit("onnx_eval", {"batch": 4}, "cuda:0")
-        unknown = store.submit("mystery", {}, "cuda:0")
-        runner.wake()
-        wait_for(settled(store, bad.id, good.id, unknown.id))
-    finally:
-        runner.stop()
-
-    failed = store.get(bad.id)
-    assert failed.status == FAILED and failed.error == "RuntimeError: CUDA out of memory"
-    assert "Traceback" not in failed.error
-    done = store.get(good.id)
-    assert done.status == DONE and done.result == {"latency_ms": 1.5, "settings": {"batch": 4}}
-    assert seen_progress == [(0.5, "halfway")]
-    assert store.get(unknown.id).status == FAILED and "no handler" in store.get(unknown.id).error
+def test_reads_and_cancels_are_limited_to_their_owner(store: JobStore) -> None:
+    mine = store.submit("onnx_eval", {}, "cpu", model_sha256="ab" * 32, owner="alice")
+    theirs = store.submit("onnx_eval", {}, "cpu", owner="bob")
+    with pytest.raises(StoreError, match=f"no job {mine.id}"):
+        store.get(mine.id, "bob")
+    with pytest.raises(StoreError, match="no job"):
+        store.cancel(mine.id, "bob")
+    assert [j.id for j in store.queue("alice")] == [mine.id] and store.queue("alice")[0].position == 1
+    assert store.get(theirs.id, "bob").position == 2  # positions count everyone's jobs
+    assert [j.id for j in store.history(owner="bob")] == [theirs.id]
+    assert store.owns_model("alice", "ab" * 32) and not store.owns_model("bob", "ab" * 32)
+    assert store.cancel(mine.id, "alice").status == CANCELLED
+    assert store.claim_next("cpu").id == theirs.id
+    assert store.get(mine.id).status == CANCELLED and not store.fail(mine.id, "late")  # an ended job stays ended
 
 
-def test_runner_fails_a_job_whose_result_is_not_json(store: JobStore) -> None:
-    runner = JobRunner(store, {"onnx_eval": lambda job, progress: {"x": object()}}, poll_s=0.05)
-    try:
-        runner.start(["cpu"])
-        job = store.submit("onnx_eval", {}, "cpu")
-        runner.wake()
-        wait_for(settled(store, job.id))
-    finally:
-        runner.stop()
-    assert store.get(job.id).status == FAILED and store.get(job.id).error.startswith("TypeError")
+def test_requeue_puts_a_running_job_back_at_its_place(store: JobStore) -> None:
+    first = store.submit("bench", {}, "cpu")
+    second = store.submit("bench", {}, "cpu")
+    assert store.claim_next("cpu", worker=7).id == first.id
+    store.update_progress(first.id, 0.5, "half")
+    store.requeue(first.id)
+    again = store.get(first.id)
+    assert (again.status, again.worker, again.started, again.progress, again.position) == (QUEUED, None, None, 0, 1)
+    assert store.claim_next("cpu").id == first.id and store.get(second.id).position == 1
 
 
-def test_gpu_key_runs_one_at_a_time_and_cpu_key_runs_two(store: JobStore) -> None:
-    gpu, cpu = Concurrency(), Concurrency()
-    runner = JobRunner(store, {"gpu": gpu.handler(0.05), "cpu": cpu.handler(0.15)}, cpu_workers=2, poll_s=0.05)
-    try:
-        runner.start(["cuda:0", "cpu"])
-        ids = [store.submit("gpu", {}, "cuda:0").id for _ in range(4)]
-        ids += [store.submit("cpu", {}, "cpu").id for _ in range(4)]
-        runner.wake()
-        wait_for(settled(store, *ids))
-    finally:
-        runner.stop()
-    assert all(store.get(i).status == DONE for i in ids)
-    assert gpu.max == 1
-    assert cpu.max == 2
+def test_a_version_1_database_gains_the_new_columns(tmp_path: Path) -> None:
+    import sqlite3
+
+    db = tmp_path / "old.db"
+    with sqlite3.connect(db) as c:
+        c.execute(
+            "CREATE TABLE jobs (id TEXT NOT NULL UNIQUE, kind TEXT NOT NULL, model_sha256 TEXT, settings TEXT NOT NULL,"
+            " device TEXT NOT NULL, status TEXT NOT NULL, progress REAL NOT NULL DEFAULT 0, progress_label TEXT NOT"
+            " NULL DEFAULT '', error TEXT, result TEXT, created REAL NOT NULL, started REAL, finished REAL,"
+            " seq INTEGER PRIMARY KEY AUTOINCREMENT)"
+        )
+        c.execute("INSERT INTO jobs (id, kind, settings, device, status, created) VALUES ('a1', 'bench', '{}', "
+                  "'cpu', 'queued', 1.0)")  # fmt: skip
+        c.execute("PRAGMA user_version = 1")
+    with JobStore(db, tmp_path / "blobs") as upgraded:
+        job = upgraded.get("a1")
+        assert (job.owner, job.timed, job.worker, job.status) == ("", False, None, QUEUED)
 
 
-def test_wake_starts_a_job_without_waiting_for_the_poll(store: JobStore) -> None:
-    runner = JobRunner(store, {"onnx_eval": lambda job, progress: {}}, poll_s=30)
-    try:
-        runner.start(["cuda:0"])
-        time.sleep(0.05)  # let the worker go to sleep on its (long) poll
-        job = store.submit("onnx_eval", {}, "cuda:0")
-        runner.wake()
-        wait_for(settled(store, job.id), timeout=2)
-    finally:
-        runner.stop()
+# -- a worker's run of one job (in this process) --------------------------------------------------------------
+
+
+def _context(store: JobStore, tmp_path: Path):
+    from engine.core.settings import load_settings
+    from engine.jobs.worker import WorkerContext
+
+    return WorkerContext(store, load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path)}), "cpu")
+
+
+def test_a_run_records_progress_measures_and_survives_a_failure(store: JobStore, tmp_path: Path) -> None:
+    from engine.jobs.worker import run_job
+
+    kinds = {"evaluate": "test_store:evaluate", "broken": "test_store:explode", "refused": "test_store:refuse"}
+    context = _context(store, tmp_path)
+    ids = [store.submit(kind, {"batch": 4}, "cpu").id for kind in (*kinds, "mystery", "opaque")]
+    kinds["opaque"] = "test_store:opaque"
+    while (job := store.claim_next("cpu")) is not None:
+        run_job(job, context, kinds)
+    good, bad, refused, unknown, opaque = (store.get(i) for i in ids)
+    assert good.status == DONE and good.result["settings"] == {"batch": 4}
+    assert good.result["seen_progress"] == [0.5, "halfway"]
+    assert good.result["measurement"]["wall_s"] > 0 and good.result["measurement"]["peak_rss_bytes"] > 0
+    assert bad.status == FAILED and bad.error == "internal error: RuntimeError: CUDA out of memory"
+    assert refused.status == FAILED and refused.error == "batch 4 is not accepted here"  # ours: just the message
+    assert unknown.status == FAILED and "runs no jobs of kind 'mystery'" in unknown.error
+    assert opaque.status == FAILED and opaque.error.startswith("internal error: TypeError")  # a result not JSON
+
+
+def evaluate(job: Job, progress: Callable[[float, str], None], context) -> dict:
+    progress(0.5, "halfway")
+    got = context.store.get(job.id)
+    for i in range(50):  # a burst: the throttle must keep these from all hitting the database
+        progress(i / 100, f"step {i}")
+    return {"settings": job.settings, "seen_progress": [got.progress, got.progress_label]}
+
+
+def explode(job: Job, progress: Callable[[float, str], None], context) -> dict:
+    raise RuntimeError("CUDA out of memory")
+
+
+def refuse(job: Job, progress: Callable[[float, str], None], context) -> dict:
+    from engine.core.errors import InputError
+
+    raise InputError(f"batch {job.settings['batch']} is not accepted here")
+
+
+def opaque(job: Job, progress: Callable[[float, str], None], context) -> dict:
+    return {"x": object()}

@@ -78,29 +78,39 @@ def test_cli_our_errors_are_one_line(tmp_path: Path) -> None:
     assert (bad.returncode, bad.stderr) == (2, f"avatarbench: {BAD_LIPSYNC_MESSAGE}\n")
 
 
-def _tab_handler(monkeypatch: pytest.MonkeyPatch, error: BaseException, tmp_path: Path):
-    """The Lip-sync tab's `/lipsync` handler, built in a Blocks, with the engine call replaced by one that fails."""
+class _FailingJobs:
+    """Stands in for the lip-sync jobs: every submission fails the way it is told to."""
+
+    files = ("face", "audio")
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+    def submit(self, config, owner):
+        raise self.error
+
+
+def _tab_handler(error: BaseException, tmp_path: Path):
+    """The Lip-sync tab's `/lipsync` handler, built in a Blocks, whose job submission fails with `error`."""
     gr = pytest.importorskip("gradio")
     import ui.lipsync
     from engine.core.settings import load_settings
+    from ui.jobs import Access
 
-    def fail(*args, **kwargs):
-        raise error
-
-    monkeypatch.setattr(ui.lipsync, "run_lipsync", fail)
     with gr.Blocks() as demo:
-        ui.lipsync.build_lipsync_tab(load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path)}))
+        settings = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path)})
+        ui.lipsync.build_lipsync_tab(settings, _FailingJobs(error), Access())
     fn = next(f for f in demo.fns.values() if f.api_name == "lipsync")
     return gr, lambda: fn.fn(face=str(ASSETS / "face.jpg"), audio=str(ASSETS / "speech.wav"))
 
 
-def test_tab_shows_our_message_and_hides_a_bugs_traceback(monkeypatch, tmp_path, caplog) -> None:
-    gr, call = _tab_handler(monkeypatch, InputError("the speech is too long"), tmp_path)
+def test_tab_shows_our_message_and_hides_a_bugs_traceback(tmp_path, caplog) -> None:
+    gr, call = _tab_handler(InputError("the speech is too long"), tmp_path)
     with pytest.raises(gr.Error) as shown:
         call()
     assert shown.value.message == "the speech is too long"
 
-    gr, call = _tab_handler(monkeypatch, RuntimeError("planted bug"), tmp_path)
+    gr, call = _tab_handler(RuntimeError("planted bug"), tmp_path)
     with caplog.at_level(logging.ERROR, logger="avatarbench.ui"), pytest.raises(gr.Error) as shown:
         call()
     message = shown.value.message

@@ -108,3 +108,27 @@ def landmark_model(path: Path, tilt_deg: float = 0.0) -> Path:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)], ir_version=8)
     path.write_bytes(model.SerializeToString())
     return path
+
+
+def huge_output(path: Path, elements: int = 10 * 2**30 // 4) -> Path:
+    """y[N, elements] float32 = x[N, 1] expanded: 10 GiB at N=1 by default, from a file of a few hundred bytes."""
+    graph = helper.make_graph(
+        [helper.make_node("Expand", ["x", "shape"], ["y"])],
+        "huge",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", elements])],
+        [numpy_helper.from_array(np.array([1, elements], np.int64), "shape")],
+    )
+    return save(graph, path)
+
+
+def nonzero(path: Path) -> Path:
+    """where[2, count] int64 = NonZero(x) on x[N, 4]: its size is only known by running (8 * 4N bytes per row for
+    the seeded synthetic inputs, which are never exactly zero)."""
+    graph = helper.make_graph(
+        [helper.make_node("NonZero", ["x"], ["where"])],
+        "nonzero",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("where", TensorProto.INT64, [2, None])],
+    )
+    return save(graph, path)

@@ -5,6 +5,7 @@ Registers the API: /bench_submit, /bench_status, /bench_result, /bench_import, /
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from engine.bench.planner import (
 )
 from engine.bench.sweep import PRESETS, rows_to_csv
 from engine.bench.workloads import BUILTIN
-from engine.jobs.store import FAILED
+from engine.jobs.store import CANCELLED, FAILED
 from engine.runtimes.registry import COMPILE_MODES, RUNTIMES
 from ui.bench_report import (
     COMPARE_HEADERS,
@@ -42,6 +43,7 @@ from ui.bench_report import (
     throughput_figure,
 )
 from ui.forms import api_endpoint, api_function, reported
+from ui.jobs import Access, wire_cancel
 from ui.widgets import finished_results, job_ids, job_poller, when
 
 CUSTOM = "custom grid"
@@ -54,17 +56,18 @@ def _status_text(s: dict) -> str:
         return f"{head} · position {s['position']}"
     if s["status"] == "running":
         return f"{head} · {s['progress'] * 100:.0f}% · {s['progress_label']}"
-    if s["status"] == FAILED:
+    if s["status"] in (FAILED, CANCELLED):
         return f"{head}\n\n❌ {s['error']}"
     return f"{head} · finished {when(s['finished'])}"
 
 
-def build_bench_tab(settings: Any, jobs: BenchJobs) -> None:
-    has_gpu = jobs.gpu_device is not None
+def build_bench_tab(settings: Any, jobs: BenchJobs, access: Access) -> None:
+    gpus = jobs.broker.gpus()
+    has_gpu = bool(gpus)
     cards: dict[str, Gpu] = dict(CATALOG)
     card_choices: list[tuple[str, str]] = [(key, key) for key in CATALOG]
     if has_gpu:
-        here = _this_card(jobs.gpu_device)
+        here = _this_card(gpus[0])
         cards["detected"] = here
         card_choices.insert(0, (f"this machine: {here.name}", "detected"))
     prices_path = Path(settings.data_dir) / "prices.json"
@@ -98,7 +101,9 @@ def build_bench_tab(settings: Any, jobs: BenchJobs) -> None:
                     value=20, precision=0, minimum=1, maximum=10_000, label="Timed runs", elem_id="bench-runs"
                 )
                 warmup = gr.Number(value=3, precision=0, minimum=0, maximum=1000, label="Warm-up runs")
-            submit = gr.Button("Queue sweep", variant="primary")
+            with gr.Row():
+                submit = gr.Button("Queue sweep", variant="primary", scale=4)
+                cancel = gr.Button("Cancel", variant="stop", scale=1)
         with gr.Column(scale=2):
             status = gr.Markdown("No sweep yet.")
             summary = gr.Markdown()
@@ -172,13 +177,17 @@ def build_bench_tab(settings: Any, jobs: BenchJobs) -> None:
             "compile_mode": mode, "runs": n_runs, "warmup": n_warm,
         })  # fmt: skip
 
-    def queue(*form) -> tuple[Any, ...]:
+    def queue(
+        model_name, preset_choice, rts, precs, devs, batch_text, cl, cb, mode, n_runs, n_warm, request: gr.Request
+    ) -> tuple[Any, ...]:
         with reported("the sweep"):
-            job = jobs.submit(sweep_request(*form))
-        return job.id, _status_text(jobs.status(job.id)), gr.Timer(active=True)
+            request_ = sweep_request(model_name, preset_choice, rts, precs, devs, batch_text, cl, cb, mode, n_runs,
+                                     n_warm)  # fmt: skip
+            job = jobs.submit(request_, access.owner(request))
+        return job.id, _status_text(jobs.status(job.id, access.reader(request))), gr.Timer(active=True)
 
-    def render(job: str) -> tuple[Any, ...]:
-        result = jobs.result(job)
+    def render(job: str, reader: str | None) -> tuple[Any, ...]:
+        result = jobs.result(job, reader)
         report = result["report"]
         out = Path(settings.outputs_dir)
         (out / f"bench-{job}.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -198,53 +207,62 @@ def build_bench_tab(settings: Any, jobs: BenchJobs) -> None:
 
     outputs = [summary, table, speedup_plot, throughput_plot, memory_plot, telemetry_plot, json_file, csv_file]
     outputs.append(cost_config)
-    poll = job_poller(jobs.status, _status_text, render, len(outputs), "No sweep yet.")
+    poll = job_poller(jobs.status, _status_text, render, len(outputs), "No sweep yet.", access)
 
-    def history_rows() -> list[list]:
+    def history_rows(request: gr.Request) -> list[list]:
         return [
             [h["id"], h["status"], h["model"], h["preset"] or "custom", h["points"], h["machine"] or "",
              when(h["created"]), (h["error"] or "")[:160]]
-            for h in jobs.history(100)
+            for h in jobs.history(access.reader(request), 100)
         ]  # fmt: skip
 
-    def open_job(text: str) -> tuple[Any, ...]:
+    def open_job(text: str, request: gr.Request) -> tuple[Any, ...]:
         job = job_ids(text)[0]
-        return (job, *poll(job))
+        return (job, *poll(job, request))
 
-    def compare(text: str) -> tuple[Any, Any]:
-        done = [(r["id"], r["machine"] or "", r["report"]) for r in finished_results(jobs.result, text)]
+    def compare(text: str, request: gr.Request) -> tuple[Any, Any]:
+        reader = access.reader(request)
+        finished = finished_results(lambda job: jobs.result(job, reader), text)
+        done = [(r["id"], r["machine"] or "", r["report"]) for r in finished]
         return compare_rows(done), compare_figure(done)
 
-    def import_report(path: str | None) -> list[list]:
-        if not path:
-            return history_rows()
-        with reported("the import"):
-            jobs.import_report(Path(path).read_text())
-        return history_rows()
+    def import_report(path: str | None, request: gr.Request) -> list[list]:
+        if path:
+            with reported("the import"):
+                jobs.import_report(Path(path).read_text(), access.owner(request))
+        return history_rows(request)
 
-    def price_configuration(job: str | None, label: str | None, samples: float) -> list[list]:
+    def prices_of(request: gr.Request) -> tuple[PriceBook, Path]:
+        """Each visitor edits their own prices over the operator's; an operator edits the shared file."""
+        reader = access.reader(request)
+        if reader is None:
+            return PriceBook.load(prices_path), prices_path
+        own = prices_path.parent / "prices" / f"{hashlib.sha256(reader.encode()).hexdigest()[:16]}.json"
+        return PriceBook.load(prices_path, own), own
+
+    def price_configuration(job: str | None, label: str | None, samples: float, request: gr.Request) -> list[list]:
         if not job or not label:
             raise gr.Error("Run or open a sweep first, then pick one of its configurations.")
-        result = jobs.result(job)
+        result = jobs.result(job, access.reader(request))
         row = next((r for r in result["report"]["results"] if r["label"] == label), None)
         if row is None or not row.get("samples_per_s"):
             raise gr.Error(f"{label} has no throughput")
         gpu_name = ((result["report"].get("machine") or {}).get("gpu") or {}).get("name")
         measured_on = find_gpu(gpu_name) if gpu_name and row["device"] == "cuda" else None
         with reported("the cost table"):
-            rows = cost_table(row["samples_per_s"], row["precision"], measured_on, PriceBook.load(prices_path), samples)
+            rows = cost_table(row["samples_per_s"], row["precision"], measured_on, prices_of(request)[0], samples)
         return cost_rows(rows)
 
-    def save(table_value: Any) -> Any:
+    def save(table_value: Any, request: gr.Request) -> Any:
         values = table_value.values.tolist() if hasattr(table_value, "values") else table_value
-        book = PriceBook.load(prices_path)
+        book, path = prices_of(request)
         try:
             book.update({r[0]: float(r[1]) if r[1] not in ("", None) else None for r in values},
                         {r[0]: str(r[2]) for r in values})  # fmt: skip
-            book.save(prices_path)
+            book.save(path)
         except (ValueError, TypeError) as exc:
             raise gr.Error(str(exc)) from None
-        gr.Info("Prices saved")
+        gr.Info("Prices saved (yours only)" if path != prices_path else "Prices saved for everyone")
         return _price_rows(book)
 
     def plan_form(gpu, count, llm, quant, total, max_input, concurrent, fraction) -> tuple[str, dict]:
@@ -254,8 +272,8 @@ def build_bench_tab(settings: Any, jobs: BenchJobs) -> None:
             result = plan_llm(LlmRequest.build(values), card=cards.get(gpu))
         return _plan_markdown(result), result
 
-    def fit_form(gpu_key, name, precision, fraction, target, rate, job) -> str:
-        report = (jobs.result(job).get("report") or {}) if job else {}
+    def fit_form(gpu_key, name, precision, fraction, target, rate, job, request: gr.Request) -> str:
+        report = (jobs.result(job, access.reader(request)).get("report") or {}) if job else {}
         # the open sweep calibrates when it measured this network at this precision; else the estimate
         usable = report.get("model", {}).get("name") == name and calibration_from_report(report, precision)
         values = dict(gpu=gpu_key, model=name, precision=precision, memory_fraction=fraction,
@@ -289,10 +307,12 @@ def build_bench_tab(settings: Any, jobs: BenchJobs) -> None:
         runs,
         warmup,
     ]
-    refresh_models.click(
-        lambda: gr.Dropdown(choices=[*BUILTIN, *jobs.stored_onnx_models()]), None, model, api_visibility="private"
-    )
+    def models(request: gr.Request) -> Any:
+        return gr.Dropdown(choices=[*BUILTIN, *jobs.stored_onnx_models(access.reader(request))])
+
+    refresh_models.click(models, None, model, api_visibility="private")
     submit.click(queue, form, [job_id, status, timer], api_visibility="private")
+    wire_cancel(cancel, jobs, access, job_id)
     timer.tick(poll, [job_id], [status, timer, *outputs], queue=False, api_visibility="private")
     refresh.click(history_rows, None, history, queue=False, api_visibility="private")
     open_btn.click(open_job, chosen, [job_id, status, timer, *outputs], api_visibility="private")
@@ -304,7 +324,7 @@ def build_bench_tab(settings: Any, jobs: BenchJobs) -> None:
     plan_btn.click(plan_form, [*plan_inputs, plan_fraction], [plan_text, plan_json], api_visibility="private")
     fit_inputs = [plan_gpu, fit_model, fit_precision, plan_fraction, fit_target, fit_rate, job_id]
     fit_btn.click(fit_form, fit_inputs, fit_text, api_visibility="private")
-    _register_api(jobs, settings, prices_path, cards)
+    _register_api(jobs, settings, prices_of, cards, access)
 
 
 def _this_card(device: str) -> Gpu:
@@ -334,29 +354,29 @@ def _plan_markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def _register_api(jobs: BenchJobs, settings: Any, prices_path: Path, cards: dict[str, Gpu]) -> None:
+def _register_api(jobs: BenchJobs, settings: Any, prices_of: Any, cards: dict[str, Gpu], access: Access) -> None:
     """The API: every parameter is a field of the capability's config, named as the CLI's flags."""
 
-    def bench_submit(values: dict[str, Any]) -> dict:
-        job = jobs.submit(SweepRequest.build(values))
-        return {**jobs.status(job.id), "job_id": job.id}
+    def bench_submit(values: dict[str, Any], request: gr.Request | None) -> dict:
+        job = jobs.submit(SweepRequest.build(values), access.owner(request))
+        return {**jobs.status(job.id, access.reader(request)), "job_id": job.id}
 
-    def bench_status(job_id: str) -> dict:
-        """State, queue position and progress of a sweep."""
+    def bench_status(job_id: str, request: gr.Request) -> dict:
+        """State, queue position and progress of one of your sweeps."""
         with reported("the sweep status"):
-            return jobs.status(job_id)
+            return jobs.status(job_id, access.reader(request))
 
-    def bench_result(job_id: str) -> dict:
-        """The sweep's status and, once done, its full report (machine, per-configuration metrics)."""
+    def bench_result(job_id: str, request: gr.Request) -> dict:
+        """One of your sweeps' status and, once done, its full report (machine, per-configuration metrics)."""
         with reported("the sweep result"):
-            return jobs.result(job_id)
+            return jobs.result(job_id, access.reader(request))
 
-    def bench_import(report_json: str) -> dict:
+    def bench_import(report_json: str, request: gr.Request) -> dict:
         """Store a report exported on another machine, for comparison; returns its job summary."""
         with reported("the import"):
-            return jobs.status(jobs.import_report(report_json).id)
+            return jobs.status(jobs.import_report(report_json, access.owner(request)).id, access.reader(request))
 
-    def plan_network_api(values: dict[str, Any], progress: Any) -> dict:
+    def plan_network_api(values: dict[str, Any], progress: Any, request: gr.Request | None) -> dict:
         config = NetworkPlanConfig.build(values)
         title, fit = plan_network(config, settings.cache_dir, card=cards.get(config.gpu))
         return {"model": title, **fit.to_dict()}
@@ -367,12 +387,12 @@ def _register_api(jobs: BenchJobs, settings: Any, prices_path: Path, cards: dict
     api_endpoint(NetworkPlanConfig, plan_network_api, network_plan, "plan_network", about)
     submit = api_function(SweepRequest, bench_submit, "the sweep")
     submit.__doc__ = "Queue a sweep (parameters as `avatarbench bench`); returns its status and job id."
-    llm = api_function(LlmRequest, lambda values: plan_llm(LlmRequest.build(values)), "the LLM plan")
+    llm = api_function(LlmRequest, lambda values, request: plan_llm(LlmRequest.build(values)), "the LLM plan")
     llm.__doc__ = "LLM serving plan (parameters as `avatarbench plan llm`): fits?, memory by part, TGI flags."
     cost = api_function(
-        CostConfig, lambda values: cost_for(CostConfig.build(values), PriceBook.load(prices_path)), "the cost table"
+        CostConfig, lambda values, request: cost_for(CostConfig.build(values), prices_of(request)[0]), "the cost table"
     )
-    cost.__doc__ = "Cost per 1000 requests on each priced GPU (parameters as `avatarbench cost`)."
+    cost.__doc__ = "Cost per 1000 requests on each priced GPU, at your prices (parameters as `avatarbench cost`)."
     gr.api(submit, api_name="bench_submit", concurrency_limit=4, concurrency_id="bench_submit")
     gr.api(bench_status, api_name="bench_status", queue=False)
     gr.api(bench_result, api_name="bench_result", queue=False)

@@ -24,6 +24,7 @@ from engine.core.options import Config, Field, fields
 
 log = logging.getLogger("avatarbench.ui")
 Progress = Callable[[float, str], None]
+Run = Callable[[dict[str, Any], Progress, "gr.Request | None"], Any]
 
 
 @contextlib.contextmanager
@@ -74,6 +75,9 @@ def _signature(cls: type[Config], names: list[str], with_progress: bool) -> insp
                                         annotation=_api_type(f)))  # fmt: skip
     if with_progress:
         params.append(inspect.Parameter("progress", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=gr.Progress()))
+    # Gradio fills a gr.Request parameter itself (the caller's login or session: whose job this is).
+    params.append(inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None,
+                                    annotation=gr.Request))  # fmt: skip
     return inspect.Signature(params, return_annotation=Any)  # one output (gr.api counts the annotation's)
 
 
@@ -83,12 +87,13 @@ def _named(run: Callable[..., Any], signature: inspect.Signature, what: str) -> 
     def handler(*args: Any, **kwargs: Any) -> Any:
         values = dict(signature.bind(*args, **kwargs).arguments)
         progress = values.pop("progress", None)  # what Gradio injects; absent when called directly
+        request = values.pop("request", None)
         with reported(what):
             if not with_progress:
-                return run(values)
+                return run(values, request)
             if progress is None:
-                return run(values, lambda fraction, label: None)
-            return run(values, lambda fraction, label: progress(fraction, desc=label))
+                return run(values, lambda fraction, label: None, request)
+            return run(values, lambda fraction, label: progress(fraction, desc=label), request)
 
     handler.__doc__ = run.__doc__
     handler.__signature__ = signature  # type: ignore[attr-defined]
@@ -96,17 +101,18 @@ def _named(run: Callable[..., Any], signature: inspect.Signature, what: str) -> 
     return handler
 
 
-def form_handler(
-    cls: type[Config], components: Mapping[str, Any], run: Callable[[dict[str, Any], Progress], Any], what: str
-) -> Callable[..., Any]:
+def form_handler(cls: type[Config], components: Mapping[str, Any], run: Run, what: str) -> Callable[..., Any]:
     """An event handler for `.click(handler, inputs_kwargs=components)` whose parameters are the config's fields
-    named in `components` (in that order), with their defaults; `run(values, progress)` gets them as a dict (feed it
-    to cls.build) and a progress callback that drives gr.Progress."""
+    named in `components` (in that order), with their defaults; `run(values, progress, request)` gets them as a dict
+    (feed it to cls.build), a progress callback that drives gr.Progress, and the request (whose job it is)."""
     return _named(run, _signature(cls, list(components), with_progress=True), what)
 
 
-def api_function(cls: type[Config], run: Callable[[dict[str, Any]], Any], what: str) -> Callable[..., Any]:
-    """A function for `gr.api` whose typed parameters are all the config's fields, with their defaults."""
+def api_function(
+    cls: type[Config], run: Callable[[dict[str, Any], gr.Request | None], Any], what: str
+) -> Callable[..., Any]:
+    """A function for `gr.api` whose typed parameters are all the config's fields, with their defaults;
+    `run(values, request)`."""
     return _named(run, _signature(cls, [f.name for f in fields(cls)], with_progress=False), what)
 
 
@@ -131,13 +137,13 @@ def hidden_inputs(cls: type[Config], skip: tuple[str, ...] = ()) -> dict[str, An
 
 def api_endpoint(
     cls: type[Config],
-    run: Callable[[dict[str, Any], Progress], Any],
+    run: Run,
     outputs: Any,
     api_name: str,
     description: str,
     **event: Any,
 ) -> None:
-    """The `/api_name` endpoint: one invisible input per config field, feeding `run(values, progress)`."""
+    """The `/api_name` endpoint: one invisible input per config field, feeding `run(values, progress, request)`."""
     with gr.Column(visible=False):
         inputs = hidden_inputs(cls)
         trigger = gr.Button()

@@ -7,7 +7,6 @@ CLI's names, defaults and checks (ui/forms.py). Both build the config, call the 
 from __future__ import annotations
 
 import logging
-import uuid
 from typing import Any
 
 import gradio as gr
@@ -17,8 +16,9 @@ from engine.core.results import RunResult
 from engine.core.settings import Settings
 from engine.core.weights import WAV2LIP, where_to_put
 from engine.lipsync.config import LipSyncConfig
-from engine.lipsync.pipeline import run_lipsync
-from ui.forms import Progress, api_endpoint, choices, default, form_handler
+from engine.lipsync.jobs import LipSyncJobs
+from ui.forms import choices, default, form_handler
+from ui.jobs import Access, job_endpoints, run_panel
 from ui.widgets import ASSETS, number, slider, timing_figure
 
 log = logging.getLogger(__name__)
@@ -36,8 +36,8 @@ def summary_markdown(result: RunResult) -> str:
     return "\n".join(lines)
 
 
-def build_lipsync_tab(settings: Settings) -> None:
-    """Render the tab in the current Blocks context and register the `/lipsync` API endpoint."""
+def build_lipsync_tab(settings: Settings, jobs: LipSyncJobs, access: Access) -> None:
+    """Render the tab in the current Blocks context and register the `/lipsync` and `/lipsync_submit` API."""
     gr.Markdown(
         "Turn a face (photo or video) and speech into a lip-synced MP4. With no Wav2Lip checkpoint "
         "configured, a clearly labelled **baseline** engine (speech energy opens the jaw) runs instead.\n\n"
@@ -69,7 +69,9 @@ def build_lipsync_tab(settings: Settings) -> None:
                 with gr.Row():
                     paste = gr.Radio(choices(c, "paste"), value=default(c, "paste"), label="Paste mode")
                     audio_offset = slider(c, "audio_offset", "Audio offset (frames; + if lips are late)", step=1)
-            run = gr.Button("Lip-sync", variant="primary")
+            with gr.Row():
+                run = gr.Button("Lip-sync", variant="primary", scale=4)
+                cancel = gr.Button("Cancel", variant="stop", scale=1)
         with gr.Column():
             video = gr.Video(label="Result", interactive=False)
             summary = gr.Markdown()
@@ -77,22 +79,21 @@ def build_lipsync_tab(settings: Settings) -> None:
             with gr.Accordion("Full result (JSON)", open=False):
                 details = gr.JSON()
 
-    def lipsync(values: dict[str, Any], progress: Progress) -> tuple[Any, ...]:
-        config = LipSyncConfig.build(values)
-        out = settings.outputs_dir / f"lipsync-{uuid.uuid4().hex[:12]}.mp4"
-        result = run_lipsync(config, out, settings, progress=progress)
-        return result.outputs["video"], summary_markdown(result), timing_figure(result), result.to_dict()
+    def render(report: dict[str, Any]) -> tuple[Any, ...]:
+        result = RunResult.from_dict(report)
+        return result.outputs["video"], summary_markdown(result), timing_figure(result), report
 
     inputs = dict(
         face=face, audio=audio, engine=engine, checkpoint=checkpoint, batch_size=batch_size, precision=precision,
         compile=compile_, pads=pads, smooth=smooth, box=box, detector=detector,
         detector_checkpoint=detector_checkpoint, detect_scale=detect_scale, paste=paste, audio_offset=audio_offset,
     )  # fmt: skip
-    outputs, gpu = [video, summary, chart, details], {"concurrency_id": "gpu", "concurrency_limit": 1}
+    outputs = [video, summary, chart, details]
+    about = "Lip-sync a face image or video to speech; parameters as `avatarbench lipsync`."
+    lipsync = job_endpoints(LipSyncConfig, jobs, access, render, outputs, "lipsync", about)
     handler = form_handler(LipSyncConfig, inputs, lipsync, "lip-sync")
-    run.click(handler, inputs_kwargs=inputs, outputs=outputs, api_visibility="private", **gpu)
-    api_endpoint(LipSyncConfig, lipsync, outputs, "lipsync",
-                 "Lip-sync a face image or video to speech; parameters as `avatarbench lipsync`.", **gpu)  # fmt: skip
+    run.click(handler, inputs_kwargs=inputs, outputs=outputs, api_visibility="private", concurrency_limit=16)
+    run_panel(jobs, access, render, outputs, cancel)
     gr.Examples(
         examples=[[str(ASSETS / "face.jpg"), str(ASSETS / "speech.wav")]],
         inputs=[face, audio],

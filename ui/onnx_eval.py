@@ -14,7 +14,7 @@ from typing import Any
 
 import gradio as gr
 
-from engine.jobs.store import DONE, FAILED
+from engine.jobs.store import CANCELLED, DONE, FAILED
 from engine.onnx.config import EvalConfig, InspectConfig
 from engine.onnx.examples import EXAMPLES
 from engine.onnx.jobs import OnnxEvalJobs
@@ -22,6 +22,7 @@ from engine.onnx.model import ACCEPTED
 from engine.onnx.uploads import display_name, model_source, prepared
 from engine.runtimes.ort_session import PROVIDERS
 from ui.forms import api_endpoint, choices, default, reported
+from ui.jobs import Access, wire_cancel
 from ui.onnx_report import (
     ACCURACY_HEADERS,
     COMPARE_HEADERS,
@@ -60,7 +61,7 @@ def status_markdown(status: dict) -> str:
         return f"{head} · position {status['position']} in the `{status['device']}` queue"
     if state == "running":
         return f"{head} · {status['progress'] * 100:.0f}% · {status['progress_label']}"
-    if state == FAILED:
+    if state in (FAILED, CANCELLED):
         return f"{head}\n\n❌ {status['error']}"
     took = (status["finished"] or 0) - (status["started"] or status["finished"] or 0)
     return f"{head} · finished {when(status['finished'])} in {took:.1f}s"
@@ -71,7 +72,7 @@ def _best_throughput(report: dict | None) -> Any:
     return round(max(values), 1) if values else ""
 
 
-def build_onnx_eval_tab(settings: Any, jobs: OnnxEvalJobs) -> None:
+def build_onnx_eval_tab(settings: Any, jobs: OnnxEvalJobs, access: Access) -> None:
     """Render the tab in the current Blocks context and register the job API endpoints."""
     gr.Markdown(
         "Evaluate any ONNX model on every execution provider: latency percentiles, throughput, speed-up over "
@@ -114,7 +115,9 @@ def build_onnx_eval_tab(settings: Any, jobs: OnnxEvalJobs) -> None:
                     image_channels = gr.Radio(choices(c, "image_channels"), value=default(c, "image_channels"),
                                               label="Channel order")  # fmt: skip
                 labels = gr.Textbox(label="Class labels, one per sample of the first batch (top-1/top-5)")
-            submit = gr.Button("Queue evaluation", variant="primary")
+            with gr.Row():
+                submit = gr.Button("Queue evaluation", variant="primary", scale=4)
+                cancel = gr.Button("Cancel", variant="stop", scale=1)
         with gr.Column(scale=2):
             status = gr.Markdown("No evaluation yet.")
             with gr.Accordion("Inspection", open=True):
@@ -152,15 +155,20 @@ def build_onnx_eval_tab(settings: Any, jobs: OnnxEvalJobs) -> None:
             described = {**info.to_dict(), "name": display_name(source)}
         return inspection_markdown(described), io_rows(described)
 
-    def queue_job(kind, name, path, provider_keys, *form) -> tuple[Any, ...]:
-        names = ["inputs", "expected", "images", "batch_sizes", "runs", "warmup", "seed", "trt_fp16",
-                 "trt_workspace_gb", "symbols", "image_input", "image_resize", "image_scaling", "image_channels",
-                 "labels"]  # fmt: skip
-        values = {**dict(zip(names, form, strict=True)), **chosen_model(kind, name, path)}
-        values["providers"] = ",".join(provider_keys or [])
+    def queue_job(
+        kind, name, path, provider_keys, inputs, expected, images, batch_sizes, runs, warmup, seed, trt_fp16,
+        trt_workspace_gb, symbols, image_input, image_resize, image_scaling, image_channels, labels,
+        request: gr.Request,
+    ) -> tuple[Any, ...]:  # fmt: skip
+        values = dict(
+            inputs=inputs, expected=expected, images=images, batch_sizes=batch_sizes, runs=runs, warmup=warmup,
+            seed=seed, trt_fp16=trt_fp16, trt_workspace_gb=trt_workspace_gb, symbols=symbols, image_input=image_input,
+            image_resize=image_resize, image_scaling=image_scaling, image_channels=image_channels, labels=labels,
+            providers=",".join(provider_keys or []), **chosen_model(kind, name, path),
+        )  # fmt: skip
         with reported("ONNX evaluation"):
-            submission = jobs.submit(EvalConfig.build(values))
-        state = jobs.status(submission.job.id)
+            submission = jobs.submit(EvalConfig.build(values), access.owner(request))
+        state = jobs.status(submission.job.id, access.reader(request))
         return submission.job.id, status_markdown(state), gr.Timer(active=True)
 
     def render(report: dict, job: str) -> tuple[Any, ...]:
@@ -182,15 +190,15 @@ def build_onnx_eval_tab(settings: Any, jobs: OnnxEvalJobs) -> None:
     result_outputs = [summary, results, latency_plot, throughput_plot, parity, accuracy, report_file]
     result_outputs += [inspection, io_table]
 
-    def render_job(job: str) -> tuple[Any, ...]:
-        return render(jobs.result(job)["report"], job)
+    def render_job(job: str, reader: str | None) -> tuple[Any, ...]:
+        return render(jobs.result(job, reader)["report"], job)
 
-    poll = job_poller(jobs.status, status_markdown, render_job, len(result_outputs), "No evaluation yet.")
+    poll = job_poller(jobs.status, status_markdown, render_job, len(result_outputs), "No evaluation yet.", access)
 
-    def history_rows() -> list[list]:
-        rows = []
-        for h in jobs.history(100):
-            report = jobs.result(h["id"])["report"] if h["status"] == DONE else None
+    def history_rows(request: gr.Request) -> list[list]:
+        rows, reader = [], access.reader(request)
+        for h in jobs.history(reader, 100):
+            report = jobs.result(h["id"], reader)["report"] if h["status"] == DONE else None
             rows.append(
                 [
                     h["id"],
@@ -205,12 +213,14 @@ def build_onnx_eval_tab(settings: Any, jobs: OnnxEvalJobs) -> None:
             )
         return rows
 
-    def open_job(text: str) -> tuple[Any, ...]:
+    def open_job(text: str, request: gr.Request) -> tuple[Any, ...]:
         job = job_ids(text)[0]
-        return (job, *poll(job))
+        return (job, *poll(job, request))
 
-    def compare(text: str) -> tuple[list[list], Any]:
-        done = [(r["id"], r["model_name"], r["report"]) for r in finished_results(jobs.result, text)]
+    def compare(text: str, request: gr.Request) -> tuple[list[list], Any]:
+        reader = access.reader(request)
+        finished = finished_results(lambda job: jobs.result(job, reader), text)
+        done = [(r["id"], r["model_name"], r["report"]) for r in finished]
         return compare_rows(done), throughput_figure([(f"{j} {m}", rep) for j, m, rep in done])
 
     form = [inputs, expected, images, batch_sizes, runs, warmup, seed, trt_fp16, trt_workspace_gb, symbols, image_input]
@@ -226,22 +236,23 @@ def build_onnx_eval_tab(settings: Any, jobs: OnnxEvalJobs) -> None:
     submit.click(
         queue_job, [source, example, upload, providers, *form], [job_id, status, timer], api_visibility="private"
     )
+    wire_cancel(cancel, jobs, access, job_id)
     timer.tick(poll, [job_id], [status, timer, *result_outputs], queue=False, api_visibility="private")
     refresh.click(history_rows, None, history, queue=False, api_visibility="private")
     open_btn.click(open_job, chosen, [job_id, status, timer, *result_outputs], api_visibility="private")
     compare_btn.click(compare, chosen, [compare_table, compare_plot], api_visibility="private")
-    _register_api(jobs, inspected)
+    _register_api(jobs, inspected, access)
 
 
-def _register_api(jobs: OnnxEvalJobs, inspected: Any) -> None:
+def _register_api(jobs: OnnxEvalJobs, inspected: Any, access: Access) -> None:
     """The job API for scripts (gradio_client): its parameters are EvalConfig's and InspectConfig's fields, the
     same names and defaults as `avatarbench onnx eval` and `onnx inspect`."""
     with gr.Column(visible=False):
         submitted, description, table = gr.JSON(), gr.Markdown(), gr.Dataframe()
 
-    def onnx_submit(values: dict[str, Any], progress: Any) -> dict:
-        submission = jobs.submit(EvalConfig.build(values))
-        return {**jobs.status(submission.job.id), "job_id": submission.job.id}
+    def onnx_submit(values: dict[str, Any], progress: Any, request: gr.Request | None) -> dict:
+        submission = jobs.submit(EvalConfig.build(values), access.owner(request))
+        return {**jobs.status(submission.job.id, access.reader(request)), "job_id": submission.job.id}
 
     api_endpoint(
         EvalConfig, onnx_submit, submitted, "onnx_submit",
@@ -249,23 +260,23 @@ def _register_api(jobs: OnnxEvalJobs, inspected: Any) -> None:
         concurrency_limit=4, concurrency_id="onnx_submit",
     )  # fmt: skip
     api_endpoint(
-        InspectConfig, lambda values, _: inspected(InspectConfig.build(values)), [description, table],
+        InspectConfig, lambda values, _, request: inspected(InspectConfig.build(values)), [description, table],
         "onnx_inspect", "Validate and describe a model (parameters as `avatarbench onnx inspect`).",
     )  # fmt: skip
 
-    def onnx_status(job_id: str) -> dict:
-        """State, queue position and progress of one evaluation job."""
+    def onnx_status(job_id: str, request: gr.Request) -> dict:
+        """State, queue position and progress of one of your evaluation jobs."""
         with reported("ONNX job status"):
-            return jobs.status(job_id)
+            return jobs.status(job_id, access.reader(request))
 
-    def onnx_queue() -> list:
-        """All queued and running evaluation jobs, in queue order."""
-        return jobs.queue()
+    def onnx_queue(request: gr.Request) -> list:
+        """Your queued and running evaluation jobs, in queue order (positions count everyone's)."""
+        return jobs.queue(access.reader(request))
 
-    def onnx_result(job_id: str) -> dict:
-        """The job's status and, once done, its full report (null before)."""
+    def onnx_result(job_id: str, request: gr.Request) -> dict:
+        """One of your jobs' status and, once done, its full report (null before)."""
         with reported("ONNX job result"):
-            return jobs.result(job_id)
+            return jobs.result(job_id, access.reader(request))
 
     gr.api(onnx_status, api_name="onnx_status", queue=False)
     gr.api(onnx_queue, api_name="onnx_queue", queue=False)

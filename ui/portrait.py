@@ -4,24 +4,20 @@ per-stage timings and a side-by-side strip; also registers the `/portrait` API e
 from __future__ import annotations
 
 import logging
-import uuid
-from pathlib import Path
 from typing import Any
 
-import cv2
 import gradio as gr
-import numpy as np
 
-from engine.core.media import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, is_image, load_image, read_frames
+from engine.core.media import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 from engine.core.results import RunResult
 from engine.core.settings import Settings
 from engine.portrait.config import PortraitConfig
-from engine.portrait.pipeline import run_portrait
-from ui.forms import Progress, api_endpoint, choices, default, form_handler
+from engine.portrait.jobs import PortraitJobs
+from ui.forms import choices, default, form_handler
+from ui.jobs import Access, job_endpoints, run_panel
 from ui.widgets import ASSETS, number, slider, timing_figure
 
 log = logging.getLogger(__name__)
-STRIP_FRAMES = 4
 
 
 def summary_markdown(result: RunResult) -> str:
@@ -48,35 +44,8 @@ def summary_markdown(result: RunResult) -> str:
     return "\n".join(lines)
 
 
-def side_by_side(driving: Path, video: Path, count: int) -> np.ndarray | None:
-    """Driving frames above, result frames below, at evenly spaced times (RGB for gr.Image)."""
-    if driving.suffix.lower() == ".npz":
-        return None
-    picks = set(np.linspace(0, max(count - 1, 0), STRIP_FRAMES).round().astype(int).tolist())
-
-    def frames(path: Path) -> list[np.ndarray]:
-        if is_image(path):
-            return [load_image(path)] * len(picks)
-        out = []
-        for i, frame in enumerate(read_frames(path)):  # stop at the last pick: no need to decode the rest
-            if i in picks:
-                out.append(frame)
-            if i >= max(picks):
-                break
-        return out
-
-    rows = []
-    for path in (driving, video):
-        tiles = [cv2.resize(f, (192, 192), interpolation=cv2.INTER_AREA) for f in frames(path)]
-        if not tiles:
-            return None
-        rows.append(np.hstack(tiles[: len(picks)]))
-    width = min(r.shape[1] for r in rows)
-    return np.vstack([r[:, :width] for r in rows])[:, :, ::-1]
-
-
-def build_portrait_tab(settings: Settings) -> None:
-    """Render the tab (one component per PortraitConfig field) and register the `/portrait` API endpoint."""
+def build_portrait_tab(settings: Settings, jobs: PortraitJobs, access: Access) -> None:
+    """Render the tab (one component per PortraitConfig field) and register `/portrait` and `/portrait_submit`."""
     gr.Markdown(
         "Animate a portrait with a driving video (or image, or a saved motion template). With LivePortrait's "
         "weights (`AVATARBENCH_LIVEPORTRAIT_DIR`: the official `pretrained_weights/liveportrait` folder) our "
@@ -131,7 +100,9 @@ def build_portrait_tab(settings: Settings) -> None:
                 with gr.Row():
                     weights = gr.Textbox(label="LivePortrait weights folder, or hf:KwaiVGI/LivePortrait")
                     landmarks = gr.Textbox(label="landmark.onnx (empty: beside the weights)")
-            run = gr.Button("Animate", variant="primary")
+            with gr.Row():
+                run = gr.Button("Animate", variant="primary", scale=4)
+                cancel = gr.Button("Cancel", variant="stop", scale=1)
         with gr.Column():
             video = gr.Video(label="Result", interactive=False)
             summary = gr.Markdown()
@@ -141,18 +112,11 @@ def build_portrait_tab(settings: Settings) -> None:
             with gr.Accordion("Full result (JSON)", open=False):
                 details = gr.JSON()
 
-    def animate(values: dict[str, Any], progress: Progress) -> tuple[Any, ...]:
-        config = PortraitConfig.build(values)
-        out = settings.outputs_dir / f"portrait-{uuid.uuid4().hex[:12]}.mp4"
-        result = run_portrait(config, out, settings, progress=progress)
-        return (
-            str(out),
-            summary_markdown(result),
-            side_by_side(Path(config.driving), out, result.metrics["frames"]),
-            timing_figure(result),
-            result.outputs.get("template"),
-            result.to_dict(),
-        )
+    def render(report: dict[str, Any]) -> tuple[Any, ...]:
+        result = RunResult.from_dict(report)
+        out = result.outputs
+        return (out["video"], summary_markdown(result), out.get("strip"), timing_figure(result), out.get("template"),
+                report)  # fmt: skip
 
     inputs = dict(
         source=source, driving=driving, engine=engine, weights=weights, backend=backend, precision=precision,
@@ -161,11 +125,12 @@ def build_portrait_tab(settings: Settings) -> None:
         lip_open=lip_open, landmarks=landmarks, normalize_lips=normalize_lips, max_frames=max_frames,
         batch_size=batch_size, save_template=save_template,
     )  # fmt: skip
-    outputs, gpu = [video, summary, strip, chart, template, details], {"concurrency_id": "gpu", "concurrency_limit": 1}
-    handler = form_handler(PortraitConfig, inputs, animate, "portrait animation")
-    run.click(handler, inputs_kwargs=inputs, outputs=outputs, api_visibility="private", **gpu)
+    outputs = [video, summary, strip, chart, template, details]
     about = "Animate a portrait; parameters as `avatarbench portrait`."
-    api_endpoint(PortraitConfig, animate, outputs, "portrait", about, **gpu)
+    animate = job_endpoints(PortraitConfig, jobs, access, render, outputs, "portrait", about)
+    handler = form_handler(PortraitConfig, inputs, animate, "portrait animation")
+    run.click(handler, inputs_kwargs=inputs, outputs=outputs, api_visibility="private", concurrency_limit=16)
+    run_panel(jobs, access, render, outputs, cancel)
     gr.Examples(
         examples=[[str(ASSETS / "face.jpg"), str(ASSETS / "driving.mp4")]],
         inputs=[source, driving],

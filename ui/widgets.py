@@ -13,7 +13,7 @@ import plotly.graph_objects as go
 
 from engine.core.options import Config
 from engine.core.results import RunResult
-from engine.jobs.store import DONE, FAILED, StoreError
+from engine.jobs.store import DONE, FINISHED, StoreError
 from ui.forms import default, field
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -100,25 +100,27 @@ def finished_results(result: Callable[[str], dict], text: str) -> list[dict]:
 
 
 def job_poller(
-    status: Callable[[str], dict],
+    status: Callable[[str, str | None], dict],
     describe: Callable[[dict], str],
-    render: Callable[[str], tuple[Any, ...]],
+    render: Callable[[str, str | None], tuple[Any, ...]],
     outputs: int,
     empty: str,
-) -> Callable[[str | None], tuple[Any, ...]]:
-    """A gr.Timer handler: (status text, the timer's next state, *outputs). The outputs are rendered once,
-    when the job is done; the timer stops when the job is done or failed."""
+    access: Any,
+) -> Callable[[str | None, gr.Request], tuple[Any, ...]]:
+    """A gr.Timer handler: (status text, the timer's next state, *outputs), for the asking owner's job only. The
+    outputs are rendered once, when the job is done; the timer stops when the job has ended."""
     blank = tuple(gr.update() for _ in range(outputs))
 
-    def poll(job: str | None) -> tuple[Any, ...]:
+    def poll(job: str | None, request: gr.Request) -> tuple[Any, ...]:
         if not job:
             return (empty, gr.Timer(active=False), *blank)
+        reader = access.reader(request)
         try:
-            state = status(job)
+            state = status(job, reader)
         except StoreError as exc:
             return (str(exc), gr.Timer(active=False), *blank)
         if state["status"] == DONE:
-            return (describe(state), gr.Timer(active=False), *render(job))
-        return (describe(state), gr.Timer(active=state["status"] != FAILED), *blank)
+            return (describe(state), gr.Timer(active=False), *render(job, reader))
+        return (describe(state), gr.Timer(active=state["status"] not in FINISHED), *blank)
 
     return poll

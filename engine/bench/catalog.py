@@ -175,17 +175,18 @@ class PriceBook:
         )
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> PriceBook:
-        """Defaults, overridden by the file's entries; a missing file is the defaults."""
+    def load(cls, *paths: str | os.PathLike) -> PriceBook:
+        """Defaults, overridden by each file's entries in turn (the shared file, then one person's); a missing file
+        changes nothing."""
         book = cls.defaults()
-        p = Path(path)
-        if not p.is_file():
-            return book
-        try:
-            data = json.loads(p.read_text())
-        except (OSError, ValueError) as exc:
-            raise InputError(f"price file {p} is not readable JSON: {exc}") from None
-        book.update(data.get("prices", {}), data.get("sources", {}))
+        for p in map(Path, paths):
+            if not p.is_file():
+                continue
+            try:
+                data = json.loads(p.read_text())
+            except (OSError, ValueError) as exc:
+                raise InputError(f"price file {p.name} is not readable JSON: {exc}") from None
+            book.update(data.get("prices", {}), data.get("sources", {}))
         return book
 
     def update(self, prices: dict[str, Any], sources: dict[str, str] | None = None) -> None:

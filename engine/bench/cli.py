@@ -38,19 +38,14 @@ def _bench(args: argparse.Namespace) -> int:
     from engine.core.device import resolve_device
     from engine.core.progress import ProgressBar
     from engine.core.settings import get_settings
-    from engine.system.telemetry import TelemetrySampler
 
     request, settings = from_args(SweepRequest, args), get_settings()
     settings.ensure_dirs()
     has_gpu = torch.cuda.is_available()
     config = request.plan(has_gpu)
     gpu = str(resolve_device("cuda").device) if has_gpu else None
-    sampler = TelemetrySampler(interval_s=0.5, history_s=3600).start()
-    try:
-        with _model(request.model, settings.cache_dir) as model, ProgressBar(args.quiet) as bar:
-            report = run_sweep(config, model, gpu, bar, sampler, settings.gpu_memory_fraction)
-    finally:
-        sampler.stop()
+    with _model(request.model, settings.cache_dir) as model, ProgressBar(args.quiet) as bar:
+        report = run_sweep(config, model, gpu, bar, settings.gpu_memory_fraction)
     write_json(args.json, json.dumps(report, indent=2))
     if args.csv:
         Path(args.csv).write_text(rows_to_csv(report))

@@ -3,8 +3,10 @@ each point measured the same way, with speed-up against a baseline, memory, achi
 card's peak, numerical error against fp32, energy, and the telemetry recorded while it ran.
 
 How a point is measured: build (load_s), first run on the batch (first_run_s: torch.compile and TensorRT
-engine builds happen here), `warmup` untimed runs, then `runs` timed runs (CUDA events on the GPU). The
-inputs of a batch are 8 seeded samples repeated, so the output's first 8 samples can be checked against
+engine builds happen here), `warmup` untimed runs, then `runs` timed runs (CUDA events on the GPU) inside a
+measurement window (engine/jobs/measure.py): its allocator peak, the device's used memory sampled during the runs,
+the process's RSS peak, energy and telemetry are the point's figures (steady state, not building or compiling).
+The inputs of a batch are 8 seeded samples repeated, so the output's first 8 samples can be checked against
 one fp32 reference per device, however large the batch. An out-of-memory point is recorded as "oom" and
 the sweep goes on; a point whose ONNX Runtime session fell back to the CPU is flagged. Weights are random
 (seeded): speed does not depend on trained values, and every report says so.
@@ -26,8 +28,8 @@ import numpy as np
 
 from engine.bench.config import DEVICES, MAX_BATCH, PRECISIONS, BenchError
 from engine.bench.workloads import BenchModel, count_flops
+from engine.jobs.measure import measured
 from engine.onnx.evaluate import latency_stats
-from engine.runtimes.base import cuda_index
 from engine.runtimes.registry import COMPILE_MODES, ORT_RUNTIMES, RUNTIMES, TORCH_RUNTIMES, make_runtime
 
 REFERENCE_SAMPLES = 8
@@ -256,48 +258,12 @@ def _error(out: np.ndarray, ref: np.ndarray) -> dict[str, Any]:
     }
 
 
-class _Energy:
-    """NVML's energy counter (mJ since driver load) when the card has one, else power integrated from the
-    telemetry samples of the window."""
-
-    def __init__(self, nvml_device: Any) -> None:
-        self.device = nvml_device
-
-    def read(self) -> float | None:
-        if self.device is None:
-            return None
-        value = self.device.get(getattr(self.device.nvml, "nvmlDeviceGetTotalEnergyConsumption", None))
-        return float(value) / 1000.0 if value is not None else None  # joules
-
-
-def _telemetry(sampler: Any, t0: float, t1: float, gpu_index: int) -> list[list[Any]]:
-    """Compact series for the window: [t, gpu util %, gpu memory bytes, power W, host cpu %]."""
-    if sampler is None:
-        return []
-    rows = []
-    for snap in sampler.history():
-        if t0 - 0.5 <= snap.timestamp <= t1 + 0.5:
-            gpu = snap.gpus[gpu_index] if len(snap.gpus) > gpu_index else None
-            rows.append(
-                [
-                    round(snap.timestamp - t0, 3),
-                    gpu.util_gpu_percent if gpu else None,
-                    gpu.memory_used_bytes if gpu else None,
-                    gpu.power_w if gpu else None,
-                    snap.host.cpu_percent,
-                ]
-            )
-    return rows
-
-
 @dataclass
 class _Context:
     model: BenchModel
     config: SweepConfig
     gpu_device: str | None  # "cuda:N" or None
     gpu: Any  # gpu_catalog.Gpu for the card, or None
-    nvml_device: Any
-    sampler: Any
     memory_fraction: float
     flops: float | None
     references: dict[str, np.ndarray] = field(default_factory=dict)
@@ -325,14 +291,12 @@ def _reference(ctx: _Context, device: str) -> np.ndarray:
 
 def _measure(ctx: _Context, point: BenchPoint, row: dict[str, Any]) -> None:
     device = ctx.gpu_device if point.device == "cuda" else "cpu"
-    energy = _Energy(ctx.nvml_device if point.device == "cuda" else None)
     runtime = make_runtime(ctx.model, point, device, ctx.memory_fraction)  # type: ignore[arg-type]
     resident = 0  # tensors other work in this process keeps (e.g. cached portrait networks) are not this point's
     if device.startswith("cuda"):
         import torch
 
         resident = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
     try:
         start = time.perf_counter()
         runtime.load()
@@ -348,26 +312,32 @@ def _measure(ctx: _Context, point: BenchPoint, row: dict[str, Any]) -> None:
         for _ in range(ctx.config.warmup):
             runtime.run()
         runtime.sync()
-        joules0, t0 = energy.read(), time.time()
-        times = runtime.timed_runs(ctx.config.runs)
-        t1, joules1 = time.time(), energy.read()
+        with measured(device) as window:  # type: ignore[arg-type]
+            times = runtime.timed_runs(ctx.config.runs)
+        _record_window(row, window.figures(), point, ctx.config.runs * point.batch, resident)
         row["latency"] = latency_stats(times, point.batch)
         row["samples_per_s"] = row["latency"]["throughput_per_s"]
-        peak = runtime.peak_bytes()
-        row["peak_allocated_bytes"] = None if peak is None else peak - resident
-        row["telemetry"] = _telemetry(ctx.sampler, t0, t1, cuda_index(ctx.gpu_device or "cpu"))
-        samples = ctx.config.runs * point.batch
-        if joules0 is not None and joules1 is not None and joules1 > joules0:
-            row["energy_j_per_sample"], row["energy_source"] = (joules1 - joules0) / samples, "NVML energy counter"
-        else:
-            powers = [r[3] for r in row["telemetry"] if r[3] is not None]
-            if powers and point.device == "cuda":
-                row["energy_j_per_sample"] = float(np.mean(powers)) * (t1 - t0) / samples
-                row["energy_source"] = "mean telemetry power x time"
         output = runtime.output()[:REFERENCE_SAMPLES]
     finally:
         runtime.close()
     row["error_vs_fp32"] = _error(output, _reference(ctx, point.device))
+
+
+def _record_window(
+    row: dict[str, Any], figures: dict[str, Any], point: BenchPoint, samples: int, resident: int
+) -> None:
+    """The timed runs' window as the row's memory, energy and telemetry. ONNX Runtime allocates outside PyTorch, so
+    its points have no allocator peak (the device's used memory stands in); telemetry rows keep the report's shape,
+    [t, GPU util %, device used bytes, power W, host CPU %], plus the process's RSS."""
+    allocated = figures["peak_allocated_bytes"]
+    if point.runtime in TORCH_RUNTIMES and allocated is not None:
+        row["peak_allocated_bytes"] = allocated - resident
+    row["device_used_bytes"] = figures["peak_device_used_bytes"]
+    row["host_rss_bytes"] = figures["peak_rss_bytes"]
+    row["telemetry"] = figures["telemetry"]
+    if figures["energy_j"] is not None:
+        row["energy_j_per_sample"] = figures["energy_j"] / samples
+        row["energy_source"] = figures["energy_source"]
 
 
 def _empty_row(point: BenchPoint) -> dict[str, Any]:
@@ -447,28 +417,25 @@ def run_sweep(
     model: BenchModel,
     gpu_device: str | None,
     progress: Progress | None = None,
-    sampler: Any = None,
     memory_fraction: float = 0.9,
 ) -> dict[str, Any]:
     """Measure every point; the report (JSON-ready). Points asking for the GPU on a machine without one are
-    recorded as errors, not silently run on the CPU."""
+    recorded as errors, not silently run on the CPU. Each point's measurement window samples for itself."""
     config.validate()
     tell = progress or (lambda f, label: None)
-    gpu = nvml_device = None
+    gpu = None
     if gpu_device:
         import torch
 
         from engine.bench.catalog import detected_gpu
-        from engine.system import gpu_memory
 
         props = torch.cuda.get_device_properties(gpu_device)
         gpu = detected_gpu(props.name, int(props.total_memory), (props.major, props.minor))
-        nvml_device = gpu_memory.nvml_device(gpu_memory.nvml_source(), cuda_index(gpu_device))
     tell(0.0, "counting FLOPs")
     flops = count_flops(model)
     make_inputs = model.torch_inputs if model.has_torch else model.numpy_inputs
     base = make_inputs(REFERENCE_SAMPLES)  # type: ignore[misc]
-    ctx = _Context(model, config, gpu_device, gpu, nvml_device, sampler, memory_fraction, flops, base_inputs=base)
+    ctx = _Context(model, config, gpu_device, gpu, memory_fraction, flops, base_inputs=base)
     rows = []
     for i, point in enumerate(config.points):
         tell(i / len(config.points), f"{i + 1}/{len(config.points)}: {point.label}")
@@ -489,10 +456,6 @@ def run_sweep(
                     from engine.core.device import release_cached_memory
 
                     release_cached_memory()
-        row["host_rss_bytes"] = _rss()
-        if gpu_device and point.device == "cuda" and nvml_device is not None:
-            info = nvml_device.get(nvml_device.nvml.nvmlDeviceGetMemoryInfo)
-            row["device_used_bytes"] = int(info.used) if info is not None else None
         rows.append(row)
     _finish(rows, ctx)
     tell(1.0, "done")
@@ -504,12 +467,6 @@ def run_sweep(
         "results": rows,
         "notes": [*config.notes, RANDOM_WEIGHTS_NOTE],
     }
-
-
-def _rss() -> int:
-    import psutil
-
-    return int(psutil.Process().memory_info().rss)
 
 
 def rows_to_csv(report: dict[str, Any]) -> str:

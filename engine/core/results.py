@@ -1,16 +1,17 @@
 """The result type every capability returns.
 
 A run is a sequence of named stages; each stage's wall time is recorded as it happens, so
-the slowest stage is always visible. Peak host memory (this process's high-water RSS) and
-peak GPU memory (the PyTorch allocator's high-water mark) are read at the end. The object
-is plain data: picklable and JSON-serialisable, never holding tensors, so it can come back
-from a ZeroGPU worker or another process unchanged.
+the slowest stage is always visible. Stages overlap across threads, so they are never summed
+into a run time: the run's wall time, memory peaks, energy and telemetry are `measurement`,
+the figures of the window (engine/jobs/measure.py) that whoever ran the pipeline opened
+around it; a pipeline alone cannot see the whole run. The object is plain data: picklable
+and JSON-serialisable, never holding tensors, so it can come back from a ZeroGPU worker or
+another process unchanged.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -43,11 +44,10 @@ class RunResult:
     precision: str = "fp32"
     outputs: dict[str, str] = field(default_factory=dict)
     stages: list[StageTiming] = field(default_factory=list)
-    peak_host_bytes: int | None = None
-    peak_gpu_bytes: int | None = None
     warnings: list[str] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    measurement: dict[str, Any] = field(default_factory=dict)  # the measurement window's figures, set by the caller
 
     @contextmanager
     def stage(self, name: str, items: int | None = None) -> Iterator[StageTiming]:
@@ -78,24 +78,11 @@ class RunResult:
             self.warnings.append(message)
 
     @property
-    def total_seconds(self) -> float:
-        return sum(s.seconds for s in self.stages)
-
-    @property
     def slowest_stage(self) -> StageTiming | None:
         return max(self.stages, key=lambda s: s.seconds, default=None)
 
-    def record_peaks(self, torch_device: Any = None) -> None:
-        """Fill peak host and GPU memory; call once at the end of the run."""
-        self.peak_host_bytes = peak_host_rss_bytes()
-        if torch_device is not None and getattr(torch_device, "type", None) == "cuda":
-            import torch
-
-            self.peak_gpu_bytes = int(torch.cuda.max_memory_allocated(torch_device))
-
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        out["total_seconds"] = self.total_seconds
         slowest = self.slowest_stage
         out["slowest_stage"] = slowest.name if slowest else None
         return out
@@ -108,14 +95,3 @@ class RunResult:
         data = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         data["stages"] = [StageTiming(**s) for s in data.get("stages", [])]
         return cls(**data)
-
-
-def peak_host_rss_bytes() -> int | None:
-    """This process's high-water resident set size, or None where the OS does not say."""
-    try:
-        import resource
-    except ImportError:  # Windows
-        return None
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    # Linux reports KiB, macOS bytes.
-    return int(peak if sys.platform == "darwin" else peak * 1024)

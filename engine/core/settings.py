@@ -58,6 +58,32 @@ def validate_device_spec(spec: str) -> str:
     raise SettingsError(f"device {spec!r} is not one of auto, cpu, cuda, cuda:N")
 
 
+def _time_limits(raw: str | None) -> tuple[tuple[str, float], ...]:
+    """KIND=SECONDS pairs, comma-separated; `default` applies to the kinds not named (one hour unless given)."""
+    limits = {"default": 3600.0}
+    for part in (p.strip() for p in (raw or "").split(",") if p.strip()):
+        kind, sep, value = (v.strip() for v in part.partition("="))
+        try:
+            seconds = float(value) if sep and kind else -1.0
+        except ValueError:
+            seconds = -1.0
+        if not 1 <= seconds <= 7 * 86400:
+            raise SettingsError(
+                f"{PREFIX}JOB_TIME_LIMITS: {part!r} is not KIND=SECONDS with 1..604800 seconds, e.g. default=3600"
+            )
+        limits[kind] = seconds
+    return tuple(limits.items())
+
+
+def _three_quarters_of_ram_gb() -> float:
+    try:
+        import psutil
+
+        return round(0.75 * psutil.virtual_memory().total / 2**30, 1)
+    except Exception:  # no psutil or no answer: a generous fixed cap
+        return 16.0
+
+
 @dataclass(frozen=True)
 class Settings:
     data_dir: Path
@@ -67,7 +93,10 @@ class Settings:
     gpu_memory_fraction: float = 0.9
     telemetry_interval_s: float = 1.0
     telemetry_history_s: int = 600
-    cpu_workers: int = 2
+    cpu_workers: int = 1
+    job_time_limits: tuple[tuple[str, float], ...] = (("default", 3600.0),)
+    job_memory_gb: float = 16.0
+    shutdown_grace_s: float = 10.0
     max_side: int = 2560
     max_seconds: float = 600.0
     wav2lip_checkpoint: str | None = None
@@ -114,11 +143,26 @@ DOCUMENTED: dict[str, tuple[str, str]] = {
     "MAX_UPLOAD_MB": ("max_upload_mb", "largest accepted upload in MiB, 1..100000 (default 500)"),
     "GPU_MEMORY_FRACTION": (
         "gpu_memory_fraction",
-        "share of GPU memory this process may allocate, 0.05..1.0 (default 0.9)",
+        "share of each GPU's memory its worker processes may allocate (split evenly between them), 0.05..1.0 "
+        "(default 0.9)",
     ),
     "TELEMETRY_INTERVAL": ("telemetry_interval_s", "seconds between telemetry samples, 0.1..60 (default 1.0)"),
     "TELEMETRY_HISTORY": ("telemetry_history_s", "seconds of telemetry history kept, 10..86400 (default 600)"),
-    "CPU_WORKERS": ("cpu_workers", "worker threads for CPU jobs, 1..64 (default 2)"),
+    "CPU_WORKERS": ("cpu_workers", "worker processes for CPU jobs, 1..64 (default 1: CPU timings never overlap)"),
+    "JOB_TIME_LIMITS": (
+        "job_time_limits",
+        "seconds a job may run, per kind: KIND=SECONDS pairs and default=SECONDS, e.g. default=3600,bench=14400 "
+        "(default: default=3600); a job past it is stopped with its worker",
+    ),
+    "JOB_MEMORY_GB": (
+        "job_memory_gb",
+        "host memory a job's worker may use, in GB, 0.25..4096 (default: 3/4 of this machine's RAM); past it the "
+        "job fails with that reason",
+    ),
+    "SHUTDOWN_GRACE": (
+        "shutdown_grace_s",
+        "seconds running jobs get to finish when the app stops (SIGTERM, Ctrl-C), 0..3600 (default 10)",
+    ),
     "MAX_SIDE": ("max_side", "largest accepted image/video side in pixels, 64..8192 (default 2560: 4K is refused)"),
     "MAX_SECONDS": ("max_seconds", "longest accepted video or audio in seconds, 1..7200 (default 600)"),
     "WAV2LIP_CHECKPOINT": (
@@ -137,7 +181,12 @@ DOCUMENTED: dict[str, tuple[str, str]] = {
 
 def documented_values(settings: Settings) -> list[tuple[str, str, str]]:
     """(variable, current value, meaning) for every documented setting."""
-    return [(PREFIX + name, str(getattr(settings, f)), meaning) for name, (f, meaning) in DOCUMENTED.items()]
+    def shown(value: object) -> str:
+        if isinstance(value, tuple):  # KIND=SECONDS pairs
+            return ",".join(f"{k}={v:g}" for k, v in value)
+        return str(value)
+
+    return [(PREFIX + name, shown(getattr(settings, f)), meaning) for name, (f, meaning) in DOCUMENTED.items()]
 
 
 def load_settings(env: dict[str, str] | None = None) -> Settings:
@@ -154,7 +203,10 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         gpu_memory_fraction=_number(env, "GPU_MEMORY_FRACTION", 0.9, 0.05, 1.0),
         telemetry_interval_s=_number(env, "TELEMETRY_INTERVAL", 1.0, 0.1, 60.0),
         telemetry_history_s=_number(env, "TELEMETRY_HISTORY", 600, 10, 86_400, int),
-        cpu_workers=_number(env, "CPU_WORKERS", 2, 1, 64, int),
+        cpu_workers=_number(env, "CPU_WORKERS", 1, 1, 64, int),
+        job_time_limits=_time_limits(_env(env, "JOB_TIME_LIMITS")),
+        job_memory_gb=_number(env, "JOB_MEMORY_GB", _three_quarters_of_ram_gb(), 0.25, 4096.0),
+        shutdown_grace_s=_number(env, "SHUTDOWN_GRACE", 10.0, 0.0, 3600.0),
         max_side=_number(env, "MAX_SIDE", 2560, 64, 8192, int),
         max_seconds=_number(env, "MAX_SECONDS", 600.0, 1.0, 7200.0),
         wav2lip_checkpoint=_env(env, "WAV2LIP_CHECKPOINT"),

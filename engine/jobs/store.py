@@ -14,7 +14,12 @@ Decisions worth knowing:
 - Queue order is the insertion order (an autoincrement `seq`), not `created`: two submits in the same
   clock tick must still have a definite order. `position` is computed when read, never stored, so it
   cannot go stale.
-- "One running job per device" protects a GPU's memory; the "cpu" key allows `max_running` at once.
+- Workers claim per device key ("cuda:N" or "cpu"), at most `max_running` at once (one worker process each).
+  A *timed* job has its device to itself: it starts only when nothing else runs there, and nothing else
+  starts there until it ends, so a measurement never times other work (the queue order is kept: a timed job
+  at the head of a busy device's queue waits, and the jobs behind it wait with it).
+- Every job has an owner (a login, or a browser session); reads can be limited to one owner, so one user
+  never sees or changes another's jobs. owner=None reads everything (the operator).
 - Blobs are content-addressed (sha256), so a model uploaded twice is stored once, and a job names its
   model by hash: the row stays meaningful even if the user's original upload path disappears.
 - JSON columns are text written with allow_nan=True: evaluation results hold float('inf') / NaN.
@@ -42,15 +47,22 @@ from engine.core.errors import InputError
 
 log = logging.getLogger(__name__)
 
-QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
+QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
+FINISHED = (DONE, FAILED, CANCELLED)
 CPU = "cpu"
 
-_SCHEMA_VERSION = 1
+_SCHEMA_VERSION = 2
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _COLUMNS = (
     "id, kind, model_sha256, settings, device, status, progress, progress_label, error, result, "
-    "created, started, finished, seq"
+    "created, started, finished, seq, owner, timed, worker"
 )
+# Columns added after v1, with their definitions: a v1 database gains them in place.
+_ADDED = {
+    "owner": "TEXT NOT NULL DEFAULT ''",
+    "timed": "INTEGER NOT NULL DEFAULT 0",
+    "worker": "INTEGER",
+}
 
 
 class StoreError(InputError):
@@ -72,6 +84,9 @@ class Job:
     created: float
     started: float | None
     finished: float | None
+    owner: str = ""
+    timed: bool = False
+    worker: int | None = None  # the process id of the worker running it
     position: int | None = None  # 1-based place among the device's queued jobs; None unless queued
 
 
@@ -81,6 +96,7 @@ def _dumps(value: Any) -> str:
 
 def _row_to_job(row: tuple, position: int | None = None) -> Job:
     (job_id, kind, sha, settings, device, status, progress, label, error, result, created, started, finished) = row[:13]
+    owner, timed, worker = row[14:17]
     return Job(
         id=job_id,
         kind=kind,
@@ -95,6 +111,9 @@ def _row_to_job(row: tuple, position: int | None = None) -> Job:
         created=created,
         started=started,
         finished=finished,
+        owner=owner,
+        timed=bool(timed),
+        worker=worker,
         position=position,
     )
 
@@ -136,7 +155,12 @@ class JobStore:
                         seq INTEGER PRIMARY KEY AUTOINCREMENT
                     )"""
                 )
+                have = {r[1] for r in c.execute("PRAGMA table_info(jobs)")}
+                for name, definition in _ADDED.items():
+                    if name not in have:
+                        c.execute(f"ALTER TABLE jobs ADD COLUMN {name} {definition}")
                 c.execute("CREATE INDEX IF NOT EXISTS jobs_status_device ON jobs (status, device, seq)")
+                c.execute("CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, seq)")
                 c.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
 
     # -- plumbing -----------------------------------------------------------------------------------------
@@ -174,7 +198,7 @@ class JobStore:
     # -- start-up -----------------------------------------------------------------------------------------
 
     def recover(self) -> int:
-        """Fail jobs a dead process left RUNNING. Call once at start-up, before any JobRunner starts here.
+        """Fail jobs a dead process left RUNNING. Call once at start-up, before the broker starts its workers.
 
         With several app processes on one file this would also fail the other processes' running jobs;
         the app runs one process per database.
@@ -227,7 +251,15 @@ class JobStore:
 
     # -- jobs ---------------------------------------------------------------------------------------------
 
-    def submit(self, kind: str, settings: dict, device: str, model_sha256: str | None = None) -> Job:
+    def submit(
+        self,
+        kind: str,
+        settings: dict,
+        device: str,
+        model_sha256: str | None = None,
+        owner: str = "",
+        timed: bool = False,
+    ) -> Job:
         if not isinstance(settings, dict):
             raise StoreError(f"settings must be a dict, not {type(settings).__name__}")
         if not kind or not device:
@@ -237,18 +269,19 @@ class JobStore:
             job_id = secrets.token_hex(6)
             try:
                 self._write(
-                    "INSERT INTO jobs (id, kind, model_sha256, settings, device, status, created) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (job_id, kind, model_sha256, settings_text, device, QUEUED, time.time()),
+                    "INSERT INTO jobs (id, kind, model_sha256, settings, device, status, created, owner, timed) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (job_id, kind, model_sha256, settings_text, device, QUEUED, time.time(), owner, int(timed)),
                 )
             except sqlite3.IntegrityError:  # 48-bit id collision: vanishingly rare, just draw again
                 continue
             return self.get(job_id)
         raise StoreError("could not allocate a job id")
 
-    def get(self, job_id: str) -> Job:
+    def get(self, job_id: str, owner: str | None = None) -> Job:
+        """The job; with an owner, only that owner's (another's is "no job", so ids reveal nothing)."""
         rows = self._read(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
-        if not rows:
+        if not rows or (owner is not None and rows[0][14] != owner):
             raise StoreError(f"no job {job_id}")
         row = rows[0]
         position = None
@@ -258,7 +291,8 @@ class JobStore:
             )[0][0]
         return _row_to_job(row, position)
 
-    def queue(self) -> list[Job]:
+    def queue(self, owner: str | None = None) -> list[Job]:
+        """Queued and running jobs in order, positions counted over everyone's; with an owner, only theirs."""
         rows = self._read(f"SELECT {_COLUMNS} FROM jobs WHERE status IN (?, ?) ORDER BY seq", (QUEUED, RUNNING))
         seen: dict[str, int] = {}
         jobs = []
@@ -266,30 +300,55 @@ class JobStore:
             position = None
             if row[5] == QUEUED:
                 position = seen[row[4]] = seen.get(row[4], 0) + 1
-            jobs.append(_row_to_job(row, position))
+            if owner is None or row[14] == owner:
+                jobs.append(_row_to_job(row, position))
         return jobs
 
-    def history(self, limit: int = 50, kind: str | None = None) -> list[Job]:
+    def history(self, limit: int = 50, kind: str | None = None, owner: str | None = None) -> list[Job]:
         """Newest first, all statuses. Positions are left None: this is a log, the queue view has them."""
-        if kind is None:
-            rows = self._read(f"SELECT {_COLUMNS} FROM jobs ORDER BY seq DESC LIMIT ?", (int(limit),))
-        else:
-            rows = self._read(f"SELECT {_COLUMNS} FROM jobs WHERE kind = ? ORDER BY seq DESC LIMIT ?", (kind, limit))
+        where, params = [], []
+        if kind is not None:
+            where.append("kind = ?")
+            params.append(kind)
+        if owner is not None:
+            where.append("owner = ?")
+            params.append(owner)
+        clause = f"WHERE {' AND '.join(where)} " if where else ""
+        rows = self._read(f"SELECT {_COLUMNS} FROM jobs {clause}ORDER BY seq DESC LIMIT ?", (*params, int(limit)))
         return [_row_to_job(r) for r in rows]
 
-    def claim_next(self, device: str, max_running: int = 1) -> Job | None:
-        """Move the device's oldest queued job to RUNNING, unless `max_running` jobs already run there."""
+    def owns_model(self, owner: str, sha256: str) -> bool:
+        """Whether this owner submitted a job with this model (a sweep may only reuse its owner's uploads)."""
+        return bool(self._read("SELECT 1 FROM jobs WHERE owner = ? AND model_sha256 = ? LIMIT 1", (owner, sha256)))
+
+    def claim_next(self, device: str, worker: int | None = None, max_running: int = 1) -> Job | None:
+        """Move the device's oldest queued job to RUNNING for `worker` (a process id), unless `max_running` jobs
+        already run there, a timed job runs there, or the oldest is timed and anything runs there."""
         with self._tx() as c:
-            running = c.execute("SELECT COUNT(*) FROM jobs WHERE status = ? AND device = ?", (RUNNING, device))
-            if running.fetchone()[0] >= max_running:
+            running = c.execute(
+                "SELECT COUNT(*), COALESCE(MAX(timed), 0) FROM jobs WHERE status = ? AND device = ?", (RUNNING, device)
+            ).fetchone()
+            if running[0] >= max_running or running[1]:
                 return None
             row = c.execute(
-                "SELECT id FROM jobs WHERE status = ? AND device = ? ORDER BY seq LIMIT 1", (QUEUED, device)
+                "SELECT id, timed FROM jobs WHERE status = ? AND device = ? ORDER BY seq LIMIT 1", (QUEUED, device)
             ).fetchone()
-            if row is None:
+            if row is None or (row[1] and running[0]):
                 return None
-            c.execute("UPDATE jobs SET status = ?, started = ? WHERE id = ?", (RUNNING, time.time(), row[0]))
+            c.execute(
+                "UPDATE jobs SET status = ?, started = ?, worker = ? WHERE id = ?",
+                (RUNNING, time.time(), worker, row[0]),
+            )
             return _row_to_job(c.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (row[0],)).fetchone())
+
+    def running(self) -> list[Job]:
+        rows = self._read(f"SELECT {_COLUMNS} FROM jobs WHERE status = ? ORDER BY seq", (RUNNING,))
+        return [_row_to_job(r) for r in rows]
+
+    def load(self) -> dict[str, int]:
+        """Queued and running jobs per device: where new work should go."""
+        rows = self._read("SELECT device, COUNT(*) FROM jobs WHERE status IN (?, ?) GROUP BY device", (QUEUED, RUNNING))
+        return dict(rows)
 
     def update_progress(self, job_id: str, fraction: float, label: str) -> None:
         """Only a running job's progress moves: a late callback must not touch a finished row."""
@@ -300,23 +359,39 @@ class JobStore:
         )
 
     def finish(self, job_id: str, result: dict) -> None:
+        """A running job's result (a job that was cancelled or failed meanwhile keeps that state)."""
         if not isinstance(result, dict):
             raise StoreError(f"a job result must be a dict, not {type(result).__name__}")
         text = _dumps(result)
+        self._end(job_id, "status = ?, progress = 1.0, result = ?, error = NULL", (DONE, text))
+
+    def fail(self, job_id: str, error: str, status: str = FAILED) -> bool:
+        """End a queued or running job with the reason; False when it had already ended."""
+        return self._end(job_id, "status = ?, error = ?", (status, str(error)))
+
+    def requeue(self, job_id: str) -> None:
+        """Put a running job back at its place in the queue (its worker was stopped for another job's sake)."""
+        self._write(
+            "UPDATE jobs SET status = ?, started = NULL, worker = NULL, progress = 0, progress_label = '' "
+            "WHERE id = ? AND status = ?",
+            (QUEUED, job_id, RUNNING),
+        )
+
+    def cancel(self, job_id: str, owner: str | None = None) -> Job:
+        """Cancel a queued job (a running one is stopped by whoever runs its worker, then failed)."""
+        job = self.get(job_id, owner)
+        if job.status == QUEUED:
+            self.fail(job_id, "cancelled by its owner before it started", CANCELLED)
+        return self.get(job_id)
+
+    def _end(self, job_id: str, assignments: str, params: tuple) -> bool:
         n = self._write(
-            "UPDATE jobs SET status = ?, progress = 1.0, result = ?, error = NULL, finished = ? WHERE id = ?",
-            (DONE, text, time.time(), job_id),
+            f"UPDATE jobs SET {assignments}, finished = ? WHERE id = ? AND status IN (?, ?)",
+            (*params, time.time(), job_id, QUEUED, RUNNING),
         )
         if not n:
-            raise StoreError(f"no job {job_id}")
-
-    def fail(self, job_id: str, error: str) -> None:
-        n = self._write(
-            "UPDATE jobs SET status = ?, error = ?, finished = ? WHERE id = ?",
-            (FAILED, str(error), time.time(), job_id),
-        )
-        if not n:
-            raise StoreError(f"no job {job_id}")
+            self.get(job_id)  # "no job" when it does not exist at all
+        return bool(n)
 
 
-__all__ = ["CPU", "DONE", "FAILED", "QUEUED", "RUNNING", "Job", "JobStore", "StoreError"]
+__all__ = ["CANCELLED", "CPU", "DONE", "FAILED", "FINISHED", "QUEUED", "RUNNING", "Job", "JobStore", "StoreError"]

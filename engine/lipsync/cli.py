@@ -10,16 +10,21 @@ from engine.lipsync.config import LipSyncConfig
 
 
 def _lipsync(args: argparse.Namespace) -> int:
+    from engine.core.device import resolve_device
     from engine.core.progress import ProgressBar
+    from engine.core.settings import get_settings
+    from engine.jobs.measure import describe, measured
     from engine.lipsync.pipeline import run_lipsync
 
     config = from_args(LipSyncConfig, args)
-    with ProgressBar(args.quiet) as bar:
+    device = str(resolve_device(args.device or get_settings().device).device)  # the one the pipeline resolves
+    with ProgressBar(args.quiet) as bar, measured(device) as window:
         result = run_lipsync(config, args.out, progress=bar, device=args.device)
+    result.measurement = window.figures()
     m = result.metrics
     return print_run(args, result, f"{result.outputs['video']}: {m['frames']} frames at {m['fps']:g} fps by "
                      f"{m['engine_label']} on {result.device} ({result.precision}), batch {m['batch_size']}, "
-                     f"{m['faces_missed']} without a face")  # fmt: skip
+                     f"{m['faces_missed']} without a face\n{describe(result.measurement)}")  # fmt: skip
 
 
 COMMANDS = [

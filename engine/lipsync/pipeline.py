@@ -257,7 +257,6 @@ def run_lipsync(
         frames_per_second=count / wall if wall > 0 else None,
         detector=detector.name if detector else "fixed box",
     )
-    result.record_peaks(device)
     progress(1.0, "done")
     return result
 

@@ -11,6 +11,10 @@ Decisions worth knowing:
   tensors; parity and accuracy use the first batch size only.
 - The CPU session is the parity reference. When the user did not ask for CPU it runs once, untimed, at
   the first batch size, and its session is marked `reference_only` (no CPU rows, so no speed-up).
+- Outputs are budgeted like inputs (Limits.max_output_bytes): each session keeps its outputs at the first batch
+  size for parity beside one run's at the batch being measured, and that total is refused at submit when the
+  shapes tell it is over; sizes only running can tell are checked after the first run (see _OutputBudget). Parity
+  and accuracy walk the outputs in chunks, never converting a whole output to float64.
 - An out-of-memory row is recorded, and the larger batch sizes of that provider are skipped rather
   than retried smaller: the user asked for those batch sizes, a silently smaller one would mislead.
 - The device-resident (IOBinding) figure is measured only when a GPU provider really runs; on the
@@ -24,8 +28,8 @@ import math
 import os
 import time
 import zipfile
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +37,22 @@ import numpy as np
 
 from engine.onnx.config import EvalConfig, EvalError
 from engine.onnx.images import ImageInputError, ImageOptions, images_to_tensor, pick_image_input
-from engine.onnx.model import Limits, ModelInfo, TensorSpec, check_input_budget, default_symbols
+from engine.onnx.model import (
+    Limits,
+    ModelInfo,
+    TensorSpec,
+    check_input_budget,
+    default_symbols,
+    format_bytes,
+    output_bytes,
+    tensor_bytes,
+)
 from engine.runtimes.ort_session import GPU_KEYS, PROVIDERS, OrtOptions, OrtSession, SessionError
 from engine.system.gpu_memory import gpu_memory, nvml_source
 
 _SYNTHETIC_INT_HIGH = 100
 _REL_FLOOR = 1e-6
+_COMPARE_CHUNK = 1 << 20  # elements compared at a time: each float64 temporary of a chunk is 8 MiB
 
 Progress = Callable[[float, str], Any]
 
@@ -255,45 +269,100 @@ def latency_stats(times_ms: list[float], batch: int) -> dict[str, Any]:
     }
 
 
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
-    if na == 0 or nb == 0:
-        return 1.0 if na == nb else 0.0
-    return float(np.dot(a, b) / (na * nb))
+def _chunks(a: np.ndarray, b: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Two same-shaped arrays walked together in C order, `_COMPARE_CHUNK` elements at a time: views where an array
+    is contiguous, a chunk-sized copy where not; never a whole copy of either."""
+    flat_a = a.reshape(-1) if a.flags.c_contiguous else a.flat
+    flat_b = b.reshape(-1) if b.flags.c_contiguous else b.flat
+    for start in range(0, a.size, _COMPARE_CHUNK):
+        yield flat_a[start : start + _COMPARE_CHUNK], flat_b[start : start + _COMPARE_CHUNK]
 
 
-def _tolerance(ref: np.ndarray, other: np.ndarray, both_finite: np.ndarray, nonfinite_differ: bool) -> float:
-    """The smallest atol np.allclose accepts, computed in the dtype np.allclose itself compares in."""
-    if nonfinite_differ:
-        return math.inf
-    common = np.result_type(ref.dtype, other.dtype, 1.0)
+class _Sums:
+    """What the error metrics need of |b - a|, gathered chunk by chunk (float64): count, sum, sum of squares,
+    maximum (NaN propagates, as in numpy's max) and the cosine's dot products.
+
+    Counts and maxima are exact. A sum adds up its chunks' numpy sums, so it equals the whole-array sum up to float
+    rounding, and bit for bit when the arrays fit in one chunk (the same pairwise sum and dot on the same elements).
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.abs_sum = self.square_sum = self.max_abs = 0.0
+        self.dot = self.square_a = self.square_b = 0.0
+
+    def add(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Take in one chunk of each; returns its |b - a|."""
+        with np.errstate(invalid="ignore", over="ignore"):
+            diff = np.abs(b - a)
+            if diff.size:
+                self.count += diff.size
+                self.abs_sum += float(diff.sum())
+                self.square_sum += float(np.square(diff).sum())
+                self.max_abs = float(np.maximum(self.max_abs, diff.max()))
+                self.dot += float(np.dot(a, b))
+                self.square_a += float(np.dot(a, a))
+                self.square_b += float(np.dot(b, b))
+        return diff
+
+    def mean_abs(self) -> float:
+        return self.abs_sum / self.count if self.count else 0.0
+
+    def rms(self) -> float:
+        return math.sqrt(self.square_sum / self.count) if self.count else 0.0
+
+    def cosine(self) -> float:
+        """a·b / (|a| |b|); 1.0 when both are zero (or empty), 0.0 when only one is."""
+        norm_a, norm_b = math.sqrt(self.square_a), math.sqrt(self.square_b)
+        if norm_a == 0 or norm_b == 0:
+            return 1.0 if norm_a == norm_b else 0.0
+        with np.errstate(divide="ignore", invalid="ignore"):  # the norms' product can underflow to 0 or overflow
+            return float(np.float64(self.dot) / (norm_a * norm_b))
+
+
+def _tolerance(ref: np.ndarray, other: np.ndarray, both_finite: np.ndarray, common: np.dtype) -> float:
+    """The largest |other - ref| where both are finite, computed in `common`, the dtype np.allclose itself compares
+    in (inf when it overflows there); 0.0 where none are."""
     with np.errstate(invalid="ignore", over="ignore"):
-        diff = np.abs(other.astype(common).ravel()[both_finite] - ref.astype(common).ravel()[both_finite])
+        diff = np.abs(other.astype(common)[both_finite] - ref.astype(common)[both_finite])
     if diff.size == 0:
         return 0.0
     return float(diff.max()) if np.all(np.isfinite(diff)) else math.inf
 
 
 def _compare_one(ref: np.ndarray, other: np.ndarray) -> dict[str, Any]:
+    """The parity statistics of one output, walked in chunks so that no float64 copy of a whole output is made."""
     if ref.shape != other.shape:
         return {"shape_mismatch": True, "reference_shape": list(ref.shape), "shape": list(other.shape)}
     if ref.dtype.kind not in "fiub" or other.dtype.kind not in "fiub":
         return {"shape_mismatch": False, "exact_match": bool(np.array_equal(ref, other))}
-    r, o = ref.astype(np.float64).ravel(), other.astype(np.float64).ravel()
-    both = np.isfinite(r) & np.isfinite(o)
-    rest_r, rest_o = r[~both], o[~both]
-    nonfinite_differ = not np.all((np.isnan(rest_r) & np.isnan(rest_o)) | (rest_r == rest_o))
-    diff = np.abs(o[both] - r[both])
+    common = np.result_type(ref.dtype, other.dtype, 1.0)
+    sums, max_rel, tolerance, nonfinite_differ = _Sums(), 0.0, 0.0, False
+    nan, inf = {"reference": 0, "other": 0}, {"reference": 0, "other": 0}
+    for ref_part, other_part in _chunks(ref, other):
+        r, o = ref_part.astype(np.float64), other_part.astype(np.float64)
+        both = np.isfinite(r) & np.isfinite(o)
+        rest_r, rest_o = r[~both], o[~both]
+        for counts, test in ((nan, np.isnan), (inf, np.isinf)):
+            counts["reference"] += int(test(rest_r).sum())
+            counts["other"] += int(test(rest_o).sum())
+        nonfinite_differ = nonfinite_differ or not np.all((np.isnan(rest_r) & np.isnan(rest_o)) | (rest_r == rest_o))
+        finite_r = r[both]
+        diff = sums.add(finite_r, o[both])
+        if diff.size:
+            max_rel = max(max_rel, float((diff / np.maximum(np.abs(finite_r), _REL_FLOOR)).max()))
+        if not nonfinite_differ:  # otherwise the tolerance is inf whatever the values
+            tolerance = max(tolerance, _tolerance(ref_part, other_part, both, common))
     return {
         "shape_mismatch": False,
-        "max_abs": float(diff.max()) if diff.size else 0.0,
-        "max_rel": float((diff / np.maximum(np.abs(r[both]), _REL_FLOOR)).max()) if diff.size else 0.0,
-        "mean_abs": float(diff.mean()) if diff.size else 0.0,
-        "cosine": _cosine(r[both], o[both]),
-        "nan": {"reference": int(np.isnan(r).sum()), "other": int(np.isnan(o).sum())},
-        "inf": {"reference": int(np.isinf(r).sum()), "other": int(np.isinf(o).sum())},
-        "finite_compared": int(both.sum()),
-        "tolerance_to_pass": _tolerance(ref, other, both, bool(nonfinite_differ)),
+        "max_abs": sums.max_abs,
+        "max_rel": max_rel,
+        "mean_abs": sums.mean_abs(),
+        "cosine": sums.cosine(),
+        "nan": nan,
+        "inf": inf,
+        "finite_compared": sums.count,
+        "tolerance_to_pass": math.inf if nonfinite_differ else tolerance,
     }
 
 
@@ -310,7 +379,7 @@ def parity(reference: dict[str, np.ndarray], other: dict[str, np.ndarray]) -> di
 
 
 def accuracy(outputs: dict[str, np.ndarray], expected: dict[str, np.ndarray]) -> dict[str, dict]:
-    """Error of the model's outputs against the user's expected values (float64, flattened)."""
+    """Error of the model's outputs against the user's expected values (in float64, chunk by chunk)."""
     missing, extra = sorted(set(expected) - set(outputs)), sorted(set(outputs) - set(expected))
     if missing or extra:
         raise EvalError(f"expected outputs do not match the model's outputs: missing {missing}, extra {extra}")
@@ -320,14 +389,10 @@ def accuracy(outputs: dict[str, np.ndarray], expected: dict[str, np.ndarray]) ->
         if got.shape != want.shape:
             out[name] = {"error": f"shape mismatch: the model gave {list(got.shape)}, expected {list(want.shape)}"}
             continue
-        g, w = got.astype(np.float64).ravel(), want.astype(np.float64).ravel()
-        err = g - w
-        out[name] = {
-            "mae": float(np.abs(err).mean()) if err.size else 0.0,
-            "rmse": float(np.sqrt(np.mean(err**2))) if err.size else 0.0,
-            "max_error": float(np.abs(err).max()) if err.size else 0.0,
-            "cosine": _cosine(g, w),
-        }
+        sums = _Sums()
+        for got_part, want_part in _chunks(got, want):
+            sums.add(got_part.astype(np.float64), want_part.astype(np.float64))
+        out[name] = {"mae": sums.mean_abs(), "rmse": sums.rms(), "max_error": sums.max_abs, "cosine": sums.cosine()}
     return out
 
 
@@ -382,6 +447,84 @@ def _iobinding_latency(session: OrtSession, feeds: dict[str, np.ndarray], config
 # ---------------------------------------------------------------------------------------------- evaluate
 
 
+def _total(sizes: dict[str, int | None]) -> int:
+    return sum(size or 0 for size in sizes.values())
+
+
+@dataclass
+class _OutputBudget:
+    """The output bytes an evaluation holds at once, checked at submit and again before each batch size runs.
+
+    Every session keeps its outputs at the first batch size (the CPU's are the parity reference), and one run's
+    outputs at the batch size being measured are alive beside them: held(batch) = copies * outputs(first batch) +
+    outputs(batch), copies counting every session that runs, the CPU reference included.
+
+    An output's bytes come from its declared shape. Where the declaration leaves a dimension open, or is exceeded, a
+    measured size takes its place, scaled linearly with the batch size: first what shape inference found at the
+    inspected symbol values, then what the first real run returned. An output neither knows (a data-dependent
+    dimension) counts as 0 until then: that first run is the one the budget cannot bound up front, and the batch
+    sizes after it are checked against its real outputs.
+    """
+
+    limit: int
+    copies: int
+    first_batch: int
+    declared: dict[int, dict[str, int | None]]  # batch size -> output -> bytes of its declared shape (None: open)
+    batch_free: bool  # whether the request sets the batch size
+    other_symbols: str  # the other symbols' values, as "H=512, W=512"
+    measured: tuple[int, dict[str, int]] | None = None  # (batch size, output -> bytes) found by inference or a run
+    ran: bool = False  # whether `measured` comes from a real run
+
+    def estimate(self, batch: int) -> dict[str, int | None]:
+        """Each output's bytes in one run at this batch size; None where nothing tells yet."""
+        sizes = dict(self.declared[batch])
+        if self.measured is not None:
+            at, measured = self.measured
+            for name, size in measured.items():
+                declared = self.declared[at].get(name)
+                if declared is None or size > declared:
+                    sizes[name] = -(-size * batch // at)
+        return sizes
+
+    def held(self, batch: int) -> int:
+        return self.copies * _total(self.estimate(self.first_batch)) + _total(self.estimate(batch))
+
+    def observe(self, batch: int, outputs: dict[str, Any]) -> None:
+        """The first real run's output sizes replace every estimate made before it (sequences and maps are not
+        arrays, and stay unmeasured)."""
+        if not self.ran:
+            sizes = {name: a.nbytes for name, a in outputs.items() if isinstance(a, np.ndarray)}
+            self.measured, self.ran = (batch, sizes), True
+
+    def refusal(self, batch: int) -> str | None:
+        """Why this batch size must not run, or None when it fits."""
+        held = self.held(batch)
+        if held <= self.limit:
+            return None
+        run = self.estimate(batch)
+        largest = sorted(((size, name) for name, size in run.items() if size), reverse=True)
+        listed = ", ".join(f"{name!r} {format_bytes(size)}" for size, name in largest[:4])
+        more = f" and {len(largest) - 4} more" if len(largest) > 4 else ""
+        return (
+            f"outputs too large: at batch size {batch} the evaluation would hold {format_bytes(held)} of outputs, "
+            f"{format_bytes(held - self.limit)} over the limit of {format_bytes(self.limit)}. One run returns "
+            f"{format_bytes(_total(run))} ({listed}{more}), and each of the {self.copies} session(s) keeps its outputs "
+            f"at batch size {self.first_batch} ({format_bytes(_total(self.estimate(self.first_batch)))}) for parity; "
+            f"{self.advice(batch)}"
+        )
+
+    def advice(self, batch: int) -> str:
+        """What the request can change to make the outputs smaller."""
+        ways = ["smaller batch sizes"] if self.batch_free and max(batch, self.first_batch) > 1 else []
+        if self.other_symbols:
+            ways.append(f"smaller symbol values (now {self.other_symbols})")
+        if self.copies > 1:
+            ways.append("fewer providers")
+        if not ways:
+            return "no setting makes them smaller: the model cannot be evaluated here"
+        return "use " + " or ".join(ways)
+
+
 @dataclass
 class _Plan:
     """What evaluate decided before running anything."""
@@ -392,6 +535,7 @@ class _Plan:
     run_keys: list[str]  # providers in run order (CPU first)
     reference_only: bool
     warnings: list[str]
+    budget: _OutputBudget = field(init=False)
 
 
 def _batch_symbols(info: ModelInfo) -> list[str]:
@@ -433,7 +577,35 @@ def _plan(info: ModelInfo, config: EvalConfig, limits: Limits) -> _Plan:
         check_input_budget(info.inputs, _symbols_at(plan, batch), limits)
     plan.values = _symbols_at(plan, batches[0])
     plan.run_keys = ["cpu", *(p for p in config.providers if p != "cpu")]
+    plan.budget = _output_budget(info, plan, limits)
     return plan
+
+
+def _output_budget(info: ModelInfo, plan: _Plan, limits: Limits) -> _OutputBudget:
+    """The plan's output budget, refused at once when a batch size is over it; outputs whose size only running tells
+    are named in a warning."""
+    inspected = _inspected_batch(info, plan)
+    sizes_at = {*plan.batches, *([inspected] if inspected is not None else [])}
+    declared = {batch: output_bytes(info.outputs, _symbols_at(plan, batch)) for batch in sizes_at}
+    others = ", ".join(f"{k}={v}" for k, v in plan.values.items() if k not in plan.batch_symbols)
+    budget = _OutputBudget(
+        limits.max_output_bytes, len(plan.run_keys), plan.batches[0], declared, bool(plan.batch_symbols), others
+    )
+    if inspected is not None:
+        dtypes = {spec.name: spec.dtype for spec in info.outputs}
+        inferred = {name: tensor_bytes(dtypes[name], shape) for name, shape in info.output_shapes.items()}
+        budget.measured = (inspected, {name: size for name, size in inferred.items() if size is not None})
+    unknown = [name for name, size in budget.estimate(plan.batches[0]).items() if size is None]
+    if unknown:
+        plan.warnings.append(
+            f"the size of output(s) {', '.join(map(repr, unknown))} is only known by running (a data-dependent or "
+            "undeclared dimension): the first run is not bounded by the output limit, the batch sizes after it are "
+            "checked against what it returned"
+        )
+    refusal = budget.refusal(max(plan.batches, key=budget.held))
+    if refusal is not None:
+        raise EvalError(refusal)
+    return budget
 
 
 def _inputs_for(info: ModelInfo, config: EvalConfig, plan: _Plan, batch: int, user: dict[str, np.ndarray]):
@@ -609,14 +781,16 @@ class _Runner:
     def reference_run(self, session: OrtSession, key: str) -> None:
         self.tell(0.0, "cpu: reference outputs for parity")
         try:
-            self.outputs[key] = self.run_once(session, self.first_inputs)
+            self.outputs[key] = self.run_once(session, self.first_inputs, self.plan.batches[0])
         except Exception as exc:
             self.sessions[key]["error"] = f"{type(exc).__name__}: {exc}"
             self.warnings.append(f"the CPU reference run failed, so there is no parity: {exc}")
         self.done += 1
 
-    def run_once(self, session: OrtSession, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return dict(zip(session.output_names, session.run(feeds), strict=True))
+    def run_once(self, session: OrtSession, feeds: dict[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:
+        outputs = dict(zip(session.output_names, session.run(feeds), strict=True))
+        self.plan.budget.observe(batch, outputs)
+        return outputs
 
     def run_batches(self, session: OrtSession, key: str, meta: dict, before: dict) -> None:
         oom_at = None
@@ -624,6 +798,9 @@ class _Runner:
             row = _empty_row(key, batch, meta)
             if oom_at is not None and batch >= oom_at:
                 row["error"] = f"skipped: out of memory at batch {oom_at}"
+            elif (too_large := self.plan.budget.refusal(batch)) is not None:
+                row["error"] = f"skipped: {too_large}"
+                self.warnings.append(f"{key} at batch {batch} was skipped: {too_large}")
             else:
                 try:
                     self.measure(session, key, meta, row)
@@ -642,7 +819,7 @@ class _Runner:
         label = f"{key} batch {batch}"
         self.tell(0.0, f"{label}: first run")
         start = time.perf_counter_ns()
-        outputs = self.run_once(session, feeds)
+        outputs = self.run_once(session, feeds, batch)
         row["first_run_ms"] = (time.perf_counter_ns() - start) / 1e6
         if meta["got"][0] == PROVIDERS["trt"]:  # the TensorRT engine is built (or loaded from its cache) here
             row["trt_build_s"] = row["first_run_ms"] / 1000.0
@@ -677,7 +854,7 @@ class _Runner:
 def _finish_rows(rows: list[dict], info: ModelInfo, plan: _Plan) -> None:
     """Speed-up against the CPU row of the same batch, and achieved GFLOP/s where the FLOPs apply."""
     cpu = {r["batch"]: r for r in rows if r["provider"] == "cpu" and r["latency"]}
-    scale_base = _flops_batch_base(info, plan)
+    scale_base = _inspected_batch(info, plan) if info.flops else None
     for row in rows:
         if not row["latency"]:
             continue
@@ -691,15 +868,14 @@ def _finish_rows(rows: list[dict], info: ModelInfo, plan: _Plan) -> None:
             row["achieved_gflops"] = info.flops * scale / (p50 / 1000.0) / 1e9  # type: ignore[operator]
 
 
-def _flops_batch_base(info: ModelInfo, plan: _Plan) -> int | None:
-    """The batch the FLOPs were counted at; None when they do not scale to this run (other symbols differ)."""
-    if not info.flops:
-        return None
+def _inspected_batch(info: ModelInfo, plan: _Plan) -> int | None:
+    """The batch size the inspection's figures (FLOPs, output shapes) were found at; None when they do not describe
+    this run (other symbols differ, or the batch symbols were inspected at different values)."""
     others_same = all(info.symbols.get(k) == v for k, v in plan.values.items() if k not in plan.batch_symbols)
     bases = {info.symbols.get(s) for s in plan.batch_symbols}
     if not others_same or len(bases) > 1 or None in bases:
         return None
-    return next(iter(bases)) if bases else 1
+    return next(iter(bases)) if bases else plan.batches[0]
 
 
 def _accuracy_report(runner: _Runner, expected: dict[str, np.ndarray] | None, labels: list[int] | None) -> dict:

@@ -71,6 +71,10 @@ class Limits:
     max_members: int = 2000
     max_ratio: float = 200.0  # a zip member's uncompressed/compressed ratio above this is a bomb
     max_input_elements: int = 256 * 2**20  # all inputs of one run together, after symbolic dims are filled
+    # Output bytes an evaluation holds at once (each provider's outputs at the first batch size, kept for parity,
+    # plus one run's at the largest): 1 GiB, what the input limit is in float32, so a job's data stays within a
+    # few GiB of host memory next to the other jobs; a talking-head model's frames are a few MiB per sample.
+    max_output_bytes: int = 2**30
 
 
 @dataclass
@@ -107,6 +111,8 @@ class ModelInfo:
     symbols: dict[str, int]
     external_data: list[str]
     warnings: list[str] = field(default_factory=list)
+    # Each output's shape at `symbols` as shape inference found it; missing where only running can tell.
+    output_shapes: dict[str, list[int]] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -115,7 +121,8 @@ class ModelInfo:
 # ---------------------------------------------------------------------------------------------- helpers
 
 
-def _fmt_bytes(n: int) -> str:
+def format_bytes(n: int) -> str:
+    """Bytes for a message: 1.5 GiB, 12.0 MiB, 300 bytes."""
     for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if n >= size:
             return f"{n / size:.1f} {unit}"
@@ -142,7 +149,7 @@ def _regular_file_size(path: Path, what: str) -> int:
 
 
 def _exact_bytes(n: int) -> str:
-    return f"{_fmt_bytes(n)} ({n:,} bytes)" if n >= 1024 else f"{n} bytes"
+    return f"{format_bytes(n)} ({n:,} bytes)" if n >= 1024 else f"{n} bytes"
 
 
 def _check_size(name: str, size: int, limits: Limits) -> None:
@@ -206,7 +213,7 @@ def _copy_limited(src: Path, dst: Path, limit: int) -> None:
         while chunk := fin.read(_CHUNK):
             written += len(chunk)
             if written > limit:
-                raise ModelError(f"{src.name} grew beyond the limit of {_fmt_bytes(limit)} while being copied")
+                raise ModelError(f"{src.name} grew beyond the limit of {format_bytes(limit)} while being copied")
             fout.write(chunk)
 
 
@@ -263,8 +270,8 @@ def _plan_zip(infos: list[zipfile.ZipInfo], limits: Limits) -> tuple[list[tuple[
     declared = sum(i.file_size for i in infos)
     if declared > limits.max_unpacked_bytes:
         raise ModelError(
-            f"the zip declares {_fmt_bytes(declared)} ({declared:,} bytes) unpacked, over the limit of "
-            f"{_fmt_bytes(limits.max_unpacked_bytes)}"
+            f"the zip declares {format_bytes(declared)} ({declared:,} bytes) unpacked, over the limit of "
+            f"{format_bytes(limits.max_unpacked_bytes)}"
         )
     seen: set[str] = set()
     plan: list[tuple[zipfile.ZipInfo, list[str]]] = []
@@ -338,7 +345,7 @@ def _extract_members(
                 if written > info.file_size:
                     raise ModelError(f"zip member {info.filename!r} inflates beyond its declared size")
                 if total > limits.max_unpacked_bytes:
-                    raise ModelError(f"the zip unpacks to more than {_fmt_bytes(limits.max_unpacked_bytes)}")
+                    raise ModelError(f"the zip unpacks to more than {format_bytes(limits.max_unpacked_bytes)}")
                 fout.write(chunk)
 
 
@@ -525,8 +532,8 @@ def _validate_external_data(model: onnx.ModelProto, base: Path, limits: Limits) 
     total = sum(files.values())
     if total > limits.max_unpacked_bytes:
         raise ModelError(
-            f"the external data files hold {_fmt_bytes(total)}, "
-            f"over the limit of {_fmt_bytes(limits.max_unpacked_bytes)}"
+            f"the external data files hold {format_bytes(total)}, "
+            f"over the limit of {format_bytes(limits.max_unpacked_bytes)}"
         )
     return files
 
@@ -669,6 +676,39 @@ def check_input_budget(inputs: list[TensorSpec], symbols: dict[str, int], limits
             f"{limits.max_input_elements:,} ({advice})"
         )
     return total
+
+
+def _dtype_bits(dtype: str) -> int | None:
+    """Bits per element of a TensorSpec dtype: numpy's name, or ONNX's where numpy has none (bfloat16, float8 and
+    the sub-byte types, whose ONNX sizes are exact); None for strings and non-tensors, which have no fixed size."""
+    import numpy as np
+    from onnx import TensorProto
+
+    try:
+        return _DTYPE_BITS.get(TensorProto.DataType.Value(dtype.upper().replace("_", "")))
+    except ValueError:  # a numpy name: float32, float64, bool...
+        pass
+    try:
+        np_dtype = np.dtype(dtype)
+    except TypeError:
+        return None
+    return None if np_dtype.kind in "OUS" else np_dtype.itemsize * 8
+
+
+def tensor_bytes(dtype: str, shape: Iterable[int]) -> int | None:
+    """Bytes of a tensor of this dtype and shape (dtype size times elements); None for strings and non-tensors."""
+    bits = _dtype_bits(dtype)
+    return None if bits is None else (math.prod(shape) * bits + 7) // 8
+
+
+def output_bytes(outputs: list[TensorSpec], symbols: dict[str, int]) -> dict[str, int | None]:
+    """Each output's bytes in one run at `symbols`, from its declared shape; None where the declaration leaves a
+    dimension open (unnamed, or a symbol no input has) or the type has no fixed size (strings, sequences)."""
+    sizes: dict[str, int | None] = {}
+    for spec in outputs:
+        dims = [d if isinstance(d, int) else symbols.get(d) if isinstance(d, str) else None for d in spec.shape]
+        sizes[spec.name] = None if None in dims else tensor_bytes(spec.dtype, dims)  # type: ignore[arg-type]
+    return sizes
 
 
 # ---------------------------------------------------------------------------------------------- parameters
@@ -991,7 +1031,8 @@ def inspect_model(
     op_counts = _op_counts(model)
     _strip_large_tensors(model)
     _concrete_model(model, inputs, values)
-    flops, counted, not_counted = _estimate_flops(model, _inferred_shapes(model, warnings), warnings)
+    shapes = _inferred_shapes(model, warnings)
+    flops, counted, not_counted = _estimate_flops(model, shapes, warnings)
     warnings += _notes(model, opsets, inputs, values, symbols or {}, size_bytes, bytes_by_dtype, count_by_dtype)
     return ModelInfo(
         path=str(model_path),
@@ -1011,6 +1052,7 @@ def inspect_model(
         symbols=values,
         external_data=sorted(external),
         warnings=warnings,
+        output_shapes={spec.name: list(shapes[spec.name]) for spec in outputs if spec.name in shapes},
     )
 
 
@@ -1030,8 +1072,8 @@ def _notes(
     for dtype, label in ((_FLOAT16, "float16"), (_BFLOAT16, "bfloat16")):
         if bytes_by_dtype[dtype]:
             notes.append(
-                f"{label} weights: {count_by_dtype[dtype]} initializer(s), {_fmt_bytes(bytes_by_dtype[dtype])} "
-                f"of {_fmt_bytes(total)}"
+                f"{label} weights: {count_by_dtype[dtype]} initializer(s), {format_bytes(bytes_by_dtype[dtype])} "
+                f"of {format_bytes(total)}"
             )
     batch = _batch_symbols(inputs)
     if batch:
@@ -1049,7 +1091,7 @@ def _notes(
     if unused:
         notes.append(f"opset imports for domain(s) no node uses: {', '.join(unused)}")
     if size_bytes > _LARGE_MODEL_BYTES:
-        notes.append(f"large model: {_fmt_bytes(size_bytes)}; loading it takes at least as much memory")
+        notes.append(f"large model: {format_bytes(size_bytes)}; loading it takes at least as much memory")
     if len(model.training_info):
         notes.append("the model carries training_info, which inference ignores")
     if len(model.functions):

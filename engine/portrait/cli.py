@@ -12,18 +12,23 @@ from engine.portrait.config import PortraitConfig
 
 
 def _portrait(args: argparse.Namespace) -> int:
+    from engine.core.device import resolve_device
     from engine.core.progress import ProgressBar
+    from engine.core.settings import get_settings
+    from engine.jobs.measure import describe, measured
     from engine.portrait.pipeline import run_portrait
 
     config = from_args(PortraitConfig, args)
-    with ProgressBar(args.quiet) as bar:
+    device = str(resolve_device(args.device or get_settings().device).device)  # the one the pipeline resolves
+    with ProgressBar(args.quiet) as bar, measured(device) as window:
         result = run_portrait(config, args.out, progress=bar, device=args.device)
+    result.measurement = window.figures()
     m = result.metrics
     headline = (f"{result.outputs['video']}: {m['frames']} frames at {m['fps']:g} fps, {m['engine']} ({m['backend']}) "
                 f"on {result.device} ({result.precision})")  # fmt: skip
     if "template" in result.outputs:
         headline += f"\nmotion template: {result.outputs['template']}"
-    return print_run(args, result, headline)
+    return print_run(args, result, f"{headline}\n{describe(result.measurement)}")
 
 
 def _export(args: argparse.Namespace) -> int:

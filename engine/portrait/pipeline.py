@@ -389,7 +389,6 @@ def run_portrait(
         )
     _write(plan, config, out, result, progress)
     result.metrics.update(engine=engine, face_box=[round(float(v), 1) for v in box], **plan.metrics)
-    result.record_peaks(plan.device)
     progress(1.0, "done")
     return result
 

@@ -4,7 +4,8 @@ code that measures.
 
 How a caller drives a runtime (engine/bench/sweep.py does exactly this): construct it (RuntimeUnavailable when it
 cannot run this model here), `load()`, `set_inputs(...)`, a first `run()` and `sync()`, its own warm-up runs, then
-`timed_runs(n)`, `peak_bytes()`, `output()`, and always `close()`.
+`timed_runs(n)`, `output()`, and always `close()`. Memory and energy are measured around the runs by the
+caller (engine.jobs.measure), not by the runtime.
 
 What a runtime needs from a model and from the measured point is stated here as two small protocols, so that
 this room imports nothing from the rooms that use it.
@@ -105,10 +106,6 @@ class Runtime(ABC):
     @abstractmethod
     def output(self) -> np.ndarray:
         """The last run's output to compare, float64 on the host (see first_output)."""
-
-    def peak_bytes(self) -> int | None:
-        """The allocator's high-water mark on the device since the caller reset it, where the runtime knows it."""
-        return None
 
     @abstractmethod
     def close(self) -> None:

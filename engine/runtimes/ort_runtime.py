@@ -75,9 +75,6 @@ class OrtRuntime(Runtime):
             return np.asarray(self.binding.outputs()[0], dtype=np.float64)
         return first_output(self.last)
 
-    def peak_bytes(self) -> int | None:
-        return None  # ORT's arena has no public high-water mark; NVML's device figure stands in
-
     def close(self) -> None:
         if self.session is not None:
             self.session.close()

@@ -80,13 +80,6 @@ class EagerRuntime(Runtime):
     def output(self) -> np.ndarray:
         return first_output(self.last)
 
-    def peak_bytes(self) -> int | None:
-        if not self.on_cuda:
-            return None
-        import torch
-
-        return int(torch.cuda.max_memory_allocated(self.device))
-
     def close(self) -> None:
         self.module = self.fn = self.last = None
         self.inputs = ()

@@ -1,0 +1,260 @@
+"""The broker: every job that uses a device or is timed runs in a worker process, never in the web process.
+
+It places jobs on devices (the least-loaded GPU, or the CPU), keeps one worker process per device alive (see
+engine/jobs/worker.py), and enforces what a job may take: a time limit per kind and a memory cap per worker
+(either one stops the worker and fails the job with the reason), and cancellation. A worker that dies on its own
+(a segfault, the OOM killer, `os._exit`) fails only its job, with the reason, and is replaced. `stop()` lets
+running jobs finish within a grace period, then stops their workers and fails those jobs with the reason; queued
+jobs stay queued for the next start. The store (SQLite) is the only channel: workers claim, report progress and
+write results there, so nothing is lost when either side goes away.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import signal
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.core.errors import InputError
+from engine.jobs.store import CANCELLED, CPU, FAILED, RUNNING, Job, JobStore
+from engine.jobs.worker import WorkerSpec, serve
+
+log = logging.getLogger("avatarbench.broker")
+_SPAWN = multiprocessing.get_context("spawn")  # never fork: CUDA does not survive a fork
+
+
+@dataclass(frozen=True)
+class JobLimits:
+    """What a job may take. `time_s` maps a kind (or "default") to seconds; `memory_bytes` caps a worker's RSS."""
+
+    time_s: dict[str, float] = field(default_factory=lambda: {"default": 3600.0})
+    memory_bytes: int = 16 * 2**30
+
+    def time_limit(self, kind: str) -> float:
+        return self.time_s.get(kind, self.time_s.get("default", 3600.0))
+
+
+@dataclass
+class _Worker:
+    device: str
+    process: Any  # multiprocessing.Process
+    wake: Any  # multiprocessing.Event
+    stop: Any
+    verdict: tuple[str, str, str] | None = None  # (job id, reason, status) the broker stopped it for
+
+
+def _exit_reason(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        name = signal.Signals(-exitcode).name
+        causes = {
+            "SIGKILL": "killed (SIGKILL: the system ran out of memory, or something stopped it from outside)",
+            "SIGSEGV": "crashed (SIGSEGV: a segmentation fault in native code)",
+            "SIGABRT": "aborted (SIGABRT, usually a failed check in a native library)",
+        }
+        return f"its worker process was {causes.get(name, f'ended by {name}')}"
+    return f"its worker process exited unexpectedly (status {exitcode})"
+
+
+class Broker:
+    def __init__(
+        self,
+        store: JobStore,
+        kinds: dict[str, str],
+        workers: Mapping[str, int],
+        limits: JobLimits | None = None,
+        poll_s: float = 0.5,
+        monitor_s: float = 0.2,
+    ) -> None:
+        """`kinds`: job kind -> "module:function" of its handler; `workers`: device -> how many worker processes
+        ("cuda:0": 1, "cpu": 1)."""
+        self.store, self.kinds = store, dict(kinds)
+        self.workers = {device: max(1, int(n)) for device, n in workers.items()} or {CPU: 1}
+        self.devices = list(self.workers)
+        self.limits = limits or JobLimits()
+        self.poll_s, self.monitor_s = poll_s, monitor_s
+        self._workers: list[_Worker] = []
+        self._lock = threading.RLock()
+        self._stopping = threading.Event()
+        self._monitor: threading.Thread | None = None
+
+    # -- life cycle ------------------------------------------------------------------------------------------
+
+    def start(self) -> Broker:
+        for device, count in self.workers.items():
+            for _ in range(count):
+                self._spawn(device)
+        self._monitor = threading.Thread(target=self._watch, name="avatarbench-broker", daemon=True)
+        self._monitor.start()
+        return self
+
+    def _spawn(self, device: str) -> _Worker:
+        spec = WorkerSpec(
+            device=device, db_path=str(self.store.db_path), blobs_dir=str(self.store.blobs_dir), kinds=self.kinds,
+            max_running=self.workers[device], poll_s=self.poll_s,
+        )  # fmt: skip
+        wake, stop = _SPAWN.Event(), _SPAWN.Event()
+        process = _SPAWN.Process(target=serve, args=(spec, wake, stop), name=f"avatarbench-{device}", daemon=True)
+        process.start()
+        worker = _Worker(device, process, wake, stop)
+        with self._lock:
+            self._workers.append(worker)
+        log.info("started a worker for %s (pid %s)", device, process.pid)
+        return worker
+
+    def stop(self, grace_s: float = 10.0, reason: str = "the app was stopped") -> list[str]:
+        """Stop taking jobs; let running ones finish within `grace_s`, then stop their workers and fail those jobs
+        with `reason`. Returns the ids of the jobs failed that way. Queued jobs stay for the next start."""
+        self._stopping.set()
+        with self._lock:
+            workers = list(self._workers)
+        for w in workers:
+            w.stop.set()
+            w.wake.set()
+        deadline = time.monotonic() + grace_s
+        for w in workers:
+            w.process.join(max(0.0, deadline - time.monotonic()))
+        failed = []
+        for w in workers:
+            if w.process.is_alive():
+                job = self._job_of(w)
+                w.process.kill()
+                w.process.join(5)
+                if job is not None and self.store.fail(job.id, f"{reason} before this job finished"):
+                    failed.append(job.id)
+        if self._monitor is not None:
+            self._monitor.join(5)
+        return failed
+
+    def pids(self) -> list[int]:
+        with self._lock:
+            return [w.process.pid for w in self._workers if w.process.is_alive()]
+
+    # -- jobs ------------------------------------------------------------------------------------------------
+
+    def gpus(self) -> list[str]:
+        return [d for d in self.devices if d != CPU]
+
+    def place(self, wants_gpu: bool, preferred: str | None = None) -> str:
+        """Where a new job goes: the preferred device when there is a worker for it, else the least-loaded GPU
+        when the job wants one, else the CPU."""
+        if preferred in self.devices:
+            return preferred  # type: ignore[return-value]
+        gpus = self.gpus()
+        if not wants_gpu or not gpus:
+            return CPU
+        load = self.store.load()
+        return min(gpus, key=lambda d: (load.get(d, 0), self.devices.index(d)))
+
+    def submit(
+        self,
+        kind: str,
+        settings: dict,
+        device: str,
+        owner: str,
+        model_sha256: str | None = None,
+        timed: bool = False,
+    ) -> Job:
+        if self._stopping.is_set():
+            raise InputError("the app is shutting down and takes no new jobs")
+        if kind not in self.kinds:
+            raise InputError(f"no worker runs jobs of kind {kind!r}; kinds: {', '.join(self.kinds)}")
+        if device not in self.devices:
+            raise InputError(f"no worker for {device}; devices: {', '.join(self.devices)}")
+        job = self.store.submit(kind, settings, device, model_sha256, owner=owner, timed=timed)
+        self.wake(device)
+        return job
+
+    def wake(self, device: str | None = None) -> None:
+        with self._lock:
+            for w in self._workers:
+                if device is None or w.device == device:
+                    w.wake.set()
+
+    def cancel(self, job_id: str, owner: str | None) -> Job:
+        """Cancel a queued job, or stop a running one with its worker (which is replaced)."""
+        job = self.store.cancel(job_id, owner)
+        if job.status == RUNNING:
+            worker = self._worker_for(job)
+            if worker is not None:
+                self._stop_worker(worker, job.id, "cancelled by its owner while it ran", CANCELLED)
+            job = self._await_end(job.id)
+        return job
+
+    def _await_end(self, job_id: str, timeout_s: float = 10.0) -> Job:
+        deadline = time.monotonic() + timeout_s
+        job = self.store.get(job_id)
+        while job.status == RUNNING and time.monotonic() < deadline:
+            time.sleep(0.05)
+            job = self.store.get(job_id)
+        return job
+
+    # -- the watch -------------------------------------------------------------------------------------------
+
+    def _worker_for(self, job: Job) -> _Worker | None:
+        with self._lock:
+            return next((w for w in self._workers if w.process.pid == job.worker), None)
+
+    def _job_of(self, worker: _Worker) -> Job | None:
+        return next((j for j in self.store.running() if j.worker == worker.process.pid), None)
+
+    def _stop_worker(self, worker: _Worker, job_id: str, reason: str, status: str = FAILED) -> None:
+        """Kill a worker for a reason; the watch fails that job with it and starts a replacement."""
+        worker.verdict = (job_id, reason, status)
+        with contextlib.suppress(ProcessLookupError):
+            worker.process.kill()
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(self.monitor_s):
+            try:
+                self._check_once()
+            except Exception:  # the watch must outlive a locked database or a vanished process
+                log.exception("the broker's watch failed once")
+
+    def _check_once(self) -> None:
+        import psutil
+
+        with self._lock:
+            workers = list(self._workers)
+        for w in workers:
+            if not w.process.is_alive():
+                self._replace(w)
+        now = time.time()
+        for job in self.store.running():
+            worker = self._worker_for(job)
+            if worker is None or worker.verdict is not None:
+                continue
+            limit = self.limits.time_limit(job.kind)
+            if job.started is not None and now - job.started > limit:
+                reason = f"ran past its time limit of {limit:g} s (AVATARBENCH_JOB_TIME_LIMITS)"
+                self._stop_worker(worker, job.id, reason)
+                continue
+            try:
+                rss = psutil.Process(worker.process.pid).memory_info().rss
+            except psutil.Error:
+                continue
+            if rss > self.limits.memory_bytes:
+                cap = f"{self.limits.memory_bytes / 2**30:.3g} GB"
+                self._stop_worker(worker, job.id, f"used more than {cap} of memory (AVATARBENCH_JOB_MEMORY_GB)")
+
+    def _replace(self, worker: _Worker) -> None:
+        worker.process.join(1)
+        job = self._job_of(worker)
+        if job is not None and worker.verdict is not None and worker.verdict[0] != job.id:
+            self.store.requeue(job.id)  # stopped for the job before, which ended meanwhile: this one runs again
+        elif job is not None:
+            _, reason, status = worker.verdict or (job.id, _exit_reason(worker.process.exitcode), FAILED)
+            self.store.fail(job.id, reason, status)
+            log.warning("job %s (%s) ended: %s", job.id, job.kind, reason)
+        with self._lock:
+            self._workers.remove(worker)
+        if not self._stopping.is_set():
+            self._spawn(worker.device)
+
+
+__all__ = ["Broker", "JobLimits"]

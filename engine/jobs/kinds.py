@@ -1,0 +1,157 @@
+"""A capability's jobs as the front ends see them: submitted through the broker, read only by their owner.
+
+Each capability (ONNX eval, sweeps, lip-sync, portrait) subclasses JobKind with its submit-time checks and its
+summary fields; status, result, history, queue and cancel are the same for all, and every read names its owner
+(None: the operator, who sees everything). Another owner's job is "no job": ids reveal nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+from engine.core.options import Config
+from engine.core.settings import Settings
+from engine.jobs.broker import Broker
+from engine.jobs.store import CPU, QUEUED, Job, JobStore, StoreError
+
+
+def summary(job: Job) -> dict[str, Any]:
+    """What a status poll needs (the result itself only comes with result())."""
+    return {
+        "id": job.id,
+        "kind": job.kind,
+        "status": job.status,
+        "position": job.position,
+        "ahead": job.position - 1 if job.status == QUEUED and job.position else 0,  # jobs before this one
+        "progress": job.progress,
+        "progress_label": job.progress_label,
+        "device": job.device,
+        "error": job.error,
+        "created": job.created,
+        "started": job.started,
+        "finished": job.finished,
+    }
+
+
+class JobKind:
+    kind: ClassVar[str]
+
+    def __init__(self, broker: Broker, settings: Settings) -> None:
+        self.broker, self.store, self.settings = broker, broker.store, settings
+
+    def place(self, wants_gpu: bool) -> str:
+        """The device for a new job: the one AVATARBENCH_DEVICE names ("cpu", "cuda:N"), else the broker's choice."""
+        setting = self.settings.device
+        return self.broker.place(wants_gpu, setting if setting == CPU or setting.startswith("cuda:") else None)
+
+    def summary(self, job: Job) -> dict[str, Any]:
+        """The capability's own fields beside the common ones (override)."""
+        return summary(job)
+
+    def _get(self, job_id: str, owner: str | None) -> Job:
+        job = self.store.get(job_id, owner)
+        if job.kind != self.kind:
+            raise StoreError(f"job {job_id} is not a {self.kind} job")
+        return job
+
+    def status(self, job_id: str, owner: str | None) -> dict[str, Any]:
+        return self.summary(self._get(job_id, owner))
+
+    def result(self, job_id: str, owner: str | None) -> dict[str, Any]:
+        job = self._get(job_id, owner)
+        return {**self.summary(job), "report": job.result}
+
+    def history(self, owner: str | None, limit: int = 50) -> list[dict[str, Any]]:
+        return [self.summary(j) for j in self.store.history(limit, kind=self.kind, owner=owner)]
+
+    def queue(self, owner: str | None) -> list[dict[str, Any]]:
+        return [self.summary(j) for j in self.store.queue(owner) if j.kind == self.kind]
+
+    def cancel(self, job_id: str, owner: str | None) -> dict[str, Any]:
+        self._get(job_id, owner)
+        return self.summary(self.broker.cancel(job_id, owner))
+
+
+def queue_view(store: Any, owner: str | None) -> dict[str, Any]:
+    """Your queued and running jobs in full, everyone else's as counts."""
+    jobs = store.queue()
+    mine = [summary(j) for j in jobs if owner is None or j.owner == owner]
+    others = [j for j in jobs if owner is not None and j.owner != owner]
+    return {
+        "yours": mine,
+        "others_queued": sum(j.status == QUEUED for j in others),
+        "others_running": sum(j.status != QUEUED for j in others),
+    }
+
+
+class FileJobs(JobKind):
+    """A capability whose request is a config naming input files (lip-sync, portrait): the files are stored by
+    content with their names, the rest of the config as its text form."""
+
+    config: ClassVar[type[Config]]
+    files: ClassVar[tuple[str, ...]]
+
+    def submit(self, config: Config, owner: str) -> Job:
+        config = config.checked()
+        record = {
+            "options": {k: v for k, v in config.to_text().items() if k not in self.files},
+            "files": store_inputs(self.store, {name: getattr(config, name) for name in self.files}),
+            "process": self.process(config),
+        }
+        return self.broker.submit(self.kind, record, self.place(True), owner)
+
+    def process(self, config: Config) -> dict[str, Any]:
+        """Process-wide switches the job needs in its worker (see engine.jobs.worker.prepare_process)."""
+        return {}
+
+    def summary(self, job: Job) -> dict[str, Any]:
+        return {**super().summary(job), **{name: ref["name"] for name, ref in job.settings["files"].items()}}
+
+
+def run_file_job(
+    job: Job,
+    progress: Callable[[float, str], None],
+    context: Any,
+    config: type[Config],
+    run: Callable[..., Any],
+    after: Callable[[Any, dict[str, Path]], None] | None = None,
+) -> dict[str, Any]:
+    """A FileJobs job in its worker: the inputs staged under their names, `run(config, out, settings, progress,
+    device=...)` writing outputs/<kind>-<job id>.mp4, then `after(result, inputs)` while the inputs are still
+    there; the result as a dict."""
+    settings = context.settings
+    with staged_inputs(context.store, job.settings["files"], settings.cache_dir) as paths:
+        built = config.build({**job.settings["options"], **paths})
+        out = settings.outputs_dir / f"{job.kind}-{job.id}.mp4"
+        result = run(built, out, settings, progress, device=job.device)
+        if after is not None:
+            after(result, paths)
+        return result.to_dict()
+
+
+def store_inputs(store: JobStore, paths: Mapping[str, Path]) -> dict[str, dict[str, str]]:
+    """Upload files kept by content for the worker (and for a queued job that outlives a restart), with the names
+    they came with: decoders look at the extension."""
+    return {name: {"sha256": store.put_blob(path), "name": Path(path).name} for name, path in paths.items()}
+
+
+@contextlib.contextmanager
+def staged_inputs(store: JobStore, files: Mapping[str, Mapping[str, str]], work_dir: Path) -> Iterator[dict[str, Path]]:
+    """The stored inputs under their own names in a private folder (links to the blobs, removed afterwards)."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="job-", dir=work_dir) as folder:
+        staged = {}
+        for name, ref in files.items():
+            path = Path(folder) / name / Path(ref["name"]).name
+            path.parent.mkdir()
+            os.symlink(store.blob_path(ref["sha256"]), path)
+            staged[name] = path
+        yield staged
+
+
+__all__ = ["FileJobs", "JobKind", "queue_view", "run_file_job", "staged_inputs", "store_inputs", "summary"]

@@ -1,0 +1,140 @@
+"""A worker process: claims jobs for one device from the store and runs them, one at a time, measured.
+
+Workers are spawned (never forked: a fork after CUDA initialised is undefined), so a crash, an out-of-memory
+kill or a hang takes down only this process and its one job; the broker (engine/jobs/broker.py) notices, fails
+that job with the reason and starts a replacement. Everything process-wide (TF32, cudnn.benchmark, threads,
+ONNX Runtime's stderr capture) is set here, per job, where no other job can see it. What a handler loads stays
+loaded for the next job (the networks, ORT sessions and source features the rooms cache).
+
+Handlers are named "module:function" (a kind's code is imported here, never in the web process) and called as
+`handler(job, progress, context) -> dict`, the result stored as the job's result with the measurement of its
+window added under "measurement".
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import multiprocessing.synchronize
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.core.errors import AvatarbenchError
+from engine.core.settings import Settings, get_settings
+from engine.jobs.store import Job, JobStore
+
+log = logging.getLogger("avatarbench.worker")
+Progress = Callable[[float, str], None]
+PROGRESS_INTERVAL_S = 0.25  # at most about 4 progress writes a second per job
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What a worker needs to know, picklable for the spawn: its device, the store, and the kinds it runs."""
+
+    device: str  # "cuda:N" or "cpu"
+    db_path: str
+    blobs_dir: str
+    kinds: dict[str, str]  # kind -> "module:function"
+    max_running: int = 1  # workers on this device (a timed job still takes the device alone)
+    poll_s: float = 0.5  # the longest a wake-up can be missed by
+
+
+@dataclass
+class WorkerContext:
+    """What a handler may use besides its job: the store (blobs), the settings, this worker's device."""
+
+    store: JobStore
+    settings: Settings
+    device: str
+    cache: dict[str, Any] = field(default_factory=dict)  # handlers' own warm state, kept between jobs
+
+
+def resolve(target: str) -> Callable[..., dict]:
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+_default_threads: list[int] = []  # torch's own thread count, read once before any job changed it
+
+
+def prepare_process(request: dict[str, Any]) -> None:
+    """Process-wide switches for this job only, set before every job so that one job's never leak into the next:
+    TF32 and cudnn.benchmark (PyTorch), and the intra-op thread count."""
+    if "torch" not in sys.modules and not request:
+        return  # nothing to reset, and no reason to import torch for a job that does not use it
+    import torch
+
+    from engine.core.device import apply_backend_flags
+
+    if not _default_threads:
+        _default_threads.append(torch.get_num_threads())
+    apply_backend_flags(cudnn_benchmark=bool(request.get("cudnn_benchmark", True)), tf32=bool(request.get("tf32")))
+    torch.set_num_threads(int(request.get("threads") or _default_threads[0]))
+
+
+def run_job(job: Job, context: WorkerContext, kinds: dict[str, str]) -> None:
+    """Run one claimed job to its end in the store: done with its result and measurement, or failed with why."""
+    from engine.jobs.measure import measured
+
+    store, last = context.store, [0.0]
+
+    def progress(fraction: float, label: str) -> None:
+        now = time.monotonic()
+        if now - last[0] >= PROGRESS_INTERVAL_S or fraction >= 1.0:
+            last[0] = now
+            store.update_progress(job.id, fraction, label)
+
+    try:
+        if job.kind not in kinds:
+            raise AvatarbenchError(f"this worker runs no jobs of kind {job.kind!r}")
+        handler = resolve(kinds[job.kind])
+        prepare_process(job.settings.get("process") or {})
+        with measured(job.device) as window:
+            result = handler(job, progress, context)
+        result["measurement"] = window.figures()
+        store.finish(job.id, result)  # inside the try: a result that is not JSON fails the job too
+    except AvatarbenchError as exc:
+        log.info("job %s (%s) refused: %s", job.id, job.kind, exc)
+        store.fail(job.id, str(exc))
+    except Exception as exc:
+        log.exception("job %s (%s) failed", job.id, job.kind)
+        store.fail(job.id, f"internal error: {type(exc).__name__}: {exc}")
+    else:
+        log.info("job %s (%s) done", job.id, job.kind)
+
+
+def serve(spec: WorkerSpec, wake: multiprocessing.synchronize.Event, stop: multiprocessing.synchronize.Event) -> None:
+    """The worker process's main: claim, run, repeat until `stop` (or until the app that started it is gone). A
+    Ctrl-C or SIGTERM sent to the whole process group reaches workers too; the broker decides what happens to
+    running jobs (a grace period, then the reason), so workers ignore both."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    parent = os.getppid()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
+    store = JobStore(spec.db_path, spec.blobs_dir)
+    context = WorkerContext(store, get_settings(), spec.device)
+    if spec.device.startswith("cuda"):  # N workers on one card: 1/N of its memory each
+        import torch
+
+        from engine.core.device import set_memory_fraction
+
+        set_memory_fraction(context.settings.gpu_memory_fraction / spec.max_running, torch.device(spec.device))
+    pid = os.getpid()
+    log.info("worker for %s ready", spec.device)
+    while not stop.is_set() and os.getppid() == parent:  # an orphan (the app was killed) stops at once
+        wake.clear()  # before claiming: a wake-up that lands during the claim is still seen by the wait below
+        job = store.claim_next(spec.device, pid, spec.max_running)
+        if job is None:
+            wake.wait(spec.poll_s)
+            continue
+        run_job(job, context, spec.kinds)
+    store.close()
+
+
+__all__ = ["WorkerContext", "WorkerSpec", "prepare_process", "resolve", "run_job", "serve"]

@@ -1,0 +1,61 @@
+"""Job kinds for the broker's tests, run in real worker processes (importable there: pytest puts tests/ on
+sys.path, and a spawned worker inherits it)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Any
+
+KINDS = {
+    "watch": "job_kinds:watch",
+    "allocate": "job_kinds:allocate",
+    "die": "job_kinds:die",
+    "flags": "job_kinds:flags",
+}
+
+
+def watch(job: Any, progress: Any, context: Any) -> dict:
+    """Hold the device for a while, noting every other job that ran on it meanwhile (the measured window)."""
+    others: set[str] = set()
+    deadline = time.monotonic() + float(job.settings.get("seconds", 0.3))
+    while time.monotonic() < deadline:
+        others |= {j.id for j in context.store.running() if j.id != job.id and j.device == job.device}
+        progress(0.5, "watching")
+        time.sleep(0.01)
+    return {"overlapped": sorted(others), "pid": os.getpid()}
+
+
+def allocate(job: Any, progress: Any, context: Any) -> dict:
+    """Touch `megabytes` of memory (really resident), hold it for `hold_s`, free it."""
+    import numpy as np
+
+    block = np.ones(int(job.settings["megabytes"]) * 2**20 // 8)
+    time.sleep(float(job.settings.get("hold_s", 0.2)))
+    del block
+    return {"pid": os.getpid()}
+
+
+def die(job: Any, progress: Any, context: Any) -> dict:
+    """End the worker the way a crash or the OOM killer would, or hang until stopped."""
+    how = job.settings.get("how", "sigkill")
+    progress(0.1, "about to go")
+    if how == "sigkill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif how == "exit":
+        os._exit(3)
+    time.sleep(3600)  # "hang"
+    return {}
+
+
+def flags(job: Any, progress: Any, context: Any) -> dict:
+    """What the process-wide switches are while this job runs."""
+    import torch
+
+    return {
+        "tf32": torch.backends.cuda.matmul.fp32_precision == "tf32",
+        "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
+        "threads": torch.get_num_threads(),
+        "pid": os.getpid(),
+    }

@@ -1,0 +1,191 @@
+"""The broker and its worker processes: timed jobs have their device alone, a dead or runaway worker fails only
+its job (with the reason) and is replaced, per-job process flags and per-run peaks, cancel and shutdown."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+from job_kinds import KINDS
+
+from engine.jobs.broker import Broker, JobLimits
+from engine.jobs.store import CANCELLED, DONE, FAILED, FINISHED, QUEUED, Job, JobStore
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[JobStore]:
+    s = JobStore(tmp_path / "jobs.db", tmp_path / "blobs")
+    yield s
+    s.close()
+
+
+def _broker(store: JobStore, workers: dict[str, int] | None = None, **limits) -> Broker:
+    return Broker(store, KINDS, workers or {"cpu": 1}, JobLimits(**limits) if limits else None, poll_s=0.2).start()
+
+
+def _settle(store: JobStore, ids: list[str], timeout_s: float = 120) -> list[Job]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        jobs = [store.get(i) for i in ids]
+        if all(j.status in FINISHED for j in jobs):
+            return jobs
+        time.sleep(0.05)
+    raise AssertionError(f"not finished: {[(j.id, j.status) for j in jobs]}")
+
+
+def test_a_timed_job_has_its_device_alone(store: JobStore) -> None:
+    """Ten timed and untimed jobs submitted at once from four threads onto a device with two workers: every job
+    notes the others that ran during its window; timed ones see none (untimed ones do overlap, so the check bites)."""
+    broker = _broker(store, {"cpu": 2})
+    ids: list[str] = []
+    lock = threading.Lock()
+
+    def submit(batch: list[bool]) -> None:
+        for timed in batch:
+            job = broker.submit("watch", {"seconds": 0.4}, "cpu", "tester", timed=timed)
+            with lock:
+                ids.append(job.id)
+
+    plan = [[True, False, False], [False, True, False], [False, False], [True, False]]
+    threads = [threading.Thread(target=submit, args=(batch,)) for batch in plan]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        jobs = _settle(store, ids)
+    finally:
+        broker.stop(5)
+    assert all(j.status == DONE for j in jobs), [(j.status, j.error) for j in jobs]
+    timed = [j for j in jobs if j.timed]
+    assert len(timed) == 3 and all(j.result["overlapped"] == [] for j in timed)
+    assert any(j.result["overlapped"] for j in jobs if not j.timed)
+    for t in timed:  # and no window of another job contains the timed job's
+        assert all(t.id not in j.result["overlapped"] for j in jobs)
+
+
+@pytest.mark.parametrize(
+    ("how", "reason"), [("sigkill", "killed (SIGKILL"), ("exit", "exited unexpectedly (status 3)")]
+)
+def test_a_worker_that_dies_fails_only_its_job_and_is_replaced(store: JobStore, how: str, reason: str) -> None:
+    broker = _broker(store)
+    try:
+        dead = broker.submit("die", {"how": how}, "cpu", "tester")
+        after = broker.submit("watch", {"seconds": 0.05}, "cpu", "tester")
+        dead_job, after_job = _settle(store, [dead.id, after.id])
+    finally:
+        broker.stop(5)
+    assert dead_job.status == FAILED and reason in dead_job.error
+    assert after_job.status == DONE and after_job.result["pid"] != dead_job.worker  # a fresh worker ran it
+
+
+def test_past_the_time_limit_the_job_is_stopped_with_its_worker(store: JobStore) -> None:
+    broker = _broker(store, time_s={"default": 60, "die": 1})
+    try:
+        (job,) = _settle(store, [broker.submit("die", {"how": "hang"}, "cpu", "tester").id])
+        assert job.status == FAILED and "ran past its time limit of 1 s" in job.error
+        assert not psutil.pid_exists(job.worker) or psutil.Process(job.worker).status() == psutil.STATUS_ZOMBIE
+    finally:
+        broker.stop(5)
+
+
+def test_past_the_memory_cap_the_job_fails_and_this_process_is_untouched(store: JobStore) -> None:
+    here = psutil.Process()
+    before = here.memory_info().rss
+    broker = _broker(store, memory_bytes=600 * 2**20)
+    try:
+        big = broker.submit("allocate", {"megabytes": 2000, "hold_s": 5}, "cpu", "tester")
+        small = broker.submit("allocate", {"megabytes": 10}, "cpu", "tester")
+        big_job, small_job = _settle(store, [big.id, small.id])
+    finally:
+        broker.stop(5)
+    assert big_job.status == FAILED and "used more than 0.586 GB of memory" in big_job.error
+    assert small_job.status == DONE
+    assert here.memory_info().rss - before < 200 * 2**20  # the web side never held the allocation
+
+
+def test_peaks_are_per_run(store: JobStore) -> None:
+    """A 1 GB allocation in one job does not appear in the next job's peak (the same worker runs both)."""
+    broker = _broker(store)
+    try:
+        big = broker.submit("allocate", {"megabytes": 1024}, "cpu", "tester")
+        small = broker.submit("allocate", {"megabytes": 8}, "cpu", "tester")
+        big_job, small_job = _settle(store, [big.id, small.id])
+    finally:
+        broker.stop(5)
+    assert big_job.result["pid"] == small_job.result["pid"]
+    first, second = big_job.result["measurement"], small_job.result["measurement"]
+    assert first["peak_rss_bytes"] - second["peak_rss_bytes"] > 700 * 2**20
+
+
+def test_process_flags_are_each_jobs_own(store: JobStore) -> None:
+    broker = _broker(store)
+    requests = [{"tf32": True, "threads": 1}, {"tf32": False, "threads": 2}, {}, {"tf32": True, "threads": 2}]
+    try:
+        ids = [broker.submit("flags", {"process": r}, "cpu", "tester").id for r in requests]
+        jobs = _settle(store, ids)
+    finally:
+        broker.stop(5)
+    assert len({j.result["pid"] for j in jobs}) == 1  # one worker ran them all, in turn
+    default_threads = jobs[2].result["threads"]
+    for request, job in zip(requests, jobs, strict=True):
+        assert job.result["tf32"] == request.get("tf32", False)
+        assert job.result["cudnn_benchmark"] is True
+        assert job.result["threads"] == request.get("threads", default_threads)
+
+
+def test_cancel_a_queued_and_a_running_job(store: JobStore) -> None:
+    broker = _broker(store)
+    try:
+        running = broker.submit("die", {"how": "hang"}, "cpu", "alice")
+        queued = broker.submit("watch", {"seconds": 0.05}, "cpu", "alice")
+        deadline = time.monotonic() + 60
+        while store.get(running.id).status == QUEUED:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        with pytest.raises(Exception, match="no job"):
+            broker.cancel(running.id, "bob")  # someone else's job does not exist for them
+        assert broker.cancel(queued.id, "alice").status == CANCELLED
+        stopped = broker.cancel(running.id, "alice")
+        assert stopped.status == CANCELLED and "cancelled by its owner while it ran" in stopped.error
+        after = broker.submit("watch", {"seconds": 0.05}, "cpu", "alice")
+        assert _settle(store, [after.id])[0].status == DONE  # the replacement worker takes the next job
+    finally:
+        broker.stop(5)
+
+
+def test_stop_fails_the_running_job_keeps_the_queued_and_leaves_no_worker(store: JobStore) -> None:
+    broker = _broker(store)
+    running = broker.submit("die", {"how": "hang"}, "cpu", "tester")
+    queued = [broker.submit("watch", {"seconds": 0.05}, "cpu", "tester") for _ in range(3)]
+    deadline = time.monotonic() + 60
+    while store.get(running.id).status == QUEUED:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    pids = broker.pids()
+    started = time.monotonic()
+    failed = broker.stop(1.0, reason="the app was stopped (SIGTERM)")
+    assert time.monotonic() - started < 10
+    assert failed == [running.id]
+    assert "the app was stopped (SIGTERM) before this job finished" in store.get(running.id).error
+    assert [store.get(q.id).status for q in queued] == [QUEUED] * 3  # they run at the next start
+    assert pids and not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids)
+    with pytest.raises(Exception, match="shutting down"):
+        broker.submit("watch", {}, "cpu", "tester")
+
+
+def test_a_submission_wakes_its_worker_at_once(store: JobStore) -> None:
+    """Workers poll the store every poll_s; a submission wakes its device's workers without that wait."""
+    broker = Broker(store, KINDS, {"cpu": 1}, poll_s=60).start()
+    try:
+        _settle(store, [broker.submit("watch", {"seconds": 0.01}, "cpu", "tester").id])  # the worker is up
+        job = broker.submit("watch", {"seconds": 0.01}, "cpu", "tester")
+        assert _settle(store, [job.id], timeout_s=20)[0].status == DONE  # long before the 60 s poll
+    finally:
+        broker.stop(5)

@@ -1,0 +1,313 @@
+"""engine.jobs.measure: per-run peaks, nesting over one allocator counter, wall time beside overlapping stages,
+energy from NVML's counter or integrated power, telemetry thinning. NVML and the allocator are faked on the CPU;
+the CUDA allocator's folding is checked for real where a GPU is present."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from itertools import pairwise
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+
+import engine.jobs.measure as measure
+from engine.core.results import RunResult
+from engine.jobs.measure import INTEGRATED_POWER, MAX_TELEMETRY_ROWS, NVML_COUNTER, describe, measured, thin
+
+ROOT = Path(__file__).resolve().parent.parent
+GIB = 2**30
+MIB = 2**20
+
+
+def _wait_until(condition: Callable[[], bool], timeout_s: float = 20.0) -> bool:
+    """Poll until the sampler thread has seen something (a deadline, not a timing assertion)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
+class NotSupported(Exception):
+    """As pynvml's NVMLError_NotSupported: the forgiving layer turns it into None."""
+
+
+class FakeNvml:
+    """The NVML calls the window makes, as pynvml names them; None for a figure makes its call unsupported."""
+
+    def __init__(self, used: int = 2 * GIB, milliwatts: int | None = 200_000, energy_mj: list[int] | None = None):
+        self.used, self.milliwatts, self.energy_mj = used, milliwatts, list(energy_mj or [])
+
+    def nvmlDeviceGetUtilizationRates(self, handle: Any) -> Any:
+        return SimpleNamespace(gpu=75, memory=10)
+
+    def nvmlDeviceGetMemoryInfo(self, handle: Any) -> Any:
+        return SimpleNamespace(used=self.used, total=80 * GIB)
+
+    def nvmlDeviceGetPowerUsage(self, handle: Any) -> int:
+        if self.milliwatts is None:
+            raise NotSupported
+        return self.milliwatts
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, handle: Any) -> int:
+        if not self.energy_mj:
+            raise NotSupported
+        return self.energy_mj.pop(0)
+
+
+class FakeDevice:
+    """What engine.system.telemetry's NVML device offers: the bindings and a `get` that never raises."""
+
+    def __init__(self, nvml: FakeNvml) -> None:
+        self.nvml = nvml
+
+    def get(self, fn: Callable[..., Any] | None, *args: Any) -> Any:
+        try:
+            return None if fn is None else fn(None, *args)
+        except NotSupported:
+            return None
+
+
+class FakeAllocator:
+    """One resettable peak counter, as PyTorch's CUDA caching allocator keeps per device."""
+
+    def __init__(self) -> None:
+        self.current = self.high = 0
+
+    def in_use(self) -> bool:
+        return True
+
+    def allocate(self, size: int) -> None:
+        self.current += size
+        self.high = max(self.high, self.current)
+
+    def free(self, size: int) -> None:
+        self.current -= size
+
+    def allocated(self) -> int:
+        return self.current
+
+    def peak(self) -> int:
+        return self.high
+
+    def reset_peak(self) -> None:
+        self.high = self.current
+
+    def synchronize(self) -> None:
+        pass
+
+
+def _churn(allocator: FakeAllocator, size: int) -> None:
+    allocator.allocate(size)
+    allocator.free(size)
+
+
+def test_a_1_gb_allocation_in_one_job_does_not_appear_in_the_next_jobs_peak() -> None:
+    with measured("cpu", interval_s=0.01) as first:
+        before = first.figures()["peak_rss_bytes"]  # the reading taken when the window opened
+        block = np.ones(GIB, np.uint8)  # every page written: the resident set really grows
+        assert _wait_until(lambda: first.figures()["peak_rss_bytes"] >= before + 0.9 * GIB)
+        del block
+    with measured("cpu", interval_s=0.01) as second:
+        at_start = second.figures()["peak_rss_bytes"]
+        little = np.ones(MIB, np.uint8)
+        del little
+    big, small = first.figures(), second.figures()
+    assert big["peak_rss_bytes"] >= before + 0.9 * GIB
+    assert small["peak_rss_bytes"] < big["peak_rss_bytes"] - 0.5 * GIB
+    assert small["peak_rss_bytes"] < at_start + 0.1 * GIB
+    json.dumps(big)  # JSON-ready
+
+
+def test_nested_windows_share_the_allocator_counter_without_losing_the_outer_peak() -> None:
+    allocator = FakeAllocator()
+    allocator.allocate(100)  # resident before the job: networks kept warm from an earlier one
+    with measured("cpu", allocator=allocator) as job:
+        _churn(allocator, 500)  # the job's own work before its points
+        with measured("cpu", allocator=allocator) as point1:
+            _churn(allocator, 300)
+        with measured("cpu", allocator=allocator) as point2:
+            _churn(allocator, 800)
+        with measured("cpu", allocator=allocator) as point3:
+            _churn(allocator, 50)
+        assert job.figures()["peak_allocated_bytes"] == 900  # read while open, too
+        _churn(allocator, 1500)
+    with measured("cpu", allocator=allocator) as next_job:
+        pass
+    peaks = [w.figures()["peak_allocated_bytes"] for w in (point1, point2, point3, job, next_job)]
+    assert peaks == [400, 900, 150, 1600, 100]
+
+
+def test_a_failing_window_still_hands_its_peak_back_and_closes() -> None:
+    allocator = FakeAllocator()
+    with measured("cpu", allocator=allocator) as job:
+        with pytest.raises(ValueError), measured("cpu", allocator=allocator):
+            _churn(allocator, 700)
+            raise ValueError("the point failed")
+        _churn(allocator, 10)
+    assert job.figures()["peak_allocated_bytes"] == 700
+    assert measure._open_windows == []
+
+
+def test_wall_time_is_measured_beside_overlapping_stages_not_summed_from_them() -> None:
+    result = RunResult()
+    both_inside = threading.Barrier(2)
+
+    def stage(name: str) -> None:
+        with result.stage(name):
+            both_inside.wait()
+            time.sleep(0.3)
+
+    with measured("cpu") as window:
+        threads = [threading.Thread(target=stage, args=(name,)) for name in ("decode-detect", "encode")]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    result.measurement = window.figures()
+    stage_seconds = [s.seconds for s in result.stages]
+    assert max(stage_seconds) <= result.measurement["wall_s"] < sum(stage_seconds)
+    assert RunResult.from_dict(json.loads(result.to_json())).measurement == result.measurement
+
+
+def test_the_device_memory_peak_is_sampled_during_the_run_not_read_after_it() -> None:
+    nvml = FakeNvml(used=1 * GIB)
+    with measured("cpu", interval_s=0.01, nvml_device=FakeDevice(nvml)) as window:
+        nvml.used = 5 * GIB
+        assert _wait_until(lambda: window.figures()["peak_device_used_bytes"] == 5 * GIB)
+        nvml.used = 1 * GIB  # torn down before the window closes
+    figures = window.figures()
+    assert figures["peak_device_used_bytes"] == 5 * GIB
+    assert figures["telemetry"][-1][2] == 1 * GIB and figures["telemetry"][-1][1] == 75.0
+
+
+def test_energy_comes_from_the_nvml_counter_where_the_card_has_one() -> None:
+    nvml = FakeNvml(energy_mj=[1_000_000, 1_005_000])  # read when the window opens and when it closes
+    with measured("cpu", nvml_device=FakeDevice(nvml)) as window:
+        pass
+    figures = window.figures()
+    assert figures["energy_source"] == NVML_COUNTER and figures["energy_j"] == pytest.approx(5.0)
+
+
+@pytest.mark.parametrize("counter", [[], [7_000, 7_000]], ids=["no counter", "counter did not move"])
+def test_energy_otherwise_integrates_the_power_samples(counter: list[int]) -> None:
+    with measured("cpu", interval_s=0.01, nvml_device=FakeDevice(FakeNvml(energy_mj=counter))) as window:
+        time.sleep(0.1)
+    figures = window.figures()
+    rows = figures["telemetry"]
+    assert figures["energy_source"] == INTEGRATED_POWER
+    # 200 W constant from the first reading to the last (their times are rounded to the millisecond)
+    assert figures["energy_j"] == pytest.approx(200.0 * (rows[-1][0] - rows[0][0]), abs=0.4)
+    assert rows[0][3] == 200.0
+
+
+def test_no_energy_figure_without_a_counter_or_power_readings() -> None:
+    with measured("cpu", nvml_device=FakeDevice(FakeNvml(milliwatts=None))) as window:
+        pass
+    figures = window.figures()
+    assert (figures["energy_j"], figures["energy_source"]) == (None, None)
+    assert figures["peak_device_used_bytes"] == 2 * GIB
+
+
+def test_thinning_keeps_the_first_and_last_rows_evenly_spaced() -> None:
+    rows = [[float(i)] for i in range(1000)]
+    kept = thin(rows)
+    assert len(kept) == MAX_TELEMETRY_ROWS and kept[0] == rows[0] and kept[-1] == rows[-1]
+    assert all(a[0] < b[0] for a, b in pairwise(kept))
+    assert thin(rows[:10]) == rows[:10]
+
+
+def test_a_long_window_keeps_bounded_rows_ending_with_the_closing_reading(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(measure, "KEPT_ROWS", 16)  # halve the held rows early, as an hour-long job would
+    with measured("cpu", interval_s=0.001) as window:
+        assert _wait_until(lambda: window.figures()["samples"] >= 100)
+    figures = window.figures()
+    rows = figures["telemetry"]
+    assert len(rows) <= 17 < figures["samples"]
+    assert rows[0][4] is None  # the opening reading has no interval to measure CPU use over
+    assert all(a[0] <= b[0] for a, b in pairwise(rows))
+    assert rows[-1][0] >= round(figures["wall_s"], 3) - 0.001  # taken as the window closed
+
+
+def test_telemetry_is_thinned_to_the_cap() -> None:
+    with measured("cpu", interval_s=0.001) as window:
+        assert _wait_until(lambda: window.figures()["samples"] >= 2 * MAX_TELEMETRY_ROWS)
+    figures = window.figures()
+    assert len(figures["telemetry"]) == MAX_TELEMETRY_ROWS
+    assert len(figures["telemetry"][0]) == len(figures["telemetry_columns"])
+
+
+def _run_python(code: str) -> None:
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+
+
+def test_windows_import_no_torch_and_leave_cuda_alone_until_the_run_uses_it() -> None:
+    _run_python(
+        "import sys\nfrom engine.jobs.measure import measured\n"
+        "for device in ('cpu', 'cuda:0'):\n"
+        "    with measured(device) as window:\n        pass\n"
+        "    assert window.figures()['peak_allocated_bytes'] is None\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "import torch\n"
+        "with measured('cuda:0') as window:\n    torch.ones(4)\n"
+        "assert window.figures()['peak_allocated_bytes'] is None and not torch.cuda.is_initialized()\n"
+    )
+
+
+def test_the_figures_read_as_one_line() -> None:
+    figures = {
+        "wall_s": 69.8, "peak_rss_bytes": 3 * GIB, "peak_allocated_bytes": GIB, "peak_device_used_bytes": 2 * GIB,
+        "energy_j": 12_000.0, "energy_source": NVML_COUNTER,
+    }  # fmt: skip
+    assert describe(figures) == (
+        "wall 69.80 s, peak RSS 3.00 GiB, peak allocated 1.00 GiB, peak device used 2.00 GiB, "
+        "energy 12000.0 J (NVML counter)"
+    )
+
+
+@pytest.mark.gpu
+def test_the_cuda_allocator_peak_is_per_window_and_folded_into_the_enclosing_one() -> None:
+    import torch
+
+    torch.cuda.init()
+    resident = torch.cuda.memory_allocated(0)
+    with measured("cuda:0") as job:
+        big = torch.ones(512 * MIB, dtype=torch.uint8, device="cuda:0")
+        del big
+        with measured("cuda:0") as point:
+            small = torch.ones(64 * MIB, dtype=torch.uint8, device="cuda:0")
+            del small
+        with measured("cuda:0") as idle:
+            pass
+    with measured("cuda:0") as next_job:
+        pass
+    job_peak = job.figures()["peak_allocated_bytes"]
+    assert job_peak >= resident + 512 * MIB
+    assert resident + 64 * MIB <= point.figures()["peak_allocated_bytes"] < resident + 128 * MIB
+    assert idle.figures()["peak_allocated_bytes"] < resident + MIB
+    assert next_job.figures()["peak_allocated_bytes"] < resident + MIB
+    used = job.figures()["peak_device_used_bytes"]
+    assert used is None or used >= 512 * MIB  # the caching allocator keeps the block reserved: NVML sees it
+
+
+@pytest.mark.gpu
+def test_a_window_opened_before_torch_was_imported_still_gets_the_allocator_peak() -> None:
+    """A worker's first job: its window opens before the job's code imports torch and initialises CUDA."""
+    _run_python(
+        "from engine.jobs.measure import measured\n"
+        "with measured('cuda:0') as window:\n"
+        "    import torch\n"
+        "    block = torch.ones(256 * 2**20, dtype=torch.uint8, device='cuda:0')\n"
+        "    del block\n"
+        "assert window.figures()['peak_allocated_bytes'] >= 256 * 2**20, window.figures()\n"
+    )

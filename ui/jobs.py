@@ -1,0 +1,192 @@
+"""Jobs as the web app shows them: whose they are, following one to its end, and the API every kind shares.
+
+Every job belongs to whoever submitted it: the login where the app has one (`--auth`), else the browser session
+(a `gradio_client.Client` is one session). Every read and change names that owner, through every route, the raw
+`fn_index` events included; another owner's job is "no job". Operators (`--operator NAME`, a login) see all.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+
+from engine.core.errors import AvatarbenchError
+from engine.core.options import Config
+from engine.jobs.kinds import JobKind, queue_view
+from engine.jobs.store import DONE, FINISHED, JobStore
+from ui.forms import Run, api_endpoint, reported
+
+LOCAL = "local"  # the owner of calls that come with no request (tests, scripts calling handlers directly)
+
+
+@dataclass(frozen=True)
+class Access:
+    operators: frozenset[str] = frozenset()
+
+    def owner(self, request: gr.Request | None) -> str:
+        """Who a new job belongs to."""
+        if request is None:
+            return LOCAL
+        if request.username:
+            return f"user:{request.username}"
+        return f"session:{request.session_hash}"
+
+    def reader(self, request: gr.Request | None) -> str | None:
+        """Whose jobs a request may read: its own, or everyone's (None) for an operator."""
+        if request is not None and request.username and request.username in self.operators:
+            return None
+        return self.owner(request)
+
+
+def follow(
+    jobs: JobKind, job_id: str, owner: str | None, progress: Callable[[float, str], None], poll_s: float = 0.2
+) -> dict[str, Any]:
+    """Wait for a job, reporting its queue place and progress; its result when done, else its reason raised."""
+    while True:
+        status = jobs.status(job_id, owner)
+        if status["status"] in FINISHED:
+            break
+        if status["status"] == "queued":
+            ahead = status["ahead"]
+            progress(0.0, f"queued on {status['device']}: {ahead} job(s) ahead" if ahead else "starting")
+        else:
+            progress(status["progress"], status["progress_label"] or "running")
+        time.sleep(poll_s)
+    if status["status"] != DONE:
+        raise AvatarbenchError(f"job {job_id} {status['status']}: {status['error']}")
+    return jobs.result(job_id, owner)["report"]
+
+
+def register_job_api(store: JobStore, kinds: Mapping[str, JobKind], access: Access) -> None:
+    """/job_status, /job_result, /job_cancel and /job_queue for every kind, owner-checked."""
+
+    def kind_of(job_id: str, request: gr.Request | None) -> JobKind:
+        return kinds[store.get(job_id, access.reader(request)).kind]
+
+    def job_status(job_id: str, request: gr.Request) -> dict:
+        """State of one of your jobs: queued (with the jobs ahead), running (progress), done, failed, cancelled."""
+        with reported("the job status"):
+            return kind_of(job_id, request).status(job_id, access.reader(request))
+
+    def job_result(job_id: str, request: gr.Request) -> dict:
+        """One of your jobs with its full result once done (for lip-sync and portrait: outputs, stages, figures)."""
+        with reported("the job result"):
+            return kind_of(job_id, request).result(job_id, access.reader(request))
+
+    def job_cancel(job_id: str, request: gr.Request) -> dict:
+        """Cancel one of your jobs: a queued one never starts; a running one is stopped with its worker."""
+        with reported("the cancel"):
+            return kind_of(job_id, request).cancel(job_id, access.reader(request))
+
+    def job_queue(request: gr.Request) -> dict:
+        """Your queued and running jobs, and how many of other people's are queued and running."""
+        return queue_view(store, access.reader(request))
+
+    gr.api(job_status, api_name="job_status", queue=False)
+    gr.api(job_result, api_name="job_result", queue=False)
+    gr.api(job_cancel, api_name="job_cancel", queue=False)
+    gr.api(job_queue, api_name="job_queue", queue=False)
+
+
+def job_endpoints(
+    cls: type[Config],
+    jobs: JobKind,
+    access: Access,
+    render: Callable[[dict[str, Any]], tuple[Any, ...]],
+    outputs: list[Any],
+    name: str,
+    about: str,
+) -> Run:
+    """`/name` (submit, wait, the outputs: the tab's own button does the same) and `/name_submit` (queue, return
+    the job's status and id for /job_status and /job_result). Returns the waiting handler for the tab's button."""
+
+    def run(values: dict[str, Any], progress: Callable[[float, str], None], request: gr.Request | None) -> Any:
+        job = jobs.submit(cls.build(values), access.owner(request))
+        return render(follow(jobs, job.id, access.reader(request), progress))
+
+    def submit(values: dict[str, Any], progress: Callable[[float, str], None], request: gr.Request | None) -> dict:
+        job = jobs.submit(cls.build(values), access.owner(request))
+        return {**jobs.status(job.id, access.reader(request)), "job_id": job.id}
+
+    waiting = {"concurrency_id": name, "concurrency_limit": 16}  # handlers only wait: the workers do the work
+    api_endpoint(cls, run, outputs, name, f"{about} Waits for the result (/{name}_submit queues it instead).",
+                 **waiting)  # fmt: skip
+    with gr.Column(visible=False):
+        submitted = gr.JSON()
+    api_endpoint(cls, submit, submitted, f"{name}_submit", f"Queue it: {about} Returns the job id and its status.")
+    return run
+
+
+def wire_cancel(button: gr.Button, jobs: JobKind, access: Access, job_id: Any) -> None:
+    """A tab's Cancel button for the job it shows (`job_id`: the tab's gr.State)."""
+
+    def cancel(job: str | None, request: gr.Request) -> None:
+        if not job:
+            raise gr.Error("No job to cancel yet.")
+        with reported("the cancel"):
+            state = jobs.cancel(job, access.reader(request))
+        gr.Info(f"job {job} is {state['status']}")
+
+    button.click(cancel, job_id, None, api_visibility="private")
+
+
+HISTORY_HEADERS = ["job", "status", "inputs", "device", "submitted", "error"]
+
+
+def run_panel(
+    jobs: JobKind,
+    access: Access,
+    render: Callable[[dict[str, Any]], tuple[Any, ...]],
+    outputs: list[Any],
+    cancel: gr.Button,
+) -> None:
+    """Wires a tab's Cancel button (your queued or running jobs of this kind) and lists your earlier runs here, any
+    of which reopens into the tab's `outputs` through `render(result)`."""
+    from ui.widgets import job_ids, when
+
+    with gr.Accordion("Your earlier runs", open=False):
+        with gr.Row():
+            refresh = gr.Button("Refresh", size="sm")
+            chosen = gr.Textbox(label="Job id", scale=3)
+            open_button = gr.Button("Open", size="sm")
+        table = gr.Dataframe(headers=HISTORY_HEADERS, interactive=False, wrap=True)
+
+    def cancel_mine(request: gr.Request) -> None:
+        reader = access.reader(request)
+        stopped = [jobs.cancel(s["id"], reader)["id"] for s in jobs.queue(reader)]
+        gr.Info(f"cancelled {', '.join(stopped)}" if stopped else "nothing of yours is queued or running")
+
+    def rows(request: gr.Request) -> list[list[Any]]:
+        inputs = [name for name in getattr(jobs, "files", ())]
+        return [
+            [h["id"], h["status"], ", ".join(str(h.get(n, "")) for n in inputs), h["device"], when(h["created"]),
+             (h["error"] or "")[:160]]
+            for h in jobs.history(access.reader(request), 100)
+        ]  # fmt: skip
+
+    def reopen(text: str, request: gr.Request) -> tuple[Any, ...]:
+        with reported("reopening a run"):
+            job = jobs.result(job_ids(text)[0], access.reader(request))
+            if job["report"] is None:
+                raise AvatarbenchError(f"job {job['id']} is {job['status']}: it has no result to show")
+            return render(job["report"])
+
+    cancel.click(cancel_mine, None, None, queue=False, api_visibility="private")
+    refresh.click(rows, None, table, queue=False, api_visibility="private")
+    open_button.click(reopen, chosen, outputs, api_visibility="private")
+
+
+__all__ = [
+    "HISTORY_HEADERS",
+    "LOCAL",
+    "Access",
+    "follow",
+    "job_endpoints",
+    "register_job_api",
+    "run_panel",
+    "wire_cancel",
+]
