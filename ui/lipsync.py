@@ -19,7 +19,7 @@ from engine.lipsync.config import LipSyncConfig
 from engine.lipsync.jobs import LipSyncJobs
 from ui.forms import choices, default, form_handler
 from ui.jobs import Access, job_endpoints, run_panel
-from ui.widgets import ASSETS, number, slider, timing_figure
+from ui.widgets import ASSETS, measurement_line, number, slider, timing_figure
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +30,9 @@ def summary_markdown(result: RunResult) -> str:
         f"**{m['engine_label']}** on `{result.device}` ({result.device_name}, {result.precision}) · "
         f"{m['frames']} frames at {m['fps']:g} fps · batch {m['batch_size']} · encoder `{m['encoder']}` · "
         f"detector `{m['detector']}` · {m['faces_missed']} frame(s) without a face · "
-        f"{m['pipeline_seconds']:.2f}s wall ({m['frames_per_second']:.1f} frames/s; stages overlap)",
+        f"{m['pipeline_seconds']:.2f}s in the pipeline ({m['frames_per_second']:.1f} frames/s)",
     ]
+    lines += measurement_line(result)
     lines += [f"- ⚠️ {w}" for w in result.warnings]
     return "\n".join(lines)
 

@@ -15,7 +15,7 @@ from engine.portrait.config import PortraitConfig
 from engine.portrait.jobs import PortraitJobs
 from ui.forms import choices, default, form_handler
 from ui.jobs import Access, job_endpoints, run_panel
-from ui.widgets import ASSETS, number, slider, timing_figure
+from ui.widgets import ASSETS, measurement_line, number, slider, timing_figure
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,7 @@ def summary_markdown(result: RunResult) -> str:
         f"{label} · {m['backend']} on `{result.device}` ({result.device_name}, {result.precision}){where} · "
         f"{m['frames']} frames at {m['fps']:g} fps · {m['frames_per_second']:.1f} frames/s · encoder `{m['encoder']}`"
     ]
+    lines += measurement_line(result)
     lines += [f"- ⚠️ {w}" for w in result.warnings]
     return "\n".join(lines)
 

@@ -19,6 +19,15 @@ from ui.forms import default, field
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
 
+def measurement_line(result: RunResult) -> list[str]:
+    """The run's measured window (wall time, peaks, energy) as a summary line, when the job was measured."""
+    if not result.measurement:
+        return []
+    from engine.jobs.measure import describe
+
+    return [f"- measured: {describe(result.measurement)} (stages overlap: their times do not add up to the wall)"]
+
+
 def number(cls: type[Config], name: str, label: str) -> gr.Number:
     """A number box at the field's default (empty where the field accepts None). No bounds here: the config checks
     the range, with the same words as the CLI and the API."""
