@@ -9,6 +9,7 @@ Gradio and ui/ are imported only when serving, so that `avatarbench telemetry` a
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import signal
@@ -16,6 +17,7 @@ import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from engine.cli import main as run_command
@@ -84,6 +86,7 @@ def start_jobs(settings: Settings) -> Services:
     then queued ones (including those submitted before a restart) run."""
     from engine.bench.jobs import BenchJobs
     from engine.jobs.broker import Broker, JobLimits
+    from engine.jobs.housekeeping import Budget, enforce_budget, sweep_orphans
     from engine.jobs.store import JobStore
     from engine.lipsync.jobs import LipSyncJobs
     from engine.onnx.jobs import OnnxEvalJobs
@@ -91,8 +94,11 @@ def start_jobs(settings: Settings) -> Services:
 
     store = JobStore(settings.db_path, settings.data_dir / "blobs")
     store.recover()
+    sweep_orphans(settings.cache_dir, store.blobs_dir)  # before any worker starts: nothing of ours uses them
+    keep_within_budget = functools.partial(enforce_budget, store, settings.outputs_dir, Budget.from_settings(settings))
+    keep_within_budget()
     limits = JobLimits(dict(settings.job_time_limits), int(settings.job_memory_gb * 2**30))
-    broker = Broker(store, JOB_KINDS, worker_devices(settings), limits).start()
+    broker = Broker(store, JOB_KINDS, worker_devices(settings), limits, chores=keep_within_budget).start()
     return Services(broker, *(kind(broker, settings) for kind in (LipSyncJobs, PortraitJobs, OnnxEvalJobs, BenchJobs)))
 
 
@@ -101,6 +107,7 @@ def build_app(
 ) -> gr.Blocks:
     import gradio as gr
 
+    from engine.jobs.housekeeping import gradio_cache_policy
     from ui.bench import build_bench_tab
     from ui.jobs import register_job_api
     from ui.lipsync import build_lipsync_tab
@@ -111,7 +118,8 @@ def build_app(
 
     doctor = DoctorCache(settings)
     doctor.warm_up()
-    with gr.Blocks(title="avatarbench", analytics_enabled=False) as demo:
+    # Gradio deletes its uploads and served copies on this schedule: a job's inputs are in the job store already.
+    with gr.Blocks(title="avatarbench", analytics_enabled=False, delete_cache=gradio_cache_policy(settings)) as demo:
         gr.Markdown(device_banner(choice), elem_id="device-banner")
         timer = build_telemetry_panel(demo, sampler)
         with gr.Tabs():
@@ -166,7 +174,11 @@ def serve_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default: settings)")
     parser.add_argument("--auth", action="append", metavar="USER:PASS", help="require a login (repeat for more users)")
     parser.add_argument(
-        "--operator", action="append", metavar="USER", help="a login that sees and manages every user's jobs"
+        "--operator",
+        action="append",
+        metavar="USER",
+        help="a login that sees and manages every user's jobs and may name server paths and Hub downloads; "
+        "'*': every visitor (a personal machine)",
     )
 
 
@@ -184,13 +196,7 @@ def _logins(specs: list[str] | None) -> list[tuple[str, str]] | None:
 
 def serve(args: argparse.Namespace) -> int:
     """Start the app and serve until SIGTERM or Ctrl-C (bad flags or settings are one line and exit 2)."""
-    import gradio as gr
-
-    from engine.core.device import resolve_device
-    from engine.system.telemetry import get_sampler
-    from ui.jobs import Access
-    from ui.style import CSS
-    from ui.widgets import ASSETS
+    from engine.jobs.housekeeping import sweep_uploads
 
     auth = _logins(args.auth)
     if args.device is not None:
@@ -202,6 +208,19 @@ def serve(args: argparse.Namespace) -> int:
         settings.ensure_dirs()
     except OSError as exc:
         raise InputError(f"cannot create the data folder {settings.data_dir}: {exc}") from None
+    # Gradio's uploads under our cache (read by Gradio when it is imported), where a start-up sweep also finds
+    # what a killed process left: Gradio's own cleanup only knows the files of its current run.
+    os.environ.setdefault("GRADIO_TEMP_DIR", str(settings.cache_dir / "gradio"))
+    sweep_uploads(Path(os.environ["GRADIO_TEMP_DIR"]), settings.upload_cache_hours * 3600)
+
+    import gradio as gr
+
+    from engine.core.device import resolve_device
+    from engine.system.telemetry import get_sampler
+    from ui.jobs import Access
+    from ui.style import CSS
+    from ui.widgets import ASSETS
+
     choice = resolve_device(settings.device)
     log.info("device: %s (%s)", choice.device, choice.reason)
     sampler = get_sampler(settings.telemetry_interval_s, settings.telemetry_history_s)

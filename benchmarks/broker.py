@@ -7,7 +7,7 @@ Measured in one run, on this machine:
   `run_lipsync` call in this process, interleaved (A B A B) after one warm-up of each, medians and spreads;
 - throughput: 50 small jobs submitted at once, jobs per second through one CPU worker.
 
-Usage: python benchmarks/broker.py [--rounds 7] [--jobs 50] [--label TEXT] [--out PATH]
+Usage: python benchmarks/broker.py [--rounds 7] [--jobs 50] [--label TEXT] [--note TEXT] [--out PATH]
 """
 
 from __future__ import annotations
@@ -20,12 +20,13 @@ import statistics
 import sys
 import tempfile
 import time
-from datetime import date
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from benchmarks.recording import add_context_flags, header, result_path, write_result  # noqa: E402
 
 TARGET_ADDED_MS = 50.0
 KINDS = {"stamp": "broker:stamp", "lipsync": "engine.lipsync.jobs:handle"}
@@ -97,8 +98,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--jobs", type=int, default=50)
-    parser.add_argument("--label", default="", help="context written into the result (e.g. what else ran)")
-    parser.add_argument("--out", default=None, help="JSON path (default: benchmarks/results/broker-...)")
+    parser.add_argument("--out", type=Path, default=None, help="JSON path (default: benchmarks/results/broker-...)")
+    add_context_flags(parser)
     args = parser.parse_args()
 
     from engine.core.settings import load_settings
@@ -122,15 +123,12 @@ def main() -> int:
         }
     finally:
         broker.stop(10)
+    rows["latency"]["target_added_ms"] = TARGET_ADDED_MS
     rows["latency"]["within_target"] = rows["latency"]["added_ms_median"] <= TARGET_ADDED_MS
     print(json.dumps(rows, indent=2))
-    results = Path(__file__).resolve().parent / "results"
-    out = Path(args.out) if args.out else results / f"broker-cpu-only-{date.today()}.json"
     machine = {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count()}
-    command = "python benchmarks/broker.py " + " ".join(sys.argv[1:])
-    record = {"date": str(date.today()), "command": command, "label": args.label, "machine": machine, **rows}
-    out.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {out}")
+    record = {**header("broker", args), "machine": machine, **rows}
+    write_result(record, args.out or result_path("broker", None))  # one CPU worker: where it ran is the CPU
     return 0 if rows["latency"]["within_target"] else 1
 
 

@@ -8,15 +8,18 @@ there tiled to length):
   upstream with --upstream PATH (a Rudrabha/Wav2Lip checkout): its inference.py on the same inputs
            with --box (its detector skipped), against our pipeline with the same fixed box, in the
            same run; prints upstream time / ours.
+  targets  speed targets as ratios of two network rows measured side by side in this run (fp16 over
+           fp32 at the same batch, where both ran), each with its floor: printed, written, and the exit
+           status is 1 when one is missed (tests make no timing assertions).
 Weights are random-initialised in the official checkpoint format: speed does not depend on
 trained values. Usage:
   python benchmarks/lipsync.py [--device auto] [--quick] [--compile] [--upstream PATH] [--out DIR]
+                               [--label TEXT] [--note TEXT]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -24,7 +27,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import date
 from pathlib import Path
 
 import cv2
@@ -34,6 +36,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.recording import RESULTS, add_context_flags, header, result_path, write_result  # noqa: E402
 from engine.core.audio import SAMPLE_RATE, load_audio  # noqa: E402
 from engine.core.device import apply_backend_flags, capabilities, resolve_device  # noqa: E402
 from engine.core.media import VideoWriter  # noqa: E402
@@ -47,6 +50,14 @@ from engine.models.wav2lip import load_wav2lip, random_wav2lip_checkpoint  # noq
 
 FACE = ROOT / "assets" / "face.jpg"
 SPEECH = ROOT / "assets" / "speech.wav"
+
+# (name, the faster row, the slower row, the floor of faster/slower): rows are (precision, variant) of the network
+# sweep at TARGET_BATCH. fp16 tensor cores must beat fp32 at the same batch, in eager mode and with channels_last.
+TARGET_BATCH = 128
+TARGETS = (
+    ("fp16 eager over fp32 eager", ("fp16", "eager"), ("fp32", "eager"), 1.0),
+    ("fp16 channels_last over fp32 eager", ("fp16", "eager+channels_last"), ("fp32", "eager"), 1.0),
+)
 
 # Run by the upstream checkout's own Python files: librosa >= 0.10 takes mel's arguments by keyword
 # only, which upstream's audio.py passes positionally; nothing else is changed.
@@ -194,6 +205,19 @@ def _time_forward(net, mel, face, device: torch.device, runs: int) -> float:
     return statistics.median(times)
 
 
+def speed_targets(network: list[dict], batch: int = TARGET_BATCH) -> list[dict]:
+    """Each target's ratio where both of its rows ran at `batch` (the CPU sweeps fp32 only: no targets there)."""
+    speeds = {(r["precision"], r["variant"]): r.get("samples_per_s") for r in network if r["batch"] == batch}
+    rows = []
+    for name, faster, slower, floor in TARGETS:
+        if not speeds.get(faster) or not speeds.get(slower):
+            continue
+        ratio = speeds[faster] / speeds[slower]
+        rows.append({"name": name, "batch": batch, "ratio": ratio, "floor": floor, "met": ratio > floor})
+        print(f"target {name} at batch {batch}: {ratio:.2f}x (floor {floor:g}x) {'met' if ratio > floor else 'MISSED'}")
+    return rows
+
+
 def run_upstream(upstream: Path, checkpoint: Path, face: Path, speech: Path, box: tuple, work: Path) -> dict:
     """Upstream's inference.py in a subprocess (cwd with the temp/ folder it writes to)."""
     (work / "temp").mkdir(parents=True, exist_ok=True)
@@ -226,13 +250,14 @@ def run_upstream(upstream: Path, checkpoint: Path, face: Path, speech: Path, box
     return {"wall_s": wall, "muxed_with_ffmpeg": (work / "upstream.mp4").exists()}
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto")
     parser.add_argument("--quick", action="store_true", help="short inputs (3 s video, 8 s image), small sweep")
     parser.add_argument("--compile", action="store_true", help="add torch.compile to the network sweep (CUDA)")
     parser.add_argument("--upstream", type=Path, help="a Rudrabha/Wav2Lip checkout to time beside ours")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="the folder the JSON goes to")
+    add_context_flags(parser)
     args = parser.parse_args()
 
     device = resolve_device(args.device).device
@@ -260,6 +285,7 @@ def main() -> None:
     if args.quick:
         batches = [b for b in batches if b in (16, 128, 512)]
     network = network_sweep(checkpoint, device, batches, precisions, args.compile)
+    targets = speed_targets(network)
 
     upstream = None
     if args.upstream:
@@ -280,9 +306,7 @@ def main() -> None:
             )
 
     report = {
-        "benchmark": "lipsync",
-        "date": date.today().isoformat(),
-        "command": " ".join(["python", *sys.argv]),
+        **header("lipsync", args),
         "machine": {
             "device": str(device),
             "name": caps.name,
@@ -294,14 +318,13 @@ def main() -> None:
         "inputs": {"video": f"1280x720 25 fps, {video_s:g} s", "image": f"512x512, {image_s:g} s of speech"},
         "end_to_end": rows,
         "network": network,
+        "targets": targets,
         "upstream": upstream,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    tag = caps.name.lower().replace(" ", "-") if cuda else "cpu"
-    path = args.out / f"lipsync-{tag}-{report['date']}{'-quick' if args.quick else ''}.json"
-    path.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    print(f"wrote {path}")
+    suffix = "-quick" if args.quick else ""
+    write_result(report, result_path("lipsync", caps.name if cuda else None, suffix, folder=args.out))
+    return 0 if all(t["met"] for t in targets) else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -12,27 +12,26 @@ Both use the same intra-op thread count (default 1): on a small shared machine, 
 placement varies from session to session by far more than 3%, which would drown what is measured.
 
 Usage: python benchmarks/onnx_overhead.py [--models wav2lip,matmul] [--providers cpu] [--runs 50]
-       [--rounds 5] [--batch 1] [--threads 1]
-Writes benchmarks/results/onnx_overhead-<gpu or cpu>-<date>.json and prints a table.
+       [--rounds 5] [--batch 1] [--threads 1] [--label TEXT] [--note TEXT] [--out PATH]
+Writes benchmarks/results/onnx_overhead-<gpu or cpu-only>-<date>.json and prints a table.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
 import sys
 import tempfile
 import time
-from datetime import date
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.recording import add_context_flags, header, result_path, write_result
 from engine.onnx.config import EvalConfig
 from engine.onnx.evaluate import evaluate, synthetic_inputs
 from engine.onnx.examples import example_path
@@ -140,7 +139,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1, help="ORT intra-op threads for both (0: ORT default)")
-    parser.add_argument("--out", default=None, help="JSON path (default: benchmarks/results/...)")
+    parser.add_argument("--out", type=Path, default=None, help="JSON path (default: benchmarks/results/...)")
+    add_context_flags(parser)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="onnx-overhead-"))
     rows = []
@@ -156,14 +156,8 @@ def main() -> int:
                 flush=True,
             )
     env = machine()
-    tag = (env["gpus"][0].replace(" ", "-") if env["gpus"] else "cpu-only").lower()
-    results = Path(__file__).resolve().parent / "results"
-    out = Path(args.out) if args.out else results / f"onnx_overhead-{tag}-{date.today()}.json"
-    command = "python benchmarks/onnx_overhead.py " + " ".join(sys.argv[1:])
-    out.write_text(
-        json.dumps({"date": str(date.today()), "command": command, "machine": env, "results": rows}, indent=2)
-    )
-    print(f"wrote {out}")
+    record = {**header("onnx_overhead", args), "machine": env, "target_overhead": TARGET, "results": rows}
+    write_result(record, args.out or result_path("onnx_overhead", env["gpus"][0] if env["gpus"] else None))
     return 0 if all(r["within_target"] for r in rows) else 1
 
 

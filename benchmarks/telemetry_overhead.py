@@ -6,8 +6,9 @@ Two measurements in one run:
 2. in situ: this process's CPU time while the background sampler runs at its interval for a
    while, against the same window idle (the baseline), so thread wake-ups are counted too.
 
-Usage: python benchmarks/telemetry_overhead.py [--seconds 20] [--samples 200] [--interval 1.0]
-Writes benchmarks/results/telemetry_overhead-<gpu or cpu>-<date>.json and prints a summary.
+Usage: python benchmarks/telemetry_overhead.py [--seconds 20] [--samples 200] [--interval 1.0] [--label TEXT]
+       [--note TEXT] [--out DIR]
+Writes benchmarks/results/telemetry_overhead-<gpu or cpu-only>-<date>.json and prints a summary.
 """
 
 from __future__ import annotations
@@ -19,13 +20,15 @@ import platform
 import statistics
 import sys
 import time
-from datetime import date
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.recording import RESULTS, add_context_flags, header, result_path, write_result
 from engine.system import telemetry
 from engine.system.telemetry import TelemetrySampler
+
+TARGET_PERCENT_OF_ONE_CORE = 1.0
 
 
 def process_cpu_seconds() -> float:
@@ -105,7 +108,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--samples", type=int, default=200)
     parser.add_argument("--interval", type=float, default=1.0)
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="the folder the JSON goes to")
+    add_context_flags(parser)
     args = parser.parse_args()
 
     sampler = TelemetrySampler(interval_s=args.interval)
@@ -116,9 +120,7 @@ def main() -> None:
     in_situ = in_situ_cost(args.interval, args.seconds)
     per_sample["percent_of_one_core_at_interval"] = per_sample["cpu_ms_median"] / (10.0 * args.interval)
     result = {
-        "benchmark": "telemetry_overhead",
-        "date": date.today().isoformat(),
-        "command": " ".join(["python", *sys.argv]),
+        **header("telemetry_overhead", args),
         "machine": {
             "host": platform.node(),
             "cpu": platform.processor() or platform.machine(),
@@ -130,14 +132,12 @@ def main() -> None:
         "per_sample": per_sample,
         "per_call_cpu_ms": per_call,
         "in_situ": in_situ,
-        "target_percent_of_one_core": 1.0,
+        "target_percent_of_one_core": TARGET_PERCENT_OF_ONE_CORE,
     }
-    result["passes_target"] = max(per_sample["percent_of_one_core_at_interval"], in_situ["percent_of_one_core"]) < 1.0
-    args.out.mkdir(parents=True, exist_ok=True)
-    tag = (gpu_names[0].replace(" ", "-") if gpu_names else "cpu-only").lower()
-    path = args.out / f"telemetry_overhead-{tag}-{result['date']}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    worst = max(per_sample["percent_of_one_core_at_interval"], in_situ["percent_of_one_core"])
+    result["passes_target"] = worst < TARGET_PERCENT_OF_ONE_CORE
     print(json.dumps(result, indent=2))
+    path = write_result(result, result_path("telemetry_overhead", gpu_names[0] if gpu_names else None, folder=args.out))
     print(
         f"\nper sample: {per_sample['cpu_ms_median']:.2f} ms CPU ({per_sample['wall_ms_median']:.1f} ms wall) "
         f"-> {per_sample['percent_of_one_core_at_interval']:.3f}% of one core at {args.interval:g} s; "

@@ -13,6 +13,7 @@ import librosa
 import numpy as np
 import pytest
 from scipy.signal import get_window, lfilter
+from test_media import png_bytes, refusal
 
 from engine.core import audio
 from engine.core.audio import (
@@ -239,6 +240,38 @@ def test_nan_samples_in_file(tmp_path: Path) -> None:
     path = _write_audio(tmp_path / "nan.wav", "pcm_f32le", 16000, 0.5, data=data, sample_format="flt")
     with pytest.raises(AudioError, match="NaN"):
         load_audio(path)
+
+
+def _float_wav_with(path: Path, value: float, rate: int) -> Path:
+    data = _tone(rate, 0.5)
+    data[:, 4000:4010] = value
+    return _write_audio(path, "pcm_f32le", rate, 0.5, data=data, sample_format="flt")
+
+
+def _write_bytes(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+BAD_AUDIO = [
+    pytest.param(lambda p: _write_bytes(p, b""), "is empty (0 bytes); expected an audio", id="zero-bytes"),
+    pytest.param(
+        lambda p: _write_bytes(p, b"this is not audio\n" * 20),
+        "could not be decoded as audio or video (Invalid data found when processing input)",
+        id="text-renamed",
+    ),
+    pytest.param(lambda p: _write_bytes(p, png_bytes(32, 32)), "has no audio stream (streams found: video)", id="png"),
+    pytest.param(lambda p: _write_wav16(p, np.zeros(0)), "the audio stream is empty (0 samples decoded)", id="empty"),
+    pytest.param(lambda p: _float_wav_with(p, np.nan, 16000), "are NaN or infinite", id="nan"),
+    pytest.param(lambda p: _float_wav_with(p, np.inf, 16000), "are NaN or infinite", id="inf"),
+    pytest.param(lambda p: _float_wav_with(p, -np.inf, 48000), "are NaN or infinite", id="inf-resampled"),
+]
+
+
+@pytest.mark.parametrize(("make", "expected"), BAD_AUDIO)
+def test_bad_audio_gets_one_line_naming_the_file_only(tmp_path: Path, make, expected: str) -> None:
+    path = make(tmp_path / "speech.wav")
+    assert expected in refusal(lambda: load_audio(path, max_seconds=10), path, AudioError)
 
 
 def test_nan_and_inf_samples_in_mel() -> None:

@@ -189,9 +189,20 @@ def test_job_refusals(tmp_path: Path) -> None:
         SweepRequest.build({"points": "{points"})
     with pytest.raises(BenchError, match="not a benchmark report"):
         jobs.import_report({"results": []}, OWNER)
+    with pytest.raises(BenchError, match="machine must be a JSON object"):  # once stored, this broke the history
+        jobs.import_report({"machine": "m", "model": {"name": "x"}, "config": {"model": "x"}, "results": []}, OWNER)
+    bad_row = {"machine": {}, "model": {"name": "x"}, "config": {"model": "wav2lip", "points": [{"device": "cpu"}]},
+               "results": [{"label": "a", "status": "ok", "runtime": "eager", "precision": "fp32", "device": "cpu",
+                            "samples_per_s": "fast"}]}  # fmt: skip
+    with pytest.raises(BenchError, match=r"results\[0\]\.samples_per_s must be a finite number"):
+        jobs.import_report(bad_row, OWNER)
     with pytest.raises(StoreError, match="not a bench job"):
         jobs.result(jobs.store.submit("onnx_eval", {}, CPU).id, None)
     assert jobs.history(OWNER) == []
+    damaged = jobs.store.submit("bench", {"sweep": {"model": "x"}}, "imported", owner=OWNER)  # as an old version left
+    jobs.store.finish(damaged.id, {"machine": "m", "results": []})
+    (row,) = jobs.history(OWNER)
+    assert row["id"] == damaged.id and "cannot be read" in row["error"]
 
 
 def test_liveportrait_networks_are_benchmarkable(tmp_path: Path) -> None:

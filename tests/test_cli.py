@@ -139,10 +139,13 @@ def test_bench_plan_and_cost(tmp_path: Path) -> None:
     env = {"AVATARBENCH_DATA_DIR": str(tmp_path / "data")}
     report_path, csv_path = tmp_path / "bench.json", tmp_path / "bench.csv"
     args = ["--model", "wav2lip", "--batch", "1,2", "--runs", "2", "--warmup", "0", "--device", "cpu"]
-    proc = run("bench", *args, "--json", str(report_path), "--csv", str(csv_path), "--quiet", **env)
+    proc = run("bench", *args, "--json", str(report_path), "--csv", str(csv_path), "--quiet", "--label", "2 cores",
+               **env)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     report = json.loads(report_path.read_text())
     assert [r["label"] for r in report["results"]] == ["cpu eager fp32 b1", "cpu eager fp32 b2"]
+    assert report["label"] == "2 cores" and report["note"] == ""  # recorded with the command that made it
+    assert report["command"].startswith("avatarbench bench --model wav2lip") and "'2 cores'" in report["command"]
     assert "cpu eager fp32 b2" in proc.stdout and "GFLOP/sample" in proc.stdout
     assert len(csv_path.read_text().splitlines()) == 3
     assert run("bench", "--precision", "fp64", **env).returncode == 2

@@ -164,3 +164,17 @@ def test_weights_check_says_where_missing_files_go_and_flags_a_wrong_path(tmp_pa
         ),
     )
     assert doctor.check_weights(bad).status == PROBLEM
+
+
+def test_the_app_serves_the_last_report_and_runs_a_fresh_one_at_most_every_interval(monkeypatch) -> None:
+    pytest.importorskip("gradio")
+    import ui.system
+    from engine.core.settings import load_settings
+
+    runs: list[int] = []
+    monkeypatch.setattr(ui.system, "run_doctor", lambda settings: runs.append(1) or f"report {len(runs)}")
+    cache = ui.system.DoctorCache(load_settings({}), min_interval_s=3600)
+    assert cache.get() == "report 1" and cache.get() == "report 1"  # the cached one unless asked
+    assert cache.get(fresh=True) == "report 1"  # asked again within the interval: the report just made
+    cache.min_interval_s = 0
+    assert cache.get(fresh=True) == "report 2" and len(runs) == 2

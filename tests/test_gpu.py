@@ -1,4 +1,9 @@
-"""Run where CUDA is available (skipped elsewhere): real NVML, real providers, a real OOM."""
+"""Run where CUDA is available (skipped elsewhere): real NVML, real providers, a real OOM.
+
+A test here fails when what it asked for did not happen: an ONNX Runtime provider other than the one requested
+(TensorRT that fell back to CUDA included), energy missing where the card counts it. Speed is not asserted here:
+the targets are ratios measured side by side in benchmarks/ (fp16 over fp32: benchmarks/lipsync.py).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,23 @@ import numpy as np
 import pytest
 
 pytestmark = pytest.mark.gpu
+
+
+def _card_counts_energy(device_id: int = 0) -> bool:
+    """Whether NVML's total-energy counter answers on this card (then every GPU window must report from it)."""
+    from engine.system.gpu_memory import nvml_device, nvml_source
+
+    device = nvml_device(nvml_source(), device_id)
+    assert device is not None, "NVML does not see the CUDA device"
+    return device.get(getattr(device.nvml, "nvmlDeviceGetTotalEnergyConsumption", None)) is not None
+
+
+def _assert_energy_measured(energy_j: float | None, source: str | None) -> None:
+    """A GPU window always has energy: NVML's counter where the card has one, else its integrated power samples."""
+    from engine.jobs.measure import INTEGRATED_POWER, NVML_COUNTER
+
+    expected = NVML_COUNTER if _card_counts_energy() else INTEGRATED_POWER
+    assert source == expected and energy_j is not None and energy_j > 0, (energy_j, source, expected)
 
 
 def test_telemetry_fields_come_from_real_nvml() -> None:
@@ -92,11 +114,24 @@ def test_oom_backoff_on_a_real_out_of_memory_error() -> None:
         run_with_oom_backoff(lambda b: torch.zeros(2, 3, device="cuda") @ torch.zeros(2, 3, device="cuda"), 8)
 
 
-def test_wav2lip_fp16_agrees_with_fp32_and_is_faster(tmp_path) -> None:
+def test_measurement_window_reads_the_energy_counter() -> None:
     import time
 
     import torch
 
+    from engine.jobs.measure import measured
+
+    x = torch.randn(4096, 4096, device="cuda")
+    with measured("cuda") as window:
+        busy_until = time.perf_counter() + 1.0  # a second of work: the counter ticks many times in it
+        while time.perf_counter() < busy_until:
+            x = torch.tanh(x @ x)
+            torch.cuda.synchronize()
+    figures = window.figures()
+    _assert_energy_measured(figures["energy_j"], figures["energy_source"])
+
+
+def test_wav2lip_fp16_agrees_with_fp32(tmp_path) -> None:
     from engine.core.device import capabilities, resolve_device
     from engine.lipsync.engines import Wav2LipEngine
     from engine.models.wav2lip import random_wav2lip_checkpoint
@@ -109,25 +144,15 @@ def test_wav2lip_fp16_agrees_with_fp32_and_is_faster(tmp_path) -> None:
     crops = rng.integers(0, 255, (256, 96, 96, 3), dtype=np.uint8)
     mels = rng.uniform(-4, 4, (256, 80, 16)).astype(np.float32)
     energy = np.zeros(256, np.float32)
-    outputs, seconds = {}, {}
-    for precision in ("fp32", "fp16", "bf16"):
-        engine = Wav2LipEngine(ckpt, device, caps, precision)
-        engine(mels, crops, energy)  # warm-up: cuDNN picks its algorithms
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(5):
-            outputs[precision] = engine(mels, crops, energy)
-        seconds[precision] = (time.perf_counter() - start) / 5
+    outputs = {p: Wav2LipEngine(ckpt, device, caps, p)(mels, crops, energy) for p in ("fp32", "fp16", "bf16")}
     err16 = np.abs(outputs["fp16"] - outputs["fp32"])
     errbf = np.abs(outputs["bf16"] - outputs["fp32"])
-    rates = ", ".join(f"{p} {256 / s:.0f}/s" for p, s in seconds.items())
-    print(f"\n{rates}; |fp16-fp32| max {err16.max():.2f} mean {err16.mean():.3f}; bf16 mean {errbf.mean():.3f}")
+    print(f"\n|fp16-fp32| max {err16.max():.2f} mean {err16.mean():.3f}; bf16 mean {errbf.mean():.3f}")
     assert np.isfinite(outputs["fp16"]).all()
     # Random weights amplify rounding more than trained ones: a few pixels may move by ~13 grey levels
     # (seen on an H100), the mean stays far under one.
     assert err16.mean() < 0.5 and err16.max() < 40
     assert errbf.mean() > 2 * err16.mean()  # why fp16 is the default and bf16 is not (8x seen on an H100)
-    assert seconds["fp16"] < seconds["fp32"]
 
 
 def test_lipsync_pipeline_on_the_gpu(tmp_path) -> None:
@@ -151,6 +176,7 @@ def test_lipsync_pipeline_on_the_gpu(tmp_path) -> None:
     assert result.metrics["batch_size"] >= 64 and figures["peak_allocated_bytes"] > 0
     assert figures["peak_device_used_bytes"] >= figures["peak_allocated_bytes"]
     assert result.metrics["frames"] == 72 and (tmp_path / "out.mp4").exists()
+    _assert_energy_measured(figures["energy_j"], figures["energy_source"])
 
 
 def _matmul_onnx(path):
@@ -207,7 +233,8 @@ def test_ort_session_binds_on_its_own_cuda_device(tmp_path) -> None:
 def test_every_runtime_runs_on_the_gpu_through_the_interface(tmp_path) -> None:
     from engine.bench.sweep import BenchPoint
     from engine.bench.workloads import builtin_model
-    from engine.runtimes.registry import RUNTIMES, make_runtime
+    from engine.runtimes.ort_session import PROVIDERS
+    from engine.runtimes.registry import ORT_RUNTIMES, REGISTRY, RUNTIMES, make_runtime
 
     model = builtin_model("wav2lip", tmp_path)
     inputs = model.torch_inputs(4)  # type: ignore[misc]
@@ -222,6 +249,10 @@ def test_every_runtime_runs_on_the_gpu_through_the_interface(tmp_path) -> None:
             runtime.run()
             runtime.sync()
             assert len(runtime.timed_runs(2)) == 2 and not runtime.fell_back, runtime.fallback_reason
+            if name in ORT_RUNTIMES:  # the provider asked for, not merely a GPU one
+                assert runtime.ran_on == PROVIDERS[REGISTRY[name].provider], (name, runtime.ran_on)  # type: ignore[attr-defined]
+            else:
+                assert runtime.ran_on.startswith("cuda"), (name, runtime.ran_on)
             outputs[name] = runtime.output()
         finally:
             runtime.close()
@@ -240,19 +271,25 @@ def test_bench_sweep_on_the_gpu_reports_peak_share_energy_and_memory(tmp_path) -
         BenchPoint("ort-cuda", "fp32", 16, "cuda"),
         BenchPoint("eager", "fp32", 16, "cpu"),
     ]
-    report = run_sweep(SweepConfig("wav2lip", points, runs=10, warmup=2), builtin_model("wav2lip", tmp_path), "cuda:0")
+    # 50 timed runs: each GPU point's window lasts long enough for the energy counter to move
+    report = run_sweep(SweepConfig("wav2lip", points, runs=50, warmup=2), builtin_model("wav2lip", tmp_path), "cuda:0")
     rows = report["results"]
     assert [r["status"] for r in rows] == ["ok"] * 5, [r["error"] for r in rows]
     assert report["machine"]["gpu"]["name"].startswith("NVIDIA")
+    gpu = report["gpu"]
+    if gpu["name"].startswith(("NVIDIA H100", "NVIDIA H200")):  # the cards we are lent: their NVML names are known
+        assert gpu["key"] != "detected", gpu["name"]
     for row in rows[:3]:
         assert row["peak_allocated_bytes"] > 0 and row["device_used_bytes"] > 0
-        assert row["energy_j_per_sample"] is None or row["energy_j_per_sample"] > 0
-        if report["gpu"]["key"] != "detected":
+        if gpu["key"] != "detected":
             assert 0 < row["percent_of_peak"] < 100
+    for row in rows[:4]:  # every point on the GPU, ONNX Runtime's too
+        samples = report["config"]["runs"] * row["batch"]
+        energy = None if row["energy_j_per_sample"] is None else row["energy_j_per_sample"] * samples
+        _assert_energy_measured(energy, row["energy_source"])
     assert rows[1]["error_vs_fp32"]["rel_l2"] < 1e-2  # fp16 against the fp32 reference
     assert rows[2]["error_vs_fp32"]["rel_l2"] < 1e-2  # the graph replays the same kernels
     assert rows[3]["ran_on"] == "CUDAExecutionProvider" and not rows[3]["fell_back"]
-    assert rows[1]["speedup"] > 1.0  # fp16 tensor cores beat fp32 at the same batch
 
 
 def test_bench_records_a_real_out_of_memory_and_goes_on(tmp_path) -> None:
@@ -288,17 +325,21 @@ def _portrait_inputs(tmp_path):
 )
 def test_portrait_backends_on_the_gpu_do_not_fall_back(tmp_path, backend, precision) -> None:
     from engine.portrait.config import PortraitConfig
+    from engine.portrait.onnx_backend import BACKENDS
     from engine.portrait.pipeline import run_portrait
+    from engine.runtimes.ort_session import PROVIDERS
 
     weights, face, driving = _portrait_inputs(tmp_path)
     config = PortraitConfig(face, driving, weights=str(weights), backend=backend, precision=precision, max_frames=8)
     result = run_portrait(config, tmp_path / "out.mp4", device="cuda")
     assert result.metrics["frames"] == 8 and result.metrics["engine"] == "liveportrait"
     assert result.precision == precision
-    assert not any("runs on CPUExecutionProvider" in w for w in result.warnings), result.warnings
-    if backend != "torch":
+    assert not any(" but runs on " in w for w in result.warnings), result.warnings  # no network fell back
+    if backend != "torch":  # every network on the provider requested: TensorRT that fell back to CUDA fails too
+        requested = PROVIDERS[BACKENDS[backend]]
+        assert result.metrics["providers"], result.metrics
         for name, got in result.metrics["providers"].items():
-            assert got[0] != "CPUExecutionProvider", (name, got)
+            assert got and got[0] == requested, (name, got, result.warnings)
 
 
 def test_portrait_fp16_agrees_with_fp32(tmp_path) -> None:

@@ -7,12 +7,14 @@ import os
 import re
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import av
 import cv2
 import numpy as np
 import pytest
+from test_media import png_bytes, raw_h264, refusal
 
 from engine.core.audio import AudioError, mel_chunks, mel_spectrogram
 from engine.core.media import MediaError, VideoWriter, probe_video, read_frames
@@ -235,6 +237,57 @@ def test_bad_inputs_get_clear_errors(media, settings, tmp_path) -> None:
         config = LipSyncConfig(face=FACE, audio=media["speech"], **bad)
         with pytest.raises(LipSyncError, match=re.escape(message)):
             run_lipsync(config, tmp_path / "i.mp4", settings)
+
+
+BAD_FACES = [
+    pytest.param("empty.jpg", lambda: b"", "is empty (0 bytes); accepted: PNG, JPEG", id="zero-bytes"),
+    pytest.param("notes.mp4", lambda: b"not a video\n" * 50, "could not be read as a video", id="text-renamed"),
+    pytest.param("bomb.png", lambda: png_bytes(64000, 64000, pixels=b""), "is 64000x64000, larger than", id="bomb"),
+    pytest.param("cut.jpg", lambda: FACE.read_bytes()[:-2000], "its JPEG data is truncated", id="truncated"),
+]
+
+
+@pytest.mark.parametrize(("name", "data", "expected"), BAD_FACES)
+def test_bad_face_files_get_one_line(media, settings, tmp_path, name, data, expected) -> None:
+    face = tmp_path / name
+    face.write_bytes(data())
+    config = LipSyncConfig(face=face, audio=media["speech"])
+    assert expected in refusal(partial(run_lipsync, config, tmp_path / "o.mp4", settings), face)
+    assert not (tmp_path / "o.mp4").exists()
+
+
+def test_speech_with_nan_samples_gets_one_line(settings, tmp_path) -> None:
+    speech = tmp_path / "nan.wav"
+    with av.open(str(speech), "w") as container:
+        stream = container.add_stream("pcm_f32le", rate=16000, layout="mono")
+        samples = speech_like(1.0)
+        samples[100:110] = np.nan
+        frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="flt", layout="mono")
+        frame.sample_rate = 16000
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            container.mux(packet)
+    run = partial(run_lipsync, LipSyncConfig(face=FACE, audio=speech), tmp_path / "o.mp4", settings)
+    assert "10 samples are NaN or infinite" in refusal(run, speech, AudioError)
+
+
+def test_a_video_without_duration_is_read_no_further_than_the_limit(media, tmp_path, monkeypatch) -> None:
+    """A raw H.264 stream named .mp4 states no length, so the limit is held while reading: lip-sync reads only
+    the frames the speech needs (here under the limit, so the run succeeds), each pass bounded by the limit."""
+    import engine.lipsync.pipeline as pipeline
+
+    limits = []
+
+    def read_frames_spy(path, max_seconds=None):
+        limits.append(max_seconds)
+        return read_frames(path, max_seconds=max_seconds)
+
+    monkeypatch.setattr(pipeline, "read_frames", read_frames_spy)
+    short = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path / "data"), "AVATARBENCH_MAX_SECONDS": "1"})
+    face = raw_h264(tmp_path / "raw.mp4", seconds=3)
+    assert probe_video(face).duration_s is None
+    config = LipSyncConfig(face=face, audio=media["speech"], engine="baseline", box=(8, 8, 56, 56))
+    result = run_lipsync(config, tmp_path / "o.mp4", short)
+    assert result.metrics["frames"] == expected_frames(1.0) and limits == [1.0]
 
 
 def _cli(*args: str, data: Path) -> subprocess.CompletedProcess:

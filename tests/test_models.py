@@ -48,7 +48,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]
 
 def assert_names_problem(err: pytest.ExceptionInfo[CheckpointError], path: Path, *words: str) -> None:
     message = str(err.value)
-    assert str(path) in message
+    assert path.name in message and str(path.parent) not in message  # the file's name, never a server path
     assert "wav2lip.pth" in message  # the expected file
     for word in words:
         assert word in message, message
@@ -342,7 +342,7 @@ def test_s3fd_wrong_files(files: dict[str, Path], tmp_path: Path) -> None:
     with pytest.raises(CheckpointError) as err:
         load_s3fd(files["no_prefix"])
     message = str(err.value)
-    assert "s3fd.pth" in message and "different network" in message and str(files["no_prefix"]) in message
+    assert "s3fd.pth" in message and "different network" in message and files["no_prefix"].name in message
     html = tmp_path / "s3fd.pth"
     html.write_text("<!doctype html><title>Error</title>")
     with pytest.raises(CheckpointError, match=r"(?s)web page.*s3fd\.pth"):

@@ -54,10 +54,34 @@ class Sample(Config):
 
 
 def test_raw_values_are_converted_as_each_surface_sends_them() -> None:
-    cli = Sample.build({"source": "a.png", "count": "3", "scale": "0.25", "flag": "off", "sizes": "2, 4",
-                        "box": "1 2 3 4", "names": "b,a", "switches": "on,off", "symbols": "seq=8", "label": " x "})
-    api = Sample.build({"source": "a.png", "count": 3.0, "scale": 0.25, "flag": False, "sizes": "2,4",
-                        "box": "1,2,3,4", "names": "b,a", "switches": "on,off", "symbols": "seq=8", "label": "x"})
+    cli = Sample.build(
+        {
+            "source": "a.png",
+            "count": "3",
+            "scale": "0.25",
+            "flag": "off",
+            "sizes": "2, 4",
+            "box": "1 2 3 4",
+            "names": "b,a",
+            "switches": "on,off",
+            "symbols": "seq=8",
+            "label": " x ",
+        }
+    )
+    api = Sample.build(
+        {
+            "source": "a.png",
+            "count": 3.0,
+            "scale": 0.25,
+            "flag": False,
+            "sizes": "2,4",
+            "box": "1,2,3,4",
+            "names": "b,a",
+            "switches": "on,off",
+            "symbols": "seq=8",
+            "label": "x",
+        }
+    )
     python = Sample(Path("a.png"), count=3, scale=0.25, flag=False, sizes=(2, 4), box=(1, 2, 3, 4), names=("b", "a"),
                     switches=(True, False), symbols=(("seq", 8),), label="x").checked()  # fmt: skip
     assert cli == api == python
@@ -67,7 +91,12 @@ def test_raw_values_are_converted_as_each_surface_sends_them() -> None:
 def test_defaults_and_empty_values() -> None:
     config = Sample.build({"source": "a.png"})
     assert (config.mode, config.count, config.sizes, config.box, config.symbols, config.files) == (
-        "fast", None, (1, 8), None, (), None
+        "fast",
+        None,
+        (1, 8),
+        None,
+        (),
+        None,
     )
     empty = Sample.build({"source": "a.png", "count": "", "box": "", "label": "", "symbols": "", "files": []})
     assert empty == config  # an empty box in a form means "not given"

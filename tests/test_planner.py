@@ -37,6 +37,50 @@ def test_catalog_lookup_and_features() -> None:
     assert unknown.key == "detected" and unknown.peak_tflops["fp16"] is None
 
 
+@pytest.mark.parametrize(
+    ("nvml_name", "key"),
+    [
+        ("NVIDIA H100 80GB HBM3", "H100"),  # the SXM module
+        ("NVIDIA H100 PCIe", "H100-PCIe"),
+        ("NVIDIA H100 NVL", "H100-NVL"),
+        ("NVIDIA H200", "H200"),  # the SXM module
+        ("NVIDIA H200 NVL", "H200-NVL"),
+        ("nvidia  h100 pcie", "H100-PCIe"),  # case and spacing do not matter
+        ("H100 NVL", "H100-NVL"),  # nor the vendor's prefix
+        ("h100-pcie", "H100-PCIe"),  # a catalog key
+    ],
+)
+def test_each_hopper_board_is_found_by_its_nvml_name(nvml_name: str, key: str) -> None:
+    assert find_gpu(nvml_name).key == key
+
+
+def test_hopper_boards_keep_their_own_datasheet_figures() -> None:
+    """Dense rates (the datasheets' sparse figures halved): a PCIe or NVL card never gets the SXM module's."""
+    sxm, pcie, nvl = CATALOG["H100"], CATALOG["H100-PCIe"], CATALOG["H100-NVL"]
+    h200, h200_nvl = CATALOG["H200"], CATALOG["H200-NVL"]
+    assert (sxm.peak("fp16"), pcie.peak("fp16"), nvl.peak("fp16")) == (989.5, 756.5, 835.5)
+    assert (sxm.peak("tf32"), pcie.peak("tf32"), nvl.peak("tf32")) == (494.5, 378, 417.5)
+    assert (sxm.peak("fp32"), pcie.peak("fp32"), nvl.peak("fp32")) == (67, 51, 60)
+    assert (sxm.peak("int8"), pcie.peak("int8"), nvl.peak("int8")) == (1979, 1513, 1670.5)
+    assert (sxm.memory_gb, pcie.memory_gb, nvl.memory_gb) == (80, 80, 94)
+    assert (sxm.bandwidth_gbs, pcie.bandwidth_gbs, nvl.bandwidth_gbs) == (3350, 2000, 3900)
+    assert h200.peak_tflops == sxm.peak_tflops and h200_nvl.peak_tflops == nvl.peak_tflops  # the same GH100 chip
+    assert h200.memory_gb == h200_nvl.memory_gb == 141 and h200.bandwidth_gbs == h200_nvl.bandwidth_gbs == 4800
+    for gpu in (sxm, pcie, nvl, h200, h200_nvl):
+        assert "datasheet" in gpu.spec_source and gpu.compute_capability == (9, 0) and not gpu.nvenc
+    pcie_card = detected_gpu("NVIDIA H100 PCIe", 85_520_809_984, (9, 0))
+    assert pcie_card.key == "H100-PCIe" and pcie_card.peak("fp16") == 756.5 and pcie_card.name == "NVIDIA H100 PCIe"
+
+
+def test_an_unknown_board_of_a_known_family_borrows_no_rates() -> None:
+    """Only whole NVML names or distinctive tokens match: another H100 or H200 board stays unmatched."""
+    assert find_gpu("NVIDIA H100 SXM5 64GB") is None
+    assert find_gpu("NVIDIA H200 141GB HBM3e") is None
+    assert find_gpu("NVIDIA GH200 480GB") is None  # the Grace Hopper superchip is not an H200
+    other = detected_gpu("NVIDIA H100 SXM5 64GB", 64 * 10**9, (9, 0))
+    assert other.key == "detected" and other.peak_tflops["fp16"] is None
+
+
 def test_llm_weights_and_kv_cache_by_hand() -> None:
     mistral, llama = LLMS["mistral-7b"], LLMS["llama-2-7b"]
     assert mistral.kv_bytes_per_token() == 2 * 32 * 8 * 128 * 2 == 131_072  # 128 KiB per token

@@ -1,8 +1,10 @@
 """The portrait pipeline on the CPU with random weights in the official layout: video and template drivers,
-the PyTorch and ONNX Runtime backends agreeing, and every refusal a message."""
+retargeting to the driver, the weights folder as downloaded, the PyTorch and ONNX Runtime backends agreeing, and
+every refusal a message (a clip too long for its header included)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -10,7 +12,9 @@ import numpy as np
 import pytest
 import torch
 
+from engine.core.errors import InputError
 from engine.core.media import VideoWriter, probe_video, read_frames
+from engine.core.settings import Settings
 from engine.models.liveportrait import write_random_weights
 from engine.portrait.config import PortraitConfig, PortraitError
 from engine.portrait.pipeline import load_template, run_portrait
@@ -41,27 +45,86 @@ def driving(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture
+def no_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """Settings under which no LivePortrait weights are found anywhere (an empty Hub cache, offline)."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    return Settings(data_dir=tmp_path, weights_dir=tmp_path / "weights")
+
+
 def test_video_driver_writes_the_animated_portrait_and_its_motion(weights: Path, driving: Path, tmp_path: Path) -> None:
     out, template = tmp_path / "out.mp4", tmp_path / "out.npz"
-    config = PortraitConfig(ASSETS / "face.jpg", driving, weights=str(weights), max_frames=1, save_template=True)
+    config = PortraitConfig(ASSETS / "face.jpg", driving, weights=str(weights), max_frames=2, save_template=True)
     result = run_portrait(config, out)
     assert result.outputs["template"] == str(template)
     info = probe_video(out)
-    assert (info.width, info.height) == (512, 512) and info.frames == 1  # pasted back into the 512x512 source
-    assert result.metrics["frames"] == 1 and result.metrics["backend"] == "torch"
+    assert (info.width, info.height) == (512, 512) and info.frames == 2  # pasted back into the 512x512 source
+    assert result.metrics["frames"] == 2 and result.metrics["backend"] == "torch"
     stages = [s.name for s in result.stages]
     for name in ("load", "source features", "detect", "crop", "motion", "warp", "decode network", "paste", "encode"):
         assert name in stages
     motion, fps, count = load_template(template)
-    assert fps == 25.0 and count == 1 and motion.kp.shape == (1, 21, 3)
+    assert fps == 25.0 and count == 2 and motion.kp.shape == (2, 21, 3)
+    with np.load(template) as saved:
+        assert "eyes" not in saved  # no landmark model: no openness to keep
     assert result.metrics["cache"] == {"networks": False, "source": False} and result.metrics["crop_angle"] == 0
     assert result.metrics["landmarks"].startswith("none")  # no landmark.onnx: axis-aligned, no lip normalisation
     # the saved motion drives a second run, which reuses the loaded networks and the source's features
     again = run_portrait(PortraitConfig(ASSETS / "face.jpg", template, weights=str(weights)), tmp_path / "again.mp4")
-    assert again.metrics["cache"] == {"networks": True, "source": True} and again.metrics["frames"] == 1
+    assert again.metrics["cache"] == {"networks": True, "source": True} and again.metrics["frames"] == 2
     assert "source features" not in [s.name for s in again.stages]
-    frames = [next(iter(read_frames(p))).astype(np.float32) for p in (out, tmp_path / "again.mp4")]
+    frames = [list(read_frames(p))[-1].astype(np.float32) for p in (out, tmp_path / "again.mp4")]
     assert np.abs(frames[0] - frames[1]).mean() < 1.0  # the same motion gives the same frame
+
+
+def test_the_weights_folder_as_downloaded_and_its_liveportrait_subfolder(
+    weights: Path, driving: Path, tmp_path: Path
+) -> None:
+    """`--weights pretrained_weights` (the Hub's layout, liveportrait/ inside) and `--weights
+    pretrained_weights/liveportrait` both run LivePortrait; a named folder without weights is an error."""
+    from engine.cli import main
+
+    root = tmp_path / "pretrained_weights"
+    root.mkdir()
+    (root / "liveportrait").symlink_to(weights, target_is_directory=True)
+    for i, given in enumerate((root, root / "liveportrait")):
+        report = tmp_path / f"run{i}.json"
+        files = ["--source", str(ASSETS / "face.jpg"), "--driving", str(driving), "--out", str(tmp_path / f"{i}.mp4")]
+        assert main(["portrait", *files, "--weights", str(given), "--max-frames", "1", "--json", str(report)]) == 0
+        assert '"engine": "liveportrait"' in report.read_text()
+    with pytest.raises(PortraitError, match="no LivePortrait weights in"):  # engine auto: still no fallback
+        run_portrait(PortraitConfig(ASSETS / "face.jpg", driving, weights=str(tmp_path)), tmp_path / "none.mp4")
+
+
+def test_retargeting_to_each_driving_frame(weights: Path, driving: Path, tmp_path: Path) -> None:
+    """The landmark model measures every driving frame; the template keeps those measurements, so it can drive
+    retargeting later; a template without them cannot."""
+    from tiny_onnx import landmark_model
+
+    model = str(landmark_model(tmp_path / "landmark.onnx"))
+    out = tmp_path / "eyes.mp4"
+    config = PortraitConfig(ASSETS / "face.jpg", driving, weights=str(weights), landmarks=model, eye_retargeting=True,
+                            max_frames=2, batch_size=2, save_template=True)  # fmt: skip
+    result = run_portrait(config, out)
+    assert result.metrics["frames"] == 2 and result.metrics["lips_normalised"] is False  # upstream: not with it
+    assert "driving landmarks" in [s.name for s in result.stages]
+    with np.load(out.with_suffix(".npz")) as saved:  # the stand-in's eyes (0.25, 0.2) and lips (0.2), each frame
+        assert saved["eyes"] == pytest.approx(np.array([[0.25, 0.2]] * 2), abs=1e-3)
+        assert saved["lips"] == pytest.approx([0.2, 0.2], abs=1e-3)
+    again = PortraitConfig(ASSETS / "face.jpg", out.with_suffix(".npz"), weights=str(weights), landmarks=model,
+                           lip_retargeting=True)  # fmt: skip
+    assert run_portrait(again, tmp_path / "lips.mp4").metrics["frames"] == 2
+    from engine.portrait.pipeline import save_template
+
+    motion, fps, _ = load_template(out.with_suffix(".npz"))
+    save_template(tmp_path / "bare.npz", motion, fps)
+    bare = PortraitConfig(ASSETS / "face.jpg", tmp_path / "bare.npz", weights=str(weights), landmarks=model,
+                          eye_retargeting=True)  # fmt: skip
+    with pytest.raises(PortraitError, match="has none"):
+        run_portrait(bare, tmp_path / "bare.mp4")
 
 
 def test_landmarks_turn_the_crop_upright_and_close_the_lips(weights: Path, tmp_path: Path) -> None:
@@ -76,7 +139,7 @@ def test_landmarks_turn_the_crop_upright_and_close_the_lips(weights: Path, tmp_p
     save_template(tmp_path / "turn.npz", frames, 25.0)  # a two-frame driver: relative motion, lips normalised
     model = landmark_model(tmp_path / "landmark.onnx", tilt_deg=12.0)
     config = PortraitConfig(ASSETS / "face.jpg", tmp_path / "turn.npz", weights=str(weights), landmarks=str(model),
-                            max_frames=2, batch_size=2)  # fmt: skip
+                            max_frames=2, batch_size=2, normalize_lips=True)  # fmt: skip
     result = run_portrait(config, tmp_path / "out.mp4")
     m = result.metrics
     assert m["frames"] == 2 and m["crop_angle"] == pytest.approx(12.0, abs=0.01)  # the stand-in's eye line
@@ -162,6 +225,8 @@ def test_refusals_are_messages(weights: Path, driving: Path, tmp_path: Path) -> 
     missing = str(tmp_path / "none")
     with pytest.raises(PortraitError, match="no LivePortrait weights"):  # asked for LivePortrait explicitly
         run_portrait(PortraitConfig(source, driving, weights=missing, engine="liveportrait"), tmp_path / "o.mp4")
+    with pytest.raises(PortraitError, match="no LivePortrait weights"):  # a weights folder named: no fallback
+        run_portrait(PortraitConfig(source, driving, weights=missing), tmp_path / "o.mp4")
     blank = tmp_path / "blank.png"
     cv2.imwrite(str(blank), np.full((256, 256, 3), 128, np.uint8))
     with pytest.raises(PortraitError, match="no face found in the source"):
@@ -185,7 +250,7 @@ def _video(path: Path, frames: list[np.ndarray]) -> Path:
     return path
 
 
-def test_baseline_engine_without_weights(driving: Path, tmp_path: Path) -> None:
+def test_baseline_engine_without_weights(driving: Path, tmp_path: Path, no_weights: Settings) -> None:
     from engine.core.media import read_frames
 
     face = cv2.resize(cv2.imread(str(ASSETS / "face.jpg")), (320, 320))
@@ -195,8 +260,7 @@ def test_baseline_engine_without_weights(driving: Path, tmp_path: Path) -> None:
         tilted.append(cv2.warpAffine(face, m, (320, 320), borderMode=cv2.BORDER_REFLECT))
     tilt = _video(tmp_path / "tilt.mp4", tilted)
     still = _video(tmp_path / "still.mp4", [face] * 4)
-    none = str(tmp_path / "no-weights")
-    result = run_portrait(PortraitConfig(ASSETS / "face.jpg", tilt, weights=none), tmp_path / "tilt-out.mp4")
+    result = run_portrait(PortraitConfig(ASSETS / "face.jpg", tilt), tmp_path / "tilt-out.mp4", no_weights)
     assert result.metrics["engine"] == "baseline" and result.metrics["frames"] == 8
     assert any("baseline engine" in w and "not LivePortrait" in w for w in result.warnings)
     source = cv2.imread(str(ASSETS / "face.jpg")).astype(np.float32)
@@ -206,7 +270,7 @@ def test_baseline_engine_without_weights(driving: Path, tmp_path: Path) -> None:
     assert np.abs(out[-1][corner] - source[corner]).mean() < 4
     face_region = (slice(60, 190), slice(172, 280))
     moved = np.abs(out[-1][face_region] - out[0][face_region]).mean()
-    calm = run_portrait(PortraitConfig(ASSETS / "face.jpg", still, weights=none), tmp_path / "still-out.mp4")
+    calm = run_portrait(PortraitConfig(ASSETS / "face.jpg", still), tmp_path / "still-out.mp4", no_weights)
     still_out = [f.astype(np.float32) for f in read_frames(tmp_path / "still-out.mp4")]
     assert calm.metrics["frames"] == 4
     still_change = np.abs(still_out[-1][face_region] - still_out[0][face_region]).mean()
@@ -222,7 +286,36 @@ def test_a_driving_clip_that_starts_without_a_face(tmp_path: Path) -> None:
 
     face = cv2.resize(cv2.imread(str(ASSETS / "face.jpg")), (320, 320))
     late = _video(tmp_path / "late.mp4", [np.zeros_like(face), face, face])  # a fade-in from black
-    box, first = _driving_box(late, HaarDetector(detect_scale=0.5), None, RunResult())
+    box, first = _driving_box(read_frames(late), late.name, HaarDetector(detect_scale=0.5), RunResult())
     assert first == 1 and box[2] > box[0]  # relative motion is measured against frame 1, with a warning
     result = run_portrait(PortraitConfig(ASSETS / "face.jpg", late, engine="baseline"), tmp_path / "o.mp4")
     assert result.metrics["frames"] == 3 and any("first frame shows no face" in w for w in result.warnings)
+
+
+def _raw_h264(path: Path, frames: int) -> Path:
+    """A faceless raw H.264 stream (no container, so no duration in any header) under the name `path`."""
+    import av
+
+    with av.open(str(path), "w", format="h264") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
+        for _ in range(frames):
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(np.zeros((64, 64, 3), np.uint8), format="bgr24")))
+        out.mux(stream.encode())
+    return path
+
+
+def test_a_clip_longer_than_the_limit_stops_at_the_limit(tmp_path: Path, no_weights: Settings) -> None:
+    """A raw stream renamed .mp4 has no duration to refuse it by: the frames are counted while streaming."""
+    from engine.portrait.pipeline import _clip_frames
+
+    clip = _raw_h264(tmp_path / "raw.mp4", 60)  # 2.4 s at 25 fps
+    info = probe_video(clip)
+    assert info.duration_s is None and info.frames is None
+    assert len(list(_clip_frames(clip, None, 3.0))) == 60
+    assert len(list(_clip_frames(clip, 10, 1.0))) == 10  # max_frames stops first: no message
+    with pytest.raises(InputError, match=r"longer than the limit of 2 s \(50 frames at 25 fps, AVATARBENCH_MAX"):
+        list(_clip_frames(clip, None, 2.0))
+    short = replace(no_weights, max_seconds=2.0)
+    with pytest.raises(InputError, match="longer than the limit"):  # the face search stops there too
+        run_portrait(PortraitConfig(ASSETS / "face.jpg", clip, engine="baseline"), tmp_path / "o.mp4", short)

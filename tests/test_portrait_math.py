@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -11,10 +12,12 @@ from torch import nn
 
 from engine.portrait.crop import PasteBack, crop_image, crop_transform, paste_mask
 from engine.portrait.motion import (
+    EYE_KEYPOINTS,
     LIP_KEYPOINTS,
     KeypointInfo,
     compose,
     motion_multiplier,
+    neutral_expression,
     relative_driving,
     rotation_matrix,
     stitch,
@@ -151,7 +154,7 @@ def test_head_rotation_offsets_turn_the_driven_keypoints(tmp_path) -> None:
     face = Path(__file__).resolve().parent.parent / "assets" / "face.jpg"
     source = _info(seed=3)
     config = PortraitConfig(face, face, stitching=False, yaw=20.0)
-    x, x_source = _driving_keypoints(config, source, source, nets=None)  # the source drives itself
+    x, x_source = _driving_keypoints(config, source, source, nets=None, driving_image=False)  # a still clip of itself
     turned = rotation_matrix(source.pitch, source.yaw + 20, source.roll)
     assert torch.allclose(x, compose(source.kp, turned, source.exp, source.scale, source.t), atol=1e-5)
     assert torch.allclose(x_source, transform_keypoints(source))  # the warp still starts from the source as it is
@@ -181,7 +184,14 @@ def test_baseline_recovers_a_known_head_motion() -> None:
     assert motion.flow.shape == (6, 2, 128, 128) and np.abs(motion.flow).mean() < 0.05  # rigid: little local flow
 
 
-def _driven(tmp_path, source: KeypointInfo, driver: KeypointInfo, reference: int = 0, **options) -> torch.Tensor:
+def _driven(
+    tmp_path,
+    source: KeypointInfo,
+    driver: KeypointInfo,
+    reference: int = 0,
+    driving_image: bool | None = None,
+    **options,
+) -> torch.Tensor:
     from pathlib import Path
 
     from engine.portrait.config import PortraitConfig
@@ -189,7 +199,7 @@ def _driven(tmp_path, source: KeypointInfo, driver: KeypointInfo, reference: int
 
     face = Path(__file__).resolve().parent.parent / "assets" / "face.jpg"
     config = PortraitConfig(face, face, stitching=False, **options)
-    return _driving_keypoints(config, source, driver, nets=None, reference=reference)[0]
+    return _driving_keypoints(config, source, driver, nets=None, reference=reference, driving_image=driving_image)[0]
 
 
 def _no_z(t: torch.Tensor) -> torch.Tensor:
@@ -198,14 +208,54 @@ def _no_z(t: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def test_one_driving_image_gives_its_expression_and_absolute_motion_keeps_the_source_scale(tmp_path) -> None:
-    source, driver = _info(seed=5), _info(n=2, yaw=12.0, seed=6)
-    image = driver.select(0)
-    x = _driven(tmp_path, source, image)  # relative, one image: the source's pose, scale and place
-    assert torch.allclose(x, compose(source.kp, source.rotation, image.exp, source.scale, source.t), atol=1e-5)
-    x = _driven(tmp_path, source, driver, relative=False)  # absolute: the driver's pose, expression, position
-    want = source.kp @ driver.rotation + driver.exp
-    assert torch.allclose(x, source.scale.view(1, 1, 1) * want + _no_z(driver.t)[:, None], atol=1e-5)
+def _plain(n: int = 1, **values: torch.Tensor) -> KeypointInfo:
+    """Hand-made motion: frontal, no expression, every canonical keypoint at the origin, scale 1, no shift."""
+    zeros = torch.zeros(n)
+    info = KeypointInfo(
+        zeros, zeros, zeros, torch.zeros(n, 3), torch.zeros(n, 21, 3), torch.ones(n), torch.zeros(n, 21, 3)
+    )
+    return replace(info, **values)
+
+
+def test_absolute_motion_takes_upstreams_subset_of_the_drivers_expression(tmp_path) -> None:
+    source = _plain(scale=torch.tensor([2.0]), t=torch.tensor([[5.0, 5.0, 5.0]]))
+    driver = _plain(exp=torch.ones(1, 21, 3), scale=torch.tensor([3.0]), t=torch.tensor([[1.0, 2.0, 3.0]]))
+    x = _driven(tmp_path, source, driver, relative=False)[0]
+    # x = 2 (the source's scale) * expression + (1, 2, 0) (the driver's position, no z); the expression is the
+    # driver's 1 only where upstream copies it, else the source's 0
+    for k in (1, 2, 6, *range(11, 21)):
+        assert x[k].tolist() == [3, 4, 2]  # all three coordinates
+    assert x[3].tolist() == x[4].tolist() == [1, 4, 0]  # y only
+    assert x[5].tolist() == x[8].tolist() == [1, 2, 2]  # z only
+    assert x[9].tolist() == [1, 4, 2]  # y and z
+    assert x[0].tolist() == x[7].tolist() == x[10].tolist() == [1, 2, 0]  # none
+    turned = replace(driver, yaw=torch.tensor([90.0]))  # the canonical point (1, 0, 0) turned to (0, 0, -1)
+    x = _driven(tmp_path, replace(source, kp=torch.tensor([1.0, 0, 0]).expand(1, 21, 3)), turned, relative=False)
+    assert torch.allclose(x[0, 0], torch.tensor([1.0, 2.0, -2.0]), atol=1e-6)
+    lips = _driven(tmp_path, source, driver, relative=False, region="lip")[0]  # the source's pose and position
+    assert [k for k in range(21) if lips[k].tolist() != [5, 5, 0]] == sorted(LIP_KEYPOINTS)
+    assert lips[6].tolist() == [7, 7, 2]
+    pose = _driven(tmp_path, source, driver, relative=False, region="pose")[0]  # no expression at all
+    assert torch.equal(pose, torch.tensor([1.0, 2.0, 0.0]).expand(21, 3))
+
+
+def test_one_driving_image_is_measured_against_upstreams_neutral_expression(tmp_path) -> None:
+    source = _info(seed=5)
+    x_source = transform_keypoints(source)
+    neutral = replace(_info(yaw=12.0, seed=6), exp=neutral_expression())  # turned, and showing the neutral face
+    assert torch.allclose(_driven(tmp_path, source, neutral), x_source, atol=1e-6)  # the source as it is
+    smiling = replace(neutral, exp=neutral.exp.clone())
+    smiling.exp[0, 19, 1] += 0.1
+    moved = _driven(tmp_path, source, smiling) - x_source  # the driver's change, at the source's scale
+    want = torch.zeros(1, 21, 3)
+    want[0, 19, 1] = 0.1 * source.scale[0]
+    assert torch.allclose(moved, want, atol=1e-6)
+    eyes = _driven(tmp_path, source, neutral, region="eyes") - x_source  # upstream: the eyes against zero
+    want = torch.zeros(1, 21, 3)
+    want[0, list(EYE_KEYPOINTS)] = source.scale[0] * neutral.exp[0, list(EYE_KEYPOINTS)]
+    assert torch.allclose(eyes, want, atol=1e-7)
+    clip = _driven(tmp_path, source, neutral, driving_image=False)  # a one-frame clip: against itself, no motion
+    assert torch.allclose(clip, x_source, atol=1e-6)
 
 
 def test_relative_motion_is_measured_against_the_reference_frame(tmp_path) -> None:

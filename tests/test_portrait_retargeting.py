@@ -1,8 +1,10 @@
 """Eye and lip retargeting: the optional landmark model (a stand-in ONNX with known landmarks), openness
-ratios, and the retargeting deltas in the driving keypoints."""
+ratios, and the retargeting deltas in the driving keypoints: to one fixed openness, or (upstream's mode) to each
+driving frame's own."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,9 +16,9 @@ from torch import nn
 pytest.importorskip("onnxruntime")
 from tiny_onnx import landmark_model
 
-from engine.portrait.config import PortraitConfig
+from engine.portrait.config import PortraitConfig, PortraitError
 from engine.portrait.landmarks import LandmarkError, LandmarkModel, eye_open_ratios, lip_open_ratio
-from engine.portrait.motion import KeypointInfo, transform_keypoints
+from engine.portrait.motion import KeypointInfo, neutral_expression, transform_keypoints
 from engine.portrait.pipeline import _driving_keypoints
 
 FACE = Path(__file__).resolve().parent.parent / "assets" / "face.jpg"
@@ -39,48 +41,104 @@ def test_openness_from_the_landmark_model(tmp_path: Path) -> None:
         LandmarkModel(tmp_path / "junk.onnx")
 
 
-def _mlp(cin: int, bias: float) -> nn.Module:
+def _mlp(cin: int, bias: float, per_target: float = 0.0) -> nn.Module:
+    """A retargeting network whose delta is `bias` + `per_target` x the target openness (its last input)."""
     layer = nn.Linear(cin, 63)
     nn.init.zeros_(layer.weight)
     nn.init.constant_(layer.bias, bias)
+    with torch.no_grad():
+        layer.weight[:, -1] = per_target
     return layer
 
 
-def test_retargeting_adds_the_networks_deltas(tmp_path: Path) -> None:
-    g = torch.Generator().manual_seed(0)
-    source = KeypointInfo(torch.zeros(1), torch.zeros(1), torch.zeros(1), torch.zeros(1, 3),
-                          torch.zeros(1, 21, 3), torch.ones(1), torch.rand(1, 21, 3, generator=g) - 0.5)  # fmt: skip
+def _source(seed: int) -> KeypointInfo:
+    g = torch.Generator().manual_seed(seed)
+    return KeypointInfo(torch.zeros(1), torch.zeros(1), torch.zeros(1), torch.zeros(1, 3),
+                        torch.zeros(1, 21, 3), torch.ones(1), torch.rand(1, 21, 3, generator=g) - 0.5)  # fmt: skip
+
+
+def _still_clip(source: KeypointInfo, frames: int = 2) -> KeypointInfo:
+    return KeypointInfo(*(torch.cat([getattr(source, f)] * frames) for f in source.__dataclass_fields__))
+
+
+def test_retargeting_to_a_fixed_openness_adds_the_networks_deltas(tmp_path: Path) -> None:
+    source = _source(0)
+    clip = _still_clip(source)
     nets = SimpleNamespace(retargeting={"eye": _mlp(66, 0.01), "lip": _mlp(65, 0.02)})
-    openness = (np.array([0.3, 0.3], np.float32), 0.1)
+    openness = (np.array([0.3, 0.3], np.float32), 0.01)  # lips nearly closed: no lip normalisation here
     base = PortraitConfig(FACE, FACE, stitching=False)
-    plain, _ = _driving_keypoints(base, source, source, nets, openness)
-    assert torch.allclose(plain, transform_keypoints(source))
+    plain, _ = _driving_keypoints(base, source, clip, nets, openness)
+    assert torch.allclose(plain, transform_keypoints(source).expand(2, 21, 3))
     eyes = PortraitConfig(FACE, FACE, stitching=False, eye_open=0.0)
-    x, _ = _driving_keypoints(eyes, source, source, nets, openness)
+    x, _ = _driving_keypoints(eyes, source, clip, nets, openness)
     assert torch.allclose(x, plain + 0.01)
     both = PortraitConfig(FACE, FACE, stitching=False, eye_open=0.0, lip_open=0.5)
-    x, _ = _driving_keypoints(both, source, source, nets, openness)
+    x, _ = _driving_keypoints(both, source, clip, nets, openness)
     assert torch.allclose(x, plain + 0.03)
     with pytest.raises(ValueError, match=r"outside 0\.\.0\.8"):
         PortraitConfig(FACE, FACE, eye_open=1.5).validate()
 
 
+def test_retargeting_to_each_driving_frames_openness(tmp_path: Path) -> None:
+    """Upstream's mode: the eye and lip networks take each driving frame's openness; with relative motion the
+    frame is the source's keypoints plus their deltas (the driver's head turn is dropped), with absolute motion
+    the driver's keypoints plus them; stitching comes after, then the driving multiplier; no lip normalisation."""
+    source = _source(2)
+    clip = _still_clip(source)
+    clip.yaw = torch.tensor([0.0, 20.0])  # motion that relative driving would otherwise apply
+    stitching = nn.Linear(126, 65)  # adds 0.5 to every coordinate and 0.5 more to x and y
+    nn.init.zeros_(stitching.weight)
+    nn.init.constant_(stitching.bias, 0.5)
+    nets = SimpleNamespace(retargeting={"eye": _mlp(66, 0.0, 1.0), "lip": _mlp(65, 0.01, 1.0), "stitching": stitching})
+    source_open = (np.array([0.3, 0.3], np.float32), 0.1)  # lips open: normalisation would add 0.01
+    driver_open = (np.array([[0.1, 0.5], [0.2, 0.6]], np.float32), np.array([0.05, 0.25], np.float32))
+    x_s = transform_keypoints(source)
+
+    def driven(**options) -> torch.Tensor:
+        config = PortraitConfig(FACE, FACE, **{"stitching": False, **options})
+        return _driving_keypoints(config, source, clip, nets, source_open, driving_openness=driver_open)[0]
+
+    def per_frame(*values: float) -> torch.Tensor:
+        return torch.tensor(values).view(-1, 1, 1)
+
+    eyes = driven(eye_retargeting=True)  # each frame's left eye: 0.1, then 0.2
+    assert torch.allclose(eyes, x_s + per_frame(0.1, 0.2), atol=1e-6)
+    lips = per_frame(0.06, 0.26)  # each frame's lips, plus the network's 0.01
+    assert torch.allclose(driven(lip_retargeting=True), x_s + lips, atol=1e-6)
+    assert torch.allclose(driven(eye_retargeting=True, lip_retargeting=True), x_s + per_frame(0.16, 0.46), atol=1e-6)
+    assert torch.allclose(driven(eye_retargeting=True, lip_open=0.4), x_s + per_frame(0.51, 0.61), atol=1e-6)
+    absolute = driven(relative=False)
+    assert not torch.allclose(absolute[1], x_s[0], atol=1e-3)  # the driver's turn
+    assert torch.allclose(driven(relative=False, lip_retargeting=True), absolute + lips, atol=1e-6)
+    shift = torch.tensor([1.0, 1.0, 0.5])
+    stitched = driven(lip_retargeting=True, stitching=True, multiplier=2.0)
+    assert torch.allclose(stitched, x_s + 2 * (lips + shift), atol=1e-6)
+    with pytest.raises(PortraitError, match="has none"):  # a motion template saved without the openness
+        config = PortraitConfig(FACE, FACE, eye_retargeting=True)
+        _driving_keypoints(config, source, clip, nets, source_open, driving_openness=None)
+    with pytest.raises(PortraitError, match="not both"):
+        PortraitConfig(FACE, FACE, lip_retargeting=True, lip_open=0.2).validate()
+
+
 def test_lip_normalisation_closes_an_open_source_mouth_before_relative_motion(tmp_path: Path) -> None:
-    g = torch.Generator().manual_seed(1)
-    source = KeypointInfo(torch.zeros(1), torch.zeros(1), torch.zeros(1), torch.zeros(1, 3),
-                          torch.zeros(1, 21, 3), torch.ones(1), torch.rand(1, 21, 3, generator=g) - 0.5)  # fmt: skip
-    clip = KeypointInfo(*(torch.cat([getattr(source, f)] * 2) for f in source.__dataclass_fields__))  # 2 frames
+    source = _source(1)
+    clip = _still_clip(source)
     nets = SimpleNamespace(retargeting={"eye": _mlp(66, 0.01), "lip": _mlp(65, 0.02)})
     still = transform_keypoints(source).expand(2, 21, 3)
 
     def driven(openness: tuple, **options) -> torch.Tensor:
-        config = PortraitConfig(FACE, FACE, stitching=False, **options)
+        config = PortraitConfig(FACE, FACE, stitching=False, **{"normalize_lips": True, **options})
         return _driving_keypoints(config, source, clip, nets, openness)[0]
 
     eyes = np.array([0.3, 0.3], np.float32)
+    assert PortraitConfig(FACE, FACE).normalize_lips is False  # upstream's default (argument_config.py)
     assert torch.allclose(driven((eyes, 0.1)), still + 0.02)  # lips open 0.1 >= 0.03: closed first
     assert torch.allclose(driven((eyes, 0.01)), still)  # already (nearly) closed: untouched
     assert torch.allclose(driven((eyes, 0.1), normalize_lips=False), still)
     assert torch.allclose(driven((eyes, 0.1), relative=False), still)  # upstream: relative motion only
     assert torch.allclose(driven((eyes, 0.1), lip_open=0.4), still + 0.02)  # explicit lip retargeting instead
     assert torch.allclose(driven(None), still)  # no landmark model: nothing to normalise with
+    image = PortraitConfig(FACE, FACE, stitching=False, normalize_lips=True)  # one driving image: closed too
+    neutral = replace(source, exp=neutral_expression())
+    x, x_source = _driving_keypoints(image, source, neutral, nets, (eyes, 0.1))
+    assert torch.allclose(x, x_source + 0.02, atol=1e-6)

@@ -11,7 +11,7 @@ import pytest
 from engine.core.settings import Settings
 from engine.portrait.cache import LruCache, file_digest
 from engine.portrait.config import PortraitConfig, PortraitError
-from engine.portrait.pipeline import hub_weights, weights_folder
+from engine.portrait.pipeline import _pick_engine, hub_weights, weights_folder
 
 FACE = Path(__file__).resolve().parent.parent / "assets" / "face.jpg"
 
@@ -47,6 +47,29 @@ def test_weights_come_from_the_folder_then_the_hub_cache(tmp_path: Path, monkeyp
         weights_folder(explicit, settings)  # a folder named explicitly is never replaced by another
     with pytest.raises(PortraitError, match="could not fetch"):
         weights_folder(PortraitConfig(FACE, FACE, weights="hf:Someone/Else"), settings)
+
+
+def test_the_folder_as_downloaded_and_its_liveportrait_subfolder(tmp_path: Path, monkeypatch) -> None:
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    settings = Settings(data_dir=tmp_path, weights_dir=tmp_path / "weights")
+    root = tmp_path / "pretrained_weights"  # the Hub's layout: liveportrait/, liveportrait_animals/, insightface/
+    (root / "liveportrait" / "base_models").mkdir(parents=True)
+    (root / "insightface").mkdir()
+    for given in (root, root / "liveportrait"):
+        config = PortraitConfig(FACE, FACE, weights=str(given))
+        assert weights_folder(config, settings) == root / "liveportrait"
+        assert _pick_engine(config, settings) == ("liveportrait", root / "liveportrait")
+    from_setting = Settings(data_dir=tmp_path, weights_dir=tmp_path / "weights", liveportrait_dir=str(root))
+    assert weights_folder(PortraitConfig(FACE, FACE), from_setting) == root / "liveportrait"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(PortraitError, match=r"no LivePortrait weights in .*empty"):  # named, so never a fallback
+        _pick_engine(PortraitConfig(FACE, FACE, weights=str(empty)), settings)
+    assert _pick_engine(PortraitConfig(FACE, FACE), settings) == ("baseline", None)  # found nowhere: the baseline
+    assert _pick_engine(PortraitConfig(FACE, FACE, weights=str(empty), engine="baseline"), settings)[0] == "baseline"
 
 
 def test_lru_cache_keeps_the_most_recent_and_builds_once() -> None:

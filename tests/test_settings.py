@@ -49,6 +49,22 @@ def test_bad_values_name_the_variable_and_what_is_accepted(name: str, value: str
         assert f"AVATARBENCH_{name}" in str(err.value)
 
 
+def test_disk_budget_settings() -> None:
+    defaults = load_settings({})
+    assert (defaults.upload_cache_hours, defaults.store_budget_gb, defaults.store_max_age_days) == (6.0, 10.0, 30.0)
+    s = load_settings(
+        {
+            "AVATARBENCH_UPLOAD_CACHE_HOURS": "0.5",
+            "AVATARBENCH_STORE_BUDGET_GB": "250",
+            "AVATARBENCH_STORE_MAX_AGE_DAYS": "7",
+        }
+    )
+    assert (s.upload_cache_hours, s.store_budget_gb, s.store_max_age_days) == (0.5, 250.0, 7.0)
+    for name, bad in (("UPLOAD_CACHE_HOURS", "0"), ("STORE_BUDGET_GB", "-1"), ("STORE_MAX_AGE_DAYS", "a week")):
+        with pytest.raises(SettingsError, match=f"AVATARBENCH_{name}"):
+            load_settings({f"AVATARBENCH_{name}": bad})
+
+
 def test_device_spec() -> None:
     assert validate_device_spec(" cuda:0 ") == "cuda:0"
     for bad in ("cuda:", "cuda:x", "gpu", ""):

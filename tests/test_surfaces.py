@@ -83,8 +83,9 @@ class _FailingJobs:
 
     files = ("face", "audio")
 
-    def __init__(self, error: BaseException) -> None:
+    def __init__(self, error: BaseException, settings) -> None:
         self.error = error
+        self.settings = settings
 
     def submit(self, config, owner):
         raise self.error
@@ -99,7 +100,7 @@ def _tab_handler(error: BaseException, tmp_path: Path):
 
     with gr.Blocks() as demo:
         settings = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path)})
-        ui.lipsync.build_lipsync_tab(settings, _FailingJobs(error), Access())
+        ui.lipsync.build_lipsync_tab(settings, _FailingJobs(error, settings), Access())
     fn = next(f for f in demo.fns.values() if f.api_name == "lipsync")
     return gr, lambda: fn.fn(face=str(ASSETS / "face.jpg"), audio=str(ASSETS / "speech.wav"))
 

@@ -211,7 +211,7 @@ def build_bench_tab(settings: Any, jobs: BenchJobs, access: Access) -> None:
 
     def history_rows(request: gr.Request) -> list[list]:
         return [
-            [h["id"], h["status"], h["model"], h["preset"] or "custom", h["points"], h["machine"] or "",
+            [h["id"], h["status"], h.get("model"), h.get("preset") or "custom", h.get("points"), h.get("machine") or "",
              when(h["created"]), (h["error"] or "")[:160]]
             for h in jobs.history(access.reader(request), 100)
         ]  # fmt: skip
@@ -307,6 +307,7 @@ def build_bench_tab(settings: Any, jobs: BenchJobs, access: Access) -> None:
         runs,
         warmup,
     ]
+
     def models(request: gr.Request) -> Any:
         return gr.Dropdown(choices=[*BUILTIN, *jobs.stored_onnx_models(access.reader(request))])
 

@@ -2,7 +2,8 @@
 
 Every job belongs to whoever submitted it: the login where the app has one (`--auth`), else the browser session
 (a `gradio_client.Client` is one session). Every read and change names that owner, through every route, the raw
-`fn_index` events included; another owner's job is "no job". Operators (`--operator NAME`, a login) see all.
+`fn_index` events included; another owner's job is "no job". Operators (`--operator NAME`, a login; `--operator
+'*'` makes every visitor one, for a personal machine) see all, and only they may name server paths or downloads.
 """
 
 from __future__ import annotations
@@ -14,13 +15,19 @@ from typing import Any
 
 import gradio as gr
 
-from engine.core.errors import AvatarbenchError
+from engine.core.errors import AvatarbenchError, InputError
 from engine.core.options import Config
+from engine.core.settings import Settings
+from engine.core.weights import server_files
 from engine.jobs.kinds import JobKind, queue_view
-from engine.jobs.store import DONE, FINISHED, JobStore
+from engine.jobs.store import DONE, FINISHED, Job, JobStore
 from ui.forms import Run, api_endpoint, reported
 
 LOCAL = "local"  # the owner of calls that come with no request (tests, scripts calling handlers directly)
+
+
+SERVER_FILE_FIELDS = ("checkpoint", "detector_checkpoint", "weights", "landmarks")  # fields naming a server file
+EVERYONE = "*"  # `--operator '*'`: every visitor is an operator (a personal machine)
 
 
 @dataclass(frozen=True)
@@ -35,11 +42,31 @@ class Access:
             return f"user:{request.username}"
         return f"session:{request.session_hash}"
 
+    def is_operator(self, request: gr.Request | None) -> bool:
+        return EVERYONE in self.operators or bool(request and request.username and request.username in self.operators)
+
     def reader(self, request: gr.Request | None) -> str | None:
         """Whose jobs a request may read: its own, or everyone's (None) for an operator."""
-        if request is not None and request.username and request.username in self.operators:
-            return None
-        return self.owner(request)
+        return None if self.is_operator(request) else self.owner(request)
+
+    def server_files(self, values: dict[str, Any], settings: Settings, request: gr.Request | None) -> dict[str, Any]:
+        """A visitor picks model files among the ones this server has (by their name under the weights folder);
+        only an operator may name a path or an hf: download. Otherwise a visitor could probe the server's files
+        ("does not exist" against "could not read") or make it download anything from the Hub."""
+        if self.is_operator(request):
+            return values
+        found = server_files(settings)
+        out = dict(values)
+        for name in SERVER_FILE_FIELDS:
+            choice = str(values.get(name) or "").strip()
+            if not choice:
+                continue
+            if choice not in found:
+                have = ", ".join(found) or "none yet: the operator puts them in the weights folder"
+                raise InputError(f"{name.replace('_', ' ')}: choose one of the weights this server has ({have}); "
+                                 "paths and downloads are for the operator")  # fmt: skip
+            out[name] = str(found[choice])
+        return out
 
 
 def follow(
@@ -104,12 +131,16 @@ def job_endpoints(
     """`/name` (submit, wait, the outputs: the tab's own button does the same) and `/name_submit` (queue, return
     the job's status and id for /job_status and /job_result). Returns the waiting handler for the tab's button."""
 
+    def queued(values: dict[str, Any], request: gr.Request | None) -> Job:
+        config = cls.build(access.server_files(values, jobs.settings, request))
+        return jobs.submit(config, access.owner(request))
+
     def run(values: dict[str, Any], progress: Callable[[float, str], None], request: gr.Request | None) -> Any:
-        job = jobs.submit(cls.build(values), access.owner(request))
+        job = queued(values, request)
         return render(follow(jobs, job.id, access.reader(request), progress))
 
     def submit(values: dict[str, Any], progress: Callable[[float, str], None], request: gr.Request | None) -> dict:
-        job = jobs.submit(cls.build(values), access.owner(request))
+        job = queued(values, request)
         return {**jobs.status(job.id, access.reader(request)), "job_id": job.id}
 
     waiting = {"concurrency_id": name, "concurrency_limit": 16}  # handlers only wait: the workers do the work

@@ -19,7 +19,7 @@ from engine.lipsync.config import LipSyncConfig
 from engine.lipsync.jobs import LipSyncJobs
 from ui.forms import choices, default, form_handler
 from ui.jobs import Access, job_endpoints, run_panel
-from ui.widgets import ASSETS, measurement_line, number, slider, timing_figure
+from ui.widgets import ASSETS, kept, measurement_line, number, server_file_picker, slider, timing_figure
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def build_lipsync_tab(settings: Settings, jobs: LipSyncJobs, access: Access) -> 
             audio = gr.Audio(label="Speech", sources=["upload", "microphone"], type="filepath")
             with gr.Row():
                 engine = gr.Radio(choices(c, "engine"), value=default(c, "engine"), label="Engine")
-                checkpoint = gr.Textbox(label="Wav2Lip checkpoint (path or hf:OWNER/REPO/FILE; empty: settings)")
+                checkpoint = server_file_picker(settings, "Wav2Lip checkpoint (empty: the configured one)")
             with gr.Accordion("Options", open=False):
                 with gr.Row():
                     batch_size = number(c, "batch_size", "Batch size (empty: auto)")
@@ -65,7 +65,7 @@ def build_lipsync_tab(settings: Settings, jobs: LipSyncJobs, access: Access) -> 
                     box = gr.Textbox(label="Fixed face box X1,Y1,X2,Y2 (empty: detect every frame)")
                 with gr.Row():
                     detector = gr.Dropdown(choices(c, "detector"), value=default(c, "detector"), label="Face detector")
-                    detector_checkpoint = gr.Textbox(label="S3FD checkpoint (empty: settings)")
+                    detector_checkpoint = server_file_picker(settings, "S3FD checkpoint (empty: the configured one)")
                     detect_scale = slider(c, "detect_scale", "Detection scale", step=0.05)
                 with gr.Row():
                     paste = gr.Radio(choices(c, "paste"), value=default(c, "paste"), label="Paste mode")
@@ -82,7 +82,7 @@ def build_lipsync_tab(settings: Settings, jobs: LipSyncJobs, access: Access) -> 
 
     def render(report: dict[str, Any]) -> tuple[Any, ...]:
         result = RunResult.from_dict(report)
-        return result.outputs["video"], summary_markdown(result), timing_figure(result), report
+        return kept(result.outputs.get("video")), summary_markdown(result), timing_figure(result), report
 
     inputs = dict(
         face=face, audio=audio, engine=engine, checkpoint=checkpoint, batch_size=batch_size, precision=precision,

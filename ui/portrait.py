@@ -15,7 +15,7 @@ from engine.portrait.config import PortraitConfig
 from engine.portrait.jobs import PortraitJobs
 from ui.forms import choices, default, form_handler
 from ui.jobs import Access, job_endpoints, run_panel
-from ui.widgets import ASSETS, measurement_line, number, slider, timing_figure
+from ui.widgets import ASSETS, kept, measurement_line, number, server_file_picker, slider, timing_figure
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +90,14 @@ def build_portrait_tab(settings: Settings, jobs: PortraitJobs, access: Access) -
                     yaw = slider(c, "yaw", "Head yaw (°)", step=1)
                     roll = slider(c, "roll", "Head roll (°)", step=1)
                 with gr.Row():  # retargeting needs LivePortrait's landmark.onnx beside its weights
-                    eye_open = number(c, "eye_open", "Retarget the eyes to this openness, 0..0.8 (empty: off)")
-                    lip_open = number(c, "lip_open", "Retarget the lips to this openness, 0..0.8 (empty: off)")
+                    eye_retargeting = gr.Checkbox(
+                        value=default(c, "eye_retargeting"), label="Eyes follow the driver's openness, frame by frame"
+                    )
+                    lip_retargeting = gr.Checkbox(
+                        value=default(c, "lip_retargeting"), label="Lips follow the driver's openness, frame by frame"
+                    )
+                    eye_open = number(c, "eye_open", "Or retarget the eyes to one openness, 0..0.8 (empty: off)")
+                    lip_open = number(c, "lip_open", "Or retarget the lips to one openness, 0..0.8 (empty: off)")
                     normalize_lips = gr.Checkbox(
                         value=default(c, "normalize_lips"), label="Normalise lips (close an open source mouth first)"
                     )
@@ -99,8 +105,8 @@ def build_portrait_tab(settings: Settings, jobs: PortraitJobs, access: Access) -
                         value=default(c, "compile"), label="torch.compile (torch backend; first run compiles)"
                     )
                 with gr.Row():
-                    weights = gr.Textbox(label="LivePortrait weights folder, or hf:KwaiVGI/LivePortrait")
-                    landmarks = gr.Textbox(label="landmark.onnx (empty: beside the weights)")
+                    weights = server_file_picker(settings, "LivePortrait weights (empty: the configured ones)")
+                    landmarks = server_file_picker(settings, "landmark.onnx (empty: beside the weights)")
             with gr.Row():
                 run = gr.Button("Animate", variant="primary", scale=4)
                 cancel = gr.Button("Cancel", variant="stop", scale=1)
@@ -116,14 +122,15 @@ def build_portrait_tab(settings: Settings, jobs: PortraitJobs, access: Access) -
     def render(report: dict[str, Any]) -> tuple[Any, ...]:
         result = RunResult.from_dict(report)
         out = result.outputs
-        return (out["video"], summary_markdown(result), out.get("strip"), timing_figure(result), out.get("template"),
-                report)  # fmt: skip
+        return (kept(out.get("video")), summary_markdown(result), kept(out.get("strip")), timing_figure(result),
+                kept(out.get("template")), report)  # fmt: skip
 
     inputs = dict(
         source=source, driving=driving, engine=engine, weights=weights, backend=backend, precision=precision,
         compile=compile_, region=region, relative=relative, driving_option=driving_option, multiplier=multiplier,
-        stitching=stitching, paste_back=paste_back, crop=crop, pitch=pitch, yaw=yaw, roll=roll, eye_open=eye_open,
-        lip_open=lip_open, landmarks=landmarks, normalize_lips=normalize_lips, max_frames=max_frames,
+        stitching=stitching, paste_back=paste_back, crop=crop, pitch=pitch, yaw=yaw, roll=roll,
+        eye_retargeting=eye_retargeting, lip_retargeting=lip_retargeting, eye_open=eye_open, lip_open=lip_open,
+        landmarks=landmarks, normalize_lips=normalize_lips, max_frames=max_frames,
         batch_size=batch_size, save_template=save_template,
     )  # fmt: skip
     outputs = [video, summary, strip, chart, template, details]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import threading
+import time
 from typing import Any
 
 import gradio as gr
@@ -21,17 +22,22 @@ _BADGES = {OK: ("ok", "#2e7d32"), WARNING: ("warning", "#b26a00"), PROBLEM: ("pr
 
 
 class DoctorCache:
-    """The last doctor report, shared by all visitors; a refresh runs at most one doctor at a time."""
+    """The last doctor report, shared by all visitors. A fresh run is started at most once every
+    `min_interval_s` (the doctor spawns a provider probe: 20 clients asking at once must not queue 20 of them);
+    a request for a fresh report inside that interval gets the report just made."""
 
-    def __init__(self, settings: Settings):
-        self.settings = settings
+    def __init__(self, settings: Settings, min_interval_s: float = 30.0):
+        self.settings, self.min_interval_s = settings, min_interval_s
         self._report: DoctorReport | None = None
+        self._made = 0.0
         self._lock = threading.Lock()
 
     def get(self, fresh: bool = False) -> DoctorReport:
         with self._lock:
-            if fresh or self._report is None:
+            stale = time.monotonic() - self._made >= self.min_interval_s
+            if self._report is None or (fresh and stale):
                 self._report = run_doctor(self.settings)
+                self._made = time.monotonic()
             return self._report
 
     def warm_up(self) -> None:
@@ -128,8 +134,9 @@ def build_system_tab(
         api_visibility="private",
     )
 
-    def doctor_api(fresh: bool = True) -> dict[str, Any]:
-        """Run the GPU doctor (or return the last report) as JSON: status, counts and every check."""
+    def doctor_api(fresh: bool = False) -> dict[str, Any]:
+        """The GPU doctor's report as JSON: status, counts and every check. The last report unless fresh=True
+        (a fresh run at most every 30 s; sooner, the report just made)."""
         return doctor.get(fresh=fresh).to_dict()
 
     def telemetry_api(history_seconds: float = 0.0) -> dict[str, Any]:

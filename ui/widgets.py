@@ -19,6 +19,11 @@ from ui.forms import default, field
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
 
+def kept(path: str | None) -> str | None:
+    """An output file still on disk, else None (the store's budget may have removed it; the summary says so)."""
+    return path if path and Path(path).is_file() else None
+
+
 def measurement_line(result: RunResult) -> list[str]:
     """The run's measured window (wall time, peaks, energy) as a summary line, when the job was measured."""
     if not result.measurement:
@@ -26,6 +31,14 @@ def measurement_line(result: RunResult) -> list[str]:
     from engine.jobs.measure import describe
 
     return [f"- measured: {describe(result.measurement)} (stages overlap: their times do not add up to the wall)"]
+
+
+def server_file_picker(settings: Any, label: str) -> gr.Dropdown:
+    """A model file among the weights this server has (by name; empty: the settings' default). An operator may
+    type a path or an hf: reference instead; visitors may not (ui/jobs.py Access.server_files)."""
+    from engine.core.weights import server_files
+
+    return gr.Dropdown(["", *server_files(settings)], value="", label=label, allow_custom_value=True)
 
 
 def number(cls: type[Config], name: str, label: str) -> gr.Number:
@@ -64,9 +77,6 @@ def timing_figure(result: RunResult) -> go.Figure:
         template="plotly_white",
     )
     return fig
-
-
-
 
 
 def layout(fig: go.Figure, title: str, x: str, y: str, height: int = 300) -> go.Figure:

@@ -7,6 +7,12 @@ capability < 8.0) have no tf32 or bf16 tensor cores: those entries are None, and
 precisions there runs at the fp32 rate. Prices are indicative on-demand hourly rates, each with its
 source and date; they change often, so they are editable (a JSON file in the data directory
 overrides them) and every cost figure says which price it used.
+
+One card name can hide several boards: an H100 is an SXM module (HBM3, 700 W), a PCIe card (HBM2e, 350 W)
+or an NVL card (94 GB), each with its own clocks, memory and bandwidth, so each is its own entry. A detected
+card is matched by the name NVML gives it (`nvml_names`, whole and exact, e.g. "NVIDIA H100 80GB HBM3" is the
+SXM module), then by a distinctive part of it (`aliases`); a variant neither knows stays unmatched, with no
+peak rates, rather than borrowing another board's.
 """
 
 from __future__ import annotations
@@ -36,9 +42,11 @@ class Gpu:
     nvenc: bool
     price_per_hour: float | None = None
     price_source: str = PRICE_SOURCE
-    aliases: tuple[str, ...] = ()  # substrings of NVML names that identify the card
+    aliases: tuple[str, ...] = ()  # whole tokens of NVML names that identify the card
     notes: str = ""
     detected: bool = False
+    nvml_names: tuple[str, ...] = ()  # what NVML calls exactly this board ("NVIDIA H200" and not "NVIDIA H200 NVL")
+    spec_source: str = ""  # where memory, bandwidth and peak rates come from
 
     @property
     def memory_bytes(self) -> int:
@@ -71,6 +79,20 @@ class Gpu:
 
 def _rates(fp32: float, tf32: float | None, fp16: float, bf16: float | None, int8: float) -> dict[str, float | None]:
     return {"fp32": fp32, "tf32": tf32, "fp16": fp16, "bf16": bf16, "int8": int8}
+
+
+# NVIDIA's datasheets list tensor-core rates with 2:4 sparsity; the catalog keeps the dense half of each.
+H100_DATASHEET = (
+    "NVIDIA H100 Tensor Core GPU datasheet, H100 SXM / H100 PCIe / H100 NVL columns (tensor rates listed with "
+    "sparsity, halved here)"
+)
+H200_DATASHEET = (
+    "NVIDIA H200 Tensor Core GPU datasheet, H200 SXM / H200 NVL columns (tensor rates listed with sparsity, "
+    "halved here)"
+)
+HOPPER_SXM_RATES = _rates(67, 494.5, 989.5, 989.5, 1979)  # the SXM modules: H100 SXM and H200 SXM alike
+HOPPER_NVL_RATES = _rates(60, 417.5, 835.5, 835.5, 1670.5)  # the NVL cards: H100 NVL and H200 NVL alike
+NO_PRICE = "no indicative price recorded for this board: set yours (the price table or prices.json)"
 
 
 CATALOG: dict[str, Gpu] = {
@@ -114,12 +136,29 @@ CATALOG: dict[str, Gpu] = {
             True, 0.50, aliases=("RTX 4090 D",), notes="memory-modified 4090 D boards; rates scaled by its core count",
         ),
         Gpu(
-            "H100", "NVIDIA H100 80GB (SXM)", 80, 3350, _rates(67, 495, 989.5, 989.5, 1979), (9, 0), False, 2.49,
-            aliases=("H100",), notes="no NVENC (decoders only); the PCIe card has lower rates",
+            "H100", "NVIDIA H100 SXM 80GB", 80, 3350, HOPPER_SXM_RATES, (9, 0), False, 2.49,
+            aliases=("H100 SXM",), nvml_names=("NVIDIA H100 80GB HBM3",), spec_source=H100_DATASHEET,
+            notes="the SXM module (HBM3, up to 700 W); no NVENC (decoders only)",
         ),
         Gpu(
-            "H200", "NVIDIA H200 141GB", 141, 4800, _rates(67, 495, 989.5, 989.5, 1979), (9, 0), False, 3.50,
-            aliases=("H200",), notes="no NVENC (decoders only)",
+            "H100-PCIe", "NVIDIA H100 PCIe 80GB", 80, 2000, _rates(51, 378, 756.5, 756.5, 1513), (9, 0), False,
+            None, NO_PRICE, aliases=("H100 PCIe",), nvml_names=("NVIDIA H100 PCIe",), spec_source=H100_DATASHEET,
+            notes="the PCIe card (HBM2e, up to 350 W); no NVENC (decoders only)",
+        ),
+        Gpu(
+            "H100-NVL", "NVIDIA H100 NVL 94GB", 94, 3900, HOPPER_NVL_RATES, (9, 0), False, None, NO_PRICE,
+            aliases=("H100 NVL",), nvml_names=("NVIDIA H100 NVL",), spec_source=H100_DATASHEET,
+            notes="the PCIe card sold in NVLink-bridged pairs (HBM3, up to 400 W); figures per card; no NVENC",
+        ),
+        Gpu(
+            "H200", "NVIDIA H200 SXM 141GB", 141, 4800, HOPPER_SXM_RATES, (9, 0), False, 3.50,
+            aliases=("H200 SXM",), nvml_names=("NVIDIA H200",), spec_source=H200_DATASHEET,
+            notes="the SXM module (HBM3e, up to 700 W); no NVENC (decoders only)",
+        ),
+        Gpu(
+            "H200-NVL", "NVIDIA H200 NVL 141GB", 141, 4800, HOPPER_NVL_RATES, (9, 0), False, None, NO_PRICE,
+            aliases=("H200 NVL",), nvml_names=("NVIDIA H200 NVL",), spec_source=H200_DATASHEET,
+            notes="the PCIe card (HBM3e, up to 600 W); no NVENC (decoders only)",
         ),
     )
 }  # fmt: skip
@@ -130,11 +169,18 @@ def _mentions(name: str, alias: str) -> bool:
     return re.search(rf"(?<![a-z0-9]){re.escape(alias.lower())}(?![a-z0-9])", name) is not None
 
 
+def _plain(name: str) -> str:
+    """A card name compared without case, repeated spaces or the vendor's prefix ("H100 PCIe" is "NVIDIA H100 PCIe")."""
+    words = name.lower().split()
+    return " ".join(words[1:] if words[:1] == ["nvidia"] else words)
+
+
 def find_gpu(name: str) -> Gpu | None:
-    """A catalog entry by key (case-insensitive) or by an NVML name such as 'NVIDIA A100-SXM4-80GB'."""
+    """A catalog entry by key (case-insensitive), by the exact name NVML gives the board ('NVIDIA H100 80GB HBM3'),
+    or by an alias within an NVML name such as 'NVIDIA A100-SXM4-80GB' (the longest one that matches)."""
     wanted = name.strip().lower()
     for gpu in CATALOG.values():
-        if gpu.key.lower() == wanted:
+        if gpu.key.lower() == wanted or _plain(name) in map(_plain, gpu.nvml_names):
             return gpu
     # the longest matching alias wins: "A100-SXM4-80GB" must not match a shorter, vaguer one
     scored = [(len(alias), gpu) for gpu in CATALOG.values() for alias in gpu.aliases if _mentions(wanted, alias)]

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.bench.config import CostConfig, LlmRequest, NetworkPlanConfig, SweepRequest
-from engine.core.commands import Command, output_flags, write_json
+from engine.core.commands import Command, add_context_flags, command_line, output_flags, write_json
 from engine.core.options import from_args
 
 
@@ -46,6 +46,7 @@ def _bench(args: argparse.Namespace) -> int:
     gpu = str(resolve_device("cuda").device) if has_gpu else None
     with _model(request.model, settings.cache_dir) as model, ProgressBar(args.quiet) as bar:
         report = run_sweep(config, model, gpu, bar, settings.gpu_memory_fraction)
+    report.update(command=command_line("avatarbench"), label=args.label, note=args.note)
     write_json(args.json, json.dumps(report, indent=2))
     if args.csv:
         Path(args.csv).write_text(rows_to_csv(report))
@@ -56,6 +57,7 @@ def _bench(args: argparse.Namespace) -> int:
 def _bench_flags(parser: argparse.ArgumentParser) -> None:
     output_flags(parser, "write the full report to this file")
     parser.add_argument("--csv", metavar="FILE", help="write one row per configuration here")
+    add_context_flags(parser)
 
 
 def _fmt(value: Any, spec: str) -> str:

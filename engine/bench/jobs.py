@@ -9,11 +9,12 @@ evaluations stored; the latter is unpacked and inspected again by the handler, e
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 from typing import Any
 
 from engine.bench.config import BenchError, SweepRequest
-from engine.bench.sweep import SweepConfig, run_sweep
+from engine.bench.sweep import MAX_POINTS, SweepConfig, run_sweep
 from engine.bench.workloads import BUILTIN, builtin_model, onnx_model
 from engine.jobs.kinds import JobKind
 from engine.jobs.store import CPU, Job, StoreError
@@ -51,20 +52,26 @@ class BenchJobs(JobKind):
             raise BenchError(f"no model {name!r}: use {', '.join(BUILTIN)} or onnx:<sha256> of a stored model")
 
     def import_report(self, report: dict[str, Any] | str, owner: str) -> Job:
-        """A report saved on another machine (its JSON export), stored as a finished job for comparison."""
+        """A report saved on another machine (its JSON export), checked in full and only then stored as a finished
+        job for comparison: a bad report is refused with what is wrong, never stored to break the history."""
+        if isinstance(report, str) and len(report) > MAX_REPORT_BYTES:
+            raise BenchError(f"the report is {len(report) / 2**20:.1f} MiB; at most {MAX_REPORT_BYTES // 2**20} MiB")
         report = _object(report)
-        if not isinstance(report.get("results"), list) or "machine" not in report or "config" not in report:
-            raise BenchError("not a benchmark report: it needs results, machine and config (export one as JSON)")
+        problems = report_problems(report)
+        if problems:
+            raise BenchError("not a benchmark report as avatarbench exports it: " + "; ".join(problems[:8]))
         sweep = SweepConfig.from_dict(report["config"])
+        sweep.validate()
         job = self.store.submit(KIND, {"sweep": sweep.to_dict(), "imported": True}, IMPORTED, owner=owner)
         self.store.finish(job.id, report)
         return self.store.get(job.id)
 
     def stored_onnx_models(self, owner: str | None, limit: int = 200) -> list[tuple[str, str]]:
-        """(label, "onnx:<sha256>") for the models this owner's ONNX evaluations stored, newest first, each once."""
+        """(label, "onnx:<sha256>") for the models this owner's ONNX evaluations stored (and the store still has),
+        newest first, each once."""
         seen: dict[str, str] = {}
         for job in self.store.history(limit, kind="onnx_eval", owner=owner):
-            if job.model_sha256 and job.model_sha256 not in seen:
+            if job.model_sha256 and job.model_sha256 not in seen and self.store.has_blob(job.model_sha256):
                 seen[job.model_sha256] = f"{job.settings.get('model_name', 'model')} ({job.model_sha256[:8]})"
         return [(label, f"onnx:{sha}") for sha, label in seen.items()]
 
@@ -96,6 +103,50 @@ def handle(job: Job, progress: Progress, context: WorkerContext) -> dict[str, An
         path = prepare_model(context.store.blob_path(sha), work, Limits())
         model = onnx_model(path, f"onnx:{sha[:12]}", inspect_model(path, sha256=sha))
         return run_sweep(config, model, device, progress, settings.gpu_memory_fraction)
+
+
+MAX_REPORT_BYTES = 8 * 2**20
+_ROW_TEXT = ("label", "status", "runtime", "precision", "device")
+_ROW_NUMBERS = ("batch", "samples_per_s", "speedup", "peak_allocated_bytes", "device_used_bytes", "achieved_tflops",
+                "percent_of_peak", "energy_j_per_sample", "flops_per_sample")  # fmt: skip
+
+
+def _number_or_none(value: Any) -> bool:
+    return value is None or (isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value))
+
+
+def report_problems(report: dict[str, Any]) -> list[str]:
+    """What keeps a report from being shown and compared like one of ours (everything the tab and the charts read)."""
+    problems = []
+    for key, kind in (("machine", dict), ("model", dict), ("config", dict), ("results", list)):
+        if not isinstance(report.get(key), kind):
+            problems.append(f"{key} must be a JSON {'object' if kind is dict else 'list'}, got {report.get(key)!r:.40}")
+    if problems:
+        return problems
+    gpu = report["machine"].get("gpu")
+    if gpu is not None and not (isinstance(gpu, dict) and isinstance(gpu.get("name", ""), str)):
+        problems.append("machine.gpu must be an object with a name, or null")
+    if not isinstance(report["model"].get("name"), str):
+        problems.append("model.name must be text")
+    if not isinstance(report.get("notes", []), list) or not all(isinstance(n, str) for n in report.get("notes", [])):
+        problems.append("notes must be a list of text")
+    for i, row in enumerate(report["results"][: MAX_POINTS + 1]):
+        where = f"results[{i}]"
+        if not isinstance(row, dict):
+            problems.append(f"{where} must be an object")
+            continue
+        problems += [f"{where}.{k} must be text" for k in _ROW_TEXT if not isinstance(row.get(k), str)]
+        problems += [f"{where}.{k} must be a finite number or null" for k in _ROW_NUMBERS
+                     if not _number_or_none(row.get(k))]  # fmt: skip
+        latency = row.get("latency")
+        if latency is not None and not (isinstance(latency, dict) and all(map(_number_or_none, latency.values()))):
+            problems.append(f"{where}.latency must be an object of numbers, or null")
+        for key in ("warnings", "telemetry"):
+            if not isinstance(row.get(key, []), list):
+                problems.append(f"{where}.{key} must be a list")
+    if len(report["results"]) > MAX_POINTS:
+        problems.append(f"{len(report['results'])} results; at most {MAX_POINTS}")
+    return problems
 
 
 def _object(value: Any) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.core.errors import InputError
+from engine.core.media import check_file, ffmpeg_reason
 
 SAMPLE_RATE = 16000
 HOP = 200  # mel frames are 80 per second at 16 kHz
@@ -66,7 +67,7 @@ def load_audio(path: str | os.PathLike, max_seconds: float | None = None) -> np.
     hour-long upload is rejected after decoding only the allowed amount.
     """
     file = Path(os.fspath(path))
-    _check_file(file)
+    check_file(file, "audio", f"expected an audio or video file ({ACCEPTED_FORMATS})", AudioError)
     if max_seconds is not None and not (max_seconds > 0 and math.isfinite(max_seconds)):
         raise AudioError(f"max_seconds must be a positive number of seconds, got {max_seconds!r}")
     wav = _decode(file, max_seconds)
@@ -77,15 +78,6 @@ def load_audio(path: str | os.PathLike, max_seconds: float | None = None) -> np.
     return np.ascontiguousarray(wav, dtype=np.float32)
 
 
-def _check_file(file: Path) -> None:
-    if not file.exists():
-        raise AudioError(f"audio file not found: {file}")
-    if not file.is_file():
-        raise AudioError(f"not a file: {file}; expected an audio or video file ({ACCEPTED_FORMATS})")
-    if file.stat().st_size == 0:
-        raise AudioError(f"{file.name} is empty (0 bytes); expected an audio or video file ({ACCEPTED_FORMATS})")
-
-
 def _decode(file: Path, max_seconds: float | None) -> np.ndarray:
     """Demux and decode only the audio stream; PyAV errors become AudioError."""
     import av
@@ -93,7 +85,7 @@ def _decode(file: Path, max_seconds: float | None) -> np.ndarray:
     try:
         container = av.open(str(file), metadata_errors="ignore")
     except av.error.PermissionError as exc:
-        raise AudioError(f"{file.name} could not be read: {exc.strerror or exc}") from exc
+        raise AudioError(f"{file.name} could not be read: {ffmpeg_reason(exc)}") from exc
     except (av.error.FFmpegError, UnicodeDecodeError) as exc:
         raise _undecodable(file, exc) from exc
     with container:
@@ -138,7 +130,7 @@ def _decode_stream(container, stream, max_samples: int | None, file: Path, max_s
 
 def _undecodable(file: Path, exc: Exception) -> AudioError:
     return AudioError(
-        f"{file.name} could not be decoded as audio or video ({type(exc).__name__}: {exc}); "
+        f"{file.name} could not be decoded as audio or video ({ffmpeg_reason(exc)}); "
         f"the file may be corrupt or in an unsupported format. Accepted: {ACCEPTED_FORMATS}"
     )
 

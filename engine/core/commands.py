@@ -4,6 +4,7 @@ room's commands; each room's cli.py declares its own with `Command`, so no room 
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +30,19 @@ def write_json(path: str | None, text: str) -> None:
     """--json FILE: the full result, for machines."""
     if path:
         Path(path).write_text(text.rstrip("\n") + "\n")
+
+
+def add_context_flags(parser: argparse.ArgumentParser) -> None:
+    """--label and --note: free text stored in a recorded result exactly as given (the only way to annotate a run:
+    results are never edited after the command that measured them wrote them)."""
+    parser.add_argument("--label", default="", help="a short name for this run, e.g. the machine and what else ran")
+    parser.add_argument("--note", default="", help="anything a reader should know about this run, stored as given")
+
+
+def command_line(program: str | None = None) -> str:
+    """The command as it was really run, quoted for a shell: `program` and the arguments for a console script
+    (`avatarbench`), else this interpreter, the script and its arguments."""
+    return shlex.join([program, *sys.argv[1:]] if program else [Path(sys.executable).name, *sys.argv])
 
 
 def output_flags(parser: argparse.ArgumentParser, json_help: str = "write the full result to this file") -> None:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import os
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -88,6 +90,10 @@ def pick_h264_encoder() -> str:
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mpg", ".mpeg", ".gif")
+IMAGE_FORMATS = "PNG, JPEG, BMP, WebP or TIFF"
+# A pixel cap besides the side limit: a 36-megapixel camera photo and 8K UHD (33 MP) pass, while a
+# 16-bit RGBA frame at the cap still decodes to no more than 320 MB.
+MAX_PIXELS = 40_000_000
 
 
 class MediaError(InputError):
@@ -105,11 +111,35 @@ class VideoInfo:
     codec: str
 
 
+@dataclass(frozen=True)
+class ImageHeader:
+    format: str
+    width: int
+    height: int
+
+
 def is_image(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
 
 
-def _check_size(width: int, height: int, max_side: int, what: str) -> None:
+def check_file(path: Path, kind: str, accepted: str, error: type[InputError] = MediaError) -> None:
+    """Missing, not a file or empty, said plainly before a decoder answers "invalid data". Messages name the
+    file only: in the web app the full path is a server's temporary folder, meaningless to the user."""
+    if not path.exists():
+        raise error(f"{kind} file not found: {path.name}")
+    if not path.is_file():
+        raise error(f"{path.name} is not a file; {accepted}")
+    if path.stat().st_size == 0:
+        raise error(f"{path.name} is empty (0 bytes); {accepted}")
+
+
+def ffmpeg_reason(exc: Exception) -> str:
+    """FFmpeg's reason on one line, without the path that PyAV's str(exc) ends with."""
+    reason = getattr(exc, "strerror", None) or type(exc).__name__
+    return " ".join(str(reason).split())
+
+
+def _check_size(width: int, height: int, max_side: int, what: str, max_pixels: int = MAX_PIXELS) -> None:
     if width < 16 or height < 16:
         raise MediaError(f"{what} is {width}x{height}: too small (at least 16x16 pixels)")
     if max(width, height) > max_side:
@@ -117,28 +147,177 @@ def _check_size(width: int, height: int, max_side: int, what: str) -> None:
             f"{what} is {width}x{height}, larger than the limit of {max_side} pixels on the longer side "
             f"(AVATARBENCH_MAX_SIDE); downscale it first"
         )
+    if width * height > max_pixels:
+        raise MediaError(
+            f"{what} is {width}x{height} ({width * height / 1e6:.0f} megapixels), more than the limit of "
+            f"{max_pixels / 1e6:.0f} megapixels; downscale it first"
+        )
 
 
-def load_image(path: str | os.PathLike, max_side: int = 4096) -> np.ndarray:
-    """Any common image as HxWx3 uint8 BGR: greyscale is expanded, alpha composited on white."""
+# Image headers, read by hand so that nothing is decoded before the size is checked: OpenCV allocates
+# the whole image first (a 0.4 MB PNG declaring 12000x12000 costs 430 MB), and only files whose header
+# we read ever reach it. Each reader returns (width, height); running off the end raises struct.error
+# or IndexError, a malformed field ValueError or KeyError.
+
+
+def _png_size(data: bytes) -> tuple[int, int]:
+    length, kind, width, height = struct.unpack_from(">I4sII", data, 8)
+    if kind != b"IHDR" or length != 13:
+        raise ValueError("the first chunk is not IHDR")
+    return width, height
+
+
+# Start-of-frame markers: baseline, extended, progressive and lossless, Huffman or arithmetic coded.
+_JPEG_FRAME_MARKERS = frozenset((0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF))
+_JPEG_STANDALONE_MARKERS = frozenset((0x01, *range(0xD0, 0xD8)))
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int]:
+    """Walk the marker segments to the frame header; APPn segments (EXIF thumbnails too) are skipped whole."""
+    position = 2
+    while True:
+        if data[position] != 0xFF:
+            raise ValueError("expected a marker")
+        while data[position] == 0xFF:  # fill bytes may pad a marker
+            position += 1
+        marker = data[position]
+        position += 1
+        if marker in _JPEG_STANDALONE_MARKERS:
+            continue
+        if marker in (0xD9, 0xDA):
+            raise ValueError("the image data starts before any frame header")
+        (length,) = struct.unpack_from(">H", data, position)
+        if marker in _JPEG_FRAME_MARKERS:
+            height, width = struct.unpack_from(">HH", data, position + 3)
+            return width, height
+        if length < 2:
+            raise ValueError("a segment shorter than its own length field")
+        position += length
+
+
+def _bmp_size(data: bytes) -> tuple[int, int]:
+    (header_size,) = struct.unpack_from("<I", data, 14)
+    width, height = struct.unpack_from("<HH" if header_size == 12 else "<ii", data, 18)  # OS/2 1.x: 16-bit sizes
+    return abs(width), abs(height)  # a negative height means rows stored top-down
+
+
+def _webp_size(data: bytes) -> tuple[int, int]:
+    if len(data) < 30:
+        raise ValueError("shorter than any WebP header")
+    chunk = data[12:16]
+    if chunk == b"VP8X":  # extended: the canvas size, 24 bits each, minus one
+        return 1 + int.from_bytes(data[24:27], "little"), 1 + int.from_bytes(data[27:30], "little")
+    if chunk == b"VP8L" and data[20] == 0x2F:  # lossless: 14 bits each, minus one
+        bits = int.from_bytes(data[21:25], "little")
+        return 1 + (bits & 0x3FFF), 1 + ((bits >> 14) & 0x3FFF)
+    if chunk == b"VP8 " and data[23:26] == b"\x9d\x01\x2a":  # lossy key frame: 14 bits each, 2 bits of scaling
+        width, height = struct.unpack_from("<HH", data, 26)
+        return width & 0x3FFF, height & 0x3FFF
+    raise ValueError("no VP8, VP8L or VP8X chunk first")
+
+
+def _tiff_size(data: bytes) -> tuple[int, int]:
+    """ImageWidth and ImageLength from the first directory (the page OpenCV decodes); classic or BigTIFF."""
+    order = "<" if data[:2] == b"II" else ">"
+    if data[2:4] in (b"+\0", b"\0+"):  # BigTIFF: 64-bit offsets and counts, 20-byte entries
+        (offset,) = struct.unpack_from(order + "Q", data, 8)
+        (count,) = struct.unpack_from(order + "Q", data, offset)
+        first, entry_size, value_at = offset + 8, 20, 12
+    else:
+        (offset,) = struct.unpack_from(order + "I", data, 4)
+        (count,) = struct.unpack_from(order + "H", data, offset)
+        first, entry_size, value_at = offset + 2, 12, 8
+    sizes = {}
+    for entry in range(first, first + count * entry_size, entry_size):
+        tag, kind = struct.unpack_from(order + "HH", data, entry)
+        if tag in (256, 257):  # ImageWidth, ImageLength: SHORT, LONG or (BigTIFF) LONG8
+            (sizes[tag],) = struct.unpack_from(order + {3: "H", 4: "I", 16: "Q"}[kind], data, entry + value_at)
+    return sizes[256], sizes[257]
+
+
+_IMAGE_HEADERS = (
+    ("PNG", lambda data: data[:8] == b"\x89PNG\r\n\x1a\n", _png_size),
+    ("JPEG", lambda data: data[:3] == b"\xff\xd8\xff", _jpeg_size),
+    ("BMP", lambda data: data[:2] == b"BM", _bmp_size),
+    ("WebP", lambda data: data[:4] == b"RIFF" and data[8:12] == b"WEBP", _webp_size),
+    ("TIFF", lambda data: data[:4] in (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+"), _tiff_size),
+)
+
+
+def read_image_header(data: bytes, name: str) -> ImageHeader:
+    """The format (from the file's first bytes, whatever its extension) and the size its header declares."""
+    for image_format, matches, size in _IMAGE_HEADERS:
+        if matches(data):
+            try:
+                width, height = size(data)
+            except (struct.error, IndexError, KeyError, ValueError):
+                raise MediaError(
+                    f"{name} could not be decoded as an image: its {image_format} header is truncated or damaged"
+                ) from None
+            return ImageHeader(image_format, width, height)
+    raise MediaError(f"{name} could not be decoded as an image: it is not a {IMAGE_FORMATS} file")
+
+
+def load_image(path: str | os.PathLike, max_side: int = 4096, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Any common image as HxWx3 uint8 BGR: greyscale is expanded, alpha composited on white.
+
+    The size is checked from the header before any pixel is decoded."""
     import cv2
 
     path = Path(path)
-    if not path.is_file():
-        raise MediaError(f"image not found: {path}")
-    data = np.fromfile(path, dtype=np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    check_file(path, "image", f"accepted: {IMAGE_FORMATS} images")
+    data = path.read_bytes()
+    header = read_image_header(data, path.name)
+    _check_size(header.width, header.height, max_side, path.name, max_pixels)
+    try:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error:  # OpenCV's own checks, in its multi-line assertion text
+        image = None
     if image is None:
-        raise MediaError(f"{path.name} could not be decoded as an image (accepted: {', '.join(IMAGE_EXTENSIONS)})")
-    if image.dtype != np.uint8:  # 16-bit PNG/TIFF
-        image = (image.astype(np.float32) * (255.0 / np.iinfo(image.dtype).max)).round().astype(np.uint8)
+        raise MediaError(
+            f"{path.name} could not be decoded as an image: its {header.format} data is truncated or damaged"
+        )
+    _check_size(image.shape[1], image.shape[0], max_side, path.name, max_pixels)  # as decoded, to be sure
+    return _bgr8(image, path.name)
+
+
+def _bgr8(image: np.ndarray, name: str) -> np.ndarray:
+    """8-bit BGR from what OpenCV decodes: 8 or 16 bits, grey or colour, with or without alpha (composited on
+    white, in integers: exact, and a quarter of the memory of float32)."""
+    import cv2
+
+    if image.dtype == np.uint16:
+        image = cv2.convertScaleAbs(image, alpha=255 / 65535)
+    elif image.dtype != np.uint8:
+        raise MediaError(f"{name} stores {image.dtype} samples; accepted: 8- or 16-bit images")
     if image.ndim == 2:
-        image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-    elif image.shape[2] == 4:
-        alpha = image[:, :, 3:4].astype(np.float32) / 255.0
-        image = (image[:, :, :3].astype(np.float32) * alpha + 255.0 * (1.0 - alpha)).round().astype(np.uint8)
-    _check_size(image.shape[1], image.shape[0], max_side, path.name)
-    return np.ascontiguousarray(image)
+        image = image[:, :, None]
+    channels = image.shape[2]
+    if channels not in (1, 2, 3, 4):
+        raise MediaError(f"{name} has {channels} channels; accepted: grey or colour, with or without alpha")
+    colour, alpha = (image[:, :, :-1], image[:, :, -1:]) if channels in (2, 4) else (image, None)
+    if colour.shape[2] == 1:
+        colour = np.repeat(colour, 3, axis=2)
+    if alpha is not None:  # 255 - (255 - c) * a / 255, rounded: c over white
+        colour = (255 - ((255 - colour).astype(np.uint16) * alpha + 127) // 255).astype(np.uint8)
+    return np.ascontiguousarray(colour)
+
+
+def _video_stream(container, name: str):
+    if not container.streams.video:
+        raise MediaError(f"{name} has no video stream; accepted: {', '.join(VIDEO_EXTENSIONS)} videos")
+    return container.streams.video[0]
+
+
+def _frame_rate(stream) -> float:
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    return float(rate) if rate else 25.0
+
+
+def _unreadable_video(name: str, exc: Exception) -> MediaError:
+    return MediaError(
+        f"{name} could not be read as a video ({ffmpeg_reason(exc)}); accepted: {', '.join(VIDEO_EXTENSIONS)}"
+    )
 
 
 def probe_video(path: str | os.PathLike) -> VideoInfo:
@@ -146,15 +325,11 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
     import av
 
     path = Path(path)
-    if not path.is_file():
-        raise MediaError(f"video not found: {path}")
+    check_file(path, "video", f"accepted: {', '.join(VIDEO_EXTENSIONS)}")
     try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise MediaError(f"{path.name} has no video stream")
-            stream = container.streams.video[0]
-            rate = stream.average_rate or stream.guessed_rate or stream.base_rate
-            fps = float(rate) if rate else 25.0
+        with av.open(str(path), metadata_errors="ignore") as container:
+            stream = _video_stream(container, path.name)
+            fps = _frame_rate(stream)
             duration = None
             if stream.duration is not None and stream.time_base is not None:
                 duration = float(stream.duration * stream.time_base)
@@ -170,15 +345,13 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
                 has_audio=bool(container.streams.audio),
                 codec=stream.codec_context.name,
             )
-    except MediaError:
-        raise
-    except Exception as exc:  # av.error.InvalidDataError and friends
-        raise MediaError(
-            f"{path.name} could not be read as a video ({exc}); accepted: {', '.join(VIDEO_EXTENSIONS)}"
-        ) from None
+    except (av.error.FFmpegError, UnicodeDecodeError) as exc:  # InvalidDataError and friends
+        raise _unreadable_video(path.name, exc) from None
 
 
 def validate_video(info: VideoInfo, name: str, max_side: int, max_seconds: float) -> None:
+    """The header's size, rate and duration against the limits. A header without a duration passes here:
+    read_frames(max_seconds=...) holds the limit while streaming."""
     _check_size(info.width, info.height, max_side, name)
     if not 1.0 <= info.fps <= 120.0:
         raise MediaError(f"{name} reports {info.fps:.2f} frames per second; accepted: 1 to 120")
@@ -189,18 +362,45 @@ def validate_video(info: VideoInfo, name: str, max_side: int, max_seconds: float
         )
 
 
-def read_frames(path: str | os.PathLike) -> Iterator[np.ndarray]:
-    """Decode frame by frame as HxWx3 uint8 BGR: the whole video is never in memory."""
+def read_frames(path: str | os.PathLike, max_seconds: float | None = None) -> Iterator[np.ndarray]:
+    """Decode frame by frame as HxWx3 uint8 BGR: the whole video is never in memory.
+
+    With `max_seconds`, frames are counted as they come and reading stops with a message past
+    fps x max_seconds of them: a header may not state a length (a raw H.264 stream's does not), so
+    the count is the limit that always holds. Every frame must have the size the header states (or
+    the first frame's), so a stream cannot switch to a larger size than the one validated."""
     import av
 
+    path = Path(path)
+    decoded = 0
     try:
-        with av.open(str(path)) as container:
-            stream = container.streams.video[0]
+        with av.open(str(path), metadata_errors="ignore") as container:
+            stream = _video_stream(container, path.name)
             stream.thread_type = "AUTO"  # frame + slice threads: decoding is often the slowest CPU stage
+            fps = _frame_rate(stream)
+            allowed = None if max_seconds is None else math.ceil(max_seconds * fps)
+            size = (stream.codec_context.width, stream.codec_context.height)
             for frame in container.decode(stream):
+                if allowed is not None and decoded == allowed:
+                    raise MediaError(
+                        f"{path.name} runs longer than the limit of {max_seconds:g} s ({allowed} frames at "
+                        f"{fps:g} fps, AVATARBENCH_MAX_SECONDS); trim it first"
+                    )
+                size = size if all(size) else (frame.width, frame.height)
+                if (frame.width, frame.height) != size:
+                    raise MediaError(
+                        f"{path.name} changes its frame size from {size[0]}x{size[1]} to {frame.width}x{frame.height} "
+                        f"at frame {decoded + 1}; accepted: videos with one frame size"
+                    )
+                decoded += 1
                 yield frame.to_ndarray(format="bgr24")
-    except av.error.FFmpegError as exc:
-        raise MediaError(f"{Path(path).name}: decoding failed part-way ({exc})") from None
+    except (av.error.FFmpegError, UnicodeDecodeError) as exc:
+        raise MediaError(
+            f"{path.name}: decoding failed after {decoded} frames ({ffmpeg_reason(exc)}); the file may be "
+            "truncated or damaged"
+        ) from None
+    if decoded == 0:
+        raise MediaError(f"{path.name} holds no decodable video frame; the file may be truncated or damaged")
 
 
 # ---------------------------------------------------------------------------- encoding

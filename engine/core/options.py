@@ -154,7 +154,8 @@ class Field:
         if low is None and high is None:
             return
         numbers = [v for v in items if isinstance(v, int | float) and not isinstance(v, bool)]
-        out = [format(v, "g") for v in numbers if (low is not None and v < low) or (high is not None and v > high)]
+        out = [str(v) if isinstance(v, int) else format(v, "g") for v in numbers
+               if (low is not None and v < low) or (high is not None and v > high)]  # fmt: skip
         if out:
             raise _Problem(f"{self.words} {', '.join(out)} is outside {_bounds(low, high)}")
 

@@ -99,6 +99,9 @@ class Settings:
     shutdown_grace_s: float = 10.0
     max_side: int = 2560
     max_seconds: float = 600.0
+    upload_cache_hours: float = 6.0
+    store_budget_gb: float = 10.0
+    store_max_age_days: float = 30.0
     wav2lip_checkpoint: str | None = None
     s3fd_checkpoint: str | None = None
     liveportrait_dir: str | None = None
@@ -163,8 +166,32 @@ DOCUMENTED: dict[str, tuple[str, str]] = {
         "shutdown_grace_s",
         "seconds running jobs get to finish when the app stops (SIGTERM, Ctrl-C), 0..3600 (default 10)",
     ),
-    "MAX_SIDE": ("max_side", "largest accepted image/video side in pixels, 64..8192 (default 2560: 4K is refused)"),
-    "MAX_SECONDS": ("max_seconds", "longest accepted video or audio in seconds, 1..7200 (default 600)"),
+    "MAX_SIDE": (
+        "max_side",
+        "largest accepted image/video side in pixels, 64..8192 (default 2560: 4K is refused); checked from the "
+        "file's header before anything is decoded, as is a cap of 40 megapixels",
+    ),
+    "MAX_SECONDS": (
+        "max_seconds",
+        "longest accepted video or audio in seconds, 1..7200 (default 600); checked from the header, and frame by "
+        "frame while reading when the header states no duration",
+    ),
+    "UPLOAD_CACHE_HOURS": (
+        "upload_cache_hours",
+        "hours Gradio keeps uploads and the copies of results it served, 0.1..720 (default 6: a job's inputs are "
+        "copied into the job store when it is submitted, so Gradio's copies only serve the page in front of you)",
+    ),
+    "STORE_BUDGET_GB": (
+        "store_budget_gb",
+        "GB the stored job inputs (DATA_DIR/blobs) and outputs (DATA_DIR/outputs) may take together, 0.1..100000 "
+        "(default 10: half of Spaces' smallest persistent disk, the rest left to weights and caches); past it the "
+        "least recently used go first, never a queued or running job's",
+    ),
+    "STORE_MAX_AGE_DAYS": (
+        "store_max_age_days",
+        "days a stored job input or output is kept after its last use, 0.1..36500 (default 30); the job's record "
+        "stays and says which file was removed",
+    ),
     "WAV2LIP_CHECKPOINT": (
         "wav2lip_checkpoint",
         "Wav2Lip generator checkpoint: a path, or hf:OWNER/REPO/FILE (downloaded only when online); "
@@ -181,6 +208,7 @@ DOCUMENTED: dict[str, tuple[str, str]] = {
 
 def documented_values(settings: Settings) -> list[tuple[str, str, str]]:
     """(variable, current value, meaning) for every documented setting."""
+
     def shown(value: object) -> str:
         if isinstance(value, tuple):  # KIND=SECONDS pairs
             return ",".join(f"{k}={v:g}" for k, v in value)
@@ -209,6 +237,9 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         shutdown_grace_s=_number(env, "SHUTDOWN_GRACE", 10.0, 0.0, 3600.0),
         max_side=_number(env, "MAX_SIDE", 2560, 64, 8192, int),
         max_seconds=_number(env, "MAX_SECONDS", 600.0, 1.0, 7200.0),
+        upload_cache_hours=_number(env, "UPLOAD_CACHE_HOURS", 6.0, 0.1, 720.0),
+        store_budget_gb=_number(env, "STORE_BUDGET_GB", 10.0, 0.1, 100_000.0),
+        store_max_age_days=_number(env, "STORE_MAX_AGE_DAYS", 30.0, 0.1, 36_500.0),
         wav2lip_checkpoint=_env(env, "WAV2LIP_CHECKPOINT"),
         s3fd_checkpoint=_env(env, "S3FD_CHECKPOINT"),
         liveportrait_dir=_env(env, "LIVEPORTRAIT_DIR"),

@@ -84,6 +84,23 @@ def resolve(model: ModelFile, settings: Settings, explicit: str | os.PathLike | 
     return None
 
 
+SERVER_FILE_SUFFIXES = (".pth", ".pt", ".onnx")
+
+
+def server_files(settings: Settings) -> dict[str, Path]:
+    """The weights this server has, by the name a visitor may pick (the path under the weights folder): model files,
+    and the folders holding LivePortrait's base_models/. Visitors of a shared app choose among these; paths and Hub
+    downloads are for the operator."""
+    root = settings.weights_dir
+    if not root.is_dir():
+        return {}
+    found = {}
+    for path in sorted(root.rglob("*")):
+        if (path.is_file() and path.suffix in SERVER_FILE_SUFFIXES) or (path / "base_models").is_dir():
+            found[path.relative_to(root).as_posix()] = path
+    return found
+
+
 def where_to_put(model: ModelFile, settings: Settings) -> str:
     """One sentence for the UI and errors: where the file goes."""
     return (

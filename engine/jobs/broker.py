@@ -6,7 +6,8 @@ engine/jobs/worker.py), and enforces what a job may take: a time limit per kind 
 (a segfault, the OOM killer, `os._exit`) fails only its job, with the reason, and is replaced. `stop()` lets
 running jobs finish within a grace period, then stops their workers and fails those jobs with the reason; queued
 jobs stay queued for the next start. The store (SQLite) is the only channel: workers claim, report progress and
-write results there, so nothing is lost when either side goes away.
+write results there, so nothing is lost when either side goes away. The watch also runs the app's periodic chores
+(`chores`, every `chores_s`: the disk budget), so they live and stop with the broker.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import multiprocessing
 import signal
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,14 +71,17 @@ class Broker:
         limits: JobLimits | None = None,
         poll_s: float = 0.5,
         monitor_s: float = 0.2,
+        chores: Callable[[], object] | None = None,
+        chores_s: float = 600.0,
     ) -> None:
         """`kinds`: job kind -> "module:function" of its handler; `workers`: device -> how many worker processes
-        ("cuda:0": 1, "cpu": 1)."""
+        ("cuda:0": 1, "cpu": 1); `chores`: called from the watch every `chores_s` seconds."""
         self.store, self.kinds = store, dict(kinds)
         self.workers = {device: max(1, int(n)) for device, n in workers.items()} or {CPU: 1}
         self.devices = list(self.workers)
         self.limits = limits or JobLimits()
         self.poll_s, self.monitor_s = poll_s, monitor_s
+        self.chores, self.chores_s = chores, chores_s
         self._workers: list[_Worker] = []
         self._lock = threading.RLock()
         self._stopping = threading.Event()
@@ -210,10 +214,14 @@ class Broker:
             worker.process.kill()
 
     def _watch(self) -> None:
+        chores_due = time.monotonic() + self.chores_s
         while not self._stopping.wait(self.monitor_s):
             try:
                 self._check_once()
-            except Exception:  # the watch must outlive a locked database or a vanished process
+                if self.chores is not None and time.monotonic() >= chores_due:
+                    chores_due = time.monotonic() + self.chores_s
+                    self.chores()
+            except Exception:  # the watch must outlive a locked database, a vanished process or a failed chore
                 log.exception("the broker's watch failed once")
 
     def _check_once(self) -> None:

@@ -8,6 +8,7 @@ summary fields; status, result, history, queue and cancel are the same for all, 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
@@ -18,6 +19,8 @@ from engine.core.options import Config
 from engine.core.settings import Settings
 from engine.jobs.broker import Broker
 from engine.jobs.store import CPU, QUEUED, Job, JobStore, StoreError
+
+log = logging.getLogger(__name__)
 
 
 def summary(job: Job) -> dict[str, Any]:
@@ -67,7 +70,16 @@ class JobKind:
         return {**self.summary(job), "report": job.result}
 
     def history(self, owner: str | None, limit: int = 50) -> list[dict[str, Any]]:
-        return [self.summary(j) for j in self.store.history(limit, kind=self.kind, owner=owner)]
+        """The owner's jobs, newest first. A row this version cannot read (damaged, or written by another version)
+        is shown as such, never allowed to break the list."""
+        out = []
+        for job in self.store.history(limit, kind=self.kind, owner=owner):
+            try:
+                out.append(self.summary(job))
+            except Exception as exc:
+                log.warning("job %s cannot be summarised: %s", job.id, exc)
+                out.append({**summary(job), "error": f"this job's record cannot be read ({type(exc).__name__})"})
+        return out
 
     def queue(self, owner: str | None) -> list[dict[str, Any]]:
         return [self.summary(j) for j in self.store.queue(owner) if j.kind == self.kind]

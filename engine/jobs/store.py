@@ -37,9 +37,9 @@ import sqlite3
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,7 @@ CPU = "cpu"
 
 _SCHEMA_VERSION = 2
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+_BLOB_REF = re.compile(r"(?:onnx:)?([0-9a-f]{64})")  # how settings name a blob: bare, or a sweep's onnx:<sha256>
 _COLUMNS = (
     "id, kind, model_sha256, settings, device, status, progress, progress_label, error, result, "
     "created, started, finished, seq, owner, timed, worker"
@@ -90,8 +91,32 @@ class Job:
     position: int | None = None  # 1-based place among the device's queued jobs; None unless queued
 
 
+@dataclass
+class Usage:
+    """What the jobs say about stored files, for the disk budget: what queued and running jobs need, and when
+    each blob was last named by a job."""
+
+    active_jobs: set[str] = field(default_factory=set)
+    active_blobs: set[str] = field(default_factory=set)
+    blob_last_used: dict[str, float] = field(default_factory=dict)
+
+
 def _dumps(value: Any) -> str:
     return json.dumps(value, allow_nan=True)
+
+
+def _blob_refs(value: Any) -> Iterator[str]:
+    """Every blob a job's settings name, wherever they name it (files, a sweep's model): a string that merely looks
+    like a sha256 only keeps a blob longer, never loses one."""
+    if isinstance(value, str):
+        if match := _BLOB_REF.fullmatch(value):
+            yield match.group(1)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _blob_refs(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _blob_refs(item)
 
 
 def _row_to_job(row: tuple, position: int | None = None) -> Job:
@@ -233,12 +258,20 @@ class JobStore:
             sha = digest.hexdigest()
             dest = self.blobs_dir / sha[:2] / sha
             if dest.is_file():
+                os.utime(dest)  # used again now: the budget (engine/jobs/housekeeping.py) evicts by last use
                 return sha  # already stored: the content is identical by construction
             dest.parent.mkdir(exist_ok=True)
             os.replace(tmp, dest)  # two racing puts of one content both write identical bytes
             return sha
         finally:
             tmp.unlink(missing_ok=True)
+
+    def has_blob(self, sha256: str) -> bool:
+        try:
+            self.blob_path(sha256)
+        except StoreError:
+            return False
+        return True
 
     def blob_path(self, sha256: str) -> Path:
         if not isinstance(sha256, str) or not _SHA256.fullmatch(sha256.lower()):
@@ -280,16 +313,16 @@ class JobStore:
 
     def get(self, job_id: str, owner: str | None = None) -> Job:
         """The job; with an owner, only that owner's (another's is "no job", so ids reveal nothing)."""
-        rows = self._read(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
+        # One statement, so the status and the position agree even while a worker claims the job.
+        rows = self._read(
+            f"SELECT {_COLUMNS}, (SELECT COUNT(*) FROM jobs q WHERE q.status = ? AND q.device = jobs.device "
+            "AND q.seq <= jobs.seq) FROM jobs WHERE id = ?",
+            (QUEUED, job_id),
+        )
         if not rows or (owner is not None and rows[0][14] != owner):
             raise StoreError(f"no job {job_id}")
         row = rows[0]
-        position = None
-        if row[5] == QUEUED:
-            position = self._read(
-                "SELECT COUNT(*) FROM jobs WHERE status = ? AND device = ? AND seq <= ?", (QUEUED, row[4], row[13])
-            )[0][0]
-        return _row_to_job(row, position)
+        return _row_to_job(row, row[17] if row[5] == QUEUED else None)
 
     def queue(self, owner: str | None = None) -> list[Job]:
         """Queued and running jobs in order, positions counted over everyone's; with an owner, only theirs."""
@@ -316,6 +349,47 @@ class JobStore:
         clause = f"WHERE {' AND '.join(where)} " if where else ""
         rows = self._read(f"SELECT {_COLUMNS} FROM jobs {clause}ORDER BY seq DESC LIMIT ?", (*params, int(limit)))
         return [_row_to_job(r) for r in rows]
+
+    def usage(self) -> Usage:
+        """Which jobs and blobs are queued or running, and each blob's last use (the newest submit, start or end of
+        a job naming it); one pass over the table."""
+        usage = Usage()
+        rows = self._read(
+            "SELECT id, status, model_sha256, settings, MAX(created, COALESCE(started, 0), COALESCE(finished, 0)) "
+            "FROM jobs"
+        )
+        for job_id, status, model_sha, settings, used in rows:
+            active = status in (QUEUED, RUNNING)
+            if active:
+                usage.active_jobs.add(job_id)
+            try:
+                named = {*_blob_refs(json.loads(settings)), *_blob_refs(model_sha)}
+            except ValueError:  # a damaged row: its model column still counts
+                log.warning("job %s has unreadable settings; only its model column names blobs", job_id)
+                named = set(_blob_refs(model_sha))
+            for sha in named:
+                usage.blob_last_used[sha] = max(used, usage.blob_last_used.get(sha, 0.0))
+                if active:
+                    usage.active_blobs.add(sha)
+        return usage
+
+    def record_removed_outputs(self, job_id: str, paths: Iterable[str | os.PathLike], note: str) -> list[str]:
+        """Say in a job's result which of the output files it names were removed (and why, in `note`): the row
+        stays, its result keeps the old paths, and readers learn the files are gone from `removed_outputs` and a
+        warning. Returns the output keys marked."""
+        names = {Path(p).name for p in paths}
+        with self._tx() as c:
+            row = c.execute("SELECT result FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            result = json.loads(row[0]) if row and row[0] else None
+            outputs = result.get("outputs") if isinstance(result, dict) else None
+            if not isinstance(outputs, dict):
+                return []
+            gone = {k: v for k, v in outputs.items() if isinstance(v, str) and Path(v).name in names}
+            if gone:
+                result.setdefault("removed_outputs", {}).update(gone)
+                result.setdefault("warnings", []).append(f"{note}: {', '.join(Path(v).name for v in gone.values())}")
+                c.execute("UPDATE jobs SET result = ? WHERE id = ?", (_dumps(result), job_id))
+            return list(gone)
 
     def owns_model(self, owner: str, sha256: str) -> bool:
         """Whether this owner submitted a job with this model (a sweep may only reuse its owner's uploads)."""
@@ -394,4 +468,16 @@ class JobStore:
         return bool(n)
 
 
-__all__ = ["CANCELLED", "CPU", "DONE", "FAILED", "FINISHED", "QUEUED", "RUNNING", "Job", "JobStore", "StoreError"]
+__all__ = [
+    "CANCELLED",
+    "CPU",
+    "DONE",
+    "FAILED",
+    "FINISHED",
+    "QUEUED",
+    "RUNNING",
+    "Job",
+    "JobStore",
+    "StoreError",
+    "Usage",
+]

@@ -28,7 +28,5 @@ def _lipsync(args: argparse.Namespace) -> int:
 
 
 COMMANDS = [
-    Command(
-        "lipsync", "lip-sync a face image or video to speech (writes an MP4)", _lipsync, LipSyncConfig, run_flags
-    ),
+    Command("lipsync", "lip-sync a face image or video to speech (writes an MP4)", _lipsync, LipSyncConfig, run_flags),
 ]

@@ -115,22 +115,21 @@ class _Encoder:
         self.writer.abort()
 
 
-def _frames(config: LipSyncConfig, image: np.ndarray | None, count: int) -> Iterator[np.ndarray]:
-    """`count` frames of the face input: the still image repeated, or the video trimmed or looped."""
+def _frames(config: LipSyncConfig, image: np.ndarray | None, count: int, max_seconds: float) -> Iterator[np.ndarray]:
+    """`count` frames of the face input: the still image repeated, or the video trimmed or looped. Each pass over
+    the video stops at the length limit, which its header may not state (read_frames counts); a video without
+    a decodable frame is refused there too, so looping always advances."""
     if image is not None:
         for _ in range(count):
             yield image
         return
     produced = 0
     while produced < count:
-        before = produced
-        for frame in read_frames(config.face):
+        for frame in read_frames(config.face, max_seconds=max_seconds):
             yield frame
             produced += 1
             if produced == count:
                 return
-        if produced == before:
-            raise LipSyncError(f"{Path(config.face).name} decoded to no frames")
 
 
 def _make_generator(config: LipSyncConfig, settings: Settings, device, caps, precision: str) -> Generator:
@@ -164,9 +163,8 @@ def run_lipsync(
     if not choice.is_cuda:
         result.warn(f"running on the CPU: {choice.reason}")
 
-    progress(0.0, "reading the speech")
-    with result.stage("audio"):
-        wav = load_audio(config.audio, max_seconds=settings.max_seconds)
+    # The face first: its checks read headers (an image is decoded only within the limits), so a bad face is
+    # refused before up to max_seconds of speech is decoded.
     still = is_image(config.face)
     image = load_image(config.face, max_side=settings.max_side) if still else None
     if image is not None:
@@ -175,6 +173,9 @@ def run_lipsync(
         info = probe_video(config.face)
         validate_video(info, Path(config.face).name, settings.max_side, settings.max_seconds)
         fps, size = info.fps, (info.width, info.height)
+    progress(0.0, "reading the speech")
+    with result.stage("audio"):
+        wav = load_audio(config.audio, max_seconds=settings.max_seconds)
     with result.stage("mel"):
         chunks = mel_chunks(mel_spectrogram(wav), fps, config.audio_offset)
     count = len(chunks)
@@ -203,7 +204,8 @@ def run_lipsync(
     out.parent.mkdir(parents=True, exist_ok=True)
     writer = VideoWriter(out, fps, size[0], size[1], audio=audio)
     encoder = _Encoder(writer, result)
-    batches = _detected(_batched(_frames(config, image, count), batch_size, result), detector, still, result)
+    face_frames = _frames(config, image, count, settings.max_seconds)
+    batches = _detected(_batched(face_frames, batch_size, result), detector, still, result)
     done = 0
     started = time.perf_counter()
     try:

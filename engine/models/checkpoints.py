@@ -36,9 +36,10 @@ class CheckpointError(InputError):
         self.problem = problem
         self.path = None if path is None else str(path)
         self.expected = expected
-        message = problem if self.path is None else f"{self.path}: {problem}"
+        # The file's own name, never its server path (uploads live under paths a visitor has no business seeing).
+        message = problem if self.path is None else f"{Path(self.path).name}: {problem}"
         if expected:
-            message += f"\nExpected {expected}."
+            message += f"; expected {expected}"
         super().__init__(message)
 
 

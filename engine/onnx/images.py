@@ -39,7 +39,7 @@ class ImageOptions:
     resize: str = "stretch"  # stretch to the input size, centre-crop after resizing, or letterbox (grey pad)
     scaling: str = "0-1"  # see SCALINGS; integer inputs take raw 0-255 pixel values only
     channels: str = "rgb"  # order the model was trained with; OpenCV decodes BGR
-    max_side: int = 8192  # larger images are refused before decoding work piles up
+    max_side: int = 8192  # larger images (and any over MAX_PIXELS) are refused from their header, undecoded
 
     def validate(self) -> None:
         problems = []

@@ -32,9 +32,9 @@ def model_source(model: Path | None, example: str | None, settings: Settings) ->
 
 
 @contextlib.contextmanager
-def prepared(source: ModelSource, settings: Settings, symbols: dict[str, int] | None = None) -> Iterator[
-    tuple[Path, ModelInfo]
-]:
+def prepared(
+    source: ModelSource, settings: Settings, symbols: dict[str, int] | None = None
+) -> Iterator[tuple[Path, ModelInfo]]:
     """The model checked and unpacked in a private folder under the cache (removed afterwards), and its
     inspection at `symbols`."""
     settings.ensure_dirs()

@@ -35,8 +35,8 @@ class PortraitConfig(Config):
         "auto", help="auto: LivePortrait when its weights are found, else the baseline", choices=ENGINES
     )
     weights: str | None = option(
-        None, help="LivePortrait weights folder, or hf:KwaiVGI/LivePortrait to download (empty: "
-        "AVATARBENCH_LIVEPORTRAIT_DIR, then the Hub's local cache)",
+        None, help="LivePortrait weights: the official pretrained_weights folder or its liveportrait/ subfolder, "
+        "or hf:KwaiVGI/LivePortrait to download (empty: AVATARBENCH_LIVEPORTRAIT_DIR, then the Hub's local cache)",
     )  # fmt: skip
     backend: str = option("torch", help="how LivePortrait runs: PyTorch or our ONNX export", choices=BACKENDS)
     precision: str = option(
@@ -44,7 +44,10 @@ class PortraitConfig(Config):
     )
     compile: bool = option(False, help="torch.compile the warping module and decoder (torch backend)")
     region: str = option("all", help="what the driver moves", choices=REGIONS)
-    relative: bool = option(True, help="motion relative to the driver's first frame (off: the driver's own pose)")
+    relative: bool = option(
+        True, help="motion relative to the driver's first frame (off: absolute, the driver's own pose and position "
+        "and upstream's subset of its expression, at the source's scale)",
+    )  # fmt: skip
     driving_option: str = option("expression-friendly", help="how relative motion is applied", choices=DRIVING_OPTIONS)
     multiplier: float = option(1.0, help="scale of the driving motion", low=0.0, high=3.0)
     stitching: bool = option(True, help="the stitching network keeps the shoulders still")
@@ -53,14 +56,26 @@ class PortraitConfig(Config):
     pitch: float = option(0.0, help="extra head pitch in degrees", low=-MAX_ANGLE, high=MAX_ANGLE)
     yaw: float = option(0.0, help="extra head yaw in degrees", low=-MAX_ANGLE, high=MAX_ANGLE)
     roll: float = option(0.0, help="extra head roll in degrees", low=-MAX_ANGLE, high=MAX_ANGLE)
+    eye_retargeting: bool = option(
+        False, help="the eyes follow each driving frame's eye openness (upstream's eye retargeting; needs the "
+        "landmark model; with relative motion only the retargeted eyes and lips move)",
+    )  # fmt: skip
+    lip_retargeting: bool = option(
+        False, help="the lips follow each driving frame's lip openness (upstream's lip retargeting; needs the "
+        "landmark model; with relative motion only the retargeted eyes and lips move)",
+    )  # fmt: skip
     eye_open: float | None = option(
-        None, help="retarget the eyes to this openness, 0: closed (empty: no retargeting)", low=0.0, high=MAX_OPENNESS
-    )
+        None, help="instead, retarget the eyes to this one openness in every frame, 0: closed (empty: off)",
+        low=0.0, high=MAX_OPENNESS,
+    )  # fmt: skip
     lip_open: float | None = option(
-        None, help="retarget the lips to this openness, 0: closed (empty: no retargeting)", low=0.0, high=MAX_OPENNESS
-    )
+        None, help="instead, retarget the lips to this one openness in every frame, 0: closed (empty: off)",
+        low=0.0, high=MAX_OPENNESS,
+    )  # fmt: skip
     landmarks: str | None = option(None, help="LivePortrait's landmark.onnx for retargeting (empty: in the weights)")
-    normalize_lips: bool = option(True, help="close an open source mouth before animating")
+    normalize_lips: bool = option(
+        False, help="close an open source mouth before relative motion (upstream's flag_normalize_lip; off there too)"
+    )
     max_frames: int | None = option(None, help="stop after N driving frames (empty: all)", low=1)
     batch_size: int = option(8, help="frames rendered per batch", low=1, high=256)
     save_template: bool = option(False, help="also save the driving motion as a template (.npz beside the video)")
@@ -71,11 +86,19 @@ class PortraitConfig(Config):
             out.append("torch.compile applies to the torch backend only")
         if self.backend != "torch" and self.precision == "bf16":
             out.append("the ONNX backends run fp32 or fp16, not bf16")
+        for part, name in (("eye", "eyes"), ("lip", "lips")):
+            if getattr(self, f"{part}_retargeting") and getattr(self, f"{part}_open") is not None:
+                out.append(f"the {name} follow the driver ({part} retargeting) or one openness ({part} open), not both")
         for name in ("source", "driving"):
             path = Path(getattr(self, name))
             if not path.is_file():
                 out.append(f"{name} file not found: {path.name}")
         return out
+
+    @property
+    def follows_driver(self) -> bool:
+        """The eyes or the lips are retargeted to each driving frame's openness (upstream's retargeting)."""
+        return self.eye_retargeting or self.lip_retargeting
 
     @property
     def rotation(self) -> tuple[float, float, float]:

@@ -1,5 +1,6 @@
 """Optional 203-point face landmarks (LivePortrait's `landmark.onnx`, supplied by the user with the weights)
-for eye and lip retargeting: the retargeting networks take how open the source's eyes and lips are.
+for eye and lip retargeting: the retargeting networks take how open the source's eyes and lips are, and
+retargeting to the driver takes each driving frame's.
 
 The model sees a 224x224 RGB crop (1.5x the face box, shifted up by 0.1) in [0, 1]; among its outputs is
 one with 203 x 2 values in crop units (x 224), which are mapped back to the image. Openness is a distance
@@ -38,6 +39,11 @@ def lip_open_ratio(points: np.ndarray) -> float:
     return _ratio(points, 90, 102, 48, 66)
 
 
+def openness(points: np.ndarray) -> tuple[np.ndarray, float]:
+    """One face's eye openness (left, right) and lip openness, as the retargeting networks take them."""
+    return eye_open_ratios(points), lip_open_ratio(points)
+
+
 class LandmarkModel:
     def __init__(self, path: str | os.PathLike) -> None:
         import onnxruntime as ort
@@ -63,4 +69,4 @@ class LandmarkModel:
         return points @ transform.to_original[:, :2].T + transform.to_original[:, 2]
 
 
-__all__ = ["LandmarkError", "LandmarkModel", "eye_open_ratios", "lip_open_ratio"]
+__all__ = ["LandmarkError", "LandmarkModel", "eye_open_ratios", "lip_open_ratio", "openness"]

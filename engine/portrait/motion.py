@@ -1,5 +1,6 @@
 """LivePortrait's keypoint maths, batched: pose from bins, rotations, the keypoint transform, relative motion
-from a driving clip, animation regions, the expression-friendly multiplier, stitching and retargeting.
+from a driving clip or one image, absolute motion, animation regions, the expression-friendly multiplier,
+stitching and retargeting.
 
 Conventions (the official ones, which the weights were trained with): angles in degrees, pose bins 3 degrees
 wide from -97.5; `rotation_matrix` returns (Rz Ry Rx) transposed, because keypoints are row vectors multiplied
@@ -9,7 +10,7 @@ on the right; keypoints x = s * (x_c R + exp) + t with only tx, ty applied (no z
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -19,6 +20,39 @@ from engine.portrait.config import REGIONS
 
 LIP_KEYPOINTS = (6, 12, 14, 17, 19, 20)
 EYE_KEYPOINTS = (11, 13, 15, 16, 18)
+# Absolute motion takes only these expression coordinates (x, y, z = 0, 1, 2) from the driver, per keypoint; the
+# others stay the source's (upstream: LivePortraitPipeline.execute in src/live_portrait_pipeline.py).
+ABSOLUTE_EXPRESSION = {
+    **{k: (0, 1, 2) for k in (1, 2, 6, *range(11, 21))},
+    3: (1,), 4: (1,), 5: (2,), 8: (2,), 9: (1, 2),
+}  # fmt: skip
+# The neutral expression a single driving image is measured against: part of the released model's calibration,
+# copied as data from `lip_array` (src/utils/resources/lip_array.pkl, a float64 (1, 21, 3) array, loaded as
+# InferenceConfig.lip_array) in KwaiVGI/LivePortrait, MIT License, Copyright (c) 2024 Kuaishou Visual Generation
+# and Interaction Center. Upstream converts it to float32 before use, as we do.
+NEUTRAL_EXPRESSION = (
+    (-9.4524e-05, 0.00024222, -4.009739999999999e-05),
+    (0.000208596, 0.000468054, 1.2746399999999999e-05),
+    (-0.000124602, 0.00032497200000000003, 4.425e-06),
+    (0.000119652, -0.000456624, 5.40852e-05),
+    (-0.000265254, -7.459799999999999e-05, -1.5527999999999998e-05),
+    (-3.3488399999999996e-05, -0.000183036, -3.4940399999999998e-06),
+    (-4.7542799999999996e-07, -4.5246599999999997e-07, 1.59498e-06),
+    (-0.000541296, 0.0026328000000000002, 7.2485999999999995e-06),
+    (-1.1694e-05, 5.00502e-06, 9.9888e-06),
+    (8.028599999999999e-07, 5.1913199999999995e-06, -0.00040934399999999996),
+    (0.000166878, -1.9815000000000003e-05, -8.854799999999999e-05),
+    (-1.51536e-05, 8.2506e-05, 5.94012e-06),
+    (-2.61054e-07, 2.7591e-06, 2.21028e-06),
+    (-6.6282e-05, -6.828599999999999e-05, -3.4531799999999997e-06),
+    (-0.00083262, -0.00179592, -2.59176e-06),
+    (6.9714e-06, 3.65514e-05, -1.8977999999999999e-06),
+    (-4.808759999999999e-06, 7.1148e-06, -1.03236e-05),
+    (-0.0006368400000000001, -0.0011661, 5.62314e-05),
+    (0.00028329, -1.4565599999999998e-05, 1.09746e-05),
+    (-4.16022e-06, -0.0150906, -0.0025494),
+    (0.000222474, 0.00562788, 0.0027264599999999996),
+)
 
 
 @dataclass
@@ -80,15 +114,23 @@ def transform_keypoints(info: KeypointInfo) -> torch.Tensor:
     return compose(info.kp, info.rotation, info.exp, info.scale, info.t)
 
 
-def _region_exp(base: torch.Tensor, moved: torch.Tensor, region: str) -> torch.Tensor:
-    if region in ("all", "exp"):
-        return moved
-    if region == "pose":
-        return base
-    out = base.clone()
-    idx = list(LIP_KEYPOINTS if region == "lip" else EYE_KEYPOINTS)
-    out[:, idx] = moved[:, idx]
-    return out
+def _check_region(region: str) -> None:
+    if region not in REGIONS:
+        raise InputError(f"animation region {region!r} is not one of {', '.join(REGIONS)}")
+
+
+def _expression_mask(region: str, absolute: bool = False) -> torch.Tensor:
+    """(21, 3) booleans: the expression coordinates the driver moves in `region` (absolute motion moves only
+    upstream's subset of them for all and exp)."""
+    mask = torch.zeros(21, 3, dtype=torch.bool)
+    if region in ("all", "exp") and not absolute:
+        mask[:] = True
+    elif region in ("all", "exp"):
+        for keypoint, axes in ABSOLUTE_EXPRESSION.items():
+            mask[keypoint, list(axes)] = True
+    elif region in ("lip", "eyes"):
+        mask[list(LIP_KEYPOINTS if region == "lip" else EYE_KEYPOINTS)] = True
+    return mask
 
 
 def relative_driving(
@@ -96,17 +138,41 @@ def relative_driving(
 ) -> torch.Tensor:
     """Driving keypoints for the source face: the driving frames' motion relative to the first driving frame
     (rotation, expression, scale and translation deltas) applied to the source, limited to a region."""
-    if region not in REGIONS:
-        raise InputError(f"animation region {region!r} is not one of {', '.join(REGIONS)}")
+    _check_region(region)
     n = driving.kp.shape[0]
     r_s, r_d, r_0 = source.rotation, driving.rotation, first.rotation
     posed = region in ("all", "pose")
     rotation = (r_d @ r_0.transpose(1, 2)) @ r_s if posed else r_s.expand(n, 3, 3)
     moved_exp = source.exp + (driving.exp - first.exp)
-    exp = _region_exp(source.exp.expand(n, 21, 3), moved_exp, region)
+    exp = torch.where(_expression_mask(region).to(moved_exp.device), moved_exp, source.exp.expand(n, 21, 3))
     scale = source.scale * (driving.scale / first.scale) if region == "all" else source.scale.expand(n)
     t = source.t + (driving.t - first.t) if posed else source.t.expand(n, 3)
     return compose(source.kp.expand(n, 21, 3), rotation, exp, scale, t)
+
+
+def image_driving(source: KeypointInfo, image: KeypointInfo, region: str = "all") -> torch.Tensor:
+    """Relative motion from one driving image, as upstream: no pose, scale or position change; its expression
+    measured against the neutral expression (for the eyes region, upstream measures it against zero)."""
+    neutral = torch.zeros_like(image.exp) if region == "eyes" else neutral_expression().to(image.exp)
+    return relative_driving(source, image, replace(image, exp=neutral.expand_as(image.exp)), region)
+
+
+def absolute_driving(source: KeypointInfo, driving: KeypointInfo, region: str = "all") -> torch.Tensor:
+    """The driver's own pose and position (all, pose) and its expression (all, exp: upstream's subset of
+    coordinates, ABSOLUTE_EXPRESSION; lip, eyes: their keypoints), always at the source's scale."""
+    _check_region(region)
+    n = driving.kp.shape[0]
+    posed = region in ("all", "pose")
+    rotation = driving.rotation if posed else source.rotation.expand(n, 3, 3)
+    mask = _expression_mask(region, absolute=True).to(driving.exp.device)
+    exp = torch.where(mask, driving.exp, source.exp.expand(n, 21, 3))
+    t = driving.t if posed else source.t.expand(n, 3)
+    return compose(source.kp.expand(n, 21, 3), rotation, exp, source.scale.expand(n), t)
+
+
+def neutral_expression() -> torch.Tensor:
+    """(1, 21, 3) float32: NEUTRAL_EXPRESSION, rounded from float64 as upstream rounds it."""
+    return torch.tensor(NEUTRAL_EXPRESSION, dtype=torch.float64).float()[None]
 
 
 def hull_volume(points: torch.Tensor) -> float:
@@ -138,7 +204,7 @@ def stitch(mlp: torch.nn.Module, x_source: torch.Tensor, x_driving: torch.Tensor
 def retarget(mlp: torch.nn.Module, x_source: torch.Tensor, ratios: torch.Tensor) -> torch.Tensor:
     """Eye (ratios: source left, source right, target) or lip (source, target) keypoint deltas."""
     b = ratios.shape[0]
-    feat = torch.cat([x_source.expand(b, 21, 3).reshape(b, 63), ratios.float()], dim=1)
+    feat = torch.cat([x_source.expand(b, 21, 3).reshape(b, 63), ratios.to(x_source)], dim=1)
     return mlp(feat.to(next(mlp.parameters()).dtype)).float().view(b, 21, 3)
 
 
@@ -147,15 +213,20 @@ def driving_multiplier(x_driving: torch.Tensor, x_source: torch.Tensor, factor: 
 
 
 __all__ = [
+    "ABSOLUTE_EXPRESSION",
     "EYE_KEYPOINTS",
     "LIP_KEYPOINTS",
+    "NEUTRAL_EXPRESSION",
     "REGIONS",
     "KeypointInfo",
+    "absolute_driving",
     "compose",
     "driving_multiplier",
     "expression_friendly",
+    "image_driving",
     "keypoint_info",
     "motion_multiplier",
+    "neutral_expression",
     "relative_driving",
     "retarget",
     "rotation_matrix",

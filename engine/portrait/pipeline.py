@@ -5,7 +5,9 @@ driving video's sound.
 Stages: the source is detected, cropped (2.3x the face, shifted up) and encoded once (appearance features
 and keypoints: the per-source cache); the driving clip is streamed twice, never held in memory: once to
 detect its face and fix one crop box for the whole clip, once to crop every frame and extract its motion in
-batches. Driving keypoints are computed for all frames (a few hundred numbers each), then output frames are
+batches (and, for retargeting to the driver, its eye and lip openness). Frames are counted while streaming: a
+clip that runs past AVATARBENCH_MAX_SECONDS stops there with a message, even when its header gives no
+duration. Driving keypoints are computed for all frames (a few hundred numbers each), then output frames are
 rendered in batches: warping + decoding + paste-back on the device, encoding in order.
 
 Precision: on CUDA the appearance extractor, warping module and decoder run under fp16 autocast (PyTorch
@@ -20,8 +22,9 @@ re-animating a portrait with other options costs warping + decoding only.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -44,11 +47,13 @@ from engine.portrait.crop import (
     network_input,
     roll_from_landmarks,
 )
-from engine.portrait.landmarks import LandmarkModel, eye_open_ratios, lip_open_ratio
+from engine.portrait.landmarks import LandmarkModel, openness
 from engine.portrait.motion import (
     KeypointInfo,
+    absolute_driving,
     driving_multiplier,
     expression_friendly,
+    image_driving,
     keypoint_info,
     motion_multiplier,
     relative_driving,
@@ -65,6 +70,8 @@ HUB_REPO = "KwaiVGI/LivePortrait"
 HUB_PATTERNS = ["liveportrait/base_models/*", "liveportrait/retargeting_models/*", "liveportrait/landmark.onnx"]
 COMPILE_BACKEND = "inductor"  # tests use "eager" to check the plumbing without a C++ toolchain
 _TEMPLATE_FIELDS = ("pitch", "yaw", "roll", "t", "exp", "scale", "kp")
+_OPENNESS_FIELDS = ("eyes", "lips")  # optional in a template: each frame's eye (left, right) and lip openness
+Openness = tuple[np.ndarray, np.ndarray]  # per driving frame: eyes (N, 2), lips (N,)
 
 
 def hub_weights(reference: str, download: bool) -> Path | None:
@@ -83,6 +90,15 @@ def hub_weights(reference: str, download: bool) -> Path | None:
     return folder if (folder / "base_models").is_dir() else None
 
 
+def _weights_in(folder: Path) -> Path | None:
+    """The folder holding base_models/: the one given, or its liveportrait/ subfolder (the official
+    pretrained_weights folder as downloaded from the Hub)."""
+    for candidate in (folder, folder / "liveportrait"):
+        if (candidate / "base_models").is_dir():
+            return candidate
+    return None
+
+
 def weights_folder(config: PortraitConfig, settings: Settings) -> Path:
     """Explicit path or `hf:` reference > AVATARBENCH_LIVEPORTRAIT_DIR > weights dir > the Hub's cache."""
     configured = config.weights or settings.liveportrait_dir
@@ -92,16 +108,14 @@ def weights_folder(config: PortraitConfig, settings: Settings) -> Path:
             raise PortraitError(f"{configured} has no liveportrait/base_models folder")
         return found
     folder = Path(configured or settings.weights_dir / "liveportrait")
-    if (folder / "base_models").is_dir():
-        return folder
-    cached = None if configured else hub_weights(f"hf:{HUB_REPO}", download=False)
-    if cached is not None:
-        return cached
+    found = _weights_in(folder) or (None if configured else hub_weights(f"hf:{HUB_REPO}", download=False))
+    if found is not None:
+        return found
     raise PortraitError(
-        f"no LivePortrait weights in {folder}: put the official pretrained_weights/liveportrait folder there "
-        f"(base_models/*.pth and retargeting_models/stitching_retargeting_module.pth, from the Hugging Face "
-        f"repository {HUB_REPO}), set AVATARBENCH_LIVEPORTRAIT_DIR / --weights, or give --weights hf:{HUB_REPO} "
-        "to download it"
+        f"no LivePortrait weights in {folder} (no base_models/ there or in its liveportrait/ subfolder): put the "
+        f"official pretrained_weights folder there (liveportrait/base_models/*.pth and liveportrait/"
+        f"retargeting_models/stitching_retargeting_module.pth, from the Hugging Face repository {HUB_REPO}), "
+        f"set AVATARBENCH_LIVEPORTRAIT_DIR / --weights, or give --weights hf:{HUB_REPO} to download it"
     )
 
 
@@ -186,44 +200,82 @@ class _Networks:
         return self.decode(self.warp(feature, x_source, x_driving))
 
 
-def _driving_box(path: Path, detector: Any, max_frames: int | None, result: RunResult) -> tuple[np.ndarray, int]:
+def _clip_frames(path: Path, max_frames: int | None, max_seconds: float) -> Iterator[np.ndarray]:
+    """The clip's frames, at most `max_frames`; past `max_seconds` worth of them reading stops with a message (a
+    header without a duration, such as a raw H.264 stream's, passes validate_video: the frames are counted)."""
+    return itertools.islice(read_frames(path, max_seconds=max_seconds), max_frames)
+
+
+def _driving_box(frames: Iterable[np.ndarray], name: str, detector: Any, result: RunResult) -> tuple[np.ndarray, int]:
     """One crop box for the whole clip (the mean of the faces found; every frame is scanned once) and the
     index of the first frame with a face (relative motion is measured against it)."""
     boxes, first = [], None
     with result.stage("detect"):
-        for i, frame in enumerate(read_frames(path)):
-            if max_frames is not None and i >= max_frames:
-                break
+        for i, frame in enumerate(frames):
             box = _largest_face(frame, detector)
             if box is not None:
                 boxes.append(box)
                 first = i if first is None else first
     if first is None:
-        raise PortraitError(f"no face found in the driving video {path.name}: a frontal face must be visible")
+        raise PortraitError(f"no face found in the driving video {name}: a frontal face must be visible")
     return np.mean(boxes, axis=0), first
 
 
+@dataclass
+class _Driving:
+    """The driving motion and what goes with it."""
+
+    motion: KeypointInfo
+    fps: float
+    count: int
+    has_audio: bool = False
+    reference: int = 0  # the frame relative motion is measured against
+    image: bool = False  # one driving image (or a one-frame template): its expression against the neutral one
+    openness: Openness | None = None  # measured when retargeting to the driver or saving a template
+
+
+def _measured_openness(
+    landmarks: LandmarkModel, images: list[np.ndarray], box: np.ndarray
+) -> list[tuple[np.ndarray, float]]:
+    """Each RGB image's (eyes, lips) openness, the face looked for in `box`."""
+    return [openness(landmarks(rgb, box)) for rgb in images]
+
+
+def _stacked(rows: list[tuple[np.ndarray, float]]) -> Openness:
+    return np.stack([eyes for eyes, _ in rows]).astype(np.float32), np.array([lips for _, lips in rows], np.float32)
+
+
 def _driving_motion(
-    config: PortraitConfig, nets: _Networks, detector: Any, result: RunResult, progress: Progress
-) -> tuple[KeypointInfo, float, int, bool, int]:
-    """Motion of every driving frame, its frame rate, frame count, whether it has sound, and the reference
-    frame for relative motion (the first, or the first with a face when the clip starts without one)."""
+    config: PortraitConfig,
+    settings: Settings,
+    nets: _Networks,
+    detector: Any,
+    landmarks: LandmarkModel | None,
+    result: RunResult,
+    progress: Progress,
+) -> _Driving:
+    """Motion of every driving frame, with the eye and lip openness of each when `landmarks` is given (measured
+    in the clip's one face box, as the motion is), and the reference frame for relative motion (the first, or
+    the first with a face when the clip starts without one)."""
     path = Path(config.driving)
     if path.suffix.lower() == TEMPLATE_SUFFIX:
-        return (*load_template(path, config.max_frames), False, 0)
+        return _read_template(path, config.max_frames)
     if is_image(path):
-        image = load_image(path)
+        image = _rgb(load_image(path, max_side=settings.max_side))
         box = _largest_face(image, detector)
         if box is None:
             raise PortraitError(f"no face found in the driving image {path.name}")
-        crop = crop_image(_rgb(image), crop_transform(box, DRIVING_SCALE, DRIVING_VY))
+        crop = crop_image(image, crop_transform(box, DRIVING_SCALE, DRIVING_VY))
         with result.stage("motion", items=1):
-            return nets.motion(network_input(crop, nets.device)), IMAGE_FPS, 1, False, 0
-    settings = get_settings()
+            motion = nets.motion(network_input(crop, nets.device))
+        measured = None if landmarks is None else _stacked(_measured_openness(landmarks, [image], box))
+        return _Driving(motion, IMAGE_FPS, 1, image=True, openness=measured)
     info = probe_video(path)
     validate_video(info, path.name, settings.max_side, settings.max_seconds)
     progress(0.05, "finding the driving face")
-    box, reference = _driving_box(path, detector, config.max_frames, result)
+    box, reference = _driving_box(
+        _clip_frames(path, config.max_frames, settings.max_seconds), path.name, detector, result
+    )
     if reference and config.relative:
         result.warn(
             f"the driving clip's first frame shows no face: motion is measured against frame {reference}, the "
@@ -231,25 +283,40 @@ def _driving_motion(
         )
     transform = crop_transform(box, DRIVING_SCALE, DRIVING_VY)
     infos: list[KeypointInfo] = []
-    frames = (f for i, f in enumerate(read_frames(path)) if config.max_frames is None or i < config.max_frames)
+    rows: list[tuple[np.ndarray, float]] = []
+    frames = _clip_frames(path, config.max_frames, settings.max_seconds)
     total = min(info.frames or 1, config.max_frames or info.frames or 1)
     for batch in _batches(frames, config.batch_size):
+        images = [_rgb(f) for f in batch]
         with result.stage("crop", items=len(batch)):
-            tensor = torch.cat([network_input(crop_image(_rgb(f), transform), nets.device) for f in batch])
+            tensor = torch.cat([network_input(crop_image(rgb, transform), nets.device) for rgb in images])
         with result.stage("motion", items=len(batch)):
             infos.append(nets.motion(tensor))
+        if landmarks is not None:
+            with result.stage("driving landmarks", items=len(batch)):
+                rows += _measured_openness(landmarks, images, box)
         progress(0.05 + 0.25 * min(1.0, len(infos) * config.batch_size / total), "driving motion")
     merged = KeypointInfo(*(torch.cat([getattr(i, f) for i in infos]) for f in _TEMPLATE_FIELDS))
-    return merged, info.fps, merged.kp.shape[0], info.has_audio, reference
+    measured = _stacked(rows) if rows else None
+    return _Driving(merged, info.fps, merged.kp.shape[0], info.has_audio, reference, openness=measured)
 
 
-def save_template(path: Path, motion: KeypointInfo, fps: float) -> None:
-    """The driving motion (per frame: pose, translation, expression, scale, keypoints) for later reuse."""
+def save_template(path: Path, motion: KeypointInfo, fps: float, openness: Openness | None = None) -> None:
+    """The driving motion (per frame: pose, translation, expression, scale, keypoints; the eye and lip openness
+    when measured, for retargeting to the driver) for later reuse."""
     arrays = {f: getattr(motion, f).detach().cpu().numpy() for f in _TEMPLATE_FIELDS}
+    if openness is not None:
+        arrays.update(zip(_OPENNESS_FIELDS, openness, strict=True))
     np.savez(path, fps=np.float64(fps), **arrays)
 
 
 def load_template(path: Path, max_frames: int | None = None) -> tuple[KeypointInfo, float, int]:
+    driving = _read_template(path, max_frames)
+    return driving.motion, driving.fps, driving.count
+
+
+def _read_template(path: Path, max_frames: int | None) -> _Driving:
+    """A saved motion; one frame drives as one image does (upstream's rule for its templates)."""
     try:
         with np.load(path, allow_pickle=False) as data:
             missing = [f for f in (*_TEMPLATE_FIELDS, "fps") if f not in data]
@@ -257,16 +324,23 @@ def load_template(path: Path, max_frames: int | None = None) -> tuple[KeypointIn
                 raise PortraitError(f"{path.name} is not a motion template: missing {', '.join(missing)}")
             arrays = {f: torch.from_numpy(np.asarray(data[f], dtype=np.float32)) for f in _TEMPLATE_FIELDS}
             fps = float(data["fps"])
+            saved = [np.asarray(data[f], dtype=np.float32) for f in _OPENNESS_FIELDS if f in data]
     except (OSError, ValueError) as exc:
         if isinstance(exc, PortraitError):
             raise
         raise PortraitError(f"{path.name} cannot be read as a motion template (.npz): {exc}") from None
     motion = KeypointInfo(**arrays)
-    n = motion.kp.shape[0] if max_frames is None else min(max_frames, motion.kp.shape[0])
+    frames = motion.kp.shape[0]
+    n = frames if max_frames is None else min(max_frames, frames)
     shapes_ok = motion.kp.shape[1:] == (21, 3) and motion.exp.shape[1:] == (21, 3) and n >= 1
+    if saved:
+        shapes_ok = shapes_ok and len(saved) == 2 and saved[0].shape == (frames, 2) and saved[1].shape == (frames,)
     if not shapes_ok or not 1 <= fps <= 240:
-        raise PortraitError(f"{path.name}: keypoints must be (frames, 21, 3) and fps in 1..240")
-    return motion.select(slice(0, n)), fps, n
+        raise PortraitError(
+            f"{path.name}: keypoints must be (frames, 21, 3), eyes and lips (frames, 2) and (frames,), fps in 1..240"
+        )
+    measured = (saved[0][:n], saved[1][:n]) if saved else None
+    return _Driving(motion.select(slice(0, n)), fps, n, image=frames == 1, openness=measured)
 
 
 def _driving_keypoints(
@@ -276,47 +350,87 @@ def _driving_keypoints(
     nets: Any,
     openness: tuple[np.ndarray, float] | None = None,
     reference: int = 0,
+    *,
+    driving_openness: Openness | None = None,
+    driving_image: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Keypoints that move the source as the driver moves, the expression-friendly rescaling, eye and lip
-    retargeting (given the source's eye and lip openness), stitching, lip normalisation (an open source mouth
-    closed first, as upstream does for relative motion) and the driving multiplier.
+    """Keypoints that move the source as the driver moves, then (as upstream's pipeline) the expression-friendly
+    rescaling, eye and lip retargeting (given the source's `openness`), stitching, lip normalisation and the
+    driving multiplier.
 
-    Relative motion from a clip is measured against its `reference` frame; from one image, relative motion
-    keeps the source's pose, scale and position and takes the driver's expression (upstream measures it
-    against a fixed neutral expression, we against the source's own); absolute motion takes the driver's pose,
-    expression and position and keeps the source's scale, as upstream does."""
+    Relative motion from a clip is measured against its `reference` frame; one driving image (`driving_image`;
+    by default, a single frame) keeps the source's pose, scale and position and measures its expression against
+    upstream's neutral expression; absolute motion takes the driver's pose, position and upstream's subset of its
+    expression, at the source's scale. Retargeting to the driver (`driving_openness`, per frame) replaces the
+    motion, as upstream: the source's keypoints (relative) or the driver's (absolute) plus the deltas. The
+    head-rotation offsets turn the source's own pose wherever it is used (the expression-friendly rescaling
+    re-centres on it too); a fixed eye or lip openness adds its delta to the animated keypoints (both ours, not
+    upstream's)."""
     x_source = transform_keypoints(source)
     posed = source
     if any(config.rotation):  # the head-rotation sliders: the source's own pose, turned by the offsets
         dp, dy, dr = config.rotation
         posed = replace(source, pitch=source.pitch + dp, yaw=source.yaw + dy, roll=source.roll + dr)
-    if config.relative and motion.kp.shape[0] > 1:
+    x_posed = transform_keypoints(posed)  # x_source itself when there are no offsets
+    n = motion.kp.shape[0]
+    image = n == 1 if driving_image is None else driving_image
+    if not config.relative:
+        x = absolute_driving(posed, motion, config.region)
+    elif image:
+        x = image_driving(posed, motion, config.region)
+    else:
         x = relative_driving(posed, motion, motion.select(reference), config.region)
         if config.driving_option == "expression-friendly":
             x_first = x[reference : reference + 1]
-            x = expression_friendly(x, x_first, x_source, motion_multiplier(x_source, x_first))
-    elif config.relative:  # one image: no motion of pose, scale or position; its expression against the source's
-        x = relative_driving(posed, motion, replace(motion, exp=source.exp), config.region)
-    else:  # absolute: the driver's pose, expression and position at the source's scale
-        x = relative_driving(posed, motion, replace(source, scale=motion.scale), config.region)
-    n = x.shape[0]
+            x = expression_friendly(x, x_first, x_posed, motion_multiplier(x_source, x_first))
     with torch.inference_mode():
-        if config.eye_open is not None and openness is not None:
-            eyes = torch.tensor([[*openness[0], config.eye_open]], dtype=torch.float32).expand(n, 3)
-            x = x + retarget(nets.retargeting["eye"], x_source, eyes)
-        if config.lip_open is not None and openness is not None:
-            lips = torch.tensor([[openness[1], config.lip_open]], dtype=torch.float32).expand(n, 2)
-            x = x + retarget(nets.retargeting["lip"], x_source, lips)
+        deltas = _retargeting_deltas(config, nets, x_source, n, openness, driving_openness)
+        if config.follows_driver and config.relative:
+            x = x_posed.expand(n, 21, 3)
+        for delta in deltas:
+            x = x + delta
         if config.stitching:
             x = stitch(nets.retargeting["stitching"], x_source, x)
-        if openness is not None and _normalises_lips(config, n, openness[1]):
+        if openness is not None and _normalises_lips(config, openness[1]):
             x = x + retarget(nets.retargeting["lip"], x_source, torch.tensor([[openness[1], 0.0]]))
     return driving_multiplier(x, x_source, config.multiplier), x_source
 
 
-def _normalises_lips(config: PortraitConfig, frames: int, source_lips: float) -> bool:
-    """Upstream closes an open source mouth before relative motion from a clip, unless the lips are retargeted."""
-    wanted = config.normalize_lips and config.relative and config.lip_open is None and frames > 1
+def _retargeting_deltas(
+    config: PortraitConfig,
+    nets: Any,
+    x_source: torch.Tensor,
+    frames: int,
+    openness: tuple[np.ndarray, float] | None,
+    driving_openness: Openness | None,
+) -> list[torch.Tensor]:
+    """The eye, then lip, keypoint deltas asked for, from the source's openness to each driving frame's (for the
+    eyes upstream takes the driver's left eye) or to one fixed openness."""
+    if openness is None:
+        return []
+    if config.follows_driver and driving_openness is None:
+        raise PortraitError(
+            "retargeting to the driver needs each driving frame's eye and lip openness, and this motion template "
+            "has none: save it again with LivePortrait's landmark.onnx beside the weights (or --landmarks)"
+        )
+    driver = (None, None) if driving_openness is None else (driving_openness[0][:, 0], driving_openness[1])
+    follows = (config.eye_retargeting, config.lip_retargeting)
+    parts = zip(("eye", "lip"), follows, (config.eye_open, config.lip_open), openness, driver, strict=True)
+    deltas = []
+    for name, follows_driver, fixed, source_ratios, driver_ratios in parts:
+        if not follows_driver and fixed is None:
+            continue
+        target = driver_ratios if follows_driver else np.full(frames, fixed)
+        own = np.broadcast_to(np.atleast_1d(source_ratios), (frames, np.size(source_ratios)))
+        ratios = torch.tensor(np.column_stack([own, target]), dtype=torch.float32)
+        deltas.append(retarget(nets.retargeting[name], x_source, ratios))
+    return deltas
+
+
+def _normalises_lips(config: PortraitConfig, source_lips: float) -> bool:
+    """Upstream closes an open source mouth before relative motion unless it retargets the eyes or lips to the
+    driver; a fixed lip openness replaces it too, a fixed eye openness does not."""
+    wanted = config.normalize_lips and config.relative and config.lip_open is None and not config.follows_driver
     return wanted and source_lips >= LIP_NORMALIZE_THRESHOLD
 
 
@@ -334,10 +448,11 @@ class _Plan:
 
 
 def _pick_engine(config: PortraitConfig, settings: Settings) -> tuple[str, Path | None]:
-    """The engine and, for LivePortrait, its weights folder (looked up once: it may search the Hub's cache)."""
+    """The engine and, for LivePortrait, its weights folder (looked up once: it may search the Hub's cache). Weights
+    asked for (the liveportrait engine, or a --weights folder) must be there: only a search falls back."""
     if config.engine == "baseline":
         return "baseline", None
-    if config.engine == "liveportrait":
+    if config.engine == "liveportrait" or config.weights:
         return "liveportrait", weights_folder(config, settings)
     try:
         return "liveportrait", weights_folder(config, settings)
@@ -387,7 +502,7 @@ def run_portrait(
         plan = _liveportrait_plan(
             config, settings, folder, source_bgr, box, detector, choice.device, precision, template, result, progress
         )
-    _write(plan, config, out, result, progress)
+    _write(plan, config, settings, out, result, progress)
     result.metrics.update(engine=engine, face_box=[round(float(v), 1) for v in box], **plan.metrics)
     progress(1.0, "done")
     return result
@@ -427,7 +542,11 @@ def _liveportrait_plan(
     result.precision = precision
     device = nets.device  # where the ONNX backend's frames come out
     height, width = source_bgr.shape[:2]
-    landmarks = _source_landmarks(config, folder, source_bgr, box, result)
+    landmark_model = _landmark_model(config, folder, result)
+    landmarks = None
+    if landmark_model is not None:
+        with result.stage("landmarks"):
+            landmarks = landmark_model(_rgb(source_bgr), box)
     if not config.crop:
         transform: CropTransform = crop_transform((0, 0, width, height), 1.0, 0.0)
     else:  # upright by the eye line when the landmark model is there (upstream crops from landmarks too)
@@ -442,16 +561,29 @@ def _liveportrait_plan(
     source_key = (file_digest(config.source), config.crop, transform.angle, nets_key)
     (feature, source_motion), source_hit = SOURCES.get_or_build(source_key, encode_source)
     result.metrics["cache"] = {"networks": nets_hit, "source": source_hit}
-    motion, fps, count, has_audio, reference = _driving_motion(config, nets, detector, result, progress)
+    measures_driver = config.follows_driver or template is not None  # upstream's templates keep the openness too
+    driving = _driving_motion(
+        config, settings, nets, detector, landmark_model if measures_driver else None, result, progress
+    )
     if template is not None:
-        save_template(template, motion, fps)
+        save_template(template, driving.motion, driving.fps, driving.openness)
         result.outputs["template"] = str(template)
-    openness = None
+    source_openness = None
     if landmarks is not None:
-        openness = (eye_open_ratios(landmarks), lip_open_ratio(landmarks))
-        result.metrics["source_openness"] = {"eyes": openness[0].tolist(), "lips": openness[1]}
-        result.metrics["lips_normalised"] = _normalises_lips(config, count, openness[1])
-    x_driving, x_source = _driving_keypoints(config, source_motion, motion, nets, openness, reference)
+        source_openness = openness(landmarks)
+        result.metrics["source_openness"] = {"eyes": source_openness[0].tolist(), "lips": source_openness[1]}
+        result.metrics["lips_normalised"] = _normalises_lips(config, source_openness[1])
+    x_driving, x_source = _driving_keypoints(
+        config,
+        source_motion,
+        driving.motion,
+        nets,
+        source_openness,
+        driving.reference,
+        driving_openness=driving.openness,
+        driving_image=driving.image,
+    )
+    count = driving.count
     paste = PasteBack(transform, height, width, device) if config.paste_back else None
     original = torch.from_numpy(_rgb(source_bgr)).to(device).permute(2, 0, 1)[None].float() / 255
 
@@ -473,7 +605,7 @@ def _liveportrait_plan(
     size = (width, height) if config.paste_back else (512, 512)
     metrics = {"backend": config.backend, "crop_scale": transform.scale, "crop_angle": transform.angle}
     metrics["compiled"] = config.compile
-    return _Plan(batches(), fps, count, has_audio, size, device, metrics)
+    return _Plan(batches(), driving.fps, count, driving.has_audio, size, device, metrics)
 
 
 def _baseline_plan(
@@ -498,14 +630,15 @@ def _baseline_plan(
     if config.save_template:
         result.warn("motion templates hold LivePortrait keypoints: the baseline engine does not save one")
     progress(0.05, "finding the driving face")
-    driving_box, first_face = _driving_box(path, detector, config.max_frames, result)
+    driving_box, first_face = _driving_box(
+        _clip_frames(path, config.max_frames, settings.max_seconds), path.name, detector, result
+    )
     if first_face:
         result.warn(
             f"the driving clip's first frame shows no face: motion is measured against frame {first_face}, the "
             "first with a face; the frames before it show the source still"
         )
-    last = config.max_frames or None
-    frames = (f for i, f in enumerate(read_frames(path)) if i >= first_face and (last is None or i < last))
+    frames = itertools.islice(_clip_frames(path, config.max_frames, settings.max_seconds), first_face, None)
     progress(0.15, "tracking the driving motion")
     with result.stage("motion"):
         motion = still_before(track_motion(frames, driving_box), first_face)
@@ -524,8 +657,10 @@ def _baseline_plan(
     return _Plan(batches(), info.fps, count, info.has_audio, (width, height), device, {"backend": "torch"})
 
 
-def _write(plan: _Plan, config: PortraitConfig, out: Path, result: RunResult, progress: Progress) -> None:
-    audio = _driving_audio(config, plan.fps, plan.count) if plan.has_audio else None
+def _write(
+    plan: _Plan, config: PortraitConfig, settings: Settings, out: Path, result: RunResult, progress: Progress
+) -> None:
+    audio = _driving_audio(config, plan.fps, plan.count, settings.max_seconds) if plan.has_audio else None
     out.parent.mkdir(parents=True, exist_ok=True)
     writer = VideoWriter(out, plan.fps, plan.size[0], plan.size[1], audio=audio)
     started, done = time.perf_counter(), 0
@@ -550,19 +685,16 @@ def _write(plan: _Plan, config: PortraitConfig, out: Path, result: RunResult, pr
     )
 
 
-def _source_landmarks(
-    config: PortraitConfig, folder: Path, source_bgr: np.ndarray, box: np.ndarray, result: RunResult
-) -> np.ndarray | None:
-    """The source's 203 landmarks from LivePortrait's optional landmark model (an upright crop, the eyes' and
-    lips' openness for retargeting and lip normalisation). Retargeting asked for explicitly needs the model;
-    otherwise it is used when it is there."""
-    retargeting = config.eye_open is not None or config.lip_open is not None
+def _landmark_model(config: PortraitConfig, folder: Path, result: RunResult) -> LandmarkModel | None:
+    """LivePortrait's optional landmark model (the source's upright crop, the eyes' and lips' openness of the
+    source and, when asked, of the driver, for retargeting and lip normalisation). Retargeting asked for
+    explicitly needs the model; otherwise it is used when it is there."""
+    retargeting = config.eye_open is not None or config.lip_open is not None or config.follows_driver
     path = Path(config.landmarks or folder / "landmark.onnx")
     if not retargeting and not path.is_file():
         result.metrics["landmarks"] = f"none (no {path}): axis-aligned crop, no lip normalisation"
         return None
-    with result.stage("landmarks"):
-        return LandmarkModel(path)(_rgb(source_bgr), box)
+    return LandmarkModel(path)
 
 
 def _onnx_precision(config: PortraitConfig, precision: str, device: torch.device, result: RunResult) -> str:
@@ -584,11 +716,12 @@ def _load_networks(
     return onnx_networks(folder, settings.cache_dir, config.backend, device.index or 0, precision, batch)
 
 
-def _driving_audio(config: PortraitConfig, fps: float, count: int) -> np.ndarray | None:
+def _driving_audio(config: PortraitConfig, fps: float, count: int, max_seconds: float) -> np.ndarray | None:
+    """The driving clip's sound for the frames written (none when it has none or runs past max_seconds)."""
     from engine.core.audio import AudioError, load_audio
 
     try:
-        wav = load_audio(config.driving)
+        wav = load_audio(config.driving, max_seconds=max_seconds)
     except (AudioError, MediaError):
         return None
     want = round(count / fps * 16000)

@@ -1,0 +1,43 @@
+"""Who may see and name what in the web app: owners, operators, and the server's model files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+pytest.importorskip("gradio")
+from engine.core.errors import InputError
+from engine.core.settings import load_settings
+from ui.jobs import LOCAL, Access
+
+
+def _request(username: str | None = None, session: str = "s1") -> SimpleNamespace:
+    return SimpleNamespace(username=username, session_hash=session)
+
+
+def test_owners_and_readers() -> None:
+    access = Access(frozenset({"carol"}))
+    assert access.owner(None) == LOCAL
+    assert access.owner(_request(session="abc")) == "session:abc" == access.reader(_request(session="abc"))
+    assert access.owner(_request("alice")) == "user:alice" == access.reader(_request("alice", session="other"))
+    assert access.owner(_request("carol")) == "user:carol" and access.reader(_request("carol")) is None
+    assert Access(frozenset({"*"})).reader(_request(session="anyone")) is None
+
+
+def test_visitors_pick_the_servers_weights_and_only_operators_name_paths(tmp_path: Path) -> None:
+    settings = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path), "AVATARBENCH_WEIGHTS_DIR": str(tmp_path / "w")})
+    (tmp_path / "w" / "liveportrait" / "base_models").mkdir(parents=True)
+    (tmp_path / "w" / "wav2lip_gan.pth").write_bytes(b"x")
+    visitor, access = _request(session="v"), Access(frozenset({"carol"}))
+    picked = access.server_files({"checkpoint": "wav2lip_gan.pth", "weights": "liveportrait", "pads": "0,10,0,0"},
+                                 settings, visitor)  # fmt: skip
+    assert picked == {"checkpoint": str(tmp_path / "w" / "wav2lip_gan.pth"), "weights": str(tmp_path / "w" /
+                      "liveportrait"), "pads": "0,10,0,0"}  # fmt: skip
+    assert access.server_files({"checkpoint": ""}, settings, visitor) == {"checkpoint": ""}  # empty: the default
+    for probe in ("/etc/passwd", "../w/wav2lip_gan.pth", "hf:someone/anything/model.pth"):
+        with pytest.raises(InputError, match="choose one of the weights this server has \\(liveportrait, "):
+            access.server_files({"checkpoint": probe}, settings, visitor)
+    operator = _request("carol")
+    assert access.server_files({"checkpoint": "/etc/passwd"}, settings, operator) == {"checkpoint": "/etc/passwd"}

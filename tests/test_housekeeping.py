@@ -1,0 +1,269 @@
+"""Disk housekeeping: Gradio's cache is swept on the settings' schedule, work folders of killed processes go at
+start-up, and stored inputs and outputs stay under a size and age budget (least recently used first, never a file a
+queued or running job needs), with finished jobs still readable and saying which output went."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from engine.core.results import RunResult
+from engine.core.settings import Settings, load_settings
+from engine.jobs.broker import Broker
+from engine.jobs.housekeeping import Budget, enforce_budget, gradio_cache_policy, sweep_orphans
+from engine.jobs.store import DONE, QUEUED, RUNNING, JobStore
+
+DAY = 86400.0
+ROOMY = 2**40  # a size budget nothing in these tests reaches
+FOREVER = 1000 * DAY
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    s = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path / "data"), "AVATARBENCH_UPLOAD_CACHE_HOURS": "2"})
+    s.ensure_dirs()
+    return s
+
+
+@pytest.fixture
+def store(settings: Settings) -> Iterator[JobStore]:
+    s = JobStore(settings.db_path, settings.data_dir / "blobs")
+    yield s
+    s.close()
+
+
+def _age(path: Path, days: float) -> Path:
+    """Make a file or folder look last written `days` ago."""
+    when = time.time() - days * DAY
+    os.utime(path, (when, when), follow_symlinks=False)
+    return path
+
+
+def _blob(store: JobStore, tmp: Path, content: bytes, days: float = 0.0) -> str:
+    """A stored blob of `content`, last written `days` ago; its sha256."""
+    src = tmp / f"upload-{len(content)}-{content[:8].hex()}"
+    src.write_bytes(content)
+    sha = store.put_blob(src)
+    _age(store.blob_path(sha), days)
+    return sha
+
+
+def _output(settings: Settings, name: str, size: int, days: float) -> Path:
+    path = settings.outputs_dir / name
+    path.write_bytes(b"o" * size)
+    return _age(path, days)
+
+
+def _names(removed: list) -> list[str]:
+    return [r.file.path.name for r in removed]
+
+
+# -- Gradio's cache ----------------------------------------------------------------------------------------------
+
+
+def test_gradio_cache_policy_follows_the_setting() -> None:
+    assert gradio_cache_policy(load_settings({"AVATARBENCH_UPLOAD_CACHE_HOURS": "2"})) == (1800, 7200)
+    assert gradio_cache_policy(load_settings({})) == (3600, 6 * 3600)  # checked at most hourly
+    assert gradio_cache_policy(load_settings({"AVATARBENCH_UPLOAD_CACHE_HOURS": "0.1"})) == (90, 360)
+
+
+def test_the_app_sweeps_and_budgets_at_start_up_and_its_blocks_clean_gradios_cache(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """start_jobs (with its workers left unstarted) and build_app, in this process."""
+    import app
+    from engine.core.device import resolve_device
+    from engine.system.telemetry import TelemetrySampler
+    from ui.jobs import Access
+
+    orphan = settings.cache_dir / "onnx-job-k1ll3d_0"
+    orphan.mkdir()
+    _age(orphan, 1)
+    with JobStore(settings.db_path, settings.data_dir / "blobs") as early:
+        stale = early.blob_path(_blob(early, tmp_path, b"stale upload", days=400))
+    monkeypatch.setattr(Broker, "start", lambda self: self)
+    monkeypatch.setattr("ui.system.DoctorCache.warm_up", lambda self: None)
+
+    services = app.start_jobs(settings)
+    try:
+        assert not orphan.exists() and not stale.exists()
+        assert services.broker.chores is not None  # the budget runs again from the broker's watch
+        demo = app.build_app(settings, resolve_device("cpu"), TelemetrySampler(), services, Access())
+        assert demo.delete_cache == gradio_cache_policy(settings) == (1800, 7200)
+    finally:
+        services.broker.store.close()
+
+
+# -- orphaned work folders ---------------------------------------------------------------------------------------
+
+
+def test_orphan_sweep_removes_old_work_folders_and_keeps_fresh_ones_and_caches(
+    settings: Settings, store: JobStore, tmp_path: Path
+) -> None:
+    cache = settings.cache_dir
+    kept_blob = store.blob_path(_blob(store, tmp_path, b"an input"))
+
+    def folder(name: str, days: float) -> Path:
+        path = cache / name
+        (path / "inner").mkdir(parents=True)
+        _age(path / "inner", days)
+        return _age(path, days)
+
+    killed = [folder("onnx-job-abcd_123", 1), folder("bench-q9x2m0pz", 2), folder("onnx-zz12ab34", 1)]
+    staged = folder("job-s7aged00", 1)
+    os.symlink(kept_blob, staged / "inner" / "face.png")  # a killed lip-sync job's staged input
+    _age(staged / "inner" / "face.png", 1)
+    _age(staged / "inner", 1)
+    _age(staged, 1)
+    fresh = folder("job-n0wrunn1", 0)
+    busy = folder("onnx-job-busy_123", 1)  # the folder is old, but something inside it was just written
+    (busy / "inner" / "model.onnx").write_bytes(b"x")
+    caches = [folder(name, 30) for name in ("onnx-examples", "onnx-trt", "liveportrait-onnx", "tmpabcdefgh")]
+    stray, writing = store.blobs_dir / ".incoming-abc.tmp", store.blobs_dir / ".incoming-new.tmp"
+    stray.touch()
+    writing.touch()
+    _age(stray, 1)
+
+    removed = sweep_orphans(cache, store.blobs_dir)
+
+    assert sorted(removed) == sorted([*killed, staged, stray])
+    assert not any(p.exists() for p in removed)
+    assert kept_blob.is_file()  # the staged link went, not what it pointed to
+    assert all(p.is_dir() for p in (fresh, busy, *caches)) and writing.exists()
+    assert sweep_orphans(cache, store.blobs_dir) == []
+
+
+# -- the budget --------------------------------------------------------------------------------------------------
+
+
+def test_budget_removes_the_least_recently_used_until_the_size_fits(
+    settings: Settings, store: JobStore, tmp_path: Path
+) -> None:
+    oldest = _blob(store, tmp_path, b"a" * 1000, days=10)
+    older = _blob(store, tmp_path, b"b" * 1000, days=5)
+    video = _output(settings, "lipsync-0123456789ab.mp4", 1000, days=3)
+    newer = _blob(store, tmp_path, b"c" * 1000, days=2)
+
+    removed = enforce_budget(store, settings.outputs_dir, Budget(max_bytes=2500, max_age_s=FOREVER))
+
+    assert _names(removed) == [oldest, older] and {r.reason for r in removed} == {"size"}
+    assert video.is_file() and store.blob_path(newer).is_file()
+    for sha in (oldest, older):
+        with pytest.raises(Exception, match="no stored file"):
+            store.blob_path(sha)
+    assert enforce_budget(store, settings.outputs_dir, Budget(max_bytes=2500, max_age_s=FOREVER)) == []
+
+
+def test_files_queued_or_running_jobs_need_are_kept_even_when_oldest(
+    settings: Settings, store: JobStore, tmp_path: Path
+) -> None:
+    face = _blob(store, tmp_path, b"face" * 100, days=300)
+    model = _blob(store, tmp_path, b"model" * 100, days=300)
+    image = _blob(store, tmp_path, b"image" * 100, days=300)
+    swept = _blob(store, tmp_path, b"swept" * 100, days=300)
+    done_input = _blob(store, tmp_path, b"done" * 100, days=300)
+    unused = _blob(store, tmp_path, b"unused" * 100, days=1)
+
+    lipsync = store.submit("lipsync", {"files": {"face": {"sha256": face, "name": "face.png"}}}, "cpu")
+    onnx = store.submit(
+        "onnx_eval", {"files": {"model": model, "inputs": None, "images": [image]}}, "cpu", model_sha256=model
+    )
+    assert store.claim_next("cpu").id == lipsync.id  # one running, the rest queued
+    sweep = store.submit("bench", {"sweep": {"model": f"onnx:{swept}"}}, "cuda:0")
+    done = store.submit("lipsync", {"files": {"face": {"sha256": done_input, "name": "old.png"}}}, "cuda:1")
+    store.claim_next("cuda:1")
+    store.finish(done.id, {"outputs": {}})
+    writing = _output(settings, f"lipsync-{lipsync.id}.mp4", 100, days=300)  # the running job's, being written
+
+    later = time.time() + 2 * DAY  # the jobs were submitted just now: look from later, past the recent window
+    removed = enforce_budget(store, settings.outputs_dir, Budget(max_bytes=0, max_age_s=FOREVER), now=later)
+
+    assert sorted(_names(removed)) == sorted([unused, done_input])
+    for sha in (face, model, image, swept):
+        assert store.blob_path(sha).is_file()
+    assert writing.is_file()
+    assert [store.get(j.id).status for j in (lipsync, onnx, sweep, done)] == [RUNNING, QUEUED, QUEUED, DONE]
+    assert store.get(done.id).settings["files"]["face"]["sha256"] == done_input  # the row stays as it was
+
+
+def test_age_limit_removes_unused_files_and_a_job_naming_a_blob_counts_as_its_use(
+    settings: Settings, store: JobStore, tmp_path: Path
+) -> None:
+    expired = _blob(store, tmp_path, b"expired", days=40)
+    recent = _blob(store, tmp_path, b"recent", days=20)
+    reused = _blob(store, tmp_path, b"reused", days=400)  # written long ago, named by a job just now
+    job = store.submit("lipsync", {"files": {"face": {"sha256": reused, "name": "face.png"}}}, "cpu")
+    store.claim_next("cpu")
+    store.finish(job.id, {"outputs": {}})
+    old_csv = _output(settings, "bench-0123456789ab.csv", 10, days=31)
+    budget = Budget(max_bytes=ROOMY, max_age_s=30 * DAY)
+
+    removed = enforce_budget(store, settings.outputs_dir, budget)
+
+    assert sorted(_names(removed)) == sorted([expired, old_csv.name]) and {r.reason for r in removed} == {"age"}
+    assert store.blob_path(recent).is_file() and store.blob_path(reused).is_file()
+    in_a_month = time.time() + 31 * DAY
+    assert reused in _names(enforce_budget(store, settings.outputs_dir, budget, now=in_a_month))
+
+
+def test_put_blob_of_stored_content_counts_as_a_use(settings: Settings, store: JobStore, tmp_path: Path) -> None:
+    sha = _blob(store, tmp_path, b"uploaded twice", days=40)
+    assert _blob(store, tmp_path, b"uploaded twice") == sha  # the second upload, about to be named by a job
+    assert enforce_budget(store, settings.outputs_dir, Budget(max_bytes=0, max_age_s=30 * DAY)) == []
+
+
+def test_a_finished_job_whose_output_was_removed_reads_cleanly_and_says_so(
+    settings: Settings, store: JobStore, tmp_path: Path
+) -> None:
+    from engine.lipsync.jobs import LipSyncJobs
+
+    face = _blob(store, tmp_path, b"face")
+    job = store.submit("lipsync", {"options": {}, "files": {"face": {"sha256": face, "name": "me.png"}}}, "cpu")
+    store.claim_next("cpu")
+    video = _output(settings, f"lipsync-{job.id}.mp4", 5000, days=10)
+    report = _output(settings, f"bench-{job.id}.json", 10, days=10)  # a file the tab writes again when it shows one
+    store.finish(job.id, RunResult(outputs={"video": str(video)}, warnings=["a warning of the run"]).to_dict())
+
+    removed = enforce_budget(store, settings.outputs_dir, Budget(max_bytes=0, max_age_s=FOREVER))
+
+    assert sorted(_names(removed)) == sorted([video.name, report.name])
+    assert store.blob_path(face).is_file()  # the job's input was named just now: too recent to remove
+    jobs = LipSyncJobs(Broker(store, {}, {"cpu": 1}), settings)
+    assert [h["id"] for h in jobs.history(owner="")] == [job.id]
+    result = jobs.result(job.id, owner="")
+    assert result["status"] == DONE and result["error"] is None
+    assert result["report"]["removed_outputs"] == {"video": str(video)}
+    note = result["report"]["warnings"][-1]
+    assert "AVATARBENCH_STORE_BUDGET_GB" in note and video.name in note and report.name not in note
+    shown = RunResult.from_dict(result["report"])  # what the tab renders from
+    assert shown.outputs["video"] == str(video) and not Path(shown.outputs["video"]).exists()
+    assert len(shown.warnings) == 2
+
+
+def test_the_broker_runs_the_chores_from_its_watch(store: JobStore) -> None:
+    ran = threading.Event()
+    broker = Broker(store, {}, {"cpu": 1}, monitor_s=0.01, chores=ran.set, chores_s=0.0).start()
+    try:
+        assert ran.wait(60)
+    finally:
+        broker.stop(grace_s=5)
+
+
+def test_uploads_a_killed_run_left_are_swept_at_start(tmp_path: Path) -> None:
+    from engine.jobs.housekeeping import sweep_uploads
+
+    old, fresh = tmp_path / "aa11" / "face.jpg", tmp_path / "bb22" / "speech.wav"
+    for path in (old, fresh):
+        path.parent.mkdir()
+        path.write_bytes(b"x")
+    past = time.time() - 7 * 3600
+    for path in (old, old.parent):
+        os.utime(path, (past, past))
+    assert sweep_uploads(tmp_path, 6 * 3600) == 1
+    assert not old.parent.exists() and fresh.exists()
+    assert sweep_uploads(tmp_path / "missing", 60) == 0

@@ -1,0 +1,307 @@
+"""engine/core/media.py on bad inputs: image bombs refused from their header without decoding, videos whose
+header states no length held to the limit while streaming, and every refusal one line naming the file only.
+
+Every file is made here. PNGs are written chunk by chunk: a bomb's pixel data compresses a thousandfold, so
+it is written without ever holding the image; the rest comes from OpenCV and PyAV.
+"""
+
+from __future__ import annotations
+
+import struct
+import tracemalloc
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+
+from engine.core.errors import InputError
+from engine.core.media import (
+    MediaError,
+    VideoWriter,
+    load_image,
+    probe_video,
+    read_frames,
+    read_image_header,
+    validate_video,
+)
+from engine.core.settings import load_settings
+
+PNG_CHANNELS = {0: 1, 2: 3, 4: 2, 6: 4}  # PNG colour type -> samples per pixel
+
+
+def refusal(action: Callable[[], object], path: Path, error: type[InputError] = MediaError) -> str:
+    """The message `action` is refused with: one line, naming the file but not the folder it is in."""
+    with pytest.raises(error) as caught:
+        action()
+    message = str(caught.value)
+    assert "\n" not in message and path.name in message and str(path.parent) not in message, message
+    return message
+
+
+def _zlib_zeros(size: int, block: int = 1 << 20) -> bytes:
+    """zlib data of `size` zero bytes, compressing only two blocks: after a full flush deflate starts afresh,
+    so every block of zeros compresses to the same bytes; the Adler-32 of n zeros is (n mod 65521) << 16 | 1."""
+    deflate = zlib.compressobj(9, zlib.DEFLATED, -15)
+    whole_block = deflate.compress(bytes(block)) + deflate.flush(zlib.Z_FULL_FLUSH)
+    count, rest = divmod(size, block)
+    last = deflate.compress(bytes(rest)) + deflate.flush()
+    return b"\x78\xda" + whole_block * count + last + struct.pack(">I", (size % 65521) << 16 | 1)
+
+
+def _chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def png_bytes(width: int, height: int, bit_depth: int = 8, colour_type: int = 2, pixels: bytes | None = None) -> bytes:
+    """A PNG of zero pixels (black; transparent with alpha); `pixels` replaces the image data (a header that lies)."""
+    row = 1 + width * PNG_CHANNELS[colour_type] * bit_depth // 8  # a filter byte, then the samples
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
+    data = _zlib_zeros(row * height) if pixels is None else pixels
+    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", data) + _chunk(b"IEND", b"")
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def _encoded(extension: str, image: np.ndarray, *params: int) -> bytes:
+    ok, buffer = cv2.imencode(extension, image, list(params))
+    assert ok
+    return buffer.tobytes()
+
+
+def raw_h264(path: Path, seconds: float, size: int = 64, fps: int = 25) -> Path:
+    """A raw H.264 (Annex B) stream: no container, so its header states neither a duration nor a frame count."""
+    with av.open(str(path), "w", format="h264") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width = stream.height = size
+        stream.pix_fmt = "yuv420p"
+        for index in range(round(seconds * fps)):
+            image = np.full((size, size, 3), index * 3 % 255, np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return path
+
+
+RANDOM = np.random.default_rng(0).integers(0, 256, (24, 40, 3), dtype=np.uint8)
+
+
+# --------------------------------------------------------------------------- image headers
+
+
+def test_the_png_writer_makes_real_images(tmp_path: Path) -> None:
+    """The bombs below come from this writer: small ones decode, so the big ones are real images too."""
+    black = load_image(_write(tmp_path / "black.png", png_bytes(300, 200)))
+    assert black.shape == (200, 300, 3) and not black.any()
+    transparent = load_image(_write(tmp_path / "clear.png", png_bytes(300, 200, bit_depth=16, colour_type=6)))
+    assert transparent.shape == (200, 300, 3) and (transparent == 255).all()  # composited on white
+
+
+@pytest.mark.parametrize(
+    ("extension", "params", "chunk"),
+    [
+        (".png", (), None),
+        (".jpg", (), None),
+        (".jpg", (cv2.IMWRITE_JPEG_PROGRESSIVE, 1), None),
+        (".bmp", (), None),
+        (".webp", (cv2.IMWRITE_WEBP_QUALITY, 80), b"VP8 "),
+        (".webp", (cv2.IMWRITE_WEBP_QUALITY, 101), b"VP8L"),
+        (".tiff", (), None),
+    ],
+)
+def test_headers_give_the_size_that_decodes(tmp_path: Path, extension: str, params: tuple, chunk: bytes | None) -> None:
+    data = _encoded(extension, RANDOM, *params)
+    if chunk is not None:
+        assert data[12:16] == chunk
+    assert _size(data) == (40, 24)
+    assert load_image(_write(tmp_path / f"x{extension}", data), max_side=40, max_pixels=40 * 24).shape == (24, 40, 3)
+
+
+def _size(data: bytes) -> tuple[int, int]:
+    header = read_image_header(data, "x")
+    return header.width, header.height
+
+
+def test_jpeg_header_skips_an_exif_thumbnail() -> None:
+    """An APP1 segment may hold a whole JPEG (the thumbnail, with its own frame header): it is skipped whole."""
+    thumbnail = _encoded(".jpg", RANDOM[:8, :8])
+    main = _encoded(".jpg", RANDOM)
+    app1 = b"Exif\0\0" + thumbnail
+    data = main[:2] + b"\xff\xe1" + struct.pack(">H", 2 + len(app1)) + app1 + main[2:]
+    assert read_image_header(data, "x") == read_image_header(main, "x")
+    assert cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED).shape == (24, 40, 3)
+
+
+def test_headers_written_by_hand() -> None:
+    """Layouts OpenCV does not write: big-endian TIFF, BigTIFF, extended WebP (VP8X), OS/2 BMP."""
+    entries = struct.pack(">HHII", 256, 3, 1, 40 << 16) + struct.pack(">HHII", 257, 4, 1, 24)
+    assert _size(b"MM\0*" + struct.pack(">IH", 8, 2) + entries) == (40, 24)
+    entries = struct.pack("<HHQQ", 256, 16, 1, 40) + struct.pack("<HHQQ", 257, 3, 1, 24)
+    assert _size(b"II+\0" + struct.pack("<HHQQ", 8, 0, 16, 2) + entries) == (40, 24)
+    vp8x = b"RIFF\0\0\0\0WEBPVP8X" + bytes(8) + (39).to_bytes(3, "little") + (23).to_bytes(3, "little")
+    assert _size(vp8x) == (40, 24)
+    os2 = b"BM" + bytes(12) + struct.pack("<IHH", 12, 40, 24)
+    assert _size(os2) == (40, 24)
+
+
+BOMBS = [
+    pytest.param(12000, 12000, 8, 2, None, id="12000x12000-rgb8"),
+    pytest.param(12000, 12000, 16, 6, None, id="12000x12000-rgba16"),
+    pytest.param(64000, 64000, 8, 2, _zlib_zeros(1000), id="64000x64000-header-only"),
+]
+
+
+@pytest.mark.parametrize(("width", "height", "depth", "colour", "pixels"), BOMBS)
+def test_bombs_are_refused_from_the_header_without_decoding(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, width: int, height: int, depth: int, colour: int, pixels
+) -> None:
+    path = _write(tmp_path / "bomb.png", png_bytes(width, height, depth, colour, pixels))
+    assert path.stat().st_size < 1_200_000  # 0.4 MB and 1.1 MB, as in the issue; decoded: 0.43 and 1.15 GB
+    decoded = []
+    monkeypatch.setattr(cv2, "imdecode", lambda *args: decoded.append(args))
+    tracemalloc.start()
+    try:
+        message = refusal(lambda: load_image(path, max_side=2560), path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert f"is {width}x{height}, larger than the limit of 2560 pixels" in message and "AVATARBENCH_MAX_SIDE" in message
+    assert not decoded and peak < 2 * path.stat().st_size + 1_000_000  # the file's bytes, nothing the size of pixels
+
+
+def test_the_pixel_cap_holds_below_the_side_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = _write(tmp_path / "wide.png", png_bytes(5000, 5000, pixels=_zlib_zeros(1000)))
+    monkeypatch.setattr(cv2, "imdecode", lambda *args: pytest.fail("decoded"))
+    message = refusal(lambda: load_image(path, max_side=8192, max_pixels=20_000_000), path)
+    assert "5000x5000 (25 megapixels), more than the limit of 20 megapixels" in message
+
+
+def _half(data: bytes) -> bytes:
+    return data[: len(data) // 2]
+
+
+DAMAGED = [
+    pytest.param("empty.png", b"", "is empty (0 bytes); accepted: PNG, JPEG, BMP, WebP or TIFF", id="zero-bytes"),
+    pytest.param("notes.png", b"this is not an image\n" * 20, "not a PNG, JPEG, BMP, WebP or TIFF file", id="text"),
+    pytest.param("clip.jpg", b"\x00\x00\x00\x18ftypmp42" + bytes(64), "not a PNG, JPEG", id="video-renamed"),
+    pytest.param("cut.png", _half(_encoded(".png", RANDOM)), "its PNG data is truncated or damaged", id="png-cut"),
+    pytest.param("cut.jpg", _half(_encoded(".jpg", RANDOM)), "its JPEG data is truncated or damaged", id="jpeg-cut"),
+    pytest.param("cut.webp", _half(_encoded(".webp", RANDOM)), "WebP data is truncated", id="webp-cut"),
+    # OpenCV writes the TIFF directory after the pixels: cut in half, the header is what goes missing
+    pytest.param("cut.tiff", _half(_encoded(".tiff", RANDOM)), "its TIFF header is truncated", id="tiff-cut"),
+    pytest.param("stub.png", b"\x89PNG\r\n\x1a\n\0\0\0\x0dIH", "its PNG header is truncated", id="png-header-cut"),
+    pytest.param("stub.jpg", _encoded(".jpg", RANDOM)[:30], "its JPEG header is truncated", id="jpeg-header-cut"),
+]
+
+
+@pytest.mark.parametrize(("name", "data", "expected"), DAMAGED)
+def test_damaged_images_get_one_line(tmp_path: Path, name: str, data: bytes, expected: str) -> None:
+    path = _write(tmp_path / name, data)
+    assert expected in refusal(lambda: load_image(path), path)
+
+
+def test_missing_image_and_folder(tmp_path: Path) -> None:
+    assert "image file not found" in refusal(lambda: load_image(tmp_path / "gone.png"), tmp_path / "gone.png")
+    folder = tmp_path / "folder.png"
+    folder.mkdir()
+    assert "is not a file" in refusal(lambda: load_image(folder), folder)
+
+
+# --------------------------------------------------------------------------- videos
+
+
+def test_a_stream_without_duration_is_held_to_the_limit(tmp_path: Path) -> None:
+    settings = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path / "data"), "AVATARBENCH_MAX_SECONDS": "1"})
+    path = raw_h264(tmp_path / "raw.mp4", seconds=3)
+    info = probe_video(path)
+    assert (info.duration_s, info.frames, info.fps) == (None, None, 25.0)
+    validate_video(info, path.name, settings.max_side, settings.max_seconds)  # nothing to check it against
+    frames = []
+    message = refusal(lambda: frames.extend(read_frames(path, max_seconds=settings.max_seconds)), path)
+    assert "runs longer than the limit of 1 s (25 frames at 25 fps, AVATARBENCH_MAX_SECONDS)" in message
+    assert len(frames) == 25  # stopped at the limit, not after 3 s
+    assert sum(1 for _ in read_frames(path, max_seconds=3)) == 75  # exactly at the limit is fine
+
+
+def test_a_stream_cannot_grow_past_the_size_its_header_states(tmp_path: Path) -> None:
+    small, large = raw_h264(tmp_path / "a.h264", 0.4), raw_h264(tmp_path / "b.h264", 0.4, size=128)
+    path = _write(tmp_path / "grows.mp4", small.read_bytes() + large.read_bytes())  # a second SPS mid-stream
+    assert (probe_video(path).width, probe_video(path).height) == (64, 64)
+    frames = []
+    message = refusal(lambda: frames.extend(read_frames(path)), path)
+    assert "changes its frame size from 64x64 to 128x128 at frame 11" in message and len(frames) == 10
+
+
+def _mp4(path: Path) -> bytearray:
+    """A second of 64x64 H.264 in MP4, its index (moov) after the pictures (mdat)."""
+    writer = VideoWriter(path, 25, 64, 64, codec="libx264")
+    for index in range(25):
+        writer.write(np.full((64, 64, 3), index * 9, np.uint8))
+    writer.close()
+    return bytearray(path.read_bytes())
+
+
+def _pictures_zeroed(path: Path) -> bytes:
+    data = _mp4(path)
+    start, end = data.find(b"mdat") + 4, data.find(b"moov") - 4
+    data[start:end] = bytes(end - start)
+    return bytes(data)
+
+
+def _sound_only_mkv(path: Path) -> Path:
+    """A Matroska file declaring an H.264 track that holds no picture, beside a second of sound."""
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("libx264", rate=25)
+        video.width = video.height = 64
+        video.pix_fmt = "yuv420p"
+        sound = container.add_stream("aac", rate=16000, layout="mono")
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 16000), np.float32), format="fltp", layout="mono")
+        frame.sample_rate = 16000
+        for packet in [*sound.encode(frame), *sound.encode(None)]:
+            container.mux(packet)
+    return path
+
+
+UNREADABLE = [
+    pytest.param("empty.mp4", lambda d: b"", "is empty (0 bytes); accepted: .mp4, .mov", id="zero-bytes"),
+    pytest.param("notes.mp4", lambda d: b"not a video\n" * 50, "could not be read as a video", id="text"),
+    pytest.param(
+        "cut.mp4",
+        lambda d: _half(_mp4(d / "whole.mp4")),  # the index goes with the second half
+        "cut.mp4 could not be read as a video (Invalid data found when processing input); accepted: .mp4",
+        id="truncated",
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "make", "expected"), UNREADABLE)
+def test_unreadable_videos_get_one_line(tmp_path: Path, name: str, make: Callable[[Path], bytes], expected: str):
+    path = _write(tmp_path / name, make(tmp_path))
+    assert expected in refusal(lambda: probe_video(path), path)
+
+
+def test_missing_video(tmp_path: Path) -> None:
+    assert "video file not found" in refusal(lambda: probe_video(tmp_path / "gone.mp4"), tmp_path / "gone.mp4")
+
+
+def test_videos_whose_pictures_do_not_decode(tmp_path: Path) -> None:
+    """The header reads fine, so these get past probe_video; reading the frames says what is wrong."""
+    zeroed = _write(tmp_path / "zeroed.mp4", _pictures_zeroed(tmp_path / "whole.mp4"))
+    assert probe_video(zeroed).frames == 25
+    message = refusal(lambda: list(read_frames(zeroed)), zeroed)
+    assert "decoding failed after 0 frames (Invalid data found when processing input)" in message
+    empty_track = _sound_only_mkv(tmp_path / "sound.mkv")
+    assert probe_video(empty_track).width == 64
+    assert "holds no decodable video frame" in refusal(lambda: list(read_frames(empty_track)), empty_track)
+
+
+def test_an_image_renamed_mp4_is_a_one_frame_video(tmp_path: Path) -> None:
+    path = _write(tmp_path / "still.mp4", png_bytes(32, 32))
+    assert probe_video(path).width == 32 and sum(1 for _ in read_frames(path)) == 1
