@@ -162,3 +162,28 @@ def test_bench_plan_and_cost(tmp_path: Path) -> None:
 
     cost = run("cost", "--throughput", "1000", "--measured-on", "H100", "--precision", "fp16", **env)
     assert cost.returncode == 0 and "measured" in cost.stdout and "estimate" in cost.stdout
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG that declares its size and holds no pixels: what a decompression bomb looks like before decoding."""
+    import struct
+    import zlib
+
+    ihdr = b"IHDR" + struct.pack(">IIBBBBB", width, height, 8, 6, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + ihdr + struct.pack(">I", zlib.crc32(ihdr))
+
+
+@pytest.mark.parametrize("command", ["lipsync", "portrait"])
+def test_a_declared_giant_image_is_one_line_on_the_cli(tmp_path: Path, command: str) -> None:
+    """A header claiming 64000x64000 is refused from the header: one line, exit 2, no decoder's own words."""
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(_png_header(64000, 64000))
+    assets = ROOT / "assets"
+    args = ["--face", str(bomb), "--audio", str(assets / "speech.wav")] if command == "lipsync" else [
+        "--source", str(bomb), "--driving", str(assets / "driving.mp4")]  # fmt: skip
+    out = ["--out", str(tmp_path / "out.mp4"), "--quiet"]
+    proc = run(command, *args, *out, AVATARBENCH_DATA_DIR=str(tmp_path / "data"))
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert "64000x64000" in proc.stderr and "Traceback" not in proc.stderr and "CV_IO" not in proc.stderr
+    assert len(lines) == 1, proc.stderr
