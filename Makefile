@@ -49,6 +49,7 @@ lint: $(TESTDEPS)
 bench: $(RUNTIME)
 	$(BIN)/python benchmarks/telemetry_overhead.py
 	$(BIN)/python benchmarks/onnx_overhead.py
+	$(BIN)/python scripts/results_readme.py  # the results README's figures, from the files just written
 
 # Refresh the README's screenshot from the running app (real headless Chromium).
 screenshot: $(TESTDEPS)
