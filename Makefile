@@ -51,9 +51,9 @@ bench: $(RUNTIME)
 	$(BIN)/python benchmarks/onnx_overhead.py
 	$(BIN)/python scripts/results_readme.py  # the results README's figures, from the files just written
 
-# Refresh the README's screenshot from the running app (real headless Chromium).
+# Refresh the README's pictures of the five tabs from the running app (real headless Chromium, about a minute).
 screenshot: $(TESTDEPS)
-	AB_SCREENSHOT_TO=$(CURDIR)/assets/screenshot.png $(BIN)/python -m pytest -q tests/test_app.py -k page
+	$(BIN)/python scripts/screenshots.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -113,16 +113,19 @@ def build_app(
     from ui.lipsync import build_lipsync_tab
     from ui.onnx_eval import build_onnx_eval_tab
     from ui.portrait import build_portrait_tab
-    from ui.system import DoctorCache, build_system_tab
-    from ui.telemetry import build_telemetry_panel
+    from ui.system import SYSTEM_TAB, DoctorCache, build_system_tab
+    from ui.telemetry import build_telemetry
 
     doctor = DoctorCache(settings)
     doctor.warm_up()
     # Gradio deletes its uploads and served copies on this schedule: a job's inputs are in the job store already.
     with gr.Blocks(title="avatarbench", analytics_enabled=False, delete_cache=gradio_cache_policy(settings)) as demo:
-        gr.Markdown(device_banner(choice), elem_id="device-banner")
-        timer = build_telemetry_panel(demo, sampler)
-        with gr.Tabs():
+        # The header (banner, one telemetry line per GPU and the host, the tab bar) stays small, so that each tab's
+        # inputs, main button and examples are on the first screen; the tab bar wraps rather than hiding tabs.
+        with gr.Column(elem_id="ab-header"):
+            gr.Markdown(device_banner(choice), elem_id="device-banner")
+            build_telemetry(demo, sampler)
+        with gr.Tabs(overflow_behavior="wrap", elem_id="ab-tabs") as tabs:
             with gr.Tab("Lip-sync", id="lipsync"):
                 build_lipsync_tab(settings, services.lipsync, access)
             with gr.Tab("Portrait animation", id="portrait"):
@@ -131,8 +134,8 @@ def build_app(
                 build_onnx_eval_tab(settings, services.onnx, access)
             with gr.Tab("GPU benchmark", id="bench"):
                 build_bench_tab(settings, services.bench, access)
-            with gr.Tab("System", id="system"):
-                build_system_tab(demo, settings, sampler, timer, choice, doctor)
+            with gr.Tab(SYSTEM_TAB, id="system"):
+                build_system_tab(demo, tabs, settings, sampler, choice, doctor)
         register_job_api(services.broker.store, services.kinds(), access)
     return demo
 
@@ -169,7 +172,8 @@ class Shutdown:
 
 def serve_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
-    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
+    # A string default: argparse converts it only when serving, so a bad GRADIO_SERVER_PORT is a usage error there.
+    parser.add_argument("--port", type=int, default=os.environ.get("GRADIO_SERVER_PORT", "7860"))
     parser.add_argument("--share", action="store_true", help="create a public Gradio share link")
     parser.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default: settings)")
     parser.add_argument("--auth", action="append", metavar="USER:PASS", help="require a login (repeat for more users)")
@@ -195,13 +199,37 @@ def _logins(specs: list[str] | None) -> list[tuple[str, str]] | None:
 
 
 def serve(args: argparse.Namespace) -> int:
-    """Start the app and serve until SIGTERM or Ctrl-C (bad flags or settings are one line and exit 2)."""
+    """Start the app and serve until SIGTERM or Ctrl-C (bad flags or settings, a busy port: one line and exit 2)."""
+    import errno
+    import socket
+
     from engine.jobs.housekeeping import sweep_uploads
 
     auth = _logins(args.auth)
     if args.device is not None:
         os.environ[PREFIX + "DEVICE"] = validate_device_spec(args.device)
         get_settings.cache_clear()
+    # Where the server cannot listen, say so now, before any worker starts (Gradio's own check is a bare OSError).
+    other = args.port + 1 if args.port < 65535 else 7860
+    busy = (
+        f"port {args.port} is already in use (another avatarbench, or another program): choose another with "
+        f"--port {other} or GRADIO_SERVER_PORT={other}"
+    )
+    if not 0 < args.port < 65536:
+        raise InputError(f"--port must be between 1 and 65535, got {args.port}")
+    try:
+        where = socket.getaddrinfo(args.host.strip("[]"), args.port, type=socket.SOCK_STREAM)
+        family, kind, proto, _, address = where[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does: TIME_WAIT is no obstacle
+            probe.bind(address)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise InputError(busy) from None
+        raise InputError(
+            f"cannot listen on {args.host}:{args.port} ({exc.strerror or exc}): choose another --host (e.g. 127.0.0.1 "
+            "or 0.0.0.0) or --port"
+        ) from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = get_settings()
     try:
@@ -232,16 +260,21 @@ def serve(args: argparse.Namespace) -> int:
     try:
         demo = build_app(settings, choice, sampler, services, access)
         demo.queue(default_concurrency_limit=1)
-        demo.launch(
-            server_name=args.host,
-            server_port=args.port,
-            share=args.share,
-            auth=auth,
-            max_file_size=settings.max_upload_bytes,
-            allowed_paths=[str(settings.outputs_dir), str(ASSETS)],
-            theme=gr.themes.Soft(),
-            css=CSS,
-        )
+        try:
+            demo.launch(
+                server_name=args.host,
+                server_port=args.port,
+                share=args.share,
+                auth=auth,
+                max_file_size=settings.max_upload_bytes,
+                allowed_paths=[str(settings.outputs_dir), str(ASSETS)],
+                theme=gr.themes.Soft(),
+                css=CSS,
+            )
+        except OSError as exc:  # taken between the check above and the server's start
+            if "Cannot find empty port" not in str(exc):
+                raise
+            raise InputError(busy) from None
     except KeyboardInterrupt:  # a signal while launch() was still starting up (it handles later ones itself)
         pass
     finally:

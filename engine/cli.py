@@ -23,12 +23,13 @@ EXIT_INPUT, EXIT_SETUP, EXIT_INTERRUPTED = 2, 3, 130
 
 def engine_commands() -> list[Command]:
     from engine.bench.cli import COMMANDS as BENCH
+    from engine.core.cli import COMMANDS as WEIGHTS
     from engine.lipsync.cli import COMMANDS as LIPSYNC
     from engine.onnx.cli import COMMANDS as ONNX
     from engine.portrait.cli import COMMANDS as PORTRAIT
     from engine.system.cli import COMMANDS as SYSTEM
 
-    return [*SYSTEM, *LIPSYNC, *PORTRAIT, *ONNX, *BENCH]
+    return [*SYSTEM, *WEIGHTS, *LIPSYNC, *PORTRAIT, *ONNX, *BENCH]
 
 
 def build_parser(commands: Sequence[Command]) -> argparse.ArgumentParser:

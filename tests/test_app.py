@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import time
 from pathlib import Path
 
@@ -82,7 +80,7 @@ def test_doctor_endpoint_reports_every_check_with_a_fix(client) -> None:
         assert expected in names
     assert report["status"] in ("ok", "warning", "problem")
     for check in report["checks"]:
-        assert check["status"] in ("ok", "warning", "problem")
+        assert check["status"] in ("ok", "info", "warning", "problem")
         assert check["fix"].strip()
         assert check["found"].strip()
 
@@ -281,15 +279,13 @@ def test_page_shows_tabs_and_live_telemetry(running_app: RunningApp, tmp_path) -
             page.wait_for_timeout(1500)  # let the plots draw their first history
             page.screenshot(path=str(tmp_path / "app.png"), full_page=True)
             assert (tmp_path / "app.png").stat().st_size > 10_000
-            if os.environ.get("AB_SCREENSHOT_TO"):  # `make screenshot` refreshes the README's
-                shutil.copy(tmp_path / "app.png", os.environ["AB_SCREENSHOT_TO"])
         finally:
             browser.close()
 
 
 def _updated_at(stamp_text: str) -> str | None:
     """The time in the telemetry stamp ("Updated 2026-12-02 00:23:16 ..."), without the render timer around it."""
-    found = re.search(r"Updated (\S+ \S+)", stamp_text)
+    found = re.search(r"Updated (\d\d:\d\d:\d\d)", stamp_text)
     return found.group(1) if found else None
 
 
@@ -327,9 +323,9 @@ def _queue_a_sweep_in_the_page(page, sync_api) -> None:
 
 def _animate_the_portrait_example(page, sync_api) -> None:
     _open_tab(page, sync_api, "Portrait animation", page.get_by_role("button", name="Animate"))
-    page.get_by_text("a driving clip we made from it").locator("..").locator("tbody tr").first.click()
-    for name in ("face.jpg", "driving.mp4"):  # the example's files are loaded into the inputs first
-        sync_api.expect(page.locator(f"a[href*='{name}']").first).to_be_visible(timeout=30_000)
+    page.locator("#portrait-examples .thumbnail-item").first.click()
+    for preview in ("img[src*='face.jpg']", "video[src*='driving.mp4']"):  # the example's files are loaded first
+        sync_api.expect(page.locator(preview).first).to_be_visible(timeout=30_000)
     page.get_by_role("button", name="Animate").click()
     sync_api.expect(page.locator("body")).to_contain_text(
         "optical-flow motion transfer, not LivePortrait", timeout=120_000

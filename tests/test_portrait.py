@@ -275,8 +275,9 @@ def test_baseline_engine_without_weights(driving: Path, tmp_path: Path, no_weigh
     assert calm.metrics["frames"] == 4
     still_change = np.abs(still_out[-1][face_region] - still_out[0][face_region]).mean()
     assert still_change < 2 < moved  # a still driver moves nothing; a tilting one moves the face
-    with pytest.raises(PortraitError, match="an image has none"):
-        run_portrait(PortraitConfig(ASSETS / "face.jpg", ASSETS / "face.jpg", engine="baseline"), tmp_path / "x.mp4")
+    still_driver = PortraitConfig(ASSETS / "face.jpg", ASSETS / "face.jpg", engine="baseline")
+    image = run_portrait(still_driver, tmp_path / "x.mp4", no_weights)
+    assert image.metrics["frames"] == 1 and image.metrics["pose_transfer"]["roll_degrees"] == 0  # a still driver
 
 
 def test_a_driving_clip_that_starts_without_a_face(tmp_path: Path) -> None:

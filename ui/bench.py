@@ -1,6 +1,10 @@
 """The GPU benchmark tab: build a sweep (preset or custom grid), queue it, watch it, read the results and
 charts, compare runs and machines, price them, and plan what fits on which GPU (LLM serving too).
 Registers the API: /bench_submit, /bench_status, /bench_result, /bench_import, /plan_llm, /plan_network, /cost.
+
+The form starts at the device's defaults (SweepRequest's: batch sizes by device, run counts chosen for the device
+when left empty); channels_last and cudnn.benchmark are one choice each (off / on / both), written as the API's
+switch lists. Tables show the columns this result filled (the JSON and CSV keep all); empty charts stay hidden.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from typing import Any
 import gradio as gr
 
 from engine.bench.catalog import CATALOG, Gpu, PriceBook, detected_gpu, find_gpu
-from engine.bench.config import PRECISIONS, CostConfig, LlmRequest, NetworkPlanConfig, SweepRequest
+from engine.bench.config import DEFAULT_BATCHES, PRECISIONS, CostConfig, LlmRequest, NetworkPlanConfig, SweepRequest
 from engine.bench.jobs import BenchJobs
 from engine.bench.planner import (
     LLMS,
@@ -24,9 +28,10 @@ from engine.bench.planner import (
     plan_llm,
     plan_network,
 )
-from engine.bench.sweep import PRESETS, rows_to_csv
+from engine.bench.sweep import DEFAULT_RUNS, DEFAULT_WARMUP, PRESETS, rows_to_csv
 from engine.bench.workloads import BUILTIN
 from engine.jobs.store import CANCELLED, FAILED
+from engine.onnx.timing import AUTO_HELP
 from engine.runtimes.registry import COMPILE_MODES, RUNTIMES
 from ui.bench_report import (
     COMPARE_HEADERS,
@@ -38,15 +43,19 @@ from ui.bench_report import (
     latency_memory_figure,
     result_rows,
     speedup_figure,
+    spread_markdown,
     summary_markdown,
     telemetry_figure,
     throughput_figure,
 )
-from ui.forms import api_endpoint, api_function, reported
+from ui.forms import api_endpoint, api_function, refusal, reported
 from ui.jobs import Access, wire_cancel
-from ui.widgets import finished_results, job_ids, job_poller, when
+from ui.widgets import chart, finished_results, job_ids, job_poller, optional_number, shown_table, table, when
 
 CUSTOM = "custom grid"
+# a switch a sweep may try both ways, as one choice: (what the radio says, the API's switch list)
+CHANNELS_LAST_CHOICES = [("off", "off"), ("on", "on"), ("both (off, then on)", "off,on")]
+CUDNN_BENCHMARK_CHOICES = [("on", "on"), ("off", "off"), ("both (on, then off)", "on,off")]
 HISTORY_HEADERS = ["job", "status", "model", "preset", "configurations", "machine", "submitted", "error"]
 
 
@@ -90,30 +99,33 @@ def build_bench_tab(settings: Any, jobs: BenchJobs, access: Access) -> None:
                 precisions = gr.CheckboxGroup(list(PRECISIONS), value=["fp32"], label="Precisions")
                 devices = gr.CheckboxGroup(["cpu", "cuda"], value=["cuda" if has_gpu else "cpu"], label="Devices")
                 batches = gr.Textbox(
-                    value="1,8" if not has_gpu else "32,128,512", label="Batch sizes", elem_id="bench-batches"
+                    value=",".join(map(str, DEFAULT_BATCHES["cuda" if has_gpu else "cpu"])),
+                    label="Batch sizes",
+                    elem_id="bench-batches",
                 )
                 with gr.Row():
-                    channels_last = gr.CheckboxGroup(["off", "on"], value=["off"], label="channels_last")
-                    cudnn = gr.CheckboxGroup(["on", "off"], value=["on"], label="cudnn.benchmark")
+                    channels_last = gr.Radio(CHANNELS_LAST_CHOICES, value="off", label="channels_last")
+                    cudnn = gr.Radio(CUDNN_BENCHMARK_CHOICES, value="on", label="cudnn.benchmark (GPU)")
                     compile_mode = gr.Dropdown(list(COMPILE_MODES), value="default", label="torch.compile mode")
             with gr.Row():
-                runs = gr.Number(
-                    value=20, precision=0, minimum=1, maximum=10_000, label="Timed runs", elem_id="bench-runs"
-                )
-                warmup = gr.Number(value=3, precision=0, minimum=0, maximum=1000, label="Warm-up runs")
+                runs = optional_number(SweepRequest, "runs", "Timed runs", "auto", elem_id="bench-runs",
+                                       info=f"empty: {DEFAULT_RUNS}; {AUTO_HELP}")  # fmt: skip
+                warmup = optional_number(SweepRequest, "warmup", "Warm-up runs", "auto",
+                                         info=f"empty: {DEFAULT_WARMUP}; 1 on a CPU")  # fmt: skip
             with gr.Row():
                 submit = gr.Button("Queue sweep", variant="primary", scale=4)
                 cancel = gr.Button("Cancel", variant="stop", scale=1)
         with gr.Column(scale=2):
             status = gr.Markdown("No sweep yet.")
             summary = gr.Markdown()
-            table = gr.Dataframe(headers=RESULT_HEADERS, interactive=False, label="Results")
+            table_view = gr.Dataframe(headers=RESULT_HEADERS, interactive=False, label="Results", visible=False)
+            with gr.Row():  # hidden until a result has something to draw
+                speedup_plot = gr.Plot(show_label=False, visible=False)
+                throughput_plot = gr.Plot(show_label=False, visible=False)
             with gr.Row():
-                speedup_plot = gr.Plot(show_label=False)
-                throughput_plot = gr.Plot(show_label=False)
-            with gr.Row():
-                memory_plot = gr.Plot(show_label=False)
-                telemetry_plot = gr.Plot(show_label=False)
+                memory_plot = gr.Plot(show_label=False, visible=False)
+                telemetry_plot = gr.Plot(show_label=False, visible=False)
+            spread = gr.Markdown()  # latencies too scattered to trust, beside the charts
             with gr.Row():
                 json_file = gr.File(label="Report (JSON)", interactive=False)
                 csv_file = gr.File(label="Results (CSV)", interactive=False)
@@ -126,7 +138,7 @@ def build_bench_tab(settings: Any, jobs: BenchJobs, access: Access) -> None:
             import_file = gr.File(label="Import a report (JSON) from another machine", file_types=[".json"])
         history = gr.Dataframe(headers=HISTORY_HEADERS, interactive=False)
         compare_table = gr.Dataframe(headers=COMPARE_HEADERS, interactive=False, label="Compared")
-        compare_plot = gr.Plot(show_label=False)
+        compare_plot = gr.Plot(show_label=False, visible=False)
     with gr.Accordion("Cost per request", open=False):
         gr.Markdown(
             "Prices are indicative on-demand hourly rates with their source; edit them for your provider "
@@ -173,7 +185,7 @@ def build_bench_tab(settings: Any, jobs: BenchJobs, access: Access) -> None:
         return SweepRequest.build({
             "model": model_name, "preset": None if preset_choice == CUSTOM else preset_choice,
             "runtime": ",".join(rts or []), "precision": ",".join(precs or []), "device": ",".join(devs or []),
-            "batch": batch_text, "channels_last": ",".join(cl or ["off"]), "cudnn_benchmark": ",".join(cb or ["on"]),
+            "batch": batch_text, "channels_last": cl or "off", "cudnn_benchmark": cb or "on",
             "compile_mode": mode, "runs": n_runs, "warmup": n_warm,
         })  # fmt: skip
 
@@ -195,18 +207,19 @@ def build_bench_tab(settings: Any, jobs: BenchJobs, access: Access) -> None:
         labels = [r["label"] for r in report["results"] if r.get("samples_per_s")]
         return (
             summary_markdown(report, result),
-            result_rows(report),
-            speedup_figure(report),
-            throughput_figure(report),
-            latency_memory_figure(report),
-            telemetry_figure(report),
+            shown_table(RESULT_HEADERS, result_rows(report)),  # the JSON and CSV keep every column
+            chart(speedup_figure(report)),
+            chart(throughput_figure(report)),
+            chart(latency_memory_figure(report)),
+            chart(telemetry_figure(report)),
+            spread_markdown(report),
             str(out / f"bench-{job}.json"),
             str(out / f"bench-{job}.csv"),
             gr.Dropdown(choices=labels, value=labels[0] if labels else None),
         )
 
-    outputs = [summary, table, speedup_plot, throughput_plot, memory_plot, telemetry_plot, json_file, csv_file]
-    outputs.append(cost_config)
+    outputs = [summary, table_view, speedup_plot, throughput_plot, memory_plot, telemetry_plot, spread, json_file]
+    outputs += [csv_file, cost_config]
     poll = job_poller(jobs.status, _status_text, render, len(outputs), "No sweep yet.", access)
 
     def history_rows(request: gr.Request) -> list[list]:
@@ -224,7 +237,7 @@ def build_bench_tab(settings: Any, jobs: BenchJobs, access: Access) -> None:
         reader = access.reader(request)
         finished = finished_results(lambda job: jobs.result(job, reader), text)
         done = [(r["id"], r["machine"] or "", r["report"]) for r in finished]
-        return compare_rows(done), compare_figure(done)
+        return table(COMPARE_HEADERS, compare_rows(done)), chart(compare_figure(done))
 
     def import_report(path: str | None, request: gr.Request) -> list[list]:
         if path:
@@ -242,11 +255,11 @@ def build_bench_tab(settings: Any, jobs: BenchJobs, access: Access) -> None:
 
     def price_configuration(job: str | None, label: str | None, samples: float, request: gr.Request) -> list[list]:
         if not job or not label:
-            raise gr.Error("Run or open a sweep first, then pick one of its configurations.")
+            raise refusal("Run or open a sweep first, then pick one of its configurations.", "the cost table")
         result = jobs.result(job, access.reader(request))
         row = next((r for r in result["report"]["results"] if r["label"] == label), None)
         if row is None or not row.get("samples_per_s"):
-            raise gr.Error(f"{label} has no throughput")
+            raise refusal(f"{label} has no throughput", "the cost table")
         gpu_name = ((result["report"].get("machine") or {}).get("gpu") or {}).get("name")
         measured_on = find_gpu(gpu_name) if gpu_name and row["device"] == "cuda" else None
         with reported("the cost table"):
@@ -261,7 +274,7 @@ def build_bench_tab(settings: Any, jobs: BenchJobs, access: Access) -> None:
                         {r[0]: str(r[2]) for r in values})  # fmt: skip
             book.save(path)
         except (ValueError, TypeError) as exc:
-            raise gr.Error(str(exc)) from None
+            raise refusal(str(exc), "the prices") from None
         gr.Info("Prices saved (yours only)" if path != prices_path else "Prices saved for everyone")
         return _price_rows(book)
 
@@ -316,13 +329,17 @@ def build_bench_tab(settings: Any, jobs: BenchJobs, access: Access) -> None:
     wire_cancel(cancel, jobs, access, job_id)
     timer.tick(poll, [job_id], [status, timer, *outputs], queue=False, api_visibility="private")
     refresh.click(history_rows, None, history, queue=False, api_visibility="private")
-    open_btn.click(open_job, chosen, [job_id, status, timer, *outputs], api_visibility="private")
-    compare_btn.click(compare, chosen, [compare_table, compare_plot], api_visibility="private")
+    # one progress display per action: on the pane that answers it, not on every output
+    open_btn.click(open_job, chosen, [job_id, status, timer, *outputs], api_visibility="private",
+                   show_progress_on=status)  # fmt: skip
+    compare_btn.click(compare, chosen, [compare_table, compare_plot], api_visibility="private",
+                      show_progress_on=compare_table)  # fmt: skip
     import_file.upload(import_report, import_file, history, api_visibility="private")
     cost_btn.click(price_configuration, [job_id, cost_config, per_request], cost_table_view, api_visibility="private")
     save_prices.click(save, prices, prices, api_visibility="private")
     plan_inputs = [plan_gpu, plan_count, plan_llm_name, plan_quant, plan_total, plan_input, plan_concurrent]
-    plan_btn.click(plan_form, [*plan_inputs, plan_fraction], [plan_text, plan_json], api_visibility="private")
+    plan_btn.click(plan_form, [*plan_inputs, plan_fraction], [plan_text, plan_json], api_visibility="private",
+                   show_progress_on=plan_text)  # fmt: skip
     fit_inputs = [plan_gpu, fit_model, fit_precision, plan_fraction, fit_target, fit_rate, job_id]
     fit_btn.click(fit_form, fit_inputs, fit_text, api_visibility="private")
     _register_api(jobs, settings, prices_of, cards, access)

@@ -1,4 +1,5 @@
-"""Benchmark reports as tables and charts: one sweep, or several from different runs and machines."""
+"""Benchmark reports as tables and charts: one sweep, or several from different runs and machines. A latency whose
+runs are too scattered to trust is flagged in its row, on its point and in the note beside the charts."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-from ui.widgets import layout
+from engine.onnx.timing import spread_warning
+from ui.widgets import layout, log_axis
 
 RESULT_HEADERS = [
     "configuration",
@@ -45,8 +47,17 @@ def _note(row: dict) -> str:
         parts.append(row["error"][:200])
     if row.get("fell_back"):
         parts.append("⚠️ fell back to the CPU")
-    parts += row.get("warnings", [])
+    wide = spread_warning(row.get("latency"))
+    parts += [w for w in row.get("warnings", []) if w != wide]  # the full reason is beside the charts
+    if wide:
+        parts.append("⚠️ wide spread (see beside the charts)")
     return "; ".join(parts)
+
+
+def spread_markdown(report: dict) -> str:
+    """The configurations whose latency is too scattered to trust, with why: shown beside the charts."""
+    rows = report.get("results", [])
+    return "\n".join(f"- ⚠️ **{r['label']}**: {why}" for r in rows if (why := spread_warning(r.get("latency"))))
 
 
 def result_rows(report: dict) -> list[list]:
@@ -95,19 +106,27 @@ def summary_markdown(report: dict, job: dict | None = None) -> str:
 
 
 def speedup_figure(report: dict) -> go.Figure:
+    """Throughput against the first configuration's; a log axis (1-2-5 ticks) when they differ by more than 20x."""
     rows = [r for r in report.get("results", []) if r.get("speedup")]
+    short, common = _short_labels([r["label"] for r in rows]) if rows else ([], "")
     fig = go.Figure(
         go.Bar(
             x=[r["speedup"] for r in rows],
-            y=[r["label"] for r in rows],
+            y=short,
             orientation="h",
             marker_color=["#d62728" if r.get("fell_back") else "#76b900" for r in rows],
             text=[f"{r['speedup']:.2f}×" for r in rows],
             textposition="auto",
+            customdata=[r["label"] for r in rows],
+            hovertemplate="%{customdata}: %{x:.2f}× the baseline<extra></extra>",
         )
     )
     fig.update_yaxes(autorange="reversed")
-    return layout(fig, "Speed-up against the baseline (first configuration)", "× baseline throughput", "")
+    speedups = [r["speedup"] for r in rows]
+    if speedups and max(speedups) / min(speedups) > 20:
+        log_axis(fig, speedups, at_values=False)
+    title = "Speed-up against the baseline (first configuration)" + (f": {common}" if common else "")
+    return layout(fig, title, "× baseline throughput", "")
 
 
 def throughput_figure(report: dict) -> go.Figure:
@@ -121,46 +140,115 @@ def throughput_figure(report: dict) -> go.Figure:
     for key, points in series.items():
         points.sort()
         fig.add_trace(go.Scatter(x=[b for b, _ in points], y=[t for _, t in points], mode="lines+markers", name=key))
-    fig.update_xaxes(type="log")
+    log_axis(fig, [b for points in series.values() for b, _ in points])
     return layout(fig, "Throughput vs batch size", "batch size", "samples/s")
 
 
+_MEMORY_SOURCES = (("peak_allocated_bytes", "GPU allocator peak"), ("device_used_bytes", "device memory used"),
+                   ("host_rss_bytes", "process RSS peak"))  # fmt: skip
+
+
+def _memory(row: dict) -> tuple[float, str]:
+    """A point's memory in MiB and what measured it: the allocator's peak, else the device's, else the host's."""
+    for key, what in _MEMORY_SOURCES:
+        if row.get(key):
+            return row[key] / 2**20, what
+    return 0.0, "not measured"
+
+
+def _padded(values: list[float], fraction: float = 0.15) -> list[float]:
+    """An axis range with room around the points, so the labels beside the outermost ones stay inside."""
+    low, high = min(values), max(values)
+    pad = (high - low) * fraction or abs(high) * fraction or 1.0
+    return [low - pad, high + pad]
+
+
+def _short_labels(labels: list[str]) -> tuple[list[str], str]:
+    """The words every label shares (e.g. "cpu eager fp32") said once, and what tells the points apart."""
+    words = [label.split(" ") for label in labels]
+    common = [w for w in words[0] if all(w in other for other in words[1:])] if len(words) > 1 else []
+    short = [" ".join(w for w in each if w not in common) or label for each, label in zip(words, labels, strict=True)]
+    return short, " ".join(common)
+
+
+def _beside(x: list[float]) -> list[str]:
+    """Label positions that stay inside the plot: points on the right get their label on their left and the other
+    way round; neighbours (by memory) alternate above and below."""
+    middle = (min(x) + max(x)) / 2
+    order = sorted(range(len(x)), key=lambda i: x[i])
+    rank = {i: n for n, i in enumerate(order)}
+    return [f"{'top' if rank[i] % 2 == 0 else 'bottom'} {'left' if x[i] > middle else 'right'}" for i in range(len(x))]
+
+
 def latency_memory_figure(report: dict) -> go.Figure:
+    """p50 latency against peak memory, one labelled point per configuration (⚠️: spread too wide to trust)."""
     rows = [r for r in report.get("results", []) if r.get("latency")]
-    memory = [
-        (r.get("peak_allocated_bytes") or r.get("device_used_bytes") or r.get("host_rss_bytes") or 0) / 2**20
-        for r in rows
-    ]
-    fig = go.Figure(
+    fig = go.Figure()
+    if not rows:
+        return layout(fig, "Latency vs memory", "peak memory, MiB", "p50 latency per batch, ms")
+    memory = [_memory(r) for r in rows]
+    x, latency = [m for m, _ in memory], [r["latency"]["p50_ms"] for r in rows]
+    wide = [spread_warning(r["latency"]) is not None for r in rows]
+    short, common = _short_labels([r["label"] for r in rows])
+    fig.add_trace(
         go.Scatter(
-            x=memory,
-            y=[r["latency"]["p50_ms"] for r in rows],
+            x=x,
+            y=latency,
             mode="markers+text",
-            text=[r["label"] for r in rows],
-            textposition="top center",
-            marker={"size": 9, "color": "#1f77b4"},
+            text=[label + (" ⚠️" if w else "") for label, w in zip(short, wide, strict=True)],
+            textposition=_beside(x),
+            cliponaxis=False,  # a label near the edge runs into the margin instead of being cut
+            customdata=[[r["label"], what] for r, (_, what) in zip(rows, memory, strict=True)],
+            hovertemplate="%{customdata[0]}<br>%{x:.0f} MiB (%{customdata[1]})<br>p50 %{y:.3g} ms<extra></extra>",
+            marker={"size": 9, "color": ["#ff7f0e" if w else "#1f77b4" for w in wide]},
+            showlegend=False,
         )
     )
-    label = "peak memory MiB (GPU allocator, else device, else host RSS)"
-    return layout(fig, "Latency vs memory", label, "p50 latency per batch, ms")
+    fig.update_xaxes(range=_padded(x))
+    fig.update_yaxes(range=_padded(latency, 0.25))
+    sources = ", ".join(sorted({what for _, what in memory}))
+    title = "Latency vs memory" + (f": {common}" if common else "") + (" (⚠️ spread too wide)" if any(wide) else "")
+    return layout(fig, title, f"peak memory, MiB ({sources})", "p50 latency per batch, ms")
 
 
 def telemetry_figure(report: dict) -> go.Figure:
-    """GPU utilisation and power (or host CPU without a GPU) during each configuration's timed runs."""
-    fig = go.Figure()
+    """GPU utilisation and power (host CPU where a configuration ran without a GPU) during each configuration's timed
+    runs, back to back: one line per measure (the hover names the configuration), broken between configurations."""
+    series: dict[str, tuple[list, list, list]] = {}  # name -> x, y, configuration
+
+    def add(name: str, t: list[float], values: list, label: str) -> None:
+        xs, ys, labels = series.setdefault(name, ([], [], []))
+        if xs:
+            xs.append(None), ys.append(None), labels.append(None)  # no line across configurations
+        xs.extend(t), ys.extend(values), labels.extend([label] * len(t))
+
     offset = 0.0
     for r in report.get("results", []):
         samples = r.get("telemetry") or []
         if not samples:
             continue
         t = [offset + s[0] for s in samples]
-        has_gpu = any(s[1] is not None for s in samples)
-        y = [s[1] if has_gpu else s[4] for s in samples]
-        fig.add_trace(go.Scatter(x=t, y=y, mode="lines+markers", name=f"{r['label']} {'GPU' if has_gpu else 'CPU'} %"))
+        if any(s[1] is not None for s in samples):
+            add("GPU utilisation %", t, [s[1] for s in samples], r["label"])
+        else:
+            add("host CPU %", t, [s[4] for s in samples], r["label"])
         if any(s[3] is not None for s in samples):
-            fig.add_trace(go.Scatter(x=t, y=[s[3] for s in samples], mode="lines", name=f"{r['label']} W", yaxis="y2"))
+            add("GPU power W", t, [s[3] for s in samples], r["label"])
         offset = t[-1] + 1.0
-    fig.update_layout(yaxis2={"overlaying": "y", "side": "right", "title": "W"})
+    fig = go.Figure()
+    for name, (xs, ys, labels) in series.items():
+        watts = name.endswith(" W")
+        fig.add_trace(
+            go.Scatter(
+                x=xs, y=ys, customdata=labels, mode="lines+markers", name=name, yaxis="y2" if watts else "y",
+                hovertemplate=f"%{{customdata}}<br>%{{y:.0f}} {'W' if watts else '%'}<extra></extra>",
+            )
+        )  # fmt: skip
+    if "GPU power W" in series:  # no second axis where nothing reports power (a CPU)
+        fig.update_layout(
+            yaxis2={"overlaying": "y", "side": "right", "title": "W", "automargin": True, "rangemode": "tozero"}
+        )
+    fig.update_yaxes(range=[0, 105])
     return layout(fig, "Telemetry during the timed runs", "seconds (configurations back to back)", "utilisation %")
 
 

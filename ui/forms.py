@@ -4,8 +4,10 @@ A capability's API parameters are its config's fields (engine/core/options.py): 
 as the CLI flags. `form_handler` gives an event handler exactly those parameters, so Gradio's API page and
 `gradio_client` show them (a call with only the required files works). `api_endpoint` registers a capability's API
 on invisible components made from the config, so Gradio's own range checks never pre-empt ours and the tab's visible
-form stays free to present the fields as it likes; `api_function` does the same for `gr.api`. `reported` turns our
-errors into their message and anything else into "internal error <id>", the traceback going to the server log.
+form stays free to present the fields as it likes; `api_function` does the same for `gr.api`. The API page's
+snippets show each parameter's default, and for the files the examples that `api_examples` names, so that they run
+as shown. `reported` turns our errors into their message and anything else into "internal error <id>", the
+traceback going to the server log.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import inspect
 import logging
 import uuid
 from collections.abc import Callable, Iterator, Mapping
+from contextvars import ContextVar
+from pathlib import PurePosixPath
 from typing import Any
 
 import gradio as gr
@@ -27,21 +31,31 @@ Progress = Callable[[float, str], None]
 Run = Callable[[dict[str, Any], Progress, "gr.Request | None"], Any]
 
 
+def refusal(message: str, what: str = "the request") -> gr.Error:
+    """An expected refusal ("give a job id first"): shown as it is, one line in the server log. Gradio prints a
+    traceback for every gr.Error unless told not to (print_exception), which buried the log in expected errors."""
+    log.info("%s refused: %s", what, message)
+    return gr.Error(message, print_exception=False)
+
+
 @contextlib.contextmanager
 def reported(what: str) -> Iterator[None]:
-    """Our errors become their one-line message; a bug becomes a short message with an id that the server log
-    holds beside the traceback (never a traceback in the page)."""
+    """Our errors become their one-line message (one line in the server log too); a bug becomes a short message
+    with an id that the server log holds beside the traceback (never a traceback in the page)."""
     try:
         yield
-    except gr.Error:
+    except gr.Error as exc:
+        if exc.print_exception:  # a gr.Error raised directly in the block: a refusal, one line as well
+            log.info("%s refused: %s", what, exc.message)
+            exc.print_exception = False
         raise
     except AvatarbenchError as exc:
-        log.info("%s refused: %s", what, exc)
-        raise gr.Error(str(exc)) from None
+        raise refusal(str(exc), what) from None
     except Exception as exc:
         error_id = uuid.uuid4().hex[:8]
-        log.exception("internal error %s in %s", error_id, what)
-        raise gr.Error(f"internal error in {what} ({type(exc).__name__}; id {error_id} in the server log)") from None
+        log.exception("internal error %s in %s", error_id, what)  # the bug's traceback, once
+        message = f"internal error in {what} ({type(exc).__name__}; id {error_id} in the server log)"
+        raise gr.Error(message, print_exception=False) from None
 
 
 def field(cls: type[Config], name: str) -> Field:
@@ -116,22 +130,69 @@ def api_function(
     return _named(run, _signature(cls, [f.name for f in fields(cls)], with_progress=False), what)
 
 
+_API_EXAMPLES: ContextVar[Mapping[str, Any] | None] = ContextVar("api_examples", default=None)
+_NONE = object()  # no example of our own: the component keeps Gradio's
+
+
+@contextlib.contextmanager
+def api_examples(**values: Any) -> Iterator[None]:
+    """Examples for the API page of the endpoints registered inside (`api_endpoint`, so ui/jobs.py job_endpoints
+    too): a file field's as a path relative to the repository, which its snippet passes to `handle_file` (it runs
+    from a checkout, where the assets are), any other field's as the API takes it. Unnamed fields show their
+    default; Gradio's own placeholders (a PDF from the web for every file, "Hello!!" for text) never run."""
+    token = _API_EXAMPLES.set({**(_API_EXAMPLES.get() or {}), **values})
+    try:
+        yield
+    finally:
+        _API_EXAMPLES.reset(token)
+
+
+def _file_data(path: str) -> dict[str, Any]:
+    """A file as the API page's snippets write it: `handle_file('<path>')`."""
+    return {"path": path, "url": path, "orig_name": PurePosixPath(path).name, "meta": {"_type": "gradio.FileData"}}
+
+
+def api_example(f: Field, given: Mapping[str, Any], shown: Any) -> Any:
+    """The value the API page shows for a field: the example given, else the default as the page shows it
+    (`shown`: the component's value), else a required field's first choice."""
+    if f.name in given:
+        value = given[f.name]
+        if not f.option.file:
+            return value
+        files = [_file_data(str(p)) for p in (value if isinstance(value, list | tuple) else [value])]
+        return files if f.option.many else files[0]
+    if not f.required:
+        return shown
+    if f.option.choices:
+        return f.text_of(f.option.choices[0])
+    return _NONE
+
+
+def _showing(component: Any, example: Any) -> Any:
+    """The component, with `example` as what Gradio's API page (its snippets, its OpenAPI examples) shows."""
+    if example is not _NONE:
+        component.example_payload = component.example_value = lambda: example
+    return component
+
+
 def hidden_inputs(cls: type[Config], skip: tuple[str, ...] = ()) -> dict[str, Any]:
     """Invisible components, one per field (files as uploads), for an API-only endpoint. Call inside a hidden
     column."""
     out: dict[str, Any] = {}
+    examples = _API_EXAMPLES.get() or {}
     for f in fields(cls):
         if f.name in skip:
             continue
         value, label = default(cls, f.name), f"{f.name}: {f.option.help}"
         if f.option.file:
-            out[f.name] = gr.File(label=label, file_count="multiple" if f.option.many else "single")
+            component = gr.File(label=label, file_count="multiple" if f.option.many else "single")
         elif f.type is bool and f.option.text is None:
-            out[f.name] = gr.Checkbox(value=value, label=label)
+            component = gr.Checkbox(value=value, label=label)
         elif f.type in (int, float) and f.option.text is None:
-            out[f.name] = gr.Number(value=value, label=label, precision=0 if f.type is int else None)
+            component = gr.Number(value=value, label=label, precision=0 if f.type is int else None)
         else:  # a required field has no value: the API page then lists it as required
-            out[f.name] = gr.Textbox(value=value if value is not None or f.required else "", label=label)
+            component = gr.Textbox(value=value if value is not None or f.required else "", label=label)
+        out[f.name] = _showing(component, api_example(f, examples, component.value))
     return out
 
 
@@ -153,4 +214,16 @@ def api_endpoint(
     )  # fmt: skip
 
 
-__all__ = ["api_endpoint", "api_function", "choices", "default", "field", "form_handler", "hidden_inputs", "reported"]
+__all__ = [
+    "api_endpoint",
+    "api_example",
+    "api_examples",
+    "api_function",
+    "choices",
+    "default",
+    "field",
+    "form_handler",
+    "hidden_inputs",
+    "refusal",
+    "reported",
+]

@@ -21,7 +21,7 @@ from engine.core.settings import Settings
 from engine.core.weights import server_files
 from engine.jobs.kinds import JobKind, queue_view
 from engine.jobs.store import DONE, FINISHED, Job, JobStore
-from ui.forms import Run, api_endpoint, reported
+from ui.forms import Run, api_endpoint, refusal, reported
 
 LOCAL = "local"  # the owner of calls that come with no request (tests, scripts calling handlers directly)
 
@@ -157,7 +157,7 @@ def wire_cancel(button: gr.Button, jobs: JobKind, access: Access, job_id: Any) -
 
     def cancel(job: str | None, request: gr.Request) -> None:
         if not job:
-            raise gr.Error("No job to cancel yet.")
+            raise refusal("No job to cancel yet.", "the cancel")
         with reported("the cancel"):
             state = jobs.cancel(job, access.reader(request))
         gr.Info(f"job {job} is {state['status']}")
@@ -176,7 +176,8 @@ def run_panel(
     cancel: gr.Button,
 ) -> None:
     """Wires a tab's Cancel button (your queued or running jobs of this kind) and lists your earlier runs here, any
-    of which reopens into the tab's `outputs` through `render(result)`."""
+    of which reopens into the tab's `outputs` through `render(result)`. Progress shows once, on `outputs[0]` (the
+    main result), not on every output pane: the tab's own run button should say the same (show_progress_on)."""
     from ui.widgets import job_ids, when
 
     with gr.Accordion("Your earlier runs", open=False):
@@ -208,7 +209,7 @@ def run_panel(
 
     cancel.click(cancel_mine, None, None, queue=False, api_visibility="private")
     refresh.click(rows, None, table, queue=False, api_visibility="private")
-    open_button.click(reopen, chosen, outputs, api_visibility="private")
+    open_button.click(reopen, chosen, outputs, api_visibility="private", show_progress_on=outputs[0])
 
 
 __all__ = [

@@ -11,17 +11,27 @@ from typing import Any
 
 import gradio as gr
 
-from engine.core.media import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 from engine.core.results import RunResult
 from engine.core.settings import Settings
 from engine.core.weights import WAV2LIP, where_to_put
 from engine.lipsync.config import LipSyncConfig
 from engine.lipsync.jobs import LipSyncJobs
-from ui.forms import choices, default, form_handler
+from ui.examples import Example, example_gallery
+from ui.forms import api_examples, choices, default, form_handler
 from ui.jobs import Access, job_endpoints, run_panel
-from ui.widgets import ASSETS, kept, measurement_line, number, server_file_picker, slider, timing_figure
+from ui.media_inputs import MEDIA_HEIGHT, action_row, checked_image, media_choice
+from ui.weights import weights_panel
+from ui.widgets import ASSETS, chart, kept, measurement_line, optional_number, server_file_picker, slider, timing_figure
 
 log = logging.getLogger(__name__)
+
+# (face photo, face video, speech file, video whose sound is the speech); see assets/PROVENANCE.md for their sources.
+LIPSYNC_EXAMPLES = [
+    Example("US voice", (ASSETS / "face.jpg", None, ASSETS / "speech.wav", None)),
+    Example("UK voice", (ASSETS / "hopper.jpg", None, ASSETS / "speech-gb.wav", None)),
+    Example("Face video", (None, ASSETS / "face-video.mp4", ASSETS / "speech-us.wav", None)),
+    Example("Video's sound", (ASSETS / "hopper.jpg", None, None, ASSETS / "face-video.mp4")),
+]
 
 
 def summary_markdown(result: RunResult) -> str:
@@ -38,25 +48,47 @@ def summary_markdown(result: RunResult) -> str:
 
 
 def build_lipsync_tab(settings: Settings, jobs: LipSyncJobs, access: Access) -> None:
-    """Render the tab in the current Blocks context and register the `/lipsync` and `/lipsync_submit` API."""
-    gr.Markdown(
-        "Turn a face (photo or video) and speech into a lip-synced MP4. With no Wav2Lip checkpoint "
-        "configured, a clearly labelled **baseline** engine (speech energy opens the jaw) runs instead.\n\n"
-        f"ℹ️ {where_to_put(WAV2LIP, settings)}"
-    )
+    """Render the tab in the current Blocks context and register the `/lipsync` and `/lipsync_submit` API.
+
+    The first screen holds what a first run needs: the face (photo, webcam or video) and the speech (a file, the
+    microphone or a video's sound) with their previews, the engine, the button and the examples; the options wait in
+    an accordion, the result shows beside."""
     c = LipSyncConfig
     with gr.Row():
         with gr.Column():
-            face = gr.File(
-                label="Face: image or video", file_types=list(IMAGE_EXTENSIONS + VIDEO_EXTENSIONS), type="filepath"
-            )
-            audio = gr.Audio(label="Speech", sources=["upload", "microphone"], type="filepath")
-            with gr.Row():
-                engine = gr.Radio(choices(c, "engine"), value=default(c, "engine"), label="Engine")
-                checkpoint = server_file_picker(settings, "Wav2Lip checkpoint (empty: the configured one)")
+            with gr.Row(equal_height=True):
+                with gr.Column(min_width=240):
+                    face = media_choice(
+                        "face",
+                        {
+                            "Photo": lambda: checked_image(
+                                label="Face photo", sources=["upload", "webcam", "clipboard"], height=MEDIA_HEIGHT
+                            ),
+                            "Video": lambda: gr.Video(label="Face video", sources=["upload", "webcam"]),
+                        },
+                    )
+                with gr.Column(min_width=240):
+                    audio = media_choice(
+                        "audio",
+                        {
+                            "Speech": lambda: gr.Audio(  # the tab says what it is: no label, a smaller box
+                                label="Speech", show_label=False, sources=["upload", "microphone"], type="filepath"
+                            ),
+                            "From a video": lambda: gr.Video(
+                                label="A video whose sound track is the speech", sources=["upload"],
+                            ),
+                        },
+                    )  # fmt: skip
+            engine, run, cancel = action_row(c, "Lip-sync")
+            example_gallery(
+                LIPSYNC_EXAMPLES, [*face.inputs.values(), *audio.inputs.values()], (False, False, True, True),
+                settings.cache_dir / "examples", "Examples", "lipsync-examples",
+            )  # fmt: skip
             with gr.Accordion("Options", open=False):
+                gr.Markdown(f"ℹ️ {where_to_put(WAV2LIP, settings)}")
+                checkpoint = server_file_picker(settings, "Wav2Lip checkpoint (empty: the configured one)")
                 with gr.Row():
-                    batch_size = number(c, "batch_size", "Batch size (empty: auto)")
+                    batch_size = optional_number(c, "batch_size", "Batch size (empty: auto)", "auto")
                     precision = gr.Dropdown(choices(c, "precision"), value=default(c, "precision"), label="Precision")
                     compile_ = gr.Checkbox(value=default(c, "compile"), label="torch.compile")
                 with gr.Row():
@@ -70,33 +102,34 @@ def build_lipsync_tab(settings: Settings, jobs: LipSyncJobs, access: Access) -> 
                 with gr.Row():
                     paste = gr.Radio(choices(c, "paste"), value=default(c, "paste"), label="Paste mode")
                     audio_offset = slider(c, "audio_offset", "Audio offset (frames; + if lips are late)", step=1)
-            with gr.Row():
-                run = gr.Button("Lip-sync", variant="primary", scale=4)
-                cancel = gr.Button("Cancel", variant="stop", scale=1)
+            results_column = gr.Column()
         with gr.Column():
-            video = gr.Video(label="Result", interactive=False)
+            gr.Markdown(
+                "A face (photo or video) and speech become a lip-synced MP4. Without a Wav2Lip checkpoint a clearly "
+                "labelled **baseline** engine (speech energy opens the mouth) runs."
+            )
+            video = gr.Video(label="Result", interactive=False, elem_id="lipsync-result")
             summary = gr.Markdown()
-            chart = gr.Plot(show_label=False)
+            stages = gr.Plot(show_label=False, visible=False)  # shown with a result
             with gr.Accordion("Full result (JSON)", open=False):
                 details = gr.JSON()
 
     def render(report: dict[str, Any]) -> tuple[Any, ...]:
         result = RunResult.from_dict(report)
-        return kept(result.outputs.get("video")), summary_markdown(result), timing_figure(result), report
+        return kept(result.outputs.get("video")), summary_markdown(result), chart(timing_figure(result)), report
 
     inputs = dict(
         face=face, audio=audio, engine=engine, checkpoint=checkpoint, batch_size=batch_size, precision=precision,
         compile=compile_, pads=pads, smooth=smooth, box=box, detector=detector,
         detector_checkpoint=detector_checkpoint, detect_scale=detect_scale, paste=paste, audio_offset=audio_offset,
     )  # fmt: skip
-    outputs = [video, summary, chart, details]
+    outputs = [video, summary, stages, details]
     about = "Lip-sync a face image or video to speech; parameters as `avatarbench lipsync`."
-    lipsync = job_endpoints(LipSyncConfig, jobs, access, render, outputs, "lipsync", about)
-    handler = form_handler(LipSyncConfig, inputs, lipsync, "lip-sync")
-    run.click(handler, inputs_kwargs=inputs, outputs=outputs, api_visibility="private", concurrency_limit=16)
-    run_panel(jobs, access, render, outputs, cancel)
-    gr.Examples(
-        examples=[[str(ASSETS / "face.jpg"), str(ASSETS / "speech.wav")]],
-        inputs=[face, audio],
-        label="Example (public-domain portrait, generated speech; see assets/PROVENANCE.md)",
-    )
+    with api_examples(face="assets/face.jpg", audio="assets/speech.wav"):
+        lipsync = job_endpoints(LipSyncConfig, jobs, access, render, outputs, "lipsync", about)
+    handler = audio.handler(face.handler(form_handler(LipSyncConfig, inputs, lipsync, "lip-sync")))
+    run.click(handler, inputs_kwargs=audio.kwargs(face.kwargs(inputs)), outputs=outputs, api_visibility="private",
+              concurrency_limit=16, scroll_to_output=True, show_progress_on=video)  # fmt: skip
+    with results_column:
+        run_panel(jobs, access, render, outputs, cancel)
+        weights_panel(settings, access, "wav2lip", [checkpoint, detector_checkpoint])

@@ -3,6 +3,10 @@ and compare results. Also registers the job API: /onnx_submit, /onnx_status, /on
 
 Evaluations are jobs (engine.onnx.jobs), not requests: the button only queues one, and a timer polls
 its status until it finishes, so a closed tab loses nothing and the history can reopen any result.
+
+The built-in example is exported on first use (a few seconds of PyTorch on a CPU, 90% of a first Inspect): the
+page's load starts that export, so the first Inspect or evaluation finds it made. Empty run counts are chosen
+for the device (engine/onnx/timing.py); the batch sizes start small without a GPU.
 """
 
 from __future__ import annotations
@@ -15,10 +19,11 @@ from typing import Any
 import gradio as gr
 
 from engine.jobs.store import CANCELLED, DONE, FAILED
-from engine.onnx.config import EvalConfig, InspectConfig
-from engine.onnx.examples import EXAMPLES
+from engine.onnx.config import DEFAULT_RUNS, DEFAULT_WARMUP, EvalConfig, InspectConfig
+from engine.onnx.examples import EXAMPLES, example_path
 from engine.onnx.jobs import OnnxEvalJobs
 from engine.onnx.model import ACCEPTED
+from engine.onnx.timing import AUTO_HELP
 from engine.onnx.uploads import display_name, model_source, prepared
 from engine.runtimes.ort_session import PROVIDERS
 from ui.forms import api_endpoint, choices, default, reported
@@ -36,15 +41,18 @@ from ui.onnx_report import (
     latency_figure,
     parity_rows,
     result_rows,
+    spread_markdown,
     summary_markdown,
     throughput_figure,
 )
-from ui.widgets import finished_results, job_ids, job_poller, number, when
+from ui.widgets import chart, finished_results, job_ids, job_poller, number, optional_number, shown_table, table, when
 
 log = logging.getLogger(__name__)
 HISTORY_HEADERS = ["job", "model", "status", "providers", "device", "submitted", "best samples/s", "error"]
 _EXAMPLE = "Built-in example"
 _UPLOAD = "Upload"
+_DEFAULT_EXAMPLE = "wav2lip"
+BATCHES_GPU, BATCHES_CPU = "1,8", "1,4"  # the form's batch sizes: small without a GPU (a CPU answer in seconds)
 
 
 def _provider_choices() -> list[tuple[str, str]]:
@@ -74,6 +82,7 @@ def _best_throughput(report: dict | None) -> Any:
 
 def build_onnx_eval_tab(settings: Any, jobs: OnnxEvalJobs, access: Access) -> None:
     """Render the tab in the current Blocks context and register the job API endpoints."""
+    has_gpu = bool(jobs.broker.gpus())
     gr.Markdown(
         "Evaluate any ONNX model on every execution provider: latency percentiles, throughput, speed-up over "
         "the CPU, parity between providers and accuracy on your data. Each evaluation is a queued job; results "
@@ -86,7 +95,7 @@ def build_onnx_eval_tab(settings: Any, jobs: OnnxEvalJobs, access: Access) -> No
         with gr.Column(scale=1):
             source = gr.Radio([_EXAMPLE, _UPLOAD], value=_EXAMPLE, label="Model")
             example = gr.Dropdown(
-                [(e.title, e.name) for e in EXAMPLES.values()], value="wav2lip", label="Built-in example"
+                [(e.title, e.name) for e in EXAMPLES.values()], value=_DEFAULT_EXAMPLE, label="Built-in example"
             )
             upload = gr.File(
                 label="ONNX model (.onnx, or .zip with external data)", file_types=[".onnx", ".zip"], visible=False
@@ -95,9 +104,13 @@ def build_onnx_eval_tab(settings: Any, jobs: OnnxEvalJobs, access: Access) -> No
             inspect_btn = gr.Button("Inspect")
             providers = gr.CheckboxGroup(_provider_choices(), value=["cpu"], label="Execution providers")
             with gr.Row():
-                batch_sizes = gr.Textbox(value="1,8", label="Batch sizes (when the batch is free)")
-                runs = number(c, "runs", "Timed runs")
-                warmup = number(c, "warmup", "Warm-up runs")
+                batch_sizes = gr.Textbox(
+                    value=BATCHES_GPU if has_gpu else BATCHES_CPU, label="Batch sizes (when the batch is free)"
+                )
+                runs = optional_number(c, "runs", "Timed runs", "auto", info=f"empty: {DEFAULT_RUNS}; {AUTO_HELP}")
+                warmup = optional_number(
+                    c, "warmup", "Warm-up runs", "auto", info=f"empty: {DEFAULT_WARMUP}; 1 on a CPU"
+                )
                 seed = number(c, "seed", "Seed")
             with gr.Accordion("TensorRT", open=False), gr.Row():
                 trt_fp16 = gr.Checkbox(value=default(c, "trt_fp16"), label="Allow fp16 engines")
@@ -122,14 +135,19 @@ def build_onnx_eval_tab(settings: Any, jobs: OnnxEvalJobs, access: Access) -> No
             status = gr.Markdown("No evaluation yet.")
             with gr.Accordion("Inspection", open=True):
                 inspection = gr.Markdown()
-                io_table = gr.Dataframe(headers=IO_HEADERS, interactive=False, wrap=True)
+                io_table = gr.Dataframe(headers=IO_HEADERS, interactive=False, wrap=True, visible=False)
             summary = gr.Markdown()
-            results = gr.Dataframe(headers=RESULT_HEADERS, interactive=False, label="Results")
-            with gr.Row():
-                latency_plot = gr.Plot(show_label=False)
-                throughput_plot = gr.Plot(show_label=False)
-            parity = gr.Dataframe(headers=PARITY_HEADERS, interactive=False, label="Parity against CPU fp32")
-            accuracy = gr.Dataframe(headers=ACCURACY_HEADERS, interactive=False, label="Accuracy on your data")
+            results = gr.Dataframe(headers=RESULT_HEADERS, interactive=False, label="Results", visible=False)
+            with gr.Row():  # hidden until a result has something to draw
+                latency_plot = gr.Plot(show_label=False, visible=False)
+                throughput_plot = gr.Plot(show_label=False, visible=False)
+            spread = gr.Markdown()  # latencies too scattered to trust, beside the charts
+            parity = gr.Dataframe(
+                headers=PARITY_HEADERS, interactive=False, label="Parity against CPU fp32", visible=False
+            )
+            accuracy = gr.Dataframe(
+                headers=ACCURACY_HEADERS, interactive=False, label="Accuracy on your data", visible=False
+            )
             report_file = gr.File(label="Full report (JSON)", interactive=False)
     with gr.Accordion("History and compare", open=False):
         with gr.Row():
@@ -139,15 +157,28 @@ def build_onnx_eval_tab(settings: Any, jobs: OnnxEvalJobs, access: Access) -> No
             compare_btn = gr.Button("Compare")
         history = gr.Dataframe(headers=HISTORY_HEADERS, interactive=False, wrap=True)
         compare_table = gr.Dataframe(headers=COMPARE_HEADERS, interactive=False, label="Compared")
-        compare_plot = gr.Plot(show_label=False)
+        compare_plot = gr.Plot(show_label=False, visible=False)
     timer = gr.Timer(1.0, active=False)
 
     def chosen_model(kind: str, name: str, path: str | None) -> dict[str, Any]:
         return {"model": None, "example": name} if kind == _EXAMPLE else {"model": path, "example": None}
 
-    def inspect(kind: str, name: str, path: str | None, symbols_text: str) -> tuple[str, list[list]]:
+    def inspect(
+        kind: str, name: str, path: str | None, symbols_text: str, progress: gr.Progress = gr.Progress()
+    ) -> tuple[str, Any]:
+        progress(0.0, desc="preparing the model (a built-in example is exported on its first use)")
         with reported("ONNX inspection"):
-            return inspected(InspectConfig.build({**chosen_model(kind, name, path), "symbols": symbols_text}))
+            described, rows = inspected(
+                InspectConfig.build({**chosen_model(kind, name, path), "symbols": symbols_text})
+            )
+        return described, gr.update(value=rows, visible=True)
+
+    def export_default_example() -> None:
+        """On page load: make the default example's export (a no-op once it exists) before anyone asks for it."""
+        try:
+            example_path(_DEFAULT_EXAMPLE, settings.cache_dir)
+        except Exception:  # the Inspect that needs it reports the problem to the user
+            log.exception("exporting the built-in example %s failed", _DEFAULT_EXAMPLE)
 
     def inspected(config: InspectConfig) -> tuple[str, list[list]]:
         source = model_source(config.model, config.example, settings)
@@ -177,17 +208,18 @@ def build_onnx_eval_tab(settings: Any, jobs: OnnxEvalJobs, access: Access) -> No
         inspected = report.get("inspection")
         return (
             summary_markdown(report),
-            result_rows(report),
-            latency_figure(report),
-            throughput_figure([("", report)]),
-            parity_rows(report),
-            accuracy_rows(report),
+            shown_table(RESULT_HEADERS, result_rows(report)),  # the JSON file keeps every column
+            chart(latency_figure(report)),
+            chart(throughput_figure([("", report)])),
+            spread_markdown(report),
+            shown_table(PARITY_HEADERS, parity_rows(report)),
+            shown_table(ACCURACY_HEADERS, accuracy_rows(report)),
             str(out),
             inspection_markdown(inspected) if inspected else gr.update(),
-            io_rows(inspected) if inspected else gr.update(),
+            gr.update(value=io_rows(inspected), visible=True) if inspected else gr.update(),
         )
 
-    result_outputs = [summary, results, latency_plot, throughput_plot, parity, accuracy, report_file]
+    result_outputs = [summary, results, latency_plot, throughput_plot, spread, parity, accuracy, report_file]
     result_outputs += [inspection, io_table]
 
     def render_job(job: str, reader: str | None) -> tuple[Any, ...]:
@@ -221,7 +253,9 @@ def build_onnx_eval_tab(settings: Any, jobs: OnnxEvalJobs, access: Access) -> No
         reader = access.reader(request)
         finished = finished_results(lambda job: jobs.result(job, reader), text)
         done = [(r["id"], r["model_name"], r["report"]) for r in finished]
-        return compare_rows(done), throughput_figure([(f"{j} {m}", rep) for j, m, rep in done])
+        return table(COMPARE_HEADERS, compare_rows(done)), chart(
+            throughput_figure([(f"{j} {m}", r) for j, m, r in done])
+        )
 
     form = [inputs, expected, images, batch_sizes, runs, warmup, seed, trt_fp16, trt_workspace_gb, symbols, image_input]
     form += [image_resize, image_scaling, image_channels, labels]
@@ -232,15 +266,23 @@ def build_onnx_eval_tab(settings: Any, jobs: OnnxEvalJobs, access: Access) -> No
         queue=False,
         api_visibility="private",
     )
-    inspect_btn.click(inspect, [source, example, upload, symbols], [inspection, io_table], api_visibility="private")
+    inspect_btn.click(
+        inspect, [source, example, upload, symbols], [inspection, io_table], api_visibility="private",
+        show_progress_on=inspection,
+    )  # fmt: skip
+    # no triggers and no inputs: the page's load
+    gr.on(None, export_default_example, show_progress="hidden", api_visibility="private", concurrency_id="onnx_export")
     submit.click(
         queue_job, [source, example, upload, providers, *form], [job_id, status, timer], api_visibility="private"
     )
     wire_cancel(cancel, jobs, access, job_id)
     timer.tick(poll, [job_id], [status, timer, *result_outputs], queue=False, api_visibility="private")
     refresh.click(history_rows, None, history, queue=False, api_visibility="private")
-    open_btn.click(open_job, chosen, [job_id, status, timer, *result_outputs], api_visibility="private")
-    compare_btn.click(compare, chosen, [compare_table, compare_plot], api_visibility="private")
+    # one progress display per action: on the pane that answers it, not on every output
+    open_btn.click(open_job, chosen, [job_id, status, timer, *result_outputs], api_visibility="private",
+                   show_progress_on=status)  # fmt: skip
+    compare_btn.click(compare, chosen, [compare_table, compare_plot], api_visibility="private",
+                      show_progress_on=compare_table)  # fmt: skip
     _register_api(jobs, inspected, access)
 
 

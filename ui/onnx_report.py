@@ -1,7 +1,8 @@
 """ONNX evaluation reports as tables and charts: one report, or several side by side for comparison.
 
 Pure functions from the report dict (engine.onnx.evaluate.evaluate's JSON) to rows and plotly figures,
-so the live result, a reopened job and the compare view all render the same way.
+so the live result, a reopened job and the compare view all render the same way. A latency whose runs are too
+scattered to trust is flagged in its row, on its box and in the note beside the charts (spread_markdown).
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-from ui.widgets import layout
+from engine.onnx.timing import spread_warning
+from ui.widgets import layout, log_axis
 
 RESULT_HEADERS = [
     "provider",
@@ -50,10 +52,25 @@ def _mib(value: Any) -> Any:
     return "" if value is None else round(value / 2**20, 1)
 
 
+def _label(row: dict) -> str:
+    return f"{row['provider']} b{row['batch']}"
+
+
 def _note(row: dict) -> str:
     if row.get("error"):
         return ("OOM: " if row.get("out_of_memory") else "") + str(row["error"])[:200]
-    return "⚠️ fell back to CPU" if row.get("fell_back") else ""
+    parts = ["⚠️ fell back to CPU"] if row.get("fell_back") else []
+    if spread_warning(row.get("latency")):
+        parts.append("⚠️ wide spread (see beside the charts)")
+    return "; ".join(parts)
+
+
+def spread_markdown(report: dict) -> str:
+    """The configurations whose latency is too scattered to trust, with why: shown beside the charts."""
+    lines = [
+        f"- ⚠️ **{_label(r)}**: {why}" for r in report.get("results", []) if (why := spread_warning(r.get("latency")))
+    ]
+    return "\n".join(lines)
 
 
 def result_rows(report: dict) -> list[list]:
@@ -152,18 +169,21 @@ def inspection_markdown(inspection: dict) -> str:
 
 def latency_figure(report: dict) -> go.Figure:
     """The distribution of timed runs per provider and batch size (box with all points)."""
-    fig = go.Figure()
+    fig, flagged = go.Figure(), False
     for r in report.get("results", []):
         if r.get("times_ms"):
-            fig.add_trace(
-                go.Box(y=r["times_ms"], name=f"{r['provider']} b{r['batch']}", boxpoints="all", jitter=0.4, pointpos=0)
-            )
-    return layout(fig, "Latency per run", "provider, batch", "ms")
+            wide = spread_warning(r.get("latency")) is not None
+            flagged |= wide
+            name = _label(r) + (" ⚠️" if wide else "")
+            fig.add_trace(go.Box(y=r["times_ms"], name=name, boxpoints="all", jitter=0.4, pointpos=0, showlegend=False))
+    title = "Latency per run" + (" (⚠️ spread too wide to trust)" if flagged else "")
+    return layout(fig, title, "provider, batch", "ms")
 
 
 def throughput_figure(reports: list[tuple[str, dict]]) -> go.Figure:
     """Samples/s against batch size, one line per provider (and per job when comparing)."""
     fig = go.Figure()
+    batches = []
     for label, report in reports:
         by_provider: dict[str, list[tuple[int, float]]] = {}
         for r in report.get("results", []):
@@ -173,8 +193,9 @@ def throughput_figure(reports: list[tuple[str, dict]]) -> go.Figure:
             points.sort()
             name = f"{label} {provider}".strip()
             xs, ys = [b for b, _ in points], [t for _, t in points]
+            batches += xs
             fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name=name))
-    fig.update_xaxes(type="log")
+    log_axis(fig, batches)
     return layout(fig, "Throughput vs batch size", "batch size", "samples/s")
 
 
@@ -212,5 +233,9 @@ def summary_markdown(report: dict) -> str:
         f"**{job.get('model_name', 'model')}** · job `{job.get('id', '?')}` on `{job.get('device', '?')}` · "
         f"onnxruntime {env.get('onnxruntime', '?')} · symbols {report.get('symbols')} · sessions: {got}",
     ]
-    lines += [f"- ⚠️ {w}" for w in report.get("warnings", [])]
+    beside_the_charts = {
+        f"{r['provider']} at batch {r['batch']}: {r.get('spread_warning')}" for r in report.get("results", [])
+    }
+    lines += [f"- ℹ️ {n}" for n in report.get("notes", [])]
+    lines += [f"- ⚠️ {w}" for w in report.get("warnings", []) if w not in beside_the_charts]
     return "\n".join(lines)

@@ -8,16 +8,49 @@ from typing import Any
 
 import gradio as gr
 
-from engine.core.media import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 from engine.core.results import RunResult
 from engine.core.settings import Settings
 from engine.portrait.config import PortraitConfig
 from engine.portrait.jobs import PortraitJobs
-from ui.forms import choices, default, form_handler
+from ui.examples import Example, example_gallery
+from ui.forms import api_examples, choices, default, field, form_handler
 from ui.jobs import Access, job_endpoints, run_panel
-from ui.widgets import ASSETS, kept, measurement_line, number, server_file_picker, slider, timing_figure
+from ui.media_inputs import MEDIA_HEIGHT, TAB_BAR_HEIGHT, action_row, checked_image, media_choice
+from ui.weights import weights_panel
+from ui.widgets import (
+    ASSETS,
+    chart,
+    kept,
+    measurement_line,
+    number,
+    optional_number,
+    server_file_picker,
+    slider,
+    timing_figure,
+)
 
 log = logging.getLogger(__name__)
+
+# What each engine accepts as the driving input, said where it is chosen.
+DRIVING_LABELS = {
+    "video": "Driving video (any engine)",
+    "image": "Driving image (any engine)",
+    "template": "Motion template .npz (LivePortrait only)",
+}
+# (source, driving video, driving image, driving template); see assets/PROVENANCE.md for where each comes from. No
+# template: a motion template holds LivePortrait keypoints, which only a run with its weights can save.
+PORTRAIT_EXAMPLES = [
+    Example("Own clip", (ASSETS / "face.jpg", ASSETS / "driving.mp4", None, None)),
+    Example("Collins clip", (ASSETS / "hopper.jpg", ASSETS / "driving.mp4", None, None)),
+    Example("Hopper clip", (ASSETS / "face.jpg", ASSETS / "driving-hopper.mp4", None, None)),
+    Example("Still image", (ASSETS / "hopper.jpg", None, ASSETS / "driving-pose.jpg", None)),
+]
+
+
+def openness_label(part: str, cls: type[PortraitConfig]) -> str:
+    """The eye/lip openness box's label, with its range written from the config (low..high, as the CLI says)."""
+    f = field(cls, "eye_open" if part == "eyes" else "lip_open")
+    return f"Or set the {part} to one openness in every frame: {f.option.low:g} (closed) to {f.option.high:g}"
 
 
 def summary_markdown(result: RunResult) -> str:
@@ -46,28 +79,49 @@ def summary_markdown(result: RunResult) -> str:
 
 
 def build_portrait_tab(settings: Settings, jobs: PortraitJobs, access: Access) -> None:
-    """Render the tab (one component per PortraitConfig field) and register `/portrait` and `/portrait_submit`."""
-    gr.Markdown(
-        "Animate a portrait with a driving video (or image, or a saved motion template). With LivePortrait's "
-        "weights (`AVATARBENCH_LIVEPORTRAIT_DIR`: the official `pretrained_weights/liveportrait` folder) our "
-        "LivePortrait engine runs in PyTorch or through ONNX Runtime; without them a clearly labelled "
-        "**baseline** engine (tracked head motion + optical flow) runs, so the example works with no download."
-    )
+    """Render the tab (one component per PortraitConfig field) and register `/portrait` and `/portrait_submit`.
+
+    The first screen holds the source portrait and the driving input (video, image or motion template) with their
+    previews, the engine, the button and the examples; the options wait in an accordion, the result shows beside."""
     c = PortraitConfig
     with gr.Row():
         with gr.Column():
-            # a File, not an Image: Gradio's Image decodes uploads itself and fails without a message on a bad one
-            source = gr.File(label="Source portrait (image)", file_types=list(IMAGE_EXTENSIONS), type="filepath")
-            driving = gr.File(
-                label="Driving: video, image, or motion template (.npz)",
-                file_types=[*VIDEO_EXTENSIONS, *IMAGE_EXTENSIONS, ".npz"],
-                type="filepath",
-            )
-            with gr.Row():
-                engine = gr.Radio(choices(c, "engine"), value=default(c, "engine"), label="Engine")
-                backend = gr.Dropdown(choices(c, "backend"), value=default(c, "backend"), label="Backend")
-                precision = gr.Dropdown(choices(c, "precision"), value=default(c, "precision"), label="Precision")
+            with gr.Row(equal_height=True):
+                with gr.Column(min_width=240):
+                    source = checked_image(
+                        label="Source portrait (photo)", sources=["upload", "webcam", "clipboard"],
+                        height=MEDIA_HEIGHT + TAB_BAR_HEIGHT,
+                    )  # fmt: skip
+                with gr.Column(min_width=240):
+                    driving = media_choice(
+                        "driving",
+                        {
+                            "Video": lambda: gr.Video(
+                                label=DRIVING_LABELS["video"], sources=["upload", "webcam"]
+                            ),
+                            "Image": lambda: checked_image(
+                                label=DRIVING_LABELS["image"],
+                                sources=["upload", "webcam", "clipboard"], height=MEDIA_HEIGHT,
+                            ),
+                            "Template": lambda: gr.File(
+                                label=DRIVING_LABELS["template"], file_types=[".npz"], type="filepath",
+                                height=MEDIA_HEIGHT,
+                            ),
+                        },
+                    )  # fmt: skip
+            engine, run, cancel = action_row(c, "Animate")
+            example_gallery(
+                PORTRAIT_EXAMPLES, [source, *driving.inputs.values()], (False, False, False, False),
+                settings.cache_dir / "examples", "Examples", "portrait-examples",
+            )  # fmt: skip
             with gr.Accordion("Options", open=False):
+                gr.Markdown(
+                    "LivePortrait's weights: `AVATARBENCH_LIVEPORTRAIT_DIR`, the official `pretrained_weights` folder "
+                    "or its `liveportrait/` subfolder."
+                )
+                with gr.Row():
+                    backend = gr.Dropdown(choices(c, "backend"), value=default(c, "backend"), label="Backend")
+                    precision = gr.Dropdown(choices(c, "precision"), value=default(c, "precision"), label="Precision")
                 with gr.Row():
                     relative = gr.Checkbox(value=default(c, "relative"), label="Relative motion")
                     driving_option = gr.Radio(
@@ -78,17 +132,17 @@ def build_portrait_tab(settings: Settings, jobs: PortraitJobs, access: Access) -
                     multiplier = slider(c, "multiplier", "Driving multiplier", step=0.05)
                     stitching = gr.Checkbox(value=default(c, "stitching"), label="Stitching")
                     paste_back = gr.Checkbox(value=default(c, "paste_back"), label="Paste back into the full image")
+                    crop = gr.Checkbox(value=default(c, "crop"), label="Crop around the face")
+                with gr.Row():  # a row of their own: a slider's range labels need its width
+                    pitch = slider(c, "pitch", "Head pitch (°)", step=1)
+                    yaw = slider(c, "yaw", "Head yaw (°)", step=1)
+                    roll = slider(c, "roll", "Head roll (°)", step=1)
                 with gr.Row():
-                    max_frames = number(c, "max_frames", "Max frames (empty: all)")
+                    max_frames = optional_number(c, "max_frames", "Max frames (empty: all)", "all")
                     batch_size = number(c, "batch_size", "Batch size")
                     save_template = gr.Checkbox(
                         value=default(c, "save_template"), label="Save the driving motion as a template"
                     )
-                with gr.Row():
-                    crop = gr.Checkbox(value=default(c, "crop"), label="Crop around the face")
-                    pitch = slider(c, "pitch", "Head pitch (°)", step=1)
-                    yaw = slider(c, "yaw", "Head yaw (°)", step=1)
-                    roll = slider(c, "roll", "Head roll (°)", step=1)
                 with gr.Row():  # retargeting needs LivePortrait's landmark.onnx beside its weights
                     eye_retargeting = gr.Checkbox(
                         value=default(c, "eye_retargeting"), label="Eyes follow the driver's openness, frame by frame"
@@ -96,25 +150,29 @@ def build_portrait_tab(settings: Settings, jobs: PortraitJobs, access: Access) -
                     lip_retargeting = gr.Checkbox(
                         value=default(c, "lip_retargeting"), label="Lips follow the driver's openness, frame by frame"
                     )
-                    eye_open = number(c, "eye_open", "Or retarget the eyes to one openness, 0..0.8 (empty: off)")
-                    lip_open = number(c, "lip_open", "Or retarget the lips to one openness, 0..0.8 (empty: off)")
                     normalize_lips = gr.Checkbox(
                         value=default(c, "normalize_lips"), label="Normalise lips (close an open source mouth first)"
                     )
+                with gr.Row():
+                    eye_open = optional_number(c, "eye_open", openness_label("eyes", c), "off")
+                    lip_open = optional_number(c, "lip_open", openness_label("lips", c), "off")
                     compile_ = gr.Checkbox(
                         value=default(c, "compile"), label="torch.compile (torch backend; first run compiles)"
                     )
                 with gr.Row():
                     weights = server_file_picker(settings, "LivePortrait weights (empty: the configured ones)")
                     landmarks = server_file_picker(settings, "landmark.onnx (empty: beside the weights)")
-            with gr.Row():
-                run = gr.Button("Animate", variant="primary", scale=4)
-                cancel = gr.Button("Cancel", variant="stop", scale=1)
+            results_column = gr.Column()
         with gr.Column():
-            video = gr.Video(label="Result", interactive=False)
+            gr.Markdown(
+                "Animate a portrait with a driving video, image or motion template. With LivePortrait's weights our "
+                "LivePortrait engine runs (PyTorch or ONNX Runtime); without them a clearly labelled **baseline** "
+                "engine (tracked head motion + optical flow) runs."
+            )
+            video = gr.Video(label="Result", interactive=False, elem_id="portrait-result")
             summary = gr.Markdown()
             strip = gr.Image(label="Driving (top) and result (bottom)", interactive=False)
-            chart = gr.Plot(show_label=False)
+            stages = gr.Plot(show_label=False, visible=False)  # shown with a result
             template = gr.File(label="Motion template", interactive=False)
             with gr.Accordion("Full result (JSON)", open=False):
                 details = gr.JSON()
@@ -122,8 +180,8 @@ def build_portrait_tab(settings: Settings, jobs: PortraitJobs, access: Access) -
     def render(report: dict[str, Any]) -> tuple[Any, ...]:
         result = RunResult.from_dict(report)
         out = result.outputs
-        return (kept(out.get("video")), summary_markdown(result), kept(out.get("strip")), timing_figure(result),
-                kept(out.get("template")), report)  # fmt: skip
+        video_file, strip_file, template_file = (kept(out.get(k)) for k in ("video", "strip", "template"))
+        return video_file, summary_markdown(result), strip_file, chart(timing_figure(result)), template_file, report
 
     inputs = dict(
         source=source, driving=driving, engine=engine, weights=weights, backend=backend, precision=precision,
@@ -133,14 +191,13 @@ def build_portrait_tab(settings: Settings, jobs: PortraitJobs, access: Access) -
         landmarks=landmarks, normalize_lips=normalize_lips, max_frames=max_frames,
         batch_size=batch_size, save_template=save_template,
     )  # fmt: skip
-    outputs = [video, summary, strip, chart, template, details]
+    outputs = [video, summary, strip, stages, template, details]
     about = "Animate a portrait; parameters as `avatarbench portrait`."
-    animate = job_endpoints(PortraitConfig, jobs, access, render, outputs, "portrait", about)
-    handler = form_handler(PortraitConfig, inputs, animate, "portrait animation")
-    run.click(handler, inputs_kwargs=inputs, outputs=outputs, api_visibility="private", concurrency_limit=16)
-    run_panel(jobs, access, render, outputs, cancel)
-    gr.Examples(
-        examples=[[str(ASSETS / "face.jpg"), str(ASSETS / "driving.mp4")]],
-        inputs=[source, driving],
-        label="Example (public-domain portrait, a driving clip we made from it; see assets/PROVENANCE.md)",
-    )
+    with api_examples(source="assets/face.jpg", driving="assets/driving.mp4"):
+        animate = job_endpoints(PortraitConfig, jobs, access, render, outputs, "portrait", about)
+    handler = driving.handler(form_handler(PortraitConfig, inputs, animate, "portrait animation"))
+    run.click(handler, inputs_kwargs=driving.kwargs(inputs), outputs=outputs, api_visibility="private",
+              concurrency_limit=16, scroll_to_output=True, show_progress_on=video)  # fmt: skip
+    with results_column:
+        run_panel(jobs, access, render, outputs, cancel)
+        weights_panel(settings, access, "liveportrait", [weights, landmarks])

@@ -1,12 +1,36 @@
-"""Shared look: the CSS for badges and the compact tables the tabs render as HTML."""
+"""Shared look: the CSS for badges, the compact tables the tabs render as HTML, and the small header (banner,
+telemetry strip, a tab bar that wraps) that leaves each tab's first screen to the tab."""
 
 CSS = """
 .ab-badge { color: #fff; border-radius: 4px; padding: 1px 7px; font-size: 0.85em; white-space: nowrap; }
+.ab-scroll { overflow-x: auto; max-width: 100%; }
 table.ab-doctor, table.ab-telemetry { width: 100%; border-collapse: collapse; font-size: 0.9em; }
+table.ab-doctor { min-width: 44em; }
 table.ab-doctor td, table.ab-doctor th, table.ab-telemetry td, table.ab-telemetry th {
   border-bottom: 1px solid var(--border-color-primary); padding: 4px 6px; text-align: left; vertical-align: top;
 }
-td.ab-fix { white-space: pre-wrap; font-family: var(--font-mono); font-size: 0.85em; }
+table.ab-telemetry td { white-space: nowrap; }
+.ab-fix { white-space: pre-wrap; font-family: var(--font-mono); font-size: 0.85em; min-width: 16em; }
 .ab-no-gpu { font-weight: 600; }
-#device-banner p { margin: 0; }
+
+#ab-header { gap: 2px; }
+#device-banner p { margin: 0; line-height: 1.4; }
+#telemetry-strip-row { gap: 8px; align-items: flex-start; flex-wrap: nowrap; }
+#telemetry-strip .html-container { padding: 0; }
+#telemetry-toggle { flex: none; padding: 0 8px; min-height: 0; height: 22px; font-size: 0.8em; white-space: nowrap; }
+.ab-strip { font-size: 0.82em; line-height: 20px; font-variant-numeric: tabular-nums; }
+.ab-strip-line { display: flex; flex-wrap: wrap; align-items: center; column-gap: 14px; }
+.ab-metric { display: inline-flex; align-items: center; gap: 5px; white-space: nowrap; }
+.ab-dim { color: var(--body-text-color-subdued); }
+.ab-spark {
+  width: 60px; height: 16px; flex: none; fill: none; stroke: var(--color-accent); stroke-width: 1.5;
+  stroke-linejoin: round; stroke-linecap: round; background: rgba(127, 127, 127, 0.1); border-radius: 2px;
+}
+#telemetry-panel { gap: 6px; }
+@media (max-width: 640px) { .ab-gpu-name { display: none; } }  /* a phone: the System tab names the GPUs */
+
+/* Every tab stays reachable on a phone: the bar wraps (Tabs(overflow_behavior="wrap")) with compact buttons. */
+#ab-tabs .tab-wrapper { height: auto; }
+#ab-tabs [role="tablist"] { flex-wrap: wrap; }
+#ab-tabs [role="tab"] { padding: 6px 12px; height: auto; }
 """

@@ -1,6 +1,7 @@
 """The System tab: the GPU doctor, an nvidia-smi style table, the device in use and settings.
 
-Also registers the JSON API endpoints (`/doctor`, `/telemetry`, `/device`) that
+The table refreshes only while the tab is open (its own timer, started and stopped by tab selection), so the pages
+that show another tab do not pay for it. Also registers the JSON API endpoints (`/doctor`, `/telemetry`, `/device`) that
 `gradio_client` and the API page show.
 """
 
@@ -15,10 +16,17 @@ import gradio as gr
 
 from engine.core.device import DeviceChoice, capabilities, current_backend_flags
 from engine.core.settings import Settings, documented_values
-from engine.system.doctor import OK, PROBLEM, WARNING, DoctorReport, run_doctor
+from engine.system.doctor import INFO, OK, PROBLEM, WARNING, DoctorReport, run_doctor
 from engine.system.telemetry import TelemetrySampler, render_table
 
-_BADGES = {OK: ("ok", "#2e7d32"), WARNING: ("warning", "#b26a00"), PROBLEM: ("problem", "#c62828")}
+SYSTEM_TAB = "System"  # the tab's label, as app.py gives it
+SMI_BUDGET_BYTES_S = 3 * 1024
+_BADGES = {
+    OK: ("ok", "#2e7d32"),
+    INFO: ("info", "#1565c0"),
+    WARNING: ("warning", "#b26a00"),
+    PROBLEM: ("problem", "#c62828"),
+}
 
 
 class DoctorCache:
@@ -59,11 +67,13 @@ def doctor_html(report: DoctorReport) -> str:
     label, color = _BADGES[report.status]
     summary = (
         f"<p><span class='ab-badge' style='background:{color}'>{label}</span> "
-        f"{n[OK]} ok · {n[WARNING]} warning(s) · {n[PROBLEM]} problem(s) · ran in {report.seconds:.1f}s</p>"
+        f"{n[OK]} ok · {n[INFO]} info · {n[WARNING]} warning(s) · {n[PROBLEM]} problem(s) · "
+        f"ran in {report.seconds:.1f}s</p>"
     )
+    # In a scrolling box: on a phone the Fix column is scrolled into view rather than cut off.
     return (
-        f"{summary}<table class='ab-doctor'><thead><tr><th>Status</th><th>Check</th><th>Found</th>"
-        f"<th>Fix</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
+        f"{summary}<div class='ab-scroll'><table class='ab-doctor'><thead><tr><th>Status</th><th>Check</th>"
+        f"<th>Found</th><th class='ab-fix'>Fix</th></tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
     )
 
 
@@ -80,13 +90,14 @@ def device_info(choice: DeviceChoice) -> dict[str, Any]:
 
 def build_system_tab(
     demo: gr.Blocks,
+    tabs: gr.Tabs,
     settings: Settings,
     sampler: TelemetrySampler,
-    timer: gr.Timer,
     choice: DeviceChoice,
     doctor: DoctorCache,
 ) -> None:
-    """Render the tab's contents in the current Blocks context and register its API endpoints."""
+    """Render the tab's contents in the current Blocks context (a gr.Tab labelled SYSTEM_TAB inside `tabs`) and
+    register its API endpoints."""
     gr.Markdown("### GPU doctor\nWhy the GPU is (or is not) being used, layer by layer, with the exact fix.")
     doctor_view = gr.HTML(elem_id="doctor-report")
     rerun = gr.Button("Run the doctor again", variant="secondary", elem_id="doctor-rerun")
@@ -125,14 +136,19 @@ def build_system_tab(
         concurrency_id="doctor",
         concurrency_limit=1,
     )
-    gr.on(
-        [demo.load, timer.tick],
-        lambda: render_table(sampler.latest()),
-        outputs=smi,
-        queue=False,
-        show_progress="hidden",
-        api_visibility="private",
+    # Once a second, or less often where many GPUs make the table long: its share of a page's 10 KiB/s.
+    smi_timer = gr.Timer(
+        max(1.0, sampler.interval_s, len(render_table(sampler.latest())) / SMI_BUDGET_BYTES_S), active=False
     )
+    quiet = {"queue": False, "show_progress": "hidden", "api_visibility": "private"}
+
+    def follow(evt: gr.SelectData) -> tuple[Any, Any]:
+        """Tick while this tab is the one shown, with a fresh table at once; otherwise stop."""
+        shown = evt.value == SYSTEM_TAB
+        return gr.Timer(active=shown), render_table(sampler.latest()) if shown else gr.skip()
+
+    tabs.select(follow, outputs=[smi_timer, smi], **quiet)
+    smi_timer.tick(lambda: render_table(sampler.latest()), outputs=smi, **quiet)
 
     def doctor_api(fresh: bool = False) -> dict[str, Any]:
         """The GPU doctor's report as JSON: status, counts and every check. The last report unless fresh=True

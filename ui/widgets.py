@@ -1,10 +1,12 @@
 """Pieces the tabs share: the example assets, number inputs ranged by their config field, the stage-time chart,
-chart layout, timestamps, job-id lists, and the status poller behind gr.Timer."""
+chart layout (readable log axes, labels inside the figure, empty charts hidden), tables without the columns a
+result leaves empty, timestamps, job-id lists, and the status poller behind gr.Timer."""
 
 from __future__ import annotations
 
 import datetime
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,7 @@ import plotly.graph_objects as go
 from engine.core.options import Config
 from engine.core.results import RunResult
 from engine.jobs.store import DONE, FINISHED, StoreError
-from ui.forms import default, field
+from ui.forms import default, field, refusal
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
@@ -41,10 +43,19 @@ def server_file_picker(settings: Any, label: str) -> gr.Dropdown:
     return gr.Dropdown(["", *server_files(settings)], value="", label=label, allow_custom_value=True)
 
 
-def number(cls: type[Config], name: str, label: str) -> gr.Number:
+def number(cls: type[Config], name: str, label: str, **extra: Any) -> gr.Number:
     """A number box at the field's default (empty where the field accepts None). No bounds here: the config checks
-    the range, with the same words as the CLI and the API."""
-    return gr.Number(value=default(cls, name), label=label, precision=0 if field(cls, name).type is int else None)
+    the range, with the same words as the CLI and the API. `extra`: more gr.Number arguments (info, elem_id)."""
+    kind = 0 if field(cls, name).type is int else None
+    return gr.Number(value=default(cls, name), label=label, precision=kind, **extra)
+
+
+def optional_number(cls: type[Config], name: str, label: str, empty: str, **extra: Any) -> gr.Textbox:
+    """A number field that may be left empty (`empty` says what that means: auto, off, all), as a one-line text box:
+    Gradio 6.31's gr.Number shows and sends a missing value as 0, a real setting (or a refusal, like "runs 0"). The
+    config parses and checks the text. `extra`: more gr.Textbox arguments (info, elem_id)."""
+    value = default(cls, name)
+    return gr.Textbox("" if value is None else str(value), label=label, placeholder=empty, max_lines=1, **extra)
 
 
 def slider(cls: type[Config], name: str, label: str, step: float) -> gr.Slider:
@@ -54,6 +65,7 @@ def slider(cls: type[Config], name: str, label: str, step: float) -> gr.Slider:
 
 
 def timing_figure(result: RunResult) -> go.Figure:
+    """Seconds per stage, the slowest in red; stage names get the room they need (automargin)."""
     names = [s.name for s in result.stages]
     seconds = [s.seconds for s in result.stages]
     slowest = result.slowest_stage.name if result.stages else None
@@ -71,25 +83,87 @@ def timing_figure(result: RunResult) -> go.Figure:
     fig.update_layout(
         title={"text": "Time per stage (slowest in red)", "font": {"size": 13}},
         height=260,
-        margin={"l": 70, "r": 10, "t": 30, "b": 30},
-        xaxis_title="seconds",
-        yaxis={"autorange": "reversed"},
+        margin={"l": 10, "r": 10, "t": 30, "b": 10},
+        xaxis={"title": "seconds", "automargin": True},
+        yaxis={"autorange": "reversed", "automargin": True},
         template="plotly_white",
     )
     return fig
 
 
-def layout(fig: go.Figure, title: str, x: str, y: str, height: int = 300) -> go.Figure:
+def layout(fig: go.Figure, title: str, x: str, y: str, height: int = 320) -> go.Figure:
+    """The tabs' chart style. Axes take the margin their tick labels and titles need (automargin), and the legend
+    sits under the plot, anchored to the figure's bottom edge, so neither is cut off in a narrow column."""
     fig.update_layout(
-        title={"text": title, "font": {"size": 13}},
+        title={"text": title, "font": {"size": 13}, "x": 0.01, "xanchor": "left"},
         height=height,
-        margin={"l": 60, "r": 10, "t": 35, "b": 40},
-        xaxis_title=x,
-        yaxis_title=y,
+        margin={"l": 10, "r": 10, "t": 35, "b": 10},
+        xaxis={"title": x, "automargin": True},
+        yaxis={"title": y, "automargin": True},
         template="plotly_white",
-        legend={"orientation": "h", "y": -0.3},
+        legend={"orientation": "h", "yref": "container", "y": 0, "yanchor": "bottom", "x": 0, "xanchor": "left"},
     )
     return fig
+
+
+def _tick_text(value: float) -> str:
+    return f"{value:,.0f}" if value >= 1 and float(value).is_integer() else f"{value:g}"
+
+
+def one_two_five(low: float, high: float) -> list[float]:
+    """1, 2, 5 x 10^k from the step at or below `low` to the one at or above `high` (both > 0)."""
+    ticks: list[float] = []
+    for exponent in range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1):
+        ticks += [m * 10.0**exponent for m in (1, 2, 5)]
+    below = max([t for t in ticks if t <= low], default=ticks[0])
+    above = min([t for t in ticks if t >= high], default=ticks[-1])
+    return [round(t, 12) for t in ticks if below <= t <= above]
+
+
+def log_axis(fig: go.Figure, values: Iterable[float], axis: str = "x", at_values: bool = True) -> go.Figure:
+    """A log axis labelled at the values themselves (a handful of batch sizes, with `at_values`), else at 1-2-5 steps:
+    never Plotly's digit-only minor labels ("9 1 2 ... 9")."""
+    found = sorted({float(v) for v in values if v is not None and v > 0})
+    if not found:
+        return fig
+    ticks = found if at_values and len(found) <= 8 else one_two_five(found[0], found[-1])
+    update = {"type": "log", "tickmode": "array", "tickvals": ticks, "ticktext": [_tick_text(t) for t in ticks]}
+    fig.update_xaxes(**update) if axis == "x" else fig.update_yaxes(**update)
+    return fig
+
+
+def has_data(fig: go.Figure | None) -> bool:
+    """Whether a figure has anything to draw: at least one trace with a value."""
+    return fig is not None and any(
+        len(getattr(trace, "x", None) or ()) or len(getattr(trace, "y", None) or ()) for trace in fig.data
+    )
+
+
+def chart(fig: go.Figure | None) -> dict[str, Any]:
+    """A gr.Plot's update: the figure, or the plot hidden when it has nothing to draw (no empty boxes)."""
+    shown = has_data(fig)
+    return gr.update(value=fig if shown else None, visible=shown)
+
+
+EMPTY_CELLS = ("", "N/A", "n/a", "-", "—")
+
+
+def _empty(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and value.strip() in EMPTY_CELLS)
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> dict[str, Any]:
+    """A gr.Dataframe value without the columns every row leaves empty (None, "", N/A): what this machine did not
+    measure (no GPU memory on a CPU, no TensorRT build). Exports (JSON, CSV) keep every column."""
+    if not rows:
+        return {"headers": list(headers), "data": []}
+    kept_columns = [i for i in range(len(headers)) if not all(_empty(row[i]) for row in rows)]
+    return {"headers": [headers[i] for i in kept_columns], "data": [[row[i] for i in kept_columns] for row in rows]}
+
+
+def shown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> dict[str, Any]:
+    """A table that is hidden while it has no rows (e.g. accuracy when no expected outputs were given)."""
+    return gr.update(value=table(headers, rows), visible=bool(rows))
 
 
 def when(ts: float | None) -> str:
@@ -100,7 +174,7 @@ def job_ids(text: str) -> list[str]:
     """Job ids typed into a box, comma- or space-separated; an empty box is a message, not a crash."""
     found = [t for t in (text or "").replace(",", " ").split() if t]
     if not found:
-        raise gr.Error("Give one or more job ids from the history table.")
+        raise refusal("Give one or more job ids from the history table.", "the job list")
     return found
 
 
@@ -111,9 +185,9 @@ def finished_results(result: Callable[[str], dict], text: str) -> list[dict]:
         try:
             r = result(job)
         except StoreError as exc:
-            raise gr.Error(str(exc)) from None
+            raise refusal(str(exc), "the compare") from None
         if r["status"] != DONE:
-            raise gr.Error(f"job {job} is {r['status']}; only finished jobs can be compared")
+            raise refusal(f"job {job} is {r['status']}; only finished jobs can be compared", "the compare")
         out.append(r)
     return out
 

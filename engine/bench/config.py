@@ -16,6 +16,7 @@ from engine.bench.planner import LLMS, QUANT_BYTES_PER_PARAM, PlanError
 from engine.bench.workloads import BUILTIN
 from engine.core.errors import InputError
 from engine.core.options import Config, number_tuple, option, switch_tuple, word_tuple
+from engine.onnx.timing import AUTO_HELP
 from engine.runtimes.registry import COMPILE_MODES, RUNTIMES
 
 if TYPE_CHECKING:
@@ -25,6 +26,7 @@ PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
 DEVICES = ("cpu", "cuda")
 PRESET_NAMES = ("wav2lip-ladder", "precision-grid", "cpu-vs-gpu", "onnx-providers")  # engine/bench/sweep.py PRESETS
 MAX_BATCH = 8192
+DEFAULT_BATCHES = {"cuda": (32, 128, 512), "cpu": (1, 4)}  # an empty batch list, by device
 MODEL_HELP = f"{', '.join(BUILTIN)}, onnx:<sha256> of a model stored by ONNX eval, or an .onnx/.zip path (CLI)"
 
 
@@ -47,8 +49,10 @@ class SweepRequest(Config):
     precision: tuple[str, ...] = option(
         ("fp32",), help="precisions, e.g. fp32,fp16", choices=PRECISIONS, text=word_tuple("precision")
     )
-    batch: tuple[int, ...] = option((1, 8), help="batch sizes, e.g. 128,512", low=1, high=MAX_BATCH,
-                                    text=number_tuple(int))  # fmt: skip
+    batch: tuple[int, ...] | None = option(
+        None, help="batch sizes, e.g. 128,512 (empty: 32,128,512 on the GPU, 1,4 on the CPU)", low=1, high=MAX_BATCH,
+        text=number_tuple(int),
+    )  # fmt: skip
     compile: tuple[bool, ...] = option((False,), help="off, on or off,on (adds torch.compile)", text=switch_tuple())
     compile_mode: str = option("default", help="torch.compile mode", choices=COMPILE_MODES)
     channels_last: tuple[bool, ...] = option((False,), help="off, on or off,on", text=switch_tuple())
@@ -56,8 +60,9 @@ class SweepRequest(Config):
     device: tuple[str, ...] | None = option(
         None, help="cpu,cuda (empty: cuda when there is one, else cpu)", choices=DEVICES, text=word_tuple("device")
     )
-    runs: int = option(20, help="timed runs per configuration", low=1, high=10_000)
-    warmup: int = option(3, help="untimed runs after the first", low=0, high=1000)
+    runs: int | None = option(None, help=f"timed runs per configuration (empty: 20; {AUTO_HELP})", low=1,
+                              high=10_000)  # fmt: skip
+    warmup: int | None = option(None, help="untimed runs after the first (empty: 3; 1 on the CPU)", low=0, high=1000)
     points: str | None = option(
         None, help='explicit configurations as a JSON list, e.g. [{"runtime": "eager", "precision": "fp16", '
         '"batch": 512, "device": "cuda"}] (empty: the grid)',
@@ -90,8 +95,13 @@ class SweepRequest(Config):
             if False not in self.compile:
                 runtimes = [r for r in runtimes if r != "eager"] or ["compile"]
             devices = list(self.device or (("cuda",) if has_gpu else ("cpu",)))
-            points, notes = grid(runtimes, list(self.precision), list(self.batch), devices, list(self.channels_last),
+            points, dropped = [], set()
+            for device in devices:  # grid() puts the device outermost too: the same order as one grid
+                batches = list(self.batch or DEFAULT_BATCHES[device])  # empty: each device its own list
+                more, why = grid(runtimes, list(self.precision), batches, [device], list(self.channels_last),
                                  list(self.cudnn_benchmark), self.compile_mode)  # fmt: skip
+                points, dropped = points + more, dropped | set(why)
+            notes = sorted(dropped)
             if not points:
                 raise BenchError("this grid has no configuration that can run: " + "; ".join(notes))
             config = SweepConfig(self.model, points, self.runs, self.warmup, notes=notes)

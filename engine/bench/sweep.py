@@ -9,7 +9,9 @@ the process's RSS peak, energy and telemetry are the point's figures (steady sta
 The inputs of a batch are 8 seeded samples repeated, so the output's first 8 samples can be checked against
 one fp32 reference per device, however large the batch. An out-of-memory point is recorded as "oom" and
 the sweep goes on; a point whose ONNX Runtime session fell back to the CPU is flagged. Weights are random
-(seeded): speed does not depend on trained values, and every report says so.
+(seeded): speed does not depend on trained values, and every report says so. Empty runs/warmup are the defaults on
+the GPU and a quick budget on the CPU (engine/onnx/timing.py; each row records its counts, the notes say so); a
+latency too scattered to trust carries a spread warning.
 """
 
 from __future__ import annotations
@@ -30,11 +32,13 @@ from engine.bench.config import DEVICES, MAX_BATCH, PRECISIONS, BenchError
 from engine.bench.workloads import BenchModel, count_flops
 from engine.jobs.measure import measured
 from engine.onnx.evaluate import latency_stats
+from engine.onnx.timing import auto_runs_note, spread_warning, timed_count, warmup_count
 from engine.runtimes.registry import COMPILE_MODES, ORT_RUNTIMES, RUNTIMES, TORCH_RUNTIMES, make_runtime
 
 REFERENCE_SAMPLES = 8
 MAX_POINTS = 200
 CPU_BATCH_DIVISOR = 64  # GPU presets on a machine without one: the same ladder at 1/64 of the batch
+DEFAULT_RUNS, DEFAULT_WARMUP = 20, 3  # what empty runs and warmup mean on the GPU
 RANDOM_WEIGHTS_NOTE = "random-initialised weights (seeded): speed and memory do not depend on trained values"
 
 Progress = Callable[[float, str], Any]
@@ -80,8 +84,8 @@ class BenchPoint:
 class SweepConfig:
     model: str  # a built-in name (wav2lip, s3fd) or onnx:<sha256> of a model stored by ONNX eval
     points: list[BenchPoint]
-    runs: int = 20
-    warmup: int = 3
+    runs: int | None = None  # None: DEFAULT_RUNS on the GPU, a quick budget on the CPU (engine/onnx/timing.py)
+    warmup: int | None = None
     baseline: int = 0  # index into points: its throughput is speed-up 1.0
     preset: str | None = None
     notes: list[str] = field(default_factory=list)
@@ -95,8 +99,8 @@ class SweepConfig:
         for i, point in enumerate(self.points):
             problems += [f"configuration {i + 1}: {p}" for p in point.problems()]
         for name, value, lo, hi in (("runs", self.runs, 1, 10_000), ("warmup", self.warmup, 0, 1000)):
-            if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
-                problems.append(f"{name} must be a whole number in {lo}..{hi}, got {value!r}")
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi):
+                problems.append(f"{name} must be a whole number in {lo}..{hi} (or empty: automatic), got {value!r}")
         if not isinstance(self.baseline, int) or not 0 <= self.baseline < max(1, len(self.points)):
             problems.append(f"baseline must index a configuration (0..{len(self.points) - 1})")
         if problems:
@@ -201,7 +205,7 @@ PRESETS: dict[str, tuple[str, list[BenchPoint]]] = {
 }
 
 
-def preset(name: str, model: str, has_gpu: bool, runs: int = 20, warmup: int = 3) -> SweepConfig:
+def preset(name: str, model: str, has_gpu: bool, runs: int | None = None, warmup: int | None = None) -> SweepConfig:
     """A preset as a sweep for this machine. Without a GPU: a preset that compares with the CPU keeps its CPU
     side; the others run their GPU points on the CPU at 1/64 of the batch (tf32/fp16 become fp32, GPU-only
     runtimes are dropped). The notes say which happened."""
@@ -309,13 +313,22 @@ def _measure(ctx: _Context, point: BenchPoint, row: dict[str, Any]) -> None:
         runtime.run()
         runtime.sync()
         row["first_run_s"] = time.perf_counter() - start
-        for _ in range(ctx.config.warmup):
+        on_cpu = point.device == "cpu"
+        warmup = warmup_count(ctx.config.warmup, on_cpu, DEFAULT_WARMUP)
+        start = time.perf_counter()
+        for _ in range(warmup):
             runtime.run()
         runtime.sync()
+        per_run_s = (time.perf_counter() - start) / warmup if warmup else row["first_run_s"]
+        runs = timed_count(ctx.config.runs, on_cpu, DEFAULT_RUNS, per_run_s)
+        row["warmup"], row["runs"] = warmup, runs
         with measured(device) as window:  # type: ignore[arg-type]
-            times = runtime.timed_runs(ctx.config.runs)
-        _record_window(row, window.figures(), point, ctx.config.runs * point.batch, resident)
+            times = runtime.timed_runs(runs)
+        _record_window(row, window.figures(), point, runs * point.batch, resident)
         row["latency"] = latency_stats(times, point.batch)
+        row["spread_warning"] = spread_warning(row["latency"])
+        if row["spread_warning"]:
+            row["warnings"].append(row["spread_warning"])
         row["samples_per_s"] = row["latency"]["throughput_per_s"]
         output = runtime.output()[:REFERENCE_SAMPLES]
     finally:
@@ -350,7 +363,10 @@ def _empty_row(point: BenchPoint) -> dict[str, Any]:
         "fell_back": False,
         "load_s": None,
         "first_run_s": None,
+        "warmup": None,
+        "runs": None,
         "latency": None,
+        "spread_warning": None,
         "samples_per_s": None,
         "speedup": None,
         "peak_allocated_bytes": None,
@@ -459,13 +475,15 @@ def run_sweep(
         rows.append(row)
     _finish(rows, ctx)
     tell(1.0, "done")
+    chosen = [(r["label"], r["warmup"], r["runs"]) for r in rows if r["device"] == "cpu" and r["runs"] is not None]
+    auto = bool(chosen) and (config.runs is None or config.warmup is None)
     return {
         "model": {"name": model.name, "title": model.title, "flops_per_sample": flops},
         "config": config.to_dict(),
         "machine": machine(gpu_device),
         "gpu": gpu.to_dict() if gpu else None,
         "results": rows,
-        "notes": [*config.notes, RANDOM_WEIGHTS_NOTE],
+        "notes": [*config.notes, *([auto_runs_note(chosen)] if auto else []), RANDOM_WEIGHTS_NOTE],
     }
 
 
@@ -476,9 +494,10 @@ def rows_to_csv(report: dict[str, Any]) -> str:
 
     columns = [
         "label", "device", "runtime", "precision", "batch", "channels_last", "cudnn_benchmark", "compile_mode",
-        "status", "ran_on", "fell_back", "load_s", "first_run_s", "mean_ms", "std_ms", "p50_ms", "p95_ms",
-        "samples_per_s", "speedup", "peak_allocated_bytes", "device_used_bytes", "achieved_tflops",
-        "percent_of_peak", "max_abs_error", "rel_l2_error", "energy_j_per_sample", "error",
+        "status", "ran_on", "fell_back", "load_s", "first_run_s", "warmup", "runs", "mean_ms", "std_ms", "p50_ms",
+        "p95_ms", "samples_per_s", "speedup", "peak_allocated_bytes", "device_used_bytes", "host_rss_bytes",
+        "achieved_tflops", "percent_of_peak", "max_abs_error", "rel_l2_error", "energy_j_per_sample",
+        "spread_warning", "error",
     ]  # fmt: skip
     out = io.StringIO()
     writer = csv.writer(out)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import math
 import os
 import struct
@@ -21,6 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from engine.core.errors import InputError, SetupError
+
+log = logging.getLogger(__name__)
 
 # Preference order: GPU first, then the software encoders PyAV wheels carry.
 H264_ENCODERS = ("h264_nvenc", "libx264", "libopenh264")
@@ -47,7 +50,9 @@ def _test_frames(count: int, size: int) -> list[np.ndarray]:
 
 
 def probe_encoder(codec: str, frames: int = 8, size: int = 128) -> EncoderProbe:
-    """Encode a few frames into an in-memory MP4; any failure comes back as text, never raised."""
+    """Encode a few frames into an in-memory MP4; any failure comes back as text, never raised. FFmpeg's own lines
+    ("Cannot load libcuda.so.1" on a machine without a GPU) are kept off the terminal and the progress text, logged
+    at debug: the error text carries the reason."""
     import av
     import av.logging
 
@@ -58,8 +63,9 @@ def probe_encoder(codec: str, frames: int = 8, size: int = 128) -> EncoderProbe:
     # libcuda.so.1", "OpenEncodeSessionEx failed: out of memory") to the exception text.
     previous_level = av.logging.get_level()
     av.logging.set_level(av.logging.ERROR)
+    ffmpeg_lines: list = []
     try:
-        with av.open(buffer, mode="w", format="mp4") as container:
+        with av.logging.Capture() as ffmpeg_lines, av.open(buffer, mode="w", format="mp4") as container:
             stream = container.add_stream(codec, rate=25)
             stream.width = stream.height = size
             stream.pix_fmt = "yuv420p"
@@ -72,6 +78,8 @@ def probe_encoder(codec: str, frames: int = 8, size: int = 128) -> EncoderProbe:
         return EncoderProbe(codec, listed=True, works=False, error=f"{type(exc).__name__}: {exc}")
     finally:
         av.logging.set_level(previous_level)
+        for _, source, message in ffmpeg_lines:
+            log.debug("FFmpeg %s: %s", source, message.strip())
     if buffer.tell() == 0:
         return EncoderProbe(codec, listed=True, works=False, error="encoder produced no output")
     return EncoderProbe(codec, listed=True, works=True)

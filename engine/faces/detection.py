@@ -119,7 +119,8 @@ def _weights_hint() -> str:
 # ------------------------------------------------------------------------------------------- Haar cascade
 
 
-def _cascade_path(filename: str) -> Path:
+def cascade_path(filename: str) -> Path:
+    """One of OpenCV's bundled Haar cascades (faces here, eyes for the portrait baseline), or a setup error."""
     data = getattr(getattr(cv2, "data", None), "haarcascades", None)
     if not data or not (Path(data) / filename).is_file():
         raise FaceError(
@@ -144,7 +145,7 @@ class HaarDetector:
         if min_face < 1:
             raise FaceError(f"min_face {min_face} must be at least 1 pixel")
         self.min_face = int(min_face)
-        self._path = _cascade_path(HAAR_CASCADE)
+        self._path = cascade_path(HAAR_CASCADE)
         self._local = threading.local()
         _ = self._cascade  # load once now, so a broken install fails here and not in a worker
         # The cascade runs one frame per thread (cv2 releases the GIL); it was the slowest stage of a

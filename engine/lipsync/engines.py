@@ -1,22 +1,25 @@
 """The generators behind lip-sync: Wav2Lip, and a weight-free baseline for when no checkpoint is set.
 
 Both take a batch of face crops (uint8 BGR, size x size) with the matching speech features and
-return generated crops (float32, 0..255, BGR) of the same size, so the pipeline treats them alike.
-Work stays on the device between the upload of the crops and the download of the result.
+return generated crops (float32, 0..255, BGR) of the same size, so the pipeline treats them alike. A
+generator may add a fourth channel, the coverage (0..1) of what it changed; the paste then blends by it
+instead of its lower-face ellipse (the baseline does, so the rest of the face keeps its own pixels).
+Wav2Lip's work stays on the device between the upload of the crops and the download of the result.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections import deque
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from engine.core.device import DeviceCapabilities, apply_backend_flags, precision_dtype
+from engine.lipsync.mouth import mouth_line, open_mouth
 
 log = logging.getLogger(__name__)
 
@@ -105,39 +108,30 @@ class Wav2LipEngine:
 class BaselineEngine:
     """Not Wav2Lip: a weight-free stand-in so the tab works out of the box.
 
-    Speech-band energy opens the jaw: the lower face is warped downwards below the mouth line
-    (an inverse displacement field sampled with grid_sample, batched on the device) and the gap
-    between the lips is shaded a little. It shows the pipeline end to end; it does not read lips.
+    Speech-band energy per video frame opens the mouth: the lip line is found in each crop (engine.lipsync.mouth),
+    the lower lip and jaw are warped down, the upper lip up a little, and the gap is filled with a dark mouth
+    interior. It shows the pipeline end to end; it does not read lips. The crops come back with a fourth
+    channel, the coverage of what changed, so the paste leaves every other pixel of the frame as it was.
     """
 
     name = "baseline"
-    label = "Baseline (energy-driven jaw warp; not Wav2Lip)"
-    crop_size = 128
+    label = "Baseline (speech energy opens the mouth; not Wav2Lip)"
+    crop_size = 160
 
-    def __init__(self, device: torch.device, max_open: float = 0.09):
-        self.device = device
-        self.max_open = max_open  # jaw drop at full energy, as a fraction of the crop height
-        size = self.crop_size
-        ys, xs = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
-        self.grid = torch.stack([xs, ys], dim=-1).to(device)  # (S, S, 2) in grid_sample's (x, y) order
-        yn, xn = (ys + 1) / 2, (xs + 1) / 2  # 0..1 down and across the crop
-        mouth, chin = 0.70, 0.97
-        # Displacement rises from 0 at the mouth line to its peak a little below, and falls back to 0
-        # at the chin, so the box edge stays put; across, it is strongest at the centre.
-        below = ((yn - mouth) / (chin - mouth)).clamp(0, 1)
-        profile = torch.sin(math.pi * below) * (1 - below * 0.3)
-        across = torch.exp(-(((xn - 0.5) / 0.2) ** 2))
-        self.field = (profile * across).to(device)  # (S, S)
-        lips = torch.exp(-(((yn - (mouth + 0.04)) / 0.03) ** 2)) * torch.exp(-(((xn - 0.5) / 0.12) ** 2))
-        self.lip_gap = lips.to(device)
+    def __init__(self, device: torch.device | None = None, max_open: float = 0.09, steadiness: int = 5):
+        self.device = device  # the warp runs in OpenCV on the CPU whatever the device: it is cheap
+        self.max_open = max_open  # the opening at full energy, as a fraction of the crop height
+        self._lines: deque[float] = deque(maxlen=steadiness)  # the last lip lines: their median steadies a video
+
+    def opening(self, energy: float) -> float:
+        """The mouth's opening for one frame's energy (0..1): closed below a whisper, linear above."""
+        return self.max_open * float(np.clip((energy - 0.05) / 0.95, 0.0, 1.0))
 
     def __call__(self, mels: np.ndarray, crops: np.ndarray, energy: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            faces = torch.from_numpy(crops).to(self.device).permute(0, 3, 1, 2).float()
-            e = torch.from_numpy(np.asarray(energy, np.float32)).to(self.device).view(-1, 1, 1)
-            shift = 2 * self.max_open * e * self.field  # grid units: the crop spans 2
-            grid = self.grid.unsqueeze(0).repeat(len(crops), 1, 1, 1)
-            grid[..., 1] = grid[..., 1] - shift  # sample from above: content moves down
-            warped = F.grid_sample(faces, grid, mode="bilinear", padding_mode="border", align_corners=True)
-            warped = warped * (1 - 0.45 * e.unsqueeze(1) * self.lip_gap)
-            return warped.clamp(0, 255).permute(0, 2, 3, 1).cpu().numpy()
+        count, height, width = crops.shape[:3]
+        out = np.empty((count, height, width, 4), np.float32)
+        for i in range(count):
+            self._lines.append(mouth_line(crops[i]))
+            line = float(np.median(self._lines))
+            out[i, ..., :3], out[i, ..., 3] = open_mouth(crops[i], line, self.opening(float(energy[i])))
+        return out

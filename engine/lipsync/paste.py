@@ -3,7 +3,8 @@
 Two paste modes: "upstream" reproduces the reference Wav2Lip inference exactly (the whole box
 replaced, predictions truncated to uint8 before resizing), and "blend" (the default) rounds
 and feathers the prediction over the lower face only, so the eyes, forehead and box edges stay
-the original pixels and no seam shows.
+the original pixels and no seam shows. A prediction with a fourth channel (the baseline's) carries its
+own coverage: "blend" then feathers it in by that coverage, so only the pixels it changed change.
 """
 
 from __future__ import annotations
@@ -43,13 +44,19 @@ def paste(frame: np.ndarray, box: Box, prediction: np.ndarray, mode: str = "blen
     """Write a generated crop (float, 0..255, BGR) back into `frame` in place."""
     x1, y1, x2, y2 = box
     width, height = x2 - x1, y2 - y1
+    coverage = None
+    if prediction.shape[-1] == 4:  # a generator that says what it changed
+        prediction, coverage = prediction[..., :3], prediction[..., 3]
     if mode == "upstream":
         frame[y1:y2, x1:x2] = cv2.resize(prediction.astype(np.uint8), (width, height))
         return
     if mode != "blend":
         raise InputError(f"paste mode {mode!r} is not one of {', '.join(PASTE_MODES)}")
     generated = cv2.resize(prediction.astype(np.float32), (width, height), interpolation=cv2.INTER_CUBIC)
-    mask = lower_face_mask(height, width)
+    if coverage is None:
+        mask = lower_face_mask(height, width)
+    else:  # zero wherever the generator changed nothing: those pixels stay exactly as they were
+        mask = np.clip(cv2.resize(coverage, (width, height), interpolation=cv2.INTER_LINEAR), 0.0, 1.0)[..., None]
     region = frame[y1:y2, x1:x2].astype(np.float32)
     blended = region + mask * (generated - region)
     frame[y1:y2, x1:x2] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)

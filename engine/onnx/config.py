@@ -12,6 +12,7 @@ from pathlib import Path
 
 from engine.core.errors import InputError
 from engine.core.options import Config, number_tuple, option, pairs, word_tuple
+from engine.onnx.timing import AUTO_HELP
 
 PROVIDER_KEYS = ("cpu", "cuda", "trt")
 EXAMPLE_NAMES = ("wav2lip", "s3fd")  # engine/onnx/examples.py builds them
@@ -19,6 +20,7 @@ RESIZE_MODES = ("stretch", "crop", "letterbox")
 SCALING_NAMES = ("0-1", "-1-1", "imagenet", "0-255")  # engine/onnx/images.py holds their values
 CHANNEL_ORDERS = ("rgb", "bgr")
 MAX_RUNS, MAX_WARMUP, MAX_BATCH = 10_000, 1_000, 4096
+DEFAULT_RUNS, DEFAULT_WARMUP = 50, 5  # what empty runs and warmup mean on a GPU (engine/onnx/timing.py)
 MAX_IMAGES = 256
 MODEL_HELP = ".onnx file, or a .zip holding one model and its external-data files (empty: give example)"
 
@@ -63,8 +65,12 @@ class EvalConfig(Config):
     symbols: tuple[tuple[str, int], ...] = option(
         (), help="values for other symbolic dimensions, e.g. seq=128 (empty: inspected defaults)", text=pairs()
     )
-    runs: int = option(50, help="timed runs per configuration", low=1, high=MAX_RUNS)
-    warmup: int = option(5, help="untimed runs after the first", low=0, high=MAX_WARMUP)
+    runs: int | None = option(
+        None, help=f"timed runs per configuration (empty: {DEFAULT_RUNS}; {AUTO_HELP})", low=1, high=MAX_RUNS
+    )
+    warmup: int | None = option(
+        None, help=f"untimed runs after the first (empty: {DEFAULT_WARMUP}; 1 on the CPU)", low=0, high=MAX_WARMUP
+    )
     seed: int = option(0, help="seed of the synthetic inputs", low=0, high=2**63 - 1)
     inputs: Path | None = option(None, help=".npz of inputs keyed by input name (empty: seeded synthetic)", file=True)
     expected: Path | None = option(
@@ -99,6 +105,8 @@ class EvalConfig(Config):
 
 __all__ = [
     "CHANNEL_ORDERS",
+    "DEFAULT_RUNS",
+    "DEFAULT_WARMUP",
     "EXAMPLE_NAMES",
     "MAX_BATCH",
     "MAX_IMAGES",

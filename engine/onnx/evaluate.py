@@ -20,6 +20,9 @@ Decisions worth knowing:
 - The device-resident (IOBinding) figure is measured only when a GPU provider really runs; on the
   CPU it would be the same run, so it is None and marked not applicable.
 - Non-finite results stay as float('inf') / float('nan') (json.dumps writes Infinity / NaN).
+- Empty runs/warmup are chosen per session by where it really runs (engine/onnx/timing.py): the defaults on a GPU,
+  a quick budget on the CPU (a fallback included), said in the report's notes; each row records its counts, and a
+  latency too scattered to trust carries a spread warning (also in the report's warnings).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.onnx.config import EvalConfig, EvalError
+from engine.onnx.config import DEFAULT_RUNS, DEFAULT_WARMUP, EvalConfig, EvalError
 from engine.onnx.images import ImageInputError, ImageOptions, images_to_tensor, pick_image_input
 from engine.onnx.model import (
     Limits,
@@ -47,6 +50,7 @@ from engine.onnx.model import (
     output_bytes,
     tensor_bytes,
 )
+from engine.onnx.timing import auto_runs_note, spread_warning, timed_count, warmup_count
 from engine.runtimes.ort_session import GPU_KEYS, PROVIDERS, OrtOptions, OrtSession, SessionError
 from engine.system.gpu_memory import gpu_memory, nvml_source
 
@@ -437,11 +441,12 @@ def _timed_runs(fn: Callable[[], Any], n: int, tick: Callable[[int], None]) -> l
 
 def _iobinding_latency(session: OrtSession, feeds: dict[str, np.ndarray], config: EvalConfig, batch: int) -> dict:
     """Inputs already on the session's device, outputs left there: the device-resident figure (measured for GPU
-    providers; on a CPU session it binds to the CPU, which is how the tests drive it)."""
+    providers, with the GPU's run counts; on a CPU session it binds to the CPU, which is how the tests drive it)."""
     binding = session.bind(feeds)
-    for _ in range(config.warmup + 1):
+    for _ in range(warmup_count(config.warmup, False, DEFAULT_WARMUP) + 1):
         binding.run()
-    return latency_stats(_timed_runs(binding.run, config.runs, lambda _: None), batch)
+    runs = timed_count(config.runs, False, DEFAULT_RUNS, 0.0)
+    return latency_stats(_timed_runs(binding.run, runs, lambda _: None), batch)
 
 
 # ---------------------------------------------------------------------------------------------- evaluate
@@ -705,6 +710,8 @@ def _empty_row(key: str, batch: int, meta: dict[str, Any]) -> dict[str, Any]:
         "trt_build_s": None,
         "latency": None,
         "times_ms": None,
+        "warmup": None,
+        "spread_warning": None,
         "latency_iobinding": None,
         "iobinding": None,
         "samples_per_s": None,
@@ -739,6 +746,7 @@ class _Runner:
         self.rows: list[dict] = []
         self.outputs: dict[str, dict[str, np.ndarray]] = {}  # provider -> outputs at the first batch
         self.warnings = list(plan.warnings)
+        self.auto_counts: list[tuple[str, int, int]] = []  # CPU rows whose counts were chosen: label, warm-up, runs
         self.nvml = nvml_source() if any(p in GPU_KEYS for p in config.providers) else None
 
     def memory_now(self, key: str) -> dict[str, int | None]:
@@ -826,16 +834,27 @@ class _Runner:
         if first:
             self.outputs[key] = outputs
         del outputs
+        on_cpu = meta["got"][0] == PROVIDERS["cpu"]
+        warmup = warmup_count(config.warmup, on_cpu, DEFAULT_WARMUP)
         self.tell(0.0, f"{label}: warm-up")
-        for _ in range(config.warmup):
+        start = time.perf_counter_ns()
+        for _ in range(warmup):
             session.run(feeds)
+        per_run_s = (time.perf_counter_ns() - start) / 1e9 / warmup if warmup else row["first_run_ms"] / 1000.0
+        runs = timed_count(config.runs, on_cpu, DEFAULT_RUNS, per_run_s)
+        if on_cpu and (config.runs is None or config.warmup is None):
+            self.auto_counts.append((f"{key} b{batch}", warmup, runs))
 
         def tick(i: int) -> None:
-            self.tell(i / config.runs * 0.9, f"{label}: run {i}/{config.runs}")
+            self.tell(i / runs * 0.9, f"{label}: run {i}/{runs}")
 
-        times = _timed_runs(lambda: session.run(feeds), config.runs, tick)
+        times = _timed_runs(lambda: session.run(feeds), runs, tick)
         row["latency"] = latency_stats(times, batch)
         row["times_ms"] = [round(t, 4) for t in times]  # the distribution, for plots and re-analysis
+        row["warmup"] = warmup
+        row["spread_warning"] = spread_warning(row["latency"])
+        if row["spread_warning"]:
+            self.warnings.append(f"{key} at batch {batch}: {row['spread_warning']}")
         row["samples_per_s"] = row["latency"]["throughput_per_s"]
         row["iobinding"] = self.measure_iobinding(session, meta, feeds, row)
 
@@ -1012,6 +1031,7 @@ def evaluate(
         "parity": parity_report,
         "accuracy": _accuracy_report(runner, expected, config.labels),
         "warnings": runner.warnings,
+        "notes": [auto_runs_note(runner.auto_counts)] if runner.auto_counts else [],
     }
     if progress is not None:
         progress(1.0, "done")

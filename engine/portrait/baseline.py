@@ -10,18 +10,26 @@ driving face box, so they transfer to a source face of any size:
 On the source, each output frame is one backward warp with `grid_sample` (batched, on the GPU when there is
 one): undo the head motion about the source face, add the local flow inside a feathered face region, and
 fade the whole displacement out away from the face so the background stays put.
+
+From one driving image there is no motion to track: its head pose is compared with the source's instead (roll
+from the eye line, scale from the eye distance and position from the eyes' midpoint, each relative to its own
+image; the face box when the eyes are not found) and that still similarity is the one frame's head motion.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from engine.core.errors import InputError
+
+if TYPE_CHECKING:
+    from engine.faces.detection import FaceDetector
 
 FLOW_SIZE = 128
 CROP_EXTENT = 0.8  # the flow crop spans +-0.8 box sizes around the face centre
@@ -154,4 +162,135 @@ def render_batch(
     return F.grid_sample(source.expand(b, -1, -1, -1), norm_grid, padding_mode="border", align_corners=False)
 
 
-__all__ = ["DrivingMotion", "render_batch", "track_motion"]
+EYE_CASCADES = ("haarcascade_eye.xml", "haarcascade_eye_tree_eyeglasses.xml")  # OpenCV's, bare and behind glasses
+TURNS = (0.0, 15.0, -15.0, 30.0, -30.0)  # a strongly tilted head escapes the frontal detector: turn and retry
+# A still driver is framed its own way: its roll transfers whole, but its scale and place only as far as a head
+# moves on its shoulders (a driver cropped tighter than the source would otherwise blow the head up).
+MAX_ROLL, SCALE_RANGE, MAX_SHIFT = 45.0, (0.9, 1.1), 0.15
+
+
+@dataclass
+class StillPose:
+    """One face in one image: its box centre and size, its eye centres when both are found (pixels)."""
+
+    centre: np.ndarray  # (2,)
+    size: float
+    eyes: np.ndarray | None  # (2, 2): the eye on the image's left, then the one on its right
+    image_size: tuple[int, int]  # width, height
+
+    @property
+    def roll(self) -> float:
+        """The eye line's angle in degrees (image axes, y down: positive when the right-hand eye is lower)."""
+        assert self.eyes is not None
+        (lx, ly), (rx, ry) = self.eyes
+        return float(np.degrees(np.arctan2(ry - ly, rx - lx)))
+
+
+def _pupil(grey: np.ndarray, x: int, y: int, w: int, h: int) -> np.ndarray:
+    """The dark centre of an eye box (the iris and pupil, without the brow above or the lid corners)."""
+    import cv2
+
+    x0, y0 = x + w // 6, y + h // 4
+    patch = grey[y0 : y + 3 * h // 4, x0 : x + 5 * w // 6].astype(np.float32)
+    patch = cv2.GaussianBlur(patch, (0, 0), max(1.0, w / 15))
+    weight = np.clip(np.percentile(patch, 15) - patch, 0.0, None)
+    if weight.sum() <= 0:
+        return np.array([x + w / 2, y + h / 2])
+    rows, cols = np.mgrid[0 : patch.shape[0], 0 : patch.shape[1]]
+    return np.array([x0 + (weight * cols).sum() / weight.sum(), y0 + (weight * rows).sum() / weight.sum()])
+
+
+def find_eyes(grey: np.ndarray, box: np.ndarray) -> np.ndarray | None:
+    """Both eye centres (2, 2) in the upper face of `box`, or None: OpenCV's eye cascades propose, the most
+    plausible pair is kept (one each side of the middle, level within 30 degrees, similar sizes, a quarter to
+    three quarters of the face apart) and each eye is refined to its pupil."""
+    import cv2
+
+    from engine.faces.detection import cascade_path
+
+    height, width = grey.shape[:2]
+    x1, y1 = max(0, int(box[0])), max(0, int(box[1]))
+    x2, y2 = min(width, int(box[2])), min(height, int(box[1] + 0.55 * (box[3] - box[1])))
+    face_w = x2 - x1
+    if face_w < 24 or y2 - y1 < 12:
+        return None
+    upper = np.ascontiguousarray(grey[y1:y2, x1:x2])
+    boxes = []
+    for name in EYE_CASCADES:
+        found = cv2.CascadeClassifier(str(cascade_path(name))).detectMultiScale(
+            upper, 1.05, 3, minSize=(max(6, int(0.12 * face_w)),) * 2, maxSize=(int(0.45 * face_w),) * 2
+        )
+        boxes += [tuple(int(v) for v in b) for b in np.asarray(found).reshape(-1, 4)]
+    best, best_cost = None, np.inf
+    for left in boxes:
+        for right in boxes:
+            (lx, ly), (rx, ry) = (np.array(b[:2]) + np.array(b[2:]) / 2 for b in (left, right))
+            apart = rx - lx
+            if not (lx < face_w / 2 < rx and 0.25 * face_w < apart < 0.75 * face_w and abs(ry - ly) < 0.58 * apart):
+                continue
+            cost = abs(np.log(left[2] / right[2])) + abs((lx + rx) / 2 - face_w / 2) / face_w
+            if cost < best_cost and max(left[2], right[2]) < 1.5 * min(left[2], right[2]):
+                best, best_cost = (left, right), cost
+    if best is None:
+        return None
+    return np.stack([_pupil(upper, *eye) for eye in best]) + np.array([x1, y1])
+
+
+def still_pose(image: np.ndarray, detector: FaceDetector, box: np.ndarray | None = None) -> StillPose | None:
+    """The face's pose in a BGR image (the given box, else the largest face found, turning the image by up to
+    30 degrees when upright finds none), or None when there is no face."""
+    import cv2
+
+    from engine.faces.detection import largest
+
+    height, width = image.shape[:2]
+    grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if image.ndim == 3 else image
+    for turn in TURNS if box is None else (0.0,):
+        turning = cv2.getRotationMatrix2D((width / 2, height / 2), turn, 1.0)
+        turned = grey if turn == 0 else cv2.warpAffine(grey, turning, (width, height), borderMode=cv2.BORDER_REPLICATE)
+        found = box if box is not None else largest(detector.detect([turned])[0])
+        if found is None:
+            continue
+        back = cv2.invertAffineTransform(turning)
+        x1, y1, x2, y2 = (float(v) for v in found[:4])
+        eyes = find_eyes(turned, np.array([x1, y1, x2, y2]))
+        centre = back[:, :2] @ np.array([(x1 + x2) / 2, (y1 + y2) / 2]) + back[:, 2]
+        eyes = None if eyes is None else eyes @ back[:, :2].T + back[:, 2]
+        return StillPose(centre, max(x2 - x1, y2 - y1), eyes, (width, height))
+    return None
+
+
+def pose_transfer(source: StillPose, driving: StillPose, source_box: np.ndarray) -> tuple[np.ndarray, dict]:
+    """The head motion (2, 3, in the source box's units, as render_batch takes it) that gives the source face the
+    driving face's roll, scale and place in its image, and what was transferred. Scale and place are compared
+    relative to each image's size, so a driver framed like the source moves nothing but what differs."""
+    centre, size = _normaliser(source_box)
+    (sw, sh), (dw, dh) = source.image_size, driving.image_size
+    by_eyes = source.eyes is not None and driving.eyes is not None
+    if by_eyes:
+        anchors = (source.eyes.mean(0), driving.eyes.mean(0))
+        lengths = (np.linalg.norm(np.diff(source.eyes, axis=0)), np.linalg.norm(np.diff(driving.eyes, axis=0)))
+        roll = float(np.clip(driving.roll - source.roll, -MAX_ROLL, MAX_ROLL))
+    else:
+        anchors, lengths, roll = (source.centre, driving.centre), (source.size, driving.size), 0.0
+    measured_scale = float((lengths[1] / np.sqrt(dw * dh)) / (lengths[0] / np.sqrt(sw * sh)))
+    scale = float(np.clip(measured_scale, *SCALE_RANGE))
+    turn = np.radians(roll)
+    a = scale * np.array([[np.cos(turn), -np.sin(turn)], [np.sin(turn), np.cos(turn)]])
+    from_source = (anchors[0] - centre) / size
+    to_place = (anchors[1] / np.array([dw, dh]) * np.array([sw, sh]) - centre) / size
+    shift = to_place - a @ from_source
+    measured_shift = float(np.linalg.norm(shift))
+    if measured_shift > MAX_SHIFT:
+        shift *= MAX_SHIFT / measured_shift
+    report = {
+        "roll_degrees": round(roll, 2),
+        "scale": round(scale, 3),
+        "shift_face_sizes": [round(float(v), 3) for v in shift],
+        "measured_from": "eye lines" if by_eyes else "face boxes (eyes not found: no roll)",
+        "limited": scale != measured_scale or measured_shift > MAX_SHIFT,
+    }
+    return np.hstack([a, shift[:, None]]), report
+
+
+__all__ = ["DrivingMotion", "StillPose", "pose_transfer", "render_batch", "still_pose", "track_motion"]

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from engine.core.device import apply_backend_flags, capabilities, pad_batch, resolve_device
+from engine.core.hub import LIVEPORTRAIT
 from engine.core.media import MediaError, VideoWriter, is_image, load_image, probe_video, read_frames, validate_video
 from engine.core.results import RunResult
 from engine.core.settings import Settings, get_settings
@@ -66,8 +67,7 @@ Progress = Callable[[float, str], Any]
 TEMPLATE_SUFFIX = ".npz"
 IMAGE_FPS = 25.0
 LIP_NORMALIZE_THRESHOLD = 0.03  # source lips open at least this much are closed before animating (upstream's)
-HUB_REPO = "KwaiVGI/LivePortrait"
-HUB_PATTERNS = ["liveportrait/base_models/*", "liveportrait/retargeting_models/*", "liveportrait/landmark.onnx"]
+HUB_REPO = LIVEPORTRAIT.repo
 COMPILE_BACKEND = "inductor"  # tests use "eager" to check the plumbing without a C++ toolchain
 _TEMPLATE_FIELDS = ("pitch", "yaw", "roll", "t", "exp", "scale", "kp")
 _OPENNESS_FIELDS = ("eyes", "lips")  # optional in a template: each frame's eye (left, right) and lip openness
@@ -81,7 +81,7 @@ def hub_weights(reference: str, download: bool) -> Path | None:
     try:
         from huggingface_hub import snapshot_download
 
-        snapshot = snapshot_download(repo, allow_patterns=HUB_PATTERNS, local_files_only=not download)
+        snapshot = snapshot_download(repo, allow_patterns=list(LIVEPORTRAIT.patterns), local_files_only=not download)
     except Exception as exc:  # offline, not cached, no such repo, huggingface_hub missing
         if download:
             raise PortraitError(f"could not fetch the LivePortrait weights from {reference}: {exc}") from None
@@ -622,13 +622,15 @@ def _baseline_plan(
 
     path = Path(config.driving)
     if path.suffix.lower() == TEMPLATE_SUFFIX:
-        raise PortraitError("motion templates hold LivePortrait keypoints: the baseline engine needs a driving video")
-    if is_image(path):
-        raise PortraitError("the baseline engine transfers motion from a driving video; an image has none")
-    info = probe_video(path)
-    validate_video(info, path.name, settings.max_side, settings.max_seconds)
+        raise PortraitError(
+            "motion templates hold LivePortrait keypoints: the baseline engine needs a driving video or image"
+        )
     if config.save_template:
         result.warn("motion templates hold LivePortrait keypoints: the baseline engine does not save one")
+    if is_image(path):
+        return _baseline_image_plan(config, settings, source_bgr, box, detector, device, result)
+    info = probe_video(path)
+    validate_video(info, path.name, settings.max_side, settings.max_seconds)
     progress(0.05, "finding the driving face")
     driving_box, first_face = _driving_box(
         _clip_frames(path, config.max_frames, settings.max_seconds), path.name, detector, result
@@ -655,6 +657,50 @@ def _baseline_plan(
 
     height, width = source_bgr.shape[:2]
     return _Plan(batches(), info.fps, count, info.has_audio, (width, height), device, {"backend": "torch"})
+
+
+def _baseline_image_plan(
+    config: PortraitConfig,
+    settings: Settings,
+    source_bgr: np.ndarray,
+    box: np.ndarray,
+    detector: Any,
+    device: torch.device,
+    result: RunResult,
+) -> _Plan:
+    """One driving image with the baseline engine: its head pose (roll, scale, place) on the source, as one frame at
+    IMAGE_FPS like LivePortrait's still driver; its expression is not transferred (that needs LivePortrait)."""
+    from engine.portrait.baseline import FLOW_SIZE, pose_transfer, render_batch, still_pose
+
+    path = Path(config.driving)
+    driving_bgr = load_image(path, max_side=settings.max_side)
+    with result.stage("motion", items=1):
+        driving = still_pose(driving_bgr, detector)
+        if driving is None:
+            raise PortraitError(
+                f"no face found in the driving image {path.name}: it needs a face, upright or tilted by less than "
+                "about 40 degrees"
+            )
+        source = still_pose(source_bgr, detector, box=box)
+        head, transferred = pose_transfer(source, driving, box)
+    limited = "; scale and place limited to a head's movement, the driver being framed differently"
+    result.warn(
+        f"baseline engine with a driving image: only its head pose was transferred (roll {transferred['roll_degrees']}"
+        f" degrees, scale {transferred['scale']}, measured from the {transferred['measured_from']}"
+        f"{limited if transferred['limited'] else ''}); its expression needs LivePortrait"
+    )
+    image = torch.from_numpy(_rgb(source_bgr)).to(device).permute(2, 0, 1)[None].float() / 255
+    still_flow = np.zeros((1, 2, FLOW_SIZE, FLOW_SIZE), np.float32)
+
+    def batches() -> Iterator[torch.Tensor]:
+        with result.stage("warp", items=1):
+            out = render_batch(image, box, head[None], still_flow, config.multiplier)
+            _sync(device)
+        yield out
+
+    height, width = source_bgr.shape[:2]
+    metrics = {"backend": "torch", "pose_transfer": transferred}
+    return _Plan(batches(), IMAGE_FPS, 1, False, (width, height), device, metrics)
 
 
 def _write(

@@ -4,12 +4,17 @@ Each check looks at one layer (Python, PyTorch and CUDA, the NVIDIA driver, ONNX
 packages and providers, video encoders, disk, settings) and returns a status, what it found
 and what to do. A check that itself crashes becomes a "problem" naming the crash, so the
 report always comes back whole.
+
+Quiet where nothing is wrong: on a machine with no NVIDIA GPU at all (none through NVML, none on the
+PCI bus, not a ZeroGPU Space) running on the CPU is the expected state, so the doctor says "no GPU"
+once, as information, and keeps its install recipes for machines where a GPU exists but is not used.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import platform
 import re
@@ -26,8 +31,12 @@ from typing import Any
 
 from engine.core.settings import DOCUMENTED, PREFIX, Settings, get_settings
 
-OK, WARNING, PROBLEM = "ok", "warning", "problem"
-_ORDER = {OK: 0, WARNING: 1, PROBLEM: 2}
+OK, INFO, WARNING, PROBLEM = "ok", "info", "warning", "problem"
+STATUSES = (OK, INFO, WARNING, PROBLEM)
+_ORDER = {OK: 0, INFO: 0, WARNING: 1, PROBLEM: 2}  # information never makes a report worse than ok
+PCI_DEVICES = Path("/sys/bus/pci/devices")
+NVIDIA_PCI_VENDOR = "0x10de"
+log = logging.getLogger(__name__)
 NOTHING_TO_FIX = "Nothing to fix."
 MIN_FREE_BYTES = 5 * 2**30
 ORT_PACKAGES = (
@@ -57,10 +66,11 @@ class DoctorReport:
 
     @property
     def status(self) -> str:
-        return max((c.status for c in self.checks), key=_ORDER.__getitem__, default=OK)
+        worst = max((c.status for c in self.checks), key=_ORDER.__getitem__, default=OK)
+        return OK if worst == INFO else worst
 
     def counts(self) -> dict[str, int]:
-        return {s: sum(c.status == s for c in self.checks) for s in (OK, WARNING, PROBLEM)}
+        return {s: sum(c.status == s for c in self.checks) for s in STATUSES}
 
     def get(self, name: str) -> Check:
         return next(c for c in self.checks if c.name == name)
@@ -78,17 +88,20 @@ class DoctorReport:
         return json.dumps(self.to_dict(), indent=2, default=str)
 
     def render_text(self) -> str:
-        marks = {OK: "[ ok ]", WARNING: "[warn]", PROBLEM: "[FAIL]"}
+        marks = {OK: "[ ok ]", INFO: "[info]", WARNING: "[warn]", PROBLEM: "[FAIL]"}
         lines = []
         for c in self.checks:
             lines.append(f"{marks[c.status]} {c.name}: {c.found}")
             if c.status != OK:
+                label = "hint" if c.status == INFO else " fix"  # information has nothing to fix, only a way on
                 lines.extend(
-                    "         fix: " + ln if i == 0 else "              " + ln
+                    f"        {label}: " + ln if i == 0 else "              " + ln
                     for i, ln in enumerate(c.fix.splitlines())
                 )
         n = self.counts()
-        lines.append(f"\n{n[OK]} ok, {n[WARNING]} warning(s), {n[PROBLEM]} problem(s) in {self.seconds:.1f}s")
+        lines.append(
+            f"\n{n[OK]} ok, {n[INFO]} info, {n[WARNING]} warning(s), {n[PROBLEM]} problem(s) in {self.seconds:.1f}s"
+        )
         return "\n".join(lines)
 
 
@@ -106,10 +119,20 @@ class _Context:
     cuda_driver_version: str | None
     ort_probe: dict[str, Any] | None = None
     ort_probe_error: str | None = None
+    pci_gpus: int = 0  # NVIDIA GPUs the kernel lists on the PCI bus, driver or not
 
     @property
     def gpu_present(self) -> bool:
         return bool(self.nvml_gpus)
+
+    @property
+    def zero_gpu(self) -> bool:
+        return bool(os.environ.get("SPACES_ZERO_GPU"))
+
+    @property
+    def no_gpu(self) -> bool:
+        """No NVIDIA GPU anywhere: the CPU is the expected device, not a fault with a recipe."""
+        return not self.gpu_present and not self.pci_gpus and not self.zero_gpu
 
 
 def _gather_nvml() -> tuple[list[str], str, str | None, str | None]:
@@ -117,6 +140,19 @@ def _gather_nvml() -> tuple[list[str], str, str | None, str | None]:
 
     source = NvmlSource()
     return [d.name for d in source.devices], source.status, source.driver_version, source.cuda_driver_version
+
+
+def _nvidia_on_pci(devices: Path = PCI_DEVICES) -> int:
+    """NVIDIA display and 3D controllers (PCI class 0x03....) in sysfs: a GPU that is there even when no driver
+    answers (e.g. a container started without `--gpus all`). 0 where sysfs is absent (macOS, Windows)."""
+    count = 0
+    with contextlib.suppress(OSError):
+        for device in devices.iterdir():
+            with contextlib.suppress(OSError):
+                vendor = (device / "vendor").read_text().strip().lower()
+                kind = (device / "class").read_text().strip().lower()
+                count += vendor == NVIDIA_PCI_VENDOR and kind.startswith("0x03")
+    return count
 
 
 def run_ort_probe(timeout_s: float = 180.0) -> tuple[dict[str, Any] | None, str | None]:
@@ -138,6 +174,8 @@ def run_ort_probe(timeout_s: float = 180.0) -> tuple[dict[str, Any] | None, str 
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
         return None, f"the provider probe exited with code {proc.returncode}: " + " | ".join(tail)
+    if proc.stderr.strip():  # loader chatter outside the captured session: kept for debugging, not shown
+        log.debug("provider probe stderr:\n%s", proc.stderr.strip()[-4000:])
     try:
         return json.loads(proc.stdout.strip().splitlines()[-1]), None
     except (json.JSONDecodeError, IndexError):
@@ -216,14 +254,21 @@ def check_torch(ctx: _Context) -> Check:
                 f"build the driver supports: pip install torch --index-url https://download.pytorch.org/whl/{tag}",
                 details,
             )
-        return Check(
-            "pytorch",
-            WARNING,
-            f"{build}; no NVIDIA GPU visible, so PyTorch runs on the CPU",
-            "Run on a machine with an NVIDIA GPU and driver (on Hugging Face Spaces: Settings > Hardware, "
-            "or ZeroGPU). Until then every tab works on the CPU, more slowly.",
-            details,
-        )
+        if ctx.pci_gpus:
+            fix = "First make the driver work (see nvidia-driver)."
+            if torch.version.cuda is None:
+                fix += (
+                    " Then install a CUDA build of PyTorch: pip install --force-reinstall torch --index-url "
+                    f"https://download.pytorch.org/whl/{tag}"
+                )
+            return Check(
+                "pytorch",
+                WARNING,
+                f"{build}; an NVIDIA GPU is on the PCI bus but CUDA is not available: everything runs on the CPU",
+                fix,
+                details,
+            )
+        return Check("pytorch", OK, f"{build}; runs on the CPU", details=details)
     devices = []
     problems = []
     arch_list = details["arch_list"]
@@ -264,14 +309,38 @@ def check_torch(ctx: _Context) -> Check:
 
 
 def check_driver(ctx: _Context) -> Check:
-    details = {"driver": ctx.driver_version, "cuda_driver": ctx.cuda_driver_version, "gpus": ctx.nvml_gpus}
-    if not ctx.gpu_present:
+    details = {
+        "driver": ctx.driver_version,
+        "cuda_driver": ctx.cuda_driver_version,
+        "gpus": ctx.nvml_gpus,
+        "nvml": ctx.nvml_status,
+        "pci_gpus": ctx.pci_gpus,
+    }
+    if ctx.zero_gpu and not ctx.gpu_present:
+        return Check(
+            "nvidia-driver",
+            INFO,
+            "ZeroGPU Space: the GPU is attached only inside @spaces.GPU functions, so none is visible here",
+            "Nothing to install: GPU work runs inside @spaces.GPU functions.",
+            details,
+        )
+    if ctx.pci_gpus and not ctx.gpu_present:
         return Check(
             "nvidia-driver",
             WARNING,
-            ctx.nvml_status or "no NVIDIA GPU visible",
+            f"{ctx.pci_gpus} NVIDIA GPU(s) on the PCI bus, but no driver answers "
+            f"({ctx.nvml_status or 'NVML sees no GPU'}): everything runs on the CPU",
             "Install the NVIDIA driver (it provides libnvidia-ml.so.1 and libcuda.so.1); in a container run "
-            "with `--gpus all` (NVIDIA Container Toolkit). Without it avatarbench uses the CPU.",
+            "with `--gpus all` (NVIDIA Container Toolkit).",
+            details,
+        )
+    if not ctx.gpu_present:
+        return Check(
+            "nvidia-driver",
+            INFO,
+            "no NVIDIA GPU on this machine: every tab runs on the CPU, more slowly",
+            "For GPU speed use a machine with an NVIDIA GPU and its driver (on Hugging Face Spaces: "
+            "Settings > Hardware, or ZeroGPU).",
             details,
         )
     driver_cuda = _major_minor(ctx.cuda_driver_version)
@@ -324,6 +393,11 @@ def check_device(ctx: _Context) -> Check:
     caps = capabilities(choice.device)
     found = f"runs on {choice.device} ({caps.name}; {choice.reason}); precisions: {', '.join(caps.precisions)}"
     details = caps.as_dict()
+    if not choice.is_cuda and ctx.no_gpu:  # "no GPU" is said once, by nvidia-driver
+        precisions = ", ".join(caps.precisions)
+        return Check("device", OK, f"runs on {choice.device} ({caps.name}); precisions: {precisions}", details=details)
+    if not choice.is_cuda and ctx.zero_gpu:
+        return Check("device", OK, found + "; ZeroGPU attaches the GPU inside @spaces.GPU functions", details=details)
     if not choice.is_cuda and ctx.settings.device == "auto":
         return Check(
             "device",
@@ -362,7 +436,7 @@ def check_ort_packages(ctx: _Context) -> Check:
             details,
         )
     (name,) = installed
-    if name == "onnxruntime" and ctx.gpu_present and sys.platform.startswith("linux"):
+    if name == "onnxruntime" and (ctx.gpu_present or ctx.pci_gpus) and sys.platform.startswith("linux"):
         return Check(
             "onnxruntime-packages",
             WARNING,
@@ -400,6 +474,17 @@ def _provider_check(ctx: _Context, provider: str, name: str) -> Check:
         return Check(
             name, OK, f"{provider} loads and runs (session providers: {result['session_providers']})", details=details
         )
+    if ctx.no_gpu:
+        # The loader's error stays in the details (--json): without a GPU it is expected, not news.
+        if provider in probe["available"] and not result["session_providers"]:
+            return Check(
+                name,
+                PROBLEM,
+                f"ONNX Runtime {probe['version']} cannot create a session even on the CPU: {result['error']}",
+                "pip install --force-reinstall onnxruntime (or onnxruntime-gpu, whichever is installed)",
+                details,
+            )
+        return Check(name, OK, f"{provider} not used: ONNX models run on the CPU provider", details=details)
     if preload and preload["loaded"]:
         return Check(
             name,
@@ -409,7 +494,8 @@ def _provider_check(ctx: _Context, provider: str, name: str) -> Check:
             "LD_LIBRARY_PATH to the nvidia/*/lib folders in site-packages.",
             details,
         )
-    # Without a GPU a failing GPU provider is expected; with one, it means silent CPU runs.
+    # With a GPU in use a failing provider means silent CPU runs; with a GPU the driver does not reach (see
+    # nvidia-driver) or on ZeroGPU outside @spaces.GPU, the libraries it names must still be in place.
     status = PROBLEM if ctx.gpu_present else WARNING
     if provider not in probe["available"]:
         return Check(
@@ -432,8 +518,11 @@ def _provider_check(ctx: _Context, provider: str, name: str) -> Check:
             status = WARNING  # the CUDA provider still serves the GPU
         else:
             fix += "\nTensorRT also needs what the CUDA provider needs:\n" + fix_cuda
-    if not ctx.gpu_present:
-        fix += "\nOn a machine without an NVIDIA GPU this is expected: the CPU provider is used."
+    if ctx.zero_gpu and not ctx.gpu_present:
+        fix += (
+            "\nOn ZeroGPU this probe runs outside @spaces.GPU, where a missing libcuda.so.1 is expected; "
+            "a missing CUDA library (libcublas, libcudnn) is not."
+        )
     return Check(name, status, found, fix, details)
 
 
@@ -448,13 +537,19 @@ def check_ort_tensorrt(ctx: _Context) -> Check:
 def check_video(ctx: _Context) -> Check:
     try:
         import av
+        import av.logging
     except ImportError as exc:
         return Check("video-encoders", PROBLEM, f"PyAV does not import: {exc}", "pip install av")
     from engine.core.media import available_encoders, probe_encoder
 
     listed = available_encoders()
-    nvenc = probe_encoder("h264_nvenc")
-    x264 = probe_encoder("libx264")
+    # FFmpeg's own lines ("[h264_nvenc] Cannot load libcuda.so.1") would reach stderr and the server log through
+    # Python logging's last resort; each probe's error already carries the reason, so they go to debug.
+    with av.logging.Capture() as ffmpeg_lines:
+        nvenc = probe_encoder("h264_nvenc")
+        x264 = probe_encoder("libx264")
+    for _, source, message in ffmpeg_lines:
+        log.debug("FFmpeg %s: %s", source, message.strip())
     details = {
         "pyav": av.__version__,
         "listed": listed,
@@ -465,6 +560,8 @@ def check_video(ctx: _Context) -> Check:
     found = f"PyAV {av.__version__}; encoders listed: {', '.join(listed) or 'none'}; "
     if nvenc.works:
         return Check("video-encoders", OK, found + "NVENC (h264_nvenc) encodes", details=details)
+    if x264.works and (ctx.no_gpu or ctx.zero_gpu):  # NVENC's error stays in the details: no GPU, or ZeroGPU's
+        return Check("video-encoders", OK, f"PyAV {av.__version__}; libx264 encodes on the CPU", details=details)
     why = f"NVENC does not work ({nvenc.error})"
     if x264.works:
         fix = (
@@ -562,11 +659,11 @@ def check_weights(ctx: _Context) -> Check:
     if broken:
         return Check("weights", PROBLEM, "; ".join(broken), "Fix the path in the setting, or unset it.", details)
     text = "; ".join(found) if found else "no model weights configured"
-    if missing:
+    if missing:  # not a fault: the weight-free engines run instead, and the hint says where the files go
         names = ", ".join(m.filenames[0] for m in missing)
         return Check(
             "weights",
-            WARNING,
+            INFO,
             f"{text}; missing: {names} (the weight-free engines are used instead)",
             "\n".join(where_to_put(m, ctx.settings) for m in missing),
             details,
@@ -594,7 +691,7 @@ def run_doctor(settings: Settings | None = None) -> DoctorReport:
     start = time.perf_counter()
     gpus, status, driver, cuda = _gather_nvml()
     probe, probe_error = run_ort_probe()
-    ctx = _Context(settings or get_settings(), gpus, status, driver, cuda, probe, probe_error)
+    ctx = _Context(settings or get_settings(), gpus, status, driver, cuda, probe, probe_error, _nvidia_on_pci())
     checks = []
     for fn in CHECKS:
         try:

@@ -1,0 +1,128 @@
+"""The weight-free lip-sync on the tab's own example reads as speech: judged on what the pipeline hands the encoder
+and on the MP4 it writes, with the mouth region taken from the face box alone.
+
+A 2.4 s slice of assets/speech.wav (a pause in the middle) drives assets/face.jpg through run_lipsync with the
+baseline engine: the mouth's dark area must follow the speech energy frame by frame, be closed in the pause and
+open on loud frames, the chin must keep its colour (no grey band), and nothing outside the lower face may change.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+import cv2
+import numpy as np
+import pytest
+from test_lipsync import write_wav
+
+from engine.core.audio import SAMPLE_RATE, frame_energy, load_audio
+from engine.core.media import VideoWriter, read_frames
+from engine.core.settings import load_settings
+from engine.faces.detection import HaarDetector
+from engine.faces.tracking import FaceTracker
+from engine.lipsync import pipeline
+from engine.lipsync.config import LipSyncConfig
+from engine.lipsync.engines import BaselineEngine
+from engine.lipsync.mouth import mouth_line, open_mouth
+from engine.lipsync.pipeline import run_lipsync
+
+ROOT = Path(__file__).resolve().parent.parent
+FACE, SPEECH = ROOT / "assets" / "face.jpg", ROOT / "assets" / "speech.wav"
+SLICE = (2.0, 4.4)  # seconds: "...avatar bench. | This voice...", with a pause of about 0.3 s
+CHIN = (0.72, 0.82)  # rows of the face box between the lower lip and the jaw's edge
+DARK = 60  # grey level under which a pixel counts as the mouth's inside (the face's darkest lip pixel is ~100)
+
+
+class _Recorder(VideoWriter):
+    """The pipeline's writer, keeping a copy of every frame it is given (before H.264 touches them)."""
+
+    frames: ClassVar[list[np.ndarray]] = []
+
+    def write(self, frame: np.ndarray) -> None:
+        _Recorder.frames.append(frame.copy())
+        super().write(frame)
+
+
+@pytest.fixture(scope="module")
+def example(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    folder = tmp_path_factory.mktemp("baseline-speech")
+    wav = load_audio(SPEECH)
+    speech = write_wav(folder / "slice.wav", wav[int(SLICE[0] * SAMPLE_RATE) : int(SLICE[1] * SAMPLE_RATE)])
+    out = folder / "out.mp4"
+    settings = load_settings({"AVATARBENCH_DATA_DIR": str(folder / "data")})
+    _Recorder.frames = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(pipeline, "VideoWriter", _Recorder)
+        result = run_lipsync(LipSyncConfig(face=FACE, audio=speech, engine="baseline"), out, settings, device="cpu")
+    face = cv2.imread(str(FACE))
+    box = FaceTracker().update(HaarDetector().detect([face])[0], face.shape).box
+    count = result.metrics["frames"]
+    energy = frame_energy(load_audio(speech), 25.0, count)
+    return dict(
+        result=result, face=face, box=box, energy=energy, given=_Recorder.frames, written=list(read_frames(out))
+    )
+
+
+def _part(frame: np.ndarray, box: tuple, rows: tuple[float, float], cols: tuple[float, float]) -> np.ndarray:
+    x1, y1, x2, y2 = box
+    w, h = x2 - x1, y2 - y1
+    return frame[y1 + round(rows[0] * h) : y1 + round(rows[1] * h), x1 + round(cols[0] * w) : x1 + round(cols[1] * w)]
+
+
+def _dark_area(frame: np.ndarray, box: tuple) -> int:
+    """Dark pixels in the mouth's region of the box: the middle half across, from under the nose to the chin."""
+    mouth = _part(frame, box, (0.50, 0.80), (0.25, 0.75))
+    return int((cv2.cvtColor(mouth, cv2.COLOR_BGR2GRAY) < DARK).sum())
+
+
+def test_the_mouth_opens_and_closes_with_the_speech(example: dict) -> None:
+    box, energy = example["box"], example["energy"]
+    assert example["result"].metrics["engine"] == "baseline"
+    assert len(example["given"]) == len(example["written"]) == len(energy) >= 55  # 25 fps over 2.4 s
+    closed = _dark_area(example["face"], box)
+    for frames in (example["given"], example["written"]):  # before and after the H.264 encoder
+        area = np.array([_dark_area(f, box) - closed for f in frames], np.float64)
+        assert np.corrcoef(area, energy)[0, 1] >= 0.8
+        assert area[energy < 0.05].max() <= 2  # the pause: the mouth is closed
+        mouth_pixels = _part(example["face"], box, (0.50, 0.80), (0.25, 0.75)).shape[:2]
+        assert area[energy > 0.8].min() >= 0.04 * np.prod(mouth_pixels)  # loud: a dark opening, not a line
+    assert (energy < 0.05).sum() >= 3 and (energy > 0.8).sum() >= 10  # the slice has both, so the test can fail
+
+
+def test_only_the_lower_face_changes_and_the_chin_keeps_its_colour(example: dict) -> None:
+    face, box = example["face"], example["box"]
+    x1, y1, x2, y2 = box
+    w, h = x2 - x1, y2 - y1
+    outside = np.ones(face.shape[:2], bool)
+    outside[y1 + round(0.45 * h) : y2, x1 + round(0.2 * w) : x2 - round(0.2 * w)] = False
+    # The chin under the lower lip moves down with the jaw, so its pixels change, but not its colour: the lower
+    # lip coming in from above and the jaw's edge leaving below roughly balance; a grey band shifts it by ~25.
+    chin_before = _part(face, box, CHIN, (0.35, 0.65)).reshape(-1, 3).astype(np.float64)
+    for frame in example["given"]:
+        assert np.abs(frame.astype(int) - face)[outside].max() <= 2
+        chin = _part(frame, box, CHIN, (0.35, 0.65)).reshape(-1, 3).astype(np.float64)
+        assert np.abs(chin.mean(0) - chin_before.mean(0)).max() < 6
+        assert np.abs(np.median(chin, 0) - np.median(chin_before, 0)).max() < 10
+
+
+def test_the_engine_finds_the_lips_and_leaves_silence_untouched() -> None:
+    face = cv2.imread(str(FACE))
+    box = FaceTracker().update(HaarDetector().detect([face])[0], face.shape).box
+    engine = BaselineEngine()
+    x1, y1, x2, y2 = box
+    crops = np.stack([cv2.resize(face[y1:y2, x1:x2], (engine.crop_size,) * 2, interpolation=cv2.INTER_AREA)] * 2)
+    line = mouth_line(crops[0])
+    assert 0.60 < line < 0.66  # between the upper teeth and the lower lip of the example face (by eye: 0.63)
+    grey = cv2.cvtColor(cv2.cvtColor(crops[0], cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
+    assert abs(mouth_line(grey) - line) < 0.03  # darkness alone finds it too
+    out = engine(np.zeros((2, 80, 16), np.float32), crops, np.array([0.0, 1.0], np.float32))
+    assert out.shape == (2, *crops.shape[1:3], 4)
+    assert np.array_equal(out[0, ..., :3], crops[0]) and out[0, ..., 3].max() == 0  # silence: nothing changes
+    opened, coverage = open_mouth(crops[1], line, engine.max_open)
+    assert np.array_equal(opened, out[1, ..., :3]) and np.array_equal(coverage, out[1, ..., 3])
+    edge = np.ones(coverage.shape, bool)
+    edge[2:-2, 2:-2] = False
+    assert coverage[edge].max() == 0 and coverage.max() == 1  # changes stay inside the box: no seam at its edge
+    changed = np.abs(opened - crops[1]).max(-1) > 0
+    assert not changed[coverage == 0].any()

@@ -1,0 +1,249 @@
+"""The first five minutes in a real headless Chromium: what a laptop (1366x768) and a phone (390x844) show on load,
+what the live telemetry costs an open page, and the Lip-sync example's result.
+
+One app for the module (conftest's running_app) and one browser; each test opens its own page.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urljoin
+
+import cv2
+import numpy as np
+import pytest
+from conftest import RunningApp, chromium_path
+
+from engine.core.audio import frame_energy, load_audio
+from engine.core.media import read_frames
+from engine.faces.detection import HaarDetector
+from engine.faces.tracking import FaceTracker
+
+sync_api = pytest.importorskip("playwright.sync_api")
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
+
+LAPTOP = {"width": 1366, "height": 768}
+PHONE = {"width": 390, "height": 844}
+TABS = ("Lip-sync", "Portrait animation", "ONNX eval", "GPU benchmark", "System")
+MAX_KIB_PER_S = 10.0  # what one open page may cost (the strip alone costs about 2 KiB/s on a CPU machine)
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+TICKS = "/gradio_api/run/predict"  # where the telemetry's queue-free events go
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator:
+    with sync_api.sync_playwright() as p:
+        chromium = p.chromium.launch(
+            executable_path=chromium_path(),
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"],
+        )
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture
+def open_page(browser, running_app: RunningApp) -> Iterator:
+    """open_page(viewport): a fresh page on the app, once its tabs and the first telemetry line are there."""
+    contexts = []
+
+    def open_(viewport: dict[str, int]):
+        context = browser.new_context(viewport=viewport)
+        contexts.append(context)
+        page = context.new_page()
+        page.goto(running_app.url, wait_until="domcontentloaded")
+        main_tab(page, "Lip-sync").wait_for(timeout=60_000)
+        sync_api.expect(page.locator("#telemetry-timestamp")).to_contain_text("Updated", timeout=60_000)
+        return page
+
+    yield open_
+    for context in contexts:
+        context.close()
+
+
+def main_tab(page, name: str):
+    """A tab of the main tab bar (the tabs inside a tab have tab bars of their own)."""
+    return page.locator("#ab-tabs [role=tablist]").first.get_by_role("tab", name=name, exact=True)
+
+
+def open_tab(page, name: str) -> None:
+    """Click a tab until it is selected: a click that lands while the page is still hydrating is lost."""
+    tab = main_tab(page, name)
+    for _ in range(3):
+        tab.click()
+        try:
+            sync_api.expect(tab).to_have_attribute("aria-selected", "true", timeout=10_000)
+            return
+        except AssertionError:
+            continue
+    sync_api.expect(tab).to_have_attribute("aria-selected", "true", timeout=10_000)
+
+
+def on_first_screen(page, locator, what: str) -> None:
+    """The element is wholly inside the viewport of a page that has not been scrolled."""
+    locator.wait_for(timeout=30_000)
+    box, view = locator.bounding_box(), page.viewport_size
+    assert page.evaluate("window.scrollY") == 0
+    assert box is not None, f"{what} is not displayed"
+    inside = box["x"] >= 0 and box["y"] >= 0
+    inside = inside and box["x"] + box["width"] <= view["width"] and box["y"] + box["height"] <= view["height"]
+    where = f"x={box['x']:.0f}+{box['width']:.0f}, y={box['y']:.0f}+{box['height']:.0f}"
+    print(f"{what}: {where}")
+    assert inside, f"{what} is at {where}, outside the {view['width']}x{view['height']} first screen"
+
+
+def first_example(page, gallery_id: str):
+    """The first example of a tab's gallery (its thumbnails, or the rows of a table of examples)."""
+    return page.locator(f"#{gallery_id}").locator(".gallery-item, tbody tr").first
+
+
+def test_a_laptop_shows_each_tabs_inputs_button_and_examples_on_the_first_screen(open_page) -> None:
+    page = open_page(LAPTOP)
+    header = page.locator("#ab-tabs [role=tablist]").first.bounding_box()
+    print(f"header (banner, telemetry strip, tab bar) ends at y={header['y'] + header['height']:.0f}")
+    sync_api.expect(page.locator("#telemetry-panel")).to_be_hidden()  # the full panel waits for "Details"
+    on_first_screen(page, page.get_by_role("button", name="Lip-sync", exact=True), "the Lip-sync button")
+    on_first_screen(page, first_example(page, "lipsync-examples"), "the first Lip-sync example")
+    open_tab(page, "Portrait animation")
+    on_first_screen(page, page.get_by_role("button", name="Animate", exact=True), "the Animate button")
+    on_first_screen(page, first_example(page, "portrait-examples"), "the first Portrait example")
+
+
+def test_a_phone_opens_every_tab_and_scrolls_the_doctors_fix_column_into_view(open_page) -> None:
+    page = open_page(PHONE)
+    for name in TABS:
+        sync_api.expect(main_tab(page, name)).to_be_visible()  # in the bar, none behind an overflow menu
+        open_tab(page, name)
+        page.wait_for_timeout(300)  # the tab's contents lay out
+        width = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
+        assert width[0] <= width[1], f"the {name} tab is {width[0]} px wide on a {width[1]} px screen: clipped"
+    sync_api.expect(page.locator("#smi-text")).to_contain_text("Host: CPU", timeout=30_000)  # refreshed once shown
+    fix = page.locator("#doctor-report th.ab-fix")
+    fix.wait_for(timeout=120_000)
+    scroller = page.locator("#doctor-report .ab-scroll")
+    widths = scroller.evaluate("e => [e.scrollWidth, e.clientWidth]")
+    assert widths[0] > widths[1], f"the doctor's table ({widths[0]} px) should scroll in its {widths[1]} px box"
+    fix.scroll_into_view_if_needed()
+    box = fix.bounding_box()
+    assert box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"], box
+    assert scroller.evaluate("e => e.scrollLeft") > 0  # the box scrolled, not the page
+
+
+class TrafficMeter:
+    """Bytes the page receives (responses with their headers, as they came over the network) and sends (request
+    bodies), from Chromium's own network events; and the telemetry responses' bodies."""
+
+    def __init__(self, page):
+        self.page, self.received, self.sent, self.ticks = page, 0, 0, []
+        self.on = False
+        cdp = page.context.new_cdp_session(page)
+        cdp.send("Network.enable")
+        cdp.on("Network.loadingFinished", self._finished)
+        cdp.on("Network.requestWillBeSent", self._sent)
+        page.on("response", lambda r: self.on and TICKS in r.url and self.ticks.append(r))
+
+    def _finished(self, event: dict) -> None:
+        if self.on:
+            self.received += event.get("encodedDataLength", 0)
+
+    def _sent(self, event: dict) -> None:
+        if self.on:
+            self.sent += len(event["request"].get("postData") or "")
+
+    def measure(self, seconds: float) -> tuple[float, list[str]]:
+        """KiB/s over the next `seconds`, and the bodies of the telemetry responses in that time."""
+        self.received = self.sent = 0
+        self.ticks = []
+        self.on, started = True, time.monotonic()
+        self.page.wait_for_timeout(seconds * 1000)
+        self.on, elapsed = False, time.monotonic() - started
+        bodies = [r.text() for r in self.ticks]
+        return (self.received + self.sent) / 1024 / elapsed, bodies
+
+
+def test_telemetry_costs_an_open_page_at_most_10_kib_per_s_and_plots_only_while_open(open_page) -> None:
+    page = open_page(LAPTOP)
+    meter = TrafficMeter(page)
+    page.wait_for_timeout(2000)  # past the page's first requests
+    collapsed, bodies = meter.measure(12)
+    print(f"telemetry strip: {collapsed:.2f} KiB/s")
+    assert len(bodies) >= 5  # the strip is live
+    assert collapsed <= MAX_KIB_PER_S, f"{collapsed:.1f} KiB/s with the full panel collapsed"
+    assert not [b for b in bodies if '"plotly"' in b], "the collapsed panel's plots were sent"
+
+    page.locator("#telemetry-toggle").click()
+    sync_api.expect(page.locator("#telemetry-util .js-plotly-plot")).to_be_visible(timeout=30_000)
+    opened, bodies = meter.measure(12)
+    print(f"telemetry strip and open panel: {opened:.2f} KiB/s")
+    assert [b for b in bodies if '"plotly"' in b], "the open panel's plots were not refreshed"
+    assert opened <= MAX_KIB_PER_S, f"{opened:.1f} KiB/s with the full panel open"
+
+    page.locator("#telemetry-toggle").click()
+    sync_api.expect(page.locator("#telemetry-panel")).to_be_hidden(timeout=10_000)
+    page.wait_for_timeout(1000)
+    _, bodies = meter.measure(8)
+    assert len(bodies) >= 3 and not [b for b in bodies if '"plotly"' in b], "plots were sent after collapsing"
+
+
+HIDE = """hidden => {
+  Object.defineProperty(document, "visibilityState", {configurable: true, get: () => hidden ? "hidden" : "visible"});
+  Object.defineProperty(document, "hidden", {configurable: true, get: () => hidden});
+  document.dispatchEvent(new Event("visibilitychange"));
+}"""
+
+
+def test_telemetry_pauses_while_the_page_is_hidden(open_page) -> None:
+    """As when the user switches to another browser tab: the page's visibilityState says hidden."""
+    page = open_page(LAPTOP)
+    page.locator("#telemetry-toggle").click()  # the open panel's timer pauses too
+    sync_api.expect(page.locator("#telemetry-util .js-plotly-plot")).to_be_visible(timeout=30_000)
+    meter = TrafficMeter(page)
+    page.evaluate(HIDE, True)
+    page.wait_for_timeout(1500)  # a request already on its way may still land
+    _, hidden = meter.measure(7)
+    stamp = page.locator("#telemetry-timestamp").inner_text()
+    assert hidden == [], f"{len(hidden)} telemetry update(s) reached a hidden page"
+    page.evaluate(HIDE, False)
+    _, visible = meter.measure(4)
+    assert len(visible) >= 2 and [b for b in visible if "telemetry-timestamp" in b]
+    sync_api.expect(page.locator("#telemetry-timestamp")).not_to_have_text(stamp, timeout=10_000)
+
+
+def _mouth_darkness(frame: np.ndarray, box: tuple[int, int, int, int]) -> int:
+    """Dark pixels (the mouth's inside) in the middle half of the box's width, from under the nose to the chin."""
+    x1, y1, x2, y2 = box
+    w, h = x2 - x1, y2 - y1
+    mouth = frame[y1 + round(0.50 * h) : y1 + round(0.80 * h), x1 + round(0.25 * w) : x1 + round(0.75 * w)]
+    return int((cv2.cvtColor(mouth, cv2.COLOR_BGR2GRAY) < 60).sum())
+
+
+def test_the_lipsync_example_makes_a_video_whose_mouth_moves_with_the_speech(open_page, tmp_path) -> None:
+    """What a newcomer does first: click the first example, press Lip-sync, watch the result (the baseline engine)."""
+    page = open_page(LAPTOP)
+    page.locator("#lipsync-examples .thumbnail-item").first.click()
+    sync_api.expect(page.locator("img[src*='face.jpg']").first).to_be_visible(timeout=30_000)  # the face's preview
+    page.get_by_role("button", name="Lip-sync", exact=True).click()
+    result = page.locator("#lipsync-result video")
+    result.wait_for(timeout=180_000)
+    response = page.request.get(urljoin(page.url, result.get_attribute("src")))
+    assert response.ok, response.status
+    (tmp_path / "result.mp4").write_bytes(response.body())
+    frames = list(read_frames(tmp_path / "result.mp4"))
+
+    face = cv2.imread(str(ASSETS / "face.jpg"))
+    box = FaceTracker().update(HaarDetector().detect([face])[0], face.shape).box
+    energy = frame_energy(load_audio(ASSETS / "speech.wav"), 25.0, len(frames))
+    closed = _mouth_darkness(face, box)
+    darkness = np.array([_mouth_darkness(f, box) - closed for f in frames], np.float64)
+    correlation = np.corrcoef(darkness, energy)[0, 1]
+    print(f"{len(frames)} frames; the mouth's dark area against the speech energy: r = {correlation:.3f}")
+    assert len(frames) >= 200 and frames[0].shape == face.shape  # 9 s of speech at 25 fps
+    assert correlation >= 0.8
+    assert darkness[energy > 0.8].min() > 0 and darkness[energy < 0.05].max() <= 2  # opens when loud, shut in pauses
+    _, top, _, bottom = box
+    upper = slice(0, top + (bottom - top) // 3)  # above the nose: untouched (H.264 aside)
+    assert max(np.abs(f[upper].astype(int) - face[upper]).mean() for f in frames) < 3

@@ -1,0 +1,319 @@
+"""Charts, tables and progress as the tabs show them: log axes labelled at real values, labels kept inside the
+figure, empty charts and empty columns hidden (the exports complete), one progress display per action, run counts
+scaled to the device, and a warning on a latency too scattered to trust."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("onnxruntime")
+gr = pytest.importorskip("gradio")
+
+import plotly.graph_objects as go  # noqa: E402
+from tiny_onnx import mlp  # noqa: E402
+
+import engine.bench.sweep as sweep_module  # noqa: E402
+import engine.onnx.evaluate as oe  # noqa: E402
+from engine.bench.config import SweepRequest  # noqa: E402
+from engine.bench.sweep import RANDOM_WEIGHTS_NOTE, BenchPoint, SweepConfig, rows_to_csv, run_sweep  # noqa: E402
+from engine.bench.workloads import onnx_model  # noqa: E402
+from engine.onnx import timing  # noqa: E402
+from engine.onnx.config import EvalConfig  # noqa: E402
+from engine.onnx.evaluate import evaluate  # noqa: E402
+from engine.onnx.model import ModelInfo, inspect_model  # noqa: E402
+from engine.runtimes.ort_session import OrtSession  # noqa: E402
+from ui import bench_report, onnx_report, widgets  # noqa: E402
+
+MODEL = Path("model.onnx")  # the request's model name; evaluate() runs the file it is handed
+SLOW_S = 0.05  # one run this much slower than the rest (the model's own runs take microseconds)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, ModelInfo]:
+    path = mlp(tmp_path_factory.mktemp("m") / "mlp.onnx")
+    return path, inspect_model(path)
+
+
+@pytest.fixture(scope="module")
+def onnx_result(model) -> dict:
+    path, info = model
+    return evaluate(path, info, EvalConfig(model=MODEL, batch_sizes=[1, 2, 4], runs=3, warmup=0))
+
+
+@pytest.fixture(scope="module")
+def sweep(model) -> dict:
+    path, info = model
+    points = [BenchPoint("ort-cpu", "fp32", 1, "cpu"), BenchPoint("ort-cpu", "fp32", 4, "cpu")]
+    return run_sweep(SweepConfig("mlp", points, runs=3, warmup=0), onnx_model(path, "mlp", info), None)
+
+
+# ---------------------------------------------------------------------------------------------- axes and labels
+
+
+def test_log_axes_are_labelled_at_the_batch_sizes(onnx_result: dict, sweep: dict) -> None:
+    for figure, batches in (
+        (onnx_report.throughput_figure([("", onnx_result)]), [1, 2, 4]),
+        (bench_report.throughput_figure(sweep), [1, 4]),
+    ):
+        axis = figure.layout.xaxis
+        assert axis.type == "log" and axis.tickmode == "array"
+        assert list(axis.tickvals) == batches and list(axis.ticktext) == [str(b) for b in batches]
+
+
+def test_many_values_get_one_two_five_ticks() -> None:
+    assert widgets.one_two_five(3, 700) == [2, 5, 10, 20, 50, 100, 200, 500, 1000]
+    assert widgets.one_two_five(0.3, 0.9) == [0.2, 0.5, 1]
+    fig = go.Figure(go.Scatter(x=[2**i for i in range(13)], y=list(range(13))))
+    axis = widgets.log_axis(fig, [2**i for i in range(13)]).layout.xaxis
+    assert list(axis.tickvals) == [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000]
+    assert list(axis.ticktext)[-3:] == ["1,000", "2,000", "5,000"]
+    assert widgets.log_axis(go.Figure(), []).layout.xaxis.type is None  # nothing to label: left alone
+
+
+def test_latency_memory_labels_stay_inside_the_figure(sweep: dict) -> None:
+    fig = bench_report.latency_memory_figure(sweep)
+    (points,) = fig.data
+    assert points.cliponaxis is False and points.mode == "markers+text"
+    assert [t.removesuffix(" ⚠️") for t in points.text] == ["b1", "b4"]  # what differs; the rest said once:
+    assert "cpu ort-cpu fp32" in fig.layout.title.text
+    # a label sits on the side of its point that faces the middle; neighbours one above, one below
+    middle = (min(points.x) + max(points.x)) / 2
+    sides = [position.split(" ")[1] for position in points.textposition]
+    assert sides == ["left" if x > middle else "right" for x in points.x]
+    assert sorted(position.split(" ")[0] for position in points.textposition) == ["bottom", "top"]
+    low, high = fig.layout.xaxis.range
+    assert low < min(points.x) and high > max(points.x)
+    low, high = fig.layout.yaxis.range
+    assert low < min(points.y) and high > max(points.y)
+    assert fig.layout.xaxis.automargin and fig.layout.yaxis.automargin
+    assert "process RSS peak" in fig.layout.xaxis.title.text  # what measured the memory on a CPU
+    assert fig.layout.legend.yref == "container"  # the legend under the plot, inside the figure
+
+
+# ---------------------------------------------------------------------------------------------- empty charts
+
+
+def test_charts_with_nothing_to_draw_are_hidden(onnx_result: dict, sweep: dict) -> None:
+    failed = {**sweep, "results": [{**r, "latency": None, "samples_per_s": None, "speedup": None, "telemetry": []}
+                                   for r in sweep["results"]]}  # fmt: skip
+    nothing = {
+        **onnx_result,
+        "results": [{**r, "times_ms": None, "samples_per_s": None} for r in onnx_result["results"]],
+    }
+    for empty in (
+        bench_report.speedup_figure(failed),
+        bench_report.throughput_figure(failed),
+        bench_report.latency_memory_figure(failed),
+        bench_report.telemetry_figure(failed),
+        bench_report.compare_figure([("a", "cpu", failed)]),
+        onnx_report.latency_figure(nothing),
+        onnx_report.throughput_figure([("", nothing)]),
+    ):
+        update = widgets.chart(empty)
+        assert update["visible"] is False and update["value"] is None, empty.layout.title.text
+    for drawn in (bench_report.telemetry_figure(sweep), onnx_report.latency_figure(onnx_result)):
+        update = widgets.chart(drawn)
+        assert update["visible"] is True and update["value"] is drawn
+    assert "yaxis2" not in bench_report.telemetry_figure(sweep).to_plotly_json()["layout"]  # no power axis on a CPU
+
+
+# ---------------------------------------------------------------------------------------------- tables
+
+
+def test_a_table_leaves_out_the_columns_every_row_leaves_empty() -> None:
+    shown = widgets.table(["a", "b", "c", "d"], [[0, None, "N/A", ""], ["", "", "x", " "]])
+    assert shown == {"headers": ["a", "c"], "data": [[0, "N/A"], ["", "x"]]}  # 0 is a value
+    assert widgets.table(["a", "b"], []) == {"headers": ["a", "b"], "data": []}
+    assert widgets.shown_table(["a"], [])["visible"] is False and widgets.shown_table(["a"], [[1]])["visible"]
+
+
+def test_cpu_results_hide_the_gpu_columns_and_the_exports_keep_them(onnx_result: dict, sweep: dict) -> None:
+    onnx = widgets.table(onnx_report.RESULT_HEADERS, onnx_report.result_rows(onnx_result))
+    hidden = set(onnx_report.RESULT_HEADERS) - set(onnx["headers"])
+    assert {"TRT build s", "device-resident p50 ms", "GPU mem Δ MiB", "process GPU MiB"} <= hidden
+    assert {"provider", "batch", "p50 ms", "samples/s"} <= set(onnx["headers"])
+    assert all(len(row) == len(onnx["headers"]) for row in onnx["data"])
+    assert all("trt_build_s" in row and "latency_iobinding" in row for row in onnx_result["results"])  # the JSON
+    bench = widgets.table(bench_report.RESULT_HEADERS, bench_report.result_rows(sweep))
+    assert {"% of peak", "peak alloc MiB", "device used MiB", "J/sample"} <= set(bench_report.RESULT_HEADERS) - set(
+        bench["headers"]
+    )
+    header = next(csv.reader(io.StringIO(rows_to_csv(sweep))))
+    assert {"percent_of_peak", "peak_allocated_bytes", "device_used_bytes", "energy_j_per_sample"} <= set(header)
+
+
+# ---------------------------------------------------------------------------------------------- spread
+
+
+def test_spread_warning_by_hand() -> None:
+    wide = timing.spread_warning({"p50_ms": 1.0, "p95_ms": 3.5, "mean_ms": 1.2, "std_ms": 0.5})
+    assert wide is not None and "p95 3.5 ms is 3.5x p50 1 ms" in wide and "std" not in wide
+    noisy = timing.spread_warning({"p50_ms": 1.0, "p95_ms": 2.0, "mean_ms": 1.0, "std_ms": 1.5})
+    assert noisy is not None and "std 1.5 ms exceeds the mean 1 ms" in noisy
+    assert timing.spread_warning({"p50_ms": 1.0, "p95_ms": 3.0, "mean_ms": 1.0, "std_ms": 1.0}) is None  # at the limit
+    assert timing.spread_warning(None) is None
+
+
+class _OneSlowRun(OrtSession):
+    """A real session whose `slow_call`-th run is SLOW_S slower: a measurable outlier among fast runs."""
+
+    slow_call = 0
+
+    def run(self, feeds):
+        self.calls = getattr(self, "calls", 0) + 1
+        if self.calls == self.slow_call:
+            time.sleep(SLOW_S)
+        return super().run(feeds)
+
+
+def test_a_scattered_onnx_latency_is_flagged_in_the_json_and_beside_the_chart(model, monkeypatch) -> None:
+    path, info = model
+    monkeypatch.setattr(_OneSlowRun, "slow_call", 11)  # the first run, then 10 timed: the last one is slow
+    monkeypatch.setattr(oe, "OrtSession", _OneSlowRun)
+    report = evaluate(path, info, EvalConfig(model=MODEL, batch_sizes=[1], runs=10, warmup=0))
+    (row,) = report["results"]
+    assert row["spread_warning"] and "spread too wide to trust" in row["spread_warning"]
+    assert f"cpu at batch 1: {row['spread_warning']}" in report["warnings"]  # the CLI prints the warnings
+    json.dumps(report)
+    assert (
+        "**cpu b1**" in onnx_report.spread_markdown(report) and "wide spread" in onnx_report.result_rows(report)[0][-1]
+    )
+    assert "⚠️" in onnx_report.latency_figure(report).data[0].name
+    assert "spread too wide" not in onnx_report.summary_markdown(report)  # said beside the charts, not twice
+
+
+def test_a_scattered_sweep_point_is_flagged(model, monkeypatch) -> None:
+    path, info = model
+    make = sweep_module.make_runtime
+
+    def one_slow_run(*args, **kwargs):
+        runtime, calls = make(*args, **kwargs), []
+        fast = runtime.run
+
+        def run() -> None:
+            calls.append(1)
+            if len(calls) == 11:  # the first run, then 10 timed: the last one is slow
+                time.sleep(SLOW_S)
+            fast()
+
+        runtime.run = run
+        return runtime
+
+    monkeypatch.setattr(sweep_module, "make_runtime", one_slow_run)
+    config = SweepConfig("mlp", [BenchPoint("ort-cpu", "fp32", 1, "cpu")], runs=10, warmup=0)
+    report = run_sweep(config, onnx_model(path, "mlp", info), None)
+    (row,) = report["results"]
+    assert row["spread_warning"] and row["spread_warning"] in row["warnings"]
+    assert "**cpu ort-cpu fp32 b1**" in bench_report.spread_markdown(report)
+    assert bench_report.result_rows(report)[0][-1] == "⚠️ wide spread (see beside the charts)"
+    assert row["spread_warning"] in rows_to_csv(report)
+
+
+# ---------------------------------------------------------------------------------------------- run counts
+
+
+def test_run_counts_by_hand() -> None:
+    assert timing.warmup_count(None, True, 5) == 1 and timing.warmup_count(None, False, 5) == 5
+    assert timing.warmup_count(3, True, 5) == 3 and timing.warmup_count(0, False, 5) == 0
+    assert timing.timed_count(None, False, 50, 10.0) == 50  # a GPU keeps the default
+    assert timing.timed_count(None, True, 50, 0.5) == timing.CPU_MIN_RUNS  # 4 would fit: the floor
+    assert timing.timed_count(None, True, 50, 0.1) == 20  # 2 s at 0.1 s per run
+    assert timing.timed_count(None, True, 50, 1e-5) == 50  # no more than the default
+    assert timing.timed_count(7, True, 50, 9.0) == 7  # given counts are kept
+
+
+def test_empty_onnx_counts_are_quick_on_the_cpu_and_said(model, monkeypatch) -> None:
+    path, info = model
+
+    class Sleepy(OrtSession):
+        def run(self, feeds):
+            time.sleep(0.01)
+            return super().run(feeds)
+
+    monkeypatch.setattr(oe, "OrtSession", Sleepy)
+    monkeypatch.setattr(timing, "CPU_BUDGET_S", 0.2)  # about 20 runs of 10 ms
+    report = evaluate(path, info, EvalConfig(model=MODEL, batch_sizes=[1]))
+    (row,) = report["results"]
+    runs = row["latency"]["n"]
+    assert row["warmup"] == timing.CPU_WARMUP and timing.CPU_MIN_RUNS <= runs < 50
+    (note,) = report["notes"]
+    assert "chosen for the CPU" in note and f"cpu b1 1 + {runs}" in note
+    assert note in onnx_report.summary_markdown(report)
+    fixed = evaluate(path, info, EvalConfig(model=MODEL, batch_sizes=[1], runs=3, warmup=0))
+    assert fixed["results"][0]["latency"]["n"] == 3 and fixed["results"][0]["warmup"] == 0 and fixed["notes"] == []
+
+
+def test_empty_sweep_counts_on_the_cpu(model) -> None:
+    path, info = model
+    config = SweepConfig("mlp", [BenchPoint("ort-cpu", "fp32", 2, "cpu")])
+    report = run_sweep(config, onnx_model(path, "mlp", info), None)
+    (row,) = report["results"]
+    runs = row["runs"]
+    assert row["warmup"] == 1 and runs == row["latency"]["n"]
+    assert timing.CPU_MIN_RUNS <= runs <= sweep_module.DEFAULT_RUNS  # microsecond runs: the default, unless preempted
+    assert f"cpu ort-cpu fp32 b2 1 + {runs}" in report["notes"][-2] and report["notes"][-1] == RANDOM_WEIGHTS_NOTE
+    planned = SweepRequest.build({}).plan(has_gpu=False)
+    assert [p.batch for p in planned.points] == [1, 4] and planned.runs is None and planned.warmup is None
+
+
+# ---------------------------------------------------------------------------------------------- widgets
+
+
+def test_tri_state_radios_write_the_api_switch_lists() -> None:
+    from ui.bench import CHANNELS_LAST_CHOICES, CUDNN_BENCHMARK_CHOICES
+
+    for choices, name in ((CHANNELS_LAST_CHOICES, "channels_last"), (CUDNN_BENCHMARK_CHOICES, "cudnn_benchmark")):
+        built = {label.split(" ")[0]: getattr(SweepRequest.build({name: value}), name) for label, value in choices}
+        assert set(built) == {"on", "off", "both"}
+        assert built["on"] == (True,) and built["off"] == (False,) and set(built["both"]) == {True, False}
+    both = SweepRequest.build({"channels_last": CHANNELS_LAST_CHOICES[2][1], "batch": "1"}).plan(has_gpu=False)
+    assert [p.channels_last for p in both.points] == [False, True]
+
+
+def _visible(block) -> bool:
+    while block is not None:
+        if getattr(block, "visible", True) is False:
+            return False
+        block = getattr(block, "parent", None)
+    return True
+
+
+def test_one_progress_display_per_action(tmp_path: Path) -> None:
+    """Every visible button's event shows its progress on one pane at most (Gradio's default: on every output)."""
+    from engine.bench.jobs import BenchJobs
+    from engine.core.settings import load_settings
+    from engine.jobs.broker import Broker
+    from engine.jobs.store import CPU, JobStore
+    from engine.onnx.jobs import OnnxEvalJobs
+    from ui.bench import build_bench_tab
+    from ui.jobs import Access, run_panel
+    from ui.onnx_eval import build_onnx_eval_tab
+
+    settings = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path / "data")})
+    settings.ensure_dirs()
+    with JobStore(settings.db_path, settings.data_dir / "blobs") as store, gr.Blocks() as demo:
+        handlers = {"onnx_eval": "engine.onnx.jobs:handle", "bench": "engine.bench.jobs:handle"}
+        broker = Broker(store, handlers, {CPU: 1})  # never started: only the wiring is read
+        build_onnx_eval_tab(settings, OnnxEvalJobs(broker, settings), Access())
+        build_bench_tab(settings, BenchJobs(broker, settings), Access())
+        outputs = [gr.Video(), gr.Markdown(), gr.Plot()]
+        run_panel(None, Access(), lambda report: (None, "", None), outputs, gr.Button("Cancel"))
+    checked = 0
+    for fn in demo.fns.values():
+        buttons = [demo.blocks[target] for target, _ in fn.targets if target in demo.blocks]
+        if fn.show_progress == "hidden" or not any(isinstance(b, gr.Button) and _visible(b) for b in buttons):
+            continue
+        panes = fn.show_progress_on or [o for o in fn.outputs if not isinstance(o, gr.State | gr.Timer)]
+        assert len(panes) <= 1, (fn.name, [type(o).__name__ for o in panes])
+        checked += 1
+    assert checked >= 10
+    reopen = next(fn for fn in demo.fns.values() if list(fn.outputs) == outputs)
+    assert list(reopen.show_progress_on) == [outputs[0]]  # the main result
+    plots = [b for b in demo.blocks.values() if isinstance(b, gr.Plot) and b is not outputs[2]]
+    assert plots and not any(p.visible for p in plots)  # no empty chart boxes before a result

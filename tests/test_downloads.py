@@ -1,0 +1,268 @@
+"""Getting the official weights from the Hub (engine/core/hub.py, `avatarbench weights`), against a stand-in Hub the
+test starts on 127.0.0.1 (tests/hub_standin.py): the list with sizes first, progress with the total, the licence
+accepted before Wav2Lip's files, a stopped download continued with a Range request, whole sets placed only when every
+file is checked, offline and unreachable refusals that say what to place where, one download at a time, and the files
+where the engines look for them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import free_port
+from hub_standin import StandInHub, random_bytes, running_hub
+
+from engine.core.errors import InputError
+from engine.core.hub import (
+    LIVEPORTRAIT,
+    WAV2LIP_S3FD,
+    download,
+    get_weights,
+    inventory,
+    list_files,
+    one_download_at_a_time,
+    partial_path,
+    size_text,
+)
+from engine.core.settings import Settings
+from engine.core.weights import S3FD, WAV2LIP, WeightsError, resolve, server_files
+
+ROOT = Path(__file__).resolve().parent.parent
+FACE = ROOT / "assets" / "face.jpg"
+
+LIVEPORTRAIT_FILES = {  # the Hub's layout, with sizes scaled down and decoys the engine does not need
+    "liveportrait/base_models/appearance_feature_extractor.pth": random_bytes(3_390, 1),
+    "liveportrait/base_models/motion_extractor.pth": random_bytes(113_000, 2),
+    "liveportrait/base_models/spade_generator.pth": random_bytes(222_000, 3),
+    "liveportrait/base_models/warping_module.pth": random_bytes(182_000, 4),
+    "liveportrait/retargeting_models/stitching_retargeting_module.pth": random_bytes(912, 5),
+    "liveportrait/landmark.onnx": random_bytes(115_000, 6),
+    "liveportrait_animals/base_models/motion_extractor.pth": random_bytes(1_000, 7),
+    "insightface/models/buffalo_l/2d106det.onnx": random_bytes(1_000, 8),
+    "README.md": b"# LivePortrait\n",
+}
+WAV2LIP_FILES = {  # camenduru/Wav2Lip's layout: the checkpoints folder of the Wav2Lip repository
+    "checkpoints/wav2lip_gan.pth": random_bytes(436_000, 9),
+    "checkpoints/wav2lip.pth": random_bytes(435_000, 10),
+    "checkpoints/s3fd-619a316812.pth": random_bytes(89_000, 11),
+    "checkpoints/README.md": b"Place all your checkpoints (.pth files) here.",
+    "inference.py": b"print('not ours')\n",
+}
+
+
+@pytest.fixture
+def hub() -> Iterator[StandInHub]:
+    with running_hub() as standin:
+        standin.add(LIVEPORTRAIT.repo, dict(LIVEPORTRAIT_FILES))
+        standin.add(WAV2LIP_S3FD.repo, dict(WAV2LIP_FILES))
+        standin.add("mirror/Wav2Lip", {"wav2lip_gan.pth": random_bytes(2000, 20), "s3fd.pth": random_bytes(900, 21)})
+        yield standin
+
+
+@pytest.fixture
+def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    return Settings(data_dir=tmp_path, weights_dir=tmp_path / "weights")
+
+
+def _recorder() -> tuple[list[tuple[float, str]], object]:
+    calls: list[tuple[float, str]] = []
+    return calls, lambda fraction, label: calls.append((fraction, label))
+
+
+def test_liveportrait_lands_where_the_engine_looks(hub: StandInHub, settings: Settings) -> None:
+    from engine.portrait.config import PortraitConfig
+    from engine.portrait.pipeline import weights_folder
+
+    plan = list_files(LIVEPORTRAIT, settings, endpoint=hub.url)
+    wanted = [p for p in LIVEPORTRAIT_FILES if p.startswith("liveportrait/")]
+    assert sorted(f.path for f in plan.files) == sorted(wanted)  # what the Hub lists, filtered by the patterns
+    assert plan.total_bytes == sum(len(LIVEPORTRAIT_FILES[p]) for p in wanted)
+    assert size_text(plan.total_bytes) in plan.describe().splitlines()[0]
+    calls, progress = _recorder()
+    fetched = get_weights("liveportrait", settings, progress=progress, endpoint=hub.url)
+    folder = settings.weights_dir / "liveportrait"
+    for path in wanted:
+        assert (settings.weights_dir / path).read_bytes() == LIVEPORTRAIT_FILES[path]
+    assert not (settings.weights_dir / "liveportrait_animals").exists()
+    assert not hub.downloads("2d106det.onnx") and not hub.downloads("README.md")  # decoys never requested
+    assert len(fetched.placed) == len(wanted) and not fetched.kept
+    # the engines' own lookups find them
+    assert weights_folder(PortraitConfig(FACE, FACE), settings) == folder
+    assert "liveportrait" in server_files(settings)
+    assert next(p for p in inventory(settings) if p.engine == "liveportrait").ready
+    assert not (settings.weights_dir / ".downloads").exists()  # the staging folder goes once the set is placed
+    # progress: fractions that only grow, to 1.0, each label with the total size
+    fractions = [f for f, _ in calls]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    total = size_text(plan.total_bytes)
+    assert all(f"of {total}" in label for _, label in calls[:-1]) and len(calls) > len(wanted)
+    # a second run fetches nothing
+    requests = len(hub.requests)
+    again = get_weights("liveportrait", settings, endpoint=hub.url)
+    assert not again.placed and len(again.kept) == len(wanted)
+    assert [r.path.split("?")[0] for r in hub.requests[requests:]] == [f"/api/models/{LIVEPORTRAIT.repo}"]
+
+
+def test_wav2lip_needs_its_licence_accepted(hub: StandInHub, settings: Settings) -> None:
+    with pytest.raises(InputError) as refused:
+        get_weights("wav2lip", settings, endpoint=hub.url)
+    message = str(refused.value)
+    assert "non-commercial" in message and "--accept-licence" in message and "\n" not in message
+    assert hub.requests == []  # refused before anything reached the network
+    plan = list_files(WAV2LIP_S3FD, settings, endpoint=hub.url)
+    with pytest.raises(InputError, match="non-commercial"):
+        download(plan, settings)  # the download itself checks too
+    fetched = get_weights("wav2lip", settings, accept_licence=True, endpoint=hub.url)
+    gan, s3fd = settings.weights_dir / "wav2lip_gan.pth", settings.weights_dir / "s3fd-619a316812.pth"
+    assert gan.read_bytes() == WAV2LIP_FILES["checkpoints/wav2lip_gan.pth"]
+    assert s3fd.read_bytes() == WAV2LIP_FILES["checkpoints/s3fd-619a316812.pth"]
+    assert sorted(fetched.placed) == sorted([gan, s3fd])
+    assert not hub.downloads("checkpoints/wav2lip.pth")  # one generator: the preferred name
+    assert resolve(WAV2LIP, settings) == gan and resolve(S3FD, settings) == s3fd  # where the lip-sync engine looks
+
+
+def test_a_partial_download_continues_with_a_range_request(hub: StandInHub, settings: Settings) -> None:
+    plan = list_files(LIVEPORTRAIT, settings, endpoint=hub.url)
+    big = next(f for f in plan.files if f.path.endswith("spade_generator.pth"))
+    data = LIVEPORTRAIT_FILES[big.path]
+    part = partial_path(settings, plan, big)
+    part.parent.mkdir(parents=True)
+    part.write_bytes(data[:150_000])  # what an earlier, interrupted run left
+    calls, progress = _recorder()
+    download(plan, settings, progress)
+    (request,) = hub.downloads(big.path)
+    assert request.range == "bytes=150000-" and request.sent == len(data) - 150_000  # only the rest was sent
+    assert big.target.read_bytes() == data
+    assert calls[0][0] > 0  # the kept bytes count as done from the start
+
+
+def test_a_dropped_connection_keeps_the_partial_and_places_nothing(hub: StandInHub, settings: Settings) -> None:
+    hub.cut_after["liveportrait/base_models/warping_module.pth"] = 50_000
+    with pytest.raises(WeightsError, match="run it again to continue") as stopped:
+        get_weights("liveportrait", settings, endpoint=hub.url)
+    assert "\n" not in str(stopped.value)
+    assert not (settings.weights_dir / "liveportrait").exists()  # no half set where the engine looks
+    assert server_files(settings) == {}
+    plan = list_files(LIVEPORTRAIT, settings, endpoint=hub.url)
+    warping = next(f for f in plan.files if f.path.endswith("warping_module.pth"))
+    assert partial_path(settings, plan, warping).stat().st_size == 50_000
+    before = {f.path: len(hub.downloads(f.path)) for f in plan.files}
+    get_weights("liveportrait", settings, endpoint=hub.url)
+    assert hub.downloads(warping.path)[-1].range == "bytes=50000-"
+    assert warping.target.read_bytes() == LIVEPORTRAIT_FILES[warping.path]
+    finished_first_time = [p for p, n in before.items() if n and p != warping.path]
+    assert finished_first_time and all(len(hub.downloads(p)) == before[p] for p in finished_first_time)
+
+
+def test_a_corrupt_partial_is_caught_by_the_hash(hub: StandInHub, settings: Settings) -> None:
+    plan = list_files(LIVEPORTRAIT, settings, endpoint=hub.url)
+    landmark = next(f for f in plan.files if f.path.endswith("landmark.onnx"))
+    part = partial_path(settings, plan, landmark)
+    part.parent.mkdir(parents=True)
+    part.write_bytes(b"\0" * 1000)
+    with pytest.raises(WeightsError, match="does not match the Hub's hash"):
+        download(plan, settings)
+    assert not part.exists() and not landmark.target.exists()
+    download(plan, settings)  # the next run starts that file over
+    assert landmark.target.read_bytes() == LIVEPORTRAIT_FILES[landmark.path]
+
+
+def test_a_server_that_ignores_range_starts_the_file_over(hub: StandInHub, settings: Settings) -> None:
+    hub.ignore_range = True
+    plan = list_files(LIVEPORTRAIT, settings, endpoint=hub.url)
+    motion = next(f for f in plan.files if f.path.endswith("motion_extractor.pth"))
+    part = partial_path(settings, plan, motion)
+    part.parent.mkdir(parents=True)
+    part.write_bytes(LIVEPORTRAIT_FILES[motion.path][:1000])
+    download(plan, settings)
+    assert motion.target.read_bytes() == LIVEPORTRAIT_FILES[motion.path]
+
+
+def test_offline_or_unreachable_says_what_to_place_where(
+    hub: StandInHub, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(WeightsError) as offline:
+        get_weights("wav2lip", settings, accept_licence=True, endpoint=hub.url)
+    text = str(offline.value)
+    assert "HF_HUB_OFFLINE" in text and "\n" not in text
+    assert f"at {settings.weights_dir / 'wav2lip_gan.pth'}" in text and "s3fd.pth" in text
+    with pytest.raises(WeightsError, match="liveportrait/base_models") as lp:
+        get_weights("liveportrait", settings, endpoint=hub.url)
+    assert str(settings.weights_dir) in str(lp.value)
+    assert hub.requests == []
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    with pytest.raises(WeightsError, match="the Hub is unreachable") as unreachable:
+        get_weights("liveportrait", settings, endpoint=f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    assert "\n" not in str(unreachable.value) and "liveportrait/landmark.onnx" in str(unreachable.value)
+
+
+def test_repositories_that_cannot_serve(hub: StandInHub, settings: Settings) -> None:
+    with pytest.raises(InputError, match="not OWNER/NAME"):
+        get_weights("liveportrait", settings, repo="../etc", endpoint=hub.url)
+    with pytest.raises(InputError, match="no public model repository no/such"):
+        get_weights("liveportrait", settings, repo="no/such", endpoint=hub.url)
+    hub.add("someone/partial", {"checkpoints/wav2lip_gan.pth": random_bytes(100, 12)})
+    with pytest.raises(WeightsError, match=r"has no s3fd\.pth or s3fd-619a316812\.pth"):
+        get_weights("wav2lip", settings, repo="someone/partial", accept_licence=True, endpoint=hub.url)
+    with pytest.raises(InputError, match="no weights called 'musetalk'"):
+        get_weights("musetalk", settings)
+    assert not settings.weights_dir.exists() or server_files(settings) == {}
+
+
+def test_one_download_at_a_time(hub: StandInHub, settings: Settings) -> None:
+    from filelock import FileLock
+
+    with one_download_at_a_time(settings), pytest.raises(WeightsError, match="another weights download"):
+        get_weights("liveportrait", settings, endpoint=hub.url)  # this process
+    with FileLock(settings.weights_dir / ".downloads.lock"), pytest.raises(WeightsError, match="another weights"):
+        get_weights("liveportrait", settings, endpoint=hub.url)  # another process holds the lock file
+    get_weights("liveportrait", settings, endpoint=hub.url)  # free again
+
+
+def test_hf_endpoint_is_honoured(hub: StandInHub, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """huggingface_hub reads HF_ENDPOINT when imported: its constants are what a fresh process would have."""
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setattr(constants, "ENDPOINT", hub.url)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", hub.url + "/{repo_id}/resolve/{revision}/{filename}")
+    get_weights("wav2lip", settings, accept_licence=True)
+    assert (settings.weights_dir / "wav2lip_gan.pth").is_file() and hub.downloads("wav2lip_gan.pth")
+
+
+def _cli(*args: str, hub: StandInHub, data: Path, **env: str) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "HF_ENDPOINT": hub.url, "AVATARBENCH_DATA_DIR": str(data),
+                   "HF_HUB_CACHE": str(data / "hub-cache"), **env}  # fmt: skip
+    environment.pop("HF_HUB_OFFLINE", None) if "HF_HUB_OFFLINE" not in env else None
+    return subprocess.run([sys.executable, "-m", "engine", "weights", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, env=environment, check=False)  # fmt: skip
+
+
+def test_the_command_line(hub: StandInHub, tmp_path: Path) -> None:
+    refused = _cli("get", "wav2lip", "--quiet", hub=hub, data=tmp_path)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "non-commercial" in refused.stderr
+    offline = _cli("get", "liveportrait", "--quiet", hub=hub, data=tmp_path, HF_HUB_OFFLINE="1")
+    assert offline.returncode == 3 and offline.stderr.count("\n") == 1 and "liveportrait/base_models" in offline.stderr
+    assert hub.requests == []
+    got = _cli("get", "liveportrait", hub=hub, data=tmp_path)
+    assert got.returncode == 0, got.stderr
+    listing = got.stdout.splitlines()
+    assert "6 files" in listing[0] and size_text(sum(len(v) for k, v in LIVEPORTRAIT_FILES.items()
+                                                     if k.startswith("liveportrait/"))) in listing[0]  # fmt: skip
+    assert any("motion_extractor.pth" in line and "to fetch" in line for line in listing)
+    assert "6 file(s) placed" in got.stdout and "100.0%" in got.stderr  # the bar reached the end
+    wav2lip = _cli("get", "wav2lip", "--accept-licence", "--quiet", hub=hub, data=tmp_path)
+    assert wav2lip.returncode == 0, wav2lip.stderr
+    status = _cli("list", hub=hub, data=tmp_path)
+    assert status.returncode == 0
+    assert [line.split()[:2] for line in status.stdout.splitlines()[1:4]] == [
+        ["liveportrait", "ready"], ["wav2lip", "ready"], ["s3fd", "ready"]]  # fmt: skip

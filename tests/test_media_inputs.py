@@ -1,0 +1,84 @@
+"""The Lip-sync and Portrait tabs' inputs: one field fed by one of several inputs (tabs), images handed on unread
+(the engine checks them), example thumbnails, and the API page's examples made from the configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+gr = pytest.importorskip("gradio")
+
+from engine.core.options import fields  # noqa: E402
+from engine.lipsync.config import LipSyncConfig  # noqa: E402
+from engine.portrait.config import PortraitConfig  # noqa: E402
+from ui.examples import SIDE, STRIP, Example, thumbnail  # noqa: E402
+from ui.forms import api_examples, form_handler, hidden_inputs  # noqa: E402
+from ui.media_inputs import checked_image, media_choice  # noqa: E402
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+
+
+def test_a_choice_hands_the_given_input_to_its_field_and_keeps_the_rest() -> None:
+    seen: list[dict] = []
+    with gr.Blocks():
+        face = media_choice("face", {"Photo": lambda: gr.Image(type="filepath"), "Video": lambda: gr.Video()})
+        audio = gr.Audio(type="filepath")
+    inputs = {"face": face, "audio": audio, "batch_size": gr.Number()}
+    handler = face.handler(form_handler(LipSyncConfig, inputs, lambda values, progress, request: seen.append(values),
+                                        "lip-sync"))  # fmt: skip
+    assert list(face.kwargs(inputs)) == ["face__photo", "face__video", "audio", "batch_size"]
+    handler(face__photo=None, face__video="clip.mp4", audio="speech.wav", batch_size=None)
+    handler(face__photo="face.jpg", face__video=None, audio="speech.wav", batch_size=8)
+    assert [v["face"] for v in seen] == ["clip.mp4", "face.jpg"]
+    assert seen[1] == {"face": "face.jpg", "audio": "speech.wav", "batch_size": 8}
+
+
+def test_setting_one_input_clears_the_others_and_shows_its_tab() -> None:
+    with gr.Blocks() as demo:
+        driving = media_choice("driving", {"Video": gr.Video, "Image": gr.Image, "Template": gr.File})
+    image = driving.inputs["Image"]
+    keep_one = next(f for f in demo.fns.values() if f.inputs == [image]).fn
+    tabs, *others = keep_one("pose.jpg")
+    assert tabs.selected == 1 and others == [None, None]  # the video and the template are cleared
+    assert all(update == {"__type__": "update"} for update in keep_one(None))  # clearing one changes nothing else
+
+
+def test_an_image_upload_reaches_the_engine_unread(tmp_path: Path) -> None:
+    """Gradio's Image would open a broken upload with PIL and fail without our message; ours hands it on."""
+    from gradio.data_classes import FileData
+
+    broken = tmp_path / "face.png"
+    broken.write_bytes(b"not an image" * 20)
+    with gr.Blocks():
+        image = checked_image(label="Face photo")
+    assert image.preprocess(FileData(path=str(broken), orig_name="face.png")) == str(broken)
+    assert image.preprocess(None) is None
+
+
+def test_a_thumbnail_shows_the_face_with_its_speech_as_a_waveform(tmp_path: Path) -> None:
+    example = Example("US voice", (ASSETS / "face.jpg", None, ASSETS / "speech.wav"))
+    picture = cv2.imread(str(thumbnail(example, (False, False, True), tmp_path, "t")))
+    assert picture.shape == (SIDE, SIDE, 3)
+    strip, face = picture[:STRIP], picture[STRIP:]
+    bars = (strip[..., 0].astype(int) - strip[..., 2].astype(int)) > 60  # the waveform's blue bars
+    assert 0.05 < bars.mean() < 0.9 and face.std() > 20  # a drawn waveform over a real picture
+    # A second picture goes in the corner instead (a portrait's driver).
+    driven = Example("own clip", (ASSETS / "face.jpg", ASSETS / "driving.mp4"))
+    corner = cv2.imread(str(thumbnail(driven, (False, False), tmp_path, "d")))
+    assert corner.shape == (SIDE, SIDE, 3) and not np.array_equal(corner, picture)
+
+
+@pytest.mark.parametrize("cls", [LipSyncConfig, PortraitConfig])
+def test_api_page_examples_are_the_defaults_and_the_given_files(cls) -> None:
+    files = {f.name: f"assets/{f.name}.bin" for f in fields(cls) if f.option.file}
+    with gr.Blocks(), api_examples(**files):
+        components = hidden_inputs(cls)
+    for f in fields(cls):
+        example = components[f.name].example_inputs()
+        if f.option.file:
+            assert example["url"] == files[f.name] and example["meta"] == {"_type": "gradio.FileData"}
+        else:  # what the page shows as the parameter's default, never Gradio's "Hello!!" or 3
+            assert example == components[f.name].value, f.name

@@ -1,0 +1,136 @@
+"""The telemetry strip and panel (ui/telemetry.py) from snapshots the tests make: what they draw, and that what a
+page is sent stays within its budget however many GPUs the machine has."""
+
+from __future__ import annotations
+
+import random
+import re
+
+import pytest
+
+pytest.importorskip("gradio")
+
+from engine.system.telemetry import GpuSample, HostSample, Snapshot
+from ui import telemetry
+from ui.telemetry import RefreshPeriods, current_values_html, history_figures, sparkline, strip_html
+
+NO_GPU = "no NVIDIA GPU visible (the NVML library (libnvidia-ml.so.1) was not found)"
+
+
+def _history(gpus: int, seconds: int = 600, interval: float = 1.0, power: bool = True, seed: int = 0) -> list:
+    """A full history of noisy samples (the worst case for the payload: every value differs)."""
+    rng = random.Random(seed)
+    start = 1_700_000_000.0
+    snaps = []
+    for i in range(int(seconds / interval)):
+        host = HostSample(rng.uniform(0, 100), 16, int(rng.uniform(8, 30) * 2**30), 128 * 2**30, 2**30, 12.5)
+        cards = [
+            GpuSample(
+                index=k,
+                name="NVIDIA H200",
+                util_gpu_percent=float(rng.randint(0, 100)),
+                util_memory_percent=float(rng.randint(0, 100)),
+                memory_used_bytes=int(rng.uniform(1, 140) * 2**30),
+                memory_total_bytes=141 * 2**30,
+                temperature_c=float(rng.randint(30, 80)),
+                power_w=rng.uniform(80, 700) if power else None,
+                power_limit_w=700.0 if power else None,
+                performance_state="P0",
+                throttle_reasons=["software power cap"],
+            )
+            for k in range(gpus)
+        ]
+        snaps.append(Snapshot(start + i * interval, host, cards, gpu_status="" if gpus else NO_GPU))
+    return snaps
+
+
+def _points(svg: str) -> list[list[tuple[int, int]]]:
+    """The absolute points of each piece of a sparkline's path ("M0 9l2-3 2 1M8 4l2 0")."""
+    pieces = []
+    for piece in re.findall(r"M[^M']+", svg):
+        numbers = [int(n) for n in re.findall(r"-?\d+", piece)]
+        x, y = numbers[0], numbers[1]
+        points = [(x, y)]
+        for dx, dy in zip(numbers[2::2], numbers[3::2], strict=True):
+            x, y = x + dx, y + dy
+            points.append((x, y))
+        pieces.append(points)
+    return pieces
+
+
+def test_a_sparkline_draws_its_values_on_their_scale_newest_at_the_right_with_gaps() -> None:
+    pieces = _points(sparkline([0.0, 50.0, 100.0, None, 100.0, 25.0], 100))
+    right, bottom = telemetry.SPARK_WIDTH, telemetry.SPARK_HEIGHT - 1
+    assert pieces == [
+        [(right - 10, bottom), (right - 8, 8), (right - 6, 1)],  # 0 at the bottom, 100 at the top
+        [(right - 2, 1), (right, 12)],  # after the gap left by None
+    ]
+    assert _points(sparkline([250.0, -5.0], 100)) == [[(right - 2, 1), (right, bottom)]]  # clipped to the box
+
+
+def test_a_long_history_is_averaged_down_to_the_sparklines_points() -> None:
+    values = [float(i % 2) * 100 for i in range(600)]  # alternating 0 and 100: averages of 50
+    (piece,) = _points(sparkline(values, 100))
+    assert len(piece) == telemetry.SPARK_POINTS and {y for _, y in piece} == {8}
+    assert piece[0][0] == 0 and piece[-1][0] == telemetry.SPARK_WIDTH
+
+
+def test_the_strip_has_one_line_per_gpu_and_one_for_the_host() -> None:
+    snaps = _history(2, seconds=60)
+    strip = strip_html(snaps[-1], snaps, 1.0)
+    assert strip.count("class='ab-strip-line'") == 3
+    assert "<b>GPU 0</b>" in strip and "<b>GPU 1</b>" in strip and "<b>Host</b>" in strip
+    assert strip.count("<svg") == 2 * 3 + 2  # util, memory, power a GPU; CPU and RAM
+    assert "throttled: software power cap" in strip and "P0" in strip
+    assert re.search(r"id='telemetry-timestamp'[^>]*>Updated \d\d:\d\d:\d\d · every 1 s<", strip)
+
+
+def test_without_a_gpu_the_strip_is_the_host_line_and_says_why() -> None:
+    snaps = _history(0, seconds=60)
+    strip = strip_html(snaps[-1], snaps, 1.0)
+    assert strip.count("class='ab-strip-line'") == 1 and "GPU 0" not in strip
+    assert "no NVIDIA GPU visible" in strip and "libnvidia-ml.so.1" in strip  # the reason, on hover
+    without_power = _history(1, seconds=60, power=False)
+    assert strip_html(without_power[-1], without_power, 1.0).count("<svg") == 2 + 2  # no empty power line
+
+
+def test_the_panel_plots_no_power_chart_where_no_gpu_reports_power() -> None:
+    cpu = _history(0, seconds=60)
+    assert [f.layout.title.text for f in history_figures(cpu, 1.0, with_power=False)] == ["Utilisation", "Memory"]
+    gpu = _history(1, seconds=60)
+    figures = history_figures(gpu, 1.0, with_power=telemetry.has_power_readings(gpu[-1]))
+    assert [f.layout.title.text for f in figures] == ["Utilisation", "Memory", "GPU power"]
+    assert not telemetry.has_power_readings(cpu[-1])
+
+
+def test_the_plots_span_the_history_in_seconds_before_now_and_keep_a_gap_where_sampling_stopped() -> None:
+    snaps = _history(1)
+    util = history_figures(snaps, 1.0)[0].data[0]
+    assert len(util.y) == telemetry.PLOT_POINTS and util.x is None
+    bucket = 600 / telemetry.PLOT_POINTS  # each point is the mean of this many seconds, placed at their mean time
+    assert util.x0 == pytest.approx(-600, abs=bucket) and util.x0 + util.dx * (len(util.y) - 1) > -bucket
+    stalled = snaps[:300] + [Snapshot(s.timestamp + 120, s.host, s.gpus) for s in snaps[300:]]  # 2 min suspended
+    util = history_figures(stalled, 1.0)[0].data[0]
+    steps = [b - a for a, b in zip(util.x, util.x[1:], strict=False)]
+    assert max(steps) > 100 and -bucket < util.x[-1] <= 0
+
+
+@pytest.mark.parametrize("gpus", [0, 1, 2, 8, 16])
+def test_what_a_page_is_sent_stays_within_10_kib_per_s_for_any_number_of_gpus(gpus: int) -> None:
+    """The strip and the open panel, as Gradio sends them (the HTML; each figure's JSON), with every value noisy,
+    divided by their refresh periods: each within its share, together with room for HTTP headers."""
+    snaps = _history(gpus, power=gpus > 0)
+    periods = RefreshPeriods.for_machine(gpus, gpus > 0, 1.0)
+    strip = len(strip_html(snaps[-1], snaps[-60:], periods.strip_s).encode())
+    panel = len(current_values_html(snaps[-1]).encode())
+    panel += sum(len(f.to_json().encode()) for f in history_figures(snaps, 1.0, with_power=gpus > 0))
+    strip_rate, panel_rate = strip / periods.strip_s, panel / periods.panel_s
+    assert strip_rate <= telemetry.STRIP_BUDGET_BYTES_S, (strip, periods)
+    assert panel_rate <= telemetry.PANEL_BUDGET_BYTES_S, (panel, periods)
+    assert periods.strip_s == 1.0 or gpus >= 4  # a usual machine's strip is live every second
+    assert strip_rate + panel_rate <= 9.5 * 1024
+
+
+def test_the_strip_never_refreshes_faster_than_the_sampler() -> None:
+    assert RefreshPeriods.for_machine(0, False, 0.2).strip_s == 1.0
+    assert RefreshPeriods.for_machine(0, False, 3.0) == RefreshPeriods(3.0, 5.0)
