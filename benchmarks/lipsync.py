@@ -5,28 +5,37 @@ there tiled to length):
   video    a 1280x720, 25 fps clip of the portrait drifting, with 10 s of speech
   image    the 512x512 portrait, with 40 s of speech
   network  the Wav2Lip generator alone, by batch size and precision (CUDA events on the GPU)
-  upstream with --upstream PATH (a Rudrabha/Wav2Lip checkout): its inference.py on the same inputs
-           with --box (its detector skipped), against our pipeline with the same fixed box, in the
-           same run; prints upstream time / ours.
+  side by side  with --upstream PATH (a Rudrabha/Wav2Lip checkout): for the image and the video case, our
+           `avatarbench lipsync` command and upstream's inference.py, each a separate process (so each pays
+           its start-up, imports and model loading, with the process settings its users get), in turn for
+           --pairs rounds (ours, upstream, ours, upstream, ...): the same random checkpoint, the same fixed
+           face box (--box on both: no detection), fp32 on the CPU (CUDA hidden from both), our engine
+           forced to wav2lip. Per run: wall time and peak RSS (the kernel's, from wait4); per side their
+           medians and spreads; per pair upstream wall / ours and our peak RSS / upstream's, with the
+           median and spread of those ratios (the figures to quote). The outputs are not compared (the
+           encoders differ). --only-side-by-side skips the in-process runs and the network sweep.
   targets  speed targets as ratios of two network rows measured side by side in this run (fp16 over
            fp32 at the same batch, where both ran), each with its floor: printed, written, and the exit
            status is 1 when one is missed (tests make no timing assertions).
 Weights are random-initialised in the official checkpoint format: speed does not depend on
 trained values. Usage:
-  python benchmarks/lipsync.py [--device auto] [--quick] [--compile] [--upstream PATH] [--out DIR]
-                               [--label TEXT] [--note TEXT]
+  python benchmarks/lipsync.py [--device auto] [--quick] [--compile] [--upstream PATH [--pairs 3]
+                               [--only-side-by-side]] [--out DIR] [--label TEXT] [--note TEXT]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
+import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -36,6 +45,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks import paired  # noqa: E402
 from benchmarks.recording import RESULTS, add_context_flags, header, result_path, write_result  # noqa: E402
 from engine.core.audio import SAMPLE_RATE, load_audio  # noqa: E402
 from engine.core.device import apply_backend_flags, capabilities, resolve_device  # noqa: E402
@@ -74,6 +84,17 @@ sys.path.insert(0, upstream)
 sys.argv = [upstream + "/inference.py"] + sys.argv[2:]
 runpy.run_path(upstream + "/inference.py", run_name="__main__")
 """
+
+SIDE_BY_SIDE_NOTES = [
+    "Both sides: the same random checkpoint in the official layout, the same fixed face box (--box on both, so "
+    "neither detects faces), fp32 on the CPU with CUDA hidden from both, each run a separate process; wall_s and "
+    "peak_rss_bytes are the whole process (start-up, imports, loading, inference, writing).",
+    "Ours runs as users run it (`avatarbench lipsync` with its defaults: batch, the feathered lower-face paste) and "
+    "writes an H.264 MP4 with the speech; upstream's inference.py pastes the face rectangle, writes an OpenCV AVI, "
+    "then muxes it with the speech by calling ffmpeg (muxed_with_ffmpeg: whether that ran; without ffmpeg on the "
+    "PATH it is skipped, which shortens upstream's time). The outputs are not compared.",
+    "Upstream runs through a shim that only makes librosa >= 0.10 accept its positional mel arguments.",
+]
 
 
 def write_speech(path: Path, seconds: float) -> Path:
@@ -218,36 +239,120 @@ def speed_targets(network: list[dict], batch: int = TARGET_BATCH) -> list[dict]:
     return rows
 
 
-def run_upstream(upstream: Path, checkpoint: Path, face: Path, speech: Path, box: tuple, work: Path) -> dict:
-    """Upstream's inference.py in a subprocess (cwd with the temp/ folder it writes to)."""
-    (work / "temp").mkdir(parents=True, exist_ok=True)
-    shim = work / "upstream_shim.py"
-    shim.write_text(UPSTREAM_SHIM)
-    x1, y1, x2, y2 = box
-    command = [
-        sys.executable,
-        str(shim),
-        str(upstream.resolve()),
-        "--checkpoint_path",
-        str(checkpoint),
-        "--face",
-        str(face),
-        "--audio",
-        str(speech),
-        "--outfile",
-        str(work / "upstream.mp4"),
-        "--box",
-        str(y1),
-        str(y2),
-        str(x1),
-        str(x2),
-    ]
-    start = time.perf_counter()
-    proc = subprocess.run(command, cwd=work, capture_output=True, text=True, check=False)
-    wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise RuntimeError(f"upstream inference.py failed:\n{proc.stderr[-3000:]}")
-    return {"wall_s": wall, "muxed_with_ffmpeg": (work / "upstream.mp4").exists()}
+@dataclass(frozen=True)
+class Case:
+    """One side-by-side input: a face (image or video), speech, and the face box both sides are given."""
+
+    name: str
+    face: Path
+    speech: Path
+    box: tuple[int, int, int, int]  # x1, y1, x2, y2
+    inputs: str
+
+
+def ours_lipsync(case: Case, checkpoint: Path, work: Path) -> list[str]:
+    """`avatarbench lipsync` on the case: wav2lip forced, fp32 on the CPU, the fixed box (no detection)."""
+    stem = work / f"ours-{case.name.replace(' ', '-')}"
+    return [
+        *paired.avatarbench_command(), "lipsync", "--face", str(case.face), "--audio", str(case.speech),
+        "--engine", "wav2lip", "--checkpoint", str(checkpoint), "--precision", "fp32",
+        "--box", ",".join(map(str, case.box)), "--device", "cpu", "--out", f"{stem}.mp4", "--json", f"{stem}.json",
+        "--quiet",
+    ]  # fmt: skip
+
+
+def upstream_inference(upstream: Path, case: Case, checkpoint: Path, folder: Path) -> list[str]:
+    """Upstream's inference.py through the shim, with the same box in its order (top, bottom, left, right); run in
+    `folder`, which holds the temp/ folder it writes to."""
+    x1, y1, x2, y2 = case.box
+    return [
+        sys.executable, str(folder / "upstream_shim.py"), str(upstream.resolve()), "--checkpoint_path",
+        str(checkpoint), "--face", str(case.face), "--audio", str(case.speech), "--outfile", str(folder / "result.mp4"),
+        "--box", str(y1), str(y2), str(x1), str(x2),
+    ]  # fmt: skip
+
+
+def run_ours(command: list[str], env: dict[str, str], _round: int = 0) -> dict:
+    run = paired.run_measured(command, cwd=ROOT, env=env)
+    if run.returncode:
+        raise paired.ProcessFailed(run)
+    result = json.loads(Path(command[command.index("--json") + 1]).read_text())
+    return {
+        "wall_s": run.wall_s,
+        "peak_rss_bytes": run.peak_rss_bytes,
+        "frames": result["metrics"]["frames"],
+        "batch_size": result["metrics"]["batch_size"],
+        "in_process_wall_s": result["measurement"].get("wall_s"),
+        "stages_s": {stage["name"]: stage["seconds"] for stage in result["stages"]},
+    }
+
+
+def run_upstream(command: list[str], folder: Path, env: dict[str, str], _round: int = 0) -> dict:
+    out = folder / "result.mp4"
+    out.unlink(missing_ok=True)
+    run = paired.run_measured(command, cwd=folder, env=env)
+    if run.returncode:
+        raise paired.ProcessFailed(run)
+    frames = re.search(r"Length of mel chunks: (\d+)", run.output)
+    return {
+        "wall_s": run.wall_s,
+        "peak_rss_bytes": run.peak_rss_bytes,
+        "frames": int(frames.group(1)) if frames else None,
+        "muxed_with_ffmpeg": out.exists(),  # its last step; without ffmpeg on the PATH it is skipped (and not timed)
+    }
+
+
+def side_by_side(upstream: Path, checkpoint: Path, cases: list[Case], pairs: int, work: Path) -> dict:
+    """Each case in alternating whole-process runs of ours and upstream's; see the module's docstring."""
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "AVATARBENCH_DEVICE": "cpu"}
+    names = {
+        str(work): "<work>",
+        str(ROOT) + os.sep: "",
+        str(upstream.resolve()): "<upstream>",
+        sys.executable: "python",
+    }
+    rows = []
+    for case in cases:
+        folder = work / f"upstream-{case.name.replace(' ', '-')}"
+        (folder / "temp").mkdir(parents=True, exist_ok=True)
+        (folder / "upstream_shim.py").write_text(UPSTREAM_SHIM)
+        ours, theirs = ours_lipsync(case, checkpoint, work), upstream_inference(upstream, case, checkpoint, folder)
+        row = {
+            "case": case.name,
+            "inputs": case.inputs,
+            "box": list(case.box),
+            "commands": {"ours": paired.command_text(ours, names), "upstream": paired.command_text(theirs, names)},
+        }
+        sides = {"ours": partial(run_ours, ours, env), "upstream": partial(run_upstream, theirs, folder, env)}
+        print(f"side by side, {case.name} ({case.inputs}), box {case.box}:", flush=True)
+        try:
+            runs = paired.interleaved(sides, pairs, report=_print_run)
+        except paired.ProcessFailed as exc:  # keep the rest of the report
+            print(exc, flush=True)
+            rows.append({**row, "error": str(exc)[-2000:]})
+            continue
+        comparison = paired.compare(runs, reference="upstream")
+        print("\n".join(paired.table_lines(comparison)), flush=True)
+        rows.append({**row, **comparison})
+    return {
+        "upstream": "Rudrabha/Wav2Lip inference.py (librosa mel shim only)",
+        "pairs": pairs,
+        "round_order": ["ours", "upstream"],
+        "device": "cpu",
+        "precision": "fp32",
+        "torch_threads": torch.get_num_threads(),
+        "notes": SIDE_BY_SIDE_NOTES,
+        "cases": rows,
+    }
+
+
+def _print_run(side: str, round_: int, figures: dict) -> None:
+    peak = figures["peak_rss_bytes"] / 2**30
+    print(
+        f"  round {round_ + 1} {side:<9} {figures['wall_s']:8.2f} s  peak RSS {peak:.2f} GiB  "
+        f"{figures.get('frames')} frames",
+        flush=True,
+    )
 
 
 def main() -> int:
@@ -255,10 +360,11 @@ def main() -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--quick", action="store_true", help="short inputs (3 s video, 8 s image), small sweep")
     parser.add_argument("--compile", action="store_true", help="add torch.compile to the network sweep (CUDA)")
-    parser.add_argument("--upstream", type=Path, help="a Rudrabha/Wav2Lip checkout to time beside ours")
+    paired.add_side_by_side_flags(parser, "Rudrabha/Wav2Lip", "in-process runs, no network sweep")
     parser.add_argument("--out", type=Path, default=RESULTS, help="the folder the JSON goes to")
     add_context_flags(parser)
     args = parser.parse_args()
+    paired.check_side_by_side_flags(parser, args, "inference.py")
 
     device = resolve_device(args.device).device
     caps = capabilities(device)
@@ -276,34 +382,28 @@ def main() -> int:
     def config(face: Path, speech: Path, out: str, **kw) -> tuple[LipSyncConfig, Path, str]:
         return LipSyncConfig(face=face, audio=speech, checkpoint=str(checkpoint), **kw), work / out, str(device)
 
-    rows = [
-        end_to_end("video 720p", config(video, speech_video, "video.mp4"), settings),
-        end_to_end("image", config(FACE, speech_image, "image.mp4"), settings),
-    ]
-    batches = [1, 16, 64, 128, 256, 512] if cuda else [1, 16, 64, 128]
-    precisions = ["fp32", "tf32", "fp16", "bf16"] if cuda else ["fp32"]  # CPU bf16 convolutions crawl without AMX
-    if args.quick:
-        batches = [b for b in batches if b in (16, 128, 512)]
-    network = network_sweep(checkpoint, device, batches, precisions, args.compile)
-    targets = speed_targets(network)
+    rows, network, targets = [], [], []
+    if not args.only_side_by_side:
+        rows = [
+            end_to_end("video 720p", config(video, speech_video, "video.mp4"), settings),
+            end_to_end("image", config(FACE, speech_image, "image.mp4"), settings),
+        ]
+        batches = [1, 16, 64, 128, 256, 512] if cuda else [1, 16, 64, 128]
+        precisions = ["fp32", "tf32", "fp16", "bf16"] if cuda else ["fp32"]  # CPU bf16 convolutions crawl without AMX
+        if args.quick:
+            batches = [b for b in batches if b in (16, 128, 512)]
+        network = network_sweep(checkpoint, device, batches, precisions, args.compile)
+        targets = speed_targets(network)
 
-    upstream = None
+    side_by_side_report = None
     if args.upstream:
-        first = next(iter(__import__("engine.core.media", fromlist=["read_frames"]).read_frames(video)))
-        box = FaceTracker().update(HaarDetector().detect([first])[0], first.shape).box
-        ours = end_to_end("video, fixed box", config(video, speech_video, "fixed.mp4", box=box), settings)
-        try:
-            theirs = run_upstream(args.upstream, checkpoint, video, speech_video, box, work / "upstream")
-        except RuntimeError as exc:  # keep the rest of the report
-            upstream = {"box": box, "ours": ours, "error": str(exc)[-2000:]}
-            print(exc, flush=True)
-        else:
-            upstream = {"box": box, "ours": ours, "upstream": theirs, "speedup": theirs["wall_s"] / ours["wall_s"]}
-            print(
-                f"upstream inference.py {theirs['wall_s']:.2f} s vs ours {ours['wall_s']:.2f} s: "
-                f"{upstream['speedup']:.2f}x (upstream's ffmpeg mux ran: {theirs['muxed_with_ffmpeg']})",
-                flush=True,
-            )
+        face = work / "face.jpg"  # upstream tells images from videos by the text after the path's first dot
+        face.write_bytes(FACE.read_bytes())
+        cases = [
+            Case("image", face, speech_image, fixed_box(face), f"512x512 still, {image_s:g} s of speech"),
+            Case("video 720p", video, speech_video, fixed_box(video), f"1280x720 25 fps, {video_s:g} s"),
+        ]
+        side_by_side_report = side_by_side(args.upstream, checkpoint, cases, args.pairs, work)
 
     report = {
         **header("lipsync", args),
@@ -319,11 +419,20 @@ def main() -> int:
         "end_to_end": rows,
         "network": network,
         "targets": targets,
-        "upstream": upstream,
+        "side_by_side": side_by_side_report,
     }
-    suffix = "-quick" if args.quick else ""
+    suffix = ("-quick" if args.quick else "") + ("-side-by-side" if args.only_side_by_side else "")
     write_result(report, result_path("lipsync", caps.name if cuda else None, suffix, folder=args.out))
     return 0 if all(t["met"] for t in targets) else 1
+
+
+def fixed_box(face: Path) -> tuple[int, int, int, int]:
+    """The face box both sides get: our detector and tracker (with its default pads) on the first frame."""
+    from engine.core.media import is_image, load_image, read_frames
+
+    first = load_image(face) if is_image(face) else next(iter(read_frames(face)))
+    box = FaceTracker().update(HaarDetector().detect([first])[0], first.shape).box
+    return tuple(int(v) for v in box)
 
 
 if __name__ == "__main__":

@@ -155,6 +155,58 @@ def _network_pivot(network: list[dict[str, Any]]) -> str:
     return table(headers, ([*kind, *(rate(kind, b) for b in batches)] for kind in kinds))
 
 
+def _span(stats: dict[str, Any], unit: str, scale: float = 1.0) -> str:
+    """A side-by-side figure: the median, and the extremes over the rounds ('12.30 s (11.90 … 12.80)')."""
+    low, mid, high = (number(stats[k] / scale) for k in ("min", "median", "max"))
+    return f"{mid}{unit} ({low} … {high})"
+
+
+SIDE_BY_SIDE_TIMES = {"per_frame_s": "per frame", "wall_s": "whole process"}
+
+
+def _side_by_side_rows(comparison: dict[str, Any], time_keys: Sequence[str], lead: Sequence[Any] = ()) -> list[list]:
+    """One row per side: its medians (extremes), then its per-round ratios against upstream (time: upstream / side,
+    above 1 the side is faster; peak RSS: side / upstream, below 1 the side is smaller)."""
+    rows = []
+    for name, side in comparison["sides"].items():
+        summary, ratios = side["summary"], comparison["ratios"].get(name, {})
+        batch = side["runs"][0].get("batch_size")
+        rows.append([
+            *lead, name, batch if batch is not None else NONE, len(side["runs"]),
+            *(_span(summary[k], " s") if k in summary else NONE for k in time_keys),
+            _span(summary["peak_rss_bytes"], " GiB", 2**30),
+            *(_span(ratios[k], "x") if k in ratios else NONE for k in (*time_keys, "peak_rss_bytes")),
+        ])  # fmt: skip
+    return rows
+
+
+def _side_by_side_headers(time_keys: Sequence[str], lead: Sequence[str] = ()) -> list[str]:
+    times = [SIDE_BY_SIDE_TIMES[k] for k in time_keys]
+    return [*lead, "side", "batch", "runs", *times, "peak RSS", *(f"upstream / side, {t}" for t in times),
+            "side / upstream, peak RSS"]  # fmt: skip
+
+
+def _lipsync_side_by_side(record: dict[str, Any]) -> str:
+    sbs = record["side_by_side"]
+    rows, notes = [], []
+    for case in sbs["cases"]:
+        if "error" in case:
+            notes.append(f"{case['case']}: upstream or ours failed: {case['error'].splitlines()[-1]}")
+            continue
+        rows += _side_by_side_rows(case, ("wall_s",), lead=[f"{case['case']} ({case['inputs']})"])
+        muxed = {r.get("muxed_with_ffmpeg") for r in case["sides"]["upstream"]["runs"]}
+        mux = "ran" if muxed == {True} else "did not run (no ffmpeg: its time is if anything short)"
+        notes.append(f"{case['case']}: fixed box {case['box']}; upstream's final ffmpeg mux {mux}.")
+    text = (
+        f"Side by side with {sbs['upstream']}: {sbs['pairs']} rounds of {' then '.join(sbs['round_order'])}, each a "
+        f"separate process, {sbs['precision']} on the {sbs['device']} ({sbs['torch_threads']} threads); medians, "
+        "extremes in brackets:"
+    )
+    table_text = table(_side_by_side_headers(("wall_s",), lead=["case"]), rows) if rows else ""
+    notes = [*sbs.get("notes", []), *notes]
+    return "\n\n".join(part for part in (text, table_text, "\n".join(f"- {note}" for note in notes)) if part)
+
+
 def render_lipsync(paths: list[Path]) -> str:
     parts = []
     for path in paths:
@@ -166,6 +218,9 @@ def render_lipsync(paths: list[Path]) -> str:
             f"image {inputs['image']}."
         )
         rows = [_lipsync_case(row) for row in r["end_to_end"]]
+        if not rows and not r.get("upstream"):  # a side-by-side-only run
+            parts.append(_lipsync_side_by_side(r))
+            continue
         upstream, comparison = r.get("upstream"), ""
         if upstream:
             rows.append(_lipsync_case(upstream["ours"]))
@@ -181,8 +236,11 @@ def render_lipsync(paths: list[Path]) -> str:
                 comparison = f"\n\nUpstream's inference.py failed: {upstream['error'].splitlines()[-1]}"
         headers = ["case", "frames", "wall", "frames/s", "batch", "precision", "encoder", "slowest stage"]
         parts.append(table(headers, rows) + comparison)
-        parts.append("The generator alone, samples/s (median of the timed forwards after warm-up):")
-        parts.append(_network_pivot(r["network"]))
+        if r.get("side_by_side"):
+            parts.append(_lipsync_side_by_side(r))
+        if r["network"]:
+            parts.append("The generator alone, samples/s (median of the timed forwards after warm-up):")
+            parts.append(_network_pivot(r["network"]))
         if r.get("targets"):
             parts.append("Speed targets, measured side by side in this run:")
             parts.append(table(
@@ -286,14 +344,32 @@ def render_portrait(paths: list[Path]) -> str:
                 millis(mods["warping_ms"] + mods["decoder_ms"]), _frames(e2e), _portrait_run(first),
                 _portrait_run(again),
             ])  # fmt: skip
-        baseline = r["baseline"]
+        baseline = r.get("baseline")
+        if baseline is None:  # a side-by-side-only run
+            parts.append(_portrait_side_by_side(r["side_by_side"]))
+            continue
         first, again = _portrait_runs(baseline)
         rows.append(["baseline engine (no weights)", NONE, *(NONE for _ in MODULES), NONE, _frames(baseline),
                      _portrait_run(first), _portrait_run(again)])  # fmt: skip
         headers = ["backend", "precision", *MODULES, "per frame (warping + decoder)", "frames", "first run",
                    "re-run"]  # fmt: skip
         parts.append(table(headers, rows))
+        if r.get("side_by_side"):
+            parts.append(_portrait_side_by_side(r["side_by_side"]))
     return "\n\n".join(parts)
+
+
+def _portrait_side_by_side(sbs: dict[str, Any]) -> str:
+    text = (
+        f"Side by side with {sbs['upstream']}: {sbs['frames']} driving frames, {sbs['pairs']} rounds of "
+        f"{', then '.join(sbs['round_order'])}, each a separate process, {sbs['precision']} on the {sbs['device']} "
+        f"({sbs['torch_threads']} threads); medians, extremes in brackets:"
+    )
+    if "error" in sbs:
+        return f"{text} failed: {sbs['error'].splitlines()[-1]}"
+    keys = ("per_frame_s", "wall_s")
+    notes = "\n".join(f"- {note}" for note in sbs["notes"])
+    return f"{text}\n\n{table(_side_by_side_headers(keys), _side_by_side_rows(sbs, keys))}\n\n{notes}"
 
 
 def render_broker(paths: list[Path]) -> str:

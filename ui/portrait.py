@@ -22,7 +22,6 @@ from ui.widgets import (
     chart,
     kept,
     measurement_line,
-    number,
     optional_number,
     server_file_picker,
     slider,
@@ -139,7 +138,7 @@ def build_portrait_tab(settings: Settings, jobs: PortraitJobs, access: Access) -
                     roll = slider(c, "roll", "Head roll (°)", step=1)
                 with gr.Row():
                     max_frames = optional_number(c, "max_frames", "Max frames (empty: all)", "all")
-                    batch_size = number(c, "batch_size", "Batch size")
+                    batch_size = optional_number(c, "batch_size", "Batch size", "auto: 8 on a GPU, 1 on a CPU")
                     save_template = gr.Checkbox(
                         value=default(c, "save_template"), label="Save the driving motion as a template"
                     )

@@ -36,10 +36,12 @@ def _bench(args: argparse.Namespace) -> int:
 
     from engine.bench.sweep import rows_to_csv, run_sweep
     from engine.core.device import resolve_device
+    from engine.core.memory import keep_freed_memory
     from engine.core.progress import ProgressBar
     from engine.core.settings import get_settings
 
     request, settings = from_args(SweepRequest, args), get_settings()
+    keep_freed_memory()  # this process runs the models, as a job worker would (engine/core/memory.py)
     settings.ensure_dirs()
     has_gpu = torch.cuda.is_available()
     config = request.plan(has_gpu)

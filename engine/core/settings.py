@@ -48,6 +48,17 @@ def _number(env: dict[str, str], name: str, default: float, lo: float, hi: float
     return value
 
 
+def _switch(env: dict[str, str], name: str, default: bool) -> bool:
+    raw = (_env(env, name) or "").lower()
+    if not raw:
+        return default
+    if raw in ("1", "on", "true", "yes"):
+        return True
+    if raw in ("0", "off", "false", "no"):
+        return False
+    raise SettingsError(f"{PREFIX}{name}={raw!r} is not on or off; expected 1 or 0")
+
+
 def validate_device_spec(spec: str) -> str:
     """Accept auto, cpu, cuda or cuda:N; anything else is an error naming what is accepted."""
     spec = spec.strip().lower()
@@ -102,6 +113,7 @@ class Settings:
     upload_cache_hours: float = 6.0
     store_budget_gb: float = 10.0
     store_max_age_days: float = 30.0
+    keep_freed_memory: bool = True
     wav2lip_checkpoint: str | None = None
     s3fd_checkpoint: str | None = None
     liveportrait_dir: str | None = None
@@ -192,6 +204,12 @@ DOCUMENTED: dict[str, tuple[str, str]] = {
         "days a stored job input or output is kept after its last use, 0.1..36500 (default 30); the job's record "
         "stays and says which file was removed",
     ),
+    "KEEP_FREED_MEMORY": (
+        "keep_freed_memory",
+        "1 | 0 (default 1): processes that run models (job workers, and the lipsync, portrait, bench and onnx eval "
+        "commands) keep the memory they free instead of returning it to the kernel after every layer (glibc on "
+        "Linux; elsewhere nothing changes); their RSS stays at its high-water mark; the web process never does this",
+    ),
     "WAV2LIP_CHECKPOINT": (
         "wav2lip_checkpoint",
         "Wav2Lip generator checkpoint: a path, or hf:OWNER/REPO/FILE (downloaded only when online); "
@@ -240,6 +258,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         upload_cache_hours=_number(env, "UPLOAD_CACHE_HOURS", 6.0, 0.1, 720.0),
         store_budget_gb=_number(env, "STORE_BUDGET_GB", 10.0, 0.1, 100_000.0),
         store_max_age_days=_number(env, "STORE_MAX_AGE_DAYS", 30.0, 0.1, 36_500.0),
+        keep_freed_memory=_switch(env, "KEEP_FREED_MEMORY", True),
         wav2lip_checkpoint=_env(env, "WAV2LIP_CHECKPOINT"),
         s3fd_checkpoint=_env(env, "S3FD_CHECKPOINT"),
         liveportrait_dir=_env(env, "LIVEPORTRAIT_DIR"),

@@ -4,7 +4,9 @@ Workers are spawned (never forked: a fork after CUDA initialised is undefined), 
 kill or a hang takes down only this process and its one job; the broker (engine/jobs/broker.py) notices, fails
 that job with the reason and starts a replacement. Everything process-wide (TF32, cudnn.benchmark, threads,
 ONNX Runtime's stderr capture) is set here, per job, where no other job can see it. What a handler loads stays
-loaded for the next job (the networks, ORT sessions and source features the rooms cache).
+loaded for the next job (the networks, ORT sessions and source features the rooms cache). Workers run models, so
+glibc keeps freed memory here while a job runs and gives it back when the job ends (engine/core/memory.py); the web
+process never does this.
 
 Handlers are named "module:function" (a kind's code is imported here, never in the web process) and called as
 `handler(job, progress, context) -> dict`, the result stored as the job's result with the measurement of its
@@ -25,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.core.errors import AvatarbenchError
+from engine.core.memory import keep_freed_memory, release_freed_memory
 from engine.core.settings import Settings, get_settings
 from engine.jobs.store import Job, JobStore
 
@@ -107,6 +110,8 @@ def run_job(job: Job, context: WorkerContext, kinds: dict[str, str]) -> None:
         store.fail(job.id, f"internal error: {type(exc).__name__}: {exc}")
     else:
         log.info("job %s (%s) done", job.id, job.kind)
+    finally:
+        release_freed_memory()  # the next job's peak is its own; an idle worker keeps only what is in use
 
 
 def serve(spec: WorkerSpec, wake: multiprocessing.synchronize.Event, stop: multiprocessing.synchronize.Event) -> None:
@@ -117,6 +122,7 @@ def serve(spec: WorkerSpec, wake: multiprocessing.synchronize.Event, stop: multi
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     parent = os.getppid()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
+    kept = keep_freed_memory()  # before any job: the networks' scratch buffers are reused, not faulted in again
     store = JobStore(spec.db_path, spec.blobs_dir)
     context = WorkerContext(store, get_settings(), spec.device)
     if spec.device.startswith("cuda"):  # N workers on one card: 1/N of its memory each
@@ -126,7 +132,7 @@ def serve(spec: WorkerSpec, wake: multiprocessing.synchronize.Event, stop: multi
 
         set_memory_fraction(context.settings.gpu_memory_fraction / spec.max_running, torch.device(spec.device))
     pid = os.getpid()
-    log.info("worker for %s ready", spec.device)
+    log.info("worker for %s ready (freed memory %s)", spec.device, "kept" if kept else "returned to the kernel")
     while not stop.is_set() and os.getppid() == parent:  # an orphan (the app was killed) stops at once
         wake.clear()  # before claiming: a wake-up that lands during the claim is still seen by the wait below
         job = store.claim_next(spec.device, pid, spec.max_running)

@@ -35,14 +35,15 @@ class ConvUnit(nn.Module):
     ) -> None:
         super().__init__()
         self.conv_block = nn.Sequential(nn.Conv2d(cin, cout, kernel_size, stride, padding), nn.BatchNorm2d(cout))
-        self.act = nn.ReLU()
         self.residual = residual  # a Python constant: torch.compile and ONNX export see a fixed graph
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.conv_block(x)
+        # In place, into the BatchNorm's fresh output (nothing else holds it; its backward needs only its input):
+        # the same values with one full-size buffer fewer per unit, which lowers the CPU's peak memory.
         if self.residual:
-            y = y + x
-        return self.act(y)
+            y += x
+        return torch.relu_(y)
 
 
 class ConvTransposeUnit(nn.Module):
@@ -55,10 +56,9 @@ class ConvTransposeUnit(nn.Module):
         self.conv_block = nn.Sequential(
             nn.ConvTranspose2d(cin, cout, kernel_size, stride, padding, output_padding), nn.BatchNorm2d(cout)
         )
-        self.act = nn.ReLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.conv_block(x))
+        return torch.relu_(self.conv_block(x))  # in place, as in ConvUnit
 
 
 def _residuals(channels: int, count: int) -> list[nn.Module]:
@@ -131,11 +131,27 @@ class Wav2Lip(nn.Module):
         self.output_block = nn.Sequential(ConvUnit(80, 32, 3, 1, 1), nn.Conv2d(32, 3, 1, 1, 0), nn.Sigmoid())
 
     def forward(self, mel: torch.Tensor, face: torch.Tensor) -> torch.Tensor:
+        return self.decode(mel, self.encode_face(face))
+
+    def encode_face(self, face: torch.Tensor) -> list[torch.Tensor]:
+        """The face encoder's seven stage outputs (96x96 down to 1x1), the decoder's skip connections.
+
+        Separate from ``decode`` so a caller whose crops do not change (a still photo) can encode one crop
+        once and reuse its skips for every frame; ``forward`` composes the two, so its numerics are the same.
+        """
         skips = []
         x = face
         for block in self.face_encoder_blocks:
             x = block(x)
             skips.append(x)
+        return skips
+
+    def decode(self, mel: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
+        """The audio encoder and the decoder: the generated crops from the mel windows and ``encode_face``'s skips.
+
+        Every op here reads the skips and none writes them, so they may be one sample's expanded to the batch
+        (though on the CPU torch.cat copies such stride-0 views slowly: Wav2LipEngine copies them out first).
+        """
         x = self.audio_encoder(mel)
         for block, skip in zip(self.face_decoder_blocks, reversed(skips), strict=True):
             x = torch.cat((block(x), skip), dim=1)
@@ -143,10 +159,20 @@ class Wav2Lip(nn.Module):
 
 
 def load_wav2lip(
-    path: str | os.PathLike[str], device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+    path: str | os.PathLike[str],
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    channels_last: bool = False,
 ) -> Wav2Lip:
-    """The generator with the weights in ``path``, in eval mode on ``device``; CheckpointError names any wrong file."""
-    return load_into(Wav2Lip(), path, WAV2LIP_EXPECTED, device, dtype)
+    """The generator with the weights in ``path``, in eval mode on ``device``; CheckpointError names any wrong file.
+
+    ``channels_last`` lays the weights out NHWC before they are loaded (loading copies into that layout), so no
+    second copy of the 145 MB of weights is made to convert them afterwards.
+    """
+    model = Wav2Lip()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return load_into(model, path, WAV2LIP_EXPECTED, device, dtype)
 
 
 def random_wav2lip_checkpoint(

@@ -41,12 +41,14 @@ def _inspect_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from engine.core.memory import keep_freed_memory
     from engine.core.progress import ProgressBar
     from engine.core.settings import get_settings
     from engine.onnx.evaluate import Placement, evaluate
     from engine.onnx.uploads import model_source, prepared
 
     config, settings = from_args(EvalConfig, args), get_settings()
+    keep_freed_memory()  # this process runs the model, as a job worker would (engine/core/memory.py)
     source = model_source(config.model, config.example, settings)
     with prepared(source, settings, config.symbol_values) as (path, info), ProgressBar(args.quiet) as bar:
         placement = Placement(gpu_memory_fraction=settings.gpu_memory_fraction)

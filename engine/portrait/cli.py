@@ -13,12 +13,14 @@ from engine.portrait.config import PortraitConfig
 
 def _portrait(args: argparse.Namespace) -> int:
     from engine.core.device import resolve_device
+    from engine.core.memory import keep_freed_memory
     from engine.core.progress import ProgressBar
     from engine.core.settings import get_settings
     from engine.jobs.measure import describe, measured
     from engine.portrait.pipeline import run_portrait
 
     config = from_args(PortraitConfig, args)
+    keep_freed_memory()  # this process runs the model: glibc keeps its freed scratch memory (engine/core/memory.py)
     device = str(resolve_device(args.device or get_settings().device).device)  # the one the pipeline resolves
     with ProgressBar(args.quiet) as bar, measured(device) as window:
         result = run_portrait(config, args.out, progress=bar, device=args.device)

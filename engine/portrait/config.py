@@ -77,7 +77,10 @@ class PortraitConfig(Config):
         False, help="close an open source mouth before relative motion (upstream's flag_normalize_lip; off there too)"
     )
     max_frames: int | None = option(None, help="stop after N driving frames (empty: all)", low=1)
-    batch_size: int = option(8, help="frames rendered per batch", low=1, high=256)
+    batch_size: int | None = option(
+        None, help="frames rendered per batch (empty: 8 on a GPU, 1 on the CPU, where bigger batches are slower per "
+        "frame and need more memory)", low=1, high=256,
+    )  # fmt: skip
     save_template: bool = option(False, help="also save the driving motion as a template (.npz beside the video)")
 
     def problems(self) -> list[str]:

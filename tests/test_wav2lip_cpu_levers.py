@@ -1,0 +1,148 @@
+"""Wav2Lip's CPU levers (issue #17): a still face encoded once, channels_last on the CPU, a small CPU batch.
+
+Each lever must leave the frames as they were: the generator's outputs are compared with its full forward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from engine.core.device import capabilities
+from engine.lipsync.engines import CPU_BATCH_SIZE, Wav2LipEngine, auto_batch_size
+from engine.models.wav2lip import FACE_SIZE, MEL_SHAPE, load_wav2lip, random_wav2lip_checkpoint
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """Small batches in many calls: on a shared CPU, two threads meeting at every layer's barrier wait far longer
+    than the work takes (the results do not depend on the thread count)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("wav2lip_levers") / "wav2lip.pth"
+    random_wav2lip_checkpoint(path, seed=0)
+    return path
+
+
+def engine(checkpoint: Path, channels_last: bool = True) -> Wav2LipEngine:
+    return Wav2LipEngine(checkpoint, CPU, capabilities(CPU), "fp32", channels_last=channels_last)
+
+
+def crops_of(seed: int, count: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (count, FACE_SIZE, FACE_SIZE, 3), dtype=np.uint8)
+
+
+def full_forward(
+    model: torch.nn.Module, mels: np.ndarray, crops: np.ndarray, layout: torch.memory_format
+) -> np.ndarray:
+    """The generator's full forward, the input made here as upstream's inference makes it (on the model's device,
+    in its dtype); (B, S, S, 3) in [0, 1], float32."""
+    weight = next(model.parameters())
+    faces = torch.from_numpy(crops).permute(0, 3, 1, 2).float() / 255.0
+    masked = faces.clone()
+    masked[:, :, FACE_SIZE // 2 :] = 0
+    face = torch.cat([masked, faces], dim=1).to(weight.device, weight.dtype).contiguous(memory_format=layout)
+    mel = torch.from_numpy(mels).unsqueeze(1).to(weight.device, weight.dtype)
+    with torch.inference_mode():
+        return model(mel, face).float().permute(0, 2, 3, 1).cpu().numpy()
+
+
+def test_forward_is_decode_of_encode_face(checkpoint) -> None:
+    model = load_wav2lip(checkpoint)
+    generator = torch.Generator().manual_seed(3)
+    mel, face = (
+        torch.randn(2, *MEL_SHAPE, generator=generator),
+        torch.rand(2, 6, FACE_SIZE, FACE_SIZE, generator=generator),
+    )
+    with torch.inference_mode():
+        skips = model.encode_face(face)
+        assert [tuple(s.shape[1:]) for s in skips] == [
+            (16, 96, 96), (32, 48, 48), (64, 24, 24), (128, 12, 12), (256, 6, 6), (512, 3, 3), (512, 1, 1)
+        ]  # fmt: skip
+        assert torch.equal(model(mel, face), model.decode(mel, skips))
+
+
+def test_identical_crops_are_encoded_once_and_give_the_full_forward(checkpoint) -> None:
+    gen = engine(checkpoint)
+    face, other = crops_of(1, 1), crops_of(2, 1)
+    mels = np.random.default_rng(0).standard_normal((14, 80, 16)).astype(np.float32)  # a different mel per frame
+    expected = full_forward(gen.model, mels, np.repeat(face, 14, 0), torch.channels_last)
+    mixed = np.concatenate([face, other, face])
+    expected_mixed = full_forward(gen.model, mels[9:12], mixed, torch.channels_last)
+    expected_other = full_forward(gen.model, mels[12:14], np.repeat(other, 2, 0), torch.channels_last)
+    encoder_batches: list[int] = []  # the batch size of each face encoder run, from here on
+    gen.model.face_encoder_blocks[0].register_forward_hook(lambda m, i, o: encoder_batches.append(i[0].shape[0]))
+
+    def run(start: int, crops: np.ndarray) -> np.ndarray:
+        out = gen(mels[start : start + len(crops)], crops, np.zeros(len(crops), np.float32)) / 255.0
+        assert out.shape == (len(crops), FACE_SIZE, FACE_SIZE, 3)
+        return out
+
+    first = run(0, np.repeat(face, 3, 0))  # the first batch: one crop encoded
+    assert encoder_batches == [1]
+    assert np.abs(first[0] - first[1]).mean() > 1e-3  # each frame follows its own mel, so a mix-up would show
+    later = run(3, np.repeat(face, 3, 0))  # a later batch: the encoder does not run again
+    one = run(6, face.copy())  # a batch of one
+    last = run(7, np.repeat(face, 2, 0))  # the last, shorter batch
+    assert encoder_batches == [1]
+    assert np.abs(np.concatenate([first, later, one, last]) - expected[:9]).max() <= 1e-5
+
+    assert np.abs(run(9, mixed) - expected_mixed).max() <= 1e-5  # crops that differ take the full forward
+    assert encoder_batches == [1, 3]
+
+    crops = np.repeat(other, 2, 0)  # another still face is encoded, not served from the kept one
+    assert np.abs(run(12, crops) - expected_other).max() <= 1e-5
+    crops[:] = face  # the caller reuses its array: the kept crop is a copy, so this is seen as a new face
+    assert np.abs(run(12, crops) - expected[12:14]).max() <= 1e-5
+    assert encoder_batches == [1, 3, 1, 1]
+
+
+def test_channels_last_is_on_for_the_cpu_and_changes_nothing_visible(checkpoint) -> None:
+    on, off = engine(checkpoint), engine(checkpoint, channels_last=False)
+    assert on.channels_last and not off.channels_last
+    weight = on.model.face_encoder_blocks[1][0].conv_block[0].weight
+    assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+    crops = crops_of(6, 4)  # all different: the full forward
+    mels = np.random.default_rng(6).standard_normal((4, 80, 16)).astype(np.float32)
+    a = on(mels, crops, np.zeros(4, np.float32)) / 255.0
+    b = off(mels, crops, np.zeros(4, np.float32)) / 255.0
+    assert np.abs(a - b).max() <= 1e-4
+    assert np.abs(a - full_forward(off.model, mels, crops, torch.contiguous_format)).max() <= 1e-4
+    # The still path in the plain layout too (the default one is covered above).
+    still = np.repeat(crops[:1], 4, 0)
+    expected = full_forward(off.model, mels, still, torch.contiguous_format)
+    assert np.abs(off(mels, still, np.zeros(4, np.float32)) / 255.0 - expected).max() <= 1e-5
+
+
+def test_the_cpu_batch_is_small() -> None:
+    assert CPU_BATCH_SIZE == 16
+    assert auto_batch_size(CPU, "fp32") == 16
+    assert auto_batch_size(CPU, "bf16") == 16
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_the_still_path_on_the_gpu(checkpoint, precision) -> None:
+    device = torch.device("cuda")
+    gen = Wav2LipEngine(checkpoint, device, capabilities(device), precision)
+    crops = np.repeat(crops_of(7, 1), 16, 0)
+    mels = np.random.default_rng(7).standard_normal((16, 80, 16)).astype(np.float32)
+    out = np.concatenate([gen(mels[:12], crops[:12], np.zeros(12)), gen(mels[12:], crops[12:], np.zeros(4))]) / 255.0
+    err = np.abs(out - full_forward(gen.model, mels, crops, torch.channels_last))
+    assert np.abs(out[0] - out[1]).mean() > 1e-3  # the mels matter, so a mix-up would show
+    if precision == "fp32":  # TF32 is off: only batch-size dependent kernel choices differ
+        assert err.max() <= 1e-4
+    else:  # fp16 rounding through random weights, as in tests/test_gpu.py's fp16 check, and far less on average
+        assert err.mean() <= 0.5 / 255 and err.max() <= 40 / 255
