@@ -43,11 +43,10 @@ def server_file_picker(settings: Any, label: str) -> gr.Dropdown:
     return gr.Dropdown(["", *server_files(settings)], value="", label=label, allow_custom_value=True)
 
 
-def number(cls: type[Config], name: str, label: str, **extra: Any) -> gr.Number:
-    """A number box at the field's default (empty where the field accepts None). No bounds here: the config checks
-    the range, with the same words as the CLI and the API. `extra`: more gr.Number arguments (info, elem_id)."""
-    kind = 0 if field(cls, name).type is int else None
-    return gr.Number(value=default(cls, name), label=label, precision=kind, **extra)
+def number(cls: type[Config], name: str, label: str) -> gr.Number:
+    """A number box at the field's default, for fields that are never empty (optional_number for those that may be).
+    No bounds here: the config checks the range, with the same words as the CLI and the API."""
+    return gr.Number(value=default(cls, name), label=label, precision=0 if field(cls, name).type is int else None)
 
 
 def optional_number(cls: type[Config], name: str, label: str, empty: str, **extra: Any) -> gr.Textbox:
