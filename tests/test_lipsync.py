@@ -277,9 +277,9 @@ def test_a_video_without_duration_is_read_no_further_than_the_limit(media, tmp_p
 
     limits = []
 
-    def read_frames_spy(path, max_seconds=None):
+    def read_frames_spy(path, max_seconds=None, threads=None):
         limits.append(max_seconds)
-        return read_frames(path, max_seconds=max_seconds)
+        return read_frames(path, max_seconds=max_seconds, threads=threads)
 
     monkeypatch.setattr(pipeline, "read_frames", read_frames_spy)
     short = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path / "data"), "AVATARBENCH_MAX_SECONDS": "1"})

@@ -104,7 +104,8 @@ def test_a_bad_setting_is_one_line_and_other_c_libraries_are_left_alone(monkeypa
 
 def freed_memory(job: Job, progress: Any, context: Any) -> dict:
     """A job kind for the broker below: whether this worker keeps freed memory, and whether a freed block stays."""
-    return {"kept": memory.memory_kept(), "pid": os.getpid(), **_rss_after_a_freed_block()}
+    omp = os.environ.get("OMP_WAIT_POLICY")
+    return {"kept": memory.memory_kept(), "pid": os.getpid(), "omp": omp, **_rss_after_a_freed_block()}
 
 
 def _worker_answer(tmp_path: Path) -> dict[str, Any]:
@@ -131,6 +132,7 @@ def test_a_broker_worker_keeps_freed_memory_before_its_first_job(
 ) -> None:
     result = _worker_answer(tmp_path / "on")
     assert result["kept"] is True and result["pid"] != os.getpid()
+    assert result["omp"] == os.environ.get("OMP_WAIT_POLICY", "PASSIVE")  # engine/core/openmp.py; the user's wins
     assert result["after"] - result["before"] > 0.9 * BLOCK_MB
     monkeypatch.setenv(memory.SETTING, "off")  # a spawned worker reads it from the environment it inherits
     result = _worker_answer(tmp_path / "off")

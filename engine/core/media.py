@@ -370,8 +370,13 @@ def validate_video(info: VideoInfo, name: str, max_side: int, max_seconds: float
         )
 
 
-def read_frames(path: str | os.PathLike, max_seconds: float | None = None) -> Iterator[np.ndarray]:
+def read_frames(
+    path: str | os.PathLike, max_seconds: float | None = None, threads: int | None = None
+) -> Iterator[np.ndarray]:
     """Decode frame by frame as HxWx3 uint8 BGR: the whole video is never in memory.
+
+    `threads`: None lets FFmpeg thread the decoder by frames and slices (decoding is often the slowest CPU stage);
+    1 decodes in the calling thread alone, for when a network running on the CPU needs the cores.
 
     With `max_seconds`, frames are counted as they come and reading stops with a message past
     fps x max_seconds of them: a header may not state a length (a raw H.264 stream's does not), so
@@ -384,7 +389,10 @@ def read_frames(path: str | os.PathLike, max_seconds: float | None = None) -> It
     try:
         with av.open(str(path), metadata_errors="ignore") as container:
             stream = _video_stream(container, path.name)
-            stream.thread_type = "AUTO"  # frame + slice threads: decoding is often the slowest CPU stage
+            if threads is None:
+                stream.thread_type = "AUTO"  # frame + slice threads
+            else:
+                stream.codec_context.thread_count = threads
             fps = _frame_rate(stream)
             allowed = None if max_seconds is None else math.ceil(max_seconds * fps)
             size = (stream.codec_context.width, stream.codec_context.height)
@@ -425,7 +433,8 @@ class VideoWriter:
 
     The audio is given up front and muxed alongside the frames as they come, so the muxer never
     has to buffer a whole video waiting for the other stream. Odd sizes are padded by one pixel
-    (yuv420p needs even sizes).
+    (yuv420p needs even sizes). `threads=1` keeps the encoder in the writing thread, for when a network running
+    on the CPU needs the cores.
     """
 
     def __init__(
@@ -437,6 +446,7 @@ class VideoWriter:
         audio: np.ndarray | None = None,
         sample_rate: int = 16000,
         codec: str | None = None,
+        threads: int | None = None,
     ):
         import av
 
@@ -449,6 +459,8 @@ class VideoWriter:
         self._video = self._container.add_stream(self.codec, rate=rate, options=_ENCODER_OPTIONS.get(self.codec, {}))
         self._video.width, self._video.height = width + width % 2, height + height % 2
         self._video.pix_fmt = "yuv420p"
+        if threads is not None:  # None: the encoder's own choice (libx264: 1.5 threads per core)
+            self._video.codec_context.thread_count = threads
         self._audio = None
         self._samples = None
         self._sample_rate = sample_rate

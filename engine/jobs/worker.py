@@ -28,6 +28,7 @@ from typing import Any
 
 from engine.core.errors import AvatarbenchError
 from engine.core.memory import keep_freed_memory, release_freed_memory
+from engine.core.openmp import sleep_at_barriers
 from engine.core.settings import Settings, get_settings
 from engine.jobs.store import Job, JobStore
 
@@ -123,6 +124,7 @@ def serve(spec: WorkerSpec, wake: multiprocessing.synchronize.Event, stop: multi
     parent = os.getppid()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
     kept = keep_freed_memory()  # before any job: the networks' scratch buffers are reused, not faulted in again
+    sleeps = sleep_at_barriers()  # before torch loads: the codec threads need the cores too
     store = JobStore(spec.db_path, spec.blobs_dir)
     context = WorkerContext(store, get_settings(), spec.device)
     if spec.device.startswith("cuda"):  # N workers on one card: 1/N of its memory each
@@ -132,7 +134,12 @@ def serve(spec: WorkerSpec, wake: multiprocessing.synchronize.Event, stop: multi
 
         set_memory_fraction(context.settings.gpu_memory_fraction / spec.max_running, torch.device(spec.device))
     pid = os.getpid()
-    log.info("worker for %s ready (freed memory %s)", spec.device, "kept" if kept else "returned to the kernel")
+    log.info(
+        "worker for %s ready (freed memory %s, OpenMP threads %s at barriers)",
+        spec.device,
+        "kept" if kept else "returned to the kernel",
+        "sleep" if sleeps else "spin",
+    )
     while not stop.is_set() and os.getppid() == parent:  # an orphan (the app was killed) stops at once
         wake.clear()  # before claiming: a wake-up that lands during the claim is still seen by the wait below
         job = store.claim_next(spec.device, pid, spec.max_running)

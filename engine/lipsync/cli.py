@@ -10,6 +10,9 @@ from engine.lipsync.config import LipSyncConfig
 
 
 def _lipsync(args: argparse.Namespace) -> int:
+    from engine.core.openmp import sleep_at_barriers
+
+    sleep_at_barriers()  # before torch loads: the codec threads need the cores too (engine/core/openmp.py)
     from engine.core.device import resolve_device
     from engine.core.memory import keep_freed_memory
     from engine.core.progress import ProgressBar

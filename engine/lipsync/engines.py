@@ -20,6 +20,7 @@ import torch
 
 from engine.core.device import DeviceCapabilities, apply_backend_flags, precision_dtype
 from engine.lipsync.mouth import mouth_line, open_mouth
+from engine.models.wav2lip import StillFace, load_wav2lip
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +39,14 @@ def default_precision(device: torch.device) -> str:
 
 
 CPU_BATCH_SIZE = 16
+# What a CPU batch's decoded frames may take. About five batches of frames are alive at once (being decoded, queued,
+# generated and pasted, queued for the encoder, being encoded), so this bounds them to about 120 MiB.
+CPU_BATCH_FRAME_BYTES = 24 * 2**20
 
 
-def auto_batch_size(device: torch.device, precision: str, cap: int = 512) -> int:
-    """Largest power of two that fits half the free GPU memory; CPU_BATCH_SIZE (16) on the CPU.
+def auto_batch_size(device: torch.device, precision: str, frame_size: tuple[int, int] = (0, 0), cap: int = 512) -> int:
+    """Largest power of two that fits half the free GPU memory; on the CPU, CPU_BATCH_SIZE (16) or fewer for
+    large frames (`frame_size` is width, height).
 
     Wav2Lip's inference activations peak at roughly 6 MiB a sample in fp32 (3 in fp16/bf16);
     the OOM back-off catches the cases where this guess is too bold.
@@ -50,10 +55,14 @@ def auto_batch_size(device: torch.device, precision: str, cap: int = 512) -> int
     (engine/core/memory.py) and the process stays at its high-water mark: a 9 s photo lip-sync peaked at
     0.78-0.85 GB RSS at batch 16, 1.0-1.17 GB at 32 and 2.4-3.1 GB at 128, with the same wall time within the
     noise of a 2-core machine; the generator alone ran 4-5% (photo) or 1-8% (moving face) slower per frame at 16
-    than at 64-128. 16 is the largest batch that keeps the whole run within 1 GB.
+    than at 64-128, and about 2% slower at 8 than at 16. Large frames lower it further: the frames in flight,
+    not the network, are what a 720p clip's batch costs (16 frames are 42 MiB), so a batch's frames stay
+    within CPU_BATCH_FRAME_BYTES: 8 for 720p, 4 (the floor) for 1080p.
     """
     if device.type != "cuda":
-        return CPU_BATCH_SIZE
+        frame_bytes = max(1, frame_size[0] * frame_size[1] * 3)
+        fits = max(4, CPU_BATCH_FRAME_BYTES // frame_bytes)
+        return min(CPU_BATCH_SIZE, 2 ** int(math.log2(fits)))
     free, _ = torch.cuda.mem_get_info(device)
     per_sample = (3 if precision in ("fp16", "bf16") else 6) * 2**20
     fits = max(1, int(free * 0.5 // per_sample))
@@ -63,13 +72,15 @@ def auto_batch_size(device: torch.device, precision: str, cap: int = 512) -> int
 class Wav2LipEngine:
     """The official Wav2Lip generator: batched, fp16/bf16, channels_last, optionally compiled.
 
-    A still face is encoded once. The face encoder is 7.85% of the generator's arithmetic on a still input, and
-    for a photo (the pipeline hands the same crop every frame) or a video whose face does not change it would
-    compute the same skips for every frame: when all crops of a batch are byte-identical, one crop is encoded,
-    its skips are kept with that crop's bytes, so later batches of the same crop skip the encoder entirely, and
-    copied out to the batch (about 8% less CPU time; outputs within 1.5e-5 of the full forward, batch-size
-    dependent kernel choices being the only difference). A compiled model keeps the full forward: its graph is
-    one static function of (mel, face), specialised to one batch size.
+    A still face is prepared once. For a photo (the pipeline hands the same crop every frame) or a video whose face
+    does not change, the face encoder (7.85% of the generator's arithmetic) would compute the same skips for every
+    frame, and the decoder the same skips' share of each unit that reads them (``Wav2Lip.still_face``, 6% of the
+    decoder). When all crops of a batch are byte-identical, one crop is encoded and prepared, kept with that crop's
+    bytes, so later batches of the same crop only run the audio encoder and the rest of the decoder (outputs within
+    1e-5 of the full forward: float rounding). A compiled model keeps the full forward: its graph is one static
+    function of (mel, face), specialised to one batch size.
+
+    The BatchNorms are folded into the convolutions (``fold_batchnorms``): one pass over every activation fewer.
     """
 
     name = "wav2lip"
@@ -84,8 +95,6 @@ class Wav2LipEngine:
         compile: bool = False,
         channels_last: bool = True,
     ):
-        from engine.models.wav2lip import load_wav2lip
-
         self.device = device
         self.dtype = precision_dtype(precision, caps)
         if device.type == "cuda":
@@ -95,12 +104,14 @@ class Wav2LipEngine:
         # NHWC suits cuDNN's tensor cores and oneDNN's CPU convolutions alike (13-17% less CPU time at batch 16-32).
         self.channels_last = channels_last
         self._layout = torch.channels_last if channels_last else torch.contiguous_format
-        model = load_wav2lip(checkpoint, device=device, dtype=self.dtype, channels_last=channels_last)
+        model = load_wav2lip(
+            checkpoint, device=device, dtype=self.dtype, channels_last=channels_last, fold_batchnorm=True
+        )
         self.compiled = compile
         self.model = torch.compile(model, dynamic=False) if compile else model
         self._fixed_batch: int | None = None
-        self._still_crop: np.ndarray | None = None  # the crop whose encoded skips are kept
-        self._still_skips: list[torch.Tensor] | None = None
+        self._still_crop: np.ndarray | None = None  # the crop whose prepared decoder share is kept
+        self._still: StillFace | None = None
 
     def __call__(self, mels: np.ndarray, crops: np.ndarray, energy: np.ndarray) -> np.ndarray:
         count = len(crops)
@@ -117,11 +128,7 @@ class Wav2LipEngine:
         with torch.inference_mode():
             mel = torch.from_numpy(mels).to(self.device, non_blocking=True).unsqueeze(1).to(self.dtype)
             if still:
-                # Copied out to the batch, not left as expanded views: torch.cat takes a slow strided copy for a
-                # view whose batch stride is 0, which cost most of the gain on the CPU; the copies are cheap.
-                encoded = self._encoded(crops[0])
-                skips = [skip.expand(count, -1, -1, -1).contiguous(memory_format=self._layout) for skip in encoded]
-                out = self.model.decode(mel, skips)
+                out = self.model.decode_still(mel, self._prepared(crops[0]))
             else:
                 out = self.model(mel, self._face_input(crops))
             out = (out.float() * 255.0).permute(0, 2, 3, 1).cpu().numpy()
@@ -137,12 +144,13 @@ class Wav2LipEngine:
         # The layout is set here, not left to the strides the permute happens to give (they vary with the batch).
         return x.contiguous(memory_format=self._layout)
 
-    def _encoded(self, crop: np.ndarray) -> list[torch.Tensor]:
-        """The face encoder's skips for one crop (batch 1), computed once while the same crop keeps coming."""
-        if self._still_skips is None or not np.array_equal(crop, self._still_crop):
-            self._still_skips = self.model.encode_face(self._face_input(crop[None]))
+    def _prepared(self, crop: np.ndarray) -> StillFace:
+        """One crop encoded (batch 1) and its skips' share of the decoder computed, once while the same crop
+        keeps coming."""
+        if self._still is None or not np.array_equal(crop, self._still_crop):
+            self._still = self.model.still_face(self.model.encode_face(self._face_input(crop[None])))
             self._still_crop = crop.copy()
-        return self._still_skips
+        return self._still
 
 
 class BaselineEngine:

@@ -73,11 +73,14 @@ def _background(items: Iterator, depth: int, name: str) -> Iterator:
 
 
 class _Encoder:
-    """The writer thread: frames go in batches through a short queue, errors come back on close."""
+    """The writer thread: frames go in batches through a queue one batch deep, errors come back on close.
+
+    One batch, like the reader's: every batch waiting is a batch of full frames in memory, and one is enough to
+    keep the threads overlapped."""
 
     def __init__(self, writer: VideoWriter, result: RunResult):
         self.writer, self.result = writer, result
-        self.queue: queue.Queue = queue.Queue(maxsize=2)
+        self.queue: queue.Queue = queue.Queue(maxsize=1)
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="lipsync-encode", daemon=True)
         self.thread.start()
@@ -115,7 +118,9 @@ class _Encoder:
         self.writer.abort()
 
 
-def _frames(config: LipSyncConfig, image: np.ndarray | None, count: int, max_seconds: float) -> Iterator[np.ndarray]:
+def _frames(
+    config: LipSyncConfig, image: np.ndarray | None, count: int, max_seconds: float, threads: int | None
+) -> Iterator[np.ndarray]:
     """`count` frames of the face input: the still image repeated, or the video trimmed or looped. Each pass over
     the video stops at the length limit, which its header may not state (read_frames counts); a video without
     a decodable frame is refused there too, so looping always advances."""
@@ -125,7 +130,7 @@ def _frames(config: LipSyncConfig, image: np.ndarray | None, count: int, max_sec
         return
     produced = 0
     while produced < count:
-        for frame in read_frames(config.face, max_seconds=max_seconds):
+        for frame in read_frames(config.face, max_seconds=max_seconds, threads=threads):
             yield frame
             produced += 1
             if produced == count:
@@ -195,23 +200,26 @@ def run_lipsync(
         ckpt = resolve(S3FD, settings, config.detector_checkpoint) if config.detector == "s3fd" else None
         detector = make_detector(config.detector, device=device, checkpoint=ckpt, detect_scale=config.detect_scale)
     tracker = FaceTracker(pads=config.pads, smooth=config.smooth, fixed_box=config.box)
-    batch_size = config.batch_size or auto_batch_size(device, precision)
+    batch_size = config.batch_size or auto_batch_size(device, precision, size)
     if generator.name == "baseline":
         batch_size = min(batch_size, 64)
     # The audio track runs exactly as long as the frames.
     audio = np.zeros(round(count / fps * SAMPLE_RATE), np.float32)
     audio[: min(len(wav), len(audio))] = wav[: len(audio)]
     out.parent.mkdir(parents=True, exist_ok=True)
-    writer = VideoWriter(out, fps, size[0], size[1], audio=audio)
+    # A network on the CPU needs both cores: the decoder and the encoder then run in their own threads only,
+    # not in FFmpeg's thread pools (with OpenMP sleeping at its barriers, engine/core/openmp.py, 7-9% sooner).
+    codec_threads = None if choice.is_cuda else 1
+    writer = VideoWriter(out, fps, size[0], size[1], audio=audio, threads=codec_threads)
     encoder = _Encoder(writer, result)
-    face_frames = _frames(config, image, count, settings.max_seconds)
+    face_frames = _frames(config, image, count, settings.max_seconds, codec_threads)
     batches = _detected(_batched(face_frames, batch_size, result), detector, still, result)
     done = 0
     started = time.perf_counter()
     try:
-        # Decoding and detection run ahead in one thread, encoding behind in another, while this
-        # thread tracks, generates and pastes: the stages overlap.
-        for frames, detections in _background(batches, 2, "decode-detect"):
+        # Decoding and detection run ahead in one thread (one batch queued), encoding behind in another, while
+        # this thread tracks, generates and pastes: the stages overlap.
+        for frames, detections in _background(batches, 1, "decode-detect"):
             tracks = [tracker.update(d, f.shape) for d, f in zip(detections, frames, strict=True)]
             with_face = [i for i, t in enumerate(tracks) if t.box is not None]
             if still and not with_face:

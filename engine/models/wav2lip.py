@@ -8,8 +8,10 @@ state-dict keys of ``wav2lip.pth`` / ``wav2lip_gan.pth``.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from engine.models.checkpoints import load_into
@@ -157,22 +159,101 @@ class Wav2Lip(nn.Module):
             x = torch.cat((block(x), skip), dim=1)
         return self.output_block(x)
 
+    def still_face(self, skips: list[torch.Tensor]) -> StillFace:
+        """What ``decode_still`` needs for one face whose skips (``encode_face`` of one crop, batch 1) are fixed.
+
+        The decoder's concatenating units (each upsampling block's first unit and the output block's) convolve
+        ``cat(x, skip)``, and a convolution is linear in its input channels: ``W @ cat(x, skip) + b`` equals
+        ``W_x @ x + (W_skip @ skip + b)``. With the skip fixed, the bracket is one map per unit, computed here
+        once; per frame only ``W_x @ x`` is left. That drops 6% of the decoder's arithmetic and every
+        concatenation (a copy of each stage's activations), within float rounding of ``decode``.
+        """
+        constants, weights = [], []
+        for unit, skip in zip(self._concatenating_units(), reversed(skips), strict=True):
+            conv = unit.conv_block[0]
+            width = conv.in_channels - skip.shape[1]  # the channels of x, ahead of the skip's
+            zeros = skip.new_zeros((1, width, *skip.shape[2:]))
+            constants.append(conv(torch.cat((zeros, skip), dim=1)))
+            weight = conv.weight[:width] if isinstance(conv, nn.ConvTranspose2d) else conv.weight[:, :width]
+            weights.append(weight.contiguous(memory_format=_layout_of(conv.weight)))  # a view for the transposed ones
+        return StillFace(constants, weights)
+
+    def decode_still(self, mel: torch.Tensor, still: StillFace) -> torch.Tensor:
+        """``decode`` for a face prepared by ``still_face``: the same crops, each frame from its own mel window."""
+        x = self.face_decoder_blocks[0](self.audio_encoder(mel))
+        rests = [block[1:] for block in self.face_decoder_blocks[1:]] + [self.output_block[1:]]
+        units = self._concatenating_units()
+        for unit, rest, constant, weight in zip(units, rests, still.constants, still.weights, strict=True):
+            conv = unit.conv_block[0]
+            if isinstance(conv, nn.ConvTranspose2d):
+                y = F.conv_transpose2d(x, weight, None, conv.stride, conv.padding, conv.output_padding)
+            else:
+                y = F.conv2d(x, weight, None, conv.stride, conv.padding)
+            y += constant  # the skip's share and the bias, the same for every frame
+            for after in unit.conv_block[1:]:  # the BatchNorm, unless folded into the convolution
+                y = after(y)
+            x = rest(torch.relu_(y))
+        return x
+
+    def _concatenating_units(self) -> list[nn.Module]:
+        """The units whose input is ``cat(x, skip)``, in ``decode``'s order (their skips: ``reversed(skips)``)."""
+        return [*(block[0] for block in self.face_decoder_blocks[1:]), self.output_block[0]]
+
+
+@dataclass
+class StillFace:
+    """One fixed face's share of the decoder's concatenating units (``Wav2Lip.still_face``): per unit, the map
+    its skip and bias add (1, C, H, W) and the weights that act on the rest of its input."""
+
+    constants: list[torch.Tensor]
+    weights: list[torch.Tensor]
+
+
+def _layout_of(weight: torch.Tensor) -> torch.memory_format:
+    channels_last = weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+    return torch.channels_last if channels_last else torch.contiguous_format
+
 
 def load_wav2lip(
     path: str | os.PathLike[str],
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
     channels_last: bool = False,
+    fold_batchnorm: bool = False,
 ) -> Wav2Lip:
     """The generator with the weights in ``path``, in eval mode on ``device``; CheckpointError names any wrong file.
 
     ``channels_last`` lays the weights out NHWC before they are loaded (loading copies into that layout), so no
-    second copy of the 145 MB of weights is made to convert them afterwards.
+    second copy of the 145 MB of weights is made to convert them afterwards. ``fold_batchnorm`` folds each
+    BatchNorm into its convolution (see ``fold_batchnorms``) in fp32 on the CPU, before the cast to ``dtype``.
     """
     model = Wav2Lip()
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    return load_into(model, path, WAV2LIP_EXPECTED, device, dtype)
+    if not fold_batchnorm:
+        return load_into(model, path, WAV2LIP_EXPECTED, device, dtype)
+    model = fold_batchnorms(load_into(model, path, WAV2LIP_EXPECTED, "cpu", torch.float32))
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model.to(device=device, dtype=dtype)
+
+
+def fold_batchnorms(model: Wav2Lip) -> Wav2Lip:
+    """Fold every unit's eval-mode BatchNorm into the convolution before it, in place: an inference-only model.
+
+    Each BatchNorm is an affine map per channel, so scaling the convolution's weights and shifting its bias gives
+    the same outputs (within 3e-5 on [0, 1] outputs in fp32, a hundredth of a grey level) with one pass over every
+    activation fewer: about 4% less time per forward on a 2-core CPU. The folded model has no BatchNorm keys, so
+    it cannot be trained or saved as an official checkpoint; ``forward``, ``encode_face`` and ``decode`` are
+    unchanged.
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    for unit in [m for m in model.modules() if isinstance(m, ConvUnit | ConvTransposeUnit)]:
+        conv, norm = unit.conv_block
+        fused = fuse_conv_bn_eval(conv.eval(), norm.eval(), transpose=isinstance(unit, ConvTransposeUnit))
+        unit.conv_block = nn.Sequential(fused)
+    return model
 
 
 def random_wav2lip_checkpoint(
