@@ -117,6 +117,7 @@ class Settings:
     wav2lip_checkpoint: str | None = None
     s3fd_checkpoint: str | None = None
     liveportrait_dir: str | None = None
+    musetalk_dir: str | None = None
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -221,6 +222,12 @@ DOCUMENTED: dict[str, tuple[str, str]] = {
         "LivePortrait weights: the folder holding base_models/ and retargeting_models/ "
         "(default: WEIGHTS_DIR/liveportrait)",
     ),
+    "MUSETALK_DIR": (
+        "musetalk_dir",
+        "MuseTalk weights: a folder in upstream's models/ layout (musetalkV15/, sd-vae/, whisper/, "
+        "face-parse-bisent/) or an upstream checkout holding models/ (default: WEIGHTS_DIR/musetalk, then the Hub's "
+        "local cache)",
+    ),
 }
 
 
@@ -262,6 +269,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         wav2lip_checkpoint=_env(env, "WAV2LIP_CHECKPOINT"),
         s3fd_checkpoint=_env(env, "S3FD_CHECKPOINT"),
         liveportrait_dir=_env(env, "LIVEPORTRAIT_DIR"),
+        musetalk_dir=_env(env, "MUSETALK_DIR"),
         extra={k: v for k, v in env.items() if k.startswith(PREFIX) and k not in known},
     )
 
