@@ -401,12 +401,34 @@ def render_log(paths: list[Path]) -> str:
     return table(["file", "last line"], rows)
 
 
+def render_musetalk(paths: list[Path]) -> str:
+    parts = []
+    for path in paths:
+        r = load(path)
+        parts.append(f"{context(r, path)}\nDevice {r['device']} ({r['gpu'] or 'no GPU'}), PyTorch {r['torch']}.")
+        for run in r["pipeline"]:
+            stages = ", ".join(f"{name} {seconds(t)}" for name, t in run["stages_s"].items())
+            parts.append(
+                f"Pipeline with {run['networks']}, {run['precision']}, batch {run['batch']}: an avatar of "
+                f"{run['avatar_frames']} frames prepared in {seconds(run['prepare_s'])}, then {run['frames']} frames "
+                f"for {run['speech_s']:g} s of speech in {seconds(run['end_to_end_s'])} "
+                f"({number(run['frames_per_s'], 1)} frames/s; the first after {seconds(run['first_frame_s'])}). "
+                f"Stages: {stages}."
+            )
+        rows = [[row["network"], row["precision"], row["batch"], number(row["gflop_per_frame"], 1),
+                 millis(row["ms_per_frame"]), number(row["frames_per_s"], 2), number(row["tflops"], 3)]
+                for row in r["networks"]]  # fmt: skip
+        parts.append(table(["network", "precision", "batch", "GFLOP/frame", "per frame", "frames/s", "TFLOP/s"], rows))
+    return "\n\n".join(parts)
+
+
 RENDERERS: dict[str, Callable[[list[Path]], str]] = {
     "telemetry_overhead": render_telemetry,
     "lipsync": render_lipsync,
     "onnx_overhead": render_onnx_overhead,
     "bench": render_bench,
     "portrait": render_portrait,
+    "musetalk": render_musetalk,
     "broker": render_broker,
     "log": render_log,
 }

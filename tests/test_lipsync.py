@@ -229,7 +229,7 @@ def test_bad_inputs_get_clear_errors(media, settings, tmp_path) -> None:
     for bad, message in (
         (dict(pads=(0, -1, 0, 0)), "pads -1 is outside 0..200"),
         (dict(batch_size=0), "batch size 0 is outside 1..4096"),
-        (dict(engine="sadtalker"), "engine 'sadtalker' is not one of auto, wav2lip, baseline"),
+        (dict(engine="sadtalker"), "engine 'sadtalker' is not one of auto, wav2lip, musetalk, baseline"),
         (dict(paste="poisson"), "paste 'poisson' is not one of blend, upstream"),
         (dict(detect_scale=2.0), "detect scale 2 is outside 0.1..1"),
         (dict(precision="int8"), "precision 'int8' is not one of auto"),

@@ -17,6 +17,7 @@ import torch
 
 from engine.core.errors import InputError, SetupError
 from engine.core.settings import Settings, load_settings
+from engine.lipsync.musetalk.random_weights import random_state
 from engine.lipsync.musetalk.weights import (
     UNET_CONFIG,
     UNET_PARAMETERS,
@@ -96,11 +97,6 @@ LFS_POINTER = b"version https://git-lfs.github.com/spec/v1\noid sha256:" + b"0" 
 HTML_PAGE = b"<!DOCTYPE html><html><head><title>Sign in</title></head><body>Google Drive</body></html>"
 
 
-def _random(model: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    return {k: torch.randn(v.shape, generator=generator) * 0.1 for k, v in model.state_dict().items()}
-
-
 def _legacy_vae(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """diffusers 0.4's names for the mid-block attention, as sd-vae-ft-mse's .bin has them."""
     old = {".to_q.": ".query.", ".to_k.": ".key.", ".to_v.": ".value.", ".to_out.0.": ".proj_attn."}
@@ -121,10 +117,10 @@ def write_models(root: Path, version: str = "v15", legacy_vae: bool = True) -> d
     unet_dir, unet_name = ("musetalkV15", "unet.pth") if version == "v15" else ("musetalk", "pytorch_model.bin")
     for sub in (unet_dir, "sd-vae", "whisper", "face-parse-bisent"):
         (root / sub).mkdir(parents=True, exist_ok=True)
-    unet = _random(UNet2DConditionModel.from_config(TINY_UNET), 1)
+    unet = random_state(UNet2DConditionModel.from_config(TINY_UNET), 1)
     torch.save(unet, root / unet_dir / unet_name)
     (root / unet_dir / "musetalk.json").write_text(json.dumps(TINY_UNET))
-    vae = _random(AutoencoderKL.from_config(TINY_VAE), 2)
+    vae = random_state(AutoencoderKL.from_config(TINY_VAE), 2)
     torch.save(_legacy_vae(vae) if legacy_vae else vae, root / "sd-vae" / "diffusion_pytorch_model.bin")
     (root / "sd-vae" / "config.json").write_text(json.dumps(TINY_VAE))
     whisper = WhisperForConditionalGeneration(WhisperConfig.from_dict(TINY_WHISPER)).state_dict()

@@ -26,7 +26,7 @@ from ui.forms import Run, api_endpoint, refusal, reported
 LOCAL = "local"  # the owner of calls that come with no request (tests, scripts calling handlers directly)
 
 
-SERVER_FILE_FIELDS = ("checkpoint", "detector_checkpoint", "weights", "landmarks")  # fields naming a server file
+SERVER_FILE_FIELDS = ("checkpoint", "detector_checkpoint", "weights", "landmarks", "musetalk_weights")  # server files
 EVERYONE = "*"  # `--operator '*'`: every visitor is an operator (a personal machine)
 
 

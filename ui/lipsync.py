@@ -102,11 +102,20 @@ def build_lipsync_tab(settings: Settings, jobs: LipSyncJobs, access: Access) -> 
                 with gr.Row():
                     paste = gr.Radio(choices(c, "paste"), value=default(c, "paste"), label="Paste mode")
                     audio_offset = slider(c, "audio_offset", "Audio offset (frames; + if lips are late)", step=1)
+                with gr.Row():  # the musetalk engine's own options
+                    musetalk_weights = server_file_picker(
+                        settings, "MuseTalk weights folder (empty: the configured one)"
+                    )
+                    musetalk_version = gr.Dropdown(
+                        choices(c, "musetalk_version"), value=default(c, "musetalk_version"), label="MuseTalk version"
+                    )
+                    bbox_shift = slider(c, "bbox_shift", "MuseTalk box shift (pixels; + shows more mouth)", step=1)
             results_column = gr.Column()
         with gr.Column():
             gr.Markdown(
                 "A face (photo or video) and speech become a lip-synced MP4. Without a Wav2Lip checkpoint a clearly "
-                "labelled **baseline** engine (speech energy opens the mouth) runs."
+                "labelled **baseline** engine (speech energy opens the mouth) runs. **MuseTalk** needs its weights "
+                "(see the Lip-sync section of the README for the files and where they go)."
             )
             video = gr.Video(label="Result", interactive=False, elem_id="lipsync-result")
             summary = gr.Markdown()
@@ -122,6 +131,7 @@ def build_lipsync_tab(settings: Settings, jobs: LipSyncJobs, access: Access) -> 
         face=face, audio=audio, engine=engine, checkpoint=checkpoint, batch_size=batch_size, precision=precision,
         compile=compile_, pads=pads, smooth=smooth, box=box, detector=detector,
         detector_checkpoint=detector_checkpoint, detect_scale=detect_scale, paste=paste, audio_offset=audio_offset,
+        musetalk_weights=musetalk_weights, musetalk_version=musetalk_version, bbox_shift=bbox_shift,
     )  # fmt: skip
     outputs = [video, summary, stages, details]
     about = "Lip-sync a face image or video to speech; parameters as `avatarbench lipsync`."

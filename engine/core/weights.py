@@ -89,14 +89,15 @@ SERVER_FILE_SUFFIXES = (".pth", ".pt", ".onnx")
 
 def server_files(settings: Settings) -> dict[str, Path]:
     """The weights this server has, by the name a visitor may pick (the path under the weights folder): model files,
-    and the folders holding LivePortrait's base_models/. Visitors of a shared app choose among these; paths and Hub
-    downloads are for the operator."""
+    and the folders holding LivePortrait's base_models/ or MuseTalk's musetalkV15/. Visitors of a shared app choose
+    among these; paths and Hub downloads are for the operator."""
     root = settings.weights_dir
     if not root.is_dir():
         return {}
     found = {}
     for path in sorted(root.rglob("*")):
-        if (path.is_file() and path.suffix in SERVER_FILE_SUFFIXES) or (path / "base_models").is_dir():
+        folder = (path / "base_models").is_dir() or (path / "musetalkV15").is_dir()
+        if (path.is_file() and path.suffix in SERVER_FILE_SUFFIXES) or folder:
             found[path.relative_to(root).as_posix()] = path
     return found
 

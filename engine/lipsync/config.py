@@ -15,7 +15,8 @@ from engine.core.errors import InputError
 from engine.core.options import Config, TextForm, number_tuple, option
 from engine.faces import DETECTORS
 
-ENGINES = ("auto", "wav2lip", "baseline")
+ENGINES = ("auto", "wav2lip", "musetalk", "baseline")
+MUSETALK_VERSIONS = ("v15", "v1")
 PRECISIONS = ("auto", "fp32", "tf32", "fp16", "bf16")
 PASTE_MODES = ("blend", "upstream")
 
@@ -47,10 +48,16 @@ class LipSyncConfig(Config):
 
     face: Path = option(help="face image or video", file=True)
     audio: Path = option(help="speech: any audio file, or a video's sound track", file=True)
-    engine: str = option("auto", help="auto: Wav2Lip when a checkpoint is found, else the baseline", choices=ENGINES)
+    engine: str = option(
+        "auto", help="auto: Wav2Lip when a checkpoint is found, else the baseline; musetalk needs its weights",
+        choices=ENGINES,
+    )  # fmt: skip
     checkpoint: str | None = option(None, help="Wav2Lip checkpoint: a path or hf:OWNER/REPO/FILE (empty: settings)")
     batch_size: int | None = option(
-        None, help="frames per batch (empty: from free GPU memory; 128 on the CPU)", low=1, high=4096
+        None,
+        help="frames per batch (empty: from free GPU memory; 16 on the CPU, fewer for large frames)",
+        low=1,
+        high=4096,
     )
     precision: str = option("auto", help="auto: fp16 on CUDA, fp32 on the CPU", choices=PRECISIONS)
     compile: bool = option(False, help="torch.compile the generator")
@@ -68,6 +75,22 @@ class LipSyncConfig(Config):
     detect_scale: float = option(0.5, help="detect on frames scaled by this", low=0.1, high=1.0)
     paste: str = option("blend", help="blend: feathered lower face; upstream: Wav2Lip's own paste", choices=PASTE_MODES)
     audio_offset: int = option(0, help="shift the speech by N frames (+: the lips were late)", low=-25, high=25)
+    musetalk_weights: str | None = option(
+        None, help="MuseTalk weights: a folder in upstream's models/ layout, or hf:OWNER/REPO (empty: settings)"
+    )
+    musetalk_version: str = option("v15", help="MuseTalk version: v15 (1.5) or v1 (1.0)", choices=MUSETALK_VERSIONS)
+    bbox_shift: int = option(
+        0, help="MuseTalk: move the face box's top by N pixels (+: more mouth)", low=-100, high=100
+    )
 
 
-__all__ = ["DETECTORS", "ENGINES", "PASTE_MODES", "PRECISIONS", "LipSyncConfig", "LipSyncError", "parse_box"]
+__all__ = [
+    "DETECTORS",
+    "ENGINES",
+    "MUSETALK_VERSIONS",
+    "PASTE_MODES",
+    "PRECISIONS",
+    "LipSyncConfig",
+    "LipSyncError",
+    "parse_box",
+]

@@ -162,6 +162,10 @@ def run_lipsync(
     if out.suffix.lower() != ".mp4":
         raise LipSyncError(f"output {out.name} must be an .mp4 file")
     choice = resolve_device(device or settings.device)
+    if config.engine == "musetalk":
+        from engine.lipsync.musetalk.run import run_musetalk  # diffusers and transformers load only for MuseTalk
+
+        return run_musetalk(config, out, settings, choice, progress)
     device, caps = choice.device, capabilities(choice.device)
     precision = default_precision(device) if config.precision == "auto" else config.precision
     result = RunResult(device=str(device), device_name=caps.name, precision=precision, config=config.to_text())

@@ -321,7 +321,7 @@ def check_driver(ctx: _Context) -> Check:
             "nvidia-driver",
             INFO,
             "ZeroGPU Space: the GPU is attached only inside @spaces.GPU functions, so none is visible here",
-            "Nothing to install: GPU work runs inside @spaces.GPU functions.",
+            "Nothing to install: a ZeroGPU card is reached only inside @spaces.GPU functions (see the device check).",
             details,
         )
     if ctx.pci_gpus and not ctx.gpu_present:
@@ -397,7 +397,17 @@ def check_device(ctx: _Context) -> Check:
         precisions = ", ".join(caps.precisions)
         return Check("device", OK, f"runs on {choice.device} ({caps.name}); precisions: {precisions}", details=details)
     if not choice.is_cuda and ctx.zero_gpu:
-        return Check("device", OK, found + "; ZeroGPU attaches the GPU inside @spaces.GPU functions", details=details)
+        # ZeroGPU attaches the card only inside @spaces.GPU functions, and no job runs in one yet (issue #13): every
+        # job here runs on the CPU, which is a problem to say, not an ok.
+        return Check(
+            "device",
+            PROBLEM,
+            found + "; ZeroGPU attaches the GPU only inside @spaces.GPU functions, and avatarbench runs its jobs in "
+            "none yet: every job runs on the CPU",
+            "Choose a dedicated GPU for the Space (Settings > Hardware) until avatarbench runs its jobs inside "
+            "@spaces.GPU on ZeroGPU.",
+            details=details,
+        )
     if not choice.is_cuda and ctx.settings.device == "auto":
         return Check(
             "device",

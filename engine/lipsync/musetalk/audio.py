@@ -200,6 +200,30 @@ def window_rows(num_rows: int, num_frames: int, fps: float) -> np.ndarray:
     return np.where((index >= 0) & (index < num_rows), index, -1)
 
 
+class SpeechWindows:
+    """The audio prompts of any output frames, cut from whisper's padded rows when a batch needs them.
+
+    All of a 10-minute clip's prompts at once would hold every hidden-state row five times over (0.6 GB in fp16 at
+    25 fps); the padded rows, once, do not.
+    """
+
+    def __init__(self, hidden: torch.Tensor, num_samples: int, fps: float, num_frames: int) -> None:
+        rows = speech_rows(num_samples)
+        if hidden.ndim != 3 or hidden.shape[0] < rows:
+            raise ValueError(f"hidden states of shape {tuple(hidden.shape)} for speech that needs {rows} rows")
+        left, right = window_padding(rows, num_frames, fps)
+        speech = hidden[:rows]
+        zeros = speech.new_zeros
+        self.padded = torch.cat([zeros((left, *speech.shape[1:])), speech, zeros((right, *speech.shape[1:]))])
+        self.starts = window_starts(num_frames, fps)
+
+    def prompts(self, frames: np.ndarray) -> torch.Tensor:
+        """(len(frames), 10 * layers, width) prompts, the layer varying fastest, on the hidden states' device."""
+        index = self.starts[np.asarray(frames)][:, None] + np.arange(WINDOW_ROWS)[None, :]
+        windows = self.padded[torch.from_numpy(index).to(self.padded.device)]
+        return windows.reshape(len(index), WINDOW_ROWS * windows.shape[2], windows.shape[3])
+
+
 def audio_prompts(hidden: torch.Tensor, num_samples: int, fps: float, num_frames: int | None = None) -> torch.Tensor:
     """(frames, 10 * layers, width) audio prompts, the layer varying fastest within each row, as upstream.
 
@@ -207,18 +231,8 @@ def audio_prompts(hidden: torch.Tensor, num_samples: int, fps: float, num_frames
     are trimmed here too, so untrimmed hidden states give the same prompts. `num_frames` defaults to
     frame_count(num_samples, fps).
     """
-    if hidden.ndim != 3:
-        raise ValueError(f"hidden states must be (rows, layers, width), got {tuple(hidden.shape)}")
-    num_rows = speech_rows(num_samples)
-    if hidden.shape[0] < num_rows:
-        raise ValueError(f"{hidden.shape[0]} hidden-state rows for speech that needs {num_rows}")
     frames = frame_count(num_samples, fps) if num_frames is None else num_frames
-    left, right = window_padding(num_rows, frames, fps)
-    rows = hidden[:num_rows]
-    padded = torch.cat([rows.new_zeros((left, *rows.shape[1:])), rows, rows.new_zeros((right, *rows.shape[1:]))])
-    index = torch.from_numpy(window_starts(frames, fps)[:, None] + np.arange(WINDOW_ROWS)[None, :])
-    windows = padded[index.to(padded.device)]  # (frames, 10, layers, width)
-    return windows.reshape(frames, WINDOW_ROWS * rows.shape[1], rows.shape[2])
+    return SpeechWindows(hidden, num_samples, fps, frames).prompts(np.arange(frames))
 
 
 # --------------------------------------------------------------------------- positional encoding

@@ -1,0 +1,367 @@
+"""MuseTalk's engine core: prepare an avatar, generate frames for speech, save and load the avatar.
+
+The networks are diffusers' UNet2DConditionModel and AutoencoderKL, transformers' Whisper and our BiSeNet in small
+random configs (the same classes and block types; a 4-block VAE, so the latents are 32x32 as the real ones), written
+in upstream's models/ layout and loaded by our loader. Faces come from assets/face.jpg with a stub detector at a
+fixed box (one case uses the Haar cascade). CPU only, no network, speech generated here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from engine.core.errors import InputError
+from engine.core.media import load_image
+from engine.core.results import RunResult
+from engine.core.settings import Settings
+from engine.faces.detection import HaarDetector
+from engine.lipsync.musetalk import audio
+from engine.lipsync.musetalk.avatar import (
+    DETECTOR,
+    LANDMARKS,
+    PreparedAvatar,
+    frame_box,
+    load_avatar,
+    prepare_avatar,
+    save_avatar,
+)
+from engine.lipsync.musetalk.blend import SKIN
+from engine.lipsync.musetalk.generate import SpeechWindows, generate
+from engine.lipsync.musetalk.geometry import blend_region, detector_box, landmark_box
+from engine.lipsync.musetalk.random_weights import write_random_weights
+from engine.lipsync.musetalk.weights import MuseTalkNetworks, load_networks, require
+
+ROOT = Path(__file__).resolve().parent.parent
+SR = 16000
+FACE_BOX = (170, 60, 285, 200, 0.9)  # around the face in assets/face.jpg (Haar finds 172, 60, 280, 190)
+
+
+@pytest.fixture(scope="module")
+def networks(tmp_path_factory: pytest.TempPathFactory) -> MuseTalkNetworks:
+    base = tmp_path_factory.mktemp("musetalk")
+    write_random_weights(base / "models")
+    files = require(Settings(data_dir=base, weights_dir=base / "weights"), base / "models")
+    return load_networks(files, "cpu", torch.float32)
+
+
+class StubDetector:
+    """A fixed face box in every frame that is not (nearly) black."""
+
+    name = "stub"
+
+    def __init__(self, box: tuple[float, ...] = FACE_BOX) -> None:
+        self.box = np.array([box], np.float32)
+        self.calls = 0
+
+    def detect(self, frames: list[np.ndarray]) -> list[np.ndarray]:
+        self.calls += 1
+        return [self.box.copy() if f.mean() > 5 else np.zeros((0, 5), np.float32) for f in frames]
+
+
+class SkinParser(torch.nn.Module):
+    """A face parser that calls everything skin, so the blend mask covers the box's lower half."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = torch.zeros(x.shape[0], 19, x.shape[2], x.shape[3], dtype=x.dtype)
+        logits[:, SKIN] = 1.0
+        return logits
+
+
+def _speech(seconds: float) -> np.ndarray:
+    t = np.arange(round(seconds * SR)) / SR
+    voiced = 0.3 * np.sin(2 * np.pi * 180 * t) * (0.55 + 0.45 * np.sin(2 * np.pi * 3.5 * t))
+    noise = 0.02 * np.random.default_rng(0).standard_normal(len(t))
+    return (voiced + noise).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def face() -> np.ndarray:
+    return load_image(ROOT / "assets" / "face.jpg")
+
+
+@pytest.fixture(scope="module")
+def frames(face: np.ndarray) -> list[np.ndarray]:
+    """A face, a frame without one (black), the face moved a little."""
+    return [face, np.zeros_like(face), np.roll(face, 3, axis=1)]
+
+
+@pytest.fixture(scope="module")
+def avatar(frames: list[np.ndarray], networks: MuseTalkNetworks) -> PreparedAvatar:
+    return prepare_avatar(frames, networks, detector=StubDetector())
+
+
+def _outside(shape: tuple[int, ...], region: tuple[int, int, int, int]) -> np.ndarray:
+    mask = np.ones(shape[:2], bool)
+    x1, y1, x2, y2 = region
+    mask[max(y1, 0) : max(y2, 0), max(x1, 0) : max(x2, 0)] = False
+    return mask
+
+
+# --------------------------------------------------------------------------- preparation
+
+
+def test_prepare_finds_boxes_latents_plans_and_the_cycle(avatar: PreparedAvatar, frames) -> None:
+    box = detector_box(FACE_BOX, frames[0].shape)
+    with_margin = (box[0], box[1], box[2], box[3] + 10)  # v1.5's extra margin below
+    assert avatar.version == "v15" and avatar.parsing_mode == "jaw" and avatar.extra_margin == 10
+    assert avatar.boxes == (with_margin, None, with_margin)
+    assert avatar.box_sources == (DETECTOR, None, DETECTOR)
+    assert avatar.latent_rows == (0, -1, 1) and avatar.faces == 2
+    assert avatar.latents.shape == (2, 8, 32, 32) and avatar.latents.dtype == torch.float32
+    assert avatar.plans[1] is None
+    assert avatar.plans[0].box == with_margin and avatar.plans[0].region == blend_region(with_margin)
+    assert avatar.cycle == (0, 1, 2, 2, 1, 0)
+    assert [avatar.source_frame(i) for i in range(13)] == [0, 1, 2, 2, 1, 0, 0, 1, 2, 2, 1, 0, 0]
+    assert np.array_equal(avatar.frames[2], frames[2])
+    assert any("1 of 3 frames have no face" in w for w in avatar.warnings)
+    assert any("no face-landmark model" in w for w in avatar.warnings)
+
+
+def test_latents_are_the_posterior_mean_masked_first(avatar: PreparedAvatar, networks, frames) -> None:
+    """Row 0 is [masked, reference] of frame 0's crop: the same as encoding each alone, up to float rounding (these
+    random networks amplify it to about 1e-4; float64 sits between the batched and the single results)."""
+    from engine.lipsync.musetalk.geometry import crop_face, vae_pixels
+
+    crop = torch.from_numpy(crop_face(frames[0], avatar.boxes[0]))[None]
+    with torch.no_grad():
+        masked = networks.vae.encode(vae_pixels(crop, masked=True)).latent_dist.mean * 0.18215
+        reference = networks.vae.encode(vae_pixels(crop, masked=False)).latent_dist.mean * 0.18215
+    assert torch.allclose(avatar.latents[0, :4], masked[0], atol=2e-4)
+    assert torch.allclose(avatar.latents[0, 4:], reference[0], atol=2e-4)
+    assert (masked - reference).abs().max() > 10 * 2e-4  # the order is seen: the two differ more than that
+
+
+def test_landmark_boxes_take_bbox_shift_and_fall_back_to_the_detector(networks, face) -> None:
+    points = np.tile(np.array([230.0, 180.0], np.float32), (68, 1))
+    points[0, 0], points[16, 0] = 180.0, 280.0  # the sides
+    points[8, 1], points[29, 1] = 210.0, 140.0  # the chin and the nose bridge
+
+    class Landmarks:
+        name = "stub-landmarks"
+
+        def landmarks(self, frames):
+            return [points if i == 0 else None for i in range(len(frames))]
+
+    avatar = prepare_avatar(
+        [face, face], dataclasses.replace(networks, face_parser=SkinParser()), detector=StubDetector(),
+        landmarks=Landmarks(), bbox_shift=5, parsing_mode="raw",
+    )  # fmt: skip
+    assert landmark_box(points, 5) == (180, 80, 280, 210)  # the bridge, moved to 145, mirrored from the chin
+    assert avatar.boxes[0] == (180, 80, 280, 220) and avatar.box_sources == (LANDMARKS, DETECTOR)
+    assert avatar.landmarks == "stub-landmarks" and avatar.bbox_shift == 5 and avatar.parsing_mode == "raw"
+    assert "1 frame without usable landmarks took the detector's box" in avatar.warnings
+
+
+def test_a_box_past_the_frame_is_clipped() -> None:
+    points = np.full((68, 2), 100.0, np.float32)
+    points[16, 0], points[8, 1], points[29, 1] = 140.0, 130.0, 90.0  # right edge past a 120-wide frame
+    box, source = frame_box(np.array([10, 10, 50, 50, 1.0]), points, (125, 120, 3), 0, 10)
+    assert (box, source) == ((100, 50, 120, 125), LANDMARKS)
+    assert frame_box(None, points, (125, 120, 3), 0, 10) == (None, None)  # no detection: no face
+
+
+def test_haar_finds_the_face_in_the_example(networks, face) -> None:
+    detector = HaarDetector()
+    found = detector.detect([face])[0]
+    if len(found) == 0:
+        pytest.skip("the Haar cascade of this OpenCV finds no face in assets/face.jpg")
+    avatar = prepare_avatar([face], dataclasses.replace(networks, face_parser=SkinParser()), detector=detector)
+    x1, y1, x2, y2 = detector_box(found[0], face.shape)
+    assert avatar.boxes == ((x1, y1, x2, y2 + 10),) and avatar.box_sources == (DETECTOR,)
+    assert avatar.detector == "haar" and avatar.cycle == (0, 0)
+
+
+@pytest.mark.parametrize(
+    ("frames", "message"),
+    [
+        ([], "no frames"),
+        ([np.zeros((64, 64, 3), np.uint8)] * 2, "no face found in any of the 2 frames"),
+        ([np.zeros((64, 64), np.uint8)], "HxWx3 uint8"),
+        ([np.full((64, 64, 3), 99, np.uint8), np.full((64, 48, 3), 99, np.uint8)], "one size"),
+        ([np.full((64, 64, 3), 99.0, np.float32)], "uint8"),
+    ],
+)
+def test_bad_frames_are_input_errors(networks, frames, message) -> None:
+    with pytest.raises(InputError, match=message):
+        prepare_avatar(frames, networks, detector=StubDetector((0, 0, 60, 60, 0.9)))
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [({"parsing_mode": "chin"}, "parsing mode"), ({"extra_margin": -1}, "extra_margin"),
+     ({"batch_size": 0}, "batch_size"), ({"bbox_shift": 1.5}, "bbox_shift"), ({"blur_fraction": 2}, "blur")],
+)  # fmt: skip
+def test_bad_options_are_input_errors(networks, face, options, message) -> None:
+    with pytest.raises(InputError, match=message):
+        prepare_avatar([face], networks, detector=StubDetector(), **options)
+
+
+def test_a_tiny_box_is_no_face(networks, face) -> None:
+    with pytest.raises(InputError, match="no face found"):
+        prepare_avatar([face], networks, detector=StubDetector((10, 10, 14, 14, 0.9)), extra_margin=0)
+
+
+# --------------------------------------------------------------------------- generation
+
+
+@pytest.mark.parametrize(("fps", "expected"), [(25, 33), (29.97, 39)])
+def test_generate_gives_one_frame_per_frame_of_speech(avatar, networks, frames, fps, expected) -> None:
+    speech = _speech(1.3)
+    assert audio.frame_count(len(speech), fps) == expected  # ceil(1.3 s * fps): the last partial frame kept
+    out = generate(avatar, speech, fps, networks, batch_size=8)
+    first = next(out)  # a generator: frames come before the rest are computed
+    rest = list(out)
+    assert len(rest) + 1 == expected
+    for i, frame in enumerate([first, *rest]):
+        assert frame.shape == frames[0].shape and frame.dtype == np.uint8
+        source = avatar.source_frame(i)
+        if avatar.plans[source] is None:
+            assert np.array_equal(frame, frames[source])  # no face: bit-identical
+        else:
+            assert not np.array_equal(frame, frames[source])
+
+
+def test_a_frame_without_a_face_passes_through_unchanged(avatar, networks, frames) -> None:
+    out = list(generate(avatar, _speech(0.5), 25, networks, batch_size=3))
+    assert len(out) == 13
+    black = [i for i in range(13) if avatar.source_frame(i) == 1]
+    assert black == [1, 4, 7, 10]
+    for i in black:
+        assert np.array_equal(out[i], frames[1])
+        out[i][:] = 7  # the caller may write into a frame it was given: the avatar keeps its own
+    assert not avatar.frames[1].any()
+
+
+def test_blending_changes_nothing_outside_the_blend_region(networks, frames) -> None:
+    avatar = prepare_avatar(frames, dataclasses.replace(networks, face_parser=SkinParser()), detector=StubDetector())
+    out = list(generate(avatar, _speech(0.3), 25, networks, batch_size=4))
+    assert len(out) == 8
+    changed_somewhere = False
+    for i, frame in enumerate(out):
+        source = avatar.source_frame(i)
+        plan = avatar.plans[source]
+        if plan is None:
+            assert np.array_equal(frame, frames[source])
+            continue
+        outside = _outside(frame.shape, plan.region)
+        assert np.array_equal(frame[outside], frames[source][outside]), i
+        x1, y1, x2, y2 = plan.box
+        changed_somewhere |= not np.array_equal(frame[y1:y2, x1:x2], frames[source][y1:y2, x1:x2])
+        top = plan.region[1] + (plan.region[3] - plan.region[1]) // 2 - (plan.region[3] - plan.region[1]) // 20 - 1
+        assert np.array_equal(frame[:top], frames[source][:top])  # above the lower half less the blur
+    assert changed_somewhere
+
+
+def test_batches_do_not_change_the_frames(avatar, networks) -> None:
+    """Batch size and batch boundaries only group the work: frame i pairs prompt i with avatar frame i's latents."""
+    speech = _speech(0.5)
+    one = list(generate(avatar, speech, 25, networks, batch_size=1))
+    five = list(generate(avatar, speech, 25, networks, batch_size=5))
+    assert len(one) == len(five) == 13
+    worst = max(int(np.abs(a.astype(int) - b.astype(int)).max()) for a, b in zip(one, five, strict=True))
+    assert worst <= 1  # float sums in another order may move a decoded pixel by one level, no more
+
+
+def test_saved_avatar_loads_back_to_the_same_frames(avatar, networks, tmp_path: Path) -> None:
+    path = save_avatar(avatar, tmp_path / "avatar.pt")
+    assert path.is_file() and not list(tmp_path.glob("*.partial"))
+    loaded = load_avatar(path)
+    assert loaded.boxes == avatar.boxes and loaded.latent_rows == avatar.latent_rows
+    assert loaded.box_sources == avatar.box_sources and loaded.warnings == avatar.warnings
+    assert torch.equal(loaded.latents, avatar.latents)
+    assert all(
+        (a is None and b is None) or torch.equal(a.mask, b.mask)
+        for a, b in zip(loaded.plans, avatar.plans, strict=True)
+    )
+    speech = _speech(0.4)
+    want = list(generate(avatar, speech, 25, networks, batch_size=4))
+    got = list(generate(loaded, speech, 25, networks, batch_size=4))
+    assert len(got) == len(want) == 10
+    assert all(np.array_equal(a, b) for a, b in zip(got, want, strict=True))
+    unpickled = pickle.loads(pickle.dumps(avatar))  # plain data: it can cross to a worker process
+    assert unpickled.boxes == avatar.boxes and np.array_equal(unpickled.frames, avatar.frames)
+
+
+def test_stages_are_timed_when_asked(networks, face) -> None:
+    result = RunResult()
+    avatar = prepare_avatar(
+        [face], dataclasses.replace(networks, face_parser=SkinParser()), detector=StubDetector(), result=result
+    )
+    assert len(list(generate(avatar, _speech(0.2), 25, networks, result=result))) == 5
+    stages = {s.name: s.items for s in result.stages}
+    assert list(stages) == ["detect", "vae encode", "parse", "whisper", "unet", "vae decode", "blend"]
+    assert stages["vae encode"] == 1 and stages["unet"] == 5 and stages["blend"] == 5
+
+
+@pytest.mark.parametrize(
+    ("speech", "message"),
+    [(np.zeros(SR, np.float32), "silent"), (np.full(SR, 1e-5, np.float32), "silent"), (_speech(0.01), "too short")],
+)
+def test_silence_is_an_input_error_before_any_work(avatar, networks, speech, message) -> None:
+    with pytest.raises(InputError, match=message):
+        generate(avatar, speech, 25, networks)  # raised by the call itself, not by the first frame
+
+
+def test_bad_generate_options(avatar, networks) -> None:
+    with pytest.raises(InputError, match="batch_size"):
+        generate(avatar, _speech(0.2), 25, networks, batch_size=0)
+    with pytest.raises(InputError, match="fps"):
+        generate(avatar, _speech(0.2), 0, networks)
+    other = dataclasses.replace(avatar, latents=avatar.latents[:, :4])
+    with pytest.raises(InputError, match="prepare the avatar again"):
+        generate(other, _speech(0.2), 25, networks)
+
+
+@pytest.mark.parametrize(("samples", "fps"), [(SR, 25), (SR + 123, 29.97), (SR // 2, 12.5), (SR, 60)])
+def test_speech_windows_are_audio_prompts_frame_by_frame(samples: int, fps: float) -> None:
+    rows = audio.speech_rows(samples)
+    hidden = torch.randn(rows + 3, 5, 4)
+    frames = audio.frame_count(samples, fps)
+    windows = SpeechWindows(hidden, samples, fps, frames)
+    everything = audio.audio_prompts(hidden, samples, fps)
+    pick = np.array([frames - 1, 0, frames // 2, 1])
+    assert torch.equal(windows.prompts(pick), everything[torch.from_numpy(pick)])
+    assert torch.equal(windows.prompts(np.arange(frames)), everything)
+
+
+# --------------------------------------------------------------------------- the file
+
+
+@pytest.mark.parametrize(
+    ("content", "words"),
+    [
+        (b"<!DOCTYPE html><html><body>Sign in</body></html>", "web page"),
+        (b"", "empty"),
+        (b"PK\x03\x04" + b"\0" * 64, "truncated"),
+    ],
+)
+def test_a_file_that_is_no_avatar(tmp_path: Path, content: bytes, words: str) -> None:
+    path = tmp_path / "avatar.pt"
+    path.write_bytes(content)
+    with pytest.raises(InputError, match=words) as err:
+        load_avatar(path)
+    assert str(tmp_path) not in str(err.value)  # the file's name, never its folder
+
+
+def test_another_torch_file_or_format_version(avatar, tmp_path: Path) -> None:
+    torch.save({"state": torch.zeros(2)}, tmp_path / "weights.pt")
+    with pytest.raises(InputError, match="not a prepared MuseTalk avatar"):
+        load_avatar(tmp_path / "weights.pt")
+    path = save_avatar(avatar, tmp_path / "avatar.pt")
+    data = torch.load(path, weights_only=True)
+    torch.save({**data, "format_version": 99}, tmp_path / "newer.pt")
+    with pytest.raises(InputError, match=r"format 99.*prepare the avatar again"):
+        load_avatar(tmp_path / "newer.pt")
+    torch.save({**data, "latent_rows": [0, 1, -1]}, tmp_path / "damaged.pt")
+    with pytest.raises(InputError, match="damaged"):
+        load_avatar(tmp_path / "damaged.pt")
