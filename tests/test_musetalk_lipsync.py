@@ -4,6 +4,7 @@ the weights, one message names every missing file and where it goes."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -69,6 +70,32 @@ def test_a_photo_becomes_one_frame_per_25th_of_a_second_of_speech(weights, tmp_p
 
     change = np.abs(frames[0].astype(int) - cv2.imread(str(FACE)).astype(int)).mean(axis=2)
     assert change[60:200, 170:285].mean() > 10 and change[:, :100].mean() < 4 and change[400:].mean() < 4
+
+
+def test_a_second_clip_for_the_same_face_reuses_its_prepared_avatar(weights, tmp_path) -> None:
+    """MuseTalk's real-time mode: in one process (a worker), the networks and the prepared avatar stay; a second
+    clip costs whisper, UNet, VAE decode and blend only, and the same photo under another name is the same face."""
+    from engine.lipsync.musetalk import run
+
+    run.NETWORKS.clear()
+    run.AVATARS.clear()
+    settings = _settings(tmp_path)
+    config = LipSyncConfig(face=FACE, audio=_speech(tmp_path / "a.wav", 0.6), engine="musetalk",
+                           musetalk_weights=str(weights), box=BOX)  # fmt: skip
+    first = run_lipsync(config, tmp_path / "first.mp4", settings, device="cpu")
+    renamed = tmp_path / "renamed.jpg"
+    renamed.write_bytes(FACE.read_bytes())
+    second = run_lipsync(dataclasses.replace(config, face=renamed, audio=_speech(tmp_path / "b.wav", 0.9)),
+                         tmp_path / "second.mp4", settings, device="cpu")  # fmt: skip
+    assert not first.metrics["avatar_cached"] and not first.metrics["networks_cached"]
+    assert second.metrics["avatar_cached"] and second.metrics["networks_cached"]
+    stages = {stage.name for stage in second.stages}
+    assert {"whisper", "unet", "vae decode", "blend"} <= stages and not stages & {"detect", "vae encode", "parse"}
+    assert second.metrics["frames"] == 23 and len(list(read_frames(tmp_path / "second.mp4"))) == 23
+    # Another box is another avatar.
+    third = run_lipsync(dataclasses.replace(config, box=(160, 50, 290, 210)), tmp_path / "third.mp4", settings,
+                        device="cpu")  # fmt: skip
+    assert not third.metrics["avatar_cached"] and third.metrics["networks_cached"]
 
 
 def test_a_video_shorter_than_the_speech_plays_forward_then_backward(weights, tmp_path) -> None:

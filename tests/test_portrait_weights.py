@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from engine.core.cache import LruCache, file_digest
 from engine.core.settings import Settings
-from engine.portrait.cache import LruCache, file_digest
 from engine.portrait.config import PortraitConfig, PortraitError
 from engine.portrait.pipeline import _pick_engine, hub_weights, weights_folder
 

@@ -5,56 +5,10 @@ with other options or another driver skips loading and the source pass (the per-
 
 from __future__ import annotations
 
-import hashlib
-import threading
-from collections import OrderedDict
-from collections.abc import Callable, Hashable
-from pathlib import Path
-from typing import Any, TypeVar
-
-T = TypeVar("T")
-
-
-class LruCache:
-    """A small thread-safe keyed cache that keeps the most recently used `size` entries."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._items: OrderedDict[Hashable, Any] = OrderedDict()
-        self._lock = threading.RLock()
-
-    def get_or_build(self, key: Hashable, build: Callable[[], T]) -> tuple[T, bool]:
-        """The cached value and True, or the newly built (and now cached) value and False. Builds are
-        serialised, so two runs never load the same networks twice."""
-        with self._lock:
-            if key in self._items:
-                self._items.move_to_end(key)
-                return self._items[key], True
-            value = build()
-            self._items[key] = value
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
-            return value, False
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
-
-    def __len__(self) -> int:
-        return len(self._items)
-
+from engine.core.cache import LruCache, file_digest
 
 NETWORKS = LruCache(1)
 SOURCES = LruCache(8)
-
-
-def file_digest(path: str | Path) -> str:
-    """sha256 of a file's bytes: the same image uploaded twice under other names is one source."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def clear() -> None:

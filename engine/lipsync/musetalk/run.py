@@ -6,6 +6,10 @@ policy, as upstream: one output frame per video frame of the speech (the real fr
 kept); a video shorter than the speech plays forward then backward; a photo is a still face at 25 fps. The face box
 comes from the fixed box when one is given, else from the chosen detector (MuseTalk's own fallback to a detector
 box when no landmarks are available; the result says which was used).
+
+Between runs in one process (a job worker, the app's tests) the loaded networks and the two most recent prepared
+avatars stay cached, keyed by everything that changes them: a second clip for the same face costs whisper, UNet, VAE
+decode and blend only, which is MuseTalk's real-time mode.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import numpy as np
 import torch
 
 from engine.core.audio import SAMPLE_RATE, load_audio
+from engine.core.cache import LruCache, file_digest
 from engine.core.device import DeviceChoice, capabilities, precision_dtype
 from engine.core.media import VideoWriter, is_image, load_image, probe_video, read_frames, validate_video
 from engine.core.results import RunResult
@@ -26,12 +31,14 @@ from engine.core.weights import S3FD, resolve
 from engine.faces.detection import FaceDetector, make_detector
 from engine.lipsync.config import LipSyncConfig
 from engine.lipsync.musetalk.audio import check_speech, feature_extractor, frame_count
-from engine.lipsync.musetalk.avatar import prepare_avatar
+from engine.lipsync.musetalk.avatar import PreparedAvatar, prepare_avatar
 from engine.lipsync.musetalk.generate import generate
-from engine.lipsync.musetalk.weights import MuseTalkNetworks, load_networks, require
+from engine.lipsync.musetalk.weights import load_networks, require
 
 Progress = Callable[[float, str], None]
 IMAGE_FPS = 25.0
+NETWORKS = LruCache(1)  # one set: MuseTalk's networks hold about 1.7 GB in fp16
+AVATARS = LruCache(2)  # an avatar holds its frames (about 70 MB a second of 720p)
 WAV2LIP_ONLY = ("checkpoint", "compile", "pads", "smooth", "paste", "audio_offset")  # said when set, then left
 
 
@@ -60,18 +67,24 @@ def _dtype(config: LipSyncConfig, choice: DeviceChoice) -> torch.dtype:
     return precision_dtype("fp32" if precision == "tf32" else precision, capabilities(choice.device))
 
 
-def _face_frames(config: LipSyncConfig, settings: Settings, count: int) -> tuple[list[np.ndarray], float]:
-    """The face's frames the speech needs (at most `count`: the rest would never be shown) and the frame rate."""
+def _checked_face(config: LipSyncConfig, settings: Settings) -> tuple[float, np.ndarray | None]:
+    """The face's frame rate (25 for a photo) and the photo itself; a video is checked from its header here, before
+    anything expensive, and read later (only the frames the speech needs)."""
     if is_image(config.face):
-        return [load_image(config.face, max_side=settings.max_side)], IMAGE_FPS
+        return IMAGE_FPS, load_image(config.face, max_side=settings.max_side)
     info = probe_video(config.face)
     validate_video(info, Path(config.face).name, settings.max_side, settings.max_seconds)
+    return info.fps, None
+
+
+def _video_frames(config: LipSyncConfig, settings: Settings, count: int) -> list[np.ndarray]:
+    """The video's first `count` frames: the rest would never be shown."""
     frames = []
     for frame in read_frames(config.face, max_seconds=settings.max_seconds):
         frames.append(frame)
         if len(frames) >= count:
             break
-    return frames, info.fps
+    return frames
 
 
 def _detector(config: LipSyncConfig, settings: Settings, device: torch.device) -> FaceDetector | FixedBox:
@@ -101,23 +114,33 @@ def run_musetalk(
     progress(0.0, "reading the speech")
     with result.stage("audio"):
         speech = load_audio(config.audio, max_seconds=settings.max_seconds)
-    # The face's frame rate decides the frame count: read the header (or the photo) first, then the frames needed.
-    fps = IMAGE_FPS if is_image(config.face) else probe_video(config.face).fps
+    fps, photo = _checked_face(config, settings)  # the face's frame rate decides the frame count
     speech = check_speech(speech, fps)
     count = frame_count(len(speech), fps)
-    with result.stage("decode"):
-        frames, fps = _face_frames(config, settings, count)
     progress(0.02, "loading MuseTalk")
+    networks_key = (tuple(sorted((name, str(path)) for name, path in files.paths.items())), str(device), dtype)
     with result.stage("load"):
-        networks: MuseTalkNetworks = load_networks(files, device, dtype, parser_dtype=torch.float32)
-    detector = _detector(config, settings, device)
+        networks, networks_cached = NETWORKS.get_or_build(
+            networks_key, lambda: load_networks(files, device, dtype, parser_dtype=torch.float32)
+        )
     batch = config.batch_size or default_batch_size(device)
-    progress(0.05, "preparing the avatar")
-    avatar = prepare_avatar(
-        frames, networks, detector=detector, bbox_shift=config.bbox_shift, batch_size=batch, fps=fps, result=result,
-        progress=lambda fraction, label: progress(0.05 + 0.05 * fraction, label),
-    )  # fmt: skip
-    del frames
+    detection = (config.box,) if config.box is not None else (config.detector, config.detector_checkpoint,
+                                                              config.detect_scale)  # fmt: skip
+    # A video's avatar holds the frames this speech needs: a longer speech prepares more of them.
+    avatar_key = (file_digest(config.face), 1 if photo is not None else count, config.bbox_shift, detection,
+                  networks_key)  # fmt: skip
+
+    def prepare() -> PreparedAvatar:
+        with result.stage("decode"):
+            frames = [photo] if photo is not None else _video_frames(config, settings, count)
+        progress(0.05, "preparing the avatar")
+        return prepare_avatar(
+            frames, networks, detector=_detector(config, settings, device), bbox_shift=config.bbox_shift,
+            batch_size=batch, fps=fps, result=result,
+            progress=lambda fraction, label: progress(0.05 + 0.05 * fraction, label),
+        )  # fmt: skip
+
+    avatar, avatar_cached = AVATARS.get_or_build(avatar_key, prepare)
     for warning in avatar.warnings:
         result.warn(warning)
     extractor = feature_extractor(str(files["whisper_preprocessor"].parent))
@@ -146,7 +169,8 @@ def run_musetalk(
         engine="musetalk", engine_label=f"MuseTalk {config.musetalk_version} ({precision})", frames=count, fps=fps,
         faces_missed=missed, batch_size=batch, width=width, height=height,
         audio_seconds=len(speech) / SAMPLE_RATE, encoder=writer.codec, pipeline_seconds=wall,
-        frames_per_second=count / wall if wall > 0 else None, detector=getattr(detector, "name", "detector"),
+        frames_per_second=count / wall if wall > 0 else None, detector=avatar.detector,
+        networks_cached=networks_cached, avatar_cached=avatar_cached,
     )  # fmt: skip
     progress(1.0, "done")
     return result
