@@ -73,12 +73,14 @@ class Services:
 
 
 def worker_devices(settings: Settings) -> dict[str, int]:
-    """Worker processes per device: one per visible GPU (CUDA_VISIBLE_DEVICES respected; none when the device
-    setting is "cpu"), and AVATARBENCH_CPU_WORKERS for the CPU."""
+    """Worker processes per device: AVATARBENCH_WORKERS_PER_GPU on every visible GPU (CUDA_VISIBLE_DEVICES
+    respected; none when the device setting is "cpu"; the most any kind asks for, each kind's jobs then taking
+    1/N of the card), and AVATARBENCH_CPU_WORKERS for the CPU."""
     import torch
 
     gpus = 0 if settings.device == "cpu" or not torch.cuda.is_available() else torch.cuda.device_count()
-    return {**{f"cuda:{i}": 1 for i in range(gpus)}, "cpu": settings.cpu_workers}
+    per_gpu = max(n for _, n in settings.workers_per_gpu)
+    return {**{f"cuda:{i}": per_gpu for i in range(gpus)}, "cpu": settings.cpu_workers}
 
 
 def start_jobs(settings: Settings) -> Services:
@@ -98,7 +100,8 @@ def start_jobs(settings: Settings) -> Services:
     keep_within_budget = functools.partial(enforce_budget, store, settings.outputs_dir, Budget.from_settings(settings))
     keep_within_budget()
     limits = JobLimits(dict(settings.job_time_limits), int(settings.job_memory_gb * 2**30))
-    broker = Broker(store, JOB_KINDS, worker_devices(settings), limits, chores=keep_within_budget).start()
+    workers, per_gpu = worker_devices(settings), dict(settings.workers_per_gpu)
+    broker = Broker(store, JOB_KINDS, workers, limits, chores=keep_within_budget, per_gpu=per_gpu).start()
     return Services(broker, *(kind(broker, settings) for kind in (LipSyncJobs, PortraitJobs, OnnxEvalJobs, BenchJobs)))
 
 
@@ -255,6 +258,7 @@ def serve(args: argparse.Namespace) -> int:
     shutdown = Shutdown(settings.shutdown_grace_s)
     shutdown.install()
     services = start_jobs(settings)
+    sampler.workers = services.broker.activity  # the telemetry shows each device's workers and their jobs
     access = Access(frozenset(args.operator or ()))
     demo = None
     try:

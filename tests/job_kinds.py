@@ -13,6 +13,8 @@ KINDS = {
     "allocate": "job_kinds:allocate",
     "die": "job_kinds:die",
     "flags": "job_kinds:flags",
+    "hold": "job_kinds:hold",
+    "whole": "job_kinds:hold",  # the same handler under a kind with its own workers per GPU
 }
 
 
@@ -59,3 +61,18 @@ def flags(job: Any, progress: Any, context: Any) -> dict:
         "threads": torch.get_num_threads(),
         "pid": os.getpid(),
     }
+
+
+def hold(job: Any, progress: Any, context: Any) -> dict:
+    """Hold a worker for a while, noting the device key it was queued under, the device it really ran on, its share
+    of the device and every other job that ran under the same key meanwhile. With `partner_s` it holds on (up to
+    that long) until another job has run beside it, so slow worker start-ups cannot make side-by-side jobs miss."""
+    key = context.store.get(job.id).device
+    others: set[str] = set()
+    start = time.monotonic()
+    seconds, partner_s = float(job.settings.get("seconds", 0.5)), float(job.settings.get("partner_s", 0))
+    while (now := time.monotonic() - start) < seconds or (not others and now < partner_s):
+        others |= {j.id for j in context.store.running() if j.id != job.id and j.device == key}
+        progress(0.5, "holding")
+        time.sleep(0.01)
+    return {"key": key, "ran_on": job.device, "share": job.share, "overlapped": sorted(others), "pid": os.getpid()}

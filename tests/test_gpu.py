@@ -114,6 +114,27 @@ def test_oom_backoff_on_a_real_out_of_memory_error() -> None:
         run_with_oom_backoff(lambda b: torch.zeros(2, 3, device="cuda") @ torch.zeros(2, 3, device="cuda"), 8)
 
 
+def test_a_jobs_share_of_the_card_caps_its_pytorch_memory() -> None:
+    """With N workers per GPU each job gets 1/N of the card (engine.jobs.worker.prepare_process): an allocation over
+    its share fails, and the next job's larger share is its own."""
+    import torch
+
+    from engine.jobs.worker import prepare_process
+
+    total = torch.cuda.get_device_properties(0).total_memory
+    try:
+        prepare_process({}, "cuda:0", 0.02)
+        with pytest.raises(torch.OutOfMemoryError):
+            torch.empty(int(0.05 * total), dtype=torch.uint8, device="cuda:0")
+        prepare_process({}, "cuda:0", 0.5)
+        block = torch.empty(int(0.05 * total), dtype=torch.uint8, device="cuda:0")
+        assert block.numel() == int(0.05 * total)
+        del block
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0, 0)
+        torch.cuda.empty_cache()
+
+
 def test_measurement_window_reads_the_energy_counter() -> None:
     import time
 

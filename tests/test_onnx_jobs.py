@@ -144,6 +144,27 @@ def test_gpu_providers_choose_the_gpu_queue_only_where_a_gpu_exists(
     assert store.blob_path(sub.job.model_sha256)  # the model is stored once for all three
 
 
+def test_seven_evaluations_share_a_gpu_with_a_seventh_of_its_memory_each(
+    store: JobStore, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """AVATARBENCH_WORKERS_PER_GPU=1,onnx_eval=7: an evaluation on the GPU is not timed (it shares the card, and its
+    report says so), takes 1/7 of it, and ONNX Runtime's arena cap (gpu_mem_limit) is 1/7 of the memory fraction."""
+    import engine.onnx.jobs as onnx_jobs
+
+    model = mlp(tmp_path / "m.onnx")
+    shared = OnnxEvalJobs(Broker(store, HANDLERS, {"cuda:0": 7, CPU: 1}, per_gpu={"default": 1, KIND: 7}), settings)
+    sub = _submit(shared, providers="cpu,cuda", model=model)
+    assert sub.job.device == "cuda:0" and not sub.job.timed and sub.job.share == pytest.approx(1 / 7)
+    assert any("shared by up to 7 evaluations" in w for w in sub.warnings)
+    alone = _submit(shared, providers="cpu", model=model)
+    assert alone.job.device == CPU and alone.job.timed  # the CPU is never shared by a measurement
+    seen = []
+    monkeypatch.setattr(onnx_jobs, "evaluate", lambda *a, placement, **k: seen.append(placement) or {"config": {}})
+    job = store.claim_next("cuda:0", max_running=7)
+    run_job(job, WorkerContext(store, settings, CPU), HANDLERS)  # the GPU's job, run on this machine's CPU
+    assert seen and seen[0].gpu_memory_fraction == pytest.approx(settings.gpu_memory_fraction / 7)
+
+
 def test_images_are_stored_and_used_by_the_job(store: JobStore, settings: Settings, tmp_path: Path) -> None:
     jobs = _jobs(store, settings)
     model = colour_classifier(tmp_path / "colours.onnx")

@@ -201,17 +201,36 @@ def test_concurrent_claims_never_share_a_job_or_overlap_on_a_gpu(tmp_path: Path)
 
 def test_claim_next_honours_max_running(store: JobStore) -> None:
     for _ in range(3):
-        store.submit("onnx_eval", {}, "cpu")
+        store.submit("onnx_eval", {}, "cpu", share=0.25)
     assert store.claim_next("cpu", max_running=2) is not None
     assert store.claim_next("cpu", max_running=2) is not None
     assert store.claim_next("cpu", max_running=2) is None
     assert store.claim_next("cuda:1") is None  # nothing queued there
 
 
+def test_jobs_start_while_their_shares_fit_and_the_queue_order_holds(store: JobStore) -> None:
+    sevenths = [store.submit("onnx_eval", {}, "cuda:0", share=1 / 7) for _ in range(7)]
+    whole = store.submit("lipsync", {}, "cuda:0")  # 1 worker per GPU for its kind: the whole card
+    small = store.submit("onnx_eval", {}, "cuda:0", share=1 / 7)
+    assert [store.claim_next("cuda:0", max_running=8).id for _ in range(7)] == [j.id for j in sevenths]
+    assert store.claim_next("cuda:0", max_running=8) is None  # seven sevenths fill the card (within rounding)
+    store.finish(sevenths[0].id, {})
+    assert store.claim_next("cuda:0", max_running=8) is None  # the whole-card job waits, and the small one behind it
+    for job in sevenths[1:]:
+        store.finish(job.id, {})
+    assert store.claim_next("cuda:0", max_running=8).id == whole.id
+    assert store.claim_next("cuda:0", max_running=8) is None
+    store.finish(whole.id, {})
+    assert store.claim_next("cuda:0", max_running=8).id == small.id
+    assert store.load() == {"cuda:0": pytest.approx(1 / 7)}
+    with pytest.raises(StoreError, match="share"):
+        store.submit("onnx_eval", {}, "cuda:0", share=0)
+
+
 def test_a_timed_job_has_its_device_alone(store: JobStore) -> None:
-    first = store.submit("bench", {}, "cuda:0")
-    timed = store.submit("onnx_eval", {}, "cuda:0", timed=True)
-    after = store.submit("bench", {}, "cuda:0")
+    first = store.submit("bench", {}, "cuda:0", share=0.5)
+    timed = store.submit("onnx_eval", {}, "cuda:0", timed=True, share=0.25)  # timed: the whole device regardless
+    after = store.submit("bench", {}, "cuda:0", share=0.5)
     assert store.claim_next("cuda:0", max_running=4).id == first.id
     assert store.claim_next("cuda:0", max_running=4) is None  # the timed job waits for the device to be free...
     store.finish(first.id, {})

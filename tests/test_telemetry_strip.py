@@ -134,3 +134,27 @@ def test_what_a_page_is_sent_stays_within_10_kib_per_s_for_any_number_of_gpus(gp
 def test_the_strip_never_refreshes_faster_than_the_sampler() -> None:
     assert RefreshPeriods.for_machine(0, False, 0.2).strip_s == 1.0
     assert RefreshPeriods.for_machine(0, False, 3.0) == RefreshPeriods(3.0, 5.0)
+
+
+def test_every_gpu_shows_its_workers_and_their_jobs_and_the_others_show_on_the_host_line() -> None:
+    from engine.system.telemetry import GpuProcess, WorkerActivity, render_table
+
+    snaps = _history(2, seconds=10)
+    snap = snaps[-1]
+    snap.gpus[0].processes = [GpuProcess(101, "python", "C", 2**30)]  # NVML's view of the worker's process
+    snap.workers = [
+        WorkerActivity("cuda:0", 101, "lipsync", 0.42, "frame 42/100"),
+        WorkerActivity("cuda:0", 102, "onnx_eval", 0.1),
+        WorkerActivity("cuda:1", 103),
+        WorkerActivity("cpu", 104, "portrait", 0.5),
+        WorkerActivity("node-b/cuda:0", 105),  # a Ray actor on another machine: not one of these GPUs
+    ]
+    strip = strip_html(snap, snaps, 1.0)
+    lines = strip.split("class='ab-strip-line'")[1:]
+    assert "jobs: lipsync 42% · onnx_eval 10%" in lines[0] and "jobs: idle" in lines[1]
+    assert "cpu: portrait 50%" in lines[2] and "node-b/cuda:0: idle" in lines[2]
+    panel = current_values_html(snap)
+    assert "<th>Jobs</th>" in panel and "<td>lipsync 42% · onnx_eval 10%</td>" in panel and "<td>idle</td>" in panel
+    table = render_table(snap)
+    assert "Job workers:" in table and "cuda:0        101        lipsync 42%  frame 42/100" in table
+    assert "101       C     python [lipsync 42%]" in table

@@ -23,7 +23,7 @@ from typing import Any
 import gradio as gr
 import plotly.graph_objects as go
 
-from engine.system.telemetry import GpuSample, Snapshot, TelemetrySampler, series, throttle_text
+from engine.system.telemetry import GpuSample, Snapshot, TelemetrySampler, WorkerActivity, series, throttle_text
 
 STRIP_PERIOD_S = 1.0  # the strip never refreshes faster than this, whatever the sampling interval
 PANEL_PERIOD_S = 5.0  # the full panel's table and plots, while it is open (longer with many GPUs)
@@ -93,7 +93,12 @@ def _gpu_history(snaps: list[Snapshot], index: int, get: Callable[[GpuSample], f
     return [next((get(g) for g in s.gpus if g.index == index), None) for s in snaps]
 
 
-def _gpu_line(gpu: GpuSample, recent: list[Snapshot]) -> str:
+def _jobs_text(workers: list[WorkerActivity]) -> str:
+    """What a device's workers run: "lipsync 40% · idle" (one entry per worker)."""
+    return " · ".join(w.doing for w in workers)
+
+
+def _gpu_line(gpu: GpuSample, recent: list[Snapshot], workers: list[WorkerActivity]) -> str:
     used = "N/A" if gpu.memory_used_bytes is None else _gib(gpu.memory_used_bytes)
     parts = [
         _metric(
@@ -117,6 +122,8 @@ def _gpu_line(gpu: GpuSample, recent: list[Snapshot]) -> str:
     throttling = [r for r in gpu.throttle_reasons or () if r != "idle"]
     if throttling:
         parts.append(f"<span>⚠️ throttled: {html.escape(throttle_text(throttling))}</span>")
+    if workers:
+        parts.append(f"<span class='ab-jobs' title='its job workers'>jobs: {html.escape(_jobs_text(workers))}</span>")
     head = f"<b>GPU {gpu.index}</b><span class='ab-dim ab-gpu-name'>{html.escape(gpu.name)}</span>"
     title = f"GPU {gpu.index}: utilisation, memory used and power; the lines show the last {SPARK_WINDOW_S:.0f} s"
     return _line(head, title, parts)
@@ -132,6 +139,7 @@ def _host_line(snap: Snapshot, recent: list[Snapshot], interval_s: float) -> str
             100,
         ),
         f"<span>app {h.process_rss_bytes / 2**20:.0f} MiB</span>",
+        *elsewhere(snap),
         f"<span id='telemetry-timestamp' class='ab-dim'>Updated {datetime.fromtimestamp(snap.timestamp):%H:%M:%S}"
         f" · every {interval_s:g} s</span>",
     ]
@@ -141,9 +149,20 @@ def _host_line(snap: Snapshot, recent: list[Snapshot], interval_s: float) -> str
     return _line(head, title, parts)
 
 
+def elsewhere(snap: Snapshot) -> list[str]:
+    """The workers not on a local GPU (the CPU's, Ray actors'), each device with its jobs."""
+    devices: dict[str, list[WorkerActivity]] = {}
+    for w in snap.workers:
+        if w.gpu_index is None or w.gpu_index not in {g.index for g in snap.gpus}:
+            devices.setdefault(w.device, []).append(w)
+    return [
+        f"<span class='ab-jobs'>{html.escape(d)}: {html.escape(_jobs_text(ws))}</span>" for d, ws in devices.items()
+    ]
+
+
 def strip_html(snap: Snapshot, recent: list[Snapshot], interval_s: float) -> str:
     """The compact strip: one line per GPU, then the host (with the time of the newest sample)."""
-    lines = [_gpu_line(g, recent) for g in snap.gpus]
+    lines = [_gpu_line(g, recent, snap.workers_on(g.index)) for g in snap.gpus]
     lines.append(_host_line(snap, recent, interval_s))
     return f"<div class='ab-strip'>{''.join(lines)}</div>"
 
@@ -174,14 +193,13 @@ def current_values_html(snap: Snapshot) -> str:
                     f"{_pct(g.encoder_percent)} / {_pct(g.decoder_percent)}",
                     g.performance_state or "N/A",
                     throttle_text(g.throttle_reasons),
+                    _jobs_text(snap.workers_on(g.index)) or "no workers",
                 )
             )
             + "</tr>"
         )
-    head = "".join(
-        f"<th>{h}</th>"
-        for h in ("Device", "Util", "Memory", "Temp", "Power", "SM / mem clock", "Enc / dec", "Perf", "Throttle")
-    )
+    columns = ("Device", "Util", "Memory", "Temp", "Power", "SM / mem clock", "Enc / dec", "Perf", "Throttle", "Jobs")
+    head = "".join(f"<th>{h}</th>" for h in columns)
     h = snap.host
     host = (
         f"Host CPU {h.cpu_percent:.0f}% of {h.cpu_count} cores · RAM {h.ram_used_bytes / 2**30:.1f} / "
@@ -194,7 +212,8 @@ def current_values_html(snap: Snapshot) -> str:
         if snap.gpus
         else f"<p class='ab-no-gpu'>⚠️ {html.escape(snap.gpu_status)}: host telemetry only.</p>"
     )
-    return f"{gpu_part}<p>{html.escape(host)} · updated {snap.time_text}</p>"
+    others = "".join(f" · {part}" for part in elsewhere(snap))
+    return f"{gpu_part}<p>{html.escape(host)}{others} · updated {snap.time_text}</p>"
 
 
 def _x_axis(ages: list[float], interval_s: float) -> dict[str, Any]:

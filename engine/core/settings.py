@@ -86,6 +86,20 @@ def _time_limits(raw: str | None) -> tuple[tuple[str, float], ...]:
     return tuple(limits.items())
 
 
+def _workers_per_gpu(raw: str | None) -> tuple[tuple[str, int], ...]:
+    """N or KIND=N pairs, comma-separated (a bare N is the default for kinds not named), e.g. `2,onnx_eval=7`."""
+    counts = {"default": 1}
+    for part in (p.strip() for p in (raw or "").split(",") if p.strip()):
+        kind, sep, value = (v.strip() for v in part.rpartition("="))
+        kind = kind if sep else "default"
+        if not (value.isdigit() and 1 <= int(value) <= 64 and (kind or not sep)):
+            raise SettingsError(
+                f"{PREFIX}WORKERS_PER_GPU: {part!r} is not N or KIND=N with N in 1..64, e.g. 2 or 2,onnx_eval=7"
+            )
+        counts[kind] = int(value)
+    return tuple(counts.items())
+
+
 def _three_quarters_of_ram_gb() -> float:
     try:
         import psutil
@@ -105,6 +119,9 @@ class Settings:
     telemetry_interval_s: float = 1.0
     telemetry_history_s: int = 600
     cpu_workers: int = 1
+    workers_per_gpu: tuple[tuple[str, int], ...] = (("default", 1),)
+    split_seconds: float = 20.0
+    ray_address: str | None = None
     job_time_limits: tuple[tuple[str, float], ...] = (("default", 3600.0),)
     job_memory_gb: float = 16.0
     shutdown_grace_s: float = 10.0
@@ -159,12 +176,28 @@ DOCUMENTED: dict[str, tuple[str, str]] = {
     "MAX_UPLOAD_MB": ("max_upload_mb", "largest accepted upload in MiB, 1..100000 (default 500)"),
     "GPU_MEMORY_FRACTION": (
         "gpu_memory_fraction",
-        "share of each GPU's memory its worker processes may allocate (split evenly between them), 0.05..1.0 "
-        "(default 0.9)",
+        "share of each GPU's memory its workers' jobs may allocate together (a job with 1/N of the card gets 1/N of "
+        "this), 0.05..1.0 (default 0.9)",
     ),
     "TELEMETRY_INTERVAL": ("telemetry_interval_s", "seconds between telemetry samples, 0.1..60 (default 1.0)"),
     "TELEMETRY_HISTORY": ("telemetry_history_s", "seconds of telemetry history kept, 10..86400 (default 600)"),
     "CPU_WORKERS": ("cpu_workers", "worker processes for CPU jobs, 1..64 (default 1: CPU timings never overlap)"),
+    "WORKERS_PER_GPU": (
+        "workers_per_gpu",
+        "worker processes per GPU, each of whose jobs may take 1/N of the card's memory (PyTorch's per-process "
+        "fraction, ONNX Runtime's gpu_mem_limit): N for every kind, or KIND=N pairs (lipsync, portrait, onnx_eval, "
+        "bench), e.g. 2,onnx_eval=7; 1..64 (default 1). A timed job still takes its whole card",
+    ),
+    "SPLIT_SECONDS": (
+        "split_seconds",
+        "a lip-sync or portrait job longer than this many seconds is split into time segments over the GPUs "
+        "idle when it is submitted, and reassembled, 1..7200 (default 20); needs two or more GPUs",
+    ),
+    "RAY_ADDRESS": (
+        "ray_address",
+        "run the workers as Ray actors on a cluster: auto (a cluster started on this machine with `ray start "
+        "--head`) or ray://HOST:10001 (default: unset, local worker processes; needs the ray extra)",
+    ),
     "JOB_TIME_LIMITS": (
         "job_time_limits",
         "seconds a job may run, per kind: KIND=SECONDS pairs and default=SECONDS, e.g. default=3600,bench=14400 "
@@ -257,6 +290,9 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         telemetry_interval_s=_number(env, "TELEMETRY_INTERVAL", 1.0, 0.1, 60.0),
         telemetry_history_s=_number(env, "TELEMETRY_HISTORY", 600, 10, 86_400, int),
         cpu_workers=_number(env, "CPU_WORKERS", 1, 1, 64, int),
+        workers_per_gpu=_workers_per_gpu(_env(env, "WORKERS_PER_GPU")),
+        split_seconds=_number(env, "SPLIT_SECONDS", 20.0, 1.0, 7200.0),
+        ray_address=_env(env, "RAY_ADDRESS"),
         job_time_limits=_time_limits(_env(env, "JOB_TIME_LIMITS")),
         job_memory_gb=_number(env, "JOB_MEMORY_GB", _three_quarters_of_ram_gb(), 0.25, 4096.0),
         shutdown_grace_s=_number(env, "SHUTDOWN_GRACE", 10.0, 0.0, 3600.0),

@@ -1,7 +1,8 @@
 """The broker: every job that uses a device or is timed runs in a worker process, never in the web process.
 
-It places jobs on devices (the least-loaded GPU, or the CPU), keeps one worker process per device alive (see
-engine/jobs/worker.py), and enforces what a job may take: a time limit per kind and a memory cap per worker
+It places jobs on devices (the least-loaded GPU, or the CPU), keeps the workers of each device alive (processes
+by default, see engine/jobs/worker.py; N per GPU with AVATARBENCH_WORKERS_PER_GPU, each job taking 1/N of its
+card), and enforces what a job may take: a time limit per kind and a memory cap per worker
 (either one stops the worker and fails the job with the reason), and cancellation. A worker that dies on its own
 (a segfault, the OOM killer, `os._exit`) fails only its job, with the reason, and is replaced. `stop()` lets
 running jobs finish within a grace period, then stops their workers and fails those jobs with the reason; queued
@@ -20,11 +21,12 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from engine.core.errors import InputError
 from engine.jobs.store import CANCELLED, CPU, FAILED, RUNNING, Job, JobStore
 from engine.jobs.worker import WorkerSpec, serve
+from engine.system.telemetry import WorkerActivity
 
 log = logging.getLogger("avatarbench.broker")
 _SPAWN = multiprocessing.get_context("spawn")  # never fork: CUDA does not survive a fork
@@ -41,10 +43,46 @@ class JobLimits:
         return self.time_s.get(kind, self.time_s.get("default", 3600.0))
 
 
+class WorkerHandle(Protocol):
+    """What the broker needs of a running worker, whatever runs it: a spawned process (the default), a Ray actor
+    driven from the app (engine/jobs/ray_pool.py) or a ZeroGPU slot (engine/jobs/zerogpu.py). `pid` is the id
+    recorded on the jobs it claims (unique among the broker's workers). A handle may also carry `reason`: why it
+    ended, in words (a Ray actor that died), used instead of its exit status."""
+
+    pid: int | None
+    exitcode: int | None
+
+    def is_alive(self) -> bool: ...
+    def kill(self) -> None: ...
+    def join(self, timeout: float | None = None) -> None: ...
+
+
+Launcher = Callable[[WorkerSpec, Any, Any], WorkerHandle]  # (spec, wake event, stop event) -> a started worker
+
+
+def spawn_process(spec: WorkerSpec, wake: Any, stop: Any) -> WorkerHandle:
+    """The default launcher: a spawned process running engine.jobs.worker.serve."""
+    process = _SPAWN.Process(target=serve, args=(spec, wake, stop), name=f"avatarbench-{spec.device}", daemon=True)
+    process.start()
+    return process
+
+
+def worker_rss(handle: WorkerHandle) -> int | None:
+    """A worker's resident memory: its own report when it has one (a remote actor), else its local process's."""
+    if hasattr(handle, "rss"):
+        return handle.rss()
+    import psutil
+
+    try:
+        return psutil.Process(handle.pid).memory_info().rss
+    except (psutil.Error, TypeError, ValueError):
+        return None
+
+
 @dataclass
 class _Worker:
     device: str
-    process: Any  # multiprocessing.Process
+    process: WorkerHandle
     wake: Any  # multiprocessing.Event
     stop: Any
     verdict: tuple[str, str, str] | None = None  # (job id, reason, status) the broker stopped it for
@@ -73,12 +111,21 @@ class Broker:
         monitor_s: float = 0.2,
         chores: Callable[[], object] | None = None,
         chores_s: float = 600.0,
+        per_gpu: Mapping[str, int] | None = None,
+        run_on: Mapping[str, str] | None = None,
+        launcher: Launcher = spawn_process,
     ) -> None:
-        """`kinds`: job kind -> "module:function" of its handler; `workers`: device -> how many worker processes
-        ("cuda:0": 1, "cpu": 1); `chores`: called from the watch every `chores_s` seconds."""
+        """`kinds`: job kind -> "module:function" of its handler; `workers`: device -> how many workers ("cuda:0": 2,
+        "cpu": 1); `per_gpu`: kind (or "default") -> workers per GPU for that kind, whose jobs each take 1/N of
+        the card (at most the GPU's worker count); `run_on`: device key -> the device its handlers use (a Ray
+        actor's "cuda:0"; "cpu" for the logical GPUs of tests); `chores`: called from the watch every `chores_s`
+        seconds; `launcher`: starts one worker (a spawned process unless told otherwise)."""
         self.store, self.kinds = store, dict(kinds)
         self.workers = {device: max(1, int(n)) for device, n in workers.items()} or {CPU: 1}
         self.devices = list(self.workers)
+        self.per_gpu = dict(per_gpu or {})
+        self.run_on = dict(run_on or {})
+        self.launcher = launcher
         self.limits = limits or JobLimits()
         self.poll_s, self.monitor_s = poll_s, monitor_s
         self.chores, self.chores_s = chores, chores_s
@@ -100,15 +147,14 @@ class Broker:
     def _spawn(self, device: str) -> _Worker:
         spec = WorkerSpec(
             device=device, db_path=str(self.store.db_path), blobs_dir=str(self.store.blobs_dir), kinds=self.kinds,
-            max_running=self.workers[device], poll_s=self.poll_s,
+            max_running=self.workers[device], poll_s=self.poll_s, run_on=self.run_on.get(device, device),
         )  # fmt: skip
         wake, stop = _SPAWN.Event(), _SPAWN.Event()
-        process = _SPAWN.Process(target=serve, args=(spec, wake, stop), name=f"avatarbench-{device}", daemon=True)
-        process.start()
-        worker = _Worker(device, process, wake, stop)
+        handle = self.launcher(spec, wake, stop)
+        worker = _Worker(device, handle, wake, stop)
         with self._lock:
             self._workers.append(worker)
-        log.info("started a worker for %s (pid %s)", device, process.pid)
+        log.info("started a worker for %s (id %s)", device, handle.pid)
         return worker
 
     def stop(self, grace_s: float = 10.0, reason: str = "the app was stopped") -> list[str]:
@@ -135,6 +181,18 @@ class Broker:
             self._monitor.join(5)
         return failed
 
+    def activity(self) -> list[WorkerActivity]:
+        """Every worker with the job it is running (kind and progress; never whose it is), for the telemetry."""
+        with self._lock:
+            workers = [w for w in self._workers if w.process.is_alive()]
+        running = {job.worker: job for job in self.store.running()}
+        out = []
+        for w in workers:
+            job = running.get(w.process.pid)
+            out.append(WorkerActivity(w.device, w.process.pid, job.kind if job else None,
+                                      job.progress if job else 0.0, job.progress_label if job else ""))  # fmt: skip
+        return out
+
     def pids(self) -> list[int]:
         with self._lock:
             return [w.process.pid for w in self._workers if w.process.is_alive()]
@@ -146,14 +204,24 @@ class Broker:
 
     def place(self, wants_gpu: bool, preferred: str | None = None) -> str:
         """Where a new job goes: the preferred device when there is a worker for it, else the least-loaded GPU
-        when the job wants one, else the CPU."""
+        (the shares of its queued and running jobs added up) when the job wants one, else the CPU."""
         if preferred in self.devices:
             return preferred  # type: ignore[return-value]
         gpus = self.gpus()
         if not wants_gpu or not gpus:
             return CPU
         load = self.store.load()
-        return min(gpus, key=lambda d: (load.get(d, 0), self.devices.index(d)))
+        return min(gpus, key=lambda d: (load.get(d, 0.0), self.devices.index(d)))
+
+    def share(self, kind: str, device: str, timed: bool = False) -> float:
+        """The part of `device` a job of `kind` takes: all of it when timed; on a GPU 1/N with N its kind's workers
+        per GPU (capped by the workers there); on the CPU 1/(its workers)."""
+        if timed:
+            return 1.0
+        count = self.workers.get(device, 1)
+        if device != CPU:
+            count = min(count, self.per_gpu.get(kind, self.per_gpu.get("default", count)))
+        return 1.0 / max(1, count)
 
     def submit(
         self,
@@ -170,7 +238,8 @@ class Broker:
             raise InputError(f"no worker runs jobs of kind {kind!r}; kinds: {', '.join(self.kinds)}")
         if device not in self.devices:
             raise InputError(f"no worker for {device}; devices: {', '.join(self.devices)}")
-        job = self.store.submit(kind, settings, device, model_sha256, owner=owner, timed=timed)
+        share = self.share(kind, device, timed)
+        job = self.store.submit(kind, settings, device, model_sha256, owner=owner, timed=timed, share=share)
         self.wake(device)
         return job
 
@@ -225,8 +294,6 @@ class Broker:
                 log.exception("the broker's watch failed once")
 
     def _check_once(self) -> None:
-        import psutil
-
         with self._lock:
             workers = list(self._workers)
         for w in workers:
@@ -242,11 +309,8 @@ class Broker:
                 reason = f"ran past its time limit of {limit:g} s (AVATARBENCH_JOB_TIME_LIMITS)"
                 self._stop_worker(worker, job.id, reason)
                 continue
-            try:
-                rss = psutil.Process(worker.process.pid).memory_info().rss
-            except psutil.Error:
-                continue
-            if rss > self.limits.memory_bytes:
+            rss = worker_rss(worker.process)
+            if rss is not None and rss > self.limits.memory_bytes:
                 cap = f"{self.limits.memory_bytes / 2**30:.3g} GB"
                 self._stop_worker(worker, job.id, f"used more than {cap} of memory (AVATARBENCH_JOB_MEMORY_GB)")
 
@@ -256,7 +320,8 @@ class Broker:
         if job is not None and worker.verdict is not None and worker.verdict[0] != job.id:
             self.store.requeue(job.id)  # stopped for the job before, which ended meanwhile: this one runs again
         elif job is not None:
-            _, reason, status = worker.verdict or (job.id, _exit_reason(worker.process.exitcode), FAILED)
+            ended = getattr(worker.process, "reason", None) or _exit_reason(worker.process.exitcode)
+            _, reason, status = worker.verdict or (job.id, ended, FAILED)
             self.store.fail(job.id, reason, status)
             log.warning("job %s (%s) ended: %s", job.id, job.kind, reason)
         with self._lock:
@@ -265,4 +330,4 @@ class Broker:
             self._spawn(worker.device)
 
 
-__all__ = ["Broker", "JobLimits"]
+__all__ = ["Broker", "JobLimits", "Launcher", "WorkerHandle", "spawn_process", "worker_rss"]

@@ -15,9 +15,10 @@ Decisions worth knowing:
   clock tick must still have a definite order. `position` is computed when read, never stored, so it
   cannot go stale.
 - Workers claim per device key ("cuda:N" or "cpu"), at most `max_running` at once (one worker process each).
-  A *timed* job has its device to itself: it starts only when nothing else runs there, and nothing else
-  starts there until it ends, so a measurement never times other work (the queue order is kept: a timed job
-  at the head of a busy device's queue waits, and the jobs behind it wait with it).
+  Each job takes a *share* of its device (1/N with N workers per GPU for its kind) and starts only when its
+  share fits beside the running jobs' (they add up to at most 1). A *timed* job's share is 1: it has its device
+  to itself, so a measurement never times other work. The queue order is kept: a head that does not fit waits,
+  and the jobs behind it wait with it.
 - Every job has an owner (a login, or a browser session); reads can be limited to one owner, so one user
   never sees or changes another's jobs. owner=None reads everything (the operator).
 - Blobs are content-addressed (sha256), so a model uploaded twice is stored once, and a job names its
@@ -52,17 +53,19 @@ FINISHED = (DONE, FAILED, CANCELLED)
 CPU = "cpu"
 
 _SCHEMA_VERSION = 2
+_SHARE_SLACK = 1e-6  # seven shares of 1/7 add up to a whisker over 1 in floating point
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _BLOB_REF = re.compile(r"(?:onnx:)?([0-9a-f]{64})")  # how settings name a blob: bare, or a sweep's onnx:<sha256>
 _COLUMNS = (
     "id, kind, model_sha256, settings, device, status, progress, progress_label, error, result, "
-    "created, started, finished, seq, owner, timed, worker"
+    "created, started, finished, seq, owner, timed, worker, share"
 )
 # Columns added after v1, with their definitions: a v1 database gains them in place.
 _ADDED = {
     "owner": "TEXT NOT NULL DEFAULT ''",
     "timed": "INTEGER NOT NULL DEFAULT 0",
     "worker": "INTEGER",
+    "share": "REAL NOT NULL DEFAULT 1",
 }
 
 
@@ -88,6 +91,7 @@ class Job:
     owner: str = ""
     timed: bool = False
     worker: int | None = None  # the process id of the worker running it
+    share: float = 1.0  # the part of its device it takes (1/N with N workers per GPU for its kind; 1 when timed)
     position: int | None = None  # 1-based place among the device's queued jobs; None unless queued
 
 
@@ -121,7 +125,7 @@ def _blob_refs(value: Any) -> Iterator[str]:
 
 def _row_to_job(row: tuple, position: int | None = None) -> Job:
     (job_id, kind, sha, settings, device, status, progress, label, error, result, created, started, finished) = row[:13]
-    owner, timed, worker = row[14:17]
+    owner, timed, worker, share = row[14:18]
     return Job(
         id=job_id,
         kind=kind,
@@ -139,6 +143,7 @@ def _row_to_job(row: tuple, position: int | None = None) -> Job:
         owner=owner,
         timed=bool(timed),
         worker=worker,
+        share=share,
         position=position,
     )
 
@@ -292,19 +297,24 @@ class JobStore:
         model_sha256: str | None = None,
         owner: str = "",
         timed: bool = False,
+        share: float = 1.0,
     ) -> Job:
+        """A queued job. `share` is the part of its device it takes while it runs (a timed job takes all of it)."""
         if not isinstance(settings, dict):
             raise StoreError(f"settings must be a dict, not {type(settings).__name__}")
         if not kind or not device:
             raise StoreError("a job needs a kind and a device")
+        share = 1.0 if timed else float(share)
+        if not 0.0 < share <= 1.0:
+            raise StoreError(f"a job's share of its device is in (0, 1], not {share}")
         settings_text = _dumps(settings)  # fails here, in the request, if the settings are not JSON
         for _ in range(5):
             job_id = secrets.token_hex(6)
             try:
                 self._write(
-                    "INSERT INTO jobs (id, kind, model_sha256, settings, device, status, created, owner, timed) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (job_id, kind, model_sha256, settings_text, device, QUEUED, time.time(), owner, int(timed)),
+                    "INSERT INTO jobs (id, kind, model_sha256, settings, device, status, created, owner, timed, share) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (job_id, kind, model_sha256, settings_text, device, QUEUED, time.time(), owner, int(timed), share),
                 )
             except sqlite3.IntegrityError:  # 48-bit id collision: vanishingly rare, just draw again
                 continue
@@ -322,7 +332,7 @@ class JobStore:
         if not rows or (owner is not None and rows[0][14] != owner):
             raise StoreError(f"no job {job_id}")
         row = rows[0]
-        return _row_to_job(row, row[17] if row[5] == QUEUED else None)
+        return _row_to_job(row, row[18] if row[5] == QUEUED else None)
 
     def queue(self, owner: str | None = None) -> list[Job]:
         """Queued and running jobs in order, positions counted over everyone's; with an owner, only theirs."""
@@ -397,17 +407,18 @@ class JobStore:
 
     def claim_next(self, device: str, worker: int | None = None, max_running: int = 1) -> Job | None:
         """Move the device's oldest queued job to RUNNING for `worker` (a process id), unless `max_running` jobs
-        already run there, a timed job runs there, or the oldest is timed and anything runs there."""
+        already run there or its share does not fit beside theirs (shares add up to at most the whole device; a
+        timed job's share is 1, so it runs alone). The queue order is kept: a head that does not fit waits."""
         with self._tx() as c:
-            running = c.execute(
-                "SELECT COUNT(*), COALESCE(MAX(timed), 0) FROM jobs WHERE status = ? AND device = ?", (RUNNING, device)
+            count, taken = c.execute(
+                "SELECT COUNT(*), COALESCE(SUM(share), 0) FROM jobs WHERE status = ? AND device = ?", (RUNNING, device)
             ).fetchone()
-            if running[0] >= max_running or running[1]:
+            if count >= max_running:
                 return None
             row = c.execute(
-                "SELECT id, timed FROM jobs WHERE status = ? AND device = ? ORDER BY seq LIMIT 1", (QUEUED, device)
+                "SELECT id, share FROM jobs WHERE status = ? AND device = ? ORDER BY seq LIMIT 1", (QUEUED, device)
             ).fetchone()
-            if row is None or (row[1] and running[0]):
+            if row is None or taken + row[1] > 1.0 + _SHARE_SLACK:
                 return None
             c.execute(
                 "UPDATE jobs SET status = ?, started = ?, worker = ? WHERE id = ?",
@@ -419,9 +430,11 @@ class JobStore:
         rows = self._read(f"SELECT {_COLUMNS} FROM jobs WHERE status = ? ORDER BY seq", (RUNNING,))
         return [_row_to_job(r) for r in rows]
 
-    def load(self) -> dict[str, int]:
-        """Queued and running jobs per device: where new work should go."""
-        rows = self._read("SELECT device, COUNT(*) FROM jobs WHERE status IN (?, ?) GROUP BY device", (QUEUED, RUNNING))
+    def load(self) -> dict[str, float]:
+        """The shares of the queued and running jobs per device, added up: where new work should go."""
+        rows = self._read(
+            "SELECT device, SUM(share) FROM jobs WHERE status IN (?, ?) GROUP BY device", (QUEUED, RUNNING)
+        )
         return dict(rows)
 
     def update_progress(self, job_id: str, fraction: float, label: str) -> None:

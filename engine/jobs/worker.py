@@ -15,6 +15,7 @@ window added under "measurement".
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import logging
 import multiprocessing.synchronize
@@ -41,12 +42,13 @@ PROGRESS_INTERVAL_S = 0.25  # at most about 4 progress writes a second per job
 class WorkerSpec:
     """What a worker needs to know, picklable for the spawn: its device, the store, and the kinds it runs."""
 
-    device: str  # "cuda:N" or "cpu"
+    device: str  # the device key its jobs are queued under: "cuda:N" or "cpu" (a Ray actor's: see ray_pool.py)
     db_path: str
     blobs_dir: str
     kinds: dict[str, str]  # kind -> "module:function"
     max_running: int = 1  # workers on this device (a timed job still takes the device alone)
     poll_s: float = 0.5  # the longest a wake-up can be missed by
+    run_on: str = ""  # the device handlers use, when it is not the key ("cpu" for tests' logical GPUs)
 
 
 @dataclass
@@ -67,19 +69,22 @@ def resolve(target: str) -> Callable[..., dict]:
 _default_threads: list[int] = []  # torch's own thread count, read once before any job changed it
 
 
-def prepare_process(request: dict[str, Any]) -> None:
+def prepare_process(request: dict[str, Any], device: str = "cpu", memory_fraction: float = 1.0) -> None:
     """Process-wide switches for this job only, set before every job so that one job's never leak into the next:
-    TF32 and cudnn.benchmark (PyTorch), and the intra-op thread count."""
-    if "torch" not in sys.modules and not request:
+    TF32 and cudnn.benchmark (PyTorch), the intra-op thread count, and on a GPU PyTorch's cap on this process's
+    memory (the job's share of the card: with N workers per GPU, 1/N of it each)."""
+    if "torch" not in sys.modules and not request and not device.startswith("cuda"):
         return  # nothing to reset, and no reason to import torch for a job that does not use it
     import torch
 
-    from engine.core.device import apply_backend_flags
+    from engine.core.device import apply_backend_flags, set_memory_fraction
 
     if not _default_threads:
         _default_threads.append(torch.get_num_threads())
     apply_backend_flags(cudnn_benchmark=bool(request.get("cudnn_benchmark", True)), tf32=bool(request.get("tf32")))
     torch.set_num_threads(int(request.get("threads") or _default_threads[0]))
+    if device.startswith("cuda"):
+        set_memory_fraction(memory_fraction, torch.device(device))
 
 
 def run_job(job: Job, context: WorkerContext, kinds: dict[str, str]) -> None:
@@ -98,7 +103,8 @@ def run_job(job: Job, context: WorkerContext, kinds: dict[str, str]) -> None:
         if job.kind not in kinds:
             raise AvatarbenchError(f"this worker runs no jobs of kind {job.kind!r}")
         handler = resolve(kinds[job.kind])
-        prepare_process(job.settings.get("process") or {})
+        job = dataclasses.replace(job, device=context.device)  # what the handler runs on (the key stays queued)
+        prepare_process(job.settings.get("process") or {}, job.device, context.settings.gpu_memory_fraction * job.share)
         with measured(job.device) as window:
             result = handler(job, progress, context)
         result["measurement"] = window.figures()
@@ -126,13 +132,7 @@ def serve(spec: WorkerSpec, wake: multiprocessing.synchronize.Event, stop: multi
     kept = keep_freed_memory()  # before any job: the networks' scratch buffers are reused, not faulted in again
     sleeps = sleep_at_barriers()  # before torch loads: the codec threads need the cores too
     store = JobStore(spec.db_path, spec.blobs_dir)
-    context = WorkerContext(store, get_settings(), spec.device)
-    if spec.device.startswith("cuda"):  # N workers on one card: 1/N of its memory each
-        import torch
-
-        from engine.core.device import set_memory_fraction
-
-        set_memory_fraction(context.settings.gpu_memory_fraction / spec.max_running, torch.device(spec.device))
+    context = WorkerContext(store, get_settings(), spec.run_on or spec.device)
     pid = os.getpid()
     log.info(
         "worker for %s ready (freed memory %s, OpenMP threads %s at barriers)",

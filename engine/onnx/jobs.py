@@ -59,8 +59,15 @@ class OnnxEvalJobs(JobKind):
         }
         options = {k: v for k, v in config.to_text().items() if k not in FILE_FIELDS}
         record = {"model_name": source.name, "example": config.example, "options": options, "files": files}
+        # Timed (the card to itself) unless the operator shares each GPU between several evaluations.
+        timed = self.broker.share(KIND, device) == 1.0 or device == CPU
+        if not timed:
+            warnings.append(
+                f"this GPU is shared by up to {round(1 / self.broker.share(KIND, device))} evaluations "
+                "(AVATARBENCH_WORKERS_PER_GPU): latencies may include the others' work"
+            )
         record["warnings"] = warnings
-        job = self.broker.submit(KIND, record, device, owner, model_sha256=files["model"], timed=True)
+        job = self.broker.submit(KIND, record, device, owner, model_sha256=files["model"], timed=timed)
         return Submission(job, warnings)
 
     def summary(self, job: Job) -> dict[str, Any]:
@@ -83,7 +90,7 @@ def handle(job: Job, progress: Progress, context: WorkerContext) -> dict[str, An
                                "images": images})  # fmt: skip
     placement = Placement(
         device_id=int(job.device.partition(":")[2] or 0) if job.device != CPU else 0,
-        gpu_memory_fraction=settings.gpu_memory_fraction,
+        gpu_memory_fraction=settings.gpu_memory_fraction * job.share,  # 1/N of the card with N workers per GPU
     )
     limits = Limits() if record.get("example") else Limits(max_file_bytes=settings.max_upload_bytes)
     progress(0.0, "unpacking and inspecting the model")

@@ -87,6 +87,27 @@ class HostSample:
 
 
 @dataclass
+class WorkerActivity:
+    """One job worker and what it is running: the job queue's side of a device, beside NVML's."""
+
+    device: str  # the device key its jobs are queued under: "cuda:N", "cpu" (a Ray actor's: "NODE/cuda:N")
+    worker: int | None  # its id (a process id for local workers)
+    kind: str | None = None  # the running job's kind; None while idle
+    progress: float = 0.0
+    label: str = ""
+
+    @property
+    def gpu_index(self) -> int | None:
+        """The GPU index for a local "cuda:N" key (NVML and CUDA agree on it unless CUDA_VISIBLE_DEVICES reorders)."""
+        head, _, index = self.device.partition("cuda:")
+        return int(index) if not head and index.isdigit() else None
+
+    @property
+    def doing(self) -> str:
+        return "idle" if self.kind is None else f"{self.kind} {100 * self.progress:.0f}%"
+
+
+@dataclass
 class Snapshot:
     timestamp: float
     host: HostSample
@@ -94,6 +115,10 @@ class Snapshot:
     driver_version: str | None = None
     cuda_driver_version: str | None = None
     gpu_status: str = ""  # empty when GPUs are visible, otherwise the reason none are
+    workers: list[WorkerActivity] = field(default_factory=list)  # the job workers and their jobs, when the app has them
+
+    def workers_on(self, gpu_index: int) -> list[WorkerActivity]:
+        return [w for w in self.workers if w.gpu_index == gpu_index]
 
     @property
     def time_text(self) -> str:
@@ -288,12 +313,20 @@ class HostSource:
 class TelemetrySampler:
     """A background thread sampling at a fixed rate into a bounded ring buffer."""
 
-    def __init__(self, interval_s: float = 1.0, history_s: float = 600.0, nvml: NvmlSource | None = None):
+    def __init__(
+        self,
+        interval_s: float = 1.0,
+        history_s: float = 600.0,
+        nvml: NvmlSource | None = None,
+        workers: Callable[[], list[WorkerActivity]] | None = None,
+    ):
+        """`workers`: what the job workers are running (the broker's `activity`), read with every sample."""
         if interval_s <= 0:
             raise ValueError("interval_s must be > 0")
         self.interval_s = interval_s
         self._nvml = nvml if nvml is not None else NvmlSource()
         self._host = HostSource()
+        self.workers = workers
         self._buffer: deque[Snapshot] = deque(maxlen=max(2, round(history_s / interval_s)))
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -315,10 +348,20 @@ class TelemetrySampler:
             driver_version=self._nvml.driver_version,
             cuda_driver_version=self._nvml.cuda_driver_version,
             gpu_status=self._nvml.status,
+            workers=self._read_workers(),
         )
         with self._lock:
             self._buffer.append(snap)
         return snap
+
+    def _read_workers(self) -> list[WorkerActivity]:
+        if self.workers is None:
+            return []
+        try:
+            return list(self.workers())
+        except Exception:  # a locked store or a broker shutting down: this sample just has no worker view
+            log.debug("could not read the workers' activity", exc_info=True)
+            return []
 
     def start(self) -> TelemetrySampler:
         if not self.running:
@@ -440,9 +483,19 @@ def render_table(snap: Snapshot) -> str:
         procs = [(g.index, p) for g in snap.gpus for p in g.processes]
         if not procs:
             lines.append(row("No running processes found"))
+        jobs = {w.worker: w.doing for w in snap.workers}
         for index, p in procs:
+            name = f"{p.name} [{jobs[p.pid]}]" if p.pid in jobs else p.name
             lines.append(
-                row(f"             {index:<5} {p.pid:<9} {p.kind:<5} {p.name[:31]:<31} {_mib(p.used_memory_bytes)}")
+                row(f"             {index:<5} {p.pid:<9} {p.kind:<5} {name[:31]:<31} {_mib(p.used_memory_bytes)}")
+            )
+        lines.append(rule)
+    if snap.workers:
+        lines.append(row("Job workers:  Device        Worker     Job"))
+        lines.append(rule.replace("-", "="))
+        for w in snap.workers:
+            lines.append(
+                row(f"              {w.device[:13]:<13} {_na(w.worker):<10} {w.doing}  {w.label}"[: width - 4])
             )
         lines.append(rule)
     h = snap.host
