@@ -15,10 +15,10 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from engine.cli import main as run_command
 from engine.core.commands import Command
@@ -33,6 +33,8 @@ if TYPE_CHECKING:
     from engine.core.settings import Settings
     from engine.jobs.broker import Broker
     from engine.jobs.kinds import JobKind
+    from engine.jobs.ray_pool import RayWorkers
+    from engine.jobs.store import JobStore
     from engine.lipsync.jobs import LipSyncJobs
     from engine.onnx.jobs import OnnxEvalJobs
     from engine.portrait.jobs import PortraitJobs
@@ -67,6 +69,15 @@ class Services:
     portrait: PortraitJobs
     onnx: OnnxEvalJobs
     bench: BenchJobs
+    ray_workers: RayWorkers | None = None  # the Ray actors behind the broker (AVATARBENCH_RAY_ADDRESS)
+    zerogpu: bool = False  # GPU jobs run in @spaces.GPU calls (a ZeroGPU Space)
+
+    def stop(self, grace_s: float, reason: str) -> list[str]:
+        """Stop the broker (running jobs get `grace_s`), then the Ray actors; the ids of the jobs failed on the way."""
+        failed = self.broker.stop(grace_s, reason)
+        if self.ray_workers is not None:
+            self.ray_workers.shutdown()
+        return failed
 
     def kinds(self) -> dict[str, JobKind]:
         return {k.kind: k for k in (self.lipsync, self.portrait, self.onnx, self.bench)}
@@ -83,6 +94,23 @@ def worker_devices(settings: Settings) -> dict[str, int]:
     return {**{f"cuda:{i}": per_gpu for i in range(gpus)}, "cpu": settings.cpu_workers}
 
 
+def job_workers(settings: Settings, store: JobStore) -> tuple[dict[str, int], dict[str, Any], RayWorkers | None]:
+    """Where jobs run: on a ZeroGPU Space, "cuda:0" jobs one at a time inside @spaces.GPU calls (the card is attached
+    per job); with AVATARBENCH_RAY_ADDRESS, Ray actors on the cluster's GPUs; else local worker processes. Returns
+    the broker's workers, its placement arguments (launcher, run_on) and the Ray pool to shut down."""
+    from engine.jobs.zerogpu import ZeroGpuLauncher, on_zerogpu
+
+    if on_zerogpu():
+        return {"cuda:0": 1, "cpu": settings.cpu_workers}, {"launcher": ZeroGpuLauncher(settings)}, None
+    if settings.ray_address:
+        from engine.jobs.ray_pool import ray_workers
+
+        per_gpu = max(n for _, n in settings.workers_per_gpu)
+        pool = ray_workers(settings, store, JOB_KINDS, workers_per_gpu=per_gpu, cpu_workers=settings.cpu_workers)
+        return pool.workers, {"run_on": pool.run_on, "launcher": pool.launch}, pool
+    return worker_devices(settings), {}, None
+
+
 def start_jobs(settings: Settings) -> Services:
     """The job store and the broker's worker processes: jobs a previous process left running are failed first,
     then queued ones (including those submitted before a restart) run."""
@@ -90,6 +118,7 @@ def start_jobs(settings: Settings) -> Services:
     from engine.jobs.broker import Broker, JobLimits
     from engine.jobs.housekeeping import Budget, enforce_budget, sweep_orphans
     from engine.jobs.store import JobStore
+    from engine.jobs.zerogpu import ZeroGpuLauncher
     from engine.lipsync.jobs import LipSyncJobs
     from engine.onnx.jobs import OnnxEvalJobs
     from engine.portrait.jobs import PortraitJobs
@@ -100,9 +129,20 @@ def start_jobs(settings: Settings) -> Services:
     keep_within_budget = functools.partial(enforce_budget, store, settings.outputs_dir, Budget.from_settings(settings))
     keep_within_budget()
     limits = JobLimits(dict(settings.job_time_limits), int(settings.job_memory_gb * 2**30))
-    workers, per_gpu = worker_devices(settings), dict(settings.workers_per_gpu)
-    broker = Broker(store, JOB_KINDS, workers, limits, chores=keep_within_budget, per_gpu=per_gpu).start()
-    return Services(broker, *(kind(broker, settings) for kind in (LipSyncJobs, PortraitJobs, OnnxEvalJobs, BenchJobs)))
+    workers, placement, pool = job_workers(settings, store)
+    per_gpu = dict(settings.workers_per_gpu)
+    broker = Broker(store, JOB_KINDS, workers, limits, chores=keep_within_budget, per_gpu=per_gpu, **placement).start()
+    jobs = (kind(broker, settings) for kind in (LipSyncJobs, PortraitJobs, OnnxEvalJobs, BenchJobs))
+    return Services(broker, *jobs, ray_workers=pool, zerogpu=isinstance(placement.get("launcher"), ZeroGpuLauncher))
+
+
+def zerogpu_panel(services: Services) -> Callable[[], Any] | None:
+    """On ZeroGPU, what the telemetry panel adds: its note and the readings jobs took inside their GPU functions."""
+    if not services.zerogpu:
+        return None
+    from engine.jobs.zerogpu import telemetry_panel
+
+    return functools.partial(telemetry_panel, services.broker.store)
 
 
 def build_app(
@@ -127,7 +167,7 @@ def build_app(
         # inputs, main button and examples are on the first screen; the tab bar wraps rather than hiding tabs.
         with gr.Column(elem_id="ab-header"):
             gr.Markdown(device_banner(choice), elem_id="device-banner")
-            build_telemetry(demo, sampler)
+            build_telemetry(demo, sampler, zerogpu_panel(services))
         with gr.Tabs(overflow_behavior="wrap", elem_id="ab-tabs") as tabs:
             with gr.Tab("Lip-sync", id="lipsync"):
                 build_lipsync_tab(settings, services.lipsync, access)
@@ -243,6 +283,10 @@ def serve(args: argparse.Namespace) -> int:
     # what a killed process left: Gradio's own cleanup only knows the files of its current run.
     os.environ.setdefault("GRADIO_TEMP_DIR", str(settings.cache_dir / "gradio"))
     sweep_uploads(Path(os.environ["GRADIO_TEMP_DIR"]), settings.upload_cache_hours * 3600)
+    from engine.jobs.zerogpu import on_zerogpu
+
+    if on_zerogpu():  # this imported `spaces` before anything below asks about CUDA, as ZeroGPU wants
+        log.info("ZeroGPU: GPU jobs run inside @spaces.GPU calls, one at a time")
 
     import gradio as gr
 
@@ -285,7 +329,7 @@ def serve(args: argparse.Namespace) -> int:
         if demo is not None:
             demo.close()
         reason = f"the app was stopped ({shutdown.signal_name or 'its server ended'})"
-        failed = services.broker.stop(settings.shutdown_grace_s, reason)
+        failed = services.stop(settings.shutdown_grace_s, reason)
         log.info("stopped%s", f"; failed the running job(s) {', '.join(failed)}" if failed else "")
     return 0
 

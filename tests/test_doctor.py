@@ -1,5 +1,8 @@
 import json
 import logging
+import sys
+import types
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 
@@ -153,12 +156,42 @@ def test_zero_gpu_outside_a_gpu_function_is_information_and_keeps_the_provider_c
     report = _doctor_on(monkeypatch, tmp_path, nvml=[], zero_gpu=True)
     assert report.get("nvidia-driver").status == INFO and "ZeroGPU" in report.get("nvidia-driver").found
     assert report.get("pytorch").status == OK
-    # No job runs inside @spaces.GPU yet, so everything would run on the CPU: a problem, with what to do instead.
+    # Without the `spaces` package no job can reach the GPU, so everything would run on the CPU: a problem, with
+    # what to do instead.
     device = report.get("device")
     assert device.status == PROBLEM and "every job runs on the CPU" in device.found and "Hardware" in device.fix
+    assert "the `spaces` package does not import" in device.found
     assert report.get("video-encoders").status == OK  # libx264: ZeroGPU's cards (H200) have no NVENC
     cuda = report.get("onnxruntime-cuda")  # inside @spaces.GPU the missing CUDA library still fails
     assert cuda.status == WARNING and _LOADER_ERROR in cuda.found and "@spaces.GPU" in cuda.fix
+
+
+@pytest.fixture
+def spaces_standin(monkeypatch) -> Iterator[None]:
+    """The stand-in `spaces` of tests/zerogpu_spaces/ importable for one test, and unimportable again after it."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent / "zerogpu_spaces"))
+    try:
+        yield
+    finally:
+        sys.modules.pop("spaces", None)
+
+
+def test_zero_gpu_with_spaces_says_jobs_get_the_gpu_inside_gpu_functions(
+    monkeypatch, tmp_path: Path, spaces_standin: None
+) -> None:
+    report = _doctor_on(monkeypatch, tmp_path, nvml=[], zero_gpu=True)
+    device = report.get("device")
+    assert device.status == OK and device.details["zero_gpu"] and "@spaces.GPU" in device.found
+    assert "attached only while a job runs" in device.found and "CPU" not in device.found
+    assert report.counts()[PROBLEM] == 0 and report.get("nvidia-driver").status == INFO
+
+
+def test_zero_gpu_with_a_spaces_that_offers_no_gpu_decorator_is_a_problem(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
+    monkeypatch.setitem(sys.modules, "spaces", types.ModuleType("spaces"))  # some other package of that name
+    check = doctor.check_device(_ctx(tmp_path, nvml_gpus=[], driver_version=None, cuda_driver_version=None))
+    assert check.status == PROBLEM and "has no GPU decorator" in check.found
+    assert "every job runs on the CPU" in check.found and check.details["spaces_problem"] and "Hardware" in check.fix
 
 
 def test_nvidia_gpus_are_counted_from_sysfs_without_a_driver(tmp_path: Path) -> None:

@@ -214,8 +214,8 @@ def test_repositories_that_cannot_serve(hub: StandInHub, settings: Settings) -> 
     hub.add("someone/partial", {"checkpoints/wav2lip_gan.pth": random_bytes(100, 12)})
     with pytest.raises(WeightsError, match=r"has no s3fd\.pth or s3fd-619a316812\.pth"):
         get_weights("wav2lip", settings, repo="someone/partial", accept_licence=True, endpoint=hub.url)
-    with pytest.raises(InputError, match="no weights called 'musetalk'"):
-        get_weights("musetalk", settings)
+    with pytest.raises(InputError, match="no weights called 'sadtalker'; accepted: liveportrait, wav2lip, musetalk"):
+        get_weights("sadtalker", settings)
     assert not settings.weights_dir.exists() or server_files(settings) == {}
 
 

@@ -97,5 +97,5 @@ def test_the_panel_renders_and_wires_its_pickers(settings: Settings) -> None:
     assert picker_ids <= set(clicks[0]["outputs"]) and {pickers[0]._id} <= set(clicks[1]["outputs"])
     boxes = [c for c in demo.config["components"] if c["type"] == "checkbox"]
     assert [b["props"]["visible"] for b in boxes] == [True, False]  # the licence box only where a licence restricts
-    with pytest.raises(InputError, match="musetalk"), gr.Blocks():
-        weights_panel(settings, ACCESS, "musetalk")
+    with pytest.raises(InputError, match="sadtalker"), gr.Blocks():
+        weights_panel(settings, ACCESS, "sadtalker")

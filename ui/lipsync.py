@@ -143,3 +143,4 @@ def build_lipsync_tab(settings: Settings, jobs: LipSyncJobs, access: Access) -> 
     with results_column:
         run_panel(jobs, access, render, outputs, cancel)
         weights_panel(settings, access, "wav2lip", [checkpoint, detector_checkpoint])
+        weights_panel(settings, access, "musetalk", [musetalk_weights])

@@ -18,12 +18,15 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 import plotly.graph_objects as go
 
 from engine.system.telemetry import GpuSample, Snapshot, TelemetrySampler, WorkerActivity, series, throttle_text
+
+if TYPE_CHECKING:
+    from engine.jobs.zerogpu import ZeroGpuPanel
 
 STRIP_PERIOD_S = 1.0  # the strip never refreshes faster than this, whatever the sampling interval
 PANEL_PERIOD_S = 5.0  # the full panel's table and plots, while it is open (longer with many GPUs)
@@ -303,10 +306,35 @@ def _half_seconds(seconds: float) -> float:
     return math.ceil(seconds * 2) / 2
 
 
-def build_telemetry(demo: gr.Blocks, sampler: TelemetrySampler) -> None:
+def zerogpu_html(panel: ZeroGpuPanel) -> str:
+    """On ZeroGPU: why the live view shows no GPU, and the readings the latest jobs took inside their GPU functions."""
+    rows = "".join(
+        "<tr>"
+        + "".join(
+            f"<td>{html.escape(str(c))}</td>"
+            for c in (
+                job["kind"],
+                datetime.fromtimestamp(job["finished"]).strftime("%H:%M:%S") if job.get("finished") else "N/A",
+                f"{job['ran_s']:.1f} of {job['asked_s']} s" if job.get("ran_s") is not None else "N/A",
+                job.get("samples") or 0,
+                "N/A" if job.get("peak_device_used_bytes") is None else _gib(job["peak_device_used_bytes"]) + " GiB",
+                "N/A" if job.get("energy_j") is None else f"{job['energy_j']:.0f} J",
+            )
+        )
+        + "</tr>"
+        for job in panel.jobs
+    )
+    head = "".join(f"<th>{h}</th>" for h in ("Job", "Finished", "GPU time used", "Samples", "Peak memory", "Energy"))
+    table = f"<table class='ab-telemetry'><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>" if rows else ""
+    return f"<p class='ab-zerogpu'>{html.escape(panel.note)}</p>{table}"
+
+
+def build_telemetry(
+    demo: gr.Blocks, sampler: TelemetrySampler, zerogpu: Callable[[], ZeroGpuPanel] | None = None
+) -> None:
     """Render the strip and its hidden full panel in the current Blocks context, with their timers: the strip
     refreshes on page load and then on its timer; the panel when opened and then on its own timer, which runs only
-    while the panel is open."""
+    while the panel is open. `zerogpu` (on a ZeroGPU Space) gives the panel's note and the jobs' own readings."""
     first = sampler.latest()
     with_power = has_power_readings(first)  # no empty "GPU power" chart on a machine without one
     periods = RefreshPeriods.for_machine(len(first.gpus), with_power, sampler.interval_s)
@@ -330,7 +358,8 @@ def build_telemetry(demo: gr.Blocks, sampler: TelemetrySampler) -> None:
     def refresh_panel(opened: bool = True) -> tuple:
         if not opened:
             return (gr.skip(),) * (1 + len(plots))
-        return current_values_html(sampler.latest()), *history_figures(
+        extra = zerogpu_html(zerogpu()) if zerogpu is not None else ""
+        return current_values_html(sampler.latest()) + extra, *history_figures(
             sampler.history(), sampler.interval_s, with_power
         )
 

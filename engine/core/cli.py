@@ -1,6 +1,7 @@
 """`avatarbench weights list` (what each engine would load now, what is missing and where it goes) and `avatarbench
-weights get liveportrait|wav2lip` (the official files from the Hugging Face Hub into the weights folder: the list with
-sizes first, then a progress bar; a stopped download continues where it stopped when run again)."""
+weights get liveportrait|wav2lip|musetalk|musetalk-v1` (the official files from the Hugging Face Hub into the
+weights folder: the list with sizes first, then a progress bar; a stopped download continues where it stopped when
+run again)."""
 
 from __future__ import annotations
 
@@ -56,8 +57,9 @@ def _get_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repo", metavar="OWNER/NAME", help=f"the Hub repository to get them from ({defaults})")
     parser.add_argument(
         "--accept-licence", action="store_true",
-        help="accept the weights' licence (Wav2Lip's: personal, research and non-commercial use only); required for "
-        "wav2lip",
+        help="accept the weights' licence (Wav2Lip's: personal, research and non-commercial use only; MuseTalk's: "
+        "tagged CreativeML OpenRAIL-M on the Hub, with its use restrictions); required for wav2lip, musetalk and "
+        "musetalk-v1",
     )  # fmt: skip
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 

@@ -1,12 +1,15 @@
 """Get an engine's official weights from the Hugging Face Hub into the weights folder, when the machine is online and
 someone asked for them.
 
-The files are listed from the Hub first (names, sizes, hashes at one commit), so the total is known before a byte is
-fetched. Each file streams into a staging folder inside the weights folder (`.downloads/`), continues where a stopped
-download left off (an HTTP Range request), is checked against the Hub's sha256 (git's blob hash for small files), and
-every file of the set is moved into place only when all of them are complete: the engines never see half a file or
-half a set. One download runs at a time per weights folder (a lock file), whichever process asks. Offline
-(HF_HUB_OFFLINE) or with the Hub unreachable, one line says which files to put where instead.
+A set of weights may come from several repositories (MuseTalk's UNet, VAE and audio encoder are three), each share
+with its own revision and its own folder under the weights folder. Every share is listed from the Hub first (names,
+sizes, hashes at one commit), so the total is known before a byte is fetched and a missing repository or file stops
+the set before anything moves. Each file streams into a staging folder inside the weights folder (`.downloads/`),
+continues where a stopped download left off (an HTTP Range request), is checked against the Hub's sha256 (git's blob
+hash for small files), and every file of the set is moved into place only when all of them are complete: the engines
+never see half a file or half a set. One download runs at a time per weights folder (a lock file), whichever process
+asks. Files no Hub repository holds officially (MuseTalk's face-parsing weights) are named with where to put them and
+where they come from. Offline (HF_HUB_OFFLINE) or with the Hub unreachable, one line says which files to put where.
 
 huggingface_hub lists the files and makes the URLs; the transfer is ours because huggingface_hub 2.x no longer resumes
 a stopped download (its partial files are unique to one attempt and deleted when it fails).
@@ -51,10 +54,42 @@ LIVEPORTRAIT_NEEDS = (  # what our LivePortrait engine loads (engine/models/live
 
 
 @dataclass(frozen=True)
+class Share:
+    """One repository's part of a set. `patterns` pick repo paths that keep their place under `into` (a folder of the
+    weights folder, "" for its top); each entry of `picks` is one file by name (preferred first, shallowest first in
+    the repository), placed at `into`/name. `formats`: a pick's names are one file in several formats (safetensors
+    or a torch pickle), so whichever is already in place counts and nothing is fetched twice. `revision`: a branch,
+    tag or commit (None: the default branch), resolved to one commit when listed."""
+
+    repo: str
+    into: str = ""
+    patterns: tuple[str, ...] = ()
+    picks: tuple[tuple[str, ...], ...] = ()
+    revision: str | None = None
+    formats: bool = False
+    what: str = ""  # what the share is, for messages
+
+    def wanted(self) -> str:
+        return ", ".join([*self.patterns, *(" or ".join(names) for names in self.picks)])
+
+
+@dataclass(frozen=True)
+class ByHand:
+    """A file of a set that no Hub repository holds officially: where it goes under the weights folder, and where it
+    comes from. The download names it rather than fetching an unofficial copy."""
+
+    place: str
+    origin: str
+    what: str
+
+
+@dataclass(frozen=True)
 class Source:
-    """One engine's official files on the Hub. `patterns` pick repo paths that keep their place under the weights
-    folder; `models` pick one file each by name (the model's own names, in order of preference) anywhere in the repo,
-    placed at the top of the weights folder where the engines look for it."""
+    """One engine's official files. `repo` is the main repository (the one an operator may replace by a copy):
+    `patterns` pick its paths, which keep their place under `into` in the weights folder; `models` pick one file each
+    by name (the model's own names, in order of preference) anywhere in it, placed at `into` (by default the top of the
+    weights folder, where the engines look for them). `also`: more repositories' shares of the same set; `by_hand`:
+    files the Hub does not have. `folder_setting`: the Settings attribute that points the engine at another folder."""
 
     name: str
     title: str
@@ -63,6 +98,27 @@ class Source:
     patterns: tuple[str, ...] = ()
     models: tuple[ModelFile, ...] = ()
     needs_acceptance: bool = False  # the licence restricts use: someone must accept it before a download
+    into: str = ""
+    revision: str | None = None
+    also: tuple[Share, ...] = ()
+    by_hand: tuple[ByHand, ...] = ()
+    folder_setting: str = ""
+
+    def shares(self, repo: str | None = None) -> tuple[Share, ...]:
+        """Every repository's share, the main one first (from `repo` when given)."""
+        main = Share(repo or self.repo, self.into, self.patterns, tuple(m.filenames for m in self.models),
+                     self.revision, what=self.title)  # fmt: skip
+        return (main, *self.also)
+
+    def layout(self) -> tuple[tuple[str, ...], ...]:
+        """Each file of the set under `into` (alternatives for one file together), as the engine finds them there."""
+        prefix = f"{self.into}/" if self.into else ""
+        needs: list[tuple[str, ...]] = []
+        for share in self.shares():
+            folder = f"{share.into}/" if share.into else ""
+            needs += [(f"{folder}{p}".removeprefix(prefix),) for p in share.patterns]
+            needs += [tuple(f"{folder}{n}".removeprefix(prefix) for n in names) for names in share.picks]
+        return (*needs, *((item.place.removeprefix(prefix),) for item in self.by_hand))
 
 
 LIVEPORTRAIT = Source(
@@ -72,6 +128,7 @@ LIVEPORTRAIT = Source(
     licence="LivePortrait's weights are MIT-licensed (the KwaiVGI/LivePortrait repository).",
     patterns=("liveportrait/base_models/*.pth", "liveportrait/retargeting_models/stitching_retargeting_module.pth",
               "liveportrait/landmark.onnx"),
+    folder_setting="liveportrait_dir",
 )  # fmt: skip
 WAV2LIP_S3FD = Source(
     name="wav2lip",
@@ -83,7 +140,56 @@ WAV2LIP_S3FD = Source(
     models=(WAV2LIP, S3FD),
     needs_acceptance=True,
 )
-SOURCES = {s.name: s for s in (LIVEPORTRAIT, WAV2LIP_S3FD)}
+
+# MuseTalk in upstream's models/ layout under WEIGHTS_DIR/musetalk, as its download_weights.sh lays it out and
+# engine/lipsync/musetalk/weights.py finds it (that room is above this one, so the layout is written out here too).
+MUSETALK_FOLDER = "musetalk"
+FACE_PARSE_URL = "https://drive.google.com/file/d/154JgKpzCPW82qINcVieuPH3fZ2e0P812"  # download_weights.sh's gdown id
+MUSETALK_LICENCE = (
+    "MuseTalk's code is MIT-licensed and its README says the trained models may be used for any purpose, commercially "
+    "too, but the TMElyralab/MuseTalk Hub card is tagged CreativeML OpenRAIL-M, whose use restrictions (no unlawful "
+    "use, no defaming or harassing people, no disinformation meant to harm, ...) come with the weights and what you "
+    "make with them. sd-vae-ft-mse (stabilityai): MIT. whisper-tiny (openai): Apache-2.0. The BiSeNet face-parsing "
+    "file (zllrunning/face-parsing.PyTorch, MIT code) is placed by hand: it was trained on CelebAMask-HQ, a dataset "
+    "for non-commercial research."
+)
+_MUSETALK_SHARED = (
+    Share("stabilityai/sd-vae-ft-mse", f"{MUSETALK_FOLDER}/sd-vae", ("config.json",),
+          (("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"),), formats=True,
+          what="the sd-vae-ft-mse VAE"),
+    Share("openai/whisper-tiny", f"{MUSETALK_FOLDER}/whisper", ("config.json", "preprocessor_config.json"),
+          (("model.safetensors", "pytorch_model.bin"),), formats=True, what="the whisper-tiny audio encoder"),
+)  # fmt: skip
+_FACE_PARSE = ByHand(
+    f"{MUSETALK_FOLDER}/face-parse-bisent/79999_iter.pth",
+    FACE_PARSE_URL,
+    "the BiSeNet face-parsing weights of zllrunning/face-parsing.PyTorch",
+)
+MUSETALK = Source(
+    name="musetalk",
+    title="MuseTalk",
+    repo="TMElyralab/MuseTalk",
+    licence=MUSETALK_LICENCE,
+    patterns=("musetalkV15/unet.pth", "musetalkV15/musetalk.json"),
+    needs_acceptance=True,
+    into=MUSETALK_FOLDER,
+    also=_MUSETALK_SHARED,
+    by_hand=(_FACE_PARSE,),
+    folder_setting="musetalk_dir",
+)
+MUSETALK_V1 = Source(
+    name="musetalk-v1",
+    title="MuseTalk v1.0",
+    repo="TMElyralab/MuseTalk",
+    licence=MUSETALK_LICENCE,
+    patterns=("musetalk/pytorch_model.bin", "musetalk/musetalk.json"),
+    needs_acceptance=True,
+    into=MUSETALK_FOLDER,
+    also=_MUSETALK_SHARED,
+    by_hand=(_FACE_PARSE,),
+    folder_setting="musetalk_dir",
+)
+SOURCES = {s.name: s for s in (LIVEPORTRAIT, WAV2LIP_S3FD, MUSETALK, MUSETALK_V1)}
 
 
 @dataclass(frozen=True)
@@ -93,6 +199,8 @@ class HubFile:
     sha256: str | None  # LFS files
     blob_id: str | None  # git's blob hash
     target: Path
+    repo: str = ""  # "" : the plan's main repository
+    revision: str = ""  # the commit it was listed at ("": the plan's)
 
     def in_place(self) -> bool:
         return self.target.is_file() and self.target.stat().st_size == self.size
@@ -100,7 +208,8 @@ class HubFile:
 
 @dataclass(frozen=True)
 class Plan:
-    """What a download fetches: the files of one commit of `repo`, with their sizes, and where each goes."""
+    """What a download fetches: the files of one commit of each repository of the set (`repo` and `revision` are the
+    main one's), with their sizes, and where each goes."""
 
     source: Source
     repo: str
@@ -113,17 +222,37 @@ class Plan:
     def total_bytes(self) -> int:
         return sum(f.size for f in self.files)
 
+    @property
+    def repos(self) -> tuple[tuple[str, str], ...]:
+        """(repository, commit) of every share, the main one first."""
+        return tuple(dict.fromkeys([(self.repo, self.revision), *((f.repo or self.repo, f.revision or self.revision)
+                                                                   for f in self.files)]))  # fmt: skip
+
     def missing(self) -> list[HubFile]:
         return [f for f in self.files if not f.in_place()]
 
+    def by_hand_missing(self) -> list[ByHand]:
+        return [item for item in self.source.by_hand if not (self.root / item.place).is_file()]
+
     def describe(self) -> str:
         todo = sum(f.size for f in self.missing())
-        lines = [f"{self.source.title} from {self.repo} at {self.revision[:7]} into {self.root}: {len(self.files)} "
-                 f"files, {size_text(self.total_bytes)} in all, {size_text(todo)} to fetch"]  # fmt: skip
-        for f in self.files:
-            place = f.target.relative_to(self.root).as_posix()
-            lines.append(f"  {f.path:<64} {size_text(f.size):>9}  {'in place' if f.in_place() else 'to fetch'}"
-                         + ("" if place == f.path else f" as {place}"))  # fmt: skip
+        origins = ", ".join(f"{repo} at {revision[:7]}" for repo, revision in self.repos)
+        lines = [f"{self.source.title} from {origins} into {self.root}: {len(self.files)} files, "
+                 f"{size_text(self.total_bytes)} in all, {size_text(todo)} to fetch"]  # fmt: skip
+        several = len(self.repos) > 1
+        for repo, _ in self.repos:
+            if several:
+                lines.append(f"  from {repo}:")
+            for f in self.files:
+                if (f.repo or self.repo) != repo:
+                    continue
+                place = f.target.relative_to(self.root).as_posix()
+                lines.append(f"{'    ' if several else '  '}{f.path:<64} {size_text(f.size):>9}  "
+                             f"{'in place' if f.in_place() else 'to fetch'}"
+                             + ("" if place == f.path else f" as {place}"))  # fmt: skip
+        for item in self.source.by_hand:
+            state = "in place" if (self.root / item.place).is_file() else "missing"
+            lines.append(f"  by hand (not on the Hub): {item.place}  {state}; {item.what}, from {item.origin}")
         return "\n".join(lines)
 
 
@@ -172,10 +301,24 @@ def hub_offline() -> bool:
     return constants.is_offline_mode() or now in ("1", "ON", "YES", "TRUE")
 
 
+def _listed(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
 def place_by_hand(source: Source, settings: Settings, repo: str | None = None) -> str:
-    """One line: the files to place by hand, and where."""
+    """One line: the files to place by hand, and where (every share of a set, and the files the Hub does not have)."""
     repo = repo or source.repo
     root = settings.weights_dir
+    if source.also or source.by_hand:
+        pieces = []
+        for share in source.shares(repo):
+            names = [*share.patterns, *(" or ".join(names) for names in share.picks)]
+            pieces.append(f"{_listed(names)} from huggingface.co/{share.repo} into {root / share.into}")
+        for item in source.by_hand:
+            folder, name = item.place.rsplit("/", 1)
+            pieces.append(f"{name} ({item.what}; not on the Hub) from {item.origin} into {root / folder}")
+        setting = f"{PREFIX}{source.folder_setting.upper()}" if source.folder_setting else ""
+        return f"put {'; '.join(pieces)}" + (f"; or set {setting} to a folder laid out that way" if setting else "")
     if source.models:
         parts = [f"{' or '.join(m.filenames[:2])} at {root / m.filenames[0]}" for m in source.models]
         keys = " / ".join(f"{PREFIX}{m.key.upper()}" for m in source.models)
@@ -199,70 +342,109 @@ def _reason(exc: BaseException) -> str:
 
 
 def list_files(source: Source, settings: Settings, repo: str | None = None, endpoint: str | None = None) -> Plan:
-    """The files `source` needs from `repo` at its current commit, with sizes and hashes, and where each goes.
-    Offline or with the Hub unreachable: a WeightsError saying what to place where (after one quick attempt)."""
+    """The files `source` needs from each of its repositories (the main one from `repo`) at one commit each, with
+    sizes and hashes, and where each goes. Offline or with the Hub unreachable: a WeightsError saying what to place
+    where (after one quick attempt); a share that cannot be listed stops the whole set before anything is fetched."""
     repo = checked_repo(repo, source)
     if hub_offline():
         raise WeightsError(f"HF_HUB_OFFLINE is set, so nothing is downloaded: {place_by_hand(source, settings, repo)}")
-    import httpx2
-    from huggingface_hub import HfApi, constants
-    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+    from huggingface_hub import constants
 
     endpoint = (endpoint or constants.ENDPOINT).rstrip("/")
+    root = settings.weights_dir.resolve()
+    files: list[HubFile] = []
+    revisions: list[str] = []
+    for index, share in enumerate(source.shares(repo)):
+        info = _info(source, share, settings, repo, endpoint, main=index == 0)
+        revision = info.sha or share.revision or "main"
+        revisions.append(revision)
+        listing = {s.rfilename: s for s in info.siblings or []}
+        for path, relative in _select(source, share, listing, root, settings, repo, main=index == 0):
+            size = _size(listing[path])
+            if size is None:
+                raise WeightsError(f"the Hub gave no size for {path} in {share.repo}; try again later")
+            target = (root / relative).resolve()
+            if root not in target.parents:
+                raise WeightsError(f"{path} in {share.repo} would land outside the weights folder; refused")
+            sibling = listing[path]
+            sha256 = sibling.lfs.sha256 if sibling.lfs else None
+            files.append(HubFile(path, size, sha256, sibling.blob_id, target, share.repo, revision))
+    return Plan(source, repo, revisions[0], endpoint, root, tuple(files))
+
+
+def _info(source: Source, share: Share, settings: Settings, repo: str, endpoint: str, main: bool) -> Any:
+    """One share's listing at one commit; every failure is one line that says what to do (the main repository is the
+    user's choice, the others are the set's own)."""
+    import httpx2
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+
+    by_hand = place_by_hand(source, settings, repo)
     try:
-        info = HfApi(endpoint=endpoint).model_info(repo, files_metadata=True, timeout=LIST_TIMEOUT_S)
+        return HfApi(endpoint=endpoint).model_info(share.repo, revision=share.revision, files_metadata=True,
+                                                   timeout=LIST_TIMEOUT_S)  # fmt: skip
     except GatedRepoError:
-        raise WeightsError(f"{repo} is gated: accept its terms at {endpoint}/{repo} and set HF_TOKEN, or "
-                           f"{place_by_hand(source, settings, repo)}") from None  # fmt: skip
+        raise WeightsError(f"{share.repo} is gated: accept its terms at {endpoint}/{share.repo} and set HF_TOKEN, or "
+                           f"{by_hand}") from None  # fmt: skip
     except RepositoryNotFoundError:
-        raise InputError(f"no public model repository {repo} at {endpoint}; give OWNER/NAME of one that holds "
-                         f"{_wanted(source)}, e.g. {source.repo}") from None  # fmt: skip
+        if main:
+            raise InputError(f"no public model repository {share.repo} at {endpoint}; give OWNER/NAME of one that "
+                             f"holds {share.wanted()}, e.g. {source.repo}") from None  # fmt: skip
+        raise WeightsError(f"{endpoint} has no public model repository {share.repo} ({source.title}'s "
+                           f"{share.what}), so nothing is downloaded: {by_hand}") from None  # fmt: skip
     except HfHubHTTPError as exc:
         status = exc.response.status_code if exc.response is not None else "?"
-        raise WeightsError(f"the Hub answered {status} listing {repo}; try again later, or "
-                           f"{place_by_hand(source, settings, repo)}") from None  # fmt: skip
+        revision = f" at {share.revision}" if share.revision else ""
+        raise WeightsError(f"the Hub answered {status} listing {share.repo}{revision}; try again later, or "
+                           f"{by_hand}") from None  # fmt: skip
     except (httpx2.HTTPError, OSError) as exc:  # offline mode, refused, DNS, timeout
-        raise WeightsError(f"the Hub is unreachable ({_reason(exc)}), so nothing is downloaded: "
-                           f"{place_by_hand(source, settings, repo)}") from None  # fmt: skip
-    listing = {s.rfilename: s for s in info.siblings or []}
-    chosen = _select(source, repo, listing)
-    root = settings.weights_dir.resolve()
-    files = []
-    for path, relative in chosen:
-        sibling = listing[path]
-        size = sibling.size if sibling.size is not None else (sibling.lfs.size if sibling.lfs else None)
-        if size is None:
-            raise WeightsError(f"the Hub gave no size for {path} in {repo}; try again later")
-        target = (root / relative).resolve()
-        if root not in target.parents:
-            raise WeightsError(f"{path} in {repo} would land outside the weights folder; refused")
-        sha256 = sibling.lfs.sha256 if sibling.lfs else None
-        files.append(HubFile(path, int(size), sha256, sibling.blob_id, target))
-    return Plan(source, repo, info.sha or "main", endpoint, root, tuple(files))
+        raise WeightsError(f"the Hub is unreachable ({_reason(exc)}), so nothing is downloaded: {by_hand}") from None
 
 
-def _wanted(source: Source) -> str:
-    return ", ".join([*source.patterns, *(" or ".join(m.filenames) for m in source.models)])
+def _size(sibling: Any) -> int | None:
+    size = sibling.size if sibling.size is not None else (sibling.lfs.size if sibling.lfs else None)
+    return None if size is None else int(size)
 
 
-def _select(source: Source, repo: str, listing: dict[str, Any]) -> list[tuple[str, str]]:
-    """(repo path, place under the weights folder) for every file the source needs; every pattern and model must
-    find one."""
+def _under(folder: str, path: str) -> str:
+    return f"{folder}/{path}" if folder else path
+
+
+def _select(
+    source: Source,
+    share: Share,
+    listing: dict[str, Any],
+    root: Path,
+    settings: Settings,
+    repo: str,
+    main: bool,
+) -> list[tuple[str, str]]:
+    """(repo path, place under the weights folder) for every file the share needs; every pattern and pick must find
+    one. A pick of formats takes the one already in place (the Hub's size at its place), else the preferred one."""
     chosen, absent = [], []
-    for pattern in source.patterns:
+    for pattern in share.patterns:
         hits = sorted(p for p in listing if fnmatch.fnmatchcase(p, pattern))
-        chosen += [(p, p) for p in hits]
+        chosen += [(p, _under(share.into, p)) for p in hits]
         absent += [] if hits else [pattern]
     shallow_first = sorted(listing, key=lambda p: (p.count("/"), p))
-    for model in source.models:
-        pick = next(((p, n) for n in model.filenames for p in shallow_first if p.rsplit("/", 1)[-1] == n), None)
-        if pick is None:
-            absent.append(" or ".join(model.filenames))
-        else:
-            chosen.append(pick)
+    for names in share.picks:
+        found = [next((p for p in shallow_first if p.rsplit("/", 1)[-1] == n), None) for n in names]
+        candidates = [(p, _under(share.into, n)) for p, n in zip(found, names, strict=True) if p is not None]
+        if not candidates:
+            absent.append(" or ".join(names))
+            continue
+        here = [c for c in candidates if share.formats and _present(root / c[1], _size(listing[c[0]]))]
+        chosen.append((here or candidates)[0])
+    if absent and main:
+        raise WeightsError(f"{share.repo} has no {', '.join(absent)}; give a repository that holds {share.wanted()}")
     if absent:
-        raise WeightsError(f"{repo} has no {', '.join(absent)}; give a repository that holds {_wanted(source)}")
+        raise WeightsError(f"{share.repo} has no {', '.join(absent)} ({source.title}'s {share.what}), so nothing is "
+                           f"downloaded: {place_by_hand(source, settings, repo)}")  # fmt: skip
     return chosen
+
+
+def _present(target: Path, size: int | None) -> bool:
+    return target.is_file() and target.stat().st_size == size
 
 
 # ---------------------------------------------------------------------------------------------- downloading
@@ -304,7 +486,7 @@ def staging_folder(settings: Settings, repo: str) -> Path:
 def partial_path(settings: Settings, plan: Plan, file: HubFile) -> Path:
     """Where `file` grows while it downloads (named by its content, so a newer file never continues an older one)."""
     key = file.sha256 or file.blob_id or hashlib.sha256(f"{file.path}:{file.size}".encode()).hexdigest()
-    return staging_folder(settings, plan.repo) / f"{key}.part"
+    return staging_folder(settings, file.repo or plan.repo) / f"{key}.part"
 
 
 def _hasher(file: HubFile) -> tuple[Any, str | None]:
@@ -338,7 +520,8 @@ def _fetch(plan: Plan, file: HubFile, part: Path, meter: _Meter) -> None:
     from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
     name = file.path.rsplit("/", 1)[-1]
-    url = hf_hub_url(plan.repo, file.path, revision=plan.revision, endpoint=plan.endpoint)
+    repo, revision = file.repo or plan.repo, file.revision or plan.revision
+    url = hf_hub_url(repo, file.path, revision=revision, endpoint=plan.endpoint)
     for _ in range(2):  # a server that ignores the Range header gets one fresh start
         have = part.stat().st_size if part.is_file() else 0
         if have > file.size:
@@ -402,52 +585,83 @@ def _place(part: Path, target: Path) -> None:
         part.unlink()
 
 
-def _notes(source: Source, settings: Settings) -> list[str]:
-    """Settings that point the engines elsewhere: the downloaded files are not the ones they will use."""
-    notes = []
+def _place_copy(part: Path, target: Path) -> None:
+    """A second place for the same content (two files of a set with one hash): a copy beside it, then a rename."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    beside = target.with_name(f".{target.name}.incoming")
+    shutil.copyfile(part, beside)
+    os.replace(beside, target)
+
+
+def _notes(plan: Plan, settings: Settings) -> list[str]:
+    """Settings that point the engines elsewhere (the downloaded files are not the ones they will use), and the files
+    of the set that must be placed by hand (named under the weights folder: this text reaches web visitors)."""
+    source, notes = plan.source, []
     for model in source.models:
         if getattr(settings, model.key):
             notes.append(f"note: {PREFIX}{model.key.upper()} is set, so the engine uses that file, not this download")
-    if source is LIVEPORTRAIT and settings.liveportrait_dir:
-        notes.append(f"note: {PREFIX}LIVEPORTRAIT_DIR is set, so the engine uses that folder, not this download")
+    if source.folder_setting and getattr(settings, source.folder_setting):
+        setting = f"{PREFIX}{source.folder_setting.upper()}"
+        notes.append(f"note: {setting} is set, so the engine uses that folder, not this download")
+    for item in plan.by_hand_missing():
+        notes.append(f"by hand: {item.what} is not on the Hub: put it at {item.place} in the weights folder, from "
+                     f"{item.origin}")  # fmt: skip
     return notes
 
 
 def download(plan: Plan, settings: Settings, progress: Progress | None = None, accept_licence: bool = False) -> Fetched:
-    """Fetch what is not in place yet (continuing partial files), check every file, then place them all."""
+    """Fetch what is not in place yet (continuing partial files), check every file, then place them all: nothing of
+    the set moves until every file of every share is complete and checked."""
     import httpx2
 
     if plan.source.needs_acceptance and not accept_licence:
         raise InputError(licence_refusal(plan.source))
     with one_download_at_a_time(settings):
         todo = plan.missing()  # inside the lock: another process may have just placed them
-        fetched = Fetched(plan, notes=_notes(plan.source, settings))
+        fetched = Fetched(plan, notes=_notes(plan, settings))
         fetched.kept = [f.target for f in plan.files if f not in todo]
-        staging = staging_folder(settings, plan.repo)
+        groups: dict[Path, list[HubFile]] = {}  # one partial file per content and repository
+        for f in todo:
+            groups.setdefault(partial_path(settings, plan, f), []).append(f)
+        staging = settings.weights_dir / STAGING
+        for part in groups:
+            part.parent.mkdir(parents=True, exist_ok=True)
         staging.mkdir(parents=True, exist_ok=True)
-        parts = {f.path: partial_path(settings, plan, f) for f in todo}
-        present = sum(min(p.stat().st_size, f.size) for f in todo if (p := parts[f.path]).is_file())
-        needed = sum(f.size for f in todo) - present
+        total = sum(files[0].size for files in groups.values())
+        present = sum(min(part.stat().st_size, files[0].size) for part, files in groups.items() if part.is_file())
+        needed = total - present
         free = shutil.disk_usage(staging).free
         if needed > free:
             raise WeightsError(f"{size_text(needed)} to fetch but {size_text(free)} free in {settings.weights_dir}")
-        meter = _Meter(progress, sum(f.size for f in todo), present)
+        meter = _Meter(progress, total, present)
         try:
-            for f in todo:
-                _fetch(plan, f, parts[f.path], meter)
+            for part, files in groups.items():
+                _fetch(plan, files[0], part, meter)
         except WeightsError:
             raise
         except (OSError, httpx2.HTTPError) as exc:  # the network or the disk: the partial files stay
             raise WeightsError(f"the download stopped ({_reason(exc)}) with {size_text(meter.present)} of "
                                f"{size_text(meter.total)} kept: run it again to continue") from None  # fmt: skip
-        for f in todo:
-            _place(parts[f.path], f.target)
-            fetched.placed.append(f.target)
+        for part, files in groups.items():
+            for f in files[:-1]:
+                _place_copy(part, f.target)
+            _place(part, files[-1].target)
+        fetched.placed = [f.target for f in todo]
+        for item in plan.by_hand_missing():  # the folder is ready for the file placed by hand, as upstream's script
+            (plan.root / item.place).parent.mkdir(parents=True, exist_ok=True)
+        for folder in {part.parent for part in groups}:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         with contextlib.suppress(OSError):
             staging.rmdir()
-            staging.parent.rmdir()
     if progress is not None:
-        progress(1.0, f"{plan.source.title}: all {len(plan.files)} files in place")
+        done = f"{plan.source.title}: all {len(plan.files)} files in place"
+        by_hand = plan.by_hand_missing()
+        if plan.source.by_hand:
+            done = f"{plan.source.title}: all {len(plan.files)} files from the Hub in place"
+        if by_hand:
+            done += f"; {_listed([item.place.rsplit('/', 1)[-1] for item in by_hand])} to place by hand"
+        progress(1.0, done)
     return fetched
 
 
@@ -520,19 +734,47 @@ def _model(model: ModelFile, settings: Settings) -> Presence:
     return Presence(engine, what, found, missing, WAV2LIP_S3FD)
 
 
+def _set_presence(source: Source, settings: Settings, engine: str, what: str) -> Presence:
+    """A set in its folder (the setting's, else `into` in the weights folder, or the models/ folder of an upstream
+    checkout inside either), file by file as `Source.layout` lists them."""
+    configured = getattr(settings, source.folder_setting) if source.folder_setting else None
+    needs = source.layout()
+    folder = settings.weights_dir / source.into
+    if configured and not configured.startswith("hf:"):
+        folder = Path(configured).expanduser()
+    for candidate in (folder, folder / "models"):
+        if any((candidate / name).is_file() for names in needs for name in names):
+            folder = candidate
+            break
+    missing = tuple(" or ".join(names) for names in needs if not any((folder / n).is_file() for n in names))
+    if configured and configured.startswith("hf:"):  # the Hub's files when first used; by-hand files still here
+        by_hand = {item.place.removeprefix(f"{source.into}/") for item in source.by_hand}
+        return Presence(engine, what, None, (f"{configured} (fetched when first used)",
+                                             *(m for m in missing if m in by_hand)), source)  # fmt: skip
+    if len(missing) == len(needs):
+        return Presence(engine, what, None, missing, source)
+    return Presence(engine, what, folder, missing, source)
+
+
 def inventory(settings: Settings) -> list[Presence]:
     """What each engine would load now, and what is missing (nothing here reaches the network)."""
-    return [_liveportrait(settings), _model(WAV2LIP, settings), _model(S3FD, settings)]
+    musetalk = _set_presence(MUSETALK, settings, "musetalk", "MuseTalk v1.5")
+    return [_liveportrait(settings), _model(WAV2LIP, settings), _model(S3FD, settings), musetalk]
 
 
 __all__ = [
+    "FACE_PARSE_URL",
     "LIVEPORTRAIT",
+    "MUSETALK",
+    "MUSETALK_V1",
     "SOURCES",
     "WAV2LIP_S3FD",
+    "ByHand",
     "Fetched",
     "HubFile",
     "Plan",
     "Presence",
+    "Share",
     "Source",
     "download",
     "get_weights",

@@ -122,6 +122,7 @@ class Settings:
     workers_per_gpu: tuple[tuple[str, int], ...] = (("default", 1),)
     split_seconds: float = 20.0
     ray_address: str | None = None
+    zerogpu_max_s: int = 120
     job_time_limits: tuple[tuple[str, float], ...] = (("default", 3600.0),)
     job_memory_gb: float = 16.0
     shutdown_grace_s: float = 10.0
@@ -197,6 +198,11 @@ DOCUMENTED: dict[str, tuple[str, str]] = {
         "ray_address",
         "run the workers as Ray actors on a cluster: auto (a cluster started on this machine with `ray start "
         "--head`) or ray://HOST:10001 (default: unset, local worker processes; needs the ray extra)",
+    ),
+    "ZEROGPU_MAX_SECONDS": (
+        "zerogpu_max_s",
+        "on a ZeroGPU Space, the most GPU time one job asks @spaces.GPU for, in seconds, 10..3600 (default 120); "
+        "each job asks for what its length needs, learnt from earlier jobs of its kind",
     ),
     "JOB_TIME_LIMITS": (
         "job_time_limits",
@@ -293,6 +299,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         workers_per_gpu=_workers_per_gpu(_env(env, "WORKERS_PER_GPU")),
         split_seconds=_number(env, "SPLIT_SECONDS", 20.0, 1.0, 7200.0),
         ray_address=_env(env, "RAY_ADDRESS"),
+        zerogpu_max_s=_number(env, "ZEROGPU_MAX_SECONDS", 120, 10, 3600, int),
         job_time_limits=_time_limits(_env(env, "JOB_TIME_LIMITS")),
         job_memory_gb=_number(env, "JOB_MEMORY_GB", _three_quarters_of_ram_gb(), 0.25, 4096.0),
         shutdown_grace_s=_number(env, "SHUTDOWN_GRACE", 10.0, 0.0, 3600.0),

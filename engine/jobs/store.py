@@ -109,7 +109,7 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, allow_nan=True)
 
 
-def _blob_refs(value: Any) -> Iterator[str]:
+def blob_refs(value: Any) -> Iterator[str]:
     """Every blob a job's settings name, wherever they name it (files, a sweep's model): a string that merely looks
     like a sha256 only keeps a blob longer, never loses one."""
     if isinstance(value, str):
@@ -117,10 +117,10 @@ def _blob_refs(value: Any) -> Iterator[str]:
             yield match.group(1)
     elif isinstance(value, dict):
         for item in value.values():
-            yield from _blob_refs(item)
+            yield from blob_refs(item)
     elif isinstance(value, list):
         for item in value:
-            yield from _blob_refs(item)
+            yield from blob_refs(item)
 
 
 def _row_to_job(row: tuple, position: int | None = None) -> Job:
@@ -373,10 +373,10 @@ class JobStore:
             if active:
                 usage.active_jobs.add(job_id)
             try:
-                named = {*_blob_refs(json.loads(settings)), *_blob_refs(model_sha)}
+                named = {*blob_refs(json.loads(settings)), *blob_refs(model_sha)}
             except ValueError:  # a damaged row: its model column still counts
                 log.warning("job %s has unreadable settings; only its model column names blobs", job_id)
-                named = set(_blob_refs(model_sha))
+                named = set(blob_refs(model_sha))
             for sha in named:
                 usage.blob_last_used[sha] = max(used, usage.blob_last_used.get(sha, 0.0))
                 if active:
@@ -493,4 +493,5 @@ __all__ = [
     "JobStore",
     "StoreError",
     "Usage",
+    "blob_refs",
 ]

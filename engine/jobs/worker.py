@@ -87,27 +87,41 @@ def prepare_process(request: dict[str, Any], device: str = "cpu", memory_fractio
         set_memory_fraction(memory_fraction, torch.device(device))
 
 
-def run_job(job: Job, context: WorkerContext, kinds: dict[str, str]) -> None:
-    """Run one claimed job to its end in the store: done with its result and measurement, or failed with why."""
-    from engine.jobs.measure import measured
-
-    store, last = context.store, [0.0]
+def progress_writer(store: JobStore, job_id: str) -> Progress:
+    """The job's progress callback: written to the store at most every PROGRESS_INTERVAL_S (and always at the end)."""
+    last = [0.0]
 
     def progress(fraction: float, label: str) -> None:
         now = time.monotonic()
         if now - last[0] >= PROGRESS_INTERVAL_S or fraction >= 1.0:
             last[0] = now
-            store.update_progress(job.id, fraction, label)
+            store.update_progress(job_id, fraction, label)
 
+    return progress
+
+
+def execute(job: Job, context: WorkerContext, kinds: dict[str, str], nvml_device: Any = None) -> dict[str, Any]:
+    """A job's handler on this worker's device with the job's process switches, measured: its result with the
+    measurement added. Raises what the handler raises. Every way of running a job (a worker process, a Ray actor, a
+    ZeroGPU function) goes through here."""
+    from engine.jobs.measure import measured
+
+    if job.kind not in kinds:
+        raise AvatarbenchError(f"this worker runs no jobs of kind {job.kind!r}")
+    handler = resolve(kinds[job.kind])
+    job = dataclasses.replace(job, device=context.device)  # what the handler runs on (the key stays queued)
+    prepare_process(job.settings.get("process") or {}, job.device, context.settings.gpu_memory_fraction * job.share)
+    with measured(job.device, nvml_device=nvml_device) as window:
+        result = handler(job, progress_writer(context.store, job.id), context)
+    result["measurement"] = window.figures()
+    return result
+
+
+def run_job(job: Job, context: WorkerContext, kinds: dict[str, str]) -> None:
+    """Run one claimed job to its end in the store: done with its result and measurement, or failed with why."""
+    store = context.store
     try:
-        if job.kind not in kinds:
-            raise AvatarbenchError(f"this worker runs no jobs of kind {job.kind!r}")
-        handler = resolve(kinds[job.kind])
-        job = dataclasses.replace(job, device=context.device)  # what the handler runs on (the key stays queued)
-        prepare_process(job.settings.get("process") or {}, job.device, context.settings.gpu_memory_fraction * job.share)
-        with measured(job.device) as window:
-            result = handler(job, progress, context)
-        result["measurement"] = window.figures()
+        result = execute(job, context, kinds)
         store.finish(job.id, result)  # inside the try: a result that is not JSON fails the job too
     except AvatarbenchError as exc:
         log.info("job %s (%s) refused: %s", job.id, job.kind, exc)
@@ -150,4 +164,13 @@ def serve(spec: WorkerSpec, wake: multiprocessing.synchronize.Event, stop: multi
     store.close()
 
 
-__all__ = ["WorkerContext", "WorkerSpec", "prepare_process", "resolve", "run_job", "serve"]
+__all__ = [
+    "WorkerContext",
+    "WorkerSpec",
+    "execute",
+    "prepare_process",
+    "progress_writer",
+    "resolve",
+    "run_job",
+    "serve",
+]

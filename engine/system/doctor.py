@@ -13,6 +13,7 @@ once, as information, and keeps its install recipes for machines where a GPU exi
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import logging
 import os
@@ -378,9 +379,57 @@ def check_driver(ctx: _Context) -> Check:
     return Check("nvidia-driver", OK, found, details=details)
 
 
+def spaces_gpu_problem() -> str | None:
+    """Why no job can reach ZeroGPU's card here, or None when it can: the card is attached only inside functions
+    decorated with @spaces.GPU, so Hugging Face's `spaces` package (preinstalled on ZeroGPU Spaces, never in our
+    requirements) must import and offer that decorator. engine/jobs/zerogpu.py asks the same question."""
+    try:
+        spaces = importlib.import_module("spaces")
+    except ImportError as exc:
+        return f"the `spaces` package does not import ({exc})"
+    except Exception as exc:  # a broken install can fail in any way; the doctor still reports
+        return f"`import spaces` fails ({type(exc).__name__}: {exc})"
+    if not callable(getattr(spaces, "GPU", None)):
+        return "the `spaces` package here has no GPU decorator (it is not Hugging Face's spaces)"
+    return None
+
+
+def _zero_gpu_ready() -> Check:
+    """A ZeroGPU Space whose jobs reach the card through @spaces.GPU: ok, said without asking PyTorch about a device
+    that is attached only inside those functions."""
+    details: dict[str, Any] = {"zero_gpu": True}
+    with contextlib.suppress(metadata.PackageNotFoundError):
+        details["spaces"] = metadata.version("spaces")
+    return Check(
+        "device",
+        OK,
+        "ZeroGPU Space: jobs for cuda:0 run inside @spaces.GPU functions, one call per job asking for the GPU time "
+        "its length needs; the GPU is attached only while a job runs, so none is visible here",
+        details=details,
+    )
+
+
+def _zero_gpu_unreachable(found: str, details: dict[str, Any], problem: str) -> Check:
+    """A ZeroGPU Space whose jobs cannot reach the card: a problem, not the quiet "runs on the CPU" of a machine
+    without a GPU."""
+    return Check(
+        "device",
+        PROBLEM,
+        f"{found}; ZeroGPU attaches the GPU only inside @spaces.GPU functions, but {problem}: every job runs on "
+        "the CPU",
+        "ZeroGPU Spaces come with the `spaces` package: check that the Space runs the Gradio SDK on ZeroGPU "
+        "hardware and that nothing in requirements.txt replaces `spaces`; or choose a dedicated GPU for the Space "
+        "(Settings > Hardware).",
+        {**details, "zero_gpu": True, "spaces_problem": problem},
+    )
+
+
 def check_device(ctx: _Context) -> Check:
     from engine.core.device import DeviceError, capabilities, resolve_device
 
+    zero_gpu_problem = spaces_gpu_problem() if ctx.zero_gpu else None
+    if ctx.zero_gpu and not ctx.gpu_present and zero_gpu_problem is None:
+        return _zero_gpu_ready()
     try:
         choice = resolve_device(ctx.settings.device)
     except DeviceError as exc:
@@ -396,18 +445,8 @@ def check_device(ctx: _Context) -> Check:
     if not choice.is_cuda and ctx.no_gpu:  # "no GPU" is said once, by nvidia-driver
         precisions = ", ".join(caps.precisions)
         return Check("device", OK, f"runs on {choice.device} ({caps.name}); precisions: {precisions}", details=details)
-    if not choice.is_cuda and ctx.zero_gpu:
-        # ZeroGPU attaches the card only inside @spaces.GPU functions, and no job runs in one yet (issue #13): every
-        # job here runs on the CPU, which is a problem to say, not an ok.
-        return Check(
-            "device",
-            PROBLEM,
-            found + "; ZeroGPU attaches the GPU only inside @spaces.GPU functions, and avatarbench runs its jobs in "
-            "none yet: every job runs on the CPU",
-            "Choose a dedicated GPU for the Space (Settings > Hardware) until avatarbench runs its jobs inside "
-            "@spaces.GPU on ZeroGPU.",
-            details=details,
-        )
+    if not choice.is_cuda and zero_gpu_problem is not None:
+        return _zero_gpu_unreachable(found, details, zero_gpu_problem)
     if not choice.is_cuda and ctx.settings.device == "auto":
         return Check(
             "device",

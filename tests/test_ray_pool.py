@@ -1,0 +1,341 @@
+"""Job workers as Ray actors (engine/jobs/ray_pool.py), on a real local Ray cluster that declares four GPUs without
+having any: two actors share each logical GPU, a dead actor fails only its job (with Ray's reason) and is replaced,
+progress reaches the app's store, output files come back through Ray into the app's outputs folder (the actors'
+data dir is another one), and a real ONNX evaluation runs in an actor from a shipped model."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine.core.errors import InputError
+from engine.core.settings import Settings, load_settings
+from engine.jobs.broker import Broker
+from engine.jobs.store import CANCELLED, DONE, FAILED, FINISHED, Job, JobStore
+
+pytestmark = pytest.mark.slow
+TESTS = Path(__file__).resolve().parent
+OWNER = "tester"
+GPUS = ("cuda:0", "cuda:1", "cuda:2", "cuda:3")
+CARD = "TESTCARD"
+# The actors import this module by name: the cluster's workers get tests/ on their PYTHONPATH (see `cluster`).
+KINDS = {
+    "meet": "test_ray_pool:meet",
+    "hold": "test_ray_pool:hold",
+    "die": "test_ray_pool:die",
+    "write": "test_ray_pool:write",
+    "refuse": "test_ray_pool:refuse",
+    "onnx_eval": "engine.onnx.jobs:handle",
+}
+
+
+# -- the handlers, run inside the actors -------------------------------------------------------------------------
+
+
+def _where(job: Any, context: Any) -> dict[str, Any]:
+    import ray
+
+    return {
+        "pid": os.getpid(),
+        "actor": ray.get_runtime_context().get_actor_id(),
+        "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "ran_on": job.device,
+        "share": job.share,
+        "data_dir": str(context.settings.data_dir),
+    }
+
+
+def meet(job: Any, progress: Any, context: Any) -> dict:
+    """Wait (a while at most) until another job of the same key has arrived too: two jobs that both see the other
+    ran side by side, so in two actors."""
+    folder = Path(job.settings["rendezvous"])
+    tag = job.settings["key"].replace(":", "_")
+    (folder / f"{tag}--{job.id}").touch()
+    progress(0.5, "waiting for a partner")
+    deadline = time.monotonic() + 30
+    while len(list(folder.glob(f"{tag}--*"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return {**_where(job, context), "partnered": len(list(folder.glob(f"{tag}--*"))) >= 2}
+
+
+def hold(job: Any, progress: Any, context: Any) -> dict:
+    """Report progress, then wait until the test lets go (a file appears) or a minute has passed."""
+    progress(0.5, "holding")
+    release = Path(job.settings["release"])
+    deadline = time.monotonic() + 60
+    while not release.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return {**_where(job, context), "released": release.exists()}
+
+
+def die(job: Any, progress: Any, context: Any) -> dict:
+    progress(0.3, "about to exit")
+    os._exit(3)
+
+
+def write(job: Any, progress: Any, context: Any) -> dict:
+    """Output files as the pipelines write them (outputs/<kind>-<id>.mp4), one in a sub-folder, over 100 kB (Ray's
+    object store, not inline), and a file outside the outputs folder that must stay where it is."""
+    outputs = context.settings.outputs_dir
+    text = outputs / f"{job.kind}-{job.id}.txt"
+    text.write_text(f"made by {job.id}")
+    nested = outputs / "frames" / f"{job.id}.bin"
+    nested.parent.mkdir(exist_ok=True)
+    nested.write_bytes(bytes(range(256)) * 4096)
+    elsewhere = context.settings.cache_dir / f"{job.id}.txt"
+    elsewhere.write_text("stays")
+    return {"outputs": {"text": str(text)}, "frames": [str(nested)], "elsewhere": str(elsewhere),
+            "where": _where(job, context)}  # fmt: skip
+
+
+def refuse(job: Any, progress: Any, context: Any) -> dict:
+    if job.settings["how"] == "input":
+        raise InputError("that face is too small; faces of 64 px and more are accepted")
+    raise RuntimeError("a bug")
+
+
+# -- fixtures ------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Any]:
+    """One local Ray cluster for the module: two CPUs, four GPUs declared (none real), the card type named."""
+    ray = pytest.importorskip("ray")
+    ray.init(
+        address="local",
+        num_cpus=2,
+        num_gpus=len(GPUS),
+        resources={f"accelerator_type:{CARD}": 1},
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"PYTHONPATH": str(TESTS)}},
+    )
+    yield ray
+    ray.shutdown()
+
+
+@dataclass
+class Pool:
+    broker: Broker
+    workers: Any  # RayWorkers
+    store: JobStore
+    settings: Settings  # the app's
+    node_dir: Path  # the actors' AVATARBENCH_DATA_DIR
+    tmp: Path
+
+
+@pytest.fixture(scope="module")
+def pool(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pool]:
+    from engine.jobs.ray_pool import ray_workers
+
+    tmp = tmp_path_factory.mktemp("ray-pool")
+    settings = load_settings({"AVATARBENCH_DATA_DIR": str(tmp / "app")})
+    settings.ensure_dirs()
+    store = JobStore(settings.db_path, settings.data_dir / "blobs")
+    node_dir = tmp / "node"
+    workers = ray_workers(
+        settings, store, KINDS, workers_per_gpu=2, cpu_workers=1,
+        actor_env={"AVATARBENCH_DATA_DIR": str(node_dir)}, gpus_run_on_cpu=True,
+    )  # fmt: skip
+    broker = Broker(
+        store,
+        KINDS,
+        workers.workers,
+        per_gpu={"default": 2},
+        run_on=workers.run_on,
+        launcher=workers.launch,
+        poll_s=0.1,
+    ).start()
+    yield Pool(broker, workers, store, settings, node_dir, tmp)
+    broker.stop(5)
+    workers.shutdown()
+    store.close()
+
+
+def _settle(store: JobStore, ids: list[str], timeout_s: float = 60) -> list[Job]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        jobs = [store.get(i) for i in ids]
+        if all(j.status in FINISHED for j in jobs):
+            return jobs
+        time.sleep(0.05)
+    raise AssertionError(f"not finished: {[(j.id, j.status, j.error) for j in jobs]}")
+
+
+def _until(what: str, check: Any, timeout_s: float = 60) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if value := check():
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"never happened: {what}")
+
+
+def _meet_pair(pool: Pool, key: str, name: str) -> list[Job]:
+    folder = pool.tmp / name
+    folder.mkdir()
+    settings = {"rendezvous": str(folder), "key": key}
+    return [pool.broker.submit("meet", settings, key, OWNER) for _ in range(2)]
+
+
+# -- tests ---------------------------------------------------------------------------------------------------------
+
+
+def test_each_gpu_gets_its_workers_and_its_card_type(pool: Pool) -> None:
+    workers = pool.workers
+    assert workers.workers == {**dict.fromkeys(GPUS, 2), "cpu": 1}
+    assert workers.run_on == dict.fromkeys((*GPUS, "cpu"), "cpu")  # the GPUs are only declared here
+    assert workers.card_types == dict.fromkeys(GPUS, CARD) and workers.devices_with(CARD) == list(GPUS)
+    assert workers.devices_with("H100") == []
+    assert sorted(h.device for h in workers.handles()) == sorted([*GPUS, *GPUS, "cpu"])
+
+
+def test_eight_jobs_land_on_four_gpus_two_actors_each(pool: Pool) -> None:
+    folder = pool.tmp / "eight"
+    folder.mkdir()
+    ids = []
+    for _ in range(8):
+        key = pool.broker.place(True)  # the least-loaded GPU
+        ids.append(pool.broker.submit("meet", {"rendezvous": str(folder), "key": key}, key, OWNER).id)
+    jobs = _settle(pool.store, ids)
+    assert all(j.status == DONE for j in jobs), [(j.status, j.error) for j in jobs]
+    seen = {}
+    for key in GPUS:
+        mine = [j for j in jobs if j.device == key]
+        assert len(mine) == 2 and all(j.result["partnered"] for j in mine)  # side by side, so two actors
+        assert len({j.result["actor"] for j in mine}) == 2
+        cards = {j.result["cuda_visible_devices"] for j in mine}
+        assert len(cards) == 1 and {tuple(j.result["gpu_ids"]) for j in mine} == {tuple(cards)}  # one card, shared
+        seen[key] = cards.pop()
+        assert all(j.result["ran_on"] == "cpu" and j.result["share"] == 0.5 for j in mine)
+        assert all(j.worker == j.result["pid"] for j in mine)  # on the app's node the worker id is the process id
+        assert all(Path(j.result["data_dir"]) == pool.node_dir / "ray-worker" for j in mine)
+        assert all("measurement" in j.result for j in mine)
+    assert seen == {key: key.removeprefix("cuda:") for key in GPUS}  # each key names the card its actors have
+    assert all(h.rss() > 2**20 for h in pool.workers.handles())  # the actors' memory, for the broker's cap
+
+
+def test_progress_reaches_the_store(pool: Pool) -> None:
+    release = pool.tmp / "release-progress"
+    job = pool.broker.submit("hold", {"release": str(release)}, "cuda:2", OWNER)
+    running = _until("progress in the store", lambda: (j := pool.store.get(job.id)).progress == 0.5 and j)
+    assert running.progress_label == "holding" and running.status == "running"
+    release.touch()
+    (done,) = _settle(pool.store, [job.id])
+    assert done.status == DONE and done.result["released"] and done.progress == 1.0
+
+
+def test_output_files_come_back_to_the_apps_outputs_folder(pool: Pool) -> None:
+    job = pool.broker.submit("write", {}, "cuda:3", OWNER)
+    (done,) = _settle(pool.store, [job.id])
+    assert done.status == DONE, done.error
+    outputs = pool.settings.outputs_dir
+    text, (frames,) = Path(done.result["outputs"]["text"]), done.result["frames"]
+    assert text == outputs / f"write-{job.id}.txt" and text.read_text() == f"made by {job.id}"
+    assert Path(frames) == outputs / "frames" / f"{job.id}.bin"
+    assert Path(frames).read_bytes() == bytes(range(256)) * 4096
+    actor_outputs = pool.node_dir / "ray-worker" / "outputs"
+    assert not (actor_outputs / text.name).exists() and not (actor_outputs / "frames" / f"{job.id}.bin").exists()
+    elsewhere = Path(done.result["elsewhere"])  # not an output: named as it was, left where it was
+    assert elsewhere == pool.node_dir / "ray-worker" / "cache" / f"{job.id}.txt" and elsewhere.read_text() == "stays"
+
+
+def test_handler_errors_fail_the_job_as_in_a_worker_process(pool: Pool) -> None:
+    refused = pool.broker.submit("refuse", {"how": "input"}, "cpu", OWNER)
+    buggy = pool.broker.submit("refuse", {"how": "bug"}, "cpu", OWNER)
+    refused, buggy = _settle(pool.store, [refused.id, buggy.id])
+    assert refused.status == FAILED and refused.error == "that face is too small; faces of 64 px and more are accepted"
+    assert buggy.status == FAILED and buggy.error == "internal error: RuntimeError: a bug"
+
+
+@pytest.mark.parametrize(
+    ("how", "status", "reason"),
+    [
+        ("ray.kill", FAILED, "its Ray actor died: The actor died unexpectedly before finishing this task."),
+        ("os._exit", FAILED, "its Ray actor died: The actor died unexpectedly before finishing this task."),
+        ("cancel", CANCELLED, "cancelled by its owner while it ran"),
+    ],
+)
+def test_an_actor_that_dies_mid_job_fails_it_and_is_replaced(pool: Pool, how: str, status: str, reason: str) -> None:
+    """Killed from outside (ray.kill), exited inside its handler, or stopped by the broker for a cancel."""
+    import ray
+
+    key = "cuda:1"
+    if how == "os._exit":
+        job = pool.broker.submit("die", {}, key, OWNER)
+    else:
+        job = pool.broker.submit("hold", {"release": str(pool.tmp / "never")}, key, OWNER)
+        _until("the job running", lambda: pool.store.get(job.id).progress == 0.5)
+        if how == "cancel":
+            assert pool.broker.cancel(job.id, OWNER).status == CANCELLED
+        else:
+            ray.kill(next(h for h in pool.workers.handles() if h.pid == pool.store.get(job.id).worker).actor)
+    (dead,) = _settle(pool.store, [job.id])
+    assert dead.status == status and dead.error.startswith(reason), dead.error
+    words = {"ray.kill": "killed by `ray.kill`", "os._exit": "its worker process has died"}.get(how, "")
+    assert words in dead.error
+    _until("a replacement", lambda: dead.worker not in pool.broker.pids() and len(_alive(pool, key)) == 2)
+    later = _settle(pool.store, [j.id for j in _meet_pair(pool, key, f"after-{how}")])
+    assert all(j.status == DONE and j.result["partnered"] for j in later), [(j.status, j.error) for j in later]
+    assert dead.worker not in {j.worker for j in later}  # the replacement and the other actor ran them
+
+
+def _alive(pool: Pool, key: str) -> list[Any]:
+    return [h for h in pool.workers.handles() if h.device == key and h.is_alive()]
+
+
+def test_a_real_onnx_evaluation_runs_in_an_actor_from_a_shipped_model(pool: Pool) -> None:
+    pytest.importorskip("onnxruntime")
+    from tiny_onnx import mlp
+
+    from engine.onnx.config import EvalConfig
+    from engine.onnx.jobs import OnnxEvalJobs
+
+    jobs = OnnxEvalJobs(pool.broker, pool.settings)
+    config = EvalConfig.build({"model": mlp(pool.tmp / "upload.onnx"), "runs": 3, "warmup": 0, "intra_op_threads": 1})
+    submitted = jobs.submit(config, OWNER).job
+    (done,) = _settle(pool.store, [submitted.id])
+    assert done.status == DONE, done.error
+    assert done.device == "cpu" and [r["provider"] for r in done.result["results"]] == ["cpu"]
+    assert done.result["inspection"]["name"] == "upload.onnx"
+    shipped = list((pool.node_dir / "ray-worker" / "actors").glob(f"*/blobs/*/{submitted.model_sha256}"))
+    assert len(shipped) == 1 and shipped[0].read_bytes() == (pool.tmp / "upload.onnx").read_bytes()
+
+
+def test_nothing_imports_ray_without_the_setting(tmp_path: Path) -> None:
+    code = (
+        "import sys\n"
+        "from engine.core.errors import InputError\n"
+        "from engine.core.settings import load_settings\n"
+        "from engine.jobs import ray_pool\n"
+        "settings = load_settings({'AVATARBENCH_DATA_DIR': sys.argv[1], 'AVATARBENCH_RAY_ADDRESS': 'http://x'})\n"
+        "try:\n"
+        "    ray_pool.ray_workers(settings, None, {}, 1, 1)\n"
+        "except InputError as exc:\n"
+        "    print(exc)\n"
+        "print('ray' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True)
+    assert out.stdout.splitlines() == [
+        "AVATARBENCH_RAY_ADDRESS='http://x' is not a Ray address; expected auto, HOST:PORT or ray://HOST:10001",
+        "False",
+    ]
+
+
+def test_shutdown_stops_the_actors_and_frees_the_gpus(pool: Pool, cluster: Any) -> None:
+    """Last: it ends the module's pool (the fixture's own shutdown then does nothing)."""
+    assert cluster.available_resources().get("GPU", 0) == 0  # the four cards are reserved for the workers
+    pool.broker.stop(5)
+    handles = pool.workers.handles()
+    pool.workers.shutdown()
+    _until("the GPUs free", lambda: cluster.available_resources().get("GPU", 0) == len(GPUS))
+    assert all(not h.is_alive() for h in handles)

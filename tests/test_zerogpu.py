@@ -1,0 +1,409 @@
+"""ZeroGPU (engine/jobs/zerogpu.py) with the stand-in `spaces` of tests/zerogpu_spaces/: a real Broker whose "cuda:0"
+worker hands each job to a @spaces.GPU function, which runs it in a forked process across a pickle boundary both
+ways (the handlers use the CPU: this machine has no GPU, so run_on maps cuda:0 to "cpu"); the "cpu" key keeps its
+spawned worker process.
+
+What is not tested here: a real ZeroGPU Space (its queue, quota, and the card it attaches after the fork). A CUDA
+tensor in a result is faked by a tensor subclass whose `is_cuda` answers True; the stand-in's refusal and ours both
+ask exactly that.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("onnxruntime")
+from test_lipsync import speech_like, write_wav
+from tiny_onnx import mlp
+
+from app import JOB_KINDS
+from engine.bench.sweep import BenchPoint, SweepConfig
+from engine.core.errors import InputError, SetupError
+from engine.core.media import VideoWriter
+from engine.core.settings import Settings, SettingsError, load_settings
+from engine.jobs import zerogpu
+from engine.jobs.broker import Broker
+from engine.jobs.store import CANCELLED, CPU, DONE, FAILED, FINISHED, Job, JobStore
+from engine.jobs.zerogpu import DurationBook, Length, ZeroGpuLauncher
+from engine.lipsync.config import LipSyncConfig
+from engine.lipsync.jobs import LipSyncJobs
+from engine.onnx.config import EvalConfig
+from engine.onnx.jobs import OnnxEvalJobs
+from engine.portrait.config import PortraitConfig
+from engine.portrait.jobs import PortraitJobs
+
+STANDIN = Path(__file__).resolve().parent / "zerogpu_spaces"
+FACE = Path(__file__).resolve().parent.parent / "assets" / "face.jpg"
+OWNER = "tester"
+GPU = "cuda:0"
+TEST_KINDS = {name: f"{__name__}:{name}" for name in ("echo", "leaky", "unpicklable", "hang", "on_the_gpu")}
+
+
+# --------------------------------------------------------------------- handlers the broker runs (in the fork)
+
+
+class FakeCudaTensor(torch.Tensor):
+    """A CPU tensor that says it is on a CUDA device (no GPU here to make a real one)."""
+
+    @property
+    def is_cuda(self) -> bool:  # type: ignore[override]
+        return True
+
+
+def echo(job: Job, progress: Any, context: Any) -> dict:
+    progress(0.5, "echoing")
+    return {"pid": os.getpid(), "device": job.device, "settings": job.settings}
+
+
+def leaky(job: Job, progress: Any, context: Any) -> dict:
+    return {"frames": torch.zeros(3).as_subclass(FakeCudaTensor)}
+
+
+def unpicklable(job: Job, progress: Any, context: Any) -> dict:
+    return {"stages": [{"name": "decode", "lock": threading.Lock()}]}
+
+
+def on_the_gpu(job: Job, progress: Any, context: Any) -> dict:
+    """Work on the job's CUDA device for a moment; return a CUDA tensor when asked to (`leak`)."""
+    x = torch.randn(2048, 2048, device=job.device)
+    for _ in range(50):
+        x = torch.tanh(x @ x / 2048)
+    return {"frames": x[:2, :2]} if job.settings.get("leak") else {"sum": float(x.sum())}
+
+
+def hang(job: Job, progress: Any, context: Any) -> dict:
+    progress(0.1, "hanging")
+    time.sleep(float(job.settings.get("seconds", 30)))
+    return {}
+
+
+# -------------------------------------------------------------------------------------------------- fixtures
+
+
+@dataclasses.dataclass
+class Running:
+    broker: Broker
+    launcher: ZeroGpuLauncher
+    settings: Settings
+    spaces: Any
+
+    @property
+    def store(self) -> JobStore:
+        return self.broker.store
+
+
+@pytest.fixture(scope="module")
+def spaces(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The stand-in importable as `spaces` and SPACES_ZERO_GPU set, for this module only."""
+    data = tmp_path_factory.mktemp("zerogpu")
+    assert "spaces" not in sys.modules
+    with pytest.MonkeyPatch.context() as mp:
+        mp.syspath_prepend(str(STANDIN))
+        mp.setenv("SPACES_ZERO_GPU", "true")
+        mp.setenv("AVATARBENCH_DATA_DIR", str(data))  # the spawned CPU worker reads its settings from here
+        try:
+            import spaces as standin
+
+            yield standin
+        finally:
+            sys.modules.pop("spaces", None)  # `spaces` is unimportable again afterwards
+
+
+@pytest.fixture(scope="module")
+def running(spaces: Any) -> Iterator[Running]:
+    settings = load_settings()
+    settings.ensure_dirs()
+    store = JobStore(settings.db_path, settings.data_dir / "blobs")
+    launcher = ZeroGpuLauncher(settings)
+    kinds = {**JOB_KINDS, **TEST_KINDS}
+    broker = Broker(store, kinds, {GPU: 1, CPU: 1}, poll_s=0.1, run_on={GPU: CPU}, launcher=launcher).start()
+    yield Running(broker, launcher, settings, spaces)
+    broker.stop(grace_s=5)
+    store.close()
+
+
+def _finished(store: JobStore, job_id: str, timeout_s: float = 180) -> Job:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        job = store.get(job_id)
+        if job.status in FINISHED:
+            return job
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} did not finish: {store.get(job_id)}")
+
+
+def _speech(folder: Path, seconds: float) -> Path:
+    return write_wav(folder / f"speech-{seconds:g}s.wav", speech_like(seconds))
+
+
+def _driving(folder: Path, frames: int) -> Path:
+    face = cv2.resize(cv2.imread(str(FACE)), (256, 256))
+    writer = VideoWriter(folder / "driving.mp4", 25, 256, 256)
+    for i in range(frames):
+        writer.write(cv2.warpAffine(face, np.float32([[1, 0, 3 * i], [0, 1, 0]]), (256, 256)))
+    writer.close()
+    return folder / "driving.mp4"
+
+
+def _lipsync(running: Running, audio: Path, **options: Any) -> Job:
+    config = LipSyncConfig(face=FACE, audio=audio, engine="baseline", **options)
+    return LipSyncJobs(running.broker, running.settings).submit(config, OWNER)
+
+
+# --------------------------------------------------------------------------------------------------- through it
+
+
+def test_a_job_of_every_tab_runs_inside_a_gpu_function(running: Running, tmp_path: Path) -> None:
+    store, broker, asked_before = running.store, running.broker, len(running.spaces.requested)
+    lipsync = _lipsync(running, _speech(tmp_path, 1.0), compile=True)
+    portrait = PortraitJobs(broker, running.settings).submit(
+        PortraitConfig(FACE, _driving(tmp_path, 4), engine="baseline"), OWNER
+    )
+    onnx_jobs = OnnxEvalJobs(broker, running.settings)
+    model = mlp(tmp_path / "mlp.onnx")
+    fast = {"model": model, "runs": 3, "warmup": 0, "intra_op_threads": 1}
+    onnx = onnx_jobs.submit(EvalConfig.build({**fast, "providers": "cuda"}), OWNER).job
+    points = [BenchPoint("ort-cpu", "fp32", 2, "cpu"), BenchPoint("compile", "fp32", 1, "cpu")]
+    sweep = SweepConfig(f"onnx:{onnx.model_sha256}", points, runs=3, warmup=0, baseline=1)
+    bench = broker.submit("bench", {"sweep": sweep.to_dict()}, GPU, OWNER, model_sha256=onnx.model_sha256, timed=True)
+    on_cpu = onnx_jobs.submit(EvalConfig.build({**fast, "providers": "cpu"}), OWNER).job
+    gpu_jobs = [lipsync, portrait, onnx, bench]
+    assert [j.device for j in gpu_jobs] == [GPU] * 4 and on_cpu.device == CPU
+
+    done = [_finished(store, j.id) for j in [*gpu_jobs, on_cpu]]
+    assert [(j.kind, j.status, j.error) for j in done] == [(j.kind, DONE, None) for j in done]
+    *gpu_done, cpu_done = done
+    asked = running.spaces.requested[asked_before:]
+    assert asked == [j.result["zerogpu"]["asked_s"] for j in gpu_done]  # one call per job, each with its own ask
+    for job in gpu_done:
+        record, figures = job.result["zerogpu"], job.result["measurement"]
+        assert job.worker is not None and job.worker < 0  # claimed by the ZeroGPU slot, not a process
+        assert 1 <= record["asked_s"] <= running.launcher.book.max_s and record["ran_s"] > 0
+        assert record["samples"] == figures["samples"] > 0 and figures["telemetry"]  # sampled inside the function
+        assert running.launcher.book.rate(zerogpu.cost_key(job)) is not None  # learned from this job
+    lip, por, ort, ben = (j.result for j in gpu_done)
+    assert lip["zerogpu"]["length"] == pytest.approx(1.0, abs=0.05) and lip["zerogpu"]["length_unit"].endswith("speech")
+    assert lip["metrics"]["engine"] == "baseline" and lip["config"]["compile"] is False
+    assert any("torch.compile was turned off" in w for w in lip["warnings"])
+    assert por["metrics"]["frames"] == 4 and por["zerogpu"]["length"] == pytest.approx(4 / 25, abs=0.02)
+    assert ort["zerogpu"]["length"] == 1 and [r["provider"] for r in ort["results"]] == ["cuda"]
+    assert [r["runtime"] for r in ben["results"]] == ["ort-cpu"] and ben["results"][0]["status"] == "ok"
+    assert any("1 torch.compile configuration(s) left out" in w for w in ben["warnings"])
+    assert cpu_done.worker is not None and cpu_done.worker > 0 and cpu_done.worker != os.getpid()
+    assert "zerogpu" not in cpu_done.result  # the CPU key kept its spawned worker process
+    assert len(running.spaces.requested) == asked_before + 4
+
+
+def test_a_result_that_cannot_leave_fails_its_job_and_the_worker_goes_on(running: Running) -> None:
+    submit = running.broker.submit
+    leak, lock, after = (submit(kind, {"n": 1}, GPU, OWNER) for kind in ("leaky", "unpicklable", "echo"))
+    leak, lock, after = (_finished(running.store, j.id) for j in (leak, lock, after))
+    assert leak.status == FAILED and "cannot leave the ZeroGPU function" in leak.error
+    assert "result['frames'] is a torch.Tensor on the GPU" in leak.error
+    assert lock.status == FAILED and "result['stages'][0]['lock'] is a _thread.lock" in lock.error
+    assert after.status == DONE and after.result["settings"] == {"n": 1}
+    assert after.result["pid"] != os.getpid()  # ran in the forked GPU process
+    assert leak.worker == lock.worker == after.worker  # the same slot: the failures did not end it
+
+
+def test_the_duration_asked_grows_with_the_jobs_length(running: Running, tmp_path: Path) -> None:
+    book = running.launcher.book
+    if book.rate("lipsync/baseline") is None:  # this test alone: the first job teaches the rate
+        assert _finished(running.store, _lipsync(running, _speech(tmp_path, 1.0)).id).status == DONE
+    short, long = (_lipsync(running, _speech(tmp_path, s)) for s in (1.0, 6.0))
+    short, long = (_finished(running.store, j.id) for j in (short, long))
+    assert short.status == long.status == DONE
+    assert long.result["zerogpu"]["length"] > short.result["zerogpu"]["length"]
+    assert long.result["zerogpu"]["asked_s"] > short.result["zerogpu"]["asked_s"]
+    assert running.spaces.requested[-2:] == [short.result["zerogpu"]["asked_s"], long.result["zerogpu"]["asked_s"]]
+
+
+def test_cancelling_a_job_in_its_gpu_function_replaces_the_slot(running: Running) -> None:
+    store = running.store
+    stuck = running.broker.submit("hang", {"seconds": 20}, GPU, OWNER)
+    deadline = time.monotonic() + 60
+    while store.get(stuck.id).progress_label != "hanging" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    cancelled = running.broker.cancel(stuck.id, OWNER)
+    assert cancelled.status == CANCELLED and "cancelled by its owner" in cancelled.error
+    following = _finished(store, running.broker.submit("echo", {}, GPU, OWNER).id)
+    assert following.status == DONE and following.worker is not None and following.worker != cancelled.worker
+
+
+def test_a_call_past_its_duration_fails_with_the_reason(spaces: Any, tmp_path: Path) -> None:
+    settings = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path)})
+    store = JobStore(settings.db_path, settings.data_dir / "blobs")
+    launcher = ZeroGpuLauncher(settings, max_duration_s=3)
+    broker = Broker(store, TEST_KINDS, {GPU: 1}, poll_s=0.1, run_on={GPU: CPU}, launcher=launcher).start()
+    try:
+        late = _finished(store, broker.submit("hang", {"seconds": 20}, GPU, OWNER).id)
+        assert late.status == FAILED and late.error.startswith("ZeroGPU could not run this job")
+        assert "ran past the 3 s it asked for" in late.error and "AVATARBENCH_ZEROGPU_MAX_SECONDS" in late.error
+        assert _finished(store, broker.submit("echo", {}, GPU, OWNER).id).status == DONE
+    finally:
+        broker.stop(grace_s=2)
+        store.close()
+
+
+GPU_RUN = """
+import json
+from engine.core.settings import load_settings
+from engine.jobs.broker import Broker
+from engine.jobs.store import JobStore
+from engine.jobs.zerogpu import ZeroGpuLauncher
+import test_zerogpu as t
+import torch
+
+settings = load_settings()
+store = JobStore(settings.db_path, settings.data_dir / "blobs")
+broker = Broker(store, t.TEST_KINDS, {t.GPU: 1}, poll_s=0.1, launcher=ZeroGpuLauncher(settings)).start()
+jobs = [broker.submit("on_the_gpu", {"leak": leak}, t.GPU, t.OWNER) for leak in (False, True)]
+done = [t._finished(store, job.id) for job in jobs]
+broker.stop(grace_s=5)
+print(json.dumps({"jobs": [[j.status, j.error, j.result] for j in done], "app_cuda": torch.cuda.is_initialized()}))
+"""
+
+
+@pytest.mark.gpu
+def test_on_a_real_gpu_nvml_is_read_inside_and_a_cuda_tensor_stays_there(tmp_path: Path) -> None:
+    """The handlers on a real CUDA device inside the forked GPU function, in a fresh process: as on ZeroGPU, the
+    app's side must not have touched CUDA before the fork (this test process has: it asked whether CUDA exists)."""
+    root = Path(__file__).resolve().parent.parent
+    path = os.pathsep.join([str(STANDIN), str(root / "tests"), str(root)])
+    env = {**os.environ, "PYTHONPATH": path, "SPACES_ZERO_GPU": "true", "AVATARBENCH_DATA_DIR": str(tmp_path)}
+    run = subprocess.run(
+        [sys.executable, "-c", GPU_RUN], env=env, cwd=root, capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads(run.stdout.strip().splitlines()[-1])
+    (work_status, work_error, work), (leak_status, leak_error, _) = report["jobs"]
+    assert work_status == DONE, work_error
+    figures = work["measurement"]
+    assert figures["device"] == GPU and figures["peak_allocated_bytes"] > 0
+    assert figures["peak_device_used_bytes"] is not None  # NVML read inside the GPU function
+    assert any(row[1] is not None for row in figures["telemetry"])  # GPU utilisation sampled there
+    assert leak_status == FAILED and "result['frames'] is a torch.Tensor on the GPU" in leak_error
+    assert not report["app_cuda"]  # the app's side never initialised CUDA
+
+
+# -------------------------------------------------------------------------------------------------- the parts
+
+
+def test_the_stand_in_carries_values_both_ways_and_refuses_cuda_tensors(spaces: Any) -> None:
+    def doubled(values: list[int]) -> dict:
+        return {"values": [2 * v for v in values], "pid": os.getpid()}
+
+    gpu = spaces.GPU(duration=lambda values: 7 * len(values))(doubled)
+    out = gpu([1, 2])
+    assert out["values"] == [2, 4] and out["pid"] != os.getpid() and spaces.requested[-1] == 14
+    with pytest.raises(spaces.ZeroGpuError, match="a CUDA tensor cannot leave the GPU process"):
+        spaces.GPU(lambda: torch.zeros(1).as_subclass(FakeCudaTensor))()
+    with pytest.raises(KeyError, match="raised inside"):  # an error inside is raised in the caller
+        spaces.GPU(duration=5)(lambda: {}["raised inside"])()
+    assert spaces.requested[-2:] == [60, 5]  # the bare decorator asks for ZeroGPU's default
+
+
+def test_on_zerogpu_needs_the_variable_and_the_package(spaces: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert zerogpu.on_zerogpu()
+    monkeypatch.delenv("SPACES_ZERO_GPU")
+    assert not zerogpu.on_zerogpu()
+    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(STANDIN)])
+    monkeypatch.delitem(sys.modules, "spaces")
+    assert not zerogpu.on_zerogpu()
+    with pytest.raises(SetupError, match="`spaces` package does not import"):
+        ZeroGpuLauncher(load_settings())
+
+
+def test_the_duration_book() -> None:
+    book = DurationBook(max_s=120)
+    speech = Length(4.0, "seconds of speech")
+    assert book.estimate("lipsync/baseline", speech).seconds == 22  # 10 s + 4 x the default 3 s
+    assert book.estimate("watch", Length(1.0, "jobs")).seconds == 60  # no rate for the kind: ZeroGPU's default
+    unknown = book.estimate("lipsync/baseline", Length(None, "seconds of speech"))
+    assert unknown.seconds == 120 and "not known" in unknown.basis
+    book.observe("lipsync/baseline", Length(2.0, "seconds of speech"), 8.0)  # 4 s per second
+    book.observe("lipsync/baseline", Length(2.0, "seconds of speech"), 1.0)  # a warm run does not lower it
+    assert book.rate("lipsync/baseline") == 4.0 and book.rate("lipsync/wav2lip") is None
+    assert book.estimate("lipsync/baseline", speech).seconds == 34  # 10 + 4 x 4 x 1.5
+    assert book.estimate("lipsync/baseline", Length(8.0, "seconds of speech")).seconds == 58
+    capped = book.estimate("lipsync/baseline", Length(100.0, "seconds of speech"))
+    assert capped.seconds == 120 and "capped by AVATARBENCH_ZEROGPU_MAX_SECONDS=120" in capped.basis
+
+
+def test_the_maximum_duration_setting() -> None:
+    assert load_settings({}).zerogpu_max_s == 120
+    assert load_settings({"AVATARBENCH_ZEROGPU_MAX_SECONDS": "300"}).zerogpu_max_s == 300
+    for bad in ("5", "abc", "90000", "1.5"):
+        with pytest.raises(SettingsError, match="ZEROGPU_MAX_SECONDS"):
+            load_settings({"AVATARBENCH_ZEROGPU_MAX_SECONDS": bad})
+
+
+def _job(settings: dict) -> Job:
+    return Job("j", "bench", None, settings, GPU, "running", 0.0, "", None, None, 0.0, None, None)
+
+
+def test_torch_compile_is_left_out_of_sweeps() -> None:
+    points = [{"runtime": r, "batch": 1} for r in ("compile", "eager", "compile", "ort-cuda")]
+    job, warnings = zerogpu.without_compile(_job({"sweep": {"points": points, "baseline": 3}}))
+    assert [p["runtime"] for p in job.settings["sweep"]["points"]] == ["eager", "ort-cuda"]
+    assert job.settings["sweep"]["baseline"] == 1 and warnings == [
+        "2 torch.compile configuration(s) left out of this sweep: ZeroGPU does not support torch.compile"
+    ]
+    job, warnings = zerogpu.without_compile(_job({"sweep": {"points": points, "baseline": 0}}))
+    assert job.settings["sweep"]["baseline"] == 0  # its baseline was left out: the first kept one instead
+    with pytest.raises(InputError, match=r"every configuration of this sweep uses torch\.compile"):
+        zerogpu.without_compile(_job({"sweep": {"points": [points[0]]}}))
+    plain = _job({"options": {"compile": False}})
+    assert zerogpu.without_compile(plain) == (plain, [])
+
+
+def test_plain_data_and_what_is_not() -> None:
+    assert zerogpu.not_plain({"a": [1, 2.5, None, True, "x", (3,)], 4: {"b": float("nan")}}) is None
+    assert zerogpu.not_plain({"a": np.float32(1)}) == "result['a'] is a numpy.float32"
+    assert zerogpu.not_plain({"t": torch.zeros(1)}) == "result['t'] is a torch.Tensor on cpu"
+    assert zerogpu.not_plain({(1, 2): 3}) == "result has a key that is a builtins.tuple"
+
+
+def test_the_telemetry_panel_shows_the_latest_gpu_function_samples(running: Running) -> None:
+    job = _finished(running.store, running.broker.submit("echo", {}, GPU, OWNER).id)
+    panel = zerogpu.telemetry_panel(running.store, limit=1)
+    assert "attached only while a job runs" in panel.note and len(panel.jobs) == 1
+    latest = panel.jobs[0]
+    assert latest["kind"] == "echo" and latest["asked_s"] == job.result["zerogpu"]["asked_s"]
+    assert latest["telemetry"] == job.result["measurement"]["telemetry"] and latest["samples"] > 0
+    assert "job" not in latest and "owner" not in latest  # the panel is everyone's: never whose job it was
+
+
+def test_the_app_runs_gpu_jobs_through_zerogpu_and_its_panel_says_so(spaces: Any, tmp_path: Path) -> None:
+    """app.job_workers on a ZeroGPU Space: one "cuda:0" slot through @spaces.GPU beside the CPU workers; the
+    telemetry panel adds ZeroGPU's note."""
+    pytest.importorskip("gradio")
+    import app
+    from engine.jobs.zerogpu import ZeroGpuPanel
+    from ui.telemetry import zerogpu_html
+
+    settings = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path), "AVATARBENCH_CPU_WORKERS": "2"})
+    with JobStore(settings.db_path, tmp_path / "blobs") as store:
+        workers, placement, pool = app.job_workers(settings, store)
+    assert workers == {"cuda:0": 1, "cpu": 2} and pool is None
+    assert isinstance(placement["launcher"], ZeroGpuLauncher)
+    job = {"kind": "lipsync", "finished": 0.0, "asked_s": 34, "ran_s": 12.5, "samples": 250,
+           "peak_device_used_bytes": 3 * 2**30, "energy_j": 1800.0}  # fmt: skip
+    shown = zerogpu_html(ZeroGpuPanel("the GPU is attached only while a job runs", [job]))
+    assert "attached only while a job runs" in shown and "<td>12.5 of 34 s</td>" in shown and "3.0 GiB" in shown
+    assert "<table" not in zerogpu_html(ZeroGpuPanel("no job yet", []))

@@ -1,0 +1,119 @@
+"""A stand-in for Hugging Face's `spaces` package, for tests only: what a ZeroGPU Space does to a call of a function
+decorated with `@spaces.GPU`, on a machine without ZeroGPU.
+
+It lives under tests/zerogpu_spaces/, which is not on sys.path: a test adds that folder to import it, so `import
+spaces` fails everywhere else, as it does off Spaces.
+
+What it does as ZeroGPU does (from its documentation and its client): `GPU` decorates bare or with a duration
+(seconds, a timedelta, or a callable taking the function's own arguments); off ZeroGPU (SPACES_ZERO_GPU unset) the
+function runs as it is. On ZeroGPU each call runs in a process forked for it; the arguments and the return value
+cross a pickle boundary; an exception raised inside is raised in the caller; a call that runs past its duration is
+stopped. What it cannot do: attach a GPU, queue, or count quota. A result holding a torch tensor on a CUDA device is
+refused (it cannot leave the GPU process); the check asks the tensor's `is_cuda`, so a test without a GPU can hand it
+a tensor subclass that answers True.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import multiprocessing
+import os
+import pickle
+import sys
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+DEFAULT_DURATION_S = 60  # ZeroGPU's own default
+_FORK = multiprocessing.get_context("fork")
+
+requested: list[float] = []  # the duration every call asked for, in seconds, in call order (read by tests)
+
+
+class ZeroGpuError(RuntimeError):
+    """The stand-in's own refusals: a result that cannot leave the GPU process, a call past its duration."""
+
+
+class _Boundary(pickle.Pickler):
+    """The result's way out of the GPU process: plain pickling, except that CUDA tensors are refused."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        torch = sys.modules.get("torch")
+        if torch is not None and isinstance(obj, torch.Tensor) and obj.is_cuda:
+            raise ZeroGpuError("a CUDA tensor cannot leave the GPU process (return plain data, or .cpu() first)")
+        return NotImplemented
+
+
+def _dumps(value: Any) -> bytes:
+    buffer = io.BytesIO()
+    _Boundary(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(value)
+    return buffer.getvalue()
+
+
+def _seconds(duration: Any, args: tuple, kwargs: dict) -> float:
+    if callable(duration):
+        duration = duration(*args, **kwargs)
+    if isinstance(duration, timedelta):
+        return duration.total_seconds()
+    return float(DEFAULT_DURATION_S if duration is None else duration)
+
+
+def _child(task: Callable[..., Any], payload: bytes, sender: Any) -> None:
+    """The forked GPU process: unpickle the arguments, run, pickle the outcome back (an error if that fails)."""
+    try:
+        args, kwargs = pickle.loads(payload)
+        data = _dumps(("ok", task(*args, **kwargs)))
+    except BaseException as exc:
+        try:
+            data = pickle.dumps(("error", exc))
+        except Exception:  # an exception that does not pickle still comes back, as text
+            data = pickle.dumps(("error", ZeroGpuError(f"{type(exc).__name__}: {exc}")))
+    sender.send_bytes(data)
+    sender.close()
+
+
+def _run_forked(task: Callable[..., Any], args: tuple, kwargs: dict, seconds: float) -> Any:
+    payload = pickle.dumps((args, kwargs))  # the arguments cross the boundary too: a live object fails here
+    receiver, sender = _FORK.Pipe(duplex=False)
+    process = _FORK.Process(target=_child, args=(task, payload, sender), daemon=True)
+    process.start()
+    sender.close()
+    deadline = time.monotonic() + seconds
+    try:
+        while not receiver.poll(0.02):
+            if not process.is_alive() and not receiver.poll(0):
+                raise ZeroGpuError(f"the GPU process ended without a result (exit code {process.exitcode})")
+            if time.monotonic() > deadline:
+                process.kill()
+                raise ZeroGpuError(f"GPU task aborted: it ran past the {seconds:g} s it asked for")
+        try:
+            status, value = pickle.loads(receiver.recv_bytes())
+        except EOFError:
+            raise ZeroGpuError(f"the GPU process ended without a result (exit code {process.exitcode})") from None
+    finally:
+        receiver.close()
+        process.join(5)
+    if status == "error":
+        raise value
+    return value
+
+
+def GPU(task: Callable[..., Any] | None = None, *, duration: Any = DEFAULT_DURATION_S) -> Any:
+    """`@GPU`, `@GPU(duration=120)` or `@GPU(duration=fn)`, as `spaces.GPU` is used."""
+    if task is None:
+        return functools.partial(GPU, duration=duration)
+
+    @functools.wraps(task)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        if not os.environ.get("SPACES_ZERO_GPU"):
+            return task(*args, **kwargs)
+        seconds = _seconds(duration, args, kwargs)
+        requested.append(seconds)
+        return _run_forked(task, args, kwargs, seconds)
+
+    return call
+
+
+__all__ = ["GPU", "ZeroGpuError", "requested"]
