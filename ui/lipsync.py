@@ -110,6 +110,9 @@ def build_lipsync_tab(settings: Settings, jobs: LipSyncJobs, access: Access) -> 
                         choices(c, "musetalk_version"), value=default(c, "musetalk_version"), label="MuseTalk version"
                     )
                     bbox_shift = slider(c, "bbox_shift", "MuseTalk box shift (pixels; + shows more mouth)", step=1)
+                    person_box = gr.Checkbox(
+                        value=default(c, "musetalk_person_box"), label="MuseTalk: DWPose in the person box"
+                    )
             results_column = gr.Column()
         with gr.Column():
             gr.Markdown(
@@ -132,6 +135,7 @@ def build_lipsync_tab(settings: Settings, jobs: LipSyncJobs, access: Access) -> 
         compile=compile_, pads=pads, smooth=smooth, box=box, detector=detector,
         detector_checkpoint=detector_checkpoint, detect_scale=detect_scale, paste=paste, audio_offset=audio_offset,
         musetalk_weights=musetalk_weights, musetalk_version=musetalk_version, bbox_shift=bbox_shift,
+        musetalk_person_box=person_box,
     )  # fmt: skip
     outputs = [video, summary, stages, details]
     about = "Lip-sync a face image or video to speech; parameters as `avatarbench lipsync`."

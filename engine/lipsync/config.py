@@ -82,6 +82,10 @@ class LipSyncConfig(Config):
     bbox_shift: int = option(
         0, help="MuseTalk: move the face box's top by N pixels (+: more mouth)", low=-100, high=100
     )
+    musetalk_person_box: bool = option(
+        False, help="MuseTalk: DWPose looks inside YOLOX's best person box (dwpose/yolox_l.onnx) rather than the whole "
+        "frame as upstream does (for small faces in wide shots)",
+    )  # fmt: skip
 
 
 __all__ = [

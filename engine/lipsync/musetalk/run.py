@@ -4,8 +4,10 @@ One-shot use of the prepared-avatar path: the face's frames that the speech need
 blend plans), then generate() streams the lip-synced frames into the encoder while it computes the rest. Length
 policy, as upstream: one output frame per video frame of the speech (the real frame rate; the last partial frame
 kept); a video shorter than the speech plays forward then backward; a photo is a still face at 25 fps. The face box
-comes from the fixed box when one is given, else from the chosen detector (MuseTalk's own fallback to a detector
-box when no landmarks are available; the result says which was used).
+comes from the fixed box when one is given; else from DWPose's 68 face landmarks, as upstream makes it, when its ONNX
+release is in the weights folder's dwpose/ (dwpose.py), and from the chosen detector where it is not or where a
+frame's landmarks make no usable box (upstream's own fallback). The result says which: `landmarks` ("dwpose" or
+None), `boxes_from_landmarks`, and a warning naming the detector and where DWPose's file goes.
 
 Between runs in one process (a job worker, the app's tests) the loaded networks and the two most recent prepared
 avatars stay cached, keyed by everything that changes them: a second clip for the same face costs whisper, UNet, VAE
@@ -31,14 +33,16 @@ from engine.core.weights import S3FD, resolve
 from engine.faces.detection import FaceDetector, make_detector
 from engine.lipsync.config import LipSyncConfig
 from engine.lipsync.musetalk.audio import check_speech, feature_extractor, frame_count
-from engine.lipsync.musetalk.avatar import PreparedAvatar, prepare_avatar
+from engine.lipsync.musetalk.avatar import LANDMARKS, PreparedAvatar, prepare_avatar
+from engine.lipsync.musetalk.dwpose import DETECTOR_FILE, POSE_FILE, DWPose
 from engine.lipsync.musetalk.generate import generate
-from engine.lipsync.musetalk.weights import load_networks, require
+from engine.lipsync.musetalk.weights import DWPOSE_REPO, MuseTalkFiles, load_networks, require
 
 Progress = Callable[[float, str], None]
 IMAGE_FPS = 25.0
 NETWORKS = LruCache(1)  # one set: MuseTalk's networks hold about 1.7 GB in fp16
 AVATARS = LruCache(2)  # an avatar holds its frames (about 70 MB a second of 720p)
+LANDMARK_MODELS = LruCache(1)  # DWPose's ONNX Runtime sessions (the release's files are over 100 MB each)
 WAV2LIP_ONLY = ("checkpoint", "compile", "pads", "smooth", "paste", "audio_offset")  # said when set, then left
 
 
@@ -94,6 +98,37 @@ def _detector(config: LipSyncConfig, settings: Settings, device: torch.device) -
     return make_detector(config.detector, device=device, checkpoint=checkpoint, detect_scale=config.detect_scale)
 
 
+def landmark_files(files: MuseTalkFiles, person_boxes: bool, result: RunResult) -> tuple[Path, Path | None] | None:
+    """DWPose's landmark model and, when person boxes are asked for and it is there, its detector; None (and a
+    warning saying where the file goes) without the landmark model: the detector's boxes are used then."""
+    pose = files.optional.get("dwpose")
+    if pose is None:
+        result.warn(
+            f"for the face boxes upstream makes from DWPose's 68 face landmarks, put {POSE_FILE} "
+            f"(huggingface.co/{DWPOSE_REPO}) in the MuseTalk weights folder's dwpose/"
+        )
+        return None
+    detector = files.optional.get("dwpose_detector") if person_boxes else None
+    if person_boxes and detector is None:
+        result.warn(f"no {DETECTOR_FILE} beside {POSE_FILE}: DWPose sees the whole frame, as upstream")
+    return pose, detector
+
+
+def landmark_model(
+    paths: tuple[Path, Path | None], device: torch.device, settings: Settings, result: RunResult
+) -> DWPose:
+    """DWPose's sessions on the job's device, kept between runs; their fall-back warnings go into `result`."""
+    pose, detector = paths
+    model, _ = LANDMARK_MODELS.get_or_build(
+        (str(pose), str(detector), str(device)),
+        lambda: DWPose(pose, detector, device=device, person_boxes=detector is not None,
+                       gpu_memory_fraction=settings.gpu_memory_fraction),
+    )  # fmt: skip
+    for warning in model.warnings:
+        result.warn(warning)
+    return model
+
+
 def run_musetalk(
     config: LipSyncConfig, out: Path, settings: Settings, choice: DeviceChoice, progress: Progress
 ) -> RunResult:
@@ -126,17 +161,20 @@ def run_musetalk(
     batch = config.batch_size or default_batch_size(device)
     detection = (config.box,) if config.box is not None else (config.detector, config.detector_checkpoint,
                                                               config.detect_scale)  # fmt: skip
+    # A fixed box is used as it is; otherwise DWPose's landmarks make the boxes where its file is there.
+    landmark_paths = None if config.box is not None else landmark_files(files, config.musetalk_person_box, result)
     # A video's avatar holds the frames this speech needs: a longer speech prepares more of them.
     avatar_key = (file_digest(config.face), 1 if photo is not None else count, config.bbox_shift, detection,
-                  networks_key)  # fmt: skip
+                  networks_key, None if landmark_paths is None else tuple(map(str, landmark_paths)))  # fmt: skip
 
     def prepare() -> PreparedAvatar:
         with result.stage("decode"):
             frames = [photo] if photo is not None else _video_frames(config, settings, count)
         progress(0.05, "preparing the avatar")
+        landmarks = None if landmark_paths is None else landmark_model(landmark_paths, device, settings, result)
         return prepare_avatar(
-            frames, networks, detector=_detector(config, settings, device), bbox_shift=config.bbox_shift,
-            batch_size=batch, fps=fps, result=result,
+            frames, networks, detector=_detector(config, settings, device), landmarks=landmarks,
+            bbox_shift=config.bbox_shift, batch_size=batch, fps=fps, result=result,
             progress=lambda fraction, label: progress(0.05 + 0.05 * fraction, label),
         )  # fmt: skip
 
@@ -169,8 +207,9 @@ def run_musetalk(
         engine="musetalk", engine_label=f"MuseTalk {config.musetalk_version} ({precision})", frames=count, fps=fps,
         faces_missed=missed, batch_size=batch, width=width, height=height,
         audio_seconds=len(speech) / SAMPLE_RATE, encoder=writer.codec, pipeline_seconds=wall,
-        frames_per_second=count / wall if wall > 0 else None, detector=avatar.detector,
-        networks_cached=networks_cached, avatar_cached=avatar_cached,
+        frames_per_second=count / wall if wall > 0 else None, detector=avatar.detector, landmarks=avatar.landmarks,
+        boxes_from_landmarks=avatar.box_sources.count(LANDMARKS), networks_cached=networks_cached,
+        avatar_cached=avatar_cached,
     )  # fmt: skip
     progress(1.0, "done")
     return result

@@ -11,6 +11,15 @@ The files keep upstream's `models/` layout (TMElyralab/MuseTalk's download_weigh
 
 (upstream's face-parse-bisent/resnet18-5c106cde.pth is not needed: our BiSeNet builds without it.)
 
+Optional, beside them (never in `missing`; without them the face box comes from a face detector):
+
+    dwpose/dw-ll_ucoco_384.onnx      DWPose's ONNX release (huggingface.co/yzd-v/DWPose): the 68 face landmarks
+                                      upstream takes from its mmpose copy, models/dwpose/dw-ll_ucoco_384.pth
+    dwpose/yolox_l.onnx               the same release's YOLOX-L person detector (used only when asked for)
+
+They are looked for in the layout's dwpose/ folder and, unless the folder was named (an argument or the setting),
+in the Hub's local cache of yzd-v/DWPose; never downloaded (see dwpose.py for how they are run).
+
 Where they are found: the folder given (an argument, else the AVATARBENCH_MUSETALK_DIR setting), which must hold
 them all; else `musetalk/` in the weights folder, each file missing there looked up in the Hugging Face Hub's local
 cache of its official repository. `hf:` (or `hf:OWNER/REPO` for a copy of TMElyralab/MuseTalk's files) downloads the
@@ -28,7 +37,7 @@ import json
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +45,7 @@ import torch
 from torch import nn
 
 from engine.core.errors import InputError
+from engine.core.hub import MUSETALK_LICENCE
 from engine.core.settings import PREFIX, Settings
 from engine.core.weights import WeightsError
 from engine.models.bisenet import BISENET_EXPECTED, BiSeNet, load_bisenet
@@ -51,13 +61,10 @@ HUB_REPO = "TMElyralab/MuseTalk"  # the UNets and their configs
 VAE_REPO = "stabilityai/sd-vae-ft-mse"
 WHISPER_REPO = "openai/whisper-tiny"
 FACE_PARSE_URL = "https://drive.google.com/file/d/154JgKpzCPW82qINcVieuPH3fZ2e0P812"  # download_weights.sh's source
+DWPOSE_REPO = "yzd-v/DWPose"  # DWPose's ONNX release: dw-ll_ucoco_384.onnx and yolox_l.onnx at its top level
 FOLDER = "musetalk"  # under the weights folder
 SETTING = "MUSETALK_DIR"  # AVATARBENCH_MUSETALK_DIR
-LICENCE = (
-    "MuseTalk's code and weights are MIT-licensed (TMElyralab/MuseTalk). sd-vae-ft-mse (stabilityai) and "
-    "whisper-tiny (OpenAI) come under their own terms: MIT for sd-vae-ft-mse and for OpenAI's Whisper release, "
-    "Apache-2.0 on the openai/whisper-tiny Hub card. BiSeNet face parsing (zllrunning/face-parsing.PyTorch): MIT."
-)
+LICENCE = MUSETALK_LICENCE  # one wording, beside the Get weights set (engine/core/hub.py)
 
 # musetalkV15/musetalk.json as published (the v1.0 musetalk/musetalk.json describes the same network): for
 # benchmarks and checks that need the real network without its file. `attention_head_dim: 8` is SD-1.x's misnomer
@@ -182,15 +189,33 @@ def parts(version: str = V15) -> tuple[Part, ...]:
     )
 
 
+def optional_parts() -> tuple[Part, ...]:
+    """Files MuseTalk runs without: DWPose's ONNX release, for the face box from 68 landmarks as upstream makes it."""
+    return (
+        Part(
+            "dwpose",
+            ("dwpose/dw-ll_ucoco_384.onnx",),
+            DWPOSE_REPO,
+            "dw-ll_ucoco_384.onnx",
+            "DWPose's whole-body landmark model (ONNX)",
+        ),
+        Part(
+            "dwpose_detector", ("dwpose/yolox_l.onnx",), DWPOSE_REPO, "yolox_l.onnx", "DWPose's YOLOX person detector"
+        ),
+    )
+
+
 @dataclass(frozen=True)
 class MuseTalkFiles:
-    """Where each file of one MuseTalk version is (by Part.name), which are missing, and where those should go."""
+    """Where each file of one MuseTalk version is (by Part.name), which are missing, and where those should go;
+    `optional` holds the optional_parts() found (by Part.name)."""
 
     version: str
     paths: Mapping[str, Path]
     missing: tuple[Part, ...]
     folder: Path  # where the layout is (or should be)
     hub_repo: str = HUB_REPO
+    optional: Mapping[str, Path] = field(default_factory=dict)
 
     @property
     def complete(self) -> bool:
@@ -280,7 +305,21 @@ def locate(
         paths = {p.name: _in_folder(folder, p) or _from_hub(p, HUB_REPO, download=False) for p in parts(version)}
     missing = [part for part in parts(version) if paths[part.name] is None]
     found = {name: path for name, path in paths.items() if path is not None}
-    return MuseTalkFiles(version, found, tuple(missing), folder, hub_repo)
+    hub_cache = not configured or configured.startswith("hf:")
+    return MuseTalkFiles(version, found, tuple(missing), folder, hub_repo, _optional(folder, hub_cache))
+
+
+def _optional(folder: Path, hub_cache: bool) -> dict[str, Path]:
+    """The optional files in `folder`, else (`hub_cache`: the default folder or `hf:`) in the Hub's local cache of
+    their repository. Never downloaded: they are optional, and a folder the user names holds what it holds."""
+    found = {}
+    for part in optional_parts():
+        path = _in_folder(folder, part)
+        if path is None and hub_cache:
+            path = _from_hub(part, HUB_REPO, download=False)
+        if path is not None:
+            found[part.name] = path
+    return found
 
 
 def require(
@@ -493,6 +532,7 @@ def load_networks(
 
 __all__ = [
     "BISENET_EXPECTED",
+    "DWPOSE_REPO",
     "FACE_PARSE_URL",
     "HUB_REPO",
     "LICENCE",
@@ -516,6 +556,7 @@ __all__ = [
     "meta_unet",
     "meta_vae",
     "meta_whisper_encoder",
+    "optional_parts",
     "parts",
     "read_config",
     "read_state",
