@@ -80,6 +80,15 @@ def _liveportrait(kind: str) -> Callable[[], Any]:
     return build
 
 
+def _musetalk(part: str) -> Callable[[], Any]:
+    def build() -> Any:
+        from engine.lipsync.musetalk.random_weights import random_real_network
+
+        return random_real_network(part, SEED)
+
+    return build
+
+
 def _keypoints(b: int) -> Any:
     return _randn(b, 21, 3) * 0.4 - 0.2  # canonical keypoints sit well inside [-1, 1]
 
@@ -106,6 +115,16 @@ BUILTIN = {
         "LivePortrait SPADE decoder (512x512 out)",
         _liveportrait("decoder"),
         lambda b: (_randn(b, 256, 64, 64),),
+    ),
+    "musetalk-unet": (
+        "MuseTalk v1.5 UNet (one step at timestep 0, 8x32x32 latents, 50x384 audio prompt)",
+        _musetalk("unet"),
+        lambda b: (_randn(b, 8, 32, 32) * 2 - 1, _randn(b, 50, 384) * 2 - 1),
+    ),
+    "musetalk-vae-decoder": (
+        "MuseTalk's sd-vae-ft-mse decoder (4x32x32 latents to 256x256)",
+        _musetalk("decoder"),
+        lambda b: (_randn(b, 4, 32, 32) * 2 - 1,),
     ),
 }
 

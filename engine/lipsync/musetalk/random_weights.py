@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from engine.lipsync.musetalk.audio import SAMPLE_RATE
-from engine.lipsync.musetalk.weights import UNET_CONFIG, VAE_CONFIG
+from engine.lipsync.musetalk.weights import UNET_CONFIG, VAE_CONFIG, meta_unet, meta_vae
 from engine.models.bisenet import random_bisenet_state
 
 SMALL_UNET = {
@@ -46,6 +46,43 @@ SMALL_WHISPER = {  # whisper's real input (80 mel bins, 3000 frames -> 1500 rows
     "eos_token_id": 2,
     "decoder_start_token_id": 3,
 }
+
+
+class UNetStep(torch.nn.Module):
+    """MuseTalk's one UNet call per frame (timestep 0, the audio prompt cross-attended), tensors in and out: the
+    module benchmark sweeps time (engine/bench/workloads.py)."""
+
+    def __init__(self, unet: torch.nn.Module) -> None:
+        super().__init__()
+        self.unet = unet
+        self.register_buffer("timestep", torch.zeros(1, dtype=torch.long), persistent=False)  # upstream's one step
+
+    def forward(self, latents: torch.Tensor, prompts: torch.Tensor) -> torch.Tensor:
+        return self.unet(latents, self.timestep, encoder_hidden_states=prompts).sample
+
+
+class LatentDecoder(torch.nn.Module):
+    """The VAE's decode of UNet latents to 256x256 pixels, tensors in and out (78% of a frame's arithmetic)."""
+
+    def __init__(self, vae: torch.nn.Module) -> None:
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(latents).sample
+
+
+def random_real_network(part: str, seed: int = 0) -> torch.nn.Module:
+    """ "unet" (a UNetStep of the real v1.5 UNet) or "decoder" (a LatentDecoder of sd-vae-ft-mse) with every tensor
+    drawn from N(0, 0.02²), fp32 on the CPU, in eval mode: the real shapes and arithmetic without the weights
+    (speed does not depend on trained values)."""
+    net = meta_unet() if part == "unet" else meta_vae()
+    net = net.to_empty(device="cpu")
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for tensor in [*net.parameters(), *net.buffers()]:
+            tensor.copy_(torch.randn(tensor.shape, generator=generator) * 0.02)
+    return (UNetStep(net) if part == "unet" else LatentDecoder(net)).eval()
 
 
 def random_state(model: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
