@@ -18,6 +18,19 @@ KINDS = {
 }
 
 
+def settle(store: Any, ids: list[str], timeout_s: float = 120) -> list:
+    """The jobs once every one has ended (done, failed or cancelled); what each is doing if they do not in time."""
+    from engine.jobs.store import FINISHED
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        jobs = [store.get(i) for i in ids]
+        if all(j.status in FINISHED for j in jobs):
+            return jobs
+        time.sleep(0.05)
+    raise AssertionError(f"not finished: {[(j.id, j.status, j.progress_label, j.error) for j in jobs]}")
+
+
 def watch(job: Any, progress: Any, context: Any) -> dict:
     """Hold the device for a while, noting every other job that ran on it meanwhile (the measured window)."""
     others: set[str] = set()

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import psutil
 import pytest
-from job_kinds import KINDS
+from job_kinds import KINDS, settle
 
 from engine.jobs.broker import Broker, JobLimits
-from engine.jobs.store import CANCELLED, DONE, FAILED, FINISHED, QUEUED, Job, JobStore
+from engine.jobs.store import CANCELLED, DONE, FAILED, QUEUED, JobStore
 
 pytestmark = pytest.mark.slow
 
@@ -27,16 +27,6 @@ def store(tmp_path: Path) -> Iterator[JobStore]:
 
 def _broker(store: JobStore, workers: dict[str, int] | None = None, **limits) -> Broker:
     return Broker(store, KINDS, workers or {"cpu": 1}, JobLimits(**limits) if limits else None, poll_s=0.2).start()
-
-
-def _settle(store: JobStore, ids: list[str], timeout_s: float = 120) -> list[Job]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        jobs = [store.get(i) for i in ids]
-        if all(j.status in FINISHED for j in jobs):
-            return jobs
-        time.sleep(0.05)
-    raise AssertionError(f"not finished: {[(j.id, j.status) for j in jobs]}")
 
 
 def test_a_timed_job_has_its_device_alone(store: JobStore) -> None:
@@ -59,7 +49,7 @@ def test_a_timed_job_has_its_device_alone(store: JobStore) -> None:
             t.start()
         for t in threads:
             t.join()
-        jobs = _settle(store, ids)
+        jobs = settle(store, ids)
     finally:
         broker.stop(5)
     assert all(j.status == DONE for j in jobs), [(j.status, j.error) for j in jobs]
@@ -78,7 +68,7 @@ def test_a_worker_that_dies_fails_only_its_job_and_is_replaced(store: JobStore, 
     try:
         dead = broker.submit("die", {"how": how}, "cpu", "tester")
         after = broker.submit("watch", {"seconds": 0.05}, "cpu", "tester")
-        dead_job, after_job = _settle(store, [dead.id, after.id])
+        dead_job, after_job = settle(store, [dead.id, after.id])
     finally:
         broker.stop(5)
     assert dead_job.status == FAILED and reason in dead_job.error
@@ -88,7 +78,7 @@ def test_a_worker_that_dies_fails_only_its_job_and_is_replaced(store: JobStore, 
 def test_past_the_time_limit_the_job_is_stopped_with_its_worker(store: JobStore) -> None:
     broker = _broker(store, time_s={"default": 60, "die": 1})
     try:
-        (job,) = _settle(store, [broker.submit("die", {"how": "hang"}, "cpu", "tester").id])
+        (job,) = settle(store, [broker.submit("die", {"how": "hang"}, "cpu", "tester").id])
         assert job.status == FAILED and "ran past its time limit of 1 s" in job.error
         assert not psutil.pid_exists(job.worker) or psutil.Process(job.worker).status() == psutil.STATUS_ZOMBIE
     finally:
@@ -102,7 +92,7 @@ def test_past_the_memory_cap_the_job_fails_and_this_process_is_untouched(store: 
     try:
         big = broker.submit("allocate", {"megabytes": 2000, "hold_s": 5}, "cpu", "tester")
         small = broker.submit("allocate", {"megabytes": 10}, "cpu", "tester")
-        big_job, small_job = _settle(store, [big.id, small.id])
+        big_job, small_job = settle(store, [big.id, small.id])
     finally:
         broker.stop(5)
     assert big_job.status == FAILED and "used more than 0.586 GB of memory" in big_job.error
@@ -116,7 +106,7 @@ def test_peaks_are_per_run(store: JobStore) -> None:
     try:
         big = broker.submit("allocate", {"megabytes": 1024}, "cpu", "tester")
         small = broker.submit("allocate", {"megabytes": 8}, "cpu", "tester")
-        big_job, small_job = _settle(store, [big.id, small.id])
+        big_job, small_job = settle(store, [big.id, small.id])
     finally:
         broker.stop(5)
     assert big_job.result["pid"] == small_job.result["pid"]
@@ -129,7 +119,7 @@ def test_process_flags_are_each_jobs_own(store: JobStore) -> None:
     requests = [{"tf32": True, "threads": 1}, {"tf32": False, "threads": 2}, {}, {"tf32": True, "threads": 2}]
     try:
         ids = [broker.submit("flags", {"process": r}, "cpu", "tester").id for r in requests]
-        jobs = _settle(store, ids)
+        jobs = settle(store, ids)
     finally:
         broker.stop(5)
     assert len({j.result["pid"] for j in jobs}) == 1  # one worker ran them all, in turn
@@ -155,7 +145,7 @@ def test_cancel_a_queued_and_a_running_job(store: JobStore) -> None:
         stopped = broker.cancel(running.id, "alice")
         assert stopped.status == CANCELLED and "cancelled by its owner while it ran" in stopped.error
         after = broker.submit("watch", {"seconds": 0.05}, "cpu", "alice")
-        assert _settle(store, [after.id])[0].status == DONE  # the replacement worker takes the next job
+        assert settle(store, [after.id])[0].status == DONE  # the replacement worker takes the next job
     finally:
         broker.stop(5)
 
@@ -184,8 +174,8 @@ def test_a_submission_wakes_its_worker_at_once(store: JobStore) -> None:
     """Workers poll the store every poll_s; a submission wakes its device's workers without that wait."""
     broker = Broker(store, KINDS, {"cpu": 1}, poll_s=60).start()
     try:
-        _settle(store, [broker.submit("watch", {"seconds": 0.01}, "cpu", "tester").id])  # the worker is up
+        settle(store, [broker.submit("watch", {"seconds": 0.01}, "cpu", "tester").id])  # the worker is up
         job = broker.submit("watch", {"seconds": 0.01}, "cpu", "tester")
-        assert _settle(store, [job.id], timeout_s=20)[0].status == DONE  # long before the 60 s poll
+        assert settle(store, [job.id], timeout_s=20)[0].status == DONE  # long before the 60 s poll
     finally:
         broker.stop(5)

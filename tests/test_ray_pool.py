@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from job_kinds import settle
 
 from engine.core.errors import InputError
 from engine.core.settings import Settings, load_settings
 from engine.jobs.broker import Broker
-from engine.jobs.store import CANCELLED, DONE, FAILED, FINISHED, Job, JobStore
+from engine.jobs.store import CANCELLED, DONE, FAILED, Job, JobStore
 
 pytestmark = pytest.mark.slow
 TESTS = Path(__file__).resolve().parent
@@ -161,16 +162,6 @@ def pool(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Poo
     store.close()
 
 
-def _settle(store: JobStore, ids: list[str], timeout_s: float = 60) -> list[Job]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        jobs = [store.get(i) for i in ids]
-        if all(j.status in FINISHED for j in jobs):
-            return jobs
-        time.sleep(0.05)
-    raise AssertionError(f"not finished: {[(j.id, j.status, j.error) for j in jobs]}")
-
-
 def _until(what: str, check: Any, timeout_s: float = 60) -> Any:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -206,7 +197,7 @@ def test_eight_jobs_land_on_four_gpus_two_actors_each(pool: Pool) -> None:
     for _ in range(8):
         key = pool.broker.place(True)  # the least-loaded GPU
         ids.append(pool.broker.submit("meet", {"rendezvous": str(folder), "key": key}, key, OWNER).id)
-    jobs = _settle(pool.store, ids)
+    jobs = settle(pool.store, ids, 60)
     assert all(j.status == DONE for j in jobs), [(j.status, j.error) for j in jobs]
     seen = {}
     for key in GPUS:
@@ -230,13 +221,13 @@ def test_progress_reaches_the_store(pool: Pool) -> None:
     running = _until("progress in the store", lambda: (j := pool.store.get(job.id)).progress == 0.5 and j)
     assert running.progress_label == "holding" and running.status == "running"
     release.touch()
-    (done,) = _settle(pool.store, [job.id])
+    (done,) = settle(pool.store, [job.id], 60)
     assert done.status == DONE and done.result["released"] and done.progress == 1.0
 
 
 def test_output_files_come_back_to_the_apps_outputs_folder(pool: Pool) -> None:
     job = pool.broker.submit("write", {}, "cuda:3", OWNER)
-    (done,) = _settle(pool.store, [job.id])
+    (done,) = settle(pool.store, [job.id], 60)
     assert done.status == DONE, done.error
     outputs = pool.settings.outputs_dir
     text, (frames,) = Path(done.result["outputs"]["text"]), done.result["frames"]
@@ -252,7 +243,7 @@ def test_output_files_come_back_to_the_apps_outputs_folder(pool: Pool) -> None:
 def test_handler_errors_fail_the_job_as_in_a_worker_process(pool: Pool) -> None:
     refused = pool.broker.submit("refuse", {"how": "input"}, "cpu", OWNER)
     buggy = pool.broker.submit("refuse", {"how": "bug"}, "cpu", OWNER)
-    refused, buggy = _settle(pool.store, [refused.id, buggy.id])
+    refused, buggy = settle(pool.store, [refused.id, buggy.id], 60)
     assert refused.status == FAILED and refused.error == "that face is too small; faces of 64 px and more are accepted"
     assert buggy.status == FAILED and buggy.error == "internal error: RuntimeError: a bug"
 
@@ -279,12 +270,12 @@ def test_an_actor_that_dies_mid_job_fails_it_and_is_replaced(pool: Pool, how: st
             assert pool.broker.cancel(job.id, OWNER).status == CANCELLED
         else:
             ray.kill(next(h for h in pool.workers.handles() if h.pid == pool.store.get(job.id).worker).actor)
-    (dead,) = _settle(pool.store, [job.id])
+    (dead,) = settle(pool.store, [job.id], 60)
     assert dead.status == status and dead.error.startswith(reason), dead.error
     words = {"ray.kill": "killed by `ray.kill`", "os._exit": "its worker process has died"}.get(how, "")
     assert words in dead.error
     _until("a replacement", lambda: dead.worker not in pool.broker.pids() and len(_alive(pool, key)) == 2)
-    later = _settle(pool.store, [j.id for j in _meet_pair(pool, key, f"after-{how}")])
+    later = settle(pool.store, [j.id for j in _meet_pair(pool, key, f"after-{how}")], 60)
     assert all(j.status == DONE and j.result["partnered"] for j in later), [(j.status, j.error) for j in later]
     assert dead.worker not in {j.worker for j in later}  # the replacement and the other actor ran them
 
@@ -303,7 +294,7 @@ def test_a_real_onnx_evaluation_runs_in_an_actor_from_a_shipped_model(pool: Pool
     jobs = OnnxEvalJobs(pool.broker, pool.settings)
     config = EvalConfig.build({"model": mlp(pool.tmp / "upload.onnx"), "runs": 3, "warmup": 0, "intra_op_threads": 1})
     submitted = jobs.submit(config, OWNER).job
-    (done,) = _settle(pool.store, [submitted.id])
+    (done,) = settle(pool.store, [submitted.id], 60)
     assert done.status == DONE, done.error
     assert done.device == "cpu" and [r["provider"] for r in done.result["results"]] == ["cpu"]
     assert done.result["inspection"]["name"] == "upload.onnx"

@@ -9,11 +9,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from job_kinds import KINDS
+from job_kinds import KINDS, settle
 
 from engine.core.settings import SettingsError, load_settings
 from engine.jobs.broker import Broker
-from engine.jobs.store import DONE, FINISHED, Job, JobStore
+from engine.jobs.store import DONE, JobStore
 
 pytestmark = pytest.mark.slow
 GPUS = ("cuda:0", "cuda:1")
@@ -30,16 +30,6 @@ def _broker(store: JobStore, per_gpu: dict[str, int], gpus: tuple[str, ...] = GP
     workers = {**dict.fromkeys(gpus, max(per_gpu.values())), "cpu": 1}
     run_on = dict.fromkeys(gpus, "cpu")
     return Broker(store, KINDS, workers, per_gpu=per_gpu, run_on=run_on, poll_s=0.1).start()
-
-
-def _settle(store: JobStore, ids: list[str], timeout_s: float = 120) -> list[Job]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        jobs = [store.get(i) for i in ids]
-        if all(j.status in FINISHED for j in jobs):
-            return jobs
-        time.sleep(0.05)
-    raise AssertionError(f"not finished: {[(j.id, j.status) for j in jobs]}")
 
 
 def _busy_workers(broker: Broker, count: int, timeout_s: float = 60) -> list:
@@ -63,7 +53,7 @@ def test_jobs_spread_over_the_gpus_two_workers_each(store: JobStore) -> None:
             broker.submit("hold", {"seconds": 1.0, "partner_s": 60}, device, "tester")
         ids = [j.id for j in store.queue()]
         busy = _busy_workers(broker, 4)
-        jobs = _settle(store, ids)
+        jobs = settle(store, ids)
     finally:
         broker.stop(5)
     assert placed == ["cuda:0", "cuda:1", "cuda:0", "cuda:1"]  # least-loaded first, in device order on a tie
@@ -85,7 +75,7 @@ def test_a_kind_with_one_worker_per_gpu_takes_the_card_alone(store: JobStore) ->
         halves = [broker.submit("hold", {"seconds": 0.5, "partner_s": 60}, "cuda:0", "tester") for _ in range(2)]
         whole = broker.submit("whole", {"seconds": 0.3}, "cuda:0", "tester")
         last = broker.submit("hold", {"seconds": 0.3}, "cuda:0", "tester")
-        jobs = _settle(store, [j.id for j in (*halves, whole, last)])
+        jobs = settle(store, [j.id for j in (*halves, whole, last)])
     finally:
         broker.stop(5)
     assert all(j.status == DONE for j in jobs), [(j.status, j.error) for j in jobs]

@@ -21,7 +21,17 @@ from ui.forms import api_examples, choices, default, form_handler
 from ui.jobs import Access, job_endpoints, run_panel
 from ui.media_inputs import MEDIA_HEIGHT, action_row, checked_image, media_choice
 from ui.weights import weights_panel
-from ui.widgets import ASSETS, chart, kept, measurement_line, optional_number, server_file_picker, slider, timing_figure
+from ui.widgets import (
+    ASSETS,
+    chart,
+    kept,
+    measurement_line,
+    optional_number,
+    segments_lines,
+    server_file_picker,
+    slider,
+    timing_figure,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +52,7 @@ def summary_markdown(result: RunResult) -> str:
         f"detector `{m['detector']}` · {m['faces_missed']} frame(s) without a face · "
         f"{m['pipeline_seconds']:.2f}s in the pipeline ({m['frames_per_second']:.1f} frames/s)",
     ]
-    lines += measurement_line(result)
+    lines += measurement_line(result) + segments_lines(result)
     lines += [f"- ⚠️ {w}" for w in result.warnings]
     return "\n".join(lines)
 

@@ -23,6 +23,7 @@ from ui.widgets import (
     kept,
     measurement_line,
     optional_number,
+    segments_lines,
     server_file_picker,
     slider,
     timing_figure,
@@ -72,7 +73,7 @@ def summary_markdown(result: RunResult) -> str:
         f"{label} · {m['backend']} on `{result.device}` ({result.device_name}, {result.precision}){where} · "
         f"{m['frames']} frames at {m['fps']:g} fps · {m['frames_per_second']:.1f} frames/s · encoder `{m['encoder']}`"
     ]
-    lines += measurement_line(result)
+    lines += measurement_line(result) + segments_lines(result)
     lines += [f"- ⚠️ {w}" for w in result.warnings]
     return "\n".join(lines)
 

@@ -35,6 +35,22 @@ def measurement_line(result: RunResult) -> list[str]:
     return [f"- measured: {describe(result.measurement)} (stages overlap: their times do not add up to the wall)"]
 
 
+def segments_lines(result: RunResult) -> list[str]:
+    """A job split over GPUs: each GPU's part (frames, time, frames/s, load), then the planning and joining."""
+    segments = result.metrics.get("segments")
+    if not segments:
+        return []
+    rows = [
+        f"  - `{s['device']}`: frames {s['start']}-{s['stop'] - 1} ({s['frames']}) in {s['seconds']:.2f}s"
+        + (f", {s['frames_per_second']:.1f} frames/s" if s.get("frames_per_second") else "")
+        + (f", busy {100 * s['load']:.0f}% of the job" if s.get("load") is not None else "")
+        for s in segments
+    ]
+    plan, join = result.metrics.get("plan_seconds"), result.metrics.get("assemble_seconds")
+    tail = " · ".join(t for t in (plan and f"planned in {plan:.2f}s", join and f"joined in {join:.2f}s") if t)
+    return [f"- split over {len(segments)} GPUs" + (f" ({tail})" if tail else "") + ":", *rows]
+
+
 def server_file_picker(settings: Any, label: str) -> gr.Dropdown:
     """A model file among the weights this server has (by name; empty: the settings' default). An operator may
     type a path or an hf: reference instead; visitors may not (ui/jobs.py Access.server_files)."""

@@ -231,14 +231,16 @@ class Broker:
         owner: str,
         model_sha256: str | None = None,
         timed: bool = False,
+        share: float | None = None,
     ) -> Job:
+        """Queue a job on `device`; its share of the device is its kind's (see `share`) unless given."""
         if self._stopping.is_set():
             raise InputError("the app is shutting down and takes no new jobs")
         if kind not in self.kinds:
             raise InputError(f"no worker runs jobs of kind {kind!r}; kinds: {', '.join(self.kinds)}")
         if device not in self.devices:
             raise InputError(f"no worker for {device}; devices: {', '.join(self.devices)}")
-        share = self.share(kind, device, timed)
+        share = self.share(kind, device, timed) if share is None else share
         job = self.store.submit(kind, settings, device, model_sha256, owner=owner, timed=timed, share=share)
         self.wake(device)
         return job

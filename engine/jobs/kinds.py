@@ -15,8 +15,10 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
+from engine.core.errors import AvatarbenchError
 from engine.core.options import Config
 from engine.core.settings import Settings
+from engine.jobs import split
 from engine.jobs.broker import Broker
 from engine.jobs.store import CPU, QUEUED, Job, JobStore, StoreError
 
@@ -38,6 +40,7 @@ def summary(job: Job) -> dict[str, Any]:
         "created": job.created,
         "started": job.started,
         "finished": job.finished,
+        **split.describe(job),  # a split job's parts: "segment i/n of job X", the parent's devices
     }
 
 
@@ -103,7 +106,8 @@ def queue_view(store: Any, owner: str | None) -> dict[str, Any]:
 
 class FileJobs(JobKind):
     """A capability whose request is a config naming input files (lip-sync, portrait): the files are stored by
-    content with their names, the rest of the config as its text form."""
+    content with their names, the rest of the config as its text form. One lasting longer than
+    AVATARBENCH_SPLIT_SECONDS is split into time segments over the idle GPUs (engine/jobs/split.py)."""
 
     config: ClassVar[type[Config]]
     files: ClassVar[tuple[str, ...]]
@@ -115,14 +119,34 @@ class FileJobs(JobKind):
             "files": store_inputs(self.store, {name: getattr(config, name) for name in self.files}),
             "process": self.process(config),
         }
+        devices = split.split_devices(self.broker, self.settings, self.seconds(config))
+        if devices:
+            return split.submit_split(self.broker, self.kind, record, devices, owner)
         return self.broker.submit(self.kind, record, self.place(True), owner)
+
+    def seconds(self, config: Config) -> float | None:
+        """How long the job's video will last, from headers, when it may be split into time segments (override);
+        None: never split."""
+        return None
+
+    def cancel(self, job_id: str, owner: str | None) -> dict[str, Any]:
+        """A split job's queued segments go with it (running ones stop at their next batch: they watch it)."""
+        cancelled = super().cancel(job_id, owner)
+        job = self.store.get(job_id)
+        if split.role(job) == "parent":
+            for segment in split.segments_of(self.store, job):
+                if segment.status == QUEUED:
+                    with contextlib.suppress(StoreError):
+                        self.broker.cancel(segment.id, owner)
+        return cancelled
 
     def process(self, config: Config) -> dict[str, Any]:
         """Process-wide switches the job needs in its worker (see engine.jobs.worker.prepare_process)."""
         return {}
 
     def summary(self, job: Job) -> dict[str, Any]:
-        return {**super().summary(job), **{name: ref["name"] for name, ref in job.settings["files"].items()}}
+        files = {name: ref["name"] for name, ref in job.settings["files"].items()}
+        return {**super().summary(job), **files}
 
 
 def run_file_job(
@@ -132,15 +156,25 @@ def run_file_job(
     config: type[Config],
     run: Callable[..., Any],
     after: Callable[[Any, dict[str, Path]], None] | None = None,
+    segments: Callable[[Any, Path, Settings, str], split.SegmentedRun] | None = None,
 ) -> dict[str, Any]:
     """A FileJobs job in its worker: the inputs staged under their names, `run(config, out, settings, progress,
     device=...)` writing outputs/<kind>-<job id>.mp4, then `after(result, inputs)` while the inputs are still
-    there; the result as a dict."""
+    there; the result as a dict. A split job's parent or segment runs through engine/jobs/split.py with the
+    capability's `segments(config, out, settings, device)`; a segment's result is its part only (no `after`)."""
     settings = context.settings
     with staged_inputs(context.store, job.settings["files"], settings.cache_dir) as paths:
         built = config.build({**job.settings["options"], **paths})
         out = settings.outputs_dir / f"{job.kind}-{job.id}.mp4"
-        result = run(built, out, settings, progress, device=job.device)
+        role = split.role(job)
+        if role is None:
+            result = run(built, out, settings, progress, device=job.device)
+        elif segments is None:
+            raise AvatarbenchError(f"{job.kind} jobs cannot be split into segments")
+        else:
+            result = split.run_split(job, progress, context, segments(built, out, settings, job.device), out)
+            if role == "segment":
+                return result.to_dict()
         if after is not None:
             after(result, paths)
         return result.to_dict()

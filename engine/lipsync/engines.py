@@ -29,6 +29,7 @@ class Generator(Protocol):
     name: str
     label: str
     crop_size: int
+    context_frames: int  # earlier face crops an output depends on (a split job's segment shows them first)
 
     def __call__(self, mels: np.ndarray, crops: np.ndarray, energy: np.ndarray) -> np.ndarray: ...
 
@@ -85,6 +86,7 @@ class Wav2LipEngine:
 
     name = "wav2lip"
     crop_size = 96
+    context_frames = 0  # every frame is its own
 
     def __init__(
         self,
@@ -170,6 +172,7 @@ class BaselineEngine:
         self.device = device  # the warp runs in OpenCV on the CPU whatever the device: it is cheap
         self.max_open = max_open  # the opening at full energy, as a fraction of the crop height
         self._lines: deque[float] = deque(maxlen=steadiness)  # the last lip lines: their median steadies a video
+        self.context_frames = steadiness - 1
 
     def opening(self, energy: float) -> float:
         """The mouth's opening for one frame's energy (0..1): closed below a whisper, linear above."""

@@ -7,22 +7,36 @@ bounded by a few batches, whatever the video's length.
 Length policy: the output lasts as long as the speech (one frame per mel chunk). A video longer
 than the speech is trimmed to it; a shorter one is looped from its first frame. An image is a
 still face for the whole speech, at 25 frames per second.
+
+A long job may be split into time segments over idle GPUs (engine/jobs/split.py): `LipSyncSegments` is that run's
+side, with the same batches, face boxes and generator state at each segment's start as the unsplit run.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from engine.core.audio import SAMPLE_RATE, frame_energy, load_audio, mel_chunks, mel_spectrogram
-from engine.core.device import capabilities, resolve_device, run_with_oom_backoff
-from engine.core.media import VideoWriter, is_image, load_image, probe_video, read_frames, validate_video
+from engine.core.device import DeviceChoice, capabilities, resolve_device, run_with_oom_backoff
+from engine.core.media import (
+    LosslessWriter,
+    VideoWriter,
+    is_image,
+    load_image,
+    probe_video,
+    read_frames,
+    validate_video,
+)
 from engine.core.results import RunResult
 from engine.core.settings import Settings, get_settings
 from engine.core.weights import S3FD, WAV2LIP, resolve, where_to_put
@@ -30,7 +44,7 @@ from engine.faces.detection import FaceDetector, make_detector
 from engine.faces.tracking import FaceTracker
 from engine.lipsync.config import LipSyncConfig, LipSyncError
 from engine.lipsync.engines import BaselineEngine, Generator, Wav2LipEngine, auto_batch_size, default_precision
-from engine.lipsync.paste import crop, paste
+from engine.lipsync.paste import Box, crop, paste
 
 log = logging.getLogger(__name__)
 Progress = Callable[[float, str], None]
@@ -78,8 +92,8 @@ class _Encoder:
     One batch, like the reader's: every batch waiting is a batch of full frames in memory, and one is enough to
     keep the threads overlapped."""
 
-    def __init__(self, writer: VideoWriter, result: RunResult):
-        self.writer, self.result = writer, result
+    def __init__(self, writer: Any, result: RunResult, close: bool = True):
+        self.writer, self.result, self.close = writer, result, close  # close=False: more frames follow (a split)
         self.queue: queue.Queue = queue.Queue(maxsize=1)
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="lipsync-encode", daemon=True)
@@ -106,8 +120,9 @@ class _Encoder:
         self.thread.join()
         if self.error is not None:
             raise self.error
-        with self.result.stage("encode"):
-            self.writer.close()
+        if self.close:
+            with self.result.stage("encode"):
+                self.writer.close()
 
     def cancel(self) -> None:
         """Stop after the batch in hand and delete the partial file."""
@@ -146,26 +161,72 @@ def _make_generator(config: LipSyncConfig, settings: Settings, device, caps, pre
     return BaselineEngine(device)
 
 
-def run_lipsync(
-    config: LipSyncConfig,
-    out: str | Path,
-    settings: Settings | None = None,
-    progress: Progress | None = None,
-    device: str | None = None,
-) -> RunResult:
-    """Run the whole pipeline into `out` (.mp4) on `device` (default: the settings' device); returns the result with
-    the output path, counts and stage timings."""
-    settings = settings or get_settings()
-    progress = progress or (lambda fraction, label: None)
-    config = config.checked()
-    out = Path(out)
-    if out.suffix.lower() != ".mp4":
-        raise LipSyncError(f"output {out.name} must be an .mp4 file")
-    choice = resolve_device(device or settings.device)
-    if config.engine == "musetalk":
-        from engine.lipsync.musetalk.run import run_musetalk  # diffusers and transformers load only for MuseTalk
+@dataclass
+class _Prepared:
+    """What a run decides before its first frame; a split run's segments decide the same (the batch size the
+    parent chose), so their batches, crops and speech features are the unsplit run's."""
 
-        return run_musetalk(config, out, settings, choice, progress)
+    config: LipSyncConfig
+    settings: Settings
+    result: RunResult
+    choice: DeviceChoice
+    still: bool
+    image: np.ndarray | None
+    fps: float
+    size: tuple[int, int]  # width, height
+    wav: np.ndarray
+    chunks: np.ndarray
+    generator: Generator
+    energy: np.ndarray
+    detector: FaceDetector | None
+    batch_size: int
+    codec_threads: int | None
+
+    @property
+    def count(self) -> int:
+        return len(self.chunks)
+
+    def frames(self, start: int = 0, stop: int | None = None) -> Iterator[np.ndarray]:
+        """The face input's frames start..stop-1 of the whole run (decoded from the start: a looped clip's frame
+        is known by counting)."""
+        frames = _frames(self.config, self.image, self.count, self.settings.max_seconds, self.codec_threads)
+        return itertools.islice(frames, start, stop)
+
+    def sound(self) -> np.ndarray:
+        """The audio track, exactly as long as the frames."""
+        audio = np.zeros(round(self.count / self.fps * SAMPLE_RATE), np.float32)
+        audio[: min(len(self.wav), len(audio))] = self.wav[: len(audio)]
+        return audio
+
+    def tracker(self) -> FaceTracker:
+        return FaceTracker(pads=self.config.pads, smooth=self.config.smooth, fixed_box=self.config.box)
+
+    def report(self, frames: int, missed: int, writer: Any, wall: float) -> None:
+        self.result.metrics.update(
+            engine=self.generator.name,
+            engine_label=self.generator.label,
+            frames=frames,
+            fps=self.fps,
+            faces_missed=missed,
+            batch_size=self.batch_size,
+            width=self.size[0],
+            height=self.size[1],
+            audio_seconds=len(self.wav) / SAMPLE_RATE,
+            encoder=writer.codec,
+            pipeline_seconds=wall,
+            frames_per_second=frames / wall if wall > 0 else None,
+            detector=self.detector.name if self.detector else "fixed box",
+        )
+
+
+def _prepare(
+    config: LipSyncConfig,
+    settings: Settings,
+    choice: DeviceChoice,
+    progress: Progress,
+    batch_size: int | None = None,
+) -> _Prepared:
+    """Checks, speech, generator, detector and batch size: everything before the frames."""
     device, caps = choice.device, capabilities(choice.device)
     precision = default_precision(device) if config.precision == "auto" else config.precision
     result = RunResult(device=str(device), device_name=caps.name, precision=precision, config=config.to_text())
@@ -203,21 +264,46 @@ def run_lipsync(
     if config.box is None:
         ckpt = resolve(S3FD, settings, config.detector_checkpoint) if config.detector == "s3fd" else None
         detector = make_detector(config.detector, device=device, checkpoint=ckpt, detect_scale=config.detect_scale)
-    tracker = FaceTracker(pads=config.pads, smooth=config.smooth, fixed_box=config.box)
-    batch_size = config.batch_size or auto_batch_size(device, precision, size)
-    if generator.name == "baseline":
-        batch_size = min(batch_size, 64)
-    # The audio track runs exactly as long as the frames.
-    audio = np.zeros(round(count / fps * SAMPLE_RATE), np.float32)
-    audio[: min(len(wav), len(audio))] = wav[: len(audio)]
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if batch_size is None:
+        batch_size = config.batch_size or auto_batch_size(device, precision, size)
+        if generator.name == "baseline":
+            batch_size = min(batch_size, 64)
     # A network on the CPU needs both cores: the decoder and the encoder then run in their own threads only,
     # not in FFmpeg's thread pools (with OpenMP sleeping at its barriers, engine/core/openmp.py, 7-9% sooner).
     codec_threads = None if choice.is_cuda else 1
-    writer = VideoWriter(out, fps, size[0], size[1], audio=audio, threads=codec_threads)
+    return _Prepared(
+        config, settings, result, choice, still, image, fps, size, wav, chunks, generator, energy, detector,
+        batch_size, codec_threads,
+    )  # fmt: skip
+
+
+def run_lipsync(
+    config: LipSyncConfig,
+    out: str | Path,
+    settings: Settings | None = None,
+    progress: Progress | None = None,
+    device: str | None = None,
+) -> RunResult:
+    """Run the whole pipeline into `out` (.mp4) on `device` (default: the settings' device); returns the result with
+    the output path, counts and stage timings."""
+    settings = settings or get_settings()
+    progress = progress or (lambda fraction, label: None)
+    config = config.checked()
+    out = Path(out)
+    if out.suffix.lower() != ".mp4":
+        raise LipSyncError(f"output {out.name} must be an .mp4 file")
+    choice = resolve_device(device or settings.device)
+    if config.engine == "musetalk":
+        from engine.lipsync.musetalk.run import run_musetalk  # diffusers and transformers load only for MuseTalk
+
+        return run_musetalk(config, out, settings, choice, progress)
+    run = _prepare(config, settings, choice, progress)
+    result, count, still = run.result, run.count, run.still
+    tracker = run.tracker()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    writer = VideoWriter(out, run.fps, run.size[0], run.size[1], audio=run.sound(), threads=run.codec_threads)
     encoder = _Encoder(writer, result)
-    face_frames = _frames(config, image, count, settings.max_seconds, codec_threads)
-    batches = _detected(_batched(face_frames, batch_size, result), detector, still, result)
+    batches = _detected(_batched(run.frames(), run.batch_size, result), run.detector, still, result)
     done = 0
     started = time.perf_counter()
     try:
@@ -225,24 +311,9 @@ def run_lipsync(
         # this thread tracks, generates and pastes: the stages overlap.
         for frames, detections in _background(batches, 1, "decode-detect"):
             tracks = [tracker.update(d, f.shape) for d, f in zip(detections, frames, strict=True)]
-            with_face = [i for i, t in enumerate(tracks) if t.box is not None]
-            if still and not with_face:
+            if still and all(t.box is None for t in tracks):
                 raise LipSyncError(f"no face found in {Path(config.face).name}; use a clear, frontal face photo")
-            # Decoded frames are fresh arrays and are pasted into in place; the still image is shared.
-            outputs = [frame.copy() for frame in frames] if still else frames
-            if with_face:
-                crops = np.stack([crop(frames[i], tracks[i].box, generator.crop_size) for i in with_face])
-                index = np.array([done + i for i in with_face])
-                with result.stage("inference", items=len(with_face)):
-                    generated, used = run_with_oom_backoff(
-                        lambda b, c=crops, k=index: _generate(generator, chunks[k], c, energy[k], b), len(crops)
-                    )
-                if used < len(crops):
-                    result.warn(f"out of GPU memory at batch {len(crops)}: ran at {used}")
-                with result.stage("paste", items=len(with_face)):
-                    for j, i in enumerate(with_face):
-                        paste(outputs[i], tracks[i].box, generated[j], config.paste)
-            encoder.put(outputs)
+            encoder.put(_synthesised(run, frames, [t.box for t in tracks], done))
             done += len(frames)
             progress(done / count, f"frame {done}/{count}")
         encoder.finish()
@@ -256,23 +327,170 @@ def run_lipsync(
     if tracker.missed:
         result.warn(f"{tracker.missed} of {count} frames had no detected face")
     result.outputs["video"] = str(out)
-    result.metrics.update(
-        engine=generator.name,
-        engine_label=generator.label,
-        frames=count,
-        fps=fps,
-        faces_missed=tracker.missed,
-        batch_size=batch_size,
-        width=size[0],
-        height=size[1],
-        audio_seconds=len(wav) / SAMPLE_RATE,
-        encoder=writer.codec,
-        pipeline_seconds=wall,
-        frames_per_second=count / wall if wall > 0 else None,
-        detector=detector.name if detector else "fixed box",
-    )
+    run.report(count, tracker.missed, writer, wall)
     progress(1.0, "done")
     return result
+
+
+def _synthesised(run: _Prepared, frames: list[np.ndarray], boxes: list[Box | None], first: int) -> list[np.ndarray]:
+    """One batch's output frames: the generated mouths pasted where there is a face box (frame `first` onwards)."""
+    result, generator = run.result, run.generator
+    with_face = [i for i, box in enumerate(boxes) if box is not None]
+    # Decoded frames are fresh arrays and are pasted into in place; the still image is shared.
+    outputs = [frame.copy() for frame in frames] if run.still else frames
+    if with_face:
+        crops = np.stack([crop(frames[i], boxes[i], generator.crop_size) for i in with_face])
+        index = np.array([first + i for i in with_face])
+        with result.stage("inference", items=len(with_face)):
+            generated, used = run_with_oom_backoff(
+                lambda b, c=crops, k=index: _generate(generator, run.chunks[k], c, run.energy[k], b), len(crops)
+            )
+        if used < len(crops):
+            result.warn(f"out of GPU memory at batch {len(crops)}: ran at {used}")
+        with result.stage("paste", items=len(with_face)):
+            for j, i in enumerate(with_face):
+                paste(outputs[i], boxes[i], generated[j], run.config.paste)
+    return outputs
+
+
+class LipSyncSegments:
+    """A lip-sync job split into time segments (engine/jobs/split.py), equal frame for frame to the unsplit run.
+
+    Segments measure their frames' face detections (batch by batch, the unsplit run's batches); the parent runs the
+    face tracker over all of them in order (its smoothing, padding and gap hold-over are causal, so only this pass
+    knows each frame's box); each segment pastes with its boxes, first showing a causal generator (the baseline's
+    lip-line steadiness) the face frames it saw before the segment. A still face or a fixed box needs no measuring.
+    MuseTalk is not split (its prepared avatar cycles over the whole clip)."""
+
+    def __init__(self, config: LipSyncConfig, settings: Settings, device: str | None = None) -> None:
+        self.config, self.settings = config.checked(), settings
+        self.choice = resolve_device(device or settings.device)
+        self.run: _Prepared | None = None
+        self.missed: int | None = None  # the whole run's frames without a detected face (the parent's plan)
+        self.segment_missed = 0
+
+    def _ready(self) -> _Prepared:
+        assert self.run is not None, "setup or join first"
+        return self.run
+
+    def _measures(self) -> bool:
+        return not self._ready().still and self.config.box is None
+
+    def setup(self, progress: Progress) -> dict[str, Any]:
+        run = self.run = _prepare(self.config, self.settings, self.choice, progress)
+        return {"frames": run.count, "align": run.batch_size, "batch_size": run.batch_size, "measure": self._measures()}
+
+    def join(self, setup: dict[str, Any], progress: Progress) -> None:
+        run = self.run = _prepare(self.config, self.settings, self.choice, progress, batch_size=setup["batch_size"])
+        if run.count != setup["frames"]:
+            raise LipSyncError(f"this segment reads {run.count} frames of speech where its job read {setup['frames']}")
+
+    def measure(self, start: int, stop: int | None, progress: Progress) -> dict[str, np.ndarray]:
+        """The face detections of frames start..stop-1, in the unsplit run's batches."""
+        run = self._ready()
+        stop = run.count if stop is None else stop
+        found: list[np.ndarray] = []
+        batches = _detected(
+            _batched(run.frames(start, stop), run.batch_size, run.result), run.detector, False, run.result
+        )
+        for _, detections in _background(batches, 1, "decode-detect"):
+            found += [np.asarray(d, np.float32).reshape(-1, 5) for d in detections]
+            progress(len(found) / max(1, stop - start), f"faces in frame {start + len(found)}/{stop}")
+        return {"detections": np.concatenate(found or [np.zeros((0, 5), np.float32)]), "counts": _counts(found)}
+
+    def plan(
+        self, ranges: list[tuple[int, int | None]], measured: list[dict[str, np.ndarray] | None], progress: Progress
+    ) -> tuple[list[tuple[int, int]], list[dict[str, np.ndarray]]]:
+        """Every frame's box from the tracker over the whole run, cut into segments (each with its context)."""
+        run = self._ready()
+        tracker, count, shape = run.tracker(), run.count, (run.size[1], run.size[0], 3)
+        if self.config.box is not None:
+            detections: Iterator[np.ndarray] = itertools.repeat(np.zeros((0, 5), np.float32), count)
+        elif run.still:
+            assert run.image is not None and run.detector is not None
+            with run.result.stage("detect", items=1):
+                detections = itertools.repeat(run.detector.detect([run.image])[0], count)
+        else:
+            detections = _split_detections(measured)
+        boxes, detected = np.full((count, 4), -1, np.int32), np.zeros(count, bool)
+        with run.result.stage("track", items=count):
+            for i, found in zip(range(count), detections, strict=False):
+                track = tracker.update(found, shape)
+                detected[i] = track.detected
+                if track.box is not None:
+                    boxes[i] = track.box
+        name = Path(self.config.face).name
+        if run.still and boxes[0, 0] < 0:
+            raise LipSyncError(f"no face found in {name}; use a clear, frontal face photo")
+        if tracker.missed == count:
+            raise LipSyncError(f"no face found in any of the {count} frames of {name}")
+        if tracker.missed:
+            run.result.warn(f"{tracker.missed} of {count} frames had no detected face")
+        self.missed = tracker.missed
+        final = [(start, count if stop is None else stop) for start, stop in ranges]
+        context, with_face = run.generator.context_frames, np.flatnonzero(boxes[:, 0] >= 0)
+        states = []
+        for start, stop in final:
+            before = with_face[with_face < start][-context:] if context else with_face[:0]
+            first = int(before[0]) if len(before) else start
+            missed = np.array(int((~detected[start:stop]).sum()))
+            states.append({"first": np.array(first), "boxes": boxes[first:stop], "missed": missed})
+        progress(1.0, "face boxes planned")
+        return final, states
+
+    def output_writer(self, out: Path) -> VideoWriter:
+        run = self._ready()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return VideoWriter(out, run.fps, run.size[0], run.size[1], audio=run.sound(), threads=run.codec_threads)
+
+    def segment_writer(self, path: Path) -> LosslessWriter:
+        run = self._ready()
+        return LosslessWriter(path, run.fps, run.size[0], run.size[1], threads=run.codec_threads)
+
+    def render(self, start: int, stop: int, state: dict[str, np.ndarray], writer: Any, progress: Progress) -> None:
+        """Frames start..stop-1 with the planned boxes, after showing the generator its context frames."""
+        run = self._ready()
+        first, planned = int(state["first"]), state["boxes"]
+        self.segment_missed = int(state["missed"])
+        boxes = [tuple(int(v) for v in b) if b[0] >= 0 else None for b in planned]
+        frames = run.frames(first, stop)
+        crops, index = [], []
+        for i, frame in zip(range(first, start), frames, strict=False):  # zip stops before taking frame `start`
+            if (box := boxes[i - first]) is not None:
+                crops.append(crop(frame, box, run.generator.crop_size))
+                index.append(i)
+        if crops:  # what the generator saw before this segment: its output is not kept
+            with run.result.stage("context", items=len(crops)):
+                run.generator(run.chunks[index], np.stack(crops), run.energy[index])
+        encoder = _Encoder(writer, run.result, close=False)
+        done = start
+        try:
+            for batch in _background(_batched(frames, run.batch_size, run.result), 1, "decode"):
+                encoder.put(_synthesised(run, batch, boxes[done - first : done - first + len(batch)], done))
+                done += len(batch)
+                progress((done - start) / max(1, stop - start), f"frame {done}/{stop}")
+            encoder.finish()
+        except BaseException:
+            encoder.cancel()
+            raise
+
+    def report(self, frames: int, seconds: float, writer: Any) -> RunResult:
+        run = self._ready()
+        run.report(frames, self.segment_missed if self.missed is None else self.missed, writer, seconds)
+        return run.result
+
+
+def _counts(found: list[np.ndarray]) -> np.ndarray:
+    return np.array([len(d) for d in found], np.int64)
+
+
+def _split_detections(measured: list[dict[str, np.ndarray] | None]) -> Iterator[np.ndarray]:
+    """Each frame's detections, in order, from the segments' measurements."""
+    for part in measured:
+        assert part is not None, "every segment measures its frames' faces"
+        rows = np.cumsum(np.concatenate([[0], part["counts"]]))
+        for a, b in itertools.pairwise(rows):
+            yield part["detections"][a:b]
 
 
 def _generate(generator: Generator, mels: np.ndarray, crops: np.ndarray, energy: np.ndarray, batch: int) -> np.ndarray:

@@ -34,7 +34,17 @@ import torch
 
 from engine.core.device import apply_backend_flags, capabilities, pad_batch, resolve_device
 from engine.core.hub import LIVEPORTRAIT
-from engine.core.media import MediaError, VideoWriter, is_image, load_image, probe_video, read_frames, validate_video
+from engine.core.media import (
+    LosslessWriter,
+    MediaError,
+    VideoInfo,
+    VideoWriter,
+    is_image,
+    load_image,
+    probe_video,
+    read_frames,
+    validate_video,
+)
 from engine.core.results import RunResult
 from engine.core.settings import Settings, get_settings
 from engine.portrait.config import PortraitConfig, PortraitError
@@ -211,16 +221,22 @@ def _clip_frames(path: Path, max_frames: int | None, max_seconds: float) -> Iter
 def _driving_box(frames: Iterable[np.ndarray], name: str, detector: Any, result: RunResult) -> tuple[np.ndarray, int]:
     """One crop box for the whole clip (the mean of the faces found; every frame is scanned once) and the
     index of the first frame with a face (relative motion is measured against it)."""
-    boxes, first = [], None
+    return _clip_box(_face_boxes(frames, detector, result), name)
+
+
+def _face_boxes(frames: Iterable[np.ndarray], detector: Any, result: RunResult) -> list[np.ndarray | None]:
+    """Each frame's largest face box (None where there is none); frames are independent, so a split job's segments
+    scan their own frames."""
     with result.stage("detect"):
-        for i, frame in enumerate(frames):
-            box = _largest_face(frame, detector)
-            if box is not None:
-                boxes.append(box)
-                first = i if first is None else first
-    if first is None:
+        return [_largest_face(frame, detector) for frame in frames]
+
+
+def _clip_box(boxes: list[np.ndarray | None], name: str) -> tuple[np.ndarray, int]:
+    """The mean of the faces found and the index of the first frame with one."""
+    found = [box for box in boxes if box is not None]
+    if not found:
         raise PortraitError(f"no face found in the driving video {name}: a frontal face must be visible")
-    return np.mean(boxes, axis=0), first
+    return np.mean(found, axis=0), next(i for i, box in enumerate(boxes) if box is not None)
 
 
 @dataclass
@@ -278,6 +294,21 @@ def _driving_motion(
     box, reference = _driving_box(
         _clip_frames(path, config.max_frames, settings.max_seconds), path.name, detector, result
     )
+    return _clip_motion(config, settings, nets, info, box, reference, landmarks, result, progress)
+
+
+def _clip_motion(
+    config: PortraitConfig,
+    settings: Settings,
+    nets: _Networks,
+    info: VideoInfo,
+    box: np.ndarray,
+    reference: int,
+    landmarks: LandmarkModel | None,
+    result: RunResult,
+    progress: Progress,
+) -> _Driving:
+    """A driving clip's motion in its one face `box`, relative to frame `reference` (the first with a face)."""
     if reference and config.relative:
         result.warn(
             f"the driving clip's first frame shows no face: motion is measured against frame {reference}, the "
@@ -286,7 +317,7 @@ def _driving_motion(
     transform = crop_transform(box, DRIVING_SCALE, DRIVING_VY)
     infos: list[KeypointInfo] = []
     rows: list[tuple[np.ndarray, float]] = []
-    frames = _clip_frames(path, config.max_frames, settings.max_seconds)
+    frames = _clip_frames(Path(config.driving), config.max_frames, settings.max_seconds)
     total = min(info.frames or 1, config.max_frames or info.frames or 1)
     for batch in _batches(frames, config.batch_size):
         images = [_rgb(f) for f in batch]
@@ -470,6 +501,54 @@ def _pick_engine(config: PortraitConfig, settings: Settings) -> tuple[str, Path 
         return "baseline", None
 
 
+@dataclass
+class _Head:
+    """What a run decides before the driving input: device, precision, the source and its face, the engine."""
+
+    config: PortraitConfig  # with the batch size resolved
+    settings: Settings
+    result: RunResult
+    device: torch.device
+    precision: str
+    detector: Any
+    source_bgr: np.ndarray
+    box: np.ndarray
+    engine: str
+    folder: Path | None  # LivePortrait's weights; None: the baseline
+
+    def report(self, plan_metrics: dict[str, Any]) -> None:
+        face_box = [round(float(v), 1) for v in self.box]
+        self.result.metrics.update(
+            engine=self.engine, face_box=face_box, batch_size=self.config.batch_size, **plan_metrics
+        )
+
+
+def _head(config: PortraitConfig, settings: Settings, device: str | None, batch_size: int | None = None) -> _Head:
+    choice = resolve_device(device or settings.device)
+    precision = ("fp16" if choice.is_cuda else "fp32") if config.precision == "auto" else config.precision
+    result = RunResult(device=str(choice.device), device_name=capabilities(choice.device).name, precision=precision)
+    result.config = config.to_text()  # as asked: an empty batch size stays empty, resolved again on each device
+    batch_size = batch_size or config.batch_size or default_batch_size(choice.device, config.backend)
+    config = replace(config, batch_size=batch_size)
+    if not choice.is_cuda:
+        result.warn(f"running on the CPU: {choice.reason}")
+    from engine.faces.detection import HaarDetector
+
+    detector = HaarDetector(detect_scale=0.5)
+    with result.stage("decode"):
+        source_bgr = load_image(config.source, max_side=settings.max_side)
+    box = _largest_face(source_bgr, detector)
+    if box is None:
+        raise PortraitError(f"no face found in the source {Path(config.source).name}: a frontal portrait is needed")
+    engine, folder = _pick_engine(config, settings)
+    if folder is None and config.engine == "auto":
+        result.warn(
+            "no LivePortrait weights found: using the baseline engine (optical-flow motion transfer, not "
+            "LivePortrait). Put the weights in AVATARBENCH_LIVEPORTRAIT_DIR to use LivePortrait."
+        )
+    return _Head(config, settings, result, choice.device, precision, detector, source_bgr, box, engine, folder)
+
+
 def run_portrait(
     config: PortraitConfig,
     out: str | Path,
@@ -485,58 +564,45 @@ def run_portrait(
     out = Path(out)
     if out.suffix.lower() != ".mp4":
         raise PortraitError(f"output {out.name} must be an .mp4 file")
-    choice = resolve_device(device or settings.device)
-    precision = ("fp16" if choice.is_cuda else "fp32") if config.precision == "auto" else config.precision
-    result = RunResult(device=str(choice.device), device_name=capabilities(choice.device).name, precision=precision)
-    result.config = config.to_text()  # as asked: an empty batch size stays empty, resolved again on each device
-    config = replace(config, batch_size=config.batch_size or default_batch_size(choice.device, config.backend))
-    if not choice.is_cuda:
-        result.warn(f"running on the CPU: {choice.reason}")
-    from engine.faces.detection import HaarDetector
-
-    detector = HaarDetector(detect_scale=0.5)
-    with result.stage("decode"):
-        source_bgr = load_image(config.source, max_side=settings.max_side)
-    box = _largest_face(source_bgr, detector)
-    if box is None:
-        raise PortraitError(f"no face found in the source {Path(config.source).name}: a frontal portrait is needed")
-    engine, folder = _pick_engine(config, settings)
-    if folder is None:
-        if config.engine == "auto":
-            result.warn(
-                "no LivePortrait weights found: using the baseline engine (optical-flow motion transfer, not "
-                "LivePortrait). Put the weights in AVATARBENCH_LIVEPORTRAIT_DIR to use LivePortrait."
-            )
-        plan = _baseline_plan(config, settings, source_bgr, box, detector, choice.device, result, progress)
+    head = _head(config, settings, device)
+    config, result = head.config, head.result
+    if head.folder is None:
+        plan = _baseline_plan(config, settings, head.source_bgr, head.box, head.detector, head.device, result, progress)
     else:
         template = out.with_suffix(TEMPLATE_SUFFIX) if config.save_template else None
-        plan = _liveportrait_plan(
-            config, settings, folder, source_bgr, box, detector, choice.device, precision, template, result, progress
-        )
+        source = _liveportrait_source(head, progress)
+        plan = _liveportrait_plan(head, source, template, progress)
     _write(plan, config, settings, out, result, progress)
-    result.metrics.update(
-        engine=engine, face_box=[round(float(v), 1) for v in box], batch_size=config.batch_size, **plan.metrics
-    )
+    head.report(plan.metrics)
     progress(1.0, "done")
     return result
 
 
-def _liveportrait_plan(
-    config: PortraitConfig,
-    settings: Settings,
-    folder: Path,
-    source_bgr: np.ndarray,
-    box: np.ndarray,
-    detector: Any,
-    device: torch.device,
-    precision: str,
-    template: Path | None,
-    result: RunResult,
-    progress: Progress,
-) -> _Plan:
+@dataclass
+class _Source:
+    """LivePortrait's side of the source: the networks, the crop, the appearance features and keypoints."""
+
+    nets: Any
+    device: torch.device
+    landmark_model: LandmarkModel | None
+    openness: tuple[np.ndarray, float] | None
+    transform: CropTransform
+    feature: torch.Tensor
+    motion: KeypointInfo
+    paste: PasteBack | None
+    original: torch.Tensor
+    size: tuple[int, int]  # the frames' width, height
+    metrics: dict[str, Any]
+
+
+def _liveportrait_source(head: _Head, progress: Progress) -> _Source:
+    """Networks loaded (or reused), the source cropped and encoded (or its features reused)."""
     from engine.portrait.cache import NETWORKS, SOURCES, file_digest
     from engine.portrait.onnx_backend import weights_digest
 
+    config, settings, result, folder = head.config, head.settings, head.result, head.folder
+    assert folder is not None
+    device, precision, source_bgr, box = head.device, head.precision, head.source_bgr, head.box
     progress(0.0, "loading the networks")
     if config.backend != "torch":
         precision = _onnx_precision(config, precision, device, result)
@@ -574,51 +640,76 @@ def _liveportrait_plan(
     source_key = (file_digest(config.source), config.crop, transform.angle, nets_key)
     (feature, source_motion), source_hit = SOURCES.get_or_build(source_key, encode_source)
     result.metrics["cache"] = {"networks": nets_hit, "source": source_hit}
+    paste = PasteBack(transform, height, width, device) if config.paste_back else None
+    original = torch.from_numpy(_rgb(source_bgr)).to(device).permute(2, 0, 1)[None].float() / 255
+    size = (width, height) if config.paste_back else (512, 512)
+    metrics = {"backend": config.backend, "crop_scale": transform.scale, "crop_angle": transform.angle}
+    metrics["compiled"] = config.compile
+    source_openness = None if landmarks is None else openness(landmarks)
+    return _Source(
+        nets, device, landmark_model, source_openness, transform, feature, source_motion, paste, original, size,
+        metrics,
+    )  # fmt: skip
+
+
+def _liveportrait_plan(head: _Head, source: _Source, template: Path | None, progress: Progress) -> _Plan:
+    config, result = head.config, head.result
     measures_driver = config.follows_driver or template is not None  # upstream's templates keep the openness too
     driving = _driving_motion(
-        config, settings, nets, detector, landmark_model if measures_driver else None, result, progress
+        config,
+        head.settings,
+        source.nets,
+        head.detector,
+        source.landmark_model if measures_driver else None,
+        result,
+        progress,
     )
+    x_driving, x_source = _keypoints(head, source, driving, template)
+    batches = _liveportrait_batches(config, source, x_driving, x_source, result)
+    return _Plan(batches, driving.fps, driving.count, driving.has_audio, source.size, source.device, source.metrics)
+
+
+def _keypoints(
+    head: _Head, source: _Source, driving: _Driving, template: Path | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The driving keypoints of every frame (the template saved first, when asked)."""
+    config, result = head.config, head.result
     if template is not None:
         save_template(template, driving.motion, driving.fps, driving.openness)
         result.outputs["template"] = str(template)
-    source_openness = None
-    if landmarks is not None:
-        source_openness = openness(landmarks)
-        result.metrics["source_openness"] = {"eyes": source_openness[0].tolist(), "lips": source_openness[1]}
-        result.metrics["lips_normalised"] = _normalises_lips(config, source_openness[1])
-    x_driving, x_source = _driving_keypoints(
+    if source.openness is not None:
+        result.metrics["source_openness"] = {"eyes": source.openness[0].tolist(), "lips": source.openness[1]}
+        result.metrics["lips_normalised"] = _normalises_lips(config, source.openness[1])
+    return _driving_keypoints(
         config,
-        source_motion,
+        source.motion,
         driving.motion,
-        nets,
-        source_openness,
+        source.nets,
+        source.openness,
         driving.reference,
         driving_openness=driving.openness,
         driving_image=driving.image,
     )
-    count = driving.count
-    paste = PasteBack(transform, height, width, device) if config.paste_back else None
-    original = torch.from_numpy(_rgb(source_bgr)).to(device).permute(2, 0, 1)[None].float() / 255
 
-    def batches() -> Iterator[torch.Tensor]:
-        for start in range(0, count, config.batch_size):
-            x = x_driving[start : start + config.batch_size].to(device)
-            with result.stage("warp", items=x.shape[0]):
-                warped = nets.warp(feature, x_source.to(device), x)
-                _sync(device)
-            with result.stage("decode network", items=x.shape[0]):
-                frames = nets.decode(warped)
-                _sync(device)
-            if paste is None:
-                yield frames
-                continue
-            with result.stage("paste", items=x.shape[0]):
-                yield paste(frames, original)
 
-    size = (width, height) if config.paste_back else (512, 512)
-    metrics = {"backend": config.backend, "crop_scale": transform.scale, "crop_angle": transform.angle}
-    metrics["compiled"] = config.compile
-    return _Plan(batches(), driving.fps, count, driving.has_audio, size, device, metrics)
+def _liveportrait_batches(
+    config: PortraitConfig, source: _Source, x_driving: torch.Tensor, x_source: torch.Tensor, result: RunResult
+) -> Iterator[torch.Tensor]:
+    """Frames rendered from `x_driving`'s keypoints, batch by batch: warped, decoded, pasted back."""
+    nets, device = source.nets, source.device
+    for start in range(0, x_driving.shape[0], config.batch_size):
+        x = x_driving[start : start + config.batch_size].to(device)
+        with result.stage("warp", items=x.shape[0]):
+            warped = nets.warp(source.feature, x_source.to(device), x)
+            _sync(device)
+        with result.stage("decode network", items=x.shape[0]):
+            frames = nets.decode(warped)
+            _sync(device)
+        if source.paste is None:
+            yield frames
+            continue
+        with result.stage("paste", items=x.shape[0]):
+            yield source.paste(frames, source.original)
 
 
 def _baseline_plan(
@@ -631,15 +722,8 @@ def _baseline_plan(
     result: RunResult,
     progress: Progress,
 ) -> _Plan:
-    from engine.portrait.baseline import render_batch, still_before, track_motion
-
     path = Path(config.driving)
-    if path.suffix.lower() == TEMPLATE_SUFFIX:
-        raise PortraitError(
-            "motion templates hold LivePortrait keypoints: the baseline engine needs a driving video or image"
-        )
-    if config.save_template:
-        result.warn("motion templates hold LivePortrait keypoints: the baseline engine does not save one")
+    _baseline_checks(config, result)
     if is_image(path):
         return _baseline_image_plan(config, settings, source_bgr, box, detector, device, result)
     info = probe_video(path)
@@ -648,28 +732,68 @@ def _baseline_plan(
     driving_box, first_face = _driving_box(
         _clip_frames(path, config.max_frames, settings.max_seconds), path.name, detector, result
     )
+    motion = _baseline_motion(config, settings, driving_box, first_face, result, progress)
+    source = _baseline_source(source_bgr, device)
+    batches = _baseline_batches(config, source, box, motion.head, motion.flow, result)
+    height, width = source_bgr.shape[:2]
+    count = motion.head.shape[0]
+    return _Plan(batches, info.fps, count, info.has_audio, (width, height), device, {"backend": "torch"})
+
+
+def _baseline_checks(config: PortraitConfig, result: RunResult) -> None:
+    if Path(config.driving).suffix.lower() == TEMPLATE_SUFFIX:
+        raise PortraitError(
+            "motion templates hold LivePortrait keypoints: the baseline engine needs a driving video or image"
+        )
+    if config.save_template:
+        result.warn("motion templates hold LivePortrait keypoints: the baseline engine does not save one")
+
+
+def _baseline_motion(
+    config: PortraitConfig,
+    settings: Settings,
+    driving_box: np.ndarray,
+    first_face: int,
+    result: RunResult,
+    progress: Progress,
+) -> Any:
+    """The baseline's driving motion of every frame: tracked from the first face frame on, still before it."""
+    from engine.portrait.baseline import still_before, track_motion
+
     if first_face:
         result.warn(
             f"the driving clip's first frame shows no face: motion is measured against frame {first_face}, the "
             "first with a face; the frames before it show the source still"
         )
-    frames = itertools.islice(_clip_frames(path, config.max_frames, settings.max_seconds), first_face, None)
+    clip = _clip_frames(Path(config.driving), config.max_frames, settings.max_seconds)
+    frames = itertools.islice(clip, first_face, None)
     progress(0.15, "tracking the driving motion")
     with result.stage("motion"):
-        motion = still_before(track_motion(frames, driving_box), first_face)
-    count = motion.head.shape[0]
-    source = torch.from_numpy(_rgb(source_bgr)).to(device).permute(2, 0, 1)[None].float() / 255
+        return still_before(track_motion(frames, driving_box), first_face)
 
-    def batches() -> Iterator[torch.Tensor]:
-        for start in range(0, count, config.batch_size):
-            end = start + config.batch_size
-            with result.stage("warp", items=min(end, count) - start):
-                out = render_batch(source, box, motion.head[start:end], motion.flow[start:end], config.multiplier)
-                _sync(device)
-            yield out
 
-    height, width = source_bgr.shape[:2]
-    return _Plan(batches(), info.fps, count, info.has_audio, (width, height), device, {"backend": "torch"})
+def _baseline_source(source_bgr: np.ndarray, device: torch.device) -> torch.Tensor:
+    return torch.from_numpy(_rgb(source_bgr)).to(device).permute(2, 0, 1)[None].float() / 255
+
+
+def _baseline_batches(
+    config: PortraitConfig,
+    source: torch.Tensor,
+    box: np.ndarray,
+    head: np.ndarray,
+    flow: np.ndarray,
+    result: RunResult,
+) -> Iterator[torch.Tensor]:
+    """The source moved by each frame's head motion and local flow, batch by batch."""
+    from engine.portrait.baseline import render_batch
+
+    count = head.shape[0]
+    for start in range(0, count, config.batch_size):
+        end = start + config.batch_size
+        with result.stage("warp", items=min(end, count) - start):
+            out = render_batch(source, box, head[start:end], flow[start:end], config.multiplier)
+            _sync(source.device)
+        yield out
 
 
 def _baseline_image_plan(
@@ -722,15 +846,9 @@ def _write(
     audio = _driving_audio(config, plan.fps, plan.count, settings.max_seconds) if plan.has_audio else None
     out.parent.mkdir(parents=True, exist_ok=True)
     writer = VideoWriter(out, plan.fps, plan.size[0], plan.size[1], audio=audio)
-    started, done = time.perf_counter(), 0
+    started = time.perf_counter()
     try:
-        for frames in plan.batches:
-            pixels = (frames * 255).round_().to(torch.uint8).permute(0, 2, 3, 1).flip(-1).cpu().numpy()
-            with result.stage("encode", items=len(pixels)):
-                for frame in pixels:
-                    writer.write(np.ascontiguousarray(frame))
-            done += len(pixels)
-            progress(0.3 + 0.7 * min(1.0, done / plan.count), f"frame {done}/{plan.count}")
+        _encode(plan.batches, writer, result, progress, plan.count)
         writer.close()
     except BaseException:
         writer.abort()
@@ -742,6 +860,144 @@ def _write(
         frames_per_second=plan.count / max(time.perf_counter() - started, 1e-9),
         encoder=writer.codec,
     )
+
+
+def _encode(
+    batches: Iterable[torch.Tensor], writer: Any, result: RunResult, progress: Progress, total: int, low: float = 0.3
+) -> None:
+    """Frames in [0, 1] to 8-bit BGR, written in order."""
+    done = 0
+    for frames in batches:
+        pixels = (frames * 255).round_().to(torch.uint8).permute(0, 2, 3, 1).flip(-1).cpu().numpy()
+        with result.stage("encode", items=len(pixels)):
+            for frame in pixels:
+                writer.write(np.ascontiguousarray(frame))
+        done += len(pixels)
+        progress(low + (1 - low) * min(1.0, done / max(1, total)), f"frame {done}/{total}")
+
+
+class PortraitSegments:
+    """A portrait job with a driving clip split into time segments (engine/jobs/split.py), equal frame for frame to
+    the unsplit run.
+
+    Segments scan their own frames for the driving face (frames are independent); the parent makes the one crop box
+    of the clip and its reference frame from all of them, then the motion the unsplit run makes (the baseline's
+    tracking is causal, each frame seeded by the one before; LivePortrait's keypoints are measured against the
+    reference frame, with stitching and retargeting), and hands each segment its frames' motion: the baseline's head
+    motion and flow, LivePortrait's driving keypoints. Segments load the networks and encode the source while the
+    parent plans. Driving images and motion templates are not split (one frame, or nothing to scan)."""
+
+    def __init__(self, config: PortraitConfig, out: Path, settings: Settings, device: str | None = None) -> None:
+        self.config, self.out, self.settings, self.device = config.checked(), Path(out), settings, device
+        self.head: _Head | None = None
+        self.source: _Source | torch.Tensor | None = None  # LivePortrait's source side, or the baseline's image
+        self.info: VideoInfo | None = None
+        self.count = 0
+        self.plan_metrics: dict[str, Any] = {"backend": "torch"}
+
+    def _ready(self) -> _Head:
+        assert self.head is not None, "setup or join first"
+        return self.head
+
+    def _prepare(self, progress: Progress, batch_size: int | None = None) -> None:
+        head = self.head = _head(self.config, self.settings, self.device, batch_size)
+        path = Path(head.config.driving)
+        if path.suffix.lower() == TEMPLATE_SUFFIX or is_image(path):
+            raise PortraitError(f"{path.name}: only a driving video is split into segments")
+        if head.folder is None:
+            _baseline_checks(head.config, head.result)
+            self.source = _baseline_source(head.source_bgr, head.device)
+        else:
+            self.source = _liveportrait_source(head, progress)
+            self.plan_metrics = self.source.metrics
+        self.info = probe_video(path)
+        validate_video(self.info, path.name, self.settings.max_side, self.settings.max_seconds)
+
+    def _size(self) -> tuple[int, int]:
+        if isinstance(self.source, _Source):
+            return self.source.size
+        height, width = self._ready().source_bgr.shape[:2]
+        return width, height
+
+    def setup(self, progress: Progress) -> dict[str, Any]:
+        self._prepare(progress)
+        config, info = self._ready().config, self.info
+        assert info is not None
+        frames = info.frames or round((info.duration_s or 0.0) * info.fps)
+        frames = min(frames, config.max_frames or frames)
+        return {"frames": frames, "align": config.batch_size, "batch_size": config.batch_size, "measure": True,
+                "open_end": True}  # fmt: skip
+
+    def join(self, setup: dict[str, Any], progress: Progress) -> None:
+        self._prepare(progress, batch_size=setup["batch_size"])
+
+    def measure(self, start: int, stop: int | None, progress: Progress) -> dict[str, np.ndarray]:
+        """Each of frames start..stop-1's largest face (stop None: to the clip's end)."""
+        head = self._ready()
+        clip = _clip_frames(Path(head.config.driving), head.config.max_frames, self.settings.max_seconds)
+        boxes = _face_boxes(itertools.islice(clip, start, stop), head.detector, head.result)
+        progress(1.0, f"faces in {len(boxes)} frames")
+        found = np.array([box is not None for box in boxes], bool)
+        rows = np.stack([np.zeros(4, np.float32) if box is None else box for box in boxes] or [np.zeros(4, np.float32)])
+        return {"boxes": rows[: len(boxes)], "found": found}
+
+    def plan(
+        self, ranges: list[tuple[int, int | None]], measured: list[dict[str, np.ndarray] | None], progress: Progress
+    ) -> tuple[list[tuple[int, int]], list[dict[str, np.ndarray]]]:
+        """The clip's box and reference frame from every segment's faces, then the whole clip's motion, cut up."""
+        head, info = self._ready(), self.info
+        assert info is not None
+        boxes: list[np.ndarray | None] = []
+        for part in measured:
+            assert part is not None, "every segment scans its frames for the driving face"
+            boxes += [row if found else None for row, found in zip(part["boxes"], part["found"], strict=True)]
+        box, first = _clip_box(boxes, Path(head.config.driving).name)
+        count = self.count = len(boxes)
+        final = [(min(start, count), count if stop is None else min(stop, count)) for start, stop in ranges]
+        if isinstance(self.source, _Source):
+            template = self.out.with_suffix(TEMPLATE_SUFFIX) if head.config.save_template else None
+            measures_driver = head.config.follows_driver or template is not None
+            landmarks = self.source.landmark_model if measures_driver else None
+            driving = _clip_motion(
+                head.config, self.settings, self.source.nets, info, box, first, landmarks, head.result, progress
+            )
+            x_driving, x_source = (t.detach().cpu().numpy() for t in _keypoints(head, self.source, driving, template))
+            states = [{"x": x_driving[a:b], "x_source": x_source} for a, b in final]
+        else:
+            motion = _baseline_motion(head.config, self.settings, box, first, head.result, progress)
+            states = [{"head": motion.head[a:b], "flow": motion.flow[a:b]} for a, b in final]
+        return final, states
+
+    def output_writer(self, out: Path) -> VideoWriter:
+        config, info = self._ready().config, self.info
+        assert info is not None
+        audio = _driving_audio(config, info.fps, self.count, self.settings.max_seconds) if info.has_audio else None
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return VideoWriter(out, info.fps, *self._size(), audio=audio)
+
+    def segment_writer(self, path: Path) -> LosslessWriter:
+        assert self.info is not None
+        return LosslessWriter(path, self.info.fps, *self._size())
+
+    def render(self, start: int, stop: int, state: dict[str, np.ndarray], writer: Any, progress: Progress) -> None:
+        """Frames start..stop-1 from their planned motion."""
+        head = self._ready()
+        if isinstance(self.source, _Source):
+            x_driving, x_source = torch.from_numpy(state["x"]), torch.from_numpy(state["x_source"])
+            batches = _liveportrait_batches(head.config, self.source, x_driving, x_source, head.result)
+        else:
+            assert self.source is not None
+            batches = _baseline_batches(head.config, self.source, head.box, state["head"], state["flow"], head.result)
+        _encode(batches, writer, head.result, progress, stop - start, low=0.0)
+
+    def report(self, frames: int, seconds: float, writer: Any) -> RunResult:
+        head, info = self._ready(), self.info
+        assert info is not None
+        head.result.metrics.update(
+            frames=frames, fps=info.fps, frames_per_second=frames / max(seconds, 1e-9), encoder=writer.codec
+        )
+        head.report(self.plan_metrics)
+        return head.result
 
 
 def _landmark_model(config: PortraitConfig, folder: Path, result: RunResult) -> LandmarkModel | None:
@@ -795,6 +1051,7 @@ def _sync(device: torch.device) -> None:
 
 
 __all__ = [
+    "PortraitSegments",
     "default_batch_size",
     "load_template",
     "run_portrait",

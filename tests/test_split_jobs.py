@@ -1,0 +1,247 @@
+"""A long lip-sync or portrait job split into time segments over four logical GPUs (device keys whose workers run
+on the CPU): the frames and the sound equal the unsplit run's, each GPU's part is reported, and what must not be
+split is not (short jobs, busy GPUs, a pinned device); a failing segment fails its job with the reason."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from job_kinds import settle
+from test_lipsync import expected_frames, face_video, speech_like, write_wav
+
+from engine.core.audio import load_audio
+from engine.core.media import VideoWriter, read_frames
+from engine.core.settings import Settings, load_settings
+from engine.jobs.broker import Broker
+from engine.jobs.split import segment_ranges, split_devices, work_folder
+from engine.jobs.store import CANCELLED, DONE, FAILED, QUEUED, Job, JobStore
+from engine.lipsync.config import LipSyncConfig
+from engine.lipsync.jobs import LipSyncJobs
+from engine.portrait.config import PortraitConfig
+from engine.portrait.jobs import PortraitJobs
+
+ROOT = Path(__file__).resolve().parent.parent
+KINDS = {"lipsync": "engine.lipsync.jobs:handle", "portrait": "engine.portrait.jobs:handle"}
+GPUS = ("cuda:0", "cuda:1", "cuda:2", "cuda:3")
+SPEECH_S = 3.0  # 72 frames at 25 fps: four segments of 16, 16, 32 and 8 frames (starts on the batch size, 16)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The data dir the workers (spawned with this environment) and the submitting side share.
+
+    libx264 (its mb-tree look-ahead with B-frames) reads heap memory it never wrote, so the same frames encoded
+    twice, even by one process, may give different packets (measured: the first encode in a process differs from
+    the next ones, and now and then another). glibc's MALLOC_PERTURB_ fills every allocation with one byte, so the
+    workers' encodes depend on their frames only, and the split MP4 can be compared with the unsplit one."""
+    folder = tmp_path_factory.mktemp("split")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("AVATARBENCH_DATA_DIR", str(folder / "data"))
+        patch.setenv("MALLOC_PERTURB_", "85")
+        yield folder
+
+
+@pytest.fixture(scope="module")
+def media(data: Path) -> dict[str, Path]:
+    """Speech; a talking face shorter than the speech (so it loops) whose face is gone for frames 13-18 (the
+    tracker holds its box across the segment boundary at 16); a driving clip with sound."""
+    speech = speech_like(SPEECH_S)
+    driving = data / "driving.mp4"
+    face = cv2.resize(cv2.imread(str(ROOT / "assets" / "face.jpg")), (320, 320))
+    writer = VideoWriter(driving, 25, 320, 320, audio=speech[: 40 * 640], codec="libx264")
+    for i in range(40):
+        turn = cv2.getRotationMatrix2D((160, 160), 6 * np.sin(i / 4), 1.0 + 0.02 * np.sin(i / 7))
+        turn[:, 2] += (3 * np.sin(i / 3), 2 * np.cos(i / 5))
+        writer.write(cv2.warpAffine(face, turn, (320, 320), borderMode=cv2.BORDER_REFLECT))
+    writer.close()
+    return {
+        "speech": write_wav(data / "speech.wav", speech),
+        "face": face_video(data / "face.mp4", 40, blank_from=13, blank_to=19),
+        "driving": driving,
+    }
+
+
+def _settings(data: Path, **env: str) -> Settings:
+    return load_settings({"AVATARBENCH_DATA_DIR": str(data / "data"), **env})
+
+
+@pytest.fixture(scope="module")
+def broker(data: Path, media: dict[str, Path]) -> Iterator[Broker]:
+    store = JobStore(data / "jobs.db", data / "blobs")
+    workers = {**dict.fromkeys(GPUS, 1), "cpu": 1}
+    running = Broker(store, KINDS, workers, run_on=dict.fromkeys(GPUS, "cpu"), poll_s=0.1).start()
+    yield running
+    running.stop(5)
+    store.close()
+
+
+def _frames(path: str) -> list[np.ndarray]:
+    return list(read_frames(path))
+
+
+def _split_and_unsplit(broker: Broker, kinds: type, config, data: Path) -> tuple[Job, Job, list[dict]]:
+    """The job split over the four GPUs (threshold 1 s), and the same job unsplit (the default 20 s threshold)."""
+    split = kinds(broker, _settings(data, AVATARBENCH_SPLIT_SECONDS="1")).submit(config, "tester")
+    segments = [kinds(broker, _settings(data)).summary(j) for j in broker.store.queue() if j.id != split.id]
+    whole = kinds(broker, _settings(data)).submit(config, "tester")
+    split, whole = settle(broker.store, [split.id, whole.id], 400)
+    assert split.status == DONE, split.error
+    assert whole.status == DONE, whole.error
+    return split, whole, segments
+
+
+def _check_parts(split: Job, frames: int, segments: list[dict], data: Path) -> None:
+    rows = split.result["metrics"]["segments"]
+    assert [r["device"] for r in rows] == list(GPUS) and len({r["device"] for r in rows}) == 4
+    assert sum(r["frames"] for r in rows) == frames and all(r["frames"] > 0 for r in rows)
+    assert [r["start"] for r in rows[1:]] == [r["stop"] for r in rows[:-1]]  # in order, no gap, no overlap
+    assert all(r["ran_on"] == "cpu" and 0 < r["load"] <= 1 and r["frames_per_second"] > 0 for r in rows)
+    assert split.result["metrics"]["plan_seconds"] > 0 and split.result["metrics"]["assemble_seconds"] >= 0
+    labels = sorted(s["segment"]["label"] for s in segments)
+    assert labels == [f"segment {i}/4 of job {split.id}" for i in (2, 3, 4)]
+    assert not work_folder(_settings(data), split.id).exists()  # the segments' files are gone
+
+
+def test_a_long_lipsync_job_split_over_four_gpus_equals_the_unsplit_run(
+    broker: Broker, media: dict[str, Path], data: Path
+) -> None:
+    config = LipSyncConfig(media["face"], media["speech"], engine="baseline")
+    split, whole, segments = _split_and_unsplit(broker, LipSyncJobs, config, data)
+    assert split.settings["split"]["devices"] == list(GPUS) and "split" not in whole.settings
+    ours, theirs = _frames(split.result["outputs"]["video"]), _frames(whole.result["outputs"]["video"])
+    assert len(ours) == len(theirs) == whole.result["metrics"]["frames"] == split.result["metrics"]["frames"]
+    assert all(np.array_equal(a, b) for a, b in zip(ours, theirs, strict=True))  # exact: every pixel
+    sound = load_audio(split.result["outputs"]["video"])
+    assert len(ours) == expected_frames(SPEECH_S) and len(sound) == len(ours) * 640  # the speech, to its last frame
+    assert np.array_equal(sound, load_audio(whole.result["outputs"]["video"]))
+    assert split.result["metrics"]["faces_missed"] == whole.result["metrics"]["faces_missed"] > 0
+    _check_parts(split, len(ours), segments, data)
+
+
+def test_a_long_portrait_job_split_over_four_gpus_equals_the_unsplit_run(
+    broker: Broker, media: dict[str, Path], data: Path
+) -> None:
+    config = PortraitConfig(ROOT / "assets" / "face.jpg", media["driving"], engine="baseline")
+    split, whole, segments = _split_and_unsplit(broker, PortraitJobs, config, data)
+    ours, theirs = _frames(split.result["outputs"]["video"]), _frames(whole.result["outputs"]["video"])
+    assert len(ours) == len(theirs) == 40
+    assert all(np.array_equal(a, b) for a, b in zip(ours, theirs, strict=True))
+    assert not np.array_equal(ours[0], ours[20])  # the portrait moves: equal frames are not still ones
+    sound = load_audio(split.result["outputs"]["video"])
+    assert abs(len(sound) / 16000 - 40 / 25) < 0.05  # the driving clip's sound, all of it
+    assert np.array_equal(sound, load_audio(whole.result["outputs"]["video"]))
+    assert Path(split.result["outputs"]["strip"]).is_file()
+    _check_parts(split, 40, segments, data)
+
+
+def test_cancelling_a_split_job_stops_its_segments(broker: Broker, media: dict[str, Path], data: Path) -> None:
+    """The parent is stopped with its worker while its segments work: they stop at their next check, saying why,
+    and the last of them removes the work folder the killed parent left."""
+    speech = write_wav(data / "long.wav", speech_like(20.0))
+    config = LipSyncConfig(media["face"], speech, engine="baseline")
+    kind = LipSyncJobs(broker, _settings(data, AVATARBENCH_SPLIT_SECONDS="1"))
+    parent = kind.submit(config, "tester")
+    ids = [j.id for j in broker.store.queue() if j.settings.get("segment", {}).get("parent") == parent.id]
+    deadline = time.monotonic() + 120
+    while broker.store.get(parent.id).status == QUEUED and time.monotonic() < deadline:
+        time.sleep(0.05)
+    kind.cancel(parent.id, "tester")
+    jobs = settle(broker.store, [parent.id, *ids], 400)
+    assert jobs[0].status == CANCELLED
+    for segment in jobs[1:]:
+        assert segment.status in (FAILED, CANCELLED), (segment.status, segment.error)
+        assert f"parent job {parent.id}" in segment.error or "cancelled by its owner" in segment.error
+    time.sleep(0.5)
+    assert not work_folder(_settings(data), parent.id).exists()
+
+
+def test_what_is_not_split_and_what_a_split_takes(media: dict[str, Path], data: Path, tmp_path: Path) -> None:
+    """Placement only (no workers): short jobs, busy GPUs and a pinned device are not split; a split takes its GPUs
+    at once, so a job submitted with it goes beside it, whole; cancelling a split cancels its queued segments."""
+    store = JobStore(tmp_path / "jobs.db", tmp_path / "blobs")
+    idle = Broker(store, KINDS, {**dict.fromkeys(GPUS, 1), "cpu": 1})  # never started: jobs stay queued
+    config = LipSyncConfig(media["face"], media["speech"], engine="baseline")
+    threshold = _settings(data, AVATARBENCH_SPLIT_SECONDS="1")
+
+    def submitted(settings: Settings) -> list[Job]:
+        job = LipSyncJobs(idle, settings).submit(config, "tester")
+        return [j for j in store.queue() if j.id == job.id or j.settings.get("segment", {}).get("parent") == job.id]
+
+    short = submitted(_settings(data, AVATARBENCH_SPLIT_SECONDS=str(SPEECH_S + 0.5)))  # 3 s of speech: not longer
+    assert [("split" in j.settings, j.device) for j in short] == [(False, "cuda:0")]
+    pinned = submitted(replace(threshold, device="cuda:1"))
+    assert [("split" in j.settings, j.device) for j in pinned] == [(False, "cuda:1")]
+    two = submitted(threshold)  # cuda:0 and cuda:1 hold a job each: the two idle GPUs
+    assert [j.device for j in two] == ["cuda:2", "cuda:3"] == two[0].settings["split"]["devices"]
+    together = submitted(threshold)  # every GPU is taken now: a whole job on the least-loaded one
+    assert len(together) == 1 and "split" not in together[0].settings
+    for job in store.queue():
+        store.fail(job.id, "cleared", CANCELLED)
+    four = submitted(threshold)
+    assert [j.device for j in four] == list(GPUS)
+    assert [j.settings.get("segment", {}).get("index") for j in four] == [None, 1, 2, 3]
+    beside = submitted(threshold)  # all busy again: whole
+    assert len(beside) == 1 and "split" not in beside[0].settings
+    LipSyncJobs(idle, threshold).cancel(four[0].id, "tester")
+    assert all(store.get(j.id).status == CANCELLED for j in four)
+    assert store.get(beside[0].id).status == QUEUED
+    eight = Broker(store, KINDS, {f"cuda:{i}": 1 for i in range(8)})
+    # cuda:0 holds the job above; of the seven idle, six: a segment lasts at least a quarter of the threshold
+    assert split_devices(eight, threshold, 1.6) == [f"cuda:{i}" for i in range(1, 7)]
+    assert split_devices(eight, threshold, 1.0) == []  # not longer than the threshold
+    store.close()
+
+
+def test_segment_ranges_start_on_batches_and_cover_every_frame() -> None:
+    assert segment_ranges(75, 4, 16) == [(0, 16), (16, 32), (32, 64), (64, 75)]
+    assert segment_ranges(1497, 4, 16) == [(0, 384), (384, 752), (752, 1120), (1120, 1497)]
+    for frames, parts, align in ((1, 4, 16), (40, 4, 1), (100, 3, 8), (7, 2, 4)):
+        ranges = segment_ranges(frames, parts, align)
+        assert len(ranges) == parts and ranges[0][0] == 0 and ranges[-1][1] == frames
+        assert all(a % align == 0 and a <= b for a, b in ranges[:-1] if a < frames)
+        assert all(prev[1] == nxt[0] for prev, nxt in itertools.pairwise(ranges))
+
+
+def test_a_failing_segment_fails_its_job_with_the_reason(media: dict[str, Path], data: Path, tmp_path: Path) -> None:
+    """The second GPU's worker runs on a card that is not there: its segment fails, and so does the job, saying so."""
+    store = JobStore(tmp_path / "jobs.db", tmp_path / "blobs")
+    run_on = {"cuda:0": "cpu", "cuda:1": "cuda:99"}
+    broken = Broker(store, KINDS, {"cuda:0": 1, "cuda:1": 1}, run_on=run_on, poll_s=0.1).start()
+    try:
+        config = LipSyncConfig(media["face"], media["speech"], engine="baseline")
+        parent = LipSyncJobs(broken, _settings(data, AVATARBENCH_SPLIT_SECONDS="1")).submit(config, "tester")
+        jobs = settle(store, [j.id for j in store.queue()], 400)
+    finally:
+        broken.stop(5)
+        store.close()
+    [job] = [j for j in jobs if j.id == parent.id]
+    [segment] = [j for j in jobs if j.id != parent.id]
+    assert segment.status == FAILED and segment.error  # whatever stopped it (no such card), in its words
+    assert job.status == FAILED and job.error == f"segment 2/2 (job {segment.id} on cuda:1) failed: {segment.error}"
+    assert not (data / "data" / "outputs" / f"lipsync-{job.id}.mp4").exists()
+
+
+def test_the_tabs_summary_lists_each_gpus_part() -> None:
+    pytest.importorskip("gradio")
+    from engine.core.results import RunResult
+    from ui.widgets import segments_lines
+
+    result = RunResult(device="cuda:0", device_name="H200", precision="fp16", config={})
+    assert segments_lines(result) == []  # an unsplit run says nothing about segments
+    result.metrics.update(plan_seconds=0.5, assemble_seconds=1.25, segments=[
+        {"device": "cuda:0", "start": 0, "stop": 128, "frames": 128, "seconds": 2.0, "frames_per_second": 64.0,
+         "load": 0.9},
+        {"device": "cuda:1", "start": 128, "stop": 250, "frames": 122, "seconds": 1.9, "frames_per_second": None,
+         "load": None},
+    ])  # fmt: skip
+    head, first, second = segments_lines(result)
+    assert head == "- split over 2 GPUs (planned in 0.50s · joined in 1.25s):"
+    assert first == "  - `cuda:0`: frames 0-127 (128) in 2.00s, 64.0 frames/s, busy 90% of the job"
+    assert second == "  - `cuda:1`: frames 128-249 (122) in 1.90s"
