@@ -391,6 +391,29 @@ def render_broker(paths: list[Path]) -> str:
     return table(headers, rows) + "\n\n" + "\n".join(f"- {context(load(p), p)}" for p in paths)
 
 
+def render_scaling(paths: list[Path]) -> str:
+    parts = []
+    for path in paths:
+        r = load(path)
+        machine = r["machine"]
+        where = machine.get("gpu") or f"no GPU, {machine['cpu_count']} cores"
+        rows = [[row["workers_per_device"], ", ".join(row["devices"]), row["jobs"], seconds(row["wall_s"]),
+                 number(row["jobs_per_hour"], 0), number(row["frames_per_s"], 1), f"{number(row['speedup'])}x"]
+                for row in r["workers"]]  # fmt: skip
+        headers = ["workers per device", "devices", "jobs", "wall", "jobs/hour", "frames/s", "vs the first"]
+        parts.append(f"{context(r, path)} Engine: {r['engine']}; {where}.\n\n{table(headers, rows)}")
+        split = r.get("split")
+        if split:
+            kind = "logical GPUs mapped to the CPU" if split["logical_gpus_on_cpu"] else "GPUs"
+            target = NONE if split["target"] is None else f"{split['target']:g}x ({yes_no(split['within_target'])})"
+            parts.append(
+                f"A {split['speech_s']:g} s lip-sync split over {len(split['devices'])} {kind} "
+                f"({', '.join(split['devices'])}): {_span(split['split_s'], ' s')} split against "
+                f"{_span(split['unsplit_s'], ' s')} unsplit, {number(split['speedup'])}x; target on 2 GPUs: {target}."
+            )
+    return "\n\n".join(parts)
+
+
 def render_log(paths: list[Path]) -> str:
     """A captured console log, quoted by its last line that says something (a summary: passed, ok, warnings)."""
     rows = []
@@ -430,6 +453,7 @@ RENDERERS: dict[str, Callable[[list[Path]], str]] = {
     "portrait": render_portrait,
     "musetalk": render_musetalk,
     "broker": render_broker,
+    "scaling": render_scaling,
     "log": render_log,
 }
 

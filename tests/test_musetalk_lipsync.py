@@ -96,6 +96,39 @@ def test_a_second_clip_for_the_same_face_reuses_its_prepared_avatar(weights, tmp
     third = run_lipsync(dataclasses.replace(config, box=(160, 50, 290, 210)), tmp_path / "third.mp4", settings,
                         device="cpu")  # fmt: skip
     assert not third.metrics["avatar_cached"] and third.metrics["networks_cached"]
+    assert [first.metrics["avatar_source"], second.metrics["avatar_source"]] == ["prepared", "memory"]
+
+
+def test_a_prepared_avatar_outlives_its_worker_on_disk(weights, tmp_path) -> None:
+    """A new worker (empty in-memory caches) finds the avatar an earlier one prepared in DATA_DIR/avatars and makes
+    the same frames from it; a damaged file is prepared again; the least recently used go past the budget."""
+    from engine.lipsync.musetalk import run
+    from engine.lipsync.musetalk.avatar_store import AvatarStore
+
+    settings = _settings(tmp_path)
+    config = LipSyncConfig(face=FACE, audio=_speech(tmp_path / "a.wav", 0.6), engine="musetalk",
+                           musetalk_weights=str(weights), box=BOX)  # fmt: skip
+    outputs = []
+    for name in ("first", "second", "third"):
+        run.NETWORKS.clear()
+        run.AVATARS.clear()  # as in a fresh worker process
+        if name == "third":  # damage the stored file: it is prepared again, not an error
+            (stored,) = (settings.data_dir / "avatars").glob("*.avatar")
+            stored.write_bytes(b"not an avatar")
+        result = run_lipsync(config, tmp_path / f"{name}.mp4", settings, device="cpu")
+        outputs.append((result, [f.astype(int) for f in read_frames(tmp_path / f"{name}.mp4")]))
+    sources = [r.metrics["avatar_source"] for r, _ in outputs]
+    assert sources == ["prepared", "disk", "prepared"]
+    stages = {stage.name for stage in outputs[1][0].stages}
+    assert not stages & {"detect", "vae encode", "parse"}  # the stored avatar's work is not done again
+    for _, frames in outputs[1:]:  # the same frames (through the encoder's rounding)
+        assert len(frames) == len(outputs[0][1])
+        assert max(np.abs(a - b).mean() for a, b in zip(frames, outputs[0][1], strict=True)) < 0.5
+    store = AvatarStore(settings.data_dir / "avatars", budget_bytes=0)
+    (kept,) = store.folder.glob("*.avatar")
+    extra = store.folder / ("0" * 32 + ".avatar")
+    extra.write_bytes(kept.read_bytes())
+    assert store.evict(keep=extra) == [kept] and [p.name for p in store.folder.glob("*.avatar")] == [extra.name]
 
 
 def test_a_video_shorter_than_the_speech_plays_forward_then_backward(weights, tmp_path) -> None:

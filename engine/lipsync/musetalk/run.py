@@ -10,8 +10,10 @@ frame's landmarks make no usable box (upstream's own fallback). The result says 
 None), `boxes_from_landmarks`, and a warning naming the detector and where DWPose's file goes.
 
 Between runs in one process (a job worker, the app's tests) the loaded networks and the two most recent prepared
-avatars stay cached, keyed by everything that changes them: a second clip for the same face costs whisper, UNet, VAE
-decode and blend only, which is MuseTalk's real-time mode.
+avatars stay cached, keyed by everything that changes them; prepared avatars are also kept on disk (DATA_DIR/avatars,
+avatar_store.py), so that another worker or a restarted app finds them. A second clip for the same face costs
+whisper, UNet, VAE decode and blend only, which is MuseTalk's real-time mode; the result's `avatar_source` says
+where its avatar came from (memory, disk or prepared).
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ from engine.faces.detection import FaceDetector, make_detector
 from engine.lipsync.config import LipSyncConfig
 from engine.lipsync.musetalk.audio import check_speech, feature_extractor, frame_count
 from engine.lipsync.musetalk.avatar import LANDMARKS, PreparedAvatar, prepare_avatar
+from engine.lipsync.musetalk.avatar_store import FOLDER as AVATAR_FOLDER
+from engine.lipsync.musetalk.avatar_store import MEMORY, PREPARED, AvatarStore
 from engine.lipsync.musetalk.dwpose import DETECTOR_FILE, POSE_FILE, DWPose
 from engine.lipsync.musetalk.generate import generate
 from engine.lipsync.musetalk.weights import DWPOSE_REPO, MuseTalkFiles, load_networks, require
@@ -178,7 +182,9 @@ def run_musetalk(
             progress=lambda fraction, label: progress(0.05 + 0.05 * fraction, label),
         )  # fmt: skip
 
-    avatar, avatar_cached = AVATARS.get_or_build(avatar_key, prepare)
+    stored = AvatarStore(settings.data_dir / AVATAR_FOLDER)
+    (avatar, source), in_memory = AVATARS.get_or_build(avatar_key, lambda: stored.get_or_prepare(avatar_key, prepare))
+    source = MEMORY if in_memory else source
     for warning in avatar.warnings:
         result.warn(warning)
     extractor = feature_extractor(str(files["whisper_preprocessor"].parent))
@@ -209,7 +215,7 @@ def run_musetalk(
         audio_seconds=len(speech) / SAMPLE_RATE, encoder=writer.codec, pipeline_seconds=wall,
         frames_per_second=count / wall if wall > 0 else None, detector=avatar.detector, landmarks=avatar.landmarks,
         boxes_from_landmarks=avatar.box_sources.count(LANDMARKS), networks_cached=networks_cached,
-        avatar_cached=avatar_cached,
+        avatar_cached=source != PREPARED, avatar_source=source,
     )  # fmt: skip
     progress(1.0, "done")
     return result

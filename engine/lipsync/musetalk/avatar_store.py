@@ -1,0 +1,85 @@
+"""Prepared MuseTalk avatars kept on disk (DATA_DIR/avatars), so that they outlive the worker that made them.
+
+A worker keeps its two latest avatars in memory (run.py); this is the next level: a new worker, a restarted app or
+another worker on the same machine finds the avatar a face was prepared into before, and a later speech clip for it
+costs whisper, UNet, VAE decode and blend only. Files are named by a digest of everything that changes an avatar
+(the face's bytes, the frames prepared, the box options, the networks and the landmark model), written atomically
+(save_avatar), and the least recently used go first once together they pass `budget_bytes`. A file that cannot be
+read (damaged, another format version) is removed and the avatar prepared again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+from collections.abc import Callable, Hashable
+from pathlib import Path
+
+from engine.lipsync.musetalk.avatar import PreparedAvatar, load_avatar, save_avatar
+from engine.models.checkpoints import CheckpointError
+
+log = logging.getLogger(__name__)
+
+FOLDER = "avatars"  # under DATA_DIR
+BUDGET_BYTES = 2 * 2**30  # an avatar holds its frames (about 70 MB a second of 720p): a few clips' worth
+SUFFIX = ".avatar"
+
+# Where an avatar came from, as the result's metrics say.
+MEMORY, DISK, PREPARED = "memory", "disk", "prepared"
+
+
+class AvatarStore:
+    def __init__(self, folder: str | os.PathLike, budget_bytes: int = BUDGET_BYTES) -> None:
+        self.folder, self.budget_bytes = Path(folder), budget_bytes
+
+    def path(self, key: Hashable) -> Path:
+        """The file for `key` (its repr's digest: keys are tuples of text, numbers and dtypes)."""
+        return self.folder / (hashlib.sha256(repr(key).encode()).hexdigest()[:32] + SUFFIX)
+
+    def get_or_prepare(self, key: Hashable, prepare: Callable[[], PreparedAvatar]) -> tuple[PreparedAvatar, str]:
+        """The stored avatar and DISK, or a newly prepared (and now stored) one and PREPARED."""
+        path = self.path(key)
+        if path.is_file():
+            try:
+                avatar = load_avatar(path)
+            except CheckpointError as exc:
+                log.warning("a stored avatar could not be read, preparing it again: %s", exc)
+                path.unlink(missing_ok=True)
+            else:
+                with contextlib.suppress(OSError):
+                    os.utime(path)  # recently used: evicted last
+                return avatar, DISK
+        avatar = prepare()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        try:
+            save_avatar(avatar, path)
+        except OSError as exc:  # a full disk costs the next run a preparation, never this run its result
+            log.warning("could not keep the prepared avatar in %s: %s", self.folder, exc)
+            return avatar, PREPARED
+        self.evict(keep=path)
+        return avatar, PREPARED
+
+    def evict(self, keep: Path | None = None) -> list[Path]:
+        """Remove the least recently used avatars until the rest fit the budget (never `keep`); the removed."""
+        files = []
+        for path in self.folder.glob("*" + SUFFIX):
+            with contextlib.suppress(OSError):
+                stat = path.stat()
+                files.append((stat.st_mtime, stat.st_size, path))
+        total = sum(size for _, size, _ in files)
+        removed = []
+        for _, size, path in sorted(files):
+            if total <= self.budget_bytes:
+                break
+            if path == keep:
+                continue
+            with contextlib.suppress(OSError):
+                path.unlink()
+                total -= size
+                removed.append(path)
+        return removed
+
+
+__all__ = ["BUDGET_BYTES", "DISK", "FOLDER", "MEMORY", "PREPARED", "AvatarStore"]
