@@ -165,30 +165,19 @@ _FACE_PARSE = ByHand(
     FACE_PARSE_URL,
     "the BiSeNet face-parsing weights of zllrunning/face-parsing.PyTorch",
 )
-MUSETALK = Source(
-    name="musetalk",
-    title="MuseTalk",
-    repo="TMElyralab/MuseTalk",
-    licence=MUSETALK_LICENCE,
-    patterns=("musetalkV15/unet.pth", "musetalkV15/musetalk.json"),
-    needs_acceptance=True,
-    into=MUSETALK_FOLDER,
-    also=_MUSETALK_SHARED,
-    by_hand=(_FACE_PARSE,),
-    folder_setting="musetalk_dir",
-)
-MUSETALK_V1 = Source(
-    name="musetalk-v1",
-    title="MuseTalk v1.0",
-    repo="TMElyralab/MuseTalk",
-    licence=MUSETALK_LICENCE,
-    patterns=("musetalk/pytorch_model.bin", "musetalk/musetalk.json"),
-    needs_acceptance=True,
-    into=MUSETALK_FOLDER,
-    also=_MUSETALK_SHARED,
-    by_hand=(_FACE_PARSE,),
-    folder_setting="musetalk_dir",
-)
+
+
+def _musetalk(name: str, title: str, unet: tuple[str, ...]) -> Source:
+    """A MuseTalk set: one version's UNet files from TMElyralab/MuseTalk, with the VAE and Whisper beside them."""
+    return Source(
+        name=name, title=title, repo="TMElyralab/MuseTalk", licence=MUSETALK_LICENCE, patterns=unet,
+        needs_acceptance=True, into=MUSETALK_FOLDER, also=_MUSETALK_SHARED, by_hand=(_FACE_PARSE,),
+        folder_setting="musetalk_dir",
+    )  # fmt: skip
+
+
+MUSETALK = _musetalk("musetalk", "MuseTalk", ("musetalkV15/unet.pth", "musetalkV15/musetalk.json"))
+MUSETALK_V1 = _musetalk("musetalk-v1", "MuseTalk v1.0", ("musetalk/pytorch_model.bin", "musetalk/musetalk.json"))
 SOURCES = {s.name: s for s in (LIVEPORTRAIT, WAV2LIP_S3FD, MUSETALK, MUSETALK_V1)}
 
 
