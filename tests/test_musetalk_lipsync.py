@@ -171,3 +171,35 @@ def test_the_command_line_runs_it(weights, tmp_path) -> None:
     assert done.returncode == 0, done.stderr
     report = json.loads((tmp_path / "out.json").read_text())
     assert report["metrics"]["frames"] == 13 and "MuseTalk v15" in report["metrics"]["engine_label"]
+
+
+def test_avatar_prepares_a_whole_video_once_for_speech_of_any_length(weights, tmp_path) -> None:
+    """`avatarbench avatar` (another process) prepares every frame of a video into DATA_DIR/avatars; lip-syncs of
+    that face, a shorter and a longer speech than the video, then start from it: no detection, encode or parsing."""
+    import cv2
+
+    face = cv2.imread(str(FACE))
+    video = tmp_path / "face.mp4"
+    writer = VideoWriter(video, 25, face.shape[1], face.shape[0], codec="libx264")
+    for i in range(12):
+        writer.write(np.roll(face, i, axis=1))
+    writer.close()
+    done = subprocess.run(
+        [sys.executable, "-m", "engine", "avatar", "--face", str(video), "--musetalk-weights", str(weights),
+         "--box", ",".join(map(str, BOX)), "--device", "cpu", "--json", str(tmp_path / "avatar.json"), "--quiet"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env={"AVATARBENCH_DATA_DIR": str(tmp_path / "data"), "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report = json.loads((tmp_path / "avatar.json").read_text())
+    assert report["metrics"]["frames"] == 12 and report["metrics"]["avatar_source"] == "prepared"
+    assert "a MuseTalk avatar of 12 frame(s), 12 with a face (prepared)" in done.stdout
+    from engine.lipsync.musetalk import run
+
+    for seconds, frames in ((0.2, 5), (1.0, 25)):  # fewer frames than the video, and more (forward then back)
+        run.AVATARS.clear()
+        config = LipSyncConfig(face=video, audio=_speech(tmp_path / f"{seconds}.wav", seconds), engine="musetalk",
+                               musetalk_weights=str(weights), box=BOX)  # fmt: skip
+        result = run_lipsync(config, tmp_path / f"{seconds}.mp4", _settings(tmp_path), device="cpu")
+        assert result.metrics["avatar_source"] == "disk" and result.metrics["frames"] == frames
+        assert not {stage.name for stage in result.stages} & {"decode", "detect", "vae encode", "parse"}

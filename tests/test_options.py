@@ -175,3 +175,22 @@ def test_every_capability_config_round_trips_through_its_text_form(cls: type[Con
     assert cls.build(config.to_text()) == config
     assert all(f.option.help.strip() for f in fields(cls))
     assert {f.name for f in fields(cls) if f.required} <= set(required)
+
+
+def test_a_subset_config_keeps_its_fields_options_checks_and_error() -> None:
+    from engine.core.options import subset_config
+    from engine.lipsync.config import AvatarConfig, LipSyncError
+
+    assert [f.name for f in fields(AvatarConfig)][:2] == ["face", "batch_size"]  # the source's order
+    assert {f.name: f.option for f in fields(AvatarConfig)}["bbox_shift"] == {
+        f.name: f.option for f in fields(LipSyncConfig)
+    }["bbox_shift"]
+    with pytest.raises(LipSyncError, match=r"bbox shift 500 is outside -100\.\.100") as error:
+        AvatarConfig.build({"face": "face.jpg", "bbox_shift": "500"})
+    with pytest.raises(LipSyncError, match=r"bbox shift 500 is outside -100\.\.100") as same:
+        LipSyncConfig.build({"face": "face.jpg", "audio": "a.wav", "bbox_shift": "500"})
+    assert str(error.value) == str(same.value)
+    with pytest.raises(LipSyncError, match="unknown option"):
+        AvatarConfig.build({"face": "face.jpg", "audio": "a.wav"})  # speech is not an avatar's option
+    with pytest.raises(ValueError, match="no field"):
+        subset_config(LipSyncConfig, "Broken", ("face", "voice"), "")

@@ -5,6 +5,7 @@ data dir is another one), and a real ONNX evaluation runs in an actor from a shi
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -320,6 +322,32 @@ def test_nothing_imports_ray_without_the_setting(tmp_path: Path) -> None:
         "AVATARBENCH_RAY_ADDRESS='http://x' is not a Ray address; expected auto, HOST:PORT or ray://HOST:10001",
         "False",
     ]
+
+
+def test_the_app_runs_its_workers_as_ray_actors_when_given_an_address(tmp_path: Path, monkeypatch) -> None:
+    """app.job_workers with AVATARBENCH_RAY_ADDRESS: the pool's devices, run_on and launcher go to the broker (the
+    pool itself is tested on a real local cluster in test_ray_pool.py); without it, local processes."""
+    pytest.importorskip("gradio")
+    import app
+    from engine.jobs import ray_pool
+
+    monkeypatch.delenv("SPACES_ZERO_GPU", raising=False)
+    asked = {}
+
+    def fake_pool(settings, store, kinds, workers_per_gpu, cpu_workers):
+        asked.update(address=settings.ray_address, per_gpu=workers_per_gpu, cpu=cpu_workers, kinds=set(kinds))
+        return SimpleNamespace(workers={"cuda:0": 2, "10.0.0.2/cuda:0": 2, "cpu": 1},
+                               run_on={"cuda:0": "cuda:0"}, launch=lambda *a: None)  # fmt: skip
+
+    monkeypatch.setattr(ray_pool, "ray_workers", fake_pool)
+    settings = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path), "AVATARBENCH_RAY_ADDRESS": "auto",
+                              "AVATARBENCH_WORKERS_PER_GPU": "2,onnx_eval=1"})  # fmt: skip
+    with JobStore(settings.db_path, tmp_path / "blobs") as store:
+        workers, placement, pool = app.job_workers(settings, store)
+        assert asked == {"address": "auto", "per_gpu": 2, "cpu": 1, "kinds": set(app.JOB_KINDS)}
+        assert workers == pool.workers and placement == {"run_on": pool.run_on, "launcher": pool.launch}
+        local = app.job_workers(dataclasses.replace(settings, ray_address=None, device="cpu"), store)
+    assert local == ({"cpu": 1}, {}, None)
 
 
 def test_shutdown_stops_the_actors_and_frees_the_gpus(pool: Pool, cluster: Any) -> None:

@@ -280,6 +280,22 @@ class Config:
         return {f.name: f.text_of(getattr(self, f.name)) for f in fields(type(self))}
 
 
+def subset_config(cls: type[C], name: str, names: tuple[str, ...], doc: str) -> type[C]:
+    """A config of some of `cls`'s fields, the same options (help, checks, flags) in `cls`'s order: one command that
+    does part of another's work (a MuseTalk avatar prepared without speech) never restates its options."""
+    chosen = [f for f in dataclasses.fields(cls) if f.name in names]
+    missing = set(names) - {f.name for f in chosen}
+    if missing:
+        raise ValueError(f"{cls.__name__} has no field(s) {', '.join(sorted(missing))}")
+    specs = []
+    for f in chosen:
+        default = {} if f.default is dataclasses.MISSING else {"default": f.default}
+        specs.append((f.name, f.type, dataclasses.field(metadata=f.metadata, **default)))
+    made = dataclasses.make_dataclass(name, specs, bases=(Config,), namespace={"error": cls.error, "__doc__": doc})
+    made.__module__ = cls.__module__  # the annotations are read in the module that wrote them
+    return made
+
+
 # ---------------------------------------------------------------------------------------------- text forms
 
 
@@ -405,6 +421,7 @@ __all__ = [
     "number_tuple",
     "option",
     "pairs",
+    "subset_config",
     "switch_tuple",
     "word_tuple",
 ]

@@ -1,12 +1,13 @@
-"""`avatarbench lipsync`: a face and speech in, a lip-synced MP4 out; the flags are LipSyncConfig's fields."""
+"""`avatarbench lipsync`: a face and speech in, a lip-synced MP4 out; the flags are LipSyncConfig's fields.
+`avatarbench avatar`: a face prepared once into a MuseTalk avatar that later lip-syncs of it reuse."""
 
 from __future__ import annotations
 
 import argparse
 
-from engine.core.commands import Command, print_run, run_flags
+from engine.core.commands import Command, output_flags, print_run, run_flags
 from engine.core.options import from_args
-from engine.lipsync.config import LipSyncConfig
+from engine.lipsync.config import AvatarConfig, LipSyncConfig
 
 
 def _lipsync(args: argparse.Namespace) -> int:
@@ -32,6 +33,34 @@ def _lipsync(args: argparse.Namespace) -> int:
                      f"{m['faces_missed']} without a face\n{describe(result.measurement)}")  # fmt: skip
 
 
+def _avatar(args: argparse.Namespace) -> int:
+    from engine.core.memory import keep_freed_memory
+    from engine.core.progress import ProgressBar
+    from engine.core.settings import get_settings
+    from engine.lipsync.musetalk.run import prepare_stored_avatar
+
+    config = from_args(AvatarConfig, args)
+    keep_freed_memory()
+    with ProgressBar(args.quiet) as bar:
+        result = prepare_stored_avatar(config, get_settings(), device=args.device, progress=bar)
+    m = result.metrics
+    return print_run(args, result, f"{config.face}: a MuseTalk avatar of {m['frames']} frame(s), {m['faces']} with a "
+                     f"face ({m['avatar_source']}), kept for `lipsync --engine musetalk` of this face with these "
+                     f"options")  # fmt: skip
+
+
+def _avatar_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: AVATARBENCH_DEVICE, else auto)")
+    output_flags(parser, "write the full result (timings, warnings) to this file")
+
+
 COMMANDS = [
     Command("lipsync", "lip-sync a face image or video to speech (writes an MP4)", _lipsync, LipSyncConfig, run_flags),
+    Command(
+        "avatar",
+        "prepare a face once into a MuseTalk avatar that later lip-syncs reuse",
+        _avatar,
+        AvatarConfig,
+        _avatar_flags,
+    ),
 ]

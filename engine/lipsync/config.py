@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.core.errors import InputError
-from engine.core.options import Config, TextForm, number_tuple, option
+from engine.core.options import Config, TextForm, number_tuple, option, subset_config
 from engine.faces import DETECTORS
 
 ENGINES = ("auto", "wav2lip", "musetalk", "baseline")
@@ -88,12 +88,23 @@ class LipSyncConfig(Config):
     )  # fmt: skip
 
 
+# `avatarbench avatar`: a face prepared once into a MuseTalk avatar, with lipsync's own options for it.
+AvatarConfig = subset_config(
+    LipSyncConfig,
+    "AvatarConfig",
+    ("face", "batch_size", "precision", "box", "detector", "detector_checkpoint", "detect_scale", "musetalk_weights",
+     "musetalk_version", "bbox_shift", "musetalk_person_box"),
+    "A face (image or video) prepared into a MuseTalk avatar kept for later lip-syncs of it (DATA_DIR/avatars).",
+)  # fmt: skip
+
+
 __all__ = [
     "DETECTORS",
     "ENGINES",
     "MUSETALK_VERSIONS",
     "PASTE_MODES",
     "PRECISIONS",
+    "AvatarConfig",
     "LipSyncConfig",
     "LipSyncError",
     "parse_box",

@@ -38,19 +38,23 @@ class AvatarStore:
         """The file for `key` (its repr's digest: keys are tuples of text, numbers and dtypes)."""
         return self.folder / (hashlib.sha256(repr(key).encode()).hexdigest()[:32] + SUFFIX)
 
-    def get_or_prepare(self, key: Hashable, prepare: Callable[[], PreparedAvatar]) -> tuple[PreparedAvatar, str]:
-        """The stored avatar and DISK, or a newly prepared (and now stored) one and PREPARED."""
-        path = self.path(key)
-        if path.is_file():
+    def get_or_prepare(self, keys: list[Hashable], prepare: Callable[[], PreparedAvatar]) -> tuple[PreparedAvatar, str]:
+        """The first stored avatar among `keys` (in order: those that serve equally well) and DISK, or a newly
+        prepared one, now stored under the first key, and PREPARED."""
+        for key in keys:
+            path = self.path(key)
+            if not path.is_file():
+                continue
             try:
                 avatar = load_avatar(path)
             except CheckpointError as exc:
                 log.warning("a stored avatar could not be read, preparing it again: %s", exc)
                 path.unlink(missing_ok=True)
-            else:
-                with contextlib.suppress(OSError):
-                    os.utime(path)  # recently used: evicted last
-                return avatar, DISK
+                continue
+            with contextlib.suppress(OSError):
+                os.utime(path)  # recently used: evicted last
+            return avatar, DISK
+        path = self.path(keys[0])
         avatar = prepare()
         self.folder.mkdir(parents=True, exist_ok=True)
         try:

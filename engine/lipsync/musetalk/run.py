@@ -20,14 +20,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from engine.core.audio import SAMPLE_RATE, load_audio
 from engine.core.cache import LruCache, file_digest
-from engine.core.device import DeviceChoice, capabilities, precision_dtype
+from engine.core.device import DeviceChoice, capabilities, precision_dtype, resolve_device
 from engine.core.media import VideoWriter, is_image, load_image, probe_video, read_frames, validate_video
 from engine.core.results import RunResult
 from engine.core.settings import Settings
@@ -75,22 +77,22 @@ def _dtype(config: LipSyncConfig, choice: DeviceChoice) -> torch.dtype:
     return precision_dtype("fp32" if precision == "tf32" else precision, capabilities(choice.device))
 
 
-def _checked_face(config: LipSyncConfig, settings: Settings) -> tuple[float, np.ndarray | None]:
-    """The face's frame rate (25 for a photo) and the photo itself; a video is checked from its header here, before
-    anything expensive, and read later (only the frames the speech needs)."""
+def _checked_face(config: Any, settings: Settings) -> tuple[float, np.ndarray | None, int | None]:
+    """The face's frame rate (25 for a photo), the photo itself, and a video's frame count where its header says;
+    a video is checked from its header here, before anything expensive, and read later (only the frames needed)."""
     if is_image(config.face):
-        return IMAGE_FPS, load_image(config.face, max_side=settings.max_side)
+        return IMAGE_FPS, load_image(config.face, max_side=settings.max_side), None
     info = probe_video(config.face)
     validate_video(info, Path(config.face).name, settings.max_side, settings.max_seconds)
-    return info.fps, None
+    return info.fps, None, info.frames
 
 
-def _video_frames(config: LipSyncConfig, settings: Settings, count: int) -> list[np.ndarray]:
-    """The video's first `count` frames: the rest would never be shown."""
+def _video_frames(config: Any, settings: Settings, count: int | None) -> list[np.ndarray]:
+    """The video's first `count` frames (all with None): the rest would never be shown."""
     frames = []
     for frame in read_frames(config.face, max_seconds=settings.max_seconds):
         frames.append(frame)
-        if len(frames) >= count:
+        if count is not None and len(frames) >= count:
             break
     return frames
 
@@ -133,6 +135,69 @@ def landmark_model(
     return model
 
 
+ALL_FRAMES = "all"  # in an avatar's key: it holds the whole video (or the photo), good for speech of any length
+
+
+@dataclass
+class _Loaded:
+    """The networks on their device, and what an avatar's key needs of them."""
+
+    files: MuseTalkFiles
+    networks: Any
+    key: tuple  # the weight files, the device and the dtype
+    cached: bool  # kept from an earlier run of this process
+    device: torch.device
+    batch: int
+
+
+def _load(config: Any, settings: Settings, choice: DeviceChoice, dtype: torch.dtype, result: RunResult,
+          progress: Progress) -> _Loaded:  # fmt: skip
+    weights = config.musetalk_weights
+    files = require(settings, weights, config.musetalk_version, download=bool(weights and weights.startswith("hf:")))
+    progress(0.02, "loading MuseTalk")
+    device = choice.device
+    key = (tuple(sorted((name, str(path)) for name, path in files.paths.items())), str(device), dtype)
+    with result.stage("load"):
+        networks, cached = NETWORKS.get_or_build(
+            key, lambda: load_networks(files, device, dtype, parser_dtype=torch.float32)
+        )
+    return _Loaded(files, networks, key, cached, device, config.batch_size or default_batch_size(device))
+
+
+def _avatar(config: Any, settings: Settings, loaded: _Loaded, fps: float, photo: np.ndarray | None,
+            wanted: int | str, result: RunResult, progress: Progress) -> tuple[PreparedAvatar, str]:  # fmt: skip
+    """The avatar of `wanted` frames (ALL_FRAMES: the whole video) from memory, from disk, or prepared now; where
+    it came from (MEMORY, DISK or PREPARED)."""
+    device = loaded.device
+    detection = (config.box,) if config.box is not None else (config.detector, config.detector_checkpoint,
+                                                              config.detect_scale)  # fmt: skip
+    # A fixed box is used as it is; otherwise DWPose's landmarks make the boxes where its file is there.
+    landmark_paths = None if config.box is not None else landmark_files(loaded.files, config.musetalk_person_box,
+                                                                        result)  # fmt: skip
+    face = file_digest(config.face)
+    marks = None if landmark_paths is None else tuple(map(str, landmark_paths))
+
+    def key(frames: int | str) -> tuple:
+        return (face, frames, config.bbox_shift, detection, loaded.key, marks)
+
+    def prepare() -> PreparedAvatar:
+        with result.stage("decode"):
+            frames = [photo] if photo is not None else _video_frames(config, settings, None if wanted == ALL_FRAMES
+                                                                     else int(wanted))  # fmt: skip
+        progress(0.05, "preparing the avatar")
+        landmarks = None if landmark_paths is None else landmark_model(landmark_paths, device, settings, result)
+        return prepare_avatar(
+            frames, loaded.networks, detector=_detector(config, settings, device), landmarks=landmarks,
+            bbox_shift=config.bbox_shift, batch_size=loaded.batch, fps=fps, result=result,
+            progress=lambda fraction, label: progress(0.05 + 0.05 * fraction, label),
+        )  # fmt: skip
+
+    keys = [key(wanted)] if wanted == ALL_FRAMES else [key(wanted), key(ALL_FRAMES)]
+    stored = AvatarStore(settings.data_dir / AVATAR_FOLDER)
+    (avatar, source), in_memory = AVATARS.get_or_build(keys[0], lambda: stored.get_or_prepare(keys, prepare))
+    return avatar, MEMORY if in_memory else source
+
+
 def run_musetalk(
     config: LipSyncConfig, out: Path, settings: Settings, choice: DeviceChoice, progress: Progress
 ) -> RunResult:
@@ -148,46 +213,20 @@ def run_musetalk(
     if ignored:
         flags = ", ".join("--" + name.replace("_", "-") for name in ignored)
         result.warn(f"MuseTalk does not use {flags} (Wav2Lip's options)")
-    weights = config.musetalk_weights
-    files = require(settings, weights, config.musetalk_version, download=bool(weights and weights.startswith("hf:")))
     progress(0.0, "reading the speech")
     with result.stage("audio"):
         speech = load_audio(config.audio, max_seconds=settings.max_seconds)
-    fps, photo = _checked_face(config, settings)  # the face's frame rate decides the frame count
+    fps, photo, total = _checked_face(config, settings)  # the face's frame rate decides the frame count
     speech = check_speech(speech, fps)
     count = frame_count(len(speech), fps)
-    progress(0.02, "loading MuseTalk")
-    networks_key = (tuple(sorted((name, str(path)) for name, path in files.paths.items())), str(device), dtype)
-    with result.stage("load"):
-        networks, networks_cached = NETWORKS.get_or_build(
-            networks_key, lambda: load_networks(files, device, dtype, parser_dtype=torch.float32)
-        )
-    batch = config.batch_size or default_batch_size(device)
-    detection = (config.box,) if config.box is not None else (config.detector, config.detector_checkpoint,
-                                                              config.detect_scale)  # fmt: skip
-    # A fixed box is used as it is; otherwise DWPose's landmarks make the boxes where its file is there.
-    landmark_paths = None if config.box is not None else landmark_files(files, config.musetalk_person_box, result)
-    # A video's avatar holds the frames this speech needs: a longer speech prepares more of them.
-    avatar_key = (file_digest(config.face), 1 if photo is not None else count, config.bbox_shift, detection,
-                  networks_key, None if landmark_paths is None else tuple(map(str, landmark_paths)))  # fmt: skip
-
-    def prepare() -> PreparedAvatar:
-        with result.stage("decode"):
-            frames = [photo] if photo is not None else _video_frames(config, settings, count)
-        progress(0.05, "preparing the avatar")
-        landmarks = None if landmark_paths is None else landmark_model(landmark_paths, device, settings, result)
-        return prepare_avatar(
-            frames, networks, detector=_detector(config, settings, device), landmarks=landmarks,
-            bbox_shift=config.bbox_shift, batch_size=batch, fps=fps, result=result,
-            progress=lambda fraction, label: progress(0.05 + 0.05 * fraction, label),
-        )  # fmt: skip
-
-    stored = AvatarStore(settings.data_dir / AVATAR_FOLDER)
-    (avatar, source), in_memory = AVATARS.get_or_build(avatar_key, lambda: stored.get_or_prepare(avatar_key, prepare))
-    source = MEMORY if in_memory else source
+    loaded = _load(config, settings, choice, dtype, result, progress)
+    # A video's avatar holds the frames this speech needs (a longer speech prepares more of them); one of the whole
+    # video, as `avatarbench avatar` prepares, serves any speech: its first frames are the same.
+    wanted = ALL_FRAMES if photo is not None or (total is not None and count >= total) else count
+    avatar, source = _avatar(config, settings, loaded, fps, photo, wanted, result, progress)
     for warning in avatar.warnings:
         result.warn(warning)
-    extractor = feature_extractor(str(files["whisper_preprocessor"].parent))
+    extractor = feature_extractor(str(loaded.files["whisper_preprocessor"].parent))
     audio = np.zeros(round(count / fps * SAMPLE_RATE), np.float32)
     audio[: min(len(speech), len(audio))] = speech[: len(audio)]
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -195,11 +234,11 @@ def run_musetalk(
     writer = VideoWriter(out, fps, width, height, audio=audio)
     started, done = time.perf_counter(), 0
     try:
-        for frame in generate(avatar, speech, fps, networks, batch, extractor=extractor, result=result):
+        for frame in generate(avatar, speech, fps, loaded.networks, loaded.batch, extractor=extractor, result=result):
             with result.stage("encode", items=1):
                 writer.write(frame)
             done += 1
-            if done % batch == 0 or done == count:
+            if done % loaded.batch == 0 or done == count:
                 progress(0.1 + 0.9 * done / count, f"frame {done}/{count}")
         with result.stage("encode"):
             writer.close()
@@ -211,11 +250,37 @@ def run_musetalk(
     result.outputs["video"] = str(out)
     result.metrics.update(
         engine="musetalk", engine_label=f"MuseTalk {config.musetalk_version} ({precision})", frames=count, fps=fps,
-        faces_missed=missed, batch_size=batch, width=width, height=height,
+        faces_missed=missed, batch_size=loaded.batch, width=width, height=height,
         audio_seconds=len(speech) / SAMPLE_RATE, encoder=writer.codec, pipeline_seconds=wall,
         frames_per_second=count / wall if wall > 0 else None, detector=avatar.detector, landmarks=avatar.landmarks,
-        boxes_from_landmarks=avatar.box_sources.count(LANDMARKS), networks_cached=networks_cached,
+        boxes_from_landmarks=avatar.box_sources.count(LANDMARKS), networks_cached=loaded.cached,
         avatar_cached=source != PREPARED, avatar_source=source,
     )  # fmt: skip
     progress(1.0, "done")
+    return result
+
+
+def prepare_stored_avatar(
+    config: Any, settings: Settings, device: str | None = None, progress: Progress | None = None
+) -> RunResult:
+    """`avatarbench avatar`: the whole face (a photo, or every frame of a video) prepared into a MuseTalk avatar and
+    kept in DATA_DIR/avatars, where any later `lipsync --engine musetalk` of that face with the same options finds
+    it, in this process or another, for speech of any length."""
+    progress = progress or (lambda fraction, label: None)
+    config = config.checked()
+    choice = resolve_device(device or settings.device)
+    dtype = _dtype(config, choice)
+    precision = {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, "fp32")
+    result = RunResult(device=str(choice.device), device_name=capabilities(choice.device).name, precision=precision,
+                       config=config.to_text())  # fmt: skip
+    fps, photo, _ = _checked_face(config, settings)
+    loaded = _load(config, settings, choice, dtype, result, progress)
+    avatar, source = _avatar(config, settings, loaded, fps, photo, ALL_FRAMES, result, progress)
+    for warning in avatar.warnings:
+        result.warn(warning)
+    result.metrics.update(
+        engine="musetalk", frames=len(avatar.frames), faces=avatar.faces, fps=fps, avatar_source=source,
+        detector=avatar.detector, landmarks=avatar.landmarks, boxes_from_landmarks=avatar.box_sources.count(LANDMARKS),
+    )  # fmt: skip
+    progress(1.0, "avatar ready")
     return result
