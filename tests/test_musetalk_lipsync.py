@@ -49,6 +49,18 @@ def _speech(path: Path, seconds: float) -> Path:
     return path
 
 
+def _face_video(path: Path, frames: int) -> Path:
+    """The example face drifting a pixel a frame, at 25 fps."""
+    import cv2
+
+    face = cv2.imread(str(FACE))
+    writer = VideoWriter(path, 25, face.shape[1], face.shape[0], codec="libx264")
+    for i in range(frames):
+        writer.write(np.roll(face, i, axis=1))
+    writer.close()
+    return path
+
+
 def _settings(tmp_path: Path):
     return load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path / "data")})
 
@@ -132,14 +144,7 @@ def test_a_prepared_avatar_outlives_its_worker_on_disk(weights, tmp_path) -> Non
 
 
 def test_a_video_shorter_than_the_speech_plays_forward_then_backward(weights, tmp_path) -> None:
-    import cv2
-
-    face = cv2.imread(str(FACE))
-    video = tmp_path / "face.mp4"
-    writer = VideoWriter(video, 25, face.shape[1], face.shape[0], codec="libx264")
-    for i in range(10):
-        writer.write(np.roll(face, i, axis=1))
-    writer.close()
+    video = _face_video(tmp_path / "face.mp4", 10)
     speech = _speech(tmp_path / "speech.wav", 1.0)
     config = LipSyncConfig(face=video, audio=speech, engine="musetalk", musetalk_weights=str(weights), box=BOX,
                            batch_size=4, paste="upstream")  # fmt: skip
@@ -176,14 +181,7 @@ def test_the_command_line_runs_it(weights, tmp_path) -> None:
 def test_avatar_prepares_a_whole_video_once_for_speech_of_any_length(weights, tmp_path) -> None:
     """`avatarbench avatar` (another process) prepares every frame of a video into DATA_DIR/avatars; lip-syncs of
     that face, a shorter and a longer speech than the video, then start from it: no detection, encode or parsing."""
-    import cv2
-
-    face = cv2.imread(str(FACE))
-    video = tmp_path / "face.mp4"
-    writer = VideoWriter(video, 25, face.shape[1], face.shape[0], codec="libx264")
-    for i in range(12):
-        writer.write(np.roll(face, i, axis=1))
-    writer.close()
+    video = _face_video(tmp_path / "face.mp4", 12)
     done = subprocess.run(
         [sys.executable, "-m", "engine", "avatar", "--face", str(video), "--musetalk-weights", str(weights),
          "--box", ",".join(map(str, BOX)), "--device", "cpu", "--json", str(tmp_path / "avatar.json"), "--quiet"],
