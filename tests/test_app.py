@@ -111,15 +111,47 @@ ASSETS = Path(__file__).resolve().parent.parent / "assets"
 BAD_LIPSYNC_MESSAGE = "batch size 0 is outside 1..4096; pads: give 4 whole numbers, e.g. 1,8,32,128"
 
 
+def _video_path(video: dict | str) -> Path:
+    return Path(video["video"] if isinstance(video, dict) else video)
+
+
 def test_lipsync_endpoint_makes_a_video_from_only_its_files(client) -> None:
     from gradio_client import handle_file
 
     video, summary, _chart, details = client.predict(
         face=handle_file(str(ASSETS / "face.jpg")), audio=handle_file(str(ASSETS / "speech.wav")), api_name="/lipsync"
     )
-    path = Path(video["video"] if isinstance(video, dict) else video)
+    path = _video_path(video)
     assert path.exists() and path.stat().st_size > 10_000
     assert "not Wav2Lip" in summary and details["metrics"]["frames"] > 100
+
+
+def test_a_streaming_lipsync_shows_its_video_so_far_and_its_segments_reach_only_its_owner(
+    client, running_app: RunningApp
+) -> None:
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    from engine.core.media import read_frames
+
+    files = dict(face=handle_file(str(ASSETS / "face.jpg")), audio=handle_file(str(ASSETS / "speech.wav")))
+    live = [d for d in client.config["dependencies"] if d["api_name"] in ("lipsync", "job_stream")]
+    assert len(live) == 2 and all(d["types"]["generator"] for d in live)
+    updates = list(client.submit(**files, engine="baseline", stream=True, api_name="/lipsync"))
+    final_video, _summary, _chart, details = updates[-1]
+    assert details["config"]["stream"] is True and _video_path(final_video).stat().st_size > 10_000
+    for video, summary, *_ in updates[:-1]:  # the video so far: a playable MP4, said to be the first seconds
+        assert "made so far" in summary and _video_path(video).stat().st_size > 0
+
+    job = client.predict(**files, engine="baseline", stream=True, api_name="/lipsync_submit")
+    with pytest.raises(AppError, match=f"no job {job['job_id']}"):
+        Client(running_app.url, verbose=False).predict(job["job_id"], api_name="/job_stream")
+    *streamed, (last_files, final) = list(client.submit(job["job_id"], api_name="/job_stream"))
+    segments = [path for files_now, _status in streamed for path in files_now]
+    assert last_files == [] and final["status"] == "done" and segments
+    frames = [frame for path in segments for frame in read_frames(path)]
+    whole = list(read_frames(final["report"]["outputs"]["video"]))
+    assert len(frames) == len(whole) and all((a == b).all() for a, b in zip(frames, whole, strict=True))
 
 
 def test_lipsync_bad_input_is_a_message_and_the_app_keeps_serving(client, tmp_path) -> None:

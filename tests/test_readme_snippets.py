@@ -53,6 +53,18 @@ def test_readme_snippet_runs_against_the_app(running_app: RunningApp, name: str)
     assert "frames at" in proc.stdout  # the summary: the run's frames, device and timings
 
 
+def test_readme_streaming_snippet_gets_the_segments_as_they_are_made(running_app: RunningApp) -> None:
+    code = readme_snippets((ROOT / "README.md").read_text())["lipsync-stream"]
+    proc = run_python(code.replace(README_URL, running_app.url))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    *_, summary = lines = proc.stdout.strip().splitlines()
+    segments = [line for line in lines if line.startswith("segment ")]
+    assert len(segments) >= 2 and "frames at 25" in summary, proc.stdout
+    for line in segments:
+        path = line.removeprefix("segment ")
+        assert path.endswith(".ts") and Path(path).stat().st_size > 0, line
+
+
 def _api_page(app: RunningApp) -> dict:
     with urllib.request.urlopen(f"{app.url}/gradio_api/info", timeout=30) as response:
         return json.load(response)["named_endpoints"]

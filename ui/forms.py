@@ -98,16 +98,27 @@ def _signature(cls: type[Config], names: list[str], with_progress: bool) -> insp
 def _named(run: Callable[..., Any], signature: inspect.Signature, what: str) -> Callable[..., Any]:
     with_progress = "progress" in signature.parameters
 
-    def handler(*args: Any, **kwargs: Any) -> Any:
+    def call(*args: Any, **kwargs: Any) -> Any:
         values = dict(signature.bind(*args, **kwargs).arguments)
         progress = values.pop("progress", None)  # what Gradio injects; absent when called directly
         request = values.pop("request", None)
-        with reported(what):
-            if not with_progress:
-                return run(values, request)
-            if progress is None:
-                return run(values, lambda fraction, label: None, request)
-            return run(values, lambda fraction, label: progress(fraction, desc=label), request)
+        if not with_progress:
+            return run(values, request)
+        if progress is None:
+            return run(values, lambda fraction, label: None, request)
+        return run(values, lambda fraction, label: progress(fraction, desc=label), request)
+
+    if inspect.isgeneratorfunction(run):  # Gradio streams a generator's outputs: the handler must be one too
+
+        def handler(*args: Any, **kwargs: Any) -> Any:
+            with reported(what):
+                yield from call(*args, **kwargs)
+
+    else:
+
+        def handler(*args: Any, **kwargs: Any) -> Any:
+            with reported(what):
+                return call(*args, **kwargs)
 
     handler.__doc__ = run.__doc__
     handler.__signature__ = signature  # type: ignore[attr-defined]

@@ -9,13 +9,14 @@ Every job belongs to whoever submitted it: the login where the app has one (`--a
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
 
 from engine.core.errors import AvatarbenchError, InputError
+from engine.core.hls import LiveStream
 from engine.core.options import Config
 from engine.core.settings import Settings
 from engine.core.weights import server_files
@@ -69,6 +70,14 @@ class Access:
         return out
 
 
+def _report(status: dict[str, Any], progress: Callable[[float, str], None]) -> None:
+    if status["status"] == "queued":
+        ahead = status["ahead"]
+        progress(0.0, f"queued on {status['device']}: {ahead} job(s) ahead" if ahead else "starting")
+    else:
+        progress(status["progress"], status["progress_label"] or "running")
+
+
 def follow(
     jobs: JobKind, job_id: str, owner: str | None, progress: Callable[[float, str], None], poll_s: float = 0.2
 ) -> dict[str, Any]:
@@ -77,15 +86,35 @@ def follow(
         status = jobs.status(job_id, owner)
         if status["status"] in FINISHED:
             break
-        if status["status"] == "queued":
-            ahead = status["ahead"]
-            progress(0.0, f"queued on {status['device']}: {ahead} job(s) ahead" if ahead else "starting")
-        else:
-            progress(status["progress"], status["progress_label"] or "running")
+        _report(status, progress)
         time.sleep(poll_s)
     if status["status"] != DONE:
         raise AvatarbenchError(f"job {job_id} {status['status']}: {status['error']}")
     return jobs.result(job_id, owner)["report"]
+
+
+def follow_live(
+    jobs: JobKind, job_id: str, owner: str | None, progress: Callable[[float, str], None], poll_s: float = 0.2
+) -> Iterator[LiveStream | dict[str, Any]]:
+    """`follow` for a job writing a live stream: each time more of it is finished, the stream so far; at the end
+    the job's result (its reason raised when it did not finish)."""
+    shown = 0
+    while True:
+        status = jobs.status(job_id, owner)
+        live = jobs.live(job_id, owner)
+        if len(live.segments) > shown:
+            shown = len(live.segments)
+            yield live
+        if status["status"] in FINISHED:
+            break
+        _report(status, progress)
+        time.sleep(poll_s)
+    final = jobs.live(job_id, owner)  # what the last poll missed
+    if len(final.segments) > shown:
+        yield final
+    if status["status"] != DONE:
+        raise AvatarbenchError(f"job {job_id} {status['status']}: {status['error']}")
+    yield jobs.result(job_id, owner)["report"]
 
 
 def register_job_api(store: JobStore, kinds: Mapping[str, JobKind], access: Access) -> None:
@@ -113,10 +142,31 @@ def register_job_api(store: JobStore, kinds: Mapping[str, JobKind], access: Acce
         """Your queued and running jobs, and how many of other people's are queued and running."""
         return queue_view(store, access.reader(request))
 
+    def job_stream(job_id: str, request: gr.Request) -> Iterator[tuple[list[str], dict]]:
+        """Follow one of your lip-sync or portrait jobs submitted with stream=true: each time more of its video is
+        made, the new MPEG-TS segments (one second each, H.264 + AAC, in order: played or joined one after another
+        they are the video) and the job's status; last, its status with the full result."""
+        with reported("the job stream"):
+            jobs = kind_of(job_id, request)
+            if not hasattr(jobs, "live"):
+                raise InputError(f"job {job_id} is a {jobs.kind} job: only lip-sync and portrait jobs stream video")
+            sent = 0
+            for seen in follow_live(jobs, job_id, access.reader(request), lambda fraction, label: None):
+                if isinstance(seen, LiveStream):
+                    new = [str(p) for p in seen.segments[sent:]]
+                    sent = len(seen.segments)
+                    yield new, jobs.status(job_id, access.reader(request))
+            yield [], jobs.result(job_id, access.reader(request))
+
     gr.api(job_status, api_name="job_status", queue=False)
     gr.api(job_result, api_name="job_result", queue=False)
     gr.api(job_cancel, api_name="job_cancel", queue=False)
     gr.api(job_queue, api_name="job_queue", queue=False)
+    with gr.Column(visible=False):
+        stream_id, stream_button = gr.Textbox(label="job_id"), gr.Button()
+        segments, stream_status = gr.File(file_count="multiple"), gr.JSON()
+    stream_button.click(job_stream, stream_id, [segments, stream_status], api_name="job_stream",
+                        concurrency_limit=16, concurrency_id="job_stream")  # fmt: skip
 
 
 def job_endpoints(
@@ -127,9 +177,12 @@ def job_endpoints(
     outputs: list[Any],
     name: str,
     about: str,
+    live: Callable[[LiveStream], tuple[Any, ...]] | None = None,
 ) -> Run:
     """`/name` (submit, wait, the outputs: the tab's own button does the same) and `/name_submit` (queue, return
-    the job's status and id for /job_status and /job_result). Returns the waiting handler for the tab's button."""
+    the job's status and id for /job_status and /job_result). Returns the waiting handler for the tab's button.
+    With `live` (the outputs for a job's video so far), the waiting handler is a generator that shows it as it
+    grows."""
 
     def queued(values: dict[str, Any], request: gr.Request | None) -> Job:
         config = cls.build(access.server_files(values, jobs.settings, request))
@@ -139,11 +192,24 @@ def job_endpoints(
         job = queued(values, request)
         return render(follow(jobs, job.id, access.reader(request), progress))
 
+    def run_live(values: dict[str, Any], progress: Callable[[float, str], None], request: gr.Request | None) -> Any:
+        """`run`, showing the video so far (`live`) each time it has doubled, while the job streams (stream=true)."""
+        job, shown = queued(values, request), 0.0
+        for seen in follow_live(jobs, job.id, access.reader(request), progress):
+            if not isinstance(seen, LiveStream):
+                yield render(seen)
+            elif live is not None and not seen.ended and seen.duration >= 2 * shown:
+                shown = seen.duration
+                yield live(seen)
+
     def submit(values: dict[str, Any], progress: Callable[[float, str], None], request: gr.Request | None) -> dict:
         job = queued(values, request)
         return {**jobs.status(job.id, access.reader(request)), "job_id": job.id}
 
     waiting = {"concurrency_id": name, "concurrency_limit": 16}  # handlers only wait: the workers do the work
+    if live is not None:
+        run = run_live  # type: ignore[assignment]
+        about += " With stream=true, the video made so far shows while the rest is made (/job_stream: its segments)."
     api_endpoint(cls, run, outputs, name, f"{about} Waits for the result (/{name}_submit queues it instead).",
                  **waiting)  # fmt: skip
     with gr.Column(visible=False):
@@ -217,6 +283,7 @@ __all__ = [
     "LOCAL",
     "Access",
     "follow",
+    "follow_live",
     "job_endpoints",
     "register_job_api",
     "run_panel",

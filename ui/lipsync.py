@@ -31,6 +31,7 @@ from ui.widgets import (
     server_file_picker,
     slider,
     timing_figure,
+    video_so_far,
 )
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,7 @@ def build_lipsync_tab(settings: Settings, jobs: LipSyncJobs, access: Access) -> 
                 with gr.Row():
                     paste = gr.Radio(choices(c, "paste"), value=default(c, "paste"), label="Paste mode")
                     audio_offset = slider(c, "audio_offset", "Audio offset (frames; + if lips are late)", step=1)
+                    stream = gr.Checkbox(value=True, label="Show the video while it is made")
                 with gr.Row():  # the musetalk engine's own options
                     musetalk_weights = server_file_picker(
                         settings, "MuseTalk weights folder (empty: the configured one)"
@@ -145,12 +147,13 @@ def build_lipsync_tab(settings: Settings, jobs: LipSyncJobs, access: Access) -> 
         compile=compile_, pads=pads, smooth=smooth, box=box, detector=detector,
         detector_checkpoint=detector_checkpoint, detect_scale=detect_scale, paste=paste, audio_offset=audio_offset,
         musetalk_weights=musetalk_weights, musetalk_version=musetalk_version, bbox_shift=bbox_shift,
-        musetalk_person_box=person_box,
+        musetalk_person_box=person_box, stream=stream,
     )  # fmt: skip
     outputs = [video, summary, stages, details]
     about = "Lip-sync a face image or video to speech; parameters as `avatarbench lipsync`."
     with api_examples(face="assets/face.jpg", audio="assets/speech.wav"):
-        lipsync = job_endpoints(LipSyncConfig, jobs, access, render, outputs, "lipsync", about)
+        lipsync = job_endpoints(LipSyncConfig, jobs, access, render, outputs, "lipsync", about,
+                                live=lambda stream: (*video_so_far(stream), gr.update(), gr.update()))  # fmt: skip
     handler = audio.handler(face.handler(form_handler(LipSyncConfig, inputs, lipsync, "lip-sync")))
     run.click(handler, inputs_kwargs=audio.kwargs(face.kwargs(inputs)), outputs=outputs, api_visibility="private",
               concurrency_limit=16, scroll_to_output=True, show_progress_on=video)  # fmt: skip

@@ -95,11 +95,19 @@ class MediaChoice:
                 params.append(p.replace(default=inspect.Parameter.empty))
         combined = signature.replace(parameters=params)
 
-        def chosen(*args: Any, **kwargs: Any) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
             values = dict(combined.bind(*args, **kwargs).arguments)
             given = [values.pop(n, None) for n in names]
             values[self.field] = next((v for v in given if v is not None), None)
             return handler(**values)
+
+        if inspect.isgeneratorfunction(handler):  # Gradio streams a generator's outputs: this must be one too
+
+            def chosen(*args: Any, **kwargs: Any) -> Any:
+                yield from call(*args, **kwargs)
+
+        else:
+            chosen = call
 
         chosen.__signature__ = combined  # type: ignore[attr-defined]
         chosen.__annotations__ = {p.name: p.annotation for p in params if p.name != "progress"}

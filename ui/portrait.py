@@ -27,6 +27,7 @@ from ui.widgets import (
     server_file_picker,
     slider,
     timing_figure,
+    video_so_far,
 )
 
 log = logging.getLogger(__name__)
@@ -143,6 +144,7 @@ def build_portrait_tab(settings: Settings, jobs: PortraitJobs, access: Access) -
                     save_template = gr.Checkbox(
                         value=default(c, "save_template"), label="Save the driving motion as a template"
                     )
+                    stream = gr.Checkbox(value=True, label="Show the video while it is made")
                 with gr.Row():  # retargeting needs LivePortrait's landmark.onnx beside its weights
                     eye_retargeting = gr.Checkbox(
                         value=default(c, "eye_retargeting"), label="Eyes follow the driver's openness, frame by frame"
@@ -189,12 +191,13 @@ def build_portrait_tab(settings: Settings, jobs: PortraitJobs, access: Access) -
         stitching=stitching, paste_back=paste_back, crop=crop, pitch=pitch, yaw=yaw, roll=roll,
         eye_retargeting=eye_retargeting, lip_retargeting=lip_retargeting, eye_open=eye_open, lip_open=lip_open,
         landmarks=landmarks, normalize_lips=normalize_lips, max_frames=max_frames,
-        batch_size=batch_size, save_template=save_template,
+        batch_size=batch_size, save_template=save_template, stream=stream,
     )  # fmt: skip
     outputs = [video, summary, strip, stages, template, details]
     about = "Animate a portrait; parameters as `avatarbench portrait`."
     with api_examples(source="assets/face.jpg", driving="assets/driving.mp4"):
-        animate = job_endpoints(PortraitConfig, jobs, access, render, outputs, "portrait", about)
+        animate = job_endpoints(PortraitConfig, jobs, access, render, outputs, "portrait", about,
+                                live=lambda stream: (*video_so_far(stream), *(gr.update(),) * 4))  # fmt: skip
     handler = driving.handler(form_handler(PortraitConfig, inputs, animate, "portrait animation"))
     run.click(handler, inputs_kwargs=driving.kwargs(inputs), outputs=outputs, api_visibility="private",
               concurrency_limit=16, scroll_to_output=True, show_progress_on=video)  # fmt: skip

@@ -13,6 +13,7 @@ from typing import Any
 import gradio as gr
 import plotly.graph_objects as go
 
+from engine.core.hls import LiveStream, join_segments
 from engine.core.options import Config
 from engine.core.results import RunResult
 from engine.jobs.store import DONE, FINISHED, StoreError
@@ -24,6 +25,14 @@ ASSETS = Path(__file__).resolve().parent.parent / "assets"
 def kept(path: str | None) -> str | None:
     """An output file still on disk, else None (the store's budget may have removed it; the summary says so)."""
     return path if path and Path(path).is_file() else None
+
+
+def video_so_far(stream: LiveStream) -> tuple[str, str]:
+    """A Result pane while its job streams: the first seconds as one MP4 (the segments joined, no encode), and the
+    line saying so."""
+    parts = stream.segments
+    so_far = join_segments(parts, parts[-1].parent / f"so-far-{len(parts)}.mp4")
+    return str(so_far), f"⏳ the first {stream.duration:.1f} s, made so far; the rest follows"
 
 
 def measurement_line(result: RunResult) -> list[str]:

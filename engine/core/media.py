@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from engine.core.errors import InputError, SetupError
+from engine.core.hls import SEGMENT_SECONDS, HlsCopy
 
 log = logging.getLogger(__name__)
 
@@ -453,7 +454,8 @@ class VideoWriter:
     The audio is given up front and muxed alongside the frames as they come, so the muxer never
     has to buffer a whole video waiting for the other stream. Odd sizes are padded by one pixel
     (yuv420p needs even sizes). `threads=1` keeps the encoder in the writing thread, for when a network running
-    on the CPU needs the cores.
+    on the CPU needs the cores. With `stream_to`, the same packets also go into a live HLS stream in that folder
+    (engine/core/hls.py), with a keyframe every second so that it can be cut into one-second segments.
     """
 
     def __init__(
@@ -466,6 +468,7 @@ class VideoWriter:
         sample_rate: int = 16000,
         codec: str | None = None,
         threads: int | None = None,
+        stream_to: Path | None = None,
     ):
         import av
 
@@ -488,6 +491,18 @@ class VideoWriter:
             self._samples = np.clip(audio, -1.0, 1.0).astype(np.float32)
             self._audio = self._container.add_stream("aac", rate=sample_rate, layout="mono")
             self._audio.bit_rate = 96_000
+        self._live: HlsCopy | None = None
+        if stream_to is not None:
+            self._video.codec_context.gop_size = max(1, round(fps * SEGMENT_SECONDS))
+            streams = [self._video] + ([self._audio] if self._audio is not None else [])
+            for stream in streams:
+                stream.codec_context.open()  # now: their parameter sets are what the live copy needs
+            self._live = HlsCopy(Path(stream_to), streams)
+
+    def _mux(self, packet: Any) -> None:
+        if self._live is not None:
+            self._live.mux(packet)
+        self._container.mux(packet)
 
     def write(self, frame: np.ndarray) -> None:
         import av
@@ -497,7 +512,7 @@ class VideoWriter:
         if self.width % 2 or self.height % 2:
             frame = np.pad(frame, ((0, self.height % 2), (0, self.width % 2), (0, 0)), mode="edge")
         for packet in self._video.encode(av.VideoFrame.from_ndarray(frame, format="bgr24")):
-            self._container.mux(packet)
+            self._mux(packet)
         self.frames_written += 1
         self._write_audio_until(round(self.frames_written / self.fps * self._sample_rate))
 
@@ -514,21 +529,25 @@ class VideoWriter:
         frame.sample_rate = self._sample_rate
         frame.pts = self._audio_done
         for packet in self._audio.encode(frame):
-            self._container.mux(packet)
+            self._mux(packet)
         self._audio_done = end
 
     def close(self) -> None:
         """Flush both encoders; the audio runs to its own end (the caller sizes it to the video)."""
         for packet in self._video.encode(None):
-            self._container.mux(packet)
+            self._mux(packet)
         if self._audio is not None and self._samples is not None:
             self._write_audio_until(len(self._samples))
             for packet in self._audio.encode(None):
-                self._container.mux(packet)
+                self._mux(packet)
+        if self._live is not None:
+            self._live.close()
         self._container.close()
 
     def abort(self) -> None:
-        """Close and delete a half-written file after a failure."""
+        """Close and delete a half-written file after a failure (a live stream is ended where it got to)."""
+        if self._live is not None:
+            self._live.close()
         _discard(self._container, self.path)
 
 

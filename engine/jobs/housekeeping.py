@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from stat import S_ISREG
 
+from engine.core.hls import STREAM_SUFFIX
 from engine.core.settings import PREFIX, Settings
 from engine.jobs.store import JobStore
 
@@ -41,6 +42,7 @@ INCOMING_BLOB = re.compile(r"\.incoming-.*\.tmp")  # JobStore.put_blob's tempora
 BLOB = re.compile(r"[0-9a-f]{64}")
 OUTPUT_JOB = re.compile(r"-([0-9a-f]{12})(?=\.)")  # lipsync-<job>.mp4, portrait-<job>.strip.png, bench-<job>.csv
 ORPHAN_MIN_AGE_S = 60.0
+STREAM_KEEP_S = 600.0  # a finished job's live stream is kept this long: a follower may still be reading it
 RECENT_S = 600.0  # never evicted: a submit between put_blob and its row, an output still being written
 
 
@@ -147,6 +149,8 @@ def stored_files(store: JobStore, outputs_dir: Path) -> Iterator[StoredFile]:
             used = max(stat.st_mtime, usage.blob_last_used.get(path.name, 0.0))
             yield StoredFile(path, stat.st_size, used, needed=path.name in usage.active_blobs)
     for path, stat in _regular_files(outputs_dir.rglob("*")):
+        if path.parent.name.endswith(STREAM_SUFFIX):
+            continue  # a live stream: sweep_streams removes it whole
         match = OUTPUT_JOB.search(path.name)
         job_id = match.group(1) if match else None
         yield StoredFile(path, stat.st_size, stat.st_mtime, job_id, job_id in usage.active_jobs)
@@ -163,10 +167,30 @@ def _regular_files(paths: Iterable[Path]) -> Iterator[tuple[Path, os.stat_result
             yield path, stat
 
 
+def sweep_streams(store: JobStore, outputs_dir: Path, now: float | None = None) -> list[Path]:
+    """Remove the live streams (engine/core/hls.py) of jobs that ended over STREAM_KEEP_S ago: they only showed the
+    video while it was made, and the MP4 holds the same frames. A running job's stream stays."""
+    now = time.time() if now is None else now
+    active = store.usage().active_jobs
+    removed = []
+    for folder in _entries(outputs_dir):
+        match = OUTPUT_JOB.search(folder.name)
+        if not folder.name.endswith(STREAM_SUFFIX) or folder.is_symlink() or not folder.is_dir():
+            continue
+        if (match and match.group(1) in active) or now - _newest_mtime(folder) < STREAM_KEEP_S:
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    if removed:
+        log.info("removed %d live stream(s) of finished jobs", len(removed))
+    return removed
+
+
 def enforce_budget(store: JobStore, outputs_dir: Path, budget: Budget, now: float | None = None) -> list[Removal]:
     """Remove unused files past the age limit, then the least recently used until the size fits; never a file a
     queued or running job needs or one touched in the last RECENT_S. Finished jobs whose outputs went say so."""
     now = time.time() if now is None else now
+    sweep_streams(store, outputs_dir, now)
     files = sorted(stored_files(store, outputs_dir), key=lambda f: f.last_used)
     total = sum(f.size for f in files)
     removed: list[Removal] = []
@@ -219,4 +243,5 @@ __all__ = [
     "gradio_cache_policy",
     "stored_files",
     "sweep_orphans",
+    "sweep_streams",
 ]

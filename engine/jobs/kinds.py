@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from engine.core.errors import AvatarbenchError
+from engine.core.hls import LiveStream, read_stream, stream_folder
 from engine.core.options import Config
 from engine.core.settings import Settings
 from engine.jobs import split
@@ -148,6 +149,12 @@ class FileJobs(JobKind):
         files = {name: ref["name"] for name, ref in job.settings["files"].items()}
         return {**super().summary(job), **files}
 
+    def live(self, job_id: str, owner: str | None) -> LiveStream:
+        """One of the owner's jobs' live stream as it stands: its finished segments and whether it ended (nothing
+        where the job was not asked to stream, has not started, or ran where the app cannot see its files: a Ray
+        actor's outputs come back only at the end)."""
+        return read_stream(stream_folder(output_path(self.settings, self._get(job_id, owner))))
+
 
 def run_file_job(
     job: Job,
@@ -165,7 +172,7 @@ def run_file_job(
     settings = context.settings
     with staged_inputs(context.store, job.settings["files"], settings.cache_dir) as paths:
         built = config.build({**job.settings["options"], **paths})
-        out = settings.outputs_dir / f"{job.kind}-{job.id}.mp4"
+        out = output_path(settings, job)
         role = split.role(job)
         if role is None:
             result = run(built, out, settings, progress, device=job.device)
@@ -178,6 +185,11 @@ def run_file_job(
         if after is not None:
             after(result, paths)
         return result.to_dict()
+
+
+def output_path(settings: Settings, job: Job) -> Path:
+    """Where a file job writes its video (its live stream beside it: engine/core/hls.py)."""
+    return settings.outputs_dir / f"{job.kind}-{job.id}.mp4"
 
 
 def store_inputs(store: JobStore, paths: Mapping[str, Path]) -> dict[str, dict[str, str]]:
@@ -200,4 +212,13 @@ def staged_inputs(store: JobStore, files: Mapping[str, Mapping[str, str]], work_
         yield staged
 
 
-__all__ = ["FileJobs", "JobKind", "queue_view", "run_file_job", "staged_inputs", "store_inputs", "summary"]
+__all__ = [
+    "FileJobs",
+    "JobKind",
+    "output_path",
+    "queue_view",
+    "run_file_job",
+    "staged_inputs",
+    "store_inputs",
+    "summary",
+]

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.core.errors import InputError
+from engine.core.hls import stream_option
 from engine.core.options import Config, TextForm, number_tuple, option, subset_config
 from engine.faces import DETECTORS
 
@@ -75,6 +76,7 @@ class LipSyncConfig(Config):
     detect_scale: float = option(0.5, help="detect on frames scaled by this", low=0.1, high=1.0)
     paste: str = option("blend", help="blend: feathered lower face; upstream: Wav2Lip's own paste", choices=PASTE_MODES)
     audio_offset: int = option(0, help="shift the speech by N frames (+: the lips were late)", low=-25, high=25)
+    stream: bool = stream_option()
     musetalk_weights: str | None = option(
         None, help="MuseTalk weights: a folder in upstream's models/ layout, or hf:OWNER/REPO (empty: settings)"
     )

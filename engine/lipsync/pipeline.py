@@ -28,6 +28,7 @@ import numpy as np
 
 from engine.core.audio import SAMPLE_RATE, frame_energy, load_audio, mel_chunks, mel_spectrogram
 from engine.core.device import DeviceChoice, capabilities, resolve_device, run_with_oom_backoff
+from engine.core.hls import stream_folder
 from engine.core.media import (
     LosslessWriter,
     VideoWriter,
@@ -301,7 +302,9 @@ def run_lipsync(
     result, count, still = run.result, run.count, run.still
     tracker = run.tracker()
     out.parent.mkdir(parents=True, exist_ok=True)
-    writer = VideoWriter(out, run.fps, run.size[0], run.size[1], audio=run.sound(), threads=run.codec_threads)
+    live = stream_folder(out) if config.stream else None
+    writer = VideoWriter(out, run.fps, run.size[0], run.size[1], audio=run.sound(), threads=run.codec_threads,
+                         stream_to=live)  # fmt: skip
     encoder = _Encoder(writer, result)
     batches = _detected(_batched(run.frames(), run.batch_size, result), run.detector, still, result)
     done = 0

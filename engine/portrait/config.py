@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.core.errors import InputError
+from engine.core.hls import stream_option
 from engine.core.options import Config, option
 
 ENGINES = ("auto", "liveportrait", "baseline")
@@ -82,6 +83,7 @@ class PortraitConfig(Config):
         "frame and need more memory)", low=1, high=256,
     )  # fmt: skip
     save_template: bool = option(False, help="also save the driving motion as a template (.npz beside the video)")
+    stream: bool = stream_option()
 
     def problems(self) -> list[str]:
         out = []

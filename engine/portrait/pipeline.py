@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from engine.core.device import apply_backend_flags, capabilities, pad_batch, resolve_device
+from engine.core.hls import stream_folder
 from engine.core.hub import LIVEPORTRAIT
 from engine.core.media import (
     LosslessWriter,
@@ -845,7 +846,8 @@ def _write(
 ) -> None:
     audio = _driving_audio(config, plan.fps, plan.count, settings.max_seconds) if plan.has_audio else None
     out.parent.mkdir(parents=True, exist_ok=True)
-    writer = VideoWriter(out, plan.fps, plan.size[0], plan.size[1], audio=audio)
+    live = stream_folder(out) if config.stream else None
+    writer = VideoWriter(out, plan.fps, plan.size[0], plan.size[1], audio=audio, stream_to=live)
     started = time.perf_counter()
     try:
         _encode(plan.batches, writer, result, progress, plan.count)

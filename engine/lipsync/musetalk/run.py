@@ -30,6 +30,7 @@ import torch
 from engine.core.audio import SAMPLE_RATE, load_audio
 from engine.core.cache import LruCache, file_digest
 from engine.core.device import DeviceChoice, capabilities, precision_dtype, resolve_device
+from engine.core.hls import stream_folder
 from engine.core.media import VideoWriter, is_image, load_image, probe_video, read_frames, validate_video
 from engine.core.results import RunResult
 from engine.core.settings import Settings
@@ -231,7 +232,7 @@ def run_musetalk(
     audio[: min(len(speech), len(audio))] = speech[: len(audio)]
     out.parent.mkdir(parents=True, exist_ok=True)
     height, width = avatar.frames[0].shape[:2]
-    writer = VideoWriter(out, fps, width, height, audio=audio)
+    writer = VideoWriter(out, fps, width, height, audio=audio, stream_to=stream_folder(out) if config.stream else None)
     started, done = time.perf_counter(), 0
     try:
         for frame in generate(avatar, speech, fps, loaded.networks, loaded.batch, extractor=extractor, result=result):
