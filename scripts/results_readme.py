@@ -431,8 +431,9 @@ def render_musetalk(paths: list[Path]) -> str:
         parts.append(f"{context(r, path)}\nDevice {r['device']} ({r['gpu'] or 'no GPU'}), PyTorch {r['torch']}.")
         for run in r["pipeline"]:
             stages = ", ".join(f"{name} {seconds(t)}" for name, t in run["stages_s"].items())
+            runtime = f", runtime {run['runtime']} (ran on {run['ran_on']})" if "runtime" in run else ""
             parts.append(
-                f"Pipeline with {run['networks']}, {run['precision']}, batch {run['batch']}: an avatar of "
+                f"Pipeline with {run['networks']}, {run['precision']}{runtime}, batch {run['batch']}: an avatar of "
                 f"{run['avatar_frames']} frames prepared in {seconds(run['prepare_s'])}, then {run['frames']} frames "
                 f"for {run['speech_s']:g} s of speech in {seconds(run['end_to_end_s'])} "
                 f"({number(run['frames_per_s'], 1)} frames/s; the first after {seconds(run['first_frame_s'])}). "

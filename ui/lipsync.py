@@ -125,6 +125,10 @@ def build_lipsync_tab(settings: Settings, jobs: LipSyncJobs, access: Access) -> 
                     person_box = gr.Checkbox(
                         value=default(c, "musetalk_person_box"), label="MuseTalk: DWPose in the person box"
                     )
+                    musetalk_runtime = gr.Dropdown(
+                        choices(c, "musetalk_runtime"), value=default(c, "musetalk_runtime"),
+                        label="MuseTalk UNet + decoder runtime",
+                    )  # fmt: skip
             results_column = gr.Column()
         with gr.Column():
             gr.Markdown(
@@ -147,7 +151,7 @@ def build_lipsync_tab(settings: Settings, jobs: LipSyncJobs, access: Access) -> 
         compile=compile_, pads=pads, smooth=smooth, box=box, detector=detector,
         detector_checkpoint=detector_checkpoint, detect_scale=detect_scale, paste=paste, audio_offset=audio_offset,
         musetalk_weights=musetalk_weights, musetalk_version=musetalk_version, bbox_shift=bbox_shift,
-        musetalk_person_box=person_box, stream=stream,
+        musetalk_person_box=person_box, musetalk_runtime=musetalk_runtime, stream=stream,
     )  # fmt: skip
     outputs = [video, summary, stages, details]
     about = "Lip-sync a face image or video to speech; parameters as `avatarbench lipsync`."

@@ -88,6 +88,12 @@ class LipSyncConfig(Config):
         False, help="MuseTalk: DWPose looks inside YOLOX's best person box (dwpose/yolox_l.onnx) rather than the whole "
         "frame as upstream does (for small faces in wide shots)",
     )  # fmt: skip
+    musetalk_runtime: str = option(
+        "eager", help="MuseTalk: how the UNet and decoder run: eager (upstream's numerics), compile (torch.compile), "
+        "cuda-graphs (CUDA only), onnx (ONNX Runtime on the job's device), tensorrt (ORT's TensorRT); all but eager "
+        "pad every batch to the batch size, and the first batch compiles or exports (ONNX exports are cached)",
+        choices=("eager", "compile", "cuda-graphs", "onnx", "tensorrt"),
+    )  # fmt: skip
 
 
 # `avatarbench avatar`: a face prepared once into a MuseTalk avatar, with lipsync's own options for it.

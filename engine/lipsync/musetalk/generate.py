@@ -15,10 +15,14 @@ level apart on about 13% of the pixels), so upstream's exact pixels are made whe
 written between stages.
 
 Frames whose avatar frame has no face pass through unchanged (a copy of the avatar frame) and cost no network time.
+
+How the UNet and the decoder run is accelerate.py's StepRunner: eager as written (the default), or torch.compile,
+CUDA graphs, ONNX Runtime or TensorRT at a fixed batch shape; the streaming above is the same for all of them.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +32,7 @@ import torch
 
 from engine.core.errors import InputError
 from engine.core.results import RunResult
+from engine.lipsync.musetalk.accelerate import EAGER, StepRunner, make_step
 from engine.lipsync.musetalk.audio import (
     WINDOW_ROWS,
     SegmentEncoder,
@@ -39,7 +44,6 @@ from engine.lipsync.musetalk.audio import (
 )
 from engine.lipsync.musetalk.avatar import PreparedAvatar
 from engine.lipsync.musetalk.blend import blend_face, face_to_box
-from engine.lipsync.musetalk.geometry import decoded_to_bgr, decoder_latents
 from engine.lipsync.musetalk.stages import timed
 from engine.lipsync.musetalk.weights import MuseTalkNetworks
 
@@ -87,20 +91,34 @@ def generate(
     *,
     extractor: Any | None = None,
     result: RunResult | None = None,
+    runtime: str | StepRunner = EAGER,
+    cache_dir: str | os.PathLike | None = None,
 ) -> Iterator[np.ndarray]:
     """The lip-synced frames (uint8 BGR, the avatar's size) for 16 kHz mono `speech` at `fps`, in order.
 
-    Checks run now (silence, speech shorter than a frame, a bad fps or batch size are InputErrors); the work runs as
-    the frames are taken, so the first can be encoded while the rest are computed. `extractor` is the whisper
-    feature extractor (default: whisper-tiny's settings). With `result`, the stages whisper, unet, decode and blend
-    are timed (on CUDA each then waits for the device, which costs the overlap of device and CPU work).
+    Checks run now (silence, speech shorter than a frame, a bad fps or batch size, a runtime that cannot run here);
+    the work runs as the frames are taken, so the first can be encoded while the rest are computed. `extractor` is
+    the whisper feature extractor (default: whisper-tiny's settings). `runtime` names how the UNet and decoder run
+    (accelerate.RUNTIMES; `cache_dir` holds ONNX exports) or is a StepRunner kept from an earlier call for these
+    networks and batch size. With `result`, the stages whisper, unet, decode (or the fused step's) and blend are
+    timed (on CUDA each then waits for the device, which costs the overlap of device and CPU work), and the
+    runtime's metrics and warnings are added once the last frame is out.
     """
     speech = check_speech(speech, fps)
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or not 1 <= batch_size <= 4096:
         raise InputError(f"batch_size must be a whole number from 1 to 4096, got {batch_size!r}")
     _check_fits(avatar, networks)
+    if isinstance(runtime, StepRunner):
+        if runtime.networks is not networks or runtime.batch_size != batch_size:
+            raise InputError(
+                f"the {runtime.name} step was made for other networks or batch size {runtime.batch_size}, "
+                f"not {batch_size}: make one for these (accelerate.make_step)"
+            )
+        step = runtime
+    else:
+        step = make_step(networks, runtime, int(batch_size), cache_dir=cache_dir)
     fps = float(fps)
-    return _frames(avatar, speech, fps, frame_count(len(speech), fps), networks, int(batch_size), extractor, result)
+    return _frames(avatar, speech, fps, frame_count(len(speech), fps), networks, step, extractor, result)
 
 
 def _frames(
@@ -109,16 +127,16 @@ def _frames(
     fps: float,
     count: int,
     networks: MuseTalkNetworks,
-    batch_size: int,
+    step: StepRunner,
     extractor: Any | None,
     result: RunResult | None,
 ) -> Iterator[np.ndarray]:
-    device = networks.device
+    device, batch_size = networks.device, step.batch_size
     with timed(result, "whisper", device, count):
         hidden = encode_speech(speech, whisper_segment_encoder(networks), extractor)
         windows = SpeechWindows(hidden, len(speech), fps, count)
     latents = avatar.latents.to(device=device, dtype=networks.unet.dtype).contiguous()
-    run = _Runner(avatar, networks, windows, latents, result)
+    run = _Runner(avatar, networks, windows, latents, step, result)
     queue_ahead = device.type == "cuda"  # the CPU computes synchronously: looking ahead would only delay frame 0
     pending: _Batch | None = None
     for start in range(0, count, batch_size):
@@ -131,6 +149,8 @@ def _frames(
             pending = None
     if pending is not None:
         yield from run.compose(pending)
+    if result is not None:
+        step.report(result)
 
 
 class _Runner:
@@ -142,29 +162,26 @@ class _Runner:
         networks: MuseTalkNetworks,
         windows: SpeechWindows,
         latents: torch.Tensor,
+        step: StepRunner,
         result: RunResult | None,
     ) -> None:
         self.avatar, self.networks, self.windows, self.latents, self.result = avatar, networks, windows, latents, result
+        self.step = step  # the UNet at timestep 0 (upstream's one step), the decoder, the uint8 BGR faces
         self.device = networks.device
-        self.timestep = torch.tensor([0], device=self.device)  # upstream's timesteps: one step, at 0
         width, rows = windows.padded.shape[2], WINDOW_ROWS * windows.padded.shape[1]
         self.encoding = positional_encoding(rows, width).to(device=self.device, dtype=windows.padded.dtype)
 
     def launch(self, frames: range) -> _Batch:
-        avatar, networks = self.avatar, self.networks
+        avatar = self.avatar
         sources = [avatar.source_frame(i) for i in frames]
         with_face = [j for j, s in enumerate(sources) if avatar.latent_rows[s] >= 0]
         if not with_face:
             return _Batch(sources, None, None)
         rows = torch.tensor([avatar.latent_rows[sources[j]] for j in with_face], device=self.device)
         with torch.inference_mode():
-            with timed(self.result, "unet", self.device, len(with_face)):
-                prompts = self.windows.prompts(np.array([frames[j] for j in with_face])) + self.encoding
-                predicted = networks.unet(self.latents[rows], self.timestep, encoder_hidden_states=prompts).sample
-            with timed(self.result, "vae decode", self.device, len(with_face)):
-                vae = networks.vae
-                images = vae.decode(decoder_latents(predicted, vae.config.scaling_factor).to(vae.dtype)).sample
-                faces = decoded_to_bgr(images).to(_CPU, non_blocking=True)  # pinned, asynchronous from CUDA
+            prompts = self.windows.prompts(np.array([frames[j] for j in with_face])) + self.encoding
+            faces = self.step(self.latents[rows], prompts, self.result)
+            faces = faces.to(_CPU, non_blocking=True)  # pinned, asynchronous from CUDA (ONNX's are on the CPU)
         ready = None
         if self.device.type == "cuda":
             ready = torch.cuda.Event()

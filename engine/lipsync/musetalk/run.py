@@ -37,6 +37,7 @@ from engine.core.settings import Settings
 from engine.core.weights import S3FD, resolve
 from engine.faces.detection import FaceDetector, make_detector
 from engine.lipsync.config import LipSyncConfig
+from engine.lipsync.musetalk.accelerate import StepRunner, check_runtime, make_step
 from engine.lipsync.musetalk.audio import check_speech, feature_extractor, frame_count
 from engine.lipsync.musetalk.avatar import LANDMARKS, PreparedAvatar, prepare_avatar
 from engine.lipsync.musetalk.avatar_store import FOLDER as AVATAR_FOLDER
@@ -48,6 +49,7 @@ from engine.lipsync.musetalk.weights import DWPOSE_REPO, MuseTalkFiles, load_net
 Progress = Callable[[float, str], None]
 IMAGE_FPS = 25.0
 NETWORKS = LruCache(1)  # one set: MuseTalk's networks hold about 1.7 GB in fp16
+STEPS = LruCache(1)  # their step runner (a compiled graph, CUDA graphs, an ONNX session), keyed by theirs
 AVATARS = LruCache(2)  # an avatar holds its frames (about 70 MB a second of 720p)
 LANDMARK_MODELS = LruCache(1)  # DWPose's ONNX Runtime sessions (the release's files are over 100 MB each)
 WAV2LIP_ONLY = ("checkpoint", "compile", "pads", "smooth", "paste", "audio_offset")  # said when set, then left
@@ -149,6 +151,7 @@ class _Loaded:
     cached: bool  # kept from an earlier run of this process
     device: torch.device
     batch: int
+    step: StepRunner | None = None  # how the UNet and decoder run (None when preparing an avatar only)
 
 
 def _load(config: Any, settings: Settings, choice: DeviceChoice, dtype: torch.dtype, result: RunResult,
@@ -158,11 +161,21 @@ def _load(config: Any, settings: Settings, choice: DeviceChoice, dtype: torch.dt
     progress(0.02, "loading MuseTalk")
     device = choice.device
     key = (tuple(sorted((name, str(path)) for name, path in files.paths.items())), str(device), dtype)
+
+    def build() -> Any:
+        STEPS.clear()  # a step holds the networks it runs: the old set goes with it
+        return load_networks(files, device, dtype, parser_dtype=torch.float32)
+
     with result.stage("load"):
-        networks, cached = NETWORKS.get_or_build(
-            key, lambda: load_networks(files, device, dtype, parser_dtype=torch.float32)
-        )
-    return _Loaded(files, networks, key, cached, device, config.batch_size or default_batch_size(device))
+        networks, cached = NETWORKS.get_or_build(key, build)
+    batch = config.batch_size or default_batch_size(device)
+    runtime = getattr(config, "musetalk_runtime", None)  # an avatar's preparation runs no step
+    step = None
+    if runtime is not None:
+        step, _ = STEPS.get_or_build((key, runtime, batch), lambda: make_step(
+            networks, runtime, batch, cache_dir=settings.cache_dir, gpu_memory_fraction=settings.gpu_memory_fraction
+        ))  # fmt: skip
+    return _Loaded(files, networks, key, cached, device, batch, step)
 
 
 def _avatar(config: Any, settings: Settings, loaded: _Loaded, fps: float, photo: np.ndarray | None,
@@ -205,6 +218,7 @@ def run_musetalk(
     """Run MuseTalk for a checked `config` into `out` (.mp4) on `choice`'s device."""
     device = choice.device
     dtype = _dtype(config, choice)
+    check_runtime(config.musetalk_runtime, device, dtype)  # before any work: cuda-graphs on a CPU, no TensorRT
     precision = {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, "fp32")
     result = RunResult(device=str(device), device_name=capabilities(device).name, precision=precision,
                        config=config.to_text())  # fmt: skip
@@ -213,7 +227,8 @@ def run_musetalk(
     ignored = [name for name in WAV2LIP_ONLY if getattr(config, name) != getattr(LipSyncConfig, name)]
     if ignored:
         flags = ", ".join("--" + name.replace("_", "-") for name in ignored)
-        result.warn(f"MuseTalk does not use {flags} (Wav2Lip's options)")
+        hint = "; MuseTalk's own is --musetalk-runtime compile" if "compile" in ignored else ""
+        result.warn(f"MuseTalk does not use {flags} (Wav2Lip's options){hint}")
     progress(0.0, "reading the speech")
     with result.stage("audio"):
         speech = load_audio(config.audio, max_seconds=settings.max_seconds)
@@ -235,7 +250,9 @@ def run_musetalk(
     writer = VideoWriter(out, fps, width, height, audio=audio, stream_to=stream_folder(out) if config.stream else None)
     started, done = time.perf_counter(), 0
     try:
-        for frame in generate(avatar, speech, fps, loaded.networks, loaded.batch, extractor=extractor, result=result):
+        frames = generate(avatar, speech, fps, loaded.networks, loaded.batch, extractor=extractor, result=result,
+                          runtime=loaded.step or config.musetalk_runtime)  # fmt: skip
+        for frame in frames:
             with result.stage("encode", items=1):
                 writer.write(frame)
             done += 1
