@@ -365,3 +365,24 @@ def test_another_torch_file_or_format_version(avatar, tmp_path: Path) -> None:
     torch.save({**data, "latent_rows": [0, 1, -1]}, tmp_path / "damaged.pt")
     with pytest.raises(InputError, match="damaged"):
         load_avatar(tmp_path / "damaged.pt")
+
+
+def test_whisper_must_see_the_whole_30_s_segment(networks) -> None:
+    """Issue #16 asks whether whisper could encode only what a clip needs: no. Its encoder takes exactly 3000 mel
+    frames, and its attention spans the whole segment, so the rows of a clip's first seconds change with what the
+    rest of the segment holds (here only mel frames past the first four seconds differ); upstream's features come
+    from the whole padded segment, and so do ours."""
+    from engine.lipsync.musetalk.audio import whisper_input_features
+    from engine.lipsync.musetalk.generate import whisper_segment_encoder
+
+    t = np.arange(2 * SR) / SR
+    (features,) = whisper_input_features((0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32))
+    assert features.shape == (1, 80, 3000)
+    changed = features.clone()
+    changed[..., 400:] += 0.5  # nothing in the first four seconds (100 mel frames a second)
+    encode = whisper_segment_encoder(networks)
+    first, other = encode(features)[:, :190], encode(changed)[:, :190]  # rows of the first 3.8 s (50 a second)
+    assert torch.equal(first[0], other[0])  # the embeddings of those rows are the same...
+    assert not torch.allclose(first[1:], other[1:], atol=1e-4)  # ...every layer's output is not
+    with pytest.raises(ValueError, match="3000"):
+        networks.whisper(features[..., :400])  # and a shorter input is refused by the encoder itself

@@ -17,6 +17,9 @@ Where we differ from upstream (on purpose):
   video covers all of the speech;
 - silence and speech shorter than one video frame are refused with an InputError instead of producing a still face.
 
+Every segment is encoded whole, short speech included: the encoder takes exactly 3000 mel frames and attends over
+all of them, so the rows a short clip needs depend on the whole padded segment (tests/test_musetalk_engine.py).
+
 The network is injected (`encode_segment`), so this module needs neither weights nor transformers' model code.
 """
 
