@@ -41,6 +41,7 @@ from engine.lipsync.musetalk.audio import feature_extractor  # noqa: E402
 from engine.lipsync.musetalk.avatar import prepare_avatar  # noqa: E402
 from engine.lipsync.musetalk.generate import generate  # noqa: E402
 from engine.lipsync.musetalk.random_weights import write_random_weights  # noqa: E402
+from engine.lipsync.musetalk.run import default_batch_size  # noqa: E402
 from engine.lipsync.musetalk.weights import load_networks, meta_unet, meta_vae, require  # noqa: E402
 
 FACE_VIDEO = ROOT / "assets" / "face-video.mp4"
@@ -53,7 +54,7 @@ def _sync(device: torch.device) -> None:
 
 
 def pipeline(weights: Path | None, device: torch.device, precision: str, seconds: float, avatar_frames: int,
-             batch: int, work: Path, runtimes: list[str]) -> list[dict[str, Any]]:  # fmt: skip
+             batch: int | None, work: Path, runtimes: list[str]) -> list[dict[str, Any]]:  # fmt: skip
     """Prepare, then generate and encode once per runtime (accelerate.py; the first batch pays for a compile,
     capture or export, so each runtime runs twice and the second run is recorded); the stages as RunResult records
     them (per stage and items)."""
@@ -63,6 +64,7 @@ def pipeline(weights: Path | None, device: torch.device, precision: str, seconds
     networks = load_networks(files, device, DTYPES[precision], parser_dtype=torch.float32)
     _sync(device)
     load_s = time.perf_counter() - started
+    batch = batch or default_batch_size(device, DTYPES[precision])  # the engine's own choice, from free memory
     frames = [f for _, f in zip(range(avatar_frames), read_frames(FACE_VIDEO), strict=False)]
     prepared = RunResult(device=str(device))
     started = time.perf_counter()
@@ -176,6 +178,7 @@ def main() -> int:
     parser.add_argument("--batches", default=None, help="network batches (default: 1,2 on the CPU; 1,8,16,32)")
     parser.add_argument("--precisions", default=None, help="default: fp32 on the CPU; fp16,bf16,fp32 on CUDA")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=None, help="pipeline batch (default: the engine's choice)")
     parser.add_argument("--runtimes", default=None, help="MuseTalk runtimes for the pipeline (default: eager on the "
                         "CPU; eager,compile,cuda-graphs,onnx,tensorrt on CUDA)")  # fmt: skip
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default: benchmarks/results/)")
@@ -188,8 +191,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="musetalk-bench-"))
     print(f"device {device} ({capabilities(device).name}); work in {work}", flush=True)
     runtimes = (args.runtimes or (",".join(RUNTIMES) if cuda else EAGER)).split(",")
-    rows = pipeline(args.weights, device, precisions[0], args.seconds, args.avatar_frames, 8 if cuda else 2, work,
-                    runtimes)  # fmt: skip
+    rows = pipeline(args.weights, device, precisions[0], args.seconds, args.avatar_frames, args.batch, work, runtimes)
     report = {
         **header("musetalk", args),
         "device": str(device),

@@ -412,3 +412,20 @@ def test_portrait_compiled_matches_eager_on_the_gpu(tmp_path) -> None:
     drive = x + torch.linspace(0, 0.03, 3, device="cuda").view(3, 1, 1)  # 3 rows: padded to 4
     a, b = eager.render(feature, x, drive), compiled.render(feature, x, drive)
     assert b.shape == (3, 3, 512, 512) and (a - b).abs().mean() < 0.005
+
+
+def test_usable_memory_stays_within_this_processs_cap() -> None:
+    import torch
+
+    from engine.core.device import set_memory_fraction, usable_gpu_memory
+
+    device = torch.device("cuda", 0)
+    free, total = torch.cuda.mem_get_info(device)
+    assert 0 < usable_gpu_memory(device) <= free
+    held = torch.empty(256 * 2**20, dtype=torch.uint8, device=device)
+    try:
+        set_memory_fraction(0.25, device)
+        assert usable_gpu_memory(device) <= 0.25 * total - torch.cuda.memory_reserved(device) + 1
+    finally:
+        set_memory_fraction(1.0, device)
+        del held

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_musetalk_lipsync import speech_file
 
 from engine.core.hls import PLAYLIST, join_segments, read_stream, stream_folder
 from engine.core.media import VideoWriter
@@ -34,20 +35,6 @@ def _audio_packets(path: Path) -> int:
 
     with av.open(str(path)) as container:
         return sum(1 for p in container.demux(audio=0) if p.size)
-
-
-def _speech(path: Path, seconds: float) -> Path:
-    import av
-
-    t = np.arange(round(seconds * SR)) / SR
-    wave = (0.3 * np.sin(2 * np.pi * 180 * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t))).astype(np.float32)
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("pcm_s16le", rate=SR, layout="mono")
-        frame = av.AudioFrame.from_ndarray((wave * 32767).astype(np.int16)[None], format="s16", layout="mono")
-        frame.sample_rate = SR
-        for packet in [*stream.encode(frame), *stream.encode(None)]:
-            container.mux(packet)
-    return path
 
 
 def test_the_segments_are_the_mp4s_frames_and_grow_while_it_is_written(tmp_path) -> None:
@@ -96,7 +83,7 @@ def test_a_playlist_cannot_point_outside_its_folder(tmp_path) -> None:
 
 def test_a_lipsync_run_streams_only_when_asked(tmp_path) -> None:
     settings = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path / "data")})
-    speech = _speech(tmp_path / "speech.wav", 3.0)
+    speech = speech_file(tmp_path / "speech.wav", 3.0)
     plain, live = tmp_path / "plain.mp4", tmp_path / "live.mp4"
     run_lipsync(LipSyncConfig(face=FACE, audio=speech, engine="baseline"), plain, settings)
     assert not stream_folder(plain).exists()
@@ -129,7 +116,7 @@ def test_musetalk_streams_its_first_seconds_before_the_rest_is_made(tmp_path) ->
     weights = tmp_path / "models"
     write_random_weights(weights)
     settings = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path / "data")})
-    speech = _speech(tmp_path / "speech.wav", 3.0)
+    speech = speech_file(tmp_path / "speech.wav", 3.0)
     out = tmp_path / "musetalk.mp4"
     config = LipSyncConfig(face=FACE, audio=speech, engine="musetalk", musetalk_weights=str(weights),
                            box=(170, 60, 285, 200), batch_size=4, stream=True)  # fmt: skip
@@ -184,7 +171,7 @@ def test_a_streaming_job_is_followed_by_its_owner_only(tmp_path, monkeypatch) ->
     broker = Broker(store, {"lipsync": "engine.lipsync.jobs:handle"}, {"cpu": 1}, poll_s=0.1).start()
     try:
         jobs = LipSyncJobs(broker, settings)
-        speech = _speech(tmp_path / "speech.wav", 3.0)
+        speech = speech_file(tmp_path / "speech.wav", 3.0)
         job = jobs.submit(LipSyncConfig(face=FACE, audio=speech, engine="baseline", stream=True), "alice")
         with pytest.raises(StoreError, match=f"no job {job.id}"):
             jobs.live(job.id, "bob")

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_musetalk_lipsync import speech_file
 
 from engine.core.errors import InputError
 from engine.core.results import RunResult
@@ -264,21 +265,6 @@ def test_generate_streams_the_same_frames_through_onnx(networks, tmp_path) -> No
 # --------------------------------------------------------------------------- end to end
 
 
-def _speech_file(path: Path, seconds: float) -> Path:
-    import av
-
-    rate = 16000
-    t = np.arange(round(seconds * rate)) / rate
-    wave = (0.3 * np.sin(2 * np.pi * 180 * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t))).astype(np.float32)
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("pcm_s16le", rate=rate, layout="mono")
-        frame = av.AudioFrame.from_ndarray((wave * 32767).astype(np.int16)[None], format="s16", layout="mono")
-        frame.sample_rate = rate
-        for packet in [*stream.encode(frame), *stream.encode(None)]:
-            container.mux(packet)
-    return path
-
-
 def test_lipsync_with_onnx_makes_the_video_and_says_which_path_ran(weights, tmp_path) -> None:
     """`avatarbench lipsync --engine musetalk --musetalk-runtime onnx`: 0.5 s of speech is 13 frames, batches of
     2 (the CPU's default), so the last batch is short; the export lands in the settings' cache folder."""
@@ -288,7 +274,7 @@ def test_lipsync_with_onnx_makes_the_video_and_says_which_path_ran(weights, tmp_
     from engine.lipsync.pipeline import run_lipsync
 
     settings = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path / "data")})
-    config = LipSyncConfig(face=ROOT / "assets" / "face.jpg", audio=_speech_file(tmp_path / "speech.wav", 0.5),
+    config = LipSyncConfig(face=ROOT / "assets" / "face.jpg", audio=speech_file(tmp_path / "speech.wav", 0.5),
                            engine="musetalk", musetalk_weights=str(weights), box=(170, 60, 285, 200),
                            musetalk_runtime="onnx")  # fmt: skip
     result = run_lipsync(config, tmp_path / "out.mp4", settings, device="cpu")
@@ -308,7 +294,7 @@ def test_lipsync_with_cuda_graphs_on_a_cpu_stops_before_any_work(weights, tmp_pa
     from engine.lipsync.config import LipSyncConfig
     from engine.lipsync.pipeline import run_lipsync
 
-    config = LipSyncConfig(face=ROOT / "assets" / "face.jpg", audio=_speech_file(tmp_path / "speech.wav", 0.3),
+    config = LipSyncConfig(face=ROOT / "assets" / "face.jpg", audio=speech_file(tmp_path / "speech.wav", 0.3),
                            engine="musetalk", musetalk_weights=str(weights), box=(170, 60, 285, 200),
                            musetalk_runtime="cuda-graphs")  # fmt: skip
     settings = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path / "data")})
@@ -352,3 +338,21 @@ def test_only_the_most_recently_used_exports_are_kept(tmp_path) -> None:
     (tmp_path / "half-made").mkdir()  # no step file: another process's export in progress, never removed here
     assert sorted(prune_exports(tmp_path, 2)) == folders[:2]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fp16-b8-2", "fp16-b8-3", "half-made"]
+
+
+@pytest.mark.parametrize(
+    ("usable_gib", "dtype", "expected"),
+    [
+        (4, torch.float16, 8),
+        (70, torch.float16, 64),
+        (13, torch.float32, 16),
+        (0.1, torch.float16, 1),
+        (0, torch.float16, 1),
+    ],
+)
+def test_a_gpu_batch_comes_from_the_memory_this_worker_may_still_use(monkeypatch, usable_gib, dtype, expected) -> None:
+    from engine.lipsync.musetalk import run
+
+    monkeypatch.setattr(run, "usable_gpu_memory", lambda device: int(usable_gib * 2**30))
+    assert run.default_batch_size(torch.device("cuda", 0), dtype) == expected
+    assert run.default_batch_size(torch.device("cpu"), dtype) == 2  # the CPU: a batch only adds memory

@@ -35,7 +35,8 @@ def weights(tmp_path_factory) -> Path:
     return root
 
 
-def _speech(path: Path, seconds: float) -> Path:
+def speech_file(path: Path, seconds: float) -> Path:
+    """A speech-like tone (a 180 Hz carrier at 3 syllables a second) as a 16 kHz WAV."""
     import av
 
     t = np.arange(round(seconds * SR)) / SR
@@ -66,7 +67,7 @@ def _settings(tmp_path: Path):
 
 
 def test_a_photo_becomes_one_frame_per_25th_of_a_second_of_speech(weights, tmp_path) -> None:
-    speech = _speech(tmp_path / "speech.wav", 1.3)
+    speech = speech_file(tmp_path / "speech.wav", 1.3)
     config = LipSyncConfig(face=FACE, audio=speech, engine="musetalk", musetalk_weights=str(weights), box=BOX)
     result = run_lipsync(config, tmp_path / "out.mp4", _settings(tmp_path), device="cpu")
     frames = list(read_frames(tmp_path / "out.mp4"))
@@ -92,12 +93,12 @@ def test_a_second_clip_for_the_same_face_reuses_its_prepared_avatar(weights, tmp
     run.NETWORKS.clear()
     run.AVATARS.clear()
     settings = _settings(tmp_path)
-    config = LipSyncConfig(face=FACE, audio=_speech(tmp_path / "a.wav", 0.6), engine="musetalk",
+    config = LipSyncConfig(face=FACE, audio=speech_file(tmp_path / "a.wav", 0.6), engine="musetalk",
                            musetalk_weights=str(weights), box=BOX)  # fmt: skip
     first = run_lipsync(config, tmp_path / "first.mp4", settings, device="cpu")
     renamed = tmp_path / "renamed.jpg"
     renamed.write_bytes(FACE.read_bytes())
-    second = run_lipsync(dataclasses.replace(config, face=renamed, audio=_speech(tmp_path / "b.wav", 0.9)),
+    second = run_lipsync(dataclasses.replace(config, face=renamed, audio=speech_file(tmp_path / "b.wav", 0.9)),
                          tmp_path / "second.mp4", settings, device="cpu")  # fmt: skip
     assert not first.metrics["avatar_cached"] and not first.metrics["networks_cached"]
     assert second.metrics["avatar_cached"] and second.metrics["networks_cached"]
@@ -118,7 +119,7 @@ def test_a_prepared_avatar_outlives_its_worker_on_disk(weights, tmp_path) -> Non
     from engine.lipsync.musetalk.avatar_store import AvatarStore
 
     settings = _settings(tmp_path)
-    config = LipSyncConfig(face=FACE, audio=_speech(tmp_path / "a.wav", 0.6), engine="musetalk",
+    config = LipSyncConfig(face=FACE, audio=speech_file(tmp_path / "a.wav", 0.6), engine="musetalk",
                            musetalk_weights=str(weights), box=BOX)  # fmt: skip
     outputs = []
     for name in ("first", "second", "third"):
@@ -145,7 +146,7 @@ def test_a_prepared_avatar_outlives_its_worker_on_disk(weights, tmp_path) -> Non
 
 def test_a_video_shorter_than_the_speech_plays_forward_then_backward(weights, tmp_path) -> None:
     video = _face_video(tmp_path / "face.mp4", 10)
-    speech = _speech(tmp_path / "speech.wav", 1.0)
+    speech = speech_file(tmp_path / "speech.wav", 1.0)
     config = LipSyncConfig(face=video, audio=speech, engine="musetalk", musetalk_weights=str(weights), box=BOX,
                            batch_size=4, paste="upstream")  # fmt: skip
     result = run_lipsync(config, tmp_path / "out.mp4", _settings(tmp_path), device="cpu")
@@ -154,7 +155,7 @@ def test_a_video_shorter_than_the_speech_plays_forward_then_backward(weights, tm
 
 
 def test_without_the_weights_one_message_names_what_to_download(tmp_path) -> None:
-    speech = _speech(tmp_path / "speech.wav", 1.0)
+    speech = speech_file(tmp_path / "speech.wav", 1.0)
     config = LipSyncConfig(face=FACE, audio=speech, engine="musetalk", box=BOX)
     with pytest.raises(SetupError) as error:
         run_lipsync(config, tmp_path / "out.mp4", _settings(tmp_path), device="cpu")
@@ -165,7 +166,7 @@ def test_without_the_weights_one_message_names_what_to_download(tmp_path) -> Non
 
 
 def test_the_command_line_runs_it(weights, tmp_path) -> None:
-    speech = _speech(tmp_path / "speech.wav", 0.5)
+    speech = speech_file(tmp_path / "speech.wav", 0.5)
     done = subprocess.run(
         [sys.executable, "-m", "engine", "lipsync", "--face", str(FACE), "--audio", str(speech), "--engine",
          "musetalk", "--musetalk-weights", str(weights), "--box", ",".join(map(str, BOX)), "--bbox-shift", "5",
@@ -196,7 +197,7 @@ def test_avatar_prepares_a_whole_video_once_for_speech_of_any_length(weights, tm
 
     for seconds, frames in ((0.2, 5), (1.0, 25)):  # fewer frames than the video, and more (forward then back)
         run.AVATARS.clear()
-        config = LipSyncConfig(face=video, audio=_speech(tmp_path / f"{seconds}.wav", seconds), engine="musetalk",
+        config = LipSyncConfig(face=video, audio=speech_file(tmp_path / f"{seconds}.wav", seconds), engine="musetalk",
                                musetalk_weights=str(weights), box=BOX)  # fmt: skip
         result = run_lipsync(config, tmp_path / f"{seconds}.mp4", _settings(tmp_path), device="cpu")
         assert result.metrics["avatar_source"] == "disk" and result.metrics["frames"] == frames

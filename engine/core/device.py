@@ -188,6 +188,14 @@ def set_memory_fraction(fraction: float, device: torch.device) -> bool:
     return True
 
 
+def usable_gpu_memory(device: torch.device) -> int:
+    """Bytes this process may still allocate on `device`: the card's free memory, within this process's cap (a job
+    worker sharing its GPU is capped at its share: set_memory_fraction) less what PyTorch already holds."""
+    free, total = torch.cuda.mem_get_info(device)
+    cap = torch.cuda.get_per_process_memory_fraction(device) * total
+    return int(max(0.0, min(free, cap - torch.cuda.memory_reserved(device))))
+
+
 # Texts that ONNX Runtime and CUDA libraries use for a failed allocation. ORT raises its own
 # exception types (RuntimeException / Fail) for every error, so only the text tells OOM apart.
 _OOM_MARKERS = (

@@ -18,7 +18,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from engine.core.device import DeviceCapabilities, apply_backend_flags, precision_dtype
+from engine.core.device import DeviceCapabilities, apply_backend_flags, precision_dtype, usable_gpu_memory
 from engine.lipsync.mouth import mouth_line, open_mouth
 from engine.models.wav2lip import StillFace, load_wav2lip
 
@@ -46,8 +46,8 @@ CPU_BATCH_FRAME_BYTES = 24 * 2**20
 
 
 def auto_batch_size(device: torch.device, precision: str, frame_size: tuple[int, int] = (0, 0), cap: int = 512) -> int:
-    """Largest power of two that fits half the free GPU memory; on the CPU, CPU_BATCH_SIZE (16) or fewer for
-    large frames (`frame_size` is width, height).
+    """Largest power of two that fits half the GPU memory this process may use; on the CPU, CPU_BATCH_SIZE (16) or
+    fewer for large frames (`frame_size` is width, height).
 
     Wav2Lip's inference activations peak at roughly 6 MiB a sample in fp32 (3 in fp16/bf16);
     the OOM back-off catches the cases where this guess is too bold.
@@ -64,7 +64,7 @@ def auto_batch_size(device: torch.device, precision: str, frame_size: tuple[int,
         frame_bytes = max(1, frame_size[0] * frame_size[1] * 3)
         fits = max(4, CPU_BATCH_FRAME_BYTES // frame_bytes)
         return min(CPU_BATCH_SIZE, 2 ** int(math.log2(fits)))
-    free, _ = torch.cuda.mem_get_info(device)
+    free = usable_gpu_memory(device)
     per_sample = (3 if precision in ("fp16", "bf16") else 6) * 2**20
     fits = max(1, int(free * 0.5 // per_sample))
     return max(1, min(cap, 2 ** int(math.log2(fits))))
