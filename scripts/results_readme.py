@@ -430,6 +430,9 @@ def render_musetalk(paths: list[Path]) -> str:
         r = load(path)
         parts.append(f"{context(r, path)}\nDevice {r['device']} ({r['gpu'] or 'no GPU'}), PyTorch {r['torch']}.")
         for run in r["pipeline"]:
+            if "error" in run:
+                parts.append(f"Pipeline with runtime {run['runtime']}, {run['precision']}: not run ({run['error']}).")
+                continue
             stages = ", ".join(f"{name} {seconds(t)}" for name, t in run["stages_s"].items())
             runtime = f", runtime {run['runtime']} (ran on {run['ran_on']})" if "runtime" in run else ""
             parts.append(
