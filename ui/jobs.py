@@ -8,6 +8,7 @@ Every job belongs to whoever submitted it: the login where the app has one (`--a
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from engine.jobs.kinds import JobKind, queue_view
 from engine.jobs.store import DONE, FINISHED, Job, JobStore
 from ui.forms import Run, api_endpoint, refusal, reported
 
+log = logging.getLogger(__name__)
 LOCAL = "local"  # the owner of calls that come with no request (tests, scripts calling handlers directly)
 
 
@@ -200,7 +202,12 @@ def job_endpoints(
                 yield render(seen)
             elif live is not None and not seen.ended and seen.duration >= 2 * shown:
                 shown = seen.duration
-                yield live(seen)
+                try:
+                    update = live(seen)
+                except Exception:  # a preview that cannot be made must not cost the result: the next one may work
+                    log.warning("job %s: its video so far could not be shown", job.id, exc_info=True)
+                    continue
+                yield update
 
     def submit(values: dict[str, Any], progress: Callable[[float, str], None], request: gr.Request | None) -> dict:
         job = queued(values, request)

@@ -12,6 +12,8 @@ ended. The segments decode to exactly the MP4's frames. Any HLS player (ffplay, 
 from __future__ import annotations
 
 import contextlib
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -122,20 +124,25 @@ def join_segments(segments: list[Path] | tuple[Path, ...], out: Path) -> Path:
     import av
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".part")
-    with av.open(str(partial), mode="w", format="mp4") as target:
-        streams: dict[int, Any] = {}
-        for path in segments:
-            with av.open(str(path)) as source:
-                if not streams:
-                    streams = {s.index: target.add_stream_from_template(s) for s in source.streams if
-                               s.type in ("video", "audio")}  # fmt: skip
-                for packet in source.demux(*source.streams):
-                    if packet.dts is None or packet.stream.index not in streams:
-                        continue  # the demuxer's empty flush packets
-                    packet.stream = streams[packet.stream.index]
-                    target.mux(packet)
-    partial.replace(out)
+    handle, name = tempfile.mkstemp(prefix=out.name + ".", suffix=".part", dir=out.parent)  # two viewers, two files
+    os.close(handle)
+    partial = Path(name)
+    try:
+        with av.open(str(partial), mode="w", format="mp4") as target:
+            streams: dict[int, Any] = {}
+            for path in segments:
+                with av.open(str(path)) as source:
+                    if not streams:
+                        streams = {s.index: target.add_stream_from_template(s) for s in source.streams if
+                                   s.type in ("video", "audio")}  # fmt: skip
+                    for packet in source.demux(*source.streams):
+                        if packet.dts is None or packet.stream.index not in streams:
+                            continue  # the demuxer's empty flush packets
+                        packet.stream = streams[packet.stream.index]
+                        target.mux(packet)
+        partial.replace(out)
+    finally:
+        partial.unlink(missing_ok=True)  # what a failed join left
     return out
 
 
