@@ -187,3 +187,15 @@ def test_a_declared_giant_image_is_one_line_on_the_cli(tmp_path: Path, command: 
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert "64000x64000" in proc.stderr and "Traceback" not in proc.stderr and "CV_IO" not in proc.stderr
     assert len(lines) == 1, proc.stderr
+
+
+def test_lipsync_stream_says_where_its_live_playlist_is(tmp_path: Path) -> None:
+    out = tmp_path / "talk.mp4"
+    assets = ROOT / "assets"
+    files = ["--face", str(assets / "face.jpg"), "--audio", str(assets / "speech-gb.wav")]
+    flags = ["--engine", "baseline", "--out", str(out), "--stream", "--quiet"]
+    proc = run("lipsync", *files, *flags, AVATARBENCH_DATA_DIR=str(tmp_path / "data"))
+    assert proc.returncode == 0, proc.stderr
+    playlist = tmp_path / "talk.stream" / "index.m3u8"
+    assert f"live stream (HLS, as it was made): {playlist}" in proc.stdout
+    assert "#EXT-X-ENDLIST" in playlist.read_text() and list(playlist.parent.glob("part-*.ts"))

@@ -41,6 +41,11 @@ def stream_folder(out: str | Path) -> Path:
     return out.with_name(out.stem + STREAM_SUFFIX)
 
 
+def stream_note(streamed: bool, out: str | Path) -> str:
+    """The line a command prints after its result when it streamed: where the playlist is."""
+    return f"\nlive stream (HLS, as it was made): {stream_folder(out) / PLAYLIST}" if streamed else ""
+
+
 class HlsCopy:
     """An HLS muxer fed with copies of another container's packets. Its streams are made from the source streams
     after their encoders are open, so H.264's parameter sets (in the encoder's extradata, as MP4 wants them) reach
@@ -155,5 +160,6 @@ __all__ = [
     "join_segments",
     "read_stream",
     "stream_folder",
+    "stream_note",
     "stream_option",
 ]

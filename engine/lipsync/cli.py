@@ -15,6 +15,7 @@ def _lipsync(args: argparse.Namespace) -> int:
 
     sleep_at_barriers()  # before torch loads: the codec threads need the cores too (engine/core/openmp.py)
     from engine.core.device import resolve_device
+    from engine.core.hls import stream_note
     from engine.core.memory import keep_freed_memory
     from engine.core.progress import ProgressBar
     from engine.core.settings import get_settings
@@ -30,7 +31,8 @@ def _lipsync(args: argparse.Namespace) -> int:
     m = result.metrics
     return print_run(args, result, f"{result.outputs['video']}: {m['frames']} frames at {m['fps']:g} fps by "
                      f"{m['engine_label']} on {result.device} ({result.precision}), batch {m['batch_size']}, "
-                     f"{m['faces_missed']} without a face\n{describe(result.measurement)}")  # fmt: skip
+                     f"{m['faces_missed']} without a face\n{describe(result.measurement)}"
+                     f"{stream_note(config.stream, args.out)}")  # fmt: skip
 
 
 def _avatar(args: argparse.Namespace) -> int:

@@ -13,6 +13,7 @@ from engine.portrait.config import PortraitConfig
 
 def _portrait(args: argparse.Namespace) -> int:
     from engine.core.device import resolve_device
+    from engine.core.hls import stream_note
     from engine.core.memory import keep_freed_memory
     from engine.core.progress import ProgressBar
     from engine.core.settings import get_settings
@@ -30,7 +31,7 @@ def _portrait(args: argparse.Namespace) -> int:
                 f"on {result.device} ({result.precision})")  # fmt: skip
     if "template" in result.outputs:
         headline += f"\nmotion template: {result.outputs['template']}"
-    return print_run(args, result, f"{headline}\n{describe(result.measurement)}")
+    return print_run(args, result, f"{headline}\n{describe(result.measurement)}{stream_note(config.stream, args.out)}")
 
 
 def _export(args: argparse.Namespace) -> int:
