@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -61,14 +62,16 @@ def _lipsync(page, expect) -> None:
     page.locator("#lipsync-examples .thumbnail-item").first.click()
     expect(page.locator("img[src*='face.jpg']").first).to_be_visible(timeout=30_000)
     page.get_by_role("button", name="Lip-sync", exact=True).click()
-    expect(page.locator("#lipsync-result video")).to_be_visible(timeout=WAIT_MS)
+    final = re.compile(r"lipsync-[0-9a-f]{12}\.mp4")  # the job's whole MP4, after the video made so far
+    expect(page.locator("#lipsync-result video")).to_have_attribute("src", final, timeout=WAIT_MS)
 
 
 def _portrait(page, expect) -> None:
     page.locator("#portrait-examples .thumbnail-item").first.click()
     expect(page.locator("video[src*='driving']").first).to_be_visible(timeout=30_000)
     page.get_by_role("button", name="Animate", exact=True).click()
-    expect(page.locator("#portrait-result video")).to_be_visible(timeout=WAIT_MS)
+    final = re.compile(r"portrait-[0-9a-f]{12}\.mp4")  # the job's whole MP4, after the video made so far
+    expect(page.locator("#portrait-result video")).to_have_attribute("src", final, timeout=WAIT_MS)
 
 
 def _onnx(page, expect) -> None:

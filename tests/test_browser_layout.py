@@ -6,6 +6,7 @@ One app for the module (conftest's running_app) and one browser; each test opens
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -228,7 +229,8 @@ def test_the_lipsync_example_makes_a_video_whose_mouth_moves_with_the_speech(ope
     sync_api.expect(page.locator("img[src*='face.jpg']").first).to_be_visible(timeout=30_000)  # the face's preview
     page.get_by_role("button", name="Lip-sync", exact=True).click()
     result = page.locator("#lipsync-result video")
-    result.wait_for(timeout=180_000)
+    # The video made so far shows first (so-far-N.mp4, as the job streams it); then the job's whole MP4.
+    sync_api.expect(result).to_have_attribute("src", re.compile(r"lipsync-[0-9a-f]{12}\.mp4"), timeout=180_000)
     response = page.request.get(urljoin(page.url, result.get_attribute("src")))
     assert response.ok, response.status
     (tmp_path / "result.mp4").write_bytes(response.body())
