@@ -33,6 +33,7 @@ import os
 import shutil
 import threading
 import warnings
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -115,13 +116,11 @@ def check_runtime(runtime: str, device: torch.device, dtype: torch.dtype) -> Non
         )
 
 
-class StepRunner:
-    """Runs FaceStep on batches of at most `batch_size` rows; `__call__` returns the faces (on the device or the
+class StepRunner(ABC):
+    """Runs FaceStep on batches of at most `batch_size` rows; calling it returns the faces (on the device or the
     CPU). What ran, and warnings for the result, are reported by `report`."""
 
     name: ClassVar[str]
-    fixed_shape: ClassVar[bool] = True  # pads every batch to batch_size (one graph, one export)
-    first_stage: ClassVar[str] = ""  # the stage the first batch of a new shape is timed as (compile, export)
 
     def __init__(self, networks: MuseTalkNetworks, batch_size: int) -> None:
         self.networks, self.batch_size = networks, int(batch_size)
@@ -129,28 +128,16 @@ class StepRunner:
         self.step = FaceStep(networks.unet, networks.vae).eval()
         self.warnings: list[str] = []
         self.ran_on = f"pytorch ({self.device.type})"
-        self._ready: set[tuple] = set()  # input shapes already compiled, captured or exported
-        self._lock = threading.Lock()  # a cached runner may serve two jobs of one worker: one batch at a time
 
+    @abstractmethod
     def __call__(self, latents: torch.Tensor, prompts: torch.Tensor, result: RunResult | None = None) -> torch.Tensor:
-        rows = self.rows(latents)
-        if self.fixed_shape:
-            latents, prompts = pad_batch(latents, self.batch_size), pad_batch(prompts, self.batch_size)
-        shape = (tuple(latents.shape), tuple(prompts.shape), latents.dtype)
-        first = shape not in self._ready
-        with self._lock, timed(result, self.first_stage if first else STEP_STAGE, self.device, rows):
-            faces = self.run(latents, prompts)
-            self._ready.add(shape)
-        return faces[:rows]
+        """The faces of one batch; with `result`, its stages timed."""
 
     def rows(self, latents: torch.Tensor) -> int:
         rows = latents.shape[0]
         if not 1 <= rows <= self.batch_size:
             raise ValueError(f"a batch of {rows} rows for a step of batch size {self.batch_size}")
         return rows
-
-    def run(self, latents: torch.Tensor, prompts: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
 
     def metrics(self) -> dict[str, Any]:
         return {"musetalk_runtime": self.name, "musetalk_runtime_ran_on": self.ran_on}
@@ -160,17 +147,39 @@ class StepRunner:
         result.metrics.update(self.metrics())
         for message in self.warnings:
             result.warn(message)
-        self.reported()
 
-    def reported(self) -> None:
-        """Called once a run's result has the metrics: per-run counts start again."""
+
+class FixedShapeStep(StepRunner):
+    """A runtime specialised to one input shape (a compiled graph, a captured graph, an export): every batch is
+    padded to the batch size and cut back, so one of them serves the whole clip; the first batch of a shape is timed
+    as `first_stage` (it compiles, captures or exports), the rest as STEP_STAGE."""
+
+    first_stage: ClassVar[str]
+
+    def __init__(self, networks: MuseTalkNetworks, batch_size: int) -> None:
+        super().__init__(networks, batch_size)
+        self._ready: set[tuple] = set()  # input shapes already compiled, captured or exported
+        self._lock = threading.Lock()  # a cached runner may serve two jobs of one worker: one batch at a time
+
+    def __call__(self, latents: torch.Tensor, prompts: torch.Tensor, result: RunResult | None = None) -> torch.Tensor:
+        rows = self.rows(latents)
+        latents, prompts = pad_batch(latents, self.batch_size), pad_batch(prompts, self.batch_size)
+        shape = (tuple(latents.shape), tuple(prompts.shape), latents.dtype)
+        first = shape not in self._ready
+        with self._lock, timed(result, self.first_stage if first else STEP_STAGE, self.device, rows):
+            faces = self.run(latents, prompts)
+            self._ready.add(shape)
+        return faces[:rows]
+
+    @abstractmethod
+    def run(self, latents: torch.Tensor, prompts: torch.Tensor) -> torch.Tensor:
+        """The faces of a batch of exactly batch_size rows."""
 
 
 class EagerStep(StepRunner):
     """Today's path: any batch size, the UNet and the decoder timed as their own stages."""
 
     name = EAGER
-    fixed_shape = False
 
     def __call__(self, latents: torch.Tensor, prompts: torch.Tensor, result: RunResult | None = None) -> torch.Tensor:
         rows = self.rows(latents)
@@ -181,7 +190,7 @@ class EagerStep(StepRunner):
                 return self.step.decode(predicted)
 
 
-class CompiledStep(StepRunner):
+class CompiledStep(FixedShapeStep):
     """torch.compile of the step at one batch shape; the first batch pays the compilation (stage "compile")."""
 
     name = COMPILE
@@ -196,7 +205,7 @@ class CompiledStep(StepRunner):
             return self.compiled(latents, prompts)
 
 
-class CudaGraphStep(StepRunner):
+class CudaGraphStep(FixedShapeStep):
     """The eager step captured into a CUDA graph per batch shape; a run copies the inputs into the graph's static
     buffers and replays it (one launch instead of hundreds of kernels)."""
 
@@ -292,7 +301,7 @@ def prune_exports(parent: Path, keep: int) -> list[Path]:
     return exports[keep:]
 
 
-class OnnxStep(StepRunner):
+class OnnxStep(FixedShapeStep):
     """The step exported to ONNX (once per weights, dtype and batch shape, cached on disk) and run by ONNX Runtime:
     "onnx" on the job's device (CUDA provider on a GPU, CPU provider on the CPU), "tensorrt" through TensorRT."""
 
@@ -365,8 +374,9 @@ class OnnxStep(StepRunner):
         return {**super().metrics(), "musetalk_onnx": files[0] if len(files) == 1 else files,
                 "musetalk_onnx_exported": self.exported > 0}  # fmt: skip
 
-    def reported(self) -> None:
-        self.exported = 0
+    def report(self, result: RunResult) -> None:
+        super().report(result)
+        self.exported = 0  # the next run's count starts again
 
     def close(self) -> None:
         for session in self.sessions.values():
@@ -410,6 +420,7 @@ __all__ = [
     "CudaGraphStep",
     "EagerStep",
     "FaceStep",
+    "FixedShapeStep",
     "OnnxStep",
     "StepRunner",
     "check_runtime",
