@@ -4,8 +4,10 @@ Two parts, one run:
   pipeline  prepare an avatar from assets/face-video.mp4 (its first --avatar-frames frames; Haar boxes), then
             --seconds of speech through whisper, UNet, VAE decoder and blend into an H.264 MP4: each stage's
             time, the first frame's latency and frames per second end to end. With --weights (the official
-            files) the real networks run; without, small random networks of the same classes
-            (engine/lipsync/musetalk/random_weights.py), which time the pipeline's own work, not the networks'.
+            files) the real networks run; without, random weights in the official layout
+            (engine/lipsync/musetalk/random_weights.py): `--random-networks real` (the default on CUDA) at the real
+            networks' sizes, so the whole pipeline costs what it costs with the official files; `small` (the
+            default on the CPU) small networks of the same classes, which time the pipeline's own work only.
   networks  the real v1.5 UNet (timestep 0, a 50x384 audio prompt) and the sd-vae-ft-mse decoder (32x32 latents
             to 256x256), built from their configs with random weights, by batch and precision: milliseconds per
             frame, frames per second and TFLOP/s from FLOPs counted once per frame (torch's FlopCounterMode on the
@@ -55,12 +57,16 @@ def _sync(device: torch.device) -> None:
 
 
 def pipeline(weights: Path | None, device: torch.device, precision: str, seconds: float, avatar_frames: int,
-             batch: int | None, work: Path, runtimes: list[str]) -> list[dict[str, Any]]:  # fmt: skip
+             batch: int | None, work: Path, runtimes: list[str], real_size: bool) -> list[dict[str, Any]]:  # fmt: skip
     """Prepare, then generate and encode once per runtime (accelerate.py; the first batch pays for a compile,
     capture or export, so each runtime runs twice and the second run is recorded); the stages as RunResult records
     them (per stage and items)."""
     settings = load_settings({"AVATARBENCH_DATA_DIR": str(work / "data")})
-    files = require(settings, weights or write_random_weights(work / "models"))
+    files = require(settings, weights or write_random_weights(work / "models", real_size=real_size))
+    networks_used = (
+        "official weights" if weights else
+        "random weights at the real sizes" if real_size else "small random networks (random_weights.py)"
+    )  # fmt: skip
     started = time.perf_counter()
     networks = load_networks(files, device, DTYPES[precision], parser_dtype=torch.float32)
     _sync(device)
@@ -98,7 +104,7 @@ def pipeline(weights: Path | None, device: torch.device, precision: str, seconds
         print(f"pipeline {runtime} {precision}: {count} frames in {total:.2f} s ({count / total:.1f}/s), first after "
               f"{first:.2f} s; stages {stages}", flush=True)  # fmt: skip
         rows.append({
-            "networks": "official weights" if weights else "small random networks (random_weights.py)",
+            "networks": networks_used,
             "runtime": runtime, "ran_on": generated.metrics.get("musetalk_runtime_ran_on"), "warnings":
             generated.warnings, "precision": precision, "batch": batch, "avatar_frames": len(frames),
             "speech_s": seconds, "load_s": load_s, "prepare_s": prepare_s,
@@ -179,6 +185,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto")
     parser.add_argument("--weights", type=Path, default=None, help="MuseTalk's models/ folder (default: small random)")
+    parser.add_argument("--random-networks", choices=("small", "real"), default=None,
+                        help="without --weights: random networks at their real sizes or small (default: real on "
+                        "CUDA, small on the CPU)")  # fmt: skip
     parser.add_argument("--seconds", type=float, default=10.0, help="speech for the pipeline")
     parser.add_argument("--avatar-frames", type=int, default=50, help="frames of assets/face-video.mp4 prepared")
     parser.add_argument("--batches", default=None, help="network batches (default: 1,2 on the CPU; 1,8,16,32)")
@@ -197,7 +206,9 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="musetalk-bench-"))
     print(f"device {device} ({capabilities(device).name}); work in {work}", flush=True)
     runtimes = (args.runtimes or (",".join(RUNTIMES) if cuda else EAGER)).split(",")
-    rows = pipeline(args.weights, device, precisions[0], args.seconds, args.avatar_frames, args.batch, work, runtimes)
+    real_size = (args.random_networks or ("real" if cuda else "small")) == "real"
+    rows = pipeline(args.weights, device, precisions[0], args.seconds, args.avatar_frames, args.batch, work, runtimes,
+                    real_size)  # fmt: skip
     report = {
         **header("musetalk", args),
         "device": str(device),

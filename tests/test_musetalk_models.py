@@ -17,7 +17,8 @@ import torch
 
 from engine.core.errors import InputError, SetupError
 from engine.core.settings import Settings, load_settings
-from engine.lipsync.musetalk.random_weights import random_state
+from engine.lipsync.musetalk import random_weights
+from engine.lipsync.musetalk.random_weights import random_state, write_random_weights
 from engine.lipsync.musetalk.weights import (
     UNET_CONFIG,
     UNET_PARAMETERS,
@@ -209,6 +210,26 @@ def test_real_vae_and_whisper_encoder_configs() -> None:
     assert tuple(state["embed_positions.weight"].shape) == (1500, 384)  # 30 s at 50 rows per second
     assert tuple(state["layers.3.fc1.weight"].shape) == (1536, 384)
     assert encoder.config.d_model == WHISPER_ENCODER_CONFIG["d_model"]
+
+
+def test_real_size_random_weights_are_the_real_networks(tmp_path: Path, monkeypatch) -> None:
+    """What the GPU benchmark runs without the Hub: the official layout at the published sizes (shapes only here;
+    the values would be 3.4 GB of UNet)."""
+    monkeypatch.setattr(random_weights, "random_state", lambda model, seed, scale=0.1: {
+        k: torch.empty(v.shape, device="meta") for k, v in model.state_dict().items()})  # fmt: skip
+    root = write_random_weights(tmp_path / "models", real_size=True)
+
+    def read(name: str) -> dict[str, torch.Tensor]:
+        return torch.load(root / name, map_location="meta", weights_only=True)
+
+    unet, vae, whisper = read("musetalkV15/unet.pth"), read("sd-vae/diffusion_pytorch_model.bin"), read(
+        "whisper/pytorch_model.bin")  # fmt: skip
+    assert (len(unet), sum(t.numel() for t in unet.values())) == (UNET_TENSORS, UNET_PARAMETERS)
+    assert (len(vae), sum(t.numel() for t in vae.values())) == (VAE_TENSORS, VAE_PARAMETERS)
+    encoder = [t for k, t in whisper.items() if k.startswith("model.encoder.")]
+    assert (len(encoder), sum(t.numel() for t in encoder)) == (WHISPER_ENCODER_TENSORS, WHISPER_ENCODER_PARAMETERS)
+    assert json.loads((root / "musetalkV15/musetalk.json").read_text()) == json.loads(json.dumps(UNET_CONFIG))
+    assert json.loads((root / "sd-vae/config.json").read_text()) == json.loads(json.dumps(VAE_CONFIG))
 
 
 # --- BiSeNet ---------------------------------------------------------------------------------------------------

@@ -3,8 +3,9 @@
 Small configs of the real classes (diffusers' UNet and VAE, transformers' Whisper, our BiSeNet at full size), so our
 loader reads them exactly as it reads the official files and every stage of the pipeline runs, fast on a CPU. The VAE
 keeps four blocks, so the latents are 32x32 as the real ones; whisper keeps its real input (80 mel bins, 3000 frames,
-1500 rows) and its five hidden states, narrow. Speed measured with them says nothing about the real networks'
-(benchmarks/musetalk.py times those from their configs).
+1500 rows) and its five hidden states, narrow. Speed measured with them says nothing about the real networks'.
+``write_random_weights(root, real_size=True)`` writes the real configs instead (a 3.4 GB UNet file): the whole
+pipeline at the real networks' cost where the official files cannot be had (a GPU machine without the Hub).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 import torch
 
 from engine.lipsync.musetalk.audio import SAMPLE_RATE
-from engine.lipsync.musetalk.weights import UNET_CONFIG, VAE_CONFIG, meta_unet, meta_vae
+from engine.lipsync.musetalk.weights import UNET_CONFIG, VAE_CONFIG, WHISPER_ENCODER_CONFIG, meta_unet, meta_vae
 from engine.models.bisenet import random_bisenet_state
 
 SMALL_UNET = {
@@ -85,29 +86,41 @@ def random_real_network(part: str, seed: int = 0) -> torch.nn.Module:
     return (UNetStep(net) if part == "unet" else LatentDecoder(net)).eval()
 
 
-def random_state(model: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
-    """Every tensor of `model` drawn from N(0, 0.1²): values that keep small networks' activations in range."""
+def random_state(model: torch.nn.Module, seed: int, scale: float = 0.1) -> dict[str, torch.Tensor]:
+    """Every tensor of `model` (which may be on the meta device) drawn from N(0, scale²); 0.1 keeps small networks'
+    activations in range."""
     generator = torch.Generator().manual_seed(seed)
-    return {k: torch.randn(v.shape, generator=generator) * 0.1 for k, v in model.state_dict().items()}
+    return {k: torch.randn(v.shape, generator=generator) * scale for k, v in model.state_dict().items()}
 
 
-def write_random_weights(root: Path) -> Path:
-    """Random weights for the small configs in upstream's models/ layout (v1.5) under `root`; returns `root`."""
+# whisper-tiny's encoder at its real size; the decoder, which MuseTalk never runs, stays small.
+REAL_SIZE_WHISPER = {**SMALL_WHISPER, **WHISPER_ENCODER_CONFIG}
+
+
+def write_random_weights(root: Path, real_size: bool = False) -> Path:
+    """Random weights in upstream's models/ layout (v1.5) under `root`, for the small configs or, with `real_size`,
+    the real UNet, VAE and whisper encoder (values from N(0, 0.02²) then, as `random_real_network`'s); returns
+    `root`."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import WhisperConfig, WhisperForConditionalGeneration
 
+    unet, vae, whisper_config = (UNET_CONFIG, VAE_CONFIG, REAL_SIZE_WHISPER) if real_size else (
+        SMALL_UNET, SMALL_VAE, SMALL_WHISPER)  # fmt: skip
+    scale = 0.02 if real_size else 0.1
     for sub in ("musetalkV15", "sd-vae", "whisper", "face-parse-bisent"):
         (root / sub).mkdir(parents=True)
-    torch.save(random_state(UNet2DConditionModel.from_config(SMALL_UNET), 1), root / "musetalkV15" / "unet.pth")
-    (root / "musetalkV15" / "musetalk.json").write_text(json.dumps(SMALL_UNET))
-    torch.save(random_state(AutoencoderKL.from_config(SMALL_VAE), 2), root / "sd-vae" / "diffusion_pytorch_model.bin")
-    (root / "sd-vae" / "config.json").write_text(json.dumps(SMALL_VAE))
+    with torch.device("meta"):  # only the shapes: real_size's UNet would take 3.4 GB twice over
+        unet_model, vae_model = UNet2DConditionModel.from_config(unet), AutoencoderKL.from_config(vae)
+    torch.save(random_state(unet_model, 1, scale), root / "musetalkV15" / "unet.pth")
+    (root / "musetalkV15" / "musetalk.json").write_text(json.dumps(unet))
+    torch.save(random_state(vae_model, 2, scale), root / "sd-vae" / "diffusion_pytorch_model.bin")
+    (root / "sd-vae" / "config.json").write_text(json.dumps(vae))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(3)
-        whisper = WhisperForConditionalGeneration(WhisperConfig.from_dict(SMALL_WHISPER)).state_dict()
+        whisper = WhisperForConditionalGeneration(WhisperConfig.from_dict(whisper_config)).state_dict()
     encoder_and_decoder = {k: v.clone() for k, v in whisper.items() if k != "proj_out.weight"}  # proj_out is tied
     torch.save(encoder_and_decoder, root / "whisper" / "pytorch_model.bin")
-    (root / "whisper" / "config.json").write_text(json.dumps(SMALL_WHISPER))
+    (root / "whisper" / "config.json").write_text(json.dumps(whisper_config))
     (root / "whisper" / "preprocessor_config.json").write_text(
         json.dumps({"feature_size": 80, "sampling_rate": SAMPLE_RATE})
     )
