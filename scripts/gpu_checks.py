@@ -85,7 +85,7 @@ STEPS = [
                        *(["--upstream", str(c.upstream_wav2lip)] if c.upstream_wav2lip else []), *c.context)),
     Step("generator", "#17: the Wav2Lip generator in fp16 with CUDA graphs, compiled with CUDA graphs "
          "(reduce-overhead) and through ORT-CUDA and ORT-TensorRT (target 40,000 frames/s)", 420,
-         lambda c: _py("-m", "engine", "bench", "--model", "wav2lip", "--runtime", "eager,cuda-graphs,ort-cuda,ort-trt",
+         lambda c: _py("-m", "engine", "bench", "--model", "wav2lip", "--runtime", "eager,cudagraphs,ort-cuda,ort-trt",
                        "--precision", "fp16", "--batch", "512,1024", "--compile", "off,on", "--compile-mode",
                        "reduce-overhead", "--channels-last", "on", "--quiet",
                        "--json", str(RESULTS / f"bench-wav2lip-generator-{c.tag}-{c.day}.json"), *c.context)),
