@@ -362,6 +362,8 @@ def main() -> int:
     parser.add_argument("--compile", action="store_true", help="add torch.compile to the network sweep (CUDA)")
     paired.add_side_by_side_flags(parser, "Rudrabha/Wav2Lip", "in-process runs, no network sweep")
     parser.add_argument("--out", type=Path, default=RESULTS, help="the folder the JSON goes to")
+    parser.add_argument("--file-tag", default="", help="added to the JSON's name, e.g. the machine, when two "
+                        "machines' runs share a device and a date")  # fmt: skip
     add_context_flags(parser)
     args = parser.parse_args()
     paired.check_side_by_side_flags(parser, args, "inference.py")
@@ -422,6 +424,7 @@ def main() -> int:
         "side_by_side": side_by_side_report,
     }
     suffix = ("-quick" if args.quick else "") + ("-side-by-side" if args.only_side_by_side else "")
+    suffix += f"-{args.file_tag}" if args.file_tag else ""
     write_result(report, result_path("lipsync", caps.name if cuda else None, suffix, folder=args.out))
     return 0 if all(t["met"] for t in targets) else 1
 

@@ -184,7 +184,7 @@ def networks(device: torch.device, precisions: list[str], batches: list[int], ru
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--weights", type=Path, default=None, help="MuseTalk's models/ folder (default: small random)")
+    parser.add_argument("--weights", type=Path, default=None, help="MuseTalk's models/ folder (default: random)")
     parser.add_argument("--random-networks", choices=("small", "real"), default=None,
                         help="without --weights: random networks at their real sizes or small (default: real on "
                         "CUDA, small on the CPU)")  # fmt: skip
