@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import statistics
 import sys
@@ -46,7 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import paired  # noqa: E402
-from benchmarks.recording import RESULTS, add_context_flags, header, result_path, write_result  # noqa: E402
+from benchmarks.recording import RESULTS, add_context_flags, cpu_model, header, result_path, write_result  # noqa: E402
 from engine.core.audio import SAMPLE_RATE, load_audio  # noqa: E402
 from engine.core.device import apply_backend_flags, capabilities, resolve_device  # noqa: E402
 from engine.core.media import VideoWriter  # noqa: E402
@@ -412,7 +411,7 @@ def main() -> int:
         "machine": {
             "device": str(device),
             "name": caps.name,
-            "cpu": platform.processor() or platform.machine(),
+            "cpu": cpu_model(),
             "cores": os.cpu_count(),
             "torch": torch.__version__,
         },

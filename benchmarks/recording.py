@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import platform
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,17 @@ def result_path(benchmark: str, gpu_name: str | None, suffix: str = "", folder: 
     return folder / f"{benchmark}-{device_tag(gpu_name)}-{date.today().isoformat()}{suffix}.json"
 
 
+def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The processor's model and its widest vector unit, e.g. "AMD EPYC (AVX2)": side-by-side ratios on the CPU
+    depend on it, and the platform module only says "x86_64"."""
+    text = cpuinfo.read_text() if cpuinfo.exists() else ""
+    name = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "")
+    flags = next((set(line.split(":", 1)[1].split()) for line in text.splitlines() if line.startswith("flags")), set())
+    vector = next((label for flag, label in (("avx512f", "AVX-512"), ("avx2", "AVX2")) if flag in flags), None)
+    name = name or platform.processor() or platform.machine()
+    return f"{name} ({vector})" if vector else name
+
+
 def write_result(record: dict[str, Any], path: Path) -> Path:
     """The result as indented JSON (numbers as measured, nothing rounded), and say where it went."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -48,4 +60,13 @@ def write_result(record: dict[str, Any], path: Path) -> Path:
     return path
 
 
-__all__ = ["RESULTS", "add_context_flags", "command_line", "device_tag", "header", "result_path", "write_result"]
+__all__ = [
+    "RESULTS",
+    "add_context_flags",
+    "command_line",
+    "cpu_model",
+    "device_tag",
+    "header",
+    "result_path",
+    "write_result",
+]

@@ -212,7 +212,8 @@ def render_lipsync(paths: list[Path]) -> str:
     for path in paths:
         r = load(path)
         m, inputs = r["machine"], r["inputs"]
-        parts.append(f"#### {m['name']} ({m['device']}, {m['cores']} cores), {r['date']}")
+        cpu = f", {m['cpu']}" if m.get("cpu") not in (None, m["name"], "x86_64", "aarch64") else ""  # older: no model
+        parts.append(f"#### {m['name']} ({m['device']}, {m['cores']} cores{cpu}), {r['date']}")
         parts.append(
             f"{context(r, path)}\nPyTorch {m['torch']}; {r['weights']}; inputs: video {inputs['video']}, "
             f"image {inputs['image']}."

@@ -181,3 +181,18 @@ def test_a_command_that_cannot_start_fails_with_the_reason(tmp_path):
     run = paired.run_measured([str(tmp_path / "no-such-program")])
     assert run.returncode != 0
     assert "no-such-program" in run.output
+
+
+def test_the_cpu_is_named_with_its_widest_vector_unit(tmp_path):
+    """Side-by-side ratios on the CPU depend on it (results README: one machine with AVX-512, one without)."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.recording import cpu_model
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 avx fma avx2\n\nprocessor\t: 1\n")
+    assert cpu_model(info) == "AMD EPYC (AVX2)"
+    info.write_text("model name\t: Intel(R) Xeon(R) Platinum\nflags\t\t: avx2 avx512f avx512bw\n")
+    assert cpu_model(info) == "Intel(R) Xeon(R) Platinum (AVX-512)"
+    info.write_text("model name\t: Old\nflags\t\t: sse2\n")
+    assert cpu_model(info) == "Old"
+    assert cpu_model(tmp_path / "absent")  # another system: the platform's word
