@@ -361,8 +361,6 @@ def main() -> int:
     parser.add_argument("--compile", action="store_true", help="add torch.compile to the network sweep (CUDA)")
     paired.add_side_by_side_flags(parser, "Rudrabha/Wav2Lip", "in-process runs, no network sweep")
     parser.add_argument("--out", type=Path, default=RESULTS, help="the folder the JSON goes to")
-    parser.add_argument("--file-tag", default="", help="added to the JSON's name, e.g. the machine, when two "
-                        "machines' runs share a device and a date")  # fmt: skip
     add_context_flags(parser)
     args = parser.parse_args()
     paired.check_side_by_side_flags(parser, args, "inference.py")

@@ -241,10 +241,13 @@ def command_text(command: Sequence[str], names: Mapping[str, str]) -> str:
 
 
 def add_side_by_side_flags(parser: argparse.ArgumentParser, checkout: str, skipped: str) -> None:
-    """--upstream PATH (a `checkout` of the upstream repository), --pairs N, --only-side-by-side (skips `skipped`)."""
+    """--upstream PATH (a `checkout` of the upstream repository), --pairs N, --only-side-by-side (skips `skipped`),
+    --file-tag TEXT (side-by-side ratios depend on the CPU, so one day may bring several machines' files)."""
     parser.add_argument("--upstream", type=Path, help=f"a {checkout} checkout to run side by side with ours")
     parser.add_argument("--pairs", type=int, default=3, help="side-by-side rounds (each side once per round)")
     parser.add_argument("--only-side-by-side", action="store_true", help=f"with --upstream: no {skipped}")
+    parser.add_argument("--file-tag", default="", help="added to the result file's name, e.g. the machine, when "
+                        "two machines' runs share a device and a date")  # fmt: skip
 
 
 def check_side_by_side_flags(parser: argparse.ArgumentParser, args: argparse.Namespace, marker: str) -> None:

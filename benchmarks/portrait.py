@@ -53,7 +53,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import paired
-from benchmarks.recording import add_context_flags, header, result_path, write_result
+from benchmarks.recording import add_context_flags, cpu_model, header, result_path, write_result
 from engine.core.device import resolve_device
 from engine.core.media import load_image
 from engine.core.settings import get_settings
@@ -352,13 +352,15 @@ def main() -> int:
         **header("portrait", args),
         "device": str(choice.device),
         "gpu": gpu,
+        "cpu": cpu_model(),
         "torch": torch.__version__,
         "weights": "random weights in the official layout: speed does not depend on trained values",
         "results": rows,
         "baseline": baseline,
         "side_by_side": upstream,
     }
-    write_result(record, output_path(args.out, gpu, "-side-by-side" if args.only_side_by_side else ""))
+    suffix = ("-side-by-side" if args.only_side_by_side else "") + (f"-{args.file_tag}" if args.file_tag else "")
+    write_result(record, output_path(args.out, gpu, suffix))
     return 0
 
 

@@ -332,7 +332,9 @@ def render_portrait(paths: list[Path]) -> str:
     for path in paths:
         r = load(path)
         parts.append(
-            f"{context(r, path)}\nDevice {r['device']} ({r['gpu'] or 'no GPU'}), PyTorch {r['torch']}"
+            f"{context(r, path)}\nDevice {r['device']} ({r['gpu'] or 'no GPU'}"
+            + (f"; CPU {r['cpu']}" if r.get("cpu") else "")
+            + f"), PyTorch {r['torch']}"
             + (f"; {r['weights']}." if r.get("weights") else ".")
         )
         rows = []
