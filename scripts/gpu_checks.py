@@ -9,9 +9,9 @@ Steps, in the order the issues ask for them (`--list` shows each one's command a
 lipsync, generator, portrait, onnx-overhead, musetalk, musetalk-onnx, telemetry-overhead, telemetry-table.
 - Each benchmark writes its JSON where it always does: benchmarks/results/, named by the GPU and the date.
 - The doctor's, the tests' and the telemetry table's console output are kept there as .txt files.
-- --archive packs every file the run added to benchmarks/results/, with gpu-checks.json: each step's command,
-  status, seconds and the tail of its output. Unpack the archive into benchmarks/results/ and run
-  scripts/results_readme.py.
+- --archive packs every file the run added to benchmarks/results/ at its top level, and in logs/ the other steps'
+  logs and gpu-checks.json (each step's command, status, seconds and the tail of its output). The top level goes
+  into benchmarks/results/; then run scripts/results_readme.py (a new GPU's files need their block in its README).
 
 For a GPU machine without a package registry:
 - `wheels DIR`, run here (online), downloads the wheels a CUDA PyTorch image usually lacks, at this repository's
