@@ -184,7 +184,7 @@ def test_a_command_that_cannot_start_fails_with_the_reason(tmp_path):
 
 
 def test_the_cpu_is_named_with_its_widest_vector_unit(tmp_path):
-    """Side-by-side ratios on the CPU depend on it (results README: one machine with AVX-512, one without)."""
+    """Side-by-side ratios on the CPU depend on it: the results README holds two CPU types' files."""
     sys.path.insert(0, str(ROOT))
     from benchmarks.recording import cpu_model
 
