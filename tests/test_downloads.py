@@ -206,6 +206,20 @@ def test_offline_or_unreachable_says_what_to_place_where(
     assert "\n" not in str(unreachable.value) and "liveportrait/landmark.onnx" in str(unreachable.value)
 
 
+def test_either_http_clients_failures_are_network_failures() -> None:
+    """huggingface_hub 2 raises httpx2's errors and 1.x httpx's; both must become the one-line message above. (The
+    test above drives the pinned library; with huggingface_hub 1.33, as on a CUDA image, it passed too.)"""
+    import httpx
+    import httpx2
+
+    from engine.core import hub
+
+    caught = hub._network_errors()
+    assert OSError in caught
+    assert issubclass(httpx.ConnectError, caught) and issubclass(httpx.RemoteProtocolError, caught)
+    assert issubclass(httpx2.ConnectError, caught)
+
+
 def test_repositories_that_cannot_serve(hub: StandInHub, settings: Settings) -> None:
     with pytest.raises(InputError, match="not OWNER/NAME"):
         get_weights("liveportrait", settings, repo="../etc", endpoint=hub.url)

@@ -21,6 +21,7 @@ import contextlib
 import errno
 import fnmatch
 import hashlib
+import importlib
 import os
 import re
 import shutil
@@ -361,10 +362,20 @@ def list_files(source: Source, settings: Settings, repo: str | None = None, endp
     return Plan(source, repo, revisions[0], endpoint, root, tuple(files))
 
 
+def _network_errors() -> tuple[type[BaseException], ...]:
+    """What a failed transfer raises: OSError (offline mode, the disk) and the HTTP client's errors, httpx2's under
+    huggingface_hub 2 and httpx's under 1.x (an environment whose Hub library predates our pin, such as a CUDA image
+    with its own packages), whichever are installed; a bare traceback otherwise."""
+    errors: list[type[BaseException]] = [OSError]
+    for client in ("httpx2", "httpx"):
+        with contextlib.suppress(ImportError):
+            errors.append(importlib.import_module(client).HTTPError)
+    return tuple(errors)
+
+
 def _info(source: Source, share: Share, settings: Settings, repo: str, endpoint: str, main: bool) -> Any:
     """One share's listing at one commit; every failure is one line that says what to do (the main repository is the
     user's choice, the others are the set's own)."""
-    import httpx2
     from huggingface_hub import HfApi
     from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
 
@@ -386,7 +397,7 @@ def _info(source: Source, share: Share, settings: Settings, repo: str, endpoint:
         revision = f" at {share.revision}" if share.revision else ""
         raise WeightsError(f"the Hub answered {status} listing {share.repo}{revision}; try again later, or "
                            f"{by_hand}") from None  # fmt: skip
-    except (httpx2.HTTPError, OSError) as exc:  # offline mode, refused, DNS, timeout
+    except _network_errors() as exc:  # offline mode, refused, DNS, timeout
         raise WeightsError(f"the Hub is unreachable ({_reason(exc)}), so nothing is downloaded: {by_hand}") from None
 
 
@@ -601,8 +612,6 @@ def _notes(plan: Plan, settings: Settings) -> list[str]:
 def download(plan: Plan, settings: Settings, progress: Progress | None = None, accept_licence: bool = False) -> Fetched:
     """Fetch what is not in place yet (continuing partial files), check every file, then place them all: nothing of
     the set moves until every file of every share is complete and checked."""
-    import httpx2
-
     if plan.source.needs_acceptance and not accept_licence:
         raise InputError(licence_refusal(plan.source))
     with one_download_at_a_time(settings):
@@ -628,7 +637,7 @@ def download(plan: Plan, settings: Settings, progress: Progress | None = None, a
                 _fetch(plan, files[0], part, meter)
         except WeightsError:
             raise
-        except (OSError, httpx2.HTTPError) as exc:  # the network or the disk: the partial files stay
+        except _network_errors() as exc:  # the network or the disk: the partial files stay
             raise WeightsError(f"the download stopped ({_reason(exc)}) with {size_text(meter.present)} of "
                                f"{size_text(meter.total)} kept: run it again to continue") from None  # fmt: skip
         for part, files in groups.items():
