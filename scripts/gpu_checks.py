@@ -80,7 +80,7 @@ STEPS = [
     Step("pytest-gpu", "the GPU tests: each fails when a provider fell back or a counter is missing", 420,
          lambda c: _py("-m", "pytest", "-m", "gpu", "-v", "-rs", "-p", "no:cacheprovider"), log="pytest-gpu"),
     Step("lipsync", "#17: end to end (still + 40 s, 720p 10 s clip), the generator by batch and precision, compiled; "
-         "side by side with upstream when given", 480,
+         "side by side with upstream, on the CPU, when given", 480,
          lambda c: _py("benchmarks/lipsync.py", "--compile",
                        *(["--upstream", str(c.upstream_wav2lip)] if c.upstream_wav2lip else []), *c.context)),
     Step("generator", "#17: the Wav2Lip generator in fp16 with CUDA graphs, compiled with CUDA graphs "
