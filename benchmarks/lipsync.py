@@ -421,7 +421,7 @@ def main() -> int:
         "side_by_side": side_by_side_report,
     }
     suffix = ("-quick" if args.quick else "") + ("-side-by-side" if args.only_side_by_side else "")
-    suffix += f"-{args.file_tag}" if args.file_tag else ""
+    suffix += paired.file_tag_suffix(args)
     write_result(report, result_path("lipsync", caps.name if cuda else None, suffix, folder=args.out))
     return 0 if all(t["met"] for t in targets) else 1
 

@@ -250,6 +250,11 @@ def add_side_by_side_flags(parser: argparse.ArgumentParser, checkout: str, skipp
                         "two machines' runs share a device and a date")  # fmt: skip
 
 
+def file_tag_suffix(args: argparse.Namespace) -> str:
+    """What --file-tag adds to the result file's name ("" without one)."""
+    return f"-{args.file_tag}" if args.file_tag else ""
+
+
 def check_side_by_side_flags(parser: argparse.ArgumentParser, args: argparse.Namespace, marker: str) -> None:
     """The side-by-side flags make sense together, and --upstream holds `marker` (a file of the checkout)."""
     if args.pairs < 1:
@@ -270,6 +275,7 @@ __all__ = [
     "command_text",
     "compare",
     "describe_spread",
+    "file_tag_suffix",
     "interleaved",
     "pair_ratios",
     "run_measured",

@@ -359,7 +359,7 @@ def main() -> int:
         "baseline": baseline,
         "side_by_side": upstream,
     }
-    suffix = ("-side-by-side" if args.only_side_by_side else "") + (f"-{args.file_tag}" if args.file_tag else "")
+    suffix = ("-side-by-side" if args.only_side_by_side else "") + paired.file_tag_suffix(args)
     write_result(record, output_path(args.out, gpu, suffix))
     return 0
 
