@@ -358,3 +358,32 @@ def test_parse_box() -> None:
     for bad in ("1,2,3", "a,b,c,d", "10,10,5,20", "-1,0,5,5"):
         with pytest.raises(LipSyncError):
             parse_box(bad)
+
+
+def test_frames_whose_generated_mouth_is_not_finite_keep_their_pixels(media, settings, tmp_path, monkeypatch) -> None:
+    """fp16 overflow gives inf/NaN; pasted, they would be black or random pixels: those frames stay as they were."""
+    from engine.lipsync import pipeline as lipsync
+    from engine.lipsync.engines import Wav2LipEngine
+
+    written = []
+    original_write = lipsync.VideoWriter.write
+    monkeypatch.setattr(
+        lipsync.VideoWriter, "write", lambda self, frame: (written.append(frame.copy()), original_write(self, frame))[1]
+    )
+    generate = Wav2LipEngine.__call__
+
+    def overflowing(self, mels, crops, energy):
+        out = generate(self, mels, crops, energy)
+        out[::2, 40, 40, 1] = np.nan  # every other frame of each batch
+        out[1::4, 50, 50, 2] = np.inf
+        return out
+
+    monkeypatch.setattr(Wav2LipEngine, "__call__", overflowing)
+    image = cv2.imread(str(FACE))
+    config = LipSyncConfig(face=FACE, audio=media["speech"], checkpoint=str(media["checkpoint"]), batch_size=4)
+    result = run_lipsync(config, tmp_path / "nan.mp4", settings)
+    assert len(written) == expected_frames(1.0)
+    for i, frame in enumerate(written):
+        kept = i % 4 in (0, 1, 2)  # NaN at 0 and 2, inf at 1; only the fourth of each batch of 4 is finite
+        assert np.array_equal(frame, image) == kept, i
+    assert any("NaN or infinite" in w and "original pixels" in w for w in result.warnings)

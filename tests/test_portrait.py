@@ -320,3 +320,28 @@ def test_a_clip_longer_than_the_limit_stops_at_the_limit(tmp_path: Path, no_weig
     short = replace(no_weights, max_seconds=2.0)
     with pytest.raises(InputError, match="longer than the limit"):  # the face search stops there too
         run_portrait(PortraitConfig(ASSETS / "face.jpg", clip, engine="baseline"), tmp_path / "o.mp4", short)
+
+
+def test_frames_with_nan_or_inf_are_written_defined_and_warned_about() -> None:
+    """fp16 overflow gives inf/NaN, whose cast to uint8 is undefined: they become 0 (NaN, -inf) or 255 (+inf)."""
+    from engine.core.results import RunResult
+    from engine.portrait.pipeline import _encode
+
+    class Frames:
+        def __init__(self) -> None:
+            self.frames: list[np.ndarray] = []
+
+        def write(self, frame: np.ndarray) -> None:
+            self.frames.append(frame)
+
+    clean = torch.full((2, 3, 4, 4), 0.5)
+    bad = clean.clone()
+    bad[0, 0, 0, 0], bad[0, 1, 0, 0], bad[1, 2, 1, 1] = float("nan"), float("-inf"), float("inf")
+    writer, result = Frames(), RunResult()
+    _encode([clean], writer, result, lambda *_: None, 2)
+    assert not result.warnings
+    _encode([bad], writer, result, lambda *_: None, 2)
+    first, second = writer.frames[2], writer.frames[3]
+    assert first[0, 0].tolist() == [128, 0, 0]  # BGR: the NaN (R) and -inf (G) are 0, B is untouched
+    assert second[1, 1].tolist() == [255, 128, 128]  # +inf (B) is 255
+    assert any("NaN or infinite" in w for w in result.warnings)

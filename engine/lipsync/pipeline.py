@@ -350,9 +350,17 @@ def _synthesised(run: _Prepared, frames: list[np.ndarray], boxes: list[Box | Non
             )
         if used < len(crops):
             result.warn(f"out of GPU memory at batch {len(crops)}: ran at {used}")
+        # fp16 can overflow to inf/NaN, which would paste as black or random pixels: such a frame keeps its own.
+        finite = np.isfinite(generated.reshape(len(generated), -1)).all(axis=1)
+        if not finite.all():
+            result.warn(
+                f"{generator.label} gave NaN or infinite values for some frames; they keep their original pixels "
+                "(fp32 has the range fp16 lacks)"
+            )
         with result.stage("paste", items=len(with_face)):
             for j, i in enumerate(with_face):
-                paste(outputs[i], boxes[i], generated[j], run.config.paste)
+                if finite[j]:
+                    paste(outputs[i], boxes[i], generated[j], run.config.paste)
     return outputs
 
 

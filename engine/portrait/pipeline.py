@@ -870,6 +870,12 @@ def _encode(
     """Frames in [0, 1] to 8-bit BGR, written in order."""
     done = 0
     for frames in batches:
+        if not bool(torch.isfinite(frames).all()):  # fp16 overflow: casting NaN to uint8 is undefined
+            frames = torch.nan_to_num(frames, nan=0.0, posinf=1.0, neginf=0.0)
+            result.warn(
+                "the networks gave NaN or infinite values in some frames; those pixels are written black (white for "
+                "+inf): fp32 or bf16 has the range fp16 lacks"
+            )
         pixels = (frames * 255).round_().to(torch.uint8).permute(0, 2, 3, 1).flip(-1).cpu().numpy()
         with result.stage("encode", items=len(pixels)):
             for frame in pixels:
