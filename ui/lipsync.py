@@ -53,6 +53,11 @@ def summary_markdown(result: RunResult) -> str:
         f"detector `{m['detector']}` · {m['faces_missed']} frame(s) without a face · "
         f"{m['pipeline_seconds']:.2f}s in the pipeline ({m['frames_per_second']:.1f} frames/s)",
     ]
+    if check := m.get("precision_check"):
+        lines.append(
+            f"- {result.precision} against fp32 on the first {check['frames']} frames: up to "
+            f"{check['max_grey_levels']:.2f} grey levels apart (mean {check['mean_grey_levels']:.3f})"
+        )
     lines += measurement_line(result) + segments_lines(result)
     lines += [f"- ⚠️ {w}" for w in result.warnings]
     return "\n".join(lines)
@@ -102,6 +107,9 @@ def build_lipsync_tab(settings: Settings, jobs: LipSyncJobs, access: Access) -> 
                     batch_size = optional_number(c, "batch_size", "Batch size (empty: auto)", "auto")
                     precision = gr.Dropdown(choices(c, "precision"), value=default(c, "precision"), label="Precision")
                     compile_ = gr.Checkbox(value=default(c, "compile"), label="torch.compile")
+                    check_precision = gr.Checkbox(
+                        value=default(c, "check_precision"), label="fp16/bf16: compare the first frames with fp32"
+                    )
                 with gr.Row():
                     pads = gr.Textbox(value=default(c, "pads"), label="Pads TOP,BOTTOM,LEFT,RIGHT (pixels)")
                     smooth = gr.Checkbox(value=default(c, "smooth"), label="Smooth face boxes")
@@ -148,7 +156,7 @@ def build_lipsync_tab(settings: Settings, jobs: LipSyncJobs, access: Access) -> 
 
     inputs = dict(
         face=face, audio=audio, engine=engine, checkpoint=checkpoint, batch_size=batch_size, precision=precision,
-        compile=compile_, pads=pads, smooth=smooth, box=box, detector=detector,
+        compile=compile_, check_precision=check_precision, pads=pads, smooth=smooth, box=box, detector=detector,
         detector_checkpoint=detector_checkpoint, detect_scale=detect_scale, paste=paste, audio_offset=audio_offset,
         musetalk_weights=musetalk_weights, musetalk_version=musetalk_version, bbox_shift=bbox_shift,
         musetalk_person_box=person_box, musetalk_runtime=musetalk_runtime, stream=stream,

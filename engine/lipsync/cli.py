@@ -7,6 +7,7 @@ import argparse
 
 from engine.core.commands import Command, output_flags, print_run, run_flags
 from engine.core.options import from_args
+from engine.core.results import RunResult
 from engine.lipsync.config import AvatarConfig, LipSyncConfig
 
 
@@ -31,8 +32,19 @@ def _lipsync(args: argparse.Namespace) -> int:
     m = result.metrics
     return print_run(args, result, f"{result.outputs['video']}: {m['frames']} frames at {m['fps']:g} fps by "
                      f"{m['engine_label']} on {result.device} ({result.precision}), batch {m['batch_size']}, "
-                     f"{m['faces_missed']} without a face\n{describe(result.measurement)}"
+                     f"{m['faces_missed']} without a face\n{precision_line(result)}{describe(result.measurement)}"
                      f"{stream_note(config.stream, args.out)}")  # fmt: skip
+
+
+def precision_line(result: RunResult) -> str:
+    """What --check-precision found, as a line (empty when it did not run)."""
+    check = result.metrics.get("precision_check")
+    if not check:
+        return ""
+    return (
+        f"{result.precision} against fp32 on the first {check['frames']} frames: up to {check['max_grey_levels']:.2f} "
+        f"grey levels apart (mean {check['mean_grey_levels']:.3f})\n"
+    )
 
 
 def _avatar(args: argparse.Namespace) -> int:

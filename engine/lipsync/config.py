@@ -62,6 +62,10 @@ class LipSyncConfig(Config):
     )
     precision: str = option("auto", help="auto: fp16 on CUDA, fp32 on the CPU", choices=PRECISIONS)
     compile: bool = option(False, help="torch.compile the generator")
+    check_precision: bool = option(
+        False, help="Wav2Lip at fp16 or bf16: also run the first frames in fp32 (a second copy of the generator, "
+        "once) and report how far the output is from it, in grey levels",
+    )  # fmt: skip
     pads: tuple[int, ...] = option(
         (0, 10, 0, 0), help="pixels added to the face box: TOP,BOTTOM,LEFT,RIGHT", low=0, high=200,
         text=number_tuple(int, 4),

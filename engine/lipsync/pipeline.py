@@ -156,7 +156,9 @@ def _frames(
 def _make_generator(config: LipSyncConfig, settings: Settings, device, caps, precision: str) -> Generator:
     checkpoint = resolve(WAV2LIP, settings, config.checkpoint) if config.engine != "baseline" else None
     if checkpoint is not None:
-        return Wav2LipEngine(checkpoint, device, caps, precision, compile=config.compile)
+        return Wav2LipEngine(
+            checkpoint, device, caps, precision, compile=config.compile, check_precision=config.check_precision
+        )
     if config.engine == "wav2lip":
         raise LipSyncError("the wav2lip engine needs a checkpoint. " + where_to_put(WAV2LIP, settings))
     return BaselineEngine(device)
@@ -218,6 +220,14 @@ class _Prepared:
             frames_per_second=frames / wall if wall > 0 else None,
             detector=self.detector.name if self.detector else "fixed box",
         )
+        check = getattr(self.generator, "precision_check", None)
+        if check is not None:
+            self.result.metrics["precision_check"] = check
+            if check["max_grey_levels"] > 1.0:
+                self.result.warn(
+                    f"{self.result.precision} differs from fp32 by up to {check['max_grey_levels']:.1f} grey levels "
+                    f"(mean {check['mean_grey_levels']:.2f}) on the first {check['frames']} frames"
+                )
 
 
 def _prepare(

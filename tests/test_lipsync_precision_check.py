@@ -1,0 +1,101 @@
+"""--check-precision: the first frames of a fp16/bf16 Wav2Lip run also go through fp32, and the run says how far
+apart the two are (issue #17: bf16 is an option with its error reported, never the default)."""
+
+from __future__ import annotations
+
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from engine.core.audio import SAMPLE_RATE, load_audio
+from engine.core.device import capabilities
+from engine.core.results import RunResult
+from engine.lipsync.cli import precision_line
+from engine.lipsync.config import LipSyncConfig
+from engine.lipsync.engines import PRECISION_CHECK_FRAMES, Wav2LipEngine
+from engine.models.wav2lip import FACE_SIZE, load_wav2lip, random_wav2lip_checkpoint
+
+CPU = torch.device("cpu")
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("precision_check") / "wav2lip.pth"
+    random_wav2lip_checkpoint(path, seed=3)
+    return path
+
+
+def inputs(count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    crops = rng.integers(0, 256, (count, FACE_SIZE, FACE_SIZE, 3), dtype=np.uint8)
+    return rng.standard_normal((count, 80, 16)).astype(np.float32), crops, np.zeros(count, np.float32)
+
+
+def fp32_forward(checkpoint: Path, mels: np.ndarray, crops: np.ndarray) -> np.ndarray:
+    """The checkpoint as it loads, in fp32, with the face input made as upstream makes it; 0..255."""
+    faces = torch.from_numpy(crops).permute(0, 3, 1, 2).float() / 255.0
+    masked = faces.clone()
+    masked[:, :, FACE_SIZE // 2 :] = 0
+    with torch.inference_mode():
+        out = load_wav2lip(checkpoint)(torch.from_numpy(mels).unsqueeze(1), torch.cat([masked, faces], dim=1))
+    return out.permute(0, 2, 3, 1).numpy() * 255.0
+
+
+def test_the_first_frames_are_compared_with_fp32_once(checkpoint) -> None:
+    gen = Wav2LipEngine(checkpoint, CPU, capabilities(CPU), "bf16", check_precision=True)
+    mels, crops, energy = inputs(PRECISION_CHECK_FRAMES + 2)
+    out = gen(mels, crops, energy)
+    check = gen.precision_check
+    assert check is not None and check["against"] == "fp32" and check["frames"] == PRECISION_CHECK_FRAMES
+    diff = np.abs(out[:PRECISION_CHECK_FRAMES] - fp32_forward(checkpoint, mels, crops)[:PRECISION_CHECK_FRAMES])
+    assert check["max_grey_levels"] == pytest.approx(float(diff.max()), abs=0.01)
+    assert check["mean_grey_levels"] == pytest.approx(float(diff.mean()), abs=0.001)
+    assert check["max_grey_levels"] > 0.01  # bf16 is not fp32: a check that compared bf16 with itself would be 0
+    gen(*inputs(2, seed=1))
+    assert gen.precision_check == check  # measured once, on the first batch
+
+
+def test_a_short_first_batch_is_compared_whole(checkpoint) -> None:
+    gen = Wav2LipEngine(checkpoint, CPU, capabilities(CPU), "bf16", check_precision=True)
+    gen(*inputs(2))
+    assert gen.precision_check is not None and gen.precision_check["frames"] == 2
+
+
+@pytest.mark.parametrize(("precision", "asked"), [("bf16", False), ("fp32", True)])
+def test_no_check_unless_asked_at_a_reduced_precision(checkpoint, precision, asked) -> None:
+    gen = Wav2LipEngine(checkpoint, CPU, capabilities(CPU), precision, check_precision=asked)
+    gen(*inputs(2))
+    assert gen.precision_check is None
+
+
+def one_second_of_speech(path: Path) -> Path:
+    """The first second of the speech in assets/, as 16-bit PCM: a short run."""
+    samples = load_audio(ASSETS / "speech.wav")[:SAMPLE_RATE]
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(SAMPLE_RATE)
+        out.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
+    return path
+
+
+def test_the_run_reports_the_check(checkpoint, tmp_path) -> None:
+    from engine.core.settings import load_settings
+    from engine.lipsync.pipeline import run_lipsync
+
+    settings = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path / "data")})
+    config = LipSyncConfig(
+        face=ASSETS / "face.jpg", audio=one_second_of_speech(tmp_path / "speech.wav"), checkpoint=str(checkpoint),
+        precision="bf16", check_precision=True, box=(172, 60, 280, 200),
+    )  # fmt: skip
+    result = run_lipsync(config, tmp_path / "out.mp4", settings, device="cpu")
+    check = result.metrics["precision_check"]
+    assert check["frames"] == PRECISION_CHECK_FRAMES and np.isfinite(check["max_grey_levels"])
+    warned = any("differs from fp32" in w for w in result.warnings)
+    assert warned == (check["max_grey_levels"] > 1.0)
+    assert precision_line(result).startswith(f"bf16 against fp32 on the first {PRECISION_CHECK_FRAMES} frames")
+    assert precision_line(RunResult()) == ""
