@@ -3,12 +3,12 @@ apart the two are (issue #17: bf16 is an option with its error reported, never t
 
 from __future__ import annotations
 
-import wave
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from test_lipsync import write_wav
 
 from engine.core.audio import SAMPLE_RATE, load_audio
 from engine.core.device import capabilities
@@ -72,24 +72,14 @@ def test_no_check_unless_asked_at_a_reduced_precision(checkpoint, precision, ask
     assert gen.precision_check is None
 
 
-def one_second_of_speech(path: Path) -> Path:
-    """The first second of the speech in assets/, as 16-bit PCM: a short run."""
-    samples = load_audio(ASSETS / "speech.wav")[:SAMPLE_RATE]
-    with wave.open(str(path), "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(SAMPLE_RATE)
-        out.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
-    return path
-
-
 def test_the_run_reports_the_check(checkpoint, tmp_path) -> None:
     from engine.core.settings import load_settings
     from engine.lipsync.pipeline import run_lipsync
 
     settings = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path / "data")})
+    speech = write_wav(tmp_path / "speech.wav", load_audio(ASSETS / "speech.wav")[:SAMPLE_RATE])  # a short run
     config = LipSyncConfig(
-        face=ASSETS / "face.jpg", audio=one_second_of_speech(tmp_path / "speech.wav"), checkpoint=str(checkpoint),
+        face=ASSETS / "face.jpg", audio=speech, checkpoint=str(checkpoint),
         precision="bf16", check_precision=True, box=(172, 60, 280, 200),
     )  # fmt: skip
     result = run_lipsync(config, tmp_path / "out.mp4", settings, device="cpu")
@@ -99,3 +89,22 @@ def test_the_run_reports_the_check(checkpoint, tmp_path) -> None:
     assert warned == (check["max_grey_levels"] > 1.0)
     assert precision_line(result).startswith(f"bf16 against fp32 on the first {PRECISION_CHECK_FRAMES} frames")
     assert precision_line(RunResult()) == ""
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_the_check_on_the_gpu(checkpoint, precision) -> None:
+    cuda = torch.device("cuda")
+    caps = capabilities(cuda)
+    if precision == "bf16" and not caps.bf16:
+        pytest.skip(f"{caps.name} has no bf16")
+    gen = Wav2LipEngine(checkpoint, cuda, caps, precision, check_precision=True)
+    mels, crops, energy = inputs(8)
+    out = gen(mels, crops, energy)
+    check = gen.precision_check
+    assert check is not None and check["frames"] == PRECISION_CHECK_FRAMES
+    expected = fp32_forward(checkpoint, mels[:PRECISION_CHECK_FRAMES], crops[:PRECISION_CHECK_FRAMES])
+    # The fp32 side ran on the GPU too (TF32 off): within float rounding of the CPU's fp32 forward.
+    diff = np.abs(out[:PRECISION_CHECK_FRAMES] - expected)
+    assert 0 < check["max_grey_levels"] == pytest.approx(float(diff.max()), abs=0.05)
