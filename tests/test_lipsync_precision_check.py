@@ -14,7 +14,7 @@ from engine.core.audio import SAMPLE_RATE, load_audio
 from engine.core.device import capabilities
 from engine.core.results import RunResult
 from engine.lipsync.cli import precision_line
-from engine.lipsync.config import LipSyncConfig
+from engine.lipsync.config import LipSyncConfig, precision_summary
 from engine.lipsync.engines import PRECISION_CHECK_FRAMES, Wav2LipEngine
 from engine.models.wav2lip import FACE_SIZE, load_wav2lip, random_wav2lip_checkpoint
 
@@ -85,10 +85,17 @@ def test_the_run_reports_the_check(checkpoint, tmp_path) -> None:
     result = run_lipsync(config, tmp_path / "out.mp4", settings, device="cpu")
     check = result.metrics["precision_check"]
     assert check["frames"] == PRECISION_CHECK_FRAMES and np.isfinite(check["max_grey_levels"])
-    warned = any("differs from fp32" in w for w in result.warnings)
+    warned = any(w.startswith("bf16 against fp32") for w in result.warnings)
     assert warned == (check["max_grey_levels"] > 1.0)
     assert precision_line(result).startswith(f"bf16 against fp32 on the first {PRECISION_CHECK_FRAMES} frames")
     assert precision_line(RunResult()) == ""
+
+
+def test_a_check_that_met_nan_says_so() -> None:
+    check = {"against": "fp32", "frames": 4, "max_grey_levels": None, "mean_grey_levels": None}
+    assert precision_summary("fp16", check) == "fp16 against fp32 on the first 4 frames: NaN or infinite values"
+    result = RunResult(precision="fp16", metrics={"precision_check": check})
+    assert precision_line(result) == precision_summary("fp16", check) + "\n"
 
 
 @pytest.mark.gpu

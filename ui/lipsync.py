@@ -14,7 +14,7 @@ import gradio as gr
 from engine.core.results import RunResult
 from engine.core.settings import Settings
 from engine.core.weights import WAV2LIP, where_to_put
-from engine.lipsync.config import LipSyncConfig
+from engine.lipsync.config import LipSyncConfig, precision_summary
 from engine.lipsync.jobs import LipSyncJobs
 from ui.examples import Example, example_gallery
 from ui.forms import api_examples, choices, default, form_handler
@@ -54,10 +54,7 @@ def summary_markdown(result: RunResult) -> str:
         f"{m['pipeline_seconds']:.2f}s in the pipeline ({m['frames_per_second']:.1f} frames/s)",
     ]
     if check := m.get("precision_check"):
-        lines.append(
-            f"- {result.precision} against fp32 on the first {check['frames']} frames: up to "
-            f"{check['max_grey_levels']:.2f} grey levels apart (mean {check['mean_grey_levels']:.3f})"
-        )
+        lines.append(f"- {precision_summary(result.precision, check)}")
     lines += measurement_line(result) + segments_lines(result)
     lines += [f"- ⚠️ {w}" for w in result.warnings]
     return "\n".join(lines)

@@ -8,7 +8,7 @@ import argparse
 from engine.core.commands import Command, output_flags, print_run, run_flags
 from engine.core.options import from_args
 from engine.core.results import RunResult
-from engine.lipsync.config import AvatarConfig, LipSyncConfig
+from engine.lipsync.config import AvatarConfig, LipSyncConfig, precision_summary
 
 
 def _lipsync(args: argparse.Namespace) -> int:
@@ -39,12 +39,7 @@ def _lipsync(args: argparse.Namespace) -> int:
 def precision_line(result: RunResult) -> str:
     """What --check-precision found, as a line (empty when it did not run)."""
     check = result.metrics.get("precision_check")
-    if not check:
-        return ""
-    return (
-        f"{result.precision} against fp32 on the first {check['frames']} frames: up to {check['max_grey_levels']:.2f} "
-        f"grey levels apart (mean {check['mean_grey_levels']:.3f})\n"
-    )
+    return f"{precision_summary(result.precision, check)}\n" if check else ""
 
 
 def _avatar(args: argparse.Namespace) -> int:

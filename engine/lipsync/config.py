@@ -100,6 +100,14 @@ class LipSyncConfig(Config):
     )  # fmt: skip
 
 
+def precision_summary(precision: str, check: dict[str, Any]) -> str:
+    """--check-precision's finding (the result's `precision_check`) in words."""
+    where = f"{precision} against fp32 on the first {check['frames']} frames"
+    if check["max_grey_levels"] is None:
+        return f"{where}: NaN or infinite values"
+    return f"{where}: up to {check['max_grey_levels']:.2f} grey levels apart (mean {check['mean_grey_levels']:.3f})"
+
+
 # `avatarbench avatar`: a face prepared once into a MuseTalk avatar, with lipsync's own options for it.
 AvatarConfig = subset_config(
     LipSyncConfig,
@@ -120,4 +128,5 @@ __all__ = [
     "LipSyncConfig",
     "LipSyncError",
     "parse_box",
+    "precision_summary",
 ]

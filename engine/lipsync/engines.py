@@ -13,7 +13,7 @@ import logging
 import math
 from collections import deque
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -106,7 +106,7 @@ class Wav2LipEngine:
         self.device = device
         self.checkpoint = checkpoint
         self._check_pending = check_precision and precision in ("fp16", "bf16")
-        self.precision_check: dict[str, float | int] | None = None
+        self.precision_check: dict[str, Any] | None = None
         self.dtype = precision_dtype(precision, caps)
         if device.type == "cuda":
             # Same-shaped batches all run long: let cuDNN pick its fastest kernels once; TF32 only on request.
@@ -149,8 +149,9 @@ class Wav2LipEngine:
             self.precision_check = self._against_fp32(mels[:sample], crops[:sample], out[:sample])
         return out[:count]
 
-    def _against_fp32(self, mels: np.ndarray, crops: np.ndarray, out: np.ndarray) -> dict[str, float | int]:
-        """How far `out` (0..255) is from the fp32 generator's output for the same inputs (full forward)."""
+    def _against_fp32(self, mels: np.ndarray, crops: np.ndarray, out: np.ndarray) -> dict[str, Any]:
+        """How far `out` (0..255) is from the fp32 generator's output for the same inputs (full forward); None where
+        `out` holds NaN or inf."""
         reference = load_wav2lip(
             self.checkpoint, device=self.device, channels_last=self.channels_last, fold_batchnorm=True
         )
@@ -160,12 +161,12 @@ class Wav2LipEngine:
             expected = (reference(mel, face) * 255.0).permute(0, 2, 3, 1).cpu().numpy()
         del reference
         diff = np.abs(out.astype(np.float64) - expected)
-        finite = bool(np.isfinite(diff).all())
+        finite = bool(np.isfinite(diff).all())  # None below, not inf: results are JSON
         return {
             "against": "fp32",
             "frames": len(out),
-            "max_grey_levels": float(diff.max()) if finite else float("inf"),
-            "mean_grey_levels": float(diff.mean()) if finite else float("inf"),
+            "max_grey_levels": float(diff.max()) if finite else None,
+            "mean_grey_levels": float(diff.mean()) if finite else None,
         }
 
     def _face_input(self, crops: np.ndarray, dtype: torch.dtype | None = None) -> torch.Tensor:

@@ -43,7 +43,7 @@ from engine.core.settings import Settings, get_settings
 from engine.core.weights import S3FD, WAV2LIP, resolve, where_to_put
 from engine.faces.detection import FaceDetector, make_detector
 from engine.faces.tracking import FaceTracker
-from engine.lipsync.config import LipSyncConfig, LipSyncError
+from engine.lipsync.config import LipSyncConfig, LipSyncError, precision_summary
 from engine.lipsync.engines import BaselineEngine, Generator, Wav2LipEngine, auto_batch_size, default_precision
 from engine.lipsync.paste import Box, crop, paste
 
@@ -223,11 +223,8 @@ class _Prepared:
         check = getattr(self.generator, "precision_check", None)
         if check is not None:
             self.result.metrics["precision_check"] = check
-            if check["max_grey_levels"] > 1.0:
-                self.result.warn(
-                    f"{self.result.precision} differs from fp32 by up to {check['max_grey_levels']:.1f} grey levels "
-                    f"(mean {check['mean_grey_levels']:.2f}) on the first {check['frames']} frames"
-                )
+            if check["max_grey_levels"] is None or check["max_grey_levels"] > 1.0:
+                self.result.warn(precision_summary(self.result.precision, check))
 
 
 def _prepare(
