@@ -36,6 +36,12 @@ from engine.runtimes.ort_session import OrtSession, SessionError  # noqa: E402
 FAST = {"model": Path("model.onnx"), "runs": 5, "warmup": 1, "intra_op_threads": 1}
 
 
+def warnings_but_spread(report: dict) -> list[str]:
+    """The report's warnings less the timing-spread ones, which a busy machine adds to any row (timing noise is not
+    what these tests are about)."""
+    return [w for w in report["warnings"] if "spread too wide to trust" not in w]
+
+
 def reference(x: np.ndarray) -> np.ndarray:
     return np.maximum(x.astype(np.float32) @ W + B, 0)
 
@@ -124,7 +130,7 @@ def test_evaluate_cpu_batch_sweep(mlp_model: tuple[Path, ModelInfo]) -> None:
         p = report["parity"]["cpu"][out]
         assert (p["max_abs"], p["max_rel"], p["mean_abs"], p["tolerance_to_pass"]) == (0.0, 0.0, 0.0, 0.0)
         assert p["cosine"] == pytest.approx(1.0)
-    assert report["warnings"] == []
+    assert warnings_but_spread(report) == []
     assert report["sessions"]["cpu"]["got"] == ["CPUExecutionProvider"]
     assert report["input_source"] == {"x": "synthetic", "k": "synthetic"}
     assert _plain_types(report)
@@ -212,7 +218,8 @@ def test_fixed_shape_runs_once_with_warning(tmp_path: Path) -> None:
     report = evaluate(path, inspect_model(path), EvalConfig(batch_sizes=(1, 8), **FAST))
     (row,) = report["results"]
     assert row["batch"] == 2 and row["error"] is None
-    assert len(report["warnings"]) == 1 and "no batch dimension" in report["warnings"][0]
+    (warning,) = warnings_but_spread(report)
+    assert "no batch dimension" in warning
 
 
 def test_input_budget_refused_before_allocating(
