@@ -372,8 +372,8 @@ def test_frames_whose_generated_mouth_is_not_finite_keep_their_pixels(media, set
     )
     generate = Wav2LipEngine.__call__
 
-    def overflowing(self, mels, crops, energy):
-        out = generate(self, mels, crops, energy)
+    def overflowing(self, mels, crops, energy, first_row=0):
+        out = generate(self, mels, crops, energy, first_row)
         out[::2, 40, 40, 1] = np.nan  # every other frame of each batch
         out[1::4, 50, 50, 2] = np.inf
         return out
@@ -387,3 +387,32 @@ def test_frames_whose_generated_mouth_is_not_finite_keep_their_pixels(media, set
         kept = i % 4 in (0, 1, 2)  # NaN at 0 and 2, inf at 1; only the fourth of each batch of 4 is finite
         assert np.array_equal(frame, image) == kept, i
     assert any("NaN or infinite" in w and "original pixels" in w for w in result.warnings)
+
+
+@pytest.mark.parametrize("face", ["image", "video"])
+def test_computing_only_the_rows_the_paste_reads_leaves_the_frames_as_they_were(
+    face, media, settings, tmp_path, monkeypatch
+) -> None:
+    """Wav2Lip computes each crop from the first row the blend paste reads (issue #17): the frames are those of the
+    whole crop computed."""
+    from engine.lipsync import pipeline as lipsync
+    from engine.lipsync.engines import Wav2LipEngine
+
+    written: list[np.ndarray] = []
+    original_write = lipsync.VideoWriter.write
+    monkeypatch.setattr(
+        lipsync.VideoWriter, "write", lambda self, frame: (written.append(frame.copy()), original_write(self, frame))[1]
+    )
+    rows: list[int] = []
+    generate = Wav2LipEngine.__call__
+    monkeypatch.setattr(Wav2LipEngine, "__call__", lambda self, *args: (rows.append(args[3]), generate(self, *args))[1])
+    source = FACE if face == "image" else media["video"]
+    config = LipSyncConfig(face=source, audio=media["speech"], checkpoint=str(media["checkpoint"]), batch_size=8)
+    run_lipsync(config, tmp_path / "cut.mp4", settings)
+    cut, written[:] = list(written), []
+    assert rows and all(r >= 8 for r in rows)  # the lower rows only, as the paste reads
+    monkeypatch.setattr(lipsync, "first_row_read", lambda box, size, mode: 0)
+    run_lipsync(config, tmp_path / "whole.mp4", settings)
+    assert rows[-1] == 0 and len(written) == len(cut) == expected_frames(1.0)
+    for a, b in zip(cut, written, strict=True):
+        assert np.abs(a.astype(int) - b).max() <= 1  # float rounding can move a pixel by one grey level

@@ -1,5 +1,5 @@
 """Wav2Lip's CPU levers (issue #17): a still face encoded once, channels_last on the CPU, BatchNorms folded into the
-convolutions, a small CPU batch.
+convolutions, a small CPU batch, only the rows the paste reads computed.
 
 Each lever must leave the frames as they were: the generator's outputs are compared with the full forward of the
 checkpoint as it loads (no lever applied).
@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from engine.core.device import capabilities
-from engine.lipsync.engines import CPU_BATCH_SIZE, Wav2LipEngine, auto_batch_size
+from engine.lipsync.engines import CPU_BATCH_SIZE, ROW_STEP, Wav2LipEngine, auto_batch_size
+from engine.lipsync.paste import first_row_read, paste
 from engine.models.wav2lip import FACE_SIZE, MEL_SHAPE, load_wav2lip, random_wav2lip_checkpoint
 
 CPU = torch.device("cpu")
@@ -173,6 +174,72 @@ def test_batchnorms_are_folded_into_the_convolutions(checkpoint, reference) -> N
     assert "face_encoder_blocks.0.0.conv_block.1.running_mean" in reference.state_dict()
 
 
+@pytest.mark.parametrize("first_row", [1, 2, 7, 24, 41, 95])
+def test_decoding_from_a_row_gives_the_rows_below_it_unchanged(checkpoint, first_row) -> None:
+    model = load_wav2lip(checkpoint, channels_last=True, fold_batchnorm=True)
+    generator = torch.Generator().manual_seed(5)
+    layout = torch.channels_last
+    faces = torch.rand(3, 6, FACE_SIZE, FACE_SIZE, generator=generator).contiguous(memory_format=layout)
+    mel = torch.randn(3, *MEL_SHAPE, generator=generator)
+    with torch.inference_mode():
+        skips = model.encode_face(faces)
+        still = model.still_face(model.encode_face(faces[:1]))
+        for full, cut in [
+            (model.decode(mel, skips), model.decode(mel, skips, first_row)),
+            (model.decode_still(mel, still), model.decode_still(mel, still, first_row)),
+        ]:
+            assert cut.shape == full.shape
+            assert (cut[:, :, first_row:] - full[:, :, first_row:]).abs().max() <= 1e-5
+            assert not cut[:, :, :first_row].any()  # above: zeros, not computed
+    keeps = model.row_starts(first_row)
+    assert keeps[0] == 0 and keeps[-1] == max(0, first_row - 1)  # the 1x1 bottleneck is whole
+    assert keeps == sorted(keeps)  # a deeper, smaller stage never needs rows further down
+    with pytest.raises(ValueError, match="not within"):
+        model.row_starts(FACE_SIZE)
+
+
+def test_the_rows_skipped_are_a_real_share_of_the_decoder(checkpoint) -> None:
+    """The blend paste's usual first row (24) skips a fifth of the 96x96 stage and a sixth of the 48x48 one."""
+    keeps = load_wav2lip(checkpoint).row_starts(24)
+    assert keeps == [0, 0, 0, 1, 4, 10, 23]  # per block: 1, 3, 6, 12, 24, 48 and 96 rows high
+
+
+@pytest.mark.parametrize("size", [(108, 140), (200, 200), (60, 60), (40, 80), (500, 300), (97, 191), (12, 12)])
+def test_the_blend_paste_reads_no_row_above_first_row_read(size) -> None:
+    width, height = size
+    rng = np.random.default_rng(width * height)
+    box = (7, 5, 7 + width, 5 + height)
+    frame = rng.integers(0, 256, (height + 12, width + 20, 3), dtype=np.uint8)
+    prediction = rng.uniform(0, 255, (FACE_SIZE, FACE_SIZE, 3)).astype(np.float32)
+    top = first_row_read(box, FACE_SIZE)
+    assert first_row_read(box, FACE_SIZE, "upstream") == 0  # it pastes the whole box
+    expected = frame.copy()
+    paste(expected, box, prediction)
+    garbage = prediction.copy()
+    garbage[:top] = 1e6  # anything finite: never read
+    got = frame.copy()
+    paste(got, box, garbage)
+    assert np.array_equal(got, expected)
+    if height >= 40:  # and not far too cautious: a few rows further down are read
+        garbage[: top + 3] = 1e6
+        paste(got, box, garbage)
+        assert not np.array_equal(got, expected)
+        assert 10 <= top <= 40
+
+
+def test_the_engine_computes_from_the_first_row_read_rounded_down(checkpoint) -> None:
+    gen = engine(checkpoint)
+    still, moving = np.repeat(crops_of(9, 1), 3, 0), crops_of(10, 3)
+    mels = np.random.default_rng(9).standard_normal((3, 80, 16)).astype(np.float32)
+    quiet = np.zeros(3, np.float32)
+    for crops in (still, moving):
+        full = gen(mels, crops, quiet)
+        cut = gen(mels, crops, quiet, first_row=29)
+        top = 29 - 29 % ROW_STEP  # 24: a dozen shapes at most for a moving face
+        assert np.abs(cut[:, top:] - full[:, top:]).max() <= 1e-3  # grey levels
+        assert not cut[:, :top].any() and cut[:, top].any()
+
+
 def test_the_cpu_batch_is_small() -> None:
     assert CPU_BATCH_SIZE == 16
     assert auto_batch_size(CPU, "fp32") == 16
@@ -198,3 +265,17 @@ def test_the_still_path_on_the_gpu(checkpoint, precision) -> None:
         assert err.max() <= 1e-4
     else:  # fp16 rounding through random weights, as in tests/test_gpu.py's fp16 check, and far less on average
         assert err.mean() <= 0.5 / 255 and err.max() <= 40 / 255
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_the_rows_the_paste_reads_on_the_gpu(checkpoint, precision) -> None:
+    device = torch.device("cuda")
+    gen = Wav2LipEngine(checkpoint, device, capabilities(device), precision)
+    mels = np.random.default_rng(11).standard_normal((4, 80, 16)).astype(np.float32)
+    for crops in (np.repeat(crops_of(11, 1), 4, 0), crops_of(12, 4)):  # the still path and the full one
+        full = gen(mels, crops, np.zeros(4))
+        cut = gen(mels, crops, np.zeros(4), first_row=24)
+        assert not cut[:, :24].any() and cut[:, 24].any()
+        # Other shapes may take other kernels: fp16 rounding differs, far less than a grey level on average.
+        assert np.abs(cut[:, 24:] - full[:, 24:]).mean() <= (1e-3 if precision == "fp32" else 0.5)

@@ -31,7 +31,9 @@ class Generator(Protocol):
     crop_size: int
     context_frames: int  # earlier face crops an output depends on (a split job's segment shows them first)
 
-    def __call__(self, mels: np.ndarray, crops: np.ndarray, energy: np.ndarray) -> np.ndarray: ...
+    def __call__(self, mels: np.ndarray, crops: np.ndarray, energy: np.ndarray, first_row: int = 0) -> np.ndarray:
+        """Generated crops (B, S, S, 3 or 4), 0..255; rows above ``first_row`` (the paste does not read them) may
+        be left zero."""
 
 
 def default_precision(device: torch.device) -> str:
@@ -41,6 +43,7 @@ def default_precision(device: torch.device) -> str:
 
 CPU_BATCH_SIZE = 16
 PRECISION_CHECK_FRAMES = 4  # frames of the first batch that --check-precision also runs in fp32
+ROW_STEP = 8  # Wav2Lip computes its crops from a multiple of this row down (the first row the paste reads, rounded)
 # What a CPU batch's decoded frames may take. About five batches of frames are alive at once (being decoded, queued,
 # generated and pasted, queued for the encoder, being encoded), so this bounds them to about 120 MiB.
 CPU_BATCH_FRAME_BYTES = 24 * 2**20
@@ -84,6 +87,10 @@ class Wav2LipEngine:
 
     The BatchNorms are folded into the convolutions (``fold_batchnorms``): one pass over every activation fewer.
 
+    ``first_row`` (the first row the paste reads, about a quarter of the way down for the blend paste) is rounded
+    down to a multiple of ROW_STEP and the decoder computes only the rows from it down (``Wav2Lip.row_starts``):
+    about a tenth less arithmetic, the rows it does compute unchanged, the rows above zero.
+
     ``check_precision`` (fp16/bf16 only): the first call's first PRECISION_CHECK_FRAMES frames also go through an
     fp32 copy of the generator, loaded for that and dropped, and ``precision_check`` says how far apart the two are
     in grey levels: the price of a faster precision, measured on the user's own face and speech.
@@ -124,8 +131,11 @@ class Wav2LipEngine:
         self._still_crop: np.ndarray | None = None  # the crop whose prepared decoder share is kept
         self._still: StillFace | None = None
 
-    def __call__(self, mels: np.ndarray, crops: np.ndarray, energy: np.ndarray) -> np.ndarray:
+    def __call__(self, mels: np.ndarray, crops: np.ndarray, energy: np.ndarray, first_row: int = 0) -> np.ndarray:
         count = len(crops)
+        # Rounded down to a multiple of ROW_STEP, so a moving face gives the convolutions a dozen shapes at most (each
+        # new one costs oneDNN or cuDNN a kernel choice); a compiled graph is one static shape, so it computes all.
+        first_row = 0 if self.compiled else first_row - first_row % ROW_STEP
         # Stops at the first crop that differs, so a moving face costs one comparison.
         still = not self.compiled and count > 0 and all(np.array_equal(c, crops[0]) for c in crops[1:])
         if self.compiled:
@@ -139,19 +149,21 @@ class Wav2LipEngine:
         with torch.inference_mode():
             mel = torch.from_numpy(mels).to(self.device, non_blocking=True).unsqueeze(1).to(self.dtype)
             if still:
-                out = self.model.decode_still(mel, self._prepared(crops[0]))
+                out = self.model.decode_still(mel, self._prepared(crops[0]), first_row)
+            elif first_row:
+                out = self.model.decode(mel, self.model.encode_face(self._face_input(crops)), first_row)
             else:
                 out = self.model(mel, self._face_input(crops))
             out = (out.float() * 255.0).permute(0, 2, 3, 1).cpu().numpy()
         if self._check_pending:
             self._check_pending = False
             sample = min(count, PRECISION_CHECK_FRAMES)
-            self.precision_check = self._against_fp32(mels[:sample], crops[:sample], out[:sample])
+            self.precision_check = self._against_fp32(mels[:sample], crops[:sample], out[:sample], first_row)
         return out[:count]
 
-    def _against_fp32(self, mels: np.ndarray, crops: np.ndarray, out: np.ndarray) -> dict[str, Any]:
-        """How far `out` (0..255) is from the fp32 generator's output for the same inputs (full forward); None where
-        `out` holds NaN or inf."""
+    def _against_fp32(self, mels: np.ndarray, crops: np.ndarray, out: np.ndarray, first_row: int) -> dict[str, Any]:
+        """How far `out` (0..255, computed from `first_row` down) is from the fp32 generator's output for the same
+        inputs (full forward); None where `out` holds NaN or inf."""
         reference = load_wav2lip(
             self.checkpoint, device=self.device, channels_last=self.channels_last, fold_batchnorm=True
         )
@@ -160,7 +172,7 @@ class Wav2LipEngine:
             face = self._face_input(crops, torch.float32)
             expected = (reference(mel, face) * 255.0).permute(0, 2, 3, 1).cpu().numpy()
         del reference
-        diff = np.abs(out.astype(np.float64) - expected)
+        diff = np.abs(out[:, first_row:].astype(np.float64) - expected[:, first_row:])
         finite = bool(np.isfinite(diff).all())  # None below, not inf: results are JSON
         return {
             "against": "fp32",
@@ -211,7 +223,8 @@ class BaselineEngine:
         """The mouth's opening for one frame's energy (0..1): closed below a whisper, linear above."""
         return self.max_open * float(np.clip((energy - 0.05) / 0.95, 0.0, 1.0))
 
-    def __call__(self, mels: np.ndarray, crops: np.ndarray, energy: np.ndarray) -> np.ndarray:
+    def __call__(self, mels: np.ndarray, crops: np.ndarray, energy: np.ndarray, first_row: int = 0) -> np.ndarray:
+        # Every row: the warp is cheap, and the coverage channel, not first_row, says what the paste changes.
         count, height, width = crops.shape[:3]
         out = np.empty((count, height, width, 4), np.float32)
         for i in range(count):

@@ -9,6 +9,7 @@ own coverage: "blend" then feathers it in by that coverage, so only the pixels i
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 
 import cv2
@@ -38,6 +39,25 @@ def lower_face_mask(height: int, width: int) -> np.ndarray:
     mask[:2], mask[-2:], mask[:, :2], mask[:, -2:] = 0, 0, 0, 0  # the box edge is always original
     mask.setflags(write=False)
     return mask[:, :, None]
+
+
+def first_row_read(box: Box, size: int, mode: str = "blend") -> int:
+    """The first row of a size x size three-channel prediction that ``paste`` reads for this box: rows above it
+    may hold anything finite, so a generator need not compute them.
+
+    "upstream" reads every row. "blend" reads the rows its resize needs for the mask's non-zero rows: the mask's
+    first such row mapped back into the prediction (cv2's cubic resize: source y = (y + 0.5) * size / height - 0.5,
+    taps from floor(y) - 1), typically about a quarter of the way down.
+    """
+    if mode != "blend":
+        return 0
+    x1, y1, x2, y2 = box
+    height, width = y2 - y1, x2 - x1
+    rows = np.flatnonzero(lower_face_mask(height, width).max(axis=(1, 2)) > 0)
+    if len(rows) == 0:
+        return 0
+    source = (rows[0] + 0.5) * size / height - 0.5
+    return int(min(size - 1, max(0, math.floor(source) - 1)))
 
 
 def paste(frame: np.ndarray, box: Box, prediction: np.ndarray, mode: str = "blend") -> None:

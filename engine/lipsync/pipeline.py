@@ -45,7 +45,7 @@ from engine.faces.detection import FaceDetector, make_detector
 from engine.faces.tracking import FaceTracker
 from engine.lipsync.config import LipSyncConfig, LipSyncError, precision_summary
 from engine.lipsync.engines import BaselineEngine, Generator, Wav2LipEngine, auto_batch_size, default_precision
-from engine.lipsync.paste import Box, crop, paste
+from engine.lipsync.paste import Box, crop, first_row_read, paste
 
 log = logging.getLogger(__name__)
 Progress = Callable[[float, str], None]
@@ -351,9 +351,11 @@ def _synthesised(run: _Prepared, frames: list[np.ndarray], boxes: list[Box | Non
     if with_face:
         crops = np.stack([crop(frames[i], boxes[i], generator.crop_size) for i in with_face])
         index = np.array([first + i for i in with_face])
+        # The paste reads only the lower rows of each crop (the blend mask's): the generator may skip the rest.
+        top = min(first_row_read(boxes[i], generator.crop_size, run.config.paste) for i in with_face)
         with result.stage("inference", items=len(with_face)):
             generated, used = run_with_oom_backoff(
-                lambda b, c=crops, k=index: _generate(generator, run.chunks[k], c, run.energy[k], b), len(crops)
+                lambda b, c=crops, k=index: _generate(generator, run.chunks[k], c, run.energy[k], b, top), len(crops)
             )
         if used < len(crops):
             result.warn(f"out of GPU memory at batch {len(crops)}: ran at {used}")
@@ -511,9 +513,12 @@ def _split_detections(measured: list[dict[str, np.ndarray] | None]) -> Iterator[
             yield part["detections"][a:b]
 
 
-def _generate(generator: Generator, mels: np.ndarray, crops: np.ndarray, energy: np.ndarray, batch: int) -> np.ndarray:
+def _generate(
+    generator: Generator, mels: np.ndarray, crops: np.ndarray, energy: np.ndarray, batch: int, first_row: int
+) -> np.ndarray:
     parts = [
-        generator(mels[i : i + batch], crops[i : i + batch], energy[i : i + batch]) for i in range(0, len(crops), batch)
+        generator(mels[i : i + batch], crops[i : i + batch], energy[i : i + batch], first_row)
+        for i in range(0, len(crops), batch)
     ]
     return np.concatenate(parts)
 
