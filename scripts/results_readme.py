@@ -394,6 +394,28 @@ def render_broker(paths: list[Path]) -> str:
     return table(headers, rows) + "\n\n" + "\n".join(f"- {context(load(p), p)}" for p in paths)
 
 
+def render_wav2lip_levers(paths: list[Path]) -> str:
+    parts = []
+    for path in paths:
+        r = load(path)
+        m = r["machine"]
+        parts.append(f"#### {m['cpu']} ({m['cores']} cores), {r['date']}")
+        parts.append(
+            f"{context(r, path)}\nPyTorch {m['torch']}; {r['weights']}; {r['precision']}, {r['torch_threads']} "
+            f"threads, batch {r['batch']}, {r['rounds']} interleaved rounds per lever; glibc keeps freed memory: "
+            f"{yes_no(r['memory_kept'])}; face box {r['face_box']}."
+        )
+        rows = [[
+            row["lever"], row["inputs"], f"from row {row['first_row']}" if row["first_row"] else "all",
+            _span(row["sides"]["with"], " ms", 1e-3), _span(row["sides"]["without"], " ms", 1e-3),
+            _span(row["without_over_with"], "x"), number(row["max_grey_levels"], 4),
+        ] for row in r["levers"]]  # fmt: skip
+        headers = ["lever", "inputs", "rows compared", "per frame, with", "per frame, without",
+                   "without / with (per round)", "largest difference, grey levels"]  # fmt: skip
+        parts.append(table(headers, rows))
+    return "\n\n".join(parts)
+
+
 def render_scaling(paths: list[Path]) -> str:
     parts = []
     for path in paths:
@@ -461,6 +483,7 @@ RENDERERS: dict[str, Callable[[list[Path]], str]] = {
     "musetalk": render_musetalk,
     "broker": render_broker,
     "scaling": render_scaling,
+    "wav2lip_levers": render_wav2lip_levers,
     "log": render_log,
 }
 

@@ -279,3 +279,24 @@ def test_the_rows_the_paste_reads_on_the_gpu(checkpoint, precision) -> None:
         assert not cut[:, :24].any() and cut[:, 24].any()
         # Other shapes may take other kernels: fp16 rounding differs, far less than a grey level on average.
         assert np.abs(cut[:, 24:] - full[:, 24:]).mean() <= (1e-3 if precision == "fp32" else 0.5)
+
+
+def test_the_levers_benchmark_times_each_lever_on_and_off(checkpoint) -> None:
+    """benchmarks/wav2lip_levers.py (no timing asserted): every lever, both sides per round, outputs compared."""
+    import importlib.util
+    import sys
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "wav2lip_levers.py"
+    spec = importlib.util.spec_from_file_location("wav2lip_levers", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["wav2lip_levers"] = module
+    spec.loader.exec_module(module)
+    rows, box = module.levers(checkpoint, batch=2, rounds=2)
+    assert [row["lever"] for row in rows] == ["rows", "rows", "still face", "folded BN", "channels_last"]
+    first_row = first_row_read(box, FACE_SIZE)
+    assert rows[0]["first_row"] == first_row - first_row % ROW_STEP > 0
+    for row in rows:
+        assert row["sides"]["with"]["n"] == row["sides"]["without"]["n"] == 2
+        assert len(row["without_over_with"]["per_pair"]) == 2 and row["without_over_with"]["median"] > 0
+        assert row["max_grey_levels"] <= (1e-3 if row["lever"] == "rows" else 0.05)  # the same frames
