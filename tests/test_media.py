@@ -26,6 +26,7 @@ from engine.core.media import (
     probe_video,
     read_frames,
     read_image_header,
+    to_yuv420p,
     validate_video,
 )
 from engine.core.settings import load_settings
@@ -305,3 +306,22 @@ def test_videos_whose_pictures_do_not_decode(tmp_path: Path) -> None:
 def test_an_image_renamed_mp4_is_a_one_frame_video(tmp_path: Path) -> None:
     path = _write(tmp_path / "still.mp4", png_bytes(32, 32))
     assert probe_video(path).width == 32 and sum(1 for _ in read_frames(path)) == 1
+
+
+def test_frames_are_converted_to_yuv_as_ffmpeg_does_but_faster(tmp_path: Path) -> None:
+    """VideoWriter's BGR to yuv420p (to_yuv420p): FFmpeg's matrix and range, so colours come back as they went in."""
+    face = cv2.resize(cv2.imread(str(Path(__file__).resolve().parent.parent / "assets" / "face.jpg")), (320, 240))
+    ffmpeg = av.VideoFrame.from_ndarray(face, format="bgr24").reformat(format="yuv420p").to_ndarray()
+    ours = to_yuv420p(face)
+    assert ours.shape == ffmpeg.shape == (360, 320) and ours.dtype == np.uint8
+    assert np.abs(ours[:240].astype(int) - ffmpeg[:240]).max() <= 1  # luma: rounding only
+    assert np.abs(ours[240:].astype(int) - ffmpeg[240:]).mean() < 1.5  # chroma: 2x2 means against FFmpeg's samples
+    path = tmp_path / "colours.mp4"
+    writer = VideoWriter(path, 25, 320, 240, codec="libx264")
+    for _ in range(3):
+        writer.write(face)
+    writer.close()
+    back = next(iter(read_frames(path)))
+    # crf 18 and chroma subsampling (FFmpeg's own conversion: 3.5 and a shift of 2), no colour shift or range change
+    assert np.abs(back.astype(int) - face).mean() < 4
+    assert all(abs(float(back[..., c].mean()) - float(face[..., c].mean())) < 1.5 for c in range(3))
