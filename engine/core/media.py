@@ -451,7 +451,7 @@ _ENCODER_OPTIONS = {
 def to_yuv420p(frame: np.ndarray) -> np.ndarray:
     """A BGR frame (even sides) as the encoders' yuv420p planes, stacked (1.5 H, W): BT.601, limited range.
 
-    The same matrix and range as FFmpeg's default BGR to yuv420p conversion (luma within one level of it), about five
+    The same matrix and range as FFmpeg's default BGR to yuv420p conversion (luma within one level of it), several
     times faster on one core (OpenCV's SIMD code), with each 2x2 block's chroma its mean rather than one sample.
     Why: the encoding thread shares the CPU with the network (and on a GPU machine it is what the run waits for).
     """
