@@ -272,6 +272,8 @@ def test_the_still_path_on_the_gpu(checkpoint, precision) -> None:
 def test_the_rows_the_paste_reads_on_the_gpu(checkpoint, precision) -> None:
     device = torch.device("cuda")
     gen = Wav2LipEngine(checkpoint, device, capabilities(device), precision)
+    weight = next(gen.model.parameters())  # what was asked for is what runs: CUDA, in that precision
+    assert weight.device.type == "cuda" and weight.dtype == (torch.float16 if precision == "fp16" else torch.float32)
     mels = np.random.default_rng(11).standard_normal((4, 80, 16)).astype(np.float32)
     for crops in (np.repeat(crops_of(11, 1), 4, 0), crops_of(12, 4)):  # the still path and the full one
         full = gen(mels, crops, np.zeros(4))
