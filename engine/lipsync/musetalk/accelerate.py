@@ -2,7 +2,10 @@
 
 The step (FaceStep): the avatar frames' latents (B, 8, 32, 32) and their audio prompts (B, 50, 384) in, the decoded
 faces as uint8 BGR (B, 256, 256, 3) out: the UNet once at timestep 0, the VAE decoder, and decoded_to_bgr, exactly
-the operations generate.py ran before, so "eager" keeps upstream's numerics bit for bit. The ways to run it:
+the operations generate.py ran before, so "eager" keeps upstream's numerics bit for bit. Beside the faces, whether
+each decoded face was finite: fp16 can overflow to NaN or infinity, which the uint8 conversion turns into arbitrary
+pixels (upstream pastes them); the flag is computed where the decoder's output still exists, so every runtime
+(compiled, captured, exported) carries it out. The ways to run it:
 
 - eager: the step as written, the UNet and the decoder timed apart as before; any batch size.
 - compile: torch.compile(dynamic=False) of the whole step; every batch is padded to the batch size (the last short
@@ -35,7 +38,7 @@ import threading
 import warnings
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 import torch
@@ -54,16 +57,25 @@ EAGER, COMPILE, CUDA_GRAPHS, ONNX, TENSORRT = "eager", "compile", "cuda-graphs",
 RUNTIMES = (EAGER, COMPILE, CUDA_GRAPHS, ONNX, TENSORRT)  # LipSyncConfig.musetalk_runtime's choices
 STEP_STAGE = "unet + vae decode"  # the fused paths' per-batch stage (eager keeps "unet" and "vae decode")
 OPSET = 17
-EXPORT_VERSION = 1  # part of the export key: bump when the exported graph changes
+EXPORT_VERSION = 2  # part of the export key: bump when the exported graph changes
 EXPORT_FOLDER = "musetalk-onnx"  # under settings.cache_dir
 KEPT_EXPORTS = 2  # the exports kept there, most recently used first
 STEP_FILE = "face_step.onnx"
-INPUT_NAMES, OUTPUT_NAME = ("latents", "prompts"), "faces"
+INPUT_NAMES, OUTPUT_NAMES = ("latents", "prompts"), ("faces", "finite")
 _ONNX_DTYPES = {torch.float32: "fp32", torch.float16: "fp16"}
 
 
+class StepFaces(NamedTuple):
+    """One batch's decoded faces, uint8 BGR (B, 256, 256, 3), and per face whether the decoder's output was finite
+    (B,) bool: a face that was not must not be pasted."""
+
+    faces: torch.Tensor
+    finite: torch.Tensor
+
+
 class FaceStep(nn.Module):
-    """One batch's network work: latents and prompts -> uint8 BGR faces, on the networks' device and dtype."""
+    """One batch's network work: latents and prompts -> uint8 BGR faces and their finite flags (StepFaces' fields,
+    as a plain tuple for the exporters), on the networks' device and dtype."""
 
     def __init__(self, unet: nn.Module, vae: nn.Module) -> None:
         super().__init__()
@@ -75,11 +87,12 @@ class FaceStep(nn.Module):
     def predict(self, latents: torch.Tensor, prompts: torch.Tensor) -> torch.Tensor:
         return self.unet(latents, self.timestep, encoder_hidden_states=prompts).sample
 
-    def decode(self, predicted: torch.Tensor) -> torch.Tensor:
+    def decode(self, predicted: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         latents = decoder_latents(predicted, self.scaling_factor).to(self.vae.dtype)
-        return decoded_to_bgr(self.vae.decode(latents).sample)
+        images = self.vae.decode(latents).sample
+        return decoded_to_bgr(images), torch.isfinite(images).flatten(1).all(dim=1)
 
-    def forward(self, latents: torch.Tensor, prompts: torch.Tensor) -> torch.Tensor:
+    def forward(self, latents: torch.Tensor, prompts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.decode(self.predict(latents, prompts))
 
 
@@ -117,7 +130,7 @@ def check_runtime(runtime: str, device: torch.device, dtype: torch.dtype) -> Non
 
 
 class StepRunner(ABC):
-    """Runs FaceStep on batches of at most `batch_size` rows; calling it returns the faces (on the device or the
+    """Runs FaceStep on batches of at most `batch_size` rows; calling it returns StepFaces (on the device or the
     CPU). What ran, and warnings for the result, are reported by `report`."""
 
     name: ClassVar[str]
@@ -130,7 +143,7 @@ class StepRunner(ABC):
         self.ran_on = f"pytorch ({self.device.type})"
 
     @abstractmethod
-    def __call__(self, latents: torch.Tensor, prompts: torch.Tensor, result: RunResult | None = None) -> torch.Tensor:
+    def __call__(self, latents: torch.Tensor, prompts: torch.Tensor, result: RunResult | None = None) -> StepFaces:
         """The faces of one batch; with `result`, its stages timed."""
 
     def rows(self, latents: torch.Tensor) -> int:
@@ -161,19 +174,19 @@ class FixedShapeStep(StepRunner):
         self._ready: set[tuple] = set()  # input shapes already compiled, captured or exported
         self._lock = threading.Lock()  # a cached runner may serve two jobs of one worker: one batch at a time
 
-    def __call__(self, latents: torch.Tensor, prompts: torch.Tensor, result: RunResult | None = None) -> torch.Tensor:
+    def __call__(self, latents: torch.Tensor, prompts: torch.Tensor, result: RunResult | None = None) -> StepFaces:
         rows = self.rows(latents)
         latents, prompts = pad_batch(latents, self.batch_size), pad_batch(prompts, self.batch_size)
         shape = (tuple(latents.shape), tuple(prompts.shape), latents.dtype)
         first = shape not in self._ready
         with self._lock, timed(result, self.first_stage if first else STEP_STAGE, self.device, rows):
-            faces = self.run(latents, prompts)
+            faces, finite = self.run(latents, prompts)
             self._ready.add(shape)
-        return faces[:rows]
+        return StepFaces(faces[:rows], finite[:rows])
 
     @abstractmethod
-    def run(self, latents: torch.Tensor, prompts: torch.Tensor) -> torch.Tensor:
-        """The faces of a batch of exactly batch_size rows."""
+    def run(self, latents: torch.Tensor, prompts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The faces and their finite flags for a batch of exactly batch_size rows."""
 
 
 class EagerStep(StepRunner):
@@ -181,13 +194,13 @@ class EagerStep(StepRunner):
 
     name = EAGER
 
-    def __call__(self, latents: torch.Tensor, prompts: torch.Tensor, result: RunResult | None = None) -> torch.Tensor:
+    def __call__(self, latents: torch.Tensor, prompts: torch.Tensor, result: RunResult | None = None) -> StepFaces:
         rows = self.rows(latents)
         with torch.inference_mode():
             with timed(result, "unet", self.device, rows):
                 predicted = self.step.predict(latents, prompts)
             with timed(result, "vae decode", self.device, rows):
-                return self.step.decode(predicted)
+                return StepFaces(*self.step.decode(predicted))
 
 
 class CompiledStep(FixedShapeStep):
@@ -200,7 +213,7 @@ class CompiledStep(FixedShapeStep):
         super().__init__(networks, batch_size)
         self.compiled = torch.compile(self.step, dynamic=False)
 
-    def run(self, latents: torch.Tensor, prompts: torch.Tensor) -> torch.Tensor:
+    def run(self, latents: torch.Tensor, prompts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.inference_mode():
             return self.compiled(latents, prompts)
 
@@ -216,7 +229,7 @@ class CudaGraphStep(FixedShapeStep):
         if networks.device.type != "cuda":
             raise RuntimeUnavailable("the cuda-graphs MuseTalk runtime needs a CUDA GPU (this job runs on the CPU)")
         super().__init__(networks, batch_size)
-        self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor, tuple]] = {}
 
     def _capture(self, latents: torch.Tensor, prompts: torch.Tensor) -> tuple:
         static_latents, static_prompts = latents.clone(), prompts.clone()
@@ -228,19 +241,20 @@ class CudaGraphStep(FixedShapeStep):
         torch.cuda.current_stream(self.device).wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            static_faces = self.step(static_latents, static_prompts)
-        return graph, static_latents, static_prompts, static_faces
+            static_outputs = self.step(static_latents, static_prompts)
+        return graph, static_latents, static_prompts, static_outputs
 
-    def run(self, latents: torch.Tensor, prompts: torch.Tensor) -> torch.Tensor:
+    def run(self, latents: torch.Tensor, prompts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         shape = (tuple(latents.shape), tuple(prompts.shape), latents.dtype)
         with torch.inference_mode():
             if shape not in self.graphs:
                 self.graphs[shape] = self._capture(latents, prompts)
-            graph, static_latents, static_prompts, static_faces = self.graphs[shape]
+            graph, static_latents, static_prompts, static_outputs = self.graphs[shape]
             static_latents.copy_(latents)
             static_prompts.copy_(prompts)
             graph.replay()
-            return static_faces.clone()  # the next replay overwrites the static output
+            faces, finite = static_outputs
+            return faces.clone(), finite.clone()  # the next replay overwrites the static outputs
 
 
 def weights_fingerprint(step: FaceStep) -> str:
@@ -279,7 +293,7 @@ def export_step(step: FaceStep, latents: torch.Tensor, prompts: torch.Tensor, fo
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 step, (latents.clone(), prompts.clone()), str(tmp / STEP_FILE), dynamo=False, opset_version=OPSET,
-                input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
+                input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES),
             )  # fmt: skip  # dynamo=False: the dynamo exporter needs onnxscript, which the app does not otherwise need
         try:
             tmp.rename(folder)
@@ -357,7 +371,7 @@ class OnnxStep(FixedShapeStep):
         self.exports[(tuple(latents.shape), tuple(prompts.shape))] = path
         return session
 
-    def run(self, latents: torch.Tensor, prompts: torch.Tensor) -> torch.Tensor:
+    def run(self, latents: torch.Tensor, prompts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         shape = (tuple(latents.shape), tuple(prompts.shape))
         if shape not in self.sessions:
             self.sessions[shape] = self._session(latents, prompts)
@@ -366,8 +380,8 @@ class OnnxStep(FixedShapeStep):
             name: np.ascontiguousarray(t.detach().to("cpu").numpy())
             for name, t in zip(INPUT_NAMES, (latents, prompts), strict=True)
         }
-        (faces,) = session.run(feeds)
-        return torch.from_numpy(faces)
+        faces, finite = session.run(feeds)
+        return torch.from_numpy(faces), torch.from_numpy(finite)
 
     def metrics(self) -> dict[str, Any]:
         files = sorted(str(path) for path in self.exports.values())
@@ -422,6 +436,7 @@ __all__ = [
     "FaceStep",
     "FixedShapeStep",
     "OnnxStep",
+    "StepFaces",
     "StepRunner",
     "check_runtime",
     "export_key",

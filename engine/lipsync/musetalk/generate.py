@@ -15,6 +15,8 @@ level apart on about 13% of the pixels), so upstream's exact pixels are made whe
 written between stages.
 
 Frames whose avatar frame has no face pass through unchanged (a copy of the avatar frame) and cost no network time.
+A frame whose decoded face holds NaN or infinite values (fp16 overflow) also keeps the avatar frame's pixels, with a
+warning in the result, as Wav2Lip's frames do; upstream would paste the arbitrary pixels such values convert to.
 
 How the UNet and the decoder run is accelerate.py's StepRunner: eager as written (the default), or torch.compile,
 CUDA graphs, ONNX Runtime or TensorRT at a fixed batch shape; the streaming above is the same for all of them.
@@ -70,6 +72,7 @@ class _Batch:
 
     sources: list[int]
     faces: torch.Tensor | None  # (frames with a face, 256, 256, 3) uint8 on the CPU, in order
+    finite: torch.Tensor | None  # (frames with a face,) bool: whether each decoded face was finite
     ready: torch.cuda.Event | None  # set when `faces` is still being copied from the GPU
 
 
@@ -151,6 +154,11 @@ def _frames(
         yield from run.compose(pending)
     if result is not None:
         step.report(result)
+        if run.not_finite:
+            result.warn(
+                f"MuseTalk gave NaN or infinite values for {run.not_finite} of {count} frames; they keep the avatar's "
+                "own pixels (fp32 or bf16 have the range fp16 lacks)"
+            )
 
 
 class _Runner:
@@ -168,6 +176,7 @@ class _Runner:
         self.avatar, self.networks, self.windows, self.latents, self.result = avatar, networks, windows, latents, result
         self.step = step  # the UNet at timestep 0 (upstream's one step), the decoder, the uint8 BGR faces
         self.device = networks.device
+        self.not_finite = 0  # frames whose decoded face held NaN or infinity, kept as the avatar frame
         width, rows = windows.padded.shape[2], WINDOW_ROWS * windows.padded.shape[1]
         self.encoding = positional_encoding(rows, width).to(device=self.device, dtype=windows.padded.dtype)
 
@@ -176,17 +185,18 @@ class _Runner:
         sources = [avatar.source_frame(i) for i in frames]
         with_face = [j for j, s in enumerate(sources) if avatar.latent_rows[s] >= 0]
         if not with_face:
-            return _Batch(sources, None, None)
+            return _Batch(sources, None, None, None)
         rows = torch.tensor([avatar.latent_rows[sources[j]] for j in with_face], device=self.device)
         with torch.inference_mode():
             prompts = self.windows.prompts(np.array([frames[j] for j in with_face])) + self.encoding
-            faces = self.step(self.latents[rows], prompts, self.result)
+            faces, finite = self.step(self.latents[rows], prompts, self.result)
             faces = faces.to(_CPU, non_blocking=True)  # pinned, asynchronous from CUDA (ONNX's are on the CPU)
+            finite = finite.to(_CPU, non_blocking=True)
         ready = None
         if self.device.type == "cuda":
             ready = torch.cuda.Event()
             ready.record()
-        return _Batch(sources, faces, ready)
+        return _Batch(sources, faces, finite, ready)
 
     def compose(self, batch: _Batch) -> Iterator[np.ndarray]:
         if batch.ready is not None:
@@ -195,6 +205,11 @@ class _Runner:
         for source in batch.sources:
             plan = avatar.plans[source]
             if plan is None:
+                yield avatar.frames[source].copy()
+                continue
+            if not batch.finite[row]:
+                self.not_finite += 1
+                row += 1
                 yield avatar.frames[source].copy()
                 continue
             with timed(self.result, "blend", _CPU, 1):
