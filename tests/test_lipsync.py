@@ -416,3 +416,28 @@ def test_computing_only_the_rows_the_paste_reads_leaves_the_frames_as_they_were(
     assert rows[-1] == 0 and len(written) == len(cut) == expected_frames(1.0)
     for a, b in zip(cut, written, strict=True):
         assert np.abs(a.astype(int) - b).max() <= 1  # float rounding can move a pixel by one grey level
+
+
+def test_a_phone_video_turned_by_its_display_rotation_comes_out_upright(media, settings, tmp_path) -> None:
+    """A portrait phone clip: landscape pixels stored with a quarter turn to show. The face is found and synced in
+    the upright frames, and the output is as tall as it is shown (not sideways)."""
+    upright = list(read_frames(media["short_video"]))
+    path = tmp_path / "phone.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 256 + 64, 256, "yuv420p"  # as stored: lying on its side
+        stream.set_display_rotation(90)  # stored turned a quarter clockwise, shown a quarter counter-clockwise
+        for frame in upright:
+            tall = np.pad(frame, ((0, 64), (0, 0), (0, 0)), constant_values=90)
+            stored = np.ascontiguousarray(np.rot90(tall, -1))
+            for packet in stream.encode(av.VideoFrame.from_ndarray(stored, format="bgr24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    out = tmp_path / "out.mp4"
+    result = run_lipsync(LipSyncConfig(face=path, audio=media["speech"], engine="baseline"), out, settings)
+    info = probe_video(out)
+    assert (info.width, info.height, info.turns) == (256, 256 + 64, 0)
+    assert result.metrics["faces_missed"] == 0
+    first = next(iter(read_frames(out)))
+    assert np.abs(first[256 + 8 :].astype(int) - 90).max() < 12  # the padding is at the bottom, as shown

@@ -7,6 +7,7 @@ it is written without ever holding the image; the rest comes from OpenCV and PyA
 
 from __future__ import annotations
 
+import io
 import struct
 import tracemalloc
 import zlib
@@ -22,6 +23,7 @@ from engine.core.errors import InputError
 from engine.core.media import (
     MediaError,
     VideoWriter,
+    exif_orientation,
     load_image,
     probe_video,
     read_frames,
@@ -325,3 +327,86 @@ def test_frames_are_converted_to_yuv_as_ffmpeg_does_but_faster(tmp_path: Path) -
     # crf 18 and chroma subsampling (FFmpeg's own conversion: 3.5 and a shift of 2), no colour shift or range change
     assert np.abs(back.astype(int) - face).mean() < 4
     assert all(abs(float(back[..., c].mean()) - float(face[..., c].mean())) < 1.5 for c in range(3))
+
+
+# ------------------------------------------------------------------------------------- orientation
+
+
+def _oriented(fmt: str, orientation: int, image: np.ndarray) -> bytes:
+    """`image` (BGR or BGRA) saved by Pillow with an EXIF Orientation tag."""
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    mode = cv2.COLOR_BGRA2RGBA if image.shape[2] == 4 else cv2.COLOR_BGR2RGB
+    out = io.BytesIO()
+    options = {"quality": 100} if fmt in ("JPEG", "WEBP") else {}
+    Image.fromarray(cv2.cvtColor(image, mode)).save(out, format=fmt, exif=exif.tobytes(), **options)
+    return out.getvalue()
+
+
+def _marked(height: int = 20, width: int = 30) -> np.ndarray:
+    """An image no turn or mirror maps onto itself: one bright corner, one green edge."""
+    image = np.full((height, width, 3), 40, np.uint8)
+    image[:5, :5] = 255
+    image[-3:, :, 1] = 200
+    return image
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_images_are_turned_upright_by_their_exif_orientation_as_imread_does(tmp_path, fmt, orientation) -> None:
+    """A phone photo stores its pixels as the sensor saw them and the turn in EXIF: the face must come out upright,
+    exactly as upstream's cv2.imread gives it (which also decides its size)."""
+    data = _oriented(fmt, orientation, _marked())
+    expected = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    got = load_image(_write(tmp_path / f"face.{fmt.lower()}", data))
+    assert got.shape == expected.shape == ((20, 30, 3) if orientation < 5 else (30, 20, 3))
+    assert np.array_equal(got, expected) and got.flags.c_contiguous
+
+
+def test_exif_orientation_also_turns_images_with_alpha_and_tiff_once(tmp_path) -> None:
+    with_alpha = np.dstack([_marked(), np.full((20, 30), 255, np.uint8)])
+    turned = load_image(_write(tmp_path / "alpha.png", _oriented("PNG", 6, with_alpha)))
+    assert np.array_equal(turned, cv2.rotate(_marked(), cv2.ROTATE_90_CLOCKWISE))
+    # OpenCV's TIFF decoder turns the pixels itself (even unchanged): turned once, as imread gives it
+    tiff = _oriented("TIFF", 6, _marked())
+    expected = cv2.imdecode(np.frombuffer(tiff, np.uint8), cv2.IMREAD_COLOR)
+    assert np.array_equal(load_image(_write(tmp_path / "face.tiff", tiff)), expected) and expected.shape == (30, 20, 3)
+    assert exif_orientation(b"\xff\xd8\xff\xe1 broken") == 1
+
+
+def _rotated_video(path: Path, degrees: int, frames: int = 3) -> Path:
+    """An H.264 MP4 of marked 32x48 frames whose display matrix turns them `degrees` counter-clockwise."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 48, 32, "yuv420p"
+        stream.options = {"qp": "0"}
+        stream.set_display_rotation(degrees)
+        for _ in range(frames):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(_marked(32, 48)), format="bgr24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+@pytest.mark.parametrize("degrees", [0, 90, 180, 270])
+def test_videos_are_turned_upright_by_their_display_rotation_as_videocapture_does(tmp_path, degrees) -> None:
+    """Phones record portrait video as landscape pixels plus a display rotation; OpenCV's VideoCapture (upstream's
+    reader) applies it, and so must we: frames and probed size as shown."""
+    path = _rotated_video(tmp_path / f"turned{degrees}.mp4", degrees)
+    capture = cv2.VideoCapture(str(path))
+    expected = []
+    while (grabbed := capture.read())[0]:
+        expected.append(grabbed[1])
+    capture.release()
+    frames = list(read_frames(path))
+    info = probe_video(path)
+    shown = (48, 32) if degrees in (0, 180) else (32, 48)
+    assert (info.width, info.height) == shown and info.turns == degrees // 90
+    assert len(frames) == len(expected) == 3
+    for got, want in zip(frames, expected, strict=True):
+        assert got.shape == want.shape == (shown[1], shown[0], 3)
+        assert np.array_equal(got, want) and got.flags.c_contiguous

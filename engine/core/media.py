@@ -1,5 +1,8 @@
 """Images and video through PyAV: decode frame by frame, encode H.264 + AAC, and pick the encoder.
 
+Images and frames come out upright, as OpenCV's imread and VideoCapture give them to upstream's pipelines: an
+image's EXIF orientation and a video's display rotation (how phones store portrait shots) are applied.
+
 A listed encoder is not a working one: PyAV's FFmpeg lists `h264_nvenc` on every machine,
 but it needs libcuda, an NVENC-capable card and a free encoder session. So an encoder counts
 as usable only after it has encoded a few real frames, and the choice is cached per process.
@@ -112,13 +115,14 @@ class MediaError(InputError):
 
 @dataclass(frozen=True)
 class VideoInfo:
-    width: int
+    width: int  # as shown: a video turned a quarter by its display rotation has its coded height here
     height: int
     fps: float
     frames: int | None  # from the container; None where it does not say
     duration_s: float | None
     has_audio: bool
     codec: str
+    turns: int = 0  # quarter turns counter-clockwise that show its frames upright (read_frames applies them)
 
 
 @dataclass(frozen=True)
@@ -269,7 +273,8 @@ def read_image_header(data: bytes, name: str) -> ImageHeader:
 
 
 def load_image(path: str | os.PathLike, max_side: int = 4096, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """Any common image as HxWx3 uint8 BGR: greyscale is expanded, alpha composited on white.
+    """Any common image as HxWx3 uint8 BGR, upright: greyscale is expanded, alpha composited on white, the EXIF
+    orientation applied (exif_upright).
 
     The size is checked from the header before any pixel is decoded."""
     import cv2
@@ -288,7 +293,37 @@ def load_image(path: str | os.PathLike, max_side: int = 4096, max_pixels: int = 
             f"{path.name} could not be decoded as an image: its {header.format} data is truncated or damaged"
         )
     _check_size(image.shape[1], image.shape[0], max_side, path.name, max_pixels)  # as decoded, to be sure
+    if header.format != "TIFF":  # OpenCV's TIFF decoder has already applied it
+        image = exif_upright(image, exif_orientation(data))
     return _bgr8(image, path.name)
+
+
+EXIF_ORIENTATION = 0x0112
+
+
+def exif_orientation(data: bytes) -> int:
+    """An image file's EXIF Orientation, 1 to 8 (1, upright, where it has none or it cannot be read)."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            value = image.getexif().get(EXIF_ORIENTATION, 1)
+    except Exception:  # noqa: BLE001 - any unreadable EXIF block means "as stored", as OpenCV reads it
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def exif_upright(image: np.ndarray, orientation: int) -> np.ndarray:
+    """The image as EXIF `orientation` says to show it, turned and mirrored exactly as OpenCV's imread does (its
+    IMREAD_UNCHANGED, which keeps alpha and 16-bit samples, skips this step): 5 to 8 transpose, then 2, 6 mirror
+    left-right, 4, 8 top-bottom, 3, 7 both. A view where possible."""
+    if orientation in (5, 6, 7, 8):
+        image = image.swapaxes(0, 1)
+    if orientation in (2, 3, 6, 7):
+        image = image[:, ::-1]
+    if orientation in (3, 4, 7, 8):
+        image = image[::-1]
+    return image
 
 
 def _bgr8(image: np.ndarray, name: str) -> np.ndarray:
@@ -346,17 +381,38 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
             elif container.duration is not None:
                 duration = container.duration / 1_000_000
             frames = stream.frames or (round(duration * fps) if duration else None)
+            width, height = stream.codec_context.width, stream.codec_context.height
+            turns = _first_frame_turns(container, stream)
             return VideoInfo(
-                width=stream.codec_context.width,
-                height=stream.codec_context.height,
+                width=height if turns % 2 else width,
+                height=width if turns % 2 else height,
                 fps=fps,
                 frames=frames or None,
                 duration_s=duration,
                 has_audio=bool(container.streams.audio),
                 codec=stream.codec_context.name,
+                turns=turns,
             )
     except (av.error.FFmpegError, UnicodeDecodeError) as exc:  # InvalidDataError and friends
         raise _unreadable_video(path.name, exc) from None
+
+
+def display_turns(frame: Any) -> int:
+    """Quarter turns counter-clockwise (0 to 3) that show a decoded frame upright: its display rotation, rounded to
+    a quarter (mirroring in the display matrix is not applied). OpenCV's VideoCapture applies the same turn."""
+    rotation = getattr(frame, "rotation", 0) or 0
+    return round(rotation / 90) % 4
+
+
+def _first_frame_turns(container: Any, stream: Any) -> int:
+    """The first frame's display turns (FFmpeg gives the stream's display matrix to every decoded frame); 0 where no
+    frame decodes here (read_frames then says why)."""
+    import av
+
+    try:
+        return display_turns(next(container.decode(stream)))
+    except (StopIteration, av.error.FFmpegError):
+        return 0
 
 
 def declared_seconds(path: str | os.PathLike, kind: str = "audio") -> float | None:
@@ -401,7 +457,8 @@ def read_frames(
     With `max_seconds`, frames are counted as they come and reading stops with a message past
     fps x max_seconds of them: a header may not state a length (a raw H.264 stream's does not), so
     the count is the limit that always holds. Every frame must have the size the header states (or
-    the first frame's), so a stream cannot switch to a larger size than the one validated."""
+    the first frame's), so a stream cannot switch to a larger size than the one validated. Frames come upright
+    (display_turns), in the size probe_video reports."""
     import av
 
     path = Path(path)
@@ -429,7 +486,8 @@ def read_frames(
                         f"at frame {decoded + 1}; accepted: videos with one frame size"
                     )
                 decoded += 1
-                yield frame.to_ndarray(format="bgr24")
+                image, turns = frame.to_ndarray(format="bgr24"), display_turns(frame)
+                yield np.ascontiguousarray(np.rot90(image, turns)) if turns else image
     except (av.error.FFmpegError, UnicodeDecodeError) as exc:
         raise MediaError(
             f"{path.name}: decoding failed after {decoded} frames ({ffmpeg_reason(exc)}); the file may be "
