@@ -308,7 +308,7 @@ def exif_orientation(data: bytes) -> int:
     try:
         with Image.open(io.BytesIO(data)) as image:
             value = image.getexif().get(EXIF_ORIENTATION, 1)
-    except Exception:  # noqa: BLE001 - any unreadable EXIF block means "as stored", as OpenCV reads it
+    except Exception:  # any unreadable EXIF block means "as stored", as OpenCV reads it
         return 1
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
