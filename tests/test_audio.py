@@ -153,6 +153,21 @@ def test_load_audio_clips_to_full_scale(tmp_path: Path) -> None:
     assert wav.max() <= 1.0 and wav.min() >= -1.0 and wav.max() == 1.0
 
 
+def test_stereo_is_the_mean_of_its_channels_as_librosa_load_makes_it(tmp_path: Path) -> None:
+    """Upstream (Wav2Lip and MuseTalk) reads speech with librosa.load: channels averaged, then resampled. FFmpeg's
+    own downmix weights each channel 0.707, which made the mel 3 dB louder and clipped loud stereo peaks."""
+    t = np.arange(SAMPLE_RATE) / SAMPLE_RATE
+    left, right = 0.6 * np.sin(2 * np.pi * 220 * t), 0.5 * np.sin(2 * np.pi * 330 * t + 1.0)
+    data = np.stack([left, right]).astype(np.float32)
+    path = _write_audio(tmp_path / "two.wav", "pcm_f32le", SAMPLE_RATE, 1.0, data=data, sample_format="flt")
+    wav = load_audio(path)
+    assert np.abs(wav - (data[0] + data[1]) / 2).max() < 1e-7
+    assert np.abs(wav - librosa.load(path, sr=SAMPLE_RATE)[0]).max() < 1e-7
+    tone = _tone(44100, 0.5, amplitude=0.9)
+    loud = load_audio(_write_audio(tmp_path / "loud.wav", "pcm_f32le", 44100, 0.5, data=tone, sample_format="flt"))
+    assert 0.85 < np.abs(loud).max() < 0.95  # the same tone in both channels stays at its level, unclipped
+
+
 # --------------------------------------------------------------------------- load_audio: bad inputs
 
 
@@ -216,10 +231,11 @@ def test_too_long_stops_decoding_early(tmp_path: Path, monkeypatch: pytest.Monke
 
     class CountingResampler:
         def __init__(self, **kwargs) -> None:
-            self._inner = real(**kwargs)
+            self._inner, self._last = real(**kwargs), kwargs.get("rate") == SAMPLE_RATE  # the 16 kHz one
 
         def resample(self, frame):
-            fed.append(0 if frame is None else frame.samples)
+            if self._last:
+                fed.append(0 if frame is None else frame.samples)
             return self._inner.resample(frame)
 
     monkeypatch.setattr(av, "AudioResampler", CountingResampler)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
 
@@ -104,8 +105,12 @@ def _decode(file: Path, max_seconds: float | None) -> np.ndarray:
 
 
 def _decode_stream(container, stream, max_samples: int | None, file: Path, max_seconds: float | None) -> np.ndarray:
+    """The stream as float32 mono 16 kHz: its channels averaged at its own rate, then resampled, as upstream's
+    librosa.load does (FFmpeg's own downmix to mono would weight each channel 0.707, 3 dB louder than librosa's
+    mean, and clip a loud stereo peak)."""
     import av
 
+    planar = av.AudioResampler(format="fltp")  # the stream's own layout and rate, one float plane per channel
     resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
     pieces: list[np.ndarray] = []
     total = 0
@@ -119,9 +124,16 @@ def _decode_stream(container, stream, max_samples: int | None, file: Path, max_s
             if max_samples is not None and total > max_samples:
                 raise _too_long(file, stream, container, total, max_seconds)
 
+    def mono(frames) -> Iterator:
+        for frame in frames:
+            averaged = av.AudioFrame.from_ndarray(frame.to_ndarray().mean(axis=0, keepdims=True), "fltp", "mono")
+            averaged.sample_rate = frame.sample_rate
+            yield from resampler.resample(averaged)
+
     for packet in container.demux(stream):
         for frame in packet.decode():
-            take(resampler.resample(frame))
+            take(mono(planar.resample(frame)))
+    take(mono(planar.resample(None)))
     take(resampler.resample(None))  # the resampler holds back a filter's worth of samples until flushed
     if not pieces:
         return np.zeros(0, dtype=np.float32)
