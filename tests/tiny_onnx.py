@@ -90,19 +90,24 @@ def landmark_layout(tilt_deg: float = 0.0) -> np.ndarray:
 
 
 def landmark_model(path: Path, tilt_deg: float = 0.0) -> Path:
-    """A stand-in for LivePortrait's landmark.onnx: 'input' (1,3,224,224) -> a constant (1, 406), the input
-    summed, times zero, plus the layout."""
+    """A stand-in for LivePortrait's landmark.onnx: 'input' (1,3,224,224) -> three outputs of (1, 406), the third
+    (the one upstream reads) a constant layout (the input summed, times zero, plus the layout); the first two are
+    the same size but hold other points (all in one place; scattered at random), so reading the wrong output shows."""
     nodes = [
         helper.make_node("ReduceSum", ["input"], ["total"], keepdims=0),
         helper.make_node("Mul", ["total", "zero"], ["nothing"]),
         helper.make_node("Add", ["layout", "nothing"], ["landmarks"]),
+        helper.make_node("Mul", ["landmarks", "zero"], ["decoy_a"]),  # every point at one place: nothing is open
+        helper.make_node("Identity", ["scattered"], ["decoy_b"]),
     ]
     graph = helper.make_graph(
         nodes,
         "landmarks",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 224, 224])],
-        [helper.make_tensor_value_info("landmarks", TensorProto.FLOAT, [1, 406])],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, 406]) for name in ("decoy_a", "decoy_b",
+                                                                                        "landmarks")],
         [numpy_helper.from_array(np.zeros((), np.float32), "zero"),
+         numpy_helper.from_array(np.random.default_rng(0).random((1, 406), np.float32), "scattered"),
          numpy_helper.from_array(landmark_layout(tilt_deg).reshape(1, 406), "layout")],
     )  # fmt: skip
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)], ir_version=8)

@@ -2,8 +2,9 @@
 for eye and lip retargeting: the retargeting networks take how open the source's eyes and lips are, and
 retargeting to the driver takes each driving frame's.
 
-The model sees a 224x224 RGB crop (1.5x the face box, shifted up by 0.1) in [0, 1]; among its outputs is
-one with 203 x 2 values in crop units (x 224), which are mapped back to the image. Openness is a distance
+The model sees a 224x224 RGB crop (1.5x the face box, shifted up by 0.1) in [0, 1]; its third output (the one
+upstream's human_landmark_runner reads; a model with a single output: that one) holds 203 x 2 values in crop units
+(x 224), which are mapped back to the image. Openness is a distance
 ratio, so it does not depend on the face's size or position.
 """
 
@@ -62,10 +63,13 @@ class LandmarkModel:
         transform = crop_transform(box, scale=1.5, vy=-0.1, size=SIZE)
         crop = crop_image(rgb, transform).astype(np.float32) / 255
         outputs = self.session.run(None, {self.input: crop.transpose(2, 0, 1)[None]})
-        found = [o for o in outputs if np.asarray(o).size == POINTS * 2]
-        if not found:
-            raise LandmarkError(f"the landmark model gave no output of {POINTS} x 2 values")
-        points = np.asarray(found[-1], np.float64).reshape(POINTS, 2) * SIZE
+        read = outputs[2] if len(outputs) > 2 else outputs[0]
+        if np.asarray(read).size != POINTS * 2:
+            raise LandmarkError(
+                f"the landmark model's {'third' if len(outputs) > 2 else 'only'} output holds "
+                f"{np.asarray(read).size} values, not {POINTS} x 2 (LivePortrait's landmark.onnx is expected)"
+            )
+        points = np.asarray(read, np.float64).reshape(POINTS, 2) * SIZE
         return points @ transform.to_original[:, :2].T + transform.to_original[:, 2]
 
 
