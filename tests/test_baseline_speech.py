@@ -25,6 +25,7 @@ from engine.lipsync import pipeline
 from engine.lipsync.config import LipSyncConfig
 from engine.lipsync.engines import BaselineEngine
 from engine.lipsync.mouth import mouth_line, open_mouth
+from engine.lipsync.paste import crop
 from engine.lipsync.pipeline import run_lipsync
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -110,8 +111,7 @@ def test_the_engine_finds_the_lips_and_leaves_silence_untouched() -> None:
     face = cv2.imread(str(FACE))
     box = FaceTracker().update(HaarDetector().detect([face])[0], face.shape).box
     engine = BaselineEngine()
-    x1, y1, x2, y2 = box
-    crops = np.stack([cv2.resize(face[y1:y2, x1:x2], (engine.crop_size,) * 2, interpolation=cv2.INTER_AREA)] * 2)
+    crops = np.stack([crop(face, box, engine.crop_size)] * 2)
     line = mouth_line(crops[0])
     assert 0.60 < line < 0.66  # between the upper teeth and the lower lip of the example face (by eye: 0.63)
     grey = cv2.cvtColor(cv2.cvtColor(crops[0], cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)

@@ -132,6 +132,37 @@ def test_nms_matches_reference_on_random_boxes(thresh: float) -> None:
     assert np.allclose(ious, [[_iou(a, b) for b in boxes[:20].tolist()] for a in boxes[:20].tolist()], atol=1e-6)
 
 
+def _upstream_s3fd_nms(dets: np.ndarray, thresh: float) -> list[int]:
+    """Upstream S3FD's NMS rule (face_detection/detection/sfd/bbox.py), written out: widths and heights count both
+    end pixels (+1), and a box survives the current best when their overlap is at most `thresh`."""
+    x1, y1, x2, y2, scores = dets.T
+    areas = (x2 - x1 + 1) * (y2 - y1 + 1)
+    order, keep = list(np.argsort(-scores, kind="stable")), []
+    while order:
+        best, rest = order[0], np.array(order[1:], dtype=int)
+        keep.append(int(best))
+        w = np.maximum(0.0, np.minimum(x2[best], x2[rest]) - np.maximum(x1[best], x1[rest]) + 1)
+        h = np.maximum(0.0, np.minimum(y2[best], y2[rest]) - np.maximum(y1[best], y1[rest]) + 1)
+        overlap = w * h / (areas[best] + areas[rest] - w * h)
+        order = [int(i) for i in rest[overlap <= thresh]]
+    return keep
+
+
+def test_s3fd_nms_counts_both_end_pixels_as_upstream() -> None:
+    """Small face boxes overlap more by upstream's pixel count: two 10-pixel boxes 7 apart are 0.176 by area but
+    0.222 counted upstream's way, so at 0.2 upstream suppresses the second and plain IoU keeps it."""
+    pair = torch.tensor([[0, 0, 10, 10], [7, 0, 17, 10]], dtype=torch.float32)
+    scores = torch.tensor([0.9, 0.8])
+    assert nms(pair, scores, 0.2).tolist() == [0, 1] and nms(pair, scores, 0.2, pixel=1.0).tolist() == [0]
+    rng = np.random.default_rng(7)
+    xy = rng.uniform(0, 120, (200, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(4, 40, (200, 2))], axis=1).astype(np.float32)
+    dets = np.concatenate([boxes, rng.uniform(0, 1, (200, 1)).astype(np.float32)], axis=1)
+    got = nms(torch.from_numpy(boxes), torch.from_numpy(dets[:, 4]), 0.3, pixel=1.0).tolist()
+    assert got == _upstream_s3fd_nms(dets, 0.3)
+    assert got != nms(torch.from_numpy(boxes), torch.from_numpy(dets[:, 4]), 0.3).tolist()  # the rule matters here
+
+
 # ---------------------------------------------------------------------------------------------- S3FD
 
 
@@ -273,6 +304,16 @@ def test_tracker_pads_and_clips() -> None:
     assert track.box == (200, 100, 290, 200)
 
 
+def test_tracker_truncates_then_pads_as_upstream() -> None:
+    """Upstream clips the detection at 0 and truncates it to whole pixels (int()), then pads and clips: a box at
+    10.9 stays at 10 (rounding would give 11), and a negative pad takes pixels off."""
+    raw = FaceTracker(smooth=False, pads=(0, 10, 0, 0))
+    assert raw.update(_det(10.9, 20.6, 110.5, 150.99), (200, 300, 3)).box == (10, 20, 110, 160)
+    assert raw.update(_det(-3.7, -0.2, 50.2, 60.8), (200, 300, 3)).box == (0, 0, 50, 70)
+    shrunk = FaceTracker(smooth=False, pads=(-5, -10, 4, -4))
+    assert shrunk.update(_det(10.9, 20.6, 110.5, 150.99), (200, 300, 3)).box == (6, 25, 106, 140)
+
+
 def test_tracker_uses_the_largest_face() -> None:
     dets = np.concatenate([_det(0, 0, 20, 20), _det(300, 200, 400, 320)])
     assert FaceTracker(pads=(0, 0, 0, 0)).update(dets, SHAPE).box == (300, 200, 400, 320)
@@ -310,7 +351,7 @@ def test_tracker_follows_steady_motion_closely() -> None:
         x = 100 + 5.0 * t  # 5 px a frame, 4% of the face width
         box = tracker.update(_det(x, 100, x + 120, 250), SHAPE).box
         lags.append(x - box[0])
-    assert max(lags[10:]) < 5.0
+    assert max(lags[10:]) < 6.0  # under a frame's step, plus the truncation to whole pixels (as upstream)
 
 
 def test_tracker_holds_the_box_through_short_gaps_then_passes_through() -> None:

@@ -227,7 +227,7 @@ def test_bad_inputs_get_clear_errors(media, settings, tmp_path) -> None:
     with pytest.raises(LipSyncError, match=r"must be an \.mp4"):
         run_lipsync(LipSyncConfig(face=FACE, audio=media["speech"]), tmp_path / "x.avi", settings)
     for bad, message in (
-        (dict(pads=(0, -1, 0, 0)), "pads -1 is outside 0..200"),
+        (dict(pads=(0, -201, 0, 0)), "pads -201 is outside -200..200"),
         (dict(batch_size=0), "batch size 0 is outside 1..4096"),
         (dict(engine="sadtalker"), "engine 'sadtalker' is not one of auto, wav2lip, musetalk, baseline"),
         (dict(paste="poisson"), "paste 'poisson' is not one of blend, upstream"),

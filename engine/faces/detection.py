@@ -195,20 +195,22 @@ class HaarDetector:
 # ------------------------------------------------------------------------------------------ NMS and S3FD
 
 
-def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """IoU of every box in ``a`` (N, 4) with every box in ``b`` (M, 4), x1 y1 x2 y2 -> (N, M)."""
-    area_a = (a[:, 2] - a[:, 0]).clamp(min=0) * (a[:, 3] - a[:, 1]).clamp(min=0)
-    area_b = (b[:, 2] - b[:, 0]).clamp(min=0) * (b[:, 3] - b[:, 1]).clamp(min=0)
+def box_iou(a: torch.Tensor, b: torch.Tensor, pixel: float = 0.0) -> torch.Tensor:
+    """IoU of every box in ``a`` (N, 4) with every box in ``b`` (M, 4), x1 y1 x2 y2 -> (N, M).
+
+    ``pixel`` 1 counts both end pixels (width x2 - x1 + 1), the convention of upstream S3FD's NMS."""
+    area_a = (a[:, 2] - a[:, 0] + pixel).clamp(min=0) * (a[:, 3] - a[:, 1] + pixel).clamp(min=0)
+    area_b = (b[:, 2] - b[:, 0] + pixel).clamp(min=0) * (b[:, 3] - b[:, 1] + pixel).clamp(min=0)
     top_left = torch.maximum(a[:, None, :2], b[None, :, :2])
     bottom_right = torch.minimum(a[:, None, 2:], b[None, :, 2:])
-    wh = (bottom_right - top_left).clamp(min=0)
+    wh = (bottom_right - top_left + pixel).clamp(min=0)
     inter = wh[..., 0] * wh[..., 1]
     union = area_a[:, None] + area_b[None, :] - inter
     return inter / union.clamp(min=torch.finfo(inter.dtype).tiny)
 
 
-def nms(boxes: torch.Tensor, scores: torch.Tensor, iou: float) -> torch.Tensor:
-    """Greedy NMS: indices of the kept boxes, highest score first.
+def nms(boxes: torch.Tensor, scores: torch.Tensor, iou: float, pixel: float = 0.0) -> torch.Tensor:
+    """Greedy NMS: indices of the kept boxes, highest score first (``pixel`` as in ``box_iou``).
 
     Exact greedy result without a loop over boxes: with boxes sorted by score and ``over[i, j]`` = "i comes
     before j and overlaps it by more than ``iou``", box j is kept iff no *kept* i suppresses it. Iterating
@@ -220,7 +222,7 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou: float) -> torch.Tensor:
         return torch.zeros(0, dtype=torch.long, device=boxes.device)
     order = torch.sort(scores, descending=True, stable=True).indices
     ranked = boxes[order].float()
-    over = torch.triu(box_iou(ranked, ranked) > iou, diagonal=1).float()
+    over = torch.triu(box_iou(ranked, ranked, pixel) > iou, diagonal=1).float()
     keep = torch.ones(n, dtype=torch.bool, device=boxes.device)
     for _ in range(n):
         new_keep = (keep.float() @ over) == 0
@@ -274,7 +276,8 @@ def decode_s3fd(
     ``outputs`` are ``[cls1, reg1, ..., cls6, reg6]`` with softmaxed ``cls`` (as :class:`S3FD` returns them);
     ``image_size`` is the network input's (height, width), to which boxes are clipped after NMS. Scores above
     ``threshold`` go into NMS: the same result as upstream (NMS over scores > 0.05, then > 0.5), since a box
-    can only be suppressed by a higher-scoring one. At most ``max_per_image`` boxes, highest score first.
+    can only be suppressed by a higher-scoring one; overlaps count both end pixels, as upstream's bbox.nms does.
+    At most ``max_per_image`` boxes, highest score first.
     """
     if len(outputs) != 2 * len(STRIDES):
         raise FaceError(f"S3FD gives {2 * len(STRIDES)} head outputs (cls, reg per head), got {len(outputs)}")
@@ -289,7 +292,7 @@ def decode_s3fd(
     for boxes, image_scores in zip(top_boxes, top_scores, strict=True):
         passed = image_scores > threshold
         boxes, image_scores = boxes[passed], image_scores[passed]
-        keep = nms(boxes, image_scores, nms_iou)[:max_per_image]
+        keep = nms(boxes, image_scores, nms_iou, pixel=1.0)[:max_per_image]
         clipped = torch.minimum(boxes[keep].clamp(min=0), limits)
         results.append(torch.cat([clipped, image_scores[keep, None]], dim=1))
     return results

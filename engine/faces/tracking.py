@@ -50,12 +50,14 @@ class BoxSmoother:
 def _pad_and_clip(
     box: np.ndarray, pads: tuple[int, int, int, int], frame_shape: tuple[int, ...]
 ) -> tuple[int, int, int, int] | None:
-    """Wav2Lip's --pads (top, bottom, left, right), then clipped to the frame; None when nothing is left."""
+    """Wav2Lip's --pads (top, bottom, left, right; negative ones take pixels off), then clipped to the frame, as
+    upstream's inference.py does it: the box clipped at 0 and truncated to whole pixels, then padded and clipped.
+    None when nothing is left."""
     height, width = frame_shape[:2]
     top, bottom, left, right = pads
-    bx1, by1, bx2, by2 = (float(v) for v in box[:4])
-    x1, x2 = (round(min(max(v, 0.0), width)) for v in (bx1 - left, bx2 + right))
-    y1, y2 = (round(min(max(v, 0.0), height)) for v in (by1 - top, by2 + bottom))
+    bx1, by1, bx2, by2 = (int(max(float(v), 0.0)) for v in box[:4])
+    x1, x2 = min(max(bx1 - left, 0), width), min(max(bx2 + right, 0), width)
+    y1, y2 = min(max(by1 - top, 0), height), min(max(by2 + bottom, 0), height)
     return (x1, y1, x2, y2) if x2 - x1 >= 2 and y2 - y1 >= 2 else None
 
 

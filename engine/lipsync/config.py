@@ -67,7 +67,8 @@ class LipSyncConfig(Config):
         "once) and report how far the output is from it, in grey levels",
     )  # fmt: skip
     pads: tuple[int, ...] = option(
-        (0, 10, 0, 0), help="pixels added to the face box: TOP,BOTTOM,LEFT,RIGHT", low=0, high=200,
+        (0, 10, 0, 0), help="pixels added to the face box: TOP,BOTTOM,LEFT,RIGHT (negative: taken off)", low=-200,
+        high=200,
         text=number_tuple(int, 4),
     )  # fmt: skip
     smooth: bool = option(True, help="smooth face boxes over time")

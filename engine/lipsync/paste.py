@@ -22,9 +22,11 @@ Box = tuple[int, int, int, int]
 
 
 def crop(frame: np.ndarray, box: Box, size: int) -> np.ndarray:
-    """The box resized to size x size (uint8 BGR), as the generators take it."""
+    """The box resized to size x size (uint8 BGR), as the generators take it: OpenCV's bilinear resize, as
+    upstream's inference.py and its training data loader make Wav2Lip's crops (an area filter would differ by tens
+    of grey levels on a large face)."""
     x1, y1, x2, y2 = box
-    return cv2.resize(frame[y1:y2, x1:x2], (size, size), interpolation=cv2.INTER_AREA)
+    return cv2.resize(frame[y1:y2, x1:x2], (size, size), interpolation=cv2.INTER_LINEAR)
 
 
 @lru_cache(maxsize=64)
