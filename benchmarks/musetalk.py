@@ -68,7 +68,7 @@ def pipeline(weights: Path | None, device: torch.device, precision: str, seconds
         "random weights at the real sizes" if real_size else "small random networks (random_weights.py)"
     )  # fmt: skip
     started = time.perf_counter()
-    networks = load_networks(files, device, DTYPES[precision], parser_dtype=torch.float32)
+    networks = load_networks(files, device, DTYPES[precision])
     _sync(device)
     load_s = time.perf_counter() - started
     batch = batch or default_batch_size(device, DTYPES[precision])  # the engine's own choice, from free memory

@@ -43,7 +43,7 @@ def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _networks(weights: Path, device: str = "cpu", dtype: torch.dtype = torch.float32) -> MuseTalkNetworks:
     base = weights.parent
     files = require(Settings(data_dir=base, weights_dir=base / "weights"), weights)
-    return load_networks(files, device, dtype, parser_dtype=torch.float32)
+    return load_networks(files, device, dtype)
 
 
 @pytest.fixture(scope="module")

@@ -308,6 +308,8 @@ def test_the_official_layout_loads_into_diffusers_and_transformers(models, setti
         hidden = nets.whisper(torch.randn(1, 8, 40), output_hidden_states=True).hidden_states
     assert out.shape == (2, 4, 8, 8)
     assert len(hidden) == 3 and hidden[0].shape == (1, 20, 16)  # embeddings + one per layer
+    half = load_networks(files, "cpu", torch.float16)  # upstream parses faces in fp32 whatever the rest runs in
+    assert half.unet.dtype == torch.float16 and next(half.face_parser.parameters()).dtype == torch.float32
 
 
 def test_loads_match_diffusers_and_transformers_own_loaders(models) -> None:

@@ -176,7 +176,7 @@ def _load(config: Any, settings: Settings, choice: DeviceChoice, dtype: torch.dt
 
     def build() -> Any:
         STEPS.clear()  # a step holds the networks it runs: the old set goes with it
-        return load_networks(files, device, dtype, parser_dtype=torch.float32)
+        return load_networks(files, device, dtype)
 
     with result.stage("load"):
         networks, cached = NETWORKS.get_or_build(key, build)

@@ -512,10 +512,10 @@ def load_networks(
     files: MuseTalkFiles,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float16,
-    parser_dtype: torch.dtype | None = None,
+    parser_dtype: torch.dtype = torch.float32,
 ) -> MuseTalkNetworks:
     """Every network of `files` (which must be complete) in `dtype` on `device`; the face parser in `parser_dtype`
-    (default: `dtype`)."""
+    (default fp32, as upstream parses faces whatever the other networks' precision)."""
     if not files.complete:
         raise WeightsError(files.describe_missing())
     device = torch.device(device)
@@ -524,7 +524,7 @@ def load_networks(
         unet=load_unet(files["unet"], files["unet_config"], device, dtype),
         vae=load_vae(files["vae_config"], files["vae_weights"], device, dtype),
         whisper=load_whisper_encoder(files["whisper_config"], files["whisper_weights"], device, dtype),
-        face_parser=load_bisenet(files["face_parse"], device, parser_dtype or dtype),
+        face_parser=load_bisenet(files["face_parse"], device, parser_dtype),
         device=device,
         dtype=dtype,
     )
