@@ -341,6 +341,42 @@ def test_frames_with_nan_or_inf_are_written_defined_and_warned_about() -> None:
     assert not result.warnings
     _encode([bad], writer, result, lambda *_: None, 2)
     first, second = writer.frames[2], writer.frames[3]
-    assert first[0, 0].tolist() == [128, 0, 0]  # BGR: the NaN (R) and -inf (G) are 0, B is untouched
-    assert second[1, 1].tolist() == [255, 128, 128]  # +inf (B) is 255
+    assert first[0, 0].tolist() == [127, 0, 0]  # BGR: the NaN (R) and -inf (G) are 0, B is 127.5 truncated
+    assert second[1, 1].tolist() == [255, 127, 127]  # +inf (B) is 255
     assert any("NaN or infinite" in w for w in result.warnings)
+
+
+def test_crop_off_and_stitching_off_give_the_networks_frame_as_upstream(weights: Path, driving: Path,
+                                                                         tmp_path: Path) -> None:  # fmt: skip
+    """Upstream pastes back only from a crop and only with stitching: a 640x512 source gives a 640x512 video by
+    default, and the networks' 512x512 frame with stitching off, or with the crop off (the whole source stretched
+    to their square: no crop scale, no turn)."""
+    face = cv2.imread(str(ASSETS / "face.jpg"))
+    source = tmp_path / "wide.png"
+    cv2.imwrite(str(source), cv2.copyMakeBorder(face, 0, 0, 64, 64, cv2.BORDER_REPLICATE))
+    sizes, metrics = {}, {}
+    for name, options in {"default": {}, "no stitching": {"stitching": False}, "no crop": {"crop": False}}.items():
+        config = PortraitConfig(source, driving, weights=str(weights), max_frames=1, **options)
+        result = run_portrait(config, tmp_path / f"{len(sizes)}.mp4")
+        info = probe_video(tmp_path / f"{len(sizes)}.mp4")
+        sizes[name], metrics[name] = (info.width, info.height), result.metrics
+    assert sizes == {"default": (640, 512), "no stitching": (512, 512), "no crop": (512, 512)}
+    assert [metrics[n]["pasted_back"] for n in sizes] == [True, False, False]
+    assert metrics["no crop"]["crop_scale"] is None and metrics["no crop"]["crop_angle"] is None
+    assert metrics["default"]["crop_scale"] > 0
+
+
+def test_a_square_driver_is_taken_whole_unless_asked_as_upstream() -> None:
+    """Upstream crops the driving video only when asked (flag_crop_driving_video) or when it is not square; a square
+    one is stretched whole to 256x256 with OpenCV's bilinear resize."""
+    from engine.portrait.pipeline import _driving_input, _driving_transform
+
+    config, box = PortraitConfig(ASSETS / "face.jpg", ASSETS / "driving.mp4"), np.array([100.0, 80.0, 220.0, 240.0])
+    assert _driving_transform(config, box, 320, 320) is None
+    assert _driving_transform(replace(config, crop_driving=True), box, 320, 320) is not None
+    assert _driving_transform(config, box, 640, 360) is not None
+    rgb = np.random.default_rng(0).integers(0, 256, (300, 200, 3), dtype=np.uint8)
+    expected = torch.from_numpy(cv2.resize(rgb, (256, 256))).permute(2, 0, 1)[None].float() / 255
+    assert torch.equal(_driving_input(rgb, None, torch.device("cpu")), expected)
+    cropped = _driving_input(rgb, _driving_transform(config, box, 640, 360), torch.device("cpu"))
+    assert cropped.shape == expected.shape and not torch.equal(cropped, expected)

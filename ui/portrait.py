@@ -134,6 +134,9 @@ def build_portrait_tab(settings: Settings, jobs: PortraitJobs, access: Access) -
                     stitching = gr.Checkbox(value=default(c, "stitching"), label="Stitching")
                     paste_back = gr.Checkbox(value=default(c, "paste_back"), label="Paste back into the full image")
                     crop = gr.Checkbox(value=default(c, "crop"), label="Crop around the face")
+                    crop_driving = gr.Checkbox(
+                        value=default(c, "crop_driving"), label="Crop a square driving video too"
+                    )
                 with gr.Row():  # a row of their own: a slider's range labels need its width
                     pitch = slider(c, "pitch", "Head pitch (°)", step=1)
                     yaw = slider(c, "yaw", "Head yaw (°)", step=1)
@@ -188,7 +191,8 @@ def build_portrait_tab(settings: Settings, jobs: PortraitJobs, access: Access) -
     inputs = dict(
         source=source, driving=driving, engine=engine, weights=weights, backend=backend, precision=precision,
         compile=compile_, region=region, relative=relative, driving_option=driving_option, multiplier=multiplier,
-        stitching=stitching, paste_back=paste_back, crop=crop, pitch=pitch, yaw=yaw, roll=roll,
+        stitching=stitching, paste_back=paste_back, crop=crop, crop_driving=crop_driving, pitch=pitch, yaw=yaw,
+        roll=roll,
         eye_retargeting=eye_retargeting, lip_retargeting=lip_retargeting, eye_open=eye_open, lip_open=lip_open,
         landmarks=landmarks, normalize_lips=normalize_lips, max_frames=max_frames,
         batch_size=batch_size, save_template=save_template, stream=stream,

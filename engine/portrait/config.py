@@ -52,8 +52,19 @@ class PortraitConfig(Config):
     driving_option: str = option("expression-friendly", help="how relative motion is applied", choices=DRIVING_OPTIONS)
     multiplier: float = option(1.0, help="scale of the driving motion", low=0.0, high=3.0)
     stitching: bool = option(True, help="the stitching network keeps the shoulders still")
-    paste_back: bool = option(True, help="paste the animated crop back into the full image (off: the 512x512 crop)")
-    crop: bool = option(True, help="crop around the face (off: the whole source image is the network's view)")
+    paste_back: bool = option(
+        True, help="paste the animated crop back into the full image, as upstream only from a crop and with "
+        "stitching (off: the 512x512 crop)",
+    )  # fmt: skip
+    crop: bool = option(
+        True, help="crop around the face (off: the whole source image, stretched to the networks' square, is their "
+        "view, and the output is their 512x512 frame)",
+    )  # fmt: skip
+    crop_driving: bool = option(
+        False, help="crop the driving video or image around its face even when it is square (upstream's "
+        "flag_crop_driving_video: a square one is otherwise taken whole, as a face-centred clip; one that is not "
+        "square is always cropped)",
+    )  # fmt: skip
     pitch: float = option(0.0, help="extra head pitch in degrees", low=-MAX_ANGLE, high=MAX_ANGLE)
     yaw: float = option(0.0, help="extra head yaw in degrees", low=-MAX_ANGLE, high=MAX_ANGLE)
     roll: float = option(0.0, help="extra head roll in degrees", low=-MAX_ANGLE, high=MAX_ANGLE)

@@ -87,9 +87,21 @@ def crop_image(image: np.ndarray, transform: CropTransform) -> np.ndarray:
 
 def network_input(crop: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
     """512 crop (RGB uint8) -> 1x3x256x256 float in [0, 1], area-downsampled as the official pipeline does."""
+    return _resized(crop, device, area=True)
+
+
+def stretched_input(image: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+    """A whole image (RGB uint8, any shape) -> 1x3x256x256 float in [0, 1], stretched with OpenCV's bilinear
+    resize: what upstream feeds the networks where it does not crop (a source with crop off, a square driving
+    frame)."""
+    return _resized(image, device, area=False)
+
+
+def _resized(image: np.ndarray, device: torch.device | str, area: bool) -> torch.Tensor:
     import cv2
 
-    small = cv2.resize(crop, (NETWORK_SIZE, NETWORK_SIZE), interpolation=cv2.INTER_AREA)
+    interpolation = cv2.INTER_AREA if area else cv2.INTER_LINEAR
+    small = cv2.resize(image, (NETWORK_SIZE, NETWORK_SIZE), interpolation=interpolation)
     return torch.from_numpy(small).to(device).permute(2, 0, 1)[None].float().div_(255)
 
 
@@ -153,4 +165,5 @@ __all__ = [
     "network_input",
     "paste_mask",
     "roll_from_landmarks",
+    "stretched_input",
 ]

@@ -58,6 +58,7 @@ from engine.portrait.crop import (
     crop_transform,
     network_input,
     roll_from_landmarks,
+    stretched_input,
 )
 from engine.portrait.landmarks import LandmarkModel, openness
 from engine.portrait.motion import (
@@ -284,9 +285,9 @@ def _driving_motion(
         box = _largest_face(image, detector)
         if box is None:
             raise PortraitError(f"no face found in the driving image {path.name}")
-        crop = crop_image(image, crop_transform(box, DRIVING_SCALE, DRIVING_VY))
+        transform = _driving_transform(config, box, image.shape[1], image.shape[0])
         with result.stage("motion", items=1):
-            motion = nets.motion(network_input(crop, nets.device))
+            motion = nets.motion(_driving_input(image, transform, nets.device))
         measured = None if landmarks is None else _stacked(_measured_openness(landmarks, [image], box))
         return _Driving(motion, IMAGE_FPS, 1, image=True, openness=measured)
     info = probe_video(path)
@@ -315,7 +316,7 @@ def _clip_motion(
             f"the driving clip's first frame shows no face: motion is measured against frame {reference}, the "
             "first with a face (trim the clip to start on the face for the upstream behaviour)"
         )
-    transform = crop_transform(box, DRIVING_SCALE, DRIVING_VY)
+    transform = _driving_transform(config, box, info.width, info.height)
     infos: list[KeypointInfo] = []
     rows: list[tuple[np.ndarray, float]] = []
     frames = _clip_frames(Path(config.driving), config.max_frames, settings.max_seconds)
@@ -323,7 +324,7 @@ def _clip_motion(
     for batch in _batches(frames, config.batch_size):
         images = [_rgb(f) for f in batch]
         with result.stage("crop", items=len(batch)):
-            tensor = torch.cat([network_input(crop_image(rgb, transform), nets.device) for rgb in images])
+            tensor = torch.cat([_driving_input(rgb, transform, nets.device) for rgb in images])
         with result.stage("motion", items=len(batch)):
             infos.append(nets.motion(tensor))
         if landmarks is not None:
@@ -333,6 +334,18 @@ def _clip_motion(
     merged = KeypointInfo(*(torch.cat([getattr(i, f) for i in infos]) for f in _TEMPLATE_FIELDS))
     measured = _stacked(rows) if rows else None
     return _Driving(merged, info.fps, merged.kp.shape[0], info.has_audio, reference, openness=measured)
+
+
+def _driving_transform(config: PortraitConfig, box: np.ndarray, width: int, height: int) -> CropTransform | None:
+    """The driving crop around the face (2.2x its box, shifted up 0.1), or None where upstream takes the driving
+    frames whole: a square video or image, unless `crop_driving` asks (upstream's flag_crop_driving_video)."""
+    if width == height and not config.crop_driving:
+        return None
+    return crop_transform(box, DRIVING_SCALE, DRIVING_VY)
+
+
+def _driving_input(rgb: np.ndarray, transform: CropTransform | None, device: torch.device) -> torch.Tensor:
+    return stretched_input(rgb, device) if transform is None else network_input(crop_image(rgb, transform), device)
 
 
 def save_template(path: Path, motion: KeypointInfo, fps: float, openness: Openness | None = None) -> None:
@@ -587,7 +600,7 @@ class _Source:
     device: torch.device
     landmark_model: LandmarkModel | None
     openness: tuple[np.ndarray, float] | None
-    transform: CropTransform
+    transform: CropTransform | None  # None: the whole source, stretched (crop off)
     feature: torch.Tensor
     motion: KeypointInfo
     paste: PasteBack | None
@@ -627,24 +640,31 @@ def _liveportrait_source(head: _Head, progress: Progress) -> _Source:
     if landmark_model is not None:
         with result.stage("landmarks"):
             landmarks = landmark_model(_rgb(source_bgr), box)
-    if not config.crop:
-        transform: CropTransform = crop_transform((0, 0, width, height), 1.0, 0.0)
-    else:  # upright by the eye line when the landmark model is there (upstream crops from landmarks too)
+    transform: CropTransform | None = None  # crop off: upstream stretches the whole source to the networks' size
+    if config.crop:  # upright by the eye line when the landmark model is there (upstream crops from landmarks too)
         transform = crop_transform(box, angle=0.0 if landmarks is None else roll_from_landmarks(landmarks))
 
     def encode_source() -> tuple[torch.Tensor, KeypointInfo]:
         with result.stage("crop"):
-            source_input = network_input(crop_image(_rgb(source_bgr), transform), device)
+            rgb = _rgb(source_bgr)
+            source_input = stretched_input(rgb, device) if transform is None else network_input(
+                crop_image(rgb, transform), device
+            )  # fmt: skip
         with result.stage("source features"):
             return nets.appearance(source_input), nets.motion(source_input)
 
-    source_key = (file_digest(config.source), config.crop, transform.angle, nets_key)
+    angle = None if transform is None else transform.angle
+    source_key = (file_digest(config.source), config.crop, angle, nets_key)
     (feature, source_motion), source_hit = SOURCES.get_or_build(source_key, encode_source)
     result.metrics["cache"] = {"networks": nets_hit, "source": source_hit}
-    paste = PasteBack(transform, height, width, device) if config.paste_back else None
+    # As upstream: pasted back only from a crop, and only with stitching (without it the shoulders move and would
+    # show a seam); otherwise the frames are the networks' 512x512 output.
+    pasted = transform is not None and config.paste_back and config.stitching
+    paste = PasteBack(transform, height, width, device) if pasted else None
     original = torch.from_numpy(_rgb(source_bgr)).to(device).permute(2, 0, 1)[None].float() / 255
-    size = (width, height) if config.paste_back else (512, 512)
-    metrics = {"backend": config.backend, "crop_scale": transform.scale, "crop_angle": transform.angle}
+    size = (width, height) if pasted else (512, 512)
+    metrics = {"backend": config.backend, "crop_scale": None if transform is None else transform.scale,
+               "crop_angle": angle, "pasted_back": pasted}  # fmt: skip
     metrics["compiled"] = config.compile
     source_openness = None if landmarks is None else openness(landmarks)
     return _Source(
@@ -876,7 +896,8 @@ def _encode(
                 "the networks gave NaN or infinite values in some frames; those pixels are written black (white for "
                 "+inf): fp32 or bf16 has the range fp16 lacks"
             )
-        pixels = (frames * 255).round_().to(torch.uint8).permute(0, 2, 3, 1).flip(-1).cpu().numpy()
+        # Truncated, not rounded, as upstream converts its frames (np.uint8 of x 255): half a grey level darker.
+        pixels = (frames * 255).clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).flip(-1).cpu().numpy()
         with result.stage("encode", items=len(pixels)):
             for frame in pixels:
                 writer.write(np.ascontiguousarray(frame))
