@@ -441,3 +441,54 @@ def test_a_phone_video_turned_by_its_display_rotation_comes_out_upright(media, s
     assert result.metrics["faces_missed"] == 0
     first = next(iter(read_frames(out)))
     assert np.abs(first[256 + 8 :].astype(int) - 90).max() < 12  # the padding is at the bottom, as shown
+
+
+def test_upstreams_video_edits_shrink_turn_and_cut_in_its_order() -> None:
+    """inference.py's --resize_factor, --rotate and --crop, in its order, on a frame whose corners differ; sizes
+    are known before decoding, and edits that leave no picture are refused with what is accepted."""
+    from engine.lipsync.video_edits import VideoEdits
+
+    frame = np.zeros((120, 200, 3), np.uint8)
+    frame[:10, :10] = 255  # top-left corner
+    edits = VideoEdits(resize_factor=2, rotate=True, crop=(0, 90, 10, -1))
+    edited = edits(frame)
+    shrunk = cv2.resize(frame, (100, 60))
+    assert np.array_equal(edited, cv2.rotate(shrunk, cv2.ROTATE_90_CLOCKWISE)[:90, 10:])
+    assert edits.size(200, 120) == (50, 90) == (edited.shape[1], edited.shape[0]) and edited.flags.c_contiguous
+    assert edited[:5, 45:].min() == 255  # the top-left corner turned to the top-right
+    assert VideoEdits().none and VideoEdits()(frame) is frame
+    with pytest.raises(LipSyncError, match="leaves no picture of the 200x120 video"):
+        VideoEdits(crop=(0, -1, 150, 120)).size(200, 120)
+    with pytest.raises(LipSyncError, match="TOP and LEFT are 0 or more"):
+        VideoEdits(crop=(-1, -1, 0, -1)).size(200, 120)
+
+
+def test_static_resize_rotate_crop_and_fps_as_upstreams_options(media, settings, tmp_path) -> None:
+    """--static holds a video's first frame at the video's rate; --resize-factor, --rotate and --crop edit a video's
+    frames before detection and give the output their size; --fps sets a photo's rate."""
+    video, speech = media["video"], media["speech"]  # 256x256 at 25 fps, the face drifting
+    first = next(iter(read_frames(video)))
+    out = tmp_path / "static.mp4"
+    result = run_lipsync(LipSyncConfig(face=video, audio=speech, engine="baseline", static=True), out, settings)
+    frames = list(read_frames(out))
+    assert result.metrics["fps"] == 25.0 and len(frames) == expected_frames(1.0)
+
+    def changed(a: np.ndarray, b: np.ndarray) -> float:  # the share of pixels more than a few levels apart
+        return float((np.abs(a.astype(int) - b.astype(int)).max(axis=2) > 8).mean())
+
+    assert changed(frames[-1], first) < 0.05  # the first frame still, but for the mouth
+    assert changed(list(read_frames(video))[len(frames) - 1], first) > 0.2  # where the video itself had drifted
+
+    edited = tmp_path / "edited.mp4"
+    config = LipSyncConfig(face=video, audio=speech, engine="baseline", resize_factor=2, rotate=True,
+                           crop=(0, 100, 0, -1), box=(10, 10, 90, 90))  # fmt: skip  # a face on its side: no detection
+    result = run_lipsync(config, edited, settings)
+    info = probe_video(edited)
+    assert (info.width, info.height) == (128, 100) == (result.metrics["width"], result.metrics["height"])
+
+    photo = tmp_path / "photo.mp4"
+    result = run_lipsync(LipSyncConfig(face=FACE, audio=speech, engine="baseline", fps=30.0), photo, settings)
+    assert result.metrics["fps"] == 30.0 and probe_video(photo).fps == pytest.approx(30.0)
+    assert result.metrics["frames"] == expected_frames(1.0, 30.0)
+    with pytest.raises(LipSyncError, match="leaves no picture"):
+        run_lipsync(LipSyncConfig(face=video, audio=speech, crop=(300, -1, 0, -1)), tmp_path / "none.mp4", settings)

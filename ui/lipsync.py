@@ -114,7 +114,17 @@ def build_lipsync_tab(settings: Settings, jobs: LipSyncJobs, access: Access) -> 
                 with gr.Row():
                     detector = gr.Dropdown(choices(c, "detector"), value=default(c, "detector"), label="Face detector")
                     detector_checkpoint = server_file_picker(settings, "S3FD checkpoint (empty: the configured one)")
-                    detect_scale = slider(c, "detect_scale", "Detection scale", step=0.05)
+                    detect_scale = optional_number(
+                        c, "detect_scale", "Detection scale (empty: 1 for S3FD, 0.5 for Haar)", "auto"
+                    )
+                with gr.Row():  # upstream inference.py's edits of a face video, and a photo's frame rate
+                    fps = slider(c, "fps", "Photo: frames per second", step=1)
+                    static = gr.Checkbox(value=default(c, "static"), label="Video: its first frame only, held still")
+                    resize_factor = slider(c, "resize_factor", "Video: shrink by", step=1)
+                    rotate = gr.Checkbox(value=default(c, "rotate"), label="Video: turn a quarter clockwise")
+                    crop = gr.Textbox(
+                        value=default(c, "crop"), label="Video: keep TOP,BOTTOM,LEFT,RIGHT (-1: to the edge)"
+                    )
                 with gr.Row():
                     paste = gr.Radio(choices(c, "paste"), value=default(c, "paste"), label="Paste mode")
                     audio_offset = slider(c, "audio_offset", "Audio offset (frames; + if lips are late)", step=1)
@@ -155,6 +165,7 @@ def build_lipsync_tab(settings: Settings, jobs: LipSyncJobs, access: Access) -> 
         face=face, audio=audio, engine=engine, checkpoint=checkpoint, batch_size=batch_size, precision=precision,
         compile=compile_, check_precision=check_precision, pads=pads, smooth=smooth, box=box, detector=detector,
         detector_checkpoint=detector_checkpoint, detect_scale=detect_scale, paste=paste, audio_offset=audio_offset,
+        fps=fps, static=static, resize_factor=resize_factor, rotate=rotate, crop=crop,
         musetalk_weights=musetalk_weights, musetalk_version=musetalk_version, bbox_shift=bbox_shift,
         musetalk_person_box=person_box, musetalk_runtime=musetalk_runtime, stream=stream,
     )  # fmt: skip

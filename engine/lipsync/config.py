@@ -78,8 +78,30 @@ class LipSyncConfig(Config):
     )  # fmt: skip
     detector: str = option("haar", help="face detector (s3fd needs s3fd.pth)", choices=DETECTORS)
     detector_checkpoint: str | None = option(None, help="s3fd.pth for the s3fd detector (empty: settings)")
-    detect_scale: float = option(0.5, help="detect on frames scaled by this", low=0.1, high=1.0)
+    detect_scale: float | None = option(
+        None, help="detect on frames scaled by this (empty: whole frames for s3fd, as upstream; half-size for haar)",
+        low=0.1, high=1.0,
+    )  # fmt: skip
     paste: str = option("blend", help="blend: feathered lower face; upstream: Wav2Lip's own paste", choices=PASTE_MODES)
+    fps: float = option(
+        25.0, help="frames per second of the video made from a still photo (upstream's --fps; a video keeps its own)",
+        low=1.0, high=120.0,
+    )  # fmt: skip
+    static: bool = option(
+        False, help="Wav2Lip: a face video's first frame only, held for the whole speech at the video's frame rate "
+        "(upstream's --static)",
+    )  # fmt: skip
+    resize_factor: int = option(
+        1, help="Wav2Lip: shrink a face video by this factor first (upstream's --resize_factor: faster, and the "
+        "output has that size)", low=1, high=16,
+    )  # fmt: skip
+    rotate: bool = option(
+        False, help="Wav2Lip: turn a face video a quarter clockwise after the shrink (upstream's --rotate)"
+    )
+    crop: tuple[int, ...] = option(
+        (0, -1, 0, -1), help="Wav2Lip: keep rows TOP..BOTTOM and columns LEFT..RIGHT of a face video after the shrink "
+        "and turn, -1: to the last (upstream's --crop)", low=-1, high=8192, text=number_tuple(int, 4),
+    )  # fmt: skip
     audio_offset: int = option(0, help="shift the speech by N frames (+: the lips were late)", low=-25, high=25)
     stream: bool = stream_option()
     musetalk_weights: str | None = option(

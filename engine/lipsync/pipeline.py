@@ -6,7 +6,9 @@ bounded by a few batches, whatever the video's length.
 
 Length policy: the output lasts as long as the speech (one frame per mel chunk). A video longer
 than the speech is trimmed to it; a shorter one is looped from its first frame. An image is a
-still face for the whole speech, at 25 frames per second.
+still face for the whole speech, at --fps (25) frames per second, and so is a video's first frame with --static (at
+the video's rate). A video's frames are edited first as upstream's --resize_factor, --rotate and --crop ask
+(video_edits.py).
 
 A long job may be split into time segments over idle GPUs (engine/jobs/split.py): `LipSyncSegments` is that run's
 side, with the same batches, face boxes and generator state at each segment's start as the unsplit run.
@@ -14,6 +16,7 @@ side, with the same batches, face boxes and generator state at each segment's st
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import queue
@@ -46,10 +49,10 @@ from engine.faces.tracking import FaceTracker
 from engine.lipsync.config import LipSyncConfig, LipSyncError, precision_summary
 from engine.lipsync.engines import BaselineEngine, Generator, Wav2LipEngine, auto_batch_size, default_precision
 from engine.lipsync.paste import Box, crop, first_row_read, paste
+from engine.lipsync.video_edits import VideoEdits
 
 log = logging.getLogger(__name__)
 Progress = Callable[[float, str], None]
-IMAGE_FPS = 25.0
 
 
 def _background(items: Iterator, depth: int, name: str) -> Iterator:
@@ -144,10 +147,10 @@ def _frames(
         for _ in range(count):
             yield image
         return
-    produced = 0
+    produced, edit = 0, VideoEdits.of(config)
     while produced < count:
         for frame in read_frames(config.face, max_seconds=max_seconds, threads=threads):
-            yield frame
+            yield edit(frame)
             produced += 1
             if produced == count:
                 return
@@ -246,11 +249,15 @@ def _prepare(
     still = is_image(config.face)
     image = load_image(config.face, max_side=settings.max_side) if still else None
     if image is not None:
-        fps, size = IMAGE_FPS, (image.shape[1], image.shape[0])
+        fps, size = config.fps, (image.shape[1], image.shape[0])
     else:
         info = probe_video(config.face)
         validate_video(info, Path(config.face).name, settings.max_side, settings.max_seconds)
-        fps, size = info.fps, (info.width, info.height)
+        edit = VideoEdits.of(config)
+        fps, size = info.fps, edit.size(info.width, info.height)
+        if config.static:  # upstream's --static: the first frame only, a still face at the video's rate
+            with contextlib.closing(read_frames(config.face, max_seconds=settings.max_seconds)) as frames:
+                image, still = edit(next(frames)), True
     progress(0.0, "reading the speech")
     with result.stage("audio"):
         wav = load_audio(config.audio, max_seconds=settings.max_seconds)

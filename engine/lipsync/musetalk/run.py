@@ -53,7 +53,18 @@ NETWORKS = LruCache(1)  # one set: MuseTalk's networks hold about 1.7 GB in fp16
 STEPS = LruCache(1)  # their step runner (a compiled graph, CUDA graphs, an ONNX session), keyed by theirs
 AVATARS = LruCache(2)  # an avatar holds its frames (about 70 MB a second of 720p)
 LANDMARK_MODELS = LruCache(1)  # DWPose's ONNX Runtime sessions (the release's files are over 100 MB each)
-WAV2LIP_ONLY = ("checkpoint", "compile", "pads", "smooth", "paste", "audio_offset")  # said when set, then left
+WAV2LIP_ONLY = (
+    "checkpoint",
+    "compile",
+    "pads",
+    "smooth",
+    "paste",
+    "audio_offset",
+    "static",
+    "resize_factor",
+    "rotate",
+    "crop",
+)  # said when set, then left
 
 
 class FixedBox:
@@ -92,11 +103,14 @@ def _dtype(config: LipSyncConfig, choice: DeviceChoice) -> torch.dtype:
     return precision_dtype("fp32" if precision == "tf32" else precision, capabilities(choice.device))
 
 
-def _checked_face(config: Any, settings: Settings) -> tuple[float, np.ndarray | None, int | None]:
-    """The face's frame rate (25 for a photo), the photo itself, and a video's frame count where its header says;
-    a video is checked from its header here, before anything expensive, and read later (only the frames needed)."""
+def _checked_face(
+    config: Any, settings: Settings, photo_fps: float = IMAGE_FPS
+) -> tuple[float, np.ndarray | None, int | None]:
+    """The face's frame rate (`photo_fps` for a photo), the photo itself, and a video's frame count where its
+    header says; a video is checked from its header here, before anything expensive, and read later (only the
+    frames needed)."""
     if is_image(config.face):
-        return IMAGE_FPS, load_image(config.face, max_side=settings.max_side), None
+        return photo_fps, load_image(config.face, max_side=settings.max_side), None
     info = probe_video(config.face)
     validate_video(info, Path(config.face).name, settings.max_side, settings.max_seconds)
     return info.fps, None, info.frames
@@ -244,7 +258,7 @@ def run_musetalk(
     progress(0.0, "reading the speech")
     with result.stage("audio"):
         speech = load_audio(config.audio, max_seconds=settings.max_seconds)
-    fps, photo, total = _checked_face(config, settings)  # the face's frame rate decides the frame count
+    fps, photo, total = _checked_face(config, settings, config.fps)  # the face's frame rate decides the frame count
     speech = check_speech(speech, fps)
     count = frame_count(len(speech), fps)
     loaded = _load(config, settings, choice, dtype, result, progress)
