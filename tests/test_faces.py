@@ -46,15 +46,10 @@ def face() -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def s3fd_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def s3fd(tmp_path_factory: pytest.TempPathFactory) -> S3FDDetector:
     path = tmp_path_factory.mktemp("s3fd") / "s3fd.pth"
     random_s3fd_checkpoint(path, seed=0)
-    return path
-
-
-@pytest.fixture(scope="module")
-def s3fd(s3fd_path: Path) -> S3FDDetector:
-    return S3FDDetector(s3fd_path, device="cpu", detect_scale=0.5, batch_size=4)
+    return S3FDDetector(path, device="cpu", detect_scale=0.5, batch_size=4)
 
 
 # ---------------------------------------------------------------------------------------------- Haar
@@ -282,12 +277,6 @@ def test_make_detector() -> None:
         make_detector("s3fd")
     with pytest.raises(FaceError, match="detect_scale"):
         make_detector("haar", detect_scale=0)
-    assert make_detector("haar").detect_scale == 0.5  # Haar's box calibration (HAAR_TO_S3FD) is at half size
-
-
-def test_s3fd_sees_whole_frames_unless_asked_as_upstream(s3fd_path) -> None:
-    assert make_detector("s3fd", checkpoint=s3fd_path).detect_scale == 1.0
-    assert make_detector("s3fd", checkpoint=s3fd_path, detect_scale=0.5).detect_scale == 0.5
 
 
 # ------------------------------------------------------------------------------------------------ tracker

@@ -114,9 +114,7 @@ def build_lipsync_tab(settings: Settings, jobs: LipSyncJobs, access: Access) -> 
                 with gr.Row():
                     detector = gr.Dropdown(choices(c, "detector"), value=default(c, "detector"), label="Face detector")
                     detector_checkpoint = server_file_picker(settings, "S3FD checkpoint (empty: the configured one)")
-                    detect_scale = optional_number(
-                        c, "detect_scale", "Detection scale (empty: 1 for S3FD, 0.5 for Haar)", "auto"
-                    )
+                    detect_scale = slider(c, "detect_scale", "Detection scale", step=0.05)
                 with gr.Row():  # upstream inference.py's edits of a face video, and a photo's frame rate
                     fps = slider(c, "fps", "Photo: frames per second", step=1)
                     static = gr.Checkbox(value=default(c, "static"), label="Video: its first frame only, held still")

@@ -313,7 +313,7 @@ class S3FDDetector:
         self,
         checkpoint: str | os.PathLike,
         device: str | torch.device = "cpu",
-        detect_scale: float = 1.0,
+        detect_scale: float = 0.5,
         batch_size: int = 16,
         threshold: float = 0.5,
         nms_iou: float = 0.3,
@@ -382,17 +382,16 @@ def make_detector(
     name: str,
     device: str | torch.device = "cpu",
     checkpoint: str | os.PathLike | None = None,
-    detect_scale: float | None = None,
+    detect_scale: float = 0.5,
 ) -> FaceDetector:
-    """The detector called ``name`` ("haar" or "s3fd"); s3fd needs the path of the user's s3fd.pth. Without
-    ``detect_scale``, S3FD sees whole frames, as upstream runs it, and Haar half-size ones (its box calibration's)."""
+    """The detector called ``name`` ("haar" or "s3fd"); s3fd needs the path of the user's s3fd.pth."""
     key = str(name).strip().lower()
     if key == "haar":
-        return HaarDetector(detect_scale=0.5 if detect_scale is None else detect_scale)
+        return HaarDetector(detect_scale=detect_scale)
     if key == "s3fd":
         if checkpoint is None or str(checkpoint) == "":
             raise FaceError(f"the s3fd detector needs a checkpoint and none was given. {_weights_hint()}")
-        return S3FDDetector(checkpoint, device=device, detect_scale=1.0 if detect_scale is None else detect_scale)
+        return S3FDDetector(checkpoint, device=device, detect_scale=detect_scale)
     raise FaceError(f"unknown face detector {name!r}: choose one of {', '.join(DETECTORS)}")
 
 

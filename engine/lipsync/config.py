@@ -78,10 +78,9 @@ class LipSyncConfig(Config):
     )  # fmt: skip
     detector: str = option("haar", help="face detector (s3fd needs s3fd.pth)", choices=DETECTORS)
     detector_checkpoint: str | None = option(None, help="s3fd.pth for the s3fd detector (empty: settings)")
-    detect_scale: float | None = option(
-        None, help="detect on frames scaled by this (empty: whole frames for s3fd, as upstream; half-size for haar)",
-        low=0.1, high=1.0,
-    )  # fmt: skip
+    detect_scale: float = option(
+        0.5, help="detect on frames scaled by this (1: whole frames, as upstream runs s3fd)", low=0.1, high=1.0
+    )
     paste: str = option("blend", help="blend: feathered lower face; upstream: Wav2Lip's own paste", choices=PASTE_MODES)
     fps: float = option(
         25.0, help="frames per second of the video made from a still photo (upstream's --fps; a video keeps its own)",
