@@ -350,18 +350,21 @@ def test_crop_off_and_stitching_off_give_the_networks_frame_as_upstream(weights:
                                                                          tmp_path: Path) -> None:  # fmt: skip
     """Upstream pastes back only from a crop and only with stitching: a 640x512 source gives a 640x512 video by
     default, and the networks' 512x512 frame with stitching off, or with the crop off (the whole source stretched
-    to their square: no crop scale, no turn)."""
+    to their square: no crop scale, no turn); a source past source_max_dim is shrunk first."""
     face = cv2.imread(str(ASSETS / "face.jpg"))
     source = tmp_path / "wide.png"
     cv2.imwrite(str(source), cv2.copyMakeBorder(face, 0, 0, 64, 64, cv2.BORDER_REPLICATE))
     sizes, metrics = {}, {}
-    for name, options in {"default": {}, "no stitching": {"stitching": False}, "no crop": {"crop": False}}.items():
+    runs = {"default": {}, "no stitching": {"stitching": False}, "no crop": {"crop": False},
+            "limited": {"source_max_dim": 320}}  # fmt: skip
+    for name, options in runs.items():
         config = PortraitConfig(source, driving, weights=str(weights), max_frames=1, **options)
         result = run_portrait(config, tmp_path / f"{len(sizes)}.mp4")
         info = probe_video(tmp_path / f"{len(sizes)}.mp4")
         sizes[name], metrics[name] = (info.width, info.height), result.metrics
-    assert sizes == {"default": (640, 512), "no stitching": (512, 512), "no crop": (512, 512)}
-    assert [metrics[n]["pasted_back"] for n in sizes] == [True, False, False]
+    # upstream's source_max_dim: the source shrunk to a longer side of 320 first, so the pasted-back video is 320x256
+    assert sizes == {"default": (640, 512), "no stitching": (512, 512), "no crop": (512, 512), "limited": (320, 256)}
+    assert [metrics[n]["pasted_back"] for n in sizes] == [True, False, False, True]
     assert metrics["no crop"]["crop_scale"] is None and metrics["no crop"]["crop_angle"] is None
     assert metrics["default"]["crop_scale"] > 0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -99,6 +100,31 @@ def test_crop_transform_and_its_inverse() -> None:
     assert np.allclose(m, np.eye(3))
     with pytest.raises(ValueError, match="empty"):
         crop_transform((10, 10, 10, 50))
+
+
+def test_crop_shifts_along_the_faces_axes_as_upstreams_vx_and_vy_ratios() -> None:
+    """Upstream moves the crop's centre by vx_ratio x side along the face's horizontal and vy_ratio x side along its
+    vertical (both turned with the face)."""
+    side = 200.0  # a 100 px face at scale 2
+    level = crop_transform((100, 200, 200, 300), 2.0, -0.1, vx=0.2)
+    assert level.to_original @ np.array([256, 256, 1.0]) == pytest.approx([150 + 0.2 * side, 250 - 0.1 * side])
+    turned = crop_transform((100, 200, 200, 300), 2.0, -0.1, angle=90.0, vx=0.2)  # the face's x axis points down
+    assert turned.to_original @ np.array([256, 256, 1.0]) == pytest.approx([150 + 0.1 * side, 250 + 0.2 * side])
+
+
+def test_the_source_is_limited_as_upstreams_resize_to_limit() -> None:
+    from engine.portrait.crop import source_within_limits
+
+    rng = np.random.default_rng(0)
+    wide = rng.integers(0, 256, (999, 2001, 3), dtype=np.uint8)
+    limited = source_within_limits(wide, 1280, 2)
+    assert limited.shape == (638, 1280, 3)  # 999 x 1280 / 2001 = 639.04, truncated, then cut to even
+    assert np.array_equal(limited, cv2.resize(wide, (1280, 639))[:638]) and limited.flags.c_contiguous
+    tall = rng.integers(0, 256, (1500, 900, 3), dtype=np.uint8)
+    assert source_within_limits(tall, 1280, 2).shape == (1280, 768, 3)
+    odd = rng.integers(0, 256, (51, 101, 3), dtype=np.uint8)
+    assert np.array_equal(source_within_limits(odd, 0, 2), odd[:50, :100])  # no size limit: only the cut
+    assert source_within_limits(odd, 1280, 1) is odd
 
 
 def test_a_tilted_face_comes_out_upright() -> None:

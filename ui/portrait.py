@@ -137,6 +137,16 @@ def build_portrait_tab(settings: Settings, jobs: PortraitJobs, access: Access) -
                     crop_driving = gr.Checkbox(
                         value=default(c, "crop_driving"), label="Crop a square driving video too"
                     )
+                with gr.Row():  # upstream's crop geometry: the source's, then the driving video's
+                    scale = slider(c, "scale", "Source crop scale", step=0.05)
+                    vx_ratio = slider(c, "vx_ratio", "Source crop shift x", step=0.005)
+                    vy_ratio = slider(c, "vy_ratio", "Source crop shift y", step=0.005)
+                    scale_crop_driving = slider(c, "scale_crop_driving", "Driving crop scale", step=0.05)
+                    vx_ratio_crop_driving = slider(c, "vx_ratio_crop_driving", "Driving crop shift x", step=0.005)
+                    vy_ratio_crop_driving = slider(c, "vy_ratio_crop_driving", "Driving crop shift y", step=0.005)
+                with gr.Row():
+                    source_max_dim = slider(c, "source_max_dim", "Source: longest side (0: any)", step=2)
+                    source_division = slider(c, "source_division", "Source: sides multiple of", step=1)
                 with gr.Row():  # a row of their own: a slider's range labels need its width
                     pitch = slider(c, "pitch", "Head pitch (°)", step=1)
                     yaw = slider(c, "yaw", "Head yaw (°)", step=1)
@@ -192,7 +202,9 @@ def build_portrait_tab(settings: Settings, jobs: PortraitJobs, access: Access) -
         source=source, driving=driving, engine=engine, weights=weights, backend=backend, precision=precision,
         compile=compile_, region=region, relative=relative, driving_option=driving_option, multiplier=multiplier,
         stitching=stitching, paste_back=paste_back, crop=crop, crop_driving=crop_driving, pitch=pitch, yaw=yaw,
-        roll=roll,
+        roll=roll, scale=scale, vx_ratio=vx_ratio, vy_ratio=vy_ratio, scale_crop_driving=scale_crop_driving,
+        vx_ratio_crop_driving=vx_ratio_crop_driving, vy_ratio_crop_driving=vy_ratio_crop_driving,
+        source_max_dim=source_max_dim, source_division=source_division,
         eye_retargeting=eye_retargeting, lip_retargeting=lip_retargeting, eye_open=eye_open, lip_open=lip_open,
         landmarks=landmarks, normalize_lips=normalize_lips, max_frames=max_frames,
         batch_size=batch_size, save_template=save_template, stream=stream,

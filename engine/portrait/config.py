@@ -20,6 +20,9 @@ REGIONS = ("all", "exp", "pose", "lip", "eyes")
 DRIVING_OPTIONS = ("expression-friendly", "pose-friendly")
 MAX_ANGLE = 45.0
 MAX_OPENNESS = 0.8
+# Upstream's crop defaults (its --scale and --vy_ratio; --scale_crop_driving_video and --vy_ratio_crop_driving_video)
+SOURCE_SCALE, SOURCE_VY = 2.3, -0.125
+DRIVING_SCALE, DRIVING_VY = 2.2, -0.1
 
 
 class PortraitError(InputError):
@@ -60,10 +63,41 @@ class PortraitConfig(Config):
         True, help="crop around the face (off: the whole source image, stretched to the networks' square, is their "
         "view, and the output is their 512x512 frame)",
     )  # fmt: skip
+    scale: float = option(
+        SOURCE_SCALE, help="the source crop's side over the face's (upstream's --scale; larger: a smaller face)",
+        low=1.0, high=4.0,
+    )  # fmt: skip
+    vx_ratio: float = option(
+        0.0, help="move the source crop sideways by this share of its side (upstream's --vx_ratio)", low=-0.5,
+        high=0.5,
+    )  # fmt: skip
+    vy_ratio: float = option(
+        SOURCE_VY, help="move the source crop up or down by this share of its side (upstream's --vy_ratio; "
+        "negative: more forehead)", low=-0.5, high=0.5,
+    )  # fmt: skip
+    source_max_dim: int = option(
+        1280, help="shrink a source whose longer side is larger to this side first (upstream's --source_max_dim; "
+        "0: no limit)", low=0, high=8192,
+    )  # fmt: skip
+    source_division: int = option(
+        2, help="then cut the source's sides down to multiples of this (upstream's --source_division)", low=1, high=64
+    )
     crop_driving: bool = option(
         False, help="crop the driving video or image around its face even when it is square (upstream's "
         "flag_crop_driving_video: a square one is otherwise taken whole, as a face-centred clip; one that is not "
         "square is always cropped)",
+    )  # fmt: skip
+    scale_crop_driving: float = option(
+        DRIVING_SCALE, help="the driving crop's side over the face's (upstream's --scale_crop_driving_video)",
+        low=1.0, high=4.0,
+    )  # fmt: skip
+    vx_ratio_crop_driving: float = option(
+        0.0, help="move the driving crop sideways by this share of its side (upstream's "
+        "--vx_ratio_crop_driving_video)", low=-0.5, high=0.5,
+    )  # fmt: skip
+    vy_ratio_crop_driving: float = option(
+        DRIVING_VY, help="move the driving crop up or down by this share of its side (upstream's "
+        "--vy_ratio_crop_driving_video)", low=-0.5, high=0.5,
     )  # fmt: skip
     pitch: float = option(0.0, help="extra head pitch in degrees", low=-MAX_ANGLE, high=MAX_ANGLE)
     yaw: float = option(0.0, help="extra head yaw in degrees", low=-MAX_ANGLE, high=MAX_ANGLE)

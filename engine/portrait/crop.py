@@ -18,11 +18,10 @@ import torch
 import torch.nn.functional as F
 
 from engine.core.errors import InputError
+from engine.portrait.config import DRIVING_SCALE, DRIVING_VY, SOURCE_SCALE, SOURCE_VY
 
 CROP_SIZE = 512
 NETWORK_SIZE = 256
-SOURCE_SCALE, SOURCE_VY = 2.3, -0.125
-DRIVING_SCALE, DRIVING_VY = 2.2, -0.1
 _FEATHER = 16
 
 
@@ -50,17 +49,19 @@ def crop_transform(
     vy: float = SOURCE_VY,
     size: int = CROP_SIZE,
     angle: float = 0.0,
+    vx: float = 0.0,
 ) -> CropTransform:
     """The square crop around a face box (x1, y1, x2, y2): side = scale x the box's larger side, centre moved
-    by vy x side along the face's vertical (negative: towards the forehead), turned by `angle` degrees (the
-    face's clockwise tilt in the image) so the face comes out upright, resampled to size x size."""
+    by vy x side along the face's vertical (negative: towards the forehead) and vx x side along its horizontal (as
+    upstream's vx_ratio and vy_ratio), turned by `angle` degrees (the face's clockwise tilt in the image) so the face
+    comes out upright, resampled to size x size."""
     x1, y1, x2, y2 = (float(v) for v in box)
     if x2 <= x1 or y2 <= y1:
         raise InputError(f"face box {box} is empty: x2 must exceed x1 and y2 exceed y1")
     side = max(x2 - x1, y2 - y1) * scale
     c, s_ = np.cos(np.radians(angle)), np.sin(np.radians(angle))
     turn = np.array([[c, -s_], [s_, c]])  # crop axes -> image axes (y down: positive turns clockwise)
-    centre = np.array([(x1 + x2) / 2, (y1 + y2) / 2]) + vy * side * (turn @ np.array([0.0, 1.0]))
+    centre = np.array([(x1 + x2) / 2, (y1 + y2) / 2]) + side * (turn @ np.array([vx, vy]))
     k = size / side
     half = np.array([size / 2, size / 2])
     forward = k * turn.T
@@ -68,6 +69,26 @@ def crop_transform(
     to_crop = np.hstack([forward, (half - forward @ centre)[:, None]])
     to_original = np.hstack([backward, (centre - backward @ half)[:, None]])
     return CropTransform(to_crop, to_original, size)
+
+
+def source_within_limits(image: np.ndarray, max_dim: int, division: int) -> np.ndarray:
+    """The source as upstream's pipeline takes it (its resize_to_limit): a longer side above `max_dim` (0: no limit)
+    shrunk to it with OpenCV's bilinear resize (the other side truncated to whole pixels), then the bottom and right
+    edges cut so both sides are multiples of `division`."""
+    import cv2
+
+    height, width = image.shape[:2]
+    if max_dim > 0 and max(height, width) > max_dim:
+        if height > width:
+            size = (int(width * (max_dim / height)), max_dim)
+        else:
+            size = (max_dim, int(height * (max_dim / width)))
+        image = cv2.resize(image, size)
+    division = max(division, 1)
+    height, width = image.shape[0] - image.shape[0] % division, image.shape[1] - image.shape[1] % division
+    if height == 0 or width == 0 or (height, width) == image.shape[:2]:
+        return image
+    return np.ascontiguousarray(image[:height, :width])
 
 
 def roll_from_landmarks(points: np.ndarray) -> float:
@@ -165,5 +186,6 @@ __all__ = [
     "network_input",
     "paste_mask",
     "roll_from_landmarks",
+    "source_within_limits",
     "stretched_input",
 ]

@@ -50,14 +50,13 @@ from engine.core.results import RunResult
 from engine.core.settings import Settings, get_settings
 from engine.portrait.config import PortraitConfig, PortraitError
 from engine.portrait.crop import (
-    DRIVING_SCALE,
-    DRIVING_VY,
     CropTransform,
     PasteBack,
     crop_image,
     crop_transform,
     network_input,
     roll_from_landmarks,
+    source_within_limits,
     stretched_input,
 )
 from engine.portrait.landmarks import LandmarkModel, openness
@@ -341,7 +340,7 @@ def _driving_transform(config: PortraitConfig, box: np.ndarray, width: int, heig
     frames whole: a square video or image, unless `crop_driving` asks (upstream's flag_crop_driving_video)."""
     if width == height and not config.crop_driving:
         return None
-    return crop_transform(box, DRIVING_SCALE, DRIVING_VY)
+    return crop_transform(box, config.scale_crop_driving, config.vy_ratio_crop_driving, vx=config.vx_ratio_crop_driving)
 
 
 def _driving_input(rgb: np.ndarray, transform: CropTransform | None, device: torch.device) -> torch.Tensor:
@@ -550,7 +549,8 @@ def _head(config: PortraitConfig, settings: Settings, device: str | None, batch_
 
     detector = HaarDetector(detect_scale=0.5)
     with result.stage("decode"):
-        source_bgr = load_image(config.source, max_side=settings.max_side)
+        source = load_image(config.source, max_side=settings.max_side)
+        source_bgr = source_within_limits(source, config.source_max_dim, config.source_division)
     box = _largest_face(source_bgr, detector)
     if box is None:
         raise PortraitError(f"no face found in the source {Path(config.source).name}: a frontal portrait is needed")
@@ -642,7 +642,8 @@ def _liveportrait_source(head: _Head, progress: Progress) -> _Source:
             landmarks = landmark_model(_rgb(source_bgr), box)
     transform: CropTransform | None = None  # crop off: upstream stretches the whole source to the networks' size
     if config.crop:  # upright by the eye line when the landmark model is there (upstream crops from landmarks too)
-        transform = crop_transform(box, angle=0.0 if landmarks is None else roll_from_landmarks(landmarks))
+        tilt = 0.0 if landmarks is None else roll_from_landmarks(landmarks)
+        transform = crop_transform(box, config.scale, config.vy_ratio, angle=tilt, vx=config.vx_ratio)
 
     def encode_source() -> tuple[torch.Tensor, KeypointInfo]:
         with result.stage("crop"):
@@ -654,7 +655,9 @@ def _liveportrait_source(head: _Head, progress: Progress) -> _Source:
             return nets.appearance(source_input), nets.motion(source_input)
 
     angle = None if transform is None else transform.angle
-    source_key = (file_digest(config.source), config.crop, angle, nets_key)
+    # The features depend on the pixels the networks saw: the file, its limits and the crop (off, turn, scale, shift).
+    crop_key = None if transform is None else transform.to_crop.tobytes()
+    source_key = (file_digest(config.source), config.source_max_dim, config.source_division, crop_key, nets_key)
     (feature, source_motion), source_hit = SOURCES.get_or_build(source_key, encode_source)
     result.metrics["cache"] = {"networks": nets_hit, "source": source_hit}
     # As upstream: pasted back only from a crop, and only with stitching (without it the shoulders move and would
