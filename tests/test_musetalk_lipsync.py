@@ -112,6 +112,27 @@ def test_a_second_clip_for_the_same_face_reuses_its_prepared_avatar(weights, tmp
     assert [first.metrics["avatar_source"], second.metrics["avatar_source"]] == ["prepared", "memory"]
 
 
+def test_upstreams_margin_parsing_mode_and_cheek_widths_make_their_own_avatar(weights, tmp_path) -> None:
+    """--musetalk-extra-margin, --musetalk-parsing-mode and --musetalk-cheek-widths (upstream's --extra_margin,
+    --parsing_mode, --left/right_cheek_width) reach the prepared avatar, and another choice is another avatar."""
+    from engine.lipsync.musetalk import run
+
+    run.AVATARS.clear()
+    settings = _settings(tmp_path)
+    config = LipSyncConfig(face=FACE, audio=speech_file(tmp_path / "a.wav", 0.3), engine="musetalk",
+                           musetalk_weights=str(weights), box=BOX)  # fmt: skip
+    run_lipsync(config, tmp_path / "default.mp4", settings, device="cpu")
+    (default,) = [avatar for avatar, _ in run.AVATARS.values()]
+    assert (default.extra_margin, default.parsing_mode, default.cheek_widths) == (10, "jaw", (90, 90))  # v1.5's
+    chosen = dataclasses.replace(config, musetalk_extra_margin=0, musetalk_parsing_mode="neck",
+                                 musetalk_cheek_widths=(70, 80))  # fmt: skip
+    result = run_lipsync(chosen, tmp_path / "chosen.mp4", settings, device="cpu")
+    assert result.metrics["avatar_source"] == "prepared"
+    avatar = next(a for a, _ in run.AVATARS.values() if a is not default)
+    assert (avatar.extra_margin, avatar.parsing_mode, avatar.cheek_widths) == (0, "neck", (70, 80))
+    assert avatar.boxes[0][3] == default.boxes[0][3] - 10  # the margin below the box
+
+
 def test_a_prepared_avatar_outlives_its_worker_on_disk(weights, tmp_path) -> None:
     """A new worker (empty in-memory caches) finds the avatar an earlier one prepared in DATA_DIR/avatars and makes
     the same frames from it; a damaged file is prepared again; the least recently used go past the budget."""

@@ -142,6 +142,17 @@ def build_lipsync_tab(settings: Settings, jobs: LipSyncJobs, access: Access) -> 
                         choices(c, "musetalk_runtime"), value=default(c, "musetalk_runtime"),
                         label="MuseTalk UNet + decoder runtime",
                     )  # fmt: skip
+                with gr.Row():  # MuseTalk's avatar: upstream's margin, parsing mode and cheek widths
+                    musetalk_extra_margin = optional_number(
+                        c, "musetalk_extra_margin", "MuseTalk extra margin below the box (pixels)", "auto: 10 for v1.5"
+                    )
+                    musetalk_parsing_mode = gr.Dropdown(
+                        choices(c, "musetalk_parsing_mode"), value=default(c, "musetalk_parsing_mode"),
+                        label="MuseTalk parsing mode",
+                    )  # fmt: skip
+                    musetalk_cheek_widths = gr.Textbox(
+                        value=default(c, "musetalk_cheek_widths"), label="MuseTalk cheek widths LEFT,RIGHT (pixels)"
+                    )
             results_column = gr.Column()
         with gr.Column():
             gr.Markdown(
@@ -165,7 +176,8 @@ def build_lipsync_tab(settings: Settings, jobs: LipSyncJobs, access: Access) -> 
         detector_checkpoint=detector_checkpoint, detect_scale=detect_scale, paste=paste, audio_offset=audio_offset,
         fps=fps, static=static, resize_factor=resize_factor, rotate=rotate, crop=crop,
         musetalk_weights=musetalk_weights, musetalk_version=musetalk_version, bbox_shift=bbox_shift,
-        musetalk_person_box=person_box, musetalk_runtime=musetalk_runtime, stream=stream,
+        musetalk_person_box=person_box, musetalk_runtime=musetalk_runtime, musetalk_extra_margin=musetalk_extra_margin,
+        musetalk_parsing_mode=musetalk_parsing_mode, musetalk_cheek_widths=musetalk_cheek_widths, stream=stream,
     )  # fmt: skip
     outputs = [video, summary, stages, details]
     about = "Lip-sync a face image or video to speech; parameters as `avatarbench lipsync`."

@@ -41,6 +41,11 @@ class LruCache:
     def __len__(self) -> int:
         return len(self._items)
 
+    def values(self) -> list[Any]:
+        """The cached values, least recently used first."""
+        with self._lock:
+            return list(self._items.values())
+
 
 def file_digest(path: str | Path) -> str:
     """sha256 of a file's bytes: the same image uploaded twice under other names is one source."""

@@ -110,6 +110,18 @@ class LipSyncConfig(Config):
     bbox_shift: int = option(
         0, help="MuseTalk: move the face box's top by N pixels (+: more mouth)", low=-100, high=100
     )
+    musetalk_extra_margin: int | None = option(
+        None, help="MuseTalk: pixels added below the face box, clipped to the frame (upstream's --extra_margin; "
+        "empty: 10 for v1.5, 0 for v1)", low=0, high=200,
+    )  # fmt: skip
+    musetalk_parsing_mode: str = option(
+        "auto", help="MuseTalk: which parsed parts are pasted (upstream's --parsing_mode): jaw (v1.5's), raw (v1's), "
+        "neck; auto: the version's", choices=("auto", "jaw", "raw", "neck"),
+    )  # fmt: skip
+    musetalk_cheek_widths: tuple[int, ...] = option(
+        (90, 90), help="MuseTalk: LEFT,RIGHT cheek widths the jaw mode's mask keeps (upstream's --left_cheek_width "
+        "and --right_cheek_width)", low=0, high=256, text=number_tuple(int, 2),
+    )  # fmt: skip
     musetalk_person_box: bool = option(
         False, help="MuseTalk: DWPose looks inside YOLOX's best person box (dwpose/yolox_l.onnx) rather than the whole "
         "frame as upstream does (for small faces in wide shots)",
@@ -135,7 +147,8 @@ AvatarConfig = subset_config(
     LipSyncConfig,
     "AvatarConfig",
     ("face", "batch_size", "precision", "box", "detector", "detector_checkpoint", "detect_scale", "musetalk_weights",
-     "musetalk_version", "bbox_shift", "musetalk_person_box"),
+     "musetalk_version", "bbox_shift", "musetalk_extra_margin", "musetalk_parsing_mode", "musetalk_cheek_widths",
+     "musetalk_person_box"),
     "A face (image or video) prepared into a MuseTalk avatar kept for later lip-syncs of it (DATA_DIR/avatars).",
 )  # fmt: skip
 

@@ -217,8 +217,12 @@ def _avatar(config: Any, settings: Settings, loaded: _Loaded, fps: float, photo:
     face = file_digest(config.face)
     marks = None if landmark_paths is None else tuple(map(str, landmark_paths))
 
+    mode = None if config.musetalk_parsing_mode == "auto" else config.musetalk_parsing_mode
+    cheeks = tuple(int(w) for w in config.musetalk_cheek_widths)
+    looks = (config.bbox_shift, config.musetalk_extra_margin, mode, cheeks)  # upstream's options for the avatar
+
     def key(frames: int | str) -> tuple:
-        return (face, frames, config.bbox_shift, detection, loaded.key, marks)
+        return (face, frames, looks, detection, loaded.key, marks)
 
     def prepare() -> PreparedAvatar:
         with result.stage("decode"):
@@ -228,7 +232,8 @@ def _avatar(config: Any, settings: Settings, loaded: _Loaded, fps: float, photo:
         landmarks = None if landmark_paths is None else landmark_model(landmark_paths, device, settings, result)
         return prepare_avatar(
             frames, loaded.networks, detector=_detector(config, settings, device), landmarks=landmarks,
-            bbox_shift=config.bbox_shift, batch_size=loaded.batch, fps=fps, result=result,
+            bbox_shift=config.bbox_shift, extra_margin=config.musetalk_extra_margin, parsing_mode=mode,
+            cheek_widths=cheeks, batch_size=loaded.batch, fps=fps, result=result,
             progress=lambda fraction, label: progress(0.05 + 0.05 * fraction, label),
         )  # fmt: skip
 
