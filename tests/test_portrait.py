@@ -17,7 +17,8 @@ from engine.core.media import LosslessWriter, probe_video, read_frames
 from engine.core.settings import Settings
 from engine.models.liveportrait import write_random_weights
 from engine.portrait.config import PortraitConfig, PortraitError
-from engine.portrait.pipeline import load_template, run_portrait
+from engine.portrait.pipeline import run_portrait
+from engine.portrait.templates import read_template, save_template
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 pytestmark = pytest.mark.slow
@@ -62,8 +63,8 @@ def test_video_driver_writes_the_animated_portrait_and_its_motion(weights: Path,
     stages = [s.name for s in result.stages]
     for name in ("load", "source features", "detect", "crop", "motion", "warp", "decode network", "paste", "encode"):
         assert name in stages
-    motion, fps, count = load_template(template)
-    assert fps == 25.0 and count == 2 and motion.kp.shape == (2, 21, 3)
+    kept = read_template(template)
+    assert kept.fps == 25.0 and kept.motion.kp.shape == (2, 21, 3)
     with np.load(template) as saved:
         assert "eyes" not in saved  # no landmark model: no openness to keep
     assert result.metrics["cache"] == {"networks": False, "source": False} and result.metrics["crop_angle"] == 0
@@ -72,8 +73,16 @@ def test_video_driver_writes_the_animated_portrait_and_its_motion(weights: Path,
     again = run_portrait(PortraitConfig(ASSETS / "face.jpg", template, weights=str(weights)), tmp_path / "again.mp4")
     assert again.metrics["cache"] == {"networks": True, "source": True} and again.metrics["frames"] == 2
     assert "source features" not in [s.name for s in again.stages]
-    frames = [list(read_frames(p))[-1].astype(np.float32) for p in (out, tmp_path / "again.mp4")]
+    # and as upstream LivePortrait's pickled template (its rotation matrices) the same motion again
+    from test_portrait_templates import upstream_pickle
+
+    pickled = upstream_pickle(tmp_path / "upstream.pkl", kept.motion)
+    third = run_portrait(PortraitConfig(ASSETS / "face.jpg", pickled, weights=str(weights)), tmp_path / "pkl.mp4")
+    assert third.metrics["frames"] == 2 and probe_video(tmp_path / "pkl.mp4").fps == pytest.approx(25.0)
+    names = ("out.mp4", "again.mp4", "pkl.mp4")
+    frames = [list(read_frames(tmp_path / name))[-1].astype(np.float32) for name in names]
     assert np.abs(frames[0] - frames[1]).mean() < 1.0  # the same motion gives the same frame
+    assert np.abs(frames[1] - frames[2]).mean() < 1.0
 
 
 def test_the_weights_folder_as_downloaded_and_its_liveportrait_subfolder(
@@ -113,10 +122,8 @@ def test_retargeting_to_each_driving_frame(weights: Path, driving: Path, tmp_pat
     again = PortraitConfig(ASSETS / "face.jpg", out.with_suffix(".npz"), weights=str(weights), landmarks=model,
                            lip_retargeting=True)  # fmt: skip
     assert run_portrait(again, tmp_path / "lips.mp4").metrics["frames"] == 2
-    from engine.portrait.pipeline import save_template
-
-    motion, fps, _ = load_template(out.with_suffix(".npz"))
-    save_template(tmp_path / "bare.npz", motion, fps)
+    saved = read_template(out.with_suffix(".npz"))
+    save_template(tmp_path / "bare.npz", saved.motion, saved.fps)
     bare = PortraitConfig(ASSETS / "face.jpg", tmp_path / "bare.npz", weights=str(weights), landmarks=model,
                           eye_retargeting=True)  # fmt: skip
     with pytest.raises(PortraitError, match="has none"):
@@ -127,7 +134,6 @@ def test_landmarks_turn_the_crop_upright_and_close_the_lips(weights: Path, tmp_p
     from tiny_onnx import landmark_model
 
     from engine.portrait.motion import KeypointInfo
-    from engine.portrait.pipeline import save_template
 
     g = torch.Generator().manual_seed(4)
     frames = KeypointInfo(torch.zeros(2), torch.tensor([0.0, 5.0]), torch.zeros(2), torch.zeros(2, 3),
@@ -230,7 +236,7 @@ def test_refusals_are_messages(weights: Path, driving: Path, tmp_path: Path) -> 
     bad = tmp_path / "motion.npz"
     np.savez(bad, kp=np.zeros((3, 21, 3)))
     with pytest.raises(PortraitError, match="not a motion template"):
-        load_template(bad)
+        read_template(bad)
     with pytest.raises(PortraitError, match="region 'hair' is not one of all, exp, pose, lip, eyes"):
         PortraitConfig(source, driving, region="hair").validate()
     with pytest.raises(PortraitError, match="driving file not found"):

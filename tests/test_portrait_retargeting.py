@@ -18,7 +18,7 @@ from tiny_onnx import landmark_model
 
 from engine.portrait.config import PortraitConfig, PortraitError
 from engine.portrait.landmarks import LandmarkError, LandmarkModel, eye_open_ratios, lip_open_ratio
-from engine.portrait.motion import KeypointInfo, neutral_expression, transform_keypoints
+from engine.portrait.motion import KeypointInfo, concatenated, neutral_expression, transform_keypoints
 from engine.portrait.pipeline import _driving_keypoints
 
 FACE = Path(__file__).resolve().parent.parent / "assets" / "face.jpg"
@@ -58,7 +58,7 @@ def _source(seed: int) -> KeypointInfo:
 
 
 def _still_clip(source: KeypointInfo, frames: int = 2) -> KeypointInfo:
-    return KeypointInfo(*(torch.cat([getattr(source, f)] * frames) for f in source.__dataclass_fields__))
+    return concatenated([source] * frames)
 
 
 def test_retargeting_to_a_fixed_openness_adds_the_networks_deltas(tmp_path: Path) -> None:

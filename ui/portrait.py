@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 DRIVING_LABELS = {
     "video": "Driving video (any engine)",
     "image": "Driving image (any engine)",
-    "template": "Motion template .npz (LivePortrait only)",
+    "template": "Motion template .npz or LivePortrait .pkl (LivePortrait only)",
 }
 # (source, driving video, driving image, driving template); see assets/PROVENANCE.md for where each comes from. No
 # template: a motion template holds LivePortrait keypoints, which only a run with its weights can save.
@@ -105,7 +105,7 @@ def build_portrait_tab(settings: Settings, jobs: PortraitJobs, access: Access) -
                                 sources=["upload", "webcam", "clipboard"], height=MEDIA_HEIGHT,
                             ),
                             "Template": lambda: gr.File(
-                                label=DRIVING_LABELS["template"], file_types=[".npz"], type="filepath",
+                                label=DRIVING_LABELS["template"], file_types=[".npz", ".pkl"], type="filepath",
                                 height=MEDIA_HEIGHT,
                             ),
                         },

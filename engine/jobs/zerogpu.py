@@ -85,10 +85,13 @@ class Estimate:
 
 def media_seconds(path: Path, name: str, max_frames: int | None = None) -> float | None:
     """Seconds of a stored input (named `name`: blobs have no extension), read from its header; an image is one
-    frame, a motion template (.npz) its frames at its rate. None when the header states no length."""
+    frame, a motion template (.npz) its frames at its rate. None when the header states no length, and for upstream
+    LivePortrait's pickled templates (.pkl), which only the portrait room's guarded reader opens."""
     from engine.core.media import is_image
 
     suffix = Path(name).suffix.lower()
+    if suffix == ".pkl":
+        return None
     if suffix == ".npz":
         import numpy as np
 

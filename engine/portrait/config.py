@@ -20,6 +20,13 @@ REGIONS = ("all", "exp", "pose", "lip", "eyes")
 DRIVING_OPTIONS = ("expression-friendly", "pose-friendly")
 MAX_ANGLE = 45.0
 MAX_OPENNESS = 0.8
+TEMPLATE_SUFFIXES = (".npz", ".pkl")  # motion templates: ours, and upstream LivePortrait's pickles
+
+
+def is_template(path: str | Path) -> bool:
+    return Path(path).suffix.lower() in TEMPLATE_SUFFIXES
+
+
 # Upstream's crop defaults (its --scale and --vy_ratio; --scale_crop_driving_video and --vy_ratio_crop_driving_video)
 SOURCE_SCALE, SOURCE_VY = 2.3, -0.125
 DRIVING_SCALE, DRIVING_VY = 2.2, -0.1
@@ -34,7 +41,7 @@ class PortraitConfig(Config):
     error = PortraitError
 
     source: Path = option(help="the portrait (an image)", file=True)
-    driving: Path = option(help="driving video, image, or motion template (.npz)", file=True)
+    driving: Path = option(help="driving video, image, or motion template (our .npz or LivePortrait's .pkl)", file=True)
     engine: str = option(
         "auto", help="auto: LivePortrait when its weights are found, else the baseline", choices=ENGINES
     )

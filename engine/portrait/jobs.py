@@ -13,7 +13,7 @@ from engine.core.settings import Settings
 from engine.jobs.kinds import FileJobs, run_file_job
 from engine.jobs.store import Job
 from engine.jobs.worker import Progress, WorkerContext
-from engine.portrait.config import PortraitConfig
+from engine.portrait.config import PortraitConfig, is_template
 
 KIND = "portrait"
 
@@ -26,7 +26,7 @@ class PortraitJobs(FileJobs):
     def seconds(self, config: PortraitConfig) -> float | None:  # type: ignore[override]
         """The driving clip's length (up to max_frames); a driving image or motion template is never split."""
         path = Path(config.driving)
-        if is_image(path) or path.suffix.lower() == ".npz":
+        if is_image(path) or is_template(path):
             return None
         try:
             info = probe_video(path)

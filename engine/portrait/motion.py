@@ -66,15 +66,25 @@ class KeypointInfo:
     exp: torch.Tensor  # (B, 21, 3)
     scale: torch.Tensor  # (B,)
     kp: torch.Tensor  # (B, 21, 3) canonical keypoints
+    # (B, 3, 3) the rotation itself where the motion came as matrices (upstream's .pkl templates), used as given;
+    # the angles above are then its Euler angles. None: the rotation is made from the angles.
+    matrix: torch.Tensor | None = None
 
     @property
     def rotation(self) -> torch.Tensor:
-        return rotation_matrix(self.pitch, self.yaw, self.roll)
+        return rotation_matrix(self.pitch, self.yaw, self.roll) if self.matrix is None else self.matrix
 
     def select(self, index: int | slice) -> KeypointInfo:
         """A sub-batch (an int keeps a batch axis of 1)."""
         sl = slice(index, index + 1) if isinstance(index, int) else index
-        return KeypointInfo(*(getattr(self, f)[sl] for f in self.__dataclass_fields__))
+        fields = (getattr(self, f) for f in self.__dataclass_fields__)
+        return KeypointInfo(*(None if v is None else v[sl] for v in fields))
+
+
+def concatenated(infos: list[KeypointInfo]) -> KeypointInfo:
+    """One batch of several, in order (rotation matrices kept only where every part has them)."""
+    fields = [[getattr(i, f) for i in infos] for f in KeypointInfo.__dataclass_fields__]
+    return KeypointInfo(*(None if any(v is None for v in values) else torch.cat(values) for values in fields))
 
 
 def keypoint_info(motion: dict[str, torch.Tensor]) -> KeypointInfo:
@@ -98,6 +108,16 @@ def rotation_matrix(pitch: torch.Tensor, yaw: torch.Tensor, roll: torch.Tensor) 
     ry = torch.stack([y.cos(), zero, y.sin(), zero, one, zero, -y.sin(), zero, y.cos()], -1).view(-1, 3, 3)
     rz = torch.stack([z.cos(), -z.sin(), zero, z.sin(), z.cos(), zero, zero, zero, one], -1).view(-1, 3, 3)
     return (rz @ ry @ rx).transpose(1, 2)
+
+
+def euler_angles(rotation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(pitch, yaw, roll) in degrees of (B, 3, 3) rotations made as `rotation_matrix` makes them (its inverse, with
+    yaw in [-90, 90])."""
+    m = rotation.double().transpose(1, 2)  # Rz Ry Rx
+    pitch = torch.atan2(m[:, 2, 1], m[:, 2, 2])
+    yaw = torch.atan2(-m[:, 2, 0], torch.hypot(m[:, 2, 1], m[:, 2, 2]))
+    roll = torch.atan2(m[:, 1, 0], m[:, 0, 0])
+    return tuple(torch.rad2deg(a).float() for a in (pitch, yaw, roll))  # type: ignore[return-value]
 
 
 def compose(

@@ -48,7 +48,7 @@ from engine.core.media import (
 )
 from engine.core.results import RunResult
 from engine.core.settings import Settings, get_settings
-from engine.portrait.config import PortraitConfig, PortraitError
+from engine.portrait.config import PortraitConfig, PortraitError, is_template
 from engine.portrait.crop import (
     CropTransform,
     PasteBack,
@@ -63,6 +63,7 @@ from engine.portrait.landmarks import LandmarkModel, openness
 from engine.portrait.motion import (
     KeypointInfo,
     absolute_driving,
+    concatenated,
     driving_multiplier,
     expression_friendly,
     image_driving,
@@ -73,18 +74,15 @@ from engine.portrait.motion import (
     stitch,
     transform_keypoints,
 )
+from engine.portrait.templates import NPZ, Openness, read_template, save_template
 
 Progress = Callable[[float, str], Any]
-TEMPLATE_SUFFIX = ".npz"
 IMAGE_FPS = 25.0
 LIP_NORMALIZE_THRESHOLD = 0.03  # source lips open at least this much are closed before animating (upstream's)
 HUB_REPO = LIVEPORTRAIT.repo
 COMPILE_BACKEND = "inductor"  # tests use "eager" to check the plumbing without a C++ toolchain
-_TEMPLATE_FIELDS = ("pitch", "yaw", "roll", "t", "exp", "scale", "kp")
-_OPENNESS_FIELDS = ("eyes", "lips")  # optional in a template: each frame's eye (left, right) and lip openness
 GPU_BATCH_SIZE = 8
 CPU_BATCH_SIZE = 1  # on the CPU, batch 8 was 16-24 % slower per frame than 1 and took 3x the memory (issue #17)
-Openness = tuple[np.ndarray, np.ndarray]  # per driving frame: eyes (N, 2), lips (N,)
 
 
 def hub_weights(reference: str, download: bool) -> Path | None:
@@ -277,8 +275,10 @@ def _driving_motion(
     in the clip's one face box, as the motion is), and the reference frame for relative motion (the first, or
     the first with a face when the clip starts without one)."""
     path = Path(config.driving)
-    if path.suffix.lower() == TEMPLATE_SUFFIX:
-        return _read_template(path, config.max_frames)
+    if is_template(path):
+        saved = read_template(path, config.max_frames, settings.max_seconds)
+        count = saved.motion.exp.shape[0]  # one frame drives as one image does (upstream's rule for its templates)
+        return _Driving(saved.motion, saved.fps, count, image=count == 1, openness=saved.openness)
     if is_image(path):
         image = _rgb(load_image(path, max_side=settings.max_side))
         box = _largest_face(image, detector)
@@ -330,7 +330,7 @@ def _clip_motion(
             with result.stage("driving landmarks", items=len(batch)):
                 rows += _measured_openness(landmarks, images, box)
         progress(0.05 + 0.25 * min(1.0, len(infos) * config.batch_size / total), "driving motion")
-    merged = KeypointInfo(*(torch.cat([getattr(i, f) for i in infos]) for f in _TEMPLATE_FIELDS))
+    merged = concatenated(infos)
     measured = _stacked(rows) if rows else None
     return _Driving(merged, info.fps, merged.kp.shape[0], info.has_audio, reference, openness=measured)
 
@@ -345,48 +345,6 @@ def _driving_transform(config: PortraitConfig, box: np.ndarray, width: int, heig
 
 def _driving_input(rgb: np.ndarray, transform: CropTransform | None, device: torch.device) -> torch.Tensor:
     return stretched_input(rgb, device) if transform is None else network_input(crop_image(rgb, transform), device)
-
-
-def save_template(path: Path, motion: KeypointInfo, fps: float, openness: Openness | None = None) -> None:
-    """The driving motion (per frame: pose, translation, expression, scale, keypoints; the eye and lip openness
-    when measured, for retargeting to the driver) for later reuse."""
-    arrays = {f: getattr(motion, f).detach().cpu().numpy() for f in _TEMPLATE_FIELDS}
-    if openness is not None:
-        arrays.update(zip(_OPENNESS_FIELDS, openness, strict=True))
-    np.savez(path, fps=np.float64(fps), **arrays)
-
-
-def load_template(path: Path, max_frames: int | None = None) -> tuple[KeypointInfo, float, int]:
-    driving = _read_template(path, max_frames)
-    return driving.motion, driving.fps, driving.count
-
-
-def _read_template(path: Path, max_frames: int | None) -> _Driving:
-    """A saved motion; one frame drives as one image does (upstream's rule for its templates)."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            missing = [f for f in (*_TEMPLATE_FIELDS, "fps") if f not in data]
-            if missing:
-                raise PortraitError(f"{path.name} is not a motion template: missing {', '.join(missing)}")
-            arrays = {f: torch.from_numpy(np.asarray(data[f], dtype=np.float32)) for f in _TEMPLATE_FIELDS}
-            fps = float(data["fps"])
-            saved = [np.asarray(data[f], dtype=np.float32) for f in _OPENNESS_FIELDS if f in data]
-    except (OSError, ValueError) as exc:
-        if isinstance(exc, PortraitError):
-            raise
-        raise PortraitError(f"{path.name} cannot be read as a motion template (.npz): {exc}") from None
-    motion = KeypointInfo(**arrays)
-    frames = motion.kp.shape[0]
-    n = frames if max_frames is None else min(max_frames, frames)
-    shapes_ok = motion.kp.shape[1:] == (21, 3) and motion.exp.shape[1:] == (21, 3) and n >= 1
-    if saved:
-        shapes_ok = shapes_ok and len(saved) == 2 and saved[0].shape == (frames, 2) and saved[1].shape == (frames,)
-    if not shapes_ok or not 1 <= fps <= 240:
-        raise PortraitError(
-            f"{path.name}: keypoints must be (frames, 21, 3), eyes and lips (frames, 2) and (frames,), fps in 1..240"
-        )
-    measured = (saved[0][:n], saved[1][:n]) if saved else None
-    return _Driving(motion.select(slice(0, n)), fps, n, image=frames == 1, openness=measured)
 
 
 def _driving_keypoints(
@@ -583,7 +541,7 @@ def run_portrait(
     if head.folder is None:
         plan = _baseline_plan(config, settings, head.source_bgr, head.box, head.detector, head.device, result, progress)
     else:
-        template = out.with_suffix(TEMPLATE_SUFFIX) if config.save_template else None
+        template = out.with_suffix(NPZ) if config.save_template else None
         source = _liveportrait_source(head, progress)
         plan = _liveportrait_plan(head, source, template, progress)
     _write(plan, config, settings, out, result, progress)
@@ -765,7 +723,7 @@ def _baseline_plan(
 
 
 def _baseline_checks(config: PortraitConfig, result: RunResult) -> None:
-    if Path(config.driving).suffix.lower() == TEMPLATE_SUFFIX:
+    if is_template(config.driving):
         raise PortraitError(
             "motion templates hold LivePortrait keypoints: the baseline engine needs a driving video or image"
         )
@@ -934,7 +892,7 @@ class PortraitSegments:
     def _prepare(self, progress: Progress, batch_size: int | None = None) -> None:
         head = self.head = _head(self.config, self.settings, self.device, batch_size)
         path = Path(head.config.driving)
-        if path.suffix.lower() == TEMPLATE_SUFFIX or is_image(path):
+        if is_template(path) or is_image(path):
             raise PortraitError(f"{path.name}: only a driving video is split into segments")
         if head.folder is None:
             _baseline_checks(head.config, head.result)
@@ -987,7 +945,7 @@ class PortraitSegments:
         count = self.count = len(boxes)
         final = [(min(start, count), count if stop is None else min(stop, count)) for start, stop in ranges]
         if isinstance(self.source, _Source):
-            template = self.out.with_suffix(TEMPLATE_SUFFIX) if head.config.save_template else None
+            template = self.out.with_suffix(NPZ) if head.config.save_template else None
             measures_driver = head.config.follows_driver or template is not None
             landmarks = self.source.landmark_model if measures_driver else None
             driving = _clip_motion(
@@ -1085,7 +1043,5 @@ def _sync(device: torch.device) -> None:
 __all__ = [
     "PortraitSegments",
     "default_batch_size",
-    "load_template",
     "run_portrait",
-    "save_template",
 ]

@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 
 from engine.core.media import is_image, load_image, read_frames
+from engine.portrait.config import is_template
 
 STRIP_FRAMES = 4
 TILE = 192
@@ -16,7 +17,7 @@ TILE = 192
 
 def side_by_side(driving: Path, video: Path, count: int) -> np.ndarray | None:
     """Driving frames above, result frames below (BGR); None for a motion template, which has no frames."""
-    if driving.suffix.lower() == ".npz":
+    if is_template(driving):
         return None
     picks = set(np.linspace(0, max(count - 1, 0), STRIP_FRAMES).round().astype(int).tolist())
 

@@ -1,0 +1,180 @@
+"""Motion templates: a driving clip's motion kept for reuse, as our .npz or as upstream LivePortrait's .pkl.
+
+Ours (`save_template`) holds per frame the pose angles, translation, expression, scale and canonical keypoints,
+and the eye and lip openness when they were measured. Upstream's (`make_motion_template` in KwaiVGI/LivePortrait,
+pickled) holds per frame `scale`, the rotation matrix `R` (`R_d` in its older files), `exp` and `t` (`kp` and `x_s`
+in newer ones), and `c_eyes_lst` / `c_lip_lst` (older: `c_d_eyes_lst` / `c_d_lip_lst`; none in its expression
+templates). Driving keypoints need no canonical keypoints of the driver, so a template without them drives all the
+same; its rotations are used as the matrices they are, as upstream uses them.
+
+A pickle can run any code while it loads, so an uploaded one is read by an unpickler that builds only dicts,
+lists, numbers and numpy arrays of numbers, and refuses anything else by name.
+"""
+
+from __future__ import annotations
+
+import codecs
+import io
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from engine.portrait.config import TEMPLATE_SUFFIXES, PortraitError
+from engine.portrait.motion import KeypointInfo, euler_angles
+
+NPZ, PICKLE = TEMPLATE_SUFFIXES
+MAX_PICKLE_BYTES = 64 * 2**20  # about 60,000 frames of upstream's newest layout
+FPS_RANGE = (1.0, 240.0)
+_FIELDS = ("pitch", "yaw", "roll", "t", "exp", "scale", "kp")
+_OPENNESS_FIELDS = ("eyes", "lips")  # optional: each frame's eye (left, right) and lip openness
+# What numpy's own pickles of arrays and scalars name (numpy 1 wrote numpy.core, numpy 2 numpy._core), and the
+# bytes helper protocol 2 uses: nothing here runs code of the file's choosing.
+_MULTIARRAY = np._core.multiarray
+_ARRAY_NAMES = {
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    ("numpy.core.multiarray", "_reconstruct"): _MULTIARRAY._reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _MULTIARRAY._reconstruct,
+    ("numpy.core.multiarray", "scalar"): _MULTIARRAY.scalar,
+    ("numpy._core.multiarray", "scalar"): _MULTIARRAY.scalar,
+    ("_codecs", "encode"): codecs.encode,
+}
+
+Openness = tuple[np.ndarray, np.ndarray]  # per driving frame: eyes (N, 2), lips (N,)
+
+
+@dataclass
+class Template:
+    motion: KeypointInfo
+    fps: float
+    openness: Openness | None = None
+
+
+def save_template(path: Path, motion: KeypointInfo, fps: float, openness: Openness | None = None) -> None:
+    """The driving motion (per frame: pose, translation, expression, scale, keypoints; the eye and lip openness
+    when measured, for retargeting to the driver) as our .npz."""
+    arrays = {f: getattr(motion, f).detach().cpu().numpy() for f in _FIELDS}
+    if openness is not None:
+        arrays.update(zip(_OPENNESS_FIELDS, openness, strict=True))
+    np.savez(path, fps=np.float64(fps), **arrays)
+
+
+def read_template(path: Path, max_frames: int | None = None, max_seconds: float | None = None) -> Template:
+    """Either kind of template, its first `max_frames` frames, checked; longer than `max_seconds` is refused."""
+    template = _read_pickle(path) if path.suffix.lower() == PICKLE else _read_npz(path)
+    frames = template.motion.exp.shape[0]
+    if max_seconds is not None and frames / template.fps > max_seconds:
+        raise PortraitError(
+            f"{path.name} holds {frames / template.fps:.1f} s of motion ({frames} frames at {template.fps:g} fps); "
+            f"at most {max_seconds:g} s is accepted (AVATARBENCH_MAX_SECONDS)"
+        )
+    n = frames if max_frames is None else min(max_frames, frames)
+    motion = template.motion.select(slice(0, n))
+    openness = None if template.openness is None else (template.openness[0][:n], template.openness[1][:n])
+    return Template(motion, template.fps, openness)
+
+
+def _checked(path: Path, motion: KeypointInfo, fps: float, openness: Openness | None) -> Template:
+    frames = motion.exp.shape[0]
+    shapes_ok = frames >= 1 and motion.kp.shape == (frames, 21, 3) and motion.exp.shape[1:] == (21, 3)
+    shapes_ok = shapes_ok and all(getattr(motion, f).shape == (frames,) for f in ("pitch", "yaw", "roll", "scale"))
+    shapes_ok = shapes_ok and motion.t.shape == (frames, 3)
+    if openness is not None:
+        shapes_ok = shapes_ok and openness[0].shape == (frames, 2) and openness[1].shape == (frames,)
+    if not shapes_ok or not FPS_RANGE[0] <= fps <= FPS_RANGE[1]:
+        raise PortraitError(
+            f"{path.name}: a motion template needs at least one frame, keypoints and expressions (frames, 21, 3), "
+            f"translations (frames, 3), eyes and lips (frames, 2) and (frames,), and fps in "
+            f"{FPS_RANGE[0]:g}..{FPS_RANGE[1]:g}"
+        )
+    values = [getattr(motion, f) for f in (*_FIELDS, "matrix") if getattr(motion, f) is not None]
+    if not all(bool(torch.isfinite(v).all()) for v in values):
+        raise PortraitError(f"{path.name}: the motion template holds NaN or infinite values")
+    return Template(motion, fps, openness)
+
+
+def _read_npz(path: Path) -> Template:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            missing = [f for f in (*_FIELDS, "fps") if f not in data]
+            if missing:
+                raise PortraitError(f"{path.name} is not a motion template: missing {', '.join(missing)}")
+            arrays = {f: torch.from_numpy(np.asarray(data[f], dtype=np.float32)) for f in _FIELDS}
+            fps = float(data["fps"])
+            saved = [np.asarray(data[f], dtype=np.float32) for f in _OPENNESS_FIELDS if f in data]
+    except (OSError, ValueError, TypeError) as exc:
+        raise PortraitError(f"{path.name} cannot be read as a motion template (.npz): {exc}") from None
+    if len(saved) == 1:
+        raise PortraitError(f"{path.name}: a motion template keeps both the eyes' and the lips' openness, or neither")
+    return _checked(path, KeypointInfo(**arrays), fps, (saved[0], saved[1]) if saved else None)
+
+
+class _ArraysOnly(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        found = _ARRAY_NAMES.get((module, name))
+        if found is None:
+            raise pickle.UnpicklingError(f"it asks for {module}.{name}, and a motion template holds only arrays")
+        return found
+
+
+def _read_pickle(path: Path) -> Template:
+    """Upstream's template, read without running anything the file names."""
+    size = path.stat().st_size
+    if size > MAX_PICKLE_BYTES:
+        raise PortraitError(f"{path.name} is {size / 2**20:.0f} MiB; a motion template (.pkl) may be at most "
+                            f"{MAX_PICKLE_BYTES // 2**20} MiB")  # fmt: skip
+    try:
+        data = _ArraysOnly(io.BytesIO(path.read_bytes())).load()
+        return _upstream_template(path, data)
+    except PortraitError:
+        raise
+    except Exception as exc:  # any malformed pickle: truncated, other objects, wrong types or shapes
+        raise PortraitError(
+            f"{path.name} cannot be read as LivePortrait's motion template (.pkl): {type(exc).__name__}: {exc}"
+        ) from None
+
+
+def _upstream_template(path: Path, data: Any) -> Template:
+    frames = data["motion"] if isinstance(data, dict) else None
+    if not isinstance(frames, list) or not frames or not all(isinstance(f, dict) for f in frames):
+        raise PortraitError(f"{path.name} is not LivePortrait's motion template: no list of frames under 'motion'")
+    key_r = "R" if "R" in frames[0] else "R_d"  # as upstream reads its older files
+    missing = [k for k in ("scale", key_r, "exp", "t") if k not in frames[0]]
+    if missing:
+        raise PortraitError(f"{path.name} is not LivePortrait's motion template: its frames lack {', '.join(missing)}")
+
+    def stacked(key: str, shape: tuple[int, ...], rows: list[Any]) -> torch.Tensor:
+        arrays = [np.asarray(row) for row in rows]
+        if any(a.dtype.kind not in "fiu" or a.size != int(np.prod(shape)) for a in arrays):
+            raise PortraitError(f"{path.name}: each frame's {key!r} must be {int(np.prod(shape))} numbers")
+        return torch.from_numpy(np.stack([a.reshape(shape) for a in arrays]).astype(np.float32))
+
+    n = len(frames)
+    rotation = stacked(key_r, (3, 3), [f.get(key_r) for f in frames])
+    pitch, yaw, roll = euler_angles(rotation)
+    kp = stacked("kp", (21, 3), [f["kp"] for f in frames]) if all("kp" in f for f in frames) else None
+    motion = KeypointInfo(
+        pitch=pitch,
+        yaw=yaw,
+        roll=roll,
+        t=stacked("t", (3,), [f.get("t") for f in frames]),
+        exp=stacked("exp", (21, 3), [f.get("exp") for f in frames]),
+        scale=stacked("scale", (), [f.get("scale") for f in frames]),
+        kp=torch.zeros(n, 21, 3) if kp is None else kp,  # a driver's own keypoints never enter its motion
+        matrix=rotation,
+    )
+    eyes = data.get("c_eyes_lst", data.get("c_d_eyes_lst"))
+    lips = data.get("c_lip_lst", data.get("c_d_lip_lst"))
+    openness = None
+    if eyes is not None and lips is not None:
+        if not isinstance(eyes, list) or not isinstance(lips, list) or len(eyes) != n or len(lips) != n:
+            raise PortraitError(f"{path.name}: its eye and lip openness must have one entry per frame ({n})")
+        openness = (stacked("c_eyes_lst", (2,), eyes).numpy(), stacked("c_lip_lst", (), lips).numpy())
+    fps = data.get("output_fps", 25)  # upstream's default when a template has none
+    if isinstance(fps, bool) or not isinstance(fps, int | float | np.number):
+        raise PortraitError(f"{path.name}: its output_fps must be a number")
+    return _checked(path, motion, float(fps), openness)

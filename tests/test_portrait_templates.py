@@ -1,0 +1,158 @@
+"""Motion templates: upstream LivePortrait's pickles (its three layouts, written here as its
+`make_motion_template` and `dump` write them) read exactly and safely, beside our .npz; every bad file a message."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from engine.portrait.config import PortraitError
+from engine.portrait.motion import KeypointInfo, euler_angles, relative_driving, rotation_matrix
+from engine.portrait.templates import read_template, save_template
+
+
+def _angles(n: int, seed: int) -> KeypointInfo:
+    """n frames of network-like motion (angles in degrees)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*shape: int, scale: float = 1.0) -> torch.Tensor:
+        return (torch.rand(*shape, generator=g) - 0.5) * 2 * scale
+
+    return KeypointInfo(r(n, scale=40), r(n, scale=80), r(n, scale=40), r(n, 3, scale=0.1), r(n, 21, 3, scale=0.02),
+                        1.5 + r(n, scale=0.2), r(n, 21, 3, scale=0.5))  # fmt: skip
+
+
+def upstream_pickle(path: Path, motion: KeypointInfo, layout: str = "new", fps: object = 25) -> Path:
+    """A template as upstream writes one: a dict of plain lists of per-frame float32 arrays with a batch axis of 1,
+    pickled with the default protocol. `new`: R, kp and x_s, c_eyes_lst / c_lip_lst; `old`: R_d and c_d_*_lst;
+    `expression`: R only, no openness (upstream's aggrieved.pkl and friends)."""
+    n = motion.exp.shape[0]
+    rotation = motion.rotation.numpy()
+    key_r = "R_d" if layout == "old" else "R"
+    frames = []
+    for i in range(n):
+        frame = {
+            "scale": motion.scale[i].numpy().reshape(1, 1).astype(np.float32),
+            key_r: rotation[i : i + 1].astype(np.float32),
+            "exp": motion.exp[i : i + 1].numpy().astype(np.float32),
+            "t": motion.t[i : i + 1].numpy().astype(np.float32),
+        }
+        if layout == "new":
+            frame["kp"] = motion.kp[i : i + 1].numpy().astype(np.float32)
+            frame["x_s"] = np.zeros((1, 21, 3), np.float32)
+        frames.append(frame)
+    data: dict = {"n_frames": n, "output_fps": fps, "motion": frames}
+    eyes = [np.array([[0.3 + 0.01 * i, 0.25]], np.float32) for i in range(n)]
+    lips = [np.array([[0.1 * i]], np.float32) for i in range(n)]
+    if layout == "new":
+        data |= {"c_eyes_lst": eyes, "c_lip_lst": lips}
+    elif layout == "old":
+        data |= {"c_d_eyes_lst": eyes, "c_d_lip_lst": lips}
+    with open(path, "wb") as f:
+        pickle.dump(data, f)
+    return path
+
+
+@pytest.mark.parametrize("layout", ["new", "old", "expression"])
+def testupstream_pickles_are_read_exactly(tmp_path: Path, layout: str) -> None:
+    motion = _angles(5, seed=1)
+    saved = read_template(upstream_pickle(tmp_path / "d.pkl", motion, layout, fps=30))
+    rotation = motion.rotation
+    assert saved.fps == 30.0 and saved.motion.exp.shape == (5, 21, 3)
+    assert torch.equal(saved.motion.rotation, rotation)  # the pickled matrices themselves, as upstream uses them
+    for field in ("exp", "t", "scale"):
+        assert torch.equal(getattr(saved.motion, field), getattr(motion, field))
+    for field in ("pitch", "yaw", "roll"):  # the matrices' angles, for saving the motion again as .npz
+        assert getattr(saved.motion, field) == pytest.approx(getattr(motion, field), abs=1e-3)
+    if layout == "new":
+        assert torch.equal(saved.motion.kp, motion.kp)
+    else:
+        assert torch.equal(saved.motion.kp, torch.zeros(5, 21, 3))  # not in the file; a driver's never used
+    if layout == "expression":
+        assert saved.openness is None
+    else:
+        eyes, lips = saved.openness
+        assert eyes.shape == (5, 2) and eyes[2].tolist() == pytest.approx([0.32, 0.25])
+        assert lips.tolist() == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4])
+    first = read_template(tmp_path / "d.pkl", max_frames=2)
+    assert first.motion.exp.shape[0] == 2 and torch.equal(first.motion.rotation, rotation[:2])
+    if first.openness is not None:
+        assert first.openness[0].shape == (2, 2) and first.openness[1].shape == (2,)
+
+
+def test_a_pickled_template_drives_as_its_npz_twin(tmp_path: Path) -> None:
+    """The same motion as upstream's pickle and as our .npz gives the same driving keypoints (the rotation as a
+    matrix against one remade from its angles: float rounding apart), and saving it again keeps it."""
+    motion, source = _angles(4, seed=2), _angles(1, seed=3)
+    from_pickle = read_template(upstream_pickle(tmp_path / "d.pkl", motion)).motion
+    save_template(tmp_path / "d.npz", motion, 25.0)
+    from_npz = read_template(tmp_path / "d.npz").motion
+    x_pickle = relative_driving(source, from_pickle, from_pickle.select(0))
+    x_npz = relative_driving(source, from_npz, from_npz.select(0))
+    assert torch.allclose(x_pickle, x_npz, atol=1e-5)
+    save_template(tmp_path / "again.npz", from_pickle, 25.0)
+    again = read_template(tmp_path / "again.npz").motion
+    assert torch.allclose(again.rotation, motion.rotation, atol=1e-5)
+
+
+def test_euler_angles_invert_rotation_matrix() -> None:
+    g = torch.Generator().manual_seed(0)
+    pitch, yaw, roll = ((torch.rand(64, generator=g) - 0.5) * 2 * limit for limit in (170.0, 89.0, 170.0))
+    back = euler_angles(rotation_matrix(pitch, yaw, roll))
+    for got, want in zip(back, (pitch, yaw, roll), strict=True):
+        assert got == pytest.approx(want, abs=1e-3)
+
+
+def test_a_pickle_that_would_run_code_is_refused_unrun(tmp_path: Path) -> None:
+    witness = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self) -> tuple:
+            return (Path.touch, (witness,))
+
+    for name, payload in (("plain", Payload()), ("in a frame", {"motion": [{"scale": Payload()}]})):
+        path = tmp_path / "evil.pkl"
+        path.write_bytes(pickle.dumps(payload))
+        with pytest.raises(PortraitError, match="holds only arrays"):
+            read_template(path)
+        assert not witness.exists(), name
+
+
+def _bad(tmp_path: Path, data: object) -> Path:
+    path = tmp_path / f"bad{len(list(tmp_path.glob('bad*.pkl')))}.pkl"
+    path.write_bytes(pickle.dumps(data))
+    return path
+
+
+def test_bad_templates_are_messages(tmp_path: Path) -> None:
+    good = upstream_pickle(tmp_path / "good.pkl", _angles(3, seed=4))
+    truncated = tmp_path / "truncated.pkl"
+    truncated.write_bytes(good.read_bytes()[:200])
+    frame = pickle.loads(good.read_bytes())["motion"][0]
+    nan = {**frame, "exp": np.full((1, 21, 3), np.nan, np.float32)}
+    cases = {
+        "cannot be read as LivePortrait's motion template": truncated,
+        "no list of frames under 'motion'": _bad(tmp_path, {"motion": []}),
+        "is not LivePortrait's motion template": _bad(tmp_path, [1, 2, 3]),
+        "its frames lack exp": _bad(tmp_path, {"motion": [{k: v for k, v in frame.items() if k != "exp"}]}),
+        "each frame's 'exp' must be 63 numbers": _bad(tmp_path, {"motion": [{**frame, "exp": np.zeros((1, 20, 3))}]}),
+        "NaN or infinite": _bad(tmp_path, {"motion": [nan]}),
+        "fps in 1..240": _bad(tmp_path, {"motion": [frame], "output_fps": 0}),
+        "output_fps must be a number": _bad(tmp_path, {"motion": [frame], "output_fps": "25"}),
+        "one entry per frame": _bad(tmp_path, {"motion": [frame], "c_eyes_lst": [], "c_lip_lst": []}),
+    }
+    for message, path in cases.items():
+        with pytest.raises(PortraitError, match=message):
+            read_template(path)
+    with pytest.raises(PortraitError, match=r"holds 0.1 s of motion \(3 frames at 25 fps\); at most 0.05 s"):
+        read_template(good, max_seconds=0.05)
+    np.savez(tmp_path / "half.npz", **{f: np.zeros((2, 21, 3)) for f in ("kp", "exp")})
+    with pytest.raises(PortraitError, match="not a motion template: missing pitch"):
+        read_template(tmp_path / "half.npz")
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(PortraitError, match=r"cannot be read as a motion template \(.npz\)"):
+        read_template(tmp_path / "junk.npz")
