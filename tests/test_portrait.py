@@ -148,6 +148,8 @@ def test_landmarks_turn_the_crop_upright_and_close_the_lips(weights: Path, tmp_p
     assert m["source_openness"]["lips"] == pytest.approx(0.2, abs=1e-3) and m["lips_normalised"] is True
     assert "landmarks" in [s.name for s in result.stages]
     assert probe_video(tmp_path / "out.mp4").frames == 2
+    square = run_portrait(replace(config, upright=False, max_frames=1), tmp_path / "square.mp4").metrics
+    assert square["crop_angle"] == 0 and square["lips_normalised"] is True  # upstream's flag_do_rot off
 
 
 def test_onnx_backend_matches_pytorch(weights: Path, onnx_cache: Path) -> None:

@@ -134,6 +134,7 @@ def build_portrait_tab(settings: Settings, jobs: PortraitJobs, access: Access) -
                     stitching = gr.Checkbox(value=default(c, "stitching"), label="Stitching")
                     paste_back = gr.Checkbox(value=default(c, "paste_back"), label="Paste back into the full image")
                     crop = gr.Checkbox(value=default(c, "crop"), label="Crop around the face")
+                    upright = gr.Checkbox(value=default(c, "upright"), label="Turn the crop upright (landmark model)")
                     crop_driving = gr.Checkbox(
                         value=default(c, "crop_driving"), label="Crop a square driving video too"
                     )
@@ -201,8 +202,9 @@ def build_portrait_tab(settings: Settings, jobs: PortraitJobs, access: Access) -
     inputs = dict(
         source=source, driving=driving, engine=engine, weights=weights, backend=backend, precision=precision,
         compile=compile_, region=region, relative=relative, driving_option=driving_option, multiplier=multiplier,
-        stitching=stitching, paste_back=paste_back, crop=crop, crop_driving=crop_driving, pitch=pitch, yaw=yaw,
-        roll=roll, scale=scale, vx_ratio=vx_ratio, vy_ratio=vy_ratio, scale_crop_driving=scale_crop_driving,
+        stitching=stitching, paste_back=paste_back, crop=crop, upright=upright, crop_driving=crop_driving,
+        pitch=pitch, yaw=yaw, roll=roll, scale=scale, vx_ratio=vx_ratio, vy_ratio=vy_ratio,
+        scale_crop_driving=scale_crop_driving,
         vx_ratio_crop_driving=vx_ratio_crop_driving, vy_ratio_crop_driving=vy_ratio_crop_driving,
         source_max_dim=source_max_dim, source_division=source_division,
         eye_retargeting=eye_retargeting, lip_retargeting=lip_retargeting, eye_open=eye_open, lip_open=lip_open,

@@ -70,6 +70,10 @@ class PortraitConfig(Config):
         True, help="crop around the face (off: the whole source image, stretched to the networks' square, is their "
         "view, and the output is their 512x512 frame)",
     )  # fmt: skip
+    upright: bool = option(
+        True, help="turn the source crop upright by the eye line (upstream's flag_do_rot; needs the landmark model; "
+        "off: a crop square with the image)",
+    )  # fmt: skip
     scale: float = option(
         SOURCE_SCALE, help="the source crop's side over the face's (upstream's --scale; larger: a smaller face)",
         low=1.0, high=4.0,
