@@ -14,7 +14,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from engine.core.commands import Command
+from engine.core.commands import Command, check_output_paths
 from engine.core.errors import AvatarbenchError, InputError
 from engine.core.options import add_arguments
 
@@ -56,6 +56,7 @@ def main(argv: Sequence[str] | None = None, extra: Sequence[Command] = ()) -> in
     traceback."""
     args = build_parser([*engine_commands(), *extra]).parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
+        check_output_paths(args)
         return int(args.run(args) or 0)
     except InputError as exc:
         print(f"avatarbench: {exc}", file=sys.stderr)

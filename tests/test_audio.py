@@ -21,8 +21,10 @@ from engine.core.audio import (
     MEL_STEP,
     SAMPLE_RATE,
     AudioError,
+    audio_track,
     frame_energy,
     load_audio,
+    loudness_warning,
     mel_chunks,
     mel_spectrogram,
 )
@@ -147,10 +149,43 @@ def test_load_audio_accepts_pathlike_and_str(tmp_path: Path) -> None:
     assert load_audio(path).size == 1600
 
 
-def test_load_audio_clips_to_full_scale(tmp_path: Path) -> None:
-    loud = _tone(48000, 0.5, amplitude=1.5)  # float PCM can exceed full scale
-    wav = load_audio(_write_audio(tmp_path / "loud.wav", "pcm_f32le", 48000, 0.5, data=loud, sample_format="flt"))
-    assert wav.max() <= 1.0 and wav.min() >= -1.0 and wav.max() == 1.0
+def test_samples_past_full_scale_are_kept_as_librosa_load_keeps_them(tmp_path: Path) -> None:
+    """Upstream's features see a loud float file as it is; only the video's sound track is clipped (the writer),
+    and the run says so."""
+    loud = _tone(SAMPLE_RATE, 0.5, amplitude=1.5)  # float PCM can exceed full scale
+    path = _write_audio(tmp_path / "loud.wav", "pcm_f32le", SAMPLE_RATE, 0.5, data=loud, sample_format="flt")
+    wav = load_audio(path)
+    assert 1.49 < wav.max() <= 1.5 and np.abs(wav - librosa.load(path, sr=SAMPLE_RATE)[0]).max() < 1e-6
+    warning = loudness_warning(wav)
+    assert warning is not None and "peaks at 1.5x full scale" in warning and "clipped" in warning
+    assert loudness_warning(np.full(100, 1.02, np.float32)) is None  # a lossy decoder's overshoot: no warning
+    assert loudness_warning(np.zeros(0, np.float32)) is None
+
+
+def test_eight_channels_and_more_are_averaged(tmp_path: Path) -> None:
+    """PyAV reads planar frames of 8 or more channels past their end (a segfault); interleaved ones are read
+    right: each sample the mean of its channels, as librosa.load makes it."""
+    rng = np.random.default_rng(3)
+    for channels in (8, 12):
+        data = (rng.uniform(-0.5, 0.5, (SAMPLE_RATE // 2, channels)) * 32767).astype("<i2")
+        path = tmp_path / f"{channels}.wav"
+        with wave.open(str(path), "wb") as out:
+            out.setnchannels(channels)
+            out.setsampwidth(2)
+            out.setframerate(SAMPLE_RATE)
+            out.writeframes(data.tobytes())
+        wav = load_audio(path)
+        assert np.abs(wav - (data / 32768.0).mean(axis=1)).max() < 1e-6
+
+
+def test_the_sound_track_keeps_the_whole_speech() -> None:
+    """Upstream muxes the speech whole: the video's last frame may end before it (one frame per mel chunk), and
+    the sound still runs to the speech's end; frames that last longer get silence after it."""
+    speech = np.linspace(-0.5, 0.5, 32000, dtype=np.float32)  # 2.0 s
+    track = audio_track(speech, 47, 25.0)  # Wav2Lip's 47 frames for 2.0 s: 1.88 s of video
+    assert track.size == 32000 and np.array_equal(track, speech)
+    longer = audio_track(speech, 3, 1.0)  # three frames at 1 fps: 3 s
+    assert longer.size == 48000 and np.array_equal(longer[:32000], speech) and not longer[32000:].any()
 
 
 def test_stereo_is_the_mean_of_its_channels_as_librosa_load_makes_it(tmp_path: Path) -> None:

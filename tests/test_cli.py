@@ -199,3 +199,29 @@ def test_lipsync_stream_says_where_its_live_playlist_is(tmp_path: Path) -> None:
     playlist = tmp_path / "talk.stream" / "index.m3u8"
     assert f"live stream (HLS, as it was made): {playlist}" in proc.stdout
     assert "#EXT-X-ENDLIST" in playlist.read_text() and list(playlist.parent.glob("part-*.ts"))
+
+
+def test_output_paths_are_checked_before_the_work(tmp_path: Path) -> None:
+    """--out a folder, --json a folder, or --json on a file the run reads or writes: refused before any work (the run
+    ended in a traceback after all of it, or overwrote the video or an input); --json's missing folder is made."""
+    assets = ROOT / "assets"
+    face, speech = assets / "face.jpg", assets / "speech-gb.wav"
+    files = ["--face", str(face), "--audio", str(speech), "--engine", "baseline", "--quiet"]
+    env = {"AVATARBENCH_DATA_DIR": str(tmp_path / "data")}
+    (tmp_path / "folder.mp4").mkdir()
+    out = str(tmp_path / "talk.mp4")
+    folder = str(tmp_path / "folder.mp4")
+    for flags, message in (
+        (["--out", folder], f"--out {folder} is a folder; give a file name"),
+        (["--out", out, "--json", str(tmp_path)], f"--json {tmp_path} is a folder"),
+        (["--out", out, "--json", out], f"--json {out} is also --out"),
+        (["--out", out, "--json", str(face)], f"--json {face} is also --face"),
+        (["--out", str(speech), "--json", str(tmp_path / "r.json")], f"--out {speech} is also --audio"),
+    ):
+        proc = run("lipsync", *files, *flags, **env)
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+        assert not Path(out).exists()
+    report = tmp_path / "new" / "deep" / "talk.json"
+    proc = run("lipsync", *files, "--out", out, "--json", str(report), **env)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(report.read_text())["outputs"]["video"] == out and speech.stat().st_size > 1000

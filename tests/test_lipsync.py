@@ -19,6 +19,7 @@ from test_media import png_bytes, raw_h264, refusal
 from engine.core.audio import AudioError, mel_chunks, mel_spectrogram
 from engine.core.media import MediaError, VideoWriter, probe_video, read_frames
 from engine.core.settings import load_settings
+from engine.faces.detection import FaceError
 from engine.lipsync.config import LipSyncConfig, LipSyncError
 from engine.lipsync.engines import BaselineEngine
 from engine.lipsync.paste import paste
@@ -125,7 +126,8 @@ def test_wav2lip_on_a_video_clip(media, settings, tmp_path) -> None:
     assert sum(1 for _ in read_frames(out)) == frames  # the 30-frame video was trimmed to the speech
     with av.open(str(out)) as container:
         audio = container.streams.audio[0]
-        assert abs(float(audio.duration * audio.time_base) - frames / 25) < 0.1
+        sound = float(audio.duration * audio.time_base)  # the whole 1.0 s of speech, though 22 frames end at 0.88 s
+        assert abs(sound - 1.0) < 0.03 and sound - frames / 25 > 0.09
     assert result.metrics["engine"] == "wav2lip" and result.metrics["frames"] == frames
     assert [s.name for s in result.stages] == ["audio", "mel", "decode", "detect", "inference", "paste", "encode"]
     assert result.stages[4].items == frames - result.metrics["faces_missed"]
@@ -224,7 +226,7 @@ def test_bad_inputs_get_clear_errors(media, settings, tmp_path) -> None:
         run_lipsync(config, tmp_path / "g.mp4", settings)
     with pytest.raises(LipSyncError, match="needs a checkpoint"):
         run_lipsync(LipSyncConfig(face=FACE, audio=media["speech"], engine="wav2lip"), tmp_path / "h.mp4", settings)
-    with pytest.raises(LipSyncError, match=r"must be an \.mp4"):
+    with pytest.raises(LipSyncError, match=r"output x.avi must be a file name ending in \.mp4"):
         run_lipsync(LipSyncConfig(face=FACE, audio=media["speech"]), tmp_path / "x.avi", settings)
     for bad, message in (
         (dict(pads=(0, -201, 0, 0)), "pads -201 is outside -200..200"),
@@ -237,6 +239,14 @@ def test_bad_inputs_get_clear_errors(media, settings, tmp_path) -> None:
         config = LipSyncConfig(face=FACE, audio=media["speech"], **bad)
         with pytest.raises(LipSyncError, match=re.escape(message)):
             run_lipsync(config, tmp_path / "i.mp4", settings)
+    for face in (FACE, media["video"]):  # a fixed box with nothing inside: refused, not every frame passed through
+        for engine in ("baseline", "musetalk"):
+            config = LipSyncConfig(face=face, audio=media["speech"], engine=engine, box=(2000, 2000, 2100, 2100))
+            with pytest.raises(FaceError, match=r"the face box 2000,2000,2100,2100 \(X1,Y1,X2,Y2\) lies outside"):
+                run_lipsync(config, tmp_path / "j.mp4", settings)
+    squeezed = LipSyncConfig(face=FACE, audio=media["speech"], pads=(-200, -200, -200, -200))
+    with pytest.raises(LipSyncError, match=re.escape("a face was found in face.jpg, but --pads -200,-200,-200,-200")):
+        run_lipsync(squeezed, tmp_path / "k.mp4", settings)
 
 
 BAD_FACES = [
@@ -457,8 +467,11 @@ def test_upstreams_video_edits_shrink_turn_and_cut_in_its_order() -> None:
     assert edits.size(200, 120) == (50, 90) == (edited.shape[1], edited.shape[0]) and edited.flags.c_contiguous
     assert edited[:5, 45:].min() == 255  # the top-left corner turned to the top-right
     assert VideoEdits().none and VideoEdits()(frame) is frame
-    with pytest.raises(LipSyncError, match="leaves no picture of the 200x120 video"):
+    with pytest.raises(LipSyncError, match="leaves 0x120 pixels of the 200x120 video"):
         VideoEdits(crop=(0, -1, 150, 120)).size(200, 120)
+    with pytest.raises(LipSyncError, match=r"leaves 15x16 pixels .* at least 16x16"):  # as small as a face may be
+        VideoEdits(crop=(10, 26, 10, 25)).size(200, 120)
+    assert VideoEdits(crop=(10, 26, 10, 26)).size(200, 120) == (16, 16)
     with pytest.raises(LipSyncError, match="TOP and LEFT are 0 or more"):
         VideoEdits(crop=(-1, -1, 0, -1)).size(200, 120)
 
@@ -487,8 +500,12 @@ def test_static_resize_rotate_crop_and_fps_as_upstreams_options(media, settings,
     assert (info.width, info.height) == (128, 100) == (result.metrics["width"], result.metrics["height"])
 
     photo = tmp_path / "photo.mp4"
-    result = run_lipsync(LipSyncConfig(face=FACE, audio=speech, engine="baseline", fps=30.0), photo, settings)
+    config = LipSyncConfig(face=FACE, audio=speech, engine="baseline", fps=30.0, rotate=True, precision="bf16")
+    result = run_lipsync(config, photo, settings)
     assert result.metrics["fps"] == 30.0 and probe_video(photo).fps == pytest.approx(30.0)
+    assert any("edit a video's frames (as upstream's): a photo is kept" in w for w in result.warnings)
+    assert any("baseline engine computes in fp32; --precision bf16" in w for w in result.warnings)
+    assert result.precision == "fp32" and not any("no Wav2Lip checkpoint" in w for w in result.warnings)
     assert result.metrics["frames"] == expected_frames(1.0, 30.0)
-    with pytest.raises(LipSyncError, match="leaves no picture"):
+    with pytest.raises(LipSyncError, match="leaves 256x0 pixels"):
         run_lipsync(LipSyncConfig(face=video, audio=speech, crop=(300, -1, 0, -1)), tmp_path / "none.mp4", settings)

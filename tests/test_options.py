@@ -112,6 +112,7 @@ def test_defaults_and_empty_values() -> None:
         ({"count": True}, "count must be a whole number, got True"),
         ({"scale": "nan"}, "scale must be a finite number"),
         ({"scale": 2}, "scale 2 is outside 0.1..1"),
+        ({"scale": 1.0000001}, "scale 1.0000001 is outside 0.1..1"),  # not "1", which is inside
         ({"flag": "maybe"}, "flag must be true or false (on/off), got 'maybe'"),
         ({"sizes": "1,x"}, "sizes: '1,x' is not a comma-separated list of whole numbers"),
         ({"sizes": "4,4"}, "sizes '4,4' lists a value twice"),

@@ -119,7 +119,7 @@ def test_a_long_lipsync_job_split_over_four_gpus_equals_the_unsplit_run(
     assert len(ours) == len(theirs) == whole.result["metrics"]["frames"] == split.result["metrics"]["frames"]
     assert all(np.array_equal(a, b) for a, b in zip(ours, theirs, strict=True))  # exact: every pixel
     sound = load_audio(split.result["outputs"]["video"])
-    assert len(ours) == expected_frames(SPEECH_S) and len(sound) == len(ours) * 640  # the speech, to its last frame
+    assert len(ours) == expected_frames(SPEECH_S) and 0 <= len(sound) - SPEECH_S * 16000 < 1024  # the whole speech
     assert np.array_equal(sound, load_audio(whole.result["outputs"]["video"]))
     assert split.result["metrics"]["faces_missed"] == whole.result["metrics"]["faces_missed"] > 0
     _check_parts(split, len(ours), segments, data)

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.core.errors import InputError
-from engine.core.media import check_file, ffmpeg_reason
+from engine.core.media import check_file, ffmpeg_reason, is_image
 
 SAMPLE_RATE = 16000
 HOP = 200  # mel frames are 80 per second at 16 kHz
@@ -61,11 +61,16 @@ class AudioError(InputError):
 # --------------------------------------------------------------------------- decoding
 
 
+CLIP_WARNING_PEAK = 1.05  # past this the sound track's clipping is audible, and not a decoder's overshoot
+
+
 def load_audio(path: str | os.PathLike, max_seconds: float | None = None) -> np.ndarray:
-    """Decode a file's first audio stream to float32 mono 16 kHz in [-1, 1].
+    """Decode a file's first audio stream to float32 mono 16 kHz.
 
     Decoding streams frame by frame and gives up as soon as `max_seconds` is passed, so an
-    hour-long upload is rejected after decoding only the allowed amount.
+    hour-long upload is rejected after decoding only the allowed amount. Samples past full scale (float files,
+    lossy decoders' overshoot) are kept, as upstream's librosa.load keeps them: the features see the speech as it
+    is, and only the sound track written into a video is clipped (`loudness_warning` says when that matters).
     """
     file = Path(os.fspath(path))
     check_file(file, "audio", f"expected an audio or video file ({ACCEPTED_FORMATS})", AudioError)
@@ -75,7 +80,6 @@ def load_audio(path: str | os.PathLike, max_seconds: float | None = None) -> np.
     if wav.size == 0:
         raise AudioError(f"{file.name}: the audio stream is empty (0 samples decoded); a clip with sound is needed")
     _check_finite(wav, file.name)
-    np.clip(wav, -1.0, 1.0, out=wav)  # lossy decoders and the resampler overshoot full scale slightly
     return np.ascontiguousarray(wav, dtype=np.float32)
 
 
@@ -91,6 +95,8 @@ def _decode(file: Path, max_seconds: float | None) -> np.ndarray:
         raise _undecodable(file, exc) from exc
     with container:
         if not container.streams.audio:
+            if is_image(file):
+                raise AudioError(f"{file.name} is an image; speech comes from an audio file or a video with sound")
             kinds = sorted({s.type for s in container.streams}) or ["none"]
             raise AudioError(
                 f"{file.name} has no audio stream (streams found: {', '.join(kinds)}); "
@@ -110,7 +116,9 @@ def _decode_stream(container, stream, max_samples: int | None, file: Path, max_s
     mean, and clip a loud stereo peak)."""
     import av
 
-    planar = av.AudioResampler(format="fltp")  # the stream's own layout and rate, one float plane per channel
+    # The stream's own layout and rate, channels interleaved: PyAV reads planar frames of 8 or more channels past
+    # their end (a crash, not an error), and interleaved ones correctly.
+    interleaved = av.AudioResampler(format="flt")
     resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
     pieces: list[np.ndarray] = []
     total = 0
@@ -126,14 +134,15 @@ def _decode_stream(container, stream, max_samples: int | None, file: Path, max_s
 
     def mono(frames) -> Iterator:
         for frame in frames:
-            averaged = av.AudioFrame.from_ndarray(frame.to_ndarray().mean(axis=0, keepdims=True), "fltp", "mono")
+            samples = frame.to_ndarray().reshape(-1, len(frame.layout.channels))
+            averaged = av.AudioFrame.from_ndarray(samples.mean(axis=1)[None], "fltp", "mono")
             averaged.sample_rate = frame.sample_rate
             yield from resampler.resample(averaged)
 
     for packet in container.demux(stream):
         for frame in packet.decode():
-            take(mono(planar.resample(frame)))
-    take(mono(planar.resample(None)))
+            take(mono(interleaved.resample(frame)))
+    take(mono(interleaved.resample(None)))
     take(resampler.resample(None))  # the resampler holds back a filter's worth of samples until flushed
     if not pieces:
         return np.zeros(0, dtype=np.float32)
@@ -170,7 +179,29 @@ def _declared_seconds(stream, container) -> float | None:
 def _check_finite(wav: np.ndarray, what: str) -> None:
     if not np.isfinite(wav).all():
         bad = int(np.count_nonzero(~np.isfinite(wav)))
-        raise AudioError(f"{what}: {bad} samples are NaN or infinite; only finite samples in [-1, 1] are accepted")
+        raise AudioError(f"{what}: {bad} samples are NaN or infinite; only finite samples are accepted")
+
+
+def loudness_warning(wav: np.ndarray) -> str | None:
+    """A warning when the speech goes clearly past full scale (a float file): the features take it as it is, as
+    upstream's do, but the video's sound track, like any audio file, cannot and is clipped. None otherwise
+    (a lossy decoder's slight overshoot is not worth one)."""
+    peak = float(np.abs(wav).max()) if wav.size else 0.0
+    if peak <= CLIP_WARNING_PEAK:
+        return None
+    clipped = float(np.mean(np.abs(wav) > 1.0)) * 100
+    return (
+        f"the speech peaks at {peak:.3g}x full scale ({clipped:.2g}% of its samples past it): lip-sync takes it as "
+        "it is, but the video's sound track is clipped there; scale the file to [-1, 1] for clean sound"
+    )
+
+
+def audio_track(speech: np.ndarray, frames: int, fps: float) -> np.ndarray:
+    """The sound a video of `frames` frames gets: the whole speech (never cut, as upstream muxes it whole), then
+    silence to the last frame's end where the frames last longer."""
+    track = np.zeros(max(len(speech), round(frames / fps * SAMPLE_RATE)), np.float32)
+    track[: len(speech)] = speech
+    return track
 
 
 # --------------------------------------------------------------------------- Wav2Lip mel features
@@ -295,8 +326,8 @@ def _check_mel(mel: np.ndarray) -> np.ndarray:
         have_s = (n_mel - 1) * HOP / SAMPLE_RATE if n_mel else 0.0
         need_s = (MEL_STEP - 1) * HOP / SAMPLE_RATE
         raise AudioError(
-            f"audio too short: {n_mel} mel frames (about {have_s:.3f} s) but one Wav2Lip chunk needs {MEL_STEP} "
-            f"(at least {need_s:.4f} s, {(MEL_STEP - 1) * HOP} samples at {SAMPLE_RATE} Hz)"
+            f"audio too short: {n_mel} mel frames (about {have_s * 1000:.0f} ms) but one Wav2Lip chunk needs "
+            f"{MEL_STEP} (at least {need_s * 1000:.0f} ms, {(MEL_STEP - 1) * HOP} samples at {SAMPLE_RATE} Hz)"
         )
     return mel
 

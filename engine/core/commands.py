@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from engine.core.errors import InputError
 from engine.core.options import Config
 
 if TYPE_CHECKING:
@@ -27,9 +28,39 @@ class Command:
 
 
 def write_json(path: str | None, text: str) -> None:
-    """--json FILE: the full result, for machines."""
+    """--json FILE: the full result, for machines (its folder made where missing, as --out's is)."""
     if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(text.rstrip("\n") + "\n")
+
+
+def check_output_paths(args: argparse.Namespace) -> None:
+    """A video command's --out and any --json FILE, before any work: a folder, or a file the command also reads or
+    writes, is refused (it would end the run in a traceback after all its work, or overwrite an input or the video
+    with the report)."""
+    outputs = {
+        "out": args.out if getattr(args, "out_is_a_file", False) else None,
+        "json": args.json if isinstance(getattr(args, "json", None), str) else None,
+    }
+    for name, value in outputs.items():
+        if value and Path(value).is_dir():
+            raise InputError(f"--{name} {value} is a folder; give a file name")
+    inputs = {
+        Path(value).resolve(): name
+        for name, value in vars(args).items()
+        if name not in outputs and isinstance(value, str | Path) and str(value) and Path(value).is_file()
+    }
+    taken = dict(inputs)
+    for name, value in outputs.items():
+        if not value:
+            continue
+        other = taken.get(Path(value).resolve())
+        if other is not None:
+            raise InputError(
+                f"--{name} {value} is also --{other.replace('_', '-')}: writing it would overwrite that; "
+                "give another file name"
+            )
+        taken[Path(value).resolve()] = name
 
 
 def add_context_flags(parser: argparse.ArgumentParser) -> None:
@@ -55,6 +86,7 @@ def run_flags(parser: argparse.ArgumentParser) -> None:
     """--out and --device for the commands that make a video: where the result goes and what runs it (the request
     itself is the config), plus --json and --quiet."""
     parser.add_argument("--out", required=True, help="output .mp4")
+    parser.set_defaults(out_is_a_file=True)
     parser.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: AVATARBENCH_DEVICE, else auto)")
     output_flags(parser, "write the full result (timings, memory, warnings) to this file")
 

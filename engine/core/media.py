@@ -107,6 +107,7 @@ IMAGE_FORMATS = "PNG, JPEG, BMP, WebP or TIFF"
 # A pixel cap besides the side limit: a 36-megapixel camera photo and 8K UHD (33 MP) pass, while a
 # 16-bit RGBA frame at the cap still decodes to no more than 320 MB.
 MAX_PIXELS = 40_000_000
+MIN_SIDE = 16  # pixels: smaller faces or frames are refused
 
 
 class MediaError(InputError):
@@ -154,8 +155,8 @@ def ffmpeg_reason(exc: Exception) -> str:
 
 
 def _check_size(width: int, height: int, max_side: int, what: str, max_pixels: int = MAX_PIXELS) -> None:
-    if width < 16 or height < 16:
-        raise MediaError(f"{what} is {width}x{height}: too small (at least 16x16 pixels)")
+    if width < MIN_SIDE or height < MIN_SIDE:
+        raise MediaError(f"{what} is {width}x{height}: too small (at least {MIN_SIDE}x{MIN_SIDE} pixels)")
     if max(width, height) > max_side:
         raise MediaError(
             f"{what} is {width}x{height}, larger than the limit of {max_side} pixels on the longer side "
@@ -441,7 +442,7 @@ def validate_video(info: VideoInfo, name: str, max_side: int, max_seconds: float
         raise MediaError(f"{name} reports {info.fps:.2f} frames per second; accepted: 1 to 120")
     if info.duration_s is not None and info.duration_s > max_seconds:
         raise MediaError(
-            f"{name} lasts {info.duration_s:.0f} s, longer than the limit of {max_seconds:.0f} s "
+            f"{name} lasts {info.duration_s:.1f} s, longer than the limit of {max_seconds:g} s "
             "(AVATARBENCH_MAX_SECONDS); trim it first"
         )
 

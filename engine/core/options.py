@@ -154,10 +154,16 @@ class Field:
         if low is None and high is None:
             return
         numbers = [v for v in items if isinstance(v, int | float) and not isinstance(v, bool)]
-        out = [str(v) if isinstance(v, int) else format(v, "g") for v in numbers
+        out = [str(v) if isinstance(v, int) else _number(v) for v in numbers
                if (low is not None and v < low) or (high is not None and v > high)]  # fmt: skip
         if out:
             raise _Problem(f"{self.words} {', '.join(out)} is outside {_bounds(low, high)}")
+
+
+def _number(value: float) -> str:
+    """Short where that is exact, else every digit (120.0000001 is not "120")."""
+    short = format(value, "g")
+    return short if float(short) == value else repr(value)
 
 
 def _bounds(low: float | None, high: float | None) -> str:

@@ -61,6 +61,16 @@ def _pad_and_clip(
     return (x1, y1, x2, y2) if x2 - x1 >= 2 and y2 - y1 >= 2 else None
 
 
+def check_fixed_box(box: tuple[int, ...], width: int, height: int) -> None:
+    """Refuse a fixed face box (x1, y1, x2, y2) with less than 2x2 pixels inside width x height frames: every frame
+    would pass through unsynced, which no one asking for a box wants."""
+    if _pad_and_clip(np.asarray(box, float), (0, 0, 0, 0), (height, width)) is None:
+        raise FaceError(
+            f"the face box {','.join(str(int(v)) for v in box)} (X1,Y1,X2,Y2) lies outside the {width}x{height} "
+            "picture: give one inside it"
+        )
+
+
 class FaceTracker:
     """One box per frame from per-frame detections: largest face, pads, smoothing, short-gap hold-over.
 
@@ -87,6 +97,7 @@ class FaceTracker:
         self.pads = tuple(int(p) for p in pads)
         self.smooth, self.max_gap, self.fixed_box = smooth, int(max_gap), fixed_box
         self.missed = 0
+        self.padded_away = 0  # frames whose face the pads left no box of
         self._smoother = BoxSmoother()
         self._last: tuple[int, int, int, int] | None = None
         self._gap = 0
@@ -99,6 +110,7 @@ class FaceTracker:
         if face is not None:
             raw = face[:4].astype(np.float64)
             box = _pad_and_clip(self._smoother(raw) if self.smooth else raw, self.pads, frame_shape)
+            self.padded_away += box is None
         if box is not None:
             self._last, self._gap = box, 0
             return FaceTrack(box, True)

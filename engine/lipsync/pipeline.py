@@ -29,7 +29,15 @@ from typing import Any
 
 import numpy as np
 
-from engine.core.audio import SAMPLE_RATE, frame_energy, load_audio, mel_chunks, mel_spectrogram
+from engine.core.audio import (
+    SAMPLE_RATE,
+    audio_track,
+    frame_energy,
+    load_audio,
+    loudness_warning,
+    mel_chunks,
+    mel_spectrogram,
+)
 from engine.core.device import DeviceChoice, capabilities, resolve_device, run_with_oom_backoff
 from engine.core.hls import stream_folder
 from engine.core.media import (
@@ -45,7 +53,7 @@ from engine.core.results import RunResult
 from engine.core.settings import Settings, get_settings
 from engine.core.weights import S3FD, WAV2LIP, resolve, where_to_put
 from engine.faces.detection import FaceDetector, make_detector
-from engine.faces.tracking import FaceTracker
+from engine.faces.tracking import FaceTracker, check_fixed_box
 from engine.lipsync.config import LipSyncConfig, LipSyncError, precision_summary
 from engine.lipsync.engines import BaselineEngine, Generator, Wav2LipEngine, auto_batch_size, default_precision
 from engine.lipsync.paste import Box, crop, first_row_read, paste
@@ -199,10 +207,7 @@ class _Prepared:
         return itertools.islice(frames, start, stop)
 
     def sound(self) -> np.ndarray:
-        """The audio track, exactly as long as the frames."""
-        audio = np.zeros(round(self.count / self.fps * SAMPLE_RATE), np.float32)
-        audio[: min(len(self.wav), len(audio))] = self.wav[: len(audio)]
-        return audio
+        return audio_track(self.wav, self.count, self.fps)
 
     def tracker(self) -> FaceTracker:
         return FaceTracker(pads=self.config.pads, smooth=self.config.smooth, fixed_box=self.config.box)
@@ -230,6 +235,19 @@ class _Prepared:
                 self.result.warn(precision_summary(self.result.precision, check))
 
 
+def _no_face(config: LipSyncConfig, tracker: FaceTracker, count: int, still: bool) -> LipSyncError:
+    name = Path(config.face).name
+    if tracker.padded_away:
+        pads = ",".join(str(p) for p in config.pads)
+        return LipSyncError(
+            f"a face was found in {name}, but --pads {pads} (TOP,BOTTOM,LEFT,RIGHT; negative ones take pixels off) "
+            "leave nothing of its box: use smaller negative pads"
+        )
+    if still:
+        return LipSyncError(f"no face found in {name}; use a clear, frontal face photo")
+    return LipSyncError(f"no face found in any of the {count} frames of {name}")
+
+
 def _prepare(
     config: LipSyncConfig,
     settings: Settings,
@@ -250,6 +268,8 @@ def _prepare(
     image = load_image(config.face, max_side=settings.max_side) if still else None
     if image is not None:
         fps, size = config.fps, (image.shape[1], image.shape[0])
+        if not VideoEdits.of(config).none:
+            result.warn("--resize-factor, --rotate and --crop edit a video's frames (as upstream's): a photo is kept")
     else:
         info = probe_video(config.face)
         validate_video(info, Path(config.face).name, settings.max_side, settings.max_seconds)
@@ -258,6 +278,8 @@ def _prepare(
         if config.static:  # upstream's --static: the first frame only, a still face at the video's rate
             with contextlib.closing(read_frames(config.face, max_seconds=settings.max_seconds)) as frames:
                 image, still = edit(next(frames)), True
+    if config.box is not None:
+        check_fixed_box(config.box, *size)
     progress(0.0, "reading the speech")
     with result.stage("audio"):
         wav = load_audio(config.audio, max_seconds=settings.max_seconds)
@@ -266,15 +288,21 @@ def _prepare(
     count = len(chunks)
     if float(np.abs(wav).max()) < 1e-4:
         result.warn("the speech is silent: the mouth will not move")
+    if (loud := loudness_warning(wav)) is not None:
+        result.warn(loud)
 
     generator = _make_generator(config, settings, device, caps, precision)
     # Only the baseline reads speech energy; Wav2Lip works from the mel chunks.
     energy = frame_energy(wav, fps, count) if generator.name == "baseline" else np.zeros(count, np.float32)
     if generator.name == "baseline":
-        result.warn(
-            "no Wav2Lip checkpoint configured: using the baseline engine (not Wav2Lip). "
-            + where_to_put(WAV2LIP, settings)
-        )
+        if config.engine == "auto":
+            result.warn(
+                "no Wav2Lip checkpoint configured: using the baseline engine (not Wav2Lip). "
+                + where_to_put(WAV2LIP, settings)
+            )
+        if config.precision not in ("auto", "fp32"):
+            result.warn(f"the baseline engine computes in fp32; --precision {config.precision} applies to Wav2Lip")
+        result.precision = "fp32"
     detector = None  # a fixed box needs no detection at all
     if config.box is None:
         ckpt = resolve(S3FD, settings, config.detector_checkpoint) if config.detector == "s3fd" else None
@@ -306,7 +334,7 @@ def run_lipsync(
     config = config.checked()
     out = Path(out)
     if out.suffix.lower() != ".mp4":
-        raise LipSyncError(f"output {out.name} must be an .mp4 file")
+        raise LipSyncError(f"output {out.name or '(no name)'} must be a file name ending in .mp4")
     choice = resolve_device(device or settings.device)
     if config.engine == "musetalk":
         from engine.lipsync.musetalk.run import run_musetalk  # diffusers and transformers load only for MuseTalk
@@ -329,7 +357,7 @@ def run_lipsync(
         for frames, detections in _background(batches, 1, "decode-detect"):
             tracks = [tracker.update(d, f.shape) for d, f in zip(detections, frames, strict=True)]
             if still and all(t.box is None for t in tracks):
-                raise LipSyncError(f"no face found in {Path(config.face).name}; use a clear, frontal face photo")
+                raise _no_face(config, tracker, count, still)
             encoder.put(_synthesised(run, frames, [t.box for t in tracks], done))
             done += len(frames)
             progress(done / count, f"frame {done}/{count}")
@@ -340,7 +368,7 @@ def run_lipsync(
     wall = time.perf_counter() - started
     if tracker.missed == count:
         out.unlink(missing_ok=True)
-        raise LipSyncError(f"no face found in any of the {count} frames of {Path(config.face).name}")
+        raise _no_face(config, tracker, count, still)
     if tracker.missed:
         result.warn(f"{tracker.missed} of {count} frames had no detected face")
     result.outputs["video"] = str(out)
@@ -446,11 +474,8 @@ class LipSyncSegments:
                 detected[i] = track.detected
                 if track.box is not None:
                     boxes[i] = track.box
-        name = Path(self.config.face).name
-        if run.still and boxes[0, 0] < 0:
-            raise LipSyncError(f"no face found in {name}; use a clear, frontal face photo")
-        if tracker.missed == count:
-            raise LipSyncError(f"no face found in any of the {count} frames of {name}")
+        if (run.still and boxes[0, 0] < 0) or tracker.missed == count:
+            raise _no_face(self.config, tracker, count, run.still)
         if tracker.missed:
             run.result.warn(f"{tracker.missed} of {count} frames had no detected face")
         self.missed = tracker.missed

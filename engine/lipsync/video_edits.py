@@ -13,6 +13,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from engine.core.media import MIN_SIDE
 from engine.lipsync.config import LipSyncError
 
 
@@ -37,10 +38,11 @@ class VideoEdits:
         if self.rotate:
             width, height = height, width
         top, bottom, left, right = self._window(width, height)
-        if bottom - top < 2 or right - left < 2:
+        if bottom - top < MIN_SIDE or right - left < MIN_SIDE:
             raise LipSyncError(
-                f"crop {','.join(map(str, self.crop))} leaves no picture of the {width}x{height} video (after "
-                "--resize-factor and --rotate): TOP must be below BOTTOM and LEFT below RIGHT, within the frame"
+                f"crop {','.join(map(str, self.crop))} leaves {max(right - left, 0)}x{max(bottom - top, 0)} pixels "
+                f"of the {width}x{height} video (after --resize-factor and --rotate); at least {MIN_SIDE}x{MIN_SIDE} "
+                "are needed, as for any face: TOP below BOTTOM and LEFT below RIGHT, within the frame"
             )
         return right - left, bottom - top
 

@@ -111,10 +111,16 @@ def _torch_load(path: Path, expected: str) -> object:
             )
         else:
             problem = "torch.load could not read it: the file is truncated or corrupt, or not a PyTorch checkpoint"
-        raise CheckpointError(f"{problem} ({type(e).__name__}: {e})", path=path, expected=expected) from e
+        raise CheckpointError(f"{problem} ({_first_line(e)})", path=path, expected=expected) from e
     except Exception as e:  # torch raises RuntimeError, EOFError, ValueError, zipfile errors... for broken files
         problem = "torch.load could not read it: the file is truncated or corrupt, or not a PyTorch checkpoint"
-        raise CheckpointError(f"{problem} ({type(e).__name__}: {e})", path=path, expected=expected) from e
+        raise CheckpointError(f"{problem} ({_first_line(e)})", path=path, expected=expected) from e
+
+
+def _first_line(e: Exception) -> str:
+    """The error's type and first line: torch's weights_only errors run to a page of advice meant for a developer."""
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0] if lines else ''}"
 
 
 def read_checkpoint(path: str | os.PathLike[str], expected: str) -> dict[str, torch.Tensor]:

@@ -535,7 +535,7 @@ def run_portrait(
     config = config.checked()
     out = Path(out)
     if out.suffix.lower() != ".mp4":
-        raise PortraitError(f"output {out.name} must be an .mp4 file")
+        raise PortraitError(f"output {out.name or '(no name)'} must be a file name ending in .mp4")
     head = _head(config, settings, device)
     config, result = head.config, head.result
     if head.folder is None:

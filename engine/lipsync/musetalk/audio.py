@@ -77,11 +77,11 @@ def check_speech(speech: np.ndarray, fps: float) -> np.ndarray:
     if x.size == 0:
         raise InputError("the speech is empty (0 samples); MuseTalk needs speech to lip-sync to")
     if not np.issubdtype(x.dtype, np.floating):
-        raise InputError(f"expected float samples in [-1, 1], got dtype {x.dtype}")
+        raise InputError(f"expected float samples (full scale 1.0), got dtype {x.dtype}")
     x = x.astype(np.float32, copy=False)
     if not np.isfinite(x).all():
         bad = int(np.count_nonzero(~np.isfinite(x)))
-        raise InputError(f"the speech has {bad} NaN or infinite samples; only finite samples in [-1, 1] are accepted")
+        raise InputError(f"the speech has {bad} NaN or infinite samples; only finite samples are accepted")
     frame_seconds = 1.0 / fps
     if x.size * fps < SAMPLE_RATE * (1.0 - _COUNT_TOLERANCE):
         raise InputError(

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine.core.audio import SAMPLE_RATE, load_audio
+from engine.core.audio import SAMPLE_RATE, audio_track, load_audio, loudness_warning
 from engine.core.cache import LruCache, file_digest
 from engine.core.device import DeviceChoice, capabilities, precision_dtype, resolve_device, usable_gpu_memory
 from engine.core.hls import stream_folder
@@ -37,6 +37,7 @@ from engine.core.results import RunResult
 from engine.core.settings import Settings
 from engine.core.weights import S3FD, resolve
 from engine.faces.detection import FaceDetector, make_detector
+from engine.faces.tracking import check_fixed_box
 from engine.lipsync.config import LipSyncConfig
 from engine.lipsync.musetalk.accelerate import StepRunner, check_runtime, make_step
 from engine.lipsync.musetalk.audio import check_speech, feature_extractor, frame_count
@@ -110,9 +111,14 @@ def _checked_face(
     header says; a video is checked from its header here, before anything expensive, and read later (only the
     frames needed)."""
     if is_image(config.face):
-        return photo_fps, load_image(config.face, max_side=settings.max_side), None
+        photo = load_image(config.face, max_side=settings.max_side)
+        if config.box is not None:
+            check_fixed_box(config.box, photo.shape[1], photo.shape[0])
+        return photo_fps, photo, None
     info = probe_video(config.face)
     validate_video(info, Path(config.face).name, settings.max_side, settings.max_seconds)
+    if config.box is not None:
+        check_fixed_box(config.box, info.width, info.height)
     return info.fps, None, info.frames
 
 
@@ -265,6 +271,8 @@ def run_musetalk(
         speech = load_audio(config.audio, max_seconds=settings.max_seconds)
     fps, photo, total = _checked_face(config, settings, config.fps)  # the face's frame rate decides the frame count
     speech = check_speech(speech, fps)
+    if (loud := loudness_warning(speech)) is not None:
+        result.warn(loud)
     count = frame_count(len(speech), fps)
     loaded = _load(config, settings, choice, dtype, result, progress)
     # A video's avatar holds the frames this speech needs (a longer speech prepares more of them); one of the whole
@@ -274,8 +282,7 @@ def run_musetalk(
     for warning in avatar.warnings:
         result.warn(warning)
     extractor = feature_extractor(str(loaded.files["whisper_preprocessor"].parent))
-    audio = np.zeros(round(count / fps * SAMPLE_RATE), np.float32)
-    audio[: min(len(speech), len(audio))] = speech[: len(audio)]
+    audio = audio_track(speech, count, fps)
     out.parent.mkdir(parents=True, exist_ok=True)
     height, width = avatar.frames[0].shape[:2]
     writer = VideoWriter(out, fps, width, height, audio=audio, stream_to=stream_folder(out) if config.stream else None)

@@ -229,8 +229,8 @@ class MuseTalkFiles:
         items = "; ".join(f"{p.places[0]} ({p.what}, {p.source(self.hub_repo)})" for p in self.missing)
         return (
             f"MuseTalk {self.version}: missing {items}. Put them under {self.folder} in upstream's models/ layout, "
-            f"set {PREFIX}{SETTING} (or --weights) to a folder laid out that way, or give --weights hf:{HUB_REPO} to "
-            f"download the Hub's files. {LICENCE}"
+            f"set {PREFIX}{SETTING} (or --musetalk-weights) to a folder laid out that way, or give --musetalk-weights "
+            f"hf:{HUB_REPO} to download the Hub's files. {LICENCE}"
         )
 
 
