@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from engine.core.weights import WeightsError
 from engine.faces.detection import (
     FaceDetector,
     FaceError,
@@ -273,7 +274,7 @@ def test_make_detector() -> None:
     assert detector.name == "haar" and detector.detect_scale == 0.25
     with pytest.raises(FaceError, match=r"unknown face detector 'mtcnn'.*haar, s3fd"):
         make_detector("mtcnn")
-    with pytest.raises(FaceError, match=r"needs a checkpoint.*s3fd\.pth.*user-supplied"):
+    with pytest.raises(WeightsError, match=r"needs a checkpoint.*s3fd\.pth.*user-supplied"):
         make_detector("s3fd")
     with pytest.raises(FaceError, match="detect_scale"):
         make_detector("haar", detect_scale=0)

@@ -19,6 +19,7 @@ from test_media import png_bytes, raw_h264, refusal
 from engine.core.audio import AudioError, mel_chunks, mel_spectrogram
 from engine.core.media import MediaError, VideoWriter, probe_video, read_frames
 from engine.core.settings import load_settings
+from engine.core.weights import WeightsError
 from engine.faces.detection import FaceError
 from engine.lipsync.config import LipSyncConfig, LipSyncError
 from engine.lipsync.engines import BaselineEngine
@@ -224,7 +225,7 @@ def test_bad_inputs_get_clear_errors(media, settings, tmp_path) -> None:
     with pytest.raises(CheckpointError):
         config = LipSyncConfig(face=FACE, audio=media["speech"], checkpoint=str(media["s3fd"]))
         run_lipsync(config, tmp_path / "g.mp4", settings)
-    with pytest.raises(LipSyncError, match="needs a checkpoint"):
+    with pytest.raises(WeightsError, match="needs a checkpoint"):
         run_lipsync(LipSyncConfig(face=FACE, audio=media["speech"], engine="wav2lip"), tmp_path / "h.mp4", settings)
     with pytest.raises(LipSyncError, match=r"output x.avi must be a file name ending in \.mp4"):
         run_lipsync(LipSyncConfig(face=FACE, audio=media["speech"]), tmp_path / "x.avi", settings)

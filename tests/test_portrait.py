@@ -15,6 +15,7 @@ import torch
 from engine.core.errors import InputError
 from engine.core.media import LosslessWriter, probe_video, read_frames
 from engine.core.settings import Settings
+from engine.core.weights import WeightsError
 from engine.models.liveportrait import write_random_weights
 from engine.portrait.config import PortraitConfig, PortraitError
 from engine.portrait.pipeline import run_portrait
@@ -100,7 +101,7 @@ def test_the_weights_folder_as_downloaded_and_its_liveportrait_subfolder(
         files = ["--source", str(ASSETS / "face.jpg"), "--driving", str(driving), "--out", str(tmp_path / f"{i}.mp4")]
         assert main(["portrait", *files, "--weights", str(given), "--max-frames", "1", "--json", str(report)]) == 0
         assert '"engine": "liveportrait"' in report.read_text()
-    with pytest.raises(PortraitError, match="no LivePortrait weights in"):  # engine auto: still no fallback
+    with pytest.raises(WeightsError, match="no LivePortrait weights in"):  # engine auto: still no fallback
         run_portrait(PortraitConfig(ASSETS / "face.jpg", driving, weights=str(tmp_path)), tmp_path / "none.mp4")
 
 
@@ -227,9 +228,9 @@ def test_compiled_networks_pad_the_last_batch(weights: Path, monkeypatch: pytest
 def test_refusals_are_messages(weights: Path, driving: Path, tmp_path: Path) -> None:
     source = ASSETS / "face.jpg"
     missing = str(tmp_path / "none")
-    with pytest.raises(PortraitError, match="no LivePortrait weights"):  # asked for LivePortrait explicitly
+    with pytest.raises(WeightsError, match="no LivePortrait weights"):  # asked for LivePortrait explicitly
         run_portrait(PortraitConfig(source, driving, weights=missing, engine="liveportrait"), tmp_path / "o.mp4")
-    with pytest.raises(PortraitError, match="no LivePortrait weights"):  # a weights folder named: no fallback
+    with pytest.raises(WeightsError, match="no LivePortrait weights"):  # a weights folder named: no fallback
         run_portrait(PortraitConfig(source, driving, weights=missing), tmp_path / "o.mp4")
     blank = tmp_path / "blank.png"
     cv2.imwrite(str(blank), np.full((256, 256, 3), 128, np.uint8))

@@ -153,6 +153,19 @@ def test_bad_templates_are_messages(tmp_path: Path) -> None:
     np.savez(tmp_path / "half.npz", **{f: np.zeros((2, 21, 3)) for f in ("kp", "exp")})
     with pytest.raises(PortraitError, match="not a motion template: missing pitch"):
         read_template(tmp_path / "half.npz")
-    (tmp_path / "junk.npz").write_bytes(b"not a zip")
-    with pytest.raises(PortraitError, match=r"cannot be read as a motion template \(.npz\)"):
-        read_template(tmp_path / "junk.npz")
+    save_template(tmp_path / "whole.npz", _angles(2, seed=5), 25.0)
+    whole = (tmp_path / "whole.npz").read_bytes()
+    for name, data, reason in (
+        ("junk.npz", b"not a zip", "it is not an .npz archive"),
+        ("empty.npz", b"", "EOFError"),
+        ("cut.npz", whole[: len(whole) // 2], "BadZipFile"),
+    ):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(PortraitError, match=rf"{name} cannot be read as a motion template \(.npz\): {reason}"):
+            read_template(tmp_path / name)
+    for name, change in (("zero.npz", {"scale": np.zeros(2)}), ("eyes.npz", {"eyes": np.full((2, 2), np.nan),
+                                                                           "lips": np.zeros(2)})):  # fmt: skip
+        with np.load(tmp_path / "whole.npz") as data:
+            np.savez(tmp_path / name, **{**dict(data), **change})
+        with pytest.raises(PortraitError, match="a scale of 0" if name == "zero.npz" else "NaN or infinite"):
+            read_template(tmp_path / name)

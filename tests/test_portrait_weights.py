@@ -10,7 +10,8 @@ import pytest
 
 from engine.core.cache import LruCache, file_digest
 from engine.core.settings import Settings
-from engine.portrait.config import PortraitConfig, PortraitError
+from engine.core.weights import WeightsError
+from engine.portrait.config import PortraitConfig
 from engine.portrait.pipeline import _pick_engine, hub_weights, weights_folder
 
 FACE = Path(__file__).resolve().parent.parent / "assets" / "face.jpg"
@@ -34,7 +35,7 @@ def test_weights_come_from_the_folder_then_the_hub_cache(tmp_path: Path, monkeyp
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # nothing here may reach the network
     settings = Settings(data_dir=tmp_path, weights_dir=tmp_path / "weights")
     config = PortraitConfig(FACE, FACE)
-    with pytest.raises(PortraitError, match="hf:KwaiVGI/LivePortrait"):
+    with pytest.raises(WeightsError, match="hf:KwaiVGI/LivePortrait"):
         weights_folder(config, settings)  # nothing anywhere: the message says where to put them
     assert hub_weights("hf:KwaiVGI/LivePortrait", download=False) is None
     cached = _hub_snapshot(tmp_path / "hub")
@@ -43,9 +44,9 @@ def test_weights_come_from_the_folder_then_the_hub_cache(tmp_path: Path, monkeyp
     (local / "base_models").mkdir(parents=True)
     assert weights_folder(config, settings) == local  # a local folder wins
     explicit = PortraitConfig(FACE, FACE, weights=str(tmp_path / "nowhere"))
-    with pytest.raises(PortraitError, match="no LivePortrait weights"):
+    with pytest.raises(WeightsError, match="no LivePortrait weights"):
         weights_folder(explicit, settings)  # a folder named explicitly is never replaced by another
-    with pytest.raises(PortraitError, match="could not fetch"):
+    with pytest.raises(WeightsError, match="could not fetch"):
         weights_folder(PortraitConfig(FACE, FACE, weights="hf:Someone/Else"), settings)
 
 
@@ -66,7 +67,7 @@ def test_the_folder_as_downloaded_and_its_liveportrait_subfolder(tmp_path: Path,
     assert weights_folder(PortraitConfig(FACE, FACE), from_setting) == root / "liveportrait"
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(PortraitError, match=r"no LivePortrait weights in .*empty"):  # named, so never a fallback
+    with pytest.raises(WeightsError, match=r"no LivePortrait weights in .*empty"):  # named, so never a fallback
         _pick_engine(PortraitConfig(FACE, FACE, weights=str(empty)), settings)
     assert _pick_engine(PortraitConfig(FACE, FACE), settings) == ("baseline", None)  # found nowhere: the baseline
     assert _pick_engine(PortraitConfig(FACE, FACE, weights=str(empty), engine="baseline"), settings)[0] == "baseline"

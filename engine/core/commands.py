@@ -30,8 +30,11 @@ class Command:
 def write_json(path: str | None, text: str) -> None:
     """--json FILE: the full result, for machines (its folder made where missing, as --out's is)."""
     if path:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(text.rstrip("\n") + "\n")
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).write_text(text.rstrip("\n") + "\n")
+        except OSError as exc:  # a full disk, no permission: the work itself is done and kept
+            raise InputError(f"--json {path} could not be written: {exc.strerror or exc}") from None
 
 
 def check_output_paths(args: argparse.Namespace) -> None:
@@ -92,12 +95,13 @@ def run_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def print_run(args: argparse.Namespace, result: RunResult, headline: str) -> int:
-    """What a video-making command prints: --json's file, warnings on stderr, the headline, the stage times."""
-    write_json(args.json, result.to_json(indent=2))
+    """What a video-making command prints: warnings on stderr, the headline, the stage times; then --json's file
+    (last: a report that cannot be written does not hide where the video went)."""
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     print(headline)
     for stage in result.stages:
         rate = f" ({stage.items_per_s:.2f}/s)" if stage.items_per_s else ""
         print(f"  {stage.name:<16} {stage.seconds:8.3f} s{rate}")
+    write_json(args.json, result.to_json(indent=2))
     return 0

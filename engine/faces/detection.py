@@ -24,6 +24,7 @@ import torch
 
 from engine.core.device import resolve_device, run_with_oom_backoff
 from engine.core.errors import InputError
+from engine.core.weights import WeightsError
 from engine.faces import DETECTORS
 from engine.models.checkpoints import CheckpointError
 from engine.models.s3fd import ANCHOR_SIZES, BGR_MEAN, FACE_CLASS, STRIDES, VARIANCES, load_s3fd
@@ -390,7 +391,7 @@ def make_detector(
         return HaarDetector(detect_scale=detect_scale)
     if key == "s3fd":
         if checkpoint is None or str(checkpoint) == "":
-            raise FaceError(f"the s3fd detector needs a checkpoint and none was given. {_weights_hint()}")
+            raise WeightsError(f"the s3fd detector needs a checkpoint and none was given. {_weights_hint()}")
         return S3FDDetector(checkpoint, device=device, detect_scale=detect_scale)
     raise FaceError(f"unknown face detector {name!r}: choose one of {', '.join(DETECTORS)}")
 

@@ -51,7 +51,7 @@ from engine.core.media import (
 )
 from engine.core.results import RunResult
 from engine.core.settings import Settings, get_settings
-from engine.core.weights import S3FD, WAV2LIP, resolve, where_to_put
+from engine.core.weights import S3FD, WAV2LIP, WeightsError, resolve, where_to_put
 from engine.faces.detection import FaceDetector, make_detector
 from engine.faces.tracking import FaceTracker, check_fixed_box
 from engine.lipsync.config import LipSyncConfig, LipSyncError, precision_summary
@@ -171,7 +171,7 @@ def _make_generator(config: LipSyncConfig, settings: Settings, device, caps, pre
             checkpoint, device, caps, precision, compile=config.compile, check_precision=config.check_precision
         )
     if config.engine == "wav2lip":
-        raise LipSyncError("the wav2lip engine needs a checkpoint. " + where_to_put(WAV2LIP, settings))
+        raise WeightsError("the wav2lip engine needs a checkpoint. " + where_to_put(WAV2LIP, settings))
     return BaselineEngine(device)
 
 

@@ -20,6 +20,8 @@ REGIONS = ("all", "exp", "pose", "lip", "eyes")
 DRIVING_OPTIONS = ("expression-friendly", "pose-friendly")
 MAX_ANGLE = 45.0
 MAX_OPENNESS = 0.8
+# What the weight-free baseline engine reads; every other option is LivePortrait's (the run says it was ignored).
+BASELINE_OPTIONS = ("source", "driving", "engine", "max_frames", "batch_size", "multiplier", "save_template", "stream")
 TEMPLATE_SUFFIXES = (".npz", ".pkl")  # motion templates: ours, and upstream LivePortrait's pickles
 
 
@@ -133,7 +135,7 @@ class PortraitConfig(Config):
     normalize_lips: bool = option(
         False, help="close an open source mouth before relative motion (upstream's flag_normalize_lip; off there too)"
     )
-    max_frames: int | None = option(None, help="stop after N driving frames (empty: all)", low=1)
+    max_frames: int | None = option(None, help="stop after N driving frames (empty: all)", low=1, high=10**7)
     batch_size: int | None = option(
         None, help="frames rendered per batch (empty: 8 on a GPU, 1 on the CPU, where bigger batches are slower per "
         "frame and need more memory)", low=1, high=256,

@@ -25,7 +25,7 @@ import contextlib
 import itertools
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,8 @@ from engine.core.media import (
 )
 from engine.core.results import RunResult
 from engine.core.settings import Settings, get_settings
-from engine.portrait.config import PortraitConfig, PortraitError, is_template
+from engine.core.weights import WeightsError
+from engine.portrait.config import BASELINE_OPTIONS, PortraitConfig, PortraitError, is_template
 from engine.portrait.crop import (
     CropTransform,
     PasteBack,
@@ -95,7 +96,7 @@ def hub_weights(reference: str, download: bool) -> Path | None:
         snapshot = snapshot_download(repo, allow_patterns=list(LIVEPORTRAIT.patterns), local_files_only=not download)
     except Exception as exc:  # offline, not cached, no such repo, huggingface_hub missing
         if download:
-            raise PortraitError(f"could not fetch the LivePortrait weights from {reference}: {exc}") from None
+            raise WeightsError(f"could not fetch the LivePortrait weights from {reference}: {exc}") from None
         return None
     folder = Path(snapshot) / "liveportrait"
     return folder if (folder / "base_models").is_dir() else None
@@ -116,13 +117,13 @@ def weights_folder(config: PortraitConfig, settings: Settings) -> Path:
     if configured and str(configured).startswith("hf:"):
         found = hub_weights(str(configured), download=True)
         if found is None:
-            raise PortraitError(f"{configured} has no liveportrait/base_models folder")
+            raise WeightsError(f"{configured} has no liveportrait/base_models folder")
         return found
     folder = Path(configured or settings.weights_dir / "liveportrait")
     found = _weights_in(folder) or (None if configured else hub_weights(f"hf:{HUB_REPO}", download=False))
     if found is not None:
         return found
-    raise PortraitError(
+    raise WeightsError(
         f"no LivePortrait weights in {folder} (no base_models/ there or in its liveportrait/ subfolder): put the "
         f"official pretrained_weights folder there (liveportrait/base_models/*.pth and liveportrait/"
         f"retargeting_models/stitching_retargeting_module.pth, from the Hugging Face repository {HUB_REPO}), "
@@ -468,7 +469,7 @@ def _pick_engine(config: PortraitConfig, settings: Settings) -> tuple[str, Path 
         return "liveportrait", weights_folder(config, settings)
     try:
         return "liveportrait", weights_folder(config, settings)
-    except PortraitError:
+    except WeightsError:
         return "baseline", None
 
 
@@ -724,11 +725,22 @@ def _baseline_plan(
 
 def _baseline_checks(config: PortraitConfig, result: RunResult) -> None:
     if is_template(config.driving):
+        why = "no LivePortrait weights were found" if config.engine == "auto" else "the baseline engine was chosen"
         raise PortraitError(
-            "motion templates hold LivePortrait keypoints: the baseline engine needs a driving video or image"
+            f"motion templates hold LivePortrait keypoints, which need LivePortrait's weights, and {why}: give the "
+            "weights (AVATARBENCH_LIVEPORTRAIT_DIR or --weights), or a driving video or image"
         )
     if config.save_template:
         result.warn("motion templates hold LivePortrait keypoints: the baseline engine does not save one")
+    defaults = PortraitConfig(config.source, config.driving)
+    ignored = [
+        f.name
+        for f in fields(config)
+        if f.name not in BASELINE_OPTIONS and getattr(config, f.name) != getattr(defaults, f.name)
+    ]
+    if ignored:
+        flags = ", ".join("--" + name.replace("_", "-") for name in ignored)
+        result.warn(f"the baseline engine does not use {flags} (LivePortrait's options)")
 
 
 def _baseline_motion(

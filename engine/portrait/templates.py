@@ -29,6 +29,7 @@ from engine.portrait.motion import KeypointInfo, euler_angles
 NPZ, PICKLE = TEMPLATE_SUFFIXES
 MAX_PICKLE_BYTES = 64 * 2**20  # about 60,000 frames of upstream's newest layout
 FPS_RANGE = (1.0, 240.0)
+MIN_SCALE = 1e-6
 _FIELDS = ("pitch", "yaw", "roll", "t", "exp", "scale", "kp")
 _OPENNESS_FIELDS = ("eyes", "lips")  # optional: each frame's eye (left, right) and lip openness
 # What numpy's own pickles of arrays and scalars name (numpy 1 wrote numpy.core, numpy 2 numpy._core), and the
@@ -92,8 +93,11 @@ def _checked(path: Path, motion: KeypointInfo, fps: float, openness: Openness | 
             f"{FPS_RANGE[0]:g}..{FPS_RANGE[1]:g}"
         )
     values = [getattr(motion, f) for f in (*_FIELDS, "matrix") if getattr(motion, f) is not None]
+    values += [torch.from_numpy(np.asarray(a)) for a in openness or ()]
     if not all(bool(torch.isfinite(v).all()) for v in values):
         raise PortraitError(f"{path.name}: the motion template holds NaN or infinite values")
+    if bool((motion.scale.abs() < MIN_SCALE).any()):  # relative motion divides by the reference frame's scale
+        raise PortraitError(f"{path.name}: the motion template holds a scale of 0 (a face of no size)")
     return Template(motion, fps, openness)
 
 
@@ -101,13 +105,14 @@ def _read_npz(path: Path) -> Template:
     try:
         with np.load(path, allow_pickle=False) as data:
             missing = [f for f in (*_FIELDS, "fps") if f not in data]
-            if missing:
-                raise PortraitError(f"{path.name} is not a motion template: missing {', '.join(missing)}")
-            arrays = {f: torch.from_numpy(np.asarray(data[f], dtype=np.float32)) for f in _FIELDS}
-            fps = float(data["fps"])
+            arrays = {f: torch.from_numpy(np.asarray(data[f], dtype=np.float32)) for f in _FIELDS if f in data}
+            fps = float(data["fps"]) if "fps" in data else 0.0
             saved = [np.asarray(data[f], dtype=np.float32) for f in _OPENNESS_FIELDS if f in data]
-    except (OSError, ValueError, TypeError) as exc:
-        raise PortraitError(f"{path.name} cannot be read as a motion template (.npz): {exc}") from None
+    except Exception as exc:  # not a zip, truncated, empty, object arrays, text: numpy's many ways of saying no
+        reason = "it is not an .npz archive" if "pickle" in str(exc) else f"{type(exc).__name__}: {exc}"
+        raise PortraitError(f"{path.name} cannot be read as a motion template (.npz): {reason}") from None
+    if missing:
+        raise PortraitError(f"{path.name} is not a motion template: missing {', '.join(missing)}")
     if len(saved) == 1:
         raise PortraitError(f"{path.name}: a motion template keeps both the eyes' and the lips' openness, or neither")
     return _checked(path, KeypointInfo(**arrays), fps, (saved[0], saved[1]) if saved else None)
