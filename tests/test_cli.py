@@ -109,8 +109,25 @@ def test_onnx_eval(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     report = json.loads(report_path.read_text())
     assert [r["batch"] for r in report["results"]] == [1, 4]
-    assert "cpu   batch 4" in proc.stdout and "parity cpu y: max abs 0" in proc.stdout
+    assert "cpu   batch 4" in proc.stdout and "parity cpu y: max abs 0, cosine 1.000000 over 4 finite" in proc.stdout
     assert run("onnx", "eval", str(path), "--providers", "tpu", **env).returncode == 2
+    # NaN expected values: the text says so, the JSON stays JSON (NaN as a string, not Python's bare token)
+    np.savez(tmp_path / "nan.npz", y=np.full((1, 4), np.nan, np.float32))
+    args = ["--runs", "2", "--expected", str(tmp_path / "nan.npz"), "--json", str(report_path), "--quiet"]
+    proc = run("onnx", "eval", str(path), *args, **env)
+    assert proc.returncode == 0 and "expected cpu y: mae nan" in proc.stdout, proc.stderr
+    assert json.loads(report_path.read_text())["accuracy"]["expected"]["cpu"]["y"]["mae"] == "NaN"
+
+    # a model that runs on no provider (Gather past the end of its data) fails the command, with the reason
+    data = helper.make_tensor_value_info("d", TensorProto.FLOAT, [4])
+    out = helper.make_tensor_value_info("o", TensorProto.FLOAT, [1])
+    index = numpy_helper.from_array(np.array([10], np.int64), "i")
+    gather = helper.make_graph([helper.make_node("Gather", ["d", "i"], ["o"])], "g", [data], [out], [index])
+    broken = tmp_path / "broken.onnx"
+    onnx.save(helper.make_model(gather, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), str(broken))
+    proc = run("onnx", "eval", str(broken), "--runs", "2", "--quiet", **env)
+    assert proc.returncode == 1 and "the model ran on no provider" in proc.stderr, proc.stderr
+    assert "failed:" in proc.stdout and str(tmp_path / "data") not in proc.stdout + proc.stderr
 
 
 def test_onnx_eval_with_images_and_labels(tmp_path: Path) -> None:

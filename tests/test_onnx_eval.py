@@ -220,6 +220,9 @@ def test_fixed_shape_runs_once_with_warning(tmp_path: Path) -> None:
     assert row["batch"] == 2 and row["error"] is None
     (warning,) = warnings_but_spread(report)
     assert "no batch dimension" in warning
+    one = evaluate(path, inspect_model(path), EvalConfig(batch_sizes=(8,), **FAST))  # one size asked: said too
+    assert [r["batch"] for r in one["results"]] == [2] and "batch sizes [8] were ignored" in warnings_but_spread(one)[0]
+    assert not warnings_but_spread(evaluate(path, inspect_model(path), EvalConfig(**FAST)))  # the default asks nothing
 
 
 def test_input_budget_refused_before_allocating(

@@ -81,6 +81,7 @@ def test_conv_net_inspection(tmp_path: Path) -> None:
     upload = _write(conv_net(), tmp_path / "net.onnx")
     path = prepare_model(upload, tmp_path / "work")
     assert path.parent.parent == tmp_path / "work" and path.read_bytes() == upload.read_bytes()
+    assert path.name == "net.onnx"  # the upload's name: messages about the private copy name the user's file
     info = inspect_model(path, sha256=file_sha256(upload))
     assert info.sha256 == file_sha256(upload) and info.path == str(path)
     assert info.ir_version == 8 and info.opsets == {"": 17} and info.producer == "avatarbench-test 1.0"
@@ -182,7 +183,7 @@ def test_zipped_external_data_model(tmp_path: Path) -> None:
         ("absolute", "absolute paths are refused"),
         ("symlink", "is a symlink"),
         ("symlinked_folder", "'sub' is a symlink"),
-        ("missing", "the file is missing"),
+        ("missing", r"the file is missing; a model is read alone, so give a \.zip that holds the model and its"),
         ("beyond", "beyond the file's 16,384 bytes"),
         ("short", "holds 100 bytes but its shape and type need 16,384"),
     ],

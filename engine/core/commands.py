@@ -4,12 +4,14 @@ room's commands; each room's cli.py declares its own with `Command`, so no room 
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import shlex
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from engine.core.errors import InputError
 from engine.core.options import Config
@@ -35,6 +37,22 @@ def write_json(path: str | None, text: str) -> None:
             Path(path).write_text(text.rstrip("\n") + "\n")
         except OSError as exc:  # a full disk, no permission: the work itself is done and kept
             raise InputError(f"--json {path} could not be written: {exc.strerror or exc}") from None
+
+
+def strict_json(value: Any) -> str:
+    """JSON that every parser reads: a NaN or infinity (an evaluation's tolerance, an error metric of NaN outputs)
+    becomes the string "NaN", "Infinity" or "-Infinity" rather than the bare token Python writes."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            return "NaN" if math.isnan(v) else ("Infinity" if v > 0 else "-Infinity")
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        if isinstance(v, list | tuple):
+            return [plain(x) for x in v]
+        return v
+
+    return json.dumps(plain(value), indent=2, allow_nan=False)
 
 
 def check_output_paths(args: argparse.Namespace) -> None:

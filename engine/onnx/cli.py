@@ -7,7 +7,7 @@ import argparse
 import json
 import sys
 
-from engine.core.commands import Command, output_flags, write_json
+from engine.core.commands import Command, output_flags, strict_json, write_json
 from engine.core.options import from_args
 from engine.onnx.config import EvalConfig, InspectConfig
 
@@ -53,7 +53,6 @@ def _eval(args: argparse.Namespace) -> int:
     with prepared(source, settings, config.symbol_values) as (path, info), ProgressBar(args.quiet) as bar:
         placement = Placement(gpu_memory_fraction=settings.gpu_memory_fraction)
         report = evaluate(path, info, config, bar, limits=source.limits, placement=placement)
-    write_json(args.json, json.dumps(report, indent=2))
     for row in report["results"]:
         if row.get("error"):
             print(f"{row['provider']:<5} batch {row['batch']:<5} failed: {row['error']}")
@@ -67,10 +66,45 @@ def _eval(args: argparse.Namespace) -> int:
     for provider, outputs in report["parity"].items():
         for name, p in outputs.items():
             if isinstance(p, dict) and "max_abs" in p:
-                print(f"parity {provider} {name}: max abs {p['max_abs']:.3g}, cosine {p['cosine']:.6f}")
+                print(f"parity {provider} {name}: {_parity_text(p)}")
+    for line in _accuracy_lines(report["accuracy"]):
+        print(line)
     for warning in report["warnings"]:
         print(warning if warning.lower().startswith("warning") else f"warning: {warning}", file=sys.stderr)
+    write_json(args.json, strict_json(report))
+    if not any(not row.get("error") for row in report["results"]):
+        print("avatarbench: the model ran on no provider (the reasons are above)", file=sys.stderr)
+        return 1  # a command's own "no", as a failed sweep point
     return 0
+
+
+def _parity_text(p: dict) -> str:
+    """Max abs and cosine over the values both outputs hold finite, and the NaN and inf counts where any."""
+    text = f"max abs {p['max_abs']:.3g}, cosine {p['cosine']:.6f} over {p['finite_compared']:,} finite values"
+    for kind in ("nan", "inf"):
+        counts = p.get(kind) or {}
+        if any(counts.values()):
+            text += f"; {'NaN' if kind == 'nan' else 'inf'}: {counts['reference']:,} in the CPU reference, "
+            text += f"{counts['other']:,} here"
+    return text
+
+
+def _accuracy_lines(accuracy: dict) -> list[str]:
+    """Against --expected outputs and --labels, per provider; their refusals too (else only the JSON had them)."""
+    lines = []
+    for provider, outputs in (accuracy.get("expected") or {}).items():
+        for name, a in outputs.items():
+            if a.get("error"):
+                lines.append(f"expected {provider} {name}: {a['error']}")
+            else:
+                lines.append(f"expected {provider} {name}: mae {a['mae']:.3g}, rmse {a['rmse']:.3g}, max error "
+                             f"{a['max_error']:.3g}, cosine {a['cosine']:.6f}")  # fmt: skip
+    for provider, t in (accuracy.get("topk") or {}).items():
+        if t.get("error"):
+            lines.append(f"labels {provider}: {t['error']}")
+        else:
+            lines.append(f"labels {provider}: top-1 {t['top1']:.1%}, top-{t['top5_k']} {t['top5']:.1%} of {t['n']}")
+    return lines
 
 
 COMMANDS = [

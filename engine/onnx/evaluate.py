@@ -572,7 +572,7 @@ def _plan(info: ModelInfo, config: EvalConfig, limits: Limits) -> _Plan:
             warns.append(f"several batch dimensions ({', '.join(batch_syms)}): each is set to the batch size")
     else:
         batches = [_fixed_batch(info)]
-        if len(config.batch_sizes) > 1:
+        if list(config.batch_sizes) not in ([1], batches):  # sizes asked for (1 is the default) were not run
             warns.append(
                 f"the model has no batch dimension (all input shapes fixed in the first dimension); batch sizes "
                 f"{list(config.batch_sizes)} were ignored and it ran once at its own batch of {batches[0]}"
@@ -766,8 +766,10 @@ class _Runner:
         try:
             session = OrtSession(self.model_path, _session_options(key, self.config, self.placement))
         except (SessionError, OSError) as exc:  # OSError: the TensorRT cache folder cannot be made
-            self.sessions[key] = {"provider": key, "requested": PROVIDERS[key], "error": str(exc)}
-            self.warnings.append(f"{key} ({PROVIDERS[key]}) could not be used: {exc}")
+            # the private copy's path means nothing to the user (and names the server's folders)
+            reason = " ".join(str(exc).replace(os.fspath(self.model_path), "the model").split())
+            self.sessions[key] = {"provider": key, "requested": PROVIDERS[key], "error": reason}
+            self.warnings.append(f"{key} ({PROVIDERS[key]}) could not be used: {reason}")
             self.done += 1 if reference_only else len(self.plan.batches)
             return
         meta = {**session.info, "reference_only": reference_only}

@@ -198,7 +198,8 @@ def prepare_model(upload: str | os.PathLike, workdir: str | os.PathLike, limits:
     try:
         if is_zip:
             return _extract_zip(src, size, dest, limits)
-        target = dest / "model.onnx"
+        # the upload's own name, so that messages about the copy name the file the user gave
+        target = dest / (src.name if src.suffix.lower() == ".onnx" and src.name.isprintable() else "model.onnx")
         _copy_limited(src, target, limits.max_file_bytes)
         return target
     except BaseException:
@@ -488,7 +489,10 @@ def _external_data_file(tensor: Any, base: Path) -> tuple[str, int]:
         try:
             st = os.lstat(current)
         except FileNotFoundError:
-            raise ModelError(f"{who}: the file is missing (a zip must hold the model and its data files)") from None
+            raise ModelError(
+                f"{who}: the file is missing; a model is read alone, so give a .zip that holds the model and its "
+                "data files (files beside a model are never read)"
+            ) from None
         except OSError as exc:
             raise ModelError(f"{who}: cannot be read: {exc.strerror or exc}") from None
         if stat.S_ISLNK(st.st_mode):
