@@ -242,3 +242,42 @@ def test_output_paths_are_checked_before_the_work(tmp_path: Path) -> None:
     proc = run("lipsync", *files, "--out", out, "--json", str(report), **env)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(report.read_text())["outputs"]["video"] == out and speech.stat().st_size > 1000
+
+
+def test_ctrl_c_stops_a_model_that_runs_forever(tmp_path: Path) -> None:
+    """A Loop of 2**62 steps is one C++ call that Python's own signal handling would wait out: Ctrl-C sets the
+    sessions' terminate flag, so the command stops at once with 130."""
+    import signal
+    import time
+
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    value = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1]) for n in ("v_in", "v_out", "x", "y")]
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]), helper.make_node("Add", ["v_in", "one"], ["v_out"])],
+        "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []), value[0]],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []), value[1]],
+        [numpy_helper.from_array(np.ones(1, np.float32), "one")],
+    )  # fmt: skip
+    steps = [numpy_helper.from_array(np.array(2**62, np.int64), "M"), numpy_helper.from_array(np.array(True), "c")]
+    graph = helper.make_graph([helper.make_node("Loop", ["M", "c", "x"], ["y"], body=body)], "g", [value[2]],
+                              [value[3]], steps)  # fmt: skip
+    path = tmp_path / "forever.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), str(path))
+    args = ["onnx", "eval", str(path), "--runs", "1", "--warmup", "0", "--quiet"]
+    env = {**os.environ, "AVATARBENCH_DATA_DIR": str(tmp_path / "data")}
+    proc = subprocess.Popen([sys.executable, "-c", CONSOLE_SCRIPT, *args], cwd=ROOT, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    time.sleep(8)  # imports, the checks, the session: then the endless run
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGINT)
+    started = time.monotonic()
+    try:
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and "interrupted" in err and time.monotonic() - started < 20, err

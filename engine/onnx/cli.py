@@ -46,11 +46,16 @@ def _eval(args: argparse.Namespace) -> int:
     from engine.core.settings import get_settings
     from engine.onnx.evaluate import Placement, evaluate
     from engine.onnx.uploads import model_source, prepared
+    from engine.runtimes.ort_session import stop_runs_on_interrupt
 
     config, settings = from_args(EvalConfig, args), get_settings()
     keep_freed_memory()  # this process runs the model, as a job worker would (engine/core/memory.py)
     source = model_source(config.model, config.example, settings)
-    with prepared(source, settings, config.symbol_values) as (path, info), ProgressBar(args.quiet) as bar:
+    with (
+        prepared(source, settings, config.symbol_values) as (path, info),
+        ProgressBar(args.quiet) as bar,
+        stop_runs_on_interrupt(),  # a model's run is one long C++ call: Ctrl-C stops it too
+    ):
         placement = Placement(gpu_memory_fraction=settings.gpu_memory_fraction)
         report = evaluate(path, info, config, bar, limits=source.limits, placement=placement)
     for row in report["results"]:

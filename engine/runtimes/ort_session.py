@@ -13,8 +13,13 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import signal
+import socket
+import threading
 import time
 import warnings
+import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -150,6 +155,8 @@ class OrtSession:
         self.fallback_reason = _fallback_reason(options.requested, self.log) if self.fell_back else None
         self.input_names = [i.name for i in session.get_inputs()]
         self.output_names = [o.name for o in session.get_outputs()]
+        self.run_options = ort.RunOptions()  # its terminate flag stops a run in progress (stop_runs_on_interrupt)
+        _LIVE.add(self)
 
     @property
     def requested(self) -> str:
@@ -189,7 +196,7 @@ class OrtSession:
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         """Every output, on the host (ORT copies inputs in and outputs out on each call)."""
-        return self._live().run(self.output_names, feeds)
+        return self._live().run(self.output_names, feeds, self.run_options)
 
     def bind(self, feeds: dict[str, np.ndarray]) -> DeviceBinding:
         """The inputs copied once to the session's device, the outputs left there: runs without host copies."""
@@ -225,11 +232,53 @@ class OrtSession:
             results.append(out)
         if kind == "cuda":
             torch.cuda.current_stream(device).synchronize()  # ORT runs on its own stream
-        self._live().run_with_iobinding(binding)
+        self._live().run_with_iobinding(binding, self.run_options)
         return results
 
     def close(self) -> None:
         self.session = None
+        _LIVE.discard(self)
+
+
+_LIVE: weakref.WeakSet[OrtSession] = weakref.WeakSet()  # open sessions, whose runs Ctrl-C stops
+
+
+@contextlib.contextmanager
+def stop_runs_on_interrupt() -> Iterator[None]:
+    """Ctrl-C stops a run in progress (call from the main thread). Python handles a signal only between bytecodes,
+    and a model's run is one long C++ call (a Loop of 2**62 steps, say), so Ctrl-C would wait for its end: here the
+    signal's byte, which the interpreter writes to a wakeup socket the moment it arrives, wakes a thread that sets
+    every open session's terminate flag. The run then fails, and the KeyboardInterrupt follows as usual."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    reader, writer = socket.socketpair()
+    writer.setblocking(False)
+    previous = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            try:
+                data = reader.recv(64)
+            except OSError:
+                return
+            if not data:
+                return
+            if signal.SIGINT in data:
+                for session in list(_LIVE):
+                    session.run_options.terminate = True
+
+    watcher = threading.Thread(target=watch, name="ort-interrupt", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        signal.set_wakeup_fd(previous)
+        writer.close()  # wakes the watcher with end-of-stream
+        watcher.join(timeout=1.0)
+        reader.close()
 
 
 class DeviceBinding:
@@ -239,6 +288,7 @@ class DeviceBinding:
         import onnxruntime as ort
 
         self._session = session._live()
+        self._run_options = session.run_options
         kind, index = session.device
         self._binding = self._session.io_binding()
         self._inputs = {name: ort.OrtValue.ortvalue_from_numpy(array, kind, index) for name, array in feeds.items()}
@@ -250,7 +300,7 @@ class DeviceBinding:
 
     def run(self) -> None:
         """One run; returns when its outputs are ready (so host timing measures the device's work)."""
-        self._session.run_with_iobinding(self._binding)
+        self._session.run_with_iobinding(self._binding, self._run_options)
         self._binding.synchronize_outputs()
 
     def outputs(self) -> list[np.ndarray]:
@@ -258,4 +308,13 @@ class DeviceBinding:
         return list(self._binding.copy_outputs_to_cpu())
 
 
-__all__ = ["GPU_KEYS", "GPU_PROVIDERS", "PROVIDERS", "DeviceBinding", "OrtOptions", "OrtSession", "SessionError"]
+__all__ = [
+    "GPU_KEYS",
+    "GPU_PROVIDERS",
+    "PROVIDERS",
+    "DeviceBinding",
+    "OrtOptions",
+    "OrtSession",
+    "SessionError",
+    "stop_runs_on_interrupt",
+]
