@@ -66,12 +66,11 @@ def check_output_paths(args: argparse.Namespace) -> None:
     for name, value in outputs.items():
         if value and Path(value).is_dir():
             raise InputError(f"--{name} {value} is a folder; give a file name")
-    inputs = {
+    taken = {  # the files the command reads, then each output as it is checked
         Path(value).resolve(): name
         for name, value in vars(args).items()
         if name not in outputs and isinstance(value, str | Path) and str(value) and Path(value).is_file()
     }
-    taken = dict(inputs)
     for name, value in outputs.items():
         if not value:
             continue
