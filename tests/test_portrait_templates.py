@@ -169,3 +169,14 @@ def test_bad_templates_are_messages(tmp_path: Path) -> None:
             np.savez(tmp_path / name, **{**dict(data), **change})
         with pytest.raises(PortraitError, match="a scale of 0" if name == "zero.npz" else "NaN or infinite"):
             read_template(tmp_path / name)
+
+
+def test_source_folder_and_tiny_source_limit_are_messages(tmp_path: Path) -> None:
+    from engine.portrait.config import PortraitConfig
+
+    face = Path(__file__).resolve().parent.parent / "assets" / "face.jpg"
+    with pytest.raises(PortraitError, match=f"source {tmp_path.name} is a folder; give a file"):
+        PortraitConfig(tmp_path, face).validate()
+    with pytest.raises(PortraitError, match=r"source max dim 8 leaves no face to find: give 0 .* or at least 64"):
+        PortraitConfig(face, face, source_max_dim=8).validate()
+    PortraitConfig(face, face, source_max_dim=0).validate()  # no limit

@@ -30,8 +30,8 @@ STREAM_SUFFIX = ".stream"
 def stream_option() -> Any:
     """The `stream` field of a config whose run writes a video (lip-sync, portrait): its CLI flag and API value."""
     return option(
-        False, help="also write a live HLS stream beside the output (OUT.stream/index.m3u8): the first seconds can "
-        "be watched while the rest is made",
+        False, help="also write a live HLS stream beside the output (for talk.mp4: talk.stream/index.m3u8): the first "
+        "seconds can be watched while the rest is made",
     )  # fmt: skip
 
 

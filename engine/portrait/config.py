@@ -20,6 +20,7 @@ REGIONS = ("all", "exp", "pose", "lip", "eyes")
 DRIVING_OPTIONS = ("expression-friendly", "pose-friendly")
 MAX_ANGLE = 45.0
 MAX_OPENNESS = 0.8
+MIN_SOURCE_DIM = 64  # a source shrunk below this has no face left to find
 # What the weight-free baseline engine reads; every other option is LivePortrait's (the run says it was ignored).
 BASELINE_OPTIONS = ("source", "driving", "engine", "max_frames", "batch_size", "multiplier", "save_template", "stream")
 TEMPLATE_SUFFIXES = (".npz", ".pkl")  # motion templates: ours, and upstream LivePortrait's pickles
@@ -154,8 +155,13 @@ class PortraitConfig(Config):
                 out.append(f"the {name} follow the driver ({part} retargeting) or one openness ({part} open), not both")
         for name in ("source", "driving"):
             path = Path(getattr(self, name))
-            if not path.is_file():
+            if path.is_dir():
+                out.append(f"{name} {path.name} is a folder; give a file")
+            elif not path.is_file():
                 out.append(f"{name} file not found: {path.name}")
+        if 0 < self.source_max_dim < MIN_SOURCE_DIM:
+            out.append(f"source max dim {self.source_max_dim} leaves no face to find: give 0 (no limit) or at least "
+                       f"{MIN_SOURCE_DIM}")  # fmt: skip
         return out
 
     @property
