@@ -183,7 +183,7 @@ def test_zipped_external_data_model(tmp_path: Path) -> None:
         ("absolute", "absolute paths are refused"),
         ("symlink", "is a symlink"),
         ("symlinked_folder", "'sub' is a symlink"),
-        ("missing", r"the file is missing; a model is read alone, so give a \.zip that holds the model and its"),
+        ("missing", r"the file is missing; an uploaded model is read alone, so give a \.zip"),
         ("beyond", "beyond the file's 16,384 bytes"),
         ("short", "holds 100 bytes but its shape and type need 16,384"),
     ],
@@ -475,3 +475,19 @@ def test_output_bytes_from_declared_shapes() -> None:
     assert sizes == {"frames": 4 * 3 * 96 * 96 * 4, "mask": 4 * 96 * 96, "boxes": None, "tokens": None,
                      "names": None, "half": 6}  # fmt: skip
     assert tensor_bytes("int4", [3]) == 2 and tensor_bytes("float64", []) == 8 and tensor_bytes("sequence", [1]) is None
+
+
+def test_external_data_beside_a_model_named_on_the_command_line(tmp_path: Path) -> None:
+    """A plain model's data files are read from its folder only when the user named the file (the CLI): an
+    upload is read alone. The same rules as a zip's hold: a data file outside the folder is refused."""
+    model_path = _external_model_dir(tmp_path / "m")
+    with pytest.raises(ModelError, match=r"an uploaded model is read alone, so give a \.zip"):
+        inspect_model(prepare_model(model_path, tmp_path / "upload"))
+    path = prepare_model(model_path, tmp_path / "cli", beside=True)
+    assert (path.parent / "weights.bin").read_bytes() == (model_path.parent / "weights.bin").read_bytes()
+    assert not (path.parent / "weights.bin").samefile(model_path.parent / "weights.bin")  # a copy, not a link
+    assert inspect_model(path).parameters == 64 * 64 + 64
+    (tmp_path / "outside.bin").write_bytes((model_path.parent / "weights.bin").read_bytes())
+    _set_external(model_path, location="../outside.bin")
+    with pytest.raises(ModelError, match="leaves the model's folder"):
+        prepare_model(model_path, tmp_path / "cli", beside=True)

@@ -17,7 +17,7 @@ def _inspect(args: argparse.Namespace) -> int:
     from engine.onnx.uploads import model_source, prepared
 
     config, settings = from_args(InspectConfig, args), get_settings()
-    source = model_source(config.model, config.example, settings)
+    source = model_source(config.model, config.example, settings, local=True)
     with prepared(source, settings, dict(config.symbols)) as (_, info):
         if args.json:
             print(json.dumps(info.to_dict(), indent=2, default=str))
@@ -50,7 +50,7 @@ def _eval(args: argparse.Namespace) -> int:
 
     config, settings = from_args(EvalConfig, args), get_settings()
     keep_freed_memory()  # this process runs the model, as a job worker would (engine/core/memory.py)
-    source = model_source(config.model, config.example, settings)
+    source = model_source(config.model, config.example, settings, local=True)
     with (
         prepared(source, settings, config.symbol_values) as (path, info),
         ProgressBar(args.quiet) as bar,

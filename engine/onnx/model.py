@@ -177,10 +177,15 @@ def _looks_like_model_proto(head: bytes) -> bool:
 # ---------------------------------------------------------------------------------------------- prepare
 
 
-def prepare_model(upload: str | os.PathLike, workdir: str | os.PathLike, limits: Limits = Limits()) -> Path:
+def prepare_model(
+    upload: str | os.PathLike, workdir: str | os.PathLike, limits: Limits = Limits(), beside: bool = False
+) -> Path:
     """Copy or unpack an upload into a fresh folder under workdir; returns the .onnx path inside it.
 
-    Each call gets its own folder (`workdir/model-XXXX`), so a reused workdir never mixes uploads.
+    Each call gets its own folder (`workdir/model-XXXX`), so a reused workdir never mixes uploads. With `beside`
+    (a file the user named on the command line, never an upload) a plain model's external data files are taken
+    from its own folder too, under the same rules as a zip's (relative, inside the folder, no links, within the
+    limits), copied beside the copy of the model.
     """
     src = Path(upload)
     size = _regular_file_size(src, "upload")
@@ -201,6 +206,10 @@ def prepare_model(upload: str | os.PathLike, workdir: str | os.PathLike, limits:
         # the upload's own name, so that messages about the copy name the file the user gave
         target = dest / (src.name if src.suffix.lower() == ".onnx" and src.name.isprintable() else "model.onnx")
         _copy_limited(src, target, limits.max_file_bytes)
+        if beside:
+            for rel in _validate_external_data(_load_proto(src), src.parent, limits):
+                (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src.parent / rel, dest / rel)  # not a hard link: onnx's checker refuses those
         return target
     except BaseException:
         shutil.rmtree(dest, ignore_errors=True)
@@ -490,8 +499,8 @@ def _external_data_file(tensor: Any, base: Path) -> tuple[str, int]:
             st = os.lstat(current)
         except FileNotFoundError:
             raise ModelError(
-                f"{who}: the file is missing; a model is read alone, so give a .zip that holds the model and its "
-                "data files (files beside a model are never read)"
+                f"{who}: the file is missing; an uploaded model is read alone, so give a .zip that holds the model "
+                "and its data files (on the command line, they may also sit beside the model)"
             ) from None
         except OSError as exc:
             raise ModelError(f"{who}: cannot be read: {exc.strerror or exc}") from None

@@ -21,14 +21,16 @@ class ModelSource:
     limits: Limits
     name: str  # what reports call it: the upload's file name, or "example: NAME"
     example: str | None
+    local: bool = False  # a file named on the command line: its external data files may sit beside it
 
 
-def model_source(model: Path | None, example: str | None, settings: Settings) -> ModelSource:
-    """The request's model file; an example needs no upload limit (we made it)."""
+def model_source(model: Path | None, example: str | None, settings: Settings, local: bool = False) -> ModelSource:
+    """The request's model file; an example needs no upload limit (we made it). `local`: named on the command
+    line, so the external data files beside it are the user's own (an upload's folder is never read)."""
     if example is not None:
         return ModelSource(example_path(example, settings.cache_dir), Limits(), f"example: {example}", example)
     path = Path(model)  # type: ignore[arg-type]  # the config guarantees one of the two
-    return ModelSource(path, Limits(max_file_bytes=settings.max_upload_bytes), path.name, None)
+    return ModelSource(path, Limits(max_file_bytes=settings.max_upload_bytes), path.name, None, local)
 
 
 @contextlib.contextmanager
@@ -39,7 +41,7 @@ def prepared(
     inspection at `symbols`."""
     settings.ensure_dirs()
     with tempfile.TemporaryDirectory(prefix="onnx-", dir=settings.cache_dir) as work:
-        path = prepare_model(source.path, work, source.limits)
+        path = prepare_model(source.path, work, source.limits, beside=source.local)
         yield path, inspect_model(path, symbols or None, source.limits, sha256=file_sha256(source.path))
 
 
