@@ -270,8 +270,10 @@ def test_ctrl_c_stops_a_model_that_runs_forever(tmp_path: Path) -> None:
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), str(path))
     args = ["onnx", "eval", str(path), "--runs", "1", "--warmup", "0", "--quiet"]
     env = {**os.environ, "AVATARBENCH_DATA_DIR": str(tmp_path / "data")}
+    # A shell's background job (CI run with &) ignores SIGINT, and its children inherit that: ask for the default.
     proc = subprocess.Popen([sys.executable, "-c", CONSOLE_SCRIPT, *args], cwd=ROOT, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     time.sleep(8)  # imports, the checks, the session: then the endless run
     assert proc.poll() is None, proc.communicate()
     proc.send_signal(signal.SIGINT)
