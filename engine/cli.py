@@ -5,7 +5,8 @@ checks as the API; a command adds only its front-end flags (where to write, how 
 is the `avatarbench` console script; `python -m engine` runs this table without it (no web app).
 
 Exit codes: 0 done; 1 a bug (the traceback is printed) or a command's own "no" (the doctor found a problem, a plan
-does not fit); 2 bad input (one line); 3 the machine or installation lacks something (one line); 130 Ctrl-C.
+does not fit); 2 bad input (one line); 3 the machine or installation lacks something (one line; after the report,
+when a measuring command's execution provider fell back); 130 Ctrl-C.
 """
 
 from __future__ import annotations

@@ -130,6 +130,53 @@ def test_onnx_eval(tmp_path: Path) -> None:
     assert "failed:" in proc.stdout and str(tmp_path / "data") not in proc.stdout + proc.stderr
 
 
+def test_a_provider_that_fell_back_fails_the_measuring_commands(tmp_path: Path, monkeypatch, capsys) -> None:
+    """onnx eval and bench write their report, then exit 3 when a provider they were asked for did not load: the
+    rows marked fell_back measure another provider, and a script must not take them for the one it asked for."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from engine.cli import main
+    from engine.system.ort_probe import probe_provider
+
+    if probe_provider("CUDAExecutionProvider")["loaded"]:
+        pytest.skip("CUDA really loads here: no fallback to observe")
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])
+    w = numpy_helper.from_array(np.ones((16, 4), np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g", [x], [y], [w])
+    path = tmp_path / "mm.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), str(path))
+    monkeypatch.setenv("AVATARBENCH_DATA_DIR", str(tmp_path / "data"))
+    report = tmp_path / "report.json"
+    args = ["onnx", "eval", str(path), "--providers", "cpu,cuda", "--runs", "2", "--json", str(report), "--quiet"]
+    assert main(args) == 3
+    err = capsys.readouterr().err
+    assert "not measured where asked" in err and "cuda (CUDAExecutionProvider) ran on CPUExecutionProvider" in err
+    rows = json.loads(report.read_text())["results"]
+    assert [(r["provider"], r["fell_back"]) for r in rows] == [("cpu", False), ("cuda", True)]
+    assert main(["onnx", "eval", str(path), "--providers", "cpu", "--runs", "2", "--quiet"]) == 0
+
+    # bench: a GPU machine whose onnxruntime lacks CUDA gives ort-cuda rows that ran on the CPU
+    import engine.bench.sweep as sweep
+
+    real = sweep.run_sweep
+
+    def with_a_fallback(*a, **kw) -> dict:
+        out = real(*a, **kw)
+        out["results"][-1].update(fell_back=True, ran_on="CPUExecutionProvider")
+        return out
+
+    monkeypatch.setattr(sweep, "run_sweep", with_a_fallback)
+    args = ["bench", "--model", str(path), "--runtime", "ort-cpu", "--batch", "1", "--runs", "2", "--quiet"]
+    assert main([*args, "--json", str(report)]) == 3
+    assert "cpu ort-cpu fp32 b1 ran on CPUExecutionProvider" in capsys.readouterr().err
+    assert json.loads(report.read_text())["results"][-1]["fell_back"] is True
+    monkeypatch.setattr(sweep, "run_sweep", real)
+    assert main(args) == 0
+
+
 def test_onnx_eval_with_images_and_labels(tmp_path: Path) -> None:
     import cv2
     import numpy as np

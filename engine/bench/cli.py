@@ -11,7 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from engine.bench.config import CostConfig, LlmRequest, NetworkPlanConfig, SweepRequest
-from engine.core.commands import Command, add_context_flags, command_line, output_flags, write_json
+from engine.core.commands import (
+    Command,
+    add_context_flags,
+    command_line,
+    output_flags,
+    refuse_fallbacks,
+    write_json,
+)
 from engine.core.options import from_args
 
 
@@ -53,7 +60,10 @@ def _bench(args: argparse.Namespace) -> int:
     if args.csv:
         Path(args.csv).write_text(rows_to_csv(report))
     _print_sweep(report)
-    return 0 if all(r["status"] != "error" for r in report["results"]) else 1
+    if any(r["status"] == "error" for r in report["results"]):
+        return 1
+    refuse_fallbacks([f"{r['label']} ran on {r['ran_on']}" for r in report["results"] if r.get("fell_back")])
+    return 0
 
 
 def _bench_flags(parser: argparse.ArgumentParser) -> None:

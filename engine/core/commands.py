@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine.core.errors import InputError
+from engine.core.errors import InputError, SetupError
 from engine.core.options import Config
 
 if TYPE_CHECKING:
@@ -53,6 +53,19 @@ def strict_json(value: Any) -> str:
         return v
 
     return json.dumps(plain(value), indent=2, allow_nan=False)
+
+
+def refuse_fallbacks(fallbacks: list[str]) -> None:
+    """Exit 3 once the report is out when an execution provider that was asked for did not load (ONNX Runtime then
+    runs the session on the next provider in its chain, usually the CPU's): the figures are written and marked, but
+    they do not measure what was asked, and a script must not read them as if they did.
+
+    ``fallbacks``: one "what was asked ran on what" per provider (the reasons are in the warnings above)."""
+    if fallbacks:
+        raise SetupError(
+            f"not measured where asked, the provider did not load (see the warnings): {'; '.join(fallbacks)}. "
+            "The report marks these rows fell_back; `avatarbench doctor` says what to install"
+        )
 
 
 def check_output_paths(args: argparse.Namespace) -> None:

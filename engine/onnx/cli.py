@@ -7,7 +7,7 @@ import argparse
 import json
 import sys
 
-from engine.core.commands import Command, output_flags, strict_json, write_json
+from engine.core.commands import Command, output_flags, refuse_fallbacks, strict_json, write_json
 from engine.core.options import from_args
 from engine.onnx.config import EvalConfig, InspectConfig
 
@@ -80,6 +80,10 @@ def _eval(args: argparse.Namespace) -> int:
     if not any(not row.get("error") for row in report["results"]):
         print("avatarbench: the model ran on no provider (the reasons are above)", file=sys.stderr)
         return 1  # a command's own "no", as a failed sweep point
+    refuse_fallbacks([
+        f"{key} ({meta['requested']}) ran on {meta['got'][0]}"
+        for key, meta in report["sessions"].items() if meta.get("fell_back")
+    ])  # fmt: skip
     return 0
 
 
