@@ -280,6 +280,51 @@ def test_npz_inputs_are_used(mlp_model: tuple[Path, ModelInfo], tmp_path: Path) 
     assert acc["k2"]["max_error"] == 0.0
 
 
+def test_bfloat16_and_float8_models_run(tmp_path: Path) -> None:
+    """Types numpy lacks (ONNX's bfloat16 and float8, ml_dtypes' arrays): synthetic and .npz inputs reach ORT as their
+    bits, the bfloat16 output comes back as float32 for parity and accuracy, and a uint16 .npz is refused."""
+    import ml_dtypes
+
+    x = helper.make_tensor_value_info("x", TensorProto.BFLOAT16, ["N", 4])
+    f = helper.make_tensor_value_info("f", TensorProto.FLOAT8E4M3FN, ["N", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.BFLOAT16, ["N", 4])
+    nodes = [
+        helper.make_node("Cast", ["x"], ["x32"], to=TensorProto.FLOAT),
+        helper.make_node("Cast", ["f"], ["f32"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["x32", "f32"], ["p"]),
+        helper.make_node("Cast", ["p"], ["y"], to=TensorProto.BFLOAT16),
+    ]
+    model = helper.make_model(helper.make_graph(nodes, "g", [x, f], [y]), opset_imports=[helper.make_opsetid("", 19)])
+    model.ir_version = 9  # float8 needs IR 9 and opset 19
+    path = tmp_path / "bf16.onnx"
+    onnx.save(model, str(path))
+    info = inspect_model(path)
+    feeds = synthetic_inputs(info.inputs, {"N": 2}, 0)
+    assert feeds["x"].dtype == ml_dtypes.bfloat16 and feeds["f"].dtype == ml_dtypes.float8_e4m3fn
+    drawn = feeds["x"].astype(np.float32)
+    assert drawn.min() > 0 and drawn.max() < 1
+
+    xs = np.array([[1.5, -2.0, 0.25, 3.0]], ml_dtypes.bfloat16)
+    fs = np.array([[2.0, 0.5, -4.0, 1.0]], ml_dtypes.float8_e4m3fn)
+    np.savez(tmp_path / "in.npz", x=xs, f=fs)  # numpy writes them as raw bytes (|V2, |V1)
+    np.savez(tmp_path / "want.npz", y=np.array([[3.0, -1.0, -1.0, 3.0]], np.float32))
+    config = EvalConfig(inputs=tmp_path / "in.npz", expected=tmp_path / "want.npz", **FAST)
+    report = evaluate(path, info, config)
+    (row,) = report["results"]
+    assert row["error"] is None and row["latency"]["n"] == 5
+    assert report["input_source"] == {"x": "npz", "f": "npz"}
+    assert report["accuracy"]["expected"]["cpu"]["y"]["max_error"] == 0.0
+    assert report["parity"]["cpu"]["y"]["max_abs"] == 0.0
+    session = OrtSession(path, oe._session_options("cpu", config, Placement()))
+    out = session.run(load_npz_inputs(tmp_path / "in.npz", info.inputs, {"N": 1}))
+    assert out[0].dtype == np.float32 and out[0].tolist() == [[3.0, -1.0, -1.0, 3.0]]
+    assert oe._iobinding_latency(session, feeds, config, batch=2)["n"] == 5  # bound as bits on the session's device
+
+    np.savez(tmp_path / "u16.npz", x=xs.view(np.uint16))
+    with pytest.raises(EvalError, match=r"uint16 cannot be converted .* save it as ml_dtypes\.bfloat16"):
+        load_npz_inputs(tmp_path / "u16.npz", info.inputs, {"N": 1})
+
+
 # ---------------------------------------------------------------------------------------------- accuracy
 
 

@@ -256,10 +256,10 @@ def _fake_ort(monkeypatch: pytest.MonkeyPatch, got: list[str], total_bytes: int 
             return got
 
         def get_inputs(self) -> list:
-            return [SimpleNamespace(name="x")]
+            return [SimpleNamespace(name="x", type="tensor(float)")]
 
         def get_outputs(self) -> list:
-            return [SimpleNamespace(name="y")]
+            return [SimpleNamespace(name="y", type="tensor(float)")]
 
         def io_binding(self) -> _FakeBinding:
             return _FakeBinding(seen["binding"])

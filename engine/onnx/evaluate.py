@@ -51,7 +51,7 @@ from engine.onnx.model import (
     tensor_bytes,
 )
 from engine.onnx.timing import auto_runs_note, spread_warning, timed_count, warmup_count
-from engine.runtimes.ort_session import GPU_KEYS, PROVIDERS, OrtOptions, OrtSession, SessionError
+from engine.runtimes.ort_session import BITS_ONLY, GPU_KEYS, PROVIDERS, OrtOptions, OrtSession, SessionError
 from engine.system.gpu_memory import gpu_memory, nvml_source
 
 _SYNTHETIC_INT_HIGH = 100
@@ -81,13 +81,22 @@ def _image_options(config: EvalConfig) -> ImageOptions:
 
 
 def _np_dtype(spec: TensorSpec) -> np.dtype:
+    """The numpy dtype of a tensor spec; ONNX's bfloat16 and float8 types are ml_dtypes' (OrtSession feeds those)."""
+    if spec.dtype in BITS_ONLY:
+        import ml_dtypes
+
+        return np.dtype(getattr(ml_dtypes, spec.dtype))
     try:
         return np.dtype(spec.dtype)
     except TypeError:
         raise EvalError(
-            f"input {spec.name!r} has type {spec.dtype}, which numpy (and so this evaluation) cannot build; "
-            "supported: float16/32/64, int8..int64, uint8..uint64, bool"
+            f"input {spec.name!r} has type {spec.dtype}, which this evaluation cannot build; supported: "
+            "float16/32/64, bfloat16, the float8 types, int8..int64, uint8..uint64, bool, string (from an inputs .npz)"
         ) from None
+
+
+def _is_float(dtype: np.dtype) -> bool:
+    return dtype.kind == "f" or dtype.name in BITS_ONLY
 
 
 def synthetic_inputs(specs: list[TensorSpec], values: dict[str, int], seed: int) -> dict[str, np.ndarray]:
@@ -96,7 +105,7 @@ def synthetic_inputs(specs: list[TensorSpec], values: dict[str, int], seed: int)
     out = {}
     for spec in specs:
         shape, dtype = spec.concrete(values), _np_dtype(spec)
-        if dtype.kind == "f":
+        if _is_float(dtype):
             draw = rng.random(shape, dtype=np.float64 if dtype == np.float64 else np.float32)
             out[spec.name] = draw.astype(dtype, copy=False)
         elif dtype.kind in "iu":
@@ -160,9 +169,12 @@ def _fits(array: np.ndarray, dtype: np.dtype) -> bool:
 
 
 def _cast_rule(have: np.dtype, want: np.dtype) -> str:
-    """'same', 'safe' (always exact), 'check' (allowed when the values fit) or 'refuse'."""
+    """'same', 'safe' (always exact), 'check' (allowed when the values fit), 'bits' (an ml_dtypes array as np.save
+    writes it: raw bytes of the wanted width, read as the model's type) or 'refuse'."""
     if have == want:
         return "same"
+    if want.name in BITS_ONLY:
+        return "bits" if have.kind == "V" and have.itemsize == want.itemsize else "refuse"
     if have.kind in "fiub" and np.can_cast(have, want, casting="safe"):
         return "safe"
     if have.kind == want.kind == "f" or (have.kind in "iu" and want.kind in "iu"):
@@ -196,17 +208,22 @@ def load_npz_inputs(path: str | os.PathLike, specs: list[TensorSpec], values: di
                 f"({spec.shape} at {at}; npz inputs must match the first batch size)"
             )
         if _cast_rule(dtype, want_dtype) == "refuse":
+            save_as = f"ml_dtypes.{want_dtype}" if want_dtype.name in BITS_ONLY else str(want_dtype)
             raise EvalError(
                 f"input {name!r} in the .npz is {dtype}, the model wants {want_dtype}; {dtype} cannot be converted "
-                f"without changing values: save it as {want_dtype}"
+                f"without changing values: save it as {save_as}"
             )
     arrays = _load_arrays(path, list(headers), "inputs")
     out = {}
     for name, array in arrays.items():
         want = _np_dtype(by_name[name])
-        if _cast_rule(array.dtype, want) == "check" and not _fits(array, want):
+        rule = _cast_rule(array.dtype, want)
+        if rule == "check" and not _fits(array, want):
             raise EvalError(f"input {name!r} in the .npz is {array.dtype} with values that do not fit {want}")
-        out[name] = np.ascontiguousarray(array, dtype=want if want.kind != "O" else array.dtype)
+        if rule == "bits":
+            out[name] = np.ascontiguousarray(array).view(want)
+        else:
+            out[name] = np.ascontiguousarray(array, dtype=want if want.kind != "O" else array.dtype)
     return out
 
 
@@ -839,9 +856,10 @@ class _Runner:
         on_cpu = meta["got"][0] == PROVIDERS["cpu"]
         warmup = warmup_count(config.warmup, on_cpu, DEFAULT_WARMUP)
         self.tell(0.0, f"{label}: warm-up")
+        timed_feeds = session.feedable(feeds)  # bfloat16 or float8 inputs made OrtValues once, not in every run
         start = time.perf_counter_ns()
         for _ in range(warmup):
-            session.run(feeds)
+            session.run(timed_feeds)
         per_run_s = (time.perf_counter_ns() - start) / 1e9 / warmup if warmup else row["first_run_ms"] / 1000.0
         runs = timed_count(config.runs, on_cpu, DEFAULT_RUNS, per_run_s)
         if on_cpu and (config.runs is None or config.warmup is None):
@@ -850,7 +868,7 @@ class _Runner:
         def tick(i: int) -> None:
             self.tell(i / runs * 0.9, f"{label}: run {i}/{runs}")
 
-        times = _timed_runs(lambda: session.run(feeds), runs, tick)
+        times = _timed_runs(lambda: session.run(timed_feeds), runs, tick)
         row["latency"] = latency_stats(times, batch)
         row["times_ms"] = [round(t, 4) for t in times]  # the distribution, for plots and re-analysis
         row["warmup"] = warmup

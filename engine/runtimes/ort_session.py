@@ -39,6 +39,41 @@ GPU_KEYS = ("cuda", "trt")
 GPU_PROVIDERS = tuple(PROVIDERS[key] for key in GPU_KEYS)
 
 
+# ONNX element types that numpy lacks but ml_dtypes (an onnx dependency) holds one per byte or two: ORT's Python API
+# takes and gives them only as OrtValues of raw bits, so OrtSession moves them so (4-bit types are packed: not here).
+BITS_ONLY = {"bfloat16": 16, "float8_e4m3fn": 17, "float8_e4m3fnuz": 18, "float8_e5m2": 19, "float8_e5m2fnuz": 20}
+
+
+def _ort_value(array: np.ndarray, kind: str = "cpu", index: int = 0) -> ort.OrtValue:
+    """An array as an OrtValue on (kind, index), a BITS_ONLY dtype's array as its bits under its ONNX type."""
+    import onnxruntime as ort
+
+    code = BITS_ONLY.get(array.dtype.name)
+    if code is None:
+        return ort.OrtValue.ortvalue_from_numpy(array, kind, index)
+    value = ort.OrtValue.ortvalue_from_shape_and_type(list(array.shape), code, kind, index)
+    value.update_inplace(np.ascontiguousarray(array).view(f"u{array.dtype.itemsize}"))
+    return value
+
+
+def _host_array(value: ort.OrtValue) -> np.ndarray:
+    """An output OrtValue on the host; a BITS_ONLY type's comes back widened to float32 (exact, and what numpy's
+    maths and the parity and accuracy figures can use)."""
+    import ctypes
+
+    from onnx import helper
+
+    if value.element_type() not in BITS_ONLY.values():
+        return value.numpy()
+    if value.device_name().lower() != "cpu":  # run_with_ort_values copies outputs to the host: never expected
+        raise RuntimeError(f"a {value.data_type()} output was left on {value.device_name()}")
+    dtype = helper.tensor_dtype_to_np_dtype(value.element_type())
+    size = value.tensor_size_in_bytes()
+    bits = np.ctypeslib.as_array((ctypes.c_uint8 * size).from_address(value.data_ptr())).copy() if size else None
+    array = np.empty(0, dtype) if bits is None else bits.view(dtype)
+    return array.reshape(value.shape()).astype(np.float32)
+
+
 class SessionError(SetupError):
     """ONNX Runtime could not create a session for one provider; the message carries ORT's log."""
 
@@ -155,6 +190,8 @@ class OrtSession:
         self.fallback_reason = _fallback_reason(options.requested, self.log) if self.fell_back else None
         self.input_names = [i.name for i in session.get_inputs()]
         self.output_names = [o.name for o in session.get_outputs()]
+        bits_types = {f"tensor({name.replace('_', '')})" for name in BITS_ONLY}
+        self._bits_outputs = any(o.type in bits_types for o in session.get_outputs())
         self.run_options = ort.RunOptions()  # its terminate flag stops a run in progress (stop_runs_on_interrupt)
         _LIVE.add(self)
 
@@ -194,9 +231,21 @@ class OrtSession:
             raise RuntimeError("the ONNX Runtime session was closed")
         return self.session
 
-    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        """Every output, on the host (ORT copies inputs in and outputs out on each call)."""
-        return self._live().run(self.output_names, feeds, self.run_options)
+    def run(self, feeds: dict[str, Any]) -> list[np.ndarray]:
+        """Every output, on the host (ORT copies inputs in and outputs out on each call). Feeds are arrays, which may
+        be of a BITS_ONLY dtype (ml_dtypes' bfloat16, say), or ``feedable``'s; such outputs come back as float32."""
+        session = self._live()
+        feeds = self.feedable(feeds)
+        if not self._bits_outputs and all(isinstance(v, np.ndarray) for v in feeds.values()):
+            return session.run(self.output_names, feeds, self.run_options)
+        values = {name: _ort_value(v) if isinstance(v, np.ndarray) else v for name, v in feeds.items()}
+        return [_host_array(v) for v in session.run_with_ort_values(self.output_names, values, self.run_options)]
+
+    def feedable(self, feeds: dict[str, Any]) -> dict[str, Any]:
+        """Feeds as ``run`` passes them to ORT, made once for many runs (timing loops): arrays of a BITS_ONLY dtype
+        become OrtValues (a copy of their bits), the others are left as they are."""
+        bits = [name for name, v in feeds.items() if isinstance(v, np.ndarray) and v.dtype.name in BITS_ONLY]
+        return {name: _ort_value(v) if name in bits else v for name, v in feeds.items()}
 
     def bind(self, feeds: dict[str, np.ndarray]) -> DeviceBinding:
         """The inputs copied once to the session's device, the outputs left there: runs without host copies."""
@@ -285,13 +334,11 @@ class DeviceBinding:
     """numpy feeds bound once on the session's own device (OrtSession.device), outputs bound there too."""
 
     def __init__(self, session: OrtSession, feeds: dict[str, np.ndarray]) -> None:
-        import onnxruntime as ort
-
         self._session = session._live()
         self._run_options = session.run_options
         kind, index = session.device
         self._binding = self._session.io_binding()
-        self._inputs = {name: ort.OrtValue.ortvalue_from_numpy(array, kind, index) for name, array in feeds.items()}
+        self._inputs = {name: _ort_value(array, kind, index) for name, array in feeds.items()}
         for name, value in self._inputs.items():
             self._binding.bind_ortvalue_input(name, value)
         for name in session.output_names:
@@ -309,6 +356,7 @@ class DeviceBinding:
 
 
 __all__ = [
+    "BITS_ONLY",
     "GPU_KEYS",
     "GPU_PROVIDERS",
     "PROVIDERS",
