@@ -65,13 +65,12 @@ def _host_array(value: ort.OrtValue) -> np.ndarray:
 
     if value.element_type() not in BITS_ONLY.values():
         return value.numpy()
-    if value.device_name().lower() != "cpu":  # run_with_ort_values copies outputs to the host: never expected
+    if value.device_name().lower() != "cpu":  # a run's outputs are put on the host; never read device memory here
         raise RuntimeError(f"a {value.data_type()} output was left on {value.device_name()}")
-    dtype = helper.tensor_dtype_to_np_dtype(value.element_type())
-    size = value.tensor_size_in_bytes()
-    bits = np.ctypeslib.as_array((ctypes.c_uint8 * size).from_address(value.data_ptr())).copy() if size else None
-    array = np.empty(0, dtype) if bits is None else bits.view(dtype)
-    return array.reshape(value.shape()).astype(np.float32)
+    bits = np.empty(value.tensor_size_in_bytes(), np.uint8)
+    if bits.size:
+        ctypes.memmove(bits.ctypes.data, value.data_ptr(), bits.size)
+    return bits.view(helper.tensor_dtype_to_np_dtype(value.element_type())).reshape(value.shape()).astype(np.float32)
 
 
 class SessionError(SetupError):
