@@ -79,6 +79,8 @@ def test_scaling_channel_order_and_layout_values(tmp_path: Path) -> None:
     assert grey.shape == (1, 1, 8, 8) and np.isclose(grey[0, 0, 0, 0], 0.299, atol=1e-3)  # BT.601 red weight
     half = images_to_tensor([path], TensorSpec("x", "float16", [1, 3, 8, 8]), {}, ImageOptions())
     assert half.dtype == np.float16
+    brain = images_to_tensor([path], TensorSpec("x", "bfloat16", [1, 3, 8, 8]), {}, ImageOptions(scaling="-1-1"))
+    assert brain.dtype.name == "bfloat16" and brain[0, :, 0, 0].astype(np.float32).tolist() == [1, -1, -1]
 
 
 def test_resize_modes(tmp_path: Path) -> None:
@@ -106,6 +108,8 @@ def test_refusals(tmp_path: Path) -> None:
     good = _image(tmp_path / "ok.png", RED)
     with pytest.raises(ImageInputError, match="use scaling '0-255'"):
         images_to_tensor([good], TensorSpec("x", "uint8", [1, 3, 8, 8]), {}, ImageOptions(scaling="0-1"))
+    with pytest.raises(ImageInputError, match="is int4; images fill float"):
+        images_to_tensor([good], TensorSpec("x", "int4", [1, 3, 8, 8]), {}, ImageOptions())
     with pytest.raises(ImageInputError, match="resize 'zoom'"):
         images_to_tensor([good], spec, {}, ImageOptions(resize="zoom"))
     with pytest.raises(ImageInputError, match="no images"):

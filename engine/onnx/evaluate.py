@@ -81,22 +81,13 @@ def _image_options(config: EvalConfig) -> ImageOptions:
 
 
 def _np_dtype(spec: TensorSpec) -> np.dtype:
-    """The numpy dtype of a tensor spec; ONNX's bfloat16 and float8 types are ml_dtypes' (OrtSession feeds those)."""
-    if spec.dtype in BITS_ONLY:
-        import ml_dtypes
-
-        return np.dtype(getattr(ml_dtypes, spec.dtype))
     try:
-        return np.dtype(spec.dtype)
+        return spec.numpy_dtype()
     except TypeError:
         raise EvalError(
             f"input {spec.name!r} has type {spec.dtype}, which this evaluation cannot build; supported: "
             "float16/32/64, bfloat16, the float8 types, int8..int64, uint8..uint64, bool, string (from an inputs .npz)"
         ) from None
-
-
-def _is_float(dtype: np.dtype) -> bool:
-    return dtype.kind == "f" or dtype.name in BITS_ONLY
 
 
 def synthetic_inputs(specs: list[TensorSpec], values: dict[str, int], seed: int) -> dict[str, np.ndarray]:
@@ -105,7 +96,7 @@ def synthetic_inputs(specs: list[TensorSpec], values: dict[str, int], seed: int)
     out = {}
     for spec in specs:
         shape, dtype = spec.concrete(values), _np_dtype(spec)
-        if _is_float(dtype):
+        if spec.is_float:
             draw = rng.random(shape, dtype=np.float64 if dtype == np.float64 else np.float32)
             out[spec.name] = draw.astype(dtype, copy=False)
         elif dtype.kind in "iu":

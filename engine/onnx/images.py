@@ -141,13 +141,19 @@ def images_to_tensor(
     if len(paths) > MAX_IMAGES:
         raise ImageInputError(f"{len(paths)} images; at most {MAX_IMAGES} per evaluation")
     layout = image_layout(spec, values)
-    dtype = np.dtype(spec.dtype)
+    try:
+        dtype: np.dtype | None = spec.numpy_dtype()
+    except TypeError:
+        dtype = None
+    if dtype is None or not (spec.is_float or dtype.kind in "iu"):
+        raise ImageInputError(
+            f"input {spec.name!r} is {spec.dtype}; images fill float (16, 32 or 64 bits, bfloat16, float8) or "
+            "integer (8 to 64 bits) inputs"
+        )
     if dtype.kind in "iu" and options.scaling != "0-255":
         raise ImageInputError(
             f"input {spec.name!r} is {dtype}: integer inputs take raw pixel values, so use scaling '0-255'"
         )
-    if dtype.kind not in "fiu":
-        raise ImageInputError(f"input {spec.name!r} is {dtype}; images fill float or integer inputs only")
     frames = []
     for path in paths:
         try:
@@ -163,7 +169,7 @@ def images_to_tensor(
         pixels = batch[..., ::-1] if options.channels == "rgb" else batch
         pixels = pixels.astype(np.float32)
     multiplier, mean, std = SCALINGS[options.scaling]
-    if dtype.kind == "f":
+    if spec.is_float:
         mean_a, std_a = np.asarray(mean, np.float32), np.asarray(std, np.float32)
         if options.channels == "bgr":
             mean_a, std_a = mean_a[::-1], std_a[::-1]

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from engine.core.errors import InputError
 
 if TYPE_CHECKING:
+    import numpy as np
     import onnx
 
 ACCEPTED = "an .onnx model file, or a .zip holding exactly one .onnx model plus its external-data files"
@@ -90,6 +91,24 @@ class TensorSpec:
         if missing:
             raise ModelError(f"input {self.name!r} {self.shape}: no value for {', '.join(missing)}")
         return tuple(d if isinstance(d, int) else int(values[d]) for d in self.shape)  # type: ignore[index]
+
+    def numpy_dtype(self) -> np.dtype:
+        """numpy's dtype for ``dtype``: ONNX's bfloat16 and float8 types are ml_dtypes' (OrtSession feeds them as
+        their bits); TypeError for a type neither has (the packed 4-bit ones)."""
+        import numpy as np
+
+        from engine.runtimes.ort_session import BITS_ONLY
+
+        if self.dtype in BITS_ONLY:
+            import ml_dtypes
+
+            return np.dtype(getattr(ml_dtypes, self.dtype))
+        return np.dtype(self.dtype)
+
+    @property
+    def is_float(self) -> bool:
+        """A floating-point input: numpy's kinds and the ml_dtypes ones (bfloat16, float8)."""
+        return self.dtype.startswith(("float", "bfloat"))
 
 
 @dataclass
