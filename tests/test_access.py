@@ -13,7 +13,7 @@ from engine.core.settings import load_settings
 from ui.jobs import LOCAL, Access
 
 
-def _request(username: str | None = None, session: str = "s1") -> SimpleNamespace:
+def _request(username: str | None = None, session: str | None = "s1") -> SimpleNamespace:
     return SimpleNamespace(username=username, session_hash=session)
 
 
@@ -24,6 +24,13 @@ def test_owners_and_readers() -> None:
     assert access.owner(_request("alice")) == "user:alice" == access.reader(_request("alice", session="other"))
     assert access.owner(_request("carol")) == "user:carol" and access.reader(_request("carol")) is None
     assert Access(frozenset({"*"})).reader(_request(session="anyone")) is None
+    # A bare REST call has neither a login nor a session: it owns nothing, or all such callers would share their jobs.
+    for bare in (_request(session=None), _request(session="")):
+        with pytest.raises(InputError, match="send a session_hash"):
+            access.owner(bare)
+        with pytest.raises(InputError, match="send a session_hash"):
+            access.reader(bare)
+    assert access.owner(_request("alice", session=None)) == "user:alice"
 
 
 def test_visitors_pick_the_servers_weights_and_only_operators_name_paths(tmp_path: Path) -> None:

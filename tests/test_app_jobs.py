@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import signal
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -78,6 +79,17 @@ def test_jobs_belong_to_their_client_through_every_route(app: RunningApp, tmp_pa
     assert rows == []
     own = _raw_event(app, alice, "history_rows", [], session=alice.session_hash)["data"][0]["data"]
     assert [r[0] for r in own] == [job["job_id"]]
+    # A bare REST call (no session_hash, no login) owns nothing: it would share every such caller's jobs.
+    for name, data in (("job_queue", []), ("onnx_queue", []), ("job_status", [job["job_id"]])):
+        body = json.dumps({"data": data}).encode()
+        bare = urllib.request.Request(f"{app.url}/gradio_api/run/{name}", body, {"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(bare, timeout=30)
+        assert "send a session_hash" in refused.value.read().decode(), name
+    # A job id that is not text is "no job", not an internal error.
+    for odd in ({"a": 1}, ["x"], "f" * 5000):
+        with pytest.raises(AppError, match=r"no job .*a job id is the text a submit returned"):
+            alice.predict(odd, api_name="/job_status")
     # Prices a visitor edits are theirs alone.
     table = {"headers": ["GPU", "$/hour", "source"], "data": [["H100", 999.0, "mine"]]}
     _raw_event(app, alice, "save", [table], session=uuid.uuid4().hex)

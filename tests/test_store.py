@@ -64,6 +64,10 @@ def test_history_is_newest_first_and_filters_by_kind(store: JobStore) -> None:
 def test_unknown_ids_and_bad_input_raise_store_error(store: JobStore) -> None:
     with pytest.raises(StoreError, match="no job nope"):
         store.get("nope")
+    for odd in ({"a": 1}, ["x"], 7, None, "f" * 5000):  # what an API caller may send as an id
+        with pytest.raises(StoreError, match=r"no job .*12 hex digits") as refused:
+            store.get(odd)  # type: ignore[arg-type]
+        assert len(str(refused.value)) < 200
     with pytest.raises(StoreError):
         store.finish("nope", {})
     with pytest.raises(StoreError):

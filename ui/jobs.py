@@ -1,9 +1,10 @@
 """Jobs as the web app shows them: whose they are, following one to its end, and the API every kind shares.
 
 Every job belongs to whoever submitted it: the login where the app has one (`--auth`), else the browser session
-(a `gradio_client.Client` is one session). Every read and change names that owner, through every route, the raw
-`fn_index` events included; another owner's job is "no job". Operators (`--operator NAME`, a login; `--operator
-'*'` makes every visitor one, for a personal machine) see all, and only they may name server paths or downloads.
+(a `gradio_client.Client` is one session; a request with neither is refused). Every read and change names that
+owner, through every route, the raw `fn_index` events included; another owner's job is "no job". Operators
+(`--operator NAME`, a login; `--operator '*'` makes every visitor one, for a personal machine) see all, and only
+they may name server paths or downloads.
 """
 
 from __future__ import annotations
@@ -43,6 +44,11 @@ class Access:
             return LOCAL
         if request.username:
             return f"user:{request.username}"
+        if not request.session_hash:  # a bare REST call: all such callers would share one owner and its jobs
+            raise InputError(
+                "this server tells its users apart by their session: send a session_hash with the request "
+                "(gradio_client does), or ask the operator for a login (--auth)"
+            )
         return f"session:{request.session_hash}"
 
     def is_operator(self, request: gr.Request | None) -> bool:
@@ -142,7 +148,8 @@ def register_job_api(store: JobStore, kinds: Mapping[str, JobKind], access: Acce
 
     def job_queue(request: gr.Request) -> dict:
         """Your queued and running jobs, and how many of other people's are queued and running."""
-        return queue_view(store, access.reader(request))
+        with reported("the queue"):
+            return queue_view(store, access.reader(request))
 
     def job_stream(job_id: str, request: gr.Request) -> Iterator[tuple[list[str], dict]]:
         """Follow one of your lip-sync or portrait jobs submitted with stream=true: each time more of its video is

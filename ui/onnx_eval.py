@@ -313,7 +313,8 @@ def _register_api(jobs: OnnxEvalJobs, inspected: Any, access: Access) -> None:
 
     def onnx_queue(request: gr.Request) -> list:
         """Your queued and running evaluation jobs, in queue order (positions count everyone's)."""
-        return jobs.queue(access.reader(request))
+        with reported("the ONNX queue"):
+            return jobs.queue(access.reader(request))
 
     def onnx_result(job_id: str, request: gr.Request) -> dict:
         """One of your jobs' status and, once done, its full report (null before)."""

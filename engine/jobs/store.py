@@ -69,6 +69,9 @@ _ADDED = {
 }
 
 
+MAX_ID_CHARS = 64  # ids are 12 hex digits; longer text is no id, and is not echoed whole
+
+
 class StoreError(InputError):
     """A request the store cannot satisfy (unknown job, bad or missing blob); its text is shown to users."""
 
@@ -323,6 +326,9 @@ class JobStore:
 
     def get(self, job_id: str, owner: str | None = None) -> Job:
         """The job; with an owner, only that owner's (another's is "no job", so ids reveal nothing)."""
+        if not isinstance(job_id, str) or len(job_id) > MAX_ID_CHARS:  # an API caller may send anything
+            shown = repr(job_id) if len(repr(job_id)) <= MAX_ID_CHARS else f"{repr(job_id)[:MAX_ID_CHARS]}..."
+            raise StoreError(f"no job {shown}: a job id is the text a submit returned (12 hex digits)")
         # One statement, so the status and the position agree even while a worker claims the job.
         rows = self._read(
             f"SELECT {_COLUMNS}, (SELECT COUNT(*) FROM jobs q WHERE q.status = ? AND q.device = jobs.device "
