@@ -291,6 +291,23 @@ def test_output_paths_are_checked_before_the_work(tmp_path: Path) -> None:
     assert json.loads(report.read_text())["outputs"]["video"] == out and speech.stat().st_size > 1000
 
 
+def test_long_text_options_are_not_taken_for_paths(tmp_path: Path) -> None:
+    """Every string option is looked at as a possible input file: a JSON list of sweep points longer than a file name
+    may be, or text with a NUL, is just text (it ended in OSError: File name too long); an output name over the file
+    system's limit is refused before the work."""
+    import argparse
+
+    from engine.core.commands import check_output_paths
+    from engine.core.errors import InputError
+
+    points = json.dumps([{"runtime": "eager", "batch": b, "device": "cpu"} for b in range(1, 9)])
+    assert len(points) > 255
+    check_output_paths(argparse.Namespace(points=points, label="a\x00b", json=str(tmp_path / "r.json")))
+    long_name = str(tmp_path / ("x" * 300 + ".mp4"))
+    with pytest.raises(InputError, match="--out: a file or folder name is over 255 bytes"):
+        check_output_paths(argparse.Namespace(out=long_name, out_is_a_file=True, json=None))
+
+
 def test_ctrl_c_stops_a_model_that_runs_forever(tmp_path: Path) -> None:
     """A Loop of 2**62 steps is one C++ call that Python's own signal handling would wait out: Ctrl-C sets the
     sessions' terminate flag, so the command stops at once with 130."""

@@ -68,6 +68,9 @@ def refuse_fallbacks(fallbacks: list[str]) -> None:
         )
 
 
+MAX_NAME_BYTES = 255  # one file or folder name, on every common file system
+
+
 def check_output_paths(args: argparse.Namespace) -> None:
     """A video command's --out and any --json FILE, before any work: a folder, or a file the command also reads or
     writes, is refused (it would end the run in a traceback after all its work, or overwrite an input or the video
@@ -77,12 +80,14 @@ def check_output_paths(args: argparse.Namespace) -> None:
         "json": args.json if isinstance(getattr(args, "json", None), str) else None,
     }
     for name, value in outputs.items():
-        if value and Path(value).is_dir():
+        if value and _is(Path.is_dir, value):
             raise InputError(f"--{name} {value} is a folder; give a file name")
+        if value and any(len(part.encode()) > MAX_NAME_BYTES for part in Path(value).parts):
+            raise InputError(f"--{name}: a file or folder name is over {MAX_NAME_BYTES} bytes, the file system's limit")
     taken = {  # the files the command reads, then each output as it is checked
         Path(value).resolve(): name
         for name, value in vars(args).items()
-        if name not in outputs and isinstance(value, str | Path) and str(value) and Path(value).is_file()
+        if name not in outputs and isinstance(value, str | Path) and str(value) and _is(Path.is_file, value)
     }
     for name, value in outputs.items():
         if not value:
@@ -94,6 +99,15 @@ def check_output_paths(args: argparse.Namespace) -> None:
                 "give another file name"
             )
         taken[Path(value).resolve()] = name
+
+
+def _is(test: Callable[[Path], bool], value: str | Path) -> bool:
+    """``test`` of ``value`` as a path, False for text that can be no path (too long a name, a NUL): every string
+    option is looked at here, a JSON list of sweep points or a label included."""
+    try:
+        return test(Path(value))
+    except (OSError, ValueError):
+        return False
 
 
 def add_context_flags(parser: argparse.ArgumentParser) -> None:
