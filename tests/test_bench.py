@@ -4,6 +4,7 @@ refusals, out-of-memory recording, ONNX models from the store, jobs and imported
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -196,6 +197,25 @@ def test_job_refusals(tmp_path: Path) -> None:
                             "samples_per_s": "fast"}]}  # fmt: skip
     with pytest.raises(BenchError, match=r"results\[0\]\.samples_per_s must be a finite number"):
         jobs.import_report(bad_row, OWNER)
+    # What an API caller may send: each is one refusal (they were internal errors), and nothing is stored.
+    good = {"machine": {"gpu": None}, "model": {"name": "w"}, "results": [],
+            "config": {"model": "wav2lip", "points": [{"runtime": "eager", "batch": 1, "device": "cpu"}]}}  # fmt: skip
+    row = {"label": "a", "status": "ok", "runtime": "eager", "precision": "fp32", "device": "cpu", "batch": 10**400}
+    for broken, message in (
+        ({**good, "config": {"model": "wav2lip", "points": 5}}, "points must be a list"),
+        ({**good, "config": {"model": "wav2lip", "points": None}}, "points must be a list"),
+        ({**good, "config": {"model": 5, "points": []}}, "model must be text"),
+        ({**good, "machine": {"cpu_count": math.nan}}, "machine.cpu_count must be a whole number"),
+        ({**good, "results": [row]}, r"results\[0\]\.batch must be a finite number"),
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+        ('{"a": ' + "9" * 5000 + "}", "cannot be read"),
+    ):
+        with pytest.raises(BenchError, match=message):
+            jobs.import_report(broken, OWNER)
+    for points, message in (("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+                            ('[{"batch": ' + "9" * 5000 + "}]", "cannot be read")):  # fmt: skip
+        with pytest.raises(BenchError, match=message):
+            SweepRequest.build({"model": "wav2lip", "points": points})
     with pytest.raises(StoreError, match="not a bench job"):
         jobs.result(jobs.store.submit("onnx_eval", {}, CPU).id, None)
     assert jobs.history(OWNER) == []

@@ -6,7 +6,6 @@ checks. Light to import (no torch).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,6 +14,7 @@ from engine.bench.catalog import CATALOG
 from engine.bench.planner import LLMS, QUANT_BYTES_PER_PARAM, PlanError
 from engine.bench.workloads import BUILTIN
 from engine.core.errors import InputError
+from engine.core.json_text import parse_json
 from engine.core.options import Config, number_tuple, option, switch_tuple, word_tuple
 from engine.onnx.timing import AUTO_HELP
 from engine.runtimes.registry import COMPILE_MODES, RUNTIMES
@@ -72,9 +72,9 @@ class SweepRequest(Config):
         if self.points is None:
             return []
         try:
-            data = json.loads(self.points)
-        except json.JSONDecodeError as exc:
-            return [f"points are not valid JSON: {exc}"]
+            data = parse_json(self.points, "points")
+        except InputError as exc:
+            return [str(exc)]
         if not isinstance(data, list) or not all(isinstance(p, dict) for p in data):
             return ["points must be a JSON list of objects (runtime, precision, batch, device, ...)"]
         return []
@@ -86,8 +86,9 @@ class SweepRequest(Config):
         if self.preset:
             config = preset(self.preset, self.model, has_gpu, self.runs, self.warmup)
         elif self.points is not None:
-            data = {"model": self.model, "points": json.loads(self.points), "runs": self.runs, "warmup": self.warmup}
-            config = SweepConfig.from_dict(data)
+            points = parse_json(self.points, "points")
+            config = SweepConfig.from_dict({"model": self.model, "points": points, "runs": self.runs,
+                                            "warmup": self.warmup})  # fmt: skip
         else:
             runtimes = list(self.runtime)
             if True in self.compile and "compile" not in runtimes:

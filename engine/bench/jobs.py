@@ -8,7 +8,6 @@ evaluations stored; the latter is unpacked and inspected again by the handler, e
 
 from __future__ import annotations
 
-import json
 import math
 import tempfile
 from typing import Any
@@ -16,6 +15,8 @@ from typing import Any
 from engine.bench.config import BenchError, SweepRequest
 from engine.bench.sweep import MAX_POINTS, SweepConfig, run_sweep
 from engine.bench.workloads import BUILTIN, builtin_model, onnx_model
+from engine.core.errors import InputError
+from engine.core.json_text import parse_json
 from engine.jobs.kinds import JobKind
 from engine.jobs.store import CPU, Job, StoreError
 from engine.jobs.worker import Progress, WorkerContext
@@ -112,7 +113,12 @@ _ROW_NUMBERS = ("batch", "samples_per_s", "speedup", "peak_allocated_bytes", "de
 
 
 def _number_or_none(value: Any) -> bool:
-    return value is None or (isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value))
+    """None, or a number a float holds finite (an int of 400 digits is refused, not an OverflowError)."""
+    if value is None:
+        return True
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return abs(value) < 2**63 if isinstance(value, int) else math.isfinite(value)
 
 
 def report_problems(report: dict[str, Any]) -> list[str]:
@@ -126,6 +132,9 @@ def report_problems(report: dict[str, Any]) -> list[str]:
     gpu = report["machine"].get("gpu")
     if gpu is not None and not (isinstance(gpu, dict) and isinstance(gpu.get("name", ""), str)):
         problems.append("machine.gpu must be an object with a name, or null")
+    cores = report["machine"].get("cpu_count")
+    if cores is not None and not (isinstance(cores, int) and not isinstance(cores, bool) and 0 < cores < 2**20):
+        problems.append(f"machine.cpu_count must be a whole number of cores, or null; got {cores!r:.40}")
     if not isinstance(report["model"].get("name"), str):
         problems.append("model.name must be text")
     if not isinstance(report.get("notes", []), list) or not all(isinstance(n, str) for n in report.get("notes", [])):
@@ -152,9 +161,9 @@ def report_problems(report: dict[str, Any]) -> list[str]:
 def _object(value: Any) -> dict[str, Any]:
     if isinstance(value, str):
         try:
-            value = json.loads(value)
-        except json.JSONDecodeError as exc:
-            raise BenchError(f"not valid JSON: {exc}") from None
+            value = parse_json(value, "the report")
+        except InputError as exc:
+            raise BenchError(str(exc)) from None
     if not isinstance(value, dict):
         raise BenchError(f"expected a JSON object, got {type(value).__name__}")
     return value

@@ -8,7 +8,6 @@ scaled by the catalog's peak rates, or arithmetic from the model's shape). Memor
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine.bench.catalog import CATALOG, Gpu, PriceBook
 from engine.core.errors import InputError
+from engine.core.json_text import parse_json
 
 if TYPE_CHECKING:
     from engine.bench.config import CostConfig, LlmRequest, NetworkPlanConfig
@@ -202,9 +202,9 @@ def plan_network(
         raise PlanError(f"unknown GPU {config.gpu!r}; known: {', '.join(CATALOG)}")
     if report is None and config.calibrate is not None:
         try:
-            report = json.loads(Path(config.calibrate).read_text())
-        except (OSError, ValueError) as exc:
-            raise PlanError(f"calibrate: {Path(config.calibrate).name} is not a readable JSON report ({exc})") from None
+            report = parse_json(Path(config.calibrate).read_bytes(), f"calibrate: {Path(config.calibrate).name}")
+        except OSError as exc:
+            raise PlanError(f"calibrate: {Path(config.calibrate).name} cannot be read ({exc.strerror})") from None
     model = builtin_model(config.model, cache_dir)
     calibrated = calibration_from_report(report, config.precision) if isinstance(report, dict) else None
     if report is not None and calibrated is None:

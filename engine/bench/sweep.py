@@ -117,6 +117,10 @@ class SweepConfig:
             raise BenchError(
                 f"unknown sweep field(s) {', '.join(unknown)}; known: {', '.join(cls.__dataclass_fields__)}"
             )
+        if not isinstance(known.get("points", []), list):
+            raise BenchError("points must be a list of objects with runtime, precision, batch, device, ...")
+        if not isinstance(known.get("model"), str | None):
+            raise BenchError(f"model must be text, got {known['model']!r:.40}")
         points = []
         for p in known.get("points", []):
             if not isinstance(p, dict):
