@@ -86,6 +86,10 @@ def test_jobs_belong_to_their_client_through_every_route(app: RunningApp, tmp_pa
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(bare, timeout=30)
         assert "send a session_hash" in refused.value.read().decode(), name
+    # Whole numbers the API cannot round are our refusal, not Gradio's message-less error.
+    for odd in ("abc", "NaN", "Infinity", 12.5):
+        with pytest.raises(AppError, match="runs must be a whole number"):
+            alice.predict(model=handle_file(str(tmp_path / "mlp.onnx")), runs=odd, api_name="/onnx_submit")
     # A job id that is not text is "no job", not an internal error.
     for odd in ({"a": 1}, ["x"], "f" * 5000):
         with pytest.raises(AppError, match=r"no job .*a job id is the text a submit returned"):

@@ -186,6 +186,14 @@ def _showing(component: Any, example: Any) -> Any:
     return component
 
 
+class _ApiNumber(gr.Number):
+    """A number parameter of an API-only endpoint: its value goes to the config as sent, whose checks say what was
+    wrong and what is accepted (Gradio's own rounding fails on NaN, infinity or text with no message at all)."""
+
+    def preprocess(self, payload: Any) -> Any:
+        return payload
+
+
 def hidden_inputs(cls: type[Config], skip: tuple[str, ...] = ()) -> dict[str, Any]:
     """Invisible components, one per field (files as uploads), for an API-only endpoint. Call inside a hidden
     column."""
@@ -200,7 +208,7 @@ def hidden_inputs(cls: type[Config], skip: tuple[str, ...] = ()) -> dict[str, An
         elif f.type is bool and f.option.text is None:
             component = gr.Checkbox(value=value, label=label)
         elif f.type in (int, float) and f.option.text is None:
-            component = gr.Number(value=value, label=label, precision=0 if f.type is int else None)
+            component = _ApiNumber(value=value, label=label, precision=0 if f.type is int else None)
         else:  # a required field has no value: the API page then lists it as required
             component = gr.Textbox(value=value if value is not None or f.required else "", label=label)
         out[f.name] = _showing(component, api_example(f, examples, component.value))
