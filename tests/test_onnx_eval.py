@@ -325,6 +325,25 @@ def test_bfloat16_and_float8_models_run(tmp_path: Path) -> None:
         load_npz_inputs(tmp_path / "u16.npz", info.inputs, {"N": 1})
 
 
+def test_inputs_that_cannot_be_made_up_are_refused_at_submit(tmp_path: Path) -> None:
+    """A string input (or a packed 4-bit one) has no synthetic values: check_request, which a queue runs at submit,
+    refuses it unless an inputs .npz gives it, so it never becomes a failed job."""
+    x = helper.make_tensor_value_info("x", TensorProto.STRING, ["N", 2])
+    y = helper.make_tensor_value_info("y", TensorProto.STRING, ["N", 2])
+    model = helper.make_model(helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y]),
+                              opset_imports=[helper.make_opsetid("", 17)], ir_version=8)  # fmt: skip
+    path = tmp_path / "text.onnx"
+    onnx.save(model, str(path))
+    info = inspect_model(path)
+    with pytest.raises(EvalError, match="input 'x' is object: synthetic inputs are numeric or bool only"):
+        check_request(info, EvalConfig(**FAST))
+    np.savez(tmp_path / "words.npz", x=np.array([["a", "b"]]))
+    config = EvalConfig(inputs=tmp_path / "words.npz", **FAST)
+    check_request(info, config)
+    (row,) = evaluate(path, info, config)["results"]
+    assert row["error"] is None
+
+
 # ---------------------------------------------------------------------------------------------- accuracy
 
 

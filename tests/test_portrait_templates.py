@@ -180,3 +180,30 @@ def test_source_folder_and_tiny_source_limit_are_messages(tmp_path: Path) -> Non
     with pytest.raises(PortraitError, match=r"source max dim 8 leaves no face to find: give 0 .* or at least 64"):
         PortraitConfig(face, face, source_max_dim=8).validate()
     PortraitConfig(face, face, source_max_dim=0).validate()  # no limit
+
+
+def test_a_template_that_would_meet_the_baseline_is_refused_at_submit(tmp_path: Path) -> None:
+    """Without LivePortrait's weights (or with the baseline engine chosen) a template is refused when the job is
+    submitted, before anything is stored, instead of becoming a failed job."""
+    import huggingface_hub.constants
+
+    from engine.core.settings import Settings
+    from engine.jobs.broker import Broker
+    from engine.jobs.store import JobStore
+    from engine.portrait.config import PortraitConfig
+    from engine.portrait.jobs import PortraitJobs
+
+    source = Path(__file__).resolve().parent.parent / "assets" / "face.jpg"
+    save_template(tmp_path / "d.npz", _angles(2, seed=1), 25.0)
+    store = JobStore(tmp_path / "jobs.db", tmp_path / "blobs")
+    settings = Settings(data_dir=tmp_path, weights_dir=tmp_path / "weights")
+    kinds = {"portrait": "engine.portrait.jobs:handle"}
+    jobs = PortraitJobs(Broker(store, kinds, {"cpu": 1}), settings)  # never started: nothing runs
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))  # an empty Hub cache
+        for engine, why in (("auto", "no LivePortrait weights were found"), ("baseline", "the baseline engine")):
+            with pytest.raises(PortraitError, match=f"need LivePortrait's weights, and {why}"):
+                jobs.submit(PortraitConfig(source, tmp_path / "d.npz", engine=engine), "me")
+        assert store.history() == []
+        jobs.submit(PortraitConfig(source, source, engine="auto"), "me")  # an image driver is the baseline's
+    assert len(store.history()) == 1

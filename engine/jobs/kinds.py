@@ -115,6 +115,7 @@ class FileJobs(JobKind):
 
     def submit(self, config: Config, owner: str) -> Job:
         config = config.checked()
+        self.refuse(config)
         record = {
             "options": {k: v for k, v in config.to_text().items() if k not in self.files},
             "files": store_inputs(self.store, {name: getattr(config, name) for name in self.files}),
@@ -124,6 +125,10 @@ class FileJobs(JobKind):
         if devices:
             return split.submit_split(self.broker, self.kind, record, devices, owner)
         return self.broker.submit(self.kind, record, self.place(True), owner)
+
+    def refuse(self, config: Config) -> None:
+        """Refusals that need the server's settings or files, made at submit so they never become failed jobs
+        (override; raise the capability's error)."""
 
     def seconds(self, config: Config) -> float | None:
         """How long the job's video will last, from headers, when it may be split into time segments (override);

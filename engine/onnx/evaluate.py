@@ -90,25 +90,31 @@ def _np_dtype(spec: TensorSpec) -> np.dtype:
         ) from None
 
 
+def _synthetic_dtype(spec: TensorSpec) -> np.dtype:
+    """The dtype synthetic inputs fill ``spec`` with; EvalError for one they cannot (a string, a packed 4-bit type)."""
+    dtype = _np_dtype(spec)
+    if not (spec.is_float or dtype.kind in "iub"):
+        raise EvalError(
+            f"input {spec.name!r} is {spec.dtype}: synthetic inputs are numeric or bool only; "
+            "give its values in an inputs .npz"
+        )
+    return dtype
+
+
 def synthetic_inputs(specs: list[TensorSpec], values: dict[str, int], seed: int) -> dict[str, np.ndarray]:
     """Reproducible inputs: the same seed and shapes give the same tensors on every provider and run."""
     rng = np.random.default_rng(seed)
     out = {}
     for spec in specs:
-        shape, dtype = spec.concrete(values), _np_dtype(spec)
+        shape, dtype = spec.concrete(values), _synthetic_dtype(spec)
         if spec.is_float:
             draw = rng.random(shape, dtype=np.float64 if dtype == np.float64 else np.float32)
             out[spec.name] = draw.astype(dtype, copy=False)
         elif dtype.kind in "iu":
             high = min(_SYNTHETIC_INT_HIGH, int(np.iinfo(dtype).max) + 1)
             out[spec.name] = rng.integers(0, high, size=shape, dtype=dtype)
-        elif dtype.kind == "b":
-            out[spec.name] = rng.random(shape) < 0.5
         else:
-            raise EvalError(
-                f"input {spec.name!r} is {spec.dtype}: synthetic inputs are numeric or bool only; "
-                "give its values in an inputs .npz"
-            )
+            out[spec.name] = rng.random(shape) < 0.5
     return out
 
 
@@ -997,7 +1003,10 @@ def check_request(info: ModelInfo, config: EvalConfig, limits: Limits | None = N
     plan = _checked_plan(info, config, limits)
     if config.expected:
         _load_expected(config.expected, info.outputs, limits)
-    _user_inputs(info, config, plan)
+    user, _ = _user_inputs(info, config, plan)
+    for spec in info.inputs:
+        if spec.name not in user:
+            _synthetic_dtype(spec)  # the inputs evaluate() would make up: refused now, not in the job
     return plan.warnings
 
 

@@ -23,6 +23,11 @@ class PortraitJobs(FileJobs):
     config = PortraitConfig
     files = ("source", "driving")
 
+    def refuse(self, config: PortraitConfig) -> None:  # type: ignore[override]
+        from engine.portrait.pipeline import refuse_template_without_weights
+
+        refuse_template_without_weights(config, self.settings)
+
     def seconds(self, config: PortraitConfig) -> float | None:  # type: ignore[override]
         """The driving clip's length (up to max_frames); a driving image or motion template is never split."""
         path = Path(config.driving)

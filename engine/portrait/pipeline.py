@@ -723,13 +723,27 @@ def _baseline_plan(
     return _Plan(batches, info.fps, count, info.has_audio, (width, height), device, {"backend": "torch"})
 
 
+def refuse_template_without_weights(config: PortraitConfig, settings: Settings) -> None:
+    """At submit: a motion template that would meet the baseline engine (chosen, or no LivePortrait weights to find)
+    is refused now rather than as a failed job. A Hub reference is left to the run (looking it up may download)."""
+    configured = config.weights or settings.liveportrait_dir
+    if not is_template(config.driving) or str(configured or "").startswith("hf:"):
+        return
+    if _pick_engine(config, settings)[0] == "baseline":
+        raise _template_refusal(config)
+
+
+def _template_refusal(config: PortraitConfig) -> PortraitError:
+    why = "no LivePortrait weights were found" if config.engine == "auto" else "the baseline engine was chosen"
+    return PortraitError(
+        f"motion templates hold LivePortrait keypoints, which need LivePortrait's weights, and {why}: give the "
+        "weights (AVATARBENCH_LIVEPORTRAIT_DIR or --weights), or a driving video or image"
+    )
+
+
 def _baseline_checks(config: PortraitConfig, result: RunResult) -> None:
     if is_template(config.driving):
-        why = "no LivePortrait weights were found" if config.engine == "auto" else "the baseline engine was chosen"
-        raise PortraitError(
-            f"motion templates hold LivePortrait keypoints, which need LivePortrait's weights, and {why}: give the "
-            "weights (AVATARBENCH_LIVEPORTRAIT_DIR or --weights), or a driving video or image"
-        )
+        raise _template_refusal(config)
     if config.save_template:
         result.warn("motion templates hold LivePortrait keypoints: the baseline engine does not save one")
     defaults = PortraitConfig(config.source, config.driving)
