@@ -137,7 +137,7 @@ class Field:
         if self.type is Path:
             return Path(_path_text(self, raw))
         if not isinstance(raw, str):
-            raise _Problem(f"{self.words} must be text, got {raw!r}")
+            raise _Problem(f"{self.words} must be text, got {_shown(raw)}")
         return raw.strip()
 
     def _check(self, value: Any) -> None:
@@ -147,17 +147,24 @@ class Field:
             if bad:
                 verb = "is" if len(bad) == 1 else "are"
                 accepted = ", ".join(map(str, self.option.choices))
-                raise _Problem(f"{self.words} {', '.join(map(repr, bad))} {verb} not one of {accepted}")
+                raise _Problem(f"{self.words} {', '.join(map(_shown, bad))} {verb} not one of {accepted}")
         if self.option.text and self.option.text.distinct and len(set(value)) != len(value):
             raise _Problem(f"{self.words} {self.text_of(value)!r} lists a value twice")
         low, high = self.option.low, self.option.high
         if low is None and high is None:
             return
         numbers = [v for v in items if isinstance(v, int | float) and not isinstance(v, bool)]
-        out = [str(v) if isinstance(v, int) else _number(v) for v in numbers
+        out = [_shown(v) if isinstance(v, int) else _number(v) for v in numbers
                if (low is not None and v < low) or (high is not None and v > high)]  # fmt: skip
         if out:
             raise _Problem(f"{self.words} {', '.join(out)} is outside {_bounds(low, high)}")
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+    """A value as a message quotes it (ints bare, the rest as repr), cut at ``limit`` characters: an API caller may
+    send a 5000-character string or a 400-digit number, and a message need not repeat it."""
+    text = str(value) if isinstance(value, int) and not isinstance(value, bool) else repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def _number(value: float) -> str:
@@ -174,7 +181,7 @@ def _bounds(low: float | None, high: float | None) -> str:
 
 def _path_text(field: Field, raw: Any) -> str:
     if not isinstance(raw, str | os.PathLike) or not str(raw).strip():
-        raise _Problem(f"{field.words} must be a file path, got {raw!r}")
+        raise _Problem(f"{field.words} must be a file path, got {_shown(raw)}")
     return os.fspath(raw)
 
 
@@ -183,12 +190,12 @@ def _to_bool(field: Field, raw: Any) -> bool:
         return raw
     if isinstance(raw, str) and raw.strip().lower() in _TRUE + _FALSE:
         return raw.strip().lower() in _TRUE
-    raise _Problem(f"{field.words} must be true or false (on/off), got {raw!r}")
+    raise _Problem(f"{field.words} must be true or false (on/off), got {_shown(raw)}")
 
 
 def _to_int(field: Field, raw: Any) -> int:
     if isinstance(raw, bool):
-        raise _Problem(f"{field.words} must be a whole number, got {raw!r}")
+        raise _Problem(f"{field.words} must be a whole number, got {_shown(raw)}")
     if isinstance(raw, int):
         return raw
     if isinstance(raw, float) and math.isfinite(raw) and raw.is_integer():
@@ -198,7 +205,7 @@ def _to_int(field: Field, raw: Any) -> int:
             return int(raw.strip())
         except ValueError:
             pass
-    raise _Problem(f"{field.words} must be a whole number, got {raw!r}")
+    raise _Problem(f"{field.words} must be a whole number, got {_shown(raw)}")
 
 
 def _to_float(field: Field, raw: Any) -> float:
@@ -211,7 +218,7 @@ def _to_float(field: Field, raw: Any) -> float:
         except ValueError:
             value = None
     if value is None or not math.isfinite(value):
-        raise _Problem(f"{field.words} must be a finite number, got {raw!r}")
+        raise _Problem(f"{field.words} must be a finite number, got {_shown(raw)}")
     return value
 
 
