@@ -16,7 +16,7 @@ from engine.core.results import RunResult
 from engine.core.settings import Settings, load_settings
 from engine.jobs.broker import Broker
 from engine.jobs.housekeeping import Budget, enforce_budget, gradio_cache_policy, sweep_orphans
-from engine.jobs.store import DONE, QUEUED, RUNNING, JobStore
+from engine.jobs.store import CANCELLED, DONE, QUEUED, RUNNING, JobStore
 
 DAY = 86400.0
 ROOMY = 2**40  # a size budget nothing in these tests reaches
@@ -189,6 +189,26 @@ def test_files_queued_or_running_jobs_need_are_kept_even_when_oldest(
     assert writing.is_file()
     assert [store.get(j.id).status for j in (lipsync, onnx, sweep, done)] == [RUNNING, QUEUED, QUEUED, DONE]
     assert store.get(done.id).settings["files"]["face"]["sha256"] == done_input  # the row stays as it was
+
+
+def test_what_failed_or_cancelled_jobs_left_half_written_goes(settings: Settings, store: JobStore) -> None:
+    """A running job cancelled is stopped with its worker, whose writer never deletes the partial MP4: the chore
+    does, and keeps every other job's files (done, running, unknown to this store)."""
+    jobs = {name: store.submit("lipsync", {}, "cpu") for name in ("cancelled", "failed", "done", "running")}
+    for _ in jobs:
+        store.claim_next("cpu")
+    store.fail(jobs["cancelled"].id, "cancelled by its owner while it ran", CANCELLED)
+    store.fail(jobs["failed"].id, "its worker died")
+    store.finish(jobs["done"].id, {"outputs": {}})
+    files = {name: _output(settings, f"lipsync-{job.id}.mp4", 48, days=0) for name, job in jobs.items()}
+    stranger = _output(settings, "lipsync-0123456789ab.mp4", 48, days=0)
+    strip = _output(settings, f"portrait-{jobs['failed'].id}.strip.png", 10, days=0)
+    removed = enforce_budget(store, settings.outputs_dir, Budget(max_bytes=10**9, max_age_s=FOREVER))
+    assert removed == []  # the budget itself removed nothing: the sweep ran before it
+    assert sorted(p.name for p in settings.outputs_dir.iterdir()) == sorted(
+        [files["done"].name, files["running"].name, stranger.name]
+    )
+    assert not strip.exists()
 
 
 def test_age_limit_removes_unused_files_and_a_job_naming_a_blob_counts_as_its_use(

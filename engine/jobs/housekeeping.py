@@ -12,7 +12,7 @@ Three things grow without it:
   the newest job naming it or the file's mtime (a re-upload touches it), an output's its mtime (atime is often
   disabled, so it is never read). A file a queued or running job needs, or one touched in the last few minutes (a
   submit in flight, an output being written), is never removed. A finished job whose output goes keeps its row, and
-  its result says which file was removed and why.
+  its result says which file was removed and why. What a failed or cancelled job left half-written goes first.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from stat import S_ISREG
 
 from engine.core.hls import STREAM_SUFFIX
 from engine.core.settings import PREFIX, Settings
-from engine.jobs.store import JobStore
+from engine.jobs.store import CANCELLED, FAILED, JobStore, StoreError
 
 log = logging.getLogger("avatarbench.housekeeping")
 
@@ -186,11 +186,32 @@ def sweep_streams(store: JobStore, outputs_dir: Path, now: float | None = None) 
     return removed
 
 
+def sweep_unfinished(store: JobStore, outputs_dir: Path) -> list[Path]:
+    """Remove the files that failed or cancelled jobs left in the outputs: a worker killed to cancel or stop its job
+    never gets to delete its half-written video (its writer's abort does not run), and no result names the file."""
+    removed = []
+    for path in _entries(outputs_dir):
+        match = OUTPUT_JOB.search(path.name)
+        if match is None or path.is_symlink() or not path.is_file():
+            continue
+        try:
+            job = store.get(match.group(1))
+        except StoreError:
+            continue  # not a job of this store: left to the budget
+        if job.status in (FAILED, CANCELLED):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    if removed:
+        log.info("removed %d file(s) that failed or cancelled jobs left", len(removed))
+    return removed
+
+
 def enforce_budget(store: JobStore, outputs_dir: Path, budget: Budget, now: float | None = None) -> list[Removal]:
     """Remove unused files past the age limit, then the least recently used until the size fits; never a file a
     queued or running job needs or one touched in the last RECENT_S. Finished jobs whose outputs went say so."""
     now = time.time() if now is None else now
     sweep_streams(store, outputs_dir, now)
+    sweep_unfinished(store, outputs_dir)
     files = sorted(stored_files(store, outputs_dir), key=lambda f: f.last_used)
     total = sum(f.size for f in files)
     removed: list[Removal] = []
@@ -244,4 +265,5 @@ __all__ = [
     "stored_files",
     "sweep_orphans",
     "sweep_streams",
+    "sweep_unfinished",
 ]
