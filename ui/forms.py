@@ -186,12 +186,11 @@ def _showing(component: Any, example: Any) -> Any:
     return component
 
 
-class _ApiNumber(gr.Number):
-    """A number parameter of an API-only endpoint: its value goes to the config as sent, whose checks say what was
-    wrong and what is accepted (Gradio's own rounding fails on NaN, infinity or text with no message at all)."""
-
-    def preprocess(self, payload: Any) -> Any:
-        return payload
+def _as_sent(payload: Any) -> Any:
+    """An API-only endpoint's number, as sent: the config's checks say what was wrong and what is accepted (Gradio's
+    own rounding fails on NaN, infinity or text with no message at all). Set on the instance: a subclass of a Gradio
+    component makes Gradio write a .pyi stub beside this module."""
+    return payload
 
 
 def hidden_inputs(cls: type[Config], skip: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -208,7 +207,8 @@ def hidden_inputs(cls: type[Config], skip: tuple[str, ...] = ()) -> dict[str, An
         elif f.type is bool and f.option.text is None:
             component = gr.Checkbox(value=value, label=label)
         elif f.type in (int, float) and f.option.text is None:
-            component = _ApiNumber(value=value, label=label, precision=0 if f.type is int else None)
+            component = gr.Number(value=value, label=label, precision=0 if f.type is int else None)
+            component.preprocess = _as_sent  # type: ignore[method-assign]
         else:  # a required field has no value: the API page then lists it as required
             component = gr.Textbox(value=value if value is not None or f.required else "", label=label)
         out[f.name] = _showing(component, api_example(f, examples, component.value))
