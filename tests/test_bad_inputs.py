@@ -164,7 +164,7 @@ CASES: list[tuple[str, dict, str]] = [
     ("/onnx_submit", {"example": "wav2lip", "inputs": F + "not.npz"}, "not.npz"),
     ("/onnx_submit", {}, "give either a model"),
     # sweeps, plans, costs
-    ("/bench_submit", {"points": "{"}, "points are not valid JSON"),
+    ("/bench_submit", {"points": "{"}, "points: not valid JSON"),
     ("/bench_submit", {"points": json.dumps([{"device": "cuda"}])}, "no CUDA device"),
     ("/bench_submit", {"batch": "0", "runtime": "tensor"}, "runtime 'tensor' is not one of"),
     ("/bench_submit", {"precision": "fp7", "runs": 0}, "precision 'fp7' is not one of"),

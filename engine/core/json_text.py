@@ -15,11 +15,11 @@ def parse_json(text: str | bytes, what: str) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise InputError(f"{what} is not valid JSON: {exc}") from None
+        raise InputError(f"{what}: not valid JSON: {exc}") from None
     except RecursionError:
-        raise InputError(f"{what} is nested too deeply to read") from None
+        raise InputError(f"{what}: nested too deeply to read") from None
     except ValueError as exc:  # an integer of thousands of digits
-        raise InputError(f"{what} cannot be read: {exc}") from None
+        raise InputError(f"{what}: cannot be read: {exc}") from None
 
 
 __all__ = ["parse_json"]
