@@ -1,4 +1,5 @@
 import json
+import math
 import os
 import subprocess
 import sys
@@ -165,14 +166,19 @@ def test_a_provider_that_fell_back_fails_the_measuring_commands(tmp_path: Path, 
 
     def with_a_fallback(*a, **kw) -> dict:
         out = real(*a, **kw)
-        out["results"][-1].update(fell_back=True, ran_on="CPUExecutionProvider")
+        out["results"][-1].update(fell_back=True, ran_on="CPUExecutionProvider", error_vs_fp32={"rel_l2": math.inf})
         return out
 
     monkeypatch.setattr(sweep, "run_sweep", with_a_fallback)
     args = ["bench", "--model", str(path), "--runtime", "ort-cpu", "--batch", "1", "--runs", "2", "--quiet"]
     assert main([*args, "--json", str(report)]) == 3
     assert "cpu ort-cpu fp32 b1 ran on CPUExecutionProvider" in capsys.readouterr().err
-    assert json.loads(report.read_text())["results"][-1]["fell_back"] is True
+
+    def refuse(token: str) -> None:
+        raise ValueError(f"bare {token} in a --json report")
+
+    row = json.loads(report.read_text(), parse_constant=refuse)["results"][-1]
+    assert row["fell_back"] is True and row["error_vs_fp32"]["rel_l2"] == "Infinity"  # strict JSON
     monkeypatch.setattr(sweep, "run_sweep", real)
     assert main(args) == 0
 
@@ -306,6 +312,31 @@ def test_long_text_options_are_not_taken_for_paths(tmp_path: Path) -> None:
     long_name = str(tmp_path / ("x" * 300 + ".mp4"))
     with pytest.raises(InputError, match="--out: a file or folder name is over 255 bytes"):
         check_output_paths(argparse.Namespace(out=long_name, out_is_a_file=True, json=None))
+
+
+def test_every_output_flag_is_checked_against_the_inputs_and_links(tmp_path: Path) -> None:
+    """bench's --csv was written unchecked after the sweep: onto the model itself, onto --json, into a folder. A hard
+    link to an input is that input (its resolved path differs); a file in the way of a folder is refused too."""
+    import argparse
+    import os
+
+    from engine.core.commands import check_output_paths
+    from engine.core.errors import InputError
+
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"model")
+    os.link(model, tmp_path / "hard.onnx")
+    for outputs, message in (
+        ({"csv": str(model)}, "--csv .* is also --model"),
+        ({"csv": str(tmp_path / "r.x"), "json": str(tmp_path / "r.x")}, "--csv .* is also --json"),
+        ({"json": str(tmp_path / "hard.onnx")}, "--json .* is also --model"),
+        ({"csv": str(tmp_path)}, "--csv .* is a folder"),
+        ({"json": str(model / "r.json")}, "m.onnx is a file, so no folder can be made there"),
+    ):
+        with pytest.raises(InputError, match=message):
+            check_output_paths(argparse.Namespace(model=str(model), **{"json": None, "csv": None, **outputs}))
+    check_output_paths(argparse.Namespace(model=str(model), json=str(tmp_path / "new" / "r.json"), csv=None))
+    assert model.read_bytes() == b"model"
 
 
 def test_ctrl_c_stops_a_model_that_runs_forever(tmp_path: Path) -> None:

@@ -17,7 +17,9 @@ from engine.core.commands import (
     command_line,
     output_flags,
     refuse_fallbacks,
+    strict_json,
     write_json,
+    write_output,
 )
 from engine.core.options import from_args
 
@@ -56,10 +58,9 @@ def _bench(args: argparse.Namespace) -> int:
     with _model(request.model, settings.cache_dir) as model, ProgressBar(args.quiet) as bar:
         report = run_sweep(config, model, gpu, bar, settings.gpu_memory_fraction)
     report.update(command=command_line("avatarbench"), label=args.label, note=args.note)
-    write_json(args.json, json.dumps(report, indent=2))
-    if args.csv:
-        Path(args.csv).write_text(rows_to_csv(report))
-    _print_sweep(report)
+    _print_sweep(report)  # first: a report that cannot be written still leaves the table on the screen
+    write_json(args.json, strict_json(report))
+    write_output(args.csv, rows_to_csv(report), "--csv")
     if any(r["status"] == "error" for r in report["results"]):
         return 1
     refuse_fallbacks([f"{r['label']} ran on {r['ran_on']}" for r in report["results"] if r.get("fell_back")])

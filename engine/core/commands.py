@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shlex
 import sys
 from collections.abc import Callable
@@ -31,12 +32,18 @@ class Command:
 
 def write_json(path: str | None, text: str) -> None:
     """--json FILE: the full result, for machines (its folder made where missing, as --out's is)."""
+    write_output(path, text, "--json")
+
+
+def write_output(path: str | None, text: str, flag: str) -> None:
+    """A command's text output ``flag`` FILE (--json, --csv), its folder made where missing; a file that cannot be
+    written (a full disk, no permission) is one line, and the work itself is done and kept."""
     if path:
         try:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             Path(path).write_text(text.rstrip("\n") + "\n")
-        except OSError as exc:  # a full disk, no permission: the work itself is done and kept
-            raise InputError(f"--json {path} could not be written: {exc.strerror or exc}") from None
+        except OSError as exc:
+            raise InputError(f"{flag} {path} could not be written: {exc.strerror or exc}") from None
 
 
 def strict_json(value: Any) -> str:
@@ -72,33 +79,56 @@ MAX_NAME_BYTES = 255  # one file or folder name, on every common file system
 
 
 def check_output_paths(args: argparse.Namespace) -> None:
-    """A video command's --out and any --json FILE, before any work: a folder, or a file the command also reads or
-    writes, is refused (it would end the run in a traceback after all its work, or overwrite an input or the video
-    with the report)."""
+    """A command's output files (a video command's --out, any --json or --csv FILE), before any work: a folder, a
+    place no file can be written, or a file the command also reads or writes (a hard or symbolic link to it too)
+    is refused; it would end the run in an error after all its work, or overwrite an input or another output."""
     outputs = {
         "out": args.out if getattr(args, "out_is_a_file", False) else None,
-        "json": args.json if isinstance(getattr(args, "json", None), str) else None,
+        **{flag: getattr(args, flag, None) for flag in ("json", "csv")},
     }
+    outputs = {name: value for name, value in outputs.items() if isinstance(value, str) and value}
     for name, value in outputs.items():
-        if value and _is(Path.is_dir, value):
-            raise InputError(f"--{name} {value} is a folder; give a file name")
-        if value and any(len(part.encode()) > MAX_NAME_BYTES for part in Path(value).parts):
-            raise InputError(f"--{name}: a file or folder name is over {MAX_NAME_BYTES} bytes, the file system's limit")
+        _check_writable(name, value)
     taken = {  # the files the command reads, then each output as it is checked
-        Path(value).resolve(): name
+        _identity(value): name
         for name, value in vars(args).items()
         if name not in outputs and isinstance(value, str | Path) and str(value) and _is(Path.is_file, value)
     }
     for name, value in outputs.items():
-        if not value:
-            continue
-        other = taken.get(Path(value).resolve())
+        other = taken.get(_identity(value))
         if other is not None:
             raise InputError(
                 f"--{name} {value} is also --{other.replace('_', '-')}: writing it would overwrite that; "
                 "give another file name"
             )
-        taken[Path(value).resolve()] = name
+        taken[_identity(value)] = name
+
+
+def _check_writable(name: str, value: str) -> None:
+    """An output file name that can be written: not a folder, no name over the file system's limit, and its nearest
+    existing folder one this process may write in (its missing folders are made when it is written)."""
+    path = Path(value)
+    if _is(Path.is_dir, path):
+        raise InputError(f"--{name} {value} is a folder; give a file name")
+    if any(len(part.encode()) > MAX_NAME_BYTES for part in path.parts):
+        raise InputError(f"--{name}: a file or folder name is over {MAX_NAME_BYTES} bytes, the file system's limit")
+    folder = path.absolute().parent
+    while not _is(Path.exists, folder) and folder != folder.parent:
+        folder = folder.parent
+    if not _is(Path.is_dir, folder):
+        raise InputError(f"--{name} {value}: {folder} is a file, so no folder can be made there")
+    if not os.access(folder, os.W_OK | os.X_OK) or (_is(Path.exists, path) and not os.access(path, os.W_OK)):
+        raise InputError(f"--{name} {value} cannot be written here (no permission): give another place")
+
+
+def _identity(value: str | Path) -> Any:
+    """What makes two names one file: its device and inode where it exists (hard and symbolic links included),
+    else its resolved path."""
+    try:
+        found = os.stat(value)
+    except (OSError, ValueError):
+        return Path(value).resolve()
+    return (found.st_dev, found.st_ino)
 
 
 def _is(test: Callable[[Path], bool], value: str | Path) -> bool:
