@@ -23,6 +23,7 @@ from engine.core.errors import InputError
 from engine.core.media import (
     MediaError,
     VideoWriter,
+    check_file,
     exif_orientation,
     load_image,
     probe_video,
@@ -410,3 +411,11 @@ def test_videos_are_turned_upright_by_their_display_rotation_as_videocapture_doe
     for got, want in zip(frames, expected, strict=True):
         assert got.shape == want.shape == (shown[1], shown[0], 3)
         assert np.array_equal(got, want) and got.flags.c_contiguous
+
+
+def test_a_name_too_long_for_the_file_system_is_a_message(tmp_path: Path) -> None:
+    """`avatar --face` with a 300-character name ended in OSError: File name too long."""
+    with pytest.raises(MediaError, match=r"face file 'x{60}'\.\.\. cannot be opened: File name too long"):
+        check_file(tmp_path / ("x" * 300 + ".png"), "face", "an image")
+    with pytest.raises(MediaError, match=r"face file not found: missing\.png"):
+        check_file(tmp_path / "missing.png", "face", "an image")

@@ -140,7 +140,13 @@ def is_image(path: str | os.PathLike) -> bool:
 def check_file(path: Path, kind: str, accepted: str, error: type[InputError] = MediaError) -> None:
     """Missing, not a file or empty, said plainly before a decoder answers "invalid data". Messages name the
     file only: in the web app the full path is a server's temporary folder, meaningless to the user."""
-    if not path.exists():
+    try:
+        found = path.exists()
+    except (OSError, ValueError) as exc:  # a name too long for the file system, a NUL in it
+        raise error(
+            f"{kind} file {path.name[:60]!r}... cannot be opened: {getattr(exc, 'strerror', None) or exc}"
+        ) from None
+    if not found:
         raise error(f"{kind} file not found: {path.name}")
     if not path.is_file():
         raise error(f"{path.name} is not a file; {accepted}")
