@@ -48,6 +48,10 @@ def test_telemetry_table_and_json_watch() -> None:
 
 def test_bad_input_is_a_clear_error() -> None:
     assert run("telemetry", "--interval", "0").returncode == 2
+    from engine.cli import main
+
+    for flags in (["--interval", "inf"], ["--interval", "nan"], ["--interval", "1e308"], ["--count", "-1"]):
+        assert main(["telemetry", "--watch", *flags]) == 2, flags  # they crashed: deque(maxlen=NaN), sleep(1e308)
     proc = run("doctor", AVATARBENCH_MAX_UPLOAD_MB="many")
     assert proc.returncode == 2 and "AVATARBENCH_MAX_UPLOAD_MB" in proc.stderr
 

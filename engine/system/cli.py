@@ -26,8 +26,10 @@ def _doctor_flags(parser: argparse.ArgumentParser) -> None:
 def _telemetry(args: argparse.Namespace) -> int:
     from engine.system.telemetry import TelemetrySampler, render_table
 
-    if not args.interval > 0:
-        raise InputError(f"--interval must be > 0 seconds, got {args.interval:g}")
+    if not 0.1 <= args.interval <= 60:  # the range AVATARBENCH_TELEMETRY_INTERVAL takes (NaN fails too)
+        raise InputError(f"--interval must be 0.1..60 seconds, got {args.interval:g}")
+    if args.count < 0:
+        raise InputError(f"--count must be 0 (never stop) or more samples, got {args.count}")
     sampler = TelemetrySampler(interval_s=args.interval, history_s=max(10.0, args.interval * 2))
     count = 0
     try:
