@@ -343,6 +343,18 @@ def test_every_output_flag_is_checked_against_the_inputs_and_links(tmp_path: Pat
     assert model.read_bytes() == b"model"
 
 
+def test_portrait_export_checks_its_folder_first(tmp_path: Path, capsys) -> None:
+    """--out a file, empty, or where no folder can be made: one line before the weights load (they were tracebacks
+    after it, and an empty --out wrote into the current folder)."""
+    from engine.cli import main
+
+    afile = tmp_path / "face.jpg"
+    afile.write_bytes(b"x")
+    for out, message in ((afile, "is a file"), ("", "--out is empty"), (afile / "sub", "the folder cannot be made")):
+        assert main(["portrait-export", "--weights", str(tmp_path / "none"), "--out", str(out)]) == 2
+        assert message in capsys.readouterr().err
+
+
 def test_ctrl_c_stops_a_model_that_runs_forever(tmp_path: Path) -> None:
     """A Loop of 2**62 steps is one C++ call that Python's own signal handling would wait out: Ctrl-C sets the
     sessions' terminate flag, so the command stops at once with 130."""

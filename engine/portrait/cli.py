@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from engine.core.commands import Command, print_run, run_flags
+from engine.core.errors import InputError
 from engine.core.options import from_args
 from engine.portrait.config import PortraitConfig
 
@@ -37,7 +39,16 @@ def _portrait(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from engine.portrait.onnx_backend import export_onnx
 
-    paths = export_onnx(args.weights, args.out, args.precision)
+    out = Path(args.out.strip())
+    if not args.out.strip():
+        raise InputError("--out is empty: give the folder for the .onnx files")
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {args.out} is a file; give a folder for the .onnx files")
+    try:  # before the weights load and the export, not after
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"--out {args.out}: the folder cannot be made ({exc.strerror or exc})") from None
+    paths = export_onnx(args.weights, out, args.precision)
     print(json.dumps({k: str(v) for k, v in paths.items()}, indent=2))
     return 0
 
