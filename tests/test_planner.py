@@ -167,8 +167,12 @@ def test_price_book_edits_round_trip(tmp_path) -> None:
     with pytest.raises(ValueError, match="dollars per hour"):
         again.update({"T4": -1})
     path.write_text("{broken")
-    with pytest.raises(ValueError, match="not readable JSON"):
+    with pytest.raises(ValueError, match="prices.json: not valid JSON"):
         PriceBook.load(path)
+    for text in ("[]", '"x"', '{"prices": []}', '{"prices": {}, "sources": 5}'):  # AttributeErrors once
+        path.write_text(text)
+        with pytest.raises(ValueError, match="must be a JSON object"):
+            PriceBook.load(path)
 
 
 def test_model_memory_plan_by_hand() -> None:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.core.errors import InputError
+from engine.core.json_text import parse_json
 
 PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "int8")
 PRICE_SOURCE = "indicative on-demand rate, single GPU, public price lists as of 2026-11 (edit to your provider's)"
@@ -229,10 +230,17 @@ class PriceBook:
             if not p.is_file():
                 continue
             try:
-                data = json.loads(p.read_text())
-            except (OSError, ValueError) as exc:
-                raise InputError(f"price file {p.name} is not readable JSON: {exc}") from None
-            book.update(data.get("prices", {}), data.get("sources", {}))
+                data = parse_json(p.read_bytes(), f"price file {p.name}")
+            except OSError as exc:
+                raise InputError(f"price file {p.name} cannot be read: {exc.strerror or exc}") from None
+            prices = data.get("prices", {}) if isinstance(data, dict) else None
+            sources = data.get("sources", {}) if isinstance(data, dict) else None
+            if not isinstance(prices, dict) or not isinstance(sources, dict):
+                raise InputError(
+                    f'price file {p.name} must be a JSON object {{"prices": {{GPU: dollars per hour}}, '
+                    '"sources": {GPU: text}}'
+                )
+            book.update(prices, sources)
         return book
 
     def update(self, prices: dict[str, Any], sources: dict[str, str] | None = None) -> None:
