@@ -167,7 +167,7 @@ def test_price_book_edits_round_trip(tmp_path) -> None:
     with pytest.raises(ValueError, match="dollars per hour"):
         again.update({"T4": -1})
     path.write_text("{broken")
-    with pytest.raises(ValueError, match="prices.json: not valid JSON"):
+    with pytest.raises(ValueError, match=r"prices\.json: not valid JSON"):
         PriceBook.load(path)
     for text in ("[]", '"x"', '{"prices": []}', '{"prices": {}, "sources": 5}'):  # AttributeErrors once
         path.write_text(text)
@@ -213,3 +213,36 @@ def test_calibration_from_a_sweep_report() -> None:
     }
     assert calibration_from_report(report, "fp16") == (3 * 2**20, 100 * 2**20)
     assert calibration_from_report(report, "bf16") is None
+    odd = [row("32", 5), row(64, float("nan")), row(True, 5), row(96, "big")]  # skipped, not a TypeError
+    assert calibration_from_report({"results": report["results"] + odd}, "fp16") == (3 * 2**20, 100 * 2**20)
+    for broken in ({"results": "x"}, {"results": [1, 2]}):
+        with pytest.raises(PlanError, match="results must be a list of rows"):
+            calibration_from_report(broken, "fp16")
+
+
+def test_a_calibration_that_cannot_size_a_batch_is_refused(tmp_path) -> None:
+    """Flat or falling peaks, another model's report, weights over the card: refused or 0, never 4096 on a T4."""
+    import json
+
+    from engine.bench.config import NetworkPlanConfig
+    from engine.bench.planner import plan_network
+
+    def report(peaks: dict[int, int], model: str = "wav2lip") -> dict:
+        rows = [{"status": "ok", "device": "cuda", "runtime": "eager", "precision": "fp16", "batch": b,
+                 "peak_allocated_bytes": p} for b, p in peaks.items()]  # fmt: skip
+        return {"model": {"name": model}, "results": rows}
+
+    config = NetworkPlanConfig(gpu="T4")
+    with pytest.raises(PlanError, match="do not grow with the batch"):
+        plan_network(config, tmp_path, report({32: 10**12, 128: 10**12}))
+    with pytest.raises(PlanError, match="do not grow with the batch"):
+        plan_network(config, tmp_path, report({32: 10**9, 128: 10**8}))
+    with pytest.raises(PlanError, match="measured 's3fd', not 'wav2lip'"):
+        plan_network(config, tmp_path, report({32: 10**8, 128: 2 * 10**8}, model="s3fd"))
+    _, fit = plan_network(config, tmp_path, report({32: 10**12, 128: 10**12 + 96 * 2**20}))
+    assert fit.max_batch == 0 and fit.recommended_batch == 0  # 1 TB of weights: nothing fits
+    with pytest.raises(PlanError, match="go together"):
+        NetworkPlanConfig.build({"gpu": "T4", "target_throughput": 5000})
+    (tmp_path / "r.json").write_text(json.dumps([1, 2]))
+    with pytest.raises(PlanError, match="must be a JSON object"):
+        plan_network(NetworkPlanConfig(gpu="T4", calibrate=tmp_path / "r.json"), tmp_path)

@@ -143,6 +143,11 @@ class NetworkPlanConfig(Config):
     target_throughput: float | None = option(None, help="samples/s wanted in total", low=0.001, high=1e12)
     throughput_per_gpu: float | None = option(None, help="measured samples/s on one card", low=0.001, high=1e12)
 
+    def problems(self) -> list[str]:
+        if (self.target_throughput is None) != (self.throughput_per_gpu is None):
+            return ["target throughput and throughput per GPU go together: the GPU count is one over the other"]
+        return []
+
 
 @dataclass
 class CostConfig(Config):

@@ -134,15 +134,23 @@ def calibration_from_report(report: dict[str, Any], precision: str) -> tuple[int
     """(bytes per sample, fixed bytes) from a GPU sweep's eager rows at this precision, or None when the
     sweep has fewer than two such batch sizes. Fixed bytes are what the allocator held beyond the batch:
     weights and persistent workspaces (the CUDA context is not in the allocator and is added separately)."""
+    rows = report.get("results", [])
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise PlanError("the calibration report's results must be a list of rows (a bench --json report)")
     peaks = [
         (r["batch"], r["peak_allocated_bytes"])
-        for r in report.get("results", [])
+        for r in rows
         if r.get("status") == "ok" and r.get("device") == "cuda" and r.get("runtime") == "eager"
-        and r.get("precision") == precision and r.get("peak_allocated_bytes")
+        and r.get("precision") == precision and _count(r.get("batch")) and _count(r.get("peak_allocated_bytes"))
     ]  # fmt: skip
     if len({b for b, _ in peaks}) < 2:
         return None
     return calibrate_activations(peaks)
+
+
+def _count(value: Any) -> bool:
+    """A positive whole number as a report holds one (a batch, a byte count); not a bool, text, NaN or infinity."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**63
 
 
 def plan_model_memory(
@@ -167,7 +175,8 @@ def plan_model_memory(
         warnings.append(f"{gpu.name} has no tensor cores: fp16 saves memory but not much time")
     budget = int(gpu.memory_bytes * memory_fraction)
     free = budget - weights_bytes - CUDA_CONTEXT_BYTES
-    fits = max(0, free // activation_bytes_per_sample) if activation_bytes_per_sample else max_batch
+    per_sample = max(1, activation_bytes_per_sample)  # no activations: as many as max_batch, when the weights fit
+    fits = max(0, free // per_sample) if activation_bytes_per_sample or free < 0 else max_batch
     fits = int(min(fits, max_batch))
     recommended = 2 ** int(math.log2(fits)) if fits >= 1 else 0
     if fits == 0:
@@ -206,11 +215,18 @@ def plan_network(
         except OSError as exc:
             raise PlanError(f"calibrate: {Path(config.calibrate).name} cannot be read ({exc.strerror})") from None
     model = builtin_model(config.model, cache_dir)
-    calibrated = calibration_from_report(report, config.precision) if isinstance(report, dict) else None
+    if report is not None and not isinstance(report, dict):
+        raise PlanError("the calibration report must be a JSON object (a bench --json report)")
+    measured = (report or {}).get("model", {}).get("name") if isinstance((report or {}).get("model"), dict) else None
+    if measured is not None and measured != config.model:
+        raise PlanError(f"the calibration report measured {measured!r}, not {config.model!r}")
+    calibrated = calibration_from_report(report, config.precision) if report is not None else None
     if report is not None and calibrated is None:
         raise PlanError(f"the calibration report has no GPU eager {config.precision} rows at two batch sizes")
     if calibrated:
         (activations, weights), basis = calibrated, "calibrated from a GPU sweep (allocator peaks by batch)"
+        if not activations:
+            raise PlanError("the calibration report's peaks do not grow with the batch: they cannot size one")
     else:
         (weights, activations), basis = memory_profile(model, config.precision), ESTIMATE_BASIS
     fit = plan_model_memory(
