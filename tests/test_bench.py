@@ -118,6 +118,9 @@ def test_presets_scale_down_without_a_gpu() -> None:
         ({"model": "wav2lip", "points": [{}], "speed": "max"}, "unknown sweep field"),
         ({"points": [{}]}, "needs a model"),
         ({"model": "wav2lip", "points": [{}] * 201}, "at most 200"),
+        ({"model": "wav2lip", "points": [{"device": "cpu", "channels_last": "off"}]}, "'off' is not true or false"),
+        ({"model": "wav2lip", "points": [{"runtime": "ort-cuda", "device": "cpu"}]}, "ort-cuda runs on the GPU only"),
+        ({"model": "wav2lip", "points": [{"runtime": "cudagraphs", "device": "cpu"}]}, "CUDA graphs need the GPU"),
     ],
 )
 def test_sweep_refusals(data: dict, message: str) -> None:
@@ -188,6 +191,9 @@ def test_job_refusals(tmp_path: Path) -> None:
         jobs.submit(SweepRequest.build({"model": "onnx:" + "a" * 64, "runtime": "ort-cpu", "device": "cpu"}), OWNER)
     with pytest.raises(BenchError, match="not valid JSON"):
         SweepRequest.build({"points": "{points"})
+    # a point that names no device is measured where --device's empty value would be (it meant cuda everywhere)
+    points = SweepRequest.build({"model": "wav2lip", "points": '[{"runtime": "ort-cpu"}]'})
+    assert [p.device for p in points.plan(has_gpu=False).points] == ["cpu"]
     with pytest.raises(BenchError, match="not a benchmark report"):
         jobs.import_report({"results": []}, OWNER)
     with pytest.raises(BenchError, match="machine must be a JSON object"):  # once stored, this broke the history

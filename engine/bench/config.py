@@ -87,6 +87,8 @@ class SweepRequest(Config):
             config = preset(self.preset, self.model, has_gpu, self.runs, self.warmup)
         elif self.points is not None:
             points = parse_json(self.points, "points")
+            device = "cuda" if has_gpu else "cpu"  # a point that names none: as --device's empty value
+            points = [{"device": device, **p} for p in points]  # problems() made sure they are objects
             config = SweepConfig.from_dict({"model": self.model, "points": points, "runs": self.runs,
                                             "warmup": self.warmup})  # fmt: skip
         else:

@@ -77,7 +77,26 @@ class BenchPoint:
             out.append(f"batch {self.batch!r} is not a whole number in 1..{MAX_BATCH}")
         if self.compile_mode not in COMPILE_MODES:
             out.append(f"compile mode {self.compile_mode!r} is not one of {', '.join(COMPILE_MODES)}")
+        for name in ("channels_last", "cudnn_benchmark"):
+            if not isinstance(getattr(self, name), bool):
+                out.append(f"{name} {getattr(self, name)!r:.40} is not true or false")
+        if not out and (reason := self.meaningless()) is not None:
+            out.append(f"{self.label}: {reason}")
         return out
+
+    def meaningless(self) -> str | None:
+        """Why this combination would measure nothing (a runtime or precision its device does not have), or None;
+        the grid drops such points with this as its note, an explicit one is refused with it."""
+        if self.runtime in ORT_RUNTIMES:
+            if (self.runtime == "ort-cpu") != (self.device == "cpu"):
+                return f"{self.runtime} runs on {'the CPU' if self.runtime == 'ort-cpu' else 'the GPU'} only"
+            if self.precision == "bf16" or (self.precision == "fp16" and self.runtime != "ort-trt"):
+                return "ONNX Runtime runs the model's own precision (fp32; tf32 on CUDA; fp16 via TensorRT)"
+        if self.device == "cpu" and self.runtime == "cudagraphs":
+            return "CUDA graphs need the GPU"
+        if self.device == "cpu" and self.precision in ("tf32", "fp16"):
+            return "tf32 and fp16 are GPU precisions (the CPU runs fp32 and bf16)"
+        return None
 
 
 @dataclass
@@ -153,23 +172,14 @@ def grid(
         devices, runtimes, precisions, batches, channels_last, cudnn_benchmark
     ):
         if runtime in ORT_RUNTIMES:
-            if (runtime == "ort-cpu") != (device == "cpu"):
-                dropped.add(f"{runtime} runs on {'the CPU' if runtime == 'ort-cpu' else 'the GPU'} only")
-                continue
-            if precision == "bf16" or (precision == "fp16" and runtime != "ort-trt"):
-                dropped.add("ONNX Runtime runs the model's own precision (fp32; tf32 on CUDA; fp16 via TensorRT)")
-                continue
-            if cl or not cb:
-                cl, cb = False, True  # not ORT options: one point, not duplicates
-        if device == "cpu" and runtime == "cudagraphs":
-            dropped.add("CUDA graphs need the GPU")
+            cl, cb = False, True  # not ORT options: one point, not duplicates
+        if device == "cpu":
+            cb = True  # cuDNN's: the CPU has no such choice
+        point = BenchPoint(runtime, precision, int(batch), device, cl, cb, compile_mode)
+        if (reason := point.meaningless()) is not None:
+            dropped.add(reason)
             continue
-        if device == "cpu" and precision in ("tf32", "fp16"):
-            dropped.add("tf32 and fp16 are GPU precisions (the CPU runs fp32 and bf16)")
-            continue
-        if device == "cpu" and not cb:
-            cb = True
-        points.append(BenchPoint(runtime, precision, int(batch), device, cl, cb, compile_mode))
+        points.append(point)
     unique = list(dict.fromkeys(points))
     return unique, sorted(f"skipped: {d}" for d in dropped)
 
