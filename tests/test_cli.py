@@ -181,7 +181,9 @@ def test_a_provider_that_fell_back_fails_the_measuring_commands(tmp_path: Path, 
     def refuse(token: str) -> None:
         raise ValueError(f"bare {token} in a --json report")
 
-    row = json.loads(report.read_text(), parse_constant=refuse)["results"][-1]
+    written = json.loads(report.read_text(), parse_constant=refuse)
+    assert written["notes"][-1] == "the model's own weights, fed seeded synthetic inputs"  # not "random weights"
+    row = written["results"][-1]
     assert row["fell_back"] is True and row["error_vs_fp32"]["rel_l2"] == "Infinity"  # strict JSON
     monkeypatch.setattr(sweep, "run_sweep", real)
     assert main(args) == 0

@@ -40,6 +40,7 @@ MAX_POINTS = 200
 CPU_BATCH_DIVISOR = 64  # GPU presets on a machine without one: the same ladder at 1/64 of the batch
 DEFAULT_RUNS, DEFAULT_WARMUP = 20, 3  # what empty runs and warmup mean on the GPU
 RANDOM_WEIGHTS_NOTE = "random-initialised weights (seeded): speed and memory do not depend on trained values"
+OWN_WEIGHTS_NOTE = "the model's own weights, fed seeded synthetic inputs"
 
 Progress = Callable[[float, str], Any]
 
@@ -497,7 +498,11 @@ def run_sweep(
         "machine": machine(gpu_device),
         "gpu": gpu.to_dict() if gpu else None,
         "results": rows,
-        "notes": [*config.notes, *([auto_runs_note(chosen)] if auto else []), RANDOM_WEIGHTS_NOTE],
+        "notes": [
+            *config.notes,
+            *([auto_runs_note(chosen)] if auto else []),
+            RANDOM_WEIGHTS_NOTE if model.has_torch else OWN_WEIGHTS_NOTE,
+        ],
     }
 
 
@@ -525,6 +530,7 @@ def rows_to_csv(report: dict[str, Any]) -> str:
 
 
 __all__ = [
+    "OWN_WEIGHTS_NOTE",
     "PRECISIONS",
     "PRESETS",
     "RANDOM_WEIGHTS_NOTE",
