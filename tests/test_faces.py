@@ -378,3 +378,13 @@ def test_tracker_fixed_box_overrides_detection() -> None:
     assert tracker.missed == 0
     with pytest.raises(FaceError, match="fixed_box"):
         FaceTracker(fixed_box=(10, 10, 5, 20))
+
+
+def test_a_fixed_box_with_nothing_inside_says_why() -> None:
+    from engine.faces.tracking import check_fixed_box
+
+    with pytest.raises(FaceError, match=r"0,0,1,1 \(X1,Y1,X2,Y2\) leaves under 2x2 pixels of the 512x512 picture"):
+        check_fixed_box((0, 0, 1, 1), 512, 512)
+    with pytest.raises(FaceError, match=r"600,0,700,100 .* lies outside the 512x512 picture"):
+        check_fixed_box((600, 0, 700, 100), 512, 512)
+    check_fixed_box((0, 0, 2, 2), 512, 512)

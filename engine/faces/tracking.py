@@ -65,9 +65,12 @@ def check_fixed_box(box: tuple[int, ...], width: int, height: int) -> None:
     """Refuse a fixed face box (x1, y1, x2, y2) with less than 2x2 pixels inside width x height frames: every frame
     would pass through unsynced, which no one asking for a box wants."""
     if _pad_and_clip(np.asarray(box, float), (0, 0, 0, 0), (height, width)) is None:
+        x1, y1, x2, y2 = (int(v) for v in box)
+        inside = 0 <= x1 < width and 0 <= y1 < height and 0 < x2 <= width and 0 < y2 <= height
+        where = "leaves under 2x2 pixels of" if inside else "lies outside"
         raise FaceError(
-            f"the face box {','.join(str(int(v)) for v in box)} (X1,Y1,X2,Y2) lies outside the {width}x{height} "
-            "picture: give one inside it"
+            f"the face box {x1},{y1},{x2},{y2} (X1,Y1,X2,Y2) {where} the {width}x{height} picture: give one "
+            "inside it, at least 2 pixels wide and high"
         )
 
 
