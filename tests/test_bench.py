@@ -103,6 +103,11 @@ def test_presets_scale_down_without_a_gpu() -> None:
     assert [p.runtime for p in preset("cpu-vs-gpu", "wav2lip", has_gpu=False).points] == ["eager", "ort-cpu"]
     with pytest.raises(BenchError, match="no preset"):
         preset("fastest", "wav2lip", True)
+    # a preset replaces the grid: grid options beside it were silently ignored, now they are refused
+    with pytest.raises(BenchError, match="sets its own configurations; --batch, --device would be ignored"):
+        SweepRequest.build({"preset": "onnx-providers", "batch": "1", "device": "cuda", "runtime": "eager"})
+    alone = SweepRequest.build({"preset": "cpu-vs-gpu", "runs": 3})
+    assert [p.runtime for p in alone.plan(has_gpu=False).points] == ["eager", "ort-cpu"]
 
 
 @pytest.mark.parametrize(

@@ -182,11 +182,13 @@ def build_bench_tab(settings: Any, jobs: BenchJobs, access: Access) -> None:
     timer = gr.Timer(1.0, active=False)
 
     def sweep_request(model_name, preset_choice, rts, precs, devs, batch_text, cl, cb, mode, n_runs, n_warm) -> Any:
+        values = {"model": model_name, "runs": n_runs, "warmup": n_warm}
+        if preset_choice != CUSTOM:  # a preset sets its configurations: the grid's widgets do not apply
+            return SweepRequest.build({**values, "preset": preset_choice})
         return SweepRequest.build({
-            "model": model_name, "preset": None if preset_choice == CUSTOM else preset_choice,
-            "runtime": ",".join(rts or []), "precision": ",".join(precs or []), "device": ",".join(devs or []),
-            "batch": batch_text, "channels_last": cl or "off", "cudnn_benchmark": cb or "on",
-            "compile_mode": mode, "runs": n_runs, "warmup": n_warm,
+            **values, "runtime": ",".join(rts or []), "precision": ",".join(precs or []),
+            "device": ",".join(devs or []), "batch": batch_text, "channels_last": cl or "off",
+            "cudnn_benchmark": cb or "on", "compile_mode": mode,
         })  # fmt: skip
 
     def queue(

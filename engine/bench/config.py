@@ -6,6 +6,7 @@ checks. Light to import (no torch).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,6 +33,11 @@ MODEL_HELP = f"{', '.join(BUILTIN)}, onnx:<sha256> of a model stored by ONNX eva
 
 class BenchError(InputError):
     """The sweep request is refused; the message says what was wrong and what is accepted."""
+
+
+# What chooses a sweep's configurations besides a preset (a preset replaces them all).
+CONFIGURATION_FIELDS = ("runtime", "precision", "batch", "compile", "compile_mode", "channels_last", "cudnn_benchmark",
+                        "device", "points")  # fmt: skip
 
 
 @dataclass
@@ -69,6 +75,12 @@ class SweepRequest(Config):
     )  # fmt: skip
 
     def problems(self) -> list[str]:
+        if self.preset is not None:
+            chosen = [f"--{f.name.replace('_', '-')}" for f in dataclasses.fields(self)
+                      if f.name in CONFIGURATION_FIELDS and getattr(self, f.name) != f.default]  # fmt: skip
+            if chosen:
+                return [f"preset {self.preset} sets its own configurations; {', '.join(chosen)} would be ignored: "
+                        "give the preset alone (with --model, --runs, --warmup) or the options without it"]  # fmt: skip
         if self.points is None:
             return []
         try:
