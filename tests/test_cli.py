@@ -187,6 +187,8 @@ def test_a_provider_that_fell_back_fails_the_measuring_commands(tmp_path: Path, 
     assert row["fell_back"] is True and row["error_vs_fp32"]["rel_l2"] == "Infinity"  # strict JSON
     monkeypatch.setattr(sweep, "run_sweep", real)
     assert main(args) == 0
+    assert main(["bench", "--model", "onnx:" + "a" * 64, "--quiet"]) == 2  # the app's stored models: not a path
+    assert "names a model the app's ONNX eval stored" in capsys.readouterr().err
 
 
 def test_onnx_eval_with_images_and_labels(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from engine.core.commands import (
     write_json,
     write_output,
 )
+from engine.core.errors import InputError
 from engine.core.options import from_args
 
 
@@ -35,6 +36,9 @@ def _model(name: str, cache_dir: Path) -> Iterator[Any]:
     if name in BUILTIN:
         yield builtin_model(name, cache_dir)
         return
+    if name.startswith("onnx:"):
+        raise InputError(f"{name[:20]}... names a model the app's ONNX eval stored: on the command line, give the "
+                         ".onnx or .zip file itself")  # fmt: skip
     with tempfile.TemporaryDirectory(dir=cache_dir) as work:
         path = prepare_model(name, work)
         yield onnx_model(path, Path(name).name, inspect_model(path, sha256=file_sha256(name)))

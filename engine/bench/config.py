@@ -28,7 +28,8 @@ DEVICES = ("cpu", "cuda")
 PRESET_NAMES = ("wav2lip-ladder", "precision-grid", "cpu-vs-gpu", "onnx-providers")  # engine/bench/sweep.py PRESETS
 MAX_BATCH = 8192
 DEFAULT_BATCHES = {"cuda": (32, 128, 512), "cpu": (1, 4)}  # an empty batch list, by device
-MODEL_HELP = f"{', '.join(BUILTIN)}, onnx:<sha256> of a model stored by ONNX eval, or an .onnx/.zip path (CLI)"
+MODEL_HELP = (f"{', '.join(BUILTIN)}, onnx:<sha256> of a model stored by ONNX eval (app and API), or an .onnx/.zip "
+              "path (CLI)")  # fmt: skip
 
 
 class BenchError(InputError):
