@@ -96,7 +96,8 @@ def test_onnx_inspect(tmp_path: Path) -> None:
     assert neither.returncode == 2 and "give either a model" in neither.stderr
 
 
-def test_onnx_eval(tmp_path: Path) -> None:
+def _matmul(path: Path) -> Path:
+    """y[N, 4] = x[N, 16] @ ones: a model whose batch the commands may set."""
     import numpy as np
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -105,8 +106,16 @@ def test_onnx_eval(tmp_path: Path) -> None:
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])
     w = numpy_helper.from_array(np.ones((16, 4), np.float32), "w")
     graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g", [x], [y], [w])
-    path = tmp_path / "mm.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), str(path))
+    return path
+
+
+def test_onnx_eval(tmp_path: Path) -> None:
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    path = _matmul(tmp_path / "mm.onnx")
     report_path = tmp_path / "report.json"
     env = {"AVATARBENCH_DATA_DIR": str(tmp_path / "data")}
     args = ["--batch-sizes", "1,4", "--runs", "5", "--json", str(report_path), "--quiet"]
@@ -138,21 +147,12 @@ def test_onnx_eval(tmp_path: Path) -> None:
 def test_a_provider_that_fell_back_fails_the_measuring_commands(tmp_path: Path, monkeypatch, capsys) -> None:
     """onnx eval and bench write their report, then exit 3 when a provider they were asked for did not load: the
     rows marked fell_back measure another provider, and a script must not take them for the one it asked for."""
-    import numpy as np
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
     from engine.cli import main
     from engine.system.ort_probe import probe_provider
 
     if probe_provider("CUDAExecutionProvider")["loaded"]:
         pytest.skip("CUDA really loads here: no fallback to observe")
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])
-    w = numpy_helper.from_array(np.ones((16, 4), np.float32), "w")
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g", [x], [y], [w])
-    path = tmp_path / "mm.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), str(path))
+    path = _matmul(tmp_path / "mm.onnx")
     monkeypatch.setenv("AVATARBENCH_DATA_DIR", str(tmp_path / "data"))
     report = tmp_path / "report.json"
     args = ["onnx", "eval", str(path), "--providers", "cpu,cuda", "--runs", "2", "--json", str(report), "--quiet"]
