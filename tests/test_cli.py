@@ -345,6 +345,20 @@ def test_every_output_flag_is_checked_against_the_inputs_and_links(tmp_path: Pat
             check_output_paths(argparse.Namespace(model=str(model), **{"json": None, "csv": None, **outputs}))
     check_output_paths(argparse.Namespace(model=str(model), json=str(tmp_path / "new" / "r.json"), csv=None))
     assert model.read_bytes() == b"model"
+    # `missing/../m.onnx` is m.onnx once the missing folder is made: it overwrote the input
+    with pytest.raises(InputError, match=r"--json .* is also --model"):
+        check_output_paths(argparse.Namespace(model=str(model), json=str(tmp_path / "sub" / ".." / "m.onnx")))
+    # --stream writes <out>.stream/ beside --out: a file there was a traceback, an input in it was overwritten
+    video = {"out": str(tmp_path / "talk.mp4"), "out_is_a_file": True, "stream": True, "json": None}
+    (tmp_path / "talk.stream").write_text("a file")
+    with pytest.raises(InputError, match=r"talk\.stream, which is a file"):
+        check_output_paths(argparse.Namespace(face=str(model), **video))
+    (tmp_path / "talk.stream").unlink()
+    (tmp_path / "talk.stream").mkdir()
+    (tmp_path / "talk.stream" / "a.wav").write_bytes(b"speech")
+    with pytest.raises(InputError, match=r"--audio .*a\.wav is in .*talk\.stream, where --stream writes"):
+        check_output_paths(argparse.Namespace(audio=str(tmp_path / "talk.stream" / "a.wav"), **video))
+    check_output_paths(argparse.Namespace(audio=str(tmp_path / "talk.stream" / "a.wav"), **{**video, "stream": False}))
 
 
 def test_portrait_export_checks_its_folder_first(tmp_path: Path, capsys) -> None:

@@ -89,11 +89,14 @@ def check_output_paths(args: argparse.Namespace) -> None:
     outputs = {name: value for name, value in outputs.items() if isinstance(value, str) and value}
     for name, value in outputs.items():
         _check_writable(name, value)
-    taken = {  # the files the command reads, then each output as it is checked
-        _identity(value): name
+    inputs = {
+        name: value
         for name, value in vars(args).items()
         if name not in outputs and isinstance(value, str | Path) and str(value) and _is(Path.is_file, value)
     }
+    if "out" in outputs and getattr(args, "stream", False) is True:
+        _check_stream_folder(outputs["out"], inputs)
+    taken = {_identity(value): name for name, value in inputs.items()}  # then each output as it is checked
     for name, value in outputs.items():
         other = taken.get(_identity(value))
         if other is not None:
@@ -121,14 +124,29 @@ def _check_writable(name: str, value: str) -> None:
         raise InputError(f"--{name} {value} cannot be written here (no permission): give another place")
 
 
+def _check_stream_folder(out: str, inputs: dict[str, str | Path]) -> None:
+    """--stream writes its segments and playlist into a folder beside --out: it must be one, and hold no input."""
+    from engine.core.hls import stream_folder
+
+    folder = stream_folder(out)
+    if _is(Path.exists, folder) and not _is(Path.is_dir, folder):
+        raise InputError(f"--stream writes its live stream into {folder}, which is a file: move it or choose --out")
+    for name, value in inputs.items():
+        if Path(value).resolve().is_relative_to(folder.resolve()):
+            raise InputError(f"--{name.replace('_', '-')} {value} is in {folder}, where --stream writes: move it")
+
+
 def _identity(value: str | Path) -> Any:
-    """What makes two names one file: its device and inode where it exists (hard and symbolic links included),
-    else its resolved path."""
-    try:
-        found = os.stat(value)
-    except (OSError, ValueError):
-        return Path(value).resolve()
-    return (found.st_dev, found.st_ino)
+    """What makes two names one file: its device and inode where it exists, under its own name or resolved (hard
+    and symbolic links included, and `missing/../file`, which exists once the missing folder is made), else its
+    resolved path."""
+    for name in (value, Path(value).resolve()):
+        try:
+            found = os.stat(name)
+        except (OSError, ValueError):
+            continue
+        return (found.st_dev, found.st_ino)
+    return Path(value).resolve()
 
 
 def _is(test: Callable[[Path], bool], value: str | Path) -> bool:
