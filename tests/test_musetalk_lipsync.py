@@ -133,6 +133,28 @@ def test_upstreams_margin_parsing_mode_and_cheek_widths_make_their_own_avatar(we
     assert avatar.boxes[0][3] == default.boxes[0][3] - 10  # the margin below the box
 
 
+def test_weights_replaced_in_place_prepare_the_avatar_again(weights, tmp_path) -> None:
+    """An avatar's latents and masks come from its networks: weights replaced under the same names (a new download,
+    a fine-tune) must not reuse the avatar made with the old ones, from memory or from disk."""
+    import os
+    import shutil
+
+    from engine.lipsync.musetalk import run
+
+    mine = Path(shutil.copytree(weights, tmp_path / "weights"))
+    settings = _settings(tmp_path)
+    config = LipSyncConfig(face=FACE, audio=speech_file(tmp_path / "a.wav", 0.3), engine="musetalk",
+                           musetalk_weights=str(mine), box=BOX)  # fmt: skip
+    assert run_lipsync(config, tmp_path / "a.mp4", settings, device="cpu").metrics["avatar_source"] == "prepared"
+    vae = next((mine / "sd-vae").glob("diffusion_pytorch_model.*"))
+    later = vae.stat().st_mtime_ns + 10**9
+    os.utime(vae, ns=(later, later))  # as a file written again
+    assert run_lipsync(config, tmp_path / "b.mp4", settings, device="cpu").metrics["avatar_source"] == "prepared"
+    run.NETWORKS.clear()
+    run.AVATARS.clear()  # a fresh worker: the avatar stored on disk for these weights is found
+    assert run_lipsync(config, tmp_path / "c.mp4", settings, device="cpu").metrics["avatar_source"] == "disk"
+
+
 def test_a_prepared_avatar_outlives_its_worker_on_disk(weights, tmp_path) -> None:
     """A new worker (empty in-memory caches) finds the avatar an earlier one prepared in DATA_DIR/avatars and makes
     the same frames from it; a damaged file is prepared again; the least recently used go past the budget."""

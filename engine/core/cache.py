@@ -56,4 +56,11 @@ def file_digest(path: str | Path) -> str:
     return h.hexdigest()
 
 
-__all__ = ["LruCache", "file_digest"]
+def file_stamp(path: str | Path) -> tuple[str, int, int]:
+    """(path, size, modification time in ns): what changes when a file is replaced in place, without reading it (a
+    3.4 GB UNet is not hashed on every run). Keys of what was built from a file (networks, a prepared avatar)."""
+    found = Path(path).stat()
+    return str(path), found.st_size, found.st_mtime_ns
+
+
+__all__ = ["LruCache", "file_digest", "file_stamp"]

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from engine.core.audio import SAMPLE_RATE, audio_track, load_audio, loudness_warning
-from engine.core.cache import LruCache, file_digest
+from engine.core.cache import LruCache, file_digest, file_stamp
 from engine.core.device import DeviceChoice, capabilities, precision_dtype, resolve_device, usable_gpu_memory
 from engine.core.hls import stream_folder
 from engine.core.media import VideoWriter, is_image, load_image, probe_video, read_frames, validate_video
@@ -192,7 +192,8 @@ def _load(config: Any, settings: Settings, choice: DeviceChoice, dtype: torch.dt
     files = require(settings, weights, config.musetalk_version, download=bool(weights and weights.startswith("hf:")))
     progress(0.02, "loading MuseTalk")
     device = choice.device
-    key = (tuple(sorted((name, str(path)) for name, path in files.paths.items())), str(device), dtype)
+    # The files' stamps, not their names alone: weights replaced in place are other networks (and other avatars).
+    key = (tuple(sorted((name, file_stamp(path)) for name, path in files.paths.items())), str(device), dtype)
 
     def build() -> Any:
         STEPS.clear()  # a step holds the networks it runs: the old set goes with it
@@ -221,7 +222,7 @@ def _avatar(config: Any, settings: Settings, loaded: _Loaded, fps: float, photo:
     landmark_paths = None if config.box is not None else landmark_files(loaded.files, config.musetalk_person_box,
                                                                         result)  # fmt: skip
     face = file_digest(config.face)
-    marks = None if landmark_paths is None else tuple(map(str, landmark_paths))
+    marks = None if landmark_paths is None else tuple(map(file_stamp, landmark_paths))
 
     mode = None if config.musetalk_parsing_mode == "auto" else config.musetalk_parsing_mode
     cheeks = tuple(int(w) for w in config.musetalk_cheek_widths)
