@@ -21,7 +21,7 @@ from tiny_onnx import mlp  # noqa: E402
 import engine.bench.sweep as sweep_module  # noqa: E402
 import engine.onnx.evaluate as oe  # noqa: E402
 from engine.bench.config import SweepRequest  # noqa: E402
-from engine.bench.sweep import RANDOM_WEIGHTS_NOTE, BenchPoint, SweepConfig, rows_to_csv, run_sweep  # noqa: E402
+from engine.bench.sweep import OWN_WEIGHTS_NOTE, BenchPoint, SweepConfig, rows_to_csv, run_sweep  # noqa: E402
 from engine.bench.workloads import onnx_model  # noqa: E402
 from engine.onnx import timing  # noqa: E402
 from engine.onnx.config import EvalConfig  # noqa: E402
@@ -257,7 +257,7 @@ def test_empty_sweep_counts_on_the_cpu(model) -> None:
     runs = row["runs"]
     assert row["warmup"] == 1 and runs == row["latency"]["n"]
     assert timing.CPU_MIN_RUNS <= runs <= sweep_module.DEFAULT_RUNS  # microsecond runs: the default, unless preempted
-    assert f"cpu ort-cpu fp32 b2 1 + {runs}" in report["notes"][-2] and report["notes"][-1] == RANDOM_WEIGHTS_NOTE
+    assert f"cpu ort-cpu fp32 b2 1 + {runs}" in report["notes"][-2] and report["notes"][-1] == OWN_WEIGHTS_NOTE
     planned = SweepRequest.build({}).plan(has_gpu=False)
     assert [p.batch for p in planned.points] == [1, 4] and planned.runs is None and planned.warmup is None
 

@@ -33,7 +33,7 @@ def test_bench_report_renders(model) -> None:
     report = run_sweep(SweepConfig("mlp", points, runs=2, warmup=0), onnx_model(path, "mlp", info), None)
     rows = bench_report.result_rows(report)
     assert len(rows) == 2 and len(rows[0]) == len(bench_report.RESULT_HEADERS)
-    assert "random-initialised" in bench_report.summary_markdown(report, {"id": "abc", "imported": True})
+    assert "the model's own weights" in bench_report.summary_markdown(report, {"id": "abc", "imported": True})
     for figure in (
         bench_report.speedup_figure(report),
         bench_report.throughput_figure(report),
