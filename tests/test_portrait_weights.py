@@ -102,3 +102,16 @@ def test_file_digest_is_about_the_bytes(tmp_path: Path) -> None:
     assert file_digest(copy) == file_digest(FACE)
     copy.write_bytes(FACE.read_bytes() + b"x")
     assert file_digest(copy) != file_digest(FACE)
+
+
+def test_a_malformed_hub_reference_is_bad_input_not_a_failed_download(tmp_path: Path) -> None:
+    """hf:a/b/c (or a bare name) is refused as input (exit 2) before any Hub call, for LivePortrait and MuseTalk."""
+    from engine.core.errors import InputError
+    from engine.lipsync.musetalk.weights import require
+
+    settings = Settings(data_dir=tmp_path, weights_dir=tmp_path / "weights")
+    for reference in ("hf:a/b/c", "hf:bad", "hf:../x"):
+        with pytest.raises(InputError, match="is not OWNER/NAME"):
+            hub_weights(reference, download=True)
+        with pytest.raises(InputError, match="is not OWNER/NAME"):
+            require(settings, reference, "v15", download=True)

@@ -34,7 +34,7 @@ import torch
 
 from engine.core.device import apply_backend_flags, capabilities, pad_batch, resolve_device
 from engine.core.hls import stream_folder
-from engine.core.hub import LIVEPORTRAIT
+from engine.core.hub import LIVEPORTRAIT, checked_repo
 from engine.core.media import (
     LosslessWriter,
     MediaError,
@@ -89,7 +89,7 @@ CPU_BATCH_SIZE = 1  # on the CPU, batch 8 was 16-24 % slower per frame than 1 an
 def hub_weights(reference: str, download: bool) -> Path | None:
     """The `liveportrait/` folder of a Hub snapshot (`hf:OWNER/REPO`): downloaded when asked for and online,
     otherwise only looked up in the Hub's local cache (None when it is not there)."""
-    repo = reference.removeprefix("hf:").strip("/")
+    repo = checked_repo(reference.removeprefix("hf:").strip("/"), LIVEPORTRAIT)
     try:
         from huggingface_hub import snapshot_download
 

@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 from engine.core.errors import InputError
-from engine.core.hub import MUSETALK_LICENCE
+from engine.core.hub import MUSETALK, MUSETALK_LICENCE, checked_repo
 from engine.core.settings import PREFIX, Settings
 from engine.core.weights import WeightsError
 from engine.models.bisenet import BISENET_EXPECTED, BiSeNet, load_bisenet
@@ -291,7 +291,7 @@ def locate(
     default = _layout_root(settings.weights_dir / FOLDER, version)
     hub_repo = HUB_REPO
     if configured and configured.startswith("hf:"):
-        hub_repo = configured.removeprefix("hf:").strip("/") or HUB_REPO
+        hub_repo = checked_repo(configured.removeprefix("hf:").strip("/"), MUSETALK)  # hf:a/b/c: exit 2, not 3
         folder = default
         paths = {
             p.name: _in_folder(folder, p) if p.repo is None else _from_hub(p, hub_repo, download)
