@@ -148,6 +148,15 @@ def calibration_from_report(report: dict[str, Any], precision: str) -> tuple[int
     return calibrate_activations(peaks)
 
 
+def _check_calibration_source(report: Any, model: str) -> None:
+    """A calibration report is a bench --json report of this very network: another's peaks would size it wrongly."""
+    if not isinstance(report, dict):
+        raise PlanError("the calibration report must be a JSON object (a bench --json report)")
+    measured = report.get("model", {}).get("name") if isinstance(report.get("model"), dict) else None
+    if measured is not None and measured != model:
+        raise PlanError(f"the calibration report measured {measured!r}, not {model!r}")
+
+
 def _count(value: Any) -> bool:
     """A positive whole number as a report holds one (a batch, a byte count); not a bool, text, NaN or infinity."""
     return isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**63
@@ -215,11 +224,8 @@ def plan_network(
         except OSError as exc:
             raise PlanError(f"calibrate: {Path(config.calibrate).name} cannot be read ({exc.strerror})") from None
     model = builtin_model(config.model, cache_dir)
-    if report is not None and not isinstance(report, dict):
-        raise PlanError("the calibration report must be a JSON object (a bench --json report)")
-    measured = (report or {}).get("model", {}).get("name") if isinstance((report or {}).get("model"), dict) else None
-    if measured is not None and measured != config.model:
-        raise PlanError(f"the calibration report measured {measured!r}, not {config.model!r}")
+    if report is not None:
+        _check_calibration_source(report, config.model)
     calibrated = calibration_from_report(report, config.precision) if report is not None else None
     if report is not None and calibrated is None:
         raise PlanError(f"the calibration report has no GPU eager {config.precision} rows at two batch sizes")
