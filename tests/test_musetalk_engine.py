@@ -196,6 +196,13 @@ def test_bad_frames_are_input_errors(networks, frames, message) -> None:
         prepare_avatar(frames, networks, detector=StubDetector((0, 0, 60, 60, 0.9)))
 
 
+def test_a_face_too_small_for_the_crop_says_so(networks) -> None:
+    """A box of a few pixels (a --box 2,2,4,4) was "no face found", though the face was where it was told to be."""
+    frames = [np.full((64, 64, 3), 99, np.uint8)] * 2
+    with pytest.raises(InputError, match="the face box is under 8 pixels on a side in 2 of the 2 frames"):
+        prepare_avatar(frames, networks, detector=StubDetector((2, 2, 6, 6, 0.9)))
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [({"parsing_mode": "chin"}, "parsing mode"), ({"extra_margin": -1}, "extra_margin"),

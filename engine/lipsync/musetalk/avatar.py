@@ -312,10 +312,15 @@ def prepare_avatar(
         boxes.append(box)
         sources.append(source)
     faces = [i for i, box in enumerate(boxes) if box is not None]
+    frames_text = f"{count} frame{'s' if count != 1 else ''}"
+    if not faces and small:  # a face was there (a --box, say), only too small for MuseTalk's crop
+        raise InputError(
+            f"the face box is under {MIN_FACE_SIDE} pixels on a side in {small} of the {frames_text} "
+            f"({detector.name} face detector): too small for MuseTalk's crop; use a larger face or box"
+        )
     if not faces:
         raise InputError(
-            f"no face found in any of the {count} frame{'s' if count != 1 else ''} ({detector.name} face detector); "
-            "use a clear, frontal face"
+            f"no face found in any of the {frames_text} ({detector.name} face detector); use a clear, frontal face"
         )
     warnings = _warnings(count, len(faces), small, shift, sources, detector, landmarks)
 
