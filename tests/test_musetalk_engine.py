@@ -214,7 +214,7 @@ def test_bad_options_are_input_errors(networks, face, options, message) -> None:
 
 
 def test_a_tiny_box_is_no_face(networks, face) -> None:
-    with pytest.raises(InputError, match="no face found"):
+    with pytest.raises(InputError, match="the face box is under 8 pixels on a side in 1 of the 1 frame "):
         prepare_avatar([face], networks, detector=StubDetector((10, 10, 14, 14, 0.9)), extra_margin=0)
 
 

@@ -222,7 +222,7 @@ def _avatar(config: Any, settings: Settings, loaded: _Loaded, fps: float, photo:
     landmark_paths = None if config.box is not None else landmark_files(loaded.files, config.musetalk_person_box,
                                                                         result)  # fmt: skip
     face = file_digest(config.face)
-    marks = None if landmark_paths is None else tuple(map(file_stamp, landmark_paths))
+    marks = None if landmark_paths is None else tuple(p if p is None else file_stamp(p) for p in landmark_paths)
 
     mode = None if config.musetalk_parsing_mode == "auto" else config.musetalk_parsing_mode
     cheeks = tuple(int(w) for w in config.musetalk_cheek_widths)
