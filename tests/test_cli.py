@@ -147,7 +147,12 @@ def test_onnx_eval(tmp_path: Path) -> None:
 def test_a_provider_that_fell_back_fails_the_measuring_commands(tmp_path: Path, monkeypatch, capsys) -> None:
     """onnx eval and bench write their report, then exit 3 when a provider they were asked for did not load: the
     rows marked fell_back measure another provider, and a script must not take them for the one it asked for."""
+    import engine.core.memory
     from engine.cli import main
+
+    # In-process: the commands must not tell glibc to keep this test process's freed memory (tests/test_measure.py
+    # reads the resident set's growth later in the same process).
+    monkeypatch.setattr(engine.core.memory, "keep_freed_memory", lambda env=None: False)
     from engine.system.ort_probe import probe_provider
 
     if probe_provider("CUDAExecutionProvider")["loaded"]:
