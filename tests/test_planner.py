@@ -108,6 +108,16 @@ def test_what_a_16_gb_card_holds_at_fp16_and_at_4_bits() -> None:
     assert "--quantize awq" in awq["launch"] and "--max-total-tokens 4096" in awq["launch"]
 
 
+def test_token_limits_default_to_the_models_context_at_most_4096_as_tgi() -> None:
+    short = plan_llm(LlmRequest("T4", "phi-2"))  # a 2048-token context
+    assert short["flags"]["--max-total-tokens"] == 2048 and short["flags"]["--max-input-tokens"] == 2047
+    assert not any("exceeds" in w for w in short["warnings"])
+    long = plan_llm(LlmRequest("H100", "mistral-7b"))  # a 32k context: TGI's cap of 4096
+    assert long["flags"]["--max-total-tokens"] == 4096 and long["flags"]["--max-input-tokens"] == 4095
+    asked = plan_llm(LlmRequest("T4", "phi-2", max_total_tokens=4096))  # asked for: kept, with a warning
+    assert asked["flags"]["--max-total-tokens"] == 4096 and any("exceeds" in w for w in asked["warnings"])
+
+
 def test_auto_quantization_sharding_and_old_card_warnings() -> None:
     small = plan_llm(LlmRequest("A100-80GB", "mistral-7b", max_total_tokens=8192))
     assert small["fits"] and small["flags"]["--num-shard"] == 1 and "--quantize" not in small["flags"]

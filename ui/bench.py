@@ -160,7 +160,8 @@ def build_bench_tab(settings: Any, jobs: BenchJobs, access: Access) -> None:
             plan_llm_name = gr.Dropdown(list(LLMS), value="mistral-7b", label="LLM")
             plan_quant = gr.Dropdown(["auto", *QUANT_BYTES_PER_PARAM], value="auto", label="Quantize")
         with gr.Row():
-            plan_total = gr.Number(value=4096, precision=0, minimum=2, label="Max total tokens")
+            plan_total = gr.Number(value=0, precision=0, minimum=0,
+                                   label="Max total tokens (0: the model's context, at most 4096)")  # fmt: skip
             plan_input = gr.Number(value=0, precision=0, minimum=0, label="Max input tokens (0: total - 1)")
             plan_concurrent = gr.Number(value=1, precision=0, minimum=1, label="Concurrent requests")
             plan_fraction = gr.Slider(0.1, 1.0, value=0.9, step=0.05, label="CUDA memory fraction")
@@ -281,7 +282,7 @@ def build_bench_tab(settings: Any, jobs: BenchJobs, access: Access) -> None:
         return _price_rows(book)
 
     def plan_form(gpu, count, llm, quant, total, max_input, concurrent, fraction) -> tuple[str, dict]:
-        values = dict(gpu=gpu, llm=llm, count=count, max_total_tokens=total, max_input_tokens=max_input or None,
+        values = dict(gpu=gpu, llm=llm, count=count, max_total_tokens=total or None, max_input_tokens=max_input or None,
                       concurrent_requests=concurrent, quantize=quant, memory_fraction=fraction)  # fmt: skip
         with reported("the LLM plan"):
             result = plan_llm(LlmRequest.build(values), card=cards.get(gpu))

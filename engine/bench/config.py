@@ -136,7 +136,12 @@ class LlmRequest(Config):
     count: int = option(1, help="GPUs available (tensor-parallel shards)", low=1, high=64)
     max_input_tokens: int | None = option(None, help="longest prompt (empty: max total tokens - 1)", low=1,
                                           high=1_048_576)  # fmt: skip
-    max_total_tokens: int = option(4096, help="prompt plus generated tokens per request", low=2, high=1_048_576)
+    max_total_tokens: int | None = option(
+        None,
+        help="prompt plus generated tokens per request (empty: the model's context, at most 4096, as TGI)",
+        low=2,
+        high=1_048_576,
+    )
     concurrent_requests: int = option(1, help="requests at max total tokens held at once", low=1, high=100_000)
     quantize: str = option("auto", help="weight quantisation", choices=("auto", *QUANT_BYTES_PER_PARAM))
     memory_fraction: float = option(0.9, help="share of each GPU's memory TGI may use", low=0.05, high=1.0)

@@ -9,7 +9,7 @@ scaled by the catalog's peak rates, or arithmetic from the model's shape). Memor
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from engine.bench.config import CostConfig, LlmRequest, NetworkPlanConfig
 
 CUDA_CONTEXT_BYTES = 800 * 2**20  # CUDA context + cuBLAS/cuDNN workspaces of one PyTorch process (typical)
+TGI_DEFAULT_TOTAL_TOKENS = 4096  # text-generation-launcher's --max-total-tokens when not given (capped by the context)
 TGI_RUNTIME_BYTES = 2 * 2**30  # TGI's own reserve: context, CUDA graphs, NCCL buffers (typical, per shard)
 QUANT_BYTES_PER_PARAM = {
     "none": 2.0,  # fp16 / bf16
@@ -335,6 +336,8 @@ def plan_llm(req: LlmRequest, card: Gpu | None = None) -> dict[str, Any]:
     if gpu is None:
         raise PlanError(f"unknown GPU {req.gpu!r}; known: {', '.join(CATALOG)}")
     spec = LLMS[req.llm]
+    if req.max_total_tokens is None:  # TGI's own default: min(max_position_embeddings, 4096)
+        req = replace(req, max_total_tokens=min(spec.max_positions, TGI_DEFAULT_TOTAL_TOKENS))
     max_input = req.max_input_tokens or req.max_total_tokens - 1
     if not 1 <= max_input < req.max_total_tokens:
         raise PlanError(f"max_input_tokens ({max_input}) must be below max_total_tokens ({req.max_total_tokens})")
