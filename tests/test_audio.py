@@ -5,6 +5,7 @@ Every test file is generated here with PyAV (or the stdlib `wave`), so the suite
 
 from __future__ import annotations
 
+import math
 import wave
 from pathlib import Path
 
@@ -135,12 +136,30 @@ def test_load_audio_decodes_to_16k_mono(
     wav = load_audio(path)
 
     assert wav.dtype == np.float32 and wav.ndim == 1 and wav.flags.c_contiguous
-    # AAC keeps up to ~1024 samples of tail padding at the source rate; the others are exact.
-    assert abs(wav.size / SAMPLE_RATE - SECONDS) < 0.03, wav.size
+    assert wav.size == round(SECONDS * SAMPLE_RATE), wav.size  # exact: see the next test
     assert abs(_dominant_hz(wav) - TONE_HZ) < 1.0
     assert wav.min() >= -1.0 and wav.max() <= 1.0
     middle = wav[SAMPLE_RATE // 4 : -SAMPLE_RATE // 4]
     assert 0.3 < np.sqrt(np.mean(middle**2)) < 0.6  # a steady tone, not silence and not clipped noise
+
+
+@pytest.mark.parametrize("seconds", [1.2345, 0.7777])
+@pytest.mark.parametrize(("name", "codec", "rate", "container_format", "video"), CASES)
+def test_the_length_is_the_speechs_own_as_librosa_resamples_it(
+    tmp_path: Path, name: str, codec: str, rate: int, container_format: str | None, video: str | None, seconds: float
+) -> None:
+    """ceil(n * 16000 / rate) samples for n at the file's rate, whatever the codec: AAC's end padding in MP4/M4A
+    (past the edit list's end) gave up to a codec frame more, one more video frame; swresample's flush could stop
+    one sample short of librosa.resample's length (FLAC and Ogg at 48 kHz here)."""
+    if codec == "ogg":
+        codec = _ogg_codec()
+    if codec not in av.codecs_available:
+        pytest.skip(f"{codec} is not in PyAV's FFmpeg")
+    video_codec = _video_codec() if video else None
+    path = _write_audio(tmp_path / name, codec, rate, seconds, container_format=container_format,
+                        video_codec=video_codec)  # fmt: skip
+    source = _tone(rate, seconds).shape[1]
+    assert load_audio(path).size == math.ceil(source * SAMPLE_RATE / rate)
 
 
 def test_load_audio_accepts_pathlike_and_str(tmp_path: Path) -> None:

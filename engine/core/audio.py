@@ -113,7 +113,12 @@ def _decode(file: Path, max_seconds: float | None) -> np.ndarray:
 def _decode_stream(container, stream, max_samples: int | None, file: Path, max_seconds: float | None) -> np.ndarray:
     """The stream as float32 mono 16 kHz: its channels averaged at its own rate, then resampled, as upstream's
     librosa.load does (FFmpeg's own downmix to mono would weight each channel 0.707, 3 dB louder than librosa's
-    mean, and clip a loud stereo peak)."""
+    mean, and clip a loud stereo peak).
+
+    Two length rules, so the frame count is the speech's own and not the decoder's: in MP4/MOV the samples past the
+    edit list's end are dropped (AAC's end padding, up to a codec frame: FFmpeg 9 drops it, older FFmpeg, PyAV's
+    included, decodes it, which gave a frame too many); and the result has librosa.resample's length,
+    ceil(n * 16000 / rate) for n samples at the stream's rate (swresample's flush can stop one short)."""
     import av
 
     # The stream's own layout and rate, channels interleaved: PyAV reads planar frames of 8 or more channels past
@@ -122,6 +127,9 @@ def _decode_stream(container, stream, max_samples: int | None, file: Path, max_s
     resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
     pieces: list[np.ndarray] = []
     total = 0
+    edit_end = _EditEnd(container, stream)
+    native = 0  # samples at the stream's rate passed to the resampler
+    native_rate = 0
 
     def take(frames) -> None:
         nonlocal total
@@ -133,20 +141,55 @@ def _decode_stream(container, stream, max_samples: int | None, file: Path, max_s
                 raise _too_long(file, stream, container, total, max_seconds)
 
     def mono(frames) -> Iterator:
+        nonlocal native, native_rate
         for frame in frames:
             samples = frame.to_ndarray().reshape(-1, len(frame.layout.channels))
+            samples = samples[: edit_end.room(native, frame.sample_rate)]
+            if not len(samples):
+                continue
+            native += len(samples)
+            native_rate = frame.sample_rate
             averaged = av.AudioFrame.from_ndarray(samples.mean(axis=1)[None], "fltp", "mono")
             averaged.sample_rate = frame.sample_rate
             yield from resampler.resample(averaged)
 
     for packet in container.demux(stream):
+        edit_end.saw(packet)
         for frame in packet.decode():
+            edit_end.starts_at(frame)
             take(mono(interleaved.resample(frame)))
     take(mono(interleaved.resample(None)))
     take(resampler.resample(None))  # the resampler holds back a filter's worth of samples until flushed
-    if not pieces:
+    if not pieces or not native:
         return np.zeros(0, dtype=np.float32)
-    return np.concatenate(pieces).astype(np.float32, copy=False)
+    wav = np.concatenate(pieces).astype(np.float32, copy=False)
+    wanted = -(-native * SAMPLE_RATE // native_rate)
+    return wav[:wanted] if wav.size >= wanted else np.pad(wav, (0, wanted - wav.size))
+
+
+class _EditEnd:
+    """Where an MP4/MOV audio stream's edit list ends, in samples from its first decoded one: the demuxer shortens
+    the last packet's duration to that end, so the latest packet end seen so far bounds what is decoded so far."""
+
+    def __init__(self, container, stream) -> None:
+        self.active = "mov" in container.format.name.split(",") and stream.time_base is not None
+        self.time_base = stream.time_base
+        self.end: int | None = None  # in the stream's time base
+        self.first: int | None = None
+
+    def saw(self, packet) -> None:
+        if self.active and packet.pts is not None and packet.duration:
+            self.end = max(self.end or packet.pts, packet.pts + packet.duration)
+
+    def starts_at(self, frame) -> None:
+        if self.first is None and frame.pts is not None:
+            self.first = frame.pts
+
+    def room(self, passed: int, rate: int) -> int | None:
+        """How many more samples at `rate` fit before the end (None: no limit known)."""
+        if not self.active or self.end is None or self.first is None:
+            return None
+        return max(0, round((self.end - self.first) * self.time_base * rate) - passed)
 
 
 def _undecodable(file: Path, exc: Exception) -> AudioError:
