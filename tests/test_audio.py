@@ -29,6 +29,7 @@ from engine.core.audio import (
     mel_chunks,
     mel_spectrogram,
 )
+from engine.core.resample import SOXR_HQ, resample
 
 TONE_HZ = 440.0
 SECONDS = 1.5
@@ -160,6 +161,36 @@ def test_the_length_is_the_speechs_own_as_librosa_resamples_it(
                         video_codec=video_codec)  # fmt: skip
     source = _tone(rate, seconds).shape[1]
     assert load_audio(path).size == math.ceil(source * SAMPLE_RATE / rate)
+
+
+@pytest.mark.parametrize("rate", [44100, 48000, 22050, 8000, 11025, 44101])
+def test_resampling_is_librosa_0_7s_default_kaiser_best(rate: int) -> None:
+    """Upstream Wav2Lip's librosa.load (0.7) resampled with resampy's kaiser_best and padded to
+    ceil(n * 16000 / rate); FFmpeg's resampler differed in the 7-8 kHz band (the top mel bands)."""
+    x = (np.random.default_rng(rate).standard_normal(int(rate * 1.3) + 7) * 0.2).astype(np.float32)
+    ours = resample(x, rate, SAMPLE_RATE)
+    theirs = librosa.resample(x, orig_sr=rate, target_sr=SAMPLE_RATE, res_type="kaiser_best")
+    assert ours.dtype == np.float32 and ours.shape == theirs.shape
+    assert np.abs(ours - theirs).max() < 2e-6
+    assert np.array_equal(resample(x, SAMPLE_RATE, SAMPLE_RATE), x)
+    hq = librosa.resample(x, orig_sr=rate, target_sr=SAMPLE_RATE, res_type="soxr_hq")  # MuseTalk's librosa 0.11
+    assert np.array_equal(resample(x, rate, SAMPLE_RATE, SOXR_HQ), hq)
+    with pytest.raises(ValueError, match="not one of"):
+        resample(x, rate, SAMPLE_RATE, "fft")
+
+
+def test_decoded_speech_is_what_upstreams_librosa_load_gives(tmp_path: Path) -> None:
+    """A 44.1 kHz stereo file: the same samples as Wav2Lip's librosa.load(sr=16000) (librosa 0.7's resampler), so
+    the same mel features; MuseTalk's with its librosa 0.11's."""
+    rng = np.random.default_rng(5)
+    data = (rng.standard_normal((2, 44100 * 2 + 123)) * 0.15).astype(np.float32)
+    path = _write_audio(tmp_path / "stereo.wav", "pcm_f32le", 44100, data=data, sample_format="flt")
+    ours = load_audio(path)
+    theirs = librosa.load(path, sr=SAMPLE_RATE, res_type="kaiser_best")[0]
+    assert ours.shape == theirs.shape and np.abs(ours - theirs).max() < 2e-6
+    assert np.abs(mel_spectrogram(ours) - mel_spectrogram(theirs)).max() < 1e-3
+    musetalk = load_audio(path, resampler=SOXR_HQ)  # upstream MuseTalk: librosa 0.11's default
+    assert np.abs(musetalk - librosa.load(path, sr=SAMPLE_RATE)[0]).max() < 1e-6
 
 
 def test_load_audio_accepts_pathlike_and_str(tmp_path: Path) -> None:

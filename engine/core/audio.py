@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import numpy as np
 
 from engine.core.errors import InputError
 from engine.core.media import check_file, ffmpeg_reason, is_image
+from engine.core.resample import KAISER_BEST, resample
 
 SAMPLE_RATE = 16000
 HOP = 200  # mel frames are 80 per second at 16 kHz
@@ -64,8 +64,9 @@ class AudioError(InputError):
 CLIP_WARNING_PEAK = 1.05  # past this the sound track's clipping is audible, and not a decoder's overshoot
 
 
-def load_audio(path: str | os.PathLike, max_seconds: float | None = None) -> np.ndarray:
-    """Decode a file's first audio stream to float32 mono 16 kHz.
+def load_audio(path: str | os.PathLike, max_seconds: float | None = None, resampler: str = KAISER_BEST) -> np.ndarray:
+    """Decode a file's first audio stream to float32 mono 16 kHz, resampled as upstream's librosa did
+    (engine/core/resample.py: Wav2Lip's `kaiser_best`, the default, or MuseTalk's `soxr_hq`).
 
     Decoding streams frame by frame and gives up as soon as `max_seconds` is passed, so an
     hour-long upload is rejected after decoding only the allowed amount. Samples past full scale (float files,
@@ -76,14 +77,14 @@ def load_audio(path: str | os.PathLike, max_seconds: float | None = None) -> np.
     check_file(file, "audio", f"expected an audio or video file ({ACCEPTED_FORMATS})", AudioError)
     if max_seconds is not None and not (max_seconds > 0 and math.isfinite(max_seconds)):
         raise AudioError(f"max_seconds must be a positive number of seconds, got {max_seconds!r}")
-    wav = _decode(file, max_seconds)
+    wav = _decode(file, max_seconds, resampler)
     if wav.size == 0:
         raise AudioError(f"{file.name}: the audio stream is empty (0 samples decoded); a clip with sound is needed")
     _check_finite(wav, file.name)
     return np.ascontiguousarray(wav, dtype=np.float32)
 
 
-def _decode(file: Path, max_seconds: float | None) -> np.ndarray:
+def _decode(file: Path, max_seconds: float | None, resampler: str) -> np.ndarray:
     """Demux and decode only the audio stream; PyAV errors become AudioError."""
     import av
 
@@ -103,68 +104,52 @@ def _decode(file: Path, max_seconds: float | None) -> np.ndarray:
                 "a video without sound cannot drive lip-sync: use a file with an audio track"
             )
         stream = container.streams.audio[0]
-        max_samples = None if max_seconds is None else int((max_seconds + _LIMIT_SLACK_S) * SAMPLE_RATE)
         try:
-            return _decode_stream(container, stream, max_samples, file, max_seconds)
+            return _decode_stream(container, stream, file, max_seconds, resampler)
         except av.error.FFmpegError as exc:
             raise _undecodable(file, exc) from exc
 
 
-def _decode_stream(container, stream, max_samples: int | None, file: Path, max_seconds: float | None) -> np.ndarray:
-    """The stream as float32 mono 16 kHz: its channels averaged at its own rate, then resampled, as upstream's
-    librosa.load does (FFmpeg's own downmix to mono would weight each channel 0.707, 3 dB louder than librosa's
-    mean, and clip a loud stereo peak).
+def _decode_stream(container, stream, file: Path, max_seconds: float | None, resampler: str) -> np.ndarray:
+    """The stream as float32 mono 16 kHz, as upstream's librosa.load made it: channels averaged at the stream's
+    own rate (FFmpeg's downmix would weight each 0.707, 3 dB louder, and clip a loud stereo peak), then resampled
+    with that librosa's default filter (engine/core/resample.py; FFmpeg's resampler changed the features' top mel
+    bands), to librosa's length, ceil(n * 16000 / rate).
 
-    Two length rules, so the frame count is the speech's own and not the decoder's: in MP4/MOV the samples past the
-    edit list's end are dropped (AAC's end padding, up to a codec frame: FFmpeg 9 drops it, older FFmpeg, PyAV's
-    included, decodes it, which gave a frame too many); and the result has librosa.resample's length,
-    ceil(n * 16000 / rate) for n samples at the stream's rate (swresample's flush can stop one short)."""
+    In MP4/MOV the samples past the edit list's end are dropped: AAC's end padding, up to a codec frame, which
+    FFmpeg 9 drops and older FFmpeg, PyAV's included, decodes (a video frame too many). Decoding stops as soon as
+    `max_seconds` is passed, so an hour-long upload costs only the allowed amount."""
     import av
 
-    # The stream's own layout and rate, channels interleaved: PyAV reads planar frames of 8 or more channels past
-    # their end (a crash, not an error), and interleaved ones correctly.
-    interleaved = av.AudioResampler(format="flt")
-    resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+    converter = None  # to float, channels interleaved, at the first frame's rate: PyAV reads planar frames of 8
+    # or more channels past their end (a crash, not an error), and interleaved ones correctly
     pieces: list[np.ndarray] = []
-    total = 0
+    native = 0  # samples kept, at `rate`
+    rate = 0
     edit_end = _EditEnd(container, stream)
-    native = 0  # samples at the stream's rate passed to the resampler
-    native_rate = 0
 
-    def take(frames) -> None:
-        nonlocal total
+    def keep(frames) -> None:
+        nonlocal native
         for frame in frames:
-            samples = frame.to_ndarray().reshape(-1)
-            pieces.append(samples)
-            total += samples.size
-            if max_samples is not None and total > max_samples:
-                raise _too_long(file, stream, container, total, max_seconds)
-
-    def mono(frames) -> Iterator:
-        nonlocal native, native_rate
-        for frame in frames:
-            samples = frame.to_ndarray().reshape(-1, len(frame.layout.channels))
-            samples = samples[: edit_end.room(native, frame.sample_rate)]
-            if not len(samples):
-                continue
+            samples = frame.to_ndarray().reshape(-1, len(frame.layout.channels))[: edit_end.room(native, rate)]
+            pieces.append(samples.mean(axis=1, dtype=np.float32))
             native += len(samples)
-            native_rate = frame.sample_rate
-            averaged = av.AudioFrame.from_ndarray(samples.mean(axis=1)[None], "fltp", "mono")
-            averaged.sample_rate = frame.sample_rate
-            yield from resampler.resample(averaged)
+            if max_seconds is not None and native > (max_seconds + _LIMIT_SLACK_S) * rate:
+                raise _too_long(file, stream, container, native / rate, max_seconds)
 
     for packet in container.demux(stream):
         edit_end.saw(packet)
         for frame in packet.decode():
             edit_end.starts_at(frame)
-            take(mono(interleaved.resample(frame)))
-    take(mono(interleaved.resample(None)))
-    take(resampler.resample(None))  # the resampler holds back a filter's worth of samples until flushed
-    if not pieces or not native:
+            if converter is None:
+                rate = frame.sample_rate
+                converter = av.AudioResampler(format="flt", rate=rate)
+            keep(converter.resample(frame))
+    if converter is not None:
+        keep(converter.resample(None))
+    if not native:
         return np.zeros(0, dtype=np.float32)
-    wav = np.concatenate(pieces).astype(np.float32, copy=False)
-    wanted = -(-native * SAMPLE_RATE // native_rate)
-    return wav[:wanted] if wav.size >= wanted else np.pad(wav, (0, wanted - wav.size))
+    return resample(np.concatenate(pieces), rate, SAMPLE_RATE, resampler)
 
 
 class _EditEnd:
@@ -199,12 +184,12 @@ def _undecodable(file: Path, exc: Exception) -> AudioError:
     )
 
 
-def _too_long(file: Path, stream, container, decoded: int, max_seconds: float | None) -> AudioError:
+def _too_long(file: Path, stream, container, decoded_s: float, max_seconds: float | None) -> AudioError:
     declared = _declared_seconds(stream, container)
-    if declared is not None and declared > decoded / SAMPLE_RATE:
+    if declared is not None and declared > decoded_s:
         length = f"{declared:.1f} s long"
     else:  # no declared duration, or an estimate that is plainly wrong
-        length = f"longer than {decoded / SAMPLE_RATE:.1f} s"
+        length = f"longer than {decoded_s:.1f} s"
     return AudioError(f"{file.name} is {length}; the limit is {max_seconds:g} s: trim the audio or raise the limit")
 
 

@@ -33,6 +33,7 @@ from engine.core.cache import LruCache, file_digest, file_stamp
 from engine.core.device import DeviceChoice, capabilities, precision_dtype, resolve_device, usable_gpu_memory
 from engine.core.hls import stream_folder
 from engine.core.media import VideoWriter, is_image, load_image, probe_video, read_frames, validate_video
+from engine.core.resample import SOXR_HQ
 from engine.core.results import RunResult
 from engine.core.settings import Settings
 from engine.core.weights import S3FD, resolve
@@ -269,7 +270,7 @@ def run_musetalk(
         result.warn(f"MuseTalk does not use {flags} (Wav2Lip's options){hint}")
     progress(0.0, "reading the speech")
     with result.stage("audio"):
-        speech = load_audio(config.audio, max_seconds=settings.max_seconds)
+        speech = load_audio(config.audio, max_seconds=settings.max_seconds, resampler=SOXR_HQ)  # upstream's librosa
     fps, photo, total = _checked_face(config, settings, config.fps)  # the face's frame rate decides the frame count
     speech = check_speech(speech, fps)
     if (loud := loudness_warning(speech)) is not None:
