@@ -232,13 +232,33 @@ def serve_flags(parser: argparse.ArgumentParser) -> None:
 def _logins(specs: list[str] | None) -> list[tuple[str, str]] | None:
     if not specs:
         return None
-    logins = []
+    logins: dict[str, str] = {}
     for spec in specs:
         user, sep, password = spec.partition(":")
         if not sep or not user or not password:
             raise InputError("--auth must be USER:PASS with both parts non-empty")
-        logins.append((user, password))
-    return logins
+        if user != user.strip():  # the login form strips what is typed: such a user could never log in
+            raise InputError(f"--auth: the user {user!r} starts or ends with a space; give it without")
+        if user in logins:
+            raise InputError(f"--auth: {user} is given twice (one password per user)")
+        logins[user] = password
+    return list(logins.items())
+
+
+def _operators(names: list[str] | None, logins: list[tuple[str, str]] | None) -> frozenset[str]:
+    """--operator names: '*', or users that --auth lets log in (any other name could never take effect)."""
+    users = [user for user, _ in logins or ()]
+    for name in names or ():
+        if name != "*" and name not in users:
+            known = f"the --auth users are {', '.join(users)}" if users else "there is no --auth, so nobody logs in"
+            raise InputError(f"--operator {name!r} is not a login: {known} ('*' makes every visitor an operator)")
+    return frozenset(names or ())
+
+
+def _server_name(host: str) -> str:
+    """The host as Gradio builds its URL from it: a bare IPv6 address in brackets."""
+    host = host.strip()
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -249,8 +269,10 @@ def serve(args: argparse.Namespace) -> int:
     from engine.jobs.housekeeping import sweep_uploads
 
     auth = _logins(args.auth)
+    operators = _operators(args.operator, auth)
+    host = _server_name(args.host)
     if args.device is not None:
-        os.environ[PREFIX + "DEVICE"] = validate_device_spec(args.device)
+        os.environ[PREFIX + "DEVICE"] = validate_device_spec(args.device, "--device")
         get_settings.cache_clear()
     # Where the server cannot listen, say so now, before any worker starts (Gradio's own check is a bare OSError).
     other = args.port + 1 if args.port < 65535 else 7860
@@ -261,7 +283,7 @@ def serve(args: argparse.Namespace) -> int:
     if not 0 < args.port < 65536:
         raise InputError(f"--port must be between 1 and 65535, got {args.port}")
     try:
-        where = socket.getaddrinfo(args.host.strip("[]"), args.port, type=socket.SOCK_STREAM)
+        where = socket.getaddrinfo(host.strip("[]"), args.port, type=socket.SOCK_STREAM)
         family, kind, proto, _, address = where[0]
         with socket.socket(family, kind, proto) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does: TIME_WAIT is no obstacle
@@ -275,10 +297,7 @@ def serve(args: argparse.Namespace) -> int:
         ) from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = get_settings()
-    try:
-        settings.ensure_dirs()
-    except OSError as exc:
-        raise InputError(f"cannot create the data folder {settings.data_dir}: {exc}") from None
+    settings.ensure_dirs()
     # Gradio's uploads under our cache (read by Gradio when it is imported), where a start-up sweep also finds
     # what a killed process left: Gradio's own cleanup only knows the files of its current run.
     os.environ.setdefault("GRADIO_TEMP_DIR", str(settings.cache_dir / "gradio"))
@@ -303,14 +322,14 @@ def serve(args: argparse.Namespace) -> int:
     shutdown.install()
     services = start_jobs(settings)
     sampler.workers = services.broker.activity  # the telemetry shows each device's workers and their jobs
-    access = Access(frozenset(args.operator or ()))
+    access = Access(operators)
     demo = None
     try:
         demo = build_app(settings, choice, sampler, services, access)
         demo.queue(default_concurrency_limit=1)
         try:
             demo.launch(
-                server_name=args.host,
+                server_name=host,
                 server_port=args.port,
                 share=args.share,
                 auth=auth,

@@ -12,6 +12,7 @@ when a measuring command's execution provider fell back); 130 Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Sequence
 
@@ -33,6 +34,9 @@ def engine_commands() -> list[Command]:
     return [*SYSTEM, *WEIGHTS, *LIPSYNC, *PORTRAIT, *ONNX, *BENCH]
 
 
+_NEGATIVE_VALUE = re.compile(r"^-\.?\d")
+
+
 def build_parser(commands: Sequence[Command]) -> argparse.ArgumentParser:
     about = "Run, evaluate and tune GPU inference of talking-head models."
     parser = argparse.ArgumentParser(prog="avatarbench", description=about)
@@ -44,6 +48,9 @@ def build_parser(commands: Sequence[Command]) -> argparse.ArgumentParser:
             holder = top.add_parser(group, help=f"{group} commands: see `avatarbench {group} -h`")
             groups[group] = holder.add_subparsers(dest=f"{group}_command", required=True, metavar="COMMAND")
         sub = (groups[group] if group else top).add_parser(word, help=command.help, description=command.help)
+        # A value that starts with a minus and a digit is a value, not a flag: `--pads -5,0,0,0` (argparse only
+        # takes plain negative numbers so, and no flag of ours looks like one).
+        sub._negative_number_matcher = _NEGATIVE_VALUE
         if command.config is not None:
             add_arguments(sub, command.config)
         if command.flags is not None:

@@ -62,6 +62,27 @@ def test_serve_rejects_a_bad_login_spec() -> None:
     assert proc.returncode == 2 and "USER:PASS" in proc.stderr
 
 
+def test_serve_refuses_logins_and_operators_that_could_never_work() -> None:
+    """A user given twice (the second password silently won), a user with spaces around it (the login form strips
+    them), an operator who is no login; and a bare IPv6 host, which Gradio cannot put in its URL, is bracketed."""
+    import app
+    from engine.core.errors import InputError
+
+    for specs, words in ((["a:1", "a:2"], "a is given twice"), ([" bob :pw"], "starts or ends with a space")):
+        with pytest.raises(InputError, match=words):
+            app._logins(specs)
+    logins = app._logins(["alice:1", "carol:2"])
+    assert app._operators(["carol", "*"], logins) == {"carol", "*"} and app._operators(None, None) == frozenset()
+    with pytest.raises(InputError, match=r"'dave' is not a login: the --auth users are alice, carol"):
+        app._operators(["dave"], logins)
+    with pytest.raises(InputError, match="there is no --auth"):
+        app._operators(["dave"], None)
+    assert [app._server_name(h) for h in ("::1", "[::1]", "0.0.0.0", "::")] == ["[::1]", "[::1]", "0.0.0.0", "[::]"]
+    pytest.importorskip("gradio")
+    proc = run("serve", "--operator", "carol", "--port", "1")
+    assert proc.returncode == 2 and "--operator 'carol' is not a login" in proc.stderr
+
+
 def test_serve_shows_the_app_flags() -> None:
     pytest.importorskip("gradio")
     proc = run("serve", "--help")
@@ -417,3 +438,25 @@ def test_ctrl_c_stops_a_model_that_runs_forever(tmp_path: Path) -> None:
     finally:
         proc.kill()
     assert proc.returncode == 130 and "interrupted" in err and time.monotonic() - started < 20, err
+
+
+def test_a_value_starting_with_a_minus_and_a_digit_is_a_value() -> None:
+    """`--pads -5,0,0,0` (negative pads crop, as upstream's) was refused by argparse as an unknown flag."""
+    from engine.cli import build_parser, engine_commands
+
+    args = build_parser(engine_commands()).parse_args(
+        [
+            "lipsync",
+            "--face",
+            "f.jpg",
+            "--audio",
+            "a.wav",
+            "--out",
+            "o.mp4",
+            "--pads",
+            "-5,0,0,0",
+            "--audio-offset",
+            "-2",
+        ]
+    )
+    assert (args.pads, args.audio_offset) == ("-5,0,0,0", "-2")

@@ -280,3 +280,13 @@ def test_the_command_line(hub: StandInHub, tmp_path: Path) -> None:
     assert status.returncode == 0
     assert [line.split()[:2] for line in status.stdout.splitlines()[1:4]] == [
         ["liveportrait", "ready"], ["wav2lip", "ready"], ["s3fd", "ready"]]  # fmt: skip
+
+
+def test_a_weights_path_that_is_a_folder_or_missing_says_which_and_where_it_was_set(tmp_path: Path) -> None:
+    folder = tmp_path / "ckpts"
+    folder.mkdir()
+    settings = Settings(data_dir=tmp_path, weights_dir=tmp_path / "weights", wav2lip_checkpoint=str(folder))
+    with pytest.raises(WeightsError, match=r"ckpts \(set by AVATARBENCH_WAV2LIP_CHECKPOINT\) is a folder, not a file"):
+        resolve(WAV2LIP, settings)
+    with pytest.raises(WeightsError, match=r"gone\.pth does not exist; expected"):
+        resolve(S3FD, settings, tmp_path / "gone.pth")  # given on the command line: no variable to name

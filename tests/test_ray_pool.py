@@ -324,6 +324,21 @@ def test_nothing_imports_ray_without_the_setting(tmp_path: Path) -> None:
     ]
 
 
+def test_a_cluster_ray_cannot_use_is_a_set_up_error(monkeypatch) -> None:
+    """ray.init's ValueError (a ray:// address without Ray Client installed) was a traceback."""
+    ray = pytest.importorskip("ray")
+    from engine.core.errors import SetupError
+    from engine.jobs import ray_pool
+
+    def refuse(**_: object) -> None:
+        raise ValueError("Ray Client requires pip package `ray[client]`.")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda address, **kw: refuse(**kw))
+    with pytest.raises(SetupError, match=r"cannot use the Ray cluster at ray://127.0.0.1:1: Ray Client requires"):
+        ray_pool._connect("ray://127.0.0.1:1", {})
+
+
 def test_the_app_runs_its_workers_as_ray_actors_when_given_an_address(tmp_path: Path, monkeypatch) -> None:
     """app.job_workers with AVATARBENCH_RAY_ADDRESS: the pool's devices, run_on and launcher go to the broker (the
     pool itself is tested on a real local cluster in test_ray_pool.py); without it, local processes."""

@@ -34,7 +34,18 @@ def test_values_are_read_and_unknown_variables_kept_for_the_doctor(tmp_path: Pat
 @pytest.mark.parametrize(
     ("name", "value", "words"),
     [
-        ("MAX_UPLOAD_MB", "lots", "not a int"),
+        ("MAX_UPLOAD_MB", "lots", "not a whole number"),
+        ("MAX_UPLOAD_MB", "²", "not a whole number"),
+        ("MAX_SIDE", "9" * 5000, "... (5000 characters) is not a whole number"),
+        ("WORKERS_PER_GPU", "²", "not N or KIND=N"),
+        ("WORKERS_PER_GPU", "lipsync=" + "9" * 5000, "not N or KIND=N"),
+        ("WORKERS_PER_GPU", "lipsnyc=8", "'lipsnyc' is not a job kind; kinds: default, lipsync, portrait"),
+        ("WORKERS_PER_GPU", "lipsync=2=3", "not N or KIND=N"),
+        ("WORKERS_PER_GPU", "2,3", "default is given twice"),
+        ("JOB_TIME_LIMITS", "BENCH=100", "'BENCH' is not a job kind"),
+        ("JOB_TIME_LIMITS", "bench=100,bench=200", "bench is given twice"),
+        ("DATA_DIR", "~nosuchuser-avatarbench/x", "give an absolute path"),
+        ("DEVICE", "cuda:²", "auto, cpu, cuda, cuda:N"),
         ("MAX_UPLOAD_MB", "0", "out of range"),
         ("GPU_MEMORY_FRACTION", "1.5", "out of range"),
         ("TELEMETRY_INTERVAL", "0", "out of range"),
@@ -44,9 +55,8 @@ def test_values_are_read_and_unknown_variables_kept_for_the_doctor(tmp_path: Pat
 def test_bad_values_name_the_variable_and_what_is_accepted(name: str, value: str, words: str) -> None:
     with pytest.raises(SettingsError) as err:
         load_settings({f"AVATARBENCH_{name}": value})
-    assert words in str(err.value)
-    if name != "DEVICE":
-        assert f"AVATARBENCH_{name}" in str(err.value)
+    assert words in str(err.value) and f"AVATARBENCH_{name}" in str(err.value)
+    assert len(str(err.value)) < 300
 
 
 def test_disk_budget_settings() -> None:
@@ -65,9 +75,30 @@ def test_disk_budget_settings() -> None:
             load_settings({f"AVATARBENCH_{name}": bad})
 
 
+def test_a_folder_that_cannot_be_made_names_its_variable(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("x")
+    folders = {"AVATARBENCH_DATA_DIR": str(tmp_path / "data"), "AVATARBENCH_WEIGHTS_DIR": str(tmp_path / "afile" / "w")}
+    s = load_settings(folders)
+    with pytest.raises(SettingsError, match=r"cannot create the folder .*afile/w \(AVATARBENCH_WEIGHTS_DIR\)"):
+        s.ensure_dirs()
+
+
+def test_job_kinds_are_the_rooms_kinds() -> None:
+    from engine.bench import jobs as bench
+    from engine.core.settings import JOB_KINDS
+    from engine.lipsync import jobs as lipsync
+    from engine.onnx import jobs as onnx
+    from engine.portrait import jobs as portrait
+
+    assert JOB_KINDS == (lipsync.KIND, portrait.KIND, onnx.KIND, bench.KIND)
+    s = load_settings({"AVATARBENCH_WORKERS_PER_GPU": "2, onnx_eval=7", "AVATARBENCH_JOB_TIME_LIMITS": "bench=14400"})
+    assert s.workers_per_gpu == (("default", 2), ("onnx_eval", 7))
+    assert s.job_time_limits == (("default", 3600.0), ("bench", 14400.0))
+
+
 def test_device_spec() -> None:
-    assert validate_device_spec(" cuda:0 ") == "cuda:0"
-    for bad in ("cuda:", "cuda:x", "gpu", ""):
+    assert validate_device_spec(" cuda:0 ") == "cuda:0" and validate_device_spec("cuda:01") == "cuda:1"
+    for bad in ("cuda:", "cuda:x", "gpu", "", "cuda:²", "cuda:١"):
         with pytest.raises(SettingsError):
             validate_device_spec(bad)
 

@@ -15,6 +15,8 @@ from pathlib import Path
 from engine.core.errors import InputError
 
 PREFIX = "AVATARBENCH_"
+JOB_KINDS = ("lipsync", "portrait", "onnx_eval", "bench")  # each room's jobs.KIND (tests/test_settings.py checks)
+_MAX_ECHO = 60  # characters of a bad value quoted back
 
 
 class SettingsError(InputError):
@@ -30,6 +32,15 @@ def _default_data_dir() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".cache") / "avatarbench"
 
 
+def _shown(raw: str) -> str:
+    return repr(raw) if len(raw) <= _MAX_ECHO else f"{raw[:_MAX_ECHO]!r}... ({len(raw)} characters)"
+
+
+def _whole(text: str) -> int | None:
+    """A plain whole number in ASCII digits (str.isdigit also takes superscripts, which int() refuses), else None."""
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 18 else None
+
+
 def _env(env: dict[str, str], name: str) -> str | None:
     value = env.get(PREFIX + name)
     return value.strip() if value is not None and value.strip() else None
@@ -39,12 +50,15 @@ def _number(env: dict[str, str], name: str, default: float, lo: float, hi: float
     raw = _env(env, name)
     if raw is None:
         return kind(default)
+    what = "a whole number" if kind is int else "a number"
     try:
-        value = kind(raw)
+        value = kind(raw) if raw.isascii() else None
     except ValueError:
-        raise SettingsError(f"{PREFIX}{name}={raw!r} is not a {kind.__name__}; expected {lo}..{hi}") from None
+        value = None
+    if value is None:
+        raise SettingsError(f"{PREFIX}{name}={_shown(raw)} is not {what}; expected {lo}..{hi}")
     if not lo <= value <= hi:
-        raise SettingsError(f"{PREFIX}{name}={raw!r} is out of range; expected {lo}..{hi}")
+        raise SettingsError(f"{PREFIX}{name}={_shown(raw)} is out of range; expected {lo}..{hi}")
     return value
 
 
@@ -59,45 +73,63 @@ def _switch(env: dict[str, str], name: str, default: bool) -> bool:
     raise SettingsError(f"{PREFIX}{name}={raw!r} is not on or off; expected 1 or 0")
 
 
-def validate_device_spec(spec: str) -> str:
-    """Accept auto, cpu, cuda or cuda:N; anything else is an error naming what is accepted."""
+def validate_device_spec(spec: str, source: str = "device") -> str:
+    """Accept auto, cpu, cuda or cuda:N; anything else is an error naming `source` (the flag or variable) and what
+    is accepted."""
     spec = spec.strip().lower()
     if spec in ("auto", "cpu", "cuda"):
         return spec
-    if spec.startswith("cuda:") and spec[5:].isdigit():
-        return spec
-    raise SettingsError(f"device {spec!r} is not one of auto, cpu, cuda, cuda:N")
+    if spec.startswith("cuda:") and (index := _whole(spec[5:])) is not None:
+        return f"cuda:{index}"
+    raise SettingsError(f"{source} {_shown(spec)} is not one of auto, cpu, cuda, cuda:N")
 
 
 def _time_limits(raw: str | None) -> tuple[tuple[str, float], ...]:
     """KIND=SECONDS pairs, comma-separated; `default` applies to the kinds not named (one hour unless given)."""
     limits = {"default": 3600.0}
-    for part in (p.strip() for p in (raw or "").split(",") if p.strip()):
+    named: set[str] = set()
+    for part in _parts(raw):
         kind, sep, value = (v.strip() for v in part.partition("="))
         try:
-            seconds = float(value) if sep and kind else -1.0
+            seconds = float(value) if sep and kind and value.isascii() else -1.0
         except ValueError:
             seconds = -1.0
         if not 1 <= seconds <= 7 * 86400:
             raise SettingsError(
-                f"{PREFIX}JOB_TIME_LIMITS: {part!r} is not KIND=SECONDS with 1..604800 seconds, e.g. default=3600"
+                f"{PREFIX}JOB_TIME_LIMITS: {_shown(part)} is not KIND=SECONDS with 1..604800 seconds, e.g. default=3600"
             )
-        limits[kind] = seconds
+        limits[_kind(kind, "JOB_TIME_LIMITS", named)] = seconds
     return tuple(limits.items())
 
 
 def _workers_per_gpu(raw: str | None) -> tuple[tuple[str, int], ...]:
     """N or KIND=N pairs, comma-separated (a bare N is the default for kinds not named), e.g. `2,onnx_eval=7`."""
     counts = {"default": 1}
-    for part in (p.strip() for p in (raw or "").split(",") if p.strip()):
-        kind, sep, value = (v.strip() for v in part.rpartition("="))
-        kind = kind if sep else "default"
-        if not (value.isdigit() and 1 <= int(value) <= 64 and (kind or not sep)):
+    named: set[str] = set()
+    for part in _parts(raw):
+        kind, sep, value = (v.strip() for v in part.partition("="))
+        kind, value = (kind, value) if sep else ("default", kind)
+        count = _whole(value)
+        if count is None or not 1 <= count <= 64 or not kind:
             raise SettingsError(
-                f"{PREFIX}WORKERS_PER_GPU: {part!r} is not N or KIND=N with N in 1..64, e.g. 2 or 2,onnx_eval=7"
+                f"{PREFIX}WORKERS_PER_GPU: {_shown(part)} is not N or KIND=N with N in 1..64, e.g. 2 or 2,onnx_eval=7"
             )
-        counts[kind] = int(value)
+        counts[_kind(kind, "WORKERS_PER_GPU", named)] = count
     return tuple(counts.items())
+
+
+def _parts(raw: str | None) -> list[str]:
+    return [p.strip() for p in (raw or "").split(",") if p.strip()]
+
+
+def _kind(kind: str, name: str, named: set[str]) -> str:
+    """A job kind (or `default`), each named once in a KIND=... list: a typo would silently never apply."""
+    if kind not in ("default", *JOB_KINDS):
+        raise SettingsError(f"{PREFIX}{name}: {_shown(kind)} is not a job kind; kinds: default, {', '.join(JOB_KINDS)}")
+    if kind in named:
+        raise SettingsError(f"{PREFIX}{name}: {kind} is given twice")
+    named.add(kind)
+    return kind
 
 
 def _three_quarters_of_ram_gb() -> float:
@@ -155,8 +187,14 @@ class Settings:
         return self.max_upload_mb * 1024 * 1024
 
     def ensure_dirs(self) -> None:
-        for path in (self.data_dir, self.weights_dir, self.cache_dir, self.outputs_dir):
-            path.mkdir(parents=True, exist_ok=True)
+        """Make the folders; one that cannot be made is a SettingsError naming its variable."""
+        for path, name in ((self.data_dir, "DATA_DIR"), (self.weights_dir, "WEIGHTS_DIR"),
+                           (self.cache_dir, "DATA_DIR"), (self.outputs_dir, "DATA_DIR")):  # fmt: skip
+            try:
+                path.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                reason = f"{exc.strerror}: {exc.filename}" if exc.strerror and exc.filename else str(exc)
+                raise SettingsError(f"cannot create the folder {path} ({PREFIX}{name}): {reason}") from None
 
     def as_dict(self) -> dict[str, object]:
         out = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items() if k != "extra"}
@@ -284,13 +322,13 @@ def documented_values(settings: Settings) -> list[tuple[str, str, str]]:
 def load_settings(env: dict[str, str] | None = None) -> Settings:
     """Build settings from the environment (or the mapping given, for tests)."""
     env = dict(os.environ if env is None else env)
-    data_dir = Path(_env(env, "DATA_DIR") or _default_data_dir()).expanduser()
-    weights_dir = Path(_env(env, "WEIGHTS_DIR") or data_dir / "weights").expanduser()
+    data_dir = _folder(env, "DATA_DIR", _default_data_dir)
+    weights_dir = _folder(env, "WEIGHTS_DIR", lambda: data_dir / "weights")
     known = {PREFIX + name for name in DOCUMENTED}
     return Settings(
         data_dir=data_dir,
         weights_dir=weights_dir,
-        device=validate_device_spec(_env(env, "DEVICE") or "auto"),
+        device=validate_device_spec(_env(env, "DEVICE") or "auto", f"{PREFIX}DEVICE"),
         max_upload_mb=_number(env, "MAX_UPLOAD_MB", 500, 1, 100_000, int),
         gpu_memory_fraction=_number(env, "GPU_MEMORY_FRACTION", 0.9, 0.05, 1.0),
         telemetry_interval_s=_number(env, "TELEMETRY_INTERVAL", 1.0, 0.1, 60.0),
@@ -315,6 +353,14 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         musetalk_dir=_env(env, "MUSETALK_DIR"),
         extra={k: v for k, v in env.items() if k.startswith(PREFIX) and k not in known},
     )
+
+
+def _folder(env: dict[str, str], name: str, default) -> Path:
+    raw = _env(env, name)
+    try:
+        return Path(raw).expanduser() if raw else Path(default())
+    except RuntimeError as exc:  # ~user of no such user, or no home folder
+        raise SettingsError(f"{PREFIX}{name}={_shown(raw or '')}: {exc}; give an absolute path") from None
 
 
 @lru_cache(maxsize=1)

@@ -75,7 +75,9 @@ def resolve(model: ModelFile, settings: Settings, explicit: str | os.PathLike | 
             return hub_download(text)
         path = Path(text).expanduser()
         if not path.is_file():
-            raise WeightsError(f"{path} does not exist; expected {model.description}")
+            source = "" if explicit not in (None, "") else f" (set by {PREFIX}{model.key.upper()})"
+            problem = "is a folder, not a file" if path.is_dir() else "does not exist"
+            raise WeightsError(f"{path}{source} {problem}; expected {model.description}")
         return path
     for name in model.filenames:
         for folder in (settings.weights_dir, settings.weights_dir / model.key.split("_")[0]):

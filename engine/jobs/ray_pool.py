@@ -604,6 +604,8 @@ def _connect(address: str | None, init_kwargs: Mapping[str, Any]) -> bool:
     except ConnectionError as exc:
         raise SetupError(f"could not reach the Ray cluster at {address} (is `ray start --head` running?): "
                          f"{_ray_words(exc)}") from None  # fmt: skip
+    except ValueError as exc:  # e.g. a ray:// address without Ray Client installed
+        raise SetupError(f"cannot use the Ray cluster at {address}: {_ray_words(exc)}") from None
     return True
 
 
