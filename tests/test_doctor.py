@@ -308,6 +308,23 @@ def test_unwritable_data_dir_is_a_problem(tmp_path: Path) -> None:
     assert check.status == PROBLEM and "AVATARBENCH_DATA_DIR" in check.fix
 
 
+def test_every_bad_setting_is_reported_and_the_other_checks_still_run(monkeypatch, tmp_path: Path) -> None:
+    """Start-up stops at the first bad AVATARBENCH_* value; the doctor names them all and reports the rest."""
+    from engine.core.settings import settings_despite_bad_values
+
+    env = {"AVATARBENCH_DATA_DIR": str(tmp_path), "AVATARBENCH_MAX_SIDE": "abc", "AVATARBENCH_DEVICE": "gpu"}
+    settings, problems = settings_despite_bad_values(env)
+    assert settings.max_side == 2560 and settings.device == "auto" and settings.data_dir == tmp_path
+    assert len(problems) == 2 and "AVATARBENCH_DEVICE 'gpu'" in problems[0] and "AVATARBENCH_MAX_SIDE" in problems[1]
+    check = doctor.check_settings(_ctx(tmp_path, settings=settings, settings_problems=problems))
+    assert check.status == PROBLEM and "AVATARBENCH_MAX_SIDE='abc'" in check.found and "defaults" in check.found
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(doctor, "run_ort_probe", lambda: (None, "skipped"))
+    report = run_doctor()
+    assert report.get("settings").status == PROBLEM and report.get("disk").status == OK
+
+
 def test_check_objects_default_to_nothing_to_fix() -> None:
     assert Check("x", OK, "fine").fix == doctor.NOTHING_TO_FIX
 

@@ -363,6 +363,21 @@ def _folder(env: dict[str, str], name: str, default) -> Path:
         raise SettingsError(f"{PREFIX}{name}={_shown(raw or '')}: {exc}; give an absolute path") from None
 
 
+def settings_despite_bad_values(env: dict[str, str] | None = None) -> tuple[Settings, list[str]]:
+    """The settings with every unusable variable left at its default, and what was wrong with each: the doctor
+    reports them all and still runs its other checks, where start-up stops at the first."""
+    env = dict(os.environ if env is None else env)
+    problems = []
+    for name in DOCUMENTED:
+        if PREFIX + name in env:
+            try:
+                load_settings({PREFIX + name: env[PREFIX + name]})
+            except SettingsError as exc:
+                problems.append(str(exc))
+                del env[PREFIX + name]
+    return load_settings(env), problems
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     """The process-wide settings, read once."""

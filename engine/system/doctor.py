@@ -30,7 +30,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from engine.core.settings import DOCUMENTED, PREFIX, Settings, get_settings
+from engine.core.settings import DOCUMENTED, PREFIX, Settings, settings_despite_bad_values
 
 OK, INFO, WARNING, PROBLEM = "ok", "info", "warning", "problem"
 STATUSES = (OK, INFO, WARNING, PROBLEM)
@@ -121,6 +121,7 @@ class _Context:
     ort_probe: dict[str, Any] | None = None
     ort_probe_error: str | None = None
     pci_gpus: int = 0  # NVIDIA GPUs the kernel lists on the PCI bus, driver or not
+    settings_problems: list[str] = field(default_factory=list)  # variables left at their defaults for this report
 
     @property
     def gpu_present(self) -> bool:
@@ -682,6 +683,14 @@ def check_settings(ctx: _Context) -> Check:
         f"device {s.device}, GPU memory fraction {s.gpu_memory_fraction}, uploads up to {s.max_upload_mb} MiB, "
         f"telemetry every {s.telemetry_interval_s}s"
     )
+    if ctx.settings_problems:
+        return Check(
+            "settings",
+            PROBLEM,
+            "; ".join(ctx.settings_problems) + " (this report used the defaults instead; the app would not start)",
+            "Fix or unset these variables.",
+            details,
+        )
     if s.extra:
         return Check(
             "settings",
@@ -740,7 +749,10 @@ def run_doctor(settings: Settings | None = None) -> DoctorReport:
     start = time.perf_counter()
     gpus, status, driver, cuda = _gather_nvml()
     probe, probe_error = run_ort_probe()
-    ctx = _Context(settings or get_settings(), gpus, status, driver, cuda, probe, probe_error, _nvidia_on_pci())
+    problems: list[str] = []
+    if settings is None:
+        settings, problems = settings_despite_bad_values()
+    ctx = _Context(settings, gpus, status, driver, cuda, probe, probe_error, _nvidia_on_pci(), problems)
     checks = []
     for fn in CHECKS:
         try:
