@@ -53,9 +53,17 @@ def test_an_image_upload_reaches_the_engine_unread(tmp_path: Path) -> None:
     broken = tmp_path / "face.png"
     broken.write_bytes(b"not an image" * 20)
     with gr.Blocks():
-        image = checked_image(label="Face photo")
-    assert image.preprocess(FileData(path=str(broken), orig_name="face.png")) == str(broken)
+        image = checked_image(label="Face photo", elem_classes=["face"])
+        plain = gr.Image(type="filepath")
+    upload = FileData(path=str(broken), orig_name="face.png")
+    assert image.preprocess(upload) == str(broken)
     assert image.preprocess(None) is None
+    # Gradio rebuilds a component from its constructor arguments in a session that sent it an update (keep_one's
+    # gr.update()): the rebuilt one must hand the upload on unread too (it opened it with PIL: a bare "Error").
+    rebuilt = type(image)(**{**image.constructor_args, "render": False})
+    assert rebuilt.preprocess(upload) == str(broken) and "face" in rebuilt.elem_classes
+    with pytest.raises(Exception, match="cannot identify image file"):
+        plain.preprocess(upload)  # every other gr.Image is Gradio's own
 
 
 def test_a_thumbnail_shows_the_face_with_its_speech_as_a_waveform(tmp_path: Path) -> None:

@@ -25,23 +25,33 @@ MEDIA_HEIGHT = 280
 TAB_BAR_HEIGHT = 42  # what a media choice's tab bar adds above its preview (an input beside it matches the height)
 
 
+RAW_UPLOAD = "raw-upload"  # the CSS class marking the images whose uploads reach the engine unread
+
+
 def checked_image(**kwargs: Any) -> gr.Image:
     """A gr.Image (preview, webcam, clipboard) that hands the uploaded file on as it is. Gradio's own Image opens
-    every upload with PIL first, so a broken or oversized file would fail there without our message; the engine
-    checks the header (size, pixel count) and decodes it itself. (An instance attribute, not a subclass: Gradio
-    writes a .pyi stub beside any module that subclasses a component.)"""
-    image = gr.Image(type="filepath", **kwargs)
-    inline = image.preprocess
+    every upload with PIL first, so a broken or oversized file would fail there with a bare "Error"; the engine
+    checks the header (size, pixel count) and decodes it itself, with its own message.
 
-    def preprocess(payload: Any) -> str | None:
-        if payload is None:
-            return None
-        if payload.url and payload.url.startswith("data:"):  # a pasted or captured image sent inline
-            return inline(payload)
+    The mark is a CSS class because it must survive Gradio rebuilding the component from its constructor
+    arguments, which it does for every session whose event sends the component an update (an instance attribute
+    was lost then); a subclass would make Gradio write a .pyi stub beside this module."""
+    classes = [*(kwargs.pop("elem_classes", None) or []), RAW_UPLOAD]
+    return gr.Image(type="filepath", elem_classes=classes, **kwargs)
+
+
+def _raw_upload_preprocess(image: gr.Image, payload: Any) -> Any:
+    """gr.Image.preprocess, except that a marked image's uploaded file is handed on unread (an image pasted or
+    captured inline still goes through Gradio, which writes it to a file)."""
+    marked = RAW_UPLOAD in (image.elem_classes or [])
+    if marked and payload is not None and not (payload.url and payload.url.startswith("data:")):
         return str(payload.path)
+    return _GRADIO_IMAGE_PREPROCESS(image, payload)
 
-    image.preprocess = preprocess  # type: ignore[method-assign]
-    return image
+
+_GRADIO_IMAGE_PREPROCESS = getattr(gr.Image.preprocess, "gradio_original", gr.Image.preprocess)
+_raw_upload_preprocess.gradio_original = _GRADIO_IMAGE_PREPROCESS  # type: ignore[attr-defined]
+gr.Image.preprocess = _raw_upload_preprocess  # type: ignore[method-assign,assignment]
 
 
 @dataclass
