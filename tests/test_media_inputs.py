@@ -90,3 +90,37 @@ def test_api_page_examples_are_the_defaults_and_the_given_files(cls) -> None:
             assert example["url"] == files[f.name] and example["meta"] == {"_type": "gradio.FileData"}
         else:  # what the page shows as the parameter's default, never Gradio's "Hello!!" or 3
             assert example == components[f.name].value, f.name
+
+
+def test_a_job_not_done_yet_shows_no_earlier_jobs_results() -> None:
+    """The ONNX eval and benchmark tabs kept the previous job's tables and charts under a new job's status until
+    it finished; now its outputs are empty until it is done, and rendered once then."""
+    from types import SimpleNamespace
+
+    from ui.widgets import job_poller
+
+    states = {"new": "running", "old": "done", "gone": "cancelled"}
+    poll = job_poller(
+        lambda job, reader: {"status": states[job]},
+        lambda state: state["status"],
+        lambda job, reader: (f"{job} table", f"{job} chart"),
+        2,
+        "No job yet.",
+        SimpleNamespace(reader=lambda request: "alice"),
+    )
+    text, timer, *outputs = poll("new", None)
+    assert text == "running" and timer.active and outputs == [None, None]
+    text, timer, *outputs = poll("old", None)
+    assert not timer.active and outputs == ["old table", "old chart"]
+    assert poll("gone", None)[2:] == (None, None) and not poll("gone", None)[1].active
+    assert poll(None, None)[0] == "No job yet."
+
+
+def test_first_in_line_behind_a_running_job_says_so_not_starting() -> None:
+    from ui.jobs import _report
+
+    said: list[str] = []
+    queued = {"status": "queued", "device": "cpu", "ahead": 0, "running": 1}
+    for status in (queued, {**queued, "ahead": 2}, {**queued, "running": 0}):
+        _report(status, lambda fraction, text: said.append(text))
+    assert said == ["queued on cpu: next, after 1 running job(s)", "queued on cpu: 2 job(s) ahead", "starting"]

@@ -39,6 +39,7 @@ def test_submit_get_and_queue_positions_per_device(store: JobStore) -> None:
     assert claimed is not None and claimed.id == a1.id and claimed.status == RUNNING and claimed.started
     assert store.get(a1.id).position is None
     assert store.get(a2.id).position == 1
+    assert (store.running_on("cuda:0"), store.running_on("cpu")) == (1, 0)  # what a2, first in line, waits for
     assert [(j.id, j.status, j.position) for j in store.queue()][:3] == [
         (a1.id, RUNNING, None),
         (b1.id, QUEUED, 1),

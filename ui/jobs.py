@@ -80,8 +80,11 @@ class Access:
 
 def _report(status: dict[str, Any], progress: Callable[[float, str], None]) -> None:
     if status["status"] == "queued":
-        ahead = status["ahead"]
-        progress(0.0, f"queued on {status['device']}: {ahead} job(s) ahead" if ahead else "starting")
+        ahead, running, where = status["ahead"], status.get("running", 0), f"queued on {status['device']}"
+        if ahead:
+            progress(0.0, f"{where}: {ahead} job(s) ahead")
+        else:
+            progress(0.0, f"{where}: next, after {running} running job(s)" if running else "starting")
     else:
         progress(status["progress"], status["progress_label"] or "running")
 

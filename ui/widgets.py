@@ -225,8 +225,10 @@ def job_poller(
     access: Any,
 ) -> Callable[[str | None, gr.Request], tuple[Any, ...]]:
     """A gr.Timer handler: (status text, the timer's next state, *outputs), for the asking owner's job only. The
-    outputs are rendered once, when the job is done; the timer stops when the job has ended."""
+    outputs are rendered once, when the job is done, and empty until then (an earlier job's results never stand
+    under a new job's status); the timer stops when the job has ended."""
     blank = tuple(gr.update() for _ in range(outputs))
+    cleared = (None,) * outputs  # plain values: an update would make Gradio rebuild each component every tick
 
     def poll(job: str | None, request: gr.Request) -> tuple[Any, ...]:
         if not job:
@@ -238,6 +240,6 @@ def job_poller(
             return (str(exc), gr.Timer(active=False), *blank)
         if state["status"] == DONE:
             return (describe(state), gr.Timer(active=False), *render(job, reader))
-        return (describe(state), gr.Timer(active=state["status"] not in FINISHED), *blank)
+        return (describe(state), gr.Timer(active=state["status"] not in FINISHED), *cleared)
 
     return poll

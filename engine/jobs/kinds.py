@@ -67,7 +67,10 @@ class JobKind:
         return job
 
     def status(self, job_id: str, owner: str | None) -> dict[str, Any]:
-        return self.summary(self._get(job_id, owner))
+        """The summary, and for a queued job the jobs running on its device (what the first in line waits for)."""
+        job = self._get(job_id, owner)
+        running = self.store.running_on(job.device) if job.status == QUEUED else 0
+        return {**self.summary(job), "running": running}
 
     def result(self, job_id: str, owner: str | None) -> dict[str, Any]:
         job = self._get(job_id, owner)

@@ -340,6 +340,10 @@ class JobStore:
         row = rows[0]
         return _row_to_job(row, row[18] if row[5] == QUEUED else None)
 
+    def running_on(self, device: str) -> int:
+        """How many jobs (anyone's) run on the device now: what a queued job first in line waits for."""
+        return int(self._read("SELECT COUNT(*) FROM jobs WHERE status = ? AND device = ?", (RUNNING, device))[0][0])
+
     def queue(self, owner: str | None = None) -> list[Job]:
         """Queued and running jobs in order, positions counted over everyone's; with an owner, only theirs."""
         rows = self._read(f"SELECT {_COLUMNS} FROM jobs WHERE status IN (?, ?) ORDER BY seq", (QUEUED, RUNNING))
