@@ -124,3 +124,16 @@ def test_first_in_line_behind_a_running_job_says_so_not_starting() -> None:
     for status in (queued, {**queued, "ahead": 2}, {**queued, "running": 0}):
         _report(status, lambda fraction, text: said.append(text))
     assert said == ["queued on cpu: next, after 1 running job(s)", "queued on cpu: 2 job(s) ahead", "starting"]
+
+
+def test_the_last_example_clicked_is_the_one_loaded(tmp_path: Path) -> None:
+    """Gradio's default for a select drops a click while the previous one is pending: a quick second click moved
+    the highlight but left the first example's inputs."""
+    from ui.examples import example_gallery
+
+    examples = [Example("a", (ASSETS / "face.jpg",)), Example("b", (ASSETS / "face.jpg",))]
+    with gr.Blocks() as demo:
+        face = gr.Image(type="filepath")
+        example_gallery(examples, [face], [False], tmp_path, "Examples", "ex")
+    (select,) = [f for f in demo.fns.values() if f.outputs == [face]]
+    assert select.trigger_mode == "always_last"

@@ -90,7 +90,9 @@ def example_gallery(
         chosen = examples[selected.index]
         return tuple(None if v is None else str(v) for v in chosen.values)
 
-    gallery.select(load, None, list(inputs), api_visibility="private", queue=False)
+    # always_last: a second click while the first example still loads is run after it (Gradio's default for select
+    # dropped it, leaving the inputs on the first example under the second's highlight)
+    gallery.select(load, None, list(inputs), api_visibility="private", queue=False, trigger_mode="always_last")
     return gallery
 
 
