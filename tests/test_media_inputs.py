@@ -137,3 +137,30 @@ def test_the_last_example_clicked_is_the_one_loaded(tmp_path: Path) -> None:
         example_gallery(examples, [face], [False], tmp_path, "Examples", "ex")
     (select,) = [f for f in demo.fns.values() if f.outputs == [face]]
     assert select.trigger_mode == "always_last"
+
+
+def test_a_live_run_that_fails_stops_promising_the_rest(monkeypatch) -> None:
+    """The summary kept "the first 4.0 s, made so far; the rest follows" under a failed or cancelled live run."""
+    from types import SimpleNamespace
+
+    import ui.jobs
+    from engine.core.errors import AvatarbenchError
+    from engine.core.hls import LiveStream
+    from ui.jobs import job_endpoints
+
+    def follow_live(*args: object) -> object:
+        yield LiveStream((Path("seg0.ts"),), (4.0,), False)
+        raise AvatarbenchError("job j1 cancelled: cancelled by its owner")
+
+    monkeypatch.setattr(ui.jobs, "follow_live", follow_live)
+    jobs = SimpleNamespace(settings=None, submit=lambda config, owner: SimpleNamespace(id="j1"))
+    access = SimpleNamespace(server_files=lambda values, settings, request: values, owner=lambda r: "o",
+                             reader=lambda r: "o")  # fmt: skip
+    with gr.Blocks():
+        run = job_endpoints(LipSyncConfig, jobs, access, lambda report: (), [gr.Video(), gr.Markdown()], "t", "t.",
+                            live=lambda seen, stopped: (f"{seen.duration:g} s", stopped))  # fmt: skip
+    shown = []
+    with pytest.raises(AvatarbenchError, match="cancelled"):
+        for update in run({"face": "f.jpg", "audio": "a.wav"}, lambda *a: None, None):
+            shown.append(update)
+    assert shown == [("4 s", None), ("4 s", "job j1 cancelled: cancelled by its owner")]

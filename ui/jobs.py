@@ -9,6 +9,7 @@ they may name server paths or downloads.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -189,12 +190,12 @@ def job_endpoints(
     outputs: list[Any],
     name: str,
     about: str,
-    live: Callable[[LiveStream], tuple[Any, ...]] | None = None,
+    live: Callable[[LiveStream, str | None], tuple[Any, ...]] | None = None,
 ) -> Run:
     """`/name` (submit, wait, the outputs: the tab's own button does the same) and `/name_submit` (queue, return
     the job's status and id for /job_status and /job_result). Returns the waiting handler for the tab's button.
-    With `live` (the outputs for a job's video so far), the waiting handler is a generator that shows it as it
-    grows."""
+    With `live` (the outputs for a job's video so far, and why it stopped when it did), the waiting handler is a
+    generator that shows it as it grows."""
 
     def queued(values: dict[str, Any], request: gr.Request | None) -> Job:
         config = cls.build(access.server_files(values, jobs.settings, request))
@@ -206,18 +207,25 @@ def job_endpoints(
 
     def run_live(values: dict[str, Any], progress: Callable[[float, str], None], request: gr.Request | None) -> Any:
         """`run`, showing the video so far (`live`) each time it has doubled, while the job streams (stream=true)."""
-        job, shown = queued(values, request), 0.0
-        for seen in follow_live(jobs, job.id, access.reader(request), progress):
-            if not isinstance(seen, LiveStream):
-                yield render(seen)
-            elif live is not None and not seen.ended and seen.duration >= 2 * shown:
-                shown = seen.duration
-                try:
-                    update = live(seen)
-                except Exception:  # a preview that cannot be made must not cost the result: the next one may work
-                    log.warning("job %s: its video so far could not be shown", job.id, exc_info=True)
-                    continue
-                yield update
+        job, shown, previewed = queued(values, request), 0.0, None
+        try:
+            for seen in follow_live(jobs, job.id, access.reader(request), progress):
+                if not isinstance(seen, LiveStream):
+                    yield render(seen)
+                elif live is not None and not seen.ended and seen.duration >= 2 * shown:
+                    shown = seen.duration
+                    try:
+                        update = live(seen, None)
+                    except Exception:  # a preview that cannot be made must not cost the result: the next may work
+                        log.warning("job %s: its video so far could not be shown", job.id, exc_info=True)
+                        continue
+                    previewed = seen
+                    yield update
+        except AvatarbenchError as exc:  # failed or cancelled: the pane stops promising the rest, then the error
+            if live is not None and previewed is not None:
+                with contextlib.suppress(Exception):
+                    yield live(previewed, str(exc))
+            raise
 
     def submit(values: dict[str, Any], progress: Callable[[float, str], None], request: gr.Request | None) -> dict:
         job = queued(values, request)

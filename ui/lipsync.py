@@ -11,6 +11,7 @@ from typing import Any
 
 import gradio as gr
 
+from engine.core.hls import LiveStream
 from engine.core.results import RunResult
 from engine.core.settings import Settings
 from engine.core.weights import WAV2LIP, where_to_put
@@ -181,9 +182,12 @@ def build_lipsync_tab(settings: Settings, jobs: LipSyncJobs, access: Access) -> 
     )  # fmt: skip
     outputs = [video, summary, stages, details]
     about = "Lip-sync a face image or video to speech; parameters as `avatarbench lipsync`."
+
+    def live(seen: LiveStream, stopped: str | None) -> tuple[Any, ...]:
+        return (*video_so_far(seen, stopped), gr.update(), gr.update())
+
     with api_examples(face="assets/face.jpg", audio="assets/speech.wav"):
-        lipsync = job_endpoints(LipSyncConfig, jobs, access, render, outputs, "lipsync", about,
-                                live=lambda stream: (*video_so_far(stream), gr.update(), gr.update()))  # fmt: skip
+        lipsync = job_endpoints(LipSyncConfig, jobs, access, render, outputs, "lipsync", about, live=live)
     handler = audio.handler(face.handler(form_handler(LipSyncConfig, inputs, lipsync, "lip-sync")))
     run.click(handler, inputs_kwargs=audio.kwargs(face.kwargs(inputs)), outputs=outputs, api_visibility="private",
               concurrency_limit=16, scroll_to_output=True, show_progress_on=video)  # fmt: skip

@@ -8,6 +8,7 @@ from typing import Any
 
 import gradio as gr
 
+from engine.core.hls import LiveStream
 from engine.core.results import RunResult
 from engine.core.settings import Settings
 from engine.portrait.config import PortraitConfig
@@ -213,9 +214,12 @@ def build_portrait_tab(settings: Settings, jobs: PortraitJobs, access: Access) -
     )  # fmt: skip
     outputs = [video, summary, strip, stages, template, details]
     about = "Animate a portrait; parameters as `avatarbench portrait`."
+
+    def live(seen: LiveStream, stopped: str | None) -> tuple[Any, ...]:
+        return (*video_so_far(seen, stopped), *(gr.update(),) * 4)
+
     with api_examples(source="assets/face.jpg", driving="assets/driving.mp4"):
-        animate = job_endpoints(PortraitConfig, jobs, access, render, outputs, "portrait", about,
-                                live=lambda stream: (*video_so_far(stream), *(gr.update(),) * 4))  # fmt: skip
+        animate = job_endpoints(PortraitConfig, jobs, access, render, outputs, "portrait", about, live=live)
     handler = driving.handler(form_handler(PortraitConfig, inputs, animate, "portrait animation"))
     run.click(handler, inputs_kwargs=driving.kwargs(inputs), outputs=outputs, api_visibility="private",
               concurrency_limit=16, scroll_to_output=True, show_progress_on=video)  # fmt: skip

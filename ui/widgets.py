@@ -27,11 +27,13 @@ def kept(path: str | None) -> str | None:
     return path if path and Path(path).is_file() else None
 
 
-def video_so_far(stream: LiveStream) -> tuple[str, str]:
+def video_so_far(stream: LiveStream, stopped: str | None = None) -> tuple[str, str]:
     """A Result pane while its job streams: the first seconds as one MP4 (the segments joined, no encode), and the
-    line saying so."""
+    line saying so; or, when the job failed or was cancelled (`stopped`: why), that line instead of the promise."""
     parts = stream.segments
     so_far = join_segments(parts, parts[-1].parent / f"so-far-{len(parts)}.mp4")
+    if stopped is not None:
+        return str(so_far), f"✗ {stopped}; the first {stream.duration:.1f} s made before that are above"
     return str(so_far), f"⏳ the first {stream.duration:.1f} s, made so far; the rest follows"
 
 
