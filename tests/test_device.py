@@ -21,6 +21,8 @@ def test_auto_falls_back_to_cpu_and_says_why() -> None:
     choice = resolve_device("auto")
     assert choice.device.type == "cpu" and not choice.is_cuda
     assert "no GPU" in choice.reason
+    # the app's broker places jobs on "cpu" when there is no GPU: the reason is that, not "CPU requested"
+    assert resolve_device("cpu").reason.startswith("no GPU: ")
 
 
 @needs_no_cuda

@@ -510,3 +510,15 @@ def test_static_resize_rotate_crop_and_fps_as_upstreams_options(media, settings,
     assert result.metrics["frames"] == expected_frames(1.0, 30.0)
     with pytest.raises(LipSyncError, match="leaves 256x0 pixels"):
         run_lipsync(LipSyncConfig(face=video, audio=speech, crop=(300, -1, 0, -1)), tmp_path / "none.mp4", settings)
+
+
+def test_options_another_engine_reads_are_named_when_set() -> None:
+    """The baseline has no network (no checkpoint, compile or precision check) and neither it nor Wav2Lip reads
+    MuseTalk's options: set away from their defaults they are said to be unused, not silently dropped."""
+    from engine.lipsync.pipeline import unused_options
+
+    plain = LipSyncConfig.build({"face": "f.jpg", "audio": "a.wav"})
+    assert unused_options(plain, "baseline") == unused_options(plain, "wav2lip") == []
+    asked = LipSyncConfig.build({"face": "f.jpg", "audio": "a.wav", "compile": True, "bbox_shift": 5})
+    assert unused_options(asked, "baseline") == ["--compile", "--bbox-shift"]
+    assert unused_options(asked, "wav2lip") == ["--bbox-shift"]

@@ -53,9 +53,10 @@ def cuda_unavailable_reason() -> str:
 def resolve_device(spec: str = "auto") -> DeviceChoice:
     """Turn auto|cpu|cuda|cuda:N into a torch device; asking for a GPU that is not there is an error."""
     spec = validate_device_spec(spec)
-    if spec == "cpu":
-        return DeviceChoice(torch.device("cpu"), spec, "CPU requested")
     available = torch.cuda.is_available()
+    if spec == "cpu":  # where there is no GPU that is the reason, whoever chose the CPU (the app's broker does)
+        reason = "CPU requested" if available else f"no GPU: {cuda_unavailable_reason()}"
+        return DeviceChoice(torch.device("cpu"), spec, reason)
     if spec == "auto":
         if available:
             return DeviceChoice(torch.device("cuda", 0), spec, "CUDA is available")

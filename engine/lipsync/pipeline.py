@@ -248,6 +248,26 @@ def _no_face(config: LipSyncConfig, tracker: FaceTracker, count: int, still: boo
     return LipSyncError(f"no face found in any of the {count} frames of {name}")
 
 
+# Options only another engine reads: Wav2Lip's network (the baseline has none) and MuseTalk's.
+_NETWORK_ONLY = ("checkpoint", "compile", "check_precision")
+_MUSETALK_ONLY = (
+    "musetalk_weights",
+    "musetalk_version",
+    "bbox_shift",
+    "musetalk_extra_margin",
+    "musetalk_parsing_mode",
+    "musetalk_cheek_widths",
+    "musetalk_person_box",
+    "musetalk_runtime",
+)
+
+
+def unused_options(config: LipSyncConfig, engine: str) -> list[str]:
+    """The flags set away from their defaults that `engine` (wav2lip or baseline) does not read."""
+    names = (*_NETWORK_ONLY, *_MUSETALK_ONLY) if engine == "baseline" else _MUSETALK_ONLY
+    return ["--" + n.replace("_", "-") for n in names if getattr(config, n) != getattr(LipSyncConfig, n)]
+
+
 def _prepare(
     config: LipSyncConfig,
     settings: Settings,
@@ -303,6 +323,8 @@ def _prepare(
         if config.precision not in ("auto", "fp32"):
             result.warn(f"the baseline engine computes in fp32; --precision {config.precision} applies to Wav2Lip")
         result.precision = "fp32"
+    if unused := unused_options(config, generator.name):
+        result.warn(f"the {generator.name} engine does not use {', '.join(unused)} (other engines' options)")
     detector = None  # a fixed box needs no detection at all
     if config.box is None:
         ckpt = resolve(S3FD, settings, config.detector_checkpoint) if config.detector == "s3fd" else None
