@@ -164,3 +164,21 @@ def test_a_live_run_that_fails_stops_promising_the_rest(monkeypatch) -> None:
         for update in run({"face": "f.jpg", "audio": "a.wav"}, lambda *a: None, None):
             shown.append(update)
     assert shown == [("4 s", None), ("4 s", "job j1 cancelled: cancelled by its owner")]
+
+
+def test_earlier_runs_list_when_opened_and_a_clicked_row_gives_its_id() -> None:
+    from types import SimpleNamespace
+
+    from ui.jobs import run_panel
+
+    jobs = SimpleNamespace(history=lambda reader, limit: [], files=())
+    access = SimpleNamespace(reader=lambda request: "o")
+    with gr.Blocks() as demo:
+        outputs = [gr.Video()]
+        run_panel(jobs, access, lambda report: (), outputs, gr.Button())
+    table = next(b for b in demo.blocks.values() if isinstance(b, gr.Dataframe))
+    listing = [f for f in demo.fns.values() if f.outputs == [table]]
+    assert sorted(t[1] for f in listing for t in f.targets) == ["click", "expand"]
+    (pick,) = [f for f in demo.fns.values() if any(t[1] == "select" for t in f.targets)]
+    clicked = gr.SelectData(table, {"index": [0, 1], "value": "done", "row_value": ["1a855ac6d4db", "done"]})
+    assert pick.fn(clicked) == "1a855ac6d4db"

@@ -266,12 +266,13 @@ def run_panel(
     outputs: list[Any],
     cancel: gr.Button,
 ) -> None:
-    """Wires a tab's Cancel button (your queued or running jobs of this kind) and lists your earlier runs here, any
-    of which reopens into the tab's `outputs` through `render(result)`. Progress shows once, on `outputs[0]` (the
+    """Wires a tab's Cancel button (your queued or running jobs of this kind) and lists your earlier runs here (when
+    the list is opened or refreshed; a row clicked gives its id), any of which reopens into the tab's `outputs`
+    through `render(result)`. Progress shows once, on `outputs[0]` (the
     main result), not on every output pane: the tab's own run button should say the same (show_progress_on)."""
     from ui.widgets import job_ids, when
 
-    with gr.Accordion("Your earlier runs", open=False):
+    with gr.Accordion("Your earlier runs", open=False) as panel:
         with gr.Row():
             refresh = gr.Button("Refresh", size="sm")
             chosen = gr.Textbox(label="Job id", scale=3)
@@ -298,8 +299,13 @@ def run_panel(
                 raise AvatarbenchError(f"job {job['id']} is {job['status']}: it has no result to show")
             return render(job["report"])
 
+    def pick(selected: gr.SelectData) -> str:
+        return str((selected.row_value or [""])[0])
+
     cancel.click(cancel_mine, None, None, queue=False, api_visibility="private")
-    refresh.click(rows, None, table, queue=False, api_visibility="private")
+    for event in (refresh.click, panel.expand):  # the list is current when it is opened, not only on Refresh
+        event(rows, None, table, queue=False, api_visibility="private")
+    table.select(pick, None, chosen, queue=False, api_visibility="private")  # a row clicked: its id, ready to open
     open_button.click(reopen, chosen, outputs, api_visibility="private", show_progress_on=outputs[0])
 
 
