@@ -230,7 +230,8 @@ DOCUMENTED: dict[str, tuple[str, str]] = {
     "SPLIT_SECONDS": (
         "split_seconds",
         "a lip-sync or portrait job longer than this many seconds is split into time segments over the GPUs "
-        "idle when it is submitted, and reassembled, 1..7200 (default 20); needs two or more GPUs",
+        "idle when it is submitted, and reassembled, 1..7200 (default 20); needs two or more GPUs and local worker "
+        "processes (not Ray or ZeroGPU)",
     ),
     "RAY_ADDRESS": (
         "ray_address",
@@ -249,8 +250,8 @@ DOCUMENTED: dict[str, tuple[str, str]] = {
     ),
     "JOB_MEMORY_GB": (
         "job_memory_gb",
-        "host memory a job's worker may use, in GB, 0.25..4096 (default: 3/4 of this machine's RAM); past it the "
-        "job fails with that reason",
+        "host memory a job's worker may use, 0.25..4096 GB (default: 3/4 of the machine's RAM); past it the job "
+        "fails with that reason",
     ),
     "SHUTDOWN_GRACE": (
         "shutdown_grace_s",
@@ -268,7 +269,8 @@ DOCUMENTED: dict[str, tuple[str, str]] = {
     ),
     "UPLOAD_CACHE_HOURS": (
         "upload_cache_hours",
-        "hours Gradio keeps uploads and the copies of results it served, 0.1..720 (default 6: a job's inputs are "
+        "hours Gradio keeps uploads and the copies of results it served (checked every quarter of that, at most "
+        "hourly), 0.1..720 (default 6: a job's inputs are "
         "copied into the job store when it is submitted, so Gradio's copies only serve the page in front of you)",
     ),
     "STORE_BUDGET_GB": (
@@ -296,8 +298,8 @@ DOCUMENTED: dict[str, tuple[str, str]] = {
     "S3FD_CHECKPOINT": ("s3fd_checkpoint", "S3FD face detector checkpoint (default: WEIGHTS_DIR/s3fd.pth)"),
     "LIVEPORTRAIT_DIR": (
         "liveportrait_dir",
-        "LivePortrait weights: the folder holding base_models/ and retargeting_models/ "
-        "(default: WEIGHTS_DIR/liveportrait)",
+        "LivePortrait weights: the official pretrained_weights folder or its liveportrait/ subfolder (holding "
+        "base_models/ and retargeting_models/; default WEIGHTS_DIR/liveportrait)",
     ),
     "MUSETALK_DIR": (
         "musetalk_dir",
