@@ -292,7 +292,7 @@ def serve(args: argparse.Namespace) -> int:
         if exc.errno == errno.EADDRINUSE:
             raise InputError(busy) from None
         raise InputError(
-            f"cannot listen on {args.host}:{args.port} ({exc.strerror or exc}): choose another --host (e.g. 127.0.0.1 "
+            f"cannot listen on {host}:{args.port} ({exc.strerror or exc}): choose another --host (e.g. 127.0.0.1 "
             "or 0.0.0.0) or --port"
         ) from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")

@@ -634,3 +634,26 @@ def test_mel_filterbank_matches_librosa() -> None:
     expected = librosa.filters.mel(sr=16000, n_fft=800, n_mels=80, fmin=55, fmax=7600)
     assert _mel_basis().shape == expected.shape
     np.testing.assert_allclose(_mel_basis(), expected, rtol=1e-6, atol=1e-9)
+
+
+def test_a_file_that_changes_rate_and_layout_midway_decodes(tmp_path: Path) -> None:
+    """Two ADTS AAC clips joined (mono 44.1 kHz, then stereo 22.05 kHz): PyAV's converter refused the second
+    clip's frames with a bare ValueError; the rest is converted to the first rate, as the ffmpeg CLI does."""
+    first = _write_audio(tmp_path / "a.aac", "aac", 44100, 1.0, container_format="adts", data=_tone(44100, 1.0)[:1])
+    second = _write_audio(tmp_path / "b.aac", "aac", 22050, 1.0, container_format="adts")
+    joined = tmp_path / "joined.aac"
+    joined.write_bytes(first.read_bytes() + second.read_bytes())
+    wav = load_audio(joined)
+    assert 2.0 <= wav.size / SAMPLE_RATE < 2.2 and abs(_dominant_hz(wav) - TONE_HZ) < 1.0
+
+
+def test_a_sample_rate_outside_speechs_range_is_refused(tmp_path: Path) -> None:
+    """A header claiming 1 MHz made resampling take gigabytes; 1 kHz to 192 kHz is accepted."""
+    path = tmp_path / "odd.wav"
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(1_000_001)
+        out.writeframes(np.zeros(1000, "<i2").tobytes())
+    with pytest.raises(AudioError, match=r"sample rate, 1000001 Hz, is outside 1000\.\.192000 Hz"):
+        load_audio(path)

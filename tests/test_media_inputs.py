@@ -100,13 +100,14 @@ def test_a_job_not_done_yet_shows_no_earlier_jobs_results() -> None:
     from ui.widgets import job_poller
 
     states = {"new": "running", "old": "done", "gone": "cancelled"}
+    access = SimpleNamespace(reader=lambda request: "alice")
     poll = job_poller(
         lambda job, reader: {"status": states[job]},
         lambda state: state["status"],
         lambda job, reader: (f"{job} table", f"{job} chart"),
         2,
         "No job yet.",
-        SimpleNamespace(reader=lambda request: "alice"),
+        access,
     )
     text, timer, *outputs = poll("new", None)
     assert text == "running" and timer.active and outputs == [None, None]
@@ -114,6 +115,8 @@ def test_a_job_not_done_yet_shows_no_earlier_jobs_results() -> None:
     assert not timer.active and outputs == ["old table", "old chart"]
     assert poll("gone", None)[2:] == (None, None) and not poll("gone", None)[1].active
     assert poll(None, None)[0] == "No job yet."
+    keeping = job_poller(lambda job, reader: {"status": "running"}, str, lambda job, reader: (), 2, "", access, kept=1)
+    assert keeping("new", None)[2:] == (None, {"__type__": "update"})  # the ONNX tab's inspection stays
 
 
 def test_first_in_line_behind_a_running_job_says_so_not_starting() -> None:

@@ -36,7 +36,8 @@ def checked_image(**kwargs: Any) -> gr.Image:
     The mark is a CSS class because it must survive Gradio rebuilding the component from its constructor
     arguments, which it does for every session whose event sends the component an update (an instance attribute
     was lost then); a subclass would make Gradio write a .pyi stub beside this module."""
-    classes = [*(kwargs.pop("elem_classes", None) or []), RAW_UPLOAD]
+    given = kwargs.pop("elem_classes", None) or []
+    classes = [*([given] if isinstance(given, str) else given), RAW_UPLOAD]
     return gr.Image(type="filepath", elem_classes=classes, **kwargs)
 
 

@@ -225,7 +225,8 @@ def build_onnx_eval_tab(settings: Any, jobs: OnnxEvalJobs, access: Access) -> No
     def render_job(job: str, reader: str | None) -> tuple[Any, ...]:
         return render(jobs.result(job, reader)["report"], job)
 
-    poll = job_poller(jobs.status, status_markdown, render_job, len(result_outputs), "No evaluation yet.", access)
+    poll = job_poller(jobs.status, status_markdown, render_job, len(result_outputs), "No evaluation yet.", access,
+                      kept=2)  # the inspection: its own button fills it, and a failed job keeps it  # fmt: skip
 
     def history_rows(request: gr.Request) -> list[list]:
         rows, reader = [], access.reader(request)

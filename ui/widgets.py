@@ -31,7 +31,9 @@ def video_so_far(stream: LiveStream, stopped: str | None = None) -> tuple[str, s
     """A Result pane while its job streams: the first seconds as one MP4 (the segments joined, no encode), and the
     line saying so; or, when the job failed or was cancelled (`stopped`: why), that line instead of the promise."""
     parts = stream.segments
-    so_far = join_segments(parts, parts[-1].parent / f"so-far-{len(parts)}.mp4")
+    so_far = parts[-1].parent / f"so-far-{len(parts)}.mp4"
+    if not (stopped is not None and so_far.is_file()):  # a stopped run's last preview is already joined
+        so_far = join_segments(parts, so_far)
     if stopped is not None:
         return str(so_far), f"✗ {stopped}; the first {stream.duration:.1f} s made before that are above"
     return str(so_far), f"⏳ the first {stream.duration:.1f} s, made so far; the rest follows"
@@ -225,12 +227,15 @@ def job_poller(
     outputs: int,
     empty: str,
     access: Any,
+    kept: int = 0,
 ) -> Callable[[str | None, gr.Request], tuple[Any, ...]]:
     """A gr.Timer handler: (status text, the timer's next state, *outputs), for the asking owner's job only. The
     outputs are rendered once, when the job is done, and empty until then (an earlier job's results never stand
-    under a new job's status); the timer stops when the job has ended."""
+    under a new job's status), but for the last `kept`, which other buttons fill too (the ONNX tab's inspection);
+    the timer stops when the job has ended."""
     blank = tuple(gr.update() for _ in range(outputs))
-    cleared = (None,) * outputs  # plain values: an update would make Gradio rebuild each component every tick
+    # plain values: an update would make Gradio rebuild each component every tick
+    cleared = (None,) * (outputs - kept) + blank[outputs - kept :]
 
     def poll(job: str | None, request: gr.Request) -> tuple[Any, ...]:
         if not job:

@@ -20,7 +20,7 @@ import numpy as np
 
 from engine.core.errors import InputError
 from engine.core.media import check_file, ffmpeg_reason, is_image
-from engine.core.resample import KAISER_BEST, resample
+from engine.core.resample import KAISER_BEST, METHODS, resample
 
 SAMPLE_RATE = 16000
 HOP = 200  # mel frames are 80 per second at 16 kHz
@@ -75,6 +75,8 @@ def load_audio(path: str | os.PathLike, max_seconds: float | None = None, resamp
     """
     file = Path(os.fspath(path))
     check_file(file, "audio", f"expected an audio or video file ({ACCEPTED_FORMATS})", AudioError)
+    if resampler not in METHODS:
+        raise ValueError(f"resampler {resampler!r} is not one of {', '.join(METHODS)}")
     if max_seconds is not None and not (max_seconds > 0 and math.isfinite(max_seconds)):
         raise AudioError(f"max_seconds must be a positive number of seconds, got {max_seconds!r}")
     wav = _decode(file, max_seconds, resampler)
@@ -121,8 +123,9 @@ def _decode_stream(container, stream, file: Path, max_seconds: float | None, res
     `max_seconds` is passed, so an hour-long upload costs only the allowed amount."""
     import av
 
-    converter = None  # to float, channels interleaved, at the first frame's rate: PyAV reads planar frames of 8
-    # or more channels past their end (a crash, not an error), and interleaved ones correctly
+    converter, shape = None, None  # to float, channels interleaved, at the first frame's rate (a new converter
+    # where a concatenated file changes rate or layout): PyAV reads planar frames of 8 or more channels past their
+    # end (a crash, not an error), and interleaved ones correctly
     pieces: list[np.ndarray] = []
     native = 0  # samples kept, at `rate`
     rate = 0
@@ -142,14 +145,30 @@ def _decode_stream(container, stream, file: Path, max_seconds: float | None, res
         for frame in packet.decode():
             edit_end.starts_at(frame)
             if converter is None:
-                rate = frame.sample_rate
+                rate = _checked_rate(frame.sample_rate, file)
+            if (frame.sample_rate, frame.layout.name, frame.format.name) != shape:
+                if converter is not None:
+                    keep(converter.resample(None))
                 converter = av.AudioResampler(format="flt", rate=rate)
+                shape = (frame.sample_rate, frame.layout.name, frame.format.name)
             keep(converter.resample(frame))
     if converter is not None:
         keep(converter.resample(None))
     if not native:
         return np.zeros(0, dtype=np.float32)
     return resample(np.concatenate(pieces), rate, SAMPLE_RATE, resampler)
+
+
+MIN_RATE, MAX_RATE = 1000, 192_000  # sample rates accepted (speech; past them resampling is costly and pointless)
+
+
+def _checked_rate(rate: int, file: Path) -> int:
+    if not MIN_RATE <= rate <= MAX_RATE:
+        raise AudioError(
+            f"{file.name}: its sample rate, {rate} Hz, is outside {MIN_RATE}..{MAX_RATE} Hz; convert the speech "
+            "(e.g. to 48 kHz)"
+        )
+    return rate
 
 
 class _EditEnd:

@@ -8,6 +8,7 @@ is one shared mechanism instead of a try/except in every pipeline.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
@@ -54,8 +55,10 @@ def resolve_device(spec: str = "auto") -> DeviceChoice:
     """Turn auto|cpu|cuda|cuda:N into a torch device; asking for a GPU that is not there is an error."""
     spec = validate_device_spec(spec)
     available = torch.cuda.is_available()
-    if spec == "cpu":  # where there is no GPU that is the reason, whoever chose the CPU (the app's broker does)
-        reason = "CPU requested" if available else f"no GPU: {cuda_unavailable_reason()}"
+    if spec == "cpu":  # where there is no GPU that is the reason, whoever chose the CPU (the app's broker does);
+        # GPUs hidden on purpose (a Ray CPU actor empties CUDA_VISIBLE_DEVICES) are not "no GPU"
+        hidden = os.environ.get("CUDA_VISIBLE_DEVICES") == ""
+        reason = "CPU requested" if available or hidden else f"no GPU: {cuda_unavailable_reason()}"
         return DeviceChoice(torch.device("cpu"), spec, reason)
     if spec == "auto":
         if available:

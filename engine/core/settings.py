@@ -361,8 +361,10 @@ def _folder(env: dict[str, str], name: str, default) -> Path:
     raw = _env(env, name)
     try:
         return Path(raw).expanduser() if raw else Path(default())
-    except RuntimeError as exc:  # ~user of no such user, or no home folder
-        raise SettingsError(f"{PREFIX}{name}={_shown(raw or '')}: {exc}; give an absolute path") from None
+    except RuntimeError as exc:  # ~user of no such user, or no home folder for the default
+        if raw:
+            raise SettingsError(f"{PREFIX}{name}={_shown(raw)}: {exc}; give an absolute path") from None
+        raise SettingsError(f"{exc}: set {PREFIX}{name} to an absolute path") from None
 
 
 def settings_despite_bad_values(env: dict[str, str] | None = None) -> tuple[Settings, list[str]]:
@@ -372,8 +374,8 @@ def settings_despite_bad_values(env: dict[str, str] | None = None) -> tuple[Sett
     problems = []
     for name in DOCUMENTED:
         if PREFIX + name in env:
-            try:
-                load_settings({PREFIX + name: env[PREFIX + name]})
+            try:  # each alone, beside a data folder that needs no home folder
+                load_settings({PREFIX + "DATA_DIR": os.sep, PREFIX + name: env[PREFIX + name]})
             except SettingsError as exc:
                 problems.append(str(exc))
                 del env[PREFIX + name]
