@@ -58,8 +58,9 @@ def resample(x: np.ndarray, rate: int, target: int, method: str = KAISER_BEST) -
         return out
     g = gcd(rate, target)
     up, down = target // g, rate // g
-    if up * _Taps.of(up, down).count > _MAX_GRID:  # an odd rate: the laid-out filter would be too big
-        out[:computed] = _direct(x, rate, target, computed)
+    taps = _Taps.of(up, down)
+    if up * taps.count > _MAX_GRID:  # an odd rate: a weight table per phase would be too big
+        out[:computed] = _direct(x, taps, 1.0 / (float(target) / rate), computed)  # resampy's increment
         return out
     out[:computed] = _polyphase(x, up, down, computed)
     return out
@@ -103,18 +104,17 @@ def _phase_weights(up: int, down: int) -> np.ndarray:
     frac = taps.scale * ((np.arange(up) * down % up) / up)[:, None]
     left = taps.weights(frac, tap)
     right = taps.weights(taps.scale - frac, tap)
-    return np.concatenate([left[:, ::-1], right], axis=1)
+    return np.concatenate([left[:, ::-1], right], axis=1).astype(np.float32)  # resampy sums in float32 too
 
 
 def _polyphase(x: np.ndarray, up: int, down: int, computed: int) -> np.ndarray:
     """The outputs phase by phase, each phase's in blocks of rows (the windows are a strided view of the signal:
     only a block at a time is copied)."""
-    weights = _phase_weights(up, down).astype(np.float32)  # resampy sums in the signal's float32 too
+    weights = _phase_weights(up, down)
     half = weights.shape[1] // 2
     padded = np.concatenate([np.zeros(half, np.float32), x, np.zeros(half + 1, np.float32)])
-    windows = np.lib.stride_tricks.sliding_window_view(
-        padded, 2 * half
-    )  # windows[n + 1] = x[n - half + 1 : n + half + 1]
+    # windows[n + 1] is x[n - half + 1 : n + half + 1]
+    windows = np.lib.stride_tricks.sliding_window_view(padded, 2 * half)
     out = np.empty(computed, np.float32)
     for phase in range(min(up, computed)):
         rows = windows[phase * down // up + 1 :: down][: len(range(phase, computed, up))]
@@ -124,12 +124,9 @@ def _polyphase(x: np.ndarray, up: int, down: int, computed: int) -> np.ndarray:
     return out
 
 
-def _direct(x: np.ndarray, rate: int, target: int, computed: int) -> np.ndarray:
-    """resampy's loop itself, vectorised over blocks of outputs (each output's time the float t * rate / target,
-    as resampy takes it): for ratios whose laid-out filter would be too big, at the cost of time, not memory."""
-    g = gcd(rate, target)
-    taps = _Taps.of(target // g, rate // g)
-    increment = 1.0 / (float(target) / rate)
+def _direct(x: np.ndarray, taps: _Taps, increment: float, computed: int) -> np.ndarray:
+    """resampy's loop itself, vectorised over blocks of outputs (output t's time the float t * increment, as
+    resampy takes it): for ratios whose weight table would be too big, at the cost of time, not memory."""
     out = np.empty(computed, np.float64)
     for t0 in range(0, computed, _DIRECT_BLOCK):
         time = np.arange(t0, min(computed, t0 + _DIRECT_BLOCK)) * increment
