@@ -311,7 +311,7 @@ def serve(args: argparse.Namespace) -> int:
 
     from engine.core.device import resolve_device
     from engine.system.telemetry import get_sampler
-    from ui.jobs import Access
+    from ui.jobs import OWNER_COOKIE_SCRIPT, Access
     from ui.style import CSS
     from ui.widgets import ASSETS
 
@@ -337,6 +337,7 @@ def serve(args: argparse.Namespace) -> int:
                 allowed_paths=[str(settings.outputs_dir), str(ASSETS)],
                 theme=gr.themes.Soft(),
                 css=CSS,
+                head=OWNER_COOKIE_SCRIPT,  # the browser's owner token: its jobs outlive a reload
             )
         except OSError as exc:  # taken between the check above and the server's start
             if "Cannot find empty port" not in str(exc):

@@ -10,11 +10,11 @@ import pytest
 pytest.importorskip("gradio")
 from engine.core.errors import InputError
 from engine.core.settings import load_settings
-from ui.jobs import LOCAL, Access
+from ui.jobs import LOCAL, OWNER_COOKIE, Access
 
 
-def _request(username: str | None = None, session: str | None = "s1") -> SimpleNamespace:
-    return SimpleNamespace(username=username, session_hash=session)
+def _request(username: str | None = None, session: str | None = "s1", cookie: str | None = None) -> SimpleNamespace:
+    return SimpleNamespace(username=username, session_hash=session, cookies={OWNER_COOKIE: cookie} if cookie else {})
 
 
 def test_owners_and_readers() -> None:
@@ -31,6 +31,19 @@ def test_owners_and_readers() -> None:
         with pytest.raises(InputError, match="send a session_hash"):
             access.reader(bare)
     assert access.owner(_request("alice", session=None)) == "user:alice"
+
+
+def test_a_browsers_owner_token_outlives_its_sessions_and_only_a_well_formed_one_counts() -> None:
+    access, token = Access(frozenset({"carol"})), "0123456789abcdef" * 3
+    owner = access.owner(_request(session="before-reload", cookie=token))
+    assert owner.startswith("browser:") and token not in owner  # the store keeps a hash, not the token
+    assert access.owner(_request(session="after-reload", cookie=token)) == owner
+    assert access.reader(_request(session="another-tab", cookie=token)) == owner
+    assert access.owner(_request(session=None, cookie=token)) == owner  # a REST call with the cookie: no session needed
+    assert access.owner(_request(session="x", cookie="fedcba9876543210" * 3)) not in (owner, "session:x")
+    assert access.owner(_request("alice", cookie=token)) == "user:alice"  # a login is who you are, on any browser
+    for odd in ("short0123", "0123456789ABCDEF" * 3, token + ";admin", "g" * 48, "a" * 129):
+        assert access.owner(_request(session="x", cookie=odd)) == "session:x"
 
 
 def test_visitors_pick_the_servers_weights_and_only_operators_name_paths(tmp_path: Path) -> None:

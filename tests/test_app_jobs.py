@@ -146,6 +146,27 @@ def test_the_log_is_intact_after_many_concurrent_onnx_jobs(app: RunningApp, tmp_
         time.sleep(0.2)
 
 
+def test_a_browsers_owner_cookie_keeps_its_jobs_across_sessions_and_from_everyone_else(app: RunningApp) -> None:
+    """What a reload does in a browser: a new session with the same owner cookie still sees its jobs."""
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+
+    def browser(token: str):
+        return Client(app.url, headers={"Cookie": f"avatarbench_owner={token}"}, verbose=False)
+
+    token = uuid.uuid4().hex
+    long = {"model": "wav2lip", "batch": "1", "device": "cpu", "runs": 2000}
+    job = browser(token).predict(**long, api_name="/bench_submit")["job_id"]
+    reloaded = browser(token)
+    assert [j["id"] for j in reloaded.predict(api_name="/job_queue")["yours"]] == [job]
+    for stranger in (browser(uuid.uuid4().hex), _client(app)):
+        assert job not in [j["id"] for j in stranger.predict(api_name="/job_queue")["yours"]]
+        with pytest.raises(AppError, match="no job"):
+            stranger.predict(job, api_name="/job_cancel")
+    assert reloaded.predict(job, api_name="/job_cancel")["status"] == "cancelled"
+    assert _wait(reloaded, job)["status"] == "cancelled"
+
+
 def test_logins_see_their_own_jobs_and_an_operator_sees_all(tmp_path: Path) -> None:
     from gradio_client import Client
     from gradio_client.exceptions import AppError

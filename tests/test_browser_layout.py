@@ -249,3 +249,41 @@ def test_the_lipsync_example_makes_a_video_whose_mouth_moves_with_the_speech(ope
     _, top, _, bottom = box
     upper = slice(0, top + (bottom - top) // 3)  # above the nose: untouched (H.264 aside)
     assert max(np.abs(f[upper].astype(int) - face[upper]).mean() for f in frames) < 3
+
+
+def test_a_reload_keeps_a_queued_lipsync_job_which_the_earlier_runs_list_follows_to_its_video(
+    open_page, running_app: RunningApp
+) -> None:
+    """Press Lip-sync while someone else's job holds the CPU worker, reload the page: the browser's owner cookie
+    still names the job, the earlier runs list shows it queued, and Open follows it until its video is made."""
+    from gradio_client import Client
+
+    someone_else = Client(running_app.url, verbose=False)
+    blocker = someone_else.predict(model="wav2lip", batch="1", device="cpu", runs=2000, api_name="/bench_submit")
+    try:
+        page = open_page(LAPTOP)
+        page.locator("#lipsync-examples .thumbnail-item").first.click()
+        sync_api.expect(page.locator("img[src*='face.jpg']").first).to_be_visible(timeout=30_000)
+        page.get_by_role("button", name="Lip-sync", exact=True).click()
+        result = page.locator("#lipsync-result")
+        sync_api.expect(result).to_contain_text("queued on cpu", timeout=30_000)  # behind the other job
+        cookie = next(c for c in page.context.cookies() if c["name"] == "avatarbench_owner")
+        assert re.fullmatch(r"[0-9a-f]{48}", cookie["value"])
+
+        page.reload(wait_until="domcontentloaded")
+        main_tab(page, "Lip-sync").wait_for(timeout=60_000)
+        assert next(c for c in page.context.cookies() if c["name"] == "avatarbench_owner")["value"] == cookie["value"]
+        panel = page.locator(".gradio-container").get_by_text("Your earlier runs", exact=True).locator("visible=true")
+        panel.first.click()
+        row = page.get_by_role("row").filter(has_text="face.jpg, speech.wav").filter(has_text="queued").first
+        sync_api.expect(row).to_be_visible(timeout=30_000)
+        cell = row.get_by_role("gridcell").first
+        job = cell.inner_text().strip()
+        assert re.fullmatch(r"[0-9a-f]{12}", job), job
+        cell.click()
+        page.get_by_role("button", name="Open", exact=True).locator("visible=true").first.click()
+        sync_api.expect(result).to_contain_text("queued on cpu", timeout=30_000)  # followed, not refused
+    finally:
+        someone_else.predict(blocker["job_id"], api_name="/job_cancel")
+    sync_api.expect(result.locator("video")).to_have_attribute("src", re.compile(rf"lipsync-{job}\.mp4"),
+                                                               timeout=180_000)  # fmt: skip

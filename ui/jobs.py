@@ -1,8 +1,9 @@
 """Jobs as the web app shows them: whose they are, following one to its end, and the API every kind shares.
 
-Every job belongs to whoever submitted it: the login where the app has one (`--auth`), else the browser session
-(a `gradio_client.Client` is one session; a request with neither is refused). Every read and change names that
-owner, through every route, the raw `fn_index` events included; another owner's job is "no job". Operators
+Every job belongs to whoever submitted it: the login where the app has one (`--auth`), else the browser (a random
+token the page keeps in a cookie, so a reload or a second tab still sees its jobs), else the session (a
+`gradio_client.Client` is one session; a request with none of the three is refused). Every read and change names
+that owner, through every route, the raw `fn_index` events included; another owner's job is "no job". Operators
 (`--operator NAME`, a login; `--operator '*'` makes every visitor one, for a personal machine) see all, and only
 they may name server paths or downloads.
 """
@@ -10,7 +11,9 @@ they may name server paths or downloads.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
+import re
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -33,6 +36,20 @@ LOCAL = "local"  # the owner of calls that come with no request (tests, scripts 
 
 SERVER_FILE_FIELDS = ("checkpoint", "detector_checkpoint", "weights", "landmarks", "musetalk_weights")  # server files
 EVERYONE = "*"  # `--operator '*'`: every visitor is an operator (a personal machine)
+OWNER_COOKIE = "avatarbench_owner"
+_OWNER_TOKEN = re.compile(r"[0-9a-f]{32,128}")
+# In the page's <head>, so it runs before the page sends any event: the browser's owner token, made once and kept
+# for a year (renewed on each visit). It is a secret like a session id: random, never shown; the server keeps only
+# its hash. Over https the cookie is also sent from a frame on another site (a Space on huggingface.co), partitioned
+# to that site; over plain http (a local machine) it stays first-party.
+OWNER_COOKIE_SCRIPT = f"""<script>(() => {{
+  const name = "{OWNER_COOKIE}";
+  const held = (document.cookie.split("; ").find((c) => c.startsWith(name + "=")) || "").slice(name.length + 1);
+  const token = /^{_OWNER_TOKEN.pattern}$/.test(held) ? held
+    : Array.from(crypto.getRandomValues(new Uint8Array(24)), (b) => b.toString(16).padStart(2, "0")).join("");
+  const where = location.protocol === "https:" ? "; SameSite=None; Secure; Partitioned" : "; SameSite=Lax";
+  document.cookie = `${{name}}=${{token}}; Path=/; Max-Age=31536000${{where}}`;
+}})();</script>"""
 
 
 @dataclass(frozen=True)
@@ -45,10 +62,13 @@ class Access:
             return LOCAL
         if request.username:
             return f"user:{request.username}"
+        token = str((getattr(request, "cookies", None) or {}).get(OWNER_COOKIE) or "")
+        if _OWNER_TOKEN.fullmatch(token):  # kept as a hash: an operator reading the store cannot act as the browser
+            return f"browser:{hashlib.sha256(token.encode()).hexdigest()[:32]}"
         if not request.session_hash:  # a bare REST call: all such callers would share one owner and its jobs
             raise InputError(
                 "this server tells its users apart by their session: send a session_hash with the request "
-                "(gradio_client does), or ask the operator for a login (--auth)"
+                f"(gradio_client does) or an {OWNER_COOKIE} cookie, or ask the operator for a login (--auth)"
             )
         return f"session:{request.session_hash}"
 
@@ -268,8 +288,8 @@ def run_panel(
 ) -> None:
     """Wires a tab's Cancel button (your queued or running jobs of this kind) and lists your earlier runs here (when
     the list is opened or refreshed; a row clicked gives its id), any of which reopens into the tab's `outputs`
-    through `render(result)`. Progress shows once, on `outputs[0]` (the
-    main result), not on every output pane: the tab's own run button should say the same (show_progress_on)."""
+    through `render(result)` (one still queued or running once it is done). Progress shows once, on `outputs[0]`
+    (the main result), not on every output pane: the tab's own run button should say the same (show_progress_on)."""
     from ui.widgets import job_ids, when
 
     with gr.Accordion("Your earlier runs", open=False) as panel:
@@ -292,12 +312,11 @@ def run_panel(
             for h in jobs.history(access.reader(request), 100)
         ]  # fmt: skip
 
-    def reopen(text: str, request: gr.Request) -> tuple[Any, ...]:
+    def reopen(text: str, request: gr.Request, progress: Any = gr.Progress()) -> tuple[Any, ...]:
+        """A finished run's result; a queued or running one (started before a reload, say) followed to its end."""
         with reported("reopening a run"):
-            job = jobs.result(job_ids(text)[0], access.reader(request))
-            if job["report"] is None:
-                raise AvatarbenchError(f"job {job['id']} is {job['status']}: it has no result to show")
-            return render(job["report"])
+            job, reader = job_ids(text)[0], access.reader(request)
+            return render(follow(jobs, job, reader, lambda part, label: progress(part, desc=label)))
 
     def pick(selected: gr.SelectData) -> str:
         return str((selected.row_value or [""])[0])
@@ -306,7 +325,9 @@ def run_panel(
     for event in (refresh.click, panel.expand):  # the list is current when it is opened, not only on Refresh
         event(rows, None, table, queue=False, api_visibility="private")
     table.select(pick, None, chosen, queue=False, api_visibility="private")  # a row clicked: its id, ready to open
-    open_button.click(reopen, chosen, outputs, api_visibility="private", show_progress_on=outputs[0])
+    # It may wait for a job for minutes: like the run buttons' handlers, many wait at once, beside other events.
+    open_button.click(reopen, chosen, outputs, api_visibility="private", show_progress_on=outputs[0],
+                      concurrency_id=f"{jobs.kind}_reopen", concurrency_limit=16)  # fmt: skip
 
 
 __all__ = [
