@@ -29,6 +29,7 @@ def test_values_are_read_and_unknown_variables_kept_for_the_doctor(tmp_path: Pat
     )
     assert (s.device, s.max_upload_mb, s.gpu_memory_fraction, s.telemetry_interval_s) == ("cuda:1", 20, 0.5, 0.25)
     assert s.extra == {"AVATARBENCH_DEVCIE": "cpu"}
+    assert str(load_settings({"AVATARBENCH_SHUTDOWN_GRACE": "-0"}).shutdown_grace_s) == "0.0"  # not "-0.0"
 
 
 @pytest.mark.parametrize(

@@ -59,7 +59,7 @@ def _number(env: dict[str, str], name: str, default: float, lo: float, hi: float
         raise SettingsError(f"{PREFIX}{name}={_shown(raw)} is not {what}; expected {lo}..{hi}")
     if not lo <= value <= hi:
         raise SettingsError(f"{PREFIX}{name}={_shown(raw)} is out of range; expected {lo}..{hi}")
-    return value
+    return value + 0  # "-0" is 0, not a -0.0 shown back to the user
 
 
 def _switch(env: dict[str, str], name: str, default: bool) -> bool:
