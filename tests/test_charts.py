@@ -9,6 +9,7 @@ import io
 import json
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -303,7 +304,8 @@ def test_one_progress_display_per_action(tmp_path: Path) -> None:
         build_onnx_eval_tab(settings, OnnxEvalJobs(broker, settings), Access())
         build_bench_tab(settings, BenchJobs(broker, settings), Access())
         outputs = [gr.Video(), gr.Markdown(), gr.Plot()]
-        run_panel(None, Access(), lambda report: (None, "", None), outputs, gr.Button("Cancel"))
+        run_panel(SimpleNamespace(kind="lipsync"), Access(), lambda report: (None, "", None), outputs,
+                  gr.Button("Cancel"))  # fmt: skip
     checked = 0
     for fn in demo.fns.values():
         buttons = [demo.blocks[target] for target, _ in fn.targets if target in demo.blocks]
@@ -315,5 +317,7 @@ def test_one_progress_display_per_action(tmp_path: Path) -> None:
     assert checked >= 10
     reopen = next(fn for fn in demo.fns.values() if list(fn.outputs) == outputs)
     assert list(reopen.show_progress_on) == [outputs[0]]  # the main result
+    # It may wait for a running job: not in the queue's default group, where one waiting handler blocks the rest.
+    assert (reopen.concurrency_id, reopen.concurrency_limit) == ("lipsync_reopen", 16)
     plots = [b for b in demo.blocks.values() if isinstance(b, gr.Plot) and b is not outputs[2]]
     assert plots and not any(p.visible for p in plots)  # no empty chart boxes before a result
