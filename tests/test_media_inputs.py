@@ -174,7 +174,7 @@ def test_earlier_runs_list_when_opened_and_a_clicked_row_gives_its_id() -> None:
 
     from ui.jobs import run_panel
 
-    jobs = SimpleNamespace(history=lambda reader, limit: [], files=())
+    jobs = SimpleNamespace(history=lambda reader, limit: [], files=(), kind="lipsync")
     access = SimpleNamespace(reader=lambda request: "o")
     with gr.Blocks() as demo:
         outputs = [gr.Video()]
@@ -185,3 +185,26 @@ def test_earlier_runs_list_when_opened_and_a_clicked_row_gives_its_id() -> None:
     (pick,) = [f for f in demo.fns.values() if any(t[1] == "select" for t in f.targets)]
     clicked = gr.SelectData(table, {"index": [0, 1], "value": "done", "row_value": ["1a855ac6d4db", "done"]})
     assert pick.fn(clicked) == "1a855ac6d4db"
+
+
+def test_opening_an_earlier_run_still_queued_follows_it_to_its_result() -> None:
+    """After a reload the earlier runs list may hold a job still queued or running: Open waits for it (it refused)."""
+    from types import SimpleNamespace
+
+    from ui.jobs import run_panel
+
+    states = iter([{"status": "queued", "ahead": 1, "device": "cpu"}, {"status": "running", "progress": 0.5,
+                   "progress_label": "frame 5/10"}, {"status": "done"}])  # fmt: skip
+    seen = []
+    jobs = SimpleNamespace(history=lambda reader, limit: [], files=(), kind="lipsync",
+                           status=lambda job, owner: seen.append((job, owner)) or next(states),
+                           result=lambda job, owner: {"report": {"video": f"{job}.mp4"}})  # fmt: skip
+    access = SimpleNamespace(reader=lambda request: "o")
+    with gr.Blocks() as demo:
+        outputs = [gr.Video()]
+        run_panel(jobs, access, lambda report: (report["video"],), outputs, gr.Button())
+    (reopen,) = [f for f in demo.fns.values() if f.outputs == outputs]
+    progress = []
+    shown = reopen.fn("1a855ac6d4db", None, lambda part, desc: progress.append((part, desc)))
+    assert shown == ("1a855ac6d4db.mp4",) and seen == [("1a855ac6d4db", "o")] * 3
+    assert progress == [(0.0, "queued on cpu: 1 job(s) ahead"), (0.5, "frame 5/10")]
