@@ -183,8 +183,9 @@ def test_a_provider_that_fell_back_fails_the_measuring_commands(tmp_path: Path, 
     report = tmp_path / "report.json"
     args = ["onnx", "eval", str(path), "--providers", "cpu,cuda", "--runs", "2", "--json", str(report), "--quiet"]
     assert main(args) == 3
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert "not measured where asked" in err and "cuda (CUDAExecutionProvider) ran on CPUExecutionProvider" in err
+    assert "parity cuda (fell back: ran on CPUExecutionProvider) y: max abs 0" in out
     rows = json.loads(report.read_text())["results"]
     assert [(r["provider"], r["fell_back"]) for r in rows] == [("cpu", False), ("cuda", True)]
     assert main(["onnx", "eval", str(path), "--providers", "cpu", "--runs", "2", "--quiet"]) == 0

@@ -637,3 +637,103 @@ def test_config_defaults_valid_and_symbol_refusals(mlp_model: tuple[Path, ModelI
         evaluate(path, info, EvalConfig(symbols=(("T", 4),), **FAST))
     with pytest.raises(InputError, match="unknown provider"):
         oe._session_options("tpu", EvalConfig(**FAST), Placement())
+
+
+# ---------------------------------------------------------------------------------------------- odd models (fuzzed)
+
+
+def _graph(nodes: list, inputs: list, outputs: list) -> onnx.GraphProto:
+    return helper.make_graph(nodes, "g", inputs, outputs)
+
+
+def _io(name: str, elem_type: int, shape: list) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, elem_type, shape)
+
+
+def test_a_sequence_of_tensors_of_different_shapes_is_compared_tensor_by_tensor(tmp_path: Path) -> None:
+    x = _io("x", TensorProto.FLOAT, ["N", 2])
+    y = helper.make_tensor_sequence_value_info("y", TensorProto.FLOAT, None)
+    nodes = [helper.make_node("Concat", ["x", "x"], ["xx"], axis=1), helper.make_node("SequenceConstruct", ["x", "xx"],
+             ["y"])]  # fmt: skip
+    path = save(_graph(nodes, [x], [y]), tmp_path / "ragged.onnx")
+    report = evaluate(path, inspect_model(path), EvalConfig(**FAST))
+    assert report["results"][0]["error"] is None
+    assert report["parity"]["cpu"]["y"]["max_abs"] == 0.0 and report["parity"]["cpu"]["y"]["finite_compared"] == 6
+    ragged = [np.ones((1, 2)), np.ones((1, 4))]
+    assert parity({"y": ragged}, {"y": [np.ones((1, 2)), np.ones((1, 4)) + 0.5]})["y"]["max_abs"] == 0.5
+    shorter = parity({"y": ragged}, {"y": ragged[:1]})["y"]
+    assert shorter == {"shape_mismatch": True, "reference_shape": [[1, 2], [1, 4]], "shape": [[1, 2]]}
+
+
+def test_outputs_that_cannot_be_read_or_scored_are_refused_before_running(tmp_path: Path) -> None:
+    x = _io("x", TensorProto.FLOAT, ["N", 4])
+    no_outputs = save(_graph([helper.make_node("Relu", ["x"], ["r"])], [x], []), tmp_path / "none.onnx")
+    with pytest.raises(EvalError, match="declares no outputs"):
+        check_request(inspect_model(no_outputs), EvalConfig(**FAST))
+    text = _io("y", TensorProto.STRING, ["N", 4])
+    words = save(_graph([helper.make_node("Cast", ["x"], ["y"], to=TensorProto.STRING)], [x], [text]),
+                 tmp_path / "words.onnx")  # fmt: skip
+    info = inspect_model(words)
+    np.savez(tmp_path / "want.npz", y=np.zeros((1, 4)))
+    for config, what in (({"labels": (1,)}, "labels"), ({"expected": tmp_path / "want.npz"}, "expected outputs")):
+        with pytest.raises(EvalError, match=f"{what} compare numeric tensor outputs, and output 'y' is string"):
+            check_request(info, EvalConfig(**config, **FAST))
+    report = evaluate(words, info, EvalConfig(**FAST))  # strings themselves run, compared exactly
+    assert report["parity"]["cpu"]["y"] == {"shape_mismatch": False, "exact_match": True}
+    model = helper.make_model(_graph([helper.make_node("Cast", ["x"], ["y"], to=TensorProto.INT4)], [x],
+                              [_io("y", TensorProto.INT4, ["N", 4])]), opset_imports=[helper.make_opsetid("", 21)],
+                              ir_version=10)  # fmt: skip
+    onnx.save(model, str(tmp_path / "int4.onnx"))
+    with pytest.raises(EvalError, match="output 'y' is int4, which ONNX Runtime cannot hand back to Python"):
+        check_request(inspect_model(tmp_path / "int4.onnx"), EvalConfig(**FAST))
+
+
+def test_labels_outside_a_declared_class_count_are_refused_before_running(tmp_path: Path) -> None:
+    path = classifier(tmp_path / "c.onnx", np.eye(4, 3, dtype=np.float32))
+    info = inspect_model(path)
+    classes = info.outputs[0].shape[-1]
+    with pytest.raises(
+        EvalError, match=rf"labels \[{classes}\] are not classes of output .*: they are 0\.\.{classes - 1}"
+    ):
+        check_request(info, EvalConfig(labels=(classes,), **FAST))
+
+
+def test_npz_inputs_keep_their_values_or_are_refused(tmp_path: Path) -> None:
+    """Integers of the other signedness are checked by value (a round trip would let -5 through as 251), byte
+    strings reach ONNX Runtime as text, and a damaged .npy header is a refusal, not a traceback."""
+    specs = [
+        TensorSpec("u", "uint8", ["N", 2]),
+        TensorSpec("i", "int64", ["N", 1]),
+        TensorSpec("s", "object", ["N", 2]),
+    ]
+    cases = {"u": np.array([[-5, 1]], np.int8), "i": np.array([[2**63 + 5]], np.uint64)}
+    for name, array in cases.items():
+        np.savez(tmp_path / f"{name}.npz", **{name: array})
+        with pytest.raises(EvalError, match=f"input '{name}' in the .npz is {array.dtype} with values that do not fit"):
+            load_npz_inputs(tmp_path / f"{name}.npz", specs, {"N": 1})
+    np.savez(tmp_path / "ok.npz", u=np.array([[0, 255]], np.int16), s=np.array([[b"abcd", "é".encode()]]))
+    loaded = load_npz_inputs(tmp_path / "ok.npz", specs, {"N": 1})
+    assert loaded["u"].dtype == np.uint8 and loaded["u"].tolist() == [[0, 255]]
+    assert loaded["s"].dtype == object and loaded["s"].tolist() == [["abcd", "é"]]
+    np.savez(tmp_path / "latin.npz", s=np.array([[b"\xe9", b"b"]]))
+    with pytest.raises(EvalError, match="bytes that are not UTF-8 text"):
+        load_npz_inputs(tmp_path / "latin.npz", specs, {"N": 1})
+    np.savez(tmp_path / "bad.npz", u=np.zeros((1, 2), np.uint8))
+    blob = (tmp_path / "bad.npz").read_bytes().replace(b"'descr'", b"('descr'")  # an unclosed bracket in the header
+    (tmp_path / "bad.npz").write_bytes(blob)
+    with pytest.raises(EvalError, match="array 'u' cannot be read"):
+        load_npz_inputs(tmp_path / "bad.npz", specs, {"N": 1})
+
+
+def test_expected_bfloat16_outputs_may_be_saved_as_ml_dtypes(tmp_path: Path) -> None:
+    import ml_dtypes
+
+    x, y = _io("x", TensorProto.FLOAT, ["N", 2]), _io("y", TensorProto.BFLOAT16, ["N", 2])
+    model = helper.make_model(_graph([helper.make_node("Cast", ["x"], ["y"], to=TensorProto.BFLOAT16)], [x], [y]),
+                              opset_imports=[helper.make_opsetid("", 19)], ir_version=9)  # fmt: skip
+    onnx.save(model, str(tmp_path / "bf16.onnx"))
+    np.savez(tmp_path / "in.npz", x=np.array([[1.5, -2.0]], np.float32))
+    np.savez(tmp_path / "want.npz", y=np.array([[1.5, -2.0]], ml_dtypes.bfloat16))  # raw bytes, |V2
+    config = EvalConfig(inputs=tmp_path / "in.npz", expected=tmp_path / "want.npz", **FAST)
+    report = evaluate(tmp_path / "bf16.onnx", inspect_model(tmp_path / "bf16.onnx"), config)
+    assert report["accuracy"]["expected"]["cpu"]["y"]["max_error"] == 0.0

@@ -443,6 +443,37 @@ def test_unnamed_dims_get_symbols(tmp_path: Path) -> None:
     assert info.symbols == {"x_dim0": 1} and info.flops is None and info.flops_not_counted == ["Relu"]
 
 
+def test_names_that_are_not_utf8_are_refused_at_inspection(tmp_path: Path) -> None:
+    """Protobuf hands a name that is not valid UTF-8 back as bytes (found by mutating model files)."""
+    relu = [helper.make_node("Relu", ["xx"], ["y"])]
+    model = _model(relu, [helper.make_tensor_value_info("xx", F, ["batch", 4])], [helper.make_tensor_value_info("y", F,
+                   ["batch", 4])])  # fmt: skip
+    blob = model.SerializeToString()
+    for old, new, message in ((b"batch", b"ba\xd5ch", "the name of dimension 0 of 'xx'"),
+                              (b"xx", b"\xff\xff", "the graph input name")):  # fmt: skip
+        path = tmp_path / "odd.onnx"
+        path.write_bytes(blob.replace(old, new))
+        with pytest.raises(ModelError, match=f"{message} .* is not valid UTF-8 text"):
+            inspect_model(path)
+
+
+def test_a_model_that_starts_with_its_device_configurations_is_a_model(tmp_path: Path) -> None:
+    """ModelProto's field 26 (onnx 1.18's device configurations) may come first in a file; onnx.load reads it."""
+    head = onnx.ModelProto()
+    head.configuration.add(name="one", num_devices=1)
+    whole = head.SerializeToString() + conv_net().SerializeToString()
+    info = inspect_model(prepare_model(_write_bytes(tmp_path / "configured.onnx", whole), tmp_path / "work"))
+    assert [spec.name for spec in info.inputs] == ["x"]
+
+
+def test_only_first_dimensions_are_batch_dimensions(tmp_path: Path) -> None:
+    """What an evaluation sweeps: a symbol named like a batch elsewhere is an ordinary one, and inspection says so."""
+    x, y = helper.make_tensor_value_info("x", F, [4, "batch"]), helper.make_tensor_value_info("y", F, [4, "batch"])
+    info = inspect_model(_write(_model([helper.make_node("Relu", ["x"], ["y"])], [x], [y]), tmp_path / "t.onnx"))
+    assert not any("dynamic batch" in w for w in info.warnings)
+    assert "other symbolic dimensions set to their default 1: batch" in info.warnings
+
+
 # ---------------------------------------------------------------------------------------------- symbols
 
 

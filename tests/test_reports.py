@@ -51,6 +51,10 @@ def test_onnx_report_renders(model) -> None:
     report["inspection"] = {**{k: v for k, v in info.to_dict().items() if k != "path"}, "name": "mlp.onnx"}
     assert len(onnx_report.result_rows(report)[0]) == len(onnx_report.RESULT_HEADERS)
     assert onnx_report.parity_rows(report)[0][:2] == ["cpu", "y"]
+    odd = {"parity": {"cuda": {"y": report["parity"]["cpu"]["y"], "words": {"shape_mismatch": False,
+           "exact_match": False}}}, "sessions": {"cuda": {"fell_back": True}}}  # fmt: skip
+    assert [row[:2] + row[-1:] for row in onnx_report.parity_rows(odd)][1] == ["cuda ⚠️ fell back", "words", "differs"]
+    assert onnx_report.parity_rows(odd)[0][0] == "cuda ⚠️ fell back"
     assert "mlp.onnx" in onnx_report.inspection_markdown(report["inspection"])
     assert onnx_report.io_rows(report["inspection"])[0] == ["inputs", "x", "float32", "['N', 4]"]
     assert onnx_report.latency_figure(report).layout.title.text

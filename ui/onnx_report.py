@@ -103,12 +103,16 @@ def result_rows(report: dict) -> list[list]:
 
 
 def parity_rows(report: dict) -> list[list]:
-    rows = []
-    for provider, outputs in (report.get("parity") or {}).items():
+    rows, sessions = [], report.get("sessions") or {}
+    for key, outputs in (report.get("parity") or {}).items():
+        provider = f"{key} ⚠️ fell back" if sessions.get(key, {}).get("fell_back") else key
         if "error" in outputs and not isinstance(outputs["error"], dict):
             rows.append([provider, "", "", "", "", "", "", outputs["error"]])
             continue
         for name, p in outputs.items():
+            if "exact_match" in p:  # not numbers (strings, maps): compared exactly
+                rows.append([provider, name, "", "", "", "", "", "identical" if p["exact_match"] else "differs"])
+                continue
             if p.get("missing") or p.get("shape_mismatch") or "max_abs" not in p:
                 rows.append([provider, name, "", "", "", "", "", "missing / shape or type differs"])
                 continue

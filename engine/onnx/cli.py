@@ -69,9 +69,11 @@ def _eval(args: argparse.Namespace) -> int:
             f"  p99 {lat['p99_ms']:8.3f} ms  {lat['throughput_per_s']:10.1f}/s{speedup}"
         )
     for provider, outputs in report["parity"].items():
+        session = report["sessions"].get(provider, {})
+        where = f" (fell back: ran on {session['got'][0]})" if session.get("fell_back") else ""
         for name, p in outputs.items():
-            if isinstance(p, dict) and "max_abs" in p:
-                print(f"parity {provider} {name}: {_parity_text(p)}")
+            if isinstance(p, dict) and ("max_abs" in p or "exact_match" in p):
+                print(f"parity {provider}{where} {name}: {_parity_text(p)}")
     for line in _accuracy_lines(report["accuracy"]):
         print(line)
     for warning in report["warnings"]:
@@ -88,7 +90,10 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _parity_text(p: dict) -> str:
-    """Max abs and cosine over the values both outputs hold finite, and the NaN and inf counts where any."""
+    """Max abs and cosine over the values both outputs hold finite, and the NaN and inf counts where any; for an
+    output that is not numbers (strings, maps), whether it is identical."""
+    if "max_abs" not in p:
+        return "identical (compared exactly: not numbers)" if p["exact_match"] else "differs (compared exactly)"
     text = f"max abs {p['max_abs']:.3g}, cosine {p['cosine']:.6f} over {p['finite_compared']:,} finite values"
     for kind in ("nan", "inf"):
         counts = p.get(kind) or {}

@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import tokenize
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -44,6 +45,7 @@ from engine.onnx.model import (
     Limits,
     ModelInfo,
     TensorSpec,
+    batch_symbols,
     check_input_budget,
     default_symbols,
     format_bytes,
@@ -55,6 +57,8 @@ from engine.runtimes.ort_session import BITS_ONLY, GPU_KEYS, PROVIDERS, OrtOptio
 from engine.system.gpu_memory import gpu_memory, nvml_source
 
 _SYNTHETIC_INT_HIGH = 100
+# What reading a damaged .npz raises: numpy parses a .npy header as a Python literal (SyntaxError, TokenError).
+_NPZ_ERRORS = (ValueError, OSError, EOFError, zipfile.BadZipFile, RuntimeError, SyntaxError, tokenize.TokenError)
 _REL_FLOOR = 1e-6
 _COMPARE_CHUNK = 1 << 20  # elements compared at a time: each float64 temporary of a chunk is 8 MiB
 
@@ -142,7 +146,7 @@ def _npz_headers(path: str | os.PathLike, what: str) -> dict[str, tuple[tuple[in
                         shape, _, dtype = np.lib.format.read_array_header_2_0(f)
                     else:
                         raise ValueError(f".npy format version {version} is not supported")
-            except (ValueError, OSError, zipfile.BadZipFile, RuntimeError) as exc:
+            except _NPZ_ERRORS as exc:
                 raise EvalError(f"{what} {name}: array {member.filename[:-4]!r} cannot be read: {exc}") from None
             headers[member.filename[:-4]] = (tuple(int(d) for d in shape), dtype)
     return headers
@@ -152,16 +156,18 @@ def _load_arrays(path: str | os.PathLike, names: list[str], what: str) -> dict[s
     try:
         with np.load(path, allow_pickle=False) as npz:
             return {name: np.asarray(npz[name]) for name in names}
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+    except _NPZ_ERRORS as exc:
         raise EvalError(f"{what} {Path(path).name} cannot be read: {exc}") from None
 
 
 def _fits(array: np.ndarray, dtype: np.dtype) -> bool:
-    """Whether a downcast keeps the values: integers round-trip exactly, finite floats stay finite."""
+    """Whether a downcast keeps the values: integers within the type's range (a round trip would pass -5 as a
+    uint8 251), finite floats stay finite."""
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        return array.size == 0 or (info.min <= int(array.min()) and int(array.max()) <= info.max)
     with np.errstate(over="ignore", invalid="ignore"):
         cast = array.astype(dtype)
-    if dtype.kind in "iu":
-        return bool(np.array_equal(cast.astype(array.dtype), array))
     return bool(np.array_equal(np.isfinite(cast), np.isfinite(array)))
 
 
@@ -219,9 +225,21 @@ def load_npz_inputs(path: str | os.PathLike, specs: list[TensorSpec], values: di
             raise EvalError(f"input {name!r} in the .npz is {array.dtype} with values that do not fit {want}")
         if rule == "bits":
             out[name] = np.ascontiguousarray(array).view(want)
+        elif want.kind == "O":  # a string input: ONNX Runtime reads str objects (fixed-width bytes it overruns)
+            out[name] = _text_array(array, name)
         else:
             out[name] = np.ascontiguousarray(array, dtype=want if want.kind != "O" else array.dtype)
     return out
+
+
+def _text_array(array: np.ndarray, name: str) -> np.ndarray:
+    """A string input's values as an object array of str; bytes must be UTF-8 text."""
+    if array.dtype.kind == "S":
+        try:
+            array = np.char.decode(array, "utf-8")
+        except UnicodeDecodeError as exc:
+            raise EvalError(f"input {name!r} in the .npz holds bytes that are not UTF-8 text: {exc}") from None
+    return np.ascontiguousarray(array.astype(object))
 
 
 def _load_expected(path: str | os.PathLike, outputs: list[TensorSpec], limits: Limits) -> dict[str, np.ndarray]:
@@ -236,14 +254,19 @@ def _load_expected(path: str | os.PathLike, outputs: list[TensorSpec], limits: L
             f"expected-outputs .npz must hold exactly the model's outputs ({', '.join(map(repr, names))}): "
             + "; ".join(p for p in parts if p)
         )
-    for name, (shape, dtype) in headers.items():
-        if dtype.kind not in "fiub":
-            raise EvalError(f"expected output {name!r} is {dtype}; accuracy needs numeric arrays")
+    bits = {}  # a bfloat16 or float8 output's values saved as ml_dtypes' type (np.save writes their raw bytes)
+    for spec in outputs:
+        shape, dtype = headers[spec.name]
+        if _cast_rule(dtype, spec.numpy_dtype()) == "bits":
+            bits[spec.name] = spec.numpy_dtype()
+        elif dtype.kind not in "fiub":
+            raise EvalError(f"expected output {spec.name!r} is {dtype}; accuracy needs numeric arrays")
         if math.prod(shape) > limits.max_input_elements:
             raise EvalError(
-                f"expected output {name!r} has {math.prod(shape):,} elements, over {limits.max_input_elements:,}"
+                f"expected output {spec.name!r} has {math.prod(shape):,} elements, over {limits.max_input_elements:,}"
             )
-    return _load_arrays(path, names, "expected outputs")
+    arrays = _load_arrays(path, names, "expected outputs")
+    return {name: array.view(bits[name]) if name in bits else array for name, array in arrays.items()}
 
 
 # ---------------------------------------------------------------------------------------------- sessions
@@ -391,9 +414,24 @@ def parity(reference: dict[str, np.ndarray], other: dict[str, np.ndarray]) -> di
     for name, ref in reference.items():
         if name not in other:
             out[name] = {"missing": True}
+        elif isinstance(ref, list) and all(isinstance(part, np.ndarray) for part in ref):
+            out[name] = _compare_sequence(ref, other[name])
         else:
             out[name] = _compare_one(np.asarray(ref), np.asarray(other[name]))
     return out
+
+
+def _compare_sequence(ref: list[np.ndarray], other: Any) -> dict[str, Any]:
+    """A sequence output (its tensors may differ in shape): compared as its tensors end to end, when the other
+    provider's has as many tensors of the same shapes."""
+    shapes = [list(part.shape) for part in ref]
+    other_shapes = [list(np.shape(part)) for part in other] if isinstance(other, list) else None
+    if shapes != other_shapes:
+        return {"shape_mismatch": True, "reference_shape": shapes, "shape": other_shapes}
+    if not ref:
+        return {"shape_mismatch": False, "exact_match": True}
+    flat = [np.concatenate([np.ravel(part) for part in parts]) for parts in (ref, other)]
+    return _compare_one(*flat)
 
 
 def accuracy(outputs: dict[str, np.ndarray], expected: dict[str, np.ndarray]) -> dict[str, dict]:
@@ -557,11 +595,6 @@ class _Plan:
     budget: _OutputBudget = field(init=False)
 
 
-def _batch_symbols(info: ModelInfo) -> list[str]:
-    first = [spec.shape[0] for spec in info.inputs if spec.shape and isinstance(spec.shape[0], str)]
-    return [s for s in dict.fromkeys(first) if s in info.symbols]
-
-
 def _fixed_batch(info: ModelInfo) -> int:
     """Samples per run of a fixed-shape model: the first input's leading dim when it has rank >= 2."""
     shape = info.inputs[0].shape if info.inputs else []
@@ -574,7 +607,7 @@ def _symbols_at(plan: _Plan, batch: int) -> dict[str, int]:
 
 def _plan(info: ModelInfo, config: EvalConfig, limits: Limits) -> _Plan:
     warns: list[str] = []
-    batch_syms = _batch_symbols(info)
+    batch_syms = batch_symbols(info.inputs)
     clash = [s for s in config.symbol_values if s in batch_syms]
     if clash:
         raise EvalError(f"{', '.join(clash)} is the batch dimension: set it with batch_sizes, not symbols")
@@ -617,9 +650,9 @@ def _output_budget(info: ModelInfo, plan: _Plan, limits: Limits) -> _OutputBudge
     unknown = [name for name, size in budget.estimate(plan.batches[0]).items() if size is None]
     if unknown:
         plan.warnings.append(
-            f"the size of output(s) {', '.join(map(repr, unknown))} is only known by running (a data-dependent or "
-            "undeclared dimension): the first run is not bounded by the output limit, the batch sizes after it are "
-            "checked against what it returned"
+            f"the size of output(s) {', '.join(map(repr, unknown))} is only known by running (strings, or a "
+            "data-dependent or undeclared dimension): the first run is not bounded by the output limit, the batch "
+            "sizes after it are checked against what it returned"
         )
     refusal = budget.refusal(max(plan.batches, key=budget.held))
     if refusal is not None:
@@ -931,9 +964,8 @@ def _accuracy_report(runner: _Runner, expected: dict[str, np.ndarray] | None, la
 
 
 def _check_labels(info: ModelInfo, plan: _Plan, labels: list[int]) -> None:
-    """Refuse before running when the first output's sample count is known and differs from the labels."""
-    if not info.outputs:
-        raise EvalError("labels were given but the model has no outputs")
+    """Refuse before running when the first output's sample count is known and differs from the labels, or its
+    class count is known and a label is not one of its classes."""
     shape = info.outputs[0].shape
     first = shape[0] if shape else None
     n = first if isinstance(first, int) else plan.values.get(first) if isinstance(first, str) else None
@@ -942,6 +974,14 @@ def _check_labels(info: ModelInfo, plan: _Plan, labels: list[int]) -> None:
             f"{len(labels)} labels for output {info.outputs[0].name!r}, which has {n} samples at the first batch "
             f"size ({shape}); give one label per sample"
         )
+    if len(shape) > 1 and all(isinstance(d, int) for d in shape[1:]):
+        classes = math.prod(shape[1:])
+        bad = [label for label in labels if not 0 <= int(label) < classes]
+        if bad:
+            raise EvalError(
+                f"labels {bad[:10]} are not classes of output {info.outputs[0].name!r} {shape}: "
+                + (f"they are 0..{classes - 1}" if classes else "it has none")
+            )
 
 
 def _no_outputs(key: str, runner: _Runner) -> str:
@@ -988,7 +1028,33 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _check_outputs(info: ModelInfo, config: EvalConfig) -> None:
+    """Refuse a model whose outputs cannot be read back, and accuracy asked of outputs that are not numbers."""
+    if not info.outputs:
+        raise EvalError("the model declares no outputs: there is nothing to run or measure")
+    for spec in info.outputs:
+        try:
+            if spec.is_tensor:
+                spec.numpy_dtype()
+        except TypeError:
+            raise EvalError(
+                f"output {spec.name!r} is {spec.dtype}, which ONNX Runtime cannot hand back to Python; outputs may "
+                "be float16/32/64, bfloat16, the float8 types (but float8_e8m0fnu), int8..int64, uint8..uint64, bool, "
+                "string, or sequences, maps and optionals of those"
+            ) from None
+    asked = [("expected outputs", spec) for spec in info.outputs if config.expected]
+    asked += [("labels", info.outputs[0])] if config.labels is not None else []
+    for what, spec in asked:
+        if not spec.is_numeric:
+            raise EvalError(
+                f"{what} compare numeric tensor outputs, and output {spec.name!r} is "
+                f"{'string' if spec.dtype == 'object' else spec.dtype}"
+                + ("; labels score the first output" if what == "labels" else "")
+            )
+
+
 def _checked_plan(info: ModelInfo, config: EvalConfig, limits: Limits) -> _Plan:
+    _check_outputs(info, config)
     plan = _plan(info, config, limits)
     if config.labels is not None:
         _check_labels(info, plan, list(config.labels))

@@ -83,9 +83,10 @@ def image_layout(spec: TensorSpec, values: dict[str, int]) -> ImageLayout:
             f"input {spec.name!r} {spec.shape}: no channel axis of 1 or 3 in position 1 (NCHW) or 3 (NHWC)"
         )
     if not layout.height or not layout.width or layout.height < 1 or layout.width < 1:
+        unset = [str(d) for d in hw_names if not isinstance(d, int)]
         raise ImageInputError(
             f"input {spec.name!r} {spec.shape}: height and width must be known to resize images; "
-            f"give values for {', '.join(str(d) for d in hw_names if not isinstance(d, int))}"
+            + (f"give values for {', '.join(unset)}" if unset else "a fixed size of 0 holds no image")
         )
     if layout.height == 1 and layout.width == 1:
         raise ImageInputError(

@@ -40,7 +40,6 @@ ACCEPTED = "an .onnx model file, or a .zip holding exactly one .onnx model plus 
 # ONNX, ONNX-ML and ORT's contrib ops are implemented by ONNX Runtime itself; anything else is a custom op.
 ALLOWED_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "com.microsoft")
 MAX_SYMBOL_VALUE = 1_000_000
-_BATCH_NAMES = frozenset({"batch", "batch_size", "batchsize", "bs", "n", "b", "num_batches"})
 _CHUNK = 1 << 20
 # Tiny members are exempt from the ratio test: zipfile never inflates past the declared size, and a
 # few kB of zeros (a zero bias) compress far beyond any sane ratio. The declared total still applies.
@@ -94,7 +93,8 @@ class TensorSpec:
 
     def numpy_dtype(self) -> np.dtype:
         """numpy's dtype for ``dtype``: ONNX's bfloat16 and float8 types are ml_dtypes' (OrtSession feeds them as
-        their bits); TypeError for a type neither has (the packed 4-bit ones)."""
+        their bits); TypeError for one ONNX Runtime's Python cannot pass or return (the packed 2- and 4-bit types,
+        float4, float6, float8_e8m0fnu)."""
         import numpy as np
 
         from engine.runtimes.ort_session import BITS_ONLY
@@ -103,7 +103,23 @@ class TensorSpec:
             import ml_dtypes
 
             return np.dtype(getattr(ml_dtypes, self.dtype))
-        return np.dtype(self.dtype)
+        dtype = np.dtype(self.dtype)
+        if dtype.kind == "V":  # another ml_dtypes type (int4, float8_e8m0fnu...): ONNX Runtime's Python has no way
+            raise TypeError(f"{self.dtype} cannot be passed to or read from ONNX Runtime")
+        return dtype
+
+    @property
+    def is_tensor(self) -> bool:
+        """A tensor, not a sequence, map or optional value (whose dtype is its kind, e.g. "sequence_type")."""
+        return not self.dtype.endswith("_type") and self.dtype != "undefined"
+
+    @property
+    def is_numeric(self) -> bool:
+        """A tensor of numbers or bools that numpy can hold: what accuracy figures and top-k can be computed on."""
+        try:
+            return self.is_tensor and self.numpy_dtype().kind in "biufV"
+        except TypeError:
+            return False
 
     @property
     def is_float(self) -> bool:
@@ -179,7 +195,7 @@ def _check_size(name: str, size: int, limits: Limits) -> None:
 
 
 # ModelProto field number -> protobuf wire type; serialisers write field 1 (ir_version) first.
-_MODEL_FIELDS = {1: 0, 2: 2, 3: 2, 4: 2, 5: 0, 6: 2, 7: 2, 8: 2, 14: 2, 20: 2, 25: 2}
+_MODEL_FIELDS = {1: 0, 2: 2, 3: 2, 4: 2, 5: 0, 6: 2, 7: 2, 8: 2, 14: 2, 20: 2, 25: 2, 26: 2}
 
 
 def _looks_like_model_proto(head: bytes) -> bool:
@@ -605,8 +621,16 @@ def _dtype_name(elem_type: int) -> str:
         )
 
 
+def _text(value: str | bytes, what: str) -> str:
+    """A name from the model; protobuf hands back a string that is not valid UTF-8 as bytes."""
+    if not isinstance(value, str):
+        raise ModelError(f"{what} ({value!r}) is not valid UTF-8 text, which ONNX requires of names")
+    return value
+
+
 def _spec(value_info: Any, is_input: bool, limits: Limits, warnings: list[str]) -> TensorSpec:
     """A graph input/output as a TensorSpec; unnamed input dims get a generated symbol so they can be set."""
+    _text(value_info.name, f"the graph {'input' if is_input else 'output'} name")
     kind = value_info.type.WhichOneof("value")
     if kind != "tensor_type":
         warnings.append(f"{value_info.name!r} is a {kind or 'untyped value'}, not a tensor")
@@ -628,7 +652,7 @@ def _spec(value_info: Any, is_input: bool, limits: Limits, warnings: list[str]) 
                 )
             spec.shape.append(int(dim.dim_value))
         elif which == "dim_param" and dim.dim_param:
-            spec.shape.append(dim.dim_param)
+            spec.shape.append(_text(dim.dim_param, f"the name of dimension {k} of {value_info.name!r}"))
         elif is_input:
             spec.shape.append(f"{value_info.name}_dim{k}")
             warnings.append(f"input {value_info.name!r} dimension {k} has no value or name; called {spec.shape[-1]!r}")
@@ -653,10 +677,9 @@ def _symbol_names(inputs: list[TensorSpec]) -> list[str]:
     return list(dict.fromkeys(d for spec in inputs for d in spec.shape if isinstance(d, str)))
 
 
-def _batch_symbols(inputs: list[TensorSpec]) -> list[str]:
-    """Symbols that look like a batch: the first dimension of some input, or a batch-like name."""
-    first = {spec.shape[0] for spec in inputs if spec.shape and isinstance(spec.shape[0], str)}
-    return [s for s in _symbol_names(inputs) if s in first or s.lower() in _BATCH_NAMES]
+def batch_symbols(inputs: list[TensorSpec]) -> list[str]:
+    """The batch dimensions: every symbol that is some input's first dimension (what an evaluation sweeps)."""
+    return list(dict.fromkeys(spec.shape[0] for spec in inputs if spec.shape and isinstance(spec.shape[0], str)))
 
 
 def _symbol_value(name: str, value: Any) -> int:
@@ -676,8 +699,8 @@ def _symbol_value(name: str, value: Any) -> int:
 def default_symbols(inputs: list[TensorSpec], overrides: dict[str, int] | None = None) -> dict[str, int]:
     """Every input symbol -> 1 (the smallest run, batch included), unless overrides give a value.
 
-    Batch-like symbols (first dimension, or named batch/N/B) and the others both default to 1;
-    the distinction only feeds the warnings. Overrides for symbols the inputs do not have are refused,
+    Batch symbols (an input's first dimension) and the others both default to 1; the distinction only feeds the
+    notes. Overrides for symbols the inputs do not have are refused,
     since a typo would otherwise silently run at the default.
     """
     known = _symbol_names(inputs)
@@ -1107,7 +1130,7 @@ def _notes(
                 f"{label} weights: {count_by_dtype[dtype]} initializer(s), {format_bytes(bytes_by_dtype[dtype])} "
                 f"of {format_bytes(total)}"
             )
-    batch = _batch_symbols(inputs)
+    batch = batch_symbols(inputs)
     if batch:
         notes.append(f"dynamic batch: {', '.join(f'{s}={values[s]}' for s in batch)}")
     others = [s for s in values if s not in batch and s not in overrides]
