@@ -6,21 +6,46 @@ is the `avatarbench` console script; `python -m engine` runs this table without 
 
 Exit codes: 0 done; 1 a bug (the traceback is printed) or a command's own "no" (the doctor found a problem, a plan
 does not fit); 2 bad input (one line); 3 the machine or installation lacks something (one line; after the report,
-when a measuring command's execution provider fell back); 130 Ctrl-C.
+when a measuring command's execution provider fell back); 130 Ctrl-C; 143 SIGTERM (stopped as Ctrl-C stops it).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 
 from engine.core.commands import Command, check_output_paths
 from engine.core.errors import AvatarbenchError, InputError
 from engine.core.options import add_arguments
 
-EXIT_INPUT, EXIT_SETUP, EXIT_INTERRUPTED = 2, 3, 130
+EXIT_INPUT, EXIT_SETUP, EXIT_INTERRUPTED, EXIT_TERMINATED = 2, 3, 130, 143
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`timeout`, `docker stop`, a batch scheduler) raised in the main thread as Ctrl-C is, so that a run
+    stops and its temporary files are removed as they are for Ctrl-C (by default SIGTERM ends Python at once)."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """While a command runs from the main thread, unless something else already handles SIGTERM."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def engine_commands() -> list[Command]:
@@ -64,14 +89,18 @@ def main(argv: Sequence[str] | None = None, extra: Sequence[Command] = ()) -> in
     traceback."""
     args = build_parser([*engine_commands(), *extra]).parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
-        check_output_paths(args)
-        return int(args.run(args) or 0)
+        with _sigterm_as_interrupt():
+            check_output_paths(args)
+            return int(args.run(args) or 0)
     except InputError as exc:
         print(f"avatarbench: {exc}", file=sys.stderr)
         return EXIT_INPUT
     except AvatarbenchError as exc:
         print(f"avatarbench: {exc}", file=sys.stderr)
         return EXIT_SETUP
+    except Terminated:
+        print("avatarbench: terminated (SIGTERM)", file=sys.stderr)
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
         print("avatarbench: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -313,7 +313,7 @@ def stop_runs_on_interrupt() -> Iterator[None]:
                 return
             if not data:
                 return
-            if signal.SIGINT in data:
+            if signal.SIGINT in data or signal.SIGTERM in data:  # SIGTERM: when the command handles it (engine/cli.py)
                 for session in list(_LIVE):
                     session.run_options.terminate = True
 
