@@ -737,3 +737,11 @@ def test_expected_bfloat16_outputs_may_be_saved_as_ml_dtypes(tmp_path: Path) -> 
     config = EvalConfig(inputs=tmp_path / "in.npz", expected=tmp_path / "want.npz", **FAST)
     report = evaluate(tmp_path / "bf16.onnx", inspect_model(tmp_path / "bf16.onnx"), config)
     assert report["accuracy"]["expected"]["cpu"]["y"]["max_error"] == 0.0
+
+
+def test_an_output_whose_shape_is_not_the_declared_one_is_named(tmp_path: Path) -> None:
+    x, y = _io("x", TensorProto.FLOAT, ["N", 4]), _io("y", TensorProto.FLOAT, ["N", 4])
+    path = save(_graph([helper.make_node("Concat", ["x", "x"], ["y"], axis=1)], [x], [y]), tmp_path / "wide.onnx")
+    report = evaluate(path, inspect_model(path), EvalConfig(batch_sizes=(2,), **FAST))
+    assert "output 'y' declares ['N', 4] ([2, 4] here) but is [2, 8]" in report["warnings"]
+    assert not oe._misdeclared_outputs(inspect_model(path).outputs, {"N": 2}, {"y": np.zeros((2, 4))})

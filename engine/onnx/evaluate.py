@@ -984,6 +984,20 @@ def _check_labels(info: ModelInfo, plan: _Plan, labels: list[int]) -> None:
             )
 
 
+def _misdeclared_outputs(outputs: list[TensorSpec], values: dict[str, int], got: dict[str, Any]) -> list[str]:
+    """Outputs whose shape at the first batch size is not the one the model declares (which misleads the output
+    budget, and anyone who reads the model's signature)."""
+    notes = []
+    for spec in outputs:
+        array = got.get(spec.name)
+        declared = [values.get(d) if isinstance(d, str) else d for d in spec.shape]
+        if not spec.is_tensor or not isinstance(array, np.ndarray) or not declared or None in declared:
+            continue  # a rank or dimension the model leaves open, or one named only by its outputs
+        if list(array.shape) != declared:
+            notes.append(f"output {spec.name!r} declares {spec.shape} ({declared} here) but is {list(array.shape)}")
+    return notes
+
+
 def _no_outputs(key: str, runner: _Runner) -> str:
     session = runner.sessions.get(key, {})
     row = next((r for r in runner.rows if r["provider"] == key), None)
@@ -1102,6 +1116,7 @@ def evaluate(
     if reference is None:
         runner.warnings.append("no CPU reference outputs: parity was not computed")
     else:
+        runner.warnings += _misdeclared_outputs(info.outputs, plan.values, reference)
         for key in config.providers:
             out = runner.outputs.get(key)
             parity_report[key] = parity(reference, out) if out is not None else {"error": _no_outputs(key, runner)}
