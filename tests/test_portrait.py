@@ -105,6 +105,15 @@ def test_the_weights_folder_as_downloaded_and_its_liveportrait_subfolder(
         run_portrait(PortraitConfig(ASSETS / "face.jpg", driving, weights=str(tmp_path)), tmp_path / "none.mp4")
 
 
+def test_fp16_on_the_cpu_is_refused_before_the_networks_run(weights: Path, driving: Path, tmp_path: Path) -> None:
+    """As lip-sync refuses it: emulated fp16 ran LivePortrait over 75 times slower than fp32, with no word."""
+    from engine.core.device import DeviceError
+
+    config = PortraitConfig(ASSETS / "face.jpg", driving, weights=str(weights), precision="fp16", max_frames=1)
+    with pytest.raises(DeviceError, match=r"fp16 is not supported on .* \(cpu\); supported: fp32"):
+        run_portrait(config, tmp_path / "half.mp4", device="cpu")
+
+
 def test_retargeting_to_each_driving_frame(weights: Path, driving: Path, tmp_path: Path) -> None:
     """The landmark model measures every driving frame; the template keeps those measurements, so it can drive
     retargeting later; a template without them cannot."""

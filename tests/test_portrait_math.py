@@ -125,6 +125,8 @@ def test_the_source_is_limited_as_upstreams_resize_to_limit() -> None:
     odd = rng.integers(0, 256, (51, 101, 3), dtype=np.uint8)
     assert np.array_equal(source_within_limits(odd, 0, 2), odd[:50, :100])  # no size limit: only the cut
     assert source_within_limits(odd, 1280, 1) is odd
+    strip = rng.integers(0, 256, (20, 2560, 3), dtype=np.uint8)  # 20 x 64 / 2560 truncates to 0: upstream's assertion
+    assert source_within_limits(strip, 64, 1).shape == (1, 64, 3)
 
 
 def test_a_tilted_face_comes_out_upright() -> None:

@@ -171,6 +171,28 @@ def test_bad_templates_are_messages(tmp_path: Path) -> None:
             read_template(tmp_path / name)
 
 
+def test_a_long_template_is_refused_before_its_frames_are_unpacked(tmp_path: Path) -> None:
+    """A small file may hold millions of frames (zeros compress, a pickle repeats one frame by reference): its length
+    is checked from the .npz headers or the pickle's list first (it took gigabytes before the refusal)."""
+    import tracemalloc
+
+    n, zeros = 200_000, lambda *shape: np.zeros(shape, np.float32)  # 8,000 s at 25 fps; its arrays alone ~110 MB
+    fields = {"pitch": zeros(n), "yaw": zeros(n), "roll": zeros(n), "t": zeros(n, 3), "exp": zeros(n, 21, 3)}
+    np.savez_compressed(tmp_path / "long.npz", fps=np.float64(25), scale=np.ones(n, np.float32), kp=zeros(n, 21, 3),
+                        **fields)  # fmt: skip
+    frame = pickle.loads(upstream_pickle(tmp_path / "one.pkl", _angles(1, seed=6)).read_bytes())["motion"][0]
+    (tmp_path / "long.pkl").write_bytes(pickle.dumps({"motion": [frame] * n, "output_fps": 25}, protocol=4))
+    for name in ("long.npz", "long.pkl"):
+        tracemalloc.start()
+        try:
+            with pytest.raises(PortraitError, match=rf"^{name} holds 8000.0 s of motion \(200000 frames at 25 fps\)"):
+                read_template(tmp_path / name, max_seconds=600)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 30 * 2**20, (name, peak)
+
+
 def test_source_folder_and_tiny_source_limit_are_messages(tmp_path: Path) -> None:
     from engine.portrait.config import PortraitConfig
 

@@ -74,15 +74,16 @@ def crop_transform(
 def source_within_limits(image: np.ndarray, max_dim: int, division: int) -> np.ndarray:
     """The source as upstream's pipeline takes it (its resize_to_limit): a longer side above `max_dim` (0: no limit)
     shrunk to it with OpenCV's bilinear resize (the other side truncated to whole pixels), then the bottom and right
-    edges cut so both sides are multiples of `division`."""
+    edges cut so both sides are multiples of `division`. A shorter side that would truncate to 0 keeps 1 pixel (upstream
+    stops there with OpenCV's assertion)."""
     import cv2
 
     height, width = image.shape[:2]
     if max_dim > 0 and max(height, width) > max_dim:
         if height > width:
-            size = (int(width * (max_dim / height)), max_dim)
+            size = (max(1, int(width * (max_dim / height))), max_dim)
         else:
-            size = (max_dim, int(height * (max_dim / width)))
+            size = (max_dim, max(1, int(height * (max_dim / width))))
         image = cv2.resize(image, size)
     division = max(division, 1)
     height, width = image.shape[0] - image.shape[0] % division, image.shape[1] - image.shape[1] % division

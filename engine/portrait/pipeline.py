@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine.core.device import apply_backend_flags, capabilities, pad_batch, resolve_device
+from engine.core.device import apply_backend_flags, capabilities, pad_batch, precision_dtype, resolve_device
 from engine.core.hls import stream_folder
 from engine.core.hub import LIVEPORTRAIT, checked_repo
 from engine.core.media import (
@@ -514,6 +514,8 @@ def _head(config: PortraitConfig, settings: Settings, device: str | None, batch_
     if box is None:
         raise PortraitError(f"no face found in the source {Path(config.source).name}: a frontal portrait is needed")
     engine, folder = _pick_engine(config, settings)
+    if engine == "liveportrait" and config.backend == "torch":  # fp16 on the CPU: emulated, 75x slower than fp32
+        precision_dtype(precision, capabilities(choice.device))  # refused with what the device supports
     if folder is None and config.engine == "auto":
         result.warn(
             "no LivePortrait weights found: using the baseline engine (optical-flow motion transfer, not "

@@ -29,6 +29,7 @@ from engine.portrait.motion import KeypointInfo, euler_angles
 NPZ, PICKLE = TEMPLATE_SUFFIXES
 MAX_PICKLE_BYTES = 64 * 2**20  # about 60,000 frames of upstream's newest layout
 FPS_RANGE = (1.0, 240.0)
+UPSTREAM_FPS = 25  # what upstream assumes of a .pkl template without an output_fps
 MIN_SCALE = 1e-6
 _FIELDS = ("pitch", "yaw", "roll", "t", "exp", "scale", "kp")
 _OPENNESS_FIELDS = ("eyes", "lips")  # optional: each frame's eye (left, right) and lip openness
@@ -65,18 +66,35 @@ def save_template(path: Path, motion: KeypointInfo, fps: float, openness: Openne
 
 
 def read_template(path: Path, max_frames: int | None = None, max_seconds: float | None = None) -> Template:
-    """Either kind of template, its first `max_frames` frames, checked; longer than `max_seconds` is refused."""
-    template = _read_pickle(path) if path.suffix.lower() == PICKLE else _read_npz(path)
+    """Either kind of template, its first `max_frames` frames, checked; longer than `max_seconds` is refused (before
+    its frames are unpacked: a small file may hold millions of them)."""
+    template = _read_pickle(path, max_seconds) if path.suffix.lower() == PICKLE else _read_npz(path, max_seconds)
     frames = template.motion.exp.shape[0]
-    if max_seconds is not None and frames / template.fps > max_seconds:
-        raise PortraitError(
-            f"{path.name} holds {frames / template.fps:.1f} s of motion ({frames} frames at {template.fps:g} fps); "
-            f"at most {max_seconds:g} s is accepted (AVATARBENCH_MAX_SECONDS)"
-        )
     n = frames if max_frames is None else min(max_frames, frames)
     motion = template.motion.select(slice(0, n))
     openness = None if template.openness is None else (template.openness[0][:n], template.openness[1][:n])
     return Template(motion, template.fps, openness)
+
+
+def _check_length(path: Path, frames: int, fps: Any, max_seconds: float | None) -> None:
+    """Refuse motion longer than `max_seconds` (fps outside FPS_RANGE is refused later, with the other checks)."""
+    try:
+        fps = float(fps)
+    except (TypeError, ValueError):
+        return
+    if max_seconds is not None and FPS_RANGE[0] <= fps <= FPS_RANGE[1] and frames / fps > max_seconds:
+        raise PortraitError(
+            f"{path.name} holds {frames / fps:.1f} s of motion ({frames} frames at {fps:g} fps); "
+            f"at most {max_seconds:g} s is accepted (AVATARBENCH_MAX_SECONDS)"
+        )
+
+
+def _npy_shape(data: Any, name: str) -> tuple[int, ...]:
+    """An .npz member's shape from its header, before its data is read."""
+    with data.zip.open(f"{name}.npy") as f:
+        version = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        return tuple(read(f)[0])
 
 
 def _checked(path: Path, motion: KeypointInfo, fps: float, openness: Openness | None) -> Template:
@@ -101,13 +119,17 @@ def _checked(path: Path, motion: KeypointInfo, fps: float, openness: Openness | 
     return Template(motion, fps, openness)
 
 
-def _read_npz(path: Path) -> Template:
+def _read_npz(path: Path, max_seconds: float | None) -> Template:
     try:
         with np.load(path, allow_pickle=False) as data:
             missing = [f for f in (*_FIELDS, "fps") if f not in data]
+            if not missing and _npy_shape(data, "fps") in ((), (1,)):
+                _check_length(path, max((_npy_shape(data, f) or (0,))[0] for f in _FIELDS), data["fps"], max_seconds)
             arrays = {f: torch.from_numpy(np.asarray(data[f], dtype=np.float32)) for f in _FIELDS if f in data}
             fps = float(data["fps"]) if "fps" in data else 0.0
             saved = [np.asarray(data[f], dtype=np.float32) for f in _OPENNESS_FIELDS if f in data]
+    except PortraitError:
+        raise
     except Exception as exc:  # not a zip, truncated, empty, object arrays, text: numpy's many ways of saying no
         reason = "it is not an .npz archive" if "pickle" in str(exc) else f"{type(exc).__name__}: {exc}"
         raise PortraitError(f"{path.name} cannot be read as a motion template (.npz): {reason}") from None
@@ -126,7 +148,7 @@ class _ArraysOnly(pickle.Unpickler):
         return found
 
 
-def _read_pickle(path: Path) -> Template:
+def _read_pickle(path: Path, max_seconds: float | None) -> Template:
     """Upstream's template, read without running anything the file names."""
     size = path.stat().st_size
     if size > MAX_PICKLE_BYTES:
@@ -134,7 +156,7 @@ def _read_pickle(path: Path) -> Template:
                             f"{MAX_PICKLE_BYTES // 2**20} MiB")  # fmt: skip
     try:
         data = _ArraysOnly(io.BytesIO(path.read_bytes())).load()
-        return _upstream_template(path, data)
+        return _upstream_template(path, data, max_seconds)
     except PortraitError:
         raise
     except Exception as exc:  # any malformed pickle: truncated, other objects, wrong types or shapes
@@ -143,10 +165,11 @@ def _read_pickle(path: Path) -> Template:
         ) from None
 
 
-def _upstream_template(path: Path, data: Any) -> Template:
+def _upstream_template(path: Path, data: Any, max_seconds: float | None) -> Template:
     frames = data["motion"] if isinstance(data, dict) else None
     if not isinstance(frames, list) or not frames or not all(isinstance(f, dict) for f in frames):
         raise PortraitError(f"{path.name} is not LivePortrait's motion template: no list of frames under 'motion'")
+    _check_length(path, len(frames), data.get("output_fps", UPSTREAM_FPS), max_seconds)  # before they are unpacked
     key_r = "R" if "R" in frames[0] else "R_d"  # as upstream reads its older files
     missing = [k for k in ("scale", key_r, "exp", "t") if k not in frames[0]]
     if missing:
@@ -179,7 +202,7 @@ def _upstream_template(path: Path, data: Any) -> Template:
         if not isinstance(eyes, list) or not isinstance(lips, list) or len(eyes) != n or len(lips) != n:
             raise PortraitError(f"{path.name}: its eye and lip openness must have one entry per frame ({n})")
         openness = (stacked("c_eyes_lst", (2,), eyes).numpy(), stacked("c_lip_lst", (), lips).numpy())
-    fps = data.get("output_fps", 25)  # upstream's default when a template has none
+    fps = data.get("output_fps", UPSTREAM_FPS)
     if isinstance(fps, bool) or not isinstance(fps, int | float | np.number):
         raise PortraitError(f"{path.name}: its output_fps must be a number")
     return _checked(path, motion, float(fps), openness)
