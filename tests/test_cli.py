@@ -347,6 +347,11 @@ def test_long_text_options_are_not_taken_for_paths(tmp_path: Path) -> None:
     long_name = str(tmp_path / ("x" * 300 + ".mp4"))
     with pytest.raises(InputError, match="--out: a file or folder name is over 255 bytes"):
         check_output_paths(argparse.Namespace(out=long_name, out_is_a_file=True, json=None))
+    if Path("/proc/self").is_dir():  # Linux: a folder whose permission bits allow what it refuses (to root too)
+        with pytest.raises(InputError, match=r"--out /proc/x\.mp4 cannot be written in /proc \("):
+            check_output_paths(argparse.Namespace(out="/proc/x.mp4", out_is_a_file=True, json=None))
+    check_output_paths(argparse.Namespace(out=str(tmp_path / "ok.mp4"), out_is_a_file=True, json=None))
+    assert not list(tmp_path.iterdir())  # the probe leaves nothing
 
 
 def test_every_output_flag_is_checked_against_the_inputs_and_links(tmp_path: Path) -> None:
@@ -465,3 +470,12 @@ def test_a_value_starting_with_a_minus_and_a_digit_is_a_value() -> None:
         ]
     )
     assert (args.pads, args.audio_offset) == ("-5,0,0,0", "-2")
+
+
+def test_a_loud_warning_is_printed_once_as_a_warning() -> None:
+    """A provider's fallback warning starts with "WARNING:" already: it printed as "warning: WARNING: ..."."""
+    from engine.core.commands import warning_line
+
+    loud = "WARNING: CUDAExecutionProvider was requested but the session runs on CPUExecutionProvider"
+    assert warning_line(loud) == loud
+    assert warning_line("running on the CPU") == "warning: running on the CPU"

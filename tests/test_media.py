@@ -218,6 +218,17 @@ def test_missing_image_and_folder(tmp_path: Path) -> None:
     assert "is not a file" in refusal(lambda: load_image(folder), folder)
 
 
+def test_an_animated_webp_is_refused_not_read_as_its_first_frame(tmp_path: Path) -> None:
+    from PIL import Image
+
+    frames = [Image.fromarray(np.full((32, 32, 3), 60 * k, np.uint8)) for k in range(3)]
+    frames[0].save(tmp_path / "moving.webp", save_all=True, append_images=frames[1:], duration=40)
+    frames[1].save(tmp_path / "still.webp", lossless=True)
+    message = refusal(lambda: load_image(tmp_path / "moving.webp"), tmp_path / "moving.webp")
+    assert "is an animated WebP: give one still image, or the animation as a video" in message
+    assert load_image(tmp_path / "still.webp").max() == 60
+
+
 # --------------------------------------------------------------------------- videos
 
 

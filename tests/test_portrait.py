@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -106,7 +107,7 @@ def test_the_weights_folder_as_downloaded_and_its_liveportrait_subfolder(
 
 
 def test_fp16_on_the_cpu_is_refused_before_the_networks_run(weights: Path, driving: Path, tmp_path: Path) -> None:
-    """As lip-sync refuses it: emulated fp16 ran LivePortrait over 75 times slower than fp32, with no word."""
+    """As lip-sync refuses it: emulated fp16 ran LivePortrait many times slower than fp32, with no word."""
     from engine.core.device import DeviceError
 
     config = PortraitConfig(ASSETS / "face.jpg", driving, weights=str(weights), precision="fp16", max_frames=1)
@@ -265,6 +266,23 @@ def _video(path: Path, frames: list[np.ndarray]) -> Path:
         writer.write(frame)
     writer.close()
     return path
+
+
+def test_a_batch_whose_frames_cannot_fit_in_memory_is_refused_before_any_work(
+    driving: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch holds its frames at the source's size (batch 256 of a 1280x1280 source needed about 50 GB, and the
+    out-of-memory killer ended the process); a batch no longer than the driving input is what counts."""
+    import psutil
+
+    free = 64 * 2**20
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: SimpleNamespace(available=free))
+    source = ASSETS / "face.jpg"  # 512x512: 32 MiB a frame for the baseline's warp
+    config = PortraitConfig(source, driving, engine="baseline", batch_size=256)
+    with pytest.raises(PortraitError, match=r"batch 6 needs about 0\.2 GiB .*\(32 MiB each, baseline on a 512x512 "
+                       r"source\) and 0\.1 GiB of memory is free: use a batch size of at most 1 "):  # fmt: skip
+        run_portrait(config, tmp_path / "o.mp4")  # the clip's 6 frames, not 256
+    assert run_portrait(replace(config, max_frames=1), tmp_path / "o.mp4").metrics["frames"] == 1
 
 
 def test_baseline_engine_without_weights(driving: Path, tmp_path: Path, no_weights: Settings) -> None:

@@ -9,6 +9,7 @@ import math
 import os
 import shlex
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,6 +123,12 @@ def _check_writable(name: str, value: str) -> None:
         raise InputError(f"--{name} {value}: {folder} is a file, so no folder can be made there")
     if not os.access(folder, os.W_OK | os.X_OK) or (_is(Path.exists, path) and not os.access(path, os.W_OK)):
         raise InputError(f"--{name} {value} cannot be written here (no permission): give another place")
+    try:  # what the permission bits do not tell (root anywhere, /proc, a file system that refuses new files)
+        tempfile.NamedTemporaryFile(dir=folder, prefix=".avatarbench-probe-").close()
+    except OSError as exc:
+        raise InputError(
+            f"--{name} {value} cannot be written in {folder} ({exc.strerror}): give another place"
+        ) from None
 
 
 def _check_stream_folder(out: str, inputs: dict[str, str | Path]) -> None:
@@ -186,11 +193,16 @@ def run_flags(parser: argparse.ArgumentParser) -> None:
     output_flags(parser, "write the full result (timings, memory, warnings) to this file")
 
 
+def warning_line(warning: str) -> str:
+    """A warning as a command prints it: "warning: ..." (a loud one already starting "WARNING:" as it is)."""
+    return warning if warning.lower().startswith("warning") else f"warning: {warning}"
+
+
 def print_run(args: argparse.Namespace, result: RunResult, headline: str) -> int:
     """What a video-making command prints: warnings on stderr, the headline, the stage times; then --json's file
     (last: a report that cannot be written does not hide where the video went)."""
     for warning in result.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
+        print(warning_line(warning), file=sys.stderr)
     print(headline)
     for stage in result.stages:
         rate = f" ({stage.items_per_s:.2f}/s)" if stage.items_per_s else ""

@@ -291,6 +291,8 @@ def load_image(path: str | os.PathLike, max_side: int = 4096, max_pixels: int = 
     data = path.read_bytes()
     header = read_image_header(data, path.name)
     _check_size(header.width, header.height, max_side, path.name, max_pixels)
+    if header.format == "WebP" and data[12:16] == b"VP8X" and data[20] & 0x02:  # the extended header's animation bit
+        raise MediaError(f"{path.name} is an animated WebP: give one still image, or the animation as a video (MP4)")
     try:
         image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     except cv2.error:  # OpenCV's own checks, in its multi-line assertion text

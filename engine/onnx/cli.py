@@ -7,7 +7,7 @@ import argparse
 import json
 import sys
 
-from engine.core.commands import Command, output_flags, refuse_fallbacks, strict_json, write_json
+from engine.core.commands import Command, output_flags, refuse_fallbacks, strict_json, warning_line, write_json
 from engine.core.options import from_args
 from engine.onnx.config import EvalConfig, InspectConfig
 
@@ -77,7 +77,7 @@ def _eval(args: argparse.Namespace) -> int:
     for line in _accuracy_lines(report["accuracy"]):
         print(line)
     for warning in report["warnings"]:
-        print(warning if warning.lower().startswith("warning") else f"warning: {warning}", file=sys.stderr)
+        print(warning_line(warning), file=sys.stderr)
     write_json(args.json, strict_json(report))
     if not any(not row.get("error") for row in report["results"]):
         print("avatarbench: the model ran on no provider (the reasons are above)", file=sys.stderr)

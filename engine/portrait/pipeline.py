@@ -32,7 +32,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine.core.device import apply_backend_flags, capabilities, pad_batch, precision_dtype, resolve_device
+from engine.core.device import (
+    apply_backend_flags,
+    capabilities,
+    pad_batch,
+    precision_dtype,
+    resolve_device,
+    usable_gpu_memory,
+)
 from engine.core.hls import stream_folder
 from engine.core.hub import LIVEPORTRAIT, checked_repo
 from engine.core.media import (
@@ -514,14 +521,57 @@ def _head(config: PortraitConfig, settings: Settings, device: str | None, batch_
     if box is None:
         raise PortraitError(f"no face found in the source {Path(config.source).name}: a frontal portrait is needed")
     engine, folder = _pick_engine(config, settings)
-    if engine == "liveportrait" and config.backend == "torch":  # fp16 on the CPU: emulated, 75x slower than fp32
+    if engine == "liveportrait" and config.backend == "torch":  # fp16 on the CPU: emulated, far slower than fp32
         precision_dtype(precision, capabilities(choice.device))  # refused with what the device supports
+    frames = _driving_frames(config)  # a batch is never longer than the driving input
+    _refuse_a_batch_over_memory(
+        min(batch_size, frames or batch_size), source_bgr.shape, engine, precision, choice.device
+    )
     if folder is None and config.engine == "auto":
         result.warn(
             "no LivePortrait weights found: using the baseline engine (optical-flow motion transfer, not "
             "LivePortrait). Put the weights in AVATARBENCH_LIVEPORTRAIT_DIR to use LivePortrait."
         )
     return _Head(config, settings, result, choice.device, precision, detector, source_bgr, box, engine, folder)
+
+
+# What one frame of a batch holds at its peak, measured on the CPU in fp32: the baseline's warp about 32 float32 maps
+# of the source's size (about 200 MB a frame at 1280x1280); LivePortrait's networks about 470 MB more (issue #17:
+# 4.7 GB at batch 8 against 1.4 GB at batch 1), half that in fp16 or bf16.
+SOURCE_BYTES_PER_PIXEL = 32 * 4
+LIVEPORTRAIT_FRAME_BYTES = 470 * 2**20
+
+
+def _driving_frames(config: PortraitConfig) -> int | None:
+    """How many driving frames a run expects (`max_frames`, or a video's header: a hint), None where unknown."""
+    counts = [config.max_frames] if config.max_frames else []
+    if is_image(config.driving):
+        counts.append(1)
+    elif not is_template(config.driving):
+        with contextlib.suppress(MediaError):  # an unreadable video is reported where it is read
+            counts.append(probe_video(config.driving).frames or 0)
+    return min(count for count in counts if count) if any(counts) else None
+
+
+def _refuse_a_batch_over_memory(
+    batch: int, source_shape: tuple[int, ...], engine: str, precision: str, device: torch.device
+) -> None:
+    """A batch whose frames cannot fit in the memory left is refused with one that fits, before any work (batch 256
+    of a 1280x1280 source would need about 50 GB, and the out-of-memory killer would end the process)."""
+    import psutil
+
+    per_frame = SOURCE_BYTES_PER_PIXEL * source_shape[0] * source_shape[1]
+    if engine == "liveportrait":
+        per_frame += LIVEPORTRAIT_FRAME_BYTES // (1 if precision == "fp32" else 2)
+    free = usable_gpu_memory(device) if device.type == "cuda" else psutil.virtual_memory().available
+    if batch > 1 and batch * per_frame > free:
+        where = "GPU memory" if device.type == "cuda" else "memory"
+        raise PortraitError(
+            f"batch {batch} needs about {batch * per_frame / 2**30:.1f} GiB for its frames "
+            f"({per_frame / 2**20:.0f} MiB each, {engine} on a {source_shape[1]}x{source_shape[0]} source) and "
+            f"{free / 2**30:.1f} GiB of {where} is free: use a batch size of at most "
+            f"{max(1, int(0.75 * free) // per_frame)} (a quarter left for the rest), or a smaller source max dim"
+        )
 
 
 def run_portrait(
