@@ -228,7 +228,7 @@ def load_npz_inputs(path: str | os.PathLike, specs: list[TensorSpec], values: di
         elif want.kind == "O":  # a string input: ONNX Runtime reads str objects (fixed-width bytes it overruns)
             out[name] = _text_array(array, name)
         else:
-            out[name] = np.ascontiguousarray(array, dtype=want if want.kind != "O" else array.dtype)
+            out[name] = np.ascontiguousarray(array, dtype=want)
     return out
 
 
