@@ -82,7 +82,7 @@ def test_cli_our_errors_are_one_line(tmp_path: Path) -> None:
 class _FailingJobs:
     """Stands in for the lip-sync jobs: every submission fails the way it is told to."""
 
-    files = ("face", "audio")
+    kind, files = "lipsync", ("face", "audio")
 
     def __init__(self, error: BaseException, settings) -> None:
         self.error = error
