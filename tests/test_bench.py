@@ -108,6 +108,11 @@ def test_presets_scale_down_without_a_gpu() -> None:
         SweepRequest.build({"preset": "onnx-providers", "batch": "1", "device": "cuda", "runtime": "eager"})
     alone = SweepRequest.build({"preset": "cpu-vs-gpu", "runs": 3})
     assert [p.runtime for p in alone.plan(has_gpu=False).points] == ["eager", "ort-cpu"]
+    # so do explicit points: only --device remains, the device of the points that name none
+    with pytest.raises(BenchError, match="points set every configuration; --runtime, --precision, --batch would be"):
+        SweepRequest.build({"points": '[{"batch": 1}]', "batch": "4,8", "runtime": "ort-cpu", "precision": "bf16"})
+    pointed = SweepRequest.build({"points": '[{"batch": 2}]', "device": "cpu"}).plan(has_gpu=False).points
+    assert [(p.batch, p.device) for p in pointed] == [(2, "cpu")]
 
 
 @pytest.mark.parametrize(
@@ -269,3 +274,13 @@ def test_musetalk_networks_are_benchmarkable(tmp_path: Path, monkeypatch: pytest
         points = [BenchPoint("eager", "fp32", 2, "cpu")]
         (row,) = run_sweep(SweepConfig(name, points, runs=2, warmup=0), model, None)["results"]
         assert row["status"] == "ok" and row["flops_per_sample"] > 0 and row["error_vs_fp32"]["rel_l2"] < 1e-5
+
+
+def test_a_sweep_with_many_bad_points_says_the_first_few() -> None:
+    """5000 bad points made one refusal of half a megabyte, in the CLI and the API alike."""
+    points = json.dumps([{"runtime": "x"}] * 5000)
+    with pytest.raises(BenchError) as refused:
+        SweepRequest.build({"points": points}).plan(has_gpu=False)
+    message = str(refused.value)
+    assert "5000 configurations; at most" in message and "configuration 4: runtime 'x'" in message
+    assert "configuration 5:" not in message and message.endswith("; and 4996 more") and len(message) < 2000

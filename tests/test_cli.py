@@ -168,6 +168,8 @@ def test_onnx_eval(tmp_path: Path) -> None:
 def test_a_provider_that_fell_back_fails_the_measuring_commands(tmp_path: Path, monkeypatch, capsys) -> None:
     """onnx eval and bench write their report, then exit 3 when a provider they were asked for did not load: the
     rows marked fell_back measure another provider, and a script must not take them for the one it asked for."""
+    import torch
+
     import engine.core.memory
     from engine.cli import main
 
@@ -204,6 +206,9 @@ def test_a_provider_that_fell_back_fails_the_measuring_commands(tmp_path: Path, 
     args = ["bench", "--model", str(path), "--runtime", "ort-cpu", "--batch", "1", "--runs", "2", "--quiet"]
     assert main([*args, "--json", str(report)]) == 3
     assert "cpu ort-cpu fp32 b1 ran on CPUExecutionProvider" in capsys.readouterr().err
+    if not torch.cuda.is_available():  # a GPU this machine lacks: refused before the model is built
+        assert main(["bench", "--model", str(path), "--device", "cuda", "--runs", "2", "--quiet"]) == 3
+        assert "the sweep asks for cuda, but" in capsys.readouterr().err
 
     def refuse(token: str) -> None:
         raise ValueError(f"bare {token} in a --json report")
@@ -479,3 +484,20 @@ def test_a_loud_warning_is_printed_once_as_a_warning() -> None:
     loud = "WARNING: CUDAExecutionProvider was requested but the session runs on CPUExecutionProvider"
     assert warning_line(loud) == loud
     assert warning_line("running on the CPU") == "warning: running on the CPU"
+
+
+def test_cost_never_writes_its_report_over_the_prices_it_reads(tmp_path: Path, monkeypatch, capsys) -> None:
+    from engine.cli import main
+    from engine.core.settings import get_settings
+
+    monkeypatch.setenv("AVATARBENCH_DATA_DIR", str(tmp_path))
+    get_settings.cache_clear()  # read once per process: this test's data folder
+    prices = tmp_path / "prices.json"
+    prices.write_text('{"prices": {"T4": 0.5}}')
+    assert main(["cost", "--throughput", "10", "--measured-on", "T4", "--json", str(prices)]) == 2
+    assert "is the price file cost reads" in capsys.readouterr().err
+    assert prices.read_text() == '{"prices": {"T4": 0.5}}'
+    report = str(tmp_path / "c.json")
+    assert main(["cost", "--throughput", "10", "--measured-on", "H100-PCIe", "--json", report]) == 0
+    assert "measured; no price for this card" in capsys.readouterr().out  # the card it was measured on, unpriced
+    get_settings.cache_clear()

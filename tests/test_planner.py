@@ -106,6 +106,9 @@ def test_what_a_16_gb_card_holds_at_fp16_and_at_4_bits() -> None:
     assert awq["memory"]["kv_token_capacity"] == kv // 524_288
     assert awq["fits"] and awq["flags"]["--quantize"] == "awq" and "--dtype" not in awq["flags"]
     assert "--quantize awq" in awq["launch"] and "--max-total-tokens 4096" in awq["launch"]
+    # TGI cannot quantize to AWQ at load: not the base model's id, and the warning says what to put there
+    assert awq["launch"].startswith("text-generation-launcher --model-id AWQ-CHECKPOINT-OF-Llama-2-7b-hf ")
+    assert any("loads AWQ weights quantized ahead of time" in w for w in awq["warnings"])
 
 
 def test_token_limits_default_to_the_models_context_at_most_4096_as_tgi() -> None:
@@ -162,6 +165,10 @@ def test_cost_arithmetic_and_scaling() -> None:
     assert all(r["samples_per_s"] is None and "CPU" in r["basis"] for r in on_cpu)
     with pytest.raises(PlanError):
         cost_table(0.0, "fp16", None, book)
+    unpriced = next(key for key, gpu in CATALOG.items() if key not in book.prices and gpu.key != "detected")
+    mine = {r["gpu"]: r for r in cost_table(10.0, "fp16", CATALOG[unpriced], book)}[unpriced]  # it was left out
+    assert mine["samples_per_s"] == 10.0 and mine["price_per_hour"] is None and "no price" in mine["basis"]
+    assert mine["cost_per_1000_requests"] is None
 
 
 def test_price_book_edits_round_trip(tmp_path) -> None:

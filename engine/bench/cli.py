@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,7 @@ def _bench(args: argparse.Namespace) -> int:
     import torch
 
     from engine.bench.sweep import rows_to_csv, run_sweep
-    from engine.core.device import resolve_device
+    from engine.core.device import DeviceError, cuda_unavailable_reason, resolve_device
     from engine.core.memory import keep_freed_memory
     from engine.core.progress import ProgressBar
     from engine.core.settings import get_settings
@@ -58,6 +59,8 @@ def _bench(args: argparse.Namespace) -> int:
     settings.ensure_dirs()
     has_gpu = torch.cuda.is_available()
     config = request.plan(has_gpu)
+    if not has_gpu and any(point.device == "cuda" for point in config.points):  # before the model is built
+        raise DeviceError(f"the sweep asks for cuda, but {cuda_unavailable_reason()}; use --device cpu")
     gpu = str(resolve_device("cuda").device) if has_gpu else None
     with _model(request.model, settings.cache_dir) as model, ProgressBar(args.quiet) as bar:
         report = run_sweep(config, model, gpu, bar, settings.gpu_memory_fraction)
@@ -151,12 +154,16 @@ def _cost(args: argparse.Namespace) -> int:
     from engine.bench.planner import cost_for
     from engine.core.settings import get_settings
 
-    rows = cost_for(from_args(CostConfig, args), PriceBook.load(get_settings().data_dir / "prices.json"))
+    prices = get_settings().data_dir / "prices.json"
+    if args.json and prices.exists() and Path(args.json).exists() and os.path.samefile(args.json, prices):
+        raise InputError(f"--json {args.json} is the price file cost reads ({prices}): writing it would overwrite "
+                         "your prices; give another file name")  # fmt: skip
+    rows = cost_for(from_args(CostConfig, args), PriceBook.load(prices))
     write_json(args.json, json.dumps(rows, indent=2))
     print(f"{'GPU':<16} {'$/h':>6} {'samples/s':>10} {'$ per 1000 req':>15} {'req per $10':>13}  basis")
     for r in rows:
         print(
-            f"{r['gpu']:<16} {r['price_per_hour']:6.2f} {_fmt(r['samples_per_s'], '10.1f')} "
+            f"{r['gpu']:<16} {_fmt(r['price_per_hour'], '6.2f')} {_fmt(r['samples_per_s'], '10.1f')} "
             f"{_fmt(r['cost_per_1000_requests'], '15.4f')} {_fmt(r['requests_per_10_usd'], '13,.0f')}  {r['basis']}"
         )
     return 0

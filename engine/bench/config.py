@@ -75,15 +75,21 @@ class SweepRequest(Config):
         '"batch": 512, "device": "cuda"}] (empty: the grid)',
     )  # fmt: skip
 
+    def _set(self, *but: str) -> list[str]:
+        """The configuration options given other values than their defaults, as flags (less `but`)."""
+        return [f"--{f.name.replace('_', '-')}" for f in dataclasses.fields(self) if f.name in CONFIGURATION_FIELDS
+                and f.name not in but and getattr(self, f.name) != f.default]  # fmt: skip
+
     def problems(self) -> list[str]:
-        if self.preset is not None:
-            chosen = [f"--{f.name.replace('_', '-')}" for f in dataclasses.fields(self)
-                      if f.name in CONFIGURATION_FIELDS and getattr(self, f.name) != f.default]  # fmt: skip
-            if chosen:
-                return [f"preset {self.preset} sets its own configurations; {', '.join(chosen)} would be ignored: "
-                        "give the preset alone (with --model, --runs, --warmup) or the options without it"]  # fmt: skip
+        if self.preset is not None and self._set():
+            return [f"preset {self.preset} sets its own configurations; {', '.join(self._set())} would be ignored: "
+                    "give the preset alone (with --model, --runs, --warmup) or the options without it"]  # fmt: skip
         if self.points is None:
             return []
+        ignored = self._set("points", "device")  # a point without a device takes --device's
+        if ignored:
+            return [f"points set every configuration; {', '.join(ignored)} would be ignored: put them in the points "
+                    "(runtime, precision, batch, ...), or give them without --points"]  # fmt: skip
         try:
             data = parse_json(self.points, "points")
         except InputError as exc:

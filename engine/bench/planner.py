@@ -68,11 +68,14 @@ def cost_table(
     rows = []
     for key, gpu in CATALOG.items():
         price = prices.prices.get(key)
-        if price is None:
+        measured = measured_on is not None and measured_on.key == key
+        if price is None and not measured:
             continue
-        if measured_on is None:
+        if price is None:  # the measured card is shown, with what it lacks
+            rate, basis = throughput, "measured; no price for this card (give one in prices.json)"
+        elif measured_on is None:
             rate, basis = None, "not estimated: measured on the CPU"
-        elif measured_on.key == key:
+        elif measured:
             rate, basis = throughput, "measured"
         elif measured_on.key == "detected":
             rate, basis = None, "not estimated: the measured card has no catalog rates"
@@ -91,6 +94,7 @@ def cost_table(
         if rate:
             per_s = rate / samples_per_request
             row["requests_per_s"] = per_s
+        if rate and price:
             row["cost_per_1000_requests"] = price / (per_s * 3600) * 1000
             row["requests_per_10_usd"] = 10 / price * per_s * 3600
         rows.append(row)
@@ -414,6 +418,15 @@ def plan_llm(req: LlmRequest, card: Gpu | None = None) -> dict[str, Any]:
         )
     if dtype == "float16" and best["quantize"] == "none":
         reasons.append("--dtype float16: this card has no bf16")
+    model_id = spec.name
+    if best["quantize"] in FOUR_BIT:  # TGI quantizes to EETQ or bitsandbytes at load, never to AWQ or GPTQ
+        kind = best["quantize"].upper()
+        model_id = f"{kind}-CHECKPOINT-OF-{spec.name.split('/')[-1]}"
+        warnings.append(
+            f"--quantize {best['quantize']}: TGI loads {kind} weights quantized ahead of time and does not make them "
+            f"from {spec.name}: put an {kind} checkpoint of it in --model-id (the launch line holds a placeholder); "
+            "EETQ and bitsandbytes quantize at load"
+        )
     launch = " ".join(f"{k} {v}" for k, v in flags.items() if v is not None)
     return {
         "gpu": gpu.to_dict(),
@@ -422,7 +435,7 @@ def plan_llm(req: LlmRequest, card: Gpu | None = None) -> dict[str, Any]:
         "memory": best,
         "weights_bytes_by_quantization": {q: llm_weight_bytes(spec, q) for q in QUANT_BYTES_PER_PARAM},
         "flags": {k: v for k, v in flags.items() if v is not None},
-        "launch": f"text-generation-launcher --model-id {spec.name} {launch}",
+        "launch": f"text-generation-launcher --model-id {model_id} {launch}",
         "reasons": reasons,
         "warnings": warnings,
         "considered": tried,

@@ -123,8 +123,9 @@ class SweepConfig:
                 problems.append(f"{name} must be a whole number in {lo}..{hi} (or empty: automatic), got {value!r}")
         if not isinstance(self.baseline, int) or not 0 <= self.baseline < max(1, len(self.points)):
             problems.append(f"baseline must index a configuration (0..{len(self.points) - 1})")
-        if problems:
-            raise BenchError("invalid sweep: " + "; ".join(problems))
+        if problems:  # the first few: 5000 bad points made one message of half a megabyte
+            more = f"; and {len(problems) - 5} more" if len(problems) > 5 else ""
+            raise BenchError("invalid sweep: " + "; ".join(problems[:5]) + more)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
