@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("onnxruntime")
@@ -284,3 +285,14 @@ def test_a_sweep_with_many_bad_points_says_the_first_few() -> None:
     message = str(refused.value)
     assert "5000 configurations; at most" in message and "configuration 4: runtime 'x'" in message
     assert "configuration 5:" not in message and message.endswith("; and 4996 more") and len(message) < 2000
+
+
+def test_the_error_against_fp32_says_why_it_cannot_be_computed() -> None:
+    """A scalar output (no batch dimension) raised IndexError in the row; an all-NaN reference gave "inf"."""
+    from engine.bench.sweep import _error
+
+    assert "no batch dimension" in _error(np.float32(3.0) * np.ones(()), np.ones(()))["error"]
+    nan = _error(np.full((2, 4), np.nan), np.full((2, 4), np.nan))
+    assert "reference itself holds NaN or inf" in nan["error"] and nan["nan_or_inf"] == 8
+    same = _error(np.ones((2, 4)), np.ones((2, 4)))
+    assert same["rel_l2"] == 0.0 and same["max_abs"] == 0.0

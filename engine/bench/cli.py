@@ -108,6 +108,8 @@ def _print_sweep(report: dict[str, Any]) -> None:
         )
         if r["error"]:
             print(f"    {r['status']}: {r['error'][:300]}")
+        if (r["error_vs_fp32"] or {}).get("error"):  # why the row has no error against fp32
+            print(f"    rel err: {r['error_vs_fp32']['error']}")
         for warning in r["warnings"]:
             print(f"    warning: {warning}")
 

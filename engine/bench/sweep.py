@@ -264,6 +264,11 @@ def _repeat_to(inputs: tuple[Any, ...] | dict[str, np.ndarray], batch: int) -> A
 
 def _error(out: np.ndarray, ref: np.ndarray) -> dict[str, Any]:
     """Against the fp32 reference of the same samples (a batch below 8 compares its own samples)."""
+    if out.ndim == 0 or ref.ndim == 0:
+        return {"error": "the output is one number for the whole batch (no batch dimension): no per-sample check"}
+    if not np.all(np.isfinite(ref)):
+        return {"error": "the fp32 reference itself holds NaN or inf: no comparison", "nan_or_inf":
+                int((~np.isfinite(out)).sum())}  # fmt: skip
     n = min(out.shape[0], ref.shape[0])
     out, ref = out[:n], ref[:n]
     if out.shape != ref.shape:
@@ -346,7 +351,8 @@ def _measure(ctx: _Context, point: BenchPoint, row: dict[str, Any]) -> None:
         if row["spread_warning"]:
             row["warnings"].append(row["spread_warning"])
         row["samples_per_s"] = row["latency"]["throughput_per_s"]
-        output = runtime.output()[:REFERENCE_SAMPLES]
+        output = runtime.output()
+        output = output[:REFERENCE_SAMPLES] if output.ndim else output
     finally:
         runtime.close()
     row["error_vs_fp32"] = _error(output, _reference(ctx, point.device))
