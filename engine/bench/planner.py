@@ -184,7 +184,8 @@ def plan_model_memory(
         raise PlanError(f"memory fraction must be in (0, 1], got {memory_fraction}")
     warnings = []
     if precision == "bf16" and not gpu.supports("bf16"):
-        warnings.append(f"{gpu.name} (compute capability {gpu.compute_capability}) has no bf16: use fp16")
+        major, minor = gpu.compute_capability
+        warnings.append(f"{gpu.name} (compute capability {major}.{minor}) has no bf16: use fp16")
     if precision in ("fp16", "bf16") and not gpu.supports("fp16-tensor-cores"):
         warnings.append(f"{gpu.name} has no tensor cores: fp16 saves memory but not much time")
     budget = int(gpu.memory_bytes * memory_fraction)

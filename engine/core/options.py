@@ -174,9 +174,12 @@ def _number(value: float) -> str:
 
 
 def _bounds(low: float | None, high: float | None) -> str:
-    if low is None:
-        return f"..{high:g}"
-    return f"{low:g}.." + ("" if high is None else f"{high:g}")
+    """A range as text, whole limits in full (":g" showed 1048576 as 1.04858e+06)."""
+
+    def text(value: float) -> str:
+        return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+    return ("" if low is None else text(low)) + ".." + ("" if high is None else text(high))
 
 
 def _path_text(field: Field, raw: Any) -> str:
