@@ -79,7 +79,7 @@ def build_bench_tab(settings: Any, jobs: BenchJobs, access: Access) -> None:
         here = _this_card(gpus[0])
         cards["detected"] = here
         card_choices.insert(0, (f"this machine: {here.name}", "detected"))
-    prices_path = Path(settings.data_dir) / "prices.json"
+    prices_path = settings.prices_path
     gr.Markdown(
         "Sweep batch size × precision × compilation × runtime on our networks or an ONNX model you evaluated, "
         "measured properly (warm-up apart, CUDA events, memory, TFLOP/s against the card's peak, error against "

@@ -156,7 +156,7 @@ def _cost(args: argparse.Namespace) -> int:
     from engine.bench.planner import cost_for
     from engine.core.settings import get_settings
 
-    prices = get_settings().data_dir / "prices.json"
+    prices = get_settings().prices_path
     if args.json and prices.exists() and Path(args.json).exists() and os.path.samefile(args.json, prices):
         raise InputError(f"--json {args.json} is the price file cost reads ({prices}): writing it would overwrite "
                          "your prices; give another file name")  # fmt: skip

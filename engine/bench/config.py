@@ -81,8 +81,9 @@ class SweepRequest(Config):
                 and f.name not in but and getattr(self, f.name) != f.default]  # fmt: skip
 
     def problems(self) -> list[str]:
-        if self.preset is not None and self._set():
-            return [f"preset {self.preset} sets its own configurations; {', '.join(self._set())} would be ignored: "
+        chosen = self._set()
+        if self.preset is not None and chosen:
+            return [f"preset {self.preset} sets its own configurations; {', '.join(chosen)} would be ignored: "
                     "give the preset alone (with --model, --runs, --warmup) or the options without it"]  # fmt: skip
         if self.points is None:
             return []

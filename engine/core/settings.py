@@ -183,6 +183,11 @@ class Settings:
         return self.data_dir / "avatarbench.sqlite3"
 
     @property
+    def prices_path(self) -> Path:
+        """The operator's GPU prices (bench's cost figures); each visitor's own edits live beside it."""
+        return self.data_dir / "prices.json"
+
+    @property
     def max_upload_bytes(self) -> int:
         return self.max_upload_mb * 1024 * 1024
 

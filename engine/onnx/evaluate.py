@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from engine.core.npz import npy_header
 from engine.onnx.config import DEFAULT_RUNS, DEFAULT_WARMUP, EvalConfig, EvalError
 from engine.onnx.images import ImageInputError, ImageOptions, images_to_tensor, pick_image_input
 from engine.onnx.model import (
@@ -139,16 +140,10 @@ def _npz_headers(path: str | os.PathLike, what: str) -> dict[str, tuple[tuple[in
                 raise EvalError(f"{what} {name}: member {member.filename!r} is not a .npy array")
             try:
                 with zf.open(member) as f:
-                    version = np.lib.format.read_magic(f)
-                    if version == (1, 0):
-                        shape, _, dtype = np.lib.format.read_array_header_1_0(f)
-                    elif version == (2, 0):
-                        shape, _, dtype = np.lib.format.read_array_header_2_0(f)
-                    else:
-                        raise ValueError(f".npy format version {version} is not supported")
+                    shape, dtype = npy_header(f)
             except _NPZ_ERRORS as exc:
                 raise EvalError(f"{what} {name}: array {member.filename[:-4]!r} cannot be read: {exc}") from None
-            headers[member.filename[:-4]] = (tuple(int(d) for d in shape), dtype)
+            headers[member.filename[:-4]] = (shape, dtype)
     return headers
 
 

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from engine.core.npz import npy_header
 from engine.portrait.config import TEMPLATE_SUFFIXES, PortraitError
 from engine.portrait.motion import KeypointInfo, euler_angles
 
@@ -92,9 +93,7 @@ def _check_length(path: Path, frames: int, fps: Any, max_seconds: float | None) 
 def _npy_shape(data: Any, name: str) -> tuple[int, ...]:
     """An .npz member's shape from its header, before its data is read."""
     with data.zip.open(f"{name}.npy") as f:
-        version = np.lib.format.read_magic(f)
-        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        return tuple(read(f)[0])
+        return npy_header(f)[0]
 
 
 def _checked(path: Path, motion: KeypointInfo, fps: float, openness: Openness | None) -> Template:
