@@ -114,6 +114,11 @@ def test_presets_scale_down_without_a_gpu() -> None:
         SweepRequest.build({"points": '[{"batch": 1}]', "batch": "4,8", "runtime": "ort-cpu", "precision": "bf16"})
     pointed = SweepRequest.build({"points": '[{"batch": 2}]', "device": "cpu"}).plan(has_gpu=False).points
     assert [(p.batch, p.device) for p in pointed] == [(2, "cpu")]
+    # a compile mode for a grid that compiles nothing was silently ignored
+    with pytest.raises(BenchError, match=r"compile mode max-autotune applies to torch\.compile"):
+        SweepRequest.build({"compile_mode": "max-autotune"})
+    compiled = SweepRequest.build({"compile_mode": "max-autotune", "compile": "on", "device": "cpu"})
+    assert {p.compile_mode for p in compiled.plan(has_gpu=False).points} == {"max-autotune"}
 
 
 @pytest.mark.parametrize(
@@ -126,6 +131,10 @@ def test_presets_scale_down_without_a_gpu() -> None:
         ({"model": "wav2lip", "points": [{}], "baseline": 3}, "baseline"),
         ({"model": "wav2lip", "points": [{}], "runs": 0}, "runs"),
         ({"model": "wav2lip", "points": [{"colour": "red"}]}, "unknown point field"),
+        (
+            {"model": "wav2lip", "points": [{"batch": 2}, {"batch": 4}, {"batch": 2, "compile_mode": "max-autotune"}]},
+            r"configurations 1 and 3 are the same \(cuda eager fp32 b2\)",
+        ),
         ({"model": "wav2lip", "points": [{}], "speed": "max"}, "unknown sweep field"),
         ({"points": [{}]}, "needs a model"),
         ({"model": "wav2lip", "points": [{}] * 201}, "at most 200"),
@@ -296,3 +305,29 @@ def test_the_error_against_fp32_says_why_it_cannot_be_computed() -> None:
     assert "reference itself holds NaN or inf" in nan["error"] and nan["nan_or_inf"] == 8
     same = _error(np.ones((2, 4)), np.ones((2, 4)))
     assert same["rel_l2"] == 0.0 and same["max_abs"] == 0.0
+
+
+def test_an_fp16_onnx_model_is_measured_as_fp16(tmp_path: Path) -> None:
+    """ONNX Runtime runs a model's own types: an fp16 model's rows said fp32 (and its share of a card's peak was
+    taken against the fp32 peak)."""
+    from onnx import TensorProto, helper, numpy_helper
+    from tiny_onnx import save
+
+    from engine.bench.workloads import onnx_model
+    from engine.onnx.model import inspect_model
+
+    half = TensorProto.FLOAT16
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "W"], ["y"])], "half",
+        [helper.make_tensor_value_info("x", half, ["N", 4])], [helper.make_tensor_value_info("y", half, ["N", 4])],
+        [numpy_helper.from_array(np.arange(4, dtype=np.float16), "W")],
+    )  # fmt: skip
+    path = save(graph, tmp_path / "half.onnx")
+    info = inspect_model(path)
+    assert info.weights_precision == "fp16" and inspect_model(mlp(tmp_path / "mlp.onnx")).weights_precision == "fp32"
+    report = run_sweep(SweepConfig("half", [BenchPoint("ort-cpu", "fp32", 2, "cpu")], runs=2, warmup=0),
+                       onnx_model(path, "half", info), None)  # fmt: skip
+    row = report["results"][0]
+    assert row["status"] == "ok", row["error"]
+    assert (row["precision"], row["label"]) == ("fp16", "cpu ort-cpu fp16 b2")
+    assert "the model's weights are fp16: ONNX Runtime runs them as they are" in report["notes"][-1]

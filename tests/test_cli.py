@@ -44,6 +44,9 @@ def test_telemetry_table_and_json_watch() -> None:
     watch = run("telemetry", "--watch", "--json", "--interval", "0.2", "--count", "3")
     lines = [json.loads(line) for line in watch.stdout.splitlines()]
     assert len(lines) == 3 and lines[0]["timestamp"] < lines[2]["timestamp"]
+    paced = run("telemetry", "--watch", "--json", "--count", "2", AVATARBENCH_TELEMETRY_INTERVAL="1.5")  # the setting
+    first, second = (json.loads(line)["timestamp"] for line in paced.stdout.splitlines())
+    assert second - first >= 1.5  # it was 1 s whatever the setting said (the sleep is at least the interval)
 
 
 def test_bad_input_is_a_clear_error() -> None:
@@ -221,6 +224,8 @@ def test_a_provider_that_fell_back_fails_the_measuring_commands(tmp_path: Path, 
     assert main(args) == 0
     assert main(["bench", "--model", "onnx:" + "a" * 64, "--quiet"]) == 2  # the app's stored models: not a path
     assert "names a model the app's ONNX eval stored" in capsys.readouterr().err
+    assert main(["bench", "--model", "WAV2LIP", "--quiet"]) == 2  # neither a built-in name nor a file
+    assert "neither a built-in network (wav2lip, s3fd," in capsys.readouterr().err
 
 
 def test_onnx_eval_with_images_and_labels(tmp_path: Path) -> None:
@@ -357,6 +362,8 @@ def test_long_text_options_are_not_taken_for_paths(tmp_path: Path) -> None:
             check_output_paths(argparse.Namespace(out="/proc/x.mp4", out_is_a_file=True, json=None))
     check_output_paths(argparse.Namespace(out=str(tmp_path / "ok.mp4"), out_is_a_file=True, json=None))
     assert not list(tmp_path.iterdir())  # the probe leaves nothing
+    with pytest.raises(InputError, match="--csv needs a file name"):  # an empty one wrote nothing, silently
+        check_output_paths(argparse.Namespace(json=None, csv=""))
 
 
 def test_every_output_flag_is_checked_against_the_inputs_and_links(tmp_path: Path) -> None:

@@ -688,6 +688,15 @@ def test_outputs_that_cannot_be_read_or_scored_are_refused_before_running(tmp_pa
         check_request(inspect_model(tmp_path / "int4.onnx"), EvalConfig(**FAST))
 
 
+def test_a_model_whose_every_input_is_empty_is_refused_before_running(tmp_path: Path) -> None:
+    """A fixed zero batch ran as "batch 1" at tens of thousands of samples a second, over nothing."""
+    for shape, shown in (([0, 4], r"x \[0, 4\]"), (["N", 0], r"x \[1, 0\]")):
+        empty = save(_graph([helper.make_node("Relu", ["x"], ["y"])], [_io("x", TensorProto.FLOAT, shape)],
+                            [_io("y", TensorProto.FLOAT, shape)]), tmp_path / "empty.onnx")  # fmt: skip
+        with pytest.raises(EvalError, match=f"every input is empty \\({shown}\\): a run would compute nothing"):
+            check_request(inspect_model(empty), EvalConfig(**FAST))
+
+
 def test_labels_outside_a_declared_class_count_are_refused_before_running(tmp_path: Path) -> None:
     path = classifier(tmp_path / "c.onnx", np.eye(4, 3, dtype=np.float32))
     info = inspect_model(path)

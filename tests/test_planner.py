@@ -98,6 +98,12 @@ def test_what_a_16_gb_card_holds_at_fp16_and_at_4_bits() -> None:
     fp16 = plan_llm(LlmRequest("V100-16GB", "llama-2-7b", max_total_tokens=4096, quantize="none"))
     assert not fp16["fits"]  # 13.5 GB of weights in a 14.4 GB budget leaves nothing for the KV cache
     assert fp16["memory"]["kv_token_capacity"] == 0
+    # the advice names only what could help: a V100 cannot shard (no flash attention) nor run 4-bit Marlin kernels
+    assert fp16["warnings"][-1].endswith("(1 x 4096); try a larger GPU or shorter sequences")
+    crowd = plan_llm(LlmRequest("A100-40GB", "llama-2-13b", concurrent_requests=1000))  # auto tried AWQ already
+    assert "try a larger GPU, more GPUs (--count 2 shards it further), fewer concurrent requests or" in str(crowd)
+    wide = plan_llm(LlmRequest("A100-40GB", "llama-2-13b", count=8, concurrent_requests=1000, quantize="none"))
+    assert "try a larger GPU, 4-bit weights (--quantize awq), fewer concurrent requests" in str(wide["warnings"])
     awq = plan_llm(LlmRequest("L4", "llama-2-7b", max_total_tokens=4096, quantize="awq", concurrent_requests=4))
     m = awq["memory"]["per_gpu"]
     budget = int(24e9 * 0.9)
@@ -183,8 +189,11 @@ def test_price_book_edits_round_trip(tmp_path) -> None:
     assert again.prices["T4"] == 0.5 and again.sources["T4"] == "my provider, 2026-11-22"
     with pytest.raises(ValueError, match="no GPU"):
         again.update({"TPUv5": 1.0})
-    with pytest.raises(ValueError, match="dollars per hour"):
-        again.update({"T4": -1})
+    for absurd in (-1, 1e-300, 1e6, "0.5", True):
+        with pytest.raises(ValueError, match=r"dollars per hour in \[0.001, 1000\)"):
+            again.update({"T4": absurd})
+    with pytest.raises(ValueError, match="the source of T4's price must be text"):
+        again.update({"T4": 0.5}, {"T4": ["a", "list"]})
     path.write_text("{broken")
     with pytest.raises(ValueError, match=r"prices\.json: not valid JSON"):
         PriceBook.load(path)

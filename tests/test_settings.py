@@ -14,6 +14,8 @@ def test_defaults_derive_paths_from_the_data_dir(tmp_path: Path) -> None:
     assert s.extra == {}
     s.ensure_dirs()
     assert s.cache_dir.is_dir() and s.weights_dir.is_dir()
+    relative = load_settings({"AVATARBENCH_DATA_DIR": "data", "AVATARBENCH_WEIGHTS_DIR": "w"})
+    assert relative.data_dir == Path.cwd() / "data" and relative.weights_dir == Path.cwd() / "w"  # as the doctor shows
 
 
 def test_values_are_read_and_unknown_variables_kept_for_the_doctor(tmp_path: Path) -> None:

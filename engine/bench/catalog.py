@@ -250,10 +250,13 @@ class PriceBook:
             if value is None:
                 self.prices.pop(key, None)
                 continue
-            if not isinstance(value, int | float) or isinstance(value, bool) or not 0 < value < 1000:
-                raise InputError(f"price for {key} must be dollars per hour in (0, 1000), got {value!r}")
+            if not isinstance(value, int | float) or isinstance(value, bool) or not 0.001 <= value < 1000:
+                raise InputError(f"price for {key} must be dollars per hour in [0.001, 1000), got {value!r:.40}")
+            source = (sources or {}).get(key)
+            if source is not None and not isinstance(source, str):
+                raise InputError(f"the source of {key}'s price must be text (where it came from), got {source!r:.40}")
             self.prices[key] = float(value)
-            self.sources[key] = (sources or {}).get(key) or f"edited by the user on {date.today().isoformat()}"
+            self.sources[key] = source or f"edited by the user on {date.today().isoformat()}"
 
     def save(self, path: str | os.PathLike) -> None:
         p = Path(path)

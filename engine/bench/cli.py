@@ -40,6 +40,9 @@ def _model(name: str, cache_dir: Path) -> Iterator[Any]:
     if name.startswith("onnx:"):
         raise InputError(f"{name[:20]}... names a model the app's ONNX eval stored: on the command line, give the "
                          ".onnx or .zip file itself")  # fmt: skip
+    if not Path(name).exists():
+        raise InputError(f"--model {name!r} is neither a built-in network ({', '.join(BUILTIN)}) nor an .onnx or .zip "
+                         "file that exists")  # fmt: skip
     with tempfile.TemporaryDirectory(dir=cache_dir) as work:
         path = prepare_model(name, work)
         yield onnx_model(path, Path(name).name, inspect_model(path, sha256=file_sha256(name)))

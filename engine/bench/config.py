@@ -86,6 +86,10 @@ class SweepRequest(Config):
             return [f"preset {self.preset} sets its own configurations; {', '.join(chosen)} would be ignored: "
                     "give the preset alone (with --model, --runs, --warmup) or the options without it"]  # fmt: skip
         if self.points is None:
+            compiled = True in self.compile or "compile" in self.runtime
+            if self.compile_mode != "default" and not compiled:
+                return [f"compile mode {self.compile_mode} applies to torch.compile, which this grid does not use: "
+                        "add compile on (or the compile runtime), or leave the mode out"]  # fmt: skip
             return []
         ignored = self._set("points", "device")  # a point without a device takes --device's
         if ignored:

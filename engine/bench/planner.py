@@ -333,6 +333,20 @@ def _fit(spec: LlmSpec, gpu: Gpu, req: LlmRequest, shards: int, quantize: str, p
     }
 
 
+def _what_would_fit(req: LlmRequest, spec: LlmSpec, gpu: Gpu, flash: bool, tried: list[dict[str, Any]]) -> str:
+    """The changes that could make a deployment that does not fit fit: only those this card and model allow
+    (more GPUs only where TGI can shard further; 4-bit weights only where they were not tried and can run)."""
+    more = [s for s in (2, 4, 8) if s > req.count and spec.kv_heads % s == 0 and spec.heads % s == 0]
+    advice = ["a larger GPU"]
+    if flash and more:
+        advice.append(f"more GPUs (--count {more[0]} shards it further)")
+    if gpu.supports("marlin") and not any(fit["quantize"] in FOUR_BIT for fit in tried):
+        advice.append("4-bit weights (--quantize awq)")
+    if req.concurrent_requests > 1:
+        advice.append("fewer concurrent requests")
+    return "try " + ", ".join(advice) + " or shorter sequences"
+
+
 def plan_llm(req: LlmRequest, card: Gpu | None = None) -> dict[str, Any]:
     """Whether a TGI deployment fits, memory by part, the launch flags and the reasons and warnings. `card` stands in
     for the catalog's entry (the detected GPU); req.gpu then only names it."""
@@ -389,8 +403,8 @@ def plan_llm(req: LlmRequest, card: Gpu | None = None) -> dict[str, Any]:
     if chosen is None:
         warnings.append(
             f"does not fit: at best {best['kv_token_capacity']:,} KV tokens per replica for "
-            f"{best['kv_tokens_needed']:,} needed ({req.concurrent_requests} x {req.max_total_tokens}); use more or "
-            "larger GPUs, 4-bit weights, or shorter sequences"
+            f"{best['kv_tokens_needed']:,} needed ({req.concurrent_requests} x {req.max_total_tokens}); "
+            + _what_would_fit(req, spec, gpu, flash, tried)
         )
     if best["quantize"] != "none":
         reasons.append(

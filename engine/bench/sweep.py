@@ -118,6 +118,11 @@ class SweepConfig:
             problems.append(f"{len(self.points)} configurations; at most {MAX_POINTS} per sweep")
         for i, point in enumerate(self.points):
             problems += [f"configuration {i + 1}: {p}" for p in point.problems()]
+        if not problems:  # the label names everything a point measures: one label twice is one measurement twice
+            first: dict[str, int] = {}
+            for i, point in enumerate(self.points):
+                if (j := first.setdefault(point.label, i)) != i:
+                    problems.append(f"configurations {j + 1} and {i + 1} are the same ({point.label})")
         for name, value, lo, hi in (("runs", self.runs, 1, 10_000), ("warmup", self.warmup, 0, 1000)):
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi):
                 problems.append(f"{name} must be a whole number in {lo}..{hi} (or empty: automatic), got {value!r}")
@@ -474,10 +479,10 @@ def run_sweep(
     make_inputs = model.torch_inputs if model.has_torch else model.numpy_inputs
     base = make_inputs(REFERENCE_SAMPLES)  # type: ignore[misc]
     ctx = _Context(model, config, gpu_device, gpu, memory_fraction, flops, base_inputs=base)
-    rows = []
+    rows, own = [], _own_precision(model)
     for i, point in enumerate(config.points):
         tell(i / len(config.points), f"{i + 1}/{len(config.points)}: {point.label}")
-        row = _empty_row(point)
+        row = _empty_row(replace(point, precision=own) if own and point.precision == "fp32" else point)
         if point.device == "cuda" and not gpu_device:
             row["status"], row["error"] = "error", "no CUDA device on this machine"
         else:
@@ -509,8 +514,20 @@ def run_sweep(
             *config.notes,
             *([auto_runs_note(chosen)] if auto else []),
             RANDOM_WEIGHTS_NOTE if model.has_torch else OWN_WEIGHTS_NOTE,
+            *(
+                [f"the model's weights are {own}: ONNX Runtime runs them as they are, so its rows say {own}"]
+                if own
+                else []
+            ),
         ],
     }
+
+
+def _own_precision(model: BenchModel) -> str | None:
+    """fp16 or bf16 for an ONNX-only model whose weights are in it: what its fp32 points really run (ONNX Runtime
+    runs a model's own types), so their rows and their share of the card's peak say so."""
+    own = None if model.has_torch else model.weights_precision
+    return own if own in ("fp16", "bf16") else None
 
 
 def rows_to_csv(report: dict[str, Any]) -> str:

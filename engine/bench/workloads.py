@@ -29,6 +29,7 @@ class BenchModel:
     torch_inputs: Callable[[int], tuple[Any, ...]] | None = None  # fp32 CPU tensors for a batch
     flops_fixed: float | None = None  # FLOPs per sample when known without counting (ONNX estimate)
     numpy_inputs: Callable[[int], dict[str, np.ndarray]] | None = None  # ONNX-only models: feeds for a batch
+    weights_precision: str | None = None  # ONNX-only models: what ONNX Runtime runs (fp32, fp16, bf16), if known
 
     @property
     def has_torch(self) -> bool:
@@ -160,7 +161,8 @@ def onnx_model(path: str | os.PathLike, name: str, info: Any) -> BenchModel:
     def feeds(batch: int) -> dict[str, np.ndarray]:
         return synthetic_inputs(info.inputs, {**info.symbols, symbol: batch}, SEED)
 
-    return BenchModel(name, f"ONNX model {name}", lambda: file, flops_fixed=per_sample, numpy_inputs=feeds)
+    return BenchModel(name, f"ONNX model {name}", lambda: file, flops_fixed=per_sample, numpy_inputs=feeds,
+                      weights_precision=info.weights_precision)  # fmt: skip
 
 
 def count_flops(model: BenchModel) -> float | None:

@@ -87,6 +87,9 @@ def check_output_paths(args: argparse.Namespace) -> None:
         "out": args.out if getattr(args, "out_is_a_file", False) else None,
         **{flag: getattr(args, flag, None) for flag in ("json", "csv")},
     }
+    empty = [name for name, value in outputs.items() if value == ""]
+    if empty:  # it wrote nothing, silently
+        raise InputError(f"--{empty[0]} needs a file name (it was given an empty one)")
     outputs = {name: value for name, value in outputs.items() if isinstance(value, str) and value}
     for name, value in outputs.items():
         _check_writable(name, value)

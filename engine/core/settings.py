@@ -365,7 +365,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
 def _folder(env: dict[str, str], name: str, default) -> Path:
     raw = _env(env, name)
     try:
-        return Path(raw).expanduser() if raw else Path(default())
+        return Path(raw).expanduser().absolute() if raw else Path(default())  # a relative one: from here, once
     except RuntimeError as exc:  # ~user of no such user, or no home folder for the default
         if raw:
             raise SettingsError(f"{PREFIX}{name}={_shown(raw)}: {exc}; give an absolute path") from None

@@ -621,7 +621,10 @@ def _plan(info: ModelInfo, config: EvalConfig, limits: Limits) -> _Plan:
             )
     plan = _Plan(values, batch_syms, batches, [], "cpu" not in config.providers, warns)
     for batch in batches:  # refuse before anything is allocated
-        check_input_budget(info.inputs, _symbols_at(plan, batch), limits)
+        if info.inputs and check_input_budget(info.inputs, _symbols_at(plan, batch), limits) == 0:
+            shapes = ", ".join(f"{s.name} {list(s.concrete(_symbols_at(plan, batch)))}" for s in info.inputs)
+            raise EvalError(f"every input is empty ({shapes}): a run would compute nothing, so there is nothing "
+                            "to time; give the zero-sized dimensions a size")  # fmt: skip
     plan.values = _symbols_at(plan, batches[0])
     plan.run_keys = ["cpu", *(p for p in config.providers if p != "cpu")]
     plan.budget = _output_budget(info, plan, limits)

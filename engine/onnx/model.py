@@ -148,6 +148,8 @@ class ModelInfo:
     warnings: list[str] = field(default_factory=list)
     # Each output's shape at `symbols` as shape inference found it; missing where only running can tell.
     output_shapes: dict[str, list[int]] = field(default_factory=dict)
+    # The floating-point type holding most of the weights' bytes (fp32, fp16 or bf16); None where no weight is one.
+    weights_precision: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -1108,7 +1110,15 @@ def inspect_model(
         external_data=sorted(external),
         warnings=warnings,
         output_shapes={spec.name: list(shapes[spec.name]) for spec in outputs if spec.name in shapes},
+        weights_precision=_weights_precision(bytes_by_dtype),
     )
+
+
+def _weights_precision(bytes_by_dtype: Counter[int]) -> str | None:
+    """fp32, fp16 or bf16: the floating-point type most of the weights' bytes are in (a bench row's precision)."""
+    floats = {1: "fp32", _FLOAT16: "fp16", _BFLOAT16: "bf16"}
+    present = [(bytes_by_dtype[dtype], name) for dtype, name in floats.items() if bytes_by_dtype[dtype]]
+    return max(present)[1] if present else None
 
 
 def _notes(

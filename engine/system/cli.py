@@ -24,8 +24,11 @@ def _doctor_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _telemetry(args: argparse.Namespace) -> int:
+    from engine.core.settings import get_settings
     from engine.system.telemetry import TelemetrySampler, render_table
 
+    if args.interval is None:
+        args.interval = get_settings().telemetry_interval_s
     if not 0.1 <= args.interval <= 60:  # the range AVATARBENCH_TELEMETRY_INTERVAL takes (NaN fails too)
         raise InputError(f"--interval must be 0.1..60 seconds, got {args.interval:g}")
     if args.count < 0:
@@ -54,7 +57,8 @@ def _telemetry(args: argparse.Namespace) -> int:
 def _telemetry_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--watch", action="store_true", help="refresh until Ctrl-C")
     parser.add_argument("--json", action="store_true", help="one JSON object per sample")
-    parser.add_argument("--interval", type=float, default=1.0, help="seconds between samples with --watch")
+    parser.add_argument("--interval", type=float, help="seconds between samples with --watch (default: "
+                        "AVATARBENCH_TELEMETRY_INTERVAL, else 1)")  # fmt: skip
     parser.add_argument("--count", type=int, default=0, help="stop after N samples with --watch (0: never)")
 
 
