@@ -99,6 +99,13 @@ def test_telemetry_endpoint_returns_live_host_figures(client) -> None:
     second = client.predict(history_seconds=30, api_name="/telemetry")
     assert second["snapshot"]["timestamp"] > snap["timestamp"]
     assert len(second["history"]) >= 2
+    from gradio_client.exceptions import AppError
+
+    for odd in ("x", None, -1, True):  # they were TypeErrors in the server, "an exception" in the client
+        with pytest.raises(AppError, match=r"history_seconds must be a number of seconds in 0\.\.86400"):
+            client.predict(history_seconds=odd, api_name="/telemetry")
+    with pytest.raises(AppError, match="fresh must be true or false, got 'x'"):
+        client.predict(fresh="x", api_name="/doctor")
 
 
 def test_device_endpoint(client) -> None:

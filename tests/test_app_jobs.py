@@ -59,6 +59,13 @@ def _raw_event(app: RunningApp, client, name: str, data: list, session: str) -> 
         return json.loads(response.read())
 
 
+def _raw_error(app: RunningApp, client, name: str, data: list, session: str) -> str:
+    """The message of an event that must be refused (a gr.Error), called as _raw_event calls it."""
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        _raw_event(app, client, name, data, session)
+    return refused.value.read().decode()
+
+
 def test_jobs_belong_to_their_client_through_every_route(app: RunningApp, tmp_path: Path) -> None:
     from gradio_client import handle_file
     from gradio_client.exceptions import AppError
@@ -99,6 +106,8 @@ def test_jobs_belong_to_their_client_through_every_route(app: RunningApp, tmp_pa
     _raw_event(app, alice, "save", [table], session=uuid.uuid4().hex)
     h100 = next(r for r in alice.predict(throughput=10.0, measured_on="H100", api_name="/cost") if r["gpu"] == "H100")
     assert h100["price_per_hour"] != 999.0
+    assert "must be dollars per hour, a number; got 'x'" in _raw_error(app, alice, "save", [
+        {"headers": ["GPU", "$/hour", "source"], "data": [["H100", "x", "mine"]]}], alice.session_hash)  # fmt: skip
 
 
 def test_a_killed_worker_fails_only_its_job_and_the_app_keeps_serving(app: RunningApp) -> None:

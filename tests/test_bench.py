@@ -114,6 +114,9 @@ def test_presets_scale_down_without_a_gpu() -> None:
         SweepRequest.build({"points": '[{"batch": 1}]', "batch": "4,8", "runtime": "ort-cpu", "precision": "bf16"})
     pointed = SweepRequest.build({"points": '[{"batch": 2}]', "device": "cpu"}).plan(has_gpu=False).points
     assert [(p.batch, p.device) for p in pointed] == [(2, "cpu")]
+    # an ONNX model's grid runs on ONNX Runtime by default: eager ran, "done", with every row an error
+    onnx = SweepRequest.build({"model": "onnx:" + "a" * 64, "device": "cpu,cuda", "batch": "2"}).plan(has_gpu=True)
+    assert [(p.runtime, p.device) for p in onnx.points] == [("ort-cpu", "cpu"), ("ort-cuda", "cuda")]
     # a compile mode for a grid that compiles nothing was silently ignored
     with pytest.raises(BenchError, match=r"compile mode max-autotune applies to torch\.compile"):
         SweepRequest.build({"compile_mode": "max-autotune"})
@@ -136,6 +139,10 @@ def test_presets_scale_down_without_a_gpu() -> None:
             r"configurations 1 and 3 are the same \(cuda eager fp32 b2\)",
         ),
         ({"model": "wav2lip", "points": [{}], "speed": "max"}, "unknown sweep field"),
+        (
+            {"model": "onnx:" + "a" * 64, "points": [{"device": "cpu"}]},
+            "cpu eager fp32 b1: an ONNX model runs on ONNX Runtime",
+        ),
         ({"points": [{}]}, "needs a model"),
         ({"model": "wav2lip", "points": [{}] * 201}, "at most 200"),
         ({"model": "wav2lip", "points": [{"device": "cpu", "channels_last": "off"}]}, "'off' is not true or false"),

@@ -321,3 +321,29 @@ def test_one_progress_display_per_action(tmp_path: Path) -> None:
     assert (reopen.concurrency_id, reopen.concurrency_limit) == ("lipsync_reopen", 16)
     plots = [b for b in demo.blocks.values() if isinstance(b, gr.Plot) and b is not outputs[2]]
     assert plots and not any(p.visible for p in plots)  # no empty chart boxes before a result
+
+
+def test_the_cost_table_and_network_plan_with_no_finished_sweep_open(tmp_path: Path) -> None:
+    """The tab's sweep still queued, or a mistyped id opened: the cost table was a bare "Error" (TypeError), the
+    network plan too (StoreError); now a refusal that says what to do, and the plan's estimate."""
+    from engine.bench.config import SweepRequest
+    from engine.bench.jobs import BenchJobs
+    from engine.core.settings import load_settings
+    from engine.jobs.broker import Broker
+    from engine.jobs.store import CPU, JobStore
+    from ui.bench import build_bench_tab
+    from ui.jobs import Access
+
+    settings = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path / "data")})
+    settings.ensure_dirs()
+    request = SimpleNamespace(username=None, session_hash="s1", cookies={})
+    with JobStore(settings.db_path, settings.data_dir / "blobs") as store, gr.Blocks() as demo:
+        jobs = BenchJobs(Broker(store, {"bench": "engine.bench.jobs:handle"}, {CPU: 1}), settings)  # never started
+        build_bench_tab(settings, jobs, Access())
+        queued = jobs.submit(SweepRequest.build({"device": "cpu", "batch": "1"}), Access().owner(request)).id
+        handler = {fn.name: fn.fn for fn in demo.fns.values()}
+        for job, message in ((queued, "Run or open a sweep that finished"), ("deadbeef0000", "no job deadbeef0000")):
+            with pytest.raises(gr.Error, match=message):
+                handler["price_configuration"](job, "cpu eager fp32 b1", 1, request)
+        plan = handler["fit_form"]("H100", "wav2lip", "fp16", 0.9, 0, 0, "deadbeef0000", request)
+        assert "largest batch under 0.9 of" in plan and "at fp16 (estimate: " in plan

@@ -245,6 +245,25 @@ def test_a_timed_job_has_its_device_alone(store: JobStore) -> None:
     assert store.claim_next("cuda:0", max_running=4).id == after.id
 
 
+def test_a_cancel_that_races_a_worker_claiming_the_job_leaves_it_running(
+    store: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cancel read "queued", a worker claimed the job, then the cancel marked it cancelled: the worker ran on
+    outside every limit, the broker (seeing no running job to stop) held the device, the queue hung."""
+    job = store.submit("onnx_eval", {}, "cpu", owner="alice")
+    read = store.get
+
+    def read_then_claimed(job_id: str, owner: str | None = None) -> Job:
+        seen = read(job_id, owner)
+        store.claim_next("cpu", worker=4242)  # between the cancel's read and its write
+        return seen
+
+    monkeypatch.setattr(store, "get", read_then_claimed)
+    after = store.cancel(job.id, "alice")
+    assert (after.status, after.worker) == (RUNNING, 4242)  # the broker then stops its worker (Broker.cancel)
+    assert not store.cancel_queued(job.id, "late") and read(job.id).status == RUNNING
+
+
 def test_reads_and_cancels_are_limited_to_their_owner(store: JobStore) -> None:
     mine = store.submit("onnx_eval", {}, "cpu", model_sha256="ab" * 32, owner="alice")
     theirs = store.submit("onnx_eval", {}, "cpu", owner="bob")

@@ -256,14 +256,21 @@ def build_bench_tab(settings: Any, jobs: BenchJobs, access: Access) -> None:
         own = prices_path.parent / "prices" / f"{hashlib.sha256(reader.encode()).hexdigest()[:16]}.json"
         return PriceBook.load(prices_path, own), own
 
+    def open_report(job: str | None, request: gr.Request, what: str) -> dict[str, Any] | None:
+        """The report of the sweep open in this tab: None while it has none (queued, running, cancelled, failed)."""
+        if not job:
+            return None
+        with reported(what):
+            return jobs.result(job, access.reader(request)).get("report") or None
+
     def price_configuration(job: str | None, label: str | None, samples: float, request: gr.Request) -> list[list]:
-        if not job or not label:
-            raise refusal("Run or open a sweep first, then pick one of its configurations.", "the cost table")
-        result = jobs.result(job, access.reader(request))
-        row = next((r for r in result["report"]["results"] if r["label"] == label), None)
+        report = open_report(job, request, "the cost table")
+        if report is None or not label:
+            raise refusal("Run or open a sweep that finished, then pick one of its configurations.", "the cost table")
+        row = next((r for r in report["results"] if r["label"] == label), None)
         if row is None or not row.get("samples_per_s"):
-            raise refusal(f"{label} has no throughput", "the cost table")
-        gpu_name = ((result["report"].get("machine") or {}).get("gpu") or {}).get("name")
+            raise refusal(f"{label} has no throughput in the sweep open in this tab", "the cost table")
+        gpu_name = ((report.get("machine") or {}).get("gpu") or {}).get("name")
         measured_on = find_gpu(gpu_name) if gpu_name and row["device"] == "cuda" else None
         with reported("the cost table"):
             rows = cost_table(row["samples_per_s"], row["precision"], measured_on, prices_of(request)[0], samples)
@@ -271,12 +278,21 @@ def build_bench_tab(settings: Any, jobs: BenchJobs, access: Access) -> None:
 
     def save(table_value: Any, request: gr.Request) -> Any:
         values = table_value.values.tolist() if hasattr(table_value, "values") else table_value
+        if not isinstance(values, list) or not all(isinstance(r, list) and len(r) == 3 for r in values):
+            raise refusal("the price table has three columns: GPU, dollars per hour, source", "the prices")
+        prices, sources = {}, {}
+        for gpu, price, source in values:
+            try:
+                prices[str(gpu)] = None if price in ("", None) else float(price)
+            except (TypeError, ValueError):
+                raise refusal(f"the price of {gpu} must be dollars per hour, a number; got {price!r:.40}",
+                              "the prices") from None  # fmt: skip
+            sources[str(gpu)] = str(source)
         book, path = prices_of(request)
         try:
-            book.update({r[0]: float(r[1]) if r[1] not in ("", None) else None for r in values},
-                        {r[0]: str(r[2]) for r in values})  # fmt: skip
+            book.update(prices, sources)
             book.save(path)
-        except (ValueError, TypeError) as exc:
+        except (ValueError, OSError) as exc:
             raise refusal(str(exc), "the prices") from None
         gr.Info("Prices saved (yours only)" if path != prices_path else "Prices saved for everyone")
         return _price_rows(book)
@@ -289,7 +305,10 @@ def build_bench_tab(settings: Any, jobs: BenchJobs, access: Access) -> None:
         return _plan_markdown(result), result
 
     def fit_form(gpu_key, name, precision, fraction, target, rate, job, request: gr.Request) -> str:
-        report = (jobs.result(job, access.reader(request)).get("report") or {}) if job else {}
+        try:  # a sweep open in this tab that cannot be read (a mistyped id): the estimate, as with none
+            report = open_report(job, request, "the network plan") or {}
+        except gr.Error:
+            report = {}
         # the open sweep calibrates when it measured this network at this precision; else the estimate
         usable = report.get("model", {}).get("name") == name and calibration_from_report(report, precision)
         values = dict(gpu=gpu_key, model=name, precision=precision, memory_fraction=fraction,

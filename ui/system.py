@@ -18,9 +18,11 @@ from engine.core.device import DeviceChoice, capabilities, current_backend_flags
 from engine.core.settings import Settings, documented_values
 from engine.system.doctor import INFO, OK, PROBLEM, WARNING, DoctorReport, run_doctor
 from engine.system.telemetry import TelemetrySampler, render_table
+from ui.forms import refusal
 
 SYSTEM_TAB = "System"  # the tab's label, as app.py gives it
 SMI_BUDGET_BYTES_S = 3 * 1024
+HISTORY_LIMIT_S = 86_400.0  # /telemetry's history_seconds: more than the sampler keeps gives all it keeps
 _BADGES = {
     OK: ("ok", "#2e7d32"),
     INFO: ("info", "#1565c0"),
@@ -153,10 +155,16 @@ def build_system_tab(
     def doctor_api(fresh: bool = False) -> dict[str, Any]:
         """The GPU doctor's report as JSON: status, counts and every check. The last report unless fresh=True
         (a fresh run at most every 30 s; sooner, the report just made)."""
+        if not isinstance(fresh, bool):
+            raise refusal(f"fresh must be true or false, got {fresh!r:.40}", "the doctor")
         return doctor.get(fresh=fresh).to_dict()
 
     def telemetry_api(history_seconds: float = 0.0) -> dict[str, Any]:
         """The newest telemetry sample, its nvidia-smi style text, and optionally the recent history."""
+        number = isinstance(history_seconds, int | float) and not isinstance(history_seconds, bool)
+        if not number or not 0 <= history_seconds <= HISTORY_LIMIT_S:  # NaN fails too
+            raise refusal(f"history_seconds must be a number of seconds in 0..{HISTORY_LIMIT_S:g}, got "
+                          f"{history_seconds!r:.40}", "the telemetry")  # fmt: skip
         snap = sampler.latest()
         out = {"snapshot": snap.to_dict(), "table": render_table(snap)}
         if history_seconds > 0:

@@ -51,8 +51,9 @@ class SweepRequest(Config):
     model: str = option("wav2lip", help=MODEL_HELP)
     preset: str | None = option(None, help="a preset instead of the grid (empty: the grid)", choices=PRESET_NAMES)
     runtime: tuple[str, ...] = option(
-        ("eager",), help="runtimes, e.g. eager,ort-cpu", choices=RUNTIMES, text=word_tuple("runtime")
-    )
+        ("eager",), help="runtimes, e.g. eager,ort-cpu (an ONNX model: ort-cpu or ort-cuda, by device)",
+        choices=RUNTIMES, text=word_tuple("runtime"),
+    )  # fmt: skip
     precision: tuple[str, ...] = option(
         ("fp32",), help="precisions, e.g. fp32,fp16", choices=PRECISIONS, text=word_tuple("precision")
     )
@@ -122,10 +123,12 @@ class SweepRequest(Config):
             if False not in self.compile:
                 runtimes = [r for r in runtimes if r != "eager"] or ["compile"]
             devices = list(self.device or (("cuda",) if has_gpu else ("cpu",)))
+            onnx_default = self.model not in BUILTIN and runtimes == ["eager"]  # an ONNX model: its runtime
             points, dropped = [], set()
             for device in devices:  # grid() puts the device outermost too: the same order as one grid
                 batches = list(self.batch or DEFAULT_BATCHES[device])  # empty: each device its own list
-                more, why = grid(runtimes, list(self.precision), batches, [device], list(self.channels_last),
+                here = [{"cpu": "ort-cpu", "cuda": "ort-cuda"}[device]] if onnx_default else runtimes
+                more, why = grid(here, list(self.precision), batches, [device], list(self.channels_last),
                                  list(self.cudnn_benchmark), self.compile_mode)  # fmt: skip
                 points, dropped = points + more, dropped | set(why)
             notes = sorted(dropped)

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from engine.bench.config import DEVICES, MAX_BATCH, PRECISIONS, BenchError
-from engine.bench.workloads import BenchModel, count_flops
+from engine.bench.workloads import BUILTIN, BenchModel, count_flops
 from engine.jobs.measure import measured
 from engine.onnx.evaluate import latency_stats
 from engine.onnx.timing import auto_runs_note, spread_warning, timed_count, warmup_count
@@ -118,6 +118,10 @@ class SweepConfig:
             problems.append(f"{len(self.points)} configurations; at most {MAX_POINTS} per sweep")
         for i, point in enumerate(self.points):
             problems += [f"configuration {i + 1}: {p}" for p in point.problems()]
+        if not problems and self.model not in BUILTIN:  # an ONNX model: it ran, "done", with every row an error
+            why = "an ONNX model runs on ONNX Runtime (ort-cpu, ort-cuda, ort-trt); PyTorch's need one of our networks"
+            problems += [f"configuration {i + 1}: {point.label}: {why}" for i, point in enumerate(self.points)
+                         if point.runtime in TORCH_RUNTIMES]  # fmt: skip
         if not problems:  # the label names everything a point measures: one label twice is one measurement twice
             first: dict[str, int] = {}
             for i, point in enumerate(self.points):

@@ -271,8 +271,7 @@ class _Segments:
         """Segments not started yet end now; running ones stop at their next batch (they watch their parent)."""
         for job in self.jobs or segments_of(self.store, self.parent):
             with contextlib.suppress(Exception):
-                if self.store.get(job.id).status == QUEUED:
-                    self.store.fail(job.id, reason, CANCELLED)
+                self.store.cancel_queued(job.id, reason)
 
 
 def run_parent(job: Job, progress: Progress, context: Any, work: SegmentedRun, out: Path) -> RunResult:

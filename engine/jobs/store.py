@@ -474,17 +474,21 @@ class JobStore:
             (QUEUED, job_id, RUNNING),
         )
 
+    def cancel_queued(self, job_id: str, reason: str) -> bool:
+        """Cancel a job only if it is still queued, in one statement: a worker may claim it between a read and a
+        write, and a job marked cancelled while its worker ran it escaped every limit and held the device."""
+        return self._end(job_id, "status = ?, error = ?", (CANCELLED, reason), (QUEUED,))
+
     def cancel(self, job_id: str, owner: str | None = None) -> Job:
         """Cancel a queued job (a running one is stopped by whoever runs its worker, then failed)."""
-        job = self.get(job_id, owner)
-        if job.status == QUEUED:
-            self.fail(job_id, "cancelled by its owner before it started", CANCELLED)
+        self.get(job_id, owner)  # "no job" for a stranger
+        self.cancel_queued(job_id, "cancelled by its owner before it started")
         return self.get(job_id)
 
-    def _end(self, job_id: str, assignments: str, params: tuple) -> bool:
+    def _end(self, job_id: str, assignments: str, params: tuple, ending: tuple[str, ...] = (QUEUED, RUNNING)) -> bool:
         n = self._write(
-            f"UPDATE jobs SET {assignments}, finished = ? WHERE id = ? AND status IN (?, ?)",
-            (*params, time.time(), job_id, QUEUED, RUNNING),
+            f"UPDATE jobs SET {assignments}, finished = ? WHERE id = ? AND status IN ({', '.join('?' * len(ending))})",
+            (*params, time.time(), job_id, *ending),
         )
         if not n:
             self.get(job_id)  # "no job" when it does not exist at all
