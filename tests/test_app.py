@@ -232,6 +232,7 @@ def test_onnx_job_api_end_to_end(client, tmp_path) -> None:
     assert result["report"]["parity"]["cpu"]["y"]["max_abs"] == 0.0
     described, io_rows = client.predict(model=handle_file(str(model)), api_name="/onnx_inspect")
     assert "mlp.onnx" in described and [row[1] for row in io_rows["data"]] == ["x", "k", "y", "k2"]
+    assert io_rows["headers"] == ["kind", "name", "dtype", "shape"]  # it was 1, 2, 3, 4
 
 
 def test_onnx_job_api_refusals_are_messages(client, tmp_path) -> None:

@@ -231,15 +231,17 @@ def test_job_refusals(tmp_path: Path) -> None:
     with pytest.raises(BenchError, match=r"results\[0\]\.samples_per_s must be a finite number"):
         jobs.import_report(bad_row, OWNER)
     # What an API caller may send: each is one refusal (they were internal errors), and nothing is stored.
-    good = {"machine": {"gpu": None}, "model": {"name": "w"}, "results": [],
+    row = {"label": "a", "status": "ok", "runtime": "eager", "precision": "fp32", "device": "cpu", "batch": 1}
+    good = {"machine": {"gpu": None}, "model": {"name": "w"}, "results": [row],
             "config": {"model": "wav2lip", "points": [{"runtime": "eager", "batch": 1, "device": "cpu"}]}}  # fmt: skip
-    row = {"label": "a", "status": "ok", "runtime": "eager", "precision": "fp32", "device": "cpu", "batch": 10**400}
     for broken, message in (
+        ({**good, "results": []}, "results is empty"),
+        ({**good, "results": [{**row, "samples_per_s": -5}]}, r"results\[0\]\.samples_per_s must be above 0"),
         ({**good, "config": {"model": "wav2lip", "points": 5}}, "points must be a list"),
         ({**good, "config": {"model": "wav2lip", "points": None}}, "points must be a list"),
         ({**good, "config": {"model": 5, "points": []}}, "model must be text"),
         ({**good, "machine": {"cpu_count": math.nan}}, "machine.cpu_count must be a whole number"),
-        ({**good, "results": [row]}, r"results\[0\]\.batch must be a finite number"),
+        ({**good, "results": [{**row, "batch": 10**400}]}, r"results\[0\]\.batch must be a finite number"),
         ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
         ('{"a": ' + "9" * 5000 + "}", "cannot be read"),
     ):
@@ -249,7 +251,7 @@ def test_job_refusals(tmp_path: Path) -> None:
                             ('[{"batch": ' + "9" * 5000 + "}]", "cannot be read")):  # fmt: skip
         with pytest.raises(BenchError, match=message):
             SweepRequest.build({"model": "wav2lip", "points": points})
-    with pytest.raises(StoreError, match="not a bench job"):
+    with pytest.raises(StoreError, match=r"not of kind bench \(it is onnx_eval\)"):
         jobs.result(jobs.store.submit("onnx_eval", {}, CPU).id, None)
     assert jobs.history(OWNER) == []
     damaged = jobs.store.submit("bench", {"sweep": {"model": "x"}}, "imported", owner=OWNER)  # as an old version left

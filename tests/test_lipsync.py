@@ -475,6 +475,11 @@ def test_upstreams_video_edits_shrink_turn_and_cut_in_its_order() -> None:
     assert VideoEdits(crop=(10, 26, 10, 26)).size(200, 120) == (16, 16)
     with pytest.raises(LipSyncError, match="TOP and LEFT are 0 or more"):
         VideoEdits(crop=(-1, -1, 0, -1)).size(200, 120)
+    for crop in ("10,5,0,-1", "0,0,0,0", "0,-1,30,30"):  # nothing kept whatever the size: refused at submit
+        with pytest.raises(LipSyncError, match=f"crop {crop} keeps no pixels: TOP must be below BOTTOM"):
+            LipSyncConfig.build({"face": str(FACE), "audio": str(FACE), "crop": crop})
+    with pytest.raises(LipSyncError, match="crop -1,5,0,9: TOP and LEFT are 0 or more"):
+        LipSyncConfig.build({"face": str(FACE), "audio": str(FACE), "crop": "-1,5,0,9"})
 
 
 def test_static_resize_rotate_crop_and_fps_as_upstreams_options(media, settings, tmp_path) -> None:

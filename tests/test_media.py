@@ -194,7 +194,7 @@ def _half(data: bytes) -> bytes:
 DAMAGED = [
     pytest.param("empty.png", b"", "is empty (0 bytes); accepted: PNG, JPEG, BMP, WebP or TIFF", id="zero-bytes"),
     pytest.param("notes.png", b"this is not an image\n" * 20, "not a PNG, JPEG, BMP, WebP or TIFF file", id="text"),
-    pytest.param("clip.jpg", b"\x00\x00\x00\x18ftypmp42" + bytes(64), "not a PNG, JPEG", id="video-renamed"),
+    pytest.param("clip.jpg", b"\x00\x00\x00\x18ftypmp42" + bytes(64), "is a video (MP4/MOV)", id="video-renamed"),
     pytest.param("cut.png", _half(_encoded(".png", RANDOM)), "its PNG data is truncated or damaged", id="png-cut"),
     pytest.param("cut.jpg", _half(_encoded(".jpg", RANDOM)), "its JPEG data is truncated or damaged", id="jpeg-cut"),
     pytest.param("cut.webp", _half(_encoded(".webp", RANDOM)), "WebP data is truncated", id="webp-cut"),
@@ -227,6 +227,15 @@ def test_an_animated_webp_is_refused_not_read_as_its_first_frame(tmp_path: Path)
     message = refusal(lambda: load_image(tmp_path / "moving.webp"), tmp_path / "moving.webp")
     assert "is an animated WebP: give one still image, or the animation as a video" in message
     assert load_image(tmp_path / "still.webp").max() == 60
+
+
+def test_a_video_given_as_an_image_is_named_as_one(tmp_path: Path) -> None:
+    """It was "not a PNG, JPEG, ... file", which left the user to guess."""
+    clip = Path(__file__).resolve().parent.parent / "assets" / "face-video.mp4"
+    message = refusal(lambda: load_image(clip), clip)
+    assert "face-video.mp4 is a video (MP4/MOV), where a still image (PNG, JPEG" in message and "named" not in message
+    renamed = _write(tmp_path / "clip.jpg", clip.read_bytes())
+    assert "a file named as an image is read as one: name a video .mp4" in refusal(lambda: load_image(renamed), renamed)
 
 
 # --------------------------------------------------------------------------- videos

@@ -12,6 +12,7 @@ pytest.importorskip("onnxruntime")
 import cv2
 from tiny_onnx import W, colour_classifier, huge_output, mlp
 
+from engine.core.errors import InputError
 from engine.core.settings import Settings, load_settings
 from engine.jobs.broker import Broker
 from engine.jobs.store import CPU, DONE, FAILED, QUEUED, JobStore, StoreError
@@ -204,6 +205,30 @@ def test_result_of_unknown_or_other_jobs(store: JobStore, settings: Settings) ->
     with pytest.raises(StoreError, match="no job"):
         jobs.result("123456789abc", OWNER)
     other = store.submit("bench", {}, CPU, owner=OWNER)
-    with pytest.raises(StoreError, match="not a onnx_eval job"):
+    with pytest.raises(StoreError, match=r"not of kind onnx_eval \(it is bench\)"):
         jobs.result(other.id, OWNER)
     assert store.get(other.id).status == QUEUED
+
+
+def test_one_owner_may_have_only_so_many_jobs_waiting(settings: Settings, tmp_path: Path) -> None:
+    """Forty sweeps from one session held every other visitor's job for hours: AVATARBENCH_MAX_QUEUED_JOBS."""
+    from dataclasses import replace
+
+    from engine.bench.config import SweepRequest
+    from engine.bench.jobs import BenchJobs
+
+    capped = replace(settings, max_queued_jobs=2)
+    with JobStore(capped.db_path, capped.data_dir / "blobs") as store:
+        jobs = OnnxEvalJobs(Broker(store, {**HANDLERS, "bench": "engine.bench.jobs:handle"}, {CPU: 1}), capped)
+        model = str(mlp(tmp_path / "m.onnx"))
+        first, second = _submit(jobs, model=model).job, _submit(jobs, model=model).job
+        bench = BenchJobs(jobs.broker, capped)
+        for submit in (lambda: _submit(jobs, model=model), lambda: bench.submit(SweepRequest.build({}), OWNER)):
+            with pytest.raises(InputError, match=r"you have 2 jobs waiting .* \(2, AVATARBENCH_MAX_QUEUED_JOBS\)"):
+                submit()  # of every kind
+        assert bench.submit(SweepRequest.build({}), "someone else")  # theirs is their own count
+        assert store.claim_next(CPU).id == first.id  # a running job is not waiting
+        assert _submit(jobs, model=model).job
+        jobs.cancel(second.id, OWNER)
+        assert _submit(jobs, model=model).job
+        assert len([j for j in store.queue(OWNER) if j.status == QUEUED]) == 2

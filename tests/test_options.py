@@ -116,7 +116,7 @@ def test_defaults_and_empty_values() -> None:
         ({"flag": "maybe"}, "flag must be true or false (on/off), got 'maybe'"),
         ({"sizes": "1,x"}, "sizes: '1,x' is not a comma-separated list of whole numbers"),
         ({"sizes": "4,4"}, "sizes '4,4' lists a value twice"),
-        ({"sizes": "0,2"}, "sizes 0 is outside 1.."),
+        ({"sizes": "0,2"}, "sizes 0 is below 1"),  # not "outside 1..", a range cut short
         ({"sizes": ""}, "sizes is empty: sizes"),
         ({"box": "1,2,3"}, "box: give 4 whole numbers"),
         ({"names": "a,c,d"}, "names 'c', 'd' are not one of a, b"),

@@ -291,7 +291,7 @@ def _register_api(jobs: OnnxEvalJobs, inspected: Any, access: Access) -> None:
     """The job API for scripts (gradio_client): its parameters are EvalConfig's and InspectConfig's fields, the
     same names and defaults as `avatarbench onnx eval` and `onnx inspect`."""
     with gr.Column(visible=False):
-        submitted, description, table = gr.JSON(), gr.Markdown(), gr.Dataframe()
+        submitted, description, table = gr.JSON(), gr.Markdown(), gr.Dataframe(headers=IO_HEADERS)
 
     def onnx_submit(values: dict[str, Any], progress: Any, request: gr.Request | None) -> dict:
         submission = jobs.submit(EvalConfig.build(values), access.owner(request))

@@ -32,6 +32,7 @@ class BenchJobs(JobKind):
     def submit(self, sweep: SweepRequest | SweepConfig, owner: str) -> Job:
         """Queue a sweep (a timed job: it has its device to itself): a request as the CLI and the API take it, or
         the configurations themselves."""
+        self.check_quota(owner)
         has_gpu = bool(self.broker.gpus())
         config = sweep.plan(has_gpu) if isinstance(sweep, SweepRequest) else sweep
         config.validate()
@@ -110,6 +111,7 @@ MAX_REPORT_BYTES = 8 * 2**20
 _ROW_TEXT = ("label", "status", "runtime", "precision", "device")
 _ROW_NUMBERS = ("batch", "samples_per_s", "speedup", "peak_allocated_bytes", "device_used_bytes", "achieved_tflops",
                 "percent_of_peak", "energy_j_per_sample", "flops_per_sample")  # fmt: skip
+_ROW_POSITIVE = ("batch", "samples_per_s", "speedup")  # what the cost table and the charts divide by or log
 
 
 def _number_or_none(value: Any) -> bool:
@@ -147,12 +149,16 @@ def report_problems(report: dict[str, Any]) -> list[str]:
         problems += [f"{where}.{k} must be text" for k in _ROW_TEXT if not isinstance(row.get(k), str)]
         problems += [f"{where}.{k} must be a finite number or null" for k in _ROW_NUMBERS
                      if not _number_or_none(row.get(k))]  # fmt: skip
+        problems += [f"{where}.{k} must be above 0 (or null), got {row[k]!r:.40}" for k in _ROW_POSITIVE
+                     if _number_or_none(row.get(k)) and row.get(k) is not None and row[k] <= 0]  # fmt: skip
         latency = row.get("latency")
         if latency is not None and not (isinstance(latency, dict) and all(map(_number_or_none, latency.values()))):
             problems.append(f"{where}.latency must be an object of numbers, or null")
         for key in ("warnings", "telemetry"):
             if not isinstance(row.get(key, []), list):
                 problems.append(f"{where}.{key} must be a list")
+    if not report["results"]:
+        problems.append("results is empty: a report has a row per configuration")
     if len(report["results"]) > MAX_POINTS:
         problems.append(f"{len(report['results'])} results; at most {MAX_POINTS}")
     return problems

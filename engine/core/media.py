@@ -276,7 +276,20 @@ def read_image_header(data: bytes, name: str) -> ImageHeader:
                     f"{name} could not be decoded as an image: its {image_format} header is truncated or damaged"
                 ) from None
             return ImageHeader(image_format, width, height)
+    video = next((kind for kind, matches in _VIDEO_HEADERS if matches(data)), None)
+    if video is not None:  # "not a PNG, JPEG..." left the user to guess why their video was not taken
+        renamed = "; a file named as an image is read as one: name a video .mp4 where videos are accepted"
+        raise MediaError(f"{name} is a video ({video}), where a still image ({IMAGE_FORMATS}) is needed"
+                         + (renamed if is_image(name) else ""))  # fmt: skip
     raise MediaError(f"{name} could not be decoded as an image: it is not a {IMAGE_FORMATS} file")
+
+
+_VIDEO_HEADERS = (  # the containers people hand over, from their first bytes
+    ("MP4/MOV", lambda data: data[4:8] == b"ftyp"),
+    ("Matroska/WebM", lambda data: data[:4] == b"\x1a\x45\xdf\xa3"),
+    ("AVI", lambda data: data[:4] == b"RIFF" and data[8:12] == b"AVI "),
+    ("GIF", lambda data: data[:4] == b"GIF8"),
+)
 
 
 def load_image(path: str | os.PathLike, max_side: int = 4096, max_pixels: int = MAX_PIXELS) -> np.ndarray:

@@ -157,7 +157,9 @@ class Field:
         out = [_shown(v) if isinstance(v, int) else _number(v) for v in numbers
                if (low is not None and v < low) or (high is not None and v > high)]  # fmt: skip
         if out:
-            raise _Problem(f"{self.words} {', '.join(out)} is outside {_bounds(low, high)}")
+            ends = _bounds(low, high)  # "0..": a bare lower bound read as a range cut short
+            limit = f"below {ends[:-2]}" if high is None else f"above {ends[2:]}" if low is None else f"outside {ends}"
+            raise _Problem(f"{self.words} {', '.join(out)} is {limit}")
 
 
 def _shown(value: Any, limit: int = 60) -> str:

@@ -157,6 +157,7 @@ class Settings:
     zerogpu_max_s: int = 120
     job_time_limits: tuple[tuple[str, float], ...] = (("default", 3600.0),)
     job_memory_gb: float = 16.0
+    max_queued_jobs: int = 10
     shutdown_grace_s: float = 10.0
     max_side: int = 2560
     max_seconds: float = 600.0
@@ -258,6 +259,12 @@ DOCUMENTED: dict[str, tuple[str, str]] = {
         "host memory a job's worker may use, 0.25..4096 GB (default: 3/4 of the machine's RAM); past it the job "
         "fails with that reason",
     ),
+    "MAX_QUEUED_JOBS": (
+        "max_queued_jobs",
+        "jobs one person (a login, a browser, a session) may have waiting in the queue at once, 1..10000 "
+        "(default 10): the queue is first come, first served, so one person's many jobs would hold everyone "
+        "else's; a job split over GPUs counts once",
+    ),
     "SHUTDOWN_GRACE": (
         "shutdown_grace_s",
         "seconds running jobs get to finish when the app stops (SIGTERM, Ctrl-C), 0..3600 (default 10)",
@@ -347,6 +354,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         zerogpu_max_s=_number(env, "ZEROGPU_MAX_SECONDS", 120, 10, 3600, int),
         job_time_limits=_time_limits(_env(env, "JOB_TIME_LIMITS")),
         job_memory_gb=_number(env, "JOB_MEMORY_GB", _three_quarters_of_ram_gb(), 0.25, 4096.0),
+        max_queued_jobs=_number(env, "MAX_QUEUED_JOBS", 10, 1, 10_000, int),
         shutdown_grace_s=_number(env, "SHUTDOWN_GRACE", 10.0, 0.0, 3600.0),
         max_side=_number(env, "MAX_SIDE", 2560, 64, 8192, int),
         max_seconds=_number(env, "MAX_SECONDS", 600.0, 1.0, 7200.0),

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
-from engine.core.errors import AvatarbenchError
+from engine.core.errors import AvatarbenchError, InputError
 from engine.core.hls import LiveStream, read_stream, stream_folder
 from engine.core.options import Config
 from engine.core.settings import Settings
@@ -60,10 +60,21 @@ class JobKind:
         """The capability's own fields beside the common ones (override)."""
         return summary(job)
 
+    def check_quota(self, owner: str) -> None:
+        """Refuse a new job while its owner has AVATARBENCH_MAX_QUEUED_JOBS waiting (of every kind; a split job's
+        segments are one job): the queue is first come, first served, and forty sweeps queued from one session
+        held every other visitor's job for hours."""
+        waiting = [j for j in self.store.queue(owner) if j.status == QUEUED and split.role(j) != "segment"]
+        limit = self.settings.max_queued_jobs
+        if len(waiting) >= limit:
+            raise InputError(f"you have {len(waiting)} jobs waiting in the queue, the most one person may have at "
+                             f"once ({limit}, AVATARBENCH_MAX_QUEUED_JOBS): queue more when they start, or cancel "
+                             "some")  # fmt: skip
+
     def _get(self, job_id: str, owner: str | None) -> Job:
         job = self.store.get(job_id, owner)
         if job.kind != self.kind:
-            raise StoreError(f"job {job_id} is not a {self.kind} job")
+            raise StoreError(f"job {job_id} is not of kind {self.kind} (it is {job.kind})")
         return job
 
     def status(self, job_id: str, owner: str | None) -> dict[str, Any]:
@@ -118,6 +129,7 @@ class FileJobs(JobKind):
 
     def submit(self, config: Config, owner: str) -> Job:
         config = config.checked()
+        self.check_quota(owner)
         self.refuse(config)
         record = {
             "options": {k: v for k, v in config.to_text().items() if k not in self.files},

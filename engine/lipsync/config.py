@@ -133,6 +133,16 @@ class LipSyncConfig(Config):
         choices=("eager", "compile", "cuda-graphs", "onnx", "tensorrt"),
     )  # fmt: skip
 
+    def problems(self) -> list[str]:
+        """A crop that keeps nothing whatever the video's size, refused at submit (it failed in the worker)."""
+        top, bottom, left, right = self.crop
+        given = ",".join(map(str, self.crop))
+        if top < 0 or left < 0:
+            return [f"crop {given}: TOP and LEFT are 0 or more (-1 is for BOTTOM and RIGHT: to the last row or column)"]
+        if (bottom != -1 and bottom <= top) or (right != -1 and right <= left):
+            return [f"crop {given} keeps no pixels: TOP must be below BOTTOM and LEFT below RIGHT (or -1: the last)"]
+        return []
+
 
 def precision_summary(precision: str, check: dict[str, Any]) -> str:
     """--check-precision's finding (the result's `precision_check`) in words."""

@@ -42,6 +42,7 @@ class OnnxEvalJobs(JobKind):
     def submit(self, config: EvalConfig, owner: str) -> Submission:
         """Check everything evaluate() would refuse, store the files, queue the job (raises InputError)."""
         config = config.checked()
+        self.check_quota(owner)
         source = model_source(config.model, config.example, self.settings)
         with prepared(source, self.settings, config.symbol_values) as (_, info):
             warnings = [*info.warnings, *check_request(info, config, source.limits)]
