@@ -237,6 +237,11 @@ def test_s3fd_detector_end_to_end_with_random_weights(s3fd: S3FDDetector) -> Non
     (alone,) = s3fd.detect([frames[1]])
     assert alone.shape == results[1].shape and np.allclose(alone, results[1], atol=1e-3)
     assert s3fd.detect([]) == []
+    # The smallest frame its network takes: 64 px at detect scale 0.5; smaller ones were a RuntimeError from a pool
+    assert len(s3fd.detect([np.zeros((64, 64, 3), np.uint8)])) == 1
+    with pytest.raises(FaceError, match=r"S3FD sees these 62x80 frames at 31x40 \(detect scale 0.5\); its network "
+                                        "needs 32 pixels a side: raise the detect scale"):  # fmt: skip
+        s3fd.detect([np.zeros((80, 62, 3), np.uint8)])
 
 
 def test_s3fd_detector_backs_off_on_out_of_memory(s3fd: S3FDDetector, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -296,9 +296,11 @@ def test_a_video_without_duration_is_read_no_further_than_the_limit(media, tmp_p
     short = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path / "data"), "AVATARBENCH_MAX_SECONDS": "1"})
     face = raw_h264(tmp_path / "raw.mp4", seconds=3)
     assert probe_video(face).duration_s is None
-    config = LipSyncConfig(face=face, audio=media["speech"], engine="baseline", box=(8, 8, 56, 56))
+    config = LipSyncConfig(face=face, audio=media["speech"], engine="baseline", box=(8, 8, 56, 56), pads=(1, 1, 1, 1),
+                           smooth=False)  # fmt: skip
     result = run_lipsync(config, tmp_path / "o.mp4", short)
     assert result.metrics["frames"] == expected_frames(1.0) and limits == [1.0]
+    assert "a fixed --box is used as it is: --pads, --no-smooth (for detected boxes) changed nothing" in result.warnings
 
 
 def _cli(*args: str, data: Path) -> subprocess.CompletedProcess:
@@ -480,6 +482,9 @@ def test_upstreams_video_edits_shrink_turn_and_cut_in_its_order() -> None:
             LipSyncConfig.build({"face": str(FACE), "audio": str(FACE), "crop": crop})
     with pytest.raises(LipSyncError, match="crop -1,5,0,9: TOP and LEFT are 0 or more"):
         LipSyncConfig.build({"face": str(FACE), "audio": str(FACE), "crop": "-1,5,0,9"})
+    for box in ("²,0,5,5", "٣,0,50,50", "9" * 5000 + ",0,5,5"):  # str.isdigit passed them: int()'s own message, or 3
+        with pytest.raises(LipSyncError, match="must be four pixel coordinates: X1,Y1,X2,Y2"):
+            LipSyncConfig.build({"face": str(FACE), "audio": str(FACE), "box": box})
 
 
 def test_static_resize_rotate_crop_and_fps_as_upstreams_options(media, settings, tmp_path) -> None:

@@ -3,6 +3,7 @@ apart the two are (issue #17: bf16 is an option with its error reported, never t
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +90,9 @@ def test_the_run_reports_the_check(checkpoint, tmp_path) -> None:
     assert warned == (check["max_grey_levels"] > 1.0)
     assert precision_line(result).startswith(f"bf16 against fp32 on the first {PRECISION_CHECK_FRAMES} frames")
     assert precision_line(RunResult()) == ""
+    fp32 = run_lipsync(dataclasses.replace(config, precision="fp32"), tmp_path / "fp32.mp4", settings, device="cpu")
+    assert "precision_check" not in fp32.metrics  # it said nothing at all
+    assert "--check-precision compares fp16 or bf16 with fp32; this run is fp32: nothing to compare" in fp32.warnings
 
 
 def test_a_check_that_met_nan_says_so() -> None:

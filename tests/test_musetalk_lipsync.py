@@ -73,6 +73,7 @@ def test_a_photo_becomes_one_frame_per_25th_of_a_second_of_speech(weights, tmp_p
     frames = list(read_frames(tmp_path / "out.mp4"))
     assert len(frames) == result.metrics["frames"] == frame_count(round(1.3 * SR), 25.0) == 33
     assert result.metrics["engine"] == "musetalk" and result.metrics["detector"] == "fixed box"
+    assert any(w.startswith("the face box is the fixed --box, as given") for w in result.warnings)  # not a fallback
     stages = {stage.name for stage in result.stages}  # the video's decode and encode beside the networks' stages
     assert {"audio", "decode", "load", "detect", "vae encode", "parse", "whisper", "unet", "vae decode", "blend",
             "encode"} <= stages  # fmt: skip
@@ -185,6 +186,25 @@ def test_a_prepared_avatar_outlives_its_worker_on_disk(weights, tmp_path) -> Non
     extra = store.folder / ("0" * 32 + ".avatar")
     extra.write_bytes(kept.read_bytes())
     assert store.evict(keep=extra) == [kept] and [p.name for p in store.folder.glob("*.avatar")] == [extra.name]
+
+
+def test_an_avatar_folder_that_cannot_be_made_costs_the_next_run_a_preparation_not_this_its_result(
+    tmp_path: Path,
+) -> None:
+    """A file where DATA_DIR/avatars goes (or a read-only data folder) ended the run in a traceback after its work."""
+    from engine.lipsync.musetalk.avatar_store import PREPARED, AvatarStore
+
+    (tmp_path / "avatars").write_text("a file, not a folder")
+    prepared = object()
+    assert AvatarStore(tmp_path / "avatars").get_or_prepare([("key",)], lambda: prepared) == (prepared, PREPARED)
+
+
+def test_tf32_on_the_cpu_is_refused_as_wav2lip_refuses_it(weights, tmp_path) -> None:
+    """It ran as plain fp32, silently (and on CUDA without TensorFloat-32)."""
+    config = LipSyncConfig(face=FACE, audio=speech_file(tmp_path / "s.wav", 0.5), engine="musetalk",
+                           musetalk_weights=str(weights), box=BOX, precision="tf32")  # fmt: skip
+    with pytest.raises(SetupError, match=r"tf32 is not supported on .* \(cpu\); supported: fp32"):
+        run_lipsync(config, tmp_path / "out.mp4", _settings(tmp_path), device="cpu")
 
 
 def test_a_video_shorter_than_the_speech_plays_forward_then_backward(weights, tmp_path) -> None:

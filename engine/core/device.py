@@ -255,3 +255,10 @@ def run_with_oom_backoff(
         # so the allocator can really give the memory back before the retry.
         release_cached_memory()
         batch_size = smaller
+
+
+def not_finite_hint(dtype: Any) -> str:
+    """Why a network's output was NaN or infinite: fp16's range, or (at fp32 or bf16) what it was given."""
+    if dtype == torch.float16:
+        return "fp32 or bf16 have the range fp16 lacks"
+    return "not a matter of range at this precision: the weights or the inputs hold NaN or infinite values"

@@ -152,6 +152,10 @@ def check_file(path: Path, kind: str, accepted: str, error: type[InputError] = M
         raise error(f"{path.name} is not a file; {accepted}")
     if path.stat().st_size == 0:
         raise error(f"{path.name} is empty (0 bytes); {accepted}")
+    try:
+        path.open("rb").close()
+    except OSError as exc:  # no permission to read it: a PermissionError traceback from whatever read it first
+        raise error(f"{kind} file {path.name} cannot be read: {exc.strerror or exc}") from None
 
 
 def ffmpeg_reason(exc: Exception) -> str:

@@ -371,6 +371,11 @@ def switch_tuple() -> TextForm:
     return TextForm(parse, lambda v: ",".join("on" if x else "off" for x in v), distinct=True)
 
 
+def is_whole_number(text: str) -> bool:
+    """ASCII digits that int() takes: str.isdigit() also passes '²' and '٣', and int() refuses over 4300 digits."""
+    return text.isascii() and text.isdigit() and len(text) <= 18
+
+
 def pairs() -> TextForm:
     """NAME=VALUE pairs with whole numbers >= 1, comma-separated (symbolic dimensions); empty text is none."""
 
@@ -378,7 +383,7 @@ def pairs() -> TextForm:
         out: dict[str, int] = {}
         for part in (p for p in str(text).split(",") if p.strip()):
             name, sep, value = (v.strip() for v in part.partition("="))
-            if not sep or not name or not value.isdigit() or int(value) < 1:
+            if not sep or not name or not is_whole_number(value) or int(value) < 1:
                 raise ValueError(f"{part.strip()!r} is not NAME=VALUE with a whole number >= 1, e.g. seq=128")
             if name in out:
                 raise ValueError(f"{name} is given twice")

@@ -46,6 +46,9 @@ PRE_NMS_TOP_K = 1000
 _MAX_LOG_SIZE = 10.0
 
 
+S3FD_MIN_SIDE = 32  # the smallest frame side S3FD's six poolings leave a pixel of
+
+
 class FaceError(InputError):
     """Face detection cannot run as asked; the message says why and what to do."""
 
@@ -355,6 +358,12 @@ class S3FDDetector:
         height, width = frames[0].shape[:2]
         small = np.stack([_downscale(f, self.detect_scale) for f in frames])
         small_h, small_w = small.shape[1:3]
+        if min(small_h, small_w) < S3FD_MIN_SIDE:  # its last pooling would have nothing to pool: a RuntimeError
+            raise FaceError(
+                f"S3FD sees these {width}x{height} frames at {small_w}x{small_h} (detect scale {self.detect_scale:g}); "
+                f"its network needs {S3FD_MIN_SIDE} pixels a side: raise the detect scale (up to 1), give a larger "
+                "picture, or use the haar detector"
+            )
         with torch.inference_mode():
             x = torch.from_numpy(small).to(self.device, non_blocking=True)
             # The released weights were trained (face_alignment) on RGB with this mean subtracted, and

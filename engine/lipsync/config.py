@@ -13,7 +13,7 @@ from typing import Any
 
 from engine.core.errors import InputError
 from engine.core.hls import stream_option
-from engine.core.options import Config, TextForm, number_tuple, option, subset_config
+from engine.core.options import Config, TextForm, is_whole_number, number_tuple, option, subset_config
 from engine.faces import DETECTORS
 
 ENGINES = ("auto", "wav2lip", "musetalk", "baseline")
@@ -31,7 +31,7 @@ def parse_box(text: str | None) -> tuple[int, int, int, int] | None:
     if not text or not str(text).strip():
         return None
     parts = str(text).replace(",", " ").split()
-    if len(parts) != 4 or not all(p.isdigit() for p in parts):
+    if len(parts) != 4 or not all(is_whole_number(p) for p in parts):
         raise LipSyncError(f"{text!r} must be four pixel coordinates: X1,Y1,X2,Y2")
     x1, y1, x2, y2 = (int(p) for p in parts)
     if x2 <= x1 or y2 <= y1:

@@ -38,7 +38,7 @@ from engine.core.audio import (
     mel_chunks,
     mel_spectrogram,
 )
-from engine.core.device import DeviceChoice, capabilities, resolve_device, run_with_oom_backoff
+from engine.core.device import DeviceChoice, capabilities, not_finite_hint, resolve_device, run_with_oom_backoff
 from engine.core.hls import stream_folder
 from engine.core.media import (
     LosslessWriter,
@@ -281,6 +281,12 @@ def _prepare(
     result = RunResult(device=str(device), device_name=caps.name, precision=precision, config=config.to_text())
     if not choice.is_cuda:
         result.warn(f"running on the CPU: {choice.reason}")
+    if config.check_precision and precision not in ("fp16", "bf16") and config.engine != "baseline":
+        result.warn(f"--check-precision compares fp16 or bf16 with fp32; this run is {precision}: nothing to compare")
+    detection = {"pads": "--pads", "smooth": "--no-smooth", "detector": "--detector", "detect_scale": "--detect-scale"}
+    ignored = [flag for name, flag in detection.items() if getattr(config, name) != getattr(LipSyncConfig, name)]
+    if config.box is not None and ignored:
+        result.warn(f"a fixed --box is used as it is: {', '.join(ignored)} (for detected boxes) changed nothing")
 
     # The face first: its checks read headers (an image is decoded only within the limits), so a bad face is
     # refused before up to max_seconds of speech is decoded.
@@ -421,7 +427,7 @@ def _synthesised(run: _Prepared, frames: list[np.ndarray], boxes: list[Box | Non
         if not finite.all():
             result.warn(
                 f"{generator.label} gave NaN or infinite values for some frames; they keep their original pixels "
-                "(fp32 has the range fp16 lacks)"
+                f"({not_finite_hint(generator.dtype)})"
             )
         with result.stage("paste", items=len(with_face)):
             for j, i in enumerate(with_face):

@@ -64,12 +64,15 @@ def sniff(path: Path, expected: str) -> None:
             path=path,
             expected=expected,
         )
-    with open(path, "rb") as f:
-        head = f.read(512)
-        tail = b""
-        if head.startswith(_ZIP_MAGIC):
-            f.seek(max(0, size - 66_000))
-            tail = f.read()
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+            tail = b""
+            if head.startswith(_ZIP_MAGIC):
+                f.seek(max(0, size - 66_000))
+                tail = f.read()
+    except OSError as exc:  # no permission to read it, an I/O error
+        raise CheckpointError(f"it cannot be read: {exc.strerror or exc}", path=path, expected=expected) from None
     text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
     if text.startswith((b"<!doctype", b"<html")):
         raise CheckpointError(

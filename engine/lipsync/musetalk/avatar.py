@@ -59,6 +59,7 @@ from engine.lipsync.musetalk.weights import V15, MuseTalkNetworks
 from engine.models.checkpoints import CheckpointError, sniff
 
 LANDMARKS, DETECTOR = "landmarks", "detector"  # where a frame's face box came from
+FIXED_BOX = "fixed box"  # the detector name of --box: no detection at all
 FORMAT = "avatarbench/musetalk-avatar"
 FORMAT_VERSION = 1
 EXPECTED = f"a MuseTalk avatar prepared by avatarbench (format {FORMAT_VERSION})"
@@ -371,7 +372,10 @@ def _warnings(
         out.append(f"{count - faces} of {count} frames have no face: they pass through unchanged")
     if small:
         out.append(f"{_count(small, 'face box')} smaller than {MIN_FACE_SIDE} pixels treated as no face")
-    if landmarks is None:
+    if landmarks is None and detector.name == FIXED_BOX:  # asked for, not fallen back to
+        out.append("the face box is the fixed --box, as given: not made from the 68 landmarks MuseTalk v1.5 was "
+                   "trained with")  # fmt: skip
+    elif landmarks is None:
         out.append(
             f"no face-landmark model: the face boxes come from the {detector.name} detector (upstream's fallback), "
             "not from the 68 landmarks MuseTalk v1.5 was trained with"

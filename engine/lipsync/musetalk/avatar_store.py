@@ -47,20 +47,23 @@ class AvatarStore:
                 continue
             try:
                 avatar = load_avatar(path)
-            except CheckpointError as exc:
+            except (CheckpointError, OSError) as exc:  # damaged, or unreadable (its permissions)
                 log.warning("a stored avatar could not be read, preparing it again: %s", exc)
-                path.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    path.unlink(missing_ok=True)
                 continue
             with contextlib.suppress(OSError):
                 os.utime(path)  # recently used: evicted last
             return avatar, DISK
         path = self.path(keys[0])
         avatar = prepare()
-        self.folder.mkdir(parents=True, exist_ok=True)
-        try:
+        try:  # a full disk, or a folder that cannot be made, costs the next run a preparation, never this its result
+            self.folder.mkdir(parents=True, exist_ok=True)
             save_avatar(avatar, path)
-        except OSError as exc:  # a full disk costs the next run a preparation, never this run its result
+        except OSError as exc:
             log.warning("could not keep the prepared avatar in %s: %s", self.folder, exc)
+            with contextlib.suppress(OSError):
+                path.with_name(path.name + ".partial").unlink(missing_ok=True)  # what an interrupted save left
             return avatar, PREPARED
         self.evict(keep=path)
         return avatar, PREPARED

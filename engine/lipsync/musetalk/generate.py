@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from engine.core.device import not_finite_hint
 from engine.core.errors import InputError
 from engine.core.results import RunResult
 from engine.lipsync.musetalk.accelerate import EAGER, StepRunner, make_step
@@ -157,7 +158,7 @@ def _frames(
         if run.not_finite:
             result.warn(
                 f"MuseTalk gave NaN or infinite values for {run.not_finite} of {count} frames; they keep the avatar's "
-                "own pixels (fp32 or bf16 have the range fp16 lacks)"
+                f"own pixels ({not_finite_hint(networks.unet.dtype)})"
             )
 
 

@@ -30,7 +30,14 @@ import torch
 
 from engine.core.audio import SAMPLE_RATE, audio_track, load_audio, loudness_warning
 from engine.core.cache import LruCache, file_digest, file_stamp
-from engine.core.device import DeviceChoice, capabilities, precision_dtype, resolve_device, usable_gpu_memory
+from engine.core.device import (
+    DeviceChoice,
+    apply_backend_flags,
+    capabilities,
+    precision_dtype,
+    resolve_device,
+    usable_gpu_memory,
+)
 from engine.core.hls import stream_folder
 from engine.core.media import VideoWriter, is_image, load_image, probe_video, read_frames, validate_video
 from engine.core.resample import SOXR_HQ
@@ -42,7 +49,7 @@ from engine.faces.tracking import check_fixed_box
 from engine.lipsync.config import LipSyncConfig
 from engine.lipsync.musetalk.accelerate import StepRunner, check_runtime, make_step
 from engine.lipsync.musetalk.audio import check_speech, feature_extractor, frame_count
-from engine.lipsync.musetalk.avatar import LANDMARKS, PreparedAvatar, prepare_avatar
+from engine.lipsync.musetalk.avatar import FIXED_BOX, LANDMARKS, PreparedAvatar, prepare_avatar
 from engine.lipsync.musetalk.avatar_store import FOLDER as AVATAR_FOLDER
 from engine.lipsync.musetalk.avatar_store import MEMORY, PREPARED, AvatarStore
 from engine.lipsync.musetalk.dwpose import DETECTOR_FILE, POSE_FILE, DWPose
@@ -72,7 +79,7 @@ WAV2LIP_ONLY = (
 class FixedBox:
     """A detector that finds the box it was given in every frame: `--box` means no detection at all."""
 
-    name = "fixed box"
+    name = FIXED_BOX
 
     def __init__(self, box: tuple[int, ...]) -> None:
         self.detection = np.array([[*box, 1.0]], np.float32)
@@ -98,11 +105,17 @@ def default_batch_size(device: torch.device, dtype: torch.dtype = torch.float16)
     return max(1, min(GPU_BATCH_CAP, 2 ** int(math.log2(fits)) if fits >= 1 else 1))
 
 
-def _dtype(config: LipSyncConfig, choice: DeviceChoice) -> torch.dtype:
+def _precision(config: LipSyncConfig, choice: DeviceChoice) -> tuple[torch.dtype, str]:
+    """The networks' dtype and the precision's name; what the device lacks (tf32 or fp16 on a CPU) refused, as
+    Wav2Lip refuses it. TF32 is fp32 with TensorFloat-32 matmuls and convolutions, set (or unset) on CUDA here:
+    it was run as plain fp32, silently."""
     precision = config.precision
     if precision == "auto":
         precision = "fp16" if choice.is_cuda else "fp32"
-    return precision_dtype("fp32" if precision == "tf32" else precision, capabilities(choice.device))
+    dtype = precision_dtype(precision, capabilities(choice.device))
+    if choice.is_cuda:
+        apply_backend_flags(cudnn_benchmark=True, tf32=precision == "tf32")
+    return dtype, precision
 
 
 def _checked_face(
@@ -256,9 +269,8 @@ def run_musetalk(
 ) -> RunResult:
     """Run MuseTalk for a checked `config` into `out` (.mp4) on `choice`'s device."""
     device = choice.device
-    dtype = _dtype(config, choice)
+    dtype, precision = _precision(config, choice)
     check_runtime(config.musetalk_runtime, device, dtype)  # before any work: cuda-graphs on a CPU, no TensorRT
-    precision = {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, "fp32")
     result = RunResult(device=str(device), device_name=capabilities(device).name, precision=precision,
                        config=config.to_text())  # fmt: skip
     if not choice.is_cuda:
@@ -327,8 +339,7 @@ def prepare_stored_avatar(
     progress = progress or (lambda fraction, label: None)
     config = config.checked()
     choice = resolve_device(device or settings.device)
-    dtype = _dtype(config, choice)
-    precision = {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, "fp32")
+    dtype, precision = _precision(config, choice)
     result = RunResult(device=str(choice.device), device_name=capabilities(choice.device).name, precision=precision,
                        config=config.to_text())  # fmt: skip
     fps, photo, _ = _checked_face(config, settings)
