@@ -114,7 +114,7 @@ def _precision(config: LipSyncConfig, choice: DeviceChoice) -> tuple[torch.dtype
         precision = "fp16" if choice.is_cuda else "fp32"
     dtype = precision_dtype(precision, capabilities(choice.device))
     if choice.is_cuda:
-        apply_backend_flags(cudnn_benchmark=True, tf32=precision == "tf32")
+        apply_backend_flags(cudnn_benchmark=torch.backends.cudnn.benchmark, tf32=precision == "tf32")  # as it was
     return dtype, precision
 
 
