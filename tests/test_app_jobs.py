@@ -79,6 +79,12 @@ def test_jobs_belong_to_their_client_through_every_route(app: RunningApp, tmp_pa
         with pytest.raises(AppError, match=f"no job {job['job_id']}"):
             bob.predict(job["job_id"], api_name=endpoint)
     assert bob.predict(api_name="/onnx_queue") == [] and bob.predict(api_name="/job_queue")["yours"] == []
+    # A finished job is found again in the history (the queue lists only queued and running ones): one's own only.
+    (found,) = [j for j in alice.predict(api_name="/job_history") if j["id"] == job["job_id"]]
+    assert found["status"] == "done" and found["kind"] == "onnx_eval"
+    assert job["job_id"] not in [j["id"] for j in bob.predict(10, api_name="/job_history")]
+    with pytest.raises(AppError, match=r"limit must be a whole number in 1\.\.500, got 0"):
+        alice.predict(0, api_name="/job_history")
     with pytest.raises(AppError, match="no stored file"):  # a sweep on someone else's upload
         bob.predict(model=f"onnx:{sha}", runtime="ort-cpu", device="cpu", api_name="/bench_submit")
     # The tab's own events, called by fn_index with another session: only that session's rows come back.

@@ -208,6 +208,10 @@ def test_bad_inputs_get_clear_errors(media, settings, tmp_path) -> None:
     with pytest.raises(LipSyncError, match="no face found in any"):
         run_lipsync(LipSyncConfig(face=faceless, audio=media["speech"]), tmp_path / "b.mp4", settings)
     assert not (tmp_path / "b.mp4").exists()
+    (tmp_path / "earlier.mp4").write_bytes(b"an earlier result")  # a failed run deleted the file it would replace
+    with pytest.raises(LipSyncError, match="no face found in any"):
+        run_lipsync(LipSyncConfig(face=faceless, audio=media["speech"]), tmp_path / "earlier.mp4", settings)
+    assert (tmp_path / "earlier.mp4").read_bytes() == b"an earlier result" and not list(tmp_path.glob(".*partial"))
     corrupt = tmp_path / "corrupt.mp4"
     corrupt.write_bytes(b"\x00\x01not a video" * 100)
     with pytest.raises(MediaError, match="could not be read"):

@@ -249,6 +249,7 @@ def test_npz_inputs_refusals(mlp_model: tuple[Path, ModelInfo], tmp_path: Path) 
         "name": ({"x": x, "kk": k}, "'kk'.*not model inputs"),
         "shape": ({"x": np.zeros((2, 4), np.float32)}, r"shape \[2, 4\].*\[1, 4\]"),
         "dtype": ({"k": np.full((1, 1), 0.5)}, "float64.*int64"),
+        "empty": ({}, "inputs empty.npz holds no arrays; give one per input, named as the model's: 'x', 'k'"),
     }
     for label, (arrays, message) in cases.items():
         npz = tmp_path / f"{label}.npz"

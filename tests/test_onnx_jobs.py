@@ -90,6 +90,7 @@ def test_submit_runs_and_keeps_the_report(store: JobStore, settings: Settings, t
         ({"runs": 0}, "runs"),
         ({"labels": "1,2,3"}, "3 labels"),
         ({"symbols": "N=3"}, "batch dimension"),
+        ({"image_input": "x", "image_scaling": "imagenet"}, "no images were given, so image input, image scaling"),
     ],
 )
 def test_bad_settings_are_refused_at_submit_and_nothing_is_queued(

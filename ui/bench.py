@@ -287,7 +287,7 @@ def build_bench_tab(settings: Any, jobs: BenchJobs, access: Access) -> None:
             except (TypeError, ValueError):
                 raise refusal(f"the price of {gpu} must be dollars per hour, a number; got {price!r:.40}",
                               "the prices") from None  # fmt: skip
-            sources[str(gpu)] = str(source)
+            sources[str(gpu)] = "" if source is None else str(source)
         book, path = prices_of(request)
         try:
             book.update(prices, sources)

@@ -26,7 +26,7 @@ from engine.core.hls import LiveStream
 from engine.core.options import Config
 from engine.core.settings import Settings
 from engine.core.weights import server_files
-from engine.jobs.kinds import JobKind, queue_view
+from engine.jobs.kinds import JobKind, queue_view, readable_summary
 from engine.jobs.store import DONE, FINISHED, Job, JobStore
 from ui.forms import Run, api_endpoint, refusal, reported
 
@@ -150,7 +150,7 @@ def follow_live(
 
 
 def register_job_api(store: JobStore, kinds: Mapping[str, JobKind], access: Access) -> None:
-    """/job_status, /job_result, /job_cancel and /job_queue for every kind, owner-checked."""
+    """/job_status, /job_result, /job_cancel, /job_queue and /job_history for every kind, owner-checked."""
 
     def kind_of(job_id: str, request: gr.Request | None) -> JobKind:
         return kinds[store.get(job_id, access.reader(request)).kind]
@@ -175,6 +175,15 @@ def register_job_api(store: JobStore, kinds: Mapping[str, JobKind], access: Acce
         with reported("the queue"):
             return queue_view(store, access.reader(request))
 
+    def job_history(limit: int = 50, request: gr.Request = None) -> list[dict]:  # type: ignore[assignment]
+        """Your jobs of every kind and status, newest first (at most `limit`, 1..500): where a script that lost a
+        job's id (a dropped connection to /lipsync or /portrait) finds it and its result."""
+        with reported("the job history"):
+            if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 500:
+                raise InputError(f"limit must be a whole number in 1..500, got {limit!r:.40}")
+            jobs = store.history(limit, owner=access.reader(request))
+            return [readable_summary(kinds.get(job.kind), job) for job in jobs]
+
     def job_stream(job_id: str, request: gr.Request) -> Iterator[tuple[list[str], dict]]:
         """Follow one of your lip-sync or portrait jobs submitted with stream=true: each time more of its video is
         made, the new MPEG-TS segments (one second each, H.264 + AAC, in order: played or joined one after another
@@ -195,6 +204,7 @@ def register_job_api(store: JobStore, kinds: Mapping[str, JobKind], access: Acce
     gr.api(job_result, api_name="job_result", queue=False)
     gr.api(job_cancel, api_name="job_cancel", queue=False)
     gr.api(job_queue, api_name="job_queue", queue=False)
+    gr.api(job_history, api_name="job_history", queue=False)
     with gr.Column(visible=False):
         stream_id, stream_button = gr.Textbox(label="job_id"), gr.Button()
         segments, stream_status = gr.File(file_count="multiple"), gr.JSON()

@@ -238,7 +238,7 @@ def loudness_warning(wav: np.ndarray) -> str | None:
         return None
     clipped = float(np.mean(np.abs(wav) > 1.0)) * 100
     return (
-        f"the speech peaks at {peak:.3g}x full scale ({clipped:.2g}% of its samples past it): lip-sync takes it as "
+        f"the speech peaks at {peak:.3g}x full scale ({clipped:.3g}% of its samples past it): lip-sync takes it as "
         "it is, but the video's sound track is clipped there; scale the file to [-1, 1] for clean sound"
     )
 

@@ -572,7 +572,7 @@ class VideoWriter:
         self.codec = codec or pick_h264_encoder()
         self.fps, self.width, self.height = fps, width, height
         self.frames_written = 0
-        self._container = av.open(str(self.path), mode="w", format="mp4")
+        self._container = av.open(str(partial_path(self.path)), mode="w", format="mp4")
         rate = Fraction(fps).limit_denominator(1001)
         self._video = self._container.add_stream(self.codec, rate=rate, options=_ENCODER_OPTIONS.get(self.codec, {}))
         self._video.width, self._video.height = width + width % 2, height + height % 2
@@ -639,12 +639,13 @@ class VideoWriter:
         if self._live is not None:
             self._live.close()
         self._container.close()
+        os.replace(partial_path(self.path), self.path)
 
     def abort(self) -> None:
         """Close and delete a half-written file after a failure (a live stream is ended where it got to)."""
         if self._live is not None:
             self._live.close()
-        _discard(self._container, self.path)
+        _discard(self._container, partial_path(self.path))
 
 
 # Lossless, in BGR as the pipelines make frames: x264's RGB variant at qp 0 (inter prediction keeps a talking head
@@ -672,7 +673,7 @@ class LosslessWriter:
         self.path, self.codec = Path(path), codec
         self.fps, self.width, self.height = fps, width, height
         self.frames_written = 0
-        self._container = av.open(str(self.path), mode="w", format="matroska")
+        self._container = av.open(str(partial_path(self.path)), mode="w", format="matroska")
         self._video = self._container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001), options=options)
         self._video.width, self._video.height, self._video.pix_fmt = width, height, pix_fmt
         if threads is not None:
@@ -691,9 +692,16 @@ class LosslessWriter:
         for packet in self._video.encode(None):
             self._container.mux(packet)
         self._container.close()
+        os.replace(partial_path(self.path), self.path)
 
     def abort(self) -> None:
-        _discard(self._container, self.path)
+        _discard(self._container, partial_path(self.path))
+
+
+def partial_path(path: Path) -> Path:
+    """Where a writer writes until it closes: a failed run leaves a file already at `path` (an earlier result the
+    command was asked to replace) as it was, where it used to delete it."""
+    return path.with_name(f".{path.name}.partial")
 
 
 def _discard(container: Any, path: Path) -> None:

@@ -45,6 +45,16 @@ def summary(job: Job) -> dict[str, Any]:
     }
 
 
+def readable_summary(kind: JobKind | None, job: Job) -> dict[str, Any]:
+    """The job's summary by its kind; a record this version cannot read (damaged, or written by another version, or
+    of a kind this app does not run) is shown as such, never allowed to break a list."""
+    try:
+        return kind.summary(job) if kind is not None else summary(job)
+    except Exception as exc:
+        log.warning("job %s cannot be summarised: %s", job.id, exc)
+        return {**summary(job), "error": f"this job's record cannot be read ({type(exc).__name__})"}
+
+
 class JobKind:
     kind: ClassVar[str]
 
@@ -90,14 +100,7 @@ class JobKind:
     def history(self, owner: str | None, limit: int = 50) -> list[dict[str, Any]]:
         """The owner's jobs, newest first. A row this version cannot read (damaged, or written by another version)
         is shown as such, never allowed to break the list."""
-        out = []
-        for job in self.store.history(limit, kind=self.kind, owner=owner):
-            try:
-                out.append(self.summary(job))
-            except Exception as exc:
-                log.warning("job %s cannot be summarised: %s", job.id, exc)
-                out.append({**summary(job), "error": f"this job's record cannot be read ({type(exc).__name__})"})
-        return out
+        return [readable_summary(self, job) for job in self.store.history(limit, kind=self.kind, owner=owner)]
 
     def queue(self, owner: str | None) -> list[dict[str, Any]]:
         return [self.summary(j) for j in self.store.queue(owner) if j.kind == self.kind]

@@ -4,7 +4,8 @@ Stages, run per batch of frames and overlapped with threads: decode (a reader th
 inference, paste, encode (a writer thread); audio and mel run once up front. Memory stays
 bounded by a few batches, whatever the video's length.
 
-Length policy: the output lasts as long as the speech (one frame per mel chunk). A video longer
+Length policy: the output lasts as long as the speech (one frame per mel chunk, as upstream: the frames may end
+up to about 0.2 s before the speech, whose whole sound track is kept, the last frame held). A video longer
 than the speech is trimmed to it; a shorter one is looped from its first frame. An image is a
 still face for the whole speech, at --fps (25) frames per second, and so is a video's first frame with --static (at
 the video's rate). A video's frames are edited first as upstream's --resize_factor, --rotate and --crop ask
@@ -389,14 +390,13 @@ def run_lipsync(
             encoder.put(_synthesised(run, frames, [t.box for t in tracks], done))
             done += len(frames)
             progress(done / count, f"frame {done}/{count}")
+        if tracker.missed == count:  # before the writer closes: a file already at `out` stays as it was
+            raise _no_face(config, tracker, count, still)
         encoder.finish()
     except BaseException:
         encoder.cancel()
         raise
     wall = time.perf_counter() - started
-    if tracker.missed == count:
-        out.unlink(missing_ok=True)
-        raise _no_face(config, tracker, count, still)
     if tracker.missed:
         result.warn(f"{tracker.missed} of {count} frames had no detected face")
     result.outputs["video"] = str(out)

@@ -7,6 +7,7 @@ part of a request: see engine/runtimes/ort_session.py.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,6 +97,13 @@ class EvalConfig(Config):
         out = _model_or_example(self.model, self.example)
         if self.images is not None and len(self.images) > MAX_IMAGES:
             out.append(f"images: {len(self.images)} given, at most {MAX_IMAGES}")
+        if not self.images:  # they were ignored, silently
+            defaults = {f.name: f.default for f in dataclasses.fields(self)}
+            image_options = ("image_input", "image_resize", "image_scaling", "image_channels")
+            given = [name.replace("_", " ") for name in image_options if getattr(self, name) != defaults[name]]
+            if given:
+                out.append(f"no images were given, so {', '.join(given)} would do nothing: give images, or leave "
+                           f"{'it' if len(given) == 1 else 'them'} out")  # fmt: skip
         return out
 
     @property

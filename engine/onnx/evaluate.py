@@ -190,6 +190,9 @@ def load_npz_inputs(path: str | os.PathLike, specs: list[TensorSpec], values: di
     """
     by_name = {spec.name: spec for spec in specs}
     headers = _npz_headers(path, "inputs")
+    if not headers:  # every input made up, as with no file, with no word of it
+        raise EvalError(f"inputs {Path(path).name} holds no arrays; give one per input, named as the model's: "
+                        f"{', '.join(map(repr, by_name))}")  # fmt: skip
     unknown = sorted(set(headers) - set(by_name))
     if unknown:
         raise EvalError(
