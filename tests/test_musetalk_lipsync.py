@@ -226,6 +226,9 @@ def test_without_the_weights_one_message_names_what_to_download(tmp_path) -> Non
     assert "musetalkV15/unet.pth" in message and "face-parse-bisent/79999_iter.pth" in message
     assert "AVATARBENCH_MUSETALK_DIR" in message and "\n" not in message
     assert not (tmp_path / "out.mp4").exists()
+    with pytest.raises(SetupError, match=r"face\.jpg is a file, not a folder\. MuseTalk v15: missing"):
+        run_lipsync(dataclasses.replace(config, musetalk_weights=str(FACE)), tmp_path / "out.mp4", _settings(tmp_path),
+                    device="cpu")  # fmt: skip
 
 
 def test_the_command_line_runs_it(weights, tmp_path) -> None:

@@ -227,9 +227,11 @@ class MuseTalkFiles:
     def describe_missing(self) -> str:
         """One line: every missing file, where it goes and where it comes from, and the other ways to point at them."""
         items = "; ".join(f"{p.places[0]} ({p.what}, {p.source(self.hub_repo)})" for p in self.missing)
+        a_file = f"{self.folder} is a file, not a folder. " if self.folder.is_file() else ""
         return (
-            f"MuseTalk {self.version}: missing {items}. Put them under {self.folder} in upstream's models/ layout, "
-            f"set {PREFIX}{SETTING} (or --musetalk-weights) to a folder laid out that way, or give --musetalk-weights "
+            f"{a_file}MuseTalk {self.version}: missing {items}. Put them under {self.folder} in upstream's models/ "
+            f"layout, set {PREFIX}{SETTING} (or --musetalk-weights) to a folder laid out that way, or give "
+            "--musetalk-weights "
             f"hf:{HUB_REPO} to download the Hub's files. {LICENCE}"
         )
 
