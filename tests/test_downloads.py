@@ -206,6 +206,24 @@ def test_offline_or_unreachable_says_what_to_place_where(
     assert "\n" not in str(unreachable.value) and "liveportrait/landmark.onnx" in str(unreachable.value)
 
 
+def test_an_hf_reference_not_cached_fails_at_once_offline_or_unreachable(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--checkpoint hf:OWNER/REPO/FILE` with no network waited out huggingface_hub's retries (about 26 s) before
+    its error; now one quick listing says the Hub is unreachable (and HF_HUB_OFFLINE is said at once)."""
+    import huggingface_hub.constants
+
+    from engine.core.weights import hub_download
+
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", f"http://127.0.0.1:{free_port()}")  # nobody there
+    with pytest.raises(WeightsError, match=r"wav2lip\.pth of someone/w2l is not in the Hub's local cache and the Hub "
+                                           "is unreachable"):  # fmt: skip
+        hub_download("hf:someone/w2l/wav2lip.pth")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(WeightsError, match="is not in the Hub's local cache and HF_HUB_OFFLINE is set"):
+        hub_download("hf:someone/w2l/wav2lip.pth")
+
+
 def test_either_http_clients_failures_are_network_failures() -> None:
     """huggingface_hub 2 raises httpx2's errors and 1.x httpx's; both must become the one-line message above. (The
     test above drives the pinned library; with huggingface_hub 1.33, as on a CUDA image, it passed too.)"""

@@ -373,6 +373,31 @@ def _network_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
+def fetch_file(repo: str, filename: str) -> Path:
+    """One file of a Hub repository through huggingface_hub's cache: the cache first (offline too), then one quick
+    listing, so that an unreachable Hub is one line at once rather than after huggingface_hub's retries (about 26 s),
+    then the download. WeightsError says what went wrong."""
+    try:
+        from huggingface_hub import HfApi, hf_hub_download
+    except ImportError:
+        raise WeightsError("huggingface_hub is not installed; give a local path instead") from None
+    with contextlib.suppress(Exception):  # not cached (LocalEntryNotFoundError), or no usable cache
+        return Path(hf_hub_download(repo, filename, local_files_only=True))
+    where = f"{filename} of {repo} is not in the Hub's local cache"
+    if hub_offline():
+        raise WeightsError(f"{where} and HF_HUB_OFFLINE is set; download it or give a local path")
+    try:
+        HfApi().model_info(repo, timeout=LIST_TIMEOUT_S)
+    except _network_errors() as exc:
+        raise WeightsError(f"{where} and the Hub is unreachable ({_reason(exc)}); give a local path") from None
+    except Exception:  # gated, private, not found: the download says which, with the token it uses
+        pass
+    try:
+        return Path(hf_hub_download(repo, filename))
+    except Exception as exc:  # 404, gated, refused, the disk...
+        raise WeightsError(f"could not fetch {filename} from {repo}: {_reason(exc)}") from None
+
+
 def _info(source: Source, share: Share, settings: Settings, repo: str, endpoint: str, main: bool) -> Any:
     """One share's listing at one commit; every failure is one line that says what to do (the main repository is the
     user's choice, the others are the set's own)."""

@@ -49,17 +49,9 @@ def hub_download(reference: str) -> Path:
     parts = reference.removeprefix("hf:").strip("/").split("/")
     if len(parts) < 3:
         raise WeightsError(f"{reference!r} is not hf:OWNER/REPO/PATH/TO/FILE")
-    repo_id, filename = "/".join(parts[:2]), "/".join(parts[2:])
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
-        raise WeightsError(f"{reference} is not cached and HF_HUB_OFFLINE is set; download it or give a local path")
-    try:
-        from huggingface_hub import hf_hub_download
-    except ImportError:
-        raise WeightsError("huggingface_hub is not installed; give a local path instead") from None
-    try:
-        return Path(hf_hub_download(repo_id=repo_id, filename=filename))
-    except Exception as exc:  # offline, 404, gated repo...
-        raise WeightsError(f"could not fetch {reference}: {exc}") from None
+    from engine.core.hub import fetch_file  # here: hub.py builds on this module
+
+    return fetch_file("/".join(parts[:2]), "/".join(parts[2:]))
 
 
 def resolve(model: ModelFile, settings: Settings, explicit: str | os.PathLike | None = None) -> Path | None:

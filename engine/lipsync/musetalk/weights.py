@@ -264,13 +264,9 @@ def _from_hub(part: Part, hub_repo: str, download: bool) -> Path | None:
     except ImportError:
         return None
     if download:
-        try:
-            return Path(hf_hub_download(repo, part.repo_path))
-        except Exception as exc:  # offline, 404, gated, refused...
-            reason = " ".join(str(exc).split())[:200]  # one line: the Hub's errors span several
-            raise WeightsError(
-                f"could not fetch {part.repo_path} from {repo}: {type(exc).__name__}: {reason}"
-            ) from None
+        from engine.core.hub import fetch_file
+
+        return fetch_file(repo, part.repo_path)
     for name in _repo_names(part):
         try:
             return Path(hf_hub_download(repo, name, local_files_only=True))
