@@ -21,7 +21,7 @@ from engine.bench.sweep import BenchPoint, SweepConfig, grid, preset, rows_to_cs
 from engine.bench.workloads import builtin_model, count_flops
 from engine.core.settings import load_settings
 from engine.jobs.broker import Broker
-from engine.jobs.store import CPU, DONE, JobStore, StoreError
+from engine.jobs.store import CANCELLED, CPU, DONE, JobStore, StoreError
 from engine.jobs.worker import WorkerContext, run_job
 
 
@@ -206,6 +206,40 @@ def test_jobs_round_trip_and_imports(tmp_path: Path) -> None:
     assert jobs.store.claim_next("imported") is None  # imported reports are done, never claimed
     with pytest.raises(StoreError, match="no stored file"):  # another user cannot sweep this upload
         jobs.submit(SweepRequest.build({"model": f"onnx:{sha}", "points": points}), "someone else")
+
+
+class _Killed(BaseException):
+    """What the broker's SIGKILL is to a worker: nothing after it runs in the process."""
+
+
+def test_a_sweep_stopped_on_the_way_keeps_the_configurations_it_finished(tmp_path: Path, monkeypatch) -> None:
+    """A sweep cancelled or out of time lost every row it had measured (they lived in the worker until its end);
+    each row is now stored as it is measured, and the stopped job's result is the report of those."""
+    jobs = _jobs(tmp_path)
+    points = json.dumps([{"runtime": "ort-cpu", "batch": b, "device": "cpu"} for b in (1, 2, 4)])
+    job = jobs.submit(SweepRequest.build({"model": "wav2lip", "points": points, "runs": 2, "warmup": 0}), OWNER)
+    real = bench._measure
+
+    def killed_at_the_third(ctx, point, row) -> None:
+        if point.batch == 4:
+            assert jobs.status(job.id, OWNER)["measured"] == 2  # stored while it runs
+            raise _Killed
+        real(ctx, point, row)
+
+    monkeypatch.setattr(bench, "_measure", killed_at_the_third)
+    with pytest.raises(_Killed):
+        run_job(jobs.store.claim_next(CPU), WorkerContext(jobs.store, jobs.settings, CPU), HANDLERS)
+    jobs.store.fail(job.id, "cancelled by its owner while it ran", CANCELLED)  # as the broker does once it killed it
+    result = jobs.result(job.id, OWNER)
+    report = result["report"]
+    assert (result["status"], result["measured"], result["points"]) == (CANCELLED, 2, 3)
+    assert [r["batch"] for r in report["results"]] == [1, 2] and report["results"][1]["speedup"] > 0
+    assert report["notes"][0] == f"{bench.PARTIAL_NOTE}: 2 of 3 configurations measured"
+    monkeypatch.setattr(bench, "_measure", real)
+    whole = jobs.submit(SweepRequest.build({"model": "wav2lip", "points": points, "runs": 2, "warmup": 0}), OWNER)
+    run_job(jobs.store.claim_next(CPU), WorkerContext(jobs.store, jobs.settings, CPU), HANDLERS)
+    finished = jobs.result(whole.id, OWNER)
+    assert finished["measured"] == 3 and not any(bench.PARTIAL_NOTE in n for n in finished["report"]["notes"])
 
 
 def test_job_refusals(tmp_path: Path) -> None:

@@ -347,3 +347,38 @@ def test_the_cost_table_and_network_plan_with_no_finished_sweep_open(tmp_path: P
                 handler["price_configuration"](job, "cpu eager fp32 b1", 1, request)
         plan = handler["fit_form"]("H100", "wav2lip", "fp16", 0.9, 0, 0, "deadbeef0000", request)
         assert "largest batch under 0.9 of" in plan and "at fp16 (estimate: " in plan
+
+
+def test_a_stopped_sweep_shows_the_configurations_it_finished(tmp_path: Path, model) -> None:
+    """The bench tab renders a cancelled or failed sweep's stored rows (and says so); one that stopped before its
+    first configuration leaves the outputs empty."""
+    from engine.bench.jobs import BenchJobs
+    from engine.core.settings import load_settings
+    from engine.jobs.broker import Broker
+    from engine.jobs.store import CANCELLED, CPU, FAILED, JobStore
+    from ui.bench import build_bench_tab
+    from ui.jobs import Access
+
+    settings = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path / "data")})
+    settings.ensure_dirs()
+    request = SimpleNamespace(username=None, session_hash="s1", cookies={})
+    owner = Access().owner(request)
+    with JobStore(settings.db_path, settings.data_dir / "blobs") as store, gr.Blocks() as demo:
+        jobs = BenchJobs(Broker(store, {"bench": "engine.bench.jobs:handle"}, {CPU: 1}), settings)  # never started
+        build_bench_tab(settings, jobs, Access())
+        sweep = SweepRequest.build({"device": "cpu", "batch": "1,2"})
+        stopped, empty = jobs.submit(sweep, owner), jobs.submit(sweep, owner)
+        assert store.claim_next(CPU).id == stopped.id  # the other stops before it starts
+        path, info = model
+        config = SweepConfig("mlp", [BenchPoint("ort-cpu", "fp32", 1, "cpu")], runs=2, warmup=0)
+        partial = run_sweep(config, onnx_model(path, "mlp", info), None)
+        partial["notes"].insert(0, f"{sweep_module.PARTIAL_NOTE}: 1 of 2 configurations measured")
+        store.save_partial(stopped.id, partial)
+        store.fail(stopped.id, "cancelled by its owner while it ran", CANCELLED)
+        store.fail(empty.id, "the sweep ran past its time limit", FAILED)
+        poll = next(fn.fn for fn in demo.fns.values() if fn.name == "poll")
+        status, _, summary, table, *_ = poll(stopped.id, request)
+        assert "cancelled by its owner" in status and "The 1 configuration(s) it finished are below" in status
+        assert "1 of 2 configurations measured" in summary and len(table["value"]["data"]) == 1
+        status, _, summary, table, *_ = poll(empty.id, request)
+        assert "time limit" in status and "finished are below" not in status and summary is None and table is None

@@ -168,6 +168,33 @@ def test_onnx_eval(tmp_path: Path) -> None:
     assert "failed:" in proc.stdout and str(tmp_path / "data") not in proc.stdout + proc.stderr
 
 
+def test_an_interrupted_bench_writes_the_configurations_it_finished(tmp_path: Path, monkeypatch, capsys) -> None:
+    """Ctrl-C (or SIGTERM) in the middle of a long sweep threw away every row it had measured."""
+    import engine.bench.sweep as sweep
+    import engine.core.memory
+    from engine.cli import EXIT_INTERRUPTED, main
+
+    monkeypatch.setattr(engine.core.memory, "keep_freed_memory", lambda env=None: False)  # see the test below
+    monkeypatch.setenv("AVATARBENCH_DATA_DIR", str(tmp_path / "data"))
+    real = sweep._measure
+
+    def interrupted_at_the_third(ctx, point, row) -> None:
+        if point.batch == 4:
+            raise KeyboardInterrupt
+        real(ctx, point, row)
+
+    monkeypatch.setattr(sweep, "_measure", interrupted_at_the_third)
+    report, table = tmp_path / "report.json", tmp_path / "rows.csv"
+    args = ["bench", "--model", str(_matmul(tmp_path / "mm.onnx")), "--runtime", "ort-cpu", "--batch", "1,2,4",
+            "--runs", "2", "--quiet", "--json", str(report), "--csv", str(table)]  # fmt: skip
+    assert main(args) == EXIT_INTERRUPTED
+    out, err = capsys.readouterr()
+    assert "avatarbench: interrupted" in err and "2 of 3 configurations measured" in out
+    written = json.loads(report.read_text())
+    assert [r["batch"] for r in written["results"]] == [1, 2] and written["command"].startswith("avatarbench")
+    assert len(table.read_text().splitlines()) == 3  # the header and the two rows
+
+
 def test_a_provider_that_fell_back_fails_the_measuring_commands(tmp_path: Path, monkeypatch, capsys) -> None:
     """onnx eval and bench write their report, then exit 3 when a provider they were asked for did not load: the
     rows marked fell_back measure another provider, and a script must not take them for the one it asked for."""

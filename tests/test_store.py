@@ -285,9 +285,11 @@ def test_requeue_puts_a_running_job_back_at_its_place(store: JobStore) -> None:
     second = store.submit("bench", {}, "cpu")
     assert store.claim_next("cpu", worker=7).id == first.id
     store.update_progress(first.id, 0.5, "half")
+    store.save_partial(first.id, {"results": [1]})
     store.requeue(first.id)
     again = store.get(first.id)
     assert (again.status, again.worker, again.started, again.progress, again.position) == (QUEUED, None, None, 0, 1)
+    assert again.result is None  # it starts over: what it had made is not its result
     assert store.claim_next("cpu").id == first.id and store.get(second.id).position == 1
 
 
@@ -359,3 +361,19 @@ def refuse(job: Job, progress: Callable[[float, str], None], context) -> dict:
 
 def opaque(job: Job, progress: Callable[[float, str], None], context) -> dict:
     return {"x": object()}
+
+
+def test_a_partial_result_stays_with_a_job_stopped_on_the_way(store: JobStore) -> None:
+    job = store.submit("bench", {}, "cpu")
+    store.save_partial(job.id, {"results": [1]})  # not running yet: nothing to keep
+    assert store.get(job.id).result is None
+    store.claim_next("cpu", worker=7)
+    store.save_partial(job.id, {"results": [1]})
+    store.save_partial(job.id, {"results": [1, 2]})
+    assert store.fail(job.id, "cancelled by its owner while it ran", CANCELLED)
+    ended = store.get(job.id)
+    assert (ended.status, ended.result) == (CANCELLED, {"results": [1, 2]})
+    store.save_partial(job.id, {"results": [1, 2, 3]})  # a late write does not touch an ended job
+    assert store.get(job.id).result == {"results": [1, 2]}
+    with pytest.raises(StoreError, match="must be a dict"):
+        store.save_partial(job.id, [1])  # type: ignore[arg-type]

@@ -66,7 +66,8 @@ def _status_text(s: dict) -> str:
     if s["status"] == "running":
         return f"{head} · {s['progress'] * 100:.0f}% · {s['progress_label']}"
     if s["status"] in (FAILED, CANCELLED):
-        return f"{head}\n\n❌ {s['error']}"
+        kept = f"\n\nThe {s['measured']} configuration(s) it finished are below." if s.get("measured") else ""
+        return f"{head}\n\n❌ {s['error']}{kept}"
     return f"{head} · finished {when(s['finished'])}"
 
 
@@ -201,9 +202,12 @@ def build_bench_tab(settings: Any, jobs: BenchJobs, access: Access) -> None:
             job = jobs.submit(request_, access.owner(request))
         return job.id, _status_text(jobs.status(job.id, access.reader(request))), gr.Timer(active=True)
 
-    def render(job: str, reader: str | None) -> tuple[Any, ...]:
+    def render(job: str, reader: str | None) -> tuple[Any, ...] | None:
+        """The sweep's report, or the rows a stopped sweep finished; None where it finished none."""
         result = jobs.result(job, reader)
         report = result["report"]
+        if not report:
+            return None
         out = Path(settings.outputs_dir)
         (out / f"bench-{job}.json").write_text(json.dumps(report, indent=2) + "\n")
         (out / f"bench-{job}.csv").write_text(rows_to_csv(report))
@@ -223,7 +227,7 @@ def build_bench_tab(settings: Any, jobs: BenchJobs, access: Access) -> None:
 
     outputs = [summary, table_view, speedup_plot, throughput_plot, memory_plot, telemetry_plot, spread, json_file]
     outputs += [csv_file, cost_config]
-    poll = job_poller(jobs.status, _status_text, render, len(outputs), "No sweep yet.", access)
+    poll = job_poller(jobs.status, _status_text, render, len(outputs), "No sweep yet.", access, stopped_too=True)
 
     def history_rows(request: gr.Request) -> list[list]:
         return [
@@ -257,7 +261,8 @@ def build_bench_tab(settings: Any, jobs: BenchJobs, access: Access) -> None:
         return PriceBook.load(prices_path, own), own
 
     def open_report(job: str | None, request: gr.Request, what: str) -> dict[str, Any] | None:
-        """The report of the sweep open in this tab: None while it has none (queued, running, cancelled, failed)."""
+        """The report of the sweep open in this tab (a stopped one's: the configurations it finished); None while
+        it has none."""
         if not job:
             return None
         with reported(what):

@@ -228,11 +228,13 @@ def job_poller(
     empty: str,
     access: Any,
     kept: int = 0,
+    stopped_too: bool = False,
 ) -> Callable[[str | None, gr.Request], tuple[Any, ...]]:
     """A gr.Timer handler: (status text, the timer's next state, *outputs), for the asking owner's job only. The
     outputs are rendered once, when the job is done, and empty until then (an earlier job's results never stand
     under a new job's status), but for the last `kept`, which other buttons fill too (the ONNX tab's inspection);
-    the timer stops when the job has ended."""
+    the timer stops when the job has ended. `stopped_too`: a failed or cancelled job is rendered as well (its
+    result holds what it finished; `render` returns None where it holds nothing)."""
     blank = tuple(gr.update() for _ in range(outputs))
     # plain values: an update would make Gradio rebuild each component every tick
     cleared = (None,) * (outputs - kept) + blank[outputs - kept :]
@@ -245,8 +247,8 @@ def job_poller(
             state = status(job, reader)
         except StoreError as exc:
             return (str(exc), gr.Timer(active=False), *blank)
-        if state["status"] == DONE:
-            return (describe(state), gr.Timer(active=False), *render(job, reader))
-        return (describe(state), gr.Timer(active=state["status"] not in FINISHED), *cleared)
+        ended = state["status"] in FINISHED
+        shown = render(job, reader) if state["status"] == DONE or (ended and stopped_too) else None
+        return (describe(state), gr.Timer(active=not ended), *(cleared if shown is None else shown))
 
     return poll

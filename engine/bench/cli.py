@@ -51,7 +51,7 @@ def _model(name: str, cache_dir: Path) -> Iterator[Any]:
 def _bench(args: argparse.Namespace) -> int:
     import torch
 
-    from engine.bench.sweep import rows_to_csv, run_sweep
+    from engine.bench.sweep import run_sweep
     from engine.core.device import DeviceError, cuda_unavailable_reason, resolve_device
     from engine.core.memory import keep_freed_memory
     from engine.core.progress import ProgressBar
@@ -65,16 +65,33 @@ def _bench(args: argparse.Namespace) -> int:
     if not has_gpu and any(point.device == "cuda" for point in config.points):  # before the model is built
         raise DeviceError(f"the sweep asks for cuda, but {cuda_unavailable_reason()}; use --device cpu")
     gpu = str(resolve_device("cuda").device) if has_gpu else None
-    with _model(request.model, settings.cache_dir) as model, ProgressBar(args.quiet) as bar:
-        report = run_sweep(config, model, gpu, bar, settings.gpu_memory_fraction)
-    report.update(command=command_line("avatarbench"), label=args.label, note=args.note)
-    _print_sweep(report)  # first: a report that cannot be written still leaves the table on the screen
-    write_json(args.json, strict_json(report))
-    write_output(args.csv, rows_to_csv(report), "--csv")
+    so_far: list[dict[str, Any]] = []  # the report of the configurations measured so far
+
+    def keep(partial: dict[str, Any]) -> None:
+        so_far[:] = [partial]
+
+    try:
+        with _model(request.model, settings.cache_dir) as model, ProgressBar(args.quiet) as bar:
+            report = run_sweep(config, model, gpu, bar, settings.gpu_memory_fraction, keep)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: what was measured is shown and written, then the run stops
+        if so_far:
+            _report_out(so_far[0], args)
+        raise
+    _report_out(report, args)
     if any(r["status"] == "error" for r in report["results"]):
         return 1
     refuse_fallbacks([f"{r['label']} ran on {r['ran_on']}" for r in report["results"] if r.get("fell_back")])
     return 0
+
+
+def _report_out(report: dict[str, Any], args: argparse.Namespace) -> None:
+    """The report on the screen first (one that cannot be written still leaves the table there), then its files."""
+    from engine.bench.sweep import rows_to_csv
+
+    report.update(command=command_line("avatarbench"), label=args.label, note=args.note)
+    _print_sweep(report)
+    write_json(args.json, strict_json(report))
+    write_output(args.csv, rows_to_csv(report), "--csv")
 
 
 def _bench_flags(parser: argparse.ArgumentParser) -> None:

@@ -86,25 +86,31 @@ class BenchJobs(JobKind):
             "model": sweep.get("model"),
             "preset": sweep.get("preset"),
             "points": len(sweep.get("points", [])),
+            "measured": len((job.result or {}).get("results") or []),  # fewer than points: it stopped on the way
             "machine": gpu.get("name") or (f"CPU, {machine.get('cpu_count')} cores" if machine else None),
             "imported": bool(job.settings.get("imported")),
         }
 
 
 def handle(job: Job, progress: Progress, context: WorkerContext) -> dict[str, Any]:
-    """The worker's handler: the sweep on this worker's device."""
+    """The worker's handler: the sweep on this worker's device, its rows stored as they are measured (a sweep
+    cancelled or out of time ends with the configurations it finished)."""
     config = SweepConfig.from_dict(job.settings["sweep"])
     device = job.device if job.device != CPU else None
     settings = context.settings
+
+    def partial(report: dict[str, Any]) -> None:
+        context.store.save_partial(job.id, report)
+
     if not config.model.startswith("onnx:"):
         model = builtin_model(config.model, settings.cache_dir)
-        return run_sweep(config, model, device, progress, settings.gpu_memory_fraction)
+        return run_sweep(config, model, device, progress, settings.gpu_memory_fraction, partial)
     sha = config.model.removeprefix("onnx:")
     settings.ensure_dirs()
     with tempfile.TemporaryDirectory(prefix="bench-", dir=settings.cache_dir) as work:
         path = prepare_model(context.store.blob_path(sha), work, Limits())
         model = onnx_model(path, f"onnx:{sha[:12]}", inspect_model(path, sha256=sha))
-        return run_sweep(config, model, device, progress, settings.gpu_memory_fraction)
+        return run_sweep(config, model, device, progress, settings.gpu_memory_fraction, partial)
 
 
 MAX_REPORT_BYTES = 8 * 2**20

@@ -41,6 +41,7 @@ CPU_BATCH_DIVISOR = 64  # GPU presets on a machine without one: the same ladder 
 DEFAULT_RUNS, DEFAULT_WARMUP = 20, 3  # what empty runs and warmup mean on the GPU
 RANDOM_WEIGHTS_NOTE = "random-initialised weights (seeded): speed and memory do not depend on trained values"
 OWN_WEIGHTS_NOTE = "the model's own weights, fed seeded synthetic inputs"
+PARTIAL_NOTE = "the sweep stopped before its end"
 
 Progress = Callable[[float, str], Any]
 
@@ -415,7 +416,7 @@ def _empty_row(point: BenchPoint) -> dict[str, Any]:
 
 
 def _finish(rows: list[dict[str, Any]], ctx: _Context) -> None:
-    base = rows[ctx.config.baseline] if rows else None
+    base = rows[ctx.config.baseline] if ctx.config.baseline < len(rows) else None  # a stopped sweep may lack it
     base_rate = base["samples_per_s"] if base and base["status"] == "ok" else None
     for row in rows:
         rate = row["samples_per_s"]
@@ -465,9 +466,12 @@ def run_sweep(
     gpu_device: str | None,
     progress: Progress | None = None,
     memory_fraction: float = 0.9,
+    partial: Callable[[dict[str, Any]], Any] | None = None,
 ) -> dict[str, Any]:
     """Measure every point; the report (JSON-ready). Points asking for the GPU on a machine without one are
-    recorded as errors, not silently run on the CPU. Each point's measurement window samples for itself."""
+    recorded as errors, not silently run on the CPU. Each point's measurement window samples for itself.
+    `partial(report)` gets the report of the points measured so far after each one (but the last), so that a sweep
+    stopped on the way (cancelled, out of time, interrupted) keeps what it measured."""
     config.validate()
     tell = progress or (lambda f, label: None)
     gpu = None
@@ -483,7 +487,7 @@ def run_sweep(
     make_inputs = model.torch_inputs if model.has_torch else model.numpy_inputs
     base = make_inputs(REFERENCE_SAMPLES)  # type: ignore[misc]
     ctx = _Context(model, config, gpu_device, gpu, memory_fraction, flops, base_inputs=base)
-    rows, own = [], _own_precision(model)
+    rows, own, host = [], _own_precision(model), machine(gpu_device)
     for i, point in enumerate(config.points):
         tell(i / len(config.points), f"{i + 1}/{len(config.points)}: {point.label}")
         row = _empty_row(replace(point, precision=own) if own and point.precision == "fp32" else point)
@@ -504,17 +508,28 @@ def run_sweep(
 
                     release_cached_memory()
         rows.append(row)
-    _finish(rows, ctx)
+        if partial is not None and len(rows) < len(config.points):
+            partial(_report(ctx, [dict(r) for r in rows], host, own))
     tell(1.0, "done")
+    return _report(ctx, rows, host, own)
+
+
+def _report(ctx: _Context, rows: list[dict[str, Any]], host: dict[str, Any], own: str | None) -> dict[str, Any]:
+    """The report of the measured rows (speed-ups and TFLOP/s filled in); one with fewer rows than the sweep has
+    points says in its notes where it stopped."""
+    config, model = ctx.config, ctx.model
+    _finish(rows, ctx)
     chosen = [(r["label"], r["warmup"], r["runs"]) for r in rows if r["device"] == "cpu" and r["runs"] is not None]
     auto = bool(chosen) and (config.runs is None or config.warmup is None)
+    stopped = len(rows) < len(config.points)
     return {
-        "model": {"name": model.name, "title": model.title, "flops_per_sample": flops},
+        "model": {"name": model.name, "title": model.title, "flops_per_sample": ctx.flops},
         "config": config.to_dict(),
-        "machine": machine(gpu_device),
-        "gpu": gpu.to_dict() if gpu else None,
+        "machine": host,
+        "gpu": ctx.gpu.to_dict() if ctx.gpu else None,
         "results": rows,
         "notes": [
+            *([f"{PARTIAL_NOTE}: {len(rows)} of {len(config.points)} configurations measured"] if stopped else []),
             *config.notes,
             *([auto_runs_note(chosen)] if auto else []),
             RANDOM_WEIGHTS_NOTE if model.has_torch else OWN_WEIGHTS_NOTE,

@@ -455,6 +455,13 @@ class JobStore:
             (fraction, str(label), job_id, RUNNING),
         )
 
+    def save_partial(self, job_id: str, result: dict) -> None:
+        """What a running job has made so far, as its result: a job stopped on the way (cancelled, out of time, its
+        worker gone) ends with it rather than with nothing; `finish` replaces it."""
+        if not isinstance(result, dict):
+            raise StoreError(f"a job result must be a dict, not {type(result).__name__}")
+        self._write("UPDATE jobs SET result = ? WHERE id = ? AND status = ?", (_dumps(result), job_id, RUNNING))
+
     def finish(self, job_id: str, result: dict) -> None:
         """A running job's result (a job that was cancelled or failed meanwhile keeps that state)."""
         if not isinstance(result, dict):
@@ -469,7 +476,8 @@ class JobStore:
     def requeue(self, job_id: str) -> None:
         """Put a running job back at its place in the queue (its worker was stopped for another job's sake)."""
         self._write(
-            "UPDATE jobs SET status = ?, started = NULL, worker = NULL, progress = 0, progress_label = '' "
+            "UPDATE jobs SET status = ?, started = NULL, worker = NULL, progress = 0, progress_label = '', "
+            "result = NULL "
             "WHERE id = ? AND status = ?",
             (QUEUED, job_id, RUNNING),
         )
