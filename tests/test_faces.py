@@ -375,6 +375,39 @@ def test_tracker_holds_the_box_through_short_gaps_then_passes_through() -> None:
     assert tracker.update(_det(400, 50, 500, 180), SHAPE).box == (400, 50, 500, 180)
 
 
+def test_a_scene_cut_ends_the_hold_over() -> None:
+    """A cut to a shot without a face got the last shot's box, and a pasted mouth, for up to max_gap frames; a new
+    shot's face starts a fresh track."""
+    tracker = FaceTracker(pads=(0, 0, 0, 0), max_gap=6)
+    tracker.update(_det(100, 100, 220, 250), SHAPE)
+    assert tracker.update(NONE, SHAPE).box == (100, 100, 220, 250)  # a missed detection in the same shot: held
+    tracks = [tracker.update(NONE, SHAPE, cut=i == 0) for i in range(3)]
+    assert [t.box for t in tracks] == [None] * 3 and tracker.missed == 4  # nothing held past the cut
+    tracker.update(_det(100, 100, 220, 250), SHAPE)
+    assert tracker.update(_det(104, 100, 224, 250), SHAPE, cut=True).box == (104, 100, 224, 250)  # not smoothed
+    assert FaceTracker(fixed_box=(0, 0, 50, 50)).update(NONE, SHAPE, cut=True).box == (0, 0, 50, 50)
+
+
+def test_scene_cuts_are_changes_of_shot_not_motion() -> None:
+    from engine.core.media import read_frames
+    from engine.faces.tracking import CUT_THRESHOLD, SceneCuts, thumbnail
+
+    for clip in ("face-video.mp4", "driving.mp4", "driving-hopper.mp4"):  # heads that sway, nod, come closer
+        cuts = SceneCuts()
+        assert not any(cuts(frame) for frame in read_frames(ROOT / "assets" / clip)), clip
+    face, hopper = cv2.imread(str(ROOT / "assets/face.jpg")), cv2.imread(str(ROOT / "assets/hopper.jpg"))
+    cuts = SceneCuts()
+    assert [cuts(f) for f in (face, face, cv2.add(face, 15), hopper, np.full_like(face, 90), face[:, ::-1])] == [
+        False, False, False, True, True, True,
+    ]  # fmt: skip
+    grey = cv2.cvtColor(face, cv2.COLOR_BGR2GRAY)
+    assert (
+        thumbnail(grey).shape == thumbnail(face).shape == (32, 32)
+        and thumbnail(np.zeros((1, 1, 3), np.uint8))[0, 0] == 0
+    )
+    assert float(np.abs(thumbnail(face) - thumbnail(grey)).mean()) < CUT_THRESHOLD / 10
+
+
 def test_tracker_fixed_box_overrides_detection() -> None:
     tracker = FaceTracker(fixed_box=(-10, 5, 700, 100))
     for dets in (_det(100, 100, 220, 250), NONE):

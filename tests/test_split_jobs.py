@@ -209,6 +209,23 @@ def test_segment_ranges_start_on_batches_and_cover_every_frame() -> None:
         assert all(prev[1] == nxt[0] for prev, nxt in itertools.pairwise(ranges))
 
 
+def test_segments_find_the_scene_cuts_the_unsplit_run_finds(media: dict[str, Path], data: Path) -> None:
+    """A cut on a segment's first frame is seen by comparing it with the last frame the segment before measured."""
+    from engine.faces.tracking import SceneCuts
+    from engine.lipsync.pipeline import LipSyncSegments, _split_cuts
+
+    config = LipSyncConfig(media["face"], media["speech"], engine="baseline")
+    frames = _frames(media["face"])
+    run = LipSyncSegments(config, _settings(data))
+    count = run.setup(lambda f, label: None)["frames"]
+    cuts = SceneCuts()
+    whole = [cuts(frames[i % len(frames)]) for i in range(count)]  # the video loops under longer speech
+    assert [i for i, cut in enumerate(whole) if cut][:2] == [13, 19]  # into the blank span and out of it
+    for ranges in ([(0, count)], [(0, 13), (13, count)], [(0, 19), (19, 20), (20, count)], segment_ranges(count, 4, 1)):
+        measured = [run.measure(a, b, lambda f, label: None) for a, b in ranges]
+        assert list(_split_cuts(measured)) == whole, ranges
+
+
 def test_a_failing_segment_fails_its_job_with_the_reason(media: dict[str, Path], data: Path, tmp_path: Path) -> None:
     """The second GPU's worker runs on a card that is not there: its segment fails, and so does the job, saying so."""
     store = JobStore(tmp_path / "jobs.db", tmp_path / "blobs")

@@ -1,11 +1,12 @@
 """From per-frame detections to the one box per frame the lip-sync model crops: the largest face, Wav2Lip's
 ``--pads``, a smoothing filter that steadies a static face without lagging a moving one, and a bounded hold-over
-of the last box through short detection gaps."""
+of the last box through short detection gaps that ends at a scene cut (a new shot holds no box of the last)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from engine.faces.detection import FaceError, largest
@@ -74,6 +75,35 @@ def check_fixed_box(box: tuple[int, ...], width: int, height: int) -> None:
         )
 
 
+THUMB_SIDE = 32  # consecutive frames are compared as grey thumbnails this many pixels a side
+CUT_THRESHOLD = 30.0  # mean grey-level change between consecutive thumbnails (0..255) that is a new shot
+
+
+def thumbnail(frame: np.ndarray) -> np.ndarray:
+    """A frame's THUMB_SIDE² grey thumbnail (float32, 0..255): every 4th pixel, area-averaged. Camera noise and
+    small motion average out; a change of shot does not."""
+    small = cv2.resize(np.ascontiguousarray(frame[::4, ::4]), (THUMB_SIDE, THUMB_SIDE), interpolation=cv2.INTER_AREA)
+    small = small.astype(np.float32)
+    return small.mean(axis=2) if small.ndim == 3 else small
+
+
+def is_cut(before: np.ndarray | None, after: np.ndarray) -> bool:
+    """Whether the frame of thumbnail `after` starts a new shot after the frame of `before` (None: the first)."""
+    return before is not None and float(np.abs(after - before).mean()) > CUT_THRESHOLD
+
+
+class SceneCuts:
+    """Fed a clip's frames in order, says of each whether it starts a new shot (the first frame does not)."""
+
+    def __init__(self) -> None:
+        self.last: np.ndarray | None = None
+
+    def __call__(self, frame: np.ndarray) -> bool:
+        thumb = thumbnail(frame)
+        cut, self.last = is_cut(self.last, thumb), thumb
+        return cut
+
+
 class FaceTracker:
     """One box per frame from per-frame detections: largest face, pads, smoothing, short-gap hold-over.
 
@@ -105,9 +135,15 @@ class FaceTracker:
         self._last: tuple[int, int, int, int] | None = None
         self._gap = 0
 
-    def update(self, detections: np.ndarray, frame_shape: tuple[int, ...]) -> FaceTrack:
+    def update(self, detections: np.ndarray, frame_shape: tuple[int, ...], cut: bool = False) -> FaceTrack:
+        """The frame's box; `cut`: the frame starts a new shot (SceneCuts), so the last shot's box is not held over
+        into it (a mouth was pasted onto whatever the new shot showed there for up to max_gap frames) and its face
+        starts a fresh track."""
         if self.fixed_box is not None:
             return FaceTrack(_pad_and_clip(np.asarray(self.fixed_box, float), (0, 0, 0, 0), frame_shape), True)
+        if cut:
+            self._last = None
+            self._smoother.reset()
         face = largest(detections)
         box = None
         if face is not None:
@@ -120,7 +156,8 @@ class FaceTracker:
         return self._carry_over()
 
     def _carry_over(self) -> FaceTrack:
-        """No face this frame: keep the last box for up to max_gap frames, then pass frames through."""
+        """No face this frame: keep the last box for up to max_gap frames of the same shot, then pass frames
+        through."""
         self.missed += 1
         self._gap += 1
         if self._last is not None and self._gap <= self.max_gap:

@@ -54,7 +54,7 @@ from engine.core.results import RunResult
 from engine.core.settings import Settings, get_settings
 from engine.core.weights import S3FD, WAV2LIP, WeightsError, resolve, where_to_put
 from engine.faces.detection import FaceDetector, make_detector
-from engine.faces.tracking import FaceTracker, check_fixed_box
+from engine.faces.tracking import THUMB_SIDE, FaceTracker, SceneCuts, check_fixed_box, is_cut, thumbnail
 from engine.lipsync.config import LipSyncConfig, LipSyncError, precision_summary
 from engine.lipsync.engines import BaselineEngine, Generator, Wav2LipEngine, auto_batch_size, default_precision
 from engine.lipsync.paste import Box, crop, first_row_read, paste
@@ -378,13 +378,15 @@ def run_lipsync(
                          stream_to=live)  # fmt: skip
     encoder = _Encoder(writer, result)
     batches = _detected(_batched(run.frames(), run.batch_size, result), run.detector, still, result)
+    cuts = SceneCuts()
     done = 0
     started = time.perf_counter()
     try:
         # Decoding and detection run ahead in one thread (one batch queued), encoding behind in another, while
         # this thread tracks, generates and pastes: the stages overlap.
         for frames, detections in _background(batches, 1, "decode-detect"):
-            tracks = [tracker.update(d, f.shape) for d, f in zip(detections, frames, strict=True)]
+            shots = [not still and cuts(f) for f in frames]  # a still image has one shot
+            tracks = [tracker.update(d, f.shape, c) for d, f, c in zip(detections, frames, shots, strict=True)]
             if still and all(t.box is None for t in tracks):
                 raise _no_face(config, tracker, count, still)
             encoder.put(_synthesised(run, frames, [t.box for t in tracks], done))
@@ -439,7 +441,8 @@ def _synthesised(run: _Prepared, frames: list[np.ndarray], boxes: list[Box | Non
 class LipSyncSegments:
     """A lip-sync job split into time segments (engine/jobs/split.py), equal frame for frame to the unsplit run.
 
-    Segments measure their frames' face detections (batch by batch, the unsplit run's batches); the parent runs the
+    Segments measure their frames' face detections (batch by batch, the unsplit run's batches) and scene cuts (their
+    first and last frames' thumbnails let the parent compare across segments); the parent runs the
     face tracker over all of them in order (its smoothing, padding and gap hold-over are causal, so only this pass
     knows each frame's box); each segment pastes with its boxes, first showing a causal generator (the baseline's
     lip-line steadiness) the face frames it saw before the segment. A still face or a fixed box needs no measuring.
@@ -473,13 +476,22 @@ class LipSyncSegments:
         run = self._ready()
         stop = run.count if stop is None else stop
         found: list[np.ndarray] = []
+        cuts, shots, first = SceneCuts(), [], None
         batches = _detected(
             _batched(run.frames(start, stop), run.batch_size, run.result), run.detector, False, run.result
         )
-        for _, detections in _background(batches, 1, "decode-detect"):
+        for frames, detections in _background(batches, 1, "decode-detect"):
             found += [np.asarray(d, np.float32).reshape(-1, 5) for d in detections]
+            shots += [cuts(f) for f in frames]
+            first = thumbnail(frames[0]) if first is None else first
             progress(len(found) / max(1, stop - start), f"faces in frame {start + len(found)}/{stop}")
-        return {"detections": np.concatenate(found or [np.zeros((0, 5), np.float32)]), "counts": _counts(found)}
+        edges = [first, cuts.last] if first is not None else []  # the plan compares them across segments
+        return {
+            "detections": np.concatenate(found or [np.zeros((0, 5), np.float32)]),
+            "counts": _counts(found),
+            "cuts": np.array(shots, bool),
+            "edges": np.array(edges, np.float32).reshape(-1, THUMB_SIDE, THUMB_SIDE),
+        }
 
     def plan(
         self, ranges: list[tuple[int, int | None]], measured: list[dict[str, np.ndarray] | None], progress: Progress
@@ -487,6 +499,7 @@ class LipSyncSegments:
         """Every frame's box from the tracker over the whole run, cut into segments (each with its context)."""
         run = self._ready()
         tracker, count, shape = run.tracker(), run.count, (run.size[1], run.size[0], 3)
+        cuts: Iterator[bool] = itertools.repeat(False, count)
         if self.config.box is not None:
             detections: Iterator[np.ndarray] = itertools.repeat(np.zeros((0, 5), np.float32), count)
         elif run.still:
@@ -494,11 +507,11 @@ class LipSyncSegments:
             with run.result.stage("detect", items=1):
                 detections = itertools.repeat(run.detector.detect([run.image])[0], count)
         else:
-            detections = _split_detections(measured)
+            detections, cuts = _split_detections(measured), _split_cuts(measured)
         boxes, detected = np.full((count, 4), -1, np.int32), np.zeros(count, bool)
         with run.result.stage("track", items=count):
-            for i, found in zip(range(count), detections, strict=False):
-                track = tracker.update(found, shape)
+            for i, found, cut in zip(range(count), detections, cuts, strict=False):
+                track = tracker.update(found, shape, cut)
                 detected[i] = track.detected
                 if track.box is not None:
                     boxes[i] = track.box
@@ -571,6 +584,19 @@ def _split_detections(measured: list[dict[str, np.ndarray] | None]) -> Iterator[
         rows = np.cumsum(np.concatenate([[0], part["counts"]]))
         for a, b in itertools.pairwise(rows):
             yield part["detections"][a:b]
+
+
+def _split_cuts(measured: list[dict[str, np.ndarray] | None]) -> Iterator[bool]:
+    """Whether each frame starts a new shot, in order, from the segments' measurements: a segment's first frame
+    against the one before it, which the segment before measured last (as the unsplit run compares them)."""
+    before = None
+    for part in measured:
+        assert part is not None, "every segment measures its frames' faces"
+        cuts, edges = part["cuts"].astype(bool), part["edges"]
+        if len(edges):
+            yield is_cut(before, edges[0])
+            yield from (bool(c) for c in cuts[1:])
+            before = edges[1]
 
 
 def _generate(
