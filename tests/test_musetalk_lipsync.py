@@ -17,7 +17,7 @@ from engine.core.audio import SAMPLE_RATE
 from engine.core.errors import SetupError
 from engine.core.media import VideoWriter, probe_video, read_frames
 from engine.core.settings import load_settings
-from engine.lipsync.config import LipSyncConfig
+from engine.lipsync.config import LipSyncConfig, LipSyncError
 from engine.lipsync.musetalk.audio import frame_count
 from engine.lipsync.musetalk.random_weights import write_random_weights
 from engine.lipsync.pipeline import run_lipsync
@@ -215,6 +215,30 @@ def test_a_video_shorter_than_the_speech_plays_forward_then_backward(weights, tm
     result = run_lipsync(config, tmp_path / "out.mp4", _settings(tmp_path), device="cpu")
     assert result.metrics["frames"] == 25 and len(list(read_frames(tmp_path / "out.mp4"))) == 25
     assert any("does not use --paste" in w for w in result.warnings)  # Wav2Lip's option, said and left
+
+
+def test_an_avatar_that_would_not_fit_in_memory_is_refused_before_the_networks_load(
+    weights, tmp_path, monkeypatch
+) -> None:
+    """An avatar keeps every frame it plays: a long high-resolution face video ended the process out of memory
+    once the networks were loaded."""
+    import engine.lipsync.musetalk.run as musetalk
+
+    video = _face_video(tmp_path / "face.mp4", 130)  # 512x512: 1.5 MiB a frame, twice while it is prepared
+    settings = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path / "data"), "AVATARBENCH_JOB_MEMORY_GB": "0.25"})
+    loads = []
+    monkeypatch.setattr(musetalk, "_load", lambda *a: loads.append(a) or pytest.fail("the networks were loaded"))
+    config = LipSyncConfig(face=video, audio=speech_file(tmp_path / "speech.wav", 5.0), engine="musetalk",
+                           musetalk_weights=str(weights), box=BOX)  # fmt: skip
+    message = r"avatar of 125 frames of 512x512 needs about 0\.18 GiB .* than the 0\.17 GiB .* shorter face"
+    with pytest.raises(LipSyncError, match=message):
+        run_lipsync(config, tmp_path / "out.mp4", settings, device="cpu")
+    with pytest.raises(LipSyncError, match="avatar of 130 frames of 512x512"):  # `avatarbench avatar`: all of it
+        musetalk.prepare_stored_avatar(config, settings, device="cpu")
+    monkeypatch.setattr(musetalk, "MEMORY_CHECK_FRAMES", 10)  # a header that states no length: checked as read
+    with pytest.raises(LipSyncError, match="avatar of 120 frames"):
+        musetalk._video_frames(config, settings, None)
+    assert len(musetalk._video_frames(config, settings, 100)) == 100 and not loads
 
 
 def test_without_the_weights_one_message_names_what_to_download(tmp_path) -> None:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 import torch
 
 from engine.core.audio import SAMPLE_RATE, audio_track, load_audio, loudness_warning
@@ -46,7 +47,7 @@ from engine.core.settings import Settings
 from engine.core.weights import S3FD, resolve
 from engine.faces.detection import FaceDetector, make_detector
 from engine.faces.tracking import check_fixed_box
-from engine.lipsync.config import LipSyncConfig
+from engine.lipsync.config import LipSyncConfig, LipSyncError
 from engine.lipsync.musetalk.accelerate import StepRunner, check_runtime, make_step
 from engine.lipsync.musetalk.audio import check_speech, feature_extractor, frame_count
 from engine.lipsync.musetalk.avatar import FIXED_BOX, LANDMARKS, PreparedAvatar, prepare_avatar
@@ -60,6 +61,8 @@ Progress = Callable[[float, str], None]
 IMAGE_FPS = 25.0
 NETWORKS = LruCache(1)  # one set: MuseTalk's networks hold about 1.7 GB in fp16
 STEPS = LruCache(1)  # their step runner (a compiled graph, CUDA graphs, an ONNX session), keyed by theirs
+AVATAR_COPIES, AVATAR_MEMORY_SHARE = 2, 0.7  # frames held while an avatar is made; of the memory it may take
+MEMORY_CHECK_FRAMES = 250  # read frames between two checks of an avatar's memory
 AVATARS = LruCache(2)  # an avatar holds its frames (about 70 MB a second of 720p)
 LANDMARK_MODELS = LruCache(1)  # DWPose's ONNX Runtime sessions (the release's files are over 100 MB each)
 WAV2LIP_ONLY = (
@@ -118,29 +121,56 @@ def _precision(config: LipSyncConfig, choice: DeviceChoice) -> tuple[torch.dtype
     return dtype, precision
 
 
-def _checked_face(
-    config: Any, settings: Settings, photo_fps: float = IMAGE_FPS
-) -> tuple[float, np.ndarray | None, int | None]:
-    """The face's frame rate (`photo_fps` for a photo), the photo itself, and a video's frame count where its
-    header says; a video is checked from its header here, before anything expensive, and read later (only the
-    frames needed)."""
+@dataclass(frozen=True)
+class _Face:
+    """The face input as its header or pixels say: its frame rate (a photo's is the caller's), the photo itself,
+    and a video's frame count where its header states one."""
+
+    fps: float
+    photo: np.ndarray | None
+    frames: int | None
+    width: int
+    height: int
+
+
+def _checked_face(config: Any, settings: Settings, photo_fps: float = IMAGE_FPS) -> _Face:
+    """A video is checked from its header here, before anything expensive, and read later (only the frames
+    needed)."""
     if is_image(config.face):
         photo = load_image(config.face, max_side=settings.max_side)
         if config.box is not None:
             check_fixed_box(config.box, photo.shape[1], photo.shape[0])
-        return photo_fps, photo, None
+        return _Face(photo_fps, photo, None, photo.shape[1], photo.shape[0])
     info = probe_video(config.face)
     validate_video(info, Path(config.face).name, settings.max_side, settings.max_seconds)
     if config.box is not None:
         check_fixed_box(config.box, info.width, info.height)
-    return info.fps, None, info.frames
+    return _Face(info.fps, None, info.frames, info.width, info.height)
+
+
+def check_avatar_memory(frames: int, width: int, height: int, settings: Settings) -> None:
+    """Refuse an avatar whose frames would not fit in memory while it is prepared: it holds every frame it plays
+    (as upstream's does), each twice while it is made (as read, then as one array), and a long high-resolution
+    video would end the process out of memory after the networks were loaded. Checked from the header first, then
+    while frames are read (a header may state no length)."""
+    need = AVATAR_COPIES * frames * width * height * 3
+    budget = AVATAR_MEMORY_SHARE * min(psutil.virtual_memory().available, settings.job_memory_gb * 2**30)
+    if need > budget:
+        raise LipSyncError(
+            f"a MuseTalk avatar of {frames} frames of {width}x{height} needs about {need / 2**30:.2f} GiB of memory "
+            f"while it is prepared (it keeps every frame it plays), more than the {budget / 2**30:.2f} GiB this "
+            "machine can give it: use a shorter face video (an avatar loops it forward and back, so a few seconds "
+            "do) or a smaller one"
+        )
 
 
 def _video_frames(config: Any, settings: Settings, count: int | None) -> list[np.ndarray]:
     """The video's first `count` frames (all with None): the rest would never be shown."""
-    frames = []
+    frames: list[np.ndarray] = []
     for frame in read_frames(config.face, max_seconds=settings.max_seconds):
         frames.append(frame)
+        if len(frames) % MEMORY_CHECK_FRAMES == 0:  # a header that stated no length (or a wrong one)
+            check_avatar_memory(len(frames), frame.shape[1], frame.shape[0], settings)
         if count is not None and len(frames) >= count:
             break
     return frames
@@ -283,11 +313,14 @@ def run_musetalk(
     progress(0.0, "reading the speech")
     with result.stage("audio"):
         speech = load_audio(config.audio, max_seconds=settings.max_seconds, resampler=SOXR_HQ)  # upstream's librosa
-    fps, photo, total = _checked_face(config, settings, config.fps)  # the face's frame rate decides the frame count
+    face = _checked_face(config, settings, config.fps)  # the face's frame rate decides the frame count
+    fps, photo, total = face.fps, face.photo, face.frames
     speech = check_speech(speech, fps)
     if (loud := loudness_warning(speech)) is not None:
         result.warn(loud)
     count = frame_count(len(speech), fps)
+    if photo is None:
+        check_avatar_memory(count if total is None else min(count, total), face.width, face.height, settings)
     loaded = _load(config, settings, choice, dtype, result, progress)
     # A video's avatar holds the frames this speech needs (a longer speech prepares more of them); one of the whole
     # video, as `avatarbench avatar` prepares, serves any speech: its first frames are the same.
@@ -342,7 +375,10 @@ def prepare_stored_avatar(
     dtype, precision = _precision(config, choice)
     result = RunResult(device=str(choice.device), device_name=capabilities(choice.device).name, precision=precision,
                        config=config.to_text())  # fmt: skip
-    fps, photo, _ = _checked_face(config, settings)
+    face = _checked_face(config, settings)
+    fps, photo = face.fps, face.photo
+    if face.frames is not None:
+        check_avatar_memory(face.frames, face.width, face.height, settings)
     loaded = _load(config, settings, choice, dtype, result, progress)
     avatar, source = _avatar(config, settings, loaded, fps, photo, ALL_FRAMES, result, progress)
     for warning in avatar.warnings:
