@@ -195,6 +195,30 @@ def test_an_interrupted_bench_writes_the_configurations_it_finished(tmp_path: Pa
     assert len(table.read_text().splitlines()) == 3  # the header and the two rows
 
 
+def test_an_interrupted_onnx_eval_writes_the_providers_it_finished(tmp_path: Path, monkeypatch, capsys) -> None:
+    import engine.core.memory
+    import engine.onnx.evaluate as evaluate
+    from engine.cli import EXIT_INTERRUPTED, main
+
+    monkeypatch.setattr(engine.core.memory, "keep_freed_memory", lambda env=None: False)  # see the test below
+    monkeypatch.setenv("AVATARBENCH_DATA_DIR", str(tmp_path / "data"))
+    real = evaluate._Runner.run_provider
+
+    def interrupted_at_cuda(runner, key: str, reference_only: bool) -> None:
+        if key == "cuda":
+            raise KeyboardInterrupt
+        real(runner, key, reference_only)
+
+    monkeypatch.setattr(evaluate._Runner, "run_provider", interrupted_at_cuda)
+    report = tmp_path / "report.json"
+    args = ["onnx", "eval", str(_matmul(tmp_path / "mm.onnx")), "--providers", "cpu,cuda", "--batch-sizes", "1,2",
+            "--runs", "2", "--quiet", "--json", str(report)]  # fmt: skip
+    assert main(args) == EXIT_INTERRUPTED
+    out, err = capsys.readouterr()
+    assert "avatarbench: interrupted" in err and "note: the evaluation stopped before its end: cpu of cpu, cuda" in out
+    assert [(r["provider"], r["batch"]) for r in json.loads(report.read_text())["results"]] == [("cpu", 1), ("cpu", 2)]
+
+
 def test_a_provider_that_fell_back_fails_the_measuring_commands(tmp_path: Path, monkeypatch, capsys) -> None:
     """onnx eval and bench write their report, then exit 3 when a provider they were asked for did not load: the
     rows marked fell_back measure another provider, and a script must not take them for the one it asked for."""

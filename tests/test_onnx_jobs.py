@@ -15,7 +15,7 @@ from tiny_onnx import W, colour_classifier, huge_output, mlp
 from engine.core.errors import InputError
 from engine.core.settings import Settings, load_settings
 from engine.jobs.broker import Broker
-from engine.jobs.store import CPU, DONE, FAILED, QUEUED, JobStore, StoreError
+from engine.jobs.store import CANCELLED, CPU, DONE, FAILED, QUEUED, JobStore, StoreError
 from engine.jobs.worker import WorkerContext, run_job
 from engine.onnx.config import EvalConfig, EvalError
 from engine.onnx.jobs import KIND, OnnxEvalJobs, Submission
@@ -78,6 +78,45 @@ def test_submit_runs_and_keeps_the_report(store: JobStore, settings: Settings, t
     assert [h["id"] for h in jobs.history(OWNER)] == [sub.job.id] and jobs.queue(OWNER) == []
     with pytest.raises(StoreError, match="no job"):  # another owner's job is no job at all
         jobs.result(sub.job.id, "someone else")
+
+
+class _Killed(BaseException):
+    """What the broker's SIGKILL is to a worker: nothing after it runs in the process."""
+
+
+def test_an_evaluation_stopped_on_the_way_keeps_the_providers_it_finished(
+    store: JobStore, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An evaluation cancelled or out of time (a TensorRT engine build, say) lost the rows it had measured on the
+    providers before; each provider's rows are now stored as they are finished."""
+    import engine.onnx.evaluate as evaluate
+
+    pytest.importorskip("gradio")
+    from ui.onnx_eval import status_markdown
+
+    jobs = _jobs(store, settings)
+    sub = _submit(jobs, providers="cpu,cuda", batch_sizes="2,4", model=mlp(tmp_path / "m.onnx"), **FAST)
+    real = evaluate._Runner.run_provider
+
+    def killed_at_cuda(runner, key: str, reference_only: bool) -> None:
+        if key == "cuda":
+            raise _Killed
+        real(runner, key, reference_only)
+
+    monkeypatch.setattr(evaluate._Runner, "run_provider", killed_at_cuda)
+    with pytest.raises(_Killed):
+        _run_next(jobs)
+    store.fail(sub.job.id, "cancelled by its owner while it ran", CANCELLED)  # as the broker does once it killed it
+    result = jobs.result(sub.job.id, OWNER)
+    report = result["report"]
+    assert [(r["provider"], r["batch"]) for r in report["results"]] == [("cpu", 2), ("cpu", 4)]
+    assert report["notes"][0] == f"{evaluate.PARTIAL_NOTE}: cpu of cpu, cuda measured"
+    assert list(report["parity"]) == ["cpu"] and report["job"]["id"] == sub.job.id and report["inspection"]["name"]
+    assert "The 2 result row(s) it finished are below" in status_markdown(jobs.status(sub.job.id, OWNER))
+    monkeypatch.setattr(evaluate._Runner, "run_provider", real)
+    whole = _submit(jobs, providers="cpu,cuda", batch_sizes="2", model=mlp(tmp_path / "m.onnx"), **FAST)
+    assert _run_next(jobs)["status"] == DONE
+    assert not any(evaluate.PARTIAL_NOTE in n for n in jobs.result(whole.job.id, OWNER)["report"]["notes"])
 
 
 @pytest.mark.parametrize(

@@ -70,7 +70,8 @@ def status_markdown(status: dict) -> str:
     if state == "running":
         return f"{head} · {status['progress'] * 100:.0f}% · {status['progress_label']}"
     if state in (FAILED, CANCELLED):
-        return f"{head}\n\n❌ {status['error']}"
+        kept = f"\n\nThe {status['measured']} result row(s) it finished are below." if status.get("measured") else ""
+        return f"{head}\n\n❌ {status['error']}{kept}"
     took = (status["finished"] or 0) - (status["started"] or status["finished"] or 0)
     return f"{head} · finished {when(status['finished'])} in {took:.1f}s"
 
@@ -222,11 +223,14 @@ def build_onnx_eval_tab(settings: Any, jobs: OnnxEvalJobs, access: Access) -> No
     result_outputs = [summary, results, latency_plot, throughput_plot, spread, parity, accuracy, report_file]
     result_outputs += [inspection, io_table]
 
-    def render_job(job: str, reader: str | None) -> tuple[Any, ...]:
-        return render(jobs.result(job, reader)["report"], job)
+    def render_job(job: str, reader: str | None) -> tuple[Any, ...] | None:
+        """The evaluation's report, or what a stopped one finished; None where it finished nothing."""
+        report = jobs.result(job, reader)["report"]
+        return render(report, job) if report else None
 
+    # kept=2: the inspection, which its own button fills, and which a failed job keeps
     poll = job_poller(jobs.status, status_markdown, render_job, len(result_outputs), "No evaluation yet.", access,
-                      kept=2)  # the inspection: its own button fills it, and a failed job keeps it  # fmt: skip
+                      kept=2, stopped_too=True)  # fmt: skip
 
     def history_rows(request: gr.Request) -> list[list]:
         rows, reader = [], access.reader(request)

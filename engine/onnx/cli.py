@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 
 from engine.core.commands import Command, output_flags, refuse_fallbacks, strict_json, warning_line, write_json
 from engine.core.options import from_args
@@ -51,13 +52,36 @@ def _eval(args: argparse.Namespace) -> int:
     config, settings = from_args(EvalConfig, args), get_settings()
     keep_freed_memory()  # this process runs the model, as a job worker would (engine/core/memory.py)
     source = model_source(config.model, config.example, settings, local=True)
-    with (
-        prepared(source, settings, config.symbol_values) as (path, info),
-        ProgressBar(args.quiet) as bar,
-        stop_runs_on_interrupt(),  # a model's run is one long C++ call: Ctrl-C stops it too
-    ):
-        placement = Placement(gpu_memory_fraction=settings.gpu_memory_fraction)
-        report = evaluate(path, info, config, bar, limits=source.limits, placement=placement)
+    so_far: list[dict[str, Any]] = []  # the report of the providers measured so far
+
+    def keep(partial: dict[str, Any]) -> None:
+        so_far[:] = [partial]
+
+    try:
+        with (
+            prepared(source, settings, config.symbol_values) as (path, info),
+            ProgressBar(args.quiet) as bar,
+            stop_runs_on_interrupt(),  # a model's run is one long C++ call: Ctrl-C stops it too
+        ):
+            placement = Placement(gpu_memory_fraction=settings.gpu_memory_fraction)
+            report = evaluate(path, info, config, bar, limits=source.limits, placement=placement, partial=keep)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: what was measured is shown and written, then the run stops
+        if so_far:
+            _report_out(so_far[0], args)
+        raise
+    _report_out(report, args)
+    if not any(not row.get("error") for row in report["results"]):
+        print("avatarbench: the model ran on no provider (the reasons are above)", file=sys.stderr)
+        return 1  # a command's own "no", as a failed sweep point
+    refuse_fallbacks([
+        f"{key} ({meta['requested']}) ran on {meta['got'][0]}"
+        for key, meta in report["sessions"].items() if meta.get("fell_back")
+    ])  # fmt: skip
+    return 0
+
+
+def _report_out(report: dict[str, Any], args: argparse.Namespace) -> None:
+    """The rows, parity, accuracy and warnings on the screen, then the report's file."""
     for row in report["results"]:
         if row.get("error"):
             print(f"{row['provider']:<5} batch {row['batch']:<5} failed: {row['error']}")
@@ -76,17 +100,11 @@ def _eval(args: argparse.Namespace) -> int:
                 print(f"parity {provider}{where} {name}: {_parity_text(p)}")
     for line in _accuracy_lines(report["accuracy"]):
         print(line)
+    for note in report["notes"]:
+        print(f"note: {note}")
     for warning in report["warnings"]:
         print(warning_line(warning), file=sys.stderr)
     write_json(args.json, strict_json(report))
-    if not any(not row.get("error") for row in report["results"]):
-        print("avatarbench: the model ran on no provider (the reasons are above)", file=sys.stderr)
-        return 1  # a command's own "no", as a failed sweep point
-    refuse_fallbacks([
-        f"{key} ({meta['requested']}) ran on {meta['got'][0]}"
-        for key, meta in report["sessions"].items() if meta.get("fell_back")
-    ])  # fmt: skip
-    return 0
 
 
 def _parity_text(p: dict) -> str:

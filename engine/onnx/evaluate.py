@@ -32,7 +32,7 @@ import os
 import time
 import tokenize
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +61,7 @@ _SYNTHETIC_INT_HIGH = 100
 # What reading a damaged .npz raises: numpy parses a .npy header as a Python literal (SyntaxError, TokenError).
 _NPZ_ERRORS = (ValueError, OSError, EOFError, zipfile.BadZipFile, RuntimeError, SyntaxError, tokenize.TokenError)
 _REL_FLOOR = 1e-6
+PARTIAL_NOTE = "the evaluation stopped before its end"
 _COMPARE_CHUNK = 1 << 20  # elements compared at a time: each float64 temporary of a chunk is 8 MiB
 
 Progress = Callable[[float, str], Any]
@@ -804,10 +805,6 @@ class _Runner:
         if self.progress is not None:
             self.progress(min(1.0, (self.done + fraction_of_step) / max(self.total, 1)), label)
 
-    def run_all(self) -> None:
-        for key in self.plan.run_keys:
-            self.run_provider(key, reference_only=key == "cpu" and self.plan.reference_only)
-
     def run_provider(self, key: str, reference_only: bool) -> None:
         self.tell(0.0, f"{key}: creating the session")
         before = self.memory_now(key)
@@ -1099,26 +1096,45 @@ def evaluate(
     *,
     limits: Limits | None = None,
     placement: Placement | None = None,
+    partial: Callable[[dict[str, Any]], Any] | None = None,
 ) -> dict[str, Any]:
     """Run the model on every asked provider and batch size; the full report, JSON-serialisable.
 
     Input problems raise EvalError / ModelError before any session is created; a provider that
     cannot create a session, or a batch that fails, is recorded in the report and the rest still run.
+    `partial(report)` gets the report of the providers measured so far after each one (but the last), so that an
+    evaluation stopped on the way (cancelled, out of time) keeps what it measured.
     """
     limits = limits or Limits()
     config = config.checked()
     plan = _checked_plan(info, config, limits)
     expected = _load_expected(config.expected, info.outputs, limits) if config.expected else None
     runner = _Runner(model_path, info, config, plan, progress, placement or Placement())
-    runner.run_all()
+    keys = plan.run_keys
+    for done, key in enumerate(keys, 1):
+        runner.run_provider(key, reference_only=key == "cpu" and plan.reference_only)
+        if partial is not None and done < len(keys):
+            partial(_report(runner, expected, keys[:done]))
+    report = _report(runner, expected, keys)
+    if progress is not None:
+        progress(1.0, "done")
+    return report
+
+
+def _report(runner: _Runner, expected: dict[str, np.ndarray] | None, ran: Sequence[str]) -> dict[str, Any]:
+    """The report of the providers in `ran` (all of the plan's: the whole evaluation; fewer: where it stopped,
+    said in its notes)."""
+    info, config, plan = runner.info, runner.config, runner.plan
     _finish_rows(runner.rows, info, plan)
+    warnings = list(runner.warnings)
     reference = runner.outputs.get("cpu")
     parity_report: dict[str, Any] = {}
+    stopped = len(ran) < len(plan.run_keys)
     if reference is None:
-        runner.warnings.append("no CPU reference outputs: parity was not computed")
+        warnings.append("no CPU reference outputs: parity was not computed")
     else:
-        runner.warnings += _misdeclared_outputs(info.outputs, plan.values, reference)
-        for key in config.providers:
+        warnings += _misdeclared_outputs(info.outputs, plan.values, reference)
+        for key in (k for k in config.providers if k in ran):
             out = runner.outputs.get(key)
             parity_report[key] = parity(reference, out) if out is not None else {"error": _no_outputs(key, runner)}
     report = {
@@ -1132,9 +1148,10 @@ def evaluate(
         "results": runner.rows,
         "parity": parity_report,
         "accuracy": _accuracy_report(runner, expected, config.labels),
-        "warnings": runner.warnings,
-        "notes": [auto_runs_note(runner.auto_counts)] if runner.auto_counts else [],
+        "warnings": warnings,
+        "notes": [
+            *([f"{PARTIAL_NOTE}: {', '.join(ran)} of {', '.join(plan.run_keys)} measured"] if stopped else []),
+            *([auto_runs_note(runner.auto_counts)] if runner.auto_counts else []),
+        ],
     }
-    if progress is not None:
-        progress(1.0, "done")
     return _plain(report)

@@ -78,6 +78,7 @@ class OnnxEvalJobs(JobKind):
             "model_sha256": job.model_sha256,
             "providers": str(job.settings.get("options", {}).get("providers", "cpu")).split(","),
             "warnings": job.settings.get("warnings", []),
+            "measured": len((job.result or {}).get("results") or []),  # rows so far; a stopped job's kept rows
         }
 
 
@@ -96,21 +97,27 @@ def handle(job: Job, progress: Progress, context: WorkerContext) -> dict[str, An
     limits = Limits() if record.get("example") else Limits(max_file_bytes=settings.max_upload_bytes)
     progress(0.0, "unpacking and inspecting the model")
     settings.ensure_dirs()
+
+    def described(report: dict[str, Any]) -> dict[str, Any]:
+        report["config"].update(  # blob paths mean nothing to a reader: name the files by content
+            model=files["model"], example=record.get("example"), inputs=files.get("inputs"),
+            expected=files.get("expected"), images=files.get("images") or None,
+        )  # fmt: skip
+        # No "path" key: gradio_client takes any dict with one for a file to download.
+        report["inspection"] = {
+            **{k: v for k, v in info.to_dict().items() if k != "path"},
+            "name": record["model_name"],
+        }
+        report["job"] = {"id": job.id, "model_name": record["model_name"], "device": job.device}
+        return report
+
+    def partial(report: dict[str, Any]) -> None:  # an evaluation cancelled or out of time keeps these
+        store.save_partial(job.id, described(report))
+
     with tempfile.TemporaryDirectory(prefix="onnx-job-", dir=settings.cache_dir) as work:
         path = prepare_model(config.model, work, limits)
         info = inspect_model(path, config.symbol_values or None, limits, sha256=job.model_sha256)
-        report = evaluate(path, info, config, progress, limits=limits, placement=placement)
-    report["config"].update(  # blob paths mean nothing to a reader: name the files by content
-        model=files["model"], example=record.get("example"), inputs=files.get("inputs"),
-        expected=files.get("expected"), images=files.get("images") or None,
-    )  # fmt: skip
-    # No "path" key: gradio_client takes any dict with one for a file to download.
-    report["inspection"] = {
-        **{k: v for k, v in info.to_dict().items() if k != "path"},
-        "name": record["model_name"],
-    }
-    report["job"] = {"id": job.id, "model_name": record["model_name"], "device": job.device}
-    return report
+        return described(evaluate(path, info, config, progress, limits=limits, placement=placement, partial=partial))
 
 
 __all__ = ["KIND", "OnnxEvalJobs", "Submission", "handle"]
