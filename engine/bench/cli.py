@@ -18,6 +18,7 @@ from engine.core.commands import (
     command_line,
     output_flags,
     refuse_fallbacks,
+    shown_if_interrupted,
     strict_json,
     write_json,
     write_output,
@@ -65,18 +66,12 @@ def _bench(args: argparse.Namespace) -> int:
     if not has_gpu and any(point.device == "cuda" for point in config.points):  # before the model is built
         raise DeviceError(f"the sweep asks for cuda, but {cuda_unavailable_reason()}; use --device cpu")
     gpu = str(resolve_device("cuda").device) if has_gpu else None
-    so_far: list[dict[str, Any]] = []  # the report of the configurations measured so far
-
-    def keep(partial: dict[str, Any]) -> None:
-        so_far[:] = [partial]
-
-    try:
-        with _model(request.model, settings.cache_dir) as model, ProgressBar(args.quiet) as bar:
-            report = run_sweep(config, model, gpu, bar, settings.gpu_memory_fraction, keep)
-    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: what was measured is shown and written, then the run stops
-        if so_far:
-            _report_out(so_far[0], args)
-        raise
+    with (
+        shown_if_interrupted(lambda partial: _report_out(partial, args)) as keep,
+        _model(request.model, settings.cache_dir) as model,
+        ProgressBar(args.quiet) as bar,
+    ):
+        report = run_sweep(config, model, gpu, bar, settings.gpu_memory_fraction, keep)
     _report_out(report, args)
     if any(r["status"] == "error" for r in report["results"]):
         return 1

@@ -4,13 +4,14 @@ room's commands; each room's cli.py declares its own with `Command`, so no room 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import shlex
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,6 +30,24 @@ class Command:
     run: Callable[[argparse.Namespace], int | None]
     config: type[Config] | None = None  # its fields become flags; run() builds it with options.from_args
     flags: Callable[[argparse.ArgumentParser], None] | None = None  # the command's own front-end flags
+
+
+@contextlib.contextmanager
+def shown_if_interrupted(report_out: Callable[[dict[str, Any]], None]) -> Iterator[Callable[[dict[str, Any]], None]]:
+    """A `partial(report)` callback for a long measurement (a sweep, an evaluation): on Ctrl-C or SIGTERM inside the
+    block, the last report it was given is shown and written by `report_out` before the interrupt goes on, so a
+    run stopped after an hour keeps the hour's rows."""
+    latest: list[dict[str, Any]] = []
+
+    def keep(report: dict[str, Any]) -> None:
+        latest[:] = [report]
+
+    try:
+        yield keep
+    except KeyboardInterrupt:
+        if latest:
+            report_out(latest[0])
+        raise
 
 
 def write_json(path: str | None, text: str) -> None:

@@ -8,7 +8,15 @@ import json
 import sys
 from typing import Any
 
-from engine.core.commands import Command, output_flags, refuse_fallbacks, strict_json, warning_line, write_json
+from engine.core.commands import (
+    Command,
+    output_flags,
+    refuse_fallbacks,
+    shown_if_interrupted,
+    strict_json,
+    warning_line,
+    write_json,
+)
 from engine.core.options import from_args
 from engine.onnx.config import EvalConfig, InspectConfig
 
@@ -52,23 +60,14 @@ def _eval(args: argparse.Namespace) -> int:
     config, settings = from_args(EvalConfig, args), get_settings()
     keep_freed_memory()  # this process runs the model, as a job worker would (engine/core/memory.py)
     source = model_source(config.model, config.example, settings, local=True)
-    so_far: list[dict[str, Any]] = []  # the report of the providers measured so far
-
-    def keep(partial: dict[str, Any]) -> None:
-        so_far[:] = [partial]
-
-    try:
-        with (
-            prepared(source, settings, config.symbol_values) as (path, info),
-            ProgressBar(args.quiet) as bar,
-            stop_runs_on_interrupt(),  # a model's run is one long C++ call: Ctrl-C stops it too
-        ):
-            placement = Placement(gpu_memory_fraction=settings.gpu_memory_fraction)
-            report = evaluate(path, info, config, bar, limits=source.limits, placement=placement, partial=keep)
-    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: what was measured is shown and written, then the run stops
-        if so_far:
-            _report_out(so_far[0], args)
-        raise
+    with (
+        shown_if_interrupted(lambda partial: _report_out(partial, args)) as keep,
+        prepared(source, settings, config.symbol_values) as (path, info),
+        ProgressBar(args.quiet) as bar,
+        stop_runs_on_interrupt(),  # a model's run is one long C++ call: Ctrl-C stops it too
+    ):
+        placement = Placement(gpu_memory_fraction=settings.gpu_memory_fraction)
+        report = evaluate(path, info, config, bar, limits=source.limits, placement=placement, partial=keep)
     _report_out(report, args)
     if not any(not row.get("error") for row in report["results"]):
         print("avatarbench: the model ran on no provider (the reasons are above)", file=sys.stderr)
