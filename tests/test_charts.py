@@ -382,3 +382,8 @@ def test_a_stopped_sweep_shows_the_configurations_it_finished(tmp_path: Path, mo
         assert "1 of 2 configurations measured" in summary and len(table["value"]["data"]) == 1
         status, _, summary, table, *_ = poll(empty.id, request)
         assert "time limit" in status and "finished are below" not in status and summary is None and table is None
+        compare = next(fn.fn for fn in demo.fns.values() if fn.name == "compare")
+        rows, _ = compare(stopped.id, request)  # its rows compare as a finished sweep's do
+        assert len(rows["data"]) == 1
+        with pytest.raises(gr.Error, match=f"job {empty.id} is failed and kept no results"):
+            compare(f"{stopped.id} {empty.id}", request)

@@ -16,7 +16,7 @@ import plotly.graph_objects as go
 from engine.core.hls import LiveStream, join_segments
 from engine.core.options import Config
 from engine.core.results import RunResult
-from engine.jobs.store import DONE, FINISHED, StoreError
+from engine.jobs.store import DONE, FINISHED, QUEUED, RUNNING, StoreError
 from ui.forms import default, field, refusal
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -207,15 +207,17 @@ def job_ids(text: str) -> list[str]:
 
 
 def finished_results(result: Callable[[str], dict], text: str) -> list[dict]:
-    """The results of the typed job ids, every one finished (a message names the first that is not)."""
+    """The results of the typed job ids, every one finished or stopped with the rows it finished (a message names
+    the first that has none)."""
     out = []
     for job in job_ids(text):
         try:
             r = result(job)
         except StoreError as exc:
             raise refusal(str(exc), "the compare") from None
-        if r["status"] != DONE:
-            raise refusal(f"job {job} is {r['status']}; only finished jobs can be compared", "the compare")
+        if r["status"] not in FINISHED or not (r.get("report") or {}).get("results"):
+            kept = "" if r["status"] in (QUEUED, RUNNING) else " and kept no results"
+            raise refusal(f"job {job} is {r['status']}{kept}; only jobs with results can be compared", "the compare")
         out.append(r)
     return out
 
