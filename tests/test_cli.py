@@ -443,6 +443,18 @@ def test_every_output_flag_is_checked_against_the_inputs_and_links(tmp_path: Pat
     # `missing/../m.onnx` is m.onnx once the missing folder is made: it overwrote the input
     with pytest.raises(InputError, match=r"--json .* is also --model"):
         check_output_paths(argparse.Namespace(model=str(model), json=str(tmp_path / "sub" / ".." / "m.onnx")))
+    # each file of a list flag (onnx eval's --images) is an input too; portrait's template goes beside --out
+    picture = tmp_path / "x.png"
+    picture.write_bytes(b"png")
+    with pytest.raises(InputError, match=r"--json .*x\.png is also --images"):
+        check_output_paths(argparse.Namespace(model=str(model), images=[str(model), str(picture)], json=str(picture)))
+    video = str(tmp_path / "a.mp4")
+    with pytest.raises(InputError, match=r"--json .*a\.npz is also --save-template"):
+        check_output_paths(argparse.Namespace(out=video, out_is_a_file=True, save_template=True,
+                                              json=str(tmp_path / "a.npz")))  # fmt: skip
+    check_output_paths(argparse.Namespace(out=video, out_is_a_file=True, save_template=False,
+                                          json=str(tmp_path / "a.npz")))  # fmt: skip
+    assert picture.read_bytes() == b"png"
     # --stream writes <out>.stream/ beside --out: a file there was a traceback, an input in it was overwritten
     video = {"out": str(tmp_path / "talk.mp4"), "out_is_a_file": True, "stream": True, "json": None}
     (tmp_path / "talk.stream").write_text("a file")

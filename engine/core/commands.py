@@ -102,8 +102,11 @@ def check_output_paths(args: argparse.Namespace) -> None:
     """A command's output files (a video command's --out, any --json or --csv FILE), before any work: a folder, a
     place no file can be written, or a file the command also reads or writes (a hard or symbolic link to it too)
     is refused; it would end the run in an error after all its work, or overwrite an input or another output."""
+    out = args.out if getattr(args, "out_is_a_file", False) else None
     outputs = {
-        "out": args.out if getattr(args, "out_is_a_file", False) else None,
+        "out": out,
+        # portrait's motion template goes beside the video, named after it
+        "save_template": str(Path(out).with_suffix(".npz")) if out and getattr(args, "save_template", False) else None,
         **{flag: getattr(args, flag, None) for flag in ("json", "csv")},
     }
     empty = [name for name, value in outputs.items() if value == ""]
@@ -112,14 +115,16 @@ def check_output_paths(args: argparse.Namespace) -> None:
     outputs = {name: value for name, value in outputs.items() if isinstance(value, str) and value}
     for name, value in outputs.items():
         _check_writable(name, value)
-    inputs = {
-        name: value
+    inputs = [  # (name, file): each of a list flag's files too (--images)
+        (name, item)
         for name, value in vars(args).items()
-        if name not in outputs and isinstance(value, str | Path) and str(value) and _is(Path.is_file, value)
-    }
+        if name not in outputs
+        for item in (value if isinstance(value, list | tuple) else [value])
+        if isinstance(item, str | Path) and str(item) and _is(Path.is_file, item)
+    ]
     if "out" in outputs and getattr(args, "stream", False) is True:
         _check_stream_folder(outputs["out"], inputs)
-    taken = {_identity(value): name for name, value in inputs.items()}  # then each output as it is checked
+    taken = {_identity(value): name for name, value in inputs}  # then each output as it is checked
     for name, value in outputs.items():
         other = taken.get(_identity(value))
         if other is not None:
@@ -153,14 +158,14 @@ def _check_writable(name: str, value: str) -> None:
         ) from None
 
 
-def _check_stream_folder(out: str, inputs: dict[str, str | Path]) -> None:
+def _check_stream_folder(out: str, inputs: list[tuple[str, str | Path]]) -> None:
     """--stream writes its segments and playlist into a folder beside --out: it must be one, and hold no input."""
     from engine.core.hls import stream_folder
 
     folder = stream_folder(out)
     if _is(Path.exists, folder) and not _is(Path.is_dir, folder):
         raise InputError(f"--stream writes its live stream into {folder}, which is a file: move it or choose --out")
-    for name, value in inputs.items():
+    for name, value in inputs:
         if Path(value).resolve().is_relative_to(folder.resolve()):
             raise InputError(f"--{name.replace('_', '-')} {value} is in {folder}, where --stream writes: move it")
 
