@@ -522,3 +522,19 @@ def test_external_data_beside_a_model_named_on_the_command_line(tmp_path: Path) 
     _set_external(model_path, location="../outside.bin")
     with pytest.raises(ModelError, match="leaves the model's folder"):
         prepare_model(model_path, tmp_path / "cli", beside=True)
+
+
+def test_eval_refuses_to_write_its_report_onto_the_models_external_data(tmp_path: Path, monkeypatch) -> None:
+    """`onnx eval model.onnx --json weights.bin` replaced the model's weights with the report and exited 0: the
+    data files are only known once the model is read, and are outputs' inputs from then on."""
+    from engine.cli import main
+
+    monkeypatch.setenv("AVATARBENCH_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setattr("engine.core.memory.keep_freed_memory", lambda: None)
+    model_path = _external_model_dir(tmp_path / "m")
+    weights = (model_path.parent / "weights.bin").read_bytes()
+    args = ["onnx", "eval", str(model_path), "--providers", "cpu", "--runs", "1", "--quiet", "--json"]
+    assert main([*args, str(model_path.parent / "./weights.bin")]) == 2
+    assert (model_path.parent / "weights.bin").read_bytes() == weights
+    assert main([*args, str(tmp_path / "report.json")]) == 0
+    assert json.loads((tmp_path / "report.json").read_text())["results"]

@@ -254,6 +254,8 @@ def test_refusals_are_messages(weights: Path, driving: Path, tmp_path: Path) -> 
         PortraitConfig(source, driving, region="hair").validate()
     with pytest.raises(PortraitError, match="driving file not found"):
         PortraitConfig(source, tmp_path / "missing.mp4").validate()
+    with pytest.raises(PortraitError, match=r"landmarks file not found: none\.onnx"):  # even with nothing to retarget
+        PortraitConfig(source, driving, landmarks=str(tmp_path / "none.onnx")).validate()
     assert not (tmp_path / "o.mp4").exists()
 
 

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 pytest.importorskip("onnxruntime")
@@ -39,6 +40,48 @@ def test_openness_from_the_landmark_model(tmp_path: Path) -> None:
     (tmp_path / "junk.onnx").write_bytes(b"junk")
     with pytest.raises(LandmarkError, match="not a usable ONNX"):
         LandmarkModel(tmp_path / "junk.onnx")
+
+
+@pytest.mark.parametrize(
+    "inputs",
+    [
+        [],  # a constant graph
+        [("x", TensorProto.FLOAT, [1, 10])],  # another rank
+        [("x", TensorProto.FLOAT, [1, 3, 64, 64])],  # another size
+        [("x", TensorProto.INT64, ["n", 3, 224, 224])],  # not an image of floats
+        [("x", TensorProto.FLOAT, [1, 3, 224, 224]), ("y", TensorProto.FLOAT, [1])],  # a second input
+    ],
+)
+def test_a_model_that_takes_no_face_crop_is_refused_when_loaded(tmp_path: Path, inputs: list) -> None:
+    """Any ONNX model given as --landmarks ended in onnxruntime's tracebacks (a missing input, a wrong rank, an
+    IndexError for a graph without inputs): it is refused as it loads, saying what it takes."""
+    values = [helper.make_tensor_value_info(name, kind, shape) for name, kind, shape in inputs]
+    graph = helper.make_graph(
+        [helper.make_node("Constant", [], ["out"], value=numpy_helper.from_array(np.zeros(406, np.float32)))],
+        "other", values, [helper.make_tensor_value_info("out", TensorProto.FLOAT, [406])],
+    )  # fmt: skip
+    path = tmp_path / "other.onnx"
+    path.write_bytes(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9).SerializeToString()
+    )
+    with pytest.raises(LandmarkError, match=r"other\.onnx is not a landmark model: it takes .*one float image batch"):
+        LandmarkModel(path)
+
+
+def test_a_landmark_model_that_fails_as_it_runs_is_an_input_error(tmp_path: Path) -> None:
+    """A graph that takes the crop but fails inside (here a reshape the crop's size does not allow)."""
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["input", "shape"], ["out"])], "bad",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["n", 3, 224, 224])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.array([5, -1], np.int64), "shape")],
+    )  # fmt: skip
+    path = tmp_path / "bad.onnx"
+    path.write_bytes(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9).SerializeToString()
+    )
+    with pytest.raises(LandmarkError, match="the landmark model failed on a face crop"):
+        LandmarkModel(path)(np.zeros((256, 256, 3), np.uint8), np.array([50.0, 50.0, 200.0, 200.0]))
 
 
 def _mlp(cin: int, bias: float, per_target: float = 0.0) -> nn.Module:

@@ -102,13 +102,7 @@ def check_output_paths(args: argparse.Namespace) -> None:
     """A command's output files (a video command's --out, any --json or --csv FILE), before any work: a folder, a
     place no file can be written, or a file the command also reads or writes (a hard or symbolic link to it too)
     is refused; it would end the run in an error after all its work, or overwrite an input or another output."""
-    out = args.out if getattr(args, "out_is_a_file", False) else None
-    outputs = {
-        "out": out,
-        # portrait's motion template goes beside the video, named after it
-        "save_template": str(Path(out).with_suffix(".npz")) if out and getattr(args, "save_template", False) else None,
-        **{flag: getattr(args, flag, None) for flag in ("json", "csv")},
-    }
+    outputs = _outputs(args)
     empty = [name for name, value in outputs.items() if value == ""]
     if empty:  # it wrote nothing, silently
         raise InputError(f"--{empty[0]} needs a file name (it was given an empty one)")
@@ -133,6 +127,26 @@ def check_output_paths(args: argparse.Namespace) -> None:
                 "give another file name"
             )
         taken[_identity(value)] = name
+
+
+def check_outputs_spare(args: argparse.Namespace, what: str, files: list[Path]) -> None:
+    """The outputs checked against files a command finds it reads only once it has looked inside its input (a
+    model's external-data files beside it), before any work: writing one would destroy that input."""
+    read = {_identity(file) for file in files}
+    for name, value in _outputs(args).items():
+        if isinstance(value, str) and value and _identity(value) in read:
+            raise InputError(f"--{name} {value} is {what}: writing it would overwrite that; give another file name")
+
+
+def _outputs(args: argparse.Namespace) -> dict[str, Any]:
+    """Each output flag's value (None, or "" when given empty)."""
+    out = args.out if getattr(args, "out_is_a_file", False) else None
+    return {
+        "out": out,
+        # portrait's motion template goes beside the video, named after it
+        "save_template": str(Path(out).with_suffix(".npz")) if out and getattr(args, "save_template", False) else None,
+        **{flag: getattr(args, flag, None) for flag in ("json", "csv")},
+    }
 
 
 def _check_writable(name: str, value: str) -> None:

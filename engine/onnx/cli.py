@@ -10,6 +10,7 @@ from typing import Any
 
 from engine.core.commands import (
     Command,
+    check_outputs_spare,
     output_flags,
     refuse_fallbacks,
     shown_if_interrupted,
@@ -54,7 +55,7 @@ def _eval(args: argparse.Namespace) -> int:
     from engine.core.progress import ProgressBar
     from engine.core.settings import get_settings
     from engine.onnx.evaluate import Placement, evaluate
-    from engine.onnx.uploads import model_source, prepared
+    from engine.onnx.uploads import external_files, model_source, prepared
     from engine.runtimes.ort_session import stop_runs_on_interrupt
 
     config, settings = from_args(EvalConfig, args), get_settings()
@@ -66,6 +67,7 @@ def _eval(args: argparse.Namespace) -> int:
         ProgressBar(args.quiet) as bar,
         stop_runs_on_interrupt(),  # a model's run is one long C++ call: Ctrl-C stops it too
     ):
+        check_outputs_spare(args, "one of the model's external-data files", external_files(source, info))
         placement = Placement(gpu_memory_fraction=settings.gpu_memory_fraction)
         report = evaluate(path, info, config, bar, limits=source.limits, placement=placement, partial=keep)
     _report_out(report, args)

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     import numpy as np
     import onnx
 
+ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # how a zip starts: a file, or an empty archive
 ACCEPTED = "an .onnx model file, or a .zip holding exactly one .onnx model plus its external-data files"
 # ONNX, ONNX-ML and ORT's contrib ops are implemented by ONNX Runtime itself; anything else is a custom op.
 ALLOWED_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "com.microsoft")
@@ -229,7 +230,7 @@ def prepare_model(
     _check_size(src.name, size, limits)
     with open(src, "rb") as f:
         head = f.read(16)
-    is_zip = head.startswith((b"PK\x03\x04", b"PK\x05\x06"))
+    is_zip = head.startswith(ZIP_MAGIC)
     if not is_zip and not _looks_like_model_proto(head):
         raise ModelError(
             f"{src.name} is not an ONNX model or a .zip (it starts with {head[:8]!r}); accepted: {ACCEPTED}"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from engine.core.settings import Settings
 from engine.onnx.examples import EXAMPLES, example_path
-from engine.onnx.model import Limits, ModelInfo, file_sha256, inspect_model, prepare_model
+from engine.onnx.model import ZIP_MAGIC, Limits, ModelInfo, file_sha256, inspect_model, prepare_model
 
 
 @dataclass(frozen=True)
@@ -45,8 +45,17 @@ def prepared(
         yield path, inspect_model(path, symbols or None, source.limits, sha256=file_sha256(source.path))
 
 
+def external_files(source: ModelSource, info: ModelInfo) -> list[Path]:
+    """The user's own files a run reads besides the model: a plain model's external-data files beside it (a zip's
+    are inside the zip, and an upload's folder is never read)."""
+    with open(source.path, "rb") as f:
+        if not source.local or f.read(4).startswith(ZIP_MAGIC):
+            return []
+    return [source.path.parent / rel for rel in info.external_data]
+
+
 def display_name(source: ModelSource) -> str:
     return EXAMPLES[source.example].title if source.example else source.name
 
 
-__all__ = ["ModelSource", "display_name", "model_source", "prepared"]
+__all__ = ["ModelSource", "display_name", "external_files", "model_source", "prepared"]

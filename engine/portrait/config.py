@@ -153,8 +153,11 @@ class PortraitConfig(Config):
         for part, name in (("eye", "eyes"), ("lip", "lips")):
             if getattr(self, f"{part}_retargeting") and getattr(self, f"{part}_open") is not None:
                 out.append(f"the {name} follow the driver ({part} retargeting) or one openness ({part} open), not both")
-        for name in ("source", "driving"):
-            path = Path(getattr(self, name))
+        files = {"source": self.source, "driving": self.driving}
+        if self.landmarks:  # named but missing, it was passed over in silence when no retargeting asked for it
+            files["landmarks"] = self.landmarks
+        for name, file in files.items():
+            path = Path(file)
             if path.is_dir():
                 out.append(f"{name} {path.name} is a folder; give a file")
             elif not path.is_file():

@@ -56,13 +56,33 @@ class LandmarkModel:
             self.session = ort.InferenceSession(str(file), providers=["CPUExecutionProvider"])
         except Exception as exc:
             raise LandmarkError(f"{file.name} is not a usable ONNX landmark model: {exc}") from None
-        self.input = self.session.get_inputs()[0].name
+        self.input = self._checked_input(file.name)
+
+    def _checked_input(self, name: str) -> str:
+        """The model takes one float image batch (N, 3, 224, 224), as LivePortrait's does: any other model (one
+        with more inputs, another rank, integers) is refused here rather than failing inside the run."""
+        inputs = self.session.get_inputs()
+        shape = inputs[0].shape if len(inputs) == 1 else []
+        expected = (1, 3, SIZE, SIZE)  # a named (symbolic) dimension takes any size
+        takes_image = len(shape) == 4 and all(
+            not isinstance(d, int) or d == e for d, e in zip(shape, expected, strict=True)
+        )
+        if not takes_image or inputs[0].type != "tensor(float)":
+            got = ", ".join(f"{i.name}: {i.type} {i.shape}" for i in inputs) or "no inputs"
+            raise LandmarkError(
+                f"{name} is not a landmark model: it takes {got}, where LivePortrait's landmark.onnx takes one float "
+                f"image batch (N, 3, {SIZE}, {SIZE})"
+            )
+        return inputs[0].name
 
     def __call__(self, rgb: np.ndarray, box: np.ndarray) -> np.ndarray:
         """(203, 2) landmarks in image pixels for the face in `box`."""
         transform = crop_transform(box, scale=1.5, vy=-0.1, size=SIZE)
         crop = crop_image(rgb, transform).astype(np.float32) / 255
-        outputs = self.session.run(None, {self.input: crop.transpose(2, 0, 1)[None]})
+        try:
+            outputs = self.session.run(None, {self.input: crop.transpose(2, 0, 1)[None]})
+        except Exception as exc:  # onnxruntime's own errors (a graph that fails on this input) name no class of ours
+            raise LandmarkError(f"the landmark model failed on a face crop: {exc}") from None
         read = outputs[2] if len(outputs) > 2 else outputs[0]
         if np.asarray(read).size != POINTS * 2:
             raise LandmarkError(
