@@ -84,6 +84,16 @@ def testupstream_pickles_are_read_exactly(tmp_path: Path, layout: str) -> None:
         assert first.openness[0].shape == (2, 2) and first.openness[1].shape == (2,)
 
 
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+def test_every_pickle_protocol_is_read(tmp_path: Path, protocol: int) -> None:
+    """Upstream pickles with the default protocol; one saved again with another (5 stores arrays as raw buffers,
+    and was refused as asking for something else) reads the same."""
+    motion = _angles(2, seed=7)
+    path = upstream_pickle(tmp_path / "d.pkl", motion)
+    path.write_bytes(pickle.dumps(pickle.loads(path.read_bytes()), protocol=protocol))
+    assert torch.equal(read_template(path).motion.exp, motion.exp)
+
+
 def test_a_pickled_template_drives_as_its_npz_twin(tmp_path: Path) -> None:
     """The same motion as upstream's pickle and as our .npz gives the same driving keypoints (the rotation as a
     matrix against one remade from its angles: float rounding apart), and saving it again keeps it."""
@@ -141,8 +151,8 @@ def test_bad_templates_are_messages(tmp_path: Path) -> None:
         "its frames lack exp": _bad(tmp_path, {"motion": [{k: v for k, v in frame.items() if k != "exp"}]}),
         "each frame's 'exp' must be 63 numbers": _bad(tmp_path, {"motion": [{**frame, "exp": np.zeros((1, 20, 3))}]}),
         "NaN or infinite": _bad(tmp_path, {"motion": [nan]}),
-        "fps in 1..240": _bad(tmp_path, {"motion": [frame], "output_fps": 0}),
-        "output_fps must be a number": _bad(tmp_path, {"motion": [frame], "output_fps": "25"}),
+        "fps must be one number in 1..240": _bad(tmp_path, {"motion": [frame], "output_fps": 0}),
+        r"fps must be one number in 1..240 \(it holds '25'\)": _bad(tmp_path, {"motion": [frame], "output_fps": "25"}),
         "one entry per frame": _bad(tmp_path, {"motion": [frame], "c_eyes_lst": [], "c_lip_lst": []}),
     }
     for message, path in cases.items():
@@ -150,6 +160,12 @@ def test_bad_templates_are_messages(tmp_path: Path) -> None:
             read_template(path)
     with pytest.raises(PortraitError, match=r"holds 0.1 s of motion \(3 frames at 25 fps\); at most 0.05 s"):
         read_template(good, max_seconds=0.05)
+    with pytest.raises(PortraitError, match="no list of frames under 'motion'"):  # a KeyError's text, before
+        read_template(_bad(tmp_path, {"frames": [frame]}))
+    np.save(tmp_path / "one.npy", np.zeros(3))
+    (tmp_path / "one.npy").rename(tmp_path / "one.npz")
+    with pytest.raises(PortraitError, match=r"one\.npz is one \.npy array, not a motion template"):  # a TypeError's
+        read_template(tmp_path / "one.npz")
     np.savez(tmp_path / "half.npz", **{f: np.zeros((2, 21, 3)) for f in ("kp", "exp")})
     with pytest.raises(PortraitError, match="not a motion template: missing pitch"):
         read_template(tmp_path / "half.npz")
@@ -162,6 +178,12 @@ def test_bad_templates_are_messages(tmp_path: Path) -> None:
     ):
         (tmp_path / name).write_bytes(data)
         with pytest.raises(PortraitError, match=rf"{name} cannot be read as a motion template \(.npz\): {reason}"):
+            read_template(tmp_path / name)
+    with np.load(tmp_path / "whole.npz") as data:  # complex numbers lost their imaginary part with a warning
+        np.savez(tmp_path / "complex.npz", **{**dict(data), "exp": data["exp"] + 1j})
+        np.savez(tmp_path / "ragged.npz", **{**dict(data), "t": np.zeros((3, 3))})
+    for name in ("complex.npz", "ragged.npz"):
+        with pytest.raises(PortraitError, match=r"needs at least one frame, .* all real numbers"):
             read_template(tmp_path / name)
     for name, change in (("zero.npz", {"scale": np.zeros(2)}), ("eyes.npz", {"eyes": np.full((2, 2), np.nan),
                                                                            "lips": np.zeros(2)})):  # fmt: skip
@@ -186,6 +208,42 @@ def test_a_long_template_is_refused_before_its_frames_are_unpacked(tmp_path: Pat
         tracemalloc.start()
         try:
             with pytest.raises(PortraitError, match=rf"^{name} holds 8000.0 s of motion \(200000 frames at 25 fps\)"):
+                read_template(tmp_path / name, max_seconds=600)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 30 * 2**20, (name, peak)
+
+
+@pytest.mark.parametrize(
+    ("fps", "message"),
+    [
+        (np.array([25.0, 25.0]), "and one fps, all real numbers"),  # skipped the length check, then unpacked it all
+        (np.array("abc"), "and one fps, all real numbers"),
+        (np.float64(1e9), r"fps must be one number in 1..240 \(it holds 1000000000.0\)"),
+        (np.float64(np.nan), "fps must be one number in 1..240"),
+        (np.bool_(True), "and one fps, all real numbers"),
+    ],
+)
+def test_a_template_with_a_bad_fps_is_refused_before_its_frames_are_unpacked(
+    tmp_path: Path, fps: np.ndarray, message: str
+) -> None:
+    """The length limit is in seconds, so it needs the fps: a bad one skipped it, and a 2.5 MB file took 3.5 GB and
+    17 s before the fps was refused. A pickle's output_fps too (1e9 made 3 million frames pass as 3 ms)."""
+    import tracemalloc
+
+    n = 200_000
+    zeros = {f: np.zeros((n, *shape), np.float32) for f, shape in (("exp", (21, 3)), ("kp", (21, 3)), ("t", (3,)))}
+    np.savez_compressed(tmp_path / "long.npz", fps=fps, scale=np.ones(n, np.float32), pitch=np.zeros(n),
+                        yaw=np.zeros(n), roll=np.zeros(n), **zeros)  # fmt: skip
+    frame = pickle.loads(upstream_pickle(tmp_path / "one.pkl", _angles(1, seed=6)).read_bytes())["motion"][0]
+    pickled = {"motion": [frame] * n, "output_fps": fps.item() if fps.size == 1 else fps.tolist()}
+    (tmp_path / "long.pkl").write_bytes(pickle.dumps(pickled, protocol=4))
+    for name in ("long.npz", "long.pkl"):
+        expected = message if name.endswith(".npz") or "fps must be" in message else "fps must be one number"
+        tracemalloc.start()
+        try:
+            with pytest.raises(PortraitError, match=expected):
                 read_template(tmp_path / name, max_seconds=600)
             peak = tracemalloc.get_traced_memory()[1]
         finally:

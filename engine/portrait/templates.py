@@ -34,6 +34,8 @@ UPSTREAM_FPS = 25  # what upstream assumes of a .pkl template without an output_
 MIN_SCALE = 1e-6
 _FIELDS = ("pitch", "yaw", "roll", "t", "exp", "scale", "kp")
 _OPENNESS_FIELDS = ("eyes", "lips")  # optional: each frame's eye (left, right) and lip openness
+_PER_FRAME = {"pitch": (), "yaw": (), "roll": (), "t": (3,), "exp": (21, 3), "scale": (), "kp": (21, 3), "eyes": (2,),
+              "lips": ()}  # fmt: skip
 # What numpy's own pickles of arrays and scalars name (numpy 1 wrote numpy.core, numpy 2 numpy._core), and the
 # bytes helper protocol 2 uses: nothing here runs code of the file's choosing.
 _MULTIARRAY = np._core.multiarray
@@ -45,6 +47,9 @@ _ARRAY_NAMES = {
     ("numpy.core.multiarray", "scalar"): _MULTIARRAY.scalar,
     ("numpy._core.multiarray", "scalar"): _MULTIARRAY.scalar,
     ("_codecs", "encode"): codecs.encode,
+    # protocol 5 (pickle.dump(..., protocol=5)): an array from its own bytes in the file
+    ("numpy.core.numeric", "_frombuffer"): np._core.numeric._frombuffer,
+    ("numpy._core.numeric", "_frombuffer"): np._core.numeric._frombuffer,
 }
 
 Openness = tuple[np.ndarray, np.ndarray]  # per driving frame: eyes (N, 2), lips (N,)
@@ -77,38 +82,33 @@ def read_template(path: Path, max_frames: int | None = None, max_seconds: float 
     return Template(motion, template.fps, openness)
 
 
-def _check_length(path: Path, frames: int, fps: Any, max_seconds: float | None) -> None:
-    """Refuse motion longer than `max_seconds` (fps outside FPS_RANGE is refused later, with the other checks)."""
+def _fps(path: Path, value: Any) -> float:
+    """The template's frame rate: one real number in FPS_RANGE, checked before any frame is unpacked (its length in
+    seconds, which the limit is on, depends on it)."""
     try:
-        fps = float(fps)
-    except (TypeError, ValueError):
-        return
-    if max_seconds is not None and FPS_RANGE[0] <= fps <= FPS_RANGE[1] and frames / fps > max_seconds:
+        array = np.asarray(value)
+    except ValueError:  # a ragged list
+        array = np.asarray(None)
+    if array.size != 1 or array.dtype.kind not in "fiu" or not FPS_RANGE[0] <= float(array.reshape(())) <= FPS_RANGE[1]:
+        shown = repr(array.reshape(()).item())[:40] if array.size == 1 else f"{array.size} values"
+        raise PortraitError(
+            f"{path.name}: a motion template's fps must be one number in {FPS_RANGE[0]:g}..{FPS_RANGE[1]:g} "
+            f"(it holds {shown})"
+        )
+    return float(array.reshape(()))
+
+
+def _check_length(path: Path, frames: int, fps: float, max_seconds: float | None) -> None:
+    """Refuse motion longer than `max_seconds`."""
+    if max_seconds is not None and frames / fps > max_seconds:
         raise PortraitError(
             f"{path.name} holds {frames / fps:.1f} s of motion ({frames} frames at {fps:g} fps); "
             f"at most {max_seconds:g} s is accepted (AVATARBENCH_MAX_SECONDS)"
         )
 
 
-def _npy_shape(data: Any, name: str) -> tuple[int, ...]:
-    """An .npz member's shape from its header, before its data is read."""
-    with data.zip.open(f"{name}.npy") as f:
-        return npy_header(f)[0]
-
-
 def _checked(path: Path, motion: KeypointInfo, fps: float, openness: Openness | None) -> Template:
-    frames = motion.exp.shape[0]
-    shapes_ok = frames >= 1 and motion.kp.shape == (frames, 21, 3) and motion.exp.shape[1:] == (21, 3)
-    shapes_ok = shapes_ok and all(getattr(motion, f).shape == (frames,) for f in ("pitch", "yaw", "roll", "scale"))
-    shapes_ok = shapes_ok and motion.t.shape == (frames, 3)
-    if openness is not None:
-        shapes_ok = shapes_ok and openness[0].shape == (frames, 2) and openness[1].shape == (frames,)
-    if not shapes_ok or not FPS_RANGE[0] <= fps <= FPS_RANGE[1]:
-        raise PortraitError(
-            f"{path.name}: a motion template needs at least one frame, keypoints and expressions (frames, 21, 3), "
-            f"translations (frames, 3), eyes and lips (frames, 2) and (frames,), and fps in "
-            f"{FPS_RANGE[0]:g}..{FPS_RANGE[1]:g}"
-        )
+    """Values a driver can use: finite, and no face of scale 0 (the shapes are checked as the file is read)."""
     values = [getattr(motion, f) for f in (*_FIELDS, "matrix") if getattr(motion, f) is not None]
     values += [torch.from_numpy(np.asarray(a)) for a in openness or ()]
     if not all(bool(torch.isfinite(v).all()) for v in values):
@@ -120,23 +120,56 @@ def _checked(path: Path, motion: KeypointInfo, fps: float, openness: Openness | 
 
 def _read_npz(path: Path, max_seconds: float | None) -> Template:
     try:
-        with np.load(path, allow_pickle=False) as data:
-            missing = [f for f in (*_FIELDS, "fps") if f not in data]
-            if not missing and _npy_shape(data, "fps") in ((), (1,)):
-                _check_length(path, max((_npy_shape(data, f) or (0,))[0] for f in _FIELDS), data["fps"], max_seconds)
-            arrays = {f: torch.from_numpy(np.asarray(data[f], dtype=np.float32)) for f in _FIELDS if f in data}
-            fps = float(data["fps"]) if "fps" in data else 0.0
+        data = np.load(path, allow_pickle=False)
+    except Exception as exc:  # not a zip, truncated, empty, text: numpy's many ways of saying no
+        reason = "it is not an .npz archive" if "pickle" in str(exc) else f"{type(exc).__name__}: {exc}"
+        raise PortraitError(f"{path.name} cannot be read as a motion template (.npz): {reason}") from None
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise PortraitError(f"{path.name} is one .npy array, not a motion template (an .npz archive of several)")
+    try:
+        with data:
+            frames = _checked_npz_headers(path, data)
+            fps = _fps(path, data["fps"])  # one value: the headers were checked
+            _check_length(path, frames, fps, max_seconds)
+            arrays = {f: torch.from_numpy(np.asarray(data[f], dtype=np.float32)) for f in _FIELDS}
             saved = [np.asarray(data[f], dtype=np.float32) for f in _OPENNESS_FIELDS if f in data]
     except PortraitError:
         raise
-    except Exception as exc:  # not a zip, truncated, empty, object arrays, text: numpy's many ways of saying no
-        reason = "it is not an .npz archive" if "pickle" in str(exc) else f"{type(exc).__name__}: {exc}"
-        raise PortraitError(f"{path.name} cannot be read as a motion template (.npz): {reason}") from None
+    except Exception as exc:  # a member damaged past its header
+        raise PortraitError(
+            f"{path.name} cannot be read as a motion template (.npz): {type(exc).__name__}: {exc}"
+        ) from None
+    return _checked(path, KeypointInfo(**arrays), fps, (saved[0], saved[1]) if saved else None)
+
+
+def _checked_npz_headers(path: Path, data: Any) -> int:
+    """The frame count, from the members' headers before their data is read: every field there, of numbers, one
+    row per frame of the shape it needs (a small file may hold a huge member: zeros compress)."""
+    missing = [f for f in (*_FIELDS, "fps") if f not in data]
     if missing:
         raise PortraitError(f"{path.name} is not a motion template: missing {', '.join(missing)}")
-    if len(saved) == 1:
+    if sum(f in data for f in _OPENNESS_FIELDS) == 1:
         raise PortraitError(f"{path.name}: a motion template keeps both the eyes' and the lips' openness, or neither")
-    return _checked(path, KeypointInfo(**arrays), fps, (saved[0], saved[1]) if saved else None)
+    headers = {f: _npy_header(data, f) for f in ("fps", *_PER_FRAME) if f in data}
+    frames = (headers["exp"][0] or (0,))[0]
+    rows_ok = frames >= 1 and all(shape == (frames, *_PER_FRAME[f]) for f, (shape, _) in headers.items() if f != "fps")
+    if (
+        not rows_ok
+        or any(dtype.kind not in "fiu" for _, dtype in headers.values())
+        or headers["fps"][0] not in ((), (1,))
+    ):
+        raise PortraitError(
+            f"{path.name}: a motion template needs at least one frame, keypoints and expressions (frames, 21, 3), "
+            "translations (frames, 3), pitch, yaw, roll and scale (frames,), eyes and lips (frames, 2) and "
+            "(frames,), and one fps, all real numbers"
+        )
+    return frames
+
+
+def _npy_header(data: Any, name: str) -> tuple[tuple[int, ...], np.dtype]:
+    """An .npz member's shape and dtype from its header, before its data is read."""
+    with data.zip.open(f"{name}.npy") as f:
+        return npy_header(f)
 
 
 class _ArraysOnly(pickle.Unpickler):
@@ -165,10 +198,11 @@ def _read_pickle(path: Path, max_seconds: float | None) -> Template:
 
 
 def _upstream_template(path: Path, data: Any, max_seconds: float | None) -> Template:
-    frames = data["motion"] if isinstance(data, dict) else None
+    frames = data.get("motion") if isinstance(data, dict) else None
     if not isinstance(frames, list) or not frames or not all(isinstance(f, dict) for f in frames):
         raise PortraitError(f"{path.name} is not LivePortrait's motion template: no list of frames under 'motion'")
-    _check_length(path, len(frames), data.get("output_fps", UPSTREAM_FPS), max_seconds)  # before they are unpacked
+    fps = _fps(path, data.get("output_fps", UPSTREAM_FPS))
+    _check_length(path, len(frames), fps, max_seconds)  # before they are unpacked
     key_r = "R" if "R" in frames[0] else "R_d"  # as upstream reads its older files
     missing = [k for k in ("scale", key_r, "exp", "t") if k not in frames[0]]
     if missing:
@@ -201,7 +235,4 @@ def _upstream_template(path: Path, data: Any, max_seconds: float | None) -> Temp
         if not isinstance(eyes, list) or not isinstance(lips, list) or len(eyes) != n or len(lips) != n:
             raise PortraitError(f"{path.name}: its eye and lip openness must have one entry per frame ({n})")
         openness = (stacked("c_eyes_lst", (2,), eyes).numpy(), stacked("c_lip_lst", (), lips).numpy())
-    fps = data.get("output_fps", UPSTREAM_FPS)
-    if isinstance(fps, bool) or not isinstance(fps, int | float | np.number):
-        raise PortraitError(f"{path.name}: its output_fps must be a number")
-    return _checked(path, motion, float(fps), openness)
+    return _checked(path, motion, fps, openness)
