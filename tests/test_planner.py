@@ -102,6 +102,10 @@ def test_what_a_16_gb_card_holds_at_fp16_and_at_4_bits() -> None:
     assert fp16["warnings"][-1].endswith("(1 x 4096); try a larger GPU or shorter sequences")
     crowd = plan_llm(LlmRequest("A100-40GB", "llama-2-13b", concurrent_requests=1000))  # auto tried AWQ already
     assert "try a larger GPU, more GPUs (--count 2 shards it further), fewer concurrent requests or" in str(crowd)
+    # its launch line (AWQ, the most room) is the closest, not advice: it read "--quantize awq: fp16 weights leave
+    # too little room", as for a plan that fits
+    assert crowd["flags"]["--quantize"] == "awq" and crowd["reasons"][0].startswith("nothing tried fits: the launch ")
+    assert not any(r.startswith("--quantize") for r in crowd["reasons"])
     wide = plan_llm(LlmRequest("A100-40GB", "llama-2-13b", count=8, concurrent_requests=1000, quantize="none"))
     assert "try a larger GPU, 4-bit weights (--quantize awq), fewer concurrent requests" in str(wide["warnings"])
     awq = plan_llm(LlmRequest("L4", "llama-2-7b", max_total_tokens=4096, quantize="awq", concurrent_requests=4))
@@ -213,6 +217,7 @@ def test_model_memory_plan_by_hand() -> None:
     fit = plan_model_memory(t4, weights, act, "fp16", 0.9, target_samples_per_s=5000, samples_per_s_per_gpu=1800)
     assert (int(16e9 * 0.9) - weights - CUDA_CONTEXT_BYTES) // act == 6744  # capped at the 4096 asked for
     assert fit.max_batch == 4096 and fit.recommended_batch == 4096
+    assert fit.capped and fit.max_batch_text == "4096 (the most planned; more would fit)"  # it read as the limit
     small = plan_model_memory(t4, weights, act, max_batch=3000)
     assert small.max_batch == 3000 and small.recommended_batch == 2048  # a power of two
     assert fit.gpus_for_target == 3 and fit.recommended_precision == "fp16"
@@ -220,7 +225,10 @@ def test_model_memory_plan_by_hand() -> None:
     bf = plan_model_memory(t4, weights, act, "bf16")
     assert "NVIDIA T4 (compute capability 7.5) has no bf16: use fp16" in bf.warnings  # not "(7, 5)"
     huge = plan_model_memory(t4, 20 * 10**9, act)
-    assert huge.max_batch == 0 and huge.recommended_batch == 0 and huge.warnings
+    assert huge.max_batch == 0 and huge.recommended_batch == 0 and huge.warnings and not huge.capped
+    exact = plan_model_memory(t4, weights, act, max_batch=6744)
+    assert exact.max_batch == 6744 and not exact.capped and exact.max_batch_text == "6744"
+    assert plan_model_memory(t4, weights, 0).capped  # no activations: any batch fits
 
 
 def test_calibration_from_a_sweep_report() -> None:

@@ -157,7 +157,7 @@ def _plan_network(args: argparse.Namespace) -> int:
     write_json(args.json, json.dumps(fit.to_dict(), indent=2))
     print(f"{title} on {config.gpu} at {config.precision}: fixed {fit.weights_bytes / 2**20:.0f} MiB, "
           f"activations {fit.activation_bytes_per_sample / 2**20:.1f} MiB/sample ({fit.basis})")  # fmt: skip
-    print(f"  largest batch under {config.memory_fraction:g} of memory: {fit.max_batch}")
+    print(f"  largest batch under {config.memory_fraction:g} of memory: {fit.max_batch_text}")
     print(f"  recommended batch: {fit.recommended_batch}, precision: {fit.recommended_precision}")
     if fit.gpus_for_target:
         print(f"  GPUs for {config.target_throughput:g} samples/s: {fit.gpus_for_target}")

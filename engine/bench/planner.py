@@ -118,9 +118,14 @@ class MemoryFit:
     predicted_bytes: int  # at the recommended batch
     basis: str
     warnings: list[str] = field(default_factory=list)
+    capped: bool = False  # more than max_batch would fit: it is the most the plan looks at, not the memory's limit
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def max_batch_text(self) -> str:
+        return f"{self.max_batch} (the most planned; more would fit)" if self.capped else str(self.max_batch)
 
 
 def calibrate_activations(peaks: list[tuple[int, int]]) -> tuple[int, int]:
@@ -191,8 +196,9 @@ def plan_model_memory(
     budget = int(gpu.memory_bytes * memory_fraction)
     free = budget - weights_bytes - CUDA_CONTEXT_BYTES
     per_sample = max(1, activation_bytes_per_sample)  # no activations: as many as max_batch, when the weights fit
-    fits = max(0, free // per_sample) if activation_bytes_per_sample or free < 0 else max_batch
-    fits = int(min(fits, max_batch))
+    room = free // per_sample if activation_bytes_per_sample or free < 0 else math.inf
+    capped = room > max_batch
+    fits = int(max(0, min(room, max_batch)))
     recommended = 2 ** int(math.log2(fits)) if fits >= 1 else 0
     if fits == 0:
         warnings.append(f"does not fit: weights and one sample need more than {budget / 2**30:.1f} GiB")
@@ -205,7 +211,7 @@ def plan_model_memory(
     best = "fp16" if gpu.supports("fp16-tensor-cores") else "fp32"
     return MemoryFit(
         weights_bytes, activation_bytes_per_sample, CUDA_CONTEXT_BYTES, budget, fits, recommended, precision, best,
-        gpus, predicted, basis, warnings,
+        gpus, predicted, basis, warnings, capped,
     )  # fmt: skip
 
 
@@ -406,14 +412,19 @@ def plan_llm(req: LlmRequest, card: Gpu | None = None) -> dict[str, Any]:
             f"{best['kv_tokens_needed']:,} needed ({req.concurrent_requests} x {req.max_total_tokens}); "
             + _what_would_fit(req, spec, gpu, flash, tried)
         )
-    if best["quantize"] != "none":
+    if chosen is None:  # the flags below are the closest tried, not a recommendation
+        reasons.append(
+            f"nothing tried fits: the launch line is the closest ({best['kv_token_capacity']:,} of "
+            f"{best['kv_tokens_needed']:,} KV tokens), to change as the warning says before it will serve"
+        )
+    elif best["quantize"] != "none":
         reasons.append(
             f"--quantize {best['quantize']}: fp16 weights ({llm_weight_bytes(spec) / 1e9:.1f} GB) leave too little "
             "room for the KV cache"
             if req.quantize == "auto"
             else f"--quantize {best['quantize']} as asked"
         )
-    if best["shards"] > 1:
+    if chosen is not None and best["shards"] > 1:
         reasons.append(f"--num-shard {best['shards']}: one GPU cannot hold weights and KV cache")
     dtype = "bfloat16" if gpu.supports("bf16") else "float16"
     flags = {
