@@ -155,6 +155,12 @@ def test_onnx_eval(tmp_path: Path) -> None:
     proc = run("onnx", "eval", str(path), *args, **env)
     assert proc.returncode == 0 and "expected cpu y: mae nan" in proc.stdout, proc.stderr
     assert json.loads(report_path.read_text())["accuracy"]["expected"]["cpu"]["y"]["mae"] == "NaN"
+    # expected values of another shape: the report is written, and the command says no (it exited 0)
+    np.savez(tmp_path / "wide.npz", y=np.zeros((1, 5), np.float32))
+    args[3] = str(tmp_path / "wide.npz")
+    proc = run("onnx", "eval", str(path), *args, **env)
+    assert proc.returncode == 2 and "the accuracy asked for was not measured: cpu y: shape mismatch" in proc.stderr
+    assert json.loads(report_path.read_text())["accuracy"]["expected"]["cpu"]["y"]["error"].startswith("shape")
 
     # a model that runs on no provider (Gather past the end of its data) fails the command, with the reason
     data = helper.make_tensor_value_info("d", TensorProto.FLOAT, [4])

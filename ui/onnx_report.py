@@ -12,6 +12,7 @@ from typing import Any
 
 import plotly.graph_objects as go
 
+from engine.onnx.model import type_name
 from engine.onnx.timing import spread_warning
 from ui.widgets import layout, log_axis
 
@@ -151,7 +152,11 @@ def accuracy_rows(report: dict) -> list[list]:
 
 
 def io_rows(inspection: dict) -> list[list]:
-    return [[kind, s["name"], s["dtype"], str(s["shape"])] for kind in ("inputs", "outputs") for s in inspection[kind]]
+    return [
+        [kind, s["name"], type_name(s["dtype"]), str(s["shape"])]
+        for kind in ("inputs", "outputs")
+        for s in inspection[kind]
+    ]
 
 
 def inspection_markdown(inspection: dict) -> str:

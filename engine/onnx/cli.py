@@ -19,7 +19,7 @@ from engine.core.commands import (
     write_json,
 )
 from engine.core.options import from_args
-from engine.onnx.config import EvalConfig, InspectConfig
+from engine.onnx.config import EvalConfig, EvalError, InspectConfig
 
 
 def _inspect(args: argparse.Namespace) -> int:
@@ -36,7 +36,7 @@ def _inspect(args: argparse.Namespace) -> int:
     print(f"  sha256 {info.sha256}, {info.size_bytes / 2**20:.1f} MiB, {info.parameters:,} parameters")
     for kind, specs in (("input", info.inputs), ("output", info.outputs)):
         for spec in specs:
-            print(f"  {kind:<6} {spec.name}: {spec.dtype} {spec.shape}")
+            print(f"  {kind:<6} {spec.name}: {spec.type_name} {spec.shape}")
     print(f"  symbols {info.symbols}")
     print("  ops " + ", ".join(f"{op} x{n}" for op, n in info.op_counts.items()))
     flops = "unknown" if info.flops is None else f"{info.flops / 1e9:.3f} GFLOP per run"
@@ -74,11 +74,28 @@ def _eval(args: argparse.Namespace) -> int:
     if not any(not row.get("error") for row in report["results"]):
         print("avatarbench: the model ran on no provider (the reasons are above)", file=sys.stderr)
         return 1  # a command's own "no", as a failed sweep point
+    _refuse_unmeasured_accuracy(report["accuracy"])
     refuse_fallbacks([
         f"{key} ({meta['requested']}) ran on {meta['got'][0]}"
         for key, meta in report["sessions"].items() if meta.get("fell_back")
     ])  # fmt: skip
     return 0
+
+
+def _refuse_unmeasured_accuracy(accuracy: dict) -> None:
+    """Exit 2 once the report is out when --expected or --labels could not be compared with what the model gave (a
+    shape that differs): the accuracy asked for was not measured, and exit 0 let a script read it as measured."""
+    failed = [
+        f"{provider} {name}: {a['error']}"
+        for provider, outputs in (accuracy.get("expected") or {}).items()
+        for name, a in outputs.items()
+        if a.get("error")
+    ]
+    failed += [
+        f"labels {provider}: {t['error']}" for provider, t in (accuracy.get("topk") or {}).items() if t.get("error")
+    ]
+    if failed:
+        raise EvalError(f"the accuracy asked for was not measured: {'; '.join(failed)}")
 
 
 def _report_out(report: dict[str, Any], args: argparse.Namespace) -> None:

@@ -101,7 +101,7 @@ def _synthetic_dtype(spec: TensorSpec) -> np.dtype:
     dtype = _np_dtype(spec)
     if not (spec.is_float or dtype.kind in "iub"):
         raise EvalError(
-            f"input {spec.name!r} is {spec.dtype}: synthetic inputs are numeric or bool only; "
+            f"input {spec.name!r} is {spec.type_name}: synthetic inputs are numeric or bool only; "
             "give its values in an inputs .npz"
         )
     return dtype
@@ -1059,8 +1059,7 @@ def _check_outputs(info: ModelInfo, config: EvalConfig) -> None:
     for what, spec in asked:
         if not spec.is_numeric:
             raise EvalError(
-                f"{what} compare numeric tensor outputs, and output {spec.name!r} is "
-                f"{'string' if spec.dtype == 'object' else spec.dtype}"
+                f"{what} compare numeric tensor outputs, and output {spec.name!r} is {spec.type_name}"
                 + ("; labels score the first output" if what == "labels" else "")
             )
 

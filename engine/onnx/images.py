@@ -148,7 +148,7 @@ def images_to_tensor(
         dtype = None
     if dtype is None or not (spec.is_float or dtype.kind in "iu"):
         raise ImageInputError(
-            f"input {spec.name!r} is {spec.dtype}; images fill float (16, 32 or 64 bits, bfloat16, float8) or "
+            f"input {spec.name!r} is {spec.type_name}; images fill float (16, 32 or 64 bits, bfloat16, float8) or "
             "integer (8 to 64 bits) inputs"
         )
     if dtype.kind in "iu" and options.scaling != "0-255":

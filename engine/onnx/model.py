@@ -78,6 +78,11 @@ class Limits:
     max_output_bytes: int = 2**30
 
 
+def type_name(dtype: str) -> str:
+    """A tensor type as people name it: numpy calls ONNX's string tensors "object"."""
+    return "string" if dtype == "object" else dtype
+
+
 @dataclass
 class TensorSpec:
     name: str
@@ -108,6 +113,10 @@ class TensorSpec:
         if dtype.kind == "V":  # another ml_dtypes type (int4, float8_e8m0fnu...): ONNX Runtime's Python has no way
             raise TypeError(f"{self.dtype} cannot be passed to or read from ONNX Runtime")
         return dtype
+
+    @property
+    def type_name(self) -> str:
+        return type_name(self.dtype)
 
     @property
     def is_tensor(self) -> bool:
