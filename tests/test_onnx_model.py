@@ -408,10 +408,13 @@ def test_broken_uploads_refused(tmp_path: Path) -> None:
     empty.write_bytes(b"")
     with pytest.raises(ModelError, match="empty"):
         prepare_model(empty, work)
-    with pytest.raises(ModelError, match=r"big\.onnx is 11\.0 KiB \(11,\d{3} bytes\), over the limit of 100 bytes"):
+    too_big = r"big\.onnx is 11\.0 KiB \(11,\d{3} bytes\), over the limit of 100 bytes \(AVATARBENCH_MAX_UPLOAD_MB\)"
+    with pytest.raises(ModelError, match=too_big):
         prepare_model(_write(conv_net(), tmp_path / "big.onnx"), work, Limits(max_file_bytes=100))
-    with pytest.raises(ModelError, match="cannot be read"):
+    with pytest.raises(ModelError, match=r"upload 'absent\.onnx' cannot be read"):
         prepare_model(tmp_path / "absent.onnx", work)
+    with pytest.raises(ModelError, match=r"model 'absent\.onnx' cannot be read"):  # named on the command line
+        prepare_model(tmp_path / "absent.onnx", work, beside=True)
     with pytest.raises(ModelError, match=r"not a readable zip|no end-of-central-directory"):
         prepare_model(_write_bytes(tmp_path / "cut.zip", b"PK\x03\x04" + bytes(100)), work)
 

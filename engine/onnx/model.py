@@ -201,7 +201,10 @@ def _exact_bytes(n: int) -> str:
 
 def _check_size(name: str, size: int, limits: Limits) -> None:
     if size > limits.max_file_bytes:
-        raise ModelError(f"{name} is {_exact_bytes(size)}, over the limit of {_exact_bytes(limits.max_file_bytes)}")
+        raise ModelError(
+            f"{name} is {_exact_bytes(size)}, over the limit of {_exact_bytes(limits.max_file_bytes)} "
+            "(AVATARBENCH_MAX_UPLOAD_MB)"
+        )
     if size == 0:
         raise ModelError(f"{name} is empty (0 bytes): it is not an ONNX model or a .zip; accepted: {ACCEPTED}")
 
@@ -235,7 +238,7 @@ def prepare_model(
     limits), copied beside the copy of the model.
     """
     src = Path(upload)
-    size = _regular_file_size(src, "upload")
+    size = _regular_file_size(src, "model" if beside else "upload")
     _check_size(src.name, size, limits)
     with open(src, "rb") as f:
         head = f.read(16)
