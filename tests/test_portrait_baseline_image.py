@@ -77,10 +77,11 @@ def test_a_driving_image_turns_the_source_face_by_its_roll(angle: float, tmp_pat
 
 def test_a_driver_framed_like_the_source_moves_nothing(tmp_path: Path, settings: Settings) -> None:
     out = tmp_path / "same.mp4"
-    config = PortraitConfig(FACE, FACE, engine="baseline", yaw=20.0, crop=False, multiplier=1.2)
+    config = PortraitConfig(FACE, FACE, engine="baseline", yaw=20.0, crop=False, multiplier=1.2, precision="fp16")
     result = run_portrait(config, out, settings)
     assert result.metrics["pose_transfer"]["roll_degrees"] == 0 and result.metrics["pose_transfer"]["scale"] == 1
-    assert "the baseline engine does not use --crop, --yaw (LivePortrait's options)" in result.warnings  # not silent
+    ignored = "the baseline engine does not use --precision, --crop, --yaw (LivePortrait's options)"
+    assert ignored in result.warnings and result.precision == "fp32"  # not silent; and it said fp16, as asked
     frame, source = next(iter(read_frames(out))), cv2.imread(str(FACE))
     turned, scale = _similarity(source, frame)
     assert abs(turned) < 0.3 and abs(scale - 1) < 0.01

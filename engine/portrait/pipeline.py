@@ -759,6 +759,7 @@ def _baseline_plan(
 ) -> _Plan:
     path = Path(config.driving)
     _baseline_checks(config, result)
+    result.precision = "fp32"  # the baseline's warp always is (the GPU's default of fp16 is LivePortrait's)
     if is_image(path):
         return _baseline_image_plan(config, settings, source_bgr, box, detector, device, result)
     info = probe_video(path)
