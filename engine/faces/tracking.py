@@ -100,11 +100,13 @@ class SceneCuts:
     """Fed a clip's frames in order, says of each whether it starts a new shot (the first frame does not)."""
 
     def __init__(self) -> None:
+        self.first: np.ndarray | None = None  # the first and last frames' thumbnails
         self.last: np.ndarray | None = None
 
     def __call__(self, frame: np.ndarray) -> bool:
         thumb = thumbnail(frame)
         cut, self.last = is_cut(self.last, thumb), thumb
+        self.first = thumb if self.first is None else self.first
         return cut
 
 

@@ -54,7 +54,7 @@ from engine.core.results import RunResult
 from engine.core.settings import Settings, get_settings
 from engine.core.weights import S3FD, WAV2LIP, WeightsError, resolve, where_to_put
 from engine.faces.detection import FaceDetector, make_detector
-from engine.faces.tracking import THUMB_SIDE, FaceTracker, SceneCuts, check_fixed_box, is_cut, thumbnail
+from engine.faces.tracking import THUMB_SIDE, FaceTracker, SceneCuts, check_fixed_box, is_cut
 from engine.lipsync.config import LipSyncConfig, LipSyncError, precision_summary
 from engine.lipsync.engines import BaselineEngine, Generator, Wav2LipEngine, auto_batch_size, default_precision
 from engine.lipsync.paste import Box, crop, first_row_read, paste
@@ -476,16 +476,15 @@ class LipSyncSegments:
         run = self._ready()
         stop = run.count if stop is None else stop
         found: list[np.ndarray] = []
-        cuts, shots, first = SceneCuts(), [], None
+        cuts, shots = SceneCuts(), []
         batches = _detected(
             _batched(run.frames(start, stop), run.batch_size, run.result), run.detector, False, run.result
         )
         for frames, detections in _background(batches, 1, "decode-detect"):
             found += [np.asarray(d, np.float32).reshape(-1, 5) for d in detections]
             shots += [cuts(f) for f in frames]
-            first = thumbnail(frames[0]) if first is None else first
             progress(len(found) / max(1, stop - start), f"faces in frame {start + len(found)}/{stop}")
-        edges = [first, cuts.last] if first is not None else []  # the plan compares them across segments
+        edges = [cuts.first, cuts.last] if cuts.first is not None else []  # the plan compares them across segments
         return {
             "detections": np.concatenate(found or [np.zeros((0, 5), np.float32)]),
             "counts": _counts(found),
