@@ -36,6 +36,7 @@ KINDS = {
     "die": "test_ray_pool:die",
     "write": "test_ray_pool:write",
     "refuse": "test_ray_pool:refuse",
+    "rows": "test_ray_pool:rows",
     "onnx_eval": "engine.onnx.jobs:handle",
 }
 
@@ -78,6 +79,12 @@ def hold(job: Any, progress: Any, context: Any) -> dict:
     while not release.exists() and time.monotonic() < deadline:
         time.sleep(0.02)
     return {**_where(job, context), "released": release.exists()}
+
+
+def rows(job: Any, progress: Any, context: Any) -> dict:
+    """Keep a result so far (as a sweep keeps its rows), then hold as `hold` does."""
+    context.store.save_partial(job.id, {"rows": [1, 2], "note": "stopped before its end"})
+    return hold(job, progress, context)
 
 
 def die(job: Any, progress: Any, context: Any) -> dict:
@@ -280,6 +287,16 @@ def test_an_actor_that_dies_mid_job_fails_it_and_is_replaced(pool: Pool, how: st
     later = settle(pool.store, [j.id for j in _meet_pair(pool, key, f"after-{how}")], 60)
     assert all(j.status == DONE and j.result["partnered"] for j in later), [(j.status, j.error) for j in later]
     assert dead.worker not in {j.worker for j in later}  # the replacement and the other actor ran them
+
+
+def test_a_job_stopped_in_an_actor_keeps_its_result_so_far(pool: Pool) -> None:
+    """A sweep's rows kept as measured reached only the actor's own store, so a cancelled sweep on a Ray cluster
+    ended with nothing, where one in a worker process keeps its rows."""
+    job = pool.broker.submit("rows", {"release": str(pool.tmp / "never")}, "cuda:0", OWNER)
+    _until("the result so far in the app's store", lambda: pool.store.get(job.id).result)
+    assert pool.broker.cancel(job.id, OWNER).status == CANCELLED
+    (stopped,) = settle(pool.store, [job.id], 60)
+    assert stopped.status == CANCELLED and stopped.result == {"rows": [1, 2], "note": "stopped before its end"}
 
 
 def _alive(pool: Pool, key: str) -> list[Any]:

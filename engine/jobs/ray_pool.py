@@ -63,22 +63,31 @@ _ADDRESS = re.compile(r"auto|ray://[^\s/:]+:\d+|[^\s/:]+:\d+")
 
 class _ActorStore(JobStore):
     """The actor's own store: the blobs shipped with its jobs, and an empty job table of its own. What run_job
-    writes about the job (progress, result, failure) is kept here for the app's driver to collect."""
+    writes about the job (progress, the result so far, the outcome) is kept here for the app's driver to collect."""
 
     def __init__(self, db_path: Path, blobs_dir: Path) -> None:
         super().__init__(db_path, blobs_dir)
         self.outcome: dict[str, Any] = {}
         self.latest: tuple[str, float, str] | None = None
+        self.partial: tuple[str, dict] | None = None
         self._progress_lock = threading.Lock()
 
     def update_progress(self, job_id: str, fraction: float, label: str) -> None:
         with self._progress_lock:
             self.latest = (job_id, min(1.0, max(0.0, float(fraction))), str(label))
 
-    def take_progress(self) -> tuple[str, float, str] | None:
+    def save_partial(self, job_id: str, result: dict) -> None:
+        if not isinstance(result, dict):
+            raise StoreError(f"a job result must be a dict, not {type(result).__name__}")
         with self._progress_lock:
-            latest, self.latest = self.latest, None
-            return latest
+            self.partial = (job_id, result)
+
+    def take_progress(self) -> dict[str, Any]:
+        """The latest progress and result so far, each once (None where nothing new)."""
+        with self._progress_lock:
+            taken = {"progress": self.latest, "partial": self.partial}
+            self.latest = self.partial = None
+            return taken
 
     def finish(self, job_id: str, result: dict) -> None:
         if not isinstance(result, dict):
@@ -212,10 +221,11 @@ class RayWorkerActor:
         return {**outcome, "files": files}
 
     def poll(self) -> dict[str, Any]:
-        """The latest progress since the last poll and this process's resident memory (the broker's memory cap)."""
+        """The latest progress and result so far since the last poll, and this process's resident memory (the
+        broker's memory cap)."""
         import psutil
 
-        return {"progress": self.store.take_progress(), "rss": psutil.Process().memory_info().rss}
+        return {**self.store.take_progress(), "rss": psutil.Process().memory_info().rss}
 
     def close(self) -> None:
         self.store.close()
@@ -344,6 +354,8 @@ class RayWorkerHandle:
         self._rss = answer["rss"]
         if job is not None and answer["progress"] and answer["progress"][0] == job.id:
             self._pool.store.update_progress(job.id, *answer["progress"][1:])
+        if job is not None and answer["partial"] and answer["partial"][0] == job.id:  # kept if the job stops
+            self._pool.store.save_partial(job.id, answer["partial"][1])
 
     def _run(self, job: Job) -> None:
         import ray
