@@ -472,6 +472,9 @@ def test_every_output_flag_is_checked_against_the_inputs_and_links(tmp_path: Pat
     with pytest.raises(InputError, match=r"--audio .*a\.wav is in .*talk\.stream, where --stream writes"):
         check_output_paths(argparse.Namespace(audio=str(tmp_path / "talk.stream" / "a.wav"), **video))
     check_output_paths(argparse.Namespace(audio=str(tmp_path / "talk.stream" / "a.wav"), **{**video, "stream": False}))
+    playlist = str(tmp_path / "talk.stream" / "index.m3u8")  # --json there replaced the stream's playlist
+    with pytest.raises(InputError, match=r"--json .*index\.m3u8 is in .*talk\.stream, where --stream writes"):
+        check_output_paths(argparse.Namespace(**{**video, "json": playlist}))
 
 
 def test_portrait_export_checks_its_folder_first(tmp_path: Path, capsys) -> None:

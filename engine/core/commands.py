@@ -116,8 +116,9 @@ def check_output_paths(args: argparse.Namespace) -> None:
         for item in (value if isinstance(value, list | tuple) else [value])
         if isinstance(item, str | Path) and str(item) and _is(Path.is_file, item)
     ]
-    if "out" in outputs and getattr(args, "stream", False) is True:
-        _check_stream_folder(outputs["out"], inputs)
+    if "out" in outputs and getattr(args, "stream", False) is True:  # the other outputs are not for it either
+        others = [(name, value) for name, value in outputs.items() if name != "out"]
+        _check_stream_folder(outputs["out"], [*inputs, *others])
     taken = {_identity(value): name for name, value in inputs}  # then each output as it is checked
     for name, value in outputs.items():
         other = taken.get(_identity(value))
@@ -173,7 +174,8 @@ def _check_writable(name: str, value: str) -> None:
 
 
 def _check_stream_folder(out: str, inputs: list[tuple[str, str | Path]]) -> None:
-    """--stream writes its segments and playlist into a folder beside --out: it must be one, and hold no input."""
+    """--stream writes its segments and playlist into a folder beside --out: it must be one, and hold no input or
+    other output (--json there replaced its playlist)."""
     from engine.core.hls import stream_folder
 
     folder = stream_folder(out)
