@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -498,3 +499,39 @@ def test_another_networks_weights_or_config(models, tmp_path: Path, settings: Se
     (root / "musetalkV15" / "musetalk.json").write_text(json.dumps(big))
     with pytest.raises(CheckpointError, match="Shape mismatches"):
         load_unet(root / "musetalkV15" / "unet.pth", root / "musetalkV15" / "musetalk.json")
+
+
+@pytest.mark.parametrize(
+    ("place", "change"),
+    [
+        ("musetalkV15/musetalk.json", {"block_out_channels": [999999, 999999]}),  # diffusers' ValueError
+        ("musetalkV15/musetalk.json", {"in_channels": "eight"}),  # torch's TypeError, building a convolution
+        ("sd-vae/config.json", {"latent_channels": -4}),
+        ("whisper/config.json", {"d_model": -5}),  # a tensor of negative size
+    ],
+)
+def test_a_config_no_network_can_be_built_from_is_named(models, tmp_path: Path, place: str, change: dict) -> None:
+    """Each was a traceback from diffusers, transformers or torch; now one line naming the file."""
+    root = _copy(models[0], tmp_path)
+    config = root / place
+    config.write_text(json.dumps({**json.loads(config.read_text()), **change}))
+    files = {"musetalkV15": ("musetalkV15/unet.pth", "musetalkV15/musetalk.json"),
+             "sd-vae": ("sd-vae/config.json", "sd-vae/diffusion_pytorch_model.bin"),
+             "whisper": ("whisper/config.json", "whisper/pytorch_model.bin")}[place.split("/")[0]]  # fmt: skip
+    load = {"musetalkV15": load_unet, "sd-vae": load_vae, "whisper": load_whisper_encoder}[place.split("/")[0]]
+    with pytest.raises(CheckpointError, match=rf"^{re.escape(config.name)}: no network can be built from it \("):
+        load(*(root / f for f in files))
+
+
+@pytest.mark.parametrize("change", [{"sampling_rate": 0}, {"feature_size": 128}, {"chunk_length": "x"}])
+def test_a_whisper_preprocessor_config_musetalk_cannot_use_is_named(tmp_path: Path, change: dict) -> None:
+    from engine.lipsync.musetalk.audio import feature_extractor
+
+    folder = tmp_path / "whisper"
+    folder.mkdir()
+    (folder / "preprocessor_config.json").write_text(
+        json.dumps({"feature_extractor_type": "WhisperFeatureExtractor", "feature_size": 80, "sampling_rate": 16000,
+                    "hop_length": 160, "chunk_length": 30, "n_fft": 400, **change})
+    )  # fmt: skip
+    with pytest.raises(CheckpointError, match=r"^preprocessor_config\.json: it (makes|cannot be used)"):
+        feature_extractor(str(folder))

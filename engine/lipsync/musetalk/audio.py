@@ -120,9 +120,24 @@ def feature_extractor(path: str | None = None) -> Any:
     """
     from transformers import WhisperFeatureExtractor
 
+    from engine.models.checkpoints import CheckpointError
+
     if path is None:
         return WhisperFeatureExtractor()
-    return WhisperFeatureExtractor.from_pretrained(path)
+    expected = "whisper-tiny's preprocessor_config.json"
+    try:
+        extractor = WhisperFeatureExtractor.from_pretrained(path)
+    except (ValueError, TypeError, KeyError, OSError, ZeroDivisionError) as exc:
+        raise CheckpointError(f"it cannot be used ({type(exc).__name__}: {str(exc)[:300]})",
+                              path=f"{path}/preprocessor_config.json", expected=expected) from None  # fmt: skip
+    made = (extractor.feature_size, extractor.sampling_rate, extractor.nb_max_frames)
+    if made != (MEL_BINS, SAMPLE_RATE, MEL_FRAMES):  # MuseTalk's audio network takes nothing else
+        raise CheckpointError(
+            f"it makes {made[0]} mel bins of {made[1]} Hz speech, {made[2]} frames a segment, where MuseTalk takes "
+            f"{MEL_BINS} of {SAMPLE_RATE} Hz, {MEL_FRAMES} frames",
+            path=f"{path}/preprocessor_config.json", expected=expected,
+        )  # fmt: skip
+    return extractor
 
 
 def whisper_input_features(speech: np.ndarray, extractor: Any | None = None) -> list[torch.Tensor]:

@@ -325,10 +325,10 @@ def run_musetalk(
     # A video's avatar holds the frames this speech needs (a longer speech prepares more of them); one of the whole
     # video, as `avatarbench avatar` prepares, serves any speech: its first frames are the same.
     wanted = ALL_FRAMES if photo is not None or (total is not None and count >= total) else count
+    extractor = feature_extractor(str(loaded.files["whisper_preprocessor"].parent))  # its file checked first
     avatar, source = _avatar(config, settings, loaded, fps, photo, wanted, result, progress)
     for warning in avatar.warnings:
         result.warn(warning)
-    extractor = feature_extractor(str(loaded.files["whisper_preprocessor"].parent))
     audio = audio_track(speech, count, fps)
     out.parent.mkdir(parents=True, exist_ok=True)
     height, width = avatar.frames[0].shape[:2]

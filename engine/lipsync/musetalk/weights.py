@@ -36,10 +36,10 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 from torch import nn
@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
+T = TypeVar("T")
 V15, V1 = "v15", "v1"  # upstream's --version values
 VERSIONS = (V15, V1)
 HUB_REPO = "TMElyralab/MuseTalk"  # the UNets and their configs
@@ -429,6 +430,17 @@ def meta_whisper_encoder(config: Mapping[str, Any] = WHISPER_ENCODER_CONFIG) -> 
         return WhisperEncoder(WhisperConfig.from_dict(dict(config)))
 
 
+def _built(make: Callable[[Mapping[str, Any]], T], settings: Mapping[str, Any], config: Path, expected: str) -> T:
+    """The network of a config file: one the library cannot build from (a size of the wrong type, negative or
+    inconsistent) is that file's error, said in one line, not the library's traceback."""
+    try:
+        return make(settings)
+    except (ValueError, TypeError, RuntimeError, KeyError, AttributeError, IndexError) as exc:
+        raise CheckpointError(
+            f"no network can be built from it ({type(exc).__name__}: {str(exc)[:300]})", path=config, expected=expected
+        ) from None
+
+
 def load_unet(
     weights: str | os.PathLike[str],
     config: str | os.PathLike[str],
@@ -441,7 +453,7 @@ def load_unet(
     expected = f"MuseTalk's UNet ({weights.parent.name}/{weights.name} from huggingface.co/{HUB_REPO})"
     settings = read_config(config, f"MuseTalk's UNet config ({config.parent.name}/musetalk.json)")
     _checked_class(settings, "_class_name", "UNet2DConditionModel", config, "MuseTalk's musetalk.json")
-    model = meta_unet(settings)
+    model = _built(meta_unet, settings, config, "MuseTalk's musetalk.json")
     _materialise(model, read_state(weights, expected), device, dtype, expected, weights)
     return model
 
@@ -458,7 +470,7 @@ def load_vae(
     expected = f"the sd-vae-ft-mse VAE (sd-vae/{weights.name} from huggingface.co/{VAE_REPO})"
     settings = read_config(config, f"the sd-vae-ft-mse config (sd-vae/config.json from huggingface.co/{VAE_REPO})")
     _checked_class(settings, "_class_name", "AutoencoderKL", config, "sd-vae-ft-mse's config.json")
-    model = meta_vae(settings)
+    model = _built(meta_vae, settings, config, "sd-vae-ft-mse's config.json")
     _materialise(model, convert_legacy_vae_names(read_state(weights, expected)), device, dtype, expected, weights)
     return model
 
@@ -488,7 +500,7 @@ def load_whisper_encoder(
             expected=expected,
         )
     encoder = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
-    model = meta_whisper_encoder(settings)
+    model = _built(meta_whisper_encoder, settings, config, "whisper-tiny's config.json")
     _materialise(model, encoder, device, dtype, expected, weights)
     return model
 
