@@ -75,6 +75,9 @@ def test_out_of_memory_is_recognised_only_for_real_allocation_failures() -> None
     )
     assert is_out_of_memory(RuntimeError("CUDA error: out of memory"))
     assert not is_out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+    # the host's: a CPU sweep point recorded it as an error, and lip-sync ended in a traceback rather than halving
+    host = "[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you tried to allocate 9 GB"
+    assert is_out_of_memory(RuntimeError(host))
     assert not is_out_of_memory(FakeOrtError("Invalid input name: x"))
     assert not is_out_of_memory(ValueError("out of memory"))  # not an error type that can mean OOM
 

@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -406,6 +407,35 @@ def test_frames_whose_generated_mouth_is_not_finite_keep_their_pixels(media, set
         kept = i % 4 in (0, 1, 2)  # NaN at 0 and 2, inf at 1; only the fourth of each batch of 4 is finite
         assert np.array_equal(frame, image) == kept, i
     assert any("NaN or infinite" in w and "original pixels" in w for w in result.warnings)
+
+
+def test_a_batch_the_host_cannot_allocate_is_halved(media, settings, tmp_path, monkeypatch) -> None:
+    """PyTorch's host allocator failing (a memory limit) ended a CPU run with a traceback, where the GPU's out of
+    memory halves the batch: now both do, and the frames are those of the smaller batch."""
+    from engine.lipsync import pipeline as lipsync
+    from engine.lipsync.engines import Wav2LipEngine
+
+    written: list[np.ndarray] = []
+    original_write = lipsync.VideoWriter.write
+    monkeypatch.setattr(
+        lipsync.VideoWriter, "write", lambda self, frame: (written.append(frame.copy()), original_write(self, frame))[1]
+    )
+    generate = Wav2LipEngine.__call__
+
+    def small_host(self, mels, crops, energy, first_row=0):
+        if len(crops) > 2:
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 9663676416 bytes")
+        return generate(self, mels, crops, energy, first_row)
+
+    config = LipSyncConfig(face=FACE, audio=media["speech"], checkpoint=str(media["checkpoint"]), batch_size=8)
+    run_lipsync(replace(config, batch_size=2), tmp_path / "two.mp4", settings)
+    two, written[:] = list(written), []
+    monkeypatch.setattr(Wav2LipEngine, "__call__", small_host)
+    result = run_lipsync(config, tmp_path / "halved.mp4", settings)
+    assert "out of host memory at batch 8: ran at 2" in result.warnings
+    assert len(written) == len(two) == expected_frames(1.0)
+    diff = max(np.abs(a.astype(int) - b).max() for a, b in zip(written, two, strict=True))
+    assert diff <= 1, diff  # float rounding of another batch size at most
 
 
 @pytest.mark.parametrize("face", ["image", "video"])

@@ -209,6 +209,9 @@ _OOM_MARKERS = (
     "cublas_status_alloc_failed",
     "cudnn_status_alloc_failed",
     "bfcarena",
+    # PyTorch's host allocator, where malloc fails (a memory limit, no overcommit); Linux's words, then Windows'
+    "defaultcpuallocator: can't allocate memory",
+    "defaultcpuallocator: not enough memory",
 )
 
 

@@ -423,7 +423,7 @@ def _synthesised(run: _Prepared, frames: list[np.ndarray], boxes: list[Box | Non
                 lambda b, c=crops, k=index: _generate(generator, run.chunks[k], c, run.energy[k], b, top), len(crops)
             )
         if used < len(crops):
-            result.warn(f"out of GPU memory at batch {len(crops)}: ran at {used}")
+            result.warn(f"out of {'GPU' if run.choice.is_cuda else 'host'} memory at batch {len(crops)}: ran at {used}")
         # fp16 can overflow to inf/NaN, which would paste as black or random pixels: such a frame keeps its own.
         finite = np.isfinite(generated.reshape(len(generated), -1)).all(axis=1)
         if not finite.all():
