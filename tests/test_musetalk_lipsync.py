@@ -211,10 +211,14 @@ def test_a_video_shorter_than_the_speech_plays_forward_then_backward(weights, tm
     video = _face_video(tmp_path / "face.mp4", 10)
     speech = speech_file(tmp_path / "speech.wav", 1.0)
     config = LipSyncConfig(face=video, audio=speech, engine="musetalk", musetalk_weights=str(weights), box=BOX,
-                           batch_size=4, paste="upstream")  # fmt: skip
+                           batch_size=4, paste="upstream", check_precision=True, detect_scale=0.7,
+                           fps=30.0)  # fmt: skip
     result = run_lipsync(config, tmp_path / "out.mp4", _settings(tmp_path), device="cpu")
     assert result.metrics["frames"] == 25 and len(list(read_frames(tmp_path / "out.mp4"))) == 25
-    assert any("does not use --paste" in w for w in result.warnings)  # Wav2Lip's option, said and left
+    # Wav2Lip's options, and those a fixed box or a video make no use of: said and left (some were silent)
+    assert "MuseTalk does not use --paste, --check-precision (Wav2Lip's options)" in result.warnings
+    assert "a fixed --box is used as it is: --detect-scale (for detected boxes) changed nothing" in result.warnings
+    assert "--fps applies to a still face: the video keeps its own 25 fps" in result.warnings
 
 
 def test_an_avatar_that_would_not_fit_in_memory_is_refused_before_the_networks_load(

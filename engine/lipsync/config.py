@@ -144,6 +144,14 @@ class LipSyncConfig(Config):
         return []
 
 
+def fps_passed_over(config: LipSyncConfig, video_fps: float) -> str | None:
+    """--fps given with a face video, which keeps its own rate (upstream's --fps applies to a still only): said
+    rather than dropped."""
+    if config.fps == LipSyncConfig.fps:
+        return None
+    return f"--fps applies to a still face: the video keeps its own {video_fps:g} fps"
+
+
 def precision_summary(precision: str, check: dict[str, Any]) -> str:
     """--check-precision's finding (the result's `precision_check`) in words."""
     where = f"{precision} against fp32 on the first {check['frames']} frames"
@@ -172,6 +180,7 @@ __all__ = [
     "AvatarConfig",
     "LipSyncConfig",
     "LipSyncError",
+    "fps_passed_over",
     "parse_box",
     "precision_summary",
 ]

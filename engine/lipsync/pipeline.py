@@ -55,7 +55,7 @@ from engine.core.settings import Settings, get_settings
 from engine.core.weights import S3FD, WAV2LIP, WeightsError, resolve, where_to_put
 from engine.faces.detection import FaceDetector, make_detector
 from engine.faces.tracking import THUMB_SIDE, FaceTracker, SceneCuts, check_fixed_box, is_cut
-from engine.lipsync.config import LipSyncConfig, LipSyncError, precision_summary
+from engine.lipsync.config import LipSyncConfig, LipSyncError, fps_passed_over, precision_summary
 from engine.lipsync.engines import BaselineEngine, Generator, Wav2LipEngine, auto_batch_size, default_precision
 from engine.lipsync.paste import Box, crop, first_row_read, paste
 from engine.lipsync.video_edits import VideoEdits
@@ -284,7 +284,8 @@ def _prepare(
         result.warn(f"running on the CPU: {choice.reason}")
     if config.check_precision and precision not in ("fp16", "bf16") and config.engine != "baseline":
         result.warn(f"--check-precision compares fp16 or bf16 with fp32; this run is {precision}: nothing to compare")
-    detection = {"pads": "--pads", "smooth": "--no-smooth", "detector": "--detector", "detect_scale": "--detect-scale"}
+    detection = {"pads": "--pads", "smooth": "--no-smooth", "detector": "--detector", "detect_scale": "--detect-scale",
+                 "detector_checkpoint": "--detector-checkpoint"}  # fmt: skip
     ignored = [flag for name, flag in detection.items() if getattr(config, name) != getattr(LipSyncConfig, name)]
     if config.box is not None and ignored:
         result.warn(f"a fixed --box is used as it is: {', '.join(ignored)} (for detected boxes) changed nothing")
@@ -302,6 +303,8 @@ def _prepare(
         validate_video(info, Path(config.face).name, settings.max_side, settings.max_seconds)
         edit = VideoEdits.of(config)
         fps, size = info.fps, edit.size(info.width, info.height)
+        if words := fps_passed_over(config, fps):
+            result.warn(words)
         if config.static:  # upstream's --static: the first frame only, a still face at the video's rate
             with contextlib.closing(read_frames(config.face, max_seconds=settings.max_seconds)) as frames:
                 image, still = edit(next(frames)), True
