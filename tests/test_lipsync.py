@@ -380,6 +380,8 @@ def test_parse_box() -> None:
     for bad in ("1,2,3", "a,b,c,d", "10,10,5,20", "-1,0,5,5"):
         with pytest.raises(LipSyncError):
             parse_box(bad)
+    with pytest.raises(LipSyncError, match="pixel coordinates are 0 or more"):  # it said "must be four", of four
+        parse_box("-50,-50,100,100")
 
 
 def test_frames_whose_generated_mouth_is_not_finite_keep_their_pixels(media, settings, tmp_path, monkeypatch) -> None:

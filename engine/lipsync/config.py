@@ -32,7 +32,12 @@ def parse_box(text: str | None) -> tuple[int, int, int, int] | None:
         return None
     parts = str(text).replace(",", " ").split()
     if len(parts) != 4 or not all(is_whole_number(p) for p in parts):
-        raise LipSyncError(f"{text!r} must be four pixel coordinates: X1,Y1,X2,Y2")
+        negative = len(parts) == 4 and all(is_whole_number(p.removeprefix("-")) for p in parts)
+        raise LipSyncError(
+            f"{text!r}: pixel coordinates are 0 or more (the image's top left is 0,0): X1,Y1,X2,Y2"
+            if negative
+            else f"{text!r} must be four pixel coordinates: X1,Y1,X2,Y2"
+        )
     x1, y1, x2, y2 = (int(p) for p in parts)
     if x2 <= x1 or y2 <= y1:
         raise LipSyncError(f"{text!r} is empty: X2 must exceed X1 and Y2 exceed Y1")
