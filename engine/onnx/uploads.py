@@ -48,8 +48,10 @@ def prepared(
 def external_files(source: ModelSource, info: ModelInfo) -> list[Path]:
     """The user's own files a run reads besides the model: a plain model's external-data files beside it (a zip's
     are inside the zip, and an upload's folder is never read)."""
+    if not source.local:
+        return []
     with open(source.path, "rb") as f:
-        if not source.local or f.read(4).startswith(ZIP_MAGIC):
+        if f.read(4).startswith(ZIP_MAGIC):
             return []
     return [source.path.parent / rel for rel in info.external_data]
 
