@@ -149,6 +149,14 @@ class LipSyncConfig(Config):
         return []
 
 
+def box_passed_over(config: LipSyncConfig, flags: dict[str, str]) -> str | None:
+    """With a fixed --box, the set detection options among `flags` (field -> its flag), which it makes no use of."""
+    unused = [flag for name, flag in flags.items() if getattr(config, name) != getattr(LipSyncConfig, name)]
+    if config.box is None or not unused:
+        return None
+    return f"a fixed --box is used as it is: {', '.join(unused)} (for detected boxes) changed nothing"
+
+
 def fps_passed_over(config: LipSyncConfig, video_fps: float) -> str | None:
     """--fps given with a face video, which keeps its own rate (upstream's --fps applies to a still only): said
     rather than dropped."""
@@ -185,6 +193,7 @@ __all__ = [
     "AvatarConfig",
     "LipSyncConfig",
     "LipSyncError",
+    "box_passed_over",
     "fps_passed_over",
     "parse_box",
     "precision_summary",

@@ -55,7 +55,7 @@ from engine.core.settings import Settings, get_settings
 from engine.core.weights import S3FD, WAV2LIP, WeightsError, resolve, where_to_put
 from engine.faces.detection import FaceDetector, make_detector
 from engine.faces.tracking import THUMB_SIDE, FaceTracker, SceneCuts, check_fixed_box, is_cut
-from engine.lipsync.config import LipSyncConfig, LipSyncError, fps_passed_over, precision_summary
+from engine.lipsync.config import LipSyncConfig, LipSyncError, box_passed_over, fps_passed_over, precision_summary
 from engine.lipsync.engines import BaselineEngine, Generator, Wav2LipEngine, auto_batch_size, default_precision
 from engine.lipsync.paste import Box, crop, first_row_read, paste
 from engine.lipsync.video_edits import VideoEdits
@@ -249,6 +249,9 @@ def _no_face(config: LipSyncConfig, tracker: FaceTracker, count: int, still: boo
     return LipSyncError(f"no face found in any of the {count} frames of {name}")
 
 
+# What a fixed --box makes no use of (field -> its flag).
+DETECTION = {"pads": "--pads", "smooth": "--no-smooth", "detector": "--detector", "detect_scale": "--detect-scale",
+             "detector_checkpoint": "--detector-checkpoint"}  # fmt: skip
 # Options only another engine reads: Wav2Lip's network (the baseline has none) and MuseTalk's.
 _NETWORK_ONLY = ("checkpoint", "compile", "check_precision")
 _MUSETALK_ONLY = (
@@ -284,11 +287,8 @@ def _prepare(
         result.warn(f"running on the CPU: {choice.reason}")
     if config.check_precision and precision not in ("fp16", "bf16") and config.engine != "baseline":
         result.warn(f"--check-precision compares fp16 or bf16 with fp32; this run is {precision}: nothing to compare")
-    detection = {"pads": "--pads", "smooth": "--no-smooth", "detector": "--detector", "detect_scale": "--detect-scale",
-                 "detector_checkpoint": "--detector-checkpoint"}  # fmt: skip
-    ignored = [flag for name, flag in detection.items() if getattr(config, name) != getattr(LipSyncConfig, name)]
-    if config.box is not None and ignored:
-        result.warn(f"a fixed --box is used as it is: {', '.join(ignored)} (for detected boxes) changed nothing")
+    if words := box_passed_over(config, DETECTION):
+        result.warn(words)
 
     # The face first: its checks read headers (an image is decoded only within the limits), so a bad face is
     # refused before up to max_seconds of speech is decoded.

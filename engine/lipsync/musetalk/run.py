@@ -47,7 +47,7 @@ from engine.core.settings import Settings
 from engine.core.weights import S3FD, resolve
 from engine.faces.detection import FaceDetector, make_detector
 from engine.faces.tracking import check_fixed_box
-from engine.lipsync.config import LipSyncConfig, LipSyncError, fps_passed_over
+from engine.lipsync.config import LipSyncConfig, LipSyncError, box_passed_over, fps_passed_over
 from engine.lipsync.musetalk.accelerate import StepRunner, check_runtime, make_step
 from engine.lipsync.musetalk.audio import check_speech, feature_extractor, frame_count
 from engine.lipsync.musetalk.avatar import FIXED_BOX, LANDMARKS, PreparedAvatar, prepare_avatar
@@ -78,7 +78,9 @@ WAV2LIP_ONLY = (
     "crop",
     "check_precision",
 )  # said when set, then left
-DETECTION = ("detector", "detector_checkpoint", "detect_scale", "musetalk_person_box")  # a fixed --box needs none
+# What a fixed --box makes no use of (field -> its flag).
+DETECTION = {"detector": "--detector", "detector_checkpoint": "--detector-checkpoint", "detect_scale": "--detect-scale",
+             "musetalk_person_box": "--musetalk-person-box"}  # fmt: skip
 
 
 class FixedBox:
@@ -312,10 +314,8 @@ def run_musetalk(
         flags = ", ".join("--" + name.replace("_", "-") for name in ignored)
         hint = "; MuseTalk's own is --musetalk-runtime compile" if "compile" in ignored else ""
         result.warn(f"MuseTalk does not use {flags} (Wav2Lip's options){hint}")
-    unused = [name for name in DETECTION if getattr(config, name) != getattr(LipSyncConfig, name)]
-    if config.box is not None and unused:
-        flags = ", ".join("--" + name.replace("_", "-") for name in unused)
-        result.warn(f"a fixed --box is used as it is: {flags} (for detected boxes) changed nothing")
+    if words := box_passed_over(config, DETECTION):
+        result.warn(words)
     progress(0.0, "reading the speech")
     with result.stage("audio"):
         speech = load_audio(config.audio, max_seconds=settings.max_seconds, resampler=SOXR_HQ)  # upstream's librosa
