@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ import engine.bench.sweep as bench
 from engine.bench.config import BenchError, SweepRequest
 from engine.bench.jobs import BenchJobs
 from engine.bench.sweep import BenchPoint, SweepConfig, grid, preset, rows_to_csv, run_sweep
-from engine.bench.workloads import builtin_model, count_flops
+from engine.bench.workloads import builtin_model, count_flops, memory_profile
 from engine.core.settings import load_settings
 from engine.jobs.broker import Broker
 from engine.jobs.store import CANCELLED, CPU, DONE, JobStore, StoreError
@@ -168,6 +169,23 @@ def test_out_of_memory_is_recorded_and_the_sweep_goes_on(wav2lip, monkeypatch) -
     rows = run_sweep(SweepConfig("wav2lip", points, runs=2, warmup=0), wav2lip, None)["results"]
     assert rows[0]["status"] == "oom" and "out of memory" in rows[0]["error"]
     assert rows[1]["status"] == "ok" and rows[1]["speedup"] is None  # the baseline has no throughput
+
+
+def test_a_cpu_point_estimated_over_the_free_memory_is_not_run_and_the_sweep_goes_on(wav2lip, monkeypatch) -> None:
+    """Batch 256 of Wav2Lip took 6.2 GB of host memory; past what the job has free, the out-of-memory killer (or
+    the broker's job memory cap) ended the whole sweep. The estimate is an upper bound: every layer's output."""
+    weights, per_sample = memory_profile(wav2lip, "fp32")
+    monkeypatch.setattr(bench, "usable_host_memory", lambda cap: weights + 4 * per_sample)  # batch 4 fits, not 8
+    points = [BenchPoint("eager", "fp32", b, "cpu") for b in (1, 4, 8)] + [BenchPoint("eager", "fp32", 8, "cuda")]
+    rows = run_sweep(SweepConfig("wav2lip", points, runs=1, warmup=0), wav2lip, None)["results"]
+    assert [r["status"] for r in rows] == ["ok", "ok", "oom", "error"]
+    assert re.fullmatch(
+        r"not run: batch 8 may need up to 0\.4 GiB of memory \(34 MiB a sample for every layer's output, an upper "
+        r"bound, and 139 MiB of weights\) and 0\.3 GiB is free for this job: the out-of-memory killer would end the "
+        r"whole sweep",
+        rows[2]["error"],
+    ), rows[2]["error"]
+    assert rows[2]["samples_per_s"] is None and rows[2]["runs"] is None
 
 
 OWNER = "tester"

@@ -1,9 +1,11 @@
+import psutil
 import pytest
 import torch
 
 from engine.core.device import (
     DeviceError,
     apply_backend_flags,
+    batch_within,
     capabilities,
     current_backend_flags,
     is_out_of_memory,
@@ -11,6 +13,7 @@ from engine.core.device import (
     resolve_device,
     run_with_oom_backoff,
     set_memory_fraction,
+    usable_host_memory,
 )
 
 needs_no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only behaviour")
@@ -117,3 +120,20 @@ def test_backoff_gives_up_at_the_minimum_batch_with_the_oom_itself() -> None:
         run_with_oom_backoff(work, 8, min_batch_size=2)
     with pytest.raises(ValueError):
         run_with_oom_backoff(work, 0)
+
+
+def test_host_memory_for_a_job_is_what_is_available_within_its_cap_less_what_it_holds() -> None:
+    """A broker worker is stopped when its whole RSS passes AVATARBENCH_JOB_MEMORY_GB: what it holds counts."""
+    held = psutil.Process().memory_info().rss
+    available = psutil.virtual_memory().available
+    assert usable_host_memory(held / 2**30) == 0  # already at the cap
+    roomy = usable_host_memory(4096.0)
+    assert roomy > 0 and abs(roomy - available) < 0.1 * available
+    capped = usable_host_memory((held + 2**30) / 2**30)
+    assert abs(capped - min(2**30, available)) < 2**26  # what the test process allocates meanwhile
+
+
+def test_batch_within_is_the_largest_power_of_two_that_fits() -> None:
+    assert batch_within(100 * 2**20, 14 * 2**20) == 4  # 7 fit
+    assert batch_within(64, 8) == 8 and batch_within(63, 8) == 4
+    assert batch_within(0, 8) == 1 and batch_within(5, 0) == 4

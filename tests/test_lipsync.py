@@ -10,6 +10,7 @@ import sys
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 
 import av
 import cv2
@@ -440,6 +441,40 @@ def test_a_batch_the_host_cannot_allocate_is_halved(media, settings, tmp_path, m
     assert len(written) == len(two) == expected_frames(1.0)
     diff = max(np.abs(a.astype(int) - b).max() for a, b in zip(written, two, strict=True))
     assert diff <= 1, diff  # float rounding of another batch size at most
+
+
+def test_a_one_frame_gif_is_a_still_face_at_the_fps_option(media, settings, tmp_path) -> None:
+    """FFmpeg reads a GIF without frame delays at 100 fps: taken as a video, one frame became 4x the frames of a
+    photo, each detected anew (and a 200 ms delay gave 5 fps, lips moving 5 times a second)."""
+    from PIL import Image
+
+    face = Image.open(FACE)
+    for name, delay in (("plain.gif", {}), ("slow.gif", {"duration": 200})):
+        face.save(tmp_path / name, **delay)
+        config = LipSyncConfig(face=tmp_path / name, audio=media["speech"], engine="baseline", fps=30.0)
+        result = run_lipsync(config, tmp_path / "out.mp4", settings)
+        assert result.metrics["frames"] == expected_frames(1.0, 30.0) and probe_video(tmp_path / "out.mp4").fps == 30
+        video_fps = {"plain.gif": 100, "slow.gif": 5}[name]
+        words = f"{name} has one frame: lip-synced as a still face at 30 fps (--fps), not its container's {video_fps}"
+        assert words in result.warnings
+
+
+def test_a_cpu_batch_that_would_not_fit_in_memory_is_refused_with_one_that_does(
+    media, settings, tmp_path, monkeypatch
+) -> None:
+    """Batch 1024 on the CPU took 9.6 GB, and the out-of-memory killer ended the process before PyTorch's
+    allocator could fail (and the batch be halved). The default batch is left alone."""
+    import psutil
+
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: SimpleNamespace(available=2**28))  # 0.25 GiB free
+    config = LipSyncConfig(face=FACE, audio=media["speech"], checkpoint=str(media["checkpoint"]), batch_size=64)
+    message = (r"batch size 64 needs about 1\.1 GiB of memory on the CPU \(18 MiB a frame: the wav2lip engine on "
+               r"512x512 frames\) and 0\.2 GiB is free for this job: use a batch size of at most 8 ")  # fmt: skip
+    with pytest.raises(LipSyncError, match=message):
+        run_lipsync(config, tmp_path / "o.mp4", settings)
+    for batch in (8, None):
+        result = run_lipsync(replace(config, batch_size=batch), tmp_path / "o.mp4", settings)
+        assert result.metrics["frames"] == expected_frames(1.0)
 
 
 @pytest.mark.parametrize("face", ["image", "video"])

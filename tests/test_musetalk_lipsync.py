@@ -9,8 +9,10 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
+import psutil
 import pytest
 
 from engine.core.audio import SAMPLE_RATE
@@ -229,7 +231,8 @@ def test_an_avatar_that_would_not_fit_in_memory_is_refused_before_the_networks_l
     import engine.lipsync.musetalk.run as musetalk
 
     video = _face_video(tmp_path / "face.mp4", 130)  # 512x512: 1.5 MiB a frame, twice while it is prepared
-    settings = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path / "data"), "AVATARBENCH_JOB_MEMORY_GB": "0.25"})
+    settings = _settings(tmp_path)
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: SimpleNamespace(available=2**28))  # 0.25 GiB free
     loads = []
     monkeypatch.setattr(musetalk, "_load", lambda *a: loads.append(a) or pytest.fail("the networks were loaded"))
     config = LipSyncConfig(face=video, audio=speech_file(tmp_path / "speech.wav", 5.0), engine="musetalk",
@@ -243,6 +246,37 @@ def test_an_avatar_that_would_not_fit_in_memory_is_refused_before_the_networks_l
     with pytest.raises(LipSyncError, match="avatar of 120 frames"):
         musetalk._video_frames(config, settings, None)
     assert len(musetalk._video_frames(config, settings, 100)) == 100 and not loads
+
+
+def test_a_one_frame_gif_is_a_photo(weights, tmp_path) -> None:
+    """Read as a video it played at its container's default of 100 fps (4x the frames of a photo)."""
+    from PIL import Image
+
+    Image.open(FACE).save(tmp_path / "face.gif")
+    config = LipSyncConfig(face=tmp_path / "face.gif", audio=speech_file(tmp_path / "s.wav", 0.4), engine="musetalk",
+                           musetalk_weights=str(weights), box=BOX)  # fmt: skip
+    result = run_lipsync(config, tmp_path / "out.mp4", _settings(tmp_path), device="cpu")
+    assert result.metrics["frames"] == 10 and probe_video(tmp_path / "out.mp4").fps == 25
+    assert "face.gif has one frame: lip-synced as a still face at 25 fps (--fps), not its container's 100" in (
+        result.warnings
+    )
+
+
+def test_a_cpu_batch_that_would_not_fit_in_memory_is_refused_with_one_that_does(weights, tmp_path, monkeypatch) -> None:
+    """The decoder takes about 320 MiB a frame in fp32: batch 64 on the CPU needed about 20 GB, and the
+    out-of-memory killer ended the process. The default batch is left alone."""
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: SimpleNamespace(available=2**30))
+    speech = speech_file(tmp_path / "s.wav", 0.3)
+    config = LipSyncConfig(face=FACE, audio=speech, engine="musetalk", musetalk_weights=str(weights), box=BOX,
+                           batch_size=64)  # fmt: skip
+    message = (r"MuseTalk batch size 64 needs about 20\.0 GiB of memory on the CPU \(320 MiB a frame, .*\) and "
+               r"1\.0 GiB is free for this job: use a batch size of at most 2 ")  # fmt: skip
+    with pytest.raises(LipSyncError, match=message):
+        run_lipsync(config, tmp_path / "out.mp4", _settings(tmp_path), device="cpu")
+    for batch in (2, None):
+        result = run_lipsync(dataclasses.replace(config, batch_size=batch), tmp_path / "out.mp4", _settings(tmp_path),
+                             device="cpu")  # fmt: skip
+        assert result.metrics["batch_size"] == 2
 
 
 def test_without_the_weights_one_message_names_what_to_download(tmp_path) -> None:

@@ -71,7 +71,7 @@ def _bench(args: argparse.Namespace) -> int:
         _model(request.model, settings.cache_dir) as model,
         ProgressBar(args.quiet) as bar,
     ):
-        report = run_sweep(config, model, gpu, bar, settings.gpu_memory_fraction, keep)
+        report = run_sweep(config, model, gpu, bar, settings.gpu_memory_fraction, keep, settings.job_memory_gb)
     _report_out(report, args)
     if any(r["status"] == "error" for r in report["results"]):
         return 1

@@ -104,13 +104,13 @@ def handle(job: Job, progress: Progress, context: WorkerContext) -> dict[str, An
 
     if not config.model.startswith("onnx:"):
         model = builtin_model(config.model, settings.cache_dir)
-        return run_sweep(config, model, device, progress, settings.gpu_memory_fraction, partial)
+        return run_sweep(config, model, device, progress, settings.gpu_memory_fraction, partial, settings.job_memory_gb)
     sha = config.model.removeprefix("onnx:")
     settings.ensure_dirs()
     with tempfile.TemporaryDirectory(prefix="bench-", dir=settings.cache_dir) as work:
         path = prepare_model(context.store.blob_path(sha), work, Limits())
         model = onnx_model(path, f"onnx:{sha[:12]}", inspect_model(path, sha256=sha))
-        return run_sweep(config, model, device, progress, settings.gpu_memory_fraction, partial)
+        return run_sweep(config, model, device, progress, settings.gpu_memory_fraction, partial, settings.job_memory_gb)
 
 
 MAX_REPORT_BYTES = 8 * 2**20

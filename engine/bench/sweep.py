@@ -8,10 +8,12 @@ measurement window (engine/jobs/measure.py): its allocator peak, the device's us
 the process's RSS peak, energy and telemetry are the point's figures (steady state, not building or compiling).
 The inputs of a batch are 8 seeded samples repeated, so the output's first 8 samples can be checked against
 one fp32 reference per device, however large the batch. An out-of-memory point is recorded as "oom" and
-the sweep goes on; a point whose ONNX Runtime session fell back to the CPU is flagged. Weights are random
-(seeded): speed does not depend on trained values, and every report says so. Empty runs/warmup are the defaults on
-the GPU and a quick budget on the CPU (engine/onnx/timing.py; each row records its counts, the notes say so); a
-latency too scattered to trust carries a spread warning.
+the sweep goes on (a CPU point whose estimated memory is more than the job has free is recorded so without running:
+the out-of-memory killer, or the broker's job memory cap, would end the whole sweep); a point whose ONNX Runtime
+session fell back to the CPU is flagged. Weights are random (seeded): speed does not depend on trained values, and
+every report says so. Empty runs/warmup are the defaults on the GPU and a quick budget on the CPU
+(engine/onnx/timing.py; each row records its counts, the notes say so); a latency too scattered to trust carries
+a spread warning.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from typing import Any
 import numpy as np
 
 from engine.bench.config import DEVICES, MAX_BATCH, PRECISIONS, BenchError
-from engine.bench.workloads import BUILTIN, BenchModel, count_flops
+from engine.bench.workloads import BUILTIN, BenchModel, count_flops, memory_profile
+from engine.core.device import usable_host_memory
 from engine.jobs.measure import measured
 from engine.onnx.evaluate import latency_stats
 from engine.onnx.timing import auto_runs_note, spread_warning, timed_count, warmup_count
@@ -303,6 +306,8 @@ class _Context:
     flops: float | None
     references: dict[str, np.ndarray] = field(default_factory=dict)
     base_inputs: Any = ()  # the 8 reference samples: torch tensors, or numpy feeds for ONNX-only models
+    job_memory_gb: float = math.inf  # the job's host memory cap (AVATARBENCH_JOB_MEMORY_GB)
+    profile: tuple[int, int] | None = None  # memory_profile in fp32, once a CPU point needs it
 
 
 def _reference(ctx: _Context, device: str) -> np.ndarray:
@@ -366,6 +371,26 @@ def _measure(ctx: _Context, point: BenchPoint, row: dict[str, Any]) -> None:
     finally:
         runtime.close()
     row["error_vs_fp32"] = _error(output, _reference(ctx, point.device))
+
+
+def _over_host_memory(ctx: _Context, point: BenchPoint) -> str | None:
+    """Why a CPU point is not run, or None: its weights and every layer's output for the batch (an upper bound,
+    in fp32: a real run frees most of them early; Wav2Lip batch 256 took 6.2 GB against 8.8 estimated) are more
+    than the job has free. Only PyTorch models have a profile; batch 1 is always run."""
+    if point.device != "cpu" or point.batch <= 1 or not ctx.model.has_torch:
+        return None
+    free = usable_host_memory(ctx.job_memory_gb)
+    if ctx.profile is None:
+        ctx.profile = memory_profile(ctx.model, "fp32")
+    weights, per_sample = ctx.profile
+    need = weights + point.batch * per_sample
+    if need <= free:
+        return None
+    return (
+        f"not run: batch {point.batch} may need up to {need / 2**30:.1f} GiB of memory ({per_sample / 2**20:.0f} MiB "
+        f"a sample for every layer's output, an upper bound, and {weights / 2**20:.0f} MiB of weights) and "
+        f"{free / 2**30:.1f} GiB is free for this job: the out-of-memory killer would end the whole sweep"
+    )
 
 
 def _record_window(
@@ -467,11 +492,13 @@ def run_sweep(
     progress: Progress | None = None,
     memory_fraction: float = 0.9,
     partial: Callable[[dict[str, Any]], Any] | None = None,
+    job_memory_gb: float = math.inf,
 ) -> dict[str, Any]:
     """Measure every point; the report (JSON-ready). Points asking for the GPU on a machine without one are
     recorded as errors, not silently run on the CPU. Each point's measurement window samples for itself.
     `partial(report)` gets the report of the points measured so far after each one (but the last), so that a sweep
-    stopped on the way (cancelled, out of time, interrupted) keeps what it measured."""
+    stopped on the way (cancelled, out of time, interrupted) keeps what it measured. `job_memory_gb` caps the host
+    memory a CPU point may be estimated to take (_over_host_memory)."""
     config.validate()
     tell = progress or (lambda f, label: None)
     gpu = None
@@ -486,13 +513,17 @@ def run_sweep(
     flops = count_flops(model)
     make_inputs = model.torch_inputs if model.has_torch else model.numpy_inputs
     base = make_inputs(REFERENCE_SAMPLES)  # type: ignore[misc]
-    ctx = _Context(model, config, gpu_device, gpu, memory_fraction, flops, base_inputs=base)
+    ctx = _Context(
+        model, config, gpu_device, gpu, memory_fraction, flops, base_inputs=base, job_memory_gb=job_memory_gb
+    )
     rows, own, host = [], _own_precision(model), machine(gpu_device)
     for i, point in enumerate(config.points):
         tell(i / len(config.points), f"{i + 1}/{len(config.points)}: {point.label}")
         row = _empty_row(replace(point, precision=own) if own and point.precision == "fp32" else point)
         if point.device == "cuda" and not gpu_device:
             row["status"], row["error"] = "error", "no CUDA device on this machine"
+        elif words := _over_host_memory(ctx, point):
+            row["status"], row["error"] = "oom", words
         else:
             try:
                 _measure(ctx, point, row)

@@ -8,6 +8,7 @@ is one shared mechanism instead of a try/except in every pipeline.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -198,6 +199,21 @@ def usable_gpu_memory(device: torch.device) -> int:
     free, total = torch.cuda.mem_get_info(device)
     cap = torch.cuda.get_per_process_memory_fraction(device) * total
     return int(max(0.0, min(free, cap - torch.cuda.memory_reserved(device))))
+
+
+def usable_host_memory(job_memory_gb: float) -> int:
+    """Bytes this process may still take from the host: what the kernel reports available, within the job's cap
+    (AVATARBENCH_JOB_MEMORY_GB, against which a broker worker's whole RSS is counted) less what it already holds."""
+    import psutil
+
+    held = psutil.Process().memory_info().rss
+    return int(max(0.0, min(psutil.virtual_memory().available, job_memory_gb * 2**30 - held)))
+
+
+def batch_within(budget: float, per_sample: int) -> int:
+    """The largest power of two whose samples take at most `budget` bytes (at least 1)."""
+    fits = int(budget // max(1, per_sample))
+    return 2 ** int(math.log2(fits)) if fits >= 1 else 1
 
 
 # Texts that ONNX Runtime and CUDA libraries use for a failed allocation. ORT raises its own

@@ -165,6 +165,13 @@ def fps_passed_over(config: LipSyncConfig, video_fps: float) -> str | None:
     return f"--fps applies to a still face: the video keeps its own {video_fps:g} fps"
 
 
+def one_frame_words(name: str, fps: float, video_fps: float) -> str:
+    """A video of one frame (a one-frame GIF) is lip-synced as a still face at --fps: its frame rate is only its
+    container's default (FFmpeg reads a GIF without delays at 100 fps), and taken as a video it was repeated at
+    that rate, with the same face detected on every copy. Upstream's Wav2Lip plays it at that rate."""
+    return f"{name} has one frame: lip-synced as a still face at {fps:g} fps (--fps), not its container's {video_fps:g}"
+
+
 def precision_summary(precision: str, check: dict[str, Any]) -> str:
     """--check-precision's finding (the result's `precision_check`) in words."""
     where = f"{precision} against fp32 on the first {check['frames']} frames"

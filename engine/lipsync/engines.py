@@ -47,6 +47,18 @@ ROW_STEP = 8  # Wav2Lip computes its crops from a multiple of this row down (the
 # What a CPU batch's decoded frames may take. About five batches of frames are alive at once (being decoded, queued,
 # generated and pasted, queued for the encoder, being encoded), so this bounds them to about 120 MiB.
 CPU_BATCH_FRAME_BYTES = 24 * 2**20
+# What a CPU batch takes per frame beyond its frames: Wav2Lip's activations and the batch's crops, kept for reuse
+# (engine/core/memory.py). Measured in fp32 on a 256x256 photo, peak RSS 0.66 / 1.32 / 3.23 GB at batch 16 / 64 /
+# 256 (10-14 MiB a frame); a 720p clip at 16 / 64 took 0.93 / 2.00 GB, the rest being its frames.
+CPU_NETWORK_SAMPLE_BYTES = 14 * 2**20
+CPU_FRAMES_ALIVE = 5  # batches of frames alive at once (see CPU_BATCH_FRAME_BYTES)
+
+
+def cpu_sample_bytes(frame_size: tuple[int, int], network: bool) -> int:
+    """Host memory one frame of a CPU batch takes (`frame_size` is width, height): its copies in flight, and the
+    network's share where Wav2Lip runs."""
+    frames = CPU_FRAMES_ALIVE * frame_size[0] * frame_size[1] * 3
+    return frames + (CPU_NETWORK_SAMPLE_BYTES if network else 0)
 
 
 def auto_batch_size(device: torch.device, precision: str, frame_size: tuple[int, int] = (0, 0), cap: int = 512) -> int:

@@ -39,7 +39,15 @@ from engine.core.audio import (
     mel_chunks,
     mel_spectrogram,
 )
-from engine.core.device import DeviceChoice, capabilities, not_finite_hint, resolve_device, run_with_oom_backoff
+from engine.core.device import (
+    DeviceChoice,
+    batch_within,
+    capabilities,
+    not_finite_hint,
+    resolve_device,
+    run_with_oom_backoff,
+    usable_host_memory,
+)
 from engine.core.hls import stream_folder
 from engine.core.media import (
     LosslessWriter,
@@ -55,8 +63,23 @@ from engine.core.settings import Settings, get_settings
 from engine.core.weights import S3FD, WAV2LIP, WeightsError, resolve, where_to_put
 from engine.faces.detection import FaceDetector, make_detector
 from engine.faces.tracking import THUMB_SIDE, FaceTracker, SceneCuts, check_fixed_box, is_cut
-from engine.lipsync.config import LipSyncConfig, LipSyncError, box_passed_over, fps_passed_over, precision_summary
-from engine.lipsync.engines import BaselineEngine, Generator, Wav2LipEngine, auto_batch_size, default_precision
+from engine.lipsync.config import (
+    LipSyncConfig,
+    LipSyncError,
+    box_passed_over,
+    fps_passed_over,
+    one_frame_words,
+    precision_summary,
+)
+from engine.lipsync.engines import (
+    CPU_BATCH_SIZE,
+    BaselineEngine,
+    Generator,
+    Wav2LipEngine,
+    auto_batch_size,
+    cpu_sample_bytes,
+    default_precision,
+)
 from engine.lipsync.paste import Box, crop, first_row_read, paste
 from engine.lipsync.video_edits import VideoEdits
 
@@ -302,10 +325,13 @@ def _prepare(
         info = probe_video(config.face)
         validate_video(info, Path(config.face).name, settings.max_side, settings.max_seconds)
         edit = VideoEdits.of(config)
-        fps, size = info.fps, edit.size(info.width, info.height)
-        if words := fps_passed_over(config, fps):
+        one_frame = info.frames == 1  # a one-frame GIF: a still face (one_frame_words)
+        fps, size = (config.fps if one_frame else info.fps), edit.size(info.width, info.height)
+        if one_frame:
+            result.warn(one_frame_words(Path(config.face).name, fps, info.fps))
+        elif words := fps_passed_over(config, fps):
             result.warn(words)
-        if config.static:  # upstream's --static: the first frame only, a still face at the video's rate
+        if config.static or one_frame:  # upstream's --static: the first frame only, a still face at the video's rate
             with contextlib.closing(read_frames(config.face, max_seconds=settings.max_seconds)) as frames:
                 image, still = edit(next(frames)), True
     if config.box is not None:
@@ -343,6 +369,8 @@ def _prepare(
         batch_size = config.batch_size or auto_batch_size(device, precision, size)
         if generator.name == "baseline":
             batch_size = min(batch_size, 64)
+        if config.batch_size and not choice.is_cuda:  # a GPU's batch is halved on OOM; the host's is killed first
+            _check_host_batch(batch_size, size, generator.name, settings)
     # A network on the CPU needs both cores: the decoder and the encoder then run in their own threads only,
     # not in FFmpeg's thread pools (with OpenMP sleeping at its barriers, engine/core/openmp.py, 7-9% sooner).
     codec_threads = None if choice.is_cuda else 1
@@ -350,6 +378,22 @@ def _prepare(
         config, settings, result, choice, still, image, fps, size, wav, chunks, generator, energy, detector,
         batch_size, codec_threads,
     )  # fmt: skip
+
+
+def _check_host_batch(batch: int, size: tuple[int, int], engine: str, settings: Settings) -> None:
+    """A CPU batch that cannot fit in the memory left for the job is refused with one that does, before any frame
+    (batch 1024 took 9.6 GB, and the out-of-memory killer ends the process; a worker past its
+    AVATARBENCH_JOB_MEMORY_GB is stopped)."""
+    per_sample = cpu_sample_bytes(size, engine != "baseline")
+    budget = usable_host_memory(settings.job_memory_gb)
+    if batch > 1 and batch * per_sample > budget:
+        raise LipSyncError(
+            f"batch size {batch} needs about {batch * per_sample / 2**30:.1f} GiB of memory on the CPU "
+            f"({per_sample / 2**20:.0f} MiB a frame: the {engine} engine on {size[0]}x{size[1]} frames) and "
+            f"{budget / 2**30:.1f} GiB is free for this job: use a batch size of at most "
+            f"{batch_within(0.75 * budget, per_sample)} (a quarter left for the rest), or leave it to the default "
+            f"({CPU_BATCH_SIZE} or fewer on a CPU: larger batches are no faster there)"
+        )
 
 
 def run_lipsync(

@@ -39,6 +39,7 @@ from engine.core.device import (
     precision_dtype,
     resolve_device,
     usable_gpu_memory,
+    usable_host_memory,
 )
 from engine.core.hls import stream_folder
 from engine.core.hub import LIVEPORTRAIT, checked_repo
@@ -525,7 +526,7 @@ def _head(config: PortraitConfig, settings: Settings, device: str | None, batch_
         precision_dtype(precision, capabilities(choice.device))  # refused with what the device supports
     frames = _driving_frames(config)  # a batch is never longer than the driving input
     _refuse_a_batch_over_memory(
-        min(batch_size, frames or batch_size), source_bgr.shape, engine, precision, choice.device
+        min(batch_size, frames or batch_size), source_bgr.shape, engine, precision, choice.device, settings
     )
     if folder is None and config.engine == "auto":
         result.warn(
@@ -554,22 +555,20 @@ def _driving_frames(config: PortraitConfig) -> int | None:
 
 
 def _refuse_a_batch_over_memory(
-    batch: int, source_shape: tuple[int, ...], engine: str, precision: str, device: torch.device
+    batch: int, source_shape: tuple[int, ...], engine: str, precision: str, device: torch.device, settings: Settings
 ) -> None:
     """A batch whose frames cannot fit in the memory left is refused with one that fits, before any work (batch 256
     of a 1280x1280 source would need about 50 GB, and the out-of-memory killer would end the process)."""
-    import psutil
-
     per_frame = SOURCE_BYTES_PER_PIXEL * source_shape[0] * source_shape[1]
     if engine == "liveportrait":
         per_frame += LIVEPORTRAIT_FRAME_BYTES // (1 if precision == "fp32" else 2)
-    free = usable_gpu_memory(device) if device.type == "cuda" else psutil.virtual_memory().available
+    free = usable_gpu_memory(device) if device.type == "cuda" else usable_host_memory(settings.job_memory_gb)
     if batch > 1 and batch * per_frame > free:
         where = "GPU memory" if device.type == "cuda" else "memory"
         raise PortraitError(
             f"batch {batch} needs about {batch * per_frame / 2**30:.1f} GiB for its frames "
             f"({per_frame / 2**20:.0f} MiB each, {engine} on a {source_shape[1]}x{source_shape[0]} source) and "
-            f"{free / 2**30:.1f} GiB of {where} is free: use a batch size of at most "
+            f"{free / 2**30:.1f} GiB of {where} is free for this job: use a batch size of at most "
             f"{max(1, int(0.75 * free) // per_frame)} (a quarter left for the rest), or a smaller source max dim"
         )
 

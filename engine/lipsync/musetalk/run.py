@@ -18,6 +18,7 @@ where its avatar came from (memory, disk or prepared).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -26,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psutil
 import torch
 
 from engine.core.audio import SAMPLE_RATE, audio_track, load_audio, loudness_warning
@@ -34,10 +34,12 @@ from engine.core.cache import LruCache, file_digest, file_stamp
 from engine.core.device import (
     DeviceChoice,
     apply_backend_flags,
+    batch_within,
     capabilities,
     precision_dtype,
     resolve_device,
     usable_gpu_memory,
+    usable_host_memory,
 )
 from engine.core.hls import stream_folder
 from engine.core.media import VideoWriter, is_image, load_image, probe_video, read_frames, validate_video
@@ -47,7 +49,7 @@ from engine.core.settings import Settings
 from engine.core.weights import S3FD, resolve
 from engine.faces.detection import FaceDetector, make_detector
 from engine.faces.tracking import check_fixed_box
-from engine.lipsync.config import LipSyncConfig, LipSyncError, box_passed_over, fps_passed_over
+from engine.lipsync.config import LipSyncConfig, LipSyncError, box_passed_over, fps_passed_over, one_frame_words
 from engine.lipsync.musetalk.accelerate import StepRunner, check_runtime, make_step
 from engine.lipsync.musetalk.audio import check_speech, feature_extractor, frame_count
 from engine.lipsync.musetalk.avatar import FIXED_BOX, LANDMARKS, PreparedAvatar, prepare_avatar
@@ -112,6 +114,21 @@ def default_batch_size(device: torch.device, dtype: torch.dtype = torch.float16)
     return max(1, min(GPU_BATCH_CAP, 2 ** int(math.log2(fits)) if fits >= 1 else 1))
 
 
+def _check_host_batch(batch: int, dtype: torch.dtype, settings: Settings) -> None:
+    """A CPU batch whose UNet and decoder activations cannot fit in the memory left for the job is refused with
+    one that does, before any frame (batch 64 needs about 20 GB in fp32; the out-of-memory killer would end the
+    process, or the broker stop the worker past AVATARBENCH_JOB_MEMORY_GB)."""
+    per_frame = BYTES_PER_FRAME.get(dtype, BYTES_PER_FRAME[torch.float32])
+    budget = usable_host_memory(settings.job_memory_gb)
+    if batch > 1 and batch * per_frame > budget:
+        raise LipSyncError(
+            f"MuseTalk batch size {batch} needs about {batch * per_frame / 2**30:.1f} GiB of memory on the CPU "
+            f"({per_frame / 2**20:.0f} MiB a frame, mostly the VAE decoder's) and {budget / 2**30:.1f} GiB is free "
+            f"for this job: use a batch size of at most {batch_within(0.75 * budget, per_frame)} (a quarter left for "
+            f"the rest), or leave it to the default ({default_batch_size(torch.device('cpu'))} on a CPU)"
+        )
+
+
 def _precision(config: LipSyncConfig, choice: DeviceChoice) -> tuple[torch.dtype, str]:
     """The networks' dtype and the precision's name; what the device lacks (tf32 or fp16 on a CPU) refused, as
     Wav2Lip refuses it. TF32 is fp32 with TensorFloat-32 matmuls and convolutions, set (or unset) on CUDA here:
@@ -135,6 +152,7 @@ class _Face:
     frames: int | None
     width: int
     height: int
+    note: str | None = None  # a video of one frame, taken as a photo (one_frame_words)
 
 
 def _checked_face(config: Any, settings: Settings, photo_fps: float = IMAGE_FPS) -> _Face:
@@ -149,6 +167,11 @@ def _checked_face(config: Any, settings: Settings, photo_fps: float = IMAGE_FPS)
     validate_video(info, Path(config.face).name, settings.max_side, settings.max_seconds)
     if config.box is not None:
         check_fixed_box(config.box, info.width, info.height)
+    if info.frames == 1:
+        with contextlib.closing(read_frames(config.face, max_seconds=settings.max_seconds)) as frames:
+            photo = next(frames)
+        note = one_frame_words(Path(config.face).name, photo_fps, info.fps)
+        return _Face(photo_fps, photo, None, photo.shape[1], photo.shape[0], note)
     return _Face(info.fps, None, info.frames, info.width, info.height)
 
 
@@ -158,7 +181,7 @@ def check_avatar_memory(frames: int, width: int, height: int, settings: Settings
     video would end the process out of memory after the networks were loaded. Checked from the header first, then
     while frames are read (a header may state no length)."""
     need = AVATAR_COPIES * frames * width * height * 3
-    budget = AVATAR_MEMORY_SHARE * min(psutil.virtual_memory().available, settings.job_memory_gb * 2**30)
+    budget = AVATAR_MEMORY_SHARE * usable_host_memory(settings.job_memory_gb)
     if need > budget:
         raise LipSyncError(
             f"a MuseTalk avatar of {frames} frames of {width}x{height} needs about {need / 2**30:.2f} GiB of memory "
@@ -250,6 +273,8 @@ def _load(config: Any, settings: Settings, choice: DeviceChoice, dtype: torch.dt
     with result.stage("load"):
         networks, cached = NETWORKS.get_or_build(key, build)
     batch = config.batch_size or default_batch_size(device, dtype)  # after loading: what is left
+    if config.batch_size and device.type != "cuda":
+        _check_host_batch(batch, dtype, settings)
     runtime = getattr(config, "musetalk_runtime", None)  # an avatar's preparation runs no step
     step = None
     if runtime is not None:
@@ -320,7 +345,7 @@ def run_musetalk(
     with result.stage("audio"):
         speech = load_audio(config.audio, max_seconds=settings.max_seconds, resampler=SOXR_HQ)  # upstream's librosa
     face = _checked_face(config, settings, config.fps)  # the face's frame rate decides the frame count
-    if face.photo is None and (words := fps_passed_over(config, face.fps)):
+    if words := face.note or (face.photo is None and fps_passed_over(config, face.fps)):
         result.warn(words)
     fps, photo, total = face.fps, face.photo, face.frames
     speech = check_speech(speech, fps)
@@ -385,6 +410,8 @@ def prepare_stored_avatar(
                        config=config.to_text())  # fmt: skip
     face = _checked_face(config, settings)
     fps, photo = face.fps, face.photo
+    if face.note:
+        result.warn(face.note)
     if face.frames is not None:
         check_avatar_memory(face.frames, face.width, face.height, settings)
     loaded = _load(config, settings, choice, dtype, result, progress)
