@@ -300,6 +300,23 @@ def test_the_command_line(hub: StandInHub, tmp_path: Path) -> None:
         ["liveportrait", "ready"], ["wav2lip", "ready"], ["s3fd", "ready"]]  # fmt: skip
 
 
+def test_a_weights_folder_that_cannot_exist_is_said_not_advised_into(hub: StandInHub, tmp_path: Path) -> None:
+    """With a file on the folder's path, `list` advised putting the weights at /dev/null/x/... and exited 0, and
+    `get` asked the Hub before failing."""
+    (tmp_path / "file").write_text("")
+    bad = {"AVATARBENCH_WEIGHTS_DIR": str(tmp_path / "file" / "weights")}
+    listed = _cli("list", hub=hub, data=tmp_path, **bad)
+    assert listed.returncode == 2 and "put " not in listed.stdout
+    assert listed.stderr == (f"avatarbench: the weights folder cannot be made ({tmp_path / 'file'} is not a folder): "
+                             "set AVATARBENCH_WEIGHTS_DIR (or AVATARBENCH_DATA_DIR, whose weights/ it defaults to) "
+                             "to a folder\n")  # fmt: skip
+    got = _cli("get", "liveportrait", "--quiet", hub=hub, data=tmp_path, **bad)
+    assert got.returncode == 2 and "cannot create the folder" in got.stderr and "AVATARBENCH_WEIGHTS_DIR" in got.stderr
+    assert hub.requests == []
+    fresh = _cli("list", hub=hub, data=tmp_path, AVATARBENCH_WEIGHTS_DIR=str(tmp_path / "not" / "yet"))
+    assert fresh.returncode == 0 and "put " in fresh.stdout and not (tmp_path / "not").exists()  # listing makes none
+
+
 def test_a_weights_path_that_is_a_folder_or_missing_says_which_and_where_it_was_set(tmp_path: Path) -> None:
     folder = tmp_path / "ckpts"
     folder.mkdir()

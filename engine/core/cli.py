@@ -23,6 +23,10 @@ def _list(args: argparse.Namespace) -> int:
         print(f"{item.engine:<13} {state:<8} {item.what}: {item.found or '-'}")
         if item.missing:
             print(f"{'':<23}missing: {', '.join(item.missing)}")
+    if problem := settings.unmakeable_weights_dir():  # advice to put files there would lead nowhere
+        print(f"avatarbench: the weights folder cannot be made ({problem}): set AVATARBENCH_WEIGHTS_DIR (or "
+              "AVATARBENCH_DATA_DIR, whose weights/ it defaults to) to a folder", file=sys.stderr)  # fmt: skip
+        return 2
     sources = list(dict.fromkeys(item.source for item in items if not item.ready))
     for source in sources:
         command = next(item.command for item in items if item.source is source)
@@ -39,6 +43,7 @@ def _get(args: argparse.Namespace) -> int:
     source = source_named(args.engine)
     if source.needs_acceptance and not args.accept_licence:
         raise InputError(licence_refusal(source))  # before anything reaches the network
+    settings.ensure_dirs()  # a folder that cannot be made is said before the Hub is asked
     if source.needs_acceptance:
         print(f"licence accepted: {source.licence}", file=sys.stderr)
     plan = list_files(source, settings, args.repo)

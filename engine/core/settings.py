@@ -202,6 +202,14 @@ class Settings:
                 reason = f"{exc.strerror}: {exc.filename}" if exc.strerror and exc.filename else str(exc)
                 raise SettingsError(f"cannot create the folder {path} ({PREFIX}{name}): {reason}") from None
 
+    def unmakeable_weights_dir(self) -> str | None:
+        """Why the weights folder can never exist (a file on its path), or None; read only, nothing is made. A folder
+        that cannot be written is not refused: weights may be on a read-only mount."""
+        for path in (self.weights_dir, *self.weights_dir.parents):
+            if path.exists():
+                return None if path.is_dir() else f"{path} is not a folder"
+        return None
+
     def as_dict(self) -> dict[str, object]:
         out = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items() if k != "extra"}
         out.update(cache_dir=str(self.cache_dir), outputs_dir=str(self.outputs_dir), db_path=str(self.db_path))
