@@ -187,6 +187,15 @@ def test_the_pixel_cap_holds_below_the_side_limit(tmp_path: Path, monkeypatch: p
     assert "5000x5000 (25 megapixels), more than the limit of 20 megapixels" in message
 
 
+def test_a_sliver_too_narrow_and_too_long_is_told_both(tmp_path: Path) -> None:
+    """10000x10 was "too small" only: widening it would still leave it past the side limit."""
+    path = _write(tmp_path / "sliver.png", png_bytes(10000, 10, pixels=_zlib_zeros(1000)))
+    message = refusal(lambda: load_image(path, max_side=4096), path)
+    assert message == ("sliver.png is 10000x10: too narrow (at least 16x16 pixels) and too long (at most 4096 pixels "
+                       "on the longer side, AVATARBENCH_MAX_SIDE)")  # fmt: skip
+    assert "too small" in refusal(lambda: load_image(path, max_side=10000), path)
+
+
 def _half(data: bytes) -> bytes:
     return data[: len(data) // 2]
 

@@ -165,9 +165,15 @@ def ffmpeg_reason(exc: Exception) -> str:
 
 
 def _check_size(width: int, height: int, max_side: int, what: str, max_pixels: int = MAX_PIXELS) -> None:
-    if width < MIN_SIDE or height < MIN_SIDE:
+    small, large = min(width, height) < MIN_SIDE, max(width, height) > max_side
+    if small and large:  # a sliver: saying only one of the two sent the user to fix the wrong side first
+        raise MediaError(
+            f"{what} is {width}x{height}: too narrow (at least {MIN_SIDE}x{MIN_SIDE} pixels) and too long (at most "
+            f"{max_side} pixels on the longer side, AVATARBENCH_MAX_SIDE)"
+        )
+    if small:
         raise MediaError(f"{what} is {width}x{height}: too small (at least {MIN_SIDE}x{MIN_SIDE} pixels)")
-    if max(width, height) > max_side:
+    if large:
         raise MediaError(
             f"{what} is {width}x{height}, larger than the limit of {max_side} pixels on the longer side "
             f"(AVATARBENCH_MAX_SIDE); downscale it first"
