@@ -84,6 +84,11 @@ def test_a_folder_that_cannot_be_made_names_its_variable(tmp_path: Path) -> None
     s = load_settings(folders)
     with pytest.raises(SettingsError, match=r"cannot create the folder .*afile/w \(AVATARBENCH_WEIGHTS_DIR\)"):
         s.ensure_dirs()
+    with pytest.raises(SettingsError, match=r"the folder .*afile \(AVATARBENCH_DATA_DIR\): a file is there$"):
+        load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path / "afile")}).ensure_dirs()  # it said "File exists"
+    assert s.unmakeable_weights_dir() == f"{tmp_path / 'afile'} is not a folder"
+    not_yet = load_settings(folders | {"AVATARBENCH_WEIGHTS_DIR": str(tmp_path / "a" / "b")})
+    assert not_yet.unmakeable_weights_dir() is None
 
 
 def test_job_kinds_are_the_rooms_kinds() -> None:

@@ -198,6 +198,8 @@ class Settings:
                            (self.cache_dir, "DATA_DIR"), (self.outputs_dir, "DATA_DIR")):  # fmt: skip
             try:
                 path.mkdir(parents=True, exist_ok=True)
+            except FileExistsError:  # mkdir's "File exists" for a file standing where the folder goes
+                raise SettingsError(f"cannot create the folder {path} ({PREFIX}{name}): a file is there") from None
             except OSError as exc:
                 reason = f"{exc.strerror}: {exc.filename}" if exc.strerror and exc.filename else str(exc)
                 raise SettingsError(f"cannot create the folder {path} ({PREFIX}{name}): {reason}") from None
