@@ -270,6 +270,8 @@ def test_job_refusals(tmp_path: Path) -> None:
         jobs.submit(SweepRequest.build({"model": "onnx:" + "a" * 64, "runtime": "ort-cpu", "device": "cpu"}), OWNER)
     with pytest.raises(BenchError, match="not valid JSON"):
         SweepRequest.build({"points": "{points"})
+    with pytest.raises(BenchError, match="points: the key 'batch' is given twice in one object; give it once"):
+        SweepRequest.build({"points": '[{"batch": 1, "runtime": "eager", "batch": 8}]'})  # batch 8 ran, alone
     # a point that names no device is measured where --device's empty value would be (it meant cuda everywhere)
     points = SweepRequest.build({"model": "wav2lip", "points": '[{"runtime": "ort-cpu"}]'})
     assert [p.device for p in points.plan(has_gpu=False).points] == ["cpu"]

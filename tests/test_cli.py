@@ -44,6 +44,8 @@ def test_telemetry_table_and_json_watch() -> None:
     watch = run("telemetry", "--watch", "--json", "--interval", "0.2", "--count", "3")
     lines = [json.loads(line) for line in watch.stdout.splitlines()]
     assert len(lines) == 3 and lines[0]["timestamp"] < lines[2]["timestamp"]
+    counted = run("telemetry", "--json", "--interval", "0.2", "--count", "2")  # without --watch: it was one sample
+    assert len(counted.stdout.splitlines()) == 2
     paced = run("telemetry", "--watch", "--json", "--count", "2", AVATARBENCH_TELEMETRY_INTERVAL="1.5")  # the setting
     first, second = (json.loads(line)["timestamp"] for line in paced.stdout.splitlines())
     assert second - first >= 1.5  # it was 1 s whatever the setting said (the sleep is at least the interval)

@@ -27,6 +27,8 @@ def _telemetry(args: argparse.Namespace) -> int:
     from engine.core.settings import get_settings
     from engine.system.telemetry import TelemetrySampler, render_table
 
+    # --interval or --count alone asks for samples over time, as nvidia-smi's -l does (they were ignored: one sample)
+    watch = args.watch or args.interval is not None or args.count > 0
     if args.interval is None:
         args.interval = get_settings().telemetry_interval_s
     if not 0.1 <= args.interval <= 60:  # the range AVATARBENCH_TELEMETRY_INTERVAL takes (NaN fails too)
@@ -39,16 +41,16 @@ def _telemetry(args: argparse.Namespace) -> int:
         while True:
             # CPU percentages are measured between two samples: wait one interval (a short one for a single
             # reading) after the sampler starts.
-            time.sleep(args.interval if args.watch else min(args.interval, 0.25))
+            time.sleep(args.interval if watch else min(args.interval, 0.25))
             snap = sampler.sample_now()
             if args.json:
                 print(json.dumps(snap.to_dict()), flush=True)
             else:
-                if args.watch and sys.stdout.isatty():
+                if watch and sys.stdout.isatty():
                     print("\033[2J\033[H", end="")
                 print(render_table(snap), flush=True)
             count += 1
-            if not args.watch or (args.count and count >= args.count):
+            if not watch or (args.count and count >= args.count):
                 return 0
     except KeyboardInterrupt:  # how --watch is meant to end
         return 0
@@ -57,9 +59,10 @@ def _telemetry(args: argparse.Namespace) -> int:
 def _telemetry_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--watch", action="store_true", help="refresh until Ctrl-C")
     parser.add_argument("--json", action="store_true", help="one JSON object per sample")
-    parser.add_argument("--interval", type=float, help="seconds between samples with --watch (default: "
-                        "AVATARBENCH_TELEMETRY_INTERVAL, else 1)")  # fmt: skip
-    parser.add_argument("--count", type=int, default=0, help="stop after N samples with --watch (0: never)")
+    parser.add_argument("--interval", type=float, help="seconds between samples; given alone, it watches too "
+                        "(default: AVATARBENCH_TELEMETRY_INTERVAL, else 1)")  # fmt: skip
+    parser.add_argument("--count", type=int, default=0, help="stop after N samples; given alone, it watches until "
+                        "then (0: never stop)")  # fmt: skip
 
 
 COMMANDS = [

@@ -146,9 +146,8 @@ class Part:
 
     def source(self, hub_repo: str = HUB_REPO) -> str:
         if self.repo is None:
-            return f"from {FACE_PARSE_URL} (upstream's download_weights.sh uses gdown)"
-        repo = hub_repo if self.repo == HUB_REPO else self.repo
-        return f"from huggingface.co/{repo} ({self.repo_path})"
+            return f"by hand from {FACE_PARSE_URL}: not on the Hub"
+        return f"from huggingface.co/{hub_repo if self.repo == HUB_REPO else self.repo}"
 
 
 def parts(version: str = V15) -> tuple[Part, ...]:
@@ -226,14 +225,19 @@ class MuseTalkFiles:
         return self.paths[name]
 
     def describe_missing(self) -> str:
-        """One line: every missing file, where it goes and where it comes from, and the other ways to point at them."""
-        items = "; ".join(f"{p.places[0]} ({p.what}, {p.source(self.hub_repo)})" for p in self.missing)
+        """One line: the missing files by where they come from, the command that fetches the Hub's, and the other
+        ways to point at them (each file's every accepted name: the Hub's sd-vae weights are the .bin)."""
+        origins: dict[str, list[str]] = {}
+        for part in self.missing:
+            origins.setdefault(part.source(self.hub_repo), []).append(" or ".join(part.places))
+        items = "; ".join(f"{', '.join(names)} ({origin})" for origin, names in origins.items())
         a_file = f"{self.folder} is a file, not a folder. " if self.folder.is_file() else ""
+        command = f"avatarbench weights get {'musetalk' if self.version == V15 else 'musetalk-v1'} --accept-licence"
         return (
-            f"{a_file}MuseTalk {self.version}: missing {items}. Put them under {self.folder} in upstream's models/ "
-            f"layout, set {PREFIX}{SETTING} (or --musetalk-weights) to a folder laid out that way, or give "
-            "--musetalk-weights "
-            f"hf:{HUB_REPO} to download the Hub's files. {LICENCE}"
+            f"{a_file}MuseTalk {self.version}: missing {items}. `{command}` (or the app's Get the official weights "
+            f"panel) fetches the Hub's files; or put them under {self.folder} in upstream's models/ layout, set "
+            f"{PREFIX}{SETTING} (or --musetalk-weights) to a folder laid out that way, or give --musetalk-weights "
+            f"hf:{HUB_REPO}. {LICENCE}"
         )
 
 
