@@ -188,6 +188,20 @@ def test_a_cpu_point_estimated_over_the_free_memory_is_not_run_and_the_sweep_goe
     assert rows[2]["samples_per_s"] is None and rows[2]["runs"] is None
 
 
+def test_a_point_whose_timed_runs_take_long_says_how_long(wav2lip, monkeypatch) -> None:
+    """--runs 10000 on a CPU ran for hours with nothing said; the label now gives the estimate from the warm-up."""
+    monkeypatch.setattr(bench, "LONG_RUNS_S", 1e-6)
+    labels: list[str] = []
+    config = SweepConfig("wav2lip", [BenchPoint("eager", "fp32", 1, "cpu")], runs=3, warmup=1)
+    run_sweep(config, wav2lip, None, lambda fraction, label: labels.append(label))
+    assert re.fullmatch(r"1/1: .*: 3 timed runs, about 0 min", labels[-2]), labels
+    monkeypatch.setattr(bench, "LONG_RUNS_S", 1e9)
+    labels.clear()
+    run_sweep(config, wav2lip, None, lambda fraction, label: labels.append(label))
+    assert not any("timed runs" in label for label in labels)
+    assert bench._minutes(150) == "2 min" and bench._minutes(7200) == "2.0 h"
+
+
 OWNER = "tester"
 HANDLERS = {"bench": "engine.bench.jobs:handle"}
 

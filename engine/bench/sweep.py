@@ -18,6 +18,7 @@ a spread warning.
 
 from __future__ import annotations
 
+import functools
 import gc
 import math
 import os
@@ -45,6 +46,7 @@ DEFAULT_RUNS, DEFAULT_WARMUP = 20, 3  # what empty runs and warmup mean on the G
 RANDOM_WEIGHTS_NOTE = "random-initialised weights (seeded): speed and memory do not depend on trained values"
 OWN_WEIGHTS_NOTE = "the model's own weights, fed seeded synthetic inputs"
 PARTIAL_NOTE = "the sweep stopped before its end"
+LONG_RUNS_S = 60.0  # a point's timed runs expected to take longer than this are announced with their estimate
 
 Progress = Callable[[float, str], Any]
 
@@ -329,7 +331,8 @@ def _reference(ctx: _Context, device: str) -> np.ndarray:
     return ctx.references[device]
 
 
-def _measure(ctx: _Context, point: BenchPoint, row: dict[str, Any]) -> None:
+def _measure(ctx: _Context, point: BenchPoint, row: dict[str, Any], say: Callable[[str], Any]) -> None:
+    """`say(words)` adds to the point's progress label: how long its timed runs should take, when it is long."""
     device = ctx.gpu_device if point.device == "cuda" else "cpu"
     runtime = make_runtime(ctx.model, point, device, ctx.memory_fraction)  # type: ignore[arg-type]
     resident = 0  # tensors other work in this process keeps (e.g. cached portrait networks) are not this point's
@@ -358,6 +361,8 @@ def _measure(ctx: _Context, point: BenchPoint, row: dict[str, Any]) -> None:
         per_run_s = (time.perf_counter() - start) / warmup if warmup else row["first_run_s"]
         runs = timed_count(ctx.config.runs, on_cpu, DEFAULT_RUNS, per_run_s)
         row["warmup"], row["runs"] = warmup, runs
+        if runs * per_run_s >= LONG_RUNS_S:  # --runs 10000 on a CPU: hours, with nothing said
+            say(f"{runs} timed runs, about {_minutes(runs * per_run_s)}")
         with measured(device) as window:  # type: ignore[arg-type]
             times = runtime.timed_runs(runs)
         _record_window(row, window.figures(), point, runs * point.batch, resident)
@@ -371,6 +376,14 @@ def _measure(ctx: _Context, point: BenchPoint, row: dict[str, Any]) -> None:
     finally:
         runtime.close()
     row["error_vs_fp32"] = _error(output, _reference(ctx, point.device))
+
+
+def _say(tell: Progress, fraction: float, step: str, words: str) -> None:
+    tell(fraction, f"{step}: {words}")
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
 def _over_host_memory(ctx: _Context, point: BenchPoint) -> str | None:
@@ -518,7 +531,8 @@ def run_sweep(
     )
     rows, own, host = [], _own_precision(model), machine(gpu_device)
     for i, point in enumerate(config.points):
-        tell(i / len(config.points), f"{i + 1}/{len(config.points)}: {point.label}")
+        step = f"{i + 1}/{len(config.points)}: {point.label}"
+        tell(i / len(config.points), step)
         row = _empty_row(replace(point, precision=own) if own and point.precision == "fp32" else point)
         if point.device == "cuda" and not gpu_device:
             row["status"], row["error"] = "error", "no CUDA device on this machine"
@@ -526,7 +540,7 @@ def run_sweep(
             row["status"], row["error"] = "oom", words
         else:
             try:
-                _measure(ctx, point, row)
+                _measure(ctx, point, row, functools.partial(_say, tell, i / len(config.points), step))
             except Exception as exc:
                 from engine.core.device import is_out_of_memory
 
