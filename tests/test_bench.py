@@ -252,11 +252,11 @@ def test_a_sweep_stopped_on_the_way_keeps_the_configurations_it_finished(tmp_pat
     job = jobs.submit(SweepRequest.build({"model": "wav2lip", "points": points, "runs": 2, "warmup": 0}), OWNER)
     real = bench._measure
 
-    def killed_at_the_third(ctx, point, row) -> None:
+    def killed_at_the_third(ctx, point, row, say) -> None:
         if point.batch == 4:
             assert jobs.status(job.id, OWNER)["measured"] == 2  # stored while it runs
             raise _Killed
-        real(ctx, point, row)
+        real(ctx, point, row, say)
 
     monkeypatch.setattr(bench, "_measure", killed_at_the_third)
     with pytest.raises(_Killed):

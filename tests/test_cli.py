@@ -186,10 +186,10 @@ def test_an_interrupted_bench_writes_the_configurations_it_finished(tmp_path: Pa
     monkeypatch.setenv("AVATARBENCH_DATA_DIR", str(tmp_path / "data"))
     real = sweep._measure
 
-    def interrupted_at_the_third(ctx, point, row) -> None:
+    def interrupted_at_the_third(ctx, point, row, say) -> None:
         if point.batch == 4:
             raise KeyboardInterrupt
-        real(ctx, point, row)
+        real(ctx, point, row, say)
 
     monkeypatch.setattr(sweep, "_measure", interrupted_at_the_third)
     report, table = tmp_path / "report.json", tmp_path / "rows.csv"
