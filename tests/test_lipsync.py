@@ -287,6 +287,16 @@ def test_speech_with_nan_samples_gets_one_line(settings, tmp_path) -> None:
             container.mux(packet)
     run = partial(run_lipsync, LipSyncConfig(face=FACE, audio=speech), tmp_path / "o.mp4", settings)
     assert "10 samples are NaN or infinite" in refusal(run, speech, AudioError)
+    huge = tmp_path / "huge.wav"  # finite in the file, infinite as float32: it was called NaN or infinite only
+    with av.open(str(huge), "w") as container:
+        stream = container.add_stream("pcm_f64le", rate=16000, layout="mono")
+        frame = av.AudioFrame.from_ndarray(speech_like(1.0).astype(np.float64).reshape(1, -1) * 1e300, format="dbl",
+                                           layout="mono")  # fmt: skip
+        frame.sample_rate = 16000
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            container.mux(packet)
+    run = partial(run_lipsync, LipSyncConfig(face=FACE, audio=huge), tmp_path / "o.mp4", settings)
+    assert "in a 64-bit float file, past float32's ±3.4e38" in refusal(run, huge, AudioError)
 
 
 def test_a_video_without_duration_is_read_no_further_than_the_limit(media, tmp_path, monkeypatch) -> None:

@@ -226,7 +226,10 @@ def _declared_seconds(stream, container) -> float | None:
 def _check_finite(wav: np.ndarray, what: str) -> None:
     if not np.isfinite(wav).all():
         bad = int(np.count_nonzero(~np.isfinite(wav)))
-        raise AudioError(f"{what}: {bad} samples are NaN or infinite; only finite samples are accepted")
+        raise AudioError(
+            f"{what}: {bad} samples are NaN or infinite (or, in a 64-bit float file, past float32's ±3.4e38); only "
+            "finite samples are accepted"
+        )
 
 
 def loudness_warning(wav: np.ndarray) -> str | None:
