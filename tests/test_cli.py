@@ -462,6 +462,10 @@ def test_every_output_flag_is_checked_against_the_inputs_and_links(tmp_path: Pat
                                               json=str(tmp_path / "a.npz")))  # fmt: skip
     check_output_paths(argparse.Namespace(out=video, out_is_a_file=True, save_template=False,
                                           json=str(tmp_path / "a.npz")))  # fmt: skip
+    template = tmp_path / "a.npz"
+    template.write_bytes(b"npz")  # driving by the template that --save-template would overwrite
+    with pytest.raises(InputError, match=r"^--save-template .*a\.npz is also --driving"):
+        check_output_paths(argparse.Namespace(driving=str(template), out=video, out_is_a_file=True, save_template=True))
     assert picture.read_bytes() == b"png"
     # --stream writes <out>.stream/ beside --out: a file there was a traceback, an input in it was overwritten
     video = {"out": str(tmp_path / "talk.mp4"), "out_is_a_file": True, "stream": True, "json": None}

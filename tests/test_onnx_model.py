@@ -417,6 +417,11 @@ def test_broken_uploads_refused(tmp_path: Path) -> None:
         prepare_model(tmp_path / "absent.onnx", work, beside=True)
     with pytest.raises(ModelError, match=r"not a readable zip|no end-of-central-directory"):
         prepare_model(_write_bytes(tmp_path / "cut.zip", b"PK\x03\x04" + bytes(100)), work)
+    unsorted = conv_net()
+    unsorted.graph.node.insert(0, unsorted.graph.node.pop(1))  # Relu before the Conv that makes its input
+    with pytest.raises(ModelError, match=r"checker refused unsorted\.onnx: Nodes in a graph must be topo") as e:
+        inspect_model(_write(unsorted, tmp_path / "unsorted.onnx"))
+    assert "\n" not in str(e.value)  # the checker's message spans lines
 
 
 def _write_bytes(path: Path, data: bytes) -> Path:

@@ -72,8 +72,11 @@ def test_video_driver_writes_the_animated_portrait_and_its_motion(weights: Path,
     assert result.metrics["cache"] == {"networks": False, "source": False} and result.metrics["crop_angle"] == 0
     assert result.metrics["landmarks"].startswith("none")  # no landmark.onnx: axis-aligned, no lip normalisation
     # the saved motion drives a second run, which reuses the loaded networks and the source's features
-    again = run_portrait(PortraitConfig(ASSETS / "face.jpg", template, weights=str(weights)), tmp_path / "again.mp4")
+    asked = PortraitConfig(ASSETS / "face.jpg", template, weights=str(weights), normalize_lips=True)
+    again = run_portrait(asked, tmp_path / "again.mp4")
     assert again.metrics["cache"] == {"networks": True, "source": True} and again.metrics["frames"] == 2
+    assert any("--normalize-lips needs LivePortrait's landmark model" in w for w in again.warnings)  # not silent
+    assert not any("normalize" in w for w in result.warnings)
     assert "source features" not in [s.name for s in again.stages]
     # and as upstream LivePortrait's pickled template (its rotation matrices) the same motion again
     from test_portrait_templates import upstream_pickle
@@ -199,6 +202,8 @@ def test_fp16_export_keeps_grid_sample_and_the_motion_extractor_in_fp32(weights:
 
     full, half = cached_export(weights, onnx_cache), cached_export(weights, onnx_cache, "fp16")
     assert half["motion"] == full["motion"] and half["decoder"] != full["decoder"]
+    for name in ("appearance", "warping", "decoder"):
+        onnx.checker.check_model(str(half[name]))  # the converter's casts came after their users: sorted again
     graph = onnx.load(str(half["warping"])).graph
     made_by = {out: node for node in graph.node for out in node.output}
     float_inputs = {i.name for i in graph.input if i.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}

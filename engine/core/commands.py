@@ -145,7 +145,7 @@ def _outputs(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "out": out,
         # portrait's motion template goes beside the video, named after it
-        "save_template": str(Path(out).with_suffix(".npz")) if out and getattr(args, "save_template", False) else None,
+        "save-template": str(Path(out).with_suffix(".npz")) if out and getattr(args, "save_template", False) else None,
         **{flag: getattr(args, flag, None) for flag in ("json", "csv")},
     }
 

@@ -61,7 +61,8 @@ class LipSyncConfig(Config):
     checkpoint: str | None = option(None, help="Wav2Lip checkpoint: a path or hf:OWNER/REPO/FILE (empty: settings)")
     batch_size: int | None = option(
         None,
-        help="frames per batch (empty: from free GPU memory; 16 on the CPU, fewer for large frames)",
+        help="frames per batch (empty: from free GPU memory; on the CPU, Wav2Lip 16, fewer for large frames, and "
+        "MuseTalk 2)",
         low=1,
         high=4096,
     )

@@ -619,7 +619,7 @@ def _run_checker(model: onnx.ModelProto, path: Path, total_bytes: int, has_exter
             onnx.checker.check_model(full)
             del full
     except Exception as exc:
-        raise ModelError(f"the ONNX checker refused {path.name}: {str(exc).strip()}") from exc
+        raise ModelError(f"the ONNX checker refused {path.name}: {' '.join(str(exc).split())}") from exc
 
 
 # ---------------------------------------------------------------------------------------------- shapes and symbols

@@ -29,7 +29,7 @@ from engine.portrait.motion import KeypointInfo, keypoint_info
 from engine.runtimes.ort_session import OrtOptions, OrtSession
 
 OPSET = 20
-EXPORT_VERSION = 2  # part of the cache key: bump when the export changes (2: the decoder's size is free)
+EXPORT_VERSION = 3  # the cache key's version: bump when the export changes (2: decoder size free; 3: fp16 sorted)
 FILES = {
     "appearance": "appearance_feature_extractor.onnx",
     "motion": "motion_extractor.onnx",
@@ -71,13 +71,16 @@ class _DictOutputs(torch.nn.Module):
 
 def to_fp16(source: Path, target: Path) -> None:
     """An exported network converted to fp16 (`target` may be `source`): GridSample stays fp32, and so do the
-    inputs and outputs."""
+    inputs and outputs. The converter appends its input casts after their users; the nodes are sorted again, as
+    the ONNX standard (and its checker, and tools other than ONNX Runtime) require."""
     import onnx
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+    from onnxruntime.transformers.onnx_model import OnnxModel
 
     model = convert_float_to_float16(
         onnx.load(str(source)), keep_io_types=True, op_block_list=[*DEFAULT_OP_BLOCK_LIST, *HALF_KEEP_FP32]
     )
+    OnnxModel(model).topological_sort()
     tmp = target.with_suffix(".tmp")
     onnx.save(model, str(tmp))
     os.replace(tmp, target)
