@@ -505,21 +505,29 @@ def read_frames(
             fps = _frame_rate(stream)
             allowed = None if max_seconds is None else math.ceil(max_seconds * fps)
             size = (stream.codec_context.width, stream.codec_context.height)
-            for frame in container.decode(stream):
-                if allowed is not None and decoded == allowed:
-                    raise MediaError(
-                        f"{path.name} runs longer than the limit of {max_seconds:g} s ({allowed} frames at "
-                        f"{fps:g} fps, AVATARBENCH_MAX_SECONDS); trim it first"
-                    )
-                size = size if all(size) else (frame.width, frame.height)
-                if (frame.width, frame.height) != size:
-                    raise MediaError(
-                        f"{path.name} changes its frame size from {size[0]}x{size[1]} to {frame.width}x{frame.height} "
-                        f"at frame {decoded + 1}; accepted: videos with one frame size"
-                    )
-                decoded += 1
-                image, turns = frame.to_ndarray(format="bgr24"), display_turns(frame)
-                yield np.ascontiguousarray(np.rot90(image, turns)) if turns else image
+            cut_off = False  # the last packet came short of its stated size: the file ends early
+            for packet in container.demux(stream):
+                cut_off = packet.is_corrupt if packet.size else cut_off
+                for frame in packet.decode():
+                    if allowed is not None and decoded == allowed:
+                        raise MediaError(
+                            f"{path.name} runs longer than the limit of {max_seconds:g} s ({allowed} frames at "
+                            f"{fps:g} fps, AVATARBENCH_MAX_SECONDS); trim it first"
+                        )
+                    size = size if all(size) else (frame.width, frame.height)
+                    if (frame.width, frame.height) != size:
+                        raise MediaError(
+                            f"{path.name} changes its frame size from {size[0]}x{size[1]} to "
+                            f"{frame.width}x{frame.height} at frame {decoded + 1}; accepted: videos with one frame size"
+                        )
+                    decoded += 1
+                    image, turns = frame.to_ndarray(format="bgr24"), display_turns(frame)
+                    yield np.ascontiguousarray(np.rot90(image, turns)) if turns else image
+            if cut_off and decoded:  # threaded decoders drop the error the cut packet gives; one thread raises it
+                raise MediaError(
+                    f"{path.name} is cut off after {decoded} frames (its last packet is incomplete): the file is "
+                    "truncated; upload or copy it again"
+                )
     except (av.error.FFmpegError, UnicodeDecodeError) as exc:
         raise MediaError(
             f"{path.name}: decoding failed after {decoded} frames ({ffmpeg_reason(exc)}); the file may be "
