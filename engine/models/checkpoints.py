@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TypeVar
@@ -107,13 +108,14 @@ def _torch_load(path: Path, expected: str) -> object:
         # (engine/core/memory.py) a heap copy would stay in the process: 90-170 MB less peak RSS for Wav2Lip.
         return torch.load(path, map_location="cpu", weights_only=True, mmap=_is_zip(path))
     except pickle.UnpicklingError as e:
-        if "unsupported global" in str(e).lower():  # a real pickle naming a class weights_only will not import
+        found = re.search(r"unsupported global: GLOBAL (\S+)", str(e), re.IGNORECASE)
+        if found:  # a real pickle naming a class weights_only will not import; torch's advice is to trust the file
             problem = (
-                "the file holds Python objects besides tensors, which weights_only loading refuses to run: "
-                "it is not a plain PyTorch checkpoint of the expected kind"
+                f"the file holds Python objects besides tensors ({found[1]}), which loading weights only refuses "
+                "to run: it is not a plain PyTorch checkpoint of the expected kind"
             )
-        else:
-            problem = "torch.load could not read it: the file is truncated or corrupt, or not a PyTorch checkpoint"
+            raise CheckpointError(problem, path=path, expected=expected) from e
+        problem = "torch.load could not read it: the file is truncated or corrupt, or not a PyTorch checkpoint"
         raise CheckpointError(f"{problem} ({_first_line(e)})", path=path, expected=expected) from e
     except Exception as e:  # torch raises RuntimeError, EOFError, ValueError, zipfile errors... for broken files
         problem = "torch.load could not read it: the file is truncated or corrupt, or not a PyTorch checkpoint"
