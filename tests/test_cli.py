@@ -493,6 +493,10 @@ def test_portrait_export_checks_its_folder_first(tmp_path: Path, capsys) -> None
     for out, message in ((afile, "is a file"), ("", "--out is empty"), (afile / "sub", "the folder cannot be made")):
         assert main(["portrait-export", "--weights", str(tmp_path / "none"), "--out", str(out)]) == 2
         assert message in capsys.readouterr().err
+    # the weights are found as `portrait` finds them: a folder without them, or a file, is said
+    for weights, message in ((tmp_path / "none", "no LivePortrait weights in "), (afile, "face.jpg is a file")):
+        assert main(["portrait-export", "--weights", str(weights), "--out", str(tmp_path / "onnx")]) == 3
+        assert message in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("signum", "code", "said"), [(2, 130, "interrupted"), (15, 143, "terminated (SIGTERM)")])

@@ -17,12 +17,21 @@ from engine.portrait.pipeline import _pick_engine, hub_weights, weights_folder
 FACE = Path(__file__).resolve().parent.parent / "assets" / "face.jpg"
 
 
+def _five_files(folder: Path) -> Path:
+    """The official file names (empty files: finding the folder opens none)."""
+    from engine.models.liveportrait import WEIGHT_FILES
+
+    for name in WEIGHT_FILES:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).touch()
+    return folder
+
+
 def _hub_snapshot(cache: Path, repo: str = "KwaiVGI/LivePortrait") -> Path:
     """The Hub's cache layout with one snapshot that has liveportrait/base_models."""
     root = cache / f"models--{repo.replace('/', '--')}"
     revision = "0" * 40
-    folder = root / "snapshots" / revision / "liveportrait"
-    (folder / "base_models").mkdir(parents=True)
+    folder = _five_files(root / "snapshots" / revision / "liveportrait")
     (root / "refs").mkdir()
     (root / "refs" / "main").write_text(revision)
     return folder
@@ -34,20 +43,28 @@ def test_weights_come_from_the_folder_then_the_hub_cache(tmp_path: Path, monkeyp
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # nothing here may reach the network
     settings = Settings(data_dir=tmp_path, weights_dir=tmp_path / "weights")
-    config = PortraitConfig(FACE, FACE)
     with pytest.raises(WeightsError, match="hf:KwaiVGI/LivePortrait"):
-        weights_folder(config, settings)  # nothing anywhere: the message says where to put them
+        weights_folder(None, settings)  # nothing anywhere: the message says where to put them
     assert hub_weights("hf:KwaiVGI/LivePortrait", download=False) is None
     cached = _hub_snapshot(tmp_path / "hub")
-    assert weights_folder(config, settings) == cached  # found in the Hub's cache, without the network
+    assert weights_folder(None, settings) == cached  # found in the Hub's cache, without the network
     local = tmp_path / "weights" / "liveportrait"
     (local / "base_models").mkdir(parents=True)
-    assert weights_folder(config, settings) == local  # a local folder wins
-    explicit = PortraitConfig(FACE, FACE, weights=str(tmp_path / "nowhere"))
+    with pytest.raises(WeightsError, match=r"liveportrait lacks 5 of LivePortrait's 5 weight files: base_models/app"):
+        weights_folder(None, settings)  # a local folder wins, and all it lacks is said at once
+    (_five_files(local) / "base_models" / "warping_module.pth").unlink()
+    with pytest.raises(
+        WeightsError, match=r"lacks 1 of LivePortrait's 5 weight files: base_models/warping_module\.pth"
+    ):
+        weights_folder(None, settings)
+    _five_files(local)
+    assert weights_folder(None, settings) == local
     with pytest.raises(WeightsError, match="no LivePortrait weights"):
-        weights_folder(explicit, settings)  # a folder named explicitly is never replaced by another
+        weights_folder(str(tmp_path / "nowhere"), settings)  # a folder named explicitly is never replaced by another
+    with pytest.raises(WeightsError, match=r"face\.jpg is a file: the LivePortrait weights are a folder"):
+        weights_folder(str(FACE), settings)
     with pytest.raises(WeightsError, match="could not fetch"):
-        weights_folder(PortraitConfig(FACE, FACE, weights="hf:Someone/Else"), settings)
+        weights_folder("hf:Someone/Else", settings)
 
 
 def test_the_folder_as_downloaded_and_its_liveportrait_subfolder(tmp_path: Path, monkeypatch) -> None:
@@ -57,14 +74,14 @@ def test_the_folder_as_downloaded_and_its_liveportrait_subfolder(tmp_path: Path,
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     settings = Settings(data_dir=tmp_path, weights_dir=tmp_path / "weights")
     root = tmp_path / "pretrained_weights"  # the Hub's layout: liveportrait/, liveportrait_animals/, insightface/
-    (root / "liveportrait" / "base_models").mkdir(parents=True)
+    _five_files(root / "liveportrait")
     (root / "insightface").mkdir()
     for given in (root, root / "liveportrait"):
         config = PortraitConfig(FACE, FACE, weights=str(given))
-        assert weights_folder(config, settings) == root / "liveportrait"
+        assert weights_folder(config.weights, settings) == root / "liveportrait"
         assert _pick_engine(config, settings) == ("liveportrait", root / "liveportrait")
     from_setting = Settings(data_dir=tmp_path, weights_dir=tmp_path / "weights", liveportrait_dir=str(root))
-    assert weights_folder(PortraitConfig(FACE, FACE), from_setting) == root / "liveportrait"
+    assert weights_folder(None, from_setting) == root / "liveportrait"
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(WeightsError, match=r"no LivePortrait weights in .*empty"):  # named, so never a fallback

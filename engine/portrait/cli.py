@@ -37,7 +37,9 @@ def _portrait(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    from engine.core.settings import get_settings
     from engine.portrait.onnx_backend import export_onnx
+    from engine.portrait.pipeline import weights_folder
 
     out = Path(args.out.strip())
     if not args.out.strip():
@@ -48,13 +50,16 @@ def _export(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(f"--out {args.out}: the folder cannot be made ({exc.strerror or exc})") from None
-    paths = export_onnx(args.weights, out, args.precision)
+    paths = export_onnx(weights_folder(args.weights, get_settings()), out, args.precision)  # found as for portrait
     print(json.dumps({k: str(v) for k, v in paths.items()}, indent=2))
     return 0
 
 
 def _export_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--weights", required=True, help="folder with base_models/ and retargeting_models/")
+    parser.add_argument(
+        "--weights", help="the official pretrained_weights folder (or its liveportrait/ subfolder) or hf:OWNER/REPO "
+        "(default: found as for portrait: AVATARBENCH_LIVEPORTRAIT_DIR, the weights folder, the Hub's cache)",
+    )  # fmt: skip
     parser.add_argument("--out", required=True, help="folder for the .onnx files")
     parser.add_argument(
         "--precision", default="fp32", choices=["fp32", "fp16"],

@@ -119,24 +119,40 @@ def _weights_in(folder: Path) -> Path | None:
     return None
 
 
-def weights_folder(config: PortraitConfig, settings: Settings) -> Path:
-    """Explicit path or `hf:` reference > AVATARBENCH_LIVEPORTRAIT_DIR > weights dir > the Hub's cache."""
-    configured = config.weights or settings.liveportrait_dir
+def weights_folder(given: str | None, settings: Settings) -> Path:
+    """Explicit path or `hf:` reference (`given`) > AVATARBENCH_LIVEPORTRAIT_DIR > weights dir > the Hub's cache."""
+    configured = given or settings.liveportrait_dir
     if configured and str(configured).startswith("hf:"):
         found = hub_weights(str(configured), download=True)
         if found is None:
             raise WeightsError(f"{configured} has no liveportrait/base_models folder")
-        return found
+        return _complete(found)
     folder = Path(configured or settings.weights_dir / "liveportrait")
     found = _weights_in(folder) or (None if configured else hub_weights(f"hf:{HUB_REPO}", download=False))
     if found is not None:
-        return found
+        return _complete(found)
+    if folder.is_file():
+        raise WeightsError(f"{folder} is a file: the LivePortrait weights are a folder (pretrained_weights)")
     raise WeightsError(
         f"no LivePortrait weights in {folder} (no base_models/ there or in its liveportrait/ subfolder): put the "
         f"official pretrained_weights folder there (liveportrait/base_models/*.pth and liveportrait/"
         f"retargeting_models/stitching_retargeting_module.pth, from the Hugging Face repository {HUB_REPO}), "
         f"set AVATARBENCH_LIVEPORTRAIT_DIR / --weights, or give --weights hf:{HUB_REPO} to download it"
     )
+
+
+def _complete(folder: Path) -> Path:
+    """The weights folder, once it holds all five files: the ones missing are named together, before any loads."""
+    from engine.models.liveportrait import WEIGHT_FILES
+
+    missing = [name for name in WEIGHT_FILES if not (folder / name).is_file()]
+    if missing:
+        raise WeightsError(
+            f"{folder} lacks {len(missing)} of LivePortrait's {len(WEIGHT_FILES)} weight files: {', '.join(missing)} "
+            f"(pretrained_weights/liveportrait/ of the Hugging Face repository {HUB_REPO}); download them, or give "
+            f"--weights hf:{HUB_REPO}"
+        )
+    return folder
 
 
 def _largest_face(image: np.ndarray, detector: Any) -> np.ndarray | None:
@@ -474,9 +490,9 @@ def _pick_engine(config: PortraitConfig, settings: Settings) -> tuple[str, Path 
     if config.engine == "baseline":
         return "baseline", None
     if config.engine == "liveportrait" or config.weights:
-        return "liveportrait", weights_folder(config, settings)
+        return "liveportrait", weights_folder(config.weights, settings)
     try:
-        return "liveportrait", weights_folder(config, settings)
+        return "liveportrait", weights_folder(config.weights, settings)
     except WeightsError:
         return "baseline", None
 

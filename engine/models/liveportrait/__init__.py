@@ -3,6 +3,7 @@
 from engine.models.liveportrait.appearance import AppearanceFeatureExtractor
 from engine.models.liveportrait.decoder import SPADEDecoder
 from engine.models.liveportrait.loading import (
+    WEIGHT_FILES,
     LivePortraitNetworks,
     fold_spectral_norm,
     load_base_model,
@@ -15,6 +16,7 @@ from engine.models.liveportrait.stitching import RetargetingMLP
 from engine.models.liveportrait.warping import WarpingNetwork
 
 __all__ = [
+    "WEIGHT_FILES",
     "AppearanceFeatureExtractor",
     "LivePortraitNetworks",
     "MotionExtractor",

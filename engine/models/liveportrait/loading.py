@@ -37,6 +37,7 @@ BASE_FILES = {
     "decoder": ("base_models/spade_generator.pth", SPADEDecoder),
 }
 RETARGETING_FILE = "retargeting_models/stitching_retargeting_module.pth"
+WEIGHT_FILES = (*(name for name, _ in BASE_FILES.values()), RETARGETING_FILE)
 _SPECTRAL = ("weight_orig", "weight_u", "weight_v")
 
 
@@ -144,6 +145,7 @@ def write_random_weights(weights_dir: str | os.PathLike[str], seed: int = 0) -> 
 __all__ = [
     "BASE_FILES",
     "RETARGETING_FILE",
+    "WEIGHT_FILES",
     "LivePortraitNetworks",
     "fold_spectral_norm",
     "load_base_model",
