@@ -32,7 +32,6 @@ from engine.core.settings import Settings
 from engine.core.weights import S3FD, WAV2LIP, WeightsError, resolve, server_files
 
 ROOT = Path(__file__).resolve().parent.parent
-FACE = ROOT / "assets" / "face.jpg"
 
 LIVEPORTRAIT_FILES = {  # the Hub's layout, with sizes scaled down and decoys the engine does not need
     "liveportrait/base_models/appearance_feature_extractor.pth": random_bytes(3_390, 1),
@@ -79,7 +78,6 @@ def _recorder() -> tuple[list[tuple[float, str]], object]:
 
 
 def test_liveportrait_lands_where_the_engine_looks(hub: StandInHub, settings: Settings) -> None:
-    from engine.portrait.config import PortraitConfig
     from engine.portrait.pipeline import weights_folder
 
     plan = list_files(LIVEPORTRAIT, settings, endpoint=hub.url)
@@ -96,7 +94,7 @@ def test_liveportrait_lands_where_the_engine_looks(hub: StandInHub, settings: Se
     assert not hub.downloads("2d106det.onnx") and not hub.downloads("README.md")  # decoys never requested
     assert len(fetched.placed) == len(wanted) and not fetched.kept
     # the engines' own lookups find them
-    assert weights_folder(PortraitConfig(FACE, FACE), settings) == folder
+    assert weights_folder(None, settings) == folder
     assert "liveportrait" in server_files(settings)
     assert next(p for p in inventory(settings) if p.engine == "liveportrait").ready
     assert not (settings.weights_dir / ".downloads").exists()  # the staging folder goes once the set is placed

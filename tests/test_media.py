@@ -23,6 +23,7 @@ import pytest
 from engine.core.errors import InputError
 from engine.core.media import (
     MediaError,
+    VideoInfo,
     VideoWriter,
     check_file,
     exif_orientation,
@@ -262,6 +263,12 @@ def test_a_stream_without_duration_is_held_to_the_limit(tmp_path: Path) -> None:
     assert "runs longer than the limit of 1 s (25 frames at 25 fps, AVATARBENCH_MAX_SECONDS)" in message
     assert len(frames) == 25  # stopped at the limit, not after 3 s
     assert sum(1 for _ in read_frames(path, max_seconds=3)) == 75  # exactly at the limit is fine
+
+
+def test_a_frame_rate_out_of_range_is_said_with_its_digits() -> None:
+    for fps, said in ((2 / 3000, "reports 0.000667 frames per second"), (240.0, "reports 240 frames per second")):
+        with pytest.raises(MediaError, match=f"clip.mp4 {said}; accepted: 1 to 120"):  # it said 0.00
+            validate_video(VideoInfo(64, 64, fps, 2, 3000.0, False, "h264"), "clip.mp4", 4096, 10**6)
 
 
 def test_a_stream_cannot_grow_past_the_size_its_header_states(tmp_path: Path) -> None:

@@ -279,6 +279,9 @@ def test_a_calibration_that_cannot_size_a_batch_is_refused(tmp_path) -> None:
     assert fit.max_batch == 0 and fit.recommended_batch == 0  # 1 TB of weights: nothing fits
     with pytest.raises(PlanError, match="go together"):
         NetworkPlanConfig.build({"gpu": "T4", "target_throughput": 5000})
+    with pytest.raises(PlanError, match=r"1e\+12 samples/s at 0.001 per GPU needs 1,000,000,000,000,000 GPUs, more"):
+        NetworkPlanConfig.build({"gpu": "T4", "target_throughput": 1e12, "throughput_per_gpu": 0.001})
+    assert NetworkPlanConfig.build({"gpu": "T4", "target_throughput": 1e6, "throughput_per_gpu": 10}).gpu == "T4"
     (tmp_path / "r.json").write_text(json.dumps([1, 2]))
     with pytest.raises(PlanError, match="must be a JSON object"):
         plan_network(NetworkPlanConfig(gpu="T4", calibrate=tmp_path / "r.json"), tmp_path)

@@ -161,6 +161,9 @@ class LlmRequest(Config):
     memory_fraction: float = option(0.9, help="share of each GPU's memory TGI may use", low=0.05, high=1.0)
 
 
+MAX_PLANNED_GPUS = 100_000
+
+
 @dataclass
 class NetworkPlanConfig(Config):
     """Batch size and GPU count for one of our networks on a card."""
@@ -180,6 +183,13 @@ class NetworkPlanConfig(Config):
     def problems(self) -> list[str]:
         if (self.target_throughput is None) != (self.throughput_per_gpu is None):
             return ["target throughput and throughput per GPU go together: the GPU count is one over the other"]
+        if self.target_throughput and self.throughput_per_gpu:
+            gpus = self.target_throughput / self.throughput_per_gpu
+            if gpus > MAX_PLANNED_GPUS:  # 1e12 over 0.001 planned 10^15 cards
+                return [
+                    f"{self.target_throughput:g} samples/s at {self.throughput_per_gpu:g} per GPU needs {gpus:,.0f} "
+                    f"GPUs, more than {MAX_PLANNED_GPUS:,} (the largest clusters): check both figures"
+                ]
         return []
 
 

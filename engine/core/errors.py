@@ -22,4 +22,10 @@ class SetupError(AvatarbenchError):
     """The machine or installation lacks something the request needs; the message says what and how to fix it."""
 
 
-__all__ = ["AvatarbenchError", "InputError", "SetupError"]
+def one_line(exc: BaseException | str) -> str:
+    """A library's error text on one line: ours quote it, and ONNX Runtime's, FFmpeg's or the Hub's run over
+    several."""
+    return " ".join(str(exc).split())
+
+
+__all__ = ["AvatarbenchError", "InputError", "SetupError", "one_line"]

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.core.errors import InputError
+from engine.core.errors import InputError, one_line
 from engine.core.settings import PREFIX, Settings
 from engine.core.weights import S3FD, WAV2LIP, ModelFile, WeightsError, resolve
 
@@ -327,7 +327,7 @@ def licence_refusal(source: Source) -> str:
 
 
 def _reason(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
+    text = one_line(exc)
     return f"{type(exc).__name__}: {text[:160]}" if text else type(exc).__name__
 
 

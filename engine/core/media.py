@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.core.errors import InputError, SetupError
+from engine.core.errors import InputError, SetupError, one_line
 from engine.core.hls import SEGMENT_SECONDS, HlsCopy
 
 log = logging.getLogger(__name__)
@@ -161,7 +161,7 @@ def check_file(path: Path, kind: str, accepted: str, error: type[InputError] = M
 def ffmpeg_reason(exc: Exception) -> str:
     """FFmpeg's reason on one line, without the path that PyAV's str(exc) ends with."""
     reason = getattr(exc, "strerror", None) or type(exc).__name__
-    return " ".join(str(reason).split())
+    return one_line(reason)
 
 
 def _check_size(width: int, height: int, max_side: int, what: str, max_pixels: int = MAX_PIXELS) -> None:
@@ -470,7 +470,7 @@ def validate_video(info: VideoInfo, name: str, max_side: int, max_seconds: float
     read_frames(max_seconds=...) holds the limit while streaming."""
     _check_size(info.width, info.height, max_side, name)
     if not 1.0 <= info.fps <= 120.0:
-        raise MediaError(f"{name} reports {info.fps:.2f} frames per second; accepted: 1 to 120")
+        raise MediaError(f"{name} reports {info.fps:.3g} frames per second; accepted: 1 to 120")
     if info.duration_s is not None and info.duration_s > max_seconds:
         raise MediaError(
             f"{name} lasts {info.duration_s:.1f} s, longer than the limit of {max_seconds:g} s "

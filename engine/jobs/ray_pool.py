@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.core.errors import AvatarbenchError, InputError, SetupError
+from engine.core.errors import AvatarbenchError, InputError, SetupError, one_line
 from engine.core.settings import PREFIX, Settings
 from engine.jobs.store import CPU, FAILED, Job, JobStore, StoreError, blob_refs
 from engine.jobs.worker import PROGRESS_INTERVAL_S, WorkerContext, WorkerSpec, run_job
@@ -258,7 +258,7 @@ class ActorDied(AvatarbenchError):
 
 
 def _ray_words(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:600]
+    return one_line(exc)[:600]
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from engine.core.errors import one_line
 from engine.core.npz import npy_header
 from engine.onnx.config import DEFAULT_RUNS, DEFAULT_WARMUP, EvalConfig, EvalError
 from engine.onnx.images import ImageInputError, ImageOptions, images_to_tensor, pick_image_input
@@ -131,7 +132,7 @@ def _npz_headers(path: str | os.PathLike, what: str) -> dict[str, tuple[tuple[in
         zf = zipfile.ZipFile(path)
     except (OSError, zipfile.BadZipFile) as exc:
         accepted = "a zip of .npy arrays, as np.savez writes"
-        raise EvalError(f"{what} {name} is not a readable .npz ({accepted}): {exc}") from None
+        raise EvalError(f"{what} {name} is not a readable .npz ({accepted}): {one_line(exc)}") from None
     headers = {}
     with zf:
         for member in zf.infolist():
@@ -143,7 +144,9 @@ def _npz_headers(path: str | os.PathLike, what: str) -> dict[str, tuple[tuple[in
                 with zf.open(member) as f:
                     shape, dtype = npy_header(f)
             except _NPZ_ERRORS as exc:
-                raise EvalError(f"{what} {name}: array {member.filename[:-4]!r} cannot be read: {exc}") from None
+                raise EvalError(
+                    f"{what} {name}: array {member.filename[:-4]!r} cannot be read: {one_line(exc)}"
+                ) from None
             headers[member.filename[:-4]] = (shape, dtype)
     return headers
 
@@ -153,7 +156,7 @@ def _load_arrays(path: str | os.PathLike, names: list[str], what: str) -> dict[s
         with np.load(path, allow_pickle=False) as npz:
             return {name: np.asarray(npz[name]) for name in names}
     except _NPZ_ERRORS as exc:
-        raise EvalError(f"{what} {Path(path).name} cannot be read: {exc}") from None
+        raise EvalError(f"{what} {Path(path).name} cannot be read: {one_line(exc)}") from None
 
 
 def _fits(array: np.ndarray, dtype: np.dtype) -> bool:
@@ -237,7 +240,9 @@ def _text_array(array: np.ndarray, name: str) -> np.ndarray:
         try:
             array = np.char.decode(array, "utf-8")
         except UnicodeDecodeError as exc:
-            raise EvalError(f"input {name!r} in the .npz holds bytes that are not UTF-8 text: {exc}") from None
+            raise EvalError(
+                f"input {name!r} in the .npz holds bytes that are not UTF-8 text: {one_line(exc)}"
+            ) from None
     return np.ascontiguousarray(array.astype(object))
 
 
@@ -812,7 +817,7 @@ class _Runner:
             session = OrtSession(self.model_path, _session_options(key, self.config, self.placement))
         except (SessionError, OSError) as exc:  # OSError: the TensorRT cache folder cannot be made
             # the private copy's path means nothing to the user (and names the server's folders)
-            reason = " ".join(str(exc).replace(os.fspath(self.model_path), "the model").split())
+            reason = one_line(str(exc).replace(os.fspath(self.model_path), "the model"))
             self.sessions[key] = {"provider": key, "requested": PROVIDERS[key], "error": reason}
             self.warnings.append(f"{key} ({PROVIDERS[key]}) could not be used: {reason}")
             self.done += 1 if reference_only else len(self.plan.batches)

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine.core.errors import InputError
+from engine.core.errors import InputError, one_line
 
 if TYPE_CHECKING:
     import numpy as np
@@ -380,9 +380,9 @@ def _extract_zip(src: Path, size: int, dest: Path, limits: Limits) -> Path:
     except ModelError:
         raise
     except OSError as exc:  # writing: disk full, a member that is both a file and a folder...
-        raise ModelError(f"{src.name} could not be unpacked: {exc}") from exc
+        raise ModelError(f"{src.name} could not be unpacked: {one_line(exc)}") from exc
     except Exception as exc:  # BadZipFile, CRC errors, unsupported compression or encryption...
-        raise ModelError(f"{src.name} is not a readable zip: {exc}") from exc
+        raise ModelError(f"{src.name} is not a readable zip: {one_line(exc)}") from exc
     return dest.joinpath(*model.split("/"))
 
 
@@ -476,7 +476,7 @@ def _load_proto(path: Path) -> onnx.ModelProto:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # DecodeError and friends
-        raise ModelError(f"{path.name}: truncated or not an ONNX protobuf: {exc}") from exc
+        raise ModelError(f"{path.name}: truncated or not an ONNX protobuf: {one_line(exc)}") from exc
     missing = [
         name for name, ok in (("ir_version", model.ir_version > 0), ("graph", model.HasField("graph"))) if not ok
     ]
@@ -619,7 +619,7 @@ def _run_checker(model: onnx.ModelProto, path: Path, total_bytes: int, has_exter
             onnx.checker.check_model(full)
             del full
     except Exception as exc:
-        raise ModelError(f"the ONNX checker refused {path.name}: {' '.join(str(exc).split())}") from exc
+        raise ModelError(f"the ONNX checker refused {path.name}: {one_line(exc)}") from exc
 
 
 # ---------------------------------------------------------------------------------------------- shapes and symbols

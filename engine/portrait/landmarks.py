@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.core.errors import InputError
+from engine.core.errors import InputError, one_line
 from engine.portrait.crop import crop_image, crop_transform
 
 SIZE = 224
@@ -55,7 +55,7 @@ class LandmarkModel:
         try:
             self.session = ort.InferenceSession(str(file), providers=["CPUExecutionProvider"])
         except Exception as exc:
-            raise LandmarkError(f"{file.name} is not a usable ONNX landmark model: {exc}") from None
+            raise LandmarkError(f"{file.name} is not a usable ONNX landmark model: {one_line(exc)}") from None
         self.input = self._checked_input(file.name)
 
     def _checked_input(self, name: str) -> str:
@@ -82,7 +82,7 @@ class LandmarkModel:
         try:
             outputs = self.session.run(None, {self.input: crop.transpose(2, 0, 1)[None]})
         except Exception as exc:  # onnxruntime's own errors (a graph that fails on this input) name no class of ours
-            raise LandmarkError(f"the landmark model failed on a face crop: {exc}") from None
+            raise LandmarkError(f"the landmark model failed on a face crop: {one_line(exc)}") from None
         read = outputs[2] if len(outputs) > 2 else outputs[0]
         if np.asarray(read).size != POINTS * 2:
             raise LandmarkError(

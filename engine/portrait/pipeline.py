@@ -41,6 +41,7 @@ from engine.core.device import (
     usable_gpu_memory,
     usable_host_memory,
 )
+from engine.core.errors import one_line
 from engine.core.hls import stream_folder
 from engine.core.hub import LIVEPORTRAIT, checked_repo
 from engine.core.media import (
@@ -104,7 +105,7 @@ def hub_weights(reference: str, download: bool) -> Path | None:
         snapshot = snapshot_download(repo, allow_patterns=list(LIVEPORTRAIT.patterns), local_files_only=not download)
     except Exception as exc:  # offline, not cached, no such repo, huggingface_hub missing
         if download:
-            raise WeightsError(f"could not fetch the LivePortrait weights from {reference}: {exc}") from None
+            raise WeightsError(f"could not fetch the LivePortrait weights from {reference}: {one_line(exc)}") from None
         return None
     folder = Path(snapshot) / "liveportrait"
     return folder if (folder / "base_models").is_dir() else None

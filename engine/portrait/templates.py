@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from engine.core.errors import one_line
 from engine.core.npz import npy_header
 from engine.portrait.config import TEMPLATE_SUFFIXES, PortraitError
 from engine.portrait.motion import KeypointInfo, euler_angles
@@ -122,7 +123,7 @@ def _read_npz(path: Path, max_seconds: float | None) -> Template:
     try:
         data = np.load(path, allow_pickle=False)
     except Exception as exc:  # not a zip, truncated, empty, text: numpy's many ways of saying no
-        reason = "it is not an .npz archive" if "pickle" in str(exc) else f"{type(exc).__name__}: {exc}"
+        reason = "it is not an .npz archive" if "pickle" in str(exc) else f"{type(exc).__name__}: {one_line(exc)}"
         raise PortraitError(f"{path.name} cannot be read as a motion template (.npz): {reason}") from None
     if not isinstance(data, np.lib.npyio.NpzFile):
         raise PortraitError(f"{path.name} is one .npy array, not a motion template (an .npz archive of several)")
@@ -137,7 +138,7 @@ def _read_npz(path: Path, max_seconds: float | None) -> Template:
         raise
     except Exception as exc:  # a member damaged past its header
         raise PortraitError(
-            f"{path.name} cannot be read as a motion template (.npz): {type(exc).__name__}: {exc}"
+            f"{path.name} cannot be read as a motion template (.npz): {type(exc).__name__}: {one_line(exc)}"
         ) from None
     return _checked(path, KeypointInfo(**arrays), fps, (saved[0], saved[1]) if saved else None)
 
@@ -193,7 +194,8 @@ def _read_pickle(path: Path, max_seconds: float | None) -> Template:
         raise
     except Exception as exc:  # any malformed pickle: truncated, other objects, wrong types or shapes
         raise PortraitError(
-            f"{path.name} cannot be read as LivePortrait's motion template (.pkl): {type(exc).__name__}: {exc}"
+            f"{path.name} cannot be read as LivePortrait's motion template (.pkl): "
+            f"{type(exc).__name__}: {one_line(exc)}"
         ) from None
 
 

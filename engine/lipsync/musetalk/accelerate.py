@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 from engine.core.device import pad_batch
-from engine.core.errors import InputError
+from engine.core.errors import InputError, one_line
 from engine.core.results import RunResult
 from engine.lipsync.musetalk.geometry import decoded_to_bgr, decoder_latents
 from engine.lipsync.musetalk.stages import timed
@@ -354,7 +354,9 @@ class OnnxStep(FixedShapeStep):
         try:
             session = OrtSession(path, options)
         except SessionError as exc:
-            raise RuntimeUnavailable(f"the {self.name} MuseTalk runtime could not start ONNX Runtime: {exc}") from exc
+            raise RuntimeUnavailable(
+                f"the {self.name} MuseTalk runtime could not start ONNX Runtime: {one_line(exc)}"
+            ) from exc
         self.ran_on = session.ran_on
         if session.fell_back:
             if self.name == TENSORRT:

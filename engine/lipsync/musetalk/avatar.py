@@ -29,7 +29,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from engine.core.errors import InputError
+from engine.core.errors import InputError, one_line
 from engine.core.results import RunResult
 from engine.faces.detection import FaceDetector, make_detector
 from engine.lipsync.musetalk.blend import (
@@ -445,7 +445,7 @@ def load_avatar(path: str | os.PathLike[str]) -> PreparedAvatar:
         avatar = _from_payload(data)
         check_avatar(avatar)
     except (KeyError, TypeError, ValueError, IndexError) as exc:
-        raise CheckpointError(f"its contents are damaged ({exc})", path=path, expected=EXPECTED) from None
+        raise CheckpointError(f"its contents are damaged ({one_line(exc)})", path=path, expected=EXPECTED) from None
     return avatar
 
 

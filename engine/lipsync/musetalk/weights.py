@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import torch
 from torch import nn
 
-from engine.core.errors import InputError
+from engine.core.errors import InputError, one_line
 from engine.core.hub import MUSETALK, MUSETALK_LICENCE, checked_repo
 from engine.core.settings import PREFIX, Settings
 from engine.core.weights import WeightsError
@@ -345,7 +345,7 @@ def read_config(path: str | os.PathLike[str], expected: str) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"not a JSON config ({exc})", path=path, expected=expected) from None
+        raise CheckpointError(f"not a JSON config ({one_line(exc)})", path=path, expected=expected) from None
     if not isinstance(data, dict):
         raise CheckpointError(f"holds a JSON {type(data).__name__}, not an object", path=path, expected=expected)
     return data
@@ -364,7 +364,9 @@ def read_state(path: str | os.PathLike[str], expected: str) -> dict[str, torch.T
         return dict(load_file(path, device="cpu"))
     except Exception as exc:  # SafetensorError, OSError: truncated, corrupt, not safetensors at all
         problem = "safetensors could not read it: the file is truncated or corrupt"
-        raise CheckpointError(f"{problem} ({type(exc).__name__}: {exc})", path=path, expected=expected) from None
+        raise CheckpointError(
+            f"{problem} ({type(exc).__name__}: {one_line(exc)})", path=path, expected=expected
+        ) from None
 
 
 def _checked_class(config: Mapping[str, Any], key: str, wanted: str, path: Path, expected: str) -> None:
