@@ -1091,7 +1091,7 @@ def _landmark_model(config: PortraitConfig, folder: Path, result: RunResult) -> 
     explicitly needs the model; otherwise it is used when it is there."""
     retargeting = config.eye_open is not None or config.lip_open is not None or config.follows_driver
     path = Path(config.landmarks or folder / "landmark.onnx")
-    if not retargeting and not config.landmarks and not path.is_file():
+    if not retargeting and not path.is_file():
         result.metrics["landmarks"] = f"none (no {path}): axis-aligned crop, no lip normalisation"
         if config.normalize_lips:
             result.warn(f"--normalize-lips needs LivePortrait's landmark model ({path} is missing): not applied")
