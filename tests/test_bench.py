@@ -115,6 +115,13 @@ def test_presets_scale_down_without_a_gpu() -> None:
         SweepRequest.build({"points": '[{"batch": 1}]', "batch": "4,8", "runtime": "ort-cpu", "precision": "bf16"})
     pointed = SweepRequest.build({"points": '[{"batch": 2}]', "device": "cpu"}).plan(has_gpu=False).points
     assert [(p.batch, p.device) for p in pointed] == [(2, "cpu")]
+    # --device applies to them (it was ignored: cuda asked, cpu measured, exit 0; cpu asked, cuda measured)
+    on_cpu = SweepRequest.build({"points": '[{"batch": 2}, {"batch": 4, "device": "cuda"}]', "device": "cpu"})
+    assert [p.device for p in on_cpu.plan(has_gpu=True).points] == ["cpu", "cuda"]
+    on_gpu = SweepRequest.build({"points": '[{"runtime": "eager", "batch": 1}]', "device": "cuda"})
+    assert [p.device for p in on_gpu.plan(has_gpu=False).points] == ["cuda"]
+    with pytest.raises(BenchError, match="with --points, --device gives the device of the points that name none: one"):
+        SweepRequest.build({"points": '[{"batch": 2}]', "device": "cpu,cuda"})
     # an ONNX model's grid runs on ONNX Runtime by default: eager ran, "done", with every row an error
     onnx = SweepRequest.build({"model": "onnx:" + "a" * 64, "device": "cpu,cuda", "batch": "2"}).plan(has_gpu=True)
     assert [(p.runtime, p.device) for p in onnx.points] == [("ort-cpu", "cpu"), ("ort-cuda", "cuda")]

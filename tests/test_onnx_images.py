@@ -44,6 +44,9 @@ def test_layout_from_the_input_shape() -> None:
         image_layout(TensorSpec("x", "float32", [1, 3, "H", "W"]), {})
     with pytest.raises(ImageInputError, match="1x1"):
         image_layout(TensorSpec("x", "float32", [1, 3, "H", "W"]), {"H": 1, "W": 1})
+    with pytest.raises(ImageInputError, match=r"are 64x1 \(symbols at their default 1\); give real values for W$"):
+        image_layout(TensorSpec("x", "float32", [1, 3, "H", "W"]), {"H": 64, "W": 1})  # images were squashed to 64x1
+    assert image_layout(TensorSpec("x", "float32", [1, 3, 1, "W"]), {"W": 64}).height == 1  # the model's own 1
     with pytest.raises(ImageInputError, match="no channel axis"):
         image_layout(TensorSpec("x", "float32", [1, 5, 8, 8]), {})
     with pytest.raises(ImageInputError, match="rank-4"):

@@ -181,7 +181,7 @@ def _cost(args: argparse.Namespace) -> int:
     for r in rows:
         print(
             f"{r['gpu']:<16} {_fmt(r['price_per_hour'], '6.2f')} {_fmt(r['samples_per_s'], '10.1f')} "
-            f"{_fmt(r['cost_per_1000_requests'], '15.4f')} {_fmt(r['requests_per_10_usd'], '13,.0f')}  {r['basis']}"
+            f"{_fmt(r['cost_per_1000_requests'], '15.4g')} {_fmt(r['requests_per_10_usd'], '13,.0f')}  {r['basis']}"
         )
     return 0
 

@@ -93,6 +93,9 @@ class SweepRequest(Config):
                         "add compile on (or the compile runtime), or leave the mode out"]  # fmt: skip
             return []
         ignored = self._set("points", "device")  # a point without a device takes --device's
+        if self.device is not None and len(self.device) > 1:
+            return [f"with --points, --device gives the device of the points that name none: one device, not "
+                    f"{','.join(self.device)} (put the device in each point instead)"]  # fmt: skip
         if ignored:
             return [f"points set every configuration; {', '.join(ignored)} would be ignored: put them in the points "
                     "(runtime, precision, batch, ...), or give them without --points"]  # fmt: skip
@@ -112,7 +115,7 @@ class SweepRequest(Config):
             config = preset(self.preset, self.model, has_gpu, self.runs, self.warmup)
         elif self.points is not None:
             points = parse_json(self.points, "points")
-            device = "cuda" if has_gpu else "cpu"  # a point that names none: as --device's empty value
+            device = self.device[0] if self.device else "cuda" if has_gpu else "cpu"  # for points that name none
             points = [{"device": device, **p} for p in points]  # problems() made sure they are objects
             config = SweepConfig.from_dict({"model": self.model, "points": points, "runs": self.runs,
                                             "warmup": self.warmup})  # fmt: skip

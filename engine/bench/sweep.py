@@ -34,6 +34,7 @@ import numpy as np
 from engine.bench.config import DEVICES, MAX_BATCH, PRECISIONS, BenchError
 from engine.bench.workloads import BUILTIN, BenchModel, count_flops, memory_profile
 from engine.core.device import usable_host_memory
+from engine.core.errors import one_line
 from engine.jobs.measure import measured
 from engine.onnx.evaluate import latency_stats
 from engine.onnx.timing import auto_runs_note, spread_warning, timed_count, warmup_count
@@ -545,7 +546,7 @@ def run_sweep(
                 from engine.core.device import is_out_of_memory
 
                 row["status"] = "oom" if is_out_of_memory(exc) else "error"
-                row["error"] = f"{type(exc).__name__}: {str(exc)[:800]}"
+                row["error"] = f"{type(exc).__name__}: {one_line(exc)[:800]}"
             finally:
                 gc.collect()  # the failed point's tensors die with its traceback; then the cache can go
                 if gpu_device:

@@ -843,8 +843,8 @@ class _Runner:
         try:
             self.outputs[key] = self.run_once(session, self.first_inputs, self.plan.batches[0])
         except Exception as exc:
-            self.sessions[key]["error"] = f"{type(exc).__name__}: {exc}"
-            self.warnings.append(f"the CPU reference run failed, so there is no parity: {exc}")
+            self.sessions[key]["error"] = f"{type(exc).__name__}: {one_line(exc)}"
+            self.warnings.append(f"the CPU reference run failed, so there is no parity: {one_line(exc)}")
         self.done += 1
 
     def run_once(self, session: OrtSession, feeds: dict[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:
@@ -865,7 +865,7 @@ class _Runner:
                 try:
                     self.measure(session, key, meta, row)
                 except Exception as exc:
-                    row["error"], row["out_of_memory"] = f"{type(exc).__name__}: {exc}", _is_oom(exc)
+                    row["error"], row["out_of_memory"] = f"{type(exc).__name__}: {one_line(exc)}", _is_oom(exc)
                     oom_at = batch if row["out_of_memory"] else oom_at
                     self.warnings.append(f"{key} at batch {batch} failed: {row['error'][:500]}")
             row["memory"] = _memory_delta(before, self.memory_now(key))

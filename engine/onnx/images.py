@@ -88,10 +88,11 @@ def image_layout(spec: TensorSpec, values: dict[str, int]) -> ImageLayout:
             f"input {spec.name!r} {spec.shape}: height and width must be known to resize images; "
             + (f"give values for {', '.join(unset)}" if unset else "a fixed size of 0 holds no image")
         )
-    if layout.height == 1 and layout.width == 1:
+    at_one = [str(d) for d, v in zip(hw_names, (layout.height, layout.width), strict=True) if v == 1 and d != 1]
+    if at_one or (layout.height, layout.width) == (1, 1):  # one symbol at 1 squashed every image to a line
         raise ImageInputError(
-            f"input {spec.name!r} {spec.shape}: height and width are 1x1 (symbols at their default); "
-            f"give real values for {', '.join(str(d) for d in hw_names)}"
+            f"input {spec.name!r} {spec.shape}: height and width are {layout.height}x{layout.width} (symbols at "
+            f"their default 1); give real values for {', '.join(at_one or [str(d) for d in hw_names])}"
         )
     return layout
 
