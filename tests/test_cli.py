@@ -309,6 +309,23 @@ def test_onnx_eval_with_images_and_labels(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "not found" in bad.stderr
 
 
+def test_bench_reads_external_data_beside_the_model_and_never_overwrites_it(tmp_path: Path, capsys) -> None:
+    """As onnx eval does: a model named on the command line may keep its data files beside it (bench refused it)."""
+    from test_onnx_model import _external_model_dir
+
+    from engine.cli import main
+
+    model = _external_model_dir(tmp_path / "ext")
+    args = ["bench", "--model", str(model), "--runtime", "ort-cpu", "--batch", "1", "--runs", "2", "--warmup", "0",
+            "--device", "cpu", "--quiet"]  # fmt: skip
+    assert main([*args, "--json", str(tmp_path / "b.json")]) == 0, capsys.readouterr().err
+    assert json.loads((tmp_path / "b.json").read_text())["results"][0]["status"] == "ok"
+    data = model.parent / "weights.bin"
+    before = data.read_bytes()
+    assert main([*args, "--json", str(data)]) == 2
+    assert "is one of the model's external-data files" in capsys.readouterr().err and data.read_bytes() == before
+
+
 def test_bench_plan_and_cost(tmp_path: Path) -> None:
     env = {"AVATARBENCH_DATA_DIR": str(tmp_path / "data")}
     report_path, csv_path = tmp_path / "bench.json", tmp_path / "bench.csv"

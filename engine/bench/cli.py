@@ -15,6 +15,7 @@ from engine.bench.config import CostConfig, LlmRequest, NetworkPlanConfig, Sweep
 from engine.core.commands import (
     Command,
     add_context_flags,
+    check_outputs_spare,
     command_line,
     output_flags,
     refuse_fallbacks,
@@ -28,12 +29,14 @@ from engine.core.options import from_args
 
 
 @contextlib.contextmanager
-def _model(name: str, cache_dir: Path) -> Iterator[Any]:
-    """A built-in network by name, or an .onnx / .zip path (prepared and inspected in a private folder)."""
+def _model(name: str, cache_dir: Path, args: argparse.Namespace) -> Iterator[Any]:
+    """A built-in network by name, or an .onnx / .zip path (prepared and inspected in a private folder; a plain
+    model's external-data files are taken from beside it, and no output may overwrite them)."""
     import tempfile
 
     from engine.bench.workloads import BUILTIN, builtin_model, onnx_model
-    from engine.onnx.model import file_sha256, inspect_model, prepare_model
+    from engine.onnx.model import Limits, file_sha256, inspect_model, prepare_model
+    from engine.onnx.uploads import ModelSource, external_files
 
     if name in BUILTIN:
         yield builtin_model(name, cache_dir)
@@ -45,8 +48,11 @@ def _model(name: str, cache_dir: Path) -> Iterator[Any]:
         raise InputError(f"--model {name!r} is neither a built-in network ({', '.join(BUILTIN)}) nor an .onnx or .zip "
                          "file that exists")  # fmt: skip
     with tempfile.TemporaryDirectory(dir=cache_dir) as work:
-        path = prepare_model(name, work)
-        yield onnx_model(path, Path(name).name, inspect_model(path, sha256=file_sha256(name)))
+        path = prepare_model(name, work, beside=True)
+        info = inspect_model(path, sha256=file_sha256(name))
+        source = ModelSource(Path(name), Limits(), Path(name).name, None, local=True)
+        check_outputs_spare(args, "one of the model's external-data files", external_files(source, info))
+        yield onnx_model(path, Path(name).name, info)
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -68,7 +74,7 @@ def _bench(args: argparse.Namespace) -> int:
     gpu = str(resolve_device("cuda").device) if has_gpu else None
     with (
         shown_if_interrupted(lambda partial: _report_out(partial, args)) as keep,
-        _model(request.model, settings.cache_dir) as model,
+        _model(request.model, settings.cache_dir, args) as model,
         ProgressBar(args.quiet) as bar,
     ):
         report = run_sweep(config, model, gpu, bar, settings.gpu_memory_fraction, keep, settings.job_memory_gb)
