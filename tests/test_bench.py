@@ -20,6 +20,7 @@ from engine.bench.config import BenchError, SweepRequest
 from engine.bench.jobs import BenchJobs
 from engine.bench.sweep import BenchPoint, SweepConfig, grid, preset, rows_to_csv, run_sweep
 from engine.bench.workloads import builtin_model, count_flops, memory_profile
+from engine.core.errors import InputError
 from engine.core.settings import load_settings
 from engine.jobs.broker import Broker
 from engine.jobs.store import CANCELLED, CPU, DONE, JobStore, StoreError
@@ -415,3 +416,12 @@ def test_an_fp16_onnx_model_is_measured_as_fp16(tmp_path: Path) -> None:
     assert row["status"] == "ok", row["error"]
     assert (row["precision"], row["label"]) == ("fp16", "cpu ort-cpu fp16 b2")
     assert "the model's weights are fp16: ONNX Runtime runs them as they are" in report["notes"][-1]
+    # a model whose inputs are all empty ran, and its rows failed on the sweep's own maths (exit 1)
+    empty = helper.make_graph(
+        [helper.make_node("Neg", ["x"], ["y"])], "empty",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 0])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 0])],
+    )  # fmt: skip
+    path = save(empty, tmp_path / "empty.onnx")
+    with pytest.raises(InputError, match=r"empty: every input is empty \(x \[1, 0\]\): a run would compute nothing"):
+        onnx_model(path, "empty", inspect_model(path))

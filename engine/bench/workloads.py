@@ -156,6 +156,12 @@ def onnx_model(path: str | os.PathLike, name: str, info: Any) -> BenchModel:
             f"(found {[s.shape for s in info.inputs]}); evaluate fixed-shape models in the ONNX eval tab"
         )
     symbol = next(iter(batch_symbols))
+    shapes = {s.name: list(s.concrete({**info.symbols, symbol: 1})) for s in info.inputs}
+    if all(0 in shape for shape in shapes.values()):  # ONNX Runtime runs it; the sweep's reductions then failed
+        raise InputError(
+            f"{name}: every input is empty ({', '.join(f'{k} {v}' for k, v in shapes.items())}): a run would compute "
+            "nothing, so there is nothing to time; give the model inputs of non-zero size"
+        )
     per_sample = info.flops / info.symbols.get(symbol, 1) if info.flops else None
 
     def feeds(batch: int) -> dict[str, np.ndarray]:
