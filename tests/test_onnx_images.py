@@ -100,6 +100,24 @@ def test_resize_modes(tmp_path: Path) -> None:
     assert np.allclose(box[0, 0, 0, :], 114 / 255)  # top rows are padding: the image is 2.5 px tall
 
 
+def test_a_crop_resizes_only_the_centre_it_keeps(tmp_path: Path) -> None:
+    """A 16x4096 strip into 512x512: the whole strip resized to the covering scale first took 200 MB (1.7 GB for a
+    16x8192 one into 1024x1024); the centre alone is cut, then resized."""
+    import tracemalloc
+
+    strip = np.zeros((16, 4096, 3), np.uint8)
+    strip[:, 2040:2056] = 255  # the centre 16x16 is white, the rest black
+    cv2.imwrite(str(tmp_path / "strip.png"), strip)
+    spec = TensorSpec("x", "float32", [1, 3, 512, 512])
+    tracemalloc.start()
+    try:
+        out = images_to_tensor([tmp_path / "strip.png"], spec, {}, ImageOptions(resize="crop"))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert out.shape == (1, 3, 512, 512) and np.allclose(out, 1.0) and peak < 30 * 2**20
+
+
 def test_refusals(tmp_path: Path) -> None:
     spec = TensorSpec("x", "float32", [1, 3, 8, 8])
     not_image = tmp_path / "notes.png"

@@ -119,12 +119,16 @@ def _fit(image: np.ndarray, height: int, width: int, mode: str) -> np.ndarray:
     h, w = image.shape[:2]
     if mode == "stretch":
         return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if w > width else cv2.INTER_LINEAR)
-    scale = max(height / h, width / w) if mode == "crop" else min(height / h, width / w)
+    if mode == "crop":  # the centre the input's shape covers, cut before it is resized: resizing the whole image to
+        # the covering scale first took the square of its long side (1.7 GB for a 16x8192 image into 1024x1024)
+        scale = max(height / h, width / w)
+        ch, cw = min(h, max(1, round(height / scale))), min(w, max(1, round(width / scale)))
+        top, left = (h - ch) // 2, (w - cw) // 2
+        centre = image[top : top + ch, left : left + cw]
+        return cv2.resize(centre, (width, height), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    scale = min(height / h, width / w)
     nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
     resized = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
-    if mode == "crop":
-        top, left = (nh - height) // 2, (nw - width) // 2
-        return resized[top : top + height, left : left + width]
     canvas = np.full((height, width, 3), 114, dtype=np.uint8)  # the usual letterbox grey
     top, left = (height - nh) // 2, (width - nw) // 2
     canvas[top : top + nh, left : left + nw] = resized
