@@ -422,6 +422,15 @@ def test_an_fp16_onnx_model_is_measured_as_fp16(tmp_path: Path) -> None:
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 0])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 0])],
     )  # fmt: skip
+    seq = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])], "seq",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "seq"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "seq"])],
+    )  # fmt: skip
+    path = save(seq, tmp_path / "seq.onnx")
+    report = run_sweep(SweepConfig("seq", [BenchPoint("ort-cpu", "fp32", 2, "cpu")], runs=2, warmup=0),
+                       onnx_model(path, "seq", inspect_model(path)), None)  # fmt: skip
+    assert "the model's other symbolic dimensions ran at seq=1, as inspection set them" in " ".join(report["notes"])
     path = save(empty, tmp_path / "empty.onnx")
     with pytest.raises(InputError, match=r"empty: every input is empty \(x \[1, 0\]\): a run would compute nothing"):
         onnx_model(path, "empty", inspect_model(path))

@@ -214,6 +214,21 @@ def test_failing_batch_is_recorded_and_the_rest_runs(tmp_path: Path) -> None:
     json.dumps(report)
 
 
+def test_a_symbol_left_at_its_default_is_said(tmp_path: Path) -> None:
+    """A sequence model was timed at length 1 without a word (onnx inspect said it; eval did not)."""
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])], "seq",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "seq"])],
+    )  # fmt: skip
+    path = save(graph, tmp_path / "seq.onnx")
+    said = "symbolic dimensions at their default of 1: seq (give symbols, e.g. seq=N"
+    report = evaluate(path, inspect_model(path), EvalConfig(batch_sizes=(2,), **FAST))
+    assert any(said in w for w in report["warnings"])
+    given = evaluate(path, inspect_model(path, {"seq": 8}), EvalConfig(batch_sizes=(2,), symbols=(("seq", 8),), **FAST))
+    assert not any("default of 1" in w for w in given["warnings"])
+
+
 def test_fixed_shape_runs_once_with_warning(tmp_path: Path) -> None:
     path = fixed(tmp_path / "fixed.onnx")
     report = evaluate(path, inspect_model(path), EvalConfig(batch_sizes=(1, 8), **FAST))

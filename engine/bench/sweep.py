@@ -577,6 +577,7 @@ def _report(ctx: _Context, rows: list[dict[str, Any]], host: dict[str, Any], own
         "notes": [
             *([f"{PARTIAL_NOTE}: {len(rows)} of {len(config.points)} configurations measured"] if stopped else []),
             *config.notes,
+            *model.notes,
             *([auto_runs_note(chosen)] if auto else []),
             RANDOM_WEIGHTS_NOTE if model.has_torch else OWN_WEIGHTS_NOTE,
             *(

@@ -30,6 +30,7 @@ class BenchModel:
     flops_fixed: float | None = None  # FLOPs per sample when known without counting (ONNX estimate)
     numpy_inputs: Callable[[int], dict[str, np.ndarray]] | None = None  # ONNX-only models: feeds for a batch
     weights_precision: str | None = None  # ONNX-only models: what ONNX Runtime runs (fp32, fp16, bf16), if known
+    notes: tuple[str, ...] = ()  # what the report should say about how the model was run
 
     @property
     def has_torch(self) -> bool:
@@ -167,8 +168,11 @@ def onnx_model(path: str | os.PathLike, name: str, info: Any) -> BenchModel:
     def feeds(batch: int) -> dict[str, np.ndarray]:
         return synthetic_inputs(info.inputs, {**info.symbols, symbol: batch}, SEED)
 
+    others = {s: v for s, v in info.symbols.items() if s != symbol}
+    notes = (f"the model's other symbolic dimensions ran at {', '.join(f'{s}={v}' for s, v in others.items())}, "
+             "as inspection set them (onnx eval takes other values)",) if others else ()  # fmt: skip
     return BenchModel(name, f"ONNX model {name}", lambda: file, flops_fixed=per_sample, numpy_inputs=feeds,
-                      weights_precision=info.weights_precision)  # fmt: skip
+                      weights_precision=info.weights_precision, notes=notes)  # fmt: skip
 
 
 def count_flops(model: BenchModel) -> float | None:

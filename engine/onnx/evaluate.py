@@ -617,6 +617,10 @@ def _plan(info: ModelInfo, config: EvalConfig, limits: Limits) -> _Plan:
         raise EvalError(f"{', '.join(clash)} is the batch dimension: set it with batch_sizes, not symbols")
     inspected = {k: v for k, v in info.symbols.items() if k not in batch_syms}
     values = default_symbols(info.inputs, {**inspected, **config.symbol_values, **dict.fromkeys(batch_syms, 1)})
+    defaulted = [s for s, v in values.items() if v == 1 and s not in batch_syms and s not in config.symbol_values]
+    if defaulted and config.inputs is None:  # a sequence model was timed at length 1, unsaid
+        warns.append(f"symbolic dimensions at their default of 1: {', '.join(defaulted)} (give symbols, e.g. "
+                     f"{defaulted[0]}=N, for the size the model really runs at)")  # fmt: skip
     if batch_syms:
         batches = [int(b) for b in config.batch_sizes]
         if len(batch_syms) > 1:
