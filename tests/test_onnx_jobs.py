@@ -130,6 +130,8 @@ def test_an_evaluation_stopped_on_the_way_keeps_the_providers_it_finished(
         ({"labels": "1,2,3"}, "3 labels"),
         ({"symbols": "N=3"}, "batch dimension"),
         ({"image_input": "x", "image_scaling": "imagenet"}, "no images were given, so image input, image scaling"),
+        ({"trt_fp16": True}, r"trt fp16 applies to the trt provider, not asked for \(cpu\): add it"),
+        ({"providers": "cpu", "cuda_tf32": True}, "cuda tf32 applies to the cuda or trt provider, not asked for"),
     ],
 )
 def test_bad_settings_are_refused_at_submit_and_nothing_is_queued(

@@ -50,6 +50,9 @@ class InspectConfig(Config):
         return _model_or_example(self.model, self.example)
 
 
+_PROVIDER_OPTIONS = {"trt_fp16": ("trt",), "trt_workspace_gb": ("trt",), "cuda_tf32": ("cuda", "trt")}
+
+
 @dataclass
 class EvalConfig(Config):
     error = EvalError
@@ -97,13 +100,17 @@ class EvalConfig(Config):
         out = _model_or_example(self.model, self.example)
         if self.images is not None and len(self.images) > MAX_IMAGES:
             out.append(f"images: {len(self.images)} given, at most {MAX_IMAGES}")
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
         if not self.images:  # they were ignored, silently
-            defaults = {f.name: f.default for f in dataclasses.fields(self)}
             image_options = ("image_input", "image_resize", "image_scaling", "image_channels")
             given = [name.replace("_", " ") for name in image_options if getattr(self, name) != defaults[name]]
             if given:
                 out.append(f"no images were given, so {', '.join(given)} would do nothing: give images, or leave "
                            f"{'it' if len(given) == 1 else 'them'} out")  # fmt: skip
+        for name, users in _PROVIDER_OPTIONS.items():  # they were ignored, silently, on the other providers
+            if getattr(self, name) != defaults[name] and not set(users) & set(self.providers):
+                out.append(f"{name.replace('_', ' ')} applies to the {' or '.join(users)} provider, not asked for "
+                           f"({', '.join(self.providers)}): add it, or leave the option out")  # fmt: skip
         return out
 
     @property
