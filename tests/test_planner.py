@@ -226,6 +226,10 @@ def test_model_memory_plan_by_hand() -> None:
     assert "NVIDIA T4 (compute capability 7.5) has no bf16: use fp16" in bf.warnings  # not "(7, 5)"
     huge = plan_model_memory(t4, 20 * 10**9, act)
     assert huge.max_batch == 0 and huge.recommended_batch == 0 and huge.warnings and not huge.capped
+    assert (
+        plan_model_memory(t4, 20 * 10**9, act, target_samples_per_s=100, samples_per_s_per_gpu=10).gpus_for_target
+        is None
+    )
     exact = plan_model_memory(t4, weights, act, max_batch=6744)
     assert exact.max_batch == 6744 and not exact.capped and exact.max_batch_text == "6744"
     assert plan_model_memory(t4, weights, 0).capped  # no activations: any batch fits

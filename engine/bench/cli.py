@@ -164,7 +164,8 @@ def _plan_network(args: argparse.Namespace) -> int:
     print(f"{title} on {config.gpu} at {config.precision}: fixed {fit.weights_bytes / 2**20:.0f} MiB, "
           f"activations {fit.activation_bytes_per_sample / 2**20:.1f} MiB/sample ({fit.basis})")  # fmt: skip
     print(f"  largest batch under {config.memory_fraction:g} of memory: {fit.max_batch_text}")
-    print(f"  recommended batch: {fit.recommended_batch}, precision: {fit.recommended_precision}")
+    print(f"  recommended batch at {config.precision}: {fit.recommended_batch}; the precision this card suits: "
+          f"{fit.recommended_precision}")  # fmt: skip
     if fit.gpus_for_target:
         print(f"  GPUs for {config.target_throughput:g} samples/s: {fit.gpus_for_target}")
     for warning in fit.warnings:

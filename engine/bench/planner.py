@@ -203,7 +203,7 @@ def plan_model_memory(
     if fits == 0:
         warnings.append(f"does not fit: weights and one sample need more than {budget / 2**30:.1f} GiB")
     gpus = None
-    if target_samples_per_s and samples_per_s_per_gpu:
+    if target_samples_per_s and samples_per_s_per_gpu and fits:  # none fits: no count of cards helps
         gpus = max(1, math.ceil(target_samples_per_s / samples_per_s_per_gpu))
     predicted = weights_bytes + CUDA_CONTEXT_BYTES + recommended * activation_bytes_per_sample
     # fp16 where tensor cores exist (Wav2Lip's fp16 output is within 0.13 grey levels of fp32, bf16 8x further);
