@@ -450,8 +450,8 @@ def plan_llm(req: LlmRequest, card: Gpu | None = None) -> dict[str, Any]:
         model_id = f"{kind}-CHECKPOINT-OF-{spec.name.split('/')[-1]}"
         warnings.append(
             f"--quantize {best['quantize']}: TGI loads {kind} weights quantized ahead of time and does not make them "
-            f"from {spec.name}: put an {kind} checkpoint of it in --model-id (the launch line holds a placeholder); "
-            "EETQ and bitsandbytes quantize at load"
+            f"from {spec.name}: put a checkpoint of it quantized with {kind} in --model-id (the launch line holds a "
+            "placeholder); EETQ and bitsandbytes quantize at load"
         )
     launch = " ".join(f"{k} {v}" for k, v in flags.items() if v is not None)
     return {
