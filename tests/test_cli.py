@@ -309,12 +309,18 @@ def test_onnx_eval_with_images_and_labels(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "not found" in bad.stderr
 
 
-def test_bench_reads_external_data_beside_the_model_and_never_overwrites_it(tmp_path: Path, capsys) -> None:
+def test_bench_reads_external_data_beside_the_model_and_never_overwrites_it(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
     """As onnx eval does: a model named on the command line may keep its data files beside it (bench refused it)."""
     from test_onnx_model import _external_model_dir
 
+    import engine.core.memory
     from engine.cli import main
 
+    # in this process, glibc keeping freed memory would hide later tests' allocations from the RSS they measure
+    monkeypatch.setattr(engine.core.memory, "keep_freed_memory", lambda env=None: False)
+    monkeypatch.setenv("AVATARBENCH_DATA_DIR", str(tmp_path / "data"))
     model = _external_model_dir(tmp_path / "ext")
     args = ["bench", "--model", str(model), "--runtime", "ort-cpu", "--batch", "1", "--runs", "2", "--warmup", "0",
             "--device", "cpu", "--quiet"]  # fmt: skip
