@@ -64,6 +64,20 @@ def test_memory_fraction_is_a_no_op_on_cpu_and_validated() -> None:
         set_memory_fraction(0.0, torch.device("cpu"))
 
 
+def test_lowering_the_memory_cap_empties_the_cache_first(monkeypatch) -> None:
+    """PyTorch checks the cap only when it asks the driver for memory: blocks cached under a larger share would be
+    handed out past a lowered one (seen on an H200: a job capped at 2% got a 7 GB block a previous test had freed)."""
+    cap, calls = [1.0], []
+    monkeypatch.setattr(torch.cuda, "get_per_process_memory_fraction", lambda device: cap[0])
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, device: calls.append(f"cap {f}"))
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append("empty"))
+    cuda = torch.device("cuda", 0)
+    assert set_memory_fraction(0.25, cuda) and calls == ["empty", "cap 0.25"]
+    cap[0], calls[:] = 0.25, []
+    set_memory_fraction(0.5, cuda)  # a larger share keeps what is cached: it is within the cap
+    assert calls == ["cap 0.5"]
+
+
 class FakeOrtError(Exception):
     """Stands in for onnxruntime's RuntimeException, which carries its module name."""
 

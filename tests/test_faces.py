@@ -104,6 +104,18 @@ def _reference_nms(boxes: list[list[float]], scores: np.ndarray, thresh: float) 
     return keep
 
 
+def test_opencv_without_haar_support_is_a_setup_message(monkeypatch) -> None:
+    """OpenCV 5 wheels dropped both the cascade files and CascadeClassifier (seen on a GPU image): each is a
+    FaceError naming the version to install, not an AttributeError from deep in the detector."""
+    monkeypatch.delattr(cv2, "CascadeClassifier")
+    with pytest.raises(FaceError, match=r"no CascadeClassifier.*opencv-python-headless>=4.10,<5"):
+        HaarDetector()
+    monkeypatch.undo()
+    monkeypatch.setattr(cv2.data, "haarcascades", "/nonexistent/")
+    with pytest.raises(FaceError, match=r"no Haar cascade haarcascade_frontalface_default.xml.*<5"):
+        HaarDetector()
+
+
 def test_nms_keeps_the_right_boxes() -> None:
     boxes = torch.tensor(
         [[0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30], [21, 21, 31, 31], [0.5, 0, 10.5, 10]], dtype=torch.float32

@@ -184,11 +184,16 @@ def pad_batch(tensor: torch.Tensor, rows: int) -> torch.Tensor:
 
 
 def set_memory_fraction(fraction: float, device: torch.device) -> bool:
-    """Cap this process's share of GPU memory; returns False (and does nothing) on a CPU device."""
+    """Cap this process's share of GPU memory; returns False (and does nothing) on a CPU device.
+
+    PyTorch checks the cap only when it asks the driver for more memory, so blocks its cache already holds (a
+    previous job's, under a larger share) would be handed out past a lowered cap: lowering it empties the cache."""
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"memory fraction {fraction} must be in (0, 1]")
     if device.type != "cuda":
         return False
+    if fraction < torch.cuda.get_per_process_memory_fraction(device):
+        torch.cuda.empty_cache()
     torch.cuda.set_per_process_memory_fraction(fraction, device)
     return True
 

@@ -124,12 +124,18 @@ def _weights_hint() -> str:
 
 
 def cascade_path(filename: str) -> Path:
-    """One of OpenCV's bundled Haar cascades (faces here, eyes for the portrait baseline), or a setup error."""
+    """One of OpenCV's bundled Haar cascades (faces here, eyes for the portrait baseline), or a setup error.
+
+    OpenCV 5 wheels ship neither the cascade files nor the class that reads them (CascadeClassifier moved out of
+    the main modules): both are checked here, so the user reads the fix, not an AttributeError."""
+    fix = "install opencv-python-headless>=4.10,<5"
+    if not hasattr(cv2, "CascadeClassifier"):
+        raise FaceError(f"OpenCV {cv2.__version__} has no CascadeClassifier (OpenCV 5 dropped it): {fix}")
     data = getattr(getattr(cv2, "data", None), "haarcascades", None)
     if not data or not (Path(data) / filename).is_file():
         raise FaceError(
             f"OpenCV {cv2.__version__} has no Haar cascade {filename} in cv2.data.haarcascades "
-            "(OpenCV 5 wheels no longer ship them): install opencv-python-headless>=4.10,<5"
+            f"(OpenCV 5 wheels no longer ship them): {fix}"
         )
     return Path(data) / filename
 
