@@ -280,9 +280,13 @@ def render_bench(paths: list[Path]) -> str:
         r = load(path)
         m, config = r["machine"], r["config"]
         gpu = (m["gpu"] or {}).get("name")
+        # Runs left empty are chosen per row (the GPU defaults, a time budget on the CPU): the rows say how many.
+        runs = config["runs"] or "/".join(sorted({str(row["runs"]) for row in r["results"] if row.get("runs")}))
+        warmup = config["warmup"] if config["warmup"] is not None else "/".join(
+            sorted({str(row["warmup"]) for row in r["results"] if row.get("warmup") is not None}))  # fmt: skip
         parts.append(
-            f"{context(r, path)}\nPreset {config.get('preset') or NONE}, {config['runs']} timed runs after "
-            f"{config['warmup']} warm-up; {gpu or 'no GPU'}, {m['cpu_count']} cores, PyTorch {m['torch']}, "
+            f"{context(r, path)}\nPreset {config.get('preset') or NONE}, {runs or NONE} timed runs after "
+            f"{warmup or NONE} warm-up; {gpu or 'no GPU'}, {m['cpu_count']} cores, PyTorch {m['torch']}, "
             f"onnxruntime {m['onnxruntime']}; {r['model']['title']}: "
             f"{number(r['model']['flops_per_sample'] / 1e9)} GFLOP per sample."
         )
