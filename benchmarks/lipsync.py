@@ -19,7 +19,7 @@ there tiled to length):
            status is 1 when one is missed (tests make no timing assertions).
 Weights are random-initialised in the official checkpoint format: speed does not depend on
 trained values. Usage:
-  python benchmarks/lipsync.py [--device auto] [--quick] [--compile] [--upstream PATH [--pairs 3]
+  python benchmarks/lipsync.py [--device auto] [--quick] [--compile] [--precisions LIST] [--upstream PATH [--pairs 3]
                                [--only-side-by-side]] [--out DIR] [--label TEXT] [--note TEXT]
 """
 
@@ -33,6 +33,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -158,9 +159,15 @@ def end_to_end(name: str, job: tuple[LipSyncConfig, Path, str], settings) -> dic
 
 
 def network_sweep(
-    checkpoint: Path, device: torch.device, batches: list[int], precisions: list[str], compile_: bool
+    checkpoint: Path,
+    device: torch.device,
+    batches: list[int],
+    precisions: list[str],
+    compile_: bool,
+    on_precision: Callable[[list[dict]], object] = lambda rows: None,
 ) -> list[dict]:
-    """Forward time by precision x batch x memory format (x torch.compile at the large batches).
+    """Forward time by precision x batch x memory format (x torch.compile at the large batches); `on_precision` gets
+    the rows so far after each precision (the caller saves them).
 
     fp32 is true fp32 (TF32 off); tf32 is fp32 tensors with TF32 tensor-core maths allowed.
     """
@@ -186,6 +193,7 @@ def network_sweep(
                 rows.append(
                     _sweep_point(compiled, precision, "compiled+channels_last", batch, dtype, True, device, rng)
                 )
+        on_precision(rows)
     apply_backend_flags(cudnn_benchmark=True, tf32=False)
     return rows
 
@@ -359,11 +367,20 @@ def main() -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--quick", action="store_true", help="short inputs (3 s video, 8 s image), small sweep")
     parser.add_argument("--compile", action="store_true", help="add torch.compile to the network sweep (CUDA)")
+    parser.add_argument(
+        "--precisions",
+        default=None,
+        help="the network sweep's, e.g. fp32,fp16 (default: fp32,tf32,fp16,bf16 on CUDA; fp32 on the CPU, where bf16 "
+        "convolutions crawl without AMX)",
+    )
     paired.add_side_by_side_flags(parser, "Rudrabha/Wav2Lip", "in-process runs, no network sweep")
     parser.add_argument("--out", type=Path, default=RESULTS, help="the folder the JSON goes to")
     add_context_flags(parser)
     args = parser.parse_args()
     paired.check_side_by_side_flags(parser, args, "inference.py")
+    unknown = set((args.precisions or "fp32").split(",")) - {"fp32", "tf32", "fp16", "bf16"}
+    if unknown:
+        parser.error(f"--precisions: unknown {', '.join(sorted(unknown))}; accepted: fp32, tf32, fp16, bf16")
 
     device = resolve_device(args.device).device
     caps = capabilities(device)
@@ -381,29 +398,8 @@ def main() -> int:
     def config(face: Path, speech: Path, out: str, **kw) -> tuple[LipSyncConfig, Path, str]:
         return LipSyncConfig(face=face, audio=speech, checkpoint=str(checkpoint), **kw), work / out, str(device)
 
-    rows, network, targets = [], [], []
-    if not args.only_side_by_side:
-        rows = [
-            end_to_end("video 720p", config(video, speech_video, "video.mp4"), settings),
-            end_to_end("image", config(FACE, speech_image, "image.mp4"), settings),
-        ]
-        batches = [1, 16, 64, 128, 256, 512] if cuda else [1, 16, 64, 128]
-        precisions = ["fp32", "tf32", "fp16", "bf16"] if cuda else ["fp32"]  # CPU bf16 convolutions crawl without AMX
-        if args.quick:
-            batches = [b for b in batches if b in (16, 128, 512)]
-        network = network_sweep(checkpoint, device, batches, precisions, args.compile)
-        targets = speed_targets(network)
-
-    side_by_side_report = None
-    if args.upstream:
-        face = work / "face.jpg"  # upstream tells images from videos by the text after the path's first dot
-        face.write_bytes(FACE.read_bytes())
-        cases = [
-            Case("image", face, speech_image, fixed_box(face), f"512x512 still, {image_s:g} s of speech"),
-            Case("video 720p", video, speech_video, fixed_box(video), f"1280x720 25 fps, {video_s:g} s"),
-        ]
-        side_by_side_report = side_by_side(args.upstream, checkpoint, cases, args.pairs, work)
-
+    suffix = ("-quick" if args.quick else "") + ("-side-by-side" if args.only_side_by_side else "")
+    path = result_path("lipsync", caps.name if cuda else None, suffix + paired.file_tag_suffix(args), folder=args.out)
     report = {
         **header("lipsync", args),
         "machine": {
@@ -415,15 +411,40 @@ def main() -> int:
         },
         "weights": "random-initialised, official Wav2Lip checkpoint format",
         "inputs": {"video": f"1280x720 25 fps, {video_s:g} s", "image": f"512x512, {image_s:g} s of speech"},
-        "end_to_end": rows,
-        "network": network,
-        "targets": targets,
-        "side_by_side": side_by_side_report,
+        "complete": False,  # written after each part, so that a run stopped at its time limit keeps what it measured
+        "end_to_end": [],
+        "network": [],
+        "targets": [],
+        "side_by_side": None,
     }
-    suffix = ("-quick" if args.quick else "") + ("-side-by-side" if args.only_side_by_side else "")
-    suffix += paired.file_tag_suffix(args)
-    write_result(report, result_path("lipsync", caps.name if cuda else None, suffix, folder=args.out))
-    return 0 if all(t["met"] for t in targets) else 1
+    if not args.only_side_by_side:
+        report["end_to_end"] = [
+            end_to_end("video 720p", config(video, speech_video, "video.mp4"), settings),
+            end_to_end("image", config(FACE, speech_image, "image.mp4"), settings),
+        ]
+        write_result(report, path)
+        batches = [1, 16, 64, 128, 256, 512] if cuda else [1, 16, 64, 128]
+        precisions = (
+            args.precisions.split(",") if args.precisions else ["fp32", "tf32", "fp16", "bf16"] if cuda else ["fp32"]
+        )
+        if args.quick:
+            batches = [b for b in batches if b in (16, 128, 512)]
+        network_sweep(checkpoint, device, batches, precisions, args.compile,
+                      on_precision=lambda rows: (report.update(network=rows), write_result(report, path)))  # fmt: skip
+        report["targets"] = speed_targets(report["network"])
+
+    if args.upstream:
+        face = work / "face.jpg"  # upstream tells images from videos by the text after the path's first dot
+        face.write_bytes(FACE.read_bytes())
+        cases = [
+            Case("image", face, speech_image, fixed_box(face), f"512x512 still, {image_s:g} s of speech"),
+            Case("video 720p", video, speech_video, fixed_box(video), f"1280x720 25 fps, {video_s:g} s"),
+        ]
+        report["side_by_side"] = side_by_side(args.upstream, checkpoint, cases, args.pairs, work)
+
+    report["complete"] = True
+    write_result(report, path)
+    return 0 if all(t["met"] for t in report["targets"]) else 1
 
 
 def fixed_box(face: Path) -> tuple[int, int, int, int]:

@@ -5,26 +5,32 @@ Why: GPU time comes in short leases (a lent machine, a spot instance), and the i
 still to be measured. A prepared run spends the lease measuring. A step that hangs or fails costs only its own
 limit. A step that no longer fits the budget is skipped, and the summary says so.
 
-Steps, in the order the issues ask for them (`--list` shows each one's command and limit): doctor, pytest-gpu,
-lipsync, generator, portrait, onnx-overhead, musetalk, musetalk-onnx, telemetry-overhead, telemetry-table.
+Steps, in the order the issues ask for them (`--list` shows each one's command and limit); the limits are what the
+steps took on an H200 (2026-12-04) with room to spare, and `--only` picks the ones a lease can hold.
 - Each benchmark writes its JSON where it always does: benchmarks/results/, named by the GPU and the date.
 - The doctor's, the tests' and the telemetry table's console output are kept there as .txt files.
 - --archive packs every file the run added to benchmarks/results/ at its top level, and in logs/ the other steps'
   logs and gpu-checks.json (each step's command, status, seconds and the tail of its output). The top level goes
   into benchmarks/results/; then run scripts/results_readme.py (a new GPU's files need their block in its README).
 
-For a GPU machine without a package registry:
-- `wheels DIR`, run here (online), downloads the wheels a CUDA PyTorch image usually lacks, at this repository's
-  pins. It splits them into loads of at most --load-mib each (DIR/load-1, DIR/load-2, ...), cutting large wheels
-  into numbered parts.
-- `install DIR --target T`, run there, joins the parts and installs the wheels offline into T (put T on
-  PYTHONPATH). With onnxruntime-gpu it removes the CPU onnxruntime, which the doctor reports as a conflict.
+For a GPU machine without a package registry (the lent H100/H200: CUDA PyTorch, OpenCV 5, the CPU onnxruntime):
+- `wheels DIR`, run here (online), downloads the wheels the image lacks (CARRIED), at this repository's pins, and
+  packs them into one site archive: unpacked, ONNX Runtime's CUDA kernels cut to one GPU architecture (--cuda-arch,
+  90 for Hopper), xz-compressed; about 123 MiB in all, split into loads of at most --load-mib (DIR/load-1, ...).
+- `install DIR... --target T`, run there, joins the parts and unpacks them into T (put T on PYTHONPATH); it
+  removes the image's CPU onnxruntime, which the doctor reports as a conflict.
+- A call carries at most 64 MiB with the repository, so the loads go in calls made back to back (the machine
+  keeps /tmp for 30 s after a call): carry load-1 and copy it to /tmp/loads; the same for the next loads; the last
+  call carries the last load and runs `install /tmp/loads/* .whl/load-N --target /tmp/site` and then the steps.
+  Each call's start and idle time count against the lease, so have the next call ready before the first returns.
+  The trimmed ONNX Runtime has not run on a GPU yet (2026-12-04: it did not fit the lease): if its CUDA provider
+  fails to load, `--cuda-arch all` packs it whole (about 130 MiB more).
 
 Usage:
   python scripts/gpu_checks.py [--only a,b] [--skip a,b] [--budget SECONDS] [--upstream-wav2lip PATH]
                                [--label TEXT] [--note TEXT] [--archive FILE] [--list] [--dry-run]
-  python scripts/gpu_checks.py wheels DIR [--load-mib 56] [--python-version 3.12]
-  python scripts/gpu_checks.py install DIR --target /tmp/site
+  python scripts/gpu_checks.py wheels DIR [--load-mib 56] [--python-version 3.12] [--cuda-arch 90|all]
+  python scripts/gpu_checks.py install DIR... --target /tmp/site
 """
 
 from __future__ import annotations
@@ -36,11 +42,13 @@ import re
 import shlex
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tarfile
 import tempfile
 import time
+import zipfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import date
@@ -76,35 +84,49 @@ def _py(*args: str) -> list[str]:
 
 
 STEPS = [
-    Step("doctor", "why the GPU is or is not used", 90, lambda c: _py("-m", "engine", "doctor"), log="doctor"),
-    Step("pytest-gpu", "the GPU tests: each fails when a provider fell back or a counter is missing", 420,
-         lambda c: _py("-m", "pytest", "-m", "gpu", "-v", "-rs", "-p", "no:cacheprovider"), log="pytest-gpu"),
-    Step("lipsync", "#17: end to end (still + 40 s, 720p 10 s clip), the generator by batch and precision, compiled; "
-         "side by side with upstream, on the CPU, when given", 480,
-         lambda c: _py("benchmarks/lipsync.py", "--compile",
-                       *(["--upstream", str(c.upstream_wav2lip)] if c.upstream_wav2lip else []), *c.context)),
-    Step("generator", "#17: the Wav2Lip generator in fp16 with CUDA graphs, compiled with CUDA graphs "
-         "(reduce-overhead) and through ORT-CUDA and ORT-TensorRT (target 40,000 frames/s)", 420,
-         lambda c: _py("-m", "engine", "bench", "--model", "wav2lip", "--runtime", "eager,cudagraphs,ort-cuda,ort-trt",
-                       "--precision", "fp16", "--batch", "512,1024", "--compile", "off,on", "--compile-mode",
-                       "reduce-overhead", "--channels-last", "on", "--quiet",
+    Step("doctor", "why the GPU is or is not used", 45, lambda c: _py("-m", "engine", "doctor"), log="doctor"),
+    Step("portrait", "#17: LivePortrait per module and end to end in PyTorch, fp32 and fp16", 90,
+         lambda c: _py("benchmarks/portrait.py", "--backends", "torch", "--precisions", "fp32,fp16",
+                       "--out", str(RESULTS / f"portrait-{c.tag}-{c.day}-torch.json"), *c.context)),
+    Step("generator", "#17: the Wav2Lip generator in fp16, eager and with CUDA graphs, compiled with CUDA graphs "
+         "(reduce-overhead) or not (target 40,000 frames/s)", 120,
+         lambda c: _py("-m", "engine", "bench", "--model", "wav2lip", "--runtime", "eager,cudagraphs", "--precision",
+                       "fp16", "--batch", "512,1024", "--compile", "off,on", "--compile-mode", "reduce-overhead",
+                       "--channels-last", "on", "--quiet",
                        "--json", str(RESULTS / f"bench-wav2lip-generator-{c.tag}-{c.day}.json"), *c.context)),
-    Step("portrait", "#17: LivePortrait warp + decode per frame in PyTorch (eager, compiled), ORT-CUDA and "
-         "ORT-TensorRT, fp32 and fp16 (target 5 ms a frame)", 480,
-         lambda c: _py("benchmarks/portrait.py", "--backends", "torch,onnx-cuda,onnx-trt", "--precisions",
-                       "fp32,fp16", "--compile", *c.context)),
-    Step("onnx-overhead", "#17: ONNX eval's overhead over a bare session on the CUDA provider (target 3%)", 240,
+    Step("lipsync", "#17: end to end (still + 40 s, 720p 10 s clip) and the generator by batch in fp32 and fp16; "
+         "side by side with upstream, on the CPU, when given", 200,
+         lambda c: _py("benchmarks/lipsync.py", "--precisions", "fp32,fp16",
+                       *(["--upstream", str(c.upstream_wav2lip)] if c.upstream_wav2lip else []), *c.context)),
+    Step("portrait-compiled", "#17: LivePortrait in PyTorch fp16 under torch.compile (warp + decode target 5 ms a "
+         "frame)", 150,
+         lambda c: _py("benchmarks/portrait.py", "--backends", "torch", "--precisions", "fp16", "--compile",
+                       "--out", str(RESULTS / f"portrait-{c.tag}-{c.day}-torch-compiled.json"), *c.context)),
+    Step("musetalk", "#16: a prepared avatar end to end at the real networks' sizes, eager and with CUDA graphs "
+         "(target 150 frames/s), and the UNet and decoder by batch and precision (target 300 frames/s)", 120,
+         lambda c: _py("benchmarks/musetalk.py", "--runtimes", "eager,cuda-graphs", "--precisions", "fp16,bf16",
+                       "--batches", "8,32", *c.context)),
+    Step("telemetry-table", "the nvidia-smi style table, as printed", 30,
+         lambda c: _py("-m", "engine", "telemetry"), log="telemetry-table"),
+    Step("musetalk-compiled", "#16: the prepared avatar with the UNet and decoder under torch.compile", 150,
+         lambda c: _py("benchmarks/musetalk.py", "--runtimes", "compile", "--precisions", "fp16", "--batches", "32",
+                       "--out", str(RESULTS / f"musetalk-{c.tag}-{c.day}-compiled.json"), *c.context)),
+    Step("pytest-gpu", "the GPU tests: each fails when a provider fell back or a counter is missing", 180,
+         lambda c: _py("-m", "pytest", "-m", "gpu", "-v", "-rs", "-p", "no:cacheprovider"), log="pytest-gpu"),
+    Step("portrait-onnx", "#17: LivePortrait through ORT-CUDA and ORT-TensorRT, fp32 and fp16", 120,
+         lambda c: _py("benchmarks/portrait.py", "--backends", "onnx-cuda,onnx-trt", "--precisions", "fp32,fp16",
+                       "--out", str(RESULTS / f"portrait-{c.tag}-{c.day}-onnx.json"), *c.context)),
+    Step("onnx-overhead", "#17: ONNX eval's overhead over a bare session on the CUDA provider (target 3%)", 60,
          lambda c: _py("benchmarks/onnx_overhead.py", "--providers", "cpu,cuda", *c.context)),
-    Step("musetalk", "#16: a prepared avatar end to end at the real networks' sizes, eager, compiled and with CUDA "
-         "graphs (target 150 frames/s), and the UNet and decoder by batch and precision (target 300 frames/s)", 540,
-         lambda c: _py("benchmarks/musetalk.py", "--runtimes", "eager,compile,cuda-graphs", *c.context)),
-    Step("musetalk-onnx", "#16: the MuseTalk pipeline with its UNet and decoder through ORT-CUDA and TensorRT", 540,
+    Step("generator-onnx", "#17: the Wav2Lip generator in fp16 through ORT-CUDA and ORT-TensorRT", 90,
+         lambda c: _py("-m", "engine", "bench", "--model", "wav2lip", "--runtime", "ort-cuda,ort-trt", "--precision",
+                       "fp16", "--batch", "512,1024", "--quiet",
+                       "--json", str(RESULTS / f"bench-wav2lip-generator-{c.tag}-{c.day}-onnx.json"), *c.context)),
+    Step("telemetry-overhead", "what the live telemetry costs per sample on this driver", 60,
+         lambda c: _py("benchmarks/telemetry_overhead.py", *c.context)),
+    Step("musetalk-onnx", "#16: the MuseTalk pipeline with its UNet and decoder through ORT-CUDA and TensorRT", 240,
          lambda c: _py("benchmarks/musetalk.py", "--runtimes", "onnx,tensorrt", "--precisions", "fp16", "--batches",
                        "32", "--out", str(RESULTS / f"musetalk-{c.tag}-{c.day}-onnx.json"), *c.context)),
-    Step("telemetry-overhead", "what the live telemetry costs per sample on this driver", 90,
-         lambda c: _py("benchmarks/telemetry_overhead.py", *c.context)),
-    Step("telemetry-table", "the nvidia-smi style table, as printed", 60,
-         lambda c: _py("-m", "engine", "telemetry"), log="telemetry-table"),
 ]  # fmt: skip
 
 
@@ -198,13 +220,88 @@ def pack(archive: Path, files: list[Path], summary: dict, logs: Path) -> None:
 
 # ---------------------------------------------------------------------------------------------- wheels
 
-# What a CUDA PyTorch image (with numpy, scipy, OpenCV, transformers, scikit-learn, numba) lacks for the GPU tests
-# and benchmarks: PyAV, diffusers, ONNX Runtime's GPU build, and librosa for upstream Wav2Lip's inference.py.
-CARRIED = ["av", "diffusers", "onnxruntime-gpu", "librosa", "audioread", "decorator", "platformdirs", "pooch",
-           "soundfile", "soxr"]  # fmt: skip
+# What the lent machines' CUDA PyTorch image (numpy, scipy, transformers, scikit-learn, numba; OpenCV 5, whose wheels
+# dropped the Haar cascades and CascadeClassifier) lacks for the GPU tests and benchmarks: PyAV, diffusers, OpenCV 4,
+# ONNX Runtime's GPU build, librosa for upstream Wav2Lip's inference.py, and cffi for soundfile (transformers imports
+# soundfile whenever it is installed, and without cffi that import fails, taking diffusers' VAE down with it).
+CARRIED = ["av", "diffusers", "opencv-python-headless", "onnxruntime-gpu", "librosa", "audioread", "decorator",
+           "platformdirs", "pooch", "soundfile", "soxr", "cffi", "pycparser"]  # fmt: skip
 PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",
              "manylinux1_x86_64"]  # fmt: skip
-PART = re.compile(r"^(?P<name>.+\.whl)\.part-(?P<index>\d+)-of-(?P<count>\d+)$")
+PART = re.compile(r"^(?P<name>.+)\.part-(?P<index>\d+)-of-(?P<count>\d+)$")
+SITE_ARCHIVE = "site.tar.xz"
+FATBIN_MAGIC = 0xBA55ED50  # each fat binary in a library's .nv_fatbin section starts with it
+ORT_CUDA = "onnxruntime/capi/libonnxruntime_providers_cuda.so"
+
+
+def elf_section(data: bytes | bytearray, name: str) -> tuple[int, int]:
+    """(file offset, size) of the section `name` in a 64-bit little-endian ELF file."""
+    shoff = struct.unpack_from("<Q", data, 0x28)[0]
+    entsize, count, names = struct.unpack_from("<HHH", data, 0x3A)
+
+    def header(index: int) -> tuple[int, ...]:  # sh_name, sh_type, sh_flags, sh_addr, sh_offset, sh_size
+        return struct.unpack_from("<IIQQQQ", data, shoff + index * entsize)
+
+    table = header(names)[4]
+    for index in range(count):
+        start = table + header(index)[0]
+        if data[start : data.index(b"\0", start)] == name.encode():
+            return header(index)[4], header(index)[5]
+    raise ValueError(f"no {name} section")
+
+
+def keep_cuda_arch(data: bytearray, arch: int) -> int:
+    """Zero, in place, the GPU machine code (cubins) for other architectures than sm_`arch` in a library's fat
+    binaries, where the same fat binary has a cubin for `arch`; PTX and every other byte stay. Returns the bytes
+    zeroed.
+
+    Why: onnxruntime-gpu's CUDA provider is 270 MB, most of it the same kernels built for six architectures; a lent
+    machine takes 56 MiB a call. The runtime loads only the cubin that matches the device, so the zeroed ones are
+    never read, and zeros compress to nothing. Offsets and sizes are unchanged, so nothing else in the file moves.
+    """
+    start, size = elf_section(data, ".nv_fatbin")
+    position, end, zeroed = start, start + size, 0
+    while position + 16 <= end:
+        magic, _, header, body = struct.unpack_from("<IHHQ", data, position)
+        if magic != FATBIN_MAGIC:
+            position += 8  # padding between fat binaries
+            continue
+        entries, entry = [], position + header
+        while entry < position + header + body:
+            kind, _, entry_header, payload = struct.unpack_from("<HHIQ", data, entry)
+            entry_arch = struct.unpack_from("<I", data, entry + 28)[0]
+            entries.append((kind, entry_arch, entry + entry_header, payload))
+            entry += entry_header + payload
+        if any(kind == 2 and entry_arch == arch for kind, entry_arch, _, _ in entries):  # kind 2: a cubin
+            for kind, entry_arch, offset, payload in entries:
+                if kind == 2 and entry_arch != arch:
+                    data[offset : offset + payload] = bytes(payload)
+                    zeroed += payload
+        position += header + body
+    return zeroed
+
+
+def pack_site(wheels: Iterable[Path], archive: Path, cuda_arch: int | None) -> Path:
+    """The wheels unpacked into one site-packages tree (what `pip install --target` makes of them, less the
+    scripts), trimmed, in one .tar.xz: xz packs the unpacked libraries far tighter than the wheels' zip does.
+    Trimmed: ONNX Runtime's CUDA provider to one GPU architecture (keep_cuda_arch; None keeps all), and its C API
+    library, which the Python binding does not load (it links the runtime in)."""
+    with tempfile.TemporaryDirectory() as site:
+        for wheel in wheels:
+            with zipfile.ZipFile(wheel) as z:
+                z.extractall(site)
+        provider = Path(site) / ORT_CUDA
+        if cuda_arch is not None and provider.is_file():
+            data = bytearray(provider.read_bytes())
+            zeroed = keep_cuda_arch(data, cuda_arch)
+            provider.write_bytes(data)
+            print(f"{ORT_CUDA}: {zeroed / 2**20:.0f} MiB of other architectures' kernels zeroed (sm_{cuda_arch} kept)")
+        for unused in Path(site).glob("onnxruntime/capi/libonnxruntime.so*"):
+            unused.unlink()
+        with tarfile.open(archive, "w:xz", preset=9) as tar:
+            for path in sorted(Path(site).iterdir()):
+                tar.add(path, arcname=path.name)
+    return archive
 
 
 def pins(names: Iterable[str], files: Iterable[Path] = (ROOT / "requirements.txt", ROOT / "constraints.txt")) -> dict:
@@ -258,7 +355,7 @@ def join_parts(folders: Iterable[Path], into: Path) -> list[Path]:
         match = PART.match(path.name)
         if match:
             parts.setdefault((match["name"], int(match["count"])), {})[int(match["index"])] = path
-        elif path.suffix == ".whl":
+        elif path.suffix == ".whl" or path.name.endswith(".tar.xz"):
             whole[path.name] = path
     into.mkdir(parents=True, exist_ok=True)
     out = [Path(shutil.copy(path, into / name)) for name, path in whole.items()]
@@ -274,29 +371,44 @@ def join_parts(folders: Iterable[Path], into: Path) -> list[Path]:
     return out
 
 
-def download_wheels(folder: Path, load_mib: int, python_version: str) -> list[Path]:
+def download_wheels(folder: Path, load_mib: int, python_version: str, cuda_arch: int | None) -> list[Path]:
+    """The CARRIED wheels at this repository's pins, packed into one trimmed site archive (pack_site) and split into
+    loads of at most `load_mib` MiB (folder/load-1, ...)."""
     pinned = pins(CARRIED)
     download = folder / "download"
     command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--python-version",
                python_version, "--implementation", "cp", *(f"--platform={p}" for p in PLATFORMS), "-d", str(download),
                *(f"{name}=={version}" for name, version in pinned.items())]  # fmt: skip
     subprocess.run(command, check=True)
-    loads = split_into_loads(sorted(download.glob("*.whl")), folder, load_mib * 2**20)
+    wheels = sorted(download.glob("*.whl"))
+    archive = pack_site(wheels, folder / SITE_ARCHIVE, cuda_arch)
+    for wheel in wheels:
+        wheel.unlink()
     download.rmdir()
-    return loads
+    return split_into_loads([archive], folder, load_mib * 2**20)
 
 
 def install_wheels(folders: list[Path], target: Path) -> None:
+    """Join the loads' parts and install what they hold into `target`: a site archive unpacked, wheels through pip
+    offline. With ONNX Runtime's GPU build, the image's CPU build is removed (the doctor reports the two as a
+    conflict, and either may win the import)."""
     with tempfile.TemporaryDirectory() as joined:
-        wheels = join_parts(folders, Path(joined))
-        if not wheels:
-            raise SystemExit(f"no wheels under {', '.join(map(str, folders))}")
-        if any(w.name.startswith("onnxruntime_gpu-") for w in wheels):
+        files = join_parts(folders, Path(joined))
+        if not files:
+            raise SystemExit(f"nothing to install under {', '.join(map(str, folders))}")
+        target.mkdir(parents=True, exist_ok=True)
+        for archive in (f for f in files if f.name.endswith(".tar.xz")):
+            with tarfile.open(archive) as tar:
+                tar.extractall(target, filter="fully_trusted")
+        wheels = [f for f in files if f.suffix == ".whl"]
+        names = [p.name for p in target.glob("onnxruntime_gpu-*.dist-info")] + [w.name for w in wheels]
+        if any(name.startswith("onnxruntime_gpu-") for name in names):
             subprocess.run([sys.executable, "-m", "pip", "uninstall", "-y", "-q", "onnxruntime"], check=False)
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
-                        "--no-cache-dir", "--upgrade", "--target", str(target), *map(str, wheels)],
-                       check=True)  # fmt: skip
-    print(f"installed {len(wheels)} wheel(s) into {target}: export PYTHONPATH={target}")
+        if wheels:
+            subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
+                            "--no-cache-dir", "--upgrade", "--target", str(target), *map(str, wheels)],
+                           check=True)  # fmt: skip
+    print(f"installed {len(files)} file(s) into {target}: export PYTHONPATH={target}")
 
 
 # ---------------------------------------------------------------------------------------------- command line
@@ -309,8 +421,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument("folder", type=Path)
         parser.add_argument("--load-mib", type=int, default=56, help="the most one load may hold (MiB)")
         parser.add_argument("--python-version", default="3.12", help="the GPU machine's Python")
+        parser.add_argument("--cuda-arch", default="90", help="the GPU kernels ONNX Runtime keeps: 90 for H100/H200, "
+                            "'all' to keep every architecture (the loads grow by about 130 MiB)")  # fmt: skip
         args = parser.parse_args(argv[1:])
-        for load in download_wheels(args.folder, args.load_mib, args.python_version):
+        arch = None if args.cuda_arch == "all" else int(args.cuda_arch)
+        for load in download_wheels(args.folder, args.load_mib, args.python_version, arch):
             size = sum(p.stat().st_size for p in load.iterdir()) / 2**20
             print(f"{load}: {size:.1f} MiB: {', '.join(sorted(p.name for p in load.iterdir()))}")
         return 0

@@ -1,11 +1,12 @@
 """scripts/gpu_checks.py, the prepared run for a lent GPU, checked where there is none: the steps' bounds (a step
 over its limit is stopped with its children, one that no longer fits the budget is skipped, a failure does not stop
 the rest), the archive, and carrying wheels in loads (split, joined byte for byte, a missing part named, installed
-offline)."""
+offline), and trimming ONNX Runtime's GPU kernels to one architecture."""
 
 from __future__ import annotations
 
 import json
+import struct
 import subprocess
 import sys
 import tarfile
@@ -86,7 +87,7 @@ def test_dry_run_shows_the_commands_and_no_gpu_is_a_clear_error(capsys) -> None:
         gpu_checks.main(["--dry-run", "--only", "lipsync", "--upstream-wav2lip", "/tmp/w2l", "--label", "H200 x"]) == 0
     )
     out = capsys.readouterr().out
-    assert "benchmarks/lipsync.py --compile --upstream /tmp/w2l --label 'H200 x'" in out
+    assert "benchmarks/lipsync.py --precisions fp32,fp16 --upstream /tmp/w2l --label 'H200 x'" in out
     pytest.importorskip("torch")
     import torch
 
@@ -117,21 +118,62 @@ def test_wheels_travel_in_loads_and_join_byte_for_byte(tmp_path: Path) -> None:
         join_parts([tmp_path / "wheels"], tmp_path / "joined-again")
 
 
-def test_a_joined_wheel_installs_offline(tmp_path: Path) -> None:
+def test_carried_wheels_pack_into_one_site_archive_that_installs_offline(tmp_path: Path) -> None:
     wheel = tmp_path / "download" / "carried_probe-1.0-py3-none-any.whl"
     wheel.parent.mkdir()
     info = "carried_probe-1.0.dist-info"
     with zipfile.ZipFile(wheel, "w") as z:
-        z.writestr("carried_probe/__init__.py", "ANSWER = 42\n")
+        z.writestr("carried_probe/__init__.py", "ANSWER = 42\n" + "# padding\n" * 200)
         z.writestr(f"{info}/METADATA", "Metadata-Version: 2.1\nName: carried-probe\nVersion: 1.0\n")
-        z.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
-        z.writestr(f"{info}/RECORD", "")
-    split_into_loads([wheel], tmp_path / "wheels", load_bytes=400)
+    archive = gpu_checks.pack_site([wheel], tmp_path / "site.tar.xz", cuda_arch=90)
+    split_into_loads([archive], tmp_path / "loads", load_bytes=300)
+    assert len(list((tmp_path / "loads").iterdir())) > 1  # the archive travelled in parts
     target = tmp_path / "site"
-    gpu_checks.install_wheels(sorted((tmp_path / "wheels").iterdir()), target)
+    gpu_checks.install_wheels(sorted((tmp_path / "loads").iterdir()), target)
     out = subprocess.run([sys.executable, "-c", "import carried_probe; print(carried_probe.ANSWER)"],
                          env={"PYTHONPATH": str(target)}, capture_output=True, text=True, check=True)  # fmt: skip
     assert out.stdout.strip() == "42"
+
+
+def _elf_with_fatbin(fatbins: list[list[tuple[int, int, bytes]]]) -> tuple[bytearray, int]:
+    """A minimal 64-bit ELF file whose .nv_fatbin section holds `fatbins`, each a list of (kind, arch, payload)
+    entries laid out as nvcc does (a 16-byte fat binary header, 64-byte entry headers); returns it and the
+    section's offset."""
+    section = bytearray()
+    for entries in fatbins:
+        body = b"".join(
+            struct.pack("<HHIQ", kind, 0x0101, 64, len(payload)) + bytes(12) + struct.pack("<I", arch) + bytes(32)
+            + payload
+            for kind, arch, payload in entries
+        )  # fmt: skip
+        section += struct.pack("<IHHQ", gpu_checks.FATBIN_MAGIC, 1, 16, len(body)) + body + bytes(8)  # + padding
+    names = b"\0.shstrtab\0.nv_fatbin\0"
+    data_at, names_at = 64, 64 + len(section)
+    headers_at = names_at + len(names)
+    elf = bytearray(b"\x7fELF\x02\x01\x01" + bytes(57))
+    struct.pack_into("<Q", elf, 0x28, headers_at)
+    struct.pack_into("<HHH", elf, 0x3A, 64, 3, 1)
+    elf += section + names
+    elf += bytes(64)  # the null section
+    elf += struct.pack("<IIQQQQ", 1, 3, 0, 0, names_at, len(names)) + bytes(24)
+    elf += struct.pack("<IIQQQQ", 11, 1, 2, 0, data_at, len(section)) + bytes(24)
+    return elf, data_at
+
+
+def test_only_the_kept_architectures_cubins_survive_trimming() -> None:
+    """keep_cuda_arch zeroes other architectures' cubins where the fat binary has one for the kept architecture, and
+    nothing else: PTX stays (a driver may compile it), a fat binary without a cubin for it stays whole, and no byte
+    outside those payloads changes."""
+    sm80, sm90, ptx, sm120 = b"\x80" * 40, b"\x90" * 48, b"ptx-code" * 3, b"\x12" * 32
+    elf, _ = _elf_with_fatbin([[(2, 80, sm80), (2, 90, sm90), (1, 80, ptx)], [(2, 120, sm120)]])
+    before = bytes(elf)
+    assert gpu_checks.keep_cuda_arch(elf, 90) == len(sm80)
+    assert sm80 not in elf and bytes(len(sm80)) in elf
+    assert sm90 in elf and ptx in elf and sm120 in elf
+    changed = [i for i in range(len(elf)) if elf[i] != before[i]]
+    assert len(changed) == len(sm80) and before[changed[0] : changed[-1] + 1] == sm80
+    with pytest.raises(ValueError, match=r"no \.text section"):
+        gpu_checks.elf_section(elf, ".text")
 
 
 def test_carried_wheels_are_this_repositorys_pins() -> None:
