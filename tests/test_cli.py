@@ -61,6 +61,25 @@ def test_bad_input_is_a_clear_error() -> None:
     assert proc.returncode == 1 and "[FAIL] settings: AVATARBENCH_MAX_UPLOAD_MB='many'" in proc.stdout
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["bench", "--model", "wav2lip", "--json", "-"],
+        ["bench", "--model", "wav2lip", "--csv", "-"],
+        ["lipsync", "--face", "f.png", "--audio", "a.wav", "--out", "o.mp4", "--json", "-"],
+        ["lipsync", "--face", "f.png", "--audio", "a.wav", "--out", "-"],
+    ],
+)
+def test_a_dash_for_an_output_file_is_refused_before_the_work(args, tmp_path: Path, monkeypatch, capsys) -> None:
+    """It wrote a file named "-" after the work (standard output carries the tables, so it cannot be the report)."""
+    from engine.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(args) == 2
+    assert "'-' is not standard output here" in capsys.readouterr().err
+    assert not (tmp_path / "-").exists()
+
+
 def test_serve_rejects_a_bad_login_spec() -> None:
     pytest.importorskip("gradio")
     proc = run("serve", "--auth", "nopassword")

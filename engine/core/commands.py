@@ -106,6 +106,9 @@ def check_output_paths(args: argparse.Namespace) -> None:
     empty = [name for name, value in outputs.items() if value == ""]
     if empty:  # it wrote nothing, silently
         raise InputError(f"--{empty[0]} needs a file name (it was given an empty one)")
+    dash = [name for name, value in outputs.items() if isinstance(value, str) and value.strip() == "-"]
+    if dash:  # it wrote a file named "-"; standard output carries the command's tables, so it cannot be the file
+        raise InputError(f"--{dash[0]} -: '-' is not standard output here (that carries the tables); give a file path")
     outputs = {name: value for name, value in outputs.items() if isinstance(value, str) and value}
     for name, value in outputs.items():
         _check_writable(name, value)
