@@ -88,6 +88,25 @@ def _inputs(batch: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
 # ---------------------------------------------------------------------------------------------- registry
 
 
+def test_a_failed_run_raises_without_ort_logging_it_to_stderr_too(tmp_path: Path, capfd) -> None:
+    """The exception carries ORT's message (shown by the caller in one line); the same text also went to stderr as
+    a red "[E:onnxruntime...]" line before it."""
+    from onnx import TensorProto, helper
+    from tiny_onnx import save
+
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "shape"], ["y"])],
+        "reshape",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [6]),
+         helper.make_tensor_value_info("shape", TensorProto.INT64, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n"])],
+    )  # fmt: skip
+    session = OrtSession(save(graph, tmp_path / "reshape.onnx"), OrtOptions(intra_op_threads=1))
+    with pytest.raises(Exception, match="Reshape"):
+        session.run({"x": np.zeros(6, np.float32), "shape": np.array([4], np.int64)})
+    assert "onnxruntime" not in capfd.readouterr().err
+
+
 def test_every_name_maps_to_its_class_in_order() -> None:
     expected = {
         "eager": EagerRuntime,

@@ -422,9 +422,9 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type[Config]) -> None:
             parser.add_argument(f.flag, action=switch, default=argparse.SUPPRESS, help=help_text)
         else:
             metavar = "FILE" if f.option.file else f.name.upper()
-            nargs = "+" if f.option.many else None
+            many = {"nargs": "+", "action": "extend"} if f.option.many else {}  # repeated flags add up
             parser.add_argument(
-                f.flag, default=argparse.SUPPRESS, required=f.required, nargs=nargs, metavar=metavar, help=help_text
+                f.flag, default=argparse.SUPPRESS, required=f.required, metavar=metavar, help=help_text, **many
             )
 
 

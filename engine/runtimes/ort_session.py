@@ -192,6 +192,9 @@ class OrtSession:
         bits_types = {f"tensor({name.replace('_', '')})" for name in BITS_ONLY}
         self._bits_outputs = any(o.type in bits_types for o in session.get_outputs())
         self.run_options = ort.RunOptions()  # its terminate flag stops a run in progress (stop_runs_on_interrupt)
+        # A failed run raises with ORT's message, which the caller shows in one line; ORT also logged it to stderr
+        # at error level (a red line before ours). Creation keeps its log level: its log is the fallback reason.
+        self.run_options.log_severity_level = 4
         _LIVE.add(self)
 
     @property
