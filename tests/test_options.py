@@ -157,6 +157,9 @@ def test_the_cli_takes_every_field_as_a_flag_with_the_same_checks() -> None:
     assert config.flag is False and config.sizes == (2, 4) and config.files == (Path("x.png"), Path("y.png"))
     with pytest.raises(SampleError, match=r"count 11 is outside 1\.\.10"):
         from_args(Sample, parser.parse_args(["--source", "a.png", "--count", "11"]))
+    for listed in ("2,,4", "2,4,", ",2"):  # "3,,1" as labels became (3, 1): the 1 went to the second image
+        with pytest.raises(SampleError, match="empty item between commas"):
+            from_args(Sample, parser.parse_args(["--source", "a.png", "--sizes", listed]))
     repeated = parser.parse_args(["--source", "a.png", "--files", "x.png", "--files", "y.png", "z.png"])
     assert from_args(Sample, repeated).files == (Path("x.png"), Path("y.png"), Path("z.png"))  # it kept the last list
 

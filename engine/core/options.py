@@ -318,6 +318,11 @@ def subset_config(cls: type[C], name: str, names: tuple[str, ...], doc: str) -> 
 
 
 def _split(text: str) -> list[str]:
+    """The items of a comma- or space-separated list; an empty item between commas is refused, as dropping it
+    would shift every later item (class labels paired with images by position)."""
+    pieces = str(text).split(",")
+    if len(pieces) > 1 and any(not p.strip() for p in pieces):
+        raise ValueError(f"{str(text).strip()!r} has an empty item between commas: give each item once, e.g. 1,8,32")
     return [p for p in str(text).replace(",", " ").split() if p]
 
 
