@@ -224,6 +224,8 @@ def test_model_memory_plan_by_hand() -> None:
     assert fit.predicted_bytes == weights + CUDA_CONTEXT_BYTES + fit.recommended_batch * act
     bf = plan_model_memory(t4, weights, act, "bf16")
     assert "NVIDIA T4 (compute capability 7.5) has no bf16: use fp16" in bf.warnings  # not "(7, 5)"
+    tf = plan_model_memory(t4, weights, act, "tf32")  # it planned "at tf32" unsaid
+    assert "NVIDIA T4 (compute capability 7.5) has no tf32: tf32 runs as plain fp32 there" in tf.warnings
     huge = plan_model_memory(t4, 20 * 10**9, act)
     assert huge.max_batch == 0 and huge.recommended_batch == 0 and huge.warnings and not huge.capped
     assert (

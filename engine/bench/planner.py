@@ -188,9 +188,10 @@ def plan_model_memory(
     if not 0 < memory_fraction <= 1:
         raise PlanError(f"memory fraction must be in (0, 1], got {memory_fraction}")
     warnings = []
-    if precision == "bf16" and not gpu.supports("bf16"):
+    if precision in ("bf16", "tf32") and not gpu.supports(precision):
         major, minor = gpu.compute_capability
-        warnings.append(f"{gpu.name} (compute capability {major}.{minor}) has no bf16: use fp16")
+        instead = "use fp16" if precision == "bf16" else "tf32 runs as plain fp32 there"
+        warnings.append(f"{gpu.name} (compute capability {major}.{minor}) has no {precision}: {instead}")
     if precision in ("fp16", "bf16") and not gpu.supports("fp16-tensor-cores"):
         warnings.append(f"{gpu.name} has no tensor cores: fp16 saves memory but not much time")
     budget = int(gpu.memory_bytes * memory_fraction)
