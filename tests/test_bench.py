@@ -126,6 +126,14 @@ def test_presets_scale_down_without_a_gpu() -> None:
     # an ONNX model's grid runs on ONNX Runtime by default: eager ran, "done", with every row an error
     onnx = SweepRequest.build({"model": "onnx:" + "a" * 64, "device": "cpu,cuda", "batch": "2"}).plan(has_gpu=True)
     assert [(p.runtime, p.device) for p in onnx.points] == [("ort-cpu", "cpu"), ("ort-cuda", "cuda")]
+    # and so do its points that name no runtime (they were refused: eager needs one of our networks)
+    points = '[{"batch": 2}, {"device": "cuda"}, {"runtime": "ort-trt", "device": "cuda"}]'
+    onnx_points = SweepRequest.build({"model": "onnx:" + "a" * 64, "points": points}).plan(has_gpu=False).points
+    assert [(p.runtime, p.device) for p in onnx_points] == [
+        ("ort-cpu", "cpu"),
+        ("ort-cuda", "cuda"),
+        ("ort-trt", "cuda"),
+    ]
     # a compile mode for a grid that compiles nothing was silently ignored
     with pytest.raises(BenchError, match=r"compile mode max-autotune applies to torch\.compile"):
         SweepRequest.build({"compile_mode": "max-autotune"})

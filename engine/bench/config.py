@@ -117,6 +117,8 @@ class SweepRequest(Config):
             points = parse_json(self.points, "points")
             device = self.device[0] if self.device else "cuda" if has_gpu else "cpu"  # for points that name none
             points = [{"device": device, **p} for p in points]  # problems() made sure they are objects
+            if self.model not in BUILTIN:  # an ONNX model: a point naming no runtime runs on ONNX Runtime, as a grid
+                points = [{"runtime": "ort-cpu" if p["device"] == "cpu" else "ort-cuda", **p} for p in points]
             config = SweepConfig.from_dict({"model": self.model, "points": points, "runs": self.runs,
                                             "warmup": self.warmup})  # fmt: skip
         else:
