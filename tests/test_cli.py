@@ -80,6 +80,16 @@ def test_a_dash_for_an_output_file_is_refused_before_the_work(args, tmp_path: Pa
     assert not (tmp_path / "-").exists()
 
 
+def test_top_k_is_shown_once_for_a_single_class_model() -> None:
+    """With one class top-5 is top-1: the line read "top-1 100.0%, top-1 100.0%"."""
+    from engine.onnx.cli import _accuracy_lines
+
+    one = {"topk": {"cpu": {"top1": 1.0, "top5": 1.0, "top5_k": 1, "n": 4}}}
+    assert _accuracy_lines(one) == ["labels cpu: top-1 100.0% of 4"]
+    many = {"topk": {"cpu": {"top1": 0.5, "top5": 0.75, "top5_k": 5, "n": 4}}}
+    assert _accuracy_lines(many) == ["labels cpu: top-1 50.0%, top-5 75.0% of 4"]
+
+
 def test_serve_rejects_a_bad_login_spec() -> None:
     pytest.importorskip("gradio")
     proc = run("serve", "--auth", "nopassword")

@@ -546,3 +546,9 @@ def test_eval_refuses_to_write_its_report_onto_the_models_external_data(tmp_path
     assert (model_path.parent / "weights.bin").read_bytes() == weights
     assert main([*args, str(tmp_path / "report.json")]) == 0
     assert json.loads((tmp_path / "report.json").read_text())["results"]
+
+
+def test_an_empty_zip_says_it_is_empty(tmp_path: Path) -> None:
+    """It read "no .onnx file; members: " with nothing after it."""
+    with pytest.raises(ModelError, match=r"no \.onnx file; members: none \(an empty zip\)"):
+        prepare_model(_zip(tmp_path / "empty.zip", {}), tmp_path / "work")

@@ -153,7 +153,8 @@ def _accuracy_lines(accuracy: dict) -> list[str]:
         if t.get("error"):
             lines.append(f"labels {provider}: {t['error']}")
         else:
-            lines.append(f"labels {provider}: top-1 {t['top1']:.1%}, top-{t['top5_k']} {t['top5']:.1%} of {t['n']}")
+            wider = f", top-{t['top5_k']} {t['top5']:.1%}" if t["top5_k"] > 1 else ""  # one class: top-1 twice
+            lines.append(f"labels {provider}: top-1 {t['top1']:.1%}{wider} of {t['n']}")
     return lines
 
 

@@ -201,7 +201,7 @@ def load_npz_inputs(path: str | os.PathLike, specs: list[TensorSpec], values: di
     if unknown:
         raise EvalError(
             f"inputs .npz has array(s) {', '.join(map(repr, unknown))} that are not model inputs; "
-            f"the model's inputs are: {', '.join(map(repr, by_name))}"
+            f"the model's inputs are: {', '.join(map(repr, by_name)) or 'none (it takes no inputs)'}"
         )
     for name, (shape, dtype) in headers.items():
         spec = by_name[name]

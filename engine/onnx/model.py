@@ -361,7 +361,8 @@ def _plan_zip(infos: list[zipfile.ZipInfo], limits: Limits) -> tuple[list[tuple[
         if not info.is_dir() and parts[-1].lower().endswith(".onnx"):
             models.append(key)
     if len(models) != 1:
-        found = ", ".join(models) if models else "no .onnx file; members: " + ", ".join(sorted(seen)[:20])
+        members = ", ".join(sorted(seen)[:20]) if seen else "none (an empty zip)"
+        found = ", ".join(models) if models else f"no .onnx file; members: {members}"
         raise ModelError(f"the zip must hold exactly one .onnx model (at any depth); found {found}")
     return plan, models[0]
 
