@@ -196,9 +196,15 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=None, help="pipeline batch (default: the engine's choice)")
     parser.add_argument("--runtimes", default=None, help="MuseTalk runtimes for the pipeline (default: eager on the "
                         "CPU; eager,compile,cuda-graphs,onnx,tensorrt on CUDA)")  # fmt: skip
+    parser.add_argument("--threads", type=int, default=None, help="PyTorch's CPU threads (default: its own, one per "
+                        "core): the blend's tensor work runs on them beside OpenCV's and libx264's")  # fmt: skip
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default: benchmarks/results/)")
     add_context_flags(parser)
     args = parser.parse_args()
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error(f"--threads {args.threads}: give 1 or more")
+        torch.set_num_threads(args.threads)
     choice = resolve_device(args.device)
     device, cuda = choice.device, choice.is_cuda
     precisions = (args.precisions or ("fp16,bf16,fp32" if cuda else "fp32")).split(",")

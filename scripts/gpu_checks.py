@@ -106,6 +106,11 @@ STEPS = [
          "(target 150 frames/s), and the UNet and decoder by batch and precision (target 300 frames/s)", 120,
          lambda c: _py("benchmarks/musetalk.py", "--runtimes", "eager,cuda-graphs", "--precisions", "fp16,bf16",
                        "--batches", "8,32", *c.context)),
+    Step("musetalk-threads", "#16: the eager pipeline again with PyTorch on one CPU thread (on the H200 the CPU blend "
+         "took several times longer a frame than on a 2-core VM: oversubscribed threads?)", 90,
+         lambda c: _py("benchmarks/musetalk.py", "--runtimes", "eager", "--precisions", "fp16", "--batches", "32",
+                       "--threads", "1", "--out", str(RESULTS / f"musetalk-{c.tag}-{c.day}-threads-1.json"),
+                       *c.context)),
     Step("telemetry-table", "the nvidia-smi style table, as printed", 30,
          lambda c: _py("-m", "engine", "telemetry"), log="telemetry-table"),
     Step("musetalk-compiled", "#16: the prepared avatar with the UNet and decoder under torch.compile", 150,
