@@ -274,19 +274,23 @@ def render_onnx_overhead(paths: list[Path]) -> str:
     return table(headers, rows) + "\n\n" + commands
 
 
+def _bench_count(config: dict[str, Any], rows: list[dict[str, Any]], key: str) -> str:
+    """A sweep's run or warm-up count; left empty, each row's own (the GPU defaults, a time budget on the CPU)."""
+    if config[key] is not None:
+        return str(config[key])
+    return "/".join(sorted({str(row[key]) for row in rows if row.get(key) is not None})) or NONE
+
+
 def render_bench(paths: list[Path]) -> str:
     parts = []
     for path in paths:
         r = load(path)
         m, config = r["machine"], r["config"]
         gpu = (m["gpu"] or {}).get("name")
-        # Runs left empty are chosen per row (the GPU defaults, a time budget on the CPU): the rows say how many.
-        runs = config["runs"] or "/".join(sorted({str(row["runs"]) for row in r["results"] if row.get("runs")}))
-        warmup = config["warmup"] if config["warmup"] is not None else "/".join(
-            sorted({str(row["warmup"]) for row in r["results"] if row.get("warmup") is not None}))  # fmt: skip
+        runs, warmup = (_bench_count(config, r["results"], key) for key in ("runs", "warmup"))
         parts.append(
-            f"{context(r, path)}\nPreset {config.get('preset') or NONE}, {runs or NONE} timed runs after "
-            f"{warmup or NONE} warm-up; {gpu or 'no GPU'}, {m['cpu_count']} cores, PyTorch {m['torch']}, "
+            f"{context(r, path)}\nPreset {config.get('preset') or NONE}, {runs} timed runs after "
+            f"{warmup} warm-up; {gpu or 'no GPU'}, {m['cpu_count']} cores, PyTorch {m['torch']}, "
             f"onnxruntime {m['onnxruntime']}; {r['model']['title']}: "
             f"{number(r['model']['flops_per_sample'] / 1e9)} GFLOP per sample."
         )
