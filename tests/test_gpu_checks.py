@@ -135,10 +135,9 @@ def test_carried_wheels_pack_into_one_site_archive_that_installs_offline(tmp_pat
     assert out.stdout.strip() == "42"
 
 
-def _elf_with_fatbin(fatbins: list[list[tuple[int, int, bytes]]]) -> tuple[bytearray, int]:
+def _elf_with_fatbin(fatbins: list[list[tuple[int, int, bytes]]]) -> bytearray:
     """A minimal 64-bit ELF file whose .nv_fatbin section holds `fatbins`, each a list of (kind, arch, payload)
-    entries laid out as nvcc does (a 16-byte fat binary header, 64-byte entry headers); returns it and the
-    section's offset."""
+    entries laid out as nvcc does (a 16-byte fat binary header, 64-byte entry headers)."""
     section = bytearray()
     for entries in fatbins:
         body = b"".join(
@@ -157,7 +156,7 @@ def _elf_with_fatbin(fatbins: list[list[tuple[int, int, bytes]]]) -> tuple[bytea
     elf += bytes(64)  # the null section
     elf += struct.pack("<IIQQQQ", 1, 3, 0, 0, names_at, len(names)) + bytes(24)
     elf += struct.pack("<IIQQQQ", 11, 1, 2, 0, data_at, len(section)) + bytes(24)
-    return elf, data_at
+    return elf
 
 
 def test_only_the_kept_architectures_cubins_survive_trimming() -> None:
@@ -165,7 +164,7 @@ def test_only_the_kept_architectures_cubins_survive_trimming() -> None:
     nothing else: PTX stays (a driver may compile it), a fat binary without a cubin for it stays whole, and no byte
     outside those payloads changes."""
     sm80, sm90, ptx, sm120 = b"\x80" * 40, b"\x90" * 48, b"ptx-code" * 3, b"\x12" * 32
-    elf, _ = _elf_with_fatbin([[(2, 80, sm80), (2, 90, sm90), (1, 80, ptx)], [(2, 120, sm120)]])
+    elf = _elf_with_fatbin([[(2, 80, sm80), (2, 90, sm90), (1, 80, ptx)], [(2, 120, sm120)]])
     before = bytes(elf)
     assert gpu_checks.keep_cuda_arch(elf, 90) == len(sm80)
     assert sm80 not in elf and bytes(len(sm80)) in elf
