@@ -12,6 +12,9 @@ Levers (every one is on in Wav2LipEngine by default), each timed as the engine m
                   full forward per frame
   folded BN       the BatchNorms folded into the convolutions, against them kept
   channels_last   NHWC activations and weights, against the plain layout
+  winograd        the wide 3x3 units by NNPACK's Winograd transform (models/winograd.py), against oneDNN's direct
+                  convolutions; for a still face (with the rows lever) and for moving crops
+The other levers are timed on the generator without Winograd, so that each shows its own effect.
 Per lever: seconds per frame of each side (median and extremes), without / with per round (above 1: the lever
 saves time), and the largest difference between the two sides' outputs in grey levels (on the rows both compute),
 so a lever that changed the frames would show. Glibc keeps freed memory here as in the lip-sync command.
@@ -46,6 +49,7 @@ from engine.faces.tracking import FaceTracker  # noqa: E402
 from engine.lipsync.engines import ROW_STEP  # noqa: E402
 from engine.lipsync.paste import crop, first_row_read  # noqa: E402
 from engine.models.wav2lip import FACE_SIZE, load_wav2lip, random_wav2lip_checkpoint  # noqa: E402
+from engine.models.winograd import use_winograd  # noqa: E402
 
 FACE = ROOT / "assets" / "face.jpg"
 Call = Callable[[], torch.Tensor]
@@ -110,12 +114,16 @@ def levers(checkpoint: Path, batch: int, rounds: int) -> tuple[list[dict], tuple
     mel = torch.from_numpy(rng.standard_normal((batch, 1, 80, 16)).astype(np.float32))
     cl, plain = torch.channels_last, torch.contiguous_format
     model = load_wav2lip(checkpoint, channels_last=True, fold_batchnorm=True)  # as Wav2LipEngine loads it on the CPU
+    winograd = load_wav2lip(checkpoint, channels_last=True, fold_batchnorm=True)
+    if not use_winograd(winograd):
+        print("  (NNPACK cannot run here: the winograd rows time the same model twice)", flush=True)
     unfolded = load_wav2lip(checkpoint, channels_last=True)
     plain_model = load_wav2lip(checkpoint, fold_batchnorm=True)
     face, moving = face_input(still_crops, cl), face_input(moving_crops, cl)
     moving_plain = face_input(moving_crops, plain)
     with torch.inference_mode():
         still = model.still_face(model.encode_face(face[:1]))
+        still_winograd = winograd.still_face(winograd.encode_face(face[:1]))
     still_text, moving_text = f"still face, batch {batch}", f"moving crops, batch {batch}"
     rows = [
         compare_sides("rows", still_text, lambda: model.decode_still(mel, still, first_row),
@@ -128,6 +136,10 @@ def levers(checkpoint: Path, batch: int, rounds: int) -> tuple[list[dict], tuple
                       rounds),
         compare_sides("channels_last", moving_text, lambda: model(mel, moving),
                       lambda: plain_model(mel, moving_plain), batch, rounds),
+        compare_sides("winograd", still_text, lambda: winograd.decode_still(mel, still_winograd, first_row),
+                      lambda: model.decode_still(mel, still, first_row), batch, rounds, first_row),
+        compare_sides("winograd", moving_text, lambda: winograd(mel, moving), lambda: model(mel, moving), batch,
+                      rounds),
     ]  # fmt: skip
     return rows, box
 

@@ -236,7 +236,9 @@ def test_the_engine_computes_from_the_first_row_read_rounded_down(checkpoint) ->
         full = gen(mels, crops, quiet)
         cut = gen(mels, crops, quiet, first_row=29)
         top = 29 - 29 % ROW_STEP  # 24: a dozen shapes at most for a moving face
-        assert np.abs(cut[:, top:] - full[:, top:]).max() <= 1e-3  # grey levels
+        # Grey levels: the same rows, rounded differently only where NNPACK's Winograd tiles start elsewhere
+        # (models/winograd.py); a row computed wrongly would be off by whole grey levels.
+        assert np.abs(cut[:, top:] - full[:, top:]).max() <= 0.05
         assert not cut[:, :top].any() and cut[:, top].any()
 
 
@@ -269,18 +271,22 @@ def test_the_still_path_on_the_gpu(checkpoint, precision) -> None:
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
-def test_the_rows_the_paste_reads_on_the_gpu(checkpoint, precision) -> None:
+def test_one_shape_per_job_on_the_gpu(checkpoint, precision) -> None:
+    """On CUDA every call has the first call's shape: all rows whatever the first row read, and a shorter last
+    batch padded (cuDNN autotunes each new shape), with the same frames as unpadded calls."""
     device = torch.device("cuda")
     gen = Wav2LipEngine(checkpoint, device, capabilities(device), precision)
     weight = next(gen.model.parameters())  # what was asked for is what runs: CUDA, in that precision
     assert weight.device.type == "cuda" and weight.dtype == (torch.float16 if precision == "fp16" else torch.float32)
+    assert gen.winograd_layers == 0
     mels = np.random.default_rng(11).standard_normal((4, 80, 16)).astype(np.float32)
     for crops in (np.repeat(crops_of(11, 1), 4, 0), crops_of(12, 4)):  # the still path and the full one
         full = gen(mels, crops, np.zeros(4))
         cut = gen(mels, crops, np.zeros(4), first_row=24)
-        assert not cut[:, :24].any() and cut[:, 24].any()
-        # Other shapes may take other kernels: fp16 rounding differs, far less than a grey level on average.
-        assert np.abs(cut[:, 24:] - full[:, 24:]).mean() <= (1e-3 if precision == "fp32" else 0.5)
+        assert cut[:, :24].any() and np.array_equal(cut, full)
+    still = np.repeat(crops_of(11, 1), 4, 0)
+    last = gen(mels[:2], still[:2], np.zeros(2))  # padded to 4: the same kernels, so the same values
+    assert last.shape == (2, *full.shape[1:]) and np.array_equal(last, gen(mels, still, np.zeros(4))[:2])
 
 
 def test_the_levers_benchmark_times_each_lever_on_and_off(checkpoint) -> None:
@@ -295,7 +301,8 @@ def test_the_levers_benchmark_times_each_lever_on_and_off(checkpoint) -> None:
     sys.modules["wav2lip_levers"] = module
     spec.loader.exec_module(module)
     rows, box = module.levers(checkpoint, batch=2, rounds=2)
-    assert [row["lever"] for row in rows] == ["rows", "rows", "still face", "folded BN", "channels_last"]
+    levers = ["rows", "rows", "still face", "folded BN", "channels_last", "winograd", "winograd"]
+    assert [row["lever"] for row in rows] == levers
     first_row = first_row_read(box, FACE_SIZE)
     assert rows[0]["first_row"] == first_row - first_row % ROW_STEP > 0
     for row in rows:

@@ -252,6 +252,9 @@ class _Prepared:
             frames_per_second=frames / wall if wall > 0 else None,
             detector=self.detector.name if self.detector else "fixed box",
         )
+        winograd = getattr(self.generator, "winograd_layers", 0)
+        if winograd:
+            self.result.metrics["winograd_layers"] = winograd  # the 3x3 units NNPACK computed (models/winograd.py)
         check = getattr(self.generator, "precision_check", None)
         if check is not None:
             self.result.metrics["precision_check"] = check

@@ -1,0 +1,131 @@
+"""NNPACK's Winograd convolutions (engine/models/winograd.py): the same outputs within float rounding, only where
+they apply, and oneDNN's direct convolutions wherever NNPACK cannot run as asked."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.core.device import capabilities
+from engine.lipsync.engines import Wav2LipEngine
+from engine.models import winograd
+from engine.models.wav2lip import FACE_SIZE, load_wav2lip, random_wav2lip_checkpoint
+from engine.models.winograd import NnpackConv2d, nnpack_threads, use_winograd
+
+CPU = torch.device("cpu")
+WIDE_3X3_UNITS = 17  # the generator's 3x3 stride-1 padding-1 convolutions with 128 or more input channels
+
+needs_nnpack = pytest.mark.skipif(not nnpack_threads(), reason="this PyTorch has no usable NNPACK")
+
+
+@pytest.fixture(autouse=True)
+def nnpack_pool_threads() -> Iterator[None]:
+    """PyTorch's thread count as NNPACK's pool has it (made once per process), so that NNPACK really runs here."""
+    threads = torch.get_num_threads()
+    if nnpack_threads():
+        torch.set_num_threads(nnpack_threads())
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("winograd") / "wav2lip.pth"
+    random_wav2lip_checkpoint(path, seed=0)
+    return path
+
+
+def wide_conv(channels: int = 128) -> nn.Conv2d:
+    torch.manual_seed(channels)
+    return nn.Conv2d(channels, channels // 2, 3, 1, 1).eval()
+
+
+@needs_nnpack
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_nnpack_matches_the_direct_convolution_and_keeps_the_layout(layout) -> None:
+    conv = wide_conv()
+    model = nn.Sequential(conv)
+    assert use_winograd(model) == 1 and type(model[0]) is NnpackConv2d
+    x = torch.randn(3, 128, 13, 10).contiguous(memory_format=layout)  # odd sizes: partial Winograd tiles
+    called = []
+    real = torch._nnpack_spatial_convolution
+    with torch.inference_mode():
+        expected = F.conv2d(x.double(), conv.weight.double(), conv.bias.double(), 1, 1)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(torch, "_nnpack_spatial_convolution", lambda *a: called.append(1) or real(*a))
+            got = model(x)
+    assert called, "NNPACK was not used"
+    assert got.shape == expected.shape and got.is_contiguous(memory_format=layout)
+    assert (got.double() - expected).abs().max() <= 1e-4
+    assert not torch.equal(got, F.conv2d(x, conv.weight, conv.bias, 1, 1))  # a different computation, really
+
+
+def test_only_wide_3x3_stride_1_fp32_convolutions_are_swapped() -> None:
+    model = nn.Sequential(
+        nn.Conv2d(128, 64, 3, 1, 1),  # swapped
+        nn.Conv2d(64, 64, 3, 1, 1),  # too narrow
+        nn.Conv2d(128, 128, 3, 2, 1),  # strided
+        nn.Conv2d(128, 128, 3, 1, 0),  # unpadded
+        nn.Conv2d(128, 128, 1, 1, 0),  # 1x1
+        nn.Conv2d(128, 128, 3, 1, 1, groups=2),  # grouped
+        nn.ConvTranspose2d(128, 128, 3, 1, 1),  # transposed
+        nn.Conv2d(128, 128, 3, 1, 1).to(torch.bfloat16),  # not fp32
+    )
+    keys = {k: v.clone() for k, v in model.state_dict().items()}
+    swapped = use_winograd(model)
+    assert swapped == (1 if nnpack_threads() else 0)
+    assert [type(m) for m in model][1:] == [nn.Conv2d] * 5 + [nn.ConvTranspose2d, nn.Conv2d]
+    after = model.state_dict()
+    assert after.keys() == keys.keys() and all(torch.equal(after[k], keys[k]) for k in keys)
+
+
+def test_nothing_is_swapped_where_nnpack_cannot_run(monkeypatch) -> None:
+    monkeypatch.setattr(winograd, "_pool_threads", 0)
+    model = nn.Sequential(wide_conv())
+    assert use_winograd(model) == 0 and type(model[0]) is nn.Conv2d
+
+
+@needs_nnpack
+def test_another_thread_count_falls_back_to_the_direct_convolution(monkeypatch) -> None:
+    conv = wide_conv()
+    model = nn.Sequential(conv)
+    use_winograd(model)
+    x = torch.randn(2, 128, 8, 8)
+
+    def refuse(*_args):
+        raise AssertionError("NNPACK ran on a pool made for another thread count")
+
+    monkeypatch.setattr(torch, "_nnpack_spatial_convolution", refuse)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: nnpack_threads() + 1)
+    with torch.inference_mode():
+        assert torch.equal(model(x), F.conv2d(x, conv.weight, conv.bias, 1, 1))
+
+
+@needs_nnpack
+def test_the_generator_gives_the_same_frames_with_winograd(checkpoint) -> None:
+    """Still face (decode_still, from a first row) and moving crops (the full forward), against oneDNN's direct
+    convolutions: within a few hundredths of a grey level, and each frame still follows its own mel."""
+    fast = Wav2LipEngine(checkpoint, CPU, capabilities(CPU), "fp32")
+    direct = Wav2LipEngine(checkpoint, CPU, capabilities(CPU), "fp32", winograd=False)
+    assert fast.winograd_layers == WIDE_3X3_UNITS and direct.winograd_layers == 0
+    rng = np.random.default_rng(5)
+    mels = rng.standard_normal((4, 80, 16)).astype(np.float32)
+    still = np.repeat(rng.integers(0, 256, (1, FACE_SIZE, FACE_SIZE, 3), dtype=np.uint8), 4, 0)
+    moving = rng.integers(0, 256, (4, FACE_SIZE, FACE_SIZE, 3), dtype=np.uint8)
+    quiet = np.zeros(4, np.float32)
+    for crops, first_row in ((still, 24), (moving, 0)):
+        got, expected = fast(mels, crops, quiet, first_row), direct(mels, crops, quiet, first_row)
+        assert np.abs(got - expected).max() <= 0.05  # grey levels
+        assert np.abs(got[0] - got[1]).mean() > 0.1
+
+
+def test_winograd_is_for_the_cpu_in_fp32_only(checkpoint) -> None:
+    assert Wav2LipEngine(checkpoint, CPU, capabilities(CPU), "bf16").winograd_layers == 0
+    model = load_wav2lip(checkpoint, fold_batchnorm=True)
+    assert use_winograd(model) == (WIDE_3X3_UNITS if nnpack_threads() else 0)
