@@ -216,8 +216,15 @@ def face_to_box(face: np.ndarray, box: Box) -> np.ndarray:
     return cv2.resize(face.astype(np.uint8, copy=False), (x2 - x1, y2 - y1))
 
 
-def _composite(under: torch.Tensor, over: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """PIL's paste with an "L" mask: (under * (255 - m) + over * m) / 255, rounded as PIL's integer DIV255."""
+def _composite(under: Frame, over: Frame, mask: Frame) -> Frame:
+    """PIL's paste with an "L" mask: (under * (255 - m) + over * m) / 255, rounded as PIL's integer DIV255.
+
+    numpy in uint16 (the sum is at most 255 * 255 + 128 + 254, so nothing overflows; half the memory traffic of
+    int32), torch in int32 (its uint16 arithmetic is not available on every device)."""
+    if isinstance(under, np.ndarray):
+        m = mask.astype(np.uint16)[..., None]
+        total = under.astype(np.uint16) * (255 - m) + over.astype(np.uint16) * m + 128
+        return (((total >> 8) + total) >> 8).astype(np.uint8)
     m = mask.to(torch.int32)[..., None]
     total = under.to(torch.int32) * (255 - m) + over.to(torch.int32) * m + 128
     return (((total >> 8) + total) >> 8).to(torch.uint8)
@@ -229,26 +236,25 @@ def blend_face(frame: Frame, face: Frame, plan: BlendPlan | None) -> Frame:
     `frame` is uint8 BGR (H, W, 3) and `face` uint8 BGR already at the box's size (face_to_box), both numpy or
     both torch (on the plan's device). Pixels outside the blend region are never touched; the frame given is not
     modified. Matches upstream's get_image_blending pixel for pixel.
+
+    Upstream pastes the face into the region and composites the whole region through the mask; outside the face
+    box the pasted region is the frame itself, and compositing a pixel with itself gives it back exactly (PIL's
+    DIV255 of u * 255 is u), so only the face box (within the region and the frame) is composited here.
     """
     if plan is None:
         return frame
-    as_numpy = isinstance(frame, np.ndarray)
-    image = torch.from_numpy(frame) if as_numpy else frame
-    new_face = torch.from_numpy(np.ascontiguousarray(face)) if isinstance(face, np.ndarray) else face
     bx1, by1, bx2, by2 = plan.box
-    if tuple(new_face.shape) != (by2 - by1, bx2 - bx1, image.shape[2]):
-        raise ValueError(f"the face is {tuple(new_face.shape)}, but the box {plan.box} needs {(by2 - by1, bx2 - bx1)}")
+    if tuple(face.shape) != (by2 - by1, bx2 - bx1, frame.shape[2]):
+        raise ValueError(f"the face is {tuple(face.shape)}, but the box {plan.box} needs {(by2 - by1, bx2 - bx1)}")
     rx1, ry1, rx2, ry2 = plan.region
-    height, width = image.shape[0], image.shape[1]
-    wx1, wy1, wx2, wy2 = max(rx1, 0), max(ry1, 0), min(rx2, width), min(ry2, height)
-    out = image.clone()
-    if wx2 <= wx1 or wy2 <= wy1:
-        return out.numpy() if as_numpy else out
-    under = image[wy1:wy2, wx1:wx2]
-    over = under.clone()
-    fx1, fy1, fx2, fy2 = max(bx1, wx1), max(by1, wy1), min(bx2, wx2), min(by2, wy2)
-    if fx2 > fx1 and fy2 > fy1:
-        over[fy1 - wy1 : fy2 - wy1, fx1 - wx1 : fx2 - wx1] = new_face[fy1 - by1 : fy2 - by1, fx1 - bx1 : fx2 - bx1]
-    mask = plan.mask[wy1 - ry1 : wy2 - ry1, wx1 - rx1 : wx2 - rx1].to(image.device)
-    out[wy1:wy2, wx1:wx2] = _composite(under, over, mask)
-    return out.numpy() if as_numpy else out
+    height, width = frame.shape[0], frame.shape[1]
+    x1, y1 = max(bx1, rx1, 0), max(by1, ry1, 0)
+    x2, y2 = min(bx2, rx2, width), min(by2, ry2, height)
+    out = frame.copy() if isinstance(frame, np.ndarray) else frame.clone()
+    if x2 <= x1 or y2 <= y1:
+        return out
+    mask = plan.mask[y1 - ry1 : y2 - ry1, x1 - rx1 : x2 - rx1]
+    mask = mask.cpu().numpy() if isinstance(frame, np.ndarray) else mask.to(frame.device)
+    over = face[y1 - by1 : y2 - by1, x1 - bx1 : x2 - bx1]
+    out[y1:y2, x1:x2] = _composite(frame[y1:y2, x1:x2], over, mask)
+    return out

@@ -9,7 +9,8 @@ audio.frame_count(samples, fps) frames: the real frame rate, the last partial fr
 Where the work runs: prompts, UNet, decoder and the conversion to uint8 BGR run on the networks' device, in their
 dtype (fp16 on CUDA, fp32 on the CPU), a batch at a time; only the decoded 256x256 faces (192 KiB each) come back,
 once per batch, and on CUDA the next batch is already queued on the device while this one is blended. The resize to
-the face box and the composite run on the CPU, on the blend region only (blend.face_to_box, blend.blend_face):
+the face box and the composite run on the CPU, on the face box only, in uint16 numpy arithmetic that does not use
+PyTorch's thread pool (blend.face_to_box, blend.blend_face):
 upstream resizes with OpenCV's bilinear filter, whose fixed-point rounding torch's bilinear does not reproduce (one
 level apart on about 13% of the pixels), so upstream's exact pixels are made where OpenCV runs. No image files are
 written between stages.
