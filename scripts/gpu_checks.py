@@ -94,8 +94,9 @@ STEPS = [
                        "fp16", "--batch", "512,1024", "--compile", "off,on", "--compile-mode", "reduce-overhead",
                        "--channels-last", "on", "--quiet",
                        "--json", str(RESULTS / f"bench-wav2lip-generator-{c.tag}-{c.day}.json"), *c.context)),
-    Step("lipsync", "#17: end to end (still + 40 s, 720p 10 s clip) and the generator by batch in fp32 and fp16; "
-         "side by side with upstream, on the CPU, when given", 200,
+    Step("lipsync", "#17: end to end (still + 40 s, 720p 10 s clip; each twice, the second a warm worker's job, "
+         "now one generator shape per job) and the generator by batch in fp32 and fp16; side by side with upstream, "
+         "on the CPU, when given", 200,
          lambda c: _py("benchmarks/lipsync.py", "--precisions", "fp32,fp16",
                        *(["--upstream", str(c.upstream_wav2lip)] if c.upstream_wav2lip else []), *c.context)),
     Step("portrait-compiled", "#17: LivePortrait in PyTorch fp16 under torch.compile (warp + decode target 5 ms a "
@@ -107,7 +108,7 @@ STEPS = [
          lambda c: _py("benchmarks/musetalk.py", "--runtimes", "eager,cuda-graphs", "--precisions", "fp16,bf16",
                        "--batches", "8,32", *c.context)),
     Step("musetalk-threads", "#16: the eager pipeline again with PyTorch on one CPU thread (on the H200 the CPU blend "
-         "took several times longer a frame than on a 2-core VM: oversubscribed threads?)", 90,
+         "took several times longer a frame than on a 2-core VM; its composite no longer uses PyTorch)", 90,
          lambda c: _py("benchmarks/musetalk.py", "--runtimes", "eager", "--precisions", "fp16", "--batches", "32",
                        "--threads", "1", "--out", str(RESULTS / f"musetalk-{c.tag}-{c.day}-threads-1.json"),
                        *c.context)),
