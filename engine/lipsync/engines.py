@@ -100,7 +100,7 @@ class Wav2LipEngine:
 
     The BatchNorms are folded into the convolutions (``fold_batchnorms``): one pass over every activation fewer.
     On the CPU in fp32 (not compiled), ``winograd`` computes the wide 3x3 units by NNPACK's Winograd transform
-    (models/winograd.py): about 12% less time per frame, frames within a hundredth of a grey level.
+    (models/winograd.py): 1.10-1.14x per frame on a 2-core AVX2 CPU, frames within a hundredth of a grey level.
 
     ``first_row`` (the first row the paste reads, about a quarter of the way down for the blend paste) is rounded
     down to a multiple of ROW_STEP and, on the CPU, the decoder computes only the rows from it down

@@ -3,12 +3,13 @@ within float rounding.
 
 Why: on the CPU, Wav2Lip's generator spends over 95% of its time in convolutions, and oneDNN (PyTorch's CPU
 convolutions) computes them directly; its Winograd kernels exist only for AVX-512 and PyTorch does not ask for
-them. NNPACK, built into PyTorch's x86 and ARM wheels, computes 3x3 stride-1 convolutions with Winograd's
-F(6x6, 3x3) transform: about 2.25 times fewer multiplications at the cost of transforming inputs and outputs,
-which pays where the layer has many channels. On a 2-core AVX2 CPU at batch 16 the generator's 3x3 units with 128
-or more input channels run 1.3-1.8 times faster, the whole generator about 12% faster (benchmarks/wav2lip_levers.py
-measures it). The transforms round differently from direct convolution: outputs differ by up to about 1e-4 on
-unit-scale activations, about a hundredth of a grey level on the generator's frames.
+them. NNPACK, built into PyTorch's Linux x86 wheels (torch._nnpack_available() says where), computes 3x3 stride-1
+convolutions with a Winograd transform: fewer multiplications at the cost of transforming inputs and outputs, which
+pays where the layer has many channels. On a 2-core AVX2 CPU at batch 16 the generator ran 1.14x faster per frame
+for a still face and 1.10x for moving crops (benchmarks/wav2lip_levers.py, its 2026-12-04 amd-epyc-avx2 result);
+with 64 or 32 as the channel floor it was slower. The transforms round differently from direct convolution:
+outputs differ by up to about 1e-4 on unit-scale activations, about a hundredth of a grey level on the generator's
+frames.
 
 Only fp32 on the CPU (NNPACK has nothing else). NNPACK reads and writes NCHW, so a channels_last input is converted
 there and back (included in the figure above). NNPACK's thread pool is made once per process, with PyTorch's thread
