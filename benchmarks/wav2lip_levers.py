@@ -12,8 +12,12 @@ Levers (every one is on in Wav2LipEngine by default), each timed as the engine m
                   full forward per frame
   folded BN       the BatchNorms folded into the convolutions, against them kept
   channels_last   NHWC activations and weights, against the plain layout
-  winograd        the wide 3x3 units by NNPACK's Winograd transform (models/winograd.py), against oneDNN's direct
-                  convolutions; for a still face (with the rows lever) and for moving crops
+  winograd        the wide 3x3 units by NNPACK's Winograd transform (models/winograd.py, as the engine runs it:
+                  calls of fewer than MIN_PIXELS output pixels by oneDNN), against oneDNN's direct convolutions;
+                  for a still face (with the rows lever) and for moving crops
+  small calls direct  Winograd's calls of fewer than MIN_PIXELS output pixels (the generator's 3x3 and 6x6 stages
+                  at batch 16) by oneDNN, against every call of a wide 3x3 unit by NNPACK; still face and moving
+                  crops
 The other levers are timed on the generator without Winograd, so that each shows its own effect.
 Per lever: seconds per frame of each side (median and extremes), without / with per round (above 1: the lever
 saves time), and the largest difference between the two sides' outputs in grey levels (on the rows both compute),
@@ -115,7 +119,8 @@ def levers(checkpoint: Path, batch: int, rounds: int) -> tuple[list[dict], tuple
     cl, plain = torch.channels_last, torch.contiguous_format
     model = load_wav2lip(checkpoint, channels_last=True, fold_batchnorm=True)  # as Wav2LipEngine loads it on the CPU
     winograd = load_wav2lip(checkpoint, channels_last=True, fold_batchnorm=True)
-    if not use_winograd(winograd):
+    every_call = load_wav2lip(checkpoint, channels_last=True, fold_batchnorm=True)
+    if not (use_winograd(winograd) and use_winograd(every_call, min_pixels=0)):
         print("  (NNPACK cannot run here: the winograd rows time the same model twice)", flush=True)
     unfolded = load_wav2lip(checkpoint, channels_last=True)
     plain_model = load_wav2lip(checkpoint, fold_batchnorm=True)
@@ -124,6 +129,7 @@ def levers(checkpoint: Path, batch: int, rounds: int) -> tuple[list[dict], tuple
     with torch.inference_mode():
         still = model.still_face(model.encode_face(face[:1]))
         still_winograd = winograd.still_face(winograd.encode_face(face[:1]))
+        still_every_call = every_call.still_face(every_call.encode_face(face[:1]))
     still_text, moving_text = f"still face, batch {batch}", f"moving crops, batch {batch}"
     rows = [
         compare_sides("rows", still_text, lambda: model.decode_still(mel, still, first_row),
@@ -140,6 +146,11 @@ def levers(checkpoint: Path, batch: int, rounds: int) -> tuple[list[dict], tuple
                       lambda: model.decode_still(mel, still, first_row), batch, rounds, first_row),
         compare_sides("winograd", moving_text, lambda: winograd(mel, moving), lambda: model(mel, moving), batch,
                       rounds),
+        compare_sides("small calls direct", still_text,
+                      lambda: winograd.decode_still(mel, still_winograd, first_row),
+                      lambda: every_call.decode_still(mel, still_every_call, first_row), batch, rounds, first_row),
+        compare_sides("small calls direct", moving_text, lambda: winograd(mel, moving),
+                      lambda: every_call(mel, moving), batch, rounds),
     ]  # fmt: skip
     return rows, box
 

@@ -52,7 +52,7 @@ def test_nnpack_matches_the_direct_convolution_and_keeps_the_layout(layout) -> N
     conv = wide_conv()
     model = nn.Sequential(conv)
     assert use_winograd(model) == 1 and type(model[0]) is NnpackConv2d
-    x = torch.randn(3, 128, 13, 10).contiguous(memory_format=layout)  # odd sizes: partial Winograd tiles
+    x = torch.randn(3, 128, 19, 20).contiguous(memory_format=layout)  # odd sizes: partial Winograd tiles
     called = []
     real = torch._nnpack_spatial_convolution
     with torch.inference_mode():
@@ -96,7 +96,7 @@ def test_another_thread_count_falls_back_to_the_direct_convolution(monkeypatch) 
     conv = wide_conv()
     model = nn.Sequential(conv)
     use_winograd(model)
-    x = torch.randn(2, 128, 8, 8)
+    x = torch.randn(2, 128, 24, 24)  # large enough for NNPACK
 
     def refuse(*_args):
         raise AssertionError("NNPACK ran on a pool made for another thread count")
@@ -105,6 +105,26 @@ def test_another_thread_count_falls_back_to_the_direct_convolution(monkeypatch) 
     monkeypatch.setattr(torch, "get_num_threads", lambda: nnpack_threads() + 1)
     with torch.inference_mode():
         assert torch.equal(model(x), F.conv2d(x, conv.weight, conv.bias, 1, 1))
+
+
+@needs_nnpack
+def test_calls_of_few_pixels_run_the_direct_convolution(monkeypatch) -> None:
+    """Below MIN_PIXELS output pixels (batch x height x width) NNPACK's per-call weight transform costs more than
+    it saves, so such calls go to oneDNN; one pixel more and NNPACK runs."""
+    conv = wide_conv()
+    model = nn.Sequential(conv)
+    use_winograd(model, min_pixels=2 * 6 * 6 + 1)
+    called = []
+    real = torch._nnpack_spatial_convolution
+    monkeypatch.setattr(torch, "_nnpack_spatial_convolution", lambda *a: called.append(1) or real(*a))
+    small, large = torch.randn(2, 128, 6, 6), torch.randn(1, 128, 7, 11)
+    with torch.inference_mode():
+        assert torch.equal(model(small), F.conv2d(small, conv.weight, conv.bias, 1, 1)) and not called
+        model(large)
+    assert called
+    default = nn.Sequential(wide_conv())
+    use_winograd(default)
+    assert default[0].min_pixels == winograd.MIN_PIXELS
 
 
 @needs_nnpack
@@ -119,8 +139,15 @@ def test_the_generator_gives_the_same_frames_with_winograd(checkpoint) -> None:
     still = np.repeat(rng.integers(0, 256, (1, FACE_SIZE, FACE_SIZE, 3), dtype=np.uint8), 4, 0)
     moving = rng.integers(0, 256, (4, FACE_SIZE, FACE_SIZE, 3), dtype=np.uint8)
     quiet = np.zeros(4, np.float32)
+    called = []
+    real = torch._nnpack_spatial_convolution
     for crops, first_row in ((still, 24), (moving, 0)):
-        got, expected = fast(mels, crops, quiet, first_row), direct(mels, crops, quiet, first_row)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(torch, "_nnpack_spatial_convolution", lambda *a: called.append(1) or real(*a))
+            got = fast(mels, crops, quiet, first_row)
+        assert called, "NNPACK did not run"
+        called.clear()
+        expected = direct(mels, crops, quiet, first_row)
         assert np.abs(got - expected).max() <= 0.05  # grey levels
         assert np.abs(got[0] - got[1]).mean() > 0.1
 

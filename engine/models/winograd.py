@@ -7,9 +7,11 @@ them. NNPACK, built into PyTorch's Linux x86 wheels (torch._nnpack_available() s
 convolutions with a Winograd transform: fewer multiplications at the cost of transforming inputs and outputs, which
 pays where the layer has many channels. On a 2-core AVX2 CPU at batch 16 the generator ran 1.14x faster per frame
 for a still face and 1.10x for moving crops (benchmarks/wav2lip_levers.py, its 2026-12-04 amd-epyc-avx2 result);
-with 64 or 32 as the channel floor it was slower. The transforms round differently from direct convolution:
-outputs differ by up to about 1e-4 on unit-scale activations, about a hundredth of a grey level on the generator's
-frames.
+with 64 or 32 as the channel floor it was slower. NNPACK transforms the weights on every call (ATen keeps no
+transformed copy), a cost that does not shrink with the call: on calls of fewer than MIN_PIXELS output pixels
+(batch x height x width: the generator's 3x3 and 6x6 stages at batch 16) the direct convolution was faster, 2-5x on
+the 3x3 stages, so those go to oneDNN. The transforms round differently from direct convolution: outputs differ by
+up to about 1e-4 on unit-scale activations, about a hundredth of a grey level on the generator's frames.
 
 Only fp32 on the CPU (NNPACK has nothing else). NNPACK reads and writes NCHW, so a channels_last input is converted
 there and back (included in the figure above). NNPACK's thread pool is made once per process, with PyTorch's thread
@@ -26,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 MIN_CHANNELS = 128  # narrower layers gain little or lose: the transforms cost about as much as they save
+MIN_PIXELS = 1024  # calls of fewer output pixels (batch x height x width) go to oneDNN: see the module docstring
 
 _lock = threading.Lock()
 _pool_threads: int | None = None  # PyTorch's thread count when NNPACK's pool was made; 0: NNPACK unusable here
@@ -55,11 +58,15 @@ def _try_nnpack() -> int:
 
 
 class NnpackConv2d(nn.Conv2d):
-    """A 3x3, stride-1, padding-1 Conv2d computed by NNPACK; the same parameters, attributes and state-dict keys, so
-    code that reads a convolution's weight or stride works unchanged. Returns the input's memory layout."""
+    """A 3x3, stride-1, padding-1 Conv2d computed by NNPACK on calls of at least ``min_pixels`` output pixels; the
+    same parameters, attributes and state-dict keys, so code that reads a convolution's weight or stride works
+    unchanged. Returns the input's memory layout."""
+
+    min_pixels = MIN_PIXELS
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.get_num_threads() != nnpack_threads() or x.dtype != torch.float32 or x.device.type != "cpu":
+        small = x.shape[0] * x.shape[2] * x.shape[3] < self.min_pixels
+        if small or torch.get_num_threads() != nnpack_threads() or x.dtype != torch.float32 or x.device.type != "cpu":
             return F.conv2d(x, self.weight, self.bias, self.stride, self.padding)
         channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
         y = torch._nnpack_spatial_convolution(x.contiguous(), self.weight, self.bias, list(self.padding), [1, 1])
@@ -81,9 +88,10 @@ def _eligible(conv: nn.Module, min_channels: int) -> bool:
     )
 
 
-def use_winograd(model: nn.Module, min_channels: int = MIN_CHANNELS) -> int:
-    """Compute `model`'s fp32 CPU 3x3 stride-1 convolutions with at least `min_channels` inputs by NNPACK, in place;
-    returns how many (0 where NNPACK cannot run here). For inference: the weights are kept as they are, in NCHW."""
+def use_winograd(model: nn.Module, min_channels: int = MIN_CHANNELS, min_pixels: int = MIN_PIXELS) -> int:
+    """Compute `model`'s fp32 CPU 3x3 stride-1 convolutions with at least `min_channels` inputs by NNPACK, in place,
+    on calls of at least `min_pixels` output pixels; returns how many were swapped (0 where NNPACK cannot run here).
+    For inference: the weights are kept as they are, in NCHW."""
     if not nnpack_threads():
         return 0
     swapped = 0
@@ -96,6 +104,7 @@ def use_winograd(model: nn.Module, min_channels: int = MIN_CHANNELS) -> int:
             )
             conv.weight = nn.Parameter(child.weight.detach().contiguous(), requires_grad=False)
             conv.bias = None if child.bias is None else nn.Parameter(child.bias.detach(), requires_grad=False)
+            conv.min_pixels = min_pixels
             setattr(parent, name, conv)
             swapped += 1
     return swapped
