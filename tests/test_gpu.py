@@ -360,7 +360,9 @@ def test_portrait_backends_on_the_gpu_do_not_fall_back(tmp_path, backend, precis
         requested = PROVIDERS[BACKENDS[backend]]
         assert result.metrics["providers"], result.metrics
         for name, got in result.metrics["providers"].items():
-            assert got and got[0] == requested, (name, got, result.warnings)
+            # Under TensorRT the motion extractor runs on the CUDA provider: TensorRT's fp32 is TF32 maths.
+            expected = PROVIDERS["cuda"] if backend == "onnx-trt" and name == "motion" else requested
+            assert got and got[0] == expected, (name, got, result.warnings)
 
 
 def test_portrait_fp16_agrees_with_fp32(tmp_path) -> None:

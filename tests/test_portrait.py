@@ -194,6 +194,26 @@ def test_onnx_backend_matches_pytorch(weights: Path, onnx_cache: Path) -> None:
     assert torch.allclose(padded.decode(pair), onnx_nets.decode(pair), atol=1e-5)
 
 
+def test_under_tensorrt_the_motion_extractor_runs_on_the_cuda_provider(monkeypatch: pytest.MonkeyPatch) -> None:
+    """TensorRT computes fp32 layers in TF32 (ONNX Runtime cannot clear its flag): the pose logits' network goes to
+    the CUDA provider with TF32 off, the others to TensorRT, fp16 engines only for the half networks."""
+    from types import SimpleNamespace
+
+    import engine.portrait.onnx_backend as onnx_backend
+
+    asked = {}
+
+    def fake_session(path: Path, options) -> SimpleNamespace:
+        asked[Path(path).stem] = options
+        return SimpleNamespace(got=[], fell_back=False, torch_device=torch.device("cpu"))
+
+    monkeypatch.setattr(onnx_backend, "OrtSession", fake_session)
+    paths = {name: Path(f"{name}.onnx") for name in onnx_backend.FILES}
+    onnx_backend.OnnxNetworks(paths, "onnx-trt", {}, precision="fp16")
+    assert asked["motion"].provider == "cuda" and not asked["motion"].cuda_tf32
+    assert all(asked[name].provider == "trt" and asked[name].trt_fp16 for name in onnx_backend.HALF_NETWORKS)
+
+
 def test_fp16_export_keeps_grid_sample_and_the_motion_extractor_in_fp32(weights: Path, onnx_cache: Path) -> None:
     import onnx
 

@@ -270,9 +270,14 @@ def _fake_ort(monkeypatch: pytest.MonkeyPatch, got: list[str], total_bytes: int 
     class FakeSession:
         def __init__(self, path: str, sess_options: Any, providers: list) -> None:
             seen["providers"] = providers
+            seen.setdefault("opened", []).append(providers)
+            self.fallback = True
 
         def get_providers(self) -> list[str]:
             return got
+
+        def disable_fallback(self) -> None:
+            self.fallback = False
 
         def get_inputs(self) -> list:
             return [SimpleNamespace(name="x", type="tensor(float)")]
@@ -325,6 +330,58 @@ def test_tensorrt_options_and_its_engine_cache(monkeypatch: pytest.MonkeyPatch, 
     assert trt_options["device_id"] == 1 and trt_options["trt_fp16_enable"] is True
     assert trt_options["trt_max_workspace_size"] == 2 * 2**30
     assert trt_options["trt_engine_cache_path"] == str(tmp_path / "fp16") and (tmp_path / "fp16").is_dir()
+
+
+def test_a_tensorrt_failure_reopens_on_our_cuda_options(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """ORT reopens a session whose TensorRT provider failed on [CUDA, CPU] without any provider option (device 0, no
+    memory cap, TF32 on): the session is reopened on our CUDA provider, and still reported as a fallback."""
+    seen = _fake_ort(monkeypatch, ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    session = OrtSession("model.onnx", OrtOptions("trt", device_id=2, trt_cache_dir=str(tmp_path)))
+    first, second = seen["opened"]
+    assert first[0][0] == "TensorrtExecutionProvider" and second == first[1:]
+    assert second[0][1]["device_id"] == 2 and second[0][1]["use_tf32"] == 0
+    assert session.fell_back and session.ran_on == "CUDAExecutionProvider" and session.device == ("cuda", 2)
+
+
+def test_sessions_never_switch_providers_after_a_failed_run(tmp_path: Path) -> None:
+    """ORT's run() retries a run that failed in a provider on its fallback list, silently; ours raise instead."""
+    session = OrtSession(mlp(tmp_path / "m.onnx"), OrtOptions())
+    assert session.session is not None and session.session._enable_fallback is False
+
+
+def test_tensorrt_engines_are_cached_per_model_content(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ORT names a cached engine after the model's file and graph names, not its weights: two uploads both saved as
+    model.onnx with other weights must not share engines; the same bytes elsewhere do."""
+    from engine.core.settings import get_settings
+
+    monkeypatch.setenv("AVATARBENCH_DATA_DIR", str(tmp_path / "data"))
+    get_settings.cache_clear()
+    try:
+        (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir(), (tmp_path / "c").mkdir()
+        first = classifier(tmp_path / "a" / "model.onnx", np.ones((4, 6), np.float32))
+        other = classifier(tmp_path / "b" / "model.onnx", np.full((4, 6), 2, np.float32))
+        again = classifier(tmp_path / "c" / "model.onnx", np.ones((4, 6), np.float32))
+        paths = [ort_session._trt_cache_path(OrtOptions("trt", trt_fp16=True), m) for m in (first, other, again)]
+        assert paths[0] != paths[1] and paths[0] == paths[2]
+        root = get_settings().cache_dir / "onnx-trt"
+        assert Path(paths[0]) == root / ort_session.model_digest(first) / "fp16" and Path(paths[0]).is_dir()
+    finally:
+        get_settings.cache_clear()
+
+
+def test_the_model_digest_covers_external_data(tmp_path: Path) -> None:
+    import onnx
+
+    def saved(folder: str, weights: np.ndarray) -> Path:
+        (tmp_path / folder).mkdir()
+        model = onnx.load(str(classifier(tmp_path / folder / "model.onnx", weights)))
+        path = tmp_path / folder / "model.onnx"
+        onnx.save(model, str(path), save_as_external_data=True, location="weights.bin", size_threshold=0)
+        return path
+
+    first, other = saved("a", np.ones((4, 6), np.float32)), saved("b", np.full((4, 6), 2, np.float32))
+    assert first.read_bytes() == other.read_bytes()  # the graph file alone is the same
+    assert ort_session.model_digest(first) != ort_session.model_digest(other)
 
 
 def test_a_session_that_cannot_be_created_is_a_setup_error(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,7 +10,9 @@ its own fp16 engines from the fp32 graphs instead (`trt_fp16_enable`, again not 
 Sessions are engine.runtimes.ort_session.OrtSession, so a provider that falls back to the CPU is reported, never
 silent; TF32 stays off on the CUDA provider (ORT turns it on by default, and it shifts the motion extractor's
 pose logits). With TensorRT, the nodes TensorRT cannot take (GridSample) run on the CUDA provider inside the
-same session. Runs use IOBinding on torch tensors, so on a GPU the frames never leave the device.
+same session, and the motion extractor runs on the CUDA provider alone: TensorRT computes fp32 layers in TF32 by
+default (its kTF32 builder flag, which ONNX Runtime's TensorRT provider has no option to clear). Runs use IOBinding
+on torch tensors, so on a GPU the frames never leave the device.
 """
 
 from __future__ import annotations
@@ -168,7 +170,8 @@ class OnnxNetworks:
         self.warnings: list[str] = []
         for name, path in paths.items():
             trt_fp16 = key == "trt" and precision == "fp16" and name in HALF_NETWORKS
-            options = OrtOptions(provider=key, device_id=device_id, cuda_tf32=False, trt_fp16=trt_fp16)
+            provider = "cuda" if key == "trt" and name not in HALF_NETWORKS else key  # strict fp32: no TF32
+            options = OrtOptions(provider=provider, device_id=device_id, cuda_tf32=False, trt_fp16=trt_fp16)
             session = OrtSession(path, options)
             self.sessions[name], self.providers[name] = session, session.got
             if session.fell_back:

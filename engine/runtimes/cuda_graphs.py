@@ -30,18 +30,22 @@ class CudaGraphsRuntime(EagerRuntime):
     def _capture(self) -> None:
         import torch
 
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream), torch.inference_mode():
-            for _ in range(CAPTURE_WARMUP_RUNS):
-                self.module(*self.inputs)
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph), torch.inference_mode():
-            static_out = self.module(*self.inputs)
+        # Streams, the capture and the replays on the module's card: torch.cuda.graph captures on a stream of the
+        # current device, which on any other card would capture (and replay) nothing.
+        with torch.cuda.device(self.device):
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream), torch.inference_mode():
+                for _ in range(CAPTURE_WARMUP_RUNS):
+                    self.module(*self.inputs)
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph), torch.inference_mode():
+                static_out = self.module(*self.inputs)
 
         def replay() -> Any:
-            graph.replay()
+            with torch.cuda.device(self.device):
+                graph.replay()
             return static_out
 
         self.replay = replay

@@ -5,12 +5,16 @@ Why a wrapper: onnxruntime-gpu silently falls back to the CPU when the CUDA or T
 every session compares `get_providers()` with the request and keeps the loader's error as the reason (the
 TensorRT notice is a Python print on stdout, the CUDA one goes to the C-level stderr: both are captured). And
 IOBinding must bind where the session really runs: cuda:<its device_id> on a GPU provider, the CPU after a
-fallback, never a fixed device 0.
+fallback, never a fixed device 0. ORT's own fallbacks are taken out of its hands: a session whose TensorRT provider
+failed at creation is reopened on our CUDA provider with its options (ORT's reopening drops them all), and ORT's
+retry of a failed run on other providers is disabled, so a run either ran where the report says or raised. TensorRT
+engines are cached per model content (model_digest): ORT keys them by file and graph names only.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import os
 import signal
@@ -86,7 +90,10 @@ class OrtOptions:
     cuda_tf32: bool = False  # ORT's own default is on; it moves fp32 results by ~1e-3
     trt_fp16: bool = False
     trt_workspace_gb: float = 4.0
-    trt_cache_dir: str | os.PathLike | None = None  # engine cache on disk (default: the settings' cache dir)
+    # TensorRT's engine cache. ORT names a cached engine after the model's file name and graph names, not its
+    # weights, so one folder must never serve two models' weights: a given folder is the caller's promise of that
+    # (MuseTalk's is beside its weights' export); by default the folder is keyed by the model's bytes (model_digest).
+    trt_cache_dir: str | os.PathLike | None = None
     gpu_memory_fraction: float = 0.9  # the CUDA arena's cap, as a share of the card's memory
     intra_op_threads: int = 0  # 0: ORT's default
 
@@ -99,19 +106,56 @@ class OrtOptions:
         return PROVIDERS[self.provider]
 
 
-def _trt_cache_path(options: OrtOptions) -> str:
+_DIGESTS: dict[tuple, str] = {}  # model_digest by the files' (path, size, mtime): a sweep opens one model often
+
+
+def model_digest(model_path: str | os.PathLike) -> str:
+    """sha256 of an ONNX model's file and of the external data files it names (16 hex digits): what tells two
+    models' weights apart where their file and graph names agree (ONNX eval's uploads, random-weight exports)."""
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    path = Path(model_path)
+    graph = onnx.load(str(path), load_external_data=False).graph
+    external = sorted({ExternalDataInfo(t).location for t in _tensors(graph) if uses_external_data(t)})
+    files = [path, *(path.parent / name for name in external)]
+    stamp = tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    if stamp not in _DIGESTS:
+        h = hashlib.sha256()
+        for f in files:
+            h.update(f.name.encode() + b"\0")
+            with open(f, "rb") as data:
+                while block := data.read(1 << 20):
+                    h.update(block)
+        _DIGESTS[stamp] = h.hexdigest()[:16]
+    return _DIGESTS[stamp]
+
+
+def _tensors(graph: Any) -> Iterator[Any]:
+    """Every TensorProto of a graph: initializers and attribute tensors, subgraphs' included."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            for sub in [attribute.g] if attribute.HasField("g") else attribute.graphs:
+                yield from _tensors(sub)
+
+
+def _trt_cache_path(options: OrtOptions, model_path: str | os.PathLike) -> str:
     if options.trt_cache_dir:
         base = Path(options.trt_cache_dir)
     else:
         from engine.core.settings import get_settings
 
-        base = get_settings().cache_dir / "onnx-trt"
+        base = get_settings().cache_dir / "onnx-trt" / model_digest(model_path)
     path = base / ("fp16" if options.trt_fp16 else "fp32")  # engines of both precisions never mix
     path.mkdir(parents=True, exist_ok=True)
     return str(path)
 
 
-def _provider_chain(options: OrtOptions) -> list[Any]:
+def _provider_chain(options: OrtOptions, model_path: str | os.PathLike) -> list[Any]:
     """ORT's providers argument: the asked one with its options, then the fallbacks ORT may use."""
     if options.provider == "cpu":
         return ["CPUExecutionProvider"]
@@ -130,7 +174,7 @@ def _provider_chain(options: OrtOptions) -> list[Any]:
             "device_id": int(options.device_id),
             "trt_fp16_enable": bool(options.trt_fp16),
             "trt_engine_cache_enable": True,
-            "trt_engine_cache_path": _trt_cache_path(options),
+            "trt_engine_cache_path": _trt_cache_path(options, model_path),
             "trt_max_workspace_size": int(options.trt_workspace_gb * 2**30),
         }
         chain.insert(0, ("TensorrtExecutionProvider", trt))
@@ -149,6 +193,26 @@ def _fallback_reason(name: str, log: str) -> str:
     return log.splitlines()[-1] if log else "ORT gave no reason"
 
 
+def _open(model_path: str | os.PathLike, session_options: Any, chain: list[Any], requested: str) -> tuple[Any, str]:
+    """An InferenceSession on `chain` and what ORT said while making it (the TensorRT notice is a Python print on
+    stdout, the CUDA one goes to the C-level stderr: both are captured)."""
+    import onnxruntime as ort
+
+    stdout, err = io.StringIO(), io.StringIO()
+    try:
+        with (
+            captured_stderr() as err,
+            contextlib.redirect_stdout(stdout),
+            warnings.catch_warnings(record=True) as caught,
+        ):
+            warnings.simplefilter("always")
+            session = ort.InferenceSession(str(model_path), sess_options=session_options, providers=chain)
+    except Exception as exc:
+        log = error_lines(err.getvalue() + stdout.getvalue())
+        raise SessionError(f"{requested}: session creation failed: {exc}" + (f"\n{log}" if log else "")) from exc
+    return session, error_lines("\n".join([err.getvalue(), stdout.getvalue(), *(str(w.message) for w in caught)]))
+
+
 class OrtSession:
     """A session for one provider and what it really got (ORT falls back silently, so we compare).
 
@@ -165,26 +229,19 @@ class OrtSession:
         session_options.log_severity_level = 3
         if options.intra_op_threads:
             session_options.intra_op_num_threads = int(options.intra_op_threads)
-        chain = _provider_chain(options)
-        stdout, err = io.StringIO(), io.StringIO()
+        chain = _provider_chain(options, model_path)
         start = time.perf_counter()
-        try:
-            with (
-                captured_stderr() as err,
-                contextlib.redirect_stdout(stdout),
-                warnings.catch_warnings(record=True) as caught,
-            ):
-                warnings.simplefilter("always")
-                session = ort.InferenceSession(str(model_path), sess_options=session_options, providers=chain)
-        except Exception as exc:
-            log = error_lines(err.getvalue() + stdout.getvalue())
-            raise SessionError(
-                f"{options.requested}: session creation failed: {exc}" + (f"\n{log}" if log else "")
-            ) from exc
+        session, self.log = _open(model_path, session_options, chain, options.requested)
+        self.got: list[str] = list(session.get_providers())
+        if options.provider == "trt" and self.got[:1] == ["CUDAExecutionProvider"]:
+            # TensorRT failed and ORT reopened the session on its fallback list, which drops every provider option
+            # (device 0, no memory cap, TF32 on): reopen on our CUDA provider with its options. Still a fallback.
+            session, _ = _open(model_path, session_options, chain[1:], options.requested)
+            self.got = list(session.get_providers())
+        # ORT's run() would otherwise switch a session to its fallback providers, silently, after a failed run.
+        session.disable_fallback()
         self.create_s = time.perf_counter() - start
         self.session: ort.InferenceSession | None = session
-        self.got: list[str] = list(session.get_providers())
-        self.log = error_lines("\n".join([err.getvalue(), stdout.getvalue(), *(str(w.message) for w in caught)]))
         self.fell_back = not self.got or self.got[0] != options.requested
         self.fallback_reason = _fallback_reason(options.requested, self.log) if self.fell_back else None
         self.input_names = [i.name for i in session.get_inputs()]

@@ -70,10 +70,11 @@ class EagerRuntime(Runtime):
         import torch
 
         events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(n)]
-        for start, end in events:
-            start.record()
-            self.run()
-            end.record()
+        with torch.cuda.device(self.device):  # events record on the current device's stream: the module's card
+            for start, end in events:
+                start.record()
+                self.run()
+                end.record()
         torch.cuda.synchronize(self.device)
         return [start.elapsed_time(end) for start, end in events]
 

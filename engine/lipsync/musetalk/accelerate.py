@@ -246,7 +246,9 @@ class CudaGraphStep(FixedShapeStep):
 
     def run(self, latents: torch.Tensor, prompts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         shape = (tuple(latents.shape), tuple(prompts.shape), latents.dtype)
-        with torch.inference_mode():
+        # torch.cuda.graph captures on a stream of the current device: on any other card it would capture nothing
+        # (and replay nothing), so the step's card is made current for the capture and every replay.
+        with torch.inference_mode(), torch.cuda.device(self.device):
             if shape not in self.graphs:
                 self.graphs[shape] = self._capture(latents, prompts)
             graph, static_latents, static_prompts, static_outputs = self.graphs[shape]
