@@ -638,6 +638,7 @@ def test_a_declared_output_size_the_first_run_exceeds_is_replaced_by_the_real_on
         ({"image_scaling": "0-2"}, "image scaling '0-2' is not one of"),
         ({"model": None}, "give either a model"),
         ({"example": "wav2lip"}, "give either a model"),
+        ({"model": None, "images": "a.png,net.onnx"}, r"net\.onnx was taken as one of the images .* before --images"),
         ({"runs": True}, "runs must be a whole number"),
     ],
 )

@@ -98,6 +98,10 @@ class EvalConfig(Config):
 
     def problems(self) -> list[str]:
         out = _model_or_example(self.model, self.example)
+        swallowed = [p.name for p in self.images or () if p.suffix.lower() in (".onnx", ".zip")]
+        if self.model is None and self.example is None and swallowed:  # `--images a.png model.onnx`
+            out = [f"{swallowed[0]} was taken as one of the images (--images takes every file after it): give the "
+                   "model before --images"]  # fmt: skip
         if self.images is not None and len(self.images) > MAX_IMAGES:
             out.append(f"images: {len(self.images)} given, at most {MAX_IMAGES}")
         defaults = {f.name: f.default for f in dataclasses.fields(self)}
