@@ -21,7 +21,8 @@ Levers (every one is on in Wav2LipEngine by default), each timed as the engine m
 The other levers are timed on the generator without Winograd, so that each shows its own effect.
 Per lever: seconds per frame of each side (median and extremes), without / with per round (above 1: the lever
 saves time), and the largest difference between the two sides' outputs in grey levels (on the rows both compute),
-so a lever that changed the frames would show. Glibc keeps freed memory here as in the lip-sync command.
+so a lever that changed the frames would show. Glibc keeps freed memory here and OpenMP threads sleep at their
+barriers, as in the lip-sync command.
 Weights are random-initialised in the official checkpoint format. Usage:
   python benchmarks/wav2lip_levers.py [--rounds 7] [--batch 16] [--file-tag TEXT] [--out DIR] [--label TEXT]
                                       [--note TEXT]
@@ -38,11 +39,15 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
-import numpy as np
-import torch
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from engine.core.openmp import sleep_at_barriers  # noqa: E402
+
+OPENMP_SLEEPS = sleep_at_barriers()  # before torch loads, as in the lip-sync command (engine/core/openmp.py)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 from benchmarks import paired  # noqa: E402
 from benchmarks.recording import RESULTS, add_context_flags, cpu_model, header, result_path, write_result  # noqa: E402
@@ -178,6 +183,7 @@ def main() -> int:
         "precision": "fp32",
         "torch_threads": torch.get_num_threads(),
         "memory_kept": memory_kept,
+        "openmp_sleeps_at_barriers": OPENMP_SLEEPS,
         "rounds": args.rounds,
         "batch": args.batch,
         "face_box": list(box),
