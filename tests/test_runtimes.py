@@ -382,6 +382,8 @@ def test_the_model_digest_covers_external_data(tmp_path: Path) -> None:
     first, other = saved("a", np.ones((4, 6), np.float32)), saved("b", np.full((4, 6), 2, np.float32))
     assert first.read_bytes() == other.read_bytes()  # the graph file alone is the same
     assert ort_session.model_digest(first) != ort_session.model_digest(other)
+    (tmp_path / "junk.onnx").write_bytes(b"<html>not a model</html>")  # keyed by its bytes; the session will say
+    assert len(ort_session.model_digest(tmp_path / "junk.onnx")) == 16
 
 
 def test_a_session_that_cannot_be_created_is_a_setup_error(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -116,8 +116,12 @@ def model_digest(model_path: str | os.PathLike) -> str:
     from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 
     path = Path(model_path)
-    graph = onnx.load(str(path), load_external_data=False).graph
-    external = sorted({ExternalDataInfo(t).location for t in _tensors(graph) if uses_external_data(t)})
+    try:
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except Exception:  # not a model: its bytes key the folder, and the session says what is wrong with it
+        graph = None
+    tensors = _tensors(graph) if graph is not None else ()
+    external = sorted({ExternalDataInfo(t).location for t in tensors if uses_external_data(t)})
     files = [path, *(path.parent / name for name in external)]
     stamp = tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
     if stamp not in _DIGESTS:
