@@ -41,6 +41,15 @@ def checkpoint(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture
+def nnpack_calls(monkeypatch) -> list[int]:
+    """One entry per call that reached NNPACK (which still computes it)."""
+    called: list[int] = []
+    real = torch._nnpack_spatial_convolution
+    monkeypatch.setattr(torch, "_nnpack_spatial_convolution", lambda *a: called.append(1) or real(*a))
+    return called
+
+
 def wide_conv(channels: int = 128) -> nn.Conv2d:
     torch.manual_seed(channels)
     return nn.Conv2d(channels, channels // 2, 3, 1, 1).eval()
@@ -48,19 +57,15 @@ def wide_conv(channels: int = 128) -> nn.Conv2d:
 
 @needs_nnpack
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
-def test_nnpack_matches_the_direct_convolution_and_keeps_the_layout(layout) -> None:
+def test_nnpack_matches_the_direct_convolution_and_keeps_the_layout(layout, nnpack_calls) -> None:
     conv = wide_conv()
     model = nn.Sequential(conv)
     assert use_winograd(model) == 1 and type(model[0]) is NnpackConv2d
     x = torch.randn(3, 128, 19, 20).contiguous(memory_format=layout)  # odd sizes: partial Winograd tiles
-    called = []
-    real = torch._nnpack_spatial_convolution
     with torch.inference_mode():
         expected = F.conv2d(x.double(), conv.weight.double(), conv.bias.double(), 1, 1)
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(torch, "_nnpack_spatial_convolution", lambda *a: called.append(1) or real(*a))
-            got = model(x)
-    assert called, "NNPACK was not used"
+        got = model(x)
+    assert nnpack_calls, "NNPACK was not used"
     assert got.shape == expected.shape and got.is_contiguous(memory_format=layout)
     assert (got.double() - expected).abs().max() <= 1e-4
     assert not torch.equal(got, F.conv2d(x, conv.weight, conv.bias, 1, 1))  # a different computation, really
@@ -108,27 +113,24 @@ def test_another_thread_count_falls_back_to_the_direct_convolution(monkeypatch) 
 
 
 @needs_nnpack
-def test_calls_of_few_pixels_run_the_direct_convolution(monkeypatch) -> None:
+def test_calls_of_few_pixels_run_the_direct_convolution(nnpack_calls) -> None:
     """Below MIN_PIXELS output pixels (batch x height x width) NNPACK's per-call weight transform costs more than
     it saves, so such calls go to oneDNN; one pixel more and NNPACK runs."""
     conv = wide_conv()
     model = nn.Sequential(conv)
     use_winograd(model, min_pixels=2 * 6 * 6 + 1)
-    called = []
-    real = torch._nnpack_spatial_convolution
-    monkeypatch.setattr(torch, "_nnpack_spatial_convolution", lambda *a: called.append(1) or real(*a))
     small, large = torch.randn(2, 128, 6, 6), torch.randn(1, 128, 7, 11)
     with torch.inference_mode():
-        assert torch.equal(model(small), F.conv2d(small, conv.weight, conv.bias, 1, 1)) and not called
+        assert torch.equal(model(small), F.conv2d(small, conv.weight, conv.bias, 1, 1)) and not nnpack_calls
         model(large)
-    assert called
+    assert nnpack_calls
     default = nn.Sequential(wide_conv())
     use_winograd(default)
     assert default[0].min_pixels == winograd.MIN_PIXELS
 
 
 @needs_nnpack
-def test_the_generator_gives_the_same_frames_with_winograd(checkpoint) -> None:
+def test_the_generator_gives_the_same_frames_with_winograd(checkpoint, nnpack_calls) -> None:
     """Still face (decode_still, from a first row) and moving crops (the full forward), against oneDNN's direct
     convolutions: within a few hundredths of a grey level, and each frame still follows its own mel."""
     fast = Wav2LipEngine(checkpoint, CPU, capabilities(CPU), "fp32")
@@ -139,14 +141,10 @@ def test_the_generator_gives_the_same_frames_with_winograd(checkpoint) -> None:
     still = np.repeat(rng.integers(0, 256, (1, FACE_SIZE, FACE_SIZE, 3), dtype=np.uint8), 4, 0)
     moving = rng.integers(0, 256, (4, FACE_SIZE, FACE_SIZE, 3), dtype=np.uint8)
     quiet = np.zeros(4, np.float32)
-    called = []
-    real = torch._nnpack_spatial_convolution
     for crops, first_row in ((still, 24), (moving, 0)):
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(torch, "_nnpack_spatial_convolution", lambda *a: called.append(1) or real(*a))
-            got = fast(mels, crops, quiet, first_row)
-        assert called, "NNPACK did not run"
-        called.clear()
+        nnpack_calls.clear()
+        got = fast(mels, crops, quiet, first_row)
+        assert nnpack_calls, "NNPACK did not run"
         expected = direct(mels, crops, quiet, first_row)
         assert np.abs(got - expected).max() <= 0.05  # grey levels
         assert np.abs(got[0] - got[1]).mean() > 0.1
