@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.core.device import capabilities
+from engine.lipsync import engines
 from engine.lipsync.engines import Wav2LipEngine
 from engine.models import winograd
 from engine.models.wav2lip import FACE_SIZE, load_wav2lip, random_wav2lip_checkpoint
@@ -133,7 +134,7 @@ def test_calls_of_few_pixels_run_the_direct_convolution(nnpack_calls) -> None:
 def test_the_generator_gives_the_same_frames_with_winograd(checkpoint, nnpack_calls) -> None:
     """Still face (decode_still, from a first row) and moving crops (the full forward), against oneDNN's direct
     convolutions: within a few hundredths of a grey level, and each frame still follows its own mel."""
-    fast = Wav2LipEngine(checkpoint, CPU, capabilities(CPU), "fp32")
+    fast = Wav2LipEngine(checkpoint, CPU, capabilities(CPU), "fp32", winograd=True)
     direct = Wav2LipEngine(checkpoint, CPU, capabilities(CPU), "fp32", winograd=False)
     assert fast.winograd_layers == WIDE_3X3_UNITS and direct.winograd_layers == 0
     rng = np.random.default_rng(5)
@@ -148,6 +149,29 @@ def test_the_generator_gives_the_same_frames_with_winograd(checkpoint, nnpack_ca
         expected = direct(mels, crops, quiet, first_row)
         assert np.abs(got - expected).max() <= 0.05  # grey levels
         assert np.abs(got[0] - got[1]).mean() > 0.1
+
+
+@needs_nnpack
+@pytest.mark.parametrize("pays", [True, False])
+def test_the_engine_uses_winograd_by_default_only_where_it_pays(checkpoint, monkeypatch, pays) -> None:
+    monkeypatch.setattr(engines, "winograd_pays", lambda: pays)
+    assert Wav2LipEngine(checkpoint, CPU, capabilities(CPU), "fp32").winograd_layers == (WIDE_3X3_UNITS if pays else 0)
+
+
+@pytest.mark.parametrize(
+    ("avx512", "cap", "pays"),
+    [(False, None, True), (True, None, False), (True, "AVX512_CORE", False), (True, "avx10_1_512", False),
+     (True, "ALL", False), (True, "AVX2", True), (True, "sse41", True)],
+)  # fmt: skip
+def test_winograd_pays_where_onednn_has_no_avx512(monkeypatch, avx512, cap, pays) -> None:
+    """NNPACK is AVX2 at most: it loses to oneDNN's AVX-512 direct convolutions, unless oneDNN is capped below."""
+    monkeypatch.setattr(torch.cpu, "_is_avx512_supported", lambda: avx512)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    if cap is None:
+        monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    else:
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+    assert winograd.winograd_pays() is pays
 
 
 def test_winograd_is_for_the_cpu_in_fp32_only(checkpoint) -> None:

@@ -21,7 +21,7 @@ import torch
 from engine.core.device import DeviceCapabilities, apply_backend_flags, precision_dtype, usable_gpu_memory
 from engine.lipsync.mouth import mouth_line, open_mouth
 from engine.models.wav2lip import StillFace, load_wav2lip
-from engine.models.winograd import use_winograd
+from engine.models.winograd import use_winograd, winograd_pays
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,8 @@ class Wav2LipEngine:
 
     The BatchNorms are folded into the convolutions (``fold_batchnorms``): one pass over every activation fewer.
     On the CPU in fp32 (not compiled), ``winograd`` computes the wide 3x3 units by NNPACK's Winograd transform
-    (models/winograd.py): 1.10-1.14x per frame on a 2-core AVX2 CPU, frames within a hundredth of a grey level.
+    (models/winograd.py): 1.10-1.14x per frame on a 2-core AVX2 CPU, frames within a hundredth of a grey level,
+    but slower than oneDNN where it has AVX-512; None (the default) uses it where it pays (``winograd_pays``).
 
     ``first_row`` (the first row the paste reads, about a quarter of the way down for the blend paste) is rounded
     down to a multiple of ROW_STEP and, on the CPU, the decoder computes only the rows from it down
@@ -126,7 +127,7 @@ class Wav2LipEngine:
         compile: bool = False,
         channels_last: bool = True,
         check_precision: bool = False,
-        winograd: bool = True,
+        winograd: bool | None = None,
     ):
         self.device = device
         self.checkpoint = checkpoint
@@ -145,6 +146,8 @@ class Wav2LipEngine:
         )
         self.compiled = compile
         on_cpu_fp32 = device.type == "cpu" and self.dtype == torch.float32 and not compile
+        if winograd is None:
+            winograd = winograd_pays()
         self.winograd_layers = use_winograd(model) if winograd and on_cpu_fp32 else 0
         self.model = torch.compile(model, dynamic=False) if compile else model
         self._fixed_batch: int | None = None

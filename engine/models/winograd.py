@@ -10,8 +10,15 @@ for a still face and 1.10x for moving crops (benchmarks/wav2lip_levers.py, its 2
 with 64 or 32 as the channel floor it was slower. NNPACK transforms the weights on every call (ATen keeps no
 transformed copy), a cost that does not shrink with the call: on calls of fewer than MIN_PIXELS output pixels
 (batch x height x width: the generator's 3x3 and 6x6 stages at batch 16) the direct convolution was faster, 2-5x on
-the 3x3 stages, so those go to oneDNN. The transforms round differently from direct convolution: outputs differ by
-up to about 1e-4 on unit-scale activations, about a hundredth of a grey level on the generator's frames.
+the 3x3 stages, so those go to oneDNN.
+
+Where it pays (``winograd_pays``): only on CPUs without AVX-512. NNPACK's kernels are AVX2 at most, while oneDNN's
+direct convolutions use AVX-512 where the CPU has it, and there they win: on a 2-core AVX-512 Xeon the generator
+ran about 0.8x as fast per frame with NNPACK (the wav2lip_levers intel-xeon-avx512 result of
+2026-12-04), the 128-channel 3x3 stage alone 38 ms by NNPACK against 26 ms by oneDNN.
+
+The transforms round differently from direct convolution: outputs differ by up to about 1e-4 on unit-scale
+activations, about a hundredth of a grey level on the generator's frames.
 
 Only fp32 on the CPU (NNPACK has nothing else). NNPACK reads and writes NCHW, so a channels_last input is converted
 there and back (included in the figure above). NNPACK's thread pool is made once per process, with PyTorch's thread
@@ -21,6 +28,7 @@ falls back to oneDNN rather than run on the wrong number of threads.
 
 from __future__ import annotations
 
+import os
 import threading
 
 import torch
@@ -71,6 +79,15 @@ class NnpackConv2d(nn.Conv2d):
         channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
         y = torch._nnpack_spatial_convolution(x.contiguous(), self.weight, self.bias, list(self.padding), [1, 1])
         return y.contiguous(memory_format=torch.channels_last) if channels_last else y
+
+
+def winograd_pays() -> bool:
+    """Whether NNPACK's Winograd beats oneDNN's direct convolutions on this CPU: where oneDNN has no AVX-512 (the
+    CPU lacks it, or ONEDNN_MAX_CPU_ISA caps oneDNN below it); see the module docstring."""
+    if not torch.cpu._is_avx512_supported():
+        return True
+    cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "ALL").upper()
+    return not (cap == "ALL" or cap.startswith(("AVX512", "AVX10")))
 
 
 def _eligible(conv: nn.Module, min_channels: int) -> bool:
