@@ -15,6 +15,8 @@ Levers (every one is on in Wav2LipEngine by default), each timed as the engine m
   winograd        the wide 3x3 units by NNPACK's Winograd transform (models/winograd.py, as the engine runs it:
                   calls of fewer than MIN_PIXELS output pixels by oneDNN), against oneDNN's direct convolutions;
                   for a still face (with the rows lever) and for moving crops
+  winograd f4     the wide 3x3 units by our F(4x4, 3x3) matrix products (models/winograd_f4.py; the engine's
+                  choice where oneDNN has AVX-512), against oneDNN's direct convolutions; still face and moving crops
   small calls direct  Winograd's calls of fewer than MIN_PIXELS output pixels (the generator's 3x3 and 6x6 stages
                   at batch 16) by oneDNN, against every call of a wide 3x3 unit by NNPACK; still face and moving
                   crops
@@ -59,6 +61,7 @@ from engine.lipsync.engines import ROW_STEP  # noqa: E402
 from engine.lipsync.paste import crop, first_row_read  # noqa: E402
 from engine.models.wav2lip import FACE_SIZE, load_wav2lip, random_wav2lip_checkpoint  # noqa: E402
 from engine.models.winograd import use_winograd  # noqa: E402
+from engine.models.winograd_f4 import use_winograd_f4  # noqa: E402
 
 FACE = ROOT / "assets" / "face.jpg"
 Call = Callable[[], torch.Tensor]
@@ -127,6 +130,8 @@ def levers(checkpoint: Path, batch: int, rounds: int) -> tuple[list[dict], tuple
     every_call = load_wav2lip(checkpoint, channels_last=True, fold_batchnorm=True)
     if not (use_winograd(winograd) and use_winograd(every_call, min_pixels=0)):
         print("  (NNPACK cannot run here: the winograd rows time the same model twice)", flush=True)
+    f4 = load_wav2lip(checkpoint, channels_last=True, fold_batchnorm=True)
+    use_winograd_f4(f4)
     unfolded = load_wav2lip(checkpoint, channels_last=True)
     plain_model = load_wav2lip(checkpoint, fold_batchnorm=True)
     face, moving = face_input(still_crops, cl), face_input(moving_crops, cl)
@@ -135,6 +140,7 @@ def levers(checkpoint: Path, batch: int, rounds: int) -> tuple[list[dict], tuple
         still = model.still_face(model.encode_face(face[:1]))
         still_winograd = winograd.still_face(winograd.encode_face(face[:1]))
         still_every_call = every_call.still_face(every_call.encode_face(face[:1]))
+        still_f4 = f4.still_face(f4.encode_face(face[:1]))
     still_text, moving_text = f"still face, batch {batch}", f"moving crops, batch {batch}"
     rows = [
         compare_sides("rows", still_text, lambda: model.decode_still(mel, still, first_row),
@@ -151,6 +157,9 @@ def levers(checkpoint: Path, batch: int, rounds: int) -> tuple[list[dict], tuple
                       lambda: model.decode_still(mel, still, first_row), batch, rounds, first_row),
         compare_sides("winograd", moving_text, lambda: winograd(mel, moving), lambda: model(mel, moving), batch,
                       rounds),
+        compare_sides("winograd f4", still_text, lambda: f4.decode_still(mel, still_f4, first_row),
+                      lambda: model.decode_still(mel, still, first_row), batch, rounds, first_row),
+        compare_sides("winograd f4", moving_text, lambda: f4(mel, moving), lambda: model(mel, moving), batch, rounds),
         compare_sides("small calls direct", still_text,
                       lambda: winograd.decode_still(mel, still_winograd, first_row),
                       lambda: every_call.decode_still(mel, still_every_call, first_row), batch, rounds, first_row),

@@ -301,8 +301,8 @@ def test_the_levers_benchmark_times_each_lever_on_and_off(checkpoint) -> None:
     sys.modules["wav2lip_levers"] = module
     spec.loader.exec_module(module)
     rows, box = module.levers(checkpoint, batch=2, rounds=2)
-    levers = ["rows", "rows", "still face", "folded BN", "channels_last", "winograd", "winograd"]
-    levers += ["small calls direct"] * 2
+    levers = ["rows", "rows", "still face", "folded BN", "channels_last", "winograd", "winograd", "winograd f4"]
+    levers += ["winograd f4"] + ["small calls direct"] * 2
     assert [row["lever"] for row in rows] == levers
     first_row = first_row_read(box, FACE_SIZE)
     assert rows[0]["first_row"] == first_row - first_row % ROW_STEP > 0

@@ -18,6 +18,7 @@ from engine.lipsync.engines import Wav2LipEngine
 from engine.models import winograd
 from engine.models.wav2lip import FACE_SIZE, load_wav2lip, random_wav2lip_checkpoint
 from engine.models.winograd import NnpackConv2d, nnpack_threads, use_winograd
+from engine.models.winograd_f4 import WinogradF4Conv2d
 
 CPU = torch.device("cpu")
 WIDE_3X3_UNITS = 17  # the generator's 3x3 stride-1 padding-1 convolutions with 128 or more input channels
@@ -131,12 +132,14 @@ def test_calls_of_few_pixels_run_the_direct_convolution(nnpack_calls) -> None:
 
 
 @needs_nnpack
-def test_the_generator_gives_the_same_frames_with_winograd(checkpoint, nnpack_calls) -> None:
+def test_the_generator_gives_the_same_frames_with_winograd(checkpoint, nnpack_calls, monkeypatch) -> None:
     """Still face (decode_still, from a first row) and moving crops (the full forward), against oneDNN's direct
     convolutions: within a few hundredths of a grey level, and each frame still follows its own mel."""
-    fast = Wav2LipEngine(checkpoint, CPU, capabilities(CPU), "fp32", winograd=True)
+    monkeypatch.setattr(engines, "onednn_has_avx512", lambda: False)  # NNPACK's turn, whatever this CPU has
+    fast = Wav2LipEngine(checkpoint, CPU, capabilities(CPU), "fp32")
     direct = Wav2LipEngine(checkpoint, CPU, capabilities(CPU), "fp32", winograd=False)
-    assert fast.winograd_layers == WIDE_3X3_UNITS and direct.winograd_layers == 0
+    assert fast.winograd_layers == WIDE_3X3_UNITS and fast.winograd_method == "nnpack"
+    assert direct.winograd_layers == 0 and direct.winograd_method is None
     rng = np.random.default_rng(5)
     mels = rng.standard_normal((4, 80, 16)).astype(np.float32)
     still = np.repeat(rng.integers(0, 256, (1, FACE_SIZE, FACE_SIZE, 3), dtype=np.uint8), 4, 0)
@@ -151,19 +154,25 @@ def test_the_generator_gives_the_same_frames_with_winograd(checkpoint, nnpack_ca
         assert np.abs(got[0] - got[1]).mean() > 0.1
 
 
-@needs_nnpack
-@pytest.mark.parametrize("pays", [True, False])
-def test_the_engine_uses_winograd_by_default_only_where_it_pays(checkpoint, monkeypatch, pays) -> None:
-    monkeypatch.setattr(engines, "winograd_pays", lambda: pays)
-    assert Wav2LipEngine(checkpoint, CPU, capabilities(CPU), "fp32").winograd_layers == (WIDE_3X3_UNITS if pays else 0)
+@pytest.mark.parametrize("avx512", [True, False])
+def test_the_engine_picks_nnpack_without_avx512_and_f4_with_it(checkpoint, monkeypatch, avx512) -> None:
+    monkeypatch.setattr(engines, "onednn_has_avx512", lambda: avx512)
+    gen = Wav2LipEngine(checkpoint, CPU, capabilities(CPU), "fp32")
+    if avx512:
+        assert (gen.winograd_method, gen.winograd_layers) == ("f4", WIDE_3X3_UNITS)
+        assert sum(isinstance(m, WinogradF4Conv2d) for m in gen.model.modules()) == WIDE_3X3_UNITS
+    else:
+        swapped = WIDE_3X3_UNITS if nnpack_threads() else 0
+        assert (gen.winograd_method, gen.winograd_layers) == ("nnpack" if swapped else None, swapped)
+        assert not any(isinstance(m, WinogradF4Conv2d) for m in gen.model.modules())
 
 
 @pytest.mark.parametrize(
-    ("avx512", "cap", "pays"),
-    [(False, None, True), (True, None, False), (True, "AVX512_CORE", False), (True, "avx10_1_512", False),
-     (True, "ALL", False), (True, "AVX2", True), (True, "sse41", True)],
+    ("avx512", "cap", "has"),
+    [(False, None, False), (True, None, True), (True, "AVX512_CORE", True), (True, "avx10_1_512", True),
+     (True, "ALL", True), (True, "AVX2", False), (True, "sse41", False)],
 )  # fmt: skip
-def test_winograd_pays_where_onednn_has_no_avx512(monkeypatch, avx512, cap, pays) -> None:
+def test_onednn_has_avx512_unless_the_cpu_or_its_cap_says_otherwise(monkeypatch, avx512, cap, has) -> None:
     """NNPACK is AVX2 at most: it loses to oneDNN's AVX-512 direct convolutions, unless oneDNN is capped below."""
     monkeypatch.setattr(torch.cpu, "_is_avx512_supported", lambda: avx512)
     monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
@@ -171,7 +180,7 @@ def test_winograd_pays_where_onednn_has_no_avx512(monkeypatch, avx512, cap, pays
         monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
     else:
         monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
-    assert winograd.winograd_pays() is pays
+    assert winograd.onednn_has_avx512() is has
 
 
 def test_winograd_is_for_the_cpu_in_fp32_only(checkpoint) -> None:

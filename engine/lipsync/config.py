@@ -114,8 +114,9 @@ class LipSyncConfig(Config):
     )
     musetalk_version: str = option("v15", help="MuseTalk version: v15 (1.5) or v1 (1.0)", choices=MUSETALK_VERSIONS)
     bbox_shift: int = option(
-        0, help="MuseTalk: move the face box's top by N pixels (+: more mouth)", low=-100, high=100
-    )
+        0, help="MuseTalk: move the face box's top by N pixels (+: more mouth); v1.5 too, where upstream's scripts "
+        "fix it at 0", low=-100, high=100,
+    )  # fmt: skip
     musetalk_extra_margin: int | None = option(
         None, help="MuseTalk: pixels added below the face box, clipped to the frame (upstream's --extra_margin; "
         "empty: 10 for v1.5, 0 for v1)", low=0, high=200,

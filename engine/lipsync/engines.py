@@ -21,7 +21,8 @@ import torch
 from engine.core.device import DeviceCapabilities, apply_backend_flags, precision_dtype, usable_gpu_memory
 from engine.lipsync.mouth import mouth_line, open_mouth
 from engine.models.wav2lip import StillFace, load_wav2lip
-from engine.models.winograd import use_winograd, winograd_pays
+from engine.models.winograd import onednn_has_avx512, use_winograd
+from engine.models.winograd_f4 import use_winograd_f4
 
 log = logging.getLogger(__name__)
 
@@ -99,9 +100,10 @@ class Wav2LipEngine:
     function of (mel, face), specialised to one batch size.
 
     The BatchNorms are folded into the convolutions (``fold_batchnorms``): one pass over every activation fewer.
-    On the CPU in fp32 (not compiled), ``winograd`` computes the wide 3x3 units by NNPACK's Winograd transform
-    (models/winograd.py): 1.10-1.14x per frame on a 2-core AVX2 CPU, frames within a hundredth of a grey level,
-    but slower than oneDNN where it has AVX-512; None (the default) uses it where it pays (``winograd_pays``).
+    On the CPU in fp32 (not compiled), ``winograd`` computes the wide 3x3 units with a Winograd transform, frames
+    within a hundredth of a grey level: NNPACK's (models/winograd.py; 1.10-1.14x per frame on a 2-core AVX2 CPU)
+    where oneDNN has no AVX-512, else our F(4x4, 3x3) by matrix products (models/winograd_f4.py), as NNPACK is
+    slower than oneDNN's AVX-512 direct convolutions. ``winograd_method`` says which ran ("nnpack", "f4" or None).
 
     ``first_row`` (the first row the paste reads, about a quarter of the way down for the blend paste) is rounded
     down to a multiple of ROW_STEP and, on the CPU, the decoder computes only the rows from it down
@@ -127,7 +129,7 @@ class Wav2LipEngine:
         compile: bool = False,
         channels_last: bool = True,
         check_precision: bool = False,
-        winograd: bool | None = None,
+        winograd: bool = True,
     ):
         self.device = device
         self.checkpoint = checkpoint
@@ -146,9 +148,13 @@ class Wav2LipEngine:
         )
         self.compiled = compile
         on_cpu_fp32 = device.type == "cpu" and self.dtype == torch.float32 and not compile
-        if winograd is None:
-            winograd = winograd_pays()
-        self.winograd_layers = use_winograd(model) if winograd and on_cpu_fp32 else 0
+        self.winograd_method: str | None = None
+        self.winograd_layers = 0
+        if winograd and on_cpu_fp32:
+            if onednn_has_avx512():
+                self.winograd_method, self.winograd_layers = "f4", use_winograd_f4(model)
+            elif layers := use_winograd(model):  # 0 where NNPACK cannot run here
+                self.winograd_method, self.winograd_layers = "nnpack", layers
         self.model = torch.compile(model, dynamic=False) if compile else model
         self._fixed_batch: int | None = None
         self._still_crop: np.ndarray | None = None  # the crop whose prepared decoder share is kept

@@ -254,7 +254,8 @@ class _Prepared:
         )
         winograd = getattr(self.generator, "winograd_layers", 0)
         if winograd:
-            self.result.metrics["winograd_layers"] = winograd  # the 3x3 units NNPACK computed (models/winograd.py)
+            self.result.metrics["winograd_layers"] = winograd  # the 3x3 units computed by a Winograd transform
+            self.result.metrics["winograd_method"] = self.generator.winograd_method  # nnpack or f4 (engines.py)
         check = getattr(self.generator, "precision_check", None)
         if check is not None:
             self.result.metrics["precision_check"] = check

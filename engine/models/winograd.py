@@ -12,10 +12,11 @@ transformed copy), a cost that does not shrink with the call: on calls of fewer 
 (batch x height x width: the generator's 3x3 and 6x6 stages at batch 16) the direct convolution was faster, 2-5x on
 the 3x3 stages, so those go to oneDNN.
 
-Where it pays (``winograd_pays``): only on CPUs without AVX-512. NNPACK's kernels are AVX2 at most, while oneDNN's
-direct convolutions use AVX-512 where the CPU has it, and there they win: on a 2-core AVX-512 Xeon the generator
-ran about 0.8x as fast per frame with NNPACK (the wav2lip_levers intel-xeon-avx512 result of
-2026-12-04), the 128-channel 3x3 stage alone 38 ms by NNPACK against 26 ms by oneDNN.
+Where it pays: only where oneDNN has no AVX-512 (``onednn_has_avx512``). NNPACK's kernels are AVX2 at most,
+while oneDNN's direct convolutions use AVX-512 where the CPU has it, and there they win: on a 2-core AVX-512 Xeon
+the generator ran about 0.8x as fast per frame with NNPACK (the wav2lip_levers intel-xeon-avx512 result of
+2026-12-04), the 128-channel 3x3 stage alone 38 ms by NNPACK against 26 ms by oneDNN. There models/winograd_f4.py
+does the Winograd transform with matrix products instead.
 
 The transforms round differently from direct convolution: outputs differ by up to about 1e-4 on unit-scale
 activations, about a hundredth of a grey level on the generator's frames.
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import os
 import threading
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +39,8 @@ from torch import nn
 
 MIN_CHANNELS = 128  # narrower layers gain little or lose: the transforms cost about as much as they save
 MIN_PIXELS = 1024  # calls of fewer output pixels (batch x height x width) go to oneDNN: see the module docstring
+
+C = TypeVar("C", bound=nn.Conv2d)
 
 _lock = threading.Lock()
 _pool_threads: int | None = None  # PyTorch's thread count when NNPACK's pool was made; 0: NNPACK unusable here
@@ -81,16 +85,18 @@ class NnpackConv2d(nn.Conv2d):
         return y.contiguous(memory_format=torch.channels_last) if channels_last else y
 
 
-def winograd_pays() -> bool:
-    """Whether NNPACK's Winograd beats oneDNN's direct convolutions on this CPU: where oneDNN has no AVX-512 (the
-    CPU lacks it, or ONEDNN_MAX_CPU_ISA caps oneDNN below it); see the module docstring."""
+def onednn_has_avx512() -> bool:
+    """Whether oneDNN's direct convolutions run with AVX-512 here: the CPU has it and ONEDNN_MAX_CPU_ISA does not
+    cap oneDNN below it. Where they do, NNPACK is the slower one (see the module docstring)."""
     if not torch.cpu._is_avx512_supported():
-        return True
+        return False
     cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "ALL").upper()
-    return not (cap == "ALL" or cap.startswith(("AVX512", "AVX10")))
+    return cap == "ALL" or cap.startswith(("AVX512", "AVX10"))
 
 
-def _eligible(conv: nn.Module, min_channels: int) -> bool:
+def is_wide_3x3(conv: nn.Module, min_channels: int) -> bool:
+    """A plain fp32 CPU Conv2d, 3x3, stride 1, padding 1, with at least `min_channels` inputs: what a Winograd
+    transform computes."""
     return (
         type(conv) is nn.Conv2d
         and conv.kernel_size == (3, 3)
@@ -105,23 +111,29 @@ def _eligible(conv: nn.Module, min_channels: int) -> bool:
     )
 
 
+def swap_wide_3x3(model: nn.Module, min_channels: int, cls: type[C]) -> list[C]:
+    """Replace `model`'s wide 3x3 convolutions (``is_wide_3x3``) by `cls` layers holding the same parameters, in
+    place; returns the new layers."""
+    swapped = []
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if not is_wide_3x3(child, min_channels):
+                continue
+            conv = cls(child.in_channels, child.out_channels, 3, 1, 1, bias=child.bias is not None, device="meta")
+            conv.weight = nn.Parameter(child.weight.detach().contiguous(), requires_grad=False)
+            conv.bias = None if child.bias is None else nn.Parameter(child.bias.detach(), requires_grad=False)
+            setattr(parent, name, conv)
+            swapped.append(conv)
+    return swapped
+
+
 def use_winograd(model: nn.Module, min_channels: int = MIN_CHANNELS, min_pixels: int = MIN_PIXELS) -> int:
     """Compute `model`'s fp32 CPU 3x3 stride-1 convolutions with at least `min_channels` inputs by NNPACK, in place,
     on calls of at least `min_pixels` output pixels; returns how many were swapped (0 where NNPACK cannot run here).
     For inference: the weights are kept as they are, in NCHW."""
     if not nnpack_threads():
         return 0
-    swapped = 0
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if not _eligible(child, min_channels):
-                continue
-            conv = NnpackConv2d(
-                child.in_channels, child.out_channels, 3, 1, 1, bias=child.bias is not None, device="meta"
-            )
-            conv.weight = nn.Parameter(child.weight.detach().contiguous(), requires_grad=False)
-            conv.bias = None if child.bias is None else nn.Parameter(child.bias.detach(), requires_grad=False)
-            conv.min_pixels = min_pixels
-            setattr(parent, name, conv)
-            swapped += 1
-    return swapped
+    layers = swap_wide_3x3(model, min_channels, NnpackConv2d)
+    for layer in layers:
+        layer.min_pixels = min_pixels
+    return len(layers)

@@ -276,7 +276,9 @@ def prepare_avatar(
     Boxes come from `landmarks` where it gives a usable landmark box, else from `detector` (default: the Haar
     cascade), which also decides whether a frame has a face at all, as upstream. Defaults follow networks.version:
     v1.5 adds a 10-pixel margin below and parses in "jaw" mode; v1.0 adds none and parses "raw". `blur_fraction` is
-    the real-time script's 0.1 (blend.BLUR_ONE_SHOT, 0.05, gives inference.py's paste-back).
+    the real-time script's 0.1 (blend.BLUR_ONE_SHOT, 0.05, gives inference.py's paste-back). `bbox_shift` applies
+    to both versions, deliberately: upstream's scripts set it to 0 for v1.5 whatever was asked (the default 0 gives
+    upstream's v1.5 box).
     """
     progress = progress or (lambda fraction, label: None)
     stack = _check_frames(frames)

@@ -1,0 +1,91 @@
+"""Winograd F(4x4, 3x3) convolutions by matrix products, for a model's wide 3x3 layers on CPUs where NNPACK loses.
+
+Why: on a CPU with AVX-512, oneDNN's direct 3x3 convolutions run near the cores' fp32 peak and NNPACK's Winograd
+(AVX2 at most, models/winograd.py) is slower than them, so the only lever left is less arithmetic done by kernels
+as fast as oneDNN's. Lavin & Gray's F(4x4, 3x3) (interpolation points 0, +-1, +-2) turns every 6x6 input tile into
+a 4x4 output tile with 36 multiplications per channel pair instead of 144, and each of the 36 becomes one large
+matrix product over (tiles x channels) that BLAS runs at full speed. The weights are transformed once, when the
+layer is swapped (NNPACK transforms them on every call), and the input and output transforms are one product each
+with the Kronecker matrices B^T (x) B^T and A^T (x) A^T. On a 2-core AVX-512 Xeon at batch 16 the generator's 3x3
+stages ran 1.1x (128 channels at 40x48) to 2.2x (384 at 12x12) faster than oneDNN's, all in one process
+(benchmarks/wav2lip_levers.py gives the generator's figure).
+
+Numerics: the transforms round differently from direct convolution; outputs differ from an fp64 reference by up to
+about 1e-4 on unit-scale activations (direct: about 1e-5), a few hundredths of a grey level at most on the
+generator's frames. fp32 on the CPU only; the layer returns its input's memory layout.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.models.winograd import swap_wide_3x3
+
+MIN_CHANNELS = 128  # narrower layers lose: the transforms cost about as much as the products save
+
+_BT = torch.tensor(
+    [[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0], [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0],
+     [0, 4, 0, -5, 0, 1]], dtype=torch.float64,
+)  # fmt: skip
+_G = torch.tensor(
+    [[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6], [1 / 24, 1 / 12, 1 / 6],
+     [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]], dtype=torch.float64,
+)  # fmt: skip
+_AT = torch.tensor([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]],
+                   dtype=torch.float64)  # fmt: skip
+INPUT_TRANSFORM = torch.kron(_BT, _BT).float()  # (36, 36): tile element (i, j) -> transformed (a, b)
+OUTPUT_TRANSFORM = torch.kron(_AT, _AT).float()  # (16, 36): transformed (a, b) -> output element (i, j)
+
+
+def transform_weight(weight: torch.Tensor) -> torch.Tensor:
+    """(Cout, Cin, 3, 3) -> (36, Cin, Cout): G w G^T per channel pair, computed in fp64, ready for the products."""
+    u = _G @ weight.detach().double() @ _G.T
+    return u.permute(2, 3, 1, 0).reshape(36, weight.shape[1], weight.shape[0]).float().contiguous()
+
+
+def winograd_conv3x3(x: torch.Tensor, transformed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """A 3x3, stride-1, padding-1 convolution of `x` (N, C, H, W) by F(4x4, 3x3) with `transformed` weights."""
+    n, c, h, w = x.shape
+    rows, cols = (h + 3) // 4, (w + 3) // 4
+    tiles = n * rows * cols
+    padded = F.pad(x.permute(0, 2, 3, 1), (0, 0, 1, 4 * cols + 1 - w, 1, 4 * rows + 1 - h))  # NHWC
+    s_n, s_h, s_w, s_c = padded.stride()
+    patches = padded.as_strided((6, 6, n, rows, cols, c), (s_h, s_w, s_n, 4 * s_h, 4 * s_w, s_c))
+    v = torch.mm(INPUT_TRANSFORM, patches.reshape(36, tiles * c)).view(36, tiles, c)
+    m = torch.bmm(v, transformed)  # (36, tiles, Cout): 36 products instead of 144 per tile
+    out = transformed.shape[2]
+    y = torch.mm(OUTPUT_TRANSFORM, m.view(36, tiles * out)).view(4, 4, n, rows, cols, out)
+    full = torch.empty((n, rows, 4, cols, 4, out), dtype=x.dtype)
+    y = y.permute(2, 3, 0, 4, 1, 5)
+    if bias is None:
+        full.copy_(y)
+    else:
+        torch.add(y, bias, out=full)
+    nhwc = full.view(n, 4 * rows, 4 * cols, out)[:, :h, :w]
+    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    return nhwc.permute(0, 3, 1, 2).contiguous(memory_format=layout)
+
+
+class WinogradF4Conv2d(nn.Conv2d):
+    """A 3x3, stride-1, padding-1 Conv2d computed by ``winograd_conv3x3`` on fp32 CPU tensors (anything else: the
+    direct convolution); the same parameters, attributes and state-dict keys. The transformed weights are made
+    when the layer is swapped in (``use_winograd_f4``): for inference, with the weights fixed from then on."""
+
+    transformed: torch.Tensor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != torch.float32 or x.device.type != "cpu" or self.weight.dtype != torch.float32:
+            return F.conv2d(x, self.weight, self.bias, self.stride, self.padding)
+        return winograd_conv3x3(x, self.transformed, self.bias)
+
+
+def use_winograd_f4(model: nn.Module, min_channels: int = MIN_CHANNELS) -> int:
+    """Compute `model`'s fp32 CPU 3x3 stride-1 convolutions with at least `min_channels` inputs by F(4x4, 3x3), in
+    place; returns how many were swapped."""
+    layers = swap_wide_3x3(model, min_channels, WinogradF4Conv2d)
+    for layer in layers:
+        layer.register_buffer("transformed", transform_weight(layer.weight), persistent=False)
+    return len(layers)

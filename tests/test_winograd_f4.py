@@ -1,0 +1,95 @@
+"""Winograd F(4x4, 3x3) by matrix products (engine/models/winograd_f4.py): the direct convolution's outputs within
+float rounding for any size and layout, only the wide 3x3 layers swapped, and the generator's frames unchanged
+within a few hundredths of a grey level."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.core.device import capabilities
+from engine.lipsync import engines
+from engine.lipsync.engines import Wav2LipEngine
+from engine.models.wav2lip import FACE_SIZE, random_wav2lip_checkpoint
+from engine.models.winograd_f4 import WinogradF4Conv2d, transform_weight, use_winograd_f4, winograd_conv3x3
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("winograd_f4") / "wav2lip.pth"
+    random_wav2lip_checkpoint(path, seed=0)
+    return path
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize(("height", "width"), [(1, 1), (4, 8), (5, 7), (22, 24), (19, 20)])
+def test_it_matches_the_direct_convolution_and_keeps_the_layout(layout, height, width) -> None:
+    """Partial tiles at the bottom and right (sizes not a multiple of 4) and a single pixel included."""
+    torch.manual_seed(height * 100 + width)
+    x = torch.randn(3, 16, height, width).contiguous(memory_format=layout)
+    weight, bias = torch.randn(8, 16, 3, 3) / 12, torch.randn(8)
+    expected = F.conv2d(x.double(), weight.double(), bias.double(), 1, 1)
+    got = winograd_conv3x3(x, transform_weight(weight), bias)
+    assert got.shape == expected.shape and got.dtype == torch.float32 and got.is_contiguous(memory_format=layout)
+    assert (got.double() - expected).abs().max() <= 2e-4
+    no_bias = winograd_conv3x3(x, transform_weight(weight), None)
+    assert (no_bias.double() - (expected - bias.double()[:, None, None])).abs().max() <= 2e-4
+
+
+def test_every_output_pixel_sees_its_own_neighbourhood() -> None:
+    """A single 1 in the input gives the flipped kernel around it, wherever it falls in a tile (and nothing else)."""
+    weight = torch.arange(9, dtype=torch.float32).reshape(1, 1, 3, 3) + 1
+    transformed = transform_weight(weight)
+    for row, col in [(0, 0), (3, 4), (4, 3), (7, 7), (6, 1)]:
+        x = torch.zeros(1, 1, 8, 8)
+        x[0, 0, row, col] = 1
+        assert torch.allclose(winograd_conv3x3(x, transformed, None), F.conv2d(x, weight, None, 1, 1), atol=1e-5)
+
+
+def test_only_wide_3x3_layers_are_swapped_and_the_state_dict_is_unchanged() -> None:
+    model = nn.Sequential(
+        nn.Conv2d(128, 64, 3, 1, 1),  # swapped
+        nn.Conv2d(64, 64, 3, 1, 1),  # too narrow
+        nn.Conv2d(128, 128, 3, 2, 1),  # strided
+        nn.Conv2d(128, 128, 1, 1, 0),  # 1x1
+        nn.ConvTranspose2d(128, 128, 3, 1, 1),  # transposed
+        nn.Conv2d(128, 128, 3, 1, 1).to(torch.bfloat16),  # not fp32
+    ).eval()
+    keys = {k: v.clone() for k, v in model.state_dict().items()}
+    assert use_winograd_f4(model) == 1
+    assert [type(m) for m in model] == [WinogradF4Conv2d, nn.Conv2d, nn.Conv2d, nn.Conv2d, nn.ConvTranspose2d,
+                                        nn.Conv2d]  # fmt: skip
+    after = model.state_dict()  # the transformed weights are not saved
+    assert after.keys() == keys.keys() and all(torch.equal(after[k], keys[k]) for k in keys)
+    x = torch.randn(2, 128, 9, 10)
+    with torch.inference_mode():
+        assert (model[0](x) - F.conv2d(x, model[0].weight, model[0].bias, 1, 1)).abs().max() <= 2e-4
+        x16 = x.to(torch.bfloat16)  # anything but fp32 runs the direct convolution on the fp32 weights' layer
+        swapped = model[0].to(torch.bfloat16)
+        assert torch.equal(swapped(x16), F.conv2d(x16, swapped.weight, swapped.bias, 1, 1))
+
+
+def test_the_generator_gives_the_same_frames_with_f4(checkpoint, monkeypatch) -> None:
+    """Still face (decode_still, from a first row) and moving crops (the full forward), against oneDNN's direct
+    convolutions: within a few hundredths of a grey level, and each frame still follows its own mel."""
+    monkeypatch.setattr(engines, "onednn_has_avx512", lambda: True)
+    fast = Wav2LipEngine(checkpoint, CPU, capabilities(CPU), "fp32")
+    direct = Wav2LipEngine(checkpoint, CPU, capabilities(CPU), "fp32", winograd=False)
+    assert fast.winograd_method == "f4" and direct.winograd_method is None
+    rng = np.random.default_rng(7)
+    mels = rng.standard_normal((4, 80, 16)).astype(np.float32)
+    still = np.repeat(rng.integers(0, 256, (1, FACE_SIZE, FACE_SIZE, 3), dtype=np.uint8), 4, 0)
+    moving = rng.integers(0, 256, (4, FACE_SIZE, FACE_SIZE, 3), dtype=np.uint8)
+    quiet = np.zeros(4, np.float32)
+    for crops, first_row in ((still, 24), (moving, 0)):
+        got = fast(mels, crops, quiet, first_row)
+        expected = direct(mels, crops, quiet, first_row)
+        assert 0 < np.abs(got - expected).max() <= 0.05  # grey levels: a different computation, the same frames
+        assert np.abs(got[0] - got[1]).mean() > 0.1
