@@ -16,7 +16,13 @@ from engine.core.device import capabilities
 from engine.lipsync import engines
 from engine.lipsync.engines import Wav2LipEngine
 from engine.models.wav2lip import FACE_SIZE, random_wav2lip_checkpoint
-from engine.models.winograd_f4 import WinogradF4Conv2d, transform_weight, use_winograd_f4, winograd_conv3x3
+from engine.models.winograd_f4 import (
+    CHUNK_TILES,
+    WinogradF4Conv2d,
+    transform_weight,
+    use_winograd_f4,
+    winograd_conv3x3,
+)
 
 CPU = torch.device("cpu")
 
@@ -29,11 +35,14 @@ def checkpoint(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
-@pytest.mark.parametrize(("height", "width"), [(1, 1), (4, 8), (5, 7), (22, 24), (19, 20)])
-def test_it_matches_the_direct_convolution_and_keeps_the_layout(layout, height, width) -> None:
-    """Partial tiles at the bottom and right (sizes not a multiple of 4) and a single pixel included."""
+@pytest.mark.parametrize(("batch", "height", "width"), [(3, 1, 1), (3, 4, 8), (3, 5, 7), (3, 19, 20), (5, 44, 48)])
+def test_it_matches_the_direct_convolution_and_keeps_the_layout(layout, batch, height, width) -> None:
+    """Partial tiles at the bottom and right (sizes not a multiple of 4), a single pixel, and more tiles than one
+    step takes (CHUNK_TILES: 5 images of 132 tiles go in steps of 3 and 2)."""
     torch.manual_seed(height * 100 + width)
-    x = torch.randn(3, 16, height, width).contiguous(memory_format=layout)
+    tiles = ((height + 3) // 4) * ((width + 3) // 4)
+    assert batch * tiles <= CHUNK_TILES or CHUNK_TILES // tiles < batch  # one step, or several
+    x = torch.randn(batch, 16, height, width).contiguous(memory_format=layout)
     weight, bias = torch.randn(8, 16, 3, 3) / 12, torch.randn(8)
     expected = F.conv2d(x.double(), weight.double(), bias.double(), 1, 1)
     got = winograd_conv3x3(x, transform_weight(weight), bias)
@@ -57,6 +66,7 @@ def test_only_wide_3x3_layers_are_swapped_and_the_state_dict_is_unchanged() -> N
     model = nn.Sequential(
         nn.Conv2d(128, 64, 3, 1, 1),  # swapped
         nn.Conv2d(64, 64, 3, 1, 1),  # too narrow
+        nn.Conv2d(512, 512, 3, 1, 1),  # too wide: its transformed weights would cost more memory than it saves time
         nn.Conv2d(128, 128, 3, 2, 1),  # strided
         nn.Conv2d(128, 128, 1, 1, 0),  # 1x1
         nn.ConvTranspose2d(128, 128, 3, 1, 1),  # transposed
@@ -64,8 +74,8 @@ def test_only_wide_3x3_layers_are_swapped_and_the_state_dict_is_unchanged() -> N
     ).eval()
     keys = {k: v.clone() for k, v in model.state_dict().items()}
     assert use_winograd_f4(model) == 1
-    assert [type(m) for m in model] == [WinogradF4Conv2d, nn.Conv2d, nn.Conv2d, nn.Conv2d, nn.ConvTranspose2d,
-                                        nn.Conv2d]  # fmt: skip
+    assert [type(m) for m in model] == [WinogradF4Conv2d, nn.Conv2d, nn.Conv2d, nn.Conv2d, nn.Conv2d,
+                                        nn.ConvTranspose2d, nn.Conv2d]  # fmt: skip
     after = model.state_dict()  # the transformed weights are not saved
     assert after.keys() == keys.keys() and all(torch.equal(after[k], keys[k]) for k in keys)
     x = torch.randn(2, 128, 9, 10)

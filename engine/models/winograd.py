@@ -94,9 +94,9 @@ def onednn_has_avx512() -> bool:
     return cap == "ALL" or cap.startswith(("AVX512", "AVX10"))
 
 
-def is_wide_3x3(conv: nn.Module, min_channels: int) -> bool:
-    """A plain fp32 CPU Conv2d, 3x3, stride 1, padding 1, with at least `min_channels` inputs: what a Winograd
-    transform computes."""
+def is_wide_3x3(conv: nn.Module, min_channels: int, max_channels: int | None = None) -> bool:
+    """A plain fp32 CPU Conv2d, 3x3, stride 1, padding 1, with `min_channels` to `max_channels` inputs: what a
+    Winograd transform computes."""
     return (
         type(conv) is nn.Conv2d
         and conv.kernel_size == (3, 3)
@@ -105,19 +105,19 @@ def is_wide_3x3(conv: nn.Module, min_channels: int) -> bool:
         and conv.dilation == (1, 1)
         and conv.groups == 1
         and conv.padding_mode == "zeros"
-        and conv.in_channels >= min_channels
+        and min_channels <= conv.in_channels <= (max_channels or conv.in_channels)
         and conv.weight.dtype == torch.float32
         and conv.weight.device.type == "cpu"
     )
 
 
-def swap_wide_3x3(model: nn.Module, min_channels: int, cls: type[C]) -> list[C]:
+def swap_wide_3x3(model: nn.Module, min_channels: int, cls: type[C], max_channels: int | None = None) -> list[C]:
     """Replace `model`'s wide 3x3 convolutions (``is_wide_3x3``) by `cls` layers holding the same parameters, in
     place; returns the new layers."""
     swapped = []
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if not is_wide_3x3(child, min_channels):
+            if not is_wide_3x3(child, min_channels, max_channels):
                 continue
             conv = cls(child.in_channels, child.out_channels, 3, 1, 1, bias=child.bias is not None, device="meta")
             conv.weight = nn.Parameter(child.weight.detach().contiguous(), requires_grad=False)

@@ -6,13 +6,13 @@ as fast as oneDNN's. Lavin & Gray's F(4x4, 3x3) (interpolation points 0, +-1, +-
 a 4x4 output tile with 36 multiplications per channel pair instead of 144, and each of the 36 becomes one large
 matrix product over (tiles x channels) that BLAS runs at full speed. The weights are transformed once, when the
 layer is swapped (NNPACK transforms them on every call), and the input and output transforms are one product each
-with the Kronecker matrices B^T (x) B^T and A^T (x) A^T. On a 2-core AVX-512 Xeon at batch 16 the generator's 3x3
-stages ran 1.1x (128 channels at 40x48) to 2.2x (384 at 12x12) faster than oneDNN's, all in one process
-(benchmarks/wav2lip_levers.py gives the generator's figure).
+with the Kronecker matrices B^T (x) B^T and A^T (x) A^T. On a 2-core AVX-512 Xeon at batch 16 the generator ran
+1.13x faster per frame for a still face and 1.11x for moving crops (benchmarks/wav2lip_levers.py, its 2026-12-04
+intel-xeon-avx512 result), where NNPACK made it 0.79x and 0.83x as fast.
 
 Numerics: the transforms round differently from direct convolution; outputs differ from an fp64 reference by up to
-about 1e-4 on unit-scale activations (direct: about 1e-5), a few hundredths of a grey level at most on the
-generator's frames. fp32 on the CPU only; the layer returns its input's memory layout.
+about 1e-4 on unit-scale activations (direct: about 1e-5); on the generator's frames, under a hundredth of a grey
+level (0.0054 and 0.0067 in that result). fp32 on the CPU only; the layer returns its input's memory layout.
 """
 
 from __future__ import annotations
@@ -24,6 +24,11 @@ from torch import nn
 from engine.models.winograd import swap_wide_3x3
 
 MIN_CHANNELS = 128  # narrower layers lose: the transforms cost about as much as the products save
+# Wider layers are left to oneDNN: their transformed weights (36 x Cin x Cout floats, 4x the weights: 36 MiB for a
+# 512-channel unit) would add 144 MiB for Wav2Lip's four 512-channel units, which run at 3x3 and 6x6 pixels and
+# save a few milliseconds per batch of 16; with them the peak came near the 1 GB that issue #17 allows.
+MAX_CHANNELS = 384
+CHUNK_TILES = 512  # tiles per step: the transformed tiles of a step take a few tens of MiB at most
 
 _BT = torch.tensor(
     [[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0], [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0],
@@ -46,23 +51,28 @@ def transform_weight(weight: torch.Tensor) -> torch.Tensor:
 
 
 def winograd_conv3x3(x: torch.Tensor, transformed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """A 3x3, stride-1, padding-1 convolution of `x` (N, C, H, W) by F(4x4, 3x3) with `transformed` weights."""
+    """A 3x3, stride-1, padding-1 convolution of `x` (N, C, H, W) by F(4x4, 3x3) with `transformed` weights, a few
+    images at a time (about CHUNK_TILES tiles), so the transformed tiles stay small."""
     n, c, h, w = x.shape
     rows, cols = (h + 3) // 4, (w + 3) // 4
-    tiles = n * rows * cols
+    out = transformed.shape[2]
     padded = F.pad(x.permute(0, 2, 3, 1), (0, 0, 1, 4 * cols + 1 - w, 1, 4 * rows + 1 - h))  # NHWC
     s_n, s_h, s_w, s_c = padded.stride()
-    patches = padded.as_strided((6, 6, n, rows, cols, c), (s_h, s_w, s_n, 4 * s_h, 4 * s_w, s_c))
-    v = torch.mm(INPUT_TRANSFORM, patches.reshape(36, tiles * c)).view(36, tiles, c)
-    m = torch.bmm(v, transformed)  # (36, tiles, Cout): 36 products instead of 144 per tile
-    out = transformed.shape[2]
-    y = torch.mm(OUTPUT_TRANSFORM, m.view(36, tiles * out)).view(4, 4, n, rows, cols, out)
     full = torch.empty((n, rows, 4, cols, 4, out), dtype=x.dtype)
-    y = y.permute(2, 3, 0, 4, 1, 5)
-    if bias is None:
-        full.copy_(y)
-    else:
-        torch.add(y, bias, out=full)
+    step = max(1, CHUNK_TILES // (rows * cols))
+    for first in range(0, n, step):
+        images = min(step, n - first)
+        tiles = images * rows * cols
+        patches = padded.as_strided((6, 6, images, rows, cols, c), (s_h, s_w, s_n, 4 * s_h, 4 * s_w, s_c),
+                                    padded.storage_offset() + first * s_n)  # fmt: skip
+        v = torch.mm(INPUT_TRANSFORM, patches.reshape(36, tiles * c)).view(36, tiles, c)
+        m = torch.bmm(v, transformed)  # (36, tiles, Cout): 36 products instead of 144 per tile
+        y = torch.mm(OUTPUT_TRANSFORM, m.view(36, tiles * out)).view(4, 4, images, rows, cols, out)
+        y = y.permute(2, 3, 0, 4, 1, 5)
+        if bias is None:
+            full[first : first + images].copy_(y)
+        else:
+            torch.add(y, bias, out=full[first : first + images])
     nhwc = full.view(n, 4 * rows, 4 * cols, out)[:, :h, :w]
     channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
     layout = torch.channels_last if channels_last else torch.contiguous_format
@@ -82,10 +92,10 @@ class WinogradF4Conv2d(nn.Conv2d):
         return winograd_conv3x3(x, self.transformed, self.bias)
 
 
-def use_winograd_f4(model: nn.Module, min_channels: int = MIN_CHANNELS) -> int:
-    """Compute `model`'s fp32 CPU 3x3 stride-1 convolutions with at least `min_channels` inputs by F(4x4, 3x3), in
-    place; returns how many were swapped."""
-    layers = swap_wide_3x3(model, min_channels, WinogradF4Conv2d)
+def use_winograd_f4(model: nn.Module, min_channels: int = MIN_CHANNELS, max_channels: int = MAX_CHANNELS) -> int:
+    """Compute `model`'s fp32 CPU 3x3 stride-1 convolutions with `min_channels` to `max_channels` inputs by
+    F(4x4, 3x3), in place; returns how many were swapped."""
+    layers = swap_wide_3x3(model, min_channels, WinogradF4Conv2d, max_channels)
     for layer in layers:
         layer.register_buffer("transformed", transform_weight(layer.weight), persistent=False)
     return len(layers)
