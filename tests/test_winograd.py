@@ -188,3 +188,27 @@ def test_winograd_is_for_the_cpu_in_fp32_only(checkpoint) -> None:
     assert Wav2LipEngine(checkpoint, CPU, capabilities(CPU), "bf16").winograd_layers == 0
     model = load_wav2lip(checkpoint, fold_batchnorm=True)
     assert use_winograd(model) == (WIDE_3X3_UNITS if nnpack_threads() else 0)
+
+
+@pytest.mark.parametrize("avx512", [True, False])
+def test_the_run_says_which_winograd_computed_it(checkpoint, tmp_path, monkeypatch, avx512) -> None:
+    from test_lipsync import write_wav
+
+    from engine.core.audio import SAMPLE_RATE, load_audio
+    from engine.core.settings import load_settings
+    from engine.lipsync.config import LipSyncConfig
+    from engine.lipsync.pipeline import run_lipsync
+
+    monkeypatch.setattr(engines, "onednn_has_avx512", lambda: avx512)
+    assets = Path(__file__).resolve().parent.parent / "assets"
+    speech = write_wav(tmp_path / "speech.wav", load_audio(assets / "speech.wav")[: SAMPLE_RATE // 2])
+    config = LipSyncConfig(face=assets / "face.jpg", audio=speech, checkpoint=str(checkpoint), precision="fp32",
+                           box=(172, 60, 280, 200))  # fmt: skip
+    settings = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path / "data")})
+    metrics = run_lipsync(config, tmp_path / "out.mp4", settings, device="cpu").metrics
+    if avx512:
+        assert (metrics["winograd_method"], metrics["winograd_layers"]) == ("f4", F4_UNITS)
+    elif nnpack_threads():
+        assert (metrics["winograd_method"], metrics["winograd_layers"]) == ("nnpack", WIDE_3X3_UNITS)
+    else:
+        assert "winograd_method" not in metrics and "winograd_layers" not in metrics

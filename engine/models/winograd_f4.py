@@ -7,12 +7,12 @@ a 4x4 output tile with 36 multiplications per channel pair instead of 144, and e
 matrix product over (tiles x channels) that BLAS runs at full speed. The weights are transformed once, when the
 layer is swapped (NNPACK transforms them on every call), and the input and output transforms are one product each
 with the Kronecker matrices B^T (x) B^T and A^T (x) A^T. On a 2-core AVX-512 Xeon at batch 16 the generator ran
-1.13x faster per frame for a still face and 1.11x for moving crops (benchmarks/wav2lip_levers.py, its 2026-12-04
-intel-xeon-avx512 result), where NNPACK made it 0.79x and 0.83x as fast.
+1.14x faster per frame for a still face and 1.10x for moving crops (benchmarks/wav2lip_levers.py, its 2026-12-04
+intel-xeon-avx512 result), where NNPACK made it 0.78x and 0.80x as fast.
 
 Numerics: the transforms round differently from direct convolution; outputs differ from an fp64 reference by up to
 about 1e-4 on unit-scale activations (direct: about 1e-5); on the generator's frames, under a hundredth of a grey
-level (0.0054 and 0.0067 in that result). fp32 on the CPU only; the layer returns its input's memory layout.
+level (0.0054 and 0.0063 in that result). fp32 on the CPU only; the layer returns its input's memory layout.
 """
 
 from __future__ import annotations
