@@ -5,7 +5,9 @@ layer. In a lip-sync or portrait pipeline on the CPU, the decoder and the encode
 spinning thread burns the core a codec thread needs, and a preempted one holds up the whole team. With
 OMP_WAIT_POLICY=PASSIVE (and the codecs on one thread each, engine/core/media.py) a 10 s 720p Wav2Lip clip on two
 cores used 15-20% less CPU time and finished 7-9% sooner (four alternating rounds; issue #17). A network timed
-alone is about 4% slower this way, so sweeps run by a job worker measure it so too; LivePortrait on the CPU, whose
+alone was about 4% slower this way before the NNPACK Winograd lever (with NNPACK's thread pool beside OpenMP's, a
+later unrecorded check of 8 process pairs found it about 6% faster); sweeps run by a job worker measure it as it
+runs there. LivePortrait on the CPU, whose
 frames are encoded between batches, was level (34.2-35.2 s against 34.0-34.2 s for 8 frames, two rounds).
 Set in job workers and in `avatarbench lipsync`.
 
