@@ -7,9 +7,8 @@ OMP_WAIT_POLICY=PASSIVE (and the codecs on one thread each, engine/core/media.py
 cores used 15-20% less CPU time and finished 7-9% sooner (four alternating rounds; issue #17). A network timed
 alone was about 4% slower this way before the NNPACK Winograd lever (with NNPACK's thread pool beside OpenMP's, a
 later unrecorded check of 8 process pairs found it about 6% faster); sweeps run by a job worker measure it as it
-runs there. LivePortrait on the CPU, whose
-frames are encoded between batches, was level (34.2-35.2 s against 34.0-34.2 s for 8 frames, two rounds).
-Set in job workers and in `avatarbench lipsync`.
+runs there. LivePortrait on the CPU, whose frames are encoded between batches, was level (34.2-35.2 s against
+34.0-34.2 s for 8 frames, two rounds). Set in job workers and in `avatarbench lipsync`.
 
 libgomp reads the variable once, when it is loaded (by `import torch`), so this must run before that; a value the
 user set wins.
