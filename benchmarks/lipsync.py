@@ -291,6 +291,7 @@ def run_ours(command: list[str], env: dict[str, str], _round: int = 0) -> dict:
         "peak_rss_bytes": run.peak_rss_bytes,
         "frames": result["metrics"]["frames"],
         "batch_size": result["metrics"]["batch_size"],
+        "winograd_method": result["metrics"].get("winograd_method"),  # nnpack, f4 or None: by the CPU
         "in_process_wall_s": result["measurement"].get("wall_s"),
         "stages_s": {stage["name"]: stage["seconds"] for stage in result["stages"]},
     }
