@@ -80,6 +80,23 @@ def test_a_dash_for_an_output_file_is_refused_before_the_work(args, tmp_path: Pa
     assert not (tmp_path / "-").exists()
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--preset", "cpu-vs-gpu", "--precision", "fp32"], "preset cpu-vs-gpu sets its own configurations; "
+         "--precision would be ignored"),
+        (["--points", '[{"runtime": "eager"}]', "--runtime", "eager", "--device", "cpu"], "points set every "
+         "configuration; --runtime would be ignored"),
+    ],
+)  # fmt: skip
+def test_bench_refuses_a_typed_flag_that_a_preset_or_points_would_ignore(args, message, capsys) -> None:
+    """Typed at its default value it was ignored without a word (the form, which sends every field, cannot tell)."""
+    from engine.cli import main
+
+    assert main(["bench", "--model", "wav2lip", *args]) == 2
+    assert message in capsys.readouterr().err
+
+
 def test_top_k_is_shown_once_for_a_single_class_model() -> None:
     """With one class top-5 is top-1: the line read "top-1 100.0%, top-1 100.0%"."""
     from engine.onnx.cli import _accuracy_lines

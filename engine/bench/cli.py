@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from engine.bench.config import CostConfig, LlmRequest, NetworkPlanConfig, SweepRequest
+from engine.bench.config import BenchError, CostConfig, LlmRequest, NetworkPlanConfig, SweepRequest
 from engine.core.commands import (
     Command,
     add_context_flags,
@@ -65,6 +65,8 @@ def _bench(args: argparse.Namespace) -> int:
     from engine.core.settings import get_settings
 
     request, settings = from_args(SweepRequest, args), get_settings()
+    if typed := request.problems(given=set(vars(args))):  # a flag typed at its default value counts too
+        raise BenchError("; ".join(typed))
     keep_freed_memory()  # this process runs the models, as a job worker would (engine/core/memory.py)
     settings.ensure_dirs()
     has_gpu = torch.cuda.is_available()

@@ -7,6 +7,7 @@ checks. Light to import (no torch).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -76,13 +77,17 @@ class SweepRequest(Config):
         '"batch": 512, "device": "cuda"}] (empty: the grid)',
     )  # fmt: skip
 
-    def _set(self, *but: str) -> list[str]:
-        """The configuration options given other values than their defaults, as flags (less `but`)."""
+    def _set(self, given: Collection[str] | None, *but: str) -> list[str]:
+        """The configuration options `given` (None: those with other values than their defaults), as flags (less
+        `but`)."""
         return [f"--{f.name.replace('_', '-')}" for f in dataclasses.fields(self) if f.name in CONFIGURATION_FIELDS
-                and f.name not in but and getattr(self, f.name) != f.default]  # fmt: skip
+                and f.name not in but and (f.name in given if given is not None
+                                           else getattr(self, f.name) != f.default)]  # fmt: skip
 
-    def problems(self) -> list[str]:
-        chosen = self._set()
+    def problems(self, given: Collection[str] | None = None) -> list[str]:
+        """`given`: the options the user typed (the CLI knows them; a form sends every field, so there an option
+        counts as given when it differs from its default)."""
+        chosen = self._set(given)
         if self.preset is not None and chosen:
             return [f"preset {self.preset} sets its own configurations; {', '.join(chosen)} would be ignored: "
                     "give the preset alone (with --model, --runs, --warmup) or the options without it"]  # fmt: skip
@@ -92,7 +97,7 @@ class SweepRequest(Config):
                 return [f"compile mode {self.compile_mode} applies to torch.compile, which this grid does not use: "
                         "add compile on (or the compile runtime), or leave the mode out"]  # fmt: skip
             return []
-        ignored = self._set("points", "device")  # a point without a device takes --device's
+        ignored = self._set(given, "points", "device")  # a point without a device takes --device's
         if self.device is not None and len(self.device) > 1:
             return [f"with --points, --device gives the device of the points that name none: one device, not "
                     f"{','.join(self.device)} (put the device in each point instead)"]  # fmt: skip
