@@ -2,12 +2,13 @@
 
 Two parts, one run:
   pipeline  prepare an avatar from assets/face-video.mp4 (its first --avatar-frames frames; Haar boxes), then
-            --seconds of speech through whisper, UNet, VAE decoder and blend into an H.264 MP4: each stage's
-            time, the first frame's latency and frames per second end to end. With --weights (the official
-            files) the real networks run; without, random weights in the official layout
-            (engine/lipsync/musetalk/random_weights.py): `--random-networks real` (the default on CUDA) at the real
-            networks' sizes, so the whole pipeline costs what it costs with the official files; `small` (the
-            default on the CPU) small networks of the same classes, which time the pipeline's own work only.
+            --seconds of speech through whisper, UNet, VAE decoder and blend into an H.264 MP4 (encoded in the
+            engine's encoding thread, overlapping the rest): each stage's time, the first frame's latency and frames
+            per second end to end. With --weights (the official files) the real networks run; without, random
+            weights in the official layout (engine/lipsync/musetalk/random_weights.py): `--random-networks real`
+            (the default on CUDA) at the real networks' sizes, so the whole pipeline costs what it costs with the
+            official files; `small` (the default on the CPU) small networks of the same classes, which time the
+            pipeline's own work only.
   networks  the real v1.5 UNet (timestep 0, a 50x384 audio prompt) and the sd-vae-ft-mse decoder (32x32 latents
             to 256x256), built from their configs with random weights, by batch and precision: milliseconds per
             frame, frames per second and TFLOP/s from FLOPs counted once per frame (torch's FlopCounterMode on the
@@ -39,6 +40,7 @@ from engine.core.errors import SetupError  # noqa: E402
 from engine.core.media import VideoWriter, read_frames  # noqa: E402
 from engine.core.results import RunResult  # noqa: E402
 from engine.core.settings import load_settings  # noqa: E402
+from engine.lipsync.encoding import EncoderThread  # noqa: E402
 from engine.lipsync.musetalk.accelerate import EAGER, RUNTIMES, make_step  # noqa: E402
 from engine.lipsync.musetalk.audio import feature_extractor  # noqa: E402
 from engine.lipsync.musetalk.avatar import prepare_avatar  # noqa: E402
@@ -80,6 +82,7 @@ def pipeline(weights: Path | None, device: torch.device, precision: str, seconds
     speech = load_audio(write_speech(work / "speech.wav", seconds))
     extractor = feature_extractor(str(files["whisper_preprocessor"].parent))
     height, width = avatar.frames[0].shape[:2]
+    codec_threads = None if device.type == "cuda" else 1
     rows = []
     for runtime in runtimes:
         try:
@@ -90,15 +93,17 @@ def pipeline(weights: Path | None, device: torch.device, precision: str, seconds
             continue
         for _ in range(2):  # the first run compiles, captures or exports
             generated = RunResult(device=str(device))
-            writer = VideoWriter(work / "out.mp4", 25.0, width, height)
+            # Encoded as the engine encodes (run.py): in the encoding thread, a few frames at a time, FFmpeg's
+            # threads only beside a GPU.
+            encoder = EncoderThread(VideoWriter(work / "out.mp4", 25.0, width, height, threads=codec_threads),
+                                    generated)  # fmt: skip
             started, first, count = time.perf_counter(), None, 0
             for frame in generate(avatar, speech, 25.0, networks, batch, extractor=extractor, result=generated,
                                   runtime=step):  # fmt: skip
                 first = first if first is not None else time.perf_counter() - started
-                with generated.stage("encode", items=1):
-                    writer.write(frame)
+                encoder.put_frame(frame)
                 count += 1
-            writer.close()
+            encoder.finish()
             total = time.perf_counter() - started
         stages = {s.name: round(s.seconds, 4) for s in generated.stages}
         print(f"pipeline {runtime} {precision}: {count} frames in {total:.2f} s ({count / total:.1f}/s), first after "

@@ -8,6 +8,7 @@ import dataclasses
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -199,6 +200,29 @@ def test_an_avatar_folder_that_cannot_be_made_costs_the_next_run_a_preparation_n
     (tmp_path / "avatars").write_text("a file, not a folder")
     prepared = object()
     assert AvatarStore(tmp_path / "avatars").get_or_prepare([("key",)], lambda: prepared) == (prepared, PREPARED)
+
+
+def test_a_run_that_fails_midway_keeps_the_earlier_file_and_leaves_no_partial(weights, tmp_path, monkeypatch) -> None:
+    """Frames go to the encoding thread in groups while the rest are made; a failure after some were written
+    deletes the half-written file and leaves what was at the output path before."""
+    from engine.lipsync.musetalk import run
+
+    def fails_after_some_frames(*args, **kwargs):
+        for i, frame in enumerate(generate(*args, **kwargs)):
+            if i == 19:  # the encoding thread has written two groups of 8
+                raise RuntimeError("the device went away")
+            yield frame
+
+    generate = run.generate
+    monkeypatch.setattr(run, "generate", fails_after_some_frames)
+    out = tmp_path / "out.mp4"
+    out.write_bytes(b"an earlier result")
+    config = LipSyncConfig(face=FACE, audio=speech_file(tmp_path / "s.wav", 1.3), engine="musetalk",
+                           musetalk_weights=str(weights), box=BOX)  # fmt: skip
+    with pytest.raises(RuntimeError, match="the device went away"):
+        run_lipsync(config, out, _settings(tmp_path), device="cpu")
+    assert out.read_bytes() == b"an earlier result" and not list(tmp_path.glob(".*partial"))
+    assert not [t for t in threading.enumerate() if t.name == "musetalk-encode"]
 
 
 def test_tf32_on_the_cpu_is_refused_as_wav2lip_refuses_it(weights, tmp_path) -> None:

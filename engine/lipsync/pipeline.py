@@ -71,6 +71,7 @@ from engine.lipsync.config import (
     one_frame_words,
     precision_summary,
 )
+from engine.lipsync.encoding import EncoderThread
 from engine.lipsync.engines import (
     CPU_BATCH_SIZE,
     BaselineEngine,
@@ -120,53 +121,6 @@ def _background(items: Iterator, depth: int, name: str) -> Iterator:
             yield item
     finally:
         stop.set()
-
-
-class _Encoder:
-    """The writer thread: frames go in batches through a queue one batch deep, errors come back on close.
-
-    One batch, like the reader's: every batch waiting is a batch of full frames in memory, and one is enough to
-    keep the threads overlapped."""
-
-    def __init__(self, writer: Any, result: RunResult, close: bool = True):
-        self.writer, self.result, self.close = writer, result, close  # close=False: more frames follow (a split)
-        self.queue: queue.Queue = queue.Queue(maxsize=1)
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, name="lipsync-encode", daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while (batch := self.queue.get()) is not None:
-            if self.error is not None:
-                continue
-            try:
-                with self.result.stage("encode", items=len(batch)):
-                    for frame in batch:
-                        self.writer.write(frame)
-            except BaseException as exc:
-                self.error = exc
-
-    def put(self, frames: list[np.ndarray]) -> None:
-        if self.error is not None:
-            raise self.error
-        self.queue.put(frames)
-
-    def finish(self) -> None:
-        self.queue.put(None)
-        self.thread.join()
-        if self.error is not None:
-            raise self.error
-        if self.close:
-            with self.result.stage("encode"):
-                self.writer.close()
-
-    def cancel(self) -> None:
-        """Stop after the batch in hand and delete the partial file."""
-        self.error = self.error or RuntimeError("cancelled")
-        if self.thread.is_alive():
-            self.queue.put(None)  # the worker drains the queue once an error is set
-            self.thread.join()
-        self.writer.abort()
 
 
 def _frames(
@@ -427,7 +381,7 @@ def run_lipsync(
     live = stream_folder(out) if config.stream else None
     writer = VideoWriter(out, run.fps, run.size[0], run.size[1], audio=run.sound(), threads=run.codec_threads,
                          stream_to=live)  # fmt: skip
-    encoder = _Encoder(writer, result)
+    encoder = EncoderThread(writer, result)
     batches = _detected(_batched(run.frames(), run.batch_size, result), run.detector, still, result)
     cuts = SceneCuts()
     done = 0
@@ -605,7 +559,7 @@ class LipSyncSegments:
         if crops:  # what the generator saw before this segment: its output is not kept
             with run.result.stage("context", items=len(crops)):
                 run.generator(run.chunks[index], np.stack(crops), run.energy[index])
-        encoder = _Encoder(writer, run.result, close=False)
+        encoder = EncoderThread(writer, run.result, close=False)
         done = start
         try:
             for batch in _background(_batched(frames, run.batch_size, run.result), 1, "decode"):

@@ -1,13 +1,14 @@
 """`avatarbench lipsync --engine musetalk`: a face (image or video) and speech in, an MP4 out, through MuseTalk.
 
 One-shot use of the prepared-avatar path: the face's frames that the speech needs are prepared (boxes, latents,
-blend plans), then generate() streams the lip-synced frames into the encoder while it computes the rest. Length
-policy, as upstream: one output frame per video frame of the speech (the real frame rate; the last partial frame
-kept); a video shorter than the speech plays forward then backward; a photo is a still face at 25 fps. The face box
-comes from the fixed box when one is given; else from DWPose's 68 face landmarks, as upstream makes it, when its ONNX
-release is in the weights folder's dwpose/ (dwpose.py), and from the chosen detector where it is not or where a
-frame's landmarks make no usable box (upstream's own fallback). The result says which: `landmarks` ("dwpose" or
-None), `boxes_from_landmarks`, and a warning naming the detector and where DWPose's file goes.
+blend plans), then generate() streams the lip-synced frames, a few at a time, to the encoding thread (encoding.py)
+while it computes and blends the rest. Length policy, as upstream: one output frame per video frame of the speech
+(the real frame rate; the last partial frame kept); a video shorter than the speech plays forward then backward; a
+photo is a still face at 25 fps. The face box comes from the fixed box when one is given; else from DWPose's 68
+face landmarks, as upstream makes it, when its ONNX release is in the weights folder's dwpose/ (dwpose.py), and from
+the chosen detector where it is not or where a frame's landmarks make no usable box (upstream's own fallback). The
+result says which: `landmarks` ("dwpose" or None), `boxes_from_landmarks`, and a warning naming the detector and
+where DWPose's file goes.
 
 Between runs in one process (a job worker, the app's tests) the loaded networks and the two most recent prepared
 avatars stay cached, keyed by everything that changes them; prepared avatars are also kept on disk (DATA_DIR/avatars,
@@ -50,6 +51,7 @@ from engine.core.weights import S3FD, resolve
 from engine.faces.detection import FaceDetector, make_detector
 from engine.faces.tracking import check_fixed_box
 from engine.lipsync.config import LipSyncConfig, LipSyncError, box_passed_over, fps_passed_over, one_frame_words
+from engine.lipsync.encoding import EncoderThread
 from engine.lipsync.musetalk.accelerate import StepRunner, check_runtime, make_step
 from engine.lipsync.musetalk.audio import check_speech, feature_extractor, frame_count
 from engine.lipsync.musetalk.avatar import FIXED_BOX, LANDMARKS, PreparedAvatar, prepare_avatar
@@ -365,21 +367,22 @@ def run_musetalk(
     audio = audio_track(speech, count, fps)
     out.parent.mkdir(parents=True, exist_ok=True)
     height, width = avatar.frames[0].shape[:2]
-    writer = VideoWriter(out, fps, width, height, audio=audio, stream_to=stream_folder(out) if config.stream else None)
+    # A network on the CPU needs both cores: the encoder then runs in its thread only, as Wav2Lip's does.
+    writer = VideoWriter(out, fps, width, height, audio=audio, threads=None if choice.is_cuda else 1,
+                         stream_to=stream_folder(out) if config.stream else None)  # fmt: skip
+    encoder = EncoderThread(writer, result, name="musetalk-encode")
     started, done = time.perf_counter(), 0
     try:
         frames = generate(avatar, speech, fps, loaded.networks, loaded.batch, extractor=extractor, result=result,
                           runtime=loaded.step or config.musetalk_runtime)  # fmt: skip
         for frame in frames:
-            with result.stage("encode", items=1):
-                writer.write(frame)
+            encoder.put_frame(frame)
             done += 1
             if done % loaded.batch == 0 or done == count:
                 progress(0.1 + 0.9 * done / count, f"frame {done}/{count}")
-        with result.stage("encode"):
-            writer.close()
+        encoder.finish()
     except BaseException:
-        writer.abort()
+        encoder.cancel()
         raise
     wall = time.perf_counter() - started
     missed = sum(avatar.plans[avatar.source_frame(i)] is None for i in range(count))
