@@ -16,7 +16,7 @@ Levers (every one is on in Wav2LipEngine by default), each timed as the engine m
                   calls of fewer than MIN_PIXELS output pixels by oneDNN), against oneDNN's direct convolutions;
                   for a still face (with the rows lever) and for moving crops
   winograd f4     the wide 3x3 units by our F(4x4, 3x3) matrix products (models/winograd_f4.py; the engine's
-                  choice where oneDNN has AVX-512), against oneDNN's direct convolutions; still face and moving crops
+                  choice on Intel CPUs), against oneDNN's direct convolutions; still face and moving crops
   small calls direct  Winograd's calls of fewer than MIN_PIXELS output pixels (the generator's 3x3 and 6x6 stages
                   at batch 16) by oneDNN, against every call of a wide 3x3 unit by NNPACK; still face and moving
                   crops

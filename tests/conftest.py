@@ -119,3 +119,13 @@ def running_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp
     finally:
         if app.proc.poll() is None:
             stop_app(app)
+
+
+@pytest.fixture(scope="session")
+def wav2lip_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Random Wav2Lip weights in the official file layout (seed 0), written once for the tests that only read them."""
+    from engine.models.wav2lip import random_wav2lip_checkpoint
+
+    path = tmp_path_factory.mktemp("wav2lip") / "wav2lip.pth"
+    random_wav2lip_checkpoint(path, seed=0)
+    return path

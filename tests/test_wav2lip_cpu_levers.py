@@ -17,7 +17,7 @@ import torch
 from engine.core.device import capabilities
 from engine.lipsync.engines import CPU_BATCH_SIZE, ROW_STEP, Wav2LipEngine, auto_batch_size
 from engine.lipsync.paste import first_row_read, paste
-from engine.models.wav2lip import FACE_SIZE, MEL_SHAPE, load_wav2lip, random_wav2lip_checkpoint
+from engine.models.wav2lip import FACE_SIZE, MEL_SHAPE, load_wav2lip
 
 CPU = torch.device("cpu")
 
@@ -33,10 +33,8 @@ def one_thread() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("wav2lip_levers") / "wav2lip.pth"
-    random_wav2lip_checkpoint(path, seed=0)
-    return path
+def checkpoint(wav2lip_checkpoint: Path) -> Path:
+    return wav2lip_checkpoint
 
 
 def engine(checkpoint: Path, channels_last: bool = True) -> Wav2LipEngine:

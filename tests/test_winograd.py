@@ -16,9 +16,9 @@ from engine.core.device import capabilities
 from engine.lipsync import engines
 from engine.lipsync.engines import Wav2LipEngine
 from engine.models import winograd
-from engine.models.wav2lip import FACE_SIZE, load_wav2lip, random_wav2lip_checkpoint
+from engine.models.wav2lip import FACE_SIZE, load_wav2lip
 from engine.models.winograd import NnpackConv2d, nnpack_threads, use_winograd
-from engine.models.winograd_f4 import WinogradF4Conv2d
+from engine.models.winograd_f4 import WinogradF4Conv2d, mkl_at_full_speed
 
 CPU = torch.device("cpu")
 WIDE_3X3_UNITS = 17  # the generator's 3x3 stride-1 padding-1 convolutions with 128 or more input channels
@@ -38,10 +38,8 @@ def nnpack_pool_threads() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("winograd") / "wav2lip.pth"
-    random_wav2lip_checkpoint(path, seed=0)
-    return path
+def checkpoint(wav2lip_checkpoint: Path) -> Path:
+    return wav2lip_checkpoint
 
 
 @pytest.fixture
@@ -139,7 +137,8 @@ def test_the_generator_gives_the_same_frames_with_winograd(checkpoint, nnpack_ca
     own mel."""
     if method == "nnpack" and not nnpack_threads():
         pytest.skip("this PyTorch has no usable NNPACK")
-    monkeypatch.setattr(engines, "onednn_has_avx512", lambda: method == "f4")  # whatever this CPU has
+    monkeypatch.setattr(engines, "mkl_at_full_speed", lambda: method == "f4")  # whatever this CPU is
+    monkeypatch.setattr(engines, "onednn_has_avx512", lambda: False)
     fast = Wav2LipEngine(checkpoint, CPU, capabilities(CPU), "fp32")
     direct = Wav2LipEngine(checkpoint, CPU, capabilities(CPU), "fp32", winograd=False)
     units = F4_UNITS if method == "f4" else WIDE_3X3_UNITS
@@ -159,17 +158,34 @@ def test_the_generator_gives_the_same_frames_with_winograd(checkpoint, nnpack_ca
         assert np.abs(got[0] - got[1]).mean() > 0.1
 
 
-@pytest.mark.parametrize("avx512", [True, False])
-def test_the_engine_picks_nnpack_without_avx512_and_f4_with_it(checkpoint, monkeypatch, avx512) -> None:
+@pytest.mark.parametrize(("intel", "avx512"), [(True, True), (True, False), (False, False), (False, True)])
+def test_the_engine_picks_f4_on_intel_else_nnpack_without_avx512(checkpoint, monkeypatch, intel, avx512) -> None:
+    """F4 where MKL's products run at full speed (Intel); elsewhere NNPACK unless oneDNN has AVX-512, where the
+    direct convolutions stay."""
+    monkeypatch.setattr(engines, "mkl_at_full_speed", lambda: intel)
     monkeypatch.setattr(engines, "onednn_has_avx512", lambda: avx512)
     gen = Wav2LipEngine(checkpoint, CPU, capabilities(CPU), "fp32")
-    if avx512:
+    if intel:
         assert (gen.winograd_method, gen.winograd_layers) == ("f4", F4_UNITS)
         assert sum(isinstance(m, WinogradF4Conv2d) for m in gen.model.modules()) == F4_UNITS
-    else:
-        swapped = WIDE_3X3_UNITS if nnpack_threads() else 0
-        assert (gen.winograd_method, gen.winograd_layers) == ("nnpack" if swapped else None, swapped)
-        assert not any(isinstance(m, WinogradF4Conv2d) for m in gen.model.modules())
+        return
+    assert not any(isinstance(m, WinogradF4Conv2d) for m in gen.model.modules())
+    swapped = WIDE_3X3_UNITS if nnpack_threads() and not avx512 else 0
+    assert (gen.winograd_method, gen.winograd_layers) == ("nnpack" if swapped else None, swapped)
+    assert sum(isinstance(m, NnpackConv2d) for m in gen.model.modules()) == swapped
+
+
+@pytest.mark.parametrize(
+    ("vendor", "mkl", "full_speed"),
+    [("GenuineIntel", True, True), ("AuthenticAMD", True, False), ("GenuineIntel", False, False),
+     ("HygonGenuine", True, False), (None, True, False)],
+)  # fmt: skip
+def test_mkl_runs_at_full_speed_on_intel_cpus_only(tmp_path, monkeypatch, vendor, mkl, full_speed) -> None:
+    monkeypatch.setattr(torch.backends.mkl, "is_available", lambda: mkl)
+    cpuinfo = tmp_path / "cpuinfo"
+    if vendor is not None:  # None: no /proc/cpuinfo (not Linux)
+        cpuinfo.write_text("".join(f"processor\t: {i}\nvendor_id\t: {vendor}\nflags\t\t: avx2\n\n" for i in range(2)))
+    assert mkl_at_full_speed(cpuinfo) is full_speed
 
 
 @pytest.mark.parametrize(
@@ -194,8 +210,8 @@ def test_winograd_is_for_the_cpu_in_fp32_only(checkpoint) -> None:
     assert use_winograd(model) == (WIDE_3X3_UNITS if nnpack_threads() else 0)
 
 
-@pytest.mark.parametrize("avx512", [True, False])
-def test_the_run_says_which_winograd_computed_it(checkpoint, tmp_path, monkeypatch, avx512) -> None:
+@pytest.mark.parametrize("intel", [True, False])
+def test_the_run_says_which_winograd_computed_it(checkpoint, tmp_path, monkeypatch, intel) -> None:
     from test_lipsync import write_wav
 
     from engine.core.audio import SAMPLE_RATE, load_audio
@@ -203,14 +219,15 @@ def test_the_run_says_which_winograd_computed_it(checkpoint, tmp_path, monkeypat
     from engine.lipsync.config import LipSyncConfig
     from engine.lipsync.pipeline import run_lipsync
 
-    monkeypatch.setattr(engines, "onednn_has_avx512", lambda: avx512)
+    monkeypatch.setattr(engines, "mkl_at_full_speed", lambda: intel)
+    monkeypatch.setattr(engines, "onednn_has_avx512", lambda: False)
     assets = Path(__file__).resolve().parent.parent / "assets"
     speech = write_wav(tmp_path / "speech.wav", load_audio(assets / "speech.wav")[: SAMPLE_RATE // 2])
     config = LipSyncConfig(face=assets / "face.jpg", audio=speech, checkpoint=str(checkpoint), precision="fp32",
                            box=(172, 60, 280, 200))  # fmt: skip
     settings = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path / "data")})
     metrics = run_lipsync(config, tmp_path / "out.mp4", settings, device="cpu").metrics
-    if avx512:
+    if intel:
         assert (metrics["winograd_method"], metrics["winograd_layers"]) == ("f4", F4_UNITS)
     elif nnpack_threads():
         assert (metrics["winograd_method"], metrics["winograd_layers"]) == ("nnpack", WIDE_3X3_UNITS)

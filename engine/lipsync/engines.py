@@ -22,7 +22,7 @@ from engine.core.device import DeviceCapabilities, apply_backend_flags, precisio
 from engine.lipsync.mouth import mouth_line, open_mouth
 from engine.models.wav2lip import StillFace, load_wav2lip
 from engine.models.winograd import onednn_has_avx512, use_winograd
-from engine.models.winograd_f4 import use_winograd_f4
+from engine.models.winograd_f4 import mkl_at_full_speed, use_winograd_f4
 
 log = logging.getLogger(__name__)
 
@@ -101,9 +101,10 @@ class Wav2LipEngine:
 
     The BatchNorms are folded into the convolutions (``fold_batchnorms``): one pass over every activation fewer.
     On the CPU in fp32 (not compiled), ``winograd`` computes the wide 3x3 units with a Winograd transform, frames
-    within a hundredth of a grey level: NNPACK's (models/winograd.py; 1.10-1.14x per frame on a 2-core AVX2 CPU)
-    where oneDNN has no AVX-512, else our F(4x4, 3x3) by matrix products (models/winograd_f4.py), as NNPACK is
-    slower than oneDNN's AVX-512 direct convolutions. ``winograd_method`` says which ran ("nnpack", "f4" or None).
+    within a hundredth of a grey level: on Intel CPUs our F(4x4, 3x3) by matrix products (models/winograd_f4.py),
+    which needs MKL's full-speed sgemm; elsewhere NNPACK's (models/winograd.py; 1.10-1.14x per frame on a 2-core
+    AMD EPYC) where oneDNN has no AVX-512, as NNPACK is slower than oneDNN's AVX-512 direct convolutions, else the
+    direct ones. ``winograd_method`` says which ran ("nnpack", "f4" or None).
 
     ``first_row`` (the first row the paste reads, about a quarter of the way down for the blend paste) is rounded
     down to a multiple of ROW_STEP and, on the CPU, the decoder computes only the rows from it down
@@ -151,9 +152,9 @@ class Wav2LipEngine:
         self.winograd_method: str | None = None
         self.winograd_layers = 0
         if winograd and on_cpu_fp32:
-            if onednn_has_avx512():
+            if mkl_at_full_speed():
                 self.winograd_method, self.winograd_layers = "f4", use_winograd_f4(model)
-            elif layers := use_winograd(model):  # 0 where NNPACK cannot run here
+            elif not onednn_has_avx512() and (layers := use_winograd(model)):  # 0 where NNPACK cannot run here
                 self.winograd_method, self.winograd_layers = "nnpack", layers
         self.model = torch.compile(model, dynamic=False) if compile else model
         self._fixed_batch: int | None = None

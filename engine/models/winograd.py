@@ -15,8 +15,9 @@ the 3x3 stages, so those go to oneDNN.
 Where it pays: only where oneDNN has no AVX-512 (``onednn_has_avx512``). NNPACK's kernels are AVX2 at most,
 while oneDNN's direct convolutions use AVX-512 where the CPU has it, and there they win: on a 2-core AVX-512 Xeon
 the generator ran slower per frame with NNPACK (the wav2lip_levers intel-xeon-avx512 result of
-2026-12-04: 0.78x for a still face, 0.80x for moving crops). There models/winograd_f4.py does the Winograd
-transform with matrix products instead.
+2026-12-04: 0.78x for a still face, 0.80x for moving crops). On Intel CPUs models/winograd_f4.py does the Winograd
+transform with matrix products instead, with or without AVX-512 (with oneDNN and MKL held to AVX2 there, NNPACK
+gained nothing and F4 about a fifth), so NNPACK is the engine's choice on other CPUs without AVX-512.
 
 The transforms round differently from direct convolution: outputs differ by up to about 1e-4 on unit-scale
 activations, about a hundredth of a grey level on the generator's frames.

@@ -1,4 +1,4 @@
-"""Winograd F(4x4, 3x3) convolutions by matrix products, for a model's wide 3x3 layers on CPUs where NNPACK loses.
+"""Winograd F(4x4, 3x3) convolutions by matrix products, for a model's wide 3x3 layers on Intel CPUs.
 
 Why: on a CPU with AVX-512, oneDNN's direct 3x3 convolutions run near the cores' fp32 peak and NNPACK's Winograd
 (AVX2 at most, models/winograd.py) is slower than them, so the only lever left is less arithmetic done by kernels
@@ -10,12 +10,17 @@ with the Kronecker matrices B^T (x) B^T and A^T (x) A^T. On a 2-core AVX-512 Xeo
 1.14x faster per frame for a still face and 1.10x for moving crops (benchmarks/wav2lip_levers.py, its 2026-12-04
 intel-xeon-avx512 result), where NNPACK made it 0.78x and 0.80x as fast.
 
+Where it pays: where the products run at full speed, which with PyTorch's BLAS (MKL) means on Intel CPUs only
+(``mkl_at_full_speed``), with or without AVX-512; elsewhere the engine keeps NNPACK or oneDNN.
+
 Numerics: the transforms round differently from direct convolution; outputs differ from an fp64 reference by up to
 about 1e-4 on unit-scale activations (direct: about 1e-5); on the generator's frames, under a hundredth of a grey
 level (0.0054 and 0.0063 in that result). fp32 on the CPU only; the layer returns its input's memory layout.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +47,25 @@ _AT = torch.tensor([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0]
                    dtype=torch.float64)  # fmt: skip
 INPUT_TRANSFORM = torch.kron(_BT, _BT).float()  # (36, 36): tile element (i, j) -> transformed (a, b)
 OUTPUT_TRANSFORM = torch.kron(_AT, _AT).float()  # (16, 36): transformed (a, b) -> output element (i, j)
+
+
+def mkl_at_full_speed(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether F4's matrix products run at full speed here: PyTorch's CPU BLAS is MKL, and the CPU is an Intel one.
+
+    Why: MKL picks its fast code paths only on Intel CPUs. On a 2-core AMD EPYC its sgemm ran at about 40 GFLOP/s;
+    on a 2-core Xeon F4's products ran at 284 GFLOP/s, 180 with MKL held to AVX2 and 70 held to SSE4.2 (ad hoc
+    timings), and with oneDNN held to AVX2 F4 made the generator 1.25x and 1.19x faster per frame (still face,
+    moving crops) with MKL at AVX2, where NNPACK gained nothing, but 0.90x and 0.92x as fast with MKL at SSE4.2
+    (benchmarks/wav2lip_levers.py, its 2026-12-05 intel-xeon-capped-avx2 and -avx2-mkl-sse42 results)."""
+    if not torch.backends.mkl.is_available():
+        return False
+    try:
+        text = cpuinfo.read_text(errors="replace")
+    except OSError:
+        return False
+    return any(
+        line.split(":", 1)[-1].strip() == "GenuineIntel" for line in text.splitlines() if line.startswith("vendor_id")
+    )
 
 
 def transform_weight(weight: torch.Tensor) -> torch.Tensor:
