@@ -144,6 +144,8 @@ def end_to_end(name: str, job: tuple[LipSyncConfig, Path, str], settings) -> dic
         "batch_size": result.metrics["batch_size"],
         "precision": result.precision,
         "encoder": result.metrics["encoder"],
+        "decoded_on": result.metrics.get("decoded_on"),  # nvdec or cpu; None for a still image
+        "nvdec_unused": result.metrics.get("nvdec_unused"),
         "stages_s": {s.name: round(s.seconds, 4) for s in result.stages},
         "slowest_stage": result.slowest_stage.name,
         "peak_gpu_bytes": figures["peak_allocated_bytes"],
@@ -154,7 +156,8 @@ def end_to_end(name: str, job: tuple[LipSyncConfig, Path, str], settings) -> dic
     }
     print(
         f"{name:<18} {wall:7.2f} s  {frames / wall:7.1f} frames/s  batch {row['batch_size']:<4} "
-        f"{result.precision:<5} slowest: {row['slowest_stage']}  {row['stages_s']}",
+        f"{result.precision:<5} decoded on: {row['decoded_on'] or '-'}  slowest: {row['slowest_stage']}  "
+        f"{row['stages_s']}",
         flush=True,
     )
     return row

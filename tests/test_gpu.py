@@ -200,6 +200,23 @@ def test_lipsync_pipeline_on_the_gpu(tmp_path) -> None:
     _assert_energy_measured(figures["energy_j"], figures["energy_source"])
 
 
+def test_nvdec_decodes_a_clip_as_the_cpu_does(tmp_path) -> None:
+    """A GPU lip-sync job's decode (engine/core/media.py, Decoding): where FFmpeg falls back to the CPU, this fails
+    with its reason."""
+    from test_media import _face_clip
+
+    from engine.core.media import Decoding, read_frames
+
+    clip = _face_clip(tmp_path / "clip.mp4", frames=12)
+    nvdec = Decoding(cuda_device=0)
+    frames = list(read_frames(clip, decoding=nvdec))
+    assert nvdec.ran_on == "nvdec", nvdec.reason
+    cpu = list(read_frames(clip))
+    assert len(frames) == len(cpu) == 12
+    # H.264 decoding is bit-exact, and NVDEC's NV12 is rearranged into the software decoder's yuv420p first
+    assert all(np.array_equal(a, b) for a, b in zip(frames, cpu, strict=True))
+
+
 def _matmul_onnx(path):
     """y = Relu(x @ w) on x[N, 512]: enough work for the GPU providers to take every node."""
     import onnx

@@ -132,6 +132,7 @@ def test_wav2lip_on_a_video_clip(media, settings, tmp_path) -> None:
         sound = float(audio.duration * audio.time_base)  # the whole 1.0 s of speech, though 22 frames end at 0.88 s
         assert abs(sound - 1.0) < 0.03 and sound - frames / 25 > 0.09
     assert result.metrics["engine"] == "wav2lip" and result.metrics["frames"] == frames
+    assert result.metrics["decoded_on"] == "cpu" and "nvdec_unused" not in result.metrics  # NVDEC: GPU jobs only
     assert [s.name for s in result.stages] == ["audio", "mel", "decode", "detect", "inference", "paste", "encode"]
     assert result.stages[4].items == frames - result.metrics["faces_missed"]
     assert result.measurement == {} and result.outputs["video"] == str(out)  # its caller measures the run
@@ -151,7 +152,7 @@ def test_image_with_the_baseline_engine(media, settings, tmp_path) -> None:
     )
     assert result.metrics["engine"] == "baseline" and "not Wav2Lip" in result.metrics["engine_label"]
     assert any("baseline engine" in w for w in result.warnings)
-    assert probe_video(out).width == 512 and progress[-1] == 1.0
+    assert probe_video(out).width == 512 and progress[-1] == 1.0 and "decoded_on" not in result.metrics
     assert progress == sorted(progress)
 
 
@@ -306,9 +307,9 @@ def test_a_video_without_duration_is_read_no_further_than_the_limit(media, tmp_p
 
     limits = []
 
-    def read_frames_spy(path, max_seconds=None, threads=None):
+    def read_frames_spy(path, max_seconds=None, **kwargs):
         limits.append(max_seconds)
-        return read_frames(path, max_seconds=max_seconds, threads=threads)
+        return read_frames(path, max_seconds=max_seconds, **kwargs)
 
     monkeypatch.setattr(pipeline, "read_frames", read_frames_spy)
     short = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path / "data"), "AVATARBENCH_MAX_SECONDS": "1"})

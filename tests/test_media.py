@@ -22,9 +22,13 @@ import pytest
 
 from engine.core.errors import InputError
 from engine.core.media import (
+    NVDEC_PLANAR,
+    Decoding,
     MediaError,
     VideoInfo,
     VideoWriter,
+    _as_software_decoders,
+    _note_decoder,
     check_file,
     exif_orientation,
     load_image,
@@ -383,6 +387,67 @@ def test_frames_are_converted_to_yuv_as_ffmpeg_does_but_faster(tmp_path: Path) -
     # crf 18 and chroma subsampling (FFmpeg's own conversion: 3.5 and a shift of 2), no colour shift or range change
     assert np.abs(back.astype(int) - face).mean() < 4
     assert all(abs(float(back[..., c].mean()) - float(face[..., c].mean())) < 1.5 for c in range(3))
+
+
+# ------------------------------------------------------------------------------------- NVDEC
+
+
+def _face_clip(path: Path, frames: int = 4) -> Path:
+    face = cv2.resize(cv2.imread(str(Path(__file__).resolve().parent.parent / "assets" / "face.jpg")), (320, 240))
+    writer = VideoWriter(path, 25, 320, 240, codec="libx264")
+    for i in range(frames):
+        writer.write(np.roll(face, 3 * i, axis=1))
+    writer.close()
+    return path
+
+
+def test_nvdec_asked_for_where_it_cannot_start_decodes_on_the_cpu_and_says_why(tmp_path: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here: tests/test_gpu.py checks NVDEC itself")
+    clip = _face_clip(tmp_path / "clip.mp4")
+    asked = Decoding(cuda_device=0)
+    frames = list(read_frames(clip, decoding=asked))
+    plain = Decoding()
+    assert all((a == b).all() for a, b in zip(frames, read_frames(clip, decoding=plain), strict=True))
+    assert asked.ran_on == plain.ran_on == "cpu" and plain.reason is None
+    assert asked.reason is not None and asked.reason.startswith("NVDEC could not start on cuda:0 (")
+
+
+@pytest.mark.parametrize("nvdec_format", sorted(NVDEC_PLANAR))
+def test_nvdec_frames_convert_to_bgr_exactly_as_the_software_decoders_do(nvdec_format: str) -> None:
+    """NVDEC's frames (NV12, P010, P016) are rearranged into the planar format the software decoder gives before
+    FFmpeg's conversion to BGR, which upsamples interleaved chroma differently."""
+    face = cv2.resize(cv2.imread(str(Path(__file__).resolve().parent.parent / "assets" / "face.jpg")), (320, 240))
+    software = av.VideoFrame.from_ndarray(face, format="bgr24").reformat(format=NVDEC_PLANAR[nvdec_format])
+    software.color_range = 2  # a full-range stream stays full range through the rearrangement
+    nvdec = software.reformat(format=nvdec_format)
+    expected = software.to_ndarray(format="bgr24")
+    assert np.array_equal(_as_software_decoders(nvdec).to_ndarray(format="bgr24"), expected)
+    if nvdec_format == "nv12":  # what the rearrangement is for: converted directly, edges move by many grey levels
+        assert np.abs(nvdec.to_ndarray(format="bgr24").astype(int) - expected).max() > 8
+
+
+@pytest.mark.parametrize(
+    ("is_hwaccel", "chosen", "asked", "ran_on", "reason"),
+    [
+        (True, "cuda", 0, "nvdec", None),
+        (True, "yuv420p10le", 0, "cpu", "NVDEC cannot decode this h264 stream"),
+        (False, "yuv420p", 0, "cpu", "FFmpeg has no CUDA decoder for h264"),
+        (False, "yuv420p", None, "cpu", None),
+    ],
+)
+def test_where_the_frames_were_decoded_is_read_from_the_format_ffmpeg_chose(
+    is_hwaccel: bool, chosen: str, asked: int | None, ran_on: str, reason: str | None
+) -> None:
+    from types import SimpleNamespace
+
+    context = SimpleNamespace(is_hwaccel=is_hwaccel, format=SimpleNamespace(name=chosen), name="h264")
+    decoding = Decoding(cuda_device=asked)
+    _note_decoder(SimpleNamespace(codec_context=context), decoding)
+    assert decoding.ran_on == ran_on
+    assert decoding.reason == reason if reason is None else decoding.reason.startswith(reason)
 
 
 # ------------------------------------------------------------------------------------- orientation

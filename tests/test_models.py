@@ -17,7 +17,7 @@ from torch import nn
 from engine.models.checkpoints import CheckpointError, load_strict, read_checkpoint, strip_module_prefix
 from engine.models.s3fd import (
     ANCHOR_SIZES,
-    BGR_MEAN,
+    INPUT_MEAN,
     S3FD,
     STRIDES,
     VARIANCES,
@@ -308,7 +308,7 @@ def test_s3fd_constants() -> None:
     assert STRIDES == (4, 8, 16, 32, 64, 128)
     assert ANCHOR_SIZES == (16, 32, 64, 128, 256, 512)
     assert VARIANCES == (0.1, 0.2)
-    assert BGR_MEAN == (104.0, 117.0, 123.0)
+    assert INPUT_MEAN == (104.0, 117.0, 123.0)
     assert head_map_sizes(128, 128) == [(32, 32), (16, 16), (8, 8), (8, 8), (4, 4), (2, 2)]
     assert head_map_sizes(480, 640) == [(120, 160), (60, 80), (30, 40), (19, 24), (10, 12), (5, 6)]
 

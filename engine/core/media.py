@@ -54,6 +54,25 @@ def _test_frames(count: int, size: int) -> list[np.ndarray]:
     return [np.roll(base, shift=4 * i, axis=1) for i in range(count)]
 
 
+@contextlib.contextmanager
+def _ffmpeg_errors() -> Iterator[None]:
+    """FFmpeg logging at ERROR for the block, its lines kept off the terminal and logged at debug: PyAV then
+    appends a device's own reason ("Cannot load libcuda.so.1", "OpenEncodeSessionEx failed: out of memory") to
+    the exception text."""
+    import av.logging
+
+    previous_level = av.logging.get_level()
+    av.logging.set_level(av.logging.ERROR)
+    lines: list = []
+    try:
+        with av.logging.Capture() as lines:
+            yield
+    finally:
+        av.logging.set_level(previous_level)
+        for _, source, message in lines:
+            log.debug("FFmpeg %s: %s", source, message.strip())
+
+
 def probe_encoder(codec: str, frames: int = 8, size: int = 128) -> EncoderProbe:
     """Encode a few frames into an in-memory MP4; any failure comes back as text, never raised. FFmpeg's own lines
     ("Cannot load libcuda.so.1" on a machine without a GPU) are kept off the terminal and the progress text, logged
@@ -64,13 +83,8 @@ def probe_encoder(codec: str, frames: int = 8, size: int = 128) -> EncoderProbe:
     if codec not in av.codecs_available:
         return EncoderProbe(codec, listed=False, works=False, error=f"{codec} is not in this FFmpeg build")
     buffer = io.BytesIO()
-    # With FFmpeg logging at ERROR, PyAV appends the encoder's own reason ("Cannot load
-    # libcuda.so.1", "OpenEncodeSessionEx failed: out of memory") to the exception text.
-    previous_level = av.logging.get_level()
-    av.logging.set_level(av.logging.ERROR)
-    ffmpeg_lines: list = []
     try:
-        with av.logging.Capture() as ffmpeg_lines, av.open(buffer, mode="w", format="mp4") as container:
+        with _ffmpeg_errors(), av.open(buffer, mode="w", format="mp4") as container:
             stream = container.add_stream(codec, rate=25)
             stream.width = stream.height = size
             stream.pix_fmt = "yuv420p"
@@ -81,10 +95,6 @@ def probe_encoder(codec: str, frames: int = 8, size: int = 128) -> EncoderProbe:
                 container.mux(packet)
     except Exception as exc:  # av.error.*, OSError from a missing libcuda, ...
         return EncoderProbe(codec, listed=True, works=False, error=f"{type(exc).__name__}: {exc}")
-    finally:
-        av.logging.set_level(previous_level)
-        for _, source, message in ffmpeg_lines:
-            log.debug("FFmpeg %s: %s", source, message.strip())
     if buffer.tell() == 0:
         return EncoderProbe(codec, listed=True, works=False, error="encoder produced no output")
     return EncoderProbe(codec, listed=True, works=True)
@@ -478,13 +488,76 @@ def validate_video(info: VideoInfo, name: str, max_side: int, max_seconds: float
         )
 
 
+@dataclass
+class Decoding:
+    """Where read_frames should decode a video, and where it did.
+
+    Why: on a GPU machine the lip-sync job's other stages leave the CPU little to spare, and a GPU's NVDEC engines
+    decode H.264, HEVC, VP9 and AV1 beside its compute units. With `cuda_device` set, FFmpeg decodes on that GPU's
+    NVDEC where it can (the codec has a CUDA decoder, the driver's libnvcuvid loads, the stream's profile, bit depth
+    and size suit it) and the frames are copied to memory as NV12; anywhere else it decodes on the CPU as before,
+    and `reason` says why. `ran_on` ("nvdec" or "cpu") is set when the first frame is out."""
+
+    cuda_device: int | None = None
+    ran_on: str | None = None
+    reason: str | None = None
+
+
+def _open_for_decoding(path: Path, decoding: Decoding) -> Any:
+    """The container, with NVDEC attached where `decoding` asks for it and a CUDA device context can be made."""
+    import av
+
+    if decoding.cuda_device is not None:
+        from av.codec.hwaccel import HWAccel
+
+        nvdec = HWAccel("cuda", device=str(decoding.cuda_device), allow_software_fallback=True)
+        try:
+            with _ffmpeg_errors():
+                return av.open(str(path), metadata_errors="ignore", hwaccel=nvdec)
+        except (av.error.FFmpegError, OSError, RuntimeError, NotImplementedError) as exc:
+            decoding.reason = f"NVDEC could not start on cuda:{decoding.cuda_device} ({one_line(exc)})"
+    return av.open(str(path), metadata_errors="ignore")
+
+
+def _note_decoder(stream: Any, decoding: Decoding) -> None:
+    """After the first frame: whether FFmpeg chose the CUDA decoder (the context's format is then "cuda")."""
+    context = stream.codec_context
+    fmt = context.format if context.is_hwaccel else None
+    decoding.ran_on = "nvdec" if fmt is not None and fmt.name == "cuda" else "cpu"
+    if decoding.cuda_device is not None and decoding.ran_on == "cpu" and decoding.reason is None:
+        decoding.reason = (
+            f"NVDEC cannot decode this {context.name} stream (its profile, bit depth or size): decoded on the CPU"
+            if context.is_hwaccel
+            else f"FFmpeg has no CUDA decoder for {context.name}: decoded on the CPU"
+        )
+
+
+# NVDEC's frames come to memory with their chroma interleaved; the software decoders give the same samples planar.
+NVDEC_PLANAR = {"nv12": "yuv420p", "p010le": "yuv420p10le", "p016le": "yuv420p16le"}
+
+
+def _as_software_decoders(frame: Any) -> Any:
+    """An NVDEC frame in the software decoder's planar format (a lossless rearrangement).
+
+    Why: FFmpeg's conversion to BGR upsamples interleaved chroma differently from planar chroma (up to 17 grey
+    levels apart at a portrait's edges), so converting NV12 directly would make a GPU job's frames, and its
+    lip-sync crops, differ from the CPU's and from upstream's OpenCV decode; after the rearrangement they are
+    the same conversion of the same samples."""
+    planar = NVDEC_PLANAR.get(frame.format.name)
+    return frame.reformat(format=planar) if planar else frame
+
+
 def read_frames(
-    path: str | os.PathLike, max_seconds: float | None = None, threads: int | None = None
+    path: str | os.PathLike,
+    max_seconds: float | None = None,
+    threads: int | None = None,
+    decoding: Decoding | None = None,
 ) -> Iterator[np.ndarray]:
     """Decode frame by frame as HxWx3 uint8 BGR: the whole video is never in memory.
 
     `threads`: None lets FFmpeg thread the decoder by frames and slices (decoding is often the slowest CPU stage);
-    1 decodes in the calling thread alone, for when a network running on the CPU needs the cores.
+    1 decodes in the calling thread alone, for when a network running on the CPU needs the cores. `decoding` asks
+    for NVDEC and says where the frames were decoded (Decoding).
 
     With `max_seconds`, frames are counted as they come and reading stops with a message past
     fps x max_seconds of them: a header may not state a length (a raw H.264 stream's does not), so
@@ -494,9 +567,10 @@ def read_frames(
     import av
 
     path = Path(path)
+    decoding = decoding or Decoding()
     decoded = 0
     try:
-        with av.open(str(path), metadata_errors="ignore") as container:
+        with _open_for_decoding(path, decoding) as container:
             stream = _video_stream(container, path.name)
             if threads is None:
                 stream.thread_type = "AUTO"  # frame + slice threads
@@ -521,6 +595,10 @@ def read_frames(
                             f"{frame.width}x{frame.height} at frame {decoded + 1}; accepted: videos with one frame size"
                         )
                     decoded += 1
+                    if decoding.ran_on is None:
+                        _note_decoder(stream, decoding)
+                    if decoding.ran_on == "nvdec":
+                        frame = _as_software_decoders(frame)
                     image, turns = frame.to_ndarray(format="bgr24"), display_turns(frame)
                     yield np.ascontiguousarray(np.rot90(image, turns)) if turns else image
             if cut_off and decoded:  # threaded decoders drop the error the cut packet gives; one thread raises it

@@ -27,7 +27,7 @@ from engine.core.errors import InputError
 from engine.core.weights import WeightsError
 from engine.faces import DETECTORS
 from engine.models.checkpoints import CheckpointError
-from engine.models.s3fd import ANCHOR_SIZES, BGR_MEAN, FACE_CLASS, STRIDES, VARIANCES, load_s3fd
+from engine.models.s3fd import ANCHOR_SIZES, FACE_CLASS, INPUT_MEAN, STRIDES, VARIANCES, load_s3fd
 
 Detections = np.ndarray  # (K, 5) float32: x1, y1, x2, y2, score, in full-frame pixel coordinates
 
@@ -334,7 +334,7 @@ class S3FDDetector:
         self.batch_size, self.threshold, self.nms_iou = int(batch_size), float(threshold), float(nms_iou)
         self.device = device if isinstance(device, torch.device) else resolve_device(device).device
         self.model = _load_detector(Path(checkpoint), self.device)
-        self._mean = torch.tensor(BGR_MEAN, device=self.device, dtype=torch.float32).view(1, 3, 1, 1)
+        self._mean = torch.tensor(INPUT_MEAN, device=self.device, dtype=torch.float32).view(1, 3, 1, 1)
 
     def detect(self, frames: Sequence[np.ndarray]) -> list[np.ndarray]:
         checked = [_check_frame(f, i) for i, f in enumerate(frames)]

@@ -1,6 +1,10 @@
 """From per-frame detections to the one box per frame the lip-sync model crops: the largest face, Wav2Lip's
 ``--pads``, a smoothing filter that steadies a static face without lagging a moving one, and a bounded hold-over
-of the last box through short detection gaps that ends at a scene cut (a new shot holds no box of the last)."""
+of the last box through short detection gaps that ends at a scene cut (a new shot holds no box of the last).
+
+Deliberately different from upstream's inference.py, which takes S3FD's highest-scoring box (the largest differs
+only with several faces) and averages each padded box with the next four (a look-ahead a split job's segments
+cannot make: the tracker is causal). With one face and no smoothing the boxes are upstream's exactly."""
 
 from __future__ import annotations
 

@@ -50,6 +50,7 @@ from engine.core.device import (
 )
 from engine.core.hls import stream_folder
 from engine.core.media import (
+    Decoding,
     LosslessWriter,
     VideoWriter,
     is_image,
@@ -124,7 +125,12 @@ def _background(items: Iterator, depth: int, name: str) -> Iterator:
 
 
 def _frames(
-    config: LipSyncConfig, image: np.ndarray | None, count: int, max_seconds: float, threads: int | None
+    config: LipSyncConfig,
+    image: np.ndarray | None,
+    count: int,
+    max_seconds: float,
+    threads: int | None,
+    decoding: Decoding,
 ) -> Iterator[np.ndarray]:
     """`count` frames of the face input: the still image repeated, or the video trimmed or looped. Each pass over
     the video stops at the length limit, which its header may not state (read_frames counts); a video without
@@ -135,7 +141,7 @@ def _frames(
         return
     produced, edit = 0, VideoEdits.of(config)
     while produced < count:
-        for frame in read_frames(config.face, max_seconds=max_seconds, threads=threads):
+        for frame in read_frames(config.face, max_seconds=max_seconds, threads=threads, decoding=decoding):
             yield edit(frame)
             produced += 1
             if produced == count:
@@ -173,6 +179,7 @@ class _Prepared:
     detector: FaceDetector | None
     batch_size: int
     codec_threads: int | None
+    decoding: Decoding  # NVDEC on a GPU where it can (engine/core/media.py), and where the frames were decoded
 
     @property
     def count(self) -> int:
@@ -181,7 +188,9 @@ class _Prepared:
     def frames(self, start: int = 0, stop: int | None = None) -> Iterator[np.ndarray]:
         """The face input's frames start..stop-1 of the whole run (decoded from the start: a looped clip's frame
         is known by counting)."""
-        frames = _frames(self.config, self.image, self.count, self.settings.max_seconds, self.codec_threads)
+        frames = _frames(
+            self.config, self.image, self.count, self.settings.max_seconds, self.codec_threads, self.decoding
+        )
         return itertools.islice(frames, start, stop)
 
     def sound(self) -> np.ndarray:
@@ -206,6 +215,10 @@ class _Prepared:
             frames_per_second=frames / wall if wall > 0 else None,
             detector=self.detector.name if self.detector else "fixed box",
         )
+        if self.decoding.ran_on is not None:  # a video was decoded
+            self.result.metrics["decoded_on"] = self.decoding.ran_on
+            if self.decoding.reason:
+                self.result.metrics["nvdec_unused"] = self.decoding.reason
         winograd = getattr(self.generator, "winograd_layers", 0)
         if winograd:
             self.result.metrics["winograd_layers"] = winograd  # the 3x3 units computed by a Winograd transform
@@ -332,9 +345,10 @@ def _prepare(
     # A network on the CPU needs both cores: the decoder and the encoder then run in their own threads only,
     # not in FFmpeg's thread pools (with OpenMP sleeping at its barriers, engine/core/openmp.py, 7-9% sooner).
     codec_threads = None if choice.is_cuda else 1
+    decoding = Decoding(cuda_device=device.index or 0 if choice.is_cuda else None)
     return _Prepared(
         config, settings, result, choice, still, image, fps, size, wav, chunks, generator, energy, detector,
-        batch_size, codec_threads,
+        batch_size, codec_threads, decoding,
     )  # fmt: skip
 
 

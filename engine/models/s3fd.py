@@ -26,7 +26,9 @@ S3FD_EXPECTED = "the S3FD face detector weights s3fd.pth used by Wav2Lip (a plai
 STRIDES = (4, 8, 16, 32, 64, 128)  # pixels between anchor centres; centre of cell (i, j) = (stride/2 + j*stride, ...)
 ANCHOR_SIZES = tuple(4 * s for s in STRIDES)  # one square anchor per cell, side 4 * stride
 VARIANCES = (0.1, 0.2)  # SSD box encoding: centre offsets scaled by 0.1 * anchor, log-sizes by 0.2
-BGR_MEAN = (104.0, 117.0, 123.0)  # subtract from 0-255 BGR pixels before forward (no scaling to 0-1)
+# Subtracted from 0-255 RGB pixels before forward (no scaling to 0-1): the released weights were trained
+# (face_alignment) on RGB, and upstream flips its BGR frames before subtracting these, in this order.
+INPUT_MEAN = (104.0, 117.0, 123.0)
 FACE_CLASS = 1  # channel of the softmaxed cls maps holding the face probability (0 = background)
 N_STATE_ENTRIES = 65
 N_PARAMETERS = 22_459_110  # 89.8 MB (85.7 MiB) of float32, the size of s3fd.pth
@@ -57,7 +59,7 @@ def _conv3(cin: int, cout: int) -> nn.Conv2d:
 class S3FD(nn.Module):
     """VGG16 backbone plus six detection heads (one anchor per cell each).
 
-    ``forward(x)``: ``x`` (B, 3, H, W) float, BGR 0-255 minus :data:`BGR_MEAN`. Returns 12 tensors, as upstream,
+    ``forward(x)``: ``x`` (B, 3, H, W) float, RGB 0-255 minus :data:`INPUT_MEAN`. Returns 12 tensors, as upstream,
     ``[cls1, reg1, ..., cls6, reg6]`` for the heads in :data:`STRIDES` order: ``cls`` (B, 2, h, w) holds
     **softmax probabilities** (background, face), ``reg`` (B, 4, h, w) the box offsets. The softmax, which
     upstream applies in ``detect.py`` after the network, is done here so a compiled or exported graph

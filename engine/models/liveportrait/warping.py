@@ -32,8 +32,9 @@ class DenseMotionNetwork(nn.Module):
         """(B, 22, D, H, W, 3): identity (background) first, then each keypoint's translation."""
         b, _, d, h, w = feature.shape
         identity = coordinate_grid(d, h, w, like=kp_source)[None, None]  # 1,1,D,H,W,3
-        shift = (kp_source - kp_driving)[:, :, None, None, None, :]  # B,K,1,1,1,3
-        return torch.cat([identity.expand(b, 1, d, h, w, 3), identity + shift], dim=1)
+        # upstream's order of operations, (identity - driving) + source, so the sums round as upstream's do
+        moved = identity - kp_driving[:, :, None, None, None, :] + kp_source[:, :, None, None, None, :]
+        return torch.cat([identity.expand(b, 1, d, h, w, 3), moved], dim=1)
 
     def forward(self, feature: torch.Tensor, kp_driving: torch.Tensor, kp_source: torch.Tensor) -> dict:
         feature = F.relu(self.norm(self.compress(feature)))
