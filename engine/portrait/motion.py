@@ -101,8 +101,9 @@ def keypoint_info(motion: dict[str, torch.Tensor]) -> KeypointInfo:
 
 
 def rotation_matrix(pitch: torch.Tensor, yaw: torch.Tensor, roll: torch.Tensor) -> torch.Tensor:
-    """(B, 3, 3): (Rz(roll) Ry(yaw) Rx(pitch)) transposed, angles in degrees."""
-    x, y, z = (a.float() * (math.pi / 180) for a in (pitch, yaw, roll))
+    """(B, 3, 3): (Rz(roll) Ry(yaw) Rx(pitch)) transposed, angles in degrees (to radians as upstream's camera.py
+    rounds them: / 180 * pi; * (pi / 180) differs by one ulp for about 4 angles in 10)."""
+    x, y, z = (a.float() / 180 * math.pi for a in (pitch, yaw, roll))
     one, zero = torch.ones_like(x), torch.zeros_like(x)
     rx = torch.stack([one, zero, zero, zero, x.cos(), -x.sin(), zero, x.sin(), x.cos()], -1).view(-1, 3, 3)
     ry = torch.stack([y.cos(), zero, y.sin(), zero, one, zero, -y.sin(), zero, y.cos()], -1).view(-1, 3, 3)
