@@ -46,6 +46,11 @@ def test_rotation_matrix_convention() -> None:
     many = rotation_matrix(torch.tensor([10.0, -40]), torch.tensor([25.0, 5]), torch.tensor([-15.0, 60]))
     assert torch.allclose(many @ many.transpose(1, 2), torch.eye(3).expand(2, 3, 3), atol=1e-6)
     assert torch.allclose(torch.linalg.det(many), torch.ones(2), atol=1e-6)
+    # degrees to radians as upstream's camera.py rounds them (x / 180 * pi), so its matrices come out bit for bit
+    angles = torch.linspace(-97.5, 97.5, 1001)
+    rx = rotation_matrix(angles, torch.zeros(1001), torch.zeros(1001))  # (Rx)^T: cos and sin of the radians
+    radians = angles / 180 * math.pi
+    assert torch.equal(rx[:, 1, 1], radians.cos()) and torch.equal(rx[:, 1, 2], radians.sin())
 
 
 def test_compose_ignores_z_translation() -> None:
