@@ -116,9 +116,10 @@ def test_a_second_clip_for_the_same_face_reuses_its_prepared_avatar(weights, tmp
     assert [first.metrics["avatar_source"], second.metrics["avatar_source"]] == ["prepared", "memory"]
 
 
-def test_upstreams_margin_parsing_mode_and_cheek_widths_make_their_own_avatar(weights, tmp_path) -> None:
-    """--musetalk-extra-margin, --musetalk-parsing-mode and --musetalk-cheek-widths (upstream's --extra_margin,
-    --parsing_mode, --left/right_cheek_width) reach the prepared avatar, and another choice is another avatar."""
+def test_upstreams_margin_parsing_mode_cheek_widths_and_blur_make_their_own_avatar(weights, tmp_path) -> None:
+    """--musetalk-extra-margin, --musetalk-parsing-mode, --musetalk-cheek-widths (upstream's --extra_margin,
+    --parsing_mode, --left/right_cheek_width) and --musetalk-blur (its two scripts' blur) reach the prepared avatar,
+    and another choice is another avatar."""
     from engine.lipsync.musetalk import run
 
     run.AVATARS.clear()
@@ -128,13 +129,17 @@ def test_upstreams_margin_parsing_mode_and_cheek_widths_make_their_own_avatar(we
     run_lipsync(config, tmp_path / "default.mp4", settings, device="cpu")
     (default,) = [avatar for avatar, _ in run.AVATARS.values()]
     assert (default.extra_margin, default.parsing_mode, default.cheek_widths) == (10, "jaw", (90, 90))  # v1.5's
+    assert default.blur_fraction == 0.1  # realtime_inference.py's
     chosen = dataclasses.replace(config, musetalk_extra_margin=0, musetalk_parsing_mode="neck",
-                                 musetalk_cheek_widths=(70, 80))  # fmt: skip
+                                 musetalk_cheek_widths=(70, 80), musetalk_blur=0.05)  # fmt: skip
     result = run_lipsync(chosen, tmp_path / "chosen.mp4", settings, device="cpu")
     assert result.metrics["avatar_source"] == "prepared"
     avatar = next(a for a, _ in run.AVATARS.values() if a is not default)
     assert (avatar.extra_margin, avatar.parsing_mode, avatar.cheek_widths) == (0, "neck", (70, 80))
+    assert avatar.blur_fraction == 0.05  # inference.py's
     assert avatar.boxes[0][3] == default.boxes[0][3] - 10  # the margin below the box
+    blurred = dataclasses.replace(config, musetalk_blur=0.05)  # the blur alone makes another avatar
+    assert run_lipsync(blurred, tmp_path / "blurred.mp4", settings, device="cpu").metrics["avatar_source"] == "prepared"
 
 
 def test_weights_replaced_in_place_prepare_the_avatar_again(weights, tmp_path) -> None:

@@ -302,6 +302,8 @@ def test_half_mask_blanks_the_lower_half_before_normalising() -> None:
     reference = geometry.vae_pixels(torch.from_numpy(crop), masked=False)
     masked = geometry.vae_pixels(torch.from_numpy(crop), masked=True)
     assert reference.shape == (1, 3, 256, 256) and reference.dtype == torch.float32
+    # upstream's layout: a channels-last view would run the encoder's other kernels (latents up to 6e-5 apart)
+    assert reference.is_contiguous() and masked.is_contiguous()
     assert reference[0, 0].eq(1.0).all()  # R first
     assert reference[0, 1].eq((torch.tensor(128 / 255) - 0.5) / 0.5).all()  # float32, as upstream
     assert reference[0, 2].eq(-1.0).all()

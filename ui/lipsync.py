@@ -154,6 +154,10 @@ def build_lipsync_tab(settings: Settings, jobs: LipSyncJobs, access: Access) -> 
                     musetalk_cheek_widths = gr.Textbox(
                         value=default(c, "musetalk_cheek_widths"), label="MuseTalk cheek widths LEFT,RIGHT (pixels)"
                     )
+                    musetalk_blur = gr.Number(
+                        value=default(c, "musetalk_blur"),
+                        label="MuseTalk paste-back blur (0.05: upstream's inference.py)",
+                    )
             results_column = gr.Column()
         with gr.Column():
             gr.Markdown(
@@ -178,7 +182,8 @@ def build_lipsync_tab(settings: Settings, jobs: LipSyncJobs, access: Access) -> 
         fps=fps, static=static, resize_factor=resize_factor, rotate=rotate, crop=crop,
         musetalk_weights=musetalk_weights, musetalk_version=musetalk_version, bbox_shift=bbox_shift,
         musetalk_person_box=person_box, musetalk_runtime=musetalk_runtime, musetalk_extra_margin=musetalk_extra_margin,
-        musetalk_parsing_mode=musetalk_parsing_mode, musetalk_cheek_widths=musetalk_cheek_widths, stream=stream,
+        musetalk_parsing_mode=musetalk_parsing_mode, musetalk_cheek_widths=musetalk_cheek_widths,
+        musetalk_blur=musetalk_blur, stream=stream,
     )  # fmt: skip
     outputs = [video, summary, stages, details]
     about = "Lip-sync a face image or video to speech; parameters as `avatarbench lipsync`."

@@ -129,6 +129,10 @@ class LipSyncConfig(Config):
         (90, 90), help="MuseTalk: LEFT,RIGHT cheek widths the jaw mode's mask keeps (upstream's --left_cheek_width "
         "and --right_cheek_width)", low=0, high=256, text=number_tuple(int, 2),
     )  # fmt: skip
+    musetalk_blur: float = option(
+        0.1, help="MuseTalk: the paste-back mask's Gaussian blur, its kernel as a fraction of the blend region's side: "
+        "0.1 as upstream's realtime_inference.py (prepared avatars), 0.05 as its inference.py", low=0.0, high=0.5,
+    )  # fmt: skip
     musetalk_person_box: bool = option(
         False, help="MuseTalk: DWPose looks inside YOLOX's best person box (dwpose/yolox_l.onnx) rather than the whole "
         "frame as upstream does (for small faces in wide shots)",
@@ -188,7 +192,7 @@ AvatarConfig = subset_config(
     "AvatarConfig",
     ("face", "batch_size", "precision", "box", "detector", "detector_checkpoint", "detect_scale", "musetalk_weights",
      "musetalk_version", "bbox_shift", "musetalk_extra_margin", "musetalk_parsing_mode", "musetalk_cheek_widths",
-     "musetalk_person_box"),
+     "musetalk_blur", "musetalk_person_box"),
     "A face (image or video) prepared into a MuseTalk avatar kept for later lip-syncs of it (DATA_DIR/avatars).",
 )  # fmt: skip
 

@@ -255,6 +255,7 @@ _MUSETALK_ONLY = (
     "musetalk_extra_margin",
     "musetalk_parsing_mode",
     "musetalk_cheek_widths",
+    "musetalk_blur",
     "musetalk_person_box",
     "musetalk_runtime",
 )

@@ -144,14 +144,15 @@ def vae_pixels(crops: torch.Tensor, masked: bool) -> torch.Tensor:
 
     The lower half is blanked in [0, 1] space, before normalising, so it reaches the VAE as -1 (black), as
     upstream's preprocess_img does. uint8 / 255 in float32 equals upstream's float64 division cast to float32
-    for all 256 values.
+    for all 256 values. The result is in the standard (contiguous) layout, as upstream's is: the permuted
+    channels-last view would send the encoder down other convolution kernels, latents up to 6e-5 apart.
     """
     if crops.ndim != 4 or crops.shape[-1] != 3 or crops.dtype != torch.uint8:
         raise ValueError(f"expected uint8 BGR crops (N, H, W, 3), got {tuple(crops.shape)} {crops.dtype}")
     pixels = crops.flip(-1).permute(0, 3, 1, 2).to(torch.float32) / 255.0
     if masked:
         pixels[:, :, pixels.shape[-2] // 2 :, :] = 0.0  # half_mask's zero rows
-    return (pixels - 0.5) / 0.5
+    return ((pixels - 0.5) / 0.5).contiguous()
 
 
 def scaled_latents(posterior_mean: torch.Tensor, scaling_factor: float = LATENT_SCALE) -> torch.Tensor:

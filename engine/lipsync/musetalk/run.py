@@ -301,7 +301,8 @@ def _avatar(config: Any, settings: Settings, loaded: _Loaded, fps: float, photo:
 
     mode = None if config.musetalk_parsing_mode == "auto" else config.musetalk_parsing_mode
     cheeks = tuple(int(w) for w in config.musetalk_cheek_widths)
-    looks = (config.bbox_shift, config.musetalk_extra_margin, mode, cheeks)  # upstream's options for the avatar
+    # upstream's options for the avatar
+    looks = (config.bbox_shift, config.musetalk_extra_margin, mode, cheeks, float(config.musetalk_blur))
 
     def key(frames: int | str) -> tuple:
         return (face, frames, looks, detection, loaded.key, marks)
@@ -315,7 +316,7 @@ def _avatar(config: Any, settings: Settings, loaded: _Loaded, fps: float, photo:
         return prepare_avatar(
             frames, loaded.networks, detector=_detector(config, settings, device), landmarks=landmarks,
             bbox_shift=config.bbox_shift, extra_margin=config.musetalk_extra_margin, parsing_mode=mode,
-            cheek_widths=cheeks, batch_size=loaded.batch, fps=fps, result=result,
+            cheek_widths=cheeks, blur_fraction=config.musetalk_blur, batch_size=loaded.batch, fps=fps, result=result,
             progress=lambda fraction, label: progress(0.05 + 0.05 * fraction, label),
         )  # fmt: skip
 
