@@ -137,12 +137,22 @@ def test_the_source_is_limited_as_upstreams_resize_to_limit() -> None:
 def test_a_tilted_face_comes_out_upright() -> None:
     from engine.portrait.crop import roll_from_landmarks
 
-    points = np.zeros((203, 2))
     tilt = np.radians(15)  # eyes 60 px apart, the right one lower: the face leans clockwise by 15 degrees
-    left, right = np.array([120.0, 240.0]), np.array([120 + 60 * np.cos(tilt), 240 + 60 * np.sin(tilt)])
-    corners = np.array([[-10.0, 0.0], [10.0, 0.0]])  # each eye's two corners
-    points[[0, 12]], points[[24, 36]] = left + corners, right + corners
-    assert roll_from_landmarks(points) == pytest.approx(15.0)
+    turn = np.array([[np.cos(tilt), -np.sin(tilt)], [np.sin(tilt), np.cos(tilt)]])  # clockwise on screen (y down)
+
+    def face(mouth_off_centre: float = 0.0, turned: bool = True) -> np.ndarray:
+        """Eyes at (-30, 0) and (30, 0), each of four points; mouth corners 40 px below, about the midline."""
+        points = np.zeros((203, 2))
+        eye = np.array([[-10.0, 0.0], [0.0, -3.0], [10.0, 0.0], [0.0, 3.0]])
+        points[[0, 6, 12, 18]], points[[24, 30, 36, 42]] = eye - (30.0, 0.0), eye - (-30.0, 0.0)
+        points[[48, 66]] = [[-15.0 + mouth_off_centre, 40.0], [15.0 + mouth_off_centre, 40.0]]
+        return (points @ turn.T if turned else points) + (150.0, 240.0)
+
+    left, right = face()[[0, 12]].mean(0), face()[[24, 36]].mean(0)
+    assert roll_from_landmarks(face()) == pytest.approx(15.0, abs=1e-4)  # a symmetric face: the eye line's angle
+    # upstream's measure (eyes' centre to lips' centre): with the mouth 5 px right of the eyes' midline, 40 px below,
+    # the level eyes say 0 but the face's vertical leans by atan(5 / 40)
+    assert roll_from_landmarks(face(5.0, turned=False)) == pytest.approx(-np.degrees(np.arctan(5 / 40)), abs=1e-4)
     t = crop_transform((100, 200, 200, 300), angle=15.0)
     eyes = [t.to_crop @ np.append(p, 1.0) for p in (left, right)]
     assert eyes[0][1] == pytest.approx(eyes[1][1]) and eyes[0][0] < eyes[1][0]  # level, left stays left

@@ -84,7 +84,7 @@ def landmark_layout(tilt_deg: float = 0.0) -> np.ndarray:
     pts = np.full((203, 2), 0.5, np.float32)
     pts[0], pts[12], pts[6], pts[18] = (0.3, 0.4), (0.5, 0.4), (0.4, 0.375), (0.4, 0.425)
     pts[24], pts[36], pts[30], pts[42] = (0.55, 0.4), (0.75, 0.4), (0.65, 0.38), (0.65, 0.42)
-    pts[48], pts[66], pts[90], pts[102] = (0.35, 0.7), (0.65, 0.7), (0.5, 0.67), (0.5, 0.73)
+    pts[48], pts[66], pts[90], pts[102] = (0.375, 0.7), (0.675, 0.7), (0.525, 0.67), (0.525, 0.73)  # eyes' midline
     c, s = np.cos(np.radians(tilt_deg)), np.sin(np.radians(tilt_deg))
     return ((pts - 0.5) @ np.array([[c, s], [-s, c]], np.float32) + 0.5).astype(np.float32)
 

@@ -74,7 +74,7 @@ class PortraitConfig(Config):
         "view, and the output is their 512x512 frame)",
     )  # fmt: skip
     upright: bool = option(
-        True, help="turn the source crop upright by the eye line (upstream's flag_do_rot; needs the landmark model; "
+        True, help="turn the source crop upright by the face's tilt (upstream's flag_do_rot; needs the landmark model; "
         "off: a crop square with the image)",
     )  # fmt: skip
     scale: float = option(

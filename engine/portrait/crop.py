@@ -3,14 +3,17 @@
 blended on the device the frames are on.
 
 The official crop is built from InsightFace's 106 landmarks (non-commercial weights); here it comes from the
-face box of engine/faces/detection.py (Haar or S3FD), turned upright by the eye line of LivePortrait's optional landmark
-model when the user supplied it (`roll_from_landmarks`); without it the crop is axis-aligned. The paste-back
+face box of engine/faces/detection.py (Haar or S3FD), turned upright by LivePortrait's optional landmark model when the
+user supplied it, its tilt measured as upstream measures it (`roll_from_landmarks`); without it the crop is
+axis-aligned. The landmark model's own 224 crop is the box's, axis-aligned (upstream's follows its 106 points and
+their tilt). The paste-back
 mask is our own formula for the released template (a 512x512 square feathered over 16 pixels with rounded
 corners, within one grey level of it).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -93,11 +96,21 @@ def source_within_limits(image: np.ndarray, max_dim: int, division: int) -> np.n
 
 
 def roll_from_landmarks(points: np.ndarray) -> float:
-    """The face's tilt in degrees from the eye line of the 203-point layout (positive: clockwise), so that
-    `crop_transform(..., angle=roll)` makes the eyes level."""
-    eyes = sorted((points[[0, 12]].mean(0), points[[24, 36]].mean(0)), key=lambda p: p[0])
-    (lx, ly), (rx, ry) = eyes
-    return float(np.degrees(np.arctan2(ry - ly, rx - lx)))
+    """The face's tilt in degrees (positive: clockwise) from the 203-point layout, as upstream's flag_do_rot measures
+    it (parse_rect_from_landmark with parse_pt2_from_pt203, in float32): the face's vertical is the axis from the
+    eyes' centre (each eye the mean of four points) to the lips' centre (the mouth corners' midpoint), and the
+    tilt is its normal's angle; `crop_transform(..., angle=roll)` turns that axis upright. On a symmetric face this
+    is the eye line's angle; where the mouth sits off the eyes' midline (a turned head) the two differ."""
+    pts = np.asarray(points, np.float32)
+    eyes = (pts[[0, 6, 12, 18]].mean(0) + pts[[24, 30, 36, 42]].mean(0)) / 2
+    down = (pts[48] + pts[66]) / 2 - eyes
+    length = float(np.linalg.norm(down))
+    if length <= 1e-3:
+        return 0.0
+    down = down / np.float32(length)
+    across = np.array((down[1], -down[0]), np.float32)
+    angle = math.acos(float(across[0]))
+    return math.degrees(-angle if across[1] < 0 else angle)
 
 
 def crop_image(image: np.ndarray, transform: CropTransform) -> np.ndarray:

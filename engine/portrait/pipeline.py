@@ -668,7 +668,7 @@ def _liveportrait_source(head: _Head, progress: Progress) -> _Source:
         with result.stage("landmarks"):
             landmarks = landmark_model(_rgb(source_bgr), box)
     transform: CropTransform | None = None  # crop off: upstream stretches the whole source to the networks' size
-    if config.crop:  # upright by the eye line when the landmark model is there (upstream crops from landmarks too)
+    if config.crop:  # upright by the face's tilt when the landmark model is there (upstream crops from landmarks too)
         tilt = roll_from_landmarks(landmarks) if landmarks is not None and config.upright else 0.0
         transform = crop_transform(box, config.scale, config.vy_ratio, angle=tilt, vx=config.vx_ratio)
 
