@@ -357,6 +357,7 @@ def test_musetalk_networks_are_benchmarkable(tmp_path: Path, monkeypatch: pytest
     """The sweep's MuseTalk workloads: the real configs' modules (here narrowed, as the real UNet takes 3.4 GB and
     half a minute to build on a CPU), tensors in and out, timed and compared like any network."""
     import torch
+    from torch.utils.flop_counter import FlopCounterMode
 
     from engine.lipsync.musetalk import random_weights
     from engine.lipsync.musetalk.weights import meta_unet, meta_vae
@@ -377,6 +378,11 @@ def test_musetalk_networks_are_benchmarkable(tmp_path: Path, monkeypatch: pytest
         points = [BenchPoint("eager", "fp32", 2, "cpu")]
         (row,) = run_sweep(SweepConfig(name, points, runs=2, warmup=0), model, None)["results"]
         assert row["status"] == "ok" and row["flops_per_sample"] > 0 and row["error_vs_fp32"]["rel_l2"] < 1e-5
+        # attention counted too: torch's counter knows the kernels a meta tensor runs, not the CPU's
+        counter = FlopCounterMode(display=False)
+        with torch.no_grad(), counter:
+            net.to("meta")(*(x[:1].to("meta") for x in inputs))
+        assert row["flops_per_sample"] == counter.get_total_flops()
 
 
 def test_a_sweep_with_many_bad_points_says_the_first_few() -> None:
@@ -442,3 +448,12 @@ def test_an_fp16_onnx_model_is_measured_as_fp16(tmp_path: Path) -> None:
     path = save(empty, tmp_path / "empty.onnx")
     with pytest.raises(InputError, match=r"empty: every input is empty \(x \[1, 0\]\): a run would compute nothing"):
         onnx_model(path, "empty", inspect_model(path))
+
+
+def test_tensorrt_fp32_rows_are_measured_against_the_tf32_peak() -> None:
+    """TensorRT computes fp32 layers as TF32 (ort_trt.py): its fp32 rows' share of peak is of the TF32 rate."""
+    from engine.bench.sweep import _math_precision
+
+    assert _math_precision({"runtime": "ort-trt", "precision": "fp32"}) == "tf32"
+    assert _math_precision({"runtime": "ort-cuda", "precision": "fp32"}) == "fp32"
+    assert _math_precision({"runtime": "ort-trt", "precision": "fp16"}) == "fp16"

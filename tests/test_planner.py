@@ -72,6 +72,25 @@ def test_hopper_boards_keep_their_own_datasheet_figures() -> None:
     assert pcie_card.key == "H100-PCIe" and pcie_card.peak("fp16") == 756.5 and pcie_card.name == "NVIDIA H100 PCIe"
 
 
+def test_pcie_boards_and_variants_keep_their_own_figures() -> None:
+    """A V100 or A100 PCIe card is not the SXM module, and a Ti, a laptop GPU or a MIG slice is not the card it
+    names."""
+    assert find_gpu("Tesla V100-PCIE-16GB").peak("fp16") == 112 and find_gpu("Tesla V100-SXM2-16GB").peak("fp16") == 125
+    assert find_gpu("Tesla V100-PCIE-32GB").key == "V100-PCIe-32GB"
+    assert find_gpu("Tesla V100S-PCIE-32GB").bandwidth_gbs == 1134
+    assert (
+        find_gpu("NVIDIA A100 80GB PCIe").bandwidth_gbs == 1935
+        and find_gpu("NVIDIA A100-SXM4-80GB").bandwidth_gbs == 2039
+    )
+    for variant in (
+        "NVIDIA GeForce RTX 3090 Ti",
+        "NVIDIA GeForce RTX 4090 Laptop GPU",
+        "NVIDIA A100-SXM4-40GB MIG 1g.5gb",
+    ):
+        assert find_gpu(variant) is None, variant
+    assert find_gpu("NVIDIA GeForce RTX 3090").key == "RTX-3090"
+
+
 def test_an_unknown_board_of_a_known_family_borrows_no_rates() -> None:
     """Only whole NVML names or distinctive tokens match: another H100 or H200 board stays unmatched."""
     assert find_gpu("NVIDIA H100 SXM5 64GB") is None
@@ -137,12 +156,18 @@ def test_auto_quantization_sharding_and_old_card_warnings() -> None:
     small = plan_llm(LlmRequest("A100-80GB", "mistral-7b", max_total_tokens=8192))
     assert small["fits"] and small["flags"]["--num-shard"] == 1 and "--quantize" not in small["flags"]
     assert small["flags"]["--dtype"] == "bfloat16" and small["flags"]["--max-input-tokens"] == 8191
+    assert "--max-batch-total-tokens" not in small["flags"]  # the flash path sizes it from free memory
     two = plan_llm(LlmRequest("L4", "llama-2-13b", count=2, max_total_tokens=4096, quantize="none"))
     assert two["fits"] and two["flags"]["--num-shard"] == 2  # 26 GB of weights need both cards
     old = plan_llm(LlmRequest("V100-16GB", "mistral-7b", count=2, max_total_tokens=4096))
     assert old["flags"]["--num-shard"] == 1  # no flash attention: TGI cannot shard
-    assert old["flags"]["--quantize"] == "eetq"  # auto skips 4-bit: Marlin needs 8.0+
+    # auto skips 4-bit (Marlin needs 8.0+), and TGI's non-flash path ignores eetq: bitsandbytes is its int8
+    assert old["flags"]["--quantize"] == "bitsandbytes"
+    # that path admits max(16000, ...) tokens whatever the memory: the plan states what fits
+    assert old["flags"]["--max-batch-total-tokens"] == old["memory"]["kv_token_capacity"] >= 4096
     assert "--dtype" not in old["flags"]
+    asked = plan_llm(LlmRequest("V100-16GB", "mistral-7b", max_total_tokens=4096, quantize="eetq"))
+    assert any("--quantize eetq is ignored there" in w for w in asked["warnings"])
     assert any("flash attention" in w for w in old["warnings"])
     hopper = plan_llm(LlmRequest("H100", "llama-2-13b", max_total_tokens=4096, concurrent_requests=80))
     assert hopper["flags"].get("--quantize") in (None, "bitsandbytes", "awq")  # never EETQ above 8.9

@@ -91,6 +91,11 @@ H200_DATASHEET = (
     "NVIDIA H200 Tensor Core GPU datasheet, H200 SXM / H200 NVL columns (tensor rates listed with sparsity, "
     "halved here)"
 )
+V100_DATASHEET = "NVIDIA V100 Tensor Core GPU datasheet, SXM2 / PCIe columns"
+A100_DATASHEET = (
+    "NVIDIA A100 Tensor Core GPU datasheet, A100 80GB PCIe / SXM columns (tensor rates listed with sparsity, halved "
+    "here)"
+)
 HOPPER_SXM_RATES = _rates(67, 494.5, 989.5, 989.5, 1979)  # the SXM modules: H100 SXM and H200 SXM alike
 HOPPER_NVL_RATES = _rates(60, 417.5, 835.5, 835.5, 1670.5)  # the NVL cards: H100 NVL and H200 NVL alike
 NO_PRICE = "no indicative price recorded for this board: set yours (the price table or prices.json)"
@@ -102,15 +107,32 @@ CATALOG: dict[str, Gpu] = {
         Gpu("T4", "NVIDIA T4", 16, 320, _rates(8.1, None, 65, None, 130), (7, 5), True, 0.35, aliases=("T4",)),
         Gpu(
             "V100-16GB", "NVIDIA V100 16GB (SXM2)", 16, 900, _rates(15.7, None, 125, None, 62), (7, 0), True, 2.48,
-            aliases=("V100-SXM2-16GB", "V100-PCIE-16GB", "V100 16GB"),
-            notes="int8 through DP4A (no int8 tensor cores)",
+            aliases=("V100-SXM2-16GB", "V100 16GB"), spec_source=V100_DATASHEET,
+            notes="the SXM2 module (300 W); int8 through DP4A (no int8 tensor cores)",
         ),
         Gpu(
             "V100-32GB", "NVIDIA V100 32GB (SXM2)", 32, 900, _rates(15.7, None, 125, None, 62), (7, 0), True, 2.75,
-            aliases=("V100-SXM2-32GB", "V100-PCIE-32GB", "V100S"),
+            aliases=("V100-SXM2-32GB",), spec_source=V100_DATASHEET, notes="the SXM2 module (300 W)",
         ),
         Gpu(
-            "A10G", "NVIDIA A10G", 24, 600, _rates(31.2, 35, 70, 70, 140), (8, 6), True, 1.01, aliases=("A10G",),
+            "V100-PCIe-16GB", "NVIDIA V100 PCIe 16GB", 16, 900, _rates(14, None, 112, None, 56), (7, 0), True, None,
+            NO_PRICE, aliases=("V100-PCIE-16GB",), spec_source=V100_DATASHEET,
+            notes="the PCIe card (250 W, lower clocks than the SXM2 module); int8 through DP4A",
+        ),
+        Gpu(
+            "V100-PCIe-32GB", "NVIDIA V100 PCIe 32GB", 32, 900, _rates(14, None, 112, None, 56), (7, 0), True, None,
+            NO_PRICE, aliases=("V100-PCIE-32GB",), spec_source=V100_DATASHEET,
+            notes="the PCIe card (250 W, lower clocks than the SXM2 module); int8 through DP4A",
+        ),
+        Gpu(
+            "V100S", "NVIDIA V100S PCIe 32GB", 32, 1134, _rates(16.4, None, 130, None, 65.6), (7, 0), True, None,
+            NO_PRICE, aliases=("V100S-PCIE-32GB", "V100S"), spec_source="NVIDIA V100S datasheet",
+            notes="the faster PCIe card (250 W, 1134 GB/s); int8 through DP4A",
+        ),
+        Gpu(
+            "A10G", "NVIDIA A10G", 24, 600, _rates(35, 35, 70, 70, 140), (8, 6), True, 1.01, aliases=("A10G",),
+            spec_source="no NVIDIA datasheet: AWS's figures, and Baseten's A10 vs A10G comparison (the A10G's CUDA "
+            "cores outrun the A10's 31.2 TFLOP/s: 80 SMs at 1.71 GHz make 35)",
             notes="AWS's A10 variant (g5 instances); tensor rates as AWS reports them",
         ),
         Gpu("A40", "NVIDIA A40", 48, 696, _rates(37.4, 74.8, 149.7, 149.7, 299.3), (8, 6), True, 0.44, aliases=("A40",)),  # noqa: E501
@@ -122,7 +144,13 @@ CATALOG: dict[str, Gpu] = {
         ),
         Gpu(
             "A100-80GB", "NVIDIA A100 80GB", 80, 2039, _rates(19.5, 156, 312, 312, 624), (8, 0), False, 1.79,
-            aliases=("A100-SXM4-80GB", "A100 80GB PCIe", "A100-80GB"), notes="no NVENC (decoders only)",
+            aliases=("A100-SXM4-80GB", "A100-80GB"), spec_source=A100_DATASHEET,
+            notes="the SXM module (HBM2e, 2039 GB/s); no NVENC (decoders only)",
+        ),
+        Gpu(
+            "A100-80GB-PCIe", "NVIDIA A100 80GB PCIe", 80, 1935, _rates(19.5, 156, 312, 312, 624), (8, 0), False,
+            None, NO_PRICE, aliases=("A100 80GB PCIe",), nvml_names=("NVIDIA A100 80GB PCIe",),
+            spec_source=A100_DATASHEET, notes="the PCIe card (HBM2e, 1935 GB/s); no NVENC (decoders only)",
         ),
         Gpu(
             "RTX-3090", "NVIDIA GeForce RTX 3090", 24, 936, _rates(35.6, 35.6, 71, 71, 284), (8, 6), True, 0.22,
@@ -165,9 +193,19 @@ CATALOG: dict[str, Gpu] = {
 }  # fmt: skip
 
 
+# Words that make another board of a known name: faster or slower silicon, or a slice of the card.
+VARIANT_WORDS = ("ti", "super", "laptop", "mobile", "max-q", "mig")
+
+
 def _mentions(name: str, alias: str) -> bool:
-    """Whether the alias appears as a whole token ("L4" is not in "L40S", "A40" is not in "RTX A4000")."""
-    return re.search(rf"(?<![a-z0-9]){re.escape(alias.lower())}(?![a-z0-9])", name) is not None
+    """Whether the alias appears as a whole token ("L4" is not in "L40S", "A40" is not in "RTX A4000") of a name with
+    no variant word the alias lacks ("RTX 3090" is not the RTX 3090 Ti, "RTX 4090" not the 4090 Laptop GPU, "A100"
+    not a MIG slice of one)."""
+    alias = alias.lower()
+    if re.search(rf"(?<![a-z0-9]){re.escape(alias)}(?![a-z0-9])", name) is None:
+        return False
+    words, own = set(re.split(r"[\s_]+", name)), set(re.split(r"[\s_]+", alias))
+    return not any(word in words and word not in own for word in VARIANT_WORDS)
 
 
 def _plain(name: str) -> str:

@@ -162,7 +162,8 @@ class LlmRequest(Config):
                                           high=1_048_576)  # fmt: skip
     max_total_tokens: int | None = option(
         None,
-        help="prompt plus generated tokens per request (empty: the model's context, at most 4096, as TGI)",
+        help="prompt plus generated tokens per request (empty: the model's context, at most 4096; the launch line "
+        "always states it)",
         low=2,
         high=1_048_576,
     )

@@ -21,7 +21,9 @@ if TYPE_CHECKING:
     from engine.bench.config import CostConfig, LlmRequest, NetworkPlanConfig
 
 CUDA_CONTEXT_BYTES = 800 * 2**20  # CUDA context + cuBLAS/cuDNN workspaces of one PyTorch process (typical)
-TGI_DEFAULT_TOTAL_TOKENS = 4096  # text-generation-launcher's --max-total-tokens when not given (capped by the context)
+# The plan's --max-total-tokens when none is asked: the model's context, at most this. TGI up to 2.4.0 defaulted to
+# the same; from 2.4.1 its default is the context cut to what the KV cache holds. The launch line always states it.
+TGI_DEFAULT_TOTAL_TOKENS = 4096
 TGI_RUNTIME_BYTES = 2 * 2**30  # TGI's own reserve: context, CUDA graphs, NCCL buffers (typical, per shard)
 QUANT_BYTES_PER_PARAM = {
     "none": 2.0,  # fp16 / bf16
@@ -362,7 +364,7 @@ def plan_llm(req: LlmRequest, card: Gpu | None = None) -> dict[str, Any]:
     if gpu is None:
         raise PlanError(f"unknown GPU {req.gpu!r}; known: {', '.join(CATALOG)}")
     spec = LLMS[req.llm]
-    if req.max_total_tokens is None:  # TGI's own default: min(max_position_embeddings, 4096)
+    if req.max_total_tokens is None:  # the context, at most 4096 (TGI_DEFAULT_TOTAL_TOKENS)
         req = replace(req, max_total_tokens=min(spec.max_positions, TGI_DEFAULT_TOTAL_TOKENS))
     max_input = req.max_input_tokens or req.max_total_tokens - 1
     if not 1 <= max_input < req.max_total_tokens:
@@ -380,7 +382,8 @@ def plan_llm(req: LlmRequest, card: Gpu | None = None) -> dict[str, Any]:
             "attention and paged attention need 8.0+, so TGI runs the slower non-flash path, cannot shard "
             "(one GPU only) and pads the KV cache per request"
         )
-    int8 = "eetq" if gpu.supports("eetq") else "bitsandbytes"
+    # TGI's non-flash path (CausalLM.fallback, transformers' loading) honours only bitsandbytes: eetq is ignored there
+    int8 = "eetq" if flash and gpu.supports("eetq") else "bitsandbytes"
     quant_options = ["none", int8, "awq"] if req.quantize == "auto" else [req.quantize]
     if req.quantize in FOUR_BIT and not gpu.supports("marlin"):
         warnings.append(
@@ -389,6 +392,11 @@ def plan_llm(req: LlmRequest, card: Gpu | None = None) -> dict[str, Any]:
         )
     if req.quantize == "eetq" and not gpu.supports("eetq"):
         warnings.append(f"EETQ's kernels cover compute capability 7.0 to 8.9; {gpu.name} may not run it")
+    elif req.quantize == "eetq" and not flash:
+        warnings.append(
+            "TGI's non-flash path loads the model through transformers and quantizes only with bitsandbytes: "
+            "--quantize eetq is ignored there and the weights load in fp16 (ask for bitsandbytes)"
+        )
     shard_options = [s for s in (1, 2, 4, 8) if s <= req.count and spec.kv_heads % s == 0 and spec.heads % s == 0]
     if not flash:
         shard_options = [1]
@@ -434,6 +442,9 @@ def plan_llm(req: LlmRequest, card: Gpu | None = None) -> dict[str, Any]:
         "--max-input-tokens": max_input,
         "--max-total-tokens": req.max_total_tokens,
         "--max-batch-prefill-tokens": prefill_tokens,
+        # the flash path sizes the batch's KV tokens from free memory itself; the non-flash path takes
+        # max(16000, ...) whatever the memory, so the plan states what fits
+        "--max-batch-total-tokens": None if flash else best["kv_token_capacity"],
         "--dtype": dtype if best["quantize"] == "none" else None,
         "--quantize": None if best["quantize"] == "none" else best["quantize"],
     }
