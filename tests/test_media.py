@@ -415,6 +415,41 @@ def test_nvdec_asked_for_where_it_cannot_start_decodes_on_the_cpu_and_says_why(t
     assert asked.reason is not None and asked.reason.startswith("NVDEC could not start on cuda:0 (")
 
 
+def test_where_nvdec_fails_partway_the_rest_is_decoded_on_the_cpu(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hardware decode error mid-video (here made after 3 frames) is not a damaged file: the frames keep coming,
+    from the CPU, in order, none twice, and the reason is kept."""
+    import engine.core.media as media
+
+    clip = _face_clip(tmp_path / "clip.mp4", frames=8)
+    expected = list(read_frames(clip))
+    converted = {"frames": 0}
+
+    def claims_nvdec(stream, decoding: Decoding) -> None:  # where NVDEC was asked for, say it ran
+        decoding.ran_on = "nvdec" if decoding.cuda_device is not None else "cpu"
+
+    def fails_after_three(frame):
+        converted["frames"] += 1
+        if converted["frames"] > 3:
+            raise av.error.InvalidDataError(1094995529, "Invalid data found when processing input")
+        return frame
+
+    monkeypatch.setattr(media, "_note_decoder", claims_nvdec)
+    monkeypatch.setattr(media, "_as_software_decoders", fails_after_three)
+    decoding = Decoding(cuda_device=0)
+    frames = list(read_frames(clip, decoding=decoding))
+    assert len(frames) == 8 and all(np.array_equal(a, b) for a, b in zip(frames, expected, strict=True))
+    assert decoding.ran_on == "cpu" and decoding.reason.startswith("NVDEC failed after 3 frames (")
+    assert decoding.reason.endswith("the rest were decoded on the CPU")
+    # a video that fails on the CPU too is still refused as damaged
+    monkeypatch.setattr(media, "_note_decoder", lambda stream, decoding: setattr(decoding, "ran_on", "cpu"))
+    damaged = tmp_path / "damaged.mp4"
+    damaged.write_bytes(clip.read_bytes()[: len(clip.read_bytes()) * 2 // 3])
+    with pytest.raises(MediaError):
+        list(read_frames(damaged, decoding=Decoding(cuda_device=0)))
+
+
 @pytest.mark.parametrize("nvdec_format", sorted(NVDEC_PLANAR))
 def test_nvdec_frames_convert_to_bgr_exactly_as_the_software_decoders_do(nvdec_format: str) -> None:
     """NVDEC's frames (NV12, P010, P016) are rearranged into the planar format the software decoder gives before

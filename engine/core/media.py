@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import logging
 import math
 import os
@@ -557,17 +558,34 @@ def read_frames(
 
     `threads`: None lets FFmpeg thread the decoder by frames and slices (decoding is often the slowest CPU stage);
     1 decodes in the calling thread alone, for when a network running on the CPU needs the cores. `decoding` asks
-    for NVDEC and says where the frames were decoded (Decoding).
+    for NVDEC and says where the frames were decoded (Decoding); where NVDEC fails partway, the rest of the video
+    is decoded on the CPU (from the start, the frames already given skipped) and `decoding.reason` says so.
 
     With `max_seconds`, frames are counted as they come and reading stops with a message past
     fps x max_seconds of them: a header may not state a length (a raw H.264 stream's does not), so
     the count is the limit that always holds. Every frame must have the size the header states (or
     the first frame's), so a stream cannot switch to a larger size than the one validated. Frames come upright
     (display_turns), in the size probe_video reports."""
+    path, decoding = Path(path), decoding or Decoding()
+    given = 0
+    try:
+        for image in _decoded(path, max_seconds, threads, decoding):
+            yield image
+            given += 1
+    except _NvdecFailed as failed:
+        decoding.ran_on = "cpu"
+        decoding.reason = f"NVDEC failed after {given} frames ({failed}): the rest were decoded on the CPU"
+        yield from itertools.islice(_decoded(path, max_seconds, threads, Decoding()), given, None)
+
+
+class _NvdecFailed(Exception):
+    """FFmpeg's error from an NVDEC decode: the video may still decode on the CPU."""
+
+
+def _decoded(path: Path, max_seconds: float | None, threads: int | None, decoding: Decoding) -> Iterator[np.ndarray]:
+    """read_frames' one pass over the video, decoded where `decoding` says."""
     import av
 
-    path = Path(path)
-    decoding = decoding or Decoding()
     decoded = 0
     try:
         with _open_for_decoding(path, decoding) as container:
@@ -607,6 +625,8 @@ def read_frames(
                     "truncated; upload or copy it again"
                 )
     except (av.error.FFmpegError, UnicodeDecodeError) as exc:
+        if decoding.ran_on == "nvdec":
+            raise _NvdecFailed(ffmpeg_reason(exc)) from None
         raise MediaError(
             f"{path.name}: decoding failed after {decoded} frames ({ffmpeg_reason(exc)}); the file may be "
             "truncated or damaged"
