@@ -133,10 +133,14 @@ def test_a_gpu_that_is_not_used_keeps_the_install_recipes(monkeypatch, tmp_path:
     report = _doctor_on(monkeypatch, tmp_path, nvml=["NVIDIA L4"])
     torch_check = report.get("pytorch")
     assert torch_check.status == PROBLEM and "NVIDIA L4" in torch_check.found
-    assert "pip install --force-reinstall torch --index-url https://download.pytorch.org/whl/cu130" in torch_check.fix
+    # pinned to the installed version, and forced: pip would otherwise keep the CPU build or take the newest torch
+    version = torch_version()
+    assert f"pip install --force-reinstall torch=={version} --index-url https://download.pytorch.org/whl/cu130" in (
+        torch_check.fix
+    )
     cuda = report.get("onnxruntime-cuda")
     assert cuda.status == PROBLEM and _LOADER_ERROR in cuda.found and "onnxruntime-gpu[cuda,cudnn]" in cuda.fix
-    assert "tensorrt-cu13" in report.get("onnxruntime-tensorrt").fix
+    assert "pip install 'tensorrt-cu13>=10,<11'" in report.get("onnxruntime-tensorrt").fix  # TensorRT 11 won't load
     assert report.get("device").status == WARNING and report.get("nvidia-driver").status == OK
     assert report.status == PROBLEM
 
@@ -269,7 +273,10 @@ def test_driver_older_than_the_wheels_cuda_is_a_problem(monkeypatch, tmp_path: P
     ctx = _ctx(tmp_path, ort_probe={"build_cuda_version": "13.0"})
     check = doctor.check_driver(ctx)
     assert check.status == PROBLEM and "PyTorch is built for CUDA 13.0" in check.found
-    assert "cu126" in check.fix  # a build the 12.2 driver can run
+    assert f"torch=={torch_version()} --index-url https://download.pytorch.org/whl/cu126" in check.fix  # 12.2 runs it
+    old = doctor.check_driver(_ctx(tmp_path, cuda_driver_version="11.8", ort_probe={"build_cuda_version": "13.0"}))
+    # PyTorch 2.11-2.13 have no CUDA 11 build: the driver is what must change
+    assert "download.pytorch.org" not in old.fix and "525.60.13 or newer runs CUDA 12 builds" in old.fix
     ok = doctor.check_driver(_ctx(tmp_path, cuda_driver_version="13.1", ort_probe={"build_cuda_version": "13.0"}))
     assert ok.status == OK
 
@@ -297,7 +304,42 @@ def test_provider_that_loads_only_after_preload_is_a_warning_with_that_fix(tmp_p
     check = doctor.check_ort_cuda(_ctx(tmp_path, ort_probe=probe))
     assert check.status == WARNING and "preload_dlls" in check.fix
     trt = doctor.check_ort_tensorrt(_ctx(tmp_path, ort_probe=probe))
-    assert trt.status == PROBLEM and "tensorrt-cu13" in trt.fix
+    assert trt.status == PROBLEM and "tensorrt-cu13>=10,<11" in trt.fix
+    probe["tensorrt_major"] = 11  # a later onnxruntime linked against TensorRT 11
+    assert "tensorrt-cu13>=11,<12" in doctor.check_ort_tensorrt(_ctx(tmp_path, ort_probe=probe)).fix
+
+
+def torch_version() -> str:
+    from importlib import metadata
+
+    return metadata.version("torch").split("+")[0]
+
+
+@pytest.mark.parametrize(
+    ("arch", "capability", "runs"),
+    [
+        ("sm_80", (8, 6), True),  # a cubin runs on its major's later minors
+        ("sm_86", (8, 0), False),
+        ("sm_80", (9, 0), False),  # not on the next major
+        ("compute_80", (9, 0), True),  # PTX is compiled for anything newer on load
+        ("compute_120", (7, 0), False),  # but not for older GPUs: a Volta has no kernel in a wheel of sm_80+ only
+        ("sm_90a", (9, 0), True),
+        ("sm_90a", (9, 1), False),  # architecture-specific: that GPU only
+        ("sm_100f", (10, 3), True),  # family-specific: its family's later members
+        ("sm_100", (12, 0), False),
+    ],
+)
+def test_which_built_architectures_run_on_a_gpu(arch: str, capability: tuple[int, int], runs: bool) -> None:
+    assert doctor._arch_runs(arch, *capability) is runs
+
+
+def test_the_tensorrt_the_provider_links_is_read_from_its_soname(tmp_path: Path) -> None:
+    from engine.system.ort_probe import linked_major
+
+    library = tmp_path / "libonnxruntime_providers_tensorrt.so"
+    library.write_bytes(b"\x7fELF\0\0libcudart.so.13\0libnvinfer.so.10\0libnvinfer_plugin.so.10\0")
+    assert linked_major(library, "libnvinfer") == 10 and linked_major(library, "libnvonnxparser") is None
+    assert linked_major(tmp_path / "missing.so", "libnvinfer") is None
 
 
 def test_unwritable_data_dir_is_a_problem(tmp_path: Path) -> None:

@@ -196,3 +196,44 @@ def test_snapshot_dict_is_json_ready(use_fake) -> None:
     data = json.loads(json.dumps(snap.to_dict()))
     assert data["gpus"][0]["memory_percent"] == pytest.approx(25.0)
     assert data["time"] == snap.time_text
+
+
+@pytest.mark.parametrize(
+    ("visible", "cuda_id", "expected"),
+    [
+        (None, 1, 1),  # every GPU visible: the same numbers
+        ("2,0", 0, 2),  # CUDA's cuda:0 is the machine's GPU 2
+        ("2,0", 1, 0),
+        ("2,0", 2, None),  # only two visible
+        ("", 0, None),  # set but empty: no GPU at all
+        ("GPU-bbbb", 0, 1),  # by UUID prefix, found among NVML's
+        ("GPU-cccc", 0, None),
+    ],
+)
+def test_cuda_device_ids_are_translated_to_nvml_indices(monkeypatch, visible, cuda_id, expected) -> None:
+    from engine.system.gpu_memory import nvml_index
+
+    if visible is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    assert nvml_index(cuda_id, ["GPU-aaaa-1", "GPU-bbbb-2", None]) == expected
+    worker = telemetry.WorkerActivity(f"cuda:{cuda_id}", 1)
+    if visible is None or "GPU" not in visible:  # the worker rows of the GPU table follow the same translation
+        assert worker.gpu_index == expected
+
+
+def test_gpus_are_numbered_in_pci_bus_order_as_nvml_numbers_them() -> None:
+    """CUDA's default order (fastest first) numbers mixed GPUs differently from NVML; the engine asks for NVML's."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    code = "import os, engine; print(os.environ['CUDA_DEVICE_ORDER'])"
+    env = {k: v for k, v in os.environ.items() if k != "CUDA_DEVICE_ORDER"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True, cwd=root)
+    assert out.stdout.strip() == "PCI_BUS_ID"
+    chosen = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root,
+                            env={**env, "CUDA_DEVICE_ORDER": "FASTEST_FIRST"})  # fmt: skip
+    assert chosen.stdout.strip() == "FASTEST_FIRST"  # the user's choice stays

@@ -194,16 +194,51 @@ def _major_minor(version: str | None) -> tuple[int, int] | None:
         return None
 
 
-def _cuda_wheel_tag(cuda_driver_version: str | None) -> str:
-    """A PyTorch index tag the driver can run, for the fix text.
+def _cuda_wheel_tag(cuda_driver_version: str | None) -> str | None:
+    """A PyTorch index tag the driver can run, for the fix text; None where no build of the pinned PyTorch can.
 
     CUDA's minor-version compatibility lets any 12.x (or 13.x) build run on any driver of the
-    same major version, so the major version alone decides.
+    same major version, so the major version alone decides. PyTorch 2.11 to 2.13 (our pins) are built for CUDA
+    12.6 and 13.0 (no longer 11.8).
     """
     mm = _major_minor(cuda_driver_version)
     if mm is None or mm[0] >= 13:
         return "cu130"
-    return "cu126" if mm[0] == 12 else "cu118"
+    return "cu126" if mm[0] == 12 else None
+
+
+OLD_DRIVER_FIX = (
+    "No build of the PyTorch this project pins runs on a driver for CUDA {cuda}: update the NVIDIA driver (525.60.13 "
+    "or newer runs CUDA 12 builds, 580 or newer CUDA 13 builds)"
+)
+
+
+def _torch_install(tag: str | None, cuda_driver_version: str | None) -> str:
+    """The command that installs this PyTorch's version built for `tag` (pinned, and forced: without
+    --force-reinstall pip keeps the installed build of the same version, and without the pin it takes whatever is
+    newest on that index)."""
+    if tag is None:
+        return OLD_DRIVER_FIX.format(cuda=cuda_driver_version)
+    try:
+        version = "==" + metadata.version("torch").split("+")[0]
+    except metadata.PackageNotFoundError:
+        version = ""
+    return f"pip install --force-reinstall torch{version} --index-url https://download.pytorch.org/whl/{tag}"
+
+
+def _arch_runs(arch: str, major: int, minor: int) -> bool:
+    """Whether code built for `arch` (torch.cuda.get_arch_list: sm_86, sm_90a, compute_120) runs on a GPU of compute
+    capability major.minor: a cubin (sm_XY) on the same major with an equal or higher minor (an sm_XYa or sm_XYf one
+    on XY itself only, as a family member at most), PTX (compute_XY) on XY and anything newer, compiled on load."""
+    match = re.fullmatch(r"(sm|compute)_(\d+)(\d)([af]?)", arch)
+    if match is None:
+        return False
+    kind, arch_major, arch_minor, suffix = match.group(1), int(match.group(2)), int(match.group(3)), match.group(4)
+    if kind == "compute":
+        return (major, minor) >= (arch_major, arch_minor)
+    if suffix == "a":
+        return (major, minor) == (arch_major, arch_minor)
+    return major == arch_major and minor >= arch_minor
 
 
 # ---------------------------------------------------------------------------- checks
@@ -236,14 +271,13 @@ def check_torch(ctx: _Context) -> Check:
             details=details,
         )
     if not torch.cuda.is_available():
-        tag = _cuda_wheel_tag(ctx.cuda_driver_version)
+        install = _torch_install(_cuda_wheel_tag(ctx.cuda_driver_version), ctx.cuda_driver_version)
         if ctx.gpu_present and torch.version.cuda is None:
             return Check(
                 "pytorch",
                 PROBLEM,
                 f"{build}, but NVML sees {', '.join(ctx.nvml_gpus)}: everything runs on the CPU",
-                f"Install a CUDA build of PyTorch matching the driver (CUDA {ctx.cuda_driver_version}):\n"
-                f"pip install --force-reinstall torch --index-url https://download.pytorch.org/whl/{tag}",
+                f"Install a CUDA build of PyTorch matching the driver (CUDA {ctx.cuda_driver_version}):\n{install}",
                 details,
             )
         if ctx.gpu_present:
@@ -253,16 +287,13 @@ def check_torch(ctx: _Context) -> Check:
                 f"{build}, NVML sees {', '.join(ctx.nvml_gpus)}, but torch.cuda.is_available() is False",
                 "The driver is too old for this build or the device is hidden. Check CUDA_VISIBLE_DEVICES "
                 f"(now {os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')!r}) and `nvidia-smi`; or install a "
-                f"build the driver supports: pip install torch --index-url https://download.pytorch.org/whl/{tag}",
+                f"build the driver supports: {install}",
                 details,
             )
         if ctx.pci_gpus:
             fix = "First make the driver work (see nvidia-driver)."
             if torch.version.cuda is None:
-                fix += (
-                    " Then install a CUDA build of PyTorch: pip install --force-reinstall torch --index-url "
-                    f"https://download.pytorch.org/whl/{tag}"
-                )
+                fix += f" Then install a CUDA build of PyTorch: {install}"
             return Check(
                 "pytorch",
                 WARNING,
@@ -274,13 +305,10 @@ def check_torch(ctx: _Context) -> Check:
     devices = []
     problems = []
     arch_list = details["arch_list"]
-    built_majors = {int(m.group(1)) // 10 for a in arch_list if (m := re.match(r"sm_(\d+)", a))}
-    has_ptx = any(a.startswith("compute_") for a in arch_list)
     for i in range(torch.cuda.device_count()):
         props = torch.cuda.get_device_properties(i)
         devices.append(f"cuda:{i} {props.name} (compute capability {props.major}.{props.minor})")
-        # Kernels run on a GPU with SASS of its major architecture in the wheel, or through PTX.
-        if arch_list and props.major not in built_majors and not has_ptx:
+        if arch_list and not any(_arch_runs(arch, props.major, props.minor) for arch in arch_list):
             problems.append(
                 f"{props.name} is sm_{props.major}{props.minor}, but this PyTorch has kernels only for "
                 + ", ".join(arch_list)
@@ -294,8 +322,8 @@ def check_torch(ctx: _Context) -> Check:
             "pytorch",
             PROBLEM,
             found + ". " + "; ".join(problems),
-            "Install a PyTorch build that supports this GPU (older cards need an older CUDA build, "
-            "e.g. --index-url https://download.pytorch.org/whl/cu126).",
+            "Install a PyTorch build that supports this GPU (older cards need an older CUDA build: "
+            f"{_torch_install('cu126', None)}).",
             details,
         )
     if cudnn is None:
@@ -303,8 +331,8 @@ def check_torch(ctx: _Context) -> Check:
             "pytorch",
             WARNING,
             found,
-            "cuDNN does not load: reinstall torch so its nvidia-cudnn wheel "
-            "matches (pip install --force-reinstall torch).",
+            "cuDNN does not load: reinstall torch so its nvidia-cudnn wheel matches: "
+            + _torch_install("cu" + (torch.version.cuda or "").replace(".", ""), None),
             details,
         )
     return Check("pytorch", OK, found, details=details)
@@ -373,8 +401,8 @@ def check_driver(ctx: _Context) -> Check:
             PROBLEM,
             found + "; but " + "; ".join(too_new),
             f"Update the NVIDIA driver to one supporting CUDA {max(needs.values(), key=_major_minor)}, or install "
-            f"wheels built for CUDA {ctx.cuda_driver_version}: pip install torch --index-url "
-            f"https://download.pytorch.org/whl/{_cuda_wheel_tag(ctx.cuda_driver_version)}",
+            f"wheels built for CUDA {ctx.cuda_driver_version}: "
+            + _torch_install(_cuda_wheel_tag(ctx.cuda_driver_version), ctx.cuda_driver_version),
             details,
         )
     return Check("nvidia-driver", OK, found, details=details)
@@ -558,11 +586,11 @@ def _provider_check(ctx: _Context, provider: str, name: str) -> Check:
     found = f"{provider} fails to load, sessions fall back to {result['session_providers']}: {result['error']}"
     fix = fix_cuda
     if provider == "TensorrtExecutionProvider":
-        major = cuda.split(".")[0]
+        major, trt = cuda.split(".")[0], probe.get("tensorrt_major") or 10
         fix = (
-            f"Install TensorRT 10 for CUDA {major} (pip install tensorrt-cu{major}, the version onnxruntime-gpu "
-            "lists in its requirements) and put its lib folder on LD_LIBRARY_PATH; or use the CUDA provider, "
-            "which needs no TensorRT."
+            f"Install TensorRT {trt} for CUDA {major} (pip install 'tensorrt-cu{major}>={trt},<{trt + 1}': "
+            f"onnxruntime {probe['version']} links libnvinfer.so.{trt}, and another major version does not load) "
+            "and put its lib folder on LD_LIBRARY_PATH; or use the CUDA provider, which needs no TensorRT."
         )
         if probe["providers"]["CUDAExecutionProvider"]["loaded"]:
             status = WARNING  # the CUDA provider still serves the GPU

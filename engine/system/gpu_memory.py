@@ -4,6 +4,7 @@ the sweeps record. NVML numbers every GPU of the machine, CUDA only the visible 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any
 
 
@@ -14,20 +15,29 @@ def nvml_source() -> Any:
     return NvmlSource()
 
 
+def nvml_index(device_id: int, uuids: Sequence[str | None] = ()) -> int | None:
+    """The NVML index of the GPU CUDA calls `device_id` in this process, or None where there is none.
+
+    CUDA numbers only the GPUs CUDA_VISIBLE_DEVICES lists (by index, or by UUID, found among `uuids`, NVML's; set
+    but empty: none), NVML every GPU of the machine. Both count in PCI bus order (engine/__init__.py sets
+    CUDA_DEVICE_ORDER=PCI_BUS_ID; a user's FASTEST_FIRST numbers mixed GPUs otherwise)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return device_id
+    listed = [v.strip() for v in visible.split(",") if v.strip()]
+    if device_id >= len(listed):
+        return None
+    want = listed[device_id]
+    if want.isdigit():
+        return int(want)
+    return next((i for i, uuid in enumerate(uuids) if uuid and uuid.startswith(want)), None)
+
+
 def nvml_device(source: Any, device_id: int = 0) -> Any:
     """The NVML device that CUDA calls `device_id` (NVML ignores CUDA_VISIBLE_DEVICES, CUDA does not)."""
     devices = getattr(source, "devices", [])
-    if not devices:
-        return None
-    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
-    if not visible:
-        return devices[device_id] if device_id < len(devices) else None
-    if device_id >= len(visible):
-        return None
-    want = visible[device_id]
-    if want.isdigit():
-        return devices[int(want)] if int(want) < len(devices) else None
-    return next((d for d in devices if d.uuid and d.uuid.startswith(want)), None)
+    index = nvml_index(device_id, [d.uuid for d in devices])
+    return devices[index] if index is not None and index < len(devices) else None
 
 
 def gpu_memory(source: Any, device_id: int = 0) -> dict[str, int | None] | None:
@@ -43,4 +53,4 @@ def gpu_memory(source: Any, device_id: int = 0) -> dict[str, int | None] | None:
     return {"used": int(info.used), "total": int(info.total), "process": mine}
 
 
-__all__ = ["gpu_memory", "nvml_device", "nvml_source"]
+__all__ = ["gpu_memory", "nvml_device", "nvml_index", "nvml_source"]

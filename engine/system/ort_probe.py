@@ -76,6 +76,17 @@ def loader_error(provider: str) -> str | None:
     return None
 
 
+def linked_major(library: Path, dependency: str) -> int | None:
+    """The major version of `dependency` (e.g. libnvinfer) that `library` was linked against, from the soname in its
+    dynamic string table (libnvinfer.so.10): which TensorRT the installed provider loads, whatever pip offers."""
+    try:
+        data = library.read_bytes()
+    except OSError:
+        return None
+    found = re.search(rb"\0" + re.escape(dependency.encode()) + rb"\.so\.(\d+)\0", data)
+    return int(found.group(1)) if found else None
+
+
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
@@ -126,6 +137,9 @@ def probe_all() -> dict[str, Any]:
         "build_cuda_version": _build_cuda_version(),
         "providers": {p: probe_provider(p) for p in GPU_PROVIDERS},
         "preload": None,
+        "tensorrt_major": linked_major(
+            Path(ort.__file__).parent / "capi" / _PROVIDER_LIBS["TensorrtExecutionProvider"], "libnvinfer"
+        ),
     }
     if not report["providers"]["CUDAExecutionProvider"]["loaded"] and hasattr(ort, "preload_dlls"):
         with captured_stderr() as err, contextlib.redirect_stdout(io.StringIO()) as out:

@@ -21,6 +21,8 @@ from typing import Any
 
 import psutil
 
+from engine.system.gpu_memory import nvml_index
+
 log = logging.getLogger(__name__)
 
 # Clock event ("throttle") reason bits from nvml.h; names as a user would search for them.
@@ -98,9 +100,9 @@ class WorkerActivity:
 
     @property
     def gpu_index(self) -> int | None:
-        """The GPU index for a local "cuda:N" key (NVML and CUDA agree on it unless CUDA_VISIBLE_DEVICES reorders)."""
+        """The NVML index of a local "cuda:N" key's GPU (through this process's CUDA_VISIBLE_DEVICES, by index)."""
         head, _, index = self.device.partition("cuda:")
-        return int(index) if not head and index.isdigit() else None
+        return nvml_index(int(index)) if not head and index.isdigit() else None
 
     @property
     def doing(self) -> str:
@@ -226,8 +228,9 @@ class _NvmlDevice:
                 if proc.pid in seen:
                     continue
                 seen.add(proc.pid)
-                used = getattr(proc, "usedGpuMemory", None)
-                out.append(GpuProcess(proc.pid, self._process_name(proc.pid), kind, int(used) if used else None))
+                used = getattr(proc, "usedGpuMemory", None)  # pynvml's None: NVML cannot tell; 0 is a real 0
+                memory = None if used is None else int(used)
+                out.append(GpuProcess(proc.pid, self._process_name(proc.pid), kind, memory))
         return out
 
     def _process_name(self, pid: int) -> str:
