@@ -226,6 +226,21 @@ def test_the_video_check_keeps_ffmpegs_lines_off_the_terminal(capfd, caplog, tmp
         assert "libcuda" not in check.found
 
 
+def test_a_gpu_whose_video_engines_do_not_work_is_told_what_they_need(monkeypatch, tmp_path: Path) -> None:
+    """NVENC and NVDEC both probed for real (here without a GPU neither works): decoding falls back to the CPU too."""
+    import torch
+
+    pytest.importorskip("av")
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here: tests/test_gpu.py checks NVDEC itself")
+    check = doctor.check_video(_ctx(tmp_path, nvml_gpus=["NVIDIA L4"]))
+    assert check.status == WARNING and "NVDEC does not decode (NVDEC could not start on cuda:0" in check.found
+    assert "libnvcuvid.so.1" in check.fix and "NVIDIA_DRIVER_CAPABILITIES=compute,utility,video" in check.fix
+    assert check.details["nvdec"]["ran_on"] == "cpu"
+    quiet = doctor.check_video(_ctx(tmp_path, nvml_gpus=[]))  # no GPU: nothing to say about NVDEC
+    assert quiet.status == OK and "NVDEC" not in quiet.found and quiet.details["nvdec"]["ran_on"] == "cpu"
+
+
 def test_a_crashing_check_becomes_a_problem_not_an_exception(monkeypatch, tmp_path: Path) -> None:
     def broken(ctx):
         raise KeyError("boom")

@@ -578,6 +578,27 @@ def read_frames(
         yield from itertools.islice(_decoded(path, max_seconds, threads, Decoding()), given, None)
 
 
+def probe_nvdec(cuda_device: int = 0) -> Decoding:
+    """Decode a small H.264 clip (made here with libx264) as a GPU lip-sync job decodes its video: where the frames
+    were decoded, and why not on NVDEC (the doctor's check; NVDEC needs the driver's libnvcuvid.so.1, which a
+    container gets with NVIDIA_DRIVER_CAPABILITIES including video)."""
+    import tempfile
+
+    decoding = Decoding(cuda_device=cuda_device)
+    with tempfile.TemporaryDirectory(prefix="avatarbench-nvdec-") as folder:
+        clip = Path(folder) / "probe.mp4"
+        try:
+            writer = VideoWriter(clip, 25, 128, 128, codec="libx264")
+            for frame in _test_frames(8, 128):
+                writer.write(frame)
+            writer.close()
+            for _ in read_frames(clip, decoding=decoding):
+                pass
+        except Exception as exc:  # a probe reports, never raises
+            decoding.ran_on, decoding.reason = None, f"the probe clip did not decode ({type(exc).__name__}: {exc})"
+    return decoding
+
+
 class _NvdecFailed(Exception):
     """FFmpeg's error from an NVDEC decode: the video may still decode on the CPU."""
 

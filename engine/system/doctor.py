@@ -618,7 +618,7 @@ def check_video(ctx: _Context) -> Check:
         import av.logging
     except ImportError as exc:
         return Check("video-encoders", PROBLEM, f"PyAV does not import: {exc}", "pip install av")
-    from engine.core.media import available_encoders, probe_encoder
+    from engine.core.media import available_encoders, probe_encoder, probe_nvdec
 
     listed = available_encoders()
     # FFmpeg's own lines ("[h264_nvenc] Cannot load libcuda.so.1") would reach stderr and the server log through
@@ -628,24 +628,31 @@ def check_video(ctx: _Context) -> Check:
         x264 = probe_encoder("libx264")
     for _, source, message in ffmpeg_lines:
         log.debug("FFmpeg %s: %s", source, message.strip())
+    nvdec = probe_nvdec()
     details = {
         "pyav": av.__version__,
         "listed": listed,
         "ffmpeg_cli": shutil.which("ffmpeg"),
         "h264_nvenc": asdict(nvenc),
         "libx264": asdict(x264),
+        "nvdec": asdict(nvdec),
     }
     found = f"PyAV {av.__version__}; encoders listed: {', '.join(listed) or 'none'}; "
-    if nvenc.works:
-        return Check("video-encoders", OK, found + "NVENC (h264_nvenc) encodes", details=details)
+    decode = "; NVDEC decodes" if nvdec.ran_on == "nvdec" else f"; NVDEC does not decode ({nvdec.reason})"
+    video_in_docker = "in Docker add NVIDIA_DRIVER_CAPABILITIES=compute,utility,video"
+    if nvenc.works and nvdec.ran_on == "nvdec":
+        return Check("video-encoders", OK, found + "NVENC (h264_nvenc) encodes" + decode, details=details)
     if x264.works and (ctx.no_gpu or ctx.zero_gpu):  # NVENC's error stays in the details: no GPU, or ZeroGPU's
         return Check("video-encoders", OK, f"PyAV {av.__version__}; libx264 encodes on the CPU", details=details)
-    why = f"NVENC does not work ({nvenc.error})"
+    if nvenc.works:
+        fix = f"Videos are decoded on the CPU. NVDEC needs the driver's libnvcuvid.so.1; {video_in_docker}."
+        return Check("video-encoders", WARNING, found + "NVENC (h264_nvenc) encodes" + decode, fix, details)
+    why = f"NVENC does not work ({nvenc.error})" + decode
     if x264.works:
         fix = (
             "Videos are encoded with libx264 on the CPU. NVENC needs an NVIDIA GPU with an encoder (not "
-            "A100/H100/H200) and the driver's libnvidia-encode.so; in Docker add "
-            "NVIDIA_DRIVER_CAPABILITIES=compute,utility,video."
+            "A100/H100/H200, which decode on NVDEC but have no encoder) and the driver's libnvidia-encode.so; "
+            f"NVDEC the driver's libnvcuvid.so.1; {video_in_docker}."
         )
         return Check("video-encoders", WARNING, found + why + "; libx264 works", fix, details)
     return Check(
