@@ -334,7 +334,8 @@ def serve(args: argparse.Namespace) -> int:
                 share=args.share,
                 auth=auth,
                 max_file_size=settings.max_upload_bytes,
-                allowed_paths=[str(settings.outputs_dir), str(ASSETS)],
+                # not the outputs: Gradio would serve any of them to whoever names it (ui/widgets.py, delivered)
+                allowed_paths=[str(ASSETS)],
                 theme=gr.themes.Soft(),
                 css=CSS,
                 head=OWNER_COOKIE_SCRIPT,  # the browser's owner token: its jobs outlive a reload

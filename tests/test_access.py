@@ -61,3 +61,23 @@ def test_visitors_pick_the_servers_weights_and_only_operators_name_paths(tmp_pat
             access.server_files({"checkpoint": probe}, settings, visitor)
     operator = _request("carol")
     assert access.server_files({"checkpoint": "/etc/passwd"}, settings, operator) == {"checkpoint": "/etc/passwd"}
+
+
+def test_outputs_reach_gradio_through_a_private_copy_not_the_outputs_folder(tmp_path: Path, monkeypatch) -> None:
+    """Gradio serves launch()'s allowed_paths to anyone who names a file, and outputs are named by job id: a
+    component gets a copy in a folder of its own (random name) in the temp directory, removed later."""
+    import tempfile
+
+    from ui import widgets
+
+    output = tmp_path / "outputs" / "lipsync-0123456789ab.mp4"
+    output.parent.mkdir()
+    output.write_bytes(b"video")
+    handed = Path(widgets.delivered(output))
+    assert handed.read_bytes() == b"video" and handed.name == output.name
+    assert handed.parent.parent == Path(tempfile.gettempdir()) and handed.parent.name.startswith("avatarbench-out-")
+    assert widgets.delivered(tmp_path / "gone.mp4") is None and widgets.delivered(None) is None
+    later = widgets.time.time() + widgets.DELIVERY_KEEP_S + 1
+    monkeypatch.setattr(widgets.time, "time", lambda: later)
+    widgets.delivered(output)  # each hand-over clears the ones past their time
+    assert not handed.exists()

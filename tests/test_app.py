@@ -122,7 +122,10 @@ def _video_path(video: dict | str) -> Path:
     return Path(video["video"] if isinstance(video, dict) else video)
 
 
-def test_lipsync_endpoint_makes_a_video_from_only_its_files(client) -> None:
+def test_lipsync_endpoint_makes_a_video_from_only_its_files(client, running_app: RunningApp) -> None:
+    import urllib.error
+    import urllib.request
+
     from gradio_client import handle_file
 
     video, summary, _chart, details = client.predict(
@@ -131,6 +134,13 @@ def test_lipsync_endpoint_makes_a_video_from_only_its_files(client) -> None:
     path = _video_path(video)
     assert path.exists() and path.stat().st_size > 10_000
     assert "not Wav2Lip" in summary and details["metrics"]["frames"] > 100
+    # the file in the outputs folder, named by the job's id, is not served to whoever names it: only its owner's
+    # copy, through Gradio's cache, is
+    stored = details["outputs"]["video"]
+    assert Path(stored).is_file() and "/outputs/" in stored
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"{running_app.url}/gradio_api/file={stored}", timeout=30)
+    assert refused.value.code in (403, 404)
 
 
 def test_a_streaming_lipsync_shows_its_video_so_far_and_its_segments_reach_only_its_owner(

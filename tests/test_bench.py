@@ -254,6 +254,13 @@ def test_jobs_round_trip_and_imports(tmp_path: Path) -> None:
     assert jobs.store.claim_next("imported") is None  # imported reports are done, never claimed
     with pytest.raises(StoreError, match="no stored file"):  # another user cannot sweep this upload
         jobs.submit(SweepRequest.build({"model": f"onnx:{sha}", "points": points}), "someone else")
+    # nor learn whether anyone stored a file: the answer reads the same as for a file nobody stored, in any case
+    for held in (sha, sha.upper(), "0" * 64):
+        with pytest.raises(StoreError) as refused:
+            jobs.submit(SweepRequest.build({"model": f"onnx:{held}", "points": points}), "someone else")
+        assert str(refused.value) == f"no stored file with sha256 {held.lower()}"
+    upper = jobs.submit(SweepRequest.build({"model": f"onnx:{sha.upper()}", "points": points}), OWNER)
+    assert upper.model_sha256 == sha  # the owner's own reference in upper case is theirs too
 
 
 class _Killed(BaseException):

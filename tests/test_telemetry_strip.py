@@ -143,7 +143,7 @@ def test_every_gpu_shows_its_workers_and_their_jobs_and_the_others_show_on_the_h
     snap = snaps[-1]
     snap.gpus[0].processes = [GpuProcess(101, "python", "C", 2**30)]  # NVML's view of the worker's process
     snap.workers = [
-        WorkerActivity("cuda:0", 101, "lipsync", 0.42, "frame 42/100"),
+        WorkerActivity("cuda:0", 101, "lipsync", 0.42),
         WorkerActivity("cuda:0", 102, "onnx_eval", 0.1),
         WorkerActivity("cuda:1", 103),
         WorkerActivity("cpu", 104, "portrait", 0.5),
@@ -156,5 +156,5 @@ def test_every_gpu_shows_its_workers_and_their_jobs_and_the_others_show_on_the_h
     panel = current_values_html(snap)
     assert "<th>Jobs</th>" in panel and "<td>lipsync 42% · onnx_eval 10%</td>" in panel and "<td>idle</td>" in panel
     table = render_table(snap)
-    assert "Job workers:" in table and "cuda:0        101        lipsync 42%  frame 42/100" in table
+    assert "Job workers:" in table and "cuda:0        101        lipsync 42%" in table
     assert "101       C     python [lipsync 42%]" in table

@@ -50,7 +50,17 @@ from ui.bench_report import (
 )
 from ui.forms import api_endpoint, api_function, refusal, reported
 from ui.jobs import Access, wire_cancel
-from ui.widgets import chart, finished_results, job_ids, job_poller, optional_number, shown_table, table, when
+from ui.widgets import (
+    chart,
+    delivered,
+    finished_results,
+    job_ids,
+    job_poller,
+    optional_number,
+    shown_table,
+    table,
+    when,
+)
 
 CUSTOM = "custom grid"
 # a switch a sweep may try both ways, as one choice: (what the radio says, the API's switch list)
@@ -220,8 +230,8 @@ def build_bench_tab(settings: Any, jobs: BenchJobs, access: Access) -> None:
             chart(latency_memory_figure(report)),
             chart(telemetry_figure(report)),
             spread_markdown(report),
-            str(out / f"bench-{job}.json"),
-            str(out / f"bench-{job}.csv"),
+            delivered(out / f"bench-{job}.json"),
+            delivered(out / f"bench-{job}.csv"),
             gr.Dropdown(choices=labels, value=labels[0] if labels else None),
         )
 

@@ -29,6 +29,7 @@ from engine.core.weights import server_files
 from engine.jobs.kinds import JobKind, queue_view, readable_summary
 from engine.jobs.store import DONE, FINISHED, Job, JobStore
 from ui.forms import Run, api_endpoint, refusal, reported
+from ui.widgets import delivered, job_ids, when
 
 log = logging.getLogger(__name__)
 LOCAL = "local"  # the owner of calls that come with no request (tests, scripts calling handlers directly)
@@ -195,7 +196,7 @@ def register_job_api(store: JobStore, kinds: Mapping[str, JobKind], access: Acce
             sent = 0
             for seen in follow_live(jobs, job_id, access.reader(request), lambda fraction, label: None):
                 if isinstance(seen, LiveStream):
-                    new = [str(p) for p in seen.segments[sent:]]
+                    new = [delivered(p) for p in seen.segments[sent:]]
                     sent = len(seen.segments)
                     yield new, jobs.status(job_id, access.reader(request))
             yield [], jobs.result(job_id, access.reader(request))
@@ -300,8 +301,6 @@ def run_panel(
     the list is opened or refreshed; a row clicked gives its id), any of which reopens into the tab's `outputs`
     through `render(result)` (one still queued or running once it is done). Progress shows once, on `outputs[0]`
     (the main result), not on every output pane: the tab's own run button should say the same (show_progress_on)."""
-    from ui.widgets import job_ids, when
-
     with gr.Accordion("Your earlier runs", open=False) as panel:
         with gr.Row():
             refresh = gr.Button("Refresh", size="sm")

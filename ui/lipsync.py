@@ -25,7 +25,7 @@ from ui.weights import weights_panel
 from ui.widgets import (
     ASSETS,
     chart,
-    kept,
+    delivered,
     measurement_line,
     optional_number,
     segments_lines,
@@ -173,7 +173,7 @@ def build_lipsync_tab(settings: Settings, jobs: LipSyncJobs, access: Access) -> 
 
     def render(report: dict[str, Any]) -> tuple[Any, ...]:
         result = RunResult.from_dict(report)
-        return kept(result.outputs.get("video")), summary_markdown(result), chart(timing_figure(result)), report
+        return delivered(result.outputs.get("video")), summary_markdown(result), chart(timing_figure(result)), report
 
     inputs = dict(
         face=face, audio=audio, engine=engine, checkpoint=checkpoint, batch_size=batch_size, precision=precision,

@@ -45,7 +45,18 @@ from ui.onnx_report import (
     summary_markdown,
     throughput_figure,
 )
-from ui.widgets import chart, finished_results, job_ids, job_poller, number, optional_number, shown_table, table, when
+from ui.widgets import (
+    chart,
+    delivered,
+    finished_results,
+    job_ids,
+    job_poller,
+    number,
+    optional_number,
+    shown_table,
+    table,
+    when,
+)
 
 log = logging.getLogger(__name__)
 HISTORY_HEADERS = ["job", "model", "status", "providers", "device", "submitted", "best samples/s", "error"]
@@ -215,7 +226,7 @@ def build_onnx_eval_tab(settings: Any, jobs: OnnxEvalJobs, access: Access) -> No
             spread_markdown(report),
             shown_table(PARITY_HEADERS, parity_rows(report)),
             shown_table(ACCURACY_HEADERS, accuracy_rows(report)),
-            str(out),
+            delivered(out),
             inspection_markdown(inspected) if inspected else gr.update(),
             gr.update(value=io_rows(inspected), visible=True) if inspected else gr.update(),
         )

@@ -21,7 +21,7 @@ from ui.weights import weights_panel
 from ui.widgets import (
     ASSETS,
     chart,
-    kept,
+    delivered,
     measurement_line,
     optional_number,
     segments_lines,
@@ -197,7 +197,7 @@ def build_portrait_tab(settings: Settings, jobs: PortraitJobs, access: Access) -
     def render(report: dict[str, Any]) -> tuple[Any, ...]:
         result = RunResult.from_dict(report)
         out = result.outputs
-        video_file, strip_file, template_file = (kept(out.get(k)) for k in ("video", "strip", "template"))
+        video_file, strip_file, template_file = (delivered(out.get(k)) for k in ("video", "strip", "template"))
         return video_file, summary_markdown(result), strip_file, chart(timing_figure(result)), template_file, report
 
     inputs = dict(

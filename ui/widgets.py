@@ -6,6 +6,12 @@ from __future__ import annotations
 
 import datetime
 import math
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,9 +28,35 @@ from ui.forms import default, field, refusal
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
 
-def kept(path: str | None) -> str | None:
-    """An output file still on disk, else None (the store's budget may have removed it; the summary says so)."""
-    return path if path and Path(path).is_file() else None
+DELIVERY_KEEP_S = 600.0  # Gradio copies a returned file into its cache at once; the hand-over copy goes after this
+_handed_over: deque[tuple[float, Path]] = deque()
+_hand_over_lock = threading.Lock()
+
+
+def delivered(path: str | os.PathLike | None) -> str | None:
+    """An output file as a component returns it: a link to it (a copy across file systems) in a folder of its own,
+    named at random, in the system's temp directory; None where the file is gone (the store's budget may have
+    removed it; the summary says so).
+
+    Why: Gradio serves every file under launch()'s allowed_paths to anyone who names it, and outputs are named by
+    their job's id, which other users can come to know; so the outputs folder is not among them (app.py). Gradio
+    takes returned files from the temp directory into its own cache (content-hashed names) without serving that
+    directory."""
+    if not path or not Path(path).is_file():
+        return None
+    now = time.time()
+    with _hand_over_lock:
+        while _handed_over and now - _handed_over[0][0] > DELIVERY_KEEP_S:
+            shutil.rmtree(_handed_over.popleft()[1], ignore_errors=True)
+    folder = Path(tempfile.mkdtemp(prefix="avatarbench-out-"))
+    target = folder / Path(path).name
+    try:
+        os.link(path, target)
+    except OSError:
+        shutil.copyfile(path, target)
+    with _hand_over_lock:
+        _handed_over.append((now, folder))
+    return str(target)
 
 
 def video_so_far(stream: LiveStream, stopped: str | None = None) -> tuple[str, str]:
@@ -35,8 +67,8 @@ def video_so_far(stream: LiveStream, stopped: str | None = None) -> tuple[str, s
     if not (stopped is not None and so_far.is_file()):  # a stopped run's last preview is already joined
         so_far = join_segments(parts, so_far)
     if stopped is not None:
-        return str(so_far), f"✗ {stopped}; the first {stream.duration:.1f} s made before that are above"
-    return str(so_far), f"⏳ the first {stream.duration:.1f} s, made so far; the rest follows"
+        return delivered(so_far), f"✗ {stopped}; the first {stream.duration:.1f} s made before that are above"
+    return delivered(so_far), f"⏳ the first {stream.duration:.1f} s, made so far; the rest follows"
 
 
 def measurement_line(result: RunResult) -> list[str]:

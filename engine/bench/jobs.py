@@ -18,7 +18,7 @@ from engine.bench.workloads import BUILTIN, builtin_model, onnx_model
 from engine.core.errors import InputError
 from engine.core.json_text import parse_json
 from engine.jobs.kinds import JobKind
-from engine.jobs.store import CPU, Job, StoreError
+from engine.jobs.store import CPU, Job, StoreError, checked_sha256
 from engine.jobs.worker import Progress, WorkerContext
 from engine.onnx.model import Limits, inspect_model, prepare_model
 
@@ -40,16 +40,18 @@ class BenchJobs(JobKind):
         wants_gpu = any(p.device == "cuda" for p in config.points)
         if wants_gpu and not has_gpu:
             raise BenchError("this sweep has GPU configurations but this machine has no CUDA device")
-        sha = config.model.removeprefix("onnx:") if config.model.startswith("onnx:") else None
+        sha = config.model.removeprefix("onnx:").lower() if config.model.startswith("onnx:") else None
         device = self.broker.place(wants_gpu)
         return self.broker.submit(KIND, {"sweep": config.to_dict()}, device, owner, model_sha256=sha, timed=True)
 
     def _check_model(self, name: str, owner: str | None) -> None:
         if name.startswith("onnx:"):
-            sha = name.removeprefix("onnx:")
-            self.store.blob_path(sha)  # "not a sha256" or "no stored file"
-            if owner is not None and not self.store.owns_model(owner, sha):  # another user's upload
+            sha = checked_sha256(name.removeprefix("onnx:"))
+            # ownership first, and one message either way: another user's upload and no upload at all must read
+            # alike, or the answer would say whether anyone stored a file one holds
+            if owner is not None and not self.store.owns_model(owner, sha):
                 raise StoreError(f"no stored file with sha256 {sha}")
+            self.store.blob_path(sha)  # "no stored file": the owner's upload has gone (the store's budget)
         elif name not in BUILTIN:
             raise BenchError(f"no model {name!r}: use {', '.join(BUILTIN)} or onnx:<sha256> of a stored model")
 

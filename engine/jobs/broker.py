@@ -189,8 +189,7 @@ class Broker:
         out = []
         for w in workers:
             job = running.get(w.process.pid)
-            out.append(WorkerActivity(w.device, w.process.pid, job.kind if job else None,
-                                      job.progress if job else 0.0, job.progress_label if job else ""))  # fmt: skip
+            out.append(WorkerActivity(w.device, w.process.pid, job.kind if job else None, job.progress if job else 0.0))
         return out
 
     def pids(self) -> list[int]:

@@ -55,6 +55,15 @@ CPU = "cpu"
 _SCHEMA_VERSION = 2
 _SHARE_SLACK = 1e-6  # seven shares of 1/7 add up to a whisker over 1 in floating point
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def checked_sha256(text: object) -> str:
+    """A stored file's name as the store keeps it (lower-case hex), or a StoreError saying what one is."""
+    if not isinstance(text, str) or not _SHA256.fullmatch(text.lower()):
+        raise StoreError(f"not a sha256 (64 hex characters): {text!r}")
+    return text.lower()
+
+
 _BLOB_REF = re.compile(r"(?:onnx:)?([0-9a-f]{64})")  # how settings name a blob: bare, or a sweep's onnx:<sha256>
 _COLUMNS = (
     "id, kind, model_sha256, settings, device, status, progress, progress_label, error, result, "
@@ -282,9 +291,7 @@ class JobStore:
         return True
 
     def blob_path(self, sha256: str) -> Path:
-        if not isinstance(sha256, str) or not _SHA256.fullmatch(sha256.lower()):
-            raise StoreError(f"not a sha256 (64 hex characters): {sha256!r}")
-        sha = sha256.lower()
+        sha = checked_sha256(sha256)
         path = self.blobs_dir / sha[:2] / sha
         if not path.is_file():
             raise StoreError(f"no stored file with sha256 {sha}")

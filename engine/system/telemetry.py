@@ -95,8 +95,7 @@ class WorkerActivity:
     device: str  # the device key its jobs are queued under: "cuda:N", "cpu" (a Ray actor's: "NODE/cuda:N")
     worker: int | None  # its id (a process id for local workers)
     kind: str | None = None  # the running job's kind; None while idle
-    progress: float = 0.0
-    label: str = ""
+    progress: float = 0.0  # no progress text: every visitor sees the telemetry, and a job's text is its owner's
 
     @property
     def gpu_index(self) -> int | None:
@@ -497,9 +496,7 @@ def render_table(snap: Snapshot) -> str:
         lines.append(row("Job workers:  Device        Worker     Job"))
         lines.append(rule.replace("-", "="))
         for w in snap.workers:
-            lines.append(
-                row(f"              {w.device[:13]:<13} {_na(w.worker):<10} {w.doing}  {w.label}"[: width - 4])
-            )
+            lines.append(row(f"              {w.device[:13]:<13} {_na(w.worker):<10} {w.doing}"[: width - 4]))
         lines.append(rule)
     h = snap.host
     lines.append(
