@@ -377,3 +377,59 @@ def test_a_partial_result_stays_with_a_job_stopped_on_the_way(store: JobStore) -
     assert store.get(job.id).result == {"results": [1, 2]}
     with pytest.raises(StoreError, match="must be a dict"):
         store.save_partial(job.id, [1])  # type: ignore[arg-type]
+
+
+def test_queue_limits_hold_under_concurrent_submits(store: JobStore) -> None:
+    """The owner's count and the insert are one transaction: eight submits at once at a limit of three let three in
+    (a check before the insert let four in), and the whole queue has its own limit, which new sessions cannot
+    get round."""
+    from engine.jobs.store import QueueFull, QueueLimits
+
+    limits = QueueLimits(per_owner=3, total=5)
+    accepted, refused = [], []
+    start = threading.Barrier(8)
+
+    def submit() -> None:
+        start.wait()
+        try:
+            accepted.append(store.submit("k", {}, "cpu", owner="alice", limits=limits))
+        except QueueFull as exc:
+            refused.append(str(exc))
+
+    threads = [threading.Thread(target=submit) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(accepted) == 3 and len(refused) == 5 and "AVATARBENCH_MAX_QUEUED_JOBS" in refused[0]
+    assert store.waiting("alice") == (3, 3) and store.waiting("bob") == (0, 3)
+    store.submit("k", {}, "cpu", owner="bob", limits=limits)
+    store.submit("k", {"segment": {"parent": accepted[0].id, "index": 1, "of": 2}}, "cpu", owner="alice")
+    assert store.waiting("alice") == (3, 4)  # a split job's segment is not a job of its own
+    store.submit("k", {}, "cpu", owner="carol", limits=limits)
+    with pytest.raises(QueueFull, match=r"the queue holds 5 waiting jobs, the most it takes \(5, AVATARBENCH_MAX"):
+        store.submit("k", {}, "cpu", owner="dave", limits=limits)  # a fresh session: the whole queue is full
+    store.claim_next("cpu")  # one starts: it no longer waits
+    assert store.submit("k", {}, "cpu", owner="dave", limits=limits).status == QUEUED
+
+
+def test_only_the_newest_imported_reports_are_kept(store: JobStore) -> None:
+    """Imported reports are done on arrival (no queue limit holds them) and no budget covers job rows: each owner
+    keeps their newest few, and all of them together a size."""
+
+    def imported(owner: str, size: int) -> str:
+        job = store.submit("bench", {}, "imported", owner=owner)
+        store.finish(job.id, {"blob": "x" * size})
+        return job.id
+
+    alice = [imported("alice", 10) for _ in range(5)]
+    bob = [imported("bob", 10) for _ in range(2)]
+    other = store.submit("bench", {}, "cpu", owner="alice")  # not an import: never touched
+    assert store.keep_newest("imported", per_owner=3, total_bytes=10**6) == 2
+    assert [j.id for j in store.history(10, owner="alice") if j.device == "imported"] == alice[:1:-1]
+    assert store.get(other.id).status == QUEUED and store.get(bob[0]).owner == "bob"
+    newest = imported("bob", 100)
+    # newest first: the new one (111 bytes of JSON) and the one before it (21) fit in 150, the rest go
+    assert store.keep_newest("imported", per_owner=3, total_bytes=150) == 4
+    assert [j.id for j in store.history(10, owner="bob")] == [newest, bob[1]]
+    assert [j.id for j in store.history(10, owner="alice")] == [other.id]

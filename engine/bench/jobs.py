@@ -42,7 +42,8 @@ class BenchJobs(JobKind):
             raise BenchError("this sweep has GPU configurations but this machine has no CUDA device")
         sha = config.model.removeprefix("onnx:").lower() if config.model.startswith("onnx:") else None
         device = self.broker.place(wants_gpu)
-        return self.broker.submit(KIND, {"sweep": config.to_dict()}, device, owner, model_sha256=sha, timed=True)
+        return self.broker.submit(KIND, {"sweep": config.to_dict()}, device, owner, model_sha256=sha, timed=True,
+                                  limits=self.limits())  # fmt: skip
 
     def _check_model(self, name: str, owner: str | None) -> None:
         if name.startswith("onnx:"):
@@ -68,6 +69,8 @@ class BenchJobs(JobKind):
         sweep.validate()
         job = self.store.submit(KIND, {"sweep": sweep.to_dict(), "imported": True}, IMPORTED, owner=owner)
         self.store.finish(job.id, report)
+        # imports are done on arrival, so no queue limit holds them: the newest only are kept
+        self.store.keep_newest(IMPORTED, IMPORTS_PER_OWNER, IMPORTS_TOTAL_BYTES)
         return self.store.get(job.id)
 
     def stored_onnx_models(self, owner: str | None, limit: int = 200) -> list[tuple[str, str]]:
@@ -116,6 +119,8 @@ def handle(job: Job, progress: Progress, context: WorkerContext) -> dict[str, An
 
 
 MAX_REPORT_BYTES = 8 * 2**20
+IMPORTS_PER_OWNER = 20  # imported reports one owner keeps; an older one goes when a new one comes
+IMPORTS_TOTAL_BYTES = 256 * 2**20  # imported reports kept from everyone together
 _ROW_TEXT = ("label", "status", "runtime", "precision", "device")
 _ROW_NUMBERS = ("batch", "samples_per_s", "speedup", "peak_allocated_bytes", "device_used_bytes", "achieved_tflops",
                 "percent_of_peak", "energy_j_per_sample", "flops_per_sample")  # fmt: skip

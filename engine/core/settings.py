@@ -158,6 +158,7 @@ class Settings:
     job_time_limits: tuple[tuple[str, float], ...] = (("default", 3600.0),)
     job_memory_gb: float = 16.0
     max_queued_jobs: int = 10
+    max_queued_total: int = 200
     shutdown_grace_s: float = 10.0
     max_side: int = 2560
     max_seconds: float = 600.0
@@ -275,6 +276,11 @@ DOCUMENTED: dict[str, tuple[str, str]] = {
         "(default 10): the queue is first come, first served, so one person's many jobs would hold everyone "
         "else's; a job split over GPUs counts once",
     ),
+    "MAX_QUEUED_TOTAL": (
+        "max_queued_total",
+        "jobs waiting in the queue at once from everyone together, 1..1000000 (default 200): the per-person limit "
+        "counts sessions, which a script can open by the hundred",
+    ),
     "SHUTDOWN_GRACE": (
         "shutdown_grace_s",
         "seconds running jobs get to finish when the app stops (SIGTERM, Ctrl-C), 0..3600 (default 10)",
@@ -365,6 +371,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         job_time_limits=_time_limits(_env(env, "JOB_TIME_LIMITS")),
         job_memory_gb=_number(env, "JOB_MEMORY_GB", _three_quarters_of_ram_gb(), 0.25, 4096.0),
         max_queued_jobs=_number(env, "MAX_QUEUED_JOBS", 10, 1, 10_000, int),
+        max_queued_total=_number(env, "MAX_QUEUED_TOTAL", 200, 1, 1_000_000, int),
         shutdown_grace_s=_number(env, "SHUTDOWN_GRACE", 10.0, 0.0, 3600.0),
         max_side=_number(env, "MAX_SIDE", 2560, 64, 8192, int),
         max_seconds=_number(env, "MAX_SECONDS", 600.0, 1.0, 7200.0),

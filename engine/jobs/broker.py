@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from engine.core.errors import InputError
-from engine.jobs.store import CANCELLED, CPU, FAILED, RUNNING, Job, JobStore
+from engine.jobs.store import CANCELLED, CPU, FAILED, RUNNING, Job, JobStore, QueueLimits
 from engine.jobs.worker import WorkerSpec, serve
 from engine.system.telemetry import WorkerActivity
 
@@ -231,8 +231,10 @@ class Broker:
         model_sha256: str | None = None,
         timed: bool = False,
         share: float | None = None,
+        limits: QueueLimits | None = None,
     ) -> Job:
-        """Queue a job on `device`; its share of the device is its kind's (see `share`) unless given."""
+        """Queue a job on `device`; its share of the device is its kind's (see `share`) unless given; `limits` are
+        held in the same transaction as the insert."""
         if self._stopping.is_set():
             raise InputError("the app is shutting down and takes no new jobs")
         if kind not in self.kinds:
@@ -240,7 +242,8 @@ class Broker:
         if device not in self.devices:
             raise InputError(f"no worker for {device}; devices: {', '.join(self.devices)}")
         share = self.share(kind, device, timed) if share is None else share
-        job = self.store.submit(kind, settings, device, model_sha256, owner=owner, timed=timed, share=share)
+        job = self.store.submit(kind, settings, device, model_sha256, owner=owner, timed=timed, share=share,
+                                limits=limits)  # fmt: skip
         self.wake(device)
         return job
 

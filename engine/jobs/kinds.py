@@ -15,13 +15,13 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
-from engine.core.errors import AvatarbenchError, InputError
+from engine.core.errors import AvatarbenchError
 from engine.core.hls import LiveStream, read_stream, stream_folder
 from engine.core.options import Config
 from engine.core.settings import Settings
 from engine.jobs import split
 from engine.jobs.broker import Broker
-from engine.jobs.store import CPU, QUEUED, Job, JobStore, StoreError
+from engine.jobs.store import CPU, QUEUED, Job, JobStore, QueueLimits, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -70,16 +70,16 @@ class JobKind:
         """The capability's own fields beside the common ones (override)."""
         return summary(job)
 
+    def limits(self) -> QueueLimits:
+        """AVATARBENCH_MAX_QUEUED_JOBS per owner (of every kind; a split job's segments are one job) and
+        AVATARBENCH_MAX_QUEUED_TOTAL from everyone: the queue is first come, first served, and forty sweeps queued
+        from one session held every other visitor's job for hours."""
+        return QueueLimits(self.settings.max_queued_jobs, self.settings.max_queued_total)
+
     def check_quota(self, owner: str) -> None:
-        """Refuse a new job while its owner has AVATARBENCH_MAX_QUEUED_JOBS waiting (of every kind; a split job's
-        segments are one job): the queue is first come, first served, and forty sweeps queued from one session
-        held every other visitor's job for hours."""
-        waiting = [j for j in self.store.queue(owner) if j.status == QUEUED and split.role(j) != "segment"]
-        limit = self.settings.max_queued_jobs
-        if len(waiting) >= limit:
-            raise InputError(f"you have {len(waiting)} jobs waiting in the queue, the most one person may have at "
-                             f"once ({limit}, AVATARBENCH_MAX_QUEUED_JOBS): queue more when they start, or cancel "
-                             "some")  # fmt: skip
+        """Refuse a new job before the work of storing it where the limits already refuse it; the submit itself
+        holds them again, atomically (JobStore.submit)."""
+        self.limits().check(*self.store.waiting(owner))
 
     def _get(self, job_id: str, owner: str | None) -> Job:
         job = self.store.get(job_id, owner)
@@ -141,8 +141,8 @@ class FileJobs(JobKind):
         }
         devices = split.split_devices(self.broker, self.settings, self.seconds(config))
         if devices:
-            return split.submit_split(self.broker, self.kind, record, devices, owner)
-        return self.broker.submit(self.kind, record, self.place(True), owner)
+            return split.submit_split(self.broker, self.kind, record, devices, owner, self.limits())
+        return self.broker.submit(self.kind, record, self.place(True), owner, limits=self.limits())
 
     def refuse(self, config: Config) -> None:
         """Refusals that need the server's settings or files, made at submit so they never become failed jobs

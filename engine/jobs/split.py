@@ -59,7 +59,7 @@ from engine.core.media import LOSSLESS_SUFFIX, read_frames
 from engine.core.results import RunResult
 from engine.core.settings import Settings
 from engine.jobs.broker import Broker, spawn_process
-from engine.jobs.store import CANCELLED, CPU, DONE, FAILED, QUEUED, RUNNING, Job, JobStore
+from engine.jobs.store import CANCELLED, CPU, DONE, FAILED, QUEUED, RUNNING, Job, JobStore, QueueLimits
 
 log = logging.getLogger("avatarbench.split")
 Progress = Callable[[float, str], None]
@@ -140,11 +140,14 @@ def split_devices(broker: Broker, settings: Settings, seconds: float | None) -> 
     return idle[:most] if min(len(idle), most) >= 2 else []
 
 
-def submit_split(broker: Broker, kind: str, record: dict[str, Any], devices: list[str], owner: str) -> Job:
+def submit_split(
+    broker: Broker, kind: str, record: dict[str, Any], devices: list[str], owner: str, limits: QueueLimits | None = None
+) -> Job:
     """The parent job on the first device and one segment job on each other, each taking its whole card; the parent
-    is returned (its result is the whole job's)."""
+    is returned (its result is the whole job's). `limits` hold for the parent: the segments are the same job."""
     count = len(devices)
-    parent = broker.submit(kind, {**record, "split": {"devices": devices}}, devices[0], owner, share=1.0)
+    parent = broker.submit(kind, {**record, "split": {"devices": devices}}, devices[0], owner, share=1.0,
+                           limits=limits)  # fmt: skip
     for index, device in enumerate(devices[1:], 1):
         segment = {"parent": parent.id, "index": index, "of": count}
         broker.submit(kind, {**record, "segment": segment}, device, owner, share=1.0)

@@ -57,6 +57,26 @@ _SHARE_SLACK = 1e-6  # seven shares of 1/7 add up to a whisker over 1 in floatin
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
+@dataclass(frozen=True)
+class QueueLimits:
+    """How many jobs may wait in the queue: per owner, and from everyone together."""
+
+    per_owner: int
+    total: int
+
+    def check(self, mine: int, everyone: int) -> None:
+        if mine >= self.per_owner:
+            raise QueueFull(
+                f"you have {mine} jobs waiting in the queue, the most one person may have at once ({self.per_owner}, "
+                "AVATARBENCH_MAX_QUEUED_JOBS): queue more when they start, or cancel some"
+            )
+        if everyone >= self.total:
+            raise QueueFull(
+                f"the queue holds {everyone} waiting jobs, the most it takes ({self.total}, "
+                "AVATARBENCH_MAX_QUEUED_TOTAL): try again when some have started"
+            )
+
+
 def checked_sha256(text: object) -> str:
     """A stored file's name as the store keeps it (lower-case hex), or a StoreError saying what one is."""
     if not isinstance(text, str) or not _SHA256.fullmatch(text.lower()):
@@ -83,6 +103,10 @@ MAX_ID_CHARS = 64  # ids are 12 hex digits; longer text is no id, and is not ech
 
 class StoreError(InputError):
     """A request the store cannot satisfy (unknown job, bad or missing blob); its text is shown to users."""
+
+
+class QueueFull(InputError):
+    """A job refused because too many wait already (QueueLimits)."""
 
 
 @dataclass
@@ -308,8 +332,10 @@ class JobStore:
         owner: str = "",
         timed: bool = False,
         share: float = 1.0,
+        limits: QueueLimits | None = None,
     ) -> Job:
-        """A queued job. `share` is the part of its device it takes while it runs (a timed job takes all of it)."""
+        """A queued job. `share` is the part of its device it takes while it runs (a timed job takes all of it).
+        `limits` are checked in the transaction that inserts it, so concurrent submits cannot all pass them."""
         if not isinstance(settings, dict):
             raise StoreError(f"settings must be a dict, not {type(settings).__name__}")
         if not kind or not device:
@@ -321,15 +347,34 @@ class JobStore:
         for _ in range(5):
             job_id = secrets.token_hex(6)
             try:
-                self._write(
-                    "INSERT INTO jobs (id, kind, model_sha256, settings, device, status, created, owner, timed, share) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (job_id, kind, model_sha256, settings_text, device, QUEUED, time.time(), owner, int(timed), share),
-                )
+                with self._tx() as c:
+                    if limits is not None:
+                        limits.check(*self._waiting(c, owner))
+                    c.execute(
+                        "INSERT INTO jobs (id, kind, model_sha256, settings, device, status, created, owner, timed, "
+                        "share) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (job_id, kind, model_sha256, settings_text, device, QUEUED, time.time(), owner, int(timed),
+                         share),
+                    )  # fmt: skip
             except sqlite3.IntegrityError:  # 48-bit id collision: vanishingly rare, just draw again
                 continue
             return self.get(job_id)
         raise StoreError("could not allocate a job id")
+
+    def waiting(self, owner: str) -> tuple[int, int]:
+        """(the owner's, everyone's) queued jobs, as `limits` count them."""
+        with self._lock:
+            return self._waiting(self._conn, owner)
+
+    @staticmethod
+    def _waiting(c: sqlite3.Connection, owner: str) -> tuple[int, int]:
+        """(the owner's, everyone's) queued jobs, a split job's segments not counted (its parent counts once)."""
+        mine, everyone = c.execute(
+            "SELECT COALESCE(SUM(owner = ?), 0), COUNT(*) FROM jobs WHERE status = ? "
+            "AND json_extract(settings, '$.segment') IS NULL",
+            (owner, QUEUED),
+        ).fetchone()
+        return int(mine), int(everyone)
 
     def get(self, job_id: str, owner: str | None = None) -> Job:
         """The job; with an owner, only that owner's (another's is "no job", so ids reveal nothing)."""
@@ -475,6 +520,24 @@ class JobStore:
             raise StoreError(f"a job result must be a dict, not {type(result).__name__}")
         text = _dumps(result)
         self._end(job_id, "status = ?, progress = 1.0, result = ?, error = NULL", (DONE, text))
+
+    def keep_newest(self, device: str, per_owner: int, total_bytes: int) -> int:
+        """Delete the oldest finished jobs queued under `device` (imported reports: no worker runs them, and no
+        budget covers their rows) past `per_owner` of one owner's or `total_bytes` of results from everyone;
+        how many went."""
+        with self._tx() as c:
+            rows = c.execute(
+                "SELECT id, owner, LENGTH(result) FROM jobs WHERE device = ? ORDER BY seq DESC", (device,)
+            ).fetchall()
+            kept: dict[str, int] = {}
+            size, doomed = 0, []
+            for job_id, owner, length in rows:
+                kept[owner] = kept.get(owner, 0) + 1
+                size += length or 0
+                if kept[owner] > per_owner or size > total_bytes:
+                    doomed.append((job_id,))
+            c.executemany("DELETE FROM jobs WHERE id = ?", doomed)
+        return len(doomed)
 
     def fail(self, job_id: str, error: str, status: str = FAILED) -> bool:
         """End a queued or running job with the reason; False when it had already ended."""

@@ -68,7 +68,8 @@ class OnnxEvalJobs(JobKind):
                 "(AVATARBENCH_WORKERS_PER_GPU): latencies may include the others' work"
             )
         record["warnings"] = warnings
-        job = self.broker.submit(KIND, record, device, owner, model_sha256=files["model"], timed=timed)
+        job = self.broker.submit(KIND, record, device, owner, model_sha256=files["model"], timed=timed,
+                                 limits=self.limits())  # fmt: skip
         return Submission(job, warnings)
 
     def summary(self, job: Job) -> dict[str, Any]:
