@@ -398,7 +398,12 @@ def test_topk_on_a_tiny_classifier(tmp_path: Path) -> None:
     assert (result["top1"], result["top5"], result["n"], result["classes"]) == (0.5, 0.75, 4, 6)
     with pytest.raises(EvalError, match="one label per sample"):
         evaluate(path, inspect_model(path), EvalConfig(batch_sizes=(2,), labels=tuple(labels), **FAST))
-    assert topk(np.array([[0.1, 0.9, 0.0]]), [2]) == {"top1": 0.0, "top5": 1.0, "top5_k": 3, "n": 1, "classes": 3}
+    assert topk(np.array([[0.1, 0.9, 0.0]]), [2]) == {
+        "top1": 0.0, "top5": 1.0, "top5_k": 3, "n": 1, "classes": 3, "non_finite": 0
+    }  # fmt: skip
+    # NaN scores are misses (sorted, all NaN would put class 0 first), and counted
+    nan_scores = topk(np.array([[np.nan] * 6, [0, 0, 0, 0, 0, 1.0]]), [0, 5])
+    assert (nan_scores["top1"], nan_scores["top5"], nan_scores["non_finite"]) == (0.5, 0.5, 1)
     with pytest.raises(EvalError, match="outside"):
         topk(np.zeros((1, 3)), [3])
 
@@ -414,7 +419,13 @@ def test_parity_metrics_by_hand() -> None:
     assert np.allclose(other["a"], ref["a"], rtol=0, atol=t, equal_nan=True)
     assert not np.allclose(other["a"], ref["a"], rtol=0, atol=t * 0.999, equal_nan=True)
     assert out["b"] == {"shape_mismatch": True, "reference_shape": [2, 2], "shape": [4]}
-    assert out["c"]["tolerance_to_pass"] == float("inf") and out["c"]["max_abs"] == 0.0
+    # a NaN where the reference has a number is an unbounded difference, not one the finite positions hide
+    assert out["c"]["tolerance_to_pass"] == out["c"]["max_abs"] == out["c"]["mean_abs"] == float("inf")
+    assert out["c"]["nonfinite_differ"] and not out["a"]["nonfinite_differ"]
+    nothing = parity({"y": np.ones(3, np.float32)}, {"y": np.full(3, np.nan, np.float32)})["y"]
+    assert nothing["finite_compared"] == 0 and math.isnan(nothing["cosine"]) and nothing["max_abs"] == math.inf
+    ids = parity({"y": np.array([2**53 + 1], np.int64)}, {"y": np.array([2**53], np.int64)})["y"]
+    assert ids["max_abs"] == ids["tolerance_to_pass"] == 1.0  # integers compared exactly, not through float64
     assert parity({"a": np.ones(2)}, {})["a"] == {"missing": True}
     half = parity({"h": np.array([1 / 3], np.float32)}, {"h": np.array([1 / 3], np.float16)})["h"]
     assert np.allclose(np.float16(1 / 3), np.float32(1 / 3), rtol=0, atol=half["tolerance_to_pass"])
@@ -424,8 +435,25 @@ def test_parity_metrics_by_hand() -> None:
 
 
 def _old_parity(ref: np.ndarray, other: np.ndarray) -> dict:
-    """The whole-array float64 formulas parity used before it walked in chunks: the oracle."""
+    """The whole-array float64 formulas parity used before it walked in chunks: the oracle (integers: exact
+    differences, as Python integers)."""
     r, o = ref.astype(np.float64).ravel(), other.astype(np.float64).ravel()
+    if ref.dtype.kind in "iub" and other.dtype.kind in "iub":
+        exact = [abs(int(y) - int(x)) for x, y in zip(ref.ravel().tolist(), other.ravel().tolist(), strict=True)]
+        return {
+            "shape_mismatch": False,
+            "max_abs": float(max(exact, default=0)),
+            "max_rel": max(
+                (d / max(abs(float(x)), 1e-6) for d, x in zip(exact, ref.ravel().tolist(), strict=True)), default=0.0
+            ),
+            "mean_abs": sum(exact) / len(exact) if exact else 0.0,
+            "cosine": _old_cosine(r, o) if r.size else math.nan,
+            "nan": {"reference": 0, "other": 0},
+            "inf": {"reference": 0, "other": 0},
+            "finite_compared": len(exact),
+            "nonfinite_differ": False,
+            "tolerance_to_pass": float(max(exact, default=0)),
+        }
     both = np.isfinite(r) & np.isfinite(o)
     rest_r, rest_o = r[~both], o[~both]
     differ = not np.all((np.isnan(rest_r) & np.isnan(rest_o)) | (rest_r == rest_o))
@@ -436,13 +464,18 @@ def _old_parity(ref: np.ndarray, other: np.ndarray) -> dict:
     tolerance = 0.0 if loose.size == 0 else float(loose.max()) if np.all(np.isfinite(loose)) else math.inf
     return {
         "shape_mismatch": False,
-        "max_abs": float(diff.max()) if diff.size else 0.0,
-        "max_rel": float((diff / np.maximum(np.abs(r[both]), 1e-6)).max()) if diff.size else 0.0,
-        "mean_abs": float(diff.mean()) if diff.size else 0.0,
-        "cosine": _old_cosine(r[both], o[both]),
+        "max_abs": math.inf if differ else float(diff.max()) if diff.size else 0.0,
+        "max_rel": math.inf
+        if differ
+        else float((diff / np.maximum(np.abs(r[both]), 1e-6)).max())
+        if diff.size
+        else 0.0,
+        "mean_abs": math.inf if differ else float(diff.mean()) if diff.size else 0.0,
+        "cosine": _old_cosine(r[both], o[both]) if diff.size else math.nan,
         "nan": {"reference": int(np.isnan(r).sum()), "other": int(np.isnan(o).sum())},
         "inf": {"reference": int(np.isinf(r).sum()), "other": int(np.isinf(o).sum())},
         "finite_compared": int(both.sum()),
+        "nonfinite_differ": differ,
         "tolerance_to_pass": math.inf if differ else tolerance,
     }
 

@@ -60,7 +60,8 @@ def _label(row: dict) -> str:
 def _note(row: dict) -> str:
     if row.get("error"):
         return ("OOM: " if row.get("out_of_memory") else "") + str(row["error"])[:200]
-    parts = ["⚠️ fell back to CPU"] if row.get("fell_back") else []
+    ran_on = str(row.get("ran_on") or "CPUExecutionProvider").removesuffix("ExecutionProvider")
+    parts = [f"⚠️ fell back to {ran_on}"] if row.get("fell_back") else []  # TensorRT falls back to CUDA first
     if spread_warning(row.get("latency")):
         parts.append("⚠️ wide spread (see beside the charts)")
     return "; ".join(parts)
