@@ -459,8 +459,8 @@ def test_an_fp16_onnx_model_is_measured_as_fp16(tmp_path: Path) -> None:
 
 def test_tensorrt_fp32_rows_are_measured_against_the_tf32_peak() -> None:
     """TensorRT computes fp32 layers as TF32 (ort_trt.py): its fp32 rows' share of peak is of the TF32 rate."""
-    from engine.bench.sweep import _math_precision
+    from engine.bench.sweep import math_precision
 
-    assert _math_precision({"runtime": "ort-trt", "precision": "fp32"}) == "tf32"
-    assert _math_precision({"runtime": "ort-cuda", "precision": "fp32"}) == "fp32"
-    assert _math_precision({"runtime": "ort-trt", "precision": "fp16"}) == "fp16"
+    assert math_precision({"runtime": "ort-trt", "precision": "fp32"}) == "tf32"
+    assert math_precision({"runtime": "ort-cuda", "precision": "fp32"}) == "fp32"
+    assert math_precision({"runtime": "ort-trt", "precision": "fp16"}) == "fp16"

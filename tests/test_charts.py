@@ -387,3 +387,12 @@ def test_a_stopped_sweep_shows_the_configurations_it_finished(tmp_path: Path, mo
         assert len(rows["data"]) == 1
         with pytest.raises(gr.Error, match=f"job {empty.id} is failed and kept no results"):
             compare(f"{stopped.id} {empty.id}", request)
+
+
+def test_the_cost_table_keeps_small_costs_in_significant_figures() -> None:
+    """A T4 at 20,000 samples/s costs 4.86e-6 dollars per 1000 frames: five decimals showed 0.0."""
+    from engine.bench.catalog import CATALOG, PriceBook
+    from engine.bench.planner import cost_table
+
+    rows = {r[0]: r for r in bench_report.cost_rows(cost_table(20_000.0, "fp16", CATALOG["T4"], PriceBook.defaults()))}
+    assert float(rows["T4"][3]) == pytest.approx(0.35 / (20_000 * 3600) * 1000, rel=1e-3) and "e-06" in rows["T4"][3]

@@ -206,6 +206,16 @@ def test_cost_arithmetic_and_scaling() -> None:
     mine = {r["gpu"]: r for r in cost_table(10.0, "fp16", CATALOG[unpriced], book)}[unpriced]  # it was left out
     assert mine["samples_per_s"] == 10.0 and mine["price_per_hour"] is None and "no price" in mine["basis"]
     assert mine["cost_per_1000_requests"] is None
+    # a card the catalog does not know: its measured throughput shown, no other card estimated from it
+    from engine.bench.catalog import report_gpu
+
+    report = {"machine": {"gpu": {"name": "NVIDIA GeForce RTX 3080", "memory_bytes": 10 * 2**30,
+                                  "compute_capability": "8.6"}}}  # fmt: skip
+    uncatalogued = cost_table(500.0, "fp16", report_gpu(report), book)
+    assert uncatalogued[0]["gpu"] == "NVIDIA GeForce RTX 3080" and uncatalogued[0]["samples_per_s"] == 500.0
+    assert all(r["samples_per_s"] is None and "no catalog rates" in r["basis"] for r in uncatalogued[1:])
+    assert report_gpu({"machine": {"gpu": {"name": "NVIDIA A100-SXM4-80GB"}}}).key == "A100-80GB"
+    assert report_gpu({"machine": {"gpu": None}}) is None
 
 
 def test_price_book_edits_round_trip(tmp_path) -> None:
@@ -246,6 +256,10 @@ def test_model_memory_plan_by_hand() -> None:
     small = plan_model_memory(t4, weights, act, max_batch=3000)
     assert small.max_batch == 3000 and small.recommended_batch == 2048  # a power of two
     assert fit.gpus_for_target == 3 and fit.recommended_precision == "fp16"
+    # 99.9 / 33.3 is 3.0000000000000004 in floating point: three cards, not four
+    assert (
+        plan_model_memory(t4, weights, act, target_samples_per_s=99.9, samples_per_s_per_gpu=33.3).gpus_for_target == 3
+    )
     assert fit.predicted_bytes == weights + CUDA_CONTEXT_BYTES + fit.recommended_batch * act
     bf = plan_model_memory(t4, weights, act, "bf16")
     assert "NVIDIA T4 (compute capability 7.5) has no bf16: use fp16" in bf.warnings  # not "(7, 5)"
@@ -285,6 +299,10 @@ def test_calibration_from_a_sweep_report() -> None:
     for broken in ({"results": "x"}, {"results": [1, 2]}):
         with pytest.raises(PlanError, match="results must be a list of rows"):
             calibration_from_report(broken, "fp16")
+    # rows of one batch in two layouts (a sweep with channels_last "both"): the hungrier one sizes the plan
+    layouts = [row(b, 100 * 2**20 + b * per * 2**20, channels_last=cl) for b in (32, 128) for per, cl in
+               ((1, False), (2, True))]  # fmt: skip
+    assert calibration_from_report({"results": layouts}, "fp16") == (2 * 2**20, 100 * 2**20)
 
 
 def test_a_calibration_that_cannot_size_a_batch_is_refused(tmp_path) -> None:

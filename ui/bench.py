@@ -16,7 +16,7 @@ from typing import Any
 
 import gradio as gr
 
-from engine.bench.catalog import CATALOG, Gpu, PriceBook, detected_gpu, find_gpu
+from engine.bench.catalog import CATALOG, Gpu, PriceBook, detected_gpu, report_gpu
 from engine.bench.config import DEFAULT_BATCHES, PRECISIONS, CostConfig, LlmRequest, NetworkPlanConfig, SweepRequest
 from engine.bench.jobs import BenchJobs
 from engine.bench.planner import (
@@ -28,7 +28,7 @@ from engine.bench.planner import (
     plan_llm,
     plan_network,
 )
-from engine.bench.sweep import DEFAULT_RUNS, DEFAULT_WARMUP, PRESETS, rows_to_csv
+from engine.bench.sweep import DEFAULT_RUNS, DEFAULT_WARMUP, PRESETS, math_precision, rows_to_csv
 from engine.bench.workloads import BUILTIN
 from engine.jobs.store import CANCELLED, FAILED
 from engine.onnx.timing import AUTO_HELP
@@ -285,10 +285,9 @@ def build_bench_tab(settings: Any, jobs: BenchJobs, access: Access) -> None:
         row = next((r for r in report["results"] if r["label"] == label), None)
         if row is None or not row.get("samples_per_s"):
             raise refusal(f"{label} has no throughput in the sweep open in this tab", "the cost table")
-        gpu_name = ((report.get("machine") or {}).get("gpu") or {}).get("name")
-        measured_on = find_gpu(gpu_name) if gpu_name and row["device"] == "cuda" else None
-        with reported("the cost table"):
-            rows = cost_table(row["samples_per_s"], row["precision"], measured_on, prices_of(request)[0], samples)
+        measured_on = report_gpu(report) if row["device"] == "cuda" else None
+        with reported("the cost table"):  # at the precision its arithmetic ran at (TensorRT's fp32 is TF32)
+            rows = cost_table(row["samples_per_s"], math_precision(row), measured_on, prices_of(request)[0], samples)
         return cost_rows(rows)
 
     def save(table_value: Any, request: gr.Request) -> Any:

@@ -282,7 +282,7 @@ def cost_rows(rows: list[dict]) -> list[list]:
             r["gpu"],
             "" if r["price_per_hour"] is None else r["price_per_hour"],
             _num(r["samples_per_s"], 1),
-            _num(r["cost_per_1000_requests"], 5),
+            "" if r["cost_per_1000_requests"] is None else f"{r['cost_per_1000_requests']:.4g}",
             "" if r["requests_per_10_usd"] is None else f"{r['requests_per_10_usd']:,.0f}",
             r["basis"],
             r["price_source"],

@@ -245,6 +245,22 @@ def detected_gpu(name: str, memory_bytes: int, compute_capability: tuple[int, in
     )
 
 
+def report_gpu(report: dict[str, Any]) -> Gpu | None:
+    """The GPU a sweep report was measured on: its catalog entry, or a bare entry (key "detected", no rates) for a
+    card the catalog does not know; None where the report names none."""
+    gpu = (report.get("machine") or {}).get("gpu") or {}
+    name = gpu.get("name") if isinstance(gpu, dict) else None
+    if not isinstance(name, str) or not name.strip():
+        return None
+    known = find_gpu(name)
+    memory = gpu.get("memory_bytes")
+    if not isinstance(memory, int) or memory <= 0:
+        return known or detected_gpu(name, 0, (0, 0))
+    major, _, minor = str(gpu.get("compute_capability") or "0.0").partition(".")
+    capability = (int(major), int(minor)) if major.isdigit() and minor.isdigit() else (0, 0)
+    return detected_gpu(name, memory, capability)
+
+
 @dataclass
 class PriceBook:
     """Hourly prices by catalog key, with where each came from; saved as JSON beside the data."""

@@ -68,6 +68,13 @@ def cost_table(
     if throughput <= 0 or samples_per_request <= 0:
         raise PlanError("throughput and samples per request must be positive")
     rows = []
+    if measured_on is not None and measured_on.key == "detected":  # the measured card itself, though uncatalogued
+        rows.append({
+            "gpu": measured_on.name, "price_per_hour": None, "price_source": "",
+            "basis": "measured; not in the catalog (no price, no rates to scale other cards by)",
+            "samples_per_s": throughput, "requests_per_s": throughput / samples_per_request,
+            "cost_per_1000_requests": None, "requests_per_10_usd": None,
+        })  # fmt: skip
     for key, gpu in CATALOG.items():
         price = prices.prices.get(key)
         measured = measured_on is not None and measured_on.key == key
@@ -149,15 +156,20 @@ def calibration_from_report(report: dict[str, Any], precision: str) -> tuple[int
     rows = report.get("results", [])
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
         raise PlanError("the calibration report's results must be a list of rows (a bench --json report)")
-    peaks = [
-        (r["batch"], r["peak_allocated_bytes"])
-        for r in rows
-        if r.get("status") == "ok" and r.get("device") == "cuda" and r.get("runtime") == "eager"
-        and r.get("precision") == precision and _count(r.get("batch")) and _count(r.get("peak_allocated_bytes"))
-    ]  # fmt: skip
-    if len({b for b, _ in peaks}) < 2:
+    highest: dict[int, int] = {}  # per batch, its hungriest row: rows differ by layout and cuDNN setting
+    for r in rows:
+        if (
+            r.get("status") == "ok"
+            and r.get("device") == "cuda"
+            and r.get("runtime") == "eager"
+            and r.get("precision") == precision
+            and _count(r.get("batch"))
+            and _count(r.get("peak_allocated_bytes"))
+        ):
+            highest[r["batch"]] = max(highest.get(r["batch"], 0), r["peak_allocated_bytes"])
+    if len(highest) < 2:
         return None
-    return calibrate_activations(peaks)
+    return calibrate_activations(sorted(highest.items()))
 
 
 def _check_calibration_source(report: Any, model: str) -> None:
@@ -207,7 +219,8 @@ def plan_model_memory(
         warnings.append(f"does not fit: weights and one sample need more than {budget / 2**30:.1f} GiB")
     gpus = None
     if target_samples_per_s and samples_per_s_per_gpu and fits:  # none fits: no count of cards helps
-        gpus = max(1, math.ceil(target_samples_per_s / samples_per_s_per_gpu))
+        # rounded to 9 places first: 99.9 / 33.3 is 3.0000000000000004 in floating point, which is 3 cards, not 4
+        gpus = max(1, math.ceil(round(target_samples_per_s / samples_per_s_per_gpu, 9)))
     predicted = weights_bytes + CUDA_CONTEXT_BYTES + recommended * activation_bytes_per_sample
     # fp16 where tensor cores exist (Wav2Lip's fp16 output is within 0.13 grey levels of fp32, bf16 8x further);
     # fp32 on cards without them, where fp16 saves memory but little time.

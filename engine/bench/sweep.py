@@ -467,10 +467,10 @@ def _finish(rows: list[dict[str, Any]], ctx: _Context) -> None:
             row["flops_per_sample"] = ctx.flops
             row["achieved_tflops"] = ctx.flops * rate / 1e12
             if row["device"] == "cuda" and ctx.gpu is not None and ctx.gpu.key != "detected":
-                row["percent_of_peak"] = 100.0 * row["achieved_tflops"] / ctx.gpu.peak(_math_precision(row))
+                row["percent_of_peak"] = 100.0 * row["achieved_tflops"] / ctx.gpu.peak(math_precision(row))
 
 
-def _math_precision(row: dict[str, Any]) -> str:
+def math_precision(row: dict[str, Any]) -> str:
     """The precision a row's arithmetic ran at: TensorRT computes fp32 layers as TF32 (runtimes/ort_trt.py), so its
     fp32 rows are measured against the TF32 peak, which on Ampere and later is several times the fp32 one."""
     return "tf32" if row["runtime"] == "ort-trt" and row["precision"] == "fp32" else row["precision"]
