@@ -146,7 +146,8 @@ def test_cpu_results_hide_the_gpu_columns_and_the_exports_keep_them(onnx_result:
         bench["headers"]
     )
     header = next(csv.reader(io.StringIO(rows_to_csv(sweep))))
-    assert {"percent_of_peak", "peak_allocated_bytes", "device_used_bytes", "energy_j_per_sample"} <= set(header)
+    assert {"percent_of_peak", "peak_allocated_bytes", "device_used_bytes", "energy_j_per_sample",
+            "energy_source"} <= set(header)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------- spread

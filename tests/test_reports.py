@@ -43,6 +43,9 @@ def test_bench_report_renders(model) -> None:
     ):
         assert figure.layout.title.text
     assert len(bench_report.compare_rows([("a", "cpu", report)])[0]) == len(bench_report.COMPARE_HEADERS)
+    # the speed-up chart names its baseline, which an API sweep may put anywhere
+    second = {**report, "config": {**report["config"], "baseline": 1}}
+    assert bench_report.speedup_figure(second).layout.title.text.startswith("Speed-up against cpu ort-cpu fp32 b4 ")
 
 
 def test_onnx_report_renders(model) -> None:

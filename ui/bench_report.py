@@ -106,7 +106,7 @@ def summary_markdown(report: dict, job: dict | None = None) -> str:
 
 
 def speedup_figure(report: dict) -> go.Figure:
-    """Throughput against the first configuration's; a log axis (1-2-5 ticks) when they differ by more than 20x."""
+    """Throughput against the baseline configuration's; a log axis (1-2-5 ticks) when they differ by more than 20x."""
     rows = [r for r in report.get("results", []) if r.get("speedup")]
     short, common = _short_labels([r["label"] for r in rows]) if rows else ([], "")
     fig = go.Figure(
@@ -125,7 +125,10 @@ def speedup_figure(report: dict) -> go.Figure:
     speedups = [r["speedup"] for r in rows]
     if speedups and max(speedups) / min(speedups) > 20:
         log_axis(fig, speedups, at_values=False)
-    title = "Speed-up against the baseline (first configuration)" + (f": {common}" if common else "")
+    baseline = (report.get("config") or {}).get("baseline", 0)
+    results = report.get("results", [])
+    against = results[baseline]["label"] if baseline < len(results) else "the baseline"
+    title = f"Speed-up against {against}" + (f" (every bar: {common})" if common else "")
     return layout(fig, title, "× baseline throughput", "")
 
 

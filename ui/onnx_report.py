@@ -25,7 +25,7 @@ RESULT_HEADERS = [
     "p99 ms",
     "mean ± std ms",
     "samples/s",
-    "× CPU",
+    "× CPU (p50)",
     "GFLOP/s",
     "first run ms",
     "TRT build s",
@@ -38,7 +38,7 @@ RESULT_HEADERS = [
 PARITY_HEADERS = ["provider", "output", "max abs", "max rel", "mean abs", "cosine", "tolerance to pass", "NaN/Inf"]
 ACCURACY_HEADERS = ["provider", "output", "MAE", "RMSE", "max error", "cosine", "top-1", "top-5"]
 IO_HEADERS = ["kind", "name", "dtype", "shape"]
-COMPARE_HEADERS = ["job", "model", "provider", "ran on", "batch", "p50 ms", "p99 ms", "samples/s", "× CPU"]
+COMPARE_HEADERS = ["job", "model", "provider", "ran on", "batch", "p50 ms", "p99 ms", "samples/s", "× CPU (p50)"]
 
 
 def _num(value: Any, digits: int = 3) -> Any:

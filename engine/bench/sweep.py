@@ -612,7 +612,7 @@ def rows_to_csv(report: dict[str, Any]) -> str:
         "status", "ran_on", "fell_back", "load_s", "first_run_s", "warmup", "runs", "mean_ms", "std_ms", "p50_ms",
         "p95_ms", "samples_per_s", "speedup", "peak_allocated_bytes", "device_used_bytes", "host_rss_bytes",
         "achieved_tflops", "percent_of_peak", "max_abs_error", "rel_l2_error", "energy_j_per_sample",
-        "spread_warning", "error",
+        "energy_source", "spread_warning", "error",
     ]  # fmt: skip
     out = io.StringIO()
     writer = csv.writer(out)

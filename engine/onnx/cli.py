@@ -105,7 +105,7 @@ def _report_out(report: dict[str, Any], args: argparse.Namespace) -> None:
             print(f"{row['provider']:<5} batch {row['batch']:<5} failed: {row['error']}")
             continue
         lat = row["latency"]
-        speedup = f"  {row['speedup_vs_cpu']:.2f}x CPU" if row.get("speedup_vs_cpu") else ""
+        speedup = f"  {row['speedup_vs_cpu']:.2f}x CPU (p50)" if row.get("speedup_vs_cpu") else ""
         print(
             f"{row['provider']:<5} batch {row['batch']:<5} on {row.get('ran_on', '?'):<26} p50 {lat['p50_ms']:8.3f} ms"
             f"  p99 {lat['p99_ms']:8.3f} ms  {lat['throughput_per_s']:10.1f}/s{speedup}"

@@ -615,19 +615,13 @@ def check_ort_tensorrt(ctx: _Context) -> Check:
 def check_video(ctx: _Context) -> Check:
     try:
         import av
-        import av.logging
     except ImportError as exc:
         return Check("video-encoders", PROBLEM, f"PyAV does not import: {exc}", "pip install av")
     from engine.core.media import available_encoders, probe_encoder, probe_nvdec
 
     listed = available_encoders()
-    # FFmpeg's own lines ("[h264_nvenc] Cannot load libcuda.so.1") would reach stderr and the server log through
-    # Python logging's last resort; each probe's error already carries the reason, so they go to debug.
-    with av.logging.Capture() as ffmpeg_lines:
-        nvenc = probe_encoder("h264_nvenc")
-        x264 = probe_encoder("libx264")
-    for _, source, message in ffmpeg_lines:
-        log.debug("FFmpeg %s: %s", source, message.strip())
+    nvenc = probe_encoder("h264_nvenc")  # the probes keep FFmpeg's own lines off the terminal; errors carry them
+    x264 = probe_encoder("libx264")
     nvdec = probe_nvdec()
     details = {
         "pyav": av.__version__,
