@@ -116,7 +116,7 @@ def start_jobs(settings: Settings) -> Services:
     then queued ones (including those submitted before a restart) run."""
     from engine.bench.jobs import BenchJobs
     from engine.jobs.broker import Broker, JobLimits
-    from engine.jobs.housekeeping import Budget, enforce_budget, sweep_orphans
+    from engine.jobs.housekeeping import Budget, enforce_budget, sweep_ended_splits, sweep_orphans
     from engine.jobs.store import JobStore
     from engine.jobs.zerogpu import ZeroGpuLauncher
     from engine.lipsync.jobs import LipSyncJobs
@@ -126,12 +126,18 @@ def start_jobs(settings: Settings) -> Services:
     store = JobStore(settings.db_path, settings.data_dir / "blobs")
     store.recover()
     sweep_orphans(settings.cache_dir, store.blobs_dir)  # before any worker starts: nothing of ours uses them
-    keep_within_budget = functools.partial(enforce_budget, store, settings.outputs_dir, Budget.from_settings(settings))
-    keep_within_budget()
+    budget = Budget.from_settings(settings)
+
+    def chores() -> None:
+        """The store within its budget, and what stopped split jobs left in the cache."""
+        enforce_budget(store, settings.outputs_dir, budget)
+        sweep_ended_splits(store, settings.cache_dir)
+
+    chores()
     limits = JobLimits(dict(settings.job_time_limits), int(settings.job_memory_gb * 2**30))
     workers, placement, pool = job_workers(settings, store)
     per_gpu = dict(settings.workers_per_gpu)
-    broker = Broker(store, JOB_KINDS, workers, limits, chores=keep_within_budget, per_gpu=per_gpu, **placement).start()
+    broker = Broker(store, JOB_KINDS, workers, limits, chores=chores, per_gpu=per_gpu, **placement).start()
     jobs = (kind(broker, settings) for kind in (LipSyncJobs, PortraitJobs, OnnxEvalJobs, BenchJobs))
     return Services(broker, *jobs, ray_workers=pool, zerogpu=isinstance(placement.get("launcher"), ZeroGpuLauncher))
 
@@ -298,6 +304,9 @@ def serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = get_settings()
     settings.ensure_dirs()
+    from engine.jobs.store import hold_data_dir
+
+    data_dir_lock = hold_data_dir(settings.data_dir)  # one app per data dir, for as long as this one serves
     # Gradio's uploads under our cache (read by Gradio when it is imported), where a start-up sweep also finds
     # what a killed process left: Gradio's own cleanup only knows the files of its current run.
     os.environ.setdefault("GRADIO_TEMP_DIR", str(settings.cache_dir / "gradio"))
@@ -352,6 +361,7 @@ def serve(args: argparse.Namespace) -> int:
         reason = f"the app was stopped ({shutdown.signal_name or 'its server ended'})"
         failed = services.stop(settings.shutdown_grace_s, reason)
         log.info("stopped%s", f"; failed the running job(s) {', '.join(failed)}" if failed else "")
+        data_dir_lock.close()  # the workers have stopped: another app may take the data dir now
     return 0
 
 

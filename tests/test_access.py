@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("gradio")
 from engine.core.errors import InputError
 from engine.core.settings import load_settings
-from ui.jobs import LOCAL, OWNER_COOKIE, Access
+from ui.jobs import LOCAL, OWNER_COOKIE, Access, cancel_own
 
 
 def _request(username: str | None = None, session: str | None = "s1", cookie: str | None = None) -> SimpleNamespace:
@@ -81,3 +81,21 @@ def test_outputs_reach_gradio_through_a_private_copy_not_the_outputs_folder(tmp_
     monkeypatch.setattr(widgets.time, "time", lambda: later)
     widgets.delivered(output)  # each hand-over clears the ones past their time
     assert not handed.exists()
+
+
+def test_the_cancel_button_stops_only_its_users_jobs_even_an_operators() -> None:
+    queued = {"j1": "user:carol", "j2": "session:bob", "j3": "user:carol"}
+    cancelled: list[tuple[str, str | None]] = []
+
+    class Jobs:
+        def queue(self, owner: str | None) -> list[dict]:
+            return [{"id": j} for j, o in queued.items() if owner is None or o == owner]
+
+        def cancel(self, job: str, owner: str | None) -> dict:
+            cancelled.append((job, owner))
+            return {"id": job}
+
+    access = Access(frozenset({"carol"}))  # carol reads everyone's jobs
+    assert cancel_own(Jobs(), access, _request("carol")) == ["j1", "j3"]
+    assert cancel_own(Jobs(), access, _request(session="bob")) == ["j2"]
+    assert cancelled == [("j1", "user:carol"), ("j3", "user:carol"), ("j2", "session:bob")]

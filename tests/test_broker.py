@@ -179,3 +179,87 @@ def test_a_submission_wakes_its_worker_at_once(store: JobStore) -> None:
         assert settle(store, [job.id], timeout_s=20)[0].status == DONE  # long before the 60 s poll
     finally:
         broker.stop(5)
+
+
+APP_STANDIN = """
+import sys, time
+sys.path[:0] = [{tests!r}, {root!r}]
+from job_kinds import KINDS
+from engine.jobs.broker import Broker
+from engine.jobs.store import JobStore
+store = JobStore({db!r}, {blobs!r})
+broker = Broker(store, KINDS, {{"cpu": 1}}, poll_s=0.1).start()
+job = broker.submit("die", {{"how": "hang"}}, "cpu", "tester")
+while store.get(job.id).status != "running":
+    time.sleep(0.05)
+print(job.id, store.get(job.id).worker, flush=True)
+time.sleep(3600)
+"""
+
+
+def test_a_worker_ends_with_its_killed_app_and_fails_its_job(tmp_path: Path) -> None:
+    """The app SIGKILLed in the middle of a job: its worker must not run on unwatched (a restarted app would fail
+    the job and run another beside it on the same device), and the job says why it ended."""
+    import subprocess
+    import sys
+
+    tests = Path(__file__).resolve().parent
+    code = APP_STANDIN.format(tests=str(tests), root=str(tests.parent), db=str(tmp_path / "jobs.db"),
+                              blobs=str(tmp_path / "blobs"))  # fmt: skip
+    app = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        job_id, worker = app.stdout.readline().split()
+    finally:
+        app.kill()
+        app.wait(10)
+    deadline = time.monotonic() + 10
+    while psutil.pid_exists(int(worker)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    alive = psutil.pid_exists(int(worker)) and psutil.Process(int(worker)).status() != psutil.STATUS_ZOMBIE
+    if alive:
+        psutil.Process(int(worker)).kill()  # not left behind by a failing run
+    assert not alive, "the worker ran on after its app was killed"
+    with JobStore(tmp_path / "jobs.db", tmp_path / "blobs") as store:
+        job = store.get(job_id)
+    assert job.status == FAILED and "the app stopped while this job was running" in job.error
+
+
+def test_a_replacement_that_fails_to_start_is_tried_again(store: JobStore) -> None:
+    """The worker's replacement cannot start once (EAGAIN, as right after an out-of-memory kill): the device must
+    not be left without a worker, or every later job waits in the queue for ever."""
+    from engine.jobs.broker import spawn_process
+
+    starts: list[str] = []
+
+    def flaky(spec, wake, stop):
+        starts.append(spec.device)
+        if len(starts) == 2:
+            raise BlockingIOError(11, "Resource temporarily unavailable")
+        return spawn_process(spec, wake, stop)
+
+    broker = Broker(store, KINDS, {"cpu": 1}, poll_s=0.2, launcher=flaky).start()
+    try:
+        dead = broker.submit("die", {"how": "sigkill"}, "cpu", "tester")
+        after = broker.submit("watch", {"seconds": 0.05}, "cpu", "tester")
+        dead_job, after_job = settle(store, [dead.id, after.id], 60)
+    finally:
+        broker.stop(5)
+    assert dead_job.status == FAILED and after_job.status == DONE, after_job.error
+    assert len(starts) == 3
+
+
+def test_queued_jobs_of_a_device_gone_since_fail_at_start(store: JobStore) -> None:
+    """Jobs queued for cuda:1, then a start with the CPU alone: they fail with the reason (no worker would ever
+    claim them, and they held their owner's queue places); the CPU's queued job runs."""
+    gone = [store.submit("watch", {"seconds": 0.01}, "cuda:1", owner="alice") for _ in range(2)]
+    kept = store.submit("watch", {"seconds": 0.01}, "cpu", owner="alice")
+    broker = _broker(store)
+    try:
+        done = settle(store, [kept.id])[0]
+    finally:
+        broker.stop(5)
+    assert done.status == DONE
+    for job in gone:
+        failed = store.get(job.id)
+        assert failed.status == FAILED and "queued for cuda:1, which this app no longer has" in failed.error
+    assert store.waiting("alice") == (0, 0)

@@ -15,7 +15,7 @@ import pytest
 from engine.core.results import RunResult
 from engine.core.settings import Settings, load_settings
 from engine.jobs.broker import Broker
-from engine.jobs.housekeeping import Budget, enforce_budget, gradio_cache_policy, sweep_orphans
+from engine.jobs.housekeeping import Budget, enforce_budget, gradio_cache_policy, sweep_ended_splits, sweep_orphans
 from engine.jobs.store import CANCELLED, DONE, QUEUED, RUNNING, JobStore
 
 DAY = 86400.0
@@ -61,6 +61,27 @@ def _output(settings: Settings, name: str, size: int, days: float) -> Path:
 
 def _names(removed: list) -> list[str]:
     return [r.file.path.name for r in removed]
+
+
+def test_a_stopped_split_jobs_folder_goes_with_the_chores_and_a_live_ones_stays(
+    settings: Settings, store: JobStore
+) -> None:
+    """A split parent stopped with its worker (cancelled, past a limit) never removes its folder; the chores do,
+    once the job has ended, and leave a queued job's and a worker's tempfile folder, which names no job."""
+    ended, live = store.submit("lipsync", {}, "cuda:0"), store.submit("lipsync", {}, "cuda:1")
+    store.fail(ended.id, "cancelled by its owner while it ran", CANCELLED)
+
+    def folder(name: str, days: float) -> Path:
+        path = settings.cache_dir / name
+        path.mkdir(parents=True)
+        (path / "segment-1.mkv").write_bytes(b"x")
+        _age(path / "segment-1.mkv", days)
+        return _age(path, days)
+
+    stopped, running = folder(f"job-{ended.id[:8]}", 1), folder(f"job-{live.id[:8]}", 1)
+    tempfile_folder = folder("job-0123abcd", 1)  # no such job
+    assert sweep_ended_splits(store, settings.cache_dir) == [stopped]
+    assert not stopped.exists() and running.exists() and tempfile_folder.exists()
 
 
 # -- Gradio's cache ----------------------------------------------------------------------------------------------

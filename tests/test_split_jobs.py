@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -196,6 +197,33 @@ def test_what_is_not_split_and_what_a_split_takes(media: dict[str, Path], data: 
     # cuda:0 holds the job above; of the seven idle, six: a segment lasts at least a quarter of the threshold
     assert split_devices(eight, threshold, 1.6) == [f"cuda:{i}" for i in range(1, 7)]
     assert split_devices(eight, threshold, 1.0) == []  # not longer than the threshold
+    store.close()
+
+
+def test_split_jobs_submitted_at_once_never_share_a_gpu(
+    media: dict[str, Path], data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two submits at the same moment: the load read for one placement is slowed, so without the broker's placing
+    lock both read every GPU idle and split over the same four (and their rows could interleave so that each
+    job's parent waited behind the other's segment)."""
+    store = JobStore(tmp_path / "jobs.db", tmp_path / "blobs")
+    idle = Broker(store, KINDS, {**dict.fromkeys(GPUS, 1), "cpu": 1})
+    read_load = store.load
+
+    def slow_load() -> dict[str, float]:
+        load = read_load()
+        time.sleep(0.3)
+        return load
+
+    monkeypatch.setattr(store, "load", slow_load)
+    config = LipSyncConfig(media["face"], media["speech"], engine="baseline")
+    kind = LipSyncJobs(idle, _settings(data, AVATARBENCH_SPLIT_SECONDS="1"))
+    with ThreadPoolExecutor(2) as pool:
+        parents = list(pool.map(lambda owner: kind.submit(config, owner), ["alice", "bob"]))
+    devices = [[j.device for j in store.queue() if j.owner == p.owner] for p in parents]
+    assert sorted(map(len, devices)) == [1, 4]  # the first split over all four; the second whole, beside it
+    rows = [j.owner for j in store.queue()]
+    assert rows in (["alice"] * 4 + ["bob"], ["bob"] * 4 + ["alice"])  # one placement's rows, then the other's
     store.close()
 
 

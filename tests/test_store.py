@@ -3,6 +3,7 @@ limited to their owner; and a worker's run of one job records progress and ends 
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -10,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.jobs.store import CANCELLED, DONE, FAILED, QUEUED, RUNNING, Job, JobStore, StoreError
+from engine.core.errors import SetupError
+from engine.jobs.store import CANCELLED, DONE, FAILED, QUEUED, RUNNING, Job, JobStore, StoreError, hold_data_dir
 
 
 @pytest.fixture
@@ -433,3 +435,12 @@ def test_only_the_newest_imported_reports_are_kept(store: JobStore) -> None:
     assert store.keep_newest("imported", per_owner=3, total_bytes=150) == 4
     assert [j.id for j in store.history(10, owner="bob")] == [newest, bob[1]]
     assert [j.id for j in store.history(10, owner="alice")] == [other.id]
+
+
+def test_one_app_per_data_dir(tmp_path: Path) -> None:
+    """A second app on the same data dir is refused, naming the first; once that one ends, the dir is free."""
+    first = hold_data_dir(tmp_path)
+    with pytest.raises(SetupError, match=rf"another avatarbench app \(process {os.getpid()}\) is using the data dir"):
+        hold_data_dir(tmp_path)
+    first.close()
+    hold_data_dir(tmp_path).close()

@@ -287,6 +287,13 @@ def wire_cancel(button: gr.Button, jobs: JobKind, access: Access, job_id: Any) -
     button.click(cancel, job_id, None, api_visibility="private")
 
 
+def cancel_own(jobs: JobKind, access: Access, request: gr.Request | None) -> list[str]:
+    """Cancel the requester's queued and running jobs of this kind; returns their ids. Only their own, operator or
+    not: an operator's reader is everyone, and a Cancel button stopped every user's jobs."""
+    owner = access.owner(request)
+    return [jobs.cancel(s["id"], owner)["id"] for s in jobs.queue(owner)]
+
+
 HISTORY_HEADERS = ["job", "status", "inputs", "device", "submitted", "error"]
 
 
@@ -309,8 +316,7 @@ def run_panel(
         table = gr.Dataframe(headers=HISTORY_HEADERS, interactive=False, wrap=True)
 
     def cancel_mine(request: gr.Request) -> None:
-        reader = access.reader(request)
-        stopped = [jobs.cancel(s["id"], reader)["id"] for s in jobs.queue(reader)]
+        stopped = cancel_own(jobs, access, request)
         gr.Info(f"cancelled {', '.join(stopped)}" if stopped else "nothing of yours is queued or running")
 
     def rows(request: gr.Request) -> list[list[Any]]:
@@ -343,6 +349,7 @@ __all__ = [
     "HISTORY_HEADERS",
     "LOCAL",
     "Access",
+    "cancel_own",
     "follow",
     "follow_live",
     "job_endpoints",

@@ -41,9 +41,10 @@ class BenchJobs(JobKind):
         if wants_gpu and not has_gpu:
             raise BenchError("this sweep has GPU configurations but this machine has no CUDA device")
         sha = config.model.removeprefix("onnx:").lower() if config.model.startswith("onnx:") else None
-        device = self.broker.place(wants_gpu)
-        return self.broker.submit(KIND, {"sweep": config.to_dict()}, device, owner, model_sha256=sha, timed=True,
-                                  limits=self.limits())  # fmt: skip
+        with self.broker.placing:
+            device = self.broker.place(wants_gpu)
+            return self.broker.submit(KIND, {"sweep": config.to_dict()}, device, owner, model_sha256=sha,
+                                      timed=True, limits=self.limits())  # fmt: skip
 
     def _check_model(self, name: str, owner: str | None) -> None:
         if name.startswith("onnx:"):

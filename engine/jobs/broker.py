@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from engine.core.errors import InputError
-from engine.jobs.store import CANCELLED, CPU, FAILED, RUNNING, Job, JobStore, QueueLimits
+from engine.jobs.store import CANCELLED, CPU, FAILED, QUEUED, RUNNING, Job, JobStore, QueueLimits
 from engine.jobs.worker import WorkerSpec, serve
 from engine.system.telemetry import WorkerActivity
 
@@ -86,6 +86,11 @@ class _Worker:
     wake: Any  # multiprocessing.Event
     stop: Any
     verdict: tuple[str, str, str] | None = None  # (job id, reason, status) the broker stopped it for
+    started: float = field(default_factory=time.monotonic)
+
+
+QUICK_DEATH_S = 10.0  # a worker that dies this soon after its start without a job: its start-up failed
+RESPAWN_MAX_S = 30.0  # the longest wait between attempts at starting a device's worker
 
 
 def _exit_reason(exitcode: int | None) -> str:
@@ -130,19 +135,36 @@ class Broker:
         self.poll_s, self.monitor_s = poll_s, monitor_s
         self.chores, self.chores_s = chores, chores_s
         self._workers: list[_Worker] = []
+        self._due: list[tuple[str, float]] = []  # (device, monotonic time) of workers to start
+        self._failures: dict[str, int] = {}  # a device's worker starts that failed in a row
         self._lock = threading.RLock()
+        # Held from reading the load to queueing the job (or a split job's parent and segments): two placements
+        # at once both chose the same idle GPUs, and two split jobs so placed could each wait on the other's rows.
+        self.placing = threading.RLock()
         self._stopping = threading.Event()
         self._monitor: threading.Thread | None = None
 
     # -- life cycle ------------------------------------------------------------------------------------------
 
     def start(self) -> Broker:
+        self._fail_stranded()
         for device, count in self.workers.items():
             for _ in range(count):
                 self._spawn(device)
         self._monitor = threading.Thread(target=self._watch, name="avatarbench-broker", daemon=True)
         self._monitor.start()
         return self
+
+    def _fail_stranded(self) -> None:
+        """Fail the queued jobs of a device this app no longer has (a GPU gone, CUDA_VISIBLE_DEVICES or
+        AVATARBENCH_DEVICE changed, a Ray node gone since they were queued): no worker would ever claim them, and
+        they would hold their owners' places in the queue limits."""
+        for job in self.store.queue():
+            if job.status == QUEUED and job.device not in self.devices:
+                reason = (f"it was queued for {job.device}, which this app no longer has (its devices: "
+                          f"{', '.join(self.devices)}): submit it again")  # fmt: skip
+                if self.store.fail(job.id, reason):
+                    log.warning("job %s (%s) failed: %s", job.id, job.kind, reason)
 
     def _spawn(self, device: str) -> _Worker:
         spec = WorkerSpec(
@@ -303,6 +325,7 @@ class Broker:
         for w in workers:
             if not w.process.is_alive():
                 self._replace(w)
+        self._spawn_due()
         now = time.time()
         for job in self.store.running():
             worker = self._worker_for(job)
@@ -331,7 +354,32 @@ class Broker:
         with self._lock:
             self._workers.remove(worker)
         if not self._stopping.is_set():
-            self._spawn(worker.device)
+            quick = job is None and worker.verdict is None and time.monotonic() - worker.started < QUICK_DEATH_S
+            if quick:
+                ended = getattr(worker.process, "reason", None) or _exit_reason(worker.process.exitcode)
+                log.warning("the worker for %s ended at start-up: %s", worker.device, ended)
+            self._respawn(worker.device, failed=quick)
+
+    def _respawn(self, device: str, failed: bool) -> None:
+        """Start a replacement at once, or after a wait that doubles with each failed start in a row (up to
+        RESPAWN_MAX_S): a worker that cannot start (no memory right after an out-of-memory kill, a broken
+        install) is tried again without a tight loop, and the device is never left without one."""
+        failures = self._failures[device] = self._failures.get(device, 0) + 1 if failed else 0
+        delay = min(RESPAWN_MAX_S, 0.25 * 2**failures) if failures else 0.0
+        self._due.append((device, time.monotonic() + delay))
+
+    def _spawn_due(self) -> None:
+        now = time.monotonic()
+        due = [device for device, when in self._due if when <= now]
+        self._due = [(device, when) for device, when in self._due if when > now]
+        for device in due:
+            if self._stopping.is_set():
+                return
+            try:
+                self._spawn(device)
+            except Exception as exc:
+                log.error("could not start a worker for %s (%s: %s); trying again", device, type(exc).__name__, exc)
+                self._respawn(device, failed=True)
 
 
 __all__ = ["Broker", "JobLimits", "Launcher", "WorkerHandle", "spawn_process", "worker_rss"]

@@ -29,7 +29,7 @@ from stat import S_ISREG
 
 from engine.core.hls import STREAM_SUFFIX
 from engine.core.settings import PREFIX, Settings
-from engine.jobs.store import CANCELLED, FAILED, JobStore, StoreError
+from engine.jobs.store import CANCELLED, FAILED, QUEUED, RUNNING, JobStore, StoreError
 
 log = logging.getLogger("avatarbench.housekeeping")
 
@@ -38,6 +38,7 @@ log = logging.getLogger("avatarbench.housekeeping")
 WORK_FOLDER = re.compile(r"(?:onnx-job-|bench-|job-|onnx-)[a-z0-9_]{8}")
 # Caches under the cache dir that are kept on purpose; "onnx-examples" also fits WORK_FOLDER's pattern.
 KEPT_CACHES = frozenset({"onnx-examples", "onnx-trt", "liveportrait-onnx"})
+SPLIT_FOLDER = re.compile(r"job-([0-9a-f]{8})")  # a split job's, named after its parent's id (split.work_folder)
 INCOMING_BLOB = re.compile(r"\.incoming-.*\.tmp")  # JobStore.put_blob's temporary file
 BLOB = re.compile(r"[0-9a-f]{64}")
 OUTPUT_JOB = re.compile(r"-([0-9a-f]{12})(?=\.)")  # lipsync-<job>.mp4, portrait-<job>.strip.png, bench-<job>.csv
@@ -91,6 +92,24 @@ def sweep_orphans(cache_dir: Path, blobs_dir: Path, min_age_s: float = ORPHAN_MI
             removed.append(tmp)
     for path in removed:
         log.info("removed %s, left by a process that was killed", path)
+    return removed
+
+
+def sweep_ended_splits(store: JobStore, cache_dir: Path, min_age_s: float = ORPHAN_MIN_AGE_S) -> list[Path]:
+    """Remove the work folders of split jobs that have ended (engine/jobs/split.py names them after the parent's
+    id): the parent removes its own when it ends, but not when its worker is stopped (cancelled, past its time
+    limit or memory cap), and its segments' lossless videos would stay until the next start. Runs with the app's
+    chores; a folder of a job still queued or running is kept, as is one changed in the last `min_age_s`."""
+    cutoff, removed = time.time() - min_age_s, []
+    for folder in _entries(cache_dir):
+        named = SPLIT_FOLDER.fullmatch(folder.name)
+        if not named or folder.is_symlink() or not folder.is_dir() or _newest_mtime(folder) > cutoff:
+            continue
+        statuses = store.statuses(named[1])
+        if statuses and not statuses & {QUEUED, RUNNING}:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+            log.info("removed %s, left by split job %s... when it was stopped", folder, named[1])
     return removed
 
 

@@ -139,10 +139,11 @@ class FileJobs(JobKind):
             "files": store_inputs(self.store, {name: getattr(config, name) for name in self.files}),
             "process": self.process(config),
         }
-        devices = split.split_devices(self.broker, self.settings, self.seconds(config))
-        if devices:
-            return split.submit_split(self.broker, self.kind, record, devices, owner, self.limits())
-        return self.broker.submit(self.kind, record, self.place(True), owner, limits=self.limits())
+        with self.broker.placing:
+            devices = split.split_devices(self.broker, self.settings, self.seconds(config))
+            if devices:
+                return split.submit_split(self.broker, self.kind, record, devices, owner, self.limits())
+            return self.broker.submit(self.kind, record, self.place(True), owner, limits=self.limits())
 
     def refuse(self, config: Config) -> None:
         """Refusals that need the server's settings or files, made at submit so they never become failed jobs

@@ -42,9 +42,9 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-from engine.core.errors import InputError
+from engine.core.errors import InputError, SetupError
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +139,31 @@ class Usage:
     active_jobs: set[str] = field(default_factory=set)
     active_blobs: set[str] = field(default_factory=set)
     blob_last_used: dict[str, float] = field(default_factory=dict)
+
+
+def hold_data_dir(data_dir: Path) -> IO[str]:
+    """Take `data_dir` for this app process alone: an exclusive lock on a file in it, held while the returned file
+    stays open and released when the process ends, however it ends. Why: an app's start-up fails every job left
+    running (JobStore.recover) and its broker knows only its own workers, so a second app on the same data dir
+    failed the first one's running jobs (their results then lost) and ran jobs the first could not cancel."""
+    import fcntl
+
+    handle = (data_dir / "app.lock").open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip()
+        handle.close()
+        raise SetupError(
+            f"another avatarbench app{f' (process {holder})' if holder.isdigit() else ''} is using the data dir "
+            f"{data_dir}: stop it, or give this one its own AVATARBENCH_DATA_DIR"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
 
 
 def _dumps(value: Any) -> str:
@@ -392,6 +417,13 @@ class JobStore:
         row = rows[0]
         return _row_to_job(row, row[18] if row[5] == QUEUED else None)
 
+    def statuses(self, id_prefix: str) -> set[str]:
+        """The statuses of the jobs whose ids start with `id_prefix` (hex digits): what a folder named after a job's
+        id may belong to."""
+        if not re.fullmatch(r"[0-9a-f]+", id_prefix):
+            raise StoreError(f"a job id prefix is hex digits, not {id_prefix!r}")
+        return {row[0] for row in self._read("SELECT status FROM jobs WHERE id LIKE ?", (id_prefix + "%",))}
+
     def running_on(self, device: str) -> int:
         """How many jobs (anyone's) run on the device now: what a queued job first in line waits for."""
         return int(self._read("SELECT COUNT(*) FROM jobs WHERE status = ? AND device = ?", (RUNNING, device))[0][0])
@@ -586,4 +618,5 @@ __all__ = [
     "StoreError",
     "Usage",
     "blob_refs",
+    "hold_data_dir",
 ]

@@ -22,6 +22,7 @@ import multiprocessing.synchronize
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -135,6 +136,31 @@ def run_job(job: Job, context: WorkerContext, kinds: dict[str, str]) -> None:
         release_freed_memory()  # the next job's peak is its own; an idle worker keeps only what is in use
 
 
+ORPHAN_CHECK_S = 0.5
+
+
+def end_when_orphaned(spec: WorkerSpec, parent: int, every_s: float = ORPHAN_CHECK_S) -> threading.Thread:
+    """A thread that ends this worker within `every_s` of its app going (a SIGKILL, the OOM killer), even in the
+    middle of a job: left running, a restarted app would find the job failed and run another beside it on the same
+    GPU, outside every time and memory limit. The job is failed first, with the reason."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every_s)
+        try:
+            store = JobStore(spec.db_path, spec.blobs_dir)
+            for job in store.running():
+                if job.worker == os.getpid():
+                    store.fail(job.id, "the app stopped while this job was running (its worker stopped with it)")
+            store.close()
+        finally:
+            os._exit(70)  # EX_SOFTWARE: nothing else of this process should run on
+
+    thread = threading.Thread(target=watch, name="avatarbench-orphan-watch", daemon=True)
+    thread.start()
+    return thread
+
+
 def serve(spec: WorkerSpec, wake: multiprocessing.synchronize.Event, stop: multiprocessing.synchronize.Event) -> None:
     """The worker process's main: claim, run, repeat until `stop` (or until the app that started it is gone). A
     Ctrl-C or SIGTERM sent to the whole process group reaches workers too; the broker decides what happens to
@@ -142,6 +168,7 @@ def serve(spec: WorkerSpec, wake: multiprocessing.synchronize.Event, stop: multi
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     parent = os.getppid()
+    end_when_orphaned(spec, parent)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
     kept = keep_freed_memory()  # before any job: the networks' scratch buffers are reused, not faulted in again
     sleeps = sleep_at_barriers()  # before torch loads: the codec threads need the cores too
@@ -154,7 +181,7 @@ def serve(spec: WorkerSpec, wake: multiprocessing.synchronize.Event, stop: multi
         "kept" if kept else "returned to the kernel",
         "sleep" if sleeps else "spin",
     )
-    while not stop.is_set() and os.getppid() == parent:  # an orphan (the app was killed) stops at once
+    while not stop.is_set():  # an orphan (the app was killed) is ended by end_when_orphaned
         wake.clear()  # before claiming: a wake-up that lands during the claim is still seen by the wait below
         job = store.claim_next(spec.device, pid, spec.max_running)
         if job is None:
@@ -167,6 +194,7 @@ def serve(spec: WorkerSpec, wake: multiprocessing.synchronize.Event, stop: multi
 __all__ = [
     "WorkerContext",
     "WorkerSpec",
+    "end_when_orphaned",
     "execute",
     "prepare_process",
     "progress_writer",

@@ -46,12 +46,6 @@ class OnnxEvalJobs(JobKind):
         source = model_source(config.model, config.example, self.settings)
         with prepared(source, self.settings, config.symbol_values) as (_, info):
             warnings = [*info.warnings, *check_request(info, config, source.limits)]
-        wants_gpu = any(p in GPU_KEYS for p in config.providers)
-        device = self.broker.place(wants_gpu)
-        if device == CPU and wants_gpu:
-            warnings.append(
-                "this machine has no CUDA device: the cuda/trt rows will show ONNX Runtime's fallback to the CPU"
-            )
         files = {
             "model": self.store.put_blob(source.path),
             "inputs": self.store.put_blob(config.inputs) if config.inputs else None,
@@ -60,16 +54,23 @@ class OnnxEvalJobs(JobKind):
         }
         options = {k: v for k, v in config.to_text().items() if k not in FILE_FIELDS}
         record = {"model_name": source.name, "example": config.example, "options": options, "files": files}
-        # Timed (the card to itself) unless the operator shares each GPU between several evaluations.
-        timed = self.broker.share(KIND, device) == 1.0 or device == CPU
-        if not timed:
-            warnings.append(
-                f"this GPU is shared by up to {round(1 / self.broker.share(KIND, device))} evaluations "
-                "(AVATARBENCH_WORKERS_PER_GPU): latencies may include the others' work"
-            )
-        record["warnings"] = warnings
-        job = self.broker.submit(KIND, record, device, owner, model_sha256=files["model"], timed=timed,
-                                 limits=self.limits())  # fmt: skip
+        wants_gpu = any(p in GPU_KEYS for p in config.providers)
+        with self.broker.placing:
+            device = self.broker.place(wants_gpu)
+            if device == CPU and wants_gpu:
+                warnings.append(
+                    "this machine has no CUDA device: the cuda/trt rows will show ONNX Runtime's fallback to the CPU"
+                )
+            # Timed (the card to itself) unless the operator shares each GPU between several evaluations.
+            timed = self.broker.share(KIND, device) == 1.0 or device == CPU
+            if not timed:
+                warnings.append(
+                    f"this GPU is shared by up to {round(1 / self.broker.share(KIND, device))} evaluations "
+                    "(AVATARBENCH_WORKERS_PER_GPU): latencies may include the others' work"
+                )
+            record["warnings"] = warnings
+            job = self.broker.submit(KIND, record, device, owner, model_sha256=files["model"], timed=timed,
+                                     limits=self.limits())  # fmt: skip
         return Submission(job, warnings)
 
     def summary(self, job: Job) -> dict[str, Any]:
