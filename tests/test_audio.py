@@ -22,9 +22,11 @@ from engine.core.audio import (
     MEL_STEP,
     SAMPLE_RATE,
     AudioError,
+    Sound,
     audio_track,
     frame_energy,
     load_audio,
+    load_sound,
     loudness_warning,
     mel_chunks,
     mel_spectrogram,
@@ -231,11 +233,46 @@ def test_eight_channels_and_more_are_averaged(tmp_path: Path) -> None:
 def test_the_sound_track_keeps_the_whole_speech() -> None:
     """Upstream muxes the speech whole: the video's last frame may end before it (one frame per mel chunk), and
     the sound still runs to the speech's end; frames that last longer get silence after it."""
-    speech = np.linspace(-0.5, 0.5, 32000, dtype=np.float32)  # 2.0 s
+    speech = Sound(np.linspace(-0.5, 0.5, 88200, dtype=np.float32).reshape(-1, 2), 22050)  # 2.0 s of stereo
     track = audio_track(speech, 47, 25.0)  # Wav2Lip's 47 frames for 2.0 s: 1.88 s of video
-    assert track.size == 32000 and np.array_equal(track, speech)
+    assert track.rate == 22050 and np.array_equal(track.samples, speech.samples)
     longer = audio_track(speech, 3, 1.0)  # three frames at 1 fps: 3 s
-    assert longer.size == 48000 and np.array_equal(longer[:32000], speech) and not longer[32000:].any()
+    assert longer.samples.shape == (66150, 2) and np.array_equal(longer.samples[:44100], speech.samples)
+    assert not longer.samples[44100:].any()
+
+
+def test_a_sound_fitted_to_pictures_that_start_sooner_or_later() -> None:
+    sound = Sound(np.arange(1, 11, dtype=np.float32).reshape(-1, 1), 10)  # 1 s at 10 Hz
+    late = sound.fitted(1.0, start_s=-0.3, cut=True)  # it starts 0.3 s after the pictures: silence first
+    assert late.samples[:, 0].tolist() == [0, 0, 0, 1, 2, 3, 4, 5, 6, 7]
+    early = sound.fitted(1.0, start_s=0.4, cut=True)  # it started 0.4 s before them: that part is not shown
+    assert early.samples[:, 0].tolist() == [5, 6, 7, 8, 9, 10, 0, 0, 0, 0]
+
+
+@pytest.mark.parametrize(
+    ("rate", "layout", "channels", "expected_rate"),
+    [(48000, "stereo", 2, 48000), (44100, "mono", 1, 44100), (22050, "5.1", 2, 22050), (37800, "stereo", 2, 48000)],
+)
+def test_the_sound_track_keeps_the_files_rate_and_channels(
+    tmp_path: Path, rate: int, layout: str, channels: int, expected_rate: int
+) -> None:
+    """The video's sound is the file's, as upstream's ffmpeg mux keeps it (the features' 16 kHz mono cut
+    everything above 8 kHz and folded stereo): past two channels mixed to stereo, a rate AAC lacks made 48 kHz."""
+    n = len(av.AudioLayout(layout).channels)
+    t = np.arange(rate // 2) / rate
+    data = np.stack([np.sin(2 * np.pi * (1000 + 500 * c) * t) * 0.3 for c in range(n)]).astype(np.float32)
+    path = tmp_path / "speech.wav"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("pcm_f32le", rate=rate, layout=layout)
+        frame = av.AudioFrame.from_ndarray(data.T.reshape(1, -1).copy(), format="flt", layout=layout)
+        frame.sample_rate = rate
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            container.mux(packet)
+    sound = load_sound(path)
+    assert (sound.rate, sound.samples.shape[1]) == (expected_rate, channels)
+    assert abs(sound.seconds - 0.5) < 0.01
+    if (n, rate) == (2, 48000):  # kept as it is
+        assert np.abs(sound.samples - data.T).max() < 1e-6
 
 
 def test_stereo_is_the_mean_of_its_channels_as_librosa_load_makes_it(tmp_path: Path) -> None:
@@ -579,6 +616,16 @@ def test_energy_follows_a_tone_burst() -> None:
     assert energy[:24].max() < 0.05  # fast attack, nothing before
     assert energy[58:].max() < 0.05  # released within a few frames after
     assert np.all(np.diff(energy[50:]) <= 0)  # and it decays smoothly rather than snapping shut
+
+
+def test_energy_moves_with_the_audio_offset_as_the_mel_chunks_do() -> None:
+    """--audio-offset N: frame i shows frame i + N's level (the baseline read no offset, silently)."""
+    wav, frames = _burst(), 75  # the burst covers frames 25..49
+    base = frame_energy(wav, 25, frames)
+    for offset in (3, -4):
+        shifted = frame_energy(wav, 25, frames, offset_frames=offset)
+        assert np.array_equal(shifted, base[np.clip(np.arange(frames) + offset, 0, frames - 1)])
+        assert int(np.argmax(shifted > 0.5)) == int(np.argmax(base > 0.5)) - offset
 
 
 def test_energy_ignores_out_of_band_sound() -> None:

@@ -618,3 +618,31 @@ def test_options_another_engine_reads_are_named_when_set() -> None:
     asked = LipSyncConfig.build({"face": "f.jpg", "audio": "a.wav", "compile": True, "bbox_shift": 5})
     assert unused_options(asked, "baseline") == ["--compile", "--bbox-shift"]
     assert unused_options(asked, "wav2lip") == ["--bbox-shift"]
+
+
+def test_the_videos_sound_is_the_speech_files_own_rate_and_channels(settings, tmp_path) -> None:
+    """48 kHz stereo speech with a 12 kHz tone on the right: the MP4's track is 48 kHz stereo and keeps the tone
+    (the features' 16 kHz mono made every track 16 kHz mono, nothing above 8 kHz), as upstream's ffmpeg mux does."""
+    import av
+
+    rate, seconds = 48000, 1.0
+    t = np.arange(int(rate * seconds)) / rate
+    voice = 0.4 * np.sin(2 * np.pi * 220 * t) * (np.sin(2 * np.pi * 3 * t) > 0)
+    speech = tmp_path / "stereo.wav"
+    with av.open(str(speech), "w") as container:
+        stream = container.add_stream("pcm_s16le", rate=rate, layout="stereo")
+        both = np.stack([voice, voice + 0.2 * np.sin(2 * np.pi * 12000 * t)], axis=1)
+        frame = av.AudioFrame.from_ndarray((both * 32767).astype("<i2").reshape(1, -1), format="s16", layout="stereo")
+        frame.sample_rate = rate
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            container.mux(packet)
+    out = tmp_path / "stereo.mp4"
+    run_lipsync(LipSyncConfig(face=FACE, audio=speech, engine="baseline"), out, settings)
+    with av.open(str(out)) as container:
+        track = container.streams.audio[0]
+        assert (track.codec_context.sample_rate, len(track.codec_context.layout.channels)) == (rate, 2)
+        sound = np.concatenate([f.to_ndarray() for f in container.decode(track)], axis=1)  # planar (2, n)
+    assert abs(sound.shape[1] / rate - seconds) < 0.05
+    spectrum = np.abs(np.fft.rfft(sound[:, rate // 4 : rate // 4 + 8192], axis=1))
+    tone = round(12000 * 8192 / rate)
+    assert spectrum[1, tone] > 50 * spectrum[0, tone]  # the right channel's tone, the left without it

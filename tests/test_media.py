@@ -574,3 +574,18 @@ def test_a_name_too_long_for_the_file_system_is_a_message(tmp_path: Path) -> Non
         check_file(tmp_path / ("x" * 300 + ".png"), "face", "an image")
     with pytest.raises(MediaError, match=r"face file not found: missing\.png"):
         check_file(tmp_path / "missing.png", "face", "an image")
+
+
+def test_written_videos_state_their_colour_matrix_and_range(tmp_path: Path) -> None:
+    """to_yuv420p's BT.601 limited range, tagged: untagged HD video is shown by some players as BT.709."""
+    import av
+
+    from engine.core.media import LIMITED_RANGE, SMPTE170M, VideoWriter
+
+    writer = VideoWriter(tmp_path / "tagged.mp4", 25, 64, 48, codec="libx264")
+    for _ in range(3):
+        writer.write(np.zeros((48, 64, 3), np.uint8))
+    writer.close()
+    with av.open(str(tmp_path / "tagged.mp4")) as container:
+        frame = next(container.decode(video=0))
+    assert (frame.colorspace, frame.color_range) == (SMPTE170M, LIMITED_RANGE)

@@ -447,3 +447,71 @@ def test_a_square_driver_is_taken_whole_unless_asked_as_upstream() -> None:
     assert torch.equal(_driving_input(rgb, None, torch.device("cpu")), expected)
     cropped = _driving_input(rgb, _driving_transform(config, box, 640, 360), torch.device("cpu"))
     assert cropped.shape == expected.shape and not torch.equal(cropped, expected)
+
+
+def _clip_with_sound(path: Path, lag_s: float) -> Path:
+    """1 s of the face at 25 fps and 1 s of a 48 kHz stereo tone starting `lag_s` after the pictures (negative:
+    before them), as clips cut by stream copy and phone recordings have them."""
+    import av
+
+    rate, face = 48000, cv2.resize(cv2.imread(str(ASSETS / "face.jpg")), (320, 320))
+    tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(rate) / rate)).astype(np.float32)
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("libx264", rate=25)
+        video.width, video.height, video.pix_fmt = 320, 320, "yuv420p"
+        audio = container.add_stream("aac", rate=rate, layout="stereo")
+        for i in range(0, rate, 1024):
+            chunk = np.ascontiguousarray(np.stack([tone[i : i + 1024]] * 2, axis=1).reshape(1, -1))
+            frame = av.AudioFrame.from_ndarray(chunk, format="flt", layout="stereo")
+            frame.sample_rate, frame.pts = rate, max(0, round(lag_s * rate)) + i
+            for packet in audio.encode(frame):
+                container.mux(packet)
+        for i in range(25):
+            picture = av.VideoFrame.from_ndarray(face, format="bgr24")
+            picture.pts = max(0, round(-lag_s * 25)) + i
+            for packet in video.encode(picture):
+                container.mux(packet)
+        for packet in [*audio.encode(None), *video.encode(None)]:
+            container.mux(packet)
+    return path
+
+
+@pytest.mark.parametrize("lag_s", [0.4, -0.4])
+def test_the_driving_sound_keeps_its_place_against_the_pictures(tmp_path: Path, no_weights: Settings,
+                                                                lag_s: float) -> None:  # fmt: skip
+    """A driving clip whose sound starts 0.4 s after (or before) its pictures: the output's sound starts as late
+    (or with that much cut), at the clip's own rate and channels (its sound came out 0.4 s off, at 16 kHz mono)."""
+    import av
+
+    clip = _clip_with_sound(tmp_path / "clip.mp4", lag_s)
+    run_portrait(PortraitConfig(ASSETS / "face.jpg", clip), tmp_path / "out.mp4", no_weights)
+    with av.open(str(tmp_path / "out.mp4")) as container:
+        track = container.streams.audio[0]
+        assert (track.codec_context.sample_rate, len(track.codec_context.layout.channels)) == (48000, 2)
+        sound = np.concatenate([f.to_ndarray() for f in container.decode(track)], axis=1)[0]
+    loud = np.flatnonzero(np.abs(sound) > 0.1)
+    if lag_s > 0:  # silence, then the tone from 0.4 s (AAC's own delays are a few ms)
+        assert abs(loud[0] / 48000 - lag_s) < 0.03
+    else:  # the tone's first 0.4 s came before the first picture: from the start, ending 0.4 s before the tone did
+        assert loud[0] / 48000 < 0.03 and abs(loud[-1] / 48000 - (1 - 0.4)) < 0.03
+
+
+def test_the_strip_keeps_each_pictures_shape(tmp_path: Path) -> None:
+    """A 400x320 driving picture and a 300x600 result: each fits its tile with its shape kept (both were squashed
+    square), on a dark ground."""
+    from engine.core.media import VideoWriter
+    from engine.portrait.strip import TILE, side_by_side
+
+    driver = tmp_path / "wide.png"
+    cv2.imwrite(str(driver), np.full((320, 400, 3), 200, np.uint8))
+    writer = VideoWriter(tmp_path / "tall.mp4", 25, 300, 600, codec="libx264")
+    for _ in range(4):
+        writer.write(np.full((600, 300, 3), 200, np.uint8))
+    writer.close()
+    strip = side_by_side(driver, tmp_path / "tall.mp4", 4)
+    assert strip is not None and strip.shape[:2] == (2 * TILE, 4 * TILE)
+    wide, tall = strip[:TILE, :TILE, 1] > 100, strip[TILE:, :TILE, 1] > 100
+    rows, cols = np.flatnonzero(wide.any(axis=1)), np.flatnonzero(wide.any(axis=0))
+    assert (len(cols), abs(len(rows) - round(TILE * 320 / 400)) <= 1) == (TILE, True)
+    rows, cols = np.flatnonzero(tall.any(axis=1)), np.flatnonzero(tall.any(axis=0))
+    assert len(rows) == TILE and abs(len(cols) - TILE // 2) <= 1

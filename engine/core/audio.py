@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -79,14 +80,58 @@ def load_audio(path: str | os.PathLike, max_seconds: float | None = None, resamp
         raise ValueError(f"resampler {resampler!r} is not one of {', '.join(METHODS)}")
     if max_seconds is not None and not (max_seconds > 0 and math.isfinite(max_seconds)):
         raise AudioError(f"max_seconds must be a positive number of seconds, got {max_seconds!r}")
-    wav = _decode(file, max_seconds, resampler)
-    if wav.size == 0:
+    mono, rate = _decode(file, max_seconds, channels=False)
+    if mono.size == 0:
         raise AudioError(f"{file.name}: the audio stream is empty (0 samples decoded); a clip with sound is needed")
+    wav = resample(mono, rate, SAMPLE_RATE, resampler)
     _check_finite(wav, file.name)
     return np.ascontiguousarray(wav, dtype=np.float32)
 
 
-def _decode(file: Path, max_seconds: float | None, resampler: str) -> np.ndarray:
+@dataclass(frozen=True)
+class Sound:
+    """A file's sound as a video's track carries it: float32 samples (n, channels), mono or stereo, at `rate`."""
+
+    samples: np.ndarray
+    rate: int
+
+    @property
+    def seconds(self) -> float:
+        return len(self.samples) / self.rate
+
+    def fitted(self, seconds: float, start_s: float = 0.0, cut: bool = False) -> Sound:
+        """The sound from `start_s` (negative: that much silence first), padded with silence to `seconds`, and cut
+        there too when `cut`."""
+        first = round(start_s * self.rate)
+        samples = self.samples[max(0, first) :]
+        if first < 0:
+            samples = np.concatenate([np.zeros((-first, samples.shape[1]), np.float32), samples])
+        want = round(seconds * self.rate)
+        if cut:
+            samples = samples[:want]
+        if len(samples) < want:
+            samples = np.concatenate([samples, np.zeros((want - len(samples), samples.shape[1]), np.float32)])
+        return Sound(np.ascontiguousarray(samples), self.rate)
+
+
+# The rates AAC (FFmpeg's encoder) takes; a sound at another rate is resampled to 48 kHz for the track.
+AAC_RATES = (7350, 8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200, 96000)
+
+
+def load_sound(path: str | os.PathLike, max_seconds: float | None = None) -> Sound:
+    """A file's first audio stream for a video's sound track, at its own rate and channels, as upstream's ffmpeg
+    mux keeps them (the features' 16 kHz mono would cut everything above 8 kHz and fold stereo): more than two
+    channels are mixed down to stereo (FFmpeg's matrix), and a rate AAC cannot carry becomes 48 kHz."""
+    file = Path(os.fspath(path))
+    check_file(file, "audio", f"expected an audio or video file ({ACCEPTED_FORMATS})", AudioError)
+    samples, rate = _decode(file, max_seconds, channels=True)
+    if samples.size == 0:
+        raise AudioError(f"{file.name}: the audio stream is empty (0 samples decoded); a clip with sound is needed")
+    _check_finite(samples, file.name)
+    return Sound(np.ascontiguousarray(samples, dtype=np.float32), rate)
+
+
+def _decode(file: Path, max_seconds: float | None, channels: bool) -> tuple[np.ndarray, int]:
     """Demux and decode only the audio stream; PyAV errors become AudioError."""
     import av
 
@@ -107,16 +152,17 @@ def _decode(file: Path, max_seconds: float | None, resampler: str) -> np.ndarray
             )
         stream = container.streams.audio[0]
         try:
-            return _decode_stream(container, stream, file, max_seconds, resampler)
+            return _decode_stream(container, stream, file, max_seconds, channels)
         except av.error.FFmpegError as exc:
             raise _undecodable(file, exc) from exc
 
 
-def _decode_stream(container, stream, file: Path, max_seconds: float | None, resampler: str) -> np.ndarray:
-    """The stream as float32 mono 16 kHz, as upstream's librosa.load made it: channels averaged at the stream's
-    own rate (FFmpeg's downmix would weight each 0.707, 3 dB louder, and clip a loud stereo peak), then resampled
-    with that librosa's default filter (engine/core/resample.py; FFmpeg's resampler changed the features' top mel
-    bands), to librosa's length, ceil(n * 16000 / rate).
+def _decode_stream(container, stream, file: Path, max_seconds: float | None, channels: bool) -> tuple[np.ndarray, int]:
+    """The stream as float32 samples and their rate: without `channels`, mono at the stream's own rate, as
+    upstream's librosa.load mixed it before resampling (channels averaged: FFmpeg's downmix would weight each
+    0.707, 3 dB louder, and clip a loud stereo peak; load_audio then resamples with that librosa's default filter,
+    engine/core/resample.py, as FFmpeg's resampler changed the features' top mel bands, to librosa's length,
+    ceil(n * 16000 / rate)); with `channels`, (n, 1 or 2) as load_sound keeps them.
 
     In MP4/MOV the samples past the edit list's end are dropped: AAC's end padding, up to a codec frame, which
     FFmpeg 9 drops and older FFmpeg, PyAV's included, decodes (a video frame too many). Decoding stops as soon as
@@ -131,11 +177,13 @@ def _decode_stream(container, stream, file: Path, max_seconds: float | None, res
     rate = 0
     edit_end = _EditEnd(container, stream)
 
+    layout: str | None = None  # with `channels`: every frame in the first one's layout (stereo past two)
+
     def keep(frames) -> None:
         nonlocal native
         for frame in frames:
             samples = frame.to_ndarray().reshape(-1, len(frame.layout.channels))[: edit_end.room(native, rate)]
-            pieces.append(samples.mean(axis=1, dtype=np.float32))
+            pieces.append(samples if channels else samples.mean(axis=1, dtype=np.float32))
             native += len(samples)
             if max_seconds is not None and native > (max_seconds + _LIMIT_SLACK_S) * rate:
                 raise _too_long(file, stream, container, native / rate, max_seconds)
@@ -146,17 +194,20 @@ def _decode_stream(container, stream, file: Path, max_seconds: float | None, res
             edit_end.starts_at(frame)
             if converter is None:
                 rate = _checked_rate(frame.sample_rate, file)
+                if channels:
+                    rate = rate if rate in AAC_RATES else 48000
+                    layout = "mono" if len(frame.layout.channels) == 1 else "stereo"
             if (frame.sample_rate, frame.layout.name, frame.format.name) != shape:
                 if converter is not None:
                     keep(converter.resample(None))
-                converter = av.AudioResampler(format="flt", rate=rate)
+                converter = av.AudioResampler(format="flt", layout=layout, rate=rate)
                 shape = (frame.sample_rate, frame.layout.name, frame.format.name)
             keep(converter.resample(frame))
     if converter is not None:
         keep(converter.resample(None))
     if not native:
-        return np.zeros(0, dtype=np.float32)
-    return resample(np.concatenate(pieces), rate, SAMPLE_RATE, resampler)
+        return np.zeros((0, 1) if channels else 0, dtype=np.float32), rate or SAMPLE_RATE
+    return np.concatenate(pieces), rate
 
 
 MIN_RATE, MAX_RATE = 1000, 192_000  # sample rates accepted (speech; past them resampling is costly and pointless)
@@ -246,12 +297,10 @@ def loudness_warning(wav: np.ndarray) -> str | None:
     )
 
 
-def audio_track(speech: np.ndarray, frames: int, fps: float) -> np.ndarray:
+def audio_track(speech: Sound, frames: int, fps: float) -> Sound:
     """The sound a video of `frames` frames gets: the whole speech (never cut, as upstream muxes it whole), then
     silence to the last frame's end where the frames last longer."""
-    track = np.zeros(max(len(speech), round(frames / fps * SAMPLE_RATE)), np.float32)
-    track[: len(speech)] = speech
-    return track
+    return speech.fitted(max(speech.seconds, frames / fps))
 
 
 # --------------------------------------------------------------------------- Wav2Lip mel features
@@ -390,8 +439,12 @@ def _check_fps(fps: float, caller: str) -> None:
 # --------------------------------------------------------------------------- loudness per video frame
 
 
-def frame_energy(wav: np.ndarray, fps: float, n_frames: int, band: tuple[float, float] = (300.0, 3000.0)) -> np.ndarray:
+def frame_energy(
+    wav: np.ndarray, fps: float, n_frames: int, band: tuple[float, float] = (300.0, 3000.0), offset_frames: int = 0
+) -> np.ndarray:
     """Speech-band loudness per video frame in [0, 1], smoothed, for the weight-free baseline engine's mouth.
+    `offset_frames` moves the speech against the video as mel_chunks' does: frame i gets frame i + offset's level,
+    held at the first and last.
 
     Silence (below -50 dBFS) maps to 0; the ceiling is the clip's 95th-percentile frame level but at
     least 25 dB above the floor, so quiet and loud recordings both use the range and a short burst
@@ -408,7 +461,8 @@ def frame_energy(wav: np.ndarray, fps: float, n_frames: int, band: tuple[float, 
     if n_frames == 0:
         return np.zeros(0, dtype=np.float32)
     level_db = _frame_levels_db(_band_pass(x, _check_band(band)), fps, n_frames)
-    return _smooth(_db_to_unit(level_db), fps).astype(np.float32)
+    energy = _smooth(_db_to_unit(level_db), fps).astype(np.float32)
+    return energy[np.clip(np.arange(n_frames) + int(offset_frames), 0, n_frames - 1)]
 
 
 def _check_band(band: tuple[float, float]) -> tuple[float, float]:

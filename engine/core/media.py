@@ -135,6 +135,7 @@ class VideoInfo:
     has_audio: bool
     codec: str
     turns: int = 0  # quarter turns counter-clockwise that show its frames upright (read_frames applies them)
+    audio_lag_s: float = 0.0  # how much later its sound starts than its pictures (negative: sooner), by the header
 
 
 @dataclass(frozen=True)
@@ -435,9 +436,18 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
                 has_audio=bool(container.streams.audio),
                 codec=stream.codec_context.name,
                 turns=turns,
+                audio_lag_s=_audio_lag_s(stream, container.streams.audio[0]) if container.streams.audio else 0.0,
             )
     except (av.error.FFmpegError, UnicodeDecodeError) as exc:  # InvalidDataError and friends
         raise _unreadable_video(path.name, exc) from None
+
+
+def _audio_lag_s(video: Any, audio: Any) -> float:
+    """How much later the audio stream starts than the video stream on the file's timeline (clips cut by stream
+    copy, phone recordings: a few tenths of a second either way); 0 where either start is not stated."""
+    if None in (video.start_time, audio.start_time, video.time_base, audio.time_base):
+        return 0.0
+    return float(audio.start_time * audio.time_base - video.start_time * video.time_base)
 
 
 def display_turns(frame: Any) -> int:
@@ -665,6 +675,9 @@ _ENCODER_OPTIONS = {
 }
 
 
+SMPTE170M, LIMITED_RANGE = 6, 1  # FFmpeg's AVCOL_SPC_SMPTE170M (BT.601's matrix) and AVCOL_RANGE_MPEG
+
+
 def to_yuv420p(frame: np.ndarray) -> np.ndarray:
     """A BGR frame (even sides) as the encoders' yuv420p planes, stacked (1.5 H, W): BT.601, limited range.
 
@@ -678,7 +691,8 @@ def to_yuv420p(frame: np.ndarray) -> np.ndarray:
 
 
 class VideoWriter:
-    """H.264 MP4 (NVENC when it works, else libx264) with an optional AAC track from mono float audio.
+    """H.264 MP4 (NVENC when it works, else libx264) with an optional AAC track: float samples, (n, 1 or 2) at
+    `sample_rate` (engine/core/audio.py's Sound gives both), or mono (n,).
 
     The audio is given up front and muxed alongside the frames as they come, so the muxer never
     has to buffer a whole video waiting for the other stream. Odd sizes are padded by one pixel
@@ -693,7 +707,7 @@ class VideoWriter:
         fps: float,
         width: int,
         height: int,
-        audio: np.ndarray | None = None,
+        audio: Any = None,
         sample_rate: int = 16000,
         codec: str | None = None,
         threads: int | None = None,
@@ -710,16 +724,23 @@ class VideoWriter:
         self._video = self._container.add_stream(self.codec, rate=rate, options=_ENCODER_OPTIONS.get(self.codec, {}))
         self._video.width, self._video.height = width + width % 2, height + height % 2
         self._video.pix_fmt = "yuv420p"
+        # to_yuv420p's matrix and range, stated: untagged, a player may take an HD video's colours as BT.709 (green
+        # shown as (0, 213, 0), red gaining 23 levels of green)
+        self._video.codec_context.colorspace = SMPTE170M
+        self._video.codec_context.color_range = LIMITED_RANGE
         if threads is not None:  # None: the encoder's own choice (libx264: 1.5 threads per core)
             self._video.codec_context.thread_count = threads
         self._audio = None
         self._samples = None
         self._sample_rate = sample_rate
         self._audio_done = 0
+        if hasattr(audio, "rate"):  # a Sound
+            audio, self._sample_rate = audio.samples, audio.rate
         if audio is not None and audio.size:
-            self._samples = np.clip(audio, -1.0, 1.0).astype(np.float32)
-            self._audio = self._container.add_stream("aac", rate=sample_rate, layout="mono")
-            self._audio.bit_rate = 96_000
+            self._samples = np.clip(audio, -1.0, 1.0).astype(np.float32).reshape(len(audio), -1)
+            self._layout = "mono" if self._samples.shape[1] == 1 else "stereo"
+            self._audio = self._container.add_stream("aac", rate=self._sample_rate, layout=self._layout)
+            self._audio.bit_rate = 96_000 * self._samples.shape[1]
         self._live: HlsCopy | None = None
         if stream_to is not None:
             self._video.codec_context.gop_size = max(1, round(fps * SEGMENT_SECONDS))
@@ -753,8 +774,8 @@ class VideoWriter:
         end = min(end, len(self._samples))
         if end <= self._audio_done:
             return
-        chunk = self._samples[self._audio_done : end].reshape(1, -1)
-        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(chunk), format="flt", layout="mono")
+        chunk = self._samples[self._audio_done : end].reshape(1, -1)  # interleaved, as "flt" is
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(chunk), format="flt", layout=self._layout)
         frame.sample_rate = self._sample_rate
         frame.pts = self._audio_done
         for packet in self._audio.encode(frame):

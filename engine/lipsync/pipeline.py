@@ -32,9 +32,11 @@ import numpy as np
 
 from engine.core.audio import (
     SAMPLE_RATE,
+    Sound,
     audio_track,
     frame_energy,
     load_audio,
+    load_sound,
     loudness_warning,
     mel_chunks,
     mel_spectrogram,
@@ -172,7 +174,8 @@ class _Prepared:
     image: np.ndarray | None
     fps: float
     size: tuple[int, int]  # width, height
-    wav: np.ndarray
+    wav: np.ndarray  # 16 kHz mono: the features'
+    speech: Sound  # the sound track's, at the file's own rate and channels
     chunks: np.ndarray
     generator: Generator
     energy: np.ndarray
@@ -193,8 +196,8 @@ class _Prepared:
         )
         return itertools.islice(frames, start, stop)
 
-    def sound(self) -> np.ndarray:
-        return audio_track(self.wav, self.count, self.fps)
+    def sound(self) -> Sound:
+        return audio_track(self.speech, self.count, self.fps)
 
     def tracker(self) -> FaceTracker:
         return FaceTracker(pads=self.config.pads, smooth=self.config.smooth, fixed_box=self.config.box)
@@ -311,6 +314,7 @@ def _prepare(
     progress(0.0, "reading the speech")
     with result.stage("audio"):
         wav = load_audio(config.audio, max_seconds=settings.max_seconds)
+        speech = load_sound(config.audio, max_seconds=settings.max_seconds)
     with result.stage("mel"):
         chunks = mel_chunks(mel_spectrogram(wav), fps, config.audio_offset)
     count = len(chunks)
@@ -321,7 +325,11 @@ def _prepare(
 
     generator = _make_generator(config, settings, device, caps, precision)
     # Only the baseline reads speech energy; Wav2Lip works from the mel chunks.
-    energy = frame_energy(wav, fps, count) if generator.name == "baseline" else np.zeros(count, np.float32)
+    energy = (
+        frame_energy(wav, fps, count, offset_frames=config.audio_offset)
+        if generator.name == "baseline"
+        else np.zeros(count, np.float32)
+    )
     if generator.name == "baseline":
         if config.engine == "auto":
             result.warn(
@@ -348,7 +356,7 @@ def _prepare(
     codec_threads = None if choice.is_cuda else 1
     decoding = Decoding(cuda_device=device.index or 0 if choice.is_cuda else None)
     return _Prepared(
-        config, settings, result, choice, still, image, fps, size, wav, chunks, generator, energy, detector,
+        config, settings, result, choice, still, image, fps, size, wav, speech, chunks, generator, energy, detector,
         batch_size, codec_threads, decoding,
     )  # fmt: skip
 

@@ -920,7 +920,7 @@ def _baseline_image_plan(
 def _write(
     plan: _Plan, config: PortraitConfig, settings: Settings, out: Path, result: RunResult, progress: Progress
 ) -> None:
-    audio = _driving_audio(config, plan.fps, plan.count, settings.max_seconds) if plan.has_audio else None
+    audio = _driving_audio(config, plan.fps, plan.count, settings, result) if plan.has_audio else None
     out.parent.mkdir(parents=True, exist_ok=True)
     live = stream_folder(out) if config.stream else None
     writer = VideoWriter(out, plan.fps, plan.size[0], plan.size[1], audio=audio, stream_to=live)
@@ -1054,9 +1054,11 @@ class PortraitSegments:
         return final, states
 
     def output_writer(self, out: Path) -> VideoWriter:
-        config, info = self._ready().config, self.info
+        head, info = self._ready(), self.info
         assert info is not None
-        audio = _driving_audio(config, info.fps, self.count, self.settings.max_seconds) if info.has_audio else None
+        audio = (
+            _driving_audio(head.config, info.fps, self.count, self.settings, head.result) if info.has_audio else None
+        )
         out.parent.mkdir(parents=True, exist_ok=True)
         return VideoWriter(out, info.fps, *self._size(), audio=audio)
 
@@ -1118,18 +1120,21 @@ def _load_networks(
     return onnx_networks(folder, settings.cache_dir, config.backend, device.index or 0, precision, batch)
 
 
-def _driving_audio(config: PortraitConfig, fps: float, count: int, max_seconds: float) -> np.ndarray | None:
-    """The driving clip's sound for the frames written (none when it has none or runs past max_seconds)."""
-    from engine.core.audio import AudioError, load_audio
+def _driving_audio(config: PortraitConfig, fps: float, count: int, settings: Settings, result: RunResult) -> Any:
+    """The driving clip's sound for the frames written, at its own rate and channels, as upstream's ffmpeg mux keeps
+    it: cut at the last frame's end (upstream's -shortest), padded with silence where it ends sooner, and placed
+    where it starts against the pictures on the clip's timeline (a sound starting 0.4 s after them stays 0.4 s
+    late; upstream's mux keeps that, but not a sound starting before the pictures). None when the clip's sound
+    cannot be read, with a warning saying why."""
+    from engine.core.audio import AudioError, load_sound
 
     try:
-        wav = load_audio(config.driving, max_seconds=max_seconds)
-    except (AudioError, MediaError):
+        sound = load_sound(config.driving, max_seconds=settings.max_seconds)
+        lag_s = probe_video(config.driving).audio_lag_s
+    except (AudioError, MediaError) as exc:
+        result.warn(f"the driving clip's sound is left out: {exc}")
         return None
-    want = round(count / fps * 16000)
-    out = np.zeros(want, np.float32)
-    out[: min(want, len(wav))] = wav[:want]
-    return out
+    return sound.fitted(count / fps, start_s=-lag_s, cut=True)
 
 
 def _sync(device: torch.device) -> None:

@@ -34,12 +34,25 @@ def side_by_side(driving: Path, video: Path, count: int) -> np.ndarray | None:
 
     rows = []
     for path in (driving, video):
-        tiles = [cv2.resize(f, (TILE, TILE), interpolation=cv2.INTER_AREA) for f in frames(path)]
+        tiles = [_tile(f) for f in frames(path)]
         if not tiles:
             return None
         rows.append(np.hstack(tiles[: len(picks)]))
     width = min(r.shape[1] for r in rows)
     return np.vstack([r[:, :width] for r in rows])
+
+
+def _tile(frame: np.ndarray) -> np.ndarray:
+    """The frame shrunk to fit a TILE x TILE square, its shape kept (a 400x320 clip was squashed square), on a dark
+    ground."""
+    height, width = frame.shape[:2]
+    scale = TILE / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    fitted = cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
+    tile = np.full((TILE, TILE, 3), 32, np.uint8)
+    top, left = (TILE - size[1]) // 2, (TILE - size[0]) // 2
+    tile[top : top + size[1], left : left + size[0]] = fitted
+    return tile
 
 
 def save_strip(driving: Path, video: Path, count: int) -> Path | None:

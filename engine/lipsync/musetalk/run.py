@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine.core.audio import SAMPLE_RATE, audio_track, load_audio, loudness_warning
+from engine.core.audio import SAMPLE_RATE, audio_track, load_audio, load_sound, loudness_warning
 from engine.core.cache import LruCache, file_digest, file_stamp
 from engine.core.device import (
     DeviceChoice,
@@ -347,6 +347,7 @@ def run_musetalk(
     progress(0.0, "reading the speech")
     with result.stage("audio"):
         speech = load_audio(config.audio, max_seconds=settings.max_seconds, resampler=SOXR_HQ)  # upstream's librosa
+        sound = load_sound(config.audio, max_seconds=settings.max_seconds)  # the track's, at the file's own rate
     face = _checked_face(config, settings, config.fps)  # the face's frame rate decides the frame count
     if words := face.note or (face.photo is None and fps_passed_over(config, face.fps)):
         result.warn(words)
@@ -365,7 +366,7 @@ def run_musetalk(
     avatar, source = _avatar(config, settings, loaded, fps, photo, wanted, result, progress)
     for warning in avatar.warnings:
         result.warn(warning)
-    audio = audio_track(speech, count, fps)
+    audio = audio_track(sound, count, fps)
     out.parent.mkdir(parents=True, exist_ok=True)
     height, width = avatar.frames[0].shape[:2]
     # A network on the CPU needs both cores: the encoder then runs in its thread only, as Wav2Lip's does.
