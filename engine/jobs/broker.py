@@ -280,7 +280,8 @@ class Broker:
         job = self.store.cancel(job_id, owner)
         if job.status == RUNNING:
             worker = self._worker_for(job)
-            if worker is not None:
+            if worker is not None and self.store.get(job.id).status == RUNNING:  # not one that ended meanwhile:
+                # its worker would be killed for nothing, and its loaded networks with it
                 self._stop_worker(worker, job.id, "cancelled by its owner while it ran", CANCELLED)
             job = self._await_end(job.id)
         return job

@@ -28,6 +28,7 @@ Decisions worth knowing:
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -151,7 +152,10 @@ def hold_data_dir(data_dir: Path) -> IO[str]:
     handle = (data_dir / "app.lock").open("a+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except OSError as exc:
+        if exc.errno not in (errno.EAGAIN, errno.EACCES):  # a filesystem without locks (some network mounts)
+            log.warning("cannot lock %s (%s): make sure no other app uses this data dir", data_dir, exc)
+            return handle
         handle.seek(0)
         holder = handle.read().strip()
         handle.close()
