@@ -806,3 +806,95 @@ def test_an_output_whose_shape_is_not_the_declared_one_is_named(tmp_path: Path) 
     report = evaluate(path, inspect_model(path), EvalConfig(batch_sizes=(2,), **FAST))
     assert "output 'y' declares ['N', 4] ([2, 4] here) but is [2, 8]" in report["warnings"]
     assert not oe._misdeclared_outputs(inspect_model(path).outputs, {"N": 2}, {"y": np.zeros((2, 4))})
+
+
+def test_scalar_inputs_keep_their_rank(tmp_path: Path) -> None:
+    """A rank-0 input: synthetic bools were a numpy scalar, not an array (the run failed), and a .npz scalar was fed
+    with shape [1] (np.ascontiguousarray makes a 0-d array 1-d), so the expected scalar output never matched."""
+    nodes = [helper.make_node("Not", ["flag"], ["flipped"]), helper.make_node("Mul", ["x", "x"], ["y"])]
+
+    def scalar(name: str, kind: int) -> object:
+        return helper.make_tensor_value_info(name, kind, [])
+
+    inputs, outputs = [scalar("flag", TensorProto.BOOL), scalar("x", TensorProto.FLOAT)], [
+        scalar("flipped", TensorProto.BOOL), scalar("y", TensorProto.FLOAT)]  # fmt: skip
+    graph = helper.make_graph(nodes, "scalars", inputs, outputs)
+    path = save(graph, tmp_path / "scalars.onnx")
+    info = inspect_model(path)
+    synthetic = synthetic_inputs(info.inputs, {}, seed=0)
+    assert all(isinstance(v, np.ndarray) and v.shape == () for v in synthetic.values())
+    assert all(r["error"] is None for r in evaluate(path, info, EvalConfig(**FAST))["results"])
+    np.savez(tmp_path / "in.npz", flag=np.array(True), x=np.array(3.0, np.float32))
+    np.savez(tmp_path / "want.npz", flipped=np.array(False), y=np.array(9.0, np.float32))
+    assert load_npz_inputs(tmp_path / "in.npz", info.inputs, {})["x"].shape == ()
+    report = evaluate(path, info, EvalConfig(inputs=tmp_path / "in.npz", expected=tmp_path / "want.npz", **FAST))
+    assert report["accuracy"]["expected"]["cpu"]["y"]["max_error"] == 0.0
+
+
+def test_labels_score_the_scores_output_and_say_which(tmp_path: Path) -> None:
+    """An sklearn-style classifier gives its int64 labels first and its probabilities second: --labels scored the
+    labels (any label 0 a hit, 100% top-1 where it was 0%); now the first float output of rank 2, or the one named."""
+    probs = numpy_helper.from_array(np.array([[0.1, 0.7, 0.2], [0.2, 0.1, 0.7]], np.float32), "p")
+    nodes = [
+        helper.make_node("Add", ["x", "p"], ["prob"]),
+        helper.make_node("ArgMax", ["prob"], ["label"], axis=1, keepdims=0),
+        helper.make_node("Mul", ["x", "p"], ["feat"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "sklearnish", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info("label", TensorProto.INT64, [2]),
+         helper.make_tensor_value_info("prob", TensorProto.FLOAT, [2, 3]),
+         helper.make_tensor_value_info("feat", TensorProto.FLOAT, [2, 3])],
+        [probs],
+    )  # fmt: skip
+    path = save(graph, tmp_path / "classifier.onnx")
+    info = inspect_model(path)
+    np.savez(tmp_path / "zeros.npz", x=np.zeros((2, 3), np.float32))
+    wrong = EvalConfig(inputs=tmp_path / "zeros.npz", labels=(0, 0), **FAST)  # the classes are 1 and 2
+    top = evaluate(path, info, wrong)["accuracy"]["topk"]["cpu"]
+    assert (top["output"], top["top1"]) == ("prob", 0.0)
+    right = EvalConfig(inputs=tmp_path / "zeros.npz", labels=(1, 2), labels_output="feat", **FAST)
+    top = evaluate(path, info, right)["accuracy"]["topk"]["cpu"]
+    assert top["output"] == "feat" and top["top1"] == 0.0  # x * p is all zeros: class 0 ranks first
+    with pytest.raises(EvalError, match="labels output 'logits' is not an output of the model"):
+        evaluate(path, info, EvalConfig(labels=(1, 2), labels_output="logits", **FAST))
+    assert "labels output names the output --labels score" in " ".join(EvalConfig(labels_output="prob").problems())
+
+
+def test_a_sequence_output_is_held_to_the_output_limit(tmp_path: Path) -> None:
+    """A sequence's size is known only by running: measured then, like an array's, so a larger batch that would
+    not fit is skipped (sequences went unbounded through every batch size)."""
+    split = helper.make_node("SplitToSequence", ["x"], ["parts"], axis=0, keepdims=1)
+    graph = helper.make_graph(
+        [split], "sequence", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1000])],
+        [helper.make_tensor_sequence_value_info("parts", TensorProto.FLOAT, None)],
+    )  # fmt: skip
+    path = save(graph, tmp_path / "sequence.onnx")
+    info = inspect_model(path)
+    rows = evaluate(path, info, EvalConfig(batch_sizes=(1, 64), **FAST), limits=Limits(max_output_bytes=50_000))
+    assert rows["results"][0]["latency"] and rows["results"][1]["error"].startswith("skipped: outputs too large")
+
+
+def test_npz_inputs_repeat_along_every_batch_axis_and_flops_scale_only_where_linear(tmp_path: Path) -> None:
+    """x[N, N] @ x[N, N] from a .npz at N=1: batch 2 repeats it along both axes (only the first was, and the run
+    failed), and its FLOPs grow as N³, so achieved GFLOP/s are given only at the inspected batch."""
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "x"], ["y"])], "square",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "N"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "N"])],
+    )  # fmt: skip
+    path = save(graph, tmp_path / "square.onnx")
+    info = inspect_model(path)
+    np.savez(tmp_path / "one.npz", x=np.ones((1, 1), np.float32))
+    rows = evaluate(path, info, EvalConfig(inputs=tmp_path / "one.npz", batch_sizes=(1, 2), **FAST))["results"]
+    assert [r["error"] for r in rows] == [None, None]
+    assert rows[0]["achieved_gflops"] is not None and rows[1]["achieved_gflops"] is None
+
+
+def test_integer_parity_is_exact_past_two_to_the_53_and_across_64_bits() -> None:
+    ids = np.array([2**53 + 1, -(2**63), 5, 7], np.int64)
+    moved = np.array([2**53, 2**63 - 1, 5, 7], np.int64)
+    result = parity({"ids": ids}, {"ids": moved})["ids"]
+    assert result["max_abs"] == float(2**64 - 1) and result["tolerance_to_pass"] == float(2**64 - 1)
+    assert result["mean_abs"] == pytest.approx((1 + 2**64 - 1) / 4) and result["finite_compared"] == 4
+    assert parity({"b": np.array([True, False])}, {"b": np.array([True, True])})["b"]["max_abs"] == 1.0

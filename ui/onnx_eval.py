@@ -139,7 +139,10 @@ def build_onnx_eval_tab(settings: Any, jobs: OnnxEvalJobs, access: Access) -> No
                                                 label="Scaling")  # fmt: skip
                     image_channels = gr.Radio(choices(c, "image_channels"), value=default(c, "image_channels"),
                                               label="Channel order")  # fmt: skip
-                labels = gr.Textbox(label="Class labels, one per sample of the first batch (top-1/top-5)")
+                with gr.Row():
+                    labels = gr.Textbox(label="Class labels, one per sample of the first batch (top-1/top-5)",
+                                        scale=3)  # fmt: skip
+                    labels_output = gr.Textbox(label="Output they score (empty: the first float one of rank 2+)")
             with gr.Row():
                 submit = gr.Button("Queue evaluation", variant="primary", scale=4)
                 cancel = gr.Button("Cancel", variant="stop", scale=1)
@@ -200,14 +203,14 @@ def build_onnx_eval_tab(settings: Any, jobs: OnnxEvalJobs, access: Access) -> No
 
     def queue_job(
         kind, name, path, provider_keys, inputs, expected, images, batch_sizes, runs, warmup, seed, trt_fp16,
-        trt_workspace_gb, symbols, image_input, image_resize, image_scaling, image_channels, labels,
+        trt_workspace_gb, symbols, image_input, image_resize, image_scaling, image_channels, labels, labels_output,
         request: gr.Request,
     ) -> tuple[Any, ...]:  # fmt: skip
         values = dict(
             inputs=inputs, expected=expected, images=images, batch_sizes=batch_sizes, runs=runs, warmup=warmup,
             seed=seed, trt_fp16=trt_fp16, trt_workspace_gb=trt_workspace_gb, symbols=symbols, image_input=image_input,
             image_resize=image_resize, image_scaling=image_scaling, image_channels=image_channels, labels=labels,
-            providers=",".join(provider_keys or []), **chosen_model(kind, name, path),
+            labels_output=labels_output, providers=",".join(provider_keys or []), **chosen_model(kind, name, path),
         )  # fmt: skip
         with reported("ONNX evaluation"):
             submission = jobs.submit(EvalConfig.build(values), access.owner(request))
@@ -274,7 +277,7 @@ def build_onnx_eval_tab(settings: Any, jobs: OnnxEvalJobs, access: Access) -> No
         )
 
     form = [inputs, expected, images, batch_sizes, runs, warmup, seed, trt_fp16, trt_workspace_gb, symbols, image_input]
-    form += [image_resize, image_scaling, image_channels, labels]
+    form += [image_resize, image_scaling, image_channels, labels, labels_output]
     source.change(
         lambda kind: (gr.update(visible=kind == _EXAMPLE), gr.update(visible=kind == _UPLOAD)),
         source,

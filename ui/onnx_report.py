@@ -145,10 +145,12 @@ def accuracy_rows(report: dict) -> list[list]:
                 errors = [_num(m[k], 6) for k in ("mae", "rmse", "max_error", "cosine")]
                 rows.append([provider, name, *errors, "", ""])
     for provider, t in (acc.get("topk") or {}).items():
+        scored = t.get("output", "")  # reports from before the output was named lack it
         if "error" in t:
-            rows.append([provider, "top-k", "", "", "", "", "", t["error"]])
+            rows.append([provider, f"{scored} top-k".strip(), "", "", "", "", "", t["error"]])
         else:
-            rows.append([provider, f"top-k over {t['n']} samples", "", "", "", "", t["top1"], t["top5"]])
+            rows.append([provider, f"{scored} top-k over {t['n']} samples".strip(), "", "", "", "", t["top1"],
+                         t["top5"]])  # fmt: skip
     return rows
 
 

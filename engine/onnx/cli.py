@@ -154,7 +154,7 @@ def _accuracy_lines(accuracy: dict) -> list[str]:
             lines.append(f"labels {provider}: {t['error']}")
         else:
             wider = f", top-{t['top5_k']} {t['top5']:.1%}" if t["top5_k"] > 1 else ""  # one class: top-1 twice
-            lines.append(f"labels {provider}: top-1 {t['top1']:.1%}{wider} of {t['n']}")
+            lines.append(f"labels {provider} ({t['output']}): top-1 {t['top1']:.1%}{wider} of {t['n']}")
     return lines
 
 

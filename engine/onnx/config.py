@@ -84,6 +84,9 @@ class EvalConfig(Config):
         None, help="class labels of the first batch, e.g. 3,1,7: top-1/top-5", low=0,
         text=number_tuple(int, distinct=False),
     )  # fmt: skip
+    labels_output: str | None = option(
+        None, help="the output --labels score (empty: the first float output of rank 2 or more, else the first)"
+    )
     images: tuple[Path, ...] | None = option(
         None, help="images for an image input (resized and scaled)", file=True, many=True
     )
@@ -105,6 +108,8 @@ class EvalConfig(Config):
         if self.images is not None and len(self.images) > MAX_IMAGES:
             out.append(f"images: {len(self.images)} given, at most {MAX_IMAGES}")
         defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        if self.labels_output is not None and self.labels is None:
+            out.append("labels output names the output --labels score: give labels, or leave it out")
         if not self.images:  # they were ignored, silently
             image_options = ("image_input", "image_resize", "image_scaling", "image_channels")
             given = [name.replace("_", " ") for name in image_options if getattr(self, name) != defaults[name]]

@@ -121,7 +121,7 @@ def synthetic_inputs(specs: list[TensorSpec], values: dict[str, int], seed: int)
             high = min(_SYNTHETIC_INT_HIGH, int(np.iinfo(dtype).max) + 1)
             out[spec.name] = rng.integers(0, high, size=shape, dtype=dtype)
         else:
-            out[spec.name] = rng.random(shape) < 0.5
+            out[spec.name] = np.asarray(rng.random(shape) < 0.5)  # an array even for a scalar's shape ()
     return out
 
 
@@ -226,11 +226,11 @@ def load_npz_inputs(path: str | os.PathLike, specs: list[TensorSpec], values: di
         if rule == "check" and not _fits(array, want):
             raise EvalError(f"input {name!r} in the .npz is {array.dtype} with values that do not fit {want}")
         if rule == "bits":
-            out[name] = np.ascontiguousarray(array).view(want)
+            out[name] = np.asarray(array, order="C").view(want)  # asarray: ascontiguousarray makes a scalar 1-d
         elif want.kind == "O":  # a string input: ONNX Runtime reads str objects (fixed-width bytes it overruns)
             out[name] = _text_array(array, name)
         else:
-            out[name] = np.ascontiguousarray(array, dtype=want)
+            out[name] = np.asarray(array, dtype=want, order="C")
     return out
 
 
@@ -243,7 +243,7 @@ def _text_array(array: np.ndarray, name: str) -> np.ndarray:
             raise EvalError(
                 f"input {name!r} in the .npz holds bytes that are not UTF-8 text: {one_line(exc)}"
             ) from None
-    return np.ascontiguousarray(array.astype(object))
+    return np.asarray(array.astype(object), order="C")
 
 
 def _load_expected(path: str | os.PathLike, outputs: list[TensorSpec], limits: Limits) -> dict[str, np.ndarray]:
@@ -417,26 +417,44 @@ def _compare_one(ref: np.ndarray, other: np.ndarray) -> dict[str, Any]:
 
 
 def _compare_integers(ref: np.ndarray, other: np.ndarray) -> dict[str, Any]:
-    """Integer (and bool) outputs compared exactly, as Python integers: through float64, ids past 2**53 that
-    differ by one compared equal. The cosine, a float measure, is taken in float64."""
-    a, b = ref.reshape(-1).astype(object), other.reshape(-1).astype(object)
-    diff = [abs(int(y) - int(x)) for x, y in zip(a, b, strict=True)]
-    largest = max(diff, default=0)
+    """Integer (and bool) outputs compared exactly: through float64, ids past 2**53 that differ by one compared
+    equal. Chunk by chunk, as floats are (as Python integers over a whole output it took 14 s and 2.3 GB for 30
+    million int64s); the cosine and the relative difference, float measures, are taken in float64."""
+    largest, total, worst_rel = 0, 0.0, 0.0
     sums = _Sums()
-    sums.add(ref.reshape(-1).astype(np.float64), other.reshape(-1).astype(np.float64))
+    for a, b in _chunks(ref, other):
+        diff = _exact_differences(a, b)
+        if diff.size:
+            largest = max(largest, int(diff.max()))
+            total += float(diff.sum(dtype=np.float64))
+            floor = np.maximum(np.abs(a.astype(np.float64)), _REL_FLOOR)
+            worst_rel = max(worst_rel, float((diff.astype(np.float64) / floor).max()))
+        sums.add(a.astype(np.float64), b.astype(np.float64))
     nothing = {"reference": 0, "other": 0}
     return {
         "shape_mismatch": False,
         "max_abs": float(largest),
-        "max_rel": max((d / max(abs(int(x)), _REL_FLOOR) for d, x in zip(diff, a, strict=True)), default=0.0),
-        "mean_abs": sum(diff) / len(diff) if diff else 0.0,
+        "max_rel": worst_rel,
+        "mean_abs": total / ref.size if ref.size else 0.0,
         "cosine": sums.cosine() if sums.count else math.nan,
         "nan": dict(nothing),
         "inf": dict(nothing),
-        "finite_compared": len(diff),
+        "finite_compared": int(ref.size),
         "nonfinite_differ": False,
         "tolerance_to_pass": float(largest),
     }
+
+
+def _exact_differences(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """|b - a| of two integer (or bool) chunks, exactly, as uint64 (or Python integers where their types differ
+    and no integer type holds both)."""
+    common = np.promote_types(a.dtype, b.dtype)
+    if common.kind == "b" or (common.kind in "iu" and common.itemsize < 8):
+        return np.abs(b.astype(np.int64) - a.astype(np.int64)).astype(np.uint64)
+    if common.kind in "iu":  # 64-bit: the difference modulo 2**64 is the true one, which is below 2**64
+        ua, ub = (x.astype(common).view(np.uint64) for x in (a, b))
+        return np.where(b.astype(common) >= a.astype(common), ub - ua, ua - ub)
+    return np.array([abs(int(y) - int(x)) for x, y in zip(a.tolist(), b.tolist(), strict=True)], dtype=object)
 
 
 def parity(reference: dict[str, np.ndarray], other: dict[str, np.ndarray]) -> dict[str, dict]:
@@ -582,11 +600,10 @@ class _OutputBudget:
         return self.copies * _total(self.estimate(self.first_batch)) + _total(self.estimate(batch))
 
     def observe(self, batch: int, outputs: dict[str, Any]) -> None:
-        """The first real run's output sizes replace every estimate made before it (sequences and maps are not
-        arrays, and stay unmeasured)."""
+        """The first real run's output sizes replace every estimate made before it (sequences, maps and strings
+        too: a sequence of 900 MiB went unbounded through every later batch size)."""
         if not self.ran:
-            sizes = {name: a.nbytes for name, a in outputs.items() if isinstance(a, np.ndarray)}
-            self.measured, self.ran = (batch, sizes), True
+            self.measured, self.ran = (batch, {name: _held_bytes(value) for name, value in outputs.items()}), True
 
     def refusal(self, batch: int) -> str | None:
         """Why this batch size must not run, or None when it fits."""
@@ -702,8 +719,22 @@ def _output_budget(info: ModelInfo, plan: _Plan, limits: Limits) -> _OutputBudge
     return budget
 
 
+def _held_bytes(value: Any) -> int:
+    """What an output holds in memory: an array's bytes (a string array's text too, beyond its pointers), a
+    sequence's or a map's parts added up."""
+    if isinstance(value, np.ndarray):
+        text = sum(len(str(v)) for v in value.flat) if value.dtype.kind == "O" else 0
+        return int(value.nbytes) + text
+    if isinstance(value, dict):
+        return sum(_held_bytes(np.asarray(k)) + _held_bytes(np.asarray(v)) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return sum(_held_bytes(v if isinstance(v, (np.ndarray, dict, list, tuple)) else np.asarray(v)) for v in value)
+    return 0
+
+
 def _inputs_for(info: ModelInfo, config: EvalConfig, plan: _Plan, batch: int, user: dict[str, np.ndarray]):
-    """Synthetic inputs at this batch, with the user's arrays in place (repeated along the batch axis)."""
+    """Synthetic inputs at this batch, with the user's arrays in place (repeated along every batch axis: an input
+    whose batch symbol is not its first dimension kept its .npz size)."""
     values = _symbols_at(plan, batch)
     missing = [spec for spec in info.inputs if spec.name not in user]
     feeds = synthetic_inputs(missing, values, config.seed)
@@ -711,8 +742,9 @@ def _inputs_for(info: ModelInfo, config: EvalConfig, plan: _Plan, batch: int, us
         if spec.name not in user:
             continue
         array = user[spec.name]
-        if spec.shape and spec.shape[0] in plan.batch_symbols and array.shape[0] != batch:
-            array = np.take(array, np.arange(batch) % array.shape[0], axis=0)
+        for axis, dim in enumerate(spec.shape[: array.ndim]):
+            if dim in plan.batch_symbols and array.shape[axis] not in (0, batch):
+                array = np.take(array, np.arange(batch) % array.shape[axis], axis=axis)
         feeds[spec.name] = array
     return {spec.name: feeds[spec.name] for spec in info.inputs}
 
@@ -964,6 +996,10 @@ def _finish_rows(rows: list[dict], info: ModelInfo, plan: _Plan) -> None:
     """Speed-up against the CPU row of the same batch, and achieved GFLOP/s where the FLOPs apply."""
     cpu = {r["batch"]: r for r in rows if r["provider"] == "cpu" and r["latency"]}
     scale_base = _inspected_batch(info, plan) if info.flops else None
+    # FLOPs grow with the batch only where it is each input's first dimension alone (x[N,3] @ z[3,N] grows as N²)
+    linear = all(
+        all(axis == 0 for axis, dim in enumerate(spec.shape) if dim in plan.batch_symbols) for spec in info.inputs
+    )
     for row in rows:
         if not row["latency"]:
             continue
@@ -972,7 +1008,7 @@ def _finish_rows(rows: list[dict], info: ModelInfo, plan: _Plan) -> None:
         cpu_vs_cpu = row["provider"] != "cpu" and row["ran_on"] == PROVIDERS["cpu"]  # a fallback: no speed-up
         if ref is not None and p50 > 0 and not cpu_vs_cpu:
             row["speedup_vs_cpu"] = ref["latency"]["p50_ms"] / p50
-        if scale_base is not None and p50 > 0:
+        if scale_base is not None and p50 > 0 and (linear or row["batch"] == scale_base or not plan.batch_symbols):
             scale = row["batch"] / scale_base if plan.batch_symbols else 1.0
             row["achieved_gflops"] = info.flops * scale / (p50 / 1000.0) / 1e9  # type: ignore[operator]
 
@@ -987,31 +1023,47 @@ def _inspected_batch(info: ModelInfo, plan: _Plan) -> int | None:
     return next(iter(bases)) if bases else plan.batches[0]
 
 
-def _accuracy_report(runner: _Runner, expected: dict[str, np.ndarray] | None, labels: list[int] | None) -> dict:
+def _accuracy_report(
+    runner: _Runner, expected: dict[str, np.ndarray] | None, labels: list[int] | None, scored: str | None
+) -> dict:
     report: dict[str, Any] = {}
     providers = [k for k in runner.outputs if not runner.sessions[k].get("reference_only")]
     if expected is not None:
         report["expected"] = {k: accuracy(runner.outputs[k], expected) for k in providers}
     if labels is not None:
         report["topk"] = {}
-        first = runner.info.outputs[0].name
+        output = scored_output(runner.info, scored).name
         for key in providers:
             try:
-                report["topk"][key] = topk(runner.outputs[key][first], labels)
+                report["topk"][key] = {**topk(runner.outputs[key][output], labels), "output": output}
             except EvalError as exc:
-                report["topk"][key] = {"error": str(exc)}
+                report["topk"][key] = {"error": str(exc), "output": output}
     return report
 
 
-def _check_labels(info: ModelInfo, plan: _Plan, labels: list[int]) -> None:
-    """Refuse before running when the first output's sample count is known and differs from the labels, or its
+def scored_output(info: ModelInfo, name: str | None) -> TensorSpec:
+    """The output `--labels` score: the one named, else the first float output of rank 2 or more (a classifier's
+    scores; an sklearn model gives its int64 labels first, and scoring those made any label 0 a hit), else the
+    first."""
+    if name is not None:
+        named = next((spec for spec in info.outputs if spec.name == name), None)
+        if named is None:
+            names = ", ".join(spec.name for spec in info.outputs)
+            raise EvalError(f"labels output {name!r} is not an output of the model (its outputs: {names})")
+        return named
+    return next((s for s in info.outputs if s.is_float and len(s.shape) >= 2), info.outputs[0])
+
+
+def _check_labels(info: ModelInfo, plan: _Plan, labels: list[int], scored: str | None) -> None:
+    """Refuse before running when the scored output's sample count is known and differs from the labels, or its
     class count is known and a label is not one of its classes."""
-    shape = info.outputs[0].shape
+    output = scored_output(info, scored)
+    shape = output.shape
     first = shape[0] if shape else None
     n = first if isinstance(first, int) else plan.values.get(first) if isinstance(first, str) else None
     if n is not None and n != len(labels):
         raise EvalError(
-            f"{len(labels)} labels for output {info.outputs[0].name!r}, which has {n} samples at the first batch "
+            f"{len(labels)} labels for output {output.name!r}, which has {n} samples at the first batch "
             f"size ({shape}); give one label per sample"
         )
     if len(shape) > 1 and all(isinstance(d, int) for d in shape[1:]):
@@ -1019,7 +1071,7 @@ def _check_labels(info: ModelInfo, plan: _Plan, labels: list[int]) -> None:
         bad = [label for label in labels if not 0 <= int(label) < classes]
         if bad:
             raise EvalError(
-                f"labels {bad[:10]} are not classes of output {info.outputs[0].name!r} {shape}: "
+                f"labels {bad[:10]} are not classes of output {output.name!r} {shape}: "
                 + (f"they are 0..{classes - 1}" if classes else "it has none")
             )
 
@@ -1110,7 +1162,7 @@ def _checked_plan(info: ModelInfo, config: EvalConfig, limits: Limits) -> _Plan:
     _check_outputs(info, config)
     plan = _plan(info, config, limits)
     if config.labels is not None:
-        _check_labels(info, plan, list(config.labels))
+        _check_labels(info, plan, list(config.labels), config.labels_output)
     return plan
 
 
@@ -1188,7 +1240,7 @@ def _report(runner: _Runner, expected: dict[str, np.ndarray] | None, ran: Sequen
         "sessions": runner.sessions,
         "results": runner.rows,
         "parity": parity_report,
-        "accuracy": _accuracy_report(runner, expected, config.labels),
+        "accuracy": _accuracy_report(runner, expected, config.labels, config.labels_output),
         "warnings": warnings,
         "notes": [
             *([f"{PARTIAL_NOTE}: {', '.join(ran)} of {', '.join(plan.run_keys)} measured"] if stopped else []),
