@@ -20,6 +20,7 @@ from engine.bench.config import BenchError, SweepRequest
 from engine.bench.jobs import BenchJobs
 from engine.bench.sweep import BenchPoint, SweepConfig, grid, preset, rows_to_csv, run_sweep
 from engine.bench.workloads import builtin_model, count_flops, memory_profile
+from engine.core.commands import strict_json
 from engine.core.errors import InputError
 from engine.core.settings import load_settings
 from engine.jobs.broker import Broker
@@ -246,8 +247,10 @@ def test_jobs_round_trip_and_imports(tmp_path: Path) -> None:
     assert row["status"] == "ok" and row["flops_per_sample"] == 2 * 4 * 3  # the MatMul's MACs per sample, x2
     assert row["error_vs_fp32"]["max_abs"] == 0.0  # ORT CPU against itself
     assert result["status"] == DONE and report["results"][0]["batch"] == 4 and report["measurement"]["wall_s"] > 0
-    imported = jobs.import_report(json.dumps(report), OWNER)
+    report["results"][0]["error_vs_fp32"]["rel_l2"] = math.inf  # an fp16 row that overflowed, in our strict JSON
+    imported = jobs.import_report(strict_json(report), OWNER)
     assert imported.status == DONE and imported.device == "imported"
+    assert jobs.result(imported.id, OWNER)["report"]["results"][0]["error_vs_fp32"]["rel_l2"] == math.inf
     history = jobs.history(OWNER)
     assert [h["id"] for h in history] == [imported.id, job.id] and history[0]["imported"]
     assert jobs.history("someone else") == []
@@ -333,6 +336,15 @@ def test_job_refusals(tmp_path: Path) -> None:
         ({**good, "config": {"model": 5, "points": []}}, "model must be text"),
         ({**good, "machine": {"cpu_count": math.nan}}, "machine.cpu_count must be a whole number"),
         ({**good, "results": [{**row, "batch": 10**400}]}, r"results\[0\]\.batch must be a finite number"),
+        # what the tables read of a row: each of these was accepted, then broke the tab
+        ({**good, "results": [{**row, "latency": {"p50_ms": 1.0}}]}, "latency must be an object of numbers with"),
+        ({**good, "model": {"name": "w", "flops_per_sample": "many"}}, "model.flops_per_sample must be a finite"),
+        ({**good, "results": [{**row, "error_vs_fp32": [1]}]}, "error_vs_fp32 must be an object of numbers"),
+        ({**good, "results": [{**row, "error_vs_fp32": {"rel_l2": "big"}}]}, "error_vs_fp32 must be an object"),
+        ({**good, "results": [{**row, "telemetry": ["x"]}]}, "telemetry must be a list of samples"),
+        ({**good, "results": [{**row, "warnings": [1]}]}, "warnings must be a list of text"),
+        ({**good, "results": [{**row, "error": 5}]}, r"results\[0\]\.error must be text or null"),
+        ({**good, "results": [{**row, "load_s": "slow"}]}, r"results\[0\]\.load_s must be a finite number"),
         ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
         ('{"a": ' + "9" * 5000 + "}", "cannot be read"),
     ):
@@ -353,11 +365,10 @@ def test_job_refusals(tmp_path: Path) -> None:
 
 def test_liveportrait_networks_are_benchmarkable(tmp_path: Path) -> None:
     model = builtin_model("liveportrait-motion", tmp_path)
-    points = [BenchPoint("eager", "fp32", 2, "cpu"), BenchPoint("ort-cpu", "fp32", 2, "cpu")]
+    points = [BenchPoint("eager", "fp32", 2, "cpu")]  # no ONNX export: ort-* is refused (the test below)
     rows = run_sweep(SweepConfig("liveportrait-motion", points, runs=2, warmup=0), model, None)["results"]
     assert rows[0]["status"] == "ok" and rows[0]["error_vs_fp32"]["rel_l2"] < 1e-5  # every output head compared
     assert rows[0]["flops_per_sample"] > 1e9  # ConvNeXt-V2-tiny at 256x256: about 2.3 GFLOP
-    assert rows[1]["status"] == "error" and "no ONNX file" in rows[1]["error"]
 
 
 def test_musetalk_networks_are_benchmarkable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -437,6 +448,10 @@ def test_an_fp16_onnx_model_is_measured_as_fp16(tmp_path: Path) -> None:
     assert row["status"] == "ok", row["error"]
     assert (row["precision"], row["label"]) == ("fp16", "cpu ort-cpu fp16 b2")
     assert "the model's weights are fp16: ONNX Runtime runs them as they are" in report["notes"][-1]
+    both = [BenchPoint("ort-trt", "fp16", 2, "cuda"), BenchPoint("ort-trt", "fp32", 2, "cuda")]  # rows, unrun here
+    labels = [r["label"] for r in run_sweep(SweepConfig("half", both, runs=2, warmup=0), onnx_model(path, "half", info),
+                                            None)["results"]]  # fmt: skip
+    assert labels == ["cuda ort-trt fp16 b2", "cuda ort-trt fp16 b2 (asked fp32)"]  # one label hid a row
     # a model whose inputs are all empty ran, and its rows failed on the sweep's own maths (exit 1)
     empty = helper.make_graph(
         [helper.make_node("Neg", ["x"], ["y"])], "empty",
@@ -464,3 +479,16 @@ def test_tensorrt_fp32_rows_are_measured_against_the_tf32_peak() -> None:
     assert math_precision({"runtime": "ort-trt", "precision": "fp32"}) == "tf32"
     assert math_precision({"runtime": "ort-cuda", "precision": "fp32"}) == "fp32"
     assert math_precision({"runtime": "ort-trt", "precision": "fp16"}) == "fp16"
+
+
+def test_onnx_runtime_on_a_network_without_an_export_is_refused_before_any_work() -> None:
+    """It was built, its FLOPs counted, then every ORT row failed (exit 1): a bad setting, refused (exit 2); a
+    preset leaves those configurations out and says so."""
+    with pytest.raises(BenchError, match="liveportrait-appearance has no ONNX export: ONNX Runtime runs wav2lip"):
+        SweepConfig("liveportrait-appearance", [BenchPoint("ort-cpu", "fp32", 1, "cpu")]).validate()
+    SweepConfig("wav2lip", [BenchPoint("ort-cpu", "fp32", 1, "cpu")]).validate()
+    kept = preset("cpu-vs-gpu", "musetalk-unet", has_gpu=False)
+    assert all(p.runtime not in ("ort-cpu", "ort-cuda") for p in kept.points) and kept.points
+    assert any("musetalk-unet has no ONNX export" in n for n in kept.notes)
+    with pytest.raises(BenchError, match="preset onnx-providers runs ONNX Runtime only"):
+        preset("onnx-providers", "liveportrait-decoder", has_gpu=True)

@@ -101,10 +101,10 @@ def test_top_k_is_shown_once_for_a_single_class_model() -> None:
     """With one class top-5 is top-1: the line read "top-1 100.0%, top-1 100.0%"."""
     from engine.onnx.cli import _accuracy_lines
 
-    one = {"topk": {"cpu": {"top1": 1.0, "top5": 1.0, "top5_k": 1, "n": 4}}}
-    assert _accuracy_lines(one) == ["labels cpu: top-1 100.0% of 4"]
-    many = {"topk": {"cpu": {"top1": 0.5, "top5": 0.75, "top5_k": 5, "n": 4}}}
-    assert _accuracy_lines(many) == ["labels cpu: top-1 50.0%, top-5 75.0% of 4"]
+    one = {"topk": {"cpu": {"top1": 1.0, "top5": 1.0, "top5_k": 1, "n": 4, "output": "p"}}}
+    assert _accuracy_lines(one) == ["labels cpu (p): top-1 100.0% of 4"]
+    many = {"topk": {"cpu": {"top1": 0.5, "top5": 0.75, "top5_k": 5, "n": 4, "output": "p"}}}
+    assert _accuracy_lines(many) == ["labels cpu (p): top-1 50.0%, top-5 75.0% of 4"]
 
 
 def test_serve_rejects_a_bad_login_spec() -> None:
@@ -658,6 +658,9 @@ def test_cost_never_writes_its_report_over_the_prices_it_reads(tmp_path: Path, m
     assert main(["cost", "--throughput", "10", "--measured-on", "T4", "--json", str(prices)]) == 2
     assert "is the price file cost reads" in capsys.readouterr().err
     assert prices.read_text() == '{"prices": {"T4": 0.5}}'
+    prices.unlink()  # not there yet: written, it would break every later cost
+    assert main(["cost", "--throughput", "10", "--measured-on", "T4", "--json", str(prices)]) == 2
+    assert not prices.exists()
     report = str(tmp_path / "c.json")
     assert main(["cost", "--throughput", "10", "--measured-on", "H100-PCIe", "--json", report]) == 0
     assert "measured; no price for this card" in capsys.readouterr().out  # the card it was measured on, unpriced

@@ -142,6 +142,7 @@ def test_what_a_16_gb_card_holds_at_fp16_and_at_4_bits() -> None:
 
 def test_token_limits_default_to_the_models_context_at_most_4096_as_tgi() -> None:
     short = plan_llm(LlmRequest("T4", "phi-2"))  # a 2048-token context
+    assert plan_llm(LlmRequest("t4", "phi-2")) == short  # a card's key in any letter case, as find_gpu takes it
     assert short["flags"]["--max-total-tokens"] == 2048 and short["flags"]["--max-input-tokens"] == 2047
     assert not any("exceeds" in w for w in short["warnings"])
     long = plan_llm(LlmRequest("H100", "mistral-7b"))  # a 32k context: TGI's cap of 4096
@@ -168,6 +169,8 @@ def test_auto_quantization_sharding_and_old_card_warnings() -> None:
     assert "--dtype" not in old["flags"]
     asked = plan_llm(LlmRequest("V100-16GB", "mistral-7b", max_total_tokens=4096, quantize="eetq"))
     assert any("--quantize eetq is ignored there" in w for w in asked["warnings"])
+    # and sized as the fp16 weights that load: 14.5 GB do not fit 16 GB at 0.9 (it planned int8 and said "fits")
+    assert not asked["fits"] and "--quantize" not in asked["flags"]
     assert any("flash attention" in w for w in old["warnings"])
     hopper = plan_llm(LlmRequest("H100", "llama-2-13b", max_total_tokens=4096, concurrent_requests=80))
     assert hopper["flags"].get("--quantize") in (None, "bitsandbytes", "awq")  # never EETQ above 8.9

@@ -10,7 +10,6 @@ switch lists. Tables show the columns this result filled (the JSON and CSV keep 
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ from engine.bench.planner import (
 )
 from engine.bench.sweep import DEFAULT_RUNS, DEFAULT_WARMUP, PRESETS, math_precision, rows_to_csv
 from engine.bench.workloads import BUILTIN
+from engine.core.commands import strict_json
 from engine.jobs.store import CANCELLED, FAILED
 from engine.onnx.timing import AUTO_HELP
 from engine.runtimes.registry import COMPILE_MODES, RUNTIMES
@@ -219,7 +219,7 @@ def build_bench_tab(settings: Any, jobs: BenchJobs, access: Access) -> None:
         if not report:
             return None
         out = Path(settings.outputs_dir)
-        (out / f"bench-{job}.json").write_text(json.dumps(report, indent=2) + "\n")
+        (out / f"bench-{job}.json").write_text(strict_json(report) + "\n")  # an fp16 overflow's inf as "Infinity"
         (out / f"bench-{job}.csv").write_text(rows_to_csv(report))
         labels = [r["label"] for r in report["results"] if r.get("samples_per_s")]
         return (

@@ -214,6 +214,11 @@ def _plain(name: str) -> str:
     return " ".join(words[1:] if words[:1] == ["nvidia"] else words)
 
 
+def catalog_entry(key: str) -> Gpu | None:
+    """A catalog entry by its key, in any letter case ("a100-80gb" as "A100-80GB")."""
+    return next((gpu for k, gpu in CATALOG.items() if k.lower() == key.strip().lower()), None)
+
+
 def find_gpu(name: str) -> Gpu | None:
     """A catalog entry by key (case-insensitive), by the exact name NVML gives the board ('NVIDIA H100 80GB HBM3'),
     or by an alias within an NVML name such as 'NVIDIA A100-SXM4-80GB' (the longest one that matches)."""
@@ -320,4 +325,12 @@ class PriceBook:
         os.replace(tmp, p)
 
 
-__all__ = ["CATALOG", "PRECISIONS", "Gpu", "PriceBook", "detected_gpu", "find_gpu"]
+__all__ = [
+    "CATALOG",
+    "PRECISIONS",
+    "Gpu",
+    "PriceBook",
+    "catalog_entry",
+    "detected_gpu",
+    "find_gpu",
+]

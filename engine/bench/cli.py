@@ -81,8 +81,8 @@ def _bench(args: argparse.Namespace) -> int:
     ):
         report = run_sweep(config, model, gpu, bar, settings.gpu_memory_fraction, keep, settings.job_memory_gb)
     _report_out(report, args)
-    if any(r["status"] == "error" for r in report["results"]):
-        return 1
+    if any(r["status"] == "error" for r in report["results"]) or all(r["status"] != "ok" for r in report["results"]):
+        return 1  # an error, or nothing measured (every configuration out of memory)
     refuse_fallbacks([f"{r['label']} ran on {r['ran_on']}" for r in report["results"] if r.get("fell_back")])
     return 0
 
@@ -181,7 +181,10 @@ def _cost(args: argparse.Namespace) -> int:
     from engine.core.settings import get_settings
 
     prices = get_settings().prices_path
-    if args.json and prices.exists() and Path(args.json).exists() and os.path.samefile(args.json, prices):
+    # the same file whether or not it exists yet: written once, every later cost would refuse it as prices
+    same = args.json and (Path(args.json).resolve() == prices.resolve() or (
+        prices.exists() and Path(args.json).exists() and os.path.samefile(args.json, prices)))  # fmt: skip
+    if same:
         raise InputError(f"--json {args.json} is the price file cost reads ({prices}): writing it would overwrite "
                          "your prices; give another file name")  # fmt: skip
     rows = cost_for(from_args(CostConfig, args), PriceBook.load(prices))

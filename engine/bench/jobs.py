@@ -62,7 +62,7 @@ class BenchJobs(JobKind):
         job for comparison: a bad report is refused with what is wrong, never stored to break the history."""
         if isinstance(report, str) and len(report) > MAX_REPORT_BYTES:
             raise BenchError(f"the report is {len(report) / 2**20:.1f} MiB; at most {MAX_REPORT_BYTES // 2**20} MiB")
-        report = _object(report)
+        report = restore_non_finite(_object(report))
         problems = report_problems(report)
         if problems:
             raise BenchError("not a benchmark report as avatarbench exports it: " + "; ".join(problems[:8]))
@@ -124,7 +124,11 @@ IMPORTS_PER_OWNER = 20  # imported reports one owner keeps; an older one goes wh
 IMPORTS_TOTAL_BYTES = 256 * 2**20  # imported reports kept from everyone together
 _ROW_TEXT = ("label", "status", "runtime", "precision", "device")
 _ROW_NUMBERS = ("batch", "samples_per_s", "speedup", "peak_allocated_bytes", "device_used_bytes", "achieved_tflops",
-                "percent_of_peak", "energy_j_per_sample", "flops_per_sample")  # fmt: skip
+                "percent_of_peak", "energy_j_per_sample", "flops_per_sample", "load_s", "first_run_s")  # fmt: skip
+_ROW_TEXT_OR_NULL = ("error", "ran_on")
+_LATENCY_KEYS = ("mean_ms", "std_ms", "p50_ms", "p95_ms")  # what the tables read of a row's latency
+# strict JSON's names for the non-finite error metrics of a row (engine/core/commands.py, strict_json)
+_NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 _ROW_POSITIVE = ("batch", "samples_per_s", "speedup")  # what the cost table and the charts divide by or log
 
 
@@ -153,6 +157,8 @@ def report_problems(report: dict[str, Any]) -> list[str]:
         problems.append(f"machine.cpu_count must be a whole number of cores, or null; got {cores!r:.40}")
     if not isinstance(report["model"].get("name"), str):
         problems.append("model.name must be text")
+    if not _number_or_none(report["model"].get("flops_per_sample")):
+        problems.append("model.flops_per_sample must be a finite number or null")
     if not isinstance(report.get("notes", []), list) or not all(isinstance(n, str) for n in report.get("notes", [])):
         problems.append("notes must be a list of text")
     for i, row in enumerate(report["results"][: MAX_POINTS + 1]):
@@ -165,17 +171,54 @@ def report_problems(report: dict[str, Any]) -> list[str]:
                      if not _number_or_none(row.get(k))]  # fmt: skip
         problems += [f"{where}.{k} must be above 0 (or null), got {row[k]!r:.40}" for k in _ROW_POSITIVE
                      if _number_or_none(row.get(k)) and row.get(k) is not None and row[k] <= 0]  # fmt: skip
+        problems += [f"{where}.{k} must be text or null" for k in _ROW_TEXT_OR_NULL
+                     if not isinstance(row.get(k), str | None)]  # fmt: skip
         latency = row.get("latency")
-        if latency is not None and not (isinstance(latency, dict) and all(map(_number_or_none, latency.values()))):
-            problems.append(f"{where}.latency must be an object of numbers, or null")
-        for key in ("warnings", "telemetry"):
-            if not isinstance(row.get(key, []), list):
-                problems.append(f"{where}.{key} must be a list")
+        if latency is not None and not (
+            isinstance(latency, dict)
+            and all(map(_number_or_none, latency.values()))
+            and all(latency.get(k) is not None for k in _LATENCY_KEYS)
+        ):
+            problems.append(f"{where}.latency must be an object of numbers with {', '.join(_LATENCY_KEYS)}, or null")
+        error = row.get("error_vs_fp32")
+        if error is not None and not (isinstance(error, dict) and all(_metric(v) for v in error.values())):
+            problems.append(f"{where}.error_vs_fp32 must be an object of numbers, or null")
+        if not all(isinstance(w, str) for w in _list(row.get("warnings", []))):
+            problems.append(f"{where}.warnings must be a list of text")
+        if not all(_telemetry_sample(t) for t in _list(row.get("telemetry", []))):
+            problems.append(f"{where}.telemetry must be a list of samples (lists of numbers or nulls)")
     if not report["results"]:
         problems.append("results is empty: a report has a row per configuration")
     if len(report["results"]) > MAX_POINTS:
         problems.append(f"{len(report['results'])} results; at most {MAX_POINTS}")
     return problems
+
+
+def _list(value: Any) -> list:
+    """A list as it is; anything else as a list of one thing no check accepts."""
+    return value if isinstance(value, list) else [object()]
+
+
+def _metric(value: Any) -> bool:
+    """An error metric: a number (NaN and infinities included, as strict JSON's names restore them) or null."""
+    return value is None or (isinstance(value, int | float) and not isinstance(value, bool))
+
+
+def _telemetry_sample(sample: Any) -> bool:
+    """A telemetry sample as the sweep records it: time, then readings (numbers or null)."""
+    return isinstance(sample, list) and len(sample) >= 5 and all(map(_number_or_none, sample))
+
+
+def restore_non_finite(report: dict[str, Any]) -> dict[str, Any]:
+    """A strict-JSON export's "NaN" and "Infinity" error metrics back to numbers (an fp16 row that overflowed has
+    an infinite relative error), so a report we wrote imports, and shows, as it was measured."""
+    for row in report.get("results") or []:
+        error = row.get("error_vs_fp32") if isinstance(row, dict) else None
+        if isinstance(error, dict):
+            for key, value in error.items():
+                if isinstance(value, str) and value in _NON_FINITE:
+                    error[key] = _NON_FINITE[value]
+    return report
 
 
 def _object(value: Any) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine.bench.catalog import CATALOG, Gpu, PriceBook
+from engine.bench.catalog import CATALOG, Gpu, PriceBook, catalog_entry
 from engine.core.errors import InputError
 from engine.core.json_text import parse_json
 
@@ -243,7 +243,7 @@ def plan_network(
     from engine.bench.workloads import builtin_model, memory_profile
 
     config = config.checked()
-    gpu = card or CATALOG.get(config.gpu)
+    gpu = card or catalog_entry(config.gpu)
     if gpu is None:
         raise PlanError(f"unknown GPU {config.gpu!r}; known: {', '.join(CATALOG)}")
     if report is None and config.calibrate is not None:
@@ -373,7 +373,7 @@ def plan_llm(req: LlmRequest, card: Gpu | None = None) -> dict[str, Any]:
     """Whether a TGI deployment fits, memory by part, the launch flags and the reasons and warnings. `card` stands in
     for the catalog's entry (the detected GPU); req.gpu then only names it."""
     req = req.checked()
-    gpu = card or CATALOG.get(req.gpu)
+    gpu = card or catalog_entry(req.gpu)
     if gpu is None:
         raise PlanError(f"unknown GPU {req.gpu!r}; known: {', '.join(CATALOG)}")
     spec = LLMS[req.llm]
@@ -397,7 +397,9 @@ def plan_llm(req: LlmRequest, card: Gpu | None = None) -> dict[str, Any]:
         )
     # TGI's non-flash path (CausalLM.fallback, transformers' loading) honours only bitsandbytes: eetq is ignored there
     int8 = "eetq" if flash and gpu.supports("eetq") else "bitsandbytes"
-    quant_options = ["none", int8, "awq"] if req.quantize == "auto" else [req.quantize]
+    # eetq asked for on the non-flash path loads fp16 weights (warned below): sized and launched as what runs
+    asked = "none" if req.quantize == "eetq" and not flash else req.quantize
+    quant_options = ["none", int8, "awq"] if req.quantize == "auto" else [asked]
     if req.quantize in FOUR_BIT and not gpu.supports("marlin"):
         warnings.append(
             f"{req.quantize.upper()} in current TGI runs on the Marlin kernels, which need compute capability "

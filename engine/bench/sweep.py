@@ -37,6 +37,7 @@ from engine.core.device import usable_host_memory
 from engine.core.errors import one_line
 from engine.jobs.measure import measured
 from engine.onnx.evaluate import latency_stats
+from engine.onnx.examples import EXAMPLES
 from engine.onnx.timing import auto_runs_note, spread_warning, timed_count, warmup_count
 from engine.runtimes.registry import COMPILE_MODES, ORT_RUNTIMES, RUNTIMES, TORCH_RUNTIMES, make_runtime
 
@@ -129,6 +130,10 @@ class SweepConfig:
             why = "an ONNX model runs on ONNX Runtime (ort-cpu, ort-cuda, ort-trt); PyTorch's need one of our networks"
             problems += [f"configuration {i + 1}: {point.label}: {why}" for i, point in enumerate(self.points)
                          if point.runtime in TORCH_RUNTIMES]  # fmt: skip
+        if not problems and self.model in BUILTIN and self.model not in EXAMPLES:  # built, then every row failed
+            why = f"{self.model} has no ONNX export: ONNX Runtime runs {' and '.join(EXAMPLES)}, or an ONNX model"
+            problems += [f"configuration {i + 1}: {point.label}: {why}" for i, point in enumerate(self.points)
+                         if point.runtime in ORT_RUNTIMES]  # fmt: skip
         if not problems:  # the label names everything a point measures: one label twice is one measurement twice
             first: dict[str, int] = {}
             for i, point in enumerate(self.points):
@@ -245,6 +250,12 @@ def preset(name: str, model: str, has_gpu: bool, runs: int | None = None, warmup
         raise BenchError(f"no preset {name!r}; presets: {', '.join(PRESETS)}")
     points = list(PRESETS[name][1])
     notes = [f"preset {name}: {PRESETS[name][0]}"]
+    if model in BUILTIN and model not in EXAMPLES and any(p.runtime in ORT_RUNTIMES for p in points):
+        points = [p for p in points if p.runtime not in ORT_RUNTIMES]
+        if not points:
+            raise BenchError(f"preset {name} runs ONNX Runtime only, and {model} has no ONNX export: ONNX Runtime "
+                             f"runs {' and '.join(EXAMPLES)}, or an ONNX model")  # fmt: skip
+        notes.append(f"{model} has no ONNX export: the preset's ONNX Runtime configurations were left out")
     if not has_gpu and any(p.device == "cpu" for p in points):  # a comparison with the CPU: keep its side
         points = [p for p in points if p.device == "cpu"]
         notes.append("no GPU here: only the CPU configurations ran")
@@ -541,6 +552,8 @@ def run_sweep(
         step = f"{i + 1}/{len(config.points)}: {point.label}"
         tell(i / len(config.points), step)
         row = _empty_row(replace(point, precision=own) if own and point.precision == "fp32" else point)
+        if row["label"] != point.label and any(p.label == row["label"] for p in config.points):
+            row["label"] += " (asked fp32)"  # beside the fp16 point: one label for two rows hid one in the tables
         if point.device == "cuda" and not gpu_device:
             row["status"], row["error"] = "error", "no CUDA device on this machine"
         elif words := _over_host_memory(ctx, point):
