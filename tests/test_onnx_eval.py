@@ -488,14 +488,18 @@ def _old_cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _old_accuracy(got: np.ndarray, want: np.ndarray) -> dict:
+    """The whole-array formulas, with parity's rule for NaN and inf: matched ones left out, others unbounded."""
     g, w = got.astype(np.float64).ravel(), want.astype(np.float64).ravel()
+    both = np.isfinite(g) & np.isfinite(w)
+    differ = not np.all((np.isnan(g[~both]) & np.isnan(w[~both])) | (g[~both] == w[~both]))
     with np.errstate(invalid="ignore", over="ignore"):
-        err = g - w
+        err = g[both] - w[both]
         return {
-            "mae": float(np.abs(err).mean()) if err.size else 0.0,
-            "rmse": float(np.sqrt(np.mean(err**2))) if err.size else 0.0,
-            "max_error": float(np.abs(err).max()) if err.size else 0.0,
-            "cosine": _old_cosine(g, w),
+            "mae": math.inf if differ else float(np.abs(err).mean()) if err.size else 0.0,
+            "rmse": math.inf if differ else float(np.sqrt(np.mean(err**2))) if err.size else 0.0,
+            "max_error": math.inf if differ else float(np.abs(err).max()) if err.size else 0.0,
+            "cosine": _old_cosine(g[both], w[both]) if err.size else math.nan,
+            "nonfinite_differ": differ,
         }
 
 
@@ -898,3 +902,24 @@ def test_integer_parity_is_exact_past_two_to_the_53_and_across_64_bits() -> None
     assert result["max_abs"] == float(2**64 - 1) and result["tolerance_to_pass"] == float(2**64 - 1)
     assert result["mean_abs"] == pytest.approx((1 + 2**64 - 1) / 4) and result["finite_compared"] == 4
     assert parity({"b": np.array([True, False])}, {"b": np.array([True, True])})["b"]["max_abs"] == 1.0
+
+
+def test_a_run_failing_on_made_up_ids_says_so(tmp_path: Path) -> None:
+    """Synthetic integers are 0..99: a two-row embedding table fails on them, and the row says what to give."""
+    table = numpy_helper.from_array(np.zeros((2, 4), np.float32), "table")
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "ids"], ["y"])], "embedding",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8, 4])], [table],
+    )  # fmt: skip
+    path = save(graph, tmp_path / "embedding.onnx")
+    row = evaluate(path, inspect_model(path), EvalConfig(**FAST))["results"][0]
+    assert "the integer input(s) ids were made up, 0 to 99" in row["error"] and "inputs .npz" in row["error"]
+
+
+def test_accuracy_takes_nan_and_inf_as_parity_does() -> None:
+    got = {"y": np.array([1.0, np.nan, np.inf, 2.0], np.float32)}
+    same = accuracy(got, {"y": np.array([1.0, np.nan, np.inf, 2.5], np.float32)})["y"]
+    assert (same["max_error"], same["mae"], same["nonfinite_differ"]) == (0.5, 0.25, False)  # NaNs matched: finite
+    moved = accuracy(got, {"y": np.array([1.0, 0.0, np.inf, 2.0], np.float32)})["y"]
+    assert moved["max_error"] == moved["mae"] == moved["rmse"] == math.inf and moved["nonfinite_differ"]

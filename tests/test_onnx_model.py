@@ -316,6 +316,10 @@ def test_custom_domain_refused_and_contrib_ops_allowed(tmp_path: Path) -> None:
     )
     with pytest.raises(ModelError, match=r"'custom\.ops' \(MyOp\).*shared libraries"):
         inspect_model(_write(custom, tmp_path / "custom.onnx"))
+    nchwc = _model([helper.make_node("ReorderInput", ["x"], ["y"], domain="com.microsoft.nchwc")], [x], [y],
+                   opsets=[("", 17), ("com.microsoft.nchwc", 1)])  # fmt: skip
+    with pytest.raises(ModelError, match="ONNX Runtime's own graph optimizer writes for one execution provider"):
+        inspect_model(_write(nchwc, tmp_path / "optimized.onnx"))  # not a custom op needing a library
 
     attention = helper.make_node("Attention", ["x", "w", "b"], ["y"], domain="com.microsoft", num_heads=2)
     contrib = _model(

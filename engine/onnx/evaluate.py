@@ -495,10 +495,23 @@ def accuracy(outputs: dict[str, np.ndarray], expected: dict[str, np.ndarray]) ->
         if got.shape != want.shape:
             out[name] = {"error": f"shape mismatch: the model gave {list(got.shape)}, expected {list(want.shape)}"}
             continue
-        sums = _Sums()
+        sums, differ = _Sums(), False
         for got_part, want_part in _chunks(got, want):
-            sums.add(got_part.astype(np.float64), want_part.astype(np.float64))
-        out[name] = {"mae": sums.mean_abs(), "rmse": sums.rms(), "max_error": sums.max_abs, "cosine": sums.cosine()}
+            g, w = got_part.astype(np.float64), want_part.astype(np.float64)
+            both = np.isfinite(g) & np.isfinite(w)
+            rest_g, rest_w = g[~both], w[~both]
+            differ = differ or not np.all((np.isnan(rest_g) & np.isnan(rest_w)) | (rest_g == rest_w))
+            sums.add(g[both], w[both])
+        # as parity's: a NaN or inf expected where the model gives it is a match, against anything else unbounded
+        # (NaNs matched exactly read mae NaN; NaN against 0 read NaN, not a failure)
+        unbounded = math.inf if differ else None
+        out[name] = {
+            "mae": unbounded or sums.mean_abs(),
+            "rmse": unbounded or sums.rms(),
+            "max_error": unbounded or sums.max_abs,
+            "cosine": sums.cosine() if sums.count else math.nan,
+            "nonfinite_differ": differ,
+        }
     return out
 
 
@@ -933,11 +946,19 @@ class _Runner:
                     self.measure(session, key, meta, row)
                 except Exception as exc:
                     row["error"], row["out_of_memory"] = f"{type(exc).__name__}: {one_line(exc)}", _is_oom(exc)
+                    if not row["out_of_memory"] and (made_up := self.synthetic_integer_inputs()):
+                        row["error"] += (f" (the integer input(s) {', '.join(made_up)} were made up, 0 to "
+                                         f"{_SYNTHETIC_INT_HIGH - 1}: an index out of range wants real values in "
+                                         "an inputs .npz)")  # fmt: skip
                     oom_at = batch if row["out_of_memory"] else oom_at
                     self.warnings.append(f"{key} at batch {batch} failed: {row['error'][:500]}")
             row["memory"] = _memory_delta(before, self.memory_now(key))
             self.rows.append(row)
             self.done += 1
+
+    def synthetic_integer_inputs(self) -> list[str]:
+        """The integer inputs the run made up (ids, indices, lengths): the likely cause of a run's failure."""
+        return [s.name for s in self.info.inputs if s.name not in self.user and _np_dtype(s).kind in "iu"]
 
     def measure(self, session: OrtSession, key: str, meta: dict, row: dict) -> None:
         batch, config = row["batch"], self.config

@@ -40,6 +40,8 @@ ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # how a zip starts: a file, or an em
 ACCEPTED = "an .onnx model file, or a .zip holding exactly one .onnx model plus its external-data files"
 # ONNX, ONNX-ML and ORT's contrib ops are implemented by ONNX Runtime itself; anything else is a custom op.
 ALLOWED_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "com.microsoft")
+# Domains of the provider-specific operators in a model ONNX Runtime optimized and saved (the CPU's NCHWc layout).
+ORT_LAYOUT_DOMAINS = {"com.microsoft.nchwc"}
 MAX_SYMBOL_VALUE = 1_000_000
 _CHUNK = 1 << 20
 # Tiny members are exempt from the ratio test: zipfile never inflates past the declared size, and a
@@ -522,6 +524,12 @@ def _check_domains(model: onnx.ModelProto) -> None:
                 custom[node.domain].add(node.op_type)
     if custom:
         listed = "; ".join(f"{d!r} ({', '.join(sorted(ops)[:5])})" for d, ops in sorted(custom.items()))
+        if set(custom) <= ORT_LAYOUT_DOMAINS:
+            raise ModelError(
+                f"the model uses {listed}: operators ONNX Runtime's own graph optimizer writes for one execution "
+                "provider (a model saved with optimized_model_filepath), which the others cannot run; give the "
+                "model as it was before ONNX Runtime optimized it (each provider here optimizes it for itself)"
+            )
         raise ModelError(
             f"the model uses custom-operator domain(s) {listed}: custom operators need user shared libraries, "
             f"which are never loaded; accepted domains: ai.onnx (default), ai.onnx.ml, com.microsoft"
