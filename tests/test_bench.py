@@ -153,8 +153,12 @@ def test_presets_scale_down_without_a_gpu() -> None:
         ({"model": "wav2lip", "points": [{}], "runs": 0}, "runs"),
         ({"model": "wav2lip", "points": [{"colour": "red"}]}, "unknown point field"),
         (
-            {"model": "wav2lip", "points": [{"batch": 2}, {"batch": 4}, {"batch": 2, "compile_mode": "max-autotune"}]},
+            {"model": "wav2lip", "points": [{"batch": 2}, {"batch": 4}, {"batch": 2}]},
             r"configurations 1 and 3 are the same \(cuda eager fp32 b2\)",
+        ),
+        (
+            {"model": "wav2lip", "points": [{"batch": 2}, {"batch": 2, "compile_mode": "max-autotune"}]},
+            r"cuda eager fp32 b2: a compile mode applies to the compile runtime only",
         ),
         ({"model": "wav2lip", "points": [{}], "speed": "max"}, "unknown sweep field"),
         (
@@ -492,3 +496,15 @@ def test_onnx_runtime_on_a_network_without_an_export_is_refused_before_any_work(
     assert any("musetalk-unet has no ONNX export" in n for n in kept.notes)
     with pytest.raises(BenchError, match="preset onnx-providers runs ONNX Runtime only"):
         preset("onnx-providers", "liveportrait-decoder", has_gpu=True)
+
+
+def test_a_point_naming_an_option_its_runtime_lacks_is_refused() -> None:
+    """Its label did not say the option and it measured without it (a points sweep took compile_mode on eager)."""
+    for point, why in (
+        (BenchPoint("eager", "fp32", 1, "cpu", compile_mode="max-autotune"), "compile runtime only"),
+        (BenchPoint("ort-cpu", "fp32", 1, "cpu", channels_last=True), "PyTorch's options"),
+        (BenchPoint("eager", "fp32", 1, "cpu", cudnn_benchmark=False), "cuDNN's, on the GPU"),
+    ):
+        assert any(why in p for p in point.problems())
+    points, _ = grid(["eager", "compile"], ["fp32"], [1], ["cpu"], compile_mode="max-autotune")
+    assert [p.label for p in points] == ["cpu eager fp32 b1", "cpu compile fp32 b1 max-autotune"]

@@ -101,6 +101,13 @@ class BenchPoint:
                 return f"{self.runtime} runs on {'the CPU' if self.runtime == 'ort-cpu' else 'the GPU'} only"
             if self.precision == "bf16" or (self.precision == "fp16" and self.runtime != "ort-trt"):
                 return "ONNX Runtime runs the model's own precision (fp32; tf32 on CUDA; fp16 via TensorRT)"
+        # options a runtime or device does not have: the label would not say them, and the point measured without
+        if self.compile_mode != "default" and self.runtime != "compile":
+            return "a compile mode applies to the compile runtime only"
+        if self.runtime in ORT_RUNTIMES and (self.channels_last or not self.cudnn_benchmark):
+            return "channels_last and cudnn_benchmark are PyTorch's options, not ONNX Runtime's"
+        if self.device == "cpu" and not self.cudnn_benchmark:
+            return "cudnn_benchmark is cuDNN's, on the GPU"
         if self.device == "cpu" and self.runtime == "cudagraphs":
             return "CUDA graphs need the GPU"
         if self.device == "cpu" and self.precision in ("tf32", "fp16"):
@@ -198,7 +205,9 @@ def grid(
             cl, cb = False, True  # not ORT options: one point, not duplicates
         if device == "cpu":
             cb = True  # cuDNN's: the CPU has no such choice
-        point = BenchPoint(runtime, precision, int(batch), device, cl, cb, compile_mode)
+        point = BenchPoint(
+            runtime, precision, int(batch), device, cl, cb, compile_mode if runtime == "compile" else "default"
+        )
         if (reason := point.meaningless()) is not None:
             dropped.add(reason)
             continue
