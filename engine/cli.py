@@ -98,6 +98,11 @@ def main(argv: Sequence[str] | None = None, extra: Sequence[Command] = ()) -> in
     except AvatarbenchError as exc:
         print(f"avatarbench: {exc}", file=sys.stderr)
         return EXIT_SETUP
+    except PermissionError as exc:  # the machine's doing, not a bug: a folder or file this user may not read
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"avatarbench: permission denied:{where}: give this user access, or point the setting that names it "
+              "elsewhere", file=sys.stderr)  # fmt: skip
+        return EXIT_SETUP
     except Terminated:
         print("avatarbench: terminated (SIGTERM)", file=sys.stderr)
         return EXIT_TERMINATED

@@ -197,12 +197,13 @@ def test_onnx_eval(tmp_path: Path) -> None:
     assert [r["batch"] for r in report["results"]] == [1, 4]
     assert "cpu   batch 4" in proc.stdout and "parity cpu y: max abs 0, cosine 1.000000 over 4 finite" in proc.stdout
     assert run("onnx", "eval", str(path), "--providers", "tpu", **env).returncode == 2
-    # NaN expected values: the text says so, the JSON stays JSON (NaN as a string, not Python's bare token)
+    # NaN expected where the model gives numbers: unbounded, as parity has it; the JSON stays JSON (inf as a
+    # string, not Python's bare token)
     np.savez(tmp_path / "nan.npz", y=np.full((1, 4), np.nan, np.float32))
     args = ["--runs", "2", "--expected", str(tmp_path / "nan.npz"), "--json", str(report_path), "--quiet"]
     proc = run("onnx", "eval", str(path), *args, **env)
-    assert proc.returncode == 0 and "expected cpu y: mae nan" in proc.stdout, proc.stderr
-    assert json.loads(report_path.read_text())["accuracy"]["expected"]["cpu"]["y"]["mae"] == "NaN"
+    assert proc.returncode == 0 and "expected cpu y: mae inf" in proc.stdout, proc.stderr
+    assert json.loads(report_path.read_text())["accuracy"]["expected"]["cpu"]["y"]["mae"] == "Infinity"
     # expected values of another shape: the report is written, and the command says no (it exited 0)
     np.savez(tmp_path / "wide.npz", y=np.zeros((1, 5), np.float32))
     args[3] = str(tmp_path / "wide.npz")
@@ -665,3 +666,18 @@ def test_cost_never_writes_its_report_over_the_prices_it_reads(tmp_path: Path, m
     assert main(["cost", "--throughput", "10", "--measured-on", "H100-PCIe", "--json", report]) == 0
     assert "measured; no price for this card" in capsys.readouterr().out  # the card it was measured on, unpriced
     get_settings.cache_clear()
+
+
+def test_a_permission_refused_by_the_machine_is_one_line(monkeypatch, capsys) -> None:
+    """A folder or file this user may not read (Path.exists raises on Python 3.11) ended in a traceback."""
+    import engine.bench.planner
+    from engine.cli import main
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", "/srv/weights/wav2lip_gan.pth")
+
+    monkeypatch.setattr(engine.bench.planner, "cost_for", denied)
+    assert main(["cost", "--throughput", "10", "--measured-on", "T4"]) == 3
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("avatarbench: permission denied: /srv/weights/wav2lip_gan.pth: give this user access")
+    assert "\n" not in err

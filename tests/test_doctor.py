@@ -369,12 +369,14 @@ def test_every_bad_setting_is_reported_and_the_other_checks_still_run(monkeypatc
     """Start-up stops at the first bad AVATARBENCH_* value; the doctor names them all and reports the rest."""
     from engine.core.settings import settings_despite_bad_values
 
-    env = {"AVATARBENCH_DATA_DIR": str(tmp_path), "AVATARBENCH_MAX_SIDE": "abc", "AVATARBENCH_DEVICE": "gpu"}
+    env = {"AVATARBENCH_DATA_DIR": str(tmp_path), "AVATARBENCH_MAX_SIDE": "abc", "AVATARBENCH_DEVICE": "gpu",
+           "AVATARBENCH_DEVCE": "cpu"}  # fmt: skip
     settings, problems = settings_despite_bad_values(env)
     assert settings.max_side == 2560 and settings.device == "auto" and settings.data_dir == tmp_path
     assert len(problems) == 2 and "AVATARBENCH_DEVICE 'gpu'" in problems[0] and "AVATARBENCH_MAX_SIDE" in problems[1]
     check = doctor.check_settings(_ctx(tmp_path, settings=settings, settings_problems=problems))
     assert check.status == PROBLEM and "AVATARBENCH_MAX_SIDE='abc'" in check.found and "defaults" in check.found
+    assert "unknown variables: AVATARBENCH_DEVCE" in check.found  # the misspelling was dropped beside a problem
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     monkeypatch.setattr(doctor, "run_ort_probe", lambda: (None, "skipped"))
@@ -415,3 +417,15 @@ def test_the_app_serves_the_last_report_and_runs_a_fresh_one_at_most_every_inter
     assert cache.get(fresh=True) == "report 1"  # asked again within the interval: the report just made
     cache.min_interval_s = 0
     assert cache.get(fresh=True) == "report 2" and len(runs) == 2
+
+
+def test_a_file_the_user_may_not_read_is_a_problem_not_the_doctors_bug(monkeypatch, tmp_path: Path) -> None:
+    def denied(ctx):
+        raise PermissionError(13, "Permission denied", "/srv/weights/wav2lip_gan.pth")
+
+    denied.__name__ = "check_weights"
+    monkeypatch.setattr(doctor, "CHECKS", [denied])
+    monkeypatch.setattr(doctor, "run_ort_probe", lambda: (None, "skipped"))
+    (check,) = run_doctor(load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path)})).checks
+    assert check.name == "weights" and check.status == PROBLEM
+    assert "cannot read /srv/weights/wav2lip_gan.pth" in check.found and "report" not in check.fix

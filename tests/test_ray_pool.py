@@ -327,8 +327,8 @@ def test_nothing_imports_ray_without_the_setting(tmp_path: Path) -> None:
         "from engine.core.errors import InputError\n"
         "from engine.core.settings import load_settings\n"
         "from engine.jobs import ray_pool\n"
-        "settings = load_settings({'AVATARBENCH_DATA_DIR': sys.argv[1], 'AVATARBENCH_RAY_ADDRESS': 'http://x'})\n"
-        "try:\n"
+        "try:\n"  # refused with the settings, before any worker or Ray
+        "    settings = load_settings({'AVATARBENCH_DATA_DIR': sys.argv[1], 'AVATARBENCH_RAY_ADDRESS': 'http://x'})\n"
         "    ray_pool.ray_workers(settings, None, {}, 1, 1)\n"
         "except InputError as exc:\n"
         "    print(exc)\n"

@@ -122,3 +122,42 @@ def test_the_readme_documents_every_setting() -> None:
     assert sorted(rows) == sorted(DOCUMENTED)  # every setting, none other
     for name, (_, meaning) in DOCUMENTED.items():  # the same words as the System tab shows (code marks aside)
         assert rows[name].replace("`", "").replace("\\|", "|") == meaning.replace("`", ""), name
+
+
+def test_a_folder_or_database_that_cannot_be_written_or_read_names_its_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An existing folder passed, and start-up ended in a traceback (the lock file, SQLite, Gradio's cache). Root
+    writes anywhere, so the refusals are made to happen here."""
+    import builtins
+    import os
+    import tempfile
+
+    s = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path / "data")})
+    s.ensure_dirs()
+    s.db_path.write_bytes(b"")
+
+    def denied(*args: object, **kwargs: object) -> None:
+        raise PermissionError(13, "Permission denied", str(args[0]) if args else "")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(tempfile, "TemporaryFile", lambda dir: denied(dir))
+        with pytest.raises(SettingsError, match=r"cannot write in the folder .*data \(AVATARBENCH_DATA_DIR\): Perm"):
+            s.ensure_dirs()
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "listdir", denied)
+        with pytest.raises(SettingsError, match=r"cannot read the folder .*weights \(AVATARBENCH_WEIGHTS_DIR\)"):
+            s.ensure_dirs()
+    real_open = builtins.open
+    with monkeypatch.context() as patch:
+        patch.setattr(
+            builtins, "open", lambda f, *a, **k: denied(f) if str(f) == str(s.db_path) else real_open(f, *a, **k)
+        )
+        with pytest.raises(SettingsError, match=r"cannot write the job database .* \(AVATARBENCH_DATA_DIR\)"):
+            s.ensure_dirs()
+
+
+def test_a_ray_address_is_checked_with_the_settings() -> None:
+    with pytest.raises(SettingsError, match="AVATARBENCH_RAY_ADDRESS='nonsense' is not a Ray address"):
+        load_settings({"AVATARBENCH_RAY_ADDRESS": "nonsense"})
+    assert load_settings({"AVATARBENCH_RAY_ADDRESS": "ray://head:10001"}).ray_address == "ray://head:10001"

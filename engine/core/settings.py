@@ -8,6 +8,8 @@ and what it accepts, rather than surfacing later as an odd failure.
 from __future__ import annotations
 
 import os
+import re
+import tempfile
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -28,8 +30,8 @@ def _default_data_dir() -> Path:
     spaces_storage = Path("/data")
     if spaces_storage.is_dir() and os.access(spaces_storage, os.W_OK):
         return spaces_storage / "avatarbench"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "avatarbench"
+    xdg = os.environ.get("XDG_CACHE_HOME")  # a relative one is to be ignored (the XDG base directory spec)
+    return (Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".cache") / "avatarbench"
 
 
 def _shown(raw: str) -> str:
@@ -39,6 +41,21 @@ def _shown(raw: str) -> str:
 def _whole(text: str) -> int | None:
     """A plain whole number in ASCII digits (str.isdigit also takes superscripts, which int() refuses), else None."""
     return int(text) if text.isascii() and text.isdigit() and len(text) <= 18 else None
+
+
+RAY_ADDRESS = re.compile(r"auto|ray://[^\s/:]+:\d+|[^\s/:]+:\d+")
+
+
+def _ray_address(value: str | None) -> str | None:
+    """Checked here with the other settings (the doctor reported nothing; the app refused it at start)."""
+    if value is not None and not RAY_ADDRESS.fullmatch(value):
+        raise SettingsError(f"{PREFIX}RAY_ADDRESS={_shown(value)} is not a Ray address; expected auto, HOST:PORT or "
+                            "ray://HOST:10001")  # fmt: skip
+    return value
+
+
+def _reason(exc: OSError) -> str:
+    return f"{exc.strerror}: {exc.filename}" if exc.strerror and exc.filename else str(exc)
 
 
 def _env(env: dict[str, str], name: str) -> str | None:
@@ -194,7 +211,9 @@ class Settings:
         return self.max_upload_mb * 1024 * 1024
 
     def ensure_dirs(self) -> None:
-        """Make the folders; one that cannot be made is a SettingsError naming its variable."""
+        """Make the folders, and check that the app can write where it writes (the data folder, its cache and
+        outputs, the job database) and read the weights folder; each problem is a SettingsError naming its
+        variable. An existing folder passed before, and start-up then ended in a traceback."""
         for path, name in ((self.data_dir, "DATA_DIR"), (self.weights_dir, "WEIGHTS_DIR"),
                            (self.cache_dir, "DATA_DIR"), (self.outputs_dir, "DATA_DIR")):  # fmt: skip
             try:
@@ -202,8 +221,23 @@ class Settings:
             except FileExistsError:  # mkdir's "File exists" for a file standing where the folder goes
                 raise SettingsError(f"cannot create the folder {path} ({PREFIX}{name}): a file is there") from None
             except OSError as exc:
-                reason = f"{exc.strerror}: {exc.filename}" if exc.strerror and exc.filename else str(exc)
-                raise SettingsError(f"cannot create the folder {path} ({PREFIX}{name}): {reason}") from None
+                raise SettingsError(f"cannot create the folder {path} ({PREFIX}{name}): {_reason(exc)}") from None
+            try:
+                if name == "DATA_DIR":
+                    with tempfile.TemporaryFile(dir=path):
+                        pass
+                else:  # weights may be on a read-only mount, but must be readable
+                    os.listdir(path)
+            except OSError as exc:
+                need = "write in" if name == "DATA_DIR" else "read"
+                raise SettingsError(f"cannot {need} the folder {path} ({PREFIX}{name}): {_reason(exc)}") from None
+        try:
+            if self.db_path.exists():
+                with open(self.db_path, "r+b"):
+                    pass
+        except OSError as exc:
+            raise SettingsError(f"cannot write the job database {self.db_path} ({PREFIX}DATA_DIR): "
+                                f"{_reason(exc)}") from None  # fmt: skip
 
     def unmakeable_weights_dir(self) -> str | None:
         """Why the weights folder can never exist (a file on its path), or None; read only, nothing is made. A folder
@@ -224,8 +258,8 @@ class Settings:
 DOCUMENTED: dict[str, tuple[str, str]] = {
     "DATA_DIR": (
         "data_dir",
-        "cache, outputs and the SQLite database (default /data/avatarbench on a Space with persistent storage, "
-        "else ~/.cache/avatarbench)",
+        "cache, outputs and the SQLite database (default /data/avatarbench where /data is a writable folder, as on "
+        "a Space with persistent storage, else $XDG_CACHE_HOME/avatarbench, ~/.cache/avatarbench without it)",
     ),
     "WEIGHTS_DIR": ("weights_dir", "where model weights are looked up (default DATA_DIR/weights)"),
     "DEVICE": ("device", "auto | cpu | cuda | cuda:N (default auto)"),
@@ -366,7 +400,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         cpu_workers=_number(env, "CPU_WORKERS", 1, 1, 64, int),
         workers_per_gpu=_workers_per_gpu(_env(env, "WORKERS_PER_GPU")),
         split_seconds=_number(env, "SPLIT_SECONDS", 20.0, 1.0, 7200.0),
-        ray_address=_env(env, "RAY_ADDRESS"),
+        ray_address=_ray_address(_env(env, "RAY_ADDRESS")),
         zerogpu_max_s=_number(env, "ZEROGPU_MAX_SECONDS", 120, 10, 3600, int),
         job_time_limits=_time_limits(_env(env, "JOB_TIME_LIMITS")),
         job_memory_gb=_number(env, "JOB_MEMORY_GB", _three_quarters_of_ram_gb(), 0.25, 4096.0),

@@ -32,7 +32,6 @@ import itertools
 import json
 import logging
 import os
-import re
 import shutil
 import tempfile
 import threading
@@ -43,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.core.errors import AvatarbenchError, InputError, SetupError, one_line
-from engine.core.settings import PREFIX, Settings
+from engine.core.settings import PREFIX, RAY_ADDRESS, Settings
 from engine.jobs.store import CPU, FAILED, Job, JobStore, StoreError, blob_refs
 from engine.jobs.worker import PROGRESS_INTERVAL_S, WorkerContext, WorkerSpec, run_job
 
@@ -55,7 +54,6 @@ BLOB_BUDGET_BYTES = 4 * 2**30  # received inputs an actor keeps for later jobs, 
 START_TIMEOUT_S = 120.0  # for an actor to start (a fresh process importing the engine) and for the GPUs' bundles
 CALL_TIMEOUT_S = 30.0  # for a progress poll; a busy node only delays it
 IDLE_CHECK_S = 2.0  # how often an idle worker asks whether its actor still lives (and how much memory it holds)
-_ADDRESS = re.compile(r"auto|ray://[^\s/:]+:\d+|[^\s/:]+:\d+")
 
 
 # -- the actor (runs on a cluster node) --------------------------------------------------------------------------
@@ -600,7 +598,7 @@ def _rewrite(value: Any, moved: Mapping[str, str]) -> Any:
 
 def _connect(address: str | None, init_kwargs: Mapping[str, Any]) -> bool:
     """Connect to the cluster unless this process already is; whether it connected now."""
-    if address is not None and not _ADDRESS.fullmatch(address):
+    if address is not None and not RAY_ADDRESS.fullmatch(address):
         raise InputError(f"{PREFIX}RAY_ADDRESS={address!r} is not a Ray address; expected auto, HOST:PORT or "
                          "ray://HOST:10001")  # fmt: skip
     try:

@@ -659,11 +659,13 @@ def check_video(ctx: _Context) -> Check:
 
 
 def _dir_status(path: Path) -> tuple[bool, int | None, str]:
-    probe = path
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    free = shutil.disk_usage(probe).free if probe.exists() else None
+    """Whether the folder can be written (made where missing), its disk's free bytes and why not; a folder this user
+    may not enter is an answer ("Permission denied"), not a failure of the check."""
+    probe, free = path, None
     try:
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        free = shutil.disk_usage(probe).free if probe.exists() else None
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path):
             pass
@@ -712,19 +714,22 @@ def check_settings(ctx: _Context) -> Check:
         f"device {s.device}, GPU memory fraction {s.gpu_memory_fraction}, uploads up to {s.max_upload_mb} MiB, "
         f"telemetry every {s.telemetry_interval_s}s"
     )
+    unknown = f"; unknown variables: {', '.join(sorted(s.extra))}" if s.extra else ""
     if ctx.settings_problems:
         return Check(
             "settings",
             PROBLEM,
-            "; ".join(ctx.settings_problems) + " (this report used the defaults instead; the app would not start)",
-            "Fix or unset these variables.",
+            "; ".join(ctx.settings_problems)
+            + " (this report used the defaults instead; the app would not start)"
+            + unknown,
+            "Fix or unset these variables" + (" and check the unknown ones' spelling." if unknown else "."),
             details,
         )
     if s.extra:
         return Check(
             "settings",
             WARNING,
-            found + f"; unknown variables: {', '.join(sorted(s.extra))}",
+            found + unknown,
             "Check the spelling; known variables: " + ", ".join(PREFIX + k for k in DOCUMENTED),
             details,
         )
@@ -784,10 +789,13 @@ def run_doctor(settings: Settings | None = None) -> DoctorReport:
     ctx = _Context(settings, gpus, status, driver, cuda, probe, probe_error, _nvidia_on_pci(), problems)
     checks = []
     for fn in CHECKS:
+        name = fn.__name__.removeprefix("check_")
         try:
             checks.append(fn(ctx))
+        except PermissionError as exc:  # the machine's answer, not the check's bug
+            what = f"cannot read {exc.filename or 'a file it needs'}: {exc.strerror}"
+            checks.append(Check(name, PROBLEM, what, "Give this user access, or point its setting elsewhere."))
         except Exception as exc:
-            name = fn.__name__.removeprefix("check_")
             checks.append(
                 Check(
                     name,
