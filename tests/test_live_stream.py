@@ -73,6 +73,20 @@ def test_a_failed_run_ends_its_stream_and_a_missing_one_is_empty(tmp_path) -> No
     assert not out.exists() and read_stream(stream_folder(out)).ended
 
 
+def test_a_second_run_to_the_same_output_starts_a_fresh_stream(tmp_path) -> None:
+    """The first run's finished playlist (and its later segments) stayed until the second run's first segment: a
+    player opened then played the old video."""
+    out = tmp_path / "again.mp4"
+    for frames in (100, 10):  # four seconds, then less than one
+        writer = VideoWriter(out, 25, 64, 64, stream_to=stream_folder(out), codec="libx264")
+        if frames == 10:
+            assert not list(stream_folder(out).iterdir())  # nothing of the first run's stream is left
+        for i in range(frames):
+            writer.write(np.full((64, 64, 3), i, np.uint8))
+        writer.close()
+    assert len(read_stream(stream_folder(out)).segments) == 1
+
+
 def test_a_playlist_cannot_point_outside_its_folder(tmp_path) -> None:
     folder = tmp_path / "x.stream"
     folder.mkdir()

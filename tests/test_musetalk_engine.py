@@ -372,6 +372,16 @@ def test_another_torch_file_or_format_version(avatar, tmp_path: Path) -> None:
     torch.save({**data, "latent_rows": [0, 1, -1]}, tmp_path / "damaged.pt")
     with pytest.raises(InputError, match="damaged"):
         load_avatar(tmp_path / "damaged.pt")
+    # a flipped bit that loads: a box of three values or turned inside out crashed every later run of the face
+    face = next(i for i, b in enumerate(data["boxes"]) if b is not None)
+    for box in ([1, 2, 30], [40, 2, 30, 60], [0, 0, 10**6, 60]):
+        boxes = [box if i == face else b for i, b in enumerate(data["boxes"])]
+        torch.save({**data, "boxes": boxes}, tmp_path / "flipped.pt")
+        with pytest.raises(InputError, match="damaged"):
+            load_avatar(tmp_path / "flipped.pt")
+    torch.save({**data, "frames": [1, 2]}, tmp_path / "list.pt")  # a list where the frames tensor goes
+    with pytest.raises(InputError, match="damaged"):
+        load_avatar(tmp_path / "list.pt")
 
 
 def test_whisper_must_see_the_whole_30_s_segment(networks) -> None:

@@ -55,6 +55,9 @@ class HlsCopy:
         import av
 
         folder.mkdir(parents=True, exist_ok=True)
+        # an earlier run's stream to the same output goes first: its finished playlist played the old video
+        for old in (folder / PLAYLIST, *folder.glob(SEGMENT_PATTERN.replace("%05d", "*"))):
+            old.unlink(missing_ok=True)
         self.folder = folder
         self._container = av.open(
             str(folder / PLAYLIST), mode="w", format="hls",

@@ -446,7 +446,7 @@ def load_avatar(path: str | os.PathLike[str]) -> PreparedAvatar:
     try:
         avatar = _from_payload(data)
         check_avatar(avatar)
-    except (KeyError, TypeError, ValueError, IndexError) as exc:
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as exc:  # a list for a tensor
         raise CheckpointError(f"its contents are damaged ({one_line(exc)})", path=path, expected=EXPECTED) from None
     return avatar
 
@@ -487,8 +487,12 @@ def check_avatar(avatar: PreparedAvatar) -> None:
         if len(getattr(avatar, name)) != count:
             raise ValueError(f"{len(getattr(avatar, name))} {name} for {count} frames")
     faces = [i for i, b in enumerate(avatar.boxes) if b is not None]
-    if not faces or avatar.latents.ndim != 4 or len(avatar.latents) != len(faces):
+    if not faces or avatar.latents.ndim != 4 or len(avatar.latents) != len(faces) or avatar.latents.shape[1] != 8:
         raise ValueError(f"latents of shape {tuple(avatar.latents.shape)} for {len(faces)} faces")
+    height, width = frames.shape[1:3]
+    for i, box in enumerate(avatar.boxes):  # a flipped bit made a box of 3 values, or x2 < x1: every run crashed
+        if box is not None and not (len(box) == 4 and 0 <= box[0] < box[2] <= width and 0 <= box[1] < box[3] <= height):
+            raise ValueError(f"frame {i}'s face box {box} does not fit its {width}x{height} frame")
     if [r for r in avatar.latent_rows if r >= 0] != list(range(len(faces))):
         raise ValueError("latent rows out of order")
     for i, (box, row, plan) in enumerate(zip(avatar.boxes, avatar.latent_rows, avatar.plans, strict=True)):
@@ -496,5 +500,7 @@ def check_avatar(avatar: PreparedAvatar) -> None:
             raise ValueError(f"frame {i} has a box, a latent row and a plan that disagree")
         if plan is not None:
             side = plan.region[2] - plan.region[0]
+            if len(plan.region) != 4 or side <= 0 or plan.region[3] - plan.region[1] != side:
+                raise ValueError(f"frame {i}'s blend region {plan.region} is not a square")
             if plan.box != box or tuple(plan.mask.shape) != (side, side) or plan.mask.dtype != torch.uint8:
                 raise ValueError(f"frame {i}'s blend plan does not fit its box")
