@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # The PyTorch build, installed along with the rest; requirements.txt only allows the range the tests ran
 # on. Override for another build, e.g. make run TORCH="torch==2.11.0".
 TORCH ?= torch==2.13.0
-PORT ?= 7860
+PORT ?= $(or $(GRADIO_SERVER_PORT),7860)
 PIP := $(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt
 DEPS := requirements.txt constraints.txt pyproject.toml Makefile
 # What has been installed into $(VENV): the runtime dependencies, then the test tools as well.

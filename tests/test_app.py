@@ -285,7 +285,7 @@ def test_bench_api_end_to_end(client) -> None:
     with pytest.raises(AppError, match=r"memory fraction 5 is outside 0\.05\.\.1"):
         client.predict(gpu="T4", llm="tinyllama-1.1b", memory_fraction=5, api_name="/plan_llm")
     network = client.predict(gpu="T4", model="s3fd", api_name="/plan_network")
-    assert network["model"].startswith("S3FD") and network["recommended_batch"] >= 1
+    assert network["model"].startswith("S3FD") and network["gpu"] == "NVIDIA T4" and network["recommended_batch"] >= 1
     rows = client.predict(throughput=1000.0, measured_on="H100", precision="fp16", samples_per_request=250.0,
                           api_name="/cost")  # fmt: skip
     h100 = next(r for r in rows if r["gpu"] == "H100")

@@ -401,8 +401,12 @@ def test_bench_plan_and_cost(tmp_path: Path) -> None:
     assert {"fits", "memory", "flags", "warnings", "reasons"} <= set(data)
     assert any("Marlin" in w for w in data["warnings"]) and "text-generation-launcher" in plan.stdout
     assert run("plan", "llm", "--gpu", "B300", "--llm", "mistral-7b", **env).returncode == 2
-    network = run("plan", "network", "--gpu", "T4", "--model", "s3fd", "--precision", "fp16", **env)
+    network_path = tmp_path / "network.json"
+    network = run("plan", "network", "--gpu", "t4", "--model", "s3fd", "--precision", "fp16", "--json",
+                  str(network_path), **env)  # fmt: skip
     assert network.returncode == 0 and "recommended batch at fp16: " in network.stdout  # the batch's own precision
+    data = json.loads(network_path.read_text())  # says what it planned for, as plan llm's report does
+    assert data["gpu"] == "NVIDIA T4" and data["model"].startswith("S3FD") and data["precision"] == "fp16"
 
     cost = run("cost", "--throughput", "1000", "--measured-on", "H100", "--precision", "fp16", **env)
     assert cost.returncode == 0 and "measured" in cost.stdout and "estimate" in cost.stdout

@@ -30,7 +30,7 @@ from engine.onnx.evaluate import (  # noqa: E402
     topk,
 )
 from engine.onnx.model import Limits, ModelError, ModelInfo, TensorSpec, inspect_model  # noqa: E402
-from engine.runtimes.ort_session import OrtSession, SessionError  # noqa: E402
+from engine.runtimes.ort_session import OrtSession, SessionError, runtime_limits  # noqa: E402
 
 # The request names its model; evaluate() runs the prepared file it is handed, so the name here is only a label.
 FAST = {"model": Path("model.onnx"), "runs": 5, "warmup": 1, "intra_op_threads": 1}
@@ -373,6 +373,8 @@ def test_accuracy_against_expected(mlp_model: tuple[Path, ModelInfo], tmp_path: 
     np.savez(tmp_path / "off.npz", y=y + 0.1, k2=k2)
     np.savez(tmp_path / "shape.npz", y=np.zeros((1, 5), np.float32), k2=k2)
     np.savez(tmp_path / "keys.npz", y=y, extra=k2)
+    np.savez(tmp_path / "some.npz", y=y + 0.1)  # outputs left out of the file are not compared
+    np.savez(tmp_path / "none.npz")
 
     def run(name: str) -> dict:
         return evaluate(path, info, EvalConfig(seed=3, expected=tmp_path / name, **FAST))
@@ -382,8 +384,12 @@ def test_accuracy_against_expected(mlp_model: tuple[Path, ModelInfo], tmp_path: 
     off = run("off.npz")["accuracy"]["expected"]["cpu"]["y"]
     assert off["mae"] == pytest.approx(0.1, abs=1e-5) and off["max_error"] == pytest.approx(0.1, abs=1e-5)
     assert "shape mismatch" in run("shape.npz")["accuracy"]["expected"]["cpu"]["y"]["error"]
-    with pytest.raises(EvalError, match=r"missing 'k2'.*extra \['extra'\]"):
+    some = run("some.npz")["accuracy"]["expected"]["cpu"]
+    assert list(some) == ["y"] and some["y"]["mae"] == pytest.approx(0.1, abs=1e-5)
+    with pytest.raises(EvalError, match=r"named after the model's outputs \('y', 'k2'\).*it holds \['extra'\]"):
         run("keys.npz")
+    with pytest.raises(EvalError, match="one or more of them: it is empty"):
+        run("none.npz")
 
 
 def test_topk_on_a_tiny_classifier(tmp_path: Path) -> None:
@@ -731,9 +737,10 @@ def test_outputs_that_cannot_be_read_or_scored_are_refused_before_running(tmp_pa
                  tmp_path / "words.onnx")  # fmt: skip
     info = inspect_model(words)
     np.savez(tmp_path / "want.npz", y=np.zeros((1, 4)))
-    for config, what in (({"labels": (1,)}, "labels"), ({"expected": tmp_path / "want.npz"}, "expected outputs")):
-        with pytest.raises(EvalError, match=f"{what} compare numeric tensor outputs, and output 'y' is string"):
-            check_request(info, EvalConfig(**config, **FAST))
+    with pytest.raises(EvalError, match="labels score numeric tensor outputs, and output 'y' is string"):
+        check_request(info, EvalConfig(labels=(1,), **FAST))
+    with pytest.raises(EvalError, match=r"expected outputs compare .* 'y' is string: leave it out of the \.npz"):
+        check_request(info, EvalConfig(expected=tmp_path / "want.npz", **FAST))
     report = evaluate(words, info, EvalConfig(**FAST))  # strings themselves run, compared exactly
     assert report["parity"]["cpu"]["y"] == {"shape_mismatch": False, "exact_match": True}
     model = helper.make_model(_graph([helper.make_node("Cast", ["x"], ["y"], to=TensorProto.INT4)], [x],
@@ -742,6 +749,51 @@ def test_outputs_that_cannot_be_read_or_scored_are_refused_before_running(tmp_pa
     onnx.save(model, str(tmp_path / "int4.onnx"))
     with pytest.raises(EvalError, match="output 'y' is int4, which ONNX Runtime cannot hand back to Python"):
         check_request(inspect_model(tmp_path / "int4.onnx"), EvalConfig(**FAST))
+
+
+def test_a_model_with_a_string_output_is_scored_on_its_numeric_one(tmp_path: Path) -> None:
+    """An sklearn-style model: its words first, its scores second. Accuracy needed every output in the .npz (the
+    words too, which cannot be compared), and labels were refused for the first output's type."""
+    x = _io("x", TensorProto.FLOAT, ["N", 4])
+    nodes = [helper.make_node("Cast", ["x"], ["y"], to=TensorProto.STRING), helper.make_node("Relu", ["x"], ["r"])]
+    path = save(_graph(nodes, [x], [_io("y", TensorProto.STRING, ["N", 4]), _io("r", TensorProto.FLOAT, ["N", 4])]),
+                tmp_path / "words_and_scores.onnx")  # fmt: skip
+    data = np.array([[0.1, -1.0, 0.7, 0.2]], np.float32)
+    np.savez(tmp_path / "x.npz", x=data)
+    np.savez(tmp_path / "want.npz", r=np.maximum(data, 0))
+    config = EvalConfig(inputs=tmp_path / "x.npz", expected=tmp_path / "want.npz", labels=(2,), **FAST)
+    accuracy = evaluate(path, inspect_model(path), config)["accuracy"]
+    assert list(accuracy["expected"]["cpu"]) == ["r"] and accuracy["expected"]["cpu"]["r"]["max_error"] == 0.0
+    assert accuracy["topk"]["cpu"]["output"] == "r" and accuracy["topk"]["cpu"]["top1"] == 1.0
+
+
+def test_a_model_newer_than_onnx_runtime_loads_is_refused_before_running(tmp_path: Path) -> None:
+    """onnx describes opsets and IR versions ahead of ONNX Runtime: such a model passed submit and failed as a job."""
+    import onnxruntime
+
+    ir_version, opset = runtime_limits()
+    assert ir_version >= 10 and opset >= 21  # ORT 1.20 loads IR 10 and opset 21; the probe found no less
+    graph = _graph([helper.make_node("Relu", ["x"], ["y"])], [_io("x", TensorProto.FLOAT, [1, 4])],
+                   [_io("y", TensorProto.FLOAT, [1, 4])])  # fmt: skip
+    cases = [
+        (ir_version, opset, None),
+        (ir_version, opset + 1, f"loads up to opset {opset}: re-export"),
+        (ir_version + 1, opset, rf"newer than ONNX Runtime .* loads \(up to {ir_version}\)"),
+    ]
+    for ir, ops, refusal in cases:
+        path = tmp_path / f"ir{ir}-opset{ops}.onnx"
+        path.write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", ops)], ir_version=ir)
+                         .SerializeToString())  # fmt: skip
+        if ops > onnx.defs.onnx_opset_version() or ir > onnx.IR_VERSION:
+            continue  # this onnx does not know it either: inspect_model refuses it (test_onnx_model)
+        info = inspect_model(path)
+        if refusal is None:  # the newest it loads is run
+            assert evaluate(path, info, EvalConfig(**FAST))["results"][0]["error"] is None
+            continue
+        with pytest.raises(EvalError, match=refusal):
+            check_request(info, EvalConfig(**FAST))
+        with pytest.raises(onnxruntime.capi.onnxruntime_pybind11_state.Fail):  # what the job met at its session
+            onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
 def test_a_model_whose_every_input_is_empty_is_refused_before_running(tmp_path: Path) -> None:

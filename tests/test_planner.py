@@ -243,6 +243,9 @@ def test_price_book_edits_round_trip(tmp_path) -> None:
         path.write_text(text)
         with pytest.raises(ValueError, match="must be a JSON object"):
             PriceBook.load(path)
+    path.write_text('{"prices": {"T4": 0.5}, "currency": "EUR"}')  # euros read as dollars, silently, once
+    with pytest.raises(ValueError, match=r"has 'currency': it holds only \"prices\" \(US dollars per hour"):
+        PriceBook.load(path)
 
 
 def test_model_memory_plan_by_hand() -> None:

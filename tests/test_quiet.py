@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -127,3 +128,15 @@ def test_a_busy_port_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert f"port {port} is already in use" in proc.stderr
     assert "--port" in proc.stderr and "GRADIO_SERVER_PORT" in proc.stderr
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+@pytest.mark.parametrize(
+    ("variables", "port"),
+    [({}, "7860"), ({"GRADIO_SERVER_PORT": "7861"}, "7861"), ({"GRADIO_SERVER_PORT": "7861", "PORT": "8080"}, "8080")],
+)
+def test_make_run_takes_the_port_the_busy_port_message_suggests(variables: dict[str, str], port: str) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("GRADIO_SERVER_PORT", "PORT")} | variables
+    proc = subprocess.run(["make", "-n", "run"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1].endswith(f"app.py --port {port}"), proc.stdout

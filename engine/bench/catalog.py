@@ -299,6 +299,11 @@ class PriceBook:
                     f'price file {p.name} must be a JSON object {{"prices": {{GPU: dollars per hour}}, '
                     '"sources": {GPU: text}}'
                 )
+            if extra := sorted(set(data) - {"prices", "sources"}):  # a "currency" would be read as dollars silently
+                raise InputError(
+                    f'price file {p.name} has {", ".join(map(repr, extra))}: it holds only "prices" (US dollars per '
+                    'hour by GPU) and "sources"'
+                )
             book.update(prices, sources)
         return book
 

@@ -162,7 +162,7 @@ def _plan_network(args: argparse.Namespace) -> int:
 
     config = from_args(NetworkPlanConfig, args)
     title, fit = plan_network(config, get_settings().cache_dir)
-    write_json(args.json, json.dumps(fit.to_dict(), indent=2))
+    write_json(args.json, json.dumps({"model": title, **fit.to_dict()}, indent=2))  # as the API's /plan_network
     print(f"{title} on {config.gpu} at {config.precision}: fixed {fit.weights_bytes / 2**20:.0f} MiB, "
           f"activations {fit.activation_bytes_per_sample / 2**20:.1f} MiB/sample ({fit.basis})")  # fmt: skip
     print(f"  largest batch under {config.memory_fraction:g} of memory: {fit.max_batch_text}")

@@ -115,6 +115,7 @@ def cost_table(
 
 @dataclass
 class MemoryFit:
+    gpu: str  # the card planned for, as the catalog or NVML names it
     weights_bytes: int
     activation_bytes_per_sample: int
     overhead_bytes: int
@@ -226,8 +227,8 @@ def plan_model_memory(
     # fp32 on cards without them, where fp16 saves memory but little time.
     best = "fp16" if gpu.supports("fp16-tensor-cores") else "fp32"
     return MemoryFit(
-        weights_bytes, activation_bytes_per_sample, CUDA_CONTEXT_BYTES, budget, fits, recommended, precision, best,
-        gpus, predicted, basis, warnings, capped,
+        gpu.name, weights_bytes, activation_bytes_per_sample, CUDA_CONTEXT_BYTES, budget, fits, recommended, precision,
+        best, gpus, predicted, basis, warnings, capped,
     )  # fmt: skip
 
 

@@ -78,7 +78,7 @@ class EvalConfig(Config):
     seed: int = option(0, help="seed of the synthetic inputs", low=0, high=2**63 - 1)
     inputs: Path | None = option(None, help=".npz of inputs keyed by input name (empty: seeded synthetic)", file=True)
     expected: Path | None = option(
-        None, help=".npz of expected outputs keyed by output name: accuracy metrics", file=True
+        None, help=".npz of expected outputs keyed by output name (any of them): accuracy metrics", file=True
     )
     labels: tuple[int, ...] | None = option(
         None, help="class labels of the first batch, e.g. 3,1,7: top-1/top-5", low=0,

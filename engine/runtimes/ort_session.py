@@ -14,6 +14,7 @@ engines are cached per model content (model_digest): ORT keys them by file and g
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import os
@@ -75,6 +76,32 @@ def _host_array(value: ort.OrtValue) -> np.ndarray:
     if bits.size:
         ctypes.memmove(bits.ctypes.data, value.data_ptr(), bits.size)
     return bits.view(helper.tensor_dtype_to_np_dtype(value.element_type())).reshape(value.shape()).astype(np.float32)
+
+
+@functools.cache
+def runtime_limits() -> tuple[int, int]:
+    """(the newest IR version, the newest ai.onnx opset) this ONNX Runtime loads, found by loading a one-node model
+    at each, newest first (milliseconds): a model past them fails only once a job has started its session, and
+    ORT states them nowhere else."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    def loads(ir_version: int, opset: int) -> bool:
+        x, y = (helper.make_tensor_value_info(n, TensorProto.FLOAT, [1]) for n in "xy")
+        graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "probe", [x], [y])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=ir_version)
+        options = ort.SessionOptions()
+        options.log_severity_level = 4  # the too-new opset's refusal is also logged as an error
+        try:
+            ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        except Exception:  # a refusal is the answer: ORT raises its own Fail and InvalidGraph types
+            return False
+        return True
+
+    ir_version = next((v for v in range(onnx.IR_VERSION, 7, -1) if loads(v, 13)), 7)
+    opset = next((v for v in range(onnx.defs.onnx_opset_version(), 13, -1) if loads(ir_version, v)), 13)
+    return ir_version, opset
 
 
 class SessionError(SetupError):
@@ -427,5 +454,6 @@ __all__ = [
     "OrtOptions",
     "OrtSession",
     "SessionError",
+    "runtime_limits",
     "stop_runs_on_interrupt",
 ]
