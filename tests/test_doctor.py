@@ -403,6 +403,16 @@ def test_weights_check_says_where_missing_files_go_and_flags_a_wrong_path(tmp_pa
         ),
     )
     assert doctor.check_weights(bad).status == PROBLEM
+    (tmp_path / "file").write_bytes(b"x")
+    folders = {
+        "AVATARBENCH_LIVEPORTRAIT_DIR": str(tmp_path / "nope"),
+        "AVATARBENCH_MUSETALK_DIR": str(tmp_path / "file"),
+    }
+    wrong = doctor.check_weights(
+        _ctx(tmp_path, settings=load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path)} | folders))
+    )
+    assert wrong.status == PROBLEM and "set by AVATARBENCH_LIVEPORTRAIT_DIR) does not exist" in wrong.found
+    assert "set by AVATARBENCH_MUSETALK_DIR) is a file" in wrong.found
 
 
 def test_the_app_serves_the_last_report_and_runs_a_fresh_one_at_most_every_interval(monkeypatch) -> None:

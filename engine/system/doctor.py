@@ -747,6 +747,15 @@ def check_weights(ctx: _Context) -> Check:
             broken.append(str(exc))
             continue
         (found if path else missing).append(f"{model.filenames[0]}: {path}" if path else model)
+    settings = ctx.settings
+    for variable, configured in (
+        ("LIVEPORTRAIT_DIR", settings.liveportrait_dir),
+        ("MUSETALK_DIR", settings.musetalk_dir),
+    ):
+        folder = Path(configured).expanduser() if configured and not configured.startswith("hf:") else None
+        if folder is not None and not folder.is_dir():  # refused only when a run needs it, then as the run's error
+            state = "is a file" if folder.exists() else "does not exist"
+            broken.append(f"{configured} (set by {PREFIX}{variable}) {state}; expected the folder of official weights")
     details = {"found": found, "missing": [m.filenames[0] for m in missing], "broken": broken}
     if broken:
         return Check("weights", PROBLEM, "; ".join(broken), "Fix the path in the setting, or unset it.", details)
