@@ -160,8 +160,15 @@ def test_auto_quantization_sharding_and_old_card_warnings() -> None:
     assert "--max-batch-total-tokens" not in small["flags"]  # the flash path sizes it from free memory
     two = plan_llm(LlmRequest("L4", "llama-2-13b", count=2, max_total_tokens=4096, quantize="none"))
     assert two["fits"] and two["flags"]["--num-shard"] == 2  # 26 GB of weights need both cards
+    assert two["replicas"] == 1 and not any("replicas" in r for r in two["reasons"])
+    five = plan_llm(LlmRequest("L4", "llama-2-13b", count=5, max_total_tokens=4096, quantize="none"))
+    assert five["flags"]["--num-shard"] == 2 and five["replicas"] == 2  # the fifth card cannot hold a replica
+    assert any("2 replicas" in r and "(0,1 | 2,3)" in r and "add KV room" in r for r in five["reasons"])
+    mqa = plan_llm(LlmRequest("A100-80GB", "gemma-2b", count=4))  # its other three cards sat idle
+    assert mqa["replicas"] == 4 and any("(0 | 1 | 2 | 3)" in r and "(8 query, 1 KV)" in r for r in mqa["reasons"])
     old = plan_llm(LlmRequest("V100-16GB", "mistral-7b", count=2, max_total_tokens=4096))
     assert old["flags"]["--num-shard"] == 1  # no flash attention: TGI cannot shard
+    assert old["replicas"] == 2 and any("non-flash path runs on one GPU" in r for r in old["reasons"])
     # auto skips 4-bit (Marlin needs 8.0+), and TGI's non-flash path ignores eetq: bitsandbytes is its int8
     assert old["flags"]["--quantize"] == "bitsandbytes"
     # that path admits max(16000, ...) tokens whatever the memory: the plan states what fits
@@ -340,3 +347,12 @@ def test_a_calibration_that_cannot_size_a_batch_is_refused(tmp_path) -> None:
     (tmp_path / "r.json").write_text(json.dumps([1, 2]))
     with pytest.raises(PlanError, match="must be a JSON object"):
         plan_network(NetworkPlanConfig(gpu="T4", calibrate=tmp_path / "r.json"), tmp_path)
+
+
+def test_the_tab_names_the_replicas_the_plan_runs() -> None:
+    pytest.importorskip("gradio")
+    from ui.bench import _plan_markdown
+
+    text = _plan_markdown(plan_llm(LlmRequest("A100-80GB", "gemma-2b", count=4)))
+    assert text.startswith("**google/gemma-2b** on 1 × NVIDIA A100 80GB, 4 replicas: ✅ fits")
+    assert ", 1 replicas" not in _plan_markdown(plan_llm(LlmRequest("A100-80GB", "gemma-2b")))

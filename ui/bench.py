@@ -397,7 +397,9 @@ def _plan_markdown(result: dict) -> str:
     m = result["memory"]
     parts = ", ".join(f"{k.removesuffix('_bytes').replace('_', ' ')} {v / 1e9:.2f} GB" for k, v in m["per_gpu"].items())
     lines = [
-        f"**{result['model']['name']}** on {m['shards']} × {result['gpu']['name']}: {verdict}",
+        f"**{result['model']['name']}** on {m['shards']} × {result['gpu']['name']}"
+        + (f", {result['replicas']} replicas" if result["replicas"] > 1 else "")
+        + f": {verdict}",
         f"- per GPU: {parts}",
         f"- KV cache {m['kv_bytes_per_token'] / 1024:.0f} KiB per token; room for {m['kv_token_capacity']:,} tokens "
         f"({m['kv_tokens_needed']:,} needed)",

@@ -144,7 +144,8 @@ def _plan_llm(args: argparse.Namespace) -> int:
     write_json(args.json, json.dumps(report, indent=2, default=str))
     verdict = "fits" if report["fits"] else "does NOT fit"
     m = report["memory"]
-    print(f"{report['model']['name']} on {m['shards']} x {report['gpu']['name']}: {verdict}")
+    copies = f", {report['replicas']} replicas" if report["replicas"] > 1 else ""
+    print(f"{report['model']['name']} on {m['shards']} x {report['gpu']['name']}{copies}: {verdict}")
     for part, value in m["per_gpu"].items():
         print(f"  {part.removesuffix('_bytes'):<26} {value / 1e9:8.2f} GB per GPU")
     print(f"  KV cache: {m['kv_bytes_per_token'] / 1024:.0f} KiB/token, room for {m['kv_token_capacity']:,} tokens")

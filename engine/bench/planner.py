@@ -451,6 +451,24 @@ def plan_llm(req: LlmRequest, card: Gpu | None = None) -> dict[str, Any]:
         )
     if chosen is not None and best["shards"] > 1:
         reasons.append(f"--num-shard {best['shards']}: one GPU cannot hold weights and KV cache")
+    replicas = req.count // best["shards"] if chosen is not None else 0
+    if replicas > 1:  # the other cards were idle: TGI shards one model over --num-shard GPUs, never serves copies
+        shards = best["shards"]
+        groups = " | ".join(",".join(map(str, range(r * shards, (r + 1) * shards))) for r in range(replicas))
+        reasons.append(
+            f"{req.count} GPUs: {replicas} replicas of this launch line, one per CUDA_VISIBLE_DEVICES group ({groups}) "
+            f"each with its own --port, behind a load balancer: {replicas}x the concurrent requests; "
+            + (
+                "sharding one replica over more GPUs would add KV room it does not need and traffic between the cards"
+                if any(s > shards for s in shard_options)
+                else "TGI cannot shard it further: "
+                + (
+                    f"its heads do not split over more GPUs ({spec.heads} query, {spec.kv_heads} KV)"
+                    if flash
+                    else "its non-flash path runs on one GPU"
+                )
+            )
+        )
     dtype = "bfloat16" if gpu.supports("bf16") else "float16"
     flags = {
         "--num-shard": best["shards"],
@@ -486,6 +504,7 @@ def plan_llm(req: LlmRequest, card: Gpu | None = None) -> dict[str, Any]:
         "gpu": gpu.to_dict(),
         "model": asdict(spec),
         "fits": best["fits"],
+        "replicas": replicas,  # launch lines to run on req.count GPUs (0: none fits)
         "memory": best,
         "weights_bytes_by_quantization": {q: llm_weight_bytes(spec, q) for q in QUANT_BYTES_PER_PARAM},
         "flags": {k: v for k, v in flags.items() if v is not None},
