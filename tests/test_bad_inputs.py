@@ -178,7 +178,7 @@ CASES: list[tuple[str, dict, str]] = [
     ("/plan_llm", {"gpu": "T4", "llm": "mistral-7b", "count": 0}, "count 0 is outside 1..64"),
     ("/plan_network", {"gpu": "TPU"}, "unknown GPU 'TPU'"),
     ("/plan_network", {"gpu": "T4", "model": "resnet"}, "model 'resnet' is not one of"),
-    ("/plan_network", {"gpu": "T4", "calibrate": F + "report.json"}, "no GPU eager"),
+    ("/plan_network", {"gpu": "T4", "calibrate": F + "report.json"}, "does not say which network it measured"),
     ("/cost", {"throughput": 1.0, "measured_on": "H100", "precision": "fp7"}, "precision 'fp7' is not one of"),
     ("/cost", {"throughput": 1e308, "measured_on": "H100"}, "throughput 1e+308 is outside"),
     ("/cost", {"throughput": 1.0, "measured_on": "TPU"}, "measured on 'TPU' is not one of"),

@@ -337,6 +337,10 @@ def test_a_calibration_that_cannot_size_a_batch_is_refused(tmp_path) -> None:
         plan_network(config, tmp_path, report({32: 10**9, 128: 10**8}))
     with pytest.raises(PlanError, match="measured 's3fd', not 'wav2lip'"):
         plan_network(config, tmp_path, report({32: 10**8, 128: 2 * 10**8}, model="s3fd"))
+    nameless = report({32: 10**8, 128: 2 * 10**8})
+    del nameless["model"]  # its peaks may be any network's
+    with pytest.raises(PlanError, match=r"does not say which network it measured \(no model\.name\)"):
+        plan_network(config, tmp_path, nameless)
     _, fit = plan_network(config, tmp_path, report({32: 10**12, 128: 10**12 + 96 * 2**20}))
     assert fit.max_batch == 0 and fit.recommended_batch == 0  # 1 TB of weights: nothing fits
     with pytest.raises(PlanError, match="go together"):

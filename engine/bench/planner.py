@@ -178,7 +178,12 @@ def _check_calibration_source(report: Any, model: str) -> None:
     if not isinstance(report, dict):
         raise PlanError("the calibration report must be a JSON object (a bench --json report)")
     measured = report.get("model", {}).get("name") if isinstance(report.get("model"), dict) else None
-    if measured is not None and measured != model:
+    if measured is None:  # a report of unknown origin: its peaks may be any network's
+        raise PlanError(
+            "the calibration report does not say which network it measured (no model.name): give a bench --json "
+            f"report of {model!r}"
+        )
+    if measured != model:
         raise PlanError(f"the calibration report measured {measured!r}, not {model!r}")
 
 
