@@ -148,11 +148,10 @@ def test_a_folder_or_database_that_cannot_be_written_or_read_names_its_variable(
         patch.setattr(os, "listdir", denied)
         with pytest.raises(SettingsError, match=r"cannot read the folder .*weights \(AVATARBENCH_WEIGHTS_DIR\)"):
             s.ensure_dirs()
-    real_open = builtins.open
-    with monkeypatch.context() as patch:
-        patch.setattr(
-            builtins, "open", lambda f, *a, **k: denied(f) if str(f) == str(s.db_path) else real_open(f, *a, **k)
-        )
+    real_access = os.access
+    with monkeypatch.context() as patch:  # asked, never opened: a close drops the app's SQLite locks (test_store)
+        patch.setattr(os, "access", lambda f, mode: mode != os.W_OK and real_access(f, mode))
+        patch.setattr(builtins, "open", lambda f, *a, **k: pytest.fail(f"opened {f}"))
         with pytest.raises(SettingsError, match=r"cannot write the job database .* \(AVATARBENCH_DATA_DIR\)"):
             s.ensure_dirs()
 

@@ -444,3 +444,38 @@ def test_one_app_per_data_dir(tmp_path: Path) -> None:
         hold_data_dir(tmp_path)
     first.close()
     hold_data_dir(tmp_path).close()
+
+
+def test_checking_the_settings_leaves_the_apps_database_locks_alone(tmp_path: Path) -> None:
+    """Settings.ensure_dirs runs in the app and the workers beside their live connections. It opened and closed the
+    database file, which drops every POSIX lock the process holds on it, SQLite's own included: another process's
+    last close then deleted the WAL under the app, whose later jobs no other process saw (queued for good, then
+    lost at the next start)."""
+    import subprocess
+    import sys
+
+    from engine.core.settings import load_settings
+
+    settings = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path)})
+    settings.ensure_dirs()
+    app = JobStore(settings.db_path, tmp_path / "blobs")
+    app.submit("onnx_eval", {}, "cpu", owner="user:a")
+    code = ("import sys\nfrom engine.jobs.store import JobStore\n"
+            f"s = JobStore({str(settings.db_path)!r}, {str(tmp_path / 'blobs')!r})\n"
+            "print('ready', flush=True)\nsys.stdin.readline()\ns.close()\n")  # fmt: skip
+    worker = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                              cwd=Path(__file__).resolve().parents[1])  # fmt: skip
+    try:
+        assert worker.stdout.readline().strip() == "ready"
+        settings.ensure_dirs()  # what an ONNX submit does in the app, and an ONNX job in its worker
+        worker.communicate("go\n", timeout=60)  # the worker's connection closes: it must not think it is the last
+    finally:
+        worker.kill()
+    assert Path(f"{settings.db_path}-wal").exists()  # deleted under the app before
+    app.submit("lipsync", {}, "cpu", owner="user:a")
+    fresh = JobStore(settings.db_path, tmp_path / "blobs")  # a new worker, or the app after a restart
+    try:
+        assert len(fresh.history(10)) == 2  # saw one (or "database disk image is malformed")
+    finally:
+        fresh.close()
+        app.close()

@@ -231,13 +231,12 @@ class Settings:
             except OSError as exc:
                 need = "write in" if name == "DATA_DIR" else "read"
                 raise SettingsError(f"cannot {need} the folder {path} ({PREFIX}{name}): {_reason(exc)}") from None
-        try:
-            if self.db_path.exists():
-                with open(self.db_path, "r+b"):
-                    pass
-        except OSError as exc:
+        # access(), never open(): closing any handle of a file drops every POSIX lock this process holds on it,
+        # SQLite's own included, and another process's last close then deleted the WAL under our live connection
+        # (the job database split: jobs queued for good, results lost at the next start)
+        if self.db_path.exists() and not os.access(self.db_path, os.W_OK):
             raise SettingsError(f"cannot write the job database {self.db_path} ({PREFIX}DATA_DIR): "
-                                f"{_reason(exc)}") from None  # fmt: skip
+                                "permission denied")  # fmt: skip
 
     def unmakeable_weights_dir(self) -> str | None:
         """Why the weights folder can never exist (a file on its path), or None; read only, nothing is made. A folder
