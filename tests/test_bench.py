@@ -367,6 +367,33 @@ def test_job_refusals(tmp_path: Path) -> None:
     assert row["id"] == damaged.id and "cannot be read" in row["error"]
 
 
+def test_one_owners_imports_never_remove_anothers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shared budget of imported reports evicted the oldest of anyone's: two people's imports deleted a third's
+    report. Each owner's budgets now evict only their own, and a full shared budget refuses the new import."""
+    import engine.bench.jobs as bench_jobs
+
+    jobs = _jobs(tmp_path)
+    row = {"label": "a", "status": "ok", "runtime": "eager", "precision": "fp32", "device": "cpu", "batch": 1}
+    point = {"runtime": "eager", "batch": 1, "device": "cpu"}
+    report = {"machine": {"gpu": None}, "model": {"name": "w"}, "results": [row],
+              "config": {"model": "wav2lip", "points": [point]}}  # fmt: skip
+    text = json.dumps(report)
+    monkeypatch.setattr(bench_jobs, "IMPORTS_PER_OWNER", 2)
+    monkeypatch.setattr(bench_jobs, "IMPORTS_TOTAL_BYTES", int(9.5 * len(text)))  # room for nine and a half
+    alice = jobs.import_report(text, "alice").id
+    for owner in ("bob", "carol", "dave"):
+        for _ in range(3):  # one more than each keeps: their own oldest goes
+            jobs.import_report(text, owner)
+        assert len(jobs.history(owner)) == 2
+    assert [h["id"] for h in jobs.history("alice")] == [alice]
+    jobs.import_report(text, "erin")
+    jobs.import_report(text, "erin")
+    with pytest.raises(BenchError, match="the imported reports of everyone fill the"):
+        jobs.import_report(text, "frank")  # the others' would have gone to make room
+    assert len(jobs.history("frank")) == 0 and [h["id"] for h in jobs.history("alice")] == [alice]
+    assert jobs.import_report(text, "alice").id != alice  # an owner with reports there replaces their own
+
+
 def test_liveportrait_networks_are_benchmarkable(tmp_path: Path) -> None:
     model = builtin_model("liveportrait-motion", tmp_path)
     points = [BenchPoint("eager", "fp32", 2, "cpu")]  # no ONNX export: ort-* is refused (the test below)

@@ -417,7 +417,8 @@ def test_queue_limits_hold_under_concurrent_submits(store: JobStore) -> None:
 
 def test_only_the_newest_imported_reports_are_kept(store: JobStore) -> None:
     """Imported reports are done on arrival (no queue limit holds them) and no budget covers job rows: each owner
-    keeps their newest few, and all of them together a size."""
+    keeps their newest few and a size of them, and another owner's are never touched (evicting everyone's oldest let
+    one person's imports delete another's)."""
 
     def imported(owner: str, size: int) -> str:
         job = store.submit("bench", {}, "imported", owner=owner)
@@ -427,14 +428,17 @@ def test_only_the_newest_imported_reports_are_kept(store: JobStore) -> None:
     alice = [imported("alice", 10) for _ in range(5)]
     bob = [imported("bob", 10) for _ in range(2)]
     other = store.submit("bench", {}, "cpu", owner="alice")  # not an import: never touched
-    assert store.keep_newest("imported", per_owner=3, total_bytes=10**6) == 2
+    assert store.keep_newest("imported", "alice", count=3, owner_bytes=10**6) == 2
     assert [j.id for j in store.history(10, owner="alice") if j.device == "imported"] == alice[:1:-1]
     assert store.get(other.id).status == QUEUED and store.get(bob[0]).owner == "bob"
     newest = imported("bob", 100)
-    # newest first: the new one (111 bytes of JSON) and the one before it (21) fit in 150, the rest go
-    assert store.keep_newest("imported", per_owner=3, total_bytes=150) == 4
+    # newest first: the new one (112 bytes of JSON) and the one before it (22) fit in 150, the one after goes
+    assert store.keep_newest("imported", "bob", count=3, owner_bytes=150) == 1
     assert [j.id for j in store.history(10, owner="bob")] == [newest, bob[1]]
-    assert [j.id for j in store.history(10, owner="alice")] == [other.id]
+    assert store.keep_newest("imported", "bob", count=3, owner_bytes=50) == 1  # the newest stays whatever its size
+    assert [j.id for j in store.history(10, owner="bob")] == [newest]
+    assert len(store.history(10, owner="alice")) == 4  # bob's budgets never reached alice's reports
+    assert store.result_bytes("imported", but="alice") == 112 and store.result_bytes("imported", but="bob") == 3 * 22
 
 
 def test_one_app_per_data_dir(tmp_path: Path) -> None:

@@ -452,6 +452,7 @@ def _register_api(jobs: BenchJobs, settings: Any, prices_of: Any, cards: dict[st
     gr.api(submit, api_name="bench_submit", concurrency_limit=4, concurrency_id="bench_submit")
     gr.api(bench_status, api_name="bench_status", queue=False)
     gr.api(bench_result, api_name="bench_result", queue=False)
-    gr.api(bench_import, api_name="bench_import", queue=False)
+    # queued: each call parses up to 8 MiB of JSON in this process
+    gr.api(bench_import, api_name="bench_import", concurrency_limit=2, concurrency_id="bench_import")
     gr.api(llm, api_name="plan_llm", queue=False)
     gr.api(cost, api_name="cost", queue=False)

@@ -8,6 +8,7 @@ evaluations stored; the latter is unpacked and inspected again by the handler, e
 
 from __future__ import annotations
 
+import json
 import math
 import tempfile
 from typing import Any
@@ -62,16 +63,25 @@ class BenchJobs(JobKind):
         job for comparison: a bad report is refused with what is wrong, never stored to break the history."""
         if isinstance(report, str) and len(report) > MAX_REPORT_BYTES:
             raise BenchError(f"the report is {len(report) / 2**20:.1f} MiB; at most {MAX_REPORT_BYTES // 2**20} MiB")
+        size = len(report) if isinstance(report, str) else len(json.dumps(report, default=str))
         report = restore_non_finite(_object(report))
         problems = report_problems(report)
         if problems:
             raise BenchError("not a benchmark report as avatarbench exports it: " + "; ".join(problems[:8]))
         sweep = SweepConfig.from_dict(report["config"])
         sweep.validate()
+        # Imports are done on arrival, so no queue limit holds them: each owner keeps their newest, and when
+        # everyone's together fill the shared budget a new one is refused (evicting the oldest of anyone's let
+        # one person's imports delete another's).
+        others = self.store.result_bytes(IMPORTED, but=owner)
+        if others + size > IMPORTS_TOTAL_BYTES:
+            raise BenchError(
+                f"the imported reports of everyone fill the {IMPORTS_TOTAL_BYTES // 2**20} MiB kept for them: try "
+                "later, or compare it on the machine that measured it"
+            )
         job = self.store.submit(KIND, {"sweep": sweep.to_dict(), "imported": True}, IMPORTED, owner=owner)
         self.store.finish(job.id, report)
-        # imports are done on arrival, so no queue limit holds them: the newest only are kept
-        self.store.keep_newest(IMPORTED, IMPORTS_PER_OWNER, IMPORTS_TOTAL_BYTES)
+        self.store.keep_newest(IMPORTED, owner, IMPORTS_PER_OWNER, IMPORT_BYTES_PER_OWNER)
         return self.store.get(job.id)
 
     def stored_onnx_models(self, owner: str | None, limit: int = 200) -> list[tuple[str, str]]:
@@ -121,7 +131,8 @@ def handle(job: Job, progress: Progress, context: WorkerContext) -> dict[str, An
 
 MAX_REPORT_BYTES = 8 * 2**20
 IMPORTS_PER_OWNER = 20  # imported reports one owner keeps; an older one goes when a new one comes
-IMPORTS_TOTAL_BYTES = 256 * 2**20  # imported reports kept from everyone together
+IMPORT_BYTES_PER_OWNER = 32 * 2**20  # and their size: the oldest go first, the newest always stays
+IMPORTS_TOTAL_BYTES = 256 * 2**20  # imported reports kept from everyone together: past it, new imports are refused
 _ROW_TEXT = ("label", "status", "runtime", "precision", "device")
 _ROW_NUMBERS = ("batch", "samples_per_s", "speedup", "peak_allocated_bytes", "device_used_bytes", "achieved_tflops",
                 "percent_of_peak", "energy_j_per_sample", "flops_per_sample", "load_s", "first_run_s")  # fmt: skip

@@ -557,23 +557,29 @@ class JobStore:
         text = _dumps(result)
         self._end(job_id, "status = ?, progress = 1.0, result = ?, error = NULL", (DONE, text))
 
-    def keep_newest(self, device: str, per_owner: int, total_bytes: int) -> int:
-        """Delete the oldest finished jobs queued under `device` (imported reports: no worker runs them, and no
-        budget covers their rows) past `per_owner` of one owner's or `total_bytes` of results from everyone;
-        how many went."""
+    def keep_newest(self, device: str, owner: str, count: int, owner_bytes: int) -> int:
+        """Delete `owner`'s oldest finished jobs queued under `device` (imported reports: no worker runs them, and
+        no budget covers their rows) past their newest `count`, or past `owner_bytes` of results; how many went.
+        Another owner's rows are never touched: one person's imports cannot push out another's."""
         with self._tx() as c:
             rows = c.execute(
-                "SELECT id, owner, LENGTH(result) FROM jobs WHERE device = ? ORDER BY seq DESC", (device,)
+                "SELECT id, LENGTH(result) FROM jobs WHERE device = ? AND owner = ? ORDER BY seq DESC", (device, owner)
             ).fetchall()
-            kept: dict[str, int] = {}
             size, doomed = 0, []
-            for job_id, owner, length in rows:
-                kept[owner] = kept.get(owner, 0) + 1
+            for kept, (job_id, length) in enumerate(rows, 1):
                 size += length or 0
-                if kept[owner] > per_owner or size > total_bytes:
+                if kept > 1 and (kept > count or size > owner_bytes):  # the newest stays whatever its size
                     doomed.append((job_id,))
             c.executemany("DELETE FROM jobs WHERE id = ?", doomed)
         return len(doomed)
+
+    def result_bytes(self, device: str, but: str) -> int:
+        """The results' size of every job queued under `device` but owner `but`'s."""
+        with self._tx() as c:
+            (total,) = c.execute(
+                "SELECT COALESCE(SUM(LENGTH(result)), 0) FROM jobs WHERE device = ? AND owner IS NOT ?", (device, but)
+            ).fetchone()
+        return int(total)
 
     def fail(self, job_id: str, error: str, status: str = FAILED) -> bool:
         """End a queued or running job with the reason; False when it had already ended."""
