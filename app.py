@@ -343,6 +343,9 @@ def serve(args: argparse.Namespace) -> int:
                 share=args.share,
                 auth=auth,
                 max_file_size=settings.max_upload_bytes,
+                # the handlers that wait on jobs hold a thread each while they poll (up to 80, ui/jobs.py): with
+                # Gradio's 40, they could starve every other event
+                max_threads=160,
                 # not the outputs: Gradio would serve any of them to whoever names it (ui/widgets.py, delivered)
                 allowed_paths=[str(ASSETS)],
                 theme=gr.themes.Soft(),

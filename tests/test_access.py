@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -99,3 +100,33 @@ def test_the_cancel_button_stops_only_its_users_jobs_even_an_operators() -> None
     assert cancel_own(Jobs(), access, _request("carol")) == ["j1", "j3"]
     assert cancel_own(Jobs(), access, _request(session="bob")) == ["j2"]
     assert cancelled == [("j1", "user:carol"), ("j3", "user:carol"), ("j2", "session:bob")]
+
+
+def test_one_owner_waits_on_a_few_jobs_at_once_and_a_refused_wait_queues_nothing() -> None:
+    """A browser with 16 tabs held every shared slot of /job_stream (or /lipsync, or Open): another person's
+    finished job then waited behind them for as long as the first person's jobs ran."""
+    import gradio as gr
+
+    from engine.lipsync.config import LipSyncConfig
+    from ui.jobs import WAITS, Waits, job_endpoints
+
+    waits = Waits(limit=2)
+    with waits.waiting("alice"), waits.waiting("alice"):
+        with pytest.raises(InputError, match=r"already waiting on 2 jobs .* /lipsync_submit"), waits.waiting("alice"):
+            pass
+        with waits.waiting("bob"):  # another owner is not held up
+            pass
+    with waits.waiting("alice"):  # the ended waits gave their places back
+        assert waits.held == {"alice": 1}
+    assert not waits.held
+
+    submitted = []
+    jobs = SimpleNamespace(submit=lambda config, owner: submitted.append(owner), settings=load_settings({}))
+    with gr.Blocks():
+        run = job_endpoints(LipSyncConfig, jobs, Access(), lambda report: (), [gr.JSON()], "lipsync", "about")
+    with contextlib.ExitStack() as held:
+        for _ in range(WAITS.limit):
+            held.enter_context(WAITS.waiting(LOCAL))
+        with pytest.raises(InputError, match="already waiting on"):
+            run({"face": "f.png", "audio": "a.wav"}, lambda fraction, label: None, None)
+    assert submitted == [] and not WAITS.held  # refused before it was queued: no job to wait for, none lost

@@ -14,7 +14,9 @@ import contextlib
 import hashlib
 import logging
 import re
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -111,6 +113,39 @@ def _report(status: dict[str, Any], progress: Callable[[float, str], None]) -> N
         progress(status["progress"], status["progress_label"] or "running")
 
 
+WAITS_PER_OWNER = 4  # one person's handlers waiting on jobs at once, over every tab, Open button and API route
+
+
+class Waits:
+    """Handlers that wait on a job (a run button, Open, /lipsync, /portrait, /job_stream) hold one of their
+    route's shared slots until it ends: one browser with 16 tabs held them all, and another person's finished job
+    waited behind them for as long as the first's ran. Each owner may hold WAITS_PER_OWNER; past it, a wait is
+    refused before anything is queued."""
+
+    def __init__(self, limit: int = WAITS_PER_OWNER) -> None:
+        self.limit, self.lock, self.held = limit, threading.Lock(), Counter[str]()
+
+    @contextlib.contextmanager
+    def waiting(self, owner: str) -> Iterator[None]:
+        with self.lock:
+            if self.held[owner] >= self.limit:
+                raise InputError(
+                    f"you are already waiting on {self.limit} jobs (other tabs, Open buttons or API calls): wait for "
+                    "one to end, or queue with /lipsync_submit or /portrait_submit and poll /job_status"
+                )
+            self.held[owner] += 1
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.held[owner] -= 1
+                if not self.held[owner]:
+                    del self.held[owner]
+
+
+WAITS = Waits()
+
+
 def follow(
     jobs: JobKind, job_id: str, owner: str | None, progress: Callable[[float, str], None], poll_s: float = 0.2
 ) -> dict[str, Any]:
@@ -189,7 +224,7 @@ def register_job_api(store: JobStore, kinds: Mapping[str, JobKind], access: Acce
         """Follow one of your lip-sync or portrait jobs submitted with stream=true: each time more of its video is
         made, the new MPEG-TS segments (one second each, H.264 + AAC, in order: played or joined one after another
         they are the video) and the job's status; last, its status with the full result."""
-        with reported("the job stream"):
+        with reported("the job stream"), WAITS.waiting(access.owner(request)):
             jobs = kind_of(job_id, request)
             if not hasattr(jobs, "live"):
                 raise InputError(f"job {job_id} is a {jobs.kind} job: only lip-sync and portrait jobs stream video")
@@ -233,11 +268,16 @@ def job_endpoints(
         return jobs.submit(config, access.owner(request))
 
     def run(values: dict[str, Any], progress: Callable[[float, str], None], request: gr.Request | None) -> Any:
-        job = queued(values, request)
-        return render(follow(jobs, job.id, access.reader(request), progress))
+        with WAITS.waiting(access.owner(request)):
+            job = queued(values, request)
+            return render(follow(jobs, job.id, access.reader(request), progress))
 
     def run_live(values: dict[str, Any], progress: Callable[[float, str], None], request: gr.Request | None) -> Any:
         """`run`, showing the video so far (`live`) each time it has doubled, while the job streams (stream=true)."""
+        with WAITS.waiting(access.owner(request)):
+            yield from _run_live(values, progress, request)
+
+    def _run_live(values: dict[str, Any], progress: Callable[[float, str], None], request: gr.Request | None) -> Any:
         job, shown, previewed = queued(values, request), 0.0, None
         try:
             for seen in follow_live(jobs, job.id, access.reader(request), progress):
@@ -329,7 +369,7 @@ def run_panel(
 
     def reopen(text: str, request: gr.Request, progress: Any = gr.Progress()) -> tuple[Any, ...]:
         """A finished run's result; a queued or running one (started before a reload, say) followed to its end."""
-        with reported("reopening a run"):
+        with reported("reopening a run"), WAITS.waiting(access.owner(request)):
             job, reader = job_ids(text)[0], access.reader(request)
             return render(follow(jobs, job, reader, lambda part, label: progress(part, desc=label)))
 
