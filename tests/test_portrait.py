@@ -269,8 +269,10 @@ def test_refusals_are_messages(weights: Path, driving: Path, tmp_path: Path) -> 
         run_portrait(PortraitConfig(source, driving, weights=missing), tmp_path / "o.mp4")
     blank = tmp_path / "blank.png"
     cv2.imwrite(str(blank), np.full((256, 256, 3), 128, np.uint8))
-    with pytest.raises(PortraitError, match="no face found in the source"):
+    with pytest.raises(PortraitError, match=r"no face found in the source .*with --no-crop animates the whole"):
         run_portrait(PortraitConfig(blank, driving, weights=str(weights)), tmp_path / "o.mp4")
+    with pytest.raises(PortraitError, match="retargeting the eyes or lips measures the source's face"):
+        run_portrait(PortraitConfig(blank, driving, weights=str(weights), crop=False, eye_open=0.3), tmp_path / "o.mp4")
     bad = tmp_path / "motion.npz"
     np.savez(bad, kp=np.zeros((3, 21, 3)))
     with pytest.raises(PortraitError, match="not a motion template"):
@@ -282,6 +284,11 @@ def test_refusals_are_messages(weights: Path, driving: Path, tmp_path: Path) -> 
     with pytest.raises(PortraitError, match=r"landmarks file not found: none\.onnx"):  # even with nothing to retarget
         PortraitConfig(source, driving, landmarks=str(tmp_path / "none.onnx")).validate()
     assert not (tmp_path / "o.mp4").exists()
+    # Uncropped, a source without a face is animated whole, as upstream does (a stylised face the detector misses)
+    result = run_portrait(PortraitConfig(blank, driving, weights=str(weights), crop=False, max_frames=2),
+                          tmp_path / "uncropped.mp4")  # fmt: skip
+    assert result.metrics["face_box"] is None and result.metrics["frames"] == 2
+    assert any("no face found in the source blank.png: the whole picture is animated" in w for w in result.warnings)
 
 
 def _video(path: Path, frames: list[np.ndarray]) -> Path:

@@ -509,12 +509,12 @@ class _Head:
     precision: str
     detector: Any
     source_bgr: np.ndarray
-    box: np.ndarray
+    box: np.ndarray | None  # None: no face, LivePortrait uncropped
     engine: str
     folder: Path | None  # LivePortrait's weights; None: the baseline
 
     def report(self, plan_metrics: dict[str, Any]) -> None:
-        face_box = [round(float(v), 1) for v in self.box]
+        face_box = None if self.box is None else [round(float(v), 1) for v in self.box]
         self.result.metrics.update(
             engine=self.engine, face_box=face_box, batch_size=self.config.batch_size, **plan_metrics
         )
@@ -536,9 +536,9 @@ def _head(config: PortraitConfig, settings: Settings, device: str | None, batch_
         source = load_image(config.source, max_side=settings.max_side)
         source_bgr = source_within_limits(source, config.source_max_dim, config.source_division)
     box = _largest_face(source_bgr, detector)
-    if box is None:
-        raise PortraitError(f"no face found in the source {Path(config.source).name}: a frontal portrait is needed")
     engine, folder = _pick_engine(config, settings)
+    if box is None:
+        _faceless_source(config, engine, result)
     if engine == "liveportrait" and config.backend == "torch":  # fp16 on the CPU: emulated, far slower than fp32
         precision_dtype(precision, capabilities(choice.device))  # refused with what the device supports
     frames = _driving_frames(config)  # a batch is never longer than the driving input
@@ -551,6 +551,18 @@ def _head(config: PortraitConfig, settings: Settings, device: str | None, batch_
             "LivePortrait). Put the weights in AVATARBENCH_LIVEPORTRAIT_DIR to use LivePortrait."
         )
     return _Head(config, settings, result, choice.device, precision, detector, source_bgr, box, engine, folder)
+
+
+def _faceless_source(config: PortraitConfig, engine: str, result: RunResult) -> None:
+    """A source with no face found: LivePortrait animates it uncropped (--no-crop), as upstream does (a stylised
+    face our detector misses), without what needs its landmarks; anything else is refused."""
+    name = Path(config.source).name
+    if config.crop or engine == "baseline":
+        uncropped = " (LivePortrait with --no-crop animates the whole picture without one)" if config.crop else ""
+        raise PortraitError(f"no face found in the source {name}: a frontal portrait is needed{uncropped}")
+    if config.eye_open is not None or config.lip_open is not None or config.follows_driver:
+        raise PortraitError(f"retargeting the eyes or lips measures the source's face, and none was found in {name}")
+    result.warn(f"no face found in the source {name}: the whole picture is animated, without lip normalisation")
 
 
 # What one frame of a batch holds at its peak, measured on the CPU in fp32: the baseline's warp about 32 float32 maps
@@ -664,7 +676,7 @@ def _liveportrait_source(head: _Head, progress: Progress) -> _Source:
     height, width = source_bgr.shape[:2]
     landmark_model = _landmark_model(config, folder, result)
     landmarks = None
-    if landmark_model is not None:
+    if landmark_model is not None and box is not None:  # no face: uncropped, nothing to measure (_faceless_source)
         with result.stage("landmarks"):
             landmarks = landmark_model(_rgb(source_bgr), box)
     transform: CropTransform | None = None  # crop off: upstream stretches the whole source to the networks' size
