@@ -589,3 +589,18 @@ def test_written_videos_state_their_colour_matrix_and_range(tmp_path: Path) -> N
     with av.open(str(tmp_path / "tagged.mp4")) as container:
         frame = next(container.decode(video=0))
     assert (frame.colorspace, frame.color_range) == (SMPTE170M, LIMITED_RANGE)
+
+
+def test_a_still_image_named_as_a_video_is_sized_from_its_header_before_ffmpeg_opens_it(tmp_path: Path) -> None:
+    """FFmpeg decodes a still to open it: a 2 MB PNG declaring 16000x16000, named .mp4, took 2.2 GB and 15 s before
+    validate_video refused it. Here the PNG has no pixels at all: FFmpeg could only say it cannot be read."""
+    import struct
+    import zlib
+
+    ihdr = b"IHDR" + struct.pack(">IIBBBBB", 16000, 16000, 16, 6, 0, 0, 0)
+    bomb = tmp_path / "face.mp4"
+    bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + ihdr + struct.pack(">I", zlib.crc32(ihdr)))
+    with pytest.raises(MediaError, match=r"face\.mp4 is 16000x16000, larger than the limit of 2560 pixels"):
+        probe_video(bomb, max_side=2560)
+    with pytest.raises(MediaError, match="larger than the limit of 8192 pixels"):  # the most any setting allows
+        probe_video(bomb)

@@ -199,7 +199,7 @@ def test_opening_an_earlier_run_still_queued_follows_it_to_its_result() -> None:
     jobs = SimpleNamespace(history=lambda reader, limit: [], files=(), kind="lipsync",
                            status=lambda job, owner: seen.append((job, owner)) or next(states),
                            result=lambda job, owner: {"report": {"video": f"{job}.mp4"}})  # fmt: skip
-    access = SimpleNamespace(reader=lambda request: "o")
+    access = SimpleNamespace(reader=lambda request: "o", owner=lambda request: "o")
     with gr.Blocks() as demo:
         outputs = [gr.Video()]
         run_panel(jobs, access, lambda report: (report["video"],), outputs, gr.Button())

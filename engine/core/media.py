@@ -118,6 +118,7 @@ IMAGE_FORMATS = "PNG, JPEG, BMP, WebP or TIFF"
 # A pixel cap besides the side limit: a 36-megapixel camera photo and 8K UHD (33 MP) pass, while a
 # 16-bit RGBA frame at the cap still decodes to no more than 320 MB.
 MAX_PIXELS = 40_000_000
+LARGEST_MAX_SIDE = 8192  # the most AVATARBENCH_MAX_SIDE allows (settings.py)
 MIN_SIDE = 16  # pixels: smaller faces or frames are refused
 
 
@@ -409,12 +410,15 @@ def _unreadable_video(name: str, exc: Exception) -> MediaError:
     )
 
 
-def probe_video(path: str | os.PathLike) -> VideoInfo:
-    """Read a video's header: size, frame rate, length, whether it has sound."""
+def probe_video(path: str | os.PathLike, max_side: int = LARGEST_MAX_SIDE) -> VideoInfo:
+    """Read a video's header: size, frame rate, length, whether it has sound. A still image given as a video is
+    checked against `max_side` from its own header first: FFmpeg decodes it to open it (a 2 MB PNG declaring
+    16000x16000, named .mp4, took 2.2 GB before validate_video refused it)."""
     import av
 
     path = Path(path)
     check_file(path, "video", f"accepted: {', '.join(VIDEO_EXTENSIONS)}")
+    _check_still_size(path, max_side)
     try:
         with av.open(str(path), metadata_errors="ignore") as container:
             stream = _video_stream(container, path.name)
@@ -440,6 +444,16 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
             )
     except (av.error.FFmpegError, UnicodeDecodeError) as exc:  # InvalidDataError and friends
         raise _unreadable_video(path.name, exc) from None
+
+
+def _check_still_size(path: Path, max_side: int) -> None:
+    """The size an image file declares, against the limits, whatever its name; nothing for other files."""
+    try:
+        with open(path, "rb") as file:
+            header = read_image_header(file.read(1 << 20), path.name)
+    except (OSError, MediaError):  # not an image (or its header is damaged): FFmpeg says what it is
+        return
+    _check_size(header.width, header.height, max_side, path.name)
 
 
 def _audio_lag_s(video: Any, audio: Any) -> float:

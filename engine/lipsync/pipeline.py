@@ -297,7 +297,7 @@ def _prepare(
         if not VideoEdits.of(config).none:
             result.warn("--resize-factor, --rotate and --crop edit a video's frames (as upstream's): a photo is kept")
     else:
-        info = probe_video(config.face)
+        info = probe_video(config.face, settings.max_side)
         validate_video(info, Path(config.face).name, settings.max_side, settings.max_seconds)
         edit = VideoEdits.of(config)
         one_frame = info.frames == 1  # a one-frame GIF: a still face (one_frame_words)

@@ -315,7 +315,7 @@ def _driving_motion(
             motion = nets.motion(_driving_input(image, transform, nets.device))
         measured = None if landmarks is None else _stacked(_measured_openness(landmarks, [image], box))
         return _Driving(motion, IMAGE_FPS, 1, image=True, openness=measured)
-    info = probe_video(path)
+    info = probe_video(path, settings.max_side)
     validate_video(info, path.name, settings.max_side, settings.max_seconds)
     progress(0.05, "finding the driving face")
     box, reference = _driving_box(
@@ -790,7 +790,7 @@ def _baseline_plan(
     result.precision = "fp32"  # the baseline's warp always is (the GPU's default of fp16 is LivePortrait's)
     if is_image(path):
         return _baseline_image_plan(config, settings, source_bgr, box, detector, device, result)
-    info = probe_video(path)
+    info = probe_video(path, settings.max_side)
     validate_video(info, path.name, settings.max_side, settings.max_seconds)
     progress(0.05, "finding the driving face")
     driving_box, first_face = _driving_box(

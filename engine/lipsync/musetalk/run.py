@@ -165,7 +165,7 @@ def _checked_face(config: Any, settings: Settings, photo_fps: float = IMAGE_FPS)
         if config.box is not None:
             check_fixed_box(config.box, photo.shape[1], photo.shape[0])
         return _Face(photo_fps, photo, None, photo.shape[1], photo.shape[0])
-    info = probe_video(config.face)
+    info = probe_video(config.face, settings.max_side)
     validate_video(info, Path(config.face).name, settings.max_side, settings.max_seconds)
     if config.box is not None:
         check_fixed_box(config.box, info.width, info.height)
