@@ -233,7 +233,7 @@ def test_missing_image_and_folder(tmp_path: Path) -> None:
     assert "is not a file" in refusal(lambda: load_image(folder), folder)
 
 
-def test_an_animated_webp_is_refused_not_read_as_its_first_frame(tmp_path: Path) -> None:
+def test_an_animated_webp_or_png_is_refused_not_read_as_its_first_frame(tmp_path: Path) -> None:
     from PIL import Image
 
     frames = [Image.fromarray(np.full((32, 32, 3), 60 * k, np.uint8)) for k in range(3)]
@@ -242,6 +242,11 @@ def test_an_animated_webp_is_refused_not_read_as_its_first_frame(tmp_path: Path)
     message = refusal(lambda: load_image(tmp_path / "moving.webp"), tmp_path / "moving.webp")
     assert "is an animated WebP: give one still image, or the animation as a video" in message
     assert load_image(tmp_path / "still.webp").max() == 60
+    frames[0].save(tmp_path / "moving.png", save_all=True, append_images=frames[1:], duration=40)  # read as frame 0
+    message = refusal(lambda: load_image(tmp_path / "moving.png"), tmp_path / "moving.png")
+    assert "is an animated PNG: give one still image, or the animation as a video" in message
+    frames[1].save(tmp_path / "still.png")
+    assert load_image(tmp_path / "still.png").max() == 60
 
 
 def test_a_video_given_as_an_image_is_named_as_one(tmp_path: Path) -> None:

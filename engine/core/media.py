@@ -279,6 +279,17 @@ def _tiff_size(data: bytes) -> tuple[int, int]:
     return sizes[256], sizes[257]
 
 
+def _png_animated(data: bytes) -> bool:
+    """An APNG declares its animation (acTL) before its first image data (IDAT)."""
+    at = 8
+    while at + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[at : at + 8])
+        if kind in (b"acTL", b"IDAT"):
+            return kind == b"acTL"
+        at += 12 + length
+    return False
+
+
 _IMAGE_HEADERS = (
     ("PNG", lambda data: data[:8] == b"\x89PNG\r\n\x1a\n", _png_size),
     ("JPEG", lambda data: data[:3] == b"\xff\xd8\xff", _jpeg_size),
@@ -329,6 +340,8 @@ def load_image(path: str | os.PathLike, max_side: int = 4096, max_pixels: int = 
     _check_size(header.width, header.height, max_side, path.name, max_pixels)
     if header.format == "WebP" and data[12:16] == b"VP8X" and data[20] & 0x02:  # the extended header's animation bit
         raise MediaError(f"{path.name} is an animated WebP: give one still image, or the animation as a video (MP4)")
+    if header.format == "PNG" and _png_animated(data):  # OpenCV reads an APNG as its first frame, silently
+        raise MediaError(f"{path.name} is an animated PNG: give one still image, or the animation as a video (MP4)")
     try:
         image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     except cv2.error:  # OpenCV's own checks, in its multi-line assertion text
