@@ -155,6 +155,13 @@ def test_bad_templates_are_messages(tmp_path: Path) -> None:
         r"fps must be one number in 1..240 \(it holds '25'\)": _bad(tmp_path, {"motion": [frame], "output_fps": "25"}),
         "one entry per frame": _bad(tmp_path, {"motion": [frame], "c_eyes_lst": [], "c_lip_lst": []}),
     }
+    (tmp_path / "text.pkl").write_text("motion, as a text file\n" * 20)
+    np.savez(tmp_path / "renamed.npz", kp=np.zeros(3))
+    (tmp_path / "renamed.npz").rename(tmp_path / "renamed.pkl")
+    cases |= {  # the unpickler's own words alone ("Memo value not found", "persistent id") said nothing of the file
+        r"cannot be read as .*; a motion template is the \.pkl upstream's --flag_write_template": tmp_path / "text.pkl",
+        r"renamed\.pkl is a zip archive \(an \.npz, or a torch\.save file\) named \.pkl": tmp_path / "renamed.pkl",
+    }
     for message, path in cases.items():
         with pytest.raises(PortraitError, match=message):
             read_template(path)

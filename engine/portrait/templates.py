@@ -187,15 +187,19 @@ def _read_pickle(path: Path, max_seconds: float | None) -> Template:
     if size > MAX_PICKLE_BYTES:
         raise PortraitError(f"{path.name} is {size / 2**20:.0f} MiB; a motion template (.pkl) may be at most "
                             f"{MAX_PICKLE_BYTES // 2**20} MiB")  # fmt: skip
+    raw = path.read_bytes()
+    accepted = "a motion template is the .pkl upstream's --flag_write_template writes, or the .npz of --save-template"
+    if raw.startswith(b"PK\x03\x04"):  # its pickler's "persistent id" error said nothing of what the file is
+        raise PortraitError(f"{path.name} is a zip archive (an .npz, or a torch.save file) named .pkl: {accepted}")
     try:
-        data = _ArraysOnly(io.BytesIO(path.read_bytes())).load()
+        data = _ArraysOnly(io.BytesIO(raw)).load()
         return _upstream_template(path, data, max_seconds)
     except PortraitError:
         raise
     except Exception as exc:  # any malformed pickle: truncated, other objects, wrong types or shapes
         raise PortraitError(
             f"{path.name} cannot be read as LivePortrait's motion template (.pkl): "
-            f"{type(exc).__name__}: {one_line(exc)}"
+            f"{type(exc).__name__}: {one_line(exc)}; {accepted}"
         ) from None
 
 
