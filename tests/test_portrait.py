@@ -285,10 +285,19 @@ def test_refusals_are_messages(weights: Path, driving: Path, tmp_path: Path) -> 
         PortraitConfig(source, driving, landmarks=str(tmp_path / "none.onnx")).validate()
     assert not (tmp_path / "o.mp4").exists()
     # Uncropped, a source without a face is animated whole, as upstream does (a stylised face the detector misses)
-    result = run_portrait(PortraitConfig(blank, driving, weights=str(weights), crop=False, max_frames=2),
+    result = run_portrait(PortraitConfig(blank, driving, weights=str(weights), crop=False, max_frames=2, scale=2.5),
                           tmp_path / "uncropped.mp4")  # fmt: skip
     assert result.metrics["face_box"] is None and result.metrics["frames"] == 2
     assert any("no face found in the source blank.png: the whole picture is animated" in w for w in result.warnings)
+    assert "--scale change nothing here: with --no-crop the source is not cropped" in result.warnings
+    from engine.core.results import RunResult
+    from engine.portrait.pipeline import _unused_crop_options
+
+    told = RunResult()
+    _unused_crop_options(PortraitConfig(source, tmp_path / "motion.pkl", crop_driving=True, vy_ratio_crop_driving=0.1),
+                         told)  # fmt: skip
+    assert told.warnings == ["--crop-driving, --vy-ratio-crop-driving change nothing here: a motion template's "
+                             "motion was measured when saved"]  # fmt: skip
 
 
 def _video(path: Path, frames: list[np.ndarray]) -> Path:

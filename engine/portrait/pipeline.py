@@ -622,6 +622,7 @@ def run_portrait(
     if head.folder is None:
         plan = _baseline_plan(config, settings, head.source_bgr, head.box, head.detector, head.device, result, progress)
     else:
+        _unused_crop_options(config, result)
         template = out.with_suffix(NPZ) if config.save_template else None
         source = _liveportrait_source(head, progress)
         plan = _liveportrait_plan(head, source, template, progress)
@@ -812,6 +813,24 @@ def refuse_template_without_weights(config: PortraitConfig, settings: Settings) 
         return
     if _pick_engine(config, settings)[0] == "baseline":
         raise _template_refusal(config)
+
+
+SOURCE_CROP_OPTIONS = ("scale", "vx_ratio", "vy_ratio", "upright")
+DRIVING_CROP_OPTIONS = ("crop_driving", "scale_crop_driving", "vx_ratio_crop_driving", "vy_ratio_crop_driving")
+
+
+def _unused_crop_options(config: PortraitConfig, result: RunResult) -> None:
+    """Crop options changed where nothing is cropped are named (they changed nothing, without a word): the
+    source's with --no-crop, the driving clip's with a motion template, whose motion was measured before. Upstream
+    warns of the second."""
+    defaults = PortraitConfig(config.source, config.driving)
+    for names, unused, why in (
+        (SOURCE_CROP_OPTIONS, not config.crop, "with --no-crop the source is not cropped"),
+        (DRIVING_CROP_OPTIONS, is_template(config.driving), "a motion template's motion was measured when saved"),
+    ):
+        changed = [name for name in names if getattr(config, name) != getattr(defaults, name)]
+        if unused and changed:
+            result.warn(f"{', '.join('--' + n.replace('_', '-') for n in changed)} change nothing here: {why}")
 
 
 def _template_refusal(config: PortraitConfig) -> PortraitError:
