@@ -116,3 +116,19 @@ def test_a_driving_image_without_a_face_is_refused(tmp_path: Path, settings: Set
     cv2.imwrite(str(blank), np.full((256, 256, 3), 128, np.uint8))
     with pytest.raises(PortraitError, match=r"no face found in the driving image blank\.png: it needs a face"):
         run_portrait(PortraitConfig(FACE, blank, engine="baseline"), tmp_path / "x.mp4", settings)
+
+
+def test_a_photo_over_the_size_limit_is_taken_when_it_is_shrunk_within_it(tmp_path: Path) -> None:
+    """Upstream's resize_to_limit takes any photo; a phone's 4032x3024 was refused at the 2560 limit before
+    --source-max-dim (1280 by default) could shrink it."""
+    from engine.core.media import MediaError
+    from engine.core.settings import load_settings
+    from engine.portrait.pipeline import _head
+
+    settings = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path), "AVATARBENCH_MAX_SIDE": "800"})
+    big = tmp_path / "phone.jpg"
+    cv2.imwrite(str(big), cv2.resize(cv2.imread(str(FACE)), (1600, 1600)))
+    head = _head(PortraitConfig(big, FACE, engine="baseline", source_max_dim=640), settings, "cpu")
+    assert head.source_bgr.shape == (640, 640, 3) and head.box is not None
+    with pytest.raises(MediaError, match="larger than the limit of 800 pixels"):  # not shrunk within it: refused
+        _head(PortraitConfig(big, FACE, engine="baseline", source_max_dim=1200), settings, "cpu")

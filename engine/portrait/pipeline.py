@@ -45,6 +45,7 @@ from engine.core.errors import one_line
 from engine.core.hls import stream_folder
 from engine.core.hub import LIVEPORTRAIT, checked_repo
 from engine.core.media import (
+    LARGEST_MAX_SIDE,
     LosslessWriter,
     MediaError,
     VideoInfo,
@@ -533,7 +534,10 @@ def _head(config: PortraitConfig, settings: Settings, device: str | None, batch_
 
     detector = HaarDetector(detect_scale=0.5)
     with result.stage("decode"):
-        source = load_image(config.source, max_side=settings.max_side)
+        # a source shrunk within the limit before any work may be larger, as upstream's resize_to_limit takes any
+        # photo (a phone's 4032x3024 was refused at the 2560 limit, whatever --source-max-dim said)
+        shrunk = 0 < config.source_max_dim <= settings.max_side
+        source = load_image(config.source, max_side=LARGEST_MAX_SIDE if shrunk else settings.max_side)
         source_bgr = source_within_limits(source, config.source_max_dim, config.source_division)
     box = _largest_face(source_bgr, detector)
     engine, folder = _pick_engine(config, settings)
