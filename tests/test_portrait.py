@@ -285,9 +285,12 @@ def test_refusals_are_messages(weights: Path, driving: Path, tmp_path: Path) -> 
         PortraitConfig(source, driving, landmarks=str(tmp_path / "none.onnx")).validate()
     assert not (tmp_path / "o.mp4").exists()
     # Uncropped, a source without a face is animated whole, as upstream does (a stylised face the detector misses)
-    result = run_portrait(PortraitConfig(blank, driving, weights=str(weights), crop=False, max_frames=2, scale=2.5),
+    one = _video(tmp_path / "one.mp4", [cv2.resize(cv2.imread(str(ASSETS / "face.jpg")), (320, 320))])
+    result = run_portrait(PortraitConfig(blank, one, weights=str(weights), crop=False, scale=2.5),
                           tmp_path / "uncropped.mp4")  # fmt: skip
-    assert result.metrics["face_box"] is None and result.metrics["frames"] == 2
+    assert result.metrics["face_box"] is None and result.metrics["frames"] == 1
+    assert any("one.mkv is a video of one frame: its motion relative to itself moves nothing" in w
+               for w in result.warnings)  # fmt: skip
     assert any("no face found in the source blank.png: the whole picture is animated" in w for w in result.warnings)
     assert "--scale change nothing here: with --no-crop the source is not cropped" in result.warnings
     from engine.core.results import RunResult
