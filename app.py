@@ -329,7 +329,7 @@ def serve(args: argparse.Namespace) -> int:
     sampler = get_sampler(settings.telemetry_interval_s, settings.telemetry_history_s)
     shutdown = Shutdown(settings.shutdown_grace_s)
     shutdown.install()
-    services = start_jobs(settings)
+    services = start_services(settings, shutdown)
     sampler.workers = services.broker.activity  # the telemetry shows each device's workers and their jobs
     access = Access(operators)
     demo = None
@@ -366,6 +366,14 @@ def serve(args: argparse.Namespace) -> int:
         log.info("stopped%s", f"; failed the running job(s) {', '.join(failed)}" if failed else "")
         data_dir_lock.close()  # the workers have stopped: another app may take the data dir now
     return 0
+
+
+def start_services(settings: Settings, shutdown: Shutdown) -> Services:
+    """The job services, then our signal handlers again: ray.init (a Ray cluster's workers) puts absl's in place,
+    which killed the app 3 s after a SIGTERM, past the grace, with its running jobs left "running"."""
+    services = start_jobs(settings)
+    shutdown.install()
+    return services
 
 
 SERVE = Command("serve", "start the web app", serve, flags=serve_flags)

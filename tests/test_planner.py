@@ -360,3 +360,16 @@ def test_the_tab_names_the_replicas_the_plan_runs() -> None:
     text = _plan_markdown(plan_llm(LlmRequest("A100-80GB", "gemma-2b", count=4)))
     assert text.startswith("**google/gemma-2b** on 1 × NVIDIA A100 80GB, 4 replicas: ✅ fits")
     assert ", 1 replicas" not in _plan_markdown(plan_llm(LlmRequest("A100-80GB", "gemma-2b")))
+
+
+def test_the_bench_tab_describes_only_a_gpu_of_its_own_process() -> None:
+    """A Ray cluster's GPU on another node ("NODE/cuda:0") or one only declared to Ray crashed the app's start-up
+    when the tab asked this process's PyTorch to describe it."""
+    pytest.importorskip("gradio")
+    from ui.bench import _this_card
+
+    assert _this_card("5fb4a966/cuda:0") is None and _this_card("cpu") is None
+    import torch
+
+    if not torch.cuda.is_available():  # "Torch not compiled with CUDA enabled" before
+        assert _this_card("cuda:0") is None

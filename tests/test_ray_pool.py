@@ -390,3 +390,26 @@ def test_shutdown_stops_the_actors_and_frees_the_gpus(pool: Pool, cluster: Any) 
     pool.workers.shutdown()
     _until("the GPUs free", lambda: cluster.available_resources().get("GPU", 0) == len(GPUS))
     assert all(not h.is_alive() for h in handles)
+
+
+def test_a_sigterm_reaches_the_apps_handler_after_ray_starts() -> None:
+    """ray.init puts absl's SIGTERM handler in place: the app was killed 3 s after a SIGTERM, past its grace, its
+    running jobs left "running". start_services installs the app's handler again after the workers start."""
+    pytest.importorskip("ray")
+    pytest.importorskip("gradio")
+    code = (
+        "import os, signal, sys, time, ray, app\n"
+        "shutdown = app.Shutdown(10)\n"
+        "shutdown.install()\n"
+        "app.start_jobs = lambda settings: ray.init(address='local', num_cpus=1, include_dashboard=False, "
+        "log_to_driver=False)\n"
+        "app.start_services(None, shutdown)\n"
+        "try:\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    time.sleep(5)\n"
+        "except KeyboardInterrupt:\n"  # the app's handler ends launch()'s wait so
+        "    print('handled', shutdown.signal_name, flush=True)\n"
+        "ray.shutdown()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=TESTS.parent, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "handled SIGTERM" in proc.stdout, proc.stderr[-2000:]

@@ -10,6 +10,8 @@ switch lists. Tables show the columns this result filled (the JSON and CSV keep 
 from __future__ import annotations
 
 import hashlib
+import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +64,7 @@ from ui.widgets import (
     when,
 )
 
+log = logging.getLogger(__name__)
 CUSTOM = "custom grid"
 # a switch a sweep may try both ways, as one choice: (what the radio says, the API's switch list)
 CHANNELS_LAST_CHOICES = [("off", "off"), ("on", "on"), ("both (off, then on)", "off,on")]
@@ -86,8 +89,8 @@ def build_bench_tab(settings: Any, jobs: BenchJobs, access: Access) -> None:
     has_gpu = bool(gpus)
     cards: dict[str, Gpu] = dict(CATALOG)
     card_choices: list[tuple[str, str]] = [(key, key) for key in CATALOG]
-    if has_gpu:
-        here = _this_card(gpus[0])
+    here = _this_card(gpus[0]) if has_gpu else None
+    if here is not None:
         cards["detected"] = here
         card_choices.insert(0, (f"this machine: {here.name}", "detected"))
     prices_path = settings.prices_path
@@ -381,10 +384,18 @@ def build_bench_tab(settings: Any, jobs: BenchJobs, access: Access) -> None:
     _register_api(jobs, settings, prices_of, cards, access)
 
 
-def _this_card(device: str) -> Gpu:
+def _this_card(device: str) -> Gpu | None:
+    """The first GPU as this process's PyTorch sees it; None for another node's card (a Ray key "NODE/cuda:0") or
+    one only declared to Ray, which crashed the app's start-up here."""
     import torch
 
-    props = torch.cuda.get_device_properties(device)
+    if not re.fullmatch(r"cuda:\d+", device) or not torch.cuda.is_available():
+        return None
+    try:
+        props = torch.cuda.get_device_properties(device)
+    except (RuntimeError, AssertionError) as exc:  # a key past this process's devices
+        log.warning("the GPU %s cannot be described here: %s", device, exc)
+        return None
     return detected_gpu(props.name, int(props.total_memory), (props.major, props.minor))
 
 
