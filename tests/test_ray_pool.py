@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -243,6 +244,9 @@ def test_output_files_come_back_to_the_apps_outputs_folder(pool: Pool) -> None:
     assert text == outputs / f"write-{job.id}.txt" and text.read_text() == f"made by {job.id}"
     assert Path(frames) == outputs / "frames" / f"{job.id}.bin"
     assert Path(frames).read_bytes() == bytes(range(256)) * 4096
+    umask = os.umask(0)
+    os.umask(umask)
+    assert text.stat().st_mode & 0o777 == 0o666 & ~umask  # as a local worker's output (mkstemp's 0600 before)
     actor_outputs = pool.node_dir / "ray-worker" / "outputs"
     assert not (actor_outputs / text.name).exists() and not (actor_outputs / "frames" / f"{job.id}.bin").exists()
     elsewhere = Path(done.result["elsewhere"])  # not an output: named as it was, left where it was
@@ -352,8 +356,16 @@ def test_a_cluster_ray_cannot_use_is_a_set_up_error(monkeypatch) -> None:
 
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", lambda address, **kw: refuse(**kw))
-    with pytest.raises(SetupError, match=r"cannot use the Ray cluster at ray://127.0.0.1:1: Ray Client requires"):
-        ray_pool._connect("ray://127.0.0.1:1", {})
+    with socket.socket() as listening:  # something answers there: ray.init is asked
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        address = f"ray://127.0.0.1:{listening.getsockname()[1]}"
+        with pytest.raises(SetupError, match=f"cannot use the Ray cluster at {address}: Ray Client requires"):
+            ray_pool._connect(address, {})
+    # nothing answers: refused at once (ray.init retried for good, and the app never started, without a word)
+    monkeypatch.setattr(ray, "init", lambda address, **kw: pytest.fail("ray.init asked"))
+    with pytest.raises(SetupError, match=r"could not reach the Ray cluster at 127.0.0.1:\d+: nothing answers on"):
+        ray_pool._connect(address.removeprefix("ray://"), {})
 
 
 def test_the_app_runs_its_workers_as_ray_actors_when_given_an_address(tmp_path: Path, monkeypatch) -> None:

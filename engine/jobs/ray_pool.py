@@ -32,7 +32,9 @@ import itertools
 import json
 import logging
 import os
+import re
 import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -54,6 +56,7 @@ BLOB_BUDGET_BYTES = 4 * 2**30  # received inputs an actor keeps for later jobs, 
 START_TIMEOUT_S = 120.0  # for an actor to start (a fresh process importing the engine) and for the GPUs' bundles
 CALL_TIMEOUT_S = 30.0  # for a progress poll; a busy node only delays it
 IDLE_CHECK_S = 2.0  # how often an idle worker asks whether its actor still lives (and how much memory it holds)
+REACH_TIMEOUT_S = 5.0  # for the cluster's port to answer before ray.init (which retries an unreachable one for good)
 
 
 # -- the actor (runs on a cluster node) --------------------------------------------------------------------------
@@ -101,12 +104,7 @@ class _ActorStore(JobStore):
         """A shipped blob, checked against its name and written atomically where blob_path finds it."""
         if hashlib.sha256(data).hexdigest() != sha:
             raise StoreError(f"the input {sha[:12]} arrived damaged (its sha256 differs)")
-        dest = self.blobs_dir / sha[:2] / sha
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".incoming-", dir=dest.parent)
-        with open(fd, "wb") as out:
-            out.write(data)
-        os.replace(tmp, dest)
+        _write_whole(self.blobs_dir / sha[:2] / sha, data)
 
     def keep_within(self, budget: int, keep: set[str]) -> None:
         """Drop the least recently used blobs beyond `budget` bytes, never those in `keep`."""
@@ -526,11 +524,7 @@ class RayWorkers:
             if not parts or Path(relative).is_absolute() or ".." in parts:
                 raise StoreError(f"an output path from a Ray worker is not inside its outputs folder: {relative!r}")
             dest = outputs.joinpath(*parts)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".incoming-", dir=dest.parent)
-            with open(fd, "wb") as out:
-                out.write(data)
-            os.replace(tmp, dest)
+            _write_whole(dest, data)
             moved[text] = str(dest)
         return _rewrite(result, moved)
 
@@ -596,6 +590,35 @@ def _rewrite(value: Any, moved: Mapping[str, str]) -> Any:
     return value
 
 
+def _write_whole(dest: Path, data: bytes) -> None:
+    """`data` at `dest`, whole or not at all, with the permissions a file made here gets (mkstemp's are 0600: the
+    outputs a Ray worker made could not be read by the users a local worker's could)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".incoming-", dir=dest.parent)
+    with open(fd, "wb") as out:
+        out.write(data)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, dest)
+
+
+def _reachable(address: str) -> None:
+    """A HOST:PORT or ray://HOST:PORT address answers on its port (ray.init retried an unreachable one for good,
+    and the app never started, without a word of its own)."""
+    found = re.fullmatch(r"(?:ray://)?\[?([^\]]+?)\]?:(\d+)", address)
+    if found is None:  # auto: Ray finds the local cluster itself, and says so when there is none
+        return
+    host, port = found.group(1), int(found.group(2))
+    try:
+        socket.create_connection((host, port), timeout=REACH_TIMEOUT_S).close()
+    except OSError as exc:
+        raise SetupError(
+            f"could not reach the Ray cluster at {address}: nothing answers on {host}:{port} within "
+            f"{REACH_TIMEOUT_S:g} s ({exc.strerror or exc}); is `ray start --head` running there?"
+        ) from None
+
+
 def _connect(address: str | None, init_kwargs: Mapping[str, Any]) -> bool:
     """Connect to the cluster unless this process already is; whether it connected now."""
     if address is not None and not RAY_ADDRESS.fullmatch(address):
@@ -609,6 +632,7 @@ def _connect(address: str | None, init_kwargs: Mapping[str, Any]) -> bool:
         return False
     if address is None:
         raise SetupError(f"no Ray cluster to use: set {PREFIX}RAY_ADDRESS (auto, or ray://HOST:10001)")
+    _reachable(address)
     try:
         ray.init(address=address, ignore_reinit_error=True, **init_kwargs)
     except ConnectionError as exc:
@@ -649,6 +673,8 @@ def _reserve_gpus() -> list[Any]:
     from ray.util import placement_group, remove_placement_group
 
     total = int(ray.available_resources().get("GPU", 0))
+    if not total and ray.cluster_resources().get("GPU", 0):  # another app (or job) holds them: nothing said before
+        log.warning("Ray: every GPU of the cluster is taken (another app on it?): this app's jobs run on the CPU")
     bundles = {b.ready(): b for b in (placement_group([{"GPU": 1}]) for _ in range(total))}
     ready, waiting = ray.wait(list(bundles), num_returns=total, timeout=START_TIMEOUT_S) if total else ([], [])
     for ref in waiting:
