@@ -104,6 +104,9 @@ def write(job: Any, progress: Any, context: Any) -> dict:
     nested.write_bytes(bytes(range(256)) * 4096)
     elsewhere = context.settings.cache_dir / f"{job.id}.txt"
     elsewhere.write_text("stays")
+    stream = outputs / f"{job.kind}-{job.id}.stream"  # a live stream no result names (engine/core/hls.py)
+    stream.mkdir()
+    (stream / "part-00000.ts").write_bytes(b"ts")
     return {"outputs": {"text": str(text)}, "frames": [str(nested)], "elsewhere": str(elsewhere),
             "where": _where(job, context)}  # fmt: skip
 
@@ -249,6 +252,7 @@ def test_output_files_come_back_to_the_apps_outputs_folder(pool: Pool) -> None:
     assert text.stat().st_mode & 0o777 == 0o666 & ~umask  # as a local worker's output (mkstemp's 0600 before)
     actor_outputs = pool.node_dir / "ray-worker" / "outputs"
     assert not (actor_outputs / text.name).exists() and not (actor_outputs / "frames" / f"{job.id}.bin").exists()
+    assert not (actor_outputs / f"write-{job.id}.stream").exists()  # every streamed job's stayed on the node
     elsewhere = Path(done.result["elsewhere"])  # not an output: named as it was, left where it was
     assert elsewhere == pool.node_dir / "ray-worker" / "cache" / f"{job.id}.txt" and elsewhere.read_text() == "stays"
 

@@ -213,6 +213,11 @@ class RayWorkerActor:
                 path = outputs / relative
                 files.append((text, relative, path.read_bytes()))
                 path.unlink()  # the app keeps the copy; nothing piles up on the node
+        for left in self.settings.outputs_dir.glob(f"*{job.id}*"):  # its live stream, a failed run's partial video
+            if left.is_dir():
+                shutil.rmtree(left, ignore_errors=True)
+            else:
+                left.unlink(missing_ok=True)
         self.store.keep_within(BLOB_BUDGET_BYTES, needed)
         return {**outcome, "files": files}
 
