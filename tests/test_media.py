@@ -255,7 +255,14 @@ def test_a_video_given_as_an_image_is_named_as_one(tmp_path: Path) -> None:
     message = refusal(lambda: load_image(clip), clip)
     assert "face-video.mp4 is a video (MP4/MOV), where a still image (PNG, JPEG" in message and "named" not in message
     renamed = _write(tmp_path / "clip.jpg", clip.read_bytes())
-    assert "a file named as an image is read as one: name a video .mp4" in refusal(lambda: load_image(renamed), renamed)
+    assert "a file named as an image is read as one: name it .mp4" in refusal(lambda: load_image(renamed), renamed)
+    gif = _write(tmp_path / "moving.png", b"GIF89a" + bytes(32))  # it was told to call itself .mp4
+    assert "is a video (GIF), where a still image" in (message := refusal(lambda: load_image(gif), gif))
+    assert "name it .gif where videos are accepted" in message
+    avif = _write(tmp_path / "photo.jpg", bytes([0, 0, 0, 28]) + b"ftypavif" + bytes(16))  # it was "a video"
+    assert "photo.jpg is an AVIF or HEIC image, which is not read here: convert it to PNG or JPEG" in refusal(
+        lambda: load_image(avif), avif
+    )
 
 
 # --------------------------------------------------------------------------- videos

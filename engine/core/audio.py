@@ -260,7 +260,8 @@ def _too_long(file: Path, stream, container, decoded_s: float, max_seconds: floa
         length = f"{declared:.1f} s long"
     else:  # no declared duration, or an estimate that is plainly wrong
         length = f"longer than {decoded_s:.1f} s"
-    return AudioError(f"{file.name} is {length}; the limit is {max_seconds:g} s: trim the audio or raise the limit")
+    return AudioError(f"{file.name} is {length}; the limit is {max_seconds:g} s (AVATARBENCH_MAX_SECONDS): trim the "
+                      "audio or raise the limit")  # fmt: skip
 
 
 def _declared_seconds(stream, container) -> float | None:

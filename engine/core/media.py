@@ -310,14 +310,18 @@ def read_image_header(data: bytes, name: str) -> ImageHeader:
                     f"{name} could not be decoded as an image: its {image_format} header is truncated or damaged"
                 ) from None
             return ImageHeader(image_format, width, height)
+    if data[4:8] == b"ftyp" and data[8:12] in HEIF_BRANDS:  # in an MP4-like box, and not a video
+        raise MediaError(f"{name} is an AVIF or HEIC image, which is not read here: convert it to PNG or JPEG")
     video = next((kind for kind, matches in _VIDEO_HEADERS if matches(data)), None)
     if video is not None:  # "not a PNG, JPEG..." left the user to guess why their video was not taken
-        renamed = "; a file named as an image is read as one: name a video .mp4 where videos are accepted"
+        suffix = ".gif" if video == "GIF" else ".mp4"
+        renamed = f"; a file named as an image is read as one: name it {suffix} where videos are accepted"
         raise MediaError(f"{name} is a video ({video}), where a still image ({IMAGE_FORMATS}) is needed"
                          + (renamed if is_image(name) else ""))  # fmt: skip
     raise MediaError(f"{name} could not be decoded as an image: it is not a {IMAGE_FORMATS} file")
 
 
+HEIF_BRANDS = (b"avif", b"avis", b"heic", b"heix", b"heim", b"heis", b"mif1", b"msf1")  # stills in ISO boxes
 _VIDEO_HEADERS = (  # the containers people hand over, from their first bytes
     ("MP4/MOV", lambda data: data[4:8] == b"ftyp"),
     ("Matroska/WebM", lambda data: data[:4] == b"\x1a\x45\xdf\xa3"),

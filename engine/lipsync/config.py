@@ -79,7 +79,8 @@ class LipSyncConfig(Config):
     )  # fmt: skip
     smooth: bool = option(True, help="smooth face boxes over time")
     box: tuple[int, ...] | None = option(
-        None, help="fixed face box X1,Y1,X2,Y2 in pixels: no detection at all (empty: detect)",
+        None, help="fixed face box X1,Y1,X2,Y2 in pixels (left, top, right, bottom; upstream's --box is TOP,BOTTOM,"
+        "LEFT,RIGHT): no detection at all (empty: detect)",
         text=TextForm(parse_box, _format_box),
     )  # fmt: skip
     detector: str = option("haar", help="face detector (s3fd needs s3fd.pth)", choices=DETECTORS)
