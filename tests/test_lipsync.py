@@ -646,3 +646,33 @@ def test_the_videos_sound_is_the_speech_files_own_rate_and_channels(settings, tm
     spectrum = np.abs(np.fft.rfft(sound[:, rate // 4 : rate // 4 + 8192], axis=1))
     tone = round(12000 * 8192 / rate)
     assert spectrum[1, tone] > 50 * spectrum[0, tone]  # the right channel's tone, the left without it
+
+
+def test_a_speech_file_with_two_audio_streams_says_which_it_used(settings, tmp_path) -> None:
+    """A video with two language tracks: the first was used, and a silent first track read only as "silent"."""
+    import av
+
+    path = tmp_path / "two.mka"
+    with av.open(str(path), "w") as container:
+        streams = [container.add_stream("pcm_s16le", rate=16000, layout="mono") for _ in range(2)]
+        streams[0].metadata["language"], streams[1].metadata["language"] = "eng", "fra"
+        for k, stream in enumerate(streams):
+            samples = (np.sin(np.arange(16000) * (0.05 + 0.05 * k)) * 8000).astype(np.int16)[None]
+            frame = av.AudioFrame.from_ndarray(samples, format="s16", layout="mono")
+            frame.sample_rate = 16000
+            for packet in stream.encode(frame):
+                container.mux(packet)
+            for packet in stream.encode(None):
+                container.mux(packet)
+    result = run_lipsync(LipSyncConfig(face=FACE, audio=path, engine="baseline"), tmp_path / "out.mp4", settings)
+    assert "two.mka has 2 audio streams (#0 eng; #1 fra): the first (#0) is the speech" in " ".join(result.warnings)
+    single = tmp_path / "one.wav"
+    with av.open(str(single), "w") as container:  # one stream: nothing said
+        stream = container.add_stream("pcm_s16le", rate=16000, layout="mono")
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1600), np.int16), format="s16", layout="mono")
+        frame.sample_rate = 16000
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            container.mux(packet)
+    from engine.core.audio import audio_streams_warning
+
+    assert audio_streams_warning(single) is None and audio_streams_warning(tmp_path / "gone.wav") is None

@@ -284,6 +284,26 @@ def _check_finite(wav: np.ndarray, what: str) -> None:
         )
 
 
+def audio_streams_warning(path: str | os.PathLike) -> str | None:
+    """A warning when the speech file holds several audio streams (a video's languages or commentary): the first is
+    taken, as upstream's ffmpeg and librosa take it, and nothing said which. None for one stream, or none."""
+    import av
+
+    try:
+        with av.open(str(path), metadata_errors="ignore") as container:
+            streams = list(container.streams.audio)
+    except (av.error.FFmpegError, OSError, UnicodeDecodeError):
+        return None  # the decode has said why already
+    if len(streams) < 2:
+        return None
+    tags = [", ".join(v for v in (s.metadata.get("language"), s.metadata.get("title")) if v) for s in streams]
+    names = "; ".join(f"#{i} {tag}" if tag else f"#{i}" for i, tag in enumerate(tags))
+    return (
+        f"{Path(path).name} has {len(streams)} audio streams ({names}): the first (#0) is the speech; give a file "
+        "with only the one you mean to use another"
+    )
+
+
 def loudness_warning(wav: np.ndarray) -> str | None:
     """A warning when the speech goes clearly past full scale (a float file): the features take it as it is, as
     upstream's do, but the video's sound track, like any audio file, cannot and is clipped. None otherwise

@@ -33,6 +33,7 @@ import numpy as np
 from engine.core.audio import (
     SAMPLE_RATE,
     Sound,
+    audio_streams_warning,
     audio_track,
     frame_energy,
     load_audio,
@@ -318,10 +319,11 @@ def _prepare(
     with result.stage("mel"):
         chunks = mel_chunks(mel_spectrogram(wav), fps, config.audio_offset)
     count = len(chunks)
+    for words in (audio_streams_warning(config.audio), loudness_warning(wav)):
+        if words is not None:
+            result.warn(words)
     if float(np.abs(wav).max()) < 1e-4:
         result.warn("the speech is silent: the mouth will not move")
-    if (loud := loudness_warning(wav)) is not None:
-        result.warn(loud)
 
     generator = _make_generator(config, settings, device, caps, precision)
     # Only the baseline reads speech energy; Wav2Lip works from the mel chunks.

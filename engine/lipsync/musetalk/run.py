@@ -30,7 +30,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine.core.audio import SAMPLE_RATE, audio_track, load_audio, load_sound, loudness_warning
+from engine.core.audio import (
+    SAMPLE_RATE,
+    audio_streams_warning,
+    audio_track,
+    load_audio,
+    load_sound,
+    loudness_warning,
+)
 from engine.core.cache import LruCache, file_digest, file_stamp
 from engine.core.device import (
     DeviceChoice,
@@ -344,12 +351,16 @@ def run_musetalk(
         result.warn(f"MuseTalk does not use {flags} (Wav2Lip's options){hint}")
     if words := box_passed_over(config, DETECTION):
         result.warn(words)
+    # the face first, from its header (a photo decoded within the limits): a bad face is refused before up to
+    # max_seconds of speech is decoded, as Wav2Lip's pipeline does; its frame rate decides the frame count
+    face = _checked_face(config, settings, config.fps)
+    if words := face.note or (face.photo is None and fps_passed_over(config, face.fps)):
+        result.warn(words)
     progress(0.0, "reading the speech")
     with result.stage("audio"):
         speech = load_audio(config.audio, max_seconds=settings.max_seconds, resampler=SOXR_HQ)  # upstream's librosa
         sound = load_sound(config.audio, max_seconds=settings.max_seconds)  # the track's, at the file's own rate
-    face = _checked_face(config, settings, config.fps)  # the face's frame rate decides the frame count
-    if words := face.note or (face.photo is None and fps_passed_over(config, face.fps)):
+    if (words := audio_streams_warning(config.audio)) is not None:
         result.warn(words)
     fps, photo, total = face.fps, face.photo, face.frames
     speech = check_speech(speech, fps)
