@@ -1,3 +1,4 @@
+import importlib.util
 import json
 import logging
 import sys
@@ -439,3 +440,24 @@ def test_a_file_the_user_may_not_read_is_a_problem_not_the_doctors_bug(monkeypat
     (check,) = run_doctor(load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path)})).checks
     assert check.name == "weights" and check.status == PROBLEM
     assert "cannot read /srv/weights/wav2lip_gan.pth" in check.found and "report" not in check.fix
+
+
+def test_the_ray_check_says_whether_the_cluster_answers(tmp_path: Path) -> None:
+    """An unreachable AVATARBENCH_RAY_ADDRESS kept the app from starting while the doctor reported no problem."""
+    import socket
+
+    def check(address: str | None) -> Check:
+        env = {"AVATARBENCH_DATA_DIR": str(tmp_path)} | ({"AVATARBENCH_RAY_ADDRESS": address} if address else {})
+        return doctor.check_ray(_ctx(tmp_path, settings=load_settings(env)))
+
+    assert check(None).status == OK and "not used" in check(None).found
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        port = listening.getsockname()[1]
+        if importlib.util.find_spec("ray") is None:
+            assert check(f"127.0.0.1:{port}").status == PROBLEM
+            return
+        assert check(f"127.0.0.1:{port}").status == OK
+    gone = check(f"127.0.0.1:{port}")
+    assert gone.status == PROBLEM and f"nothing answers on 127.0.0.1:{port}" in gone.found

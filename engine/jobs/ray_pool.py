@@ -608,7 +608,7 @@ def _write_whole(dest: Path, data: bytes) -> None:
     os.replace(tmp, dest)
 
 
-def _reachable(address: str) -> None:
+def reachable(address: str) -> None:
     """A HOST:PORT or ray://HOST:PORT address answers on its port (ray.init retried an unreachable one for good,
     and the app never started, without a word of its own)."""
     found = re.fullmatch(r"(?:ray://)?\[?([^\]]+?)\]?:(\d+)", address)
@@ -637,7 +637,7 @@ def _connect(address: str | None, init_kwargs: Mapping[str, Any]) -> bool:
         return False
     if address is None:
         raise SetupError(f"no Ray cluster to use: set {PREFIX}RAY_ADDRESS (auto, or ray://HOST:10001)")
-    _reachable(address)
+    reachable(address)
     try:
         ray.init(address=address, ignore_reinit_error=True, **init_kwargs)
     except ConnectionError as exc:
@@ -718,4 +718,4 @@ def ray_workers(
     return pool
 
 
-__all__ = ["RayWorkerActor", "RayWorkerHandle", "RayWorkers", "ray_workers"]
+__all__ = ["RayWorkerActor", "RayWorkerHandle", "RayWorkers", "ray_workers", "reachable"]

@@ -772,6 +772,29 @@ def check_weights(ctx: _Context) -> Check:
     return Check("weights", OK, text, details=details)
 
 
+def check_ray(ctx: _Context) -> Check:
+    """When the workers are to be a Ray cluster's actors: ray installed and the cluster answering (an unreachable
+    address kept the app from starting while the doctor said nothing)."""
+    import importlib.util
+
+    from engine.core.errors import SetupError
+    from engine.jobs.ray_pool import reachable
+
+    address = ctx.settings.ray_address
+    if address is None:
+        return Check("ray", OK, f"not used: jobs run in this machine's worker processes ({PREFIX}RAY_ADDRESS unset)")
+    if importlib.util.find_spec("ray") is None:
+        return Check("ray", PROBLEM, f"{PREFIX}RAY_ADDRESS={address} but ray is not installed",
+                     "pip install 'avatarbench[ray]' (or unset the variable)")  # fmt: skip
+    if address == "auto":
+        return Check("ray", INFO, "auto: the app joins the cluster started on this machine (ray start --head)")
+    try:
+        reachable(address)
+    except SetupError as exc:
+        return Check("ray", PROBLEM, str(exc), f"Start the cluster, or fix {PREFIX}RAY_ADDRESS.")
+    return Check("ray", OK, f"the Ray cluster at {address} answers")
+
+
 CHECKS: tuple[Callable[[_Context], Check], ...] = (
     check_python,
     check_torch,
@@ -783,6 +806,7 @@ CHECKS: tuple[Callable[[_Context], Check], ...] = (
     check_video,
     check_disk,
     check_weights,
+    check_ray,
     check_settings,
 )
 
