@@ -602,10 +602,15 @@ def _write_whole(dest: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(prefix=".incoming-", dir=dest.parent)
     with open(fd, "wb") as out:
         out.write(data)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
+    os.chmod(tmp, 0o666 & ~_umask())
     os.replace(tmp, dest)
+
+
+def _umask() -> int:
+    """This process's umask, read without setting it (os.umask sets it for every thread at once)."""
+    with contextlib.suppress(OSError, StopIteration, ValueError), open("/proc/self/status") as status:
+        return int(next(line for line in status if line.startswith("Umask:")).split()[1], 8)
+    return 0o022
 
 
 def reachable(address: str) -> None:
