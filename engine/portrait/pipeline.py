@@ -289,6 +289,16 @@ def _stacked(rows: list[tuple[np.ndarray, float]]) -> Openness:
     return np.stack([eyes for eyes, _ in rows]).astype(np.float32), np.array([lips for _, lips in rows], np.float32)
 
 
+def _warn_one_frame(info: VideoInfo, path: Path, config: PortraitConfig, result: RunResult) -> None:
+    """A driving video of one frame: relative motion against itself moves nothing (upstream's rule too, silent),
+    where the same frame as an image transfers its expression."""
+    if info.frames == 1 and config.relative:
+        result.warn(
+            f"{path.name} is a video of one frame: its motion relative to itself moves nothing; give the frame as "
+            "an image to transfer its expression"
+        )
+
+
 def _driving_motion(
     config: PortraitConfig,
     settings: Settings,
@@ -318,11 +328,7 @@ def _driving_motion(
         return _Driving(motion, IMAGE_FPS, 1, image=True, openness=measured)
     info = probe_video(path, settings.max_side)
     validate_video(info, path.name, settings.max_side, settings.max_seconds)
-    if info.frames == 1 and config.relative:  # upstream's rule too; its image rule differs, and users expect that
-        result.warn(
-            f"{path.name} is a video of one frame: its motion relative to itself moves nothing; give the frame as "
-            "an image to transfer its expression"
-        )
+    _warn_one_frame(info, path, config, result)
     progress(0.05, "finding the driving face")
     box, reference = _driving_box(
         _clip_frames(path, config.max_frames, settings.max_seconds), path.name, detector, result
@@ -802,11 +808,7 @@ def _baseline_plan(
         return _baseline_image_plan(config, settings, source_bgr, box, detector, device, result)
     info = probe_video(path, settings.max_side)
     validate_video(info, path.name, settings.max_side, settings.max_seconds)
-    if info.frames == 1 and config.relative:  # upstream's rule too; its image rule differs, and users expect that
-        result.warn(
-            f"{path.name} is a video of one frame: its motion relative to itself moves nothing; give the frame as "
-            "an image to transfer its expression"
-        )
+    _warn_one_frame(info, path, config, result)
     progress(0.05, "finding the driving face")
     driving_box, first_face = _driving_box(
         _clip_frames(path, config.max_frames, settings.max_seconds), path.name, detector, result
