@@ -704,3 +704,24 @@ def test_a_sample_rate_outside_speechs_range_is_refused(tmp_path: Path) -> None:
         out.writeframes(np.zeros(1000, "<i2").tobytes())
     with pytest.raises(AudioError, match=r"sample rate, 1000001 Hz, is outside 1000\.\.192000 Hz"):
         load_audio(path)
+
+
+def test_a_speech_file_cut_short_is_said_to_be(tmp_path: Path) -> None:
+    """A WAV whose data chunk declares 2 s while the file holds 1 s gave a video half as long, without a word
+    (FFmpeg takes the file's size as its length, so the header is read here)."""
+    import wave
+
+    from engine.core.audio import cut_short_warning
+
+    whole = tmp_path / "whole.wav"
+    with wave.open(str(whole), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(16000)
+        out.writeframes(np.zeros(32000, np.int16).tobytes())
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(whole.read_bytes()[: 44 + 32000])  # the header and half the samples
+    assert cut_short_warning(whole, 2.0) is None
+    words = cut_short_warning(cut, len(load_audio(cut)) / SAMPLE_RATE)
+    assert words is not None and "cut.wav holds 1.00 s of sound where its header declares 2.00 s" in words
+    assert cut_short_warning(tmp_path / "gone.wav", 1.0) is None and cut_short_warning(whole, 1.8) is None  # slack

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import struct
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -302,6 +303,50 @@ def audio_streams_warning(path: str | os.PathLike) -> str | None:
         f"{Path(path).name} has {len(streams)} audio streams ({names}): the first (#0) is the speech; give a file "
         "with only the one you mean to use another"
     )
+
+
+def cut_short_warning(path: str | os.PathLike, decoded_s: float) -> str | None:
+    """A warning when a speech file holds clearly less sound than its header declares (an interrupted copy or
+    upload): the video is as short as what was decoded, and nothing said why. A WAV's declared length is its data
+    chunk's (FFmpeg takes the file's size instead); others' is the stream's duration. None otherwise."""
+    import av
+
+    path = Path(path)
+    declared = _wav_data_seconds(path)
+    if declared is None:
+        try:
+            with av.open(str(path), metadata_errors="ignore") as container:
+                stream = container.streams.audio[0]
+                if stream.duration is not None and stream.time_base is not None:
+                    declared = float(stream.duration * stream.time_base)
+        except (av.error.FFmpegError, OSError, UnicodeDecodeError, IndexError):
+            return None
+    if declared is None or declared - decoded_s < max(0.5, 0.1 * declared):  # an estimate's slack, codec padding
+        return None
+    return (
+        f"{path.name} holds {decoded_s:.2f} s of sound where its header declares {declared:.2f} s: it looks cut "
+        "short (an interrupted copy or upload?), and the video is as long as what it holds"
+    )
+
+
+def _wav_data_seconds(path: Path) -> float | None:
+    """The seconds a RIFF WAVE file's header declares (its data chunk's size over the byte rate), else None."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(1 << 16)
+    except OSError:
+        return None
+    if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return None
+    at, byte_rate = 12, 0
+    while at + 8 <= len(head):
+        kind, size = head[at : at + 4], struct.unpack("<I", head[at + 4 : at + 8])[0]
+        if kind == b"fmt " and at + 16 <= len(head):
+            byte_rate = struct.unpack("<I", head[at + 16 : at + 20])[0]
+        if kind == b"data":
+            return size / byte_rate if byte_rate and size != 0xFFFFFFFF else None  # a streamed WAV says "unknown"
+        at += 8 + size + (size & 1)
+    return None
 
 
 def loudness_warning(wav: np.ndarray) -> str | None:

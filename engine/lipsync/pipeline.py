@@ -35,6 +35,7 @@ from engine.core.audio import (
     Sound,
     audio_streams_warning,
     audio_track,
+    cut_short_warning,
     frame_energy,
     load_audio,
     load_sound,
@@ -319,7 +320,8 @@ def _prepare(
     with result.stage("mel"):
         chunks = mel_chunks(mel_spectrogram(wav), fps, config.audio_offset)
     count = len(chunks)
-    for words in (audio_streams_warning(config.audio), loudness_warning(wav)):
+    cut = cut_short_warning(config.audio, len(wav) / SAMPLE_RATE)
+    for words in (audio_streams_warning(config.audio), cut, loudness_warning(wav)):
         if words is not None:
             result.warn(words)
     if float(np.abs(wav).max()) < 1e-4:

@@ -34,6 +34,7 @@ from engine.core.audio import (
     SAMPLE_RATE,
     audio_streams_warning,
     audio_track,
+    cut_short_warning,
     load_audio,
     load_sound,
     loudness_warning,
@@ -360,8 +361,9 @@ def run_musetalk(
     with result.stage("audio"):
         speech = load_audio(config.audio, max_seconds=settings.max_seconds, resampler=SOXR_HQ)  # upstream's librosa
         sound = load_sound(config.audio, max_seconds=settings.max_seconds)  # the track's, at the file's own rate
-    if (words := audio_streams_warning(config.audio)) is not None:
-        result.warn(words)
+    for words in (audio_streams_warning(config.audio), cut_short_warning(config.audio, len(speech) / SAMPLE_RATE)):
+        if words is not None:
+            result.warn(words)
     fps, photo, total = face.fps, face.photo, face.frames
     speech = check_speech(speech, fps)
     if (loud := loudness_warning(speech)) is not None:
