@@ -87,7 +87,12 @@ def build_parser(commands: Sequence[Command]) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None, extra: Sequence[Command] = ()) -> int:
     """Parse, run, and turn our errors into one line and an exit code; anything else is a bug and keeps its
     traceback."""
-    args = build_parser([*engine_commands(), *extra]).parse_args(list(sys.argv[1:] if argv is None else argv))
+    parser = build_parser([*engine_commands(), *extra])
+    args, unknown = parser.parse_known_args(list(sys.argv[1:] if argv is None else argv))
+    if unknown:  # upstream's `--pads 0 10 0 0` left one to guess that ours takes commas
+        numbers = all(_NEGATIVE_VALUE.match(w) or w.replace(".", "", 1).isdigit() for w in unknown)
+        hint = "; several numbers after one flag are written with commas (--pads 0,10,0,0)" if numbers else ""
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
     try:
         with _sigterm_as_interrupt():
             check_output_paths(args)

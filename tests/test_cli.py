@@ -685,3 +685,16 @@ def test_a_permission_refused_by_the_machine_is_one_line(monkeypatch, capsys) ->
     err = capsys.readouterr().err.strip()
     assert err.startswith("avatarbench: permission denied: /srv/weights/wav2lip_gan.pth: give this user access")
     assert "\n" not in err
+
+
+def test_numbers_after_a_flag_as_upstream_writes_them_get_the_comma_form(capsys) -> None:
+    """Upstream takes `--pads 0 10 0 0`; ours was a bare "unrecognized arguments: 10 0 0"."""
+    from engine.cli import main
+
+    face, speech = str(ROOT / "assets" / "face.jpg"), str(ROOT / "assets" / "speech.wav")
+    for extra, hint in ((["--pads", "0", "10", "-5", "0"], True), (["--bogus"], False)):
+        with pytest.raises(SystemExit) as ended:
+            main(["lipsync", "--face", face, "--audio", speech, "--out", "o.mp4", *extra])
+        err = capsys.readouterr().err
+        assert ended.value.code == 2 and f"unrecognized arguments: {' '.join(extra[2:] or extra)}" in err
+        assert ("written with commas (--pads 0,10,0,0)" in err) == hint
