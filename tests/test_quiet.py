@@ -136,7 +136,10 @@ def test_a_busy_port_is_one_line_and_exit_2(tmp_path: Path) -> None:
     [({}, "7860"), ({"GRADIO_SERVER_PORT": "7861"}, "7861"), ({"GRADIO_SERVER_PORT": "7861", "PORT": "8080"}, "8080")],
 )
 def test_make_run_takes_the_port_the_busy_port_message_suggests(variables: dict[str, str], port: str) -> None:
-    env = {k: v for k, v in os.environ.items() if k not in ("GRADIO_SERVER_PORT", "PORT")} | variables
-    proc = subprocess.run(["make", "-n", "run"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    # under `make test` the outer make's variables would reach this one (and its "Entering directory" lines)
+    outer = ("GRADIO_SERVER_PORT", "PORT", "MAKEFLAGS", "MAKELEVEL", "MFLAGS", "MAKEOVERRIDES")
+    env = {k: v for k, v in os.environ.items() if k not in outer} | variables
+    proc = subprocess.run(["make", "-n", "--no-print-directory", "run"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1].endswith(f"app.py --port {port}"), proc.stdout

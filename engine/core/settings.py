@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import tempfile
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from engine.core.errors import InputError
+from engine.core.errors import InputError, SetupError
 
 PREFIX = "AVATARBENCH_"
 JOB_KINDS = ("lipsync", "portrait", "onnx_eval", "bench")  # each room's jobs.KIND (tests/test_settings.py checks)
@@ -44,6 +45,23 @@ def _whole(text: str) -> int | None:
 
 
 RAY_ADDRESS = re.compile(r"auto|ray://[^\s/:]+:\d+|[^\s/:]+:\d+")
+RAY_REACH_TIMEOUT_S = 5.0  # for a cluster's port to answer (ray.init retries an unreachable one for good)
+
+
+def ray_reachable(address: str) -> None:
+    """A HOST:PORT or ray://HOST:PORT address answers on its port (ray.init retried an unreachable one for good,
+    and the app never started, without a word of its own)."""
+    found = re.fullmatch(r"(?:ray://)?([^:]+):(\d+)", address)
+    if found is None:  # auto: Ray finds the local cluster itself, and says so when there is none
+        return
+    host, port = found.group(1), int(found.group(2))
+    try:
+        socket.create_connection((host, port), timeout=RAY_REACH_TIMEOUT_S).close()
+    except OSError as exc:
+        raise SetupError(
+            f"could not reach the Ray cluster at {address}: nothing answers on {host}:{port} within "
+            f"{RAY_REACH_TIMEOUT_S:g} s ({exc.strerror or exc}); is `ray start --head` running there?"
+        ) from None
 
 
 def _ray_address(value: str | None) -> str | None:

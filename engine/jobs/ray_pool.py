@@ -32,9 +32,7 @@ import itertools
 import json
 import logging
 import os
-import re
 import shutil
-import socket
 import tempfile
 import threading
 import time
@@ -44,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.core.errors import AvatarbenchError, InputError, SetupError, one_line
-from engine.core.settings import PREFIX, RAY_ADDRESS, Settings
+from engine.core.settings import PREFIX, RAY_ADDRESS, Settings, ray_reachable
 from engine.jobs.store import CPU, FAILED, Job, JobStore, StoreError, blob_refs
 from engine.jobs.worker import PROGRESS_INTERVAL_S, WorkerContext, WorkerSpec, run_job
 
@@ -56,7 +54,6 @@ BLOB_BUDGET_BYTES = 4 * 2**30  # received inputs an actor keeps for later jobs, 
 START_TIMEOUT_S = 120.0  # for an actor to start (a fresh process importing the engine) and for the GPUs' bundles
 CALL_TIMEOUT_S = 30.0  # for a progress poll; a busy node only delays it
 IDLE_CHECK_S = 2.0  # how often an idle worker asks whether its actor still lives (and how much memory it holds)
-REACH_TIMEOUT_S = 5.0  # for the cluster's port to answer before ray.init (which retries an unreachable one for good)
 
 
 # -- the actor (runs on a cluster node) --------------------------------------------------------------------------
@@ -613,22 +610,6 @@ def _umask() -> int:
     return 0o022
 
 
-def reachable(address: str) -> None:
-    """A HOST:PORT or ray://HOST:PORT address answers on its port (ray.init retried an unreachable one for good,
-    and the app never started, without a word of its own)."""
-    found = re.fullmatch(r"(?:ray://)?\[?([^\]]+?)\]?:(\d+)", address)
-    if found is None:  # auto: Ray finds the local cluster itself, and says so when there is none
-        return
-    host, port = found.group(1), int(found.group(2))
-    try:
-        socket.create_connection((host, port), timeout=REACH_TIMEOUT_S).close()
-    except OSError as exc:
-        raise SetupError(
-            f"could not reach the Ray cluster at {address}: nothing answers on {host}:{port} within "
-            f"{REACH_TIMEOUT_S:g} s ({exc.strerror or exc}); is `ray start --head` running there?"
-        ) from None
-
-
 def _connect(address: str | None, init_kwargs: Mapping[str, Any]) -> bool:
     """Connect to the cluster unless this process already is; whether it connected now."""
     if address is not None and not RAY_ADDRESS.fullmatch(address):
@@ -642,7 +623,7 @@ def _connect(address: str | None, init_kwargs: Mapping[str, Any]) -> bool:
         return False
     if address is None:
         raise SetupError(f"no Ray cluster to use: set {PREFIX}RAY_ADDRESS (auto, or ray://HOST:10001)")
-    reachable(address)
+    ray_reachable(address)
     try:
         ray.init(address=address, ignore_reinit_error=True, **init_kwargs)
     except ConnectionError as exc:
@@ -723,4 +704,4 @@ def ray_workers(
     return pool
 
 
-__all__ = ["RayWorkerActor", "RayWorkerHandle", "RayWorkers", "ray_workers", "reachable"]
+__all__ = ["RayWorkerActor", "RayWorkerHandle", "RayWorkers", "ray_workers"]

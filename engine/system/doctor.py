@@ -778,7 +778,7 @@ def check_ray(ctx: _Context) -> Check:
     import importlib.util
 
     from engine.core.errors import SetupError
-    from engine.jobs.ray_pool import reachable
+    from engine.core.settings import ray_reachable
 
     address = ctx.settings.ray_address
     if address is None:
@@ -789,7 +789,7 @@ def check_ray(ctx: _Context) -> Check:
     if address == "auto":
         return Check("ray", INFO, "auto: the app joins the cluster started on this machine (ray start --head)")
     try:
-        reachable(address)
+        ray_reachable(address)
     except SetupError as exc:
         return Check("ray", PROBLEM, str(exc), f"Start the cluster, or fix {PREFIX}RAY_ADDRESS.")
     return Check("ray", OK, f"the Ray cluster at {address} answers")
