@@ -164,6 +164,41 @@ def test_weights_replaced_in_place_prepare_the_avatar_again(weights, tmp_path) -
     assert run_lipsync(config, tmp_path / "c.mp4", settings, device="cpu").metrics["avatar_source"] == "disk"
 
 
+def test_one_owners_prepared_avatar_is_never_anothers(weights, tmp_path) -> None:
+    """In the app, that a face came back prepared (and fast) told one person that another had lip-synced that very
+    face: jobs reuse only their own owner's avatars, from memory or from disk."""
+    from engine.lipsync.musetalk import run
+    from engine.lipsync.musetalk.avatar_store import AVATAR_OWNER
+
+    settings = _settings(tmp_path)
+    config = LipSyncConfig(face=FACE, audio=speech_file(tmp_path / "a.wav", 0.3), engine="musetalk",
+                           musetalk_weights=str(weights), box=BOX)  # fmt: skip
+
+    def source(owner: str, name: str) -> str:
+        token = AVATAR_OWNER.set(owner)
+        try:
+            return run_lipsync(config, tmp_path / name, settings, device="cpu").metrics["avatar_source"]
+        finally:
+            AVATAR_OWNER.reset(token)
+
+    assert [source("alice", "1.mp4"), source("alice", "2.mp4"), source("bob", "3.mp4")] == ["prepared", "memory",
+                                                                                          "prepared"]  # fmt: skip
+    run.AVATARS.clear()  # a fresh worker: each finds their own on disk
+    assert [source("bob", "4.mp4"), source("alice", "5.mp4")] == ["disk", "disk"]
+    assert len(list((tmp_path / "data" / "avatars").glob("*.avatar"))) == 2
+
+
+def test_a_lipsync_job_runs_as_its_owner(monkeypatch) -> None:
+    from types import SimpleNamespace
+
+    from engine.lipsync import jobs
+    from engine.lipsync.musetalk.avatar_store import AVATAR_OWNER
+
+    monkeypatch.setattr(jobs, "run_file_job", lambda *args, **kwargs: AVATAR_OWNER.get())
+    assert jobs.handle(SimpleNamespace(owner="browser:ab12"), lambda f, label: None, None) == "browser:ab12"
+    assert AVATAR_OWNER.get() is None  # the worker's next job starts as nobody
+
+
 def test_a_prepared_avatar_outlives_its_worker_on_disk(weights, tmp_path) -> None:
     """A new worker (empty in-memory caches) finds the avatar an earlier one prepared in DATA_DIR/avatars and makes
     the same frames from it; a damaged file is prepared again; the least recently used go past the budget."""

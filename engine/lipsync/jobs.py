@@ -31,12 +31,17 @@ class LipSyncJobs(FileJobs):
 
 
 def handle(job: Job, progress: Progress, context: WorkerContext) -> dict[str, Any]:
+    from engine.lipsync.musetalk.avatar_store import AVATAR_OWNER
     from engine.lipsync.pipeline import LipSyncSegments, run_lipsync
 
     def segments(config: LipSyncConfig, out: Path, settings: Settings, device: str) -> LipSyncSegments:
         return LipSyncSegments(config, settings, device)
 
-    return run_file_job(job, progress, context, LipSyncConfig, run_lipsync, segments=segments)
+    owner = AVATAR_OWNER.set(job.owner)  # MuseTalk reuses only this owner's prepared avatars
+    try:
+        return run_file_job(job, progress, context, LipSyncConfig, run_lipsync, segments=segments)
+    finally:
+        AVATAR_OWNER.reset(owner)
 
 
 __all__ = ["KIND", "LipSyncJobs", "handle"]

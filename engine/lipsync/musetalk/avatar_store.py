@@ -15,6 +15,7 @@ import hashlib
 import logging
 import os
 from collections.abc import Callable, Hashable
+from contextvars import ContextVar
 from pathlib import Path
 
 from engine.lipsync.musetalk.avatar import PreparedAvatar, load_avatar, save_avatar
@@ -25,6 +26,11 @@ log = logging.getLogger(__name__)
 FOLDER = "avatars"  # under DATA_DIR
 BUDGET_BYTES = 2 * 2**30  # an avatar holds its frames (about 70 MB a second of 720p): a few clips' worth
 SUFFIX = ".avatar"
+
+# Whose avatars a run may reuse: its job's owner (set by the lip-sync job handler), None for the CLI's one user.
+# Another owner's is never reused, from memory or disk: that a face came back prepared, and fast, told one person
+# that another had lip-synced that very face.
+AVATAR_OWNER: ContextVar[str | None] = ContextVar("avatar_owner", default=None)
 
 # Where an avatar came from, as the result's metrics say.
 MEMORY, DISK, PREPARED = "memory", "disk", "prepared"

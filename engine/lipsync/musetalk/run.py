@@ -63,8 +63,8 @@ from engine.lipsync.encoding import EncoderThread
 from engine.lipsync.musetalk.accelerate import StepRunner, check_runtime, make_step
 from engine.lipsync.musetalk.audio import check_speech, feature_extractor, frame_count
 from engine.lipsync.musetalk.avatar import FIXED_BOX, LANDMARKS, PreparedAvatar, prepare_avatar
+from engine.lipsync.musetalk.avatar_store import AVATAR_OWNER, MEMORY, PREPARED, AvatarStore
 from engine.lipsync.musetalk.avatar_store import FOLDER as AVATAR_FOLDER
-from engine.lipsync.musetalk.avatar_store import MEMORY, PREPARED, AvatarStore
 from engine.lipsync.musetalk.dwpose import DETECTOR_FILE, POSE_FILE, DWPose
 from engine.lipsync.musetalk.generate import generate
 from engine.lipsync.musetalk.weights import DWPOSE_REPO, MuseTalkFiles, load_networks, require
@@ -313,7 +313,7 @@ def _avatar(config: Any, settings: Settings, loaded: _Loaded, fps: float, photo:
     looks = (config.bbox_shift, config.musetalk_extra_margin, mode, cheeks, float(config.musetalk_blur))
 
     def key(frames: int | str) -> tuple:
-        return (face, frames, looks, detection, loaded.key, marks)
+        return (AVATAR_OWNER.get(), face, frames, looks, detection, loaded.key, marks)
 
     def prepare() -> PreparedAvatar:
         with result.stage("decode"):
