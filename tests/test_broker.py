@@ -263,3 +263,89 @@ def test_queued_jobs_of_a_device_gone_since_fail_at_start(store: JobStore) -> No
         failed = store.get(job.id)
         assert failed.status == FAILED and "queued for cuda:1, which this app no longer has" in failed.error
     assert store.waiting("alice") == (0, 0)
+
+
+class _FakeWorker:
+    """A worker handle that claims nothing: alive until `dies_after` seconds (never, when None), `ready` once
+    started unless it is one that fails to start."""
+
+    def __init__(self, pid: int, dies_after: float | None, reason: str) -> None:
+        self.pid, self.exitcode, self.reason = pid, None, reason
+        self.ready = dies_after is None
+        self._ends = None if dies_after is None else time.monotonic() + dies_after
+
+    def is_alive(self) -> bool:
+        alive = self._ends is None or time.monotonic() < self._ends
+        if not alive:
+            self.exitcode = 1
+        return alive
+
+    def kill(self) -> None:
+        self._ends = time.monotonic()
+
+    def join(self, timeout: float | None = None) -> None:
+        pass
+
+
+def test_a_device_whose_worker_keeps_failing_to_start_is_down_until_one_runs(store: JobStore, monkeypatch) -> None:
+    """cuda:1's workers fail to start (a Ray node gone: each try takes longer than a quick death, never ready):
+    after DOWN_AFTER failures its queued job fails with the reason, new jobs are placed on cuda:0 however loaded
+    and refused on cuda:1 by name; once a worker for it runs, it takes jobs again."""
+    from engine.core.errors import InputError
+    from engine.jobs import broker as broker_module
+
+    monkeypatch.setattr(broker_module, "QUICK_DEATH_S", 0.2)
+    node_back = threading.Event()
+    pids = iter(range(1000, 2000))
+
+    def launch(spec, wake, stop):
+        gone = spec.device == "cuda:1" and not node_back.is_set()
+        return _FakeWorker(next(pids), 0.3 if gone else None, "its Ray actor did not start: node 10.0.0.2 is gone")
+
+    stranded = store.submit("watch", {"seconds": 0.01}, "cuda:1", owner="alice")
+    busy = Broker(store, KINDS, {"cuda:0": 1, "cuda:1": 1}, poll_s=0.2, monitor_s=0.02, launcher=launch).start()
+    try:
+        store.submit("watch", {"seconds": 0.01}, "cuda:0", owner="bob")  # cuda:0 is the more loaded
+        deadline = time.monotonic() + 30
+        while busy.down("cuda:1") is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        why = busy.down("cuda:1")
+        assert why is not None and "failed to start 3 times in a row" in why and "node 10.0.0.2 is gone" in why
+        failed = store.get(stranded.id)
+        assert failed.status == FAILED and failed.error.startswith("cuda:1 takes no jobs now"), failed.error
+        assert "node 10.0.0.2 is gone" in failed.error
+        assert busy.place(wants_gpu=True) == "cuda:0"
+        with pytest.raises(InputError, match=r"cuda:1 takes no jobs now.*node 10\.0\.0\.2 is gone"):
+            busy.submit("watch", {"seconds": 0.01}, "cuda:1", "alice")
+        node_back.set()
+        deadline = time.monotonic() + 60
+        while busy.down("cuda:1") is not None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert busy.down("cuda:1") is None
+        assert busy.place(wants_gpu=True) == "cuda:1"
+        assert busy.submit("watch", {"seconds": 0.01}, "cuda:1", "alice").status == QUEUED
+    finally:
+        busy.stop(1)
+
+
+def test_a_device_with_a_running_worker_is_never_down(store: JobStore, monkeypatch) -> None:
+    """Two workers on cuda:0, one running, the other failing to start again and again: jobs still go there."""
+    from engine.jobs import broker as broker_module
+
+    monkeypatch.setattr(broker_module, "QUICK_DEATH_S", 0.05)
+    starts: list[int] = []
+
+    def launch(spec, wake, stop):
+        starts.append(1000 + len(starts))
+        return _FakeWorker(starts[-1], None if len(starts) == 1 else 0.0, "cannot start")
+
+    busy = Broker(store, KINDS, {"cuda:0": 2}, poll_s=0.2, monitor_s=0.02, launcher=launch).start()
+    try:
+        deadline = time.monotonic() + 20
+        while len(starts) < 2 + broker_module.DOWN_AFTER and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(starts) >= 2 + broker_module.DOWN_AFTER
+        assert busy.down("cuda:0") is None
+        assert busy.submit("watch", {"seconds": 0.01}, "cuda:0", "alice").status == QUEUED
+    finally:
+        busy.stop(1)

@@ -10,6 +10,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -327,6 +328,49 @@ def test_a_real_onnx_evaluation_runs_in_an_actor_from_a_shipped_model(pool: Pool
     assert done.result["inspection"]["name"] == "upload.onnx"
     shipped = list((pool.node_dir / "ray-worker" / "actors").glob(f"*/blobs/*/{submitted.model_sha256}"))
     assert len(shipped) == 1 and shipped[0].read_bytes() == (pool.tmp / "upload.onnx").read_bytes()
+
+
+def test_a_new_actor_starts_on_its_handles_thread_and_a_failed_start_says_why(pool: Pool, monkeypatch) -> None:
+    """An actor that cannot be placed (a node gone, the cluster full) took the broker's watch for START_TIMEOUT_S
+    (2 minutes) inside launch: no dead worker noticed, no time limit kept. The handle is returned at once, alive
+    and not ready; it ends unready, with why, and the broker counts that as a failed start."""
+    from engine.jobs import ray_pool
+    from engine.jobs.worker import WorkerSpec
+
+    monkeypatch.setattr(ray_pool, "START_TIMEOUT_S", 2.0)
+    monkeypatch.setitem(pool.workers._slots, "cuda:9", ray_pool._Slot("cuda:9", None, 64.0, "cpu"))  # never fits
+    spec = WorkerSpec("cuda:9", str(pool.store.db_path), str(pool.store.blobs_dir), KINDS)
+    handle = pool.workers.launch(spec, threading.Event(), threading.Event())
+    assert handle.is_alive() and not handle.ready
+    handle.join(30)
+    assert not handle.is_alive() and not handle.ready and handle.exitcode == 1
+    assert handle.reason == "Ray actors did not start within 2 s (is the cluster busy?)"
+    assert handle not in pool.workers.handles()
+
+
+def test_an_actor_that_cannot_be_reached_fails_its_job_in_those_words(pool: Pool, monkeypatch) -> None:
+    """Ray's ActorUnavailableError (the actor's node unreachable) on a job's result read as the app's own bug:
+    "its Ray worker's driver failed". The job fails saying the actor could not be reached; the actor is replaced."""
+    import ray
+    from ray.exceptions import ActorUnavailableError
+
+    key, release = "cuda:2", pool.tmp / "release-unreachable"
+    job = pool.broker.submit("hold", {"release": str(release)}, key, OWNER)
+    _until("the job running", lambda: pool.store.get(job.id).progress == 0.5)
+    real_get = ray.get
+
+    def unreachable(ref: Any, timeout: float | None = None) -> Any:
+        if timeout is None:  # the result's read (polls have a timeout)
+            raise ActorUnavailableError("the node at 10.0.0.2 did not answer", None)
+        return real_get(ref, timeout=timeout)
+
+    monkeypatch.setattr(ray, "get", unreachable)
+    release.touch()
+    (lost,) = settle(pool.store, [job.id], 60)
+    monkeypatch.setattr(ray, "get", real_get)
+    assert lost.status == FAILED and lost.error.startswith("its Ray actor could not be reached:"), lost.error
+    assert "the node at 10.0.0.2 did not answer" in lost.error
+    _until("a replacement", lambda: lost.worker not in pool.broker.pids() and len(_alive(pool, key)) == 2)
 
 
 def test_nothing_imports_ray_without_the_setting(tmp_path: Path) -> None:

@@ -47,7 +47,9 @@ class WorkerHandle(Protocol):
     """What the broker needs of a running worker, whatever runs it: a spawned process (the default), a Ray actor
     driven from the app (engine/jobs/ray_pool.py) or a ZeroGPU slot (engine/jobs/zerogpu.py). `pid` is the id
     recorded on the jobs it claims (unique among the broker's workers). A handle may also carry `reason`: why it
-    ended, in words (a Ray actor that died), used instead of its exit status."""
+    ended, in words (a Ray actor that died), used instead of its exit status; and `ready` (False while what runs
+    it is still starting, as a Ray actor that the handle's own thread starts): a handle that ends before it was ready
+    is a failed start, however long it took."""
 
     pid: int | None
     exitcode: int | None
@@ -91,6 +93,7 @@ class _Worker:
 
 QUICK_DEATH_S = 10.0  # a worker that dies this soon after its start without a job: its start-up failed
 RESPAWN_MAX_S = 30.0  # the longest wait between attempts at starting a device's worker
+DOWN_AFTER = 3  # failed starts in a row after which a device takes no jobs until a worker for it runs again
 
 
 def _exit_reason(exitcode: int | None) -> str:
@@ -137,6 +140,7 @@ class Broker:
         self._workers: list[_Worker] = []
         self._due: list[tuple[str, float]] = []  # (device, monotonic time) of workers to start
         self._failures: dict[str, int] = {}  # a device's worker starts that failed in a row
+        self._down: dict[str, str] = {}  # device -> why its workers cannot start (DOWN_AFTER failures in a row)
         self._lock = threading.RLock()
         # Held from reading the load to queueing the job (or a split job's parent and segments): two placements
         # at once both chose the same idle GPUs, and two split jobs so placed could each wait on the other's rows.
@@ -223,16 +227,23 @@ class Broker:
     def gpus(self) -> list[str]:
         return [d for d in self.devices if d != CPU]
 
+    def down(self, device: str) -> str | None:
+        """Why `device` takes no jobs now (its workers failed to start DOWN_AFTER times in a row; they are still
+        tried), or None."""
+        with self._lock:
+            return self._down.get(device)
+
     def place(self, wants_gpu: bool, preferred: str | None = None) -> str:
         """Where a new job goes: the preferred device when there is a worker for it, else the least-loaded GPU
-        (the shares of its queued and running jobs added up) when the job wants one, else the CPU."""
+        (the shares of its queued and running jobs added up; a GPU that is down only when all are) when the job
+        wants one, else the CPU."""
         if preferred in self.devices:
             return preferred  # type: ignore[return-value]
         gpus = self.gpus()
         if not wants_gpu or not gpus:
             return CPU
         load = self.store.load()
-        return min(gpus, key=lambda d: (load.get(d, 0.0), self.devices.index(d)))
+        return min(gpus, key=lambda d: (self.down(d) is not None, load.get(d, 0.0), self.devices.index(d)))
 
     def share(self, kind: str, device: str, timed: bool = False) -> float:
         """The part of `device` a job of `kind` takes: all of it when timed; on a GPU 1/N with N its kind's workers
@@ -263,6 +274,8 @@ class Broker:
             raise InputError(f"no worker runs jobs of kind {kind!r}; kinds: {', '.join(self.kinds)}")
         if device not in self.devices:
             raise InputError(f"no worker for {device}; devices: {', '.join(self.devices)}")
+        if (why := self.down(device)) is not None:
+            raise InputError(_down_words(device, why))
         share = self.share(kind, device, timed) if share is None else share
         job = self.store.submit(kind, settings, device, model_sha256, owner=owner, timed=timed, share=share,
                                 limits=limits)  # fmt: skip
@@ -326,6 +339,8 @@ class Broker:
         for w in workers:
             if not w.process.is_alive():
                 self._replace(w)
+            elif w.device in self._down and _running_for_good(w):
+                self._up(w.device)
         self._spawn_due()
         now = time.time()
         for job in self.store.running():
@@ -355,19 +370,39 @@ class Broker:
         with self._lock:
             self._workers.remove(worker)
         if not self._stopping.is_set():
-            quick = job is None and worker.verdict is None and time.monotonic() - worker.started < QUICK_DEATH_S
-            if quick:
-                ended = getattr(worker.process, "reason", None) or _exit_reason(worker.process.exitcode)
-                log.warning("the worker for %s ended at start-up: %s", worker.device, ended)
-            self._respawn(worker.device, failed=quick)
+            quick = time.monotonic() - worker.started < QUICK_DEATH_S or not getattr(worker.process, "ready", True)
+            why = None
+            if job is None and worker.verdict is None and quick:
+                why = getattr(worker.process, "reason", None) or _exit_reason(worker.process.exitcode)
+                log.warning("the worker for %s ended at start-up: %s", worker.device, why)
+            self._respawn(worker.device, why)
 
-    def _respawn(self, device: str, failed: bool) -> None:
+    def _respawn(self, device: str, failed_start: str | None) -> None:
         """Start a replacement at once, or after a wait that doubles with each failed start in a row (up to
-        RESPAWN_MAX_S): a worker that cannot start (no memory right after an out-of-memory kill, a broken
-        install) is tried again without a tight loop, and the device is never left without one."""
-        failures = self._failures[device] = self._failures.get(device, 0) + 1 if failed else 0
+        RESPAWN_MAX_S; `failed_start` says why this one failed): a worker that cannot start (no memory right after
+        an out-of-memory kill, a broken install, a Ray node gone) is tried again without a tight loop, and the
+        device is never left without one. After DOWN_AFTER failures in a row, with no other worker of the device
+        running, the device is down: its queued jobs fail with the reason, and it takes no new ones (they would
+        wait for good) until a worker for it runs again."""
+        failures = self._failures[device] = self._failures.get(device, 0) + 1 if failed_start else 0
         delay = min(RESPAWN_MAX_S, 0.25 * 2**failures) if failures else 0.0
         self._due.append((device, time.monotonic() + delay))
+        if failures < DOWN_AFTER:
+            return
+        with self._lock:
+            if any(w.device == device and w.process.is_alive() and _running_for_good(w) for w in self._workers):
+                return
+            self._down[device] = f"its worker failed to start {failures} times in a row ({failed_start})"
+            words = _down_words(device, self._down[device])
+        for job in self.store.queue():
+            if job.status == QUEUED and job.device == device and self.store.fail(job.id, words):
+                log.warning("job %s (%s) failed: %s is down", job.id, job.kind, device)
+
+    def _up(self, device: str) -> None:
+        with self._lock:
+            self._down.pop(device, None)
+        self._failures[device] = 0
+        log.info("the worker for %s runs again; it takes jobs", device)
 
     def _spawn_due(self) -> None:
         now = time.monotonic()
@@ -380,7 +415,17 @@ class Broker:
                 self._spawn(device)
             except Exception as exc:
                 log.error("could not start a worker for %s (%s: %s); trying again", device, type(exc).__name__, exc)
-                self._respawn(device, failed=True)
+                self._respawn(device, f"{type(exc).__name__}: {exc}")
+
+
+def _running_for_good(worker: _Worker) -> bool:
+    """A worker past its start-up: ready and alive for QUICK_DEATH_S."""
+    return getattr(worker.process, "ready", True) and time.monotonic() - worker.started >= QUICK_DEATH_S
+
+
+def _down_words(device: str, why: str) -> str:
+    return (f"{device} takes no jobs now: {why}. It is still being started; submit again later or on another "
+            "device")  # fmt: skip
 
 
 __all__ = ["Broker", "JobLimits", "Launcher", "WorkerHandle", "spawn_process", "worker_rss"]

@@ -271,18 +271,24 @@ class _Slot:
 
 class RayWorkerHandle:
     """A worker as the broker sees it: an app-side thread that claims the key's jobs and runs them on one actor.
-    Alive while that thread runs; it ends on `stop` (after the job in hand) or when the actor dies (`reason`)."""
+    Alive while that thread runs; it ends on `stop` (after the job in hand) or when the actor dies (`reason`).
+    Given no started actor, the thread starts one first (`ready` once it answers): the broker's watch, which
+    launches replacements, never waits the minutes a new actor may take (its node gone, the cluster busy)."""
 
     def __init__(
-        self, pool: RayWorkers, actor: Any, about: dict[str, Any], spec: WorkerSpec, wake: Any, stop: Any
-    ) -> None:
-        self.actor, self.about, self.spec = actor, about, spec
-        self.device = spec.device
-        self.pid: int | None = about["pid"] if pool.is_local(about) else pool.remote_id()
+        self, pool: RayWorkers, slot: _Slot, started: tuple[Any, dict[str, Any]] | None, spec: WorkerSpec,
+        wake: Any, stop: Any,
+    ) -> None:  # fmt: skip
+        self.actor, self.about = started or (None, None)
+        self.spec, self.device = spec, spec.device
+        self.pid: int | None = pool.remote_id()
+        self.ready = False
         self.exitcode: int | None = None
         self.reason: str | None = None
-        self._pool, self._wake, self._stop = pool, wake, stop
+        self._pool, self._slot, self._wake, self._stop = pool, slot, wake, stop
         self._rss: int | None = None
+        if self.about is not None:
+            self._became_ready()
         self._thread = threading.Thread(target=self._drive, name=f"avatarbench-ray-{spec.device}", daemon=True)
         self._thread.start()
 
@@ -294,8 +300,9 @@ class RayWorkerHandle:
     def kill(self) -> None:
         import ray
 
-        with contextlib.suppress(Exception):  # already gone is fine
-            ray.kill(self.actor, no_restart=True)
+        if self.actor is not None:
+            with contextlib.suppress(Exception):  # already gone is fine
+                ray.kill(self.actor, no_restart=True)
 
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)
@@ -305,10 +312,23 @@ class RayWorkerHandle:
 
     # -- the driver thread -------------------------------------------------------------------------------------
 
+    def _became_ready(self) -> None:
+        if self._pool.is_local(self.about):  # its process id then means something here (telemetry, memory)
+            self.pid = self.about["pid"]
+        self.ready = True
+
+    def _start(self) -> None:
+        """A new actor in the key's slot (its GPU's bundle), answering; a failed start ends the handle unready."""
+        self.actor = self._pool._new_actor(self._slot)
+        self.about = self._pool._describe([self.actor])[0]
+        self._became_ready()
+
     def _drive(self) -> None:
         store, spec = self._pool.store, self.spec
         checked = 0.0
         try:
+            if self.actor is None:
+                self._start()
             while not self._stop.is_set():
                 self._wake.clear()  # before claiming, as serve does: a wake-up during the claim is still seen
                 job = store.claim_next(spec.device, self.pid, spec.max_running)
@@ -321,9 +341,14 @@ class RayWorkerHandle:
                 self._run(job)
             self._close()
             self.exitcode = 0
+        except SetupError as exc:  # the actor did not start; the broker tries again
+            self.reason, self.exitcode = str(exc), 1
+            log.warning("a Ray worker for %s did not start: %s", spec.device, exc)
+            self.kill()
         except ActorDied as exc:
             self.reason, self.exitcode = str(exc), 1
             log.warning("worker %s for %s: %s", self.pid, spec.device, exc)
+            self.kill()  # one that could not be reached may still run
         except Exception as exc:  # the store or Ray failed under us: end like a crashed worker, with the reason
             log.exception("the driver of worker %s for %s failed", self.pid, spec.device)
             self.reason, self.exitcode = f"its Ray worker's driver failed: {type(exc).__name__}: {exc}", 1
@@ -331,22 +356,27 @@ class RayWorkerHandle:
         finally:
             self._pool.forget(self)
 
-    def _call(self, ref: Any, timeout: float | None = None) -> Any:
+    def _call(self, ref: Any, timeout: float | None = None, unreachable_ok: bool = False) -> Any:
+        """ray.get, an actor gone as ActorDied. One that could not be reached (its node's network) is gone too
+        unless `unreachable_ok`: the call was lost with what it carried (a job's run), whether or not it lives."""
         import ray
         from ray.exceptions import ActorUnavailableError, RayActorError
 
         try:
             return ray.get(ref, timeout=timeout)
-        except ActorUnavailableError:
-            raise
+        except ActorUnavailableError as exc:
+            if unreachable_ok:
+                raise
+            raise ActorDied(f"its Ray actor could not be reached: {_ray_words(exc)}") from None
         except RayActorError as exc:
             raise ActorDied(f"its Ray actor died: {_ray_words(exc)}") from None
 
     def _poll(self, job: Job | None = None) -> None:
         from ray.exceptions import ActorUnavailableError, GetTimeoutError
 
+        poll = self.actor.poll.options(concurrency_group="watch").remote()
         try:
-            answer = self._call(self.actor.poll.options(concurrency_group="watch").remote(), CALL_TIMEOUT_S)
+            answer = self._call(poll, CALL_TIMEOUT_S, unreachable_ok=True)
         except (GetTimeoutError, ActorUnavailableError):
             return  # busy or briefly unreachable; asked again next time
         self._rss = answer["rss"]
@@ -413,6 +443,7 @@ class RayWorkers:
         self._bundles: list[Any] = []
         self._lock = threading.Lock()
         self._remote_ids = itertools.count(-1, -1)
+        self._ids_lock = threading.Lock()  # not _lock: launch makes handles, which take an id, under _lock
         self._connected_here, self._local_node = connected_here, local_node
         self._closed = False
 
@@ -478,27 +509,19 @@ class RayWorkers:
         return about
 
     def launch(self, spec: WorkerSpec, wake: Any, stop: Any) -> RayWorkerHandle:
-        """The broker's launcher: an actor for `spec.device` (a started one first, else a new one in the same GPU
-        bundle), driven by a new handle."""
-        if self._closed:  # the broker is to be stopped before shutdown(); a late replacement starts nothing
-            return _DeadHandle("the Ray workers were shut down", self.remote_id())
+        """The broker's launcher: a handle for `spec.device` driving a started actor, else one that starts a new
+        actor in the same GPU bundle on its own thread."""
         with self._lock:
+            if self._closed:  # the broker is to be stopped before shutdown(); a late replacement starts nothing
+                raise SetupError("the Ray workers were shut down")
             slot = self._slots.get(spec.device)
             if slot is None and spec.device == CPU:
                 slot = self._slots[CPU] = _Slot(CPU, None, 0, CPU)
             if slot is None:
                 raise InputError(f"no Ray workers for {spec.device}; devices: {', '.join(self._slots)}")
             ready = self._ready.get(spec.device)
-            actor, about = ready.pop(0) if ready else (None, None)
-        if actor is None:
-            actor = self._new_actor(slot)
-            try:
-                about = self._describe([actor])[0]
-            except SetupError as exc:  # the handle starts dead, with why; the broker will try again
-                return _DeadHandle(str(exc), self.remote_id())
-        handle = RayWorkerHandle(self, actor, about, spec, wake, stop)
-        with self._lock:
-            self._handles.append(handle)
+            handle = RayWorkerHandle(self, slot, ready.pop(0) if ready else None, spec, wake, stop)
+            self._handles.append(handle)  # before its thread can end and forget it
         return handle
 
     # -- what handles use --------------------------------------------------------------------------------------
@@ -509,7 +532,7 @@ class RayWorkers:
 
     def remote_id(self) -> int:
         """A worker id for an actor on another node: negative, so it is never mistaken for a local process."""
-        with self._lock:
+        with self._ids_lock:
             return next(self._remote_ids)
 
     def forget(self, handle: RayWorkerHandle) -> None:
@@ -560,26 +583,6 @@ class RayWorkers:
                 remove_placement_group(bundle)
         if self._connected_here:
             ray.shutdown()
-
-
-class _DeadHandle:
-    """A worker whose actor could not start: the broker sees it ended (no job was claimed) and launches again."""
-
-    def __init__(self, reason: str, pid: int) -> None:
-        self.reason, self.pid, self.exitcode = reason, pid, 1
-        log.warning("a Ray worker did not start: %s", reason)
-
-    def is_alive(self) -> bool:
-        return False
-
-    def kill(self) -> None:
-        pass
-
-    def join(self, timeout: float | None = None) -> None:
-        pass
-
-    def rss(self) -> int | None:
-        return None
 
 
 def _rewrite(value: Any, moved: Mapping[str, str]) -> Any:

@@ -135,7 +135,7 @@ def split_devices(broker: Broker, settings: Settings, seconds: float | None) -> 
     if broker.launcher is not spawn_process or settings.device == CPU or settings.device.startswith("cuda:"):
         return []
     load = broker.store.load()
-    idle = [device for device in broker.gpus() if load.get(device, 0.0) <= 0.0]
+    idle = [d for d in broker.gpus() if load.get(d, 0.0) <= 0.0 and broker.down(d) is None]
     most = int(seconds // (settings.split_seconds / SEGMENT_PARTS))
     return idle[:most] if min(len(idle), most) >= 2 else []
 
