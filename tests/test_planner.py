@@ -110,7 +110,7 @@ def test_llm_weights_and_kv_cache_by_hand() -> None:
     assert llm_weight_bytes(mistral, "awq") / 1e9 == pytest.approx(4.15, abs=0.01)
     assert llm_weight_bytes(LLMS["gemma-2b"]) == int(2.51e9 * 2)  # tied embeddings count once, still fp16
     with pytest.raises(PlanError, match="quantize"):
-        llm_weight_bytes(mistral, "fp8")
+        llm_weight_bytes(mistral, "nf4")
 
 
 def test_what_a_16_gb_card_holds_at_fp16_and_at_4_bits() -> None:
@@ -373,3 +373,27 @@ def test_the_bench_tab_describes_only_a_gpu_of_its_own_process() -> None:
 
     if not torch.cuda.is_available():  # "Torch not compiled with CUDA enabled" before
         assert _this_card("cuda:0") is None
+
+
+def test_hopper_quantizes_to_fp8_and_many_requests_are_let_in() -> None:
+    """EETQ stops at 8.9: auto took the deprecated bitsandbytes on an H100 (and TGI turns CUDA graphs off for
+    it); FP8 is TGI's 8-bit there. Past 128 requests at once TGI's launcher refuses the rest unless told."""
+    hopper = plan_llm(LlmRequest("H100", "llama-2-13b", max_total_tokens=4096, concurrent_requests=16))
+    assert hopper["fits"] and hopper["flags"]["--quantize"] == "fp8" and hopper["flags"]["--num-shard"] == 1
+    assert hopper["memory"]["per_gpu"]["weights_bytes"] == pytest.approx(
+        (13.0e9 - 2 * 32000 * 5120) * (1 + 4 / 4096) + 2 * (2 * 32000 * 5120), abs=1
+    )
+    ada = plan_llm(LlmRequest("L40S", "llama-2-13b", max_total_tokens=4096, concurrent_requests=6))
+    assert ada["flags"]["--quantize"] == "eetq"  # EETQ covers 8.9
+    assert any(
+        "FP8 weights need" in w for w in plan_llm(LlmRequest("A100-80GB", "mistral-7b", quantize="fp8"))["warnings"]
+    )
+    old = plan_llm(LlmRequest("V100-32GB", "mistral-7b", max_total_tokens=2048, quantize="fp8"))
+    assert "--quantize" not in old["flags"] and any("--quantize fp8 is ignored there" in w for w in old["warnings"])
+    many = plan_llm(LlmRequest("H100", "tinyllama-1.1b", concurrent_requests=300))
+    assert many["fits"] and many["flags"]["--max-concurrent-requests"] == 300
+    assert "--max-concurrent-requests 300" in many["launch"]
+    few = plan_llm(LlmRequest("H100", "tinyllama-1.1b", concurrent_requests=128))
+    assert "--max-concurrent-requests" not in few["flags"]
+    nothing = plan_llm(LlmRequest("T4", "llama-2-13b", quantize="none", max_total_tokens=4096))
+    assert not nothing["fits"] and "--max-batch-total-tokens" not in nothing["flags"]  # TGI refuses 0

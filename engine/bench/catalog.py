@@ -70,6 +70,8 @@ class Gpu:
             return self.compute_capability >= (7, 0)
         if feature == "eetq":  # EETQ's int8 kernels are built for compute capability 7.0 to 8.9
             return (7, 0) <= self.compute_capability <= (8, 9)
+        if feature == "fp8":  # FP8 tensor cores: Ada (8.9) and Hopper (9.0) on
+            return self.compute_capability >= (8, 9)
         raise KeyError(feature)
 
     def to_dict(self) -> dict[str, Any]:

@@ -29,11 +29,14 @@ QUANT_BYTES_PER_PARAM = {
     "none": 2.0,  # fp16 / bf16
     "eetq": 1.0 + 2 / 4096,  # int8 weights with a per-row fp16 scale (rows of ~4096)
     "bitsandbytes": 1.0 + 2 / 4096,
+    "fp8": 1.0 + 4 / 4096,  # e4m3 weights with a per-row fp32 scale, quantized at load
     # 4-bit weights in groups of 128 with an fp16 scale and a packed 4-bit zero point per group
     "awq": (128 * 0.5 + 2 + 0.5) / 128,
     "gptq": (128 * 0.5 + 2 + 0.5) / 128,
 }
 FOUR_BIT = ("awq", "gptq")
+LOAD_TIME_8BIT = ("eetq", "fp8")  # quantized by TGI's flash path at load; its non-flash path loads them as fp16
+TGI_DEFAULT_CONCURRENT_REQUESTS = 128  # the launcher's --max-concurrent-requests when none is given
 
 
 class PlanError(InputError):
@@ -401,10 +404,16 @@ def plan_llm(req: LlmRequest, card: Gpu | None = None) -> dict[str, Any]:
             "attention and paged attention need 8.0+, so TGI runs the slower non-flash path, cannot shard "
             "(one GPU only) and pads the KV cache per request"
         )
-    # TGI's non-flash path (CausalLM.fallback, transformers' loading) honours only bitsandbytes: eetq is ignored there
-    int8 = "eetq" if flash and gpu.supports("eetq") else "bitsandbytes"
-    # eetq asked for on the non-flash path loads fp16 weights (warned below): sized and launched as what runs
-    asked = "none" if req.quantize == "eetq" and not flash else req.quantize
+    # TGI's non-flash path (CausalLM.fallback, transformers' loading) honours only bitsandbytes: eetq is ignored
+    # there. EETQ's kernels stop at 8.9; above, FP8 (TGI: "works on H100 and above") beats the deprecated
+    # bitsandbytes, which also turns TGI's CUDA graphs off.
+    int8 = "bitsandbytes"
+    if flash and gpu.supports("eetq"):
+        int8 = "eetq"
+    elif flash and gpu.supports("fp8"):
+        int8 = "fp8"
+    # eetq or fp8 asked for on the non-flash path loads fp16 weights (warned below): sized and launched as what runs
+    asked = "none" if req.quantize in LOAD_TIME_8BIT and not flash else req.quantize
     quant_options = ["none", int8, "awq"] if req.quantize == "auto" else [asked]
     if req.quantize in FOUR_BIT and not gpu.supports("marlin"):
         warnings.append(
@@ -413,10 +422,12 @@ def plan_llm(req: LlmRequest, card: Gpu | None = None) -> dict[str, Any]:
         )
     if req.quantize == "eetq" and not gpu.supports("eetq"):
         warnings.append(f"EETQ's kernels cover compute capability 7.0 to 8.9; {gpu.name} may not run it")
-    elif req.quantize == "eetq" and not flash:
+    if req.quantize == "fp8" and not gpu.supports("fp8"):
+        warnings.append(f"FP8 weights need FP8 tensor cores (compute capability 8.9+); {gpu.name} may not run it")
+    if req.quantize in LOAD_TIME_8BIT and not flash:
         warnings.append(
             "TGI's non-flash path loads the model through transformers and quantizes only with bitsandbytes: "
-            "--quantize eetq is ignored there and the weights load in fp16 (ask for bitsandbytes)"
+            f"--quantize {req.quantize} is ignored there and the weights load in fp16 (ask for bitsandbytes)"
         )
     shard_options = [s for s in (1, 2, 4, 8) if s <= req.count and spec.kv_heads % s == 0 and spec.heads % s == 0]
     if not flash:
@@ -482,8 +493,12 @@ def plan_llm(req: LlmRequest, card: Gpu | None = None) -> dict[str, Any]:
         "--max-total-tokens": req.max_total_tokens,
         "--max-batch-prefill-tokens": prefill_tokens,
         # the flash path sizes the batch's KV tokens from free memory itself; the non-flash path takes
-        # max(16000, ...) whatever the memory, so the plan states what fits
-        "--max-batch-total-tokens": None if flash else best["kv_token_capacity"],
+        # max(16000, ...) whatever the memory, so the plan states what fits (TGI refuses 0: nothing fits then)
+        "--max-batch-total-tokens": None if flash else best["kv_token_capacity"] or None,
+        # past the launcher's 128, more requests at once are refused whatever the memory holds
+        "--max-concurrent-requests": (
+            req.concurrent_requests if req.concurrent_requests > TGI_DEFAULT_CONCURRENT_REQUESTS else None
+        ),
         "--dtype": dtype if best["quantize"] == "none" else None,
         "--quantize": None if best["quantize"] == "none" else best["quantize"],
     }
@@ -496,13 +511,13 @@ def plan_llm(req: LlmRequest, card: Gpu | None = None) -> dict[str, Any]:
     if dtype == "float16" and best["quantize"] == "none":
         reasons.append("--dtype float16: this card has no bf16")
     model_id = spec.name
-    if best["quantize"] in FOUR_BIT:  # TGI quantizes to EETQ or bitsandbytes at load, never to AWQ or GPTQ
+    if best["quantize"] in FOUR_BIT:  # TGI quantizes to EETQ, FP8 or bitsandbytes at load, never to AWQ or GPTQ
         kind = best["quantize"].upper()
         model_id = f"{kind}-CHECKPOINT-OF-{spec.name.split('/')[-1]}"
         warnings.append(
             f"--quantize {best['quantize']}: TGI loads {kind} weights quantized ahead of time and does not make them "
             f"from {spec.name}: put a checkpoint of it quantized with {kind} in --model-id (the launch line holds a "
-            "placeholder); EETQ and bitsandbytes quantize at load"
+            "placeholder); EETQ, FP8 and bitsandbytes quantize at load"
         )
     launch = " ".join(f"{k} {v}" for k, v in flags.items() if v is not None)
     return {
