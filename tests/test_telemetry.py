@@ -8,14 +8,23 @@ import pytest
 
 from engine.system import telemetry
 from engine.system.telemetry import NvmlSource, TelemetrySampler, render_table, series
+from ui.telemetry import current_values_html, strip_html
+
+real_nvml = pytest.importorskip("pynvml")  # nvidia-ml-py's own error classes, as a driver raises them
 
 
 class NotSupported(Exception):
     pass
 
 
-def fake_nvml(unsupported: set[str] = frozenset(), devices: int = 1, init_error: Exception | None = None):
-    """A pynvml stand-in: two GPUs' worth of plausible values; names in `unsupported` raise."""
+def fake_nvml(
+    unsupported: set[str] = frozenset(),
+    devices: int = 1,
+    init_error: Exception | None = None,
+    handle_errors: dict[int, Exception] | None = None,
+):
+    """A pynvml stand-in: two GPUs' worth of plausible values; names in `unsupported` raise, and so does the handle
+    of a GPU in `handle_errors`."""
     Util = namedtuple("Util", "gpu memory")
     Mem = namedtuple("Mem", "used total free")
     Proc = namedtuple("Proc", "pid usedGpuMemory")
@@ -61,7 +70,13 @@ def fake_nvml(unsupported: set[str] = frozenset(), devices: int = 1, init_error:
 
     mod.nvmlInit = init
     mod.nvmlDeviceGetCount = lambda: devices
-    mod.nvmlDeviceGetHandleByIndex = lambda i: i
+
+    def handle(index: int) -> int:
+        if index in (handle_errors or {}):
+            raise handle_errors[index]
+        return index
+
+    mod.nvmlDeviceGetHandleByIndex = handle
     mod.nvmlSystemGetDriverVersion = lambda: b"580.159.04"
     mod.nvmlSystemGetCudaDriverVersion_v2 = lambda: 13000
     return mod
@@ -119,6 +134,75 @@ def test_unsupported_calls_become_na_not_exceptions(use_fake) -> None:
     assert set(calls.values()) == {1} and len(calls) == len(missing) - 1
 
 
+def test_a_gpu_nvml_cannot_open_is_named_and_the_others_keep_their_figures(use_fake) -> None:
+    lost, denied = real_nvml.NVMLError(real_nvml.NVML_ERROR_GPU_IS_LOST), real_nvml.NVMLError_NoPermission()
+    source = use_fake(devices=3, handle_errors={1: lost, 2: denied})
+    assert source.status == "" and source.driver_version == "580.159.04" and source.cuda_driver_version == "13.0"
+    gpus = source.sample()
+    assert [g.error for g in gpus] == [None, "GPU is lost", "no permission"]
+    assert gpus[0].memory_used_bytes == 20 * 2**30 and gpus[1].memory_used_bytes is None
+    table = render_table(TelemetrySampler(nvml=source).sample_now())
+    assert "1    GPU 1" in table and "GPU is lost" in table and "no permission" in table
+
+
+def test_a_gpu_lost_mid_run_says_so_and_is_not_asked_again(use_fake) -> None:
+    source = use_fake(devices=2)
+    fake = sys.modules["pynvml"]
+    asked = []
+
+    def lost(handle, *args):
+        asked.append(handle)
+        if handle == 1:
+            raise real_nvml.NVMLError(real_nvml.NVML_ERROR_GPU_IS_LOST)
+        return namedtuple("Util", "gpu memory")(5, 5)
+
+    fake.nvmlDeviceGetUtilizationRates = lost
+    first = source.sample()
+    assert [g.error for g in first] == [None, "GPU is lost"] and first[0].util_gpu_percent == 5
+    assert source.sample()[1].error == "GPU is lost" and asked == [0, 1, 0]
+    strip = strip_html(TelemetrySampler(nvml=source).sample_now(), [], 1.0)
+    panel = current_values_html(TelemetrySampler(nvml=source).sample_now())
+    assert "GPU is lost" in strip and "GPU is lost" in panel
+
+
+def test_memory_used_is_nvml_v2s_where_the_driver_has_it(use_fake) -> None:
+    source = use_fake()
+    fake = sys.modules["pynvml"]
+    Mem = namedtuple("Mem", "used total free")
+    versions = []
+
+    def memory(handle, version=None):
+        versions.append(version)
+        if version is None:  # v1 counts the driver's reserved memory in "used"
+            return Mem(21 * 2**30, 80 * 2**30, 59 * 2**30)
+        if fake.v2_missing:
+            raise real_nvml.NVMLError(real_nvml.NVML_ERROR_FUNCTION_NOT_FOUND)
+        return Mem(20 * 2**30, 80 * 2**30, 59 * 2**30)
+
+    fake.nvmlDeviceGetMemoryInfo, fake.nvmlMemory_v2, fake.v2_missing = memory, real_nvml.nvmlMemory_v2, False
+    assert source.sample()[0].memory_used_bytes == 20 * 2**30 and versions == [real_nvml.nvmlMemory_v2]
+    old = use_fake()  # a driver before 510: v1, with v2 asked only once
+    fake = sys.modules["pynvml"]
+    fake.nvmlDeviceGetMemoryInfo, fake.nvmlMemory_v2, fake.v2_missing = memory, real_nvml.nvmlMemory_v2, True
+    versions.clear()
+    assert [old.sample()[0].memory_used_bytes for _ in range(2)] == [21 * 2**30] * 2
+    assert versions == [real_nvml.nvmlMemory_v2, None, None]
+
+
+@pytest.mark.parametrize(
+    ("error", "said", "fix"),
+    [
+        (real_nvml.NVMLError_LibRmVersionMismatch(), "upgraded without a reboot", "sudo modprobe nvidia"),
+        (real_nvml.NVMLError_DriverNotLoaded(), "kernel driver is not loaded", "dmesg"),
+        (real_nvml.NVMLError_NoPermission(), "/dev/nvidia*", "usermod -aG video"),
+        (real_nvml.NVMLError_LibraryNotFound(), "libnvidia-ml.so.1", "Install the NVIDIA driver"),
+    ],
+)
+def test_each_nvml_start_failure_has_its_own_reason_and_fix(use_fake, error, said, fix) -> None:
+    source = use_fake(init_error=error)
+    assert source.devices == [] and said in source.status and fix in source.fix
+
+
 def test_nvml_start_failure_is_a_plain_reason(use_fake) -> None:
     class NVMLError_LibraryNotFound(Exception):
         pass
@@ -135,6 +219,7 @@ def test_without_nvml_host_telemetry_is_real_and_the_status_is_clear(monkeypatch
     time.sleep(0.1)
     snap = sampler.sample_now()
     assert snap.gpus == [] and snap.gpu_status == "no NVIDIA GPU visible (nvidia-ml-py is not installed)"
+    assert sampler._nvml.fix.startswith("pip install nvidia-ml-py")
     assert snap.host.ram_total_bytes == psutil.virtual_memory().total
     assert snap.host.cpu_count == psutil.cpu_count()
     assert 0 < snap.host.process_rss_bytes <= snap.host.ram_total_bytes

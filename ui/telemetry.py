@@ -102,6 +102,9 @@ def _jobs_text(workers: list[WorkerActivity]) -> str:
 
 
 def _gpu_line(gpu: GpuSample, recent: list[Snapshot], workers: list[WorkerActivity]) -> str:
+    head = f"<b>GPU {gpu.index}</b><span class='ab-dim ab-gpu-name'>{html.escape(gpu.name)}</span>"
+    if gpu.error is not None:  # one plain reason, not a row of N/A
+        return _line(head, f"GPU {gpu.index}: NVML cannot read it", [f"<span>⚠️ {html.escape(gpu.error)}</span>"])
     used = "N/A" if gpu.memory_used_bytes is None else _gib(gpu.memory_used_bytes)
     parts = [
         _metric(
@@ -127,7 +130,6 @@ def _gpu_line(gpu: GpuSample, recent: list[Snapshot], workers: list[WorkerActivi
         parts.append(f"<span>⚠️ throttled: {html.escape(throttle_text(throttling))}</span>")
     if workers:
         parts.append(f"<span class='ab-jobs' title='its job workers'>jobs: {html.escape(_jobs_text(workers))}</span>")
-    head = f"<b>GPU {gpu.index}</b><span class='ab-dim ab-gpu-name'>{html.escape(gpu.name)}</span>"
     title = f"GPU {gpu.index}: utilisation, memory used and power; the lines show the last {SPARK_WINDOW_S:.0f} s"
     return _line(head, title, parts)
 
@@ -174,6 +176,10 @@ def current_values_html(snap: Snapshot) -> str:
     """The full panel's table of the newest sample: one row per GPU, then the host."""
     rows = []
     for g in snap.gpus:
+        if g.error is not None:
+            device, reason = html.escape(f"GPU {g.index}: {g.name}"), html.escape(g.error)
+            rows.append(f"<tr><td>{device}</td><td colspan='9'>⚠️ {reason}</td></tr>")
+            continue
         mem = "N/A"
         if g.memory_used_bytes is not None and g.memory_total_bytes:
             mem = f"{g.memory_used_bytes / 2**30:.1f} / {g.memory_total_bytes / 2**30:.1f} GiB"

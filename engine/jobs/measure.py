@@ -38,6 +38,8 @@ from typing import Any, Protocol
 
 import psutil
 
+from engine.system.gpu_memory import memory_info
+
 log = logging.getLogger(__name__)
 
 TELEMETRY_COLUMNS = (
@@ -240,7 +242,7 @@ class Window:
         if nvml is None:
             return None, None, None
         util = nvml.get(getattr(nvml.nvml, "nvmlDeviceGetUtilizationRates", None))
-        memory = nvml.get(getattr(nvml.nvml, "nvmlDeviceGetMemoryInfo", None))
+        memory = memory_info(nvml)
         milliwatts = nvml.get(getattr(nvml.nvml, "nvmlDeviceGetPowerUsage", None))
         return (
             None if util is None else float(util.gpu),

@@ -40,17 +40,27 @@ def nvml_device(source: Any, device_id: int = 0) -> Any:
     return devices[index] if index is not None and index < len(devices) else None
 
 
+def memory_info(device: Any) -> Any:
+    """NVML's memory figures of `device` (engine.system.telemetry's, or anything with its `.nvml` and forgiving
+    `.get`), or None: the v2 struct where the driver has it, whose `used` leaves out the memory the driver reserves,
+    as nvidia-smi and nvitop show it (v1's counts it: hundreds of MiB on an idle card); v1 on older drivers."""
+    read = getattr(device.nvml, "nvmlDeviceGetMemoryInfo", None)
+    v2 = getattr(device.nvml, "nvmlMemory_v2", None)
+    info = device.get(read, v2) if v2 is not None else None
+    return info if info is not None else device.get(read)
+
+
 def gpu_memory(source: Any, device_id: int = 0) -> dict[str, int | None] | None:
     """Used and total bytes of the GPU, and this process's share (None where NVML cannot tell: in some
     containers NVML reports host PIDs), or None without NVML."""
     device = nvml_device(source, device_id)
     if device is None:
         return None
-    info = device.get(device.nvml.nvmlDeviceGetMemoryInfo)
+    info = memory_info(device)
     if info is None:
         return None
     mine = next((p.used_memory_bytes for p in device.processes() if p.pid == os.getpid()), None)
     return {"used": int(info.used), "total": int(info.total), "process": mine}
 
 
-__all__ = ["gpu_memory", "nvml_device", "nvml_index", "nvml_source"]
+__all__ = ["gpu_memory", "memory_info", "nvml_device", "nvml_index", "nvml_source"]

@@ -21,7 +21,7 @@ from typing import Any
 
 import psutil
 
-from engine.system.gpu_memory import nvml_index
+from engine.system.gpu_memory import memory_info, nvml_index
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,7 @@ class GpuSample:
     throttle_reasons: list[str] | None = None
     mig_mode: bool | None = None
     processes: list[GpuProcess] = field(default_factory=list)
+    error: str | None = None  # why NVML cannot read this GPU at all ("GPU is lost"), shown instead of a row of N/A
 
     @property
     def memory_percent(self) -> float | None:
@@ -133,25 +134,75 @@ class Snapshot:
         return out
 
 
-def _describe_nvml_error(exc: BaseException) -> str:
+INSTALL_DRIVER = (
+    "Install the NVIDIA driver (it provides libnvidia-ml.so.1 and libcuda.so.1); in a container run "
+    "with `--gpus all` (NVIDIA Container Toolkit)."
+)
+# nvmlInit's failures by pynvml error class: what it means, and the fix (each cause has its own).
+NVML_START_ERRORS = {
+    "LibRmVersionMismatch": (
+        "the NVIDIA kernel module and its library (libnvidia-ml) are different versions: the driver was "
+        "upgraded without a reboot",
+        "Reboot; or stop every process using the GPU and reload the kernel modules: sudo rmmod nvidia_uvm "
+        "nvidia_drm nvidia_modeset nvidia && sudo modprobe nvidia",
+    ),
+    "LibraryNotFound": (
+        "the NVML library (libnvidia-ml.so.1) was not found: no NVIDIA driver is installed or mounted",
+        INSTALL_DRIVER,
+    ),
+    "DriverNotLoaded": (
+        "the NVIDIA kernel driver is not loaded",
+        "Load it: sudo modprobe nvidia; if that fails, `sudo dmesg | grep -i nvidia` says why (with Secure Boot "
+        "on, an unsigned module is refused: sign it, or install your distribution's signed driver package).",
+    ),
+    "NoPermission": (
+        "no permission to open the NVIDIA device files (/dev/nvidia*)",
+        "Give this user read-write access to /dev/nvidia* (on some distributions: sudo usermod -aG video $USER, "
+        "then log in again); in a container run with `--gpus all`.",
+    ),
+}
+PYNVML_MISSING = "nvidia-ml-py is not installed"
+PYNVML_FIX = "pip install nvidia-ml-py (NVML's Python binding; the driver itself may be fine)"
+# A device's own failures (its handle, or any read), as nvitop shows them in place of its figures.
+DEVICE_ERRORS = {"GpuIsLost": "GPU is lost", "NoPermission": "no permission", "InsufficientPower": "insufficient power"}
+# Errors that will not change while the process runs: the call is not asked again.
+_PERMANENT = ("NotSupported", "FunctionNotFound", "ArgumentVersionMismatch")
+
+
+def _error_class(exc: BaseException) -> str:
+    """pynvml's class name without its prefix: NVMLError_GpuIsLost -> GpuIsLost."""
+    return type(exc).__name__.removeprefix("NVMLError_")
+
+
+def _describe_nvml_error(exc: BaseException) -> tuple[str, str]:
+    """Why nvmlInit failed, and the fix for that cause."""
     text = str(exc) or type(exc).__name__
-    name = type(exc).__name__
-    if "LibraryNotFound" in name or "Library Not Found" in text:
-        return "the NVML library (libnvidia-ml.so.1) was not found: no NVIDIA driver is installed or mounted"
-    if "DriverNotLoaded" in name or "Driver Not Loaded" in text:
-        return "the NVIDIA kernel driver is not loaded"
-    if "NoPermission" in name:
-        return "no permission to open the NVIDIA device files"
-    return f"NVML failed to start: {text}"
+    found = NVML_START_ERRORS.get(_error_class(exc))
+    if found is None and "Library Not Found" in text:
+        found = NVML_START_ERRORS["LibraryNotFound"]
+    return found or (f"NVML failed to start: {text}", INSTALL_DRIVER)
+
+
+def device_error(exc: BaseException) -> str:
+    """A short text for a device NVML cannot read ("GPU is lost")."""
+    return DEVICE_ERRORS.get(_error_class(exc)) or str(exc) or type(exc).__name__
 
 
 class _NvmlDevice:
-    """One GPU handle; every read is forgiving and yields None when unsupported."""
+    """One GPU handle; every read is forgiving and yields None when unsupported.
+
+    A GPU whose handle fails (NoPermission in a container's cgroup) or that is lost (Xid 79, at start or mid-run)
+    stays in the list with `error` set: the other GPUs keep their figures and their NVML indices."""
 
     def __init__(self, nvml: Any, index: int):
         self.nvml = nvml
         self.index = index
-        self.handle = nvml.nvmlDeviceGetHandleByIndex(index)
+        self.error: str | None = None
+        try:
+            self.handle = nvml.nvmlDeviceGetHandleByIndex(index)
+        except Exception as exc:
+            self.handle, self.error = None, device_error(exc)
+            log.warning("NVML cannot open GPU %d: %s", index, self.error)
         self._unsupported: set[tuple[Any, ...]] = set()
         self._proc_names: dict[int, str] = {}
         # Static facts, read once.
@@ -164,13 +215,17 @@ class _NvmlDevice:
         """fn(handle, *args), or None when it fails; a call the device does not support is not
         asked again (measured on an H100: a failing call costs ~0.4 ms of CPU each time)."""
         key = (fn, *args)
-        if fn is None or key in self._unsupported:
+        if fn is None or key in self._unsupported or self.error is not None:
             return None
         try:
             value = fn(self.handle, *args)
         except Exception as exc:  # NVMLError_NotSupported, _NoPermission, _GpuIsLost, missing symbol...
-            if "NotSupported" in type(exc).__name__ or "Not Supported" in str(exc):
+            kind = _error_class(exc)
+            if any(p in kind for p in _PERMANENT) or "Not Supported" in str(exc):
                 self._unsupported.add(key)
+            if kind == "GpuIsLost":  # nothing more will read until the GPU is reset: said once, shown for good
+                self.error = device_error(exc)
+                log.warning("GPU %d: %s (reset it with `nvidia-smi -r -i %d`, or reboot)", self.index, exc, self.index)
             log.debug("NVML %s on GPU %d: %s", getattr(fn, "__name__", fn), self.index, exc)
             return None
         return value.decode() if isinstance(value, bytes) else value
@@ -185,11 +240,13 @@ class _NvmlDevice:
 
     def sample(self) -> GpuSample:
         nv = self.nvml
-        s = GpuSample(index=self.index, name=self.name, uuid=self.uuid, mig_mode=self.mig_mode)
+        s = GpuSample(index=self.index, name=self.name, uuid=self.uuid, mig_mode=self.mig_mode, error=self.error)
+        if self.error is not None:
+            return s
         util = self.get(nv.nvmlDeviceGetUtilizationRates)
         if util is not None:
             s.util_gpu_percent, s.util_memory_percent = float(util.gpu), float(util.memory)
-        mem = self.get(nv.nvmlDeviceGetMemoryInfo)
+        mem = memory_info(self)
         if mem is not None:
             s.memory_used_bytes, s.memory_total_bytes = int(mem.used), int(mem.total)
         s.temperature_c = self.get(nv.nvmlDeviceGetTemperature, nv.NVML_TEMPERATURE_GPU)
@@ -214,6 +271,7 @@ class _NvmlDevice:
         if reasons is not None:
             s.throttle_reasons = [text for bit, text in THROTTLE_REASONS.items() if reasons & bit]
         s.processes = self.processes()
+        s.error = self.error  # lost during this very sample
         return s
 
     def processes(self) -> list[GpuProcess]:
@@ -250,25 +308,20 @@ class NvmlSource:
         self.driver_version: str | None = None
         self.cuda_driver_version: str | None = None
         self.status = ""
+        self.fix = ""  # the fix for `status`'s cause, where NVML did not start
         try:
             import pynvml
         except ImportError:
-            self.status = "no NVIDIA GPU visible (nvidia-ml-py is not installed)"
+            self.status, self.fix = f"no NVIDIA GPU visible ({PYNVML_MISSING})", PYNVML_FIX
             return
         self.nvml = pynvml
         try:
             pynvml.nvmlInit()
         except Exception as exc:
-            self.status = f"no NVIDIA GPU visible ({_describe_nvml_error(exc)})"
+            what, self.fix = _describe_nvml_error(exc)
+            self.status = f"no NVIDIA GPU visible ({what})"
             return
-        try:
-            count = pynvml.nvmlDeviceGetCount()
-            self.devices = [_NvmlDevice(pynvml, i) for i in range(count)]
-        except Exception as exc:
-            self.status = f"no NVIDIA GPU visible (NVML could not list devices: {exc})"
-            return
-        if not self.devices:
-            self.status = "no NVIDIA GPU visible (NVML is working but reports no devices)"
+        # The driver's versions first: they are true even when a device cannot be read.
         self.driver_version = _safe_decode(pynvml, "nvmlSystemGetDriverVersion")
         cuda = _safe_decode(pynvml, "nvmlSystemGetCudaDriverVersion_v2") or _safe_decode(
             pynvml, "nvmlSystemGetCudaDriverVersion"
@@ -276,6 +329,14 @@ class NvmlSource:
         if isinstance(cuda, int):
             cuda = f"{cuda // 1000}.{(cuda % 1000) // 10}"
         self.cuda_driver_version = cuda
+        try:
+            count = pynvml.nvmlDeviceGetCount()
+        except Exception as exc:
+            self.status = f"no NVIDIA GPU visible (NVML could not count devices: {exc})"
+            return
+        self.devices = [_NvmlDevice(pynvml, i) for i in range(count)]
+        if not self.devices:
+            self.status = "no NVIDIA GPU visible (NVML is working but reports no devices)"
 
     def sample(self) -> list[GpuSample]:
         return [device.sample() for device in self.devices]
@@ -462,6 +523,9 @@ def render_table(snap: Snapshot) -> str:
         lines.append(row("     GPU-Util  Mem-Util  SM/Mem clock        PCIe RX/TX (MB/s)   Enc/Dec   Throttle"))
         lines.append(rule.replace("-", "="))
         for g in snap.gpus:
+            if g.error is not None:
+                lines.extend((row(f"{g.index:<4} {g.name[:29]:<29} {g.error}"), rule))
+                continue
             power = f"{_na(g.power_w, '{:.0f}W')} / {_na(g.power_limit_w, '{:.0f}W')}"
             memory = f"{_mib(g.memory_used_bytes)} / {_mib(g.memory_total_bytes)}"
             lines.append(
