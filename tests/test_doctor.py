@@ -12,6 +12,7 @@ import pytest
 from engine.core.settings import load_settings
 from engine.system import doctor
 from engine.system.doctor import INFO, OK, PROBLEM, STATUSES, WARNING, Check, _Context, run_doctor
+from engine.system.telemetry import GpuSample
 
 NO_NVML = "the NVML library (libnvidia-ml.so.1) was not found: no NVIDIA driver is installed or mounted"
 
@@ -35,7 +36,7 @@ def report(tmp_path_factory, real_probe):
 def _no_gpu_here() -> bool:
     import torch
 
-    return not torch.cuda.is_available() and not doctor._gather_nvml()[0] and not doctor._nvidia_on_pci()
+    return not torch.cuda.is_available() and not doctor._gather_nvml()["nvml_gpus"] and not doctor._nvidia_on_pci()
 
 
 def _has(package: str) -> bool:
@@ -97,16 +98,19 @@ def _failing_probe() -> dict:
     }
 
 
-def _doctor_on(monkeypatch, tmp_path: Path, nvml: list[str], pci: int = 0, zero_gpu: bool = False):
-    """The whole doctor on a described machine: CPU-only PyTorch, onnxruntime-gpu whose CUDA libraries are
-    missing, and the GPUs NVML and the PCI bus show."""
+def _doctor_on(
+    monkeypatch, tmp_path: Path, nvml: list[str], pci: int = 0, zero_gpu: bool = False, torch_cuda: str | None = None
+):
+    """The whole doctor on a described machine: PyTorch without a GPU (a CPU-only build unless `torch_cuda`),
+    onnxruntime-gpu whose CUDA libraries are missing, and the GPUs NVML and the PCI bus show."""
     import torch
 
-    monkeypatch.setattr(torch.version, "cuda", None)
+    monkeypatch.setattr(torch.version, "cuda", torch_cuda)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    status = "" if nvml else NO_NVML
-    driver = ("580.65", "13.0") if nvml else (None, None)
-    monkeypatch.setattr(doctor, "_gather_nvml", lambda: (nvml, status, *driver))
+    driver, cuda = ("580.65", "13.0") if nvml else (None, None)
+    facts = {"nvml_gpus": nvml, "nvml_status": "" if nvml else NO_NVML, "driver_version": driver}
+    facts["cuda_driver_version"] = cuda
+    monkeypatch.setattr(doctor, "_gather_nvml", lambda: facts)
     monkeypatch.setattr(doctor, "_nvidia_on_pci", lambda: pci)
     monkeypatch.setattr(doctor, "run_ort_probe", lambda: (_failing_probe(), None))
     if zero_gpu:
@@ -158,7 +162,7 @@ def test_a_gpu_on_the_pci_bus_without_a_driver_gets_the_driver_recipe(monkeypatc
 def test_zero_gpu_outside_a_gpu_function_is_information_and_keeps_the_provider_checks(
     monkeypatch, tmp_path: Path
 ) -> None:
-    report = _doctor_on(monkeypatch, tmp_path, nvml=[], zero_gpu=True)
+    report = _doctor_on(monkeypatch, tmp_path, nvml=[], zero_gpu=True, torch_cuda="13.0")
     assert report.get("nvidia-driver").status == INFO and "ZeroGPU" in report.get("nvidia-driver").found
     assert report.get("pytorch").status == OK
     # Without the `spaces` package no job can reach the GPU, so everything would run on the CPU: a problem, with
@@ -184,7 +188,7 @@ def spaces_standin(monkeypatch) -> Iterator[None]:
 def test_zero_gpu_with_spaces_says_jobs_get_the_gpu_inside_gpu_functions(
     monkeypatch, tmp_path: Path, spaces_standin: None
 ) -> None:
-    report = _doctor_on(monkeypatch, tmp_path, nvml=[], zero_gpu=True)
+    report = _doctor_on(monkeypatch, tmp_path, nvml=[], zero_gpu=True, torch_cuda="13.0")
     device = report.get("device")
     assert device.status == OK and device.details["zero_gpu"] and "@spaces.GPU" in device.found
     assert "attached only while a job runs" in device.found and "CPU" not in device.found
@@ -265,8 +269,9 @@ def _ctx(tmp_path: Path, **kw) -> _Context:
     return _Context(**base)
 
 
-def test_two_onnxruntime_packages_together_is_a_problem(monkeypatch, tmp_path: Path) -> None:
-    versions = {"onnxruntime": "1.31.0", "onnxruntime-gpu": "1.31.1"}
+def _installed(monkeypatch, versions: dict[str, str]) -> None:
+    """These distributions, and no other, install the `onnxruntime` import package (names as their metadata
+    spells them)."""
 
     def fake_version(name: str) -> str:
         if name in versions:
@@ -274,12 +279,142 @@ def test_two_onnxruntime_packages_together_is_a_problem(monkeypatch, tmp_path: P
         raise metadata.PackageNotFoundError(name)
 
     monkeypatch.setattr(doctor.metadata, "version", fake_version)
+    monkeypatch.setattr(doctor.metadata, "packages_distributions", lambda: {"onnxruntime": list(versions)})
+
+
+def test_two_onnxruntime_packages_together_is_a_problem(monkeypatch, tmp_path: Path) -> None:
+    _installed(monkeypatch, {"onnxruntime": "1.31.0", "onnxruntime-gpu": "1.31.1"})
     check = doctor.check_ort_packages(_ctx(tmp_path))
     assert check.status == PROBLEM and "CPU-only runs" in check.found
     assert check.fix.startswith("pip uninstall -y onnxruntime onnxruntime-gpu")
-    versions.pop("onnxruntime-gpu")
+    _installed(monkeypatch, {"onnxruntime": "1.31.0"})
     check = doctor.check_ort_packages(_ctx(tmp_path))
     assert check.status == WARNING and "pip install onnxruntime-gpu" in check.fix
+    # any variant that installs the package is found, whatever its name: no fixed list to fall behind
+    _installed(monkeypatch, {"onnxruntime_gpu": "1.31.1", "onnxruntime-qnn": "1.31.0"})
+    check = doctor.check_ort_packages(_ctx(tmp_path))
+    assert check.status == PROBLEM and "onnxruntime-qnn 1.31.0" in check.found
+    assert check.fix.startswith("pip uninstall -y onnxruntime-qnn onnxruntime-gpu")
+
+
+def test_a_gpu_nvml_cannot_use_is_named_with_its_reset_and_the_driver_is_still_read(monkeypatch, tmp_path) -> None:
+    pynvml = pytest.importorskip("pynvml")  # its real error classes, as a lost GPU raises them
+    fake = types.ModuleType("pynvml")
+    fake.nvmlInit = lambda: None
+    fake.nvmlSystemGetDriverVersion = lambda: "550.54.15"
+    fake.nvmlSystemGetCudaDriverVersion_v2 = lambda: 12040
+    fake.nvmlDeviceGetCount = lambda: 2
+    fake.nvmlDeviceGetName = lambda handle: "NVIDIA H100 80GB HBM3"
+    fake.nvmlDeviceGetUUID = fake.nvmlDeviceGetMigMode = lambda handle: None
+
+    def handle(index: int) -> int:
+        if index == 1:  # fell off the bus (Xid 79)
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_GPU_IS_LOST)
+        return index
+
+    fake.nvmlDeviceGetHandleByIndex = handle
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    ctx = _ctx(tmp_path, **doctor._gather_nvml(), pci_gpus=2)
+    assert ctx.nvml_gpus == ["NVIDIA H100 80GB HBM3"] and ctx.cuda_driver_version == "12.4"
+    check = doctor.check_driver(ctx)
+    assert check.status == PROBLEM and "GPU 1 (GPU is lost)" in check.found and "driver 550.54.15" in check.found
+    assert "nvidia-smi -r -i 1" in check.fix and "reboot" in check.fix and "Install the NVIDIA driver" not in check.fix
+    fake.nvmlDeviceGetCount = lambda: 1
+    fake.nvmlDeviceGetHandleByIndex = lambda index: (_ for _ in ()).throw(pynvml.NVMLError_NoPermission())
+    only = doctor.check_driver(_ctx(tmp_path, **doctor._gather_nvml(), pci_gpus=1))  # no GPU left to use
+    assert only.status == PROBLEM and "GPU 0 (no permission)" in only.found and "/dev/nvidia0" in only.fix
+
+
+def test_nvml_failing_to_start_gets_the_fix_for_its_cause(tmp_path: Path) -> None:
+    from engine.system.telemetry import NVML_START_ERRORS
+
+    what, fix = NVML_START_ERRORS["LibRmVersionMismatch"]
+    ctx = _ctx(tmp_path, nvml_gpus=[], nvml_status=f"no NVIDIA GPU visible ({what})", nvml_fix=fix, pci_gpus=1)
+    check = doctor.check_driver(ctx)
+    assert check.status == WARNING and "without a reboot" in check.found
+    assert check.fix.startswith("Reboot") and "Install the NVIDIA driver" not in check.fix
+
+
+def test_a_driver_too_old_for_onnxruntime_gets_advice_for_onnxruntime_not_torch(monkeypatch, tmp_path: Path) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.version, "cuda", "12.6")  # runs on this CUDA 12.4 driver; onnxruntime's 13.0 does not
+    ctx = _ctx(tmp_path, driver_version="550.54", cuda_driver_version="12.4", ort_probe={"build_cuda_version": "13.0"})
+    check = doctor.check_driver(ctx)
+    assert check.status == PROBLEM and "onnxruntime-gpu is built for CUDA 13.0" in check.found
+    assert "PyTorch" not in check.found and "download.pytorch.org" not in check.fix
+    assert "driver 580 or newer" in check.fix and "cuda-compat-13-0" in check.fix and "built for the CUDA" in check.fix
+    # and the provider's own error says the same instead of the CUDA-libraries recipe
+    probe = _failing_probe()
+    probe["providers"]["CUDAExecutionProvider"]["error"] = (
+        "session creation failed: CUDA failure 35: CUDA driver version is insufficient for CUDA runtime version"
+    )
+    cuda = doctor.check_ort_cuda(_ctx(tmp_path, cuda_driver_version="12.4", ort_probe=probe))
+    assert cuda.status == PROBLEM and "too old for onnxruntime-gpu's CUDA 13.0" in cuda.found
+    assert "cuda-compat" in cuda.fix and "onnxruntime-gpu[cuda,cudnn]" not in cuda.fix
+
+
+def test_torch_and_onnxruntime_built_for_different_cuda_majors_is_a_problem(monkeypatch, tmp_path: Path) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.version, "cuda", "12.6")
+    check = doctor.check_cuda_majors(_ctx(tmp_path, ort_probe={"build_cuda_version": "13.0"}))
+    assert check.status == PROBLEM and "CUDA 12.6" in check.found and "CUDA 13.0" in check.found
+    assert "download.pytorch.org/whl/cu130" in check.fix
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    assert doctor.check_cuda_majors(_ctx(tmp_path, ort_probe={"build_cuda_version": "13.0"})).status == OK
+
+
+@pytest.mark.parametrize(
+    ("visible", "said"),
+    [
+        ("", "hides every GPU"),
+        ("-1", "hides every GPU"),
+        ("NoDevFiles", "hides every GPU"),
+        ("3", "names 3, which NVML does not know"),
+        ("GPU-deadbeef", "names GPU-deadbeef, which NVML does not know"),
+    ],
+)
+def test_cuda_visible_devices_hiding_the_gpus_is_named(monkeypatch, tmp_path: Path, visible: str, said: str) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    devices = [GpuSample(0, "NVIDIA L4", "GPU-1234-abcd")]
+    check = doctor.check_torch(_ctx(tmp_path, nvml_gpus=["NVIDIA L4"], nvml_devices=devices))
+    assert check.status == PROBLEM and f"CUDA_VISIBLE_DEVICES={visible!r}" in check.found and said in check.found
+    assert "CUDA_VISIBLE_DEVICES" in check.fix and "download.pytorch.org" not in check.fix
+    probe = _failing_probe()
+    probe["providers"]["CUDAExecutionProvider"]["error"] = "CUDA failure 100: no CUDA-capable device is detected"
+    cuda = doctor.check_ort_cuda(_ctx(tmp_path, nvml_devices=devices, ort_probe=probe))
+    assert said in cuda.found and "onnxruntime-gpu[cuda,cudnn]" not in cuda.fix
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,GPU-1234")  # known index and UUID prefix: not the explanation
+    assert "CUDA_VISIBLE_DEVICES=" not in doctor.check_torch(_ctx(tmp_path, nvml_devices=devices)).found
+
+
+def test_mig_mode_without_an_instance_for_cuda_says_how_to_make_one(monkeypatch, tmp_path: Path) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    devices = [GpuSample(0, "NVIDIA A100-SXM4-80GB", "GPU-a100", mig_mode=True)]
+    check = doctor.check_torch(_ctx(tmp_path, nvml_gpus=["NVIDIA A100-SXM4-80GB"], nvml_devices=devices))
+    assert check.status == PROBLEM and "GPU 0 in MIG mode" in check.found
+    assert "CUDA_VISIBLE_DEVICES=MIG-<uuid>" in check.fix and "nvidia-smi -i 0 -mig 0" in check.fix
+
+
+def test_zero_gpu_with_a_cpu_only_torch_is_a_problem(monkeypatch, tmp_path: Path) -> None:
+    import torch
+
+    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
+    monkeypatch.setattr(torch.version, "cuda", None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    check = doctor.check_torch(_ctx(tmp_path, nvml_gpus=[]))
+    assert check.status == PROBLEM and "CPU-only build" in check.found and "whl/cpu" in check.fix
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    assert doctor.check_torch(_ctx(tmp_path, nvml_gpus=[])).status == OK
 
 
 def test_driver_older_than_the_wheels_cuda_is_a_problem(monkeypatch, tmp_path: Path) -> None:

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.core.settings import DOCUMENTED, PREFIX, Settings, settings_despite_bad_values
+from engine.system.telemetry import INSTALL_DRIVER, GpuSample, NvmlSource
 
 OK, INFO, WARNING, PROBLEM = "ok", "info", "warning", "problem"
 STATUSES = (OK, INFO, WARNING, PROBLEM)
@@ -40,14 +41,9 @@ NVIDIA_PCI_VENDOR = "0x10de"
 log = logging.getLogger(__name__)
 NOTHING_TO_FIX = "Nothing to fix."
 MIN_FREE_BYTES = 5 * 2**30
-ORT_PACKAGES = (
-    "onnxruntime",
-    "onnxruntime-gpu",
-    "onnxruntime-directml",
-    "onnxruntime-openvino",
-    "onnxruntime-silicon",
-    "onnxruntime-training",
-)
+# The oldest driver that runs each CUDA major version (NVIDIA's minor-version compatibility table).
+MIN_DRIVER = {12: "525.60.13", 13: "580"}
+NO_CUDA_DEVICES = ("", "-1", "NoDevFiles")  # CUDA_VISIBLE_DEVICES values that hide every GPU on purpose
 
 
 @dataclass
@@ -122,6 +118,8 @@ class _Context:
     ort_probe_error: str | None = None
     pci_gpus: int = 0  # NVIDIA GPUs the kernel lists on the PCI bus, driver or not
     settings_problems: list[str] = field(default_factory=list)  # variables left at their defaults for this report
+    nvml_devices: list[GpuSample] = field(default_factory=list)  # every GPU NVML numbers, those it cannot read too
+    nvml_fix: str = ""  # the fix for nvml_status's cause, where NVML did not start
 
     @property
     def gpu_present(self) -> bool:
@@ -137,11 +135,18 @@ class _Context:
         return not self.gpu_present and not self.pci_gpus and not self.zero_gpu
 
 
-def _gather_nvml() -> tuple[list[str], str, str | None, str | None]:
-    from engine.system.telemetry import NvmlSource
-
+def _gather_nvml() -> dict[str, Any]:
+    """NVML's facts, as _Context's fields: `nvml_gpus` names only the GPUs it can read."""
     source = NvmlSource()
-    return [d.name for d in source.devices], source.status, source.driver_version, source.cuda_driver_version
+    devices = [GpuSample(d.index, d.name, d.uuid, mig_mode=d.mig_mode, error=d.error) for d in source.devices]
+    return {
+        "nvml_gpus": [d.name for d in devices if d.error is None],
+        "nvml_status": source.status,
+        "driver_version": source.driver_version,
+        "cuda_driver_version": source.cuda_driver_version,
+        "nvml_devices": devices,
+        "nvml_fix": source.fix,
+    }
 
 
 def _nvidia_on_pci(devices: Path = PCI_DEVICES) -> int:
@@ -263,6 +268,15 @@ def check_torch(ctx: _Context) -> Check:
         "arch_list": torch.cuda.get_arch_list() if torch.version.cuda else [],
     }
     build = f"PyTorch {torch.__version__} ({'CUDA ' + torch.version.cuda if torch.version.cuda else 'CPU-only build'})"
+    if os.environ.get("SPACES_ZERO_GPU") and not torch.cuda.is_available() and torch.version.cuda is None:
+        return Check(
+            "pytorch",
+            PROBLEM,
+            f"{build} on a ZeroGPU Space: jobs inside @spaces.GPU functions run on the CPU too",
+            "Install PyTorch from PyPI (its Linux wheels are CUDA builds): drop any CPU-only pin or "
+            "--index-url .../whl/cpu from requirements.txt.",
+            details,
+        )
     if os.environ.get("SPACES_ZERO_GPU") and not torch.cuda.is_available():
         return Check(
             "pytorch",
@@ -280,6 +294,10 @@ def check_torch(ctx: _Context) -> Check:
                 f"Install a CUDA build of PyTorch matching the driver (CUDA {ctx.cuda_driver_version}):\n{install}",
                 details,
             )
+        hidden = _hidden_gpus(ctx)
+        if ctx.gpu_present and hidden is not None:
+            found = f"{build}, NVML sees {', '.join(ctx.nvml_gpus)}, but {hidden[0]}"
+            return Check("pytorch", PROBLEM, found, hidden[1], details)
         if ctx.gpu_present:
             return Check(
                 "pytorch",
@@ -338,6 +356,42 @@ def check_torch(ctx: _Context) -> Check:
     return Check("pytorch", OK, found, details=details)
 
 
+def _hidden_gpus(ctx: _Context) -> tuple[str, str] | None:
+    """(what, fix) where CUDA is kept from NVML's GPUs on purpose or by mistake: CUDA_VISIBLE_DEVICES hiding them or
+    naming GPUs NVML does not know (CUDA stops at the first unknown entry), or MIG mode on with no MIG instance
+    given to CUDA (a GPU in MIG mode offers CUDA only its instances); None where neither explains it."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    variable = f"CUDA_VISIBLE_DEVICES={visible!r}"
+    if visible is not None and visible.strip() in NO_CUDA_DEVICES:
+        return f"{variable} hides every GPU from CUDA", "Unset CUDA_VISIBLE_DEVICES, or list the GPUs to use (0,1)."
+    if visible is not None:
+        uuids = [d.uuid for d in ctx.nvml_devices if d.uuid]
+        count = len(ctx.nvml_devices) or len(ctx.nvml_gpus)
+        unknown = [
+            v
+            for v in (v.strip() for v in visible.split(","))
+            if not (v.isdigit() and int(v) < count)
+            and not v.startswith("MIG-")  # a MIG instance's UUID: NVML lists only whole GPUs here
+            and not (v.startswith("GPU-") and any(u.startswith(v) for u in uuids))
+        ]
+        if unknown:
+            return (
+                f"{variable} names {', '.join(unknown)}, which NVML does not know (it numbers GPUs 0 to "
+                f"{count - 1}): CUDA sees no GPU from the first unknown entry on",
+                "Set CUDA_VISIBLE_DEVICES to indices or UUIDs that `nvidia-smi -L` lists, or unset it.",
+            )
+    mig = [d for d in ctx.nvml_devices if d.mig_mode]
+    if mig and not (visible or "").strip().startswith("MIG-"):
+        gpus = ", ".join(f"GPU {d.index}" for d in mig)
+        return (
+            f"{gpus} in MIG mode, and CUDA is given no MIG instance",
+            "Create a MIG instance (sudo nvidia-smi mig -cgi <profile> -C) and set CUDA_VISIBLE_DEVICES=MIG-<uuid> "
+            "(`nvidia-smi -L` lists them); or disable MIG: "
+            + "; ".join(f"sudo nvidia-smi -i {d.index} -mig 0" for d in mig),
+        )
+    return None
+
+
 def check_driver(ctx: _Context) -> Check:
     details = {
         "driver": ctx.driver_version,
@@ -354,14 +408,24 @@ def check_driver(ctx: _Context) -> Check:
             "Nothing to install: a ZeroGPU card is reached only inside @spaces.GPU functions (see the device check).",
             details,
         )
+    unreadable = [d for d in ctx.nvml_devices if d.error is not None]
+    if unreadable:
+        return Check(
+            "nvidia-driver",
+            PROBLEM,
+            f"driver {ctx.driver_version}; NVML cannot use "
+            + "; ".join(f"GPU {d.index} ({d.error})" for d in unreadable)
+            + (f"; the others work: {', '.join(ctx.nvml_gpus)}" if ctx.gpu_present else ""),
+            "\n".join(_unreadable_gpu_fix(d) for d in unreadable),
+            details,
+        )
     if ctx.pci_gpus and not ctx.gpu_present:
         return Check(
             "nvidia-driver",
             WARNING,
             f"{ctx.pci_gpus} NVIDIA GPU(s) on the PCI bus, but no driver answers "
             f"({ctx.nvml_status or 'NVML sees no GPU'}): everything runs on the CPU",
-            "Install the NVIDIA driver (it provides libnvidia-ml.so.1 and libcuda.so.1); in a container run "
-            "with `--gpus all` (NVIDIA Container Toolkit).",
+            ctx.nvml_fix or INSTALL_DRIVER,
             details,
         )
     if not ctx.gpu_present:
@@ -390,22 +454,56 @@ def check_driver(ctx: _Context) -> Check:
         f"{len(ctx.nvml_gpus)} GPU(s): {', '.join(ctx.nvml_gpus)}"
     )
     # CUDA minor-version compatibility: a wheel runs on any driver of the same major version or newer.
-    too_new = [
-        f"{pkg} is built for CUDA {v}"
-        for pkg, v in needs.items()
-        if driver_cuda and (_major_minor(v) or (0, 0))[0] > driver_cuda[0]
-    ]
+    too_new = [pkg for pkg, v in needs.items() if driver_cuda and (_major(v) or 0) > driver_cuda[0]]
     if too_new:
+        fixes = []
+        if "PyTorch" in too_new:
+            fixes.append(
+                f"PyTorch: update the NVIDIA driver to {MIN_DRIVER.get(_major(needs['PyTorch']), 'a newer one')} "
+                "or newer, or install its build for this driver: "
+                + _torch_install(_cuda_wheel_tag(ctx.cuda_driver_version), ctx.cuda_driver_version)
+            )
+        if "onnxruntime-gpu" in too_new:
+            fixes.append(_ort_driver_fix(needs["onnxruntime-gpu"]))
         return Check(
             "nvidia-driver",
             PROBLEM,
-            found + "; but " + "; ".join(too_new),
-            f"Update the NVIDIA driver to one supporting CUDA {max(needs.values(), key=_major_minor)}, or install "
-            f"wheels built for CUDA {ctx.cuda_driver_version}: "
-            + _torch_install(_cuda_wheel_tag(ctx.cuda_driver_version), ctx.cuda_driver_version),
+            found + "; but " + "; ".join(f"{pkg} is built for CUDA {needs[pkg]}" for pkg in too_new),
+            "\n".join(fixes),
             details,
         )
     return Check("nvidia-driver", OK, found, details=details)
+
+
+def _major(version: str | None) -> int | None:
+    mm = _major_minor(version)
+    return None if mm is None else mm[0]
+
+
+def _ort_driver_fix(ort_cuda: str) -> str:
+    """What lets onnxruntime-gpu built for CUDA `ort_cuda` run where the driver is older: reinstalling PyTorch does
+    nothing for it."""
+    major = _major(ort_cuda)
+    return (
+        f"onnxruntime-gpu (CUDA {ort_cuda}) needs driver {MIN_DRIVER.get(major or 0, 'a newer one')} or newer: "
+        f"update the NVIDIA driver; or, on a data-centre GPU, install NVIDIA's cuda-compat package for CUDA "
+        f"{major} (apt install cuda-compat-{major}-0, then put /usr/local/cuda-{major}.0/compat on LD_LIBRARY_PATH); "
+        "or install an onnxruntime-gpu built for the CUDA major version the driver runs "
+        "(https://onnxruntime.ai/docs/install/ lists which release and package index has it)."
+    )
+
+
+def _unreadable_gpu_fix(gpu: GpuSample) -> str:
+    if gpu.error == "no permission":
+        return (
+            f"GPU {gpu.index}: give this user access to /dev/nvidia{gpu.index} (in a container, pass that GPU in); "
+            f"or hide it with CUDA_VISIBLE_DEVICES."
+        )
+    return (
+        f"GPU {gpu.index}: stop the processes using it and reset it (sudo nvidia-smi -r -i {gpu.index}), or reboot; "
+        "`sudo dmesg | grep -i xid` says why it failed (Xid 79: it fell off the bus, check its power and cooling). "
+        "Until then hide it with CUDA_VISIBLE_DEVICES."
+    )
 
 
 def spaces_gpu_problem() -> str | None:
@@ -489,9 +587,12 @@ def check_device(ctx: _Context) -> Check:
 
 def check_ort_packages(ctx: _Context) -> Check:
     installed = {}
-    for name in ORT_PACKAGES:
+    # Every distribution that installs the `onnxruntime` import package (as onnxruntime's print_debug_info finds
+    # them): a fixed list of names misses any new variant installed beside another.
+    for dist in metadata.packages_distributions().get("onnxruntime", []):
+        name = re.sub(r"[-_.]+", "-", dist).lower()
         with contextlib.suppress(metadata.PackageNotFoundError):
-            installed[name] = metadata.version(name)
+            installed.setdefault(name, metadata.version(dist))
     details = {"installed": installed}
     listing = ", ".join(f"{k} {v}" for k, v in installed.items()) or "none"
     if not installed:
@@ -584,6 +685,9 @@ def _provider_check(ctx: _Context, provider: str, name: str) -> Check:
             details,
         )
     found = f"{provider} fails to load, sessions fall back to {result['session_providers']}: {result['error']}"
+    cuda_error = _cuda_error(ctx, f"{result['error']}\n{result.get('log') or ''}", cuda)
+    if cuda_error is not None:  # the libraries loaded; the driver or the device is what failed
+        return Check(name, status, f"{found}; {cuda_error[0]}", cuda_error[1], details)
     fix = fix_cuda
     if provider == "TensorrtExecutionProvider":
         major, trt = cuda.split(".")[0], probe.get("tensorrt_major") or 10
@@ -602,6 +706,46 @@ def _provider_check(ctx: _Context, provider: str, name: str) -> Check:
             "a missing CUDA library (libcublas, libcudnn) is not."
         )
     return Check(name, status, found, fix, details)
+
+
+def _cuda_error(ctx: _Context, text: str, ort_cuda: str) -> tuple[str, str] | None:
+    """(what, fix) for the CUDA runtime's own errors in a provider's message: 35, the driver is older than the CUDA
+    the package was built for; 100, CUDA sees no device here. None for anything else (a missing library)."""
+    if "CUDA failure 35" in text or "driver version is insufficient" in text:
+        what = f"the driver (CUDA {ctx.cuda_driver_version or '?'}) is too old for onnxruntime-gpu's CUDA {ort_cuda}"
+        return what, _ort_driver_fix(ort_cuda)
+    if "CUDA failure 100" in text or "no CUDA-capable device" in text:
+        hidden = _hidden_gpus(ctx)
+        if hidden is not None:
+            return hidden
+        return "CUDA sees no GPU in this process", "See the nvidia-driver and pytorch checks: CUDA finds no device."
+    return None
+
+
+def check_cuda_majors(ctx: _Context) -> Check:
+    """PyTorch and onnxruntime-gpu share one worker process (torch is imported first): with different CUDA major
+    versions each needs its own CUDA libraries, and the ones torch loaded first do not serve onnxruntime."""
+    try:
+        import torch
+
+        torch_cuda = torch.version.cuda
+    except ImportError:
+        torch_cuda = None
+    ort_cuda = (ctx.ort_probe or {}).get("build_cuda_version")
+    details = {"torch_cuda": torch_cuda, "onnxruntime_cuda": ort_cuda}
+    both = f"PyTorch is built for CUDA {torch_cuda}, onnxruntime-gpu for CUDA {ort_cuda}"
+    if not torch_cuda or not ort_cuda:
+        return Check("cuda-majors", OK, "not both CUDA builds: nothing to match", details=details)
+    if _major(torch_cuda) == _major(ort_cuda) or ctx.no_gpu:  # without a GPU neither loads CUDA
+        return Check("cuda-majors", OK, both, details=details)
+    return Check(
+        "cuda-majors",
+        PROBLEM,
+        f"{both}: in one worker process the CUDA libraries torch loads first do not serve onnxruntime",
+        f"Install the PyTorch built for CUDA {_major(ort_cuda)}: {_torch_install(_cuda_wheel_tag(ort_cuda), ort_cuda)}"
+        f"; or an onnxruntime-gpu built for CUDA {_major(torch_cuda)} (https://onnxruntime.ai/docs/install/).",
+        details,
+    )
 
 
 def check_ort_cuda(ctx: _Context) -> Check:
@@ -801,6 +945,7 @@ CHECKS: tuple[Callable[[_Context], Check], ...] = (
     check_driver,
     check_device,
     check_ort_packages,
+    check_cuda_majors,
     check_ort_cuda,
     check_ort_tensorrt,
     check_video,
@@ -814,12 +959,19 @@ CHECKS: tuple[Callable[[_Context], Check], ...] = (
 def run_doctor(settings: Settings | None = None) -> DoctorReport:
     """Run every check; never raises."""
     start = time.perf_counter()
-    gpus, status, driver, cuda = _gather_nvml()
+    nvml = _gather_nvml()
     probe, probe_error = run_ort_probe()
     problems: list[str] = []
     if settings is None:
         settings, problems = settings_despite_bad_values()
-    ctx = _Context(settings, gpus, status, driver, cuda, probe, probe_error, _nvidia_on_pci(), problems)
+    ctx = _Context(
+        settings=settings,
+        ort_probe=probe,
+        ort_probe_error=probe_error,
+        pci_gpus=_nvidia_on_pci(),
+        settings_problems=problems,
+        **nvml,
+    )
     checks = []
     for fn in CHECKS:
         name = fn.__name__.removeprefix("check_")
