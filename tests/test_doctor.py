@@ -442,7 +442,13 @@ def test_cpu_torch_next_to_a_visible_gpu_is_a_problem(monkeypatch, tmp_path: Pat
     assert "download.pytorch.org/whl/cu126" in check.fix
 
 
-def test_provider_that_loads_only_after_preload_is_a_warning_with_that_fix(tmp_path: Path) -> None:
+def test_the_probe_imports_torch_before_onnxruntime_as_workers_do(real_probe) -> None:
+    import torch
+
+    assert real_probe["torch"] == torch.__version__
+
+
+def test_provider_that_loads_only_after_preload_says_workers_do_not_get_it(tmp_path: Path) -> None:
     failed = {"loaded": False, "session_providers": ["CPUExecutionProvider"], "error": "libcudnn.so.9: missing"}
     loaded = {"loaded": True, "session_providers": ["CUDAExecutionProvider", "CPUExecutionProvider"], "error": None}
     probe = {
@@ -452,8 +458,11 @@ def test_provider_that_loads_only_after_preload_is_a_warning_with_that_fix(tmp_p
         "providers": {"CUDAExecutionProvider": failed, "TensorrtExecutionProvider": failed},
         "preload": {"providers": {"CUDAExecutionProvider": loaded, "TensorrtExecutionProvider": failed}},
     }
-    check = doctor.check_ort_cuda(_ctx(tmp_path, ort_probe=probe))
-    assert check.status == WARNING and "preload_dlls" in check.fix
+    probe["torch"] = "2.13.0+cu126"
+    check = doctor.check_ort_cuda(_ctx(tmp_path, ort_probe=probe))  # what a worker gets, with torch imported first
+    assert check.status == PROBLEM and "does not load in a worker (PyTorch 2.13.0+cu126 imported first" in check.found
+    assert "LD_LIBRARY_PATH" in check.fix and "download.pytorch.org/whl/cu130" in check.fix
+    assert "Call onnxruntime.preload_dlls()" not in check.fix  # the app never does; the user cannot either
     trt = doctor.check_ort_tensorrt(_ctx(tmp_path, ort_probe=probe))
     assert trt.status == PROBLEM and "tensorrt-cu13>=10,<11" in trt.fix
     probe["tensorrt_major"] = 11  # a later onnxruntime linked against TensorRT 11

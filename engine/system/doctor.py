@@ -664,18 +664,20 @@ def _provider_check(ctx: _Context, provider: str, name: str) -> Check:
                 details,
             )
         return Check(name, OK, f"{provider} not used: ONNX models run on the CPU provider", details=details)
-    if preload and preload["loaded"]:
-        return Check(
-            name,
-            WARNING,
-            f"{provider} loads only after onnxruntime.preload_dlls(): {result['error']}",
-            "Call onnxruntime.preload_dlls() before creating sessions; or set "
-            "LD_LIBRARY_PATH to the nvidia/*/lib folders in site-packages.",
-            details,
-        )
     # With a GPU in use a failing provider means silent CPU runs; with a GPU the driver does not reach (see
     # nvidia-driver) or on ZeroGPU outside @spaces.GPU, the libraries it names must still be in place.
     status = PROBLEM if ctx.gpu_present else WARNING
+    if preload and preload["loaded"]:  # the probe imported torch first, as workers do: jobs get no more than this
+        after = f" (PyTorch {probe['torch']} imported first, as in a worker)" if probe.get("torch") else ""
+        return Check(
+            name,
+            status,
+            f"{provider} does not load in a worker{after}: {result['error']}; its CUDA libraries are installed "
+            "(it loads after onnxruntime.preload_dlls(), which the app does not call) but not on the loader's path",
+            f"Set LD_LIBRARY_PATH to the nvidia/*/lib folders in site-packages; or install the PyTorch built for "
+            f"CUDA {cuda.split('.')[0]}, whose import loads them: " + _torch_install(_cuda_wheel_tag(cuda), cuda),
+            details,
+        )
     if provider not in probe["available"]:
         return Check(
             name,

@@ -6,7 +6,9 @@ silently runs on the CPU. The only honest test is to create a session asking for
 and compare `get_providers()` with the request. ORT prints the loader's error on the C-level
 stderr, so it is captured at the file-descriptor level. The doctor runs this in a subprocess,
 because a broken CUDA install can crash the process that loads it, and because a failed load
-followed by `preload_dlls()` must not leave state in the app's own process.
+followed by `preload_dlls()` must not leave state in the app's own process. It imports PyTorch first and starts
+CUDA in it, as a worker does before a CUDA job (engine.jobs.worker.prepare_process): the CUDA libraries torch
+loads are then found by onnxruntime too, so the probe reports what a job gets.
 """
 
 from __future__ import annotations
@@ -126,11 +128,25 @@ def probe_provider(provider: str) -> dict[str, Any]:
     return result
 
 
+def import_torch_as_workers_do() -> str | None:
+    """PyTorch's version once imported, with CUDA started where it has a GPU; None without PyTorch."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    if torch.cuda.is_available():
+        torch.cuda.init()
+    return torch.__version__
+
+
 def probe_all() -> dict[str, Any]:
-    """Probe every GPU provider; if CUDA fails, retry once after `onnxruntime.preload_dlls()`."""
+    """Probe every GPU provider, PyTorch imported first as in a worker; if CUDA fails, retry once after
+    `onnxruntime.preload_dlls()` (which the app never calls: it tells whether the libraries are there at all)."""
+    torch_version = import_torch_as_workers_do()  # before onnxruntime, as in a worker
     import onnxruntime as ort
 
     report: dict[str, Any] = {
+        "torch": torch_version,
         "version": ort.__version__,
         "device": ort.get_device(),
         "available": ort.get_available_providers(),
