@@ -7,6 +7,7 @@ import psutil
 import pytest
 
 from engine.system import telemetry
+from engine.system.gpu_memory import gpu_memory
 from engine.system.telemetry import NvmlSource, TelemetrySampler, render_table, series
 from ui.telemetry import current_values_html, strip_html
 
@@ -306,6 +307,29 @@ def test_cuda_device_ids_are_translated_to_nvml_indices(monkeypatch, visible, cu
     worker = telemetry.WorkerActivity(f"cuda:{cuda_id}", 1)
     if visible is None or "GPU" not in visible:  # the worker rows of the GPU table follow the same translation
         assert worker.gpu_index == expected
+
+
+def test_a_mig_instance_in_cuda_visible_devices_is_found_with_its_slices_memory(use_fake, monkeypatch) -> None:
+    source = use_fake(devices=2)
+    fake = sys.modules["pynvml"]
+    slices = {"mig-0": "MIG-1111-aaaa", "mig-2": "MIG-2222-bbbb"}  # slot 1 is empty
+    Mem = namedtuple("Mem", "used total free")
+    whole = fake.nvmlDeviceGetMemoryInfo
+    fake.nvmlDeviceGetMaxMigDeviceCount = lambda handle: 7
+    fake.nvmlDeviceGetUUID = lambda handle: slices.get(handle, f"GPU-0000-{handle}")
+    fake.nvmlDeviceGetMemoryInfo = lambda h: Mem(2**30, 10 * 2**30, 9 * 2**30) if h in slices else whole(h)
+
+    def slot(handle, index):
+        if handle != 1 or f"mig-{index}" not in slices:
+            raise real_nvml.NVMLError(real_nvml.NVML_ERROR_NOT_FOUND)
+        return f"mig-{index}"
+
+    fake.nvmlDeviceGetMigDeviceHandleByIndex = slot
+    source.devices[1].mig_mode = True
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "MIG-2222")
+    assert gpu_memory(source, 0) == {"used": 2**30, "total": 10 * 2**30, "process": None}
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "MIG-3333")  # no such instance: no figures rather than the wrong ones
+    assert gpu_memory(source, 0) is None
 
 
 def test_gpus_are_numbered_in_pci_bus_order_as_nvml_numbers_them() -> None:

@@ -34,10 +34,29 @@ def nvml_index(device_id: int, uuids: Sequence[str | None] = ()) -> int | None:
 
 
 def nvml_device(source: Any, device_id: int = 0) -> Any:
-    """The NVML device that CUDA calls `device_id` (NVML ignores CUDA_VISIBLE_DEVICES, CUDA does not)."""
+    """The NVML device that CUDA calls `device_id` (NVML ignores CUDA_VISIBLE_DEVICES, CUDA does not): a MIG
+    instance named by its UUID (CUDA_VISIBLE_DEVICES=MIG-...) is its own device, with the slice's memory."""
     devices = getattr(source, "devices", [])
     index = nvml_index(device_id, [d.uuid for d in devices])
-    return devices[index] if index is not None and index < len(devices) else None
+    if index is None:
+        listed = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")]
+        want = listed[device_id] if device_id < len(listed) else ""
+        return next(filter(None, (mig_instance(d, want) for d in devices)), None) if want.startswith("MIG-") else None
+    return devices[index] if index < len(devices) else None
+
+
+def mig_instance(gpu: Any, uuid: str) -> Any:
+    """The MIG instance of `gpu` (engine.system.telemetry's device) whose UUID starts with `uuid`, as a device of its
+    own, or None: NVML lists only whole GPUs, their instances only through nvmlDeviceGetMigDeviceHandleByIndex."""
+    nvml = gpu.nvml
+    if not getattr(gpu, "mig_mode", False):
+        return None
+    for slot in range(gpu.get(getattr(nvml, "nvmlDeviceGetMaxMigDeviceCount", None)) or 0):
+        handle = gpu.get(getattr(nvml, "nvmlDeviceGetMigDeviceHandleByIndex", None), slot)  # None: an empty slot
+        instance = None if handle is None else type(gpu)(nvml, gpu.index, handle)
+        if instance is not None and (instance.uuid or "").startswith(uuid):
+            return instance
+    return None
 
 
 def memory_info(device: Any) -> Any:
@@ -63,4 +82,4 @@ def gpu_memory(source: Any, device_id: int = 0) -> dict[str, int | None] | None:
     return {"used": int(info.used), "total": int(info.total), "process": mine}
 
 
-__all__ = ["gpu_memory", "memory_info", "nvml_device", "nvml_index", "nvml_source"]
+__all__ = ["gpu_memory", "memory_info", "mig_instance", "nvml_device", "nvml_index", "nvml_source"]

@@ -194,12 +194,13 @@ class _NvmlDevice:
     A GPU whose handle fails (NoPermission in a container's cgroup) or that is lost (Xid 79, at start or mid-run)
     stays in the list with `error` set: the other GPUs keep their figures and their NVML indices."""
 
-    def __init__(self, nvml: Any, index: int):
+    def __init__(self, nvml: Any, index: int, handle: Any = None):
+        """`handle`: a MIG instance's of GPU `index` (its memory is the slice's); the whole GPU's when None."""
         self.nvml = nvml
         self.index = index
         self.error: str | None = None
         try:
-            self.handle = nvml.nvmlDeviceGetHandleByIndex(index)
+            self.handle = handle if handle is not None else nvml.nvmlDeviceGetHandleByIndex(index)
         except Exception as exc:
             self.handle, self.error = None, device_error(exc)
             log.warning("NVML cannot open GPU %d: %s", index, self.error)
