@@ -151,6 +151,13 @@ def zerogpu_panel(services: Services) -> Callable[[], Any] | None:
     return functools.partial(telemetry_panel, services.broker.store)
 
 
+def queue_options(settings: Settings) -> dict[str, Any]:
+    """Gradio's queue: one event at a time per handler unless it says more, and room for as many waiting events as
+    the job queue holds jobs (AVATARBENCH_MAX_QUEUED_TOTAL). Explicit, because on ZeroGPU Gradio turns an unset
+    size into 1: with our handlers waiting on jobs, a second visitor's event anywhere was refused as "Queue is full"."""
+    return {"default_concurrency_limit": 1, "max_size": settings.max_queued_total}
+
+
 def build_app(
     settings: Settings, choice: DeviceChoice, sampler: TelemetrySampler, services: Services, access: Access
 ) -> gr.Blocks:
@@ -335,7 +342,7 @@ def serve(args: argparse.Namespace) -> int:
     demo = None
     try:
         demo = build_app(settings, choice, sampler, services, access)
-        demo.queue(default_concurrency_limit=1)
+        demo.queue(**queue_options(settings))
         try:
             demo.launch(
                 server_name=host,

@@ -330,6 +330,36 @@ def test_on_zerogpu_needs_the_variable_and_the_package(spaces: Any, monkeypatch:
         ZeroGpuLauncher(load_settings())
 
 
+@pytest.mark.parametrize("value", ["1", "t", "true", "TRUE", "True"])
+def test_zerogpu_is_on_for_the_values_spaces_takes(spaces: Any, monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("SPACES_ZERO_GPU", value)
+    assert zerogpu.on_zerogpu()
+    assert spaces.GPU(duration=5)(os.getpid) is not os.getpid  # decorated: it would run in a forked process
+
+
+@pytest.mark.parametrize("value", ["0", "false", "no", "off", "yes", " true", ""])
+def test_zerogpu_is_off_where_spaces_leaves_the_function_bare(
+    spaces: Any, monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    """`spaces` hands back the undecorated function for these: treating them as on ran GPU work in the web process."""
+    monkeypatch.setenv("SPACES_ZERO_GPU", value)
+    assert not zerogpu.on_zerogpu()
+    assert spaces.GPU(duration=5)(os.getpid) is os.getpid
+
+
+def test_the_gradio_queue_takes_more_than_one_event_on_zerogpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Gradio makes an unset queue size 1 on ZeroGPU: a second waiting event anywhere was "Queue is full"."""
+    gr = pytest.importorskip("gradio")
+    import app
+
+    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
+    assert gr.Blocks().queue()._queue.max_size == 1  # what Gradio does when told nothing
+    settings = load_settings({"AVATARBENCH_MAX_QUEUED_TOTAL": "300"})
+    with gr.Blocks() as demo:
+        gr.Markdown("-")
+    assert demo.queue(**app.queue_options(settings))._queue.max_size == 300
+
+
 def test_the_duration_book() -> None:
     book = DurationBook(max_s=120)
     speech = Length(4.0, "seconds of speech")

@@ -48,6 +48,15 @@ RAY_ADDRESS = re.compile(r"auto|ray://[^\s/:]+:\d+|[^\s/:]+:\d+")
 RAY_REACH_TIMEOUT_S = 5.0  # for a cluster's port to answer (ray.init retries an unreachable one for good)
 
 
+ZEROGPU_ON = ("1", "t", "true")  # the values of SPACES_ZERO_GPU that `spaces` takes as on (any case); others are off
+
+
+def is_zerogpu_space() -> bool:
+    """SPACES_ZERO_GPU read as Hugging Face's `spaces` reads it: with any other value @spaces.GPU hands back the bare
+    function, so treating it as on would run GPU work in the web process."""
+    return os.environ.get("SPACES_ZERO_GPU", "").lower() in ZEROGPU_ON
+
+
 def ray_reachable(address: str) -> None:
     """A HOST:PORT or ray://HOST:PORT address answers on its port (ray.init retried an unreachable one for good,
     and the app never started, without a word of its own)."""

@@ -1,14 +1,14 @@
 """ZeroGPU on Hugging Face Spaces: the jobs queued for "cuda:0" run inside a `@spaces.GPU` function, one call each.
 
-On a ZeroGPU Space (SPACES_ZERO_GPU set) the app's process sees no GPU: a card is attached only while a function
-decorated with `@spaces.GPU(duration=...)` runs, in a process ZeroGPU forks from the app's for that call, with the
-arguments and the return value pickled across. So the broker's "cuda:0" worker is a thread in the app here (a
-ZeroGpuSlot, made by ZeroGpuLauncher; other keys keep their spawned processes). It claims jobs from the store as a
-worker process does and hands each one to `run_in_gpu` as plain data (the job, the store's paths, the settings).
-Inside the GPU function the job runs as engine/jobs/worker.py runs one (the handler, the job's process switches,
-the measured window), with its own store connection (progress is written from there), its own ONNX Runtime
-sessions and NVML readings; the result leaves only once it is plain data, so a CUDA tensor fails its job with
-where it was. The thread then stores the result or the failure.
+On a ZeroGPU Space (SPACES_ZERO_GPU 1, t or true, as `spaces` reads it) the app's process sees no GPU: a card is
+attached only while a function decorated with `@spaces.GPU(duration=...)` runs, in a process ZeroGPU forks from the
+app's for that call, with the arguments and the return value pickled across. So the broker's "cuda:0" worker is a thread
+in the app here (a ZeroGpuSlot, made by ZeroGpuLauncher; other keys keep their spawned processes). It claims jobs from
+the store as a worker process does and hands each one to `run_in_gpu` as plain data (the job, the store's paths, the
+settings). Inside the GPU function the job runs as engine/jobs/worker.py runs one (the handler, the job's process
+switches, the measured window), with its own store connection (progress is written from there), its own ONNX Runtime
+sessions and NVML readings; the result leaves only once it is plain data, so a CUDA tensor fails its job with where it
+was. The thread then stores the result or the failure.
 
 Each call asks for the GPU time the job's length needs: its seconds of speech or of driving video, its result rows
 or sweep configurations, times the seconds a unit took in this kind's finished jobs here (a default until one has
@@ -27,7 +27,6 @@ import importlib
 import itertools
 import logging
 import math
-import os
 import sys
 import threading
 import time
@@ -38,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.core.errors import AvatarbenchError, InputError, SetupError
-from engine.core.settings import PREFIX, Settings, get_settings
+from engine.core.settings import PREFIX, Settings, get_settings, is_zerogpu_space
 from engine.jobs.broker import Launcher, WorkerHandle, spawn_process
 from engine.jobs.store import DONE, Job, JobStore
 from engine.jobs.worker import WorkerContext, WorkerSpec, execute
@@ -63,7 +62,7 @@ _ids = itertools.count(-1, -1)  # ZeroGPU workers' ids: negative, so never a pro
 
 def on_zerogpu() -> bool:
     """Whether GPU jobs should run through @spaces.GPU: a ZeroGPU Space whose `spaces` package offers it."""
-    return bool(os.environ.get("SPACES_ZERO_GPU")) and spaces_gpu_problem() is None
+    return is_zerogpu_space() and spaces_gpu_problem() is None
 
 
 # ------------------------------------------------------------------------------------------ a job's GPU time

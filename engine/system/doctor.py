@@ -30,7 +30,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from engine.core.settings import DOCUMENTED, PREFIX, Settings, settings_despite_bad_values
+from engine.core.settings import DOCUMENTED, PREFIX, Settings, is_zerogpu_space, settings_despite_bad_values
 from engine.system.telemetry import INSTALL_DRIVER, GpuSample, NvmlSource
 
 OK, INFO, WARNING, PROBLEM = "ok", "info", "warning", "problem"
@@ -127,7 +127,7 @@ class _Context:
 
     @property
     def zero_gpu(self) -> bool:
-        return bool(os.environ.get("SPACES_ZERO_GPU"))
+        return is_zerogpu_space()
 
     @property
     def no_gpu(self) -> bool:
@@ -268,7 +268,7 @@ def check_torch(ctx: _Context) -> Check:
         "arch_list": torch.cuda.get_arch_list() if torch.version.cuda else [],
     }
     build = f"PyTorch {torch.__version__} ({'CUDA ' + torch.version.cuda if torch.version.cuda else 'CPU-only build'})"
-    if os.environ.get("SPACES_ZERO_GPU") and not torch.cuda.is_available() and torch.version.cuda is None:
+    if is_zerogpu_space() and not torch.cuda.is_available() and torch.version.cuda is None:
         return Check(
             "pytorch",
             PROBLEM,
@@ -277,7 +277,7 @@ def check_torch(ctx: _Context) -> Check:
             "--index-url .../whl/cpu from requirements.txt.",
             details,
         )
-    if os.environ.get("SPACES_ZERO_GPU") and not torch.cuda.is_available():
+    if is_zerogpu_space() and not torch.cuda.is_available():
         return Check(
             "pytorch",
             OK,

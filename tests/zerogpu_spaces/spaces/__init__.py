@@ -4,13 +4,13 @@ decorated with `@spaces.GPU`, on a machine without ZeroGPU.
 It lives under tests/zerogpu_spaces/, which is not on sys.path: a test adds that folder to import it, so `import
 spaces` fails everywhere else, as it does off Spaces.
 
-What it does as ZeroGPU does (from its documentation and its client): `GPU` decorates bare or with a duration
-(seconds, a timedelta, or a callable taking the function's own arguments); off ZeroGPU (SPACES_ZERO_GPU unset) the
-function runs as it is. On ZeroGPU each call runs in a process forked for it; the arguments and the return value
-cross a pickle boundary; an exception raised inside is raised in the caller; a call that runs past its duration is
-stopped. What it cannot do: attach a GPU, queue, or count quota. A result holding a torch tensor on a CUDA device is
-refused (it cannot leave the GPU process); the check asks the tensor's `is_cuda`, so a test without a GPU can hand it
-a tensor subclass that answers True.
+What it does as ZeroGPU does (from its documentation and its client): `GPU` decorates bare or with a duration (seconds,
+a timedelta, or a callable taking the function's own arguments); off ZeroGPU the decorator hands back the function
+itself, as the real one does when SPACES_ZERO_GPU, read when it decorates, is not 1, t or true (any case). On ZeroGPU
+each call runs in a process forked for it; the arguments and the return value cross a pickle boundary; an exception
+raised inside is raised in the caller; a call that runs past its duration is stopped. What it cannot do: attach a GPU,
+queue, or count quota. A result holding a torch tensor on a CUDA device is refused (it cannot leave the GPU process);
+the check asks the tensor's `is_cuda`, so a test without a GPU can hand it a tensor subclass that answers True.
 """
 
 from __future__ import annotations
@@ -104,11 +104,11 @@ def GPU(task: Callable[..., Any] | None = None, *, duration: Any = DEFAULT_DURAT
     """`@GPU`, `@GPU(duration=120)` or `@GPU(duration=fn)`, as `spaces.GPU` is used."""
     if task is None:
         return functools.partial(GPU, duration=duration)
+    if os.environ.get("SPACES_ZERO_GPU", "").lower() not in ("1", "t", "true"):  # spaces.utils.boolean
+        return task
 
     @functools.wraps(task)
     def call(*args: Any, **kwargs: Any) -> Any:
-        if not os.environ.get("SPACES_ZERO_GPU"):
-            return task(*args, **kwargs)
         seconds = _seconds(duration, args, kwargs)
         requested.append(seconds)
         return _run_forked(task, args, kwargs, seconds)
