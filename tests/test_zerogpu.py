@@ -244,7 +244,9 @@ def test_cancelling_a_job_in_its_gpu_function_replaces_the_slot(running: Running
     assert following.status == DONE and following.worker is not None and following.worker != cancelled.worker
 
 
-def test_a_call_past_its_duration_fails_with_the_reason(spaces: Any, tmp_path: Path) -> None:
+def test_a_call_past_its_duration_fails_with_the_reason_and_teaches_a_larger_ask(
+    spaces: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     settings = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path)})
     store = JobStore(settings.db_path, settings.data_dir / "blobs")
     # 6 s: room for the next call's process to start and import on a loaded 2-core machine (3 s was not)
@@ -252,12 +254,62 @@ def test_a_call_past_its_duration_fails_with_the_reason(spaces: Any, tmp_path: P
     broker = Broker(store, TEST_KINDS, {GPU: 1}, poll_s=0.1, run_on={GPU: CPU}, launcher=launcher).start()
     try:
         late = _finished(store, broker.submit("hang", {"seconds": 30}, GPU, OWNER).id)
-        assert late.status == FAILED and late.error.startswith("ZeroGPU could not run this job")
-        assert "ran past the 6 s it asked for" in late.error and "AVATARBENCH_ZEROGPU_MAX_SECONDS" in late.error
-        assert _finished(store, broker.submit("echo", {}, GPU, OWNER).id).status == DONE
+        assert late.status == FAILED and late.error.startswith("ZeroGPU stopped this job's GPU call")
+        assert "ran past the 6 s it asked for, or its GPU process died" in late.error
+        assert "ZeroGPU said: GPU task aborted" in late.error  # the real client's words, kept
+        # the abort taught its key a rate (twice the ask per unit): the next such job would be stopped too
+        assert launcher.book.rate("hang") == 12.0
+        with pytest.raises(
+            InputError,
+            match=r"needs about 12 s of GPU time \(1 jobs x 12 s per unit measured here\), more than the 6 s",
+        ):
+            broker.submit("hang", {"seconds": 30}, GPU, OWNER)
+        assert _finished(store, broker.submit("echo", {}, GPU, OWNER).id).status == DONE  # another key: unaffected
+        monkeypatch.setattr(spaces, "MAX_DURATION_S", 5)  # the visitor's tier allows less than the ask
+        refused = _finished(store, broker.submit("echo", {}, GPU, OWNER).id)
+        assert refused.status == FAILED and refused.error.startswith("ZeroGPU refused the 6 s of GPU time")
+        assert "lower AVATARBENCH_ZEROGPU_MAX_SECONDS (now 6)" in refused.error
     finally:
         broker.stop(grace_s=2)
         store.close()
+
+
+def test_a_job_longer_than_one_call_may_ask_for_is_refused_when_submitted(spaces: Any, tmp_path: Path) -> None:
+    """6 s of speech needs 18 s at the default rate: past a 15 s cap ZeroGPU would stop it, its GPU time lost."""
+    settings = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path)})
+    store = JobStore(settings.db_path, settings.data_dir / "blobs")
+    launcher = ZeroGpuLauncher(settings, max_duration_s=15, gpu=lambda call: {"error": "never called"})
+    broker = Broker(store, JOB_KINDS, {GPU: 1}, launcher=launcher)  # not started: submitting is what is tested
+    try:
+        with pytest.raises(InputError) as refused:
+            _lipsync(Running(broker, launcher, settings, spaces), _speech(tmp_path, 6.0))
+        assert "this job needs about 18 s of GPU time (6 seconds of speech x the default 3 s per unit)" in str(
+            refused.value
+        )
+        assert "more than the 15 s one ZeroGPU call may ask for here (AVATARBENCH_ZEROGPU_MAX_SECONDS)" in str(
+            refused.value
+        )
+        assert (
+            "Send a shorter input (fewer seconds of speech), or raise AVATARBENCH_ZEROGPU_MAX_SECONDS (at most 300"
+            in (str(refused.value))
+        )
+        assert store.queue() == []  # nothing was queued
+        assert _lipsync(Running(broker, launcher, settings, spaces), _speech(tmp_path, 4.0)).status == "queued"  # 12 s
+    finally:
+        store.close()
+
+
+def test_zerogpu_refusals_read_in_plain_words() -> None:
+    gr = pytest.importorskip("gradio")
+    quota = zerogpu.call_failure(
+        gr.Error("You have exceeded your free GPU quota (60s requested vs. 12s left). Try again in 0:20:00"), 60, 120
+    )
+    assert quota.startswith("the ZeroGPU time allowance this job counts against is used up")
+    assert "(60s requested vs. 12s left)" in quota and "log in to Hugging Face" in quota
+    busy = zerogpu.call_failure(gr.Error("No GPU was available after 60s"), 60, 120)
+    assert busy.startswith("ZeroGPU had no GPU free for this job") and "Try again in a few minutes" in busy
+    other = zerogpu.call_failure(RuntimeError("ZeroGPU API /schedule error: 500"), 60, 120)
+    assert other.startswith("ZeroGPU could not run this job: RuntimeError: ZeroGPU API /schedule error: 500")
 
 
 GPU_RUN = """
@@ -374,6 +426,13 @@ def test_the_duration_book() -> None:
     assert book.estimate("lipsync/baseline", Length(8.0, "seconds of speech")).seconds == 58
     capped = book.estimate("lipsync/baseline", Length(100.0, "seconds of speech"))
     assert capped.seconds == 120 and "capped by AVATARBENCH_ZEROGPU_MAX_SECONDS=120" in capped.basis
+    assert capped.over_cap and capped.needed_s == 400 and not book.estimate("lipsync/baseline", speech).over_cap
+    assert not book.estimate("lipsync/baseline", Length(30.0, "seconds of speech")).over_cap  # 120 of 190: it may fit
+    long = DurationBook(max_s=120).estimate("lipsync/musetalk", Length(300.0, "seconds of speech"))
+    assert long.over_cap and long.needed_s == 900  # the audit's 300 s of speech: certain to be stopped at 120 s
+    assert long.needed_basis == "300 seconds of speech x the default 3 s per unit"
+    book.observe_abort("lipsync/wav2lip", Length(4.0, "seconds of speech"), 22)  # a 22 s ask, aborted
+    assert book.rate("lipsync/wav2lip") == 11.0  # twice the ask per second: the next ask is bigger
 
 
 def test_the_maximum_duration_setting() -> None:
@@ -382,6 +441,8 @@ def test_the_maximum_duration_setting() -> None:
     for bad in ("5", "abc", "90000", "1.5"):
         with pytest.raises(SettingsError, match="ZEROGPU_MAX_SECONDS"):
             load_settings({"AVATARBENCH_ZEROGPU_MAX_SECONDS": bad})
+    with pytest.raises(SettingsError, match=r"=301 is more than ZeroGPU lets one call ask for \(300 s.*10\.\.300"):
+        load_settings({"AVATARBENCH_ZEROGPU_MAX_SECONDS": "301"})
 
 
 def _job(settings: dict) -> Job:

@@ -106,6 +106,20 @@ def _number(env: dict[str, str], name: str, default: float, lo: float, hi: float
     return value + 0  # "-0" is 0, not a -0.0 shown back to the user
 
 
+ZEROGPU_CEILING_S = 300  # ZeroGPU's largest per-call duration (its paid tier's; a visitor's tier may allow less)
+
+
+def _zerogpu_max_s(env: dict[str, str]) -> int:
+    """AVATARBENCH_ZEROGPU_MAX_SECONDS, refused past ZeroGPU's own per-call maximum: every ask above it fails."""
+    value = _number(env, "ZEROGPU_MAX_SECONDS", 120, 10, 1_000_000, int)
+    if value > ZEROGPU_CEILING_S:
+        raise SettingsError(
+            f"{PREFIX}ZEROGPU_MAX_SECONDS={value} is more than ZeroGPU lets one call ask for ({ZEROGPU_CEILING_S} s; "
+            f"it refuses larger asks as 'larger than the maximum allowed'); expected 10..{ZEROGPU_CEILING_S}"
+        )
+    return value
+
+
 def _switch(env: dict[str, str], name: str, default: bool) -> bool:
     raw = (_env(env, name) or "").lower()
     if not raw:
@@ -317,8 +331,9 @@ DOCUMENTED: dict[str, tuple[str, str]] = {
     ),
     "ZEROGPU_MAX_SECONDS": (
         "zerogpu_max_s",
-        "on a ZeroGPU Space, the most GPU time one job asks @spaces.GPU for, in seconds, 10..3600 (default 120); "
-        "each job asks for what its length needs, learnt from earlier jobs of its kind",
+        "on a ZeroGPU Space, the most GPU time one job asks @spaces.GPU for, in seconds, 10..300 (default 120; "
+        "ZeroGPU refuses a call that asks for more than its per-call maximum, at most 300 s); each job asks for what "
+        "its length needs, learnt from earlier jobs of its kind, and one that needs more is refused when submitted",
     ),
     "JOB_TIME_LIMITS": (
         "job_time_limits",
@@ -427,7 +442,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         workers_per_gpu=_workers_per_gpu(_env(env, "WORKERS_PER_GPU")),
         split_seconds=_number(env, "SPLIT_SECONDS", 20.0, 1.0, 7200.0),
         ray_address=_ray_address(_env(env, "RAY_ADDRESS")),
-        zerogpu_max_s=_number(env, "ZEROGPU_MAX_SECONDS", 120, 10, 3600, int),
+        zerogpu_max_s=_zerogpu_max_s(env),
         job_time_limits=_time_limits(_env(env, "JOB_TIME_LIMITS")),
         job_memory_gb=_number(env, "JOB_MEMORY_GB", _three_quarters_of_ram_gb(), 0.25, 4096.0),
         max_queued_jobs=_number(env, "MAX_QUEUED_JOBS", 10, 1, 10_000, int),

@@ -276,6 +276,9 @@ class Broker:
             raise InputError(f"no worker for {device}; devices: {', '.join(self.devices)}")
         if (why := self.down(device)) is not None:
             raise InputError(_down_words(device, why))
+        admit = getattr(self.launcher, "admit", None)  # a launcher's own refusals (ZeroGPU: a job past its cap)
+        if admit is not None:
+            admit(kind, settings, device, self.store)
         share = self.share(kind, device, timed) if share is None else share
         job = self.store.submit(kind, settings, device, model_sha256, owner=owner, timed=timed, share=share,
                                 limits=limits)  # fmt: skip

@@ -37,9 +37,9 @@ from pathlib import Path
 from typing import Any
 
 from engine.core.errors import AvatarbenchError, InputError, SetupError
-from engine.core.settings import PREFIX, Settings, get_settings, is_zerogpu_space
+from engine.core.settings import PREFIX, ZEROGPU_CEILING_S, Settings, get_settings, is_zerogpu_space
 from engine.jobs.broker import Launcher, WorkerHandle, spawn_process
-from engine.jobs.store import DONE, Job, JobStore
+from engine.jobs.store import DONE, QUEUED, Job, JobStore
 from engine.jobs.worker import WorkerContext, WorkerSpec, execute
 from engine.system.doctor import spaces_gpu_problem
 
@@ -49,6 +49,7 @@ MAX_SECONDS_SETTING = PREFIX + "ZEROGPU_MAX_SECONDS"
 ZEROGPU_DEFAULT_S = 60  # what @spaces.GPU asks for when told nothing: used for kinds with no rate here
 HEADROOM_S = 10.0  # the fork, imports and model loading, which no job's length accounts for
 MARGIN = 1.5  # on a measured rate: the next job may meet a colder disk cache or a busier card
+ABORT_FACTOR = 2.0  # after ZeroGPU aborted a call: the rate becomes at least this times its ask per unit
 KEPT_RATES = 8  # per kind: the slowest of the latest ones is the rate (a warm, fast run must not starve a cold one)
 FPS = 25.0  # frames of an image or a template that states no rate
 # Seconds of GPU function per unit of length before a kind's first job here has finished (cold: models load).
@@ -78,8 +79,15 @@ class Length:
 
 @dataclass(frozen=True)
 class Estimate:
-    seconds: int
+    seconds: int  # what the call asks for: at most the cap
     basis: str  # how it was reached, in words (kept in the result)
+    needed_s: int = 0  # the job's length x its rate, no margin: below this a call is sure to be stopped (0: unknown)
+    needed_basis: str = ""
+
+    @property
+    def over_cap(self) -> bool:
+        """A call asking for less than the job needs would be stopped at its ask, its GPU time spent for nothing."""
+        return self.needed_s > self.seconds
 
 
 def media_seconds(path: Path, name: str, max_frames: int | None = None) -> float | None:
@@ -183,6 +191,11 @@ class DurationBook:
             with self._lock:
                 self._rates.setdefault(key, deque(maxlen=KEPT_RATES)).append(seconds / length.units)
 
+    def observe_abort(self, key: str, length: Length, asked_s: float) -> None:
+        """A call ZeroGPU aborted taught no rate (it returned nothing), yet its ask was too small: the next job of
+        this key asks for at least twice that rate."""
+        self.observe(key, length, ABORT_FACTOR * asked_s)
+
     def estimate(self, key: str, length: Length) -> Estimate:
         cap = f"{MAX_SECONDS_SETTING}={self.max_s}"
         if length.units is None:
@@ -190,16 +203,29 @@ class DurationBook:
         measured = self.rate(key)
         kind = key.partition("/")[0]
         if measured is not None:
-            per_unit, basis = MARGIN * measured, f"{measured:.3g} s per unit measured here, x{MARGIN:g}"
+            rate, margin, said = measured, MARGIN, f"{measured:.3g} s per unit measured here"
+            basis = f"{said}, x{MARGIN:g}"
         elif kind in self.defaults:
-            per_unit, basis = self.defaults[kind], f"the default {self.defaults[kind]:g} s per unit (none finished yet)"
+            rate, margin, said = self.defaults[kind], 1.0, f"the default {self.defaults[kind]:g} s per unit"
+            basis = f"{said} (none finished yet)"
         else:
             return Estimate(min(self.max_s, ZEROGPU_DEFAULT_S), "ZeroGPU's default: no rate for this kind")
-        wanted = HEADROOM_S + per_unit * length.units
+        needed = math.ceil(rate * length.units)
+        wanted = max(1, math.ceil(HEADROOM_S + margin * rate * length.units))
         basis = f"{HEADROOM_S:g} s + a length of {length.units:.3g} ({length.unit}) x {basis}"
         if wanted > self.max_s:
             basis += f"; capped by {cap}"
-        return Estimate(max(1, min(self.max_s, math.ceil(wanted))), basis)
+        return Estimate(min(self.max_s, wanted), basis, needed, f"{length.units:.3g} {length.unit} x {said}")
+
+
+def too_long(estimate: Estimate, length: Length, max_s: int) -> str:
+    """Why a job that needs more GPU time than one call may ask for is refused, and what to do instead."""
+    return (
+        f"this job needs about {estimate.needed_s} s of GPU time ({estimate.needed_basis}), more than the {max_s} s "
+        f"one ZeroGPU call may ask for here ({MAX_SECONDS_SETTING}): ZeroGPU would stop it at {max_s} s with its work "
+        f"lost. Send a shorter input (fewer {length.unit}), or raise {MAX_SECONDS_SETTING} (at most "
+        f"{ZEROGPU_CEILING_S}, ZeroGPU's own per-call maximum)"
+    )
 
 
 def without_compile(job: Job) -> tuple[Job, list[str]]:
@@ -390,6 +416,9 @@ class ZeroGpuSlot:
             log.exception("job %s (%s) could not be prepared for ZeroGPU", job.id, job.kind)
             store.fail(job.id, f"internal error: {type(exc).__name__}: {exc}")
             return
+        if estimate.over_cap:  # admitted before a call of its key was aborted: its rate has grown since
+            store.fail(job.id, too_long(estimate, length, book.max_s))
+            return
         spec = self.spec
         call = GpuCall(job, dict(spec.kinds), spec.db_path, spec.blobs_dir, spec.run_on or spec.device,
                        self.launcher.settings, estimate.seconds)  # fmt: skip
@@ -397,12 +426,11 @@ class ZeroGpuSlot:
         try:
             outcome = self.launcher.gpu(call)
         except Exception as exc:  # ZeroGPU's own refusals: quota, no card, past the duration, an unpicklable value
+            if is_abort(exc):
+                book.observe_abort(key, length, estimate.seconds)
             if not self._killed.is_set():
                 log.warning("job %s (%s): the ZeroGPU call failed: %s", job.id, job.kind, exc)
-                asked = (
-                    f"it asked for {estimate.seconds} s of GPU time; {MAX_SECONDS_SETTING} caps asks at {book.max_s} s"
-                )
-                store.fail(job.id, f"ZeroGPU could not run this job: {type(exc).__name__}: {exc} ({asked})")
+                store.fail(job.id, call_failure(exc, estimate.seconds, book.max_s))
             return
         if self._killed.is_set():
             return  # stopped by the broker (cancel, time limit, shutdown), which settles the job
@@ -430,6 +458,47 @@ class ZeroGpuSlot:
             log.info("job %s (%s) done in %.1f s of its %d s", job.id, job.kind, outcome["ran_s"], estimate.seconds)
 
 
+ABORTED = "GPU task aborted"  # what `spaces` raises (a gr.Error) when the GPU process ended without a result
+
+
+def _text(exc: BaseException) -> str:
+    """An exception's words: a gr.Error's str() is the repr of its message; `spaces`' HTML errors carry plain text."""
+    return str(getattr(exc, "message", None) or exc)
+
+
+def is_abort(exc: BaseException) -> bool:
+    """ZeroGPU ended the call's process: its time ran out or the process died."""
+    return ABORTED in _text(exc)
+
+
+def call_failure(exc: BaseException, asked_s: int, max_s: int) -> str:
+    """What a failed @spaces.GPU call means for the visitor, in plain words, with `spaces`' own words kept."""
+    text = _text(exc)
+    said = f"(ZeroGPU said: {text})"
+    if ABORTED in text:
+        return (
+            f"ZeroGPU stopped this job's GPU call: it ran past the {asked_s} s it asked for, or its GPU process died "
+            f"(out of memory, a crash) {said}. The next job of its kind asks for more; a shorter input fits sooner"
+        )
+    if "larger than the maximum allowed" in text:
+        return (
+            f"ZeroGPU refused the {asked_s} s of GPU time this job asked for: more than one call may ask for at "
+            f"your account's tier (less when not logged in to Hugging Face) {said}. Log in, send a shorter input, or "
+            f"lower {MAX_SECONDS_SETTING} (now {max_s})"
+        )
+    if "quota" in text.lower():
+        return (
+            f"the ZeroGPU time allowance this job counts against is used up {said}: try again once it refills "
+            "(ZeroGPU says when), or log in to Hugging Face for a larger allowance"
+        )
+    if "No GPU was available" in text:
+        return f"ZeroGPU had no GPU free for this job: every card was busy {said}. Try again in a few minutes"
+    return (
+        f"ZeroGPU could not run this job: {type(exc).__name__}: {text} (it asked for {asked_s} s of GPU time; "
+        f"{MAX_SECONDS_SETTING} caps asks at {max_s} s)"
+    )
+
+
 def decorated_gpu_function() -> Callable[[GpuCall], dict[str, Any]]:
     """run_in_gpu decorated with @spaces.GPU (once: before the app launches, as ZeroGPU expects)."""
     problem = spaces_gpu_problem()
@@ -454,6 +523,18 @@ class ZeroGpuLauncher:
         self.book = DurationBook(max_duration_s or self.settings.zerogpu_max_s)
         self.fallback = fallback
         self.gpu = gpu or decorated_gpu_function()
+
+    def admit(self, kind: str, settings: dict, device: str, store: JobStore) -> None:
+        """Refuse, when submitted, a GPU job that needs more GPU time than one call may ask for: ZeroGPU would stop
+        it at the cap, certainly, after the visitor's wait and its whole ask of GPU time."""
+        if not device.startswith("cuda"):
+            return
+        job, _ = without_compile(Job("", kind, None, settings, device, QUEUED, 0.0, "", None, None, time.time(), None,
+                                     None))  # fmt: skip
+        length = job_length(job, store)
+        estimate = self.book.estimate(cost_key(job), length)
+        if estimate.over_cap:
+            raise InputError(too_long(estimate, length, self.book.max_s))
 
     def __call__(self, spec: WorkerSpec, wake: Any, stop: Any) -> WorkerHandle:
         if not spec.device.startswith("cuda"):

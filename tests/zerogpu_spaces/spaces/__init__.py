@@ -8,9 +8,13 @@ What it does as ZeroGPU does (from its documentation and its client): `GPU` deco
 a timedelta, or a callable taking the function's own arguments); off ZeroGPU the decorator hands back the function
 itself, as the real one does when SPACES_ZERO_GPU, read when it decorates, is not 1, t or true (any case). On ZeroGPU
 each call runs in a process forked for it; the arguments and the return value cross a pickle boundary; an exception
-raised inside is raised in the caller; a call that runs past its duration is stopped. What it cannot do: attach a GPU,
-queue, or count quota. A result holding a torch tensor on a CUDA device is refused (it cannot leave the GPU process);
-the check asks the tensor's `is_cuda`, so a test without a GPU can hand it a tensor subclass that answers True.
+raised inside is raised in the caller; a call that runs past its duration is stopped. Its refusals are the real
+client's (spaces/zero/client.py, wrappers.py), as gradio.Error: "GPU task aborted" when the GPU process ended without a
+result (past its duration, or died), "The requested GPU duration (Ns) is larger than the maximum allowed" past
+MAX_DURATION_S, and, when a test sets `refuse`, the quota (429) and no-GPU (503) messages. What it cannot do: attach a
+GPU, queue, or count quota. A result holding a torch tensor on a CUDA device is refused (it cannot leave the GPU
+process); the check asks the tensor's `is_cuda`, so a test without a GPU can hand it a tensor subclass that answers
+True.
 """
 
 from __future__ import annotations
@@ -27,6 +31,9 @@ from datetime import timedelta
 from typing import Any
 
 DEFAULT_DURATION_S = 60  # ZeroGPU's own default
+MAX_DURATION_S = 300  # the largest per-call duration ZeroGPU allows (a test may lower it)
+ABORTED = "GPU task aborted"  # what the real client raises when the GPU process ended without a result
+refuse: str | None = None  # a test sets "quota" or "nogpu": calls are refused as ZeroGPU's /schedule refuses them
 _FORK = multiprocessing.get_context("fork")
 
 requested: list[float] = []  # the duration every call asked for, in seconds, in call order (read by tests)
@@ -74,6 +81,25 @@ def _child(task: Callable[..., Any], payload: bytes, sender: Any) -> None:
     sender.close()
 
 
+def _error(message: str) -> Exception:
+    """The real client raises gradio.Error (HTMLError, a subclass, for quota): a plain RuntimeError without gradio."""
+    try:
+        import gradio
+    except ImportError:
+        return ZeroGpuError(message)
+    return gradio.Error(message)
+
+
+def _schedule(seconds: float) -> None:
+    """client.schedule's refusals, in its words."""
+    if seconds > MAX_DURATION_S:
+        raise _error(f"The requested GPU duration ({int(seconds)}s) is larger than the maximum allowed")
+    if refuse == "quota":
+        raise _error(f"You have exceeded your GPU quota ({int(seconds)}s requested vs. 30s left). Try again in 0:42:00")
+    if refuse == "nogpu":
+        raise _error("No GPU was available")
+
+
 def _run_forked(task: Callable[..., Any], args: tuple, kwargs: dict, seconds: float) -> Any:
     payload = pickle.dumps((args, kwargs))  # the arguments cross the boundary too: a live object fails here
     receiver, sender = _FORK.Pipe(duplex=False)
@@ -84,14 +110,14 @@ def _run_forked(task: Callable[..., Any], args: tuple, kwargs: dict, seconds: fl
     try:
         while not receiver.poll(0.02):
             if not process.is_alive() and not receiver.poll(0):
-                raise ZeroGpuError(f"the GPU process ended without a result (exit code {process.exitcode})")
+                raise _error(ABORTED)  # the process died: the real client cannot tell this from a timeout
             if time.monotonic() > deadline:
                 process.kill()
-                raise ZeroGpuError(f"GPU task aborted: it ran past the {seconds:g} s it asked for")
+                raise _error(ABORTED)
         try:
             status, value = pickle.loads(receiver.recv_bytes())
         except EOFError:
-            raise ZeroGpuError(f"the GPU process ended without a result (exit code {process.exitcode})") from None
+            raise _error(ABORTED) from None
     finally:
         receiver.close()
         process.join(5)
@@ -111,9 +137,10 @@ def GPU(task: Callable[..., Any] | None = None, *, duration: Any = DEFAULT_DURAT
     def call(*args: Any, **kwargs: Any) -> Any:
         seconds = _seconds(duration, args, kwargs)
         requested.append(seconds)
+        _schedule(seconds)
         return _run_forked(task, args, kwargs, seconds)
 
     return call
 
 
-__all__ = ["GPU", "ZeroGpuError", "requested"]
+__all__ = ["ABORTED", "GPU", "MAX_DURATION_S", "ZeroGpuError", "refuse", "requested"]
