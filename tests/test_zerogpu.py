@@ -36,7 +36,7 @@ from engine.core.errors import InputError, SetupError
 from engine.core.media import VideoWriter
 from engine.core.settings import Settings, SettingsError, load_settings
 from engine.jobs import zerogpu
-from engine.jobs.broker import Broker
+from engine.jobs.broker import Broker, JobLimits
 from engine.jobs.store import CANCELLED, CPU, DONE, FAILED, FINISHED, Job, JobStore
 from engine.jobs.zerogpu import DurationBook, Length, ZeroGpuLauncher
 from engine.lipsync.config import LipSyncConfig
@@ -86,6 +86,8 @@ def on_the_gpu(job: Job, progress: Any, context: Any) -> dict:
 
 
 def hang(job: Job, progress: Any, context: Any) -> dict:
+    if job.settings.get("pid_file"):  # where a test finds the GPU process
+        Path(job.settings["pid_file"]).write_text(str(os.getpid()))
     progress(0.1, "hanging")
     time.sleep(float(job.settings.get("seconds", 30)))
     return {}
@@ -232,16 +234,73 @@ def test_the_duration_asked_grows_with_the_jobs_length(running: Running, tmp_pat
     assert running.spaces.requested[-2:] == [short.result["zerogpu"]["asked_s"], long.result["zerogpu"]["asked_s"]]
 
 
-def test_cancelling_a_job_in_its_gpu_function_replaces_the_slot(running: Running) -> None:
-    store = running.store
-    stuck = running.broker.submit("hang", {"seconds": 20}, GPU, OWNER)
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"  # a zombie has ended
+
+
+def _gpu_process_of(store: JobStore, job: Job, pid_file: Path) -> int:
     deadline = time.monotonic() + 60
-    while store.get(stuck.id).progress_label != "hanging" and time.monotonic() < deadline:
+    while store.get(job.id).progress_label != "hanging" and time.monotonic() < deadline:
         time.sleep(0.05)
+    pid = int(pid_file.read_text())
+    assert pid != os.getpid() and _alive(pid)
+    return pid
+
+
+def _ends(pid: int, within_s: float = 15) -> bool:
+    deadline = time.monotonic() + within_s
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not _alive(pid)
+
+
+def test_cancelling_a_job_in_its_gpu_function_ends_the_call_and_replaces_the_slot(
+    running: Running, tmp_path: Path
+) -> None:
+    """The abandoned call's process ends (ZeroGPU takes its card and quota back), long before its 120 s sleep."""
+    store, pid_file = running.store, tmp_path / "pid"
+    stuck = running.broker.submit("hang", {"seconds": 120, "pid_file": str(pid_file)}, GPU, OWNER)
+    pid = _gpu_process_of(store, stuck, pid_file)
+    rate = running.launcher.book.rate("hang")
     cancelled = running.broker.cancel(stuck.id, OWNER)
     assert cancelled.status == CANCELLED and "cancelled by its owner" in cancelled.error
+    assert _ends(pid)
     following = _finished(store, running.broker.submit("echo", {}, GPU, OWNER).id)
     assert following.status == DONE and following.worker is not None and following.worker != cancelled.worker
+    assert running.launcher.book.rate("hang") == rate  # a stopped job's end teaches no rate
+
+
+def test_a_job_past_its_time_limit_ends_its_gpu_call(spaces: Any, tmp_path: Path) -> None:
+    settings = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path)})
+    store, pid_file = JobStore(settings.db_path, settings.data_dir / "blobs"), tmp_path / "pid"
+    launcher = ZeroGpuLauncher(settings, max_duration_s=200)
+    limits = JobLimits({"default": 3600.0, "hang": 4.0})
+    broker = Broker(store, TEST_KINDS, {GPU: 1}, limits, poll_s=0.1, run_on={GPU: CPU}, launcher=launcher).start()
+    try:
+        job = broker.submit("hang", {"seconds": 120, "pid_file": str(pid_file)}, GPU, OWNER)
+        pid = _gpu_process_of(store, job, pid_file)
+        stopped = _finished(store, job.id, 60)
+        assert stopped.status == FAILED and "time limit" in stopped.error
+        assert _ends(pid)
+    finally:
+        broker.stop(grace_s=2)
+        store.close()
+
+
+def test_a_call_run_in_the_apps_own_process_is_never_ended_by_its_watch(tmp_path: Path) -> None:
+    settings = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path)})
+    store = JobStore(settings.db_path, settings.data_dir / "blobs")
+    job = store.submit("echo", {}, GPU, None, owner=OWNER)
+    call = zerogpu.GpuCall(job, {}, str(settings.db_path), str(store.blobs_dir), CPU, settings, 10, os.getpid())
+    store.cancel(job.id, OWNER)  # a queued job: cancelled at once, never running
+    over = zerogpu.end_when_stopped(call, every_s=0.01)
+    time.sleep(0.2)  # without the guard, this process would have ended by now
+    assert not over.is_set() and not any(t.name.endswith(job.id) for t in threading.enumerate())
+    store.close()
 
 
 def test_a_call_past_its_duration_fails_with_the_reason_and_teaches_a_larger_ask(

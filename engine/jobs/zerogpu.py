@@ -9,6 +9,8 @@ settings). Inside the GPU function the job runs as engine/jobs/worker.py runs on
 switches, the measured window), with its own store connection (progress is written from there), its own ONNX Runtime
 sessions and NVML readings; the result leaves only once it is plain data, so a CUDA tensor fails its job with where it
 was. The thread then stores the result or the failure.
+A job cancelled or stopped at its time limit meanwhile ends its GPU process, which watches the job's status in the
+store, so ZeroGPU takes the card back and stops counting the call's time.
 
 Each call asks for the GPU time the job's length needs: its seconds of speech or of driving video, its result rows
 or sweep configurations, times the seconds a unit took in this kind's finished jobs here (a default until one has
@@ -27,6 +29,7 @@ import importlib
 import itertools
 import logging
 import math
+import os
 import sys
 import threading
 import time
@@ -39,7 +42,7 @@ from typing import Any
 from engine.core.errors import AvatarbenchError, InputError, SetupError
 from engine.core.settings import PREFIX, ZEROGPU_CEILING_S, Settings, get_settings, is_zerogpu_space
 from engine.jobs.broker import Launcher, WorkerHandle, spawn_process
-from engine.jobs.store import DONE, QUEUED, Job, JobStore
+from engine.jobs.store import DONE, QUEUED, RUNNING, Job, JobStore
 from engine.jobs.worker import WorkerContext, WorkerSpec, execute
 from engine.system.doctor import spaces_gpu_problem
 
@@ -49,6 +52,7 @@ MAX_SECONDS_SETTING = PREFIX + "ZEROGPU_MAX_SECONDS"
 ZEROGPU_DEFAULT_S = 60  # what @spaces.GPU asks for when told nothing: used for kinds with no rate here
 HEADROOM_S = 10.0  # the fork, imports and model loading, which no job's length accounts for
 MARGIN = 1.5  # on a measured rate: the next job may meet a colder disk cache or a busier card
+STOPPED_EXIT = 75  # a GPU process's exit status when it ended because its job was stopped
 ABORT_FACTOR = 2.0  # after ZeroGPU aborted a call: the rate becomes at least this times its ask per unit
 KEPT_RATES = 8  # per kind: the slowest of the latest ones is the rate (a warm, fast run must not starve a cold one)
 FPS = 25.0  # frames of an image or a template that states no rate
@@ -293,6 +297,7 @@ class GpuCall:
     run_on: str  # the device the handler uses ("cuda:0"; "cpu" in tests)
     settings: Settings
     duration_s: int
+    app_pid: int = 0  # the app's process: the stop watch never ends that one (a call run in place, off ZeroGPU)
 
 
 def asked_duration(call: GpuCall) -> int:
@@ -315,6 +320,35 @@ def _fresh_nvml() -> Any:
     return nvml_source()
 
 
+STOP_CHECK_S = 0.5  # how often the GPU process asks the store whether its job still runs
+
+
+def end_when_stopped(call: GpuCall, every_s: float = STOP_CHECK_S) -> threading.Event:
+    """In the GPU process: a thread that ends the process once its job no longer runs in the store (cancelled, past
+    its time limit, failed by the app's shutdown). The app abandons such a call, but ZeroGPU would keep the card and
+    count the visitor's quota until the work ended; a process that ends hands both back at once. Set the returned
+    event when the job is over."""
+    over = threading.Event()
+    if call.app_pid == os.getpid():  # not a forked GPU process: ending it would end the app
+        return over
+
+    def watch() -> None:
+        store = JobStore(call.db_path, call.blobs_dir)  # its own connection: the job's is used by the job's thread
+        try:
+            while not over.wait(every_s):
+                status = store.get(call.job.id).status
+                if status != RUNNING and not over.is_set():
+                    log.warning("job %s is %s: its GPU process ends, handing the card back", call.job.id, status)
+                    os._exit(STOPPED_EXIT)
+        except Exception:  # the store unreadable: the call's own duration still bounds it
+            log.exception("job %s: the stop watch in its GPU process failed", call.job.id)
+        finally:
+            store.close()
+
+    threading.Thread(target=watch, name=f"avatarbench-stopwatch-{call.job.id}", daemon=True).start()
+    return over
+
+
 def run_in_gpu(call: GpuCall) -> dict[str, Any]:
     """One job inside the GPU function, as engine.jobs.worker.run_job runs one in a worker process (the handler on
     its device, the job's process switches, the measured window): {"result": ...} or {"error": why}, as plain data,
@@ -323,6 +357,7 @@ def run_in_gpu(call: GpuCall) -> dict[str, Any]:
 
     start = time.perf_counter()
     job, store = call.job, JobStore(call.db_path, call.blobs_dir)
+    over = end_when_stopped(call)
     outcome: dict[str, Any]
     try:
         context = WorkerContext(store, call.settings, call.run_on)
@@ -342,6 +377,7 @@ def run_in_gpu(call: GpuCall) -> dict[str, Any]:
         log.exception("job %s (%s) failed in its GPU function", job.id, job.kind)
         outcome = {"error": f"internal error: {type(exc).__name__}: {exc}"}
     finally:
+        over.set()
         store.close()
     return {**outcome, "ran_s": time.perf_counter() - start}
 
@@ -352,7 +388,8 @@ def run_in_gpu(call: GpuCall) -> dict[str, Any]:
 class ZeroGpuSlot:
     """The broker's worker for a "cuda:N" key on ZeroGPU (a WorkerHandle): a thread in the app claiming that key's
     jobs and running each in a GPU function call. Killing it abandons the call in flight (ZeroGPU's process cannot
-    be reached from here; its own duration stops it): the broker settles that job, and a late result is dropped."""
+    be reached from here): the broker settles that job, a late result is dropped, and the GPU process, which watches
+    its job in the store (end_when_stopped), ends within a second and hands the card back."""
 
     def __init__(self, spec: WorkerSpec, wake: Any, stop: Any, launcher: ZeroGpuLauncher) -> None:
         self.spec, self.wake, self.stop, self.launcher = spec, wake, stop, launcher
@@ -421,12 +458,12 @@ class ZeroGpuSlot:
             return
         spec = self.spec
         call = GpuCall(job, dict(spec.kinds), spec.db_path, spec.blobs_dir, spec.run_on or spec.device,
-                       self.launcher.settings, estimate.seconds)  # fmt: skip
+                       self.launcher.settings, estimate.seconds, os.getpid())  # fmt: skip
         log.info("job %s (%s) asks ZeroGPU for %d s (%s)", job.id, job.kind, estimate.seconds, estimate.basis)
         try:
             outcome = self.launcher.gpu(call)
         except Exception as exc:  # ZeroGPU's own refusals: quota, no card, past the duration, an unpicklable value
-            if is_abort(exc):
+            if is_abort(exc) and not self._killed.is_set():  # not one ended because its job was stopped
                 book.observe_abort(key, length, estimate.seconds)
             if not self._killed.is_set():
                 log.warning("job %s (%s): the ZeroGPU call failed: %s", job.id, job.kind, exc)
