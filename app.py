@@ -101,7 +101,10 @@ def job_workers(settings: Settings, store: JobStore) -> tuple[dict[str, int], di
     from engine.jobs.zerogpu import ZeroGpuLauncher, on_zerogpu
 
     if on_zerogpu():
-        return {"cuda:0": 1, "cpu": settings.cpu_workers}, {"launcher": ZeroGpuLauncher(settings)}, None
+        from ui.zerogpu import visitor_request
+
+        launcher = ZeroGpuLauncher(settings, visitor=visitor_request)  # each call counts against its visitor's quota
+        return {"cuda:0": 1, "cpu": settings.cpu_workers}, {"launcher": launcher}, None
     if settings.ray_address:
         from engine.jobs.ray_pool import ray_workers
 

@@ -130,7 +130,9 @@ def running(spaces: Any) -> Iterator[Running]:
     settings = load_settings()
     settings.ensure_dirs()
     store = JobStore(settings.db_path, settings.data_dir / "blobs")
-    launcher = ZeroGpuLauncher(settings)
+    from ui.zerogpu import visitor_request
+
+    launcher = ZeroGpuLauncher(settings, visitor=visitor_request)  # as app.job_workers makes it
     kinds = {**JOB_KINDS, **TEST_KINDS}
     broker = Broker(store, kinds, {GPU: 1, CPU: 1}, poll_s=0.1, run_on={GPU: CPU}, launcher=launcher).start()
     yield Running(broker, launcher, settings, spaces)
@@ -358,13 +360,45 @@ def test_a_job_longer_than_one_call_may_ask_for_is_refused_when_submitted(spaces
         store.close()
 
 
+def test_each_call_carries_its_visitors_token_and_nothing_keeps_it(running: Running) -> None:
+    """spaces reads the visitor from the Gradio request of the call's context: the job thread has none of its own."""
+    from ui.jobs import Access
+
+    gr = pytest.importorskip("gradio")
+    owner = Access().owner(gr.Request(headers={"x-ip-token": "tok-visitor-a"}, session_hash="visitor-a"))
+    assert owner == "session:visitor-a" and zerogpu.VISITOR_TOKENS.get(owner) == "tok-visitor-a"
+    theirs = _finished(running.store, running.broker.submit("echo", {}, GPU, owner).id)
+    assert theirs.status == DONE and running.spaces.tokens[-1] == "tok-visitor-a"
+    anyones = _finished(running.store, running.broker.submit("echo", {}, GPU, "session:no-token").id)
+    assert anyones.status == DONE and running.spaces.tokens[-1] is None  # the Space's own allowance
+    kept = json.dumps([dataclasses.asdict(j) for j in running.store.history(500)])
+    assert "tok-visitor-a" not in kept and b"tok-visitor-a" not in running.settings.db_path.read_bytes()
+
+
+def test_quota_and_no_gpu_refusals_tell_the_visitor_what_happened(
+    running: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    zerogpu.VISITOR_TOKENS.remember("session:visitor-q", "tok-visitor-q")
+    monkeypatch.setattr(running.spaces, "refuse", "quota")
+    theirs = _finished(running.store, running.broker.submit("echo", {}, GPU, "session:visitor-q").id)
+    assert theirs.status == FAILED and theirs.error.startswith("your ZeroGPU time allowance is used up")
+    assert "requested vs. 30s left" in theirs.error and "log in to Hugging Face" in theirs.error
+    shared = _finished(running.store, running.broker.submit("echo", {}, GPU, "session:no-token").id)
+    assert shared.error.startswith("the Space's own ZeroGPU allowance is used up: this job came without a visitor")
+    monkeypatch.setattr(running.spaces, "refuse", "nogpu")
+    busy = _finished(running.store, running.broker.submit("echo", {}, GPU, "session:visitor-q").id)
+    assert busy.status == FAILED and busy.error.startswith("ZeroGPU had no GPU free for this job: every card was busy")
+
+
 def test_zerogpu_refusals_read_in_plain_words() -> None:
     gr = pytest.importorskip("gradio")
     quota = zerogpu.call_failure(
         gr.Error("You have exceeded your free GPU quota (60s requested vs. 12s left). Try again in 0:20:00"), 60, 120
     )
-    assert quota.startswith("the ZeroGPU time allowance this job counts against is used up")
+    assert quota.startswith("your ZeroGPU time allowance is used up")
     assert "(60s requested vs. 12s left)" in quota and "log in to Hugging Face" in quota
+    space = zerogpu.call_failure(gr.Error("Space app has reached its GPU limit. Retry later"), 60, 120, visitor=False)
+    assert space.startswith("the Space's own ZeroGPU allowance is used up") and "Retry later" in space
     busy = zerogpu.call_failure(gr.Error("No GPU was available after 60s"), 60, 120)
     assert busy.startswith("ZeroGPU had no GPU free for this job") and "Try again in a few minutes" in busy
     other = zerogpu.call_failure(RuntimeError("ZeroGPU API /schedule error: 500"), 60, 120)

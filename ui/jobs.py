@@ -32,6 +32,7 @@ from engine.jobs.kinds import JobKind, queue_view, readable_summary
 from engine.jobs.store import DONE, FINISHED, Job, JobStore
 from ui.forms import Run, api_endpoint, refusal, reported
 from ui.widgets import delivered, job_ids, when
+from ui.zerogpu import remember_visitor_token
 
 log = logging.getLogger(__name__)
 LOCAL = "local"  # the owner of calls that come with no request (tests, scripts calling handlers directly)
@@ -60,7 +61,13 @@ class Access:
     operators: frozenset[str] = frozenset()
 
     def owner(self, request: gr.Request | None) -> str:
-        """Who a new job belongs to."""
+        """Who a new job belongs to. On ZeroGPU this also keeps, in memory, the visitor's X-IP-Token for that owner's
+        GPU calls (ui/zerogpu.py), which the job thread makes outside any request."""
+        owner = self._owner(request)
+        remember_visitor_token(owner, request)
+        return owner
+
+    def _owner(self, request: gr.Request | None) -> str:
         if request is None:
             return LOCAL
         if request.username:

@@ -18,12 +18,14 @@ finished), with headroom, capped by AVATARBENCH_ZEROGPU_MAX_SECONDS. A shorter a
 that runs past its ask is stopped. ZeroGPU does not support torch.compile: a job's compile option is turned off,
 and a sweep's torch.compile configurations are left out, with a warning in the result.
 
-The calls come from a thread, outside any Gradio request, so ZeroGPU sees no visitor's token: it counts them
-against the Space's own allowance.
+The calls come from a thread, outside any Gradio request: the submitting request's X-IP-Token, kept in memory per
+owner (VISITOR_TOKENS, filled by ui/zerogpu.py), is set where `spaces` looks for it (the launcher's `visitor`
+context), so each call counts against its visitor's quota; a job with none counts against the Space's own.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import itertools
@@ -35,6 +37,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -460,14 +463,16 @@ class ZeroGpuSlot:
         call = GpuCall(job, dict(spec.kinds), spec.db_path, spec.blobs_dir, spec.run_on or spec.device,
                        self.launcher.settings, estimate.seconds, os.getpid())  # fmt: skip
         log.info("job %s (%s) asks ZeroGPU for %d s (%s)", job.id, job.kind, estimate.seconds, estimate.basis)
+        token = VISITOR_TOKENS.get(job.owner)
         try:
-            outcome = self.launcher.gpu(call)
+            with self.launcher.visitor(token):  # ZeroGPU counts the call against this visitor's quota
+                outcome = self.launcher.gpu(call)
         except Exception as exc:  # ZeroGPU's own refusals: quota, no card, past the duration, an unpicklable value
             if is_abort(exc) and not self._killed.is_set():  # not one ended because its job was stopped
                 book.observe_abort(key, length, estimate.seconds)
             if not self._killed.is_set():
                 log.warning("job %s (%s): the ZeroGPU call failed: %s", job.id, job.kind, exc)
-                store.fail(job.id, call_failure(exc, estimate.seconds, book.max_s))
+                store.fail(job.id, call_failure(exc, estimate.seconds, book.max_s, token is not None))
             return
         if self._killed.is_set():
             return  # stopped by the broker (cancel, time limit, shutdown), which settles the job
@@ -495,6 +500,32 @@ class ZeroGpuSlot:
             log.info("job %s (%s) done in %.1f s of its %d s", job.id, job.kind, outcome["ran_s"], estimate.seconds)
 
 
+class VisitorTokens:
+    """Each owner's latest X-IP-Token (ZeroGPU's visitor token), in memory only: it lets a GPU call count against
+    that visitor's quota, and is no one's to read back. Per owner, not per job, so that a job claimed the instant it
+    is queued still finds its token; bounded, the least recently seen owners forgotten first."""
+
+    def __init__(self, limit: int = 10_000) -> None:
+        self.limit = limit
+        self._tokens: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def remember(self, owner: str, token: str) -> None:
+        with self._lock:
+            self._tokens.pop(owner, None)
+            self._tokens[owner] = token
+            while len(self._tokens) > self.limit:
+                self._tokens.pop(next(iter(self._tokens)))
+
+    def get(self, owner: str) -> str | None:
+        with self._lock:
+            return self._tokens.get(owner)
+
+
+VISITOR_TOKENS = VisitorTokens()
+VisitorContext = Callable[[str | None], AbstractContextManager[Any]]  # the visitor's token -> where a call is made
+
+
 ABORTED = "GPU task aborted"  # what `spaces` raises (a gr.Error) when the GPU process ended without a result
 
 
@@ -508,7 +539,7 @@ def is_abort(exc: BaseException) -> bool:
     return ABORTED in _text(exc)
 
 
-def call_failure(exc: BaseException, asked_s: int, max_s: int) -> str:
+def call_failure(exc: BaseException, asked_s: int, max_s: int, visitor: bool = True) -> str:
     """What a failed @spaces.GPU call means for the visitor, in plain words, with `spaces`' own words kept."""
     text = _text(exc)
     said = f"(ZeroGPU said: {text})"
@@ -523,11 +554,14 @@ def call_failure(exc: BaseException, asked_s: int, max_s: int) -> str:
             f"your account's tier (less when not logged in to Hugging Face) {said}. Log in, send a shorter input, or "
             f"lower {MAX_SECONDS_SETTING} (now {max_s})"
         )
-    if "quota" in text.lower():
-        return (
-            f"the ZeroGPU time allowance this job counts against is used up {said}: try again once it refills "
-            "(ZeroGPU says when), or log in to Hugging Face for a larger allowance"
+    if "quota" in text.lower() or "reached its GPU limit" in text:
+        whose = (
+            "your ZeroGPU time allowance is used up"
+            if visitor
+            else "the Space's own ZeroGPU allowance is used up: this job came without a visitor token (an API call or "
+            "a script), so it counts against the allowance every such caller shares"
         )
+        return f"{whose} {said}: try again once it refills (ZeroGPU says when), or log in to Hugging Face for more"
     if "No GPU was available" in text:
         return f"ZeroGPU had no GPU free for this job: every card was busy {said}. Try again in a few minutes"
     return (
@@ -547,7 +581,9 @@ def decorated_gpu_function() -> Callable[[GpuCall], dict[str, Any]]:
 
 class ZeroGpuLauncher:
     """The broker's launcher on ZeroGPU (one for every key): a ZeroGpuSlot for "cuda:N", `fallback` (a spawned
-    worker process) for the others. `gpu` is the decorated GPU function (decorated_gpu_function() unless given)."""
+    worker process) for the others. `gpu` is the decorated GPU function (decorated_gpu_function() unless given);
+    `visitor` gives the context a call is made in from its owner's ZeroGPU token (ui/zerogpu.py's Gradio request;
+    none unless given: the engine never imports gradio)."""
 
     def __init__(
         self,
@@ -555,11 +591,13 @@ class ZeroGpuLauncher:
         max_duration_s: int | None = None,
         fallback: Launcher = spawn_process,
         gpu: Callable[[GpuCall], dict[str, Any]] | None = None,
+        visitor: VisitorContext | None = None,
     ) -> None:
         self.settings = settings or get_settings()
         self.book = DurationBook(max_duration_s or self.settings.zerogpu_max_s)
         self.fallback = fallback
         self.gpu = gpu or decorated_gpu_function()
+        self.visitor = visitor or (lambda token: contextlib.nullcontext())
 
     def admit(self, kind: str, settings: dict, device: str, store: JobStore) -> None:
         """Refuse, when submitted, a GPU job that needs more GPU time than one call may ask for: ZeroGPU would stop
@@ -611,10 +649,12 @@ def telemetry_panel(store: JobStore, limit: int = 3, scan: int = 50) -> ZeroGpuP
 
 __all__ = [
     "MAX_SECONDS_SETTING",
+    "VISITOR_TOKENS",
     "DurationBook",
     "Estimate",
     "GpuCall",
     "Length",
+    "VisitorTokens",
     "ZeroGpuLauncher",
     "ZeroGpuPanel",
     "ZeroGpuSlot",

@@ -37,6 +37,7 @@ refuse: str | None = None  # a test sets "quota" or "nogpu": calls are refused a
 _FORK = multiprocessing.get_context("fork")
 
 requested: list[float] = []  # the duration every call asked for, in seconds, in call order (read by tests)
+tokens: list[str | None] = []  # the X-IP-Token every call carried (None: the Space's own allowance), in call order
 
 
 class ZeroGpuError(RuntimeError):
@@ -90,6 +91,18 @@ def _error(message: str) -> Exception:
     return gradio.Error(message)
 
 
+def _token() -> str | None:
+    """The visitor's token as the real client finds it: the X-IP-Token header of gradio.context.LocalContext.request
+    (spaces.zero.client._get_token)."""
+    try:
+        from gradio.context import LocalContext
+    except ImportError:
+        return None
+    request = LocalContext.request.get(None)
+    headers = getattr(request, "headers", None) if request is not None else None
+    return headers.get("x-ip-token") if headers is not None else None
+
+
 def _schedule(seconds: float) -> None:
     """client.schedule's refusals, in its words."""
     if seconds > MAX_DURATION_S:
@@ -137,10 +150,11 @@ def GPU(task: Callable[..., Any] | None = None, *, duration: Any = DEFAULT_DURAT
     def call(*args: Any, **kwargs: Any) -> Any:
         seconds = _seconds(duration, args, kwargs)
         requested.append(seconds)
+        tokens.append(_token())
         _schedule(seconds)
         return _run_forked(task, args, kwargs, seconds)
 
     return call
 
 
-__all__ = ["ABORTED", "GPU", "MAX_DURATION_S", "ZeroGpuError", "refuse", "requested"]
+__all__ = ["ABORTED", "GPU", "MAX_DURATION_S", "ZeroGpuError", "refuse", "requested", "tokens"]
