@@ -45,8 +45,14 @@ log = logging.getLogger("avatarbench")
 
 
 def device_banner(choice: DeviceChoice) -> str:
+    """The header's device line. On ZeroGPU `spaces` makes torch in this process name a card it has not attached
+    (an A100 MIG slice), so the card is not asked about here."""
     from engine.core.device import capabilities
+    from engine.core.settings import ZEROGPU_CARD
+    from engine.jobs.zerogpu import on_zerogpu
 
+    if on_zerogpu():
+        return f"**avatarbench** · running on **{ZEROGPU_CARD}** · GPU jobs run inside `@spaces.GPU` calls"
     caps = capabilities(choice.device)
     if choice.is_cuda:
         return f"**avatarbench** · running on `{choice.device}` **{caps.name}** · {', '.join(caps.precisions)}"

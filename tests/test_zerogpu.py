@@ -505,6 +505,29 @@ def test_the_gradio_queue_takes_more_than_one_event_on_zerogpu(monkeypatch: pyte
     assert demo.queue(**app.queue_options(settings))._queue.max_size == 300
 
 
+def test_the_web_process_names_no_card_on_zerogpu(spaces: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real `spaces` patches torch in the web process: cuda.is_available() is True and the card it names (an
+    A100 MIG slice) is not the one a job gets. The banner, the benchmark tab and the doctor do not ask it."""
+    pytest.importorskip("gradio")
+    import app
+    from engine.core.device import DeviceChoice
+    from engine.core.settings import ZEROGPU_CARD
+    from engine.system import doctor
+    from ui.bench import _this_card
+
+    def asked(*args: Any) -> Any:
+        raise AssertionError("the web process asked torch about a card on ZeroGPU")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for name in ("get_device_properties", "get_device_name", "get_device_capability", "mem_get_info"):
+        monkeypatch.setattr(torch.cuda, name, asked)
+    banner = app.device_banner(DeviceChoice(torch.device("cuda", 0), "auto", "CUDA is available"))
+    assert ZEROGPU_CARD in banner and "A100" not in banner
+    assert _this_card("cuda:0") is None
+    found = doctor.check_torch(None).found  # type: ignore[arg-type]  # its ZeroGPU branch reads no context
+    assert "ZeroGPU (a card attached per job)" in found
+
+
 def test_the_duration_book() -> None:
     book = DurationBook(max_s=120)
     speech = Length(4.0, "seconds of speech")

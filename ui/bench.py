@@ -389,6 +389,10 @@ def _this_card(device: str) -> Gpu | None:
     one only declared to Ray, which crashed the app's start-up here."""
     import torch
 
+    from engine.jobs.zerogpu import on_zerogpu
+
+    if on_zerogpu():  # `spaces` makes torch here name a card it has not attached (ZEROGPU_CARD): none to describe
+        return None
     if not re.fullmatch(r"cuda:\d+", device) or not torch.cuda.is_available():
         return None
     try:

@@ -57,6 +57,9 @@ def is_zerogpu_space() -> bool:
     return os.environ.get("SPACES_ZERO_GPU", "").lower() in ZEROGPU_ON
 
 
+ZEROGPU_CARD = "ZeroGPU (a card attached per job)"  # what the web process says of its GPU: `spaces` fakes one there
+
+
 def ray_reachable(address: str) -> None:
     """A HOST:PORT or ray://HOST:PORT address answers on its port (ray.init retried an unreachable one for good,
     and the app never started, without a word of its own)."""
