@@ -519,6 +519,7 @@ def test_the_web_process_names_no_card_on_zerogpu(spaces: Any, monkeypatch: pyte
         raise AssertionError("the web process asked torch about a card on ZeroGPU")
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.version, "cuda", "12.4")  # a CUDA build, as a Space's (a CPU build is a problem)
     for name in ("get_device_properties", "get_device_name", "get_device_capability", "mem_get_info"):
         monkeypatch.setattr(torch.cuda, name, asked)
     banner = app.device_banner(DeviceChoice(torch.device("cuda", 0), "auto", "CUDA is available"))
