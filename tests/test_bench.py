@@ -69,6 +69,7 @@ def test_sweep_metrics_are_consistent(sweep_report: dict) -> None:
     assert rows[0]["speedup"] == 1.0
     assert rows[2]["ran_on"] == "CPUExecutionProvider" and not rows[2]["fell_back"]
     assert bench.RANDOM_WEIGHTS_NOTE in sweep_report["notes"]
+    assert bench.NETWORK_ONLY_NOTE in sweep_report["notes"]  # the cost built on it says what it leaves out
     assert sweep_report["machine"]["torch"] == torch.__version__
     json.dumps(sweep_report)  # plain data all the way down
 
@@ -535,3 +536,28 @@ def test_a_point_naming_an_option_its_runtime_lacks_is_refused() -> None:
         assert any(why in p for p in point.problems())
     points, _ = grid(["eager", "compile"], ["fp32"], [1], ["cpu"], compile_mode="max-autotune")
     assert [p.label for p in points] == ["cpu eager fp32 b1", "cpu compile fp32 b1 max-autotune"]
+
+
+def test_a_gpu_points_energy_comes_from_a_window_long_enough_for_nvmls_counter(monkeypatch) -> None:
+    """NVML's energy counter moves about every 100 ms: a point's timed runs (35 ms at batch 32) measured noise, so
+    the energy comes from as many more runs as fill ENERGY_WINDOW_S, per sample of that window."""
+    from test_measure import FakeDevice, FakeNvml
+
+    from engine.jobs.measure import NVML_COUNTER, measured
+
+    nvml = FakeNvml(energy_mj=[1_000_000, 1_010_000])  # 10 J between the window's two readings
+    monkeypatch.setattr(bench, "measured", lambda device: measured("cpu", nvml_device=FakeDevice(nvml)))
+    monkeypatch.setattr(bench, "ENERGY_WINDOW_S", 0.05)
+
+    ran: list[int] = []
+
+    class Runtime:
+        def timed_runs(self, runs: int) -> list[float]:
+            ran.append(runs)
+            return [0.0] * runs
+
+    row: dict = {}
+    bench._energy_window(Runtime(), row, 0.01, 4, "cuda:0")
+    assert ran == [5]  # 0.05 s of 0.01 s runs
+    assert row["energy_j_per_sample"] == pytest.approx(10.0 / (5 * 4)) and row["energy_source"] == NVML_COUNTER
+    assert row["energy_window_s"] > 0

@@ -156,7 +156,9 @@ def build_bench_tab(settings: Any, jobs: BenchJobs, access: Access) -> None:
     with gr.Accordion("Cost per request", open=False):
         gr.Markdown(
             "Prices are indicative on-demand hourly rates with their source; edit them for your provider "
-            f"(saved to `{prices_path}`). Cards that were not measured get a compute-scaled estimate."
+            f"(saved to `{prices_path}`). Cards that were not measured get a compute-scaled estimate. The "
+            "throughput is the network's alone at full use (inputs already on the GPU; no copies, decoding, "
+            "detection or encoding), so a whole request costs more."
         )
         with gr.Row():
             cost_config = gr.Dropdown([], label="Measured configuration (from the results above)")

@@ -6,6 +6,11 @@ How a point is measured: build (load_s), first run on the batch (first_run_s: to
 engine builds happen here), `warmup` untimed runs, then `runs` timed runs (CUDA events on the GPU) inside a
 measurement window (engine/jobs/measure.py): its allocator peak, the device's used memory sampled during the runs,
 the process's RSS peak, energy and telemetry are the point's figures (steady state, not building or compiling).
+Two exceptions, each said in the row: on a GPU, where the timed runs last under ENERGY_WINDOW_S, energy comes from
+a second window of as many runs as fill it (energy_window_s); and where CUDA graphs are captured (cudagraphs, and
+torch.compile's reduce-overhead and max-autotune), the allocator peak includes the capture, since replays allocate
+nothing and their working memory, the graphs' private pool, is taken at capture. Throughput is the network's alone:
+inputs are already on the device, and copies to and from it, decoding, detection and encoding are not timed.
 The inputs of a batch are 8 seeded samples repeated, so the output's first 8 samples can be checked against
 one fp32 reference per device, however large the batch. An out-of-memory point is recorded as "oom" and
 the sweep goes on (a CPU point whose estimated memory is more than the job has free is recorded so without running:
@@ -18,6 +23,7 @@ a spread warning.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
 import math
@@ -46,8 +52,15 @@ MAX_POINTS = 200
 CPU_BATCH_DIVISOR = 64  # GPU presets on a machine without one: the same ladder at 1/64 of the batch
 DEFAULT_RUNS, DEFAULT_WARMUP = 20, 3  # what empty runs and warmup mean on the GPU
 RANDOM_WEIGHTS_NOTE = "random-initialised weights (seeded): speed and memory do not depend on trained values"
+NETWORK_ONLY_NOTE = (
+    "throughput is the network's alone, at full use: inputs already on the device; copies to and from it, decoding, "
+    "detection and encoding are not timed, so a whole request costs more than its cost per 1000 requests here"
+)
 OWN_WEIGHTS_NOTE = "the model's own weights, fed seeded synthetic inputs"
 PARTIAL_NOTE = "the sweep stopped before its end"
+# A GPU point's energy comes from a window at least this long: NVML's energy counter moves about every 100 ms (and
+# an H100's power reading is a 1 s average), so the timed runs' window alone (35 ms at batch 32) measured noise.
+ENERGY_WINDOW_S = 2.0
 LONG_RUNS_S = 60.0  # a point's timed runs expected to take longer than this are announced with their estimate
 
 Progress = Callable[[float, str], Any]
@@ -361,32 +374,25 @@ def _measure(ctx: _Context, point: BenchPoint, row: dict[str, Any], say: Callabl
         import torch
 
         resident = torch.cuda.memory_allocated(device)
+    captured = device.startswith("cuda") and (
+        point.runtime == "cudagraphs" or (point.runtime == "compile" and point.compile_mode != "default")
+    )
     try:
-        start = time.perf_counter()
-        runtime.load()
-        runtime.set_inputs(_repeat_to(ctx.base_inputs, point.batch))
-        row["load_s"] = time.perf_counter() - start
-        row["ran_on"], row["fell_back"] = runtime.ran_on, runtime.fell_back
-        if runtime.fell_back:
-            row["warnings"].append(f"fell back to {runtime.ran_on}: {runtime.fallback_reason}")
-        start = time.perf_counter()
-        runtime.run()
-        runtime.sync()
-        row["first_run_s"] = time.perf_counter() - start
-        on_cpu = point.device == "cpu"
-        warmup = warmup_count(ctx.config.warmup, on_cpu, DEFAULT_WARMUP)
-        start = time.perf_counter()
-        for _ in range(warmup):
-            runtime.run()
-        runtime.sync()
-        per_run_s = (time.perf_counter() - start) / warmup if warmup else row["first_run_s"]
-        runs = timed_count(ctx.config.runs, on_cpu, DEFAULT_RUNS, per_run_s)
+        with measured(device) if captured else contextlib.nullcontext() as setup:  # type: ignore[arg-type]
+            per_run_s, warmup = _set_up(runtime, ctx, point, row)
+        runs = timed_count(ctx.config.runs, point.device == "cpu", DEFAULT_RUNS, per_run_s)
         row["warmup"], row["runs"] = warmup, runs
         if runs * per_run_s >= LONG_RUNS_S:  # --runs 10000 on a CPU: hours, with nothing said
             say(f"{runs} timed runs, about {_minutes(runs * per_run_s)}")
         with measured(device) as window:  # type: ignore[arg-type]
             times = runtime.timed_runs(runs)
-        _record_window(row, window.figures(), point, runs * point.batch, resident)
+        figures = window.figures()
+        if setup is not None:  # the graphs' pool was taken at capture: the replays' window never sees it
+            peaks = (figures["peak_allocated_bytes"], setup.figures()["peak_allocated_bytes"])
+            figures["peak_allocated_bytes"] = max((p for p in peaks if p is not None), default=None)
+        _record_window(row, figures, point, runs * point.batch, resident)
+        if device.startswith("cuda") and figures["wall_s"] < ENERGY_WINDOW_S:
+            _energy_window(runtime, row, figures["wall_s"] / runs, point.batch, device)
         row["latency"] = latency_stats(times, point.batch)
         row["spread_warning"] = spread_warning(row["latency"])
         if row["spread_warning"]:
@@ -397,6 +403,40 @@ def _measure(ctx: _Context, point: BenchPoint, row: dict[str, Any], say: Callabl
     finally:
         runtime.close()
     row["error_vs_fp32"] = _error(output, _reference(ctx, point.device))
+
+
+def _set_up(runtime: Any, ctx: _Context, point: BenchPoint, row: dict[str, Any]) -> tuple[float, int]:
+    """Build, first run (compilation, engine builds, graph capture) and warm-up, timed apart from the point's runs;
+    (seconds per warm-up run, warm-up runs)."""
+    start = time.perf_counter()
+    runtime.load()
+    runtime.set_inputs(_repeat_to(ctx.base_inputs, point.batch))
+    row["load_s"] = time.perf_counter() - start
+    row["ran_on"], row["fell_back"] = runtime.ran_on, runtime.fell_back
+    if runtime.fell_back:
+        row["warnings"].append(f"fell back to {runtime.ran_on}: {runtime.fallback_reason}")
+    start = time.perf_counter()
+    runtime.run()
+    runtime.sync()
+    row["first_run_s"] = time.perf_counter() - start
+    warmup = warmup_count(ctx.config.warmup, point.device == "cpu", DEFAULT_WARMUP)
+    start = time.perf_counter()
+    for _ in range(warmup):
+        runtime.run()
+    runtime.sync()
+    return ((time.perf_counter() - start) / warmup if warmup else row["first_run_s"]), warmup
+
+
+def _energy_window(runtime: Any, row: dict[str, Any], per_run_s: float, batch: int, device: str) -> None:
+    """The point's energy from as many more runs as fill ENERGY_WINDOW_S (its timed runs were too short for NVML's
+    counter); none where that window has no energy figure either."""
+    runs = max(1, math.ceil(ENERGY_WINDOW_S / max(per_run_s, 1e-6)))
+    with measured(device) as window:
+        runtime.timed_runs(runs)
+    figures = window.figures()
+    row["energy_window_s"] = figures["wall_s"]
+    row["energy_j_per_sample"] = None if figures["energy_j"] is None else figures["energy_j"] / (runs * batch)
+    row["energy_source"] = figures["energy_source"]
 
 
 def _say(tell: Progress, fraction: float, step: str, words: str) -> None:
@@ -442,6 +482,7 @@ def _record_window(
     if figures["energy_j"] is not None:
         row["energy_j_per_sample"] = figures["energy_j"] / samples
         row["energy_source"] = figures["energy_source"]
+        row["energy_window_s"] = figures["wall_s"]
 
 
 def _empty_row(point: BenchPoint) -> dict[str, Any]:
@@ -469,6 +510,7 @@ def _empty_row(point: BenchPoint) -> dict[str, Any]:
         "error_vs_fp32": None,
         "energy_j_per_sample": None,
         "energy_source": None,
+        "energy_window_s": None,
         "telemetry": [],
         "warnings": [],
     }
@@ -608,6 +650,7 @@ def _report(ctx: _Context, rows: list[dict[str, Any]], host: dict[str, Any], own
             *model.notes,
             *([auto_runs_note(chosen)] if auto else []),
             RANDOM_WEIGHTS_NOTE if model.has_torch else OWN_WEIGHTS_NOTE,
+            NETWORK_ONLY_NOTE,
             *(
                 [f"the model's weights are {own}: ONNX Runtime runs them as they are, so its rows say {own}"]
                 if own
@@ -648,6 +691,7 @@ def rows_to_csv(report: dict[str, Any]) -> str:
 
 
 __all__ = [
+    "NETWORK_ONLY_NOTE",
     "OWN_WEIGHTS_NOTE",
     "PRECISIONS",
     "PRESETS",

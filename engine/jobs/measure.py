@@ -16,7 +16,8 @@ Why each figure is measured the way it is:
 - peak_rss_bytes: this process's resident set, the highest sample, with readings at the start and the end. The
   OS's high-water mark (ru_maxrss) cannot be reset, so it reports the biggest job the process ever ran.
 - energy_j: NVML's total-energy counter (mJ since the driver loaded) read at both ends where the card has one
-  (energy_source "NVML counter"), else the power samples integrated over time ("integrated power"), else None.
+  (energy_source "NVML counter"; None where it did not move: the window was shorter than its ~100 ms update), else
+  the power samples integrated over time ("integrated power"), else None.
 - telemetry: the samples as rows of TELEMETRY_COLUMNS, thinned evenly to at most MAX_TELEMETRY_ROWS (peaks and
   energy use every sample, not the thinned rows).
 
@@ -283,8 +284,10 @@ class Window:
 
     def _energy(self) -> tuple[float | None, str | None]:
         end = self._counter_end if self._closed else self._energy_counter()
-        if self._counter_start is not None and end is not None and end > self._counter_start:
-            return end - self._counter_start, NVML_COUNTER
+        if self._counter_start is not None and end is not None:
+            # A counter that did not move: a window shorter than its update (about 100 ms). Power readings say no
+            # more there (on recent cards each is a 1 s average): no figure rather than a guess.
+            return (end - self._counter_start, NVML_COUNTER) if end > self._counter_start else (None, None)
         if self._powered:
             return self._integrated_j, INTEGRATED_POWER
         return None, None
