@@ -437,6 +437,21 @@ def test_parity_metrics_by_hand() -> None:
     assert np.allclose(np.float16(1 / 3), np.float32(1 / 3), rtol=0, atol=half["tolerance_to_pass"])
 
 
+def test_relative_l2_tells_fp16_noise_from_fp32_where_the_cosine_and_max_rel_cannot() -> None:
+    """The cosine printed 1.000000 for a relative error of 8e-4, and one element near zero made max rel 379: the
+    relative L2 error, |other - ref| / |ref|, tells fp32, TF32 and fp16 apart."""
+    rng = np.random.default_rng(3)
+    ref = rng.standard_normal(100_000).astype(np.float32)
+    ref[0] = 1e-7  # an element near zero
+    noisy = (ref * (1 + 5e-4 * rng.standard_normal(ref.size)) + 1e-4).astype(np.float32)
+    got = parity({"y": ref}, {"y": noisy})["y"]
+    expected = float(np.linalg.norm(noisy.astype(np.float64) - ref) / np.linalg.norm(ref.astype(np.float64)))
+    assert got["rel_l2"] == pytest.approx(expected, rel=1e-9) and 4e-4 < got["rel_l2"] < 7e-4
+    assert f"{got['cosine']:.6f}" == "1.000000" and got["max_rel"] > 50  # what could not tell it
+    assert parity({"y": ref}, {"y": ref.copy()})["y"]["rel_l2"] == 0.0
+    assert parity({"y": np.zeros(3, np.float32)}, {"y": np.ones(3, np.float32)})["y"]["rel_l2"] == math.inf
+
+
 # ---------------------------------------------------------------------------------------------- chunked statistics
 
 
@@ -453,6 +468,7 @@ def _old_parity(ref: np.ndarray, other: np.ndarray) -> dict:
                 (d / max(abs(float(x)), 1e-6) for d, x in zip(exact, ref.ravel().tolist(), strict=True)), default=0.0
             ),
             "mean_abs": sum(exact) / len(exact) if exact else 0.0,
+            "rel_l2": _old_rel_l2(r, o),
             "cosine": _old_cosine(r, o) if r.size else math.nan,
             "nan": {"reference": 0, "other": 0},
             "inf": {"reference": 0, "other": 0},
@@ -477,6 +493,7 @@ def _old_parity(ref: np.ndarray, other: np.ndarray) -> dict:
         if diff.size
         else 0.0,
         "mean_abs": math.inf if differ else float(diff.mean()) if diff.size else 0.0,
+        "rel_l2": math.inf if differ else _old_rel_l2(r[both], o[both]),
         "cosine": _old_cosine(r[both], o[both]) if diff.size else math.nan,
         "nan": {"reference": int(np.isnan(r).sum()), "other": int(np.isnan(o).sum())},
         "inf": {"reference": int(np.isinf(r).sum()), "other": int(np.isinf(o).sum())},
@@ -484,6 +501,14 @@ def _old_parity(ref: np.ndarray, other: np.ndarray) -> dict:
         "nonfinite_differ": differ,
         "tolerance_to_pass": math.inf if differ else tolerance,
     }
+
+
+def _old_rel_l2(ref: np.ndarray, other: np.ndarray) -> float:
+    """|other - ref| / |ref|, whole arrays."""
+    square_ref, square_diff = float(np.dot(ref, ref)), float(np.square(np.abs(other - ref)).sum())
+    if square_ref == 0:
+        return 0.0 if square_diff == 0 else math.inf
+    return math.sqrt(square_diff) / math.sqrt(square_ref)
 
 
 def _old_cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -548,7 +573,7 @@ def test_chunked_parity_and_accuracy_match_the_whole_array_formulas(
     for (r, o), (one_chunk, one_chunk_accuracy) in zip(cases, whole, strict=True):
         old, old_accuracy = _old_parity(r, o), _old_accuracy(o, r)
         assert repr(one_chunk) == repr(old) and repr(one_chunk_accuracy) == repr(old_accuracy)  # bit for bit
-        _agree(oe._compare_one(r, o), old, ("mean_abs", "cosine"))
+        _agree(oe._compare_one(r, o), old, ("mean_abs", "rel_l2", "cosine"))
         _agree(accuracy({"y": o}, {"y": r})["y"], old_accuracy, ("mae", "rmse", "cosine"))
     assert whole[0][0]["tolerance_to_pass"] < math.inf and whole[1][0]["tolerance_to_pass"] == math.inf
     assert whole[0][0]["nan"]["reference"] == 20 and whole[0][0]["inf"]["other"] == 40
@@ -557,7 +582,7 @@ def test_chunked_parity_and_accuracy_match_the_whole_array_formulas(
 def test_parity_of_an_output_larger_than_one_chunk_makes_no_float64_copy(monkeypatch: pytest.MonkeyPatch) -> None:
     ref, other = _planted((1 << 20) + 12_345, "float32", seed=7)  # the real chunk size: two chunks
     _agree(oe._compare_one(ref, other.astype(np.float32)), _old_parity(ref, other.astype(np.float32)),
-           ("mean_abs", "cosine"))  # fmt: skip
+           ("mean_abs", "rel_l2", "cosine"))  # fmt: skip
     monkeypatch.setattr(oe, "_COMPARE_CHUNK", 1 << 16)
     big = np.random.default_rng(0).standard_normal(4 << 20).astype(np.float32)  # 16 MiB; 32 MiB in float64
     close = big + np.float32(1e-3)

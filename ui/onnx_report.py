@@ -35,7 +35,9 @@ RESULT_HEADERS = [
     "host RSS Δ MiB",
     "note",
 ]
-PARITY_HEADERS = ["provider", "output", "max abs", "max rel", "mean abs", "cosine", "tolerance to pass", "NaN/Inf"]
+PARITY_HEADERS = [
+    "provider", "output", "max abs", "max rel", "mean abs", "rel L2", "cosine", "tolerance to pass", "NaN/Inf",
+]  # fmt: skip
 ACCURACY_HEADERS = ["provider", "output", "MAE", "RMSE", "max error", "cosine", "top-1", "top-5"]
 IO_HEADERS = ["kind", "name", "dtype", "shape"]
 COMPARE_HEADERS = ["job", "model", "provider", "ran on", "batch", "p50 ms", "p99 ms", "samples/s", "× CPU (p50)"]
@@ -47,6 +49,15 @@ def _num(value: Any, digits: int = 3) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     return round(float(value), digits)
+
+
+def _significant(value: Any, digits: int = 3) -> Any:
+    """A small ratio kept readable: 2.4e-07 stays that, not 0.0 at six decimals."""
+    if value is None:
+        return ""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return float(f"{float(value):.{digits}g}")
 
 
 def _mib(value: Any) -> Any:
@@ -109,14 +120,14 @@ def parity_rows(report: dict) -> list[list]:
     for key, outputs in (report.get("parity") or {}).items():
         provider = f"{key} ⚠️ fell back" if sessions.get(key, {}).get("fell_back") else key
         if "error" in outputs and not isinstance(outputs["error"], dict):
-            rows.append([provider, "", "", "", "", "", "", outputs["error"]])
+            rows.append([provider, "", "", "", "", "", "", "", outputs["error"]])
             continue
         for name, p in outputs.items():
             if "exact_match" in p:  # not numbers (strings, maps): compared exactly
-                rows.append([provider, name, "", "", "", "", "", "identical" if p["exact_match"] else "differs"])
+                rows.append([provider, name, "", "", "", "", "", "", "identical" if p["exact_match"] else "differs"])
                 continue
             if p.get("missing") or p.get("shape_mismatch") or "max_abs" not in p:
-                rows.append([provider, name, "", "", "", "", "", "missing / shape or type differs"])
+                rows.append([provider, name, "", "", "", "", "", "", "missing / shape or type differs"])
                 continue
             bad = f"{p['nan']['other']}/{p['inf']['other']} (ref {p['nan']['reference']}/{p['inf']['reference']})"
             rows.append(
@@ -126,6 +137,7 @@ def parity_rows(report: dict) -> list[list]:
                     _num(p["max_abs"], 6),
                     _num(p["max_rel"], 6),
                     _num(p["mean_abs"], 6),
+                    _significant(p.get("rel_l2")),  # reports stored before it have none
                     _num(p["cosine"], 6),
                     _num(p["tolerance_to_pass"], 6),
                     bad,

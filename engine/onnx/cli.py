@@ -126,11 +126,12 @@ def _report_out(report: dict[str, Any], args: argparse.Namespace) -> None:
 
 
 def _parity_text(p: dict) -> str:
-    """Max abs and cosine over the values both outputs hold finite, and the NaN and inf counts where any; for an
-    output that is not numbers (strings, maps), whether it is identical."""
+    """Max abs, relative L2 and cosine over the values both outputs hold finite, and the NaN and inf counts where
+    any; for an output that is not numbers (strings, maps), whether it is identical."""
     if "max_abs" not in p:
         return "identical (compared exactly: not numbers)" if p["exact_match"] else "differs (compared exactly)"
-    text = f"max abs {p['max_abs']:.3g}, cosine {p['cosine']:.6f} over {p['finite_compared']:,} finite values"
+    text = f"max abs {p['max_abs']:.3g}, rel L2 {p['rel_l2']:.3g}, cosine {p['cosine']:.6f} over "
+    text += f"{p['finite_compared']:,} finite values"
     for kind in ("nan", "inf"):
         counts = p.get(kind) or {}
         if any(counts.values()):
