@@ -244,11 +244,12 @@ def test_empty_onnx_counts_are_quick_on_the_cpu_and_said(model, monkeypatch) -> 
     (row,) = report["results"]
     runs = row["latency"]["n"]
     assert row["warmup"] == timing.CPU_WARMUP and timing.CPU_MIN_RUNS <= runs < 50
-    (note,) = report["notes"]
+    note, few = report["notes"]  # the quick budget's counts, then the tail percentiles they cannot give
     assert "chosen for the CPU" in note and f"cpu b1 1 + {runs}" in note
     assert note in onnx_report.summary_markdown(report)
-    fixed = evaluate(path, info, EvalConfig(model=MODEL, batch_sizes=[1], runs=3, warmup=0))
-    assert fixed["results"][0]["latency"]["n"] == 3 and fixed["results"][0]["warmup"] == 0 and fixed["notes"] == []
+    assert few.startswith("p95, p99 left out" if runs >= 10 else "p90, p95, p99 left out")
+    fixed = evaluate(path, info, EvalConfig(model=MODEL, batch_sizes=[1], runs=100, warmup=0))
+    assert fixed["results"][0]["latency"]["n"] == 100 and fixed["results"][0]["warmup"] == 0 and fixed["notes"] == []
 
 
 def test_empty_sweep_counts_on_the_cpu(model) -> None:

@@ -137,7 +137,7 @@ _ROW_TEXT = ("label", "status", "runtime", "precision", "device")
 _ROW_NUMBERS = ("batch", "samples_per_s", "speedup", "peak_allocated_bytes", "device_used_bytes", "achieved_tflops",
                 "percent_of_peak", "energy_j_per_sample", "flops_per_sample", "load_s", "first_run_s")  # fmt: skip
 _ROW_TEXT_OR_NULL = ("error", "ran_on")
-_LATENCY_KEYS = ("mean_ms", "std_ms", "p50_ms", "p95_ms")  # what the tables read of a row's latency
+_LATENCY_KEYS = ("mean_ms", "std_ms", "p50_ms")  # what the tables read of a row's latency (p95 too: None under 20 runs)
 # strict JSON's names for the non-finite error metrics of a row (engine/core/commands.py, strict_json)
 _NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 _ROW_POSITIVE = ("batch", "samples_per_s", "speedup")  # what the cost table and the charts divide by or log

@@ -42,7 +42,7 @@ from engine.bench.workloads import BUILTIN, BenchModel, count_flops, memory_prof
 from engine.core.device import usable_host_memory
 from engine.core.errors import one_line
 from engine.jobs.measure import measured
-from engine.onnx.evaluate import latency_stats
+from engine.onnx.evaluate import few_runs_note, latency_stats
 from engine.onnx.examples import EXAMPLES
 from engine.onnx.timing import auto_runs_note, spread_warning, timed_count, warmup_count
 from engine.runtimes.registry import COMPILE_MODES, ORT_RUNTIMES, RUNTIMES, TORCH_RUNTIMES, make_runtime
@@ -648,9 +648,10 @@ def _report(ctx: _Context, rows: list[dict[str, Any]], host: dict[str, Any], own
             *([f"{PARTIAL_NOTE}: {len(rows)} of {len(config.points)} configurations measured"] if stopped else []),
             *config.notes,
             *model.notes,
+            *([few] if (few := few_runs_note(rows)) else []),
+            NETWORK_ONLY_NOTE,
             *([auto_runs_note(chosen)] if auto else []),
             RANDOM_WEIGHTS_NOTE if model.has_torch else OWN_WEIGHTS_NOTE,
-            NETWORK_ONLY_NOTE,
             *(
                 [f"the model's weights are {own}: ONNX Runtime runs them as they are, so its rows say {own}"]
                 if own

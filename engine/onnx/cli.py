@@ -98,6 +98,11 @@ def _refuse_unmeasured_accuracy(accuracy: dict) -> None:
         raise EvalError(f"the accuracy asked for was not measured: {'; '.join(failed)}")
 
 
+def _ms_or_dash(value: float | None) -> str:
+    """A latency to print; a dash where too few runs give none (the report's notes say how many do)."""
+    return f"{'-':>8} ms" if value is None else f"{value:8.3f} ms"
+
+
 def _report_out(report: dict[str, Any], args: argparse.Namespace) -> None:
     """The rows, parity, accuracy and warnings on the screen, then the report's file."""
     for row in report["results"]:
@@ -108,7 +113,7 @@ def _report_out(report: dict[str, Any], args: argparse.Namespace) -> None:
         speedup = f"  {row['speedup_vs_cpu']:.2f}x CPU (p50)" if row.get("speedup_vs_cpu") else ""
         print(
             f"{row['provider']:<5} batch {row['batch']:<5} on {row.get('ran_on', '?'):<26} p50 {lat['p50_ms']:8.3f} ms"
-            f"  p99 {lat['p99_ms']:8.3f} ms  {lat['throughput_per_s']:10.1f}/s{speedup}"
+            f"  p99 {_ms_or_dash(lat['p99_ms'])}  {lat['throughput_per_s']:10.1f}/s{speedup}"
         )
     for provider, outputs in report["parity"].items():
         session = report["sessions"].get(provider, {})

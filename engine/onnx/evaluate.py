@@ -305,13 +305,22 @@ def _session_options(provider: str, config: EvalConfig, placement: Placement) ->
 # ---------------------------------------------------------------------------------------------- metrics
 
 
+# The fewest timed runs for which a tail percentile is more than the slowest run or a blend of the slowest few: one
+# run in 10, 20, 100 lies above p90, p95, p99. With fewer the figure is None (the report says why).
+PERCENTILE_MIN_RUNS = {90: 10, 95: 20, 99: 100}
+
+
 def latency_stats(times_ms: list[float], batch: int) -> dict[str, Any]:
-    """Summary of timed runs; std is the sample std (n-1), percentiles interpolate linearly (numpy's)."""
+    """Summary of timed runs; std is the sample std (n-1), percentiles interpolate linearly (numpy's), the tail ones
+    None below PERCENTILE_MIN_RUNS (p99 of 50 runs was in effect the slowest one)."""
     times = np.asarray(times_ms, dtype=np.float64)
     if times.size == 0 or not np.all(np.isfinite(times)) or np.any(times < 0):
         raise EvalError("latency_stats needs at least one finite, non-negative time")
     mean = float(times.mean())
-    p50, p90, p95, p99 = (float(v) for v in np.percentile(times, [50, 90, 95, 99]))
+    p50, p90, p95, p99 = (
+        float(v) if times.size >= PERCENTILE_MIN_RUNS.get(q, 1) else None
+        for q, v in zip((50, 90, 95, 99), np.percentile(times, [50, 90, 95, 99]), strict=True)
+    )
     return {
         "n": int(times.size),
         "mean_ms": mean,
@@ -1303,6 +1312,22 @@ def _report(runner: _Runner, expected: dict[str, np.ndarray] | None, ran: Sequen
         "notes": [
             *([f"{PARTIAL_NOTE}: {', '.join(ran)} of {', '.join(plan.run_keys)} measured"] if stopped else []),
             *([auto_runs_note(runner.auto_counts)] if runner.auto_counts else []),
+            *([few] if (few := few_runs_note(runner.rows)) else []),
         ],
     }
     return _plain(report)
+
+
+def few_runs_note(rows: list[dict[str, Any]]) -> str | None:
+    """Which tail percentiles are left out for too few timed runs, and how many runs give them."""
+    runs = min((row["latency"]["n"] for row in rows if row.get("latency")), default=None)
+    if runs is None:
+        return None
+    missing = [q for q, least in PERCENTILE_MIN_RUNS.items() if runs < least]
+    if not missing:
+        return None
+    return (
+        f"{', '.join(f'p{q}' for q in missing)} left out where {runs} runs were timed: one run in "
+        f"{', '.join(str(PERCENTILE_MIN_RUNS[q]) for q in missing)} lies above them, so with fewer they are the "
+        f"slowest run or a blend of the slowest few; --runs {PERCENTILE_MIN_RUNS[missing[-1]]} gives them"
+    )
