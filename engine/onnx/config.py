@@ -21,7 +21,7 @@ RESIZE_MODES = ("stretch", "crop", "letterbox")
 SCALING_NAMES = ("0-1", "-1-1", "imagenet", "0-255")  # engine/onnx/images.py holds their values
 CHANNEL_ORDERS = ("rgb", "bgr")
 MAX_RUNS, MAX_WARMUP, MAX_BATCH = 10_000, 1_000, 4096
-DEFAULT_RUNS, DEFAULT_WARMUP = 50, 5  # what empty runs and warmup mean on a GPU (engine/onnx/timing.py)
+DEFAULT_RUNS, DEFAULT_WARMUP = 100, 5  # empty runs and warmup on a GPU: 100 runs give a p99 (engine/onnx/timing.py)
 MAX_IMAGES = 256
 MODEL_HELP = ".onnx file, or a .zip holding one model and its external-data files (empty: give example)"
 

@@ -1,9 +1,10 @@
 """How many runs to time, and whether the times they give can be trusted. Shared by ONNX eval and sweeps.
 
 Run counts left empty are chosen by where the configuration runs. On a GPU a run is milliseconds, so the fixed
-defaults (50 or 20 timed runs) cost little. On a CPU one run of a real network can take a second: there one
-warm-up run is made, and the timed runs are as many as fit in about CPU_BUDGET_S seconds, judged from that
-warm-up run, within [CPU_MIN_RUNS, the GPU default]. Counts the user gives are always used as given.
+defaults (100 for ONNX eval, whose p99 needs them, or 20 for sweeps) cost little. On a CPU one run of a real network
+can take a second: there one warm-up run is made, and the timed runs are as many as fit in about CPU_BUDGET_S
+seconds, judged from that warm-up run, within [CPU_MIN_RUNS, the GPU default]. Counts the user gives are always
+used as given.
 
 A latency figure whose runs disagree too much (p95 above SPREAD_P95_OVER_P50 times p50, or a standard deviation
 above the mean) describes the machine's other work more than the model: such a figure carries a warning.
