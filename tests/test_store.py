@@ -483,3 +483,39 @@ def test_checking_the_settings_leaves_the_apps_database_locks_alone(tmp_path: Pa
     finally:
         fresh.close()
         app.close()
+
+
+def test_a_process_forked_while_a_store_writes_can_still_write(tmp_path: Path) -> None:
+    """ZeroGPU's `spaces` forks the app for its GPU process. Forked while a thread was inside a write, the child
+    believed its own process held SQLite's write lock (SQLite keeps that bookkeeping in process memory): every store
+    it opened waited 30 s and failed with "database is locked". The fork now waits for the statement to end."""
+    import sqlite3
+
+    store = JobStore(tmp_path / "jobs.db", tmp_path / "blobs")
+    inside, done = threading.Event(), threading.Event()
+
+    def write_slowly() -> None:
+        with store._tx() as conn:
+            conn.execute("UPDATE jobs SET progress = 0 WHERE 0")
+            inside.set()
+            time.sleep(0.5)
+        done.set()
+
+    writer = threading.Thread(target=write_slowly)
+    writer.start()
+    inside.wait(10)
+    pid = os.fork()
+    if pid == 0:  # the child: one write, with a short wait instead of the store's 30 s
+        status = 1
+        try:
+            conn = sqlite3.connect(tmp_path / "jobs.db", timeout=3, isolation_level=None)
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("COMMIT")
+            status = 0
+        finally:
+            os._exit(status)
+    assert done.is_set()  # the fork waited for the write to end
+    writer.join()
+    _, status = os.waitpid(pid, 0)
+    store.close()
+    assert os.waitstatus_to_exitcode(status) == 0, "the forked process could not take SQLite's write lock"

@@ -24,6 +24,9 @@ Decisions worth knowing:
 - Blobs are content-addressed (sha256), so a model uploaded twice is stored once, and a job names its
   model by hash: the row stays meaningful even if the user's original upload path disappears.
 - JSON columns are text written with allow_nan=True: evaluation results hold float('inf') / NaN.
+- A fork (ZeroGPU's `spaces` forks the app for its GPU process) waits until no store of this process is inside a
+  statement: SQLite keeps its locks' bookkeeping in process memory, and a child forked mid-write believed its own
+  process held the write lock, so every store it opened waited 30 s and failed with "database is locked".
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
+from weakref import WeakSet
 
 from engine.core.errors import InputError, SetupError
 
@@ -52,6 +56,31 @@ log = logging.getLogger(__name__)
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 FINISHED = (DONE, FAILED, CANCELLED)
 CPU = "cpu"
+
+_OPEN_STORES: WeakSet[JobStore] = WeakSet()  # held still across a fork (see the module docstring)
+_FORK_HELD: list[threading.RLock] = []
+
+
+def _hold_stores_for_fork() -> None:
+    """Before a fork: every store's lock, so that none is inside a statement (and holds an SQLite lock) meanwhile."""
+    held = []
+    for store in list(_OPEN_STORES):
+        store._lock.acquire()
+        held.append(store._lock)
+    _FORK_HELD[:] = held
+
+
+def _release_stores_after_fork() -> None:
+    for lock in reversed(_FORK_HELD):
+        lock.release()
+    _FORK_HELD.clear()
+
+
+os.register_at_fork(
+    before=_hold_stores_for_fork,
+    after_in_parent=_release_stores_after_fork,
+    after_in_child=_release_stores_after_fork,
+)
 
 _SCHEMA_VERSION = 2
 _SHARE_SLACK = 1e-6  # seven shares of 1/7 add up to a whisker over 1 in floating point
@@ -222,6 +251,7 @@ class JobStore:
         self.db_path.parent.mkdir(parents=True, exist_ok=True)
         self.blobs_dir.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
+        _OPEN_STORES.add(self)
         # isolation_level=None: autocommit, so transactions are exactly the BEGINs written below.
         self._conn = sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None, check_same_thread=False)
         with self._lock:
