@@ -522,8 +522,12 @@ def test_the_web_process_names_no_card_on_zerogpu(spaces: Any, monkeypatch: pyte
     monkeypatch.setattr(torch.version, "cuda", "12.4")  # a CUDA build, as a Space's (a CPU build is a problem)
     for name in ("get_device_properties", "get_device_name", "get_device_capability", "mem_get_info"):
         monkeypatch.setattr(torch.cuda, name, asked)
-    banner = app.device_banner(DeviceChoice(torch.device("cuda", 0), "auto", "CUDA is available"))
+    choice = DeviceChoice(torch.device("cuda", 0), "auto", "CUDA is available")
+    banner = app.device_banner(choice)
     assert ZEROGPU_CARD in banner and "A100" not in banner
+    from ui.system import device_info  # the System tab's panel and /device
+
+    assert device_info(choice)["device"] == ZEROGPU_CARD and device_info(choice)["capabilities"] is None
     assert _this_card("cuda:0") is None
     found = doctor.check_torch(None).found  # type: ignore[arg-type]  # its ZeroGPU branch reads no context
     assert "ZeroGPU (a card attached per job)" in found

@@ -15,7 +15,7 @@ from typing import Any
 import gradio as gr
 
 from engine.core.device import DeviceChoice, capabilities, current_backend_flags
-from engine.core.settings import Settings, documented_values
+from engine.core.settings import ZEROGPU_CARD, Settings, documented_values
 from engine.system.doctor import INFO, OK, PROBLEM, WARNING, DoctorReport, run_doctor
 from engine.system.telemetry import TelemetrySampler, render_table
 from ui.forms import refusal
@@ -80,12 +80,17 @@ def doctor_html(report: DoctorReport) -> str:
 
 
 def device_info(choice: DeviceChoice) -> dict[str, Any]:
+    """The System tab's and /device's device. On ZeroGPU `spaces` makes torch here name a card it has not attached
+    (an A100 MIG slice): the card is not asked about, the jobs' results name the one they got."""
+    from engine.jobs.zerogpu import on_zerogpu
+
     flags = current_backend_flags()
+    zerogpu = on_zerogpu()
     return {
-        "device": str(choice.device),
+        "device": ZEROGPU_CARD if zerogpu else str(choice.device),
         "requested": choice.requested,
-        "reason": choice.reason,
-        "capabilities": capabilities(choice.device).as_dict(),
+        "reason": "GPU jobs run inside @spaces.GPU calls, each result names its card" if zerogpu else choice.reason,
+        "capabilities": None if zerogpu else capabilities(choice.device).as_dict(),
         "backend_flags": {"cudnn_benchmark": flags.cudnn_benchmark, "tf32": flags.tf32},
     }
 

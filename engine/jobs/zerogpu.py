@@ -471,7 +471,7 @@ class ZeroGpuSlot:
             if is_abort(exc) and not self._killed.is_set():  # not one ended because its job was stopped
                 book.observe_abort(key, length, estimate.seconds)
             if not self._killed.is_set():
-                log.warning("job %s (%s): the ZeroGPU call failed: %s", job.id, job.kind, exc)
+                log.warning("job %s (%s): the ZeroGPU call failed: %s", job.id, job.kind, _text(exc))
                 store.fail(job.id, call_failure(exc, estimate.seconds, book.max_s, token is not None))
             return
         if self._killed.is_set():
