@@ -28,6 +28,7 @@ from engine.lipsync.musetalk.avatar import (
     PreparedAvatar,
     frame_box,
     load_avatar,
+    payload_digest,
     prepare_avatar,
     save_avatar,
 )
@@ -366,22 +367,42 @@ def test_another_torch_file_or_format_version(avatar, tmp_path: Path) -> None:
         load_avatar(tmp_path / "weights.pt")
     path = save_avatar(avatar, tmp_path / "avatar.pt")
     data = torch.load(path, weights_only=True)
-    torch.save({**data, "format_version": 99}, tmp_path / "newer.pt")
+
+    def save(changed: dict, name: str) -> Path:  # a damaged file whose digest was made for it: check_avatar's work
+        payload = {**data, **changed}
+        torch.save({**payload, "digest": payload_digest(payload)}, tmp_path / name)
+        return tmp_path / name
+
     with pytest.raises(InputError, match=r"format 99.*prepare the avatar again"):
-        load_avatar(tmp_path / "newer.pt")
-    torch.save({**data, "latent_rows": [0, 1, -1]}, tmp_path / "damaged.pt")
+        load_avatar(save({"format_version": 99}, "newer.pt"))
     with pytest.raises(InputError, match="damaged"):
-        load_avatar(tmp_path / "damaged.pt")
+        load_avatar(save({"latent_rows": [0, 1, -1]}, "damaged.pt"))
     # a flipped bit that loads: a box of three values or turned inside out crashed every later run of the face
     face = next(i for i, b in enumerate(data["boxes"]) if b is not None)
     for box in ([1, 2, 30], [40, 2, 30, 60], [0, 0, 10**6, 60]):
         boxes = [box if i == face else b for i, b in enumerate(data["boxes"])]
-        torch.save({**data, "boxes": boxes}, tmp_path / "flipped.pt")
         with pytest.raises(InputError, match="damaged"):
-            load_avatar(tmp_path / "flipped.pt")
-    torch.save({**data, "frames": [1, 2]}, tmp_path / "list.pt")  # a list where the frames tensor goes
-    with pytest.raises(InputError, match="damaged"):
-        load_avatar(tmp_path / "list.pt")
+            load_avatar(save({"boxes": boxes}, "flipped.pt"))
+    with pytest.raises(InputError, match="damaged"):  # a list where the frames tensor goes
+        load_avatar(save({"frames": [1, 2]}, "list.pt"))
+
+
+def test_a_flipped_bit_in_a_stored_avatar_is_found(avatar, tmp_path: Path) -> None:
+    """One bit of a frame, a latent or a mask that flips on disk still loads into a plausible avatar, and every clip
+    made from it would carry the damage: the saved digest finds it, and the store prepares the avatar again."""
+    path = save_avatar(avatar, tmp_path / "avatar.pt")
+    assert load_avatar(path).frames.tobytes() == avatar.frames.tobytes()
+    data = torch.load(path, weights_only=True)
+    mask = next(m for m in data["masks"] if m is not None)
+    for name, tensor in (("frames", data["frames"]), ("latents", data["latents"]), ("mask", mask)):
+        flat = tensor.view(-1).view(torch.uint8)
+        flat[flat.numel() // 2] ^= 4
+        torch.save(data, tmp_path / f"{name}.pt")
+        with pytest.raises(InputError, match="do not match their digest"):
+            load_avatar(tmp_path / f"{name}.pt")
+        flat[flat.numel() // 2] ^= 4
+    torch.save(data, tmp_path / "restored.pt")
+    load_avatar(tmp_path / "restored.pt")
 
 
 def test_whisper_must_see_the_whole_30_s_segment(networks) -> None:
@@ -403,3 +424,45 @@ def test_whisper_must_see_the_whole_30_s_segment(networks) -> None:
     assert not torch.allclose(first[1:], other[1:], atol=1e-4)  # ...every layer's output is not
     with pytest.raises(ValueError, match="3000"):
         networks.whisper(features[..., :400])  # and a shorter input is refused by the encoder itself
+
+
+def test_workers_that_want_one_avatar_at_once_prepare_it_once(avatar, tmp_path: Path) -> None:
+    """Two workers asked for the same new face at the same time both prepared it (seconds of detection, parsing and
+    VAE encoding each): the second now waits on the first's lock and loads what it stored."""
+    import threading
+
+    from engine.lipsync.musetalk.avatar_store import DISK, PREPARED, AvatarStore
+
+    store, keys = AvatarStore(tmp_path / "avatars"), [("owner", "face", "all")]
+    started, go, results, second_prepared = threading.Event(), threading.Event(), {}, []
+
+    def first() -> PreparedAvatar:
+        started.set()
+        go.wait(10)
+        return avatar
+
+    one = threading.Thread(target=lambda: results.update(first=store.get_or_prepare(keys, first)))
+    two = threading.Thread(
+        target=lambda: results.update(second=store.get_or_prepare(keys, lambda: second_prepared.append(1) or avatar))
+    )
+    one.start()
+    assert started.wait(10)
+    two.start()
+    two.join(0.5)  # it is waiting, not preparing
+    assert not second_prepared
+    go.set()
+    one.join(10)
+    two.join(10)
+    assert results["first"][1] == PREPARED and results["second"][1] == DISK and not second_prepared
+    assert results["second"][0].frames.tobytes() == avatar.frames.tobytes()
+
+
+def test_a_lock_left_by_an_evicted_avatar_goes_with_it(avatar, tmp_path: Path) -> None:
+    from engine.lipsync.musetalk.avatar_store import AvatarStore
+
+    store = AvatarStore(tmp_path / "avatars", budget_bytes=0)
+    store.get_or_prepare([("a",)], lambda: avatar)
+    store.get_or_prepare([("b",)], lambda: avatar)  # a goes past the budget, and its lock with it
+    assert sorted(p.name for p in store.folder.iterdir()) == sorted(
+        [store.path(("b",)).name, store.path(("b",)).with_suffix(".lock").name]
+    )

@@ -15,6 +15,7 @@ from types import SimpleNamespace
 import numpy as np
 import psutil
 import pytest
+import torch
 
 from engine.core.audio import SAMPLE_RATE
 from engine.core.errors import SetupError
@@ -394,3 +395,21 @@ def test_avatar_prepares_a_whole_video_once_for_speech_of_any_length(weights, tm
         result = run_lipsync(config, tmp_path / f"{seconds}.mp4", _settings(tmp_path), device="cpu")
         assert result.metrics["avatar_source"] == "disk" and result.metrics["frames"] == frames
         assert not {stage.name for stage in result.stages} & {"decode", "detect", "vae encode", "parse"}
+
+
+def test_an_avatar_prepared_on_one_gpu_serves_every_gpu_of_that_kind(weights, tmp_path) -> None:
+    """The stored avatar's key held the device with its index, so a worker on cuda:1 prepared again what cuda:0's
+    had stored; the networks' own cache still tells the devices apart."""
+    from engine.core.device import DeviceChoice
+    from engine.core.results import RunResult
+    from engine.lipsync.musetalk import run
+
+    config = LipSyncConfig(face=FACE, audio=speech_file(tmp_path / "a.wav", 0.6), engine="musetalk",
+                           musetalk_weights=str(weights), box=BOX)  # fmt: skip
+    settings = _settings(tmp_path)
+
+    def load(device: torch.device) -> run._Loaded:
+        return run._load(config, settings, DeviceChoice(device, "cpu", ""), torch.float32, RunResult(), print)
+
+    loaded = [load(torch.device("cpu")), load(torch.device("cpu", 1))]
+    assert loaded[0].key != loaded[1].key and loaded[0].avatar_key == loaded[1].avatar_key

@@ -13,12 +13,14 @@ Where we differ from upstream (on purpose):
 - the cycle is frame indices, not a second copy of every frame, latent row and mask;
 - a face box is clipped to the frame on every side (a landmark box may reach past the right edge, where upstream's
   crop and paste-back then disagree in size), and one smaller than MIN_FACE_SIDE is no face, with a warning;
-- the artefact is one file (save_avatar/load_avatar: tensors and plain values, read back with weights_only) instead
-  of a folder of PNGs and pickles that upstream decodes again for every clip.
+- the artefact is one file (save_avatar/load_avatar: tensors and plain values, read back with weights_only, with a
+  digest of its contents checked on loading) instead of a folder of PNGs and pickles that upstream decodes again for
+  every clip.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -61,7 +63,7 @@ from engine.models.checkpoints import CheckpointError, sniff
 LANDMARKS, DETECTOR = "landmarks", "detector"  # where a frame's face box came from
 FIXED_BOX = "fixed box"  # the detector name of --box: no detection at all
 FORMAT = "avatarbench/musetalk-avatar"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the payload's digest
 EXPECTED = f"a MuseTalk avatar prepared by avatarbench (format {FORMAT_VERSION})"
 MIN_FACE_SIDE = 8  # pixels: a smaller box has no blend region worth the name (upstream crashes on it)
 DETECT_BATCH = 16  # frames per detector call: bounds S3FD's batch on the GPU
@@ -416,6 +418,7 @@ def save_avatar(avatar: PreparedAvatar, path: str | os.PathLike[str]) -> Path:
         "fps": avatar.fps,
         "warnings": list(avatar.warnings),
     }
+    payload["digest"] = payload_digest(payload)
     partial = path.with_name(path.name + ".partial")
     torch.save(payload, partial)
     os.replace(partial, path)
@@ -443,12 +446,36 @@ def load_avatar(path: str | os.PathLike[str]) -> PreparedAvatar:
             path=path,
             expected=EXPECTED,
         )
+    if data.get("digest") != payload_digest(data):  # a flipped bit in a frame or a latent loads, and looks plausible
+        raise CheckpointError("its contents are damaged (they do not match their digest)", path=path, expected=EXPECTED)
     try:
         avatar = _from_payload(data)
         check_avatar(avatar)
     except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as exc:  # a list for a tensor
         raise CheckpointError(f"its contents are damaged ({one_line(exc)})", path=path, expected=EXPECTED) from None
     return avatar
+
+
+def payload_digest(payload: dict[str, Any]) -> str:
+    """SHA-256 of everything in a saved avatar but its digest: the tensors' dtypes, shapes and bytes, the plain
+    values' reprs, in key order."""
+    digest = hashlib.sha256()
+
+    def feed(value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            digest.update(f"tensor {value.dtype} {tuple(value.shape)};".encode())
+            digest.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().data)
+        elif isinstance(value, (list, tuple)):
+            digest.update(f"list {len(value)};".encode())
+            for item in value:
+                feed(item)
+        else:
+            digest.update(f"{value!r};".encode())
+
+    for key in sorted(k for k in payload if k != "digest"):
+        digest.update(f"{key}=".encode())
+        feed(payload[key])
+    return digest.hexdigest()
 
 
 def _from_payload(data: dict[str, Any]) -> PreparedAvatar:

@@ -5,7 +5,8 @@ another worker on the same machine finds the avatar a face was prepared into bef
 costs whisper, UNet, VAE decode and blend only. Files are named by a digest of everything that changes an avatar
 (the face's bytes, the frames prepared, the box options, the networks and the landmark model), written atomically
 (save_avatar), and the least recently used go first once together they pass `budget_bytes`. A file that cannot be
-read (damaged, another format version) is removed and the avatar prepared again.
+read (damaged, another format version) is removed and the avatar prepared again. Workers that want the same avatar
+at once take turns on a lock file beside it, so one prepares it and the others load what it stored.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import contextlib
 import hashlib
 import logging
 import os
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
 from contextvars import ContextVar
 from pathlib import Path
 
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 FOLDER = "avatars"  # under DATA_DIR
 BUDGET_BYTES = 2 * 2**30  # an avatar holds its frames (about 70 MB a second of 720p): a few clips' worth
 SUFFIX = ".avatar"
+LOCK_SUFFIX = ".lock"  # beside its avatar: held while it is looked for and prepared
 
 # Whose avatars a run may reuse: its job's owner (set by the lip-sync job handler), None for the CLI's one user.
 # Another owner's is never reused, from memory or disk: that a face came back prepared, and fast, told one person
@@ -46,7 +48,14 @@ class AvatarStore:
 
     def get_or_prepare(self, keys: list[Hashable], prepare: Callable[[], PreparedAvatar]) -> tuple[PreparedAvatar, str]:
         """The first stored avatar among `keys` (in order: those that serve equally well) and DISK, or a newly
-        prepared one, now stored under the first key, and PREPARED."""
+        prepared one, now stored under the first key, and PREPARED. Another process preparing the first key's
+        avatar is waited for (a cancelled job's worker is killed, which lets go of the lock)."""
+        with _held(self.path(keys[0]).with_suffix(LOCK_SUFFIX)):
+            return self._find_or_prepare(keys, prepare)
+
+    def _find_or_prepare(
+        self, keys: list[Hashable], prepare: Callable[[], PreparedAvatar]
+    ) -> tuple[PreparedAvatar, str]:
         for key in keys:
             path = self.path(key)
             if not path.is_file():
@@ -92,7 +101,43 @@ class AvatarStore:
                 path.unlink()
                 total -= size
                 removed.append(path)
+        self._remove_idle_locks()
         return removed
+
+    def _remove_idle_locks(self) -> None:
+        """Lock files of avatars no longer stored, where nobody holds them: one per face ever prepared would pile up.
+        (A process that opened one just before it goes may prepare at the same time as another: work done twice, the
+        stored file still whole, as saves are atomic.)"""
+        for lock in self.folder.glob("*" + LOCK_SUFFIX):
+            if lock.with_suffix(SUFFIX).exists():
+                continue
+            with contextlib.suppress(OSError), _held(lock, wait=False) as held:
+                if held:
+                    lock.unlink()
+
+
+@contextlib.contextmanager
+def _held(lock: Path, wait: bool = True) -> Iterator[bool]:
+    """An exclusive flock on `lock` (made where missing) for the block; whether it was taken (False: `wait` was
+    False and another holds it, or there is no folder or no flock, and the block runs unlocked)."""
+    try:
+        import fcntl
+
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(lock, "a+b")  # noqa: SIM115 - closed below, after the lock is let go
+    except (ImportError, OSError):  # not POSIX, or the folder cannot be made (a file in its place)
+        yield False
+        return
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except OSError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 __all__ = ["BUDGET_BYTES", "DISK", "FOLDER", "MEMORY", "PREPARED", "AvatarStore"]

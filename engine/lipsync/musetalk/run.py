@@ -261,6 +261,7 @@ class _Loaded:
     files: MuseTalkFiles
     networks: Any
     key: tuple  # the weight files, the device and the dtype
+    avatar_key: tuple  # the same with the device's kind, not its index: cuda:1 makes the avatar cuda:0 prepared
     cached: bool  # kept from an earlier run of this process
     device: torch.device
     batch: int
@@ -274,7 +275,8 @@ def _load(config: Any, settings: Settings, choice: DeviceChoice, dtype: torch.dt
     progress(0.02, "loading MuseTalk")
     device = choice.device
     # The files' stamps, not their names alone: weights replaced in place are other networks (and other avatars).
-    key = (tuple(sorted((name, file_stamp(path)) for name, path in files.paths.items())), str(device), dtype)
+    stamps = tuple(sorted((name, file_stamp(path)) for name, path in files.paths.items()))
+    key = (stamps, str(device), dtype)
 
     def build() -> Any:
         STEPS.clear()  # a step holds the networks it runs: the old set goes with it
@@ -291,7 +293,7 @@ def _load(config: Any, settings: Settings, choice: DeviceChoice, dtype: torch.dt
         step, _ = STEPS.get_or_build((key, runtime, batch), lambda: make_step(
             networks, runtime, batch, cache_dir=settings.cache_dir, gpu_memory_fraction=settings.gpu_memory_fraction
         ))  # fmt: skip
-    return _Loaded(files, networks, key, cached, device, batch, step)
+    return _Loaded(files, networks, key, (stamps, device.type, dtype), cached, device, batch, step)
 
 
 def _avatar(config: Any, settings: Settings, loaded: _Loaded, fps: float, photo: np.ndarray | None,
@@ -313,7 +315,7 @@ def _avatar(config: Any, settings: Settings, loaded: _Loaded, fps: float, photo:
     looks = (config.bbox_shift, config.musetalk_extra_margin, mode, cheeks, float(config.musetalk_blur))
 
     def key(frames: int | str) -> tuple:
-        return (AVATAR_OWNER.get(), face, frames, looks, detection, loaded.key, marks)
+        return (AVATAR_OWNER.get(), face, frames, looks, detection, loaded.avatar_key, marks)
 
     def prepare() -> PreparedAvatar:
         with result.stage("decode"):
