@@ -134,10 +134,14 @@ def test_lipsync_endpoint_makes_a_video_from_only_its_files(client, running_app:
     path = _video_path(video)
     assert path.exists() and path.stat().st_size > 10_000
     assert "not Wav2Lip" in summary and details["metrics"]["frames"] > 100
+    # The result names its files and inputs, never their places on the server (it showed the server's folders, and
+    # the worker's staging folder, gone once the job ended).
+    name = details["outputs"]["video"]
+    assert "/" not in name and details["config"]["face"] == "face.jpg" and details["config"]["audio"] == "speech.wav"
     # the file in the outputs folder, named by the job's id, is not served to whoever names it: only its owner's
     # copy, through Gradio's cache, is
-    stored = details["outputs"]["video"]
-    assert Path(stored).is_file() and "/outputs/" in stored
+    stored = running_app.log_path.parent / "outputs" / name
+    assert stored.is_file()
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(f"{running_app.url}/gradio_api/file={stored}", timeout=30)
     assert refused.value.code in (403, 404)
@@ -167,7 +171,11 @@ def test_a_streaming_lipsync_shows_its_video_so_far_and_its_segments_reach_only_
     segments = [path for files_now, _status in streamed for path in files_now]
     assert last_files == [] and final["status"] == "done" and segments
     frames = [frame for path in segments for frame in read_frames(path)]
-    whole = list(read_frames(final["report"]["outputs"]["video"]))
+    (whole_file,) = client.predict(job["job_id"], api_name="/job_files")  # the finished video, downloaded
+    assert Path(whole_file).name == final["report"]["outputs"]["video"] == f"lipsync-{job['job_id']}.mp4"
+    with pytest.raises(AppError, match=f"no job {job['job_id']}"):  # another client's
+        Client(running_app.url, verbose=False).predict(job["job_id"], api_name="/job_files")
+    whole = list(read_frames(whole_file))
     assert len(frames) == len(whole) and all((a == b).all() for a, b in zip(frames, whole, strict=True))
 
 

@@ -75,7 +75,9 @@ def test_jobs_belong_to_their_client_through_every_route(app: RunningApp, tmp_pa
     job = alice.predict(model=handle_file(str(mlp(tmp_path / "mlp.onnx"))), runs=3, api_name="/onnx_submit")
     assert _wait(alice, job["job_id"])["status"] == "done"
     sha = alice.predict(job["job_id"], api_name="/onnx_result")["model_sha256"]
-    for endpoint in ("/job_status", "/job_result", "/job_cancel", "/onnx_status", "/onnx_result"):
+    with pytest.raises(AppError, match=r"made no files: its report \(/job_result\) is what it made"):
+        alice.predict(job["job_id"], api_name="/job_files")
+    for endpoint in ("/job_status", "/job_result", "/job_files", "/job_cancel", "/onnx_status", "/onnx_result"):
         with pytest.raises(AppError, match=f"no job {job['job_id']}"):
             bob.predict(job["job_id"], api_name=endpoint)
     assert bob.predict(api_name="/onnx_queue") == [] and bob.predict(api_name="/job_queue")["yours"] == []

@@ -28,7 +28,7 @@ from engine.core.hls import LiveStream
 from engine.core.options import Config
 from engine.core.settings import Settings
 from engine.core.weights import server_files
-from engine.jobs.kinds import JobKind, queue_view, readable_summary
+from engine.jobs.kinds import JobKind, queue_view, readable_summary, shown_report
 from engine.jobs.store import DONE, FINISHED, Job, JobStore
 from ui.forms import Run, api_endpoint, refusal, reported
 from ui.widgets import delivered, job_ids, when
@@ -204,9 +204,17 @@ def register_job_api(store: JobStore, kinds: Mapping[str, JobKind], access: Acce
             return kind_of(job_id, request).status(job_id, access.reader(request))
 
     def job_result(job_id: str, request: gr.Request) -> dict:
-        """One of your jobs with its full result once done (for lip-sync and portrait: outputs, stages, figures)."""
+        """One of your jobs with its full result once done (for lip-sync and portrait: outputs by name, stages,
+        figures; /job_files hands over the files)."""
         with reported("the job result"):
-            return kind_of(job_id, request).result(job_id, access.reader(request))
+            return _shown(kind_of(job_id, request).result(job_id, access.reader(request)))
+
+    def job_files(job_id: str, request: gr.Request) -> list[str]:
+        """The files one of your finished lip-sync or portrait jobs made (its video; a portrait's strip and motion
+        template where asked for), downloaded by the client."""
+        with reported("the job's files"):
+            files = kind_of(job_id, request).output_files(job_id, access.reader(request))
+            return [path for path in map(delivered, files.values()) if path is not None]
 
     def job_cancel(job_id: str, request: gr.Request) -> dict:
         """Cancel one of your jobs: a queued one never starts; a running one is stopped with its worker."""
@@ -241,7 +249,7 @@ def register_job_api(store: JobStore, kinds: Mapping[str, JobKind], access: Acce
                     new = [delivered(p) for p in seen.segments[sent:]]
                     sent = len(seen.segments)
                     yield new, jobs.status(job_id, access.reader(request))
-            yield [], jobs.result(job_id, access.reader(request))
+            yield [], _shown(jobs.result(job_id, access.reader(request)))
 
     gr.api(job_status, api_name="job_status", queue=False)
     gr.api(job_result, api_name="job_result", queue=False)
@@ -253,6 +261,13 @@ def register_job_api(store: JobStore, kinds: Mapping[str, JobKind], access: Acce
         segments, stream_status = gr.File(file_count="multiple"), gr.JSON()
     stream_button.click(job_stream, stream_id, [segments, stream_status], api_name="job_stream",
                         concurrency_limit=16, concurrency_id="job_stream")  # fmt: skip
+    with gr.Column(visible=False):
+        files_id, files_button, files = gr.Textbox(label="job_id"), gr.Button(), gr.File(file_count="multiple")
+    files_button.click(job_files, files_id, files, api_name="job_files", queue=False)
+
+
+def _shown(result: dict[str, Any]) -> dict[str, Any]:
+    return {**result, "report": shown_report(result.get("report"))}
 
 
 def job_endpoints(

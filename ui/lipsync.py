@@ -15,6 +15,7 @@ from engine.core.hls import LiveStream
 from engine.core.results import RunResult
 from engine.core.settings import Settings
 from engine.core.weights import WAV2LIP, where_to_put
+from engine.jobs.kinds import shown_report
 from engine.lipsync.config import LipSyncConfig, precision_summary
 from engine.lipsync.jobs import LipSyncJobs
 from ui.examples import Example, example_gallery
@@ -173,7 +174,8 @@ def build_lipsync_tab(settings: Settings, jobs: LipSyncJobs, access: Access) -> 
 
     def render(report: dict[str, Any]) -> tuple[Any, ...]:
         result = RunResult.from_dict(report)
-        return delivered(result.outputs.get("video")), summary_markdown(result), chart(timing_figure(result)), report
+        video_file = delivered(result.outputs.get("video"))
+        return video_file, summary_markdown(result), chart(timing_figure(result)), shown_report(report)
 
     inputs = dict(
         face=face, audio=audio, engine=engine, checkpoint=checkpoint, batch_size=batch_size, precision=precision,

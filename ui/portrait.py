@@ -11,6 +11,7 @@ import gradio as gr
 from engine.core.hls import LiveStream
 from engine.core.results import RunResult
 from engine.core.settings import Settings
+from engine.jobs.kinds import shown_report
 from engine.portrait.config import PortraitConfig
 from engine.portrait.jobs import PortraitJobs
 from ui.examples import Example, example_gallery
@@ -198,7 +199,8 @@ def build_portrait_tab(settings: Settings, jobs: PortraitJobs, access: Access) -
         result = RunResult.from_dict(report)
         out = result.outputs
         video_file, strip_file, template_file = (delivered(out.get(k)) for k in ("video", "strip", "template"))
-        return video_file, summary_markdown(result), strip_file, chart(timing_figure(result)), template_file, report
+        figure = chart(timing_figure(result))
+        return video_file, summary_markdown(result), strip_file, figure, template_file, shown_report(report)
 
     inputs = dict(
         source=source, driving=driving, engine=engine, weights=weights, backend=backend, precision=precision,

@@ -15,13 +15,13 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
-from engine.core.errors import AvatarbenchError
+from engine.core.errors import AvatarbenchError, InputError
 from engine.core.hls import LiveStream, read_stream, stream_folder
 from engine.core.options import Config
 from engine.core.settings import Settings
 from engine.jobs import split
 from engine.jobs.broker import Broker
-from engine.jobs.store import CPU, QUEUED, Job, JobStore, QueueLimits, StoreError
+from engine.jobs.store import CPU, DONE, QUEUED, Job, JobStore, QueueLimits, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,17 @@ def summary(job: Job) -> dict[str, Any]:
         "finished": job.finished,
         **split.describe(job),  # a split job's parts: "segment i/n of job X", the parent's devices
     }
+
+
+def shown_report(report: Any) -> Any:
+    """A result as its owner sees it in the tab and the API: each output by its file's name, not its place on the
+    server, which they cannot reach (the files come through Gradio: /job_files) and which shows the server's
+    folders."""
+    if not isinstance(report, dict) or not isinstance(report.get("outputs"), dict):
+        return report
+    outputs = {name: Path(path).name if isinstance(path, str) and path else path
+               for name, path in report["outputs"].items()}  # fmt: skip
+    return {**report, "outputs": outputs}
 
 
 def readable_summary(kind: JobKind | None, job: Job) -> dict[str, Any]:
@@ -96,6 +107,19 @@ class JobKind:
     def result(self, job_id: str, owner: str | None) -> dict[str, Any]:
         job = self._get(job_id, owner)
         return {**self.summary(job), "report": job.result}
+
+    def output_files(self, job_id: str, owner: str | None) -> dict[str, Path]:
+        """A finished job's output files that are still there, by their role ("video", "strip", ...)."""
+        job = self._get(job_id, owner)
+        if job.status != DONE:
+            raise InputError(f"job {job_id} is {job.status}: its files come once it is done")
+        outputs = (job.result or {}).get("outputs") or {}
+        files = {name: Path(path) for name, path in outputs.items() if isinstance(path, str) and Path(path).is_file()}
+        if not outputs:
+            raise InputError(f"job {job_id} made no files: its report (/job_result) is what it made")
+        if not files:
+            raise InputError(f"job {job_id}'s files were removed (the store's size or age limit); run it again")
+        return files
 
     def history(self, owner: str | None, limit: int = 50) -> list[dict[str, Any]]:
         """The owner's jobs, newest first. A row this version cannot read (damaged, or written by another version)
@@ -208,7 +232,16 @@ def run_file_job(
                 return result.to_dict()
         if after is not None:
             after(result, paths)
-        return result.to_dict()
+        return _with_upload_names(result.to_dict(), job.settings["files"])
+
+
+def _with_upload_names(report: dict[str, Any], files: Mapping[str, Mapping[str, str]]) -> dict[str, Any]:
+    """The report's config naming each input by the name it came with, not the worker's staging folder (gone once
+    the job ends, and a server path)."""
+    config = report.get("config")
+    if isinstance(config, dict):
+        report["config"] = {**config, **{name: ref["name"] for name, ref in files.items() if name in config}}
+    return report
 
 
 def output_path(settings: Settings, job: Job) -> Path:
@@ -242,6 +275,7 @@ __all__ = [
     "output_path",
     "queue_view",
     "run_file_job",
+    "shown_report",
     "staged_inputs",
     "store_inputs",
     "summary",
