@@ -5,6 +5,7 @@ queued or running job needs), with finished jobs still readable and saying which
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -12,10 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from engine.core.errors import InputError, SetupError
 from engine.core.results import RunResult
 from engine.core.settings import Settings, load_settings
 from engine.jobs.broker import Broker
 from engine.jobs.housekeeping import Budget, enforce_budget, gradio_cache_policy, sweep_ended_splits, sweep_orphans
+from engine.jobs.kinds import shown_report
 from engine.jobs.store import CANCELLED, DONE, QUEUED, RUNNING, JobStore
 
 DAY = 86400.0
@@ -284,6 +287,29 @@ def test_a_finished_job_whose_output_was_removed_reads_cleanly_and_says_so(
     shown = RunResult.from_dict(result["report"])  # what the tab renders from
     assert shown.outputs["video"] == str(video) and not Path(shown.outputs["video"]).exists()
     assert len(shown.warnings) == 2
+    assert shown_report(result["report"])["removed_outputs"] == {"video": video.name}  # no server folder
+    with pytest.raises(InputError, match=f"job {job.id}'s files were removed .*run it again"):
+        jobs.output_files(job.id, owner="")
+
+
+def test_an_outputs_folder_replaced_by_a_file_is_the_operators_to_fix_said_before_the_run(
+    settings: Settings, store: JobStore, tmp_path: Path
+) -> None:
+    """It failed the job as "internal error: FileExistsError" once the run had done its work."""
+    from types import SimpleNamespace
+
+    from engine.lipsync.jobs import handle
+
+    files = {
+        name: {"sha256": _blob(store, tmp_path, name.encode()), "name": f"{name}.bin"} for name in ("face", "audio")
+    }
+    job = store.submit("lipsync", {"options": {}, "files": files}, "cpu")
+    shutil.rmtree(settings.outputs_dir, ignore_errors=True)
+    settings.outputs_dir.write_text("a file where the folder goes")
+    context = SimpleNamespace(settings=settings, store=store)
+    with pytest.raises(SetupError, match=r"outputs folder cannot be used .*operator must make DATA_DIR/outputs"):
+        handle(store.claim_next("cpu"), lambda fraction, label: None, context)
+    assert job.id
 
 
 def test_the_broker_runs_the_chores_from_its_watch(store: JobStore) -> None:

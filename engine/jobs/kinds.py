@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
-from engine.core.errors import AvatarbenchError, InputError
+from engine.core.errors import AvatarbenchError, InputError, SetupError
 from engine.core.hls import LiveStream, read_stream, stream_folder
 from engine.core.options import Config
 from engine.core.settings import Settings
@@ -49,11 +49,14 @@ def shown_report(report: Any) -> Any:
     """A result as its owner sees it in the tab and the API: each output by its file's name, not its place on the
     server, which they cannot reach (the files come through Gradio: /job_files) and which shows the server's
     folders."""
-    if not isinstance(report, dict) or not isinstance(report.get("outputs"), dict):
+    if not isinstance(report, dict):
         return report
-    outputs = {name: Path(path).name if isinstance(path, str) and path else path
-               for name, path in report["outputs"].items()}  # fmt: skip
-    return {**report, "outputs": outputs}
+    shown = dict(report)
+    for key in ("outputs", "removed_outputs"):  # removed_outputs: what the store's limits removed (housekeeping.py)
+        if isinstance(report.get(key), dict):
+            shown[key] = {name: Path(path).name if isinstance(path, str) and path else path
+                          for name, path in report[key].items()}  # fmt: skip
+    return shown
 
 
 def readable_summary(kind: JobKind | None, job: Job) -> dict[str, Any]:
@@ -221,6 +224,7 @@ def run_file_job(
     with staged_inputs(context.store, job.settings["files"], settings.cache_dir) as paths:
         built = config.build({**job.settings["options"], **paths})
         out = output_path(settings, job)
+        _check_folder(out.parent)
         role = split.role(job)
         if role is None:
             result = run(built, out, settings, progress, device=job.device)
@@ -247,6 +251,16 @@ def _with_upload_names(report: dict[str, Any], files: Mapping[str, Mapping[str, 
 def output_path(settings: Settings, job: Job) -> Path:
     """Where a file job writes its video (its live stream beside it: engine/core/hls.py)."""
     return settings.outputs_dir / f"{job.kind}-{job.id}.mp4"
+
+
+def _check_folder(folder: Path) -> None:
+    """The outputs folder made where missing; one that cannot be (a file in its place, no permission, a full disk)
+    is the operator's to fix, said before the run rather than as an internal error after it."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SetupError(f"the server's outputs folder cannot be used ({exc.strerror or type(exc).__name__}): its "
+                         "operator must make DATA_DIR/outputs a folder this app can write") from None  # fmt: skip
 
 
 def store_inputs(store: JobStore, paths: Mapping[str, Path]) -> dict[str, dict[str, str]]:
