@@ -21,7 +21,9 @@ def _request(username: str | None = None, session: str | None = "s1", cookie: st
 def test_owners_and_readers() -> None:
     access = Access(frozenset({"carol"}))
     assert access.owner(None) == LOCAL
-    assert access.owner(_request(session="abc")) == "session:abc" == access.reader(_request(session="abc"))
+    owner = access.owner(_request(session="abc"))
+    assert owner.startswith("session:") and "abc" not in owner and owner == access.reader(_request(session="abc"))
+    assert access.owner(_request(session="abd")) != owner  # the store keeps a hash of the session, not the session
     assert access.owner(_request("alice")) == "user:alice" == access.reader(_request("alice", session="other"))
     assert access.owner(_request("carol")) == "user:carol" and access.reader(_request("carol")) is None
     assert Access(frozenset({"*"})).reader(_request(session="anyone")) is None
@@ -41,10 +43,11 @@ def test_a_browsers_owner_token_outlives_its_sessions_and_only_a_well_formed_one
     assert access.owner(_request(session="after-reload", cookie=token)) == owner
     assert access.reader(_request(session="another-tab", cookie=token)) == owner
     assert access.owner(_request(session=None, cookie=token)) == owner  # a REST call with the cookie: no session needed
-    assert access.owner(_request(session="x", cookie="fedcba9876543210" * 3)) not in (owner, "session:x")
+    session_x = access.owner(_request(session="x"))
+    assert access.owner(_request(session="x", cookie="fedcba9876543210" * 3)) not in (owner, session_x)
     assert access.owner(_request("alice", cookie=token)) == "user:alice"  # a login is who you are, on any browser
     for odd in ("short0123", "0123456789ABCDEF" * 3, token + ";admin", "g" * 48, "a" * 129):
-        assert access.owner(_request(session="x", cookie=odd)) == "session:x"
+        assert access.owner(_request(session="x", cookie=odd)) == session_x
 
 
 def test_visitors_pick_the_servers_weights_and_only_operators_name_paths(tmp_path: Path) -> None:
@@ -85,7 +88,8 @@ def test_outputs_reach_gradio_through_a_private_copy_not_the_outputs_folder(tmp_
 
 
 def test_the_cancel_button_stops_only_its_users_jobs_even_an_operators() -> None:
-    queued = {"j1": "user:carol", "j2": "session:bob", "j3": "user:carol"}
+    bob = Access().owner(_request(session="bob"))
+    queued = {"j1": "user:carol", "j2": bob, "j3": "user:carol"}
     cancelled: list[tuple[str, str | None]] = []
 
     class Jobs:
@@ -99,7 +103,7 @@ def test_the_cancel_button_stops_only_its_users_jobs_even_an_operators() -> None
     access = Access(frozenset({"carol"}))  # carol reads everyone's jobs
     assert cancel_own(Jobs(), access, _request("carol")) == ["j1", "j3"]
     assert cancel_own(Jobs(), access, _request(session="bob")) == ["j2"]
-    assert cancelled == [("j1", "user:carol"), ("j3", "user:carol"), ("j2", "session:bob")]
+    assert cancelled == [("j1", "user:carol"), ("j3", "user:carol"), ("j2", bob)]
 
 
 def test_one_owner_waits_on_a_few_jobs_at_once_and_a_refused_wait_queues_nothing() -> None:

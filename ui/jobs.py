@@ -74,13 +74,13 @@ class Access:
             return f"user:{request.username}"
         token = str((getattr(request, "cookies", None) or {}).get(OWNER_COOKIE) or "")
         if _OWNER_TOKEN.fullmatch(token):  # kept as a hash: an operator reading the store cannot act as the browser
-            return f"browser:{hashlib.sha256(token.encode()).hexdigest()[:32]}"
+            return f"browser:{_digest(token)}"
         if not request.session_hash:  # a bare REST call: all such callers would share one owner and its jobs
             raise InputError(
                 "this server tells its users apart by their session: send a session_hash with the request "
                 f"(gradio_client does) or an {OWNER_COOKIE} cookie, or ask the operator for a login (--auth)"
             )
-        return f"session:{request.session_hash}"
+        return f"session:{_digest(request.session_hash)}"  # a hash too: anyone may send a session_hash
 
     def is_operator(self, request: gr.Request | None) -> bool:
         return EVERYONE in self.operators or bool(request and request.username and request.username in self.operators)
@@ -107,6 +107,12 @@ class Access:
                                  "paths and downloads are for the operator")  # fmt: skip
             out[name] = str(found[choice])
         return out
+
+
+def _digest(secret: str) -> str:
+    """What the store keeps of an owner's secret (a browser's token, a session id): whoever reads the store, or a
+    copy of it, cannot send it back to act as that owner."""
+    return hashlib.sha256(secret.encode()).hexdigest()[:32]
 
 
 def _report(status: dict[str, Any], progress: Callable[[float, str], None]) -> None:
