@@ -5,13 +5,14 @@ from __future__ import annotations
 import pytest
 
 from engine.bench.catalog import CATALOG, PriceBook, detected_gpu, find_gpu
-from engine.bench.config import LlmRequest
+from engine.bench.config import CostConfig, LlmRequest
 from engine.bench.planner import (
     CUDA_CONTEXT_BYTES,
     LLMS,
     TGI_RUNTIME_BYTES,
     PlanError,
     calibrate_activations,
+    cost_for,
     cost_table,
     llm_weight_bytes,
     plan_llm,
@@ -210,6 +211,15 @@ def test_cost_arithmetic_and_scaling() -> None:
     assert per_video["H100"]["requests_per_s"] == pytest.approx(0.4)
     on_cpu = cost_table(5.0, "fp32", None, book)
     assert all(r["samples_per_s"] is None and "CPU" in r["basis"] for r in on_cpu)
+    # the CPU machine itself, at its given price, beside the cards (every row was a dash)
+    machine, *cards = cost_table(5.0, "fp32", None, book, samples_per_request=250, cpu_price_per_hour=0.5)
+    assert machine["gpu"] == "CPU (measured)" and machine["basis"] == "measured" and cards == on_cpu
+    assert machine["requests_per_s"] == pytest.approx(0.02)
+    assert machine["cost_per_1000_requests"] == pytest.approx(0.5 / (0.02 * 3600) * 1000)
+    with pytest.raises(PlanError, match=r"a card's price goes in prices\.json"):
+        cost_table(5.0, "fp16", CATALOG["H100"], book, cpu_price_per_hour=0.5)
+    with pytest.raises(PlanError, match=r"cpu price per hour prices a throughput measured on the CPU"):
+        cost_for(CostConfig(throughput=5.0, measured_on="H100", cpu_price_per_hour=0.5), book)
     with pytest.raises(PlanError):
         cost_table(0.0, "fp16", None, book)
     unpriced = next(key for key, gpu in CATALOG.items() if key not in book.prices and gpu.key != "detected")

@@ -214,6 +214,16 @@ class CostConfig(Config):
     measured_on: str = option(help="where it was measured: cpu or a card", choices=("cpu", *CATALOG))
     precision: str = option("fp16", help="precision it was measured at", choices=PRECISIONS)
     samples_per_request: float = option(1.0, help="e.g. 250 frames per 10 s video", low=1e-6, high=1e9)
+    cpu_price_per_hour: float | None = option(
+        None, help="dollars per hour of the CPU machine it was measured on (with --measured-on cpu): prices the "
+        "measurement itself beside the cards", low=0.0, high=1e4,
+    )  # fmt: skip
+
+    def problems(self) -> list[str]:
+        if self.cpu_price_per_hour is not None and self.measured_on != "cpu":
+            return ["cpu price per hour prices a throughput measured on the CPU (measured on cpu); a card's price "
+                    "goes in the price file"]  # fmt: skip
+        return []
 
 
 __all__ = [

@@ -64,13 +64,20 @@ def cost_table(
     measured_on: Gpu | None,
     prices: PriceBook,
     samples_per_request: float = 1.0,
+    cpu_price_per_hour: float | None = None,
 ) -> list[dict[str, Any]]:
     """Cost per 1000 requests and requests per $10 on each priced GPU. `throughput` is samples/s measured
-    on `measured_on` (None for the CPU: then no GPU figure is estimated); other cards are scaled estimates.
-    A request is `samples_per_request` samples (e.g. 250 frames for 10 s of lip-synced video)."""
+    on `measured_on` (None for the CPU: then no GPU figure is estimated, and the CPU machine itself is priced at
+    `cpu_price_per_hour` where given); other cards are scaled estimates. A request is `samples_per_request` samples
+    (e.g. 250 frames for 10 s of lip-synced video)."""
     if throughput <= 0 or samples_per_request <= 0:
         raise PlanError("throughput and samples per request must be positive")
+    if cpu_price_per_hour is not None and measured_on is not None:
+        raise PlanError("a CPU price prices a throughput measured on the CPU; a card's price goes in prices.json")
     rows = []
+    if measured_on is None and cpu_price_per_hour is not None:  # a CPU machine against the cards' prices
+        rows.append(_priced({"gpu": "CPU (measured)", "price_per_hour": cpu_price_per_hour, "price_source": "given",
+                             "basis": "measured", "samples_per_s": throughput}, samples_per_request))  # fmt: skip
     if measured_on is not None and measured_on.key == "detected":  # the measured card itself, though uncatalogued
         rows.append({
             "gpu": measured_on.name, "price_per_hour": None, "price_source": "",
@@ -93,24 +100,23 @@ def cost_table(
             rate, basis = None, "not estimated: the measured card has no catalog rates"
         else:
             rate, basis = scaled_throughput(throughput, measured_on, gpu, precision), "estimate"
-        row: dict[str, Any] = {
-            "gpu": key,
-            "price_per_hour": price,
-            "price_source": prices.sources.get(key, ""),
-            "basis": basis,
-            "samples_per_s": rate,
-            "requests_per_s": None,
-            "cost_per_1000_requests": None,
-            "requests_per_10_usd": None,
-        }
-        if rate:
-            per_s = rate / samples_per_request
-            row["requests_per_s"] = per_s
-        if rate and price:
-            row["cost_per_1000_requests"] = price / (per_s * 3600) * 1000
-            row["requests_per_10_usd"] = 10 / price * per_s * 3600
-        rows.append(row)
+        row = {"gpu": key, "price_per_hour": price, "price_source": prices.sources.get(key, ""), "basis": basis,
+               "samples_per_s": rate}  # fmt: skip
+        rows.append(_priced(row, samples_per_request))
     return rows
+
+
+def _priced(row: dict[str, Any], samples_per_request: float) -> dict[str, Any]:
+    """The row with its requests per second, cost per 1000 requests and requests per $10 (None where its rate or
+    its price is missing)."""
+    rate, price = row["samples_per_s"], row["price_per_hour"]
+    per_s = rate / samples_per_request if rate else None
+    return {
+        **row,
+        "requests_per_s": per_s,
+        "cost_per_1000_requests": price / (per_s * 3600) * 1000 if per_s and price else None,
+        "requests_per_10_usd": 10 / price * per_s * 3600 if per_s and price else None,
+    }
 
 
 # ---------------------------------------------------------------------------------------------- our models
@@ -283,7 +289,8 @@ def cost_for(config: CostConfig, prices: PriceBook) -> list[dict[str, Any]]:
     """cost_table for a checked request: measured_on is "cpu" or a catalog key."""
     config = config.checked()
     measured_on = None if config.measured_on == "cpu" else CATALOG[config.measured_on]
-    return cost_table(config.throughput, config.precision, measured_on, prices, config.samples_per_request)
+    return cost_table(config.throughput, config.precision, measured_on, prices, config.samples_per_request,
+                      config.cpu_price_per_hour)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------- LLMs
