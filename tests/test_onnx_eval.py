@@ -244,6 +244,51 @@ def test_fixed_shape_runs_once_with_warning(tmp_path: Path) -> None:
     assert not warnings_but_spread(evaluate(path, inspect_model(path), EvalConfig(**FAST)))  # the default asks nothing
 
 
+def _fixed_model(tmp_path: Path, shapes: list[list[int]], node: str, out: list | None, **attrs) -> Path:
+    """One node on fixed-shape float inputs x (and z); the output y declares `out` (None: a sequence), whose open
+    dimensions shape inference finds."""
+    names = ["x", "z"][: len(shapes)]
+    y = (
+        _io("y", TensorProto.FLOAT, out)
+        if out is not None
+        else helper.make_tensor_sequence_value_info("y", TensorProto.FLOAT, None)
+    )
+    inputs = [_io(n, TensorProto.FLOAT, shape) for n, shape in zip(names, shapes, strict=True)]
+    return save(_graph([helper.make_node(node, names, ["y"], **attrs)], inputs, [y]), tmp_path / f"{node}.onnx")
+
+
+@pytest.mark.parametrize(
+    ("shapes", "node", "attrs", "out", "samples", "said"),
+    [
+        ([[3, 16, 16]], "Relu", {}, [None] * 3, 1, "input 'x' [3, 16, 16] is one image"),  # CHW: counted 3
+        ([[16, 16, 3]], "Relu", {}, [16, 16, 3], 1, "input 'x' [16, 16, 3] is one image"),  # HWC: counted 16
+        ([[4, 5]], "Transpose", {}, [None, None], 1, "output 'y' [5, 4] does not start with it"),  # counted 4
+        ([[4, 5]], "SplitToSequence", {}, None, 1, "no output's shape tells whether it is one"),
+        ([[2, 4], [3, 4]], "Concat", {"axis": 0}, [5, 4], 1, "start with different sizes ('x' 2, 'z' 3)"),
+        ([[2, 3, 8, 8]], "GlobalAveragePool", {}, [2, 3, 1, 1], 2, "input 'x' [2, 3, 8, 8] is a batch of 2 images"),
+        ([[8, 1024, 3]], "Relu", {}, [None] * 3, 8, "every input of rank 2 or more and every output whose shape is"),
+        ([[1, 3, 8, 8]], "Relu", {}, [1, 3, 8, 8], 1, None),  # batch 1: nothing to decide, nothing said
+    ],
+)
+def test_a_fixed_first_dimension_is_a_batch_only_on_evidence(
+    tmp_path: Path, shapes: list, node: str, attrs: dict, out: list | None, samples: int, said: str | None
+) -> None:
+    """samples/s multiplied every fixed model's throughput by its first input's first dimension: one CHW image
+    read as 3 samples per run, x[4, 5] transposed as 4."""
+    path = _fixed_model(tmp_path, shapes, node, out, **attrs)
+    report = evaluate(path, inspect_model(path), EvalConfig(**FAST))
+    (row,) = report["results"]
+    assert row["error"] is None and row["batch"] == samples
+    assert row["samples_per_s"] == pytest.approx(samples * 1000 / row["latency"]["mean_ms"])
+    notes = [n for n in report["notes"] if n.startswith("samples/s counts")]
+    if said is None:
+        assert not notes
+        return
+    (note,) = notes
+    assert note.startswith(f"samples/s counts {samples} sample{'s' if samples > 1 else ''} per run") and said in note
+    assert note.endswith("export the model with a named batch dimension (then --batch-sizes sweeps it)")
+
+
 def test_input_budget_refused_before_allocating(
     mlp_model: tuple[Path, ModelInfo], monkeypatch: pytest.MonkeyPatch
 ) -> None:

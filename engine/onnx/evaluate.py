@@ -42,7 +42,14 @@ import numpy as np
 from engine.core.errors import one_line
 from engine.core.npz import npy_header
 from engine.onnx.config import DEFAULT_RUNS, DEFAULT_WARMUP, EvalConfig, EvalError
-from engine.onnx.images import ImageInputError, ImageOptions, images_to_tensor, pick_image_input
+from engine.onnx.images import (
+    ImageInputError,
+    ImageOptions,
+    images_to_tensor,
+    looks_like_images,
+    looks_like_one_image,
+    pick_image_input,
+)
 from engine.onnx.model import (
     Limits,
     ModelInfo,
@@ -686,13 +693,58 @@ class _Plan:
     run_keys: list[str]  # providers in run order (CPU first)
     reference_only: bool
     warnings: list[str]
+    notes: list[str]  # how the samples per run were counted, for a model with no batch symbol
     budget: _OutputBudget = field(init=False)
 
 
-def _fixed_batch(info: ModelInfo) -> int:
-    """Samples per run of a fixed-shape model: the first input's leading dim when it has rank >= 2."""
-    shape = info.inputs[0].shape if info.inputs else []
-    return int(shape[0]) if len(shape) >= 2 and isinstance(shape[0], int) and shape[0] > 0 else 1
+# How a model with no batch symbol's samples per run are told to be otherwise: the batch is then swept.
+_NAMED_BATCH = "export the model with a named batch dimension (then --batch-sizes sweeps it)"
+
+
+def _fixed_batch(info: ModelInfo, values: dict[str, int]) -> tuple[int, str | None]:
+    """Samples per run of a model whose inputs' first dimensions are all fixed, and the note saying how they were
+    counted (None where every input starts with 1 or nothing: one sample, nothing to decide).
+
+    A fixed first dimension is a batch only on evidence, since samples/s multiplies by it: x[3, 224, 224] is one
+    image, x[4, N] may be four channels of one signal. Every input of rank 2 or more must start with the same size,
+    and either one of them is a batch of images (N,C,H,W or N,H,W,C), or none is one image (C,H,W or H,W,C) and
+    every output whose first dimension is known starts with it too (at least one). Otherwise one sample per run."""
+    ranked = [spec for spec in info.inputs if len(spec.shape) >= 2]
+    leads = {int(spec.shape[0]) for spec in ranked}  # type: ignore[arg-type]  # a symbol there is a batch symbol
+    if not leads or max(leads) <= 1:
+        return 1, None
+    one = "samples/s counts 1 sample per run (it is runs/s): the model's shapes are fixed, and"
+    several = f"if a run holds several samples, {_NAMED_BATCH}"
+    if len(leads) > 1:
+        starts = ", ".join(f"{spec.name!r} {spec.shape[0]}" for spec in ranked)
+        return 1, f"{one} its inputs start with different sizes ({starts}), so none is taken as a batch; {several}"
+    (lead,) = leads
+    many = f"samples/s counts {lead} samples per run: the model's shapes are fixed, and"
+    if images := next((spec for spec in ranked if looks_like_images(spec.shape)), None):
+        return lead, (f"{many} its input {images.name!r} {images.shape} is a batch of {lead} images; if a run holds "
+                      f"another number of samples, {_NAMED_BATCH}")  # fmt: skip
+    not_batch = f"{one} the first dimension {lead} of its inputs is not taken as a batch"
+    if single := next((spec for spec in ranked if looks_like_one_image(spec.shape)), None):
+        return 1, f"{not_batch}: input {single.name!r} {single.shape} is one image; {several}"
+    firsts = {spec.name: first for spec in info.outputs if (first := _output_first(info, spec, values)) is not None}
+    if other := next((name for name, first in firsts.items() if first != lead), None):
+        shape = info.output_shapes.get(other) or next(s.shape for s in info.outputs if s.name == other)
+        return 1, f"{not_batch}: output {other!r} {shape} does not start with it; {several}"
+    if not firsts:
+        return 1, f"{not_batch}: no output's shape tells whether it is one; {several}"
+    return lead, (f"{many} every input of rank 2 or more and every output whose shape is known start with {lead}, "
+                  f"taken as its batch; if a run holds another number of samples, {_NAMED_BATCH}")  # fmt: skip
+
+
+def _output_first(info: ModelInfo, spec: TensorSpec, values: dict[str, int]) -> int | None:
+    """An output's first dimension where the model declares it, or shape inference found it; None where neither
+    tells (a scalar, a sequence, a data-dependent size)."""
+    first = spec.shape[0] if spec.shape else None
+    if isinstance(first, str):
+        first = values.get(first)
+    if first is None and (inferred := info.output_shapes.get(spec.name)):
+        first = inferred[0]
+    return first
 
 
 def _symbols_at(plan: _Plan, batch: int) -> dict[str, int]:
@@ -711,18 +763,21 @@ def _plan(info: ModelInfo, config: EvalConfig, limits: Limits) -> _Plan:
     if defaulted and config.inputs is None:  # a sequence model was timed at length 1, unsaid
         warns.append(f"symbolic dimensions at their default of 1: {', '.join(defaulted)} (give symbols, e.g. "
                      f"{defaulted[0]}=N, for the size the model really runs at)")  # fmt: skip
+    notes = []
     if batch_syms:
         batches = [int(b) for b in config.batch_sizes]
         if len(batch_syms) > 1:
             warns.append(f"several batch dimensions ({', '.join(batch_syms)}): each is set to the batch size")
     else:
-        batches = [_fixed_batch(info)]
+        samples, note = _fixed_batch(info, values)
+        batches, notes = [samples], [note] if note else []
         if list(config.batch_sizes) not in ([1], batches):  # sizes asked for (1 is the default) were not run
             warns.append(
                 f"the model has no batch dimension (all input shapes fixed in the first dimension); batch sizes "
-                f"{list(config.batch_sizes)} were ignored and it ran once at its own batch of {batches[0]}"
+                f"{list(config.batch_sizes)} were ignored: it ran at its fixed shapes, counted as {samples} "
+                f"sample{'s' if samples != 1 else ''} per run (the notes say why)"
             )
-    plan = _Plan(values, batch_syms, batches, [], "cpu" not in config.providers, warns)
+    plan = _Plan(values, batch_syms, batches, [], "cpu" not in config.providers, warns, notes)
     for batch in batches:  # refuse before anything is allocated
         if info.inputs and check_input_budget(info.inputs, _symbols_at(plan, batch), limits) == 0:
             shapes = ", ".join(f"{s.name} {list(s.concrete(_symbols_at(plan, batch)))}" for s in info.inputs)
@@ -1311,6 +1366,7 @@ def _report(runner: _Runner, expected: dict[str, np.ndarray] | None, ran: Sequen
         "warnings": warnings,
         "notes": [
             *([f"{PARTIAL_NOTE}: {', '.join(ran)} of {', '.join(plan.run_keys)} measured"] if stopped else []),
+            *plan.notes,
             *([auto_runs_note(runner.auto_counts)] if runner.auto_counts else []),
             *([few] if (few := few_runs_note(runner.rows)) else []),
         ],

@@ -97,6 +97,23 @@ def image_layout(spec: TensorSpec, values: dict[str, int]) -> ImageLayout:
     return layout
 
 
+def looks_like_images(shape: list[int | str | None]) -> bool:
+    """Rank 4 with a channel axis of 1 or 3: a batch of images, N,C,H,W or N,H,W,C (its first dimension is N)."""
+    return len(shape) == 4 and (shape[1] in (1, 3) or shape[3] in (1, 3))
+
+
+def looks_like_one_image(shape: list[int | str | None]) -> bool:
+    """Rank 3 with a channel axis of 1 or 3 first or last and a picture's height and width (at least 8, neither over
+    4x the other): C,H,W or H,W,C, whose first dimension is not a batch ([8, 1024, 3], 8 point clouds, is none)."""
+    if len(shape) != 3 or not all(isinstance(d, int) for d in shape):
+        return False
+    dims = [int(d) for d in shape]  # type: ignore[arg-type]
+    for channels, (height, width) in ((dims[0], dims[1:]), (dims[2], dims[:2])):
+        if channels in (1, 3) and min(height, width) >= 8 and max(height, width) <= 4 * min(height, width):
+            return True
+    return False
+
+
 def pick_image_input(inputs: list[TensorSpec], name: str | None) -> TensorSpec:
     """The named input, or the first rank-4 numeric input with a channel axis of 1 or 3."""
     if name:
@@ -105,8 +122,7 @@ def pick_image_input(inputs: list[TensorSpec], name: str | None) -> TensorSpec:
                 return spec
         raise ImageInputError(f"no input {name!r}; the model's inputs are {', '.join(s.name for s in inputs)}")
     for spec in inputs:
-        dims = spec.shape
-        if len(dims) == 4 and (dims[1] in (1, 3) or dims[3] in (1, 3)) and spec.dtype not in ("bool", "string"):
+        if looks_like_images(spec.shape) and spec.dtype not in ("bool", "string"):
             return spec
     raise ImageInputError(
         "no input looks like an image batch (rank 4 with a channel axis of 1 or 3); name the input to use"
@@ -199,5 +215,7 @@ __all__ = [
     "ImageOptions",
     "image_layout",
     "images_to_tensor",
+    "looks_like_images",
+    "looks_like_one_image",
     "pick_image_input",
 ]
