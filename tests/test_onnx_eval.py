@@ -13,7 +13,7 @@ import pytest
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
-from tiny_onnx import B, W, classifier, fixed, huge_output, mlp, nonzero, save  # noqa: E402
+from tiny_onnx import SCALE, B, W, classifier, fixed, huge_output, mlp, nonzero, save, with_default  # noqa: E402
 
 import engine.onnx.evaluate as oe  # noqa: E402
 from engine.core.errors import InputError  # noqa: E402
@@ -327,6 +327,56 @@ def test_npz_inputs_refusals(mlp_model: tuple[Path, ModelInfo], tmp_path: Path) 
     not_npz.write_bytes(b"not a zip")
     with pytest.raises(EvalError, match=r"not a readable \.npz"):
         load_npz_inputs(not_npz, info.inputs, values)
+
+
+def test_an_input_with_a_default_keeps_it_or_takes_the_npz_value(tmp_path: Path) -> None:
+    """An initializer listed as a graph input (IR 4 on) is a default a run may set, as ONNX Runtime allows: the .npz
+    setting it was refused as 'not model inputs'. Left out, the model's own value holds (never synthetic data)."""
+    path = with_default(tmp_path / "default.onnx")
+    info = inspect_model(path)
+    assert [s.name for s in info.inputs] == ["x"]
+    assert [(s.name, s.dtype, s.shape) for s in info.overridable_inputs] == [("scale", "float32", [3])]
+    x = np.array([[1.0, -1.0, 2.0]], np.float32)
+    np.savez(tmp_path / "x.npz", x=x)
+    np.savez(tmp_path / "set.npz", x=x, scale=np.full(3, 10.0))  # float64: cast as any input's values are
+    np.savez(tmp_path / "own.npz", y=x * SCALE + B)
+    np.savez(tmp_path / "ten.npz", y=x * 10 + B)
+
+    def accuracy_of(inputs: str, expected: str) -> tuple[dict, dict]:
+        report = evaluate(path, info, EvalConfig(inputs=tmp_path / inputs, expected=tmp_path / expected, **FAST))
+        return report["accuracy"]["expected"]["cpu"]["y"], report["input_source"]
+
+    own, sources = accuracy_of("x.npz", "own.npz")
+    assert own["max_error"] == pytest.approx(0.0, abs=1e-6) and sources == {"x": "npz"}
+    ten, sources = accuracy_of("set.npz", "ten.npz")
+    assert ten["max_error"] == pytest.approx(0.0, abs=1e-6) and sources == {"x": "npz", "scale": "npz"}
+    np.savez(tmp_path / "short.npz", scale=np.ones(2, np.float32))
+    wants = r"'scale' in the .npz has shape \[2\], the model wants \[3\] \(the shape of the model's own value"
+    with pytest.raises(EvalError, match=wants):
+        check_request(info, EvalConfig(inputs=tmp_path / "short.npz", **FAST))
+
+
+@pytest.mark.parametrize("ir_version", [8, 3])
+def test_a_constant_set_in_the_npz_is_refused_saying_it_is_one(tmp_path: Path, ir_version: int) -> None:
+    """An initializer that is not a graph input, and any initializer of an IR 3 model (listed among its inputs, but
+    ONNX Runtime holds them constant), cannot be fed: the message said only that it was not a model input."""
+    path = with_default(tmp_path / "default.onnx", ir_version)
+    info = inspect_model(path)
+    constants = ["B"] if ir_version >= 4 else ["scale", "B"]
+    assert [s.name for s in info.inputs] == ["x"] and info.constants == constants
+    for name in constants:
+        np.savez(tmp_path / f"{name}.npz", **{name: np.ones(3, np.float32)})
+        with pytest.raises(EvalError, match=f"inputs .npz sets '{name}', a constant of the model .*: ONNX Runtime "
+                           "does not let a run set it; leave it out"):  # fmt: skip
+            check_request(info, EvalConfig(inputs=tmp_path / f"{name}.npz", **FAST))
+    np.savez(tmp_path / "typo.npz", scael=np.ones(3, np.float32))
+    with pytest.raises(EvalError, match="'scael' that are not model inputs; the model's inputs are: 'x'"):
+        check_request(info, EvalConfig(inputs=tmp_path / "typo.npz", **FAST))
+    old = ir_version < 4
+    said = "IR version 3 (before ONNX 1.3) lists its initializers as inputs (2); ONNX Runtime holds them constant"
+    assert any(said in w for w in info.warnings) == old
+    assert any("1 input(s) have a default value" in w for w in info.warnings) != old
+    assert "constants" not in info.to_dict()  # a large model has thousands: not in the inspection or the report
 
 
 def test_npz_inputs_are_used(mlp_model: tuple[Path, ModelInfo], tmp_path: Path) -> None:

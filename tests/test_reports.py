@@ -66,6 +66,29 @@ def test_onnx_report_renders(model) -> None:
     assert "sessions: cpu → CPU" in onnx_report.summary_markdown(report)
 
 
+def test_inputs_with_a_default_are_listed_apart_and_capped(tmp_path: Path, monkeypatch, capsys) -> None:
+    """An initializer listed as a graph input is an input a run may set: the tab's table and `onnx inspect` list it
+    apart from the inputs a run must be given, the first few only (an old exporter's model lists every weight)."""
+    from tiny_onnx import with_default
+
+    from engine.cli import main
+    from engine.onnx.model import DEFAULTS_LISTED
+
+    path = with_default(tmp_path / "default.onnx")
+    inspection = inspect_model(path).to_dict()
+    assert onnx_report.io_rows(inspection) == [
+        ["inputs", "x", "float32", "['N', 3]"],
+        ["input with a default", "scale", "float32", "[3]"],
+        ["outputs", "y", "float32", "['N', 3]"],
+    ]
+    many = {**inspection, "overridable_inputs": inspection["overridable_inputs"] * (DEFAULTS_LISTED + 2)}
+    assert onnx_report.io_rows(many)[-2] == ["input with a default", "… and 2 more", "", ""]
+    monkeypatch.setenv("AVATARBENCH_DATA_DIR", str(tmp_path / "data"))
+    assert main(["onnx", "inspect", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "  input  scale: float32 [3], with a default (an initializer an inputs .npz may set)\n" in out
+
+
 def test_portrait_summary_says_what_was_reused_and_adjusted() -> None:
     from engine.core.results import RunResult
     from ui import portrait

@@ -137,3 +137,26 @@ def nonzero(path: Path) -> Path:
         [helper.make_tensor_value_info("where", TensorProto.INT64, [2, None])],
     )
     return save(graph, path)
+
+
+SCALE = np.array([1.0, 2.0, 3.0], dtype=np.float32)
+
+
+def with_default(path: Path, ir_version: int = 8) -> Path:
+    """y = x * scale + B on x[N, 3]: `scale` an initializer also listed as a graph input (from IR 4 a default a run
+    may set; before, every initializer was listed and ONNX Runtime holds them constant), B an initializer only."""
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "scale"], ["m"]), helper.make_node("Add", ["m", "B"], ["y"])],
+        "with_default",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3]),
+            helper.make_tensor_value_info("scale", TensorProto.FLOAT, [3]),
+            *([helper.make_tensor_value_info("B", TensorProto.FLOAT, [3])] if ir_version < 4 else []),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+        [numpy_helper.from_array(SCALE, "scale"), numpy_helper.from_array(B, "B")],
+    )
+    opset = 7 if ir_version < 4 else 17  # what IR 3 (ONNX 1.2) could carry
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=ir_version)
+    path.write_bytes(model.SerializeToString())
+    return path

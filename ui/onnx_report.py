@@ -12,7 +12,7 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-from engine.onnx.model import type_name
+from engine.onnx.model import DEFAULTS_LISTED, type_name
 from engine.onnx.timing import spread_warning
 from ui.widgets import layout, log_axis
 
@@ -167,11 +167,14 @@ def accuracy_rows(report: dict) -> list[list]:
 
 
 def io_rows(inspection: dict) -> list[list]:
-    return [
-        [kind, s["name"], type_name(s["dtype"]), str(s["shape"])]
-        for kind in ("inputs", "outputs")
-        for s in inspection[kind]
-    ]
+    """Inputs, the first of the inputs with a default (an old exporter's model lists every weight), outputs."""
+    rows = [["inputs", s["name"], type_name(s["dtype"]), str(s["shape"])] for s in inspection["inputs"]]
+    defaults = inspection.get("overridable_inputs") or []  # reports from before they were listed have none
+    kind = "input with a default"
+    rows += [[kind, s["name"], type_name(s["dtype"]), str(s["shape"])] for s in defaults[:DEFAULTS_LISTED]]
+    if len(defaults) > DEFAULTS_LISTED:
+        rows.append([kind, f"… and {len(defaults) - DEFAULTS_LISTED} more", "", ""])
+    return rows + [["outputs", s["name"], type_name(s["dtype"]), str(s["shape"])] for s in inspection["outputs"]]
 
 
 def inspection_markdown(inspection: dict) -> str:

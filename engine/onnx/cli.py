@@ -24,6 +24,7 @@ from engine.onnx.config import EvalConfig, EvalError, InspectConfig
 
 def _inspect(args: argparse.Namespace) -> int:
     from engine.core.settings import get_settings
+    from engine.onnx.model import DEFAULTS_LISTED
     from engine.onnx.uploads import model_source, prepared
 
     config, settings = from_args(InspectConfig, args), get_settings()
@@ -37,6 +38,12 @@ def _inspect(args: argparse.Namespace) -> int:
     for kind, specs in (("input", info.inputs), ("output", info.outputs)):
         for spec in specs:
             print(f"  {kind:<6} {spec.name}: {spec.type_name} {spec.shape}")
+    defaults = info.overridable_inputs  # an old exporter's model lists every weight: the first few
+    for spec in defaults[:DEFAULTS_LISTED]:
+        print(f"  input  {spec.name}: {spec.type_name} {spec.shape}, with a default (an initializer an inputs .npz "
+              "may set)")  # fmt: skip
+    if len(defaults) > DEFAULTS_LISTED:
+        print(f"  ... and {len(defaults) - DEFAULTS_LISTED} more inputs with a default (--json lists them)")
     print(f"  symbols {info.symbols}")
     print("  ops " + ", ".join(f"{op} x{n}" for op, n in info.op_counts.items()))
     flops = "unknown" if info.flops is None else f"{info.flops / 1e9:.3f} GFLOP per run"

@@ -32,7 +32,7 @@ import os
 import time
 import tokenize
 import zipfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -201,31 +201,37 @@ def _cast_rule(have: np.dtype, want: np.dtype) -> str:
     return "refuse"
 
 
-def load_npz_inputs(path: str | os.PathLike, specs: list[TensorSpec], values: dict[str, int]) -> dict[str, np.ndarray]:
+def load_npz_inputs(
+    path: str | os.PathLike,
+    specs: list[TensorSpec],
+    values: dict[str, int],
+    overridable: Sequence[TensorSpec] = (),
+    constants: Collection[str] = (),
+) -> dict[str, np.ndarray]:
     """The user's inputs, checked against the model (names, dtypes, shapes at `values`).
 
-    Inputs the file leaves out are not an error: evaluate fills them with synthetic data. A name the
-    model does not have is refused (a typo would otherwise be silently ignored).
+    Inputs the file leaves out are not an error: evaluate fills them with synthetic data, and an `overridable` one
+    (an initializer listed as a graph input) keeps the model's own value. A name the model does not have is refused
+    (a typo would otherwise be silently ignored), and one of its `constants` is refused saying so.
     """
-    by_name = {spec.name: spec for spec in specs}
+    by_name = {spec.name: spec for spec in (*specs, *overridable)}
     headers = _npz_headers(path, "inputs")
     if not headers:  # every input made up, as with no file, with no word of it
         raise EvalError(f"inputs {Path(path).name} holds no arrays; give one per input, named as the model's: "
-                        f"{', '.join(map(repr, by_name))}")  # fmt: skip
-    unknown = sorted(set(headers) - set(by_name))
-    if unknown:
-        raise EvalError(
-            f"inputs .npz has array(s) {', '.join(map(repr, unknown))} that are not model inputs; "
-            f"the model's inputs are: {', '.join(map(repr, by_name)) or 'none (it takes no inputs)'}"
-        )
+                        f"{', '.join(repr(spec.name) for spec in specs) or 'none (it takes no inputs)'}")  # fmt: skip
+    _refuse_unknown_inputs(sorted(set(headers) - set(by_name)), specs, overridable, constants)
     for name, (shape, dtype) in headers.items():
         spec = by_name[name]
         want_shape, want_dtype = spec.concrete(values), _np_dtype(spec)
         if shape != want_shape:
             at = ", ".join(f"{k}={v}" for k, v in values.items() if k in spec.shape) or "fixed shape"
+            why = (
+                "the shape of the model's own value, which it replaces"
+                if name not in {s.name for s in specs}
+                else f"{spec.shape} at {at}; npz inputs must match the first batch size"
+            )
             raise EvalError(
-                f"input {name!r} in the .npz has shape {list(shape)}, the model wants {list(want_shape)} "
-                f"({spec.shape} at {at}; npz inputs must match the first batch size)"
+                f"input {name!r} in the .npz has shape {list(shape)}, the model wants {list(want_shape)} ({why})"
             )
         if _cast_rule(dtype, want_dtype) == "refuse":
             save_as = f"ml_dtypes.{want_dtype}" if want_dtype.name in BITS_ONLY else str(want_dtype)
@@ -247,6 +253,30 @@ def load_npz_inputs(path: str | os.PathLike, specs: list[TensorSpec], values: di
         else:
             out[name] = np.asarray(array, dtype=want, order="C")
     return out
+
+
+def _refuse_unknown_inputs(
+    unknown: list[str], specs: list[TensorSpec], overridable: Sequence[TensorSpec], constants: Collection[str]
+) -> None:
+    """An .npz array the model cannot take: one of its constants (said so: ONNX Runtime refuses to set one), or a
+    name it does not have at all; the message lists what may be given."""
+    if not unknown:
+        return
+    accepted = ", ".join(repr(spec.name) for spec in specs) or "none (it takes no inputs)"
+    if overridable:
+        accepted += f"; with a default a run may replace: {', '.join(repr(spec.name) for spec in overridable)}"
+    if fixed := [name for name in unknown if name in set(constants)]:
+        one = len(fixed) == 1
+        raise EvalError(
+            f"inputs .npz sets {', '.join(map(repr, fixed))}, {'a constant' if one else 'constants'} of the model (an "
+            "initializer not listed as a graph input, or, before IR version 4, any initializer): ONNX Runtime does "
+            f"not let a run set {'it' if one else 'them'}; leave {'it' if one else 'them'} out (the model's inputs "
+            f"are: {accepted})"
+        )
+    raise EvalError(
+        f"inputs .npz has array(s) {', '.join(map(repr, unknown))} that are not model inputs; "
+        f"the model's inputs are: {accepted}"
+    )
 
 
 def _text_array(array: np.ndarray, name: str) -> np.ndarray:
@@ -835,7 +865,9 @@ def _inputs_for(info: ModelInfo, config: EvalConfig, plan: _Plan, batch: int, us
     values = _symbols_at(plan, batch)
     missing = [spec for spec in info.inputs if spec.name not in user]
     feeds = synthetic_inputs(missing, values, config.seed)
-    for spec in info.inputs:
+    # an input with a default (an initializer) is fed only where the user set it; otherwise the model's value holds
+    fed = [*info.inputs, *(spec for spec in info.overridable_inputs if spec.name in user)]
+    for spec in fed:
         if spec.name not in user:
             continue
         array = user[spec.name]
@@ -843,7 +875,7 @@ def _inputs_for(info: ModelInfo, config: EvalConfig, plan: _Plan, batch: int, us
             if dim in plan.batch_symbols and array.shape[axis] not in (0, batch):
                 array = np.take(array, np.arange(batch) % array.shape[axis], axis=axis)
         feeds[spec.name] = array
-    return {spec.name: feeds[spec.name] for spec in info.inputs}
+    return {spec.name: feeds[spec.name] for spec in fed}
 
 
 def _user_inputs(info: ModelInfo, config: EvalConfig, plan: _Plan) -> tuple[dict[str, np.ndarray], dict[str, str]]:
@@ -853,7 +885,9 @@ def _user_inputs(info: ModelInfo, config: EvalConfig, plan: _Plan) -> tuple[dict
     Images fill one input; their count need not match the batch (they are repeated or cut along it),
     except for a fixed-shape input, whose own batch is what the model accepts.
     """
-    user = load_npz_inputs(config.inputs, info.inputs, plan.values) if config.inputs else {}
+    user = {}
+    if config.inputs:
+        user = load_npz_inputs(config.inputs, info.inputs, plan.values, info.overridable_inputs, info.constants)
     sources = dict.fromkeys(user, "npz")
     if not config.images:
         return user, sources
@@ -1358,7 +1392,10 @@ def _report(runner: _Runner, expected: dict[str, np.ndarray] | None, ran: Sequen
         "environment": _environment(),
         "symbols": plan.values,
         "batch_symbols": plan.batch_symbols,
-        "input_source": {s.name: runner.sources.get(s.name, "synthetic") for s in info.inputs},
+        "input_source": {
+            **{s.name: runner.sources.get(s.name, "synthetic") for s in info.inputs},
+            **{s.name: "npz" for s in info.overridable_inputs if s.name in runner.sources},  # the rest: the model's
+        },
         "sessions": runner.sessions,
         "results": runner.rows,
         "parity": parity_report,

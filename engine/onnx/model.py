@@ -54,6 +54,8 @@ _CD_BYTES_PER_MEMBER = 1024
 _STRIP_BYTES = 64 * 1024
 _EXTERNAL = 1  # TensorProto.EXTERNAL
 _LARGE_MODEL_BYTES = 1 << 30
+_LISTED = 5  # names a note lists before "and N more"
+DEFAULTS_LISTED = 10  # inputs with a default that a description (onnx inspect, the tab's table) shows by name
 
 # Bits per element of each TensorProto.DataType (STRING has no fixed size).
 _DTYPE_BITS = {
@@ -162,9 +164,15 @@ class ModelInfo:
     output_shapes: dict[str, list[int]] = field(default_factory=dict)
     # The floating-point type holding most of the weights' bytes (fp32, fp16 or bf16); None where no weight is one.
     weights_precision: str | None = None
+    # Graph inputs an initializer gives a default (IR 4 on): a run uses it unless the user's inputs set them, at its
+    # shape. Not in `inputs`, which a run must be given (synthetic data would replace the model's own values).
+    overridable_inputs: list[TensorSpec] = field(default_factory=list)
+    # The top-level initializers a run cannot set (ONNX Runtime holds them constant, an IR 3 model's listed inputs
+    # too): named so that an inputs .npz setting one is told so. Not in to_dict: a large model has thousands.
+    constants: list[str] = field(default_factory=list, repr=False)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {key: value for key, value in asdict(self).items() if key != "constants"}
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -685,16 +693,40 @@ def _spec(value_info: Any, is_input: bool, limits: Limits, warnings: list[str]) 
     return spec
 
 
-def _graph_io(model: onnx.ModelProto, limits: Limits, warnings: list[str]) -> tuple[list[TensorSpec], list[TensorSpec]]:
+@dataclass
+class _GraphIO:
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    overridable: list[TensorSpec]  # graph inputs with an initializer as their default (IR 4 on)
+    constants: list[str]  # every other top-level initializer
+
+
+def _graph_io(model: onnx.ModelProto, limits: Limits, warnings: list[str]) -> _GraphIO:
+    """Inputs a run must be given, outputs, and the initializers: those a run may set (listed as graph inputs, IR 4
+    on; ONNX Runtime's overridable initializers) and the constants (ONNX Runtime holds an IR 3 model's listed ones
+    constant too: before ONNX 1.3 every initializer was listed)."""
     graph = model.graph
-    initialized = {t.name for t in graph.initializer} | {s.values.name for s in graph.sparse_initializer}
-    inputs = [_spec(vi, True, limits, warnings) for vi in graph.input if vi.name not in initialized]
+    dims = {t.name: list(t.dims) for t in graph.initializer}
+    dims |= {sparse.values.name: list(sparse.dims) for sparse in graph.sparse_initializer}
+    inputs = [_spec(vi, True, limits, warnings) for vi in graph.input if vi.name not in dims]
+    listed = [vi for vi in graph.input if vi.name in dims] if model.ir_version >= 4 else []
+    overridable = [_default_spec(vi, dims[vi.name], limits) for vi in listed]
     outputs = [_spec(vi, False, limits, warnings) for vi in graph.output]
     for spec in outputs:
         fixed = math.prod(d for d in spec.shape if isinstance(d, int))
         if fixed > limits.max_input_elements:
             warnings.append(f"output {spec.name!r} declares at least {fixed:,} elements")
-    return inputs, outputs
+    settable = {spec.name for spec in overridable}
+    return _GraphIO(inputs, outputs, overridable, [name for name in dims if name not in settable])
+
+
+def _default_spec(value_info: Any, dims: list[int], limits: Limits) -> TensorSpec:
+    """An input with an initializer as its default, at the initializer's shape: what a value set in its place must
+    have (a size the model leaves open is the default's too, so the user's array is bounded as the model is)."""
+    spec = _spec(value_info, False, limits, [])  # its declared shape's gaps are the default's sizes: nothing to say
+    if spec.is_tensor:
+        spec.shape = list(dims)
+    return spec
 
 
 def _symbol_names(inputs: list[TensorSpec]) -> list[str]:
@@ -1100,7 +1132,8 @@ def inspect_model(
     _check_versions(model, opsets)
     _check_domains(model)
     warnings: list[str] = []
-    inputs, outputs = _graph_io(model, limits, warnings)
+    io = _graph_io(model, limits, warnings)
+    inputs, outputs = io.inputs, io.outputs
     external = _validate_external_data(model, model_path.parent, limits)
     size_bytes = size + sum(external.values())
     _run_checker(model, model_path, size_bytes, bool(external))
@@ -1113,6 +1146,7 @@ def inspect_model(
     shapes = _inferred_shapes(model, warnings)
     flops, counted, not_counted = _estimate_flops(model, shapes, warnings)
     warnings += _notes(model, opsets, inputs, values, symbols or {}, size_bytes, bytes_by_dtype, count_by_dtype)
+    warnings += _initializer_notes(int(model.ir_version), model.graph, io)
     return ModelInfo(
         path=str(model_path),
         sha256=digest,
@@ -1133,7 +1167,26 @@ def inspect_model(
         warnings=warnings,
         output_shapes={spec.name: list(shapes[spec.name]) for spec in outputs if spec.name in shapes},
         weights_precision=_weights_precision(bytes_by_dtype),
+        overridable_inputs=io.overridable,
+        constants=io.constants,
     )
+
+
+def _initializer_notes(ir_version: int, graph: onnx.GraphProto, io: _GraphIO) -> list[str]:
+    """Initializers listed among the graph inputs: the defaults an inputs .npz may set, or (IR 3) constants."""
+    if ir_version < 4:
+        constants = set(io.constants)
+        listed = sum(1 for vi in graph.input if vi.name in constants)
+        if not listed:
+            return []
+        return [f"IR version {ir_version} (before ONNX 1.3) lists its initializers as inputs ({listed}); ONNX Runtime "
+                "holds them constant, so they are not inputs and an inputs .npz cannot set them"]  # fmt: skip
+    if not io.overridable:
+        return []
+    names = ", ".join(repr(spec.name) for spec in io.overridable[:_LISTED])
+    more = f" and {len(io.overridable) - _LISTED} more" if len(io.overridable) > _LISTED else ""
+    return [f"{len(io.overridable)} input(s) have a default value, an initializer listed as a graph input: runs use "
+            f"it unless an inputs .npz sets them, at its shape ({names}{more})"]  # fmt: skip
 
 
 def _weights_precision(bytes_by_dtype: Counter[int]) -> str | None:
@@ -1168,9 +1221,7 @@ def _notes(
     others = [s for s in values if s not in batch and s not in overrides]
     if others:
         notes.append(f"other symbolic dimensions set to their default 1: {', '.join(others)}")
-    if model.ir_version < 4:
-        notes.append(f"IR version {model.ir_version} (before ONNX 1.3) lists initializers as inputs; they are not")
-    elif model.ir_version >= 11:
+    if model.ir_version >= 11:
         notes.append(
             f"IR version {model.ir_version} needs a recent ONNX Runtime (each release loads IR versions up to its own)"
         )
