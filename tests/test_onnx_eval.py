@@ -477,12 +477,17 @@ def test_accuracy_against_expected(mlp_model: tuple[Path, ModelInfo], tmp_path: 
     def run(name: str) -> dict:
         return evaluate(path, info, EvalConfig(seed=3, expected=tmp_path / name, **FAST))
 
-    good = run("good.npz")["accuracy"]["expected"]["cpu"]["y"]
+    good = run("good.npz")
+    assert not [note for note in good["notes"] if "not checked" in note]  # every output compared: nothing to say
+    good = good["accuracy"]["expected"]["cpu"]["y"]
     assert good["mae"] < 1e-6 and good["rmse"] < 1e-6 and good["max_error"] < 1e-6
     off = run("off.npz")["accuracy"]["expected"]["cpu"]["y"]
     assert off["mae"] == pytest.approx(0.1, abs=1e-5) and off["max_error"] == pytest.approx(0.1, abs=1e-5)
     assert "shape mismatch" in run("shape.npz")["accuracy"]["expected"]["cpu"]["y"]["error"]
-    some = run("some.npz")["accuracy"]["expected"]["cpu"]
+    some = run("some.npz")
+    said = "accuracy checks the expected output(s) 'y'; not checked, as the expected-outputs .npz leaves them out: 'k2'"
+    assert said in some["notes"]  # accuracy on some outputs must not read as on all
+    some = some["accuracy"]["expected"]["cpu"]
     assert list(some) == ["y"] and some["y"]["mae"] == pytest.approx(0.1, abs=1e-5)
     with pytest.raises(EvalError, match=r"named after the model's outputs \('y', 'k2'\).*it holds \['extra'\]"):
         run("keys.npz")
@@ -885,8 +890,10 @@ def test_a_model_with_a_string_output_is_scored_on_its_numeric_one(tmp_path: Pat
     np.savez(tmp_path / "x.npz", x=data)
     np.savez(tmp_path / "want.npz", r=np.maximum(data, 0))
     config = EvalConfig(inputs=tmp_path / "x.npz", expected=tmp_path / "want.npz", labels=(2,), **FAST)
-    accuracy = evaluate(path, inspect_model(path), config)["accuracy"]
+    report = evaluate(path, inspect_model(path), config)
+    accuracy = report["accuracy"]
     assert list(accuracy["expected"]["cpu"]) == ["r"] and accuracy["expected"]["cpu"]["r"]["max_error"] == 0.0
+    assert any(note.endswith("expected-outputs .npz leaves them out: 'y' (string)") for note in report["notes"])
     assert accuracy["topk"]["cpu"]["output"] == "r" and accuracy["topk"]["cpu"]["top1"] == 1.0
 
 

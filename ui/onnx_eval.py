@@ -129,7 +129,9 @@ def build_onnx_eval_tab(settings: Any, jobs: OnnxEvalJobs, access: Access) -> No
                 trt_workspace_gb = number(c, "trt_workspace_gb", "Workspace (GiB)")
             with gr.Accordion("Your data (default: seeded synthetic inputs)", open=False):
                 inputs = gr.File(label="Inputs .npz (arrays keyed by input name)", file_types=[".npz"])
-                expected = gr.File(label="Expected outputs .npz (keyed by output name)", file_types=[".npz"])
+                expected = gr.File(
+                    label="Expected outputs .npz (keyed by output name; any of them)", file_types=[".npz"]
+                )
                 images = gr.File(label="Images for an image input", file_count="multiple", file_types=["image"])
                 with gr.Row():
                     image_input = gr.Textbox(label="Image input name (empty: the first image-shaped input)")

@@ -1404,11 +1404,28 @@ def _report(runner: _Runner, expected: dict[str, np.ndarray] | None, ran: Sequen
         "notes": [
             *([f"{PARTIAL_NOTE}: {', '.join(ran)} of {', '.join(plan.run_keys)} measured"] if stopped else []),
             *plan.notes,
+            *([unchecked] if (unchecked := _unchecked_note(info.outputs, expected)) else []),
             *([auto_runs_note(runner.auto_counts)] if runner.auto_counts else []),
             *([few] if (few := few_runs_note(runner.rows)) else []),
         ],
     }
     return _plain(report)
+
+
+def _unchecked_note(outputs: list[TensorSpec], expected: dict[str, np.ndarray] | None) -> str | None:
+    """The outputs the expected-outputs .npz leaves out, which accuracy does not check (a string or sequence output,
+    or one the user has no reference for): said, so that accuracy on some outputs does not read as on all."""
+    if expected is None:
+        return None
+    left_out = [spec for spec in outputs if spec.name not in expected]
+    if not left_out:
+        return None
+    named = ", ".join(repr(s.name) + ("" if s.is_numeric else f" ({s.type_name})") for s in left_out)
+    checked = ", ".join(map(repr, expected))
+    return (
+        f"accuracy checks the expected output(s) {checked}; not checked, as the expected-outputs .npz leaves them "
+        f"out: {named}"
+    )
 
 
 def few_runs_note(rows: list[dict[str, Any]]) -> str | None:
