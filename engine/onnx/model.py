@@ -1186,7 +1186,8 @@ def _initializer_notes(ir_version: int, graph: onnx.GraphProto, io: _GraphIO) ->
     names = ", ".join(repr(spec.name) for spec in io.overridable[:_LISTED])
     more = f" and {len(io.overridable) - _LISTED} more" if len(io.overridable) > _LISTED else ""
     return [f"{len(io.overridable)} input(s) have a default value, an initializer listed as a graph input: runs use "
-            f"it unless an inputs .npz sets them, at its shape ({names}{more})"]  # fmt: skip
+            f"it unless an inputs .npz sets them, at its shape ({names}{more}); ONNX Runtime does not fold such "
+            "inputs into constants, which may slow its runs"]  # fmt: skip
 
 
 def _weights_precision(bytes_by_dtype: Counter[int]) -> str | None:
