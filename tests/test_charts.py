@@ -348,7 +348,9 @@ def test_the_cost_table_and_network_plan_with_no_finished_sweep_open(tmp_path: P
             with pytest.raises(gr.Error, match=message):
                 handler["price_configuration"](job, "cpu eager fp32 b1", 1, request)
         plan = handler["fit_form"]("H100", "wav2lip", "fp16", 0.9, 0, 0, "deadbeef0000", request)
-        assert "largest batch under 0.9 of" in plan and "at fp16 (estimate: " in plan
+        # of the H100's total as CUDA reports it (85.0e9 bytes), not the 80 GB it is sold as
+        assert "largest batch under 0.9 of 85.0 GB (the card's total as CUDA reports it)" in plan
+        assert "at fp16 (estimate: " in plan
 
 
 def test_a_stopped_sweep_shows_the_configurations_it_finished(tmp_path: Path, model) -> None:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from engine.bench.catalog import CATALOG, PriceBook, detected_gpu, find_gpu
+from engine.bench.catalog import CATALOG, DRIVER_RESERVE_MIB, MEMORY_TOTALS, PriceBook, detected_gpu, find_gpu
 from engine.bench.config import CostConfig, LlmRequest
 from engine.bench.planner import (
     CUDA_CONTEXT_BYTES,
     LLMS,
+    TGI_NCCL_BYTES,
     TGI_RUNTIME_BYTES,
     PlanError,
     calibrate_activations,
@@ -34,6 +35,7 @@ def test_catalog_lookup_and_features() -> None:
     assert h100.peak("fp16") == 989.5
     mine = detected_gpu("NVIDIA H100 80GB HBM3", 85_520_809_984, (9, 0))
     assert mine.key == "H100" and mine.detected and mine.memory_gb == pytest.approx(85.52, abs=0.01)
+    assert mine.memory_bytes == 85_520_809_984  # its own total, not the catalog's
     unknown = detected_gpu("NVIDIA Quadro RTX 8000", 48 * 10**9, (7, 5))
     assert unknown.key == "detected" and unknown.peak_tflops["fp16"] is None
 
@@ -116,8 +118,14 @@ def test_llm_weights_and_kv_cache_by_hand() -> None:
 
 def test_what_a_16_gb_card_holds_at_fp16_and_at_4_bits() -> None:
     fp16 = plan_llm(LlmRequest("V100-16GB", "llama-2-7b", max_total_tokens=4096, quantize="none"))
-    assert not fp16["fits"]  # 13.5 GB of weights in a 14.4 GB budget leaves nothing for the KV cache
-    assert fp16["memory"]["kv_token_capacity"] == 0
+    # no flash attention: torch's allocator stops at 0.9 of the card's 16,160 MiB, the runtime outside it; 13.5 GB of
+    # weights leave room for 2,546 KV tokens, not the 4,096 one request needs
+    assert fp16["memory"]["kv_token_capacity"] == 2546
+    m = fp16["memory"]["per_gpu"]
+    assert m["card_total_bytes"] == 16160 * 2**20 and m["budget_bytes"] == int(16160 * 2**20 * 0.9 + TGI_RUNTIME_BYTES)
+    kv = m["budget_bytes"] - llm_weight_bytes(LLMS["llama-2-7b"]) - TGI_RUNTIME_BYTES - m["prefill_activation_bytes"]
+    assert fp16["memory"]["kv_token_capacity"] == kv // 524_288 == 2546
+    assert not fp16["fits"]
     # the advice names only what could help: a V100 cannot shard (no flash attention) nor run 4-bit Marlin kernels
     assert fp16["warnings"][-1].endswith("(1 x 4096); try a larger GPU or shorter sequences")
     crowd = plan_llm(LlmRequest("A100-40GB", "llama-2-13b", concurrent_requests=1000))  # auto tried AWQ already
@@ -130,7 +138,9 @@ def test_what_a_16_gb_card_holds_at_fp16_and_at_4_bits() -> None:
     assert "try a larger GPU, 4-bit weights (--quantize awq), fewer concurrent requests" in str(wide["warnings"])
     awq = plan_llm(LlmRequest("L4", "llama-2-7b", max_total_tokens=4096, quantize="awq", concurrent_requests=4))
     m = awq["memory"]["per_gpu"]
-    budget = int(24e9 * 0.9)
+    # TGI's flash path keeps 1 - 0.9 x 0.9 of the card's total back: the L4's 23,570,219,008 bytes as CUDA reports them,
+    # not the 24 GB it is sold as
+    budget = int(23_570_219_008 * 0.9 * 0.9)
     assert m["budget_bytes"] == budget and m["runtime_bytes"] == TGI_RUNTIME_BYTES
     kv = budget - llm_weight_bytes(LLMS["llama-2-7b"], "awq") - TGI_RUNTIME_BYTES - m["prefill_activation_bytes"]
     assert awq["memory"]["kv_token_capacity"] == kv // 524_288
@@ -273,7 +283,9 @@ def test_model_memory_plan_by_hand() -> None:
     t4 = CATALOG["T4"]
     weights, act = 72_600_000, 2_000_000
     fit = plan_model_memory(t4, weights, act, "fp16", 0.9, target_samples_per_s=5000, samples_per_s_per_gpu=1800)
-    assert (int(16e9 * 0.9) - weights - CUDA_CONTEXT_BYTES) // act == 6744  # capped at the 4096 asked for
+    t4_total = 15095 * 2**20  # what CUDA reports on a T4 (its "16 GB" is 15,360 MiB in nvidia-smi)
+    assert (int(t4_total * 0.9) - weights - CUDA_CONTEXT_BYTES) // act == 6666  # capped at the 4096 asked for
+    assert fit.budget_bytes == int(t4_total * 0.9)
     assert fit.max_batch == 4096 and fit.recommended_batch == 4096
     assert fit.capped and fit.max_batch_text == "4096 (the most planned; more would fit)"  # it read as the limit
     small = plan_model_memory(t4, weights, act, max_batch=3000)
@@ -294,8 +306,8 @@ def test_model_memory_plan_by_hand() -> None:
         plan_model_memory(t4, 20 * 10**9, act, target_samples_per_s=100, samples_per_s_per_gpu=10).gpus_for_target
         is None
     )
-    exact = plan_model_memory(t4, weights, act, max_batch=6744)
-    assert exact.max_batch == 6744 and not exact.capped and exact.max_batch_text == "6744"
+    exact = plan_model_memory(t4, weights, act, max_batch=6666)
+    assert exact.max_batch == 6666 and not exact.capped and exact.max_batch_text == "6666"
     assert plan_model_memory(t4, weights, 0).capped  # no activations: any batch fits
 
 
@@ -407,3 +419,59 @@ def test_hopper_quantizes_to_fp8_and_many_requests_are_let_in() -> None:
     assert "--max-concurrent-requests" not in few["flags"]
     nothing = plan_llm(LlmRequest("T4", "llama-2-13b", quantize="none", max_total_tokens=4096))
     assert not nothing["fits"] and "--max-batch-total-tokens" not in nothing["flags"]  # TGI refuses 0
+
+
+def test_each_card_is_planned_at_the_total_cuda_reports() -> None:
+    """Not the size on the box: an "80GB" H100 has 81,106 MiB for CUDA, a "24GB" L4 22,478 MiB. Each board records
+    nvidia-smi's total and CUDA's with their sources; one whose CUDA total was not found is given nvidia-smi's less the
+    largest driver reserve seen (762 MiB, the A100 80GB SXM)."""
+    assert set(MEMORY_TOTALS) == set(CATALOG)
+    h100, l4, h200 = CATALOG["H100"], CATALOG["L4"], CATALOG["H200"]
+    assert (h100.nvml_total_mib, h100.memory_bytes) == (81559, 85_045_477_376)
+    assert (l4.nvml_total_mib, l4.memory_bytes) == (23034, 23_570_219_008)
+    assert h200.memory_bytes == 150_109_880_320  # this repository's own H200 report
+    by_rule = {key for key, gpu in CATALOG.items() if gpu.cuda_total_bytes is None}
+    assert by_rule == {"V100S", "A100-80GB-PCIe", "RTX-4090D-48GB", "H100-PCIe", "H200-NVL"}
+    assert CATALOG["H100-PCIe"].memory_bytes == (81559 - DRIVER_RESERVE_MIB) * 2**20
+    gaps = {k: g.nvml_total_mib - g.cuda_total_bytes / 2**20 for k, g in CATALOG.items() if g.cuda_total_bytes}
+    assert max(gaps.values()) <= DRIVER_RESERVE_MIB and min(gaps.values()) > 0  # no CUDA total above nvidia-smi's
+    for key, gpu in CATALOG.items():
+        assert 0.9 < gpu.memory_bytes / (gpu.memory_gb * 1e9) < 1.1, key  # the box's size, give or take the units
+        assert gpu.memory_source and gpu.to_dict()["memory_bytes"] == gpu.memory_bytes
+    other = detected_gpu("NVIDIA L4", 23_000_000_000, (8, 9))  # another driver's reserve: its own figure wins
+    assert other.memory_bytes == 23_000_000_000 and other.memory_source == "this machine's CUDA total"
+    assert detected_gpu("NVIDIA Quadro RTX 8000", 50_000_000_000, (7, 5)).memory_bytes == 50_000_000_000
+
+
+def test_the_kv_cache_is_sized_as_tgi_sizes_it() -> None:
+    """TGI's flash path keeps 1 - fraction x 0.9 of the CUDA total back and gives the cache what is left after weights,
+    runtime and the warm-up prefill's activations. The old rule (0.9 of the box's 24 GB, less a 2 GiB reserve) said
+    two 4096-token requests of Llama-2-7B fit an L4: TGI's leaves room for 7,825 tokens, not 8,192."""
+    plan = plan_llm(LlmRequest("L4", "llama-2-7b", max_total_tokens=4096, quantize="none", concurrent_requests=2))
+    assert not plan["fits"] and plan["memory"]["kv_tokens_needed"] == 8192
+    m = plan["memory"]["per_gpu"]
+    total = 23_570_219_008
+    assert m["card_total_bytes"] == total and m["budget_bytes"] == int(total * 0.9 * 0.9)
+    assert m["runtime_bytes"] == TGI_RUNTIME_BYTES  # CUDA graphs come out of what TGI keeps back, not out of this
+    kv = m["budget_bytes"] - llm_weight_bytes(LLMS["llama-2-7b"]) - TGI_RUNTIME_BYTES - m["prefill_activation_bytes"]
+    assert m["kv_cache_bytes"] == kv and plan["memory"]["kv_token_capacity"] == kv // 524_288 == 7825
+    assert plan_llm(LlmRequest("L4", "llama-2-7b", max_total_tokens=4096, quantize="none"))["fits"]  # one does
+    # the fraction asked for is the one TGI applies: at 1.0 it keeps back only its 10%
+    whole = plan_llm(LlmRequest("L4", "llama-2-7b", max_total_tokens=4096, quantize="none", memory_fraction=1.0))
+    assert whole["memory"]["per_gpu"]["budget_bytes"] == int(total * 0.9)
+    assert whole["flags"]["--cuda-memory-fraction"] == 1.0
+    # sharded, each shard also holds NCCL's buffers
+    two = plan_llm(LlmRequest("L4", "llama-2-13b", count=2, max_total_tokens=4096, quantize="none"))
+    assert two["memory"]["shards"] == 2
+    assert two["memory"]["per_gpu"]["runtime_bytes"] == TGI_RUNTIME_BYTES + TGI_NCCL_BYTES
+
+
+def test_a_detected_card_is_planned_at_its_own_total() -> None:
+    """The card this machine has stands in for the catalog's entry with the total CUDA reports here."""
+    own = detected_gpu("NVIDIA H100 80GB HBM3", 85_000_000_000, (9, 0))
+    plan = plan_llm(LlmRequest("H100", "mistral-7b"), card=own)
+    m = plan["memory"]["per_gpu"]
+    assert m["budget_bytes"] == int(85e9 * 0.9 * 0.9) and m["card_total_bytes"] == 85_000_000_000
+    assert plan["gpu"]["memory_bytes"] == 85_000_000_000
+    fit = plan_model_memory(own, 10**9, 10**6, memory_fraction=0.5)
+    assert fit.budget_bytes == int(85e9 * 0.5)

@@ -340,7 +340,8 @@ def build_bench_tab(settings: Any, jobs: BenchJobs, access: Access) -> None:
             f"**{title}** on {gpu.name} at {precision} ({fit.basis}): fixed {fit.weights_bytes / 2**20:.0f} MiB, "
             f"{fit.activation_bytes_per_sample / 2**20:.1f} MiB per sample, CUDA context "
             f"{fit.overhead_bytes / 2**20:.0f} MiB",
-            f"- largest batch under {fraction:g} of {gpu.memory_gb:g} GB: **{fit.max_batch_text}**; recommended "
+            f"- largest batch under {fraction:g} of {gpu.memory_bytes / 1e9:.1f} GB (the card's total as CUDA reports "
+            f"it): **{fit.max_batch_text}**; recommended "
             f"**{fit.recommended_batch}** (predicted {fit.predicted_bytes / 2**30:.2f} GiB); recommended precision "
             f"**{fit.recommended_precision}**",
         ]

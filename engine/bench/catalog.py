@@ -13,6 +13,13 @@ or an NVL card (94 GB), each with its own clocks, memory and bandwidth, so each 
 card is matched by the name NVML gives it (`nvml_names`, whole and exact, e.g. "NVIDIA H100 80GB HBM3" is the
 SXM module), then by a distinctive part of it (`aliases`); a variant neither knows stays unmatched, with no
 peak rates, rather than borrowing another board's.
+
+Memory is planned against the total CUDA reports (torch.cuda.get_device_properties().total_memory, which is also
+torch.cuda.mem_get_info's total), not the size on the box: that is what a memory fraction in torch or TGI is a share
+of. It is larger than the box's GB on most cards (an "80GB" H100 has 85.0e9 bytes) and smaller than nvidia-smi's
+total, which counts the memory the driver keeps for itself (recent drivers show it as used on an idle card). Each
+entry records both totals and where they were read; a card whose CUDA total was not found is given nvidia-smi's less
+DRIVER_RESERVE_MIB. A detected card carries its own total.
 """
 
 from __future__ import annotations
@@ -29,6 +36,10 @@ from engine.core.errors import InputError
 from engine.core.json_text import parse_json
 
 PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "int8")
+MIB = 2**20
+# The gap between nvidia-smi's total and CUDA's in the pairs below runs from 224 MiB (V100 16GB) to 762 MiB (A100 80GB
+# SXM, driver 555); a card with only nvidia-smi's total is given this much less, so its plans err towards "no room".
+DRIVER_RESERVE_MIB = 768
 PRICE_SOURCE = "indicative on-demand rate, single GPU, public price lists as of 2026-11 (edit to your provider's)"
 
 
@@ -36,7 +47,7 @@ PRICE_SOURCE = "indicative on-demand rate, single GPU, public price lists as of 
 class Gpu:
     key: str
     name: str
-    memory_gb: float  # usable device memory as sold (GB = 1e9 bytes)
+    memory_gb: float  # device memory as sold (GB = 1e9 bytes), for naming it; plans use memory_bytes
     bandwidth_gbs: float  # memory bandwidth, GB/s
     peak_tflops: dict[str, float | None]  # PRECISIONS -> dense peak; None where the card has no such unit
     compute_capability: tuple[int, int]
@@ -48,9 +59,18 @@ class Gpu:
     detected: bool = False
     nvml_names: tuple[str, ...] = ()  # what NVML calls exactly this board ("NVIDIA H200" and not "NVIDIA H200 NVL")
     spec_source: str = ""  # where memory, bandwidth and peak rates come from
+    nvml_total_mib: int | None = None  # the total nvidia-smi shows, MiB (with the driver's reserve)
+    cuda_total_bytes: int | None = None  # the total CUDA reports (torch's total_memory); None: not found for this board
+    memory_source: str = ""  # where the two totals were read
 
     @property
     def memory_bytes(self) -> int:
+        """The card's total as CUDA reports it: what torch's and TGI's memory fractions are shares of. Without it,
+        nvidia-smi's total less the largest driver reserve seen; a bare entry knows only the box's GB."""
+        if self.cuda_total_bytes:
+            return self.cuda_total_bytes
+        if self.nvml_total_mib:
+            return (self.nvml_total_mib - DRIVER_RESERVE_MIB) * MIB
         return int(self.memory_gb * 1e9)
 
     def peak(self, precision: str) -> float:
@@ -77,6 +97,7 @@ class Gpu:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["compute_capability"] = f"{self.compute_capability[0]}.{self.compute_capability[1]}"
+        out["memory_bytes"] = self.memory_bytes  # the total plans use, whichever way it was found
         return out
 
 
@@ -102,9 +123,63 @@ HOPPER_SXM_RATES = _rates(67, 494.5, 989.5, 989.5, 1979)  # the SXM modules: H10
 HOPPER_NVL_RATES = _rates(60, 417.5, 835.5, 835.5, 1670.5)  # the NVL cards: H100 NVL and H200 NVL alike
 NO_PRICE = "no indicative price recorded for this board: set yours (the price table or prices.json)"
 
+PAIRED = (
+    "nvidia-smi and deviceQuery on one machine, driver {driver}: github.com/thamada/nvidia-smi gls/{stem}_smi.py, "
+    "gls/{stem}_deviceQuery.py"
+)
+MODAL = "nvidia-smi: the total listed in github.com/modal-labs/modal-client/pull/2797"
+NOT_FOUND = f"no CUDA total found: nvidia-smi's less {DRIVER_RESERVE_MIB} MiB"
+V100_16GB = (
+    "nvidia-smi: 16384 MiB (a V100-PCIE-16GB on the CUDA 11.8 driver, public output; the board's 16 GiB of HBM2); "
+    "CUDA: total_memory=16160MB in torch's device properties of V100-SXM2-16GB and V100-PCIE-16GB (YOLOv5's setup line "
+    "in public notebooks, R4xx drivers)"
+)
+V100_32GB = (
+    "nvidia-smi: 32768 MiB (V100-SXM2-32GB, public outputs); CUDA: deviceQuery's 32510 MBytes (34089730048 bytes) on "
+    "the CUDA 11.4 driver and torch's total_memory=32510MB on a V100-PCIE-32GB (public outputs)"
+)
+# Per board: nvidia-smi's total in MiB, CUDA's total in bytes (None: not found, nvidia-smi's less DRIVER_RESERVE_MIB
+# is used), and where each was read. CUDA's total varies by a few MiB with the driver (a T4: 15079 to 15109 MiB).
+MEMORY_TOTALS: dict[str, tuple[int, int | None, str]] = {
+    "T4": (15360, 15095 * MIB, f"{MODAL}; CUDA: deviceQuery's 15095 MBytes on Colab (CUDA 12.4 driver), "
+           "github.com/sylvia-ymlin/cuda-kernels-from-scratch README.md"),
+    "V100-16GB": (16384, 16160 * MIB, V100_16GB),
+    "V100-PCIe-16GB": (16384, 16160 * MIB, V100_16GB),
+    "V100-32GB": (32768, 34_089_730_048, V100_32GB),
+    "V100-PCIe-32GB": (32768, 34_089_730_048, V100_32GB),
+    "V100S": (32768, None, f"nvidia-smi: 32768 MiB assumed (its 32 GiB of HBM2, as the V100 32GB boards); {NOT_FOUND}"),
+    "A10G": (23028, 22587 * MIB, f"{MODAL} (Modal's A10G; also public A10G outputs); CUDA: total_memory=22587MB in "
+             "torch's device properties of an A10G (a public output; its address not kept)"),
+    "A40": (46068, 47_608_692_736, PAIRED.format(driver="550.127.05", stem="A40x10")),
+    "L4": (23034, 23_570_219_008, PAIRED.format(driver="550.90.07", stem="L4")),
+    "L40S": (46068, 47_803_596_800, PAIRED.format(driver="550.127.05", stem="L40S")),
+    "A100-40GB": (40960, 40536 * MIB, f"{MODAL}; CUDA: total_memory=40536MB, an A100-SXM4-40GB in PaddlePaddle's "
+                  "get_device_properties example, github.com/PaddlePaddle/Paddle "
+                  "python/paddle/device/cuda/__init__.py"),
+    "A100-80GB": (81920, 85_100_068_864, PAIRED.format(driver="555.42.02", stem="A100SXMx4")),
+    "A100-80GB-PCIe": (81920, None, f"nvidia-smi: 81920 MiB (public outputs of the A100 80GB PCIe); {NOT_FOUND}"),
+    "RTX-3090": (24576, 25_327_697_920, PAIRED.format(driver="560.35.03", stem="RTX3090")),
+    "RTX-4090": (24564, 25_386_352_640, PAIRED.format(driver="550.127.05", stem="RTX4090")),
+    "RTX-4090D-48GB": (49140, None, "nvidia-smi: 49140 MiB on 48 GB 4090 D boards (driver 595.71.05), "
+                       f"github.com/tinygrad/open-gpu-kernel-modules/issues/36; {NOT_FOUND}"),
+    "H100": (81559, 85_045_477_376, PAIRED.format(driver="565.57.01", stem="H100SXMx8") + "; nvidia-smi's 81559 "
+             "MiB also in this repository's benchmarks/results/telemetry-table-nvidia-h100-80gb-hbm3-2026-11-22.txt"),
+    "H100-PCIe": (81559, None, f"nvidia-smi: 81559 MiB (public outputs of the H100 PCIe); {NOT_FOUND}"),
+    "H100-NVL": (95830, 99_861_594_112, PAIRED.format(driver="550.54.14", stem="H100NVLx2")),
+    "H200": (143771, 150_109_880_320, "this repository's benchmarks/results, driver 580.159.04: nvidia-smi in "
+             "telemetry-table-nvidia-h200-2026-12-04.txt, CUDA (torch's total_memory) in "
+             "bench-wav2lip-generator-nvidia-h200-2026-12-04.json"),
+    "H200-NVL": (143771, None, f"nvidia-smi: 143771 MiB (public outputs of the H200 NVL); {NOT_FOUND}"),
+}  # fmt: skip
+
+
+def _with_totals(gpu: Gpu) -> Gpu:
+    nvml, cuda, source = MEMORY_TOTALS[gpu.key]
+    return replace(gpu, nvml_total_mib=nvml, cuda_total_bytes=cuda, memory_source=source)
+
 
 CATALOG: dict[str, Gpu] = {
-    g.key: g
+    g.key: _with_totals(g)
     for g in (
         Gpu("T4", "NVIDIA T4", 16, 320, _rates(8.1, None, 65, None, 130), (7, 5), True, 0.35, aliases=("T4",)),
         Gpu(
@@ -236,8 +311,9 @@ def find_gpu(name: str) -> Gpu | None:
 def detected_gpu(name: str, memory_bytes: int, compute_capability: tuple[int, int]) -> Gpu:
     """The card this machine has: its catalog entry with the real memory, or a bare entry if unknown."""
     known = find_gpu(name)
+    own = {"cuda_total_bytes": memory_bytes, "nvml_total_mib": None, "memory_source": "this machine's CUDA total"}
     if known is not None:
-        return replace(known, memory_gb=memory_bytes / 1e9, detected=True, name=name)
+        return replace(known, memory_gb=memory_bytes / 1e9, detected=True, name=name, **own)
     return Gpu(
         key="detected",
         name=name,
@@ -249,6 +325,7 @@ def detected_gpu(name: str, memory_bytes: int, compute_capability: tuple[int, in
         price_per_hour=None,
         notes="not in the catalog: peak rates unknown, so no % of peak",
         detected=True,
+        **own,
     )
 
 
@@ -334,6 +411,8 @@ class PriceBook:
 
 __all__ = [
     "CATALOG",
+    "DRIVER_RESERVE_MIB",
+    "MEMORY_TOTALS",
     "PRECISIONS",
     "Gpu",
     "PriceBook",

@@ -24,7 +24,16 @@ CUDA_CONTEXT_BYTES = 800 * 2**20  # CUDA context + cuBLAS/cuDNN workspaces of on
 # The plan's --max-total-tokens when none is asked: the model's context, at most this. TGI up to 2.4.0 defaulted to
 # the same; from 2.4.1 its default is the context cut to what the KV cache holds. The launch line always states it.
 TGI_DEFAULT_TOTAL_TOKENS = 4096
-TGI_RUNTIME_BYTES = 2 * 2**30  # TGI's own reserve: context, CUDA graphs, NCCL buffers (typical, per shard)
+# TGI's flash path sizes its KV cache from the free memory CUDA reports after a warm-up prefill, less the share of the
+# card's CUDA total it keeps back: (1 - cuda_memory_fraction x TGI_WIGGLE_ROOM). So the cache gets fraction x 0.9 of
+# the total less all the process holds then: weights, the prefill's peak activations (still cached by torch's
+# allocator) and the runtime below. CUDA graphs are captured afterwards, out of the share kept back.
+# Read in text-generation-inference's server/text_generation_server: models/flash_causal_lm.py (warmup),
+# utils/import_utils.py (get_cuda_free_memory: mem_get_info's free less (1 - fraction) x get_device_properties' total),
+# models/globals.py (TGI_WIGGLE_ROOM). The rule of v3.0.0 on; up to 2.4 the 0.9 scaled the free memory instead.
+TGI_WIGGLE_ROOM = 0.90  # TGI's default (its env TGI_WIGGLE_ROOM)
+TGI_RUNTIME_BYTES = 2**30  # a TGI shard's CUDA context, loaded kernels and cuBLAS workspaces (typical, an estimate)
+TGI_NCCL_BYTES = 512 * 2**20  # NCCL's buffers in each shard of a sharded launch (typical, an estimate)
 QUANT_BYTES_PER_PARAM = {
     "none": 2.0,  # fp16 / bf16
     "eetq": 1.0 + 2 / 4096,  # int8 weights with a per-row fp16 scale (rows of ~4096)
@@ -128,7 +137,7 @@ class MemoryFit:
     weights_bytes: int
     activation_bytes_per_sample: int
     overhead_bytes: int
-    budget_bytes: int  # memory fraction x card memory
+    budget_bytes: int  # memory fraction x the card's total as CUDA reports it
     max_batch: int  # the largest batch that fits (0: not even one)
     recommended_batch: int  # a power of two at most max_batch, capped by the request
     precision: str
@@ -346,11 +355,29 @@ def _prefill_bytes(spec: LlmSpec, tokens: int, shards: int) -> int:
     return int(tokens * spec.hidden * 2 * 12 / shards + spec.vocab * 4 * min(tokens, 256))
 
 
+def tgi_runtime_bytes(shards: int) -> int:
+    """What a TGI shard holds besides weights and activations: the runtime, and NCCL's buffers when sharded."""
+    return TGI_RUNTIME_BYTES + (TGI_NCCL_BYTES if shards > 1 else 0)
+
+
+def tgi_budget_bytes(gpu: Gpu, memory_fraction: float, flash: bool, runtime: int) -> int:
+    """What weights, runtime, activations and KV cache may take together on one of TGI's GPUs. The flash path keeps
+    (1 - fraction x 0.9) of the card's CUDA total back when it sizes its cache; the non-flash path sizes nothing, and
+    torch's allocator stops at fraction x total (--cuda-memory-fraction), with the runtime outside it."""
+    total = gpu.memory_bytes
+    if flash:
+        return int(total * memory_fraction * TGI_WIGGLE_ROOM)
+    return int(min(total * memory_fraction + runtime, total))
+
+
 def _fit(spec: LlmSpec, gpu: Gpu, req: LlmRequest, shards: int, quantize: str, prefill_tokens: int) -> dict[str, Any]:
-    per_gpu = int(gpu.memory_bytes * req.memory_fraction)
+    runtime = tgi_runtime_bytes(shards)
+    per_gpu = tgi_budget_bytes(gpu, req.memory_fraction, gpu.supports("flash-attention"), runtime)
     weights = llm_weight_bytes(spec, quantize) / shards
     prefill = _prefill_bytes(spec, prefill_tokens, shards)
-    kv_budget = per_gpu - weights - TGI_RUNTIME_BYTES - prefill
+    # what TGI measures as free after its warm-up; the warm-up's own KV blocks (fewer tokens than a fitting plan
+    # needs) are counted back in by TGI, so they change nothing here
+    kv_budget = per_gpu - weights - runtime - prefill
     kv_per_token = spec.kv_bytes_per_token() / shards
     capacity = int(kv_budget // kv_per_token) if kv_budget > 0 else 0
     needed = req.max_total_tokens * req.concurrent_requests
@@ -358,9 +385,10 @@ def _fit(spec: LlmSpec, gpu: Gpu, req: LlmRequest, shards: int, quantize: str, p
         "shards": shards,
         "quantize": quantize,
         "per_gpu": {
+            "card_total_bytes": gpu.memory_bytes,  # as CUDA reports it
             "budget_bytes": per_gpu,
             "weights_bytes": int(weights),
-            "runtime_bytes": TGI_RUNTIME_BYTES,
+            "runtime_bytes": runtime,
             "prefill_activation_bytes": prefill,
             "kv_cache_bytes": max(0, int(kv_budget)),
         },
@@ -556,4 +584,6 @@ __all__ = [
     "plan_llm",
     "plan_model_memory",
     "scaled_throughput",
+    "tgi_budget_bytes",
+    "tgi_runtime_bytes",
 ]
