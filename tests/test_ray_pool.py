@@ -74,7 +74,9 @@ def meet(job: Any, progress: Any, context: Any) -> dict:
 
 
 def hold(job: Any, progress: Any, context: Any) -> dict:
-    """Report progress, then wait until the test lets go (a file appears) or a minute has passed."""
+    """Report progress, then wait until the test lets go (a file appears) or a minute has passed; a half-written
+    video waits in the outputs folder meanwhile, as a pipeline's would."""
+    (context.settings.outputs_dir / f"{job.kind}-{job.id}.mp4").write_bytes(b"half a video")
     progress(0.5, "holding")
     release = Path(job.settings["release"])
     deadline = time.monotonic() + 60
@@ -296,6 +298,8 @@ def test_an_actor_that_dies_mid_job_fails_it_and_is_replaced(pool: Pool, how: st
     later = settle(pool.store, [j.id for j in _meet_pair(pool, key, f"after-{how}")], 60)
     assert all(j.status == DONE and j.result["partnered"] for j in later), [(j.status, j.error) for j in later]
     assert dead.worker not in {j.worker for j in later}  # the replacement and the other actor ran them
+    # what the killed actor's job wrote went when the next job started on the node: it stayed there for good
+    assert not list((pool.node_dir / "ray-worker" / "outputs").glob(f"*{job.id}*"))
 
 
 def test_a_job_stopped_in_an_actor_keeps_its_result_so_far(pool: Pool) -> None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import glob
 import hashlib
 import itertools
 import json
@@ -50,6 +51,7 @@ log = logging.getLogger("avatarbench.ray")
 
 ACTOR_FOLDER = "ray-worker"  # under a node's data dir: the actors' outputs, cache and received blobs
 CARD_TYPE_PREFIX = "accelerator_type:"  # Ray's resource naming a node's GPU model
+RUNNING = "running-job"  # in an actor's folder: the id of the job it runs, for the sweep after it is killed
 BLOB_BUDGET_BYTES = 4 * 2**30  # received inputs an actor keeps for later jobs, least recently used dropped first
 START_TIMEOUT_S = 120.0  # for an actor to start (a fresh process importing the engine) and for the GPUs' bundles
 CALL_TIMEOUT_S = 30.0  # for a progress poll; a busy node only delays it
@@ -130,13 +132,36 @@ def _outputs_named(value: Any, outputs_dir: Path) -> Iterator[tuple[str, str]]:
             yield from _outputs_named(item, outputs_dir)
 
 
-def _sweep_dead_actor_folders(parent: Path) -> None:
-    """Folders of this node's actors that died without cleaning up (ray.kill gives no chance to)."""
+def _sweep_dead_actor_folders(parent: Path, outputs_dir: Path) -> None:
+    """Folders of this node's actors that died without cleaning up (ray.kill, a cancel, a time limit give no chance
+    to), with what the job each was running had written to the shared outputs folder (a half-made video, its live
+    stream: hundreds of MB a job)."""
+    for folder in parent.glob("*"):
+        if folder.is_dir() and folder.name.isdigit() and _gone(int(folder.name)):
+            with contextlib.suppress(OSError):
+                _remove_job_outputs(outputs_dir, (folder / RUNNING).read_text().strip())
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _gone(pid: int) -> bool:
+    """Whether the process has ended (a zombie not yet reaped by Ray's raylet has too)."""
     import psutil
 
-    for folder in parent.glob("*"):
-        if folder.is_dir() and folder.name.isdigit() and not psutil.pid_exists(int(folder.name)):
-            shutil.rmtree(folder, ignore_errors=True)
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.Error:  # NoSuchProcess; AccessDenied would mean it lives
+        return not psutil.pid_exists(pid)
+
+
+def _remove_job_outputs(outputs_dir: Path, job_id: str) -> None:
+    """Every file and folder in `outputs_dir` named with the job's id (its video, live stream, partial files)."""
+    if not job_id:
+        return
+    for left in outputs_dir.glob(f"*{glob.escape(job_id)}*"):
+        if left.is_dir() and not left.is_symlink():
+            shutil.rmtree(left, ignore_errors=True)
+        else:
+            left.unlink(missing_ok=True)
 
 
 class RayWorkerActor:
@@ -164,7 +189,7 @@ class RayWorkerActor:
         sleep_at_barriers()
         actors = self.settings.data_dir / "actors"
         actors.mkdir(parents=True, exist_ok=True)
-        _sweep_dead_actor_folders(actors)
+        _sweep_dead_actor_folders(actors, self.settings.outputs_dir)
         self.folder = actors / str(os.getpid())
         self.store = _ActorStore(self.folder / "jobs.sqlite3", self.folder / "blobs")
         self.context = WorkerContext(self.store, self.settings, CPU)
@@ -202,6 +227,9 @@ class RayWorkerActor:
                 os.utime(self.store.blob_path(sha))  # used now: kept longest
         self.context.device = run_on
         self.store.outcome = {}
+        _sweep_dead_actor_folders(self.folder.parent, self.settings.outputs_dir)  # one killed since this one started
+        running = self.folder / RUNNING  # read by the next actor on this node if this one is killed mid-job
+        running.write_text(job.id)
         run_job(job, self.context, kinds)
         outcome, files = self.store.outcome, []
         if "result" in outcome:
@@ -210,11 +238,8 @@ class RayWorkerActor:
                 path = outputs / relative
                 files.append((text, relative, path.read_bytes()))
                 path.unlink()  # the app keeps the copy; nothing piles up on the node
-        for left in self.settings.outputs_dir.glob(f"*{job.id}*"):  # its live stream, a failed run's partial video
-            if left.is_dir():
-                shutil.rmtree(left, ignore_errors=True)
-            else:
-                left.unlink(missing_ok=True)
+        _remove_job_outputs(self.settings.outputs_dir, job.id)  # its live stream, a failed run's partial video
+        running.unlink(missing_ok=True)
         self.store.keep_within(BLOB_BUDGET_BYTES, needed)
         return {**outcome, "files": files}
 
