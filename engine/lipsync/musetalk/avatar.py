@@ -381,8 +381,9 @@ def _warnings(
                    "trained with")  # fmt: skip
     elif landmarks is None:
         out.append(
-            f"no face-landmark model: the face boxes come from the {detector.name} detector (upstream's fallback), "
-            "not from the 68 landmarks MuseTalk v1.5 was trained with"
+            f"no face-landmark model: the face boxes come from the {detector.name} detector, not from the 68 "
+            "landmarks MuseTalk v1.5 was trained with (upstream falls back to S3FD on the whole frame: --detector "
+            "s3fd --detect-scale 1)"
         )
     elif DETECTOR in sources:
         out.append(f"{_count(sources.count(DETECTOR), 'frame')} without usable landmarks took the detector's box")
