@@ -101,7 +101,7 @@ class Wav2LipEngine:
 
     The BatchNorms are folded into the convolutions (``fold_batchnorms``): one pass over every activation fewer.
     On the CPU in fp32 (not compiled), ``winograd`` computes the wide 3x3 units with a Winograd transform, frames
-    within a hundredth of a grey level: on Intel CPUs our F(4x4, 3x3) by matrix products (models/winograd_f4.py),
+    within a few hundredths of a grey level: on Intel CPUs our F(4x4, 3x3) by matrix products (models/winograd_f4.py),
     which needs MKL's full-speed sgemm; elsewhere NNPACK's (models/winograd.py; 1.10-1.14x per frame on a 2-core
     AMD EPYC) where oneDNN has no AVX-512, as NNPACK is slower than oneDNN's AVX-512 direct convolutions, else the
     direct ones. ``winograd_method`` says which ran ("nnpack", "f4" or None).
