@@ -180,17 +180,18 @@ def test_s3fd_nms_counts_both_end_pixels_as_upstream() -> None:
 
 
 def _synthetic_outputs(batch: int, height: int, width: int) -> list[torch.Tensor]:
-    """Head outputs of the right shapes: every anchor background (face probability 0.01), zero offsets."""
+    """Head outputs of the right shapes: every anchor background (face probability 0.01), zero offsets. The cls
+    maps are raw scores, as the network gives them: log-probabilities, whose softmax is the probabilities."""
     outputs = []
     for rows, cols in head_map_sizes(height, width):
         cls = torch.zeros(batch, 2, rows, cols)
-        cls[:, 0], cls[:, 1] = 0.99, 0.01
+        cls[:, 0], cls[:, 1] = math.log(0.99), math.log(0.01)
         outputs += [cls, torch.zeros(batch, 4, rows, cols)]
     return outputs
 
 
 def _set_anchor(outputs, image: int, head: int, row: int, col: int, score: float, loc) -> None:
-    outputs[2 * head][image, :, row, col] = torch.tensor([1 - score, score])
+    outputs[2 * head][image, :, row, col] = torch.tensor([math.log(1 - score), math.log(score)])
     outputs[2 * head + 1][image, :, row, col] = torch.tensor(loc, dtype=torch.float32)
 
 

@@ -21,6 +21,7 @@ from typing import Protocol, runtime_checkable
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from engine.core.device import resolve_device, run_with_oom_backoff
 from engine.core.errors import InputError
@@ -261,8 +262,9 @@ def s3fd_priors(outputs: Sequence[torch.Tensor]) -> torch.Tensor:
 
 
 def _flatten_heads(outputs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Face probabilities (B, N) and box offsets (B, N, 4) of all heads, rows then columns per head."""
-    scores = [outputs[2 * h][:, FACE_CLASS].flatten(1) for h in range(len(STRIDES))]
+    """Face probabilities (B, N) (the softmax over each head's raw cls maps, as upstream's detect.py takes it) and
+    box offsets (B, N, 4) of all heads, rows then columns per head."""
+    scores = [F.softmax(outputs[2 * h].float(), dim=1)[:, FACE_CLASS].flatten(1) for h in range(len(STRIDES))]
     locs = [outputs[2 * h + 1].permute(0, 2, 3, 1).flatten(1, 2) for h in range(len(STRIDES))]
     return torch.cat(scores, dim=1).float(), torch.cat(locs, dim=1).float()
 
@@ -283,7 +285,7 @@ def decode_s3fd(
 ) -> list[torch.Tensor]:
     """Boxes from S3FD's 12 head outputs: one (K, 5) float32 tensor per image, on the outputs' device.
 
-    ``outputs`` are ``[cls1, reg1, ..., cls6, reg6]`` with softmaxed ``cls`` (as :class:`S3FD` returns them);
+    ``outputs`` are ``[cls1, reg1, ..., cls6, reg6]`` with raw ``cls`` scores (as :class:`S3FD` returns them);
     ``image_size`` is the network input's (height, width), to which boxes are clipped after NMS. Scores above
     ``threshold`` go into NMS: the same result as upstream (NMS over scores > 0.05, then > 0.5), since a box
     can only be suppressed by a higher-scoring one; overlaps count both end pixels, as upstream's bbox.nms does.

@@ -29,7 +29,7 @@ VARIANCES = (0.1, 0.2)  # SSD box encoding: centre offsets scaled by 0.1 * ancho
 # Subtracted from 0-255 RGB pixels before forward (no scaling to 0-1): the released weights were trained
 # (face_alignment) on RGB, and upstream flips its BGR frames before subtracting these, in this order.
 INPUT_MEAN = (104.0, 117.0, 123.0)
-FACE_CLASS = 1  # channel of the softmaxed cls maps holding the face probability (0 = background)
+FACE_CLASS = 1  # channel of the cls maps holding the face score (0 = background)
 N_STATE_ENTRIES = 65
 N_PARAMETERS = 22_459_110  # 89.8 MB (85.7 MiB) of float32, the size of s3fd.pth
 
@@ -60,12 +60,11 @@ class S3FD(nn.Module):
     """VGG16 backbone plus six detection heads (one anchor per cell each).
 
     ``forward(x)``: ``x`` (B, 3, H, W) float, RGB 0-255 minus :data:`INPUT_MEAN`. Returns 12 tensors, as upstream,
-    ``[cls1, reg1, ..., cls6, reg6]`` for the heads in :data:`STRIDES` order: ``cls`` (B, 2, h, w) holds
-    **softmax probabilities** (background, face), ``reg`` (B, 4, h, w) the box offsets. The softmax, which
-    upstream applies in ``detect.py`` after the network, is done here so a compiled or exported graph
-    includes it and the caller only thresholds channel :data:`FACE_CLASS`. The first head predicts 3
-    background scores and 1 face score; the background is max-out (the largest of the 3) before the softmax.
-    Everything is batched: no per-image loops.
+    ``[cls1, reg1, ..., cls6, reg6]`` for the heads in :data:`STRIDES` order: ``cls`` (B, 2, h, w) holds the raw
+    scores (background, face), ``reg`` (B, 4, h, w) the box offsets, as upstream's network returns them (the
+    softmax over ``cls`` is upstream's ``detect.py``'s, and ours is in engine/faces/detection.py). The first head
+    predicts 3 background scores and 1 face score; the background is max-out (the largest of the 3), in the
+    network as upstream has it. Everything is batched: no per-image loops.
     """
 
     def __init__(self) -> None:
@@ -128,10 +127,7 @@ class S3FD(nn.Module):
             (self.conv6_2_mbox_conf(f6_2), self.conv6_2_mbox_loc(f6_2)),
             (self.conv7_2_mbox_conf(f7_2), self.conv7_2_mbox_loc(f7_2)),
         ]
-        out: list[torch.Tensor] = []
-        for cls, reg in heads:
-            out += [F.softmax(cls, dim=1), reg]
-        return out
+        return [output for head in heads for output in head]
 
 
 def head_map_sizes(height: int, width: int) -> list[tuple[int, int]]:
