@@ -77,6 +77,11 @@ def test_spectral_norm_folding_matches_torch_in_eval_mode() -> None:
     plain.load_state_dict({k.removeprefix("conv."): v for k, v in folded.items()})
     with torch.no_grad():
         assert torch.allclose(plain(x), conv(x), atol=1e-6)
+    # a half-precision file: divided in fp32 and kept so, as upstream's fp32 parameters are (it was rounded back)
+    half = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    weight = fold_spectral_norm(half)["conv.weight"]
+    w, u, v = (half[f"conv.weight_{s}"].float() for s in ("orig", "u", "v"))
+    assert weight.dtype == torch.float32 and torch.equal(weight, w / torch.dot(u, w.reshape(6, -1) @ v))
     del state["conv.weight_u"]
     with pytest.raises(CheckpointError, match="weight_u"):
         fold_spectral_norm(state)

@@ -117,6 +117,21 @@ def test_crop_shifts_along_the_faces_axes_as_upstreams_vx_and_vy_ratios() -> Non
     assert turned.to_original @ np.array([256, 256, 1.0]) == pytest.approx([150 + 0.1 * side, 250 + 0.2 * side])
 
 
+def test_a_crop_not_turned_upright_still_shifts_along_the_tilted_faces_axes() -> None:
+    """Upstream's flag_do_rot off (--no-upright) measures the face in its own tilted frame and leaves only the turn
+    out of the crop: the centre moves along the face's vertical (it moved straight up the image, 22 px off in a 512
+    crop at 20 degrees of tilt)."""
+    side, angle = 230.0, 20.0  # a 100 px face at scale 2.3
+    flat = crop_transform((100, 200, 200, 300), 2.3, -0.125, angle=angle, rotate=False)
+    theta = np.radians(angle)
+    centre = np.array([150.0, 250.0]) + side * -0.125 * np.array([-np.sin(theta), np.cos(theta)])
+    k = 512 / side  # upstream's M_INV without the turn: [[s, 0, 256 - s cx], [0, s, 256 - s cy]]
+    assert flat.to_crop == pytest.approx(np.array([[k, 0, 256 - k * centre[0]], [0, k, 256 - k * centre[1]]]))
+    assert flat.angle == 0.0
+    turned = crop_transform((100, 200, 200, 300), 2.3, -0.125, angle=angle)
+    assert turned.to_original @ np.array([256, 256, 1.0]) == pytest.approx(centre)  # the same centre, turned
+
+
 def test_the_source_is_limited_as_upstreams_resize_to_limit() -> None:
     from engine.portrait.crop import source_within_limits
 

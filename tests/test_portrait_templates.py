@@ -109,6 +109,15 @@ def test_a_pickled_template_drives_as_its_npz_twin(tmp_path: Path) -> None:
     assert torch.allclose(again.rotation, motion.rotation, atol=1e-5)
 
 
+def test_a_template_cut_to_one_frame_is_not_a_one_frame_template(tmp_path: Path) -> None:
+    """A one-frame template drives as an image (its expression against the neutral one, upstream's rule); a longer
+    one cut to its first frame by max_frames is a clip's first frame, as a video cut so is (it drove as an image)."""
+    save_template(tmp_path / "long.npz", _angles(4, seed=2), 25.0)
+    save_template(tmp_path / "one.npz", _angles(1, seed=2), 25.0)
+    assert read_template(tmp_path / "long.npz", max_frames=1).frames_in_file == 4
+    assert read_template(tmp_path / "one.npz").frames_in_file == 1
+
+
 def test_euler_angles_invert_rotation_matrix() -> None:
     g = torch.Generator().manual_seed(0)
     pitch, yaw, roll = ((torch.rand(64, generator=g) - 0.5) * 2 * limit for limit in (170.0, 89.0, 170.0))

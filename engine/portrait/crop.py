@@ -53,11 +53,13 @@ def crop_transform(
     size: int = CROP_SIZE,
     angle: float = 0.0,
     vx: float = 0.0,
+    rotate: bool = True,
 ) -> CropTransform:
     """The square crop around a face box (x1, y1, x2, y2): side = scale x the box's larger side, centre moved
     by vy x side along the face's vertical (negative: towards the forehead) and vx x side along its horizontal (as
-    upstream's vx_ratio and vy_ratio), turned by `angle` degrees (the face's clockwise tilt in the image) so the face
-    comes out upright, resampled to size x size."""
+    upstream's vx_ratio and vy_ratio), the face's axes being turned `angle` degrees (its clockwise tilt in the image),
+    and the crop turned by it too so the face comes out upright unless `rotate` is False (upstream's flag_do_rot off
+    still shifts the centre along the tilted face's own axes and leaves only the turn out), resampled to size x size."""
     x1, y1, x2, y2 = (float(v) for v in box)
     if x2 <= x1 or y2 <= y1:
         raise InputError(f"face box {box} is empty: x2 must exceed x1 and y2 exceed y1")
@@ -65,6 +67,8 @@ def crop_transform(
     c, s_ = np.cos(np.radians(angle)), np.sin(np.radians(angle))
     turn = np.array([[c, -s_], [s_, c]])  # crop axes -> image axes (y down: positive turns clockwise)
     centre = np.array([(x1 + x2) / 2, (y1 + y2) / 2]) + side * (turn @ np.array([vx, vy]))
+    if not rotate:
+        turn = np.eye(2)
     k = size / side
     half = np.array([size / 2, size / 2])
     forward = k * turn.T

@@ -314,8 +314,10 @@ def _driving_motion(
     path = Path(config.driving)
     if is_template(path):
         saved = read_template(path, config.max_frames, settings.max_seconds)
-        count = saved.motion.exp.shape[0]  # one frame drives as one image does (upstream's rule for its templates)
-        return _Driving(saved.motion, saved.fps, count, image=count == 1, openness=saved.openness)
+        count = saved.motion.exp.shape[0]
+        # a template of one frame drives as one image does (upstream's rule for its templates); a longer one cut to
+        # its first frame by max_frames is a clip's first frame, measured against itself as a video's would be
+        return _Driving(saved.motion, saved.fps, count, image=saved.frames_in_file == 1, openness=saved.openness)
     if is_image(path):
         image = _rgb(load_image(path, max_side=settings.max_side))
         box = _largest_face(image, detector)
@@ -697,8 +699,9 @@ def _liveportrait_source(head: _Head, progress: Progress) -> _Source:
             landmarks = landmark_model(_rgb(source_bgr), box)
     transform: CropTransform | None = None  # crop off: upstream stretches the whole source to the networks' size
     if config.crop:  # upright by the face's tilt when the landmark model is there (upstream crops from landmarks too)
-        tilt = roll_from_landmarks(landmarks) if landmarks is not None and config.upright else 0.0
-        transform = crop_transform(box, config.scale, config.vy_ratio, angle=tilt, vx=config.vx_ratio)
+        tilt = roll_from_landmarks(landmarks) if landmarks is not None else 0.0
+        transform = crop_transform(box, config.scale, config.vy_ratio, angle=tilt, vx=config.vx_ratio,
+                                   rotate=config.upright)  # fmt: skip
 
     def encode_source() -> tuple[torch.Tensor, KeypointInfo]:
         with result.stage("crop"):

@@ -61,6 +61,7 @@ class Template:
     motion: KeypointInfo
     fps: float
     openness: Openness | None = None
+    frames_in_file: int | None = None  # before a max_frames cut: a one-frame template drives as an image does
 
 
 def save_template(path: Path, motion: KeypointInfo, fps: float, openness: Openness | None = None) -> None:
@@ -80,7 +81,7 @@ def read_template(path: Path, max_frames: int | None = None, max_seconds: float 
     n = frames if max_frames is None else min(max_frames, frames)
     motion = template.motion.select(slice(0, n))
     openness = None if template.openness is None else (template.openness[0][:n], template.openness[1][:n])
-    return Template(motion, template.fps, openness)
+    return Template(motion, template.fps, openness, frames)
 
 
 def _fps(path: Path, value: Any) -> float:

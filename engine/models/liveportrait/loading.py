@@ -55,7 +55,7 @@ def fold_spectral_norm(state: dict[str, torch.Tensor], path: str | os.PathLike[s
             raise CheckpointError(f"spectral-norm entries missing: {', '.join(missing)}", path=path)
         w, u, v = (state[prefix + s].float() for s in _SPECTRAL)
         sigma = torch.dot(u, w.reshape(w.shape[0], -1) @ v)
-        out[prefix + "weight"] = (w / sigma).to(state[key].dtype)
+        out[prefix + "weight"] = w / sigma  # in fp32, as upstream's spectral norm divides its fp32 parameters
         for s in _SPECTRAL:
             del out[prefix + s]
     return out
