@@ -398,7 +398,7 @@ BAD_AUDIO = [
         "could not be decoded as audio or video (Invalid data found when processing input)",
         id="text-renamed",
     ),
-    pytest.param(lambda p: _write_bytes(p, png_bytes(32, 32)), "has no audio stream (streams found: video)", id="png"),
+    pytest.param(lambda p: _write_bytes(p, png_bytes(32, 32)), "speech.wav is an image; speech comes from", id="png"),
     pytest.param(lambda p: _write_wav16(p, np.zeros(0)), "the audio stream is empty (0 samples decoded)", id="empty"),
     pytest.param(lambda p: _float_wav_with(p, np.nan, 16000), "are NaN or infinite", id="nan"),
     pytest.param(lambda p: _float_wav_with(p, np.inf, 16000), "are NaN or infinite", id="inf"),

@@ -67,6 +67,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "text.jpg": b"this is not an image\n" * 20,
         "text.mp4": b"this is not a video\n" * 20,
         "text.wav": b"this is not audio\n" * 20,
+        "image.wav": (ASSETS / "face.jpg").read_bytes(),  # a photo named as speech
         "empty.wav": b"",
         "truncated.jpg": (ASSETS / "face.jpg").read_bytes()[:600],
         "truncated.mp4": (ASSETS / "driving.mp4").read_bytes()[:3000],
@@ -123,6 +124,7 @@ CASES: list[tuple[str, dict, str]] = [
     ("/lipsync", {"face": F + "claims-64000.png", "audio": F + SPEECH}, "64000x64000"),
     ("/lipsync", {"face": F + "blank.png", "audio": F + SPEECH}, "no face"),
     ("/lipsync", {"face": F + FACE, "audio": F + "text.wav"}, "text.wav"),
+    ("/lipsync", {"face": F + FACE, "audio": F + "image.wav"}, "image.wav is an image; speech comes from"),
     ("/lipsync", {"face": F + FACE, "audio": F + "empty.wav"}, "empty.wav"),
     ("/lipsync", {"face": F + FACE, "audio": F + "nan.wav"}, "nan.wav"),
     ("/lipsync", {"face": F + FACE, "audio": F + "inf.wav"}, "inf.wav"),
@@ -141,7 +143,11 @@ CASES: list[tuple[str, dict, str]] = [
     ("/lipsync", {"face": None, "audio": F + SPEECH}, "face is required"),
     # portrait
     ("/portrait", {"source": F + "empty.jpg", "driving": F + DRIVING}, "empty.jpg"),
-    ("/portrait", {"source": F + FACE, "driving": F + "text.mp4"}, "text.mp4"),
+    (
+        "/portrait",
+        {"source": F + FACE, "driving": F + "text.mp4"},
+        "; a driving file may also be an image (PNG, JPEG, BMP, WebP or TIFF) or a motion template (.npz, .pkl)",
+    ),
     ("/portrait", {"source": F + FACE, "driving": F + "motion.npz"}, "motion template"),
     ("/portrait", {"source": F + FACE, "driving": F + "long-headerless.mp4"}, "longer than the limit of 12 s"),
     ("/portrait", {"source": F + FACE, "driving": F + DRIVING, "multiplier": 99}, "multiplier 99 is outside 0..3"),

@@ -17,6 +17,7 @@ import struct
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -144,7 +145,7 @@ def _decode(file: Path, max_seconds: float | None, channels: bool) -> tuple[np.n
         raise _undecodable(file, exc) from exc
     with container:
         if not container.streams.audio:
-            if is_image(file):
+            if is_image(file) or _holds_an_image(container):  # by its name, or by its content (a PNG named .wav)
                 raise AudioError(f"{file.name} is an image; speech comes from an audio file or a video with sound")
             kinds = sorted({s.type for s in container.streams}) or ["none"]
             raise AudioError(
@@ -156,6 +157,12 @@ def _decode(file: Path, max_seconds: float | None, channels: bool) -> tuple[np.n
             return _decode_stream(container, stream, file, max_seconds, channels)
         except av.error.FFmpegError as exc:
             raise _undecodable(file, exc) from exc
+
+
+def _holds_an_image(container: Any) -> bool:
+    """Whether FFmpeg read the file as a still image (its image demuxers: png_pipe, jpeg_pipe, ..., image2)."""
+    name = container.format.name or ""
+    return name == "image2" or name.endswith("_pipe")
 
 
 def _decode_stream(container, stream, file: Path, max_seconds: float | None, channels: bool) -> tuple[np.ndarray, int]:

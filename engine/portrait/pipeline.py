@@ -45,6 +45,7 @@ from engine.core.errors import one_line
 from engine.core.hls import stream_folder
 from engine.core.hub import LIVEPORTRAIT, checked_repo
 from engine.core.media import (
+    IMAGE_FORMATS,
     LARGEST_MAX_SIDE,
     LosslessWriter,
     MediaError,
@@ -59,7 +60,7 @@ from engine.core.media import (
 from engine.core.results import RunResult
 from engine.core.settings import Settings, get_settings
 from engine.core.weights import WeightsError
-from engine.portrait.config import BASELINE_OPTIONS, PortraitConfig, PortraitError, is_template
+from engine.portrait.config import BASELINE_OPTIONS, TEMPLATE_SUFFIXES, PortraitConfig, PortraitError, is_template
 from engine.portrait.crop import (
     CropTransform,
     PasteBack,
@@ -328,8 +329,7 @@ def _driving_motion(
             motion = nets.motion(_driving_input(image, transform, nets.device))
         measured = None if landmarks is None else _stacked(_measured_openness(landmarks, [image], box))
         return _Driving(motion, IMAGE_FPS, 1, image=True, openness=measured)
-    info = probe_video(path, settings.max_side)
-    validate_video(info, path.name, settings.max_side, settings.max_seconds)
+    info = _driving_video(path, settings)
     _warn_one_frame(info, path, config, result)
     progress(0.05, "finding the driving face")
     box, reference = _driving_box(
@@ -589,6 +589,18 @@ SOURCE_BYTES_PER_PIXEL = 32 * 4
 LIVEPORTRAIT_FRAME_BYTES = 470 * 2**20
 
 
+def _driving_video(path: Path, settings: Settings) -> VideoInfo:
+    """A driving file that is neither an image nor a template, read and checked as a video; one that cannot be read
+    so is told every kind a driving file may be (the video reader's own message lists videos only)."""
+    try:
+        info = probe_video(path, settings.max_side)
+    except MediaError as exc:
+        raise PortraitError(f"{exc}; a driving file may also be an image ({IMAGE_FORMATS}) or a motion template "
+                            f"({', '.join(TEMPLATE_SUFFIXES)})") from None  # fmt: skip
+    validate_video(info, path.name, settings.max_side, settings.max_seconds)
+    return info
+
+
 def _driving_frames(config: PortraitConfig) -> int | None:
     """How many driving frames a run expects (`max_frames`, or a video's header: a hint), None where unknown."""
     counts = [config.max_frames] if config.max_frames else []
@@ -809,8 +821,7 @@ def _baseline_plan(
     result.precision = "fp32"  # the baseline's warp always is (the GPU's default of fp16 is LivePortrait's)
     if is_image(path):
         return _baseline_image_plan(config, settings, source_bgr, box, detector, device, result)
-    info = probe_video(path, settings.max_side)
-    validate_video(info, path.name, settings.max_side, settings.max_seconds)
+    info = _driving_video(path, settings)
     _warn_one_frame(info, path, config, result)
     progress(0.05, "finding the driving face")
     driving_box, first_face = _driving_box(
