@@ -597,10 +597,13 @@ def test_static_resize_rotate_crop_and_fps_as_upstreams_options(media, settings,
     assert (info.width, info.height) == (128, 100) == (result.metrics["width"], result.metrics["height"])
 
     photo = tmp_path / "photo.mp4"
-    config = LipSyncConfig(face=FACE, audio=speech, engine="baseline", fps=30.0, rotate=True, precision="bf16")
+    config = LipSyncConfig(face=FACE, audio=speech, engine="baseline", fps=30.0, rotate=True, precision="bf16",
+                           static=True)  # fmt: skip
     result = run_lipsync(config, photo, settings)
     assert result.metrics["fps"] == 30.0 and probe_video(photo).fps == pytest.approx(30.0)
-    assert any("edit a video's frames (as upstream's): a photo is kept" in w for w in result.warnings)
+    # only what was asked is named (all three were, whatever was given)
+    assert "--rotate edits a video's frames (as upstream's): a photo is kept as it is" in result.warnings
+    assert "--static holds a video's first frame: a photo is held still already" in result.warnings
     assert any("baseline engine computes in fp32; --precision bf16" in w for w in result.warnings)
     assert result.precision == "fp32" and not any("no Wav2Lip checkpoint" in w for w in result.warnings)
     assert result.metrics["frames"] == expected_frames(1.0, 30.0)

@@ -296,8 +296,11 @@ def _prepare(
     image = load_image(config.face, max_side=settings.max_side) if still else None
     if image is not None:
         fps, size = config.fps, (image.shape[1], image.shape[0])
-        if not VideoEdits.of(config).none:
-            result.warn("--resize-factor, --rotate and --crop edit a video's frames (as upstream's): a photo is kept")
+        if edits := VideoEdits.of(config).flags:
+            result.warn(f"{', '.join(edits)} {'edits' if len(edits) == 1 else 'edit'} a video's frames (as "
+                        "upstream's): a photo is kept as it is")  # fmt: skip
+        if config.static:
+            result.warn("--static holds a video's first frame: a photo is held still already")
     else:
         info = probe_video(config.face, settings.max_side)
         validate_video(info, Path(config.face).name, settings.max_side, settings.max_seconds)

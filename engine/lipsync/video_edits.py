@@ -31,6 +31,13 @@ class VideoEdits:
     def none(self) -> bool:
         return self == VideoEdits()
 
+    @property
+    def flags(self) -> list[str]:
+        """The options that ask for an edit, by their flags."""
+        default = VideoEdits()
+        asked = (self.resize_factor != default.resize_factor, self.rotate, self.crop != default.crop)
+        return [flag for flag, on in zip(("--resize-factor", "--rotate", "--crop"), asked, strict=True) if on]
+
     def size(self, width: int, height: int) -> tuple[int, int]:
         """The edited frames' (width, height) for a video of `width` x `height`; LipSyncError where the edits leave
         no picture (checked before any frame is decoded)."""
