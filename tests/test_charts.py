@@ -400,3 +400,60 @@ def test_the_cost_table_keeps_small_costs_in_significant_figures() -> None:
 
     rows = {r[0]: r for r in bench_report.cost_rows(cost_table(20_000.0, "fp16", CATALOG["T4"], PriceBook.defaults()))}
     assert float(rows["T4"][3]) == pytest.approx(0.35 / (20_000 * 3600) * 1000, rel=1e-3) and "e-06" in rows["T4"][3]
+
+
+def _bench_tab_handlers(settings, store) -> tuple[gr.Blocks, dict]:
+    """The bench tab built in a Blocks (its broker never started): the Blocks and its handlers by name."""
+    from engine.bench.jobs import BenchJobs
+    from engine.jobs.broker import Broker
+    from engine.jobs.store import CPU
+    from ui.bench import build_bench_tab
+    from ui.jobs import Access
+
+    with gr.Blocks() as demo:
+        build_bench_tab(settings, BenchJobs(Broker(store, {"bench": "engine.bench.jobs:handle"}, {CPU: 1}), settings),
+                        Access())  # fmt: skip
+    return demo, {fn.name: fn.fn for fn in demo.fns.values()}
+
+
+def test_saved_prices_are_shown_on_load_to_their_visitor_only(tmp_path: Path) -> None:
+    """A visitor's saved T4 price came back as the catalog's after a reload (the table was the one the page was
+    built with), and saving any other edit from it wrote the old price back; the edited row kept the catalog's
+    source; the tab named a server path. Now the table is each visitor's on load, an edited price is marked as
+    theirs, and their file holds only their changes (the operator's later prices still reach the rest)."""
+    import datetime
+
+    from engine.bench.catalog import CATALOG, PriceBook
+    from engine.core.settings import load_settings
+    from engine.jobs.store import JobStore
+
+    settings = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path / "data")})
+    settings.ensure_dirs()
+    alice, bob = (SimpleNamespace(username=None, session_hash=s, cookies={}) for s in ("alice", "bob"))
+    with JobStore(settings.db_path, settings.data_dir / "blobs") as store:
+        demo, handler = _bench_tab_handlers(settings, store)
+        loads = [fn for fn in demo.fns.values() if fn.name == "own_prices"]
+        assert loads and all(t[1] == "load" for fn in loads for t in fn.targets)  # the page's load fills it
+
+        def price(rows: list[list], gpu: str) -> list:
+            return next(r for r in rows if r[0] == gpu)
+
+        rows = handler["own_prices"](alice)
+        assert price(rows, "T4")[1] == CATALOG["T4"].price_per_hour
+        price(rows, "T4")[1] = 0.99
+        saved = handler["save"](rows, alice)
+        assert price(saved, "T4")[1:] == [0.99, f"your price, {datetime.date.today().isoformat()}"]
+        reloaded = handler["own_prices"](alice)  # a reload: her price, not the catalog's
+        assert price(reloaded, "T4") == price(saved, "T4")
+        assert price(handler["own_prices"](bob), "T4")[1] == CATALOG["T4"].price_per_hour  # his stay his
+        price(reloaded, "L4")[1:] = [0.5, "my provider"]  # a second edit from the reloaded table
+        again = handler["save"](reloaded, alice)
+        assert price(again, "T4")[1] == 0.99 and price(again, "L4")[1:] == [0.5, "my provider"]
+        (own,) = (settings.data_dir / "prices").glob("*.json")
+        assert set(json.loads(own.read_text())["prices"]) == {"T4", "L4"}  # her changes only
+        shared = PriceBook.load(settings.prices_path)
+        shared.update({"A10G": 2.0}, {"A10G": "operator"})
+        shared.save(settings.prices_path)
+        assert price(handler["own_prices"](alice), "A10G")[1:] == [2.0, "operator"]
+    text = " ".join(str(b.value) for b in demo.blocks.values() if isinstance(b, gr.Markdown))
+    assert str(settings.data_dir) not in text and "prices.json" not in text and "kept for you alone" in text

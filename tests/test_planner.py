@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from engine.bench.catalog import CATALOG, DRIVER_RESERVE_MIB, MEMORY_TOTALS, PriceBook, detected_gpu, find_gpu
@@ -256,6 +258,14 @@ def test_price_book_edits_round_trip(tmp_path) -> None:
     book.save(path)
     again = PriceBook.load(path)
     assert again.prices["T4"] == 0.5 and again.sources["T4"] == "my provider, 2026-11-22"
+    # saved over a base (a visitor's file over the operator's): only the changes, a price removed stays removed
+    base = PriceBook.load(path)
+    again.update({"L4": 0.6, "A10G": None}, {"L4": "mine"})
+    own = tmp_path / "own.json"
+    again.save(own, base)
+    assert json.loads(own.read_text())["prices"] == {"A10G": None, "L4": 0.6}
+    mine = PriceBook.load(path, own)
+    assert mine.prices["L4"] == 0.6 and "A10G" not in mine.prices and mine.prices["T4"] == 0.5
     with pytest.raises(ValueError, match="no GPU"):
         again.update({"TPUv5": 1.0})
     for absurd in (-1, 1e-300, 1e6, "0.5", True):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -155,10 +156,12 @@ def build_bench_tab(settings: Any, jobs: BenchJobs, access: Access) -> None:
         compare_plot = gr.Plot(show_label=False, visible=False)
     with gr.Accordion("Cost per request", open=False):
         gr.Markdown(
-            "Prices are indicative on-demand hourly rates with their source; edit them for your provider "
-            f"(saved to `{prices_path}`). Cards that were not measured get a compute-scaled estimate. The "
-            "throughput is the network's alone at full use (inputs already on the GPU; no copies, decoding, "
-            "detection or encoding), so a whole request costs more."
+            "Prices are indicative on-demand hourly rates with their source, in US dollars. Type your provider's "
+            "over them and press **Save prices**: they are kept for you alone on this server (other visitors keep "
+            "their own), shown here when you come back and used for your cost figures, here and through `/cost`. "
+            "A price you change without typing its source is marked as yours. Cards that were not measured get a "
+            "compute-scaled estimate. The throughput is the network's alone at full use (inputs already on the GPU; "
+            "no copies, decoding, detection or encoding), so a whole request costs more."
         )
         with gr.Row():
             cost_config = gr.Dropdown([], label="Measured configuration (from the results above)")
@@ -295,25 +298,25 @@ def build_bench_tab(settings: Any, jobs: BenchJobs, access: Access) -> None:
             rows = cost_table(row["samples_per_s"], math_precision(row), measured_on, prices_of(request)[0], samples)
         return cost_rows(rows)
 
+    def own_prices(request: gr.Request) -> list[list]:
+        """On the page's load: the visitor's prices (their own over the operator's), which the cost figures use."""
+        with reported("the prices"):
+            return _price_rows(prices_of(request)[0])
+
     def save(table_value: Any, request: gr.Request) -> Any:
-        values = table_value.values.tolist() if hasattr(table_value, "values") else table_value
-        if not isinstance(values, list) or not all(isinstance(r, list) and len(r) == 3 for r in values):
-            raise refusal("the price table has three columns: GPU, dollars per hour, source", "the prices")
-        prices, sources = {}, {}
-        for gpu, price, source in values:
-            try:
-                prices[str(gpu)] = None if price in ("", None) else float(price)
-            except (TypeError, ValueError):
-                raise refusal(f"the price of {gpu} must be dollars per hour, a number; got {price!r:.40}",
-                              "the prices") from None  # fmt: skip
-            sources[str(gpu)] = "" if source is None else str(source)
+        rows = _price_table(table_value)
         book, path = prices_of(request)
+        shared = path == prices_path
+        whose = "set by this server's operator" if shared else "your price"
+        mark = f"{whose}, {date.today().isoformat()}"
+        prices, sources = _edited_prices(rows, book, mark)
         try:
             book.update(prices, sources)
-            book.save(path)
+            # a visitor's file keeps only their changes: the operator's later prices still reach the rest
+            book.save(path, None if shared else PriceBook.load(prices_path))
         except (ValueError, OSError) as exc:
             raise refusal(str(exc), "the prices") from None
-        gr.Info("Prices saved (yours only)" if path != prices_path else "Prices saved for everyone")
+        gr.Info("Prices saved for everyone" if shared else "Prices saved (yours only)")
         return _price_rows(book)
 
     def plan_form(gpu, count, llm, quant, total, max_input, concurrent, fraction) -> tuple[str, dict]:
@@ -379,6 +382,8 @@ def build_bench_tab(settings: Any, jobs: BenchJobs, access: Access) -> None:
     import_file.upload(import_report, import_file, history, api_visibility="private")
     cost_btn.click(price_configuration, [job_id, cost_config, per_request], cost_table_view, api_visibility="private")
     save_prices.click(save, prices, prices, api_visibility="private")
+    # no triggers and no inputs: the page's load (each visitor's own prices, not the ones the page was built with)
+    gr.on(None, own_prices, None, prices, queue=False, show_progress="hidden", api_visibility="private")
     plan_inputs = [plan_gpu, plan_count, plan_llm_name, plan_quant, plan_total, plan_input, plan_concurrent]
     plan_btn.click(plan_form, [*plan_inputs, plan_fraction], [plan_text, plan_json], api_visibility="private",
                    show_progress_on=plan_text)  # fmt: skip
@@ -408,6 +413,34 @@ def _this_card(device: str) -> Gpu | None:
 
 def _price_rows(book: PriceBook) -> list[list]:
     return [[key, book.prices.get(key, ""), book.sources.get(key, "")] for key in CATALOG]
+
+
+def _price_table(table_value: Any) -> list[list]:
+    """The price table's rows (GPU, dollars per hour, source), as a pandas frame or plain lists."""
+    values = table_value.values.tolist() if hasattr(table_value, "values") else table_value
+    if not isinstance(values, list) or not all(isinstance(r, list) and len(r) == 3 for r in values):
+        raise refusal("the price table has three columns: GPU, dollars per hour, source", "the prices")
+    return values
+
+
+def _edited_prices(rows: list[list], book: PriceBook, mark: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """The rows that change `book`: (prices, sources) for PriceBook.update. A price changed under the source it
+    had gets `mark` (whose price it now is: the old source described the old price); a source typed is kept."""
+    prices: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for gpu, price, source in rows:
+        key = str(gpu)
+        try:
+            value = None if price in ("", None) else float(price)
+        except (TypeError, ValueError):
+            raise refusal(f"the price of {key} must be dollars per hour, a number; got {price!r:.40}",
+                          "the prices") from None  # fmt: skip
+        typed = "" if source is None else str(source).strip()
+        before = book.sources.get(key, "")
+        if value == book.prices.get(key) and typed == before:
+            continue
+        prices[key], sources[key] = value, typed if typed and typed != before else mark
+    return prices, sources
 
 
 def _plan_markdown(result: dict) -> str:

@@ -401,11 +401,24 @@ class PriceBook:
             self.prices[key] = float(value)
             self.sources[key] = source or f"edited by the user on {date.today().isoformat()}"
 
-    def save(self, path: str | os.PathLike) -> None:
+    def changes_from(self, base: PriceBook) -> dict[str, dict[str, Any]]:
+        """A price file's content: what this book sets otherwise than `base`, a price it removed as None (which
+        load() removes again). A visitor's own file keeps only these, so the operator's later prices still reach
+        every card the visitor left alone."""
+        changed = [key for key in CATALOG if (self.prices.get(key), self.sources.get(key)) !=
+                   (base.prices.get(key), base.sources.get(key))]  # fmt: skip
+        return {
+            "prices": {key: self.prices.get(key) for key in changed},
+            "sources": {key: self.sources[key] for key in changed if key in self.sources},
+        }
+
+    def save(self, path: str | os.PathLike, base: PriceBook | None = None) -> None:
+        """The whole book; with `base` (the prices this file goes over when loaded), only what differs from it."""
+        data = {"prices": self.prices, "sources": self.sources} if base is None else self.changes_from(base)
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
         tmp = p.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"prices": self.prices, "sources": self.sources}, indent=2) + "\n")
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
         os.replace(tmp, p)
 
 
