@@ -457,3 +457,35 @@ def test_saved_prices_are_shown_on_load_to_their_visitor_only(tmp_path: Path) ->
         assert price(handler["own_prices"](alice), "A10G")[1:] == [2.0, "operator"]
     text = " ".join(str(b.value) for b in demo.blocks.values() if isinstance(b, gr.Markdown))
     assert str(settings.data_dir) not in text and "prices.json" not in text and "kept for you alone" in text
+
+
+def test_the_onnx_and_bench_histories_list_when_opened_and_a_clicked_row_gives_its_id(tmp_path: Path) -> None:
+    """Their history tables stayed empty until Refresh (Lip-sync's lists when opened), and a row clicked put
+    nothing in the ids box, so Open asked for an id. Now both list when opened, and a row clicked puts its id first
+    (Open opens it; Compare still takes the ids already there)."""
+    from engine.bench.jobs import BenchJobs
+    from engine.core.settings import load_settings
+    from engine.jobs.broker import Broker
+    from engine.jobs.store import CPU, JobStore
+    from engine.onnx.jobs import OnnxEvalJobs
+    from ui import bench, onnx_eval
+    from ui.jobs import Access
+
+    settings = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path / "data")})
+    settings.ensure_dirs()
+    with JobStore(settings.db_path, settings.data_dir / "blobs") as store, gr.Blocks() as demo:
+        handlers = {"onnx_eval": "engine.onnx.jobs:handle", "bench": "engine.bench.jobs:handle"}
+        broker = Broker(store, handlers, {CPU: 1})  # never started: only the wiring is read
+        onnx_eval.build_onnx_eval_tab(settings, OnnxEvalJobs(broker, settings), Access())
+        bench.build_bench_tab(settings, BenchJobs(broker, settings), Access())
+    for headers in (onnx_eval.HISTORY_HEADERS, bench.HISTORY_HEADERS):
+        (history,) = [b for b in demo.blocks.values() if isinstance(b, gr.Dataframe) and b.headers == headers]
+        listing = [f for f in demo.fns.values() if f.outputs == [history]]
+        events = sorted(t[1] for f in listing for t in f.targets if f.name == "history_rows")
+        assert events == ["click", "expand"], headers  # Refresh, and the accordion opened
+        (pick,) = [f for f in demo.fns.values() if any(t == (history._id, "select") for t in f.targets)]
+        (chosen,) = pick.outputs
+        assert isinstance(chosen, gr.Textbox) and pick.inputs == [chosen]
+        clicked = gr.SelectData(history, {"index": [1, 2], "value": "done", "row_value": ["1a855ac6d4db", "m"]})
+        assert pick.fn("", clicked) == "1a855ac6d4db"
+        assert pick.fn("0f00ba4, 1a855ac6d4db", clicked) == "1a855ac6d4db, 0f00ba4"

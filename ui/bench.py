@@ -52,6 +52,7 @@ from ui.bench_report import (
     throughput_figure,
 )
 from ui.forms import api_endpoint, api_function, refusal, reported
+from ui.history import wire_history
 from ui.jobs import Access, wire_cancel
 from ui.widgets import (
     chart,
@@ -144,10 +145,10 @@ def build_bench_tab(settings: Any, jobs: BenchJobs, access: Access) -> None:
             with gr.Row():
                 json_file = gr.File(label="Report (JSON)", interactive=False)
                 csv_file = gr.File(label="Results (CSV)", interactive=False)
-    with gr.Accordion("History, compare and import", open=False):
+    with gr.Accordion("History, compare and import", open=False) as history_panel:
         with gr.Row():
             refresh = gr.Button("Refresh")
-            chosen = gr.Textbox(label="Job ids (comma-separated): open the first, compare all")
+            chosen = gr.Textbox(label="Job ids (a row clicked adds its id): Open opens the first, Compare all")
             open_btn = gr.Button("Open")
             compare_btn = gr.Button("Compare")
             import_file = gr.File(label="Import a report (JSON) from another machine", file_types=[".json"])
@@ -373,7 +374,7 @@ def build_bench_tab(settings: Any, jobs: BenchJobs, access: Access) -> None:
     submit.click(queue, form, [job_id, status, timer], api_visibility="private")
     wire_cancel(cancel, jobs, access, job_id)
     timer.tick(poll, [job_id], [status, timer, *outputs], queue=False, api_visibility="private")
-    refresh.click(history_rows, None, history, queue=False, api_visibility="private")
+    wire_history(history_panel, refresh, history, chosen, history_rows)  # listed when opened; a row gives its id
     # one progress display per action: on the pane that answers it, not on every output
     open_btn.click(open_job, chosen, [job_id, status, timer, *outputs], api_visibility="private",
                    show_progress_on=status)  # fmt: skip

@@ -27,6 +27,7 @@ from engine.onnx.timing import AUTO_HELP
 from engine.onnx.uploads import display_name, model_source, prepared
 from engine.runtimes.ort_session import PROVIDERS
 from ui.forms import api_endpoint, choices, default, reported
+from ui.history import wire_history
 from ui.jobs import Access, wire_cancel
 from ui.onnx_report import (
     ACCURACY_HEADERS,
@@ -166,10 +167,10 @@ def build_onnx_eval_tab(settings: Any, jobs: OnnxEvalJobs, access: Access) -> No
                 headers=ACCURACY_HEADERS, interactive=False, label="Accuracy on your data", visible=False
             )
             report_file = gr.File(label="Full report (JSON)", interactive=False)
-    with gr.Accordion("History and compare", open=False):
+    with gr.Accordion("History and compare", open=False) as history_panel:
         with gr.Row():
             refresh = gr.Button("Refresh")
-            chosen = gr.Textbox(label="Job ids (comma-separated): open the first, compare all")
+            chosen = gr.Textbox(label="Job ids (a row clicked adds its id): Open opens the first, Compare all")
             open_btn = gr.Button("Open")
             compare_btn = gr.Button("Compare")
         history = gr.Dataframe(headers=HISTORY_HEADERS, interactive=False, wrap=True)
@@ -298,7 +299,7 @@ def build_onnx_eval_tab(settings: Any, jobs: OnnxEvalJobs, access: Access) -> No
     )
     wire_cancel(cancel, jobs, access, job_id)
     timer.tick(poll, [job_id], [status, timer, *result_outputs], queue=False, api_visibility="private")
-    refresh.click(history_rows, None, history, queue=False, api_visibility="private")
+    wire_history(history_panel, refresh, history, chosen, history_rows)  # listed when opened; a row gives its id
     # one progress display per action: on the pane that answers it, not on every output
     open_btn.click(open_job, chosen, [job_id, status, timer, *result_outputs], api_visibility="private",
                    show_progress_on=status)  # fmt: skip
