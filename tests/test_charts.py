@@ -346,7 +346,7 @@ def test_the_cost_table_and_network_plan_with_no_finished_sweep_open(tmp_path: P
         handler = {fn.name: fn.fn for fn in demo.fns.values()}
         for job, message in ((queued, "Run or open a sweep that finished"), ("deadbeef0000", "no job deadbeef0000")):
             with pytest.raises(gr.Error, match=message):
-                handler["price_configuration"](job, "cpu eager fp32 b1", 1, request)
+                handler["price_configuration"](job, "cpu eager fp32 b1", 1, "", request)
         plan = handler["fit_form"]("H100", "wav2lip", "fp16", 0.9, 0, 0, "deadbeef0000", request)
         # of the H100's total as CUDA reports it (85.0e9 bytes), not the 80 GB it is sold as
         assert "largest batch under 0.9 of 85.0 GB (the card's total as CUDA reports it)" in plan
@@ -402,18 +402,18 @@ def test_the_cost_table_keeps_small_costs_in_significant_figures() -> None:
     assert float(rows["T4"][3]) == pytest.approx(0.35 / (20_000 * 3600) * 1000, rel=1e-3) and "e-06" in rows["T4"][3]
 
 
-def _bench_tab_handlers(settings, store) -> tuple[gr.Blocks, dict]:
-    """The bench tab built in a Blocks (its broker never started): the Blocks and its handlers by name."""
+def _bench_tab(settings, store) -> tuple[gr.Blocks, dict, object]:
+    """The bench tab built in a Blocks (its broker never started): the Blocks, its handlers by name, its jobs."""
     from engine.bench.jobs import BenchJobs
     from engine.jobs.broker import Broker
     from engine.jobs.store import CPU
     from ui.bench import build_bench_tab
     from ui.jobs import Access
 
+    jobs = BenchJobs(Broker(store, {"bench": "engine.bench.jobs:handle"}, {CPU: 1}), settings)
     with gr.Blocks() as demo:
-        build_bench_tab(settings, BenchJobs(Broker(store, {"bench": "engine.bench.jobs:handle"}, {CPU: 1}), settings),
-                        Access())  # fmt: skip
-    return demo, {fn.name: fn.fn for fn in demo.fns.values()}
+        build_bench_tab(settings, jobs, Access())
+    return demo, {fn.name: fn.fn for fn in demo.fns.values()}, jobs
 
 
 def test_saved_prices_are_shown_on_load_to_their_visitor_only(tmp_path: Path) -> None:
@@ -431,7 +431,7 @@ def test_saved_prices_are_shown_on_load_to_their_visitor_only(tmp_path: Path) ->
     settings.ensure_dirs()
     alice, bob = (SimpleNamespace(username=None, session_hash=s, cookies={}) for s in ("alice", "bob"))
     with JobStore(settings.db_path, settings.data_dir / "blobs") as store:
-        demo, handler = _bench_tab_handlers(settings, store)
+        demo, handler, _ = _bench_tab(settings, store)
         loads = [fn for fn in demo.fns.values() if fn.name == "own_prices"]
         assert loads and all(t[1] == "load" for fn in loads for t in fn.targets)  # the page's load fills it
 
@@ -489,3 +489,34 @@ def test_the_onnx_and_bench_histories_list_when_opened_and_a_clicked_row_gives_i
         clicked = gr.SelectData(history, {"index": [1, 2], "value": "done", "row_value": ["1a855ac6d4db", "m"]})
         assert pick.fn("", clicked) == "1a855ac6d4db"
         assert pick.fn("0f00ba4, 1a855ac6d4db", clicked) == "1a855ac6d4db, 0f00ba4"
+
+
+def test_a_cpu_configuration_is_priced_at_the_cpu_price_and_unpriced_cards_are_named(tmp_path: Path, model) -> None:
+    """After a CPU sweep every cost row read "not estimated: measured on the CPU", and the catalog's boards without a
+    price were missing without a word. Now the tab takes the CPU machine's price (as `cost --cpu-price-per-hour`),
+    says how to get a CPU figure when it is not given, and names the cards left out and how to price them."""
+    from engine.bench.catalog import CATALOG
+    from engine.core.settings import load_settings
+    from engine.jobs.store import CPU, JobStore
+    from ui.jobs import Access
+
+    settings = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path / "data")})
+    settings.ensure_dirs()
+    request = SimpleNamespace(username=None, session_hash="s1", cookies={})
+    with JobStore(settings.db_path, settings.data_dir / "blobs") as store:
+        _, handler, jobs = _bench_tab(settings, store)
+        job = jobs.submit(SweepRequest.build({"device": "cpu", "batch": "1"}), Access().owner(request))
+        assert store.claim_next(CPU).id == job.id
+        path, info = model
+        config = SweepConfig("mlp", [BenchPoint("ort-cpu", "fp32", 1, "cpu")], runs=2, warmup=0)
+        store.finish(job.id, run_sweep(config, onnx_model(path, "mlp", info), None))
+        label = store.get(job.id).result["results"][0]["label"]
+        rows, notes = handler["price_configuration"](job.id, label, 250, "0.34", request)
+        assert rows[0][0] == "CPU (measured)" and rows[0][1] == 0.34 and rows[0][3] != ""  # priced
+        unpriced = [key for key, gpu in CATALOG.items() if gpu.price_per_hour is None]
+        assert unpriced and f"Left out, with no price: {', '.join(unpriced)}" in notes and "Save prices" in notes
+        assert "give the CPU machine's" not in notes
+        rows, notes = handler["price_configuration"](job.id, label, 250, "", request)
+        assert "CPU (measured)" not in [r[0] for r in rows] and "give the CPU machine's **$/hour**" in notes
+        with pytest.raises(gr.Error, match=r"cpu price per hour -1 is outside"):
+            handler["price_configuration"](job.id, label, 250, "-1", request)

@@ -29,6 +29,7 @@ from engine.bench.planner import (
     cost_table,
     plan_llm,
     plan_network,
+    unpriced_cards,
 )
 from engine.bench.sweep import DEFAULT_RUNS, DEFAULT_WARMUP, PRESETS, math_precision, rows_to_csv
 from engine.bench.workloads import BUILTIN
@@ -42,6 +43,7 @@ from ui.bench_report import (
     RESULT_HEADERS,
     compare_figure,
     compare_rows,
+    cost_notes_markdown,
     cost_rows,
     latency_memory_figure,
     result_rows,
@@ -167,12 +169,16 @@ def build_bench_tab(settings: Any, jobs: BenchJobs, access: Access) -> None:
         with gr.Row():
             cost_config = gr.Dropdown([], label="Measured configuration (from the results above)")
             per_request = gr.Number(value=1, minimum=0.001, label="Samples per request (e.g. 250 frames)")
+            cpu_price = optional_number(CostConfig, "cpu_price_per_hour", "CPU machine $/hour (CPU rows)",
+                                        "empty: the CPU machine is not priced",
+                                        info="what the machine a CPU configuration ran on costs per hour")  # fmt: skip
             cost_btn = gr.Button("Compute cost")
         prices = gr.Dataframe(
             headers=["GPU", "$/hour", "source"], value=_price_rows(PriceBook.load(prices_path)), interactive=True
         )
         save_prices = gr.Button("Save prices")
         cost_table_view = gr.Dataframe(headers=COST_HEADERS, interactive=False)
+        cost_notes = gr.Markdown()  # what the table cannot show: a CPU left unpriced, the cards without a price
     with gr.Accordion("Planner: what fits on which GPU", open=False):
         with gr.Row():
             plan_gpu = gr.Dropdown(card_choices, value="V100-16GB", label="GPU")
@@ -287,17 +293,29 @@ def build_bench_tab(settings: Any, jobs: BenchJobs, access: Access) -> None:
         with reported(what):
             return jobs.result(job, access.reader(request)).get("report") or None
 
-    def price_configuration(job: str | None, label: str | None, samples: float, request: gr.Request) -> list[list]:
+    def price_configuration(
+        job: str | None, label: str | None, samples: float, cpu_price: str | None, request: gr.Request
+    ) -> tuple[list[list], str]:
+        """The cost table of one measured configuration, and notes on what it leaves out. A CPU configuration is
+        priced at the CPU machine's price where one is given (as `cost --cpu-price-per-hour`)."""
         report = open_report(job, request, "the cost table")
         if report is None or not label:
             raise refusal("Run or open a sweep that finished, then pick one of its configurations.", "the cost table")
         row = next((r for r in report["results"] if r["label"] == label), None)
         if row is None or not row.get("samples_per_s"):
             raise refusal(f"{label} has no throughput in the sweep open in this tab", "the cost table")
-        measured_on = report_gpu(report) if row["device"] == "cuda" else None
-        with reported("the cost table"):  # at the precision its arithmetic ran at (TensorRT's fp32 is TF32)
-            rows = cost_table(row["samples_per_s"], math_precision(row), measured_on, prices_of(request)[0], samples)
-        return cost_rows(rows)
+        book, precision = prices_of(request)[0], math_precision(row)  # TensorRT's fp32 arithmetic is TF32
+        with reported("the cost table"):
+            if row["device"] == "cuda":
+                measured_on = report_gpu(report)
+                rows = cost_table(row["samples_per_s"], precision, measured_on, book, samples)
+            else:  # the CPU price checked as the CLI's and /cost's
+                measured_on = None
+                config = CostConfig.build({"throughput": row["samples_per_s"], "measured_on": "cpu",
+                                           "precision": precision, "samples_per_request": samples,
+                                           "cpu_price_per_hour": cpu_price})  # fmt: skip
+                rows = cost_for(config, book)
+        return cost_rows(rows), cost_notes_markdown(rows, unpriced_cards(book, measured_on), row["device"] != "cuda")
 
     def own_prices(request: gr.Request) -> list[list]:
         """On the page's load: the visitor's prices (their own over the operator's), which the cost figures use."""
@@ -381,7 +399,8 @@ def build_bench_tab(settings: Any, jobs: BenchJobs, access: Access) -> None:
     compare_btn.click(compare, chosen, [compare_table, compare_plot], api_visibility="private",
                       show_progress_on=compare_table)  # fmt: skip
     import_file.upload(import_report, import_file, history, api_visibility="private")
-    cost_btn.click(price_configuration, [job_id, cost_config, per_request], cost_table_view, api_visibility="private")
+    cost_btn.click(price_configuration, [job_id, cost_config, per_request, cpu_price], [cost_table_view, cost_notes],
+                   api_visibility="private", show_progress_on=cost_table_view)  # fmt: skip
     save_prices.click(save, prices, prices, api_visibility="private")
     # no triggers and no inputs: the page's load (each visitor's own prices, not the ones the page was built with)
     gr.on(None, own_prices, None, prices, queue=False, show_progress="hidden", api_visibility="private")

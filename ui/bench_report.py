@@ -7,6 +7,7 @@ from typing import Any
 
 import plotly.graph_objects as go
 
+from engine.bench.planner import CPU_ROW
 from engine.onnx.timing import spread_warning
 from ui.widgets import layout, log_axis
 
@@ -292,3 +293,20 @@ def cost_rows(rows: list[dict]) -> list[list]:
         ]
         for r in rows
     ]
+
+
+def cost_notes_markdown(rows: list[dict], unpriced: list[str], on_cpu: bool) -> str:
+    """What a cost table leaves out, and how to get it: the CPU machine without a price (its row missing, every card
+    "not estimated"), and the cards left out for want of a price."""
+    lines = []
+    if on_cpu and not any(r["gpu"] == CPU_ROW for r in rows):
+        lines.append(
+            "- ℹ️ Measured on the CPU: give the CPU machine's **$/hour** above to price it. The GPU cards are not "
+            "estimated from a CPU measurement: a sweep on a GPU estimates them."
+        )
+    if unpriced:
+        lines.append(
+            f"- ℹ️ Left out, with no price: {', '.join(unpriced)}. Type their $/hour in the price table above and "
+            "press **Save prices** to include them."
+        )
+    return "\n".join(lines)

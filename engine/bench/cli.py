@@ -177,8 +177,8 @@ def _plan_network(args: argparse.Namespace) -> int:
 
 
 def _cost(args: argparse.Namespace) -> int:
-    from engine.bench.catalog import PriceBook
-    from engine.bench.planner import cost_for
+    from engine.bench.catalog import CATALOG, PriceBook
+    from engine.bench.planner import cost_for, unpriced_cards
     from engine.core.settings import get_settings
 
     prices = get_settings().prices_path
@@ -188,7 +188,8 @@ def _cost(args: argparse.Namespace) -> int:
     if same:
         raise InputError(f"--json {args.json} is the price file cost reads ({prices}): writing it would overwrite "
                          "your prices; give another file name")  # fmt: skip
-    rows = cost_for(from_args(CostConfig, args), PriceBook.load(prices))
+    config, book = from_args(CostConfig, args), PriceBook.load(prices)
+    rows = cost_for(config, book)
     write_json(args.json, json.dumps(rows, indent=2))
     print(f"{'GPU':<16} {'$/h':>6} {'samples/s':>10} {'$ per 1000 req':>15} {'req per $10':>13}  basis")
     for r in rows:
@@ -196,6 +197,8 @@ def _cost(args: argparse.Namespace) -> int:
             f"{r['gpu']:<16} {_fmt(r['price_per_hour'], '6.2f')} {_fmt(r['samples_per_s'], '10.1f')} "
             f"{_fmt(r['cost_per_1000_requests'], '15.4g')} {_fmt(r['requests_per_10_usd'], '13,.0f')}  {r['basis']}"
         )
+    if left_out := unpriced_cards(book, CATALOG.get(config.measured_on)):
+        print(f"left out, with no price: {', '.join(left_out)} (give their dollars per hour in {prices})")
     return 0
 
 

@@ -67,6 +67,9 @@ def scaled_throughput(measured: float, measured_on: Gpu, target: Gpu, precision:
     return measured * b / a
 
 
+CPU_ROW = "CPU (measured)"  # the cost table's row of the CPU machine itself
+
+
 def cost_table(
     throughput: float,
     precision: str,
@@ -85,7 +88,7 @@ def cost_table(
         raise PlanError("a CPU price prices a throughput measured on the CPU; a card's price goes in prices.json")
     rows = []
     if measured_on is None and cpu_price_per_hour is not None:  # a CPU machine against the cards' prices
-        rows.append(_priced({"gpu": "CPU (measured)", "price_per_hour": cpu_price_per_hour, "price_source": "given",
+        rows.append(_priced({"gpu": CPU_ROW, "price_per_hour": cpu_price_per_hour, "price_source": "given",
                              "basis": "measured", "samples_per_s": throughput}, samples_per_request))  # fmt: skip
     if measured_on is not None and measured_on.key == "detected":  # the measured card itself, though uncatalogued
         rows.append({
@@ -113,6 +116,13 @@ def cost_table(
                "samples_per_s": rate}  # fmt: skip
         rows.append(_priced(row, samples_per_request))
     return rows
+
+
+def unpriced_cards(prices: PriceBook, measured_on: Gpu | None = None) -> list[str]:
+    """The catalog's cards that cost_table leaves out for want of a price (the measured card is shown even so): a
+    cost table says which, so that a missing card reads as unpriced, not as forgotten."""
+    measured = measured_on.key if measured_on is not None else None
+    return [key for key in CATALOG if key not in prices.prices and key != measured]
 
 
 def _priced(row: dict[str, Any], samples_per_request: float) -> dict[str, Any]:
@@ -571,6 +581,7 @@ def plan_llm(req: LlmRequest, card: Gpu | None = None) -> dict[str, Any]:
 
 
 __all__ = [
+    "CPU_ROW",
     "LLMS",
     "QUANT_BYTES_PER_PARAM",
     "LlmRequest",
@@ -586,4 +597,5 @@ __all__ = [
     "scaled_throughput",
     "tgi_budget_bytes",
     "tgi_runtime_bytes",
+    "unpriced_cards",
 ]
