@@ -157,6 +157,8 @@ def test_onnx_inspect(tmp_path: Path) -> None:
     text = run("onnx", "inspect", str(path), "--symbols", "batch=4", **env)
     assert text.returncode == 0, text.stderr
     assert "input  image: float32 ['batch', 3, 32, 32]" in text.stdout and "Conv x1" in text.stdout
+    assert "  1.555 MFLOP per run; not counted: nothing\n" in text.stdout  # it read 0.002 GFLOP
+    assert "  batch  batch: free" in text.stdout and "dynamic batch" not in text.stderr + text.stdout  # no warning
     info = json.loads(run("onnx", "inspect", str(path), "--json", **env).stdout)
     assert info["flops"] == 2 * 8 * 30 * 30 * 3 * 9 and info["parameters"] == 216
     bad = run("onnx", "inspect", str(tmp_path / "data"), **env)

@@ -17,7 +17,7 @@ from tiny_onnx import SCALE, B, W, classifier, fixed, huge_output, mlp, nonzero,
 
 import engine.onnx.evaluate as oe  # noqa: E402
 from engine.core.errors import InputError  # noqa: E402
-from engine.onnx.config import EvalConfig, EvalError  # noqa: E402
+from engine.onnx.config import EvalConfig, EvalError, InspectConfig  # noqa: E402
 from engine.onnx.evaluate import (  # noqa: E402
     Placement,
     accuracy,
@@ -816,6 +816,22 @@ def test_a_declared_output_size_the_first_run_exceeds_is_replaced_by_the_real_on
 def test_config_validate_refusals(changes: dict, message: str) -> None:
     with pytest.raises(EvalError, match=message):
         EvalConfig.build({"model": "m.onnx", **changes})
+
+
+def test_a_model_and_an_example_both_given_are_refused_as_both() -> None:
+    """It said "give either...", as for neither."""
+    with pytest.raises(EvalError, match=r"or a built-in example: wav2lip, s3fd, not both \(got the model m\.onnx and "
+                       r"the example wav2lip\)"):  # fmt: skip
+        InspectConfig.build({"model": "m.onnx", "example": "wav2lip"})
+    with pytest.raises(EvalError, match=r"give either a model .* s3fd$"):
+        InspectConfig.build({})
+
+
+def test_the_few_runs_note_counts_one_run_as_one() -> None:
+    """It said "where 1 runs were timed"."""
+    rows = [{"latency": {"n": 1}}]
+    assert oe.few_runs_note(rows).startswith("p90, p95, p99 left out where only 1 run was timed: ")
+    assert oe.few_runs_note([{"latency": {"n": 5}}]).startswith("p90, p95, p99 left out where 5 runs were timed: ")
 
 
 def test_config_defaults_valid_and_symbol_refusals(mlp_model: tuple[Path, ModelInfo]) -> None:

@@ -95,7 +95,8 @@ def test_conv_net_inspection(tmp_path: Path) -> None:
     assert info.flops_counted == {"Conv": 13824, "Gemm": 5130, "MatMul": 100}
     assert info.flops_not_counted == ["Flatten", "Relu"]
     assert info.external_data == [] and info.size_bytes == upload.stat().st_size
-    assert any("dynamic batch: batch=1" in w for w in info.warnings)
+    # a free batch is the normal case: a fact, not a warning (every model's inspection and job warned of it)
+    assert info.batch_symbols == ["batch"] and not any("dynamic batch" in w for w in info.warnings)
     json.dumps(info.to_dict())  # plain data all the way down
 
     assert info.output_shapes == {"y": [1, 5]}  # shape inference at the inspected symbols
@@ -482,7 +483,7 @@ def test_only_first_dimensions_are_batch_dimensions(tmp_path: Path) -> None:
     """What an evaluation sweeps: a symbol named like a batch elsewhere is an ordinary one, and inspection says so."""
     x, y = helper.make_tensor_value_info("x", F, [4, "batch"]), helper.make_tensor_value_info("y", F, [4, "batch"])
     info = inspect_model(_write(_model([helper.make_node("Relu", ["x"], ["y"])], [x], [y]), tmp_path / "t.onnx"))
-    assert not any("dynamic batch" in w for w in info.warnings)
+    assert not any("dynamic batch" in w for w in info.warnings) and info.batch_symbols == []
     assert "other symbolic dimensions set to their default 1: batch" in info.warnings
 
 
@@ -556,3 +557,13 @@ def test_an_empty_zip_says_it_is_empty(tmp_path: Path) -> None:
     """It read "no .onnx file; members: " with nothing after it."""
     with pytest.raises(ModelError, match=r"no \.onnx file; members: none \(an empty zip\)"):
         prepare_model(_zip(tmp_path / "empty.zip", {}), tmp_path / "work")
+
+
+def test_flop_counts_are_shown_in_a_unit_that_keeps_them_readable() -> None:
+    """A 24-FLOP model read "0.000 GFLOP per run"."""
+    from engine.onnx.model import flops_line, format_flops
+
+    assert [format_flops(n) for n in (24, 19054, 1_555_200, 7.934e9, 2.5e12)] == [
+        "24 FLOP", "19.05 kFLOP", "1.555 MFLOP", "7.934 GFLOP", "2.5 TFLOP"]  # fmt: skip
+    assert flops_line(24, ["Add"], " at N=1") == "24 FLOP per run at N=1; not counted: Add"
+    assert flops_line(None, ["Add", "Mul"]).startswith("FLOPs per run unknown: none of its ops has a FLOP count")

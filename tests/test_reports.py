@@ -53,12 +53,18 @@ def test_onnx_report_renders(model) -> None:
     report = evaluate(path, info, EvalConfig(model=MODEL, batch_sizes=[1, 2], runs=2, warmup=0))
     report["inspection"] = {**{k: v for k, v in info.to_dict().items() if k != "path"}, "name": "mlp.onnx"}
     assert len(onnx_report.result_rows(report)[0]) == len(onnx_report.RESULT_HEADERS)
-    assert onnx_report.parity_rows(report)[0][:2] == ["cpu", "y"]
+    # the CPU's outputs are the reference: its own parity row compared them with themselves (all zeros)
+    assert list(report["parity"]) == ["cpu"] and onnx_report.parity_rows(report) == []
+    assert "nothing to compare them with" in onnx_report.summary_markdown(report)
     odd = {"parity": {"cuda": {"y": report["parity"]["cpu"]["y"], "words": {"shape_mismatch": False,
            "exact_match": False}}}, "sessions": {"cuda": {"fell_back": True}}}  # fmt: skip
     assert [row[:2] + row[-1:] for row in onnx_report.parity_rows(odd)][1] == ["cuda ⚠️ fell back", "words", "differs"]
     assert onnx_report.parity_rows(odd)[0][0] == "cuda ⚠️ fell back"
-    assert "mlp.onnx" in onnx_report.inspection_markdown(report["inspection"])
+    described = onnx_report.inspection_markdown(report["inspection"])
+    assert "mlp.onnx" in described and "- 24 FLOP per run at N=1; not counted: Add, Relu" in described  # 0.000 GFLOP
+    assert "- batch: `N`, free" in described and "⚠️" not in described  # a free batch is no warning
+    old = {**report["inspection"], "warnings": ["dynamic batch: N=1"]}  # as inspections stored before it said
+    assert "⚠️" not in onnx_report.inspection_markdown(old)
     assert onnx_report.io_rows(report["inspection"])[0] == ["inputs", "x", "float32", "['N', 4]"]
     assert onnx_report.latency_figure(report).layout.title.text
     assert onnx_report.throughput_figure([("", report)]).layout.title.text
@@ -75,7 +81,10 @@ def test_inputs_with_a_default_are_listed_apart_and_capped(tmp_path: Path, monke
     from engine.onnx.model import DEFAULTS_LISTED
 
     path = with_default(tmp_path / "default.onnx")
-    inspection = inspect_model(path).to_dict()
+    inspection = {**inspect_model(path).to_dict(), "name": "default.onnx"}
+    # no op with a FLOP count: what is unknown, and why (it read "unknown; not counted: Add, Mul")
+    assert ("- FLOPs per run unknown: none of its ops has a FLOP count here (not counted: Add, Mul)"
+            in onnx_report.inspection_markdown(inspection))  # fmt: skip
     assert onnx_report.io_rows(inspection) == [
         ["inputs", "x", "float32", "['N', 3]"],
         ["input with a default", "scale", "float32", "[3]"],

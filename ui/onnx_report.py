@@ -12,7 +12,7 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-from engine.onnx.model import DEFAULTS_LISTED, type_name
+from engine.onnx.model import DEFAULTS_LISTED, flops_line, format_bytes, type_name
 from engine.onnx.timing import spread_warning
 from ui.widgets import layout, log_axis
 
@@ -41,6 +41,8 @@ PARITY_HEADERS = [
 ACCURACY_HEADERS = ["provider", "output", "MAE", "RMSE", "max error", "cosine", "top-1", "top-5"]
 IO_HEADERS = ["kind", "name", "dtype", "shape"]
 COMPARE_HEADERS = ["job", "model", "provider", "ran on", "batch", "p50 ms", "p99 ms", "samples/s", "× CPU (p50)"]
+REFERENCE = "cpu"  # the provider whose fp32 outputs every other's are compared with (its own row: itself, all zeros)
+_OLD_BATCH_NOTE = "dynamic batch: "  # stored inspections listed the (normal) free batch among their warnings
 
 
 def _num(value: Any, digits: int = 3) -> Any:
@@ -116,8 +118,11 @@ def result_rows(report: dict) -> list[list]:
 
 
 def parity_rows(report: dict) -> list[list]:
+    """Each provider's outputs against the CPU's; not the CPU's own row (the reference against itself: zeros)."""
     rows, sessions = [], report.get("sessions") or {}
     for key, outputs in (report.get("parity") or {}).items():
+        if key == REFERENCE:
+            continue
         provider = f"{key} ⚠️ fell back" if sessions.get(key, {}).get("fell_back") else key
         if "error" in outputs and not isinstance(outputs["error"], dict):
             rows.append([provider, "", "", "", "", "", "", "", outputs["error"]])
@@ -178,19 +183,21 @@ def io_rows(inspection: dict) -> list[list]:
 
 
 def inspection_markdown(inspection: dict) -> str:
-    flops = inspection.get("flops")
-    at = inspection["symbols"] or "its fixed shapes"
-    flops_text = "unknown" if flops is None else f"{flops / 1e9:.3f} GFLOP per run at {at}"
+    symbols = inspection["symbols"]
+    at = " at " + (", ".join(f"{name}={value}" for name, value in symbols.items()) or "its fixed shapes")
     ops = ", ".join(f"{op} ×{n}" for op, n in sorted(inspection["op_counts"].items(), key=lambda kv: -kv[1]))
     lines = [
         f"**{inspection['name']}** · IR {inspection['ir_version']} · opsets {inspection['opsets']} · "
         f"producer {inspection['producer'] or 'unknown'}",
-        f"- {inspection['parameters']:,} parameters, {inspection['parameter_bytes'] / 2**20:.1f} MiB of weights; "
-        f"file {inspection['size_bytes'] / 2**20:.1f} MiB; sha256 `{inspection['sha256'][:16]}…`",
-        f"- {flops_text}; not counted: {', '.join(inspection['flops_not_counted']) or 'nothing'}",
+        f"- {inspection['parameters']:,} parameters, {format_bytes(inspection['parameter_bytes'])} of weights; "
+        f"file {format_bytes(inspection['size_bytes'])}; sha256 `{inspection['sha256'][:16]}…`",
+        f"- {flops_line(inspection.get('flops'), inspection['flops_not_counted'], at)}",
         f"- ops: {ops}",
     ]
-    lines += [f"- ⚠️ {w}" for w in inspection.get("warnings", [])]
+    if batch := inspection.get("batch_symbols"):  # reports stored before it have none
+        lines.append(f"- batch: {', '.join(f'`{b}`' for b in batch)}, free (an evaluation runs each batch size "
+                     "asked for)")  # fmt: skip
+    lines += [f"- ⚠️ {w}" for w in inspection.get("warnings", []) if not w.startswith(_OLD_BATCH_NOTE)]
     return "\n".join(lines)
 
 
@@ -264,5 +271,8 @@ def summary_markdown(report: dict) -> str:
         f"{r['provider']} at batch {r['batch']}: {r.get('spread_warning')}" for r in report.get("results", [])
     }
     lines += [f"- ℹ️ {n}" for n in report.get("notes", [])]
+    if list(report.get("parity") or {}) == [REFERENCE]:  # the parity table stays hidden: say why
+        lines.append("- ℹ️ parity: only the CPU ran, and its outputs are the reference: nothing to compare them with "
+                     "(choose cuda or trt too)")  # fmt: skip
     lines += [f"- ⚠️ {w}" for w in report.get("warnings", []) if w not in beside_the_charts]
     return "\n".join(lines)

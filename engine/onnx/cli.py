@@ -24,7 +24,7 @@ from engine.onnx.config import EvalConfig, EvalError, InspectConfig
 
 def _inspect(args: argparse.Namespace) -> int:
     from engine.core.settings import get_settings
-    from engine.onnx.model import DEFAULTS_LISTED
+    from engine.onnx.model import DEFAULTS_LISTED, flops_line
     from engine.onnx.uploads import model_source, prepared
 
     config, settings = from_args(InspectConfig, args), get_settings()
@@ -45,9 +45,10 @@ def _inspect(args: argparse.Namespace) -> int:
     if len(defaults) > DEFAULTS_LISTED:
         print(f"  ... and {len(defaults) - DEFAULTS_LISTED} more inputs with a default (--json lists them)")
     print(f"  symbols {info.symbols}")
+    if info.batch_symbols:
+        print(f"  batch  {', '.join(info.batch_symbols)}: free (an evaluation runs each batch size asked for)")
     print("  ops " + ", ".join(f"{op} x{n}" for op, n in info.op_counts.items()))
-    flops = "unknown" if info.flops is None else f"{info.flops / 1e9:.3f} GFLOP per run"
-    print(f"  {flops}; not counted: {', '.join(info.flops_not_counted) or 'nothing'}")
+    print(f"  {flops_line(info.flops, info.flops_not_counted)}")
     for warning in info.warnings:
         print(f"  warning: {warning}")
     return 0

@@ -31,9 +31,10 @@ class EvalError(InputError):
 
 
 def _model_or_example(model: Path | None, example: str | None) -> list[str]:
-    if (model is None) == (example is None):
-        return [f"give either a model ({MODEL_HELP.split(' (')[0]}) or a built-in example: {', '.join(EXAMPLE_NAMES)}"]
-    return []
+    either = f"give either a model ({MODEL_HELP.split(' (')[0]}) or a built-in example: {', '.join(EXAMPLE_NAMES)}"
+    if model is not None and example is not None:
+        return [f"{either}, not both (got the model {model.name} and the example {example})"]
+    return [either] if model is None and example is None else []
 
 
 @dataclass

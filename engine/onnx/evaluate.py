@@ -1437,7 +1437,8 @@ def few_runs_note(rows: list[dict[str, Any]]) -> str | None:
     if not missing:
         return None
     return (
-        f"{', '.join(f'p{q}' for q in missing)} left out where {runs} runs were timed: one run in "
+        f"{', '.join(f'p{q}' for q in missing)} left out where "
+        f"{'only 1 run was' if runs == 1 else f'{runs} runs were'} timed: one run in "
         f"{', '.join(str(PERCENTILE_MIN_RUNS[q]) for q in missing)} lies above them, so with fewer they are the "
         f"slowest run or a blend of the slowest few; --runs {PERCENTILE_MIN_RUNS[missing[-1]]} gives them"
     )

@@ -160,6 +160,9 @@ class ModelInfo:
     symbols: dict[str, int]
     external_data: list[str]
     warnings: list[str] = field(default_factory=list)
+    # The symbols that are some input's first dimension: the batch an evaluation sets to each size asked for. The
+    # normal case, so a fact shown beside the symbols, not a warning.
+    batch_symbols: list[str] = field(default_factory=list)
     # Each output's shape at `symbols` as shape inference found it; missing where only running can tell.
     output_shapes: dict[str, list[int]] = field(default_factory=dict)
     # The floating-point type holding most of the weights' bytes (fp32, fp16 or bf16); None where no weight is one.
@@ -184,6 +187,26 @@ def format_bytes(n: int) -> str:
         if n >= size:
             return f"{n / size:.1f} {unit}"
     return f"{n} bytes"
+
+
+def format_flops(n: float) -> str:
+    """A FLOP count in the unit that keeps it readable: 24 FLOP, 19.05 kFLOP, 7.934 GFLOP (a tiny model's count
+    read 0.000 GFLOP)."""
+    for unit, size in (("TFLOP", 1e12), ("GFLOP", 1e9), ("MFLOP", 1e6), ("kFLOP", 1e3)):
+        if n >= size:
+            return f"{n / size:.4g} {unit}"
+    return f"{n:g} FLOP"
+
+
+def flops_line(flops: int | None, not_counted: list[str], at: str = "") -> str:
+    """The inspection's FLOP count as one line (the tab's and `onnx inspect`'s), `at` saying at which shapes; where
+    no op could be counted, what is unknown and why ("unknown; not counted: Add, Mul" said neither)."""
+    left_out = ", ".join(not_counted)
+    if flops is None:
+        if not left_out:
+            return "FLOPs per run unknown: the graph has no ops"
+        return f"FLOPs per run unknown: none of its ops has a FLOP count here (not counted: {left_out})"
+    return f"{format_flops(flops)} per run{at}; not counted: {left_out or 'nothing'}"
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -1165,6 +1188,7 @@ def inspect_model(
         symbols=values,
         external_data=sorted(external),
         warnings=warnings,
+        batch_symbols=batch_symbols(inputs),
         output_shapes={spec.name: list(shapes[spec.name]) for spec in outputs if spec.name in shapes},
         weights_precision=_weights_precision(bytes_by_dtype),
         overridable_inputs=io.overridable,
@@ -1216,9 +1240,7 @@ def _notes(
                 f"{label} weights: {count_by_dtype[dtype]} initializer(s), {format_bytes(bytes_by_dtype[dtype])} "
                 f"of {format_bytes(total)}"
             )
-    batch = batch_symbols(inputs)
-    if batch:
-        notes.append(f"dynamic batch: {', '.join(f'{s}={values[s]}' for s in batch)}")
+    batch = batch_symbols(inputs)  # the normal case: ModelInfo.batch_symbols, not a remark
     others = [s for s in values if s not in batch and s not in overrides]
     if others:
         notes.append(f"other symbolic dimensions set to their default 1: {', '.join(others)}")
