@@ -383,6 +383,14 @@ def test_a_calibration_that_cannot_size_a_batch_is_refused(tmp_path) -> None:
     (tmp_path / "r.json").write_text(json.dumps([1, 2]))
     with pytest.raises(PlanError, match="must be a JSON object"):
         plan_network(NetworkPlanConfig(gpu="T4", calibrate=tmp_path / "r.json"), tmp_path)
+    # a photo given by mistake: "'utf-8' codec can't decode byte 0xff", never saying what calibrate takes
+    (tmp_path / "face.jpg").write_bytes(b"\xff\xd8\xff\xe0\x00\x10JFIF\x00")
+    with pytest.raises(PlanError, match=r"^calibrate: face\.jpg is not text, so not a sweep's report: give a GPU "
+                       r"sweep's JSON report \(`avatarbench bench --json`"):  # fmt: skip
+        plan_network(NetworkPlanConfig(gpu="T4", calibrate=tmp_path / "face.jpg"), tmp_path)
+    (tmp_path / "notes.txt").write_text("peaks: 1, 2")
+    with pytest.raises(PlanError, match=r"calibrate: notes\.txt: not valid JSON.*; calibrate takes a GPU sweep's JSON"):
+        plan_network(NetworkPlanConfig(gpu="T4", calibrate=tmp_path / "notes.txt"), tmp_path)
 
 
 def test_the_tab_names_the_replicas_the_plan_runs() -> None:

@@ -265,6 +265,27 @@ def plan_model_memory(
     )  # fmt: skip
 
 
+CALIBRATION_REPORT = "a GPU sweep's JSON report (`avatarbench bench --json`, or the benchmark tab's Report (JSON))"
+
+
+def _calibration_report(path: Path) -> Any:
+    """The calibrate file's JSON; a file that is not JSON text (an image, say) is refused saying what is expected
+    ("'utf-8' codec can't decode byte 0xff" said neither)."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise PlanError(f"calibrate: {path.name} cannot be read ({exc.strerror})") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise PlanError(f"calibrate: {path.name} is not text, so not a sweep's report: give {CALIBRATION_REPORT}"
+                        ) from None  # fmt: skip
+    try:
+        return parse_json(text, f"calibrate: {path.name}")
+    except InputError as exc:
+        raise PlanError(f"{exc}; calibrate takes {CALIBRATION_REPORT}") from None
+
+
 ESTIMATE_BASIS = "estimate: every layer output of one sample kept (an upper bound; calibrate with a GPU sweep)"
 
 
@@ -281,10 +302,7 @@ def plan_network(
     if gpu is None:
         raise PlanError(f"unknown GPU {config.gpu!r}; known: {', '.join(CATALOG)}")
     if report is None and config.calibrate is not None:
-        try:
-            report = parse_json(Path(config.calibrate).read_bytes(), f"calibrate: {Path(config.calibrate).name}")
-        except OSError as exc:
-            raise PlanError(f"calibrate: {Path(config.calibrate).name} cannot be read ({exc.strerror})") from None
+        report = _calibration_report(Path(config.calibrate))
     model = builtin_model(config.model, cache_dir)
     if report is not None:
         _check_calibration_source(report, config.model)
