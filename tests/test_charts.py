@@ -67,6 +67,12 @@ def test_log_axes_are_labelled_at_the_batch_sizes(onnx_result: dict, sweep: dict
         assert list(axis.tickvals) == batches and list(axis.ticktext) == [str(b) for b in batches]
 
 
+def test_throughput_axes_start_at_zero(onnx_result: dict, sweep: dict) -> None:
+    """The throughput-vs-batch charts' samples/s axis started near the lowest point (7), exaggerating differences."""
+    for figure in (onnx_report.throughput_figure([("", onnx_result)]), bench_report.throughput_figure(sweep)):
+        assert figure.layout.yaxis.rangemode == "tozero" and figure.layout.yaxis.type != "log"
+
+
 def test_many_values_get_one_two_five_ticks() -> None:
     assert widgets.one_two_five(3, 700) == [2, 5, 10, 20, 50, 100, 200, 500, 1000]
     assert widgets.one_two_five(0.3, 0.9) == [0.2, 0.5, 1]

@@ -145,6 +145,7 @@ def throughput_figure(report: dict) -> go.Figure:
         points.sort()
         fig.add_trace(go.Scatter(x=[b for b, _ in points], y=[t for _, t in points], mode="lines+markers", name=key))
     log_axis(fig, [b for points in series.values() for b, _ in points])
+    fig.update_yaxes(rangemode="tozero")  # from 0: an axis starting at 7 made small differences look large
     return layout(fig, "Throughput vs batch size", "batch size", "samples/s")
 
 

@@ -230,6 +230,7 @@ def throughput_figure(reports: list[tuple[str, dict]]) -> go.Figure:
             batches += xs
             fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name=name))
     log_axis(fig, batches)
+    fig.update_yaxes(rangemode="tozero")  # from 0: an axis starting near the lowest point exaggerates differences
     return layout(fig, "Throughput vs batch size", "batch size", "samples/s")
 
 
