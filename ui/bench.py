@@ -150,7 +150,7 @@ def build_bench_tab(settings: Any, jobs: BenchJobs, access: Access) -> None:
     with gr.Accordion("History, compare and import", open=False) as history_panel:
         with gr.Row():
             refresh = gr.Button("Refresh")
-            chosen = gr.Textbox(label="Job ids (a row clicked adds its id): Open opens the first, Compare all")
+            chosen = gr.Textbox(label="Job ids (click a row to add one): Open the first, Compare all")
             open_btn = gr.Button("Open")
             compare_btn = gr.Button("Compare")
             import_file = gr.File(label="Import a report (JSON) from another machine", file_types=[".json"])

@@ -170,7 +170,7 @@ def build_onnx_eval_tab(settings: Any, jobs: OnnxEvalJobs, access: Access) -> No
     with gr.Accordion("History and compare", open=False) as history_panel:
         with gr.Row():
             refresh = gr.Button("Refresh")
-            chosen = gr.Textbox(label="Job ids (a row clicked adds its id): Open opens the first, Compare all")
+            chosen = gr.Textbox(label="Job ids (click a row to add one): Open the first, Compare all")
             open_btn = gr.Button("Open")
             compare_btn = gr.Button("Compare")
         history = gr.Dataframe(headers=HISTORY_HEADERS, interactive=False, wrap=True)
