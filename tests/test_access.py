@@ -127,10 +127,11 @@ def test_one_owner_waits_on_a_few_jobs_at_once_and_a_refused_wait_queues_nothing
     submitted = []
     jobs = SimpleNamespace(submit=lambda config, owner: submitted.append(owner), settings=load_settings({}))
     with gr.Blocks():
-        run = job_endpoints(LipSyncConfig, jobs, Access(), lambda report: (), [gr.JSON()], "lipsync", "about")
+        run = job_endpoints(LipSyncConfig, jobs, Access(), lambda report: (), [gr.JSON()], "lipsync", "about",
+                            lambda seen: (), lambda ended: ())  # fmt: skip
     with contextlib.ExitStack() as held:
         for _ in range(WAITS.limit):
             held.enter_context(WAITS.waiting(LOCAL))
         with pytest.raises(InputError, match="already waiting on"):
-            run({"face": "f.png", "audio": "a.wav"}, lambda fraction, label: None, None)
+            list(run({"face": "f.png", "audio": "a.wav"}, lambda fraction, label: None, None))
     assert submitted == [] and not WAITS.held  # refused before it was queued: no job to wait for, none lost

@@ -287,3 +287,40 @@ def test_a_reload_keeps_a_queued_lipsync_job_which_the_earlier_runs_list_follows
         someone_else.predict(blocker["job_id"], api_name="/job_cancel")
     sync_api.expect(result.locator("video")).to_have_attribute("src", re.compile(rf"lipsync-{job}\.mp4"),
                                                                timeout=180_000)  # fmt: skip
+
+
+def _upload(page, face: Path, speech: Path) -> None:
+    """The Lip-sync tab's face photo and speech, as a file picker would give them."""
+    page.locator("input[type=file][accept*=image]").first.set_input_files(str(face))
+    page.locator("input[type=file][accept*=audio]").first.set_input_files(str(speech))
+    sync_api.expect(page.locator(f"img[src*='{face.name}']").first).to_be_visible(timeout=30_000)
+
+
+def test_on_a_phone_a_failed_lipsyncs_reason_stays_on_the_page(open_page, tmp_path) -> None:
+    """The reason was only in a toast that faded, under a bare "Error" badge."""
+    blank = tmp_path / "blank.png"
+    cv2.imwrite(str(blank), np.full((256, 256, 3), 128, np.uint8))
+    page = open_page(PHONE)
+    _upload(page, blank, ASSETS / "speech.wav")
+    page.get_by_role("button", name="Lip-sync", exact=True).click()
+    summary, result = page.locator("#lipsync-summary"), page.locator("#lipsync-result")
+    sync_api.expect(summary).to_contain_text("✗ Failed · job", timeout=60_000)
+    sync_api.expect(summary).to_contain_text("no face found in blank.png; use a clear, frontal face photo")
+    sync_api.expect(result.get_by_text("Error", exact=True)).to_have_count(0)
+
+
+def test_a_cancelled_lipsync_is_not_an_error_and_shows_the_video_made_before_it(open_page, tmp_path) -> None:
+    from test_musetalk_lipsync import speech_file
+
+    page = open_page(LAPTOP)
+    _upload(page, ASSETS / "face.jpg", speech_file(tmp_path / "long.wav", 40.0))  # 1000 frames: time to cancel
+    page.get_by_role("button", name="Lip-sync", exact=True).click()
+    video = page.locator("#lipsync-result video")
+    sync_api.expect(video).to_have_attribute("src", re.compile(r"so-far-\d+\.mp4"), timeout=120_000)
+    page.get_by_role("button", name="Cancel", exact=True).locator("visible=true").first.click()
+    summary = page.locator("#lipsync-summary")
+    sync_api.expect(summary).to_contain_text("Cancelled · job", timeout=30_000)
+    sync_api.expect(summary).to_contain_text("cancelled by its owner while it ran")
+    sync_api.expect(summary).to_contain_text(re.compile(r"The first \d+\.\d s it made before it stopped are above"))
+    sync_api.expect(video).to_have_attribute("src", re.compile(r"so-far-\d+\.mp4"))
+    sync_api.expect(page.locator("#lipsync-result").get_by_text("Error", exact=True)).to_have_count(0)

@@ -312,8 +312,8 @@ def test_one_progress_display_per_action(tmp_path: Path) -> None:
         build_onnx_eval_tab(settings, OnnxEvalJobs(broker, settings), Access())
         build_bench_tab(settings, BenchJobs(broker, settings), Access())
         outputs = [gr.Video(), gr.Markdown(), gr.Plot()]
-        run_panel(SimpleNamespace(kind="lipsync"), Access(), lambda report: (None, "", None), outputs,
-                  gr.Button("Cancel"))  # fmt: skip
+        run_panel(SimpleNamespace(kind="lipsync"), Access(), lambda report: (None, "", None),
+                  lambda ended: (None, "", None), outputs, gr.Button("Cancel"))  # fmt: skip
     checked = 0
     for fn in demo.fns.values():
         buttons = [demo.blocks[target] for target, _ in fn.targets if target in demo.blocks]

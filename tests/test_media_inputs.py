@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -142,31 +144,72 @@ def test_the_last_example_clicked_is_the_one_loaded(tmp_path: Path) -> None:
     assert select.trigger_mode == "always_last"
 
 
-def test_a_live_run_that_fails_stops_promising_the_rest(monkeypatch) -> None:
-    """The summary kept "the first 4.0 s, made so far; the rest follows" under a failed or cancelled live run."""
-    from types import SimpleNamespace
-
+def _stopping_job(monkeypatch, tmp_path: Path, status: str, reason: str) -> SimpleNamespace:
+    """A lip-sync job (faked) that streams 4 s of video, then ends `status` with `reason`."""
     import ui.jobs
-    from engine.core.errors import AvatarbenchError
     from engine.core.hls import LiveStream
-    from ui.jobs import job_endpoints
+    from ui.jobs import JobEnded
 
-    def follow_live(*args: object) -> object:
-        yield LiveStream((Path("seg0.ts"),), (4.0,), False)
-        raise AvatarbenchError("job j1 cancelled: cancelled by its owner")
+    stream = LiveStream((tmp_path / "part-00000.ts",), (4.0,), False)
+
+    def follow_live(jobs: object, job_id: str, *args: object) -> object:
+        yield stream
+        raise JobEnded(job_id, status, reason)
+
+    def joined(seen: LiveStream) -> Path:
+        (tmp_path / "so-far-1.mp4").write_bytes(b"mp4")
+        return tmp_path / "so-far-1.mp4"
 
     monkeypatch.setattr(ui.jobs, "follow_live", follow_live)
-    jobs = SimpleNamespace(settings=None, submit=lambda config, owner: SimpleNamespace(id="j1"))
+    monkeypatch.setattr(ui.jobs, "joined_video", joined)
+    return SimpleNamespace(
+        settings=None, kind="lipsync", files=(), submit=lambda config, owner: SimpleNamespace(id="j1"),
+        live=lambda job, owner: stream, status=lambda job, owner: {"id": job, "status": status, "error": reason},
+    )  # fmt: skip
+
+
+def _endpoints(jobs: SimpleNamespace) -> tuple:
+    """(the tab's handler, the /t API's handler) for `jobs`, showing (video, summary, record)."""
+    from ui.jobs import job_endpoints
+
     access = SimpleNamespace(server_files=lambda values, settings, request: values, owner=lambda r: "o",
                              reader=lambda r: "o")  # fmt: skip
-    with gr.Blocks():
-        run = job_endpoints(LipSyncConfig, jobs, access, lambda report: (), [gr.Video(), gr.Markdown()], "t", "t.",
-                            live=lambda seen, stopped: (f"{seen.duration:g} s", stopped))  # fmt: skip
+    with gr.Blocks() as demo:
+        tab = job_endpoints(LipSyncConfig, jobs, access, lambda report: (), [gr.Video(), gr.Markdown(), gr.JSON()],
+                            "t", "t.", lambda seen: (f"{seen.duration:g} s", "so far", None),
+                            lambda ended: (ended.video, ended.summary(), ended.record))  # fmt: skip
+    (api,) = [f.fn for f in demo.fns.values() if f.api_name == "t"]
+    return tab, api
+
+
+def test_a_failed_run_stays_in_the_tabs_panes_and_the_api_still_raises(monkeypatch, tmp_path: Path) -> None:
+    """The reason was only in a toast that faded: the Result pane was left with a bare "Error" badge."""
+    jobs = _stopping_job(monkeypatch, tmp_path, "failed", "no face found in blank_1.png; use a clear, frontal face")
+    tab, api = _endpoints(jobs)
+    with pytest.warns(UserWarning, match="job j1 failed: no face found"):  # the toast, outside a page
+        *_, (video, summary, record) = tab({"face": "blank_1.png", "audio": "a.wav"}, lambda *a: None, None)
+    assert summary.startswith("**✗ Failed** · job `j1` · no face found in blank\\_1.png; use a clear, frontal face")
+    assert "The first 4.0 s it made before it stopped are above" in summary and Path(video).read_bytes() == b"mp4"
+    assert record["status"] == "failed"
     shown = []
-    with pytest.raises(AvatarbenchError, match="cancelled"):
-        for update in run({"face": "f.jpg", "audio": "a.wav"}, lambda *a: None, None):
+    with pytest.raises(gr.Error, match=r"job j1 failed: no face found in blank_1\.png"):  # /lipsync: an AppError
+        for update in api(face="blank_1.png", audio="a.wav"):
             shown.append(update)
-    assert shown == [("4 s", None), ("4 s", "job j1 cancelled: cancelled by its owner")]
+    assert shown[0] == ("4 s", "so far", None)  # the video so far, then it stops promising the rest
+    assert len(shown) == 2 and "✗ Failed" in shown[1][1] and "the rest follows" not in shown[1][1]
+
+
+def test_a_cancelled_run_is_shown_as_cancelled_with_the_video_it_made(monkeypatch, tmp_path: Path) -> None:
+    """A cancel was a red "Error" over the Result pane, and the video made before it was not shown."""
+    jobs = _stopping_job(monkeypatch, tmp_path, "cancelled", "cancelled by its owner while it ran")
+    tab, _ = _endpoints(jobs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no toast: the Cancel button already said it
+        updates = list(tab({"face": "f.jpg", "audio": "a.wav"}, lambda *a: None, None))
+    video, summary, record = updates[-1]
+    assert record["status"] == "cancelled"
+    assert summary.startswith("**Cancelled** · job `j1` · cancelled by its owner while it ran")
+    assert "✗" not in summary and "4.0 s" in summary and Path(video).read_bytes() == b"mp4"
 
 
 def test_earlier_runs_list_when_opened_and_a_clicked_row_gives_its_id() -> None:
@@ -178,7 +221,7 @@ def test_earlier_runs_list_when_opened_and_a_clicked_row_gives_its_id() -> None:
     access = SimpleNamespace(reader=lambda request: "o")
     with gr.Blocks() as demo:
         outputs = [gr.Video()]
-        run_panel(jobs, access, lambda report: (), outputs, gr.Button())
+        run_panel(jobs, access, lambda report: (), lambda ended: (), outputs, gr.Button())
     table = next(b for b in demo.blocks.values() if isinstance(b, gr.Dataframe))
     listing = [f for f in demo.fns.values() if f.outputs == [table]]
     assert sorted(t[1] for f in listing for t in f.targets) == ["click", "expand"]
@@ -202,9 +245,62 @@ def test_opening_an_earlier_run_still_queued_follows_it_to_its_result() -> None:
     access = SimpleNamespace(reader=lambda request: "o", owner=lambda request: "o")
     with gr.Blocks() as demo:
         outputs = [gr.Video()]
-        run_panel(jobs, access, lambda report: (report["video"],), outputs, gr.Button())
+        run_panel(jobs, access, lambda report: (report["video"],), lambda ended: (), outputs, gr.Button())
     (reopen,) = [f for f in demo.fns.values() if f.outputs == outputs]
     progress = []
     shown = reopen.fn("1a855ac6d4db", None, lambda part, desc: progress.append((part, desc)))
     assert shown == ("1a855ac6d4db.mp4",) and seen == [("1a855ac6d4db", "o")] * 3
     assert progress == [(0.0, "queued on cpu: 1 job(s) ahead"), (0.5, "frame 5/10")]
+
+
+def _streamed(out: Path, frames: int) -> tuple[float, int]:
+    """A run's live stream beside `out`, cut off as a stopped worker leaves it (no MP4): its seconds and frames."""
+    from engine.core.hls import read_stream, stream_folder
+    from engine.core.media import VideoWriter, read_frames
+
+    writer = VideoWriter(out, 25, 64, 64, stream_to=stream_folder(out), codec="libx264")
+    for i in range(frames):
+        writer.write(np.full((64, 64, 3), i, np.uint8))
+    writer.abort()
+    stream = read_stream(stream_folder(out))
+    return stream.duration, sum(len(list(read_frames(part))) for part in stream.segments)
+
+
+def test_reopening_a_stopped_or_unknown_job_shows_that_job_in_every_pane_of_both_tabs(tmp_path: Path) -> None:
+    """Opening a cancelled job, or an id of none, left the last job's video, summary, chart and strip under a red
+    "Error": as if they were that job's."""
+    from engine.core.media import read_frames
+    from engine.core.settings import load_settings
+    from engine.jobs.broker import Broker
+    from engine.jobs.kinds import output_path
+    from engine.jobs.store import CPU, JobStore
+    from engine.lipsync.jobs import LipSyncJobs
+    from engine.portrait.jobs import PortraitJobs
+    from ui.jobs import LOCAL, Access
+    from ui.lipsync import build_lipsync_tab
+    from ui.portrait import build_portrait_tab
+
+    settings = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path / "data")})
+    settings.ensure_dirs()
+    with JobStore(settings.db_path, settings.data_dir / "blobs") as store, gr.Blocks() as demo:
+        broker = Broker(store, {}, {CPU: 1})  # never started: the jobs are written into the store by hand
+        build_lipsync_tab(settings, LipSyncJobs(broker, settings), Access())
+        build_portrait_tab(settings, PortraitJobs(broker, settings), Access())
+        for kind in ("lipsync", "portrait"):
+            (reopen,) = [f for f in demo.fns.values() if f.name == "reopen" and f.concurrency_id == f"{kind}_reopen"]
+            job = store.submit(kind, {"files": {}, "options": {}}, CPU, owner=LOCAL)
+            seconds, frames = _streamed(output_path(settings, job), frames=50)  # streamed before it stopped
+            store.cancel_queued(job.id, "cancelled by its owner while it ran")
+            video, summary, *rest, record = reopen.fn(job.id, None, lambda *a, **k: None)
+            why, made = "cancelled by its owner while it ran", f"The first {seconds:.1f} s it made before it stopped"
+            assert seconds > 1 and summary == f"**Cancelled** · job `{job.id}` · {why}\n\n{made} are above."
+            assert len(list(read_frames(video))) == frames  # the segments, joined
+            assert record["status"] == "cancelled" and record["id"] == job.id
+            panes = {type(o).__name__: v for o, v in zip(reopen.outputs[2:-1], rest, strict=True)}
+            assert panes.pop("Plot") == {"value": None, "visible": False, "__type__": "update"}  # the chart hidden
+            assert all(v is None for v in panes.values()), panes  # the strip and template emptied
+            video, summary, *_, record = reopen.fn("deadbeef0000", None, lambda *a, **k: None)
+            assert (video, summary, record) == (None, "✗ no job deadbeef0000", None)
+            with pytest.warns(UserWarning, match="Give a job id"):  # nothing typed: the panes stay as they were
+                unchanged = reopen.fn("  ", None, lambda *a, **k: None)
+            assert all(u == {"__type__": "update"} for u in unchanged)

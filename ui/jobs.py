@@ -29,9 +29,9 @@ from engine.core.options import Config
 from engine.core.settings import Settings
 from engine.core.weights import server_files
 from engine.jobs.kinds import JobKind, queue_view, readable_summary, shown_report
-from engine.jobs.store import DONE, FINISHED, Job, JobStore
+from engine.jobs.store import CANCELLED, DONE, FAILED, FINISHED, Job, JobStore, StoreError
 from ui.forms import Run, api_endpoint, refusal, reported
-from ui.widgets import delivered, job_ids, when
+from ui.widgets import delivered, joined_video, when
 from ui.zerogpu import remember_visitor_token
 
 log = logging.getLogger(__name__)
@@ -159,6 +159,57 @@ class Waits:
 WAITS = Waits()
 
 
+class JobEnded(AvatarbenchError):
+    """A followed job that ended without its result (failed or cancelled). The API raises it, as "job <id> <status>:
+    <reason>"; a tab shows it in its panes instead (`Ended`), where it stays."""
+
+    def __init__(self, job_id: str, status: str, reason: str | None) -> None:
+        self.job_id, self.status, self.reason = job_id, status, reason or "no reason recorded"
+        super().__init__(f"job {job_id} {status}: {self.reason}")
+
+
+_MARKDOWN = re.compile(r"([\\`*_\[\]<>|~#])")
+
+
+@dataclass(frozen=True)
+class Ended:
+    """What a tab shows for a job with no result to render: one that failed or was cancelled (why, its record, and
+    the video it streamed before it stopped, while that is kept), or an id that names none of yours (`status`
+    None). A toast fades in seconds; this stays in the panes, and replaces whatever an earlier job left there."""
+
+    job_id: str
+    status: str | None
+    reason: str
+    video: str | None = None  # the video made before it stopped, as a component returns it
+    seconds: float = 0.0
+    record: dict[str, Any] | None = None  # the job's status (its inputs, device, times, error) for the JSON pane
+
+    def summary(self) -> str:
+        """The summary pane's text: the outcome in words, neutral for a cancel, and the reason as written."""
+        reason = _MARKDOWN.sub(r"\\\1", self.reason)  # file names are the user's: never markup
+        if self.status is None:
+            return f"✗ {reason}"
+        headline = "**Cancelled**" if self.status == CANCELLED else f"**✗ {self.status.capitalize()}**"
+        made = f"\n\nThe first {self.seconds:.1f} s it made before it stopped are above." if self.video else ""
+        return f"{headline} · job `{self.job_id}` · {reason}{made}"
+
+
+def stopped(jobs: JobKind, ended: JobEnded, reader: str | None) -> Ended:
+    """A job that ended without its result, as a tab shows it: the video it streamed before it stopped is joined
+    from its segments (a cancelled or failed job keeps no MP4; its stream is kept for a while after it ends)."""
+    video, seconds = None, 0.0
+    stream = jobs.live(ended.job_id, reader) if hasattr(jobs, "live") else None
+    if stream is not None and stream.segments:
+        try:
+            video, seconds = delivered(joined_video(stream)), stream.duration
+        except Exception:  # a stream cut off mid-write: the reason still shows
+            log.warning("job %s: the video it made before it stopped cannot be joined", ended.job_id, exc_info=True)
+    record = None
+    with contextlib.suppress(AvatarbenchError):
+        record = jobs.status(ended.job_id, reader)
+    return Ended(ended.job_id, ended.status, ended.reason, video, seconds, record)
+
+
 def follow(
     jobs: JobKind, job_id: str, owner: str | None, progress: Callable[[float, str], None], poll_s: float = 0.2
 ) -> dict[str, Any]:
@@ -170,7 +221,7 @@ def follow(
         _report(status, progress)
         time.sleep(poll_s)
     if status["status"] != DONE:
-        raise AvatarbenchError(f"job {job_id} {status['status']}: {status['error']}")
+        raise JobEnded(job_id, status["status"], status["error"])
     return jobs.result(job_id, owner)["report"]
 
 
@@ -194,7 +245,7 @@ def follow_live(
     if len(final.segments) > shown:
         yield final
     if status["status"] != DONE:
-        raise AvatarbenchError(f"job {job_id} {status['status']}: {status['error']}")
+        raise JobEnded(job_id, status["status"], status["error"])
     yield jobs.result(job_id, owner)["report"]
 
 
@@ -284,62 +335,74 @@ def job_endpoints(
     outputs: list[Any],
     name: str,
     about: str,
-    live: Callable[[LiveStream, str | None], tuple[Any, ...]] | None = None,
+    live: Callable[[LiveStream], tuple[Any, ...]],
+    ended: Callable[[Ended], tuple[Any, ...]],
 ) -> Run:
-    """`/name` (submit, wait, the outputs: the tab's own button does the same) and `/name_submit` (queue, return
-    the job's status and id for /job_status and /job_result). Returns the waiting handler for the tab's button.
-    With `live` (the outputs for a job's video so far, and why it stopped when it did), the waiting handler is a
-    generator that shows it as it grows."""
+    """`/name` (submit, wait, the outputs: the video so far (`live`) each time it has doubled while the job streams
+    (stream=true), then its result) and `/name_submit` (queue, return the job's status and id for /job_status and
+    /job_result). Returns the tab's button handler: the same outputs, except that a job that failed or was cancelled
+    is shown in the panes (`ended`: why, and the video it made before it stopped) instead of raised, so the reason
+    stays on the page and a cancel is not an error. /name still raises it: scripts tell the two apart by that."""
 
     def queued(values: dict[str, Any], request: gr.Request | None) -> Job:
         config = cls.build(access.server_files(values, jobs.settings, request))
         return jobs.submit(config, access.owner(request))
 
+    def shown(job: Job, progress: Callable[[float, str], None], reader: str | None) -> Iterator[tuple[Any, ...]]:
+        """The outputs as the job goes: its video so far each time it has doubled, then its result (JobEnded raised
+        when it ends without one)."""
+        previewed = 0.0
+        for seen in follow_live(jobs, job.id, reader, progress):
+            if not isinstance(seen, LiveStream):
+                yield render(seen)
+            elif not seen.ended and seen.duration >= 2 * previewed:
+                previewed = seen.duration
+                try:
+                    update = live(seen)
+                except Exception:  # a preview that cannot be made must not cost the result: the next may work
+                    log.warning("job %s: its video so far could not be shown", job.id, exc_info=True)
+                    continue
+                yield update
+
     def run(values: dict[str, Any], progress: Callable[[float, str], None], request: gr.Request | None) -> Any:
+        """The API's: a job that ends without its result raises its reason, once the panes that showed its video so
+        far stop promising the rest."""
         with WAITS.waiting(access.owner(request)):
-            job = queued(values, request)
-            return render(follow(jobs, job.id, access.reader(request), progress))
-
-    def run_live(values: dict[str, Any], progress: Callable[[float, str], None], request: gr.Request | None) -> Any:
-        """`run`, showing the video so far (`live`) each time it has doubled, while the job streams (stream=true)."""
-        with WAITS.waiting(access.owner(request)):
-            yield from _run_live(values, progress, request)
-
-    def _run_live(values: dict[str, Any], progress: Callable[[float, str], None], request: gr.Request | None) -> Any:
-        job, shown, previewed = queued(values, request), 0.0, None
-        try:
-            for seen in follow_live(jobs, job.id, access.reader(request), progress):
-                if not isinstance(seen, LiveStream):
-                    yield render(seen)
-                elif live is not None and not seen.ended and seen.duration >= 2 * shown:
-                    shown = seen.duration
-                    try:
-                        update = live(seen, None)
-                    except Exception:  # a preview that cannot be made must not cost the result: the next may work
-                        log.warning("job %s: its video so far could not be shown", job.id, exc_info=True)
-                        continue
-                    previewed = seen
+            job, reader, updates = queued(values, request), access.reader(request), 0
+            try:
+                for update in shown(job, progress, reader):
+                    updates += 1
                     yield update
-        except AvatarbenchError as exc:  # failed or cancelled: the pane stops promising the rest, then the error
-            if live is not None and previewed is not None:
-                with contextlib.suppress(Exception):
-                    yield live(previewed, str(exc))
-            raise
+            except JobEnded as exc:
+                if updates:
+                    with contextlib.suppress(Exception):
+                        yield ended(stopped(jobs, exc, reader))
+                raise
+
+    def run_in_tab(values: dict[str, Any], progress: Callable[[float, str], None], request: gr.Request | None) -> Any:
+        """The tab's: a job that ends without its result is shown, not raised (a failure is also said in a toast)."""
+        with WAITS.waiting(access.owner(request)):
+            job, reader = queued(values, request), access.reader(request)
+            try:
+                yield from shown(job, progress, reader)
+            except JobEnded as exc:
+                log.info("%s job %s %s: %s", name, job.id, exc.status, exc.reason)
+                if exc.status == FAILED:
+                    gr.Warning(str(exc))
+                yield ended(stopped(jobs, exc, reader))
 
     def submit(values: dict[str, Any], progress: Callable[[float, str], None], request: gr.Request | None) -> dict:
         job = queued(values, request)
         return {**jobs.status(job.id, access.reader(request)), "job_id": job.id}
 
     waiting = {"concurrency_id": name, "concurrency_limit": 16}  # handlers only wait: the workers do the work
-    if live is not None:
-        run = run_live  # type: ignore[assignment]
-        about += " With stream=true, the video made so far shows while the rest is made (/job_stream: its segments)."
+    about += " With stream=true, the video made so far shows while the rest is made (/job_stream: its segments)."
     api_endpoint(cls, run, outputs, name, f"{about} Waits for the result (/{name}_submit queues it instead).",
                  **waiting)  # fmt: skip
     with gr.Column(visible=False):
         submitted = gr.JSON()
     api_endpoint(cls, submit, submitted, f"{name}_submit", f"Queue it: {about} Returns the job id and its status.")
-    return run
+    return run_in_tab
 
 
 def wire_cancel(button: gr.Button, jobs: JobKind, access: Access, job_id: Any) -> None:
@@ -369,13 +432,16 @@ def run_panel(
     jobs: JobKind,
     access: Access,
     render: Callable[[dict[str, Any]], tuple[Any, ...]],
+    ended: Callable[[Ended], tuple[Any, ...]],
     outputs: list[Any],
     cancel: gr.Button,
 ) -> None:
     """Wires a tab's Cancel button (your queued or running jobs of this kind) and lists your earlier runs here (when
     the list is opened or refreshed; a row clicked gives its id), any of which reopens into the tab's `outputs`
-    through `render(result)` (one still queued or running once it is done). Progress shows once, on `outputs[0]`
-    (the main result), not on every output pane: the tab's own run button should say the same (show_progress_on)."""
+    through `render(result)` (one still queued or running once it is done), or `ended` for one that failed or was
+    cancelled, or an id that names none of yours: every pane then shows that job, never the last one's results.
+    Progress shows once, on `outputs[0]` (the main result), not on every output pane: the tab's own run button should
+    say the same (show_progress_on)."""
     with gr.Accordion("Your earlier runs", open=False) as panel:
         with gr.Row():
             refresh = gr.Button("Refresh", size="sm")
@@ -397,9 +463,19 @@ def run_panel(
 
     def reopen(text: str, request: gr.Request, progress: Any = gr.Progress()) -> tuple[Any, ...]:
         """A finished run's result; a queued or running one (started before a reload, say) followed to its end."""
+        job = str(text or "").replace(",", " ").split()
+        if not job:  # nothing to open: the panes keep what they show
+            gr.Warning("Give a job id: click a row of the list, or type one.")
+            return tuple(gr.update() for _ in outputs)
         with reported("reopening a run"), WAITS.waiting(access.owner(request)):
-            job, reader = job_ids(text)[0], access.reader(request)
-            return render(follow(jobs, job, reader, lambda part, label: progress(part, desc=label)))
+            reader = access.reader(request)
+            try:
+                return render(follow(jobs, job[0], reader, lambda part, label: progress(part, desc=label)))
+            except JobEnded as exc:
+                return ended(stopped(jobs, exc, reader))
+            except StoreError as exc:  # no job of yours (or of another tab's kind): its panes say so, emptied
+                log.info("reopening a run refused: %s", exc)
+                return ended(Ended(job[0], None, str(exc)))
 
     def pick(selected: gr.SelectData) -> str:
         return str((selected.row_value or [""])[0])
@@ -417,11 +493,14 @@ __all__ = [
     "HISTORY_HEADERS",
     "LOCAL",
     "Access",
+    "Ended",
+    "JobEnded",
     "cancel_own",
     "follow",
     "follow_live",
     "job_endpoints",
     "register_job_api",
     "run_panel",
+    "stopped",
     "wire_cancel",
 ]

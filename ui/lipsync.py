@@ -20,7 +20,7 @@ from engine.lipsync.config import LipSyncConfig, precision_summary
 from engine.lipsync.jobs import LipSyncJobs
 from ui.examples import Example, example_gallery
 from ui.forms import api_examples, choices, default, form_handler
-from ui.jobs import Access, job_endpoints, run_panel
+from ui.jobs import Access, Ended, job_endpoints, run_panel
 from ui.media_inputs import MEDIA_HEIGHT, action_row, checked_image, media_choice
 from ui.weights import weights_panel
 from ui.widgets import (
@@ -167,7 +167,7 @@ def build_lipsync_tab(settings: Settings, jobs: LipSyncJobs, access: Access) -> 
                 "(see the Lip-sync section of the README for the files and where they go)."
             )
             video = gr.Video(label="Result", interactive=False, elem_id="lipsync-result")
-            summary = gr.Markdown()
+            summary = gr.Markdown(elem_id="lipsync-summary")
             stages = gr.Plot(show_label=False, visible=False)  # shown with a result
             with gr.Accordion("Full result (JSON)", open=False):
                 details = gr.JSON()
@@ -190,15 +190,20 @@ def build_lipsync_tab(settings: Settings, jobs: LipSyncJobs, access: Access) -> 
     outputs = [video, summary, stages, details]
     about = "Lip-sync a face image or video to speech; parameters as `avatarbench lipsync`."
 
-    def live(seen: LiveStream, stopped: str | None) -> tuple[Any, ...]:
-        return (*video_so_far(seen, stopped), gr.update(), gr.update())
+    def live(seen: LiveStream) -> tuple[Any, ...]:
+        return (*video_so_far(seen), gr.update(), gr.update())
+
+    def ended(outcome: Ended) -> tuple[Any, ...]:
+        """A failed or cancelled job (or an id that names none): the reason, the video it made before it stopped,
+        and no earlier job's chart or result."""
+        return outcome.video, outcome.summary(), chart(None), outcome.record
 
     with api_examples(face="assets/face.jpg", audio="assets/speech.wav"):
-        lipsync = job_endpoints(LipSyncConfig, jobs, access, render, outputs, "lipsync", about, live=live)
+        lipsync = job_endpoints(LipSyncConfig, jobs, access, render, outputs, "lipsync", about, live, ended)
     handler = audio.handler(face.handler(form_handler(LipSyncConfig, inputs, lipsync, "lip-sync")))
     run.click(handler, inputs_kwargs=audio.kwargs(face.kwargs(inputs)), outputs=outputs, api_visibility="private",
               concurrency_limit=16, scroll_to_output=True, show_progress_on=video)  # fmt: skip
     with results_column:
-        run_panel(jobs, access, render, outputs, cancel)
+        run_panel(jobs, access, render, ended, outputs, cancel)
         weights_panel(settings, access, "wav2lip", [checkpoint, detector_checkpoint])
         weights_panel(settings, access, "musetalk", [musetalk_weights])

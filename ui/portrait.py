@@ -16,7 +16,7 @@ from engine.portrait.config import PortraitConfig
 from engine.portrait.jobs import PortraitJobs
 from ui.examples import Example, example_gallery
 from ui.forms import api_examples, choices, default, field, form_handler
-from ui.jobs import Access, job_endpoints, run_panel
+from ui.jobs import Access, Ended, job_endpoints, run_panel
 from ui.media_inputs import MEDIA_HEIGHT, TAB_BAR_HEIGHT, action_row, checked_image, media_choice
 from ui.weights import weights_panel
 from ui.widgets import (
@@ -188,7 +188,7 @@ def build_portrait_tab(settings: Settings, jobs: PortraitJobs, access: Access) -
                 "engine (tracked head motion + optical flow) runs."
             )
             video = gr.Video(label="Result", interactive=False, elem_id="portrait-result")
-            summary = gr.Markdown()
+            summary = gr.Markdown(elem_id="portrait-summary")
             strip = gr.Image(label="Driving (top) and result (bottom)", interactive=False)
             stages = gr.Plot(show_label=False, visible=False)  # shown with a result
             template = gr.File(label="Motion template", interactive=False)
@@ -217,14 +217,19 @@ def build_portrait_tab(settings: Settings, jobs: PortraitJobs, access: Access) -
     outputs = [video, summary, strip, stages, template, details]
     about = "Animate a portrait; parameters as `avatarbench portrait`."
 
-    def live(seen: LiveStream, stopped: str | None) -> tuple[Any, ...]:
-        return (*video_so_far(seen, stopped), *(gr.update(),) * 4)
+    def live(seen: LiveStream) -> tuple[Any, ...]:
+        return (*video_so_far(seen), *(gr.update(),) * 4)
+
+    def ended(outcome: Ended) -> tuple[Any, ...]:
+        """A failed or cancelled job (or an id that names none): the reason, the video it made before it stopped,
+        and no earlier job's strip, chart, template or result."""
+        return outcome.video, outcome.summary(), None, chart(None), None, outcome.record
 
     with api_examples(source="assets/face.jpg", driving="assets/driving.mp4"):
-        animate = job_endpoints(PortraitConfig, jobs, access, render, outputs, "portrait", about, live=live)
+        animate = job_endpoints(PortraitConfig, jobs, access, render, outputs, "portrait", about, live, ended)
     handler = driving.handler(form_handler(PortraitConfig, inputs, animate, "portrait animation"))
     run.click(handler, inputs_kwargs=driving.kwargs(inputs), outputs=outputs, api_visibility="private",
               concurrency_limit=16, scroll_to_output=True, show_progress_on=video)  # fmt: skip
     with results_column:
-        run_panel(jobs, access, render, outputs, cancel)
+        run_panel(jobs, access, render, ended, outputs, cancel)
         weights_panel(settings, access, "liveportrait", [weights, landmarks])

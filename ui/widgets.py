@@ -59,16 +59,17 @@ def delivered(path: str | os.PathLike | None) -> str | None:
     return str(target)
 
 
-def video_so_far(stream: LiveStream, stopped: str | None = None) -> tuple[str, str]:
-    """A Result pane while its job streams: the first seconds as one MP4 (the segments joined, no encode), and the
-    line saying so; or, when the job failed or was cancelled (`stopped`: why), that line instead of the promise."""
+def joined_video(stream: LiveStream) -> Path:
+    """The segments so far as one MP4 (no encode), joined once for each count of segments: a stopped job's last
+    preview, reopened, is the file already made."""
     parts = stream.segments
     so_far = parts[-1].parent / f"so-far-{len(parts)}.mp4"
-    if not (stopped is not None and so_far.is_file()):  # a stopped run's last preview is already joined
-        so_far = join_segments(parts, so_far)
-    if stopped is not None:
-        return delivered(so_far), f"✗ {stopped}; the first {stream.duration:.1f} s made before that are above"
-    return delivered(so_far), f"⏳ the first {stream.duration:.1f} s, made so far; the rest follows"
+    return so_far if so_far.is_file() else join_segments(parts, so_far)
+
+
+def video_so_far(stream: LiveStream) -> tuple[str | None, str]:
+    """A Result pane while its job streams: the first seconds as one MP4, and the line saying so."""
+    return delivered(joined_video(stream)), f"⏳ the first {stream.duration:.1f} s, made so far; the rest follows"
 
 
 def measurement_line(result: RunResult) -> list[str]:
