@@ -296,8 +296,9 @@ def _upload(page, face: Path, speech: Path) -> None:
     sync_api.expect(page.locator(f"img[src*='{face.name}']").first).to_be_visible(timeout=30_000)
 
 
-def test_on_a_phone_a_failed_lipsyncs_reason_stays_on_the_page(open_page, tmp_path) -> None:
-    """The reason was only in a toast that faded, under a bare "Error" badge."""
+def test_on_a_phone_a_failed_lipsync_comes_into_view_and_its_reason_stays_on_the_page(open_page, tmp_path) -> None:
+    """The reason was only in a toast that faded, under a bare "Error" badge; on a phone all of it was below the
+    screen."""
     blank = tmp_path / "blank.png"
     cv2.imwrite(str(blank), np.full((256, 256, 3), 128, np.uint8))
     page = open_page(PHONE)
@@ -306,6 +307,7 @@ def test_on_a_phone_a_failed_lipsyncs_reason_stays_on_the_page(open_page, tmp_pa
     summary, result = page.locator("#lipsync-summary"), page.locator("#lipsync-result")
     sync_api.expect(summary).to_contain_text("✗ Failed · job", timeout=60_000)
     sync_api.expect(summary).to_contain_text("no face found in blank.png; use a clear, frontal face photo")
+    sync_api.expect(result).to_be_in_viewport(timeout=10_000)
     sync_api.expect(result.get_by_text("Error", exact=True)).to_have_count(0)
 
 

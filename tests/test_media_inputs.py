@@ -268,7 +268,8 @@ def _streamed(out: Path, frames: int) -> tuple[float, int]:
 
 def test_reopening_a_stopped_or_unknown_job_shows_that_job_in_every_pane_of_both_tabs(tmp_path: Path) -> None:
     """Opening a cancelled job, or an id of none, left the last job's video, summary, chart and strip under a red
-    "Error": as if they were that job's."""
+    "Error": as if they were that job's. And on a phone the result is below the form: Lip-sync, Animate and Open
+    bring it into view."""
     from engine.core.media import read_frames
     from engine.core.settings import load_settings
     from engine.jobs.broker import Broker
@@ -286,7 +287,7 @@ def test_reopening_a_stopped_or_unknown_job_shows_that_job_in_every_pane_of_both
         broker = Broker(store, {}, {CPU: 1})  # never started: the jobs are written into the store by hand
         build_lipsync_tab(settings, LipSyncJobs(broker, settings), Access())
         build_portrait_tab(settings, PortraitJobs(broker, settings), Access())
-        for kind in ("lipsync", "portrait"):
+        for kind, result_id in (("lipsync", "lipsync-result"), ("portrait", "portrait-result")):
             (reopen,) = [f for f in demo.fns.values() if f.name == "reopen" and f.concurrency_id == f"{kind}_reopen"]
             job = store.submit(kind, {"files": {}, "options": {}}, CPU, owner=LOCAL)
             seconds, frames = _streamed(output_path(settings, job), frames=50)  # streamed before it stopped
@@ -304,3 +305,5 @@ def test_reopening_a_stopped_or_unknown_job_shows_that_job_in_every_pane_of_both
             with pytest.warns(UserWarning, match="Give a job id"):  # nothing typed: the panes stay as they were
                 unchanged = reopen.fn("  ", None, lambda *a, **k: None)
             assert all(u == {"__type__": "update"} for u in unchanged)
+            scrolls = [f.js for f in demo.fns.values() if f.fn is None and f.js and result_id in f.js]
+            assert len(scrolls) == 2, scrolls  # the tab's button and Open

@@ -31,7 +31,7 @@ from engine.core.weights import server_files
 from engine.jobs.kinds import JobKind, queue_view, readable_summary, shown_report
 from engine.jobs.store import CANCELLED, DONE, FAILED, FINISHED, Job, JobStore, StoreError
 from ui.forms import Run, api_endpoint, refusal, reported
-from ui.widgets import delivered, joined_video, when
+from ui.widgets import delivered, joined_video, scroll_into_view, when
 from ui.zerogpu import remember_visitor_token
 
 log = logging.getLogger(__name__)
@@ -487,6 +487,7 @@ def run_panel(
     # It may wait for a job for minutes: like the run buttons' handlers, many wait at once, beside other events.
     open_button.click(reopen, chosen, outputs, api_visibility="private", show_progress_on=outputs[0],
                       concurrency_id=f"{jobs.kind}_reopen", concurrency_limit=16)  # fmt: skip
+    scroll_into_view(open_button, outputs[0])
 
 
 __all__ = [

@@ -29,6 +29,7 @@ from ui.widgets import (
     delivered,
     measurement_line,
     optional_number,
+    scroll_into_view,
     segments_lines,
     server_file_picker,
     slider,
@@ -202,7 +203,8 @@ def build_lipsync_tab(settings: Settings, jobs: LipSyncJobs, access: Access) -> 
         lipsync = job_endpoints(LipSyncConfig, jobs, access, render, outputs, "lipsync", about, live, ended)
     handler = audio.handler(face.handler(form_handler(LipSyncConfig, inputs, lipsync, "lip-sync")))
     run.click(handler, inputs_kwargs=audio.kwargs(face.kwargs(inputs)), outputs=outputs, api_visibility="private",
-              concurrency_limit=16, scroll_to_output=True, show_progress_on=video)  # fmt: skip
+              concurrency_limit=16, show_progress_on=video)  # fmt: skip
+    scroll_into_view(run, video)
     with results_column:
         run_panel(jobs, access, render, ended, outputs, cancel)
         weights_panel(settings, access, "wav2lip", [checkpoint, detector_checkpoint])

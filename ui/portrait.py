@@ -25,6 +25,7 @@ from ui.widgets import (
     delivered,
     measurement_line,
     optional_number,
+    scroll_into_view,
     segments_lines,
     server_file_picker,
     slider,
@@ -229,7 +230,8 @@ def build_portrait_tab(settings: Settings, jobs: PortraitJobs, access: Access) -
         animate = job_endpoints(PortraitConfig, jobs, access, render, outputs, "portrait", about, live, ended)
     handler = driving.handler(form_handler(PortraitConfig, inputs, animate, "portrait animation"))
     run.click(handler, inputs_kwargs=driving.kwargs(inputs), outputs=outputs, api_visibility="private",
-              concurrency_limit=16, scroll_to_output=True, show_progress_on=video)  # fmt: skip
+              concurrency_limit=16, show_progress_on=video)  # fmt: skip
+    scroll_into_view(run, video)
     with results_column:
         run_panel(jobs, access, render, ended, outputs, cancel)
         weights_panel(settings, access, "liveportrait", [weights, landmarks])

@@ -72,6 +72,20 @@ def video_so_far(stream: LiveStream) -> tuple[str | None, str]:
     return delivered(joined_video(stream)), f"⏳ the first {stream.duration:.1f} s, made so far; the rest follows"
 
 
+def scroll_into_view(button: gr.Button, pane: Any) -> None:
+    """Pressing `button` brings `pane` (a component with an elem_id) into view where it is below the screen: on a
+    phone the result comes under the whole form, and a run's progress and outcome were out of sight. Where the pane
+    is already on the screen (beside the form on a laptop), nothing moves. In the browser only; Gradio 6.31 does not
+    act on an event's scroll_to_output."""
+    script = f"""() => {{
+      const pane = document.getElementById({pane.elem_id!r});
+      if (pane && pane.getBoundingClientRect().top > window.innerHeight - 120) {{
+        pane.scrollIntoView({{behavior: "smooth", block: "start"}});
+      }}
+    }}"""
+    button.click(None, None, None, js=script, queue=False, show_progress="hidden", api_visibility="private")
+
+
 def measurement_line(result: RunResult) -> list[str]:
     """The run's measured window (wall time, peaks, energy) as a summary line, when the job was measured."""
     if not result.measurement:
