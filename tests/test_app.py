@@ -195,6 +195,50 @@ def test_lipsync_bad_input_is_a_message_and_the_app_keeps_serving(client, tmp_pa
     assert client.predict(api_name="/device")["device"]
 
 
+def _job_status(client, job_id: str, until: tuple[str, ...], timeout_s: float = 120) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while (status := client.predict(job_id, api_name="/job_status"))["status"] not in until:
+        assert time.monotonic() < deadline, status
+        time.sleep(0.2)
+    return status
+
+
+def test_a_failed_or_cancelled_lipsync_has_no_files_and_says_why(client, tmp_path) -> None:
+    """/job_files said "its files come once it is done" of a job that never will be. /lipsync still raises a failed
+    job's reason (the tab shows it in its panes instead)."""
+    import cv2
+    import numpy as np
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+    from test_musetalk_lipsync import speech_file
+
+    cv2.imwrite(str(tmp_path / "blank.png"), np.full((256, 256, 3), 128, np.uint8))
+    files = dict(face=handle_file(str(tmp_path / "blank.png")), audio=handle_file(str(ASSETS / "speech.wav")))
+    with pytest.raises(AppError, match=r"job [0-9a-f]{12} failed: no face found in blank\.png; use a clear"):
+        client.predict(**files, api_name="/lipsync")
+    failed = client.predict(**files, api_name="/lipsync_submit")["job_id"]
+    assert _job_status(client, failed, ("failed",))["error"].startswith("no face found in blank.png")
+    with pytest.raises(AppError, match=rf"job {failed} failed \(no face found in blank\.png; .*\) and has no files: "
+                                       "only a finished job keeps them$"):  # fmt: skip
+        client.predict(failed, api_name="/job_files")
+
+    long = speech_file(tmp_path / "long.wav", 40.0)  # 1000 frames: still running when the cancel lands
+    job = client.predict(face=handle_file(str(ASSETS / "face.jpg")), audio=handle_file(str(long)), stream=True,
+                         engine="baseline", api_name="/lipsync_submit")["job_id"]  # fmt: skip
+    deadline = time.monotonic() + 120
+    while client.predict(job, api_name="/job_status")["progress"] < 0.2:  # a few seconds of it streamed
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    client.predict(job, api_name="/job_cancel")
+    assert _job_status(client, job, ("cancelled", "done"))["status"] == "cancelled"
+    with pytest.raises(AppError, match=rf"job {job} was cancelled \(cancelled by its owner while it ran\) and has no "
+                                       r"files: only a finished job keeps them; the first \d+\.\d s it streamed come "
+                                       "from /job_stream"):  # fmt: skip
+        client.predict(job, api_name="/job_files")
+    streamed = [path for segments, _status in client.submit(job, api_name="/job_stream") for path in segments]
+    assert streamed and all(Path(path).stat().st_size > 0 for path in streamed)
+
+
 def test_portrait_endpoint_animates_the_example_from_only_its_files(client) -> None:
     from gradio_client import handle_file
 

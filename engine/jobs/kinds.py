@@ -21,7 +21,8 @@ from engine.core.options import Config
 from engine.core.settings import Settings
 from engine.jobs import split
 from engine.jobs.broker import Broker
-from engine.jobs.store import CPU, DONE, QUEUED, Job, JobStore, QueueLimits, StoreError
+from engine.jobs.housekeeping import STREAM_KEEP_S
+from engine.jobs.store import CANCELLED, CPU, DONE, FAILED, QUEUED, Job, JobStore, QueueLimits, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +115,9 @@ class JobKind:
     def output_files(self, job_id: str, owner: str | None) -> dict[str, Path]:
         """A finished job's output files that are still there, by their role ("video", "strip", ...)."""
         job = self._get(job_id, owner)
+        if job.status in (FAILED, CANCELLED):  # it never will be done: its half-made files are removed
+            raise InputError(f"job {job_id} {'was ' if job.status == CANCELLED else ''}{job.status} ({job.error}) and "
+                             f"has no files: only a finished job keeps them{self.streamed_note(job)}")  # fmt: skip
         if job.status != DONE:
             raise InputError(f"job {job_id} is {job.status}: its files come once it is done")
         outputs = (job.result or {}).get("outputs") or {}
@@ -123,6 +127,10 @@ class JobKind:
         if not files:
             raise InputError(f"job {job_id}'s files were removed (the store's size or age limit); run it again")
         return files
+
+    def streamed_note(self, job: Job) -> str:
+        """Where the video a stopped job streamed before it stopped can still be had (override)."""
+        return ""
 
     def history(self, owner: str | None, limit: int = 50) -> list[dict[str, Any]]:
         """The owner's jobs, newest first. A row this version cannot read (damaged, or written by another version)
@@ -199,6 +207,14 @@ class FileJobs(JobKind):
     def summary(self, job: Job) -> dict[str, Any]:
         files = {name: ref["name"] for name, ref in job.settings["files"].items()}
         return {**super().summary(job), **files}
+
+    def streamed_note(self, job: Job) -> str:
+        """A stopped job keeps no MP4, but the segments it streamed stay until the stream is swept."""
+        stream = read_stream(stream_folder(output_path(self.settings, job)))
+        if not stream.segments:
+            return ""
+        return (f"; the first {stream.duration:.1f} s it streamed come from /job_stream until "
+                f"{STREAM_KEEP_S / 60:g} minutes after it ended")  # fmt: skip
 
     def live(self, job_id: str, owner: str | None) -> LiveStream:
         """One of the owner's jobs' live stream as it stands: its finished segments and whether it ended (nothing
