@@ -1,5 +1,6 @@
 """The first five minutes in a real headless Chromium: what a laptop (1366x768) and a phone (390x844) show on load,
-what the live telemetry costs an open page, and the Lip-sync example's result.
+whether the examples and every option's label and value can be read there, what the live telemetry costs an open
+page, and the Lip-sync example's result.
 
 One app for the module (conftest's running_app) and one browser; each test opens its own page.
 """
@@ -132,6 +133,77 @@ def test_a_phone_opens_every_tab_and_scrolls_the_doctors_fix_column_into_view(op
     box = fix.bounding_box()
     assert box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"], box
     assert scroller.evaluate("e => e.scrollLeft") > 0  # the box scrolled, not the page
+
+
+MIN_CONTROL_PX = 150  # narrower, a control's label wraps a word or two a line (Gradio's own minimum is 160)
+
+# What cannot be read inside `root`: text cut off by a box that hides its overflow (a label's word wider than its
+# field, a slider's range, a caption's ellipsis), a text box's value or placeholder wider than the box, a control
+# squeezed narrower than `minWidth`, or anything past the right edge of the screen.
+UNREADABLE = """([root, minWidth]) => {
+  const problems = [];
+  const shown = e => { const r = e.getBoundingClientRect(); return r.width > 2 && r.height > 2; };
+  const name = e => {
+    const label = e.closest('.block')?.querySelector('[data-testid=block-info], .label-text, .caption-label');
+    return (label || e).textContent.trim().slice(0, 60);
+  };
+  const walker = document.createTreeWalker(root, NodeFilter.SHOW_TEXT);
+  for (let node; (node = walker.nextNode()); ) {
+    const text = node.textContent.trim();
+    if (!text || !shown(node.parentElement) || node.parentElement.closest('.hide, [aria-hidden=true]')) continue;
+    const range = document.createRange();
+    range.selectNodeContents(node);
+    const rects = [...range.getClientRects()].filter(r => r.width > 0);
+    if (rects.some(r => r.right > window.innerWidth + 1)) problems.push(`"${text.slice(0, 50)}" is off the screen`);
+    for (let box = node.parentElement; box && box !== root.parentElement; box = box.parentElement) {
+      const style = getComputedStyle(box);
+      if (style.overflowX === "visible" && style.overflowY === "visible") continue;
+      const edge = box.getBoundingClientRect();
+      if (edge.width <= 2) break;  // a screen reader's text, kept out of sight on purpose
+      if (rects.some(r => r.left < edge.left - 1 || r.right > edge.right + 1 || r.bottom > edge.bottom + 1)) {
+        problems.push(`"${text.slice(0, 50)}" is cut off (${edge.width | 0} px box)`);
+        break;
+      }
+    }
+  }
+  const pen = document.createElement("canvas").getContext("2d");
+  for (const input of root.querySelectorAll("input:not([type]), input[type=text], input[type=number]")) {
+    const text = input.value || input.placeholder;
+    if (!text || !shown(input)) continue;
+    const style = getComputedStyle(input);
+    pen.font = `${style.fontWeight} ${style.fontSize} ${style.fontFamily}`;
+    const room = input.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
+    if (pen.measureText(text).width > room + 1) problems.push(`"${name(input)}": "${text}" is cut off`);
+  }
+  for (const block of root.querySelectorAll(".block")) {
+    if (!shown(block) || !block.querySelector("input, textarea, button.thumbnail-item")) continue;
+    const width = block.getBoundingClientRect().width;
+    if (width < minWidth) problems.push(`"${name(block)}" is ${width | 0} px wide`);
+  }
+  return problems;
+}"""
+
+
+def unreadable(page, root) -> list[str]:
+    """What cannot be read in `root` (a locator), at the page's width."""
+    return page.evaluate(UNREADABLE, [root.element_handle(), MIN_CONTROL_PX])
+
+
+@pytest.mark.parametrize("viewport", [LAPTOP, PHONE], ids=["laptop", "phone"])
+def test_every_example_and_option_label_and_value_can_be_read_on_a_laptop_and_a_phone(open_page, viewport) -> None:
+    page = open_page(viewport)
+    problems = []
+    for tab, prefix in (("Lip-sync", "lipsync"), ("Portrait animation", "portrait")):
+        open_tab(page, tab)
+        examples = page.locator(f"#{prefix}-examples")
+        examples.locator(".thumbnail-item").last.wait_for(timeout=30_000)
+        problems += [f"{tab} examples: {p}" for p in unreadable(page, examples)]
+        options = page.locator(f"#{prefix}-options")
+        options.get_by_role("button", name="Options").click()
+        options.locator("input").first.wait_for(timeout=10_000)
+        page.wait_for_timeout(300)  # the panel lays out
+        problems += [f"{tab} options: {p}" for p in unreadable(page, options)]
+    assert not problems, "\n".join(problems)
 
 
 class TrafficMeter:

@@ -3,7 +3,8 @@ speech's waveform along the top, or a source portrait with its driver in the cor
 tab's inputs.
 
 One row of pictures, rather than gr.Examples' table (a row per example, about 100 px each), so that a tab's
-inputs, its button and its examples fit on the first screen.
+inputs, its button and its examples fit on the first screen. Where the row does not fit (a phone) it wraps onto a
+second (ui/style.py), rather than running off the screen's edge with no sign that it scrolls.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from engine.core.media import is_image, load_image, read_frames
 SIDE = 160  # pixels: a thumbnail is a square
 INSET = 76  # the second input's picture, in the top-right corner
 STRIP = 40  # the speech's waveform, along the top
-GALLERY_HEIGHT = 170
+EXAMPLES_CLASS = "ab-examples"  # ui/style.py: the thumbnails wrap where one row does not fit
 
 
 @dataclass(frozen=True)
@@ -77,13 +78,15 @@ def thumbnail(example: Example, sound: Sequence[bool], folder: Path, name: str) 
 def example_gallery(
     examples: Sequence[Example], inputs: Sequence[Any], sound: Sequence[bool], folder: Path, label: str, elem_id: str
 ) -> gr.Gallery:
-    """The examples as one row of captioned thumbnails (made into `folder`); a click loads one into `inputs`.
-    `sound` says which inputs are speech (drawn as a waveform; a video there stands for its sound track)."""
+    """The examples as one row of captioned thumbnails (made into `folder`), two or more rows on a narrow screen; a
+    click loads one into `inputs`. `sound` says which inputs are speech (drawn as a waveform; a video there stands
+    for its sound track)."""
     pictures = [(str(thumbnail(e, sound, folder, f"{elem_id}-{i}")), e.caption) for i, e in enumerate(examples)]
     gr.Markdown(f"**{label}**: click one to load it · where each comes from: `assets/PROVENANCE.md`")
     gallery = gr.Gallery(
-        pictures, label=label, show_label=False, columns=len(pictures), rows=1, height=GALLERY_HEIGHT,
-        allow_preview=False, object_fit="contain", interactive=False, elem_id=elem_id, buttons=[],
+        pictures, label=label, show_label=False, columns=len(pictures), rows=1, allow_preview=False,
+        height="fit-content",  # as tall as its rows ("auto" means at least 320 px, 450 on a wide screen)
+        object_fit="contain", interactive=False, elem_id=elem_id, elem_classes=[EXAMPLES_CLASS], buttons=[],
     )  # fmt: skip
 
     def load(selected: gr.SelectData) -> tuple[Any, ...]:
@@ -96,4 +99,4 @@ def example_gallery(
     return gallery
 
 
-__all__ = ["GALLERY_HEIGHT", "Example", "example_gallery", "thumbnail"]
+__all__ = ["EXAMPLES_CLASS", "Example", "example_gallery", "thumbnail"]

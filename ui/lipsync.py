@@ -100,36 +100,40 @@ def build_lipsync_tab(settings: Settings, jobs: LipSyncJobs, access: Access) -> 
                 LIPSYNC_EXAMPLES, [*face.inputs.values(), *audio.inputs.values()], (False, False, True, True),
                 settings.cache_dir / "examples", "Examples", "lipsync-examples",
             )  # fmt: skip
-            with gr.Accordion("Options", open=False):
+            # At most three controls a row, most checkboxes in rows of their own: on a laptop each control has the
+            # width its label and value need, on a phone the screen's (ui/style.py: no checkbox is squeezed;
+            # tests/test_browser_layout.py checks both widths).
+            with gr.Accordion("Options", open=False, elem_id="lipsync-options"):
                 gr.Markdown(f"ℹ️ {where_to_put(WAV2LIP, settings)}")
                 checkpoint = server_file_picker(settings, "Wav2Lip checkpoint (empty: the configured one)")
                 with gr.Row():
                     batch_size = optional_number(c, "batch_size", "Batch size (empty: auto)", "auto")
                     precision = gr.Dropdown(choices(c, "precision"), value=default(c, "precision"), label="Precision")
+                    audio_offset = slider(c, "audio_offset", "Audio offset (frames; + if lips are late)", step=1)
+                with gr.Row():
                     compile_ = gr.Checkbox(value=default(c, "compile"), label="torch.compile")
                     check_precision = gr.Checkbox(
                         value=default(c, "check_precision"), label="fp16/bf16: compare the first frames with fp32"
                     )
-                with gr.Row():
-                    pads = gr.Textbox(value=default(c, "pads"), label="Pads TOP,BOTTOM,LEFT,RIGHT (pixels)")
-                    smooth = gr.Checkbox(value=default(c, "smooth"), label="Smooth face boxes")
-                    box = gr.Textbox(label="Fixed face box X1,Y1,X2,Y2 (empty: detect every frame)")
+                    stream = gr.Checkbox(value=True, label="Show the video while it is made")
                 with gr.Row():
                     detector = gr.Dropdown(choices(c, "detector"), value=default(c, "detector"), label="Face detector")
                     detector_checkpoint = server_file_picker(settings, "S3FD checkpoint (empty: the configured one)")
                     detect_scale = slider(c, "detect_scale", "Detection scale", step=0.05)
+                with gr.Row():
+                    pads = gr.Textbox(value=default(c, "pads"), label="Pads in pixels: TOP, BOTTOM, LEFT, RIGHT")
+                    box = gr.Textbox(label="Fixed face box X1, Y1, X2, Y2 (empty: detect every frame)")
+                    paste = gr.Radio(choices(c, "paste"), value=default(c, "paste"), label="Paste mode")
                 with gr.Row():  # upstream inference.py's edits of a face video, and a photo's frame rate
                     fps = slider(c, "fps", "Photo: frames per second", step=1)
-                    static = gr.Checkbox(value=default(c, "static"), label="Video: its first frame only, held still")
                     resize_factor = slider(c, "resize_factor", "Video: shrink by", step=1)
-                    rotate = gr.Checkbox(value=default(c, "rotate"), label="Video: turn a quarter clockwise")
                     crop = gr.Textbox(
-                        value=default(c, "crop"), label="Video: keep TOP,BOTTOM,LEFT,RIGHT (-1: to the edge)"
+                        value=default(c, "crop"), label="Video: keep TOP, BOTTOM, LEFT, RIGHT (-1: to the edge)"
                     )
                 with gr.Row():
-                    paste = gr.Radio(choices(c, "paste"), value=default(c, "paste"), label="Paste mode")
-                    audio_offset = slider(c, "audio_offset", "Audio offset (frames; + if lips are late)", step=1)
-                    stream = gr.Checkbox(value=True, label="Show the video while it is made")
+                    smooth = gr.Checkbox(value=default(c, "smooth"), label="Smooth face boxes")
+                    static = gr.Checkbox(value=default(c, "static"), label="Video: its first frame only, held still")
+                    rotate = gr.Checkbox(value=default(c, "rotate"), label="Video: turn a quarter clockwise")
                 with gr.Row():  # the musetalk engine's own options
                     musetalk_weights = server_file_picker(
                         settings, "MuseTalk weights folder (empty: the configured one)"
@@ -137,28 +141,29 @@ def build_lipsync_tab(settings: Settings, jobs: LipSyncJobs, access: Access) -> 
                     musetalk_version = gr.Dropdown(
                         choices(c, "musetalk_version"), value=default(c, "musetalk_version"), label="MuseTalk version"
                     )
-                    bbox_shift = slider(c, "bbox_shift", "MuseTalk box shift (pixels; + shows more mouth)", step=1)
-                    person_box = gr.Checkbox(
-                        value=default(c, "musetalk_person_box"), label="MuseTalk: DWPose in the person box"
-                    )
                     musetalk_runtime = gr.Dropdown(
                         choices(c, "musetalk_runtime"), value=default(c, "musetalk_runtime"),
                         label="MuseTalk UNet + decoder runtime",
                     )  # fmt: skip
-                with gr.Row():  # MuseTalk's avatar: upstream's margin, parsing mode and cheek widths
+                with gr.Row():  # MuseTalk's avatar: upstream's box shift, margin, blur, parsing mode and cheek widths
+                    bbox_shift = slider(c, "bbox_shift", "MuseTalk box shift (pixels; + shows more mouth)", step=1)
                     musetalk_extra_margin = optional_number(
                         c, "musetalk_extra_margin", "MuseTalk extra margin below the box (pixels)", "auto: 10 for v1.5"
                     )
+                    musetalk_blur = gr.Number(
+                        value=default(c, "musetalk_blur"),
+                        label="MuseTalk paste-back blur (0.05: upstream's inference.py)",
+                    )
+                with gr.Row():
                     musetalk_parsing_mode = gr.Dropdown(
                         choices(c, "musetalk_parsing_mode"), value=default(c, "musetalk_parsing_mode"),
                         label="MuseTalk parsing mode",
                     )  # fmt: skip
                     musetalk_cheek_widths = gr.Textbox(
-                        value=default(c, "musetalk_cheek_widths"), label="MuseTalk cheek widths LEFT,RIGHT (pixels)"
+                        value=default(c, "musetalk_cheek_widths"), label="MuseTalk cheek widths LEFT, RIGHT (pixels)"
                     )
-                    musetalk_blur = gr.Number(
-                        value=default(c, "musetalk_blur"),
-                        label="MuseTalk paste-back blur (0.05: upstream's inference.py)",
+                    person_box = gr.Checkbox(
+                        value=default(c, "musetalk_person_box"), label="MuseTalk: DWPose in the person box"
                     )
             results_column = gr.Column()
         with gr.Column():

@@ -118,7 +118,8 @@ def build_portrait_tab(settings: Settings, jobs: PortraitJobs, access: Access) -
                 PORTRAIT_EXAMPLES, [source, *driving.inputs.values()], (False, False, False, False),
                 settings.cache_dir / "examples", "Examples", "portrait-examples",
             )  # fmt: skip
-            with gr.Accordion("Options", open=False):
+            # As the Lip-sync tab's: at most three controls a row, the checkboxes in rows of their own.
+            with gr.Accordion("Options", open=False, elem_id="portrait-options"):
                 gr.Markdown(
                     "LivePortrait's weights: `AVATARBENCH_LIVEPORTRAIT_DIR`, the official `pretrained_weights` folder "
                     "or its `liveportrait/` subfolder."
@@ -126,16 +127,17 @@ def build_portrait_tab(settings: Settings, jobs: PortraitJobs, access: Access) -
                 with gr.Row():
                     backend = gr.Dropdown(choices(c, "backend"), value=default(c, "backend"), label="Backend")
                     precision = gr.Dropdown(choices(c, "precision"), value=default(c, "precision"), label="Precision")
+                    region = gr.Dropdown(choices(c, "region"), value=default(c, "region"), label="Animation region")
                 with gr.Row():
-                    relative = gr.Checkbox(value=default(c, "relative"), label="Relative motion")
                     driving_option = gr.Radio(
                         choices(c, "driving_option"), value=default(c, "driving_option"), label="Driving option"
                     )
-                    region = gr.Dropdown(choices(c, "region"), value=default(c, "region"), label="Animation region")
-                with gr.Row():
                     multiplier = slider(c, "multiplier", "Driving multiplier", step=0.05)
+                with gr.Row():
+                    relative = gr.Checkbox(value=default(c, "relative"), label="Relative motion")
                     stitching = gr.Checkbox(value=default(c, "stitching"), label="Stitching")
                     paste_back = gr.Checkbox(value=default(c, "paste_back"), label="Paste back into the full image")
+                with gr.Row():
                     crop = gr.Checkbox(value=default(c, "crop"), label="Crop around the face")
                     upright = gr.Checkbox(value=default(c, "upright"), label="Turn the crop upright (landmark model)")
                     crop_driving = gr.Checkbox(
@@ -145,6 +147,7 @@ def build_portrait_tab(settings: Settings, jobs: PortraitJobs, access: Access) -
                     scale = slider(c, "scale", "Source crop scale", step=0.05)
                     vx_ratio = slider(c, "vx_ratio", "Source crop shift x", step=0.005)
                     vy_ratio = slider(c, "vy_ratio", "Source crop shift y", step=0.005)
+                with gr.Row():
                     scale_crop_driving = slider(c, "scale_crop_driving", "Driving crop scale", step=0.05)
                     vx_ratio_crop_driving = slider(c, "vx_ratio_crop_driving", "Driving crop shift x", step=0.005)
                     vy_ratio_crop_driving = slider(c, "vy_ratio_crop_driving", "Driving crop shift y", step=0.005)
@@ -158,11 +161,18 @@ def build_portrait_tab(settings: Settings, jobs: PortraitJobs, access: Access) -
                 with gr.Row():
                     max_frames = optional_number(c, "max_frames", "Max frames (empty: all)", "all")
                     batch_size = optional_number(c, "batch_size", "Batch size", "auto: 8 on a GPU, 1 on a CPU")
+                with gr.Row():
                     save_template = gr.Checkbox(
                         value=default(c, "save_template"), label="Save the driving motion as a template"
                     )
                     stream = gr.Checkbox(value=True, label="Show the video while it is made")
+                    compile_ = gr.Checkbox(
+                        value=default(c, "compile"), label="torch.compile (torch backend; first run compiles)"
+                    )
                 with gr.Row():  # retargeting needs LivePortrait's landmark.onnx beside its weights
+                    eye_open = optional_number(c, "eye_open", openness_label("eyes", c), "off")
+                    lip_open = optional_number(c, "lip_open", openness_label("lips", c), "off")
+                with gr.Row():
                     eye_retargeting = gr.Checkbox(
                         value=default(c, "eye_retargeting"), label="Eyes follow the driver's openness, frame by frame"
                     )
@@ -171,12 +181,6 @@ def build_portrait_tab(settings: Settings, jobs: PortraitJobs, access: Access) -
                     )
                     normalize_lips = gr.Checkbox(
                         value=default(c, "normalize_lips"), label="Normalise lips (close an open source mouth first)"
-                    )
-                with gr.Row():
-                    eye_open = optional_number(c, "eye_open", openness_label("eyes", c), "off")
-                    lip_open = optional_number(c, "lip_open", openness_label("lips", c), "off")
-                    compile_ = gr.Checkbox(
-                        value=default(c, "compile"), label="torch.compile (torch backend; first run compiles)"
                     )
                 with gr.Row():
                     weights = server_file_picker(settings, "LivePortrait weights (empty: the configured ones)")

@@ -1,5 +1,6 @@
-"""Shared look: the CSS for badges, the compact tables the tabs render as HTML, and the small header (banner,
-telemetry strip, a tab bar that wraps) that leaves each tab's first screen to the tab."""
+"""Shared look: the CSS for badges, the compact tables the tabs render as HTML, the small header (banner,
+telemetry strip, a tab bar that wraps) that leaves each tab's first screen to the tab, option fields whose labels
+and values can be read on a laptop and on a phone, and example thumbnails that wrap on a narrow screen."""
 
 CSS = """
 .ab-badge { color: #fff; border-radius: 4px; padding: 1px 7px; font-size: 0.85em; white-space: nowrap; }
@@ -33,4 +34,14 @@ table.ab-telemetry td { white-space: nowrap; }
 #ab-tabs .tab-wrapper { height: auto; }
 #ab-tabs [role="tablist"] { flex-wrap: wrap; }
 #ab-tabs [role="tab"] { padding: 6px 12px; height: auto; }
+
+/* Option fields. Gradio 6.31 gives a checkbox no minimum width, so in a row beside other fields its label was
+   squeezed into a column a few letters wide: it gets the 160 px the others have, and wraps to a line of its own
+   where that does not fit. A word wider than its field's label (a long file name) wraps rather than being cut off. */
+.form > .block:has(> label.checkbox-container) { min-width: min(160px, 100%) !important; }
+[data-testid="block-info"], label.checkbox-container .label-text { overflow-wrap: break-word; }
+
+/* Example thumbnails (ui/examples.py): as many a row as fit at 110 px or more, so on a phone they wrap onto a second
+   row instead of one running off the screen's edge; each wide enough for its caption. */
+.ab-examples .grid-wrap .grid-container { grid-template-columns: repeat(auto-fit, minmax(110px, 1fr)); }
 """
