@@ -18,6 +18,7 @@ from ui.examples import Example, example_gallery
 from ui.forms import api_examples, choices, default, field, form_handler
 from ui.jobs import Access, Ended, job_endpoints, run_panel
 from ui.media_inputs import MEDIA_HEIGHT, TAB_BAR_HEIGHT, action_row, checked_image, media_choice
+from ui.style import HIDDEN_WHEN_EMPTY
 from ui.weights import weights_panel
 from ui.widgets import (
     ASSETS,
@@ -196,7 +197,8 @@ def build_portrait_tab(settings: Settings, jobs: PortraitJobs, access: Access) -
             summary = gr.Markdown(elem_id="portrait-summary")
             strip = gr.Image(label="Driving (top) and result (bottom)", interactive=False)
             stages = gr.Plot(show_label=False, visible=False)  # shown with a result
-            template = gr.File(label="Motion template", interactive=False)
+            # only LivePortrait runs that save the driving motion make one: out of sight until then
+            template = gr.File(label="Motion template", interactive=False, elem_classes=[HIDDEN_WHEN_EMPTY])
             with gr.Accordion("Full result (JSON)", open=False):
                 details = gr.JSON()
 

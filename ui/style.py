@@ -1,6 +1,12 @@
 """Shared look: the CSS for badges, the compact tables the tabs render as HTML, the small header (banner,
 telemetry strip, a tab bar that wraps) that leaves each tab's first screen to the tab, option fields whose labels
-and values can be read on a laptop and on a phone, and example thumbnails that wrap on a narrow screen."""
+and values can be read on a laptop and on a phone, example thumbnails that wrap on a narrow screen, and result
+boxes shown only when they hold something."""
+
+# A component with this class is out of sight while it is empty: a result that only some runs make (the Portrait
+# tab's motion template: LivePortrait runs that save one) would otherwise stand as a large empty box. Pure CSS, so
+# the handlers that fill it need not also say when to show it.
+HIDDEN_WHEN_EMPTY = "ab-hidden-when-empty"
 
 CSS = """
 .ab-badge { color: #fff; border-radius: 4px; padding: 1px 7px; font-size: 0.85em; white-space: nowrap; }
@@ -45,3 +51,4 @@ table.ab-telemetry td { white-space: nowrap; }
    row instead of one running off the screen's edge; each wide enough for its caption. */
 .ab-examples .grid-wrap .grid-container { grid-template-columns: repeat(auto-fit, minmax(110px, 1fr)); }
 """
+CSS += f".{HIDDEN_WHEN_EMPTY}:has(> .empty) {{ display: none; }}\n"  # Gradio shows an empty value as its .empty
