@@ -30,6 +30,24 @@ def test_api_page_lists_the_endpoints(client) -> None:
     assert {"/portrait", "/plan_network"} <= names
 
 
+# Each endpoint's outputs by the names the README's snippets give them: the API page names an output by its
+# component's label, and one without a label "value_86".
+OUTPUT_NAMES = {
+    "/lipsync": ["Result", "summary", "chart", "report"],
+    "/portrait": ["Result", "summary", "Driving (top) and result (bottom)", "chart", "Motion template", "report"],
+    "/lipsync_submit": ["job"],
+    "/portrait_submit": ["job"],
+    "/job_stream": ["segments", "status"],
+    "/job_files": ["files"],
+}
+
+
+def test_the_api_page_names_each_output(client) -> None:
+    api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    for endpoint, names in OUTPUT_NAMES.items():
+        assert [r["label"] for r in api[endpoint]["returns"]] == names, endpoint
+
+
 CAPABILITIES = {
     "/lipsync": ("engine.lipsync.config", "LipSyncConfig"),
     "/portrait": ("engine.portrait.config", "PortraitConfig"),

@@ -315,11 +315,13 @@ def register_job_api(store: JobStore, kinds: Mapping[str, JobKind], access: Acce
     gr.api(job_history, api_name="job_history", queue=False)
     with gr.Column(visible=False):
         stream_id, stream_button = gr.Textbox(label="job_id"), gr.Button()
-        segments, stream_status = gr.File(file_count="multiple"), gr.JSON()
+        # labelled: an output's name on the API page (else "value_647"), as the README's snippets name them
+        segments, stream_status = gr.File(file_count="multiple", label="segments"), gr.JSON(label="status")
     stream_button.click(job_stream, stream_id, [segments, stream_status], api_name="job_stream",
                         concurrency_limit=16, concurrency_id="job_stream")  # fmt: skip
     with gr.Column(visible=False):
-        files_id, files_button, files = gr.Textbox(label="job_id"), gr.Button(), gr.File(file_count="multiple")
+        files_id, files_button = gr.Textbox(label="job_id"), gr.Button()
+        files = gr.File(file_count="multiple", label="files")
     files_button.click(job_files, files_id, files, api_name="job_files", queue=False)
 
 
@@ -400,7 +402,7 @@ def job_endpoints(
     api_endpoint(cls, run, outputs, name, f"{about} Waits for the result (/{name}_submit queues it instead).",
                  **waiting)  # fmt: skip
     with gr.Column(visible=False):
-        submitted = gr.JSON()
+        submitted = gr.JSON(label="job")  # its name on the API page
     api_endpoint(cls, submit, submitted, f"{name}_submit", f"Queue it: {about} Returns the job id and its status.")
     return run_in_tab
 

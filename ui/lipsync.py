@@ -172,11 +172,12 @@ def build_lipsync_tab(settings: Settings, jobs: LipSyncJobs, access: Access) -> 
                 "labelled **baseline** engine (speech energy opens the mouth) runs. **MuseTalk** needs its weights "
                 "(see the Lip-sync section of the README for the files and where they go)."
             )
+            # Each output's label is its name on the API page (else "value_86"): the README's names for them.
             video = gr.Video(label="Result", interactive=False, elem_id="lipsync-result")
-            summary = gr.Markdown(elem_id="lipsync-summary")
-            stages = gr.Plot(show_label=False, visible=False)  # shown with a result
+            summary = gr.Markdown(label="summary", elem_id="lipsync-summary")
+            stages = gr.Plot(label="chart", show_label=False, visible=False)  # shown with a result
             with gr.Accordion("Full result (JSON)", open=False):
-                details = gr.JSON()
+                details = gr.JSON(label="report", show_label=False)
 
     def render(report: dict[str, Any]) -> tuple[Any, ...]:
         result = RunResult.from_dict(report)

@@ -193,14 +193,15 @@ def build_portrait_tab(settings: Settings, jobs: PortraitJobs, access: Access) -
                 "LivePortrait engine runs (PyTorch or ONNX Runtime); without them a clearly labelled **baseline** "
                 "engine (tracked head motion + optical flow) runs."
             )
+            # Each output's label is its name on the API page (else "value_264"): the README's names for them.
             video = gr.Video(label="Result", interactive=False, elem_id="portrait-result")
-            summary = gr.Markdown(elem_id="portrait-summary")
+            summary = gr.Markdown(label="summary", elem_id="portrait-summary")
             strip = gr.Image(label="Driving (top) and result (bottom)", interactive=False)
-            stages = gr.Plot(show_label=False, visible=False)  # shown with a result
+            stages = gr.Plot(label="chart", show_label=False, visible=False)  # shown with a result
             # only LivePortrait runs that save the driving motion make one: out of sight until then
             template = gr.File(label="Motion template", interactive=False, elem_classes=[HIDDEN_WHEN_EMPTY])
             with gr.Accordion("Full result (JSON)", open=False):
-                details = gr.JSON()
+                details = gr.JSON(label="report", show_label=False)
 
     def render(report: dict[str, Any]) -> tuple[Any, ...]:
         result = RunResult.from_dict(report)
