@@ -337,7 +337,7 @@ def serve(args: argparse.Namespace) -> int:
     from engine.core.device import resolve_device
     from engine.system.telemetry import get_sampler
     from ui.jobs import OWNER_COOKIE_SCRIPT, Access
-    from ui.style import CSS
+    from ui.style import CSS, MISSING_TRANSLATIONS
     from ui.widgets import ASSETS
 
     choice = resolve_device(settings.device)
@@ -366,6 +366,7 @@ def serve(args: argparse.Namespace) -> int:
                 allowed_paths=[str(ASSETS)],
                 theme=gr.themes.Soft(),
                 css=CSS,
+                i18n=gr.I18n(**MISSING_TRANSLATIONS),
                 head=OWNER_COOKIE_SCRIPT,  # the browser's owner token: its jobs outlive a reload
             )
         except OSError as exc:  # taken between the check above and the server's start

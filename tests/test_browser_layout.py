@@ -1,6 +1,6 @@
 """The first five minutes in a real headless Chromium: what a laptop (1366x768) and a phone (390x844) show on load,
-whether the examples and every option's label and value can be read there, what the live telemetry costs an open
-page, and the Lip-sync example's result.
+whether the examples and every option's label and value can be read there, what a screen reader hears, what the
+live telemetry costs an open page, and the Lip-sync example's result.
 
 One app for the module (conftest's running_app) and one browser; each test opens its own page.
 """
@@ -206,6 +206,20 @@ def test_every_example_and_option_label_and_value_can_be_read_on_a_laptop_and_a_
     assert not problems, "\n".join(problems)
     # the built-in engine never makes a motion template: no empty box for one
     sync_api.expect(page.get_by_text("Motion template", exact=True)).to_be_hidden()
+
+
+def test_a_screen_reader_hears_in_words_that_an_event_finished(open_page) -> None:
+    """Gradio 6.31 announces it with a key its own translations lack ("common.complete"); app.py adds the word."""
+    page = open_page(LAPTOP)
+    page.evaluate("""() => {
+      const region = document.querySelector("[aria-live]");
+      window.announced = [];
+      new MutationObserver(() => window.announced.push(region.textContent.trim()))
+        .observe(region, {subtree: true, childList: true, characterData: true});
+    }""")
+    page.get_by_role("button", name="Cancel", exact=True).locator("visible=true").first.click()  # nothing to cancel
+    page.wait_for_function("window.announced.some(text => text)", timeout=30_000)
+    assert [text for text in page.evaluate("window.announced") if text] == ["Complete"]
 
 
 class TrafficMeter:

@@ -1,12 +1,17 @@
 """Shared look: the CSS for badges, the compact tables the tabs render as HTML, the small header (banner,
 telemetry strip, a tab bar that wraps) that leaves each tab's first screen to the tab, option fields whose labels
-and values can be read on a laptop and on a phone, example thumbnails that wrap on a narrow screen, and result
-boxes shown only when they hold something."""
+and values can be read on a laptop and on a phone, example thumbnails that wrap on a narrow screen, result
+boxes shown only when they hold something, and the words Gradio's page lacks."""
 
 # A component with this class is out of sight while it is empty: a result that only some runs make (the Portrait
 # tab's motion template: LivePortrait runs that save one) would otherwise stand as a large empty box. Pure CSS, so
 # the handlers that fill it need not also say when to show it.
 HIDDEN_WHEN_EMPTY = "ab-hidden-when-empty"
+
+# Words Gradio's page asks for but its own translations lack (launch(i18n=...) adds them): Gradio 6.31 tells screen
+# readers that an event finished with the key "common.complete", which only its chat widget's table defines, so
+# they read out "common.complete". Other languages fall back to these.
+MISSING_TRANSLATIONS = {"en": {"common.complete": "Complete"}}
 
 CSS = """
 .ab-badge { color: #fff; border-radius: 4px; padding: 1px 7px; font-size: 0.85em; white-space: nowrap; }
