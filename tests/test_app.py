@@ -39,6 +39,9 @@ OUTPUT_NAMES = {
     "/portrait_submit": ["job"],
     "/job_stream": ["segments", "status"],
     "/job_files": ["files"],
+    "/onnx_submit": ["job"],
+    "/onnx_inspect": ["description", "inputs and outputs"],
+    "/plan_network": ["plan"],
 }
 
 

@@ -113,3 +113,14 @@ def test_portrait_summary_says_what_was_reused_and_adjusted() -> None:
     result.metrics.update(engine="baseline", cache=None, crop_angle=0.0, lips_normalised=False)
     text = portrait.summary_markdown(result)
     assert "**baseline**" in text and "reused" not in text and "crop turned" not in text
+
+
+def test_the_lipsync_summary_counts_one_frame_in_the_singular() -> None:
+    """'1 frames at 25 fps' and '1 frame(s) without a face' read as typos."""
+    from engine.core.results import RunResult
+    from ui.lipsync import summary_markdown
+
+    metrics = {"engine_label": "Baseline", "frames": 1, "fps": 25.0, "batch_size": 1, "encoder": "libx264",
+               "detector": "haar", "faces_missed": 1, "pipeline_seconds": 0.5, "frames_per_second": 2.0}  # fmt: skip
+    text = summary_markdown(RunResult(metrics=metrics))
+    assert "1 frame at 25 fps" in text and "1 frame without a face" in text

@@ -509,7 +509,7 @@ def _register_api(jobs: BenchJobs, settings: Any, prices_of: Any, cards: dict[st
         return {"model": title, **fit.to_dict()}
 
     with gr.Column(visible=False):
-        network_plan = gr.JSON()
+        network_plan = gr.JSON(label="plan")  # its name on the API page
     about = "Batch size and GPU count for one of our networks (parameters as `avatarbench plan network`)."
     api_endpoint(NetworkPlanConfig, plan_network_api, network_plan, "plan_network", about)
     submit = api_function(SweepRequest, bench_submit, "the sweep")

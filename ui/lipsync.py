@@ -26,6 +26,7 @@ from ui.weights import weights_panel
 from ui.widgets import (
     ASSETS,
     chart,
+    counted,
     delivered,
     measurement_line,
     optional_number,
@@ -52,8 +53,8 @@ def summary_markdown(result: RunResult) -> str:
     m = result.metrics
     lines = [
         f"**{m['engine_label']}** on `{result.device}` ({result.device_name}, {result.precision}) · "
-        f"{m['frames']} frames at {m['fps']:g} fps · batch {m['batch_size']} · encoder `{m['encoder']}` · "
-        f"detector `{m['detector']}` · {m['faces_missed']} frame(s) without a face · "
+        f"{counted(m['frames'], 'frame')} at {m['fps']:g} fps · batch {m['batch_size']} · encoder `{m['encoder']}` · "
+        f"detector `{m['detector']}` · {counted(m['faces_missed'], 'frame')} without a face · "
         f"{m['pipeline_seconds']:.2f}s in the pipeline ({m['frames_per_second']:.1f} frames/s)",
     ]
     if check := m.get("precision_check"):

@@ -312,7 +312,9 @@ def _register_api(jobs: OnnxEvalJobs, inspected: Any, access: Access) -> None:
     """The job API for scripts (gradio_client): its parameters are EvalConfig's and InspectConfig's fields, the
     same names and defaults as `avatarbench onnx eval` and `onnx inspect`."""
     with gr.Column(visible=False):
-        submitted, description, table = gr.JSON(), gr.Markdown(), gr.Dataframe(headers=IO_HEADERS)
+        # the labels are the outputs' names on the API page
+        submitted, description = gr.JSON(label="job"), gr.Markdown(label="description")
+        table = gr.Dataframe(headers=IO_HEADERS, label="inputs and outputs")
 
     def onnx_submit(values: dict[str, Any], progress: Any, request: gr.Request | None) -> dict:
         submission = jobs.submit(EvalConfig.build(values), access.owner(request))

@@ -23,6 +23,7 @@ from ui.weights import weights_panel
 from ui.widgets import (
     ASSETS,
     chart,
+    counted,
     delivered,
     measurement_line,
     optional_number,
@@ -76,7 +77,8 @@ def summary_markdown(result: RunResult) -> str:
         where += " · source lips closed first"
     lines = [
         f"{label} · {m['backend']} on `{result.device}` ({result.device_name}, {result.precision}){where} · "
-        f"{m['frames']} frames at {m['fps']:g} fps · {m['frames_per_second']:.1f} frames/s · encoder `{m['encoder']}`"
+        f"{counted(m['frames'], 'frame')} at {m['fps']:g} fps · {m['frames_per_second']:.1f} frames/s · "
+        f"encoder `{m['encoder']}`"
     ]
     lines += measurement_line(result) + segments_lines(result)
     lines += [f"- ⚠️ {w}" for w in result.warnings]
