@@ -206,6 +206,10 @@ def test_every_example_and_option_label_and_value_can_be_read_on_a_laptop_and_a_
     assert not problems, "\n".join(problems)
     # the built-in engine never makes a motion template: no empty box for one
     sync_api.expect(page.get_by_text("Motion template", exact=True)).to_be_hidden()
+    # nor empty report boxes before an evaluation or a sweep is shown
+    for tab, label in (("ONNX eval", "Full report (JSON)"), ("GPU benchmark", "Report (JSON)")):
+        open_tab(page, tab)
+        sync_api.expect(page.get_by_text(label, exact=True)).to_be_hidden()
 
 
 def test_a_screen_reader_hears_in_words_that_an_event_finished(open_page) -> None:

@@ -56,6 +56,7 @@ from ui.bench_report import (
 from ui.forms import api_endpoint, api_function, refusal, reported
 from ui.history import wire_history
 from ui.jobs import Access, wire_cancel
+from ui.style import HIDDEN_WHEN_EMPTY
 from ui.widgets import (
     chart,
     delivered,
@@ -145,8 +146,9 @@ def build_bench_tab(settings: Any, jobs: BenchJobs, access: Access) -> None:
                 telemetry_plot = gr.Plot(show_label=False, visible=False)
             spread = gr.Markdown()  # latencies too scattered to trust, beside the charts
             with gr.Row():
-                json_file = gr.File(label="Report (JSON)", interactive=False)
-                csv_file = gr.File(label="Results (CSV)", interactive=False)
+                # out of sight until a sweep is shown
+                json_file = gr.File(label="Report (JSON)", interactive=False, elem_classes=[HIDDEN_WHEN_EMPTY])
+                csv_file = gr.File(label="Results (CSV)", interactive=False, elem_classes=[HIDDEN_WHEN_EMPTY])
     with gr.Accordion("History, compare and import", open=False) as history_panel:
         with gr.Row():
             refresh = gr.Button("Refresh")

@@ -46,6 +46,7 @@ from ui.onnx_report import (
     summary_markdown,
     throughput_figure,
 )
+from ui.style import HIDDEN_WHEN_EMPTY
 from ui.widgets import (
     chart,
     delivered,
@@ -166,7 +167,7 @@ def build_onnx_eval_tab(settings: Any, jobs: OnnxEvalJobs, access: Access) -> No
             accuracy = gr.Dataframe(
                 headers=ACCURACY_HEADERS, interactive=False, label="Accuracy on your data", visible=False
             )
-            report_file = gr.File(label="Full report (JSON)", interactive=False)
+            report_file = gr.File(label="Full report (JSON)", interactive=False, elem_classes=[HIDDEN_WHEN_EMPTY])
     with gr.Accordion("History and compare", open=False) as history_panel:
         with gr.Row():
             refresh = gr.Button("Refresh")
