@@ -53,6 +53,9 @@ def test_onnx_report_renders(model) -> None:
     report = evaluate(path, info, EvalConfig(model=MODEL, batch_sizes=[1, 2], runs=2, warmup=0))
     report["inspection"] = {**{k: v for k, v in info.to_dict().items() if k != "path"}, "name": "mlp.onnx"}
     assert len(onnx_report.result_rows(report)[0]) == len(onnx_report.RESULT_HEADERS)
+    gflops = onnx_report.RESULT_HEADERS.index("GFLOP/s")
+    rates = [{**report["results"][0], "achieved_gflops": value} for value in (0.00423, 12.345, 1234.56)]
+    assert [row[gflops] for row in onnx_report.result_rows({"results": rates})] == [0.00423, 12.3, 1234.6]
     # the CPU's outputs are the reference: its own parity row compared them with themselves (all zeros)
     assert list(report["parity"]) == ["cpu"] and onnx_report.parity_rows(report) == []
     assert "nothing to compare them with" in onnx_report.summary_markdown(report)

@@ -62,6 +62,14 @@ def _significant(value: Any, digits: int = 3) -> Any:
     return float(f"{float(value):.{digits}g}")
 
 
+def _rate(value: Any) -> Any:
+    """A rate at one decimal where that keeps three figures, else at three significant ones: a tiny model's
+    0.0042 GFLOP/s read 0.0."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)) or abs(value) >= 100:
+        return _num(value, 1)
+    return _significant(value)
+
+
 def _mib(value: Any) -> Any:
     return "" if value is None else round(value / 2**20, 1)
 
@@ -104,7 +112,7 @@ def result_rows(report: dict) -> list[list]:
                 spread,
                 _num(r.get("samples_per_s"), 1),
                 _num(r.get("speedup_vs_cpu"), 2),
-                _num(r.get("achieved_gflops"), 1),
+                _rate(r.get("achieved_gflops")),
                 _num(r.get("first_run_ms"), 1),
                 _num(r.get("trt_build_s"), 2),
                 _num(io.get("p50_ms")),

@@ -180,6 +180,21 @@ def _batches(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
         yield batch
 
 
+def _timed(items: Iterator[Any], result: RunResult, stage: str) -> Iterator[Any]:
+    """`items` with the time each takes to come counted as `stage`: a clip decoded as it is read shows in the
+    stage chart rather than nowhere."""
+    iterator = iter(items)
+    while True:
+        with result.stage(stage):
+            item = next(iterator, _END)
+        if item is _END:
+            return
+        yield item
+
+
+_END = object()
+
+
 class _Networks:
     """The loaded networks and how to run each in the chosen precision (optionally compiled at `batch` rows)."""
 
@@ -360,7 +375,7 @@ def _clip_motion(
     rows: list[tuple[np.ndarray, float]] = []
     frames = _clip_frames(Path(config.driving), config.max_frames, settings.max_seconds)
     total = min(info.frames or 1, config.max_frames or info.frames or 1)
-    for batch in _batches(frames, config.batch_size):
+    for batch in _timed(_batches(frames, config.batch_size), result, "decode driving"):
         images = [_rgb(f) for f in batch]
         with result.stage("crop", items=len(batch)):
             tensor = torch.cat([_driving_input(rgb, transform, nets.device) for rgb in images])
@@ -546,7 +561,7 @@ def _head(config: PortraitConfig, settings: Settings, device: str | None, batch_
     from engine.faces.detection import HaarDetector
 
     detector = HaarDetector(detect_scale=0.5)
-    with result.stage("decode"):
+    with result.stage("decode source"):
         # a source shrunk within the limit before any work may be larger, as upstream's resize_to_limit takes any
         # photo (a phone's 4032x3024 was refused at the 2560 limit, whatever --source-max-dim said)
         shrunk = 0 < config.source_max_dim <= settings.max_side
