@@ -123,7 +123,11 @@ def _report_out(report: dict[str, Any], args: argparse.Namespace) -> None:
             f"{row['provider']:<5} batch {row['batch']:<5} on {row.get('ran_on', '?'):<26} p50 {lat['p50_ms']:8.3f} ms"
             f"  p99 {_ms_or_dash(lat['p99_ms'])}  {lat['throughput_per_s']:10.1f}/s{speedup}"
         )
+    if list(report["parity"]) == ["cpu"]:
+        print("parity: only the CPU ran, and its outputs are the reference: nothing to compare them with")
     for provider, outputs in report["parity"].items():
+        if provider == "cpu":  # the reference against itself: zeros
+            continue
         session = report["sessions"].get(provider, {})
         where = f" (fell back: ran on {session['got'][0]})" if session.get("fell_back") else ""
         for name, p in outputs.items():
