@@ -302,7 +302,7 @@ def test_the_person_box_is_yoloxs_best_person(models, tmp_path) -> None:
     assert model.box == PERSON_BOX
     # The row's cell and stride: centre (10.5, 5.25) x 16, size exp(log 6, log 10) x 16; 640 / 800 = 0.8 per pixel.
     box = np.array([168 - 48, 84 - 80, 168 + 48, 84 + 80]) / 0.8
-    np.testing.assert_allclose(model.boxes([frame])[0], box, rtol=1e-6)
+    np.testing.assert_allclose(model.boxes([frame])[0], box, rtol=1e-6, atol=2e-5)  # float32's exp, as DWPose's
     points = model.landmarks([frame])[0]
     np.testing.assert_allclose(points[0], reference_point(frame, tuple(box)), atol=1e-4)
     assert DWPose(models["profile"], detector).box == WHOLE_FRAME  # off unless asked for
@@ -450,3 +450,66 @@ def test_lipsync_uses_dwpose_when_its_file_is_there(weights, tmp_path) -> None:
     assert result.metrics["landmarks"] == "dwpose" and result.metrics["boxes_from_landmarks"] == 1
     assert result.metrics["detector"] == "haar" and "landmarks" in {stage.name for stage in result.stages}
     assert not any("landmark" in w for w in result.warnings)
+
+
+def test_a_nan_peak_decodes_as_mmpose_decodes_it() -> None:
+    """mmpose's get_simcc_maximum keeps the x peak as the score unless the y peak is lower: a NaN y peak leaves the x
+    peak (and its -1 rule), where the minimum of the two gave NaN and skipped the rule."""
+    from engine.lipsync.musetalk.dwpose import simcc_decode
+
+    x = np.array([[[0.0, -3.0, -1.0], [0.0, 2.0, 1.0]]], np.float32)  # peaks -0.0 at bin 0, 2 at bin 1
+    y = np.array([[[np.nan, 0.0], [0.0, 5.0]]], np.float32)
+    points, scores = simcc_decode(x, y)
+    np.testing.assert_array_equal(scores, [[0.0, 2.0]])
+    np.testing.assert_array_equal(points, [[[-0.5, -0.5], [0.5, 0.5]]])  # the first point at bin -1
+
+
+def test_a_face_the_network_gave_no_numbers_for_has_no_landmarks(models, monkeypatch) -> None:
+    model = DWPose(models["profile"])
+    frames = [np.zeros((64, 48, 3), np.uint8)] * 2
+    points, scores = model.face_keypoints(frames)
+    scores[1, 7] = np.nan
+    monkeypatch.setattr(model, "face_keypoints", lambda frames: (points, scores))
+    found = model.landmarks(frames)
+    assert found[0] is not None and found[1] is None  # the detector's box is used for that frame
+
+
+def _dwpose_wrapper_box(rows: np.ndarray, ratio: float) -> np.ndarray:
+    """DWPose's ONNX wrapper (onnxdet.py demo_postprocess and inference_detector) on YOLOX rows, array by array in
+    its dtypes: the offsets and sizes come back into the float32 rows, the corners are float32, divided in place."""
+    out = rows.copy()
+    grids, strides = [], []
+    for stride in (8, 16, 32):
+        xv, yv = np.meshgrid(np.arange(640 // stride), np.arange(640 // stride))
+        grids.append(np.stack((xv, yv), 2).reshape(-1, 2))
+        strides.append(np.full((grids[-1].shape[0], 1), stride))
+    grid, stride = np.concatenate(grids), np.concatenate(strides)
+    out[:, :2] = (out[:, :2] + grid) * stride
+    with np.errstate(over="ignore"):
+        out[:, 2:4] = np.exp(out[:, 2:4]) * stride
+    boxes = np.ones_like(out[:, :4])
+    boxes[:, 0] = out[:, 0] - out[:, 2] / 2.0
+    boxes[:, 1] = out[:, 1] - out[:, 3] / 2.0
+    boxes[:, 2] = out[:, 0] + out[:, 2] / 2.0
+    boxes[:, 3] = out[:, 1] + out[:, 3] / 2.0
+    boxes /= ratio
+    return boxes
+
+
+def test_the_person_box_is_computed_in_float32_as_dwposes_wrapper_does() -> None:
+    from engine.lipsync.musetalk.dwpose import best_person
+
+    rng = np.random.default_rng(5)
+    for _ in range(200):
+        rows = rng.uniform(-3, 3, (8400, 85)).astype(np.float32)
+        rows[:, 4:] = rng.uniform(0, 1, (8400, 81))
+        ratio = 640 / int(rng.integers(641, 4000))  # a Python float, as both compute it
+        best = int(np.argmax(rows[:, 4] * rows[:, 5]))
+        np.testing.assert_array_equal(best_person(rows, ratio, (640, 640)), _dwpose_wrapper_box(rows, ratio)[best])
+
+
+def test_a_sliver_of_a_frame_still_goes_to_the_detector() -> None:
+    from engine.lipsync.musetalk.dwpose import detector_input
+
+    image, ratio = detector_input(np.zeros((2, 1500, 3), np.uint8))  # 640 / 1500 of 2 rows: 0 rows before
+    assert image.shape == (3, 640, 640) and ratio == 640 / 1500

@@ -15,14 +15,17 @@ computes them for that config:
   network too, its SimCC vectors are mirrored back (bins reversed, left and right points swapped as COCO-WholeBody's
   swap table says) and averaged with the first pass's;
 - SimCC decoding: each point's argmax over its 576 x bins and 768 y bins, divided by the split ratio 2.0; a point
-  whose smaller peak is not positive goes to bin -1 (mmpose's rule), then back to the frame as
-  x / 288 * scale_w + centre_x - scale_w / 2, in float64 as mmpose's numpy promotes it.
+  whose score (the x peak, or the y peak where lower) is not positive goes to bin -1 (mmpose's rule), then back to
+  the frame as x / 288 * scale_w + centre_x - scale_w / 2, in float64 as mmpose's numpy promotes it.
+
+Where we differ (on purpose): a frame with a NaN or infinite score has no points, and its box is the detector's;
+upstream would take them at the first NaN's bin (a network that overflowed, or a damaged file).
 
 The person detector of the same release (yolox_l.onnx) is an option, off by default because upstream has none: when
 on, the highest-scoring person (objectness x class score above 0.3, the bar DWPose's ONNX wrapper keeps) is the box
 instead of the whole frame, and a frame without one keeps the whole frame. YOLOX sees the frame resized into its
 640x640 input (aspect kept, top-left, grey 114 padding) as BGR 0..255, as YOLOX is trained on OpenCV images (DWPose's
-ControlNet wrapper hands it RGB).
+ControlNet wrapper hands it RGB); its box is computed in float32 step by step, as that wrapper's is.
 
 The release may fix its batch dimension at 1; then every image is its own call, else `batch_size` frames (two images
 each with the flip test) go in one call.
@@ -100,7 +103,7 @@ def center_scale(box: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     x1, y1, x2, y2 = np.asarray(box, np.float32)[:4]
     center = np.array([x1 + x2, y1 + y2], np.float32) * np.float32(0.5)
     width, height = np.array([x2 - x1, y2 - y1], np.float32) * np.float32(PADDING)
-    aspect = INPUT_WIDTH / INPUT_HEIGHT
+    aspect = np.float32(INPUT_WIDTH / INPUT_HEIGHT)  # float32 under NumPy 1.x's scalar rules too, as mmpose's arrays
     scale = [width, width / aspect] if width > height * aspect else [height * aspect, height]
     return center, np.array(scale, np.float32)
 
@@ -140,10 +143,13 @@ def flip_averaged(
 
 def simcc_decode(simcc_x: np.ndarray, simcc_y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(N, K, bins) SimCC vectors -> (N, K, 2) float32 input-pixel coordinates and (N, K) scores: argmax / 2.0;
-    the score is the smaller of the two peaks, and a point scoring 0 or less is put at bin -1 (mmpose's rule)."""
+    the score is the x peak, or the y peak where that is lower, and a point scoring 0 or less is put at bin -1
+    (mmpose's rule, NaN peaks included: a NaN y peak leaves the x peak as the score)."""
     x_bins, y_bins = np.argmax(simcc_x, axis=2), np.argmax(simcc_y, axis=2)
     points = np.stack([x_bins, y_bins], axis=-1).astype(np.float32)
-    scores = np.minimum(np.max(simcc_x, axis=2), np.max(simcc_y, axis=2))
+    scores, y_peaks = np.max(simcc_x, axis=2), np.max(simcc_y, axis=2)
+    lower = scores > y_peaks
+    scores[lower] = y_peaks[lower]
     points[scores <= 0] = -1
     return points / np.float32(SPLIT_RATIO), scores
 
@@ -164,7 +170,7 @@ def detector_input(
     (aspect kept) at the top left, grey 114 around it, as YOLOX's own preprocessing; and the resize ratio."""
     height, width = frame.shape[:2]
     ratio = min(side[0] / height, side[1] / width)
-    size = (int(width * ratio), int(height * ratio))
+    size = (max(1, int(width * ratio)), max(1, int(height * ratio)))  # a sliver keeps a pixel (OpenCV refuses 0)
     canvas = np.full((side[0], side[1], 3), DETECTOR_PAD, np.uint8)
     canvas[: size[1], : size[0]] = cv2.resize(frame, size, interpolation=cv2.INTER_LINEAR)
     return canvas.transpose(2, 0, 1).astype(np.float32), ratio
@@ -191,8 +197,10 @@ def best_person(rows: np.ndarray, ratio: float, side: tuple[int, int]) -> np.nda
     cells, strides = _grid(*side)
     cx, cy = (rows[best, :2] + cells[best]) * strides[best]
     with np.errstate(over="ignore"):
-        w, h = np.exp(rows[best, 2:4].astype(np.float64)) * strides[best]
-    return (np.array([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]) / ratio).astype(np.float32)
+        w, h = np.exp(rows[best, 2:4].astype(np.float32)) * strides[best]
+    half_w, half_h = w / np.float32(2), h / np.float32(2)
+    box = np.array([cx - half_w, cy - half_h, cx + half_w, cy + half_h], np.float32)
+    return box / np.float32(ratio)  # every step in float32, as DWPose's wrapper computes its boxes
 
 
 # --------------------------------------------------------------------------- sessions
@@ -415,9 +423,11 @@ class DWPose:
 
     def landmarks(self, frames: Sequence[np.ndarray]) -> list[np.ndarray | None]:
         """The LandmarkProvider call: (68, 2) points per frame as upstream takes them (keypoints 23..90, every
-        score kept, as upstream keeps them); None only where the network gave no finite numbers."""
-        points, _ = self.face_keypoints(frames)
-        return [p if np.isfinite(p).all() else None for p in points]
+        score kept, as upstream keeps them); None where a face point's score is NaN or infinite: the network gave
+        no numbers there (an overflow, a damaged file), and the frame's box comes from the detector, where upstream
+        would take the points at the first NaN's bins."""
+        points, scores = self.face_keypoints(frames)
+        return [p if np.isfinite(s).all() else None for p, s in zip(points, scores, strict=True)]
 
 
 def _checked_frame(frame: np.ndarray, index: int) -> np.ndarray:
