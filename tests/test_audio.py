@@ -214,6 +214,76 @@ def test_samples_past_full_scale_are_kept_as_librosa_load_keeps_them(tmp_path: P
     assert loudness_warning(np.zeros(0, np.float32)) is None
 
 
+def _ffmpeg_s16(samples: np.ndarray, source_format: str) -> np.ndarray:
+    """What FFmpeg's own converter (swresample, as the ffmpeg CLI writes a 16-bit WAV) makes of mono samples."""
+    frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format=source_format, layout="mono")
+    frame.sample_rate = SAMPLE_RATE
+    converter = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+    out = [f.to_ndarray().ravel() for f in converter.resample(frame)]
+    out += [f.to_ndarray().ravel() for f in converter.resample(None)]
+    return np.concatenate(out)
+
+
+def test_sixteen_bit_pcm_is_ffmpegs() -> None:
+    """as_sixteen_bit against FFmpeg's converter: floats rounded half to even and clipped, 32-bit integers cut to
+    their top 16 bits (not rounded)."""
+    rng = np.random.default_rng(2)
+    floats = np.concatenate([rng.uniform(-1.3, 1.3, 5000), np.arange(-8, 9) / 65536 + 0.25]).astype(np.float32)
+    expected = _ffmpeg_s16(floats, "flt")
+    np.testing.assert_array_equal(audio.as_sixteen_bit(floats, "flt") * 32768, expected)
+    assert expected.max() == 32767 and expected.min() == -32768  # the overshoot clipped
+    integers = (rng.integers(-(2**23), 2**23, 5000) * 256).astype(np.int32)  # 24-bit samples, as FLAC decodes them
+    as_floats = (integers / 2**31).astype(np.float32)  # what our decoding's float conversion makes of them
+    np.testing.assert_array_equal(audio.as_sixteen_bit(as_floats, "s32") * 32768, _ffmpeg_s16(integers, "s32"))
+    pcm16 = rng.integers(-32768, 32768, 100).astype(np.float32) / 32768
+    np.testing.assert_array_equal(audio.as_sixteen_bit(pcm16, "s16"), pcm16)
+
+
+@pytest.mark.parametrize(
+    ("name", "codec", "container"),
+    [
+        ("a.wav", "pcm_s16le", None),
+        ("a.flac", "flac", None),
+        ("a.ogg", "libopus", None),
+        ("a.mp3", "libmp3lame", None),
+        ("a.m4a", "aac", "mp4"),
+        ("a.mka", "flac", "matroska"),
+        ("a.wav.mp4", "aac", "mp4"),  # by content, as libsndfile decides, not by name
+    ],
+)
+def test_librosa_via_ffmpeg_is_where_soundfile_cannot_read_the_file(tmp_path: Path, name, codec, container) -> None:
+    """MuseTalk's librosa.load reads what libsndfile reads and hands the rest to audioread's ffmpeg (16-bit PCM)."""
+    import soundfile
+
+    rate = 48000 if codec == "libopus" else SAMPLE_RATE
+    path = _write_audio(tmp_path / name, codec, rate, 0.3, container_format=container)
+    try:
+        soundfile.info(str(path))
+        readable = True
+    except soundfile.LibsndfileError:
+        readable = False
+    assert audio.librosa_via_ffmpeg(path) == (not readable)
+
+
+def test_wav2lip_hears_non_wav_speech_through_16_bit_pcm_as_upstream(tmp_path: Path) -> None:
+    """Upstream's inference.py turns any speech not named .wav into a 16-bit WAV with ffmpeg before librosa: the
+    lossy decoder's overshoot past full scale is clipped there, and the rest rounded to 16 bits."""
+    loud = _tone(SAMPLE_RATE, 0.5, amplitude=1.3)
+    named = {}
+    for name in ("loud.wav", "loud.WAV"):
+        named[name] = _write_audio(tmp_path / name, "pcm_f32le", SAMPLE_RATE, 0.5, data=loud, sample_format="flt")
+    assert [audio.wav2lip_converts(p) for p in named.values()] == [False, True]
+    assert audio.wav2lip_converts("speech.mp3") and audio.wav2lip_converts("clip.mp4")
+    kept = load_audio(named["loud.wav"], sixteen_bit=audio.wav2lip_converts(named["loud.wav"]))
+    converted = load_audio(named["loud.WAV"], sixteen_bit=audio.wav2lip_converts(named["loud.WAV"]))
+    assert kept.max() > 1.29 and converted.max() == 32767 / 32768
+    np.testing.assert_array_equal(converted, np.clip(np.rint(kept * 32768), -32768, 32767) / 32768)  # 16 kHz mono
+    warning = loudness_warning(converted, features_clipped=True)
+    assert warning is None  # the clipped features are not the measure: the sound track's peak is
+    warning = loudness_warning(loud, features_clipped=True)
+    assert warning is not None and "lip-sync hears it clipped too" in warning
+
+
 def test_eight_channels_and_more_are_averaged(tmp_path: Path) -> None:
     """PyAV reads planar frames of 8 or more channels past their end (a segfault); interleaved ones are read
     right: each sample the mean of its channels, as librosa.load makes it."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -18,7 +19,7 @@ import numpy as np
 import pytest
 from test_media import png_bytes, raw_h264, refusal
 
-from engine.core.audio import AudioError, mel_chunks, mel_spectrogram
+from engine.core.audio import AudioError, load_audio, mel_chunks, mel_spectrogram
 from engine.core.media import MediaError, VideoWriter, probe_video, read_frames
 from engine.core.settings import load_settings
 from engine.core.weights import WeightsError
@@ -142,6 +143,23 @@ def test_a_short_video_is_looped_to_the_speech(media, settings, tmp_path) -> Non
     out = tmp_path / "looped.mp4"
     run_lipsync(LipSyncConfig(face=media["short_video"], audio=media["speech"], engine="baseline"), out, settings)
     assert sum(1 for _ in read_frames(out)) == expected_frames(1.0)
+
+
+def test_speech_not_named_wav_is_heard_through_16_bit_pcm(media, settings, tmp_path, monkeypatch) -> None:
+    """Upstream's ffmpeg conversion of speech not named .wav: the pipeline asks for it by the file's name."""
+    import engine.lipsync.pipeline as pipeline
+
+    asked: list[bool] = []
+
+    def recording(path, max_seconds=None, resampler=None, sixteen_bit=False):
+        asked.append(sixteen_bit)
+        return load_audio(path, max_seconds, sixteen_bit=sixteen_bit)
+
+    monkeypatch.setattr(pipeline, "load_audio", recording)
+    shutil.copy(media["speech"], tmp_path / "speech.WAV")
+    for speech in (media["speech"], tmp_path / "speech.WAV"):
+        run_lipsync(LipSyncConfig(face=FACE, audio=speech, engine="baseline"), tmp_path / "out.mp4", settings)
+    assert asked == [False, True]
 
 
 def test_image_with_the_baseline_engine(media, settings, tmp_path) -> None:

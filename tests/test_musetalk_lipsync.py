@@ -90,6 +90,34 @@ def test_a_photo_becomes_one_frame_per_25th_of_a_second_of_speech(weights, tmp_p
     assert change[60:200, 170:285].mean() > 10 and change[:, :100].mean() < 4 and change[400:].mean() < 4
 
 
+def test_speech_librosa_reads_through_ffmpeg_is_heard_as_16_bit_pcm(weights, tmp_path, monkeypatch) -> None:
+    """Upstream's librosa.load gives an MP4's sound (audioread's ffmpeg) as 16-bit PCM, a WAV's as it is."""
+    import av
+
+    from engine.core.errors import InputError
+    from engine.lipsync.musetalk import run
+
+    asked: list[bool] = []
+
+    def recording(path, max_seconds=None, resampler=None, sixteen_bit=False):
+        asked.append(sixteen_bit)
+        raise InputError("enough")
+
+    monkeypatch.setattr(run, "load_audio", recording)
+    m4a = tmp_path / "speech.m4a"
+    with av.open(str(m4a), "w", format="mp4") as container:
+        stream = container.add_stream("aac", rate=SR, layout="mono")
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, SR), np.float32), format="fltp", layout="mono")
+        frame.sample_rate = SR
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            container.mux(packet)
+    for speech in (speech_file(tmp_path / "speech.wav", 0.5), m4a):
+        config = LipSyncConfig(face=FACE, audio=speech, engine="musetalk", musetalk_weights=str(weights), box=BOX)
+        with pytest.raises(InputError, match="enough"):
+            run_lipsync(config, tmp_path / "out.mp4", _settings(tmp_path), device="cpu")
+    assert asked == [False, True]
+
+
 def test_a_second_clip_for_the_same_face_reuses_its_prepared_avatar(weights, tmp_path) -> None:
     """MuseTalk's real-time mode: in one process (a worker), the networks and the prepared avatar stay; a second
     clip costs whisper, UNet, VAE decode and blend only, and the same photo under another name is the same face."""

@@ -67,14 +67,22 @@ class AudioError(InputError):
 CLIP_WARNING_PEAK = 1.05  # past this the sound track's clipping is audible, and not a decoder's overshoot
 
 
-def load_audio(path: str | os.PathLike, max_seconds: float | None = None, resampler: str = KAISER_BEST) -> np.ndarray:
+def load_audio(
+    path: str | os.PathLike,
+    max_seconds: float | None = None,
+    resampler: str = KAISER_BEST,
+    sixteen_bit: bool = False,
+) -> np.ndarray:
     """Decode a file's first audio stream to float32 mono 16 kHz, resampled as upstream's librosa did
     (engine/core/resample.py: Wav2Lip's `kaiser_best`, the default, or MuseTalk's `soxr_hq`).
 
     Decoding streams frame by frame and gives up as soon as `max_seconds` is passed, so an
     hour-long upload is rejected after decoding only the allowed amount. Samples past full scale (float files,
-    lossy decoders' overshoot) are kept, as upstream's librosa.load keeps them: the features see the speech as it
-    is, and only the sound track written into a video is clipped (`loudness_warning` says when that matters).
+    lossy decoders' overshoot) are kept, as librosa.load keeps them, unless `sixteen_bit`: then each channel is
+    first made 16-bit PCM as FFmpeg writes a WAV (`as_sixteen_bit`), as upstream's speech was wherever FFmpeg
+    decoded it for librosa: Wav2Lip's ffmpeg conversion (`wav2lip_converts`), MuseTalk's librosa through audioread
+    (`librosa_via_ffmpeg`). The video's sound track is clipped either way (`loudness_warning` says when that
+    matters).
     """
     file = Path(os.fspath(path))
     check_file(file, "audio", f"expected an audio or video file ({ACCEPTED_FORMATS})", AudioError)
@@ -82,7 +90,7 @@ def load_audio(path: str | os.PathLike, max_seconds: float | None = None, resamp
         raise ValueError(f"resampler {resampler!r} is not one of {', '.join(METHODS)}")
     if max_seconds is not None and not (max_seconds > 0 and math.isfinite(max_seconds)):
         raise AudioError(f"max_seconds must be a positive number of seconds, got {max_seconds!r}")
-    mono, rate = _decode(file, max_seconds, channels=False)
+    mono, rate = _decode(file, max_seconds, channels=False, sixteen_bit=sixteen_bit)
     if mono.size == 0:
         raise AudioError(f"{file.name}: the audio stream is empty (0 samples decoded); a clip with sound is needed")
     wav = resample(mono, rate, SAMPLE_RATE, resampler)
@@ -133,7 +141,40 @@ def load_sound(path: str | os.PathLike, max_seconds: float | None = None) -> Sou
     return Sound(np.ascontiguousarray(samples, dtype=np.float32), rate)
 
 
-def _decode(file: Path, max_seconds: float | None, channels: bool) -> tuple[np.ndarray, int]:
+def wav2lip_converts(path: str | os.PathLike) -> bool:
+    """Whether upstream Wav2Lip's inference.py would turn this speech file into a 16-bit WAV with the ffmpeg CLI
+    before librosa reads it: every name not ending in ".wav", as it tests it (".WAV" and a video's sound too)."""
+    return not os.fspath(path).endswith(".wav")
+
+
+# FFmpeg's demuxers for the files libsndfile 1.2 (soundfile 0.12, MuseTalk's pin) reads itself, as librosa.load tries
+# first: anything else (MP4/M4A, AAC, WebM/Matroska, AVI...) reaches librosa through audioread's ffmpeg, as 16-bit PCM.
+_LIBSNDFILE_FORMATS = frozenset({"wav", "w64", "flac", "ogg", "mp3", "aiff", "au", "caf", "voc", "ircam", "nistsphere"})
+
+
+def librosa_via_ffmpeg(path: str | os.PathLike) -> bool:
+    """Whether librosa.load (0.11, with soundfile 0.12) would hand this file to audioread, whose ffmpeg decodes it
+    to 16-bit PCM, because libsndfile cannot read it; decided by the container, as libsndfile decides by content."""
+    import av
+
+    try:
+        with av.open(os.fspath(path), metadata_errors="ignore") as container:
+            names = set((container.format.name or "").split(","))
+    except (av.error.FFmpegError, UnicodeDecodeError, OSError):
+        return False  # load_audio says what is wrong with it
+    return not names & _LIBSNDFILE_FORMATS
+
+
+def as_sixteen_bit(samples: np.ndarray, source_format: str) -> np.ndarray:
+    """Float samples (decoded from `source_format`) as FFmpeg's pcm_s16le makes them, read back as floats: floats
+    rounded to the nearest step and clipped at full scale (a lossy decoder's overshoot past 1.0 goes), 32-bit
+    integers cut to their top 16 bits; 16-bit and 8-bit sources are unchanged."""
+    scaled = samples * np.float32(32768)
+    steps = np.floor(scaled) if source_format in ("s32", "s32p") else np.rint(scaled)
+    return (np.clip(steps, -32768, 32767) / np.float32(32768)).astype(np.float32)
+
+
+def _decode(file: Path, max_seconds: float | None, channels: bool, sixteen_bit: bool = False) -> tuple[np.ndarray, int]:
     """Demux and decode only the audio stream; PyAV errors become AudioError."""
     import av
 
@@ -154,7 +195,7 @@ def _decode(file: Path, max_seconds: float | None, channels: bool) -> tuple[np.n
             )
         stream = container.streams.audio[0]
         try:
-            return _decode_stream(container, stream, file, max_seconds, channels)
+            return _decode_stream(container, stream, file, max_seconds, channels, sixteen_bit)
         except av.error.FFmpegError as exc:
             raise _undecodable(file, exc) from exc
 
@@ -165,12 +206,15 @@ def _holds_an_image(container: Any) -> bool:
     return name == "image2" or name.endswith("_pipe")
 
 
-def _decode_stream(container, stream, file: Path, max_seconds: float | None, channels: bool) -> tuple[np.ndarray, int]:
+def _decode_stream(
+    container, stream, file: Path, max_seconds: float | None, channels: bool, sixteen_bit: bool = False
+) -> tuple[np.ndarray, int]:
     """The stream as float32 samples and their rate: without `channels`, mono at the stream's own rate, as
     upstream's librosa.load mixed it before resampling (channels averaged: FFmpeg's downmix would weight each
     0.707, 3 dB louder, and clip a loud stereo peak; load_audio then resamples with that librosa's default filter,
     engine/core/resample.py, as FFmpeg's resampler changed the features' top mel bands, to librosa's length,
-    ceil(n * 16000 / rate)); with `channels`, (n, 1 or 2) as load_sound keeps them.
+    ceil(n * 16000 / rate)); with `channels`, (n, 1 or 2) as load_sound keeps them. `sixteen_bit`: each channel
+    made 16-bit PCM first (`as_sixteen_bit`, from the format the decoder gave).
 
     In MP4/MOV the samples past the edit list's end are dropped: AAC's end padding, up to a codec frame, which
     FFmpeg 9 drops and older FFmpeg, PyAV's included, decodes (a video frame too many). Decoding stops as soon as
@@ -187,10 +231,12 @@ def _decode_stream(container, stream, file: Path, max_seconds: float | None, cha
 
     layout: str | None = None  # with `channels`: every frame in the first one's layout (stereo past two)
 
-    def keep(frames) -> None:
+    def keep(frames, source_format: str) -> None:
         nonlocal native
         for frame in frames:
             samples = frame.to_ndarray().reshape(-1, len(frame.layout.channels))[: edit_end.room(native, rate)]
+            if sixteen_bit:
+                samples = as_sixteen_bit(samples, source_format)
             pieces.append(samples if channels else samples.mean(axis=1, dtype=np.float32))
             native += len(samples)
             if max_seconds is not None and native > (max_seconds + _LIMIT_SLACK_S) * rate:
@@ -207,12 +253,12 @@ def _decode_stream(container, stream, file: Path, max_seconds: float | None, cha
                     layout = "mono" if len(frame.layout.channels) == 1 else "stereo"
             if (frame.sample_rate, frame.layout.name, frame.format.name) != shape:
                 if converter is not None:
-                    keep(converter.resample(None))
+                    keep(converter.resample(None), shape[2])
                 converter = av.AudioResampler(format="flt", layout=layout, rate=rate)
                 shape = (frame.sample_rate, frame.layout.name, frame.format.name)
-            keep(converter.resample(frame))
+            keep(converter.resample(frame), shape[2])
     if converter is not None:
-        keep(converter.resample(None))
+        keep(converter.resample(None), shape[2])
     if not native:
         return np.zeros((0, 1) if channels else 0, dtype=np.float32), rate or SAMPLE_RATE
     return np.concatenate(pieces), rate
@@ -356,17 +402,23 @@ def _wav_data_seconds(path: Path) -> float | None:
     return None
 
 
-def loudness_warning(wav: np.ndarray) -> str | None:
+def loudness_warning(wav: np.ndarray, features_clipped: bool = False) -> str | None:
     """A warning when the speech goes clearly past full scale (a float file): the features take it as it is, as
-    upstream's do, but the video's sound track, like any audio file, cannot and is clipped. None otherwise
-    (a lossy decoder's slight overshoot is not worth one)."""
+    upstream's do, unless `features_clipped` (it went through 16-bit PCM, as upstream Wav2Lip's non-WAV speech
+    does), but the video's sound track, like any audio file, cannot and is clipped. None otherwise (a lossy
+    decoder's slight overshoot is not worth one)."""
     peak = float(np.abs(wav).max()) if wav.size else 0.0
     if peak <= CLIP_WARNING_PEAK:
         return None
     clipped = float(np.mean(np.abs(wav) > 1.0)) * 100
+    heard = (
+        "lip-sync hears it clipped too, as upstream's 16-bit WAV conversion made it"
+        if features_clipped
+        else "lip-sync takes it as it is, but the video's sound track is clipped there"
+    )
     return (
-        f"the speech peaks at {peak:.3g}x full scale ({clipped:.3g}% of its samples past it): lip-sync takes it as "
-        "it is, but the video's sound track is clipped there; scale the file to [-1, 1] for clean sound"
+        f"the speech peaks at {peak:.3g}x full scale ({clipped:.3g}% of its samples past it): {heard}; scale the "
+        "file to [-1, 1] for clean sound"
     )
 
 

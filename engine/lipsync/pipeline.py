@@ -42,6 +42,7 @@ from engine.core.audio import (
     loudness_warning,
     mel_chunks,
     mel_spectrogram,
+    wav2lip_converts,
 )
 from engine.core.device import (
     DeviceChoice,
@@ -318,13 +319,15 @@ def _prepare(
         check_fixed_box(config.box, *size)
     progress(0.0, "reading the speech")
     with result.stage("audio"):
-        wav = load_audio(config.audio, max_seconds=settings.max_seconds)
+        converted = wav2lip_converts(config.audio)  # as upstream's ffmpeg step: 16-bit PCM, clipped at full scale
+        wav = load_audio(config.audio, max_seconds=settings.max_seconds, sixteen_bit=converted)
         speech = load_sound(config.audio, max_seconds=settings.max_seconds)
     with result.stage("mel"):
         chunks = mel_chunks(mel_spectrogram(wav), fps, config.audio_offset)
     count = len(chunks)
     cut = cut_short_warning(config.audio, len(wav) / SAMPLE_RATE)
-    for words in (audio_streams_warning(config.audio), cut, loudness_warning(wav)):
+    loud = loudness_warning(speech.samples, features_clipped=converted)  # the track's peak: it is what is clipped
+    for words in (audio_streams_warning(config.audio), cut, loud):
         if words is not None:
             result.warn(words)
     if float(np.abs(wav).max()) < 1e-4:

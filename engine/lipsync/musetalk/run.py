@@ -35,6 +35,7 @@ from engine.core.audio import (
     audio_streams_warning,
     audio_track,
     cut_short_warning,
+    librosa_via_ffmpeg,
     load_audio,
     load_sound,
     loudness_warning,
@@ -361,14 +362,15 @@ def run_musetalk(
         result.warn(words)
     progress(0.0, "reading the speech")
     with result.stage("audio"):
-        speech = load_audio(config.audio, max_seconds=settings.max_seconds, resampler=SOXR_HQ)  # upstream's librosa
+        converted = librosa_via_ffmpeg(config.audio)  # upstream's librosa.load gets 16-bit PCM from audioread's ffmpeg
+        speech = load_audio(config.audio, settings.max_seconds, resampler=SOXR_HQ, sixteen_bit=converted)
         sound = load_sound(config.audio, max_seconds=settings.max_seconds)  # the track's, at the file's own rate
     for words in (audio_streams_warning(config.audio), cut_short_warning(config.audio, len(speech) / SAMPLE_RATE)):
         if words is not None:
             result.warn(words)
     fps, photo, total = face.fps, face.photo, face.frames
     speech = check_speech(speech, fps)
-    if (loud := loudness_warning(speech)) is not None:
+    if (loud := loudness_warning(sound.samples, features_clipped=converted)) is not None:  # the track is clipped
         result.warn(loud)
     count = frame_count(len(speech), fps)
     if photo is None:
