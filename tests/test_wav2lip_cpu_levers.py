@@ -141,6 +141,21 @@ def test_identical_crops_are_encoded_once_and_give_the_full_forward(checkpoint, 
     assert encoder_batches == [1, 3, 1, 1]
 
 
+def test_a_moving_face_one_frame_a_batch_takes_the_full_forward(checkpoint, monkeypatch) -> None:
+    """A batch of one is not a still face by itself: only where it repeats the crop the batch before ended on."""
+    gen = engine(checkpoint)
+    still_calls: list[int] = []
+    decode_still = gen.model.decode_still
+    monkeypatch.setattr(gen.model, "decode_still", lambda *a, **k: still_calls.append(1) or decode_still(*a, **k))
+    mels = np.random.default_rng(1).standard_normal((1, 80, 16)).astype(np.float32)
+    for seed in (3, 4, 5):  # a moving face at batch size 1
+        gen(mels, crops_of(seed, 1), np.zeros(1, np.float32))
+    assert still_calls == []
+    gen(mels, crops_of(5, 1), np.zeros(1, np.float32))  # the same crop again: a still face
+    gen(mels, np.repeat(crops_of(6, 1), 2, 0), np.zeros(2, np.float32))
+    assert still_calls == [1, 1]
+
+
 def test_channels_last_is_on_for_the_cpu_and_changes_nothing_visible(checkpoint, reference) -> None:
     on, off = engine(checkpoint), engine(checkpoint, channels_last=False)
     assert on.channels_last and not off.channels_last

@@ -3,8 +3,10 @@
 of the last box through short detection gaps that ends at a scene cut (a new shot holds no box of the last).
 
 Deliberately different from upstream's inference.py, which takes S3FD's highest-scoring box (the largest differs
-only with several faces) and averages each padded box with the next four (a look-ahead a split job's segments
-cannot make: the tracker is causal). With one face and no smoothing the boxes are upstream's exactly."""
+only with several faces) and averages each padded box, cut to whole pixels, with the next four in place (the last
+four frames average boxes already smoothed; a clip of under five frames gets its last boxes): a look-ahead a split
+job's segments cannot make, so the tracker is causal. With one face and no smoothing the boxes are those of
+upstream's --nosmooth exactly."""
 
 from __future__ import annotations
 

@@ -159,6 +159,7 @@ class Wav2LipEngine:
         self.model = torch.compile(model, dynamic=False) if compile else model
         self._fixed_batch: int | None = None
         self._still_crop: np.ndarray | None = None  # the crop whose prepared decoder share is kept
+        self._last_crop: np.ndarray | None = None  # the last crop of the batch before
         self._still: StillFace | None = None
 
     def __call__(self, mels: np.ndarray, crops: np.ndarray, energy: np.ndarray, first_row: int = 0) -> np.ndarray:
@@ -169,8 +170,13 @@ class Wav2LipEngine:
         # Rounded down to a multiple of ROW_STEP, so a moving face gives oneDNN a dozen shapes at most (each new one
         # costs it a kernel choice).
         first_row = 0 if one_shape else first_row - first_row % ROW_STEP
-        # Stops at the first crop that differs, so a moving face costs one comparison.
+        # Stops at the first crop that differs, so a moving face costs one comparison. A batch of one is still where
+        # it shows the crop the batch before ended on (a photo's last frame), not merely because it is alone: a
+        # moving face at batch size 1 keeps the full forward, and upstream's numerics.
         still = not self.compiled and count > 0 and all(np.array_equal(c, crops[0]) for c in crops[1:])
+        if count == 1:
+            still = still and self._last_crop is not None and np.array_equal(crops[0], self._last_crop)
+        self._last_crop = crops[count - 1].copy() if count else None
         if one_shape:
             self._fixed_batch = self._fixed_batch or count
             if count < self._fixed_batch:
