@@ -118,6 +118,22 @@ def test_fp16_on_the_cpu_is_refused_before_the_networks_run(weights: Path, drivi
         run_portrait(config, tmp_path / "half.mp4", device="cpu")
 
 
+@pytest.mark.parametrize("backend", ["onnx-cuda", "onnx-trt"])
+def test_a_gpu_backend_on_a_cpu_job_is_refused_before_the_export(
+    weights: Path, driving: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend: str
+) -> None:
+    """It exported the networks (20 s), then ONNX Runtime ran them on its CPU provider, and the run ended well."""
+    from engine.core.errors import SetupError
+    from engine.portrait import onnx_backend
+
+    monkeypatch.setattr(onnx_backend, "cached_export", lambda *a, **k: pytest.fail("exported before the refusal"))
+    config = PortraitConfig(ASSETS / "face.jpg", driving, weights=str(weights), backend=backend, max_frames=1)
+    with pytest.raises(SetupError, match=rf"the {backend} backend runs LivePortrait on a CUDA GPU, and this job runs "
+                       r"on the CPU \(.*\); use --backend onnx-cpu or torch"):  # fmt: skip
+        run_portrait(config, tmp_path / "o.mp4", device="cpu")
+    assert not (tmp_path / "o.mp4").exists()
+
+
 def test_retargeting_to_each_driving_frame(weights: Path, driving: Path, tmp_path: Path) -> None:
     """The landmark model measures every driving frame; the template keeps those measurements, so it can drive
     retargeting later; a template without them cannot."""

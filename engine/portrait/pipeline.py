@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from engine.core.device import (
+    DeviceChoice,
     apply_backend_flags,
     capabilities,
     pad_batch,
@@ -41,7 +42,7 @@ from engine.core.device import (
     usable_gpu_memory,
     usable_host_memory,
 )
-from engine.core.errors import one_line
+from engine.core.errors import SetupError, one_line
 from engine.core.hls import stream_folder
 from engine.core.hub import LIVEPORTRAIT, checked_repo
 from engine.core.media import (
@@ -569,6 +570,8 @@ def _head(config: PortraitConfig, settings: Settings, device: str | None, batch_
         source_bgr = source_within_limits(source, config.source_max_dim, config.source_division)
     box = _largest_face(source_bgr, detector)
     engine, folder = _pick_engine(config, settings)
+    if engine == "liveportrait":
+        _refuse_a_gpu_backend_off_the_gpu(config.backend, choice)
     if box is None:
         _faceless_source(config, engine, result)
     if engine == "liveportrait" and config.backend == "torch":  # fp16 on the CPU: emulated, far slower than fp32
@@ -583,6 +586,17 @@ def _head(config: PortraitConfig, settings: Settings, device: str | None, batch_
             "LivePortrait). Put the weights in AVATARBENCH_LIVEPORTRAIT_DIR to use LivePortrait."
         )
     return _Head(config, settings, result, choice.device, precision, detector, source_bgr, box, engine, folder)
+
+
+def _refuse_a_gpu_backend_off_the_gpu(backend: str, choice: DeviceChoice) -> None:
+    """onnx-cuda and onnx-trt on a CPU job, before the export: ONNX Runtime fell back to its CPU provider after
+    the export (20 s), or, with --device cpu on a GPU machine, ran on the GPU the job was told not to use, and the
+    run said "on cpu" either way (as MuseTalk's GPU runtimes are refused)."""
+    if backend in ("onnx-cuda", "onnx-trt") and not choice.is_cuda:
+        raise SetupError(
+            f"the {backend} backend runs LivePortrait on a CUDA GPU, and this job runs on the CPU ({choice.reason}); "
+            "use --backend onnx-cpu or torch"
+        )
 
 
 def _faceless_source(config: PortraitConfig, engine: str, result: RunResult) -> None:
