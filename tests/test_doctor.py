@@ -605,3 +605,16 @@ def test_the_ray_check_says_whether_the_cluster_answers(tmp_path: Path) -> None:
         assert check(f"127.0.0.1:{port}").status == OK
     gone = check(f"127.0.0.1:{port}")
     assert gone.status == PROBLEM and f"nothing answers on 127.0.0.1:{port}" in gone.found
+
+
+def test_weights_that_cannot_load_are_a_problem_with_the_command_that_fetches_them(tmp_path: Path) -> None:
+    """The doctor said "[ ok ] weights" of a web page saved as wav2lip_gan.pth and of an empty s3fd.pth."""
+    ctx = _ctx(tmp_path)
+    ctx.settings.weights_dir.mkdir(parents=True, exist_ok=True)
+    (ctx.settings.weights_dir / "wav2lip_gan.pth").write_bytes(b"<!DOCTYPE html><html>Not found</html>")
+    (ctx.settings.weights_dir / "s3fd.pth").write_bytes(b"")
+    check = doctor.check_weights(ctx)
+    assert check.status == PROBLEM
+    assert f"{ctx.settings.weights_dir / 'wav2lip_gan.pth'}: this is a web page (37 bytes)" in check.found
+    assert f"{ctx.settings.weights_dir / 's3fd.pth'}: the file is empty (0 bytes)" in check.found
+    assert "`avatarbench weights get wav2lip --accept-licence`" in check.fix

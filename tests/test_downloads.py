@@ -323,3 +323,31 @@ def test_a_weights_path_that_is_a_folder_or_missing_says_which_and_where_it_was_
         resolve(WAV2LIP, settings)
     with pytest.raises(WeightsError, match=r"gone\.pth does not exist; expected"):
         resolve(S3FD, settings, tmp_path / "gone.pth")  # given on the command line: no variable to name
+
+
+def test_files_that_cannot_be_weights_are_listed_as_broken_not_ready(tmp_path: Path) -> None:
+    """A login page saved as wav2lip_gan.pth, an empty s3fd.pth and a Git LFS pointer among LivePortrait's files were
+    "ready" (only the run refused them); `weights list` says which file cannot load and why, and the command that
+    fetches it again."""
+    weights = tmp_path / "weights"
+    for name in LIVEPORTRAIT_FILES:
+        if name.startswith("liveportrait/") and name.endswith(".pth"):
+            (weights / name).parent.mkdir(parents=True, exist_ok=True)
+            (weights / name).write_bytes(random_bytes(100, 1))
+    (weights / "liveportrait/base_models/warping_module.pth").write_bytes(
+        b"version https://git-lfs.github.com/spec/v1\noid sha256:00\nsize 182000\n"
+    )
+    (weights / "wav2lip_gan.pth").write_bytes(b"<!DOCTYPE html><html><body>Sign in</body></html>")
+    (weights / "s3fd.pth").write_bytes(b"")
+    listed = subprocess.run([sys.executable, "-m", "engine", "weights", "list"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120, env={**os.environ, "AVATARBENCH_DATA_DIR": str(tmp_path)},
+                            check=False)  # fmt: skip
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert [line.split()[:2] for line in lines[1:] if not line.startswith(" ")][:3] == [
+        ["liveportrait", "broken"], ["wav2lip", "broken"], ["s3fd", "broken"]]  # fmt: skip
+    assert any("cannot load base_models/warping_module.pth: this is a Git LFS pointer" in line for line in lines)
+    assert any("cannot load wav2lip_gan.pth: this is a web page (48 bytes)" in line for line in lines)
+    assert any("cannot load s3fd.pth: the file is empty (0 bytes)" in line for line in lines)
+    command = "Wav2Lip and S3FD: `avatarbench weights get wav2lip --accept-licence`"
+    assert any(line.startswith(command) for line in lines)

@@ -58,7 +58,9 @@ class WeightsActions:
                     self.settings.weights_dir) else item.found.name  # fmt: skip
                 lines.append(f"- ✅ {item.what}: `{where}`")
             else:
-                lines.append(f"- ❌ {item.what}: missing {', '.join(item.missing)}")
+                wrong = [f"missing {', '.join(item.missing)}"] if item.missing else []
+                wrong += [f"cannot load {problem}" for problem in item.broken]
+                lines.append(f"- ❌ {item.what}: {'; '.join(wrong)}")
         ready = all(item.ready for item in self.mine())  # a configured folder may hold the file already
         for by_hand in self.source.by_hand:
             if not ready and not (self.settings.weights_dir / by_hand.place).is_file():

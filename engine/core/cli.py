@@ -19,10 +19,11 @@ def _list(args: argparse.Namespace) -> int:
     print(f"weights folder: {settings.weights_dir}")
     items = inventory(settings)
     for item in items:
-        state = "ready" if item.ready else ("partial" if item.found else "missing")
-        print(f"{item.engine:<13} {state:<8} {item.what}: {item.found or '-'}")
+        print(f"{item.engine:<13} {item.state:<8} {item.what}: {item.found or '-'}")
         if item.missing:
             print(f"{'':<23}missing: {', '.join(item.missing)}")
+        for problem in item.broken:
+            print(f"{'':<23}cannot load {problem}")
     if problem := settings.unmakeable_weights_dir():  # advice to put files there would lead nowhere
         print(f"avatarbench: the weights folder cannot be made ({problem}): set AVATARBENCH_WEIGHTS_DIR (or "
               "AVATARBENCH_DATA_DIR, whose weights/ it defaults to) to a folder", file=sys.stderr)  # fmt: skip

@@ -33,7 +33,7 @@ from typing import Any
 
 from engine.core.errors import InputError, one_line
 from engine.core.settings import PREFIX, Settings
-from engine.core.weights import S3FD, WAV2LIP, ModelFile, WeightsError, resolve
+from engine.core.weights import S3FD, WAV2LIP, ModelFile, WeightsError, resolve, unusable_here
 
 Progress = Callable[[float, str], Any]
 
@@ -715,10 +715,18 @@ class Presence:
     found: Path | None
     missing: tuple[str, ...]
     source: Source
+    broken: tuple[str, ...] = ()  # "name: why" of each file here that cannot be weights (a web page, empty, ...)
 
     @property
     def ready(self) -> bool:
-        return self.found is not None and not self.missing
+        return self.found is not None and not self.missing and not self.broken
+
+    @property
+    def state(self) -> str:
+        """ready, broken (a file here cannot load), partial (files missing) or missing."""
+        if self.ready:
+            return "ready"
+        return "broken" if self.broken else "partial" if self.found else "missing"
 
     @property
     def command(self) -> str:
@@ -738,7 +746,13 @@ def _liveportrait(settings: Settings) -> Presence:
     missing = tuple(n for n in LIVEPORTRAIT_NEEDS if not (folder / n).is_file())
     if len(missing) == len(LIVEPORTRAIT_NEEDS):
         return Presence("liveportrait", name, None, ("base_models/*.pth", LIVEPORTRAIT_NEEDS[-1]), LIVEPORTRAIT)
-    return Presence("liveportrait", name, folder, missing, LIVEPORTRAIT)
+    broken = _broken(folder, [n for n in LIVEPORTRAIT_NEEDS if n not in missing])
+    return Presence("liveportrait", name, folder, missing, LIVEPORTRAIT, broken)
+
+
+def _broken(folder: Path, names: list[str]) -> tuple[str, ...]:
+    """ "name: why" for each of these files in `folder` whose bytes show it cannot be weights."""
+    return tuple(f"{name}: {problem}" for name in names if (problem := unusable_here(folder / name)))
 
 
 _NAMES = {WAV2LIP.key: "Wav2Lip generator", S3FD.key: "S3FD face detector"}
@@ -754,7 +768,8 @@ def _model(model: ModelFile, settings: Settings) -> Presence:
     except WeightsError:
         found = None
     missing = () if found else (str(configured) if configured else " or ".join(model.filenames),)
-    return Presence(engine, what, found, missing, WAV2LIP_S3FD)
+    broken = _broken(found.parent, [found.name]) if found else ()
+    return Presence(engine, what, found, missing, WAV2LIP_S3FD, broken)
 
 
 def _set_presence(source: Source, settings: Settings, engine: str, what: str) -> Presence:
@@ -776,7 +791,8 @@ def _set_presence(source: Source, settings: Settings, engine: str, what: str) ->
                                              *(m for m in missing if m in by_hand)), source)  # fmt: skip
     if len(missing) == len(needs):
         return Presence(engine, what, None, missing, source)
-    return Presence(engine, what, folder, missing, source)
+    here = [name for names in needs for name in names if (folder / name).is_file()]
+    return Presence(engine, what, folder, missing, source, _broken(folder, here))
 
 
 def inventory(settings: Settings) -> list[Presence]:

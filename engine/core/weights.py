@@ -78,6 +78,61 @@ def resolve(model: ModelFile, settings: Settings, explicit: str | os.PathLike | 
     return None
 
 
+_LFS_MAGIC = b"version https://git-lfs.github.com/spec/v1"
+_ZIP_MAGIC = b"PK\x03\x04"
+_ZIP_END_MAGIC = b"PK\x05\x06"  # end-of-central-directory record, always in the last ~64 KiB of a zip
+
+
+def size_words(n_bytes: int) -> str:
+    """A file's size in a message: "50 bytes", "97.7 KB", "416.0 MB"."""
+    if n_bytes < 1024:
+        return f"{n_bytes} bytes"
+    if n_bytes < 1024**2:
+        return f"{n_bytes / 1024:.1f} KB"
+    return f"{n_bytes / 1024**2:.1f} MB"
+
+
+def unusable(path: Path) -> str | None:
+    """Why a model file cannot be one, told by its first and last bytes: empty, a web page, a Git LFS pointer, a zip
+    cut short; None when it may be (only loading it tells). The loaders refuse such a file with this, and `weights
+    list` and the doctor name it (they said "ready" of a login page saved as wav2lip_gan.pth). Raises OSError when
+    the file cannot be read."""
+    size = path.stat().st_size
+    if size == 0:
+        return "the file is empty (0 bytes): the download probably failed or was interrupted"
+    with open(path, "rb") as f:
+        head = f.read(512)
+        tail = b""
+        if head.startswith(_ZIP_MAGIC):
+            f.seek(max(0, size - 66_000))
+            tail = f.read()
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if text.startswith((b"<!doctype", b"<html")):
+        return (
+            f"this is a web page ({size_words(size)}), not a checkpoint: "
+            "the download link probably returned a login or error page"
+        )
+    if text.startswith(_LFS_MAGIC):
+        return (
+            f"this is a Git LFS pointer ({size_words(size)}), not the weights: "
+            "run git lfs pull or download the real file"
+        )
+    if head.startswith(_ZIP_MAGIC) and _ZIP_END_MAGIC not in tail:
+        return (
+            f"the file is truncated ({size_words(size)}; its zip end record is missing): "
+            "the download stopped early, download it again"
+        )
+    return None
+
+
+def unusable_here(path: Path) -> str | None:
+    """`unusable`, with a file this user may not read told as such (for listings, which go on to the next file)."""
+    try:
+        return unusable(path)
+    except OSError as exc:
+        return f"it cannot be read: {exc.strerror or exc}"
+
+
 SERVER_FILE_SUFFIXES = (".pth", ".pt", ".onnx")
 
 

@@ -19,14 +19,13 @@ import torch
 from torch import nn
 
 from engine.core.errors import InputError
+from engine.core.weights import size_words, unusable
 
 M = TypeVar("M", bound=nn.Module)
 
 # How many names of each kind of mismatch a message lists before it says "and N more".
 _LIST_LIMIT = 10
-_LFS_MAGIC = b"version https://git-lfs.github.com/spec/v1"
 _ZIP_MAGIC = b"PK\x03\x04"
-_ZIP_END_MAGIC = b"PK\x05\x06"  # end-of-central-directory record, always in the last ~64 KiB of a zip
 _MODULE_PREFIX = "module."
 
 
@@ -44,58 +43,18 @@ class CheckpointError(InputError):
         super().__init__(message)
 
 
-def _size_text(n_bytes: int) -> str:
-    if n_bytes < 1024:
-        return f"{n_bytes} bytes"
-    if n_bytes < 1024**2:
-        return f"{n_bytes / 1024:.1f} KB"
-    return f"{n_bytes / 1024**2:.1f} MB"
-
-
 def sniff(path: Path, expected: str) -> None:
     """Reject files whose first or last bytes show they are no checkpoint: clearer than an unpickling error."""
     if not path.exists():
         raise CheckpointError("no such file: download it first or fix the path", path=path, expected=expected)
     if not path.is_file():
         raise CheckpointError("this is a directory, not a checkpoint file", path=path, expected=expected)
-    size = path.stat().st_size
-    if size == 0:
-        raise CheckpointError(
-            "the file is empty (0 bytes): the download probably failed or was interrupted",
-            path=path,
-            expected=expected,
-        )
     try:
-        with open(path, "rb") as f:
-            head = f.read(512)
-            tail = b""
-            if head.startswith(_ZIP_MAGIC):
-                f.seek(max(0, size - 66_000))
-                tail = f.read()
+        problem = unusable(path)
     except OSError as exc:  # no permission to read it, an I/O error
         raise CheckpointError(f"it cannot be read: {exc.strerror or exc}", path=path, expected=expected) from None
-    text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
-    if text.startswith((b"<!doctype", b"<html")):
-        raise CheckpointError(
-            f"this is a web page ({_size_text(size)}), not a checkpoint: "
-            "the download link probably returned a login or error page",
-            path=path,
-            expected=expected,
-        )
-    if text.startswith(_LFS_MAGIC):
-        raise CheckpointError(
-            f"this is a Git LFS pointer ({_size_text(size)}), not the weights: "
-            "run git lfs pull or download the real file",
-            path=path,
-            expected=expected,
-        )
-    if head.startswith(_ZIP_MAGIC) and _ZIP_END_MAGIC not in tail:
-        raise CheckpointError(
-            f"the file is truncated ({_size_text(size)}; its zip end record is missing): "
-            "the download stopped early, download it again",
-            path=path,
-            expected=expected,
-        )
+    if problem:
+        raise CheckpointError(problem, path=path, expected=expected)
 
 
 def _torch_load(path: Path, expected: str) -> object:
@@ -138,7 +97,7 @@ def read_checkpoint(path: str | os.PathLike[str], expected: str) -> dict[str, to
     path = Path(path)
     sniff(path, expected)
     obj = _torch_load(path, expected)
-    size = _size_text(path.stat().st_size)
+    size = size_words(path.stat().st_size)
 
     if isinstance(obj, Mapping) and "state_dict" in obj:
         state = obj["state_dict"]

@@ -902,9 +902,14 @@ def check_weights(ctx: _Context) -> Check:
         if folder is not None and not folder.is_dir():  # refused only when a run needs it, then as the run's error
             state = "is a file" if folder.exists() else "does not exist"
             broken.append(f"{configured} (set by {PREFIX}{variable}) {state}; expected the folder of official weights")
-    details = {"found": found, "missing": [m.filenames[0] for m in missing], "broken": broken}
-    if broken:
-        return Check("weights", PROBLEM, "; ".join(broken), "Fix the path in the setting, or unset it.", details)
+    unloadable, commands = _unloadable_weights(settings)
+    details = {"found": found, "missing": [m.filenames[0] for m in missing], "broken": broken + unloadable}
+    if broken or unloadable:
+        fixes = (["Fix the path in the setting, or unset it."] if broken else []) + (
+            [f"Replace each file that cannot load with the official one: {' or '.join(commands)} (or the app's Get "
+             "the official weights panel) fetches it again."] if unloadable else []
+        )  # fmt: skip
+        return Check("weights", PROBLEM, "; ".join(broken + unloadable), " ".join(fixes), details)
     text = "; ".join(found) if found else "no model weights configured"
     if missing:  # not a fault: the weight-free engines run instead, and the hint says where the files go
         names = ", ".join(m.filenames[0] for m in missing)
@@ -916,6 +921,17 @@ def check_weights(ctx: _Context) -> Check:
             details,
         )
     return Check("weights", OK, text, details=details)
+
+
+def _unloadable_weights(settings: Settings) -> tuple[list[str], list[str]]:
+    """Weight files the engines would load that cannot be weights (a web page, an empty file, a Git LFS pointer, a
+    zip cut short), and the commands that fetch them again: the doctor said "ok" of them and the run refused them."""
+    from engine.core.hub import inventory
+
+    broken = [item for item in inventory(settings) if item.found is not None and item.broken]
+    problems = [f"{item.found.parent if item.found.is_file() else item.found}/{problem}"  # problem: "name: why"
+                for item in broken for problem in item.broken]  # fmt: skip
+    return problems, list(dict.fromkeys(f"`{item.command}`" for item in broken))
 
 
 def check_ray(ctx: _Context) -> Check:
