@@ -207,12 +207,40 @@ def test_not_a_checkpoint_at_all(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError) as err:
         load_wav2lip(path)
     assert_names_problem(err, path, "not a PyTorch checkpoint")
+    path.write_bytes(b"\xfe\x01garbage" * 100)  # torch's reason without its advice to load it with weights_only off
+    with pytest.raises(CheckpointError) as err:
+        load_wav2lip(path)
+    assert_names_problem(err, path, "not a PyTorch checkpoint (UnpicklingError: Unsupported operand 254)")
+    assert "weights_only" not in str(err.value)
     # Objects weights_only loading refuses (e.g. training args) are reported, not executed.
     torch.save({"state_dict": {"a": torch.zeros(1)}, "args": argparse.Namespace(lr=1)}, path)
     with pytest.raises(CheckpointError) as err:
         load_wav2lip(path)
     assert_names_problem(err, path, "Python objects besides tensors (argparse.Namespace)")
     assert "weights_only" not in str(err.value) and "\x1b" not in str(err.value)  # not torch's advice to trust it
+
+
+@pytest.mark.parametrize(
+    ("name", "head", "kind"),
+    [
+        ("wav2lip.jpg", b"\xff\xd8\xff\xe0\x00\x10JFIF", "a JPEG image"),
+        ("wav2lip.png", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "a PNG image"),
+        ("wav2lip.wav", b"RIFF\x24\x00\x00\x00WAVEfmt ", "a WAV file"),
+        ("wav2lip.mp4", b"\x00\x00\x00\x20ftypisom", "an MP4 or MOV file"),
+        ("wav2lip.onnx", b"\x08\x08\x12\x07pytorch", "an ONNX model"),
+        ("wav2lip.pth", (40).to_bytes(8, "little") + b'{"a":{"dtype":"F32"}}', "a safetensors file"),
+    ],
+)
+def test_a_file_of_another_kind_is_named_not_met_with_torchs_advice(tmp_path: Path, name: str, head: bytes,
+                                                                    kind: str) -> None:  # fmt: skip
+    """A photo or an ONNX model given as the checkpoint got torch's advice to load it with weights_only=False, which
+    'will likely succeed' (it runs the file's code, and would not have succeeded)."""
+    path = tmp_path / name
+    path.write_bytes(head + bytes(range(256)) * 4)
+    with pytest.raises(CheckpointError) as err:
+        load_wav2lip(path)
+    assert_names_problem(err, path, f"this is {kind}, not a PyTorch checkpoint")
+    assert "weights_only" not in str(err.value)
 
 
 @pytest.mark.parametrize(

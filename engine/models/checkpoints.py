@@ -74,16 +74,53 @@ def _torch_load(path: Path, expected: str) -> object:
                 "to run: it is not a plain PyTorch checkpoint of the expected kind"
             )
             raise CheckpointError(problem, path=path, expected=expected) from e
-        problem = "torch.load could not read it: the file is truncated or corrupt, or not a PyTorch checkpoint"
-        raise CheckpointError(f"{problem} ({_first_line(e)})", path=path, expected=expected) from e
+        raise CheckpointError(_unreadable(path, e), path=path, expected=expected) from e
     except Exception as e:  # torch raises RuntimeError, EOFError, ValueError, zipfile errors... for broken files
-        problem = "torch.load could not read it: the file is truncated or corrupt, or not a PyTorch checkpoint"
-        raise CheckpointError(f"{problem} ({_first_line(e)})", path=path, expected=expected) from e
+        raise CheckpointError(_unreadable(path, e), path=path, expected=expected) from e
+
+
+def _unreadable(path: Path, e: Exception) -> str:
+    """Why torch.load failed: what the file is where its first bytes say (a photo or a model of another format given
+    as the checkpoint), else torch's own reason."""
+    kind = _file_kind(path)
+    if kind:
+        return f"this is {kind}, not a PyTorch checkpoint"
+    problem = "torch.load could not read it: the file is truncated or corrupt, or not a PyTorch checkpoint"
+    return f"{problem} ({_first_line(e)})"
+
+
+_MAGIC_KINDS = (
+    (b"\xff\xd8\xff", "a JPEG image"), (b"\x89PNG", "a PNG image"), (b"GIF8", "a GIF image"),
+    (b"\x1aE\xdf\xa3", "a Matroska or WebM video"), (b"ID3", "an MP3 file"), (b"OggS", "an Ogg file"),
+    (b"fLaC", "a FLAC file"),
+)  # fmt: skip
+_RIFF_KINDS = {b"WAVE": "a WAV file", b"AVI ": "an AVI video", b"WEBP": "a WebP image"}
+
+
+def _file_kind(path: Path) -> str | None:
+    """A common kind of file that is no checkpoint, from its first bytes (or an ONNX model's name), or None."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError:
+        return None
+    if path.suffix.lower() == ".onnx":
+        return "an ONNX model"
+    if head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 100_000_000:  # a JSON header of that length
+        return "a safetensors file"
+    if head[4:8] == b"ftyp":
+        return "an MP4 or MOV file"
+    if head.startswith(b"RIFF") and head[8:12] in _RIFF_KINDS:
+        return _RIFF_KINDS[head[8:12]]
+    return next((kind for magic, kind in _MAGIC_KINDS if head.startswith(magic)), None)
 
 
 def _first_line(e: Exception) -> str:
-    """The error's type and first line: torch's weights_only errors run to a page of advice meant for a developer."""
-    lines = str(e).strip().splitlines()
+    """The error's type and its reason: torch's weights_only errors run to a page of advice meant for a developer,
+    and what it advises first (loading with weights_only=False, which runs the file's code) suits no file we load."""
+    text = str(e).strip()
+    found = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|$)", text, re.DOTALL)
+    lines = [found[1]] if found else text.splitlines()
     return f"{type(e).__name__}: {lines[0] if lines else ''}"
 
 
