@@ -576,8 +576,13 @@ def test_portrait_export_checks_its_folder_first(tmp_path: Path, capsys) -> None
         assert message in capsys.readouterr().err
     # the weights are found as `portrait` finds them: a folder without them, or a file, is said
     for weights, message in ((tmp_path / "none", "no LivePortrait weights in "), (afile, "face.jpg is a file")):
-        assert main(["portrait-export", "--weights", str(weights), "--out", str(tmp_path / "onnx")]) == 3
+        assert main(["portrait-export", "--weights", str(weights), "--out", str(tmp_path / "onnx" / "fp32")]) == 3
         assert message in capsys.readouterr().err
+        assert not (tmp_path / "onnx").exists()  # the folders it made for the export were left behind, empty
+    kept = tmp_path / "earlier"
+    (kept / "fp16").mkdir(parents=True)  # a folder that was there, or holds something, stays
+    assert main(["portrait-export", "--weights", str(afile), "--out", str(kept / "fp32")]) == 3
+    assert sorted(p.name for p in kept.iterdir()) == ["fp16"]
 
 
 @pytest.mark.parametrize(("signum", "code", "said"), [(2, 130, "interrupted"), (15, 143, "terminated (SIGTERM)")])

@@ -46,13 +46,27 @@ def _export(args: argparse.Namespace) -> int:
         raise InputError("--out is empty: give the folder for the .onnx files")
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {args.out} is a file; give a folder for the .onnx files")
+    made = [folder for folder in (out, *out.absolute().parents) if not folder.exists()]  # deepest first
     try:  # before the weights load and the export, not after
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(f"--out {args.out}: the folder cannot be made ({exc.strerror or exc})") from None
-    paths = export_onnx(weights_folder(args.weights, get_settings()), out, args.precision)  # found as for portrait
+    try:  # the weights found as for portrait
+        paths = export_onnx(weights_folder(args.weights, get_settings()), out, args.precision)
+    except BaseException:  # no weights, a file that cannot load, Ctrl-C: no empty folder left as if it held an export
+        _remove_empty(made)
+        raise
     print(json.dumps({k: str(v) for k, v in paths.items()}, indent=2))
     return 0
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """The folders this command made, deepest first, while they are empty (what else was written there stays)."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 def _export_flags(parser: argparse.ArgumentParser) -> None:
