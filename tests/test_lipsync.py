@@ -222,6 +222,19 @@ def test_images_with_alpha_or_in_greyscale_work(kind, media, settings, tmp_path)
     assert result.metrics["frames"] == expected_frames(1.0)
 
 
+def test_no_face_found_says_what_to_try(media, settings, tmp_path) -> None:
+    """It said only "use a clear, frontal face photo", and a clear, frontal, small face (a 256-pixel portrait, lost
+    when detection shrinks the frame to 0.5) left nothing to try: the whole-frame scale and a fixed box are named."""
+    blank = tmp_path / "blank.png"
+    cv2.imwrite(str(blank), np.full((200, 200, 3), 128, np.uint8))
+    with pytest.raises(LipSyncError, match=r"no face found in blank\.png; use a clear, frontal face photo, or try "
+                       r"--detect-scale 1 to detect on whole frames \(at 0\.5 a small face is missed\), or give the "
+                       r"face's box in pixels with --box X1,Y1,X2,Y2$"):  # fmt: skip
+        run_lipsync(LipSyncConfig(face=blank, audio=media["speech"]), tmp_path / "a.mp4", settings)
+    with pytest.raises(LipSyncError, match=r"photo, or give the face's box in pixels with --box X1,Y1,X2,Y2$"):
+        run_lipsync(LipSyncConfig(face=blank, audio=media["speech"], detect_scale=1), tmp_path / "a.mp4", settings)
+
+
 def test_bad_inputs_get_clear_errors(media, settings, tmp_path) -> None:
     blank = tmp_path / "blank.png"
     cv2.imwrite(str(blank), np.full((200, 200, 3), 128, np.uint8))

@@ -186,7 +186,10 @@ def test_haar_finds_the_face_in_the_example(networks, face) -> None:
     ("frames", "message"),
     [
         ([], "no frames"),
-        ([np.zeros((64, 64, 3), np.uint8)] * 2, "no face found in any of the 2 frames"),
+        (
+            [np.zeros((64, 64, 3), np.uint8)] * 2,
+            "no face found in any of the 2 frames .* or give the face's box in pixels with --box X1,Y1,X2,Y2",
+        ),
         ([np.zeros((64, 64), np.uint8)], "HxWx3 uint8"),
         ([np.full((64, 64, 3), 99, np.uint8), np.full((64, 48, 3), 99, np.uint8)], "one size"),
         ([np.full((64, 64, 3), 99.0, np.float32)], "uint8"),

@@ -413,6 +413,15 @@ def make_detector(
     raise FaceError(f"unknown face detector {name!r}: choose one of {', '.join(DETECTORS)}")
 
 
+def missed_face_hint(detect_scale: float) -> str:
+    """What to try when no face was found: detection on the whole frames where it ran on shrunk ones (a face that is
+    small in its frame is lost at 0.5: a 256-pixel portrait's), and a fixed box. The refusal said only "use a clear,
+    frontal face photo" of a clear, frontal, small one."""
+    whole = f"try --detect-scale 1 to detect on whole frames (at {detect_scale:g} a small face is missed), or " if (
+        detect_scale < 1) else ""  # fmt: skip
+    return f"{whole}give the face's box in pixels with --box X1,Y1,X2,Y2"
+
+
 def largest(detections: np.ndarray) -> np.ndarray | None:
     """The detection (5,) with the largest box area, or None when there is none."""
     dets = np.asarray(detections, dtype=np.float32).reshape(-1, 5)

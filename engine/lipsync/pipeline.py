@@ -67,7 +67,7 @@ from engine.core.media import (
 from engine.core.results import RunResult
 from engine.core.settings import Settings, get_settings
 from engine.core.weights import S3FD, WAV2LIP, WeightsError, resolve, where_to_put
-from engine.faces.detection import FaceDetector, make_detector
+from engine.faces.detection import FaceDetector, make_detector, missed_face_hint
 from engine.faces.tracking import THUMB_SIDE, FaceTracker, SceneCuts, check_fixed_box, is_cut
 from engine.lipsync.config import (
     LipSyncConfig,
@@ -244,9 +244,10 @@ def _no_face(config: LipSyncConfig, tracker: FaceTracker, count: int, still: boo
             f"a face was found in {name}, but --pads {pads} (TOP,BOTTOM,LEFT,RIGHT; negative ones take pixels off) "
             "leave nothing of its box: use smaller negative pads"
         )
+    hint = missed_face_hint(config.detect_scale)
     if still:
-        return LipSyncError(f"no face found in {name}; use a clear, frontal face photo")
-    return LipSyncError(f"no face found in any of the {count} frames of {name}")
+        return LipSyncError(f"no face found in {name}; use a clear, frontal face photo, or {hint}")
+    return LipSyncError(f"no face found in any of the {count} frames of {name}; {hint}")
 
 
 # What a fixed --box makes no use of (field -> its flag).

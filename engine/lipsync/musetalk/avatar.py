@@ -33,7 +33,7 @@ import torch
 
 from engine.core.errors import InputError, one_line
 from engine.core.results import RunResult
-from engine.faces.detection import FaceDetector, make_detector
+from engine.faces.detection import FaceDetector, make_detector, missed_face_hint
 from engine.lipsync.musetalk.blend import (
     BLUR_PREPARED,
     CHEEK_WIDTH,
@@ -324,8 +324,10 @@ def prepare_avatar(
             f"({detector.name} face detector): too small for MuseTalk's crop; use a larger face or box"
         )
     if not faces:
+        hint = missed_face_hint(getattr(detector, "detect_scale", 1.0))
         raise InputError(
-            f"no face found in any of the {frames_text} ({detector.name} face detector); use a clear, frontal face"
+            f"no face found in any of the {frames_text} ({detector.name} face detector); use a clear, frontal "
+            f"face, or {hint}"
         )
     warnings = _warnings(count, len(faces), small, shift, sources, detector, landmarks)
 
