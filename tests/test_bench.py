@@ -156,6 +156,11 @@ def test_presets_scale_down_without_a_gpu() -> None:
         ({"model": "wav2lip", "points": [{}], "baseline": 3}, "baseline"),
         ({"model": "wav2lip", "points": [{}], "runs": 0}, "runs"),
         ({"model": "wav2lip", "points": [{"colour": "red"}]}, "unknown point field"),
+        (  # as the flag is spelt; the accepted names were not said
+            {"model": "wav2lip", "points": [{"channels-last": True}]},
+            "unknown point field\\(s\\) channels-last; a point takes runtime, precision, batch, device, channels_last, "
+            "cudnn_benchmark, compile_mode",
+        ),
         (
             {"model": "wav2lip", "points": [{"batch": 2}, {"batch": 4}, {"batch": 2}]},
             r"configurations 1 and 3 are the same \(cuda eager fp32 b2\)",

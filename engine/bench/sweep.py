@@ -188,8 +188,9 @@ class SweepConfig:
             if not isinstance(p, dict):
                 raise BenchError("each point must be an object with runtime, precision, batch, device, ...")
             extra = sorted(set(p) - set(BenchPoint.__dataclass_fields__))
-            if extra:
-                raise BenchError(f"unknown point field(s) {', '.join(extra)}")
+            if extra:  # `channels-last` as the flag is spelt, say
+                fields = ", ".join(BenchPoint.__dataclass_fields__)
+                raise BenchError(f"unknown point field(s) {', '.join(extra)}; a point takes {fields}")
             points.append(BenchPoint(**p))
         known["points"] = points
         if "model" not in known:
