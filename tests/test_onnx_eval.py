@@ -505,7 +505,12 @@ def test_topk_on_a_tiny_classifier(tmp_path: Path) -> None:
     config = EvalConfig(batch_sizes=(4,), inputs=tmp_path / "x.npz", labels=tuple(labels), **FAST)
     result = evaluate(path, inspect_model(path), config)["accuracy"]["topk"]["cpu"]
     assert (result["top1"], result["top5"], result["n"], result["classes"]) == (0.5, 0.75, 4, 6)
-    with pytest.raises(EvalError, match="one label per sample"):
+    with pytest.raises(
+        EvalError,
+        match=r"4 labels for output 'logits', which has 2 samples at the first batch size "
+        r"\(\['N', 6\]\); give one label per sample, or make the first batch size 4 "
+        r"\(--batch-sizes 4\)$",
+    ):  # it did not say that the batch size makes room for them
         evaluate(path, inspect_model(path), EvalConfig(batch_sizes=(2,), labels=tuple(labels), **FAST))
     assert topk(np.array([[0.1, 0.9, 0.0]]), [2]) == {
         "top1": 0.0, "top5": 1.0, "top5_k": 3, "n": 1, "classes": 3, "non_finite": 0

@@ -59,7 +59,11 @@ def test_pick_image_input() -> None:
     assert pick_image_input(specs, "ids").name == "ids"
     with pytest.raises(ImageInputError, match="no input 'nope'"):
         pick_image_input(specs, "nope")
-    with pytest.raises(ImageInputError, match="no input looks like an image"):
+    with pytest.raises(
+        ImageInputError,
+        match=r"no input looks like an image .*; name the one the images fill with "
+        r"--image-input \(the model's inputs: ids \['N', 7\]\)$",
+    ):  # it said "name the input to use"
         pick_image_input(specs[:1], None)
 
 

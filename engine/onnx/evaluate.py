@@ -1201,9 +1201,13 @@ def _check_labels(info: ModelInfo, plan: _Plan, labels: list[int], scored: str |
     first = shape[0] if shape else None
     n = first if isinstance(first, int) else plan.values.get(first) if isinstance(first, str) else None
     if n is not None and n != len(labels):
+        # a free batch: two images and two labels at the default batch size 1 were refused with nothing to say
+        # that --batch-sizes makes room for them
+        sized = f", or make the first batch size {len(labels)} (--batch-sizes {len(labels)})" if (
+            isinstance(first, str) and first in plan.batch_symbols) else ""  # fmt: skip
         raise EvalError(
-            f"{len(labels)} labels for output {output.name!r}, which has {n} samples at the first batch "
-            f"size ({shape}); give one label per sample"
+            f"{len(labels)} labels for output {output.name!r}, which has {n} sample{'s' if n != 1 else ''} at the "
+            f"first batch size ({shape}); give one label per sample{sized}"
         )
     if len(shape) > 1 and all(isinstance(d, int) for d in shape[1:]):
         classes = math.prod(shape[1:])

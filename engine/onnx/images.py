@@ -124,8 +124,10 @@ def pick_image_input(inputs: list[TensorSpec], name: str | None) -> TensorSpec:
     for spec in inputs:
         if looks_like_images(spec.shape) and spec.dtype not in ("bool", "string"):
             return spec
+    shapes = ", ".join(f"{spec.name} {spec.shape}" for spec in inputs)
     raise ImageInputError(
-        "no input looks like an image batch (rank 4 with a channel axis of 1 or 3); name the input to use"
+        "no input looks like an image batch (rank 4 with a channel axis of 1 or 3); name the one the images fill "
+        f"with --image-input (the model's inputs: {shapes})"
     )
 
 
