@@ -51,6 +51,24 @@ def test_telemetry_table_and_json_watch() -> None:
     assert second - first >= 1.5  # it was 1 s whatever the setting said (the sleep is at least the interval)
 
 
+def test_count_zero_alone_watches_until_ctrl_c(monkeypatch, capsys) -> None:
+    """-h says --count given alone watches, 0 never stopping: `telemetry --count 0` took one sample and ended."""
+    import time
+
+    from engine.cli import main
+
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:  # the fourth wait is Ctrl-C
+        slept.append(seconds)
+        if len(slept) == 4:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(time, "sleep", sleep)
+    assert main(["telemetry", "--json", "--count", "0"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 3 and len(slept) == 4
+
+
 def test_bad_input_is_a_clear_error() -> None:
     assert run("telemetry", "--interval", "0").returncode == 2
     from engine.cli import main

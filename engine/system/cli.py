@@ -28,7 +28,8 @@ def _telemetry(args: argparse.Namespace) -> int:
     from engine.system.telemetry import TelemetrySampler, render_table
 
     # --interval or --count alone asks for samples over time, as nvidia-smi's -l does (they were ignored: one sample)
-    watch = args.watch or args.interval is not None or args.count > 0
+    watch = args.watch or args.interval is not None or args.count is not None  # `--count 0` too, as -h says
+    args.count = args.count or 0
     if args.interval is None:
         args.interval = get_settings().telemetry_interval_s
     if not 0.1 <= args.interval <= 60:  # the range AVATARBENCH_TELEMETRY_INTERVAL takes (NaN fails too)
@@ -61,8 +62,8 @@ def _telemetry_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="one JSON object per sample")
     parser.add_argument("--interval", type=float, help="seconds between samples; given alone, it watches too "
                         "(default: AVATARBENCH_TELEMETRY_INTERVAL, else 1)")  # fmt: skip
-    parser.add_argument("--count", type=int, default=0, help="stop after N samples; given alone, it watches until "
-                        "then (0: never stop)")  # fmt: skip
+    parser.add_argument("--count", type=int, help="stop after N samples; given alone, it watches until then "
+                        "(0: never stop)")  # fmt: skip
 
 
 COMMANDS = [
