@@ -618,3 +618,9 @@ def test_weights_that_cannot_load_are_a_problem_with_the_command_that_fetches_th
     assert f"{ctx.settings.weights_dir / 'wav2lip_gan.pth'}: this is a web page (37 bytes)" in check.found
     assert f"{ctx.settings.weights_dir / 's3fd.pth'}: the file is empty (0 bytes)" in check.found
     assert "`avatarbench weights get wav2lip --accept-licence`" in check.fix
+
+
+def test_an_hf_weights_setting_of_another_shape_is_a_problem(tmp_path: Path) -> None:
+    settings = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path), "AVATARBENCH_WAV2LIP_CHECKPOINT": "hf:foo"})
+    check = doctor.check_weights(_ctx(tmp_path, settings=settings))
+    assert check.status == PROBLEM and "'hf:foo' is not hf:OWNER/REPO/PATH/TO/FILE" in check.found

@@ -222,6 +222,17 @@ def test_an_hf_reference_not_cached_fails_at_once_offline_or_unreachable(
         hub_download("hf:someone/w2l/wav2lip.pth")
 
 
+@pytest.mark.parametrize("reference", ["hf:foo", "hf:owner/repo", "hf:owner/repo/", "hf://file.pth"])
+def test_an_hf_reference_of_another_shape_is_bad_input(reference: str, tmp_path: Path, capsys) -> None:
+    """It exited 3, as if the machine lacked something, for what the user typed (and gave no example)."""
+    from engine.cli import main
+
+    media = ["--face", str(ROOT / "assets" / "face.jpg"), "--audio", str(ROOT / "assets" / "speech.wav")]
+    assert main(["lipsync", *media, "--out", str(tmp_path / "o.mp4"), "--quiet", "--checkpoint", reference]) == 2
+    assert capsys.readouterr().err == (f"avatarbench: {reference!r} is not hf:OWNER/REPO/PATH/TO/FILE, e.g. "
+                                       "hf:camenduru/Wav2Lip/checkpoints/wav2lip_gan.pth\n")  # fmt: skip
+
+
 def test_either_http_clients_failures_are_network_failures() -> None:
     """huggingface_hub 2 raises httpx2's errors and 1.x httpx's; both must become the one-line message above. (The
     test above drives the pinned library; with huggingface_hub 1.33, as on a CUDA image, it passed too.)"""

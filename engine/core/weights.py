@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.core.errors import SetupError
+from engine.core.errors import InputError, SetupError
 from engine.core.settings import PREFIX, Settings
 
 
@@ -44,14 +44,23 @@ S3FD = ModelFile(
 )
 
 
+def hub_reference(reference: str) -> tuple[str, str]:
+    """`hf:OWNER/REPO/PATH` as (OWNER/REPO, PATH), before anything reaches the network; a reference of another shape
+    is bad input (it was a set-up error, exit 3, as if the machine lacked something)."""
+    parts = reference.removeprefix("hf:").strip("/").split("/")
+    if len(parts) < 3 or not all(parts):
+        raise InputError(
+            f"{reference!r} is not hf:OWNER/REPO/PATH/TO/FILE, e.g. hf:camenduru/Wav2Lip/checkpoints/wav2lip_gan.pth"
+        )
+    return "/".join(parts[:2]), "/".join(parts[2:])
+
+
 def hub_download(reference: str) -> Path:
     """Fetch `hf:OWNER/REPO/PATH` through huggingface_hub's cache; refused when offline."""
-    parts = reference.removeprefix("hf:").strip("/").split("/")
-    if len(parts) < 3:
-        raise WeightsError(f"{reference!r} is not hf:OWNER/REPO/PATH/TO/FILE")
+    repo, filename = hub_reference(reference)
     from engine.core.hub import fetch_file  # here: hub.py builds on this module
 
-    return fetch_file("/".join(parts[:2]), "/".join(parts[2:]))
+    return fetch_file(repo, filename)
 
 
 def resolve(model: ModelFile, settings: Settings, explicit: str | os.PathLike | None = None) -> Path | None:

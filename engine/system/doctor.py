@@ -883,13 +883,14 @@ def check_settings(ctx: _Context) -> Check:
 
 
 def check_weights(ctx: _Context) -> Check:
+    from engine.core.errors import InputError
     from engine.core.weights import S3FD, WAV2LIP, WeightsError, resolve, where_to_put
 
     found, missing, broken = [], [], []
     for model in (WAV2LIP, S3FD):
         try:
             path = resolve(model, ctx.settings)
-        except WeightsError as exc:
+        except (WeightsError, InputError) as exc:  # a path that is not there, an hf: reference of another shape
             broken.append(str(exc))
             continue
         (found if path else missing).append(f"{model.filenames[0]}: {path}" if path else model)
