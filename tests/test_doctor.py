@@ -624,3 +624,15 @@ def test_an_hf_weights_setting_of_another_shape_is_a_problem(tmp_path: Path) -> 
     settings = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path), "AVATARBENCH_WAV2LIP_CHECKPOINT": "hf:foo"})
     check = doctor.check_weights(_ctx(tmp_path, settings=settings))
     assert check.status == PROBLEM and "'hf:foo' is not hf:OWNER/REPO/PATH/TO/FILE" in check.found
+
+
+def test_an_hf_weights_setting_is_never_fetched_by_the_doctor(tmp_path: Path, monkeypatch) -> None:
+    """With AVATARBENCH_WAV2LIP_CHECKPOINT=hf:..., the doctor (and the System tab, which runs it) downloaded the
+    416 MB checkpoint to say it was found, or, offline, called a reference a run fetches when online a problem."""
+    import engine.core.hub
+
+    monkeypatch.setattr(engine.core.hub, "fetch_file", lambda *a: pytest.fail("the doctor reached the Hub"))
+    reference = "hf:camenduru/Wav2Lip/checkpoints/wav2lip_gan.pth"
+    settings = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path), "AVATARBENCH_WAV2LIP_CHECKPOINT": reference})
+    check = doctor.check_weights(_ctx(tmp_path, settings=settings))
+    assert check.status == INFO and f"{reference} (from the Hub when a run first needs it)" in check.found

@@ -884,11 +884,16 @@ def check_settings(ctx: _Context) -> Check:
 
 def check_weights(ctx: _Context) -> Check:
     from engine.core.errors import InputError
-    from engine.core.weights import S3FD, WAV2LIP, WeightsError, resolve, where_to_put
+    from engine.core.weights import S3FD, WAV2LIP, WeightsError, hub_reference, resolve, where_to_put
 
     found, missing, broken = [], [], []
     for model in (WAV2LIP, S3FD):
+        reference = str(getattr(ctx.settings, model.key) or "")
         try:
+            if reference.startswith("hf:"):  # never fetched here: resolving it downloaded the file (416 MB)
+                hub_reference(reference)
+                found.append(f"{model.filenames[0]}: {reference} (from the Hub when a run first needs it)")
+                continue
             path = resolve(model, ctx.settings)
         except (WeightsError, InputError) as exc:  # a path that is not there, an hf: reference of another shape
             broken.append(str(exc))
