@@ -236,6 +236,20 @@ def test_run_counts_by_hand() -> None:
     assert timing.timed_count(7, True, 50, 9.0) == 7  # given counts are kept
 
 
+def test_the_help_and_the_note_say_where_the_cpus_count_stops() -> None:
+    """They said "as many as fit in about 2 s, at least 10": a 0.01 ms model ran 100 times, not 200,000."""
+    from engine.bench.config import SweepRequest
+    from engine.onnx.config import EvalConfig
+
+    def runs_help(config: type) -> str:
+        return config.__dataclass_fields__["runs"].metadata["option"].help
+
+    assert runs_help(EvalConfig).endswith("on the CPU as many as fit in about 2 s, from 10 to 100)")
+    assert runs_help(SweepRequest).endswith("on the CPU as many as fit in about 2 s, from 10 to 20)")
+    assert "timed: as many as fit in about 2 s, from 10 to 100), warm-up + timed: cpu b1 1 + 100;" in (
+        timing.auto_runs_note([("cpu b1", 1, 100)], 100))  # fmt: skip
+
+
 def test_empty_onnx_counts_are_quick_on_the_cpu_and_said(model, monkeypatch) -> None:
     path, info = model
 

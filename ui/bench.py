@@ -35,7 +35,7 @@ from engine.bench.sweep import DEFAULT_RUNS, DEFAULT_WARMUP, PRESETS, math_preci
 from engine.bench.workloads import BUILTIN
 from engine.core.commands import strict_json
 from engine.jobs.store import CANCELLED, FAILED
-from engine.onnx.timing import AUTO_HELP
+from engine.onnx.timing import auto_help
 from engine.runtimes.registry import COMPILE_MODES, RUNTIMES
 from ui.bench_report import (
     COMPARE_HEADERS,
@@ -128,7 +128,7 @@ def build_bench_tab(settings: Any, jobs: BenchJobs, access: Access) -> None:
                     compile_mode = gr.Dropdown(list(COMPILE_MODES), value="default", label="torch.compile mode")
             with gr.Row():
                 runs = optional_number(SweepRequest, "runs", "Timed runs", "auto", elem_id="bench-runs",
-                                       info=f"empty: {DEFAULT_RUNS}; {AUTO_HELP}")  # fmt: skip
+                                       info=f"empty: {DEFAULT_RUNS}; {auto_help(DEFAULT_RUNS)}")  # fmt: skip
                 warmup = optional_number(SweepRequest, "warmup", "Warm-up runs", "auto",
                                          info=f"empty: {DEFAULT_WARMUP}; 1 on a CPU")  # fmt: skip
             with gr.Row():

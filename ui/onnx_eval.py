@@ -23,7 +23,7 @@ from engine.onnx.config import DEFAULT_RUNS, DEFAULT_WARMUP, EvalConfig, Inspect
 from engine.onnx.examples import EXAMPLES, example_path
 from engine.onnx.jobs import OnnxEvalJobs
 from engine.onnx.model import ACCEPTED
-from engine.onnx.timing import AUTO_HELP
+from engine.onnx.timing import auto_help
 from engine.onnx.uploads import display_name, model_source, prepared
 from engine.runtimes.ort_session import PROVIDERS
 from ui.forms import api_endpoint, choices, default, reported
@@ -121,7 +121,9 @@ def build_onnx_eval_tab(settings: Any, jobs: OnnxEvalJobs, access: Access) -> No
                 batch_sizes = gr.Textbox(
                     value=BATCHES_GPU if has_gpu else BATCHES_CPU, label="Batch sizes (when the batch is free)"
                 )
-                runs = optional_number(c, "runs", "Timed runs", "auto", info=f"empty: {DEFAULT_RUNS}; {AUTO_HELP}")
+                runs = optional_number(
+                    c, "runs", "Timed runs", "auto", info=f"empty: {DEFAULT_RUNS}; {auto_help(DEFAULT_RUNS)}"
+                )
                 warmup = optional_number(
                     c, "warmup", "Warm-up runs", "auto", info=f"empty: {DEFAULT_WARMUP}; 1 on a CPU"
                 )

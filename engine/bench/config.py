@@ -18,7 +18,7 @@ from engine.bench.workloads import BUILTIN
 from engine.core.errors import InputError
 from engine.core.json_text import parse_json
 from engine.core.options import Config, number_tuple, option, switch_tuple, word_tuple
-from engine.onnx.timing import AUTO_HELP
+from engine.onnx.timing import auto_help
 from engine.runtimes.registry import COMPILE_MODES, RUNTIMES
 
 if TYPE_CHECKING:
@@ -69,7 +69,7 @@ class SweepRequest(Config):
     device: tuple[str, ...] | None = option(
         None, help="cpu,cuda (empty: cuda when there is one, else cpu)", choices=DEVICES, text=word_tuple("device")
     )
-    runs: int | None = option(None, help=f"timed runs per configuration (empty: 20; {AUTO_HELP})", low=1,
+    runs: int | None = option(None, help=f"timed runs per configuration (empty: 20; {auto_help(20)})", low=1,
                               high=10_000)  # fmt: skip
     warmup: int | None = option(None, help="untimed runs after the first (empty: 3; 1 on the CPU)", low=0, high=1000)
     points: str | None = option(

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from engine.core.errors import InputError
 from engine.core.options import Config, number_tuple, option, pairs, word_tuple
-from engine.onnx.timing import AUTO_HELP
+from engine.onnx.timing import auto_help
 
 PROVIDER_KEYS = ("cpu", "cuda", "trt")
 EXAMPLE_NAMES = ("wav2lip", "s3fd")  # engine/onnx/examples.py builds them
@@ -71,7 +71,10 @@ class EvalConfig(Config):
         (), help="values for other symbolic dimensions, e.g. seq=128 (empty: inspected defaults)", text=pairs()
     )
     runs: int | None = option(
-        None, help=f"timed runs per configuration (empty: {DEFAULT_RUNS}; {AUTO_HELP})", low=1, high=MAX_RUNS
+        None,
+        help=f"timed runs per configuration (empty: {DEFAULT_RUNS}; {auto_help(DEFAULT_RUNS)})",
+        low=1,
+        high=MAX_RUNS,
     )
     warmup: int | None = option(
         None, help=f"untimed runs after the first (empty: {DEFAULT_WARMUP}; 1 on the CPU)", low=0, high=MAX_WARMUP

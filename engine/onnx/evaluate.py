@@ -1409,7 +1409,7 @@ def _report(runner: _Runner, expected: dict[str, np.ndarray] | None, ran: Sequen
             *([f"{PARTIAL_NOTE}: {', '.join(ran)} of {', '.join(plan.run_keys)} measured"] if stopped else []),
             *plan.notes,
             *([unchecked] if (unchecked := _unchecked_note(info.outputs, expected)) else []),
-            *([auto_runs_note(runner.auto_counts)] if runner.auto_counts else []),
+            *([auto_runs_note(runner.auto_counts, DEFAULT_RUNS)] if runner.auto_counts else []),
             *([few] if (few := few_runs_note(runner.rows)) else []),
         ],
     }
