@@ -699,6 +699,22 @@ def test_cost_never_writes_its_report_over_the_prices_it_reads(tmp_path: Path, m
     get_settings.cache_clear()
 
 
+def test_cost_of_a_cpu_measurement_without_its_price_says_what_prices_it(tmp_path: Path, monkeypatch, capsys) -> None:
+    """Every row read "not estimated: measured on the CPU", with nothing to say what would price anything."""
+    from engine.cli import main
+    from engine.core.settings import get_settings
+
+    monkeypatch.setenv("AVATARBENCH_DATA_DIR", str(tmp_path))
+    get_settings.cache_clear()
+    assert main(["cost", "--throughput", "10", "--measured-on", "cpu"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "a card's speed cannot be told from the CPU's, so nothing above is priced: --cpu-price-per-hour (the CPU "
+        "machine's dollars per hour) prices the measurement itself")  # fmt: skip
+    assert main(["cost", "--throughput", "10", "--measured-on", "cpu", "--cpu-price-per-hour", "0.34"]) == 0
+    assert "--cpu-price-per-hour" not in capsys.readouterr().out
+    get_settings.cache_clear()
+
+
 def test_a_permission_refused_by_the_machine_is_one_line(monkeypatch, capsys) -> None:
     """A folder or file this user may not read (Path.exists raises on Python 3.11) ended in a traceback."""
     import engine.bench.planner

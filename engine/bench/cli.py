@@ -199,6 +199,9 @@ def _cost(args: argparse.Namespace) -> int:
         )
     if left_out := unpriced_cards(book, CATALOG.get(config.measured_on)):
         print(f"left out, with no price: {', '.join(left_out)} (give their dollars per hour in {prices})")
+    if config.measured_on == "cpu" and config.cpu_price_per_hour is None:  # a table of dashes, with nothing to try
+        print("a card's speed cannot be told from the CPU's, so nothing above is priced: --cpu-price-per-hour "
+              "(the CPU machine's dollars per hour) prices the measurement itself")  # fmt: skip
     return 0
 
 
