@@ -117,7 +117,10 @@ def test_defaults_and_empty_values() -> None:
         ({"sizes": "1,x"}, "sizes: '1,x' is not a comma-separated list of whole numbers"),
         ({"sizes": "4,4"}, "sizes '4,4' lists a value twice"),
         ({"sizes": "0,2"}, "sizes 0 is below 1"),  # not "outside 1..", a range cut short
-        ({"sizes": ""}, "sizes is empty: sizes"),
+        ({"sizes": ""}, "sizes is empty: sizes [1..]"),
+        ({"mode": ""}, "mode is empty: how; give one of fast, slow"),  # it said only what the field is
+        ({"scale": " "}, "scale is empty: scale [0.1..1]"),
+        ({"names": ""}, "names is empty: names; give one or more, comma-separated, of a, b"),
         ({"box": "1,2,3"}, "box: give 4 whole numbers"),
         ({"names": "a,c,d"}, "names 'c', 'd' are not one of a, b"),
         ({"switches": "up"}, "switches: 'up': give on, off or on,off"),

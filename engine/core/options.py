@@ -113,10 +113,20 @@ class Field:
             if not self.required and self.text_of(self.default) == "":
                 return self.default  # an empty list (no symbols) is written as empty text
             if self.type is not str or self.option.choices:
-                raise _Problem(f"{self.words} is empty: {self.option.help}")
+                raise _Problem(f"{self.words} is empty: {self.option.help}{self._accepted()}")
         value = self._convert(raw)
         self._check(value)
         return value
+
+    def _accepted(self) -> str:
+        """What an empty value could have been, where the help does not say it (`--precision=` was told only what
+        auto means)."""
+        if self.option.choices:
+            several = " or more, comma-separated," if self.option.text is not None else ""  # a list: --runtime
+            return f"; give one{several} of {', '.join(map(str, self.option.choices))}"
+        if self.option.low is not None or self.option.high is not None:
+            return f" [{_bounds(self.option.low, self.option.high)}]"
+        return ""
 
     def _convert(self, raw: Any) -> Any:
         if self.option.text is not None:
