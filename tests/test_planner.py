@@ -164,6 +164,11 @@ def test_token_limits_default_to_the_models_context_at_most_4096_as_tgi() -> Non
     assert asked["flags"]["--max-total-tokens"] == 4096 and any("exceeds" in w for w in asked["warnings"])
     with pytest.raises(PlanError, match=r"max total tokens 1048577 is outside 2\.\.1048576$"):  # not 1.04858e+06
         LlmRequest.build({"gpu": "T4", "llm": "phi-2", "max_total_tokens": 1048577})
+    # the flags as typed, and why (it said "max_input_tokens (100) must be below max_total_tokens (100)")
+    with pytest.raises(PlanError, match=r"^--max-input-tokens 100 must be below --max-total-tokens 100: a request "
+                       "generates at least one token after its prompt$"):  # fmt: skip
+        plan_llm(LlmRequest("T4", "phi-2", max_input_tokens=100, max_total_tokens=100))
+    assert "--max-total-tokens 4096 exceeds microsoft/phi-2's context of 2048 tokens" in asked["warnings"]
 
 
 def test_auto_quantization_sharding_and_old_card_warnings() -> None:
@@ -203,7 +208,10 @@ def test_auto_quantization_sharding_and_old_card_warnings() -> None:
     for bad, message in (
         (LlmRequest("B200", "mistral-7b"), "unknown GPU"),
         (LlmRequest("H100", "gpt-5"), "llm 'gpt-5' is not one of"),
-        (LlmRequest("H100", "mistral-7b", max_input_tokens=5000, max_total_tokens=4096), "below max_total_tokens"),
+        (
+            LlmRequest("H100", "mistral-7b", max_input_tokens=5000, max_total_tokens=4096),
+            "below --max-total-tokens 4096",
+        ),
     ):
         with pytest.raises(PlanError, match=message):
             plan_llm(bad)

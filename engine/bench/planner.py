@@ -453,13 +453,16 @@ def plan_llm(req: LlmRequest, card: Gpu | None = None) -> dict[str, Any]:
         req = replace(req, max_total_tokens=min(spec.max_positions, TGI_DEFAULT_TOTAL_TOKENS))
     max_input = req.max_input_tokens or req.max_total_tokens - 1
     if not 1 <= max_input < req.max_total_tokens:
-        raise PlanError(f"max_input_tokens ({max_input}) must be below max_total_tokens ({req.max_total_tokens})")
+        raise PlanError(
+            f"--max-input-tokens {max_input} must be below --max-total-tokens {req.max_total_tokens}: a request "
+            "generates at least one token after its prompt"
+        )
     warnings: list[str] = []
     reasons: list[str] = []
     flash = gpu.supports("flash-attention")
     if req.max_total_tokens > spec.max_positions:
         warnings.append(
-            f"max_total_tokens {req.max_total_tokens} exceeds {spec.name}'s context of {spec.max_positions} tokens"
+            f"--max-total-tokens {req.max_total_tokens} exceeds {spec.name}'s context of {spec.max_positions} tokens"
         )
     if not flash:
         warnings.append(
@@ -568,7 +571,7 @@ def plan_llm(req: LlmRequest, card: Gpu | None = None) -> dict[str, Any]:
     if flash and best["fits"]:
         reasons.append(
             f"the KV cache holds about {best['kv_token_capacity']:,} tokens per replica: "
-            f"{best['kv_token_capacity'] // req.max_total_tokens} concurrent requests at max_total_tokens "
+            f"{best['kv_token_capacity'] // req.max_total_tokens} concurrent requests at --max-total-tokens "
             "(TGI sizes --max-batch-total-tokens from the free memory itself)"
         )
     if dtype == "float16" and best["quantize"] == "none":
