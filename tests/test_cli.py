@@ -741,3 +741,14 @@ def test_numbers_after_a_flag_as_upstream_writes_them_get_the_comma_form(capsys)
         err = capsys.readouterr().err
         assert ended.value.code == 2 and f"unrecognized arguments: {' '.join(extra[2:] or extra)}" in err
         assert ("written with commas (--pads 0,10,0,0)" in err) == hint
+
+
+def test_a_one_frame_portrait_is_one_frame(tmp_path: Path, capsys) -> None:
+    """Every portrait driven by an image was "1 frames at 25 fps" (the tabs said it in the singular already)."""
+    from engine.cli import main
+
+    assets = ROOT / "assets"
+    out = tmp_path / "still.mp4"
+    args = ["--source", str(assets / "face.jpg"), "--driving", str(assets / "driving-pose.jpg"), "--out", str(out)]
+    assert main(["portrait", *args, "--engine", "baseline", "--quiet"]) == 0
+    assert capsys.readouterr().out.startswith(f"{out}: 1 frame at 25 fps, baseline (torch) on ")

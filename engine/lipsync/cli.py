@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from engine.core.commands import Command, output_flags, print_run, run_flags
+from engine.core.commands import Command, counted, output_flags, print_run, run_flags
 from engine.core.options import from_args
 from engine.core.results import RunResult
 from engine.lipsync.config import AvatarConfig, LipSyncConfig, precision_summary
@@ -30,7 +30,8 @@ def _lipsync(args: argparse.Namespace) -> int:
         result = run_lipsync(config, args.out, progress=bar, device=args.device)
     result.measurement = window.figures()
     m = result.metrics
-    return print_run(args, result, f"{result.outputs['video']}: {m['frames']} frames at {m['fps']:g} fps by "
+    frames = counted(m["frames"], "frame")
+    return print_run(args, result, f"{result.outputs['video']}: {frames} at {m['fps']:g} fps by "
                      f"{m['engine_label']} on {result.device} ({result.precision}), batch {m['batch_size']}, "
                      f"{m['faces_missed']} without a face\n{precision_line(result)}{describe(result.measurement)}"
                      f"{stream_note(config.stream, args.out)}")  # fmt: skip
@@ -53,9 +54,9 @@ def _avatar(args: argparse.Namespace) -> int:
     with ProgressBar(args.quiet) as bar:
         result = prepare_stored_avatar(config, get_settings(), device=args.device, progress=bar)
     m = result.metrics
-    return print_run(args, result, f"{config.face}: a MuseTalk avatar of {m['frames']} frame(s), {m['faces']} with a "
-                     f"face ({m['avatar_source']}), kept for `lipsync --engine musetalk` of this face with these "
-                     f"options")  # fmt: skip
+    return print_run(args, result, f"{config.face}: a MuseTalk avatar of {counted(m['frames'], 'frame')}, "
+                     f"{m['faces']} with a face ({m['avatar_source']}), kept for `lipsync --engine musetalk` of this "
+                     f"face with these options")  # fmt: skip
 
 
 def _avatar_flags(parser: argparse.ArgumentParser) -> None:

@@ -7,7 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
-from engine.core.commands import Command, print_run, run_flags
+from engine.core.commands import Command, counted, print_run, run_flags
 from engine.core.errors import InputError
 from engine.core.options import from_args
 from engine.portrait.config import PortraitConfig
@@ -29,8 +29,8 @@ def _portrait(args: argparse.Namespace) -> int:
         result = run_portrait(config, args.out, progress=bar, device=args.device)
     result.measurement = window.figures()
     m = result.metrics
-    headline = (f"{result.outputs['video']}: {m['frames']} frames at {m['fps']:g} fps, {m['engine']} ({m['backend']}) "
-                f"on {result.device} ({result.precision})")  # fmt: skip
+    headline = (f"{result.outputs['video']}: {counted(m['frames'], 'frame')} at {m['fps']:g} fps, {m['engine']} "
+                f"({m['backend']}) on {result.device} ({result.precision})")  # fmt: skip
     if "template" in result.outputs:
         headline += f"\nmotion template: {result.outputs['template']}"
     return print_run(args, result, f"{headline}\n{describe(result.measurement)}{stream_note(config.stream, args.out)}")
