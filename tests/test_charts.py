@@ -250,6 +250,18 @@ def test_the_help_and_the_note_say_where_the_cpus_count_stops() -> None:
         timing.auto_runs_note([("cpu b1", 1, 100)], 100))  # fmt: skip
 
 
+def test_the_note_says_chosen_only_of_the_counts_left_empty(model) -> None:
+    """With --runs 3 given, the note said the timed runs were "as many as fit in about 2 s" (a sweep's); with the
+    warm-up given, ONNX eval's said nothing of the timed count it chose."""
+    path, info = model
+    given_runs = evaluate(path, info, EvalConfig(model=MODEL, batch_sizes=[1], runs=3))["notes"]
+    assert "the warm-up count left empty was chosen for the CPU (warm-up 1), warm-up + timed: cpu b1 1 + 3; set " \
+        "warmup for a fixed count" in given_runs  # fmt: skip
+    given_warmup = evaluate(path, info, EvalConfig(model=MODEL, batch_sizes=[1], warmup=2))["notes"]
+    timed = "the timed count left empty was chosen for the CPU (timed: as many as fit in about 2 s, from 10 to 100)"
+    assert any(note.startswith(f"{timed}, warm-up + timed: cpu b1 2 + ") for note in given_warmup)
+
+
 def test_empty_onnx_counts_are_quick_on_the_cpu_and_said(model, monkeypatch) -> None:
     path, info = model
 

@@ -664,7 +664,7 @@ def _report(ctx: _Context, rows: list[dict[str, Any]], host: dict[str, Any], own
             *model.notes,
             *([few] if (few := few_runs_note(rows)) else []),
             NETWORK_ONLY_NOTE,
-            *([auto_runs_note(chosen, DEFAULT_RUNS)] if auto else []),
+            *([auto_runs_note(chosen, DEFAULT_RUNS, config.runs is None, config.warmup is None)] if auto else []),
             RANDOM_WEIGHTS_NOTE if model.has_torch else OWN_WEIGHTS_NOTE,
             *(
                 [f"the model's weights are {own}: ONNX Runtime runs them as they are, so its rows say {own}"]

@@ -1103,7 +1103,7 @@ class _Runner:
             session.run(timed_feeds)
         per_run_s = (time.perf_counter_ns() - start) / 1e9 / warmup if warmup else row["first_run_ms"] / 1000.0
         runs = timed_count(config.runs, on_cpu, DEFAULT_RUNS, per_run_s)
-        if on_cpu and config.runs is None:  # the timed count was chosen here (the note says how)
+        if on_cpu and (config.runs is None or config.warmup is None):  # a count chosen here (the note says how)
             self.auto_counts.append((f"{key} b{batch}", warmup, runs))
 
         def tick(i: int) -> None:
@@ -1409,7 +1409,11 @@ def _report(runner: _Runner, expected: dict[str, np.ndarray] | None, ran: Sequen
             *([f"{PARTIAL_NOTE}: {', '.join(ran)} of {', '.join(plan.run_keys)} measured"] if stopped else []),
             *plan.notes,
             *([unchecked] if (unchecked := _unchecked_note(info.outputs, expected)) else []),
-            *([auto_runs_note(runner.auto_counts, DEFAULT_RUNS)] if runner.auto_counts else []),
+            *(
+                [auto_runs_note(runner.auto_counts, DEFAULT_RUNS, config.runs is None, config.warmup is None)]
+                if runner.auto_counts
+                else []
+            ),
             *([few] if (few := few_runs_note(runner.rows)) else []),
         ],
     }

@@ -50,13 +50,17 @@ def timed_count(requested: int | None, on_cpu: bool, default: int, seconds_per_r
     return max(min(CPU_MIN_RUNS, default), min(default, fit))
 
 
-def auto_runs_note(counts: list[tuple[str, int, int]], default: int) -> str:
-    """What the CPU's quick counts were, per configuration: (label, warm-up runs, timed runs)."""
+def auto_runs_note(
+    counts: list[tuple[str, int, int]], default: int, runs_chosen: bool = True, warmup_chosen: bool = True
+) -> str:
+    """What the CPU's quick counts were, per configuration: (label, warm-up runs, timed runs). Only a count left
+    empty is said to be chosen: with --runs 1 given, the note said the timed runs were as many as fit in 2 s."""
     each = ", ".join(f"{label} {warm} + {runs}" for label, warm, runs in counts)
-    return (
-        f"run counts left empty were chosen for the CPU (warm-up {CPU_WARMUP}; timed: {_cpu_runs(default)}), "
-        f"warm-up + timed: {each}; set runs and warmup for fixed counts"
-    )
+    rules = [f"warm-up {CPU_WARMUP}"] * warmup_chosen + [f"timed: {_cpu_runs(default)}"] * runs_chosen
+    which, flags = ("run counts left empty were", "runs and warmup for fixed counts") if len(rules) == 2 else (
+        ("the timed count left empty was", "runs for a fixed count") if runs_chosen else
+        ("the warm-up count left empty was", "warmup for a fixed count"))  # fmt: skip
+    return f"{which} chosen for the CPU ({'; '.join(rules)}), warm-up + timed: {each}; set {flags}"
 
 
 def _ms(value: float) -> str:
