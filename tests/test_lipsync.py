@@ -235,6 +235,15 @@ def test_no_face_found_says_what_to_try(media, settings, tmp_path) -> None:
         run_lipsync(LipSyncConfig(face=blank, audio=media["speech"], detect_scale=1), tmp_path / "a.mp4", settings)
 
 
+def test_a_run_that_streamed_nothing_leaves_no_stream_folder(media, settings, tmp_path) -> None:
+    """A --stream run refused before its first frame left an empty a.stream/ beside no a.mp4."""
+    blank = tmp_path / "blank.png"
+    cv2.imwrite(str(blank), np.full((200, 200, 3), 128, np.uint8))
+    with pytest.raises(LipSyncError, match="no face found"):
+        run_lipsync(LipSyncConfig(face=blank, audio=media["speech"], stream=True), tmp_path / "a.mp4", settings)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blank.png"]
+
+
 def test_bad_inputs_get_clear_errors(media, settings, tmp_path) -> None:
     blank = tmp_path / "blank.png"
     cv2.imwrite(str(blank), np.full((200, 200, 3), 128, np.uint8))

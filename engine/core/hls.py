@@ -84,9 +84,12 @@ class HlsCopy:
         self._container.mux(copy)
 
     def close(self) -> None:
-        """The last segment and `#EXT-X-ENDLIST` (also after a failure: the job's status says how it ended)."""
+        """The last segment and `#EXT-X-ENDLIST` (also after a failure: the job's status says how it ended). A run
+        that failed before its first packet leaves no folder: an empty talk.stream/ stayed beside no talk.mp4."""
         with contextlib.suppress(Exception):
             self._container.close()
+        with contextlib.suppress(OSError):
+            self.folder.rmdir()  # only when nothing was streamed
 
 
 @dataclass(frozen=True)
