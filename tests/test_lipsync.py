@@ -244,6 +244,18 @@ def test_a_run_that_streamed_nothing_leaves_no_stream_folder(media, settings, tm
     assert sorted(p.name for p in tmp_path.iterdir()) == ["blank.png"]
 
 
+def test_a_failed_run_leaves_no_folder_it_made_for_its_output(media, settings, tmp_path) -> None:
+    """--out new/sub/talk.mp4 refused on the way (no face found) left new/sub/ behind, empty; a folder that was there
+    stays."""
+    blank = tmp_path / "blank.png"
+    cv2.imwrite(str(blank), np.full((200, 200, 3), 128, np.uint8))
+    (tmp_path / "kept").mkdir()
+    for out in (tmp_path / "new" / "sub" / "a.mp4", tmp_path / "kept" / "sub" / "a.mp4"):
+        with pytest.raises(LipSyncError, match="no face found"):
+            run_lipsync(LipSyncConfig(face=blank, audio=media["speech"], stream=True), out, settings)
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == ["blank.png", "kept"]
+
+
 def test_bad_inputs_get_clear_errors(media, settings, tmp_path) -> None:
     blank = tmp_path / "blank.png"
     cv2.imwrite(str(blank), np.full((200, 200, 3), 128, np.uint8))

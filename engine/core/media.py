@@ -750,6 +750,8 @@ class VideoWriter:
         self.codec = codec or pick_h264_encoder()
         self.fps, self.width, self.height = fps, width, height
         self.frames_written = 0
+        self._made = _missing_folders(self.path)  # made here, removed by abort() while empty
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._container = av.open(str(partial_path(self.path)), mode="w", format="mp4")
         rate = Fraction(fps).limit_denominator(1001)
         self._video = self._container.add_stream(self.codec, rate=rate, options=_ENCODER_OPTIONS.get(self.codec, {}))
@@ -827,10 +829,16 @@ class VideoWriter:
         os.replace(partial_path(self.path), self.path)
 
     def abort(self) -> None:
-        """Close and delete a half-written file after a failure (a live stream is ended where it got to)."""
+        """Close and delete a half-written file after a failure (a live stream is ended where it got to), and the
+        folders made for it while nothing else is in them (an empty out/ stayed after a run that found no face)."""
         if self._live is not None:
             self._live.close()
         _discard(self._container, partial_path(self.path))
+        for folder in self._made:
+            try:
+                folder.rmdir()
+            except OSError:
+                break
 
 
 # Lossless, in BGR as the pipelines make frames: x264's RGB variant at qp 0 (inter prediction keeps a talking head
@@ -887,6 +895,11 @@ def partial_path(path: Path) -> Path:
     """Where a writer writes until it closes: a failed run leaves a file already at `path` (an earlier result the
     command was asked to replace) as it was, where it used to delete it."""
     return path.with_name(f".{path.name}.partial")
+
+
+def _missing_folders(path: Path) -> list[Path]:
+    """The folders above `path` that are not there yet, deepest first."""
+    return [folder for folder in path.absolute().parents if not folder.exists()]
 
 
 def _discard(container: Any, path: Path) -> None:

@@ -411,7 +411,6 @@ def run_lipsync(
     run = _prepare(config, settings, choice, progress)
     result, count, still = run.result, run.count, run.still
     tracker = run.tracker()
-    out.parent.mkdir(parents=True, exist_ok=True)
     live = stream_folder(out) if config.stream else None
     writer = VideoWriter(out, run.fps, run.size[0], run.size[1], audio=run.sound(), threads=run.codec_threads,
                          stream_to=live)  # fmt: skip
@@ -571,7 +570,6 @@ class LipSyncSegments:
 
     def output_writer(self, out: Path) -> VideoWriter:
         run = self._ready()
-        out.parent.mkdir(parents=True, exist_ok=True)
         return VideoWriter(out, run.fps, run.size[0], run.size[1], audio=run.sound(), threads=run.codec_threads)
 
     def segment_writer(self, path: Path) -> LosslessWriter:

@@ -1011,7 +1011,6 @@ def _write(
     plan: _Plan, config: PortraitConfig, settings: Settings, out: Path, result: RunResult, progress: Progress
 ) -> None:
     audio = _driving_audio(config, plan.fps, plan.count, settings, result) if plan.has_audio else None
-    out.parent.mkdir(parents=True, exist_ok=True)
     live = stream_folder(out) if config.stream else None
     writer = VideoWriter(out, plan.fps, plan.size[0], plan.size[1], audio=audio, stream_to=live)
     started = time.perf_counter()
@@ -1149,7 +1148,6 @@ class PortraitSegments:
         audio = (
             _driving_audio(head.config, info.fps, self.count, self.settings, head.result) if info.has_audio else None
         )
-        out.parent.mkdir(parents=True, exist_ok=True)
         return VideoWriter(out, info.fps, *self._size(), audio=audio)
 
     def segment_writer(self, path: Path) -> LosslessWriter:

@@ -384,7 +384,6 @@ def run_musetalk(
     for warning in avatar.warnings:
         result.warn(warning)
     audio = audio_track(sound, count, fps)
-    out.parent.mkdir(parents=True, exist_ok=True)
     height, width = avatar.frames[0].shape[:2]
     # A network on the CPU needs both cores: the encoder then runs in its thread only, as Wav2Lip's does.
     writer = VideoWriter(out, fps, width, height, audio=audio, threads=None if choice.is_cuda else 1,
