@@ -413,7 +413,7 @@ def test_avatar_prepares_a_whole_video_once_for_speech_of_any_length(weights, tm
     assert done.returncode == 0, done.stderr
     report = json.loads((tmp_path / "avatar.json").read_text())
     assert report["metrics"]["frames"] == 12 and report["metrics"]["avatar_source"] == "prepared"
-    assert "a MuseTalk avatar of 12 frame(s), 12 with a face (prepared)" in done.stdout
+    assert "a MuseTalk avatar of 12 frames, 12 with a face (prepared)" in done.stdout
     from engine.lipsync.musetalk import run
 
     for seconds, frames in ((0.2, 5), (1.0, 25)):  # fewer frames than the video, and more (forward then back)
