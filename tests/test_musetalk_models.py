@@ -410,6 +410,8 @@ def test_a_missing_file_is_named_with_its_place_and_source(tmp_path: Path, setti
     assert [p.name for p in locate(settings, root).missing] == ["unet", "face_parse"]
     with pytest.raises(SetupError, match=r"sd-vae/config\.json"):
         require(settings, tmp_path / "nowhere")  # a folder named explicitly is never replaced by the Hub's cache
+    with pytest.raises(SetupError, match=r"^\S*nowhere: there is no such folder\. MuseTalk v15: missing "):
+        require(settings, tmp_path / "nowhere")  # a typo listed a dozen files missing from it, and nothing more
     with pytest.raises(InputError, match="'v2' is not one of v15, v1"):
         locate(settings, root, version="v2")
 

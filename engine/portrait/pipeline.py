@@ -137,8 +137,11 @@ def weights_folder(given: str | None, settings: Settings) -> Path:
         return _complete(found)
     if folder.is_file():
         raise WeightsError(f"{folder} is a file: the LivePortrait weights are a folder (pretrained_weights)")
+    where = (
+        "there is no such folder" if not folder.exists() else "no base_models/ there or in its liveportrait/ subfolder"
+    )
     raise WeightsError(
-        f"no LivePortrait weights in {folder} (no base_models/ there or in its liveportrait/ subfolder): put the "
+        f"no LivePortrait weights in {folder} ({where}): put the "
         f"official pretrained_weights folder there (liveportrait/base_models/*.pth and liveportrait/"
         f"retargeting_models/stitching_retargeting_module.pth, from the Hugging Face repository {HUB_REPO}), "
         f"set AVATARBENCH_LIVEPORTRAIT_DIR / --weights, or give --weights hf:{HUB_REPO} to download it"

@@ -231,7 +231,11 @@ class MuseTalkFiles:
         for part in self.missing:
             origins.setdefault(part.source(self.hub_repo), []).append(" or ".join(part.places))
         items = "; ".join(f"{', '.join(names)} ({origin})" for origin, names in origins.items())
-        a_file = f"{self.folder} is a file, not a folder. " if self.folder.is_file() else ""
+        a_file = (
+            f"{self.folder} is a file, not a folder. "
+            if self.folder.is_file()
+            else ("" if self.folder.exists() else f"{self.folder}: there is no such folder. ")
+        )  # a typo: not a file in it
         command = f"avatarbench weights get {'musetalk' if self.version == V15 else 'musetalk-v1'} --accept-licence"
         return (
             f"{a_file}MuseTalk {self.version}: missing {items}. `{command}` (or the app's Get the official weights "
