@@ -15,6 +15,7 @@ from engine.core.hls import LiveStream
 from engine.core.results import RunResult
 from engine.core.settings import Settings
 from engine.core.weights import WAV2LIP, where_to_put
+from engine.core.words import counted
 from engine.jobs.kinds import shown_report
 from engine.lipsync.config import LipSyncConfig, precision_summary
 from engine.lipsync.jobs import LipSyncJobs
@@ -26,7 +27,6 @@ from ui.weights import weights_panel
 from ui.widgets import (
     ASSETS,
     chart,
-    counted,
     delivered,
     measurement_line,
     optional_number,

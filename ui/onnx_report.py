@@ -12,7 +12,8 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-from engine.onnx.model import DEFAULTS_LISTED, flops_line, format_bytes, type_name
+from engine.core.words import format_bytes
+from engine.onnx.model import DEFAULTS_LISTED, flops_line, type_name
 from engine.onnx.timing import spread_warning
 from ui.widgets import layout, log_axis
 

@@ -11,6 +11,7 @@ import gradio as gr
 from engine.core.hls import LiveStream
 from engine.core.results import RunResult
 from engine.core.settings import Settings
+from engine.core.words import counted
 from engine.jobs.kinds import shown_report
 from engine.portrait.config import PortraitConfig
 from engine.portrait.jobs import PortraitJobs
@@ -23,7 +24,6 @@ from ui.weights import weights_panel
 from ui.widgets import (
     ASSETS,
     chart,
-    counted,
     delivered,
     measurement_line,
     optional_number,

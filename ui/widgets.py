@@ -33,11 +33,6 @@ _handed_over: deque[tuple[float, Path]] = deque()
 _hand_over_lock = threading.Lock()
 
 
-def counted(number: int, noun: str) -> str:
-    """'1 frame', '2 frames'."""
-    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
-
-
 def delivered(path: str | os.PathLike | None) -> str | None:
     """An output file as a component returns it: a link to it (a copy across file systems) in a folder of its own,
     named at random, in the system's temp directory; None where the file is gone (the store's budget may have

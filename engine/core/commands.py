@@ -239,11 +239,6 @@ def run_flags(parser: argparse.ArgumentParser) -> None:
     output_flags(parser, "write the full result (timings, memory, warnings) to this file")
 
 
-def counted(number: int, noun: str) -> str:
-    """'1 frame', '2 frames' (a headline read "1 frames at 25 fps" for every portrait driven by an image)."""
-    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
-
-
 def warning_line(warning: str) -> str:
     """A warning as a command prints it: "warning: ..." (a loud one already starting "WARNING:" as it is)."""
     return warning if warning.lower().startswith("warning") else f"warning: {warning}"

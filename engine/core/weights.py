@@ -13,6 +13,7 @@ from pathlib import Path
 
 from engine.core.errors import InputError, SetupError
 from engine.core.settings import PREFIX, Settings
+from engine.core.words import format_bytes
 
 
 class WeightsError(SetupError, FileNotFoundError):
@@ -92,15 +93,6 @@ _ZIP_MAGIC = b"PK\x03\x04"
 _ZIP_END_MAGIC = b"PK\x05\x06"  # end-of-central-directory record, always in the last ~64 KiB of a zip
 
 
-def size_words(n_bytes: int) -> str:
-    """A file's size in a message: "50 bytes", "97.7 KB", "416.0 MB"."""
-    if n_bytes < 1024:
-        return f"{n_bytes} bytes"
-    if n_bytes < 1024**2:
-        return f"{n_bytes / 1024:.1f} KB"
-    return f"{n_bytes / 1024**2:.1f} MB"
-
-
 def unusable(path: Path) -> str | None:
     """Why a model file cannot be one, told by its first and last bytes: empty, a web page, a Git LFS pointer, a zip
     cut short; None when it may be (only loading it tells). The loaders refuse such a file with this, and `weights
@@ -118,17 +110,17 @@ def unusable(path: Path) -> str | None:
     text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
     if text.startswith((b"<!doctype", b"<html")):
         return (
-            f"this is a web page ({size_words(size)}), not a checkpoint: "
+            f"this is a web page ({format_bytes(size)}), not a checkpoint: "
             "the download link probably returned a login or error page"
         )
     if text.startswith(_LFS_MAGIC):
         return (
-            f"this is a Git LFS pointer ({size_words(size)}), not the weights: "
+            f"this is a Git LFS pointer ({format_bytes(size)}), not the weights: "
             "run git lfs pull or download the real file"
         )
     if head.startswith(_ZIP_MAGIC) and _ZIP_END_MAGIC not in tail:
         return (
-            f"the file is truncated ({size_words(size)}; its zip end record is missing): "
+            f"the file is truncated ({format_bytes(size)}; its zip end record is missing): "
             "the download stopped early, download it again"
         )
     return None

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import argparse
 
-from engine.core.commands import Command, counted, output_flags, print_run, run_flags
+from engine.core.commands import Command, output_flags, print_run, run_flags
 from engine.core.options import from_args
 from engine.core.results import RunResult
+from engine.core.words import counted
 from engine.lipsync.config import AvatarConfig, LipSyncConfig, precision_summary
 
 

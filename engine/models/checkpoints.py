@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from engine.core.errors import InputError
-from engine.core.weights import size_words, unusable
+from engine.core.weights import unusable
+from engine.core.words import format_bytes
 
 M = TypeVar("M", bound=nn.Module)
 
@@ -134,7 +135,7 @@ def read_checkpoint(path: str | os.PathLike[str], expected: str) -> dict[str, to
     path = Path(path)
     sniff(path, expected)
     obj = _torch_load(path, expected)
-    size = size_words(path.stat().st_size)
+    size = format_bytes(path.stat().st_size)
 
     if isinstance(obj, Mapping) and "state_dict" in obj:
         state = obj["state_dict"]

@@ -41,6 +41,7 @@ import numpy as np
 
 from engine.core.errors import one_line
 from engine.core.npz import npy_header
+from engine.core.words import format_bytes
 from engine.onnx.config import DEFAULT_RUNS, DEFAULT_WARMUP, EvalConfig, EvalError
 from engine.onnx.images import (
     ImageInputError,
@@ -57,7 +58,6 @@ from engine.onnx.model import (
     batch_symbols,
     check_input_budget,
     default_symbols,
-    format_bytes,
     output_bytes,
     tensor_bytes,
 )

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.core.errors import InputError, one_line
+from engine.core.words import format_bytes
 
 if TYPE_CHECKING:
     import numpy as np
@@ -179,14 +180,6 @@ class ModelInfo:
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-
-
-def format_bytes(n: int) -> str:
-    """Bytes for a message: 1.5 GiB, 12.0 MiB, 300 bytes."""
-    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{n} bytes"
 
 
 def format_flops(n: float) -> str:

@@ -7,9 +7,10 @@ import argparse
 import json
 from pathlib import Path
 
-from engine.core.commands import Command, counted, print_run, run_flags
+from engine.core.commands import Command, print_run, run_flags
 from engine.core.errors import InputError
 from engine.core.options import from_args
+from engine.core.words import counted
 from engine.portrait.config import PortraitConfig
 
 

@@ -33,6 +33,7 @@ import torch
 
 from engine.core.errors import InputError, one_line
 from engine.core.results import RunResult
+from engine.core.words import counted
 from engine.faces.detection import FaceDetector, make_detector, missed_face_hint
 from engine.lipsync.musetalk.blend import (
     BLUR_PREPARED,
@@ -360,10 +361,6 @@ def prepare_avatar(
     )
 
 
-def _count(number: int, noun: str) -> str:
-    return f"{number} {noun}" if number == 1 else f"{number} {noun}es" if noun.endswith("x") else f"{number} {noun}s"
-
-
 def _warnings(
     count: int,
     faces: int,
@@ -377,7 +374,7 @@ def _warnings(
     if faces < count:
         out.append(f"{count - faces} of {count} frames have no face: they pass through unchanged")
     if small:
-        out.append(f"{_count(small, 'face box')} smaller than {MIN_FACE_SIDE} pixels treated as no face")
+        out.append(f"{counted(small, 'face box')} smaller than {MIN_FACE_SIDE} pixels treated as no face")
     if landmarks is None and detector.name == FIXED_BOX:  # asked for, not fallen back to
         out.append("the face box is the fixed --box, as given: not made from the 68 landmarks MuseTalk v1.5 was "
                    "trained with")  # fmt: skip
@@ -388,7 +385,7 @@ def _warnings(
             "s3fd --detect-scale 1)"
         )
     elif DETECTOR in sources:
-        out.append(f"{_count(sources.count(DETECTOR), 'frame')} without usable landmarks took the detector's box")
+        out.append(f"{counted(sources.count(DETECTOR), 'frame')} without usable landmarks took the detector's box")
     if shift and LANDMARKS not in sources:
         out.append("bbox_shift moves only boxes made from face landmarks; these boxes came from the detector")
     return tuple(out)
