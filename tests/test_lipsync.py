@@ -162,6 +162,19 @@ def test_speech_not_named_wav_is_heard_through_16_bit_pcm(media, settings, tmp_p
     assert asked == [False, True]
 
 
+def test_a_baseline_batch_above_its_cap_and_a_box_past_the_picture_are_said(media, settings, tmp_path) -> None:
+    """Both are cut to what runs (upstream's inference.py stops at such a box), and the run says so."""
+    config = LipSyncConfig(face=FACE, audio=media["speech"], engine="baseline", batch_size=4096, box=(300, 0, 600, 200))
+    result = run_lipsync(config, tmp_path / "out.mp4", settings)
+    assert result.metrics["batch_size"] == 64
+    assert any("at most 64 frames a batch: batch size 4096 runs as 64" in w for w in result.warnings)
+    assert "the face box 300,0,600,200 reaches past the 512x512 picture: it is clipped to 300,0,512,200" in (
+        result.warnings
+    )
+    inside = run_lipsync(replace(config, box=(300, 0, 512, 200), batch_size=None), tmp_path / "in.mp4", settings)
+    assert not any("face box" in w or "frames a batch" in w for w in inside.warnings)
+
+
 def test_image_with_the_baseline_engine(media, settings, tmp_path) -> None:
     out = tmp_path / "image.mp4"
     progress = []

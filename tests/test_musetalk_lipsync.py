@@ -118,6 +118,21 @@ def test_speech_librosa_reads_through_ffmpeg_is_heard_as_16_bit_pcm(weights, tmp
     assert asked == [False, True]
 
 
+def test_a_box_past_the_picture_is_said(weights, tmp_path, monkeypatch) -> None:
+    from engine.core.errors import InputError
+    from engine.core.results import RunResult
+    from engine.lipsync.musetalk import run
+
+    said: list[str] = []
+    monkeypatch.setattr(RunResult, "warn", lambda self, message: said.append(message))
+    monkeypatch.setattr(run, "load_audio", lambda *a, **k: (_ for _ in ()).throw(InputError("enough")))
+    config = LipSyncConfig(face=FACE, audio=speech_file(tmp_path / "speech.wav", 0.5), engine="musetalk",
+                           musetalk_weights=str(weights), box=(300, 0, 600, 200))  # fmt: skip
+    with pytest.raises(InputError, match="enough"):
+        run_lipsync(config, tmp_path / "out.mp4", _settings(tmp_path), device="cpu")
+    assert any(m.startswith("the face box 300,0,600,200 reaches past the 512x512 picture") for m in said)
+
+
 def test_a_second_clip_for_the_same_face_reuses_its_prepared_avatar(weights, tmp_path) -> None:
     """MuseTalk's real-time mode: in one process (a worker), the networks and the prepared avatar stay; a second
     clip costs whisper, UNet, VAE decode and blend only, and the same photo under another name is the same face."""

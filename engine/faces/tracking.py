@@ -81,6 +81,16 @@ def check_fixed_box(box: tuple[int, ...], width: int, height: int) -> None:
         )
 
 
+def clipped_box_warning(box: tuple[int, ...], width: int, height: int) -> str | None:
+    """A warning where a fixed face box reaches past the picture: it is clipped to it (upstream's inference.py stops
+    there with an index error), and the face crop is then not the box asked for."""
+    x1, y1, x2, y2 = (int(v) for v in box)
+    if x1 >= 0 and y1 >= 0 and x2 <= width and y2 <= height:
+        return None
+    kept = f"{max(x1, 0)},{max(y1, 0)},{min(x2, width)},{min(y2, height)}"
+    return f"the face box {x1},{y1},{x2},{y2} reaches past the {width}x{height} picture: it is clipped to {kept}"
+
+
 THUMB_SIDE = 32  # consecutive frames are compared as grey thumbnails this many pixels a side
 CUT_THRESHOLD = 30.0  # mean grey-level change between consecutive thumbnails (0..255) that is a new shot
 

@@ -68,7 +68,14 @@ from engine.core.results import RunResult
 from engine.core.settings import Settings, get_settings
 from engine.core.weights import S3FD, WAV2LIP, WeightsError, resolve, where_to_put
 from engine.faces.detection import FaceDetector, make_detector, missed_face_hint
-from engine.faces.tracking import THUMB_SIDE, FaceTracker, SceneCuts, check_fixed_box, is_cut
+from engine.faces.tracking import (
+    THUMB_SIDE,
+    FaceTracker,
+    SceneCuts,
+    check_fixed_box,
+    clipped_box_warning,
+    is_cut,
+)
 from engine.lipsync.config import (
     LipSyncConfig,
     LipSyncError,
@@ -318,6 +325,8 @@ def _prepare(
                 image, still = edit(next(frames)), True
     if config.box is not None:
         check_fixed_box(config.box, *size)
+        if words := clipped_box_warning(config.box, *size):
+            result.warn(words)
     progress(0.0, "reading the speech")
     with result.stage("audio"):
         converted = wav2lip_converts(config.audio)  # as upstream's ffmpeg step: 16-bit PCM, clipped at full scale
@@ -358,8 +367,11 @@ def _prepare(
         detector = make_detector(config.detector, device=device, checkpoint=ckpt, detect_scale=config.detect_scale)
     if batch_size is None:
         batch_size = config.batch_size or auto_batch_size(device, precision, size)
-        if generator.name == "baseline":
-            batch_size = min(batch_size, 64)
+        if generator.name == "baseline" and batch_size > BASELINE_MAX_BATCH:
+            if config.batch_size:  # asked for: said, not silently cut
+                result.warn(f"the baseline engine runs at most {BASELINE_MAX_BATCH} frames a batch: batch size "
+                            f"{batch_size} runs as {BASELINE_MAX_BATCH}")  # fmt: skip
+            batch_size = BASELINE_MAX_BATCH
         if config.batch_size and not choice.is_cuda:  # a GPU's batch is halved on OOM; the host's is killed first
             _check_host_batch(batch_size, size, generator.name, settings)
     # A network on the CPU needs both cores: the decoder and the encoder then run in their own threads only,
@@ -386,6 +398,9 @@ def _check_host_batch(batch: int, size: tuple[int, int], engine: str, settings: 
             f"{batch_within(0.75 * budget, per_sample)} (a quarter left for the rest), or leave it to the default "
             f"({CPU_BATCH_SIZE} or fewer on a CPU: larger batches are no faster there)"
         )
+
+
+BASELINE_MAX_BATCH = 64  # the baseline's frames are cheap: larger batches only hold more memory
 
 
 def run_lipsync(

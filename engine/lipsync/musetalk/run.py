@@ -58,7 +58,7 @@ from engine.core.results import RunResult
 from engine.core.settings import Settings
 from engine.core.weights import S3FD, resolve
 from engine.faces.detection import FaceDetector, make_detector
-from engine.faces.tracking import check_fixed_box
+from engine.faces.tracking import check_fixed_box, clipped_box_warning
 from engine.lipsync.config import LipSyncConfig, LipSyncError, box_passed_over, fps_passed_over, one_frame_words
 from engine.lipsync.encoding import EncoderThread
 from engine.lipsync.musetalk.accelerate import StepRunner, check_runtime, make_step
@@ -359,6 +359,8 @@ def run_musetalk(
     # max_seconds of speech is decoded, as Wav2Lip's pipeline does; its frame rate decides the frame count
     face = _checked_face(config, settings, config.fps)
     if words := face.note or (face.photo is None and fps_passed_over(config, face.fps)):
+        result.warn(words)
+    if config.box is not None and (words := clipped_box_warning(config.box, face.width, face.height)):
         result.warn(words)
     progress(0.0, "reading the speech")
     with result.stage("audio"):
