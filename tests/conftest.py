@@ -30,6 +30,16 @@ def chromium_path() -> str | None:
     return os.environ.get("AB_TEST_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+@pytest.fixture(autouse=True)
+def freed_memory_goes_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This process never tells glibc to keep freed memory: a command run in-process (`main(["lipsync", ...])`)
+    would, for the rest of the session, and a later test's 1 GiB block would reuse those pages, so the RSS peaks
+    test_measure.py checks would not grow. Workers and the commands' own processes, which tests start, keep it."""
+    import engine.core.memory as memory
+
+    monkeypatch.setattr(memory, "_applied", False)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     no_gpu = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
     no_browser = pytest.mark.skip(reason="needs Debian's chromium (apt-get install chromium)")

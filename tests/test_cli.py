@@ -247,10 +247,8 @@ def test_onnx_eval(tmp_path: Path) -> None:
 def test_an_interrupted_bench_writes_the_configurations_it_finished(tmp_path: Path, monkeypatch, capsys) -> None:
     """Ctrl-C (or SIGTERM) in the middle of a long sweep threw away every row it had measured."""
     import engine.bench.sweep as sweep
-    import engine.core.memory
     from engine.cli import EXIT_INTERRUPTED, main
 
-    monkeypatch.setattr(engine.core.memory, "keep_freed_memory", lambda env=None: False)  # see the test below
     monkeypatch.setenv("AVATARBENCH_DATA_DIR", str(tmp_path / "data"))
     real = sweep._measure
 
@@ -272,11 +270,9 @@ def test_an_interrupted_bench_writes_the_configurations_it_finished(tmp_path: Pa
 
 
 def test_an_interrupted_onnx_eval_writes_the_providers_it_finished(tmp_path: Path, monkeypatch, capsys) -> None:
-    import engine.core.memory
     import engine.onnx.evaluate as evaluate
     from engine.cli import EXIT_INTERRUPTED, main
 
-    monkeypatch.setattr(engine.core.memory, "keep_freed_memory", lambda env=None: False)  # see the test below
     monkeypatch.setenv("AVATARBENCH_DATA_DIR", str(tmp_path / "data"))
     real = evaluate._Runner.run_provider
 
@@ -300,12 +296,7 @@ def test_a_provider_that_fell_back_fails_the_measuring_commands(tmp_path: Path, 
     rows marked fell_back measure another provider, and a script must not take them for the one it asked for."""
     import torch
 
-    import engine.core.memory
     from engine.cli import main
-
-    # In-process: the commands must not tell glibc to keep this test process's freed memory (tests/test_measure.py
-    # reads the resident set's growth later in the same process).
-    monkeypatch.setattr(engine.core.memory, "keep_freed_memory", lambda env=None: False)
     from engine.system.ort_probe import probe_provider
 
     if probe_provider("CUDAExecutionProvider")["loaded"]:
@@ -383,11 +374,8 @@ def test_bench_reads_external_data_beside_the_model_and_never_overwrites_it(
     """As onnx eval does: a model named on the command line may keep its data files beside it (bench refused it)."""
     from test_onnx_model import _external_model_dir
 
-    import engine.core.memory
     from engine.cli import main
 
-    # in this process, glibc keeping freed memory would hide later tests' allocations from the RSS they measure
-    monkeypatch.setattr(engine.core.memory, "keep_freed_memory", lambda env=None: False)
     monkeypatch.setenv("AVATARBENCH_DATA_DIR", str(tmp_path / "data"))
     model = _external_model_dir(tmp_path / "ext")
     args = ["bench", "--model", str(model), "--runtime", "ort-cpu", "--batch", "1", "--runs", "2", "--warmup", "0",

@@ -543,7 +543,6 @@ def test_eval_refuses_to_write_its_report_onto_the_models_external_data(tmp_path
     from engine.cli import main
 
     monkeypatch.setenv("AVATARBENCH_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setattr("engine.core.memory.keep_freed_memory", lambda: None)
     model_path = _external_model_dir(tmp_path / "m")
     weights = (model_path.parent / "weights.bin").read_bytes()
     args = ["onnx", "eval", str(model_path), "--providers", "cpu", "--runs", "1", "--quiet", "--json"]
