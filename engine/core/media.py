@@ -750,7 +750,7 @@ class VideoWriter:
         self.codec = codec or pick_h264_encoder()
         self.fps, self.width, self.height = fps, width, height
         self.frames_written = 0
-        self._made = _missing_folders(self.path)  # made here, removed by abort() while empty
+        self._made = missing_folders(self.path.parent)  # made here, removed by abort() while empty
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._container = av.open(str(partial_path(self.path)), mode="w", format="mp4")
         rate = Fraction(fps).limit_denominator(1001)
@@ -834,11 +834,7 @@ class VideoWriter:
         if self._live is not None:
             self._live.close()
         _discard(self._container, partial_path(self.path))
-        for folder in self._made:
-            try:
-                folder.rmdir()
-            except OSError:
-                break
+        remove_empty_folders(self._made)
 
 
 # Lossless, in BGR as the pipelines make frames: x264's RGB variant at qp 0 (inter prediction keeps a talking head
@@ -897,9 +893,19 @@ def partial_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.partial")
 
 
-def _missing_folders(path: Path) -> list[Path]:
-    """The folders above `path` that are not there yet, deepest first."""
-    return [folder for folder in path.absolute().parents if not folder.exists()]
+def missing_folders(folder: Path) -> list[Path]:
+    """`folder` and the folders above it that are not there yet, deepest first: what an output's mkdir will make."""
+    return [f for f in (folder.absolute(), *folder.absolute().parents) if not f.exists()]
+
+
+def remove_empty_folders(folders: list[Path]) -> None:
+    """The folders a failed command made for its output (`missing_folders`), deepest first, while they are empty:
+    no empty folder is left as if it held a result, and what else was written there stays."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 def _discard(container: Any, path: Path) -> None:

@@ -38,6 +38,7 @@ def _portrait(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    from engine.core.media import missing_folders, remove_empty_folders
     from engine.core.settings import get_settings
     from engine.portrait.onnx_backend import export_onnx
     from engine.portrait.pipeline import weights_folder
@@ -47,7 +48,7 @@ def _export(args: argparse.Namespace) -> int:
         raise InputError("--out is empty: give the folder for the .onnx files")
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {args.out} is a file; give a folder for the .onnx files")
-    made = [folder for folder in (out, *out.absolute().parents) if not folder.exists()]  # deepest first
+    made = missing_folders(out)
     try:  # before the weights load and the export, not after
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -55,19 +56,10 @@ def _export(args: argparse.Namespace) -> int:
     try:  # the weights found as for portrait
         paths = export_onnx(weights_folder(args.weights, get_settings()), out, args.precision)
     except BaseException:  # no weights, a file that cannot load, Ctrl-C: no empty folder left as if it held an export
-        _remove_empty(made)
+        remove_empty_folders(made)
         raise
     print(json.dumps({k: str(v) for k, v in paths.items()}, indent=2))
     return 0
-
-
-def _remove_empty(folders: list[Path]) -> None:
-    """The folders this command made, deepest first, while they are empty (what else was written there stays)."""
-    for folder in folders:
-        try:
-            folder.rmdir()
-        except OSError:
-            return
 
 
 def _export_flags(parser: argparse.ArgumentParser) -> None:
