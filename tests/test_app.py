@@ -334,7 +334,8 @@ def test_onnx_job_api_refusals_are_messages(client, tmp_path) -> None:
         client.predict("000000000000", api_name="/onnx_result")
 
 
-def test_bench_api_end_to_end(client) -> None:
+def test_bench_api_end_to_end(client, tmp_path) -> None:
+    from gradio_client import handle_file
     from gradio_client.exceptions import AppError
 
     submitted = client.predict(model="wav2lip", device="cpu", batch="1,2", runs=2, api_name="/bench_submit")
@@ -357,6 +358,14 @@ def test_bench_api_end_to_end(client) -> None:
         client.predict(gpu="TPU", llm="tinyllama-1.1b", api_name="/plan_llm")
     with pytest.raises(AppError, match=r"memory fraction 5 is outside 0\.05\.\.1"):
         client.predict(gpu="T4", llm="tinyllama-1.1b", memory_fraction=5, api_name="/plan_llm")
+    config = tmp_path / "config.json"  # any model, uploaded: its config names it
+    config.write_text(json.dumps(dict(model_type="llama", hidden_size=2048, intermediate_size=5632,
+                                      num_hidden_layers=22, num_attention_heads=32, num_key_value_heads=4,
+                                      vocab_size=32000, max_position_embeddings=2048,
+                                      _name_or_path="TinyLlama/TinyLlama-1.1B-Chat-v1.0")))  # fmt: skip
+    uploaded = client.predict(gpu="T4", config=handle_file(str(config)), api_name="/plan_llm")
+    assert uploaded["model"]["name"] == "TinyLlama/TinyLlama-1.1B-Chat-v1.0" and uploaded["fits"]
+    assert uploaded["model"]["parameters"] == pytest.approx(1.10e9, rel=1e-3)  # 1,100,048,384
     network = client.predict(gpu="T4", model="s3fd", api_name="/plan_network")
     assert network["model"].startswith("S3FD") and network["gpu"] == "NVIDIA T4" and network["recommended_batch"] >= 1
     rows = client.predict(throughput=1000.0, measured_on="H100", precision="fp16", samples_per_request=250.0,

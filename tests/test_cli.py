@@ -410,6 +410,19 @@ def test_bench_plan_and_cost(tmp_path: Path) -> None:
     assert {"fits", "memory", "flags", "warnings", "reasons"} <= set(data)
     assert any("Marlin" in w for w in data["warnings"]) and "text-generation-launcher" in plan.stdout
     assert run("plan", "llm", "--gpu", "B300", "--llm", "mistral-7b", **env).returncode == 2
+    model = tmp_path / "models--Qwen--Qwen2-0.5B" / "snapshots" / "91d2aff"  # a Hub cache snapshot
+    model.mkdir(parents=True)
+    qwen2 = dict(model_type="qwen2", hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                 num_attention_heads=14, num_key_value_heads=2, vocab_size=151936, max_position_embeddings=32768,
+                 tie_word_embeddings=True)  # fmt: skip
+    (model / "config.json").write_text(json.dumps(qwen2))
+    qwen = run("plan", "llm", "--gpu", "L4", "--config", str(model), "--kv-cache-dtype", "fp8_e4m3fn", **env)
+    assert qwen.returncode == 0, qwen.stderr
+    assert "parameters: 0.49 billion, estimated from config.json's shape (qwen2 layers)" in qwen.stdout  # 494 million
+    assert "--model-id Qwen/Qwen2-0.5B " in qwen.stdout and "--kv-cache-dtype fp8_e4m3fn" in qwen.stdout
+    assert "KV cache: 6 KiB/token" in qwen.stdout  # 2 x 24 layers x 2 heads x 64 x 1 byte
+    nothing = run("plan", "llm", "--gpu", "L4", **env)
+    assert nothing.returncode == 2 and "no model: give llm" in nothing.stderr
     network_path = tmp_path / "network.json"
     network = run("plan", "network", "--gpu", "t4", "--model", "s3fd", "--precision", "fp16", "--json",
                   str(network_path), **env)  # fmt: skip

@@ -8,9 +8,9 @@ import pytest
 
 from engine.bench.catalog import CATALOG, DRIVER_RESERVE_MIB, MEMORY_TOTALS, PriceBook, detected_gpu, find_gpu
 from engine.bench.config import CostConfig, LlmRequest
+from engine.bench.llms import LLMS
 from engine.bench.planner import (
     CUDA_CONTEXT_BYTES,
-    LLMS,
     TGI_NCCL_BYTES,
     TGI_RUNTIME_BYTES,
     PlanError,
@@ -131,13 +131,17 @@ def test_what_a_16_gb_card_holds_at_fp16_and_at_4_bits() -> None:
     # the advice names only what could help: a V100 cannot shard (no flash attention) nor run 4-bit Marlin kernels
     assert fp16["warnings"][-1].endswith("(1 x 4096); try a larger GPU or shorter sequences")
     crowd = plan_llm(LlmRequest("A100-40GB", "llama-2-13b", concurrent_requests=1000))  # auto tried AWQ already
-    assert "try a larger GPU, more GPUs (--count 2 shards it further), fewer concurrent requests or" in str(crowd)
+    advice = (
+        "try a larger GPU, more GPUs (--count 2 shards it further), an 8-bit KV cache (--kv-cache-dtype fp8_e4m3fn),"
+    )
+    assert advice + " fewer concurrent requests or" in str(crowd)
     # its launch line (AWQ, the most room) is the closest, not advice: it read "--quantize awq: fp16 weights leave
     # too little room", as for a plan that fits
     assert crowd["flags"]["--quantize"] == "awq" and crowd["reasons"][0].startswith("nothing tried fits: the launch ")
     assert not any(r.startswith("--quantize") for r in crowd["reasons"])
     wide = plan_llm(LlmRequest("A100-40GB", "llama-2-13b", count=8, concurrent_requests=1000, quantize="none"))
-    assert "try a larger GPU, 4-bit weights (--quantize awq), fewer concurrent requests" in str(wide["warnings"])
+    advice = "try a larger GPU, 4-bit weights (--quantize awq), an 8-bit KV cache (--kv-cache-dtype fp8_e4m3fn), fewer"
+    assert advice in str(wide["warnings"])
     awq = plan_llm(LlmRequest("L4", "llama-2-7b", max_total_tokens=4096, quantize="awq", concurrent_requests=4))
     m = awq["memory"]["per_gpu"]
     # TGI's flash path keeps 1 - 0.9 x 0.9 of the card's total back: the L4's 23,570,219,008 bytes as CUDA reports them,

@@ -21,8 +21,9 @@ import gradio as gr
 from engine.bench.catalog import CATALOG, Gpu, PriceBook, detected_gpu, report_gpu
 from engine.bench.config import DEFAULT_BATCHES, PRECISIONS, CostConfig, LlmRequest, NetworkPlanConfig, SweepRequest
 from engine.bench.jobs import BenchJobs
+from engine.bench.llms import LLMS
 from engine.bench.planner import (
-    LLMS,
+    KV_CACHE_DTYPES,
     QUANT_BYTES_PER_PARAM,
     calibration_from_report,
     cost_for,
@@ -186,13 +187,18 @@ def build_bench_tab(settings: Any, jobs: BenchJobs, access: Access) -> None:
             plan_gpu = gr.Dropdown(card_choices, value="V100-16GB", label="GPU")
             plan_count = gr.Number(value=1, precision=0, minimum=1, maximum=64, label="GPUs")
             plan_llm_name = gr.Dropdown(list(LLMS), value="mistral-7b", label="LLM")
+            plan_config = gr.File(label="or any model's config.json (Hugging Face)", file_types=[".json"],
+                                  height=90)  # fmt: skip
+        with gr.Row():
             plan_quant = gr.Dropdown(["auto", *QUANT_BYTES_PER_PARAM], value="auto", label="Quantize")
+            plan_kv = gr.Dropdown(list(KV_CACHE_DTYPES), value="auto", label="KV cache type",
+                                  info="auto: the model's 16-bit type; fp8: half the bytes per token")  # fmt: skip
+            plan_fraction = gr.Slider(0.1, 1.0, value=0.9, step=0.05, label="CUDA memory fraction")
         with gr.Row():
             plan_total = gr.Number(value=0, precision=0, minimum=0,
                                    label="Max total tokens (0: the model's context, at most 4096)")  # fmt: skip
             plan_input = gr.Number(value=0, precision=0, minimum=0, label="Max input tokens (0: total - 1)")
             plan_concurrent = gr.Number(value=1, precision=0, minimum=1, label="Concurrent requests")
-            plan_fraction = gr.Slider(0.1, 1.0, value=0.9, step=0.05, label="CUDA memory fraction")
         plan_btn = gr.Button("Plan LLM serving")
         plan_text = gr.Markdown()
         plan_json = gr.JSON(label="Plan")
@@ -340,9 +346,11 @@ def build_bench_tab(settings: Any, jobs: BenchJobs, access: Access) -> None:
         gr.Info("Prices saved for everyone" if shared else "Prices saved (yours only)")
         return _price_rows(book)
 
-    def plan_form(gpu, count, llm, quant, total, max_input, concurrent, fraction) -> tuple[str, dict]:
-        values = dict(gpu=gpu, llm=llm, count=count, max_total_tokens=total or None, max_input_tokens=max_input or None,
-                      concurrent_requests=concurrent, quantize=quant, memory_fraction=fraction)  # fmt: skip
+    def plan_form(gpu, count, llm, config, quant, total, max_input, concurrent, fraction, kv) -> tuple[str, dict]:
+        # a config.json given is the model planned, whatever the list shows
+        values = dict(gpu=gpu, llm=None if config else llm, config=config, count=count, max_total_tokens=total or None,
+                      max_input_tokens=max_input or None, concurrent_requests=concurrent, quantize=quant,
+                      memory_fraction=fraction, kv_cache_dtype=kv)  # fmt: skip
         with reported("the LLM plan"):
             result = plan_llm(LlmRequest.build(values), card=cards.get(gpu))
         return _plan_markdown(result), result
@@ -406,8 +414,9 @@ def build_bench_tab(settings: Any, jobs: BenchJobs, access: Access) -> None:
     save_prices.click(save, prices, prices, api_visibility="private")
     # no triggers and no inputs: the page's load (each visitor's own prices, not the ones the page was built with)
     gr.on(None, own_prices, None, prices, queue=False, show_progress="hidden", api_visibility="private")
-    plan_inputs = [plan_gpu, plan_count, plan_llm_name, plan_quant, plan_total, plan_input, plan_concurrent]
-    plan_btn.click(plan_form, [*plan_inputs, plan_fraction], [plan_text, plan_json], api_visibility="private",
+    plan_inputs = [plan_gpu, plan_count, plan_llm_name, plan_config, plan_quant, plan_total, plan_input]
+    plan_inputs += [plan_concurrent, plan_fraction, plan_kv]
+    plan_btn.click(plan_form, plan_inputs, [plan_text, plan_json], api_visibility="private",
                    show_progress_on=plan_text)  # fmt: skip
     fit_inputs = [plan_gpu, fit_model, fit_precision, plan_fraction, fit_target, fit_rate, job_id]
     fit_btn.click(fit_form, fit_inputs, fit_text, api_visibility="private")
@@ -470,12 +479,13 @@ def _plan_markdown(result: dict) -> str:
     m = result["memory"]
     parts = ", ".join(f"{k.removesuffix('_bytes').replace('_', ' ')} {v / 1e9:.2f} GB" for k, v in m["per_gpu"].items())
     lines = [
-        f"**{result['model']['name']}** on {m['shards']} × {result['gpu']['name']}"
+        f"**{result['model']['name'] or result['model']['key']}** on {m['shards']} × {result['gpu']['name']}"
         + (f", {result['replicas']} replicas" if result["replicas"] > 1 else "")
         + f": {verdict}",
         f"- per GPU: {parts}",
         f"- KV cache {m['kv_bytes_per_token'] / 1024:.0f} KiB per token; room for {m['kv_token_capacity']:,} tokens "
         f"({m['kv_tokens_needed']:,} needed)",
+        f"- parameters: {result['model']['parameters'] / 1e9:.2f} billion, {result['model']['parameters_basis']}",
         f"- `{result['launch']}`",
     ]
     lines += [f"- why: {r}" for r in result["reasons"]]
@@ -510,14 +520,20 @@ def _register_api(jobs: BenchJobs, settings: Any, prices_of: Any, cards: dict[st
         title, fit = plan_network(config, settings.cache_dir, card=cards.get(config.gpu))
         return {"model": title, **fit.to_dict()}
 
-    with gr.Column(visible=False):
-        network_plan = gr.JSON(label="plan")  # its name on the API page
+    def plan_llm_api(values: dict[str, Any], progress: Any, request: gr.Request | None) -> dict:
+        config = LlmRequest.build(values)
+        return plan_llm(config, card=cards.get(config.gpu))
+
+    with gr.Column(visible=False):  # their names on the API page
+        network_plan = gr.JSON(label="plan")
+        llm_plan = gr.JSON(label="LLM plan")
     about = "Batch size and GPU count for one of our networks (parameters as `avatarbench plan network`)."
     api_endpoint(NetworkPlanConfig, plan_network_api, network_plan, "plan_network", about)
+    # an endpoint with inputs, not gr.api: a config.json comes as an upload
+    about = "LLM serving plan (parameters as `avatarbench plan llm`): fits?, memory by part, TGI flags."
+    api_endpoint(LlmRequest, plan_llm_api, llm_plan, "plan_llm", about, queue=False)
     submit = api_function(SweepRequest, bench_submit, "the sweep")
     submit.__doc__ = "Queue a sweep (parameters as `avatarbench bench`); returns its status and job id."
-    llm = api_function(LlmRequest, lambda values, request: plan_llm(LlmRequest.build(values)), "the LLM plan")
-    llm.__doc__ = "LLM serving plan (parameters as `avatarbench plan llm`): fits?, memory by part, TGI flags."
     cost = api_function(
         CostConfig, lambda values, request: cost_for(CostConfig.build(values), prices_of(request)[0]), "the cost table"
     )
@@ -527,5 +543,4 @@ def _register_api(jobs: BenchJobs, settings: Any, prices_of: Any, cards: dict[st
     gr.api(bench_result, api_name="bench_result", queue=False)
     # queued: each call parses up to 8 MiB of JSON in this process
     gr.api(bench_import, api_name="bench_import", concurrency_limit=2, concurrency_id="bench_import")
-    gr.api(llm, api_name="plan_llm", queue=False)
     gr.api(cost, api_name="cost", queue=False)

@@ -145,7 +145,9 @@ def _plan_llm(args: argparse.Namespace) -> int:
     verdict = "fits" if report["fits"] else "does NOT fit"
     m = report["memory"]
     copies = f", {report['replicas']} replicas" if report["replicas"] > 1 else ""
-    print(f"{report['model']['name']} on {m['shards']} x {report['gpu']['name']}{copies}: {verdict}")
+    model = report["model"]
+    print(f"{model['name'] or model['key']} on {m['shards']} x {report['gpu']['name']}{copies}: {verdict}")
+    print(f"  parameters: {model['parameters'] / 1e9:.2f} billion, {model['parameters_basis']}")
     for part, value in m["per_gpu"].items():
         print(f"  {part.removesuffix('_bytes'):<26} {value / 1e9:8.2f} GB per GPU")
     print(f"  KV cache: {m['kv_bytes_per_token'] / 1024:.0f} KiB/token, room for {m['kv_token_capacity']:,} tokens")

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from engine.bench.catalog import CATALOG
-from engine.bench.planner import LLMS, QUANT_BYTES_PER_PARAM, PlanError
+from engine.bench.llms import LLMS
+from engine.bench.planner import KV_CACHE_DTYPES, QUANT_BYTES_PER_PARAM, PlanError
 from engine.bench.workloads import BUILTIN
 from engine.core.errors import InputError
 from engine.core.json_text import parse_json
@@ -156,7 +157,11 @@ class LlmRequest(Config):
     error = PlanError
 
     gpu: str = option(help=f"the card: {', '.join(CATALOG)}")
-    llm: str = option(help="the model", choices=tuple(LLMS))
+    llm: str | None = option(None, help="one of the planner's models (or give --config)", choices=tuple(LLMS))
+    config: Path | None = option(
+        None, help="instead, any model's Hugging Face config.json, or the folder holding it (with .safetensors files "
+        "there, their headers give the exact parameter count)", file=True,
+    )  # fmt: skip
     count: int = option(1, help="GPUs available (tensor-parallel shards)", low=1, high=64)
     max_input_tokens: int | None = option(None, help="longest prompt (empty: max total tokens - 1)", low=1,
                                           high=1_048_576)  # fmt: skip
@@ -170,6 +175,17 @@ class LlmRequest(Config):
     concurrent_requests: int = option(1, help="requests at max total tokens held at once", low=1, high=100_000)
     quantize: str = option("auto", help="weight quantisation", choices=("auto", *QUANT_BYTES_PER_PARAM))
     memory_fraction: float = option(0.9, help="share of each GPU's memory TGI may use", low=0.05, high=1.0)
+    kv_cache_dtype: str = option(
+        "auto", help="the KV cache's type: auto (the model's 16-bit type) or one of TGI's 8-bit floats, half the bytes "
+        "per token (its flash path only)", choices=KV_CACHE_DTYPES,
+    )  # fmt: skip
+
+    def problems(self) -> list[str]:
+        if self.llm is None and self.config is None:
+            return [f"no model: give llm (one of {', '.join(LLMS)}) or config (a model's config.json)"]
+        if self.llm is not None and self.config is not None:
+            return [f"two models, llm {self.llm} and config {self.config.name}: give one"]
+        return []
 
 
 MAX_PLANNED_GPUS = 100_000

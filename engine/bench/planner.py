@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.bench.catalog import CATALOG, Gpu, PriceBook, catalog_entry
+from engine.bench.llms import LLMS, LlmSpec, spec_from_config
 from engine.core.errors import InputError
 from engine.core.json_text import parse_json
 
@@ -46,6 +47,11 @@ QUANT_BYTES_PER_PARAM = {
 FOUR_BIT = ("awq", "gptq")
 LOAD_TIME_8BIT = ("eetq", "fp8")  # quantized by TGI's flash path at load; its non-flash path loads them as fp16
 TGI_DEFAULT_CONCURRENT_REQUESTS = 128  # the launcher's --max-concurrent-requests when none is given
+# TGI's --kv-cache-dtype: the model's own type, or an 8-bit float, which its flash path's attention (flashinfer or
+# paged, on CUDA) stores and its non-flash path (transformers) ignores. Read in launcher/src/main.rs (KVCacheDtype)
+# and server/text_generation_server/layers/attention/kv_cache.py (KVCache).
+KV_CACHE_DTYPES = ("auto", "fp8_e4m3fn", "fp8_e5m2")
+MODEL_ID_PLACEHOLDER = "MODEL-ID"
 
 
 class PlanError(InputError):
@@ -333,42 +339,6 @@ def cost_for(config: CostConfig, prices: PriceBook) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------------------------------------- LLMs
 
 
-@dataclass(frozen=True)
-class LlmSpec:
-    key: str
-    name: str
-    parameters: float
-    layers: int
-    hidden: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    vocab: int
-    max_positions: int
-    tied_embeddings: bool = False
-
-    @property
-    def embedding_parameters(self) -> int:
-        """Input embedding plus the output head: these stay in fp16 when the rest is quantized."""
-        return self.vocab * self.hidden * (1 if self.tied_embeddings else 2)
-
-    def kv_bytes_per_token(self, dtype_bytes: int = 2) -> int:
-        return 2 * self.layers * self.kv_heads * self.head_dim * dtype_bytes
-
-
-LLMS: dict[str, LlmSpec] = {
-    s.key: s
-    for s in (
-        LlmSpec("tinyllama-1.1b", "TinyLlama/TinyLlama-1.1B-Chat-v1.0", 1.10e9, 22, 2048, 32, 4, 64, 32000, 2048),
-        LlmSpec("phi-2", "microsoft/phi-2", 2.78e9, 32, 2560, 32, 32, 80, 51200, 2048),
-        LlmSpec("gemma-2b", "google/gemma-2b", 2.51e9, 18, 2048, 8, 1, 256, 256000, 8192, tied_embeddings=True),
-        LlmSpec("mistral-7b", "mistralai/Mistral-7B-v0.1", 7.24e9, 32, 4096, 32, 8, 128, 32000, 32768),
-        LlmSpec("llama-2-7b", "meta-llama/Llama-2-7b-hf", 6.74e9, 32, 4096, 32, 32, 128, 32000, 4096),
-        LlmSpec("llama-2-13b", "meta-llama/Llama-2-13b-hf", 13.0e9, 40, 5120, 40, 40, 128, 32000, 4096),
-    )
-}
-
-
 def llm_weight_bytes(spec: LlmSpec, quantize: str = "none") -> int:
     if quantize not in QUANT_BYTES_PER_PARAM:
         raise PlanError(f"quantize {quantize!r} is not one of {', '.join(QUANT_BYTES_PER_PARAM)}")
@@ -398,7 +368,9 @@ def tgi_budget_bytes(gpu: Gpu, memory_fraction: float, flash: bool, runtime: int
     return int(min(total * memory_fraction + runtime, total))
 
 
-def _fit(spec: LlmSpec, gpu: Gpu, req: LlmRequest, shards: int, quantize: str, prefill_tokens: int) -> dict[str, Any]:
+def _fit(
+    spec: LlmSpec, gpu: Gpu, req: LlmRequest, shards: int, quantize: str, prefill_tokens: int, kv_dtype_bytes: int
+) -> dict[str, Any]:
     runtime = tgi_runtime_bytes(shards)
     per_gpu = tgi_budget_bytes(gpu, req.memory_fraction, gpu.supports("flash-attention"), runtime)
     weights = llm_weight_bytes(spec, quantize) / shards
@@ -406,7 +378,7 @@ def _fit(spec: LlmSpec, gpu: Gpu, req: LlmRequest, shards: int, quantize: str, p
     # what TGI measures as free after its warm-up; the warm-up's own KV blocks (fewer tokens than a fitting plan
     # needs) are counted back in by TGI, so they change nothing here
     kv_budget = per_gpu - weights - runtime - prefill
-    kv_per_token = spec.kv_bytes_per_token() / shards
+    kv_per_token = spec.kv_bytes_per_token(kv_dtype_bytes) / shards
     capacity = int(kv_budget // kv_per_token) if kv_budget > 0 else 0
     needed = req.max_total_tokens * req.concurrent_requests
     return {
@@ -420,7 +392,7 @@ def _fit(spec: LlmSpec, gpu: Gpu, req: LlmRequest, shards: int, quantize: str, p
             "prefill_activation_bytes": prefill,
             "kv_cache_bytes": max(0, int(kv_budget)),
         },
-        "kv_bytes_per_token": int(spec.kv_bytes_per_token()),
+        "kv_bytes_per_token": int(spec.kv_bytes_per_token(kv_dtype_bytes)),
         "kv_token_capacity": capacity,
         "kv_tokens_needed": needed,
         "fits": capacity >= needed,
@@ -434,8 +406,10 @@ def _what_would_fit(req: LlmRequest, spec: LlmSpec, gpu: Gpu, flash: bool, tried
     advice = ["a larger GPU"]
     if flash and more:
         advice.append(f"more GPUs (--count {more[0]} shards it further)")
-    if gpu.supports("marlin") and not any(fit["quantize"] in FOUR_BIT for fit in tried):
+    if gpu.supports("marlin") and not spec.checkpoint_quantize and not any(f["quantize"] in FOUR_BIT for f in tried):
         advice.append("4-bit weights (--quantize awq)")
+    if flash and req.kv_cache_dtype == "auto":  # e4m3fn: the type TGI itself picks for a checkpoint's 8-bit cache
+        advice.append("an 8-bit KV cache (--kv-cache-dtype fp8_e4m3fn)")
     if req.concurrent_requests > 1:
         advice.append("fewer concurrent requests")
     return "try " + ", ".join(advice) + " or shorter sequences"
@@ -448,7 +422,13 @@ def plan_llm(req: LlmRequest, card: Gpu | None = None) -> dict[str, Any]:
     gpu = card or catalog_entry(req.gpu)
     if gpu is None:
         raise PlanError(f"unknown GPU {req.gpu!r}; known: {', '.join(CATALOG)}")
-    spec = LLMS[req.llm]
+    spec = LLMS[req.llm] if req.llm else spec_from_config(req.config)
+    title = spec.name or spec.key
+    if spec.checkpoint_quantize:  # its weights are stored quantized: TGI loads them so, whatever else is asked
+        if req.quantize not in ("auto", spec.checkpoint_quantize):
+            raise PlanError(f"{title} is a checkpoint quantized with {spec.checkpoint_quantize} ahead of time, which "
+                            f"TGI loads as it is: give quantize auto or {spec.checkpoint_quantize}")  # fmt: skip
+        req = replace(req, quantize=spec.checkpoint_quantize)
     if req.max_total_tokens is None:  # the context, at most 4096 (TGI_DEFAULT_TOTAL_TOKENS)
         req = replace(req, max_total_tokens=min(spec.max_positions, TGI_DEFAULT_TOTAL_TOKENS))
     max_input = req.max_input_tokens or req.max_total_tokens - 1
@@ -462,7 +442,7 @@ def plan_llm(req: LlmRequest, card: Gpu | None = None) -> dict[str, Any]:
     flash = gpu.supports("flash-attention")
     if req.max_total_tokens > spec.max_positions:
         warnings.append(
-            f"--max-total-tokens {req.max_total_tokens} exceeds {spec.name}'s context of {spec.max_positions} tokens"
+            f"--max-total-tokens {req.max_total_tokens} exceeds {title}'s context of {spec.max_positions} tokens"
         )
     if not flash:
         warnings.append(
@@ -481,6 +461,12 @@ def plan_llm(req: LlmRequest, card: Gpu | None = None) -> dict[str, Any]:
     # eetq or fp8 asked for on the non-flash path loads fp16 weights (warned below): sized and launched as what runs
     asked = "none" if req.quantize in LOAD_TIME_8BIT and not flash else req.quantize
     quant_options = ["none", int8, "awq"] if req.quantize == "auto" else [asked]
+    kv_dtype_bytes = 1 if req.kv_cache_dtype != "auto" and flash else 2
+    if req.kv_cache_dtype != "auto" and not flash:
+        warnings.append(
+            f"--kv-cache-dtype {req.kv_cache_dtype} is ignored by TGI's non-flash path: the KV cache is planned, and "
+            "launched, in the model's 16-bit type"
+        )
     if req.quantize in FOUR_BIT and not gpu.supports("marlin"):
         warnings.append(
             f"{req.quantize.upper()} in current TGI runs on the Marlin kernels, which need compute capability "
@@ -505,7 +491,7 @@ def plan_llm(req: LlmRequest, card: Gpu | None = None) -> dict[str, Any]:
         if q in FOUR_BIT and not gpu.supports("marlin") and req.quantize == "auto":
             continue
         for shards in shard_options:
-            fit = _fit(spec, gpu, req, shards, q, prefill_tokens)
+            fit = _fit(spec, gpu, req, shards, q, prefill_tokens, kv_dtype_bytes)
             tried.append(fit)
             if fit["fits"]:
                 chosen = fit
@@ -524,6 +510,8 @@ def plan_llm(req: LlmRequest, card: Gpu | None = None) -> dict[str, Any]:
             f"nothing tried fits: the launch line is the closest ({best['kv_token_capacity']:,} of "
             f"{best['kv_tokens_needed']:,} KV tokens), to change as the warning says before it will serve"
         )
+    elif spec.checkpoint_quantize:
+        reasons.append(f"--quantize {best['quantize']}: the checkpoint is quantized so ahead of time")
     elif best["quantize"] != "none":
         reasons.append(
             f"--quantize {best['quantize']}: fp16 weights ({llm_weight_bytes(spec) / 1e9:.1f} GB) leave too little "
@@ -567,6 +555,7 @@ def plan_llm(req: LlmRequest, card: Gpu | None = None) -> dict[str, Any]:
         ),
         "--dtype": dtype if best["quantize"] == "none" else None,
         "--quantize": None if best["quantize"] == "none" else best["quantize"],
+        "--kv-cache-dtype": req.kv_cache_dtype if kv_dtype_bytes == 1 else None,
     }
     if flash and best["fits"]:
         reasons.append(
@@ -576,13 +565,18 @@ def plan_llm(req: LlmRequest, card: Gpu | None = None) -> dict[str, Any]:
         )
     if dtype == "float16" and best["quantize"] == "none":
         reasons.append("--dtype float16: this card has no bf16")
-    model_id = spec.name
-    if best["quantize"] in FOUR_BIT:  # TGI quantizes to EETQ, FP8 or bitsandbytes at load, never to AWQ or GPTQ
+    model_id = spec.name or MODEL_ID_PLACEHOLDER
+    if not spec.name:
+        warnings.append(
+            f"{spec.key} does not say which model it describes (no _name_or_path): put the model's Hub id, or its "
+            f"folder, in --model-id (the launch line holds the placeholder {MODEL_ID_PLACEHOLDER})"
+        )
+    if best["quantize"] in FOUR_BIT and not spec.checkpoint_quantize:  # TGI makes EETQ, FP8 and bitsandbytes at load
         kind = best["quantize"].upper()
-        model_id = f"{kind}-CHECKPOINT-OF-{spec.name.split('/')[-1]}"
+        model_id = f"{kind}-CHECKPOINT-OF-{model_id.split('/')[-1]}"
         warnings.append(
             f"--quantize {best['quantize']}: TGI loads {kind} weights quantized ahead of time and does not make them "
-            f"from {spec.name}: put a checkpoint of it quantized with {kind} in --model-id (the launch line holds a "
+            f"from {title}: put a checkpoint of it quantized with {kind} in --model-id (the launch line holds a "
             "placeholder); EETQ, FP8 and bitsandbytes quantize at load"
         )
     launch = " ".join(f"{k} {v}" for k, v in flags.items() if v is not None)
@@ -603,10 +597,9 @@ def plan_llm(req: LlmRequest, card: Gpu | None = None) -> dict[str, Any]:
 
 __all__ = [
     "CPU_ROW",
-    "LLMS",
+    "KV_CACHE_DTYPES",
     "QUANT_BYTES_PER_PARAM",
     "LlmRequest",
-    "LlmSpec",
     "MemoryFit",
     "PlanError",
     "calibrate_activations",

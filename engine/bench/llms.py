@@ -1,0 +1,274 @@
+"""The LLMs the serving planner sizes: a few presets, and any model a Hugging Face `config.json` describes (a file,
+or a model folder such as a Hub cache snapshot), so that a model outside the presets is planned from its own shape
+rather than from the nearest preset's.
+
+Parameters come from the `.safetensors` files' headers beside the config where there are some (exact; only the
+headers are read, never the weights), else from the config's shape by the layer rule of the families listed in
+ESTIMATED_FAMILIES (an estimate, within a fraction of a percent of the published counts), else the config is refused
+saying why. Light to import (no torch).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine.core.errors import InputError
+from engine.core.json_text import parse_json
+
+
+class LlmConfigError(InputError):
+    """A config.json that cannot be planned; the message says what was wrong and what is accepted."""
+
+
+@dataclass(frozen=True)
+class LlmSpec:
+    key: str
+    name: str  # the Hub id ("" where a config.json does not say it)
+    parameters: float
+    layers: int
+    hidden: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    max_positions: int
+    tied_embeddings: bool = False
+    parameters_basis: str = "the model card's count"
+    # a checkpoint quantized ahead of time (its config's quantization_config): the --quantize TGI loads it with
+    checkpoint_quantize: str | None = None
+
+    @property
+    def embedding_parameters(self) -> int:
+        """Input embedding plus the output head: these stay in fp16 when the rest is quantized."""
+        return self.vocab * self.hidden * (1 if self.tied_embeddings else 2)
+
+    def kv_bytes_per_token(self, dtype_bytes: int = 2) -> int:
+        return 2 * self.layers * self.kv_heads * self.head_dim * dtype_bytes
+
+
+LLMS: dict[str, LlmSpec] = {
+    s.key: s
+    for s in (
+        LlmSpec("tinyllama-1.1b", "TinyLlama/TinyLlama-1.1B-Chat-v1.0", 1.10e9, 22, 2048, 32, 4, 64, 32000, 2048),
+        LlmSpec("phi-2", "microsoft/phi-2", 2.78e9, 32, 2560, 32, 32, 80, 51200, 2048),
+        LlmSpec("gemma-2b", "google/gemma-2b", 2.51e9, 18, 2048, 8, 1, 256, 256000, 8192, tied_embeddings=True),
+        LlmSpec("mistral-7b", "mistralai/Mistral-7B-v0.1", 7.24e9, 32, 4096, 32, 8, 128, 32000, 32768),
+        LlmSpec("llama-2-7b", "meta-llama/Llama-2-7b-hf", 6.74e9, 32, 4096, 32, 32, 128, 32000, 4096),
+        LlmSpec("llama-2-13b", "meta-llama/Llama-2-13b-hf", 13.0e9, 40, 5120, 40, 40, 128, 32000, 4096),
+    )
+}
+
+CONFIG_NAME = "config.json"
+MAX_CONFIG_BYTES = 4 * 2**20  # a model's config.json is a few KiB
+MAX_HEADER_BYTES = 100 * 2**20  # safetensors' own limit on a header
+# Decoder families whose parameters follow from the config: a gated MLP of three matrices (gate, up, down), RMS norms.
+# Per family: which attention projections carry a bias (None: the config's attention_bias says), the norms per
+# layer, a norm on each head's queries and keys, and whether input and output embeddings are shared when the
+# config does not say (transformers' defaults for the family).
+ESTIMATED_FAMILIES: dict[str, tuple[str | None, int, bool, bool]] = {
+    "llama": (None, 2, False, False),
+    "mistral": ("", 2, False, False),
+    "mixtral": ("", 2, False, False),
+    "qwen2": ("qkv", 2, False, False),
+    "qwen3": (None, 2, True, False),
+    "gemma": (None, 2, False, True),
+    "gemma2": (None, 4, False, True),
+    "phi3": ("", 2, False, False),
+    "granite": (None, 2, False, False),
+}
+# TGI's --quantize for a checkpoint quantized ahead of time, by its quantization_config's method; these load at
+# the sizes the planner's QUANT_BYTES_PER_PARAM gives (4-bit AWQ/GPTQ in groups, FP8 per row)
+CHECKPOINT_QUANTIZE = {"awq": "awq", "gptq": "gptq", "fp8": "fp8"}
+
+
+def spec_from_config(path: str | Path) -> LlmSpec:
+    """The LlmSpec of the model a Hugging Face config.json describes: `path` is the file or a folder holding it."""
+    file = _config_file(Path(path))
+    config = _read_config(file)
+    shape = _text_model(config)
+    family = str(shape.get("model_type") or config.get("model_type") or "")
+    names = ("num_hidden_layers", "hidden_size", "num_attention_heads", "vocab_size")
+    layers, hidden, heads, vocab = (_whole(shape, key) for key in names)
+    kv_heads = _whole(shape, "num_key_value_heads", heads)
+    head_dim = _head_dim(shape, hidden, heads)
+    if heads % kv_heads:
+        raise LlmConfigError(f"{file.name}: {heads} attention heads do not share out over {kv_heads} key/value heads")
+    positions = _whole(shape, "max_position_embeddings")
+    quantize = _checkpoint_quantize(config, file)
+    counted = None if quantize else _counted_parameters(file.parent)
+    if counted is not None:
+        parameters, tied = counted
+        basis = "counted from the .safetensors headers beside config.json"
+    else:
+        parameters, tied = _estimated_parameters(shape, family, vocab, file, quantize)
+        basis = f"estimated from config.json's shape ({family} layers)"
+    return LlmSpec(
+        key=file.name, name=_model_id(config, file), parameters=float(parameters), layers=layers, hidden=hidden,
+        heads=heads, kv_heads=kv_heads, head_dim=head_dim, vocab=vocab, max_positions=positions,
+        tied_embeddings=tied, parameters_basis=basis, checkpoint_quantize=quantize,
+    )  # fmt: skip
+
+
+def _config_file(path: Path) -> Path:
+    file = path / CONFIG_NAME if path.is_dir() else path
+    if not file.is_file():
+        where = f"no {CONFIG_NAME} in {path.name}/" if path.is_dir() else f"{path.name} not found"
+        raise LlmConfigError(f"{where}: give a model's {CONFIG_NAME} (Hugging Face layout) or the folder holding it")
+    return file
+
+
+def _read_config(file: Path) -> dict[str, Any]:
+    if file.stat().st_size > MAX_CONFIG_BYTES:
+        raise LlmConfigError(f"{file.name} is {file.stat().st_size:,} bytes: a model's {CONFIG_NAME} is a few KiB")
+    try:
+        text = file.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise LlmConfigError(f"{file.name} is not text: give a model's {CONFIG_NAME}") from None
+    config = parse_json(text, file.name)
+    if not isinstance(config, dict):
+        raise LlmConfigError(f"{file.name} is not a JSON object: give a model's {CONFIG_NAME}")
+    return config
+
+
+def _text_model(config: dict[str, Any]) -> dict[str, Any]:
+    """The language model's part: a multimodal config (LLaVA, Gemma 3) nests it as text_config."""
+    nested = config.get("text_config")
+    if "num_hidden_layers" not in config and isinstance(nested, dict):
+        return nested
+    return config
+
+
+def _whole(config: dict[str, Any], key: str, default: int | None = None) -> int:
+    value = config.get(key, default)
+    if value is None:
+        raise LlmConfigError(f"{CONFIG_NAME} has no {key}: the planner needs the model's {_WHY[key]}")
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise LlmConfigError(f"{CONFIG_NAME}'s {key} is {value!r}: a whole number of at least 1 is expected")
+    return value
+
+
+_WHY = {
+    "num_hidden_layers": "layer count",
+    "hidden_size": "width",
+    "num_attention_heads": "attention heads",
+    "vocab_size": "vocabulary size",
+    "max_position_embeddings": "context length",
+    "intermediate_size": "MLP width, to estimate its parameters (or the .safetensors files beside the config)",
+}
+
+
+def _head_dim(config: dict[str, Any], hidden: int, heads: int) -> int:
+    if config.get("head_dim") is not None:
+        return _whole(config, "head_dim")
+    if hidden % heads:
+        raise LlmConfigError(f"{CONFIG_NAME}: hidden_size {hidden} is not a multiple of {heads} heads and no "
+                             "head_dim is given")  # fmt: skip
+    return hidden // heads
+
+
+def _checkpoint_quantize(config: dict[str, Any], file: Path) -> str | None:
+    """TGI's --quantize for a checkpoint quantized ahead of time; None for one in fp16/bf16/fp32."""
+    quant = config.get("quantization_config")
+    if not isinstance(quant, dict):
+        return None
+    method = str(quant.get("quant_method", "")).lower()
+    bits = quant.get("bits", quant.get("w_bit", 4))
+    if method in ("awq", "gptq") and bits == 4:
+        return CHECKPOINT_QUANTIZE[method]
+    if method == "fp8":
+        return CHECKPOINT_QUANTIZE[method]
+    known = ", ".join(f"{m} (4-bit)" if m != "fp8" else m for m in CHECKPOINT_QUANTIZE)
+    shown = f"{method} at {bits} bits" if method in ("awq", "gptq") else method or "an unnamed method"
+    raise LlmConfigError(
+        f"{file.name} describes a checkpoint quantized with {shown}, which the planner cannot size; it sizes "
+        f"checkpoints quantized with {known}, or give the unquantized model's {CONFIG_NAME} and --quantize"
+    )
+
+
+def _counted_parameters(folder: Path) -> tuple[int, bool] | None:
+    """(parameters, tied embeddings) from the headers of the .safetensors files in `folder`; None without any."""
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        return None
+    total, names = 0, set()
+    for file in files:
+        for name, entry in _safetensors_header(file).items():
+            if name == "__metadata__":
+                continue
+            shape = entry.get("shape") if isinstance(entry, dict) else None
+            if not isinstance(shape, list) or not all(isinstance(n, int) and n >= 0 for n in shape):
+                raise LlmConfigError(f"{file.name}: tensor {name!r} has no shape in its header")
+            total += math.prod(shape)
+            names.add(name)
+    untied = any(name == "lm_head.weight" or name.endswith(".lm_head.weight") for name in names)
+    return total, not untied
+
+
+def _safetensors_header(file: Path) -> dict[str, Any]:
+    """A safetensors file's header: an 8-byte little-endian length, then that much JSON."""
+    try:
+        with file.open("rb") as f:
+            start = f.read(8)
+            (length,) = struct.unpack("<Q", start) if len(start) == 8 else (0,)
+            if not 2 <= length <= MAX_HEADER_BYTES:
+                raise LlmConfigError(f"{file.name} is not a .safetensors file (no header)")
+            header = json.loads(f.read(length).decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise LlmConfigError(f"{file.name}: its .safetensors header cannot be read ({exc})") from None
+    if not isinstance(header, dict):
+        raise LlmConfigError(f"{file.name}: its .safetensors header is not a JSON object")
+    return header
+
+
+def _estimated_parameters(
+    config: dict[str, Any], family: str, vocab: int, file: Path, quantize: str | None
+) -> tuple[int, bool]:
+    """(parameters, tied embeddings) by the layer rule of a gated-MLP decoder family (the unquantized count, which
+    the planner's bytes per parameter turn into a quantized checkpoint's size)."""
+    if family not in ESTIMATED_FAMILIES:
+        why = "a checkpoint quantized ahead of time" if quantize else "no .safetensors files beside it"
+        raise LlmConfigError(
+            f"{file.name}: the parameters of a {family or 'model of unnamed type'} model cannot be estimated from its "
+            f"config ({why}); the planner estimates {', '.join(ESTIMATED_FAMILIES)} models, and counts any other "
+            "from the unquantized .safetensors files beside config.json (only their headers are read)"
+        )
+    biased, norms, head_norms, tied_default = ESTIMATED_FAMILIES[family]
+    hidden, layers = config["hidden_size"], config["num_hidden_layers"]
+    heads = config["num_attention_heads"]
+    kv_heads = config.get("num_key_value_heads") or heads
+    head_dim = _head_dim(config, hidden, heads)
+    mlp_width = _whole(config, "intermediate_size")
+    query, key_value = heads * head_dim, kv_heads * head_dim
+    attention = 2 * hidden * query + 2 * hidden * key_value
+    if biased is None:
+        biased = "qkvo" if config.get("attention_bias") else ""
+    attention += sum({"q": query, "k": key_value, "v": key_value, "o": hidden}[p] for p in biased)
+    attention += 2 * head_dim if head_norms else 0
+    mlp = 3 * hidden * mlp_width + (2 * mlp_width + hidden if config.get("mlp_bias") else 0)
+    experts = config.get("num_local_experts")
+    if isinstance(experts, int) and experts > 1:  # a mixture of experts: every expert's MLP, and the router
+        mlp = experts * mlp + hidden * experts
+    tied = bool(config.get("tie_word_embeddings", tied_default))
+    per_layer = attention + mlp + norms * hidden
+    return layers * per_layer + hidden + vocab * hidden * (1 if tied else 2), tied
+
+
+def _model_id(config: dict[str, Any], file: Path) -> str:
+    """The Hub id for the launch line: the config's own name for it, or the Hub cache's folder name
+    (models--org--name/snapshots/<revision>/config.json); else "" (the planner's launch line then holds a
+    placeholder: an uploaded file's folder name is the server's, not the model's)."""
+    named = config.get("_name_or_path")
+    if isinstance(named, str) and named.count("/") == 1 and not named.startswith((".", "/", "~")):
+        return named
+    for folder in file.resolve().parents:
+        if folder.name.startswith("models--") and folder.name.count("--") >= 2:
+            return "/".join(folder.name.split("--")[1:3])
+    return ""
+
+
+__all__ = ["LLMS", "LlmConfigError", "LlmSpec", "spec_from_config"]

@@ -1,0 +1,199 @@
+"""The LLM planner on any model's Hugging Face config.json (engine/bench/llms.py) and TGI's 8-bit KV cache: parameter
+counts against the published ones, safetensors headers, the launch line's model id, and bad configs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from engine.bench.config import LlmRequest
+from engine.bench.llms import LLMS, LlmConfigError, spec_from_config
+from engine.bench.planner import MODEL_ID_PLACEHOLDER, PlanError, plan_llm
+from engine.core.errors import InputError
+
+# The shapes of published models' config.json files (only the keys the planner reads), with their published sizes.
+MISTRAL = dict(model_type="mistral", hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+               num_attention_heads=32, num_key_value_heads=8, vocab_size=32000, max_position_embeddings=32768,
+               tie_word_embeddings=False, _name_or_path="mistralai/Mistral-7B-v0.1")  # fmt: skip
+PUBLISHED = {
+    "mistral-7b": (MISTRAL, 7.24e9),
+    "llama-2-7b": (
+        dict(
+            model_type="llama",
+            hidden_size=4096,
+            intermediate_size=11008,
+            num_hidden_layers=32,
+            num_attention_heads=32,
+            num_key_value_heads=32,
+            vocab_size=32000,
+            max_position_embeddings=4096,
+        ),
+        6.74e9,
+    ),
+    "gemma-2b": (
+        dict(
+            model_type="gemma",
+            hidden_size=2048,
+            intermediate_size=16384,
+            num_hidden_layers=18,
+            num_attention_heads=8,
+            num_key_value_heads=1,
+            head_dim=256,
+            vocab_size=256000,
+            max_position_embeddings=8192,
+        ),
+        2.51e9,
+    ),  # fmt: skip  (tied embeddings by the family's default)
+    "qwen2-7b": (
+        dict(
+            model_type="qwen2",
+            hidden_size=3584,
+            intermediate_size=18944,
+            num_hidden_layers=28,
+            num_attention_heads=28,
+            num_key_value_heads=4,
+            vocab_size=152064,
+            max_position_embeddings=131072,
+            tie_word_embeddings=False,
+        ),
+        7.62e9,
+    ),
+    "phi-3-mini": (
+        dict(
+            model_type="phi3",
+            hidden_size=3072,
+            intermediate_size=8192,
+            num_hidden_layers=32,
+            num_attention_heads=32,
+            num_key_value_heads=32,
+            vocab_size=32064,
+            max_position_embeddings=4096,
+        ),
+        3.82e9,
+    ),
+    "mixtral-8x7b": ({**MISTRAL, "model_type": "mixtral", "num_local_experts": 8}, 46.7e9),
+}
+
+
+def _config(folder: Path, values: dict[str, Any]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(values))
+    return folder / "config.json"
+
+
+@pytest.mark.parametrize("name", PUBLISHED)
+def test_parameters_estimated_from_a_config_match_the_published_counts(tmp_path: Path, name: str) -> None:
+    values, published = PUBLISHED[name]
+    spec = spec_from_config(_config(tmp_path, values))
+    assert spec.parameters == pytest.approx(published, rel=2e-3)
+    assert spec.parameters_basis.startswith("estimated from config.json's shape")
+    assert spec.tied_embeddings == (name == "gemma-2b")
+    if name in LLMS:  # the presets' shapes, read from the config
+        preset = LLMS[name]
+        shape = ("layers", "hidden", "heads", "kv_heads", "head_dim", "vocab")
+        assert [getattr(spec, k) for k in shape] == [getattr(preset, k) for k in shape]
+
+
+def test_a_config_plans_as_its_preset_does(tmp_path: Path) -> None:
+    """Mistral-7B from its config.json: the same shape as the preset, 7.2417e9 parameters for its 7.24e9."""
+    preset = plan_llm(LlmRequest("L4", "mistral-7b", max_total_tokens=4096))
+    from_file = plan_llm(LlmRequest("L4", config=_config(tmp_path, MISTRAL), max_total_tokens=4096))
+    assert from_file["launch"] == preset["launch"]  # the id from _name_or_path, the same flags
+    # the config's 1.7 million parameters more than the preset's rounded count take 26 tokens' room (128 KiB each)
+    extra = (from_file["model"]["parameters"] - 7.24e9) * 2 / 131_072
+    fewer = preset["memory"]["kv_token_capacity"] - from_file["memory"]["kv_token_capacity"]
+    assert fewer == pytest.approx(extra, abs=1) and 25 <= fewer <= 27
+    assert from_file["model"]["key"] == "config.json"  # the report names no server path
+
+
+def test_safetensors_headers_count_any_model_exactly(tmp_path: Path) -> None:
+    """A model type the planner cannot estimate is counted from the headers beside its config (weights unread)."""
+    config = dict(model_type="gpt_neox", hidden_size=64, num_hidden_layers=2, num_attention_heads=4, vocab_size=100,
+                  max_position_embeddings=512)  # fmt: skip
+    with pytest.raises(LlmConfigError, match=r"cannot be estimated.*headers are read"):
+        spec_from_config(_config(tmp_path / "alone", config))
+    folder = tmp_path / "model"
+    _config(folder, config)
+    save_file({"embed.weight": torch.zeros(100, 64), "layers.0.w": torch.zeros(64, 192)}, folder / "a.safetensors")
+    save_file({"lm_head.weight": torch.zeros(100, 64, dtype=torch.float16)}, folder / "b.safetensors")
+    spec = spec_from_config(folder)  # the folder holding config.json
+    assert spec.parameters == 100 * 64 * 2 + 64 * 192 and not spec.tied_embeddings
+    assert spec.parameters_basis == "counted from the .safetensors headers beside config.json"
+    (folder / "c.safetensors").write_bytes(b"<html>not a model</html>")
+    with pytest.raises(LlmConfigError, match=r"c.safetensors is not a .safetensors file"):
+        spec_from_config(folder)
+
+
+def test_the_launch_line_names_the_model_or_says_it_cannot(tmp_path: Path) -> None:
+    unnamed = {k: v for k, v in MISTRAL.items() if k != "_name_or_path"}
+    snapshot = tmp_path / "hub" / "models--mistralai--Mistral-7B-Instruct-v0.2" / "snapshots" / "41b61a3"
+    plan = plan_llm(LlmRequest("L4", config=_config(snapshot, unnamed)))
+    assert "--model-id mistralai/Mistral-7B-Instruct-v0.2 " in plan["launch"]  # the Hub cache's folder name
+    plan = plan_llm(LlmRequest("L4", config=_config(tmp_path / "upload-3f2a", unnamed)))
+    assert f"--model-id {MODEL_ID_PLACEHOLDER} " in plan["launch"]  # an upload's folder is the server's, not a name
+    assert any("does not say which model it describes" in w for w in plan["warnings"])
+
+
+def test_an_fp8_kv_cache_halves_the_bytes_per_token_on_the_flash_path_only(tmp_path: Path) -> None:
+    base = plan_llm(LlmRequest("H100", "llama-2-7b", max_total_tokens=4096))
+    fp8 = plan_llm(LlmRequest("H100", "llama-2-7b", max_total_tokens=4096, kv_cache_dtype="fp8_e4m3fn"))
+    assert fp8["memory"]["kv_bytes_per_token"] * 2 == base["memory"]["kv_bytes_per_token"] == 524_288
+    assert fp8["memory"]["per_gpu"]["kv_cache_bytes"] == base["memory"]["per_gpu"]["kv_cache_bytes"]
+    assert fp8["memory"]["kv_token_capacity"] == pytest.approx(2 * base["memory"]["kv_token_capacity"], abs=1)
+    assert "--kv-cache-dtype fp8_e4m3fn" in fp8["launch"] and "--kv-cache-dtype" not in base["launch"]
+    # TGI's non-flash path (a V100: compute capability 7.0) ignores the flag: planned and launched in 16 bits
+    v100 = plan_llm(LlmRequest("V100-16GB", "tinyllama-1.1b", kv_cache_dtype="fp8_e5m2"))
+    assert v100["memory"]["kv_bytes_per_token"] == LLMS["tinyllama-1.1b"].kv_bytes_per_token()
+    assert "--kv-cache-dtype" not in v100["launch"] and "is ignored by TGI's non-flash path" in str(v100["warnings"])
+
+
+def test_a_checkpoint_quantized_ahead_of_time_is_planned_as_tgi_loads_it(tmp_path: Path) -> None:
+    awq = {**MISTRAL, "_name_or_path": "TheBloke/Mistral-7B-v0.1-AWQ",
+           "quantization_config": {"quant_method": "awq", "bits": 4, "group_size": 128}}  # fmt: skip
+    plan = plan_llm(LlmRequest("L4", config=_config(tmp_path / "awq", awq)))
+    assert plan["flags"]["--quantize"] == "awq" and "--model-id TheBloke/Mistral-7B-v0.1-AWQ " in plan["launch"]
+    assert not any("placeholder" in w for w in plan["warnings"])  # the checkpoint itself, not one to find
+    assert plan["reasons"][0] == "--quantize awq: the checkpoint is quantized so ahead of time"
+    with pytest.raises(PlanError, match=r"quantized with awq ahead of time.*give quantize auto or awq"):
+        plan_llm(LlmRequest("L4", config=_config(tmp_path / "awq", awq), quantize="none"))
+    eight_bit = {**awq, "quantization_config": {"quant_method": "gptq", "bits": 8}}
+    with pytest.raises(LlmConfigError, match="quantized with gptq at 8 bits, which the planner cannot size"):
+        spec_from_config(_config(tmp_path / "gptq8", eight_bit))
+    compressed = {**awq, "quantization_config": {"quant_method": "compressed-tensors"}}
+    with pytest.raises(LlmConfigError, match=r"compressed-tensors.*give the unquantized model's config.json"):
+        spec_from_config(_config(tmp_path / "ct", compressed))
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({**MISTRAL, "num_hidden_layers": None}, "has no num_hidden_layers: the planner needs the model's layer count"),
+        ({**MISTRAL, "hidden_size": "4096"}, "hidden_size is '4096': a whole number of at least 1 is expected"),
+        ({**MISTRAL, "num_key_value_heads": 5}, "32 attention heads do not share out over 5 key/value heads"),
+        ({**MISTRAL, "intermediate_size": None}, "has no intermediate_size"),
+        ([1, 2], "is not a JSON object"),
+    ],
+)
+def test_a_config_that_cannot_be_planned_says_why(tmp_path: Path, values: Any, message: str) -> None:
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(values))
+    with pytest.raises(InputError, match=message):
+        plan_llm(LlmRequest("L4", config=path))
+
+
+def test_the_request_names_exactly_one_model(tmp_path: Path) -> None:
+    with pytest.raises(PlanError, match="no model: give llm"):
+        LlmRequest.build({"gpu": "L4"})
+    with pytest.raises(PlanError, match=r"two models, llm mistral-7b and config config.json: give one"):
+        LlmRequest.build({"gpu": "L4", "llm": "mistral-7b", "config": str(_config(tmp_path, MISTRAL))})
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(LlmConfigError, match=r"no config.json in empty/"):
+        plan_llm(LlmRequest("L4", config=tmp_path / "empty"))
+    (tmp_path / "photo.json").write_bytes(b"\xff\xd8\xff\xe0")
+    with pytest.raises(LlmConfigError, match=r"photo.json is not text"):
+        plan_llm(LlmRequest("L4", config=tmp_path / "photo.json"))
