@@ -4,6 +4,7 @@ every refusal a message (a clip too long for its header included)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -550,3 +551,27 @@ def test_the_strip_keeps_each_pictures_shape(tmp_path: Path) -> None:
     assert (len(cols), abs(len(rows) - round(TILE * 320 / 400)) <= 1) == (TILE, True)
     rows, cols = np.flatnonzero(tall.any(axis=1)), np.flatnonzero(tall.any(axis=0))
     assert len(rows) == TILE and abs(len(cols) - TILE // 2) <= 1
+
+
+def test_the_driving_clip_scanned_for_faces_counts_its_decoding_apart(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reading a frame (10 s on a fake clock) is "decode driving", looking for its face (1 s) is "detect": the
+    first pass over a clip decoded as it is read timed both as "detect"."""
+    import engine.core.results
+    from engine.core.results import RunResult
+    from engine.portrait.pipeline import _face_boxes
+
+    clock = [0.0]
+    monkeypatch.setattr(engine.core.results.time, "perf_counter", lambda: clock[0])
+
+    def decoded() -> Iterator[np.ndarray]:
+        for _ in range(3):
+            clock[0] += 10.0
+            yield np.zeros((8, 8, 3), np.uint8)
+
+    def detect(images: list[np.ndarray]) -> list[list]:
+        clock[0] += 1.0
+        return [[] for _ in images]
+
+    result = RunResult()
+    assert _face_boxes(decoded(), SimpleNamespace(detect=detect), result) == [None] * 3
+    assert {s.name: s.seconds for s in result.stages} == {"decode driving": 30.0, "detect": 3.0}

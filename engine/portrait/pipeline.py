@@ -272,9 +272,12 @@ def _driving_box(frames: Iterable[np.ndarray], name: str, detector: Any, result:
 
 def _face_boxes(frames: Iterable[np.ndarray], detector: Any, result: RunResult) -> list[np.ndarray | None]:
     """Each frame's largest face box (None where there is none); frames are independent, so a split job's segments
-    scan their own frames."""
-    with result.stage("detect"):
-        return [_largest_face(frame, detector) for frame in frames]
+    scan their own frames. A clip decoded as it is scanned counts its decoding as "decode driving", not "detect"."""
+    boxes = []
+    for frame in _timed(frames, result, "decode driving"):
+        with result.stage("detect"):
+            boxes.append(_largest_face(frame, detector))
+    return boxes
 
 
 def _clip_box(boxes: list[np.ndarray | None], name: str) -> tuple[np.ndarray, int]:
