@@ -180,7 +180,7 @@ CASES: list[tuple[str, dict, str]] = [
     ("/plan_llm", {"gpu": "T4", "llm": "mistral-7b", "max_total_tokens": 1e15}, "max total tokens"),
     ("/plan_llm", {"gpu": "T4", "llm": "mistral-7b", "memory_fraction": 5}, "memory fraction 5 is outside"),
     ("/plan_llm", {"gpu": "TPU", "llm": "mistral-7b"}, "unknown GPU 'TPU'"),
-    ("/plan_llm", {"gpu": "T4", "llm": "gpt-5"}, "llm 'gpt-5' is not one of"),
+    ("/plan_llm", {"gpu": "T4", "llm": "gpt-5"}, "llm 'gpt-5' is neither a preset"),
     ("/plan_llm", {"gpu": "T4", "llm": "mistral-7b", "count": 0}, "count 0 is outside 1..64"),
     ("/plan_network", {"gpu": "TPU"}, "unknown GPU 'TPU'"),
     ("/plan_network", {"gpu": "T4", "model": "resnet"}, "model 'resnet' is not one of"),

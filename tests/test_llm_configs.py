@@ -15,6 +15,7 @@ from engine.bench.config import LlmRequest
 from engine.bench.llms import LLMS, LlmConfigError, spec_from_config
 from engine.bench.planner import MODEL_ID_PLACEHOLDER, PlanError, plan_llm
 from engine.core.errors import InputError
+from engine.core.weights import WeightsError
 
 # The shapes of published models' config.json files (only the keys the planner reads), with their published sizes.
 MISTRAL = dict(model_type="mistral", hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
@@ -197,3 +198,62 @@ def test_the_request_names_exactly_one_model(tmp_path: Path) -> None:
     (tmp_path / "photo.json").write_bytes(b"\xff\xd8\xff\xe0")
     with pytest.raises(LlmConfigError, match=r"photo.json is not text"):
         plan_llm(LlmRequest("L4", config=tmp_path / "photo.json"))
+
+
+@pytest.fixture
+def hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An offline Hub cache holding Qwen/Qwen2-0.5B's config.json at one revision, as huggingface_hub lays it out."""
+    import huggingface_hub.constants
+
+    cache = tmp_path / "hub"
+    repo = cache / "models--Qwen--Qwen2-0.5B"
+    _config(repo / "snapshots" / "91d2aff", QWEN2_05B)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("91d2aff")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    return repo / "snapshots" / "91d2aff"
+
+
+QWEN2_05B = dict(model_type="qwen2", hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                 num_attention_heads=14, num_key_value_heads=2, vocab_size=151936, max_position_embeddings=32768,
+                 tie_word_embeddings=True)  # fmt: skip
+
+
+def test_a_hub_model_id_is_planned_from_the_hubs_local_cache(hub_cache: Path) -> None:
+    plan = plan_llm(LlmRequest("L4", "Qwen/Qwen2-0.5B"))
+    assert plan["model"]["name"] == "Qwen/Qwen2-0.5B" and "--model-id Qwen/Qwen2-0.5B " in plan["launch"]
+    assert plan["model"]["parameters"] == 494_032_768  # Qwen2-0.5B's published 494 million
+    assert plan["model"]["parameters_basis"] == "estimated from config.json's shape (qwen2 layers)"
+    # offline and not cached: one line saying so, not huggingface_hub's traceback
+    with pytest.raises(WeightsError, match="not in the Hub's local cache and HF_HUB_OFFLINE is set"):
+        plan_llm(LlmRequest("L4", "Qwen/Qwen2-7B"))
+    with pytest.raises(PlanError, match=r"llm 'gpt-5' is neither a preset .* nor a Hub model id \(OWNER/NAME"):
+        LlmRequest.build({"gpu": "L4", "llm": "gpt-5"})
+
+
+def test_a_hub_model_online_takes_the_hubs_count_of_its_parameters(
+    hub_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Online, the Hub's reading of the .safetensors headers replaces the estimate (exact, weights unread)."""
+    from types import SimpleNamespace
+
+    from huggingface_hub import HfApi
+
+    import engine.core.hub
+
+    monkeypatch.setattr(engine.core.hub, "hub_offline", lambda: False)
+    asked = []
+
+    def metadata(self: object, repo: str) -> SimpleNamespace:
+        asked.append(repo)
+        return SimpleNamespace(weight_map={"model.embed_tokens.weight": "model.safetensors"},
+                               parameter_count={"BF16": 494_032_768, "F32": 0})  # fmt: skip
+
+    monkeypatch.setattr(HfApi, "get_safetensors_metadata", metadata)
+    spec = plan_llm(LlmRequest("L4", "Qwen/Qwen2-0.5B"))["model"]
+    assert asked == ["Qwen/Qwen2-0.5B"] and spec["parameters"] == 494_032_768 and spec["tied_embeddings"]
+    assert spec["parameters_basis"] == "counted by the Hub from its .safetensors headers"
+    save_file({"lm_head.weight": torch.zeros(3, 2)}, hub_cache / "model.safetensors")  # headers in the cache: no ask
+    spec = plan_llm(LlmRequest("L4", "Qwen/Qwen2-0.5B"))["model"]
+    assert asked == ["Qwen/Qwen2-0.5B"] and spec["parameters"] == 6 and not spec["tied_embeddings"]

@@ -211,7 +211,7 @@ def test_auto_quantization_sharding_and_old_card_warnings() -> None:
     assert any("exceeds" in w for w in long["warnings"])
     for bad, message in (
         (LlmRequest("B200", "mistral-7b"), "unknown GPU"),
-        (LlmRequest("H100", "gpt-5"), "llm 'gpt-5' is not one of"),
+        (LlmRequest("H100", "gpt-5"), "llm 'gpt-5' is neither a preset"),
         (
             LlmRequest("H100", "mistral-7b", max_input_tokens=5000, max_total_tokens=4096),
             "below --max-total-tokens 4096",

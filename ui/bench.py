@@ -186,7 +186,8 @@ def build_bench_tab(settings: Any, jobs: BenchJobs, access: Access) -> None:
         with gr.Row():
             plan_gpu = gr.Dropdown(card_choices, value="V100-16GB", label="GPU")
             plan_count = gr.Number(value=1, precision=0, minimum=1, maximum=64, label="GPUs")
-            plan_llm_name = gr.Dropdown(list(LLMS), value="mistral-7b", label="LLM")
+            plan_llm_name = gr.Dropdown(list(LLMS), value="mistral-7b", label="LLM", allow_custom_value=True,
+                                        info="a preset, or type a Hub model id (OWNER/NAME)")  # fmt: skip
             plan_config = gr.File(label="or any model's config.json (Hugging Face)", file_types=[".json"],
                                   height=90)  # fmt: skip
         with gr.Row():

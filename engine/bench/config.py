@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from engine.bench.catalog import CATALOG
-from engine.bench.llms import LLMS
+from engine.bench.llms import LLMS, is_hub_id
 from engine.bench.planner import KV_CACHE_DTYPES, QUANT_BYTES_PER_PARAM, PlanError
 from engine.bench.workloads import BUILTIN
 from engine.core.errors import InputError
@@ -157,7 +157,10 @@ class LlmRequest(Config):
     error = PlanError
 
     gpu: str = option(help=f"the card: {', '.join(CATALOG)}")
-    llm: str | None = option(None, help="one of the planner's models (or give --config)", choices=tuple(LLMS))
+    llm: str | None = option(
+        None, help=f"a preset ({', '.join(LLMS)}) or a Hub model id, OWNER/NAME, whose config.json comes from the "
+        "Hub's local cache, or from the Hub when online (or give config)",
+    )  # fmt: skip
     config: Path | None = option(
         None, help="instead, any model's Hugging Face config.json, or the folder holding it (with .safetensors files "
         "there, their headers give the exact parameter count)", file=True,
@@ -185,6 +188,9 @@ class LlmRequest(Config):
             return [f"no model: give llm (one of {', '.join(LLMS)}) or config (a model's config.json)"]
         if self.llm is not None and self.config is not None:
             return [f"two models, llm {self.llm} and config {self.config.name}: give one"]
+        if self.llm is not None and self.llm not in LLMS and not is_hub_id(self.llm):
+            return [f"llm {self.llm!r} is neither a preset ({', '.join(LLMS)}) nor a Hub model id (OWNER/NAME, such "
+                    "as mistralai/Mistral-7B-v0.1)"]  # fmt: skip
         return []
 
 

@@ -1,19 +1,21 @@
 """The LLMs the serving planner sizes: a few presets, and any model a Hugging Face `config.json` describes (a file,
-or a model folder such as a Hub cache snapshot), so that a model outside the presets is planned from its own shape
-rather than from the nearest preset's.
+a model folder such as a Hub cache snapshot, or a Hub model id), so that a model outside the presets is planned from
+its own shape rather than from the nearest preset's.
 
 Parameters come from the `.safetensors` files' headers beside the config where there are some (exact; only the
-headers are read, never the weights), else from the config's shape by the layer rule of the families listed in
-ESTIMATED_FAMILIES (an estimate, within a fraction of a percent of the published counts), else the config is refused
-saying why. Light to import (no torch).
+headers are read, never the weights), or for a Hub id online from the Hub's reading of those headers, else from the
+config's shape by the layer rule of the families listed in ESTIMATED_FAMILIES (an estimate, within a fraction of a
+percent of the published counts), else the config is refused saying why. A Hub id's config.json comes from the Hub's
+local cache, and from the Hub only when it is not there and the machine is online. Light to import (no torch).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -86,8 +88,50 @@ ESTIMATED_FAMILIES: dict[str, tuple[str | None, int, bool, bool]] = {
 CHECKPOINT_QUANTIZE = {"awq": "awq", "gptq": "gptq", "fp8": "fp8"}
 
 
-def spec_from_config(path: str | Path) -> LlmSpec:
-    """The LlmSpec of the model a Hugging Face config.json describes: `path` is the file or a folder holding it."""
+def is_hub_id(text: str) -> bool:
+    """OWNER/NAME as the Hub spells a model's repository (not a preset's name, not a path)."""
+    return bool(_HUB_ID.fullmatch(text)) and ".." not in text
+
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
+
+
+def hub_spec(repo: str) -> LlmSpec:
+    """The LlmSpec of a Hub model: its config.json from the Hub's local cache (or the Hub, online); its parameters
+    from the cached .safetensors headers, else the Hub's count of them (online), else estimated."""
+    from engine.core.hub import fetch_file
+
+    spec = spec_from_config(fetch_file(repo, CONFIG_NAME), name=repo)
+    if spec.parameters_basis.startswith("counted") or spec.checkpoint_quantize:
+        return spec
+    counted = _hub_parameters(repo)
+    if counted is None:
+        return spec
+    parameters, tied = counted
+    return replace(spec, parameters=float(parameters), tied_embeddings=tied,
+                   parameters_basis="counted by the Hub from its .safetensors headers")  # fmt: skip
+
+
+def _hub_parameters(repo: str) -> tuple[int, bool] | None:
+    """(parameters, tied embeddings) as the Hub counts them from the repository's .safetensors headers; None offline,
+    or where the Hub cannot say (no .safetensors files, unreachable, gated)."""
+    from engine.core.hub import hub_offline
+
+    if hub_offline():
+        return None
+    try:
+        from huggingface_hub import HfApi
+
+        metadata = HfApi().get_safetensors_metadata(repo)
+    except Exception:  # any failure leaves the estimate, which the plan says it is
+        return None
+    untied = any(name == "lm_head.weight" or name.endswith(".lm_head.weight") for name in metadata.weight_map)
+    return sum(metadata.parameter_count.values()), not untied
+
+
+def spec_from_config(path: str | Path, name: str | None = None) -> LlmSpec:
+    """The LlmSpec of the model a Hugging Face config.json describes: `path` is the file or a folder holding it;
+    `name` its Hub id where known."""
     file = _config_file(Path(path))
     config = _read_config(file)
     shape = _text_model(config)
@@ -108,8 +152,8 @@ def spec_from_config(path: str | Path) -> LlmSpec:
         parameters, tied = _estimated_parameters(shape, family, vocab, file, quantize)
         basis = f"estimated from config.json's shape ({family} layers)"
     return LlmSpec(
-        key=file.name, name=_model_id(config, file), parameters=float(parameters), layers=layers, hidden=hidden,
-        heads=heads, kv_heads=kv_heads, head_dim=head_dim, vocab=vocab, max_positions=positions,
+        key=name or file.name, name=name or _model_id(config, file), parameters=float(parameters), layers=layers,
+        hidden=hidden, heads=heads, kv_heads=kv_heads, head_dim=head_dim, vocab=vocab, max_positions=positions,
         tied_embeddings=tied, parameters_basis=basis, checkpoint_quantize=quantize,
     )  # fmt: skip
 
@@ -271,4 +315,4 @@ def _model_id(config: dict[str, Any], file: Path) -> str:
     return ""
 
 
-__all__ = ["LLMS", "LlmConfigError", "LlmSpec", "spec_from_config"]
+__all__ = ["LLMS", "LlmConfigError", "LlmSpec", "hub_spec", "is_hub_id", "spec_from_config"]

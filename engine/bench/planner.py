@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.bench.catalog import CATALOG, Gpu, PriceBook, catalog_entry
-from engine.bench.llms import LLMS, LlmSpec, spec_from_config
+from engine.bench.llms import LLMS, LlmSpec, hub_spec, spec_from_config
 from engine.core.errors import InputError
 from engine.core.json_text import parse_json
 
@@ -415,6 +415,13 @@ def _what_would_fit(req: LlmRequest, spec: LlmSpec, gpu: Gpu, flash: bool, tried
     return "try " + ", ".join(advice) + " or shorter sequences"
 
 
+def _llm_spec(req: LlmRequest) -> LlmSpec:
+    """The model asked for: a preset, a Hub model id or a config.json."""
+    if req.llm in LLMS:
+        return LLMS[req.llm]
+    return hub_spec(req.llm) if req.llm else spec_from_config(req.config)
+
+
 def plan_llm(req: LlmRequest, card: Gpu | None = None) -> dict[str, Any]:
     """Whether a TGI deployment fits, memory by part, the launch flags and the reasons and warnings. `card` stands in
     for the catalog's entry (the detected GPU); req.gpu then only names it."""
@@ -422,7 +429,7 @@ def plan_llm(req: LlmRequest, card: Gpu | None = None) -> dict[str, Any]:
     gpu = card or catalog_entry(req.gpu)
     if gpu is None:
         raise PlanError(f"unknown GPU {req.gpu!r}; known: {', '.join(CATALOG)}")
-    spec = LLMS[req.llm] if req.llm else spec_from_config(req.config)
+    spec = _llm_spec(req)
     title = spec.name or spec.key
     if spec.checkpoint_quantize:  # its weights are stored quantized: TGI loads them so, whatever else is asked
         if req.quantize not in ("auto", spec.checkpoint_quantize):
