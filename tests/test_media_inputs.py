@@ -307,3 +307,15 @@ def test_reopening_a_stopped_or_unknown_job_shows_that_job_in_every_pane_of_both
             assert all(u == {"__type__": "update"} for u in unchanged)
             scrolls = [f.js for f in demo.fns.values() if f.fn is None and f.js and result_id in f.js]
             assert len(scrolls) == 2, scrolls  # the tab's button and Open
+
+
+def test_a_request_refused_before_its_job_exists_stays_in_the_tabs_panes(monkeypatch, tmp_path: Path) -> None:
+    """Bad input was a toast that faded over a bare "Error" badge, and the panes kept an earlier job's result."""
+    jobs = _stopping_job(monkeypatch, tmp_path, "failed", "never reached")
+    tab, api = _endpoints(jobs)
+    with pytest.warns(UserWarning, match="batch size 0 is outside"):  # the toast, outside a page
+        (video, summary, record), *more = tab({"face": "f.jpg", "audio": "a.wav", "batch_size": 0}, lambda *a: 0, None)
+    assert not more and video is None and record is None  # nothing of an earlier job is left showing
+    assert summary.startswith("✗ batch size 0 is outside")
+    with pytest.raises(gr.Error, match="batch size 0 is outside"):  # /t still raises it: scripts read the error
+        list(api(face="f.jpg", audio="a.wav", batch_size=0))

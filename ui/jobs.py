@@ -382,9 +382,17 @@ def job_endpoints(
                 raise
 
     def run_in_tab(values: dict[str, Any], progress: Callable[[float, str], None], request: gr.Request | None) -> Any:
-        """The tab's: a job that ends without its result is shown, not raised (a failure is also said in a toast)."""
+        """The tab's: a job that ends without its result is shown, not raised (a failure is also said in a toast);
+        so is a request refused before a job exists (bad input, a full queue), whose reason was a toast that faded
+        over a bare "Error" badge, with an earlier job's result still in the panes."""
         with WAITS.waiting(access.owner(request)):
-            job, reader = queued(values, request), access.reader(request)
+            try:
+                job, reader = queued(values, request), access.reader(request)
+            except AvatarbenchError as exc:
+                log.info("%s refused: %s", name, exc)
+                gr.Warning(str(exc))
+                yield ended(Ended("", None, str(exc)))
+                return
             try:
                 yield from shown(job, progress, reader)
             except JobEnded as exc:
