@@ -521,6 +521,54 @@ def test_tensorrt_fp32_rows_are_measured_against_the_tf32_peak() -> None:
     assert math_precision({"runtime": "ort-trt", "precision": "fp16"}) == "fp16"
 
 
+class _LoadedOn:
+    """A runtime that loaded on `ran_on` (TensorRT's session fallen back to another provider, or not)."""
+
+    fallback_reason = "libnvinfer.so.10: cannot open shared object file"
+
+    def __init__(self, ran_on: str) -> None:
+        self.ran_on, self.fell_back = ran_on, ran_on != "TensorrtExecutionProvider"
+
+    def load(self) -> None: ...
+    def set_inputs(self, inputs: object) -> None: ...
+    def run(self) -> None: ...
+    def sync(self) -> None: ...
+
+
+def test_a_fallen_back_row_is_held_against_the_peak_of_the_precision_that_ran() -> None:
+    """Without TensorRT's libraries ONNX Runtime's CUDA provider runs a TensorRT point, in the model's own precision
+    (TF32 only where asked): its fp16 row read 0.7% of an H100's fp16 peak where it ran at 10% of the fp32 one. A
+    GPU row that fell back to the CPU ran on no GPU: no share of the card's peak."""
+    from engine.bench.catalog import CATALOG
+    from engine.bench.workloads import BenchModel
+
+    cases = [  # runtime, precision asked, provider that ran it, the model's own weights, the peak it is held to
+        ("ort-trt", "fp16", "TensorrtExecutionProvider", None, 989.5),
+        ("ort-trt", "fp32", "TensorrtExecutionProvider", None, 494.5),  # TensorRT's fp32 layers are TF32
+        ("ort-trt", "fp16", "CUDAExecutionProvider", None, 67),
+        ("ort-trt", "fp32", "CUDAExecutionProvider", None, 67),
+        ("ort-trt", "tf32", "CUDAExecutionProvider", None, 494.5),
+        ("ort-trt", "fp16", "CUDAExecutionProvider", "fp16", 989.5),  # fp16 weights: the CUDA provider runs fp16
+        ("ort-cuda", "fp32", "CPUExecutionProvider", None, None),
+        ("ort-trt", "fp16", "CPUExecutionProvider", None, None),
+    ]
+    rows = []
+    for runtime, precision, ran_on, own, _ in cases:
+        point = BenchPoint(runtime, precision, 2, "cuda")
+        model = BenchModel("m", "ONNX model m", None, numpy_inputs=lambda b: {}, weights_precision=own)
+        ctx = bench._Context(model, SweepConfig("m", [point], runs=1, warmup=0), "cuda:0", CATALOG["H100"], 0.9, 1e12)
+        row = bench._empty_row(point)
+        bench._set_up(_LoadedOn(ran_on), ctx, point, row)
+        row["samples_per_s"] = 10.0  # 10 TFLOP/s at 1e12 FLOPs a sample
+        rows.append(row)
+    bench._finish(rows, ctx)
+    for row, (*_, peak) in zip(rows, cases, strict=True):
+        expected = None if peak is None else pytest.approx(100.0 * 10.0 / peak)
+        assert row["percent_of_peak"] == expected, (row["label"], row["ran_on"])
+    assert rows[2]["math_precision"] == "fp32" and rows[6]["math_precision"] is None
+    assert bench.math_precision({"runtime": "ort-trt", "precision": "fp32"}) == "tf32"  # a report from before
+
+
 def test_onnx_runtime_on_a_network_without_an_export_is_refused_before_any_work() -> None:
     """It was built, its FLOPs counted, then every ORT row failed (exit 1): a bad setting, refused (exit 2); a
     preset leaves those configurations out and says so."""

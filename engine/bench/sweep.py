@@ -45,6 +45,7 @@ from engine.jobs.measure import measured
 from engine.onnx.evaluate import few_runs_note, latency_stats
 from engine.onnx.examples import EXAMPLES
 from engine.onnx.timing import auto_runs_note, spread_warning, timed_count, warmup_count
+from engine.runtimes.ort_session import PROVIDERS
 from engine.runtimes.registry import COMPILE_MODES, ORT_RUNTIMES, RUNTIMES, TORCH_RUNTIMES, make_runtime
 
 REFERENCE_SAMPLES = 8
@@ -426,6 +427,7 @@ def _set_up(runtime: Any, ctx: _Context, point: BenchPoint, row: dict[str, Any])
     runtime.set_inputs(_repeat_to(ctx.base_inputs, point.batch))
     row["load_s"] = time.perf_counter() - start
     row["ran_on"], row["fell_back"] = runtime.ran_on, runtime.fell_back
+    row["math_precision"] = arithmetic_precision(row, _own_precision(ctx.model))
     if runtime.fell_back:
         row["warnings"].append(f"fell back to {runtime.ran_on}: {runtime.fallback_reason}")
     start = time.perf_counter()
@@ -520,6 +522,7 @@ def _empty_row(point: BenchPoint) -> dict[str, Any]:
         "host_rss_bytes": None,
         "flops_per_sample": None,
         "achieved_tflops": None,
+        "math_precision": None,
         "percent_of_peak": None,
         "error_vs_fp32": None,
         "energy_j_per_sample": None,
@@ -542,14 +545,35 @@ def _finish(rows: list[dict[str, Any]], ctx: _Context) -> None:
         if ctx.flops:
             row["flops_per_sample"] = ctx.flops
             row["achieved_tflops"] = ctx.flops * rate / 1e12
-            if row["device"] == "cuda" and ctx.gpu is not None and ctx.gpu.key != "detected":
-                row["percent_of_peak"] = 100.0 * row["achieved_tflops"] / ctx.gpu.peak(math_precision(row))
+            precision = math_precision(row)
+            on_the_card = row["device"] == "cuda" and ctx.gpu is not None and ctx.gpu.key != "detected"
+            if on_the_card and precision is not None:
+                row["percent_of_peak"] = 100.0 * row["achieved_tflops"] / ctx.gpu.peak(precision)
 
 
-def math_precision(row: dict[str, Any]) -> str:
-    """The precision a row's arithmetic ran at: TensorRT computes fp32 layers as TF32 (runtimes/ort_trt.py), so its
-    fp32 rows are measured against the TF32 peak, which on Ampere and later is several times the fp32 one."""
+def math_precision(row: dict[str, Any]) -> str | None:
+    """The precision a row's arithmetic ran at, whose peak its share is of: as measuring recorded it
+    (arithmetic_precision); a report from before it was recorded read by the rule it was measured with then."""
+    if "math_precision" in row:
+        return row["math_precision"]
     return "tf32" if row["runtime"] == "ort-trt" and row["precision"] == "fp32" else row["precision"]
+
+
+def arithmetic_precision(row: dict[str, Any], own: str | None) -> str | None:
+    """The precision a loaded row's arithmetic runs at, given the model's own weights' (fp16/bf16, else None).
+
+    TensorRT computes fp32 layers as TF32 (runtimes/ort_trt.py), several times the fp32 rate on Ampere and later.
+    A session that runs on ONNX Runtime's CUDA provider, TensorRT's too where its libraries are missing, runs the
+    model's own precision, TF32 only where asked: a fallen-back fp16 TensorRT row was held against the fp16 peak,
+    15x the fp32 one on an H100. A GPU row that fell back to the CPU has no share of the card's peak (None)."""
+    ran_on = row["ran_on"]
+    if row["device"] == "cuda" and ran_on == PROVIDERS["cpu"]:
+        return None
+    if row["runtime"] in ORT_RUNTIMES and ran_on == PROVIDERS["cuda"]:
+        return own or ("tf32" if row["precision"] == "tf32" else "fp32")
+    if row["runtime"] == "ort-trt" and row["precision"] == "fp32":
+        return "tf32"
+    return row["precision"]
 
 
 def machine(gpu_device: str | None) -> dict[str, Any]:
@@ -691,7 +715,7 @@ def rows_to_csv(report: dict[str, Any]) -> str:
         "label", "device", "runtime", "precision", "batch", "channels_last", "cudnn_benchmark", "compile_mode",
         "status", "ran_on", "fell_back", "load_s", "first_run_s", "warmup", "runs", "mean_ms", "std_ms", "p50_ms",
         "p95_ms", "samples_per_s", "speedup", "peak_allocated_bytes", "device_used_bytes", "host_rss_bytes",
-        "achieved_tflops", "percent_of_peak", "max_abs_error", "rel_l2_error", "energy_j_per_sample",
+        "achieved_tflops", "math_precision", "percent_of_peak", "max_abs_error", "rel_l2_error", "energy_j_per_sample",
         "energy_source", "spread_warning", "error",
     ]  # fmt: skip
     out = io.StringIO()
