@@ -917,11 +917,13 @@ def _matmul_flops(node: Any, shapes: Shapes) -> int | None:
 
 
 def _gemm_flops(node: Any, shapes: Shapes) -> int | None:
+    """2·M·N·K, the bias C left out as Conv's bias and torch's flop counter leave theirs (a Linear exported as Gemm
+    counted M·N more than the same network counted by torch)."""
     a, y = _shape(shapes, node, 0), _shape(shapes, node, 0, output=True)
     if a is None or y is None or len(a) != 2:
         return None
     k = a[0] if _attr(node, "transA", 0) else a[1]
-    return 2 * math.prod(y) * k + (math.prod(y) if _has_input(node, 2) else 0)
+    return 2 * math.prod(y) * k
 
 
 def _kv_length(shapes: Shapes, node: Any, key: int, past: int, seq_axis_3d: int, seq_axis_4d: int) -> int | None:
