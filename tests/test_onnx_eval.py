@@ -127,7 +127,7 @@ def test_evaluate_cpu_batch_sweep(mlp_model: tuple[Path, ModelInfo]) -> None:
         assert row["achieved_gflops"] > 0  # MatMul FLOPs, scaled by the batch
         assert row["memory"]["host_rss_before_bytes"] > 0 and row["memory"]["gpu_delta_bytes"] is None
     assert report["notes"][-1].startswith("p90, p95, p99 left out where 5 runs were timed")
-    gflop = [r["achieved_gflops"] * r["latency"]["p50_ms"] for r in rows]
+    gflop = [r["achieved_gflops"] * r["latency"]["mean_ms"] for r in rows]
     assert gflop[1] == pytest.approx(4 * gflop[0])
     for out in ("y", "k2"):
         p = report["parity"]["cpu"][out]
@@ -1080,6 +1080,19 @@ def test_a_sequence_output_is_held_to_the_output_limit(tmp_path: Path) -> None:
     info = inspect_model(path)
     rows = evaluate(path, info, EvalConfig(batch_sizes=(1, 64), **FAST), limits=Limits(max_output_bytes=50_000))
     assert rows["results"][0]["latency"] and rows["results"][1]["error"].startswith("skipped: outputs too large")
+
+
+def test_gflops_come_from_the_mean_latency_as_samples_per_s(mlp_model: tuple[Path, ModelInfo], monkeypatch) -> None:
+    """GFLOP/s came from the p50 and samples/s from the mean: one slow run in five made a row's GFLOP/s twice its
+    FLOPs times its samples/s. Both rates come from the mean now, as the benchmark's TFLOP/s (FLOPs x samples/s)."""
+    import engine.onnx.evaluate as ev
+
+    monkeypatch.setattr(ev, "_timed_runs", lambda fn, n, tick: [1.0] * (n - 1) + [1.0 + n])  # mean 2 ms, p50 1 ms
+    path, info = mlp_model
+    rows = evaluate(path, info, EvalConfig(batch_sizes=(1, 4), **FAST))["results"]
+    for row in rows:
+        assert (row["latency"]["mean_ms"], row["latency"]["p50_ms"]) == (2.0, 1.0)
+        assert row["achieved_gflops"] * 1e9 == pytest.approx(info.flops * row["samples_per_s"])  # inspected at N=1
 
 
 def test_npz_inputs_repeat_along_every_batch_axis_and_flops_scale_only_where_linear(tmp_path: Path) -> None:

@@ -1132,7 +1132,9 @@ class _Runner:
 
 
 def _finish_rows(rows: list[dict], info: ModelInfo, plan: _Plan) -> None:
-    """Speed-up against the CPU row of the same batch, and achieved GFLOP/s where the FLOPs apply."""
+    """Speed-up against the CPU row of the same batch (of the p50s), and achieved GFLOP/s where the FLOPs apply: from
+    the mean latency, as samples/s is, so one row's two rates agree (GFLOP/s from the p50 disagreed with samples/s
+    wherever a slow run moved the mean) and mean the same as the benchmark's TFLOP/s, FLOPs times throughput."""
     cpu = {r["batch"]: r for r in rows if r["provider"] == "cpu" and r["latency"]}
     scale_base = _inspected_batch(info, plan) if info.flops else None
     # FLOPs grow with the batch only where it is each input's first dimension alone (x[N,3] @ z[3,N] grows as N²)
@@ -1147,9 +1149,10 @@ def _finish_rows(rows: list[dict], info: ModelInfo, plan: _Plan) -> None:
         cpu_vs_cpu = row["provider"] != "cpu" and row["ran_on"] == PROVIDERS["cpu"]  # a fallback: no speed-up
         if ref is not None and p50 > 0 and not cpu_vs_cpu:
             row["speedup_vs_cpu"] = ref["latency"]["p50_ms"] / p50
-        if scale_base is not None and p50 > 0 and (linear or row["batch"] == scale_base or not plan.batch_symbols):
+        mean = row["latency"]["mean_ms"]
+        if scale_base is not None and mean > 0 and (linear or row["batch"] == scale_base or not plan.batch_symbols):
             scale = row["batch"] / scale_base if plan.batch_symbols else 1.0
-            row["achieved_gflops"] = info.flops * scale / (p50 / 1000.0) / 1e9  # type: ignore[operator]
+            row["achieved_gflops"] = info.flops * scale / (mean / 1000.0) / 1e9  # type: ignore[operator]
 
 
 def _inspected_batch(info: ModelInfo, plan: _Plan) -> int | None:
