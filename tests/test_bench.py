@@ -73,6 +73,10 @@ def test_sweep_metrics_are_consistent(sweep_report: dict) -> None:
     assert rows[2]["ran_on"] == "CPUExecutionProvider" and not rows[2]["fell_back"]
     assert bench.RANDOM_WEIGHTS_NOTE in sweep_report["notes"]
     assert bench.NETWORK_ONLY_NOTE in sweep_report["notes"]  # the cost built on it says what it leaves out
+    # the conventions another tool's figures may differ by are said in the report, not only in the code
+    counting = next(n for n in sweep_report["notes"] if n.startswith("how the figures are counted"))
+    for convention in ("2 per multiply-add", "dense rate (without 2:4 sparsity)", "interpolate linearly"):
+        assert convention in counting
     assert sweep_report["machine"]["torch"] == torch.__version__
     json.dumps(sweep_report)  # plain data all the way down
 

@@ -58,6 +58,15 @@ NETWORK_ONLY_NOTE = (
     "detection and encoding are not timed, so a whole request costs more than its cost per 1000 requests here"
 )
 OWN_WEIGHTS_NOTE = "the model's own weights, fed seeded synthetic inputs"
+# How the figures are counted, in the report itself: compared with another tool's, a figure off by a convention
+# (1 or 2 FLOPs a multiply-add, sparse or dense peak, a percentile's definition) reads as a factor wrong.
+COUNTING_NOTE = (
+    "how the figures are counted: FLOPs 2 per multiply-add, of convolutions, matrix products and attention only "
+    "(torch's flop counter on one sample, or an ONNX model's estimate, whose uncounted ops onnx inspect lists): "
+    "elementwise ops, biases, normalisation, pooling and resampling are left out; % of peak is of NVIDIA's dense rate "
+    "(without 2:4 sparsity) at the row's math_precision, fp16 and bf16 with fp32 accumulation; latency percentiles "
+    "interpolate linearly between the sorted runs (numpy's default); speed-up is samples/s over the baseline's"
+)
 PARTIAL_NOTE = "the sweep stopped before its end"
 # A GPU point's energy comes from a window at least this long: NVML's energy counter moves about every 100 ms (and
 # an H100's power reading is a 1 s average), so the timed runs' window alone (35 ms at batch 32) measured noise.
@@ -687,6 +696,7 @@ def _report(ctx: _Context, rows: list[dict[str, Any]], host: dict[str, Any], own
             *config.notes,
             *model.notes,
             *([few] if (few := few_runs_note(rows)) else []),
+            COUNTING_NOTE,
             NETWORK_ONLY_NOTE,
             *([auto_runs_note(chosen, DEFAULT_RUNS, config.runs is None, config.warmup is None)] if auto else []),
             RANDOM_WEIGHTS_NOTE if model.has_torch else OWN_WEIGHTS_NOTE,
@@ -730,6 +740,7 @@ def rows_to_csv(report: dict[str, Any]) -> str:
 
 
 __all__ = [
+    "COUNTING_NOTE",
     "NETWORK_ONLY_NOTE",
     "OWN_WEIGHTS_NOTE",
     "PRECISIONS",
