@@ -25,6 +25,15 @@ from engine.bench.planner import (
 GIB = 2**30
 
 
+def test_every_cards_peak_rates_say_where_they_come_from() -> None:
+    """A share of peak is compared with other tools': each card's rates name their datasheet or whitepaper (eight
+    cards, the GeForce ones among them, named none, so a dense or sparse, fp16- or fp32-accumulate figure could not
+    be told)."""
+    unsourced = [key for key, gpu in CATALOG.items() if not gpu.spec_source]
+    assert unsourced == []
+    assert "FP32 accumulate" in CATALOG["RTX-4090"].spec_source and "sparsity" in CATALOG["L4"].spec_source
+
+
 def test_catalog_lookup_and_features() -> None:
     assert find_gpu("NVIDIA A100-SXM4-80GB").key == "A100-80GB"
     assert find_gpu("NVIDIA L40S").key == "L40S" and find_gpu("NVIDIA L4").key == "L4"

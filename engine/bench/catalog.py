@@ -119,6 +119,23 @@ A100_DATASHEET = (
     "NVIDIA A100 Tensor Core GPU datasheet, A100 80GB PCIe / SXM columns (tensor rates listed with sparsity, halved "
     "here)"
 )
+A100_40GB_DATASHEET = (
+    "NVIDIA A100 Tensor Core GPU datasheet (2020), A100 40GB PCIe / SXM columns (tensor rates listed with sparsity, "
+    "halved here)"
+)
+T4_DATASHEET = "NVIDIA T4 datasheet (FP16/FP32 mixed-precision tensor rate)"
+A40_DATASHEET = "NVIDIA A40 datasheet (tensor rates listed with sparsity, halved here)"
+L4_DATASHEET = "NVIDIA L4 datasheet (tensor rates listed with sparsity, halved here)"
+L40S_DATASHEET = "NVIDIA L40S datasheet (dense column)"
+GA102_WHITEPAPER = (
+    "NVIDIA Ampere GA102 GPU architecture whitepaper, RTX 3090 column (FP16/BF16 tensor rates with FP32 accumulate, "
+    "half the FP16-accumulate figure; dense)"
+)
+AD102_WHITEPAPER = (
+    "NVIDIA Ada GPU architecture whitepaper, RTX 4090 column (FP16/BF16 tensor rates with FP32 accumulate, half the "
+    "FP16-accumulate figure; dense)"
+)
+RTX_4090D_SOURCE = f"{AD102_WHITEPAPER}, scaled by the 4090 D's 14592 of 16384 CUDA cores at the same 2.52 GHz boost"
 HOPPER_SXM_RATES = _rates(67, 494.5, 989.5, 989.5, 1979)  # the SXM modules: H100 SXM and H200 SXM alike
 HOPPER_NVL_RATES = _rates(60, 417.5, 835.5, 835.5, 1670.5)  # the NVL cards: H100 NVL and H200 NVL alike
 NO_PRICE = "no indicative price recorded for this board: set yours (the price table or prices.json)"
@@ -181,7 +198,10 @@ def _with_totals(gpu: Gpu) -> Gpu:
 CATALOG: dict[str, Gpu] = {
     g.key: _with_totals(g)
     for g in (
-        Gpu("T4", "NVIDIA T4", 16, 320, _rates(8.1, None, 65, None, 130), (7, 5), True, 0.35, aliases=("T4",)),
+        Gpu(
+            "T4", "NVIDIA T4", 16, 320, _rates(8.1, None, 65, None, 130), (7, 5), True, 0.35, aliases=("T4",),
+            spec_source=T4_DATASHEET,
+        ),
         Gpu(
             "V100-16GB", "NVIDIA V100 16GB (SXM2)", 16, 900, _rates(15.7, None, 125, None, 62), (7, 0), True, 2.48,
             aliases=("V100-SXM2-16GB", "V100 16GB"), spec_source=V100_DATASHEET,
@@ -212,12 +232,22 @@ CATALOG: dict[str, Gpu] = {
             "cores outrun the A10's 31.2 TFLOP/s: 80 SMs at 1.71 GHz make 35)",
             notes="AWS's A10 variant (g5 instances); tensor rates as AWS reports them",
         ),
-        Gpu("A40", "NVIDIA A40", 48, 696, _rates(37.4, 74.8, 149.7, 149.7, 299.3), (8, 6), True, 0.44, aliases=("A40",)),  # noqa: E501
-        Gpu("L4", "NVIDIA L4", 24, 300, _rates(30.3, 60, 121, 121, 242), (8, 9), True, 0.80, aliases=("L4",)),
-        Gpu("L40S", "NVIDIA L40S", 48, 864, _rates(91.6, 183, 362, 362, 733), (8, 9), True, 1.86, aliases=("L40S",)),
+        Gpu(
+            "A40", "NVIDIA A40", 48, 696, _rates(37.4, 74.8, 149.7, 149.7, 299.3), (8, 6), True, 0.44, aliases=("A40",),
+            spec_source=A40_DATASHEET,
+        ),
+        Gpu(
+            "L4", "NVIDIA L4", 24, 300, _rates(30.3, 60, 121, 121, 242), (8, 9), True, 0.80, aliases=("L4",),
+            spec_source=L4_DATASHEET,
+        ),
+        Gpu(
+            "L40S", "NVIDIA L40S", 48, 864, _rates(91.6, 183, 362, 362, 733), (8, 9), True, 1.86, aliases=("L40S",),
+            spec_source=L40S_DATASHEET,
+        ),
         Gpu(
             "A100-40GB", "NVIDIA A100 40GB", 40, 1555, _rates(19.5, 156, 312, 312, 624), (8, 0), False, 1.29,
-            aliases=("A100-SXM4-40GB", "A100-PCIE-40GB", "A100 40GB"), notes="no NVENC (decoders only)",
+            aliases=("A100-SXM4-40GB", "A100-PCIE-40GB", "A100 40GB"), spec_source=A100_40GB_DATASHEET,
+            notes="no NVENC (decoders only)",
         ),
         Gpu(
             "A100-80GB", "NVIDIA A100 80GB", 80, 2039, _rates(19.5, 156, 312, 312, 624), (8, 0), False, 1.79,
@@ -231,15 +261,16 @@ CATALOG: dict[str, Gpu] = {
         ),
         Gpu(
             "RTX-3090", "NVIDIA GeForce RTX 3090", 24, 936, _rates(35.6, 35.6, 71, 71, 284), (8, 6), True, 0.22,
-            aliases=("RTX 3090",),
+            aliases=("RTX 3090",), spec_source=GA102_WHITEPAPER,
         ),
         Gpu(
             "RTX-4090", "NVIDIA GeForce RTX 4090", 24, 1008, _rates(82.6, 82.6, 165.2, 165.2, 660.6), (8, 9), True,
-            0.34, aliases=("RTX 4090",),
+            0.34, aliases=("RTX 4090",), spec_source=AD102_WHITEPAPER,
         ),
         Gpu(
             "RTX-4090D-48GB", "NVIDIA GeForce RTX 4090 D 48GB", 48, 1008, _rates(73.5, 73.5, 147, 147, 588), (8, 9),
-            True, 0.50, aliases=("RTX 4090 D",), notes="memory-modified 4090 D boards; rates scaled by its core count",
+            True, 0.50, aliases=("RTX 4090 D",), spec_source=RTX_4090D_SOURCE,
+            notes="memory-modified 4090 D boards; rates scaled by its core count",
         ),
         Gpu(
             "H100", "NVIDIA H100 SXM 80GB", 80, 3350, HOPPER_SXM_RATES, (9, 0), False, 2.49,
