@@ -468,6 +468,27 @@ def test_the_error_against_fp32_says_why_it_cannot_be_computed() -> None:
     assert same["rel_l2"] == 0.0 and same["max_abs"] == 0.0
 
 
+def test_an_onnx_models_flops_per_sample_only_where_they_grow_with_the_batch(tmp_path: Path) -> None:
+    """x[N, N] @ x[N, N] costs 2N³ FLOPs: its count at N=1 (2) times the samples/s made up a TFLOP/s at every batch.
+    A batch that sizes only the first axes keeps its FLOPs per sample."""
+    from onnx import TensorProto, helper
+    from tiny_onnx import save
+
+    from engine.bench.workloads import onnx_model
+    from engine.onnx.model import inspect_model
+
+    square = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "x"], ["y"])], "square",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "N"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "N"])],
+    )  # fmt: skip
+    path = save(square, tmp_path / "square.onnx")
+    model = onnx_model(path, "square", inspect_model(path))
+    assert model.flops_fixed is None and any("grow faster than the batch" in n for n in model.notes)
+    path = mlp(tmp_path / "mlp.onnx")
+    assert onnx_model(path, "mlp", inspect_model(path, {"N": 4})).flops_fixed == inspect_model(path).flops
+
+
 def test_an_fp16_onnx_model_is_measured_as_fp16(tmp_path: Path) -> None:
     """ONNX Runtime runs a model's own types: an fp16 model's rows said fp32 (and its share of a card's peak was
     taken against the fp32 peak)."""

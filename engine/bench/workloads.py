@@ -164,7 +164,8 @@ def onnx_model(path: str | os.PathLike, name: str, info: Any) -> BenchModel:
             f"{name}: every input is empty ({', '.join(f'{k} {v}' for k, v in shapes.items())}): a run would compute "
             "nothing, so there is nothing to time; give the model inputs of non-zero size"
         )
-    per_sample = info.flops / info.symbols.get(symbol, 1) if info.flops else None
+    linear = _batch_only_first(info.inputs, symbol)
+    per_sample = info.flops / info.symbols.get(symbol, 1) if info.flops and linear else None
 
     def feeds(batch: int) -> dict[str, np.ndarray]:
         return synthetic_inputs(info.inputs, {**info.symbols, symbol: batch}, SEED)
@@ -172,8 +173,17 @@ def onnx_model(path: str | os.PathLike, name: str, info: Any) -> BenchModel:
     others = {s: v for s, v in info.symbols.items() if s != symbol}
     notes = (f"the model's other symbolic dimensions ran at {', '.join(f'{s}={v}' for s, v in others.items())}, "
              "as inspection set them (onnx eval takes other values)",) if others else ()  # fmt: skip
+    if info.flops and not linear:
+        notes += (f"no FLOPs per sample, so no TFLOP/s: the batch {symbol} also sizes another axis of an input, so "
+                  "the FLOPs grow faster than the batch",)  # fmt: skip
     return BenchModel(name, f"ONNX model {name}", lambda: file, flops_fixed=per_sample, numpy_inputs=feeds,
                       weights_precision=info.weights_precision, notes=notes)  # fmt: skip
+
+
+def _batch_only_first(inputs: list[Any], symbol: str) -> bool:
+    """Whether the batch symbol sizes only the inputs' first axes: only then do FLOPs grow in step with the batch
+    (x[N, N] @ x[N, N] grows as N³, and its FLOPs at N=1 times the samples/s made up a TFLOP/s)."""
+    return all(dim != symbol for spec in inputs for dim in spec.shape[1:])
 
 
 def _attention_flops(
