@@ -78,6 +78,20 @@ PUBLISHED = {
         3.82e9,
     ),
     "mixtral-8x7b": ({**MISTRAL, "model_type": "mixtral", "num_local_experts": 8}, 46.7e9),
+    "gemma-3-1b": (
+        dict(
+            model_type="gemma3_text",
+            hidden_size=1152,
+            intermediate_size=6912,
+            num_hidden_layers=26,
+            num_attention_heads=4,
+            num_key_value_heads=1,
+            head_dim=256,
+            vocab_size=262144,
+            max_position_embeddings=32768,
+        ),
+        999_885_952,
+    ),
 }
 
 
@@ -93,7 +107,7 @@ def test_parameters_estimated_from_a_config_match_the_published_counts(tmp_path:
     spec = spec_from_config(_config(tmp_path, values))
     assert spec.parameters == pytest.approx(published, rel=2e-3)
     assert spec.parameters_basis.startswith("estimated from config.json's shape")
-    assert spec.tied_embeddings == (name == "gemma-2b")
+    assert spec.tied_embeddings == name.startswith("gemma")
     if name in LLMS:  # the presets' shapes, read from the config
         preset = LLMS[name]
         shape = ("layers", "hidden", "heads", "kv_heads", "head_dim", "vocab")
@@ -178,6 +192,7 @@ def test_a_checkpoint_quantized_ahead_of_time_is_planned_as_tgi_loads_it(tmp_pat
         ({**MISTRAL, "num_key_value_heads": 5}, "32 attention heads do not share out over 5 key/value heads"),
         ({**MISTRAL, "intermediate_size": None}, "has no intermediate_size"),
         ([1, 2], "is not a JSON object"),
+        ({"model_type": "llava", "text_config": MISTRAL}, "describes a multimodal model: the parameters outside"),
     ],
 )
 def test_a_config_that_cannot_be_planned_says_why(tmp_path: Path, values: Any, message: str) -> None:
@@ -257,3 +272,16 @@ def test_a_hub_model_online_takes_the_hubs_count_of_its_parameters(
     save_file({"lm_head.weight": torch.zeros(3, 2)}, hub_cache / "model.safetensors")  # headers in the cache: no ask
     spec = plan_llm(LlmRequest("L4", "Qwen/Qwen2-0.5B"))["model"]
     assert asked == ["Qwen/Qwen2-0.5B"] and spec["parameters"] == 6 and not spec["tied_embeddings"]
+
+
+def test_a_key_written_as_null_takes_its_default_and_a_multimodal_config_its_language_models_shape(
+    tmp_path: Path,
+) -> None:
+    """transformers reads num_key_value_heads: null as one KV head per query head; a LLaVA-style config nests the
+    language model's shape, whose KV cache is what the planner sizes (the Hub's count gives the parameters)."""
+    spec = spec_from_config(_config(tmp_path / "null", {**MISTRAL, "num_key_value_heads": None}))
+    assert spec.kv_heads == 32
+    nested = _config(tmp_path / "llava", {"model_type": "llava", "text_config": MISTRAL, "vision_config": {}})
+    spec = spec_from_config(nested, name="llava-hf/llava-v1.6-mistral-7b-hf", hub_count=(7_566_747_648, False))
+    assert (spec.layers, spec.kv_heads, spec.parameters) == (32, 8, 7_566_747_648)
+    assert spec.parameters_basis == "counted by the Hub from its .safetensors headers"

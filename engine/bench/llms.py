@@ -15,7 +15,7 @@ import json
 import math
 import re
 import struct
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +80,7 @@ ESTIMATED_FAMILIES: dict[str, tuple[str | None, int, bool, bool]] = {
     "qwen3": (None, 2, True, False),
     "gemma": (None, 2, False, True),
     "gemma2": (None, 4, False, True),
+    "gemma3_text": (None, 4, True, True),
     "phi3": ("", 2, False, False),
     "granite": (None, 2, False, False),
 }
@@ -101,15 +102,9 @@ def hub_spec(repo: str) -> LlmSpec:
     from the cached .safetensors headers, else the Hub's count of them (online), else estimated."""
     from engine.core.hub import fetch_file
 
-    spec = spec_from_config(fetch_file(repo, CONFIG_NAME), name=repo)
-    if spec.parameters_basis.startswith("counted") or spec.checkpoint_quantize:
-        return spec
-    counted = _hub_parameters(repo)
-    if counted is None:
-        return spec
-    parameters, tied = counted
-    return replace(spec, parameters=float(parameters), tied_embeddings=tied,
-                   parameters_basis="counted by the Hub from its .safetensors headers")  # fmt: skip
+    file = fetch_file(repo, CONFIG_NAME)
+    hub_count = None if any(file.parent.glob("*.safetensors")) else _hub_parameters(repo)
+    return spec_from_config(file, name=repo, hub_count=hub_count)
 
 
 def _hub_parameters(repo: str) -> tuple[int, bool] | None:
@@ -129,9 +124,9 @@ def _hub_parameters(repo: str) -> tuple[int, bool] | None:
     return sum(metadata.parameter_count.values()), not untied
 
 
-def spec_from_config(path: str | Path, name: str | None = None) -> LlmSpec:
+def spec_from_config(path: str | Path, name: str | None = None, hub_count: tuple[int, bool] | None = None) -> LlmSpec:
     """The LlmSpec of the model a Hugging Face config.json describes: `path` is the file or a folder holding it;
-    `name` its Hub id where known."""
+    `name` its Hub id where known, `hub_count` the Hub's (parameters, tied embeddings) where it gave them."""
     file = _config_file(Path(path))
     config = _read_config(file)
     shape = _text_model(config)
@@ -146,9 +141,16 @@ def spec_from_config(path: str | Path, name: str | None = None) -> LlmSpec:
     quantize = _checkpoint_quantize(config, file)
     counted = None if quantize else _counted_parameters(file.parent)
     if counted is not None:
-        parameters, tied = counted
-        basis = "counted from the .safetensors headers beside config.json"
+        (parameters, tied), basis = counted, "counted from the .safetensors headers beside config.json"
+    elif hub_count is not None and not quantize:
+        (parameters, tied), basis = hub_count, "counted by the Hub from its .safetensors headers"
     else:
+        if shape is not config:  # the language model's shape alone leaves the vision tower and projector uncounted
+            raise LlmConfigError(
+                f"{file.name} describes a multimodal model: the parameters outside its language model cannot be "
+                "estimated from the config; put the config beside the model's .safetensors files (only their headers "
+                "are read), or give its Hub id while online"
+            )
         parameters, tied = _estimated_parameters(shape, family, vocab, file, quantize)
         basis = f"estimated from config.json's shape ({family} layers)"
     return LlmSpec(
@@ -188,7 +190,8 @@ def _text_model(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def _whole(config: dict[str, Any], key: str, default: int | None = None) -> int:
-    value = config.get(key, default)
+    value = config.get(key)
+    value = default if value is None else value  # a key written as null means the default, as transformers reads it
     if value is None:
         raise LlmConfigError(f"{CONFIG_NAME} has no {key}: the planner needs the model's {_WHY[key]}")
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
