@@ -33,7 +33,7 @@ from engine.lipsync.musetalk.dwpose import (
     pose_input,
     whole_frame_box,
 )
-from engine.lipsync.musetalk.geometry import landmark_box
+from engine.lipsync.musetalk.geometry import bbox_shift_range, landmark_box
 from engine.lipsync.musetalk.random_weights import write_random_weights
 from engine.lipsync.musetalk.run import landmark_files
 from engine.lipsync.musetalk.weights import load_networks, locate, require
@@ -448,6 +448,9 @@ def test_lipsync_uses_dwpose_when_its_file_is_there(weights, tmp_path) -> None:
     config = LipSyncConfig(face=FACE, audio=speech, engine="musetalk", musetalk_weights=str(folder))
     result = run_lipsync(config, tmp_path / "out.mp4", settings, device="cpu")
     assert result.metrics["landmarks"] == "dwpose" and result.metrics["boxes_from_landmarks"] == 1
+    points = DWPose(folder / "dwpose" / POSE_FILE).landmarks([load_image(FACE)])[0]
+    assert result.metrics["bbox_shift_range"] == list(bbox_shift_range([points]))  # what upstream prints
+    assert result.metrics["bbox_shift"] == 0
     assert result.metrics["detector"] == "haar" and "landmarks" in {stage.name for stage in result.stages}
     assert not any("landmark" in w for w in result.warnings)
 

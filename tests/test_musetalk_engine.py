@@ -163,6 +163,34 @@ def test_landmark_boxes_take_bbox_shift_and_fall_back_to_the_detector(networks, 
     assert "1 frame without usable landmarks took the detector's box" in avatar.warnings
 
 
+def test_the_bbox_shift_range_upstream_prints_comes_with_the_avatar(networks, face, tmp_path: Path) -> None:
+    """Upstream prints the range to choose bbox_shift from after finding the boxes: minus the mean of y30 - y29 to
+    the mean of y29 - y28 over the frames with a face, truncated, before any shift (its README: run once, then pick
+    a value inside). It was computed nowhere, so a user could not follow that advice."""
+    points = []
+    # landmarks 28, 29, 30: 18 and 21 below the bridge, 20 and 18 above it
+    for bridge_top, bridge, middle in ((120.0, 140.0, 158.0), (121.0, 139.0, 160.0)):
+        p = np.tile(np.array([230.0, 180.0], np.float32), (68, 1))
+        p[0, 0], p[16, 0], p[8, 1] = 180.0, 280.0, 210.0
+        p[28, 1], p[29, 1], p[30, 1] = bridge_top, bridge, middle
+        points.append(p)
+
+    class Landmarks:
+        name = "stub-landmarks"
+
+        def landmarks(self, frames):
+            return [points[0] if frame.mean() > 100 else points[1] for frame in frames]
+
+    darker = np.clip(face.astype(int) - 40, 0, 255).astype(np.uint8)
+    parser = dataclasses.replace(networks, face_parser=SkinParser())
+    avatar = prepare_avatar([face, np.zeros_like(face), darker], parser, detector=StubDetector(),
+                            landmarks=Landmarks(), bbox_shift=5)  # fmt: skip
+    assert face.mean() > 100 > darker.mean()
+    assert avatar.bbox_shift_range == (-19, 19)  # -int(19.5), int(19.0); the black frame has no face
+    assert load_avatar(save_avatar(avatar, tmp_path / "a.pt")).bbox_shift_range == (-19, 19)
+    assert prepare_avatar([face], parser, detector=StubDetector()).bbox_shift_range is None  # no landmarks
+
+
 def test_a_box_past_the_frame_is_clipped() -> None:
     points = np.full((68, 2), 100.0, np.float32)
     points[16, 0], points[8, 1], points[29, 1] = 140.0, 130.0, 90.0  # right edge past a 120-wide frame

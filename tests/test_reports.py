@@ -127,3 +127,21 @@ def test_the_lipsync_summary_counts_one_frame_in_the_singular() -> None:
                "detector": "haar", "faces_missed": 1, "pipeline_seconds": 0.5, "frames_per_second": 2.0}  # fmt: skip
     text = summary_markdown(RunResult(metrics=metrics))
     assert "1 frame at 25 fps" in text and "1 frame without a face" in text
+
+
+def test_the_lipsync_summary_gives_musetalks_bbox_shift_range() -> None:
+    """Upstream prints the range to choose --bbox-shift from once the boxes are found; the summary gives it where
+    the boxes came from landmarks, and says nothing of it otherwise."""
+    from engine.core.results import RunResult
+    from ui.lipsync import summary_markdown
+
+    metrics = {"engine_label": "MuseTalk v1", "frames": 2, "fps": 25.0, "batch_size": 2, "encoder": "libx264",
+               "detector": "haar", "faces_missed": 0, "pipeline_seconds": 0.5, "frames_per_second": 4.0,
+               "bbox_shift": 5, "bbox_shift_range": [-19, 19]}  # fmt: skip
+    text = summary_markdown(RunResult(metrics=metrics))
+    assert "--bbox-shift range for this face: -19 to 19" in text and "used: 5" in text
+    assert "bbox-shift" not in summary_markdown(RunResult(metrics={**metrics, "bbox_shift_range": None}))
+    from engine.lipsync.cli import shift_line  # the command line's line
+
+    assert shift_line(RunResult(metrics=metrics)).startswith("--bbox-shift range for this face: -19 to 19")
+    assert shift_line(RunResult(metrics={**metrics, "bbox_shift_range": None})) == ""

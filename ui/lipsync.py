@@ -17,7 +17,7 @@ from engine.core.settings import Settings
 from engine.core.weights import WAV2LIP, where_to_put
 from engine.core.words import counted
 from engine.jobs.kinds import shown_report
-from engine.lipsync.config import LipSyncConfig, precision_summary
+from engine.lipsync.config import LipSyncConfig, bbox_shift_words, precision_summary
 from engine.lipsync.jobs import LipSyncJobs
 from ui.examples import Example, example_gallery
 from ui.forms import api_examples, choices, default, form_handler
@@ -57,6 +57,8 @@ def summary_markdown(result: RunResult) -> str:
         f"detector `{m['detector']}` · {counted(m['faces_missed'], 'frame')} without a face · "
         f"{m['pipeline_seconds']:.2f}s in the pipeline ({m['frames_per_second']:.1f} frames/s)",
     ]
+    if shift := bbox_shift_words(m):
+        lines.append(f"- {shift}")
     if check := m.get("precision_check"):
         lines.append(f"- {precision_summary(result.precision, check)}")
     lines += measurement_line(result) + segments_lines(result)

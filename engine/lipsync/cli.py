@@ -9,7 +9,7 @@ from engine.core.commands import Command, output_flags, print_run, run_flags
 from engine.core.options import from_args
 from engine.core.results import RunResult
 from engine.core.words import counted
-from engine.lipsync.config import AvatarConfig, LipSyncConfig, precision_summary
+from engine.lipsync.config import AvatarConfig, LipSyncConfig, bbox_shift_words, precision_summary
 
 
 def _lipsync(args: argparse.Namespace) -> int:
@@ -34,8 +34,14 @@ def _lipsync(args: argparse.Namespace) -> int:
     frames = counted(m["frames"], "frame")
     return print_run(args, result, f"{result.outputs['video']}: {frames} at {m['fps']:g} fps by "
                      f"{m['engine_label']} on {result.device} ({result.precision}), batch {m['batch_size']}, "
-                     f"{m['faces_missed']} without a face\n{precision_line(result)}{describe(result.measurement)}"
-                     f"{stream_note(config.stream, args.out)}")  # fmt: skip
+                     f"{m['faces_missed']} without a face\n{shift_line(result)}{precision_line(result)}"
+                     f"{describe(result.measurement)}{stream_note(config.stream, args.out)}")  # fmt: skip
+
+
+def shift_line(result: RunResult) -> str:
+    """MuseTalk's --bbox-shift range for the face, as a line (empty without one)."""
+    words = bbox_shift_words(result.metrics)
+    return f"{words}\n" if words else ""
 
 
 def precision_line(result: RunResult) -> str:
@@ -57,7 +63,7 @@ def _avatar(args: argparse.Namespace) -> int:
     m = result.metrics
     return print_run(args, result, f"{config.face}: a MuseTalk avatar of {counted(m['frames'], 'frame')}, "
                      f"{m['faces']} with a face ({m['avatar_source']}), kept for `lipsync --engine musetalk` of this "
-                     f"face with these options")  # fmt: skip
+                     f"face with these options\n{shift_line(result)}".rstrip())  # fmt: skip
 
 
 def _avatar_flags(parser: argparse.ArgumentParser) -> None:

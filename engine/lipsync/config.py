@@ -179,6 +179,19 @@ def one_frame_words(name: str, fps: float, video_fps: float) -> str:
     return f"{name} has one frame: lip-synced as a still face at {fps:g} fps (--fps), not its container's {video_fps:g}"
 
 
+def bbox_shift_words(metrics: dict[str, Any]) -> str | None:
+    """The --bbox-shift range a MuseTalk result holds, in words, as upstream prints it after finding the boxes (its
+    README: run once, then choose a value inside); None where the boxes were not made from landmarks."""
+    found = metrics.get("bbox_shift_range")
+    if not found:
+        return None
+    low, high = found
+    return (
+        f"--bbox-shift range for this face: {low} to {high} (from its nose landmarks, as upstream suggests; + shows "
+        f"more mouth), used: {metrics.get('bbox_shift', 0)}"
+    )
+
+
 def precision_summary(precision: str, check: dict[str, Any]) -> str:
     """--check-precision's finding (the result's `precision_check`) in words."""
     where = f"{precision} against fp32 on the first {check['frames']} frames"
@@ -207,6 +220,7 @@ __all__ = [
     "AvatarConfig",
     "LipSyncConfig",
     "LipSyncError",
+    "bbox_shift_words",
     "box_passed_over",
     "fps_passed_over",
     "parse_box",

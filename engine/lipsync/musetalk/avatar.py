@@ -48,6 +48,7 @@ from engine.lipsync.musetalk.blend import (
 from engine.lipsync.musetalk.geometry import (
     EXTRA_MARGIN,
     Box,
+    bbox_shift_range,
     blend_region,
     crop_face,
     face_box,
@@ -104,6 +105,7 @@ class PreparedAvatar:
     landmarks: str | None  # the landmark provider's name, None when boxes came from the detector alone
     fps: float | None = None  # the source video's frame rate, when the caller knows it
     warnings: tuple[str, ...] = ()
+    bbox_shift_range: tuple[int, int] | None = None  # what upstream suggests for bbox_shift; None without landmarks
 
     @property
     def cycle(self) -> tuple[int, ...]:
@@ -308,6 +310,7 @@ def prepare_avatar(
         detections = _detect(detector, stack)
     with timed(result if landmarks is not None else None, "landmarks", device, count):
         points = _landmarks(landmarks, stack, detections)
+    shift_range = suggested_shifts(points)
     boxes: list[Box | None] = []
     sources: list[str | None] = []
     small = 0
@@ -358,7 +361,15 @@ def prepare_avatar(
         landmarks=None if landmarks is None else landmarks.name,
         fps=None if fps is None else float(fps),
         warnings=warnings,
+        bbox_shift_range=shift_range,
     )
+
+
+def suggested_shifts(points: Sequence[np.ndarray | None]) -> tuple[int, int] | None:
+    """The bbox_shift range upstream prints for choosing it (geometry.bbox_shift_range over the frames with
+    landmarks): its README has v1.0 users run once with 0 and pick a value inside. None without any landmarks."""
+    found = [p for p in points if p is not None]
+    return bbox_shift_range(found) if found else None
 
 
 def _warnings(
@@ -417,6 +428,7 @@ def save_avatar(avatar: PreparedAvatar, path: str | os.PathLike[str]) -> Path:
         "landmarks": avatar.landmarks,
         "fps": avatar.fps,
         "warnings": list(avatar.warnings),
+        "bbox_shift_range": None if avatar.bbox_shift_range is None else list(avatar.bbox_shift_range),
     }
     payload["digest"] = payload_digest(payload)
     partial = path.with_name(path.name + ".partial")
@@ -501,7 +513,12 @@ def _from_payload(data: dict[str, Any]) -> PreparedAvatar:
         landmarks=data["landmarks"],
         fps=data["fps"],
         warnings=tuple(str(w) for w in data["warnings"]),
+        bbox_shift_range=_shift_range(data.get("bbox_shift_range")),  # absent from files saved before it was kept
     )
+
+
+def _shift_range(value: Any) -> tuple[int, int] | None:
+    return None if value is None else (int(value[0]), int(value[1]))
 
 
 def check_avatar(avatar: PreparedAvatar) -> None:

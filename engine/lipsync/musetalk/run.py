@@ -337,6 +337,12 @@ def _avatar(config: Any, settings: Settings, loaded: _Loaded, fps: float, photo:
     return avatar, MEMORY if in_memory else source
 
 
+def shift_metrics(avatar: PreparedAvatar) -> dict[str, Any]:
+    """The bbox_shift used and the range upstream prints beside it (None without landmarks), for the result."""
+    found = avatar.bbox_shift_range
+    return {"bbox_shift": avatar.bbox_shift, "bbox_shift_range": None if found is None else list(found)}
+
+
 def run_musetalk(
     config: LipSyncConfig, out: Path, settings: Settings, choice: DeviceChoice, progress: Progress
 ) -> RunResult:
@@ -413,7 +419,7 @@ def run_musetalk(
         audio_seconds=len(speech) / SAMPLE_RATE, encoder=writer.codec, pipeline_seconds=wall,
         frames_per_second=count / wall if wall > 0 else None, detector=avatar.detector, landmarks=avatar.landmarks,
         boxes_from_landmarks=avatar.box_sources.count(LANDMARKS), networks_cached=loaded.cached,
-        avatar_cached=source != PREPARED, avatar_source=source,
+        avatar_cached=source != PREPARED, avatar_source=source, **shift_metrics(avatar),
     )  # fmt: skip
     progress(1.0, "done")
     return result
@@ -444,6 +450,7 @@ def prepare_stored_avatar(
     result.metrics.update(
         engine="musetalk", frames=len(avatar.frames), faces=avatar.faces, fps=fps, avatar_source=source,
         detector=avatar.detector, landmarks=avatar.landmarks, boxes_from_landmarks=avatar.box_sources.count(LANDMARKS),
+        **shift_metrics(avatar),
     )  # fmt: skip
     progress(1.0, "avatar ready")
     return result
