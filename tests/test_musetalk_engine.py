@@ -191,6 +191,15 @@ def test_the_bbox_shift_range_upstream_prints_comes_with_the_avatar(networks, fa
     assert prepare_avatar([face], parser, detector=StubDetector()).bbox_shift_range is None  # no landmarks
 
 
+def test_a_v1_avatar_names_its_own_version_in_its_warnings(networks, face) -> None:
+    """Both versions were trained on boxes from the 68 landmarks; a v1.0 run said v1.5's."""
+    v1 = dataclasses.replace(networks, version="v1", face_parser=SkinParser())
+    avatar = prepare_avatar([face], v1, detector=StubDetector())
+    assert avatar.extra_margin == 0 and avatar.parsing_mode == "raw"  # v1.0's conventions
+    assert any("68 landmarks MuseTalk v1.0 was trained with" in w for w in avatar.warnings)
+    assert not any("v1.5" in w for w in avatar.warnings)
+
+
 def test_a_box_past_the_frame_is_clipped() -> None:
     points = np.full((68, 2), 100.0, np.float32)
     points[16, 0], points[8, 1], points[29, 1] = 140.0, 130.0, 90.0  # right edge past a 120-wide frame

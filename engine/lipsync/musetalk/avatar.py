@@ -333,7 +333,7 @@ def prepare_avatar(
             f"no face found in any of the {frames_text} ({detector.name} face detector); use a clear, frontal "
             f"face, or {hint}"
         )
-    warnings = _warnings(count, len(faces), small, shift, sources, detector, landmarks)
+    warnings = _warnings(count, len(faces), small, shift, sources, detector, landmarks, version)
 
     progress(0.2, "encoding the faces")
     with torch.no_grad():
@@ -380,20 +380,20 @@ def _warnings(
     sources: list[str | None],
     detector: FaceDetector,
     landmarks: LandmarkProvider | None,
+    version: str,
 ) -> tuple[str, ...]:
     out = []
+    trained = f"the 68 landmarks MuseTalk {'v1.5' if version == V15 else 'v1.0'} was trained with"  # both versions
     if faces < count:
         out.append(f"{count - faces} of {count} frames have no face: they pass through unchanged")
     if small:
         out.append(f"{counted(small, 'face box')} smaller than {MIN_FACE_SIDE} pixels treated as no face")
     if landmarks is None and detector.name == FIXED_BOX:  # asked for, not fallen back to
-        out.append("the face box is the fixed --box, as given: not made from the 68 landmarks MuseTalk v1.5 was "
-                   "trained with")  # fmt: skip
+        out.append(f"the face box is the fixed --box, as given: not made from {trained}")
     elif landmarks is None:
         out.append(
-            f"no face-landmark model: the face boxes come from the {detector.name} detector, not from the 68 "
-            "landmarks MuseTalk v1.5 was trained with (upstream falls back to S3FD on the whole frame: --detector "
-            "s3fd --detect-scale 1)"
+            f"no face-landmark model: the face boxes come from the {detector.name} detector, not from {trained} "
+            "(upstream falls back to S3FD on the whole frame: --detector s3fd --detect-scale 1)"
         )
     elif DETECTOR in sources:
         out.append(f"{counted(sources.count(DETECTOR), 'frame')} without usable landmarks took the detector's box")
