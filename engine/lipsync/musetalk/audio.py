@@ -9,7 +9,8 @@ varying fastest; a sinusoidal positional encoding is added before the UNet's cro
 
 Where we differ from upstream (on purpose):
 - the real frame rate: upstream truncates fps to an int (29.97 -> 29, so the lips drift by about a second per 30 s
-  of speech); we use the float fps in the frame count and the window starts;
+  of speech), and its real-time script takes its --fps (25 by default) for every avatar whatever the video's rate;
+  we use the video's own float fps in the frame count and the window starts;
 - 50 and 60 fps work: upstream's right padding (6 rows there) is too short for the last windows, its assert fails
   and the process exits with status 0; we pad with as many zero rows as the last window needs (upstream's rows
   otherwise, so every window upstream can cut is identical);
