@@ -184,6 +184,12 @@ def test_upstreams_margin_parsing_mode_cheek_widths_and_blur_make_their_own_avat
     assert avatar.boxes[0][3] == default.boxes[0][3] - 10  # the margin below the box
     blurred = dataclasses.replace(config, musetalk_blur=0.05)  # the blur alone makes another avatar
     assert run_lipsync(blurred, tmp_path / "blurred.mp4", settings, device="cpu").metrics["avatar_source"] == "prepared"
+    # v1.5's defaults written out, or cheek widths the neck mode never reads, are the same avatar: not prepared again
+    # (memory keeps the last two, so from disk)
+    written = dataclasses.replace(config, musetalk_extra_margin=10, musetalk_parsing_mode="jaw")
+    assert run_lipsync(written, tmp_path / "written.mp4", settings, device="cpu").metrics["avatar_source"] == "disk"
+    cheeks = dataclasses.replace(chosen, musetalk_cheek_widths=(10, 20))
+    assert run_lipsync(cheeks, tmp_path / "cheeks.mp4", settings, device="cpu").metrics["avatar_source"] == "disk"
 
 
 def test_weights_replaced_in_place_prepare_the_avatar_again(weights, tmp_path) -> None:

@@ -288,10 +288,9 @@ def prepare_avatar(
     progress = progress or (lambda fraction, label: None)
     stack = _check_frames(frames)
     version = networks.version
-    margin = (EXTRA_MARGIN if version == V15 else 0) if extra_margin is None else extra_margin
+    margin, mode = version_defaults(version, extra_margin, parsing_mode)
     margin = _integer(margin, "extra_margin", 0, 10_000)
     shift = _integer(bbox_shift, "bbox_shift", -10_000, 10_000)
-    mode = parsing_mode or ("jaw" if version == V15 else "raw")
     if mode not in PARSING_MODES:
         raise InputError(f"parsing mode {mode!r} is not one of {', '.join(PARSING_MODES)}")
     blur = _fraction(blur_fraction, "blur_fraction")
@@ -363,6 +362,13 @@ def prepare_avatar(
         warnings=warnings,
         bbox_shift_range=shift_range,
     )
+
+
+def version_defaults(version: str, extra_margin: int | None, parsing_mode: str | None) -> tuple[int, str]:
+    """The margin below the box and the parsing mode an avatar is prepared with: as asked, else the version's
+    (v1.5: 10 pixels and "jaw"; v1.0: none and "raw")."""
+    margin = (EXTRA_MARGIN if version == V15 else 0) if extra_margin is None else extra_margin
+    return margin, parsing_mode or ("jaw" if version == V15 else "raw")
 
 
 def suggested_shifts(points: Sequence[np.ndarray | None]) -> tuple[int, int] | None:

@@ -63,7 +63,7 @@ from engine.lipsync.config import LipSyncConfig, LipSyncError, box_passed_over, 
 from engine.lipsync.encoding import EncoderThread
 from engine.lipsync.musetalk.accelerate import StepRunner, check_runtime, make_step
 from engine.lipsync.musetalk.audio import check_speech, feature_extractor, frame_count
-from engine.lipsync.musetalk.avatar import FIXED_BOX, LANDMARKS, PreparedAvatar, prepare_avatar
+from engine.lipsync.musetalk.avatar import FIXED_BOX, LANDMARKS, PreparedAvatar, prepare_avatar, version_defaults
 from engine.lipsync.musetalk.avatar_store import AVATAR_OWNER, MEMORY, PREPARED, AvatarStore
 from engine.lipsync.musetalk.avatar_store import FOLDER as AVATAR_FOLDER
 from engine.lipsync.musetalk.dwpose import DETECTOR_FILE, POSE_FILE, DWPose
@@ -312,8 +312,10 @@ def _avatar(config: Any, settings: Settings, loaded: _Loaded, fps: float, photo:
 
     mode = None if config.musetalk_parsing_mode == "auto" else config.musetalk_parsing_mode
     cheeks = tuple(int(w) for w in config.musetalk_cheek_widths)
-    # upstream's options for the avatar
-    looks = (config.bbox_shift, config.musetalk_extra_margin, mode, cheeks, float(config.musetalk_blur))
+    # upstream's options for the avatar, as they are used: a default written out, or cheek widths that only the jaw
+    # mode reads, prepare the same avatar again
+    margin, used_mode = version_defaults(loaded.networks.version, config.musetalk_extra_margin, mode)
+    looks = (config.bbox_shift, margin, used_mode, cheeks if used_mode == "jaw" else None, float(config.musetalk_blur))
 
     def key(frames: int | str) -> tuple:
         return (AVATAR_OWNER.get(), face, frames, looks, detection, loaded.avatar_key, marks)
