@@ -88,6 +88,16 @@ def test_a_driver_framed_like_the_source_moves_nothing(tmp_path: Path, settings:
     assert np.abs(frame.astype(int) - source).mean() < 5  # the encoder's loss (4:2:0 chroma, the flag's stripes)
 
 
+def test_the_baseline_takes_the_source_limits_it_is_given(tmp_path: Path, settings: Settings) -> None:
+    """The source is shrunk and cut by --source-max-dim and --source-division for every engine: the baseline said it
+    did not use them while its output came out at the shrunk size."""
+    out = tmp_path / "small.mp4"
+    config = PortraitConfig(FACE, FACE, engine="baseline", source_max_dim=300, source_division=8)
+    result = run_portrait(config, out, settings)
+    assert next(iter(read_frames(out))).shape == (296, 296, 3)  # 512 shrunk to 300, cut to a multiple of 8
+    assert not any("--source-max-dim" in w or "--source-division" in w for w in result.warnings)
+
+
 def test_scale_and_place_are_transferred_within_a_head_movement(tmp_path: Path) -> None:
     detector = HaarDetector(detect_scale=0.5)
     source = still_pose(cv2.imread(str(FACE)), detector)

@@ -21,8 +21,10 @@ DRIVING_OPTIONS = ("expression-friendly", "pose-friendly")
 MAX_ANGLE = 45.0
 MAX_OPENNESS = 0.8
 MIN_SOURCE_DIM = 64  # a source shrunk below this has no face left to find
-# What the weight-free baseline engine reads; every other option is LivePortrait's (the run says it was ignored).
-BASELINE_OPTIONS = ("source", "driving", "engine", "max_frames", "batch_size", "multiplier", "save_template", "stream")
+# What the weight-free baseline engine reads (the source's limits too: every engine's source is shrunk and cut by them
+# first); every other option is LivePortrait's (the run says it was ignored).
+BASELINE_OPTIONS = ("source", "driving", "engine", "source_max_dim", "source_division", "max_frames", "batch_size",
+                    "multiplier", "save_template", "stream")  # fmt: skip
 TEMPLATE_SUFFIXES = (".npz", ".pkl")  # motion templates: ours, and upstream LivePortrait's pickles
 
 
