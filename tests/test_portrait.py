@@ -320,6 +320,25 @@ def test_refusals_are_messages(weights: Path, driving: Path, tmp_path: Path) -> 
                              "motion was measured when saved"]  # fmt: skip
 
 
+def test_head_offsets_absolute_motion_leaves_unused_are_named(weights: Path, driving: Path, tmp_path: Path) -> None:
+    """--pitch, --yaw and --roll turn the source's pose: with --no-relative in region all or pose the head takes the
+    driver's pose instead, and the offsets moved nothing without a word."""
+    from engine.core.results import RunResult
+    from engine.portrait.pipeline import _unused_head_offsets
+
+    source = ASSETS / "face.jpg"
+    config = PortraitConfig(source, driving, weights=str(weights), relative=False, yaw=10.0, roll=-5.0, max_frames=1)
+    result = run_portrait(config, tmp_path / "absolute.mp4")
+    assert (
+        "--yaw, --roll change nothing here: with --no-relative and region all the head takes the driver's pose, "
+        "and the offsets turn the source's (relative motion, or regions exp, lip and eyes)" in result.warnings
+    )
+    for used in (dict(yaw=10.0), dict(relative=False, region="exp", yaw=10.0), dict(relative=False)):
+        quiet = RunResult()
+        _unused_head_offsets(PortraitConfig(source, driving, **used), quiet)
+        assert quiet.warnings == []
+
+
 def _video(path: Path, frames: list[np.ndarray]) -> Path:
     """The frames exactly as given (lossless Matroska): the Haar detector is borderline on a 320-pixel face, and
     whether H.264's noise lets it see one is not what these tests are about."""

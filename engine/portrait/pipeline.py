@@ -687,6 +687,7 @@ def run_portrait(
         plan = _baseline_plan(config, settings, head.source_bgr, head.box, head.detector, head.device, result, progress)
     else:
         _unused_crop_options(config, result)
+        _unused_head_offsets(config, result)
         template = out.with_suffix(NPZ) if config.save_template else None
         source = _liveportrait_source(head, progress)
         plan = _liveportrait_plan(head, source, template, progress)
@@ -896,6 +897,21 @@ def _unused_crop_options(config: PortraitConfig, result: RunResult) -> None:
         changed = [name for name in names if getattr(config, name) != getattr(defaults, name)]
         if unused and changed:
             result.warn(f"{', '.join('--' + n.replace('_', '-') for n in changed)} change nothing here: {why}")
+
+
+HEAD_OFFSETS = ("pitch", "yaw", "roll")
+
+
+def _unused_head_offsets(config: PortraitConfig, result: RunResult) -> None:
+    """The head-rotation offsets turn the source's own pose, and absolute motion of the whole head (region all or
+    pose) puts the driver's pose in its place: offsets given there changed nothing, without a word."""
+    given = [name for name in HEAD_OFFSETS if getattr(config, name)]
+    if given and not config.relative and config.region in ("all", "pose"):
+        result.warn(
+            f"{', '.join('--' + name for name in given)} change nothing here: with --no-relative and region "
+            f"{config.region} the head takes the driver's pose, and the offsets turn the source's (relative motion, "
+            "or regions exp, lip and eyes)"
+        )
 
 
 def _template_refusal(config: PortraitConfig) -> PortraitError:
