@@ -339,6 +339,22 @@ def test_head_offsets_absolute_motion_leaves_unused_are_named(weights: Path, dri
         assert quiet.warnings == []
 
 
+def test_driving_crop_options_for_a_square_driver_taken_whole_are_named(
+    weights: Path, driving: Path, tmp_path: Path
+) -> None:
+    """A square driving clip is taken whole unless --crop-driving asks: the driving crop's scale and shifts given
+    without it changed nothing, silently."""
+    source = ASSETS / "face.jpg"
+    config = PortraitConfig(source, driving, weights=str(weights), scale_crop_driving=2.6, max_frames=1)
+    result = run_portrait(config, tmp_path / "whole.mp4")
+    assert (
+        "--scale-crop-driving change nothing here: the square drive.mkv is taken whole (--crop-driving crops it)"
+        in (result.warnings)
+    )
+    cropped = run_portrait(replace(config, crop_driving=True), tmp_path / "cropped.mp4")
+    assert not any("change nothing here" in w for w in cropped.warnings)
+
+
 def _video(path: Path, frames: list[np.ndarray]) -> Path:
     """The frames exactly as given (lossless Matroska): the Haar detector is borderline on a 320-pixel face, and
     whether H.264's noise lets it see one is not what these tests are about."""

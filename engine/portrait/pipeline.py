@@ -347,6 +347,7 @@ def _driving_motion(
         if box is None:
             raise PortraitError(f"no face found in the driving image {path.name}")
         transform = _driving_transform(config, box, image.shape[1], image.shape[0])
+        _unused_driving_crop(config, transform, path.name, result)
         with result.stage("motion", items=1):
             motion = nets.motion(_driving_input(image, transform, nets.device))
         measured = None if landmarks is None else _stacked(_measured_openness(landmarks, [image], box))
@@ -378,6 +379,7 @@ def _clip_motion(
             "first with a face (trim the clip to start on the face for the upstream behaviour)"
         )
     transform = _driving_transform(config, box, info.width, info.height)
+    _unused_driving_crop(config, transform, Path(config.driving).name, result)
     infos: list[KeypointInfo] = []
     rows: list[tuple[np.ndarray, float]] = []
     frames = _clip_frames(Path(config.driving), config.max_frames, settings.max_seconds)
@@ -403,6 +405,17 @@ def _driving_transform(config: PortraitConfig, box: np.ndarray, width: int, heig
     if width == height and not config.crop_driving:
         return None
     return crop_transform(box, config.scale_crop_driving, config.vy_ratio_crop_driving, vx=config.vx_ratio_crop_driving)
+
+
+def _unused_driving_crop(config: PortraitConfig, transform: CropTransform | None, name: str, result: RunResult) -> None:
+    """The driving crop's scale and shifts given for a square driver taken whole: they changed nothing, silently."""
+    defaults = PortraitConfig(config.source, config.driving)
+    changed = [n for n in DRIVING_CROP_SHAPE if getattr(config, n) != getattr(defaults, n)]
+    if transform is None and changed:
+        result.warn(
+            f"{', '.join('--' + n.replace('_', '-') for n in changed)} change nothing here: the square {name} is "
+            "taken whole (--crop-driving crops it)"
+        )
 
 
 def _driving_input(rgb: np.ndarray, transform: CropTransform | None, device: torch.device) -> torch.Tensor:
@@ -882,7 +895,8 @@ def refuse_template_without_weights(config: PortraitConfig, settings: Settings) 
 
 
 SOURCE_CROP_OPTIONS = ("scale", "vx_ratio", "vy_ratio", "upright")
-DRIVING_CROP_OPTIONS = ("crop_driving", "scale_crop_driving", "vx_ratio_crop_driving", "vy_ratio_crop_driving")
+DRIVING_CROP_SHAPE = ("scale_crop_driving", "vx_ratio_crop_driving", "vy_ratio_crop_driving")
+DRIVING_CROP_OPTIONS = ("crop_driving", *DRIVING_CROP_SHAPE)
 
 
 def _unused_crop_options(config: PortraitConfig, result: RunResult) -> None:
