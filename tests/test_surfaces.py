@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ASSETS = ROOT / "assets"
 FILES = {"face": "assets/face.jpg", "audio": "assets/speech.wav", "source": "assets/face.jpg",
          "driving": "assets/driving.mp4"}  # fmt: skip
-REQUIRED = {"gpu": "T4", "llm": "mistral-7b", "throughput": "10", "measured_on": "cpu", **FILES}
+REQUIRED = {"gpu": "T4", "throughput": "10", "measured_on": "cpu", **FILES}
 
 
 @pytest.mark.parametrize("command", [c for c in engine_commands() if c.config], ids=lambda c: c.name)
@@ -42,12 +42,14 @@ def test_every_config_field_is_a_flag_with_the_configs_default(command) -> None:
         argv += [f.flag, str(ROOT / REQUIRED[f.name]) if f.name in FILES else REQUIRED[f.name]]
     if any(a.dest == "out" for a in sub._actions):
         argv += ["--out", "x.mp4"]
-    if command.name.startswith("onnx"):
-        argv += ["--example", "wav2lip"]
+    # one of two optional fields a command needs: an ONNX model or example, a preset LLM or a config.json
+    chosen = {"example": "wav2lip"} if command.name.startswith("onnx") else {}
+    chosen = {"llm": "mistral-7b"} if command.name == "plan llm" else chosen
+    for name, value in chosen.items():
+        argv += [f"--{name}", value]
     parsed = from_args(command.config, parser.parse_args(argv))
     values = {f.name: (str(ROOT / REQUIRED[f.name]) if f.name in FILES else REQUIRED[f.name]) for f in required}
-    if command.name.startswith("onnx"):
-        values["example"] = "wav2lip"
+    values.update(chosen)
     assert parsed == command.config.build(values)  # nothing given: the config's own defaults
 
 
