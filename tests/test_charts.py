@@ -552,3 +552,30 @@ def test_a_cpu_configuration_is_priced_at_the_cpu_price_and_unpriced_cards_are_n
         assert "CPU (measured)" not in [r[0] for r in rows] and "give the CPU machine's **$/hour**" in notes
         with pytest.raises(gr.Error, match=r"cpu price per hour -1 is outside"):
             handler["price_configuration"](job.id, label, 250, "-1", request)
+
+
+def test_a_gpu_configuration_that_fell_back_to_the_cpu_is_priced_as_the_cpu(tmp_path: Path, model) -> None:
+    """Its samples/s were the CPU's, shown as the card's "measured" figure (and once scaled to every other card)."""
+    from engine.core.settings import load_settings
+    from engine.jobs.store import CPU, JobStore
+    from ui.jobs import Access
+
+    settings = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path / "data")})
+    settings.ensure_dirs()
+    request = SimpleNamespace(username=None, session_hash="s1", cookies={})
+    with JobStore(settings.db_path, settings.data_dir / "blobs") as store:
+        _, handler, jobs = _bench_tab(settings, store)
+        job = jobs.submit(SweepRequest.build({"device": "cpu", "batch": "1"}), Access().owner(request))
+        assert store.claim_next(CPU).id == job.id
+        path, info = model
+        config = SweepConfig("mlp", [BenchPoint("ort-cpu", "fp32", 1, "cpu")], runs=2, warmup=0)
+        report = run_sweep(config, onnx_model(path, "mlp", info), None)
+        row = report["results"][0]  # as an ort-cuda point whose CUDA provider could not load would read
+        row.update(device="cuda", runtime="ort-cuda", ran_on="CPUExecutionProvider", fell_back=True,
+                   math_precision=None, label="cuda ort-cuda fp32 b1")  # fmt: skip
+        report["gpu"] = {"name": "NVIDIA H100 80GB HBM3", "total_memory_bytes": 85 * 10**9, "capability": [9, 0]}
+        store.finish(job.id, report)
+        rows, notes = handler["price_configuration"](job.id, "cuda ort-cuda fp32 b1", 250, "0.34", request)
+        assert rows[0][0] == "CPU (measured)" and rows[0][1] == 0.34  # the CPU machine, at its price
+        assert not [r for r in rows if r[0] == "H100" and r[3] not in ("", None)]  # no card priced from it
+        assert notes.startswith("- ⚠️ cuda ort-cuda fp32 b1 fell back to the CPU: it is priced as a CPU measurement")

@@ -37,6 +37,7 @@ from engine.bench.workloads import BUILTIN
 from engine.core.commands import strict_json
 from engine.jobs.store import CANCELLED, FAILED
 from engine.onnx.timing import auto_help
+from engine.runtimes.ort_session import PROVIDERS
 from engine.runtimes.registry import COMPILE_MODES, RUNTIMES
 from ui.bench_report import (
     COMPARE_HEADERS,
@@ -314,17 +315,22 @@ def build_bench_tab(settings: Any, jobs: BenchJobs, access: Access) -> None:
         if row is None or not row.get("samples_per_s"):
             raise refusal(f"{label} has no throughput in the sweep open in this tab", "the cost table")
         book, precision = prices_of(request)[0], math_precision(row)  # TensorRT's fp32 arithmetic is TF32
+        # a GPU configuration whose session fell back to ONNX Runtime's CPU provider measured the CPU, not the card
+        on_card = row["device"] == "cuda" and row.get("ran_on") != PROVIDERS["cpu"]
         with reported("the cost table"):
-            if row["device"] == "cuda":
+            if on_card:
                 measured_on = report_gpu(report)
                 rows = cost_table(row["samples_per_s"], precision, measured_on, book, samples)
             else:  # the CPU price checked as the CLI's and /cost's
                 measured_on = None
                 config = CostConfig.build({"throughput": row["samples_per_s"], "measured_on": "cpu",
-                                           "precision": precision, "samples_per_request": samples,
+                                           "precision": precision or row["precision"], "samples_per_request": samples,
                                            "cpu_price_per_hour": cpu_price})  # fmt: skip
                 rows = cost_for(config, book)
-        return cost_rows(rows), cost_notes_markdown(rows, unpriced_cards(book, measured_on), row["device"] != "cuda")
+        notes = cost_notes_markdown(rows, unpriced_cards(book, measured_on), not on_card)
+        if not on_card and row["device"] == "cuda":
+            notes = f"- ⚠️ {label} fell back to the CPU: it is priced as a CPU measurement\n{notes}"
+        return cost_rows(rows), notes
 
     def own_prices(request: gr.Request) -> list[list]:
         """On the page's load: the visitor's prices (their own over the operator's), which the cost figures use."""
