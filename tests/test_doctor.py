@@ -636,3 +636,64 @@ def test_an_hf_weights_setting_is_never_fetched_by_the_doctor(tmp_path: Path, mo
     settings = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path), "AVATARBENCH_WAV2LIP_CHECKPOINT": reference})
     check = doctor.check_weights(_ctx(tmp_path, settings=settings))
     assert check.status == INFO and f"{reference} (from the Hub when a run first needs it)" in check.found
+
+
+def test_a_driver_older_than_torchs_cuda_is_named_with_one_fix(monkeypatch, tmp_path: Path) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    check = doctor.check_torch(_ctx(tmp_path, driver_version="550.54", cuda_driver_version="12.4"))
+    assert check.status == PROBLEM and "runs CUDA up to 12.4, older than the CUDA 13.0" in check.found
+    assert f"torch=={torch_version()} --index-url https://download.pytorch.org/whl/cu126" in check.fix
+    assert "580 or newer" in check.fix and "or the device is hidden" not in check.fix
+    # a driver no pinned build runs on: one instruction, not "install a build the driver supports: No build ..."
+    monkeypatch.setattr(torch.version, "cuda", "12.6")
+    old = _ctx(tmp_path, driver_version="470.82", cuda_driver_version="11.4", ort_probe={"build_cuda_version": "12.8"})
+    check = doctor.check_torch(old)
+    assert "older than the CUDA 12.6" in check.found and check.fix.startswith("No build of the PyTorch")
+    assert "supports: No build" not in doctor.check_driver(old).fix
+    assert "for this driver: No build" not in doctor.check_driver(old).fix
+
+
+@pytest.mark.parametrize(
+    ("error", "found", "fix"),
+    [
+        ("CUDA unknown error - this may be due to an incorrectly set up environment, e.g. changing env variable "
+         "CUDA_VISIBLE_DEVICES after program start. Setting the available devices to be zero.",
+         "nvidia-uvm", "sudo modprobe nvidia-uvm"),
+        ("CUDA error: all CUDA-capable devices are busy or unavailable", "Exclusive Process", "-c DEFAULT"),
+        ("Found no NVIDIA driver on your system. Please check that you have an NVIDIA GPU and installed a driver",
+         "libcuda.so.1", "NVIDIA_DRIVER_CAPABILITIES=compute"),
+        ("some new error", "torch.cuda.is_available() is False: some new error", "torch.cuda.init()"),
+    ],
+)  # fmt: skip
+def test_cudas_own_error_names_why_pytorch_sees_no_gpu(
+    monkeypatch, tmp_path: Path, error: str, found: str, fix: str
+) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.version, "cuda", "12.6")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    check = doctor.check_torch(_ctx(tmp_path, ort_probe={"torch_cuda_error": error}))
+    assert check.status == PROBLEM and found in check.found and fix in check.fix, check
+
+
+def test_the_probe_keeps_cudas_own_error_when_it_does_not_start(monkeypatch) -> None:
+    import torch
+
+    from engine.system import ort_probe
+
+    assert ort_probe.torch_cuda_error() is None or torch.version.cuda  # a CPU-only build has no CUDA to start
+    monkeypatch.setattr(torch.version, "cuda", "12.6")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+    def init() -> None:
+        raise RuntimeError("CUDA unknown error - this may be due to\nan incorrectly set up environment")
+
+    monkeypatch.setattr(torch.cuda, "init", init)
+    assert ort_probe.torch_cuda_error() == "CUDA unknown error - this may be due to an incorrectly set up environment"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert ort_probe.torch_cuda_error() is None

@@ -285,29 +285,23 @@ def check_torch(ctx: _Context) -> Check:
             details=details,
         )
     if not torch.cuda.is_available():
-        install = _torch_install(_cuda_wheel_tag(ctx.cuda_driver_version), ctx.cuda_driver_version)
+        tag = _cuda_wheel_tag(ctx.cuda_driver_version)
+        install = _torch_install(tag, ctx.cuda_driver_version)
         if ctx.gpu_present and torch.version.cuda is None:
-            return Check(
-                "pytorch",
-                PROBLEM,
-                f"{build}, but NVML sees {', '.join(ctx.nvml_gpus)}: everything runs on the CPU",
-                f"Install a CUDA build of PyTorch matching the driver (CUDA {ctx.cuda_driver_version}):\n{install}",
-                details,
+            fix = (
+                f"Install a CUDA build of PyTorch matching the driver (CUDA {ctx.cuda_driver_version}):\n{install}"
+                if tag is not None
+                else f"{install}; then install a CUDA build of PyTorch."
             )
-        hidden = _hidden_gpus(ctx)
-        if ctx.gpu_present and hidden is not None:
-            found = f"{build}, NVML sees {', '.join(ctx.nvml_gpus)}, but {hidden[0]}"
-            return Check("pytorch", PROBLEM, found, hidden[1], details)
+            return Check(
+                "pytorch", PROBLEM, f"{build}, but NVML sees {', '.join(ctx.nvml_gpus)}: everything runs on the CPU",
+                fix, details,
+            )  # fmt: skip
         if ctx.gpu_present:
-            return Check(
-                "pytorch",
-                PROBLEM,
-                f"{build}, NVML sees {', '.join(ctx.nvml_gpus)}, but torch.cuda.is_available() is False",
-                "The driver is too old for this build or the device is hidden. Check CUDA_VISIBLE_DEVICES "
-                f"(now {os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')!r}) and `nvidia-smi`; or install a "
-                f"build the driver supports: {install}",
-                details,
-            )
+            sees = f"{build}, NVML sees {', '.join(ctx.nvml_gpus)}, but"
+            cause = _hidden_gpus(ctx) or _driver_older_than_torch(ctx, torch.version.cuda)
+            cause = cause or _cuda_start_failure(ctx, (ctx.ort_probe or {}).get("torch_cuda_error"))
+            return Check("pytorch", PROBLEM, f"{sees} {cause[0]}", cause[1], details)
         if ctx.pci_gpus:
             fix = "First make the driver work (see nvidia-driver)."
             if torch.version.cuda is None:
@@ -392,6 +386,73 @@ def _hidden_gpus(ctx: _Context) -> tuple[str, str] | None:
     return None
 
 
+def _torch_driver_fix(ctx: _Context, torch_cuda: str) -> str:
+    """What lets a PyTorch built for CUDA `torch_cuda` run where the driver runs an older CUDA: its build for this
+    driver, where the pinned PyTorch has one, or a newer driver."""
+    newer = f"{MIN_DRIVER.get(_major(torch_cuda) or 0, 'a newer one')} or newer"
+    tag = _cuda_wheel_tag(ctx.cuda_driver_version)
+    if tag is None:
+        return OLD_DRIVER_FIX.format(cuda=ctx.cuda_driver_version) + "."
+    install = _torch_install(tag, ctx.cuda_driver_version)
+    return f"Install its build for this driver: {install}; or update the NVIDIA driver to {newer}."
+
+
+def _driver_older_than_torch(ctx: _Context, torch_cuda: str | None) -> tuple[str, str] | None:
+    """(what, fix) where the driver runs an older CUDA major version than PyTorch is built for (CUDA's "driver
+    version is insufficient for CUDA runtime version"); None where it does not, or is not known."""
+    driver = _major(ctx.cuda_driver_version)
+    if driver is None or torch_cuda is None or (_major(torch_cuda) or 0) <= driver:
+        return None
+    return (
+        f"driver {ctx.driver_version} runs CUDA up to {ctx.cuda_driver_version}, older than the CUDA {torch_cuda} this "
+        "PyTorch is built for: CUDA does not start",
+        _torch_driver_fix(ctx, torch_cuda),
+    )
+
+
+# CUDA's own words when it does not start for PyTorch (torch.cuda.init()'s error in the probe), with what they mean
+# and the fix: each has one common cause that `nvidia-smi` working does not rule out.
+CUDA_START_FAILURES = (
+    (
+        "unknown error",
+        "CUDA fails to start with 'unknown error' (999): the nvidia-uvm kernel module is not loaded (no "
+        "/dev/nvidia-uvm), or the GPU was suspended and resumed",
+        "Load it: sudo modprobe nvidia-uvm (or sudo nvidia-modprobe -u -c 0), so that /dev/nvidia-uvm exists; in a "
+        "container it must exist on the host, and --gpus passes it in. After a suspend: sudo rmmod nvidia_uvm && "
+        "sudo modprobe nvidia_uvm, or reboot.",
+    ),
+    (
+        "busy or unavailable",
+        "CUDA finds every GPU busy or unavailable: a GPU in Exclusive Process compute mode already used by another "
+        "process, or in Prohibited mode",
+        "`nvidia-smi -q -d COMPUTE` shows the mode: set it back with sudo nvidia-smi -i <index> -c DEFAULT, or stop "
+        "the process holding the GPU (`nvidia-smi` lists it).",
+    ),
+    (
+        "no nvidia driver",
+        "CUDA finds no driver library (libcuda.so.1) although NVML answers: in a container the CUDA part of the driver "
+        "was not passed in",
+        "In a container set NVIDIA_DRIVER_CAPABILITIES=compute,utility,video (or all) with --gpus all; on the host "
+        "reinstall the NVIDIA driver so that libcuda.so.1 is in the loader's path (ldconfig -p | grep libcuda).",
+    ),
+)
+
+
+def _cuda_start_failure(ctx: _Context, error: str | None) -> tuple[str, str]:
+    """(what, fix) for a CUDA build of PyTorch that sees no GPU where NVML sees some, from CUDA's own error where the
+    probe caught it; the error itself, and where to look, otherwise."""
+    for words, what, fix in CUDA_START_FAILURES:
+        if error and words in error.lower():
+            return f"{what} ({error})", fix
+    said = f": {error}" if error else ""
+    return (
+        f"torch.cuda.is_available() is False{said}",
+        "Check CUDA_VISIBLE_DEVICES (now "
+        f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')!r}) and that `nvidia-smi` lists the GPU; "
+        "`python -c 'import torch; torch.cuda.init()'` prints CUDA's own error.",
+    )
+
+
 def check_driver(ctx: _Context) -> Check:
     details = {
         "driver": ctx.driver_version,
@@ -458,11 +519,7 @@ def check_driver(ctx: _Context) -> Check:
     if too_new:
         fixes = []
         if "PyTorch" in too_new:
-            fixes.append(
-                f"PyTorch: update the NVIDIA driver to {MIN_DRIVER.get(_major(needs['PyTorch']), 'a newer one')} "
-                "or newer, or install its build for this driver: "
-                + _torch_install(_cuda_wheel_tag(ctx.cuda_driver_version), ctx.cuda_driver_version)
-            )
+            fixes.append("PyTorch: " + _torch_driver_fix(ctx, needs["PyTorch"]))
         if "onnxruntime-gpu" in too_new:
             fixes.append(_ort_driver_fix(needs["onnxruntime-gpu"]))
         return Check(

@@ -21,6 +21,7 @@ import os
 import re
 import sys
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -139,6 +140,28 @@ def import_torch_as_workers_do() -> str | None:
     return torch.__version__
 
 
+def torch_cuda_error() -> str | None:
+    """Why CUDA does not start for this CUDA build of PyTorch, in CUDA's own words ("CUDA unknown error", "Found no
+    NVIDIA driver", "all CUDA-capable devices are busy or unavailable"): the doctor tells the causes apart by them.
+    None where CUDA starts, for a CPU-only build, or without PyTorch."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    if not torch.version.cuda:
+        return None
+    with warnings.catch_warnings(record=True) as caught:  # is_available() only warns; init() raises the reason
+        warnings.simplefilter("always")
+        if torch.cuda.is_available():
+            return None
+        try:
+            torch.cuda.init()
+        except Exception as exc:
+            return " ".join(str(exc).split())[:500]
+    said = [str(w.message) for w in caught]
+    return " ".join(said[-1].split())[:500] if said else None
+
+
 def probe_all() -> dict[str, Any]:
     """Probe every GPU provider, PyTorch imported first as in a worker; if CUDA fails, retry once after
     `onnxruntime.preload_dlls()` (which the app never calls: it tells whether the libraries are there at all)."""
@@ -147,6 +170,7 @@ def probe_all() -> dict[str, Any]:
 
     report: dict[str, Any] = {
         "torch": torch_version,
+        "torch_cuda_error": torch_cuda_error(),
         "version": ort.__version__,
         "device": ort.get_device(),
         "available": ort.get_available_providers(),
