@@ -697,3 +697,32 @@ def test_the_probe_keeps_cudas_own_error_when_it_does_not_start(monkeypatch) -> 
     assert ort_probe.torch_cuda_error() == "CUDA unknown error - this may be due to an incorrectly set up environment"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert ort_probe.torch_cuda_error() is None
+
+
+CU126_ARCHES = ["sm_50", "sm_60", "sm_70", "sm_75", "sm_80", "sm_86", "sm_90"]
+CU130_ARCHES = ["sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120", "compute_120"]
+
+
+@pytest.mark.parametrize(
+    ("name", "capability", "build", "arches", "fix"),
+    [
+        ("NVIDIA GeForce RTX 5090", (12, 0), "12.6", CU126_ARCHES, "a newer CUDA (cu130): pip install"),
+        ("Tesla V100-SXM2-16GB", (7, 0), "13.0", CU130_ARCHES, "an older CUDA (cu126): pip install"),
+        ("Tesla K80", (3, 7), "12.6", CU126_ARCHES, "no build of the PyTorch this project pins has kernels"),
+    ],
+)
+def test_a_gpu_the_build_has_no_kernels_for_gets_the_build_that_has(
+    monkeypatch, tmp_path: Path, name: str, capability: tuple[int, int], build: str, arches: list[str], fix: str
+) -> None:
+    import torch
+
+    props = types.SimpleNamespace(name=name, major=capability[0], minor=capability[1])
+    monkeypatch.setattr(torch.version, "cuda", build)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_arch_list", lambda: arches)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: props)
+    check = doctor.check_torch(_ctx(tmp_path, nvml_gpus=[name]))
+    assert check.status == PROBLEM and "no kernel image is available" in check.found
+    assert fix in check.fix, check.fix
+    assert "download.pytorch.org/whl/cu" + build.replace(".", "") not in check.fix  # never the build that has none

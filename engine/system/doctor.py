@@ -315,7 +315,7 @@ def check_torch(ctx: _Context) -> Check:
             )
         return Check("pytorch", OK, f"{build}; runs on the CPU", details=details)
     devices = []
-    problems = []
+    problems, fixes = [], []
     arch_list = details["arch_list"]
     for i in range(torch.cuda.device_count()):
         props = torch.cuda.get_device_properties(i)
@@ -324,7 +324,10 @@ def check_torch(ctx: _Context) -> Check:
             problems.append(
                 f"{props.name} is sm_{props.major}{props.minor}, but this PyTorch has kernels only for "
                 + ", ".join(arch_list)
+                + " ('no kernel image is available for execution on the device')"
             )
+            current = "cu" + (torch.version.cuda or "").replace(".", "")
+            fixes.append(_arch_fix(props.name, (props.major, props.minor), arch_list, current))
     raw = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
     cudnn = f"{raw // 10000}.{raw % 10000 // 100}.{raw % 100}" if raw else None
     details.update(devices=devices, cudnn=cudnn)
@@ -334,8 +337,7 @@ def check_torch(ctx: _Context) -> Check:
             "pytorch",
             PROBLEM,
             found + ". " + "; ".join(problems),
-            "Install a PyTorch build that supports this GPU (older cards need an older CUDA build: "
-            f"{_torch_install('cu126', None)}).",
+            "\n".join(dict.fromkeys(fixes)),
             details,
         )
     if cudnn is None:
@@ -348,6 +350,31 @@ def check_torch(ctx: _Context) -> Check:
             details,
         )
     return Check("pytorch", OK, found, details=details)
+
+
+# The compute capabilities the pinned PyTorch's CUDA builds have kernels for (PyTorch's CUDA support matrix for
+# 2.11 to 2.13): cu126 from Maxwell (5.0) to Hopper (9.0), cu130 from Turing (7.5) to Blackwell (12.0, and PTX).
+TORCH_BUILD_CAPABILITIES = {"cu126": ((5, 0), (9, 0)), "cu130": ((7, 5), (12, 0))}
+
+
+def _arch_fix(name: str, capability: tuple[int, int], arch_list: list[str], current: str) -> str:
+    """Which PyTorch build has kernels for a GPU this one (index tag `current`, cu126) has none for: a card newer
+    than the build needs a newer CUDA build (a Blackwell card on cu126), an older card an older one (a Volta card on
+    cu130); a card older than every build the pin offers needs another card."""
+    built = [(int(m.group(1)), int(m.group(2))) for a in arch_list if (m := re.fullmatch(r"\D+_(\d+)(\d)\D?", a))]
+    newer = bool(built) and capability > max(built)
+    for tag, (low, high) in sorted(TORCH_BUILD_CAPABILITIES.items(), reverse=newer):
+        if tag != current and low <= capability and (capability <= high or (newer and tag == "cu130")):
+            direction = "a newer" if newer else "an older"
+            return f"{name}: install the PyTorch built for {direction} CUDA ({tag}): {_torch_install(tag, None)}"
+    if newer:
+        return f"{name}: no build of this PyTorch has kernels for it yet: install a newer PyTorch built for it."
+    low = min(bounds[0] for bounds in TORCH_BUILD_CAPABILITIES.values())
+    return (
+        f"{name}: no build of the PyTorch this project pins has kernels for compute capability "
+        f"{capability[0]}.{capability[1]} (they start at {low[0]}.{low[1]}): use a newer GPU, or run on the CPU "
+        f"({PREFIX}DEVICE=cpu)."
+    )
 
 
 def _hidden_gpus(ctx: _Context) -> tuple[str, str] | None:
