@@ -726,3 +726,31 @@ def test_a_gpu_the_build_has_no_kernels_for_gets_the_build_that_has(
     assert check.status == PROBLEM and "no kernel image is available" in check.found
     assert fix in check.fix, check.fix
     assert "download.pytorch.org/whl/cu" + build.replace(".", "") not in check.fix  # never the build that has none
+
+
+def test_cuda_running_without_nvml_is_not_called_no_gpu(monkeypatch, tmp_path: Path) -> None:
+    """A container given the driver's CUDA part but not its NVML (NVIDIA_DRIVER_CAPABILITIES=compute): jobs run on
+    the GPU, so the report must not say "no NVIDIA GPU" nor go quiet about a provider that falls back to the CPU."""
+    import torch
+
+    props = types.SimpleNamespace(name="NVIDIA L4", major=8, minor=9, total_memory=24 * 2**30, multi_processor_count=58)
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: props)
+    monkeypatch.setattr(torch.cuda, "get_arch_list", lambda: CU130_ARCHES)
+    monkeypatch.delenv("SPACES_ZERO_GPU", raising=False)
+    from engine.system.telemetry import NVML_START_ERRORS
+
+    what, fix = NVML_START_ERRORS["LibraryNotFound"]
+    facts = {"nvml_gpus": [], "nvml_status": f"no NVIDIA GPU visible ({what})", "nvml_fix": fix}
+    monkeypatch.setattr(doctor, "_gather_nvml", lambda: {**facts, "driver_version": None, "cuda_driver_version": None})
+    monkeypatch.setattr(doctor, "_nvidia_on_pci", lambda: 0)  # sysfs hidden, as in some sandboxes
+    monkeypatch.setattr(doctor, "run_ort_probe", lambda: (_failing_probe(), None))
+    report = run_doctor(load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path)}))
+    driver = report.get("nvidia-driver")
+    assert driver.status == WARNING and driver.found.startswith("CUDA runs on 1 GPU(s), but NVML does not answer")
+    assert "libnvidia-ml.so.1, is not found" in driver.found and "no NVIDIA driver is installed" not in driver.found
+    assert "NVIDIA_DRIVER_CAPABILITIES" in driver.fix and "no NVIDIA GPU" not in report.render_text()
+    assert report.get("onnxruntime-cuda").status == PROBLEM and _LOADER_ERROR in report.get("onnxruntime-cuda").found
+    assert report.get("device").status == OK and "cuda:0" in report.get("device").found

@@ -43,6 +43,11 @@ NOTHING_TO_FIX = "Nothing to fix."
 MIN_FREE_BYTES = 5 * 2**30
 # The oldest driver that runs each CUDA major version (NVIDIA's minor-version compatibility table).
 MIN_DRIVER = {12: "525.60.13", 13: "580"}
+# Where CUDA runs but NVML's library is missing: the driver's NVML part was not passed in or installed.
+NVML_WITH_CUDA_FIX = (
+    "In a container add utility to NVIDIA_DRIVER_CAPABILITIES (compute,utility,video, or all), which passes in "
+    "libnvidia-ml.so.1 and nvidia-smi; elsewhere reinstall the NVIDIA driver, whose libnvidia-ml.so.1 is missing."
+)
 NO_CUDA_DEVICES = ("", "-1", "NoDevFiles")  # CUDA_VISIBLE_DEVICES values that hide every GPU on purpose
 
 
@@ -120,6 +125,7 @@ class _Context:
     settings_problems: list[str] = field(default_factory=list)  # variables left at their defaults for this report
     nvml_devices: list[GpuSample] = field(default_factory=list)  # every GPU NVML numbers, those it cannot read too
     nvml_fix: str = ""  # the fix for nvml_status's cause, where NVML did not start
+    cuda_gpus: int = 0  # GPUs PyTorch's CUDA runs on in this process, whatever NVML says
 
     @property
     def gpu_present(self) -> bool:
@@ -132,7 +138,13 @@ class _Context:
     @property
     def no_gpu(self) -> bool:
         """No NVIDIA GPU anywhere: the CPU is the expected device, not a fault with a recipe."""
-        return not self.gpu_present and not self.pci_gpus and not self.zero_gpu
+        return not self.gpu_present and not self.pci_gpus and not self.zero_gpu and not self.cuda_gpus
+
+    @property
+    def gpu_in_use(self) -> bool:
+        """A GPU that jobs reach (NVML sees it, or CUDA runs on it without NVML): a provider that fails there means
+        silent CPU runs."""
+        return self.gpu_present or bool(self.cuda_gpus)
 
 
 def _gather_nvml() -> dict[str, Any]:
@@ -160,6 +172,19 @@ def _nvidia_on_pci(devices: Path = PCI_DEVICES) -> int:
                 kind = (device / "class").read_text().strip().lower()
                 count += vendor == NVIDIA_PCI_VENDOR and kind.startswith("0x03")
     return count
+
+
+def _cuda_gpus() -> int:
+    """The GPUs PyTorch's CUDA runs on here; 0 without PyTorch or CUDA, and on ZeroGPU, where `spaces` makes PyTorch
+    report a card it has not attached."""
+    if is_zerogpu_space():
+        return 0
+    try:
+        import torch
+
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except Exception:  # a broken PyTorch is the pytorch check's to report
+        return 0
 
 
 def run_ort_probe(timeout_s: float = 180.0) -> tuple[dict[str, Any] | None, str | None]:
@@ -507,6 +532,16 @@ def check_driver(ctx: _Context) -> Check:
             "\n".join(_unreadable_gpu_fix(d) for d in unreadable),
             details,
         )
+    if ctx.cuda_gpus and not ctx.gpu_present:
+        return Check(
+            "nvidia-driver",
+            WARNING,
+            f"CUDA runs on {ctx.cuda_gpus} GPU(s), but NVML does not answer ({_why_no_nvml(ctx)}): jobs use the "
+            "GPU, but its telemetry (utilisation, memory, power, processes) and the driver's CUDA version cannot be "
+            "read",
+            NVML_WITH_CUDA_FIX if ctx.nvml_fix in ("", INSTALL_DRIVER) else ctx.nvml_fix,
+            details,
+        )
     if ctx.pci_gpus and not ctx.gpu_present:
         return Check(
             "nvidia-driver",
@@ -557,6 +592,16 @@ def check_driver(ctx: _Context) -> Check:
             details,
         )
     return Check("nvidia-driver", OK, found, details=details)
+
+
+def _why_no_nvml(ctx: _Context) -> str:
+    """NVML's failure where CUDA works: its status without "no NVIDIA GPU visible", which is not so here, and
+    without "no driver is installed", where only the NVML part of the driver is missing."""
+    if ctx.nvml_fix == INSTALL_DRIVER:
+        return "its library, libnvidia-ml.so.1, is not found"
+    status = ctx.nvml_status or "it sees no GPU"
+    inner = re.fullmatch(r"no NVIDIA GPU visible \((.*)\)", status)
+    return inner.group(1) if inner else status
 
 
 def _major(version: str | None) -> int | None:
@@ -699,7 +744,7 @@ def check_ort_packages(ctx: _Context) -> Check:
             details,
         )
     (name,) = installed
-    if name == "onnxruntime" and (ctx.gpu_present or ctx.pci_gpus) and sys.platform.startswith("linux"):
+    if name == "onnxruntime" and (ctx.gpu_in_use or ctx.pci_gpus) and sys.platform.startswith("linux"):
         return Check(
             "onnxruntime-packages",
             WARNING,
@@ -750,7 +795,7 @@ def _provider_check(ctx: _Context, provider: str, name: str) -> Check:
         return Check(name, OK, f"{provider} not used: ONNX models run on the CPU provider", details=details)
     # With a GPU in use a failing provider means silent CPU runs; with a GPU the driver does not reach (see
     # nvidia-driver) or on ZeroGPU outside @spaces.GPU, the libraries it names must still be in place.
-    status = PROBLEM if ctx.gpu_present else WARNING
+    status = PROBLEM if ctx.gpu_in_use else WARNING
     if preload and preload["loaded"]:  # the probe imported torch first, as workers do: jobs get no more than this
         after = f" (PyTorch {probe['torch']} imported first, as in a worker)" if probe.get("torch") else ""
         return Check(
@@ -1077,6 +1122,7 @@ def run_doctor(settings: Settings | None = None) -> DoctorReport:
         ort_probe=probe,
         ort_probe_error=probe_error,
         pci_gpus=_nvidia_on_pci(),
+        cuda_gpus=_cuda_gpus(),
         settings_problems=problems,
         **nvml,
     )
