@@ -8,6 +8,7 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
+from test_telemetry import fake_nvml
 
 from engine.core.settings import load_settings
 from engine.system import doctor
@@ -754,3 +755,58 @@ def test_cuda_running_without_nvml_is_not_called_no_gpu(monkeypatch, tmp_path: P
     assert "NVIDIA_DRIVER_CAPABILITIES" in driver.fix and "no NVIDIA GPU" not in report.render_text()
     assert report.get("onnxruntime-cuda").status == PROBLEM and _LOADER_ERROR in report.get("onnxruntime-cuda").found
     assert report.get("device").status == OK and "cuda:0" in report.get("device").found
+
+
+def _gpu_state_on(monkeypatch, tmp_path: Path, **calls) -> doctor.Check:
+    """The gpu-state check on one 80 GiB GPU that NVML reads through a stand-in, with these calls replaced."""
+    nvml = fake_nvml()
+    for name, fn in calls.items():
+        setattr(nvml, name, fn)
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    facts = doctor._gather_nvml()
+    return doctor.check_gpu_state(
+        _ctx(tmp_path, **facts, settings=load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path)}))
+    )
+
+
+def test_a_healthy_gpu_is_ok_and_each_fault_is_named_with_its_command(monkeypatch, tmp_path: Path) -> None:
+    healthy = {
+        "nvmlDeviceGetCurrentClocksEventReasons": lambda h: 0x4,  # the power cap under load is no fault
+        "nvmlDeviceGetComputeMode": lambda h: 0,
+        "nvmlDeviceGetPersistenceMode": lambda h: 1,
+        "nvmlDeviceGetTotalEccErrors": lambda h, kind, counter: 0,
+        "nvmlDeviceGetRemappedRows": lambda h: (0, 0, 0, 0),
+        "nvmlDeviceGetPowerManagementDefaultLimit": lambda h: 700_000,
+        "nvmlDeviceGetComputeRunningProcesses": lambda h: [],
+        "nvmlDeviceGetGraphicsRunningProcesses": lambda h: [],
+    }
+    check = _gpu_state_on(monkeypatch, tmp_path, **healthy)
+    assert check.status == OK and "GPU 0 NVIDIA Test GPU 0: 20.0 of 80.0 GiB used, 61 C" in check.found, check
+    faults = {
+        "nvmlDeviceGetComputeMode": (lambda h: 2, PROBLEM, "compute mode Prohibited", "nvidia-smi -i 0 -c DEFAULT"),
+        "nvmlDeviceGetTotalEccErrors": (lambda h, k, c: 3, PROBLEM, "3 uncorrectable ECC", "nvidia-smi -r -i 0"),
+        "nvmlDeviceGetRemappedRows": (lambda h: (0, 1, 1, 0), WARNING, "waits for a reset", "nvidia-smi -r -i 0"),
+        "nvmlDeviceGetCurrentClocksEventReasons": (lambda h: 0x8, WARNING, "held down by hardware slowdown", "cooling"),
+        "nvmlDeviceGetEnforcedPowerLimit": (lambda h: 300_000, WARNING, "power limit 300 W", "nvidia-smi -i 0 -pl 700"),
+        "nvmlDeviceGetPersistenceMode": (lambda h: 0, INFO, "persistence mode off", "nvidia-smi -i 0 -pm 1"),
+    }
+    for name, (fn, status, found, fix) in faults.items():
+        check = _gpu_state_on(monkeypatch, tmp_path, **{**healthy, name: fn})
+        assert check.status == status and found in check.found and fix in check.fix, (name, check)
+
+
+def test_gpu_memory_held_by_another_process_is_named_but_the_apps_own_is_not(monkeypatch, tmp_path: Path) -> None:
+    Mem = types.SimpleNamespace
+    Proc = types.SimpleNamespace
+    busy = {
+        "nvmlDeviceGetCurrentClocksEventReasons": lambda h: 0,
+        "nvmlDeviceGetMemoryInfo": lambda h, *version: Mem(used=70 * 2**30, total=80 * 2**30, free=10 * 2**30),
+        "nvmlDeviceGetComputeRunningProcesses": lambda h: [Proc(pid=1, usedGpuMemory=70 * 2**30)],
+        "nvmlDeviceGetGraphicsRunningProcesses": lambda h: [],
+    }
+    check = _gpu_state_on(monkeypatch, tmp_path, **busy)
+    assert check.status == WARNING and "70.0 of 80.0 GiB held by" in check.found and "(pid 1, 70.0 GiB)" in check.found
+    assert "jobs get 10.0 GiB, not the 72.0 GiB" in check.found and "kill PID" in check.fix
+    # the app's own worker (a child of this process) holding it is the app at work, not a fault
+    monkeypatch.setattr(doctor, "_own_pids", lambda: {1})
+    assert _gpu_state_on(monkeypatch, tmp_path, **busy).status == OK

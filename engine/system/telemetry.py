@@ -79,6 +79,24 @@ class GpuSample:
         return 100.0 * self.memory_used_bytes / self.memory_total_bytes
 
 
+COMPUTE_MODES = {0: "Default", 1: "Exclusive Thread", 2: "Prohibited", 3: "Exclusive Process"}
+
+
+@dataclass
+class GpuHealth:
+    """What decides whether a readable GPU can do a job at full speed, beyond the live sample: read when the doctor
+    asks, not every second. None: the driver or the card does not say (no ECC on GeForce cards, no row remapping
+    before Ampere)."""
+
+    compute_mode: str | None = None  # one of COMPUTE_MODES' names
+    persistence_mode: bool | None = None
+    ecc_uncorrected: int | None = None  # uncorrectable ECC errors since the driver loaded (volatile)
+    retired_pages_pending: bool | None = None  # pages to retire at the next reset (before Ampere)
+    row_remap_pending: bool | None = None  # rows to remap at the next reset (Ampere on)
+    row_remap_failed: bool | None = None
+    default_power_limit_w: float | None = None
+
+
 @dataclass
 class HostSample:
     cpu_percent: float
@@ -274,6 +292,29 @@ class _NvmlDevice:
         s.processes = self.processes()
         s.error = self.error  # lost during this very sample
         return s
+
+    def health(self) -> GpuHealth:
+        """The settings and error counters the doctor judges (compute mode, persistence, ECC, power limit)."""
+        nv, h = self.nvml, GpuHealth()
+        if self.error is not None:
+            return h
+        mode = self.get(getattr(nv, "nvmlDeviceGetComputeMode", None))
+        h.compute_mode = COMPUTE_MODES.get(mode) if mode is not None else None
+        persistence = self.get(getattr(nv, "nvmlDeviceGetPersistenceMode", None))
+        h.persistence_mode = bool(persistence) if persistence is not None else None
+        h.ecc_uncorrected = self.get(
+            getattr(nv, "nvmlDeviceGetTotalEccErrors", None),
+            getattr(nv, "NVML_MEMORY_ERROR_TYPE_UNCORRECTED", 1),
+            getattr(nv, "NVML_VOLATILE_ECC", 0),
+        )
+        pending = self.get(getattr(nv, "nvmlDeviceGetRetiredPagesPendingStatus", None))
+        h.retired_pages_pending = bool(pending) if pending is not None else None
+        remapped = self.get(getattr(nv, "nvmlDeviceGetRemappedRows", None))  # (corrected, uncorrected, pending, failed)
+        if remapped is not None:
+            h.row_remap_pending, h.row_remap_failed = bool(remapped[2]), bool(remapped[3])
+        limit = self.get(getattr(nv, "nvmlDeviceGetPowerManagementDefaultLimit", None))
+        h.default_power_limit_w = limit / 1000.0 if limit is not None else None
+        return h
 
     def processes(self) -> list[GpuProcess]:
         out: list[GpuProcess] = []
