@@ -810,3 +810,27 @@ def test_gpu_memory_held_by_another_process_is_named_but_the_apps_own_is_not(mon
     # the app's own worker (a child of this process) holding it is the app at work, not a fault
     monkeypatch.setattr(doctor, "_own_pids", lambda: {1})
     assert _gpu_state_on(monkeypatch, tmp_path, **busy).status == OK
+
+
+def test_jobs_kept_on_one_of_several_gpus_are_said_with_the_setting_that_keeps_them(monkeypatch, tmp_path) -> None:
+    import torch
+
+    props = types.SimpleNamespace(
+        name="NVIDIA A10G", major=8, minor=6, total_memory=24 * 2**30, multi_processor_count=80
+    )
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: props)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.delenv("SPACES_ZERO_GPU", raising=False)
+    gpus = ["NVIDIA A10G"] * 4
+    pinned = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path), "AVATARBENCH_DEVICE": "cuda:0"})
+    check = doctor.check_device(_ctx(tmp_path, settings=pinned, nvml_gpus=gpus))
+    assert check.status == INFO and "the other 3 GPU(s) CUDA sees stay idle" in check.found
+    assert "AVATARBENCH_DEVICE=auto" in check.fix
+    spread = doctor.check_device(_ctx(tmp_path, nvml_gpus=gpus))
+    assert spread.status == OK and "spread over 4 GPUs" in spread.found
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    hidden = doctor.check_device(_ctx(tmp_path, nvml_gpus=gpus))
+    assert hidden.status == INFO and "shows CUDA 1 of the 4 GPUs NVML lists" in hidden.found and "0,1,2,3" in hidden.fix

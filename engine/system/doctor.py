@@ -725,7 +725,37 @@ def check_device(ctx: _Context) -> Check:
             "See the pytorch and nvidia-driver checks for why no GPU is used.",
             details,
         )
-    return Check("device", OK, found, details=details)
+    if not choice.is_cuda or ctx.settings.ray_address is not None:  # a Ray cluster's GPUs are its actors' to use
+        return Check("device", OK, found, details=details)
+    import torch
+
+    count = torch.cuda.device_count()
+    idle = _gpus_left_idle(ctx, count)
+    if idle is not None:
+        return Check("device", INFO, f"{found}; {idle[0]}", idle[1], details)
+    spread = f"; jobs are spread over {count} GPUs (cuda:0 to cuda:{count - 1})" if count > 1 else ""
+    return Check("device", OK, found + spread, details=details)
+
+
+def _gpus_left_idle(ctx: _Context, cuda_count: int) -> tuple[str, str] | None:
+    """(what, hint) where the jobs use fewer GPUs than the machine has: AVATARBENCH_DEVICE=cuda:N sends every job to
+    one, or CUDA_VISIBLE_DEVICES shows CUDA fewer than NVML lists. Information, since either may be on purpose."""
+    device, visible = ctx.settings.device, os.environ.get("CUDA_VISIBLE_DEVICES")
+    if device.startswith("cuda:") and cuda_count > 1:
+        return (
+            f"every job goes to {device} ({PREFIX}DEVICE={device}): the other {cuda_count - 1} GPU(s) CUDA sees "
+            "stay idle",
+            f"Set {PREFIX}DEVICE=auto (or unset it) to spread the jobs over all {cuda_count} GPUs, one worker each.",
+        )
+    readable = len(ctx.nvml_gpus)
+    if visible is not None and 0 < cuda_count < readable:
+        return (
+            f"CUDA_VISIBLE_DEVICES={visible!r} shows CUDA {cuda_count} of the {readable} GPUs NVML lists: jobs use "
+            f"only {'it' if cuda_count == 1 else 'those'}",
+            f"If this app should use them all, unset CUDA_VISIBLE_DEVICES or list them all "
+            f"({','.join(map(str, range(readable)))}).",
+        )
+    return None
 
 
 def check_ort_packages(ctx: _Context) -> Check:
