@@ -834,3 +834,24 @@ def test_jobs_kept_on_one_of_several_gpus_are_said_with_the_setting_that_keeps_t
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     hidden = doctor.check_device(_ctx(tmp_path, nvml_gpus=gpus))
     assert hidden.status == INFO and "shows CUDA 1 of the 4 GPUs NVML lists" in hidden.found and "0,1,2,3" in hidden.fix
+
+
+def test_a_container_started_without_gpus_is_told_to_start_with_them_not_to_install_a_driver(
+    monkeypatch, tmp_path: Path
+) -> None:
+    from engine.system.telemetry import INSTALL_DRIVER, NVML_START_ERRORS
+
+    marker = tmp_path / ".dockerenv"
+    marker.touch()
+    monkeypatch.setattr(doctor, "CONTAINER_MARKERS", (marker,))
+    monkeypatch.setenv("NVIDIA_VISIBLE_DEVICES", "void")
+    what, fix = NVML_START_ERRORS["LibraryNotFound"]
+    status = f"no NVIDIA GPU visible ({what})"
+    ctx = _ctx(tmp_path, nvml_gpus=[], nvml_status=status, nvml_fix=fix, pci_gpus=1, driver_version=None)
+    check = doctor.check_driver(ctx)
+    assert check.status == WARNING and "NVIDIA_VISIBLE_DEVICES='void', which asks for no GPU" in check.found
+    assert "--gpus all" in check.fix and "belongs on the host" in check.fix and INSTALL_DRIVER not in check.fix
+    monkeypatch.delenv("NVIDIA_VISIBLE_DEVICES")
+    assert "a container started without GPUs" in doctor.check_driver(ctx).found
+    marker.unlink()  # not a container: installing the driver is the fix
+    assert doctor.check_driver(ctx).fix == INSTALL_DRIVER

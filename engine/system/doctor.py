@@ -48,6 +48,12 @@ NVML_WITH_CUDA_FIX = (
     "In a container add utility to NVIDIA_DRIVER_CAPABILITIES (compute,utility,video, or all), which passes in "
     "libnvidia-ml.so.1 and nvidia-smi; elsewhere reinstall the NVIDIA driver, whose libnvidia-ml.so.1 is missing."
 )
+CONTAINER_MARKERS = (Path("/.dockerenv"), Path("/run/.containerenv"))  # Docker's and Podman's
+CONTAINER_GPU_FIX = (
+    "This container was started without the GPU, and the driver belongs on the host, not in the image: start it with "
+    "`docker run --gpus all` (the NVIDIA Container Toolkit on the host: nvidia-ctk runtime configure), with "
+    "NVIDIA_VISIBLE_DEVICES=all where it is set; in Kubernetes ask for nvidia.com/gpu in the pod's resources limits."
+)
 NO_CUDA_DEVICES = ("", "-1", "NoDevFiles")  # CUDA_VISIBLE_DEVICES values that hide every GPU on purpose
 
 
@@ -561,8 +567,8 @@ def check_driver(ctx: _Context) -> Check:
             "nvidia-driver",
             WARNING,
             f"{ctx.pci_gpus} NVIDIA GPU(s) on the PCI bus, but no driver answers "
-            f"({ctx.nvml_status or 'NVML sees no GPU'}): everything runs on the CPU",
-            ctx.nvml_fix or INSTALL_DRIVER,
+            f"({ctx.nvml_status or 'NVML sees no GPU'}): everything runs on the CPU{_container_without_gpus(ctx)}",
+            CONTAINER_GPU_FIX if ctx.nvml_fix == INSTALL_DRIVER and _in_container() else ctx.nvml_fix or INSTALL_DRIVER,
             details,
         )
     if not ctx.gpu_present:
@@ -606,6 +612,22 @@ def check_driver(ctx: _Context) -> Check:
             details,
         )
     return Check("nvidia-driver", OK, found, details=details)
+
+
+def _in_container() -> bool:
+    """A Docker or Podman container, or a Kubernetes pod: where the driver comes from the host, never from the image."""
+    return any(marker.exists() for marker in CONTAINER_MARKERS) or "KUBERNETES_SERVICE_HOST" in os.environ
+
+
+def _container_without_gpus(ctx: _Context) -> str:
+    """ "; this container ..." where the container is asked for no GPU (NVIDIA_VISIBLE_DEVICES void or none) or just
+    was not given one; empty elsewhere, or where NVML failed for a cause of its own."""
+    if ctx.nvml_fix != INSTALL_DRIVER or not _in_container():
+        return ""
+    visible = os.environ.get("NVIDIA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip().lower() in ("", "void", "none"):
+        return f"; this container runs with NVIDIA_VISIBLE_DEVICES={visible!r}, which asks for no GPU"
+    return "; this is a container started without GPUs (no driver libraries were passed in)"
 
 
 def _why_no_nvml(ctx: _Context) -> str:
