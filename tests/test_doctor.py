@@ -72,7 +72,7 @@ def test_cuda_provider_failure_carries_the_loaders_own_error(report, real_probe,
     assert check.status == PROBLEM
     assert "cannot open shared object file" in check.found and ".so" in check.found
     assert check.details["probe"]["session_providers"] == ["CPUExecutionProvider"]
-    assert "preload_dlls" in check.fix and "onnxruntime-gpu[cuda,cudnn]" in check.fix
+    assert "LD_LIBRARY_PATH" in check.fix and "onnxruntime-gpu[cuda,cudnn]" in check.fix
 
 
 def test_without_a_gpu_the_report_says_so_once_as_information(report) -> None:
@@ -855,3 +855,20 @@ def test_a_container_started_without_gpus_is_told_to_start_with_them_not_to_inst
     assert "a container started without GPUs" in doctor.check_driver(ctx).found
     marker.unlink()  # not a container: installing the driver is the fix
     assert doctor.check_driver(ctx).fix == INSTALL_DRIVER
+
+
+def test_the_cuda_recipe_asks_nothing_of_the_user_the_app_does_not_do(monkeypatch, tmp_path: Path) -> None:
+    check = doctor.check_ort_cuda(_ctx(tmp_path, ort_probe=_failing_probe()))
+    assert check.status == PROBLEM and "onnxruntime-gpu[cuda,cudnn]" in check.fix
+    assert "preload_dlls" not in check.fix  # the app never calls it, and its user cannot
+    assert "site-packages/nvidia/*/lib folders on LD_LIBRARY_PATH" in check.fix
+
+
+def test_a_missing_libcuda_is_the_drivers_not_a_pip_package(tmp_path: Path) -> None:
+    probe = _failing_probe()
+    probe["providers"]["CUDAExecutionProvider"]["error"] = (
+        "libcuda.so.1: cannot open shared object file: No such file or directory"
+    )
+    check = doctor.check_ort_cuda(_ctx(tmp_path, ort_probe=probe))
+    assert check.status == PROBLEM and "the NVIDIA driver's own library" in check.found
+    assert "NVIDIA_DRIVER_CAPABILITIES" in check.fix and "onnxruntime-gpu[cuda,cudnn]" not in check.fix

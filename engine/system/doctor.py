@@ -823,9 +823,9 @@ def check_ort_packages(ctx: _Context) -> Check:
 
 _ORT_FIX_CUDA = (
     "ONNX Runtime {version} (CUDA {cuda}) needs the CUDA {major} runtime and cuDNN 9 libraries. Either\n"
-    "pip install 'onnxruntime-gpu[cuda,cudnn]'   (the NVIDIA runtime wheels), then call\n"
-    "onnxruntime.preload_dlls() before creating a session, or import torch first when "
-    "torch is built for the same CUDA major version;\n"
+    "pip install 'onnxruntime-gpu[cuda,cudnn]'   (NVIDIA's wheels of them), which a worker finds where PyTorch is "
+    "built for CUDA {major} too (it imports torch first, and torch loads them); with another PyTorch put their "
+    "site-packages/nvidia/*/lib folders on LD_LIBRARY_PATH;\n"
     "or install the CUDA {major} toolkit and cuDNN 9 system-wide and put their lib folders on LD_LIBRARY_PATH."
 )
 
@@ -906,11 +906,20 @@ def _provider_check(ctx: _Context, provider: str, name: str) -> Check:
 
 
 def _cuda_error(ctx: _Context, text: str, ort_cuda: str) -> tuple[str, str] | None:
-    """(what, fix) for the CUDA runtime's own errors in a provider's message: 35, the driver is older than the CUDA
-    the package was built for; 100, CUDA sees no device here. None for anything else (a missing library)."""
+    """(what, fix) for the driver's part in a provider's message: 35, the driver is older than the CUDA the package
+    was built for; the driver's libcuda.so.1 missing; 100, CUDA sees no device here. None for anything else (a
+    missing CUDA or cuDNN library, which pip installs)."""
     if "CUDA failure 35" in text or "driver version is insufficient" in text:
         what = f"the driver (CUDA {ctx.cuda_driver_version or '?'}) is too old for onnxruntime-gpu's CUDA {ort_cuda}"
         return what, _ort_driver_fix(ort_cuda)
+    if "libcuda.so.1" in text and not (ctx.zero_gpu and not ctx.gpu_present):  # outside @spaces.GPU it is expected
+        return (
+            "libcuda.so.1 is the NVIDIA driver's own library, which no pip package provides: the driver is not "
+            "installed, or this container was not given its CUDA part",
+            "In a container start it with --gpus all and compute in NVIDIA_DRIVER_CAPABILITIES (compute,utility,video, "
+            "or all); elsewhere install the NVIDIA driver (see nvidia-driver). `ldconfig -p | grep libcuda` shows "
+            "whether the loader finds it.",
+        )
     if "CUDA failure 100" in text or "no CUDA-capable device" in text:
         hidden = _hidden_gpus(ctx)
         if hidden is not None:
