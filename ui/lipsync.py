@@ -151,11 +151,9 @@ def build_lipsync_tab(settings: Settings, jobs: LipSyncJobs, access: Access) -> 
                 with gr.Row():  # MuseTalk's avatar: upstream's box shift, margin, blur, parsing mode and cheek widths
                     bbox_shift = slider(c, "bbox_shift", "MuseTalk box shift (pixels; + shows more mouth)", step=1)
                     musetalk_extra_margin = optional_number(
-                        c,
-                        "musetalk_extra_margin",
-                        "MuseTalk extra margin below the box (pixels)",
-                        "auto: 10 for v1.5, 0 for v1",
-                    )
+                        c, "musetalk_extra_margin", "MuseTalk extra margin below the box (pixels; auto 0 for v1)",
+                        "auto: 10 for v1.5",
+                    )  # fmt: skip
                     musetalk_blur = gr.Number(
                         value=default(c, "musetalk_blur"),
                         label="MuseTalk paste-back blur (0.05: upstream's inference.py)",
