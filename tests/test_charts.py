@@ -385,6 +385,26 @@ def test_the_cost_table_and_network_plan_with_no_finished_sweep_open(tmp_path: P
         assert "at fp16 (estimate: " in plan
 
 
+def test_a_refused_plan_says_why_in_its_pane_in_place_of_the_last_plan(tmp_path: Path) -> None:
+    """A typo in the LLM list, a Hub id not in the cache or the network plan's half-given throughput was a toast
+    that faded over the last plan, another model's, which then read as the answer."""
+    from engine.core.settings import load_settings
+    from engine.jobs.store import JobStore
+
+    settings = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path / "data")})
+    settings.ensure_dirs()
+    request = SimpleNamespace(username=None, session_hash="s1", cookies={})
+    with JobStore(settings.db_path, settings.data_dir / "blobs") as store:
+        _, handler, _ = _bench_tab(settings, store)
+        form = ("V100-16GB", 1, "mistral7b", None, "auto", 0, 0, 1, 0.9, "auto")
+        with pytest.warns(UserWarning, match="llm 'mistral7b' is neither a preset"):  # the toast, outside a page
+            text, plan = handler["plan_form"](*form)
+        assert text.startswith("✗ llm 'mistral7b' is neither a preset") and plan is None
+        with pytest.warns(UserWarning, match="target throughput and throughput per GPU go together"):
+            text = handler["fit_form"]("H100", "wav2lip", "fp16", 0.9, 1000, 0, None, request)
+        assert text.startswith("✗ target throughput and throughput per GPU go together")
+
+
 def test_a_stopped_sweep_shows_the_configurations_it_finished(tmp_path: Path, model) -> None:
     """The bench tab renders a cancelled or failed sweep's stored rows (and says so); one that stopped before its
     first configuration leaves the outputs empty."""

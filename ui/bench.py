@@ -55,7 +55,7 @@ from ui.bench_report import (
     telemetry_figure,
     throughput_figure,
 )
-from ui.forms import api_endpoint, api_function, refusal, reported
+from ui.forms import api_endpoint, api_function, in_pane, refusal, reported
 from ui.history import wire_history
 from ui.jobs import Access, wire_cancel
 from ui.style import HIDDEN_WHEN_EMPTY
@@ -353,16 +353,23 @@ def build_bench_tab(settings: Any, jobs: BenchJobs, access: Access) -> None:
         gr.Info("Prices saved for everyone" if shared else "Prices saved (yours only)")
         return _price_rows(book)
 
-    def plan_form(gpu, count, llm, config, quant, total, max_input, concurrent, fraction, kv) -> tuple[str, dict]:
+    def plan_form(
+        gpu, count, llm, config, quant, total, max_input, concurrent, fraction, kv
+    ) -> tuple[str, dict | None]:
+        """The plan, or why there is none in its place (the JSON emptied): not an earlier model's plan under it."""
         # a config.json given is the model planned, whatever the list shows
         values = dict(gpu=gpu, llm=None if config else llm, config=config, count=count, max_total_tokens=total or None,
                       max_input_tokens=max_input or None, concurrent_requests=concurrent, quantize=quant,
                       memory_fraction=fraction, kv_cache_dtype=kv)  # fmt: skip
-        with reported("the LLM plan"):
-            result = plan_llm(LlmRequest.build(values), card=cards.get(gpu))
+        try:
+            with reported("the LLM plan"):
+                result = plan_llm(LlmRequest.build(values), card=cards.get(gpu))
+        except gr.Error as exc:
+            return in_pane(exc), None
         return _plan_markdown(result), result
 
     def fit_form(gpu_key, name, precision, fraction, target, rate, job, request: gr.Request) -> str:
+        """The network's plan, or why there is none in its place."""
         try:  # a sweep open in this tab that cannot be read (a mistyped id): the estimate, as with none
             report = open_report(job, request, "the network plan") or {}
         except gr.Error:
@@ -371,9 +378,12 @@ def build_bench_tab(settings: Any, jobs: BenchJobs, access: Access) -> None:
         usable = report.get("model", {}).get("name") == name and calibration_from_report(report, precision)
         values = dict(gpu=gpu_key, model=name, precision=precision, memory_fraction=fraction,
                       target_throughput=target or None, throughput_per_gpu=rate or None)  # fmt: skip
-        with reported("the network plan"):
-            config = NetworkPlanConfig.build(values)
-            title, fit = plan_network(config, settings.cache_dir, report if usable else None, cards.get(gpu_key))
+        try:
+            with reported("the network plan"):
+                config = NetworkPlanConfig.build(values)
+                title, fit = plan_network(config, settings.cache_dir, report if usable else None, cards.get(gpu_key))
+        except gr.Error as exc:
+            return in_pane(exc)
         gpu = cards[gpu_key]
         lines = [
             f"**{title}** on {gpu.name} at {precision} ({fit.basis}): fixed {fit.weights_bytes / 2**20:.0f} MiB, "

@@ -38,6 +38,13 @@ def refusal(message: str, what: str = "the request") -> gr.Error:
     return gr.Error(message, print_exception=False)
 
 
+def in_pane(refused: gr.Error) -> str:
+    """A refusal as the pane that answers the request shows it ("✗ reason"), beside its toast: the toast alone
+    faded and left the pane's last answer, to another request, looking like the answer to this one."""
+    gr.Warning(refused.message)
+    return f"✗ {refused.message}"
+
+
 @contextlib.contextmanager
 def reported(what: str) -> Iterator[None]:
     """Our errors become their one-line message (one line in the server log too); a bug becomes a short message
@@ -243,6 +250,7 @@ __all__ = [
     "field",
     "form_handler",
     "hidden_inputs",
+    "in_pane",
     "refusal",
     "reported",
 ]
