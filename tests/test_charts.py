@@ -405,6 +405,24 @@ def test_a_refused_plan_says_why_in_its_pane_in_place_of_the_last_plan(tmp_path:
         assert text.startswith("✗ target throughput and throughput per GPU go together")
 
 
+def test_picking_an_llm_in_the_list_lets_go_of_an_uploaded_config(tmp_path: Path) -> None:
+    """An uploaded config.json was planned whatever preset or Hub id was picked in the list after it."""
+    from engine.core.settings import load_settings
+    from engine.jobs.store import JobStore
+
+    settings = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path / "data")})
+    settings.ensure_dirs()
+    with JobStore(settings.db_path, settings.data_dir / "blobs") as store:
+        demo, _, _ = _bench_tab(settings, store)
+    blocks = list(demo.blocks.values())
+    llm = next(b for b in blocks if isinstance(b, gr.Dropdown) and b.label == "LLM")
+    upload = next(b for b in blocks if isinstance(b, gr.File) and "config.json" in (b.label or ""))
+    picked = next(fn for fn in demo.fns.values() if (llm._id, "select") in fn.targets)
+    assert (llm._id, "change") in picked.targets  # typed: a Hub id
+    assert (llm._id, "input") not in picked.targets  # Gradio sends it on every blur: a click in and out
+    assert list(picked.outputs) == [upload] and picked.fn() is None
+
+
 def test_a_stopped_sweep_shows_the_configurations_it_finished(tmp_path: Path, model) -> None:
     """The bench tab renders a cancelled or failed sweep's stored rows (and says so); one that stopped before its
     first configuration leaves the outputs empty."""

@@ -435,6 +435,10 @@ def build_bench_tab(settings: Any, jobs: BenchJobs, access: Access) -> None:
     plan_inputs += [plan_concurrent, plan_fraction, plan_kv]
     plan_btn.click(plan_form, plan_inputs, [plan_text, plan_json], api_visibility="private",
                    show_progress_on=plan_text)  # fmt: skip
+    # the model chosen last is planned: an uploaded config.json was planned whatever was picked in the list after it
+    # (picked from the list, or typed; not `input`, which Gradio 6.31 sends on every blur, a mere click in and out)
+    gr.on([plan_llm_name.select, plan_llm_name.change], _no_file, None, plan_config, queue=False,
+          show_progress="hidden", api_visibility="private")  # fmt: skip
     fit_inputs = [plan_gpu, fit_model, fit_precision, plan_fraction, fit_target, fit_rate, job_id]
     fit_btn.click(fit_form, fit_inputs, fit_text, api_visibility="private")
     _register_api(jobs, settings, prices_of, cards, access)
@@ -457,6 +461,11 @@ def _this_card(device: str) -> Gpu | None:
         log.warning("the GPU %s cannot be described here: %s", device, exc)
         return None
     return detected_gpu(props.name, int(props.total_memory), (props.major, props.minor))
+
+
+def _no_file() -> None:
+    """An upload box emptied: the user chose something else in its place."""
+    return None
 
 
 def _price_rows(book: PriceBook) -> list[list]:
