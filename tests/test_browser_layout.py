@@ -212,6 +212,22 @@ def test_every_example_and_option_label_and_value_can_be_read_on_a_laptop_and_a_
         sync_api.expect(page.get_by_text(label, exact=True)).to_be_hidden()
 
 
+@pytest.mark.parametrize("viewport", [LAPTOP, PHONE], ids=["laptop", "phone"])
+def test_the_cost_and_planner_controls_can_be_read_on_a_laptop_and_a_phone(open_page, viewport) -> None:
+    """The planner's config.json box, 90 px high under a two-line label, hid its "Click to Upload"; the CPU price's
+    placeholder was cut off. (The price tables scroll sideways by design: only the controls are read.)"""
+    page = open_page(viewport)
+    open_tab(page, "GPU benchmark")
+    problems = []
+    for accordion, button in (("Cost per request", "Compute cost"), ("Planner: what fits on which GPU", None)):
+        page.get_by_text(accordion, exact=True).click()
+        page.wait_for_timeout(500)  # the accordion lays out
+        opened = page.locator("button", has_text=accordion).locator("xpath=ancestor::div[contains(@class,'block')][1]")
+        controls = opened.locator(".row").filter(has=page.get_by_role("button", name=button)).last if button else opened
+        problems += [f"{accordion}: {p}" for p in unreadable(page, controls)]
+    assert not problems, "\n".join(problems)
+
+
 def test_a_screen_reader_hears_in_words_that_an_event_finished(open_page) -> None:
     """Gradio 6.31 announces it with a key its own translations lack ("common.complete"); app.py adds the word."""
     page = open_page(LAPTOP)

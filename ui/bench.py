@@ -174,7 +174,7 @@ def build_bench_tab(settings: Any, jobs: BenchJobs, access: Access) -> None:
             cost_config = gr.Dropdown([], label="Measured configuration (from the results above)")
             per_request = gr.Number(value=1, minimum=0.001, label="Samples per request (e.g. 250 frames)")
             cpu_price = optional_number(CostConfig, "cpu_price_per_hour", "CPU machine $/hour (CPU rows)",
-                                        "empty: the CPU machine is not priced",
+                                        "empty: not priced",
                                         info="what the machine a CPU configuration ran on costs per hour")  # fmt: skip
             cost_btn = gr.Button("Compute cost")
         prices = gr.Dataframe(
@@ -189,8 +189,7 @@ def build_bench_tab(settings: Any, jobs: BenchJobs, access: Access) -> None:
             plan_count = gr.Number(value=1, precision=0, minimum=1, maximum=64, label="GPUs")
             plan_llm_name = gr.Dropdown(list(LLMS), value="mistral-7b", label="LLM", allow_custom_value=True,
                                         info="a preset, or type a Hub model id (OWNER/NAME)")  # fmt: skip
-            plan_config = gr.File(label="or any model's config.json (Hugging Face)", file_types=[".json"],
-                                  height=90)  # fmt: skip
+            plan_config = gr.File(label="or any model's config.json", file_types=[".json"], height=150)
         with gr.Row():
             plan_quant = gr.Dropdown(["auto", *QUANT_BYTES_PER_PARAM], value="auto", label="Quantize")
             plan_kv = gr.Dropdown(list(KV_CACHE_DTYPES), value="auto", label="KV cache type",
