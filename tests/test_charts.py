@@ -423,6 +423,24 @@ def test_picking_an_llm_in_the_list_lets_go_of_an_uploaded_config(tmp_path: Path
     assert list(picked.outputs) == [upload] and picked.fn() is None
 
 
+def test_the_api_pages_planner_snippets_name_a_card_and_a_model_and_run_as_shown(tmp_path: Path) -> None:
+    """They sent gpu="Hello!!" (Gradio's placeholder for text), and /plan_llm no model at all: both were refused."""
+    from engine.bench.catalog import CATALOG
+    from engine.core.settings import load_settings
+    from engine.jobs.store import JobStore
+
+    settings = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path / "data")})
+    settings.ensure_dirs()
+    with JobStore(settings.db_path, settings.data_dir / "blobs") as store:
+        demo, _, _ = _bench_tab(settings, store)
+    pages = demo.get_api_info()["named_endpoints"]
+    for name, model in (("plan_llm", "llm"), ("plan_network", "model")):
+        shown = {p["parameter_name"]: p["example_input"] for p in pages[f"/{name}"]["parameters"]}
+        assert shown["gpu"] in CATALOG and shown[model], shown
+        endpoint = next(fn for fn in demo.fns.values() if fn.api_name == name)
+        assert "H100" in str(endpoint.fn(**shown)["gpu"])  # planned, not refused
+
+
 def test_a_stopped_sweep_shows_the_configurations_it_finished(tmp_path: Path, model) -> None:
     """The bench tab renders a cancelled or failed sweep's stored rows (and says so); one that stopped before its
     first configuration leaves the outputs empty."""

@@ -55,7 +55,7 @@ from ui.bench_report import (
     telemetry_figure,
     throughput_figure,
 )
-from ui.forms import api_endpoint, api_function, in_pane, refusal, reported
+from ui.forms import api_endpoint, api_examples, api_function, in_pane, refusal, reported
 from ui.history import wire_history
 from ui.jobs import Access, wire_cancel
 from ui.style import HIDDEN_WHEN_EMPTY
@@ -76,6 +76,7 @@ CUSTOM = "custom grid"
 # a switch a sweep may try both ways, as one choice: (what the radio says, the API's switch list)
 CHANNELS_LAST_CHOICES = [("off", "off"), ("on", "on"), ("both (off, then on)", "off,on")]
 CUDNN_BENCHMARK_CHOICES = [("on", "on"), ("off", "off"), ("both (on, then off)", "on,off")]
+API_EXAMPLE_GPU = "H100"  # the card the API page's planner snippets name
 HISTORY_HEADERS = ["job", "status", "model", "preset", "configurations", "machine", "submitted", "error"]
 
 
@@ -552,11 +553,14 @@ def _register_api(jobs: BenchJobs, settings: Any, prices_of: Any, cards: dict[st
     with gr.Column(visible=False):  # their names on the API page
         network_plan = gr.JSON(label="plan")
         llm_plan = gr.JSON(label="LLM plan")
+    # the API page's snippets name a card and a model, so that they run as shown (not Gradio's gpu="Hello!!")
     about = "Batch size and GPU count for one of our networks (parameters as `avatarbench plan network`)."
-    api_endpoint(NetworkPlanConfig, plan_network_api, network_plan, "plan_network", about)
+    with api_examples(gpu=API_EXAMPLE_GPU):
+        api_endpoint(NetworkPlanConfig, plan_network_api, network_plan, "plan_network", about)
     # an endpoint with inputs, not gr.api: a config.json comes as an upload
     about = "LLM serving plan (parameters as `avatarbench plan llm`): fits?, memory by part, TGI flags."
-    api_endpoint(LlmRequest, plan_llm_api, llm_plan, "plan_llm", about, queue=False)
+    with api_examples(gpu=API_EXAMPLE_GPU, llm="mistral-7b"):
+        api_endpoint(LlmRequest, plan_llm_api, llm_plan, "plan_llm", about, queue=False)
     submit = api_function(SweepRequest, bench_submit, "the sweep")
     submit.__doc__ = "Queue a sweep (parameters as `avatarbench bench`); returns its status and job id."
     cost = api_function(
