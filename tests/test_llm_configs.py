@@ -240,8 +240,10 @@ def test_a_hub_model_id_is_planned_from_the_hubs_local_cache(hub_cache: Path) ->
     assert plan["model"]["name"] == "Qwen/Qwen2-0.5B" and "--model-id Qwen/Qwen2-0.5B " in plan["launch"]
     assert plan["model"]["parameters"] == 494_032_768  # Qwen2-0.5B's published 494 million
     assert plan["model"]["parameters_basis"] == "estimated from config.json's shape (qwen2 layers)"
-    # offline and not cached: one line saying so, not huggingface_hub's traceback
-    with pytest.raises(WeightsError, match="not in the Hub's local cache and HF_HUB_OFFLINE is set"):
+    # offline and not cached: one line saying so, not huggingface_hub's traceback, and what to give instead (the
+    # tab and the API take an upload of it; they have no "local path" to give)
+    with pytest.raises(WeightsError, match="not in the Hub's local cache and HF_HUB_OFFLINE is set; download it or "
+                       r"give the model's config\.json in place of its id"):  # fmt: skip
         plan_llm(LlmRequest("L4", "Qwen/Qwen2-7B"))
     with pytest.raises(PlanError, match=r"llm 'gpt-5' is neither a preset .* nor a Hub model id \(OWNER/NAME"):
         LlmRequest.build({"gpu": "L4", "llm": "gpt-5"})

@@ -102,7 +102,7 @@ def hub_spec(repo: str) -> LlmSpec:
     from the cached .safetensors headers, else the Hub's count of them (online), else estimated."""
     from engine.core.hub import fetch_file
 
-    file = fetch_file(repo, CONFIG_NAME)
+    file = fetch_file(repo, CONFIG_NAME, instead=f"the model's {CONFIG_NAME} in place of its id")
     hub_count = None if any(file.parent.glob("*.safetensors")) else _hub_parameters(repo)
     return spec_from_config(file, name=repo, hub_count=hub_count)
 

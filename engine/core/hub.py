@@ -373,10 +373,11 @@ def _network_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
-def fetch_file(repo: str, filename: str) -> Path:
+def fetch_file(repo: str, filename: str, instead: str = "a local path") -> Path:
     """One file of a Hub repository through huggingface_hub's cache: the cache first (offline too), then one quick
     listing, so that an unreachable Hub is one line at once rather than after huggingface_hub's retries (about 26 s),
-    then the download. WeightsError says what went wrong."""
+    then the download. WeightsError says what went wrong, and `instead`, what the caller takes in the file's place
+    (a web page has no local path to give)."""
     try:
         from huggingface_hub import HfApi, hf_hub_download
     except ImportError:
@@ -385,11 +386,11 @@ def fetch_file(repo: str, filename: str) -> Path:
         return Path(hf_hub_download(repo, filename, local_files_only=True))
     where = f"{filename} of {repo} is not in the Hub's local cache"
     if hub_offline():
-        raise WeightsError(f"{where} and HF_HUB_OFFLINE is set; download it or give a local path")
+        raise WeightsError(f"{where} and HF_HUB_OFFLINE is set; download it or give {instead}")
     try:
         HfApi().model_info(repo, timeout=LIST_TIMEOUT_S)
     except _network_errors() as exc:
-        raise WeightsError(f"{where} and the Hub is unreachable ({_reason(exc)}); give a local path") from None
+        raise WeightsError(f"{where} and the Hub is unreachable ({_reason(exc)}); give {instead}") from None
     except Exception:  # gated, private, not found: the download says which, with the token it uses
         pass
     try:
