@@ -192,7 +192,12 @@ def test_a_checkpoint_quantized_ahead_of_time_is_planned_as_tgi_loads_it(tmp_pat
         ({**MISTRAL, "num_key_value_heads": 5}, "32 attention heads do not share out over 5 key/value heads"),
         ({**MISTRAL, "intermediate_size": None}, "has no intermediate_size"),
         ([1, 2], "is not a JSON object"),
-        ({"model_type": "llava", "text_config": MISTRAL}, "describes a multimodal model: the parameters outside"),
+        # the folder is the command line's: an upload (the tab, the API) is the one file
+        (
+            {"model_type": "llava", "text_config": MISTRAL},
+            "describes a multimodal model: the parameters outside .*; "
+            "give its Hub id while online, or on the command line the folder holding the config",
+        ),
     ],
 )
 def test_a_config_that_cannot_be_planned_says_why(tmp_path: Path, values: Any, message: str) -> None:

@@ -162,8 +162,8 @@ class LlmRequest(Config):
         "Hub's local cache, or from the Hub when online (or give config)",
     )  # fmt: skip
     config: Path | None = option(
-        None, help="instead, any model's Hugging Face config.json, or the folder holding it (with .safetensors files "
-        "there, their headers give the exact parameter count)", file=True,
+        None, help="instead, any model's Hugging Face config.json (on the command line, or the folder holding it: "
+        "with .safetensors files there, their headers give the exact parameter count)", file=True,
     )  # fmt: skip
     count: int = option(1, help="GPUs available (tensor-parallel shards)", low=1, high=64)
     max_input_tokens: int | None = option(None, help="longest prompt (empty: max total tokens - 1)", low=1,

@@ -148,8 +148,8 @@ def spec_from_config(path: str | Path, name: str | None = None, hub_count: tuple
         if shape is not config:  # the language model's shape alone leaves the vision tower and projector uncounted
             raise LlmConfigError(
                 f"{file.name} describes a multimodal model: the parameters outside its language model cannot be "
-                "estimated from the config; put the config beside the model's .safetensors files (only their headers "
-                "are read), or give its Hub id while online"
+                "estimated from the config; give its Hub id while online, or on the command line the folder holding "
+                "the config and the model's .safetensors files (only their headers are read)"
             )
         parameters, tied = _estimated_parameters(shape, family, vocab, file, quantize)
         basis = f"estimated from config.json's shape ({family} layers)"
@@ -282,7 +282,8 @@ def _estimated_parameters(
         raise LlmConfigError(
             f"{file.name}: the parameters of a {family or 'model of unnamed type'} model cannot be estimated from its "
             f"config ({why}); the planner estimates {', '.join(ESTIMATED_FAMILIES)} models, and counts any other "
-            "from the unquantized .safetensors files beside config.json (only their headers are read)"
+            "from the unquantized .safetensors files beside config.json (on the command line, the folder holding "
+            "both; only their headers are read)"
         )
     biased, norms, head_norms, tied_default = ESTIMATED_FAMILIES[family]
     hidden, layers = config["hidden_size"], config["num_hidden_layers"]
