@@ -136,7 +136,7 @@ def test_device_endpoint(client) -> None:
 
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
-BAD_LIPSYNC_MESSAGE = "batch size 0 is outside 1..4096; pads: give 4 whole numbers, e.g. 1,8,32,128"
+BAD_LIPSYNC_MESSAGE = "batch size 0 is outside 1..4096; pads: give 4 whole numbers, e.g. 0,10,0,0"
 
 
 def _video_path(video: dict | str) -> Path:

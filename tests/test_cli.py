@@ -418,7 +418,7 @@ def test_bench_plan_and_cost(tmp_path: Path) -> None:
     (model / "config.json").write_text(json.dumps(qwen2))
     qwen = run("plan", "llm", "--gpu", "L4", "--config", str(model), "--kv-cache-dtype", "fp8_e4m3fn", **env)
     assert qwen.returncode == 0, qwen.stderr
-    assert "parameters: 0.49 billion, estimated from config.json's shape (qwen2 layers)" in qwen.stdout  # 494 million
+    assert "parameters: 494 million, estimated from config.json's shape (qwen2 layers)" in qwen.stdout
     assert "--model-id Qwen/Qwen2-0.5B " in qwen.stdout and "--kv-cache-dtype fp8_e4m3fn" in qwen.stdout
     assert "KV cache: 6 KiB/token" in qwen.stdout  # 2 x 24 layers x 2 heads x 64 x 1 byte
     nothing = run("plan", "llm", "--gpu", "L4", **env)

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 from engine.bench.config import LlmRequest
-from engine.bench.llms import LLMS, LlmConfigError, spec_from_config
+from engine.bench.llms import LLMS, LlmConfigError, parameters_text, spec_from_config
 from engine.bench.planner import MODEL_ID_PLACEHOLDER, PlanError, plan_llm
 from engine.core.errors import InputError
 from engine.core.weights import WeightsError
@@ -205,6 +205,14 @@ def test_a_config_that_cannot_be_planned_says_why(tmp_path: Path, values: Any, m
     path.write_text(json.dumps(values))
     with pytest.raises(InputError, match=message):
         plan_llm(LlmRequest("L4", config=path))
+
+
+def test_a_configs_problem_names_the_file_as_given_and_counts_read_as_model_cards_write_them(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.json"
+    missing.write_text(json.dumps({**MISTRAL, "vocab_size": None}))
+    with pytest.raises(LlmConfigError, match=r"missing\.json has no vocab_size"):
+        spec_from_config(missing)
+    assert [parameters_text(n) for n in (494_032_768, 7.2417e9)] == ["494 million", "7.24 billion"]
 
 
 def test_the_request_names_exactly_one_model(tmp_path: Path) -> None:

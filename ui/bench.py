@@ -21,7 +21,7 @@ import gradio as gr
 from engine.bench.catalog import CATALOG, Gpu, PriceBook, detected_gpu, report_gpu
 from engine.bench.config import DEFAULT_BATCHES, PRECISIONS, CostConfig, LlmRequest, NetworkPlanConfig, SweepRequest
 from engine.bench.jobs import BenchJobs
-from engine.bench.llms import LLMS
+from engine.bench.llms import LLMS, parameters_text
 from engine.bench.planner import (
     KV_CACHE_DTYPES,
     QUANT_BYTES_PER_PARAM,
@@ -511,7 +511,7 @@ def _plan_markdown(result: dict) -> str:
         f"- per GPU: {parts}",
         f"- KV cache {m['kv_bytes_per_token'] / 1024:.0f} KiB per token; room for {m['kv_token_capacity']:,} tokens "
         f"({m['kv_tokens_needed']:,} needed)",
-        f"- parameters: {result['model']['parameters'] / 1e9:.2f} billion, {result['model']['parameters_basis']}",
+        f"- parameters: {parameters_text(result['model']['parameters'])}, {result['model']['parameters_basis']}",
         f"- `{result['launch']}`",
     ]
     lines += [f"- why: {r}" for r in result["reasons"]]

@@ -138,6 +138,7 @@ def _print_sweep(report: dict[str, Any]) -> None:
 
 
 def _plan_llm(args: argparse.Namespace) -> int:
+    from engine.bench.llms import parameters_text
     from engine.bench.planner import plan_llm
 
     report = plan_llm(from_args(LlmRequest, args))
@@ -147,7 +148,7 @@ def _plan_llm(args: argparse.Namespace) -> int:
     copies = f", {report['replicas']} replicas" if report["replicas"] > 1 else ""
     model = report["model"]
     print(f"{model['name'] or model['key']} on {m['shards']} x {report['gpu']['name']}{copies}: {verdict}")
-    print(f"  parameters: {model['parameters'] / 1e9:.2f} billion, {model['parameters_basis']}")
+    print(f"  parameters: {parameters_text(model['parameters'])}, {model['parameters_basis']}")
     for part, value in m["per_gpu"].items():
         print(f"  {part.removesuffix('_bytes'):<26} {value / 1e9:8.2f} GB per GPU")
     print(f"  KV cache: {m['kv_bytes_per_token'] / 1024:.0f} KiB/token, room for {m['kv_token_capacity']:,} tokens")

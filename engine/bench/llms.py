@@ -132,12 +132,12 @@ def spec_from_config(path: str | Path, name: str | None = None, hub_count: tuple
     shape = _text_model(config)
     family = str(shape.get("model_type") or config.get("model_type") or "")
     names = ("num_hidden_layers", "hidden_size", "num_attention_heads", "vocab_size")
-    layers, hidden, heads, vocab = (_whole(shape, key) for key in names)
-    kv_heads = _whole(shape, "num_key_value_heads", heads)
-    head_dim = _head_dim(shape, hidden, heads)
+    layers, hidden, heads, vocab = (_whole(shape, key, file.name) for key in names)
+    kv_heads = _whole(shape, "num_key_value_heads", file.name, heads)
+    head_dim = _head_dim(shape, hidden, heads, file.name)
     if heads % kv_heads:
         raise LlmConfigError(f"{file.name}: {heads} attention heads do not share out over {kv_heads} key/value heads")
-    positions = _whole(shape, "max_position_embeddings")
+    positions = _whole(shape, "max_position_embeddings", file.name)
     quantize = _checkpoint_quantize(config, file)
     counted = None if quantize else _counted_parameters(file.parent)
     if counted is not None:
@@ -189,13 +189,14 @@ def _text_model(config: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
-def _whole(config: dict[str, Any], key: str, default: int | None = None) -> int:
+def _whole(config: dict[str, Any], key: str, where: str, default: int | None = None) -> int:
+    """config[key], a whole number of at least 1 (`default` where it is missing or null); `where` names the file."""
     value = config.get(key)
     value = default if value is None else value  # a key written as null means the default, as transformers reads it
     if value is None:
-        raise LlmConfigError(f"{CONFIG_NAME} has no {key}: the planner needs the model's {_WHY[key]}")
+        raise LlmConfigError(f"{where} has no {key}: the planner needs the model's {_WHY[key]}")
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise LlmConfigError(f"{CONFIG_NAME}'s {key} is {value!r}: a whole number of at least 1 is expected")
+        raise LlmConfigError(f"{where}'s {key} is {value!r}: a whole number of at least 1 is expected")
     return value
 
 
@@ -209,11 +210,11 @@ _WHY = {
 }
 
 
-def _head_dim(config: dict[str, Any], hidden: int, heads: int) -> int:
+def _head_dim(config: dict[str, Any], hidden: int, heads: int, where: str) -> int:
     if config.get("head_dim") is not None:
-        return _whole(config, "head_dim")
+        return _whole(config, "head_dim", where)
     if hidden % heads:
-        raise LlmConfigError(f"{CONFIG_NAME}: hidden_size {hidden} is not a multiple of {heads} heads and no "
+        raise LlmConfigError(f"{where}: hidden_size {hidden} is not a multiple of {heads} heads and no "
                              "head_dim is given")  # fmt: skip
     return hidden // heads
 
@@ -289,8 +290,8 @@ def _estimated_parameters(
     hidden, layers = config["hidden_size"], config["num_hidden_layers"]
     heads = config["num_attention_heads"]
     kv_heads = config.get("num_key_value_heads") or heads
-    head_dim = _head_dim(config, hidden, heads)
-    mlp_width = _whole(config, "intermediate_size")
+    head_dim = _head_dim(config, hidden, heads, file.name)
+    mlp_width = _whole(config, "intermediate_size", file.name)
     query, key_value = heads * head_dim, kv_heads * head_dim
     attention = 2 * hidden * query + 2 * hidden * key_value
     if biased is None:
@@ -306,6 +307,11 @@ def _estimated_parameters(
     return layers * per_layer + hidden + vocab * hidden * (1 if tied else 2), tied
 
 
+def parameters_text(count: float) -> str:
+    """A parameter count as model cards write it: 494 million, 7.24 billion."""
+    return f"{count / 1e6:.0f} million" if count < 1e9 else f"{count / 1e9:.2f} billion"
+
+
 def _model_id(config: dict[str, Any], file: Path) -> str:
     """The Hub id for the launch line: the config's own name for it, or the Hub cache's folder name
     (models--org--name/snapshots/<revision>/config.json); else "" (the planner's launch line then holds a
@@ -319,4 +325,4 @@ def _model_id(config: dict[str, Any], file: Path) -> str:
     return ""
 
 
-__all__ = ["LLMS", "LlmConfigError", "LlmSpec", "hub_spec", "is_hub_id", "spec_from_config"]
+__all__ = ["LLMS", "LlmConfigError", "LlmSpec", "hub_spec", "is_hub_id", "parameters_text", "spec_from_config"]

@@ -348,21 +348,24 @@ def word_tuple(what: str) -> TextForm:
     return TextForm(parse, lambda v: ",".join(map(str, v)), distinct=True)
 
 
-def number_tuple(kind: type, count: int | None = None, distinct: bool | None = None) -> TextForm:
+def number_tuple(
+    kind: type, count: int | None = None, distinct: bool | None = None, example: str | None = None
+) -> TextForm:
     """Comma- or space-separated numbers (`kind` int or float): exactly `count` of them (a box, pads), or a list,
-    of distinct values (batch sizes) unless `distinct` is False (class labels)."""
+    of distinct values (batch sizes) unless `distinct` is False (class labels). `example` is what its messages show
+    (batch sizes' 1,8,32,128 said nothing of pads)."""
     noun = "whole numbers" if kind is int else "numbers"
+    example = example or _example(kind, count)
 
     def parse(text: str) -> tuple[Any, ...]:
         parts = _split(text)
         try:
             values = tuple(kind(p) for p in parts)
         except ValueError:
-            example = _example(kind, count)
             raise ValueError(f"{text!r} is not a comma-separated list of {noun}, e.g. {example}") from None
         if not values or (count is not None and len(values) != count):
             many = f"{count} {noun}" if count else f"at least one of the {noun}"
-            raise ValueError(f"give {many}, e.g. {_example(kind, count)}")
+            raise ValueError(f"give {many}, e.g. {example}")
         return values
 
     fmt = lambda v: ",".join(format(x, "g") if isinstance(x, float) else str(x) for x in v)  # noqa: E731

@@ -75,7 +75,7 @@ class LipSyncConfig(Config):
     pads: tuple[int, ...] = option(
         (0, 10, 0, 0), help="pixels added to the face box: TOP,BOTTOM,LEFT,RIGHT (negative: taken off)", low=-200,
         high=200,
-        text=number_tuple(int, 4),
+        text=number_tuple(int, 4, example="0,10,0,0"),
     )  # fmt: skip
     smooth: bool = option(True, help="smooth face boxes over time")
     box: tuple[int, ...] | None = option(
@@ -106,7 +106,8 @@ class LipSyncConfig(Config):
     )
     crop: tuple[int, ...] = option(
         (0, -1, 0, -1), help="Wav2Lip: keep rows TOP..BOTTOM and columns LEFT..RIGHT of a face video after the shrink "
-        "and turn, -1: to the last (upstream's --crop)", low=-1, high=8192, text=number_tuple(int, 4),
+        "and turn, -1: to the last (upstream's --crop)", low=-1, high=8192,
+        text=number_tuple(int, 4, example="0,720,0,-1"),
     )  # fmt: skip
     audio_offset: int = option(0, help="shift the speech by N frames (+: the lips were late)", low=-25, high=25)
     stream: bool = stream_option()
@@ -128,7 +129,7 @@ class LipSyncConfig(Config):
     )  # fmt: skip
     musetalk_cheek_widths: tuple[int, ...] = option(
         (90, 90), help="MuseTalk: LEFT,RIGHT cheek widths the jaw mode's mask keeps (upstream's --left_cheek_width "
-        "and --right_cheek_width)", low=0, high=256, text=number_tuple(int, 2),
+        "and --right_cheek_width)", low=0, high=256, text=number_tuple(int, 2, example="90,90"),
     )  # fmt: skip
     musetalk_blur: float = option(
         0.1, help="MuseTalk: the paste-back mask's Gaussian blur, its kernel as a fraction of the blend region's side: "
