@@ -12,7 +12,8 @@ from test_telemetry import fake_nvml
 
 from engine.core.settings import load_settings
 from engine.system import doctor
-from engine.system.doctor import INFO, OK, PROBLEM, STATUSES, WARNING, Check, _Context, run_doctor
+from engine.system.checks import NOTHING_TO_FIX, STATUSES
+from engine.system.doctor import INFO, OK, PROBLEM, WARNING, Check, _Context, run_doctor
 from engine.system.telemetry import GpuSample
 
 NO_NVML = "the NVML library (libnvidia-ml.so.1) was not found: no NVIDIA driver is installed or mounted"
@@ -54,7 +55,7 @@ def test_every_check_has_a_status_what_it_found_and_a_fix(report) -> None:
         assert check.status in STATUSES
         assert check.found.strip() and check.fix.strip()
         if check.status != OK:
-            assert check.fix != doctor.NOTHING_TO_FIX
+            assert check.fix != NOTHING_TO_FIX
     data = json.loads(report.to_json())
     assert data["status"] == report.status and sum(data["counts"].values()) == len(report.checks)
     text = report.render_text()
@@ -531,7 +532,7 @@ def test_every_bad_setting_is_reported_and_the_other_checks_still_run(monkeypatc
 
 
 def test_check_objects_default_to_nothing_to_fix() -> None:
-    assert Check("x", OK, "fine").fix == doctor.NOTHING_TO_FIX
+    assert Check("x", OK, "fine").fix == NOTHING_TO_FIX
 
 
 def test_weights_check_says_where_missing_files_go_and_flags_a_wrong_path(tmp_path: Path) -> None:
@@ -808,7 +809,7 @@ def test_gpu_memory_held_by_another_process_is_named_but_the_apps_own_is_not(mon
     assert check.status == WARNING and "70.0 of 80.0 GiB held by" in check.found and "(pid 1, 70.0 GiB)" in check.found
     assert "jobs get 10.0 GiB, not the 72.0 GiB" in check.found and "kill PID" in check.fix
     # the app's own worker (a child of this process) holding it is the app at work, not a fault
-    monkeypatch.setattr(doctor, "_own_pids", lambda: {1})
+    monkeypatch.setattr(doctor, "own_pids", lambda: {1})
     assert _gpu_state_on(monkeypatch, tmp_path, **busy).status == OK
 
 
