@@ -4,10 +4,12 @@ scaled to the device, and a warning on a latency too scattered to trust."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -579,59 +581,58 @@ def test_the_onnx_and_bench_histories_list_when_opened_and_a_clicked_row_gives_i
         assert pick.fn("0f00ba4, 1a855ac6d4db", clicked) == "1a855ac6d4db, 0f00ba4"
 
 
+@contextlib.contextmanager
+def _priced_sweep(tmp_path: Path, model, edit) -> Iterator[tuple[dict, str, str, SimpleNamespace]]:
+    """(the tab's handlers, the id of a finished one-row CPU sweep of `model` as `edit` leaves its report, the row's
+    label, the visitor)."""
+    from engine.core.settings import load_settings
+    from engine.jobs.store import CPU, JobStore
+    from ui.jobs import Access
+
+    settings = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path / "data")})
+    settings.ensure_dirs()
+    request = SimpleNamespace(username=None, session_hash="s1", cookies={})
+    with JobStore(settings.db_path, settings.data_dir / "blobs") as store:
+        _, handler, jobs = _bench_tab(settings, store)
+        job = jobs.submit(SweepRequest.build({"device": "cpu", "batch": "1"}), Access().owner(request))
+        assert store.claim_next(CPU).id == job.id
+        path, info = model
+        config = SweepConfig("mlp", [BenchPoint("ort-cpu", "fp32", 1, "cpu")], runs=2, warmup=0)
+        report = edit(run_sweep(config, onnx_model(path, "mlp", info), None))
+        store.finish(job.id, report)
+        yield handler, job.id, report["results"][0]["label"], request
+
+
 def test_a_cpu_configuration_is_priced_at_the_cpu_price_and_unpriced_cards_are_named(tmp_path: Path, model) -> None:
     """After a CPU sweep every cost row read "not estimated: measured on the CPU", and the catalog's boards without a
     price were missing without a word. Now the tab takes the CPU machine's price (as `cost --cpu-price-per-hour`),
     says how to get a CPU figure when it is not given, and names the cards left out and how to price them."""
     from engine.bench.catalog import CATALOG
-    from engine.core.settings import load_settings
-    from engine.jobs.store import CPU, JobStore
-    from ui.jobs import Access
 
-    settings = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path / "data")})
-    settings.ensure_dirs()
-    request = SimpleNamespace(username=None, session_hash="s1", cookies={})
-    with JobStore(settings.db_path, settings.data_dir / "blobs") as store:
-        _, handler, jobs = _bench_tab(settings, store)
-        job = jobs.submit(SweepRequest.build({"device": "cpu", "batch": "1"}), Access().owner(request))
-        assert store.claim_next(CPU).id == job.id
-        path, info = model
-        config = SweepConfig("mlp", [BenchPoint("ort-cpu", "fp32", 1, "cpu")], runs=2, warmup=0)
-        store.finish(job.id, run_sweep(config, onnx_model(path, "mlp", info), None))
-        label = store.get(job.id).result["results"][0]["label"]
-        rows, notes = handler["price_configuration"](job.id, label, 250, "0.34", request)
+    with _priced_sweep(tmp_path, model, lambda report: report) as (handler, job_id, label, request):
+        rows, notes = handler["price_configuration"](job_id, label, 250, "0.34", request)
         assert rows[0][0] == "CPU (measured)" and rows[0][1] == 0.34 and rows[0][3] != ""  # priced
         unpriced = [key for key, gpu in CATALOG.items() if gpu.price_per_hour is None]
         assert unpriced and f"Left out, with no price: {', '.join(unpriced)}" in notes and "Save prices" in notes
         assert "give the CPU machine's" not in notes
-        rows, notes = handler["price_configuration"](job.id, label, 250, "", request)
+        rows, notes = handler["price_configuration"](job_id, label, 250, "", request)
         assert "CPU (measured)" not in [r[0] for r in rows] and "give the CPU machine's **$/hour**" in notes
         with pytest.raises(gr.Error, match=r"cpu price per hour -1 is outside"):
-            handler["price_configuration"](job.id, label, 250, "-1", request)
+            handler["price_configuration"](job_id, label, 250, "-1", request)
 
 
 def test_a_gpu_configuration_that_fell_back_to_the_cpu_is_priced_as_the_cpu(tmp_path: Path, model) -> None:
     """Its samples/s were the CPU's, shown as the card's "measured" figure (and once scaled to every other card)."""
-    from engine.core.settings import load_settings
-    from engine.jobs.store import CPU, JobStore
-    from ui.jobs import Access
 
-    settings = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path / "data")})
-    settings.ensure_dirs()
-    request = SimpleNamespace(username=None, session_hash="s1", cookies={})
-    with JobStore(settings.db_path, settings.data_dir / "blobs") as store:
-        _, handler, jobs = _bench_tab(settings, store)
-        job = jobs.submit(SweepRequest.build({"device": "cpu", "batch": "1"}), Access().owner(request))
-        assert store.claim_next(CPU).id == job.id
-        path, info = model
-        config = SweepConfig("mlp", [BenchPoint("ort-cpu", "fp32", 1, "cpu")], runs=2, warmup=0)
-        report = run_sweep(config, onnx_model(path, "mlp", info), None)
-        row = report["results"][0]  # as an ort-cuda point whose CUDA provider could not load would read
-        row.update(device="cuda", runtime="ort-cuda", ran_on="CPUExecutionProvider", fell_back=True,
-                   math_precision=None, label="cuda ort-cuda fp32 b1")  # fmt: skip
+    def fell_back(report: dict) -> dict:
+        """The row as an ort-cuda point whose CUDA provider could not load reads."""
+        report["results"][0].update(device="cuda", runtime="ort-cuda", ran_on="CPUExecutionProvider",
+                                    fell_back=True, math_precision=None, label="cuda ort-cuda fp32 b1")  # fmt: skip
         report["gpu"] = {"name": "NVIDIA H100 80GB HBM3", "total_memory_bytes": 85 * 10**9, "capability": [9, 0]}
-        store.finish(job.id, report)
-        rows, notes = handler["price_configuration"](job.id, "cuda ort-cuda fp32 b1", 250, "0.34", request)
+        return report
+
+    with _priced_sweep(tmp_path, model, fell_back) as (handler, job_id, label, request):
+        rows, notes = handler["price_configuration"](job_id, label, 250, "0.34", request)
         assert rows[0][0] == "CPU (measured)" and rows[0][1] == 0.34  # the CPU machine, at its price
         assert not [r for r in rows if r[0] == "H100" and r[3] not in ("", None)]  # no card priced from it
         assert notes.startswith("- ⚠️ cuda ort-cuda fp32 b1 fell back to the CPU: it is priced as a CPU measurement")
