@@ -15,6 +15,7 @@ import json
 import math
 import re
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -120,8 +121,7 @@ def _hub_parameters(repo: str) -> tuple[int, bool] | None:
         metadata = HfApi().get_safetensors_metadata(repo)
     except Exception:  # any failure leaves the estimate, which the plan says it is
         return None
-    untied = any(name == "lm_head.weight" or name.endswith(".lm_head.weight") for name in metadata.weight_map)
-    return sum(metadata.parameter_count.values()), not untied
+    return sum(metadata.parameter_count.values()), not _has_output_head(metadata.weight_map)
 
 
 def spec_from_config(path: str | Path, name: str | None = None, hub_count: tuple[int, bool] | None = None) -> LlmSpec:
@@ -253,8 +253,13 @@ def _counted_parameters(folder: Path) -> tuple[int, bool] | None:
                 raise LlmConfigError(f"{file.name}: tensor {name!r} has no shape in its header")
             total += math.prod(shape)
             names.add(name)
-    untied = any(name == "lm_head.weight" or name.endswith(".lm_head.weight") for name in names)
-    return total, not untied
+    return total, not _has_output_head(names)
+
+
+def _has_output_head(names: Iterable[str]) -> bool:
+    """An output head of its own among a checkpoint's tensors (lm_head, also under a multimodal model's prefix): the
+    embeddings are not tied."""
+    return any(name == "lm_head.weight" or name.endswith(".lm_head.weight") for name in names)
 
 
 def _safetensors_header(file: Path) -> dict[str, Any]:
