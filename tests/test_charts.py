@@ -636,3 +636,44 @@ def test_a_gpu_configuration_that_fell_back_to_the_cpu_is_priced_as_the_cpu(tmp_
         assert rows[0][0] == "CPU (measured)" and rows[0][1] == 0.34  # the CPU machine, at its price
         assert not [r for r in rows if r[0] == "H100" and r[3] not in ("", None)]  # no card priced from it
         assert notes.startswith("- ⚠️ cuda ort-cuda fp32 b1 fell back to the CPU: it is priced as a CPU measurement")
+
+
+def test_the_bench_tabs_numbers_out_of_range_are_refused_naming_their_field(tmp_path: Path, model) -> None:
+    """The planner's and cost table's number boxes carried Gradio limits: a GPU count of 0 was Gradio's "Value 0 is
+    less than minimum value 1.", naming no field among the row's five, and the handler never ran. Now the value
+    reaches the config, whose refusal names the field in the plan's pane; an emptied or zero samples-per-request of a
+    configuration measured on a card is refused by its field (it was an internal error, or a bare 'must be
+    positive')."""
+
+    def on_a_card(report: dict) -> dict:
+        report["results"][0].update(device="cuda", runtime="ort-cuda", ran_on="CUDAExecutionProvider",
+                                    label="cuda ort-cuda fp32 b1")  # fmt: skip
+        report.setdefault("machine", {})["gpu"] = {"name": "NVIDIA H100 80GB HBM3"}
+        return report
+
+    from engine.core.settings import load_settings
+    from engine.jobs.store import JobStore
+
+    settings = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path / "tab")})
+    settings.ensure_dirs()
+    with JobStore(settings.db_path, settings.data_dir / "blobs") as store:
+        demo, _, _ = _bench_tab(settings, store)
+    numbers = {b.label: b for b in demo.blocks.values() if isinstance(b, gr.Number)}
+    assert "GPU count" in numbers and len(numbers) >= 7
+    for number in numbers.values():
+        assert number.preprocess(-1) == -1  # no Gradio limit stops a value before the handler
+    with _priced_sweep(tmp_path, model, on_a_card) as (handler, job_id, label, request):
+        form = ["V100-16GB", 0, "mistral-7b", None, "auto", 0, 0, 1, 0.9, "auto"]
+        with pytest.warns(UserWarning, match="count 0 is outside 1..64"):
+            text, plan = handler["plan_form"](*form)
+        assert text.startswith("✗ count 0 is outside 1..64") and plan is None
+        form[1], form[7] = 1, 0
+        with pytest.warns(UserWarning, match="concurrent requests 0 is outside 1..100000"):
+            handler["plan_form"](*form)
+        with pytest.warns(UserWarning, match="target throughput -5 is outside"):
+            handler["fit_form"]("H100", "wav2lip", "fp16", 0.9, -5, 100, None, request)
+        for samples, why in ((0, "samples per request 0 is outside"), (-2, "samples per request -2 is outside")):
+            with pytest.raises(gr.Error, match=why):
+                handler["price_configuration"](job_id, label, samples, "", request)
+        rows, _ = handler["price_configuration"](job_id, label, None, "", request)  # emptied: the default, 1
+        assert any(r[3] not in ("", None) for r in rows)  # priced per request of one sample

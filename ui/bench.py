@@ -19,7 +19,15 @@ from typing import Any
 import gradio as gr
 
 from engine.bench.catalog import CATALOG, Gpu, PriceBook, detected_gpu, report_gpu
-from engine.bench.config import DEFAULT_BATCHES, PRECISIONS, CostConfig, LlmRequest, NetworkPlanConfig, SweepRequest
+from engine.bench.config import (
+    DEFAULT_BATCHES,
+    PRECISIONS,
+    CostConfig,
+    LlmRequest,
+    NetworkPlanConfig,
+    RequestSize,
+    SweepRequest,
+)
 from engine.bench.jobs import BenchJobs
 from engine.bench.llms import LLMS, parameters_text
 from engine.bench.planner import (
@@ -173,7 +181,7 @@ def build_bench_tab(settings: Any, jobs: BenchJobs, access: Access) -> None:
         )
         with gr.Row():
             cost_config = gr.Dropdown([], label="Measured configuration (from the results above)")
-            per_request = gr.Number(value=1, minimum=0.001, label="Samples per request (e.g. 250 frames)")
+            per_request = gr.Number(value=1, label="Samples per request (e.g. 250 frames)")
             cpu_price = optional_number(CostConfig, "cpu_price_per_hour", "CPU machine $/hour (CPU rows)",
                                         "empty: not priced",
                                         info="what the machine a CPU configuration ran on costs per hour")  # fmt: skip
@@ -187,7 +195,7 @@ def build_bench_tab(settings: Any, jobs: BenchJobs, access: Access) -> None:
     with gr.Accordion("Planner: what fits on which GPU", open=False):
         with gr.Row():
             plan_gpu = gr.Dropdown(card_choices, value="V100-16GB", label="GPU")
-            plan_count = gr.Number(value=1, precision=0, minimum=1, maximum=64, label="GPUs")
+            plan_count = gr.Number(value=1, precision=0, label="GPU count")
             plan_llm_name = gr.Dropdown(list(LLMS), value="mistral-7b", label="LLM", allow_custom_value=True,
                                         info="a preset, or type a Hub model id (OWNER/NAME)")  # fmt: skip
             plan_config = gr.File(label="or any model's config.json", file_types=[".json"], height=150)
@@ -197,10 +205,10 @@ def build_bench_tab(settings: Any, jobs: BenchJobs, access: Access) -> None:
                                   info="auto: the model's 16-bit type; fp8: half the bytes per token")  # fmt: skip
             plan_fraction = gr.Slider(0.1, 1.0, value=0.9, step=0.05, label="CUDA memory fraction")
         with gr.Row():
-            plan_total = gr.Number(value=0, precision=0, minimum=0,
+            plan_total = gr.Number(value=0, precision=0,
                                    label="Max total tokens (0: the model's context, at most 4096)")  # fmt: skip
-            plan_input = gr.Number(value=0, precision=0, minimum=0, label="Max input tokens (0: total - 1)")
-            plan_concurrent = gr.Number(value=1, precision=0, minimum=1, label="Concurrent requests")
+            plan_input = gr.Number(value=0, precision=0, label="Max input tokens (0: total - 1)")
+            plan_concurrent = gr.Number(value=1, precision=0, label="Concurrent requests")
         plan_btn = gr.Button("Plan LLM serving")
         plan_text = gr.Markdown()
         plan_json = gr.JSON(label="Plan")
@@ -212,8 +220,8 @@ def build_bench_tab(settings: Any, jobs: BenchJobs, access: Access) -> None:
         with gr.Row():
             fit_model = gr.Dropdown(list(BUILTIN), value="wav2lip", label="Network")
             fit_precision = gr.Dropdown(list(PRECISIONS), value="fp16", label="Precision")
-            fit_target = gr.Number(value=0, minimum=0, label="Target samples/s (0: none)")
-            fit_rate = gr.Number(value=0, minimum=0, label="Measured samples/s per GPU (0: none)")
+            fit_target = gr.Number(value=0, label="Target samples/s (0: none)")
+            fit_rate = gr.Number(value=0, label="Measured samples/s per GPU (0: none)")
         fit_btn = gr.Button("Plan network memory")
         fit_text = gr.Markdown()
     timer = gr.Timer(1.0, active=False)
@@ -319,6 +327,7 @@ def build_bench_tab(settings: Any, jobs: BenchJobs, access: Access) -> None:
         on_card = row["device"] == "cuda" and row.get("ran_on") != PROVIDERS["cpu"]
         with reported("the cost table"):
             if on_card:
+                samples = RequestSize.build({"samples_per_request": samples}).samples_per_request
                 measured_on = report_gpu(report)
                 rows = cost_table(row["samples_per_s"], precision, measured_on, book, samples)
             else:  # the CPU price checked as the CLI's and /cost's

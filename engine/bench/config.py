@@ -18,7 +18,7 @@ from engine.bench.planner import KV_CACHE_DTYPES, QUANT_BYTES_PER_PARAM, PlanErr
 from engine.bench.workloads import BUILTIN
 from engine.core.errors import InputError
 from engine.core.json_text import parse_json
-from engine.core.options import Config, number_tuple, option, switch_tuple, word_tuple
+from engine.core.options import Config, number_tuple, option, subset_config, switch_tuple, word_tuple
 from engine.onnx.timing import auto_help
 from engine.runtimes.registry import COMPILE_MODES, RUNTIMES
 
@@ -248,6 +248,13 @@ class CostConfig(Config):
         return []
 
 
+RequestSize = subset_config(
+    CostConfig, "RequestSize", ("samples_per_request",),
+    "The samples a request is, checked as `cost` checks it: the tab prices a configuration measured on a card"
+    " (perhaps one the catalog lacks, which CostConfig cannot name) with this alone.",
+)  # fmt: skip
+
+
 __all__ = [
     "DEVICES",
     "PRECISIONS",
@@ -256,5 +263,6 @@ __all__ = [
     "CostConfig",
     "LlmRequest",
     "NetworkPlanConfig",
+    "RequestSize",
     "SweepRequest",
 ]
