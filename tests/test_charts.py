@@ -613,7 +613,7 @@ def test_a_cpu_configuration_is_priced_at_the_cpu_price_and_unpriced_cards_are_n
         rows, notes = handler["price_configuration"](job_id, label, 250, "0.34", request)
         assert rows[0][0] == "CPU (measured)" and rows[0][1] == 0.34 and rows[0][3] != ""  # priced
         unpriced = [key for key, gpu in CATALOG.items() if gpu.price_per_hour is None]
-        assert unpriced and f"Left out, with no price: {', '.join(unpriced)}" in notes and "Save prices" in notes
+        assert unpriced and "Left out" not in notes  # no card is estimated from a CPU: a price adds nothing
         assert "give the CPU machine's" not in notes
         rows, notes = handler["price_configuration"](job_id, label, 250, "", request)
         assert "CPU (measured)" not in [r[0] for r in rows] and "give the CPU machine's **$/hour**" in notes
@@ -651,6 +651,7 @@ def test_the_bench_tabs_numbers_out_of_range_are_refused_naming_their_field(tmp_
         report.setdefault("machine", {})["gpu"] = {"name": "NVIDIA H100 80GB HBM3"}
         return report
 
+    from engine.bench.catalog import CATALOG
     from engine.core.settings import load_settings
     from engine.jobs.store import JobStore
 
@@ -675,5 +676,7 @@ def test_the_bench_tabs_numbers_out_of_range_are_refused_naming_their_field(tmp_
         for samples, why in ((0, "samples per request 0 is outside"), (-2, "samples per request -2 is outside")):
             with pytest.raises(gr.Error, match=why):
                 handler["price_configuration"](job_id, label, samples, "", request)
-        rows, _ = handler["price_configuration"](job_id, label, None, "", request)  # emptied: the default, 1
+        rows, notes = handler["price_configuration"](job_id, label, None, "", request)  # emptied: the default, 1
         assert any(r[3] not in ("", None) for r in rows)  # priced per request of one sample
+        unpriced = [key for key, gpu in CATALOG.items() if gpu.price_per_hour is None and key != "H100"]
+        assert unpriced and f"Left out, with no price: {', '.join(unpriced)}" in notes and "Save prices" in notes

@@ -433,6 +433,8 @@ def test_bench_plan_and_cost(tmp_path: Path) -> None:
     cost = run("cost", "--throughput", "1000", "--measured-on", "H100", "--precision", "fp16", **env)
     assert cost.returncode == 0 and "measured" in cost.stdout and "estimate" in cost.stdout
     assert "left out, with no price: V100-PCIe-16GB, " in cost.stdout  # not silently missing
+    on_cpu = run("cost", "--throughput", "10", "--measured-on", "cpu", "--precision", "fp32", **env)
+    assert on_cpu.returncode == 0 and "left out" not in on_cpu.stdout  # no card is estimated from a CPU
     fast = run("cost", "--throughput", "16800", "--measured-on", "H100", "--precision", "fp16", **env)
     h100 = next(line for line in fast.stdout.splitlines() if line.startswith("H100 "))
     assert " 0.0000 " not in h100 and "e-05" in h100  # about 4e-05 $ per 1000 requests: it was rounded to nothing

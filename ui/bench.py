@@ -336,7 +336,8 @@ def build_bench_tab(settings: Any, jobs: BenchJobs, access: Access) -> None:
                                            "precision": precision or row["precision"], "samples_per_request": samples,
                                            "cpu_price_per_hour": cpu_price})  # fmt: skip
                 rows = cost_for(config, book)
-        notes = cost_notes_markdown(rows, unpriced_cards(book, measured_on), not on_card)
+        # cards are estimated from a card's measurement only: pricing one after a CPU's would add a row of dashes
+        notes = cost_notes_markdown(rows, unpriced_cards(book, measured_on) if on_card else [], not on_card)
         if not on_card and row["device"] == "cuda":
             notes = f"- ⚠️ {label} fell back to the CPU: it is priced as a CPU measurement\n{notes}"
         return cost_rows(rows), notes

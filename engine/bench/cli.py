@@ -200,9 +200,10 @@ def _cost(args: argparse.Namespace) -> int:
             f"{r['gpu']:<16} {_fmt(r['price_per_hour'], '6.2f')} {_fmt(r['samples_per_s'], '10.1f')} "
             f"{_fmt(r['cost_per_1000_requests'], '15.4g')} {_fmt(r['requests_per_10_usd'], '13,.0f')}  {r['basis']}"
         )
-    if left_out := unpriced_cards(book, CATALOG.get(config.measured_on)):
+    on_card = config.measured_on != "cpu"  # only then are other cards estimated: a price would add a row of dashes
+    if on_card and (left_out := unpriced_cards(book, CATALOG.get(config.measured_on))):
         print(f"left out, with no price: {', '.join(left_out)} (give their dollars per hour in {prices})")
-    if config.measured_on == "cpu" and config.cpu_price_per_hour is None:  # a table of dashes, with nothing to try
+    if not on_card and config.cpu_price_per_hour is None:  # a table of dashes, with nothing to try
         print("a card's speed cannot be told from the CPU's, so nothing above is priced: --cpu-price-per-hour "
               "(the CPU machine's dollars per hour) prices the measurement itself")  # fmt: skip
     return 0
