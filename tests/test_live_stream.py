@@ -62,6 +62,35 @@ def test_the_segments_are_the_mp4s_frames_and_grow_while_it_is_written(tmp_path)
     assert 0 < len(joined) < 100 and all(np.array_equal(a, b) for a, b in zip(whole, joined, strict=False))
 
 
+def _sound_from_first_frame(path: Path) -> np.ndarray:
+    """The decoded sound from the instant the first video frame is shown (a stream's own timestamps)."""
+    import av
+
+    with av.open(str(path)) as container:
+        shown = next(container.decode(video=0)).time
+    with av.open(str(path)) as container:
+        frames = list(container.decode(audio=0))
+    sound = np.concatenate([f.to_ndarray().reshape(-1) for f in frames])
+    return sound[round((shown - frames[0].time) * frames[0].sample_rate) :]
+
+
+def test_the_streams_sound_keeps_the_mp4s_sync_with_the_picture(tmp_path) -> None:
+    """AAC's encoder delay (1024 samples before the first real one): the MP4 skips it with an edit list, which an
+    MPEG-TS segment has not; FFmpeg starts the segment's sound that much before its picture instead. Checked, so
+    the stream's lips stay where the MP4's are: the sound from the first frame on is the same, sample for sample."""
+    out = tmp_path / "sync.mp4"
+    t = np.arange(SR * 2) / SR
+    chirp = (0.3 * np.sin(2 * np.pi * (200 + 400 * t) * t)).astype(np.float32)  # any shift shows
+    writer = VideoWriter(out, 25, 64, 64, audio=chirp, stream_to=stream_folder(out), codec="libx264")
+    for i in range(50):
+        writer.write(np.full((64, 64, 3), i * 5, np.uint8))
+    writer.close()
+    first = read_stream(stream_folder(out)).segments[0]
+    whole, streamed = _sound_from_first_frame(out), _sound_from_first_frame(first)
+    assert len(streamed) > SR // 2
+    assert np.abs(whole[: len(streamed)] - streamed).max() < 1e-3
+
+
 def test_a_failed_run_ends_its_stream_and_a_missing_one_is_empty(tmp_path) -> None:
     assert read_stream(tmp_path / "nothing.stream") == read_stream(tmp_path / "none")
     assert not read_stream(tmp_path / "none").segments
