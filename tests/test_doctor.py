@@ -11,9 +11,9 @@ import pytest
 from test_telemetry import fake_nvml
 
 from engine.core.settings import load_settings
-from engine.system import doctor
-from engine.system.checks import NOTHING_TO_FIX, STATUSES
-from engine.system.doctor import INFO, OK, PROBLEM, WARNING, Check, _Context, run_doctor
+from engine.system import doctor, doctor_gpu, doctor_host, doctor_ort, gpu_state
+from engine.system.checks import INFO, NOTHING_TO_FIX, OK, PROBLEM, STATUSES, WARNING, Check, Context
+from engine.system.doctor import run_doctor
 from engine.system.telemetry import GpuSample
 
 NO_NVML = "the NVML library (libnvidia-ml.so.1) was not found: no NVIDIA driver is installed or mounted"
@@ -69,7 +69,7 @@ def test_cuda_provider_failure_carries_the_loaders_own_error(report, real_probe,
     quiet = report.get("onnxruntime-cuda")
     assert quiet.status == OK and "cannot open shared object file" in quiet.details["probe"]["error"]
     # The same probe where NVML sees a GPU: a problem, with the real dlopen text and the recipe.
-    check = doctor.check_ort_cuda(_ctx(tmp_path, ort_probe=real_probe))
+    check = doctor_ort.check_ort_cuda(_ctx(tmp_path, ort_probe=real_probe))
     assert check.status == PROBLEM
     assert "cannot open shared object file" in check.found and ".so" in check.found
     assert check.details["probe"]["session_providers"] == ["CPUExecutionProvider"]
@@ -200,7 +200,7 @@ def test_zero_gpu_with_spaces_says_jobs_get_the_gpu_inside_gpu_functions(
 def test_zero_gpu_with_a_spaces_that_offers_no_gpu_decorator_is_a_problem(monkeypatch, tmp_path: Path) -> None:
     monkeypatch.setenv("SPACES_ZERO_GPU", "true")
     monkeypatch.setitem(sys.modules, "spaces", types.ModuleType("spaces"))  # some other package of that name
-    check = doctor.check_device(_ctx(tmp_path, nvml_gpus=[], driver_version=None, cuda_driver_version=None))
+    check = doctor_gpu.check_device(_ctx(tmp_path, nvml_gpus=[], driver_version=None, cuda_driver_version=None))
     assert check.status == PROBLEM and "has no GPU decorator" in check.found
     assert "every job runs on the CPU" in check.found and check.details["spaces_problem"] and "Hardware" in check.fix
 
@@ -223,7 +223,7 @@ def test_nvidia_gpus_are_counted_from_sysfs_without_a_driver(tmp_path: Path) -> 
 def test_the_video_check_keeps_ffmpegs_lines_off_the_terminal(capfd, caplog, tmp_path: Path) -> None:
     pytest.importorskip("av")
     caplog.set_level(logging.INFO)
-    check = doctor.check_video(_ctx(tmp_path, nvml_gpus=[]))
+    check = doctor_host.check_video(_ctx(tmp_path, nvml_gpus=[]))
     out, err = capfd.readouterr()
     assert err == "" and out == ""
     # FFmpeg's lines reach the terminal through Python logging ("libav.*"): only debug records are allowed.
@@ -240,11 +240,11 @@ def test_a_gpu_whose_video_engines_do_not_work_is_told_what_they_need(monkeypatc
     pytest.importorskip("av")
     if torch.cuda.is_available():
         pytest.skip("a GPU is here: tests/test_gpu.py checks NVDEC itself")
-    check = doctor.check_video(_ctx(tmp_path, nvml_gpus=["NVIDIA L4"]))
+    check = doctor_host.check_video(_ctx(tmp_path, nvml_gpus=["NVIDIA L4"]))
     assert check.status == WARNING and "NVDEC does not decode (NVDEC could not start on cuda:0" in check.found
     assert "libnvcuvid.so.1" in check.fix and "NVIDIA_DRIVER_CAPABILITIES=compute,utility,video" in check.fix
     assert check.details["nvdec"]["ran_on"] == "cpu"
-    quiet = doctor.check_video(_ctx(tmp_path, nvml_gpus=[]))  # no GPU: nothing to say about NVDEC
+    quiet = doctor_host.check_video(_ctx(tmp_path, nvml_gpus=[]))  # no GPU: nothing to say about NVDEC
     assert quiet.status == OK and "NVDEC" not in quiet.found and quiet.details["nvdec"]["ran_on"] == "cpu"
 
 
@@ -252,14 +252,14 @@ def test_a_crashing_check_becomes_a_problem_not_an_exception(monkeypatch, tmp_pa
     def broken(ctx):
         raise KeyError("boom")
 
-    monkeypatch.setattr(doctor, "CHECKS", (doctor.check_python, broken))
+    monkeypatch.setattr(doctor, "CHECKS", (doctor_host.check_python, broken))
     monkeypatch.setattr(doctor, "run_ort_probe", lambda: (None, "skipped"))
     result = run_doctor(load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path)}))
     assert [c.status for c in result.checks] == [OK, PROBLEM]
     assert "KeyError" in result.checks[1].found and result.status == PROBLEM
 
 
-def _ctx(tmp_path: Path, **kw) -> _Context:
+def _ctx(tmp_path: Path, **kw) -> Context:
     base = dict(
         settings=load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path)}),
         nvml_gpus=["NVIDIA T4"],
@@ -268,7 +268,7 @@ def _ctx(tmp_path: Path, **kw) -> _Context:
         cuda_driver_version="12.2",
     )
     base.update(kw)
-    return _Context(**base)
+    return Context(**base)
 
 
 def _installed(monkeypatch, versions: dict[str, str]) -> None:
@@ -280,21 +280,21 @@ def _installed(monkeypatch, versions: dict[str, str]) -> None:
             return versions[name]
         raise metadata.PackageNotFoundError(name)
 
-    monkeypatch.setattr(doctor.metadata, "version", fake_version)
-    monkeypatch.setattr(doctor.metadata, "packages_distributions", lambda: {"onnxruntime": list(versions)})
+    monkeypatch.setattr(doctor_ort.metadata, "version", fake_version)
+    monkeypatch.setattr(doctor_ort.metadata, "packages_distributions", lambda: {"onnxruntime": list(versions)})
 
 
 def test_two_onnxruntime_packages_together_is_a_problem(monkeypatch, tmp_path: Path) -> None:
     _installed(monkeypatch, {"onnxruntime": "1.31.0", "onnxruntime-gpu": "1.31.1"})
-    check = doctor.check_ort_packages(_ctx(tmp_path))
+    check = doctor_ort.check_ort_packages(_ctx(tmp_path))
     assert check.status == PROBLEM and "CPU-only runs" in check.found
     assert check.fix.startswith("pip uninstall -y onnxruntime onnxruntime-gpu")
     _installed(monkeypatch, {"onnxruntime": "1.31.0"})
-    check = doctor.check_ort_packages(_ctx(tmp_path))
+    check = doctor_ort.check_ort_packages(_ctx(tmp_path))
     assert check.status == WARNING and "pip install onnxruntime-gpu" in check.fix
     # any variant that installs the package is found, whatever its name: no fixed list to fall behind
     _installed(monkeypatch, {"onnxruntime_gpu": "1.31.1", "onnxruntime-qnn": "1.31.0"})
-    check = doctor.check_ort_packages(_ctx(tmp_path))
+    check = doctor_ort.check_ort_packages(_ctx(tmp_path))
     assert check.status == PROBLEM and "onnxruntime-qnn 1.31.0" in check.found
     assert check.fix.startswith("pip uninstall -y onnxruntime-qnn onnxruntime-gpu")
 
@@ -318,12 +318,12 @@ def test_a_gpu_nvml_cannot_use_is_named_with_its_reset_and_the_driver_is_still_r
     monkeypatch.setitem(sys.modules, "pynvml", fake)
     ctx = _ctx(tmp_path, **doctor._gather_nvml(), pci_gpus=2)
     assert ctx.nvml_gpus == ["NVIDIA H100 80GB HBM3"] and ctx.cuda_driver_version == "12.4"
-    check = doctor.check_driver(ctx)
+    check = doctor_gpu.check_driver(ctx)
     assert check.status == PROBLEM and "GPU 1 (GPU is lost)" in check.found and "driver 550.54.15" in check.found
     assert "nvidia-smi -r -i 1" in check.fix and "reboot" in check.fix and "Install the NVIDIA driver" not in check.fix
     fake.nvmlDeviceGetCount = lambda: 1
     fake.nvmlDeviceGetHandleByIndex = lambda index: (_ for _ in ()).throw(pynvml.NVMLError_NoPermission())
-    only = doctor.check_driver(_ctx(tmp_path, **doctor._gather_nvml(), pci_gpus=1))  # no GPU left to use
+    only = doctor_gpu.check_driver(_ctx(tmp_path, **doctor._gather_nvml(), pci_gpus=1))  # no GPU left to use
     assert only.status == PROBLEM and "GPU 0 (no permission)" in only.found and "/dev/nvidia0" in only.fix
 
 
@@ -332,7 +332,7 @@ def test_nvml_failing_to_start_gets_the_fix_for_its_cause(tmp_path: Path) -> Non
 
     what, fix = NVML_START_ERRORS["LibRmVersionMismatch"]
     ctx = _ctx(tmp_path, nvml_gpus=[], nvml_status=f"no NVIDIA GPU visible ({what})", nvml_fix=fix, pci_gpus=1)
-    check = doctor.check_driver(ctx)
+    check = doctor_gpu.check_driver(ctx)
     assert check.status == WARNING and "without a reboot" in check.found
     assert check.fix.startswith("Reboot") and "Install the NVIDIA driver" not in check.fix
 
@@ -342,7 +342,7 @@ def test_a_driver_too_old_for_onnxruntime_gets_advice_for_onnxruntime_not_torch(
 
     monkeypatch.setattr(torch.version, "cuda", "12.6")  # runs on this CUDA 12.4 driver; onnxruntime's 13.0 does not
     ctx = _ctx(tmp_path, driver_version="550.54", cuda_driver_version="12.4", ort_probe={"build_cuda_version": "13.0"})
-    check = doctor.check_driver(ctx)
+    check = doctor_gpu.check_driver(ctx)
     assert check.status == PROBLEM and "onnxruntime-gpu is built for CUDA 13.0" in check.found
     assert "PyTorch" not in check.found and "download.pytorch.org" not in check.fix
     assert "driver 580 or newer" in check.fix and "cuda-compat-13-0" in check.fix and "built for the CUDA" in check.fix
@@ -351,7 +351,7 @@ def test_a_driver_too_old_for_onnxruntime_gets_advice_for_onnxruntime_not_torch(
     probe["providers"]["CUDAExecutionProvider"]["error"] = (
         "session creation failed: CUDA failure 35: CUDA driver version is insufficient for CUDA runtime version"
     )
-    cuda = doctor.check_ort_cuda(_ctx(tmp_path, cuda_driver_version="12.4", ort_probe=probe))
+    cuda = doctor_ort.check_ort_cuda(_ctx(tmp_path, cuda_driver_version="12.4", ort_probe=probe))
     assert cuda.status == PROBLEM and "too old for onnxruntime-gpu's CUDA 13.0" in cuda.found
     assert "cuda-compat" in cuda.fix and "onnxruntime-gpu[cuda,cudnn]" not in cuda.fix
 
@@ -360,11 +360,11 @@ def test_torch_and_onnxruntime_built_for_different_cuda_majors_is_a_problem(monk
     import torch
 
     monkeypatch.setattr(torch.version, "cuda", "12.6")
-    check = doctor.check_cuda_majors(_ctx(tmp_path, ort_probe={"build_cuda_version": "13.0"}))
+    check = doctor_ort.check_cuda_majors(_ctx(tmp_path, ort_probe={"build_cuda_version": "13.0"}))
     assert check.status == PROBLEM and "CUDA 12.6" in check.found and "CUDA 13.0" in check.found
     assert "download.pytorch.org/whl/cu130" in check.fix
     monkeypatch.setattr(torch.version, "cuda", "13.0")
-    assert doctor.check_cuda_majors(_ctx(tmp_path, ort_probe={"build_cuda_version": "13.0"})).status == OK
+    assert doctor_ort.check_cuda_majors(_ctx(tmp_path, ort_probe={"build_cuda_version": "13.0"})).status == OK
 
 
 @pytest.mark.parametrize(
@@ -384,15 +384,15 @@ def test_cuda_visible_devices_hiding_the_gpus_is_named(monkeypatch, tmp_path: Pa
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
     devices = [GpuSample(0, "NVIDIA L4", "GPU-1234-abcd")]
-    check = doctor.check_torch(_ctx(tmp_path, nvml_gpus=["NVIDIA L4"], nvml_devices=devices))
+    check = doctor_gpu.check_torch(_ctx(tmp_path, nvml_gpus=["NVIDIA L4"], nvml_devices=devices))
     assert check.status == PROBLEM and f"CUDA_VISIBLE_DEVICES={visible!r}" in check.found and said in check.found
     assert "CUDA_VISIBLE_DEVICES" in check.fix and "download.pytorch.org" not in check.fix
     probe = _failing_probe()
     probe["providers"]["CUDAExecutionProvider"]["error"] = "CUDA failure 100: no CUDA-capable device is detected"
-    cuda = doctor.check_ort_cuda(_ctx(tmp_path, nvml_devices=devices, ort_probe=probe))
+    cuda = doctor_ort.check_ort_cuda(_ctx(tmp_path, nvml_devices=devices, ort_probe=probe))
     assert said in cuda.found and "onnxruntime-gpu[cuda,cudnn]" not in cuda.fix
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,GPU-1234")  # known index and UUID prefix: not the explanation
-    assert "CUDA_VISIBLE_DEVICES=" not in doctor.check_torch(_ctx(tmp_path, nvml_devices=devices)).found
+    assert "CUDA_VISIBLE_DEVICES=" not in doctor_gpu.check_torch(_ctx(tmp_path, nvml_devices=devices)).found
 
 
 def test_mig_mode_without_an_instance_for_cuda_says_how_to_make_one(monkeypatch, tmp_path: Path) -> None:
@@ -402,7 +402,7 @@ def test_mig_mode_without_an_instance_for_cuda_says_how_to_make_one(monkeypatch,
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     devices = [GpuSample(0, "NVIDIA A100-SXM4-80GB", "GPU-a100", mig_mode=True)]
-    check = doctor.check_torch(_ctx(tmp_path, nvml_gpus=["NVIDIA A100-SXM4-80GB"], nvml_devices=devices))
+    check = doctor_gpu.check_torch(_ctx(tmp_path, nvml_gpus=["NVIDIA A100-SXM4-80GB"], nvml_devices=devices))
     assert check.status == PROBLEM and "GPU 0 in MIG mode" in check.found
     assert "CUDA_VISIBLE_DEVICES=MIG-<uuid>" in check.fix and "nvidia-smi -i 0 -mig 0" in check.fix
 
@@ -413,10 +413,10 @@ def test_zero_gpu_with_a_cpu_only_torch_is_a_problem(monkeypatch, tmp_path: Path
     monkeypatch.setenv("SPACES_ZERO_GPU", "true")
     monkeypatch.setattr(torch.version, "cuda", None)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    check = doctor.check_torch(_ctx(tmp_path, nvml_gpus=[]))
+    check = doctor_gpu.check_torch(_ctx(tmp_path, nvml_gpus=[]))
     assert check.status == PROBLEM and "CPU-only build" in check.found and "whl/cpu" in check.fix
     monkeypatch.setattr(torch.version, "cuda", "13.0")
-    assert doctor.check_torch(_ctx(tmp_path, nvml_gpus=[])).status == OK
+    assert doctor_gpu.check_torch(_ctx(tmp_path, nvml_gpus=[])).status == OK
 
 
 def test_driver_older_than_the_wheels_cuda_is_a_problem(monkeypatch, tmp_path: Path) -> None:
@@ -424,13 +424,13 @@ def test_driver_older_than_the_wheels_cuda_is_a_problem(monkeypatch, tmp_path: P
 
     monkeypatch.setattr(torch.version, "cuda", "13.0")
     ctx = _ctx(tmp_path, ort_probe={"build_cuda_version": "13.0"})
-    check = doctor.check_driver(ctx)
+    check = doctor_gpu.check_driver(ctx)
     assert check.status == PROBLEM and "PyTorch is built for CUDA 13.0" in check.found
     assert f"torch=={torch_version()} --index-url https://download.pytorch.org/whl/cu126" in check.fix  # 12.2 runs it
-    old = doctor.check_driver(_ctx(tmp_path, cuda_driver_version="11.8", ort_probe={"build_cuda_version": "13.0"}))
+    old = doctor_gpu.check_driver(_ctx(tmp_path, cuda_driver_version="11.8", ort_probe={"build_cuda_version": "13.0"}))
     # PyTorch 2.11-2.13 have no CUDA 11 build: the driver is what must change
     assert "download.pytorch.org" not in old.fix and "525.60.13 or newer runs CUDA 12 builds" in old.fix
-    ok = doctor.check_driver(_ctx(tmp_path, cuda_driver_version="13.1", ort_probe={"build_cuda_version": "13.0"}))
+    ok = doctor_gpu.check_driver(_ctx(tmp_path, cuda_driver_version="13.1", ort_probe={"build_cuda_version": "13.0"}))
     assert ok.status == OK
 
 
@@ -439,7 +439,7 @@ def test_cpu_torch_next_to_a_visible_gpu_is_a_problem(monkeypatch, tmp_path: Pat
 
     monkeypatch.setattr(torch.version, "cuda", None)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    check = doctor.check_torch(_ctx(tmp_path))
+    check = doctor_gpu.check_torch(_ctx(tmp_path))
     assert check.status == PROBLEM and "NVIDIA T4" in check.found
     assert "download.pytorch.org/whl/cu126" in check.fix
 
@@ -461,14 +461,14 @@ def test_provider_that_loads_only_after_preload_says_workers_do_not_get_it(tmp_p
         "preload": {"providers": {"CUDAExecutionProvider": loaded, "TensorrtExecutionProvider": failed}},
     }
     probe["torch"] = "2.13.0+cu126"
-    check = doctor.check_ort_cuda(_ctx(tmp_path, ort_probe=probe))  # what a worker gets, with torch imported first
+    check = doctor_ort.check_ort_cuda(_ctx(tmp_path, ort_probe=probe))  # what a worker gets, with torch imported first
     assert check.status == PROBLEM and "does not load in a worker (PyTorch 2.13.0+cu126 imported first" in check.found
     assert "LD_LIBRARY_PATH" in check.fix and "download.pytorch.org/whl/cu130" in check.fix
     assert "Call onnxruntime.preload_dlls()" not in check.fix  # the app never does; the user cannot either
-    trt = doctor.check_ort_tensorrt(_ctx(tmp_path, ort_probe=probe))
+    trt = doctor_ort.check_ort_tensorrt(_ctx(tmp_path, ort_probe=probe))
     assert trt.status == PROBLEM and "tensorrt-cu13>=10,<11" in trt.fix
     probe["tensorrt_major"] = 11  # a later onnxruntime linked against TensorRT 11
-    assert "tensorrt-cu13>=11,<12" in doctor.check_ort_tensorrt(_ctx(tmp_path, ort_probe=probe)).fix
+    assert "tensorrt-cu13>=11,<12" in doctor_ort.check_ort_tensorrt(_ctx(tmp_path, ort_probe=probe)).fix
 
 
 def torch_version() -> str:
@@ -492,7 +492,7 @@ def torch_version() -> str:
     ],
 )
 def test_which_built_architectures_run_on_a_gpu(arch: str, capability: tuple[int, int], runs: bool) -> None:
-    assert doctor._arch_runs(arch, *capability) is runs
+    assert doctor_gpu._arch_runs(arch, *capability) is runs
 
 
 def test_the_tensorrt_the_provider_links_is_read_from_its_soname(tmp_path: Path) -> None:
@@ -508,7 +508,7 @@ def test_unwritable_data_dir_is_a_problem(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     ctx = _ctx(tmp_path, settings=load_settings({"AVATARBENCH_DATA_DIR": str(blocker / "data")}))
-    check = doctor.check_disk(ctx)
+    check = doctor_host.check_disk(ctx)
     assert check.status == PROBLEM and "AVATARBENCH_DATA_DIR" in check.fix
 
 
@@ -521,7 +521,7 @@ def test_every_bad_setting_is_reported_and_the_other_checks_still_run(monkeypatc
     settings, problems = settings_despite_bad_values(env)
     assert settings.max_side == 2560 and settings.device == "auto" and settings.data_dir == tmp_path
     assert len(problems) == 2 and "AVATARBENCH_DEVICE 'gpu'" in problems[0] and "AVATARBENCH_MAX_SIDE" in problems[1]
-    check = doctor.check_settings(_ctx(tmp_path, settings=settings, settings_problems=problems))
+    check = doctor_host.check_settings(_ctx(tmp_path, settings=settings, settings_problems=problems))
     assert check.status == PROBLEM and "AVATARBENCH_MAX_SIDE='abc'" in check.found and "defaults" in check.found
     assert "unknown variables: AVATARBENCH_DEVCE" in check.found  # the misspelling was dropped beside a problem
     for name, value in env.items():
@@ -537,25 +537,25 @@ def test_check_objects_default_to_nothing_to_fix() -> None:
 
 def test_weights_check_says_where_missing_files_go_and_flags_a_wrong_path(tmp_path: Path) -> None:
     ctx = _ctx(tmp_path)
-    check = doctor.check_weights(ctx)
+    check = doctor_host.check_weights(ctx)
     assert check.status == INFO and "wav2lip_gan.pth" in check.fix and "non-commercial" in check.fix
     (ctx.settings.weights_dir).mkdir(parents=True, exist_ok=True)
     (ctx.settings.weights_dir / "wav2lip.pth").write_bytes(b"x")
     (ctx.settings.weights_dir / "s3fd.pth").write_bytes(b"x")
-    assert doctor.check_weights(ctx).status == OK
+    assert doctor_host.check_weights(ctx).status == OK
     bad = _ctx(
         tmp_path,
         settings=load_settings(
             {"AVATARBENCH_DATA_DIR": str(tmp_path), "AVATARBENCH_WAV2LIP_CHECKPOINT": str(tmp_path / "nope.pth")}
         ),
     )
-    assert doctor.check_weights(bad).status == PROBLEM
+    assert doctor_host.check_weights(bad).status == PROBLEM
     (tmp_path / "file").write_bytes(b"x")
     folders = {
         "AVATARBENCH_LIVEPORTRAIT_DIR": str(tmp_path / "nope"),
         "AVATARBENCH_MUSETALK_DIR": str(tmp_path / "file"),
     }
-    wrong = doctor.check_weights(
+    wrong = doctor_host.check_weights(
         _ctx(tmp_path, settings=load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path)} | folders))
     )
     assert wrong.status == PROBLEM and "set by AVATARBENCH_LIVEPORTRAIT_DIR) does not exist" in wrong.found
@@ -594,7 +594,7 @@ def test_the_ray_check_says_whether_the_cluster_answers(tmp_path: Path) -> None:
 
     def check(address: str | None) -> Check:
         env = {"AVATARBENCH_DATA_DIR": str(tmp_path)} | ({"AVATARBENCH_RAY_ADDRESS": address} if address else {})
-        return doctor.check_ray(_ctx(tmp_path, settings=load_settings(env)))
+        return doctor_host.check_ray(_ctx(tmp_path, settings=load_settings(env)))
 
     assert check(None).status == OK and "not used" in check(None).found
     with socket.socket() as listening:
@@ -615,7 +615,7 @@ def test_weights_that_cannot_load_are_a_problem_with_the_command_that_fetches_th
     ctx.settings.weights_dir.mkdir(parents=True, exist_ok=True)
     (ctx.settings.weights_dir / "wav2lip_gan.pth").write_bytes(b"<!DOCTYPE html><html>Not found</html>")
     (ctx.settings.weights_dir / "s3fd.pth").write_bytes(b"")
-    check = doctor.check_weights(ctx)
+    check = doctor_host.check_weights(ctx)
     assert check.status == PROBLEM
     assert f"{ctx.settings.weights_dir / 'wav2lip_gan.pth'}: this is a web page (37 bytes)" in check.found
     assert f"{ctx.settings.weights_dir / 's3fd.pth'}: the file is empty (0 bytes)" in check.found
@@ -624,7 +624,7 @@ def test_weights_that_cannot_load_are_a_problem_with_the_command_that_fetches_th
 
 def test_an_hf_weights_setting_of_another_shape_is_a_problem(tmp_path: Path) -> None:
     settings = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path), "AVATARBENCH_WAV2LIP_CHECKPOINT": "hf:foo"})
-    check = doctor.check_weights(_ctx(tmp_path, settings=settings))
+    check = doctor_host.check_weights(_ctx(tmp_path, settings=settings))
     assert check.status == PROBLEM and "'hf:foo' is not hf:OWNER/REPO/PATH/TO/FILE" in check.found
 
 
@@ -636,7 +636,7 @@ def test_an_hf_weights_setting_is_never_fetched_by_the_doctor(tmp_path: Path, mo
     monkeypatch.setattr(engine.core.hub, "fetch_file", lambda *a: pytest.fail("the doctor reached the Hub"))
     reference = "hf:camenduru/Wav2Lip/checkpoints/wav2lip_gan.pth"
     settings = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path), "AVATARBENCH_WAV2LIP_CHECKPOINT": reference})
-    check = doctor.check_weights(_ctx(tmp_path, settings=settings))
+    check = doctor_host.check_weights(_ctx(tmp_path, settings=settings))
     assert check.status == INFO and f"{reference} (from the Hub when a run first needs it)" in check.found
 
 
@@ -646,17 +646,17 @@ def test_a_driver_older_than_torchs_cuda_is_named_with_one_fix(monkeypatch, tmp_
     monkeypatch.setattr(torch.version, "cuda", "13.0")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    check = doctor.check_torch(_ctx(tmp_path, driver_version="550.54", cuda_driver_version="12.4"))
+    check = doctor_gpu.check_torch(_ctx(tmp_path, driver_version="550.54", cuda_driver_version="12.4"))
     assert check.status == PROBLEM and "runs CUDA up to 12.4, older than the CUDA 13.0" in check.found
     assert f"torch=={torch_version()} --index-url https://download.pytorch.org/whl/cu126" in check.fix
     assert "580 or newer" in check.fix and "or the device is hidden" not in check.fix
     # a driver no pinned build runs on: one instruction, not "install a build the driver supports: No build ..."
     monkeypatch.setattr(torch.version, "cuda", "12.6")
     old = _ctx(tmp_path, driver_version="470.82", cuda_driver_version="11.4", ort_probe={"build_cuda_version": "12.8"})
-    check = doctor.check_torch(old)
+    check = doctor_gpu.check_torch(old)
     assert "older than the CUDA 12.6" in check.found and check.fix.startswith("No build of the PyTorch")
-    assert "supports: No build" not in doctor.check_driver(old).fix
-    assert "for this driver: No build" not in doctor.check_driver(old).fix
+    assert "supports: No build" not in doctor_gpu.check_driver(old).fix
+    assert "for this driver: No build" not in doctor_gpu.check_driver(old).fix
 
 
 @pytest.mark.parametrize(
@@ -679,7 +679,7 @@ def test_cudas_own_error_names_why_pytorch_sees_no_gpu(
     monkeypatch.setattr(torch.version, "cuda", "12.6")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    check = doctor.check_torch(_ctx(tmp_path, ort_probe={"torch_cuda_error": error}))
+    check = doctor_gpu.check_torch(_ctx(tmp_path, ort_probe={"torch_cuda_error": error}))
     assert check.status == PROBLEM and found in check.found and fix in check.fix, check
 
 
@@ -724,7 +724,7 @@ def test_a_gpu_the_build_has_no_kernels_for_gets_the_build_that_has(
     monkeypatch.setattr(torch.cuda, "get_arch_list", lambda: arches)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: props)
-    check = doctor.check_torch(_ctx(tmp_path, nvml_gpus=[name]))
+    check = doctor_gpu.check_torch(_ctx(tmp_path, nvml_gpus=[name]))
     assert check.status == PROBLEM and "no kernel image is available" in check.found
     assert fix in check.fix, check.fix
     assert "download.pytorch.org/whl/cu" + build.replace(".", "") not in check.fix  # never the build that has none
@@ -758,14 +758,14 @@ def test_cuda_running_without_nvml_is_not_called_no_gpu(monkeypatch, tmp_path: P
     assert report.get("device").status == OK and "cuda:0" in report.get("device").found
 
 
-def _gpu_state_on(monkeypatch, tmp_path: Path, **calls) -> doctor.Check:
+def _gpu_state_on(monkeypatch, tmp_path: Path, **calls) -> Check:
     """The gpu-state check on one 80 GiB GPU that NVML reads through a stand-in, with these calls replaced."""
     nvml = fake_nvml()
     for name, fn in calls.items():
         setattr(nvml, name, fn)
     monkeypatch.setitem(sys.modules, "pynvml", nvml)
     facts = doctor._gather_nvml()
-    return doctor.check_gpu_state(
+    return gpu_state.check_gpu_state(
         _ctx(tmp_path, **facts, settings=load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path)}))
     )
 
@@ -809,7 +809,7 @@ def test_gpu_memory_held_by_another_process_is_named_but_the_apps_own_is_not(mon
     assert check.status == WARNING and "70.0 of 80.0 GiB held by" in check.found and "(pid 1, 70.0 GiB)" in check.found
     assert "jobs get 10.0 GiB, not the 72.0 GiB" in check.found and "kill PID" in check.fix
     # the app's own worker (a child of this process) holding it is the app at work, not a fault
-    monkeypatch.setattr(doctor, "own_pids", lambda: {1})
+    monkeypatch.setattr(gpu_state, "own_pids", lambda: {1})
     assert _gpu_state_on(monkeypatch, tmp_path, **busy).status == OK
 
 
@@ -826,14 +826,14 @@ def test_jobs_kept_on_one_of_several_gpus_are_said_with_the_setting_that_keeps_t
     monkeypatch.delenv("SPACES_ZERO_GPU", raising=False)
     gpus = ["NVIDIA A10G"] * 4
     pinned = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path), "AVATARBENCH_DEVICE": "cuda:0"})
-    check = doctor.check_device(_ctx(tmp_path, settings=pinned, nvml_gpus=gpus))
+    check = doctor_gpu.check_device(_ctx(tmp_path, settings=pinned, nvml_gpus=gpus))
     assert check.status == INFO and "the other 3 GPU(s) CUDA sees stay idle" in check.found
     assert "AVATARBENCH_DEVICE=auto" in check.fix
-    spread = doctor.check_device(_ctx(tmp_path, nvml_gpus=gpus))
+    spread = doctor_gpu.check_device(_ctx(tmp_path, nvml_gpus=gpus))
     assert spread.status == OK and "spread over 4 GPUs" in spread.found
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    hidden = doctor.check_device(_ctx(tmp_path, nvml_gpus=gpus))
+    hidden = doctor_gpu.check_device(_ctx(tmp_path, nvml_gpus=gpus))
     assert hidden.status == INFO and "shows CUDA 1 of the 4 GPUs NVML lists" in hidden.found and "0,1,2,3" in hidden.fix
 
 
@@ -844,22 +844,22 @@ def test_a_container_started_without_gpus_is_told_to_start_with_them_not_to_inst
 
     marker = tmp_path / ".dockerenv"
     marker.touch()
-    monkeypatch.setattr(doctor, "CONTAINER_MARKERS", (marker,))
+    monkeypatch.setattr(doctor_gpu, "CONTAINER_MARKERS", (marker,))
     monkeypatch.setenv("NVIDIA_VISIBLE_DEVICES", "void")
     what, fix = NVML_START_ERRORS["LibraryNotFound"]
     status = f"no NVIDIA GPU visible ({what})"
     ctx = _ctx(tmp_path, nvml_gpus=[], nvml_status=status, nvml_fix=fix, pci_gpus=1, driver_version=None)
-    check = doctor.check_driver(ctx)
+    check = doctor_gpu.check_driver(ctx)
     assert check.status == WARNING and "NVIDIA_VISIBLE_DEVICES='void', which asks for no GPU" in check.found
     assert "--gpus all" in check.fix and "belongs on the host" in check.fix and INSTALL_DRIVER not in check.fix
     monkeypatch.delenv("NVIDIA_VISIBLE_DEVICES")
-    assert "a container started without GPUs" in doctor.check_driver(ctx).found
+    assert "a container started without GPUs" in doctor_gpu.check_driver(ctx).found
     marker.unlink()  # not a container: installing the driver is the fix
-    assert doctor.check_driver(ctx).fix == INSTALL_DRIVER
+    assert doctor_gpu.check_driver(ctx).fix == INSTALL_DRIVER
 
 
 def test_the_cuda_recipe_asks_nothing_of_the_user_the_app_does_not_do(monkeypatch, tmp_path: Path) -> None:
-    check = doctor.check_ort_cuda(_ctx(tmp_path, ort_probe=_failing_probe()))
+    check = doctor_ort.check_ort_cuda(_ctx(tmp_path, ort_probe=_failing_probe()))
     assert check.status == PROBLEM and "onnxruntime-gpu[cuda,cudnn]" in check.fix
     assert "preload_dlls" not in check.fix  # the app never calls it, and its user cannot
     assert "site-packages/nvidia/*/lib folders on LD_LIBRARY_PATH" in check.fix
@@ -870,6 +870,6 @@ def test_a_missing_libcuda_is_the_drivers_not_a_pip_package(tmp_path: Path) -> N
     probe["providers"]["CUDAExecutionProvider"]["error"] = (
         "libcuda.so.1: cannot open shared object file: No such file or directory"
     )
-    check = doctor.check_ort_cuda(_ctx(tmp_path, ort_probe=probe))
+    check = doctor_ort.check_ort_cuda(_ctx(tmp_path, ort_probe=probe))
     assert check.status == PROBLEM and "the NVIDIA driver's own library" in check.found
     assert "NVIDIA_DRIVER_CAPABILITIES" in check.fix and "onnxruntime-gpu[cuda,cudnn]" not in check.fix

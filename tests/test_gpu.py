@@ -64,7 +64,8 @@ def test_telemetry_fields_come_from_real_nvml() -> None:
 
 def test_doctor_sees_the_cuda_provider_load(tmp_path) -> None:
     from engine.core.settings import load_settings
-    from engine.system.doctor import OK, run_doctor
+    from engine.system.checks import OK
+    from engine.system.doctor import run_doctor
 
     report = run_doctor(load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path)}))
     assert report.get("pytorch").status == OK

@@ -512,7 +512,7 @@ def test_the_web_process_names_no_card_on_zerogpu(spaces: Any, monkeypatch: pyte
     import app
     from engine.core.device import DeviceChoice
     from engine.core.settings import ZEROGPU_CARD
-    from engine.system import doctor
+    from engine.system import doctor_gpu
     from ui.bench import _this_card
 
     def asked(*args: Any) -> Any:
@@ -529,7 +529,7 @@ def test_the_web_process_names_no_card_on_zerogpu(spaces: Any, monkeypatch: pyte
 
     assert device_info(choice)["device"] == ZEROGPU_CARD and device_info(choice)["capabilities"] is None
     assert _this_card("cuda:0") is None
-    found = doctor.check_torch(None).found  # type: ignore[arg-type]  # its ZeroGPU branch reads no context
+    found = doctor_gpu.check_torch(None).found  # type: ignore[arg-type]  # its ZeroGPU branch reads no context
     assert "ZeroGPU (a card attached per job)" in found
 
 

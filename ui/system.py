@@ -16,7 +16,8 @@ import gradio as gr
 
 from engine.core.device import DeviceChoice, capabilities, current_backend_flags
 from engine.core.settings import ZEROGPU_CARD, Settings, documented_values
-from engine.system.doctor import INFO, OK, PROBLEM, WARNING, DoctorReport, run_doctor
+from engine.system.checks import INFO, OK, PROBLEM, WARNING, DoctorReport
+from engine.system.doctor import run_doctor
 from engine.system.telemetry import TelemetrySampler, render_table
 from ui.forms import refusal
 

@@ -47,7 +47,7 @@ from engine.core.settings import PREFIX, ZEROGPU_CEILING_S, Settings, get_settin
 from engine.jobs.broker import Launcher, WorkerHandle, spawn_process
 from engine.jobs.store import DONE, QUEUED, RUNNING, Job, JobStore
 from engine.jobs.worker import WorkerContext, WorkerSpec, execute
-from engine.system.doctor import spaces_gpu_problem
+from engine.system.doctor_gpu import spaces_gpu_problem
 
 log = logging.getLogger("avatarbench.zerogpu")
 

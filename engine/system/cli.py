@@ -12,7 +12,8 @@ from engine.core.errors import InputError
 
 
 def _doctor(args: argparse.Namespace) -> int:
-    from engine.system.doctor import PROBLEM, run_doctor
+    from engine.system.checks import PROBLEM
+    from engine.system.doctor import run_doctor
 
     report = run_doctor()
     print(report.to_json() if args.json else report.render_text())

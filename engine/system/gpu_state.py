@@ -1,15 +1,17 @@
 """What keeps a working GPU from a job's full speed or memory, read from NVML by the doctor's gpu-state check: other
 processes holding its memory, a compute mode that shuts processes out, memory errors, clocks held down, persistence
-mode off. Each rule gives (status, what it found, the nvidia-smi command that fixes it), or None."""
+mode off. Each rule gives (status, what it found, the nvidia-smi command that fixes it), or None; check_gpu_state runs
+them over every GPU NVML reads."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import sys
+from dataclasses import asdict
 
 from engine.core.settings import PREFIX
-from engine.system.checks import INFO, PROBLEM, WARNING
+from engine.system.checks import INFO, OK, PROBLEM, WARNING, Check, Context, worst
 from engine.system.telemetry import GpuHealth, GpuSample
 
 Finding = tuple[str, str, str]  # (status, what was found, its fix)
@@ -158,4 +160,18 @@ def gpu_findings(gpu: GpuSample, health: GpuHealth, memory_fraction: float, own:
     return [f for f in found if f is not None]
 
 
-__all__ = ["Finding", "gpu_findings", "gpu_summary", "own_pids"]
+def check_gpu_state(ctx: Context) -> Check:
+    """What keeps a working GPU from a job's full speed or memory (the rules above)."""
+    if not ctx.gpu_states:
+        return Check("gpu-state", OK, "nothing to check: NVML reads no card here")
+    own, findings = own_pids(), []
+    for gpu, health in ctx.gpu_states:
+        findings += gpu_findings(gpu, health, ctx.settings.gpu_memory_fraction, own)
+    details = {"gpus": [{**asdict(gpu), "health": asdict(health)} for gpu, health in ctx.gpu_states]}
+    if not findings:
+        return Check("gpu-state", OK, "; ".join(gpu_summary(g, h) for g, h in ctx.gpu_states), details=details)
+    status = worst([f[0] for f in findings])
+    return Check("gpu-state", status, "; ".join(f[1] for f in findings), "\n".join(f[2] for f in findings), details)
+
+
+__all__ = ["Finding", "check_gpu_state", "gpu_findings", "gpu_summary", "own_pids"]
