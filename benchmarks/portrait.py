@@ -63,7 +63,8 @@ from engine.models.liveportrait import write_random_weights
 from engine.portrait import cache as portrait_cache
 from engine.portrait.config import PortraitConfig
 from engine.portrait.crop import crop_transform
-from engine.portrait.pipeline import _load_networks, run_portrait
+from engine.portrait.networks import load_networks
+from engine.portrait.pipeline import run_portrait
 from engine.system.telemetry import TelemetrySampler
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -111,7 +112,7 @@ def _median_ms(fn, runs: int, device: torch.device) -> float:
 def modules(weights: Path, backend: str, precision: str, compiled: bool, device: torch.device, runs: int) -> dict:
     source, driving = ASSETS / "face.jpg", ASSETS / "driving.mp4"
     config = PortraitConfig(source, driving, backend=backend, compile=compiled, batch_size=1)
-    nets = _load_networks(config, get_settings(), weights, device, precision)
+    nets = load_networks(config, get_settings(), weights, device, precision)
     dev = nets.device
     image = torch.rand(1, 3, 256, 256, device=dev)
     feature = nets.appearance(image)

@@ -78,7 +78,7 @@ def _recorder() -> tuple[list[tuple[float, str]], object]:
 
 
 def test_liveportrait_lands_where_the_engine_looks(hub: StandInHub, settings: Settings) -> None:
-    from engine.portrait.pipeline import weights_folder
+    from engine.portrait.weights import weights_folder
 
     plan = list_files(LIVEPORTRAIT, settings, endpoint=hub.url)
     wanted = [p for p in LIVEPORTRAIT_FILES if p.startswith("liveportrait/")]

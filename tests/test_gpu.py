@@ -389,11 +389,11 @@ def test_portrait_backends_on_the_gpu_do_not_fall_back(tmp_path, backend, precis
 def test_portrait_fp16_agrees_with_fp32(tmp_path) -> None:
     import torch
 
-    from engine.portrait.pipeline import _Networks
+    from engine.portrait.networks import Networks
 
     weights, _, _ = _portrait_inputs(tmp_path)
-    fp32 = _Networks(weights, torch.device("cuda"), "fp32")
-    fp16 = _Networks(weights, torch.device("cuda"), "fp16")
+    fp32 = Networks(weights, torch.device("cuda"), "fp32")
+    fp16 = Networks(weights, torch.device("cuda"), "fp16")
     image = torch.rand(1, 3, 256, 256, device="cuda")
     feature = fp32.appearance(image)
     x = fp32.motion(image).kp
@@ -424,11 +424,11 @@ def test_portrait_onnx_fp16_agrees_with_fp32_and_stays_on_the_gpu(tmp_path) -> N
 def test_portrait_compiled_matches_eager_on_the_gpu(tmp_path) -> None:
     import torch
 
-    from engine.portrait.pipeline import _Networks
+    from engine.portrait.networks import Networks
 
     weights, _, _ = _portrait_inputs(tmp_path)
-    eager = _Networks(weights, torch.device("cuda"), "fp16")
-    compiled = _Networks(weights, torch.device("cuda"), "fp16", compile=True, batch=4)
+    eager = Networks(weights, torch.device("cuda"), "fp16")
+    compiled = Networks(weights, torch.device("cuda"), "fp16", compile=True, batch=4)
     image = torch.rand(1, 3, 256, 256, device="cuda")
     feature = eager.appearance(image)
     x = eager.motion(image).kp

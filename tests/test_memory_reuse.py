@@ -24,7 +24,8 @@ from engine.core.errors import InputError
 from engine.core.media import VideoWriter, read_frames
 from engine.jobs.store import FINISHED, Job, JobStore
 from engine.portrait.config import PortraitConfig
-from engine.portrait.pipeline import default_batch_size, run_portrait
+from engine.portrait.head import default_batch_size
+from engine.portrait.pipeline import run_portrait
 
 ROOT = Path(__file__).resolve().parent.parent
 ASSETS = ROOT / "assets"

@@ -184,10 +184,10 @@ def test_landmarks_turn_the_crop_upright_and_close_the_lips(weights: Path, tmp_p
 
 
 def test_onnx_backend_matches_pytorch(weights: Path, onnx_cache: Path) -> None:
+    from engine.portrait.networks import Networks
     from engine.portrait.onnx_backend import OnnxNetworks, cached_export, onnx_networks
-    from engine.portrait.pipeline import _Networks
 
-    torch_nets = _Networks(weights, torch.device("cpu"), "fp32")
+    torch_nets = Networks(weights, torch.device("cpu"), "fp32")
     onnx_nets = onnx_networks(weights, onnx_cache, "onnx-cpu")
     assert set(onnx_nets.providers) == {"appearance", "motion", "warping", "decoder"} and not onnx_nets.warnings
     image = torch.rand(1, 3, 256, 256)
@@ -265,11 +265,11 @@ def test_fp16_export_keeps_grid_sample_and_the_motion_extractor_in_fp32(weights:
 
 
 def test_compiled_networks_pad_the_last_batch(weights: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import engine.portrait.pipeline as portrait
+    import engine.portrait.networks as networks
 
-    monkeypatch.setattr(portrait, "COMPILE_BACKEND", "eager")  # the plumbing, without a C++ toolchain
-    plain = portrait._Networks(weights, torch.device("cpu"), "fp32")
-    compiled = portrait._Networks(weights, torch.device("cpu"), "fp32", compile=True, batch=3)
+    monkeypatch.setattr(networks, "COMPILE_BACKEND", "eager")  # the plumbing, without a C++ toolchain
+    plain = networks.Networks(weights, torch.device("cpu"), "fp32")
+    compiled = networks.Networks(weights, torch.device("cpu"), "fp32", compile=True, batch=3)
     feature = torch.rand(2, 256, 8, 8, generator=torch.Generator().manual_seed(3)) * 0.1
     out = compiled.decode(feature)  # two rows padded to three, then cut back
     assert out.shape == (2, 3, 64, 64) and torch.allclose(out, plain.decode(feature), atol=1e-5)
@@ -417,11 +417,11 @@ def test_baseline_engine_without_weights(driving: Path, tmp_path: Path, no_weigh
 def test_a_driving_clip_that_starts_without_a_face(tmp_path: Path) -> None:
     from engine.core.results import RunResult
     from engine.faces.detection import HaarDetector
-    from engine.portrait.pipeline import _driving_box
+    from engine.portrait.driving import driving_face_box
 
     face = cv2.resize(cv2.imread(str(ASSETS / "face.jpg")), (320, 320))
     late = _video(tmp_path / "late.mp4", [np.zeros_like(face), face, face])  # a fade-in from black
-    box, first = _driving_box(read_frames(late), late.name, HaarDetector(detect_scale=0.5), RunResult())
+    box, first = driving_face_box(read_frames(late), late.name, HaarDetector(detect_scale=0.5), RunResult())
     assert first == 1 and box[2] > box[0]  # relative motion is measured against frame 1, with a warning
     result = run_portrait(PortraitConfig(ASSETS / "face.jpg", late, engine="baseline"), tmp_path / "o.mp4")
     assert result.metrics["frames"] == 3 and any("first frame shows no face" in w for w in result.warnings)
@@ -442,15 +442,15 @@ def _raw_h264(path: Path, frames: int) -> Path:
 
 def test_a_clip_longer_than_the_limit_stops_at_the_limit(tmp_path: Path, no_weights: Settings) -> None:
     """A raw stream renamed .mp4 has no duration to refuse it by: the frames are counted while streaming."""
-    from engine.portrait.pipeline import _clip_frames
+    from engine.portrait.driving import clip_frames
 
     clip = _raw_h264(tmp_path / "raw.mp4", 60)  # 2.4 s at 25 fps
     info = probe_video(clip)
     assert info.duration_s is None and info.frames is None
-    assert len(list(_clip_frames(clip, None, 3.0))) == 60
-    assert len(list(_clip_frames(clip, 10, 1.0))) == 10  # max_frames stops first: no message
+    assert len(list(clip_frames(clip, None, 3.0))) == 60
+    assert len(list(clip_frames(clip, 10, 1.0))) == 10  # max_frames stops first: no message
     with pytest.raises(InputError, match=r"longer than the limit of 2 s \(50 frames at 25 fps, AVATARBENCH_MAX"):
-        list(_clip_frames(clip, None, 2.0))
+        list(clip_frames(clip, None, 2.0))
     short = replace(no_weights, max_seconds=2.0)
     with pytest.raises(InputError, match="longer than the limit"):  # the face search stops there too
         run_portrait(PortraitConfig(ASSETS / "face.jpg", clip, engine="baseline"), tmp_path / "o.mp4", short)
@@ -459,7 +459,7 @@ def test_a_clip_longer_than_the_limit_stops_at_the_limit(tmp_path: Path, no_weig
 def test_frames_with_nan_or_inf_are_written_defined_and_warned_about() -> None:
     """fp16 overflow gives inf/NaN, whose cast to uint8 is undefined: they become 0 (NaN, -inf) or 255 (+inf)."""
     from engine.core.results import RunResult
-    from engine.portrait.pipeline import _encode
+    from engine.portrait.writing import encode
 
     class Frames:
         def __init__(self) -> None:
@@ -472,9 +472,9 @@ def test_frames_with_nan_or_inf_are_written_defined_and_warned_about() -> None:
     bad = clean.clone()
     bad[0, 0, 0, 0], bad[0, 1, 0, 0], bad[1, 2, 1, 1] = float("nan"), float("-inf"), float("inf")
     writer, result = Frames(), RunResult()
-    _encode([clean], writer, result, lambda *_: None, 2)
+    encode([clean], writer, result, lambda *_: None, 2)
     assert not result.warnings
-    _encode([bad], writer, result, lambda *_: None, 2)
+    encode([bad], writer, result, lambda *_: None, 2)
     first, second = writer.frames[2], writer.frames[3]
     assert first[0, 0].tolist() == [127, 0, 0]  # BGR: the NaN (R) and -inf (G) are 0, B is 127.5 truncated
     assert second[1, 1].tolist() == [255, 127, 127]  # +inf (B) is 255
@@ -507,7 +507,7 @@ def test_crop_off_and_stitching_off_give_the_networks_frame_as_upstream(weights:
 def test_a_square_driver_is_taken_whole_unless_asked_as_upstream() -> None:
     """Upstream crops the driving video only when asked (flag_crop_driving_video) or when it is not square; a square
     one is stretched whole to 256x256 with OpenCV's bilinear resize."""
-    from engine.portrait.pipeline import _driving_input, _driving_transform
+    from engine.portrait.driving import _driving_input, _driving_transform
 
     config, box = PortraitConfig(ASSETS / "face.jpg", ASSETS / "driving.mp4"), np.array([100.0, 80.0, 220.0, 240.0])
     assert _driving_transform(config, box, 320, 320) is None
@@ -593,7 +593,7 @@ def test_the_driving_clip_scanned_for_faces_counts_its_decoding_apart(monkeypatc
     first pass over a clip decoded as it is read timed both as "detect"."""
     import engine.core.results
     from engine.core.results import RunResult
-    from engine.portrait.pipeline import _face_boxes
+    from engine.portrait.driving import face_boxes
 
     clock = [0.0]
     monkeypatch.setattr(engine.core.results.time, "perf_counter", lambda: clock[0])
@@ -608,5 +608,5 @@ def test_the_driving_clip_scanned_for_faces_counts_its_decoding_apart(monkeypatc
         return [[] for _ in images]
 
     result = RunResult()
-    assert _face_boxes(decoded(), SimpleNamespace(detect=detect), result) == [None] * 3
+    assert face_boxes(decoded(), SimpleNamespace(detect=detect), result) == [None] * 3
     assert {s.name: s.seconds for s in result.stages} == {"decode driving": 30.0, "detect": 3.0}

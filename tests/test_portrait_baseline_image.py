@@ -18,7 +18,8 @@ from engine.core.settings import Settings
 from engine.faces.detection import HaarDetector
 from engine.portrait.baseline import pose_transfer, still_pose
 from engine.portrait.config import PortraitConfig, PortraitError
-from engine.portrait.pipeline import IMAGE_FPS, run_portrait
+from engine.portrait.driving import IMAGE_FPS
+from engine.portrait.pipeline import run_portrait
 
 FACE = Path(__file__).resolve().parent.parent / "assets" / "face.jpg"
 FACE_CENTRE = (226.0, 125.0)  # the example face's box centre in the 512x512 image
@@ -133,12 +134,12 @@ def test_a_photo_over_the_size_limit_is_taken_when_it_is_shrunk_within_it(tmp_pa
     --source-max-dim (1280 by default) could shrink it."""
     from engine.core.media import MediaError
     from engine.core.settings import load_settings
-    from engine.portrait.pipeline import _head
+    from engine.portrait.head import run_head
 
     settings = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path), "AVATARBENCH_MAX_SIDE": "800"})
     big = tmp_path / "phone.jpg"
     cv2.imwrite(str(big), cv2.resize(cv2.imread(str(FACE)), (1600, 1600)))
-    head = _head(PortraitConfig(big, FACE, engine="baseline", source_max_dim=640), settings, "cpu")
+    head = run_head(PortraitConfig(big, FACE, engine="baseline", source_max_dim=640), settings, "cpu")
     assert head.source_bgr.shape == (640, 640, 3) and head.box is not None
     with pytest.raises(MediaError, match="larger than the limit of 800 pixels"):  # not shrunk within it: refused
-        _head(PortraitConfig(big, FACE, engine="baseline", source_max_dim=1200), settings, "cpu")
+        run_head(PortraitConfig(big, FACE, engine="baseline", source_max_dim=1200), settings, "cpu")

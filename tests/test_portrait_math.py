@@ -207,7 +207,7 @@ def test_head_rotation_offsets_turn_the_driven_keypoints(tmp_path) -> None:
     from pathlib import Path
 
     from engine.portrait.config import PortraitConfig
-    from engine.portrait.pipeline import _driving_keypoints
+    from engine.portrait.liveportrait_plan import _driving_keypoints
 
     face = Path(__file__).resolve().parent.parent / "assets" / "face.jpg"
     source = _info(seed=3)
@@ -253,7 +253,7 @@ def _driven(
     from pathlib import Path
 
     from engine.portrait.config import PortraitConfig
-    from engine.portrait.pipeline import _driving_keypoints
+    from engine.portrait.liveportrait_plan import _driving_keypoints
 
     face = Path(__file__).resolve().parent.parent / "assets" / "face.jpg"
     config = PortraitConfig(face, face, stitching=False, **options)

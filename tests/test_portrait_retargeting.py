@@ -19,8 +19,8 @@ from tiny_onnx import landmark_model
 
 from engine.portrait.config import PortraitConfig, PortraitError
 from engine.portrait.landmarks import LandmarkError, LandmarkModel, eye_open_ratios, lip_open_ratio
+from engine.portrait.liveportrait_plan import _driving_keypoints
 from engine.portrait.motion import KeypointInfo, concatenated, neutral_expression, transform_keypoints
-from engine.portrait.pipeline import _driving_keypoints
 
 FACE = Path(__file__).resolve().parent.parent / "assets" / "face.jpg"
 

@@ -12,7 +12,7 @@ from engine.core.cache import LruCache, file_digest
 from engine.core.settings import Settings
 from engine.core.weights import WeightsError
 from engine.portrait.config import PortraitConfig
-from engine.portrait.pipeline import _pick_engine, hub_weights, weights_folder
+from engine.portrait.weights import hub_weights, pick_engine, weights_folder
 
 FACE = Path(__file__).resolve().parent.parent / "assets" / "face.jpg"
 
@@ -80,15 +80,15 @@ def test_the_folder_as_downloaded_and_its_liveportrait_subfolder(tmp_path: Path,
     for given in (root, root / "liveportrait"):
         config = PortraitConfig(FACE, FACE, weights=str(given))
         assert weights_folder(config.weights, settings) == root / "liveportrait"
-        assert _pick_engine(config, settings) == ("liveportrait", root / "liveportrait")
+        assert pick_engine(config, settings) == ("liveportrait", root / "liveportrait")
     from_setting = Settings(data_dir=tmp_path, weights_dir=tmp_path / "weights", liveportrait_dir=str(root))
     assert weights_folder(None, from_setting) == root / "liveportrait"
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(WeightsError, match=r"no LivePortrait weights in .*empty"):  # named, so never a fallback
-        _pick_engine(PortraitConfig(FACE, FACE, weights=str(empty)), settings)
-    assert _pick_engine(PortraitConfig(FACE, FACE), settings) == ("baseline", None)  # found nowhere: the baseline
-    assert _pick_engine(PortraitConfig(FACE, FACE, weights=str(empty), engine="baseline"), settings)[0] == "baseline"
+        pick_engine(PortraitConfig(FACE, FACE, weights=str(empty)), settings)
+    assert pick_engine(PortraitConfig(FACE, FACE), settings) == ("baseline", None)  # found nowhere: the baseline
+    assert pick_engine(PortraitConfig(FACE, FACE, weights=str(empty), engine="baseline"), settings)[0] == "baseline"
 
 
 def test_lru_cache_keeps_the_most_recent_and_builds_once() -> None:

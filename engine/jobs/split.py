@@ -89,7 +89,7 @@ class Writer(Protocol):
 
 class SegmentedRun(Protocol):
     """A capability's side of a split run, one object per job in each worker taking part (engine/lipsync/pipeline.py,
-    engine/portrait/pipeline.py). The parent calls setup, measure, plan, output_writer, render, report; a segment
+    engine/portrait/segments.py). The parent calls setup, measure, plan, output_writer, render, report; a segment
     join, measure, segment_writer, render, report."""
 
     def setup(self, progress: Progress) -> dict[str, Any]:

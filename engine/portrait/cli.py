@@ -41,7 +41,7 @@ def _export(args: argparse.Namespace) -> int:
     from engine.core.media import missing_folders, remove_empty_folders
     from engine.core.settings import get_settings
     from engine.portrait.onnx_backend import export_onnx
-    from engine.portrait.pipeline import weights_folder
+    from engine.portrait.weights import weights_folder
 
     out = Path(args.out.strip())
     if not args.out.strip():

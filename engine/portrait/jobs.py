@@ -24,7 +24,7 @@ class PortraitJobs(FileJobs):
     files = ("source", "driving")
 
     def refuse(self, config: PortraitConfig) -> None:  # type: ignore[override]
-        from engine.portrait.pipeline import refuse_template_without_weights
+        from engine.portrait.weights import refuse_template_without_weights
 
         refuse_template_without_weights(config, self.settings)
 
@@ -42,7 +42,8 @@ class PortraitJobs(FileJobs):
 
 
 def handle(job: Job, progress: Progress, context: WorkerContext) -> dict[str, Any]:
-    from engine.portrait.pipeline import PortraitSegments, run_portrait
+    from engine.portrait.pipeline import run_portrait
+    from engine.portrait.segments import PortraitSegments
     from engine.portrait.strip import save_strip
 
     def add_strip(result: Any, inputs: dict[str, Path]) -> None:

@@ -1,0 +1,255 @@
+"""The driving input read for a run: a clip streamed twice and never held whole (its frames counted against
+AVATARBENCH_MAX_SECONDS), first to find its face in every frame for one crop box and the reference frame, then to
+crop each frame and measure its motion in batches (with the landmark model's eye and lip openness when asked); a
+driving image measured once; a saved motion template read back. Both engines and the split jobs read the driving
+clip, so its reading lives in one place."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from engine.core.media import (
+    IMAGE_FORMATS,
+    MediaError,
+    VideoInfo,
+    is_image,
+    load_image,
+    probe_video,
+    read_frames,
+    validate_video,
+)
+from engine.core.results import RunResult
+from engine.core.settings import Settings
+from engine.portrait.config import TEMPLATE_SUFFIXES, PortraitConfig, PortraitError, is_template
+from engine.portrait.crop import CropTransform, crop_image, crop_transform, network_input, stretched_input
+from engine.portrait.frames import Progress, largest_face, to_rgb
+from engine.portrait.landmarks import LandmarkModel, openness
+from engine.portrait.motion import KeypointInfo, concatenated
+from engine.portrait.networks import Networks
+from engine.portrait.templates import Openness, read_template
+
+IMAGE_FPS = 25.0
+DRIVING_CROP_SHAPE = ("scale_crop_driving", "vx_ratio_crop_driving", "vy_ratio_crop_driving")
+
+
+def _batches(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _timed(items: Iterator[Any], result: RunResult, stage: str) -> Iterator[Any]:
+    """`items` with the time each takes to come counted as `stage`: a clip decoded as it is read shows in the
+    stage chart rather than nowhere."""
+    iterator = iter(items)
+    while True:
+        with result.stage(stage):
+            item = next(iterator, _END)
+        if item is _END:
+            return
+        yield item
+
+
+_END = object()
+
+
+def clip_frames(path: Path, max_frames: int | None, max_seconds: float) -> Iterator[np.ndarray]:
+    """The clip's frames, at most `max_frames`; past `max_seconds` worth of them reading stops with a message (a
+    header without a duration, such as a raw H.264 stream's, passes validate_video: the frames are counted)."""
+    return itertools.islice(read_frames(path, max_seconds=max_seconds), max_frames)
+
+
+def driving_face_box(
+    frames: Iterable[np.ndarray], name: str, detector: Any, result: RunResult
+) -> tuple[np.ndarray, int]:
+    """One crop box for the whole clip (the mean of the faces found; every frame is scanned once) and the
+    index of the first frame with a face (relative motion is measured against it)."""
+    return clip_box(face_boxes(frames, detector, result), name)
+
+
+def face_boxes(frames: Iterable[np.ndarray], detector: Any, result: RunResult) -> list[np.ndarray | None]:
+    """Each frame's largest face box (None where there is none); frames are independent, so a split job's segments
+    scan their own frames. A clip decoded as it is scanned counts its decoding as "decode driving", not "detect"."""
+    boxes = []
+    for frame in _timed(frames, result, "decode driving"):
+        with result.stage("detect"):
+            boxes.append(largest_face(frame, detector))
+    return boxes
+
+
+def clip_box(boxes: list[np.ndarray | None], name: str) -> tuple[np.ndarray, int]:
+    """The mean of the faces found and the index of the first frame with one."""
+    found = [box for box in boxes if box is not None]
+    if not found:
+        raise PortraitError(f"no face found in the driving video {name}: a frontal face must be visible")
+    return np.mean(found, axis=0), next(i for i, box in enumerate(boxes) if box is not None)
+
+
+@dataclass
+class Driving:
+    """The driving motion and what goes with it."""
+
+    motion: KeypointInfo
+    fps: float
+    count: int
+    has_audio: bool = False
+    reference: int = 0  # the frame relative motion is measured against
+    image: bool = False  # one driving image (or a one-frame template): its expression against the neutral one
+    openness: Openness | None = None  # measured when retargeting to the driver or saving a template
+
+
+def _measured_openness(
+    landmarks: LandmarkModel, images: list[np.ndarray], box: np.ndarray
+) -> list[tuple[np.ndarray, float]]:
+    """Each RGB image's (eyes, lips) openness, the face looked for in `box`."""
+    return [openness(landmarks(rgb, box)) for rgb in images]
+
+
+def _stacked(rows: list[tuple[np.ndarray, float]]) -> Openness:
+    return np.stack([eyes for eyes, _ in rows]).astype(np.float32), np.array([lips for _, lips in rows], np.float32)
+
+
+def warn_one_frame(info: VideoInfo, path: Path, config: PortraitConfig, result: RunResult) -> None:
+    """A driving video of one frame: relative motion against itself moves nothing (upstream's rule too, silent),
+    where the same frame as an image transfers its expression."""
+    if info.frames == 1 and config.relative:
+        result.warn(
+            f"{path.name} is a video of one frame: its motion relative to itself moves nothing; give the frame as "
+            "an image to transfer its expression"
+        )
+
+
+def driving_motion(
+    config: PortraitConfig,
+    settings: Settings,
+    nets: Networks,
+    detector: Any,
+    landmarks: LandmarkModel | None,
+    result: RunResult,
+    progress: Progress,
+) -> Driving:
+    """Motion of every driving frame, with the eye and lip openness of each when `landmarks` is given (measured
+    in the clip's one face box, as the motion is), and the reference frame for relative motion (the first, or
+    the first with a face when the clip starts without one)."""
+    path = Path(config.driving)
+    if is_template(path):
+        saved = read_template(path, config.max_frames, settings.max_seconds)
+        count = saved.motion.exp.shape[0]
+        # a template of one frame drives as one image does (upstream's rule for its templates); a longer one cut to
+        # its first frame by max_frames is a clip's first frame, measured against itself as a video's would be
+        return Driving(saved.motion, saved.fps, count, image=saved.frames_in_file == 1, openness=saved.openness)
+    if is_image(path):
+        image = to_rgb(load_image(path, max_side=settings.max_side))
+        box = largest_face(image, detector)
+        if box is None:
+            raise PortraitError(f"no face found in the driving image {path.name}")
+        transform = _driving_transform(config, box, image.shape[1], image.shape[0])
+        _unused_driving_crop(config, transform, path.name, result)
+        with result.stage("motion", items=1):
+            motion = nets.motion(_driving_input(image, transform, nets.device))
+        measured = None if landmarks is None else _stacked(_measured_openness(landmarks, [image], box))
+        return Driving(motion, IMAGE_FPS, 1, image=True, openness=measured)
+    info = driving_video(path, settings)
+    warn_one_frame(info, path, config, result)
+    progress(0.05, "finding the driving face")
+    box, reference = driving_face_box(
+        clip_frames(path, config.max_frames, settings.max_seconds), path.name, detector, result
+    )
+    return clip_motion(config, settings, nets, info, box, reference, landmarks, result, progress)
+
+
+def clip_motion(
+    config: PortraitConfig,
+    settings: Settings,
+    nets: Networks,
+    info: VideoInfo,
+    box: np.ndarray,
+    reference: int,
+    landmarks: LandmarkModel | None,
+    result: RunResult,
+    progress: Progress,
+) -> Driving:
+    """A driving clip's motion in its one face `box`, relative to frame `reference` (the first with a face)."""
+    if reference and config.relative:
+        result.warn(
+            f"the driving clip's first frame shows no face: motion is measured against frame {reference}, the "
+            "first with a face (trim the clip to start on the face for the upstream behaviour)"
+        )
+    transform = _driving_transform(config, box, info.width, info.height)
+    _unused_driving_crop(config, transform, Path(config.driving).name, result)
+    infos: list[KeypointInfo] = []
+    rows: list[tuple[np.ndarray, float]] = []
+    frames = clip_frames(Path(config.driving), config.max_frames, settings.max_seconds)
+    total = min(info.frames or 1, config.max_frames or info.frames or 1)
+    for batch in _timed(_batches(frames, config.batch_size), result, "decode driving"):
+        images = [to_rgb(f) for f in batch]
+        with result.stage("crop", items=len(batch)):
+            tensor = torch.cat([_driving_input(rgb, transform, nets.device) for rgb in images])
+        with result.stage("motion", items=len(batch)):
+            infos.append(nets.motion(tensor))
+        if landmarks is not None:
+            with result.stage("driving landmarks", items=len(batch)):
+                rows += _measured_openness(landmarks, images, box)
+        progress(0.05 + 0.25 * min(1.0, len(infos) * config.batch_size / total), "driving motion")
+    merged = concatenated(infos)
+    measured = _stacked(rows) if rows else None
+    return Driving(merged, info.fps, merged.kp.shape[0], info.has_audio, reference, openness=measured)
+
+
+def _driving_transform(config: PortraitConfig, box: np.ndarray, width: int, height: int) -> CropTransform | None:
+    """The driving crop around the face (2.2x its box, shifted up 0.1), or None where upstream takes the driving
+    frames whole: a square video or image, unless `crop_driving` asks (upstream's flag_crop_driving_video)."""
+    if width == height and not config.crop_driving:
+        return None
+    return crop_transform(box, config.scale_crop_driving, config.vy_ratio_crop_driving, vx=config.vx_ratio_crop_driving)
+
+
+def _unused_driving_crop(config: PortraitConfig, transform: CropTransform | None, name: str, result: RunResult) -> None:
+    """The driving crop's scale and shifts given for a square driver taken whole: they changed nothing, silently."""
+    defaults = PortraitConfig(config.source, config.driving)
+    changed = [n for n in DRIVING_CROP_SHAPE if getattr(config, n) != getattr(defaults, n)]
+    if transform is None and changed:
+        result.warn(
+            f"{', '.join('--' + n.replace('_', '-') for n in changed)} change nothing here: the square {name} is "
+            "taken whole (--crop-driving crops it)"
+        )
+
+
+def _driving_input(rgb: np.ndarray, transform: CropTransform | None, device: torch.device) -> torch.Tensor:
+    return stretched_input(rgb, device) if transform is None else network_input(crop_image(rgb, transform), device)
+
+
+def driving_video(path: Path, settings: Settings) -> VideoInfo:
+    """A driving file that is neither an image nor a template, read and checked as a video; one that cannot be read
+    so is told every kind a driving file may be (the video reader's own message lists videos only)."""
+    try:
+        info = probe_video(path, settings.max_side)
+    except MediaError as exc:
+        raise PortraitError(f"{exc}; a driving file may also be an image ({IMAGE_FORMATS}) or a motion template "
+                            f"({', '.join(TEMPLATE_SUFFIXES)})") from None  # fmt: skip
+    validate_video(info, path.name, settings.max_side, settings.max_seconds)
+    return info
+
+
+def driving_frames(config: PortraitConfig) -> int | None:
+    """How many driving frames a run expects (`max_frames`, or a video's header: a hint), None where unknown."""
+    counts = [config.max_frames] if config.max_frames else []
+    if is_image(config.driving):
+        counts.append(1)
+    elif not is_template(config.driving):
+        with contextlib.suppress(MediaError):  # an unreadable video is reported where it is read
+            counts.append(probe_video(config.driving).frames or 0)
+    return min(count for count in counts if count) if any(counts) else None

@@ -1,0 +1,30 @@
+"""What every stage of a portrait run shares: the progress callback's shape, frames turned from the decoder's BGR
+to the networks' RGB, an image's largest face, and the device waited for, so that a stage's timing holds its own
+work (CUDA runs asynchronously). Both engines, the driving clip's reading and the split jobs use them, so they live
+below all of those."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+Progress = Callable[[float, str], Any]
+
+
+def largest_face(image: np.ndarray, detector: Any) -> np.ndarray | None:
+    from engine.faces.detection import largest
+
+    found = largest(detector.detect([image])[0])
+    return None if found is None else found[:4]
+
+
+def to_rgb(bgr: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(bgr[:, :, ::-1])
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
