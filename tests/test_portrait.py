@@ -311,7 +311,7 @@ def test_refusals_are_messages(weights: Path, driving: Path, tmp_path: Path) -> 
     assert any("no face found in the source blank.png: the whole picture is animated" in w for w in result.warnings)
     assert "--scale change nothing here: with --no-crop the source is not cropped" in result.warnings
     from engine.core.results import RunResult
-    from engine.portrait.pipeline import _unused_crop_options
+    from engine.portrait.liveportrait_plan import _unused_crop_options
 
     told = RunResult()
     _unused_crop_options(PortraitConfig(source, tmp_path / "motion.pkl", crop_driving=True, vy_ratio_crop_driving=0.1),
@@ -320,11 +320,27 @@ def test_refusals_are_messages(weights: Path, driving: Path, tmp_path: Path) -> 
                              "motion was measured when saved"]  # fmt: skip
 
 
+def test_a_split_job_names_the_options_that_change_nothing_as_a_whole_run(
+    weights: Path, driving: Path, tmp_path: Path
+) -> None:
+    """A job split over GPUs warned of none of them (only the whole run's pipeline named them)."""
+    from engine.core.settings import load_settings
+    from engine.portrait.segments import PortraitSegments
+
+    config = PortraitConfig(ASSETS / "face.jpg", driving, weights=str(weights), crop=False, scale=2.5,
+                            relative=False, yaw=10.0)  # fmt: skip
+    split = PortraitSegments(config, tmp_path / "split.mp4", load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path)}))
+    split.setup(lambda fraction, label: None)
+    warnings = split.report(0, 1.0, SimpleNamespace(codec="libx264")).warnings
+    assert "--scale change nothing here: with --no-crop the source is not cropped" in warnings
+    assert any(w.startswith("--yaw change nothing here: with --no-relative and region all") for w in warnings)
+
+
 def test_head_offsets_absolute_motion_leaves_unused_are_named(weights: Path, driving: Path, tmp_path: Path) -> None:
     """--pitch, --yaw and --roll turn the source's pose: with --no-relative in region all or pose the head takes the
     driver's pose instead, and the offsets moved nothing without a word."""
     from engine.core.results import RunResult
-    from engine.portrait.pipeline import _unused_head_offsets
+    from engine.portrait.liveportrait_plan import _unused_head_offsets
 
     source = ASSETS / "face.jpg"
     config = PortraitConfig(source, driving, weights=str(weights), relative=False, yaw=10.0, roll=-5.0, max_frames=1)

@@ -19,7 +19,7 @@ from engine.core.results import RunResult
 from engine.core.settings import Settings
 from engine.portrait.config import BASELINE_OPTIONS, PortraitConfig, PortraitError, is_template
 from engine.portrait.driving import IMAGE_FPS, clip_frames, driving_face_box, driving_video, warn_one_frame
-from engine.portrait.frames import Progress, sync, to_rgb
+from engine.portrait.frames import Progress, image_tensor, sync
 from engine.portrait.weights import template_refusal
 from engine.portrait.writing import Plan
 
@@ -46,7 +46,7 @@ def baseline_plan(
         clip_frames(path, config.max_frames, settings.max_seconds), path.name, detector, result
     )
     motion = baseline_motion(config, settings, driving_box, first_face, result, progress)
-    source = baseline_source(source_bgr, device)
+    source = image_tensor(source_bgr, device)
     batches = baseline_batches(config, source, box, motion.head, motion.flow, result)
     height, width = source_bgr.shape[:2]
     count = motion.head.shape[0]
@@ -90,10 +90,6 @@ def baseline_motion(
     progress(0.15, "tracking the driving motion")
     with result.stage("motion"):
         return still_before(track_motion(frames, driving_box), first_face)
-
-
-def baseline_source(source_bgr: np.ndarray, device: torch.device) -> torch.Tensor:
-    return torch.from_numpy(to_rgb(source_bgr)).to(device).permute(2, 0, 1)[None].float() / 255
 
 
 def baseline_batches(
@@ -146,7 +142,7 @@ def _baseline_image_plan(
         f" degrees, scale {transferred['scale']}, measured from the {transferred['measured_from']}"
         f"{limited if transferred['limited'] else ''}); its expression needs LivePortrait"
     )
-    image = torch.from_numpy(to_rgb(source_bgr)).to(device).permute(2, 0, 1)[None].float() / 255
+    image = image_tensor(source_bgr, device)
     still_flow = np.zeros((1, 2, FLOW_SIZE, FLOW_SIZE), np.float32)
 
     def batches() -> Iterator[torch.Tensor]:

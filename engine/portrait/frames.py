@@ -1,7 +1,7 @@
 """What every stage of a portrait run shares: the progress callback's shape, frames turned from the decoder's BGR
-to the networks' RGB, an image's largest face, and the device waited for, so that a stage's timing holds its own
-work (CUDA runs asynchronously). Both engines, the driving clip's reading and the split jobs use them, so they live
-below all of those."""
+to the networks' RGB (as arrays or as a tensor), an image's largest face, and the device waited for, so that a
+stage's timing holds its own work (CUDA runs asynchronously). Both engines, the driving clip's reading and the split
+jobs use them, so they live below all of those."""
 
 from __future__ import annotations
 
@@ -23,6 +23,11 @@ def largest_face(image: np.ndarray, detector: Any) -> np.ndarray | None:
 
 def to_rgb(bgr: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(bgr[:, :, ::-1])
+
+
+def image_tensor(bgr: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A whole BGR picture as the (1, 3, H, W) RGB tensor in [0, 1] that paste-back and the baseline draw on."""
+    return torch.from_numpy(to_rgb(bgr)).to(device).permute(2, 0, 1)[None].float() / 255
 
 
 def sync(device: torch.device) -> None:

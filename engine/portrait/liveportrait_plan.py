@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from engine.core.results import RunResult
-from engine.portrait.config import PortraitConfig, PortraitError
+from engine.portrait.config import PortraitConfig, PortraitError, is_template
 from engine.portrait.crop import (
     CropTransform,
     PasteBack,
@@ -25,8 +25,8 @@ from engine.portrait.crop import (
     roll_from_landmarks,
     stretched_input,
 )
-from engine.portrait.driving import Driving, driving_motion
-from engine.portrait.frames import Progress, sync, to_rgb
+from engine.portrait.driving import DRIVING_CROP_SHAPE, Driving, driving_motion
+from engine.portrait.frames import Progress, image_tensor, sync, to_rgb
 from engine.portrait.head import Head
 from engine.portrait.landmarks import LandmarkModel, openness
 from engine.portrait.motion import (
@@ -93,7 +93,7 @@ def liveportrait_source(head: Head, progress: Progress) -> Source:
     height, width = source_bgr.shape[:2]
     landmark_model = optional_landmark_model(config, folder, result)
     landmarks = None
-    if landmark_model is not None and box is not None:  # no face: uncropped, nothing to measure (_faceless_source)
+    if landmark_model is not None and box is not None:  # no face: uncropped, nothing to measure (head.py warns of it)
         with result.stage("landmarks"):
             landmarks = landmark_model(to_rgb(source_bgr), box)
     transform: CropTransform | None = None  # crop off: upstream stretches the whole source to the networks' size
@@ -121,7 +121,7 @@ def liveportrait_source(head: Head, progress: Progress) -> Source:
     # show a seam); otherwise the frames are the networks' 512x512 output.
     pasted = transform is not None and config.paste_back and config.stitching
     paste = PasteBack(transform, height, width, device) if pasted else None
-    original = torch.from_numpy(to_rgb(source_bgr)).to(device).permute(2, 0, 1)[None].float() / 255
+    original = image_tensor(source_bgr, device)
     size = (width, height) if pasted else (512, 512)
     metrics = {"backend": config.backend, "crop_scale": None if transform is None else transform.scale,
                "crop_angle": angle, "pasted_back": pasted}  # fmt: skip
@@ -280,3 +280,42 @@ def _normalises_lips(config: PortraitConfig, source_lips: float) -> bool:
     driver; a fixed lip openness replaces it too, a fixed eye openness does not."""
     wanted = config.normalize_lips and config.relative and config.lip_open is None and not config.follows_driver
     return wanted and source_lips >= LIP_NORMALIZE_THRESHOLD
+
+
+def name_unused_options(config: PortraitConfig, result: RunResult) -> None:
+    """The options given that change nothing in this run are named (a whole run and a split job alike)."""
+    _unused_crop_options(config, result)
+    _unused_head_offsets(config, result)
+
+
+SOURCE_CROP_OPTIONS = ("scale", "vx_ratio", "vy_ratio", "upright")
+DRIVING_CROP_OPTIONS = ("crop_driving", *DRIVING_CROP_SHAPE)
+
+
+def _unused_crop_options(config: PortraitConfig, result: RunResult) -> None:
+    """Crop options changed where nothing is cropped are named (they changed nothing, without a word): the
+    source's with --no-crop, the driving clip's with a motion template, whose motion was measured before. Upstream
+    warns of the second."""
+    defaults = PortraitConfig(config.source, config.driving)
+    for names, unused, why in (
+        (SOURCE_CROP_OPTIONS, not config.crop, "with --no-crop the source is not cropped"),
+        (DRIVING_CROP_OPTIONS, is_template(config.driving), "a motion template's motion was measured when saved"),
+    ):
+        changed = [name for name in names if getattr(config, name) != getattr(defaults, name)]
+        if unused and changed:
+            result.warn(f"{', '.join('--' + n.replace('_', '-') for n in changed)} change nothing here: {why}")
+
+
+HEAD_OFFSETS = ("pitch", "yaw", "roll")
+
+
+def _unused_head_offsets(config: PortraitConfig, result: RunResult) -> None:
+    """The head-rotation offsets turn the source's own pose, and absolute motion of the whole head (region all or
+    pose) puts the driver's pose in its place: offsets given there changed nothing, without a word."""
+    given = [name for name in HEAD_OFFSETS if getattr(config, name)]
+    if given and not config.relative and config.region in ("all", "pose"):
+        result.warn(
+            f"{', '.join('--' + name for name in given)} change nothing here: with --no-relative and region "
+            f"{config.region} the head takes the driver's pose, and the offsets turn the source's (relative motion, "
+            "or regions exp, lip and eyes)"
+        )

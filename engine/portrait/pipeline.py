@@ -20,8 +20,7 @@ re-animating a portrait with other options costs warping + decoding only.
 
 Where each part is: head.py (what a run decides before the driving input), weights.py, networks.py, driving.py (the
 driving input read and measured), liveportrait_plan.py and baseline_plan.py (each engine's frames), writing.py (the
-MP4) and segments.py (a job split over GPUs); this module runs them in order and names the options that changed
-nothing.
+MP4) and segments.py (a job split over GPUs); this module runs them in order.
 """
 
 from __future__ import annotations
@@ -31,11 +30,10 @@ from pathlib import Path
 from engine.core.results import RunResult
 from engine.core.settings import Settings, get_settings
 from engine.portrait.baseline_plan import baseline_plan
-from engine.portrait.config import PortraitConfig, PortraitError, is_template
-from engine.portrait.driving import DRIVING_CROP_SHAPE
+from engine.portrait.config import PortraitConfig, PortraitError
 from engine.portrait.frames import Progress
 from engine.portrait.head import run_head
-from engine.portrait.liveportrait_plan import liveportrait_plan, liveportrait_source
+from engine.portrait.liveportrait_plan import liveportrait_plan, liveportrait_source, name_unused_options
 from engine.portrait.templates import NPZ
 from engine.portrait.writing import write
 
@@ -60,8 +58,7 @@ def run_portrait(
     if head.folder is None:
         plan = baseline_plan(config, settings, head.source_bgr, head.box, head.detector, head.device, result, progress)
     else:
-        _unused_crop_options(config, result)
-        _unused_head_offsets(config, result)
+        name_unused_options(config, result)
         template = out.with_suffix(NPZ) if config.save_template else None
         source = liveportrait_source(head, progress)
         plan = liveportrait_plan(head, source, template, progress)
@@ -69,39 +66,6 @@ def run_portrait(
     head.report(plan.metrics)
     progress(1.0, "done")
     return result
-
-
-SOURCE_CROP_OPTIONS = ("scale", "vx_ratio", "vy_ratio", "upright")
-DRIVING_CROP_OPTIONS = ("crop_driving", *DRIVING_CROP_SHAPE)
-
-
-def _unused_crop_options(config: PortraitConfig, result: RunResult) -> None:
-    """Crop options changed where nothing is cropped are named (they changed nothing, without a word): the
-    source's with --no-crop, the driving clip's with a motion template, whose motion was measured before. Upstream
-    warns of the second."""
-    defaults = PortraitConfig(config.source, config.driving)
-    for names, unused, why in (
-        (SOURCE_CROP_OPTIONS, not config.crop, "with --no-crop the source is not cropped"),
-        (DRIVING_CROP_OPTIONS, is_template(config.driving), "a motion template's motion was measured when saved"),
-    ):
-        changed = [name for name in names if getattr(config, name) != getattr(defaults, name)]
-        if unused and changed:
-            result.warn(f"{', '.join('--' + n.replace('_', '-') for n in changed)} change nothing here: {why}")
-
-
-HEAD_OFFSETS = ("pitch", "yaw", "roll")
-
-
-def _unused_head_offsets(config: PortraitConfig, result: RunResult) -> None:
-    """The head-rotation offsets turn the source's own pose, and absolute motion of the whole head (region all or
-    pose) puts the driver's pose in its place: offsets given there changed nothing, without a word."""
-    given = [name for name in HEAD_OFFSETS if getattr(config, name)]
-    if given and not config.relative and config.region in ("all", "pose"):
-        result.warn(
-            f"{', '.join('--' + name for name in given)} change nothing here: with --no-relative and region "
-            f"{config.region} the head takes the driver's pose, and the offsets turn the source's (relative motion, "
-            "or regions exp, lip and eyes)"
-        )
 
 
 __all__ = ["run_portrait"]

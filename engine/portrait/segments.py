@@ -15,12 +15,18 @@ import torch
 from engine.core.media import LosslessWriter, VideoInfo, VideoWriter, is_image, probe_video, validate_video
 from engine.core.results import RunResult
 from engine.core.settings import Settings
-from engine.portrait.baseline_plan import baseline_batches, baseline_checks, baseline_motion, baseline_source
+from engine.portrait.baseline_plan import baseline_batches, baseline_checks, baseline_motion
 from engine.portrait.config import PortraitConfig, PortraitError, is_template
 from engine.portrait.driving import clip_box, clip_frames, clip_motion, face_boxes
-from engine.portrait.frames import Progress
+from engine.portrait.frames import Progress, image_tensor
 from engine.portrait.head import Head, run_head
-from engine.portrait.liveportrait_plan import Source, keypoints, liveportrait_batches, liveportrait_source
+from engine.portrait.liveportrait_plan import (
+    Source,
+    keypoints,
+    liveportrait_batches,
+    liveportrait_source,
+    name_unused_options,
+)
 from engine.portrait.templates import NPZ
 from engine.portrait.writing import driving_audio, encode
 
@@ -55,8 +61,9 @@ class PortraitSegments:
             raise PortraitError(f"{path.name}: only a driving video is split into segments")
         if head.folder is None:
             baseline_checks(head.config, head.result)
-            self.source = baseline_source(head.source_bgr, head.device)
+            self.source = image_tensor(head.source_bgr, head.device)
         else:
+            name_unused_options(head.config, head.result)
             self.source = liveportrait_source(head, progress)
             self.plan_metrics = self.source.metrics
         self.info = probe_video(path)
