@@ -35,7 +35,7 @@ from benchmarks.recording import add_context_flags, header, result_path, write_r
 from engine.onnx.config import EvalConfig
 from engine.onnx.evaluate import evaluate, synthetic_inputs
 from engine.onnx.examples import example_path
-from engine.onnx.model import inspect_model
+from engine.onnx.inspection import inspect_model
 from engine.runtimes.ort_session import PROVIDERS
 
 TARGET = 0.03

@@ -475,7 +475,7 @@ def test_an_onnx_models_flops_per_sample_only_where_they_grow_with_the_batch(tmp
     from tiny_onnx import save
 
     from engine.bench.workloads import onnx_model
-    from engine.onnx.model import inspect_model
+    from engine.onnx.inspection import inspect_model
 
     square = helper.make_graph(
         [helper.make_node("MatMul", ["x", "x"], ["y"])], "square",
@@ -496,7 +496,7 @@ def test_an_fp16_onnx_model_is_measured_as_fp16(tmp_path: Path) -> None:
     from tiny_onnx import save
 
     from engine.bench.workloads import onnx_model
-    from engine.onnx.model import inspect_model
+    from engine.onnx.inspection import inspect_model
 
     half = TensorProto.FLOAT16
     graph = helper.make_graph(

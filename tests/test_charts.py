@@ -29,7 +29,8 @@ from engine.bench.workloads import onnx_model  # noqa: E402
 from engine.onnx import timing  # noqa: E402
 from engine.onnx.config import EvalConfig  # noqa: E402
 from engine.onnx.evaluate import evaluate  # noqa: E402
-from engine.onnx.model import ModelInfo, inspect_model  # noqa: E402
+from engine.onnx.inspection import inspect_model  # noqa: E402
+from engine.onnx.model import ModelInfo  # noqa: E402
 from engine.runtimes.ort_session import OrtSession  # noqa: E402
 from ui import bench_report, onnx_report, widgets  # noqa: E402
 

@@ -236,7 +236,7 @@ def _matmul_onnx(path):
 def test_onnx_eval_on_the_cuda_provider(tmp_path) -> None:
     from engine.onnx.config import EvalConfig
     from engine.onnx.evaluate import evaluate
-    from engine.onnx.model import inspect_model
+    from engine.onnx.inspection import inspect_model
 
     path = _matmul_onnx(tmp_path / "mm.onnx")
     config = EvalConfig(model=path, providers=("cpu", "cuda"), batch_sizes=(1, 64), runs=20)

@@ -29,7 +29,8 @@ from engine.onnx.evaluate import (  # noqa: E402
     synthetic_inputs,
     topk,
 )
-from engine.onnx.model import Limits, ModelError, ModelInfo, TensorSpec, inspect_model  # noqa: E402
+from engine.onnx.inspection import inspect_model  # noqa: E402
+from engine.onnx.model import Limits, ModelError, ModelInfo, TensorSpec  # noqa: E402
 from engine.runtimes.ort_session import OrtSession, SessionError, runtime_limits  # noqa: E402
 
 # The request names its model; evaluate() runs the prepared file it is handed, so the name here is only a label.

@@ -11,7 +11,7 @@ pytest.importorskip("onnxruntime")
 from engine.onnx.config import EvalConfig
 from engine.onnx.evaluate import evaluate
 from engine.onnx.examples import EXAMPLES, example_path
-from engine.onnx.model import inspect_model
+from engine.onnx.inspection import inspect_model
 
 MODEL = Path("model.onnx")  # the request's model name; evaluate() runs the file it is handed
 

@@ -20,7 +20,8 @@ from engine.onnx.images import (
     images_to_tensor,
     pick_image_input,
 )
-from engine.onnx.model import TensorSpec, inspect_model
+from engine.onnx.inspection import inspect_model
+from engine.onnx.model import TensorSpec
 
 MODEL = Path("model.onnx")  # the request's model name; evaluate() runs the file it is handed
 

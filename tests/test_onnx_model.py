@@ -17,18 +17,10 @@ import pytest
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from engine.onnx.model import (  # noqa: E402
-    Limits,
-    ModelError,
-    TensorSpec,
-    check_input_budget,
-    default_symbols,
-    file_sha256,
-    inspect_model,
-    output_bytes,
-    prepare_model,
-    tensor_bytes,
-)
+from engine.onnx.inspection import inspect_model  # noqa: E402
+from engine.onnx.model import Limits, ModelError, TensorSpec  # noqa: E402
+from engine.onnx.prepare import file_sha256, prepare_model  # noqa: E402
+from engine.onnx.symbols import check_input_budget, default_symbols, output_bytes, tensor_bytes  # noqa: E402
 
 F = TensorProto.FLOAT
 
@@ -561,7 +553,7 @@ def test_an_empty_zip_says_it_is_empty(tmp_path: Path) -> None:
 
 def test_flop_counts_are_shown_in_a_unit_that_keeps_them_readable() -> None:
     """A 24-FLOP model read "0.000 GFLOP per run"."""
-    from engine.onnx.model import flops_line, format_flops
+    from engine.onnx.flops import flops_line, format_flops
 
     assert [format_flops(n) for n in (24, 19054, 1_555_200, 7.934e9, 2.5e12)] == [
         "24 FLOP", "19.05 kFLOP", "1.555 MFLOP", "7.934 GFLOP", "2.5 TFLOP"]  # fmt: skip

@@ -15,7 +15,7 @@ from engine.bench.sweep import BenchPoint, SweepConfig, run_sweep
 from engine.bench.workloads import onnx_model
 from engine.onnx.config import EvalConfig
 from engine.onnx.evaluate import evaluate
-from engine.onnx.model import inspect_model
+from engine.onnx.inspection import inspect_model
 from ui import bench_report, onnx_report
 
 MODEL = Path("model.onnx")  # the request's model name; evaluate() runs the file it is handed

@@ -22,7 +22,7 @@ from engine.jobs.store import CANCELLED, DONE, FAILED
 from engine.onnx.config import DEFAULT_RUNS, DEFAULT_WARMUP, EvalConfig, InspectConfig
 from engine.onnx.examples import EXAMPLES, example_path
 from engine.onnx.jobs import OnnxEvalJobs
-from engine.onnx.model import ACCEPTED
+from engine.onnx.prepare import ACCEPTED
 from engine.onnx.timing import auto_help
 from engine.onnx.uploads import display_name, model_source, prepared
 from engine.runtimes.ort_session import PROVIDERS

@@ -13,7 +13,8 @@ from typing import Any
 import plotly.graph_objects as go
 
 from engine.core.words import format_bytes
-from engine.onnx.model import DEFAULTS_LISTED, flops_line, type_name
+from engine.onnx.flops import flops_line
+from engine.onnx.model import DEFAULTS_LISTED, type_name
 from engine.onnx.timing import spread_warning
 from ui.widgets import layout, log_axis
 

@@ -35,7 +35,9 @@ def _model(name: str, cache_dir: Path, args: argparse.Namespace) -> Iterator[Any
     import tempfile
 
     from engine.bench.workloads import BUILTIN, builtin_model, onnx_model
-    from engine.onnx.model import Limits, file_sha256, inspect_model, prepare_model
+    from engine.onnx.inspection import inspect_model
+    from engine.onnx.model import Limits
+    from engine.onnx.prepare import file_sha256, prepare_model
     from engine.onnx.uploads import ModelSource, external_files
 
     if name in BUILTIN:

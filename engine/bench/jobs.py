@@ -21,7 +21,9 @@ from engine.core.json_text import parse_json
 from engine.jobs.kinds import JobKind
 from engine.jobs.store import CPU, Job, StoreError, checked_sha256
 from engine.jobs.worker import Progress, WorkerContext
-from engine.onnx.model import Limits, inspect_model, prepare_model
+from engine.onnx.inspection import inspect_model
+from engine.onnx.model import Limits
+from engine.onnx.prepare import prepare_model
 
 KIND = "bench"
 IMPORTED = "imported"  # the device key of imported reports: no worker claims it

@@ -24,7 +24,8 @@ from engine.onnx.config import EvalConfig, EvalError, InspectConfig
 
 def _inspect(args: argparse.Namespace) -> int:
     from engine.core.settings import get_settings
-    from engine.onnx.model import DEFAULTS_LISTED, flops_line
+    from engine.onnx.flops import flops_line
+    from engine.onnx.model import DEFAULTS_LISTED
     from engine.onnx.uploads import model_source, prepared
 
     config, settings = from_args(InspectConfig, args), get_settings()

@@ -51,16 +51,8 @@ from engine.onnx.images import (
     looks_like_one_image,
     pick_image_input,
 )
-from engine.onnx.model import (
-    Limits,
-    ModelInfo,
-    TensorSpec,
-    batch_symbols,
-    check_input_budget,
-    default_symbols,
-    output_bytes,
-    tensor_bytes,
-)
+from engine.onnx.model import Limits, ModelInfo, TensorSpec
+from engine.onnx.symbols import batch_symbols, check_input_budget, default_symbols, output_bytes, tensor_bytes
 from engine.onnx.timing import auto_runs_note, spread_warning, timed_count, warmup_count
 from engine.runtimes.ort_session import (
     BITS_ONLY,

@@ -1,7 +1,7 @@
 """ONNX evaluations as queued jobs: checked at submit, stored by content, run in a worker process.
 
-This is the one place that joins the upload checks (onnx.model), the evaluation (onnx.evaluate) and the
-broker, so the web app and any other front end share one behaviour:
+This is the one place that joins the upload checks (onnx.prepare, onnx.inspection), the evaluation (onnx.evaluate)
+and the broker, so the web app and any other front end share one behaviour:
 - submit() refuses bad models and settings at once (they never become failed jobs), stores the model
   and data files by content, and queues a timed job (it has its device to itself while it measures) on the
   least-loaded GPU when a GPU provider is asked for and a GPU exists, else on the CPU;
@@ -22,7 +22,9 @@ from engine.jobs.store import CPU, Job
 from engine.jobs.worker import Progress, WorkerContext
 from engine.onnx.config import EvalConfig
 from engine.onnx.evaluate import Placement, check_request, evaluate
-from engine.onnx.model import Limits, inspect_model, prepare_model
+from engine.onnx.inspection import inspect_model
+from engine.onnx.model import Limits
+from engine.onnx.prepare import prepare_model
 from engine.onnx.uploads import model_source, prepared
 from engine.runtimes.ort_session import GPU_KEYS
 

@@ -12,7 +12,9 @@ from pathlib import Path
 
 from engine.core.settings import Settings
 from engine.onnx.examples import EXAMPLES, example_path
-from engine.onnx.model import ZIP_MAGIC, Limits, ModelInfo, file_sha256, inspect_model, prepare_model
+from engine.onnx.inspection import inspect_model
+from engine.onnx.model import Limits, ModelInfo
+from engine.onnx.prepare import ZIP_MAGIC, file_sha256, prepare_model
 
 
 @dataclass(frozen=True)
