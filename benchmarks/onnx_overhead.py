@@ -33,8 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.recording import add_context_flags, header, result_path, write_result
 from engine.onnx.config import EvalConfig
-from engine.onnx.evaluate import evaluate, synthetic_inputs
+from engine.onnx.evaluate import evaluate
 from engine.onnx.examples import example_path
+from engine.onnx.inputs import synthetic_inputs
 from engine.onnx.inspection import inspect_model
 from engine.runtimes.ort_session import PROVIDERS
 

@@ -22,7 +22,7 @@ import plotly.graph_objects as go  # noqa: E402
 from tiny_onnx import mlp  # noqa: E402
 
 import engine.bench.sweep as sweep_module  # noqa: E402
-import engine.onnx.evaluate as oe  # noqa: E402
+import engine.onnx.runner as runner  # noqa: E402
 from engine.bench.config import SweepRequest  # noqa: E402
 from engine.bench.sweep import OWN_WEIGHTS_NOTE, BenchPoint, SweepConfig, rows_to_csv, run_sweep  # noqa: E402
 from engine.bench.workloads import onnx_model  # noqa: E402
@@ -186,7 +186,7 @@ class _OneSlowRun(OrtSession):
 def test_a_scattered_onnx_latency_is_flagged_in_the_json_and_beside_the_chart(model, monkeypatch) -> None:
     path, info = model
     monkeypatch.setattr(_OneSlowRun, "slow_call", 11)  # the first run, then 10 timed: the last one is slow
-    monkeypatch.setattr(oe, "OrtSession", _OneSlowRun)
+    monkeypatch.setattr(runner, "OrtSession", _OneSlowRun)
     report = evaluate(path, info, EvalConfig(model=MODEL, batch_sizes=[1], runs=10, warmup=0))
     (row,) = report["results"]
     assert row["spread_warning"] and "spread too wide to trust" in row["spread_warning"]
@@ -273,7 +273,7 @@ def test_empty_onnx_counts_are_quick_on_the_cpu_and_said(model, monkeypatch) -> 
             time.sleep(0.01)
             return super().run(feeds)
 
-    monkeypatch.setattr(oe, "OrtSession", Sleepy)
+    monkeypatch.setattr(runner, "OrtSession", Sleepy)
     monkeypatch.setattr(timing, "CPU_BUDGET_S", 0.2)  # about 20 runs of 10 ms
     report = evaluate(path, info, EvalConfig(model=MODEL, batch_sizes=[1]))
     (row,) = report["results"]

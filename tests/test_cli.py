@@ -270,18 +270,18 @@ def test_an_interrupted_bench_writes_the_configurations_it_finished(tmp_path: Pa
 
 
 def test_an_interrupted_onnx_eval_writes_the_providers_it_finished(tmp_path: Path, monkeypatch, capsys) -> None:
-    import engine.onnx.evaluate as evaluate
     from engine.cli import EXIT_INTERRUPTED, main
+    from engine.onnx.runner import Runner
 
     monkeypatch.setenv("AVATARBENCH_DATA_DIR", str(tmp_path / "data"))
-    real = evaluate._Runner.run_provider
+    real = Runner.run_provider
 
     def interrupted_at_cuda(runner, key: str, reference_only: bool) -> None:
         if key == "cuda":
             raise KeyboardInterrupt
         real(runner, key, reference_only)
 
-    monkeypatch.setattr(evaluate._Runner, "run_provider", interrupted_at_cuda)
+    monkeypatch.setattr(Runner, "run_provider", interrupted_at_cuda)
     report = tmp_path / "report.json"
     args = ["onnx", "eval", str(_matmul(tmp_path / "mm.onnx")), "--providers", "cpu,cuda", "--batch-sizes", "1,2",
             "--runs", "2", "--quiet", "--json", str(report)]  # fmt: skip

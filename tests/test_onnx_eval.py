@@ -15,22 +15,19 @@ ort = pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from tiny_onnx import SCALE, B, W, classifier, fixed, huge_output, mlp, nonzero, save, with_default  # noqa: E402
 
-import engine.onnx.evaluate as oe  # noqa: E402
+import engine.onnx.compare as compare  # noqa: E402
+import engine.onnx.inputs as onnx_inputs  # noqa: E402
+import engine.onnx.report as eval_report  # noqa: E402
+import engine.onnx.runner as runner  # noqa: E402
 from engine.core.errors import InputError  # noqa: E402
+from engine.onnx.compare import accuracy, parity, topk  # noqa: E402
 from engine.onnx.config import EvalConfig, EvalError, InspectConfig  # noqa: E402
-from engine.onnx.evaluate import (  # noqa: E402
-    Placement,
-    accuracy,
-    check_request,
-    evaluate,
-    latency_stats,
-    load_npz_inputs,
-    parity,
-    synthetic_inputs,
-    topk,
-)
+from engine.onnx.evaluate import check_request, evaluate  # noqa: E402
+from engine.onnx.inputs import load_npz_inputs, synthetic_inputs  # noqa: E402
 from engine.onnx.inspection import inspect_model  # noqa: E402
+from engine.onnx.latency import few_runs_note, latency_stats  # noqa: E402
 from engine.onnx.model import Limits, ModelError, ModelInfo, TensorSpec  # noqa: E402
+from engine.onnx.runner import Placement  # noqa: E402
 from engine.runtimes.ort_session import OrtSession, SessionError, runtime_limits  # noqa: E402
 
 # The request names its model; evaluate() runs the prepared file it is handed, so the name here is only a label.
@@ -170,12 +167,12 @@ def test_iobinding_path_runs_on_cpu_values(mlp_model: tuple[Path, ModelInfo]) ->
     """The device-resident timing is only used on a GPU; its binding logic is exercised here on the CPU."""
     path, info = mlp_model
     config = EvalConfig(**FAST)
-    session = OrtSession(path, oe._session_options("cpu", config, Placement()))
+    session = OrtSession(path, runner._session_options("cpu", config, Placement()))
     meta = session.info
     assert meta["got"] == ["CPUExecutionProvider"] and not meta["fell_back"] and meta["create_s"] > 0
     assert session.device == ("cpu", 0)  # a CPU session binds where it runs
     feeds = synthetic_inputs(info.inputs, {"N": 2}, 0)
-    stats = oe._iobinding_latency(session, feeds, config, batch=2)
+    stats = runner._iobinding_latency(session, feeds, config, batch=2)
     assert stats["n"] == 5 and stats["throughput_per_s"] > 0
 
 
@@ -187,7 +184,7 @@ def test_session_failure_is_recorded_and_others_run(
             raise SessionError("TensorrtExecutionProvider: session creation failed: op NoSuchOp unsupported")
         return OrtSession(model_path, options)
 
-    monkeypatch.setattr(oe, "OrtSession", flaky)
+    monkeypatch.setattr(runner, "OrtSession", flaky)
     path, info = mlp_model
     report = evaluate(path, info, EvalConfig(providers=("cpu", "trt"), **FAST))
     assert "NoSuchOp" in report["sessions"]["trt"]["error"]
@@ -296,8 +293,8 @@ def test_input_budget_refused_before_allocating(
     def boom(*args, **kwargs):
         raise AssertionError("allocated or created a session before the budget check")
 
-    monkeypatch.setattr(oe, "synthetic_inputs", boom)
-    monkeypatch.setattr(oe, "OrtSession", boom)
+    monkeypatch.setattr(onnx_inputs, "synthetic_inputs", boom)
+    monkeypatch.setattr(runner, "OrtSession", boom)
     path, info = mlp_model
     with pytest.raises(ModelError, match="over the limit"):
         evaluate(path, info, EvalConfig(batch_sizes=(1, 64), **FAST), limits=Limits(max_input_elements=100))
@@ -431,10 +428,10 @@ def test_bfloat16_and_float8_models_run(tmp_path: Path) -> None:
     assert report["input_source"] == {"x": "npz", "f": "npz"}
     assert report["accuracy"]["expected"]["cpu"]["y"]["max_error"] == 0.0
     assert report["parity"]["cpu"]["y"]["max_abs"] == 0.0
-    session = OrtSession(path, oe._session_options("cpu", config, Placement()))
+    session = OrtSession(path, runner._session_options("cpu", config, Placement()))
     out = session.run(load_npz_inputs(tmp_path / "in.npz", info.inputs, {"N": 1}))
     assert out[0].dtype == np.float32 and out[0].tolist() == [[3.0, -1.0, -1.0, 3.0]]
-    assert oe._iobinding_latency(session, feeds, config, batch=2)["n"] == 5  # bound as bits on the session's device
+    assert runner._iobinding_latency(session, feeds, config, batch=2)["n"] == 5  # bound as bits on the session's device
 
     np.savez(tmp_path / "u16.npz", x=xs.view(np.uint16))
     with pytest.raises(EvalError, match=r"uint16 cannot be converted .* save it as ml_dtypes\.bfloat16"):
@@ -677,12 +674,12 @@ def test_chunked_parity_and_accuracy_match_the_whole_array_formulas(
     counts = (np.arange(10_007) % 97 - 48, (np.arange(10_007) % 89 - 44).astype(np.int32))
     finite = (np.nan_to_num(ref, posinf=0, neginf=0), np.nan_to_num(same, posinf=0, neginf=0))  # accuracy not NaN
     cases = [(ref, same), (ref, differ), counts, grid, finite]
-    whole = [(oe._compare_one(r, o), accuracy({"y": o}, {"y": r})["y"]) for r, o in cases]
-    monkeypatch.setattr(oe, "_COMPARE_CHUNK", 1000)  # 11 chunks, the last one short
+    whole = [(compare._compare_one(r, o), accuracy({"y": o}, {"y": r})["y"]) for r, o in cases]
+    monkeypatch.setattr(compare, "_COMPARE_CHUNK", 1000)  # 11 chunks, the last one short
     for (r, o), (one_chunk, one_chunk_accuracy) in zip(cases, whole, strict=True):
         old, old_accuracy = _old_parity(r, o), _old_accuracy(o, r)
         assert repr(one_chunk) == repr(old) and repr(one_chunk_accuracy) == repr(old_accuracy)  # bit for bit
-        _agree(oe._compare_one(r, o), old, ("mean_abs", "rel_l2", "cosine"))
+        _agree(compare._compare_one(r, o), old, ("mean_abs", "rel_l2", "cosine"))
         _agree(accuracy({"y": o}, {"y": r})["y"], old_accuracy, ("mae", "rmse", "cosine"))
     assert whole[0][0]["tolerance_to_pass"] < math.inf and whole[1][0]["tolerance_to_pass"] == math.inf
     assert whole[0][0]["nan"]["reference"] == 20 and whole[0][0]["inf"]["other"] == 40
@@ -690,14 +687,14 @@ def test_chunked_parity_and_accuracy_match_the_whole_array_formulas(
 
 def test_parity_of_an_output_larger_than_one_chunk_makes_no_float64_copy(monkeypatch: pytest.MonkeyPatch) -> None:
     ref, other = _planted((1 << 20) + 12_345, "float32", seed=7)  # the real chunk size: two chunks
-    _agree(oe._compare_one(ref, other.astype(np.float32)), _old_parity(ref, other.astype(np.float32)),
+    _agree(compare._compare_one(ref, other.astype(np.float32)), _old_parity(ref, other.astype(np.float32)),
            ("mean_abs", "rel_l2", "cosine"))  # fmt: skip
-    monkeypatch.setattr(oe, "_COMPARE_CHUNK", 1 << 16)
+    monkeypatch.setattr(compare, "_COMPARE_CHUNK", 1 << 16)
     big = np.random.default_rng(0).standard_normal(4 << 20).astype(np.float32)  # 16 MiB; 32 MiB in float64
     close = big + np.float32(1e-3)
     tracemalloc.start()
     try:
-        oe._compare_one(big, close)
+        compare._compare_one(big, close)
         accuracy({"y": close}, {"y": big})
         peak = tracemalloc.get_traced_memory()[1]
     finally:
@@ -713,8 +710,8 @@ def _boom(*args, **kwargs):
 
 
 def test_outputs_over_the_budget_are_refused_before_running(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(oe, "synthetic_inputs", _boom)
-    monkeypatch.setattr(oe, "OrtSession", _boom)
+    monkeypatch.setattr(onnx_inputs, "synthetic_inputs", _boom)
+    monkeypatch.setattr(runner, "OrtSession", _boom)
     path = huge_output(tmp_path / "huge.onnx")
     info = inspect_model(path)
     message = (
@@ -836,8 +833,8 @@ def test_a_model_and_an_example_both_given_are_refused_as_both() -> None:
 def test_the_few_runs_note_counts_one_run_as_one() -> None:
     """It said "where 1 runs were timed"."""
     rows = [{"latency": {"n": 1}}]
-    assert oe.few_runs_note(rows).startswith("p90, p95, p99 left out where only 1 run was timed: ")
-    assert oe.few_runs_note([{"latency": {"n": 5}}]).startswith("p90, p95, p99 left out where 5 runs were timed: ")
+    assert few_runs_note(rows).startswith("p90, p95, p99 left out where only 1 run was timed: ")
+    assert few_runs_note([{"latency": {"n": 5}}]).startswith("p90, p95, p99 left out where 5 runs were timed: ")
 
 
 def test_config_defaults_valid_and_symbol_refusals(mlp_model: tuple[Path, ModelInfo]) -> None:
@@ -848,7 +845,7 @@ def test_config_defaults_valid_and_symbol_refusals(mlp_model: tuple[Path, ModelI
     with pytest.raises(ModelError, match="unknown symbol"):
         evaluate(path, info, EvalConfig(symbols=(("T", 4),), **FAST))
     with pytest.raises(InputError, match="unknown provider"):
-        oe._session_options("tpu", EvalConfig(**FAST), Placement())
+        runner._session_options("tpu", EvalConfig(**FAST), Placement())
 
 
 # ---------------------------------------------------------------------------------------------- odd models (fuzzed)
@@ -1013,7 +1010,7 @@ def test_an_output_whose_shape_is_not_the_declared_one_is_named(tmp_path: Path) 
     path = save(_graph([helper.make_node("Concat", ["x", "x"], ["y"], axis=1)], [x], [y]), tmp_path / "wide.onnx")
     report = evaluate(path, inspect_model(path), EvalConfig(batch_sizes=(2,), **FAST))
     assert "output 'y' declares ['N', 4] ([2, 4] here) but is [2, 8]" in report["warnings"]
-    assert not oe._misdeclared_outputs(inspect_model(path).outputs, {"N": 2}, {"y": np.zeros((2, 4))})
+    assert not eval_report._misdeclared_outputs(inspect_model(path).outputs, {"N": 2}, {"y": np.zeros((2, 4))})
 
 
 def test_scalar_inputs_keep_their_rank(tmp_path: Path) -> None:
@@ -1086,9 +1083,7 @@ def test_a_sequence_output_is_held_to_the_output_limit(tmp_path: Path) -> None:
 def test_gflops_come_from_the_mean_latency_as_samples_per_s(mlp_model: tuple[Path, ModelInfo], monkeypatch) -> None:
     """GFLOP/s came from the p50 and samples/s from the mean: one slow run in five made a row's GFLOP/s twice its
     FLOPs times its samples/s. Both rates come from the mean now, as the benchmark's TFLOP/s (FLOPs x samples/s)."""
-    import engine.onnx.evaluate as ev
-
-    monkeypatch.setattr(ev, "_timed_runs", lambda fn, n, tick: [1.0] * (n - 1) + [1.0 + n])  # mean 2 ms, p50 1 ms
+    monkeypatch.setattr(runner, "_timed_runs", lambda fn, n, tick: [1.0] * (n - 1) + [1.0 + n])  # mean 2 ms, p50 1 ms
     path, info = mlp_model
     rows = evaluate(path, info, EvalConfig(batch_sizes=(1, 4), **FAST))["results"]
     for row in rows:

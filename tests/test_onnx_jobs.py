@@ -89,34 +89,35 @@ def test_an_evaluation_stopped_on_the_way_keeps_the_providers_it_finished(
 ) -> None:
     """An evaluation cancelled or out of time (a TensorRT engine build, say) lost the rows it had measured on the
     providers before; each provider's rows are now stored as they are finished."""
-    import engine.onnx.evaluate as evaluate
+    from engine.onnx.report import PARTIAL_NOTE
+    from engine.onnx.runner import Runner
 
     pytest.importorskip("gradio")
     from ui.onnx_eval import status_markdown
 
     jobs = _jobs(store, settings)
     sub = _submit(jobs, providers="cpu,cuda", batch_sizes="2,4", model=mlp(tmp_path / "m.onnx"), **FAST)
-    real = evaluate._Runner.run_provider
+    real = Runner.run_provider
 
     def killed_at_cuda(runner, key: str, reference_only: bool) -> None:
         if key == "cuda":
             raise _Killed
         real(runner, key, reference_only)
 
-    monkeypatch.setattr(evaluate._Runner, "run_provider", killed_at_cuda)
+    monkeypatch.setattr(Runner, "run_provider", killed_at_cuda)
     with pytest.raises(_Killed):
         _run_next(jobs)
     store.fail(sub.job.id, "cancelled by its owner while it ran", CANCELLED)  # as the broker does once it killed it
     result = jobs.result(sub.job.id, OWNER)
     report = result["report"]
     assert [(r["provider"], r["batch"]) for r in report["results"]] == [("cpu", 2), ("cpu", 4)]
-    assert report["notes"][0] == f"{evaluate.PARTIAL_NOTE}: cpu of cpu, cuda measured"
+    assert report["notes"][0] == f"{PARTIAL_NOTE}: cpu of cpu, cuda measured"
     assert list(report["parity"]) == ["cpu"] and report["job"]["id"] == sub.job.id and report["inspection"]["name"]
     assert "The 2 result row(s) it finished are below" in status_markdown(jobs.status(sub.job.id, OWNER))
-    monkeypatch.setattr(evaluate._Runner, "run_provider", real)
+    monkeypatch.setattr(Runner, "run_provider", real)
     whole = _submit(jobs, providers="cpu,cuda", batch_sizes="2", model=mlp(tmp_path / "m.onnx"), **FAST)
     assert _run_next(jobs)["status"] == DONE
-    assert not any(evaluate.PARTIAL_NOTE in n for n in jobs.result(whole.job.id, OWNER)["report"]["notes"])
+    assert not any(PARTIAL_NOTE in n for n in jobs.result(whole.job.id, OWNER)["report"]["notes"])
 
 
 @pytest.mark.parametrize(

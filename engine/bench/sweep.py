@@ -42,8 +42,8 @@ from engine.bench.workloads import BUILTIN, BenchModel, count_flops, memory_prof
 from engine.core.device import usable_host_memory
 from engine.core.errors import one_line
 from engine.jobs.measure import measured
-from engine.onnx.evaluate import few_runs_note, latency_stats
 from engine.onnx.examples import EXAMPLES
+from engine.onnx.latency import few_runs_note, latency_stats
 from engine.onnx.timing import auto_runs_note, spread_warning, timed_count, warmup_count
 from engine.runtimes.ort_session import PROVIDERS
 from engine.runtimes.registry import COMPILE_MODES, ORT_RUNTIMES, RUNTIMES, TORCH_RUNTIMES, make_runtime

@@ -148,7 +148,7 @@ def builtin_model(name: str, cache_dir: str | os.PathLike) -> BenchModel:
 def onnx_model(path: str | os.PathLike, name: str, info: Any) -> BenchModel:
     """An ONNX model prepared and inspected by engine.onnx.inspection (`info`): ORT runtimes only, seeded
     synthetic inputs. Its batch must be free (a symbolic first dimension) so the sweep can set it."""
-    from engine.onnx.evaluate import synthetic_inputs
+    from engine.onnx.inputs import synthetic_inputs
 
     file = Path(path)
     batch_symbols = {s.shape[0] for s in info.inputs if s.shape and isinstance(s.shape[0], str)}

@@ -63,7 +63,8 @@ def _eval(args: argparse.Namespace) -> int:
     from engine.core.memory import keep_freed_memory
     from engine.core.progress import ProgressBar
     from engine.core.settings import get_settings
-    from engine.onnx.evaluate import Placement, evaluate
+    from engine.onnx.evaluate import evaluate
+    from engine.onnx.runner import Placement
     from engine.onnx.uploads import external_files, model_source, prepared
     from engine.runtimes.ort_session import stop_runs_on_interrupt
 

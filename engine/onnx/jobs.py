@@ -8,7 +8,7 @@ and the broker, so the web app and any other front end share one behaviour:
 - handle() runs in the worker: it unpacks the stored model again in a private folder, runs the evaluation on
   the worker's device and returns the report (with the inspection) as the job's result.
 Where a job runs (device id, memory share, TensorRT cache) is the server's choice, never a submitter's: it is not
-part of EvalConfig at all (engine.onnx.evaluate.Placement).
+part of EvalConfig at all (engine.onnx.runner.Placement).
 """
 
 from __future__ import annotations
@@ -21,10 +21,11 @@ from engine.jobs.kinds import JobKind
 from engine.jobs.store import CPU, Job
 from engine.jobs.worker import Progress, WorkerContext
 from engine.onnx.config import EvalConfig
-from engine.onnx.evaluate import Placement, check_request, evaluate
+from engine.onnx.evaluate import check_request, evaluate
 from engine.onnx.inspection import inspect_model
 from engine.onnx.model import Limits
 from engine.onnx.prepare import prepare_model
+from engine.onnx.runner import Placement
 from engine.onnx.uploads import model_source, prepared
 from engine.runtimes.ort_session import GPU_KEYS
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 CPU_BUDGET_S = 2.0  # timed seconds per configuration on the CPU when runs is left empty
-CPU_MIN_RUNS = 10  # the fewest with a p90 (evaluate.py PERCENTILE_MIN_RUNS); p95 needs 20, p99 100
+CPU_MIN_RUNS = 10  # the fewest with a p90 (latency.py PERCENTILE_MIN_RUNS); p95 needs 20, p99 100
 CPU_WARMUP = 1
 SPREAD_P95_OVER_P50 = 3.0
 
