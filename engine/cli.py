@@ -6,13 +6,15 @@ is the `avatarbench` console script; `python -m engine` runs this table without 
 
 Exit codes: 0 done; 1 a bug (the traceback is printed) or a command's own "no" (the doctor found a problem, a plan
 does not fit); 2 bad input (one line); 3 the machine or installation lacks something (one line; after the report,
-when a measuring command's execution provider fell back); 130 Ctrl-C; 143 SIGTERM (stopped as Ctrl-C stops it).
+when a measuring command's execution provider fell back); 130 Ctrl-C; 141 its reader went away (`| head`: the
+work is done, the rest of the text unread); 143 SIGTERM (stopped as Ctrl-C stops it).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import re
 import signal
 import sys
@@ -23,7 +25,7 @@ from engine.core.commands import Command, check_output_paths
 from engine.core.errors import AvatarbenchError, InputError
 from engine.core.options import add_arguments
 
-EXIT_INPUT, EXIT_SETUP, EXIT_INTERRUPTED, EXIT_TERMINATED = 2, 3, 130, 143
+EXIT_INPUT, EXIT_SETUP, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE, EXIT_TERMINATED = 2, 3, 130, 141, 143
 
 
 class Terminated(KeyboardInterrupt):
@@ -96,7 +98,12 @@ def main(argv: Sequence[str] | None = None, extra: Sequence[Command] = ()) -> in
     try:
         with _sigterm_as_interrupt():
             check_output_paths(args)
-            return int(args.run(args) or 0)
+            code = int(args.run(args) or 0)
+            sys.stdout.flush()  # text still buffered meets a reader that went away here, not at exit
+            return code
+    except BrokenPipeError:
+        _stdout_to_nowhere()
+        return EXIT_BROKEN_PIPE
     except InputError as exc:
         print(f"avatarbench: {exc}", file=sys.stderr)
         return EXIT_INPUT
@@ -114,6 +121,14 @@ def main(argv: Sequence[str] | None = None, extra: Sequence[Command] = ()) -> in
     except KeyboardInterrupt:
         print("avatarbench: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def _stdout_to_nowhere() -> None:
+    """`avatarbench ... | head`: the reader took what it wanted and left. Python would print a traceback for the next
+    write, and another for the text still buffered at exit; what is left goes nowhere instead (as `yes | head`)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 if __name__ == "__main__":

@@ -755,3 +755,14 @@ def test_a_one_frame_portrait_is_one_frame(tmp_path: Path, capsys) -> None:
     args = ["--source", str(assets / "face.jpg"), "--driving", str(assets / "driving-pose.jpg"), "--out", str(out)]
     assert main(["portrait", *args, "--engine", "baseline", "--quiet"]) == 0
     assert capsys.readouterr().out.startswith(f"{out}: 1 frame at 25 fps, baseline (torch) on ")
+
+
+def test_a_reader_that_goes_away_ends_the_command_without_a_traceback() -> None:
+    """`avatarbench plan llm ... | head -1`: the closed pipe was a BrokenPipeError traceback on the screen, exit 1 as
+    for a bug. Now nothing is printed and the exit status is 141, a shell's for a writer whose reader left."""
+    command = [sys.executable, "-c", CONSOLE_SCRIPT, "plan", "llm", "--gpu", "H100", "--llm", "mistral-7b"]
+    child = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert child.stdout is not None and child.stderr is not None
+    child.stdout.close()  # before it writes a line: it is still starting
+    errors = child.stderr.read().decode()
+    assert child.wait(timeout=240) == 141 and errors == ""

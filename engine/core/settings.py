@@ -392,9 +392,10 @@ DOCUMENTED: dict[str, tuple[str, str]] = {
     ),
     "KEEP_FREED_MEMORY": (
         "keep_freed_memory",
-        "1 | 0 (default 1): processes that run models (job workers, and the lipsync, portrait, bench and onnx eval "
-        "commands) keep the memory they free instead of returning it to the kernel after every layer (glibc on "
-        "Linux; elsewhere nothing changes); their RSS stays at its high-water mark; the web process never does this",
+        "1 | 0 (default 1): processes that run models (job workers, and the lipsync, avatar, portrait, bench and "
+        "onnx eval commands) keep the memory they free instead of returning it to the kernel after every layer "
+        "(glibc on Linux; elsewhere nothing changes); their RSS stays at its high-water mark; the web process never "
+        "does this",
     ),
     "WAV2LIP_CHECKPOINT": (
         "wav2lip_checkpoint",

@@ -213,7 +213,7 @@ class FileJobs(JobKind):
         stream = read_stream(stream_folder(output_path(self.settings, job)))
         if not stream.segments:
             return ""
-        return (f"; the first {stream.duration:.1f} s it streamed come from /job_stream until "
+        return (f"; the first {stream.duration:.1f} s it streamed come from /job_stream for at least "
                 f"{STREAM_KEEP_S / 60:g} minutes after it ended")  # fmt: skip
 
     def live(self, job_id: str, owner: str | None) -> LiveStream:

@@ -35,7 +35,7 @@ ORT_LAYOUT_DOMAINS = {"com.microsoft.nchwc"}
 _LARGE_MODEL_BYTES = 1 << 30
 _LISTED = 5  # names a note lists before "and N more"
 
-_FLOAT16, _BFLOAT16, _STRING = 10, 16, 8
+_FLOAT16, _BFLOAT16 = 10, 16
 
 
 def _opsets(model: onnx.ModelProto) -> dict[str, int]:
