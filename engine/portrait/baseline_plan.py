@@ -20,37 +20,30 @@ from engine.core.settings import Settings
 from engine.portrait.config import BASELINE_OPTIONS, PortraitConfig, PortraitError, is_template
 from engine.portrait.driving import IMAGE_FPS, clip_frames, driving_face_box, driving_video, warn_one_frame
 from engine.portrait.frames import Progress, image_tensor, sync
+from engine.portrait.head import Head
 from engine.portrait.weights import template_refusal
 from engine.portrait.writing import Plan
 
 
-def baseline_plan(
-    config: PortraitConfig,
-    settings: Settings,
-    source_bgr: np.ndarray,
-    box: np.ndarray,
-    detector: Any,
-    device: torch.device,
-    result: RunResult,
-    progress: Progress,
-) -> Plan:
+def baseline_plan(head: Head, progress: Progress) -> Plan:
+    config, settings, result = head.config, head.settings, head.result
     path = Path(config.driving)
     baseline_checks(config, result)
     result.precision = "fp32"  # the baseline's warp always is (the GPU's default of fp16 is LivePortrait's)
     if is_image(path):
-        return _baseline_image_plan(config, settings, source_bgr, box, detector, device, result)
+        return _baseline_image_plan(head)
     info = driving_video(path, settings)
     warn_one_frame(info, path, config, result)
     progress(0.05, "finding the driving face")
     driving_box, first_face = driving_face_box(
-        clip_frames(path, config.max_frames, settings.max_seconds), path.name, detector, result
+        clip_frames(path, config.max_frames, settings.max_seconds), path.name, head.detector, result
     )
     motion = baseline_motion(config, settings, driving_box, first_face, result, progress)
-    source = image_tensor(source_bgr, device)
-    batches = baseline_batches(config, source, box, motion.head, motion.flow, result)
-    height, width = source_bgr.shape[:2]
+    source = image_tensor(head.source_bgr, head.device)
+    batches = baseline_batches(config, source, head.box, motion.head, motion.flow, result)
+    height, width = head.source_bgr.shape[:2]
     count = motion.head.shape[0]
-    return Plan(batches, info.fps, count, info.has_audio, (width, height), device, {"backend": "torch"})
+    return Plan(batches, info.fps, count, info.has_audio, (width, height), head.device, {"backend": "torch"})
 
 
 def baseline_checks(config: PortraitConfig, result: RunResult) -> None:
@@ -112,29 +105,22 @@ def baseline_batches(
         yield out
 
 
-def _baseline_image_plan(
-    config: PortraitConfig,
-    settings: Settings,
-    source_bgr: np.ndarray,
-    box: np.ndarray,
-    detector: Any,
-    device: torch.device,
-    result: RunResult,
-) -> Plan:
+def _baseline_image_plan(head: Head) -> Plan:
     """One driving image with the baseline engine: its head pose (roll, scale, place) on the source, as one frame at
     IMAGE_FPS like LivePortrait's still driver; its expression is not transferred (that needs LivePortrait)."""
     from engine.portrait.baseline import FLOW_SIZE, pose_transfer, render_batch, still_pose
 
+    config, result, source_bgr, box, device = head.config, head.result, head.source_bgr, head.box, head.device
     path = Path(config.driving)
-    driving_bgr = load_image(path, max_side=settings.max_side)
+    driving_bgr = load_image(path, max_side=head.settings.max_side)
     with result.stage("motion", items=1):
-        driving = still_pose(driving_bgr, detector)
+        driving = still_pose(driving_bgr, head.detector)
         if driving is None:
             raise PortraitError(
                 f"no face found in the driving image {path.name}: it needs a face, upright or tilted by less than "
                 "about 40 degrees"
             )
-        source = still_pose(source_bgr, detector, box=box)
+        source = still_pose(source_bgr, head.detector, box=box)
         head, transferred = pose_transfer(source, driving, box)
     limited = "; scale and place limited to a head's movement, the driver being framed differently"
     result.warn(

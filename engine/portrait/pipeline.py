@@ -56,7 +56,7 @@ def run_portrait(
     head = run_head(config, settings, device)
     config, result = head.config, head.result
     if head.folder is None:
-        plan = baseline_plan(config, settings, head.source_bgr, head.box, head.detector, head.device, result, progress)
+        plan = baseline_plan(head, progress)
     else:
         name_unused_options(config, result)
         template = out.with_suffix(NPZ) if config.save_template else None
