@@ -514,3 +514,107 @@ def test_a_detected_card_is_planned_at_its_own_total() -> None:
     assert plan["gpu"]["memory_bytes"] == 85_000_000_000
     fit = plan_model_memory(own, 10**9, 10**6, memory_fraction=0.5)
     assert fit.budget_bytes == int(85e9 * 0.5)
+
+
+def test_a_cost_table_refuses_a_request_of_no_samples() -> None:
+    """cost_table divides by the samples a request is: unchecked, 0 would raise ZeroDivisionError and a negative size
+    give negative costs, wherever its callers' own checks do not run first."""
+    for size in (0, -250):
+        with pytest.raises(PlanError, match="samples per request must be positive"):
+            cost_table(100.0, "fp16", CATALOG["H100"], PriceBook.defaults(), samples_per_request=size)
+
+
+def test_the_model_memory_plan_counts_cards_up_predicts_at_its_batch_and_takes_a_share_of_the_card() -> None:
+    """Cards for a target are rounded up (2.5 cards' work needs 3: rounding to the nearest planned 2, short of the
+    target); the predicted memory is at the recommended batch (a power of two), not at the most that fits; a memory
+    fraction outside (0, 1] is refused, not planned past the card."""
+    t4, weights, act = CATALOG["T4"], 72_600_000, 2_000_000
+
+    def cards(target: float, per_gpu: float) -> int | None:
+        return plan_model_memory(
+            t4, weights, act, target_samples_per_s=target, samples_per_s_per_gpu=per_gpu
+        ).gpus_for_target
+
+    assert cards(5000, 2000) == 3 and cards(2100, 1000) == 3
+    small = plan_model_memory(t4, weights, act, max_batch=3000)
+    assert (small.max_batch, small.recommended_batch) == (3000, 2048)
+    assert small.predicted_bytes == weights + CUDA_CONTEXT_BYTES + 2048 * act
+    for fraction in (0, -0.5, 1.5):
+        with pytest.raises(PlanError, match=r"memory fraction must be in \(0, 1\]"):
+            plan_model_memory(t4, weights, act, memory_fraction=fraction)
+
+
+def test_calibration_takes_each_batchs_hungriest_row_whichever_comes_last() -> None:
+    """Rows of one batch in two layouts: the hungrier one sizes the plan even when the leaner one comes after it
+    (keeping the last row seen would undersize the activations whenever the report lists the hungry layout first)."""
+    from engine.bench.planner import calibration_from_report
+
+    def row(batch: int, per_sample: int) -> dict:
+        return {"status": "ok", "device": "cuda", "runtime": "eager", "precision": "fp16", "batch": batch,
+                "peak_allocated_bytes": 100 * 2**20 + batch * per_sample * 2**20}  # fmt: skip
+
+    hungry_first = [row(b, per) for b in (32, 128) for per in (2, 1)]
+    assert calibration_from_report({"results": hungry_first}, "fp16") == (2 * 2**20, 100 * 2**20)
+
+
+def test_a_sharded_plan_splits_weights_kv_cache_and_prefill_over_its_shards_by_hand() -> None:
+    """Llama-2-13B on two L4s: each shard holds half the weights, half of each token's KV cache and half the
+    prefill's hidden-sized temporaries (the last 256 tokens' fp32 logits whole), beside its runtime and NCCL's
+    buffers."""
+    spec = LLMS["llama-2-13b"]
+    plan = plan_llm(LlmRequest("L4", "llama-2-13b", count=2, max_total_tokens=4096, quantize="none"))
+    m = plan["memory"]["per_gpu"]
+    prefill = int(4095 * 5120 * 2 * 12 / 2 + 32000 * 4 * 256)  # 4095 prompt tokens, hidden 5120, vocab 32000
+    assert plan["memory"]["shards"] == 2 and m["prefill_activation_bytes"] == prefill
+    assert m["weights_bytes"] == int(llm_weight_bytes(spec) / 2)
+    budget = int(23_570_219_008 * 0.9 * 0.9)
+    kv = budget - llm_weight_bytes(spec) / 2 - (TGI_RUNTIME_BYTES + TGI_NCCL_BYTES) - prefill
+    assert plan["memory"]["kv_token_capacity"] == int(kv // (spec.kv_bytes_per_token() / 2))
+
+
+def test_the_non_flash_path_is_never_planned_past_the_card() -> None:
+    """torch's allocator stops at fraction x total with the runtime outside it, but never past the card itself: at
+    --cuda-memory-fraction 1.0 a V100's budget is its 16,160 MiB, not that plus a GiB it does not have."""
+    plan = plan_llm(LlmRequest("V100-16GB", "tinyllama-1.1b", memory_fraction=1.0))
+    assert plan["memory"]["per_gpu"]["budget_bytes"] == plan["memory"]["per_gpu"]["card_total_bytes"] == 16160 * 2**20
+
+
+def test_a_kv_cache_of_exactly_the_tokens_needed_fits_and_says_how_many_requests_it_holds() -> None:
+    """With 1000-token prompts the warm-up prefill, so the KV room, stays the same whatever --max-total-tokens is:
+    8,405 tokens on an L4 for Llama-2-7B. Asking for exactly that many fits (a strict ">" would say not); one more
+    does not. The reason counts whole requests (4 of 2000 tokens, not 4.2025)."""
+    budget = int(23_570_219_008 * 0.9 * 0.9)
+    prefill = 1000 * 4096 * 2 * 12 + 32000 * 4 * 256
+    capacity = (budget - llm_weight_bytes(LLMS["llama-2-7b"]) - TGI_RUNTIME_BYTES - prefill) // 524_288
+    assert capacity == 8405
+
+    def plan(total: int) -> dict:
+        return plan_llm(LlmRequest("L4", "llama-2-7b", max_input_tokens=1000, max_total_tokens=total, quantize="none"))
+
+    exact, over = plan(capacity), plan(capacity + 1)
+    assert exact["fits"] and exact["memory"]["kv_token_capacity"] == capacity
+    assert not over["fits"] and over["memory"]["kv_token_capacity"] == capacity
+    reason = plan(2000)["reasons"][0]
+    assert reason.startswith("the KV cache holds about 8,405 tokens per replica: 4 concurrent requests at --max-total")
+
+
+def test_auto_never_plans_4_bit_weights_on_a_card_without_marlin() -> None:
+    """AWQ and GPTQ run on TGI's Marlin kernels (compute capability 8.0+): auto tries them only where they run.
+    Llama-2-13B does not fit a T4 at 16 or 8 bits; trying AWQ there would say it fits, with weights the T4 cannot
+    run, and no warning (the Marlin one is for a quantization asked for)."""
+    plan = plan_llm(LlmRequest("T4", "llama-2-13b"))
+    assert not plan["fits"] and [f["quantize"] for f in plan["considered"]] == ["none", "bitsandbytes"]
+    assert plan["flags"]["--quantize"] == "bitsandbytes"
+
+
+def test_every_card_is_in_the_cost_table_or_named_as_unpriced_never_both() -> None:
+    """A card measured but unpriced has its row (its measured throughput, no cost): the notes' "left out, with no
+    price" must not name it too, as they did when unpriced_cards ignored the measured card."""
+    from engine.bench.planner import unpriced_cards
+
+    book = PriceBook.defaults()
+    measured = CATALOG["H100-PCIe"]  # no indicative price
+    shown = {r["gpu"] for r in cost_table(10.0, "fp16", measured, book)}
+    left_out = unpriced_cards(book, measured)
+    assert "H100-PCIe" in shown and "H100-PCIe" not in left_out and "H200-NVL" in left_out
+    assert shown.isdisjoint(left_out) and shown | set(left_out) == set(CATALOG)
