@@ -144,6 +144,84 @@ def test_safetensors_headers_count_any_model_exactly(tmp_path: Path) -> None:
         spec_from_config(folder)
 
 
+# The checkpoints' own counts, as their .safetensors headers (and the Hub) give them: the layer rule gives exactly
+# these, so a norm, bias, router or head norm miscounted shows here, not within the published counts' rounding.
+COUNTED = {
+    "mistral-7b": 7_241_732_096,
+    "llama-2-7b": 6_738_415_616,
+    "gemma-2b": 2_506_172_416,
+    "qwen2-7b": 7_615_616_512,
+    "phi-3-mini": 3_821_079_552,
+    "mixtral-8x7b": 46_702_792_704,
+    "gemma-3-1b": 999_885_952,
+}
+
+
+@pytest.mark.parametrize("name", COUNTED)
+def test_parameters_estimated_from_a_config_are_the_checkpoints_exact_counts(tmp_path: Path, name: str) -> None:
+    """Within 0.2% of the rounded published sizes let a Mixtral without its router (1 million parameters) or a Gemma
+    3 without its query and key norms pass: the exact counts do not."""
+    assert spec_from_config(_config(tmp_path, PUBLISHED[name][0])).parameters == COUNTED[name]
+
+
+def test_attention_and_mlp_biases_are_counted_where_the_config_has_them(tmp_path: Path) -> None:
+    """A llama-family config's attention_bias adds the q, k, v and o projections' biases to each layer, mlp_bias the
+    gate, up and down projections' (transformers' LlamaAttention and LlamaMLP)."""
+    llama = PUBLISHED["llama-2-7b"][0]
+    plain = spec_from_config(_config(tmp_path / "plain", llama)).parameters
+    attention = spec_from_config(_config(tmp_path / "attention", {**llama, "attention_bias": True})).parameters
+    mlp = spec_from_config(_config(tmp_path / "mlp", {**llama, "mlp_bias": True})).parameters
+    assert attention - plain == 32 * 4 * 4096  # 32 heads x 128 = 4096 for each of q, k, v (no GQA) and o
+    assert mlp - plain == 32 * (2 * 11008 + 4096)  # gate and up: 11008 each; down: 4096
+
+
+def test_a_quantized_checkpoint_is_sized_from_its_shape_not_its_packed_tensors(tmp_path: Path) -> None:
+    """An AWQ checkpoint's headers hold int32 words of eight 4-bit weights each, and the Hub counts those words: either
+    count, taken as parameters, would size its weights at about an eighth of what loads. The shape's unquantized count
+    is what the planner's bytes per parameter apply to."""
+    awq = {**MISTRAL, "quantization_config": {"quant_method": "AWQ", "bits": 4, "group_size": 128}}  # any case
+    folder = tmp_path / "awq"
+    _config(folder, awq)
+    save_file({"model.layers.0.mlp.up_proj.qweight": torch.zeros(4096, 1792, dtype=torch.int32)},
+              folder / "model.safetensors")  # fmt: skip
+    spec = spec_from_config(folder)
+    assert spec.checkpoint_quantize == "awq" and spec.parameters == COUNTED["mistral-7b"]
+    assert spec.parameters_basis.startswith("estimated from config.json's shape")
+    assert spec_from_config(folder / "config.json", hub_count=(1_000_000, False)).parameters == COUNTED["mistral-7b"]
+
+
+def test_an_output_head_is_found_under_a_multimodal_models_prefix(tmp_path: Path) -> None:
+    """LLaVA's checkpoints keep the language model's head as language_model.lm_head.weight: its embeddings are not
+    tied, as a bare lm_head.weight says (looking for the bare name alone would call them tied: a quantized plan then
+    kept one of its two vocab-sized matrices in fp16, not both)."""
+    config = dict(model_type="gpt_neox", hidden_size=4, num_hidden_layers=1, num_attention_heads=2, vocab_size=10,
+                  max_position_embeddings=64)  # fmt: skip
+    for head, tied in (("language_model.lm_head.weight", False), ("language_model.model.norm.weight", True)):
+        folder = tmp_path / str(tied)
+        _config(folder, config)
+        save_file({"language_model.model.embed_tokens.weight": torch.zeros(10, 4), head: torch.zeros(10, 4)},
+                  folder / "model.safetensors")  # fmt: skip
+        assert spec_from_config(folder).tied_embeddings is tied
+
+
+def test_files_that_are_not_what_their_names_say_are_refused_saying_so(tmp_path: Path) -> None:
+    """A config.json past 4 MiB is no model's config (it is refused unread), and a .safetensors file shorter than its
+    8-byte length has no header (said so, not as a JSON parser's complaint)."""
+    big = tmp_path / "big" / "config.json"
+    big.parent.mkdir()
+    with big.open("wb") as f:
+        f.truncate(4 * 2**20 + 1)
+    with pytest.raises(LlmConfigError, match=r"config\.json is 4,194,305 bytes: a model's config\.json is a few KiB"):
+        spec_from_config(big)
+    config = dict(model_type="gpt_neox", hidden_size=4, num_hidden_layers=1, num_attention_heads=2, vocab_size=10,
+                  max_position_embeddings=64)  # fmt: skip
+    folder = tmp_path / "short"
+    _config(folder, config)
+    (folder / "model.safetensors").write_bytes(b"abc")
+    with pytest.raises(LlmConfigError, match=r"^model\.safetensors is not a \.safetensors file \(no header\)$"):
+        spec_from_config(folder)
+
+
 def test_the_launch_line_names_the_model_or_says_it_cannot(tmp_path: Path) -> None:
     unnamed = {k: v for k, v in MISTRAL.items() if k != "_name_or_path"}
     snapshot = tmp_path / "hub" / "models--mistralai--Mistral-7B-Instruct-v0.2" / "snapshots" / "41b61a3"
@@ -152,6 +230,9 @@ def test_the_launch_line_names_the_model_or_says_it_cannot(tmp_path: Path) -> No
     plan = plan_llm(LlmRequest("L4", config=_config(tmp_path / "upload-3f2a", unnamed)))
     assert f"--model-id {MODEL_ID_PLACEHOLDER} " in plan["launch"]  # an upload's folder is the server's, not a name
     assert any("does not say which model it describes" in w for w in plan["warnings"])
+    # a path written as the config's name is no Hub id either: OWNER/NAME has one slash
+    plan = plan_llm(LlmRequest("L4", config=_config(tmp_path / "run", {**MISTRAL, "_name_or_path": "runs/3/final"})))
+    assert f"--model-id {MODEL_ID_PLACEHOLDER} " in plan["launch"]
 
 
 def test_an_fp8_kv_cache_halves_the_bytes_per_token_on_the_flash_path_only(tmp_path: Path) -> None:
@@ -191,6 +272,11 @@ def test_a_checkpoint_quantized_ahead_of_time_is_planned_as_tgi_loads_it(tmp_pat
         ({**MISTRAL, "hidden_size": "4096"}, "hidden_size is '4096': a whole number of at least 1 is expected"),
         ({**MISTRAL, "num_key_value_heads": 5}, "32 attention heads do not share out over 5 key/value heads"),
         ({**MISTRAL, "intermediate_size": None}, "has no intermediate_size"),
+        # a zero or a JSON true is no count (zero heads would crash with ZeroDivisionError, true plan one layer)
+        ({**MISTRAL, "num_attention_heads": 0}, "num_attention_heads is 0: a whole number of at least 1 is expected"),
+        ({**MISTRAL, "num_hidden_layers": True}, "num_hidden_layers is True: a whole number of at least 1 is expected"),
+        # heads of 4100 / 32 = 128.125 dimensions: no head_dim to say otherwise, so no shape (not 128 by floor)
+        ({**MISTRAL, "hidden_size": 4100}, "hidden_size 4100 is not a multiple of 32 heads and no head_dim is given"),
         ([1, 2], "is not a JSON object"),
         # the folder is the command line's: an upload (the tab, the API) is the one file
         (
