@@ -62,6 +62,7 @@ def test_catalog_lookup_and_features() -> None:
         ("nvidia  h100 pcie", "H100-PCIe"),  # case and spacing do not matter
         ("H100 NVL", "H100-NVL"),  # nor the vendor's prefix
         ("h100-pcie", "H100-PCIe"),  # a catalog key
+        ("H100 80GB HBM3", "H100"),  # a whole NVML name without the vendor's prefix (no alias names the SXM module)
     ],
 )
 def test_each_hopper_board_is_found_by_its_nvml_name(nvml_name: str, key: str) -> None:
@@ -618,3 +619,54 @@ def test_every_card_is_in_the_cost_table_or_named_as_unpriced_never_both() -> No
     left_out = unpriced_cards(book, measured)
     assert "H100-PCIe" in shown and "H100-PCIe" not in left_out and "H200-NVL" in left_out
     assert shown.isdisjoint(left_out) and shown | set(left_out) == set(CATALOG)
+
+
+def test_the_longest_alias_names_the_board() -> None:
+    """The alias "RTX 4090" is a whole token of "RTX 4090 D" too: the 4090 D (fewer cores, its own rates) is named by
+    the longest alias that matches; the shortest would have given it the 4090's rates."""
+    assert find_gpu("NVIDIA GeForce RTX 4090 D").key == "RTX-4090D-48GB"
+    assert find_gpu("NVIDIA GeForce RTX 4090").key == "RTX-4090"
+
+
+def test_tensor_cores_and_fp8_start_where_nvidia_put_them() -> None:
+    """Tensor cores from Volta (7.0), FP8 from Ada (8.9): one step later, a V100 plan would be warned "no tensor cores"
+    and steered to fp32, and FP8 weights on an L4 warned that it may not run them."""
+    v100 = plan_model_memory(CATALOG["V100-16GB"], 72_600_000, 2_000_000, "fp16")
+    assert v100.recommended_precision == "fp16" and not any("tensor cores" in w for w in v100.warnings)
+    ada = plan_llm(LlmRequest("L4", "mistral-7b", quantize="fp8"))
+    assert ada["flags"]["--quantize"] == "fp8" and not any("FP8 weights need" in w for w in ada["warnings"])
+
+
+def test_a_reports_card_keeps_its_capability_and_a_total_it_lacks_is_the_catalogs() -> None:
+    """A report's "8.6" is compute capability (8, 6), not (6, 8); a report that gives no usable total (missing, or 0) is
+    planned at the catalog's total for its card, not at 0 bytes."""
+    from engine.bench.catalog import Gpu, report_gpu
+
+    def report(**gpu: object) -> dict:
+        return {"machine": {"gpu": {"name": "NVIDIA GeForce RTX 3080", **gpu}}}
+
+    uncatalogued = report_gpu(report(memory_bytes=10 * 2**30, compute_capability="8.6"))
+    assert (
+        uncatalogued.key == "detected" and uncatalogued.compute_capability == (8, 6) and uncatalogued.supports("bf16")
+    )
+    for memory in ({}, {"memory_bytes": 0}):
+        a100 = report_gpu({"machine": {"gpu": {"name": "NVIDIA A100-SXM4-80GB", **memory}}})
+        assert a100.key == "A100-80GB" and a100.memory_bytes == CATALOG["A100-80GB"].memory_bytes == 85_100_068_864
+    # an entry with neither total knows the box's size, in GB of 10^9 bytes
+    bare = Gpu("x", "x", 24, 0.0, dict.fromkeys(("fp32", "tf32", "fp16", "bf16", "int8")), (8, 0), False)
+    assert bare.memory_bytes == 24 * 10**9
+
+
+def test_a_price_files_changes_keep_an_edited_source_of_an_unchanged_price(tmp_path) -> None:
+    """A visitor who corrects only where a price came from saves that correction: comparing prices alone would drop
+    it, and the catalog's source would come back on the next load."""
+    base = PriceBook.defaults()
+    edited = PriceBook.load()
+    edited.update({"T4": base.prices["T4"]}, {"T4": "my provider's invoice, 2026-12"})
+    own = tmp_path / "own.json"
+    edited.save(own, base)
+    assert json.loads(own.read_text()) == {
+        "prices": {"T4": base.prices["T4"]},
+        "sources": {"T4": "my provider's invoice, 2026-12"},
+    }
+    assert PriceBook.load(own).sources["T4"] == "my provider's invoice, 2026-12"
