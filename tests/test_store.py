@@ -519,3 +519,48 @@ def test_a_process_forked_while_a_store_writes_can_still_write(tmp_path: Path) -
     _, status = os.waitpid(pid, 0)
     store.close()
     assert os.waitstatus_to_exitcode(status) == 0, "the forked process could not take SQLite's write lock"
+
+
+def test_an_owners_queue_numbers_its_jobs_among_everyones(store: JobStore) -> None:
+    """Bob's one job behind two of Alice's is third in line: counting his own jobs only would say first, and he would
+    wait for a start that is two jobs away."""
+    for _ in range(2):
+        store.submit("onnx_eval", {}, "cpu", owner="alice")
+    bobs = store.submit("onnx_eval", {}, "cpu", owner="bob")
+    assert [(j.id, j.position) for j in store.queue("bob")] == [(bobs.id, 3)]
+
+
+@pytest.mark.parametrize("workers", [9, 11, 21, 42])
+def test_n_shares_of_one_nth_fill_a_device_whatever_their_rounding(store: JobStore, workers: int) -> None:
+    """Eight ninths added up by SQLite, plus the ninth, come to a whisker over 1 in floating point (so do 10 of 1/11,
+    20 of 1/21, 41 of 1/42): without the slack the last of N workers per GPU would never start."""
+    jobs = [store.submit("onnx_eval", {}, "cuda:0", share=1 / workers) for _ in range(workers)]
+    claimed = [store.claim_next("cuda:0", max_running=workers) for _ in range(workers)]
+    assert [j.id for j in claimed if j is not None] == [j.id for j in jobs]
+
+
+def test_a_share_over_the_whole_device_is_refused(store: JobStore) -> None:
+    """A job's share is at most its whole device: 1.5 of one would never start (it could not fit even alone)."""
+    with pytest.raises(StoreError, match=r"a job's share of its device is in \(0, 1\], not 1.5"):
+        store.submit("onnx_eval", {}, "cuda:0", share=1.5)
+
+
+def test_a_late_progress_report_leaves_a_finished_job_as_it_ended(store: JobStore) -> None:
+    """A progress callback that arrives after the job ended must not move it back from 100% (or relabel it)."""
+    job = store.submit("onnx_eval", {}, "cpu")
+    store.claim_next("cpu")
+    store.update_progress(job.id, 0.5, "batch 1/2")
+    store.finish(job.id, {})
+    store.update_progress(job.id, 0.7, "batch 2/2")
+    done = store.get(job.id)
+    assert (done.status, done.progress, done.progress_label) == (DONE, 1.0, "batch 1/2")
+
+
+def test_statuses_by_id_prefix_match_only_the_start_of_an_id(store: JobStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A split job's folder names its job by the start of its id: text found in the middle of another job's id is
+    not that job (it would keep a stopped job's folder, or sweep one whose job is unknown)."""
+    import engine.jobs.store
+
+    monkeypatch.setattr(engine.jobs.store.secrets, "token_hex", lambda n: "0123456789ab")
+    store.submit("onnx_eval", {}, "cpu")
+    assert store.statuses("012345") == {QUEUED} and store.statuses("456789") == set()
