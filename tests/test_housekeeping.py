@@ -334,3 +334,57 @@ def test_uploads_a_killed_run_left_are_swept_at_start(tmp_path: Path) -> None:
     assert sweep_uploads(tmp_path, 6 * 3600) == 1
     assert not old.parent.exists() and fresh.exists()
     assert sweep_uploads(tmp_path / "missing", 60) == 0
+
+
+def test_a_job_without_files_says_why_it_has_none(settings: Settings, store: JobStore) -> None:
+    """A failed job never made its files (not "they come once it is done": they never will), and a done job whose
+    report names no file made none (not "they were removed")."""
+    from engine.lipsync.jobs import LipSyncJobs
+
+    jobs = LipSyncJobs(Broker(store, {}, {"cpu": 1}), settings)
+    failed = store.submit("lipsync", {"options": {}, "files": {}}, "cpu")
+    store.fail(failed.id, "no face found")
+    with pytest.raises(
+        InputError, match=rf"^job {failed.id} failed \(no face found\) and has no files: only a finished"
+    ):
+        jobs.output_files(failed.id, owner="")
+    bare = store.submit("lipsync", {"options": {}, "files": {}}, "cpu")
+    store.claim_next("cpu")
+    store.finish(bare.id, {"outputs": {}})
+    with pytest.raises(InputError, match=rf"^job {bare.id} made no files: its report \(/job_result\) is what it made$"):
+        jobs.output_files(bare.id, owner="")
+
+
+def test_a_file_job_refused_by_its_owners_queue_limit_stores_none_of_its_files(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """The limit is checked before the uploads are stored: a refused request would otherwise leave its face and
+    speech in the blob store, named by no job, until the budget swept them."""
+    from dataclasses import replace
+
+    from engine.jobs.store import QueueFull
+    from engine.lipsync.config import LipSyncConfig
+    from engine.lipsync.jobs import LipSyncJobs
+
+    root = Path(__file__).resolve().parent.parent
+    capped = replace(settings, max_queued_jobs=1)
+    with JobStore(tmp_path / "jobs.db", tmp_path / "blobs") as store:
+        store.submit("lipsync", {"options": {}, "files": {}}, "cpu", owner="alice")
+        jobs = LipSyncJobs(Broker(store, {}, {"cpu": 1}), capped)
+        config = LipSyncConfig(root / "assets" / "face.jpg", root / "assets" / "speech.wav", engine="baseline")
+        with pytest.raises(QueueFull, match="you have 1 jobs waiting"):
+            jobs.submit(config, "alice")
+        assert not [p for p in store.blobs_dir.rglob("*") if p.is_file()]
+
+
+def test_a_stored_input_is_staged_in_its_own_folder_whatever_its_recorded_name(store: JobStore, tmp_path: Path) -> None:
+    """Only the name's last part is used: a record naming an input "../../x.png" still stages it in the job's private
+    folder, never a link written outside it."""
+    from engine.jobs.kinds import staged_inputs
+
+    sha = _blob(store, tmp_path, b"a face")
+    work = tmp_path / "work"
+    with staged_inputs(store, {"face": {"sha256": sha, "name": "../../x.png"}}, work) as staged:
+        assert staged["face"].name == "x.png" and staged["face"].parent.name == "face"
+        assert staged["face"].parent.parent.parent == work and staged["face"].read_bytes() == b"a face"
+    assert not (tmp_path / "x.png").exists() and not (work / "x.png").exists()

@@ -275,3 +275,41 @@ def test_one_owner_may_have_only_so_many_jobs_waiting(settings: Settings, tmp_pa
         jobs.cancel(second.id, OWNER)
         assert _submit(jobs, model=model).job
         assert len([j for j in store.queue(OWNER) if j.status == QUEUED]) == 2
+
+
+def test_a_kinds_reads_show_its_owner_only_their_jobs_of_its_kind_and_their_place_in_line(
+    store: JobStore, settings: Settings
+) -> None:
+    """The queue lists the owner's jobs of this kind only (not another owner's, not a sweep's); a queued job's status
+    counts the jobs ahead of it among everyone's and, first in line or not, what runs on its device; cancelling a
+    sweep through the ONNX kind is "not of kind" and leaves it queued."""
+    jobs = _jobs(store, settings)
+    theirs = [store.submit(KIND, {}, CPU, owner="someone else") for _ in range(2)]
+    mine = store.submit(KIND, {}, CPU, owner=OWNER)
+    sweep = store.submit("bench", {}, CPU, owner=OWNER)
+    assert [j["id"] for j in jobs.queue(OWNER)] == [mine.id]
+    waiting = jobs.status(mine.id, OWNER)
+    assert (waiting["position"], waiting["ahead"], waiting["running"]) == (3, 2, 0)
+    assert store.claim_next(CPU).id == theirs[0].id
+    waiting = jobs.status(mine.id, OWNER)
+    assert (waiting["position"], waiting["ahead"], waiting["running"]) == (2, 1, 1)
+    running = jobs.status(theirs[0].id, None)  # the operator's view of a running job: nothing to wait for
+    assert (running["status"], running["position"], running["ahead"], running["running"]) == ("running", None, 0, 0)
+    with pytest.raises(StoreError, match=r"not of kind onnx_eval \(it is bench\)"):
+        jobs.cancel(sweep.id, OWNER)
+    assert store.get(sweep.id).status == QUEUED
+
+
+def test_the_queue_view_shows_your_jobs_in_full_and_everyone_elses_as_counts(store: JobStore) -> None:
+    """Another owner's jobs are counts only, queued and running apart; the operator (None) sees every job in full."""
+    from engine.jobs.kinds import queue_view
+
+    alice = [store.submit(KIND, {}, CPU, owner="alice") for _ in range(3)]
+    bob = store.submit(KIND, {}, CPU, owner="bob")
+    store.claim_next(CPU)  # alice's first runs; two of hers and bob's wait
+    view = queue_view(store, "bob")
+    assert [j["id"] for j in view["yours"]] == [bob.id] and view["yours"][0]["position"] == 3
+    assert (view["others_queued"], view["others_running"]) == (2, 1)
+    everyone = queue_view(store, None)
+    assert [j["id"] for j in everyone["yours"]] == [*(j.id for j in alice), bob.id]
+    assert (everyone["others_queued"], everyone["others_running"]) == (0, 0)
