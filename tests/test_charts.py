@@ -618,8 +618,9 @@ def test_a_cpu_configuration_is_priced_at_the_cpu_price_and_unpriced_cards_are_n
         assert "give the CPU machine's" not in notes
         rows, notes = handler["price_configuration"](job_id, label, 250, "", request)
         assert "CPU (measured)" not in [r[0] for r in rows] and "give the CPU machine's **$/hour**" in notes
-        with pytest.raises(gr.Error, match=r"cpu price per hour -1 is outside"):
-            handler["price_configuration"](job_id, label, 250, "-1", request)
+        for price in ("-1", "0"):  # a price of 0 priced nothing: its row read as unpriced
+            with pytest.raises(gr.Error, match=rf"cpu price per hour {price} is outside 0.001..10000"):
+                handler["price_configuration"](job_id, label, 250, price, request)
 
 
 def test_a_gpu_configuration_that_fell_back_to_the_cpu_is_priced_as_the_cpu(tmp_path: Path, model) -> None:

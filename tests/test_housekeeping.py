@@ -372,7 +372,7 @@ def test_a_file_job_refused_by_its_owners_queue_limit_stores_none_of_its_files(
         store.submit("lipsync", {"options": {}, "files": {}}, "cpu", owner="alice")
         jobs = LipSyncJobs(Broker(store, {}, {"cpu": 1}), capped)
         config = LipSyncConfig(root / "assets" / "face.jpg", root / "assets" / "speech.wav", engine="baseline")
-        with pytest.raises(QueueFull, match="you have 1 jobs waiting"):
+        with pytest.raises(QueueFull, match="you have 1 job waiting"):
             jobs.submit(config, "alice")
         assert not [p for p in store.blobs_dir.rglob("*") if p.is_file()]
 

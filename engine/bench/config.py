@@ -238,7 +238,7 @@ class CostConfig(Config):
     samples_per_request: float = option(1.0, help="e.g. 250 frames per 10 s video", low=1e-6, high=1e9)
     cpu_price_per_hour: float | None = option(
         None, help="dollars per hour of the CPU machine it was measured on (with --measured-on cpu): prices the "
-        "measurement itself beside the cards", low=0.0, high=1e4,
+        "measurement itself beside the cards", low=0.001, high=1e4,
     )  # fmt: skip
 
     def problems(self) -> list[str]:

@@ -50,6 +50,7 @@ from typing import IO, Any
 from weakref import WeakSet
 
 from engine.core.errors import InputError, SetupError
+from engine.core.words import counted
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ os.register_at_fork(
 )
 
 _SCHEMA_VERSION = 2
-_SHARE_SLACK = 1e-6  # seven shares of 1/7 add up to a whisker over 1 in floating point
+_SHARE_SLACK = 1e-6  # N shares of 1/N may add up to a whisker over 1 in floating point (ninths do in SQLite)
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -97,8 +98,8 @@ class QueueLimits:
     def check(self, mine: int, everyone: int) -> None:
         if mine >= self.per_owner:
             raise QueueFull(
-                f"you have {mine} jobs waiting in the queue, the most one person may have at once ({self.per_owner}, "
-                "AVATARBENCH_MAX_QUEUED_JOBS): queue more when they start, or cancel some"
+                f"you have {counted(mine, 'job')} waiting in the queue, the most one person may have at once "
+                f"({self.per_owner}, AVATARBENCH_MAX_QUEUED_JOBS): queue more when they start, or cancel some"
             )
         if everyone >= self.total:
             raise QueueFull(
@@ -605,10 +606,8 @@ class JobStore:
 
     def result_bytes(self, device: str, but: str) -> int:
         """The results' size of every job queued under `device` but owner `but`'s."""
-        with self._tx() as c:
-            (total,) = c.execute(
-                "SELECT COALESCE(SUM(LENGTH(result)), 0) FROM jobs WHERE device = ? AND owner IS NOT ?", (device, but)
-            ).fetchone()
+        sql = "SELECT COALESCE(SUM(LENGTH(result)), 0) FROM jobs WHERE device = ? AND owner IS NOT ?"
+        ((total,),) = self._read(sql, (device, but))  # a read: no write lock taken
         return int(total)
 
     def fail(self, job_id: str, error: str, status: str = FAILED) -> bool:
