@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import cv2
@@ -323,6 +324,11 @@ def test_tracker_pads_and_clips() -> None:
     assert track.box == (200, 100, 290, 200)
 
 
+def test_the_tracker_pads_as_upstreams_default() -> None:
+    """Without pads given, the box takes Wav2Lip's default --pads 0 10 0 0: 10 pixels more below the chin."""
+    assert FaceTracker(smooth=False).update(_det(10, 20, 110, 150), (200, 300, 3)).box == (10, 20, 110, 160)
+
+
 def test_tracker_truncates_then_pads_as_upstream() -> None:
     """Upstream clips the detection at 0 and truncates it to whole pixels (int()), then pads and clips: a box at
     10.9 stays at 10 (rounding would give 11), and a negative pad takes pixels off."""
@@ -388,6 +394,16 @@ def test_tracker_holds_the_box_through_short_gaps_then_passes_through() -> None:
     assert tracker.update(_det(400, 50, 500, 180), SHAPE).box == (400, 50, 500, 180)
 
 
+def test_a_face_back_near_its_old_place_after_a_long_gap_is_not_smoothed_towards_it() -> None:
+    """A gap past max_gap resets the smoother as well as the held box: a face back 4 px from where it was (jitter
+    to the smoother, which would move a sixth of the way) is at its own detection, not blended with a face gone for
+    longer than any hold-over."""
+    tracker = FaceTracker(pads=(0, 0, 0, 0), max_gap=2)
+    tracker.update(_det(100, 100, 220, 250), SHAPE)
+    assert [tracker.update(NONE, SHAPE).box is None for _ in range(3)] == [False, False, True]
+    assert tracker.update(_det(104, 100, 224, 250), SHAPE).box == (104, 100, 224, 250)
+
+
 def test_a_scene_cut_ends_the_hold_over() -> None:
     """A cut to a shot without a face got the last shot's box, and a pasted mouth, for up to max_gap frames; a new
     shot's face starts a fresh track."""
@@ -421,6 +437,18 @@ def test_scene_cuts_are_changes_of_shot_not_motion() -> None:
     assert float(np.abs(thumbnail(face) - thumbnail(grey)).mean()) < CUT_THRESHOLD / 10
 
 
+def test_heavy_camera_noise_is_not_a_scene_cut() -> None:
+    """The thumbnail area-averages about 100 pixels a side, so grain (dim light, a high ISO) averages out; one
+    sampled from far fewer pixels keeps each pixel's noise and calls every frame of a grainy 720p shot a cut."""
+    from engine.faces.tracking import SceneCuts
+
+    rng = np.random.default_rng(0)
+    grain = [np.clip(rng.normal(128, 60, (720, 1280, 1)), 0, 255).astype(np.uint8) for _ in range(3)]
+    grainy = [np.repeat(g, 3, axis=2) for g in grain]  # luminance grain: averaging the channels does not help
+    cuts = SceneCuts()
+    assert [cuts(frame) for frame in grainy] == [False, False, False]
+
+
 def test_tracker_fixed_box_overrides_detection() -> None:
     tracker = FaceTracker(fixed_box=(-10, 5, 700, 100))
     for dets in (_det(100, 100, 220, 250), NONE):
@@ -431,6 +459,20 @@ def test_tracker_fixed_box_overrides_detection() -> None:
         FaceTracker(fixed_box=(10, 10, 5, 20))
 
 
+@pytest.mark.parametrize(
+    "options, accepted",
+    [
+        ({"fixed_box": (10, 10, 10, 20)}, "x2 > x1"),  # no width: every frame would pass through
+        ({"fixed_box": (10, 20, 30, 20)}, "y2 > y1"),
+        ({"max_gap": -1}, ">= 0"),
+    ],
+)
+def test_a_tracker_with_an_empty_fixed_box_or_a_negative_gap_is_refused(options: dict, accepted: str) -> None:
+    """A box of no width or height, or a negative hold-over, is a mistake to say, not one to run with."""
+    with pytest.raises(FaceError, match=re.escape(accepted)):
+        FaceTracker(**options)
+
+
 def test_a_fixed_box_with_nothing_inside_says_why() -> None:
     from engine.faces.tracking import check_fixed_box
 
@@ -439,3 +481,19 @@ def test_a_fixed_box_with_nothing_inside_says_why() -> None:
     with pytest.raises(FaceError, match=r"600,0,700,100 .* lies outside the 512x512 picture"):
         check_fixed_box((600, 0, 700, 100), 512, 512)
     check_fixed_box((0, 0, 2, 2), 512, 512)
+    for thin in ((0, 0, 1, 100), (0, 0, 100, 1)):  # 2 pixels both ways: one pixel wide or high is too little
+        with pytest.raises(FaceError, match="leaves under 2x2 pixels"):
+            check_fixed_box(thin, 512, 512)
+    with pytest.raises(FaceError, match="leaves under 2x2 pixels of the 512x512"):  # at the edge is still inside
+        check_fixed_box((511, 511, 512, 512), 512, 512)
+
+
+def test_a_fixed_box_past_the_picture_says_what_it_is_clipped_to() -> None:
+    """The warning names the box that is used: x clipped to the width, y to the height (a 640x360 picture)."""
+    from engine.faces.tracking import clipped_box_warning
+
+    assert clipped_box_warning((-5, -2, 700, 400), 640, 360) == (
+        "the face box -5,-2,700,400 reaches past the 640x360 picture: it is clipped to 0,0,640,360"
+    )
+    assert clipped_box_warning((0, 0, 640, 360), 640, 360) is None
+    assert clipped_box_warning((0, 0, 640, 361), 640, 360) is not None
