@@ -126,3 +126,109 @@ def test_the_engine_finds_the_lips_and_leaves_silence_untouched() -> None:
     assert coverage[edge].max() == 0 and coverage.max() == 1  # changes stay inside the box: no seam at its edge
     changed = np.abs(opened - crops[1]).max(-1) > 0
     assert not changed[coverage == 0].any()
+
+
+SKIN = (110, 140, 190)  # BGR
+
+
+def _face_crop(lips: float, lip_bgr: tuple, size: int = 160, extra: dict | None = None) -> np.ndarray:
+    """A plain skin-coloured crop with a 6-row lip line across the middle at row fraction `lips`; `extra` maps
+    (row from, row to, column from, column to) fractions to a colour painted there (a shadow, a nostril)."""
+    crop = np.zeros((size, size, 3), np.uint8)
+    crop[:] = SKIN
+    row = round(lips * size)
+    crop[row - 3 : row + 3, round(0.3 * size) : round(0.7 * size)] = lip_bgr
+    for (r0, r1, c0, c1), bgr in (extra or {}).items():
+        crop[round(r0 * size) : round(r1 * size), round(c0 * size) : round(c1 * size)] = bgr
+    return crop
+
+
+def _same_luma_redder(bgr: tuple) -> tuple:
+    """A colour of the same YCrCb luma as `bgr` but redder (higher Cr)."""
+    ycc = cv2.cvtColor(np.uint8([[bgr]]), cv2.COLOR_BGR2YCrCb).astype(int)
+    ycc[0, 0, 1] += 25
+    return tuple(int(v) for v in cv2.cvtColor(np.clip(ycc, 0, 255).astype(np.uint8), cv2.COLOR_YCrCb2BGR)[0, 0])
+
+
+@pytest.mark.parametrize("lips", [0.58, 0.70])
+def test_the_mouth_line_follows_darkness_and_redness_each_alone(lips: float) -> None:
+    """Either cue finds lips away from the box prior (0.64): a faint dark line on a grey face (15 grey levels),
+    and on a colour face a line only redder than the skin, not darker. A cue read with the wrong sign, or a faint
+    one taken for a flat profile, leaves the prior."""
+    grey = cv2.cvtColor(cv2.cvtColor(_face_crop(lips, SKIN), cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
+    grey[round(lips * 160) - 3 : round(lips * 160) + 3, 48:112] -= 15
+    assert abs(mouth_line(grey) - lips) < 0.01
+    assert abs(mouth_line(_face_crop(lips, _same_luma_redder(SKIN))) - lips) < 0.01
+
+
+def test_the_mouth_line_is_not_pulled_by_shadows_beside_it_or_a_bright_lip() -> None:
+    """The cues are read across the face's middle fifth only, so cheek shadows beside the nose do not move the
+    line; a highlight (a glossy lip, teeth) is no evidence against a row; and a nostril darker than the lips but
+    far above the prior counts for much less than they do."""
+    lips, lip = 0.68, (70, 80, 150)
+    shadows = {(0.55, 0.58, 0.12, 0.36): (40, 50, 70), (0.55, 0.58, 0.64, 0.88): (40, 50, 70)}
+    assert abs(mouth_line(_face_crop(lips, lip, extra=shadows)) - lips) < 0.01
+    highlight = {(0.56, 0.58, 0.3, 0.7): (235, 240, 250)}
+    assert abs(mouth_line(_face_crop(lips, lip, extra=highlight)) - lips) < 0.01
+    nostril = {(0.55, 0.57, 0.42, 0.58): (20, 20, 30)}
+    assert abs(mouth_line(_face_crop(0.66, lip, extra=nostril)) - 0.66) < 0.03
+
+
+def test_a_plain_crop_gives_the_box_prior() -> None:
+    """No cue at all (a flat crop, a covered mouth) is the prior, not a division of nothing by nothing."""
+    assert mouth_line(_face_crop(0.64, SKIN)) == pytest.approx(0.64)
+
+
+def _changed(opened: np.ndarray, crop: np.ndarray) -> np.ndarray:
+    return np.abs(opened - crop).max(axis=-1) > 0.5
+
+
+def test_the_opening_is_a_lens_shared_a_quarter_above_and_three_quarters_below_the_line() -> None:
+    """On a plain crop only the mouth's inside shows: it spans from a quarter of the opening above the lip line to
+    three quarters below it in the middle, closes 0.16 of the width either side of it, and is pasted whole (its
+    coverage 1 between the lip edges, where a blend by less would let the closed lips show through)."""
+    size, line, amount = 160, 0.6, 0.08
+    crop = _face_crop(line, SKIN, size)
+    opened, coverage = open_mouth(crop, line, amount)
+    cy, cx, opening = line * size, size // 2, amount * size
+    rows = np.flatnonzero(_changed(opened, crop)[:, cx])
+    assert abs(rows[0] - (cy - 0.25 * opening)) <= 1 and abs(rows[-1] - (cy + 0.75 * opening)) <= 1, rows
+    columns = np.flatnonzero(_changed(opened, crop).any(axis=0))
+    assert cx - 0.16 * size - 1 <= columns[0] <= cx - 0.12 * size, columns
+    assert cx + 0.12 * size <= columns[-1] <= cx + 0.16 * size + 1, columns
+    assert (coverage[rows[0] + 1 : rows[-1], cx] == 1).all()
+
+
+def test_the_mouths_inside_is_as_saturated_as_the_face() -> None:
+    """Dark red inside a colour face, dark grey inside a greyscale one (a red mouth on a grey face stands out)."""
+    for face, red in ((_face_crop(0.6, SKIN), True), (np.full((160, 160, 3), 150, np.uint8), False)):
+        opened, _ = open_mouth(face, 0.6, 0.08)
+        b, g, r = opened[100, 80]
+        assert (r - b > 35) if red else (abs(r - b) < 1 and abs(g - b) < 1), (b, g, r)
+
+
+def test_a_wide_opening_shows_upper_teeth_and_a_narrow_one_none() -> None:
+    """Under the upper lip of a mouth open wide, light teeth; a mouth barely open is dark all through."""
+    crop = _face_crop(0.6, SKIN)
+    for amount, teeth in ((0.08, True), (0.02, False)):
+        opened, _ = open_mouth(crop, 0.6, amount)
+        column = cv2.cvtColor(np.clip(opened, 0, 255).astype(np.uint8), cv2.COLOR_BGR2GRAY)[:, 80].astype(int)
+        upper = column[: round(0.6 * 160)][_changed(opened, crop)[: round(0.6 * 160), 80]]  # above the lip line
+        assert upper.size and (upper.max() > 120) == teeth, (amount, upper)
+
+
+def test_under_a_quarter_pixel_nothing_opens_and_a_pixel_does() -> None:
+    crop = _face_crop(0.6, SKIN)
+    opened, coverage = open_mouth(crop, 0.6, 0.2 / 160)
+    assert np.array_equal(opened, crop) and not coverage.any()
+    opened, coverage = open_mouth(crop, 0.6, 1.0 / 160)  # a quiet syllable still shows
+    assert _changed(opened, crop).any() and coverage.max() > 0.5
+
+
+def test_a_mouth_at_the_lowest_line_found_still_leaves_the_box_edge_alone() -> None:
+    """The jaw's displacement is cut short above the crop's last two rows, however low the lip line (0.74, the
+    lowest mouth_line returns) and wide the opening: the paste's box edge stays the frame's own."""
+    rng = np.random.default_rng(3)
+    crop = rng.integers(0, 256, (160, 160, 3), dtype=np.uint8)
+    opened, coverage = open_mouth(crop, 0.74, 0.09)
+    assert not coverage[-2:].any() and np.array_equal(opened[-2:], crop[-2:].astype(np.float32))

@@ -118,6 +118,67 @@ def test_paste_upstream_replaces_the_box_with_truncated_values() -> None:
     assert (frame[10:30, 10:30] == 10).all() and (frame[:10] == 0).all()
 
 
+def test_paste_upstream_truncates_then_resizes_as_upstream() -> None:
+    """Upstream's inference.py: ``cv2.resize(p.astype(np.uint8), (x2 - x1, y2 - y1))``, the prediction cut to
+    uint8 before OpenCV's default bilinear resize (resizing first, or another filter, differs on a varied face)."""
+    rng = np.random.default_rng(1)
+    prediction = rng.uniform(0, 255, (96, 96, 3)).astype(np.float32)
+    frame = np.zeros((200, 160, 3), np.uint8)
+    paste(frame, (10, 20, 130, 170), prediction, "upstream")
+    assert np.array_equal(frame[20:170, 10:130], cv2.resize(prediction.astype(np.uint8), (120, 150)))
+
+
+def test_the_crop_is_upstreams_bilinear_resize_of_the_box() -> None:
+    """The generator's input is the box (rows y1:y2, columns x1:x2) resized as upstream's ``cv2.resize(face,
+    (img_size, img_size))``: an area filter or the box read transposed would feed Wav2Lip another face."""
+    from engine.lipsync.paste import crop
+
+    frame = cv2.resize(cv2.imread(str(FACE)), (400, 300))
+    box = (60, 20, 300, 280)  # not square: rows and columns cannot be swapped unseen
+    assert np.array_equal(crop(frame, box, 96), cv2.resize(frame[20:280, 60:300], (96, 96)))
+
+
+def test_paste_blend_keeps_the_box_edge_and_fades_out_at_its_sides() -> None:
+    """The box's outer two pixels stay the frame's own, and the mask fades to almost nothing before the side
+    edges (a hard step there would show the box as a seam)."""
+    for height, width in ((80, 80), (200, 160), (150, 240)):
+        frame = np.zeros((height + 20, width + 20, 3), np.uint8)
+        box = (10, 10, 10 + width, 10 + height)
+        paste(frame, box, np.full((96, 96, 3), 255.0, np.float32), "blend")
+        inside = frame[10 : 10 + height, 10 : 10 + width].max(axis=2)
+        ring = np.ones(inside.shape, bool)
+        ring[2:-2, 2:-2] = False
+        assert not inside[ring].any(), (height, width)
+        assert inside[:, [2, 3, -4, -3]].max() <= 0.05 * 255, (height, width)
+        assert inside[int(0.72 * height), width // 2] == 255  # the mouth itself is the prediction's
+
+
+def test_paste_blend_by_coverage_rounds_a_cubic_resize() -> None:
+    """Where a generator's coverage is 1 (or more) the box is its prediction resized by a cubic filter and
+    rounded, not truncated; where it is 0 (or less) the frame stays exactly as it was."""
+    rng = np.random.default_rng(2)
+    prediction = rng.uniform(0, 255, (96, 96, 3)).astype(np.float32)
+    resized = np.clip(np.rint(cv2.resize(prediction, (120, 150), interpolation=cv2.INTER_CUBIC)), 0, 255)
+    before = rng.integers(0, 256, (200, 160, 3), dtype=np.uint8)
+    for cover, expected in (
+        (1.0, resized),
+        (1.5, resized),
+        (0.0, before[20:170, 10:130]),
+        (-0.5, before[20:170, 10:130]),
+    ):
+        frame = before.copy()
+        paste(frame, (10, 20, 130, 170), np.dstack([prediction, np.full((96, 96), cover, np.float32)]), "blend")
+        assert np.array_equal(frame[20:170, 10:130], expected), cover
+
+
+def test_paste_refuses_a_mode_it_does_not_know() -> None:
+    """A caller past the config's check (a split job's worker, a script) gets the accepted modes, not a blend."""
+    from engine.core.errors import InputError
+
+    with pytest.raises(InputError, match="paste mode 'poisson' is not one of blend, upstream"):
+        paste(np.zeros((50, 50, 3), np.uint8), (10, 10, 30, 30), np.zeros((96, 96, 3), np.float32), "poisson")
+
+
 def test_wav2lip_on_a_video_clip(media, settings, tmp_path) -> None:
     out = tmp_path / "out.mp4"
     ckpt = str(media["checkpoint"])

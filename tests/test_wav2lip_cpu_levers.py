@@ -240,6 +240,26 @@ def test_the_blend_paste_reads_no_row_above_first_row_read(size) -> None:
         assert 10 <= top <= 40
 
 
+@pytest.mark.parametrize("size", [(108, 140), (200, 200), (60, 60), (40, 80), (500, 300), (97, 191), (12, 12)])
+def test_first_row_read_is_the_first_row_the_blend_paste_reads(size) -> None:
+    """Not one row too cautious nor one too bold: a finite value however large in the rows above it changes
+    nothing, in it the paste (its weight there is small but not zero, except where a cubic tap falls exactly on a
+    row, as at 96 rows high)."""
+    width, height = size
+    rng = np.random.default_rng(width * height)
+    box = (7, 5, 7 + width, 5 + height)
+    frame = rng.integers(0, 256, (height + 12, width + 20, 3), dtype=np.uint8)
+    prediction = rng.uniform(0, 255, (FACE_SIZE, FACE_SIZE, 3)).astype(np.float32)
+    top = first_row_read(box, FACE_SIZE)
+    expected = frame.copy()
+    paste(expected, box, prediction)
+    for rows, changes in ((slice(0, top), False), (slice(top, top + 1), True)):
+        poisoned, got = prediction.copy(), frame.copy()
+        poisoned[rows] = 1e30
+        paste(got, box, poisoned)
+        assert np.array_equal(got, expected) != changes, (rows, top)
+
+
 def test_the_engine_computes_from_the_first_row_read_rounded_down(checkpoint) -> None:
     gen = engine(checkpoint)
     still, moving = np.repeat(crops_of(9, 1), 3, 0), crops_of(10, 3)
