@@ -214,6 +214,13 @@ def test_samples_past_full_scale_are_kept_as_librosa_load_keeps_them(tmp_path: P
     assert loudness_warning(np.zeros(0, np.float32)) is None
 
 
+def test_the_loudness_warning_says_what_share_of_the_speech_is_past_full_scale() -> None:
+    """A quarter of the samples past full scale reads as 25%, not 0.25%."""
+    wav = np.full(100, 0.5, np.float32)
+    wav[:25] = 1.5
+    assert "(25% of its samples past it)" in loudness_warning(wav)
+
+
 def _ffmpeg_s16(samples: np.ndarray, source_format: str) -> np.ndarray:
     """What FFmpeg's own converter (swresample, as the ffmpeg CLI writes a 16-bit WAV) makes of mono samples."""
     frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format=source_format, layout="mono")
@@ -704,6 +711,31 @@ def test_energy_ignores_out_of_band_sound() -> None:
     assert frame_energy(rumble, 25, 75).max() < 0.5 * frame_energy(speech_band, 25, 75).max()
 
 
+def _tone_at(db: float, seconds: float = 3.0) -> np.ndarray:
+    """A 1 kHz tone whose RMS is `db` dBFS."""
+    t = np.arange(round(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+    return (10 ** (db / 20) * np.sqrt(2) * np.sin(2 * np.pi * 1000 * t)).astype(np.float32)
+
+
+def test_energy_maps_levels_between_the_floor_and_the_ceiling() -> None:
+    """-50 dBFS is shut and the ceiling is at least 25 dB above it, so a steady quiet voice at -40 dBFS opens the
+    mouth 0.4 of the way, not all of it; and the ceiling is the loud part's level (the 95th percentile), so a voice
+    loud a third of the time opens it fully there and 10 dB quieter only three quarters."""
+    assert frame_energy(_tone_at(-40), 25, 75)[5:-5] == pytest.approx(0.4, abs=0.01)
+    two_levels = _tone_at(-20)
+    two_levels[:SAMPLE_RATE] *= 10 ** (10 / 20)  # the first second at -10 dBFS
+    energy = frame_energy(two_levels, 25, 75)
+    assert energy[5:20] == pytest.approx(1.0, abs=0.01) and energy[35:70] == pytest.approx(0.75, abs=0.01)
+
+
+def test_energy_after_speech_is_exactly_zero_and_hum_never_opens_the_mouth() -> None:
+    """The release tail is cut to 0 once it is negligible (silence reads as silence, not a mouth left ajar), and
+    the band-pass is steep enough that loud mains hum is silence too."""
+    speech_then_quiet = _burst(on=(0.0, 0.5))
+    assert not frame_energy(speech_then_quiet, 25, 75)[-40:].any()
+    assert frame_energy(_burst(on=(0.0, 3.0), hz=60.0), 25, 75).max() < 0.05
+
+
 def test_energy_of_syllable_like_noise_varies_in_range() -> None:
     t = np.arange(3 * SAMPLE_RATE) / SAMPLE_RATE
     # 4 syllables a second, peaking near -20 dBFS like ordinary recorded speech.
@@ -731,8 +763,9 @@ def test_energy_edge_cases() -> None:
     assert frame_energy(np.zeros(0, dtype=np.float32), 25, 10).tolist() == [0.0] * 10
     assert frame_energy(_burst(), 25, 0).shape == (0,)
     assert frame_energy(_burst(), 29.97, 3).shape == (3,)
-    with pytest.raises(AudioError, match="band"):
-        frame_energy(_burst(), 25, 10, band=(3000.0, 300.0))
+    for band in ((3000.0, 300.0), (1000.0, 1000.0), (0.0, 300.0), (300.0, 8000.0)):
+        with pytest.raises(AudioError, match="band"):
+            frame_energy(_burst(), 25, 10, band=band)
     with pytest.raises(AudioError, match="n_frames"):
         frame_energy(_burst(), 25, -1)
     with pytest.raises(AudioError, match="fps"):
