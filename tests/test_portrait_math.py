@@ -79,6 +79,102 @@ def test_relative_motion() -> None:
         relative_driving(source, smiling, first, region="hands")
 
 
+def test_regions_move_upstreams_keypoints() -> None:
+    """The lip and eye keypoints are upstream's (live_portrait_pipeline.py: [6, 12, 14, 17, 19, 20] and
+    [11, 13, 15, 16, 18]); a keypoint left out would keep the source's lips or eyes still there."""
+    source, first = _info(seed=1), _info(seed=2)
+    moved = replace(first, exp=first.exp + 0.05)
+    for region, keypoints in (("lip", [6, 12, 14, 17, 19, 20]), ("eyes", [11, 13, 15, 16, 18])):
+        changed = (relative_driving(source, moved, first, region=region) - transform_keypoints(source)).abs()
+        assert (changed.sum(-1)[0] > 1e-6).nonzero().flatten().tolist() == keypoints, region
+
+
+def test_relative_rotation_is_the_drivers_turn_since_its_first_frame_applied_to_the_source() -> None:
+    """Upstream: R_new = (R_d_i @ R_d_0^T) @ R_s. With the source and the first driving frame both turned (they
+    were frontal in test_relative_motion, where any order of the three gives the same), the order shows."""
+
+    def turned(pitch: float, yaw: float, roll: float, seed: int) -> KeypointInfo:
+        return replace(
+            _info(seed=seed), pitch=torch.tensor([pitch]), yaw=torch.tensor([yaw]), roll=torch.tensor([roll])
+        )
+
+    source, first, driving = turned(10, -25, 5, 1), turned(-5, 15, 20, 2), turned(20, 30, -10, 2)
+    rotation = (driving.rotation @ first.rotation.transpose(1, 2)) @ source.rotation
+    want = compose(source.kp, rotation, source.exp, source.scale, source.t)
+    assert torch.allclose(relative_driving(source, driving, first), want, atol=1e-5)
+
+
+def test_relative_pose_moves_the_head_but_only_all_rescales_it() -> None:
+    """Upstream: the driver's translation delta applies for "all" and "pose", its scale ratio for "all" only, and
+    its expression delta for "all" and "exp" (every keypoint)."""
+    source, first = _info(seed=1), _info(seed=2)
+    shift, smile = torch.tensor([[0.1, -0.2, 0.3]]), torch.linspace(0, 0.05, 63).view(1, 21, 3)
+    driving = replace(first, t=first.t + shift, scale=first.scale * 1.5, exp=first.exp + smile)
+    for region, rescaled, shifted in (("all", True, True), ("pose", False, True), ("exp", False, False)):
+        scale = source.scale * 1.5 if rescaled else source.scale
+        t = source.t + shift if shifted else source.t
+        exp = source.exp if region == "pose" else source.exp + smile
+        want = compose(source.kp, source.rotation, exp, scale, t)
+        assert torch.allclose(relative_driving(source, driving, first, region=region), want, atol=1e-6), region
+
+
+def test_expression_friendly_rescales_about_the_first_frame_and_recentres_on_the_source() -> None:
+    """Upstream: x_d_i_new = (x_d_i_new - x_d_0_new) * motion_multiplier + x_s."""
+    from engine.portrait.motion import expression_friendly
+
+    x_driving, x_first, x_source = torch.rand(3, 21, 3), torch.rand(1, 21, 3), torch.rand(1, 21, 3)
+    got = expression_friendly(x_driving, x_first, x_source, 1.7)
+    assert torch.allclose(got, (x_driving - x_first) * 1.7 + x_source)
+
+
+def test_motion_outputs_are_read_as_upstreams_get_kp_info_reads_them() -> None:
+    """Pose from 66 bins of 3 degrees from -97.5 (soft-argmax), and kp and exp reshaped (B, 21, 3) in row order, as
+    upstream's get_kp_info: keypoint k is values 3k, 3k + 1, 3k + 2."""
+    from engine.portrait.motion import keypoint_info
+
+    bins = torch.full((2, 66), -1e4)
+    bins[0, 0], bins[1, 40] = 1e4, 1e4
+    values = torch.arange(126.0).view(2, 63)
+    info = keypoint_info({"pitch": bins, "yaw": torch.zeros(2, 66), "roll": bins.flip(0), "t": torch.zeros(2, 3),
+                          "exp": values, "scale": torch.ones(2, 1), "kp": -values})  # fmt: skip
+    assert info.pitch.tolist() == [-97.5, 22.5] and info.roll.tolist() == [22.5, -97.5]
+    assert info.yaw.tolist() == pytest.approx([0.0, 0.0], abs=1e-5)  # uniform bins: the middle
+    assert info.exp[0, 1].tolist() == [3.0, 4.0, 5.0] and info.kp[1, 20].tolist() == [-123.0, -124.0, -125.0]
+
+
+def test_absolute_motion_refuses_an_unknown_region() -> None:
+    """As relative motion does: an unknown region moved nothing but the source's own pose, without a word."""
+    from engine.core.errors import InputError
+    from engine.portrait.motion import absolute_driving
+
+    with pytest.raises(InputError, match="animation region 'hands' is not one of"):
+        absolute_driving(_info(seed=1), _info(seed=2), region="hands")
+
+
+def test_concatenated_keeps_rotation_matrices_only_where_every_part_has_them() -> None:
+    """One part without matrices: the batch is made from the angles (a cat of the others' matrices alone would be
+    too short for the batch); every part with them: they are kept, in order."""
+    from engine.portrait.motion import concatenated
+
+    plain, with_matrix = _info(seed=1), replace(_info(seed=2), matrix=torch.eye(3)[None] * 2)
+    assert concatenated([plain, with_matrix]).matrix is None
+    both = concatenated([with_matrix, replace(with_matrix, matrix=torch.eye(3)[None] * 3)])
+    assert both.matrix.shape == (2, 3, 3) and both.matrix[:, 0, 0].tolist() == [2.0, 3.0]
+    assert both.select(1).matrix[0, 0, 0] == 3.0 and both.select(1).kp.shape == (1, 21, 3)
+
+
+def test_the_neutral_expression_is_upstreams_lip_array() -> None:
+    """The SHA-256 of the float64 (1, 21, 3) array in KwaiVGI/LivePortrait src/utils/resources/lip_array.pkl
+    (commit 1986663): a digit mistyped in NEUTRAL_EXPRESSION would skew every single-image drive."""
+    import hashlib
+
+    from engine.portrait.motion import NEUTRAL_EXPRESSION
+
+    digest = hashlib.sha256(np.array(NEUTRAL_EXPRESSION, np.float64).tobytes()).hexdigest()
+    assert digest == "67e3075dd5d939f7c299afcbeb012ad0b6cf5bbe28b1deca2b5aeda7dab24606"
+    assert torch.equal(neutral_expression(), torch.tensor(NEUTRAL_EXPRESSION, dtype=torch.float64).float()[None])
+
+
 def test_motion_multiplier_is_the_volume_ratio() -> None:
     pts = torch.rand(1, 21, 3)
     assert motion_multiplier(pts, pts * 2) == pytest.approx(1 / math.sqrt(8))
@@ -95,6 +191,20 @@ def test_stitching_with_a_zero_network_changes_nothing() -> None:
     assert torch.allclose(out[..., :2], x[..., :2] + 1.0) and torch.allclose(out[..., 2], x[..., 2] + 0.5)
 
 
+def test_stitching_feeds_the_source_keypoints_first_then_the_driving_ones() -> None:
+    """Upstream's concat_feat(kp_source, kp_driving): the network's first 63 inputs are the source's."""
+    mlp = nn.Sequential(nn.Linear(126, 65))
+    nn.init.zeros_(mlp[0].weight)
+    nn.init.zeros_(mlp[0].bias)
+    with torch.no_grad():
+        mlp[0].weight[0, 0] = 1.0  # keypoint 0's x delta reads input 0
+        mlp[0].weight[1, 63] = 1.0  # its y delta reads input 63
+    x_source, x_driving = torch.rand(1, 21, 3), torch.rand(2, 21, 3)
+    out = stitch(mlp, x_source, x_driving)
+    assert torch.allclose(out[:, 0, 0], x_driving[:, 0, 0] + x_source[0, 0, 0])
+    assert torch.allclose(out[:, 0, 1], x_driving[:, 0, 1] + x_driving[:, 0, 0])
+
+
 def test_crop_transform_and_its_inverse() -> None:
     t = crop_transform((100, 200, 200, 300))  # a 100 px face centred at (150, 250)
     side = 230.0
@@ -105,6 +215,13 @@ def test_crop_transform_and_its_inverse() -> None:
     assert np.allclose(m, np.eye(3))
     with pytest.raises(ValueError, match="empty"):
         crop_transform((10, 10, 10, 50))
+
+
+def test_the_crop_side_is_the_boxs_longer_side_times_the_scale() -> None:
+    """Upstream squares the face's extent on its longer side (need_square: max(w, h)) before scaling."""
+    for box in ((100, 200, 160, 300), (100, 200, 200, 260)):  # 60 x 100 and 100 x 60
+        assert crop_transform(box).scale == pytest.approx(512 / 230)
+        assert crop_transform(box, scale=2.0).scale == pytest.approx(512 / 200)
 
 
 def test_crop_shifts_along_the_faces_axes_as_upstreams_vx_and_vy_ratios() -> None:
@@ -147,6 +264,9 @@ def test_the_source_is_limited_as_upstreams_resize_to_limit() -> None:
     assert source_within_limits(odd, 1280, 1) is odd
     strip = rng.integers(0, 256, (20, 2560, 3), dtype=np.uint8)  # 20 x 64 / 2560 truncates to 0: upstream's assertion
     assert source_within_limits(strip, 64, 1).shape == (1, 64, 3)
+    for shape, limited in (((1000, 2001, 3), (638, 1280, 3)), ((2001, 1000, 3), (1280, 638, 3))):
+        image = np.zeros(shape, np.uint8)  # 1000 x 1280 / 2001 = 639.68: truncated (int), not rounded, to 639
+        assert source_within_limits(image, 1280, 2).shape == limited
 
 
 def test_a_tilted_face_comes_out_upright() -> None:
@@ -178,12 +298,49 @@ def test_a_tilted_face_comes_out_upright() -> None:
     assert np.hypot(*up) == pytest.approx(0.125 * 230) and up[0] > 0 and up[1] < 0
 
 
+def test_the_tilt_is_upstreams_from_the_eyes_centre_to_the_lips_centre() -> None:
+    """parse_pt2_from_pt203: each eye the mean of four points (0, 6, 12, 18 and 24, 30, 36, 42), the lips' centre
+    the midpoint of 48 and 66; the tilt is the angle of the normal (uy[1], -uy[0]) of the unit vector between them,
+    on landmarks as scattered as a detector's. Eyes and lips at one point: no tilt (upstream takes uy = (0, 1))."""
+    from engine.portrait.crop import roll_from_landmarks
+
+    rng = np.random.default_rng(4)
+    for _ in range(5):
+        points = rng.uniform(100, 300, (203, 2))
+        eyes = (points[[0, 6, 12, 18]].mean(0) + points[[24, 30, 36, 42]].mean(0)) / 2
+        dx, dy = (points[48] + points[66]) / 2 - eyes
+        assert roll_from_landmarks(points) == pytest.approx(math.degrees(math.atan2(-dx, dy)), abs=1e-3)
+    points = np.zeros((203, 2))
+    assert roll_from_landmarks(points + 50.0) == 0.0
+
+
+def test_crops_and_network_inputs_are_upstreams_resizes() -> None:
+    """The crop is OpenCV's bilinear warp, black outside the image (upstream's _transform_img); a whole image is
+    stretched to 256 with OpenCV's bilinear resize (upstream's cv2.resize(img, (256, 256))) and a 512 crop shrunk
+    with INTER_AREA (its cropper), both scaled to [0, 1] by 255."""
+    from engine.portrait.crop import network_input, stretched_input
+
+    rng = np.random.default_rng(5)
+    frame = rng.integers(0, 256, (300, 420, 3), dtype=np.uint8)
+    t = crop_transform((300, 100, 400, 220), angle=10.0)  # reaches past the right edge
+    crop = crop_image(frame, t)
+    assert np.array_equal(crop, cv2.warpAffine(frame, t.to_crop, (512, 512), flags=cv2.INTER_LINEAR))
+    assert not crop[:, -40:].any()  # past the image: black
+    stretched = stretched_input(frame)[0].permute(1, 2, 0).numpy()
+    assert np.array_equal(stretched, cv2.resize(frame, (256, 256)).astype(np.float32) / 255)
+    shrunk = network_input(crop)[0].permute(1, 2, 0).numpy()
+    assert np.array_equal(shrunk, cv2.resize(crop, (256, 256), interpolation=cv2.INTER_AREA).astype(np.float32) / 255)
+    assert float(network_input(np.full((512, 512, 3), 255, np.uint8)).min()) == 1.0
+
+
 def test_paste_mask_shape() -> None:
     mask = paste_mask()
     assert mask.shape == (512, 512) and mask[256, 256] == 1.0 and mask[0, 256] == 0.0
     assert mask[8, 256] == pytest.approx((16 * 8 - 1) / 255) and mask[0, 0] == 0.0
     assert np.allclose(mask, mask.T)
     assert mask[256, 511] == pytest.approx(15 / 255)  # like the released template, the far edge starts at 15
+    # the rounded corners: these grey levels are the released template's (src/utils/resources/mask_template.png)
+    assert [round(float(mask[y, x]) * 255) for y, x in ((10, 12), (3, 14), (8, 8))] == [140, 45, 74]
 
 
 def test_paste_back_puts_the_crop_back_where_it_came_from() -> None:
@@ -199,6 +356,9 @@ def test_paste_back_puts_the_crop_back_where_it_came_from() -> None:
     centre = (slice(None), slice(None), slice(140, 180), slice(220, 260))  # well inside the feathered border
     assert (back[centre] - original[centre]).abs().mean() < 0.06  # resampled twice: close, not exact
     assert torch.equal(back[..., :20, :20], original[..., :20, :20])  # outside the crop: untouched
+    right, bottom = (int(v) + 2 for v in t.to_original @ np.array([512.0, 512.0, 1.0]))  # past the crop's edges
+    for beyond in ((..., slice(140, 180), slice(right, None)), (..., slice(bottom, None), slice(220, 260))):
+        assert torch.equal(back[beyond], original[beyond])  # beside its middle too, where its mask's edge is not 0
     white = paste(torch.ones_like(generated), original)
     assert float(white[centre].min()) > 0.999
 
