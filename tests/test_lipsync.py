@@ -153,6 +153,19 @@ def test_paste_blend_keeps_the_box_edge_and_fades_out_at_its_sides() -> None:
         assert inside[int(0.72 * height), width // 2] == 255  # the mouth itself is the prediction's
 
 
+def test_paste_blend_draws_no_line_under_the_chin() -> None:
+    """The ellipse reaches the chin, by the box's bottom edge: the mask was about 0.7 on the third row from the
+    bottom and 0 on the last two, a line of 70% of the difference under every pasted chin. It eases to 0 now."""
+    from engine.lipsync.paste import lower_face_mask
+
+    for height, width in ((96, 96), (150, 240), (250, 200), (600, 500)):
+        mask = lower_face_mask(height, width)[:, :, 0]
+        assert mask[-2:].max() == 0 and mask[:, :2].max() == 0  # the box edge is still the frame's own
+        steps = max(np.abs(np.diff(mask, axis=0)).max(), np.abs(np.diff(mask, axis=1)).max())
+        assert steps < 0.25, (height, width, steps)
+        assert mask[int(0.72 * height), width // 2] > 0.99  # the mouth is still the prediction's
+
+
 def test_paste_blend_by_coverage_rounds_a_cubic_resize() -> None:
     """Where a generator's coverage is 1 (or more) the box is its prediction resized by a cubic filter and
     rounded, not truncated; where it is 0 (or less) the frame stays exactly as it was."""

@@ -29,16 +29,27 @@ def crop(frame: np.ndarray, box: Box, size: int) -> np.ndarray:
     return cv2.resize(frame[y1:y2, x1:x2], (size, size), interpolation=cv2.INTER_LINEAR)
 
 
+def _edge_taper(length: int, ramp: float) -> np.ndarray:
+    """1 inside, easing (smoothstep) to 0 over `ramp` pixels before the two edge pixels at each end, which are 0."""
+    from_edge = np.minimum(np.arange(length), np.arange(length)[::-1]) - 1.0
+    t = np.clip(from_edge / ramp, 0.0, 1.0)
+    return (t * t * (3.0 - 2.0 * t)).astype(np.float32)
+
+
 @lru_cache(maxsize=64)
 def lower_face_mask(height: int, width: int) -> np.ndarray:
-    """A soft (h, w, 1) float32 mask: an ellipse over mouth and jaw, fading out before the box edges."""
+    """A soft (h, w, 1) float32 mask: an ellipse over mouth and jaw, fading out before the box edges.
+
+    The ellipse reaches the chin, near the box's bottom edge, so the blur alone left about 0.7 there: the last
+    `sigma` pixels before each edge ease to 0 (the two edge pixels are always the original), where a step from 0.7
+    to 0 drew a line under the chin."""
     mask = np.zeros((height, width), np.float32)
     centre = (width // 2, int(height * 0.72))
     axes = (max(1, int(width * 0.36)), max(1, int(height * 0.26)))
     cv2.ellipse(mask, centre, axes, 0, 0, 360, 1.0, thickness=-1)
     sigma = max(1.0, 0.06 * min(height, width))
     mask = cv2.GaussianBlur(mask, (0, 0), sigmaX=sigma, sigmaY=sigma)
-    mask[:2], mask[-2:], mask[:, :2], mask[:, -2:] = 0, 0, 0, 0  # the box edge is always original
+    mask *= _edge_taper(height, sigma)[:, None] * _edge_taper(width, sigma)[None, :]
     mask.setflags(write=False)
     return mask[:, :, None]
 
