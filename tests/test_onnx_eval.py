@@ -1135,3 +1135,52 @@ def test_accuracy_takes_nan_and_inf_as_parity_does() -> None:
     assert (same["max_error"], same["mae"], same["nonfinite_differ"]) == (0.5, 0.25, False)  # NaNs matched: finite
     moved = accuracy(got, {"y": np.array([1.0, 0.0, np.inf, 2.0], np.float32)})["y"]
     assert moved["max_error"] == moved["mae"] == moved["rmse"] == math.inf and moved["nonfinite_differ"]
+
+
+def test_the_cosine_of_a_zero_output_against_a_nonzero_one_is_zero() -> None:
+    """An output that is all zeros on one side only is as far apart as it gets: a cosine of 1.0 there read as a
+    perfect match."""
+    zero_vs_ones = parity({"y": np.zeros(4, np.float32)}, {"y": np.ones(4, np.float32)})["y"]
+    assert zero_vs_ones["cosine"] == 0.0 and zero_vs_ones["rel_l2"] == math.inf
+    assert parity({"y": np.ones(4)}, {"y": np.zeros(4)})["y"]["cosine"] == 0.0
+    assert parity({"y": np.zeros(4)}, {"y": np.zeros(4)})["y"]["cosine"] == 1.0
+
+
+def test_two_empty_sequence_outputs_match_exactly() -> None:
+    """A sequence output with no tensors on both providers is the same output: it read as a mismatch."""
+    assert parity({"s": []}, {"s": []})["s"] == {"shape_mismatch": False, "exact_match": True}
+
+
+def test_topk_ties_go_to_the_lower_class_however_many_classes() -> None:
+    """Tied scores rank the lower class first, as the docstring says: numpy's default sort keeps ties in order only
+    for small rows, so with 1000 classes a tied label scored a miss or a hit by chance."""
+    scores = np.zeros((2, 1000))
+    scores[:, ::2] = 1.0  # every even class ties for first
+    result = topk(scores, [0, 8])
+    assert (result["top1"], result["top5"]) == (0.5, 1.0)
+
+
+def test_topk_refuses_labels_that_are_not_one_per_sample() -> None:
+    """Two labels for four samples were scored against the scores reshaped to two rows of twice the classes."""
+    with pytest.raises(EvalError, match=r"one label per sample: output has \(4,\) samples, 2 labels"):
+        topk(np.zeros((4, 10)), [0, 1])
+
+
+def test_p99_needs_100_runs_and_times_must_be_non_negative() -> None:
+    """p99 of 50 runs is in effect the slowest run; a negative time is a clock error, not a fast run."""
+    assert latency_stats([float(v) for v in range(1, 100)], batch=1)["p99_ms"] is None
+    assert latency_stats([float(v) for v in range(1, 101)], batch=1)["p99_ms"] is not None
+    with pytest.raises(EvalError, match="finite, non-negative"):
+        latency_stats([1.0, -0.5, 2.0], 1)
+
+
+def test_the_few_runs_note_goes_by_the_fewest_runs_and_names_the_runs_that_give_them_all() -> None:
+    """The note is for the row with the fewest timed runs, and its --runs hint gives every missing percentile
+    (it said --runs 10 where p95 and p99 were missing too); 100 runs miss none."""
+    rows = [{"latency": {"n": 100}}, {"latency": {"n": 15}}, {"error": "failed"}]
+    note = few_runs_note(rows)
+    assert note.startswith("p95, p99 left out where 15 runs were timed: one run in 20, 100 lies above them")
+    assert note.endswith("--runs 100 gives them")
+    assert few_runs_note([{"latency": {"n": 20}}]).endswith("--runs 100 gives them")
+    assert few_runs_note([{"latency": {"n": 100}}]) is None
+    assert few_runs_note([{"error": "failed"}]) is None
