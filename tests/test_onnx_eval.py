@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import tracemalloc
@@ -17,6 +18,7 @@ from tiny_onnx import SCALE, B, W, classifier, fixed, huge_output, mlp, nonzero,
 
 import engine.onnx.compare as compare  # noqa: E402
 import engine.onnx.inputs as onnx_inputs  # noqa: E402
+import engine.onnx.plan as onnx_plan  # noqa: E402
 import engine.onnx.report as eval_report  # noqa: E402
 import engine.onnx.runner as runner  # noqa: E402
 from engine.core.errors import InputError  # noqa: E402
@@ -1184,3 +1186,80 @@ def test_the_few_runs_note_goes_by_the_fewest_runs_and_names_the_runs_that_give_
     assert few_runs_note([{"latency": {"n": 20}}]).endswith("--runs 100 gives them")
     assert few_runs_note([{"latency": {"n": 100}}]) is None
     assert few_runs_note([{"error": "failed"}]) is None
+
+
+def _budget(declared: dict[int, dict[str, int | None]], first_batch: int = 1, limit: int = 2**30) -> object:
+    return onnx_plan._OutputBudget(limit, 1, first_batch, declared, batch_free=True, other_symbols="")
+
+
+def test_a_measured_output_size_scales_up_and_a_fixed_declared_one_does_not() -> None:
+    """A measured size is scaled to a batch size rounding up (the budget errs on the side of refusing), and only
+    where it exceeds the declared one: an output of fixed declared shape that the run confirmed was scaled by the
+    batch size as if it grew with it."""
+    budget = _budget({2: {"open": None, "fixed": 40}, 3: {"open": None, "fixed": 40}}, first_batch=2)
+    budget.measured = (2, {"open": 5, "fixed": 40})
+    assert budget.estimate(3) == {"open": 8, "fixed": 40}  # 5 * 3 / 2 = 7.5 bytes: 8
+
+
+def test_an_output_refusal_names_four_outputs_and_counts_the_rest() -> None:
+    """The refusal lists the four largest outputs and says how many more there are: it dropped the rest unsaid."""
+    sizes = {f"out{i}": 2**20 * (i + 1) for i in range(6)}
+    refusal = _budget({1: sizes}, limit=2**20).refusal(1)
+    assert "'out5' 6.0 MiB, 'out4' 5.0 MiB, 'out3' 4.0 MiB, 'out2' 3.0 MiB and 2 more)" in refusal
+
+
+def test_a_string_output_holds_its_text_beyond_its_pointers() -> None:
+    """A string output's bytes are its pointers and its text: counting the pointers alone let megabytes of text
+    through the output budget."""
+    text = np.array(["x" * 1000, "y" * 500], dtype=object)
+    assert onnx_plan._held_bytes(text) == text.nbytes + 1500
+    assert onnx_plan._held_bytes([text, np.zeros(4, np.float32)]) == text.nbytes + 1500 + 16
+
+
+def test_fewer_labels_than_samples_are_refused_before_running(tmp_path: Path) -> None:
+    """Two labels for four samples passed submit (only more labels than samples were refused) and failed in the
+    job."""
+    path = classifier(tmp_path / "c.onnx", np.eye(4, 3, dtype=np.float32))
+    with pytest.raises(EvalError, match=r"2 labels for output 'logits', which has 4 samples"):
+        check_request(inspect_model(path), EvalConfig(batch_sizes=(4,), labels=(0, 1), **FAST))
+
+
+def test_no_default_symbol_warning_where_the_inputs_file_sets_the_sizes(tmp_path: Path) -> None:
+    """With the user's inputs the sizes are theirs (an .npz at seq=1 is timed at the length it holds), not a default
+    to warn of: the warning told them to give symbols."""
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])], "seq",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "seq"])],
+    )  # fmt: skip
+    path = save(graph, tmp_path / "seq.onnx")
+    np.savez(tmp_path / "x.npz", x=np.ones((2, 1), np.float32))
+    warned = check_request(inspect_model(path), EvalConfig(batch_sizes=(2,), inputs=tmp_path / "x.npz", **FAST))
+    assert not any("default of 1" in w for w in warned)
+
+
+def test_a_fixed_model_asked_for_its_own_batch_size_is_not_warned(tmp_path: Path) -> None:
+    """--batch-sizes 2 on a model fixed at 2 samples per run asks for what runs: it was told its sizes were
+    ignored."""
+    path = fixed(tmp_path / "fixed.onnx")
+    assert not any(
+        "were ignored" in w for w in check_request(inspect_model(path), EvalConfig(batch_sizes=(2,), **FAST))
+    )
+    assert any("were ignored" in w for w in check_request(inspect_model(path), EvalConfig(batch_sizes=(4,), **FAST)))
+
+
+def test_labels_score_the_first_float_output_of_rank_two(mlp_model: tuple[Path, ModelInfo]) -> None:
+    """A per-sample float output ([N], a confidence) before the scores ([N, classes]) is not the scores."""
+    _, info = mlp_model
+    outputs = [TensorSpec("confidence", "float32", ["N"]), TensorSpec("scores", "float32", ["N", 3])]
+    assert onnx_plan.scored_output(dataclasses.replace(info, outputs=outputs), None).name == "scores"
+
+
+def test_inspection_figures_describe_a_run_only_at_the_inspected_symbols(mlp_model: tuple[Path, ModelInfo]) -> None:
+    """FLOPs and output shapes found at T=4 were used for a run at T=8."""
+    _, info = mlp_model
+    inspected = dataclasses.replace(info, symbols={"N": 1, "T": 4})
+    plan = onnx_plan.Plan({"N": 1, "T": 8}, ["N"], [1], ["cpu"], False, [], [])
+    assert onnx_plan.inspected_batch(inspected, plan) is None
+    plan.values["T"] = 4
+    assert onnx_plan.inspected_batch(inspected, plan) == 1
