@@ -661,3 +661,91 @@ def test_throughput_comes_from_the_wall_clock_of_the_runs_alike_for_every_runtim
     runtime = EventTimed()
     times, wall_s = bench._timed_stream(runtime, 3)
     assert times == [1.0] * 3 and runtime.synced and wall_s >= 0.02  # not the events' 3 ms
+
+
+def test_the_error_against_an_all_zero_reference_is_unbounded_where_the_output_is_not_zero() -> None:
+    """An fp32 reference of zeros (a mask, a ReLU output) against an output of ones read rel_l2 0.0, a perfect match;
+    as parity's, it is inf there, and 0.0 where both are zero."""
+    from engine.bench.sweep import _error
+
+    assert _error(np.ones((2, 4)), np.zeros((2, 4)))["rel_l2"] == math.inf
+    assert _error(np.zeros((2, 4)), np.zeros((2, 4)))["rel_l2"] == 0.0
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"runs": 10_001}, r"runs must be a whole number in 1\.\.10000"),
+        ({"baseline": 2}, r"baseline must index a configuration \(0\.\.1\)"),
+    ],
+)
+def test_a_sweeps_runs_and_baseline_are_held_to_their_ranges(changes: dict, message: str) -> None:
+    """10001 runs (hours on a CPU) and a baseline one past the last configuration were accepted."""
+    points = [BenchPoint("eager", "fp32", 1, "cpu"), BenchPoint("eager", "fp32", 2, "cpu")]
+    SweepConfig("wav2lip", points, runs=10_000, baseline=1).validate()
+    with pytest.raises(BenchError, match=message):
+        SweepConfig("wav2lip", points, **changes).validate()
+
+
+def test_speedup_is_over_the_baseline_and_a_card_the_catalog_lacks_has_no_share_of_peak() -> None:
+    """speed-up is samples/s over the baseline's (2 where twice as fast); a GPU not in the catalog has no peak rates,
+    and asking it for one failed the whole sweep's report."""
+    from engine.bench.catalog import detected_gpu
+    from engine.bench.workloads import BenchModel
+
+    points = [BenchPoint("eager", "fp32", 2, "cuda"), BenchPoint("eager", "fp16", 2, "cuda")]
+    model = BenchModel("m", "m", None, numpy_inputs=lambda b: {})
+    gpu = detected_gpu("Some Future GPU", 80 * 2**30, (12, 0))
+    ctx = bench._Context(model, SweepConfig("m", points, runs=1, warmup=0), "cuda:0", gpu, 0.9, 1e12)
+    rows = [bench._empty_row(point) for point in points]
+    for row, rate in zip(rows, (10.0, 20.0), strict=True):
+        row["samples_per_s"], row["math_precision"] = rate, row["precision"]
+    bench._finish(rows, ctx)
+    assert [row["speedup"] for row in rows] == [1.0, 2.0]
+    assert [row["achieved_tflops"] for row in rows] == [10.0, 20.0]
+    assert [row["percent_of_peak"] for row in rows] == [None, None]
+
+
+def test_a_cpu_row_computes_at_the_precision_it_asked_for() -> None:
+    """Only a GPU row that fell back to the CPU has no math precision: an ONNX Runtime CPU row, which runs on the CPU
+    provider as it should, lost its fp32."""
+    row = {"device": "cpu", "runtime": "ort-cpu", "precision": "fp32", "ran_on": "CPUExecutionProvider"}
+    assert bench.arithmetic_precision(row, None) == "fp32"
+    assert bench.arithmetic_precision({**row, "device": "cuda", "runtime": "ort-cuda"}, None) is None
+
+
+def test_the_energy_window_is_filled_rounding_the_runs_up(monkeypatch) -> None:
+    """Runs of 0.03 s fill a 0.05 s window in 2, not 1: rounding down measured less than the window NVML needs."""
+    from test_measure import FakeDevice, FakeNvml
+
+    from engine.jobs.measure import measured
+
+    nvml = FakeNvml(energy_mj=[1_000_000, 1_010_000])
+    monkeypatch.setattr(bench, "measured", lambda device: measured("cpu", nvml_device=FakeDevice(nvml)))
+    monkeypatch.setattr(bench, "ENERGY_WINDOW_S", 0.05)
+    ran: list[int] = []
+
+    class Runtime:
+        def timed_runs(self, runs: int) -> list[float]:
+            ran.append(runs)
+            return [0.0] * runs
+
+    bench._energy_window(Runtime(), {}, 0.03, 1, "cuda:0")
+    assert ran == [2]
+
+
+def test_a_cpu_points_memory_estimate_spares_batch_1_and_speaks_in_gib(monkeypatch) -> None:
+    """Batch 1 always runs, whatever the estimate; the refusal's figures are GiB and MiB (2**30, 2**20 bytes): in
+    GB the 16 GiB estimate read 17.2."""
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(bench, "usable_host_memory", lambda cap: 8 * 2**30)
+    model = SimpleNamespace(has_torch=True)
+    ctx = SimpleNamespace(model=model, job_memory_gb=8.0, profile=(2**30, 3 * 2**30))  # 1 GiB + 3 GiB a sample
+    assert bench._over_host_memory(ctx, BenchPoint("eager", "fp32", 1, "cpu")) is None  # 4 GiB: fits anyway
+    assert bench._over_host_memory(ctx, BenchPoint("eager", "fp32", 2, "cpu")) is None  # 7 GiB of 8
+    ctx.profile = (2**30, 15 * 2**30)
+    assert bench._over_host_memory(ctx, BenchPoint("eager", "fp32", 1, "cpu")) is None  # 16 GiB, but batch 1
+    words = bench._over_host_memory(ctx, BenchPoint("eager", "fp32", 2, "cpu"))
+    assert words.startswith("not run: batch 2 may need up to 31.0 GiB of memory (15360 MiB a sample")
+    assert "1024 MiB of weights) and 8.0 GiB is free" in words

@@ -335,12 +335,20 @@ def _error(out: np.ndarray, ref: np.ndarray) -> dict[str, Any]:
         return {"error": f"shape {list(out.shape)} against the reference {list(ref.shape)}"}
     finite = bool(np.all(np.isfinite(out)))
     diff = np.abs(out - ref)
-    norm = float(np.linalg.norm(ref))
     return {
         "max_abs": float(diff.max()) if finite else math.inf,
-        "rel_l2": float(np.linalg.norm(out - ref) / norm) if finite and norm else (0.0 if finite else math.inf),
+        "rel_l2": _relative_l2(out, ref) if finite else math.inf,
         "nan_or_inf": int((~np.isfinite(out)).sum()),
     }
+
+
+def _relative_l2(out: np.ndarray, ref: np.ndarray) -> float:
+    """|out - ref| / |ref|, as parity's: 0.0 where both are zero, inf where only the reference is (an all-zero
+    reference against a nonzero output read 0.0, a perfect match)."""
+    norm, gap = float(np.linalg.norm(ref)), float(np.linalg.norm(out - ref))
+    if norm == 0:
+        return 0.0 if gap == 0 else math.inf
+    return gap / norm
 
 
 @dataclass
