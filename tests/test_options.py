@@ -206,3 +206,61 @@ def test_a_subset_config_keeps_its_fields_options_checks_and_error() -> None:
         AvatarConfig.build({"face": "face.jpg", "audio": "a.wav"})  # speech is not an avatar's option
     with pytest.raises(ValueError, match="no field"):
         subset_config(LipSyncConfig, "Broken", ("face", "voice"), "")
+
+
+@dataclass
+class Limited(Config):
+    error = SampleError
+
+    gap: int = option(0, help="a gap", high=5)
+    size: int = option(1, help="a size", low=1, high=1048576)
+
+
+@pytest.mark.parametrize(
+    ("cls", "values", "message"),
+    [
+        (Sample, {"count": 11}, "count 11 is outside 1..10"),
+        (Sample, {"scale": True}, "scale must be a finite number, got True"),  # a switch is not 1.0
+        (Sample, {"box": "1,2,3,4,5"}, "box: give 4 whole numbers, e.g. 1,8,32,128"),  # not only too few
+        (Sample, {"symbols": "seq=0"}, "'seq=0' is not NAME=VALUE with a whole number >= 1"),
+        (Sample, {"symbols": "seq=8,seq=16"}, "symbols: seq is given twice"),
+        (Sample, {"symbols": "seq=²"}, "'seq=²' is not NAME=VALUE with a whole number >= 1"),  # isdigit() takes ²
+        (Sample, {"symbols": "seq=" + "9" * 5000}, "is not NAME=VALUE with a whole number >= 1"),  # int(): 4300 max
+        (Sample, {"count": 10**59}, f"count {10**59} is outside 1..10"),  # 60 characters: shown whole
+        (Limited, {"gap": 6}, "gap 6 is above 5"),  # an upper bound alone: not "outside ..5"
+        (Limited, {"size": 2**21}, "size 2097152 is outside 1..1048576"),  # not 1.04858e+06
+    ],
+)
+def test_bounds_and_text_forms_refuse_at_their_edges_in_plain_words(cls: type, values: dict, message: str) -> None:
+    """The edges of the ranges and text forms: a bound is inclusive, a pair list takes each name once with a value
+    of at least 1 in ASCII digits, a box takes exactly its count, and the message shows the bound as written."""
+    with pytest.raises(SampleError) as refused:
+        cls.build({"source": "a.png", **values} if cls is Sample else values)
+    assert message in str(refused.value)
+
+
+def test_edges_that_are_accepted() -> None:
+    """A value at its bound is inside it; 0 is false as on, off, yes and no are words for a switch; a switch given
+    twice the same way is that one way, not a list with a value twice."""
+    config = Sample.build({"source": "a.png", "count": 10, "scale": "1", "flag": "0", "switches": "on,on"})
+    assert (config.count, config.scale, config.flag, config.switches) == (10, 1.0, False, (True,))
+    assert Limited.build({"gap": 5, "size": 1048576}).size == 1048576
+
+
+@dataclass
+class Positional(Config):
+    error = SampleError
+
+    model: Path = option(help="the model", file=True, positional=True)
+    count: int = option(1, help="how many", low=1, high=10)
+
+
+def test_the_cli_help_gives_each_range_and_requires_a_required_positional(capsys) -> None:
+    """The help's [1..10] is the range the flag is checked against; a required positional left out is argparse's
+    usage error, before any work."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, Positional)
+    assert "how many [1..10]; default: 1" in " ".join(parser.format_help().split())
+    with pytest.raises(SystemExit):
+        parser.parse_args([])
+    assert "the following arguments are required: model" in capsys.readouterr().err
