@@ -232,6 +232,29 @@ def test_a_symbol_left_at_its_default_is_said(tmp_path: Path) -> None:
     assert not any("default of 1" in w for w in given["warnings"])
 
 
+def test_an_npz_of_another_sequence_length_is_told_the_symbols_that_take_it(tmp_path: Path) -> None:
+    """The refusal gave the model's shape at seq=1 and said nothing of --symbols, which sets the run's sizes (the
+    file's cannot: they are set before any input is read)."""
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])], "seq",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "seq"])],
+    )  # fmt: skip
+    path = save(graph, tmp_path / "seq.onnx")
+    np.savez(tmp_path / "x.npz", x=np.ones((1, 7), np.float32))
+    config = EvalConfig(inputs=tmp_path / "x.npz", **FAST)
+    with pytest.raises(EvalError, match=r"has shape \[1, 7\], the model wants \[1, 1\] .*; --symbols seq=7 runs at"):
+        evaluate(path, inspect_model(path), config)
+    np.savez(tmp_path / "b.npz", x=np.ones((3, 1), np.float32))  # the batch is --batch-sizes', not a symbol to give
+    with pytest.raises(EvalError, match="must match the first batch size") as refused:
+        evaluate(path, inspect_model(path), EvalConfig(inputs=tmp_path / "b.npz", **FAST))
+    assert "--symbols" not in str(refused.value)
+    report = evaluate(
+        path, inspect_model(path, {"seq": 7}), EvalConfig(inputs=tmp_path / "x.npz", symbols=(("seq", 7),), **FAST)
+    )
+    assert report["results"][0]["error"] is None
+
+
 def test_fixed_shape_runs_once_with_warning(tmp_path: Path) -> None:
     path = fixed(tmp_path / "fixed.onnx")
     report = evaluate(path, inspect_model(path), EvalConfig(batch_sizes=(1, 8), **FAST))

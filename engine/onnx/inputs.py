@@ -22,6 +22,7 @@ from engine.onnx.config import EvalConfig, EvalError
 from engine.onnx.images import ImageInputError, ImageOptions, images_to_tensor, pick_image_input
 from engine.onnx.model import Limits, ModelInfo, TensorSpec
 from engine.onnx.plan import Plan, symbols_at
+from engine.onnx.symbols import batch_symbols
 from engine.runtimes.ort_session import BITS_ONLY
 
 SYNTHETIC_INT_HIGH = 100
@@ -132,6 +133,20 @@ def _cast_rule(have: np.dtype, want: np.dtype) -> str:
     return "refuse"
 
 
+def _symbols_hint(spec: TensorSpec, shape: tuple[int, ...], values: dict[str, int], batch: list[str]) -> str:
+    """Where only the array's other symbolic sizes differ (a sequence length), the --symbols that takes them: the
+    sizes are the run's, set before any input is read, so the file's cannot set them."""
+    if len(shape) != len(spec.shape):
+        return ""
+    sizes = dict(zip(spec.shape, shape, strict=True))
+    if any(not isinstance(dim, str) and dim != size for dim, size in sizes.items()):
+        return ""  # a fixed dimension differs: no symbol makes it fit
+    other = {dim: size for dim, size in sizes.items() if isinstance(dim, str) and dim not in batch}
+    if not any(values.get(dim) != size for dim, size in other.items()):
+        return ""
+    return f"; --symbols {','.join(f'{dim}={size}' for dim, size in other.items())} runs at the file's sizes"
+
+
 def load_npz_inputs(
     path: str | os.PathLike,
     specs: list[TensorSpec],
@@ -163,6 +178,7 @@ def load_npz_inputs(
             )
             raise EvalError(
                 f"input {name!r} in the .npz has shape {list(shape)}, the model wants {list(want_shape)} ({why})"
+                f"{_symbols_hint(spec, shape, values, batch_symbols(specs))}"
             )
         if _cast_rule(dtype, want_dtype) == "refuse":
             save_as = f"ml_dtypes.{want_dtype}" if want_dtype.name in BITS_ONLY else str(want_dtype)
