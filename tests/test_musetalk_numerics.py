@@ -263,9 +263,31 @@ def test_landmark_box_clamps_at_zero_and_falls_back() -> None:
     assert face_box(_landmarks(), None, (480, 640, 3)) is None  # no face detected: the frame passes through
 
 
+def test_a_landmark_box_of_no_width_falls_back() -> None:
+    """Guards `x2 - x1 <= 0` in upstream's unusable-box rule: a face squeezed to one column is not a box."""
+    points = _landmarks()
+    points[:, 0] = 120.4
+    assert landmark_box(points) is None
+    assert face_box(points, (90.6, 50.2, 210.9, 320.0, 0.99), (480, 640, 3)) == (90, 50, 210, 320)
+
+
+def test_landmarks_and_detections_of_the_wrong_shape_are_refused() -> None:
+    """Guards the input checks: 5 points or a 3-value box would make a wrong box silently, not an error."""
+    with pytest.raises(ValueError, match="68 face landmarks"):
+        landmark_box(np.zeros((5, 2), np.float32))
+    with pytest.raises(ValueError, match="68 face landmarks"):
+        geometry.bbox_shift_range([np.zeros((68,), np.float32)])
+    for bad in [(1.0, 2.0, 3.0), (0.0, 0.0, float("nan"), 50.0)]:
+        with pytest.raises(ValueError, match="detector box"):
+            detector_box(bad, (480, 640, 3))
+
+
 def test_detector_box_is_clipped_to_the_frame() -> None:
     assert detector_box((-5.7, 10.2, 700.9, 99.9, 0.9), (480, 640, 3)) == (0, 10, 640, 99)
     assert detector_box((700.0, 10.0, 800.0, 50.0), (480, 640, 3)) is None
+    # a box that starts exactly at the right or bottom edge holds no pixels either: no face, not an empty box
+    assert detector_box((640.0, 10.0, 800.0, 50.0), (480, 640, 3)) is None
+    assert detector_box((10.0, 480.0, 50.0, 500.0), (480, 640, 3)) is None
 
 
 def test_extra_margin_is_clipped_at_the_frame() -> None:
@@ -289,6 +311,14 @@ def test_crop_face_is_lanczos_to_256() -> None:
     assert (crop == (10, 20, 30)).all()
     with pytest.raises(ValueError, match="no pixels"):
         geometry.crop_face(frame, (100, 60, 100, 310))
+
+
+def test_crop_face_resamples_with_lanczos() -> None:
+    """Guards the filter: a flat patch looks the same through any filter, a textured one only through Lanczos."""
+    frame = np.random.default_rng(3).integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    crop = geometry.crop_face(frame, (100, 60, 201, 311))
+    expected = cv2.resize(frame[60:311, 100:201], (256, 256), interpolation=cv2.INTER_LANCZOS4)
+    assert np.array_equal(crop, expected)
 
 
 # --------------------------------------------------------------------------- VAE pixels
@@ -317,6 +347,9 @@ def test_unet_input_puts_the_masked_latents_first() -> None:
     assert latents.shape == (2, 8, 32, 32)
     assert latents[:, :4].eq(0).all() and latents[:, 4:].eq(np.float32(0.18215)).all()
     assert torch.equal(geometry.decoder_latents(torch.ones(1)), torch.tensor([1 / 0.18215]))
+    # upstream multiplies by the rounded reciprocal; dividing by 0.18215 differs in the last bit for about 1 in 5
+    latents = torch.linspace(-5, 5, 1001)
+    assert torch.equal(geometry.decoder_latents(latents), (1 / 0.18215) * latents)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
@@ -338,6 +371,10 @@ def test_blend_region_is_a_square_of_1_5_half_sides() -> None:
     assert blend_region((100, 60, 200, 310)) == (-37, -2, 337, 372)
     # odd sizes: centre (150, 130) by floor division, 141 // 2 = 70 -> 105
     assert blend_region((100, 60, 201, 201)) == (45, 25, 255, 235)
+    # the centre is floored, not rounded: (101 + 202) / 2 = 151.5 -> 151, (61 + 202) / 2 = 131.5 -> 131
+    assert blend_region((101, 61, 202, 202)) == (46, 26, 256, 236)
+    # the half-side halves the side by floor division first: 103 // 2 * 1.5 = 76.5 -> 76 (103 / 2 * 1.5 gives 77)
+    assert blend_region((100, 60, 150, 163)) == (49, 35, 201, 187)
 
 
 # --------------------------------------------------------------------------- parsing masks
