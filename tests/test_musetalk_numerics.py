@@ -404,6 +404,56 @@ def test_jaw_mode_grows_the_jaw_spares_the_nose_and_erodes_the_cheeks() -> None:
     assert blend.cheek_mask(90, 90)[0, 345] == 0 and blend.cheek_mask(90, 90)[0, 346] == 255
 
 
+def test_jaw_mode_dilates_one_skin_pixel_into_upstreams_kernel() -> None:
+    """Guards the kernel's shape: one skin pixel in the middle band grows 16 px up at full width (10 px each side),
+    then narrows by a pixel a row to a 1-pixel tip 6 px below it, as upstream's cone and stem."""
+    labels = np.zeros((512, 512), np.int64)
+    labels[300, 256] = blend.SKIN
+    mask = parsing_mask(labels, "jaw")
+    expected = np.zeros((512, 512), np.uint8)
+    for dy in range(-16, 7):
+        half = 10 if dy <= -4 else 6 - dy
+        expected[300 + dy, 256 - half : 256 + half + 1] = 255
+    assert np.array_equal(mask, expected)
+
+
+def test_jaw_mode_spares_the_nose_where_the_skin_grows_over_it() -> None:
+    """Guards the nose rule: the skin below the nose dilates 16 px up into it, and those pixels stay the frame's."""
+    labels = np.zeros((512, 512), np.int64)
+    labels[280:351, 200:313] = blend.SKIN
+    labels[240:280, 236:276] = blend.NOSE
+    mask = parsing_mask(labels, "jaw")
+    assert (mask[270:280, 236:276] == 0).all()  # nose pixels the dilated skin reaches
+    assert (mask[270:280, 226:236] == 255).all()  # beside the nose, the same rows are replaced
+
+
+def test_jaw_mode_erodes_the_cheeks_twice_within_the_cheek_widths() -> None:
+    """Guards the cheek erosion: two passes of the 35x3 ellipse take 34 px off the dilated skin's sides, only on
+    the columns the cheek widths give (left width, then right); the default widths are v1.5's 90, not 80."""
+    labels = np.zeros((512, 512), np.int64)
+    labels[150:351, 170:343] = blend.SKIN  # dilated: columns 160..352; eroded twice: 194..318
+
+    def replaced(*widths: int) -> tuple[int, int]:
+        columns = np.nonzero(parsing_mask(labels, "jaw", *([widths] if widths else [])))[1]
+        return int(columns.min()), int(columns.max())
+
+    assert replaced() == (167, 345)  # cheeks 0..166 and 346..511: the dilated skin in the middle band
+    assert replaced(60, 120) == (194, 352)  # the left cheek (0..196) eroded, the right one (376..511) beyond it
+    assert replaced(120, 60) == (160, 318)
+
+
+def test_jaw_mode_always_replaces_the_mouth_and_both_lips() -> None:
+    """Guards the jaw mode's mouth classes: lips away from any skin are still replaced, the neck is not."""
+    labels = np.zeros((512, 512), np.int64)
+    labels[100:110, 100:110] = blend.MOUTH
+    labels[200:210, 200:210] = blend.UPPER_LIP
+    labels[300:310, 300:310] = blend.LOWER_LIP
+    labels[400:410, 400:410] = blend.NECK
+    mask = parsing_mask(labels, "jaw")
+    assert (mask[100:110, 100:110] == 255).all() and (mask[200:210, 200:210] == 255).all()
+    assert (mask[300:310, 300:310] == 255).all() and mask.sum() == 3 * 100 * 255
+
+
 # --------------------------------------------------------------------------- prepare and blend
 
 
@@ -429,6 +479,42 @@ def test_prepared_mask_is_the_box_below_the_middle() -> None:
     assert np.array_equal(plan.mask.numpy(), expected)
     assert blend.blur_kernel_size(210, blend.BLUR_PREPARED) == 21
     assert blend.blur_kernel_size(210, blend.BLUR_ONE_SHOT) == 11
+
+
+def test_blur_kernel_truncates_before_making_it_odd() -> None:
+    """Guards upstream's int(fraction * side // 2 * 2) + 1: 21.5 and 21.9 give 21, not a rounded 23."""
+    assert blend.blur_kernel_size(215) == 21 and blend.blur_kernel_size(219) == 21
+    assert blend.blur_kernel_size(220) == 23 and blend.blur_kernel_size(9) == 1
+
+
+def test_prepared_mask_is_resized_bicubic_and_blurred_with_the_kernels_own_sigma() -> None:
+    """Guards the resampling and the blur: a parsed edge reaches the region through PIL's bicubic filter, and the
+    mask is blurred with cv2's sigma for the kernel size (sigma 0), as upstream's get_image_prepare_material."""
+    rows, columns = np.mgrid[0:512, 0:512]
+    labels = np.where((rows // 16 + columns // 16) % 2 == 0, blend.SKIN, 0)  # a checkerboard of parsed edges
+    sharp = prepare_blend(BOX, labels, "raw", blur_fraction=0.0).mask.numpy()
+    resized = np.asarray(Image.fromarray(parsing_mask(labels, "raw")).resize((210, 210), Image.Resampling.BICUBIC))
+    expected = np.zeros((210, 210), np.uint8)
+    expected[105:176, 55:156] = resized[105:176, 55:156]
+    assert np.array_equal(sharp, expected)
+    blurred = prepare_blend(BOX, labels, "raw").mask.numpy()
+    assert np.array_equal(blurred, cv2.GaussianBlur(expected, (21, 21), 0))
+
+
+def test_the_parsers_region_is_black_past_the_frame() -> None:
+    """Guards region_pixels: as PIL's crop, the part of the blend region outside the frame is black (0)."""
+    frame = np.full((100, 120, 3), 200, np.uint8)
+    frame[0, 0] = (1, 2, 3)
+    region = blend.region_pixels(frame, (-10, -20, 50, 40))
+    assert region.shape == (60, 60, 3)
+    assert (region[:20] == 0).all() and (region[:, :10] == 0).all()
+    assert tuple(region[20, 10]) == (1, 2, 3) and (region[21:, 11:] == 200).all()
+
+
+def test_a_face_box_without_parsing_labels_is_refused() -> None:
+    """Guards prepare_blend's check: a face with no labels would otherwise fail deep inside the mask's resize."""
+    with pytest.raises(ValueError, match="parsing labels"):
+        prepare_blend(BOX, None)
 
 
 def test_blending_changes_nothing_outside_the_blend_region() -> None:
@@ -506,3 +592,9 @@ def test_parser_input_is_imagenet_normalised_512() -> None:
     logits[0, 13, 1, 2] = 1.0
     labels = blend.parsing_labels(logits)
     assert labels[1, 2] == 13 and labels[0, 0] == 0
+    # a textured region: PIL's bilinear filter (antialiased when shrinking), every channel normalised
+    textured = np.random.default_rng(4).integers(0, 256, (300, 300, 3), dtype=np.uint8)
+    rgb = np.asarray(Image.fromarray(np.ascontiguousarray(textured[:, :, ::-1])).resize((512, 512), Image.BILINEAR))
+    mean, std = np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224, 0.225], np.float32)
+    expected = ((rgb.astype(np.float32) / 255 - mean) / std).transpose(2, 0, 1)
+    assert np.allclose(blend.parser_input(textured)[0].numpy(), expected, atol=1e-5)
