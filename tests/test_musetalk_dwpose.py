@@ -31,6 +31,7 @@ from engine.lipsync.musetalk.dwpose import (
     DWPose,
     center_scale,
     pose_input,
+    to_frame,
     whole_frame_box,
 )
 from engine.lipsync.musetalk.geometry import bbox_shift_range, landmark_box
@@ -516,3 +517,37 @@ def test_a_sliver_of_a_frame_still_goes_to_the_detector() -> None:
 
     image, ratio = detector_input(np.zeros((2, 1500, 3), np.uint8))  # 640 / 1500 of 2 rows: 0 rows before
     assert image.shape == (3, 640, 640) and ratio == 640 / 1500
+
+
+def test_points_go_back_to_the_frame_in_float64() -> None:
+    """Guards to_frame's precision: mmpose promotes the input-pixel points to float64 before scaling them back,
+    so a float32 computation lands up to a few thousandths of a pixel away on a large frame."""
+    points = np.array([[100.5, 200.25], [3.5, 700.0], [287.5, 0.5]], np.float32)
+    center, scale = np.array([960.3, 540.7], np.float32), np.array([2400.1, 3200.1333], np.float32)
+    frame_points = to_frame(points, center, scale)
+    assert frame_points.dtype == np.float64
+    scale64 = scale.astype(np.float64)
+    expected = points.astype(np.float64) / [288.0, 384.0] * scale64 + center.astype(np.float64) - 0.5 * scale64
+    assert np.array_equal(frame_points, expected)
+
+
+def test_a_person_must_score_above_0_3() -> None:
+    """Guards the bar DWPose's ONNX wrapper keeps: a best person scoring 0.28 is no person (the whole frame is
+    used), one scoring 0.32 gives the box."""
+    from engine.lipsync.musetalk.dwpose import best_person
+
+    rows = np.zeros((8400, 85), np.float32)
+    rows[:, 4], rows[:, 5] = 0.7, 0.4  # objectness x person score 0.28
+    assert best_person(rows, 1.0, (640, 640)) is None
+    rows[7, 5] = 0.46  # 0.322
+    assert best_person(rows, 1.0, (640, 640)) is not None
+
+
+def test_the_detector_sees_the_frame_top_left_on_grey() -> None:
+    """Guards YOLOX's letterbox for a file whose input is not square: the ratio fits the frame's height to the
+    input's height and its width to the input's width, and the rest is grey 114."""
+    from engine.lipsync.musetalk.dwpose import detector_input
+
+    image, ratio = detector_input(np.full((100, 300, 3), 7, np.uint8), (320, 640))
+    assert ratio == 640 / 300 and image.shape == (3, 320, 640)
+    assert (image[:, :213] == 7).all() and (image[:, 213:] == 114).all()  # int(100 x 640 / 300) = 213 rows
