@@ -26,6 +26,7 @@ from engine.lipsync.musetalk.avatar import (
     DETECTOR,
     LANDMARKS,
     PreparedAvatar,
+    best_detection,
     frame_box,
     load_avatar,
     payload_digest,
@@ -506,3 +507,76 @@ def test_a_lock_left_by_an_evicted_avatar_goes_with_it(avatar, tmp_path: Path) -
     assert sorted(p.name for p in store.folder.iterdir()) == sorted(
         [store.path(("b",)).name, store.path(("b",)).with_suffix(".lock").name]
     )
+
+
+def test_the_best_detection_is_the_most_confident() -> None:
+    """Guards best_detection: upstream takes S3FD's most confident face, not the first or the least confident one,
+    and a row with a NaN is no detection."""
+    rows = np.array(
+        [[0, 0, 10, 10, 0.5], [20, 20, 40, 40, 0.9], [50, 50, 60, 60, 0.7], [1, 1, 2, 2, np.nan]], np.float32
+    )
+    assert best_detection(rows).tolist() == pytest.approx([20, 20, 40, 40, 0.9])
+    assert best_detection(rows[[3]]) is None and best_detection(np.zeros((0, 5), np.float32)) is None
+
+
+def test_a_box_of_exactly_the_smallest_side_is_a_face(networks, face) -> None:
+    """Guards MIN_FACE_SIDE's bound: a box of 8 pixels on its shorter side is a face, one of 7 is not."""
+    parser = dataclasses.replace(networks, face_parser=SkinParser())
+    avatar = prepare_avatar([face], parser, detector=StubDetector((10, 10, 18, 60, 0.9)), extra_margin=0)
+    assert avatar.boxes == ((10, 10, 18, 60),)
+    with pytest.raises(InputError, match="under 8 pixels"):
+        prepare_avatar([face], parser, detector=StubDetector((10, 10, 60, 17, 0.9)), extra_margin=0)
+
+
+def test_bbox_shift_on_detector_boxes_says_it_moves_nothing(networks, face) -> None:
+    """Guards the warning's condition: bbox_shift moves only landmark boxes, so a shift given with detector boxes
+    alone is said, and one given with landmark boxes is not."""
+    parser = dataclasses.replace(networks, face_parser=SkinParser())
+    said = "bbox_shift moves only boxes made from face landmarks"
+    assert any(said in w for w in prepare_avatar([face], parser, detector=StubDetector(), bbox_shift=5).warnings)
+    assert not any(said in w for w in prepare_avatar([face], parser, detector=StubDetector()).warnings)
+    points = np.tile(np.array([230.0, 180.0], np.float32), (68, 1))
+    points[0, 0], points[16, 0], points[8, 1], points[29, 1] = 180.0, 280.0, 210.0, 140.0
+
+    class Landmarks:
+        name = "stub-landmarks"
+
+        def landmarks(self, frames):
+            return [points for _ in frames]
+
+    avatar = prepare_avatar([face], parser, detector=StubDetector(), landmarks=Landmarks(), bbox_shift=5)
+    assert avatar.box_sources == (LANDMARKS,) and not any(said in w for w in avatar.warnings)
+
+
+def test_a_changed_setting_in_a_stored_avatar_is_found(avatar, tmp_path: Path) -> None:
+    """Guards the digest over the plain values: a bbox_shift or a box changed on disk loads into a plausible avatar
+    (or one check_avatar calls damaged for another reason) unless the digest covers them too."""
+    data = torch.load(save_avatar(avatar, tmp_path / "avatar.pt"), weights_only=True)
+    face = next(i for i, b in enumerate(data["boxes"]) if b is not None)
+    moved = [[b[0] + 1, *b[1:]] if i == face else b for i, b in enumerate(data["boxes"])]
+    for name, changed in (("shift", {"bbox_shift": 4}), ("box", {"boxes": moved}), ("mode", {"parsing_mode": "raw"})):
+        torch.save({**data, **changed}, tmp_path / f"{name}.pt")
+        with pytest.raises(InputError, match="do not match their digest"):
+            load_avatar(tmp_path / f"{name}.pt")
+
+
+def test_every_frame_reaches_the_detector_and_every_face_the_encoder(networks, face) -> None:
+    """Guards the batching: 17 frames take two detector calls of 16 and 1 (the last frame, the only face, is
+    found), and 3 faces in batches of 2 give 3 latent rows, each the same as its frame's alone."""
+    detector = StubDetector()
+    parser = dataclasses.replace(networks, face_parser=SkinParser())
+    avatar = prepare_avatar([np.zeros_like(face)] * 16 + [face], parser, detector=detector)
+    assert detector.calls == 2 and avatar.faces == 1 and avatar.boxes[16] is not None
+    batched = prepare_avatar([face] * 3, parser, detector=StubDetector(), batch_size=2)
+    assert batched.latents.shape[0] == 3 and batched.latent_rows == (0, 1, 2)
+    assert torch.allclose(batched.latents[2], batched.latents[0], atol=1e-5)
+
+
+def test_cheek_widths_keep_their_sides_and_fps_must_be_positive(networks, face) -> None:
+    """Guards the options' checks: the left and right cheek widths are kept in that order, and fps 0 is refused
+    (it would divide every later clip's timing by zero)."""
+    parser = dataclasses.replace(networks, face_parser=SkinParser())
+    avatar = prepare_avatar([face], parser, detector=StubDetector(), cheek_widths=(60, 120), fps=25)
+    assert avatar.cheek_widths == (60, 120) and avatar.fps == 25.0
+    with pytest.raises(InputError, match="fps"):
+        prepare_avatar([face], parser, detector=StubDetector(), fps=0)
