@@ -267,6 +267,65 @@ def test_a_template_with_a_bad_fps_is_refused_before_its_frames_are_unpacked(
         assert peak < 30 * 2**20, (name, peak)
 
 
+def test_the_length_limit_takes_exactly_max_seconds(tmp_path: Path) -> None:
+    """Guards the limit's bound and its units: 5 frames at 25 fps are 0.2 s, accepted under a 0.2 s limit and
+    refused under 0.19 s; a pickle without output_fps is upstream's 25 fps."""
+    path = upstream_pickle(tmp_path / "d.pkl", _angles(5, seed=8), fps=25)
+    assert read_template(path, max_seconds=0.2).motion.exp.shape[0] == 5
+    with pytest.raises(PortraitError, match=r"holds 0.2 s of motion \(5 frames at 25 fps\)"):
+        read_template(path, max_seconds=0.19)
+    data = pickle.loads(path.read_bytes())
+    del data["output_fps"]
+    path.write_bytes(pickle.dumps(data))
+    assert read_template(path).fps == 25.0
+
+
+def test_newer_keys_win_where_a_pickle_holds_both_layouts(tmp_path: Path) -> None:
+    """Guards the key order upstream reads: R before R_d, c_lip_lst before c_d_lip_lst."""
+    motion = _angles(2, seed=9)
+    data = pickle.loads(upstream_pickle(tmp_path / "d.pkl", motion).read_bytes())
+    for frame in data["motion"]:
+        frame["R_d"] = np.eye(3, dtype=np.float32)[None]
+    data["c_d_eyes_lst"] = [np.zeros((1, 2), np.float32)] * 2
+    data["c_d_lip_lst"] = [np.full((1, 1), 0.9, np.float32)] * 2
+    (tmp_path / "both.pkl").write_bytes(pickle.dumps(data))
+    both = read_template(tmp_path / "both.pkl")
+    assert torch.equal(both.motion.rotation, motion.rotation)
+    eyes, lips = both.openness
+    assert eyes[1].tolist() == pytest.approx([0.31, 0.25]) and lips.tolist() == pytest.approx([0.0, 0.1])
+
+
+def test_an_npz_keeps_its_openness_and_fps(tmp_path: Path) -> None:
+    """Guards save and read of our .npz: eyes and lips come back as saved (not dropped, not swapped), the fps is
+    kept in float64 (29.97 exactly), and a file with the eyes but not the lips is refused."""
+    eyes, lips = np.array([[0.3, 0.2], [0.1, 0.4]], np.float32), np.array([0.7, 0.05], np.float32)
+    save_template(tmp_path / "d.npz", _angles(2, seed=10), 29.97, (eyes, lips))
+    read = read_template(tmp_path / "d.npz")
+    assert read.fps == 29.97
+    assert np.array_equal(read.openness[0], eyes) and np.array_equal(read.openness[1], lips)
+    with np.load(tmp_path / "d.npz") as data:
+        np.savez(tmp_path / "eyes.npz", **{k: v for k, v in data.items() if k != "lips"})
+    with pytest.raises(PortraitError, match="both the eyes' and the lips' openness, or neither"):
+        read_template(tmp_path / "eyes.npz")
+
+
+def test_an_npz_of_no_frames_is_refused(tmp_path: Path) -> None:
+    """Guards `frames >= 1`: a template of no frames would drive nothing and fail later, far from its cause."""
+    save_template(tmp_path / "empty.npz", _angles(2, seed=11).select(slice(0, 0)), 25.0)
+    with pytest.raises(PortraitError, match="needs at least one frame"):
+        read_template(tmp_path / "empty.npz")
+
+
+def test_a_pickle_over_the_size_limit_is_refused_unread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Guards the size check: a .pkl one byte over MAX_PICKLE_BYTES is refused before it is read."""
+    from engine.portrait import templates
+
+    monkeypatch.setattr(templates, "MAX_PICKLE_BYTES", 2**20)
+    (tmp_path / "big.pkl").write_bytes(b"\0" * (2**20 + 1))
+    with pytest.raises(PortraitError, match=r"may be at most 1 MiB"):
+        read_template(tmp_path / "big.pkl")
+
+
 def test_source_folder_and_tiny_source_limit_are_messages(tmp_path: Path) -> None:
     from engine.portrait.config import PortraitConfig
 
