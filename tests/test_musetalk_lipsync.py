@@ -446,6 +446,22 @@ def test_avatar_prepares_a_whole_video_once_for_speech_of_any_length(weights, tm
         assert not {stage.name for stage in result.stages} & {"decode", "detect", "vae encode", "parse"}
 
 
+def test_an_avatar_of_a_videos_first_frames_is_not_its_whole_video(weights, tmp_path) -> None:
+    """Guards the frame count in the avatar's key: a short speech prepares the video's first 5 frames only; a
+    longer one needs all 12, and reusing the 5 would loop them where the video goes on."""
+    from engine.lipsync.musetalk import run
+
+    run.AVATARS.clear()
+    video = _face_video(tmp_path / "face.mp4", 12)
+    settings = _settings(tmp_path)
+    sources = []
+    for seconds in (0.2, 1.0, 0.2):
+        config = LipSyncConfig(face=video, audio=speech_file(tmp_path / f"{seconds}.wav", seconds), engine="musetalk",
+                               musetalk_weights=str(weights), box=BOX)  # fmt: skip
+        sources.append(run_lipsync(config, tmp_path / "out.mp4", settings, device="cpu").metrics["avatar_source"])
+    assert sources == ["prepared", "prepared", "memory"]
+
+
 def test_an_avatar_prepared_on_one_gpu_serves_every_gpu_of_that_kind(weights, tmp_path) -> None:
     """The stored avatar's key held the device with its index, so a worker on cuda:1 prepared again what cuda:0's
     had stored; the networks' own cache still tells the devices apart."""
