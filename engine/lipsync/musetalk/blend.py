@@ -111,7 +111,8 @@ def parsing_mask(
             raise ValueError(f"the jaw mode needs BiSeNet's {PARSING_SIZE}x{PARSING_SIZE} labels, got {labels.shape}")
         skin = np.where(labels == SKIN, 255, 0).astype(np.uint8)
         dilated = cv2.dilate(skin, jaw_kernel(), iterations=1)
-        eroded = cv2.erode(dilated, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, _CHEEK_ERODE), iterations=2)
+        cheek_kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, _CHEEK_ERODE)
+        eroded = cv2.erode(dilated, cheek_kernel, iterations=_CHEEK_ERODE_ITERATIONS)
         region = cv2.bitwise_or(cv2.bitwise_and(eroded, cheeks), cv2.bitwise_and(dilated, cv2.bitwise_not(cheeks)))
         keep = ((region == 255) & (labels != NOSE)) | np.isin(labels, [MOUTH, UPPER_LIP, LOWER_LIP])
     else:
