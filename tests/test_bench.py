@@ -619,27 +619,37 @@ def test_a_point_naming_an_option_its_runtime_lacks_is_refused() -> None:
     assert [p.label for p in points] == ["cpu eager fp32 b1", "cpu compile fp32 b1 max-autotune"]
 
 
-def test_a_gpu_points_energy_comes_from_a_window_long_enough_for_nvmls_counter(monkeypatch) -> None:
-    """NVML's energy counter moves about every 100 ms: a point's timed runs (35 ms at batch 32) measured noise, so
-    the energy comes from as many more runs as fill ENERGY_WINDOW_S, per sample of that window."""
+class _CountedRuns:
+    """A runtime whose runs take no time, keeping how many it was asked for each time."""
+
+    def __init__(self) -> None:
+        self.ran: list[int] = []
+
+    def timed_runs(self, runs: int) -> list[float]:
+        self.ran.append(runs)
+        return [0.0] * runs
+
+
+def _energy_counter_10_j_apart(monkeypatch) -> None:
+    """NVML's energy counter, 10 J between a window's two readings, and a 0.05 s energy window."""
     from test_measure import FakeDevice, FakeNvml
 
-    from engine.jobs.measure import NVML_COUNTER, measured
+    from engine.jobs.measure import measured
 
-    nvml = FakeNvml(energy_mj=[1_000_000, 1_010_000])  # 10 J between the window's two readings
+    nvml = FakeNvml(energy_mj=[1_000_000, 1_010_000])
     monkeypatch.setattr(bench, "measured", lambda device: measured("cpu", nvml_device=FakeDevice(nvml)))
     monkeypatch.setattr(bench, "ENERGY_WINDOW_S", 0.05)
 
-    ran: list[int] = []
 
-    class Runtime:
-        def timed_runs(self, runs: int) -> list[float]:
-            ran.append(runs)
-            return [0.0] * runs
+def test_a_gpu_points_energy_comes_from_a_window_long_enough_for_nvmls_counter(monkeypatch) -> None:
+    """NVML's energy counter moves about every 100 ms: a point's timed runs (35 ms at batch 32) measured noise, so
+    the energy comes from as many more runs as fill ENERGY_WINDOW_S, per sample of that window."""
+    from engine.jobs.measure import NVML_COUNTER
 
-    row: dict = {}
-    bench._energy_window(Runtime(), row, 0.01, 4, "cuda:0")
-    assert ran == [5]  # 0.05 s of 0.01 s runs
+    _energy_counter_10_j_apart(monkeypatch)
+    runtime, row = _CountedRuns(), {}
+    bench._energy_window(runtime, row, 0.01, 4, "cuda:0")
+    assert runtime.ran == [5]  # 0.05 s of 0.01 s runs
     assert row["energy_j_per_sample"] == pytest.approx(10.0 / (5 * 4)) and row["energy_source"] == NVML_COUNTER
     assert row["energy_window_s"] > 0
 
@@ -716,22 +726,10 @@ def test_a_cpu_row_computes_at_the_precision_it_asked_for() -> None:
 
 def test_the_energy_window_is_filled_rounding_the_runs_up(monkeypatch) -> None:
     """Runs of 0.03 s fill a 0.05 s window in 2, not 1: rounding down measured less than the window NVML needs."""
-    from test_measure import FakeDevice, FakeNvml
-
-    from engine.jobs.measure import measured
-
-    nvml = FakeNvml(energy_mj=[1_000_000, 1_010_000])
-    monkeypatch.setattr(bench, "measured", lambda device: measured("cpu", nvml_device=FakeDevice(nvml)))
-    monkeypatch.setattr(bench, "ENERGY_WINDOW_S", 0.05)
-    ran: list[int] = []
-
-    class Runtime:
-        def timed_runs(self, runs: int) -> list[float]:
-            ran.append(runs)
-            return [0.0] * runs
-
-    bench._energy_window(Runtime(), {}, 0.03, 1, "cuda:0")
-    assert ran == [2]
+    _energy_counter_10_j_apart(monkeypatch)
+    runtime = _CountedRuns()
+    bench._energy_window(runtime, {}, 0.03, 1, "cuda:0")
+    assert runtime.ran == [2]
 
 
 def test_a_cpu_points_memory_estimate_spares_batch_1_and_speaks_in_gib(monkeypatch) -> None:

@@ -14,7 +14,19 @@ import pytest
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
-from tiny_onnx import SCALE, B, W, classifier, fixed, huge_output, mlp, nonzero, save, with_default  # noqa: E402
+from tiny_onnx import (  # noqa: E402
+    SCALE,
+    B,
+    W,
+    classifier,
+    fixed,
+    huge_output,
+    mlp,
+    nonzero,
+    save,
+    sequence,
+    with_default,
+)
 
 import engine.onnx.compare as compare  # noqa: E402
 import engine.onnx.inputs as onnx_inputs  # noqa: E402
@@ -219,12 +231,7 @@ def test_failing_batch_is_recorded_and_the_rest_runs(tmp_path: Path) -> None:
 
 def test_a_symbol_left_at_its_default_is_said(tmp_path: Path) -> None:
     """A sequence model was timed at length 1 without a word (onnx inspect said it; eval did not)."""
-    graph = helper.make_graph(
-        [helper.make_node("Relu", ["x"], ["y"])], "seq",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq"])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "seq"])],
-    )  # fmt: skip
-    path = save(graph, tmp_path / "seq.onnx")
+    path = sequence(tmp_path / "seq.onnx")
     said = "symbolic dimensions at their default of 1: seq (give symbols, e.g. seq=N"
     report = evaluate(path, inspect_model(path), EvalConfig(batch_sizes=(2,), **FAST))
     assert any(said in w for w in report["warnings"])
@@ -235,12 +242,7 @@ def test_a_symbol_left_at_its_default_is_said(tmp_path: Path) -> None:
 def test_an_npz_of_another_sequence_length_is_told_the_symbols_that_take_it(tmp_path: Path) -> None:
     """The refusal gave the model's shape at seq=1 and said nothing of --symbols, which sets the run's sizes (the
     file's cannot: they are set before any input is read)."""
-    graph = helper.make_graph(
-        [helper.make_node("Relu", ["x"], ["y"])], "seq",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq"])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "seq"])],
-    )  # fmt: skip
-    path = save(graph, tmp_path / "seq.onnx")
+    path = sequence(tmp_path / "seq.onnx")
     np.savez(tmp_path / "x.npz", x=np.ones((1, 7), np.float32))
     config = EvalConfig(inputs=tmp_path / "x.npz", **FAST)
     with pytest.raises(EvalError, match=r"has shape \[1, 7\], the model wants \[1, 1\] .*; --symbols seq=7 runs at"):
@@ -1250,12 +1252,7 @@ def test_fewer_labels_than_samples_are_refused_before_running(tmp_path: Path) ->
 def test_no_default_symbol_warning_where_the_inputs_file_sets_the_sizes(tmp_path: Path) -> None:
     """With the user's inputs the sizes are theirs (an .npz at seq=1 is timed at the length it holds), not a default
     to warn of: the warning told them to give symbols."""
-    graph = helper.make_graph(
-        [helper.make_node("Relu", ["x"], ["y"])], "seq",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq"])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "seq"])],
-    )  # fmt: skip
-    path = save(graph, tmp_path / "seq.onnx")
+    path = sequence(tmp_path / "seq.onnx")
     np.savez(tmp_path / "x.npz", x=np.ones((2, 1), np.float32))
     warned = check_request(inspect_model(path), EvalConfig(batch_sizes=(2,), inputs=tmp_path / "x.npz", **FAST))
     assert not any("default of 1" in w for w in warned)

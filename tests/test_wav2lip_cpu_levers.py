@@ -218,29 +218,6 @@ def test_the_rows_skipped_are_a_real_share_of_the_decoder(checkpoint) -> None:
 
 
 @pytest.mark.parametrize("size", [(108, 140), (200, 200), (60, 60), (40, 80), (500, 300), (97, 191), (12, 12)])
-def test_the_blend_paste_reads_no_row_above_first_row_read(size) -> None:
-    width, height = size
-    rng = np.random.default_rng(width * height)
-    box = (7, 5, 7 + width, 5 + height)
-    frame = rng.integers(0, 256, (height + 12, width + 20, 3), dtype=np.uint8)
-    prediction = rng.uniform(0, 255, (FACE_SIZE, FACE_SIZE, 3)).astype(np.float32)
-    top = first_row_read(box, FACE_SIZE)
-    assert first_row_read(box, FACE_SIZE, "upstream") == 0  # it pastes the whole box
-    expected = frame.copy()
-    paste(expected, box, prediction)
-    garbage = prediction.copy()
-    garbage[:top] = 1e6  # anything finite: never read
-    got = frame.copy()
-    paste(got, box, garbage)
-    assert np.array_equal(got, expected)
-    if height >= 40:  # and not far too cautious: a few rows further down are read
-        garbage[: top + 3] = 1e6
-        paste(got, box, garbage)
-        assert not np.array_equal(got, expected)
-        assert 10 <= top <= 40
-
-
-@pytest.mark.parametrize("size", [(108, 140), (200, 200), (60, 60), (40, 80), (500, 300), (97, 191), (12, 12)])
 def test_first_row_read_is_the_first_row_the_blend_paste_reads(size) -> None:
     """Not one row too cautious nor one too bold: a finite value however large in the rows above it changes
     nothing, in it the paste (its weight there is small but not zero, except where a cubic tap falls exactly on a
@@ -251,6 +228,8 @@ def test_first_row_read_is_the_first_row_the_blend_paste_reads(size) -> None:
     frame = rng.integers(0, 256, (height + 12, width + 20, 3), dtype=np.uint8)
     prediction = rng.uniform(0, 255, (FACE_SIZE, FACE_SIZE, 3)).astype(np.float32)
     top = first_row_read(box, FACE_SIZE)
+    assert first_row_read(box, FACE_SIZE, "upstream") == 0  # it pastes the whole box
+    assert height < 40 or 10 <= top <= 40  # about a quarter of the way down
     expected = frame.copy()
     paste(expected, box, prediction)
     for rows, changes in ((slice(0, top), False), (slice(top, top + 1), True)):

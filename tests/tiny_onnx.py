@@ -41,6 +41,16 @@ def mlp(path: Path) -> Path:
     return save(graph, path)
 
 
+def sequence(path: Path) -> Path:
+    """y = Relu(x) on x[batch, seq]: a model with a symbolic dimension beside its batch."""
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])], "seq",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "seq"])],
+    )  # fmt: skip
+    return save(graph, path)
+
+
 def fixed(path: Path) -> Path:
     """y = x + 1 on a fixed x[2, 4]: no batch dimension to sweep."""
     one = numpy_helper.from_array(np.ones((2, 4), np.float32), "one")
