@@ -747,3 +747,69 @@ def test_a_cpu_points_memory_estimate_spares_batch_1_and_speaks_in_gib(monkeypat
     words = bench._over_host_memory(ctx, BenchPoint("eager", "fp32", 2, "cpu"))
     assert words.startswith("not run: batch 2 may need up to 31.0 GiB of memory (15360 MiB a sample")
     assert "1024 MiB of weights) and 8.0 GiB is free" in words
+
+
+class _GpuPointRuntime:
+    """An eager runtime on a card that is not here: each run allocates 64 MiB on a fake CUDA allocator and frees it."""
+
+    ran_on, fell_back, fallback_reason = "cuda:0", False, None
+
+    def __init__(self, allocator) -> None:
+        self.allocator, self.ran = allocator, []
+
+    def load(self) -> None:
+        pass
+
+    def set_inputs(self, inputs) -> None:
+        pass
+
+    def run(self) -> None:
+        self.allocator.allocate(64 * 2**20)
+        self.allocator.free(64 * 2**20)
+
+    def timed_runs(self, runs: int) -> list[float]:
+        self.ran.append(runs)
+        for _ in range(runs):
+            self.run()
+        return [1.0] * runs
+
+    def sync(self) -> None:
+        pass
+
+    def output(self) -> np.ndarray:
+        return np.ones((8, 2), np.float32)
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_gpu_points_memory_leaves_out_what_the_process_held_before_and_its_energy_is_per_sample(monkeypatch) -> None:
+    """Networks other work keeps on the card (100 MiB here) are not the point's: its allocator peak is the runs'
+    64 MiB. Energy is the window's joules over every sample of its runs (4 runs of batch 2: 40 J is 5 J a sample),
+    from the timed runs where they fill the energy window, with no second window then."""
+    import torch
+    from test_measure import FakeAllocator, FakeDevice, FakeNvml
+
+    from engine.bench.workloads import BenchModel
+    from engine.jobs.measure import NVML_COUNTER, measured
+
+    allocator = FakeAllocator()
+    allocator.allocate(100 * 2**20)
+    nvml = FakeNvml(energy_mj=[1_000_000, 1_040_000])
+    runtime = _GpuPointRuntime(allocator)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: allocator.allocated())
+    monkeypatch.setattr(bench, "make_runtime", lambda *args: runtime)
+    monkeypatch.setattr(
+        bench, "measured", lambda device: measured("cpu", nvml_device=FakeDevice(nvml), allocator=allocator)
+    )
+    monkeypatch.setattr(bench, "ENERGY_WINDOW_S", 0.0)
+    point = BenchPoint("eager", "fp32", 2, "cuda")
+    model = BenchModel("m", "m", None, numpy_inputs=lambda b: {})
+    ctx = bench._Context(model, SweepConfig("m", [point], runs=4, warmup=0), "cuda:0", None, 0.9, 1e12)
+    ctx.references["cuda"] = np.ones((8, 2), np.float32)
+    row = bench._empty_row(point)
+    bench._measure(ctx, point, row, lambda words: None)
+    assert runtime.ran == [4]  # the timed runs only: no energy window after them
+    assert row["peak_allocated_bytes"] == 64 * 2**20
+    assert row["energy_j_per_sample"] == pytest.approx(40.0 / (4 * 2)) and row["energy_source"] == NVML_COUNTER
+    assert row["energy_window_s"] >= 0 and row["error_vs_fp32"]["max_abs"] == 0.0
