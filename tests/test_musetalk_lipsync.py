@@ -462,6 +462,31 @@ def test_an_avatar_of_a_videos_first_frames_is_not_its_whole_video(weights, tmp_
     assert sources == ["prepared", "prepared", "memory"]
 
 
+def test_an_avatar_is_prepared_again_when_its_shift_detector_scale_or_landmark_file_changes(
+    weights, tmp_path, monkeypatch
+) -> None:
+    """Guards the rest of the avatar's key: bbox_shift moves every box, detect_scale changes what the detector finds,
+    and a DWPose file replaced in place gives other landmarks; reusing the avatar from before any of them kept the
+    old faces. The landmark model here finds no face, so the detector's boxes are used either way."""
+    from engine.lipsync.musetalk import run
+
+    landmark_file = tmp_path / "dw-ll_ucoco_384.onnx"
+    landmark_file.write_bytes(b"first")
+    no_landmarks = SimpleNamespace(name="dwpose", landmarks=lambda frames: [None] * len(frames), warnings=[])
+    monkeypatch.setattr(run, "landmark_files", lambda files, person_boxes, result: (landmark_file, None))
+    monkeypatch.setattr(run, "landmark_model", lambda paths, device, settings, result: no_landmarks)
+    run.AVATARS.clear()
+    speech, settings = speech_file(tmp_path / "speech.wav", 0.2), _settings(tmp_path)
+
+    def source(**changes) -> str:
+        config = LipSyncConfig(face=FACE, audio=speech, engine="musetalk", musetalk_weights=str(weights), **changes)
+        return run_lipsync(config, tmp_path / "out.mp4", settings, device="cpu").metrics["avatar_source"]
+
+    assert [source(), source(bbox_shift=4), source(detect_scale=1.0)] == ["prepared"] * 3
+    landmark_file.write_bytes(b"second file")
+    assert source() == "prepared"
+
+
 def test_an_avatar_prepared_on_one_gpu_serves_every_gpu_of_that_kind(weights, tmp_path) -> None:
     """The stored avatar's key held the device with its index, so a worker on cuda:1 prepared again what cuda:0's
     had stored; the networks' own cache still tells the devices apart."""
