@@ -873,3 +873,24 @@ def test_a_missing_libcuda_is_the_drivers_not_a_pip_package(tmp_path: Path) -> N
     check = doctor_ort.check_ort_cuda(_ctx(tmp_path, ort_probe=probe))
     assert check.status == PROBLEM and "the NVIDIA driver's own library" in check.found
     assert "NVIDIA_DRIVER_CAPABILITIES" in check.fix and "onnxruntime-gpu[cuda,cudnn]" not in check.fix
+
+
+def test_memory_repairs_already_done_and_corrected_ecc_errors_are_no_fault(monkeypatch, tmp_path: Path) -> None:
+    """Remapped rows (corrected, uncorrected, pending, failed) that are done, corrected ECC errors, and uncorrected
+    ones from before the driver loaded (the aggregate counter) need no reset: only pending or volatile ones do."""
+    quiet = {
+        "nvmlDeviceGetCurrentClocksEventReasons": lambda h: 0,
+        "nvmlDeviceGetPersistenceMode": lambda h: 1,
+        "nvmlDeviceGetComputeRunningProcesses": lambda h: [],
+        "nvmlDeviceGetGraphicsRunningProcesses": lambda h: [],
+    }
+    uncorrected, corrected, volatile, aggregate = 1, 0, 0, 1  # nvml.h's values
+    ecc = {(uncorrected, volatile): 0, (uncorrected, aggregate): 7, (corrected, volatile): 50}
+    done = {
+        "nvmlDeviceGetRemappedRows": lambda h: (5, 2, 0, 0),
+        "nvmlDeviceGetTotalEccErrors": lambda h, kind, counter: ecc[kind, counter],
+    }
+    assert _gpu_state_on(monkeypatch, tmp_path, **quiet, **done).status == OK
+    pending = {**done, "nvmlDeviceGetRemappedRows": lambda h: (0, 0, 1, 0)}
+    check = _gpu_state_on(monkeypatch, tmp_path, **quiet, **pending)
+    assert check.status == WARNING and "waits for a reset" in check.found

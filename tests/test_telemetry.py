@@ -346,3 +346,116 @@ def test_gpus_are_numbered_in_pci_bus_order_as_nvml_numbers_them() -> None:
     chosen = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root,
                             env={**env, "CUDA_DEVICE_ORDER": "FASTEST_FIRST"})  # fmt: skip
     assert chosen.stdout.strip() == "FASTEST_FIRST"  # the user's choice stays
+
+
+def _host(ram_used_gib: float = 8.0, rss_mib: int = 512) -> telemetry.HostSample:
+    """A host sample whose figures are distinct in every unit the table could confuse (GiB, MiB, bytes)."""
+    return telemetry.HostSample(12.0, 16, int(ram_used_gib * 2**30), 64 * 2**30, rss_mib * 2**20, 50.0)
+
+
+def test_the_table_shows_each_figure_in_its_unit_and_its_column(use_fake) -> None:
+    """nvidia-smi's layout: a figure in the wrong unit or column (mW as W, KB/s as MB/s, power beside its cap the
+    wrong way round) reads as a plausible number, so every one is checked where the header puts it."""
+    (gpu,) = use_fake().sample()
+    table = render_table(telemetry.Snapshot(0.0, _host(), [gpu], "580.159.04", "13.0"))
+    # Fan, Temp, Perf, Pwr:Usage/Cap, Memory-Usage; then GPU-Util, Mem-Util, SM/Mem clock, PCIe RX/TX, Enc/Dec
+    assert "30%   61C   P0    312W / 700W        20480MiB / 81920MiB" in table
+    assert "     87%       40%       1980/2619 MHz       4.0/2.0             12%/3%    software power cap, " in table
+    assert "1         C     " in table and "3072MiB" in table  # a process's GPU memory, in MiB
+    assert "Host: CPU 12% of 16 cores   RAM 8.0/64.0 GiB   this process: RSS 512 MiB, CPU 50%" in table
+
+
+def test_a_gpu_with_no_processes_says_so_in_the_table(use_fake) -> None:
+    nvml = use_fake(unsupported={"nvmlDeviceGetComputeRunningProcesses", "nvmlDeviceGetGraphicsRunningProcesses"})
+    table = render_table(telemetry.Snapshot(0.0, _host(), nvml.sample()))
+    assert "No running processes found" in table
+
+
+def test_ram_used_is_what_new_processes_cannot_have(monkeypatch) -> None:
+    """Used RAM is total minus available (page cache counts as free), as the host line and strip show it."""
+    Memory = namedtuple("Memory", "total available used free")
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: Memory(64 * 2**30, 48 * 2**30, 10 * 2**30, 2 * 2**30))
+    host = telemetry.HostSource().sample()
+    assert (host.ram_used_bytes, host.ram_total_bytes) == (16 * 2**30, 64 * 2**30)
+
+
+def test_clocks_held_by_nothing_read_none_and_an_unsupported_reading_na(use_fake) -> None:
+    """No throttle reason is news ("none"); a card that cannot say is not (N/A): the two must not merge."""
+    nvml = use_fake()
+    fake = sys.modules["pynvml"]
+    fake.nvmlDeviceGetCurrentClocksEventReasons = lambda h: 0
+    gpu = nvml.sample()[0]
+    assert gpu.throttle_reasons == [] and telemetry.throttle_text(gpu.throttle_reasons) == "none"
+    assert telemetry.throttle_text(None) == "N/A"
+
+
+def test_throttle_reasons_have_nvmls_bits() -> None:
+    """Each reason's name is on the bit nvml.h gives it (a swap would blame the power supply for heat)."""
+    names = {
+        "nvmlClocksThrottleReasonGpuIdle": "idle",
+        "nvmlClocksThrottleReasonApplicationsClocksSetting": "applications clocks setting",
+        "nvmlClocksThrottleReasonSwPowerCap": "software power cap",
+        "nvmlClocksThrottleReasonHwSlowdown": "hardware slowdown",
+        "nvmlClocksThrottleReasonSyncBoost": "sync boost",
+        "nvmlClocksThrottleReasonSwThermalSlowdown": "software thermal slowdown",
+        "nvmlClocksThrottleReasonHwThermalSlowdown": "hardware thermal slowdown",
+        "nvmlClocksThrottleReasonHwPowerBrakeSlowdown": "hardware power brake",
+        "nvmlClocksThrottleReasonDisplayClockSetting": "display clock setting",
+    }
+    assert {getattr(real_nvml, constant): name for constant, name in names.items()} == telemetry.THROTTLE_REASONS
+
+
+def test_an_unknown_performance_state_is_na_not_p32(use_fake) -> None:
+    nvml = use_fake()
+    sys.modules["pynvml"].nvmlDeviceGetPerformanceState = lambda h: real_nvml.NVML_PSTATE_UNKNOWN
+    assert nvml.sample()[0].performance_state is None
+
+
+def test_mig_mode_is_the_current_one_and_unknown_where_nvml_cannot_tell(use_fake) -> None:
+    """nvmlDeviceGetMigMode gives (current, pending): a change waiting for a reset is not in force yet."""
+    for modes, expected in (([1, 0], True), ([0, 1], False)):
+        use_fake()
+        sys.modules["pynvml"].nvmlDeviceGetMigMode = lambda h, modes=modes: modes
+        assert NvmlSource().devices[0].mig_mode is expected
+    assert use_fake(unsupported={"nvmlDeviceGetMigMode"}).devices[0].mig_mode is None  # a GeForce card: not False
+
+
+def test_a_gpu_reporting_no_memory_total_has_no_memory_share() -> None:
+    assert telemetry.GpuSample(0, "GPU 0", memory_used_bytes=0, memory_total_bytes=0).memory_percent is None
+
+
+def test_nvml_that_starts_but_cannot_count_its_gpus_says_so(use_fake) -> None:
+    use_fake()
+    sys.modules["pynvml"].nvmlDeviceGetCount = lambda: (_ for _ in ()).throw(real_nvml.NVMLError_Unknown())
+    source = NvmlSource()
+    assert source.devices == [] and source.status.startswith("no NVIDIA GPU visible (NVML could not count devices")
+    assert source.driver_version == "580.159.04"  # read before counting: still true
+
+
+def test_a_library_not_found_error_of_any_class_gets_the_driver_install(use_fake) -> None:
+    source = use_fake(init_error=RuntimeError("NVML Shared Library Not Found"))
+    assert "libnvidia-ml.so.1" in source.status and source.fix == telemetry.INSTALL_DRIVER
+
+
+def test_history_columns_keep_gaps_where_a_gpu_gave_no_figure() -> None:
+    """A GPU missing from a sample, or a figure NVML did not give, plots as a gap: never a false zero."""
+    full = telemetry.GpuSample(0, "GPU 0", util_gpu_percent=50.0, memory_used_bytes=2**30, power_w=100.0,
+                               power_limit_w=300.0)  # fmt: skip
+    bare = telemetry.GpuSample(0, "GPU 0")
+    snaps = [
+        telemetry.Snapshot(1.0, _host(), [full]),
+        telemetry.Snapshot(2.0, _host(), [bare, telemetry.GpuSample(1, "GPU 1", power_w=80.0)]),
+    ]
+    cols = series(snaps)
+    assert cols["gpu0.util_percent"] == [50.0, None] and cols["gpu0.memory_gib"] == [1.0, None]
+    assert cols["gpu0.power_w"] == [100.0, None] and cols["gpu1.power_w"] == [None, 80.0]
+    assert cols["host.ram_gib"] == [8.0, 8.0] and cols["host.rss_gib"] == [0.5, 0.5]
+
+
+def test_the_drivers_cuda_version_is_read_from_older_bindings_too(use_fake) -> None:
+    """Bindings without the _v2 call still give the CUDA version the doctor picks install recipes by."""
+    use_fake()
+    fake = sys.modules["pynvml"]
+    del fake.nvmlSystemGetCudaDriverVersion_v2
+    fake.nvmlSystemGetCudaDriverVersion = lambda: 12040
+    assert NvmlSource().cuda_driver_version == "12.4"
