@@ -160,3 +160,47 @@ def test_a_ray_address_is_checked_with_the_settings() -> None:
     with pytest.raises(SettingsError, match="AVATARBENCH_RAY_ADDRESS='nonsense' is not a Ray address"):
         load_settings({"AVATARBENCH_RAY_ADDRESS": "nonsense"})
     assert load_settings({"AVATARBENCH_RAY_ADDRESS": "ray://head:10001"}).ray_address == "ray://head:10001"
+
+
+def _documented_ranges() -> dict[str, tuple[float, float]]:
+    """LO..HI of every numeric setting, as its documented meaning (the README and the System tab) states it."""
+    import re
+
+    from engine.core.settings import DOCUMENTED
+
+    found = {name: re.search(r"(?<![\w.])(\d+(?:\.\d+)?)\.\.(\d+(?:\.\d+)?)\b", meaning) for name, (_, meaning) in
+             DOCUMENTED.items()}  # fmt: skip
+    return {name: (float(m[1]), float(m[2])) for name, m in found.items() if m}
+
+
+def _value(settings: object, field_name: str) -> object:
+    """A setting's value; for KIND=N pairs, the default kind's."""
+    value = getattr(settings, field_name)
+    return dict(value)["default"] if isinstance(value, tuple) else value
+
+
+def _as_text(value: float) -> str:
+    """A number as a user writes it: 1000000, not 1e+06; 0.05 as it is."""
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def test_every_documented_range_is_the_one_enforced_and_its_refusal_says_it() -> None:
+    """Each end of the range the documentation gives is accepted, just past it is refused, and the refusal names the
+    range: a bound off by one, or a message that loses the range, leaves the user guessing."""
+    import re
+
+    from engine.core.settings import DOCUMENTED
+
+    ranges = _documented_ranges()
+    assert len(ranges) >= 15, ranges  # every numeric setting says its range
+    for name, (lo, hi) in ranges.items():
+        field_name = DOCUMENTED[name][0]
+        for value in (lo, hi):
+            text = _as_text(value)
+            assert _value(load_settings({f"AVATARBENCH_{name}": text}), field_name) == value, (name, text)
+        below = lo - 1 if lo >= 1 else (lo / 2 if lo > 0 else -1)
+        for value in (below, hi + 1):
+            with pytest.raises(SettingsError) as err:
+                load_settings({f"AVATARBENCH_{name}": _as_text(value)})
+            said = re.search(r"(\d[\d.]*)\.\.(\d[\d.]*)", str(err.value))
+            assert said and (float(said[1]), float(said[2])) == (lo, hi), (name, value, str(err.value))
