@@ -14,7 +14,7 @@ from engine.core.settings import load_settings
 from engine.system import doctor, doctor_gpu, doctor_host, doctor_ort, gpu_state
 from engine.system.checks import INFO, NOTHING_TO_FIX, OK, PROBLEM, STATUSES, WARNING, Check, Context
 from engine.system.doctor import run_doctor
-from engine.system.telemetry import GpuSample
+from engine.system.telemetry import GpuHealth, GpuProcess, GpuSample
 
 NO_NVML = "the NVML library (libnvidia-ml.so.1) was not found: no NVIDIA driver is installed or mounted"
 
@@ -894,3 +894,69 @@ def test_memory_repairs_already_done_and_corrected_ecc_errors_are_no_fault(monke
     pending = {**done, "nvmlDeviceGetRemappedRows": lambda h: (0, 0, 1, 0)}
     check = _gpu_state_on(monkeypatch, tmp_path, **quiet, **pending)
     assert check.status == WARNING and "waits for a reset" in check.found
+
+
+def _state_check(monkeypatch, tmp_path: Path, *states, own: frozenset[int] = frozenset()) -> Check:
+    """The gpu-state check over these (GpuSample, GpuHealth) pairs, with `own` the app's processes."""
+    monkeypatch.setattr(gpu_state, "own_pids", lambda: set(own))
+    return gpu_state.check_gpu_state(_ctx(tmp_path, gpu_states=list(states)))
+
+
+def _card(index: int = 0, **figures) -> GpuSample:
+    """An idle 80 GiB GPU at 40 C, with these figures changed."""
+    base = dict(memory_used_bytes=0, memory_total_bytes=80 * 2**30, temperature_c=40, throttle_reasons=[])
+    return GpuSample(index, f"NVIDIA Test GPU {index}", **{**base, **figures})
+
+
+def test_several_faults_come_most_serious_first_each_with_its_fix(monkeypatch, tmp_path: Path) -> None:
+    """The report's status is its worst finding, the findings are in the order that stops a job first, and every
+    finding keeps its own fix line: not just the first."""
+    health = GpuHealth(compute_mode="Exclusive Process", persistence_mode=False)
+    hot = _card(throttle_reasons=["hardware thermal slowdown"], temperature_c=91)
+    check = _state_check(monkeypatch, tmp_path, (hot, health))
+    assert check.status == WARNING  # one process at a time is a warning, not "no CUDA at all"
+    parts = check.found.split("; ")
+    assert parts[0].startswith("GPU 0: compute mode Exclusive Process: one process at a time")
+    assert parts[1] == "GPU 0: clocks held down by hardware thermal slowdown at 91 C"
+    assert parts[2].startswith("GPU 0: persistence mode off")
+    fixes = check.fix.splitlines()
+    assert len(fixes) == 3 and "-c DEFAULT" in fixes[0] and "cooling" in fixes[1] and "-pm 1" in fixes[2]
+    worse = _state_check(monkeypatch, tmp_path, (hot, GpuHealth(compute_mode="Prohibited", persistence_mode=False)))
+    assert worse.status == PROBLEM and "no process may use CUDA on it" in worse.found
+
+
+def test_failing_memory_and_repairs_waiting_for_a_reset_are_named(monkeypatch, tmp_path: Path) -> None:
+    failed = _state_check(monkeypatch, tmp_path, (_card(), GpuHealth(row_remap_pending=True, row_remap_failed=True)))
+    assert failed.status == PROBLEM and "its memory is failing" in failed.found and "needs replacing" in failed.fix
+    retired = _state_check(monkeypatch, tmp_path, (_card(), GpuHealth(retired_pages_pending=True)))
+    assert retired.status == WARNING and "waits for a reset" in retired.found and "nvidia-smi -r -i 0" in retired.fix
+
+
+@pytest.mark.parametrize(
+    "reason", ["hardware slowdown", "hardware thermal slowdown", "software thermal slowdown", "hardware power brake"]
+)
+def test_every_fault_that_holds_clocks_down_is_a_warning(monkeypatch, tmp_path: Path, reason: str) -> None:
+    check = _state_check(monkeypatch, tmp_path, (_card(throttle_reasons=[reason, "software power cap"]), GpuHealth()))
+    assert check.status == WARNING and f"clocks held down by {reason} at 40 C" in check.found
+
+
+def test_what_a_gpu_does_not_report_is_no_fault(monkeypatch, tmp_path: Path) -> None:
+    """Persistence mode NVML cannot read is not "off"; a MIG GPU's memory is its instances', not held by others."""
+    full_mig = _card(memory_used_bytes=79 * 2**30, mig_mode=True)
+    check = _state_check(monkeypatch, tmp_path, (full_mig, GpuHealth(persistence_mode=None)))
+    assert check.status == OK and "compute mode N/A" in check.found
+    monkeypatch.setattr(gpu_state.sys, "platform", "win32")  # persistence mode is a Linux setting
+    assert _state_check(monkeypatch, tmp_path, (_card(), GpuHealth(persistence_mode=False))).status == OK
+
+
+def test_only_other_processes_are_named_as_holding_the_memory(monkeypatch, tmp_path: Path) -> None:
+    processes = [GpuProcess(7, "python", "C", 30 * 2**30), GpuProcess(8, "ollama", "C", 40 * 2**30)]
+    busy = _card(memory_used_bytes=70 * 2**30, processes=processes)
+    check = _state_check(monkeypatch, tmp_path, (busy, GpuHealth()), own=frozenset({7}))
+    assert check.status == WARNING and "40.0 of 80.0 GiB held by ollama (pid 8, 40.0 GiB)" in check.found
+    assert "python" not in check.found and "jobs get 40.0 GiB" in check.found
+
+
+def test_a_fault_on_any_gpu_is_found(monkeypatch, tmp_path: Path) -> None:
+    check = _state_check(monkeypatch, tmp_path, (_card(0), GpuHealth()), (_card(1), GpuHealth(ecc_uncorrected=2)))
+    assert check.status == PROBLEM and check.found.startswith("GPU 1: 2 uncorrectable ECC")
