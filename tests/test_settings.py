@@ -204,3 +204,19 @@ def test_every_documented_range_is_the_one_enforced_and_its_refusal_says_it() ->
                 load_settings({f"AVATARBENCH_{name}": _as_text(value)})
             said = re.search(r"(\d[\d.]*)\.\.(\d[\d.]*)", str(err.value))
             assert said and (float(said[1]), float(said[2])) == (lo, hi), (name, value, str(err.value))
+
+
+def test_every_documented_default_is_the_one_used() -> None:
+    """The default the README and the System tab state is the value an unset variable gets."""
+    import re
+
+    from engine.core.settings import DOCUMENTED
+
+    defaults = load_settings({})
+    checked = 0
+    for name, (field_name, meaning) in DOCUMENTED.items():
+        said = re.search(r"\(default (\d+(?:\.\d+)?)\b", meaning)
+        if said:
+            assert float(_value(defaults, field_name)) == float(said[1]), name
+            checked += 1
+    assert checked >= 15
