@@ -960,3 +960,38 @@ def test_only_other_processes_are_named_as_holding_the_memory(monkeypatch, tmp_p
 def test_a_fault_on_any_gpu_is_found(monkeypatch, tmp_path: Path) -> None:
     check = _state_check(monkeypatch, tmp_path, (_card(0), GpuHealth()), (_card(1), GpuHealth(ecc_uncorrected=2)))
     assert check.status == PROBLEM and check.found.startswith("GPU 1: 2 uncorrectable ECC")
+
+
+def test_a_report_is_as_bad_as_its_worst_check_and_information_is_no_fault() -> None:
+    """The overall status a user and `avatarbench doctor`'s exit code go by, and how each kind of finding reads."""
+    from engine.system.checks import DoctorReport
+
+    fine, info = Check("python", OK, "fine"), Check("weights", INFO, "missing", "where they go")
+    warn, problem = (
+        Check("device", WARNING, "CPU fallback", "first fix\nsecond line"),
+        Check("pytorch", PROBLEM, "x", "y"),
+    )
+    assert DoctorReport([info]).status == OK and DoctorReport([info, fine]).status == OK
+    assert DoctorReport([info, warn]).status == WARNING and DoctorReport([warn, problem, info]).status == PROBLEM
+    assert DoctorReport([fine, info, warn, problem, problem], seconds=1.5).render_text().splitlines() == [
+        "[ ok ] python: fine",
+        "[info] weights: missing",
+        "        hint: where they go",
+        "[warn] device: CPU fallback",
+        "         fix: first fix",
+        "              second line",
+        "[FAIL] pytorch: x",
+        "         fix: y",
+        "[FAIL] pytorch: x",
+        "         fix: y",
+        "",
+        "1 ok, 1 info, 1 warning(s), 2 problem(s) in 1.5s",
+    ]
+
+
+def test_the_cpu_onnxruntime_is_flagged_beside_a_gpu_nvml_does_not_read(monkeypatch, tmp_path: Path) -> None:
+    """A GPU on the PCI bus without a driver, or one CUDA runs on without NVML, still wants onnxruntime-gpu."""
+    _installed(monkeypatch, {"onnxruntime": "1.31.0"})
+    for facts in ({"pci_gpus": 1}, {"cuda_gpus": 1}):
+        check = doctor_ort.check_ort_packages(_ctx(tmp_path, nvml_gpus=[], **facts))
+        assert check.status == WARNING and "pip install onnxruntime-gpu" in check.fix, facts
