@@ -37,7 +37,11 @@ def test_values_are_read_and_unknown_variables_kept_for_the_doctor(tmp_path: Pat
 @pytest.mark.parametrize(
     ("name", "value", "words"),
     [
-        ("MAX_UPLOAD_MB", "lots", "not a whole number"),
+        ("MAX_UPLOAD_MB", "lots", "not a whole number; expected 1..100000"),
+        ("GPU_MEMORY_FRACTION", "most", "not a number; expected 0.05..1.0"),
+        ("JOB_TIME_LIMITS", "bench=0", "with 1..604800 seconds"),
+        ("JOB_TIME_LIMITS", "default=604801", "with 1..604800 seconds"),
+        ("KEEP_FREED_MEMORY", "maybe", "'maybe' is not on or off; expected 1 or 0"),
         ("MAX_UPLOAD_MB", "²", "not a whole number"),
         ("MAX_SIDE", "9" * 5000, "... (5000 characters) is not a whole number"),
         ("WORKERS_PER_GPU", "²", "not N or KIND=N"),
@@ -220,3 +224,9 @@ def test_every_documented_default_is_the_one_used() -> None:
             assert float(_value(defaults, field_name)) == float(said[1]), name
             checked += 1
     assert checked >= 15
+
+
+@pytest.mark.parametrize(("raw", "kept"), [("1", True), ("on", True), ("True", True), ("yes", True), ("0", False),
+                                           ("off", False), ("false", False), ("NO", False), ("", True)])  # fmt: skip
+def test_keep_freed_memory_takes_the_usual_words_for_on_and_off(raw: str, kept: bool) -> None:
+    assert load_settings({"AVATARBENCH_KEEP_FREED_MEMORY": raw}).keep_freed_memory is kept
