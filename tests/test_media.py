@@ -13,6 +13,7 @@ import struct
 import tracemalloc
 import zlib
 from collections.abc import Callable
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -20,18 +21,23 @@ import cv2
 import numpy as np
 import pytest
 
-from engine.core.errors import InputError
+from engine.core.errors import InputError, SetupError
 from engine.core.media import (
+    H264_ENCODERS,
     NVDEC_PLANAR,
     Decoding,
+    EncoderProbe,
     MediaError,
     VideoInfo,
     VideoWriter,
     _as_software_decoders,
     _note_decoder,
     check_file,
+    declared_seconds,
     exif_orientation,
+    is_image,
     load_image,
+    pick_h264_encoder,
     probe_video,
     read_frames,
     read_image_header,
@@ -159,6 +165,40 @@ def test_headers_written_by_hand() -> None:
     assert _size(vp8x) == (40, 24)
     os2 = b"BM" + bytes(12) + struct.pack("<IHH", 12, 40, 24)
     assert _size(os2) == (40, 24)
+    lossy = bytearray(_encoded(".webp", RANDOM, cv2.IMWRITE_WEBP_QUALITY, 80))
+    struct.pack_into("<HH", lossy, 26, 40 | 0x4000, 24 | 0xC000)  # VP8's top two bits: an upscaling hint, not size
+    assert _size(bytes(lossy)) == (40, 24)
+
+
+def test_a_top_down_bmp_is_read_as_its_header_says(tmp_path: Path) -> None:
+    """A negative BMP height means rows stored top-down (some tools write them so), not a picture -24 pixels high."""
+    data = bytearray(_encoded(".bmp", RANDOM))
+    (pixels_at,) = struct.unpack_from("<I", data, 10)
+    row = 40 * 3  # a multiple of 4: no padding
+    rows = [data[pixels_at + i * row : pixels_at + (i + 1) * row] for i in range(24)]
+    data[pixels_at : pixels_at + 24 * row] = b"".join(reversed(rows))
+    struct.pack_into("<i", data, 22, -24)
+    assert _size(bytes(data)) == (40, 24)
+    assert np.array_equal(load_image(_write(tmp_path / "top-down.bmp", bytes(data))), RANDOM)
+
+
+def test_grey_16_bit_and_translucent_images_come_out_as_8_bit_bgr(tmp_path: Path) -> None:
+    """Every image reaches the pipelines as HxWx3 uint8: grey repeated in three channels, 16-bit samples scaled
+    (65535 is 255, not 65535 cut down), alpha composited on white and rounded."""
+    grey = np.array([[0, 100, 200, 255] * 6] * 16, np.uint8)
+    got = load_image(_write(tmp_path / "grey.png", _encoded(".png", grey)))
+    assert got.shape == (16, 24, 3) and np.array_equal(got, np.repeat(grey[:, :, None], 3, axis=2))
+    deep = (grey.astype(np.uint16) * 257)[:, :, None].repeat(3, axis=2)  # 8-bit values as 16-bit ones
+    assert np.array_equal(load_image(_write(tmp_path / "deep.png", _encoded(".png", deep))), got)
+    translucent = np.dstack([np.full((16, 16, 3), 100, np.uint8), np.full((16, 16), 128, np.uint8)])
+    over_white = load_image(_write(tmp_path / "translucent.png", _encoded(".png", translucent)))
+    assert (over_white == 177).all()  # 100 over white at 128/255: 177.2, rounded (flooring the share gave 178)
+
+
+def test_the_smallest_side_accepted_is_16_pixels_and_a_smaller_one_is_told_so(tmp_path: Path) -> None:
+    assert load_image(_write(tmp_path / "least.png", png_bytes(16, 16))).shape == (16, 16, 3)
+    path = _write(tmp_path / "thin.png", png_bytes(40, 15))
+    assert refusal(lambda: load_image(path), path) == "thin.png is 40x15: too small (at least 16x16 pixels)"
 
 
 BOMBS = [
@@ -191,6 +231,21 @@ def test_the_pixel_cap_holds_below_the_side_limit(tmp_path: Path, monkeypatch: p
     monkeypatch.setattr(cv2, "imdecode", lambda *args: pytest.fail("decoded"))
     message = refusal(lambda: load_image(path, max_side=8192, max_pixels=20_000_000), path)
     assert "5000x5000 (25 megapixels), more than the limit of 20 megapixels" in message
+
+
+def test_a_camera_photo_and_8k_video_pass_the_pixel_cap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cap is meant for bombs, not for a 36-megapixel camera's photos or 8K UHD video (33 megapixels)."""
+    photo = _write(tmp_path / "camera.png", png_bytes(7360, 4912, pixels=_zlib_zeros(1000)))
+    monkeypatch.setattr(cv2, "imdecode", lambda *args: None)  # past the size checks, nothing is decoded here
+    assert "its PNG data is truncated or damaged" in refusal(lambda: load_image(photo, max_side=8192), photo)
+    validate_video(VideoInfo(7680, 4320, 25.0, 25, 1.0, False, "hevc"), "8k.mp4", 8192, 10.0)
+
+
+def test_every_image_extension_is_taken_as_an_image_whatever_its_case() -> None:
+    """A photo named .jpeg or .TIF went to the video reader, which took it as a one-frame video."""
+    for name in ("a.jpg", "a.JPEG", "a.png", "a.bmp", "a.webp", "a.tif", "a.TIFF"):
+        assert is_image(name), name
+    assert not any(is_image(name) for name in ("a.mp4", "a.gif", "a.mov", "a.jpg.mp4"))
 
 
 def test_a_sliver_too_narrow_and_too_long_is_told_both(tmp_path: Path) -> None:
@@ -399,6 +454,149 @@ def test_frames_are_converted_to_yuv_as_ffmpeg_does_but_faster(tmp_path: Path) -
     # crf 18 and chroma subsampling (FFmpeg's own conversion: 3.5 and a shift of 2), no colour shift or range change
     assert np.abs(back.astype(int) - face).mean() < 4
     assert all(abs(float(back[..., c].mean()) - float(face[..., c].mean())) < 1.5 for c in range(3))
+
+
+def test_a_29_97_fps_video_keeps_its_rate_and_every_frame(tmp_path: Path) -> None:
+    """NTSC's 30000/1001: written and probed as 29.97, never 29 or 30 (the pictures then drift from the sound, by a
+    second every 30 s or every 17 minutes), and every frame counted, also where the header gives only a duration
+    (Matroska)."""
+    ntsc = 30000 / 1001
+    mp4 = tmp_path / "ntsc.mp4"
+    writer = VideoWriter(mp4, ntsc, 16, 16, codec="libx264")
+    for index in range(30):
+        writer.write(np.full((16, 16, 3), index * 8, np.uint8))
+    writer.close()
+    info = probe_video(mp4)
+    assert info.fps == pytest.approx(ntsc, abs=1e-9) and info.frames == 30 and not info.has_audio
+    assert info.duration_s == pytest.approx(1.001, abs=1e-6) and sum(1 for _ in read_frames(mp4)) == 30
+    mkv = tmp_path / "ntsc.mkv"
+    with av.open(str(mkv), "w") as container:
+        stream = container.add_stream("libx264", rate=Fraction(30000, 1001))
+        stream.width, stream.height, stream.pix_fmt = 16, 16, "yuv420p"
+        for index in range(30):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.full((16, 16, 3), index, np.uint8), "bgr24")))
+        container.mux(stream.encode(None))
+    assert probe_video(mkv).frames == 30  # 1.001 s x 29.97 is 29.999999999999996 in floats
+
+
+def test_the_limits_on_rate_and_length_hold_at_their_edges() -> None:
+    """1 and 120 fps are accepted, and a video exactly as long as the limit; a tenth of a second more is refused
+    with its length and the limit."""
+
+    def video(fps: float, seconds: float) -> VideoInfo:
+        return VideoInfo(64, 64, fps, round(fps * seconds), seconds, False, "h264")
+
+    for fps in (1.0, 120.0):
+        validate_video(video(fps, 12.0), "clip.mp4", 4096, 12.0)
+    with pytest.raises(MediaError) as refused:
+        validate_video(video(25.0, 12.1), "clip.mp4", 4096, 12.0)
+    assert str(refused.value) == (
+        "clip.mp4 lasts 12.1 s, longer than the limit of 12 s (AVATARBENCH_MAX_SECONDS); trim it first"
+    )
+
+
+def test_the_streamed_limit_counts_every_frame_that_starts_within_it(tmp_path: Path) -> None:
+    """Half a second at 25 fps is 12.5 frames: frames 0 to 12 start before 0.5 s, so 13 pass and the 14th is
+    refused (rounding 12.5 to even, or down, refused a clip the limit allows)."""
+    thirteen, fourteen = raw_h264(tmp_path / "13.h264", 13 / 25), raw_h264(tmp_path / "14.h264", 14 / 25)
+    assert sum(1 for _ in read_frames(thirteen, max_seconds=0.5)) == 13
+    frames: list[np.ndarray] = []
+    message = refusal(lambda: frames.extend(read_frames(fourteen, max_seconds=0.5)), fourteen)
+    assert "runs longer than the limit of 0.5 s (13 frames at 25 fps" in message and len(frames) == 13
+
+
+def test_the_sound_is_kept_whole_and_the_video_s_length_is_its_pictures(tmp_path: Path) -> None:
+    """Two seconds of sound under one second of pictures: the MP4 keeps all of the sound (the caller sizes it), and
+    the probed length and frame count are the pictures' (the container's longer length would be refused against
+    the limit and count frames that are not there)."""
+    rate = 16000
+    tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(2 * rate) / rate)).astype(np.float32)
+    path = tmp_path / "talk.mp4"
+    writer = VideoWriter(path, 25, 16, 16, audio=tone, codec="libx264")
+    for _ in range(25):
+        writer.write(np.zeros((16, 16, 3), np.uint8))
+    writer.close()
+    info = probe_video(path)
+    assert info.has_audio and info.duration_s == pytest.approx(1.0) and info.frames == 25
+    with av.open(str(path)) as container:
+        sound = np.concatenate([f.to_ndarray().reshape(-1) for f in container.decode(audio=0)])
+    assert len(sound) >= 2 * rate  # whole, and AAC's last frame padded; cut at the pictures' end it was 16384
+    assert declared_seconds(path) == pytest.approx(2.0, abs=0.1)  # a job's split is planned on the sound's length
+    assert declared_seconds(path, "video") == pytest.approx(1.0)
+    assert declared_seconds(raw_h264(tmp_path / "silent.h264", 0.2)) is None
+
+
+def test_odd_sizes_are_padded_by_repeating_the_edge_and_a_frame_of_another_size_is_refused(tmp_path: Path) -> None:
+    """yuv420p needs even sides: a 17x15 video is written 18x16 with its last column and row repeated (black bars
+    showed at the edge), and a frame of another size is refused rather than stretched by the encoder to fit."""
+    path = tmp_path / "odd.mp4"
+    writer = VideoWriter(path, 25, 17, 15, codec="libx264")
+    for _ in range(3):
+        writer.write(np.full((15, 17, 3), 200, np.uint8))
+    with pytest.raises(MediaError, match="frame is 18x15, writer expects 17x15"):
+        writer.write(np.zeros((15, 18, 3), np.uint8))
+    writer.close()
+    first = next(iter(read_frames(path)))
+    assert first.shape == (16, 18, 3) and np.abs(first.astype(int) - 200).max() < 8
+
+
+def test_a_sounds_own_rate_and_channels_reach_the_mp4(tmp_path: Path) -> None:
+    """A Sound at 48 kHz in stereo (engine/core/audio.py's) is muxed at 48 kHz in two channels, left and right kept
+    apart: taken at the writer's 16 kHz default, or as mono, it played three or two times too long."""
+    from engine.core.audio import Sound
+
+    rate = 48000
+    left = (0.3 * np.sin(2 * np.pi * 440 * np.arange(rate) / rate)).astype(np.float32)
+    path = tmp_path / "stereo.mp4"
+    writer = VideoWriter(path, 25, 16, 16, audio=Sound(np.stack([left, np.zeros_like(left)], axis=1), rate),
+                         codec="libx264")  # fmt: skip
+    for _ in range(25):
+        writer.write(np.zeros((16, 16, 3), np.uint8))
+    writer.close()
+    with av.open(str(path)) as container:
+        frames = list(container.decode(audio=0))
+    sound = np.concatenate([f.to_ndarray() for f in frames], axis=1)  # planar: (channels, samples)
+    assert frames[0].sample_rate == rate and sound.shape[0] == 2 and rate <= sound.shape[1] < rate + 2048
+    assert np.abs(sound[0]).max() > 0.2 and np.abs(sound[1]).max() < 0.01
+
+
+def test_lossless_segments_give_back_every_byte_at_the_videos_rate(tmp_path: Path) -> None:
+    """A split job's segments (LosslessWriter) decode to exactly the frames written, at 29.97 fps as given, and a
+    frame of another size is refused rather than stretched."""
+    from engine.core.media import LosslessWriter
+
+    frames = [np.random.default_rng(seed).integers(0, 256, (16, 24, 3), np.uint8) for seed in range(3)]
+    path = tmp_path / "segment.mkv"
+    writer = LosslessWriter(path, 30000 / 1001, 24, 16)
+    for frame in frames:
+        writer.write(frame)
+    with pytest.raises(MediaError, match="frame is 16x16, writer expects 24x16"):
+        writer.write(np.zeros((16, 16, 3), np.uint8))
+    writer.close()
+    assert all(np.array_equal(a, b) for a, b in zip(read_frames(path), frames, strict=True))
+    assert probe_video(path).fps == pytest.approx(30000 / 1001, abs=1e-9)
+
+
+def test_the_first_h264_encoder_that_really_encodes_is_picked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """NVENC is listed in every FFmpeg build but works only with a GPU and its driver: it is preferred where it
+    encodes, passed over where it is listed and fails, and no working encoder at all is a setup error naming them."""
+    import engine.core.media as media
+
+    def probes(working: set[str]):
+        return lambda codec: EncoderProbe(codec, listed=True, works=codec in working)
+
+    try:
+        for working, expected in (({"h264_nvenc", "libx264"}, "h264_nvenc"), ({"libx264", "libopenh264"}, "libx264"),
+                                  ({"libopenh264"}, "libopenh264")):  # fmt: skip
+            monkeypatch.setattr(media, "probe_encoder", probes(working))
+            pick_h264_encoder.cache_clear()
+            assert pick_h264_encoder() == expected
+        monkeypatch.setattr(media, "probe_encoder", probes(set()))
+        pick_h264_encoder.cache_clear()
+        with pytest.raises(SetupError, match="no working H.264 encoder among " + ", ".join(H264_ENCODERS)):
+            pick_h264_encoder()
+    finally:
+        pick_h264_encoder.cache_clear()  # the real machine's answer for the tests after this one
 
 
 # ------------------------------------------------------------------------------------- NVDEC
