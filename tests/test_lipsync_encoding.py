@@ -4,6 +4,7 @@ being written, errors back to the caller, and a cancelled run's partial file del
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -69,7 +70,7 @@ def test_the_caller_goes_on_while_a_group_is_written() -> None:
     encoder = EncoderThread(writer, RunResult())
     encoder.put(_group(0, 2))  # taken by the thread, which waits inside write()
     encoder.put(_group(2, 2))  # queued: put returns while the first group is still being written
-    assert writer.frames == []
+    assert writer.frames == [] and encoder.queue.full()  # one group waits, no more: each is whole frames in memory
     gate.set()
     encoder.finish()
     assert writer.frames == [0, 1, 2, 3]
@@ -94,6 +95,30 @@ def test_a_write_error_reaches_the_caller_and_cancel_deletes_the_partial_file() 
     encoder.cancel()
     assert writer.frames == [0, 1, 2] and writer.aborted and not writer.closed
     assert not encoder.thread.is_alive()
+
+
+def test_the_error_of_the_last_group_reaches_finish_and_the_writer_is_not_closed() -> None:
+    """A write that fails in the last group must not end as a closed, playable file of the frames before it."""
+    writer = _Writer(fail_at=3)
+    encoder = EncoderThread(writer, RunResult())
+    encoder.put(_group(0, 8))
+    with pytest.raises(OSError, match="disk full"):
+        encoder.finish()
+    assert writer.frames == [0, 1, 2] and not writer.closed
+
+
+def test_after_a_write_error_the_next_put_raises_it() -> None:
+    """The caller stops making frames at its next group, not after the whole video."""
+    writer = _Writer(fail_at=0)
+    encoder = EncoderThread(writer, RunResult())
+    encoder.put(_group(0, 2))
+    deadline = time.monotonic() + 10
+    while encoder.error is None and time.monotonic() < deadline:  # the encoding thread meets the error
+        time.sleep(0.01)
+    with pytest.raises(OSError, match="disk full"):
+        encoder.put(_group(2, 2))
+    encoder.cancel()
+    assert writer.frames == [] and writer.aborted
 
 
 def test_cancel_stops_after_the_group_in_hand() -> None:
