@@ -695,13 +695,21 @@ def test_upstreams_video_edits_shrink_turn_and_cut_in_its_order() -> None:
     assert edits.size(200, 120) == (50, 90) == (edited.shape[1], edited.shape[0]) and edited.flags.c_contiguous
     assert edited[:5, 45:].min() == 255  # the top-left corner turned to the top-right
     assert VideoEdits().none and VideoEdits()(frame) is frame
+    halved = VideoEdits(resize_factor=2)  # odd sides round down, as the frames' resize does: the writer's size
+    assert halved.size(201, 121) == (100, 60) == halved(np.zeros((121, 201, 3), np.uint8)).shape[1::-1]
+    beyond = VideoEdits(crop=(20, 500, 30, 900))  # past the frame: to its last row and column, in both
+    assert beyond.size(200, 120) == (170, 100) == beyond(frame).shape[1::-1]
+    config = LipSyncConfig(face=FACE, audio=FACE, resize_factor=3, rotate=True, crop=(1, 50, 2, 60))
+    assert VideoEdits.of(config) == VideoEdits(3, True, (1, 50, 2, 60))
+    assert VideoEdits(rotate=True).flags == ["--rotate"] and VideoEdits(crop=(1, -1, 0, -1)).flags == ["--crop"]
     with pytest.raises(LipSyncError, match="leaves 0x120 pixels of the 200x120 video"):
         VideoEdits(crop=(0, -1, 150, 120)).size(200, 120)
     with pytest.raises(LipSyncError, match=r"leaves 15x16 pixels .* at least 16x16"):  # as small as a face may be
         VideoEdits(crop=(10, 26, 10, 25)).size(200, 120)
     assert VideoEdits(crop=(10, 26, 10, 26)).size(200, 120) == (16, 16)
-    with pytest.raises(LipSyncError, match="TOP and LEFT are 0 or more"):
-        VideoEdits(crop=(-1, -1, 0, -1)).size(200, 120)
+    for crop in ((-1, -1, 0, -1), (0, -1, -1, -1)):
+        with pytest.raises(LipSyncError, match="TOP and LEFT are 0 or more"):
+            VideoEdits(crop=crop).size(200, 120)
     for crop in ("10,5,0,-1", "0,0,0,0", "0,-1,30,30"):  # nothing kept whatever the size: refused at submit
         with pytest.raises(LipSyncError, match=f"crop {crop} keeps no pixels: TOP must be below BOTTOM"):
             LipSyncConfig.build({"face": str(FACE), "audio": str(FACE), "crop": crop})
