@@ -53,13 +53,32 @@ def test_the_segments_are_the_mp4s_frames_and_grow_while_it_is_written(tmp_path)
     final = read_stream(stream_folder(out))
     assert final.ended and final.segments[: len(seen_mid_run.segments)] == seen_mid_run.segments
     assert final.duration == pytest.approx(4.0, abs=0.05)
+    assert len(final.segments) >= 4  # a keyframe about every second (a two-second GOP made two segments)
+    assert "#EXT-X-PLAYLIST-TYPE:EVENT" in (stream_folder(out) / PLAYLIST).read_text()  # played from its start
     whole = _frames(out)
     streamed = [frame for part in final.segments for frame in _frames(part)]
     assert len(streamed) == len(whole) == 100
     assert all(np.array_equal(a, b) for a, b in zip(whole, streamed, strict=True))
     assert all(_audio_packets(part) > 0 for part in final.segments)  # the sound is in every segment
-    joined = _frames(join_segments(final.segments[:2], tmp_path / "first.mp4"))
-    assert 0 < len(joined) < 100 and all(np.array_equal(a, b) for a, b in zip(whole, joined, strict=False))
+    joined_path = join_segments(final.segments[:2], tmp_path / "first.mp4")
+    joined = _frames(joined_path)  # the first two segments, every frame of them, with their sound
+    assert len(joined) == sum(len(_frames(part)) for part in final.segments[:2]) < 100 and all(
+        np.array_equal(a, b) for a, b in zip(whole, joined, strict=False)
+    )
+    assert _audio_packets(joined_path) > 0 and not list(tmp_path.glob("first.mp4.*"))  # no partial file left
+
+
+def test_a_failed_join_leaves_no_partial_file(tmp_path) -> None:
+    """Each viewer's join writes its own temporary file beside the output: one that fails is removed, not left to
+    fill the stream's folder."""
+    import av
+
+    folder = tmp_path / "x.stream"
+    folder.mkdir()
+    (folder / "part-00000.ts").write_bytes(b"not a transport stream" * 50)
+    with pytest.raises(av.error.FFmpegError):
+        join_segments([folder / "part-00000.ts"], folder / "so-far-1.mp4")
+    assert [p.name for p in folder.iterdir()] == ["part-00000.ts"]
 
 
 def _sound_from_first_frame(path: Path) -> np.ndarray:
@@ -94,6 +113,8 @@ def test_the_streams_sound_keeps_the_mp4s_sync_with_the_picture(tmp_path) -> Non
 def test_a_failed_run_ends_its_stream_and_a_missing_one_is_empty(tmp_path) -> None:
     assert read_stream(tmp_path / "nothing.stream") == read_stream(tmp_path / "none")
     assert not read_stream(tmp_path / "none").segments
+    (tmp_path / "file.stream").write_text("a file where the folder would be")  # nothing to show, no traceback
+    assert read_stream(tmp_path / "file.stream") == read_stream(tmp_path / "none")
     out = tmp_path / "b.mp4"
     writer = VideoWriter(out, 25, 64, 64, stream_to=stream_folder(out), codec="libx264")
     for i in range(40):
