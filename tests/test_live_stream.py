@@ -5,6 +5,7 @@ jobs, only to the job's owner; finished jobs' streams are swept."""
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -66,6 +67,20 @@ def test_the_segments_are_the_mp4s_frames_and_grow_while_it_is_written(tmp_path)
         np.array_equal(a, b) for a, b in zip(whole, joined, strict=False)
     )
     assert _audio_packets(joined_path) > 0 and not list(tmp_path.glob("first.mp4.*"))  # no partial file left
+
+
+@pytest.mark.parametrize("fps", [25.0, 30000 / 1001])
+def test_each_segment_starts_at_its_second_whatever_keyframes_the_encoder_chose(tmp_path, fps: float) -> None:
+    """Scenes cut every 7 frames: libx264's own keyframes (every 24 frames at 25 fps, and at scene cuts) made
+    segments of 1.92 s and almost 2 s, the first picture a viewer waits for twice as late. A keyframe forced at
+    each second's first frame makes FFmpeg's HLS muxer cut every segment there."""
+    out = tmp_path / "a.mp4"
+    writer = VideoWriter(out, fps, 64, 48, stream_to=stream_folder(out), codec="libx264")
+    for i in range(round(4 * fps)):
+        writer.write(np.full((48, 64, 3), (i // 7) * 40 % 256, np.uint8))
+    writer.close()
+    frames = [len(_frames(part)) for part in read_stream(stream_folder(out)).segments]
+    assert frames == [math.ceil(fps)] * 4
 
 
 def test_a_failed_join_leaves_no_partial_file(tmp_path) -> None:

@@ -2,9 +2,9 @@
 segments beside it, so that the first seconds can be watched (and fetched through the API) while the rest is made.
 
 No second encode: VideoWriter hands every H.264 and AAC packet it muxes into the MP4 to `HlsCopy` as well, and
-FFmpeg's HLS muxer cuts a segment at the first keyframe after SEGMENT_SECONDS (the writer then asks for a keyframe
-every second). A segment file appears under its final name only once it is complete and the playlist is replaced
-whole each time (FFmpeg's temp_file flag), so a reader never sees half a segment; `#EXT-X-ENDLIST` says the run
+FFmpeg's HLS muxer cuts a segment at the first keyframe at or after each multiple of SEGMENT_SECONDS (the writer
+forces a keyframe there). A segment file appears under its final name only once it is complete and the playlist is
+replaced whole each time (FFmpeg's temp_file flag), so a reader never sees half a segment; `#EXT-X-ENDLIST` says the run
 ended. The segments decode to exactly the MP4's frames. Any HLS player (ffplay, VLC, Safari, hls.js) plays
 `index.m3u8` while it grows.
 """

@@ -700,7 +700,7 @@ def _decoded(path: Path, max_seconds: float | None, threads: int | None, decodin
 # ---------------------------------------------------------------------------- encoding
 
 _ENCODER_OPTIONS = {
-    "h264_nvenc": {"preset": "p4", "rc": "vbr", "cq": "21"},
+    "h264_nvenc": {"preset": "p4", "rc": "vbr", "cq": "21", "forced-idr": "1"},  # a live stream's forced keyframes
     "libx264": {"preset": "veryfast", "crf": "18"},
     "libopenh264": {},
 }
@@ -729,7 +729,10 @@ class VideoWriter:
     has to buffer a whole video waiting for the other stream. Odd sizes are padded by one pixel
     (yuv420p needs even sizes). `threads=1` keeps the encoder in the writing thread, for when a network running
     on the CPU needs the cores. With `stream_to`, the same packets also go into a live HLS stream in that folder
-    (engine/core/hls.py), with a keyframe every second so that it can be cut into one-second segments.
+    (engine/core/hls.py), with a keyframe forced at each segment's start time so that it is cut there: the encoder's
+    own keyframe interval drifts (libx264 asked for one every 25 frames at 25 fps placed them every 24, so FFmpeg's
+    HLS muxer, which cuts at the first keyframe at or after each multiple of SEGMENT_SECONDS, made the first segment
+    1.92 s, and a scene cut just before a boundary made a segment of almost 2 s).
     """
 
     def __init__(
@@ -776,7 +779,9 @@ class VideoWriter:
             self._audio.bit_rate = 96_000 * self._samples.shape[1]
         self._live: HlsCopy | None = None
         if stream_to is not None:
-            self._video.codec_context.gop_size = max(1, round(fps * SEGMENT_SECONDS))
+            # the forced keyframes set the segments; the encoder's own interval, twice as long, never comes first
+            self._video.codec_context.gop_size = max(1, 2 * round(fps * SEGMENT_SECONDS))
+            self._keyframes_forced = 0
             streams = [self._video] + ([self._audio] if self._audio is not None else [])
             for stream in streams:
                 stream.codec_context.open()  # now: their parameter sets are what the live copy needs
@@ -794,7 +799,11 @@ class VideoWriter:
             raise MediaError(f"frame is {frame.shape[1]}x{frame.shape[0]}, writer expects {self.width}x{self.height}")
         if self.width % 2 or self.height % 2:
             frame = np.pad(frame, ((0, self.height % 2), (0, self.width % 2), (0, 0)), mode="edge")
-        for packet in self._video.encode(av.VideoFrame.from_ndarray(to_yuv420p(frame), format="yuv420p")):
+        picture = av.VideoFrame.from_ndarray(to_yuv420p(frame), format="yuv420p")
+        if self._live is not None and self.frames_written >= self._keyframes_forced * self.fps * SEGMENT_SECONDS - 1e-6:
+            picture.pict_type = av.video.frame.PictureType.I  # the first frame at or after a segment's start
+            self._keyframes_forced += 1
+        for packet in self._video.encode(picture):
             self._mux(packet)
         self.frames_written += 1
         self._write_audio_until(round(self.frames_written / self.fps * self._sample_rate))
