@@ -1,7 +1,8 @@
 """A stand-in for the Hugging Face Hub that a test starts on 127.0.0.1: the two endpoints our downloads use (a model's
 info with its files' metadata, as huggingface_hub's `HfApi.model_info(files_metadata=True)` asks for it, and
 `/{repo}/resolve/{revision}/{path}` with Range support and the Hub's headers), serving bytes the test made. It records
-every request (and its Range header), and can cut a file short or ignore Range, like a flaky network or a CDN."""
+every request (and its Range header), and can cut a file short or ignore Range, like a flaky network or a CDN, or
+answer for a repository as for a gated one whose terms were not accepted."""
 
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ class StandInHub:
     requests: list[Request] = field(default_factory=list)
     cut_after: dict[str, int] = field(default_factory=dict)  # path -> bytes sent before the connection drops (once)
     ignore_range: bool = False
+    gated: set[str] = field(default_factory=set)  # repositories whose terms this client has not accepted
     url: str = ""
 
     def add(self, repo: str, files: dict[str, bytes]) -> None:
@@ -67,9 +69,9 @@ def _handler(hub: StandInHub) -> type[BaseHTTPRequestHandler]:
         def log_message(self, *args: object) -> None:  # quiet: pytest shows failures, not every request
             pass
 
-        def _not_found(self, code: str) -> None:
+        def _refuse(self, code: str, status: int = 404) -> None:
             body = json.dumps({"error": f"{code} for {self.path}"}).encode()
-            self.send_response(404)
+            self.send_response(status)
             self.send_header("X-Error-Code", code)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
@@ -82,7 +84,9 @@ def _handler(hub: StandInHub) -> type[BaseHTTPRequestHandler]:
             path = urlsplit(self.path).path
             if m := _INFO.match(path):
                 if m.group(1) not in hub.repos:
-                    return self._not_found("RepoNotFound")
+                    return self._refuse("RepoNotFound")
+                if m.group(1) in hub.gated:
+                    return self._refuse("GatedRepo", 401)
                 body = json.dumps(hub.info(m.group(1))).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
@@ -93,11 +97,11 @@ def _handler(hub: StandInHub) -> type[BaseHTTPRequestHandler]:
             if m := _RESOLVE.match(path):
                 repo, name = m.group(1), unquote(m.group(3))
                 if repo not in hub.repos:
-                    return self._not_found("RepoNotFound")
+                    return self._refuse("RepoNotFound")
                 if name not in hub.repos[repo]:
-                    return self._not_found("EntryNotFound")
+                    return self._refuse("EntryNotFound")
                 return self._send_file(record, hub.repos[repo][name], name)
-            return self._not_found("RepoNotFound")
+            return self._refuse("RepoNotFound")
 
         def _send_file(self, record: Request, data: bytes, name: str) -> None:
             start = 0

@@ -128,6 +128,31 @@ def test_wav2lip_needs_its_licence_accepted(hub: StandInHub, settings: Settings)
     assert resolve(WAV2LIP, settings) == gan and resolve(S3FD, settings) == s3fd  # where the lip-sync engine looks
 
 
+def test_a_download_says_when_a_setting_points_the_engine_at_another_file(hub: StandInHub, settings: Settings) -> None:
+    """With AVATARBENCH_WAV2LIP_CHECKPOINT set, the files downloaded are not what a run loads: the summary says so."""
+    import dataclasses
+
+    elsewhere = dataclasses.replace(settings, wav2lip_checkpoint=str(settings.data_dir / "mine.pth"))
+    fetched = get_weights("wav2lip", elsewhere, accept_licence=True, endpoint=hub.url)
+    assert fetched.notes == [
+        "note: AVATARBENCH_WAV2LIP_CHECKPOINT is set, so the engine uses that file, not this download"
+    ]
+    assert fetched.notes[0] in fetched.summary()
+
+
+def test_a_cut_short_file_in_place_is_fetched_again_and_the_other_generator_is_no_stand_in(
+    hub: StandInHub, settings: Settings
+) -> None:
+    """A wav2lip_gan.pth a stopped browser download left is not "already in place"; nor does wav2lip.pth, a different
+    model that happens to be there whole, take the GAN generator's place (only formats of one file stand in)."""
+    gan = settings.weights_dir / "wav2lip_gan.pth"
+    gan.parent.mkdir(parents=True)
+    gan.write_bytes(WAV2LIP_FILES["checkpoints/wav2lip_gan.pth"][:1_000])
+    (settings.weights_dir / "wav2lip.pth").write_bytes(WAV2LIP_FILES["checkpoints/wav2lip.pth"])
+    fetched = get_weights("wav2lip", settings, accept_licence=True, endpoint=hub.url)
+    assert gan in fetched.placed and gan.read_bytes() == WAV2LIP_FILES["checkpoints/wav2lip_gan.pth"]
+
+
 def test_a_partial_download_continues_with_a_range_request(hub: StandInHub, settings: Settings) -> None:
     plan = list_files(LIVEPORTRAIT, settings, endpoint=hub.url)
     big = next(f for f in plan.files if f.path.endswith("spade_generator.pth"))
@@ -159,6 +184,44 @@ def test_a_dropped_connection_keeps_the_partial_and_places_nothing(hub: StandInH
     assert warping.target.read_bytes() == LIVEPORTRAIT_FILES[warping.path]
     finished_first_time = [p for p, n in before.items() if n and p != warping.path]
     assert finished_first_time and all(len(hub.downloads(p)) == before[p] for p in finished_first_time)
+
+
+def test_a_partial_of_an_older_version_is_not_continued_into_the_new_one(hub: StandInHub, settings: Settings) -> None:
+    """The Hub's file changed between two runs (same name, same size): its partial is named by content, so the new
+    file starts afresh rather than being spliced onto the old one's first bytes (which fails the hash: a lost run)."""
+    path = "liveportrait/landmark.onnx"
+    old = list_files(LIVEPORTRAIT, settings, endpoint=hub.url)
+    part = partial_path(settings, old, next(f for f in old.files if f.path == path))
+    part.parent.mkdir(parents=True)
+    part.write_bytes(LIVEPORTRAIT_FILES[path][:50_000])
+    new = random_bytes(len(LIVEPORTRAIT_FILES[path]), 60)
+    hub.repos[LIVEPORTRAIT.repo][path] = new
+    get_weights("liveportrait", settings, endpoint=hub.url)
+    assert (settings.weights_dir / path).read_bytes() == new
+
+
+def test_a_download_the_disk_cannot_hold_is_refused_before_a_byte(
+    hub: StandInHub, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What is still to fetch (the bytes of partial files count as fetched) against the free space: refused at once,
+    naming both, rather than filling the disk mid-set."""
+    from types import SimpleNamespace
+
+    import engine.core.hub
+
+    plan = list_files(LIVEPORTRAIT, settings, endpoint=hub.url)
+    spade = next(f for f in plan.files if f.path.endswith("spade_generator.pth"))
+    part = partial_path(settings, plan, spade)
+    part.parent.mkdir(parents=True)
+    part.write_bytes(LIVEPORTRAIT_FILES[spade.path][:150_000])
+    to_fetch = plan.total_bytes - 150_000
+    monkeypatch.setattr(engine.core.hub.shutil, "disk_usage", lambda path: SimpleNamespace(free=to_fetch - 1))
+    with pytest.raises(WeightsError, match=rf"^{size_text(to_fetch)} to fetch but {size_text(to_fetch - 1)} free"):
+        download(plan, settings)
+    assert not [r for r in hub.requests if "/resolve/" in r.path]
+    monkeypatch.setattr(engine.core.hub.shutil, "disk_usage", lambda path: SimpleNamespace(free=to_fetch))
+    download(plan, settings)
+    assert spade.target.read_bytes() == LIVEPORTRAIT_FILES[spade.path]
 
 
 def test_a_corrupt_partial_is_caught_by_the_hash(hub: StandInHub, settings: Settings) -> None:
@@ -204,6 +267,32 @@ def test_offline_or_unreachable_says_what_to_place_where(
     assert "\n" not in str(unreachable.value) and "liveportrait/landmark.onnx" in str(unreachable.value)
 
 
+@pytest.mark.parametrize(
+    ("variable", "value"), [("HF_HUB_OFFLINE", "true"), ("HF_HUB_OFFLINE", " Yes "), ("TRANSFORMERS_OFFLINE", "1")]
+)
+def test_every_spelling_of_offline_keeps_downloads_off_the_network(
+    hub: StandInHub, settings: Settings, monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    """huggingface_hub accepts 1/ON/YES/TRUE in any case, and transformers' own variable; set after it was imported,
+    each must still stop a download before its first request."""
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(WeightsError, match="HF_HUB_OFFLINE is set, so nothing is downloaded"):
+        get_weights("liveportrait", settings, endpoint=hub.url)
+    assert hub.requests == []
+
+
+def test_offline_as_huggingface_hub_read_it_at_import_counts_too(
+    hub: StandInHub, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HF_HUB_OFFLINE set when the process started and gone from the environment since (a launcher that cleans it)."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(WeightsError, match="HF_HUB_OFFLINE is set, so nothing is downloaded"):
+        get_weights("liveportrait", settings, endpoint=hub.url)
+    assert hub.requests == []
+
+
 def test_an_hf_reference_not_cached_fails_at_once_offline_or_unreachable(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -233,6 +322,17 @@ def test_an_hf_reference_of_another_shape_is_bad_input(reference: str, tmp_path:
                                        "hf:camenduru/Wav2Lip/checkpoints/wav2lip_gan.pth\n")  # fmt: skip
 
 
+def test_an_hf_reference_splits_into_repository_and_path_before_any_download() -> None:
+    """An empty part (a doubled slash) is a typo said at once, not a repository "owner/" asked of the Hub; slashes
+    around the whole reference are forgiven."""
+    from engine.core.weights import hub_reference
+
+    assert hub_reference("hf:/owner/repo/checkpoints/wav2lip_gan.pth/") == ("owner/repo", "checkpoints/wav2lip_gan.pth")
+    for typo in ("hf:owner//wav2lip_gan.pth", "hf:owner/repo//wav2lip_gan.pth"):
+        with pytest.raises(InputError, match="is not hf:OWNER/REPO/PATH/TO/FILE"):
+            hub_reference(typo)
+
+
 def test_either_http_clients_failures_are_network_failures() -> None:
     """huggingface_hub 2 raises httpx2's errors and 1.x httpx's; both must become the one-line message above. (The
     test above drives the pinned library; with huggingface_hub 1.33, as on a CUDA image, it passed too.)"""
@@ -248,8 +348,9 @@ def test_either_http_clients_failures_are_network_failures() -> None:
 
 
 def test_repositories_that_cannot_serve(hub: StandInHub, settings: Settings) -> None:
-    with pytest.raises(InputError, match="not OWNER/NAME"):
-        get_weights("liveportrait", settings, repo="../etc", endpoint=hub.url)
+    for bad in ("../etc", "owner/a..b"):  # the Hub refuses ".." in a name: said before asking it
+        with pytest.raises(InputError, match="not OWNER/NAME"):
+            get_weights("liveportrait", settings, repo=bad, endpoint=hub.url)
     with pytest.raises(InputError, match="no public model repository no/such"):
         get_weights("liveportrait", settings, repo="no/such", endpoint=hub.url)
     hub.add("someone/partial", {"checkpoints/wav2lip_gan.pth": random_bytes(100, 12)})
@@ -258,6 +359,38 @@ def test_repositories_that_cannot_serve(hub: StandInHub, settings: Settings) -> 
     with pytest.raises(InputError, match="no weights called 'sadtalker'; accepted: liveportrait, wav2lip, musetalk"):
         get_weights("sadtalker", settings)
     assert not settings.weights_dir.exists() or server_files(settings) == {}
+
+
+def test_a_gated_repository_says_to_accept_its_terms_not_that_it_is_missing(
+    hub: StandInHub, settings: Settings
+) -> None:
+    """huggingface_hub's GatedRepoError is a RepositoryNotFoundError: caught as that, a gated copy read as "no public
+    model repository", and the user never learnt that accepting its terms and a token would do."""
+    hub.gated.add(LIVEPORTRAIT.repo)
+    with pytest.raises(WeightsError) as gated:
+        get_weights("liveportrait", settings, endpoint=hub.url)
+    text = str(gated.value)
+    assert text.startswith(f"{LIVEPORTRAIT.repo} is gated: accept its terms at {hub.url}/{LIVEPORTRAIT.repo} and set ")
+    assert "HF_TOKEN" in text and "liveportrait/landmark.onnx" in text and "\n" not in text
+
+
+def test_a_model_found_at_two_depths_comes_from_the_shallowest(hub: StandInHub, settings: Settings) -> None:
+    """A copy that keeps an older generator in a subfolder ("old/" sorts before "wav2lip_gan.pth"): the file at the
+    top is the one fetched."""
+    top, old = random_bytes(1_500, 51), random_bytes(1_400, 52)
+    hub.add("someone/Wav2Lip", {"old/wav2lip_gan.pth": old, "wav2lip_gan.pth": top, "s3fd.pth": random_bytes(900, 53)})
+    get_weights("wav2lip", settings, repo="someone/Wav2Lip", accept_licence=True, endpoint=hub.url)
+    assert (settings.weights_dir / "wav2lip_gan.pth").read_bytes() == top and not hub.downloads("old/wav2lip_gan.pth")
+
+
+def test_a_listed_path_that_climbs_out_of_the_weights_folder_is_refused(hub: StandInHub, settings: Settings) -> None:
+    """An operator's repository is anyone's: a name with ../ in it matches `base_models/*.pth` (fnmatch's * crosses
+    slashes) and must not write beside the weights folder."""
+    hub.add("someone/LivePortrait", {**LIVEPORTRAIT_FILES, "liveportrait/base_models/../../../escaped.pth": b"x"})
+    with pytest.raises(WeightsError, match=r"escaped\.pth in someone/LivePortrait would land outside the weights"):
+        get_weights("liveportrait", settings, repo="someone/LivePortrait", endpoint=hub.url)
+    assert not [r for r in hub.requests if "/resolve/" in r.path]
+    assert not (settings.weights_dir.parent / "escaped.pth").exists()
 
 
 def test_one_download_at_a_time(hub: StandInHub, settings: Settings) -> None:
@@ -334,6 +467,67 @@ def test_a_weights_path_that_is_a_folder_or_missing_says_which_and_where_it_was_
         resolve(WAV2LIP, settings)
     with pytest.raises(WeightsError, match=r"gone\.pth does not exist; expected"):
         resolve(S3FD, settings, tmp_path / "gone.pth")  # given on the command line: no variable to name
+
+
+def test_a_model_file_is_the_path_given_then_the_setting_then_the_weights_folder(tmp_path: Path) -> None:
+    """The order a user relies on: `--checkpoint` beats AVATARBENCH_*_CHECKPOINT, which beats the weights folder; in
+    the folder the preferred name (wav2lip_gan.pth) wins wherever it lies, at the top or in the engine's subfolder."""
+    weights = tmp_path / "weights"
+    (weights / "wav2lip").mkdir(parents=True)
+    (weights / "s3fd").mkdir()
+    for path in (weights / "wav2lip.pth", weights / "wav2lip" / "wav2lip_gan.pth", weights / "s3fd" / "s3fd.pth"):
+        path.write_bytes(b"weights")
+    given, from_setting = tmp_path / "given.pth", tmp_path / "set.pth"
+    given.write_bytes(b"given")
+    from_setting.write_bytes(b"setting")
+    plain = Settings(data_dir=tmp_path, weights_dir=weights)
+    assert resolve(WAV2LIP, plain) == weights / "wav2lip" / "wav2lip_gan.pth"  # the GAN generator, not the other
+    assert resolve(S3FD, plain) == weights / "s3fd" / "s3fd.pth"
+    configured = Settings(data_dir=tmp_path, weights_dir=weights, s3fd_checkpoint=str(from_setting))
+    assert resolve(S3FD, configured) == from_setting
+    assert resolve(S3FD, configured, given) == given
+
+
+def test_a_missing_model_file_is_said_with_the_path_it_goes_to_and_its_setting(tmp_path: Path) -> None:
+    """The sentence the lip-sync tab and errors show: the full path to put the file at, not only the folder."""
+    from engine.core.weights import where_to_put
+
+    settings = Settings(data_dir=tmp_path, weights_dir=tmp_path / "weights")
+    for model, name in ((WAV2LIP, "wav2lip_gan.pth"), (S3FD, "s3fd.pth")):
+        text = where_to_put(model, settings)
+        assert f" at {settings.weights_dir / name}, or set AVATARBENCH_{model.key.upper()} to its path." in text
+
+
+def test_the_server_offers_its_model_files_and_weight_folders_by_name(tmp_path: Path) -> None:
+    """What a visitor may pick: .pth, .pt and .onnx files and the folders an engine takes whole, by their path under
+    the weights folder; nothing else there (notes, configs) is offered."""
+    weights = tmp_path / "weights"
+    for name in ("wav2lip_gan.pth", "mine/wav2lip.pt", "det/face.onnx", "notes.txt", "mine/config.json",
+                 "lp/base_models/warping_module.pth", "mt/musetalkV15/unet.pth"):  # fmt: skip
+        (weights / name).parent.mkdir(parents=True, exist_ok=True)
+        (weights / name).write_bytes(b"x")
+    offered = server_files(Settings(data_dir=tmp_path, weights_dir=weights))
+    assert set(offered) == {"wav2lip_gan.pth", "mine/wav2lip.pt", "det/face.onnx", "lp",
+                            "lp/base_models/warping_module.pth", "mt", "mt/musetalkV15/unet.pth"}  # fmt: skip
+    assert offered["mine/wav2lip.pt"] == weights / "mine" / "wav2lip.pt"
+
+
+def test_a_download_cut_short_or_a_page_saved_with_a_bom_is_broken_not_ready(tmp_path: Path) -> None:
+    """A zip (torch's format) cut before its end record, as a stopped browser download leaves it, and a login page
+    saved with a UTF-8 byte-order mark cannot load: the listing says so before a run fails on them."""
+    import io
+    import zipfile
+
+    whole = io.BytesIO()
+    with zipfile.ZipFile(whole, "w") as archive:
+        archive.writestr("archive/data/0", random_bytes(20_000, 50))
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    (weights / "wav2lip_gan.pth").write_bytes(whole.getvalue()[:10_000])
+    (weights / "s3fd.pth").write_bytes(b"\xef\xbb\xbf<!DOCTYPE html><html><body>Sign in</body></html>")
+    listed = {p.engine: p for p in inventory(Settings(data_dir=tmp_path, weights_dir=weights))}
+    assert listed["wav2lip"].state == "broken" and "the file is truncated" in listed["wav2lip"].broken[0]
+    assert listed["s3fd"].state == "broken" and "this is a web page" in listed["s3fd"].broken[0]
 
 
 def test_files_that_cannot_be_weights_are_listed_as_broken_not_ready(tmp_path: Path) -> None:
