@@ -237,6 +237,18 @@ def test_a_corrupt_partial_is_caught_by_the_hash(hub: StandInHub, settings: Sett
     assert landmark.target.read_bytes() == LIVEPORTRAIT_FILES[landmark.path]
 
 
+def test_a_partial_longer_than_the_file_starts_over(hub: StandInHub, settings: Settings) -> None:
+    """No Range request can continue a partial already past the file's end: it is dropped and fetched whole."""
+    plan = list_files(LIVEPORTRAIT, settings, endpoint=hub.url)
+    landmark = next(f for f in plan.files if f.path.endswith("landmark.onnx"))
+    part = partial_path(settings, plan, landmark)
+    part.parent.mkdir(parents=True)
+    part.write_bytes(LIVEPORTRAIT_FILES[landmark.path] + b"\0" * 100)
+    download(plan, settings)
+    assert landmark.target.read_bytes() == LIVEPORTRAIT_FILES[landmark.path]
+    assert hub.downloads(landmark.path)[-1].range is None
+
+
 def test_a_server_that_ignores_range_starts_the_file_over(hub: StandInHub, settings: Settings) -> None:
     hub.ignore_range = True
     plan = list_files(LIVEPORTRAIT, settings, endpoint=hub.url)

@@ -454,6 +454,61 @@ def test_hf_reference_offline(settings: Settings) -> None:
     assert not files.complete and files.hub_repo == "TMElyralab/MuseTalk"
 
 
+def test_the_folder_given_beats_the_setting_and_a_file_here_beats_the_hub_cache(
+    models, tmp_path: Path, settings: Settings, offline_hub: Path
+) -> None:
+    """The order a user relies on: --musetalk-weights over AVATARBENCH_MUSETALK_DIR; in the weights folder a file
+    there over the Hub cache's copy of it; and a folder named holds what it holds, never topped up from the cache."""
+    import dataclasses
+    import shutil
+
+    root = models[0]
+    _cache_snapshot(offline_hub, "stabilityai/sd-vae-ft-mse", {n: root / "sd-vae" / n for n in
+                    ("config.json", "diffusion_pytorch_model.bin")})  # fmt: skip
+    default = Path(shutil.copytree(root, settings.weights_dir / "musetalk"))
+    assert locate(settings)["vae_weights"] == default / "sd-vae" / "diffusion_pytorch_model.bin"
+    partial = Path(shutil.copytree(root, tmp_path / "partial"))
+    shutil.rmtree(partial / "sd-vae")
+    assert [p.name for p in locate(settings, partial).missing] == ["vae_config", "vae_weights"]
+    named = dataclasses.replace(settings, musetalk_dir=str(partial))
+    assert locate(named, default).folder == default and locate(named, default).complete
+
+
+def test_a_copy_of_the_hub_repository_is_named_and_the_shared_files_keep_theirs(
+    models, settings: Settings, offline_hub: Path
+) -> None:
+    """hf:OWNER/REPO replaces TMElyralab/MuseTalk's own files only: the UNet is asked of the copy (and said to come
+    from it), the VAE and Whisper still come from their official repositories."""
+    root = models[0]
+    _cache_snapshot(offline_hub, "stabilityai/sd-vae-ft-mse", {n: root / "sd-vae" / n for n in
+                    ("config.json", "diffusion_pytorch_model.bin")})  # fmt: skip
+    with pytest.raises(SetupError, match=r"musetalkV15/unet\.pth of someone/MuseTalk is not in the Hub's local cache"):
+        locate(settings, "hf:someone/MuseTalk", download=True)
+    files = locate(settings, "hf:someone/MuseTalk")
+    assert "models--stabilityai--sd-vae-ft-mse" in str(files["vae_weights"])
+    message = files.describe_missing()
+    assert "musetalkV15/unet.pth, musetalkV15/musetalk.json (from huggingface.co/someone/MuseTalk)" in message
+
+
+def test_the_missing_files_message_names_every_accepted_name_the_folder_and_the_versions_command(
+    tmp_path: Path, settings: Settings
+) -> None:
+    """The message is what a user acts on: each file's every accepted name (the Hub's VAE is the .bin), the folder
+    to put them in, and the download command of the version asked for."""
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    with pytest.raises(SetupError) as v1:
+        require(settings, folder, version="v1")
+    message = str(v1.value)
+    assert "sd-vae/diffusion_pytorch_model.safetensors or sd-vae/diffusion_pytorch_model.bin" in message
+    assert "whisper/model.safetensors or whisper/pytorch_model.bin" in message
+    assert f"put them under {folder} in upstream's models/ layout" in message
+    assert "`avatarbench weights get musetalk-v1 --accept-licence`" in message
+    (folder / "musetalk").write_text("")
+    with pytest.raises(SetupError, match=r"^\S*musetalk is a file, not a folder\. MuseTalk v15: missing "):
+        require(settings, folder / "musetalk")
+
+
 # --- wrong files -----------------------------------------------------------------------------------------------
 
 
@@ -470,6 +525,7 @@ def _copy(models_root: Path, tmp_path: Path) -> Path:
         ("sd-vae/diffusion_pytorch_model.bin", HTML_PAGE, "web page"),
         ("sd-vae/config.json", HTML_PAGE, "web page"),
         ("whisper/pytorch_model.bin", LFS_POINTER, "Git LFS pointer"),
+        ("whisper/model.safetensors", LFS_POINTER, "Git LFS pointer"),  # a clone without git lfs: the preferred name
         ("face-parse-bisent/79999_iter.pth", HTML_PAGE, "web page"),
         ("musetalkV15/musetalk.json", b"{not json", "not a JSON config"),
         ("musetalkV15/unet.pth", b"PK\x03\x04" + b"\0" * 100, "truncated"),
