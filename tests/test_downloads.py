@@ -524,6 +524,18 @@ def test_the_server_offers_its_model_files_and_weight_folders_by_name(tmp_path: 
     assert offered["mine/wav2lip.pt"] == weights / "mine" / "wav2lip.pt"
 
 
+def test_the_listing_looks_in_the_liveportrait_folder_the_setting_names(tmp_path: Path) -> None:
+    """`weights list` said "missing" of LivePortrait weights that AVATARBENCH_LIVEPORTRAIT_DIR points a run at."""
+    folder = tmp_path / "elsewhere"
+    for name in LIVEPORTRAIT_FILES:
+        if name.startswith("liveportrait/") and name.endswith(".pth"):
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_bytes(random_bytes(100, 1))
+    settings = Settings(data_dir=tmp_path, weights_dir=tmp_path / "weights", liveportrait_dir=str(folder))
+    listed = next(p for p in inventory(settings) if p.engine == "liveportrait")
+    assert listed.ready and listed.found == folder / "liveportrait"
+
+
 def test_a_download_cut_short_or_a_page_saved_with_a_bom_is_broken_not_ready(tmp_path: Path) -> None:
     """A zip (torch's format) cut before its end record, as a stopped browser download leaves it, and a login page
     saved with a UTF-8 byte-order mark cannot load: the listing says so before a run fails on them."""

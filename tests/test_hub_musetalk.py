@@ -267,6 +267,8 @@ def test_the_inventory_agrees_with_musetalks_finder(tmp_path: Path, hub: StandIn
     assert any("AVATARBENCH_MUSETALK_DIR is set" in note for note in fetched.notes)
     from_hub = _presence(dataclasses.replace(settings, musetalk_dir="hf:"))
     assert from_hub.missing == ("hf: (fetched when first used)", "face-parse-bisent/79999_iter.pth")
+    (settings.weights_dir / FACE_PARSE).write_bytes(b"x")  # the file placed by hand is looked for in the weights folder
+    assert _presence(dataclasses.replace(settings, musetalk_dir="hf:")).missing == ("hf: (fetched when first used)",)
 
 
 def test_the_panel_lists_every_share_and_the_file_to_place_by_hand(hub: StandInHub, settings: Settings) -> None:
