@@ -368,6 +368,9 @@ def test_repositories_that_cannot_serve(hub: StandInHub, settings: Settings) -> 
     hub.add("someone/partial", {"checkpoints/wav2lip_gan.pth": random_bytes(100, 12)})
     with pytest.raises(WeightsError, match=r"has no s3fd\.pth or s3fd-619a316812\.pth"):
         get_weights("wav2lip", settings, repo="someone/partial", accept_licence=True, endpoint=hub.url)
+    hub.add("someone/no-landmarks", {p: d for p, d in LIVEPORTRAIT_FILES.items() if not p.endswith(".onnx")})
+    with pytest.raises(WeightsError, match=r"someone/no-landmarks has no liveportrait/landmark\.onnx; give a"):
+        get_weights("liveportrait", settings, repo="someone/no-landmarks", endpoint=hub.url)  # not a set short of it
     with pytest.raises(InputError, match="no weights called 'sadtalker'; accepted: liveportrait, wav2lip, musetalk"):
         get_weights("sadtalker", settings)
     assert not settings.weights_dir.exists() or server_files(settings) == {}
