@@ -401,6 +401,8 @@ def test_throttle_reasons_have_nvmls_bits() -> None:
         "nvmlClocksThrottleReasonHwThermalSlowdown": "hardware thermal slowdown",
         "nvmlClocksThrottleReasonHwPowerBrakeSlowdown": "hardware power brake",
         "nvmlClocksThrottleReasonDisplayClockSetting": "display clock setting",
+        "nvmlClocksThrottleReasonBoardLimit": "board limit",
+        "nvmlClocksThrottleReasonReliability": "reliability",
     }
     assert {getattr(real_nvml, constant): name for constant, name in names.items()} == telemetry.THROTTLE_REASONS
 

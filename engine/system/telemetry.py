@@ -36,6 +36,8 @@ THROTTLE_REASONS = {
     0x40: "hardware thermal slowdown",
     0x80: "hardware power brake",
     0x100: "display clock setting",
+    0x200: "board limit",  # newer drivers' bits: without them a GPU held back by one alone read "none"
+    0x400: "reliability",
 }
 
 
