@@ -263,18 +263,27 @@ class _FakeOrtValue:
         return SimpleNamespace(array=array, device=(kind, index))
 
 
-def _fake_ort(monkeypatch: pytest.MonkeyPatch, got: list[str], total_bytes: int = 80 * 2**30) -> dict:
-    """InferenceSession and OrtValue stand-ins that record what they are asked; NVML sees four cards."""
+def _fake_ort(
+    monkeypatch: pytest.MonkeyPatch,
+    got: list[str],
+    totals: tuple[int, ...] = (80, 80, 80, 80),
+    then_got: list[str] | None = None,
+) -> dict:
+    """InferenceSession and OrtValue stand-ins that record what they are asked; NVML sees cards of `totals` GiB.
+    A session gets `got` providers (a reopened one `then_got`, where given); seen["on_open"](providers), where a
+    test sets it, runs inside each session's creation (to print or warn as ORT does)."""
     seen: dict[str, Any] = {"binding": []}
 
     class FakeSession:
         def __init__(self, path: str, sess_options: Any, providers: list) -> None:
-            seen["providers"] = providers
+            seen["providers"], seen["options"] = providers, sess_options
             seen.setdefault("opened", []).append(providers)
+            seen.get("on_open", lambda providers: None)(providers)
+            self.got = got if len(seen["opened"]) == 1 or then_got is None else then_got
             self.fallback = True
 
         def get_providers(self) -> list[str]:
-            return got
+            return self.got
 
         def disable_fallback(self) -> None:
             self.fallback = False
@@ -288,12 +297,14 @@ def _fake_ort(monkeypatch: pytest.MonkeyPatch, got: list[str], total_bytes: int 
         def io_binding(self) -> _FakeBinding:
             return _FakeBinding(seen["binding"])
 
-    memory = SimpleNamespace(used=1, total=total_bytes)
-    card = SimpleNamespace(uuid="GPU-x", nvml=SimpleNamespace(nvmlDeviceGetMemoryInfo=lambda: memory),
-                           get=lambda fn: fn(), processes=lambda: [])  # fmt: skip
+    def card(total_gib: int) -> SimpleNamespace:
+        memory = SimpleNamespace(used=1, total=total_gib * 2**30)
+        return SimpleNamespace(uuid=f"GPU-{total_gib}", nvml=SimpleNamespace(nvmlDeviceGetMemoryInfo=lambda: memory),
+                               get=lambda fn: fn(), processes=lambda: [])  # fmt: skip
+
     monkeypatch.setattr(ort, "InferenceSession", FakeSession)
     monkeypatch.setattr(ort, "OrtValue", _FakeOrtValue)
-    monkeypatch.setattr(ort_session, "nvml_source", lambda: SimpleNamespace(devices=[card] * 4))
+    monkeypatch.setattr(ort_session, "nvml_source", lambda: SimpleNamespace(devices=[card(t) for t in totals]))
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     return seen
 
@@ -332,6 +343,21 @@ def test_tensorrt_options_and_its_engine_cache(monkeypatch: pytest.MonkeyPatch, 
     assert trt_options["trt_engine_cache_path"] == str(tmp_path / "fp16") and (tmp_path / "fp16").is_dir()
 
 
+def test_a_tensorrt_fp32_session_keeps_its_engines_apart(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """fp16 is asked for, never assumed; fp32 engines are cached in their own folder, and cached at all."""
+    seen = _fake_ort(monkeypatch, ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
+    OrtSession("model.onnx", OrtOptions("trt", trt_cache_dir=str(tmp_path)))
+    trt_options = seen["providers"][0][1]
+    assert trt_options["trt_fp16_enable"] is False and trt_options["trt_engine_cache_enable"] is True
+    assert trt_options["trt_engine_cache_path"] == str(tmp_path / "fp32") and (tmp_path / "fp32").is_dir()
+
+
+def test_the_intra_op_thread_count_reaches_the_session(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = _fake_ort(monkeypatch, ["CPUExecutionProvider"])
+    OrtSession("model.onnx", OrtOptions(intra_op_threads=3))
+    assert seen["options"].intra_op_num_threads == 3
+
+
 def test_a_tensorrt_failure_reopens_on_our_cuda_options(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """ORT reopens a session whose TensorRT provider failed on [CUDA, CPU] without any provider option (device 0, no
     memory cap, TF32 on): the session is reopened on our CUDA provider, and still reported as a fallback."""
@@ -341,6 +367,100 @@ def test_a_tensorrt_failure_reopens_on_our_cuda_options(monkeypatch: pytest.Monk
     assert first[0][0] == "TensorrtExecutionProvider" and second == first[1:]
     assert second[0][1]["device_id"] == 2 and second[0][1]["use_tf32"] == 0
     assert session.fell_back and session.ran_on == "CUDAExecutionProvider" and session.device == ("cuda", 2)
+
+
+def test_a_cpu_session_asks_for_the_cpu_provider_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ort-cpu is the CPU baseline: given a CUDA provider too, onnxruntime-gpu would run it on the GPU."""
+    seen = _fake_ort(monkeypatch, ["CPUExecutionProvider"])
+    session = OrtSession("model.onnx", OrtOptions("cpu"))
+    assert seen["opened"] == [["CPUExecutionProvider"]]
+    assert not session.fell_back and session.fallback_reason is None and session.device == ("cpu", 0)
+
+
+def test_the_memory_cap_is_a_share_of_the_sessions_own_card(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cards of other sizes side by side: device 2's cap comes from device 2's memory, not device 0's."""
+    seen = _fake_ort(monkeypatch, ["CUDAExecutionProvider", "CPUExecutionProvider"], totals=(80, 40, 24, 16))
+    OrtSession("model.onnx", OrtOptions("cuda", device_id=2, gpu_memory_fraction=0.5))
+    assert seen["providers"][0][1]["gpu_mem_limit"] == 12 * 2**30
+
+
+def _loader_says(monkeypatch: pytest.MonkeyPatch, errors: dict[str, str]) -> None:
+    """Every provider built into ORT; dlopen of a provider's library fails with errors[provider], if any."""
+    monkeypatch.setattr(ort, "get_available_providers", lambda: list(ort_session.PROVIDERS.values()))
+    monkeypatch.setattr(ort_session, "loader_error", lambda name: errors.get(name))
+
+
+def test_a_provider_not_built_in_is_the_fallback_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_ort(monkeypatch, ["CPUExecutionProvider"])
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    session = OrtSession("model.onnx", OrtOptions("cuda"))
+    assert session.fell_back and session.info["fell_back"] is True
+    assert session.fallback_reason == "CUDAExecutionProvider is not built into this onnxruntime package"
+
+
+def test_the_requested_providers_missing_library_is_the_fallback_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The requested provider's dlopen error names the missing library, ahead of ORT's log."""
+    seen = _fake_ort(monkeypatch, ["CPUExecutionProvider"])
+    seen["on_open"] = lambda providers: print("EP Error: CUDA provider failed to load")
+    _loader_says(monkeypatch, {"CUDAExecutionProvider": "libcublasLt.so.12: cannot open shared object file"})
+    session = OrtSession("model.onnx", OrtOptions("cuda"))
+    assert session.fallback_reason == "libcublasLt.so.12: cannot open shared object file"
+    assert session.info["fallback_reason"] == session.fallback_reason
+
+
+def test_without_a_loader_error_orts_last_words_are_the_fallback_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ORT prints the TensorRT notice on stdout and warns in Python; the last error line of both is the reason."""
+    import warnings
+
+    seen = _fake_ort(monkeypatch, ["CPUExecutionProvider"])
+    _loader_says(monkeypatch, {})
+
+    def chatter(providers: list) -> None:
+        print("EP Error: first failure while loading")
+        warnings.warn("CUDA failed: cudaErrorNoDevice, the last word", RuntimeWarning, stacklevel=1)
+
+    seen["on_open"] = chatter
+    session = OrtSession("model.onnx", OrtOptions("cuda"))
+    assert "EP Error: first failure while loading" in session.log
+    assert session.fallback_reason == "CUDA failed: cudaErrorNoDevice, the last word"
+
+
+def test_a_fallback_ort_said_nothing_about_still_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_ort(monkeypatch, ["CPUExecutionProvider"])
+    _loader_says(monkeypatch, {})
+    session = OrtSession("model.onnx", OrtOptions("cuda"))
+    assert session.fell_back and session.fallback_reason == "ORT gave no reason"
+
+
+def test_tensorrt_fallen_back_to_cuda_keeps_tensorrts_reason(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The reason is TensorRT's, from the first session's log: the reopening on CUDA says nothing about TensorRT."""
+    seen = _fake_ort(monkeypatch, ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    _loader_says(monkeypatch, {})
+
+    def notice(providers: list) -> None:
+        if providers[0][0] == "TensorrtExecutionProvider":
+            print("EP Error: TensorRT EP failed to create: libnvinfer.so.10: cannot open shared object file")
+
+    seen["on_open"] = notice
+    session = OrtSession("model.onnx", OrtOptions("trt", device_id=1, trt_cache_dir=str(tmp_path)))
+    assert session.fell_back and session.ran_on == "CUDAExecutionProvider" and session.on_gpu
+    assert session.fallback_reason.endswith("libnvinfer.so.10: cannot open shared object file")
+    assert session.info["requested"] == "TensorrtExecutionProvider"
+
+
+def test_a_reopened_session_reports_where_it_really_runs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """TensorRT failed, ORT's option-less CUDA worked, ours (device 1) did not: the session runs on the CPU."""
+    seen = _fake_ort(monkeypatch, ["CUDAExecutionProvider", "CPUExecutionProvider"], then_got=["CPUExecutionProvider"])
+    session = OrtSession("model.onnx", OrtOptions("trt", device_id=1, trt_cache_dir=str(tmp_path)))
+    assert len(seen["opened"]) == 2
+    assert session.got == ["CPUExecutionProvider"] and session.fell_back and session.device == ("cpu", 0)
+
+
+def test_tensorrt_fallen_back_to_the_cpu_is_not_reopened(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """ORT kept no GPU provider at all: our CUDA options would not bring one back."""
+    seen = _fake_ort(monkeypatch, ["CPUExecutionProvider"])
+    session = OrtSession("model.onnx", OrtOptions("trt", trt_cache_dir=str(tmp_path)))
+    assert len(seen["opened"]) == 1 and session.fell_back and session.device == ("cpu", 0)
 
 
 def test_sessions_never_switch_providers_after_a_failed_run(tmp_path: Path) -> None:
@@ -388,12 +508,13 @@ def test_the_model_digest_covers_external_data(tmp_path: Path) -> None:
 
 def test_a_session_that_cannot_be_created_is_a_setup_error(monkeypatch: pytest.MonkeyPatch) -> None:
     def broken(*args: Any, **kwargs: Any) -> None:
+        print("[E:onnxruntime:Default] Load model failed: NoSuchOp")  # ORT's log, kept in the message
         raise RuntimeError("op NoSuchOp is not supported")
 
     monkeypatch.setattr(ort, "InferenceSession", broken)
     with pytest.raises(SessionError, match="CPUExecutionProvider: session creation failed: op NoSuchOp") as caught:
         OrtSession("model.onnx", OrtOptions())
-    assert isinstance(caught.value, SetupError)
+    assert isinstance(caught.value, SetupError) and "Load model failed: NoSuchOp" in str(caught.value)
 
 
 # ---------------------------------------------------------------------------------------------- NVML memory
