@@ -365,6 +365,50 @@ def test_torch_and_onnxruntime_built_for_different_cuda_majors_is_a_problem(monk
     assert "download.pytorch.org/whl/cu130" in check.fix
     monkeypatch.setattr(torch.version, "cuda", "13.0")
     assert doctor_ort.check_cuda_majors(_ctx(tmp_path, ort_probe={"build_cuda_version": "13.0"})).status == OK
+    monkeypatch.setattr(torch.version, "cuda", "12.8")  # one major: minor versions do not matter
+    assert doctor_ort.check_cuda_majors(_ctx(tmp_path, ort_probe={"build_cuda_version": "12.6"})).status == OK
+    monkeypatch.setattr(torch.version, "cuda", "12.6")  # no GPU anywhere: neither loads CUDA, nothing to fix
+    no_gpu = _ctx(tmp_path, nvml_gpus=[], ort_probe={"build_cuda_version": "13.0"})
+    assert doctor_ort.check_cuda_majors(no_gpu).status == OK
+
+
+def test_tensorrt_failing_beside_a_working_cuda_provider_is_a_warning(tmp_path: Path) -> None:
+    """The CUDA provider still serves the GPU; where it fails too, TensorRT's fix also carries the CUDA recipe."""
+    probe = _failing_probe()
+    probe["preload"] = {}
+    failing = doctor_ort.check_ort_tensorrt(_ctx(tmp_path, ort_probe=probe))
+    assert failing.status == PROBLEM and "TensorRT also needs what the CUDA provider needs" in failing.fix
+    assert "onnxruntime-gpu[cuda,cudnn]" in failing.fix
+    probe["providers"]["CUDAExecutionProvider"] = {"loaded": True, "session_providers": [], "error": None}
+    served = doctor_ort.check_ort_tensorrt(_ctx(tmp_path, ort_probe=probe))
+    assert served.status == WARNING and "TensorRT also needs" not in served.fix
+
+
+@pytest.mark.parametrize(
+    ("error", "available", "said"),
+    [
+        ("CUDA driver version is insufficient for CUDA runtime version", None, "too old for onnxruntime-gpu's CUDA"),
+        ("cudaErrorNoDevice: no CUDA-capable device is detected", None, "CUDA sees no GPU in this process"),
+        ("", ["CPUExecutionProvider"], "CUDAExecutionProvider is not built into onnxruntime 1.31.1"),
+    ],
+)
+def test_each_cuda_provider_failure_is_named_by_its_cause(
+    monkeypatch, tmp_path: Path, error: str, available: list[str] | None, said: str
+) -> None:
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    probe = _failing_probe()
+    probe["preload"] = {}
+    probe["providers"]["CUDAExecutionProvider"]["error"] = error
+    probe["available"] = available or probe["available"]
+    check = doctor_ort.check_ort_cuda(_ctx(tmp_path, ort_probe=probe))
+    assert check.status == PROBLEM and said in check.found, check.found
+
+
+def test_onnxruntime_failing_even_on_the_cpu_is_a_problem_without_a_gpu(tmp_path: Path) -> None:
+    probe = _failing_probe()
+    probe["providers"]["CUDAExecutionProvider"] = {"loaded": False, "session_providers": [], "error": "bad build"}
+    check = doctor_ort.check_ort_cuda(_ctx(tmp_path, nvml_gpus=[], ort_probe=probe))
+    assert check.status == PROBLEM and "cannot create a session even on the CPU: bad build" in check.found
 
 
 @pytest.mark.parametrize(
@@ -373,6 +417,8 @@ def test_torch_and_onnxruntime_built_for_different_cuda_majors_is_a_problem(monk
         ("", "hides every GPU"),
         ("-1", "hides every GPU"),
         ("NoDevFiles", "hides every GPU"),
+        (" ", "hides every GPU"),
+        ("1", "names 1, which NVML does not know"),  # NVML numbers its one GPU 0
         ("3", "names 3, which NVML does not know"),
         ("GPU-deadbeef", "names GPU-deadbeef, which NVML does not know"),
     ],
@@ -405,6 +451,20 @@ def test_mig_mode_without_an_instance_for_cuda_says_how_to_make_one(monkeypatch,
     check = doctor_gpu.check_torch(_ctx(tmp_path, nvml_gpus=["NVIDIA A100-SXM4-80GB"], nvml_devices=devices))
     assert check.status == PROBLEM and "GPU 0 in MIG mode" in check.found
     assert "CUDA_VISIBLE_DEVICES=MIG-<uuid>" in check.fix and "nvidia-smi -i 0 -mig 0" in check.fix
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "MIG-5f1e2d3c-aaaa-bbbb-cccc-0123456789ab")  # an instance is given
+    given = doctor_gpu.check_torch(_ctx(tmp_path, nvml_gpus=["NVIDIA A100-SXM4-80GB"], nvml_devices=devices))
+    assert "MIG mode" not in given.found and "NVML does not know" not in given.found
+
+
+def test_a_gpu_on_the_pci_bus_that_cuda_cannot_use_is_said_to_leave_jobs_on_the_cpu(monkeypatch, tmp_path) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    check = doctor_gpu.check_torch(_ctx(tmp_path, nvml_gpus=[], pci_gpus=1))
+    assert check.status == WARNING
+    assert "an NVIDIA GPU is on the PCI bus but CUDA is not available: everything runs on the CPU" in check.found
+    assert check.fix == "First make the driver work (see nvidia-driver)."  # this PyTorch is already a CUDA build
 
 
 def test_zero_gpu_with_a_cpu_only_torch_is_a_problem(monkeypatch, tmp_path: Path) -> None:
@@ -481,6 +541,7 @@ def torch_version() -> str:
     ("arch", "capability", "runs"),
     [
         ("sm_80", (8, 6), True),  # a cubin runs on its major's later minors
+        ("sm_86", (8, 6), True),  # and on its own
         ("sm_86", (8, 0), False),
         ("sm_80", (9, 0), False),  # not on the next major
         ("compute_80", (9, 0), True),  # PTX is compiled for anything newer on load
@@ -835,6 +896,39 @@ def test_jobs_kept_on_one_of_several_gpus_are_said_with_the_setting_that_keeps_t
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     hidden = doctor_gpu.check_device(_ctx(tmp_path, nvml_gpus=gpus))
     assert hidden.status == INFO and "shows CUDA 1 of the 4 GPUs NVML lists" in hidden.found and "0,1,2,3" in hidden.fix
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")  # every GPU listed: nothing is left idle
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert doctor_gpu.check_device(_ctx(tmp_path, nvml_gpus=gpus)).status == OK
+
+
+def test_one_gpu_named_in_the_device_setting_leaves_none_idle(monkeypatch, tmp_path) -> None:
+    import torch
+
+    props = types.SimpleNamespace(name="NVIDIA L4", major=8, minor=9, total_memory=24 * 2**30, multi_processor_count=58)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: props)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.delenv("SPACES_ZERO_GPU", raising=False)
+    pinned = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path), "AVATARBENCH_DEVICE": "cuda:0"})
+    check = doctor_gpu.check_device(_ctx(tmp_path, settings=pinned, nvml_gpus=["NVIDIA L4"]))
+    assert check.status == OK and "idle" not in check.found
+
+
+def test_the_cudnn_version_is_read_as_major_minor_patch(monkeypatch, tmp_path: Path) -> None:
+    """cuDNN 9 reports 91002 for 9.10.2 (major * 10000 + minor * 100 + patch)."""
+    import torch
+
+    props = types.SimpleNamespace(name="NVIDIA L4", major=8, minor=9)
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_arch_list", lambda: ["sm_89"])
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: props)
+    monkeypatch.setattr(torch.backends.cudnn, "is_available", lambda: True)
+    monkeypatch.setattr(torch.backends.cudnn, "version", lambda: 91002)
+    check = doctor_gpu.check_torch(_ctx(tmp_path, nvml_gpus=["NVIDIA L4"]))
+    assert check.status == OK and "cuDNN 9.10.2" in check.found and check.details["cudnn"] == "9.10.2"
 
 
 def test_a_container_started_without_gpus_is_told_to_start_with_them_not_to_install_a_driver(
