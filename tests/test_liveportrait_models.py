@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from engine.models.checkpoints import CheckpointError
+from engine.models.checkpoints import CheckpointError, load_strict
 from engine.models.liveportrait import (
     AppearanceFeatureExtractor,
     MotionExtractor,
@@ -153,3 +153,26 @@ def test_wrong_files_are_named(weights: Path, tmp_path: Path) -> None:
         load_retargeting(tmp_path)
     with pytest.raises(CheckpointError, match="no such file"):
         load_base_model("warping", tmp_path)
+    torch.save(torch.zeros(3), tmp_path / "retargeting_models/stitching_retargeting_module.pth")
+    with pytest.raises(CheckpointError, match="holds a Tensor, not a dict of state dicts"):
+        load_retargeting(tmp_path)
+    parts = {k: {"w": torch.zeros(1)} for k in ("retarget_shoulder", "retarget_mouth", "retarget_eye")}
+    parts["retarget_mouth"] = {"w": torch.zeros(1), "step": 3}
+    torch.save(parts, tmp_path / "retargeting_models/stitching_retargeting_module.pth")
+    with pytest.raises(CheckpointError, match="part 'retarget_mouth' is not a state dict of tensors"):
+        load_retargeting(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("key", "named"),
+    [
+        ("resblocks_3d.0.weight", "appearance feature extractor"),
+        ("dense_motion_network.0.weight", "warping module"),
+        ("G_middle_0.0.weight", "SPADE generator"),
+        ("detector.stages.0.weight", "motion extractor"),
+    ],
+)
+def test_each_liveportrait_network_is_recognised_in_a_wrong_file(key: str, named: str) -> None:
+    """A file of one LivePortrait network given for another names the network it holds."""
+    with pytest.raises(CheckpointError, match=f"different network, LivePortrait's {named}"):
+        load_strict(nn.Linear(2, 2), {key: torch.zeros(1)}, "a linear layer")

@@ -197,8 +197,31 @@ def test_empty_and_missing_files(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError) as err:
         load_wav2lip(missing)
     assert_names_problem(err, missing, "no such file")
-    with pytest.raises(CheckpointError, match="directory"):
+    with pytest.raises(CheckpointError, match="this is a directory, not a checkpoint file"):
         load_wav2lip(tmp_path)
+
+
+def test_a_file_that_cannot_be_read_is_named_with_the_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No permission to read (the tests run as root, so the refusal is stood in for): a message, not an OSError."""
+    path = tmp_path / "wav2lip.pth"
+    path.write_bytes(b"PK\x03\x04")
+
+    def refuse(path: Path) -> str | None:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr("engine.models.checkpoints.unusable", refuse)
+    with pytest.raises(CheckpointError) as err:
+        load_wav2lip(path)
+    assert_names_problem(err, path, "it cannot be read: Permission denied")
+
+
+def test_a_riff_file_of_an_unlisted_kind_gets_torchs_reason(tmp_path: Path) -> None:
+    """A RIFF container that is none of WAV, AVI or WebP (a MIDI RMID) is not named, and is no KeyError."""
+    path = tmp_path / "wav2lip.pth"
+    path.write_bytes(b"RIFF\x24\x00\x00\x00RMIDdata" + bytes(range(256)) * 4)
+    with pytest.raises(CheckpointError) as err:
+        load_wav2lip(path)
+    assert_names_problem(err, path, "not a PyTorch checkpoint (")
 
 
 def test_not_a_checkpoint_at_all(tmp_path: Path) -> None:
@@ -252,6 +275,12 @@ def test_a_file_of_another_kind_is_named_not_met_with_torchs_advice(tmp_path: Pa
         ({"state_dict": {"epoch": 3}}, "'state_dict' entry is a dict without tensors"),
         ({"state_dict": [1, 2]}, "'state_dict' entry holds a list"),
         ({"a": torch.zeros(1), "epoch": 3}, "1 of its 2 entries are not tensors (epoch)"),
+        ({"a": torch.zeros(1), 0: torch.zeros(1)}, "1 of its 2 entries are not tensors (0)"),  # a key is a name
+        ({}, "dict without tensors (keys: none)"),
+        (
+            {"a": torch.zeros(1), **{f"n{i}": i for i in range(12)}},
+            "12 of its 13 entries are not tensors (n0, n1, n2, n3, n4, n5, n6, n7, n8, n9 ... and 2 more)",
+        ),
     ],
 )
 def test_wrong_content(tmp_path: Path, content: object, words: str) -> None:
@@ -309,6 +338,41 @@ def test_one_wrong_shape_and_one_missing_key(files: dict[str, Path], tmp_path: P
         "only in part",
     )
     assert "Unexpected keys" not in str(err.value)
+
+
+def test_a_wav2lip_file_missing_most_keys_is_not_called_another_network() -> None:
+    """Only the decoder's keys: the file is Wav2Lip's own network, so the hint is a partial match, not 'a different
+    network, the Wav2Lip generator'."""
+    decoder_only = {k: v for k, v in Wav2Lip().state_dict().items() if k.startswith("face_decoder_blocks.")}
+    with pytest.raises(CheckpointError, match="only in part") as err:
+        load_strict(Wav2Lip(), decoder_only, "wav2lip.pth")
+    assert "different network" not in str(err.value)
+
+
+def test_extra_keys_of_a_known_network_beside_a_full_match_are_a_partial_match() -> None:
+    """Every key of the model is there and one more that S3FD has: a modified file, not a different network. And
+    extra 'module.' keys beside matched ones are no sign of a model wrapped twice."""
+    model = nn.Linear(2, 2)
+    for extra in ("fc7_mbox_conf.weight", "module.scale"):
+        state = {**model.state_dict(), extra: torch.zeros(1)}
+        with pytest.raises(CheckpointError, match="only in part") as err:
+            load_strict(model, state, "a linear layer")
+        assert "2 of the model's 2 entries match, the file has 3." in str(err.value)
+        assert f"Unexpected keys (1): {extra}" in str(err.value)
+
+
+def test_a_wrong_shape_alone_is_refused_in_words() -> None:
+    """Every key there, one of another shape: a CheckpointError naming it, not torch's RuntimeError."""
+    state = {"weight": torch.zeros(3, 2), "bias": torch.zeros(2)}
+    with pytest.raises(CheckpointError, match=r"Shape mismatches \(1\): weight \(file \(3, 2\), model \(2, 2\)\)"):
+        load_strict(nn.Linear(2, 2), state, "a linear layer")
+
+
+def test_exactly_ten_names_are_listed_without_and_more() -> None:
+    model = nn.Sequential(*(nn.Linear(1, 1, bias=False) for _ in range(10)))
+    with pytest.raises(CheckpointError) as err:
+        load_strict(model, {"other.weight": torch.zeros(1)}, "ten layers")
+    assert "Missing keys (10): 0.weight, 1.weight," in str(err.value) and "more" not in str(err.value)
 
 
 # --- S3FD ------------------------------------------------------------------------------------------------------
