@@ -5,11 +5,13 @@ split is not (short jobs, busy GPUs, a pinned device); a failing segment fails i
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -19,6 +21,7 @@ from test_lipsync import expected_frames, face_video, speech_like, write_wav
 
 from engine.core.audio import load_audio
 from engine.core.media import VideoWriter, read_frames
+from engine.core.results import RunResult
 from engine.core.settings import Settings, load_settings
 from engine.jobs.broker import Broker
 from engine.jobs.split import segment_ranges, split_devices, work_folder
@@ -290,3 +293,188 @@ def test_the_tabs_summary_lists_each_gpus_part() -> None:
     assert head == "- split over 2 GPUs (planned in 0.50s · joined in 1.25s):"
     assert first == "  - `cuda:0`: frames 0-127 (128) in 2.00s, 64.0 frames/s, busy 90% of the job"
     assert second == "  - `cuda:1`: frames 128-249 (122) in 1.90s"
+
+
+# ------------------------------------------------- the split protocol in one process, with frames that carry numbers
+
+
+class _Kept:
+    """The parent's output writer: keeps the frames it is given, in order."""
+
+    codec = "kept"
+
+    def __init__(self) -> None:
+        self.frames: list[np.ndarray] = []
+        self.frames_written = 0
+        self.closed = self.aborted = False
+
+    def write(self, frame: np.ndarray) -> None:
+        self.frames.append(frame)
+        self.frames_written += 1
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+class _Numbered:
+    """A SegmentedRun whose frame i is a grey picture of level i: the numbers a segment measured become its plan and
+    then its frames, so a part assembled out of place, twice or not at all shows in the output. The header counts
+    `header_frames` and the clip has `frames` (the last segment reads to the end); `fails_in`: the step of this job
+    that fails ("setup", "render"); each segment's report warns with its first frame."""
+
+    def __init__(self, frames: int, header_frames: int, output: _Kept, fails_in: str | None = None) -> None:
+        self.frames, self.header_frames, self.output, self.fails_in = frames, header_frames, output, fails_in
+
+    def _step(self, name: str) -> None:
+        if self.fails_in == name:
+            raise RuntimeError(f"the card fell off the bus in {name}")
+
+    def setup(self, progress) -> dict:
+        self._step("setup")
+        return {"frames": self.header_frames, "align": 4, "measure": True, "open_end": True}
+
+    def join(self, setup: dict, progress) -> None:
+        pass
+
+    def measure(self, start: int, stop: int | None, progress) -> dict[str, np.ndarray]:
+        return {"numbers": np.arange(start, self.frames if stop is None else stop)}
+
+    def plan(self, ranges: list, measured: list, progress) -> tuple[list, list]:
+        final = [(start, self.frames if stop is None else stop) for start, stop in ranges]
+        return final, [{"numbers": m["numbers"]} for m in measured]
+
+    def output_writer(self, out: Path) -> _Kept:
+        return self.output
+
+    def segment_writer(self, path: Path):
+        from engine.core.media import LosslessWriter
+
+        return LosslessWriter(path, 25, 16, 16)
+
+    def render(self, start: int, stop: int, state: dict, writer, progress) -> None:
+        assert len(state["numbers"]) == stop - start
+        self._step("render")
+        for number in state["numbers"]:
+            writer.write(np.full((16, 16, 3), int(number), np.uint8))
+        self.first = start
+
+    def report(self, frames: int, seconds: float, writer) -> RunResult:
+        result = RunResult(metrics={"frames": frames})
+        if writer is not self.output:
+            result.warn(f"the part from frame {self.first} was made on a slow card")
+        return result
+
+
+def _split_in_threads(
+    tmp_path: Path, frames: int, header_frames: int, failing: dict[str, tuple[str, str]] | None = None, claim: int = 4
+) -> tuple[list[Job], _Kept]:
+    """A split over the four GPUs run by this process: the parent and the first `claim - 1` segments each in a thread
+    of its own (their rows claimed as their workers would); `failing`: device -> (the step that fails there, how its
+    job ends). The jobs as they ended, and the parent's output."""
+    from engine.jobs import split
+
+    failing = failing or {}
+    store = JobStore(tmp_path / "jobs.db", tmp_path / "blobs")
+    never_started = Broker(store, {"numbered": "unused:unused"}, dict.fromkeys(GPUS, 1))
+    parent = split.submit_split(never_started, "numbered", {}, list(GPUS), "alice")
+    context = SimpleNamespace(store=store, settings=_settings(tmp_path))
+    claimed = [store.claim_next(device, worker=100 + i) for i, device in enumerate(GPUS[:claim])]
+    assert claimed[0].id == parent.id
+    output = _Kept()
+
+    def run(job: Job) -> None:
+        step, ends = failing.get(job.device, (None, FAILED))
+        work = _Numbered(frames, header_frames, output, step)
+        try:
+            result = split.run_split(job, lambda fraction, label: None, context, work, tmp_path / "out.mp4")
+        except Exception as exc:
+            store.fail(job.id, str(exc), ends)
+        else:
+            store.finish(job.id, result.to_dict())
+
+    threads = [threading.Thread(target=run, args=(job,), daemon=True) for job in claimed]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not any(thread.is_alive() for thread in threads), "a part of the split never ended"
+    jobs = [store.get(job.id) for job in [parent, *split.segments_of(store, parent)]]
+    store.close()
+    return jobs, output
+
+
+def _numbers(output: _Kept) -> list[int]:
+    return [int(frame[0, 0, 0]) for frame in output.frames]
+
+
+def test_the_parent_assembles_every_segment_in_order_to_the_clips_true_end(tmp_path: Path) -> None:
+    """The header says 26 frames and the clip has 30: the last segment reads to the end; every frame comes once,
+    in order, and each GPU's row says which frames it made; the segments' warnings are the job's."""
+    jobs, output = _split_in_threads(tmp_path, frames=30, header_frames=26)
+    assert [j.status for j in jobs] == [DONE] * 4, [j.error for j in jobs]
+    assert _numbers(output) == list(range(30)) and output.closed and not output.aborted
+    metrics = jobs[0].result["metrics"]
+    assert [(r["device"], r["start"], r["stop"], r["frames"]) for r in metrics["segments"]] == [
+        ("cuda:0", 0, 8, 8), ("cuda:1", 8, 16, 8), ("cuda:2", 16, 20, 4), ("cuda:3", 20, 30, 10),
+    ]  # fmt: skip
+    assert metrics["frames"] == 30 and [r["share"] for r in metrics["segments"]] == [8 / 30, 8 / 30, 4 / 30, 10 / 30]
+    assert jobs[0].result["warnings"] == [f"the part from frame {f} was made on a slow card" for f in (8, 16, 20)]
+    assert not work_folder(_settings(tmp_path), jobs[0].id).exists()
+
+
+@pytest.mark.parametrize("ends", [FAILED, CANCELLED])
+def test_a_segment_that_fails_or_is_cancelled_fails_the_parent_by_its_number(tmp_path: Path, ends: str) -> None:
+    jobs, output = _split_in_threads(tmp_path, frames=30, header_frames=30, failing={"cuda:2": ("render", ends)})
+    parent, segment = jobs[0], jobs[2]
+    assert output.aborted and not output.closed  # the half-made video is not left as if it were whole
+    assert segment.status == ends and segment.error == "the card fell off the bus in render"
+    verb = "failed" if ends == FAILED else "was cancelled"
+    assert parent.status == FAILED
+    assert parent.error == f"segment 3/4 (job {segment.id} on cuda:2) {verb}: the card fell off the bus in render"
+
+
+@pytest.mark.parametrize("ends", [FAILED, CANCELLED])
+def test_a_parent_that_ends_ends_its_segments(tmp_path: Path, ends: str) -> None:
+    """The parent fails (or is stopped) at its setup: the segment already running stops, saying why, and the two
+    still waiting in the queue are cancelled, never to run."""
+    failing = {"cuda:0": ("setup", ends)}
+    jobs, _ = _split_in_threads(tmp_path, frames=30, header_frames=30, failing=failing, claim=2)
+    parent, *segments = jobs
+    assert parent.status == ends and parent.error == "the card fell off the bus in setup"
+    assert segments[0].status == FAILED and f"its parent job {parent.id} ended ({ends}" in segments[0].error
+    for queued in segments[1:]:
+        assert queued.status == CANCELLED
+        assert queued.error == f"its parent job {parent.id} failed: the card fell off the bus in setup"
+
+
+def test_a_split_takes_whole_idle_cards_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two workers per GPU: a card with a half-share job is not idle, nor is one that is down, and one idle card is
+    no split; workers that are not local processes never split. A split's parent and segments each take their whole
+    card, its queue limit holds for the parent, and each parent finds its own segments only."""
+    from engine.jobs.split import describe, segments_of, submit_split
+    from engine.jobs.store import QueueFull, QueueLimits
+
+    store = JobStore(tmp_path / "jobs.db", tmp_path / "blobs")
+    shared = Broker(store, KINDS, dict.fromkeys(GPUS[:3], 2), per_gpu={"default": 2})  # never started
+    threshold = _settings(tmp_path, AVATARBENCH_SPLIT_SECONDS="1")
+    assert split_devices(shared, threshold, 2.0) == list(GPUS[:3])
+    remote = Broker(store, KINDS, dict.fromkeys(GPUS[:3], 2), launcher=lambda spec, wake, stop: None)
+    assert split_devices(remote, threshold, 2.0) == []  # a Ray actor or a ZeroGPU slot: no shared folder
+    assert shared.submit("lipsync", {}, "cuda:0", "bob").share == 0.5
+    with monkeypatch.context() as patch:
+        patch.setattr(shared, "down", lambda device: "its node is gone" if device == "cuda:2" else None)
+        assert split_devices(shared, threshold, 2.0) == []  # cuda:1 alone is idle
+    first = submit_split(shared, "lipsync", {}, ["cuda:1", "cuda:2"], "alice")
+    assert [(j.device, j.share) for j in store.queue("alice")] == [("cuda:1", 1.0), ("cuda:2", 1.0)]
+    second = submit_split(shared, "lipsync", {}, ["cuda:2", "cuda:1", "cuda:0"], "alice")
+    for parent, count in ((first, 2), (second, 3)):
+        segments = segments_of(store, parent)
+        assert [describe(j)["segment"]["label"] for j in segments] == [
+            f"segment {i}/{count} of job {parent.id}" for i in range(2, count + 1)
+        ]
+    with pytest.raises(QueueFull, match="you have 2 jobs waiting"):
+        submit_split(shared, "lipsync", {}, ["cuda:1", "cuda:2"], "alice", QueueLimits(per_owner=2, total=100))
+    store.close()
