@@ -70,9 +70,13 @@ def test_a_stopped_split_jobs_folder_goes_with_the_chores_and_a_live_ones_stays(
     settings: Settings, store: JobStore
 ) -> None:
     """A split parent stopped with its worker (cancelled, past a limit) never removes its folder; the chores do,
-    once the job has ended, and leave a queued job's and a worker's tempfile folder, which names no job."""
+    once the job has ended, and leave a queued or running job's, one of an ended job written to just now (a segment
+    still stopping), and a worker's tempfile folder, which names no job (hex or not)."""
     ended, live = store.submit("lipsync", {}, "cuda:0"), store.submit("lipsync", {}, "cuda:1")
+    running, just_ended = store.submit("lipsync", {}, "cuda:2"), store.submit("lipsync", {}, "cuda:3")
     store.fail(ended.id, "cancelled by its owner while it ran", CANCELLED)
+    assert store.claim_next("cuda:2").id == running.id
+    store.fail(just_ended.id, "cancelled by its owner while it ran", CANCELLED)
 
     def folder(name: str, days: float) -> Path:
         path = settings.cache_dir / name
@@ -81,10 +85,11 @@ def test_a_stopped_split_jobs_folder_goes_with_the_chores_and_a_live_ones_stays(
         _age(path / "segment-1.mkv", days)
         return _age(path, days)
 
-    stopped, running = folder(f"job-{ended.id[:8]}", 1), folder(f"job-{live.id[:8]}", 1)
-    tempfile_folder = folder("job-0123abcd", 1)  # no such job
+    stopped, queued = folder(f"job-{ended.id[:8]}", 1), folder(f"job-{live.id[:8]}", 1)
+    kept = [queued, folder(f"job-{running.id[:8]}", 1), folder(f"job-{just_ended.id[:8]}", 0)]
+    tempfile_folders = [folder("job-0123abcd", 1), folder("job-n0wrunn1", 1)]  # no such job
     assert sweep_ended_splits(store, settings.cache_dir) == [stopped]
-    assert not stopped.exists() and running.exists() and tempfile_folder.exists()
+    assert not stopped.exists() and all(f.exists() for f in (*kept, *tempfile_folders))
 
 
 # -- Gradio's cache ----------------------------------------------------------------------------------------------
@@ -94,6 +99,11 @@ def test_gradio_cache_policy_follows_the_setting() -> None:
     assert gradio_cache_policy(load_settings({"AVATARBENCH_UPLOAD_CACHE_HOURS": "2"})) == (1800, 7200)
     assert gradio_cache_policy(load_settings({})) == (3600, 6 * 3600)  # checked at most hourly
     assert gradio_cache_policy(load_settings({"AVATARBENCH_UPLOAD_CACHE_HOURS": "0.1"})) == (90, 360)
+
+
+def test_the_budget_reads_its_settings_in_gib_and_days() -> None:
+    env = {"AVATARBENCH_STORE_BUDGET_GB": "1.5", "AVATARBENCH_STORE_MAX_AGE_DAYS": "3"}
+    assert Budget.from_settings(load_settings(env)) == Budget(max_bytes=3 * 2**29, max_age_s=3 * DAY)
 
 
 def test_the_app_sweeps_and_budgets_at_start_up_and_its_blocks_clean_gradios_cache(
@@ -147,6 +157,7 @@ def test_orphan_sweep_removes_old_work_folders_and_keeps_fresh_ones_and_caches(
     fresh = folder("job-n0wrunn1", 0)
     busy = folder("onnx-job-busy_123", 1)  # the folder is old, but something inside it was just written
     (busy / "inner" / "model.onnx").write_bytes(b"x")
+    _age(busy / "inner", 1)  # a file written in place changes no folder's time: the file's own counts
     caches = [folder(name, 30) for name in ("onnx-examples", "onnx-trt", "liveportrait-onnx", "tmpabcdefgh")]
     stray, writing = store.blobs_dir / ".incoming-abc.tmp", store.blobs_dir / ".incoming-new.tmp"
     stray.touch()
@@ -173,7 +184,9 @@ def test_budget_removes_the_least_recently_used_until_the_size_fits(
     video = _output(settings, "lipsync-0123456789ab.mp4", 1000, days=3)
     newer = _blob(store, tmp_path, b"c" * 1000, days=2)
 
-    removed = enforce_budget(store, settings.outputs_dir, Budget(max_bytes=2500, max_age_s=FOREVER))
+    exactly = enforce_budget(store, settings.outputs_dir, Budget(max_bytes=3000, max_age_s=FOREVER))
+    assert _names(exactly) == [oldest]  # 3000 bytes left: exactly the budget fits it
+    removed = exactly + enforce_budget(store, settings.outputs_dir, Budget(max_bytes=2500, max_age_s=FOREVER))
 
     assert _names(removed) == [oldest, older] and {r.reason for r in removed} == {"size"}
     assert video.is_file() and store.blob_path(newer).is_file()
@@ -235,6 +248,29 @@ def test_what_failed_or_cancelled_jobs_left_half_written_goes(settings: Settings
     assert not strip.exists()
 
 
+def test_the_budget_sweeps_ended_jobs_streams_and_leaves_a_running_ones_files(
+    settings: Settings, store: JobStore
+) -> None:
+    """A live stream's parts are no outputs of their own: a running job's stay however full the budget (their names
+    carry no job id), and an ended job's stream goes whole with the chores, past its keeping time."""
+    running = store.submit("lipsync", {}, "cpu")
+    store.claim_next("cpu")
+
+    def stream(name: str) -> Path:
+        folder = settings.outputs_dir / f"{name}.stream"
+        folder.mkdir()
+        _output(settings, f"{folder.name}/part-00000.ts", 1000, days=1)
+        return _age(folder, 1)
+
+    live, ended = stream(f"lipsync-{running.id}"), stream("lipsync-0123456789ab")
+    other = settings.outputs_dir / "lipsync-0123456789ab.frames"  # a folder, but no stream: never swept whole
+    other.mkdir()
+    _age(other, 1)
+    later = time.time() + 2 * DAY  # past the recent window
+    assert enforce_budget(store, settings.outputs_dir, Budget(max_bytes=0, max_age_s=DAY), now=later) == []
+    assert (live / "part-00000.ts").is_file() and not ended.exists() and other.is_dir()
+
+
 def test_age_limit_removes_unused_files_and_a_job_naming_a_blob_counts_as_its_use(
     settings: Settings, store: JobStore, tmp_path: Path
 ) -> None:
@@ -253,6 +289,25 @@ def test_age_limit_removes_unused_files_and_a_job_naming_a_blob_counts_as_its_us
     assert store.blob_path(recent).is_file() and store.blob_path(reused).is_file()
     in_a_month = time.time() + 31 * DAY
     assert reused in _names(enforce_budget(store, settings.outputs_dir, budget, now=in_a_month))
+
+
+def test_each_removed_output_says_which_limit_in_its_units(settings: Settings, store: JobStore) -> None:
+    """The note a job's result gets names the limit and its setting as the user wrote it (days, GB of 2**30 bytes);
+    a file both too old and over the size goes for its age."""
+    jobs = [store.submit("lipsync", {}, "cpu") for _ in range(2)]
+    old = _output(settings, f"lipsync-{jobs[0].id}.mp4", 1000, days=40)
+    big = settings.outputs_dir / f"lipsync-{jobs[1].id}.mp4"
+    with big.open("wb") as sparse:  # 2 GiB that take no disk
+        sparse.truncate(2 * 2**30)
+    _age(big, 5)
+    for job, path in zip(jobs, (old, big), strict=True):
+        store.claim_next("cpu")
+        store.finish(job.id, {"outputs": {"video": str(path)}})
+    removed = enforce_budget(store, settings.outputs_dir, Budget(max_bytes=3 * 2**29, max_age_s=30 * DAY))
+    assert [(r.file.path, r.reason) for r in removed] == [(old, "age"), (big, "size")]
+    notes = [store.get(job.id).result["warnings"][-1] for job in jobs]
+    assert notes[0].startswith("removed after 30 days unused (AVATARBENCH_STORE_MAX_AGE_DAYS) on ")
+    assert notes[1].startswith("removed to keep stored files under 1.5 GB (AVATARBENCH_STORE_BUDGET_GB) on ")
 
 
 def test_put_blob_of_stored_content_counts_as_a_use(settings: Settings, store: JobStore, tmp_path: Path) -> None:
