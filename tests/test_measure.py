@@ -158,6 +158,53 @@ def test_a_failing_window_still_hands_its_peak_back_and_closes() -> None:
     assert measure._open_windows == []
 
 
+def test_an_outer_windows_peak_from_before_a_nested_window_opened_is_kept() -> None:
+    """The nested window resets the one counter: what the job reached before its first point must not be lost."""
+    allocator = FakeAllocator()
+    with measured("cpu", allocator=allocator) as job:
+        _churn(allocator, 700)
+        with measured("cpu", allocator=allocator) as point:
+            _churn(allocator, 300)
+    assert (job.figures()["peak_allocated_bytes"], point.figures()["peak_allocated_bytes"]) == (700, 300)
+
+
+def test_a_window_on_another_devices_allocator_keeps_its_own_peak() -> None:
+    """cuda:1's window nested in cuda:0's: each device has its own counter, and neither takes the other's peak."""
+    first, second = FakeAllocator(), FakeAllocator()
+    with measured("cpu", allocator=first) as outer:
+        _churn(first, 100)
+        with measured("cpu", allocator=second) as inner:
+            _churn(second, 900)
+    assert (outer.figures()["peak_allocated_bytes"], inner.figures()["peak_allocated_bytes"]) == (100, 900)
+
+
+class LostDevice(FakeAllocator):
+    """A device that failed: waiting for its queued work raises."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waits = 0
+
+    def synchronize(self) -> None:
+        self.waits += 1
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+
+def test_a_failed_run_keeps_its_own_error_and_a_finished_one_waits_for_its_device() -> None:
+    lost = LostDevice()
+    with pytest.raises(ValueError, match="the run failed"), measured("cpu", allocator=lost):
+        raise ValueError("the run failed")
+    assert lost.waits == 0
+    with pytest.raises(RuntimeError, match="illegal memory access"), measured("cpu", allocator=lost):
+        pass
+    assert lost.waits == 1 and measure._open_windows == []
+
+
+def test_a_window_must_sample_at_some_interval() -> None:
+    with pytest.raises(ValueError, match="interval_s must be > 0"), measured("cpu", interval_s=0):
+        pass
+
+
 def test_wall_time_is_measured_beside_overlapping_stages_not_summed_from_them() -> None:
     result = RunResult()
     both_inside = threading.Barrier(2)
@@ -218,6 +265,40 @@ def test_energy_otherwise_integrates_the_power_samples() -> None:
     assert rows[0][3] == 200.0
 
 
+def test_integrated_energy_follows_the_power_between_readings() -> None:
+    """100 W, then 1000 W: each interval counts the mean of the readings at its ends (the trapezoid rule)."""
+    nvml = FakeNvml(milliwatts=100_000, energy_mj=[])
+    with measured("cpu", interval_s=0.02, nvml_device=FakeDevice(nvml)) as window:
+        assert _wait_until(lambda: window.figures()["samples"] >= 3)
+        nvml.milliwatts = 1_000_000
+        seen = window.figures()["samples"]
+        assert _wait_until(lambda: window.figures()["samples"] >= seen + 3)
+    figures = window.figures()
+    rows = figures["telemetry"]
+    assert len(rows) == figures["samples"] and {row[3] for row in rows} == {100.0, 1000.0}
+    trapezoids = sum((a[3] + b[3]) / 2 * (b[0] - a[0]) for a, b in pairwise(rows))
+    # the rows' times are rounded to the millisecond: at most 0.5 ms x 450 W off at each side of the change, where
+    # counting each interval at its end's power alone would be 450 W x the 20 ms interval (9 J) off
+    assert figures["energy_j"] == pytest.approx(trapezoids, abs=1.0)
+
+
+def test_one_power_reading_is_no_energy_figure() -> None:
+    """Power read when the window opened and never again: no interval to integrate over, so no figure (not 0 J)."""
+    nvml = FakeNvml(energy_mj=[])
+    with measured("cpu", interval_s=0.01, nvml_device=FakeDevice(nvml)) as window:
+        nvml.milliwatts = None  # the opening reading has been taken: measured() waits for it
+        assert _wait_until(lambda: window.figures()["samples"] >= 3)
+    assert (window.figures()["energy_j"], window.figures()["energy_source"]) == (None, None)
+
+
+def test_a_closed_windows_figures_stay_as_they_were() -> None:
+    with measured("cpu", interval_s=0.01) as window:
+        pass
+    closed = window.figures()
+    time.sleep(0.05)
+    assert window.figures() == closed
+
+
 def test_no_energy_figure_without_a_counter_or_power_readings() -> None:
     with measured("cpu", nvml_device=FakeDevice(FakeNvml(milliwatts=None))) as window:
         pass
@@ -234,9 +315,23 @@ def test_thinning_keeps_the_first_and_last_rows_evenly_spaced() -> None:
     assert thin(rows[:10]) == rows[:10]
 
 
+class CountingNvml(FakeNvml):
+    """Its utilisation is the number of readings so far: each telemetry row says which reading it is."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.readings = 0
+
+    def nvmlDeviceGetUtilizationRates(self, handle: Any) -> Any:
+        self.readings += 1
+        return SimpleNamespace(gpu=self.readings, memory=10)
+
+
 def test_a_long_window_keeps_bounded_rows_ending_with_the_closing_reading(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rows held are every n-th reading, evenly over the whole window (n doubling as they are halved), and the
+    closing reading ends them."""
     monkeypatch.setattr(measure, "KEPT_ROWS", 16)  # halve the held rows early, as an hour-long job would
-    with measured("cpu", interval_s=0.001) as window:
+    with measured("cpu", interval_s=0.001, nvml_device=FakeDevice(CountingNvml())) as window:
         assert _wait_until(lambda: window.figures()["samples"] >= 100)
     figures = window.figures()
     rows = figures["telemetry"]
@@ -244,6 +339,10 @@ def test_a_long_window_keeps_bounded_rows_ending_with_the_closing_reading(monkey
     assert rows[0][4] is None  # the opening reading has no interval to measure CPU use over
     assert all(a[0] <= b[0] for a, b in pairwise(rows))
     assert rows[-1][0] >= round(figures["wall_s"], 3) - 0.001  # taken as the window closed
+    readings = [int(row[1]) for row in rows]
+    assert readings[0] == 1 and readings[-1] == figures["samples"]  # the opening and the closing readings
+    steps = {b - a for a, b in pairwise(readings[:-1])}
+    assert len(steps) == 1 and steps.pop() >= 8, readings  # 100 readings in at most 16 rows: every 8th or fewer
 
 
 def test_telemetry_is_thinned_to_the_cap() -> None:
