@@ -537,6 +537,8 @@ def test_the_duration_book() -> None:
     book = DurationBook(max_s=120)
     speech = Length(4.0, "seconds of speech")
     assert book.estimate("lipsync/baseline", speech).seconds == 22  # 10 s + 4 x the default 3 s
+    odd = book.estimate("lipsync/baseline", Length(4.1, "seconds of speech"))
+    assert (odd.seconds, odd.needed_s) == (23, 13)  # 22.3 s and 12.3 s, rounded up: a short ask is a stopped call
     assert book.estimate("watch", Length(1.0, "jobs")).seconds == 60  # no rate for the kind: ZeroGPU's default
     unknown = book.estimate("lipsync/baseline", Length(None, "seconds of speech"))
     assert unknown.seconds == 120 and "not known" in unknown.basis
@@ -554,6 +556,16 @@ def test_the_duration_book() -> None:
     assert long.needed_basis == "300 seconds of speech x the default 3 s per unit"
     book.observe_abort("lipsync/wav2lip", Length(4.0, "seconds of speech"), 22)  # a 22 s ask, aborted
     assert book.rate("lipsync/wav2lip") == 11.0  # twice the ask per second: the next ask is bigger
+
+
+def test_the_duration_book_forgets_a_cold_start_and_learns_nothing_from_an_unknown_length() -> None:
+    book, second = DurationBook(max_s=120), Length(1.0, "seconds of speech")
+    book.observe("lipsync/baseline", second, 9.0)  # the first job loaded its models
+    for _ in range(zerogpu.KEPT_RATES):
+        book.observe("lipsync/baseline", second, 2.0)
+    assert book.rate("lipsync/baseline") == 2.0  # the slowest of the latest ones, not of every one ever
+    book.observe("lipsync/baseline", Length(None, "seconds of speech"), 100.0)  # its header said no length
+    assert book.rate("lipsync/baseline") == 2.0
 
 
 def test_the_maximum_duration_setting() -> None:
@@ -581,8 +593,9 @@ def test_torch_compile_is_left_out_of_sweeps() -> None:
     assert job.settings["sweep"]["baseline"] == 0  # its baseline was left out: the first kept one instead
     with pytest.raises(InputError, match=r"every configuration of this sweep uses torch\.compile"):
         zerogpu.without_compile(_job({"sweep": {"points": [points[0]]}}))
-    plain = _job({"options": {"compile": False}})
-    assert zerogpu.without_compile(plain) == (plain, [])
+    for off in (False, None, "", "false", "off", "0", "no"):  # the ways a form or a request says no: no warning
+        plain = _job({"options": {"compile": off}})
+        assert zerogpu.without_compile(plain) == (plain, [])
 
 
 def test_plain_data_and_what_is_not() -> None:
@@ -620,3 +633,40 @@ def test_the_app_runs_gpu_jobs_through_zerogpu_and_its_panel_says_so(spaces: Any
     shown = zerogpu_html(ZeroGpuPanel("the GPU is attached only while a job runs", [job]))
     assert "attached only while a job runs" in shown and "<td>12.5 of 34 s</td>" in shown and "3.0 GiB" in shown
     assert "<table" not in zerogpu_html(ZeroGpuPanel("no job yet", []))
+
+
+def test_visitor_tokens_forget_the_least_recently_seen_owner_first() -> None:
+    """Bounded memory, and a visitor who came back keeps their token (their jobs count against their own quota)."""
+    tokens = zerogpu.VisitorTokens(limit=2)
+    tokens.remember("alice", "a1")
+    tokens.remember("bob", "b1")
+    tokens.remember("alice", "a2")  # alice again: now the most recently seen
+    tokens.remember("carol", "c1")
+    assert (tokens.get("alice"), tokens.get("bob"), tokens.get("carol")) == ("a2", None, "c1")
+
+
+def test_a_rate_is_kept_per_engine_and_a_sweep_is_as_long_as_its_configurations() -> None:
+    """MuseTalk is not Wav2Lip: each engine learns its own rate; a sweep asks for time per configuration."""
+    musetalk = dataclasses.replace(_job({"options": {"engine": "musetalk"}}), kind="lipsync")
+    assert zerogpu.cost_key(musetalk) == "lipsync/musetalk" and zerogpu.cost_key(_job({})) == "bench"
+    sweep = _job({"sweep": {"points": [{"runtime": "eager"}] * 3}})
+    assert zerogpu.job_length(sweep, None) == Length(3.0, "sweep configurations")  # type: ignore[arg-type]
+
+
+def test_a_templates_length_is_its_frames_at_its_rate_up_to_the_frames_asked_for(tmp_path: Path) -> None:
+    template = tmp_path / "template.npz"
+    np.savez(template, fps=np.array(10.0), motion=np.zeros((50, 3)))  # 5 s at its own 10 fps
+    assert zerogpu.media_seconds(template, "motion.npz") == 5.0
+    assert zerogpu.media_seconds(template, "motion.npz", max_frames=20) == 2.0
+    assert zerogpu.media_seconds(template, "motion.npz", max_frames=500) == 5.0  # no longer than it is
+
+
+def test_only_gpu_jobs_are_held_to_one_calls_gpu_time(tmp_path: Path) -> None:
+    """Two result rows at the default 8 s each need 16 s, past a 15 s cap: refused on the GPU, run on the CPU."""
+    settings = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path)})
+    launcher = ZeroGpuLauncher(settings, max_duration_s=15, gpu=lambda call: {"error": "never called"})
+    job = {"options": {"providers": "cuda tensorrt", "batch_sizes": "1"}}
+    with JobStore(settings.db_path, settings.data_dir / "blobs") as store:
+        with pytest.raises(InputError, match=r"needs about 16 s of GPU time \(2 result rows"):
+            launcher.admit("onnx_eval", job, GPU, store)
+        launcher.admit("onnx_eval", job, CPU, store)
