@@ -659,6 +659,7 @@ def test_a_templates_length_is_its_frames_at_its_rate_up_to_the_frames_asked_for
     assert zerogpu.media_seconds(template, "motion.npz") == 5.0
     assert zerogpu.media_seconds(template, "motion.npz", max_frames=20) == 2.0
     assert zerogpu.media_seconds(template, "motion.npz", max_frames=500) == 5.0  # no longer than it is
+    assert zerogpu.media_seconds(template, "motion.pkl") is None  # unknown (only the room's reader opens those)
 
 
 def test_only_gpu_jobs_are_held_to_one_calls_gpu_time(tmp_path: Path) -> None:
