@@ -305,7 +305,7 @@ def test_a_device_whose_worker_keeps_failing_to_start_is_down_until_one_runs(sto
     stranded = store.submit("watch", {"seconds": 0.01}, "cuda:1", owner="alice")
     busy = Broker(store, KINDS, {"cuda:0": 1, "cuda:1": 1}, poll_s=0.2, monitor_s=0.02, launcher=launch).start()
     try:
-        store.submit("watch", {"seconds": 0.01}, "cuda:0", owner="bob")  # cuda:0 is the more loaded
+        bobs = store.submit("watch", {"seconds": 0.01}, "cuda:0", owner="bob")  # cuda:0 is the more loaded
         deadline = time.monotonic() + 30
         while busy.down("cuda:1") is None and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -314,6 +314,7 @@ def test_a_device_whose_worker_keeps_failing_to_start_is_down_until_one_runs(sto
         failed = store.get(stranded.id)
         assert failed.status == FAILED and failed.error.startswith("cuda:1 takes no jobs now"), failed.error
         assert "node 10.0.0.2 is gone" in failed.error
+        assert store.get(bobs.id).status == QUEUED  # another device's jobs wait on
         assert busy.place(wants_gpu=True) == "cuda:0"
         with pytest.raises(InputError, match=r"cuda:1 takes no jobs now.*node 10\.0\.0\.2 is gone"):
             busy.submit("watch", {"seconds": 0.01}, "cuda:1", "alice")
@@ -349,3 +350,64 @@ def test_a_device_with_a_running_worker_is_never_down(store: JobStore, monkeypat
         assert busy.submit("watch", {"seconds": 0.01}, "cuda:0", "alice").status == QUEUED
     finally:
         busy.stop(1)
+
+
+def test_a_job_no_worker_could_run_is_refused_when_submitted(store: JobStore) -> None:
+    """An unknown kind or device would wait in the queue for ever (no worker claims it): refused at once, by name."""
+    from engine.core.errors import InputError
+
+    idle = Broker(store, KINDS, {"cuda:0": 1, "cpu": 1})  # never started: submitting is what is tested
+    with pytest.raises(InputError, match=r"no worker runs jobs of kind 'nope'; kinds: watch, allocate"):
+        idle.submit("nope", {}, "cpu", "alice")
+    with pytest.raises(InputError, match=r"^no worker for cuda:1; devices: cuda:0, cpu$"):
+        idle.submit("watch", {}, "cuda:1", "alice")
+    assert store.queue() == []
+
+
+def test_a_preferred_device_wins_over_the_load(store: JobStore) -> None:
+    """AVATARBENCH_DEVICE pins a device: jobs go there however loaded it is; a device this app lacks is no pin."""
+    idle = Broker(store, KINDS, {"cuda:0": 1, "cuda:1": 1, "cpu": 1})
+    idle.submit("watch", {}, "cuda:1", "bob")
+    assert idle.place(True) == "cuda:0" and idle.place(False) == "cpu"
+    assert idle.place(True, "cuda:1") == "cuda:1" and idle.place(False, "cuda:1") == "cuda:1"
+    assert idle.place(True, "cuda:7") == "cuda:0" and idle.place(True, "cpu") == "cpu"
+
+
+def test_jobs_that_crash_their_worker_never_take_the_device_down(store: JobStore) -> None:
+    """Three jobs in a row kill their worker (out of memory, say): each replacement starts fine, so the device still
+    takes jobs; only failed starts count towards DOWN_AFTER."""
+    from engine.jobs import broker as broker_module
+
+    broker = _broker(store)
+    try:
+        crashes = [broker.submit("die", {"how": "exit"}, "cpu", "tester") for _ in range(broker_module.DOWN_AFTER)]
+        after = broker.submit("watch", {"seconds": 0.01}, "cpu", "tester")
+        jobs = settle(store, [j.id for j in (*crashes, after)])
+    finally:
+        broker.stop(5)
+    assert [j.status for j in jobs] == [FAILED] * broker_module.DOWN_AFTER + [DONE], jobs[-1].error
+    assert broker.down("cpu") is None
+
+
+def test_a_worker_process_that_dies_at_its_start_takes_its_device_down(store: JobStore) -> None:
+    """A broken install: each worker process ends at once, with no job (a process has no `ready` to report): after
+    DOWN_AFTER such starts the device is down, its queued job failed with the reason, not retried for ever."""
+    pids = iter(range(3000, 4000))
+
+    def launch(spec, wake, stop):
+        worker = _FakeWorker(next(pids), 0.0, "its worker process exited unexpectedly (status 1)")
+        del worker.ready  # a spawned process's handle has none
+        return worker
+
+    waiting = store.submit("watch", {"seconds": 0.01}, "cpu", owner="alice")
+    broken = Broker(store, KINDS, {"cpu": 1}, poll_s=0.2, monitor_s=0.02, launcher=launch).start()
+    try:
+        deadline = time.monotonic() + 30
+        while broken.down("cpu") is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        why = broken.down("cpu")
+    finally:
+        broken.stop(1)
+    assert why is not None and "failed to start 3 times in a row (its worker process exited unexpectedly" in why
+    failed = store.get(waiting.id)
+    assert failed.status == FAILED and failed.error.startswith("cpu takes no jobs now")
