@@ -411,3 +411,20 @@ def test_a_worker_process_that_dies_at_its_start_takes_its_device_down(store: Jo
     assert why is not None and "failed to start 3 times in a row (its worker process exited unexpectedly" in why
     failed = store.get(waiting.id)
     assert failed.status == FAILED and failed.error.startswith("cpu takes no jobs now")
+
+
+def test_a_dying_worker_fails_its_own_job_not_its_neighbours(store: JobStore) -> None:
+    """Two workers on the CPU: the one that dies fails the job it ran, with the reason; the job beside it finishes."""
+    broker = _broker(store, {"cpu": 2})
+    try:
+        beside = broker.submit("watch", {"seconds": 3.0}, "cpu", "alice")
+        deadline = time.monotonic() + 60
+        while store.get(beside.id).status == QUEUED:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        dead = broker.submit("die", {"how": "sigkill"}, "cpu", "bob")
+        beside_job, dead_job = settle(store, [beside.id, dead.id], 60)
+    finally:
+        broker.stop(5)
+    assert dead_job.status == FAILED and "killed (SIGKILL" in dead_job.error
+    assert beside_job.status == DONE, beside_job.error
