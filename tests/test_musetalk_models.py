@@ -380,12 +380,14 @@ def test_legacy_names_are_renamed_only_in_the_mid_block_attention() -> None:
         "decoder.mid_block.attentions.0.proj_attn.bias": torch.zeros(1),
         "decoder.mid_block.attentions.0.group_norm.weight": torch.zeros(1),
         "decoder.up_blocks.0.resnets.0.conv1.weight": torch.zeros(1),
+        "encoder.down_blocks.0.attentions.0.query.weight": torch.zeros(1),  # not sd-vae's: left for the strict load
     }
     assert list(convert_legacy_vae_names(state)) == [
         "encoder.mid_block.attentions.0.to_q.weight",
         "decoder.mid_block.attentions.0.to_out.0.bias",
         "decoder.mid_block.attentions.0.group_norm.weight",
         "decoder.up_blocks.0.resnets.0.conv1.weight",
+        "encoder.down_blocks.0.attentions.0.query.weight",
     ]
     both = {"encoder.mid_block.attentions.0.key.weight": torch.zeros(1),
             "encoder.mid_block.attentions.0.to_k.weight": torch.zeros(1)}  # fmt: skip
@@ -408,6 +410,8 @@ def test_a_missing_file_is_named_with_its_place_and_source(tmp_path: Path, setti
     assert "face-parse-bisent/79999_iter.pth" in message and "drive.google.com" in message
     assert "AVATARBENCH_MUSETALK_DIR" in message and "MIT" in message and "\n" not in message
     assert [p.name for p in locate(settings, root).missing] == ["unet", "face_parse"]
+    with pytest.raises(SetupError, match=r"missing musetalkV15/unet\.pth"):  # not a KeyError for the first absent
+        load_networks(locate(settings, root), "cpu", torch.float32)
     with pytest.raises(SetupError, match=r"sd-vae/config\.json"):
         require(settings, tmp_path / "nowhere")  # a folder named explicitly is never replaced by the Hub's cache
     with pytest.raises(SetupError, match=r"^\S*nowhere: there is no such folder\. MuseTalk v15: missing "):
@@ -528,6 +532,7 @@ def _copy(models_root: Path, tmp_path: Path) -> Path:
         ("whisper/model.safetensors", LFS_POINTER, "Git LFS pointer"),  # a clone without git lfs: the preferred name
         ("face-parse-bisent/79999_iter.pth", HTML_PAGE, "web page"),
         ("musetalkV15/musetalk.json", b"{not json", "not a JSON config"),
+        ("sd-vae/config.json", b"[4, 8]", "holds a JSON list, not an object"),  # not torch's AttributeError
         ("musetalkV15/unet.pth", b"PK\x03\x04" + b"\0" * 100, "truncated"),
     ],
 )
@@ -557,6 +562,15 @@ def test_another_networks_weights_or_config(models, tmp_path: Path, settings: Se
     (root / "musetalkV15" / "musetalk.json").write_text(json.dumps(big))
     with pytest.raises(CheckpointError, match="Shape mismatches"):
         load_unet(root / "musetalkV15" / "unet.pth", root / "musetalkV15" / "musetalk.json")
+
+
+def test_a_config_without_its_class_name_still_loads(models, tmp_path: Path) -> None:
+    """Only a class name that says another network is refused: a config written by hand may leave it out."""
+    root, written = _copy(models[0], tmp_path), models[1]
+    config = root / "musetalkV15" / "musetalk.json"
+    config.write_text(json.dumps({k: v for k, v in TINY_UNET.items() if k != "_class_name"}))
+    unet = load_unet(root / "musetalkV15" / "unet.pth", config, "cpu", torch.float32)
+    assert torch.equal(unet.conv_in.weight, written["unet"]["conv_in.weight"])
 
 
 @pytest.mark.parametrize(
