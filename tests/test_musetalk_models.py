@@ -558,6 +558,9 @@ def test_another_networks_weights_or_config(models, tmp_path: Path, settings: Se
         load_unet(root / "sd-vae" / "diffusion_pytorch_model.bin", root / "musetalkV15" / "musetalk.json")
     with pytest.raises(CheckpointError, match="no Whisper encoder weights"):
         load_whisper_encoder(root / "whisper" / "config.json", root / "sd-vae" / "diffusion_pytorch_model.bin")
+    (root / "wav2vec2.json").write_text(json.dumps({**TINY_WHISPER, "model_type": "wav2vec2"}))
+    with pytest.raises(CheckpointError, match=r"^wav2vec2\.json: its model_type is 'wav2vec2', not 'whisper'"):
+        load_whisper_encoder(root / "wav2vec2.json", root / "whisper" / "pytorch_model.bin")
     big = {**TINY_UNET, "cross_attention_dim": 32}  # a config that does not match the weights
     (root / "musetalkV15" / "musetalk.json").write_text(json.dumps(big))
     with pytest.raises(CheckpointError, match="Shape mismatches"):
