@@ -478,6 +478,29 @@ def test_the_folder_given_beats_the_setting_and_a_file_here_beats_the_hub_cache(
     assert locate(named, default).folder == default and locate(named, default).complete
 
 
+def test_the_hub_cache_is_read_under_each_repositorys_own_names(tmp_path: Path, settings: Settings, offline_hub):
+    """transformers' from_pretrained leaves whisper-tiny's model.safetensors alone in the cache (no .bin): it is
+    looked up at the repository's top level, not under the models/ layout's whisper/ folder."""
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"locate only looks")
+    _cache_snapshot(offline_hub, "openai/whisper-tiny", {"model.safetensors": weights})
+    found = locate(settings).paths["whisper_weights"]
+    assert found.name == "model.safetensors" and "models--openai--whisper-tiny" in str(found)
+
+
+def test_dwpose_comes_from_the_hub_cache_only_when_no_folder_is_named(
+    models, tmp_path: Path, settings: Settings, offline_hub: Path
+) -> None:
+    """The optional landmark model is taken from yzd-v/DWPose's cache for the default folder and hf:, but a folder
+    the user names holds what it holds: its avatars are not silently given landmarks from elsewhere."""
+    pose = tmp_path / "dw-ll_ucoco_384.onnx"
+    pose.write_bytes(b"locate only looks")
+    _cache_snapshot(offline_hub, "yzd-v/DWPose", {"dw-ll_ucoco_384.onnx": pose})
+    assert "models--yzd-v--DWPose" in str(locate(settings).optional["dwpose"])
+    assert "models--yzd-v--DWPose" in str(locate(settings, "hf:").optional["dwpose"])
+    assert locate(settings, models[0]).optional == {}
+
+
 def test_a_copy_of_the_hub_repository_is_named_and_the_shared_files_keep_theirs(
     models, settings: Settings, offline_hub: Path
 ) -> None:
