@@ -115,16 +115,13 @@ ZEROGPU_CEILING_S = 300  # ZeroGPU's largest per-call duration (its paid tier's;
 def _zerogpu_max_s(env: dict[str, str]) -> int:
     """AVATARBENCH_ZEROGPU_MAX_SECONDS, refused past ZeroGPU's own per-call maximum: every ask above it fails. Every
     refusal states the range that is accepted (a bound of 1000000 was shown for a value below 10)."""
-    try:
-        return _number(env, "ZEROGPU_MAX_SECONDS", 120, 10, ZEROGPU_CEILING_S, int)
-    except SettingsError:
-        value = _whole(_env(env, "ZEROGPU_MAX_SECONDS") or "")
-        if value is None or value <= ZEROGPU_CEILING_S:
-            raise
-    raise SettingsError(
-        f"{PREFIX}ZEROGPU_MAX_SECONDS={value} is more than ZeroGPU lets one call ask for ({ZEROGPU_CEILING_S} s; "
-        f"it refuses larger asks as 'larger than the maximum allowed'); expected 10..{ZEROGPU_CEILING_S}"
-    ) from None
+    value = _whole(_env(env, "ZEROGPU_MAX_SECONDS") or "")
+    if value is not None and value > ZEROGPU_CEILING_S:
+        raise SettingsError(
+            f"{PREFIX}ZEROGPU_MAX_SECONDS={value} is more than ZeroGPU lets one call ask for ({ZEROGPU_CEILING_S} s; "
+            f"it refuses larger asks as 'larger than the maximum allowed'); expected 10..{ZEROGPU_CEILING_S}"
+        )
+    return _number(env, "ZEROGPU_MAX_SECONDS", 120, 10, ZEROGPU_CEILING_S, int)
 
 
 def _switch(env: dict[str, str], name: str, default: bool) -> bool:
