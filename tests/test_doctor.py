@@ -288,7 +288,7 @@ def test_two_onnxruntime_packages_together_is_a_problem(monkeypatch, tmp_path: P
     _installed(monkeypatch, {"onnxruntime": "1.31.0", "onnxruntime-gpu": "1.31.1"})
     check = doctor_ort.check_ort_packages(_ctx(tmp_path))
     assert check.status == PROBLEM and "CPU-only runs" in check.found
-    assert check.fix.startswith("pip uninstall -y onnxruntime onnxruntime-gpu")
+    assert check.fix == "pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu==1.31.1"
     _installed(monkeypatch, {"onnxruntime": "1.31.0"})
     check = doctor_ort.check_ort_packages(_ctx(tmp_path))
     assert check.status == WARNING and "pip install onnxruntime-gpu" in check.fix
@@ -296,7 +296,7 @@ def test_two_onnxruntime_packages_together_is_a_problem(monkeypatch, tmp_path: P
     _installed(monkeypatch, {"onnxruntime_gpu": "1.31.1", "onnxruntime-qnn": "1.31.0"})
     check = doctor_ort.check_ort_packages(_ctx(tmp_path))
     assert check.status == PROBLEM and "onnxruntime-qnn 1.31.0" in check.found
-    assert check.fix.startswith("pip uninstall -y onnxruntime-qnn onnxruntime-gpu")
+    assert check.fix == "pip uninstall -y onnxruntime-qnn onnxruntime-gpu && pip install onnxruntime-gpu==1.31.1"
 
 
 def test_a_gpu_nvml_cannot_use_is_named_with_its_reset_and_the_driver_is_still_read(monkeypatch, tmp_path) -> None:
@@ -529,6 +529,9 @@ def test_provider_that_loads_only_after_preload_says_workers_do_not_get_it(tmp_p
     assert trt.status == PROBLEM and "tensorrt-cu13>=10,<11" in trt.fix
     probe["tensorrt_major"] = 11  # a later onnxruntime linked against TensorRT 11
     assert "tensorrt-cu13>=11,<12" in doctor_ort.check_ort_tensorrt(_ctx(tmp_path, ort_probe=probe)).fix
+    probe["build_cuda_version"] = "12.8"  # a CUDA 12 onnxruntime-gpu: the PyTorch whose import loads CUDA 12's
+    check = doctor_ort.check_ort_cuda(_ctx(tmp_path, ort_probe=probe))
+    assert "install the PyTorch built for CUDA 12, " in check.fix and "download.pytorch.org/whl/cu126" in check.fix
 
 
 def torch_version() -> str:
@@ -967,6 +970,21 @@ def test_a_missing_libcuda_is_the_drivers_not_a_pip_package(tmp_path: Path) -> N
     check = doctor_ort.check_ort_cuda(_ctx(tmp_path, ort_probe=probe))
     assert check.status == PROBLEM and "the NVIDIA driver's own library" in check.found
     assert "NVIDIA_DRIVER_CAPABILITIES" in check.fix and "onnxruntime-gpu[cuda,cudnn]" not in check.fix
+
+
+def test_a_missing_libcuda_on_zero_gpu_outside_a_gpu_function_gets_the_library_recipe(monkeypatch, tmp_path) -> None:
+    """Outside @spaces.GPU no driver library is mapped, so libcuda.so.1's absence is expected there: the finding
+    must not send the Space's owner to install a driver, and the fix says which missing library still matters."""
+    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
+    probe = _failing_probe()
+    probe["preload"] = {}
+    probe["providers"]["CUDAExecutionProvider"]["error"] = (
+        "libcuda.so.1: cannot open shared object file: No such file or directory"
+    )
+    check = doctor_ort.check_ort_cuda(_ctx(tmp_path, nvml_gpus=[], ort_probe=probe))
+    assert check.status == WARNING and "the NVIDIA driver's own library" not in check.found
+    assert "NVIDIA_DRIVER_CAPABILITIES" not in check.fix and "onnxruntime-gpu[cuda,cudnn]" in check.fix
+    assert "a missing libcuda.so.1 is expected; a missing CUDA library (libcublas, libcudnn) is not" in check.fix
 
 
 def test_memory_repairs_already_done_and_corrected_ecc_errors_are_no_fault(monkeypatch, tmp_path: Path) -> None:
