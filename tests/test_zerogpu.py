@@ -551,6 +551,10 @@ def test_the_duration_book() -> None:
     assert capped.seconds == 120 and "capped by AVATARBENCH_ZEROGPU_MAX_SECONDS=120" in capped.basis
     assert capped.over_cap and capped.needed_s == 400 and not book.estimate("lipsync/baseline", speech).over_cap
     assert not book.estimate("lipsync/baseline", Length(30.0, "seconds of speech")).over_cap  # 120 of 190: it may fit
+    at_cap = DurationBook(max_s=34)  # the 34 s ask exactly at the cap is asked in full: nothing was cut
+    at_cap.observe("lipsync/baseline", Length(2.0, "seconds of speech"), 8.0)
+    exact = at_cap.estimate("lipsync/baseline", speech)
+    assert exact.seconds == 34 and "capped" not in exact.basis and not exact.over_cap
     long = DurationBook(max_s=120).estimate("lipsync/musetalk", Length(300.0, "seconds of speech"))
     assert long.over_cap and long.needed_s == 900  # the audit's 300 s of speech: certain to be stopped at 120 s
     assert long.needed_basis == "300 seconds of speech x the default 3 s per unit"
@@ -603,6 +607,15 @@ def test_plain_data_and_what_is_not() -> None:
     assert zerogpu.not_plain({"a": np.float32(1)}) == "result['a'] is a numpy.float32"
     assert zerogpu.not_plain({"t": torch.zeros(1)}) == "result['t'] is a torch.Tensor on cpu"
     assert zerogpu.not_plain({(1, 2): 3}) == "result has a key that is a builtins.tuple"
+
+    def nested(levels: int) -> list:
+        value: list = []
+        for _ in range(levels - 1):
+            value = [value]
+        return value
+
+    assert zerogpu.not_plain(nested(65)) is None  # the deepest list at depth 64: still walked
+    assert zerogpu.not_plain(nested(100)) == "result" + "[0]" * 65 + " nests deeper than 64 levels"
 
 
 def test_the_telemetry_panel_shows_the_latest_gpu_function_samples(running: Running) -> None:
@@ -660,6 +673,18 @@ def test_a_templates_length_is_its_frames_at_its_rate_up_to_the_frames_asked_for
     assert zerogpu.media_seconds(template, "motion.npz", max_frames=20) == 2.0
     assert zerogpu.media_seconds(template, "motion.npz", max_frames=500) == 5.0  # no longer than it is
     assert zerogpu.media_seconds(template, "motion.pkl") is None  # unknown (only the room's reader opens those)
+
+
+def test_a_portrait_jobs_length_is_its_driving_motion_up_to_the_frames_it_asks_for(tmp_path: Path) -> None:
+    """The ask follows the frames the job will animate: a long driving template cut at max_frames asks for less."""
+    store = JobStore(tmp_path / "jobs.db", tmp_path / "blobs")
+    template = tmp_path / "template.npz"
+    np.savez(template, fps=np.array(10.0), motion=np.zeros((50, 3)))
+    driving = {"sha256": store.put_blob(template), "name": "motion.npz"}
+    job = dataclasses.replace(_job({"files": {"driving": driving}, "options": {}}), kind="portrait")
+    assert zerogpu.job_length(job, store) == Length(5.0, "seconds of driving motion")
+    cut = dataclasses.replace(job, settings={"files": {"driving": driving}, "options": {"max_frames": 20}})
+    assert zerogpu.job_length(cut, store) == Length(2.0, "seconds of driving motion")
 
 
 def test_only_gpu_jobs_are_held_to_one_calls_gpu_time(tmp_path: Path) -> None:
