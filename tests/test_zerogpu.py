@@ -127,15 +127,21 @@ def spaces(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 @pytest.fixture(scope="module")
 def running(spaces: Any) -> Iterator[Running]:
+    """The app's broker and launcher on the stand-in, its jobs on this CPU. The asks are sized for a GPU: on a busy
+    2-core machine the first lip-sync job's 13 s ask (1 s of speech at the default rate) was seen to take longer, so
+    calls here may run 20 times their ask, and one call may ask for ZeroGPU's most. What is asked is checked
+    exactly (`requested`); where a call is stopped for running past its ask, the test puts the slack back to 1."""
     settings = load_settings()
     settings.ensure_dirs()
     store = JobStore(settings.db_path, settings.data_dir / "blobs")
     from ui.zerogpu import visitor_request
 
-    launcher = ZeroGpuLauncher(settings, visitor=visitor_request)  # as app.job_workers makes it
+    launcher = ZeroGpuLauncher(settings, max_duration_s=300, visitor=visitor_request)  # as app.job_workers makes it
     kinds = {**JOB_KINDS, **TEST_KINDS}
     broker = Broker(store, kinds, {GPU: 1, CPU: 1}, poll_s=0.1, run_on={GPU: CPU}, launcher=launcher).start()
-    yield Running(broker, launcher, settings, spaces)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(spaces, "slack", 20.0)
+        yield Running(broker, launcher, settings, spaces)
     broker.stop(grace_s=5)
     store.close()
 
@@ -228,7 +234,7 @@ def test_the_duration_asked_grows_with_the_jobs_length(running: Running, tmp_pat
     book = running.launcher.book
     if book.rate("lipsync/baseline") is None:  # this test alone: the first job teaches the rate
         assert _finished(running.store, _lipsync(running, _speech(tmp_path, 1.0)).id).status == DONE
-    short, long = (_lipsync(running, _speech(tmp_path, s)) for s in (1.0, 6.0))
+    short, long = (_lipsync(running, _speech(tmp_path, s)) for s in (1.0, 3.0))
     short, long = (_finished(running.store, j.id) for j in (short, long))
     assert short.status == long.status == DONE
     assert long.result["zerogpu"]["length"] > short.result["zerogpu"]["length"]
@@ -308,6 +314,7 @@ def test_a_call_run_in_the_apps_own_process_is_never_ended_by_its_watch(tmp_path
 def test_a_call_past_its_duration_fails_with_the_reason_and_teaches_a_larger_ask(
     spaces: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(spaces, "slack", 1.0)  # ZeroGPU's own: stopped at the ask
     settings = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path)})
     store = JobStore(settings.db_path, settings.data_dir / "blobs")
     # 6 s: room for the next call's process to start and import on a loaded 2-core machine (3 s was not)
