@@ -78,7 +78,8 @@ def test_a_worker_that_dies_fails_only_its_job_and_is_replaced(store: JobStore, 
 def test_past_the_time_limit_the_job_is_stopped_with_its_worker(store: JobStore) -> None:
     broker = _broker(store, time_s={"default": 60, "die": 1})
     try:
-        (job,) = settle(store, [broker.submit("die", {"how": "hang"}, "cpu", "tester").id])
+        # within 45 s of its submission (a worker's start included): a limit read 60 times too long would not be
+        (job,) = settle(store, [broker.submit("die", {"how": "hang"}, "cpu", "tester").id], timeout_s=45)
         assert job.status == FAILED and "ran past its time limit of 1 s" in job.error
         assert not psutil.pid_exists(job.worker) or psutil.Process(job.worker).status() == psutil.STATUS_ZOMBIE
     finally:
@@ -90,7 +91,8 @@ def test_past_the_memory_cap_the_job_fails_and_this_process_is_untouched(store: 
     before = here.memory_info().rss
     broker = _broker(store, memory_bytes=600 * 2**20)
     try:
-        big = broker.submit("allocate", {"megabytes": 2000, "hold_s": 5}, "cpu", "tester")
+        # 1000 MB, under twice the cap: a cap applied twice as large would let it through
+        big = broker.submit("allocate", {"megabytes": 1000, "hold_s": 5}, "cpu", "tester")
         small = broker.submit("allocate", {"megabytes": 10}, "cpu", "tester")
         big_job, small_job = settle(store, [big.id, small.id])
     finally:
