@@ -290,8 +290,10 @@ def test_two_onnxruntime_packages_together_is_a_problem(monkeypatch, tmp_path: P
     assert check.status == PROBLEM and "CPU-only runs" in check.found
     assert check.fix == "pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu==1.31.1"
     _installed(monkeypatch, {"onnxruntime": "1.31.0"})
-    check = doctor_ort.check_ort_packages(_ctx(tmp_path))
-    assert check.status == WARNING and "pip install onnxruntime-gpu" in check.fix
+    check = doctor_ort.check_ort_packages(_ctx(tmp_path))  # the GPU build of the same release, not pip's newest
+    assert (
+        check.status == WARNING and check.fix == "pip uninstall -y onnxruntime && pip install onnxruntime-gpu==1.31.0"
+    )
     # any variant that installs the package is found, whatever its name: no fixed list to fall behind
     _installed(monkeypatch, {"onnxruntime_gpu": "1.31.1", "onnxruntime-qnn": "1.31.0"})
     check = doctor_ort.check_ort_packages(_ctx(tmp_path))
@@ -402,6 +404,8 @@ def test_each_cuda_provider_failure_is_named_by_its_cause(
     probe["available"] = available or probe["available"]
     check = doctor_ort.check_ort_cuda(_ctx(tmp_path, ort_probe=probe))
     assert check.status == PROBLEM and said in check.found, check.found
+    if "not built into" in said:  # the GPU build of the release installed
+        assert check.fix == "pip uninstall -y onnxruntime && pip install onnxruntime-gpu==1.31.1"
 
 
 def test_onnxruntime_failing_even_on_the_cpu_is_a_problem_without_a_gpu(tmp_path: Path) -> None:

@@ -50,7 +50,7 @@ def check_ort_packages(ctx: Context) -> Check:
             "onnxruntime-packages",
             WARNING,
             f"{listing}: the CPU-only build, but an NVIDIA GPU is present",
-            "pip uninstall -y onnxruntime && pip install onnxruntime-gpu",
+            f"pip uninstall -y onnxruntime && pip install onnxruntime-gpu=={installed[name]}",  # the same release
             details,
         )
     return Check("onnxruntime-packages", OK, listing, details=details)
@@ -113,7 +113,7 @@ def _provider_check(ctx: Context, provider: str, name: str) -> Check:
             name,
             status,
             f"{provider} is not built into onnxruntime {probe['version']}",
-            "pip uninstall -y onnxruntime && pip install onnxruntime-gpu",
+            f"pip uninstall -y onnxruntime && pip install onnxruntime-gpu=={probe['version']}",
             details,
         )
     found = f"{provider} fails to load, sessions fall back to {result['session_providers']}: {result['error']}"
