@@ -42,6 +42,7 @@ class StandInHub:
     cut_after: dict[str, int] = field(default_factory=dict)  # path -> bytes sent before the connection drops (once)
     ignore_range: bool = False
     gated: set[str] = field(default_factory=set)  # repositories whose terms this client has not accepted
+    failing: dict[str, int] = field(default_factory=dict)  # repository -> the HTTP status its listing answers
     url: str = ""
 
     def add(self, repo: str, files: dict[str, bytes]) -> None:
@@ -72,7 +73,8 @@ def _handler(hub: StandInHub) -> type[BaseHTTPRequestHandler]:
         def _refuse(self, code: str, status: int = 404) -> None:
             body = json.dumps({"error": f"{code} for {self.path}"}).encode()
             self.send_response(status)
-            self.send_header("X-Error-Code", code)
+            if code:
+                self.send_header("X-Error-Code", code)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
@@ -87,6 +89,8 @@ def _handler(hub: StandInHub) -> type[BaseHTTPRequestHandler]:
                     return self._refuse("RepoNotFound")
                 if m.group(1) in hub.gated:
                     return self._refuse("GatedRepo", 401)
+                if m.group(1) in hub.failing:
+                    return self._refuse("", hub.failing[m.group(1)])  # a server's own error: no Hub error code
                 body = json.dumps(hub.info(m.group(1))).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")

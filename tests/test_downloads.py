@@ -389,6 +389,18 @@ def test_a_gated_repository_says_to_accept_its_terms_not_that_it_is_missing(
     assert "HF_TOKEN" in text and "liveportrait/landmark.onnx" in text and "\n" not in text
 
 
+def test_a_hub_that_answers_with_an_error_says_so_and_how_to_do_without_it(hub: StandInHub, settings: Settings) -> None:
+    """A 503 while listing (the Hub busy or down) is neither a missing repository nor an unreachable Hub: the status
+    and a retry, with what to place where meanwhile."""
+    hub.failing[LIVEPORTRAIT.repo] = 503
+    with pytest.raises(WeightsError) as failing:
+        get_weights("liveportrait", settings, endpoint=hub.url)
+    text = str(failing.value)
+    assert text.startswith(f"the Hub answered 503 listing {LIVEPORTRAIT.repo}; try again later, or ")
+    assert "liveportrait/landmark.onnx" in text and "\n" not in text
+    assert not settings.weights_dir.exists() or server_files(settings) == {}
+
+
 def test_a_model_found_at_two_depths_comes_from_the_shallowest(hub: StandInHub, settings: Settings) -> None:
     """A copy that keeps an older generator in a subfolder ("old/" sorts before "wav2lip_gan.pth"): the file at the
     top is the one fetched."""
