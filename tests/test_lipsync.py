@@ -236,8 +236,13 @@ def test_speech_not_named_wav_is_heard_through_16_bit_pcm(media, settings, tmp_p
     assert asked == [False, True]
 
 
-def test_a_baseline_batch_above_its_cap_and_a_box_past_the_picture_are_said(media, settings, tmp_path) -> None:
-    """Both are cut to what runs (upstream's inference.py stops at such a box), and the run says so."""
+def test_a_baseline_batch_above_its_cap_and_a_box_past_the_picture_are_said(
+    media, settings, tmp_path, monkeypatch
+) -> None:
+    """Both are cut to what runs (upstream's inference.py stops at such a box), and the run says so; a default batch
+    above the cap (a GPU's, from its free memory) is cut without a word: nobody asked for it."""
+    from engine.lipsync import pipeline as lipsync
+
     config = LipSyncConfig(face=FACE, audio=media["speech"], engine="baseline", batch_size=4096, box=(300, 0, 600, 200))
     result = run_lipsync(config, tmp_path / "out.mp4", settings)
     assert result.metrics["batch_size"] == 64
@@ -245,8 +250,26 @@ def test_a_baseline_batch_above_its_cap_and_a_box_past_the_picture_are_said(medi
     assert "the face box 300,0,600,200 reaches past the 512x512 picture: it is clipped to 300,0,512,200" in (
         result.warnings
     )
+    monkeypatch.setattr(lipsync, "auto_batch_size", lambda *args, **kwargs: 256)
     inside = run_lipsync(replace(config, box=(300, 0, 512, 200), batch_size=None), tmp_path / "in.mp4", settings)
+    assert inside.metrics["batch_size"] == 64
     assert not any("face box" in w or "frames a batch" in w for w in inside.warnings)
+
+
+def test_the_baseline_names_what_it_leaves_unused_and_nothing_it_uses(media, settings, tmp_path) -> None:
+    """--engine baseline runs the baseline even with a Wav2Lip checkpoint given, and names the checkpoint and the
+    precision check (it has no network) unused, without a fp16-against-fp32 remark; --precision fp32 (what it
+    computes in) and a batch at its cap of 64 are not remarked on; an output named .MP4 is an MP4."""
+    config = LipSyncConfig(face=FACE, audio=media["speech"], engine="baseline", checkpoint=str(media["checkpoint"]),
+                           check_precision=True, precision="fp32", batch_size=64, rotate=True)  # fmt: skip
+    result = run_lipsync(config, tmp_path / "talk.MP4", settings)
+    metrics = result.metrics
+    assert (metrics["engine"], metrics["batch_size"], metrics["detector"]) == ("baseline", 64, "haar")
+    assert result.warnings[0].startswith("running on the CPU: ")
+    assert result.warnings[1:] == [
+        "--rotate edits a video's frames (as upstream's): a photo is kept as it is",
+        "the baseline engine does not use --checkpoint, --check-precision (other engines' options)",
+    ]
 
 
 def test_image_with_the_baseline_engine(media, settings, tmp_path) -> None:
@@ -458,6 +481,7 @@ def test_a_video_without_duration_is_read_no_further_than_the_limit(media, tmp_p
                            smooth=False, detector_checkpoint="s3fd.pth", fps=30.0)  # fmt: skip
     result = run_lipsync(config, tmp_path / "o.mp4", short)
     assert result.metrics["frames"] == expected_frames(1.0) and limits == [1.0]
+    assert result.metrics["detector"] == "fixed box"
     ignored = "a fixed --box is used as it is: --pads, --no-smooth, --detector-checkpoint (for detected boxes) changed"
     assert any(w.startswith(ignored) for w in result.warnings)
     assert "--fps applies to a still face: the video keeps its own 25 fps" in result.warnings  # it was silent
@@ -533,6 +557,25 @@ def test_parse_box() -> None:
             parse_box(bad)
     with pytest.raises(LipSyncError, match="pixel coordinates are 0 or more"):  # it said "must be four", of four
         parse_box("-50,-50,100,100")
+    with pytest.raises(LipSyncError, match="must be four pixel coordinates"):  # not a ValueError from unpacking five
+        parse_box("1,2,3,4,5")
+    for flat in ("10,10,10,20", "10,20,30,20"):  # X2 at X1, or Y2 at Y1: no pixel inside
+        with pytest.raises(LipSyncError, match=f"'{flat}' is empty: X2 must exceed X1 and Y2 exceed Y1"):
+            parse_box(flat)
+
+
+def test_detection_options_are_said_unused_only_with_a_fixed_box() -> None:
+    """With --box the detection options change nothing, and each set one is named; without it they are what finds
+    the face, and nothing is said."""
+    from engine.lipsync.config import box_passed_over
+    from engine.lipsync.pipeline import DETECTION
+
+    asked = {"face": "f.jpg", "audio": "a.wav", "pads": "0,0,0,0", "detector": "s3fd", "detect_scale": "1"}
+    assert box_passed_over(LipSyncConfig.build(asked), DETECTION) is None
+    fixed = LipSyncConfig.build({**asked, "box": "1,1,50,50"})
+    assert box_passed_over(fixed, DETECTION) == (
+        "a fixed --box is used as it is: --pads, --detector, --detect-scale (for detected boxes) changed nothing"
+    )
 
 
 def test_frames_whose_generated_mouth_is_not_finite_keep_their_pixels(media, settings, tmp_path, monkeypatch) -> None:
@@ -710,11 +753,12 @@ def test_upstreams_video_edits_shrink_turn_and_cut_in_its_order() -> None:
     for crop in ((-1, -1, 0, -1), (0, -1, -1, -1)):
         with pytest.raises(LipSyncError, match="TOP and LEFT are 0 or more"):
             VideoEdits(crop=crop).size(200, 120)
-    for crop in ("10,5,0,-1", "0,0,0,0", "0,-1,30,30"):  # nothing kept whatever the size: refused at submit
+    for crop in ("10,5,0,-1", "5,5,0,-1", "0,0,0,0", "0,-1,30,30"):  # nothing kept whatever the size: refused at submit
         with pytest.raises(LipSyncError, match=f"crop {crop} keeps no pixels: TOP must be below BOTTOM"):
             LipSyncConfig.build({"face": str(FACE), "audio": str(FACE), "crop": crop})
-    with pytest.raises(LipSyncError, match="crop -1,5,0,9: TOP and LEFT are 0 or more"):
-        LipSyncConfig.build({"face": str(FACE), "audio": str(FACE), "crop": "-1,5,0,9"})
+    for crop in ("-1,5,0,9", "0,-1,-1,-1"):
+        with pytest.raises(LipSyncError, match=f"crop {crop}: TOP and LEFT are 0 or more"):
+            LipSyncConfig.build({"face": str(FACE), "audio": str(FACE), "crop": crop})
     for box in ("²,0,5,5", "٣,0,50,50", "9" * 5000 + ",0,5,5"):  # str.isdigit passed them: int()'s own message, or 3
         with pytest.raises(LipSyncError, match="must be four pixel coordinates: X1,Y1,X2,Y2"):
             LipSyncConfig.build({"face": str(FACE), "audio": str(FACE), "box": box})
@@ -745,11 +789,12 @@ def test_static_resize_rotate_crop_and_fps_as_upstreams_options(media, settings,
 
     photo = tmp_path / "photo.mp4"
     config = LipSyncConfig(face=FACE, audio=speech, engine="baseline", fps=30.0, rotate=True, precision="bf16",
-                           static=True)  # fmt: skip
+                           static=True, resize_factor=2)  # fmt: skip
     result = run_lipsync(config, photo, settings)
     assert result.metrics["fps"] == 30.0 and probe_video(photo).fps == pytest.approx(30.0)
     # only what was asked is named (all three were, whatever was given)
-    assert "--rotate edits a video's frames (as upstream's): a photo is kept as it is" in result.warnings
+    edits = "--resize-factor, --rotate edit a video's frames (as upstream's): a photo is kept as it is"
+    assert edits in result.warnings
     assert "--static holds a video's first frame: a photo is held still already" in result.warnings
     assert any("baseline engine computes in fp32; --precision bf16" in w for w in result.warnings)
     assert result.precision == "fp32" and not any("no Wav2Lip checkpoint" in w for w in result.warnings)
