@@ -128,6 +128,28 @@ def test_the_engine_finds_the_lips_and_leaves_silence_untouched() -> None:
     assert not changed[coverage == 0].any()
 
 
+def test_a_videos_lip_line_is_the_median_of_its_last_five_frames() -> None:
+    """One frame whose lips are found elsewhere (a shadow, a jump of the face box) opens its mouth on the line of the
+    frames before it, the median of the last five, not on its own line: the mouth does not jump with it."""
+    engine = BaselineEngine()
+    steady, jumped = _face_crop(0.62, (60, 60, 150)), _face_crop(0.72, (60, 60, 150))
+    line, own = mouth_line(steady), mouth_line(jumped)
+    assert abs(own - line) > 0.05
+    crops = np.stack([steady] * 4 + [jumped])
+    out = engine(np.zeros((5, 80, 16), np.float32), crops, np.ones(5, np.float32))
+    opened, coverage = open_mouth(jumped, line, engine.opening(1.0))
+    assert np.array_equal(opened, out[4, ..., :3]) and np.array_equal(coverage, out[4, ..., 3])
+
+
+def test_the_mouth_stays_shut_below_a_whisper_and_opens_in_proportion_above() -> None:
+    """Hiss under 5% of the speech band's full energy keeps the mouth shut; above it
+    the opening grows linearly to its most at full energy, and no further."""
+    engine = BaselineEngine(max_open=0.1)
+    assert engine.opening(0.0) == engine.opening(0.05) == 0.0
+    assert engine.opening(0.525) == pytest.approx(0.05) and engine.opening(1.0) == pytest.approx(0.1)
+    assert engine.opening(2.0) == pytest.approx(0.1)
+
+
 SKIN = (110, 140, 190)  # BGR
 
 

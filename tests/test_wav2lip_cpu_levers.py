@@ -15,7 +15,16 @@ import pytest
 import torch
 
 from engine.core.device import capabilities
-from engine.lipsync.engines import CPU_BATCH_SIZE, ROW_STEP, Wav2LipEngine, auto_batch_size
+from engine.lipsync.engines import (
+    CPU_BATCH_SIZE,
+    CPU_FRAMES_ALIVE,
+    CPU_NETWORK_SAMPLE_BYTES,
+    ROW_STEP,
+    Wav2LipEngine,
+    auto_batch_size,
+    cpu_sample_bytes,
+    default_precision,
+)
 from engine.lipsync.paste import first_row_read, paste
 from engine.models.wav2lip import FACE_SIZE, MEL_SHAPE, load_wav2lip
 
@@ -263,6 +272,35 @@ def test_the_cpu_batch_is_small() -> None:
     assert auto_batch_size(CPU, "fp32", (1280, 720)) == 8
     assert auto_batch_size(CPU, "fp32", (1920, 1080)) == 4
     assert auto_batch_size(CPU, "fp32", (3840, 2160)) == 4
+
+
+def test_the_gpu_batch_is_the_largest_power_of_two_in_half_its_free_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """About 6 MiB a sample in fp32 (tf32 too) and 3 in fp16 or bf16, within half the GPU memory the process may use,
+    at most `cap` and at least 1 (the OOM back-off halves a guess too bold). No GPU needed: the memory is given."""
+    import engine.lipsync.engines as engines
+
+    gpu, free = torch.device("cuda", 0), {"bytes": 2**30}
+    monkeypatch.setattr(engines, "usable_gpu_memory", lambda device: free["bytes"])
+    assert auto_batch_size(gpu, "fp32") == auto_batch_size(gpu, "tf32") == 64  # 512 MiB / 6 MiB: 85
+    assert auto_batch_size(gpu, "fp16") == auto_batch_size(gpu, "bf16") == 128  # 512 MiB / 3 MiB: 170
+    free["bytes"] = 80 * 2**30
+    assert auto_batch_size(gpu, "fp16") == 512 and auto_batch_size(gpu, "fp16", cap=64) == 64
+    free["bytes"] = 2**20
+    assert auto_batch_size(gpu, "fp32") == 1
+
+
+def test_auto_precision_is_fp16_on_cuda_and_fp32_on_the_cpu() -> None:
+    """What --precision auto promises in its help: the CPU has no fast fp16, a GPU halves its memory with it."""
+    assert default_precision(torch.device("cuda", 0)) == "fp16" and default_precision(CPU) == "fp32"
+
+
+def test_a_cpu_frame_costs_the_networks_share_only_where_wav2lip_runs() -> None:
+    """A CPU batch's memory check charges each frame its copies in flight, plus Wav2Lip's activations for Wav2Lip;
+    the baseline has no network, and a batch it can hold was refused for Wav2Lip's share."""
+    width, height = 1280, 720
+    frames = CPU_FRAMES_ALIVE * width * height * 3
+    assert cpu_sample_bytes((width, height), network=False) == frames
+    assert cpu_sample_bytes((width, height), network=True) == frames + CPU_NETWORK_SAMPLE_BYTES
 
 
 @pytest.mark.gpu
