@@ -102,6 +102,14 @@ def test_a_check_that_met_nan_says_so() -> None:
     assert precision_line(result) == precision_summary("fp16", check) + "\n"
 
 
+def test_a_finite_check_gives_its_largest_and_its_mean_difference() -> None:
+    """The line a user reads: the largest difference to two decimals, then the mean to three (not swapped)."""
+    check = {"against": "fp32", "frames": 3, "max_grey_levels": 2.3456, "mean_grey_levels": 0.01234}
+    assert precision_summary("bf16", check) == (
+        "bf16 against fp32 on the first 3 frames: up to 2.35 grey levels apart (mean 0.012)"
+    )
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
