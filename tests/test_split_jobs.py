@@ -203,6 +203,24 @@ def test_what_is_not_split_and_what_a_split_takes(media: dict[str, Path], data: 
     store.close()
 
 
+def test_a_musetalk_job_is_never_split_and_tf32_reaches_its_worker(
+    media: dict[str, Path], data: Path, tmp_path: Path
+) -> None:
+    """MuseTalk's prepared avatar cycles over the whole clip, so its long job stays whole on idle GPUs; a job at
+    --precision tf32 asks its worker process for TF32 (a process-wide switch), the others not; both files are kept."""
+    store = JobStore(tmp_path / "jobs.db", tmp_path / "blobs")
+    idle = Broker(store, KINDS, {**dict.fromkeys(GPUS, 1), "cpu": 1})  # never started: jobs stay queued
+    kind = LipSyncJobs(idle, _settings(data, AVATARBENCH_SPLIT_SECONDS="1"))  # 3 s of speech: a baseline job splits
+    musetalk = kind.submit(LipSyncConfig(media["face"], media["speech"], engine="musetalk"), "tester")
+    assert [j.id for j in store.queue()] == [musetalk.id] and "split" not in musetalk.settings
+    assert musetalk.settings["process"] == {"tf32": False}
+    assert sorted(musetalk.settings["files"]) == ["audio", "face"]
+    tf32 = LipSyncJobs(idle, _settings(data)).submit(LipSyncConfig(media["face"], media["speech"], precision="tf32"),
+                                                     "tester")  # fmt: skip
+    assert tf32.settings["process"] == {"tf32": True}
+    store.close()
+
+
 def test_split_jobs_submitted_at_once_never_share_a_gpu(
     media: dict[str, Path], data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
