@@ -221,6 +221,22 @@ def test_a_musetalk_job_is_never_split_and_tf32_reaches_its_worker(
     store.close()
 
 
+def test_a_segment_that_reads_another_length_of_speech_is_refused(media: dict[str, Path], data: Path) -> None:
+    """A segment whose speech comes to another number of frames than its job's would paste mouths out of step with
+    the sound: it is refused, with both counts."""
+    from engine.lipsync.config import LipSyncError
+    from engine.lipsync.pipeline import LipSyncSegments
+
+    config = LipSyncConfig(ROOT / "assets" / "face.jpg", media["speech"], engine="baseline")
+    segments = LipSyncSegments(config, _settings(data), "cpu")
+    setup = segments.setup(lambda fraction, label: None)
+    frames = setup["frames"]
+    segments.join(setup, lambda fraction, label: None)  # the same count: joined
+    refusal = f"this segment reads {frames} frames of speech where its job read {frames + 1}$"
+    with pytest.raises(LipSyncError, match=refusal):
+        segments.join({**setup, "frames": frames + 1}, lambda fraction, label: None)
+
+
 def test_split_jobs_submitted_at_once_never_share_a_gpu(
     media: dict[str, Path], data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
