@@ -60,6 +60,18 @@ def test_the_first_frames_are_compared_with_fp32_once(checkpoint) -> None:
     assert gen.precision_check == check  # measured once, on the first batch
 
 
+def test_only_the_rows_computed_are_compared(checkpoint) -> None:
+    """On the CPU the generator computes only the rows the paste reads (from first_row, rounded down to a multiple
+    of 8) and leaves the rows above zero: compared too, those skipped rows would count as differences."""
+    gen = Wav2LipEngine(checkpoint, CPU, capabilities(CPU), "bf16", check_precision=True)
+    mels, crops, energy = inputs(2)
+    out = gen(mels, crops, energy, 24)
+    diff = np.abs(out[:, 24:] - fp32_forward(checkpoint, mels, crops)[:, 24:])
+    check = gen.precision_check
+    assert check is not None and check["max_grey_levels"] == pytest.approx(float(diff.max()), abs=0.01)
+    assert check["mean_grey_levels"] == pytest.approx(float(diff.mean()), abs=0.001)
+
+
 def test_a_short_first_batch_is_compared_whole(checkpoint) -> None:
     gen = Wav2LipEngine(checkpoint, CPU, capabilities(CPU), "bf16", check_precision=True)
     gen(*inputs(2))
