@@ -598,3 +598,70 @@ def test_parser_input_is_imagenet_normalised_512() -> None:
     mean, std = np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224, 0.225], np.float32)
     expected = ((rgb.astype(np.float32) / 255 - mean) / std).transpose(2, 0, 1)
     assert np.allclose(blend.parser_input(textured)[0].numpy(), expected, atol=1e-5)
+
+
+def test_window_starts_take_the_ratio_first_as_upstream() -> None:
+    """Guards floor(f * (50 / fps)): at 24000/1001 fps frame 480 starts exactly 1001 rows in, which the ratio first
+    gives in floats, while f * 50 / fps gives 1000.9999999999999 and the frame's window would start a row early."""
+    fps = 24000 / 1001
+    assert window_starts(961, fps)[[480, 960]].tolist() == [1001, 2002]
+
+
+def test_one_frame_of_50_fps_speech_has_its_whole_window() -> None:
+    """Guards the right padding of a one-frame clip: 320 samples are one 50 fps frame and one speech row, and the
+    frame's window needs seven zero rows after it, one more than upstream's six (too few cut a short window)."""
+    assert frame_count(320, 50) == 1 and window_padding(1, 1, 50) == (2, 7)
+    prompts = audio_prompts(_labelled_hidden(1), 320, 50)
+    assert prompts.shape == (1, 50, 3)
+    assert prompts[0, 10:15, 0].tolist() == [1000.0, 1001.0, 1002.0, 1003.0, 1004.0]  # row 2 of the window
+    assert prompts[0, :10].eq(0).all() and prompts[0, 15:].eq(0).all()
+
+
+def test_a_partial_hidden_state_row_at_the_end_is_trimmed() -> None:
+    """Guards floor(seconds * 50) as the speech's rows: 16319 samples are 50.997 rows, so row 50 (mostly the
+    segment's padding) is cut and the last frame's window sees zeros there, as upstream trims it."""
+    assert audio.speech_rows(16319) == 50
+    extractor = _FakeExtractor()
+    hidden = encode_speech(_tone(16319 / SR), lambda f: torch.ones(5, 1500, 2), extractor)
+    assert hidden.shape == (50, 5, 2)
+    prompts = audio_prompts(_labelled_hidden(60), 16319, 25)
+    assert prompts.shape == (26, 50, 3)  # ceil(25.4984 frames)
+    # frame 25 starts at padded row 50, speech row 46: rows 46..49, then zeros where row 50 would be
+    assert prompts[25, 15:20, 0].tolist() == [1490.0, 1491.0, 1492.0, 1493.0, 1494.0]
+    assert prompts[25, 20:].eq(0).all()
+
+
+def test_speech_is_silent_below_minus_60_dbfs_and_says_its_peak() -> None:
+    """Guards the silence threshold a user meets: a clip peaking at -59 dBFS is lip-synced to, one at -61 dBFS is
+    refused with its peak and the threshold in the message."""
+    assert check_speech(_tone(0.5, amplitude=10 ** (-59 / 20)), 25).dtype == np.float32
+    with pytest.raises(InputError, match=r"the speech is silent \(peak -61\.0 dBFS, below -60 dBFS\)"):
+        check_speech(_tone(0.5, amplitude=10 ** (-61 / 20)), 25)
+    with pytest.raises(InputError, match=r"\(digital silence, below -60 dBFS\)"):
+        check_speech(np.zeros(8000, np.float32), 25)
+
+
+def test_too_short_speech_says_how_many_samples_one_frame_needs() -> None:
+    """Guards the refusal's numbers: one 30 fps frame lasts 33.3 ms, 533.3 samples, so at least 534 are asked for."""
+    with pytest.raises(InputError, match=r"one video frame at 30 fps lasts 33\.3 ms; give at least 534 samples"):
+        check_speech(_tone(0.02), 30)
+
+
+@pytest.mark.parametrize("fps", [float("inf"), True, "25", -25.0])
+def test_fps_must_be_a_positive_finite_number(fps) -> None:
+    """Guards check_fps: an infinite rate would make every window start at row 0, True would run as 1 fps."""
+    with pytest.raises(InputError, match="fps must be a positive"):
+        audio.check_fps(fps)
+    assert audio.check_fps(np.int64(25)) == 25.0 and isinstance(audio.check_fps(np.float32(12.5)), float)
+
+
+def test_features_of_another_shape_are_refused() -> None:
+    """Guards the feature check: whisper-tiny's encoder takes exactly 3000 mel frames; an extractor set up for
+    another length is named, not passed on to fail inside the encoder."""
+
+    class HalfLength(_FakeExtractor):
+        def __call__(self, segment, return_tensors, sampling_rate):
+            return types.SimpleNamespace(input_features=torch.zeros(1, 80, 1500))
+
+    with pytest.raises(ValueError, match=r"gave shape \(1, 80, 1500\), not \(1, 80, 3000\)"):
+        audio.whisper_input_features(_tone(1.0), HalfLength())
