@@ -426,6 +426,8 @@ def test_the_files_are_found_beside_musetalks_and_missing_ones_are_said(weights,
     assert any("no yolox_l.onnx" in w for w in result.warnings)
     detector = yolox_model(folder / "dwpose" / "yolox_l.onnx", _yolox_rows())
     assert landmark_files(locate(settings, folder), True, RunResult()) == (pose, detector)
+    # without --musetalk-person-box DWPose sees the whole frame, as upstream, even with the detector beside it
+    assert landmark_files(locate(settings, folder), False, RunResult()) == (pose, None)
 
 
 def test_lipsync_uses_dwpose_when_its_file_is_there(weights, tmp_path) -> None:
