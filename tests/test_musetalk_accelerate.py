@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -88,6 +89,71 @@ def test_eager_is_the_unet_then_the_decoder_as_before(networks) -> None:
     assert {stage.name for stage in result.stages} == {"unet", "vae decode"}
 
 
+class _LatentsAsImage(torch.nn.Module):
+    """The UNet stood in for: it records the timestep it is given and predicts the masked latents unchanged."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1))
+        self.timesteps: list[torch.Tensor] = []
+
+    def forward(self, latents, timestep, encoder_hidden_states):
+        self.timesteps.append(timestep.clone())
+        return SimpleNamespace(sample=latents[:, :4])
+
+
+class _RecordingDecoder(torch.nn.Module):
+    """The VAE stood in for (scaling factor 0.5): it records the latents it decodes and returns images of 0.5."""
+
+    dtype = torch.float32
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.config = SimpleNamespace(scaling_factor=0.5)
+        self.decoded: list[torch.Tensor] = []
+
+    def decode(self, latents):
+        self.decoded.append(latents.clone())
+        return SimpleNamespace(sample=torch.full((latents.shape[0], 3, 4, 4), 0.5))
+
+
+def test_the_step_runs_the_unet_at_timestep_0_unscales_by_the_vaes_factor_and_flags_any_bad_pixel(
+    monkeypatch,
+) -> None:
+    """Guards FaceStep's numerics: upstream's one UNet step is timestep 0, the prediction is multiplied by 1 / the
+    VAE's own scaling factor before decoding, and one non-finite value anywhere in a decoded face (here the blue
+    channel of one pixel) flags that face, not a whole batch and not only faces that are non-finite throughout."""
+    unet, vae = _LatentsAsImage(), _RecordingDecoder()
+    step = FaceStep(unet, vae)
+    latents = torch.arange(3 * 8 * 2 * 2, dtype=torch.float32).reshape(3, 8, 2, 2)
+    faces, finite = step(latents, torch.zeros(3, 50, 4))
+    assert [t.tolist() for t in unet.timesteps] == [[0]]
+    assert torch.equal(vae.decoded[0], (1 / 0.5) * latents[:, :4])
+    assert faces.shape == (3, 4, 4, 3) and faces.dtype == torch.uint8 and finite.tolist() == [True, True, True]
+
+    def one_bad_pixel(latents):
+        images = torch.full((latents.shape[0], 3, 4, 4), 0.5)
+        images[1, 2, 3, 1] = float("inf")
+        return SimpleNamespace(sample=images)
+
+    monkeypatch.setattr(vae, "decode", one_bad_pixel)
+    assert step(latents, torch.zeros(3, 50, 4))[1].tolist() == [True, False, True]
+
+
+def test_tensorrt_without_its_provider_is_refused_naming_what_this_onnxruntime_offers(monkeypatch) -> None:
+    """Guards the TensorRT check before any work: onnxruntime-gpu without TensorrtExecutionProvider would otherwise
+    export the step and then fail (or run on CUDA while the result says tensorrt)."""
+    import onnxruntime
+
+    monkeypatch.setattr(
+        onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    )
+    with pytest.raises(RuntimeUnavailable, match=r"built with TensorrtExecutionProvider \(this onnxruntime offers "
+                                                 r"CUDAExecutionProvider, CPUExecutionProvider\)"):  # fmt: skip
+        check_runtime("tensorrt", torch.device("cuda"), torch.float16)
+    check_runtime("onnx", torch.device("cuda"), torch.float16)  # the CUDA provider is enough for onnx
+
+
 def test_compile_pads_every_batch_to_one_shape_and_cuts_it_back(networks, monkeypatch) -> None:
     """torch.compile(dynamic=False) sees the batch size only: a short batch is padded with its last row and the
     padding's faces dropped (the compiler is stood in for here: the real one is the slow test below)."""
@@ -141,6 +207,7 @@ def test_onnx_on_the_cpu_matches_eager_for_full_and_short_batches(networks, tmp_
     exported = Path(result.metrics["musetalk_onnx"])
     assert exported.is_file() and exported.parent.parent == tmp_path / "musetalk-onnx"
     assert result.metrics["musetalk_onnx_exported"]
+    assert not step.metrics()["musetalk_onnx_exported"]  # reported: the next run served by this step exports nothing
 
 
 def test_a_face_that_decodes_to_nan_is_flagged_by_eager_and_onnx(networks, tmp_path) -> None:
