@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import pickle
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -22,6 +24,7 @@ from engine.core.results import RunResult
 from engine.core.settings import Settings
 from engine.faces.detection import HaarDetector
 from engine.lipsync.musetalk import audio
+from engine.lipsync.musetalk.accelerate import StepFaces, StepRunner
 from engine.lipsync.musetalk.avatar import (
     DETECTOR,
     LANDMARKS,
@@ -383,6 +386,161 @@ def test_speech_windows_are_audio_prompts_frame_by_frame(samples: int, fps: floa
     assert torch.equal(windows.prompts(np.arange(frames)), everything)
 
 
+# --------------------------------------------------------------------------- generate's bookkeeping, networks stood in
+
+
+class _LabelledWhisper(torch.nn.Module):
+    """Whisper's encoder stood in for: hidden state (layer, row) holds 1000 + 10 * row + layer in every feature."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.width = width
+        self.anchor = torch.nn.Parameter(torch.zeros(1))  # generate reads the encoder's dtype from its parameters
+
+    def forward(self, features: torch.Tensor, output_hidden_states: bool) -> SimpleNamespace:
+        row = torch.arange(audio.SEGMENT_ROWS, dtype=torch.float32)[None, :, None]
+        layers = tuple((1000 + 10 * row + layer).expand(1, -1, self.width) for layer in range(5))
+        return SimpleNamespace(hidden_states=layers)
+
+
+class _SilentExtractor:
+    """Whisper's feature extractor stood in for (the labelled encoder ignores its input): no transformers import."""
+
+    def __call__(self, segment, return_tensors, sampling_rate) -> SimpleNamespace:
+        return SimpleNamespace(input_features=torch.zeros(1, 80, 3000))
+
+
+class _SpyStep(StepRunner):
+    """Records what generate hands the UNet + decoder step and returns flat faces, one grey level per face made
+    (1, 2, 3, ... in order); the faces numbered in `not_finite` are flagged as NaN would be."""
+
+    name = "spy"
+
+    def __init__(self, networks: Any, batch_size: int, not_finite: tuple[int, ...] = ()) -> None:
+        self.networks, self.batch_size, self.device = networks, batch_size, torch.device("cpu")
+        self.warnings, self.ran_on, self.not_finite = [], "spy", not_finite
+        self.latents: list[torch.Tensor] = []
+        self.prompts: list[torch.Tensor] = []
+
+    def __call__(self, latents: torch.Tensor, prompts: torch.Tensor, result: RunResult | None = None) -> StepFaces:
+        made = sum(len(batch) for batch in self.latents)
+        self.latents.append(latents.clone())
+        self.prompts.append(prompts.clone())
+        levels = torch.arange(made + 1, made + len(latents) + 1, dtype=torch.uint8)
+        faces = levels[:, None, None, None].expand(-1, 256, 256, 3).contiguous()
+        finite = torch.tensor([made + j not in self.not_finite for j in range(len(latents))])
+        return StepFaces(faces, finite)
+
+
+def _stub_avatar() -> PreparedAvatar:
+    """Three 120x160 frames, the middle one without a face, another box in the last; face rows 0 and 1
+    hold latents 10 and 20."""
+    from engine.lipsync.musetalk.blend import prepare_blend
+
+    frames = np.random.default_rng(7).integers(0, 256, (3, 120, 160, 3), dtype=np.uint8)
+    boxes = ((40, 20, 100, 90), None, (44, 24, 108, 90))
+    skin = np.full((512, 512), SKIN, np.int64)
+    plans = tuple(None if box is None else prepare_blend(box, skin, "raw", blur_fraction=0.0) for box in boxes)
+    latents = torch.tensor([10.0, 20.0])[:, None, None, None].expand(2, 8, 2, 2).contiguous()
+    return PreparedAvatar(
+        version="v15", frames=frames, boxes=boxes, box_sources=(DETECTOR, None, DETECTOR),
+        latent_rows=(0, -1, 1), latents=latents, plans=plans, bbox_shift=0, extra_margin=10,
+        parsing_mode="raw", blur_fraction=0.0, cheek_widths=(90, 90), detector="stub", landmarks=None,
+    )  # fmt: skip
+
+
+def _stub_networks(width: int = 4) -> SimpleNamespace:
+    unet = SimpleNamespace(config=SimpleNamespace(in_channels=8), dtype=torch.float32)
+    return SimpleNamespace(device=torch.device("cpu"), whisper=_LabelledWhisper(width), unet=unet)
+
+
+def test_generate_gives_each_face_its_own_prompt_plus_the_positional_encoding_and_its_own_latents() -> None:
+    """Guards the pairing upstream's numerics rely on: output frame i's prompt is speech window i (not the batch's
+    i-th) with the sinusoidal encoding added, its latents are its avatar frame's row, frames without a face reach no
+    network, and each decoded face lands in its own frame; on the CPU frame 0 comes before batch 2 is computed."""
+    from engine.lipsync.musetalk.blend import blend_face, face_to_box
+
+    avatar, networks = _stub_avatar(), _stub_networks()
+    speech = _speech(0.5)  # 13 frames at 25 fps, batches of 3
+    step, result = _SpyStep(networks, 3), RunResult()
+    out = generate(avatar, speech, 25, networks, 3, extractor=_SilentExtractor(), result=result,
+                   runtime=step)  # type: ignore[arg-type]  # fmt: skip
+    frames = [next(out)]
+    assert len(step.latents) == 1  # the CPU does not look a batch ahead: that would only delay frame 0
+    frames += list(out)
+    sources = [avatar.source_frame(i) for i in range(13)]
+    with_face = [i for i in range(13) if sources[i] != 1]
+    hidden = networks.whisper(None, True).hidden_states
+    windows = audio.audio_prompts(torch.stack(hidden)[:, 0].permute(1, 0, 2), len(speech), 25)
+    expected = windows[with_face] + audio.positional_encoding(50, 4)
+    assert torch.equal(torch.cat(step.prompts), expected)
+    assert torch.cat(step.latents)[:, 0, 0, 0].tolist() == [10.0 if sources[i] == 0 else 20.0 for i in with_face]
+    for i, frame in enumerate(frames):
+        if sources[i] == 1:
+            assert np.array_equal(frame, avatar.frames[1]), i
+            continue
+        face = np.full((256, 256, 3), with_face.index(i) + 1, np.uint8)
+        want = blend_face(
+            avatar.frames[sources[i]], face_to_box(face, avatar.boxes[sources[i]]), avatar.plans[sources[i]]
+        )
+        assert np.array_equal(frame, want), i
+    assert result.warnings == []  # every face was finite
+
+
+def test_a_face_that_is_not_finite_keeps_its_frame_and_the_next_faces_keep_their_places() -> None:
+    """Guards the row bookkeeping past a NaN face: frame 0 (the batch's first face) keeps the avatar's pixels, the
+    face after it in the batch still goes to its own frame, and the warning counts the one frame."""
+    avatar, networks = _stub_avatar(), _stub_networks()
+    step, result = _SpyStep(networks, 3, not_finite=(0,)), RunResult()
+    frames = list(generate(avatar, _speech(0.2), 25, networks, 3, extractor=_SilentExtractor(), result=result,
+                           runtime=step))  # type: ignore[arg-type]  # fmt: skip
+    assert len(frames) == 5 and [avatar.source_frame(i) for i in range(5)] == [0, 1, 2, 2, 1]
+    assert np.array_equal(frames[0], avatar.frames[0])
+    x1, y1, _, _ = avatar.boxes[2]
+    assert (frames[2][y1 + 40, x1 + 30] == 2).all() and (frames[3][y1 + 40, x1 + 30] == 3).all()  # lower half
+    assert result.warnings == [
+        "MuseTalk gave NaN or infinite values for 1 of 5 frames; they keep the avatar's own pixels (not a matter of "
+        "range at this precision: the weights or the inputs hold NaN or infinite values)"
+    ]
+    assert result.metrics["musetalk_runtime"] == "spy"
+
+
+def test_a_step_made_for_other_networks_is_refused_even_at_the_same_batch_size() -> None:
+    """Guards the step's owner check: a cached step runs the networks it was made for, not the ones passed."""
+    avatar, mine, other = _stub_avatar(), _stub_networks(), _stub_networks()
+    with pytest.raises(InputError, match="made for other networks or batch size 3, not 3"):
+        generate(avatar, _speech(0.2), 25, other, 3, runtime=_SpyStep(mine, 3))  # type: ignore[arg-type]
+
+
+def test_generate_refuses_a_batch_past_4096_and_latents_another_unet_cannot_take() -> None:
+    """Guards generate's checks before any work: the batch size's upper bound, and an avatar prepared for a UNet
+    of another input width (its latents would fail deep inside the first batch)."""
+    avatar, networks = _stub_avatar(), _stub_networks()
+    with pytest.raises(InputError, match="batch_size must be a whole number from 1 to 4096, got 4097"):
+        generate(avatar, _speech(0.2), 25, networks, 4097)  # type: ignore[arg-type]
+    networks.unet.config.in_channels = 4
+    with pytest.raises(InputError, match="latents have 8 channels but this MuseTalk UNet takes 4: prepare the avatar"):
+        generate(avatar, _speech(0.2), 25, networks, 3)  # type: ignore[arg-type]
+
+
+def test_a_timed_stage_waits_for_its_cuda_device_before_it_ends(monkeypatch) -> None:
+    """Guards stages.timed: a CUDA stage's time includes the device's work (the wait is inside the stage), the CPU
+    waits for nothing, the items handled are recorded, and without a result nothing is timed or waited for."""
+    from engine.lipsync.musetalk.stages import timed
+
+    result, waits = RunResult(), []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: waits.append((device, len(result.stages))))
+    with timed(result, "unet", torch.device("cuda", 1), 4):
+        pass
+    assert waits == [(torch.device("cuda", 1), 0)]  # the stage was still open when it waited
+    with timed(result, "blend", torch.device("cpu"), 1):
+        pass
+    with timed(None, "unet", torch.device("cuda", 1), 4):
+        pass
+    assert len(waits) == 1
+    assert [(stage.name, stage.items) for stage in result.stages] == [("unet", 4), ("blend", 1)]
+
+
 # --------------------------------------------------------------------------- the file
 
 
@@ -507,6 +665,89 @@ def test_a_lock_left_by_an_evicted_avatar_goes_with_it(avatar, tmp_path: Path) -
     assert sorted(p.name for p in store.folder.iterdir()) == sorted(
         [store.path(("b",)).name, store.path(("b",)).with_suffix(".lock").name]
     )
+
+
+def test_the_store_prepares_under_the_first_key_and_finds_any_key_later(tmp_path: Path) -> None:
+    """Guards the keys' roles: a new avatar is stored under the first key (the exact one), and a later run finds it
+    under any of its keys, in order, from disk."""
+    from engine.lipsync.musetalk.avatar_store import DISK, PREPARED, AvatarStore
+
+    store, stub = AvatarStore(tmp_path / "avatars"), _stub_avatar()
+    avatar, source = store.get_or_prepare([("13 frames",), ("all",)], lambda: stub)
+    assert source == PREPARED and avatar is stub and store.path(("13 frames",)).is_file()
+    assert not store.path(("all",)).exists()
+
+    def unwanted() -> PreparedAvatar:
+        raise AssertionError("prepared again")
+
+    again, source = store.get_or_prepare([("26 frames",), ("13 frames",)], unwanted)
+    assert source == DISK and again.frames.tobytes() == stub.frames.tobytes()
+
+
+def test_a_stored_avatar_that_cannot_be_read_is_replaced(tmp_path: Path, caplog) -> None:
+    """Guards the damaged-file path: the avatar is prepared again and stored whole under the first key, with a
+    warning in the log, and a damaged file under another key is removed, not read (and warned about) every run."""
+    from engine.lipsync.musetalk.avatar_store import DISK, PREPARED, AvatarStore
+
+    store, stub = AvatarStore(tmp_path / "avatars"), _stub_avatar()
+    store.folder.mkdir()
+    for key in ("face", "all"):
+        store.path((key,)).write_bytes(b"PK\x03\x04" + b"\0" * 64)
+    assert store.get_or_prepare([("face",), ("all",)], lambda: stub)[1] == PREPARED
+    assert "a stored avatar could not be read, preparing it again" in caplog.text
+    assert not store.path(("all",)).exists()
+    assert store.get_or_prepare([("face",)], lambda: stub)[1] == DISK
+
+
+def test_the_least_recently_used_avatars_go_first_once_the_budget_is_passed(tmp_path: Path) -> None:
+    """Guards eviction: avatars that fill the budget exactly all stay; past it the least recently used goes, with its
+    lock file, where using one (finding it on disk) makes it the most recent; the avatar just stored stays even over
+    a budget of 0."""
+    import os
+
+    from engine.lipsync.musetalk.avatar_store import AvatarStore
+
+    stub = _stub_avatar()
+    probe = AvatarStore(tmp_path / "probe")
+    probe.get_or_prepare([("size",)], lambda: stub)
+    size = probe.path(("size",)).stat().st_size
+    store = AvatarStore(tmp_path / "avatars", budget_bytes=2 * size)
+    for age, key in ((300, "a"), (200, "b")):
+        store.get_or_prepare([(key,)], lambda: stub)
+        os.utime(store.path((key,)), (1_000_000 - age, 1_000_000 - age))
+    assert store.path(("a",)).is_file() and store.path(("b",)).is_file()  # exactly the budget: both stay
+    store.get_or_prepare([("a",)], lambda: stub)  # a is used: b is now the least recently used
+    store.get_or_prepare([("c",)], lambda: stub)
+    assert sorted(p.name for p in store.folder.glob("*.avatar")) == sorted(
+        store.path((key,)).name for key in ("a", "c")
+    )
+    # b's lock went with it; the stored avatars keep theirs (removing a lock someone may be about to take races)
+    assert sorted(p.name for p in store.folder.glob("*.lock")) == sorted(
+        store.path((key,)).with_suffix(".lock").name for key in ("a", "c")
+    )
+    tight = AvatarStore(tmp_path / "tight", budget_bytes=0)
+    tight.get_or_prepare([("only",)], lambda: stub)
+    assert tight.path(("only",)).is_file()
+
+
+def test_a_store_that_cannot_read_or_write_costs_a_preparation_never_the_run(tmp_path: Path, monkeypatch, caplog):
+    """Guards the store's OSError paths: a stored file it may not read is prepared again, and a folder that cannot
+    be made (a file in its place) gives the prepared avatar back with a warning instead of failing the run."""
+    from engine.lipsync.musetalk import avatar_store
+
+    stub = _stub_avatar()
+    store = avatar_store.AvatarStore(tmp_path / "avatars")
+    store.get_or_prepare([("face",)], lambda: stub)
+
+    def unreadable(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(avatar_store, "load_avatar", unreadable)
+    assert store.get_or_prepare([("face",)], lambda: stub) == (stub, avatar_store.PREPARED)
+    (tmp_path / "taken").write_text("a file where the folder goes")
+    blocked = avatar_store.AvatarStore(tmp_path / "taken" / "avatars")
+    assert blocked.get_or_prepare([("face",)], lambda: stub) == (stub, avatar_store.PREPARED)
+    assert "could not keep the prepared avatar" in caplog.text
 
 
 def test_the_best_detection_is_the_most_confident() -> None:
