@@ -477,3 +477,104 @@ def test_a_sigterm_reaches_the_apps_handler_after_ray_starts() -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=TESTS.parent, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "handled SIGTERM" in proc.stdout, proc.stderr[-2000:]
+
+
+# -- the pieces that need no cluster ---------------------------------------------------------------------------------
+
+
+def _bare_pool(tmp_path: Path) -> Any:
+    """A RayWorkers never started (nothing of Ray is asked): what its handles and the app call on it."""
+    from engine.jobs.ray_pool import RayWorkers
+
+    settings = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path / "app")})
+    settings.ensure_dirs()
+    return RayWorkers(settings, None, {}, {}, connected_here=False, local_node=None)
+
+
+def test_a_job_without_an_id_removes_no_outputs_and_an_id_only_its_own(tmp_path: Path) -> None:
+    """An actor killed before it wrote which job it ran leaves an empty file: swept as "*" + "" + "*", that removed
+    every output on the node, every other job's video included."""
+    from engine.jobs.ray_pool import _remove_job_outputs
+
+    outputs = tmp_path / "outputs"
+    (outputs / "lipsync-[ab].stream").mkdir(parents=True)
+    (outputs / "lipsync-[ab].stream" / "part-00000.ts").write_bytes(b"ts")
+    for name in ("lipsync-[ab].mp4", "lipsync-a.mp4", "portrait-other.mp4"):
+        (outputs / name).write_bytes(b"video")
+    _remove_job_outputs(outputs, "")
+    assert len(list(outputs.iterdir())) == 4
+    _remove_job_outputs(outputs, "[ab]")  # its own files only, its name taken as it is (not "a" or "b")
+    assert sorted(p.name for p in outputs.iterdir()) == ["lipsync-a.mp4", "portrait-other.mp4"]
+
+
+def test_only_the_folders_of_actors_that_ended_are_swept(tmp_path: Path) -> None:
+    """Every actor that starts on a node sweeps what dead ones left: a living actor's folder (its blobs, its store)
+    must stay, or the job it runs loses its inputs under it."""
+    from engine.jobs.ray_pool import RUNNING, _sweep_dead_actor_folders
+
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(ended.stdout)
+    actors, outputs = tmp_path / "actors", tmp_path / "outputs"
+    outputs.mkdir()
+    for pid, job in ((os.getpid(), "living"), (dead_pid, "killed")):
+        (actors / str(pid)).mkdir(parents=True)
+        (actors / str(pid) / RUNNING).write_text(job)
+        (outputs / f"lipsync-{job}.mp4").write_bytes(b"half a video")
+    _sweep_dead_actor_folders(actors, outputs)
+    assert [p.name for p in actors.iterdir()] == [str(os.getpid())]
+    assert [p.name for p in outputs.iterdir()] == ["lipsync-living.mp4"]
+
+
+def test_an_output_path_from_an_actor_is_written_only_inside_the_apps_outputs_folder(tmp_path: Path) -> None:
+    """The paths travel from another machine: one that climbs out of the outputs folder, or is absolute, would write
+    anywhere this app may (its job store, its settings)."""
+    from engine.jobs.store import StoreError
+
+    workers = _bare_pool(tmp_path)
+    outputs = workers.settings.outputs_dir
+    for relative in ("../jobs.sqlite3", "frames/../../x", "/etc/x", ""):
+        with pytest.raises(StoreError, match="is not inside its outputs folder"):
+            workers.bring_outputs({"video": "/node/out.mp4"}, [("/node/out.mp4", relative, b"data")])
+    assert not (outputs.parent / "jobs.sqlite3").exists() and not (outputs.parent / "x").exists()
+    result = workers.bring_outputs({"video": "/node/a.mp4", "frames": ["/node/f/1.png"], "n": 2},
+                                   [("/node/a.mp4", "a.mp4", b"v"), ("/node/f/1.png", "f/1.png", b"p")])  # fmt: skip
+    assert result == {"video": str(outputs / "a.mp4"), "frames": [str(outputs / "f" / "1.png")], "n": 2}
+    assert (outputs / "f" / "1.png").read_bytes() == b"p"
+
+
+def test_a_card_type_names_only_its_own_gpus_and_a_remote_actor_is_never_a_local_process(tmp_path: Path) -> None:
+    """A job that asks for an H100 must not be placed on an A10G's key; a worker id of an actor on another node must
+    never match a process here (the broker signals and measures local worker ids)."""
+    workers = _bare_pool(tmp_path)
+    workers.card_types = {"cuda:0": "A10G", "10.0.0.2/cuda:0": "H100", "10.0.0.2/cuda:1": "H100"}
+    assert workers.devices_with("H100") == ["10.0.0.2/cuda:0", "10.0.0.2/cuda:1"]
+    assert workers.devices_with("L4") == []
+    ids = [workers.remote_id() for _ in range(3)]
+    assert all(i < 0 for i in ids) and len(set(ids)) == 3
+    assert not workers.is_local({"node_id": "abc"})  # the app is on no node (Ray Client)
+
+
+def test_an_actors_store_refuses_a_damaged_input_and_keeps_the_inputs_in_use(tmp_path: Path) -> None:
+    """A blob damaged on its way must fail its job, not be read as the model; trimming received blobs to the budget
+    must never drop one the job about to run needs."""
+    import hashlib
+
+    from engine.jobs.ray_pool import _ActorStore
+    from engine.jobs.store import StoreError
+
+    store = _ActorStore(tmp_path / "jobs.sqlite3", tmp_path / "blobs")
+    try:
+        data = {name: name.encode() * 1000 for name in ("old", "used", "new")}
+        shas = {name: hashlib.sha256(value).hexdigest() for name, value in data.items()}
+        with pytest.raises(StoreError, match=f"the input {shas['old'][:12]} arrived damaged"):
+            store.receive(shas["old"], b"not it")
+        assert not store.has_blob(shas["old"])
+        for age, name in enumerate(("old", "used", "new")):
+            store.receive(shas[name], data[name])
+            os.utime(store.blob_path(shas[name]), (1000 + age, 1000 + age))
+        store.keep_within(len(data["new"]), keep={shas["used"]})  # the oldest go first, but never the one in use
+        assert [store.has_blob(shas[n]) for n in ("old", "used", "new")] == [False, True, False]
+        store.update_progress("j", 1.7, "past the end")
+        assert store.take_progress()["progress"] == ("j", 1.0, "past the end")
+    finally:
+        store.close()
