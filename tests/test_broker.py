@@ -3,6 +3,7 @@ its job (with the reason) and is replaced, per-job process flags and per-run pea
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ import pytest
 from job_kinds import KINDS, settle
 
 from engine.jobs.broker import Broker, JobLimits
-from engine.jobs.store import CANCELLED, DONE, FAILED, QUEUED, JobStore
+from engine.jobs.store import CANCELLED, DONE, FAILED, QUEUED, RUNNING, JobStore
 
 pytestmark = pytest.mark.slow
 
@@ -224,6 +225,41 @@ def test_a_worker_ends_with_its_killed_app_and_fails_its_job(tmp_path: Path) -> 
     with JobStore(tmp_path / "jobs.db", tmp_path / "blobs") as store:
         job = store.get(job_id)
     assert job.status == FAILED and "the app stopped while this job was running" in job.error
+
+
+ORPHAN = """
+import os, sys, time
+from engine.jobs.store import JobStore
+from engine.jobs.worker import WorkerSpec, end_when_orphaned
+db, blobs = sys.argv[1], sys.argv[2]
+with JobStore(db, blobs) as store:
+    mine = store.submit("watch", {}, "cpu", share=0.5)
+    store.claim_next("cpu", worker=os.getpid(), max_running=2)
+    neighbour = store.submit("watch", {}, "cpu", share=0.5)
+    store.claim_next("cpu", worker=os.getpid() + 1, max_running=2)
+print(mine.id, neighbour.id, flush=True)
+end_when_orphaned(WorkerSpec("cpu", db, blobs, {}), parent=-1, every_s=0.01)  # not its parent: orphaned at once
+time.sleep(60)
+"""
+
+
+def test_an_orphaned_worker_fails_only_its_own_job_and_exits_70(tmp_path: Path) -> None:
+    """Two workers share the device; the one whose app went must fail its own running job, never its neighbour's
+    (whose app may live on), and end with EX_SOFTWARE rather than 0, which reads as a clean stop."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    db, blobs = tmp_path / "jobs.db", tmp_path / "blobs"
+    ended = subprocess.run([sys.executable, "-c", ORPHAN, str(db), str(blobs)], capture_output=True, text=True,
+                           timeout=60, cwd=root, env={**os.environ, "PYTHONPATH": str(root)})  # fmt: skip
+    assert ended.returncode == 70, ended.stderr[-2000:]
+    mine, neighbour = ended.stdout.split()
+    with JobStore(db, blobs) as store:
+        failed, running = store.get(mine), store.get(neighbour)
+    assert failed.status == FAILED
+    assert failed.error == "the app stopped while this job was running (its worker stopped with it)"
+    assert running.status == RUNNING and running.error is None
 
 
 def test_a_replacement_that_fails_to_start_is_tried_again(store: JobStore) -> None:

@@ -343,6 +343,58 @@ def test_a_run_records_progress_measures_and_survives_a_failure(store: JobStore,
     assert opaque.status == FAILED and opaque.error.startswith("internal error: TypeError")  # a result not JSON
 
 
+def test_progress_is_written_at_most_every_interval_and_always_at_its_end(
+    store: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A handler reports progress per frame (thousands a job): every report reaching SQLite held the database's
+    write lock for every other worker and the app; the last one (1.0) must still land, or a finished bar stalls."""
+    from types import SimpleNamespace
+
+    from engine.jobs import worker
+
+    clock = [100.0]
+    monkeypatch.setattr(worker, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    job = store.submit("evaluate", {}, "cpu")
+    store.claim_next("cpu")
+    progress = worker.progress_writer(store, job.id)
+
+    def stored() -> tuple[float, str]:
+        row = store.get(job.id)
+        return row.progress, row.progress_label
+
+    progress(0.1, "first")
+    assert stored() == (0.1, "first")
+    clock[0] = 100.1
+    progress(0.2, "too soon")
+    assert stored() == (0.1, "first")
+    clock[0] = 100.0 + worker.PROGRESS_INTERVAL_S  # a whole interval since the last write
+    progress(0.3, "a while later")
+    assert stored() == (0.3, "a while later")
+    clock[0] += 0.1
+    progress(0.9, "too soon again")  # the interval counts from the last write, not the first
+    assert stored() == (0.3, "a while later")
+    progress(1.0, "done")
+    assert stored() == (1.0, "done")
+
+
+def test_a_job_runs_with_its_own_process_switches_and_its_share_of_the_card(
+    store: JobStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With N workers per GPU each job may take 1/N of the memory the app allows a card (a job given the whole card
+    starves its neighbours into out-of-memory errors); its process switches (TF32, threads) are its own."""
+    from engine.jobs import worker
+
+    seen: list[tuple[dict, str, float]] = []
+    monkeypatch.setattr(
+        worker, "prepare_process", lambda request, device, fraction: seen.append((request, device, fraction))
+    )
+    context = _context(store, tmp_path)
+    job = store.submit("evaluate", {"process": {"tf32": True, "threads": 1}}, "cuda:1", share=0.25)
+    worker.run_job(store.claim_next("cuda:1"), context, {"evaluate": "test_store:evaluate"})
+    assert store.get(job.id).status == DONE
+    assert seen == [({"tf32": True, "threads": 1}, "cpu", context.settings.gpu_memory_fraction * 0.25)]
+
+
 def evaluate(job: Job, progress: Callable[[float, str], None], context) -> dict:
     progress(0.5, "halfway")
     got = context.store.get(job.id)
