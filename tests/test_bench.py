@@ -14,7 +14,7 @@ import pytest
 
 pytest.importorskip("onnxruntime")
 import torch
-from tiny_onnx import mlp
+from tiny_onnx import fixed, mlp, sequence
 
 import engine.bench.sweep as bench
 from engine.bench.config import BenchError, SweepRequest
@@ -283,6 +283,70 @@ def test_jobs_round_trip_and_imports(tmp_path: Path) -> None:
     assert upper.model_sha256 == sha  # the owner's own reference in upper case is theirs too
 
 
+def test_the_sweep_model_list_shows_each_owner_only_their_own_uploads_still_stored(tmp_path: Path) -> None:
+    """The bench tab's model list offers the ONNX models this owner's evaluations stored: another user's upload (its
+    file name and its sha256, with which a sweep of it would be asked for) is not theirs to see."""
+    jobs = _jobs(tmp_path)
+    mine = jobs.store.put_blob(mlp(tmp_path / "mine.onnx"))
+    theirs = jobs.store.put_blob(fixed(tmp_path / "theirs.onnx"))
+    gone = jobs.store.put_blob(sequence(tmp_path / "gone.onnx"))
+    for sha, name, owner in ((mine, "mine.onnx", OWNER), (theirs, "theirs.onnx", "someone else"),
+                             (gone, "gone.onnx", OWNER)):  # fmt: skip
+        jobs.store.submit("onnx_eval", {"model_name": name}, CPU, model_sha256=sha, owner=owner)
+    jobs.store.blob_path(gone).unlink()  # the store's budget took it: a sweep of it would fail
+    assert jobs.stored_onnx_models(OWNER) == [(f"mine.onnx ({mine[:8]})", f"onnx:{mine}")]
+    assert jobs.stored_onnx_models("someone else") == [(f"theirs.onnx ({theirs[:8]})", f"onnx:{theirs}")]
+    assert {m for _, m in jobs.stored_onnx_models(None)} == {f"onnx:{mine}", f"onnx:{theirs}"}  # the operator's view
+    points = json.dumps([{"runtime": "ort-cpu", "batch": 1, "device": "cpu"}])
+    with pytest.raises(StoreError) as refused:  # its owner's own upload, gone since: refused when asked, not run
+        jobs.submit(SweepRequest.build({"model": f"onnx:{gone}", "points": points}), OWNER)
+    assert str(refused.value) == f"no stored file with sha256 {gone}"
+
+
+def test_a_gpu_sweep_is_queued_on_the_least_loaded_gpu_and_a_cpu_sweep_on_the_cpu(tmp_path: Path) -> None:
+    """Where a sweep is measured is what its report says it measured: a GPU sweep queued on the CPU's worker would
+    time the CPU under a GPU's name."""
+    settings = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path / "data")})
+    settings.ensure_dirs()
+    store = JobStore(settings.db_path, settings.data_dir / "blobs")
+    jobs = BenchJobs(Broker(store, HANDLERS, {"cuda:0": 1, "cuda:1": 1, CPU: 1}), settings)  # never started
+    gpu = SweepRequest.build({"model": "wav2lip", "device": "cuda", "runtime": "eager", "batch": "1"})
+    cpu = SweepRequest.build({"model": "wav2lip", "device": "cpu", "runtime": "eager", "batch": "1"})
+    first, second = jobs.submit(gpu, OWNER), jobs.submit(gpu, OWNER)
+    assert (first.device, second.device) == ("cuda:0", "cuda:1")  # the second goes where nothing waits yet
+    assert jobs.submit(cpu, OWNER).device == CPU
+
+
+def test_a_sweep_is_refused_past_the_queue_limit_even_when_two_submits_race(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The early quota check reads the queue before the sweep is planned; a second submit from the same owner can pass
+    it in between. The submit itself must hold AVATARBENCH_MAX_QUEUED_JOBS in the insert's own transaction."""
+    from dataclasses import replace
+
+    jobs = _jobs(tmp_path)
+    jobs.settings = replace(jobs.settings, max_queued_jobs=1)
+    monkeypatch.setattr(BenchJobs, "check_quota", lambda self, owner: None)  # both passed it before either stored
+    request = SweepRequest.build({"model": "wav2lip", "device": "cpu", "runtime": "eager", "batch": "1"})
+    jobs.submit(request, OWNER)
+    with pytest.raises(InputError, match=r"you have 1 jobs? waiting"):
+        jobs.submit(request, OWNER)
+    assert len(jobs.store.queue(OWNER)) == 1
+
+
+def test_an_imported_report_over_the_size_limit_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    """A report is parsed and checked in full before it is stored: one of hundreds of MB held the app's memory and
+    time for nothing; past MAX_REPORT_BYTES it is refused by its size, with the limit."""
+    import engine.bench.jobs as bench_jobs
+
+    jobs = _jobs(tmp_path)
+    oversized = " " * (bench_jobs.MAX_REPORT_BYTES + 2**19)
+    with pytest.raises(BenchError) as refused:
+        jobs.import_report(oversized, OWNER)
+    assert str(refused.value) == "the report is 8.5 MiB; at most 8 MiB"
+    assert jobs.history(OWNER) == []
+
+
 class _Killed(BaseException):
     """What the broker's SIGKILL is to a worker: nothing after it runs in the process."""
 
@@ -348,6 +412,10 @@ def test_job_refusals(tmp_path: Path) -> None:
     for broken, message in (
         ({**good, "results": []}, "results is empty"),
         ({**good, "results": [{**row, "samples_per_s": -5}]}, r"results\[0\]\.samples_per_s must be above 0"),
+        ({**good, "results": [{**row, "speedup": 0}]}, r"results\[0\]\.speedup must be above 0 \(or null\), got 0"),
+        ({**good, "results": [{**row, "samples_per_s": True}]}, r"results\[0\]\.samples_per_s must be a finite number"),
+        ({**good, "machine": {"cpu_count": 0}}, "machine.cpu_count must be a whole number of cores, or null; got 0"),
+        ({**good, "results": [row] * (bench.MAX_POINTS + 1)}, f"{bench.MAX_POINTS + 1} results; at most"),
         ({**good, "config": {"model": "wav2lip", "points": 5}}, "points must be a list"),
         ({**good, "config": {"model": "wav2lip", "points": None}}, "points must be a list"),
         ({**good, "config": {"model": 5, "points": []}}, "model must be text"),
@@ -487,6 +555,45 @@ def test_an_onnx_models_flops_per_sample_only_where_they_grow_with_the_batch(tmp
     assert model.flops_fixed is None and any("grow faster than the batch" in n for n in model.notes)
     path = mlp(tmp_path / "mlp.onnx")
     assert onnx_model(path, "mlp", inspect_model(path, {"N": 4})).flops_fixed == inspect_model(path).flops
+
+
+def test_a_model_whose_batch_a_sweep_cannot_set_is_refused_in_words(tmp_path: Path) -> None:
+    """A sweep sets the batch of every input: a fixed-shape model, inputs batched by different symbols, or a scalar
+    input beside a batched one cannot be swept, and the refusal says where such a model can be measured."""
+    from onnx import TensorProto, helper
+    from tiny_onnx import save
+
+    from engine.bench.workloads import onnx_model
+    from engine.onnx.inspection import inspect_model
+
+    path = fixed(tmp_path / "fixed.onnx")
+    with pytest.raises(InputError) as refused:
+        onnx_model(path, "fixed", inspect_model(path))
+    assert str(refused.value) == (
+        "fixed: a benchmark sets the batch, so every input needs the same symbolic first dimension (found [[2, 4]]); "
+        "evaluate fixed-shape models in the ONNX eval tab"
+    )
+    value = TensorProto.FLOAT
+    for name, second in (("two-batches", ["M", 4]), ("scalar", [])):
+        graph = helper.make_graph(
+            [helper.make_node("Add", ["x", "y"], ["z"])], name,
+            [helper.make_tensor_value_info("x", value, ["N", 4]), helper.make_tensor_value_info("y", value, second)],
+            [helper.make_tensor_value_info("z", value, ["N", 4])],
+        )  # fmt: skip
+        path = save(graph, tmp_path / f"{name}.onnx")
+        with pytest.raises(InputError, match=f"{name}: a benchmark sets the batch"):
+            onnx_model(path, name, inspect_model(path))
+    partly = helper.make_graph(
+        [helper.make_node("Neg", ["x"], ["a"]), helper.make_node("Relu", ["y"], ["b"])], "partly",
+        [helper.make_tensor_value_info("x", value, ["N", 0]), helper.make_tensor_value_info("y", value, ["N", 4])],
+        [helper.make_tensor_value_info("a", value, ["N", 0]), helper.make_tensor_value_info("b", value, ["N", 4])],
+    )  # fmt: skip
+    path = save(partly, tmp_path / "partly.onnx")  # one empty input beside a real one still computes something
+    assert onnx_model(path, "partly", inspect_model(path)).numpy_inputs(2)["y"].shape == (2, 4)
+    with pytest.raises(
+        InputError, match=r"no built-in model 'resnet50'; available: wav2lip, s3fd, .* or onnx:<sha256>"
+    ):
+        builtin_model("resnet50", tmp_path)
 
 
 def test_an_fp16_onnx_model_is_measured_as_fp16(tmp_path: Path) -> None:
