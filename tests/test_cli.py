@@ -346,6 +346,54 @@ def test_a_provider_that_fell_back_fails_the_measuring_commands(tmp_path: Path, 
     assert "neither a built-in network (wav2lip, s3fd," in capsys.readouterr().err
 
 
+def test_bench_exits_1_when_a_configuration_failed_or_none_was_measured(tmp_path: Path, monkeypatch, capsys) -> None:
+    """A script reads the exit status before the report: 0 said "measured" for a sweep with an error row, or with
+    every configuration out of memory (nothing measured at all); one row out of memory beside measured ones is 0."""
+    import engine.bench.sweep as sweep
+    from engine.cli import main
+
+    monkeypatch.setenv("AVATARBENCH_DATA_DIR", str(tmp_path / "data"))
+    real, outcomes = sweep.run_sweep, []
+
+    def ended_as_told(*args, **kwargs) -> dict:
+        report = real(*args, **kwargs)
+        for row, (status, error) in zip(report["results"], outcomes, strict=True):
+            row.update(status=status, error=error)
+        return report
+
+    monkeypatch.setattr(sweep, "run_sweep", ended_as_told)
+    args = ["bench", "--model", str(_matmul(tmp_path / "mm.onnx")), "--runtime", "ort-cpu", "--batch", "1,2",
+            "--runs", "2", "--warmup", "0", "--quiet"]  # fmt: skip
+    for rows, code in (
+        ([("ok", None), ("error", "the session failed: bad node")], 1),
+        ([("oom", "out of memory at batch 1"), ("oom", "out of memory at batch 2")], 1),
+        ([("ok", None), ("oom", "out of memory at batch 2")], 0),
+    ):
+        outcomes[:] = rows
+        assert main(args) == code, rows
+        out = capsys.readouterr().out
+        assert all(f"    {status}: {error}" in out for status, error in rows if error)  # why, under its row
+
+
+def test_the_sweep_table_shows_each_figure_in_its_unit_and_keeps_its_columns_aligned(capsys) -> None:
+    """What `avatarbench bench` prints: GFLOP as 1e9 FLOPs, peak memory in MiB, a dash where a figure is missing
+    padded to its column, how the model ran first and the other notes and each row's warnings under it."""
+    from engine.bench.cli import _print_sweep
+
+    row = {"label": "cpu eager fp32 b1", "status": "ok", "latency": {"p50_ms": 1.5}, "samples_per_s": 12.34,
+           "speedup": None, "achieved_tflops": None, "percent_of_peak": None, "peak_allocated_bytes": 100 * 2**20,
+           "device_used_bytes": None, "error_vs_fp32": {"rel_l2": 1e-6}, "error": None,
+           "warnings": ["it was slow"]}  # fmt: skip
+    report = {"model": {"title": "Net", "flops_per_sample": 3.5e9}, "notes": ["a note", "how it ran"], "results": [row]}
+    _print_sweep(report)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:2] == ["Net (3.50 GFLOP/sample); how it ran", "  note: a note"]
+    header, printed = lines[2], lines[3]
+    assert printed.split() == ["cpu", "eager", "fp32", "b1", "ok", "1.500", "12.3", "-", "-", "-", "100", "1.00e-06"]
+    assert len(printed) == len(header) and printed.endswith(" 1.00e-06")  # every column where its heading is
+    assert lines[4:] == ["    warning: it was slow"]
+
+
 def test_onnx_eval_with_images_and_labels(tmp_path: Path) -> None:
     import cv2
     import numpy as np
@@ -525,6 +573,34 @@ def test_long_text_options_are_not_taken_for_paths(tmp_path: Path) -> None:
     assert not list(tmp_path.iterdir())  # the probe leaves nothing
     with pytest.raises(InputError, match="--csv needs a file name"):  # an empty one wrote nothing, silently
         check_output_paths(argparse.Namespace(json=None, csv=""))
+
+
+def test_a_report_file_gets_its_missing_folders_and_one_that_cannot_be_written_is_one_line(tmp_path: Path) -> None:
+    """--json or --csv written after the work: its folders are made as --out's are, and a place no file can go is a
+    one-line refusal naming the flag (the measurement itself is done and shown by then)."""
+    from engine.core.commands import write_json, write_output
+    from engine.core.errors import InputError
+
+    report = tmp_path / "new" / "deep" / "r.json"
+    write_json(str(report), '{"a": 1}\n\n')
+    assert report.read_text() == '{"a": 1}\n'
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    with pytest.raises(InputError) as refused:
+        write_output(str(blocker / "rows.csv"), "a,b", "--csv")
+    assert str(refused.value).startswith(f"--csv {blocker / 'rows.csv'} could not be written: ")
+
+
+def test_a_file_name_of_255_bytes_is_taken_and_one_of_256_is_refused_before_the_work(tmp_path: Path) -> None:
+    """255 bytes is the longest name the common file systems keep: one byte more failed only when written."""
+    import argparse
+
+    from engine.core.commands import check_output_paths
+    from engine.core.errors import InputError
+
+    check_output_paths(argparse.Namespace(out=str(tmp_path / ("x" * 251 + ".mp4")), out_is_a_file=True, json=None))
+    with pytest.raises(InputError, match="--out: a file or folder name is over 255 bytes"):
+        check_output_paths(argparse.Namespace(out=str(tmp_path / ("x" * 252 + ".mp4")), out_is_a_file=True, json=None))
 
 
 def test_every_output_flag_is_checked_against_the_inputs_and_links(tmp_path: Path) -> None:
