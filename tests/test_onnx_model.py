@@ -180,6 +180,16 @@ def test_zipped_external_data_model(tmp_path: Path) -> None:
         ("missing", r"the file is missing; an uploaded model is read alone, so give a \.zip"),
         ("beyond", "beyond the file's 16,384 bytes"),
         ("short", "holds 100 bytes but its shape and type need 16,384"),
+        ("long", "holds 16,484 bytes but its shape and type need 16,384"),
+        ("negative", "negative offset or length"),
+        ("short_file", "holds 100 bytes but its shape and type need 16,384"),
+        ("offset_without_length", "holds 16,284 bytes but its shape and type need 16,384"),
+        ("backslash", r"\('sub\\\\weights\.bin'\): backslashes are refused"),
+        ("drive_letter", "'C:/weights.bin'.*absolute paths are refused"),
+        ("nul", "no usable location"),
+        ("only_dots", r"'\./\.'\): the path leaves the model's folder"),
+        ("file_as_folder", "'weights.bin' is not a folder"),
+        ("folder", "not a regular file"),
     ],
 )
 def test_external_data_refusals(tmp_path: Path, setup: str, message: str) -> None:
@@ -205,6 +215,30 @@ def test_external_data_refusals(tmp_path: Path, setup: str, message: str) -> Non
         _set_external(model_path, offset="100", length="16384")
     elif setup == "short":
         _set_external(model_path, length="100")
+    elif setup == "long":  # a length longer than the tensor: another tensor's bytes, or junk, would be read
+        weights.write_bytes(weights.read_bytes() + bytes(100))
+        _set_external(model_path, length="16484")
+    elif setup == "negative":
+        _set_external(model_path, offset="-1")
+    elif setup == "short_file":  # no length given: the file's size is what the tensor gets
+        weights.write_bytes(weights.read_bytes()[:100])
+        _set_external(model_path, length="")
+    elif setup == "offset_without_length":  # no length given: what lies after the offset is what the tensor gets
+        weights.write_bytes(weights.read_bytes() + bytes(100))
+        _set_external(model_path, offset="200", length="")
+    elif setup == "backslash":
+        _set_external(model_path, location="sub\\weights.bin")
+    elif setup == "drive_letter":
+        _set_external(model_path, location="C:/weights.bin")
+    elif setup == "nul":
+        _set_external(model_path, location="weights.bin\x00.txt")
+    elif setup == "only_dots":
+        _set_external(model_path, location="./.")
+    elif setup == "file_as_folder":
+        _set_external(model_path, location="weights.bin/inner.bin")
+    elif setup == "folder":
+        (model_path.parent / "data").mkdir()
+        _set_external(model_path, location="data")
     with pytest.raises(ModelError, match=message):
         inspect_model(model_path)
 
@@ -404,7 +438,7 @@ def test_broken_uploads_refused(tmp_path: Path) -> None:
 
     empty = tmp_path / "empty.onnx"
     empty.write_bytes(b"")
-    with pytest.raises(ModelError, match="empty"):
+    with pytest.raises(ModelError, match=r"empty\.onnx is empty \(0 bytes\): it is not an ONNX model or a \.zip"):
         prepare_model(empty, work)
     too_big = r"big\.onnx is 11\.0 KiB \(11,\d{3} bytes\), over the limit of 100 bytes \(AVATARBENCH_MAX_UPLOAD_MB\)"
     with pytest.raises(ModelError, match=too_big):
@@ -557,5 +591,212 @@ def test_flop_counts_are_shown_in_a_unit_that_keeps_them_readable() -> None:
 
     assert [format_flops(n) for n in (24, 19054, 1_555_200, 7.934e9, 2.5e12)] == [
         "24 FLOP", "19.05 kFLOP", "1.555 MFLOP", "7.934 GFLOP", "2.5 TFLOP"]  # fmt: skip
+    assert [format_flops(n) for n in (1000, 1e6, 1e9, 1e12)] == ["1 kFLOP", "1 MFLOP", "1 GFLOP", "1 TFLOP"]
     assert flops_line(24, ["Add"], " at N=1") == "24 FLOP per run at N=1; not counted: Add"
+    assert flops_line(24, []) == "24 FLOP per run; not counted: nothing"
+    assert flops_line(None, []) == "FLOPs per run unknown: the graph has no ops"
     assert flops_line(None, ["Add", "Mul"]).startswith("FLOPs per run unknown: none of its ops has a FLOP count")
+
+
+def _flops_counted(tmp_path: Path, name: str, model: onnx.ModelProto) -> dict[str, int]:
+    return inspect_model(_write(model, tmp_path / f"{name}.onnx")).flops_counted
+
+
+def test_conv_transpose_and_transposed_gemm_flops_by_hand(tmp_path: Path) -> None:
+    """ConvTranspose costs 2·|X|·(Cout/group·k·k) (each input pixel scatters into a kernel's worth of outputs, so
+    its output's size is not the one to count); a Gemm with transA takes K from A's first dimension."""
+    nodes = [
+        helper.make_node("ConvTranspose", ["x", "Wt"], ["up"], kernel_shape=[3, 3]),
+        helper.make_node("Gemm", ["a", "Wg"], ["g"], transA=1),
+    ]
+    inputs = [helper.make_tensor_value_info("x", F, [1, 4, 5, 5]), helper.make_tensor_value_info("a", F, [6, 3])]
+    outputs = [helper.make_tensor_value_info("up", F, [1, 2, 7, 7]), helper.make_tensor_value_info("g", F, [3, 5])]
+    model = _model(nodes, inputs, outputs, [_init("Wt", (4, 2, 3, 3)), _init("Wg", (6, 5))])
+    assert _flops_counted(tmp_path, "transposed", model) == {
+        "ConvTranspose": 2 * (1 * 4 * 5 * 5) * (2 * 3 * 3),
+        "Gemm": 2 * (3 * 5) * 6,  # M=3, N=5, K=6 (A is 6x3, transposed)
+    }
+
+
+def test_attention_flops_with_a_kv_cache_and_unequal_head_sizes_by_hand(tmp_path: Path) -> None:
+    """The keys' length includes the past KV cache, and the value's head size (A·V) may differ from the query's."""
+    io = helper.make_tensor_value_info
+    q, k, v = io("q", F, [1, 2, 4, 8]), io("k", F, [1, 2, 6, 8]), io("v", F, [1, 2, 6, 16])
+    past_k, past_v = io("past_k", F, [1, 2, 3, 8]), io("past_v", F, [1, 2, 3, 16])
+    outputs = [io("o", F, [1, 2, 4, 16]), io("present_k", F, [1, 2, 9, 8]), io("present_v", F, [1, 2, 9, 16])]
+    node = helper.make_node("Attention", ["q", "k", "v", "", "past_k", "past_v"], ["o", "present_k", "present_v"])
+    model = _model([node], [q, k, v, past_k, past_v], outputs, opsets=[("", 23)])
+    skv = 6 + 3
+    # Q·Kᵀ: 2·B·heads·Sq·Skv·8 = 2·|Q|·Skv; A·V: 2·B·heads·Sq·Skv·16 = 2·|Y|·Skv
+    assert _flops_counted(tmp_path, "attention", model) == {"Attention": 2 * skv * (1 * 2 * 4 * 8 + 1 * 2 * 4 * 16)}
+
+
+def test_onnx_runtime_attention_flops_by_hand(tmp_path: Path) -> None:
+    """com.microsoft Attention: the fused QKV projection, then Q·Kᵀ at the query's hidden size and A·V at the value's
+    (qkv_hidden_sizes may make them differ), over the keys' length including a past KV cache."""
+    io = helper.make_tensor_value_info
+    ms = [("", 17), ("com.microsoft", 1)]
+
+    def attention(name: str, hidden: int, out_hidden: int, inputs: list[str], extra: list, **attrs) -> dict[str, int]:
+        node = helper.make_node("Attention", inputs, ["y"], domain="com.microsoft", num_heads=2, **attrs)
+        model = _model([node], [io("x", F, [1, 4, 8]), *extra], [io("y", F, [1, 4, out_hidden])],
+                       [_init("w", (8, hidden)), _init("b", (hidden,))], opsets=ms)  # fmt: skip
+        return _flops_counted(tmp_path, name, model)
+
+    sizes = attention("sizes", 32, 16, ["x", "w", "b"], [], qkv_hidden_sizes=[8, 8, 16])
+    assert sizes == {"com.microsoft.Attention": 2 * (4 * 8) * 32 + 2 * 1 * 4 * 4 * (8 + 16)}
+    past = io("past", F, [2, 1, 2, 3, 4])  # (2, B, heads, past length, head size)
+    cached = attention("cached", 24, 8, ["x", "w", "b", "", "past"], [past])
+    assert cached == {"com.microsoft.Attention": 2 * (4 * 8) * 24 + 2 * 1 * 4 * (4 + 3) * (8 + 8)}
+
+
+def test_multi_head_attention_flops_in_each_layout_by_hand(tmp_path: Path) -> None:
+    """com.microsoft MultiHeadAttention: QKV packed in the query (5-D), KV packed in the key (5-D), and 4-D (BNSH)
+    keys and values with a past key, each at its own sequence lengths and head sizes."""
+    io = helper.make_tensor_value_info
+    ms = [("", 17), ("com.microsoft", 1)]
+
+    def mha(name: str, inputs: list, out_hidden: int) -> int:
+        names = [vi.name if vi is not None else "" for vi in inputs]
+        node = helper.make_node("MultiHeadAttention", names, ["y"], domain="com.microsoft", num_heads=2)
+        model = _model([node], [vi for vi in inputs if vi is not None], [io("y", F, [1, 4, out_hidden])], opsets=ms)
+        return _flops_counted(tmp_path, name, model)["com.microsoft.MultiHeadAttention"]
+
+    packed_qkv = io("qkv", F, [1, 4, 2, 3, 8])  # (B, S, heads, 3, head size): Skv = S = 4, hidden 16
+    assert mha("packed_qkv", [packed_qkv], 16) == 2 * 1 * 4 * 4 * (16 + 16)
+    q = io("q", F, [1, 4, 16])
+    packed_kv = io("kv", F, [1, 6, 2, 2, 4])  # (B, Skv, heads, 2, head size): Skv = 6, value hidden 8
+    assert mha("packed_kv", [q, packed_kv], 16) == 2 * 1 * 4 * 6 * (16 + 8)
+    k, v = io("k", F, [1, 2, 6, 8]), io("v", F, [1, 2, 6, 4])  # (B, heads, Skv, head size): value hidden 8
+    past_k, past_v = io("past_k", F, [1, 2, 3, 8]), io("past_v", F, [1, 2, 3, 4])
+    bnsh = [q, k, v, None, None, None, past_k, past_v]
+    assert mha("bnsh", bnsh, 8) == 2 * 1 * 4 * (6 + 3) * (16 + 8)
+
+
+def test_einsum_flops_broadcast_and_unestimated_forms(tmp_path: Path) -> None:
+    """An index of size 1 in one operand broadcasts to the other's size; an implicit-output equation is listed as
+    not estimated, with the reason, rather than counted wrong."""
+    io = helper.make_tensor_value_info
+    a, b = io("a", F, [2, 3, 4]), io("b", F, [1, 4, 5])
+    broadcast = _model([helper.make_node("Einsum", ["a", "b"], ["c"], equation="bij,bjk->bik")], [a, b],
+                       [io("c", F, [2, 3, 5])])  # fmt: skip
+    assert _flops_counted(tmp_path, "broadcast", broadcast) == {"Einsum": 2 * 2 * 3 * 4 * 5}
+    m, n = io("m", F, [3, 4]), io("n", F, [4, 5])
+    implicit = _model([helper.make_node("Einsum", ["m", "n"], ["p"], equation="ij,jk")], [m, n], [io("p", F, [3, 5])])
+    info = inspect_model(_write(implicit, tmp_path / "implicit.onnx"))
+    assert info.flops is None
+    assert info.flops_not_counted == [
+        "Einsum (only two-operand equations with '->' and no '...' are estimated: 1 node)"
+    ]
+
+
+def test_an_upload_of_exactly_the_limit_is_accepted_and_one_byte_more_refused(tmp_path: Path) -> None:
+    """The limit is the largest size accepted, in bytes as the message says (1 KiB reads "1.0 KiB (1,024 bytes)")."""
+    upload = _write(conv_net(), tmp_path / "net.onnx")
+    size = upload.stat().st_size
+    assert prepare_model(upload, tmp_path / "work", Limits(max_file_bytes=size)).read_bytes() == upload.read_bytes()
+    with pytest.raises(ModelError, match=rf"over the limit of .* \({size - 1:,} bytes\)"):
+        prepare_model(upload, tmp_path / "work", Limits(max_file_bytes=size - 1))
+    with pytest.raises(ModelError, match=r"over the limit of 1\.0 KiB \(1,024 bytes\) \(AVATARBENCH_MAX_UPLOAD_MB\)"):
+        prepare_model(upload, tmp_path / "work", Limits(max_file_bytes=1024))
+
+
+def test_a_folder_given_as_the_upload_is_refused_in_words(tmp_path: Path) -> None:
+    """Not an OSError from open(): the user is told what is accepted."""
+    (tmp_path / "model.onnx").mkdir()
+    with pytest.raises(ModelError, match=r"upload 'model\.onnx' is not a regular file; accepted: an \.onnx model file"):
+        prepare_model(tmp_path / "model.onnx", tmp_path / "work")
+
+
+def test_a_zip_of_exactly_the_member_limit_is_accepted(tmp_path: Path) -> None:
+    members = {"model.onnx": conv_net().SerializeToString()} | {f"d{i}.bin": b"x" for i in range(2)}
+    path = prepare_model(_zip(tmp_path / "three.zip", members), tmp_path / "work", Limits(max_members=3))
+    assert path.name == "model.onnx"
+
+
+def test_uploads_are_held_to_the_upload_limit_and_read_alone(tmp_path: Path) -> None:
+    """engine.onnx.uploads, the one way the CLI, the tab and the job queue take a model: an upload is held to
+    AVATARBENCH_MAX_UPLOAD_MB and never reads the files beside it; a file named on the command line may."""
+    from engine.core.settings import load_settings
+    from engine.onnx.uploads import external_files, model_source, prepared
+
+    settings = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path / "data"), "AVATARBENCH_MAX_UPLOAD_MB": "1"})
+    big = tmp_path / "big.onnx"
+    big.write_bytes(bytes(2 * 2**20))
+    too_big = r"big\.onnx is 2\.0 MiB \(2,097,152 bytes\), over the limit of 1\.0 MiB \(1,048,576 bytes\)"
+    with pytest.raises(ModelError, match=too_big), prepared(model_source(big, None, settings), settings):
+        pass
+
+    model_path = _external_model_dir(tmp_path / "m")
+    upload = model_source(model_path, None, settings)
+    with pytest.raises(ModelError, match=r"an uploaded model is read alone"), prepared(upload, settings):
+        pass
+    local = model_source(model_path, None, settings, local=True)
+    with prepared(local, settings, {"batch": 4}) as (_, info):
+        assert info.external_data == ["weights.bin"] and info.symbols == {"batch": 4}
+        assert info.sha256 == file_sha256(model_path) and info.flops == 4 * 2 * 64 * 64
+    assert external_files(local, info) == [model_path.parent / "weights.bin"]
+
+    zipped = tmp_path / "upload.zip"
+    with zipfile.ZipFile(zipped, "w") as zf:
+        zf.write(model_path, "model.onnx")
+        zf.write(model_path.parent / "weights.bin", "weights.bin")
+    with prepared(model_source(zipped, None, settings), settings) as (_, info):
+        assert info.sha256 == file_sha256(zipped)  # the upload's content address, not the unpacked model's
+
+
+def test_zip_members_that_are_devices_or_encrypted_are_refused(tmp_path: Path) -> None:
+    model = conv_net().SerializeToString()
+    pipe = zipfile.ZipInfo("pipe")
+    pipe.external_attr = (stat.S_IFIFO | 0o644) << 16
+    with zipfile.ZipFile(tmp_path / "fifo.zip", "w") as zf:
+        zf.writestr("model.onnx", model)
+        zf.writestr(pipe, b"")
+    with pytest.raises(ModelError, match=r"zip member 'pipe' is not a regular file or folder"):
+        prepare_model(tmp_path / "fifo.zip", tmp_path / "work")
+    locked = bytearray(_zip(tmp_path / "locked.zip", {"model.onnx": model}).read_bytes())
+    locked[locked.find(b"PK\x03\x04") + 6] |= 0x1  # the encryption bit, in the local header (zipfile clears it)
+    locked[locked.rfind(b"PK\x01\x02") + 8] |= 0x1  # and in the central directory
+    (tmp_path / "locked.zip").write_bytes(bytes(locked))
+    with pytest.raises(ModelError, match=r"zip member 'model\.onnx' is encrypted; upload an unencrypted zip"):
+        prepare_model(tmp_path / "locked.zip", tmp_path / "work")
+    assert list((tmp_path / "work").iterdir()) == []
+
+
+def test_a_small_member_that_compresses_extremely_well_is_not_a_bomb(tmp_path: Path) -> None:
+    """A zero bias of a few hundred kB deflates far beyond any sane ratio; only members over 1 MiB are held to it."""
+    members = {"model.onnx": conv_net().SerializeToString(), "zeros.bin": bytes(512 * 1024)}
+    upload = _zip(tmp_path / "zeros.zip", members, zipfile.ZIP_DEFLATED)
+    assert prepare_model(upload, tmp_path / "work").name == "model.onnx"
+
+
+def test_flops_left_out_for_unknown_shapes_or_malformed_attributes_are_said(tmp_path: Path) -> None:
+    """A count that misses a node with a FLOP rule is a lower bound, said in the warnings; a node whose attributes
+    break its rule is listed with the reason, not a crash of the inspection."""
+    io = helper.make_tensor_value_info
+    ms = [("", 17), ("com.microsoft", 1)]
+    odd = helper.make_node("Attention", ["flat", "w", "b"], ["att"], domain="com.microsoft", num_heads=2)
+    matmul = helper.make_node("MatMul", ["x", "W"], ["y"])
+    inputs = [io("x", F, [1, 4]), io("flat", F, [4, 8])]  # a 2-D input: the rule needs (batch, sequence, hidden)
+    outputs = [io("y", F, [1, 3]), io("att", F, [4, 8])]
+    model = _model([matmul, odd], inputs, outputs, [_init("W", (4, 3)), _init("w", (8, 24)), _init("b", (24,))],
+                   opsets=ms)  # fmt: skip
+    info = inspect_model(_write(model, tmp_path / "unknown.onnx"))
+    assert info.flops == 2 * 3 * 4 and info.flops_not_counted == ["com.microsoft.Attention (shape unknown: 1 node)"]
+    assert "FLOPs are a lower bound: 1 node(s) with a FLOP rule had unknown shapes" in info.warnings
+
+    sizes = helper.make_node("Attention", ["x3", "w", "b"], ["att"], domain="com.microsoft", num_heads=2,
+                             qkv_hidden_sizes=[8])  # fmt: skip
+    malformed = _model([sizes], [io("x3", F, [1, 4, 8])], [io("att", F, [1, 4, 8])], [_init("w", (8, 24)),
+                       _init("b", (24,))], opsets=ms)  # fmt: skip
+    info = inspect_model(_write(malformed, tmp_path / "malformed.onnx"))
+    assert info.flops is None
+    assert info.flops_not_counted == ["com.microsoft.Attention (malformed attributes: 1 node)"]
+
+
+def test_a_symlink_to_a_model_is_refused_at_inspection(tmp_path: Path) -> None:
+    """Inspection reads the prepared copy only; a link could point anywhere on the server."""
+    real = _write(conv_net(), tmp_path / "real.onnx")
+    (tmp_path / "link.onnx").symlink_to(real)
+    with pytest.raises(ModelError, match=r"link\.onnx is a symlink; give the prepared model file itself"):
+        inspect_model(tmp_path / "link.onnx")
