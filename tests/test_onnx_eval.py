@@ -841,6 +841,8 @@ def test_a_declared_output_size_the_first_run_exceeds_is_replaced_by_the_real_on
         ({"example": "wav2lip"}, "give either a model"),
         ({"model": None, "images": "a.png,net.onnx"}, r"net\.onnx was taken as one of the images .* before --images"),
         ({"runs": True}, "runs must be a whole number"),
+        ({"model": None, "images": "a.png,net.zip"}, r"net\.zip was taken as one of the images"),
+        ({"trt_workspace_gb": 8}, r"trt workspace gb applies to the trt provider, not asked for \(cpu\)"),
     ],
 )
 def test_config_validate_refusals(changes: dict, message: str) -> None:
@@ -855,6 +857,34 @@ def test_a_model_and_an_example_both_given_are_refused_as_both() -> None:
         InspectConfig.build({"model": "m.onnx", "example": "wav2lip"})
     with pytest.raises(EvalError, match=r"give either a model .* s3fd$"):
         InspectConfig.build({})
+
+
+def test_image_options_without_images_and_too_many_images_are_refused() -> None:
+    """Each image option given without images is named (it would silently do nothing); the image count's limit is
+    the largest number accepted."""
+    model = Path("m.onnx")
+    resize = EvalConfig(model=model, image_resize="crop").problems()
+    assert resize == ["no images were given, so image resize would do nothing: give images, or leave it out"]
+    channels = EvalConfig(model=model, image_channels="bgr", image_input="x").problems()
+    assert channels == ["no images were given, so image input, image channels would do nothing: give images, or "
+                        "leave them out"]  # fmt: skip
+    images = tuple(Path(f"{i}.png") for i in range(257))
+    assert EvalConfig(model=model, images=images[:256]).problems() == []
+    assert EvalConfig(model=model, images=images).problems() == ["images: 257 given, at most 256"]
+
+
+def test_speedup_is_the_cpu_p50_over_the_row_p50_and_none_for_a_fallback_to_the_cpu() -> None:
+    """5x faster reads 5.0; a GPU row that ran on the CPU provider (a fallback) gets no speed-up at all."""
+    from types import SimpleNamespace
+
+    from engine.runtimes.ort_session import PROVIDERS
+
+    def row(provider: str, ran_on: str, p50: float) -> dict:
+        return {"provider": provider, "ran_on": ran_on, "batch": 1, "latency": {"p50_ms": p50, "mean_ms": p50}}
+
+    rows = [row("cuda", PROVIDERS["cuda"], 2.0), row("cpu", PROVIDERS["cpu"], 10.0), row("trt", PROVIDERS["cpu"], 9.0)]
+    eval_report._finish_rows(rows, SimpleNamespace(flops=None, inputs=[]), SimpleNamespace(batch_symbols=[]))
+    assert [r.get("speedup_vs_cpu") for r in rows] == [5.0, 1.0, None]
 
 
 def test_the_few_runs_note_counts_one_run_as_one() -> None:
