@@ -800,3 +800,79 @@ def test_a_symlink_to_a_model_is_refused_at_inspection(tmp_path: Path) -> None:
     (tmp_path / "link.onnx").symlink_to(real)
     with pytest.raises(ModelError, match=r"link\.onnx is a symlink; give the prepared model file itself"):
         inspect_model(tmp_path / "link.onnx")
+
+
+def test_the_newest_opset_ml_ops_and_model_local_functions_are_accepted(tmp_path: Path) -> None:
+    """What ONNX Runtime runs itself is not refused: the newest opset this onnx knows, ONNX-ML operators, and a
+    model-local function in a domain of its own (its body is made of standard ops)."""
+    io = helper.make_tensor_value_info
+    newest = onnx.defs.onnx_opset_version()
+    relu = _model([helper.make_node("Relu", ["x"], ["y"])], [io("x", F, [1, 4])], [io("y", F, [1, 4])],
+                  opsets=[("", newest)])  # fmt: skip
+    assert inspect_model(_write(relu, tmp_path / "newest.onnx")).opsets == {"": newest}
+
+    binarizer = helper.make_node("Binarizer", ["x"], ["y"], domain="ai.onnx.ml", threshold=0.5)
+    ml = _model([binarizer], [io("x", F, [1, 4])], [io("y", F, [1, 4])], opsets=[("", 17), ("ai.onnx.ml", 3)])
+    assert inspect_model(_write(ml, tmp_path / "ml.onnx")).op_counts == {"ai.onnx.ml.Binarizer": 1}
+
+    twice = helper.make_function("local.funcs", "Twice", ["a"], ["b"], [helper.make_node("Add", ["a", "a"], ["b"])],
+                                 [helper.make_opsetid("", 17)])  # fmt: skip
+    call = helper.make_node("Twice", ["x"], ["y"], domain="local.funcs")
+    local = _model([call], [io("x", F, [1, 4])], [io("y", F, [1, 4])], opsets=[("", 17), ("local.funcs", 1)],
+                   functions=[twice])  # fmt: skip
+    info = inspect_model(_write(local, tmp_path / "local.onnx"))
+    assert "1 model-local function(s): local.funcs.Twice" in info.warnings
+
+
+def test_a_custom_domain_beside_ort_layout_operators_is_refused_as_custom(tmp_path: Path) -> None:
+    """The "give the model before ONNX Runtime optimized it" advice is for layout operators alone: a model that
+    also needs a custom library would still not run."""
+    io = helper.make_tensor_value_info
+    nodes = [helper.make_node("ReorderInput", ["x"], ["r"], domain="com.microsoft.nchwc"),
+             helper.make_node("MyOp", ["r"], ["y"], domain="custom.ops")]  # fmt: skip
+    opsets = [("", 17), ("com.microsoft.nchwc", 1), ("custom.ops", 1)]
+    model = _model(nodes, [io("x", F, [1, 8, 4, 4])], [io("y", F, [1, 8, 4, 4])], opsets=opsets)
+    with pytest.raises(
+        ModelError, match=r"custom-operator domain\(s\) 'com\.microsoft\.nchwc'.*'custom\.ops' \(MyOp\)"
+    ):
+        inspect_model(_write(model, tmp_path / "mixed.onnx"))
+
+
+def test_external_data_is_held_to_the_unpacked_limit(tmp_path: Path) -> None:
+    """The data files count against the same limit as a zip's contents: the limit itself passes, a byte less refuses."""
+    model_path = _external_model_dir(tmp_path / "m")
+    assert inspect_model(model_path, limits=Limits(max_unpacked_bytes=16384)).external_data == ["weights.bin"]
+    with pytest.raises(ModelError, match=r"the external data files hold 16\.0 KiB, over the limit of 16\.0 KiB"):
+        inspect_model(model_path, limits=Limits(max_unpacked_bytes=16383))
+
+
+def test_a_protobuf_that_is_not_a_model_says_what_it_lacks(tmp_path: Path) -> None:
+    """Any bytes parse as some protobuf: a file with no graph, or no IR version, is named as not a model."""
+    no_graph = onnx.ModelProto(ir_version=8)
+    with pytest.raises(ModelError, match=r"g\.onnx: truncated or not an ONNX protobuf: it parses, but has no graph$"):
+        inspect_model(_write(no_graph, tmp_path / "g.onnx"))
+    no_version = conv_net()
+    no_version.ir_version = 0
+    with pytest.raises(ModelError, match=r"it parses, but has no ir_version$"):
+        inspect_model(_write(no_version, tmp_path / "v.onnx"))
+
+
+@pytest.mark.parametrize("where", ["constant", "function"])
+def test_external_data_outside_the_initializers_is_checked_too(tmp_path: Path, where: str) -> None:
+    """A Constant node's tensor, in the graph or in a model-local function's body, may point at external data too:
+    onnx would read it as it reads an initializer's, so it is held to the same rules."""
+    io = helper.make_tensor_value_info
+    (tmp_path / "outside.bin").write_bytes(bytes(16))
+    tensor = TensorProto(name="c", data_type=F, dims=[4])
+    tensor.data_location = TensorProto.EXTERNAL
+    tensor.external_data.add(key="location", value="../outside.bin")
+    constant = helper.make_node("Constant", [], ["c"], value=tensor)
+    if where == "constant":
+        nodes, functions, opsets = [constant, helper.make_node("Add", ["x", "c"], ["y"])], [], [("", 17)]
+    else:
+        body = [constant, helper.make_node("Add", ["a", "c"], ["b"])]
+        functions = [helper.make_function("local.funcs", "Shift", ["a"], ["b"], body, [helper.make_opsetid("", 17)])]
+        nodes, opsets = [helper.make_node("Shift", ["x"], ["y"], domain="local.funcs")], [("", 17), ("local.funcs", 1)]
+    model = _model(nodes, [io("x", F, [4])], [io("y", F, [4])], opsets=opsets, functions=functions)
+    with pytest.raises(ModelError, match=r"external data of tensor 'c' \('\.\./outside\.bin'\): the path leaves"):
+        inspect_model(_write(model, tmp_path / "m" / "model.onnx"))
