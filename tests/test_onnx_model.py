@@ -876,3 +876,12 @@ def test_external_data_outside_the_initializers_is_checked_too(tmp_path: Path, w
     model = _model(nodes, [io("x", F, [4])], [io("y", F, [4])], opsets=opsets, functions=functions)
     with pytest.raises(ModelError, match=r"external data of tensor 'c' \('\.\./outside\.bin'\): the path leaves"):
         inspect_model(_write(model, tmp_path / "m" / "model.onnx"))
+
+
+def test_zip_model_names_in_capitals_count_and_a_nameless_member_is_refused(tmp_path: Path) -> None:
+    """MODEL.ONNX is the zip's model (exported on Windows, say); a member named "." has no file name to write."""
+    path = prepare_model(_zip(tmp_path / "caps.zip", {"MODEL.ONNX": conv_net().SerializeToString()}), tmp_path / "w")
+    assert path.name == "MODEL.ONNX"
+    nameless = _zip(tmp_path / "dot.zip", {"model.onnx": conv_net().SerializeToString(), ".": b"x"})
+    with pytest.raises(ModelError, match=r"zip member '\.' has no file name; members must be relative paths"):
+        prepare_model(nameless, tmp_path / "work")
