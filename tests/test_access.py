@@ -106,13 +106,94 @@ def test_the_cancel_button_stops_only_its_users_jobs_even_an_operators() -> None
     assert cancelled == [("j1", "user:carol"), ("j3", "user:carol"), ("j2", bob)]
 
 
+def test_a_tabs_earlier_runs_and_its_cancel_button_read_and_stop_only_the_requesters_jobs() -> None:
+    """The tab's events take a job id from the page (a gr.State, a typed id), which a hand-made request can name:
+    every read and cancel names the requester as the owner, so that another's job is "no job"."""
+    import gradio as gr
+
+    from ui.jobs import run_panel, wire_cancel
+
+    asked: list[tuple[str, str | None]] = []
+
+    class Jobs:
+        kind, files = "lipsync", ("face",)
+
+        def history(self, owner: str | None, limit: int) -> list[dict]:
+            asked.append(("history", owner))
+            return [{"id": "j1", "status": "failed", "face": "f.jpg", "device": "cpu", "created": 0.0,
+                     "error": "x" * 500}]  # fmt: skip
+
+        def cancel(self, job: str, owner: str | None) -> dict:
+            asked.append((f"cancel {job}", owner))
+            return {"status": "cancelled"}
+
+    access, bob = Access(frozenset({"carol"})), _request(session="bob")
+    with gr.Blocks() as demo:
+        job_id, cancel = gr.State("j2"), gr.Button()
+        run_panel(Jobs(), access, lambda report: (), lambda ended: (), [gr.Video()], gr.Button())
+        wire_cancel(cancel, Jobs(), access, job_id)
+    handlers = {f.name: f.fn for f in demo.fns.values()}
+    ((job, status, inputs, device, _, error),) = handlers["rows"](bob)
+    assert (job, status, inputs, device, error) == ("j1", "failed", "f.jpg", "cpu", "x" * 160)  # a long error cut
+    handlers["cancel"]("j2", bob)
+    assert asked == [("history", access.owner(bob)), ("cancel j2", access.owner(bob))]
+    with pytest.raises(gr.Error, match="No job to cancel yet"):
+        handlers["cancel"](None, bob)
+
+
+def test_every_job_route_shows_and_stops_only_the_requesters_jobs(tmp_path: Path) -> None:
+    """/job_status, /job_result, /job_files, /job_cancel, /job_stream, /job_queue and /job_history, called with
+    another visitor's session: their job is "no job", their queued job a count."""
+    import gradio as gr
+
+    from engine.jobs.broker import Broker
+    from engine.jobs.store import CPU, JobStore
+    from engine.lipsync.jobs import LipSyncJobs
+    from ui.jobs import register_job_api
+
+    settings = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path / "data")})
+    settings.ensure_dirs()
+    access, alice, bob = Access(), _request(session="alice"), _request(session="bob")
+    with JobStore(settings.db_path, settings.data_dir / "blobs") as store, gr.Blocks() as demo:
+        jobs = LipSyncJobs(Broker(store, {}, {CPU: 1}), settings)  # never started: the job stays queued
+        register_job_api(store, {"lipsync": jobs}, access)
+        job = store.submit("lipsync", {"files": {}, "options": {}}, CPU, owner=access.owner(alice)).id
+        routes = {f.api_name: f.fn for f in demo.fns.values()}
+        for name in ("job_status", "job_result", "job_files", "job_cancel", "job_stream"):
+            with pytest.raises(gr.Error, match=f"no job {job}"):
+                list(routes[name](job, bob)) if name == "job_stream" else routes[name](job, bob)
+        assert routes["job_queue"](bob) == {"yours": [], "others_queued": 1, "others_running": 0}
+        assert routes["job_history"](50, bob) == []
+        assert [j["id"] for j in routes["job_queue"](alice)["yours"]] == [j["id"] for j in routes["job_history"](
+            50, alice)] == [job]  # fmt: skip
+        assert routes["job_status"](job, alice)["status"] == "queued"  # bob's cancel left it be
+        assert routes["job_cancel"](job, alice)["status"] == "cancelled"
+
+
+def test_the_job_history_takes_a_whole_number_of_jobs_up_to_500() -> None:
+    """/job_history reads the store in one query: its limit is checked before the store is read."""
+    import gradio as gr
+
+    from ui.jobs import register_job_api
+
+    asked: list[int] = []
+    store = SimpleNamespace(history=lambda limit, owner: asked.append(limit) or [])
+    with gr.Blocks() as demo:
+        register_job_api(store, {}, Access())
+    (history,) = [f.fn for f in demo.fns.values() if f.api_name == "job_history"]
+    for odd in (0, 501, True, 2.5, "10"):
+        with pytest.raises(gr.Error, match=r"limit must be a whole number in 1\.\.500"):
+            history(odd, None)
+    assert history(1, None) == history(500, None) == [] and asked == [1, 500]
+
+
 def test_one_owner_waits_on_a_few_jobs_at_once_and_a_refused_wait_queues_nothing() -> None:
     """A browser with 16 tabs held every shared slot of /job_stream (or /lipsync, or Open): another person's
     finished job then waited behind them for as long as the first person's jobs ran."""
     import gradio as gr
 
     from engine.lipsync.config import LipSyncConfig
-    from ui.jobs import WAITS, Waits, job_endpoints
+    from ui.jobs import WAITS, Waits, job_endpoints, register_job_api, run_panel
 
     waits = Waits(limit=2)
     with waits.waiting("alice"), waits.waiting("alice"):
@@ -124,14 +205,29 @@ def test_one_owner_waits_on_a_few_jobs_at_once_and_a_refused_wait_queues_nothing
         assert waits.held == {"alice": 1}
     assert not waits.held
 
-    submitted = []
-    jobs = SimpleNamespace(submit=lambda config, owner: submitted.append(owner), settings=load_settings({}))
-    with gr.Blocks():
-        run = job_endpoints(LipSyncConfig, jobs, Access(), lambda report: (), [gr.JSON()], "lipsync", "about",
+    submitted, read = [], []
+    jobs = SimpleNamespace(submit=lambda config, owner: submitted.append(owner), settings=load_settings({}),
+                           kind="lipsync", files=(), status=lambda job, owner: read.append(job))  # fmt: skip
+    with gr.Blocks() as demo:
+        outputs = [gr.JSON()]
+        tab = job_endpoints(LipSyncConfig, jobs, Access(), lambda report: (), outputs, "lipsync", "about",
                             lambda seen: (), lambda ended: ())  # fmt: skip
+        run_panel(jobs, Access(), lambda report: (), lambda ended: (), outputs, gr.Button())
+        register_job_api(SimpleNamespace(), {}, Access())
+    (api,) = [f.fn for f in demo.fns.values() if f.api_name == "lipsync"]
+    (reopen,) = [f.fn for f in demo.fns.values() if f.name == "reopen"]
+    (stream,) = [f.fn for f in demo.fns.values() if f.api_name == "job_stream"]
+    waits = {  # every handler that waits on a job: the API's, the tab's button, Open, /job_stream
+        "/lipsync": lambda: list(api(face="f.png", audio="a.wav")),
+        "the tab": lambda: list(tab({"face": "f.png", "audio": "a.wav"}, lambda fraction, label: None, None)),
+        "Open": lambda: reopen("0123456789ab", None, lambda *a, **k: None),
+        "/job_stream": lambda: list(stream("0123456789ab", None)),
+    }
     with contextlib.ExitStack() as held:
         for _ in range(WAITS.limit):
             held.enter_context(WAITS.waiting(LOCAL))
-        with pytest.raises(InputError, match="already waiting on"):
-            list(run({"face": "f.png", "audio": "a.wav"}, lambda fraction, label: None, None))
-    assert submitted == [] and not WAITS.held  # refused before it was queued: no job to wait for, none lost
+        for name, wait in waits.items():
+            with pytest.raises((InputError, gr.Error), match="already waiting on"):
+                wait()
+            assert submitted == read == [], name  # refused before it was queued or read: no job to wait for
+    assert not WAITS.held  # none lost

@@ -126,9 +126,10 @@ def test_first_in_line_behind_a_running_job_says_so_not_starting() -> None:
 
     said: list[str] = []
     queued = {"status": "queued", "device": "cpu", "ahead": 0, "running": 1}
-    for status in (queued, {**queued, "ahead": 2}, {**queued, "running": 0}):
+    for status in (queued, {**queued, "ahead": 2}, {**queued, "ahead": 1}, {**queued, "running": 0}):
         _report(status, lambda fraction, text: said.append(text))
-    assert said == ["queued on cpu: next, after 1 running job(s)", "queued on cpu: 2 job(s) ahead", "starting"]
+    assert said == ["queued on cpu: next, after 1 running job(s)", "queued on cpu: 2 job(s) ahead",
+                    "queued on cpu: 1 job(s) ahead", "starting"]  # fmt: skip
 
 
 def test_the_last_example_clicked_is_the_one_loaded(tmp_path: Path) -> None:
@@ -210,6 +211,41 @@ def test_a_cancelled_run_is_shown_as_cancelled_with_the_video_it_made(monkeypatc
     assert record["status"] == "cancelled"
     assert summary.startswith("**Cancelled** · job `j1` · cancelled by its owner while it ran")
     assert "✗" not in summary and "4.0 s" in summary and Path(video).read_bytes() == b"mp4"
+
+
+def test_the_video_so_far_is_shown_each_time_it_doubles_and_a_preview_that_fails_costs_nothing(
+    monkeypatch, tmp_path: Path
+) -> None:
+    """Each preview joins every segment so far into one MP4: shown at every new second, a long job's previews cost
+    as much as the job. And a preview that cannot be made (a segment cut off mid-write) must not lose the result."""
+    import ui.jobs
+    from engine.core.hls import LiveStream
+
+    def stream(seconds: float, ended: bool = False) -> LiveStream:
+        return LiveStream((tmp_path / "part-00000.ts",), (seconds,), ended)
+
+    def follow_live(jobs: object, job_id: str, *args: object) -> object:
+        yield from (stream(s) for s in (1.0, 1.5, 2.0, 3.0, 4.5))
+        yield stream(5.0, ended=True)  # the whole video: the result shows it
+        yield {"video": "done.mp4"}
+
+    def live(seen: LiveStream) -> tuple:
+        if seen.duration == 1.0:
+            raise OSError("segment cut off mid-write")
+        return (f"{seen.duration:g} s", "so far", None)
+
+    monkeypatch.setattr(ui.jobs, "follow_live", follow_live)
+    jobs = SimpleNamespace(
+        settings=None, kind="lipsync", files=(), submit=lambda config, owner: SimpleNamespace(id="j1")
+    )
+    access = SimpleNamespace(server_files=lambda values, settings, request: values, owner=lambda r: "o",
+                             reader=lambda r: "o")  # fmt: skip
+    with gr.Blocks():
+        outputs = [gr.Video(), gr.Markdown(), gr.JSON()]
+        tab = ui.jobs.job_endpoints(LipSyncConfig, jobs, access, lambda report: (report["video"], "done", None),
+                                    outputs, "t", "t.", live, lambda ended: ())  # fmt: skip
+    updates = list(tab({"face": "f.jpg", "audio": "a.wav"}, lambda *a: None, None))
+    assert [u[0] for u in updates] == ["2 s", "4.5 s", "done.mp4"]
 
 
 def test_earlier_runs_list_when_opened_and_a_clicked_row_gives_its_id() -> None:
