@@ -362,9 +362,12 @@ def test_one_progress_display_per_action(tmp_path: Path) -> None:
 
 def test_the_cost_table_and_network_plan_with_no_finished_sweep_open(tmp_path: Path) -> None:
     """The tab's sweep still queued, or a mistyped id opened: the cost table was a bare "Error" (TypeError), the
-    network plan too (StoreError); now a refusal that says what to do, and the plan's estimate."""
-    from engine.bench.config import SweepRequest
+    network plan too (StoreError); now a refusal that says what to do, and the plan's estimate, its figures the
+    planner's own in the units the pane names."""
+    from engine.bench.catalog import CATALOG
+    from engine.bench.config import NetworkPlanConfig, SweepRequest
     from engine.bench.jobs import BenchJobs
+    from engine.bench.planner import plan_network
     from engine.core.settings import load_settings
     from engine.jobs.broker import Broker
     from engine.jobs.store import CPU, JobStore
@@ -386,6 +389,12 @@ def test_the_cost_table_and_network_plan_with_no_finished_sweep_open(tmp_path: P
         # of the H100's total as CUDA reports it (85.0e9 bytes), not the 80 GB it is sold as
         assert "largest batch under 0.9 of 85.0 GB (the card's total as CUDA reports it)" in plan
         assert "at fp16 (estimate: " in plan
+        config = NetworkPlanConfig.build({"gpu": "H100", "model": "wav2lip", "precision": "fp16"})
+        _, fit = plan_network(config, settings.cache_dir, None, CATALOG["H100"])
+        mib, gib = 2**20, 2**30  # the figures as the engine gives them, in the units the pane names
+        assert f"fixed {fit.weights_bytes / mib:.0f} MiB, {fit.activation_bytes_per_sample / mib:.1f} MiB per " in plan
+        assert f"CUDA context {fit.overhead_bytes / mib:.0f} MiB" in plan
+        assert f"**{fit.recommended_batch}** (predicted {fit.predicted_bytes / gib:.2f} GiB)" in plan
 
 
 def test_a_refused_plan_says_why_in_its_pane_in_place_of_the_last_plan(tmp_path: Path) -> None:
@@ -682,3 +691,52 @@ def test_the_bench_tabs_numbers_out_of_range_are_refused_naming_their_field(tmp_
         assert any(r[3] not in ("", None) for r in rows)  # priced per request of one sample
         unpriced = [key for key, gpu in CATALOG.items() if gpu.price_per_hour is None and key != "H100"]
         assert unpriced and f"Left out, with no price: {', '.join(unpriced)}" in notes and "Save prices" in notes
+
+
+def test_another_visitors_sweeps_and_evaluations_are_no_job_in_every_event_of_their_tabs(tmp_path: Path, model) -> None:
+    """The tabs' events take job ids from the page (a gr.State, a typed id), which a hand-made request can name:
+    each reads as the requester, so another visitor's job is "no job" in the lists, Open, Compare, the cost table
+    and the stored models, and a job queued from a tab is its visitor's."""
+    from engine.bench.jobs import BenchJobs
+    from engine.core.settings import load_settings
+    from engine.jobs.broker import Broker
+    from engine.jobs.store import CPU, JobStore
+    from engine.onnx.jobs import OnnxEvalJobs
+    from ui import bench, onnx_eval
+    from ui.jobs import Access
+
+    settings = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path / "data")})
+    settings.ensure_dirs()
+    alice, bob = (SimpleNamespace(username=None, session_hash=s, cookies={}) for s in ("alice", "bob"))
+    c = EvalConfig
+    with JobStore(settings.db_path, settings.data_dir / "blobs") as store:
+        handlers = {"onnx_eval": "engine.onnx.jobs:handle", "bench": "engine.bench.jobs:handle"}
+        broker = Broker(store, handlers, {CPU: 1})  # never started: the jobs stay queued
+        with gr.Blocks() as bench_tab:
+            bench.build_bench_tab(settings, BenchJobs(broker, settings), Access())
+        with gr.Blocks() as onnx_tab:
+            onnx_eval.build_onnx_eval_tab(settings, OnnxEvalJobs(broker, settings), Access())
+        on_bench, on_onnx = ({fn.name: fn.fn for fn in tab.fns.values()} for tab in (bench_tab, onnx_tab))
+        evaluation, *_ = on_onnx["queue_job"](
+            "Upload", None, str(model[0]), ["cpu"], None, None, None, "1", 2, 0, 0, False, c.trt_workspace_gb, "", "",
+            c.image_resize, c.image_scaling, c.image_channels, "", "", alice,
+        )  # fmt: skip
+        sweep, *_ = on_bench["queue"]("wav2lip", bench.CUSTOM, ["eager"], ["fp32"], ["cpu"], "1", "off", "on",
+                                      "default", None, None, alice)  # fmt: skip
+        for handler, job in ((on_bench, sweep), (on_onnx, evaluation)):
+            assert [row[0] for row in handler["history_rows"](alice)] == [job] and handler["history_rows"](bob) == []
+            assert handler["open_job"](job, alice)[1].startswith(f"{'Sweep' if handler is on_bench else 'Job'} `{job}`")
+            assert handler["open_job"](job, bob)[1] == f"no job {job}"
+            with pytest.raises(gr.Error, match=f"no job {job}"):
+                handler["compare"](job, bob)
+        with pytest.raises(gr.Error, match=f"no job {sweep}"):
+            on_bench["price_configuration"](sweep, "cpu eager fp32 b1", 1, "", bob)
+        api = {fn.api_name: fn.fn for tab in (bench_tab, onnx_tab) for fn in tab.fns.values() if fn.api_name}
+        for name, job in (("bench_status", sweep), ("bench_result", sweep), ("onnx_status", evaluation),
+                          ("onnx_result", evaluation)):  # fmt: skip
+            assert api[name](job, alice)["id"] == job
+            with pytest.raises(gr.Error, match=f"no job {job}"):
+                api[name](job, bob)
+        assert [j["id"] for j in api["onnx_queue"](alice)] == [evaluation] and api["onnx_queue"](bob) == []
+        mine = [value for _, value in on_bench["models"](alice).choices if value.startswith("onnx:")]
+        assert len(mine) == 1 and not [v for _, v in on_bench["models"](bob).choices if v.startswith("onnx:")]

@@ -424,6 +424,19 @@ def test_the_tab_names_the_replicas_the_plan_runs() -> None:
     assert ", 1 replicas" not in _plan_markdown(plan_llm(LlmRequest("A100-80GB", "gemma-2b")))
 
 
+def test_the_tabs_plan_shows_the_planners_verdict_and_figures_in_their_units() -> None:
+    """Mistral-7B unquantised does not fit on a T4: the tab must not say it fits, and its KV cache is 128 KiB per
+    token (32 layers x 8 KV heads x 128 x 2 (K and V) x 2 bytes), weights 14.48 GB (decimal, as the line says)."""
+    pytest.importorskip("gradio")
+    from ui.bench import _plan_markdown
+
+    text = _plan_markdown(plan_llm(LlmRequest("T4", "mistral-7b", quantize="none")))
+    head, per_gpu, kv, *_ = text.splitlines()
+    assert head == "**mistralai/Mistral-7B-v0.1** on 1 × NVIDIA T4: ❌ does not fit"
+    assert "weights 14.48 GB" in per_gpu and "runtime 1.07 GB" in per_gpu
+    assert kv == "- KV cache 128 KiB per token; room for 0 tokens (4,096 needed)"
+
+
 def test_the_bench_tab_describes_only_a_gpu_of_its_own_process() -> None:
     """A Ray cluster's GPU on another node ("NODE/cuda:0") or one only declared to Ray crashed the app's start-up
     when the tab asked this process's PyTorch to describe it."""
