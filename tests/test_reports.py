@@ -145,3 +145,37 @@ def test_the_lipsync_summary_gives_musetalks_bbox_shift_range() -> None:
 
     assert shift_line(RunResult(metrics=metrics)).startswith("--bbox-shift range for this face: -19 to 19")
     assert shift_line(RunResult(metrics={**metrics, "bbox_shift_range": None})) == ""
+
+
+def test_the_lipsync_summary_shows_the_runs_own_figures() -> None:
+    """The summary is what a user reads and quotes: each figure is the run's, at the precision the line gives it,
+    with the fp16 check's finding and every warning."""
+    from engine.core.results import RunResult
+    from ui.lipsync import summary_markdown
+
+    metrics = {"engine_label": "Wav2Lip", "frames": 250, "fps": 25.0, "batch_size": 16, "encoder": "libx264",
+               "detector": "s3fd", "faces_missed": 3, "pipeline_seconds": 10.126, "frames_per_second": 24.69,
+               "precision_check": {"frames": 8, "max_grey_levels": 1.5, "mean_grey_levels": 0.0614}}  # fmt: skip
+    result = RunResult(device="cuda:0", device_name="NVIDIA L4", precision="fp16", metrics=metrics)
+    result.warn("the first warning")
+    result.warn("the second warning")
+    assert summary_markdown(result).splitlines() == [
+        "**Wav2Lip** on `cuda:0` (NVIDIA L4, fp16) · 250 frames at 25 fps · batch 16 · encoder `libx264` · "
+        "detector `s3fd` · 3 frames without a face · 10.13s in the pipeline (24.7 frames/s)",
+        "- fp16 against fp32 on the first 8 frames: up to 1.50 grey levels apart (mean 0.061)",
+        "- ⚠️ the first warning",
+        "- ⚠️ the second warning",
+    ]
+
+
+def test_the_portrait_summary_shows_the_runs_own_figures() -> None:
+    from engine.core.results import RunResult
+    from ui import portrait
+
+    result = RunResult(device="cpu", device_name="x86_64", precision="fp32")
+    result.metrics.update(engine="liveportrait", backend="torch", frames=120, fps=30.0, frames_per_second=7.46,
+                          encoder="libx264", compiled=True)  # fmt: skip
+    assert portrait.summary_markdown(result) == (
+        "LivePortrait · torch on `cpu` (x86_64, fp32) · torch.compile · 120 frames at 30 fps · 7.5 frames/s · "
+        "encoder `libx264`"
+    )
