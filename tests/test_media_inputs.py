@@ -355,3 +355,47 @@ def test_a_request_refused_before_its_job_exists_stays_in_the_tabs_panes(monkeyp
     assert summary.startswith("✗ batch size 0 is outside")
     with pytest.raises(gr.Error, match="batch size 0 is outside"):  # /t still raises it: scripts read the error
         list(api(face="f.jpg", audio="a.wav", batch_size=0))
+
+
+def test_an_api_handler_takes_the_configs_fields_and_says_its_errors_in_words() -> None:
+    """What gradio_client and the API page read from a handler: a required field has no default, an optional one
+    a type that admits None; a script's call without progress still runs, and hands on only the fields given; our
+    refusals come back as their message and a bug as an internal error id, from a plain handler as from a streaming
+    one; a hidden number reaches the config as sent, whose check names the field (not Gradio's rounding)."""
+    import inspect
+    import re
+    import typing
+
+    from engine.core.errors import InputError
+
+    seen: list[dict] = []
+    callers: list[object] = []
+
+    def run(values: dict, progress, request) -> str:
+        progress(0.5, "half way")
+        seen.append(values)
+        callers.append(request)
+        if values.get("batch_size") == 3:
+            raise InputError("three is refused")
+        if values.get("batch_size") == 4:
+            raise KeyError("a bug")
+        return "ok"
+
+    handler = form_handler(LipSyncConfig, {f.name: None for f in fields(LipSyncConfig)}, run, "the test")
+    parameters = inspect.signature(handler).parameters
+    for f in fields(LipSyncConfig):
+        assert (parameters[f.name].default is inspect.Parameter.empty) == f.required, f.name
+        if f.optional or f.option.file:
+            assert type(None) in typing.get_args(parameters[f.name].annotation), f.name
+    assert handler(face="f.jpg", audio="a.wav") == "ok" and seen == [{"face": "f.jpg", "audio": "a.wav"}]
+    handler(face="f.jpg", audio="a.wav", request="the caller")  # Gradio's: whose job it is, not a field
+    assert seen[-1] == {"face": "f.jpg", "audio": "a.wav"} and callers == [None, "the caller"]
+    with pytest.raises(gr.Error) as refused:
+        handler(face="f.jpg", audio="a.wav", batch_size=3)
+    assert refused.value.message == "three is refused"
+    with pytest.raises(gr.Error) as bug:
+        handler(face="f.jpg", audio="a.wav", batch_size=4)
+    assert re.fullmatch(r"internal error in the test \(KeyError; id [0-9a-f]{8} in the server log\)", bug.value.message)
+    with gr.Blocks():
+        batch_size = hidden_inputs(LipSyncConfig)["batch_size"]
+    assert batch_size.preprocess("abc") == "abc"

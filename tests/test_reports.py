@@ -174,8 +174,8 @@ def test_the_portrait_summary_shows_the_runs_own_figures() -> None:
 
     result = RunResult(device="cpu", device_name="x86_64", precision="fp32")
     result.metrics.update(engine="liveportrait", backend="torch", frames=120, fps=30.0, frames_per_second=7.46,
-                          encoder="libx264", compiled=True)  # fmt: skip
+                          encoder="libx264", compiled=True, cache={"networks": False, "source": True})  # fmt: skip
     assert portrait.summary_markdown(result) == (
-        "LivePortrait · torch on `cpu` (x86_64, fp32) · torch.compile · 120 frames at 30 fps · 7.5 frames/s · "
-        "encoder `libx264`"
+        "LivePortrait · torch on `cpu` (x86_64, fp32) · reused from the last run: source · torch.compile · 120 frames "
+        "at 30 fps · 7.5 frames/s · encoder `libx264`"
     )
