@@ -555,6 +555,9 @@ def test_saved_prices_are_shown_on_load_to_their_visitor_only(tmp_path: Path) ->
         shared.update({"A10G": 2.0}, {"A10G": "operator"})
         shared.save(settings.prices_path)
         assert price(handler["own_prices"](alice), "A10G")[1:] == [2.0, "operator"]
+        rows = handler["own_prices"](alice)
+        price(rows, "L4")[2] = "my invoice"  # the source alone: the price it had, now with where it came from
+        assert price(handler["save"](rows, alice), "L4")[1:] == [0.5, "my invoice"]
     text = " ".join(str(b.value) for b in demo.blocks.values() if isinstance(b, gr.Markdown))
     assert str(settings.data_dir) not in text and "prices.json" not in text and "kept for you alone" in text
 
@@ -625,6 +628,8 @@ def test_a_cpu_configuration_is_priced_at_the_cpu_price_and_unpriced_cards_are_n
         unpriced = [key for key, gpu in CATALOG.items() if gpu.price_per_hour is None]
         assert unpriced and "Left out" not in notes  # no card is estimated from a CPU: a price adds nothing
         assert "give the CPU machine's" not in notes
+        with pytest.raises(gr.Error, match="pick one of its configurations"):  # none picked yet
+            handler["price_configuration"](job_id, None, 250, "0.34", request)
         rows, notes = handler["price_configuration"](job_id, label, 250, "", request)
         assert "CPU (measured)" not in [r[0] for r in rows] and "give the CPU machine's **$/hour**" in notes
         for price in ("-1", "0"):  # a price of 0 priced nothing: its row read as unpriced
@@ -740,3 +745,16 @@ def test_another_visitors_sweeps_and_evaluations_are_no_job_in_every_event_of_th
         assert [j["id"] for j in api["onnx_queue"](alice)] == [evaluation] and api["onnx_queue"](bob) == []
         mine = [value for _, value in on_bench["models"](alice).choices if value.startswith("onnx:")]
         assert len(mine) == 1 and not [v for _, v in on_bench["models"](bob).choices if v.startswith("onnx:")]
+
+
+def test_a_configuration_that_measured_no_throughput_is_refused_in_words(tmp_path: Path, model) -> None:
+    """A configuration that failed (out of memory, say) has no samples/s: pricing it said so, not an internal
+    error from the arithmetic."""
+
+    def failed(report: dict) -> dict:
+        report["results"][0]["samples_per_s"] = None
+        return report
+
+    with _priced_sweep(tmp_path, model, failed) as (handler, job_id, label, request), pytest.raises(gr.Error) as no:
+        handler["price_configuration"](job_id, label, 250, "0.34", request)
+    assert no.value.message == f"{label} has no throughput in the sweep open in this tab"
