@@ -627,7 +627,7 @@ def test_a_cpu_configuration_is_priced_at_the_cpu_price_and_unpriced_cards_are_n
         assert rows[0][0] == "CPU (measured)" and rows[0][1] == 0.34 and rows[0][3] != ""  # priced
         unpriced = [key for key, gpu in CATALOG.items() if gpu.price_per_hour is None]
         assert unpriced and "Left out" not in notes  # no card is estimated from a CPU: a price adds nothing
-        assert "give the CPU machine's" not in notes
+        assert "give the CPU machine's" not in notes and "fell back" not in notes  # measured on the CPU as asked
         with pytest.raises(gr.Error, match="pick one of its configurations"):  # none picked yet
             handler["price_configuration"](job_id, None, 250, "0.34", request)
         rows, notes = handler["price_configuration"](job_id, label, 250, "", request)
