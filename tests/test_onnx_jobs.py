@@ -313,3 +313,19 @@ def test_the_queue_view_shows_your_jobs_in_full_and_everyone_elses_as_counts(sto
     everyone = queue_view(store, None)
     assert [j["id"] for j in everyone["yours"]] == [*(j.id for j in alice), bob.id]
     assert (everyone["others_queued"], everyone["others_running"]) == (0, 0)
+
+
+def test_the_tabs_status_line_and_history_show_the_jobs_own_figures() -> None:
+    """The place in its device's queue, the percentage done, the time the evaluation itself took (not its wait in
+    the queue) and the best samples/s of the history's column."""
+    pytest.importorskip("gradio")
+    from ui.onnx_eval import _best_throughput, status_markdown
+
+    job = {"id": "j1", "model_name": "mlp", "device": "cpu", "error": None, "created": 0.0}
+    queued = status_markdown({**job, "status": "queued", "position": 3})
+    assert queued == "Job `j1` · **queued** · mlp on `cpu` · position 3 in the `cpu` queue"
+    running = status_markdown({**job, "status": "running", "progress": 0.25, "progress_label": "cpu batch 1"})
+    assert running == "Job `j1` · **running** · mlp on `cpu` · 25% · cpu batch 1"
+    assert status_markdown({**job, "status": DONE, "started": 100.0, "finished": 112.5}).endswith(" in 12.5s")
+    rows = [{"samples_per_s": 10.04}, {"samples_per_s": 99.94}, {"samples_per_s": None}]
+    assert _best_throughput({"results": rows}) == 99.9 and _best_throughput(None) == ""
