@@ -43,6 +43,8 @@ from engine.lipsync.musetalk.weights import (
     require,
 )
 from engine.models.bisenet import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
     N_PARAMETERS,
     N_STATE_ENTRIES,
     BiSeNet,
@@ -274,6 +276,34 @@ def test_bisenet_without_batchnorm_counters_and_with_a_missing_tensor(tmp_path: 
         load_bisenet(tmp_path / "damaged.pth")
 
 
+def test_bisenet_loads_in_eval_mode_strips_a_wrapper_prefix_and_refuses_a_file_missing_one_counter(
+    tmp_path: Path,
+) -> None:
+    """Eval mode (train-mode BatchNorm would use each crop's own statistics: other masks); a DataParallel save's
+    'module.' prefix is stripped; and counters are filled in only when all are absent (an old PyTorch's file), so a
+    file missing just one is damaged and refused by name."""
+    state = random_bisenet_state(2)
+    torch.save({"module." + k: v for k, v in state.items()}, tmp_path / "wrapped.pth")
+    model = load_bisenet(tmp_path / "wrapped.pth")
+    assert not model.training and not any(m.training for m in model.modules())
+    assert torch.equal(model.conv_out.conv_out.weight, state["conv_out.conv_out.weight"])
+    one_short = {k: v for k, v in state.items() if k != "cp.arm16.bn_atten.num_batches_tracked"}
+    torch.save(one_short, tmp_path / "one_short.pth")
+    with pytest.raises(CheckpointError, match=r"Missing keys \(1\): cp\.arm16\.bn_atten\.num_batches_tracked"):
+        load_bisenet(tmp_path / "one_short.pth")
+
+
+def test_parsing_input_averages_when_it_shrinks() -> None:
+    """PIL's bilinear filter averages over the source pixels when shrinking (upstream's resize): one-pixel stripes of
+    0 and 255 shrunk to a quarter are mid-grey, where sampling (nearest, or OpenCV's bilinear) would keep 0 or 255."""
+    import numpy as np
+
+    stripes = np.zeros((2048, 2048, 3), dtype=np.uint8)
+    stripes[:, 1::2] = 255
+    grey = parsing_input(stripes)[0, 0] * IMAGENET_STD[0] + IMAGENET_MEAN[0]  # back to [0, 1]
+    assert torch.allclose(grey[8:-8, 8:-8], torch.full_like(grey[8:-8, 8:-8], 0.5), atol=0.02)
+
+
 def test_parsing_input_is_upstreams_preprocessing() -> None:
     import numpy as np
 
@@ -286,6 +316,71 @@ def test_parsing_input_is_upstreams_preprocessing() -> None:
     assert torch.allclose(normalise(batch)[:, :, 5, 5], expected.expand(2, 3), atol=1e-6)
     with pytest.raises(ValueError, match="uint8 RGB"):
         parsing_input(image[..., :2])
+
+
+def _upstream_bisenet_forward(state: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """Upstream's BiSeNet forward (zllrunning/face-parsing.PyTorch model.py, as MuseTalk ships it), written out op by
+    op on the state dict in eval mode: ResNet-18, the context path (global context added to arm32, nearest upsampling,
+    arm16 plus the upsampled 1/32 map), the fusion of the 1/8 backbone map with the 1/8 context map (its attention
+    added to itself) and the main head, upsampled bilinearly with align_corners. The reference for every op."""
+    F = torch.nn.functional
+
+    def bn(h: torch.Tensor, name: str) -> torch.Tensor:
+        return F.batch_norm(h, state[f"{name}.running_mean"], state[f"{name}.running_var"], state[f"{name}.weight"],
+                            state[f"{name}.bias"], training=False, eps=1e-5)  # fmt: skip
+
+    def conv(h: torch.Tensor, name: str, stride: int = 1, padding: int = 0) -> torch.Tensor:
+        return F.conv2d(h, state[f"{name}.weight"], stride=stride, padding=padding)
+
+    def conv_bn_relu(h: torch.Tensor, name: str, padding: int = 1) -> torch.Tensor:
+        return F.relu(bn(conv(h, f"{name}.conv", padding=padding), f"{name}.bn"))
+
+    def block(h: torch.Tensor, name: str, stride: int) -> torch.Tensor:
+        out = F.relu(bn(conv(h, f"{name}.conv1", stride, 1), f"{name}.bn1"))
+        out = bn(conv(out, f"{name}.conv2", 1, 1), f"{name}.bn2")
+        shortcut = h
+        if f"{name}.downsample.0.weight" in state:
+            shortcut = bn(conv(h, f"{name}.downsample.0", stride), f"{name}.downsample.1")
+        return F.relu(out + shortcut)
+
+    def layer(h: torch.Tensor, name: str, stride: int) -> torch.Tensor:
+        return block(block(h, f"{name}.0", stride), f"{name}.1", 1)
+
+    def pooled(h: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(h, h.size()[2:])
+
+    def arm(h: torch.Tensor, name: str) -> torch.Tensor:
+        feat = conv_bn_relu(h, f"{name}.conv")
+        return feat * torch.sigmoid(bn(conv(pooled(feat), f"{name}.conv_atten"), f"{name}.bn_atten"))
+
+    r = "cp.resnet"
+    h = F.max_pool2d(F.relu(bn(conv(x, f"{r}.conv1", 2, 3), f"{r}.bn1")), 3, 2, 1)
+    feat8 = layer(layer(h, f"{r}.layer1", 1), f"{r}.layer2", 2)
+    feat16 = layer(feat8, f"{r}.layer3", 2)
+    feat32 = layer(feat16, f"{r}.layer4", 2)
+    context = F.interpolate(conv_bn_relu(pooled(feat32), "cp.conv_avg", padding=0), feat32.size()[2:], mode="nearest")
+    up32 = conv_bn_relu(F.interpolate(arm(feat32, "cp.arm32") + context, feat16.size()[2:], mode="nearest"),
+                        "cp.conv_head32")  # fmt: skip
+    up16 = conv_bn_relu(F.interpolate(arm(feat16, "cp.arm16") + up32, feat8.size()[2:], mode="nearest"),
+                        "cp.conv_head16")  # fmt: skip
+    fused = conv_bn_relu(torch.cat([feat8, up16], dim=1), "ffm.convblk", padding=0)
+    attention = torch.sigmoid(conv(F.relu(conv(pooled(fused), "ffm.conv1")), "ffm.conv2"))
+    logits = conv(conv_bn_relu(fused * attention + fused, "conv_out.conv"), "conv_out.conv_out")
+    return F.interpolate(logits, x.size()[2:], mode="bilinear", align_corners=True)
+
+
+def test_bisenet_forward_is_upstreams_written_out() -> None:
+    """An 80x112 input gives 1/32 and 1/16 maps of 3x4 and 5x7, so nearest upsampling is not a plain doubling and
+    the final bilinear upsampling's corner alignment shows; random BatchNorm statistics keep each branch's share
+    visible."""
+    model = BiSeNet()
+    model.load_state_dict(random_bisenet_state(5))
+    model.eval()
+    x = torch.randn(2, 3, 80, 112, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        got, want = model(x), _upstream_bisenet_forward(model.state_dict(), x)
+    assert got.shape == want.shape == (2, 19, 80, 112)
+    assert torch.allclose(got, want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
 
 
 # --- loading the layout ----------------------------------------------------------------------------------------
