@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 import torch.serialization
 from torch import nn
 
@@ -26,7 +27,7 @@ from engine.models.s3fd import (
     load_s3fd,
     random_s3fd_checkpoint,
 )
-from engine.models.wav2lip import Wav2Lip, load_wav2lip, random_wav2lip_checkpoint
+from engine.models.wav2lip import ConvUnit, Wav2Lip, load_wav2lip, random_wav2lip_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +78,41 @@ def test_wav2lip_matches_the_published_layout() -> None:
     assert shapes["face_decoder_blocks.6.0.conv_block.0.weight"] == (160, 64, 3, 3)
     assert shapes["face_decoder_blocks.6.2.conv_block.1.running_var"] == (64,)
     assert shapes["output_block.0.conv_block.0.weight"] == (32, 80, 3, 3)
+
+
+def test_wav2lip_units_add_their_input_where_upstreams_do() -> None:
+    """Upstream's unit is conv, BatchNorm, then (residual units only) the input added, then ReLU; its residual units
+    are the width-keeping 3x3 ones after each stage's first unit (28 in all). Neither shows in the state dict's keys
+    or shapes: only in the numbers."""
+    model = Wav2Lip().eval()
+    units = {name: unit for name, unit in model.named_modules() if isinstance(unit, ConvUnit)}
+    per_face_stage = [sum(units[f"face_encoder_blocks.{i}.{j}"].residual for j in range(len(block)))
+                      for i, block in enumerate(model.face_encoder_blocks)]  # fmt: skip
+    per_decoder_stage = [sum(getattr(unit, "residual", False) for unit in block) for block in model.face_decoder_blocks]
+    audio = [i for i, unit in enumerate(model.audio_encoder) if unit.residual]
+    assert per_face_stage == [0, 2, 3, 2, 2, 1, 0]
+    assert per_decoder_stage == [0, 1, 2, 2, 2, 2, 2]
+    assert audio == [1, 2, 4, 5, 7, 8, 10]
+    assert not units["output_block.0"].residual
+    assert sum(unit.residual for unit in units.values()) == 28
+
+    generator = torch.Generator().manual_seed(2)
+    for unit in units.values():  # BatchNorm statistics that are not the identity
+        norm = unit.conv_block[1]
+        norm.running_mean.copy_(torch.randn(norm.num_features, generator=generator))
+        norm.running_var.copy_(torch.rand(norm.num_features, generator=generator) + 0.5)
+    x = torch.randn(2, 32, 12, 12, generator=generator)
+    with torch.no_grad():
+        for name, add in (("face_encoder_blocks.1.1", True), ("audio_encoder.0", False)):
+            unit = units[name]
+            conv, norm = unit.conv_block
+            inputs = x if add else x[:, :1]
+            expected = F.relu(norm(conv(inputs)) + (inputs if add else 0))
+            assert torch.allclose(unit(inputs.clone()), expected, atol=1e-6), name
+        transposed = model.face_decoder_blocks[6][0]
+        conv, norm = transposed.conv_block
+        y = torch.randn(2, 160, 6, 6, generator=generator)
+        assert torch.allclose(transposed(y), F.relu(norm(conv(y))), atol=1e-6)
 
 
 def test_wav2lip_forward_on_loaded_official_checkpoint(files: dict[str, Path]) -> None:
@@ -454,3 +490,58 @@ def test_l2norm_is_safe_in_half_precision() -> None:
     assert torch.isfinite(half).all()
     assert torch.allclose(half.float(), expected, atol=1e-2, rtol=1e-2)
     assert expected[..., 0, 0].abs().max() == 0
+
+
+def _upstream_s3fd_forward(state: dict[str, torch.Tensor], x: torch.Tensor) -> list[torch.Tensor]:
+    """Upstream's S3FD forward (face_alignment's net_s3fd.py, as Wav2Lip ships it), written out op by op on the state
+    dict: VGG16 with ReLU after every convolution and 2x2 max pools, fc6 3x3 with padding 3, L2-normalised
+    conv3_3/4_3/5_3 (times their learned scales), a 3x3 head pair per level, and the first head's background scores
+    max-out (the largest of its 3). An independent reference for the layers, activations and head order."""
+
+    def conv(h: torch.Tensor, name: str, stride: int = 1, padding: int = 1) -> torch.Tensor:
+        return F.conv2d(h, state[f"{name}.weight"], state[f"{name}.bias"], stride=stride, padding=padding)
+
+    def relu_convs(h: torch.Tensor, *names: str) -> torch.Tensor:
+        for name in names:
+            h = F.relu(conv(h, name))
+        return h
+
+    def l2norm(h: torch.Tensor, name: str) -> torch.Tensor:
+        return h / (h.pow(2).sum(dim=1, keepdim=True).sqrt() + 1e-10) * state[f"{name}.weight"].view(1, -1, 1, 1)
+
+    h = F.max_pool2d(relu_convs(x, "conv1_1", "conv1_2"), 2, 2)
+    h = F.max_pool2d(relu_convs(h, "conv2_1", "conv2_2"), 2, 2)
+    f3 = relu_convs(h, "conv3_1", "conv3_2", "conv3_3")
+    f4 = relu_convs(F.max_pool2d(f3, 2, 2), "conv4_1", "conv4_2", "conv4_3")
+    f5 = relu_convs(F.max_pool2d(f4, 2, 2), "conv5_1", "conv5_2", "conv5_3")
+    f7 = F.relu(conv(F.relu(conv(F.max_pool2d(f5, 2, 2), "fc6", padding=3)), "fc7", padding=0))
+    f6_2 = F.relu(conv(F.relu(conv(f7, "conv6_1", padding=0)), "conv6_2", stride=2))
+    f7_2 = F.relu(conv(F.relu(conv(f6_2, "conv7_1", padding=0)), "conv7_2", stride=2))
+    features = [
+        ("conv3_3_norm", l2norm(f3, "conv3_3_norm")),
+        ("conv4_3_norm", l2norm(f4, "conv4_3_norm")),
+        ("conv5_3_norm", l2norm(f5, "conv5_3_norm")),
+        ("fc7", f7),
+        ("conv6_2", f6_2),
+        ("conv7_2", f7_2),
+    ]
+    outputs = [t for name, f in features for t in (conv(f, f"{name}_mbox_conf"), conv(f, f"{name}_mbox_loc"))]
+    background, face = outputs[0][:, :3], outputs[0][:, 3:]
+    outputs[0] = torch.cat((torch.max(torch.max(background[:, 0:1], background[:, 1:2]), background[:, 2:3]), face), 1)
+    return outputs
+
+
+def test_s3fd_forward_is_upstreams_on_a_frame_of_no_round_size() -> None:
+    """88x104 is no multiple of 32 (88 halves to 11, then 5), so the pools' rounding and fc6's padding show in the
+    head sizes, and the heads at strides 16 and 32 differ in size (a swap of their order shows); the values check every
+    activation and norm."""
+    torch.manual_seed(3)
+    model = S3FD().eval()
+    state = model.state_dict()
+    x = torch.randn(2, 3, 88, 104, generator=torch.Generator().manual_seed(4)) * 60
+    with torch.no_grad():
+        got, want = model(x), _upstream_s3fd_forward(state, x)
+    assert [tuple(t.shape[2:]) for t in got[::2]] == head_map_sizes(88, 104)
+    assert [t.shape for t in got] == [t.shape for t in want]
+    for index, (a, b) in enumerate(zip(got, want, strict=True)):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-4 * b.abs().max().item()), index
