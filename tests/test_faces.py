@@ -71,6 +71,27 @@ def test_haar_finds_the_face_at_both_scales(face: np.ndarray) -> None:
     assert _iou(boxes[0.5], boxes[1.0]) > 0.6
 
 
+def test_haar_boxes_in_a_wide_frame_are_clipped_to_its_width(face: np.ndarray) -> None:
+    """The face at the right of a frame twice as wide as high: its box lies past x = height, so it is kept there
+    (x is clipped to the width, y to the height) and lands where the face was put."""
+    wide = np.zeros((512, 1024, 3), np.uint8)
+    wide[:, 512:] = face
+    (dets,) = HaarDetector(detect_scale=0.5).detect([wide])
+    assert dets.shape == (1, 5) and dets[0, 2] > 512, dets
+    shifted = np.array(FACE_REGION) + [512, 0, 512, 0]
+    assert _iou(dets[0], shifted) > 0.6
+
+
+def test_haar_min_face_is_in_full_frame_pixels(face: np.ndarray) -> None:
+    """min_face counts pixels of the frame given, whatever the detect scale: a face 70 pixels wide (35 on the half-size
+    copy) is found at the default 40 and not at 80."""
+    small = cv2.resize(face, (384, 384), interpolation=cv2.INTER_AREA)
+    (dets,) = HaarDetector(detect_scale=0.5).detect([small])
+    assert dets.shape == (1, 5) and 60 < dets[0, 2] - dets[0, 0] < 80, dets
+    (none,) = HaarDetector(detect_scale=0.5, min_face=80).detect([small])
+    assert none.shape == (0, 5)
+
+
 def test_haar_finds_nothing_in_blank_or_noise() -> None:
     noise = np.random.default_rng(0).integers(0, 256, (360, 480, 3), dtype=np.uint8)
     blank = np.full((360, 480, 3), 127, np.uint8)
@@ -230,6 +251,26 @@ def test_decode_s3fd_clips_to_the_image_and_suppresses_duplicates() -> None:
         decode_s3fd(outputs[:10], (height, width), 0.5, 0.3)
 
 
+def test_decode_s3fd_keeps_corrupt_sizes_finite() -> None:
+    """A corrupt checkpoint's huge size offsets give finite boxes, clipped to the image: two such boxes overlap almost
+    wholly and NMS keeps one, where infinite sides would make their overlap inf / inf = nan and keep both."""
+    outputs = _synthetic_outputs(1, 64, 64)
+    _set_anchor(outputs, 0, head=2, row=1, col=1, score=0.9, loc=(0, 0, 1e4, 1e4))
+    _set_anchor(outputs, 0, head=2, row=2, col=2, score=0.8, loc=(0, 0, 1e4, 1e4))
+    (dets,) = decode_s3fd(outputs, (64, 64), threshold=0.5, nms_iou=0.3)
+    assert torch.isfinite(dets).all() and dets.tolist() == [[0, 0, 64, 64, pytest.approx(0.9)]]
+
+
+def test_nms_keeps_a_box_whose_overlap_equals_the_threshold() -> None:
+    """Upstream keeps a box whose overlap with a better one is at most the threshold (``overlap <= thresh``): an
+    overlap of exactly 0.5 survives NMS at 0.5, by area and by upstream's pixel count alike."""
+    scores = torch.tensor([0.9, 0.8])
+    assert nms(torch.tensor([[0, 0, 10, 10], [0, 0, 10, 5]], dtype=torch.float32), scores, 0.5).tolist() == [0, 1]
+    pixels = torch.tensor([[0, 0, 9, 9], [0, 0, 9, 4]], dtype=torch.float32)  # 10x10 and 10x5 pixels
+    assert nms(pixels, scores, 0.5, pixel=1.0).tolist() == [0, 1]
+    assert nms(pixels, scores, 0.49, pixel=1.0).tolist() == [0]
+
+
 def test_s3fd_detector_end_to_end_with_random_weights(s3fd: S3FDDetector) -> None:
     rng = np.random.default_rng(1)
     frames = [
@@ -256,6 +297,43 @@ def test_s3fd_detector_end_to_end_with_random_weights(s3fd: S3FDDetector) -> Non
     with pytest.raises(FaceError, match=r"S3FD sees these 62x80 frames at 31x40 \(detect scale 0.5\); its network "
                                         "needs 32 pixels a side: raise the detect scale"):  # fmt: skip
         s3fd.detect([np.zeros((80, 62, 3), np.uint8)])
+
+
+def test_s3fd_detector_feeds_rgb_minus_the_mean_and_maps_boxes_back_to_the_frame(
+    s3fd: S3FDDetector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The network's input is the frame flipped from BGR to RGB minus INPUT_MEAN (the released weights' training
+    input, as upstream feeds it); its boxes come back clipped to the detection frame and scaled by each axis's own
+    ratio; and upstream's defaults apply: scores above 0.5 (0.5 itself is no face) and NMS at IoU 0.3, counting both
+    end pixels."""
+    frame = np.empty((75, 150, 3), np.uint8)
+    frame[:] = (10, 20, 30)  # BGR; at 0.5 the detector sees 75x38 (37.5 rounds to 38): x ratio 2, y ratio 75/38
+    seen: list[torch.Tensor] = []
+
+    def network(x: torch.Tensor) -> list[torch.Tensor]:
+        seen.append(x.clone())
+        outputs = _synthetic_outputs(1, 38, 75)
+        # Head 1 (stride 8, side 32), (row, col) -> centre (4 + 8 col, 4 + 8 row); head 0 (stride 4, side 16).
+        _set_anchor(outputs, 0, head=1, row=1, col=2, score=0.9, loc=(0, 0, 0, 0))  # (4, -4, 36, 28)
+        # 17.5 pixels right of the first: IoU 0.293 by area, 0.307 counting end pixels as upstream: suppressed.
+        _set_anchor(outputs, 0, head=1, row=1, col=4, score=0.8, loc=(1.5 / 3.2, 0, 0, 0))
+        _set_anchor(outputs, 0, head=1, row=2, col=8, score=0.7, loc=(0, 0, 0, 0))  # (52, 4, 84, 36): past the edge
+        _set_anchor(outputs, 0, head=0, row=8, col=2, score=0.55, loc=(0, 0, 0, 0))  # (2, 26, 18, 42)
+        _set_anchor(outputs, 0, head=0, row=2, col=16, score=0.5, loc=(0, 0, 0, 0))  # at the threshold
+        return outputs
+
+    monkeypatch.setattr(s3fd, "model", network)
+    (dets,) = s3fd.detect([frame])
+    (x,) = seen
+    assert x.shape == (1, 3, 38, 75)
+    assert torch.equal(x[0, :, 0, 0], torch.tensor([30 - 104.0, 20 - 117.0, 10 - 123.0]))
+    sy = 75 / 38
+    expected = [
+        [8, 0, 72, 28 * sy, 0.9],
+        [104, 4 * sy, 150, 36 * sy, 0.7],  # x2 clipped at the detection frame's width, 75, then doubled
+        [4, 26 * sy, 36, 75, 0.55],
+    ]
+    assert np.allclose(dets, expected, atol=1e-3), dets
 
 
 def test_s3fd_detector_backs_off_on_out_of_memory(s3fd: S3FDDetector, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -299,6 +377,23 @@ def test_make_detector() -> None:
         make_detector("haar", detect_scale=0)
 
 
+def test_make_detector_refusals_and_limits(tmp_path: Path) -> None:
+    """An empty checkpoint path (a blank form field) is no checkpoint: the weights message, not a missing '.' file;
+    the detect scale may be 4 but no more; and the other settings that cannot work are refused by name."""
+    with pytest.raises(WeightsError, match=r"needs a checkpoint.*s3fd\.pth"):
+        make_detector("s3fd", checkpoint="")
+    assert make_detector("haar", detect_scale=4).detect_scale == 4
+    for bad in (4.01, float("nan"), float("inf")):
+        with pytest.raises(FaceError, match=r"detect_scale .* must be in \(0, 4\]"):
+            make_detector("haar", detect_scale=bad)
+    with pytest.raises(FaceError, match="min_face 0 must be at least 1 pixel"):
+        HaarDetector(min_face=0)
+    with pytest.raises(FaceError, match="batch_size 0 must be at least 1"):
+        S3FDDetector(tmp_path / "s3fd.pth", batch_size=0)
+    with pytest.raises(FaceError, match=r"frame 0: image of shape \(1, 40, 3\) is too small"):
+        HaarDetector().detect([np.zeros((1, 40, 3), np.uint8)])
+
+
 # ------------------------------------------------------------------------------------------------ tracker
 
 
@@ -314,6 +409,9 @@ def test_largest_picks_by_area() -> None:
     dets = np.concatenate([_det(0, 0, 10, 10, 0.99), _det(50, 50, 90, 100, 0.6), _det(0, 0, 30, 20, 0.8)])
     assert largest(dets).tolist() == pytest.approx([50, 50, 90, 100, 0.6])
     assert largest(NONE) is None
+    # A row with NaN (a corrupt detection) or an inverted box (negative width and height) is never the largest.
+    odd = np.concatenate([dets, _det(0, 0, np.nan, 500), _det(400, 400, 0, 0, 0.9)])
+    assert largest(odd).tolist() == pytest.approx([50, 50, 90, 100, 0.6])
 
 
 def test_tracker_pads_and_clips() -> None:
