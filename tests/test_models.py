@@ -82,8 +82,8 @@ def test_wav2lip_matches_the_published_layout() -> None:
 
 def test_wav2lip_units_add_their_input_where_upstreams_do() -> None:
     """Upstream's unit is conv, BatchNorm, then (residual units only) the input added, then ReLU; its residual units
-    are the width-keeping 3x3 ones after each stage's first unit (28 in all). Neither shows in the state dict's keys
-    or shapes: only in the numbers."""
+    are the width-keeping 3x3 ones after each stage's first unit (28 in all); the output is a sigmoid. None of it shows
+    in the state dict's keys or shapes: only in the numbers."""
     model = Wav2Lip().eval()
     units = {name: unit for name, unit in model.named_modules() if isinstance(unit, ConvUnit)}
     per_face_stage = [sum(units[f"face_encoder_blocks.{i}.{j}"].residual for j in range(len(block)))
@@ -113,6 +113,8 @@ def test_wav2lip_units_add_their_input_where_upstreams_do() -> None:
         conv, norm = transposed.conv_block
         y = torch.randn(2, 160, 6, 6, generator=generator)
         assert torch.allclose(transposed(y), F.relu(norm(conv(y))), atol=1e-6)
+        head, z = model.output_block, torch.randn(2, 80, 6, 6, generator=generator) * 4
+        assert torch.allclose(head(z), torch.sigmoid(head[1](head[0](z))), atol=1e-6)  # a logistic output, not a ramp
 
 
 def test_wav2lip_forward_on_loaded_official_checkpoint(files: dict[str, Path]) -> None:
