@@ -42,8 +42,8 @@ HAAR_TO_S3FD = (0.0, 0.2, 0.0, 0.0)
 # Candidates kept per image before NMS, by score. Real faces give tens; the cap bounds the IoU matrix
 # (1000 x 1000) when a bad or random checkpoint scores thousands of anchors above the threshold.
 PRE_NMS_TOP_K = 1000
-# exp() argument limit for decoded box sizes: 10 is e^10 = 22026 anchors wide, far beyond any frame, and
-# keeps corrupt outputs from turning into inf - inf = nan coordinates.
+# exp() argument limit for decoded box sizes: 10 is e^10 = 22026 anchors wide, far beyond any frame. Without it a
+# corrupt output decodes to an infinite box, and two of them overlap by inf/inf = nan in NMS, which then keeps both.
 _MAX_LOG_SIZE = 10.0
 
 

@@ -91,7 +91,7 @@ class ResNet18(nn.Module):
 
 
 def _global_average(x: torch.Tensor) -> torch.Tensor:
-    # The same reduction as upstream's avg_pool2d over the whole map (bit-identical on the CPU, see the tests).
+    # Upstream's own reduction, avg_pool2d over the whole map: x.mean((2, 3)) sums in another order (last bits).
     return F.avg_pool2d(x, x.shape[2:])
 
 
