@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,8 @@ import pytest
 
 pytest.importorskip("onnxruntime")
 import cv2
-from tiny_onnx import colour_classifier, mlp
+from onnx import TensorProto, helper
+from tiny_onnx import colour_classifier, mlp, save
 
 from engine.onnx.config import EvalConfig, EvalError
 from engine.onnx.evaluate import check_request, evaluate
@@ -18,6 +20,7 @@ from engine.onnx.images import (
     ImageOptions,
     image_layout,
     images_to_tensor,
+    looks_like_one_image,
     pick_image_input,
 )
 from engine.onnx.inspection import inspect_model
@@ -43,20 +46,34 @@ def test_layout_from_the_input_shape() -> None:
     assert (nhwc.channels_first, nhwc.channels, nhwc.height, nhwc.width) == (False, 1, 32, 48)
     with pytest.raises(ImageInputError, match="give values for H, W"):
         image_layout(TensorSpec("x", "float32", [1, 3, "H", "W"]), {})
+    with pytest.raises(ImageInputError, match=r"give values for H$"):  # the fixed width needs none
+        image_layout(TensorSpec("x", "float32", [1, 3, "H", 8]), {})
     with pytest.raises(ImageInputError, match="1x1"):
         image_layout(TensorSpec("x", "float32", [1, 3, "H", "W"]), {"H": 1, "W": 1})
     with pytest.raises(ImageInputError, match=r"are 64x1 \(symbols at their default 1\); give real values for W$"):
         image_layout(TensorSpec("x", "float32", [1, 3, "H", "W"]), {"H": 64, "W": 1})  # images were squashed to 64x1
     assert image_layout(TensorSpec("x", "float32", [1, 3, 1, "W"]), {"W": 64}).height == 1  # the model's own 1
+    with pytest.raises(ImageInputError, match="height and width are 1x1"):  # the model's own: still no picture
+        image_layout(TensorSpec("x", "float32", [1, 3, 1, 1]), {})
     with pytest.raises(ImageInputError, match="no channel axis"):
         image_layout(TensorSpec("x", "float32", [1, 5, 8, 8]), {})
     with pytest.raises(ImageInputError, match="rank-4"):
         image_layout(TensorSpec("x", "float32", [1, 3, 8]), {})
 
 
+def test_one_image_has_sides_of_at_least_8_and_at_most_4_to_1() -> None:
+    """What tells one fixed C,H,W or H,W,C picture (not a batch of 3) from 8 point clouds [8, 1024, 3]: the limits
+    themselves count as a picture, one past them does not, and a symbolic size is no picture's."""
+    assert looks_like_one_image([3, 8, 32]) and looks_like_one_image([32, 8, 1])
+    assert not looks_like_one_image([3, 7, 28]) and not looks_like_one_image([3, 8, 33])
+    assert not looks_like_one_image([3, "H", 32]) and not looks_like_one_image([3, 8, 8, 1])
+
+
 def test_pick_image_input() -> None:
     specs = [TensorSpec("ids", "int64", ["N", 7]), TensorSpec("pixels", "float32", ["N", 3, 8, 8])]
     assert pick_image_input(specs, None).name == "pixels"
+    mask = TensorSpec("mask", "bool", ["N", 1, 8, 8])  # image-shaped, but no picture's values fit it
+    assert pick_image_input([mask, specs[1]], None).name == "pixels"
     assert pick_image_input(specs, "ids").name == "ids"
     with pytest.raises(ImageInputError, match="no input 'nope'"):
         pick_image_input(specs, "nope")
@@ -79,12 +96,23 @@ def test_scaling_channel_order_and_layout_values(tmp_path: Path) -> None:
     net = images_to_tensor([path], spec, {"N": 1}, ImageOptions(scaling="imagenet"))
     want = (np.array([1, 0, 0]) - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]
     assert np.allclose(net[0, :, 3, 3], want, atol=1e-5)
+    net_bgr = images_to_tensor([path], spec, {"N": 1}, ImageOptions(scaling="imagenet", channels="bgr"))
+    assert np.allclose(net_bgr[0, :, 3, 3], want[::-1], atol=1e-5)  # each channel keeps its own mean and std
     sym = images_to_tensor([path], spec, {"N": 1}, ImageOptions(scaling="-1-1"))
     assert np.allclose(sym[0, :, 0, 0], [1, -1, -1])
     raw = images_to_tensor([path], TensorSpec("x", "uint8", [1, 8, 8, 3]), {}, ImageOptions(scaling="0-255"))
     assert raw.dtype == np.uint8 and raw.shape == (1, 8, 8, 3) and raw[0, 0, 0].tolist() == [255, 0, 0]
     grey = images_to_tensor([path], TensorSpec("x", "float32", [1, 1, 8, 8]), {}, ImageOptions())
     assert grey.shape == (1, 1, 8, 8) and np.isclose(grey[0, 0, 0, 0], 0.299, atol=1e-3)  # BT.601 red weight
+    grey_net = images_to_tensor([path], TensorSpec("x", "float32", [1, 1, 8, 8]), {}, ImageOptions(scaling="imagenet"))
+    assert np.isclose(grey_net[0, 0, 0, 0], (0.299 - 0.449) / 0.226, atol=1e-3)  # the channels' mean mean and std
+    raw_float = images_to_tensor([path], spec, {"N": 1}, ImageOptions(scaling="0-255"))
+    assert raw_float[0, :, 0, 0].tolist() == [255, 0, 0]  # a float input takes the raw values too
+    small = images_to_tensor([path], TensorSpec("x", "int8", [1, 8, 8, 3]), {}, ImageOptions(scaling="0-255"))
+    assert small[0, 0, 0].tolist() == [127, 0, 0]  # clipped to int8's range, not wrapped round to -1
+    green = _image(tmp_path / "green.png", GREEN, (32, 32))
+    grey_green = images_to_tensor([green], TensorSpec("x", "uint8", [1, 1, 8, 8]), {}, ImageOptions(scaling="0-255"))
+    assert grey_green[0, 0, 0, 0] == 150  # 0.587 x 255 = 149.7, rounded to the nearest
     half = images_to_tensor([path], TensorSpec("x", "float16", [1, 3, 8, 8]), {}, ImageOptions())
     assert half.dtype == np.float16
     brain = images_to_tensor([path], TensorSpec("x", "bfloat16", [1, 3, 8, 8]), {}, ImageOptions(scaling="-1-1"))
@@ -140,10 +168,27 @@ def test_refusals(tmp_path: Path) -> None:
         images_to_tensor([good], spec, {}, ImageOptions(resize="zoom"))
     with pytest.raises(ImageInputError, match="no images"):
         images_to_tensor([], spec, {}, ImageOptions())
-    with pytest.raises(ImageInputError, match="at most"):
-        images_to_tensor([good] * 300, spec, {}, ImageOptions())
+    with pytest.raises(ImageInputError, match="257 images; at most 256 per evaluation"):
+        images_to_tensor([good] * 257, spec, {}, ImageOptions())
+    assert images_to_tensor([good] * 256, spec, {}, ImageOptions()).shape == (256, 3, 8, 8)  # the limit itself
     with pytest.raises(ImageInputError, match=r"larger than|exceeds|too large|over"):
         images_to_tensor([good], spec, {}, ImageOptions(max_side=10))
+
+
+def test_a_scaling_or_channel_order_outside_the_lists_is_refused_in_words(tmp_path: Path) -> None:
+    """Only the resize mode's refusal was tested: an unknown scaling would be a KeyError from the table, and an
+    unknown channel order would silently give BGR."""
+    good = _image(tmp_path / "ok.png", RED)
+    spec = TensorSpec("x", "float32", [1, 3, 8, 8])
+    refusals = {
+        "invalid image options: scaling '0-2' is not one of 0-1, -1-1, imagenet, 0-255": ImageOptions(scaling="0-2"),
+        "invalid image options: channels 'grb' is not one of rgb, bgr": ImageOptions(channels="grb"),
+    }
+    for message, options in refusals.items():
+        with pytest.raises(ImageInputError, match=f"^{re.escape(message)}$"):
+            images_to_tensor([good], spec, {}, options)
+    with pytest.raises(ImageInputError, match=r"resize 'zoom' .*; scaling 'x' .*; channels 'y' is not"):
+        ImageOptions(resize="zoom", scaling="x", channels="y").validate()  # every problem at once
 
 
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])
@@ -160,6 +205,27 @@ def test_images_drive_top_k_through_evaluate(tmp_path: Path, layout: str) -> Non
     bgr = EvalConfig(model=MODEL, batch_sizes=[4], runs=2, warmup=0, images=paths, labels=labels, image_channels="bgr")
     swapped = evaluate(model, info, bgr)
     assert swapped["accuracy"]["topk"]["cpu"]["top1"] == 0.5  # red and blue swap; green stays
+
+
+def test_images_for_a_fixed_batch_are_repeated_or_cut_to_it_and_said(tmp_path: Path) -> None:
+    """A model whose batch is fixed at 2 takes exactly 2 images: one is repeated, three are cut, and either is said;
+    with a batch symbol, the count is compared with the first batch size, which the accuracy covers."""
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["image"], ["scores"], axes=[2, 3], keepdims=0)], "fixed",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [2, 3, 8, 8])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [2, 3])],
+    )  # fmt: skip
+    path = save(graph, tmp_path / "fixed.onnx")
+    info = inspect_model(path)
+    red, green, blue = (_image(tmp_path / f"{i}.png", c) for i, c in enumerate((RED, GREEN, BLUE)))
+    one = evaluate(path, info, EvalConfig(model=MODEL, runs=2, warmup=0, images=[red]))
+    assert one["results"][0]["error"] is None
+    assert "1 image(s) for input 'image' with a fixed batch of 2" in one["warnings"]
+    three = check_request(info, EvalConfig(model=MODEL, images=[red, green, blue]))
+    assert "3 image(s) for input 'image' with a fixed batch of 2" in three
+    colours = inspect_model(colour_classifier(tmp_path / "colours.onnx"))
+    warnings = check_request(colours, EvalConfig(model=MODEL, batch_sizes=[8, 2], images=[red, green]))
+    assert any(w.startswith("2 image(s) at batch size 8: ") for w in warnings)
 
 
 def test_image_count_warning_and_conflicts(tmp_path: Path) -> None:
