@@ -20,7 +20,13 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from engine.onnx.inspection import inspect_model  # noqa: E402
 from engine.onnx.model import Limits, ModelError, TensorSpec  # noqa: E402
 from engine.onnx.prepare import file_sha256, prepare_model  # noqa: E402
-from engine.onnx.symbols import check_input_budget, default_symbols, output_bytes, tensor_bytes  # noqa: E402
+from engine.onnx.symbols import (  # noqa: E402
+    check_input_budget,
+    default_symbols,
+    graph_io,
+    output_bytes,
+    tensor_bytes,
+)
 
 F = TensorProto.FLOAT
 
@@ -474,6 +480,43 @@ def test_huge_declared_dims_refused(tmp_path: Path) -> None:
         inspect_model(_write(_model(nodes, [wide], [y]), tmp_path / "wide.onnx"))
 
 
+def test_an_input_dimension_at_the_element_limit_is_allowed_and_one_past_it_refused() -> None:
+    """The limit is on the elements one run may hold, so a dimension of exactly that many is still a valid model."""
+
+    def read(size: int) -> list:
+        x, y = helper.make_tensor_value_info("x", F, [size]), helper.make_tensor_value_info("y", F, [size])
+        return graph_io(_model([helper.make_node("Relu", ["x"], ["y"])], [x], [y]), Limits(max_input_elements=100),
+                        []).inputs  # fmt: skip
+
+    assert read(100) == [TensorSpec("x", "float32", [100])]
+    with pytest.raises(ModelError, match="declares dimension 0 = 101, more than the limit of 100 input elements"):
+        read(101)
+
+
+def test_an_output_declaring_more_elements_than_the_limit_is_warned_of() -> None:
+    """Outputs are not refused at inspection (their real size is known by running), but a declared size over the
+    limit is said; the fixed dimensions alone count, a symbol being at least 1."""
+    x, y = helper.make_tensor_value_info("x", F, [4]), helper.make_tensor_value_info("y", F, ["N", 10, 20])
+    model = _model([helper.make_node("Relu", ["x"], ["y"])], [x], [y])
+    warnings: list[str] = []
+    graph_io(model, Limits(max_input_elements=100), warnings)
+    assert warnings == ["output 'y' declares at least 200 elements"]
+    graph_io(model, Limits(max_input_elements=200), warnings)
+    assert len(warnings) == 1  # at the limit: nothing to say
+
+
+def test_ir_4_is_the_first_version_whose_listed_initializers_a_run_may_replace() -> None:
+    """From IR 4 an initializer listed as a graph input is a default (ONNX Runtime's overridable initializer); before
+    it, every initializer was listed and ONNX Runtime holds them constant."""
+    x, scale = helper.make_tensor_value_info("x", F, [3]), helper.make_tensor_value_info("scale", F, [3])
+    y = helper.make_tensor_value_info("y", F, [3])
+    model = _model([helper.make_node("Mul", ["x", "scale"], ["y"])], [x, scale], [y], [_init("scale", (3,))])
+    for ir_version, overridable, constants in ((4, ["scale"], []), (3, [], ["scale"])):
+        model.ir_version = ir_version
+        io = graph_io(model, Limits(), [])
+        assert ([spec.name for spec in io.overridable], io.constants) == (overridable, constants)
+
+
 def test_unnamed_dims_get_symbols(tmp_path: Path) -> None:
     x = helper.make_tensor_value_info("x", F, [None, 4])
     y = helper.make_tensor_value_info("y", F, [None, 4])
@@ -481,6 +524,19 @@ def test_unnamed_dims_get_symbols(tmp_path: Path) -> None:
     assert info.inputs == [TensorSpec("x", "float32", ["x_dim0", 4])]
     assert info.outputs == [TensorSpec("y", "float32", [None, 4])]
     assert info.symbols == {"x_dim0": 1} and info.flops is None and info.flops_not_counted == ["Relu"]
+
+
+def test_a_sequence_input_and_an_output_of_unknown_rank_are_said() -> None:
+    """Neither has a shape to show: reading the graph says why instead of listing them as bare [] without a word (the
+    checker refuses a missing shape first when a file is inspected, so the graph is read here directly)."""
+    seq = helper.make_tensor_sequence_value_info("s", F, [2])
+    count = helper.make_tensor_value_info("n", TensorProto.INT64, None)  # no shape field at all: its rank is unknown
+    model = _model([helper.make_node("SequenceLength", ["s"], ["n"])], [seq], [count])
+    warnings: list[str] = []
+    io = graph_io(model, Limits(), warnings)
+    assert warnings == ["'s' is a sequence_type, not a tensor", "'n' has no declared shape (unknown rank); shown as []"]
+    assert [(spec.name, spec.dtype, spec.shape) for spec in (*io.inputs, *io.outputs)] == [
+        ("s", "sequence_type", []), ("n", "int64", [])]  # fmt: skip
 
 
 def test_names_that_are_not_utf8_are_refused_at_inspection(tmp_path: Path) -> None:
@@ -527,6 +583,7 @@ def test_default_symbols_and_overrides() -> None:
         with pytest.raises(ModelError, match="symbol 'H' must be"):
             default_symbols(specs, {"H": bad})
     assert default_symbols(specs, {"H": np.int64(5), "W": 7.0}) == {"batch": 1, "H": 5, "W": 7}
+    assert default_symbols(specs, {"H": 1_000_000})["H"] == 1_000_000  # the largest allowed
     with pytest.raises(ModelError, match="no value for W"):
         specs[0].concrete({"batch": 1, "H": 2})
     assert specs[0].concrete({"batch": 2, "H": 5, "W": 6}) == (2, 3, 5, 6)
