@@ -7,6 +7,7 @@ import json
 import math
 import tracemalloc
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -188,6 +189,205 @@ def test_iobinding_path_runs_on_cpu_values(mlp_model: tuple[Path, ModelInfo]) ->
     feeds = synthetic_inputs(info.inputs, {"N": 2}, 0)
     stats = runner._iobinding_latency(session, feeds, config, batch=2)
     assert stats["n"] == 5 and stats["throughput_per_s"] > 0
+
+
+def test_the_placement_and_the_request_reach_the_session_and_the_memory_figures(
+    mlp_model: tuple[Path, ModelInfo], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server's placement (device, arena share, TensorRT cache) and the request's settings reach the GPU session,
+    and its memory is read on that device, after minus before: dropping one ran on device 0 without a test noticing."""
+    opened: list[runner.OrtOptions] = []
+
+    def recording(model_path, options):  # the GPU session is asked for, then run on the CPU here
+        opened.append(options)
+        return OrtSession(model_path, dataclasses.replace(options, provider="cpu"))
+
+    reads: list[int] = []
+
+    def fake_gpu_memory(source, device_id: int = 0) -> dict[str, int]:
+        reads.append(device_id)
+        return {"used": 1000 * len(reads), "process": 10 * len(reads)}
+
+    monkeypatch.setattr(runner, "OrtSession", recording)
+    monkeypatch.setattr(runner, "nvml_source", lambda: object())
+    monkeypatch.setattr(runner, "gpu_memory", fake_gpu_memory)
+    path, info = mlp_model
+    config = EvalConfig(**{**FAST, "intra_op_threads": 2}, providers=("cuda",), cuda_tf32=True)
+    place = Placement(device_id=1, gpu_memory_fraction=0.5, trt_cache_dir="/cache/trt")
+    report = evaluate(path, info, config, placement=place)
+    gpu = next(options for options in opened if options.provider == "cuda")
+    assert (gpu.device_id, gpu.gpu_memory_fraction, gpu.trt_cache_dir) == (1, 0.5, "/cache/trt")
+    assert (gpu.cuda_tf32, gpu.intra_op_threads) == (True, 2)
+    trt = EvalConfig(**FAST, providers=("trt",), trt_fp16=True, trt_workspace_gb=2.0)
+    trt_options = runner._session_options("trt", trt, place)
+    assert (trt_options.trt_fp16, trt_options.trt_workspace_gb, trt_options.cuda_tf32) == (True, 2.0, False)
+    assert reads == [1, 1]  # before the session, after the batch: on the placement's device
+    memory = report["results"][0]["memory"]
+    assert (memory["gpu_used_before_bytes"], memory["gpu_used_after_bytes"], memory["gpu_delta_bytes"]) == (
+        1000, 2000, 1000)  # fmt: skip
+    assert memory["gpu_process_bytes"] == 20  # the arena only grows: the process's figure after the batch
+    host = runner._memory_delta({"rss": 100, "gpu": None, "process": None}, {"rss": 150, "gpu": None, "process": None})
+    assert host["host_rss_delta_bytes"] == 50 and host["gpu_delta_bytes"] is None
+
+
+class _ClockedSession(OrtSession):
+    """A real CPU session on a fake clock: every run takes exactly STEP_NS, and the feeds' batch sizes are kept."""
+
+    STEP_NS = 99_123_456  # 99.123456 ms: the report keeps 4 decimals of a millisecond
+    now = 0
+    batches: ClassVar[list[int]] = []
+
+    def run(self, feeds):
+        _ClockedSession.now += self.STEP_NS
+        self.batches.append(len(feeds["x"]))
+        return super().run(feeds)
+
+
+def test_times_are_milliseconds_of_each_batchs_own_inputs_and_the_cpu_count_comes_from_the_warm_up(
+    mlp_model: tuple[Path, ModelInfo], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a clock where every run takes 99.123456 ms: the figures are in ms (not s), each batch runs its own batch of
+    inputs (not the first batch's), and with --warmup 4 and no --runs the CPU's count is as many as fit in 2 s at the
+    warm-up's time per run (20; the warm-up's whole time gave 10)."""
+    monkeypatch.setattr(_ClockedSession, "batches", [])
+    monkeypatch.setattr(runner, "OrtSession", _ClockedSession)
+    monkeypatch.setattr(runner.time, "perf_counter_ns", lambda: _ClockedSession.now)
+    path, info = mlp_model
+    config = EvalConfig(model=Path("model.onnx"), batch_sizes=(1, 3), warmup=4, intra_op_threads=1)
+    report = evaluate(path, info, config)
+    for row in report["results"]:
+        assert row["first_run_ms"] == pytest.approx(99.123456) and row["warmup"] == 4
+        assert row["times_ms"] == [99.1235] * 20 and row["latency"]["p50_ms"] == pytest.approx(99.123456)
+    assert _ClockedSession.batches == [1] * 25 + [3] * 25  # first run, warm-up and timed runs of each batch
+    assert any("cpu b1 4 + 20, cpu b3 4 + 20" in note for note in report["notes"])
+
+
+class _TensorRtOnTheCpu(_ClockedSession):
+    """Says TensorRT runs it (a CPU session underneath) after 5 s of engine building, and cannot bind to a device."""
+
+    def __init__(self, model_path, options) -> None:
+        super().__init__(model_path, dataclasses.replace(options, provider="cpu"))
+        self.options, self.got, self.create_s = options, ["TensorrtExecutionProvider", "CPUExecutionProvider"], 5.0
+
+    def bind(self, feeds):
+        raise RuntimeError("no CUDA device here")
+
+
+def test_tensorrt_build_time_and_a_failed_device_resident_timing_are_reported(
+    mlp_model: tuple[Path, ModelInfo], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first batch's build time counts the session's creation (a static engine is built then), later batches
+    only their first run; an IOBinding timing that fails is said in the row and the warnings, and the rest runs."""
+    monkeypatch.setattr(runner, "OrtSession", _TensorRtOnTheCpu)
+    monkeypatch.setattr(runner.time, "perf_counter_ns", lambda: _ClockedSession.now)
+    path, info = mlp_model
+    report = evaluate(
+        path, info, EvalConfig(**{**FAST, "runs": 2, "warmup": 0}, providers=("trt",), batch_sizes=(1, 2))
+    )
+    first, second = report["results"]
+    assert first["trt_build_s"] == pytest.approx(5.099123456) and second["trt_build_s"] == pytest.approx(0.099123456)
+    for row in (first, second):
+        assert row["iobinding"] == "failed: no CUDA device here" and row["latency"]["n"] == 2
+        assert f"trt IOBinding timing failed at batch {row['batch']}: no CUDA device here" in report["warnings"]
+
+
+def test_a_session_that_cannot_be_made_is_told_without_the_servers_path(
+    mlp_model: tuple[Path, ModelInfo], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The private copy's path names the server's folders, so the message says "the model"; a TensorRT cache folder
+    that cannot be made (OSError) is a provider's failure too, not the evaluation's; progress counts their batches."""
+
+    def failing(model_path, options):
+        if options.provider == "cuda":
+            raise SessionError(f"CUDA failed to load {model_path}")
+        if options.provider == "trt":
+            raise OSError(f"[Errno 13] Permission denied: the engine cache beside {model_path}")
+        return OrtSession(model_path, options)
+
+    monkeypatch.setattr(runner, "OrtSession", failing)
+    path, info = mlp_model
+    calls: list[tuple[float, str]] = []
+    config = EvalConfig(**FAST, providers=("cpu", "cuda", "trt"), batch_sizes=(1, 2))
+    report = evaluate(path, info, config, progress=lambda f, s: calls.append((f, s)))
+    assert report["sessions"]["cuda"]["error"] == "CUDA failed to load the model"
+    assert report["sessions"]["trt"]["error"] == "[Errno 13] Permission denied: the engine cache beside the model"
+    assert not any(str(path) in w for w in report["warnings"])
+    assert [r["provider"] for r in report["results"]] == ["cpu", "cpu"]
+    assert (4 / 6, "trt: creating the session") in calls  # the CPU's two batches and CUDA's two are done
+
+
+def test_out_of_memory_skips_the_larger_batches_and_is_not_blamed_on_made_up_inputs(
+    mlp_model: tuple[Path, ModelInfo], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch out of memory skips the larger ones after it (they would fail the same way, slowly), its error does
+    not suggest real integer inputs (that hint is for an index out of range), and a long error is cut in the
+    warning."""
+
+    class Oom(OrtSession):
+        def run(self, feeds):
+            if len(feeds["x"]) >= 2:
+                raise RuntimeError("CUDA out of memory: " + "x" * 1000)
+            return super().run(feeds)
+
+    monkeypatch.setattr(runner, "OrtSession", Oom)
+    path, info = mlp_model
+    report = evaluate(path, info, EvalConfig(**FAST, batch_sizes=(1, 2, 4)))
+    ok, oom, skipped = report["results"]
+    assert ok["error"] is None and oom["out_of_memory"] and skipped["error"] == "skipped: out of memory at batch 2"
+    assert "were made up" not in oom["error"] and len(oom["error"]) > 1000
+    (warning,) = [w for w in report["warnings"] if "failed" in w]
+    assert warning == f"cpu at batch 2 failed: {oom['error'][:500]}"
+    assert runner._is_oom(RuntimeError("CUBLAS_STATUS_ALLOC_FAILED")) and not runner._is_oom(RuntimeError("bad shape"))
+
+
+def test_a_failing_run_blames_only_the_integer_inputs_that_were_made_up(
+    mlp_model: tuple[Path, ModelInfo], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """k given in an inputs .npz is the user's own: a failure is not put down to made-up values of it."""
+
+    class Failing(OrtSession):
+        def run(self, feeds):
+            raise RuntimeError("index 7 is out of bounds")
+
+    monkeypatch.setattr(runner, "OrtSession", Failing)
+    path, info = mlp_model
+    np.savez(tmp_path / "k.npz", k=np.array([[7]], np.int64))
+    made_up = evaluate(path, info, EvalConfig(**FAST))["results"][0]["error"]
+    assert "the integer input(s) k were made up" in made_up
+    given = evaluate(path, info, EvalConfig(**FAST, inputs=tmp_path / "k.npz"))["results"][0]["error"]
+    assert given == "RuntimeError: index 7 is out of bounds"
+
+
+def test_a_failed_cpu_reference_is_said_and_progress_counts_it(
+    mlp_model: tuple[Path, ModelInfo], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With only a GPU asked for, the CPU runs once as the parity reference: its failure is said (there is then no
+    parity), and it is a step of the progress, which reaches 1.0 only when everything is done."""
+
+    def reference_fails(model_path, options):
+        session = OrtSession(model_path, dataclasses.replace(options, provider="cpu"))
+        if options.provider == "cpu":
+            session.run = lambda feeds: (_ for _ in ()).throw(RuntimeError("reference broke"))
+        return session
+
+    monkeypatch.setattr(runner, "OrtSession", reference_fails)
+    path, info = mlp_model
+    calls: list[tuple[float, str]] = []
+    report = evaluate(path, info, EvalConfig(**FAST, providers=("cuda",)), progress=lambda f, s: calls.append((f, s)))
+    assert report["sessions"]["cpu"]["error"] == "RuntimeError: reference broke"
+    assert "the CPU reference run failed, so there is no parity: reference broke" in report["warnings"]
+    assert calls[-1] == (1.0, "done") and all(f < 1.0 for f, _ in calls[:-1])
+    assert report["results"][0]["error"] is None
+
+
+def test_device_resident_runs_left_empty_are_the_gpus_default_count(mlp_model: tuple[Path, ModelInfo]) -> None:
+    """The IOBinding figure is measured on a GPU, so an empty --runs is the GPU's count (100), not the CPU's quick
+    budget."""
+    path, info = mlp_model
+    config = EvalConfig(model=Path("model.onnx"), intra_op_threads=1)
+    session = OrtSession(path, runner._session_options("cpu", config, Placement()))
+    stats = runner._iobinding_latency(session, synthetic_inputs(info.inputs, {"N": 1}, 0), config, batch=1)
+    assert stats["n"] == 100
 
 
 def test_session_failure_is_recorded_and_others_run(
