@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 import tracemalloc
+import zipfile
 from pathlib import Path
 from typing import ClassVar
 
@@ -38,7 +39,7 @@ from engine.core.errors import InputError  # noqa: E402
 from engine.onnx.compare import accuracy, parity, topk  # noqa: E402
 from engine.onnx.config import EvalConfig, EvalError, InspectConfig  # noqa: E402
 from engine.onnx.evaluate import check_request, evaluate  # noqa: E402
-from engine.onnx.inputs import load_npz_inputs, synthetic_inputs  # noqa: E402
+from engine.onnx.inputs import load_expected, load_npz_inputs, synthetic_inputs  # noqa: E402
 from engine.onnx.inspection import inspect_model  # noqa: E402
 from engine.onnx.latency import few_runs_note, latency_stats  # noqa: E402
 from engine.onnx.model import Limits, ModelError, ModelInfo, TensorSpec  # noqa: E402
@@ -1246,6 +1247,55 @@ def test_npz_inputs_keep_their_values_or_are_refused(tmp_path: Path) -> None:
     (tmp_path / "bad.npz").write_bytes(blob)
     with pytest.raises(EvalError, match="array 'u' cannot be read"):
         load_npz_inputs(tmp_path / "bad.npz", specs, {"N": 1})
+
+
+def test_an_npz_is_read_by_its_arrays_whatever_else_its_zip_holds(tmp_path: Path) -> None:
+    """A zip tool's folder entry is passed over, as np.load does; a member that is no .npy array is refused by its own
+    name (it would be read as an array named 'notes.')."""
+    specs = [TensorSpec("x", "float32", ["N", 4])]
+    npz = tmp_path / "in.npz"
+    np.savez(npz, x=np.ones((1, 4), np.float32))
+    with zipfile.ZipFile(npz, "a") as zf:
+        zf.writestr("extra/", b"")
+    assert load_npz_inputs(npz, specs, {"N": 1})["x"].tolist() == [[1.0] * 4]
+    with zipfile.ZipFile(npz, "a") as zf:
+        zf.writestr("notes.txt", b"made by hand")
+    with pytest.raises(EvalError, match=r"^inputs in\.npz: member 'notes\.txt' is not a \.npy array$"):
+        load_npz_inputs(npz, specs, {"N": 1})
+
+
+def test_a_name_the_model_lacks_is_told_the_inputs_with_a_default_too(tmp_path: Path) -> None:
+    """The refusal lists what may be given: the inputs, and the initializers a run may replace."""
+    np.savez(tmp_path / "typo.npz", scael=np.ones(3, np.float32))
+    with pytest.raises(EvalError, match=r"'scael' that are not model inputs; the model's inputs are: 'x'; with a "
+                       r"default a run may replace: 'scale'$"):  # fmt: skip
+        load_npz_inputs(tmp_path / "typo.npz", [TensorSpec("x", "float32", [3])], {}, [TensorSpec("scale", "float32",
+                        [3])])  # fmt: skip
+
+
+def test_an_empty_array_is_converted_and_raw_bytes_of_another_width_are_refused(tmp_path: Path) -> None:
+    """An empty int64 array for an int32 input has no values to check (min() of nothing raised a traceback); float8
+    bytes (|V1) for a bfloat16 input (two bytes each) are refused, not viewed as half as many bfloat16 values."""
+    import ml_dtypes
+
+    specs = [TensorSpec("ids", "int32", ["N", 0]), TensorSpec("x", "bfloat16", ["N", 4])]
+    np.savez(tmp_path / "empty.npz", ids=np.zeros((1, 0), np.int64))
+    loaded = load_npz_inputs(tmp_path / "empty.npz", specs, {"N": 1})["ids"]
+    assert loaded.dtype == np.int32 and loaded.shape == (1, 0)
+    np.savez(tmp_path / "f8.npz", x=np.zeros((1, 4), ml_dtypes.float8_e4m3fn))
+    with pytest.raises(EvalError, match=r"input 'x' in the \.npz is \|V1, the model wants bfloat16; .* save it as "
+                       r"ml_dtypes\.bfloat16"):  # fmt: skip
+        load_npz_inputs(tmp_path / "f8.npz", specs, {"N": 1})
+
+
+def test_expected_outputs_at_the_element_limit_are_read_and_one_past_it_refused(tmp_path: Path) -> None:
+    """The limit is how many elements an expected output may hold: exactly that many is allowed."""
+    outputs, limits = [TensorSpec("y", "float32", ["N", 4])], Limits(max_input_elements=4)
+    np.savez(tmp_path / "four.npz", y=np.ones((1, 4), np.float32))
+    assert load_expected(tmp_path / "four.npz", outputs, limits)["y"].shape == (1, 4)
+    np.savez(tmp_path / "five.npz", y=np.ones((1, 5), np.float32))
+    with pytest.raises(EvalError, match=r"^expected output 'y' has 5 elements, over 4$"):
+        load_expected(tmp_path / "five.npz", outputs, limits)
 
 
 def test_expected_bfloat16_outputs_may_be_saved_as_ml_dtypes(tmp_path: Path) -> None:
