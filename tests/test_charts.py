@@ -239,6 +239,18 @@ def test_run_counts_by_hand() -> None:
     assert timing.timed_count(7, True, 50, 9.0) == 7  # given counts are kept
 
 
+def test_run_counts_and_the_spread_at_their_edges() -> None:
+    """A default under the CPU's floor is kept, a warm-up timed at 0 s is no division by zero, and counts round down;
+    the spread falls back to the slowest run where there is no p95, a p50 of 0 is no division, and long times are
+    shown in whole milliseconds."""
+    assert timing.timed_count(None, True, 5, 10.0) == 5  # the floor is the default's where that is under 10
+    assert timing.timed_count(None, True, 50, 0.0) == 50
+    assert timing.timed_count(None, True, 50, 0.07) == 28  # 28.6 fit in 2 s
+    slow = {"p50_ms": 400.0, "p95_ms": None, "max_ms": 1234.4, "mean_ms": 450.0, "std_ms": 100.0}
+    assert "(the slowest run 1234 ms is 3.1x p50 400 ms)" in (timing.spread_warning(slow) or "")
+    assert timing.spread_warning({"p50_ms": 0.0, "p95_ms": 1.0, "mean_ms": 0.1, "std_ms": 0.05}) is None
+
+
 def test_the_help_and_the_note_say_where_the_cpus_count_stops() -> None:
     """They said "as many as fit in about 2 s, at least 10": a 0.01 ms model ran 100 times, not 200,000."""
     from engine.bench.config import SweepRequest
