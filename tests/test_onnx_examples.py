@@ -8,6 +8,7 @@ import pytest
 
 pytest.importorskip("onnxruntime")
 
+import engine.onnx.examples as examples
 from engine.onnx.config import EvalConfig
 from engine.onnx.evaluate import evaluate
 from engine.onnx.examples import EXAMPLES, example_path
@@ -44,3 +45,31 @@ def test_s3fd_example_has_six_class_and_box_maps(tmp_path: Path) -> None:
 def test_unknown_example(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="available: " + ", ".join(EXAMPLES)):
         example_path("resnet", tmp_path)
+
+
+def test_an_export_is_the_same_file_every_time_and_leaves_no_trace_when_it_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The weights are seeded, so an example's file (and hash) is the same whatever the caller's random state, which
+    the export leaves as it found it; an export that fails leaves neither the model nor its temporary file."""
+    import torch
+
+    def tiny() -> tuple:
+        return torch.nn.Linear(4, 2).eval(), (torch.zeros(1, 4),), ["x"], ["y"], {"x": {0: "batch"}, "y": {0: "batch"}}
+
+    monkeypatch.setitem(examples.EXAMPLES, "tiny", examples.Example("tiny", "Tiny", "x (batch,4) -> y (batch,2)", tiny))
+    torch.manual_seed(123)
+    state = torch.random.get_rng_state()
+    first = example_path("tiny", tmp_path / "a")
+    assert torch.equal(torch.random.get_rng_state(), state)
+    torch.manual_seed(7)
+    assert example_path("tiny", tmp_path / "b").read_bytes() == first.read_bytes()
+
+    def crashing(example: examples.Example, out: Path) -> None:
+        out.write_bytes(b"half a model")
+        raise RuntimeError("the exporter crashed")
+
+    monkeypatch.setattr(examples, "_export", crashing)
+    with pytest.raises(RuntimeError, match="the exporter crashed"):
+        example_path("tiny", tmp_path / "c")
+    assert list((tmp_path / "c" / "onnx-examples").iterdir()) == []
