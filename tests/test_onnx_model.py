@@ -493,6 +493,22 @@ def test_an_input_dimension_at_the_element_limit_is_allowed_and_one_past_it_refu
         read(101)
 
 
+def test_a_sparse_initializer_is_a_default_or_a_constant_never_an_input() -> None:
+    """Sparse initializers are initializers too: listed as a graph input one is a default a run may replace, else a
+    constant; never an input a run must be given (synthetic data would then replace the weights)."""
+    values = numpy_helper.from_array(np.array([1.0, 2.0], np.float32), "S")
+    sparse = helper.make_sparse_tensor(values, numpy_helper.from_array(np.array([0, 2], np.int64), "S_at"), [3])
+    x, listed = helper.make_tensor_value_info("x", F, [3]), helper.make_tensor_value_info("S", F, [3])
+    y = helper.make_tensor_value_info("y", F, [3])
+    graph = helper.make_graph([helper.make_node("Mul", ["x", "S"], ["y"])], "g", [x, listed], [y],
+                              sparse_initializer=[sparse])  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    io = graph_io(model, Limits(), [])
+    assert [spec.name for spec in io.inputs] == ["x"] and [(s.name, s.shape) for s in io.overridable] == [("S", [3])]
+    del model.graph.input[1]
+    assert graph_io(model, Limits(), []).constants == ["S"]
+
+
 def test_an_output_declaring_more_elements_than_the_limit_is_warned_of() -> None:
     """Outputs are not refused at inspection (their real size is known by running), but a declared size over the
     limit is said; the fixed dimensions alone count, a symbol being at least 1."""
