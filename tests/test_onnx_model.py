@@ -524,13 +524,13 @@ def test_an_output_declaring_more_elements_than_the_limit_is_warned_of() -> None
 def test_ir_4_is_the_first_version_whose_listed_initializers_a_run_may_replace() -> None:
     """From IR 4 an initializer listed as a graph input is a default (ONNX Runtime's overridable initializer); before
     it, every initializer was listed and ONNX Runtime holds them constant."""
-    x, scale = helper.make_tensor_value_info("x", F, [3]), helper.make_tensor_value_info("scale", F, [3])
+    x, scale = helper.make_tensor_value_info("x", F, [3]), helper.make_tensor_value_info("scale", F, [None])
     y = helper.make_tensor_value_info("y", F, [3])
     model = _model([helper.make_node("Mul", ["x", "scale"], ["y"])], [x, scale], [y], [_init("scale", (3,))])
-    for ir_version, overridable, constants in ((4, ["scale"], []), (3, [], ["scale"])):
+    for ir_version, overridable, constants in ((4, [("scale", [3])], []), (3, [], ["scale"])):
         model.ir_version = ir_version
-        io = graph_io(model, Limits(), [])
-        assert ([spec.name for spec in io.overridable], io.constants) == (overridable, constants)
+        io = graph_io(model, Limits(), [])  # a default's open size is its initializer's: what a value must match
+        assert ([(spec.name, spec.shape) for spec in io.overridable], io.constants) == (overridable, constants)
 
 
 def test_unnamed_dims_get_symbols(tmp_path: Path) -> None:
