@@ -131,6 +131,10 @@ def test_resize_modes(tmp_path: Path) -> None:
     assert np.isclose(stretch[0, 0].mean(), 0.5, atol=0.05)  # both halves kept
     assert np.isclose(crop[0, 0, :, :5].mean(), 1.0) and np.isclose(crop[0, 0, :, 5:].mean(), 0.0)  # the centre
     assert np.allclose(box[0, 0, 0, :], 114 / 255)  # top rows are padding: the image is 2.5 px tall
+    checks = (np.indices((40, 40)).sum(axis=0) % 2 * 255).astype(np.uint8)  # 1 px black and white squares
+    cv2.imwrite(str(tmp_path / "checks.png"), np.dstack([checks] * 3))
+    shrunk = images_to_tensor([tmp_path / "checks.png"], spec, {}, ImageOptions(resize="stretch"))
+    assert np.allclose(shrunk, 0.5, atol=0.05)  # shrinking averages the pixels (area), not picks some (aliasing)
 
 
 def test_a_crop_resizes_only_the_centre_it_keeps(tmp_path: Path) -> None:
