@@ -1282,6 +1282,9 @@ def test_an_empty_array_is_converted_and_raw_bytes_of_another_width_are_refused(
     np.savez(tmp_path / "empty.npz", ids=np.zeros((1, 0), np.int64))
     loaded = load_npz_inputs(tmp_path / "empty.npz", specs, {"N": 1})["ids"]
     assert loaded.dtype == np.int32 and loaded.shape == (1, 0)
+    np.savez(tmp_path / "huge.npz", f=np.full((1, 4), 1e300))  # float64 that no float32 holds: it would become inf
+    with pytest.raises(EvalError, match=r"input 'f' in the \.npz is float64 with values that do not fit float32"):
+        load_npz_inputs(tmp_path / "huge.npz", [TensorSpec("f", "float32", ["N", 4])], {"N": 1})
     np.savez(tmp_path / "f8.npz", x=np.zeros((1, 4), ml_dtypes.float8_e4m3fn))
     with pytest.raises(EvalError, match=r"input 'x' in the \.npz is \|V1, the model wants bfloat16; .* save it as "
                        r"ml_dtypes\.bfloat16"):  # fmt: skip
