@@ -534,6 +534,9 @@ def test_ir_4_is_the_first_version_whose_listed_initializers_a_run_may_replace()
 
 
 def test_unnamed_dims_get_symbols(tmp_path: Path) -> None:
+    empty_name = helper.make_tensor_value_info("x", F, ["", 4])  # dim_param set to "": no name either
+    io = graph_io(_model([helper.make_node("Relu", ["x"], ["y"])], [empty_name], [empty_name]), Limits(), [])
+    assert io.inputs == [TensorSpec("x", "float32", ["x_dim0", 4])]
     x = helper.make_tensor_value_info("x", F, [None, 4])
     y = helper.make_tensor_value_info("y", F, [None, 4])
     info = inspect_model(_write(_model([helper.make_node("Relu", ["x"], ["y"])], [x], [y]), tmp_path / "u.onnx"))
@@ -604,6 +607,8 @@ def test_default_symbols_and_overrides() -> None:
         specs[0].concrete({"batch": 1, "H": 2})
     assert specs[0].concrete({"batch": 2, "H": 5, "W": 6}) == (2, 3, 5, 6)
     assert check_input_budget(specs, {"batch": 2, "H": 5, "W": 6}, Limits()) == 180 + 10
+    with pytest.raises(ModelError, match=r"over the limit of 100 \(at batch=2, H=5, W=6; use smaller values\)$"):
+        check_input_budget(specs, {"batch": 2, "H": 5, "W": 6}, Limits(max_input_elements=100))
 
 
 def test_output_bytes_from_declared_shapes() -> None:
