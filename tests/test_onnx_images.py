@@ -53,8 +53,12 @@ def test_layout_from_the_input_shape() -> None:
     with pytest.raises(ImageInputError, match=r"are 64x1 \(symbols at their default 1\); give real values for W$"):
         image_layout(TensorSpec("x", "float32", [1, 3, "H", "W"]), {"H": 64, "W": 1})  # images were squashed to 64x1
     assert image_layout(TensorSpec("x", "float32", [1, 3, 1, "W"]), {"W": 64}).height == 1  # the model's own 1
-    with pytest.raises(ImageInputError, match="height and width are 1x1"):  # the model's own: still no picture
+    with pytest.raises(ImageInputError) as fixed:  # the model's own 1x1: still no picture, and nothing to set
         image_layout(TensorSpec("x", "float32", [1, 3, 1, 1]), {})
+    assert str(fixed.value) == (
+        "input 'x' [1, 3, 1, 1]: the model fixes its height and width at 1x1, which holds no image; evaluate it "
+        "without images (random or .npz inputs)"
+    )
     with pytest.raises(ImageInputError, match="no channel axis"):
         image_layout(TensorSpec("x", "float32", [1, 5, 8, 8]), {})
     with pytest.raises(ImageInputError, match="rank-4"):

@@ -89,10 +89,15 @@ def image_layout(spec: TensorSpec, values: dict[str, int]) -> ImageLayout:
             + (f"give values for {', '.join(unset)}" if unset else "a fixed size of 0 holds no image")
         )
     at_one = [str(d) for d, v in zip(hw_names, (layout.height, layout.width), strict=True) if v == 1 and d != 1]
-    if at_one or (layout.height, layout.width) == (1, 1):  # one symbol at 1 squashed every image to a line
+    if at_one:  # one symbol at 1 squashed every image to a line
         raise ImageInputError(
             f"input {spec.name!r} {spec.shape}: height and width are {layout.height}x{layout.width} (symbols at "
-            f"their default 1); give real values for {', '.join(at_one or [str(d) for d in hw_names])}"
+            f"their default 1); give real values for {', '.join(at_one)}"
+        )
+    if (layout.height, layout.width) == (1, 1):
+        raise ImageInputError(
+            f"input {spec.name!r} {spec.shape}: the model fixes its height and width at 1x1, which holds no image; "
+            "evaluate it without images (random or .npz inputs)"
         )
     return layout
 
