@@ -73,3 +73,22 @@ def test_an_export_is_the_same_file_every_time_and_leaves_no_trace_when_it_fails
     with pytest.raises(RuntimeError, match="the exporter crashed"):
         example_path("tiny", tmp_path / "c")
     assert list((tmp_path / "c" / "onnx-examples").iterdir()) == []
+
+
+def test_an_export_made_by_another_format_or_opset_is_not_reused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cached export is named by the example's format version and opset: after either changes, the next use exports
+    again instead of serving the stale file."""
+    import torch
+
+    def tiny() -> tuple:
+        return torch.nn.Linear(4, 2).eval(), (torch.zeros(1, 4),), ["x"], ["y"], {"x": {0: "batch"}, "y": {0: "batch"}}
+
+    monkeypatch.setitem(examples.EXAMPLES, "tiny", examples.Example("tiny", "Tiny", "x (batch,4) -> y (batch,2)", tiny))
+    first = example_path("tiny", tmp_path)
+    monkeypatch.setattr(examples, "_FORMAT", examples._FORMAT + 1)
+    bumped = example_path("tiny", tmp_path)
+    monkeypatch.setattr(examples, "_OPSET", examples._OPSET - 1)
+    older_opset = example_path("tiny", tmp_path)
+    assert len({first, bumped, older_opset}) == 3 and all(p.is_file() for p in (first, bumped, older_opset))
