@@ -78,7 +78,7 @@ def test_haar_boxes_in_a_wide_frame_are_clipped_to_its_width(face: np.ndarray) -
     wide[:, 512:] = face
     (dets,) = HaarDetector(detect_scale=0.5).detect([wide])
     assert dets.shape == (1, 5) and dets[0, 2] > 512, dets
-    shifted = np.array(FACE_REGION) + [512, 0, 512, 0]
+    shifted = np.array(FACE_REGION) + np.array([512, 0, 512, 0])
     assert _iou(dets[0], shifted) > 0.6
 
 
