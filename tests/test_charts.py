@@ -759,6 +759,47 @@ def test_another_visitors_sweeps_and_evaluations_are_no_job_in_every_event_of_th
         assert len(mine) == 1 and not [v for _, v in on_bench["models"](bob).choices if v.startswith("onnx:")]
 
 
+def test_a_stopped_evaluation_shows_the_rows_it_finished(tmp_path: Path, model) -> None:
+    """The ONNX tab renders a cancelled evaluation's stored rows (and says so), as the bench tab does a sweep's; one
+    that stopped before its first provider leaves the outputs empty."""
+    from engine.core.settings import load_settings
+    from engine.jobs.broker import Broker
+    from engine.jobs.store import CANCELLED, CPU, FAILED, JobStore
+    from engine.onnx.jobs import OnnxEvalJobs
+    from engine.onnx.report import PARTIAL_NOTE
+    from ui.jobs import Access
+    from ui.onnx_eval import build_onnx_eval_tab
+
+    settings = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path / "data")})
+    settings.ensure_dirs()
+    request = SimpleNamespace(username=None, session_hash="s1", cookies={})
+    c = EvalConfig
+    with JobStore(settings.db_path, settings.data_dir / "blobs") as store, gr.Blocks() as demo:
+        broker = Broker(store, {"onnx_eval": "engine.onnx.jobs:handle"}, {CPU: 1})  # never started
+        build_onnx_eval_tab(settings, OnnxEvalJobs(broker, settings), Access())
+        handlers = {fn.name: fn.fn for fn in demo.fns.values()}
+        queued = [
+            handlers["queue_job"](
+                "Upload", None, str(model[0]), ["cpu", "cuda"], None, None, None, "1,2", 2, 0, 0, False,
+                c.trt_workspace_gb, "", "", c.image_resize, c.image_scaling, c.image_channels, "", "", request,
+            )[0]
+            for _ in range(2)
+        ]  # fmt: skip
+        stopped, empty = queued
+        assert store.claim_next(CPU).id == stopped  # the other stops before it starts
+        path, info = model
+        partial = evaluate(path, info, EvalConfig(model=MODEL, providers=["cpu"], batch_sizes=[1, 2], runs=2, warmup=0))
+        partial["notes"].insert(0, f"{PARTIAL_NOTE}: cpu of cpu, cuda measured")
+        store.save_partial(stopped, partial)
+        store.fail(stopped, "cancelled by its owner while it ran", CANCELLED)
+        store.fail(empty, "the evaluation ran past its time limit", FAILED)
+        status, _, summary, results, *_ = handlers["poll"](stopped, request)
+        assert "cancelled by its owner" in status and "The 2 result row(s) it finished are below" in status
+        assert "cpu of cpu, cuda measured" in summary and len(results["value"]["data"]) == 2
+        status, _, summary, results, *_ = handlers["poll"](empty, request)
+        assert "time limit" in status and "finished are below" not in status and summary is None and results is None
+
+
 def test_a_configuration_that_measured_no_throughput_is_refused_in_words(tmp_path: Path, model) -> None:
     """A configuration that failed (out of memory, say) has no samples/s: pricing it said so, not an internal
     error from the arithmetic."""
