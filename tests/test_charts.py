@@ -430,14 +430,22 @@ def test_a_refused_plan_says_why_in_its_pane_in_place_of_the_last_plan(tmp_path:
 
 
 def test_picking_an_llm_in_the_list_lets_go_of_an_uploaded_config(tmp_path: Path) -> None:
-    """An uploaded config.json was planned whatever preset or Hub id was picked in the list after it."""
+    """The model chosen last is planned: an uploaded config.json over the preset the list still shows, and picking in
+    the list afterwards lets go of the file (it was planned whatever was picked after it)."""
     from engine.core.settings import load_settings
     from engine.jobs.store import JobStore
 
     settings = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path / "data")})
     settings.ensure_dirs()
     with JobStore(settings.db_path, settings.data_dir / "blobs") as store:
-        demo, _, _ = _bench_tab(settings, store)
+        demo, handler, _ = _bench_tab(settings, store)
+    config = tmp_path / "config.json"  # given beside a preset still shown in the list: the file is what is planned
+    config.write_text(json.dumps(dict(model_type="llama", hidden_size=2048, intermediate_size=5632,
+                                      num_hidden_layers=22, num_attention_heads=32, num_key_value_heads=4,
+                                      vocab_size=32000, max_position_embeddings=2048,
+                                      _name_or_path="TinyLlama/TinyLlama-1.1B-Chat-v1.0")))  # fmt: skip
+    _, plan = handler["plan_form"]("T4", 1, "mistral-7b", str(config), "auto", 0, 0, 1, 0.9, "auto")
+    assert plan is not None and plan["model"]["name"] == "TinyLlama/TinyLlama-1.1B-Chat-v1.0"
     blocks = list(demo.blocks.values())
     llm = next(b for b in blocks if isinstance(b, gr.Dropdown) and b.label == "LLM")
     upload = next(b for b in blocks if isinstance(b, gr.File) and "config.json" in (b.label or ""))
