@@ -345,6 +345,46 @@ def test_reopening_a_stopped_or_unknown_job_shows_that_job_in_every_pane_of_both
             assert len(scrolls) == 2, scrolls  # the tab's button and Open
 
 
+def test_a_finished_jobs_report_in_the_tabs_json_pane_names_its_files_not_the_servers_folders(tmp_path: Path) -> None:
+    """The JSON pane under a result is what its owner reads and copies: each output by its file's name, as the API's
+    /job_result gives it, never the place on the server (which the visitor cannot reach and which shows its folders)."""
+    from engine.core.results import RunResult
+    from engine.core.settings import load_settings
+    from engine.jobs.broker import Broker
+    from engine.jobs.kinds import output_path
+    from engine.jobs.store import CPU, JobStore
+    from engine.lipsync.jobs import LipSyncJobs
+    from engine.portrait.jobs import PortraitJobs
+    from ui.jobs import LOCAL, Access
+    from ui.lipsync import build_lipsync_tab
+    from ui.portrait import build_portrait_tab
+
+    settings = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path / "data")})
+    settings.ensure_dirs()
+    with JobStore(settings.db_path, settings.data_dir / "blobs") as store, gr.Blocks() as demo:
+        broker = Broker(store, {}, {CPU: 1})  # never started: the jobs are written into the store by hand
+        build_lipsync_tab(settings, LipSyncJobs(broker, settings), Access())
+        build_portrait_tab(settings, PortraitJobs(broker, settings), Access())
+        metrics = {
+            "lipsync": {"engine_label": "baseline", "frames": 25, "fps": 25.0, "batch_size": 16, "encoder": "libx264",
+                        "detector": "haar", "faces_missed": 0, "pipeline_seconds": 1.0, "frames_per_second": 25.0},
+            "portrait": {"engine": "baseline", "backend": "torch", "frames": 25, "fps": 25.0, "frames_per_second": 25.0,
+                         "encoder": "libx264", "compiled": False, "cache": {}},
+        }  # fmt: skip
+        for kind in ("lipsync", "portrait"):
+            (reopen,) = [f for f in demo.fns.values() if f.name == "reopen" and f.concurrency_id == f"{kind}_reopen"]
+            job = store.submit(kind, {"files": {}, "options": {}}, CPU, owner=LOCAL)
+            assert store.claim_next(CPU).id == job.id
+            video = output_path(settings, job)
+            video.parent.mkdir(parents=True, exist_ok=True)
+            video.write_bytes(b"not played here")
+            report = RunResult(device="cpu", outputs={"video": str(video)}, metrics=metrics[kind])
+            store.finish(job.id, report.to_dict())
+            *_, record = reopen.fn(job.id, None, lambda *a, **k: None)
+            assert record["outputs"] == {"video": video.name}, kind
+            assert str(settings.data_dir) not in repr(record), kind
+
+
 def test_a_request_refused_before_its_job_exists_stays_in_the_tabs_panes(monkeypatch, tmp_path: Path) -> None:
     """Bad input was a toast that faded over a bare "Error" badge, and the panes kept an earlier job's result."""
     jobs = _stopping_job(monkeypatch, tmp_path, "failed", "never reached")
