@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import cv2
 import numpy as np
@@ -302,29 +305,42 @@ def _streamed(out: Path, frames: int) -> tuple[float, int]:
     return stream.duration, sum(len(list(read_frames(part))) for part in stream.segments)
 
 
-def test_reopening_a_stopped_or_unknown_job_shows_that_job_in_every_pane_of_both_tabs(tmp_path: Path) -> None:
-    """Opening a cancelled job, or an id of none, left the last job's video, summary, chart and strip under a red
-    "Error": as if they were that job's. And on a phone the result is below the form: Lip-sync, Animate and Open
-    bring it into view."""
-    from engine.core.media import read_frames
+@contextlib.contextmanager
+def _job_tabs(tmp_path: Path) -> Iterator[tuple[Any, Any, gr.Blocks, dict[str, Any]]]:
+    """(settings, store, blocks, each tab's Open handler by kind): the Lip-sync and Portrait tabs over a store whose
+    jobs a test writes by hand (its broker never starts)."""
     from engine.core.settings import load_settings
     from engine.jobs.broker import Broker
-    from engine.jobs.kinds import output_path
     from engine.jobs.store import CPU, JobStore
     from engine.lipsync.jobs import LipSyncJobs
     from engine.portrait.jobs import PortraitJobs
-    from ui.jobs import LOCAL, Access
+    from ui.jobs import Access
     from ui.lipsync import build_lipsync_tab
     from ui.portrait import build_portrait_tab
 
     settings = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path / "data")})
     settings.ensure_dirs()
     with JobStore(settings.db_path, settings.data_dir / "blobs") as store, gr.Blocks() as demo:
-        broker = Broker(store, {}, {CPU: 1})  # never started: the jobs are written into the store by hand
+        broker = Broker(store, {}, {CPU: 1})
         build_lipsync_tab(settings, LipSyncJobs(broker, settings), Access())
         build_portrait_tab(settings, PortraitJobs(broker, settings), Access())
+        reopens = {f.concurrency_id.removesuffix("_reopen"): f for f in demo.fns.values() if f.name == "reopen"}
+        assert sorted(reopens) == ["lipsync", "portrait"]
+        yield settings, store, demo, reopens
+
+
+def test_reopening_a_stopped_or_unknown_job_shows_that_job_in_every_pane_of_both_tabs(tmp_path: Path) -> None:
+    """Opening a cancelled job, or an id of none, left the last job's video, summary, chart and strip under a red
+    "Error": as if they were that job's. And on a phone the result is below the form: Lip-sync, Animate and Open
+    bring it into view."""
+    from engine.core.media import read_frames
+    from engine.jobs.kinds import output_path
+    from engine.jobs.store import CPU
+    from ui.jobs import LOCAL
+
+    with _job_tabs(tmp_path) as (settings, store, demo, reopens):
         for kind, result_id in (("lipsync", "lipsync-result"), ("portrait", "portrait-result")):
-            (reopen,) = [f for f in demo.fns.values() if f.name == "reopen" and f.concurrency_id == f"{kind}_reopen"]
+            reopen = reopens[kind]
             job = store.submit(kind, {"files": {}, "options": {}}, CPU, owner=LOCAL)
             seconds, frames = _streamed(output_path(settings, job), frames=50)  # streamed before it stopped
             store.cancel_queued(job.id, "cancelled by its owner while it ran")
@@ -349,30 +365,18 @@ def test_a_finished_jobs_report_in_the_tabs_json_pane_names_its_files_not_the_se
     """The JSON pane under a result is what its owner reads and copies: each output by its file's name, as the API's
     /job_result gives it, never the place on the server (which the visitor cannot reach and which shows its folders)."""
     from engine.core.results import RunResult
-    from engine.core.settings import load_settings
-    from engine.jobs.broker import Broker
     from engine.jobs.kinds import output_path
-    from engine.jobs.store import CPU, JobStore
-    from engine.lipsync.jobs import LipSyncJobs
-    from engine.portrait.jobs import PortraitJobs
-    from ui.jobs import LOCAL, Access
-    from ui.lipsync import build_lipsync_tab
-    from ui.portrait import build_portrait_tab
+    from engine.jobs.store import CPU
+    from ui.jobs import LOCAL
 
-    settings = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path / "data")})
-    settings.ensure_dirs()
-    with JobStore(settings.db_path, settings.data_dir / "blobs") as store, gr.Blocks() as demo:
-        broker = Broker(store, {}, {CPU: 1})  # never started: the jobs are written into the store by hand
-        build_lipsync_tab(settings, LipSyncJobs(broker, settings), Access())
-        build_portrait_tab(settings, PortraitJobs(broker, settings), Access())
+    with _job_tabs(tmp_path) as (settings, store, _, reopens):
         metrics = {
             "lipsync": {"engine_label": "baseline", "frames": 25, "fps": 25.0, "batch_size": 16, "encoder": "libx264",
                         "detector": "haar", "faces_missed": 0, "pipeline_seconds": 1.0, "frames_per_second": 25.0},
             "portrait": {"engine": "baseline", "backend": "torch", "frames": 25, "fps": 25.0, "frames_per_second": 25.0,
                          "encoder": "libx264", "compiled": False, "cache": {}},
         }  # fmt: skip
-        for kind in ("lipsync", "portrait"):
-            (reopen,) = [f for f in demo.fns.values() if f.name == "reopen" and f.concurrency_id == f"{kind}_reopen"]
+        for kind, reopen in reopens.items():
             job = store.submit(kind, {"files": {}, "options": {}}, CPU, owner=LOCAL)
             assert store.claim_next(CPU).id == job.id
             video = output_path(settings, job)
