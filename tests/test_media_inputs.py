@@ -361,6 +361,33 @@ def test_reopening_a_stopped_or_unknown_job_shows_that_job_in_every_pane_of_both
             assert len(scrolls) == 2, scrolls  # the tab's button and Open
 
 
+def test_the_video_so_far_leaves_the_tabs_other_panes_as_they_are(monkeypatch, tmp_path: Path) -> None:
+    """While a job streams, each preview replaces the video and its line only: the chart, strip, template and JSON
+    pane keep what they show until the result comes (emptying them on every preview made the page flicker)."""
+    import ui.lipsync
+    import ui.portrait
+    from engine.core.hls import read_stream, stream_folder
+    from ui.jobs import job_endpoints
+
+    previews: dict[str, tuple[list[Any], Any]] = {}
+
+    def recorded(cls, jobs, access, render, outputs, name, about, live, ended) -> Any:
+        previews[name] = (outputs, live)
+        return job_endpoints(cls, jobs, access, render, outputs, name, about, live, ended)
+
+    for module in (ui.lipsync, ui.portrait):
+        monkeypatch.setattr(module, "job_endpoints", recorded)
+    out = tmp_path / "streamed.mp4"
+    seconds, _ = _streamed(out, frames=50)
+    with _job_tabs(tmp_path):
+        assert sorted(previews) == ["lipsync", "portrait"]
+        for name, (outputs, live) in previews.items():
+            video, line, *rest = live(read_stream(stream_folder(out)))
+            assert len(rest) == len(outputs) - 2 and Path(video).is_file(), name
+            assert line == f"⏳ the first {seconds:.1f} s, made so far; the rest follows"
+            assert all(u == {"__type__": "update"} for u in rest), (name, rest)
+
+
 def test_a_finished_jobs_report_in_the_tabs_json_pane_names_its_files_not_the_servers_folders(tmp_path: Path) -> None:
     """The JSON pane under a result is what its owner reads and copies: each output by its file's name, as the API's
     /job_result gives it, never the place on the server (which the visitor cannot reach and which shows its folders)."""

@@ -179,6 +179,39 @@ def test_cuda_fallback_is_loud(mlp_model: tuple[Path, ModelInfo]) -> None:
     json.dumps(report)
 
 
+def test_every_session_is_closed_after_its_rows_even_when_they_fail(
+    mlp_model: tuple[Path, ModelInfo], monkeypatch
+) -> None:
+    """A session holds the model's weights (on a GPU, its memory) until closed: each is closed once its rows are
+    done, the CPU reference's too, and when a run raises, so a failed evaluation does not keep a card's memory."""
+    opened: list[OrtSession] = []
+    closed: list[OrtSession] = []
+
+    class Recorded(OrtSession):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            opened.append(self)
+
+        def close(self) -> None:
+            closed.append(self)
+            super().close()
+
+    monkeypatch.setattr(runner, "OrtSession", Recorded)
+    path, info = mlp_model
+    evaluate(path, info, EvalConfig(providers=("cuda",), **FAST))  # CUDA (fallen back here) and the CPU reference
+    assert len(opened) == 2 and closed == opened
+
+    def broken(*args, **kwargs) -> None:
+        raise RuntimeError("the run broke")
+
+    monkeypatch.setattr(runner.Runner, "run_batches", broken)
+    opened.clear()
+    closed.clear()
+    with pytest.raises(RuntimeError, match="the run broke"):
+        evaluate(path, info, EvalConfig(**FAST))
+    assert len(opened) == 1 and closed == opened
+
+
 def test_iobinding_path_runs_on_cpu_values(mlp_model: tuple[Path, ModelInfo]) -> None:
     """The device-resident timing is only used on a GPU; its binding logic is exercised here on the CPU."""
     path, info = mlp_model
@@ -719,6 +752,27 @@ def test_accuracy_against_expected(mlp_model: tuple[Path, ModelInfo], tmp_path: 
         run("keys.npz")
     with pytest.raises(EvalError, match="one or more of them: it is empty"):
         run("none.npz")
+
+
+def test_accuracy_is_scored_for_the_providers_asked_not_the_cpu_reference(tmp_path: Path) -> None:
+    """Asked for CUDA alone, CPU runs only as the parity reference: accuracy and top-k are the CUDA row's, and a
+    CPU entry there would score a provider nobody asked for."""
+    from engine.system.ort_probe import probe_provider
+
+    if probe_provider("CUDAExecutionProvider")["loaded"]:
+        pytest.skip("CUDA really loads here: CPU is not a reference-only session")
+    weights = np.random.default_rng(0).standard_normal((4, 6)).astype(np.float32)
+    path = classifier(tmp_path / "cls.onnx", weights)
+    x = np.random.default_rng(1).standard_normal((4, 4)).astype(np.float32)
+    np.savez(tmp_path / "x.npz", x=x)
+    np.savez(tmp_path / "want.npz", logits=x @ weights)
+    config = EvalConfig(
+        providers=("cuda",), batch_sizes=(4,), inputs=tmp_path / "x.npz", expected=tmp_path / "want.npz",
+        labels=(0, 1, 2, 3), **FAST,
+    )  # fmt: skip
+    report = evaluate(path, inspect_model(path), config)
+    assert report["sessions"]["cpu"]["reference_only"] is True
+    assert list(report["accuracy"]["expected"]) == ["cuda"] and list(report["accuracy"]["topk"]) == ["cuda"]
 
 
 def test_topk_on_a_tiny_classifier(tmp_path: Path) -> None:
@@ -1399,6 +1453,19 @@ def test_gflops_come_from_the_mean_latency_as_samples_per_s(mlp_model: tuple[Pat
     for row in rows:
         assert (row["latency"]["mean_ms"], row["latency"]["p50_ms"]) == (2.0, 1.0)
         assert row["achieved_gflops"] * 1e9 == pytest.approx(info.flops * row["samples_per_s"])  # inspected at N=1
+
+
+def test_gflops_scale_from_the_batch_the_model_was_inspected_at(mlp_model: tuple[Path, ModelInfo], monkeypatch) -> None:
+    """A model inspected at N=4 (its FLOPs counted for four samples) gives batch 1 a quarter of them: every row's
+    GFLOP/s is the one-sample FLOPs times its samples/s, whatever batch the inspection used."""
+    monkeypatch.setattr(runner, "_timed_runs", lambda fn, n, tick: [2.0] * n)
+    path, one = mlp_model
+    four = inspect_model(path, symbols={"N": 4})
+    assert four.flops == pytest.approx(4 * one.flops)
+    rows = evaluate(path, four, EvalConfig(batch_sizes=(1, 4), **FAST))["results"]
+    assert [r["batch"] for r in rows] == [1, 4]
+    for row in rows:
+        assert row["achieved_gflops"] * 1e9 == pytest.approx(one.flops * row["samples_per_s"])
 
 
 def test_npz_inputs_repeat_along_every_batch_axis_and_flops_scale_only_where_linear(tmp_path: Path) -> None:

@@ -609,6 +609,9 @@ def test_default_symbols_and_overrides() -> None:
     assert check_input_budget(specs, {"batch": 2, "H": 5, "W": 6}, Limits()) == 180 + 10
     with pytest.raises(ModelError, match=r"over the limit of 100 \(at batch=2, H=5, W=6; use smaller values\)$"):
         check_input_budget(specs, {"batch": 2, "H": 5, "W": 6}, Limits(max_input_elements=100))
+    assert check_input_budget(specs, {"batch": 2, "H": 5, "W": 6}, Limits(max_input_elements=190)) == 190  # at it
+    with pytest.raises(ModelError, match=r"needs 190 input elements \(x \[2, 3, 5, 6\] = 180; "):
+        check_input_budget(specs, {"batch": 2, "H": 5, "W": 6}, Limits(max_input_elements=189))
 
 
 def test_output_bytes_from_declared_shapes() -> None:
