@@ -7,6 +7,7 @@ import torch
 from engine.core.device import (
     DeviceError,
     apply_backend_flags,
+    auto_precision,
     batch_within,
     capabilities,
     cuda_unavailable_reason,
@@ -52,7 +53,7 @@ def test_why_there_is_no_gpu_says_what_to_change(monkeypatch: pytest.MonkeyPatch
 
 def test_cpu_capabilities_and_precisions() -> None:
     caps = capabilities(torch.device("cpu"))
-    assert caps.precisions == ["fp32", "bf16"]
+    assert caps.precisions == ["fp32", "bf16"] and auto_precision(caps) == "fp32"
     assert precision_dtype("bf16", caps) is torch.bfloat16
     assert precision_dtype("BF16", caps) is torch.bfloat16  # as a flag or a form may write it
     with pytest.raises(DeviceError, match="fp16 is not supported"):
@@ -214,22 +215,33 @@ def test_a_gpu_is_placed_by_its_index_and_one_past_the_visible_ones_is_refused_w
 
 
 @pytest.mark.parametrize(
-    ("major", "minor", "precisions", "tensor_cores", "notes"),
+    ("major", "minor", "precisions", "tensor_cores", "notes", "auto"),
     [
-        (5, 2, ["fp32"], False, 2),  # Maxwell: fp16 is not offered
-        (6, 0, ["fp32", "fp16"], False, 2),  # Pascal: fp16 storage, no tensor cores
-        (7, 5, ["fp32", "fp16"], True, 1),  # Turing (T4): tensor cores, no bf16 or TF32
-        (8, 0, ["fp32", "tf32", "fp16", "bf16"], True, 0),  # Ampere (A100)
+        (5, 2, ["fp32"], False, 2, "fp32"),  # Maxwell: fp16 is not offered (auto picked it, and was refused)
+        (6, 0, ["fp32", "fp16"], False, 2, "fp16"),  # P100: double-rate fp16, no tensor cores
+        (6, 1, ["fp32", "fp16"], False, 2, "fp32"),  # GTX 1080, P4, P40: fp16 at 1/64 of fp32's rate
+        (7, 5, ["fp32", "fp16"], True, 1, "fp16"),  # Turing (T4): tensor cores, no bf16 or TF32
+        (8, 0, ["fp32", "tf32", "fp16", "bf16"], True, 0, "fp16"),  # Ampere (A100)
     ],
 )
 def test_a_gpus_precisions_follow_its_compute_capability(
-    monkeypatch: pytest.MonkeyPatch, major: int, minor: int, precisions: list[str], tensor_cores: bool, notes: int
+    monkeypatch: pytest.MonkeyPatch,
+    major: int,
+    minor: int,
+    precisions: list[str],
+    tensor_cores: bool,
+    notes: int,
+    auto: str,
 ) -> None:
-    """What the precision options offer on a card: bf16 or TF32 offered on a T4 fails every run that picks it."""
+    """What the precision options offer on a card: bf16 or TF32 offered on a T4 fails every run that picks it; and
+    what `auto` picks: fp16 only where it is at least as fast as fp32."""
     card = SimpleNamespace(major=major, minor=minor, name="a card", total_memory=16 * 2**30, multi_processor_count=40)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: card)
     caps = capabilities(torch.device("cuda", 0))
     assert caps.precisions == precisions and caps.tensor_cores is tensor_cores and len(caps.notes) == notes
+    assert auto_precision(caps) == auto
+    if (major, minor) == (6, 1):
+        assert "fp16 arithmetic runs at 1/64 of fp32's rate; auto precision is fp32" in caps.notes[-1]
     assert caps.compute_capability == f"{major}.{minor}" and caps.total_memory_bytes == 16 * 2**30
 
 

@@ -23,7 +23,6 @@ from engine.lipsync.engines import (
     Wav2LipEngine,
     auto_batch_size,
     cpu_sample_bytes,
-    default_precision,
 )
 from engine.lipsync.paste import first_row_read, paste
 from engine.models.wav2lip import FACE_SIZE, MEL_SHAPE, load_wav2lip
@@ -287,11 +286,6 @@ def test_the_gpu_batch_is_the_largest_power_of_two_in_half_its_free_memory(monke
     assert auto_batch_size(gpu, "fp16") == 512 and auto_batch_size(gpu, "fp16", cap=64) == 64
     free["bytes"] = 2**20
     assert auto_batch_size(gpu, "fp32") == 1
-
-
-def test_auto_precision_is_fp16_on_cuda_and_fp32_on_the_cpu() -> None:
-    """What --precision auto promises in its help: the CPU has no fast fp16, a GPU halves its memory with it."""
-    assert default_precision(torch.device("cuda", 0)) == "fp16" and default_precision(CPU) == "fp32"
 
 
 def test_a_cpu_frame_costs_the_networks_share_only_where_wav2lip_runs() -> None:

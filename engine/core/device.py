@@ -122,7 +122,9 @@ def capabilities(device: torch.device) -> DeviceCapabilities:
     notes = []
     if major < 8:
         notes.append(f"compute capability {major}.{minor} < 8.0: no bf16 or TF32 tensor cores")
-    if major < 7:
+    if (major, minor) == (6, 1):
+        notes.append("compute capability 6.1: fp16 arithmetic runs at 1/64 of fp32's rate; auto precision is fp32")
+    elif major < 7:
         notes.append("no tensor cores: fp16 saves memory but gives little speed")
     return DeviceCapabilities(
         device=str(device),
@@ -136,6 +138,13 @@ def capabilities(device: torch.device) -> DeviceCapabilities:
         tensor_cores=major >= 7,
         notes=notes,
     )
+
+
+def auto_precision(caps: DeviceCapabilities) -> str:
+    """What precision `auto` runs: fp16 on a GPU that computes it at least as fast as fp32 (tensor cores from
+    compute capability 7.0; the P100's and Jetson's double-rate fp16), else fp32. Pascal's 6.1 chips (GTX 10x0,
+    Tesla P4 and P40) run fp16 arithmetic at 1/64 of fp32's rate, and cards older than 6.0 have none to offer."""
+    return "fp16" if caps.fp16 and caps.compute_capability != "6.1" else "fp32"
 
 
 def precision_dtype(precision: str, caps: DeviceCapabilities) -> torch.dtype:

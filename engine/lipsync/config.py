@@ -66,7 +66,9 @@ class LipSyncConfig(Config):
         low=1,
         high=4096,
     )
-    precision: str = option("auto", help="auto: fp16 on CUDA, fp32 on the CPU", choices=PRECISIONS)
+    precision: str = option(
+        "auto", help="auto: fp16 on a GPU that runs it fast (not compute capability 6.1), else fp32", choices=PRECISIONS
+    )
     compile: bool = option(False, help="torch.compile the generator")
     check_precision: bool = option(
         False, help="Wav2Lip at fp16 or bf16: also run the first frames in fp32 (a second copy of the generator, "

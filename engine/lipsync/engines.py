@@ -38,11 +38,6 @@ class Generator(Protocol):
         be left zero."""
 
 
-def default_precision(device: torch.device) -> str:
-    """fp16 on CUDA (bf16 is visibly lossy on Wav2Lip), fp32 on the CPU."""
-    return "fp16" if device.type == "cuda" else "fp32"
-
-
 CPU_BATCH_SIZE = 16
 PRECISION_CHECK_FRAMES = 4  # frames of the first batch that --check-precision also runs in fp32
 ROW_STEP = 8  # Wav2Lip computes its crops from a multiple of this row down (the first row the paste reads, rounded)

@@ -46,6 +46,7 @@ from engine.core.audio import (
 )
 from engine.core.device import (
     DeviceChoice,
+    auto_precision,
     batch_within,
     capabilities,
     not_finite_hint,
@@ -92,7 +93,6 @@ from engine.lipsync.engines import (
     Wav2LipEngine,
     auto_batch_size,
     cpu_sample_bytes,
-    default_precision,
 )
 from engine.lipsync.paste import Box, crop, first_row_read, paste
 from engine.lipsync.video_edits import VideoEdits
@@ -290,7 +290,7 @@ def _prepare(
 ) -> _Prepared:
     """Checks, speech, generator, detector and batch size: everything before the frames."""
     device, caps = choice.device, capabilities(choice.device)
-    precision = default_precision(device) if config.precision == "auto" else config.precision
+    precision = auto_precision(caps) if config.precision == "auto" else config.precision  # bf16 is visibly lossy
     result = RunResult(device=str(device), device_name=caps.name, precision=precision, config=config.to_text())
     if not choice.is_cuda:
         result.warn(f"running on the CPU: {choice.reason}")

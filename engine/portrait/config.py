@@ -56,8 +56,9 @@ class PortraitConfig(Config):
     )  # fmt: skip
     backend: str = option("torch", help="how LivePortrait runs: PyTorch or our ONNX export", choices=BACKENDS)
     precision: str = option(
-        "auto", help="auto: fp16 on CUDA, fp32 on the CPU; the ONNX backends run fp32 or fp16", choices=PRECISIONS
-    )
+        "auto", help="auto: fp16 on a GPU that runs it fast (not compute capability 6.1), else fp32; the ONNX "
+        "backends run fp32 or fp16", choices=PRECISIONS,
+    )  # fmt: skip
     compile: bool = option(False, help="torch.compile the warping module and decoder (torch backend)")
     region: str = option("all", help="what the driver moves", choices=REGIONS)
     relative: bool = option(

@@ -15,6 +15,7 @@ import torch
 
 from engine.core.device import (
     DeviceChoice,
+    auto_precision,
     capabilities,
     precision_dtype,
     resolve_device,
@@ -67,8 +68,9 @@ class Head:
 
 def run_head(config: PortraitConfig, settings: Settings, device: str | None, batch_size: int | None = None) -> Head:
     choice = resolve_device(device or settings.device)
-    precision = ("fp16" if choice.is_cuda else "fp32") if config.precision == "auto" else config.precision
-    result = RunResult(device=str(choice.device), device_name=capabilities(choice.device).name, precision=precision)
+    caps = capabilities(choice.device)
+    precision = auto_precision(caps) if config.precision == "auto" else config.precision
+    result = RunResult(device=str(choice.device), device_name=caps.name, precision=precision)
     result.config = config.to_text()  # as asked: an empty batch size stays empty, resolved again on each device
     batch_size = batch_size or config.batch_size or default_batch_size(choice.device, config.backend)
     config = replace(config, batch_size=batch_size)
@@ -90,7 +92,7 @@ def run_head(config: PortraitConfig, settings: Settings, device: str | None, bat
     if box is None:
         _faceless_source(config, engine, result)
     if engine == "liveportrait" and config.backend == "torch":  # fp16 on the CPU: emulated, far slower than fp32
-        precision_dtype(precision, capabilities(choice.device))  # refused with what the device supports
+        precision_dtype(precision, caps)  # refused with what the device supports
     frames = driving_frames(config)  # a batch is never longer than the driving input
     _refuse_a_batch_over_memory(
         min(batch_size, frames or batch_size), source_bgr.shape, engine, precision, choice.device, settings

@@ -44,6 +44,7 @@ from engine.core.cache import LruCache, file_digest, file_stamp
 from engine.core.device import (
     DeviceChoice,
     apply_backend_flags,
+    auto_precision,
     batch_within,
     capabilities,
     precision_dtype,
@@ -144,10 +145,9 @@ def _precision(config: LipSyncConfig, choice: DeviceChoice) -> tuple[torch.dtype
     """The networks' dtype and the precision's name; what the device lacks (tf32 or fp16 on a CPU) refused, as
     Wav2Lip refuses it. TF32 is fp32 with TensorFloat-32 matmuls and convolutions, set (or unset) on CUDA here:
     it was run as plain fp32, silently."""
-    precision = config.precision
-    if precision == "auto":
-        precision = "fp16" if choice.is_cuda else "fp32"
-    dtype = precision_dtype(precision, capabilities(choice.device))
+    caps = capabilities(choice.device)
+    precision = auto_precision(caps) if config.precision == "auto" else config.precision
+    dtype = precision_dtype(precision, caps)
     if choice.is_cuda:
         apply_backend_flags(cudnn_benchmark=torch.backends.cudnn.benchmark, tf32=precision == "tf32")  # as it was
     return dtype, precision
