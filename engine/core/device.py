@@ -64,7 +64,7 @@ def resolve_device(spec: str = "auto") -> DeviceChoice:
     if spec == "auto":
         if available:
             return DeviceChoice(torch.device("cuda", 0), spec, "CUDA is available")
-        return DeviceChoice(torch.device("cpu"), spec, f"no GPU, running on CPU: {cuda_unavailable_reason()}")
+        return DeviceChoice(torch.device("cpu"), spec, f"no GPU: {cuda_unavailable_reason()}")
     if not available:
         raise DeviceError(f"device {spec!r} requested but {cuda_unavailable_reason()}; use --device cpu or auto")
     index = int(spec.split(":")[1]) if ":" in spec else 0
