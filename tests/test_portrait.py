@@ -412,7 +412,13 @@ def test_baseline_engine_without_weights(driving: Path, tmp_path: Path, no_weigh
     still = _video(tmp_path / "still.mp4", [face] * 4)
     result = run_portrait(PortraitConfig(ASSETS / "face.jpg", tilt), tmp_path / "tilt-out.mp4", no_weights)
     assert result.metrics["engine"] == "baseline" and result.metrics["frames"] == 8
-    assert any("baseline engine" in w and "not LivePortrait" in w for w in result.warnings)
+    (why,) = [w for w in result.warnings if "baseline engine" in w]
+    assert why == (
+        "no LivePortrait weights found: using the baseline engine (optical-flow motion transfer, not LivePortrait). "
+        "Put the official pretrained_weights (from the Hugging Face repository KwaiVGI/LivePortrait) in "
+        f"{no_weights.weights_dir / 'liveportrait'}, keeping their folders (`avatarbench weights get liveportrait` "
+        "downloads them), or set AVATARBENCH_LIVEPORTRAIT_DIR to where they are, to use LivePortrait."
+    )  # where they go, and the command that puts them there (only the variable was named)
     source = cv2.imread(str(ASSETS / "face.jpg")).astype(np.float32)
     out = [f.astype(np.float32) for f in read_frames(tmp_path / "tilt-out.mp4")]
     assert len(out) == 8 and out[0].shape == source.shape

@@ -30,7 +30,7 @@ from engine.portrait.config import PortraitConfig, PortraitError
 from engine.portrait.crop import source_within_limits
 from engine.portrait.driving import driving_frames
 from engine.portrait.frames import largest_face
-from engine.portrait.weights import pick_engine
+from engine.portrait.weights import HUB_REPO, pick_engine
 
 GPU_BATCH_SIZE = 8
 CPU_BATCH_SIZE = 1  # on the CPU, batch 8 was 16-24 % slower per frame than 1 and took 3x the memory (issue #17)
@@ -100,7 +100,9 @@ def run_head(config: PortraitConfig, settings: Settings, device: str | None, bat
     if folder is None and config.engine == "auto":
         result.warn(
             "no LivePortrait weights found: using the baseline engine (optical-flow motion transfer, not "
-            "LivePortrait). Put the weights in AVATARBENCH_LIVEPORTRAIT_DIR to use LivePortrait."
+            f"LivePortrait). Put the official pretrained_weights (from the Hugging Face repository {HUB_REPO}) in "
+            f"{settings.weights_dir / 'liveportrait'}, keeping their folders (`avatarbench weights get liveportrait` "
+            "downloads them), or set AVATARBENCH_LIVEPORTRAIT_DIR to where they are, to use LivePortrait."
         )
     return Head(config, settings, result, choice.device, precision, detector, source_bgr, box, engine, folder)
 
