@@ -4,10 +4,12 @@ every refusal a message (a clip too long for its header included)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import cv2
 import numpy as np
@@ -501,6 +503,10 @@ def test_frames_with_nan_or_inf_are_written_defined_and_warned_about() -> None:
     assert first[0, 0].tolist() == [127, 0, 0]  # BGR: the NaN (R) and -inf (G) are 0, B is 127.5 truncated
     assert second[1, 1].tolist() == [255, 127, 127]  # +inf (B) is 255
     assert any("NaN or infinite" in w for w in result.warnings)
+    over = clean.clone()  # a decoder's values a little past [0, 1] are clipped, never wrapped round
+    over[0, 0, 0, 0], over[0, 1, 0, 0] = 1.5, -0.25
+    encode([over], writer, result, lambda *_: None, 2)
+    assert writer.frames[4][0, 0].tolist() == [127, 0, 255]
 
 
 def test_crop_off_and_stitching_off_give_the_networks_frame_as_upstream(weights: Path, driving: Path,
@@ -632,3 +638,291 @@ def test_the_driving_clip_scanned_for_faces_counts_its_decoding_apart(monkeypatc
     result = RunResult()
     assert face_boxes(decoded(), SimpleNamespace(detect=detect), result) == [None] * 3
     assert {s.name: s.seconds for s in result.stages} == {"decode driving": 30.0, "detect": 3.0}
+
+
+def _grey_clip(path: Path, count: int) -> Path:
+    """`count` 64x64 frames, frame i all grey level 20 * i: each frame's motion can name the frame it came from."""
+    return _video(path, [np.full((64, 64, 3), 20 * i, np.uint8) for i in range(count)])
+
+
+def _quiet(fraction: float, label: str) -> None:
+    """A progress callback that keeps nothing."""
+
+
+def _level_motion(tensor: torch.Tensor) -> Any:
+    """A motion extractor stand-in whose keypoints are each input frame's mean level (the frame's identity)."""
+    from engine.portrait.motion import KeypointInfo
+
+    b = tensor.shape[0]
+    level = tensor.mean(dim=(1, 2, 3))[:, None, None].expand(b, 21, 3)
+    zeros = torch.zeros(b)
+    return KeypointInfo(zeros, zeros, zeros, torch.zeros(b, 3), torch.zeros(b, 21, 3), torch.ones(b), level.clone())
+
+
+def test_every_driving_frame_gets_its_motion_in_order_the_last_partial_batch_too(tmp_path: Path) -> None:
+    """Five frames in batches of two: the fifth (a batch of one) is measured, the frames keep their order, the count
+    is the frames measured, and progress ends where the driving stage ends (0.30); max_frames cuts the clip."""
+    from engine.core.results import RunResult
+    from engine.portrait.driving import clip_motion
+
+    clip = _grey_clip(tmp_path / "five.mp4", 5)
+    nets = SimpleNamespace(motion=_level_motion, device=torch.device("cpu"))
+    config = PortraitConfig(ASSETS / "face.jpg", clip, batch_size=2)
+    settings, box, info = (
+        Settings(data_dir=tmp_path, weights_dir=tmp_path),
+        np.array([0.0, 0.0, 64.0, 64.0]),
+        probe_video(clip),
+    )
+    told: list[tuple[float, str]] = []
+
+    def told_progress(fraction: float, label: str) -> None:
+        told.append((fraction, label))
+
+    driving = clip_motion(config, settings, nets, info, box, 0, None, RunResult(), told_progress)
+    levels = driving.motion.kp[:, 0, 0] * 255
+    assert driving.count == 5 and levels.round().tolist() == [0.0, 20.0, 40.0, 60.0, 80.0]
+    assert driving.fps == 25.0 and driving.reference == 0 and driving.openness is None and not driving.has_audio
+    assert [round(f, 3) for f, _ in told] == [0.15, 0.25, 0.3]
+    told.clear()  # cut to three frames, by a clip with sound: the progress is of the three, the sound is kept
+    sound = replace(info, has_audio=True)
+    cut = clip_motion(replace(config, max_frames=3), settings, nets, sound, box, 0, None, RunResult(), told_progress)
+    assert cut.count == 3 and (cut.motion.kp[:, 0, 0] * 255).round().tolist() == [0.0, 20.0, 40.0]
+    assert cut.has_audio and [round(f, 3) for f, _ in told] == [0.217, 0.3]
+
+
+def test_motion_against_a_later_frame_is_warned_of_only_when_relative(tmp_path: Path) -> None:
+    """The reference frame matters for relative motion only: absolute motion from a clip that starts without a face
+    is not warned of; a one-frame video is warned of only when relative; a clip with no face at all is refused."""
+    from engine.core.media import VideoInfo
+    from engine.core.results import RunResult
+    from engine.portrait.driving import clip_box, clip_motion, warn_one_frame
+
+    clip = _grey_clip(tmp_path / "three.mp4", 3)
+    nets = SimpleNamespace(motion=_level_motion, device=torch.device("cpu"))
+    config, settings = (
+        PortraitConfig(ASSETS / "face.jpg", clip, batch_size=2),
+        Settings(data_dir=tmp_path, weights_dir=tmp_path),
+    )
+    box, info = np.array([0.0, 0.0, 64.0, 64.0]), probe_video(clip)
+    for relative, warned in ((True, 1), (False, 0)):
+        result = RunResult()
+        driving = clip_motion(replace(config, relative=relative), settings, nets, info, box, 2, None, result, _quiet)
+        assert driving.reference == 2 and len(result.warnings) == warned
+        assert all("motion is measured against frame 2, the first with a face" in w for w in result.warnings)
+    one = VideoInfo(64, 64, 25.0, 1, 0.04, False, "h264")
+    for relative, warned in ((True, 1), (False, 0)):
+        result = RunResult()
+        warn_one_frame(one, clip, replace(config, relative=relative), result)
+        assert len(result.warnings) == warned
+    warn_one_frame(replace(one, frames=2), clip, config, quiet := RunResult())
+    assert quiet.warnings == []
+    with pytest.raises(PortraitError, match=r"^no face found in the driving video three\.mkv: a frontal face must"):
+        clip_box([None, None], clip.name)
+
+
+def test_the_frames_a_run_expects_from_its_driving_input(tmp_path: Path) -> None:
+    """What sizes a batch: max_frames or the video's length, whichever is fewer; an image is one frame; a template's
+    length is not known before it is read."""
+    from engine.portrait.driving import driving_frames
+
+    clip, face = _grey_clip(tmp_path / "five.mp4", 5), ASSETS / "face.jpg"
+    save_template(tmp_path / "t.npz", _level_motion(torch.zeros(3, 3, 8, 8)), 25.0)
+    assert driving_frames(PortraitConfig(face, clip)) == 5
+    assert driving_frames(PortraitConfig(face, clip, max_frames=3)) == 3
+    assert driving_frames(PortraitConfig(face, clip, max_frames=9)) == 5
+    assert driving_frames(PortraitConfig(face, face)) == 1
+    assert driving_frames(PortraitConfig(face, tmp_path / "t.npz")) is None
+    assert driving_frames(PortraitConfig(face, tmp_path / "t.npz", max_frames=2)) == 2
+
+
+def test_the_writer_writes_every_frame_of_every_batch_and_reports_them(tmp_path: Path) -> None:
+    """Batches of 2, 2 and 1: the MP4 holds all five frames in order, the report counts them, progress ends at 1;
+    a plan that fails halfway leaves no half-written file behind, and its error is the run's."""
+    from engine.core.results import RunResult
+    from engine.portrait.writing import Plan, write
+
+    def batches(fail: bool = False) -> Iterator[torch.Tensor]:
+        for start, size in ((0, 2), (2, 2), (4, 1)):
+            if fail and start:
+                raise RuntimeError("the decoder ran out of memory")
+            yield torch.stack([torch.full((3, 32, 48), (start + i) / 5) for i in range(size)])
+
+    config, settings = PortraitConfig(ASSETS / "face.jpg", ASSETS / "face.jpg"), Settings(tmp_path, tmp_path)
+    plan = Plan(batches(), 25.0, 5, False, (48, 32), torch.device("cpu"), {})
+    told: list[tuple[float, str]] = []
+    result = RunResult()
+    write(plan, config, settings, tmp_path / "out.mp4", result, lambda f, s: told.append((f, s)))
+    frames = list(read_frames(tmp_path / "out.mp4"))
+    assert len(frames) == 5 and frames[0].shape == (32, 48, 3)
+    assert [round(float(f.mean()) / 51) for f in frames] == [0, 1, 2, 3, 4]  # in order, none dropped
+    assert result.outputs["video"] == str(tmp_path / "out.mp4")
+    assert result.metrics["frames"] == 5 and result.metrics["fps"] == 25.0 and result.metrics["frames_per_second"] > 0
+    assert told == [(pytest.approx(0.58), "frame 2/5"), (pytest.approx(0.86), "frame 4/5"), (1.0, "frame 5/5")]
+    failed = Plan(batches(fail=True), 25.0, 5, False, (48, 32), torch.device("cpu"), {})
+    with pytest.raises(RuntimeError, match="ran out of memory"):
+        write(failed, config, settings, tmp_path / "new" / "failed.mp4", RunResult(), _quiet)
+    assert not (tmp_path / "new").exists()  # nor the folder made for it
+
+
+def test_an_output_not_named_mp4_is_refused_before_any_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import engine.portrait.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "run_head", lambda *a, **k: pytest.fail("the run started"))
+    config = PortraitConfig(ASSETS / "face.jpg", ASSETS / "face.jpg")
+    for name, shown in (("out.avi", "out.avi"), ("out", "out"), ("", "(no name)")):
+        with pytest.raises(PortraitError, match=rf"^output {re.escape(shown)} must be a file name ending in \.mp4$"):
+            run_portrait(config, tmp_path / name if name else Path(""))
+    with pytest.raises(pytest.fail.Exception, match="the run started"):  # any case of .mp4 is a video's name
+        run_portrait(config, tmp_path / "OUT.MP4")
+
+
+def test_the_strip_shows_the_last_frame_and_is_saved_beside_the_video(tmp_path: Path) -> None:
+    """The strip's last tile is the clip's last frame (never one short of it); it is saved as name.strip.png next
+    to the video; a motion template has no frames to show."""
+    from engine.core.media import load_image
+    from engine.portrait.strip import STRIP_FRAMES, TILE, save_strip
+
+    clip = _grey_clip(tmp_path / "drive.mp4", 10)
+    video = _grey_clip(tmp_path / "out.mp4", 10)
+    path = save_strip(clip, video, 10)
+    assert path == tmp_path / "out.strip.png"
+    strip = load_image(path)
+    assert strip.shape[:2] == (2 * TILE, STRIP_FRAMES * TILE)
+    levels = [int(strip[TILE // 2, TILE * i + TILE // 2, 0]) for i in range(STRIP_FRAMES)]
+    assert levels == [0, 60, 120, 180]  # frames 0, 3, 6 and 9 of 10
+    save_template(tmp_path / "t.npz", _level_motion(torch.zeros(2, 3, 8, 8)), 25.0)
+    assert save_strip(tmp_path / "t.npz", video, 2) is None
+
+
+def test_liveportrait_renders_every_driving_frame_in_order_batch_by_batch() -> None:
+    """Five frames' keypoints in batches of two: three batches of 2, 2 and 1, each frame rendered from its own
+    keypoints, pasted back into the source when there is a paste-back and left as the networks' frames without."""
+    from engine.core.results import RunResult
+    from engine.portrait.liveportrait_plan import liveportrait_batches
+
+    nets = SimpleNamespace(warp=lambda feature, x_source, x: x[:, :1, :1, None] + feature, decode=lambda w: w * 2)
+    source = SimpleNamespace(nets=nets, device=torch.device("cpu"), feature=torch.zeros(1), paste=None,
+                             original=torch.ones(1))  # fmt: skip
+    x_driving = torch.arange(5.0).view(5, 1, 1).expand(5, 21, 3)
+    config, result = PortraitConfig(ASSETS / "face.jpg", ASSETS / "face.jpg", batch_size=2), RunResult()
+    batches = list(liveportrait_batches(config, source, x_driving, torch.zeros(1, 21, 3), result))
+    assert [b.flatten().tolist() for b in batches] == [[0.0, 2.0], [4.0, 6.0], [8.0]]
+    assert {s.name: s.items for s in result.stages} == {"warp": 5, "decode network": 5}
+    pasted = SimpleNamespace(**{**vars(source), "paste": lambda frames, original: frames + original})
+    batches = list(liveportrait_batches(config, pasted, x_driving, torch.zeros(1, 21, 3), RunResult()))
+    assert [b.flatten().tolist() for b in batches] == [[1.0, 3.0], [5.0, 7.0], [9.0]]
+
+
+def test_head_offsets_with_absolute_pose_are_named_in_region_pose_too(tmp_path: Path) -> None:
+    """Region pose takes the driver's whole pose as region all does: the offsets change nothing there either."""
+    from engine.core.results import RunResult
+    from engine.portrait.liveportrait_plan import _unused_head_offsets
+
+    told = RunResult()
+    _unused_head_offsets(PortraitConfig(ASSETS / "face.jpg", ASSETS / "face.jpg", relative=False, region="pose",
+                                        pitch=5.0), told)  # fmt: skip
+    assert told.warnings == [
+        "--pitch change nothing here: with --no-relative and region pose the head takes the driver's pose, and the "
+        "offsets turn the source's (relative motion, or regions exp, lip and eyes)"
+    ]
+
+
+def _planning_segments(tmp_path: Path, config: PortraitConfig, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The baseline's split job as the parent holds it after setup (a stand-in head and source, the clip's header),
+    its motion stood in by each frame's index, so what plan hands each segment names its frames."""
+    import engine.portrait.segments as segments
+    from engine.core.results import RunResult
+
+    def motion(config: PortraitConfig, settings: Settings, box: np.ndarray, first: int, *rest: Any) -> Any:
+        split.asked = {"box": box, "first": first}
+        return SimpleNamespace(head=np.arange(40), flow=-np.arange(40))
+
+    monkeypatch.setattr(segments, "baseline_motion", motion)
+    split = segments.PortraitSegments.__new__(segments.PortraitSegments)
+    split.config, split.out, split.settings, split.device = (
+        config,
+        tmp_path / "out.mp4",
+        Settings(tmp_path, tmp_path),
+        None,
+    )
+    split.head = SimpleNamespace(config=config, result=RunResult(), detector=None)
+    split.source, split.info, split.count, split.plan_metrics = torch.zeros(1), probe_video(config.driving), 0, {}
+    return split
+
+
+def test_a_split_job_plans_each_segment_its_own_frames_to_the_clips_true_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Segments laid out by a header that promised 48 frames, of a clip that has 40: each gets exactly its frames'
+    motion, the open last one to the true end, one past the end none; the clip's box is the mean of its faces, its
+    reference the first frame with one."""
+    config = PortraitConfig(ASSETS / "face.jpg", _grey_clip(tmp_path / "c.mp4", 2), engine="baseline", batch_size=16)
+    split = _planning_segments(tmp_path, config, monkeypatch)
+    faces = np.array([[i, 0.0, i + 8.0, 8.0] for i in range(40)], np.float32)  # sliding right, frame by frame
+    found = np.arange(40) >= 3  # frames 0-2 without a face
+    measured = [{"boxes": faces[a:b], "found": found[a:b]} for a, b in ((0, 16), (16, 32), (32, 40), (40, 40))]
+    final, states = split.plan([(0, 16), (16, 32), (32, 48), (48, None)], measured, _quiet)
+    assert final == [(0, 16), (16, 32), (32, 40), (40, 40)] and split.count == 40
+    assert [s["head"].tolist() for s in states] == [list(range(0, 16)), list(range(16, 32)), list(range(32, 40)), []]
+    assert all(np.array_equal(s["flow"], -s["head"]) for s in states)
+    assert split.asked["first"] == 3 and split.asked["box"].tolist() == [21.0, 0.0, 29.0, 8.0]  # the faces' mean
+
+
+def test_a_segment_scans_its_own_frames_for_the_driving_face(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Frames start..stop-1 (stop None: to the clip's end), each with its face's box or none."""
+    config = PortraitConfig(ASSETS / "face.jpg", _grey_clip(tmp_path / "c.mp4", 5), engine="baseline", batch_size=2)
+    split = _planning_segments(tmp_path, config, monkeypatch)
+
+    def detect(images: list[np.ndarray]) -> list[np.ndarray]:  # a face where the frame is not black
+        level = float(images[0].mean())
+        return [np.array([[level, 0.0, level + 4.0, 4.0, 1.0]]) if level else np.zeros((0, 5))]
+
+    split.head.detector = SimpleNamespace(detect=detect)
+    told: list[str] = []
+    part = split.measure(0, 2, lambda f, s: told.append(s))
+    assert part["found"].tolist() == [False, True] and part["boxes"][1].tolist() == [20.0, 0.0, 24.0, 4.0]
+    assert told == ["faces in 2 frames"]
+    rest = split.measure(2, None, _quiet)
+    assert rest["found"].tolist() == [True] * 3 and rest["boxes"][:, 0].tolist() == [40.0, 60.0, 80.0]
+    past = split.measure(5, None, _quiet)  # a segment the header promised that the clip does not have
+    assert past["found"].shape == (0,) and past["boxes"].shape == (0, 4)
+
+
+def test_a_template_cut_to_one_frame_drives_as_a_clip_and_a_one_frame_template_as_an_image(tmp_path: Path) -> None:
+    """Upstream's rule: a template saved from one frame transfers that expression as an image does; a longer one cut
+    to its first frame by max_frames is a clip's first frame (moved against itself); either keeps its frame rate."""
+    from engine.core.results import RunResult
+    from engine.portrait.driving import driving_motion
+
+    save_template(tmp_path / "three.npz", _level_motion(torch.zeros(3, 3, 8, 8)), 30.0)
+    save_template(tmp_path / "one.npz", _level_motion(torch.zeros(1, 3, 8, 8)), 30.0)
+    settings, face = Settings(tmp_path, tmp_path), ASSETS / "face.jpg"
+
+    def driven(name: str, max_frames: int | None = None) -> Any:
+        config = PortraitConfig(face, tmp_path / name, max_frames=max_frames)
+        return driving_motion(config, settings, None, None, None, RunResult(), _quiet)
+
+    whole, cut, one = driven("three.npz"), driven("three.npz", 1), driven("one.npz")
+    assert (whole.count, whole.image, whole.fps) == (3, False, 30.0)
+    assert (cut.count, cut.image, cut.fps) == (1, False, 30.0)
+    assert (one.count, one.image, one.fps) == (1, True, 30.0)
+
+
+def test_driving_crop_options_are_named_only_where_the_driver_is_taken_whole() -> None:
+    """The same options for a wide driver (cropped) are used, so nothing is said; for a square one they are named
+    (the whole run's check of this takes minutes on the CPU; this is its rule alone)."""
+    from engine.core.results import RunResult
+    from engine.portrait.driving import _driving_transform, _unused_driving_crop
+
+    config = PortraitConfig(
+        ASSETS / "face.jpg", ASSETS / "driving.mp4", scale_crop_driving=2.6, vx_ratio_crop_driving=0.1
+    )
+    box = np.array([100.0, 80.0, 220.0, 240.0])
+    named = "--scale-crop-driving, --vx-ratio-crop-driving change nothing here: the square d.mp4 is taken whole"
+    for width, height, warned in ((640, 360, []), (320, 320, [named + " (--crop-driving crops it)"])):
+        told = RunResult()
+        _unused_driving_crop(config, _driving_transform(config, box, width, height), "d.mp4", told)
+        assert told.warnings == warned
+    told = RunResult()
+    _unused_driving_crop(PortraitConfig(ASSETS / "face.jpg", ASSETS / "driving.mp4"), None, "d.mp4", told)
+    assert told.warnings == []  # the defaults: nothing to name

@@ -177,6 +177,8 @@ def test_lip_normalisation_closes_an_open_source_mouth_before_relative_motion(tm
     assert PortraitConfig(FACE, FACE).normalize_lips is False  # upstream's default (argument_config.py)
     assert torch.allclose(driven((eyes, 0.1)), still + 0.02)  # lips open 0.1 >= 0.03: closed first
     assert torch.allclose(driven((eyes, 0.01)), still)  # already (nearly) closed: untouched
+    assert torch.allclose(driven((eyes, 0.03)), still + 0.02)  # upstream's threshold itself counts as open
+    assert torch.allclose(driven((eyes, 0.0299)), still)
     assert torch.allclose(driven((eyes, 0.1), normalize_lips=False), still)
     assert torch.allclose(driven((eyes, 0.1), relative=False), still)  # upstream: relative motion only
     assert torch.allclose(driven((eyes, 0.1), lip_open=0.4), still + 0.02)  # explicit lip retargeting instead
