@@ -16,6 +16,7 @@ from types import SimpleNamespace
 import cv2
 import numpy as np
 import pytest
+import torch
 from job_kinds import settle
 from test_lipsync import expected_frames, face_video, speech_like, write_wav
 
@@ -512,3 +513,23 @@ def test_a_split_takes_whole_idle_cards_only(tmp_path: Path, monkeypatch: pytest
     with pytest.raises(QueueFull, match="you have 2 jobs waiting"):
         submit_split(shared, "lipsync", {}, ["cuda:1", "cuda:2"], "alice", QueueLimits(per_owner=2, total=100))
     store.close()
+
+
+def test_the_seconds_a_portrait_job_is_split_by(tmp_path: Path) -> None:
+    """A driving clip's length, cut by max_frames, decides the split; a driving image, a motion template and a file
+    that cannot be read (refused when the job runs) are never split."""
+    from test_portrait import _grey_clip, _level_motion
+
+    from engine.portrait.templates import save_template
+
+    face = ROOT / "assets" / "face.jpg"
+    clip = _grey_clip(tmp_path / "clip.mp4", 10)  # 0.4 s at 25 fps
+    save_template(tmp_path / "t.npz", _level_motion(torch.zeros(3, 3, 8, 8)), 25.0)
+    (tmp_path / "junk.mp4").write_bytes(b"not a video")
+    with JobStore(tmp_path / "jobs.db", tmp_path / "blobs") as store:
+        jobs = PortraitJobs(Broker(store, KINDS, {"cpu": 1}), _settings(tmp_path))  # never started
+        assert jobs.seconds(PortraitConfig(face, clip)) == pytest.approx(0.4)
+        assert jobs.seconds(PortraitConfig(face, clip, max_frames=5)) == pytest.approx(0.2)
+        assert jobs.seconds(PortraitConfig(face, clip, max_frames=50)) == pytest.approx(0.4)
+        for driving in (face, tmp_path / "t.npz", tmp_path / "junk.mp4"):
+            assert jobs.seconds(PortraitConfig(face, driving)) is None
