@@ -825,6 +825,10 @@ def test_head_offsets_with_absolute_pose_are_named_in_region_pose_too(tmp_path: 
         "--pitch change nothing here: with --no-relative and region pose the head takes the driver's pose, and the "
         "offsets turn the source's (relative motion, or regions exp, lip and eyes)"
     ]
+    _unused_head_offsets(
+        PortraitConfig(ASSETS / "face.jpg", ASSETS / "face.jpg", region="pose", pitch=5.0), quiet := RunResult()
+    )
+    assert quiet.warnings == []  # relative motion turns the source's own pose: the offsets are used
 
 
 def _planning_segments(tmp_path: Path, config: PortraitConfig, monkeypatch: pytest.MonkeyPatch) -> Any:
@@ -926,3 +930,17 @@ def test_driving_crop_options_are_named_only_where_the_driver_is_taken_whole() -
     told = RunResult()
     _unused_driving_crop(PortraitConfig(ASSETS / "face.jpg", ASSETS / "driving.mp4"), None, "d.mp4", told)
     assert told.warnings == []  # the defaults: nothing to name
+
+
+def test_source_crop_options_are_named_only_with_the_crop_off() -> None:
+    """--scale with --no-crop changed nothing, without a word; with the crop on it is used, so nothing is said."""
+    from engine.core.results import RunResult
+    from engine.portrait.liveportrait_plan import _unused_crop_options
+
+    for crop, warned in (
+        (False, ["--scale change nothing here: with --no-crop the source is not cropped"]),
+        (True, []),
+    ):
+        told = RunResult()
+        _unused_crop_options(PortraitConfig(ASSETS / "face.jpg", ASSETS / "face.jpg", crop=crop, scale=2.5), told)
+        assert told.warnings == warned

@@ -483,3 +483,6 @@ def test_relative_motion_is_measured_against_the_reference_frame(tmp_path) -> No
     x = _driven(tmp_path, source, clip, reference=1, driving_option="pose-friendly")
     assert torch.allclose(x[1], transform_keypoints(source)[0], atol=1e-5)  # the reference frame: no motion
     assert not torch.allclose(x[2], x[1], atol=1e-3)
+    friendly = _driven(tmp_path, source, clip, reference=1, driving_option="expression-friendly")
+    from_reference = _driven(tmp_path, source, clip.select(slice(1, 3)), driving_option="expression-friendly")
+    assert torch.allclose(friendly[1:], from_reference, atol=1e-5)  # the outlier before it changes nothing after it

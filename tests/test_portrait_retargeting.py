@@ -182,6 +182,10 @@ def test_lip_normalisation_closes_an_open_source_mouth_before_relative_motion(tm
     assert torch.allclose(driven((eyes, 0.1), normalize_lips=False), still)
     assert torch.allclose(driven((eyes, 0.1), relative=False), still)  # upstream: relative motion only
     assert torch.allclose(driven((eyes, 0.1), lip_open=0.4), still + 0.02)  # explicit lip retargeting instead
+    follows = PortraitConfig(FACE, FACE, stitching=False, normalize_lips=True, eye_retargeting=True)
+    driver = (np.full((2, 2), 0.3, np.float32), np.full(2, 0.1, np.float32))
+    x, _ = _driving_keypoints(follows, source, clip, nets, (eyes, 0.1), driving_openness=driver)
+    assert torch.allclose(x, still + 0.01)  # retargeting to the driver: the eyes' delta only, no lips closed
     assert torch.allclose(driven(None), still)  # no landmark model: nothing to normalise with
     image = PortraitConfig(FACE, FACE, stitching=False, normalize_lips=True)  # one driving image: closed too
     neutral = replace(source, exp=neutral_expression())
