@@ -80,13 +80,15 @@ def test_only_wide_3x3_stride_1_fp32_convolutions_are_swapped() -> None:
         nn.Conv2d(128, 128, 3, 1, 0),  # unpadded
         nn.Conv2d(128, 128, 1, 1, 0),  # 1x1
         nn.Conv2d(128, 128, 3, 1, 1, groups=2),  # grouped
+        nn.Conv2d(128, 128, 3, 1, 1, dilation=2),  # dilated: NNPACK and F4 compute adjacent taps
+        nn.Conv2d(128, 128, 3, 1, 1, padding_mode="reflect"),  # they pad with zeros
         nn.ConvTranspose2d(128, 128, 3, 1, 1),  # transposed
         nn.Conv2d(128, 128, 3, 1, 1).to(torch.bfloat16),  # not fp32
     )
     keys = {k: v.clone() for k, v in model.state_dict().items()}
     swapped = use_winograd(model)
     assert swapped == (1 if nnpack_threads() else 0)
-    assert [type(m) for m in model][1:] == [nn.Conv2d] * 5 + [nn.ConvTranspose2d, nn.Conv2d]
+    assert [type(m) for m in model][1:] == [nn.Conv2d] * 7 + [nn.ConvTranspose2d, nn.Conv2d]
     after = model.state_dict()
     assert after.keys() == keys.keys() and all(torch.equal(after[k], keys[k]) for k in keys)
 
@@ -124,6 +126,12 @@ def test_calls_of_few_pixels_run_the_direct_convolution(nnpack_calls) -> None:
     with torch.inference_mode():
         assert torch.equal(model(small), F.conv2d(small, conv.weight, conv.bias, 1, 1)) and not nnpack_calls
         model(large)
+    assert nnpack_calls
+    nnpack_calls.clear()
+    exact = nn.Sequential(wide_conv())
+    use_winograd(exact, min_pixels=2 * 6 * 6)
+    with torch.inference_mode():
+        exact(small)  # exactly min_pixels: NNPACK
     assert nnpack_calls
     default = nn.Sequential(wide_conv())
     use_winograd(default)
@@ -202,6 +210,28 @@ def test_onednn_has_avx512_unless_the_cpu_or_its_cap_says_otherwise(monkeypatch,
     else:
         monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
     assert winograd.onednn_has_avx512() is has
+
+
+@needs_nnpack
+def test_a_swapped_layer_turned_to_bfloat16_runs_the_direct_convolution(nnpack_calls) -> None:
+    """NNPACK computes fp32 only: a model cast to bf16 after the swap still convolves, by oneDNN."""
+    model = nn.Sequential(wide_conv())
+    use_winograd(model)
+    model.to(torch.bfloat16)
+    x = torch.randn(2, 128, 24, 24).to(torch.bfloat16)  # large enough for NNPACK
+    with torch.inference_mode():
+        got = model(x)
+    assert not nnpack_calls and torch.equal(got, F.conv2d(x, model[0].weight, model[0].bias, 1, 1))
+
+
+def test_the_older_dnnl_name_caps_onednn_too(monkeypatch) -> None:
+    """DNNL_MAX_CPU_ISA is oneDNN's older name for the cap, still read; ONEDNN_MAX_CPU_ISA wins where both are set."""
+    monkeypatch.setattr(torch.cpu, "_is_avx512_supported", lambda: True)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.setenv("DNNL_MAX_CPU_ISA", "AVX2")
+    assert winograd.onednn_has_avx512() is False
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE")
+    assert winograd.onednn_has_avx512() is True
 
 
 def test_winograd_is_for_the_cpu_in_fp32_only(checkpoint) -> None:

@@ -19,10 +19,13 @@ from engine.models.winograd_f4 import (
 
 
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
-@pytest.mark.parametrize(("batch", "height", "width"), [(3, 1, 1), (3, 4, 8), (3, 5, 7), (3, 19, 20), (5, 44, 48)])
+@pytest.mark.parametrize(
+    ("batch", "height", "width"), [(3, 1, 1), (3, 4, 8), (3, 5, 7), (3, 19, 20), (5, 44, 48), (2, 99, 100)]
+)
 def test_it_matches_the_direct_convolution_and_keeps_the_layout(layout, batch, height, width) -> None:
-    """Partial tiles at the bottom and right (sizes not a multiple of 4), a single pixel, and more tiles than one
-    step takes (CHUNK_TILES: 5 images of 132 tiles go in steps of 3 and 2)."""
+    """Partial tiles at the bottom and right (sizes not a multiple of 4), a single pixel, more tiles than one
+    step takes (CHUNK_TILES: 5 images of 132 tiles go in steps of 3 and 2), and images of more tiles than a step
+    holds (625 of 512: still one image a step)."""
     torch.manual_seed(height * 100 + width)
     tiles = ((height + 3) // 4) * ((width + 3) // 4)
     assert batch * tiles <= CHUNK_TILES or CHUNK_TILES // tiles < batch  # one step, or several
@@ -51,15 +54,17 @@ def test_only_wide_3x3_layers_are_swapped_and_the_state_dict_is_unchanged() -> N
         nn.Conv2d(128, 64, 3, 1, 1),  # swapped
         nn.Conv2d(64, 64, 3, 1, 1),  # too narrow
         nn.Conv2d(512, 512, 3, 1, 1),  # too wide: its transformed weights would cost more memory than it saves time
+        nn.Conv2d(384, 8, 3, 1, 1),  # swapped: MAX_CHANNELS is the widest taken
         nn.Conv2d(128, 128, 3, 2, 1),  # strided
         nn.Conv2d(128, 128, 1, 1, 0),  # 1x1
         nn.ConvTranspose2d(128, 128, 3, 1, 1),  # transposed
         nn.Conv2d(128, 128, 3, 1, 1).to(torch.bfloat16),  # not fp32
     ).eval()
     keys = {k: v.clone() for k, v in model.state_dict().items()}
-    assert use_winograd_f4(model) == 1
-    assert [type(m) for m in model] == [WinogradF4Conv2d, nn.Conv2d, nn.Conv2d, nn.Conv2d, nn.Conv2d,
-                                        nn.ConvTranspose2d, nn.Conv2d]  # fmt: skip
+    assert use_winograd_f4(model) == 2
+    assert use_winograd_f4(model) == 0  # a swapped layer is no plain Conv2d: not swapped again
+    assert [type(m) for m in model] == [WinogradF4Conv2d, nn.Conv2d, nn.Conv2d, WinogradF4Conv2d, nn.Conv2d,
+                                        nn.Conv2d, nn.ConvTranspose2d, nn.Conv2d]  # fmt: skip
     after = model.state_dict()  # the transformed weights are not saved
     assert after.keys() == keys.keys() and all(torch.equal(after[k], keys[k]) for k in keys)
     x = torch.randn(2, 128, 9, 10)
