@@ -14,6 +14,7 @@ from engine.core.device import (
     current_backend_flags,
     is_out_of_memory,
     not_finite_hint,
+    pad_batch,
     precision_dtype,
     resolve_device,
     run_with_oom_backoff,
@@ -94,6 +95,9 @@ def test_lowering_the_memory_cap_empties_the_cache_first(monkeypatch) -> None:
     assert set_memory_fraction(0.25, cuda) and calls == ["empty", "cap 0.25"]
     cap[0], calls[:] = 0.25, []
     set_memory_fraction(0.5, cuda)  # a larger share keeps what is cached: it is within the cap
+    assert calls == ["cap 0.5"]
+    cap[0], calls[:] = 0.5, []
+    set_memory_fraction(0.5, cuda)  # the next job at the same share keeps it too: an empty cache costs each job
     assert calls == ["cap 0.5"]
 
 
@@ -259,3 +263,28 @@ def test_a_job_may_take_the_free_memory_within_its_cap_less_what_it_holds(monkey
     assert usable_gpu_memory(cuda) == 10 * gib  # what is free, where that is less
     reserved[0] = 25 * gib
     assert usable_gpu_memory(cuda) == 0  # past its share already: nothing more, never a negative batch budget
+
+
+def test_a_short_batch_is_filled_with_its_last_row_and_a_full_one_is_left_alone() -> None:
+    """Compiled graphs and TensorRT engines see one batch size: the rows added repeat the last real one (the caller
+    cuts their outputs off), and a batch already that large is passed on as it is."""
+    batch = torch.arange(6.0).reshape(3, 2)
+    assert pad_batch(batch, 5).tolist() == [[0, 1], [2, 3], [4, 5], [4, 5], [4, 5]]
+    assert pad_batch(batch, 3) is batch and pad_batch(batch, 2) is batch
+
+
+def test_backoff_hands_the_cache_back_before_each_retry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The failed attempt's cached blocks go back to the driver before the smaller batch runs: held in PyTorch's
+    cache, they would leave the retry no more room than the attempt had."""
+    events: list[int | str] = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: events.append("release"))
+
+    def work(batch: int) -> int:
+        events.append(batch)
+        if batch > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return batch
+
+    assert run_with_oom_backoff(work, 8) == (2, 2)
+    assert events == [8, "release", 4, "release", 2]
