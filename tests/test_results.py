@@ -2,6 +2,8 @@ import json
 import pickle
 import time
 
+import pytest
+
 from engine.core.results import RunResult, StageTiming
 
 
@@ -55,3 +57,26 @@ def test_a_stage_entered_per_batch_accumulates_into_one_total() -> None:
         pass
     assert [s.name for s in result.stages] == ["infer", "encode"]
     assert result.stages[0].items == 24 and result.stages[0].seconds >= 0.006
+
+
+def test_a_stages_total_adds_every_entry_and_the_slowest_is_the_largest_total(monkeypatch) -> None:
+    """On a clock that moves only as told: the stage entered three times totals its 6 s (not its last 3 s) and its
+    16 items (an entry that counted none adds none), and it is the slowest though another stage came after it."""
+    from engine.core import results
+
+    now = [0.0]
+    monkeypatch.setattr(results.time, "perf_counter", lambda: now[0])
+    result = RunResult()
+    for seconds, items in ((1.0, 8), (2.0, None), (3.0, 8)):
+        with result.stage("infer", items=items):
+            now[0] += seconds
+    with result.stage("encode", items=4):
+        now[0] += 2.5
+    assert [(s.name, s.seconds, s.items) for s in result.stages] == [("infer", 6.0, 16), ("encode", 2.5, 4)]
+    assert result.slowest_stage.name == "infer" and result.to_dict()["slowest_stage"] == "infer"
+    assert result.stages[0].items_per_s == pytest.approx(16 / 6)
+
+
+def test_a_stage_of_no_measurable_time_has_no_rate() -> None:
+    """A stored stage of 0 s (a clock too coarse for it) reads as no rate, not a division by zero."""
+    assert StageTiming("encode", 0.0, 5).items_per_s is None and StageTiming("encode", 1.0, 0).items_per_s is None
