@@ -3,12 +3,13 @@ the cache of networks and sources that portrait runs share."""
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
 import pytest
 
-from engine.core.cache import LruCache, file_digest
+from engine.core.cache import LruCache, file_digest, file_stamp
 from engine.core.settings import Settings
 from engine.core.weights import WeightsError
 from engine.portrait.config import PortraitConfig
@@ -120,6 +121,19 @@ def test_file_digest_is_about_the_bytes(tmp_path: Path) -> None:
     assert file_digest(copy) == file_digest(FACE)
     copy.write_bytes(FACE.read_bytes() + b"x")
     assert file_digest(copy) != file_digest(FACE)
+
+
+def test_a_files_digest_and_stamp_see_every_change(tmp_path: Path) -> None:
+    """Two uploads alike in their first MiB (the digest's read block) are two sources; a weights file replaced within
+    the same second by one of the same size is a new file to load (its stamp's time is in nanoseconds)."""
+    first, second = tmp_path / "a.bin", tmp_path / "b.bin"
+    first.write_bytes(bytes(2**20) + b"a")
+    second.write_bytes(bytes(2**20) + b"b")
+    assert file_digest(first) != file_digest(second)
+    os.utime(first, ns=(10**18, 10**18))
+    before = file_stamp(first)
+    os.utime(first, ns=(10**18 + 1000, 10**18 + 1000))  # a microsecond later
+    assert file_stamp(first) != before and file_stamp(first)[:2] == before[:2] == (str(first), 2**20 + 1)
 
 
 def test_a_malformed_hub_reference_is_bad_input_not_a_failed_download(tmp_path: Path) -> None:
