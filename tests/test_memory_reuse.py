@@ -100,6 +100,107 @@ def test_a_bad_setting_is_one_line_and_other_c_libraries_are_left_alone(monkeypa
     assert memory.keep_freed_memory({}) is False and memory.memory_kept() is False  # no error, nothing done
 
 
+class _FakeGlibc:
+    """glibc's mallopt and malloc_trim as recorded calls; mallopt answers 1 (accepted) unless told otherwise per
+    parameter. Attribute assignment (argtypes, restype) works on its methods as on ctypes functions."""
+
+    def __init__(self, refused: tuple[int, ...] = ()) -> None:
+        self.calls: list[tuple[str, int, int] | tuple[str, int]] = []
+        self.refused = refused
+        self.mallopt = self._Call(self._mallopt)
+        self.malloc_trim = self._Call(lambda pad: self.calls.append(("malloc_trim", pad)) or 1)
+        self.gnu_get_libc_version = self._Call(lambda: b"2.36")
+
+    class _Call:
+        def __init__(self, body: Any) -> None:
+            self.body = body
+
+        def __call__(self, *args: int) -> int:
+            return self.body(*args)
+
+    def _mallopt(self, param: int, value: int) -> int:
+        self.calls.append(("mallopt", param, value))
+        return 0 if param in self.refused else 1
+
+
+@pytest.fixture
+def fresh_process(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """keep_freed_memory as in a process that has not asked yet, with a recording glibc (restored after)."""
+    fake = _FakeGlibc()
+    monkeypatch.setattr(memory, "_applied", None)
+    monkeypatch.setattr(memory, "_glibc", lambda: fake)
+    monkeypatch.delenv(memory.SETTING, raising=False)
+    return fake
+
+
+def test_keeping_freed_memory_sets_glibcs_three_switches_once(fresh_process: _FakeGlibc) -> None:
+    """No block gets its own mapping (M_MMAP_MAX -4 to 0), the heap's top is kept up to 2 GiB - 1 (M_TRIM_THRESHOLD
+    -1) and grown in 1 GiB steps (M_TOP_PAD -2); a later call, even one that says off, does nothing again."""
+    assert memory.keep_freed_memory({}) is True and memory.memory_kept() is True
+    assert fresh_process.calls == [("mallopt", -4, 0), ("mallopt", -1, 2**31 - 1), ("mallopt", -2, 2**30)]
+    assert memory.keep_freed_memory({memory.SETTING: "0"}) is True
+    assert len(fresh_process.calls) == 3
+
+
+def test_the_setting_given_is_the_one_read(fresh_process: _FakeGlibc, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker is given its settings: off there means off even where this process's environment says on."""
+    monkeypatch.setenv(memory.SETTING, "1")
+    assert memory.keep_freed_memory({memory.SETTING: "off"}) is False and memory.memory_kept() is False
+    assert memory.keep_freed_memory({}) is False  # the first answer holds for the process
+    assert fresh_process.calls == []
+
+
+def test_a_refused_switch_is_a_warning_and_the_others_are_still_set(
+    fresh_process: _FakeGlibc, caplog: pytest.LogCaptureFixture
+) -> None:
+    fresh_process.refused = (memory.M_MMAP_MAX,)
+    assert memory.keep_freed_memory({}) is False and memory.memory_kept() is False
+    assert [call[1] for call in fresh_process.calls] == [-4, -1, -2]  # not stopped at the first refusal
+    assert "glibc refused a mallopt setting" in caplog.text
+
+
+def test_freed_memory_is_handed_back_between_jobs_only_where_it_was_kept(fresh_process: _FakeGlibc) -> None:
+    """release_freed_memory trims the heap (malloc_trim(0)) after each job in a worker that keeps freed memory; where
+    nothing was kept (the web process, the setting off) it does nothing."""
+    memory.release_freed_memory()
+    assert fresh_process.calls == []  # not asked yet
+    memory.keep_freed_memory({})
+    memory.release_freed_memory()
+    assert fresh_process.calls[-1] == ("malloc_trim", 0)
+
+
+def test_a_c_library_other_than_glibc_is_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """musl has a mallopt whose parameters mean other things (no gnu_get_libc_version); a process whose C library
+    ctypes cannot open gets nothing either."""
+    monkeypatch.setattr(sys, "platform", "linux")
+    musl = _FakeGlibc()
+    del musl.gnu_get_libc_version
+    monkeypatch.setattr(memory.ctypes, "CDLL", lambda name: musl)
+    assert memory._glibc() is None
+
+    def unopenable(name: Any) -> Any:
+        raise OSError("no C library")
+
+    monkeypatch.setattr(memory.ctypes, "CDLL", unopenable)
+    assert memory._glibc() is None
+    monkeypatch.setattr(memory.ctypes, "CDLL", lambda name: _FakeGlibc())
+    assert memory._glibc() is not None
+
+
+def test_every_command_and_ray_worker_that_runs_a_model_keeps_freed_memory() -> None:
+    """`avatarbench lipsync`, `avatar`, `portrait`, `onnx eval` and `bench` run networks in their own process, as a
+    broker worker does, and so does a Ray actor. Read, not run: the conftest keeps this test process from acting on
+    the call, and a Ray actor needs a cluster."""
+    from engine.bench.cli import _bench
+    from engine.jobs.ray_pool import RayWorkerActor
+    from engine.lipsync.cli import _avatar, _lipsync
+    from engine.onnx.cli import _eval
+    from engine.portrait.cli import _portrait
+
+    runners = (_lipsync, _avatar, _portrait, _eval, _bench, RayWorkerActor.__init__)
+    assert [r.__qualname__ for r in runners if "keep_freed_memory()" not in inspect.getsource(r)] == []
+
+
 # -- where it is applied -----------------------------------------------------------------------------------------
 
 
