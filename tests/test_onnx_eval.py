@@ -588,6 +588,27 @@ def test_npz_inputs_refusals(mlp_model: tuple[Path, ModelInfo], tmp_path: Path) 
         load_npz_inputs(not_npz, info.inputs, values)
 
 
+def test_npz_arrays_in_npy_format_2_are_read_and_an_unknown_version_is_refused(
+    mlp_model: tuple[Path, ModelInfo], tmp_path: Path
+) -> None:
+    """numpy writes .npy format 2.0 where a header passes 64 KiB, and other tools may always: such an array is read
+    as a 1.0 one is. A version the header reader does not know is refused naming it, never misread."""
+    _, info = mlp_model
+
+    def npz(path: Path, versions: dict[str, tuple[int, int]]) -> Path:
+        arrays = {"x": np.full((1, 4), 0.5, np.float32), "k": np.full((1, 1), 3, np.int64)}
+        with zipfile.ZipFile(path, "w") as archive:
+            for name, version in versions.items():
+                with archive.open(f"{name}.npy", "w") as member:
+                    np.lib.format.write_array(member, arrays[name], version=version)
+        return path
+
+    loaded = load_npz_inputs(npz(tmp_path / "v2.npz", {"x": (2, 0), "k": (1, 0)}), info.inputs, {"N": 1})
+    assert loaded["x"].tolist() == [[0.5] * 4] and loaded["k"].tolist() == [[3]]
+    with pytest.raises(EvalError, match=r"array 'x' cannot be read: \.npy format version \(3, 0\) is not supported"):
+        load_npz_inputs(npz(tmp_path / "v3.npz", {"x": (3, 0), "k": (1, 0)}), info.inputs, {"N": 1})
+
+
 def test_an_input_with_a_default_keeps_it_or_takes_the_npz_value(tmp_path: Path) -> None:
     """An initializer listed as a graph input (IR 4 on) is a default a run may set, as ONNX Runtime allows: the .npz
     setting it was refused as 'not model inputs'. Left out, the model's own value holds (never synthetic data)."""
