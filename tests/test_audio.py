@@ -6,6 +6,7 @@ Every test file is generated here with PyAV (or the stdlib `wave`), so the suite
 from __future__ import annotations
 
 import math
+import struct
 import wave
 from pathlib import Path
 
@@ -174,7 +175,8 @@ def test_resampling_is_librosa_0_7s_default_kaiser_best(rate: int) -> None:
     theirs = librosa.resample(x, orig_sr=rate, target_sr=SAMPLE_RATE, res_type="kaiser_best")
     assert ours.dtype == np.float32 and ours.shape == theirs.shape
     assert np.abs(ours - theirs).max() < 2e-6
-    assert np.array_equal(resample(x, SAMPLE_RATE, SAMPLE_RATE), x)
+    same = resample(x, SAMPLE_RATE, SAMPLE_RATE)
+    assert np.array_equal(same, x) and not np.shares_memory(same, x)  # a copy: the caller's samples stay theirs
     hq = librosa.resample(x, orig_sr=rate, target_sr=SAMPLE_RATE, res_type="soxr_hq")  # MuseTalk's librosa 0.11
     assert np.array_equal(resample(x, rate, SAMPLE_RATE, SOXR_HQ), hq)
     with pytest.raises(ValueError, match="not one of"):
@@ -423,6 +425,12 @@ def test_too_long_names_duration_and_limit(tmp_path: Path) -> None:
     assert load_audio(path, max_seconds=3).size == 3 * SAMPLE_RATE  # exactly at the limit is fine
 
 
+def test_a_clip_cut_at_exactly_the_limit_is_taken_despite_its_codecs_padding(tmp_path: Path) -> None:
+    """Raw AAC (ADTS) decodes its encoder's priming too: 2.04 s from a 2 s clip. Cut at the limit, it is taken."""
+    path = _write_audio(tmp_path / "speech.aac", "aac", 44100, 2.0, container_format="adts")
+    assert load_audio(path, max_seconds=2).size > 2 * SAMPLE_RATE
+
+
 def test_too_long_stops_decoding_early(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = _write_wav16(tmp_path / "long.wav", np.zeros(60 * SAMPLE_RATE))
     fed = []
@@ -445,8 +453,9 @@ def test_too_long_stops_decoding_early(tmp_path: Path, monkeypatch: pytest.Monke
 
 def test_bad_max_seconds(tmp_path: Path) -> None:
     path = _write_wav16(tmp_path / "a.wav", np.zeros(1600))
-    with pytest.raises(AudioError, match="max_seconds"):
-        load_audio(path, max_seconds=0)
+    for bad in (0, -1.0, math.inf, math.nan):  # no limit is None, never an infinite one
+        with pytest.raises(AudioError, match="max_seconds must be a positive number of seconds"):
+            load_audio(path, max_seconds=bad)
 
 
 def test_nan_samples_in_file(tmp_path: Path) -> None:
@@ -807,6 +816,9 @@ def test_a_sample_rate_outside_speechs_range_is_refused(tmp_path: Path) -> None:
         out.writeframes(np.zeros(1000, "<i2").tobytes())
     with pytest.raises(AudioError, match=r"sample rate, 1000001 Hz, is outside 1000\.\.192000 Hz"):
         load_audio(path)
+    for rate in (1000, 192_000):  # the ends themselves: 192 kHz is a studio recorder's rate
+        edge = _write_wav16(tmp_path / f"{rate}.wav", np.zeros(rate // 10), rate)
+        assert load_audio(edge).size == SAMPLE_RATE // 10
 
 
 def test_a_speech_file_cut_short_is_said_to_be(tmp_path: Path) -> None:
@@ -828,3 +840,32 @@ def test_a_speech_file_cut_short_is_said_to_be(tmp_path: Path) -> None:
     words = cut_short_warning(cut, len(load_audio(cut)) / SAMPLE_RATE)
     assert words is not None and "cut.wav holds 1.00 s of sound where its header declares 2.00 s" in words
     assert cut_short_warning(tmp_path / "gone.wav", 1.0) is None and cut_short_warning(whole, 1.8) is None  # slack
+    # the slack is half a second or a tenth of the declared length, whichever is more: a short clip's codec padding
+    # and a long file's estimate are not a cut
+    assert cut_short_warning(whole, 1.6) is None
+    long = tmp_path / "long.wav"
+    with wave.open(str(long), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(1000)
+        out.writeframes(np.zeros(20_000, np.int16).tobytes())  # 20 s declared
+    assert cut_short_warning(long, 18.5) is None
+    assert "long.wav holds 17.50 s of sound where its header declares 20.00 s" in (cut_short_warning(long, 17.5) or "")
+
+
+def test_a_wav_header_is_read_past_odd_chunks_and_a_streamed_one_declares_nothing(tmp_path: Path) -> None:
+    """RIFF pads a chunk of odd size to an even one (a 3-byte note takes 4): the data chunk after it is still found,
+    and a cut file said to be. A WAV written to a pipe declares 0xFFFFFFFF bytes, 'unknown', never a cut."""
+    from engine.core.audio import cut_short_warning
+
+    def wav(path: Path, data_size: int, note: bytes = b"abc") -> Path:
+        fmt = struct.pack("<HHIIHH", 1, 1, SAMPLE_RATE, 2 * SAMPLE_RATE, 2, 16)
+        pad = b"\0" * (len(note) & 1)
+        body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"note" + struct.pack("<I", len(note)) + note
+        body += pad + b"data" + struct.pack("<I", data_size) + np.zeros(SAMPLE_RATE, np.int16).tobytes()
+        path.write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
+        return path
+
+    cut = wav(tmp_path / "cut.wav", 4 * SAMPLE_RATE)  # 2 s declared, 1 s held
+    assert "cut.wav holds 1.00 s of sound where its header declares 2.00 s" in (cut_short_warning(cut, 1.0) or "")
+    assert cut_short_warning(wav(tmp_path / "streamed.wav", 0xFFFFFFFF), 1.0) is None
