@@ -595,3 +595,17 @@ def test_a_fixed_box_past_the_picture_says_what_it_is_clipped_to() -> None:
     )
     assert clipped_box_warning((0, 0, 640, 360), 640, 360) is None
     assert clipped_box_warning((0, 0, 640, 361), 640, 360) is not None
+
+
+def test_the_detectors_shrunk_copy_averages_pixels_and_an_enlarged_one_interpolates() -> None:
+    """At a detect scale under 1 every pixel counts (INTER_AREA): a one-pixel line every 4 columns is a quarter as
+    bright at 0.25, not lost between the samples linear interpolation takes. Above 1 the copy is interpolated."""
+    from engine.faces.detection import _downscale
+
+    frame = np.zeros((8, 16, 3), np.uint8)
+    frame[:, 3::4] = 200
+    small = _downscale(frame, 0.25)
+    assert small.shape == (2, 4, 3) and (small == 50).all()
+    assert _downscale(frame, 1.0) is frame
+    large = _downscale(frame, 2.0)
+    assert large.shape == (16, 32, 3) and 0 < large[0, 5, 0] < 200  # between a dark and a bright column
