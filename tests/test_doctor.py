@@ -578,6 +578,7 @@ def test_unwritable_data_dir_is_a_problem(tmp_path: Path) -> None:
     ctx = _ctx(tmp_path, settings=load_settings({"AVATARBENCH_DATA_DIR": str(blocker / "data")}))
     check = doctor_host.check_disk(ctx)
     assert check.status == PROBLEM and "AVATARBENCH_DATA_DIR" in check.fix
+    assert f"data dir {blocker / 'data'} is not writable ([Errno" in check.found  # with the system's reason
 
 
 def test_every_bad_setting_is_reported_and_the_other_checks_still_run(monkeypatch, tmp_path: Path) -> None:
@@ -1111,3 +1112,352 @@ def test_the_cpu_onnxruntime_is_flagged_beside_a_gpu_nvml_does_not_read(monkeypa
     for facts in ({"pci_gpus": 1}, {"cuda_gpus": 1}):
         check = doctor_ort.check_ort_packages(_ctx(tmp_path, nvml_gpus=[], **facts))
         assert check.status == WARNING and "pip install onnxruntime-gpu" in check.fix, facts
+
+
+def _disk_check_with_free(monkeypatch, tmp_path: Path, free_bytes: int) -> Check:
+    """The disk check where every folder's disk has `free_bytes` left."""
+    monkeypatch.setattr(doctor_host.shutil, "disk_usage", lambda path: types.SimpleNamespace(free=free_bytes))
+    return doctor_host.check_disk(_ctx(tmp_path))
+
+
+def test_a_nearly_full_disk_is_a_warning_that_says_how_much_is_left(monkeypatch, tmp_path: Path) -> None:
+    """Weights, TensorRT engine caches and output videos need several GiB: under 5 GiB free each folder is named with
+    the GiB left, and the fix says where to point the data folder; from 5 GiB on the disk is fine."""
+    data_dir = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path)}).data_dir
+    low = _disk_check_with_free(monkeypatch, tmp_path, int(4.5 * 2**30))
+    assert low.status == WARNING and f"data dir {data_dir} has only 4.5 GiB free" in low.found
+    assert all(f"{label} dir" in low.found for label in ("data", "weights", "cache", "outputs"))
+    assert "AVATARBENCH_DATA_DIR at a larger disk" in low.fix
+    assert _disk_check_with_free(monkeypatch, tmp_path, 5 * 2**30 - 1).status == WARNING
+    enough = _disk_check_with_free(monkeypatch, tmp_path, 5 * 2**30)
+    assert enough.status == OK and enough.found == f"data dir {data_dir} (5.0 GiB free); all folders writable"
+    assert enough.details["data"] == {"dir": str(data_dir), "writable": True, "free_bytes": 5 * 2**30}
+
+
+def test_a_data_dir_not_made_yet_is_measured_on_the_disk_it_will_be_made_on(tmp_path: Path) -> None:
+    """The folders are made by the check where missing: their free space is still read, from the nearest parent."""
+    settings = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path / "not" / "yet")})
+    check = doctor_host.check_disk(_ctx(tmp_path, settings=settings))
+    assert check.status in (OK, WARNING) and check.details["data"]["free_bytes"] is not None
+    assert check.details["data"]["writable"] and (tmp_path / "not" / "yet").is_dir()
+
+
+def _video_check(monkeypatch, ctx: Context, nvenc: bool, x264: bool, nvdec: bool) -> Check:
+    """The video check with the encoders and NVDEC working or failing as told (the probes' results stood in)."""
+    import engine.core.media as media
+
+    pytest.importorskip("av")
+
+    def probe_encoder(codec: str) -> media.EncoderProbe:
+        works = nvenc if codec == "h264_nvenc" else x264
+        return media.EncoderProbe(codec, listed=True, works=works, error=None if works else f"{codec} broke")
+
+    ran_on, reason = ("nvdec", None) if nvdec else ("cpu", "no libnvcuvid")
+    monkeypatch.setattr(media, "available_encoders", lambda: ["h264_nvenc", "libx264"])
+    monkeypatch.setattr(media, "probe_encoder", probe_encoder)
+    monkeypatch.setattr(media, "probe_nvdec", lambda: media.Decoding(cuda_device=0, ran_on=ran_on, reason=reason))
+    return doctor_host.check_video(ctx)
+
+
+def test_each_video_encoder_and_decoder_outcome_gets_its_status_and_fix(monkeypatch, tmp_path: Path) -> None:
+    """What a user sees for each mix of NVENC, libx264 and NVDEC working, on a GPU machine and without a GPU."""
+    monkeypatch.delenv("SPACES_ZERO_GPU", raising=False)
+    gpu, no_gpu = _ctx(tmp_path), _ctx(tmp_path, nvml_gpus=[])
+    both = _video_check(monkeypatch, gpu, nvenc=True, x264=True, nvdec=True)
+    assert both.status == OK and "NVENC (h264_nvenc) encodes; NVDEC decodes" in both.found
+    cpu_decode = _video_check(monkeypatch, gpu, nvenc=True, x264=True, nvdec=False)
+    assert cpu_decode.status == WARNING and "NVDEC does not decode (no libnvcuvid)" in cpu_decode.found
+    assert cpu_decode.fix.startswith("Videos are decoded on the CPU") and "libnvidia-encode" not in cpu_decode.fix
+    x264_only = _video_check(monkeypatch, gpu, nvenc=False, x264=True, nvdec=True)
+    assert x264_only.status == WARNING and "NVENC does not work (h264_nvenc broke); NVDEC decodes" in x264_only.found
+    assert x264_only.fix.startswith("Videos are encoded with libx264 on the CPU")
+    cpu_only = _video_check(monkeypatch, no_gpu, nvenc=False, x264=True, nvdec=False)  # the expected encoder here
+    assert cpu_only.status == OK and cpu_only.found.endswith("libx264 encodes on the CPU")
+    monkeypatch.setenv("SPACES_ZERO_GPU", "true")  # ZeroGPU outside a GPU function: no GPU to encode on either
+    zero_gpu = _video_check(monkeypatch, _ctx(tmp_path, nvml_gpus=[]), nvenc=False, x264=True, nvdec=False)
+    assert zero_gpu.status == OK and "NVENC" not in zero_gpu.found
+    monkeypatch.delenv("SPACES_ZERO_GPU")
+    broken = _video_check(monkeypatch, no_gpu, nvenc=False, x264=False, nvdec=False)
+    assert broken.status == PROBLEM and "; libx264 fails too (libx264 broke)" in broken.found
+    assert broken.fix.startswith("pip install --force-reinstall av")
+
+
+def test_a_pyav_that_does_not_import_is_a_problem_with_its_install_command(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setitem(sys.modules, "av", None)  # `import av` raises ImportError
+    check = doctor_host.check_video(_ctx(tmp_path))
+    assert check.status == PROBLEM and check.found.startswith("PyAV does not import") and check.fix == "pip install av"
+
+
+def test_a_misspelt_setting_alone_is_a_warning_that_lists_the_known_ones(tmp_path: Path) -> None:
+    """An AVATARBENCH_* variable the app does not know is ignored: the user is told which, and the right names."""
+    settings = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path), "AVATARBENCH_DEVCE": "cpu"})
+    check = doctor_host.check_settings(_ctx(tmp_path, settings=settings))
+    assert check.status == WARNING and check.found.endswith("; unknown variables: AVATARBENCH_DEVCE")
+    assert check.fix.startswith("Check the spelling; known variables: ") and "AVATARBENCH_DEVICE" in check.fix
+    fine = doctor_host.check_settings(_ctx(tmp_path))
+    assert fine.status == OK and "unknown" not in fine.found
+
+
+def test_each_missing_weight_file_is_named_with_where_it_goes(tmp_path: Path) -> None:
+    """Both checkpoints missing: each gets its own line saying where it goes and which setting points at it."""
+    ctx = _ctx(tmp_path)
+    check = doctor_host.check_weights(ctx)
+    assert check.status == INFO and "missing: wav2lip_gan.pth, s3fd.pth (the weight-free engines" in check.found
+    wav2lip, s3fd = check.fix.splitlines()
+    assert f"at {ctx.settings.weights_dir / 'wav2lip_gan.pth'}, or set AVATARBENCH_WAV2LIP_CHECKPOINT" in wav2lip
+    assert f"at {ctx.settings.weights_dir / 's3fd.pth'}, or set AVATARBENCH_S3FD_CHECKPOINT" in s3fd
+
+
+def test_a_weight_path_that_is_not_there_is_told_to_be_fixed_or_unset(tmp_path: Path) -> None:
+    env = {"AVATARBENCH_DATA_DIR": str(tmp_path), "AVATARBENCH_S3FD_CHECKPOINT": str(tmp_path / "nope.pth")}
+    check = doctor_host.check_weights(_ctx(tmp_path, settings=load_settings(env)))
+    assert check.status == PROBLEM and str(tmp_path / "nope.pth") in check.found
+    assert check.fix == "Fix the path in the setting, or unset it."
+
+
+def test_one_model_with_several_broken_files_gets_its_fetch_command_once(tmp_path: Path) -> None:
+    ctx = _ctx(tmp_path)
+    ctx.settings.weights_dir.mkdir(parents=True, exist_ok=True)
+    (ctx.settings.weights_dir / "wav2lip_gan.pth").write_bytes(b"")
+    (ctx.settings.weights_dir / "s3fd.pth").write_bytes(b"")
+    check = doctor_host.check_weights(ctx)
+    assert check.status == PROBLEM and check.fix.count("`avatarbench weights get wav2lip --accept-licence`") == 1
+
+
+def test_the_ray_check_without_ray_installed_or_with_auto(monkeypatch, tmp_path: Path) -> None:
+    """A Ray address with no ray package is a problem with the install command; `auto` is information (the local
+    cluster is Ray's to find)."""
+    import importlib.util
+
+    def check(address: str) -> Check:
+        env = {"AVATARBENCH_DATA_DIR": str(tmp_path), "AVATARBENCH_RAY_ADDRESS": address}
+        return doctor_host.check_ray(_ctx(tmp_path, settings=load_settings(env)))
+
+    if importlib.util.find_spec("ray") is not None:
+        auto = check("auto")
+        assert auto.status == INFO and auto.found.startswith("auto: the app joins the cluster")
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "ray" else real_find_spec(name))
+    missing = check("127.0.0.1:6379")
+    assert (
+        missing.status == PROBLEM and "AVATARBENCH_RAY_ADDRESS=127.0.0.1:6379 but ray is not installed" in missing.found
+    )
+    assert missing.fix.startswith("pip install 'avatarbench[ray]'")
+
+
+def test_memory_held_where_nvml_lists_no_process_still_says_who_might_hold_it(monkeypatch, tmp_path: Path) -> None:
+    """In a container NVML often lists no process for memory another one holds: the finding says so rather than
+    naming nobody, and a listed process whose share NVML does not know is named without a size."""
+    unlisted = _state_check(monkeypatch, tmp_path, (_card(memory_used_bytes=70 * 2**30), GpuHealth()))
+    assert unlisted.status == WARNING
+    assert "70.0 of 80.0 GiB held by processes NVML does not list here (another container" in unlisted.found
+    sizeless = _card(memory_used_bytes=70 * 2**30, processes=[GpuProcess(9, "ollama", "C", None)])
+    check = _state_check(monkeypatch, tmp_path, (sizeless, GpuHealth()))
+    assert "held by ollama (pid 9); jobs get 10.0 GiB, not the 72.0 GiB" in check.found
+
+
+def test_memory_is_called_held_only_below_three_quarters_of_the_jobs_share(monkeypatch, tmp_path: Path) -> None:
+    """The default share is 0.9 of 80 GiB, 72 GiB: 54 GiB free (three quarters of it) is fine, a byte less is not."""
+    just_enough = _card(memory_used_bytes=26 * 2**30)
+    assert _state_check(monkeypatch, tmp_path, (just_enough, GpuHealth())).status == OK
+    short = _card(memory_used_bytes=26 * 2**30 + 1)
+    assert _state_check(monkeypatch, tmp_path, (short, GpuHealth())).status == WARNING
+
+
+def test_a_power_limit_is_a_fault_only_more_than_five_percent_below_the_default(monkeypatch, tmp_path: Path) -> None:
+    """A limit a few watts under the default is how some cards ship; 95 % of it and below costs speed under load."""
+    health = GpuHealth(default_power_limit_w=700.0)
+    assert _state_check(monkeypatch, tmp_path, (_card(power_limit_w=665.0), health)).status == OK
+    capped = _state_check(monkeypatch, tmp_path, (_card(power_limit_w=664.0), health))
+    assert capped.status == WARNING and "power limit 664 W, below the card's default 700 W" in capped.found
+    assert capped.fix == "GPU 0: sudo nvidia-smi -i 0 -pl 700"
+
+
+def test_figures_a_gpu_does_not_report_are_left_out_of_what_the_check_says(monkeypatch, tmp_path: Path) -> None:
+    """No memory or temperature reading: the summary says N/A, and a slowdown is named without a temperature."""
+    blind = _card(memory_used_bytes=None, temperature_c=None)
+    check = _state_check(monkeypatch, tmp_path, (blind, GpuHealth()))
+    assert check.status == OK and check.found == "GPU 0 NVIDIA Test GPU 0: memory N/A, compute mode N/A"
+    slowed = _card(temperature_c=None, throttle_reasons=["hardware slowdown"])
+    check = _state_check(monkeypatch, tmp_path, (slowed, GpuHealth()))
+    assert check.found == "GPU 0: clocks held down by hardware slowdown"
+    none = gpu_state.check_gpu_state(_ctx(tmp_path))
+    assert none.status == OK and none.found == "nothing to check: NVML reads no card here"
+
+
+def test_the_loaders_lines_keep_the_errors_without_colour_and_end_with_the_last() -> None:
+    """What the doctor and a fallback show of ORT's output: colour codes gone, only the lines that name a failure
+    (all of them where none does), and, past 2000 characters, the end, where the cause is."""
+    from engine.system.ort_probe import error_lines
+
+    said = "\x1b[1;31m[E:onnxruntime] Failed to load\x1b[m\n  chatter  \n\nlibcublasLt.so.12: cannot open it\n"
+    assert error_lines(said) == "[E:onnxruntime] Failed to load\nlibcublasLt.so.12: cannot open it"
+    assert error_lines("CUDA provider failed to start\nnothing here") == "CUDA provider failed to start"
+    assert error_lines("  just chatter\n\nmore chatter ") == "just chatter\nmore chatter"
+    long = error_lines("\n".join(f"error {i:04d}" for i in range(400)))
+    assert len(long) == 2000 and long.endswith("error 0399")
+
+
+def _probe_with(
+    monkeypatch, providers: list[str], doubles: bool = True, fails: str | None = None, loader: str | None = None
+) -> dict:
+    """probe_provider("CUDAExecutionProvider") over a stand-in session that gets `providers` and computes y = 2x
+    (or y = x where not `doubles`), or whose creation raises `fails`; dlopen of the provider's library says `loader`."""
+    import onnxruntime
+
+    from engine.system import ort_probe
+
+    class Session:
+        def __init__(self, model: bytes, sess_options: object, providers: list[str]) -> None:
+            if fails:
+                raise RuntimeError(fails)
+
+        def get_providers(self) -> list[str]:
+            return providers
+
+        def run(self, outputs: None, feeds: dict) -> list:
+            return [feeds["x"] * (2 if doubles else 1)]
+
+    monkeypatch.setattr(
+        onnxruntime, "get_available_providers", lambda: [*ort_probe.GPU_PROVIDERS, "CPUExecutionProvider"]
+    )
+    monkeypatch.setattr(onnxruntime, "InferenceSession", Session)
+    monkeypatch.setattr(ort_probe, "loader_error", lambda provider: loader)
+    return ort_probe.probe_provider("CUDAExecutionProvider")
+
+
+def test_a_provider_is_loaded_only_when_the_session_runs_on_it_and_computes_right(monkeypatch) -> None:
+    """A session that lists the provider first and adds x to x is a loaded provider; one that fell back to the CPU, or
+    one that computes wrong, is not, with a reason; a session that cannot be made says why."""
+    loaded = _probe_with(monkeypatch, ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert loaded["loaded"] is True and loaded["error"] is None
+    fell_back = _probe_with(monkeypatch, ["CPUExecutionProvider"])
+    assert fell_back["loaded"] is False and fell_back["error"] == "fell back to CPU"
+    wrong = _probe_with(monkeypatch, ["CUDAExecutionProvider", "CPUExecutionProvider"], doubles=False)
+    assert wrong["loaded"] is False and wrong["error"] == "fell back to CPU"
+    broken = _probe_with(monkeypatch, [], fails="CUDA failure 999")
+    assert broken["loaded"] is False and broken["error"] == "session creation failed: CUDA failure 999"
+    missing = _probe_with(monkeypatch, ["CPUExecutionProvider"], loader="libcublasLt.so.12: cannot open shared object")
+    assert missing["error"] == "libcublasLt.so.12: cannot open shared object"  # the missing library, named
+
+
+def test_the_probe_retries_after_preloading_the_cuda_libraries_only_where_cuda_failed(monkeypatch) -> None:
+    """preload_dlls() tells whether the CUDA libraries are there at all; it runs only after CUDA failed to load, and
+    the providers are probed again after it."""
+    import onnxruntime
+
+    from engine.system import ort_probe
+
+    preloads: list[int] = []
+    monkeypatch.setattr(onnxruntime, "preload_dlls", lambda: preloads.append(1), raising=False)
+    build = types.SimpleNamespace(
+        cuda_version="12.9"
+    )  # the CUDA the wheel was built for: the doctor's recipes follow it
+    monkeypatch.setattr(onnxruntime.capi, "build_and_package_info", build, raising=False)
+    monkeypatch.setattr(ort_probe, "import_torch_as_workers_do", lambda: None)
+    for cuda_loads in (True, False):
+
+        def probe(provider: str, cuda_loads: bool = cuda_loads) -> dict:
+            return {"provider": provider, "loaded": cuda_loads, "after_preload": bool(preloads)}
+
+        monkeypatch.setattr(ort_probe, "probe_provider", probe)
+        report = ort_probe.probe_all()
+        assert report["build_cuda_version"] == "12.9"
+        if cuda_loads:
+            assert report["preload"] is None and preloads == []
+        else:
+            assert preloads == [1] and report["preload"]["error"] is None
+            assert report["preload"]["providers"]["CUDAExecutionProvider"]["after_preload"] is True
+
+
+def test_the_loader_error_names_a_missing_or_unloadable_provider_library(monkeypatch, tmp_path: Path) -> None:
+    import onnxruntime
+
+    from engine.system.ort_probe import loader_error
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the provider libraries are read on Linux")
+    package = tmp_path / "onnxruntime"
+    (package / "capi").mkdir(parents=True)
+    monkeypatch.setattr(onnxruntime, "__file__", str(package / "__init__.py"))
+    assert (
+        loader_error("CUDAExecutionProvider")
+        == "libonnxruntime_providers_cuda.so is not part of this onnxruntime package"
+    )
+    (package / "capi" / "libonnxruntime_providers_cuda.so").write_bytes(b"not a shared library")
+    assert str(package / "capi" / "libonnxruntime_providers_cuda.so") in (loader_error("CUDAExecutionProvider") or "")
+    assert loader_error("CPUExecutionProvider") is None  # no library of its own to load
+
+
+def test_cudas_last_warning_is_the_reason_and_a_cpu_build_has_none(monkeypatch) -> None:
+    """Where init() raises nothing, is_available()'s warnings say why; the last one is the reason. A CPU-only PyTorch
+    has no CUDA to fail."""
+    import warnings
+
+    import torch
+
+    from engine.system import ort_probe
+
+    def is_available() -> bool:
+        warnings.warn("CUDA initialization: first", UserWarning, stacklevel=1)
+        warnings.warn("CUDA initialization: the driver is too old", UserWarning, stacklevel=1)
+        return False
+
+    monkeypatch.setattr(torch.version, "cuda", "12.6")
+    monkeypatch.setattr(torch.cuda, "is_available", is_available)
+    monkeypatch.setattr(torch.cuda, "init", lambda: None)
+    assert ort_probe.torch_cuda_error() == "CUDA initialization: the driver is too old"
+    monkeypatch.setattr(torch.version, "cuda", None)
+    assert ort_probe.torch_cuda_error() is None
+
+
+def test_the_apps_own_processes_include_its_workers_children() -> None:
+    """GPU memory held by a job worker's own child (a pool's process) is the app's, not another user's."""
+    import subprocess
+    import time
+
+    import psutil
+
+    child = subprocess.Popen(["sh", "-c", "sleep 30 & wait"])
+    try:
+        grandchildren: list[psutil.Process] = []
+        for _ in range(1000):  # until sh has started sleep (at once, unless the machine is busy)
+            grandchildren = psutil.Process(child.pid).children()
+            if grandchildren:
+                break
+            time.sleep(0.01)
+        assert {child.pid, grandchildren[0].pid} <= gpu_state.own_pids()
+    finally:
+        for process in psutil.Process(child.pid).children():
+            process.kill()
+        child.kill()
+        child.wait()
+
+
+def test_the_python_check_says_whether_a_virtualenv_is_in_use(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(sys, "base_prefix", sys.prefix)
+    assert doctor_host.check_python(_ctx(tmp_path)).details["virtualenv"] is False
+    monkeypatch.setattr(sys, "base_prefix", str(tmp_path / "system-python"))
+    assert doctor_host.check_python(_ctx(tmp_path)).details["virtualenv"] is True
+
+
+def test_the_json_report_gives_the_seconds_to_the_millisecond() -> None:
+    from engine.system.checks import DoctorReport
+
+    report = DoctorReport([Check("python", OK, "fine")], seconds=1.23456)
+    assert report.to_dict()["seconds"] == 1.235 and json.loads(report.to_json())["seconds"] == 1.235
+
+
+def test_the_probe_prints_only_its_json_on_stdout(monkeypatch, capsys) -> None:
+    """The doctor parses the probe's stdout as JSON, and onnxruntime prints its fallback notices there: they go to
+    stderr while the probe runs."""
+    from engine.system import ort_probe
+
+    def chatty_probe() -> dict:
+        print("EP Error: falling back to CPU")
+        return {"version": "1.31.1"}
+
+    monkeypatch.setattr(ort_probe, "probe_all", chatty_probe)
+    ort_probe.main()
+    out, err = capsys.readouterr()
+    assert json.loads(out) == {"version": "1.31.1"} and "EP Error: falling back to CPU" in err
