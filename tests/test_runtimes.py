@@ -554,3 +554,24 @@ def test_gpu_memory_follows_cuda_visible_devices_and_finds_this_process(monkeypa
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-bbb")
     assert gpu_memory(source, 0)["used"] == 2 and gpu_memory(source, 1) is None
     assert gpu_memory(SimpleNamespace(devices=[]), 0) is None
+
+
+def test_this_processs_gpu_memory_is_its_own_not_another_processs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ONNX eval records the memory this process holds: a neighbour listed first on the same GPU is not it; a device
+    NVML does not list has no figures."""
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    shared = _FakeDevice("GPU-aaa", 9, {os.getpid() + 1: 7 * 2**30, os.getpid(): 512})
+    assert gpu_memory(SimpleNamespace(devices=[shared]), 0) == {"used": 9, "total": 80 * 2**30, "process": 512}
+    assert gpu_memory(SimpleNamespace(devices=[shared]), 1) is None
+
+
+def test_the_memory_used_is_nvmls_used_figure_not_total_less_free(monkeypatch: pytest.MonkeyPatch) -> None:
+    """NVML v2's `used` leaves out the memory the driver reserves, as nvidia-smi shows it: total less free counts it
+    (here 1 GiB more)."""
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    figures = SimpleNamespace(used=20 * 2**30, free=59 * 2**30, total=80 * 2**30)
+    card = SimpleNamespace(
+        uuid="GPU-aaa", nvml=SimpleNamespace(nvmlDeviceGetMemoryInfo=lambda: figures), get=lambda fn: fn(),
+        processes=lambda: [],
+    )  # fmt: skip
+    assert gpu_memory(SimpleNamespace(devices=[card]), 0) == {"used": 20 * 2**30, "total": 80 * 2**30, "process": None}
