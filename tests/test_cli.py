@@ -842,3 +842,56 @@ def test_a_reader_that_goes_away_ends_the_command_without_a_traceback() -> None:
     child.stdout.close()  # before it writes a line: it is still starting
     errors = child.stderr.read().decode()
     assert child.wait(timeout=240) == 141 and errors == ""
+
+
+def test_the_doctors_exit_code_is_1_only_for_a_problem(monkeypatch, capsys) -> None:
+    """Scripts and CI gate on `avatarbench doctor`: a warning or information is advice, not a failure."""
+    import engine.system.doctor
+    from engine.cli import main
+    from engine.system.checks import INFO, PROBLEM, WARNING, Check, DoctorReport
+
+    for status, code in ((INFO, 0), (WARNING, 0), (PROBLEM, 1)):
+        report = DoctorReport([Check("weights", status, "what was found", "the fix")])
+        monkeypatch.setattr(engine.system.doctor, "run_doctor", lambda report=report: report)
+        assert main(["doctor"]) == code, status
+        assert "weights: what was found" in capsys.readouterr().out
+        assert main(["doctor", "--json"]) == code
+        assert json.loads(capsys.readouterr().out)["checks"][0]["status"] == status
+
+
+def _telemetry_sleeps(monkeypatch, capsys, args: list[str], interrupt_after: int = 0) -> tuple[list[float], int]:
+    """`avatarbench telemetry ARGS` with time.sleep recorded (Ctrl-C on wait `interrupt_after`, where given): the
+    waits it made and the samples it printed."""
+    import time
+
+    from engine.cli import main
+
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        if len(slept) == interrupt_after:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(time, "sleep", sleep)
+    assert main(["telemetry", "--json", *args]) == 0
+    return slept, len(capsys.readouterr().out.splitlines())
+
+
+def test_telemetry_waits_one_interval_per_sample_and_stops_at_the_count(monkeypatch, capsys) -> None:
+    """--count N prints N samples an interval apart; one sample waits only long enough to measure the CPU; the
+    interval's ends, 0.1 and 60 s, are allowed and just past them refused; --interval alone watches until Ctrl-C."""
+    import engine.core.settings
+    from engine.cli import main
+    from engine.core.settings import load_settings
+
+    assert _telemetry_sleeps(monkeypatch, capsys, ["--interval", "2", "--count", "3"]) == ([2.0, 2.0, 2.0], 3)
+    assert _telemetry_sleeps(monkeypatch, capsys, ["--interval", "0.1", "--count", "1"]) == ([0.1], 1)
+    assert _telemetry_sleeps(monkeypatch, capsys, ["--interval", "60", "--count", "1"]) == ([60.0], 1)
+    for refused in ("0.09", "60.5"):
+        assert main(["telemetry", "--interval", refused, "--count", "1"]) == 2, refused
+    slow = load_settings({"AVATARBENCH_TELEMETRY_INTERVAL": "5"})
+    monkeypatch.setattr(engine.core.settings, "get_settings", lambda: slow)
+    assert _telemetry_sleeps(monkeypatch, capsys, []) == ([0.25], 1)
+    assert _telemetry_sleeps(monkeypatch, capsys, ["--count", "2"]) == ([5.0, 5.0], 2)  # the setting's interval
+    assert _telemetry_sleeps(monkeypatch, capsys, ["--interval", "3"], interrupt_after=3) == ([3.0] * 3, 2)
