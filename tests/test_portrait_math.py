@@ -402,6 +402,37 @@ def test_baseline_recovers_a_known_head_motion() -> None:
     assert motion.flow.shape == (6, 2, 128, 128) and np.abs(motion.flow).mean() < 0.05  # rigid: little local flow
 
 
+def _example_face_320() -> np.ndarray:
+    from pathlib import Path
+
+    return cv2.resize(cv2.imread(str(Path(__file__).resolve().parent.parent / "assets/face.jpg")), (320, 320))
+
+
+def test_baseline_tracks_a_large_turn_in_one_frame() -> None:
+    """A driver that turns 12 degrees between two frames: Lucas-Kanade alone reads about 11; refined, it is 12."""
+    from engine.portrait.baseline import track_motion
+
+    face = _example_face_320()
+    turned = cv2.warpAffine(face, cv2.getRotationMatrix2D((142.0, 78.0), 12.0, 1.0), (320, 320),
+                            borderMode=cv2.BORDER_REFLECT)  # fmt: skip
+    head = track_motion(iter([face, turned]), np.array([108.0, 38.0, 176.0, 118.0])).head[1]
+    assert math.degrees(math.atan2(head[0, 1], head[0, 0])) == pytest.approx(12.0, abs=0.3)
+
+
+def test_baseline_local_flow_points_back_to_where_the_mouth_was() -> None:
+    """The mouth alone moves 4 px right in an 80 px face box: the flow there (box units, to frame 0) is about -4/80 in
+    x, and about nothing on the still forehead."""
+    from engine.portrait.baseline import track_motion
+
+    face = _example_face_320()
+    moved = face.copy()
+    moved[92:114, 126:166] = face[92:114, 122:162]
+    flow = track_motion(iter([face, moved]), np.array([108.0, 38.0, 176.0, 118.0])).flow[1] * 80  # in pixels
+    # the crop is 1.6 box sizes over 128 pixels: at an 80 px box one crop pixel is one image pixel, (142, 78) at 64
+    assert -4.5 < np.median(flow[0, 84:96, 52:76]) < -2.5 and abs(np.median(flow[1, 84:96, 52:76])) < 0.3
+    assert np.median(np.abs(flow[:, 20:40, 30:90])) < 0.3
+
+
 def _driven(
     tmp_path,
     source: KeypointInfo,
@@ -486,3 +517,92 @@ def test_relative_motion_is_measured_against_the_reference_frame(tmp_path) -> No
     friendly = _driven(tmp_path, source, clip, reference=1, driving_option="expression-friendly")
     from_reference = _driven(tmp_path, source, clip.select(slice(1, 3)), driving_option="expression-friendly")
     assert torch.allclose(friendly[1:], from_reference, atol=1e-5)  # the outlier before it changes nothing after it
+
+
+def _sampled_positions(
+    head: np.ndarray,
+    flow: np.ndarray | None = None,
+    multiplier: float = 1.0,
+    box: tuple[float, ...] = (60, 40, 100, 80),
+) -> np.ndarray:
+    """Where each output pixel of the baseline's warp was sampled from in a 160x120 source, as (H, W, 2) pixels: the
+    source holds its own x and y as two ramps, so the warp's bilinear samples read the position back."""
+    from engine.portrait.baseline import FLOW_SIZE, render_batch
+
+    h, w = 120, 160
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    source = torch.from_numpy(np.stack([xs / w, ys / h, np.zeros_like(xs)]))[None]
+    if flow is None:
+        flow = np.zeros((1, 2, FLOW_SIZE, FLOW_SIZE), np.float32)
+    # by default centre (80, 60), 40 px: one box unit is 40 px
+    out = render_batch(source, np.array(box, np.float64), head[None], flow, multiplier)[0].numpy()
+    return np.stack([out[0] * w, out[1] * h], -1)
+
+
+def test_baseline_warp_without_motion_is_the_source_pixel_for_pixel() -> None:
+    """No head motion and no flow: each output pixel samples its own centre (a half-pixel or a width/height mix-up
+    shifts or stretches the whole portrait, most on a source that is not square)."""
+    positions = _sampled_positions(np.eye(2, 3))
+    ys, xs = np.mgrid[0:120, 0:160]
+    assert np.allclose(positions, np.stack([xs, ys], -1), atol=1e-3)
+
+
+def test_baseline_warp_moves_the_face_by_the_head_motion_and_leaves_the_background() -> None:
+    """The head motion takes a frame-0 point u (box units) to A u + t: the output there shows the source at u, near
+    the face; past HEAD_REACH box sizes from it the background samples itself; --multiplier scales the motion."""
+    turn = math.radians(10)
+    a = 1.05 * np.array([[math.cos(turn), -math.sin(turn)], [math.sin(turn), math.cos(turn)]])
+    t = np.array([0.1, -0.05])
+    positions = _sampled_positions(np.hstack([a, t[:, None]]))
+    centre = np.array([80.0, 60.0])
+    for x, y in ((92, 58), (74, 71)):  # near the centre, where the warp is whole
+        expected = centre + 40 * np.linalg.solve(a, (np.array([x, y]) - centre) / 40 - t)  # u: A u + t is here
+        assert np.allclose(positions[y, x], expected, atol=0.05)
+    far = positions[5, 5]  # (75, 55) px from the centre: about 2.3 box sizes
+    assert np.allclose(far, [5, 5], atol=1e-3)
+    unmoved = _sampled_positions(np.hstack([a, t[:, None]]), multiplier=0.0)  # --multiplier 0: no motion at all
+    ys, xs = np.mgrid[0:120, 0:160]
+    assert np.allclose(unmoved, np.stack([xs, ys], -1), atol=1e-3)
+    half = _sampled_positions(np.array([[1.0, 0, 0.1], [0, 1, 0]]), multiplier=0.5)
+    assert half[60, 80] == pytest.approx([80 - 0.5 * 0.1 * 40, 60], abs=0.05)  # half the driver's 4 px move
+
+
+def test_a_face_at_the_edge_moved_inwards_repeats_the_edge_rather_than_black() -> None:
+    """A face at the left edge moved right samples from left of the picture: it takes the edge's pixels (a black
+    wedge would open beside the face)."""
+    positions = _sampled_positions(np.array([[1.0, 0, 0.3], [0, 1, 0]]), box=(0, 40, 40, 80))
+    assert positions[60, 0] == pytest.approx([0, 60], abs=0.5)  # sampled 12 px outside: the edge's row 60
+
+
+def test_baseline_local_flow_moves_the_face_only_inside_its_crop() -> None:
+    """The local flow (box units, for a point of the stabilised frame, its offset to frame 0) moves the face, and
+    fades out towards the edge of the flow crop (CROP_EXTENT box sizes) even where the head motion's reach goes on."""
+    from engine.portrait.baseline import FLOW_SIZE
+
+    flow = np.zeros((1, 2, FLOW_SIZE, FLOW_SIZE), np.float32)
+    flow[:, 0] = 0.05  # every point came from 2 px to its right
+    positions = _sampled_positions(np.eye(2, 3), flow)
+    assert positions[60, 80] == pytest.approx([82, 60], abs=0.02)
+    assert 0.3 < positions[60, 80 + 28][0] - (80 + 28) < 1.2  # 0.7 box sizes out: feathered to under half
+    assert positions[60, 80 + 34] == pytest.approx([114, 60], abs=0.02)  # 0.85 box sizes out: past the crop
+
+
+def test_a_driving_video_without_frames_is_an_input_error() -> None:
+    from engine.core.errors import InputError
+    from engine.portrait.baseline import track_motion
+
+    with pytest.raises(InputError, match="the driving video has no frames"):
+        track_motion(iter([]), np.array([0.0, 0.0, 10.0, 10.0]))
+
+
+def test_a_late_face_leaves_the_first_frames_still() -> None:
+    """A clip whose face appears at frame 2: frames 0 and 1 show no motion, the tracked frames follow in order."""
+    from engine.portrait.baseline import FLOW_SIZE, DrivingMotion, still_before
+
+    tracked = DrivingMotion(
+        np.array([np.eye(2, 3), [[1.0, 0, 0.2], [0, 1, 0]]]), np.full((2, 2, FLOW_SIZE, FLOW_SIZE), 0.1, np.float32)
+    )
+    motion = still_before(tracked, 2)
+    assert motion.head.shape == (4, 2, 3) and motion.flow.shape == (4, 2, FLOW_SIZE, FLOW_SIZE)
+    assert np.array_equal(motion.head[:2], [np.eye(2, 3)] * 2) and not motion.flow[:2].any()
+    assert np.array_equal(motion.head[2:], tracked.head) and np.array_equal(motion.flow[2:], tracked.flow)
