@@ -84,6 +84,40 @@ def test_a_landmark_model_that_fails_as_it_runs_is_an_input_error(tmp_path: Path
         LandmarkModel(path)(np.zeros((256, 256, 3), np.uint8), np.array([50.0, 50.0, 200.0, 200.0]))
 
 
+def test_the_landmark_model_sees_upstreams_face_crop_in_0_to_1(tmp_path: Path) -> None:
+    """The model was trained on a crop of 1.5x the face box moved up by 0.1 of its side, as RGB in [0, 1]: an image
+    whose pixels hold their own position shows which pixels the crop took."""
+    model = LandmarkModel(landmark_model(tmp_path / "landmark.onnx"))
+    seen = []
+    run = model.session.run
+    model.session = SimpleNamespace(run=lambda names, feed: seen.append(feed[model.input]) or run(names, feed))
+    ys, xs = np.mgrid[0:256, 0:256]
+    rgb = np.stack([xs, ys, np.zeros_like(xs)], -1).astype(np.uint8)  # red: x, green: y
+    model(rgb, np.array([50.0, 60.0, 150.0, 160.0]))  # a 100 px face centred on (100, 110): a 150 px crop at (100, 95)
+    crop = seen[0][0]
+    assert seen[0].shape == (1, 3, 224, 224) and seen[0].dtype == np.float32 and crop.max() <= 1.0
+    for (row, col), (x, y) in {(0, 0): (25, 20), (112, 112): (100, 95), (223, 223): (175, 170)}.items():
+        assert crop[0, row, col] * 255 == pytest.approx(x, abs=1.5) and crop[1, row, col] * 255 == pytest.approx(
+            y, abs=1.5
+        )
+
+
+def test_a_landmark_model_whose_output_is_not_203_points_is_an_input_error(tmp_path: Path) -> None:
+    """A model that takes the crop but answers with another number of values is refused with what it gave (the
+    reshape failed with numpy's own error)."""
+    graph = helper.make_graph(
+        [helper.make_node("Constant", [], ["out"], value=numpy_helper.from_array(np.zeros((1, 10), np.float32)))],
+        "short", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["n", 3, 224, 224])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 10])],
+    )  # fmt: skip
+    path = tmp_path / "short.onnx"
+    path.write_bytes(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9).SerializeToString()
+    )
+    with pytest.raises(LandmarkError, match=r"the landmark model's only output holds 10 values, not 203 x 2"):
+        LandmarkModel(path)(np.zeros((256, 256, 3), np.uint8), np.array([50.0, 50.0, 200.0, 200.0]))
+
+
 def _mlp(cin: int, bias: float, per_target: float = 0.0) -> nn.Module:
     """A retargeting network whose delta is `bias` + `per_target` x the target openness (its last input)."""
     layer = nn.Linear(cin, 63)
