@@ -335,6 +335,9 @@ def test_source_folder_and_tiny_source_limit_are_messages(tmp_path: Path) -> Non
     with pytest.raises(PortraitError, match=r"source max dim 8 leaves no face to find: give 0 .* or at least 64"):
         PortraitConfig(face, face, source_max_dim=8).validate()
     PortraitConfig(face, face, source_max_dim=0).validate()  # no limit
+    with pytest.raises(PortraitError, match="source max dim 63 leaves no face to find"):
+        PortraitConfig(face, face, source_max_dim=63).validate()
+    PortraitConfig(face, face, source_max_dim=64).validate()  # the smallest limit taken
 
 
 def test_a_template_that_would_meet_the_baseline_is_refused_at_submit(tmp_path: Path) -> None:
