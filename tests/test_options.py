@@ -264,3 +264,15 @@ def test_the_cli_help_gives_each_range_and_requires_a_required_positional(capsys
     with pytest.raises(SystemExit):
         parser.parse_args([])
     assert "the following arguments are required: model" in capsys.readouterr().err
+
+
+def test_portrait_options_that_cannot_run_together_or_past_their_bounds_are_refused() -> None:
+    """The ONNX backends have no bf16 path; a batch above 256 frames is refused as a bound before any memory check."""
+    from engine.portrait.config import PortraitError
+
+    files = {"source": ASSETS / "face.jpg", "driving": ASSETS / "driving.mp4"}
+    with pytest.raises(PortraitError, match="the ONNX backends run fp32 or fp16, not bf16"):
+        PortraitConfig.build({**files, "backend": "onnx-cpu", "precision": "bf16"})
+    PortraitConfig.build({**files, "backend": "torch", "precision": "bf16"})
+    with pytest.raises(PortraitError, match=r"batch size 257 is outside 1\.\.256"):
+        PortraitConfig.build({**files, "batch_size": 257})
