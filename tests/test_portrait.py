@@ -402,6 +402,28 @@ def test_a_batch_whose_frames_cannot_fit_in_memory_is_refused_before_any_work(
     assert run_portrait(replace(config, max_frames=1), tmp_path / "o.mp4").metrics["frames"] == 1
 
 
+def test_the_memory_a_batch_needs_is_sized_by_engine_precision_and_source_shape(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """LivePortrait's networks hold about 470 MiB a frame in fp32 and half that in fp16, on top of the warp's maps of a
+    WxH source; the suggestion is never below 1, and one frame is never refused (there is nothing smaller to offer)."""
+    import psutil
+
+    from engine.portrait.head import _refuse_a_batch_over_memory
+
+    free = 256 * 2**20
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: SimpleNamespace(available=free))
+    settings, cpu = Settings(data_dir=tmp_path, weights_dir=tmp_path), torch.device("cpu")
+    with pytest.raises(PortraitError, match=r"batch 2 needs about 0\.9 GiB for its frames \(475 MiB each, "
+                       r"liveportrait on a 400x100 source\) and 0\.2 GiB of memory is free for this job: use a "
+                       r"batch size of at most 1 "):  # fmt: skip
+        _refuse_a_batch_over_memory(2, (100, 400, 3), "liveportrait", "fp32", cpu, settings)
+    with pytest.raises(PortraitError, match=r"\(240 MiB each, liveportrait on a 400x100 source\)"):
+        _refuse_a_batch_over_memory(2, (100, 400, 3), "liveportrait", "fp16", cpu, settings)
+    _refuse_a_batch_over_memory(1, (100, 400, 3), "liveportrait", "fp32", cpu, settings)  # 475 MiB over 256: run it
+    _refuse_a_batch_over_memory(3, (100, 400, 3), "baseline", "fp32", cpu, settings)  # 5 MiB each: fits
+
+
 def test_baseline_engine_without_weights(driving: Path, tmp_path: Path, no_weights: Settings) -> None:
     from engine.core.media import read_frames
 
@@ -449,6 +471,26 @@ def test_a_driving_clip_that_starts_without_a_face(tmp_path: Path) -> None:
     assert first == 1 and box[2] > box[0]  # relative motion is measured against frame 1, with a warning
     result = run_portrait(PortraitConfig(ASSETS / "face.jpg", late, engine="baseline"), tmp_path / "o.mp4")
     assert result.metrics["frames"] == 3 and any("first frame shows no face" in w for w in result.warnings)
+
+
+def test_the_baseline_scales_a_driving_videos_motion_by_the_multiplier(driving: Path, tmp_path: Path) -> None:
+    """--multiplier 0: the face sliding right moves nothing, every frame is the first."""
+    config = PortraitConfig(ASSETS / "face.jpg", driving, engine="baseline", multiplier=0.0)
+    run_portrait(config, tmp_path / "still.mp4")
+    frames = [f.astype(np.float32) for f in read_frames(tmp_path / "still.mp4")]
+    assert len(frames) == 6 and np.abs(frames[-1] - frames[0]).mean() < 0.5
+    run_portrait(replace(config, multiplier=1.0), tmp_path / "moved.mp4")
+    moved = [f.astype(np.float32) for f in read_frames(tmp_path / "moved.mp4")]
+    assert np.abs(moved[-1] - moved[0]).mean() > 2
+
+
+def test_the_baseline_says_a_one_frame_driving_video_moves_nothing(tmp_path: Path) -> None:
+    """As LivePortrait does: a video of one frame has no motion relative to itself, and the run says so."""
+    one = _video(tmp_path / "one.mp4", [cv2.resize(cv2.imread(str(ASSETS / "face.jpg")), (320, 320))])
+    result = run_portrait(PortraitConfig(ASSETS / "face.jpg", one, engine="baseline"), tmp_path / "o.mp4")
+    assert result.metrics["frames"] == 1
+    assert any(w.startswith("one.mkv is a video of one frame: its motion relative to itself moves nothing") for w in
+               result.warnings)  # fmt: skip
 
 
 def _raw_h264(path: Path, frames: int) -> Path:

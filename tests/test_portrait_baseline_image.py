@@ -16,7 +16,7 @@ import pytest
 from engine.core.media import read_frames
 from engine.core.settings import Settings
 from engine.faces.detection import HaarDetector
-from engine.portrait.baseline import pose_transfer, still_pose
+from engine.portrait.baseline import StillPose, pose_transfer, still_pose
 from engine.portrait.config import PortraitConfig, PortraitError
 from engine.portrait.driving import IMAGE_FPS
 from engine.portrait.pipeline import run_portrait
@@ -72,6 +72,7 @@ def test_a_driving_image_turns_the_source_face_by_its_roll(angle: float, tmp_pat
     assert abs(transferred["roll_degrees"] + angle) < 1.0  # image axes (y down): counter-clockwise is negative
     assert transferred["measured_from"] == "eye lines"
     assert any("only its head pose was transferred" in w and "expression" in w for w in result.warnings)
+    assert not any("limited to a head's movement" in w for w in result.warnings)
     corner = (slice(0, 40), slice(0, 40))  # far from the face the background stays put
     assert np.abs(frames[0][corner].astype(int) - source[corner]).mean() < 4
 
@@ -87,6 +88,13 @@ def test_a_driver_framed_like_the_source_moves_nothing(tmp_path: Path, settings:
     turned, scale = _similarity(source, frame)
     assert abs(turned) < 0.3 and abs(scale - 1) < 0.01
     assert np.abs(frame.astype(int) - source).mean() < 5  # the encoder's loss (4:2:0 chroma, the flag's stripes)
+
+
+def test_multiplier_0_leaves_the_source_as_it_is_under_a_turned_driver(tmp_path: Path, settings: Settings) -> None:
+    out = tmp_path / "still.mp4"
+    run_portrait(PortraitConfig(FACE, _driver(tmp_path, 12.0), engine="baseline", multiplier=0.0), out, settings)
+    frame, source = next(iter(read_frames(out))), cv2.imread(str(FACE))
+    assert abs(_similarity(source, frame)[0]) < 0.3 and np.abs(frame.astype(int) - source).mean() < 5
 
 
 def test_the_baseline_takes_the_source_limits_it_is_given(tmp_path: Path, settings: Settings) -> None:
@@ -110,6 +118,28 @@ def test_scale_and_place_are_transferred_within_a_head_movement(tmp_path: Path) 
     cropped = still_pose(cv2.imread(str(_driver(tmp_path, 0.0, 1.6, (150, 0)))), detector)  # framed much tighter
     _, report = pose_transfer(source, cropped, box)
     assert report["limited"] and report["scale"] == 1.1 and np.hypot(*report["shift_face_sizes"]) < 0.152
+
+
+def test_a_driver_framed_much_tighter_is_run_with_its_limits_named(tmp_path: Path, settings: Settings) -> None:
+    driving = _driver(tmp_path, 0.0, 1.6, (150, 0))
+    result = run_portrait(PortraitConfig(FACE, driving, engine="baseline"), tmp_path / "tight.mp4", settings)
+    assert result.metrics["pose_transfer"]["limited"] and result.metrics["pose_transfer"]["scale"] == 1.1
+    assert any(
+        "scale 1.1, measured from the eye lines; scale and place limited to a head's movement, the driver being "
+        "framed differently); its expression needs LivePortrait" in w
+        for w in result.warnings
+    )
+
+
+def test_a_face_tilted_past_the_detector_is_found_by_turning_the_image(tmp_path: Path) -> None:
+    """Turned 30 degrees the frontal detector misses the face; turning the image finds it, and its place and eye line
+    are given in the image's own axes, not the turned one's."""
+    detector = HaarDetector(detect_scale=0.5)
+    upright = still_pose(cv2.imread(str(FACE)), detector)
+    tilted = still_pose(cv2.imread(str(_driver(tmp_path, 30.0))), detector)
+    assert tilted is not None and tilted.eyes is not None and upright is not None and upright.eyes is not None
+    assert abs((tilted.roll - upright.roll) + 30.0) < 1.5  # counter-clockwise on screen: the eye line rises
+    assert np.hypot(*(tilted.centre - FACE_CENTRE)) < 8
 
 
 def test_eyes_behind_glasses_are_found() -> None:
@@ -143,3 +173,131 @@ def test_a_photo_over_the_size_limit_is_taken_when_it_is_shrunk_within_it(tmp_pa
     assert head.source_bgr.shape == (640, 640, 3) and head.box is not None
     with pytest.raises(MediaError, match="larger than the limit of 800 pixels"):  # not shrunk within it: refused
         run_head(PortraitConfig(big, FACE, engine="baseline", source_max_dim=1200), settings, "cpu")
+    with pytest.raises(MediaError, match="larger than the limit of 800 pixels"):  # 0, no shrinking: the limit holds
+        run_head(PortraitConfig(big, FACE, engine="baseline", source_max_dim=0), settings, "cpu")
+    at_limit = run_head(PortraitConfig(big, FACE, engine="baseline", source_max_dim=800), settings, "cpu")
+    assert at_limit.source_bgr.shape == (800, 800, 3)  # shrunk to the limit itself: taken
+
+
+def _pose(eyes: list[tuple[float, float]] | None, image_size: tuple[int, int] = (400, 400)) -> StillPose:
+    """A face measured by hand: its box centre (200, 200) and size 100 in a 400x400 image, eyes as given."""
+    return StillPose(np.array([200.0, 200.0]), 100.0, None if eyes is None else np.array(eyes), image_size)
+
+
+SOURCE_BOX = np.array([150.0, 150.0, 250.0, 250.0])  # the source's face: centre (200, 200), 100 px a box unit
+LEVEL_EYES = [(175.0, 180.0), (225.0, 180.0)]
+
+
+def test_a_driving_roll_turns_the_head_about_the_eyes() -> None:
+    """The driver's eye line 12.3456 degrees down to its right: the head turns by that about the eyes' midpoint, which
+    stays where it was, and the report gives the roll to two decimals."""
+    turn = np.radians(12.3456)
+    half = 25 * np.array([np.cos(turn), np.sin(turn)])
+    driver = _pose([tuple(np.array([200.0, 180.0]) - half), tuple(np.array([200.0, 180.0]) + half)])
+    head, report = pose_transfer(_pose(LEVEL_EYES), driver, SOURCE_BOX)
+    assert report["roll_degrees"] == 12.35 and report["scale"] == 1.0 and report["measured_from"] == "eye lines"
+    midpoint = (np.array([200.0, 180.0]) - 200) / 100  # in the source box's units
+    assert head[:, :2] @ midpoint + head[:, 2] == pytest.approx(midpoint, abs=1e-9)
+    assert np.allclose(head[:, :2], [[np.cos(turn), -np.sin(turn)], [np.sin(turn), np.cos(turn)]], atol=1e-9)
+    assert not report["limited"]
+
+
+def test_a_driver_framed_alike_in_an_image_of_another_shape_moves_nothing() -> None:
+    """Scale is eye distance over the image's geometric mean side, place is relative to the image's width and height:
+    an 800x200 driver whose eyes sit where the source's do, relatively, moves nothing."""
+    driver = _pose([(375.0, 90.0), (425.0, 90.0)], image_size=(800, 200))
+    head, report = pose_transfer(_pose(LEVEL_EYES), driver, SOURCE_BOX)
+    assert report["scale"] == 1.0 and report["shift_face_sizes"] == [0.0, 0.0] and not report["limited"]
+    assert np.allclose(head, np.eye(2, 3), atol=1e-9)
+
+
+def test_roll_scale_and_place_are_limited_and_a_limited_transfer_says_so() -> None:
+    """A 60 degree roll is held at 45; a driver's eyes 0.3 face sizes off (framed differently) move the head 0.15,
+    and the report says the place was limited though the scale was not."""
+    steep = pose_transfer(_pose(LEVEL_EYES), _pose([(175.0, 180.0), (200.0, 180.0 + 25 * np.sqrt(3))]), SOURCE_BOX)
+    assert steep[1]["roll_degrees"] == 45.0
+    moved = [(x + 30.0, y) for x, y in LEVEL_EYES]
+    head, report = pose_transfer(_pose(LEVEL_EYES), _pose(moved), SOURCE_BOX)
+    assert report["scale"] == 1.0 and report["limited"] and report["shift_face_sizes"] == [0.15, 0.0]
+    assert head[:, 2] == pytest.approx([0.15, 0.0])
+    small_move = pose_transfer(_pose(LEVEL_EYES), _pose([(x + 10.0, y) for x, y in LEVEL_EYES]), SOURCE_BOX)[1]
+    assert small_move["shift_face_sizes"] == [0.1, 0.0] and not small_move["limited"]
+
+
+@pytest.mark.parametrize("which", ["source", "driver"])
+def test_without_both_eye_pairs_the_face_boxes_give_scale_and_place_and_no_roll(which: str) -> None:
+    """When the eyes are found in only one image the boxes are compared instead (never one's eyes with the other's
+    box), and the report says the roll was not measured."""
+    tilted = [(175.0, 170.0), (225.0, 190.0)]
+    source, driver = (_pose(None), _pose(tilted)) if which == "source" else (_pose(tilted), _pose(None))
+    bigger = StillPose(driver.centre + np.array([4.0, 0.0]), 105.0, driver.eyes, driver.image_size)
+    _, report = pose_transfer(source, bigger, SOURCE_BOX)
+    assert report["measured_from"] == "face boxes (eyes not found: no roll)" and report["roll_degrees"] == 0
+    assert report["scale"] == 1.05 and report["shift_face_sizes"] == [0.04, 0.0]
+
+
+def _blank(folder: Path) -> Path:
+    path = folder / "blank.png"
+    cv2.imwrite(str(path), np.full((256, 256, 3), 128, np.uint8))
+    return path
+
+
+def test_a_faceless_source_is_refused_by_the_baseline_even_uncropped(tmp_path: Path, settings: Settings) -> None:
+    """--no-crop is LivePortrait's way to animate a picture without a face; the baseline warps around the face and
+    cannot, so it refuses with or without it (and offers no --no-crop where that is what was asked)."""
+    from engine.portrait.head import run_head
+
+    blank = _blank(tmp_path)
+    with pytest.raises(PortraitError, match=r"no face found in the source blank\.png: a frontal portrait is needed$"):
+        run_head(PortraitConfig(blank, FACE, engine="baseline", crop=False), settings, "cpu")
+    with pytest.raises(PortraitError, match=r"needed \(LivePortrait with --no-crop animates the whole picture"):
+        run_head(PortraitConfig(blank, FACE, engine="baseline"), settings, "cpu")
+
+
+@pytest.mark.parametrize(
+    "retargeting", [{"eye_open": 0.3}, {"lip_open": 0.0}, {"eye_retargeting": True}, {"lip_retargeting": True}]
+)
+def test_retargeting_a_faceless_uncropped_source_is_refused(
+    retargeting: dict, tmp_path: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """LivePortrait animates a faceless source uncropped, but every kind of eye or lip retargeting measures the
+    source's face: each is refused before the driving input is read."""
+    import engine.portrait.head as head
+
+    monkeypatch.setattr(head, "pick_engine", lambda config, settings: ("liveportrait", tmp_path))
+    monkeypatch.setattr(head, "driving_frames", lambda config: pytest.fail("the driving input was read"))
+    config = PortraitConfig(_blank(tmp_path), FACE, crop=False, **retargeting)
+    with pytest.raises(PortraitError, match="retargeting the eyes or lips measures the source's face, and none was"):
+        head.run_head(config, settings, "cpu")
+
+
+def test_the_baseline_chosen_by_name_is_not_a_missing_weights_fallback(tmp_path: Path, settings: Settings) -> None:
+    """Only engine auto without weights says it fell back to the baseline; a CPU run says it is on the CPU; the report
+    keeps the batch size as asked (empty: resolved again on each device a stored job reruns on)."""
+    from engine.portrait.head import run_head
+
+    head = run_head(PortraitConfig(FACE, FACE, engine="baseline"), settings, "cpu")
+    assert head.config.batch_size == 1 and head.result.config["batch_size"] is None
+    warnings = head.result.warnings
+    assert not any("no LivePortrait weights found" in w for w in warnings)
+    assert any(w.startswith("running on the CPU: ") for w in warnings)
+
+
+def test_the_baseline_names_only_the_options_it_does_not_use(tmp_path: Path) -> None:
+    """Every option the baseline reads, each away from its default, draws no word but the template's; LivePortrait's
+    are named; and a motion template (LivePortrait keypoints) is refused by the baseline whatever the submit check."""
+    from engine.core.results import RunResult
+    from engine.portrait.baseline_plan import baseline_checks
+
+    used = {"engine": "baseline", "source_max_dim": 640, "source_division": 4, "max_frames": 5, "batch_size": 3,
+            "multiplier": 0.5, "save_template": True, "stream": True}  # fmt: skip
+    result = RunResult()
+    baseline_checks(PortraitConfig(FACE, FACE, **used), result)
+    assert result.warnings == ["motion templates hold LivePortrait keypoints: the baseline engine does not save one"]
+    result = RunResult()
+    baseline_checks(PortraitConfig(FACE, FACE, region="lip", relative=False), result)
+    assert result.warnings == ["the baseline engine does not use --region, --relative (LivePortrait's options)"]
+    template = tmp_path / "motion.NPZ"
+    template.write_bytes(b"")
+    with pytest.raises(PortraitError, match=r"hold LivePortrait keypoints, .* and the baseline engine was chosen"):
+        baseline_checks(PortraitConfig(FACE, template, engine="baseline"), RunResult())
