@@ -278,6 +278,10 @@ def test_the_baseline_chosen_by_name_is_not_a_missing_weights_fallback(tmp_path:
 
     head = run_head(PortraitConfig(FACE, FACE, engine="baseline"), settings, "cpu")
     assert head.config.batch_size == 1 and head.result.config["batch_size"] is None
+    head.report({"backend": "torch"})
+    x1, y1, x2, y2 = head.result.metrics["face_box"]  # the source's face, in pixels to one decimal
+    assert np.hypot((x1 + x2) / 2 - FACE_CENTRE[0], (y1 + y2) / 2 - FACE_CENTRE[1]) < 10 and x2 - x1 > 80
+    assert head.result.metrics["engine"] == "baseline" and head.result.metrics["batch_size"] == 1
     warnings = head.result.warnings
     assert not any("no LivePortrait weights found" in w for w in warnings)
     assert any(w.startswith("running on the CPU: ") for w in warnings)
