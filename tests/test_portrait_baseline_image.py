@@ -72,7 +72,7 @@ def test_a_driving_image_turns_the_source_face_by_its_roll(angle: float, tmp_pat
     assert abs(transferred["roll_degrees"] + angle) < 1.0  # image axes (y down): counter-clockwise is negative
     assert transferred["measured_from"] == "eye lines"
     assert any("only its head pose was transferred" in w and "expression" in w for w in result.warnings)
-    assert not any("limited to a head's movement" in w for w in result.warnings)
+    assert not any("held to a head's movement" in w for w in result.warnings)
     corner = (slice(0, 40), slice(0, 40))  # far from the face the background stays put
     assert np.abs(frames[0][corner].astype(int) - source[corner]).mean() < 4
 
@@ -113,20 +113,22 @@ def test_scale_and_place_are_transferred_within_a_head_movement(tmp_path: Path) 
     box = np.array([172.0, 60.0, 280.0, 190.0])  # centred on FACE_CENTRE, 130 px: the units of the head motion
     closer = still_pose(cv2.imread(str(_driver(tmp_path, 0.0, 1.07, (8, -5)))), detector)
     head, report = pose_transfer(source, closer, box)
-    assert abs(report["scale"] - 1.07) < 0.02 and abs(report["roll_degrees"]) < 1 and not report["limited"]
+    assert abs(report["scale"] - 1.07) < 0.02 and abs(report["roll_degrees"]) < 1 and report["limited"] == []
     assert np.allclose(head[:, 2] * 130, [8, -5], atol=2.5)  # the face moved 8 px right and 5 px up
     cropped = still_pose(cv2.imread(str(_driver(tmp_path, 0.0, 1.6, (150, 0)))), detector)  # framed much tighter
     _, report = pose_transfer(source, cropped, box)
-    assert report["limited"] and report["scale"] == 1.1 and np.hypot(*report["shift_face_sizes"]) < 0.152
+    assert report["limited"] == ["scale", "place"] and report["scale"] == 1.1
+    assert np.hypot(*report["shift_face_sizes"]) < 0.152
 
 
 def test_a_driver_framed_much_tighter_is_run_with_its_limits_named(tmp_path: Path, settings: Settings) -> None:
     driving = _driver(tmp_path, 0.0, 1.6, (150, 0))
     result = run_portrait(PortraitConfig(FACE, driving, engine="baseline"), tmp_path / "tight.mp4", settings)
-    assert result.metrics["pose_transfer"]["limited"] and result.metrics["pose_transfer"]["scale"] == 1.1
+    assert result.metrics["pose_transfer"]["limited"] == ["scale", "place"]
+    assert result.metrics["pose_transfer"]["scale"] == 1.1
     assert any(
-        "scale 1.1, measured from the eye lines; scale and place limited to a head's movement, the driver being "
-        "framed differently); its expression needs LivePortrait" in w
+        "scale 1.1, measured from the eye lines; scale and place held to a head's movement (a roll of at most 45 "
+        "degrees, a scale of 0.9 to 1.1, a move of 0.15 face sizes)); its expression needs LivePortrait" in w
         for w in result.warnings
     )
 
@@ -199,7 +201,7 @@ def test_a_driving_roll_turns_the_head_about_the_eyes() -> None:
     midpoint = (np.array([200.0, 180.0]) - 200) / 100  # in the source box's units
     assert head[:, :2] @ midpoint + head[:, 2] == pytest.approx(midpoint, abs=1e-9)
     assert np.allclose(head[:, :2], [[np.cos(turn), -np.sin(turn)], [np.sin(turn), np.cos(turn)]], atol=1e-9)
-    assert not report["limited"]
+    assert report["limited"] == []
 
 
 def test_a_driver_framed_alike_in_an_image_of_another_shape_moves_nothing() -> None:
@@ -207,7 +209,7 @@ def test_a_driver_framed_alike_in_an_image_of_another_shape_moves_nothing() -> N
     an 800x200 driver whose eyes sit where the source's do, relatively, moves nothing."""
     driver = _pose([(375.0, 90.0), (425.0, 90.0)], image_size=(800, 200))
     head, report = pose_transfer(_pose(LEVEL_EYES), driver, SOURCE_BOX)
-    assert report["scale"] == 1.0 and report["shift_face_sizes"] == [0.0, 0.0] and not report["limited"]
+    assert report["scale"] == 1.0 and report["shift_face_sizes"] == [0.0, 0.0] and report["limited"] == []
     assert np.allclose(head, np.eye(2, 3), atol=1e-9)
 
 
@@ -215,13 +217,17 @@ def test_roll_scale_and_place_are_limited_and_a_limited_transfer_says_so() -> No
     """A 60 degree roll is held at 45; a driver's eyes 0.3 face sizes off (framed differently) move the head 0.15,
     and the report says the place was limited though the scale was not."""
     steep = pose_transfer(_pose(LEVEL_EYES), _pose([(175.0, 180.0), (200.0, 180.0 + 25 * np.sqrt(3))]), SOURCE_BOX)
-    assert steep[1]["roll_degrees"] == 45.0
+    assert steep[1]["roll_degrees"] == 45.0 and steep[1]["limited"] == ["roll", "place"]  # held, and said to be
+    # eyes near the box's centre, turned 60 degrees about their midpoint: only the roll is held
+    mid, half = np.array([200.0, 195.0]), 25 * np.array([np.cos(np.radians(60)), np.sin(np.radians(60))])
+    turned = _pose([tuple(mid - half), tuple(mid + half)])
+    assert pose_transfer(_pose([(175.0, 195.0), (225.0, 195.0)]), turned, SOURCE_BOX)[1]["limited"] == ["roll"]
     moved = [(x + 30.0, y) for x, y in LEVEL_EYES]
     head, report = pose_transfer(_pose(LEVEL_EYES), _pose(moved), SOURCE_BOX)
-    assert report["scale"] == 1.0 and report["limited"] and report["shift_face_sizes"] == [0.15, 0.0]
+    assert report["scale"] == 1.0 and report["limited"] == ["place"] and report["shift_face_sizes"] == [0.15, 0.0]
     assert head[:, 2] == pytest.approx([0.15, 0.0])
     small_move = pose_transfer(_pose(LEVEL_EYES), _pose([(x + 10.0, y) for x, y in LEVEL_EYES]), SOURCE_BOX)[1]
-    assert small_move["shift_face_sizes"] == [0.1, 0.0] and not small_move["limited"]
+    assert small_move["shift_face_sizes"] == [0.1, 0.0] and small_move["limited"] == []
 
 
 @pytest.mark.parametrize("which", ["source", "driver"])

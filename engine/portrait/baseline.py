@@ -263,16 +263,18 @@ def still_pose(image: np.ndarray, detector: FaceDetector, box: np.ndarray | None
 def pose_transfer(source: StillPose, driving: StillPose, source_box: np.ndarray) -> tuple[np.ndarray, dict]:
     """The head motion (2, 3, in the source box's units, as render_batch takes it) that gives the source face the
     driving face's roll, scale and place in its image, and what was transferred. Scale and place are compared
-    relative to each image's size, so a driver framed like the source moves nothing but what differs."""
+    relative to each image's size, so a driver framed like the source moves nothing but what differs; what was held
+    to a head's movement (a roll past MAX_ROLL, a scale outside SCALE_RANGE, a move past MAX_SHIFT) is named."""
     centre, size = _normaliser(source_box)
     (sw, sh), (dw, dh) = source.image_size, driving.image_size
     by_eyes = source.eyes is not None and driving.eyes is not None
     if by_eyes:
         anchors = (source.eyes.mean(0), driving.eyes.mean(0))
         lengths = (np.linalg.norm(np.diff(source.eyes, axis=0)), np.linalg.norm(np.diff(driving.eyes, axis=0)))
-        roll = float(np.clip(driving.roll - source.roll, -MAX_ROLL, MAX_ROLL))
+        measured_roll = float(driving.roll - source.roll)
     else:
-        anchors, lengths, roll = (source.centre, driving.centre), (source.size, driving.size), 0.0
+        anchors, lengths, measured_roll = (source.centre, driving.centre), (source.size, driving.size), 0.0
+    roll = float(np.clip(measured_roll, -MAX_ROLL, MAX_ROLL))
     measured_scale = float((lengths[1] / np.sqrt(dw * dh)) / (lengths[0] / np.sqrt(sw * sh)))
     scale = float(np.clip(measured_scale, *SCALE_RANGE))
     turn = np.radians(roll)
@@ -283,12 +285,13 @@ def pose_transfer(source: StillPose, driving: StillPose, source_box: np.ndarray)
     measured_shift = float(np.linalg.norm(shift))
     if measured_shift > MAX_SHIFT:
         shift *= MAX_SHIFT / measured_shift
+    held = {"roll": roll != measured_roll, "scale": scale != measured_scale, "place": measured_shift > MAX_SHIFT}
     report = {
         "roll_degrees": round(roll, 2),
         "scale": round(scale, 3),
         "shift_face_sizes": [round(float(v), 3) for v in shift],
         "measured_from": "eye lines" if by_eyes else "face boxes (eyes not found: no roll)",
-        "limited": scale != measured_scale or measured_shift > MAX_SHIFT,
+        "limited": [part for part, was_held in held.items() if was_held],  # held to a head's movement; [] if none
     }
     return np.hstack([a, shift[:, None]]), report
 

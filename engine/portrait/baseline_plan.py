@@ -108,7 +108,15 @@ def baseline_batches(
 def _baseline_image_plan(head: Head) -> Plan:
     """One driving image with the baseline engine: its head pose (roll, scale, place) on the source, as one frame at
     IMAGE_FPS like LivePortrait's still driver; its expression is not transferred (that needs LivePortrait)."""
-    from engine.portrait.baseline import FLOW_SIZE, pose_transfer, render_batch, still_pose
+    from engine.portrait.baseline import (
+        FLOW_SIZE,
+        MAX_ROLL,
+        MAX_SHIFT,
+        SCALE_RANGE,
+        pose_transfer,
+        render_batch,
+        still_pose,
+    )
 
     config, result, source_bgr, box, device = head.config, head.result, head.source_bgr, head.box, head.device
     path = Path(config.driving)
@@ -122,11 +130,15 @@ def _baseline_image_plan(head: Head) -> Plan:
             )
         source = still_pose(source_bgr, head.detector, box=box)
         head, transferred = pose_transfer(source, driving, box)
-    limited = "; scale and place limited to a head's movement, the driver being framed differently"
+    held = transferred["limited"]
+    limited = (
+        f"; {' and '.join(held)} held to a head's movement (a roll of at most {MAX_ROLL:g} degrees, a scale of "
+        f"{SCALE_RANGE[0]:g} to {SCALE_RANGE[1]:g}, a move of {MAX_SHIFT:g} face sizes)"
+    )
     result.warn(
         f"baseline engine with a driving image: only its head pose was transferred (roll {transferred['roll_degrees']}"
         f" degrees, scale {transferred['scale']}, measured from the {transferred['measured_from']}"
-        f"{limited if transferred['limited'] else ''}); its expression needs LivePortrait"
+        f"{limited if held else ''}); its expression needs LivePortrait"
     )
     image = image_tensor(source_bgr, device)
     still_flow = np.zeros((1, 2, FLOW_SIZE, FLOW_SIZE), np.float32)
