@@ -149,6 +149,7 @@ def test_runtimes_refuse_what_they_cannot_run(model: Model) -> None:
         (torch_only, Point("ort-cpu"), "cpu", "has no ONNX file"),
         (model, Point("ort-cuda", "fp16"), "cuda:0", "fp16 only through TensorRT"),
         (model, Point("ort-trt", "bf16"), "cuda:0", "bf16 is not offered"),
+        (model, Point("ort-cpu", "bf16"), "cpu", "bf16 is not offered"),
     ]
     for m, point, device, message in cases:
         with pytest.raises(RuntimeUnavailable, match=message):
@@ -256,6 +257,10 @@ class _FakeBinding:
     def synchronize_outputs(self) -> None:
         pass
 
+    def copy_outputs_to_cpu(self) -> list[np.ndarray]:
+        """A first output and a second, as a network with two outputs answers."""
+        return [np.full((2, 3), 1.5, np.float32), np.zeros(1, np.float32)]
+
 
 class _FakeOrtValue:
     @staticmethod
@@ -296,6 +301,9 @@ def _fake_ort(
 
         def io_binding(self) -> _FakeBinding:
             return _FakeBinding(seen["binding"])
+
+        def run_with_iobinding(self, binding: _FakeBinding, run_options: Any) -> None:
+            seen["bound_runs"] = seen.get("bound_runs", 0) + 1
 
     def card(total_gib: int) -> SimpleNamespace:
         memory = SimpleNamespace(used=1, total=total_gib * 2**30)
@@ -575,3 +583,158 @@ def test_the_memory_used_is_nvmls_used_figure_not_total_less_free(monkeypatch: p
         processes=lambda: [],
     )  # fmt: skip
     assert gpu_memory(SimpleNamespace(devices=[card]), 0) == {"used": 20 * 2**30, "total": 80 * 2**30, "process": None}
+
+
+# ---------------------------------------------------------------------------------------------- the shared helpers
+
+
+def test_host_timed_reports_milliseconds_of_each_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The host clock's nanoseconds become milliseconds per call (a report in microseconds read 1000x slow)."""
+    import engine.runtimes.base as base
+
+    clock = iter([0, 2_500_000, 10_000_000, 10_250_000])
+    monkeypatch.setattr(base.time, "perf_counter_ns", lambda: next(clock))
+    calls: list[int] = []
+    assert base.host_timed(lambda: calls.append(1), 2) == [2.5, 0.25] and len(calls) == 2
+
+
+def test_cuda_index_reads_the_card_number() -> None:
+    from engine.runtimes.base import cuda_index
+
+    assert [cuda_index(d) for d in ("cuda", "cuda:0", "cuda:3", "cpu")] == [0, 0, 3, 0]
+
+
+def test_first_output_lays_a_dict_out_per_sample_in_key_order() -> None:
+    """The LivePortrait networks return dicts: each sample's row holds every tensor, keys sorted, so two runtimes'
+    outputs compare sample by sample whatever order their dicts were built in."""
+    from engine.runtimes.base import first_output
+
+    kp = torch.arange(12.0).view(2, 2, 3)  # two samples
+    scale = torch.tensor([[100.0], [200.0]])
+    expected = [[0, 1, 2, 3, 4, 5, 100], [6, 7, 8, 9, 10, 11, 200]]
+    for value in ({"kp": kp, "scale": scale}, {"scale": scale, "kp": kp}):
+        out = first_output(value)
+        assert out.dtype == np.float64 and out.tolist() == expected
+    assert first_output((scale.half(), kp)).dtype == np.float64 and first_output([scale, kp]).tolist() == [[100], [200]]
+    assert first_output(np.array([1, 2], np.int32)).dtype == np.float64
+
+
+# ---------------------------------------------------------------------------------------------- decisions
+
+
+def test_cuda_runtimes_accept_any_card_and_still_refuse_an_onnx_model(model: Model) -> None:
+    """A runtime on "cuda:1" runs on CUDA too; CUDA graphs need one of our networks as eager does."""
+    graphs = make_runtime(model, Point("cudagraphs"), "cuda:1")  # built, not loaded: no GPU needed
+    assert graphs.on_cuda and make_runtime(model, Point("eager"), "cuda").on_cuda
+    with pytest.raises(RuntimeUnavailable, match="is an ONNX model"):
+        make_runtime(Model("onnx-only", onnx_path=model.onnx_path), Point("cudagraphs"), "cuda:0")
+
+
+@pytest.mark.parametrize(
+    ("runtime", "precision", "tf32", "fp16"),
+    [("ort-cuda", "fp32", False, False), ("ort-cuda", "tf32", True, False), ("ort-trt", "tf32", True, False),
+     ("ort-trt", "fp32", False, False), ("ort-trt", "fp16", False, True)],
+)  # fmt: skip
+def test_ort_sessions_ask_for_tf32_and_fp16_only_at_those_points(
+    model: Model, runtime: str, precision: str, tf32: bool, fp16: bool
+) -> None:
+    """An fp32 point with TF32 on (ORT's default) or TensorRT's fp16 engines would report a precision it did not run."""
+    options = make_runtime(model, Point(runtime, precision), "cuda").session_options()  # type: ignore[attr-defined]
+    assert (options.cuda_tf32, options.trt_fp16, options.device_id) == (tf32, fp16, 0)
+
+
+def test_an_ort_runtime_on_a_gpu_binds_its_inputs_on_its_card(model: Model, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a GPU provider the runs read inputs resident on the session's card, not copied from the host each run."""
+    seen = _fake_ort(monkeypatch, ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    runtime = make_runtime(model, Point("ort-cuda"), "cuda:1")
+    runtime.load()
+    assert runtime.ran_on == "CUDAExecutionProvider" and not runtime.fell_back
+    runtime.set_inputs({"x": np.zeros((2, 4), np.float32)})
+    assert runtime.binding is not None  # type: ignore[attr-defined]
+    assert seen["binding"] == [("input", "x", ("cuda", 1)), ("output", "y", ("cuda", 1))]
+    runtime.run()
+    assert seen["bound_runs"] == 1 and runtime.output().tolist() == [[1.5] * 3] * 2  # the first output, as float64
+
+
+def test_eager_sets_tf32_and_cudnn_autotuning_as_the_point_says(model: Model, monkeypatch: pytest.MonkeyPatch) -> None:
+    import engine.core.device as device
+
+    asked: list[dict] = []
+    monkeypatch.setattr(device, "apply_backend_flags", lambda **flags: asked.append(flags))
+    for point in (Point("eager", "tf32", cudnn_benchmark=False), Point("eager", "fp32", cudnn_benchmark=True)):
+        make_runtime(model, point, "cpu").load()
+    assert asked == [{"cudnn_benchmark": False, "tf32": True}, {"cudnn_benchmark": True, "tf32": False}]
+
+
+@pytest.mark.parametrize(("precision", "dtype"), [("bf16", torch.bfloat16), ("fp16", torch.float16)])
+def test_eager_runs_the_module_and_its_inputs_at_the_points_precision(
+    model: Model, precision: str, dtype: torch.dtype
+) -> None:
+    x, k = _inputs()
+    runtime = make_runtime(model, Point("eager", precision), "cpu")
+    runtime.load()
+    runtime.set_inputs((x, k))
+    runtime.run()
+    assert runtime.last.dtype == dtype and not runtime.last.requires_grad  # type: ignore[attr-defined]
+    expected = np.maximum(x.numpy() @ W + B, 0)
+    np.testing.assert_allclose(runtime.output(), expected, rtol=2e-2, atol=2e-2)
+
+
+def test_eager_channels_last_puts_the_module_and_its_images_in_that_layout() -> None:
+    conv = Model("conv", lambda: torch.nn.Conv2d(3, 4, 3).eval())
+    images = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    runtime = make_runtime(conv, Point("eager", channels_last=True), "cpu")
+    runtime.load()
+    runtime.set_inputs((images,))
+    runtime.run()
+    channels_last = torch.channels_last
+    assert runtime.module.weight.is_contiguous(memory_format=channels_last)  # type: ignore[attr-defined]
+    assert runtime.inputs[0].is_contiguous(memory_format=channels_last)  # type: ignore[attr-defined]
+    assert not runtime.inputs[0].is_contiguous()  # type: ignore[attr-defined]
+
+
+def test_closing_a_torch_runtime_lets_its_module_go(model: Model) -> None:
+    """The sweep builds point after point in one process: a closed runtime must not keep its module alive."""
+    import gc
+    import weakref
+
+    runtime = make_runtime(model, Point("eager"), "cpu")
+    runtime.load()
+    runtime.set_inputs(_inputs())
+    runtime.run()
+    module = weakref.ref(runtime.module)  # type: ignore[attr-defined]
+    runtime.close()
+    gc.collect()
+    assert module() is None
+
+
+def test_the_compile_runtime_runs_the_module_compiled_in_the_points_mode(
+    model: Model, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    compiled: list[str] = []
+
+    def fake_compile(module: torch.nn.Module, mode: str) -> Any:
+        def run(*inputs: torch.Tensor) -> torch.Tensor:
+            compiled.append(mode)
+            return module(*inputs)
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    runtime = make_runtime(model, Point("compile", compile_mode="max-autotune"), "cpu")
+    runtime.load()
+    runtime.set_inputs(_inputs())
+    runtime.run()
+    assert compiled == ["max-autotune"] and runtime.output().shape == (3, 3)
+
+
+def test_closing_an_ort_runtime_closes_its_session(model: Model) -> None:
+    """The session's arena (on a GPU, its share of the card) is released at close, not when Python collects it."""
+    runtime = make_runtime(model, Point("ort-cpu"), "cpu")
+    runtime.load()
+    session = runtime.session  # type: ignore[attr-defined]
+    runtime.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        session.run({"x": np.zeros((1, 4), np.float32), "k": np.zeros((1, 1), np.int64)})
+    with pytest.raises(RuntimeError, match=r"ort-cpu: load\(\) first"):
+        runtime.set_inputs(_inputs())
