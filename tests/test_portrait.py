@@ -4,6 +4,7 @@ every refusal a message (a clip too long for its header included)."""
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import replace
@@ -231,6 +232,182 @@ def test_under_tensorrt_the_motion_extractor_runs_on_the_cuda_provider(monkeypat
     onnx_backend.OnnxNetworks(paths, "onnx-trt", {}, precision="fp16")
     assert asked["motion"].provider == "cuda" and not asked["motion"].cuda_tf32
     assert all(asked[name].provider == "trt" and asked[name].trt_fp16 for name in onnx_backend.HALF_NETWORKS)
+
+
+def _network_paths() -> dict[str, Path]:
+    """A path per network whose stem is the network's name (what the recording sessions below key on)."""
+    from engine.portrait.onnx_backend import FILES
+
+    return {name: Path(f"{name}.onnx") for name in FILES}
+
+
+@pytest.fixture
+def recorded_sessions(monkeypatch: pytest.MonkeyPatch) -> dict:
+    """OrtSession stand-ins for the ONNX backend: each records the options its network asked for and the shapes it
+    was fed, answers zeros of the output shapes asked for, and falls back to the CPU where seen["fall_back"] names
+    its network."""
+    import engine.portrait.onnx_backend as onnx_backend
+
+    seen: dict = {"options": {}, "fed": [], "fall_back": set()}
+
+    class RecordingSession:
+        def __init__(self, path: Path, options) -> None:
+            self.name = Path(path).stem
+            seen["options"][self.name] = options
+            self.fell_back = self.name in seen["fall_back"]
+            self.requested, self.ran_on = "CUDAExecutionProvider", "CPUExecutionProvider"
+            self.got = [self.ran_on]
+            self.fallback_reason = "libcudnn.so.9: cannot open shared object file"
+            self.torch_device = torch.device("cpu") if self.fell_back else torch.device("cuda", options.device_id)
+
+        def run_torch(self, feeds: dict[str, torch.Tensor], shapes: dict[str, tuple[int, ...]]) -> list[torch.Tensor]:
+            seen["fed"].append((self.name, {name: tuple(t.shape) for name, t in feeds.items()}))
+            return [torch.zeros(shape) for shape in shapes.values()]
+
+    monkeypatch.setattr(onnx_backend, "OrtSession", RecordingSession)
+    return seen
+
+
+def test_fp32_sessions_ask_for_the_jobs_card_with_tf32_and_fp16_engines_off(recorded_sessions: dict) -> None:
+    """A job on cuda:2 ran its networks on card 0; fp32 is strict: no TF32 on the CUDA provider and no fp16
+    engines from TensorRT, whichever backend."""
+    from engine.portrait.onnx_backend import OnnxNetworks
+
+    for backend, provider in (("onnx-cpu", "cpu"), ("onnx-cuda", "cuda"), ("onnx-trt", "trt")):
+        OnnxNetworks(_network_paths(), backend, {}, device_id=2)
+        asked = recorded_sessions["options"]
+        motion = "cuda" if provider == "trt" else provider  # TensorRT's TF32 is not for the pose logits
+        expected = {"appearance": provider, "motion": motion, "warping": provider, "decoder": provider}
+        assert {name: options.provider for name, options in asked.items()} == expected, backend
+        assert all(o.device_id == 2 and not o.cuda_tf32 and not o.trt_fp16 for o in asked.values()), backend
+
+
+def test_a_network_that_fell_back_is_a_warning_that_names_it(recorded_sessions: dict) -> None:
+    from engine.portrait.onnx_backend import OnnxNetworks
+
+    on_the_gpu = OnnxNetworks(_network_paths(), "onnx-cuda", {}, device_id=1)
+    assert on_the_gpu.warnings == [] and on_the_gpu.device == torch.device("cuda", 1)
+    recorded_sessions["fall_back"].update({"warping", "decoder"})
+    networks = OnnxNetworks(_network_paths(), "onnx-cuda", {}, device_id=1)
+    assert networks.device == torch.device("cpu")  # the rendered frames are where the decoder ran
+    assert networks.warnings == [
+        f"WARNING: the {name} network asked for CUDAExecutionProvider but runs on CPUExecutionProvider "
+        "(libcudnn.so.9: cannot open shared object file)"
+        for name in ("warping", "decoder")
+    ]
+
+
+def test_a_fixed_batch_pads_every_call_and_cuts_the_rows_back(recorded_sessions: dict) -> None:
+    """TensorRT builds one engine per batch size it meets: calls are padded up to the fixed batch, the callers get
+    their own rows back, and a call with more rows runs as it is."""
+    from engine.portrait.onnx_backend import OnnxNetworks
+
+    networks = OnnxNetworks(_network_paths(), "onnx-trt", {}, batch=4)
+    assert networks.appearance(torch.rand(2, 3, 256, 256)).shape == (2, 32, 16, 64, 64)
+    motion = networks.motion(torch.rand(2, 3, 256, 256))
+    assert motion.kp.shape == (2, 21, 3) and motion.yaw.shape == (2,)
+    warped = networks.warp(torch.rand(1, 32, 16, 64, 64), torch.rand(1, 21, 3), torch.rand(3, 21, 3))
+    assert warped.shape == (3, 256, 64, 64)
+    assert networks.decode(torch.rand(3, 256, 16, 16)).shape == (3, 3, 128, 128)
+    assert networks.decode(torch.rand(5, 256, 8, 12)).shape == (5, 3, 64, 96)  # any size, 8x each side
+    assert recorded_sessions["fed"] == [
+        ("appearance", {"image": (2, 3, 256, 256)}),  # once per source: never padded
+        ("motion", {"image": (4, 3, 256, 256)}),
+        ("warping", {"feature": (4, 32, 16, 64, 64), "kp_driving": (4, 21, 3), "kp_source": (4, 21, 3)}),
+        ("decoder", {"feature": (4, 256, 16, 16)}),
+        ("decoder", {"feature": (5, 256, 8, 12)}),
+    ]
+
+
+def test_each_backend_runs_the_graphs_of_its_precision(
+    recorded_sessions: dict, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """fp16 on the CUDA provider runs our fp16 graphs; TensorRT builds its own fp16 engines from the fp32 graphs
+    (given ours, it would build from graphs already rounded); a precision neither offers is refused before the
+    export."""
+    import engine.models.liveportrait as liveportrait
+    from engine.portrait import onnx_backend
+
+    exported: list[str] = []
+
+    def cached_export(weights_dir: Path, cache_dir: Path, graphs: str) -> dict[str, Path]:
+        exported.append(graphs)
+        return _network_paths()
+
+    monkeypatch.setattr(onnx_backend, "cached_export", cached_export)
+    monkeypatch.setattr(liveportrait, "load_retargeting", lambda weights_dir: {"eye": "retargeting MLP"})
+    with pytest.raises(InputError, match="the ONNX backends run fp32 or fp16, not bf16"):
+        onnx_backend.onnx_networks(tmp_path, tmp_path, "onnx-cuda", precision="bf16")
+    assert exported == []
+    cuda = onnx_backend.onnx_networks(tmp_path, tmp_path, "onnx-cuda", device_id=1, precision="fp16", batch=8)
+    assert exported == ["fp16"] and cuda.batch == 8 and cuda.retargeting == {"eye": "retargeting MLP"}
+    assert recorded_sessions["options"]["decoder"].device_id == 1
+    onnx_backend.onnx_networks(tmp_path, tmp_path, "onnx-trt", precision="fp16")
+    assert exported == ["fp16", "fp32"] and recorded_sessions["options"]["decoder"].trt_fp16
+    onnx_backend.onnx_networks(tmp_path, tmp_path, "onnx-cpu")
+    assert exported == ["fp16", "fp32", "fp32"]
+
+
+def test_the_export_cache_key_follows_the_weights_and_the_export_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Replaced weights (in the folder or a sub-folder) or a changed export must not reuse an old export."""
+    from engine.portrait import onnx_backend
+
+    (tmp_path / "base_models").mkdir()
+    weight = tmp_path / "base_models" / "warping_module.pth"
+    weight.write_bytes(b"1234")
+    key = onnx_backend.weights_digest(tmp_path)
+    (tmp_path / "README.md").write_text("not a weight")
+    assert onnx_backend.weights_digest(tmp_path) == key
+    mtime = weight.stat().st_mtime_ns
+    weight.write_bytes(b"12345")
+    os.utime(weight, ns=(mtime, mtime))  # another size at the same time (a copy that kept its date)
+    resized = onnx_backend.weights_digest(tmp_path)
+    os.utime(weight, ns=(mtime, mtime + 1))  # the same size at another time
+    touched = onnx_backend.weights_digest(tmp_path)
+    monkeypatch.setattr(onnx_backend, "EXPORT_VERSION", onnx_backend.EXPORT_VERSION + 1)
+    assert len({key, resized, touched, onnx_backend.weights_digest(tmp_path)}) == 4
+
+
+def test_the_export_cache_is_reused_only_when_complete(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An export stopped half-way is made again; the fp16 graphs are converted once, beside the fp32 motion
+    extractor they share."""
+    from engine.portrait import onnx_backend
+    from engine.portrait.onnx_backend import FILES, HALF_NETWORKS, cached_export
+
+    exports: list[Path] = []
+    converted: list[str] = []
+
+    def export_onnx(weights_dir: Path, folder: Path) -> dict[str, Path]:
+        exports.append(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        for file in FILES.values():
+            (folder / file).write_text("fp32 graph")
+        return {name: folder / file for name, file in FILES.items()}
+
+    def to_fp16(source: Path, target: Path) -> None:
+        converted.append(target.name)
+        target.write_text("fp16 graph")
+
+    monkeypatch.setattr(onnx_backend, "export_onnx", export_onnx)
+    monkeypatch.setattr(onnx_backend, "to_fp16", to_fp16)
+    cache = tmp_path / "cache"
+    first = cached_export(tmp_path, cache)
+    assert cached_export(tmp_path, cache) == first and len(exports) == 1
+    first["warping"].unlink()
+    assert cached_export(tmp_path, cache) == first and len(exports) == 2
+    half = cached_export(tmp_path, cache, "fp16")
+    assert half["motion"] == first["motion"] and half["decoder"] == first["decoder"].parent / "fp16" / FILES["decoder"]
+    assert sorted(converted) == sorted(FILES[name] for name in HALF_NETWORKS)
+    assert cached_export(tmp_path, cache, "fp16") == half and len(converted) == len(HALF_NETWORKS)
+
+
+def test_an_export_precision_not_offered_is_refused_before_loading(tmp_path: Path) -> None:
+    from engine.portrait.onnx_backend import export_onnx
+
+    with pytest.raises(InputError, match="ONNX export precision 'int8' is not one of fp32, fp16"):
+        export_onnx(tmp_path / "no-weights", tmp_path / "out", "int8")
 
 
 def test_fp16_export_keeps_grid_sample_and_the_motion_extractor_in_fp32(weights: Path, onnx_cache: Path) -> None:
