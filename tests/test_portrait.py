@@ -485,8 +485,10 @@ def test_refusals_are_messages(weights: Path, driving: Path, tmp_path: Path) -> 
     result = run_portrait(PortraitConfig(blank, one, weights=str(weights), crop=False, scale=2.5),
                           tmp_path / "uncropped.mp4")  # fmt: skip
     assert result.metrics["face_box"] is None and result.metrics["frames"] == 1
-    assert any("one.mkv is a video of one frame: its motion relative to itself moves nothing" in w
-               for w in result.warnings)  # fmt: skip
+    assert (
+        "one.mkv is a video of one frame: its motion relative to itself moves nothing; give the frame as an image to "
+        "transfer its expression"
+    ) in result.warnings
     assert any("no face found in the source blank.png: the whole picture is animated" in w for w in result.warnings)
     assert "--scale change nothing here: with --no-crop the source is not cropped" in result.warnings
     from engine.core.results import RunResult
@@ -666,8 +668,10 @@ def test_the_baseline_says_a_one_frame_driving_video_moves_nothing(tmp_path: Pat
     one = _video(tmp_path / "one.mp4", [cv2.resize(cv2.imread(str(ASSETS / "face.jpg")), (320, 320))])
     result = run_portrait(PortraitConfig(ASSETS / "face.jpg", one, engine="baseline"), tmp_path / "o.mp4")
     assert result.metrics["frames"] == 1
-    assert any(w.startswith("one.mkv is a video of one frame: its motion relative to itself moves nothing") for w in
-               result.warnings)  # fmt: skip
+    assert (
+        "one.mkv is a video of one frame: its motion relative to itself moves nothing; give the frame as an image to "
+        "transfer its head pose (its expression needs LivePortrait)"
+    ) in result.warnings  # an image gives the baseline a head pose only, never an expression
 
 
 def _raw_h264(path: Path, frames: int) -> Path:

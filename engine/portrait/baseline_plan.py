@@ -33,7 +33,7 @@ def baseline_plan(head: Head, progress: Progress) -> Plan:
     if is_image(path):
         return _baseline_image_plan(head)
     info = driving_video(path, settings)
-    warn_one_frame(info, path, config, result)
+    warn_one_frame(info, path, config, result, "its head pose (its expression needs LivePortrait)")
     progress(0.05, "finding the driving face")
     driving_box, first_face = driving_face_box(
         clip_frames(path, config.max_frames, settings.max_seconds), path.name, head.detector, result

@@ -122,13 +122,16 @@ def _stacked(rows: list[tuple[np.ndarray, float]]) -> Openness:
     return np.stack([eyes for eyes, _ in rows]).astype(np.float32), np.array([lips for _, lips in rows], np.float32)
 
 
-def warn_one_frame(info: VideoInfo, path: Path, config: PortraitConfig, result: RunResult) -> None:
+def warn_one_frame(
+    info: VideoInfo, path: Path, config: PortraitConfig, result: RunResult, transferred: str = "its expression"
+) -> None:
     """A driving video of one frame: relative motion against itself moves nothing (upstream's rule too, silent),
-    where the same frame as an image transfers its expression."""
+    where the same frame as an image transfers `transferred` (the baseline engine takes only an image's head
+    pose)."""
     if info.frames == 1 and config.relative:
         result.warn(
             f"{path.name} is a video of one frame: its motion relative to itself moves nothing; give the frame as "
-            "an image to transfer its expression"
+            f"an image to transfer {transferred}"
         )
 
 
