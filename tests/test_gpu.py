@@ -92,6 +92,26 @@ def test_device_and_precision_support() -> None:
         resolve_device(f"cuda:{torch.cuda.device_count()}")
 
 
+def test_precision_auto_is_fp16_on_this_card_for_portrait_and_musetalk_too(tmp_path) -> None:
+    """auto is fp16 on a card that computes it fast (the H100 and H200 these checks run on), in LivePortrait's run
+    head and MuseTalk as in Wav2Lip (test_lipsync_pipeline_on_the_gpu): one auto_precision decides for all three."""
+    from pathlib import Path
+
+    from engine.core.device import auto_precision, capabilities, resolve_device
+    from engine.core.settings import load_settings
+    from engine.lipsync.config import LipSyncConfig
+    from engine.lipsync.musetalk.run import _precision
+    from engine.portrait.config import PortraitConfig
+    from engine.portrait.head import run_head
+
+    choice = resolve_device("cuda")
+    assert auto_precision(capabilities(choice.device)) == "fp16"
+    face = Path(__file__).resolve().parent.parent / "assets" / "face.jpg"
+    settings = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path / "data")})
+    assert run_head(PortraitConfig(face, face, engine="baseline"), settings, "cuda").precision == "fp16"
+    assert _precision(LipSyncConfig(face=face, audio=face, engine="musetalk"), choice)[1] == "fp16"
+
+
 def test_oom_backoff_on_a_real_out_of_memory_error() -> None:
     import torch
 
