@@ -895,3 +895,24 @@ def test_telemetry_waits_one_interval_per_sample_and_stops_at_the_count(monkeypa
     assert _telemetry_sleeps(monkeypatch, capsys, []) == ([0.25], 1)
     assert _telemetry_sleeps(monkeypatch, capsys, ["--count", "2"]) == ([5.0, 5.0], 2)  # the setting's interval
     assert _telemetry_sleeps(monkeypatch, capsys, ["--interval", "3"], interrupt_after=3) == ([3.0] * 3, 2)
+
+
+def test_a_run_prints_each_stages_time_and_a_rate_only_where_the_time_shows(capsys, tmp_path: Path) -> None:
+    """A still face's decode takes microseconds: "0.000 s (1158593.38/s)" gave the timer's noise as a rate."""
+    import argparse
+
+    from engine.core.commands import print_run
+    from engine.core.results import RunResult, StageTiming
+
+    result = RunResult(warnings=["no GPU"])
+    result.stages = [StageTiming("decode", 0.0000004, 1), StageTiming("inference", 1.5, 30), StageTiming("mux", 0.2)]
+    assert print_run(argparse.Namespace(json=str(tmp_path / "r.json")), result, "out.mp4: 30 frames") == 0
+    out, err = capsys.readouterr()
+    assert err == "warning: no GPU\n"
+    assert out.splitlines() == [
+        "out.mp4: 30 frames",
+        "  decode              0.000 s",
+        "  inference           1.500 s (20.00/s)",
+        "  mux                 0.200 s",
+    ]
+    assert json.loads((tmp_path / "r.json").read_text())["stages"][1]["items"] == 30

@@ -250,8 +250,8 @@ def print_run(args: argparse.Namespace, result: RunResult, headline: str) -> int
     for warning in result.warnings:
         print(warning_line(warning), file=sys.stderr)
     print(headline)
-    for stage in result.stages:
-        rate = f" ({stage.items_per_s:.2f}/s)" if stage.items_per_s else ""
+    for stage in result.stages:  # no rate beside a time shown as 0.000 s: it would be the timer's noise
+        rate = f" ({stage.items_per_s:.2f}/s)" if stage.items_per_s and round(stage.seconds, 3) > 0 else ""
         print(f"  {stage.name:<16} {stage.seconds:8.3f} s{rate}")
     write_json(args.json, result.to_json(indent=2))
     return 0
