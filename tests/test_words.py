@@ -1,8 +1,8 @@
-"""engine/core/words.py: counts and sizes read the same in every message."""
+"""engine/core/words.py: counts, sizes and lists read the same in every message."""
 
 from __future__ import annotations
 
-from engine.core.words import counted, format_bytes
+from engine.core.words import counted, format_bytes, listed
 
 
 def test_one_is_singular_and_the_rest_plural() -> None:
@@ -14,4 +14,10 @@ def test_one_is_singular_and_the_rest_plural() -> None:
 def test_sizes_in_binary_units() -> None:
     assert [format_bytes(n) for n in (0, 1023, 1024, 12 * 2**20, 1536 * 2**20, 3 * 2**30)] == [
         "0 bytes", "1023 bytes", "1.0 KiB", "12.0 MiB", "1.5 GiB", "3.0 GiB"
+    ]  # fmt: skip
+
+
+def test_a_list_reads_as_a_sentence_does() -> None:
+    assert [listed(items) for items in ([], ["roll"], ["scale", "place"], ["roll", "scale", "place"])] == [
+        "", "roll", "scale and place", "roll, scale and place"
     ]  # fmt: skip

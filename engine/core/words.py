@@ -1,4 +1,4 @@
-"""How counts and sizes read in messages: one way in every room, the CLI and the tabs."""
+"""How counts, sizes and lists read in messages: one way in every room, the CLI and the tabs."""
 
 from __future__ import annotations
 
@@ -17,3 +17,8 @@ def format_bytes(n: int) -> str:
         if n >= size:
             return f"{n / size:.1f} {unit}"
     return f"{n} bytes"
+
+
+def listed(items: list[str]) -> str:
+    """'roll', 'scale and place', 'roll, scale and place'."""
+    return " and ".join([", ".join(items[:-1]), items[-1]] if len(items) > 1 else items)

@@ -17,6 +17,7 @@ import torch
 from engine.core.media import is_image, load_image
 from engine.core.results import RunResult
 from engine.core.settings import Settings
+from engine.core.words import listed
 from engine.portrait.config import BASELINE_OPTIONS, PortraitConfig, PortraitError, is_template
 from engine.portrait.driving import IMAGE_FPS, clip_frames, driving_face_box, driving_video, warn_one_frame
 from engine.portrait.frames import Progress, image_tensor, sync
@@ -132,7 +133,7 @@ def _baseline_image_plan(head: Head) -> Plan:
         head, transferred = pose_transfer(source, driving, box)
     held = transferred["limited"]
     limited = (
-        f"; {' and '.join(held)} held to a head's movement (a roll of at most {MAX_ROLL:g} degrees, a scale of "
+        f"; {listed(held)} held to a head's movement (a roll of at most {MAX_ROLL:g} degrees, a scale of "
         f"{SCALE_RANGE[0]:g} to {SCALE_RANGE[1]:g}, a move of {MAX_SHIFT:g} face sizes)"
     )
     result.warn(
