@@ -143,7 +143,8 @@ def capabilities(device: torch.device) -> DeviceCapabilities:
 def auto_precision(caps: DeviceCapabilities) -> str:
     """What precision `auto` runs: fp16 on a GPU that computes it at least as fast as fp32 (tensor cores from
     compute capability 7.0; the P100's and Jetson's double-rate fp16), else fp32. Pascal's 6.1 chips (GTX 10x0,
-    Tesla P4 and P40) run fp16 arithmetic at 1/64 of fp32's rate, and cards older than 6.0 have none to offer."""
+    Tesla P4 and P40) run fp16 arithmetic at 1/64 of fp32's rate, and cards older than 6.0 have none to offer.
+    Never bf16: it is visibly lossy on Wav2Lip."""
     return "fp16" if caps.fp16 and caps.compute_capability != "6.1" else "fp32"
 
 

@@ -290,7 +290,7 @@ def _prepare(
 ) -> _Prepared:
     """Checks, speech, generator, detector and batch size: everything before the frames."""
     device, caps = choice.device, capabilities(choice.device)
-    precision = auto_precision(caps) if config.precision == "auto" else config.precision  # bf16 is visibly lossy
+    precision = auto_precision(caps) if config.precision == "auto" else config.precision
     result = RunResult(device=str(device), device_name=caps.name, precision=precision, config=config.to_text())
     if not choice.is_cuda:
         result.warn(f"running on the CPU: {choice.reason}")
