@@ -516,13 +516,18 @@ def test_a_model_file_is_the_path_given_then_the_setting_then_the_weights_folder
 
 
 def test_a_missing_model_file_is_said_with_the_path_it_goes_to_and_its_setting(tmp_path: Path) -> None:
-    """The sentence the lip-sync tab and errors show: the full path to put the file at, not only the folder."""
-    from engine.core.weights import where_to_put
+    """The sentence the lip-sync tab and errors show: the full path to put the file at, not only the folder, and
+    the command that downloads it (the set both files come in)."""
+    from engine.core.hub import where_to_put
 
     settings = Settings(data_dir=tmp_path, weights_dir=tmp_path / "weights")
     for model, name in ((WAV2LIP, "wav2lip_gan.pth"), (S3FD, "s3fd.pth")):
         text = where_to_put(model, settings)
-        assert f" at {settings.weights_dir / name}, or set AVATARBENCH_{model.key.upper()} to its path." in text
+        assert (
+            f" at {settings.weights_dir / name}, or set AVATARBENCH_{model.key.upper()} to its path "
+            "(`avatarbench weights get wav2lip --accept-licence`, or the app's Get the official weights panel, "
+            "downloads it)." in text
+        )
 
 
 def test_the_server_offers_its_model_files_and_weight_folders_by_name(tmp_path: Path) -> None:

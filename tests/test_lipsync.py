@@ -332,6 +332,22 @@ def test_images_with_alpha_or_in_greyscale_work(kind, media, settings, tmp_path)
     assert result.metrics["frames"] == expected_frames(1.0)
 
 
+def test_auto_without_a_checkpoint_says_where_wav2lip_goes_and_the_command_that_gets_it(
+    media, settings, tmp_path
+) -> None:
+    """The auto engine's fall-back to the baseline named the path and the setting but not the download command,
+    which the portrait tab's warning does name (and the weights tab runs)."""
+    result = run_lipsync(LipSyncConfig(face=FACE, audio=media["speech"]), tmp_path / "o.mp4", settings)
+    target = settings.weights_dir / "wav2lip_gan.pth"
+    assert (
+        "no Wav2Lip checkpoint configured: using the baseline engine (not Wav2Lip). Put the official Wav2Lip generator "
+        f"checkpoint (wav2lip_gan.pth or wav2lip.pth, about 416 MB) at {target}, or set AVATARBENCH_WAV2LIP_CHECKPOINT "
+        "to its path (`avatarbench weights get wav2lip --accept-licence`, or the app's Get the official weights "
+        "panel, downloads it). Wav2Lip weights are for research and non-commercial use only (see the Rudrabha/Wav2Lip "
+        "README)."
+    ) in result.warnings
+
+
 def test_no_face_found_says_what_to_try(media, settings, tmp_path) -> None:
     """It said only "use a clear, frontal face photo", and a clear, frontal, small face (a 256-pixel portrait, lost
     when detection shrinks the frame to 0.5) left nothing to try: the whole-frame scale and a fixed box are named."""

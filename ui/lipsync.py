@@ -12,9 +12,10 @@ from typing import Any
 import gradio as gr
 
 from engine.core.hls import LiveStream
+from engine.core.hub import where_to_put
 from engine.core.results import RunResult
 from engine.core.settings import Settings
-from engine.core.weights import WAV2LIP, where_to_put
+from engine.core.weights import WAV2LIP
 from engine.core.words import counted
 from engine.jobs.kinds import shown_report
 from engine.lipsync.config import LipSyncConfig, bbox_shift_words, precision_summary

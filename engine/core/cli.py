@@ -30,8 +30,7 @@ def _list(args: argparse.Namespace) -> int:
         return 2
     sources = list(dict.fromkeys(item.source for item in items if not item.ready))
     for source in sources:
-        command = next(item.command for item in items if item.source is source)
-        print(f"{source.title}: `{command}`, or by hand: {place_by_hand(source, settings)}")
+        print(f"{source.title}: `{source.command}`, or by hand: {place_by_hand(source, settings)}")
     return 0
 
 

@@ -105,6 +105,11 @@ class Source:
     by_hand: tuple[ByHand, ...] = ()
     folder_setting: str = ""
 
+    @property
+    def command(self) -> str:
+        """The CLI line that downloads the set, the licence accepted where it must be."""
+        return f"avatarbench weights get {self.name}{' --accept-licence' if self.needs_acceptance else ''}"
+
     def shares(self, repo: str | None = None) -> tuple[Share, ...]:
         """Every repository's share, the main one first (from `repo` when given)."""
         main = Share(repo or self.repo, self.into, self.patterns, tuple(m.filenames for m in self.models),
@@ -268,6 +273,16 @@ def size_text(count: int) -> str:
         if count >= scale:
             return f"{count / scale:.1f} {unit}"
     return f"{count} B"
+
+
+def where_to_put(model: ModelFile, settings: Settings) -> str:
+    """What the UI and errors say of a missing model file: where it goes, its setting, the command that downloads it
+    and the terms it comes under."""
+    source = next(s for s in SOURCES.values() if model in s.models)
+    return (
+        f"Put {model.description} at {settings.weights_dir / model.filenames[0]}, or set {PREFIX}{model.key.upper()} "
+        f"to its path (`{source.command}`, or the app's Get the official weights panel, downloads it). {model.licence}"
+    )
 
 
 def source_named(name: str) -> Source:
@@ -728,11 +743,6 @@ class Presence:
         if self.ready:
             return "ready"
         return "broken" if self.broken else "partial" if self.found else "missing"
-
-    @property
-    def command(self) -> str:
-        accept = " --accept-licence" if self.source.needs_acceptance else ""
-        return f"avatarbench weights get {self.source.name}{accept}"
 
 
 def _liveportrait(settings: Settings) -> Presence:

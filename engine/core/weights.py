@@ -34,14 +34,13 @@ WAV2LIP = ModelFile(
     key="wav2lip_checkpoint",
     filenames=("wav2lip_gan.pth", "wav2lip.pth"),
     description="the official Wav2Lip generator checkpoint (wav2lip_gan.pth or wav2lip.pth, about 416 MB)",
-    licence="Wav2Lip weights are for research and non-commercial use only (see the Rudrabha/Wav2Lip README); "
-    "you supply them.",
+    licence="Wav2Lip weights are for research and non-commercial use only (see the Rudrabha/Wav2Lip README).",
 )
 S3FD = ModelFile(
     key="s3fd_checkpoint",
     filenames=("s3fd.pth", "s3fd-619a316812.pth"),
     description="the S3FD face detector checkpoint s3fd.pth (about 86 MB)",
-    licence="S3FD weights come with the face_alignment project (BSD-3-Clause); you supply them.",
+    licence="S3FD weights come with the face_alignment project (BSD-3-Clause).",
 )
 
 
@@ -150,11 +149,3 @@ def server_files(settings: Settings) -> dict[str, Path]:
         if (path.is_file() and path.suffix in SERVER_FILE_SUFFIXES) or folder:
             found[path.relative_to(root).as_posix()] = path
     return found
-
-
-def where_to_put(model: ModelFile, settings: Settings) -> str:
-    """One sentence for the UI and errors: where the file goes."""
-    return (
-        f"Put {model.description} at {settings.weights_dir / model.filenames[0]}, or set "
-        f"{PREFIX}{model.key.upper()} to its path. {model.licence}"
-    )

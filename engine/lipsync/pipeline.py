@@ -55,6 +55,7 @@ from engine.core.device import (
     usable_host_memory,
 )
 from engine.core.hls import stream_folder
+from engine.core.hub import where_to_put
 from engine.core.media import (
     Decoding,
     LosslessWriter,
@@ -67,7 +68,7 @@ from engine.core.media import (
 )
 from engine.core.results import RunResult
 from engine.core.settings import Settings, get_settings
-from engine.core.weights import S3FD, WAV2LIP, WeightsError, resolve, where_to_put
+from engine.core.weights import S3FD, WAV2LIP, WeightsError, resolve
 from engine.faces.detection import FaceDetector, make_detector, missed_face_hint
 from engine.faces.tracking import (
     THUMB_SIDE,

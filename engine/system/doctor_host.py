@@ -151,7 +151,8 @@ def check_settings(ctx: Context) -> Check:
 
 def check_weights(ctx: Context) -> Check:
     from engine.core.errors import InputError
-    from engine.core.weights import S3FD, WAV2LIP, WeightsError, hub_reference, resolve, where_to_put
+    from engine.core.hub import where_to_put
+    from engine.core.weights import S3FD, WAV2LIP, WeightsError, hub_reference, resolve
 
     found, missing, broken = [], [], []
     for model in (WAV2LIP, S3FD):
@@ -204,7 +205,7 @@ def _unloadable_weights(settings: Settings) -> tuple[list[str], list[str]]:
     broken = [item for item in inventory(settings) if item.found is not None and item.broken]
     problems = [f"{item.found.parent if item.found.is_file() else item.found}/{problem}"  # problem: "name: why"
                 for item in broken for problem in item.broken]  # fmt: skip
-    return problems, list(dict.fromkeys(f"`{item.command}`" for item in broken))
+    return problems, list(dict.fromkeys(f"`{item.source.command}`" for item in broken))
 
 
 def check_ray(ctx: Context) -> Check:

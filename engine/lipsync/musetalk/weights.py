@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 from engine.core.errors import InputError, one_line
-from engine.core.hub import MUSETALK, MUSETALK_LICENCE, checked_repo
+from engine.core.hub import MUSETALK, MUSETALK_LICENCE, MUSETALK_V1, checked_repo
 from engine.core.settings import PREFIX, Settings
 from engine.core.weights import WeightsError
 from engine.models.bisenet import BISENET_EXPECTED, BiSeNet, load_bisenet
@@ -236,7 +236,7 @@ class MuseTalkFiles:
             if self.folder.is_file()
             else ("" if self.folder.exists() else f"{self.folder}: there is no such folder. ")
         )  # a typo: not a file in it
-        command = f"avatarbench weights get {'musetalk' if self.version == V15 else 'musetalk-v1'} --accept-licence"
+        command = (MUSETALK if self.version == V15 else MUSETALK_V1).command
         return (
             f"{a_file}MuseTalk {self.version}: missing {items}. `{command}` (or the app's Get the official weights "
             f"panel) fetches the Hub's files; or put them under {self.folder} in upstream's models/ layout, set "
