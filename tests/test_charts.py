@@ -819,3 +819,35 @@ def test_a_configuration_that_measured_no_throughput_is_refused_in_words(tmp_pat
     with _priced_sweep(tmp_path, model, failed) as (handler, job_id, label, request), pytest.raises(gr.Error) as no:
         handler["price_configuration"](job_id, label, 250, "0.34", request)
     assert no.value.message == f"{label} has no throughput in the sweep open in this tab"
+
+
+def test_the_onnx_and_bench_tabs_say_the_engines_flags_by_their_labels(tmp_path: Path) -> None:
+    """The ONNX tab refused "labels output names the output --labels score", the planner advised "--count 2" and
+    "--kv-cache-dtype fp8_e4m3fn": flags of a command line a web user never saw. Each names the tab's field as it
+    is labelled; the launch line, a command to copy, keeps TGI's flags."""
+    from engine.core.settings import load_settings
+    from engine.jobs.broker import Broker
+    from engine.jobs.store import CPU, JobStore
+    from engine.onnx.jobs import OnnxEvalJobs
+    from ui.jobs import Access
+    from ui.onnx_eval import build_onnx_eval_tab
+
+    settings = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path / "data")})
+    settings.ensure_dirs()
+    request = SimpleNamespace(username=None, session_hash="s1", cookies={})
+    with JobStore(settings.db_path, settings.data_dir / "blobs") as store:
+        _, bench, _ = _bench_tab(settings, store)
+        with gr.Blocks() as demo:
+            build_onnx_eval_tab(settings, OnnxEvalJobs(Broker(store, {}, {CPU: 1}), settings), Access())
+    onnx = {fn.name: fn.fn for fn in demo.fns.values()}
+    form = ["Built-in example", "wav2lip", None, ["cpu"], None, None, None, "1", None, None, 0, False, 4.0, "",
+            "", "stretch", "0-1", "rgb", "", "scores", request]  # fmt: skip
+    with pytest.raises(gr.Error) as refused:
+        onnx["queue_job"](*form)
+    assert refused.value.message == (
+        "labels output names the output “Class labels, one per sample of the first batch” score: give labels, or "
+        "leave it out"
+    )
+    text, _ = bench["plan_form"]("A10G", 1, "llama-2-13b", None, "auto", 0, 0, 64, 0.9, "auto")
+    assert "more GPUs (“GPU count” 2 shards it further), an 8-bit KV cache (“KV cache type” fp8_e4m3fn)" in text
+    assert " --num-shard 1 --cuda-memory-fraction 0.9 --max-input-tokens 4095 --max-total-tokens 4096 " in text

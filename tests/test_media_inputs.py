@@ -371,9 +371,9 @@ def test_the_video_so_far_leaves_the_tabs_other_panes_as_they_are(monkeypatch, t
 
     previews: dict[str, tuple[list[Any], Any]] = {}
 
-    def recorded(cls, jobs, access, render, outputs, name, about, live, ended) -> Any:
+    def recorded(cls, jobs, access, render, outputs, name, about, live, ended, terms) -> Any:
         previews[name] = (outputs, live)
-        return job_endpoints(cls, jobs, access, render, outputs, name, about, live, ended)
+        return job_endpoints(cls, jobs, access, render, outputs, name, about, live, ended, terms)
 
     for module in (ui.lipsync, ui.portrait):
         monkeypatch.setattr(module, "job_endpoints", recorded)
@@ -470,3 +470,125 @@ def test_an_api_handler_takes_the_configs_fields_and_says_its_errors_in_words() 
     with gr.Blocks():
         batch_size = hidden_inputs(LipSyncConfig)["batch_size"]
     assert batch_size.preprocess("abc") == "abc"
+
+
+def test_form_terms_name_a_forms_own_flags_by_its_labels_and_leave_the_rest() -> None:
+    """The engine's messages are the CLI's (`--fps`); a web form shows its label instead. Upstream's flags, a command
+    to copy (in backticks, escaped or not as Markdown text), a flag the form lacks and a name that only ends in one
+    stay as written."""
+    from ui.forms import FormTerms
+
+    with gr.Blocks():
+        terms = FormTerms.of({
+            "fps": gr.Number(label="Photo: frames per second (a video keeps its own)"), "smooth": gr.Checkbox(
+                label="Smooth face boxes"), "detect_scale": gr.Number(label="Detection scale"), "face": object(),
+        })  # fmt: skip
+    assert terms.labels == {"fps": "Photo: frames per second", "smooth": "Smooth face boxes",
+                            "detect_scale": "Detection scale"}  # fmt: skip
+    assert terms("--fps applies to a still face; with --no-smooth, try --detect-scale 1") == (
+        "“Photo: frames per second” applies to a still face; with “Smooth face boxes” off, try “Detection scale” 1"
+    )
+    kept = "upstream's --fps; `avatarbench lipsync --fps 25`; --json; --fps-cap; take--fps.mp4; (--fps)"
+    assert terms(kept) == kept.replace("(--fps)", "(“Photo: frames per second”)")
+    assert terms(r"in \`a --fps\` --fps") == r"in \`a “Photo: frames per second”\` “Photo: frames per second”"
+    assert FormTerms({})("--fps") == "--fps"
+
+
+def _live_tab(kind: str, jobs: object, tmp_path: Path) -> tuple[Any, Any]:
+    """The real Lip-sync (or Portrait) tab's Run handler, called with only its files and the defaults, and the tab's
+    /kind API handler."""
+    import inspect
+
+    import ui.lipsync
+    import ui.portrait
+    from ui.jobs import Access
+
+    with gr.Blocks() as demo:
+        if kind == "lipsync":
+            ui.lipsync.build_lipsync_tab(jobs.settings, jobs, Access())
+        else:
+            ui.portrait.build_portrait_tab(jobs.settings, jobs, Access())
+    api = next(f.fn for f in demo.fns.values() if f.api_name == kind)
+    run = next(f.fn for f in demo.fns.values() if "face__photo" in inspect.signature(f.fn).parameters
+               or "driving__video" in inspect.signature(f.fn).parameters)  # fmt: skip
+    given = {"face__photo": str(ASSETS / "face.jpg"), "audio__speech": str(ASSETS / "speech.wav"),
+             "source": str(ASSETS / "face.jpg"), "driving__video": str(ASSETS / "driving.mp4")}  # fmt: skip
+    parameters = inspect.signature(run).parameters
+    values = {name: given.get(name, p.default if p.default is not inspect.Parameter.empty else None)
+              for name, p in parameters.items() if name not in ("progress", "request")}  # fmt: skip
+
+    def tab() -> tuple[str, list[str]]:
+        """The summary pane as the run left it, and the toasts on the way."""
+        with warnings.catch_warnings(record=True) as toasts:
+            warnings.simplefilter("always")
+            shown = list(run(**values, progress=None))
+        return shown[-1][1], [str(t.message) for t in toasts]
+
+    return tab, api
+
+
+def test_the_tabs_say_the_engines_flags_by_their_labels_and_the_api_by_its_parameters(
+    monkeypatch, tmp_path: Path
+) -> None:
+    """A web user was told "--fps applies to a still face" and "a fixed --box changed --detector": flags of a command
+    line they never saw. The tab's refusal, toast, failure and result summary name its fields as it labels them;
+    the API's refusal names its parameters."""
+    import ui.jobs
+    from engine.core.errors import InputError
+    from engine.core.results import RunResult
+    from engine.core.settings import load_settings
+
+    settings = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path)})
+    refused = "a fixed --box is used as it is: --detector (for detected boxes) changed nothing; see `--box`"
+
+    def submit(config: object, owner: object) -> object:
+        raise InputError(refused)
+
+    jobs = SimpleNamespace(settings=settings, kind="lipsync", files=(), submit=submit)
+    tab, api = _live_tab("lipsync", jobs, tmp_path)
+    summary, toasts = tab()
+    words = "a fixed “Fixed face box X1, Y1, X2, Y2” is used as it is: “Face detector” (for detected boxes) changed"
+    assert summary.startswith(f"✗ {words}") and summary.endswith("see \\`--box\\`") and toasts[0].startswith(words)
+    with pytest.raises(gr.Error) as by_api:
+        list(api(face=str(ASSETS / "face.jpg"), audio=str(ASSETS / "speech.wav")))
+    assert by_api.value.message.startswith("a fixed “box” is used as it is: “detector” (for detected boxes)")
+
+    result = RunResult(device="cpu", device_name="CPU", precision="fp32", metrics={
+        "engine_label": "Baseline", "frames": 1, "fps": 25.0, "batch_size": 1, "encoder": "libx264",
+        "detector": "haar", "faces_missed": 0, "pipeline_seconds": 0.5, "frames_per_second": 2.0})  # fmt: skip
+    result.warn("--static holds a video's first frame: a photo is held still already")
+
+    def follow_live(jobs: object, job_id: str, *args: object) -> object:
+        yield result.to_dict()
+
+    monkeypatch.setattr(ui.jobs, "follow_live", follow_live)
+    jobs.submit = lambda config, owner: SimpleNamespace(id="j1")
+    summary, toasts = tab()
+    assert "- ⚠️ “Video: its first frame only, held still” holds a video's first frame" in summary
+
+    def failing(jobs: object, job_id: str, *args: object) -> object:
+        raise ui.jobs.JobEnded("j1", "failed", "no face: try --detect-scale 1")
+        yield
+
+    monkeypatch.setattr(ui.jobs, "follow_live", failing)
+    jobs.live, jobs.status = (lambda job, owner: None), (lambda job, owner: {"id": job, "status": "failed"})
+    summary, toasts = tab()
+    assert summary.endswith("no face: try “Detection scale” 1") and toasts == [
+        "job j1 failed: no face: try “Detection scale” 1"
+    ]
+
+
+def test_the_portrait_tab_says_the_engines_flags_by_its_labels(tmp_path: Path) -> None:
+    """The portrait tab's refusal: `--no-crop` is its "Crop around the face" box unticked."""
+    from engine.core.errors import InputError
+    from engine.core.settings import load_settings
+
+    settings = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path)})
+
+    def submit(config: object, owner: object) -> object:
+        raise InputError("with --no-crop the source is not cropped: --scale changes nothing")
+
+    jobs = SimpleNamespace(settings=settings, kind="portrait", files=(), submit=submit)
+    tab, _ = _live_tab("portrait", jobs, tmp_path)
+    summary, _ = tab()
+    assert summary == "✗ with “Crop around the face” off the source is not cropped: “Source crop scale” changes nothing"

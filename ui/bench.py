@@ -63,7 +63,7 @@ from ui.bench_report import (
     telemetry_figure,
     throughput_figure,
 )
-from ui.forms import api_endpoint, api_examples, api_function, in_pane, refusal, reported
+from ui.forms import FormTerms, api_endpoint, api_examples, api_function, in_pane, refusal, reported
 from ui.history import wire_history
 from ui.jobs import Access, wire_cancel
 from ui.style import HIDDEN_WHEN_EMPTY
@@ -225,6 +225,23 @@ def build_bench_tab(settings: Any, jobs: BenchJobs, access: Access) -> None:
         fit_btn = gr.Button("Plan network memory")
         fit_text = gr.Markdown()
     timer = gr.Timer(1.0, active=False)
+    # the engine's messages name these options by flag: here, by their labels
+    sweep_terms = FormTerms.of(dict(
+        model=model, preset=preset_name, runtime=runtimes, precision=precisions, device=devices, batch=batches,
+        channels_last=channels_last, cudnn_benchmark=cudnn, compile_mode=compile_mode, runs=runs, warmup=warmup,
+    ))  # fmt: skip
+    plan_terms = FormTerms.of(dict(
+        gpu=plan_gpu, count=plan_count, llm=plan_llm_name, config=plan_config, quantize=plan_quant,
+        kv_cache_dtype=plan_kv, memory_fraction=plan_fraction, max_total_tokens=plan_total,
+        max_input_tokens=plan_input, concurrent_requests=plan_concurrent,
+    ))  # fmt: skip
+    fit_terms = FormTerms.of(dict(
+        gpu=plan_gpu, model=fit_model, precision=fit_precision, memory_fraction=plan_fraction,
+        target_throughput=fit_target, throughput_per_gpu=fit_rate,
+    ))  # fmt: skip
+
+    def status_text(state: dict) -> str:
+        return sweep_terms(_status_text(state))
 
     def sweep_request(model_name, preset_choice, rts, precs, devs, batch_text, cl, cb, mode, n_runs, n_warm) -> Any:
         values = {"model": model_name, "runs": n_runs, "warmup": n_warm}
@@ -239,11 +256,11 @@ def build_bench_tab(settings: Any, jobs: BenchJobs, access: Access) -> None:
     def queue(
         model_name, preset_choice, rts, precs, devs, batch_text, cl, cb, mode, n_runs, n_warm, request: gr.Request
     ) -> tuple[Any, ...]:
-        with reported("the sweep"):
+        with reported("the sweep", sweep_terms):
             request_ = sweep_request(model_name, preset_choice, rts, precs, devs, batch_text, cl, cb, mode, n_runs,
                                      n_warm)  # fmt: skip
             job = jobs.submit(request_, access.owner(request))
-        return job.id, _status_text(jobs.status(job.id, access.reader(request))), gr.Timer(active=True)
+        return job.id, status_text(jobs.status(job.id, access.reader(request))), gr.Timer(active=True)
 
     def render(job: str, reader: str | None) -> tuple[Any, ...] | None:
         """The sweep's report, or the rows a stopped sweep finished; None where it finished none."""
@@ -256,7 +273,7 @@ def build_bench_tab(settings: Any, jobs: BenchJobs, access: Access) -> None:
         (out / f"bench-{job}.csv").write_text(rows_to_csv(report))
         labels = [r["label"] for r in report["results"] if r.get("samples_per_s")]
         return (
-            summary_markdown(report, result),
+            sweep_terms(summary_markdown(report, result)),
             shown_table(RESULT_HEADERS, result_rows(report)),  # the JSON and CSV keep every column
             chart(speedup_figure(report)),
             chart(throughput_figure(report)),
@@ -270,7 +287,7 @@ def build_bench_tab(settings: Any, jobs: BenchJobs, access: Access) -> None:
 
     outputs = [summary, table_view, speedup_plot, throughput_plot, memory_plot, telemetry_plot, spread, json_file]
     outputs += [csv_file, cost_config]
-    poll = job_poller(jobs.status, _status_text, render, len(outputs), "No sweep yet.", access, stopped_too=True)
+    poll = job_poller(jobs.status, status_text, render, len(outputs), "No sweep yet.", access, stopped_too=True)
 
     def history_rows(request: gr.Request) -> list[list]:
         return [
@@ -372,11 +389,11 @@ def build_bench_tab(settings: Any, jobs: BenchJobs, access: Access) -> None:
                       max_input_tokens=max_input or None, concurrent_requests=concurrent, quantize=quant,
                       memory_fraction=fraction, kv_cache_dtype=kv)  # fmt: skip
         try:
-            with reported("the LLM plan"):
+            with reported("the LLM plan", plan_terms):
                 result = plan_llm(LlmRequest.build(values), card=cards.get(gpu))
         except gr.Error as exc:
             return in_pane(exc), None
-        return _plan_markdown(result), result
+        return plan_terms(_plan_markdown(result)), result
 
     def fit_form(gpu_key, name, precision, fraction, target, rate, job, request: gr.Request) -> str:
         """The network's plan, or why there is none in its place."""
@@ -389,7 +406,7 @@ def build_bench_tab(settings: Any, jobs: BenchJobs, access: Access) -> None:
         values = dict(gpu=gpu_key, model=name, precision=precision, memory_fraction=fraction,
                       target_throughput=target or None, throughput_per_gpu=rate or None)  # fmt: skip
         try:
-            with reported("the network plan"):
+            with reported("the network plan", fit_terms):
                 config = NetworkPlanConfig.build(values)
                 title, fit = plan_network(config, settings.cache_dir, report if usable else None, cards.get(gpu_key))
         except gr.Error as exc:
@@ -406,7 +423,7 @@ def build_bench_tab(settings: Any, jobs: BenchJobs, access: Access) -> None:
         ]
         if fit.gpus_for_target:
             lines.append(f"- GPUs for {target:g} samples/s at {rate:g} per GPU: **{fit.gpus_for_target}**")
-        return "\n".join(lines + [f"- ⚠️ {w}" for w in fit.warnings])
+        return fit_terms("\n".join(lines + [f"- ⚠️ {w}" for w in fit.warnings]))
 
     form = [
         model,

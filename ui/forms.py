@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import re
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
@@ -46,9 +47,10 @@ def in_pane(refused: gr.Error) -> str:
 
 
 @contextlib.contextmanager
-def reported(what: str) -> Iterator[None]:
-    """Our errors become their one-line message (one line in the server log too); a bug becomes a short message
-    with an id that the server log holds beside the traceback (never a traceback in the page)."""
+def reported(what: str, terms: Callable[[str], str] = str) -> Iterator[None]:
+    """Our errors become their one-line message (one line in the server log too), in the form's `terms`; a bug
+    becomes a short message with an id that the server log holds beside the traceback (never a traceback in the
+    page)."""
     try:
         yield
     except gr.Error as exc:
@@ -57,12 +59,49 @@ def reported(what: str) -> Iterator[None]:
             exc.print_exception = False
         raise
     except AvatarbenchError as exc:
-        raise refusal(str(exc), what) from None
+        raise refusal(terms(str(exc)), what) from None
     except Exception as exc:
         error_id = uuid.uuid4().hex[:8]
         log.exception("internal error %s in %s", error_id, what)  # the bug's traceback, once
         message = f"internal error in {what} ({type(exc).__name__}; id {error_id} in the server log)"
         raise gr.Error(message, print_exception=False) from None
+
+
+_FLAG = re.compile(r"(upstream's )?(?<![\w-])--(no-)?([a-z][a-z0-9]*(?:-[a-z0-9]+)*)")
+_TICK = re.compile(r"(?<!\\)`")  # a code span's edge; "\\`" is a backtick written as markdown text
+_NOTE = re.compile(r"\s*\([^()]*\)$")  # a label's closing note: "Batch size (empty: auto)"
+
+
+class FormTerms:
+    """The engine's messages are written for the CLI: they name options by flag (`--fps`, `--no-smooth`). A web
+    form names them by its labels, so a tab shows each of its own flags as the label of the field it fills in
+    ("“Smooth face boxes” off"); other flags (upstream's, a command in backticks, one the form lacks) stay as
+    written. The API's terms are its parameter names."""
+
+    def __init__(self, labels: Mapping[str, str]) -> None:
+        self.labels = dict(labels)  # field name -> what the surface calls it
+
+    @classmethod
+    def of(cls, components: Mapping[str, Any]) -> FormTerms:
+        """The terms of a form: its components' labels (field name -> component), without a closing note."""
+        return cls({
+            name: _NOTE.sub("", label)
+            for name, component in components.items()
+            if isinstance(label := getattr(component, "label", None), str) and label
+        })  # fmt: skip
+
+    def __call__(self, text: str) -> str:
+        if not self.labels:
+            return text
+        parts = _TICK.split(text)  # odd parts are quoted commands: they run as written
+        return "`".join(part if i % 2 else _FLAG.sub(self._label, part) for i, part in enumerate(parts))
+
+    def _label(self, flag: re.Match[str]) -> str:
+        upstream, negated, name = flag.groups()
+        label = self.labels.get(name.replace("-", "_"))
+        if upstream or label is None:
+            return flag.group(0)
+        return f"“{label}” off" if negated else f"“{label}”"
 
 
 def field(cls: type[Config], name: str) -> Field:
@@ -102,7 +141,9 @@ def _signature(cls: type[Config], names: list[str], with_progress: bool) -> insp
     return inspect.Signature(params, return_annotation=Any)  # one output (gr.api counts the annotation's)
 
 
-def _named(run: Callable[..., Any], signature: inspect.Signature, what: str) -> Callable[..., Any]:
+def _named(
+    run: Callable[..., Any], signature: inspect.Signature, what: str, terms: Callable[[str], str] = str
+) -> Callable[..., Any]:
     with_progress = "progress" in signature.parameters
 
     def call(*args: Any, **kwargs: Any) -> Any:
@@ -118,13 +159,13 @@ def _named(run: Callable[..., Any], signature: inspect.Signature, what: str) -> 
     if inspect.isgeneratorfunction(run):  # Gradio streams a generator's outputs: the handler must be one too
 
         def handler(*args: Any, **kwargs: Any) -> Any:
-            with reported(what):
+            with reported(what, terms):
                 yield from call(*args, **kwargs)
 
     else:
 
         def handler(*args: Any, **kwargs: Any) -> Any:
-            with reported(what):
+            with reported(what, terms):
                 return call(*args, **kwargs)
 
     handler.__doc__ = run.__doc__
@@ -133,11 +174,15 @@ def _named(run: Callable[..., Any], signature: inspect.Signature, what: str) -> 
     return handler
 
 
-def form_handler(cls: type[Config], components: Mapping[str, Any], run: Run, what: str) -> Callable[..., Any]:
+def form_handler(
+    cls: type[Config], components: Mapping[str, Any], run: Run, what: str, terms: FormTerms | None = None
+) -> Callable[..., Any]:
     """An event handler for `.click(handler, inputs_kwargs=components)` whose parameters are the config's fields
     named in `components` (in that order), with their defaults; `run(values, progress, request)` gets them as a dict
-    (feed it to cls.build), a progress callback that drives gr.Progress, and the request (whose job it is)."""
-    return _named(run, _signature(cls, list(components), with_progress=True), what)
+    (feed it to cls.build), a progress callback that drives gr.Progress, and the request (whose job it is). Its
+    refusals name the options by the components' labels unless `terms` says otherwise."""
+    signature = _signature(cls, list(components), with_progress=True)
+    return _named(run, signature, what, terms or FormTerms.of(components))
 
 
 def api_function(
@@ -230,17 +275,19 @@ def api_endpoint(
     description: str,
     **event: Any,
 ) -> None:
-    """The `/api_name` endpoint: one invisible input per config field, feeding `run(values, progress, request)`."""
+    """The `/api_name` endpoint: one invisible input per config field, feeding `run(values, progress, request)`;
+    its refusals name the options as its parameters."""
     with gr.Column(visible=False):
         inputs = hidden_inputs(cls)
         trigger = gr.Button()
+    handler = form_handler(cls, inputs, run, api_name, FormTerms({name: name for name in inputs}))
     trigger.click(
-        form_handler(cls, inputs, run, api_name), inputs_kwargs=inputs, outputs=outputs, api_name=api_name,
-        api_description=description, **event,
-    )  # fmt: skip
+        handler, inputs_kwargs=inputs, outputs=outputs, api_name=api_name, api_description=description, **event
+    )
 
 
 __all__ = [
+    "FormTerms",
     "api_endpoint",
     "api_example",
     "api_examples",

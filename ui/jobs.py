@@ -184,9 +184,10 @@ class Ended:
     seconds: float = 0.0
     record: dict[str, Any] | None = None  # the job's status (its inputs, device, times, error) for the JSON pane
 
-    def summary(self) -> str:
-        """The summary pane's text: the outcome in words, neutral for a cancel, and the reason as written."""
-        reason = _MARKDOWN.sub(r"\\\1", self.reason)  # file names are the user's: never markup
+    def summary(self, terms: Callable[[str], str] = str) -> str:
+        """The summary pane's text: the outcome in words, neutral for a cancel, and the reason as written (in the
+        form's `terms`)."""
+        reason = _MARKDOWN.sub(r"\\\1", terms(self.reason))  # file names are the user's: never markup
         if self.status is None:
             return f"✗ {reason}"
         headline = "**Cancelled**" if self.status == CANCELLED else f"**✗ {self.status.capitalize()}**"
@@ -339,12 +340,14 @@ def job_endpoints(
     about: str,
     live: Callable[[LiveStream], tuple[Any, ...]],
     ended: Callable[[Ended], tuple[Any, ...]],
+    terms: Callable[[str], str] = str,
 ) -> Run:
     """`/name` (submit, wait, the outputs: the video so far (`live`) each time it has doubled while the job streams
     (stream=true), then its result) and `/name_submit` (queue, return the job's status and id for /job_status and
     /job_result). Returns the tab's button handler: the same outputs, except that a job that failed or was cancelled
     is shown in the panes (`ended`: why, and the video it made before it stopped) instead of raised, so the reason
-    stays on the page and a cancel is not an error. /name still raises it: scripts tell the two apart by that."""
+    stays on the page and a cancel is not an error. /name still raises it: scripts tell the two apart by that. The
+    tab's toasts say it in the form's `terms` (its `ended` and `render` do too)."""
 
     def queued(values: dict[str, Any], request: gr.Request | None) -> Job:
         config = cls.build(access.server_files(values, jobs.settings, request))
@@ -390,7 +393,7 @@ def job_endpoints(
                 job, reader = queued(values, request), access.reader(request)
             except AvatarbenchError as exc:
                 log.info("%s refused: %s", name, exc)
-                gr.Warning(str(exc))
+                gr.Warning(terms(str(exc)))
                 yield ended(Ended("", None, str(exc)))
                 return
             try:
@@ -398,7 +401,7 @@ def job_endpoints(
             except JobEnded as exc:
                 log.info("%s job %s %s: %s", name, job.id, exc.status, exc.reason)
                 if exc.status == FAILED:
-                    gr.Warning(str(exc))
+                    gr.Warning(terms(str(exc)))
                 yield ended(stopped(jobs, exc, reader))
 
     def submit(values: dict[str, Any], progress: Callable[[float, str], None], request: gr.Request | None) -> dict:

@@ -21,7 +21,7 @@ from engine.jobs.kinds import shown_report
 from engine.lipsync.config import LipSyncConfig, bbox_shift_words, precision_summary
 from engine.lipsync.jobs import LipSyncJobs
 from ui.examples import Example, example_gallery
-from ui.forms import api_examples, choices, default, form_handler
+from ui.forms import FormTerms, api_examples, choices, default, form_handler
 from ui.jobs import Access, Ended, job_endpoints, run_panel
 from ui.media_inputs import MEDIA_HEIGHT, action_row, checked_image, media_choice
 from ui.weights import weights_panel
@@ -187,7 +187,7 @@ def build_lipsync_tab(settings: Settings, jobs: LipSyncJobs, access: Access) -> 
     def render(report: dict[str, Any]) -> tuple[Any, ...]:
         result = RunResult.from_dict(report)
         video_file = delivered(result.outputs.get("video"))
-        return video_file, summary_markdown(result), chart(timing_figure(result)), shown_report(report)
+        return video_file, terms(summary_markdown(result)), chart(timing_figure(result)), shown_report(report)
 
     inputs = dict(
         face=face, audio=audio, engine=engine, checkpoint=checkpoint, batch_size=batch_size, precision=precision,
@@ -199,6 +199,7 @@ def build_lipsync_tab(settings: Settings, jobs: LipSyncJobs, access: Access) -> 
         musetalk_parsing_mode=musetalk_parsing_mode, musetalk_cheek_widths=musetalk_cheek_widths,
         musetalk_blur=musetalk_blur, stream=stream,
     )  # fmt: skip
+    terms = FormTerms.of(inputs)  # the engine's messages name these options by flag: here, by label
     outputs = [video, summary, stages, details]
     about = "Lip-sync a face image or video to speech; parameters as `avatarbench lipsync`."
 
@@ -208,11 +209,11 @@ def build_lipsync_tab(settings: Settings, jobs: LipSyncJobs, access: Access) -> 
     def ended(outcome: Ended) -> tuple[Any, ...]:
         """A failed or cancelled job (or an id that names none): the reason, the video it made before it stopped,
         and no earlier job's chart or result."""
-        return outcome.video, outcome.summary(), chart(None), outcome.record
+        return outcome.video, outcome.summary(terms), chart(None), outcome.record
 
     with api_examples(face="assets/face.jpg", audio="assets/speech.wav"):
-        lipsync = job_endpoints(LipSyncConfig, jobs, access, render, outputs, "lipsync", about, live, ended)
-    handler = audio.handler(face.handler(form_handler(LipSyncConfig, inputs, lipsync, "lip-sync")))
+        lipsync = job_endpoints(LipSyncConfig, jobs, access, render, outputs, "lipsync", about, live, ended, terms)
+    handler = audio.handler(face.handler(form_handler(LipSyncConfig, inputs, lipsync, "lip-sync", terms)))
     run.click(handler, inputs_kwargs=audio.kwargs(face.kwargs(inputs)), outputs=outputs, api_visibility="private",
               concurrency_limit=16, show_progress_on=video)  # fmt: skip
     scroll_into_view(run, video)

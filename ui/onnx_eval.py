@@ -26,7 +26,7 @@ from engine.onnx.prepare import ACCEPTED
 from engine.onnx.timing import auto_help
 from engine.onnx.uploads import display_name, model_source, prepared
 from engine.runtimes.ort_session import PROVIDERS
-from ui.forms import api_endpoint, choices, default, reported
+from ui.forms import FormTerms, api_endpoint, choices, default, reported
 from ui.history import wire_history
 from ui.jobs import Access, wire_cancel
 from ui.onnx_report import (
@@ -180,6 +180,16 @@ def build_onnx_eval_tab(settings: Any, jobs: OnnxEvalJobs, access: Access) -> No
         compare_table = gr.Dataframe(headers=COMPARE_HEADERS, interactive=False, label="Compared")
         compare_plot = gr.Plot(show_label=False, visible=False)
     timer = gr.Timer(1.0, active=False)
+    # the engine's messages name these options by flag: here, by their labels
+    terms = FormTerms.of(dict(
+        model=upload, example=example, symbols=symbols, providers=providers, inputs=inputs, expected=expected,
+        images=images, batch_sizes=batch_sizes, runs=runs, warmup=warmup, seed=seed, trt_fp16=trt_fp16,
+        trt_workspace_gb=trt_workspace_gb, image_input=image_input, image_resize=image_resize,
+        image_scaling=image_scaling, image_channels=image_channels, labels=labels, labels_output=labels_output,
+    ))  # fmt: skip
+
+    def status_text(state: dict) -> str:
+        return terms(status_markdown(state))
 
     def chosen_model(kind: str, name: str, path: str | None) -> dict[str, Any]:
         return {"model": None, "example": name} if kind == _EXAMPLE else {"model": path, "example": None}
@@ -188,11 +198,11 @@ def build_onnx_eval_tab(settings: Any, jobs: OnnxEvalJobs, access: Access) -> No
         kind: str, name: str, path: str | None, symbols_text: str, progress: gr.Progress = gr.Progress()
     ) -> tuple[str, Any]:
         progress(0.0, desc="preparing the model (a built-in example is exported on its first use)")
-        with reported("ONNX inspection"):
+        with reported("ONNX inspection", terms):
             described, rows = inspected(
                 InspectConfig.build({**chosen_model(kind, name, path), "symbols": symbols_text})
             )
-        return described, gr.update(value=rows, visible=True)
+        return terms(described), gr.update(value=rows, visible=True)
 
     def export_default_example() -> None:
         """On page load: make the default example's export (a no-op once it exists) before anyone asks for it."""
@@ -218,17 +228,17 @@ def build_onnx_eval_tab(settings: Any, jobs: OnnxEvalJobs, access: Access) -> No
             image_resize=image_resize, image_scaling=image_scaling, image_channels=image_channels, labels=labels,
             labels_output=labels_output, providers=",".join(provider_keys or []), **chosen_model(kind, name, path),
         )  # fmt: skip
-        with reported("ONNX evaluation"):
+        with reported("ONNX evaluation", terms):
             submission = jobs.submit(EvalConfig.build(values), access.owner(request))
         state = jobs.status(submission.job.id, access.reader(request))
-        return submission.job.id, status_markdown(state), gr.Timer(active=True)
+        return submission.job.id, status_text(state), gr.Timer(active=True)
 
     def render(report: dict, job: str) -> tuple[Any, ...]:
         out = Path(settings.outputs_dir) / f"onnx-eval-{job}.json"
         out.write_text(json.dumps(report, indent=2) + "\n")
         inspected = report.get("inspection")
         return (
-            summary_markdown(report),
+            terms(summary_markdown(report)),
             shown_table(RESULT_HEADERS, result_rows(report)),  # the JSON file keeps every column
             chart(latency_figure(report)),
             chart(throughput_figure([("", report)])),
@@ -236,7 +246,7 @@ def build_onnx_eval_tab(settings: Any, jobs: OnnxEvalJobs, access: Access) -> No
             shown_table(PARITY_HEADERS, parity_rows(report)),
             shown_table(ACCURACY_HEADERS, accuracy_rows(report)),
             delivered(out),
-            inspection_markdown(inspected) if inspected else gr.update(),
+            terms(inspection_markdown(inspected)) if inspected else gr.update(),
             gr.update(value=io_rows(inspected), visible=True) if inspected else gr.update(),
         )
 
@@ -249,7 +259,7 @@ def build_onnx_eval_tab(settings: Any, jobs: OnnxEvalJobs, access: Access) -> No
         return render(report, job) if report else None
 
     # kept=2: the inspection, which its own button fills, and which a failed job keeps
-    poll = job_poller(jobs.status, status_markdown, render_job, len(result_outputs), "No evaluation yet.", access,
+    poll = job_poller(jobs.status, status_text, render_job, len(result_outputs), "No evaluation yet.", access,
                       kept=2, stopped_too=True)  # fmt: skip
 
     def history_rows(request: gr.Request) -> list[list]:

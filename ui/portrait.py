@@ -16,7 +16,7 @@ from engine.jobs.kinds import shown_report
 from engine.portrait.config import PortraitConfig
 from engine.portrait.jobs import PortraitJobs
 from ui.examples import Example, example_gallery
-from ui.forms import api_examples, choices, default, field, form_handler
+from ui.forms import FormTerms, api_examples, choices, default, field, form_handler
 from ui.jobs import Access, Ended, job_endpoints, run_panel
 from ui.media_inputs import MEDIA_HEIGHT, TAB_BAR_HEIGHT, action_row, checked_image, media_choice
 from ui.style import HIDDEN_WHEN_EMPTY
@@ -210,7 +210,7 @@ def build_portrait_tab(settings: Settings, jobs: PortraitJobs, access: Access) -
         out = result.outputs
         video_file, strip_file, template_file = (delivered(out.get(k)) for k in ("video", "strip", "template"))
         figure = chart(timing_figure(result))
-        return video_file, summary_markdown(result), strip_file, figure, template_file, shown_report(report)
+        return video_file, terms(summary_markdown(result)), strip_file, figure, template_file, shown_report(report)
 
     inputs = dict(
         source=source, driving=driving, engine=engine, weights=weights, backend=backend, precision=precision,
@@ -224,6 +224,7 @@ def build_portrait_tab(settings: Settings, jobs: PortraitJobs, access: Access) -
         landmarks=landmarks, normalize_lips=normalize_lips, max_frames=max_frames,
         batch_size=batch_size, save_template=save_template, stream=stream,
     )  # fmt: skip
+    terms = FormTerms.of(inputs)  # the engine's messages name these options by flag: here, by label
     outputs = [video, summary, strip, stages, template, details]
     about = "Animate a portrait; parameters as `avatarbench portrait`."
 
@@ -233,11 +234,11 @@ def build_portrait_tab(settings: Settings, jobs: PortraitJobs, access: Access) -
     def ended(outcome: Ended) -> tuple[Any, ...]:
         """A failed or cancelled job (or an id that names none): the reason, the video it made before it stopped,
         and no earlier job's strip, chart, template or result."""
-        return outcome.video, outcome.summary(), None, chart(None), None, outcome.record
+        return outcome.video, outcome.summary(terms), None, chart(None), None, outcome.record
 
     with api_examples(source="assets/face.jpg", driving="assets/driving.mp4"):
-        animate = job_endpoints(PortraitConfig, jobs, access, render, outputs, "portrait", about, live, ended)
-    handler = driving.handler(form_handler(PortraitConfig, inputs, animate, "portrait animation"))
+        animate = job_endpoints(PortraitConfig, jobs, access, render, outputs, "portrait", about, live, ended, terms)
+    handler = driving.handler(form_handler(PortraitConfig, inputs, animate, "portrait animation", terms))
     run.click(handler, inputs_kwargs=driving.kwargs(inputs), outputs=outputs, api_visibility="private",
               concurrency_limit=16, show_progress_on=video)  # fmt: skip
     scroll_into_view(run, video)
