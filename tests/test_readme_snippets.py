@@ -1,9 +1,13 @@
 """The documented API calls run as shown: the README's marked `gradio_client` snippets for /lipsync and /portrait, and
 the Python examples that the app's own API page shows for them, each run as written (only the server's URL swapped
-for the test app's) in a fresh Python from the repository's folder, against app.py started by the test."""
+for the test app's) in a fresh Python from the repository's folder, against app.py started by the test. The README's
+other API calls are checked against the app's API page (endpoint and parameter names), and every flag its command
+lines show against the command's parser."""
 
 from __future__ import annotations
 
+import argparse
+import ast
 import json
 import re
 import subprocess
@@ -89,3 +93,77 @@ def test_api_page_python_example_runs_as_shown(running_app: RunningApp, endpoint
     proc = run_python(code)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "frames at" in proc.stdout, proc.stdout[-2000:]  # it printed the result, summary included
+
+
+# Every fenced Python block of the README, marked or not: the API section's other endpoints are shown unmarked.
+PYTHON_BLOCK = re.compile(r"```python\n(.*?)\n```", re.DOTALL)
+
+
+def readme_api_calls(text: str) -> list[tuple[str, set[str], int]]:
+    """(endpoint, keyword names, positional count) of every `client.predict(...)` / `client.submit(...)` in the
+    README's Python blocks."""
+    calls = []
+    for block in PYTHON_BLOCK.findall(text):
+        for node in ast.walk(ast.parse(block)):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in (
+                "predict", "submit"):  # fmt: skip
+                keywords = {k.arg: k.value for k in node.keywords}
+                endpoint = keywords.pop("api_name")
+                assert isinstance(endpoint, ast.Constant), ast.unparse(node)
+                calls.append((endpoint.value, set(keywords), len(node.args)))
+    return calls
+
+
+def test_every_api_call_in_the_readme_names_an_endpoint_and_its_parameters(running_app: RunningApp) -> None:
+    """Only the marked snippets run; the other calls the API section shows (jobs, ONNX, sweeps, plans, cost) are
+    checked against the API page: a renamed endpoint or parameter there leaves a user's copied call failing."""
+    endpoints = _api_page(running_app)
+    calls = readme_api_calls((ROOT / "README.md").read_text())
+    assert len(calls) >= 25, calls  # the API section's calls were all found
+    for endpoint, keywords, positional in calls:
+        assert endpoint in endpoints, f"the README calls {endpoint}, which the app does not serve"
+        parameters = [p["parameter_name"] for p in endpoints[endpoint]["parameters"]]
+        assert keywords <= set(parameters), (endpoint, sorted(keywords - set(parameters)), parameters)
+        assert positional <= len(parameters), (endpoint, positional, parameters)
+
+
+# `avatarbench COMMAND [SUBCOMMAND] ...` up to the end of its line (continuations joined) or of its `code`.
+COMMAND_LINE = re.compile(r"avatarbench ([a-z][a-z-]*)(?: ([a-z][a-z-]*))?([^\n`]*)")
+FLAG = re.compile(r"(?<![\w-])(--[a-z][a-z0-9-]*)(?:[ =]([^\s\[\]()]+))?")
+CHOICES_IN_HELP = re.compile(r"\(([\w.:-]+(?:\|[\w.:-]+)+)\)")
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    found = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(found[0].choices) if found else {}
+
+
+def test_every_flag_the_readme_shows_for_a_command_is_one_of_its_flags() -> None:
+    """The README's command lines are what a first-time user copies: each flag must be the command's own, spelled
+    as shown, and each value listed as alternatives (`--precision auto|fp16|...`) one of those its help offers."""
+    import app
+    from engine.cli import build_parser, engine_commands
+
+    commands = _subcommands(build_parser([*engine_commands(), app.SERVE]))
+    text = (ROOT / "README.md").read_text().replace("\\\n", " ")
+    checked = 0
+    for line in COMMAND_LINE.finditer(text):
+        command, word, rest = line.groups()
+        if command not in commands:
+            continue  # prose: "avatarbench finds ..."
+        parser = commands[command]
+        if _subcommands(parser):  # weights, onnx, plan: the word after names the command
+            if word not in _subcommands(parser):
+                continue  # "`avatarbench weights`": the group alone
+            parser = _subcommands(parser)[word]
+        elif word:
+            rest = f" {word}{rest}"
+        options = {flag: action for action in parser._actions for flag in action.option_strings}
+        for flag, value in FLAG.findall(rest):
+            assert flag in options, f"README: `avatarbench {command} ... {flag}`, which it does not take"
+            offered = CHOICES_IN_HELP.search(options[flag].help or "")
+            if offered and "|" in value:
+                shown = set(value.split("|"))
+                assert shown <= set(offered[1].split("|")), (command, flag, sorted(shown), offered[1])
+            checked += 1
+    assert checked >= 150, checked  # the Command line section's flags were all found
