@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -18,6 +19,8 @@ SIZE, FPS, FRAMES = 320, 25, 75
 
 
 def main() -> None:
+    # No options, but -h must answer with this text: run without a parser, `-h` regenerated the committed clip.
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     face = cv2.resize(cv2.imread("assets/face.jpg"), (SIZE, SIZE), interpolation=cv2.INTER_AREA)
     ys, xs = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32)
     writer = VideoWriter("assets/driving.mp4", FPS, SIZE, SIZE)
