@@ -167,3 +167,25 @@ def test_every_flag_the_readme_shows_for_a_command_is_one_of_its_flags() -> None
                 assert shown <= set(offered[1].split("|")), (command, flag, sorted(shown), offered[1])
             checked += 1
     assert checked >= 150, checked  # the Command line section's flags were all found
+
+
+# The scripts a user runs (the README's Layout and Benchmarks sections name them); library modules have no __main__.
+SCRIPTS = sorted(str(p.relative_to(ROOT)) for folder in ("scripts", "benchmarks") for p in (ROOT / folder).glob("*.py")
+                 if "__main__" in p.read_text())  # fmt: skip
+
+
+def _mtimes(*folders: Path) -> dict[Path, int]:
+    return {path: path.stat().st_mtime_ns for folder in folders for path in folder.iterdir()}
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_script_the_readme_names_answers_help_and_writes_nothing(tmp_path: Path, script: str) -> None:
+    """A first-time user asks a script for `-h` before running it: scripts/make_driving_clip.py took no options and
+    ran on `-h`, rewriting the committed assets/driving.mp4 from the repository's folder (and failing elsewhere)."""
+    committed = (ROOT / "assets", ROOT / "benchmarks" / "results")
+    before = _mtimes(*committed)
+    proc = subprocess.run([sys.executable, str(ROOT / script), "-h"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120, check=False)  # fmt: skip
+    assert proc.returncode == 0 and proc.stdout.startswith("usage:"), proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert list(tmp_path.iterdir()) == []
+    assert _mtimes(*committed) == before
