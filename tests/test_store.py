@@ -71,6 +71,9 @@ def test_unknown_ids_and_bad_input_raise_store_error(store: JobStore) -> None:
         with pytest.raises(StoreError, match=r"no job .*12 hex digits") as refused:
             store.get(odd)  # type: ignore[arg-type]
         assert len(str(refused.value)) < 200
+    for blank in ("", "   ", "\n"):  # an empty Job id field, or an API call with job_id="": "no job " named nothing
+        with pytest.raises(StoreError, match=r"^no job id given: a job id is the text a submit returned"):
+            store.get(blank)
     with pytest.raises(StoreError):
         store.finish("nope", {})
     with pytest.raises(StoreError):

@@ -441,6 +441,8 @@ class JobStore:
         if not isinstance(job_id, str) or len(job_id) > MAX_ID_CHARS:  # an API caller may send anything
             shown = repr(job_id) if len(repr(job_id)) <= MAX_ID_CHARS else f"{repr(job_id)[:MAX_ID_CHARS]}..."
             raise StoreError(f"no job {shown}: a job id is the text a submit returned (12 hex digits)")
+        if not job_id.strip():  # an empty Job id field or job_id="": "no job " said nothing of what was wrong
+            raise StoreError("no job id given: a job id is the text a submit returned (12 hex digits)")
         # One statement, so the status and the position agree even while a worker claims the job.
         rows = self._read(
             f"SELECT {_COLUMNS}, (SELECT COUNT(*) FROM jobs q WHERE q.status = ? AND q.device = jobs.device "
