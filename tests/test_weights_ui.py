@@ -58,6 +58,17 @@ def test_only_an_operator_changes_the_repository(hub: StandInHub, settings: Sett
     everyone.get("mirror/Wav2Lip", True, VISITOR)  # `--operator '*'`: a personal machine
 
 
+def test_a_repository_name_past_any_real_one_is_not_echoed_whole(hub: StandInHub, settings: Settings) -> None:
+    """5000 characters typed in the repository box came back whole in the toast (and the server log)."""
+    actions = _actions(settings, hub, "wav2lip")
+    for request in (VISITOR, OPERATOR):
+        refusal = r"repository 'x{40}'\.\.\. \(5,000 characters\) is not OWNER/NAME .*e\.g\. camenduru/Wav2Lip"
+        with pytest.raises(gr.Error, match=refusal) as no:
+            actions.get("x" * 5000, True, request)
+        assert len(str(no.value)) < 300
+    assert hub.requests == []
+
+
 def test_the_licence_box_must_be_ticked(hub: StandInHub, settings: Settings) -> None:
     actions = _actions(settings, hub, "wav2lip")
     with pytest.raises(gr.Error, match="non-commercial use only") as refused:

@@ -294,7 +294,9 @@ def source_named(name: str) -> Source:
 def checked_repo(repo: str | None, source: Source) -> str:
     text = (repo or "").strip() or source.repo
     if not _REPO.fullmatch(text) or ".." in text:
-        raise InputError(f"repository {text!r} is not OWNER/NAME (letters, digits, '.', '_', '-'), e.g. {source.repo}")
+        # a box may hold anything: text past any real repository's length is not echoed whole (toast and log)
+        shown = repr(text) if len(text) <= 100 else f"{text[:40]!r}... ({len(text):,} characters)"
+        raise InputError(f"repository {shown} is not OWNER/NAME (letters, digits, '.', '_', '-'), e.g. {source.repo}")
     return text
 
 
