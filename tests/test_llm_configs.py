@@ -312,6 +312,11 @@ def test_the_request_names_exactly_one_model(tmp_path: Path) -> None:
     (tmp_path / "photo.json").write_bytes(b"\xff\xd8\xff\xe0")
     with pytest.raises(LlmConfigError, match=r"photo.json is not text"):
         plan_llm(LlmRequest("L4", config=tmp_path / "photo.json"))
+    # text that is no JSON (a README uploaded, an empty file) says what is taken, as every other refusal here does
+    for name, text in (("notes.txt", "hello, not a config\n"), ("empty.json", "")):
+        (tmp_path / name).write_text(text)
+        with pytest.raises(LlmConfigError, match=rf"^{name}: not valid JSON: .*; give a model's config\.json$"):
+            plan_llm(LlmRequest("L4", config=tmp_path / name))
 
 
 @pytest.fixture

@@ -175,7 +175,10 @@ def _read_config(file: Path) -> dict[str, Any]:
         text = file.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError:
         raise LlmConfigError(f"{file.name} is not text: give a model's {CONFIG_NAME}") from None
-    config = parse_json(text, file.name)
+    try:
+        config = parse_json(text, file.name)
+    except InputError as exc:  # the parser's complaint alone did not say what is taken
+        raise LlmConfigError(f"{exc}; give a model's {CONFIG_NAME}") from None
     if not isinstance(config, dict):
         raise LlmConfigError(f"{file.name} is not a JSON object: give a model's {CONFIG_NAME}")
     return config
