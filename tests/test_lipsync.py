@@ -388,11 +388,14 @@ def test_bad_inputs_get_clear_errors(media, settings, tmp_path) -> None:
     with pytest.raises(LipSyncError, match="no face found"):
         run_lipsync(LipSyncConfig(face=blank, audio=media["speech"]), tmp_path / "a.mp4", settings)
     faceless = face_video(tmp_path / "faceless.mp4", 10, blank_from=0, blank_to=10)
-    with pytest.raises(LipSyncError, match="no face found in any"):
+    # its 10 frames looped to the 1 s of speech's 22: it read "no face found in any of the 22 frames of faceless.mp4"
+    looped = (r"^no face found in faceless\.mp4: none in the 22 frames taken from it for the speech \(the video "
+              r"looped, or cut, to the speech's length\); ")  # fmt: skip
+    with pytest.raises(LipSyncError, match=looped):
         run_lipsync(LipSyncConfig(face=faceless, audio=media["speech"]), tmp_path / "b.mp4", settings)
     assert not (tmp_path / "b.mp4").exists()
     (tmp_path / "earlier.mp4").write_bytes(b"an earlier result")  # a failed run deleted the file it would replace
-    with pytest.raises(LipSyncError, match="no face found in any"):
+    with pytest.raises(LipSyncError, match="no face found in faceless"):
         run_lipsync(LipSyncConfig(face=faceless, audio=media["speech"]), tmp_path / "earlier.mp4", settings)
     assert (tmp_path / "earlier.mp4").read_bytes() == b"an earlier result" and not list(tmp_path.glob(".*partial"))
     corrupt = tmp_path / "corrupt.mp4"

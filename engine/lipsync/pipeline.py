@@ -69,6 +69,7 @@ from engine.core.media import (
 from engine.core.results import RunResult
 from engine.core.settings import Settings, get_settings
 from engine.core.weights import S3FD, WAV2LIP, WeightsError, resolve
+from engine.core.words import counted
 from engine.faces.detection import FaceDetector, make_detector, missed_face_hint
 from engine.faces.tracking import (
     THUMB_SIDE,
@@ -255,7 +256,11 @@ def _no_face(config: LipSyncConfig, tracker: FaceTracker, count: int, still: boo
     hint = missed_face_hint(config.detect_scale)
     if still:
         return LipSyncError(f"no face found in {name}; use a clear, frontal face photo, or {hint}")
-    return LipSyncError(f"no face found in any of the {count} frames of {name}; {hint}")
+    # `count` is the run's frames, not the video's: a short clip is looped to the speech's length, a long one cut
+    return LipSyncError(
+        f"no face found in {name}: none in the {counted(count, 'frame')} taken from it for the speech (the video "
+        f"looped, or cut, to the speech's length); {hint}"
+    )
 
 
 # What a fixed --box makes no use of (field -> its flag).
