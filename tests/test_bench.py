@@ -267,6 +267,12 @@ def test_jobs_round_trip_and_imports(tmp_path: Path) -> None:
     report["results"][0]["error_vs_fp32"]["rel_l2"] = math.inf  # an fp16 row that overflowed, in our strict JSON
     imported = jobs.import_report(strict_json(report), OWNER)
     assert imported.status == DONE and imported.device == "imported"
+    # /bench_result's whole answer holds the report: it was refused listing four fields, not saying where it was
+    refusal = r"^not a benchmark report as avatarbench exports it: this is a sweep's status and result \(what "
+    with pytest.raises(BenchError, match=refusal + r"/bench_result answers\): import its 'report' field$"):
+        jobs.import_report(strict_json(result), OWNER)
+    with pytest.raises(BenchError, match=r"the result of a job of kind 'onnx_eval', not a sweep's: import a GPU"):
+        jobs.import_report({"kind": "onnx_eval", "report": {"results": []}}, OWNER)
     assert jobs.result(imported.id, OWNER)["report"]["results"][0]["error_vs_fp32"]["rel_l2"] == math.inf
     history = jobs.history(OWNER)
     assert [h["id"] for h in history] == [imported.id, job.id] and history[0]["imported"]

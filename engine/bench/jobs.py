@@ -69,6 +69,7 @@ class BenchJobs(JobKind):
         report = restore_non_finite(_object(report))
         problems = report_problems(report)
         if problems:
+            problems = [wrapped] if (wrapped := _job_answer(report)) else problems
             raise BenchError("not a benchmark report as avatarbench exports it: " + "; ".join(problems[:8]))
         sweep = SweepConfig.from_dict(report["config"])
         sweep.validate()
@@ -232,6 +233,17 @@ def restore_non_finite(report: dict[str, Any]) -> dict[str, Any]:
                 if isinstance(value, str) and value in _NON_FINITE:
                     error[key] = _NON_FINITE[value]
     return report
+
+
+def _job_answer(value: dict[str, Any]) -> str | None:
+    """What to import instead, where `value` is a job route's whole answer (/bench_result's: the report is one of
+    its fields) rather than a report: its four missing fields alone did not say so."""
+    kind = value.get("kind")
+    if not isinstance(value.get("report"), dict) or not isinstance(kind, str):
+        return None
+    if kind == KIND:
+        return "this is a sweep's status and result (what /bench_result answers): import its 'report' field"
+    return f"this is the result of a job of kind {kind[:40]!r}, not a sweep's: import a GPU benchmark sweep's report"
 
 
 def _object(value: Any) -> dict[str, Any]:
