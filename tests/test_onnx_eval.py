@@ -759,6 +759,16 @@ def test_accuracy_against_expected(mlp_model: tuple[Path, ModelInfo], tmp_path: 
 
     good = run("good.npz")
     assert not [note for note in good["notes"] if "not checked" in note]  # every output compared: nothing to say
+    # scored on made-up inputs: said (the web form's first user scored random inputs and read the figures as theirs)
+    synthetic = ("accuracy is scored on seeded synthetic inputs (seed 3), not on your data: it means something only "
+                 "where the expected outputs or labels were made from those same inputs; give the inputs .npz (or "
+                 "the images) they belong to")  # fmt: skip
+    assert synthetic in good["warnings"] and synthetic in check_request(
+        info, EvalConfig(seed=3, expected=tmp_path / "good.npz", **FAST)
+    )
+    np.savez(tmp_path / "feeds.npz", **feeds)
+    given = evaluate(path, info, EvalConfig(inputs=tmp_path / "feeds.npz", expected=tmp_path / "good.npz", **FAST))
+    assert not [w for w in given["warnings"] if "synthetic" in w]  # the user's own inputs: nothing to say
     good = good["accuracy"]["expected"]["cpu"]["y"]
     assert good["mae"] < 1e-6 and good["rmse"] < 1e-6 and good["max_error"] < 1e-6
     off = run("off.npz")["accuracy"]["expected"]["cpu"]["y"]
@@ -1448,6 +1458,8 @@ def test_labels_score_the_scores_output_and_say_which(tmp_path: Path) -> None:
     assert top["output"] == "feat" and top["top1"] == 0.0  # x * p is all zeros: class 0 ranks first
     with pytest.raises(EvalError, match="labels output 'logits' is not an output of the model"):
         evaluate(path, info, EvalConfig(labels=(1, 2), labels_output="logits", **FAST))
+    made_up = evaluate(path, info, EvalConfig(labels=(1, 2), **FAST))  # labels scored on random inputs: said
+    assert any(w.startswith("accuracy is scored on seeded synthetic inputs (seed 0)") for w in made_up["warnings"])
     assert "labels output names the output --labels score" in " ".join(EvalConfig(labels_output="prob").problems())
 
 

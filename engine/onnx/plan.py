@@ -338,4 +338,11 @@ def checked_plan(info: ModelInfo, config: EvalConfig, limits: Limits) -> Plan:
     plan = _plan(info, config, limits)
     if config.labels is not None:
         _check_labels(info, plan, list(config.labels), config.labels_output)
+    if (config.expected or config.labels is not None) and not (config.inputs or config.images) and info.inputs:
+        # the figures are real numbers of made-up inputs: scored against a user's references they read as theirs
+        plan.warnings.append(
+            f"accuracy is scored on seeded synthetic inputs (seed {config.seed}), not on your data: it means something "
+            "only where the expected outputs or labels were made from those same inputs; give the inputs .npz (or the "
+            "images) they belong to"
+        )
     return plan
