@@ -181,6 +181,22 @@ def test_a_photo_over_the_size_limit_is_taken_when_it_is_shrunk_within_it(tmp_pa
     assert at_limit.source_bgr.shape == (800, 800, 3)  # shrunk to the limit itself: taken
 
 
+def test_a_face_lost_to_the_source_limit_is_said_to_be_lost_to_it(tmp_path: Path) -> None:
+    """The example portrait shrunk to 128 pixels by source max dim has no face the detector finds: it read "no face
+    found in the source face.jpg: a frontal portrait is needed", of a frontal portrait, naming nothing the user set."""
+    from engine.core.settings import load_settings
+    from engine.portrait.head import run_head
+
+    settings = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path)})
+    lost = r"^no face found in the source face\.jpg as source max dim 128 shrank it \(512x512 to 128x128\): give a "
+    with pytest.raises(PortraitError, match=lost + r"larger one, or 0 \(no limit\)$"):
+        run_head(PortraitConfig(FACE, FACE, engine="baseline", source_max_dim=128), settings, "cpu")
+    blank = tmp_path / "blank.png"
+    cv2.imwrite(str(blank), np.full((600, 600, 3), 128, np.uint8))
+    with pytest.raises(PortraitError, match=r"^no face found in the source blank\.png: a frontal portrait is needed"):
+        run_head(PortraitConfig(blank, FACE, engine="baseline", source_max_dim=400), settings, "cpu")  # none to lose
+
+
 def _pose(eyes: list[tuple[float, float]] | None, image_size: tuple[int, int] = (400, 400)) -> StillPose:
     """A face measured by hand: its box centre (200, 200) and size 100 in a 400x400 image, eyes as given."""
     return StillPose(np.array([200.0, 200.0]), 100.0, None if eyes is None else np.array(eyes), image_size)

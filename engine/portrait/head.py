@@ -89,8 +89,10 @@ def run_head(config: PortraitConfig, settings: Settings, device: str | None, bat
     engine, folder = pick_engine(config, settings)
     if engine == "liveportrait":
         _refuse_a_gpu_backend_off_the_gpu(config.backend, choice)
-    if box is None:
-        _faceless_source(config, engine, result)
+    if box is None:  # a face the source limit shrank past finding is said to be lost to it, not missing
+        limited = 0 < config.source_max_dim < max(source.shape[:2])  # shrunk, not only cut to source division
+        lost = limited and largest_face(source, detector) is not None
+        _faceless_source(config, engine, result, (source.shape, source_bgr.shape) if lost else None)
     if engine == "liveportrait" and config.backend == "torch":  # fp16 on the CPU: emulated, far slower than fp32
         precision_dtype(precision, caps)  # refused with what the device supports
     frames = driving_frames(config)  # a batch is never longer than the driving input
@@ -118,10 +120,19 @@ def _refuse_a_gpu_backend_off_the_gpu(backend: str, choice: DeviceChoice) -> Non
         )
 
 
-def _faceless_source(config: PortraitConfig, engine: str, result: RunResult) -> None:
+def _faceless_source(
+    config: PortraitConfig, engine: str, result: RunResult, shrunk: tuple[tuple[int, ...], tuple[int, ...]] | None
+) -> None:
     """A source with no face found: LivePortrait animates it uncropped (--no-crop), as upstream does (a stylised
-    face our detector misses), without what needs its landmarks; anything else is refused."""
+    face our detector misses), without what needs its landmarks; anything else is refused. `shrunk`: (the photo's
+    shape, the shape the source limit left) where the face was found before the limit shrank it."""
     name = Path(config.source).name
+    if shrunk is not None and (config.crop or engine == "baseline"):
+        (height, width), (small_height, small_width) = shrunk[0][:2], shrunk[1][:2]
+        raise PortraitError(
+            f"no face found in the source {name} as source max dim {config.source_max_dim} shrank it ({width}x{height}"
+            f" to {small_width}x{small_height}): give a larger one, or 0 (no limit)"
+        )
     if config.crop or engine == "baseline":
         uncropped = " (LivePortrait with --no-crop animates the whole picture without one)" if config.crop else ""
         raise PortraitError(f"no face found in the source {name}: a frontal portrait is needed{uncropped}")
