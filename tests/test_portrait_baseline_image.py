@@ -188,7 +188,7 @@ def test_a_face_lost_to_the_source_limit_is_said_to_be_lost_to_it(tmp_path: Path
     from engine.portrait.head import run_head
 
     settings = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path)})
-    lost = r"^no face found in the source face\.jpg as source max dim 128 shrank it \(512x512 to 128x128\): give a "
+    lost = r"^no face found in the source face\.jpg as --source-max-dim 128 shrank it \(512x512 to 128x128\): give a "
     with pytest.raises(PortraitError, match=lost + r"larger one, or 0 \(no limit\)$"):
         run_head(PortraitConfig(FACE, FACE, engine="baseline", source_max_dim=128), settings, "cpu")
     blank = tmp_path / "blank.png"

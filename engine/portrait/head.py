@@ -130,8 +130,8 @@ def _faceless_source(
     if shrunk is not None and (config.crop or engine == "baseline"):
         (height, width), (small_height, small_width) = shrunk[0][:2], shrunk[1][:2]
         raise PortraitError(
-            f"no face found in the source {name} as source max dim {config.source_max_dim} shrank it ({width}x{height}"
-            f" to {small_width}x{small_height}): give a larger one, or 0 (no limit)"
+            f"no face found in the source {name} as --source-max-dim {config.source_max_dim} shrank it "
+            f"({width}x{height} to {small_width}x{small_height}): give a larger one, or 0 (no limit)"
         )
     if config.crop or engine == "baseline":
         uncropped = " (LivePortrait with --no-crop animates the whole picture without one)" if config.crop else ""
