@@ -662,8 +662,11 @@ def test_exactly_one_chunk_of_audio() -> None:
 
 def test_too_short_for_a_chunk() -> None:
     mel = mel_spectrogram(_noise(2999))  # 15 mel frames
-    with pytest.raises(AudioError, match=r"audio too short: 15 mel frames.*needs 16"):
+    with pytest.raises(AudioError, match=r"audio too short: 15 mel frames \(about 175 ms\) but .*needs 16"):
         mel_chunks(mel, 25)
+    # 10 samples are one frame: it read "1 mel frames (about 0 ms)", as if there were no sound at all
+    with pytest.raises(AudioError, match=r"audio too short: 1 mel frame \(under 12\.5 ms\) but one Wav2Lip chunk"):
+        mel_chunks(mel_spectrogram(_noise(10)), 25)
 
 
 def test_chunks_reject_bad_fps_and_shape(mel_3s: np.ndarray) -> None:

@@ -24,6 +24,7 @@ import numpy as np
 from engine.core.errors import InputError
 from engine.core.media import check_file, ffmpeg_reason, is_image
 from engine.core.resample import KAISER_BEST, METHODS, resample
+from engine.core.words import counted
 
 SAMPLE_RATE = 16000
 HOP = 200  # mel frames are 80 per second at 16 kHz
@@ -547,10 +548,12 @@ def _check_mel(mel: np.ndarray) -> np.ndarray:
         raise AudioError(f"expected a mel spectrogram of shape ({N_MELS}, T), got shape {mel.shape}")
     n_mel = mel.shape[1]
     if n_mel < MEL_STEP:
-        have_s = (n_mel - 1) * HOP / SAMPLE_RATE if n_mel else 0.0
+        have_s = (n_mel - 1) * HOP / SAMPLE_RATE
         need_s = (MEL_STEP - 1) * HOP / SAMPLE_RATE
+        # one frame is any sound shorter than a hop: "about 0 ms" read as if nothing had been heard
+        have = f"about {have_s * 1000:.0f} ms" if n_mel > 1 else f"under {HOP / SAMPLE_RATE * 1000:g} ms"
         raise AudioError(
-            f"audio too short: {n_mel} mel frames (about {have_s * 1000:.0f} ms) but one Wav2Lip chunk needs "
+            f"audio too short: {counted(n_mel, 'mel frame')} ({have}) but one Wav2Lip chunk needs "
             f"{MEL_STEP} (at least {need_s * 1000:.0f} ms, {(MEL_STEP - 1) * HOP} samples at {SAMPLE_RATE} Hz)"
         )
     return mel
