@@ -393,6 +393,10 @@ def test_bad_inputs_get_clear_errors(media, settings, tmp_path) -> None:
               r"looped, or cut, to the speech's length\); ")  # fmt: skip
     with pytest.raises(LipSyncError, match=looped):
         run_lipsync(LipSyncConfig(face=faceless, audio=media["speech"]), tmp_path / "b.mp4", settings)
+    edited = r"^no face found in faceless\.mp4 as --resize-factor and --rotate left it: none in the 22 frames "
+    with pytest.raises(LipSyncError, match=edited):  # the detector saw the edited frames: the edits are named
+        run_lipsync(LipSyncConfig(face=faceless, audio=media["speech"], resize_factor=2, rotate=True),
+                    tmp_path / "b.mp4", settings)  # fmt: skip
     assert not (tmp_path / "b.mp4").exists()
     (tmp_path / "earlier.mp4").write_bytes(b"an earlier result")  # a failed run deleted the file it would replace
     with pytest.raises(LipSyncError, match="no face found in faceless"):

@@ -69,7 +69,7 @@ from engine.core.media import (
 from engine.core.results import RunResult
 from engine.core.settings import Settings, get_settings
 from engine.core.weights import S3FD, WAV2LIP, WeightsError, resolve
-from engine.core.words import counted
+from engine.core.words import counted, listed
 from engine.faces.detection import FaceDetector, make_detector, missed_face_hint
 from engine.faces.tracking import (
     THUMB_SIDE,
@@ -256,10 +256,13 @@ def _no_face(config: LipSyncConfig, tracker: FaceTracker, count: int, still: boo
     hint = missed_face_hint(config.detect_scale)
     if still:
         return LipSyncError(f"no face found in {name}; use a clear, frontal face photo, or {hint}")
-    # `count` is the run's frames, not the video's: a short clip is looped to the speech's length, a long one cut
+    # `count` is the run's frames, not the video's: a short clip is looped to the speech's length, a long one cut;
+    # the detector saw the frames as the video edits left them (a face shrunk or cropped away)
+    edits = VideoEdits.of(config).flags
+    edited = f" as {listed(edits)} left it" if edits else ""
     return LipSyncError(
-        f"no face found in {name}: none in the {counted(count, 'frame')} taken from it for the speech (the video "
-        f"looped, or cut, to the speech's length); {hint}"
+        f"no face found in {name}{edited}: none in the {counted(count, 'frame')} taken from it for the speech (the "
+        f"video looped, or cut, to the speech's length); {hint}"
     )
 
 
