@@ -3,6 +3,7 @@ refusals, out-of-memory recording, ONNX models from the store, jobs and imported
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import re
@@ -23,6 +24,7 @@ from engine.bench.sweep import BenchPoint, SweepConfig, grid, preset, rows_to_cs
 from engine.bench.workloads import builtin_model, count_flops, memory_profile
 from engine.core.commands import strict_json
 from engine.core.errors import InputError
+from engine.core.options import add_arguments
 from engine.core.settings import load_settings
 from engine.jobs.broker import Broker
 from engine.jobs.store import CANCELLED, CPU, DONE, JobStore, StoreError
@@ -148,6 +150,28 @@ def test_presets_scale_down_without_a_gpu() -> None:
         SweepRequest.build({"compile_mode": "max-autotune"})
     compiled = SweepRequest.build({"compile_mode": "max-autotune", "compile": "on", "device": "cpu"})
     assert {p.compile_mode for p in compiled.plan(has_gpu=False).points} == {"max-autotune"}
+
+
+@pytest.mark.parametrize(
+    "request_values",
+    [
+        {"compile": "on", "compile_mode": "fast"},
+        {"points": '[{"runtime": "compile", "compile_mode": "fast", "device": "cpu"}]'},
+    ],
+    ids=["grid", "points"],
+)
+def test_an_unknown_compile_mode_is_refused_naming_the_accepted_ones(request_values: dict) -> None:
+    """Refused before anything is measured, with the modes to choose from; a point's check removed, a point with
+    a mode torch.compile lacks got as far as compiling."""
+    with pytest.raises(BenchError, match="compile mode 'fast' is not one of default, reduce-overhead, max-autotune"):
+        SweepRequest.build(request_values).plan(has_gpu=False)
+
+
+def test_bench_help_lists_the_compile_modes() -> None:
+    """`avatarbench bench --help` is where a user finds what --compile-mode takes."""
+    parser = argparse.ArgumentParser(formatter_class=lambda prog: argparse.HelpFormatter(prog, width=400))
+    add_arguments(parser, SweepRequest)  # wide: a hyphenated mode is not broken at the line's end
+    assert "torch.compile mode (default|reduce-overhead|max-autotune)" in parser.format_help()
 
 
 @pytest.mark.parametrize(

@@ -728,6 +728,29 @@ def test_the_compile_runtime_runs_the_module_compiled_in_the_points_mode(
     assert compiled == ["max-autotune"] and runtime.output().shape == (3, 3)
 
 
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead", "max-autotune"])
+def test_each_compile_mode_a_sweep_offers_reaches_torch_compile(
+    mode: str, model: Model, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torch.compile's documented modes, asked for as a user does (a sweep request), each compiled in: a mode
+    dropped or misspelt in COMPILE_MODES was refused, or measured in another mode under its label."""
+    from engine.bench.config import SweepRequest
+
+    compiled: list[str] = []
+
+    def fake_compile(module: torch.nn.Module, mode: str) -> torch.nn.Module:
+        compiled.append(mode)
+        return module
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    request = SweepRequest.build({"compile": "on", "compile_mode": mode, "device": "cpu", "batch": "1"})
+    (point,) = request.plan(has_gpu=False).points
+    runtime = make_runtime(model, point, "cpu")
+    runtime.load()
+    runtime.close()
+    assert (point.runtime, compiled) == ("compile", [mode])
+
+
 def test_closing_an_ort_runtime_closes_its_session(model: Model) -> None:
     """The session's arena (on a GPU, its share of the card) is released at close, not when Python collects it."""
     runtime = make_runtime(model, Point("ort-cpu"), "cpu")
