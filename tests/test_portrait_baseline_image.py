@@ -16,7 +16,7 @@ import pytest
 from engine.core.media import read_frames
 from engine.core.settings import Settings
 from engine.faces.detection import HaarDetector
-from engine.portrait.baseline import StillPose, pose_transfer, still_pose
+from engine.portrait.baseline import EYE_CASCADES, StillPose, find_eyes, pose_transfer, still_pose
 from engine.portrait.config import PortraitConfig, PortraitError
 from engine.portrait.driving import IMAGE_FPS
 from engine.portrait.pipeline import run_portrait
@@ -195,6 +195,46 @@ def test_a_face_lost_to_the_source_limit_is_said_to_be_lost_to_it(tmp_path: Path
     cv2.imwrite(str(blank), np.full((600, 600, 3), 128, np.uint8))
     with pytest.raises(PortraitError, match=r"^no face found in the source blank\.png: a frontal portrait is needed"):
         run_head(PortraitConfig(blank, FACE, engine="baseline", source_max_dim=400), settings, "cpu")  # none to lose
+
+
+def _eye_box(x: float, y: float, size: int) -> tuple[int, int, int, int]:
+    """A cascade's eye box of `size` px centred on (x, y)."""
+    return int(x - size / 2), int(y - size / 2), size, size
+
+
+@pytest.mark.parametrize(
+    ("proposed", "expected"),
+    [
+        ([_eye_box(60, 50, 20), _eye_box(140, 50, 20)], [[60, 50], [140, 50]]),  # level, 0.4 faces apart, alike
+        ([_eye_box(60, 50, 20), _eye_box(140, 50, 26)], [[60, 50], [140, 50]]),  # sizes 1.3 to 1: alike enough
+        ([_eye_box(60, 50, 20), _eye_box(140, 50, 40)], None),  # one twice the other's size: not a pair
+        ([_eye_box(90, 50, 20), _eye_box(110, 50, 20)], None),  # 0.1 faces apart: closer than a quarter
+        ([_eye_box(20, 50, 20), _eye_box(180, 50, 20)], None),  # 0.8 faces apart: further than three quarters
+        ([_eye_box(60, 30, 20), _eye_box(140, 86, 20)], None),  # the line 35 degrees off level
+        ([_eye_box(20, 50, 20), _eye_box(90, 50, 20)], None),  # both left of the face's middle
+        # two pairs: the alike one a little off centre is kept over the centred one of unlike sizes
+        ([_eye_box(50, 50, 20), _eye_box(130, 50, 20), _eye_box(140, 50, 28)], [[50, 50], [130, 50]]),
+    ],
+    ids=["plain", "sizes-1.3", "sizes-2", "too-close", "too-far", "not-level", "one-side", "alike-kept"],
+)
+def test_the_eye_pair_kept_is_a_plausible_one(
+    proposed: list[tuple[int, int, int, int]], expected: list[list[float]] | None, monkeypatch
+) -> None:
+    """find_eyes' pair rules, on boxes the eye cascade is made to propose in a 200 px face: a pair that breaks one
+    (an eyebrow and an eye, a nostril, two boxes on one eye) gave the baseline a wrong roll and scale; the real
+    faces the other tests use have their eyes found either way. A plain grey face puts each pupil at its box's
+    centre."""
+
+    class ProposingCascade:
+        def __init__(self, path: str) -> None:
+            self.proposes = Path(path).name == EYE_CASCADES[0]  # the glasses cascade proposes nothing
+
+        def detectMultiScale(self, *args: object, **kwargs: object) -> np.ndarray:  # OpenCV's name
+            return np.array(proposed if self.proposes else [], np.int32).reshape(-1, 4)
+
+    monkeypatch.setattr(cv2, "CascadeClassifier", ProposingCascade)
+    eyes = find_eyes(np.full((200, 200), 128, np.uint8), np.array([0.0, 0.0, 200.0, 200.0]))
+    assert (None if eyes is None else eyes.tolist()) == expected
 
 
 def _pose(eyes: list[tuple[float, float]] | None, image_size: tuple[int, int] = (400, 400)) -> StillPose:
