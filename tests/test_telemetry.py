@@ -251,6 +251,27 @@ def test_ring_buffer_keeps_only_the_history_window(use_fake) -> None:
     assert cols["gpu0.memory_gib"] == [20.0] * 5
 
 
+@pytest.mark.parametrize(
+    ("history_s", "interval_s", "kept"),
+    [
+        (10.0, 0.3, 33),  # 33.3 samples: the nearest whole number, not one more
+        (10.0, 0.6, 17),  # 16.7 samples: the nearest, not one fewer
+        (600.0, 0.5, 1200),  # a sample every half second keeps twice as many as the seconds
+        (10.0, 60.0, 2),  # the shortest history at the longest interval (both settings' bounds): still two
+    ],
+)
+def test_the_history_keeps_as_many_samples_as_fit_its_seconds(
+    history_s: float, interval_s: float, kept: int, use_fake
+) -> None:
+    """AVATARBENCH_TELEMETRY_HISTORY seconds at AVATARBENCH_TELEMETRY_INTERVAL: the charts get that much back, and
+    never fewer than two samples, the least a sparkline draws a line through (a zero-length buffer kept nothing)."""
+    sampler = TelemetrySampler(interval_s=interval_s, history_s=history_s, nvml=use_fake())
+    for _ in range(kept + 3):
+        sampler.sample_now()
+    history = sampler.history()
+    assert len(history) == kept and history[-1] is sampler.latest()
+
+
 def test_background_thread_samples_at_its_interval_and_stops(use_fake) -> None:
     sampler = TelemetrySampler(interval_s=0.05, history_s=60, nvml=use_fake()).start()
     try:
