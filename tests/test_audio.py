@@ -425,6 +425,21 @@ def test_too_long_names_duration_and_limit(tmp_path: Path) -> None:
     assert load_audio(path, max_seconds=3).size == 3 * SAMPLE_RATE  # exactly at the limit is fine
 
 
+def test_too_long_says_what_was_decoded_where_the_declared_length_is_plainly_short(tmp_path: Path) -> None:
+    """Raw AAC declares a length estimated from its first frames' bit rate: loud noise, then silence, declares a
+    fraction of its 6 s. Past the 3 s limit the message says it is longer than what was decoded, not the 1.4 s
+    the header claims (below the limit it was refused for) nor the limit itself."""
+    rate = 44100
+    noise = np.random.default_rng(0).uniform(-0.9, 0.9, (2, rate)).astype(np.float32)
+    data = np.concatenate([noise, np.zeros((2, 5 * rate), np.float32)], axis=1)
+    path = _write_audio(tmp_path / "loud-then-quiet.aac", "aac", rate, container_format="adts", data=data)
+    with av.open(str(path)) as container:
+        stream = container.streams.audio[0]
+        assert float(stream.duration * stream.time_base) < 2  # the header's estimate, well short of the limit
+    with pytest.raises(AudioError, match=r"loud-then-quiet\.aac is longer than 3\.1 s; the limit is 3 s \("):
+        load_audio(path, max_seconds=3)
+
+
 def test_a_clip_cut_at_exactly_the_limit_is_taken_despite_its_codecs_padding(tmp_path: Path) -> None:
     """Raw AAC (ADTS) decodes its encoder's priming too: 2.04 s from a 2 s clip. Cut at the limit, it is taken."""
     path = _write_audio(tmp_path / "speech.aac", "aac", 44100, 2.0, container_format="adts")
