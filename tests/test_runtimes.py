@@ -3,8 +3,10 @@ PyTorch and ONNX Runtime, and the ORT session wrapper (provider options, fallbac
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -628,6 +630,89 @@ def test_cuda_runtimes_accept_any_card_and_still_refuse_an_onnx_model(model: Mod
     assert graphs.on_cuda and make_runtime(model, Point("eager"), "cuda").on_cuda
     with pytest.raises(RuntimeUnavailable, match="is an ONNX model"):
         make_runtime(Model("onnx-only", onnx_path=model.onnx_path), Point("cudagraphs"), "cuda:0")
+
+
+class _FakeCuda:
+    """torch.cuda's device, stream and graph calls that CudaGraphsRuntime makes, on the CPU: each module run and
+    replay is logged with the card current then, the stream it ran on and whether a capture was under way."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.log: list[tuple[str, str | None, str, bool]] = []
+        self.devices: list[str] = []
+        self.stream_name, self.capturing = "default", False
+        fake = self
+
+        class Stream:
+            def __init__(self, name: str = "side") -> None:
+                self.name = name
+
+            def wait_stream(self, other: Stream) -> None:
+                pass
+
+        class Graph:
+            def replay(self) -> None:
+                fake.record("replay")
+
+        @contextlib.contextmanager
+        def device(name: str) -> Iterator[None]:
+            fake.devices.append(name)
+            yield
+            fake.devices.pop()
+
+        @contextlib.contextmanager
+        def on_stream(stream: Stream) -> Iterator[None]:
+            fake.stream_name = stream.name
+            yield
+            fake.stream_name = "default"
+
+        @contextlib.contextmanager
+        def graph(_: Graph) -> Iterator[None]:
+            fake.capturing = True
+            yield
+            fake.capturing = False
+
+        for name, value in {"device": device, "Stream": Stream, "current_stream": lambda: Stream("default"),
+                            "stream": on_stream, "CUDAGraph": Graph, "graph": graph}.items():  # fmt: skip
+            monkeypatch.setattr(torch.cuda, name, value)
+
+    def record(self, what: str) -> None:
+        self.log.append((what, self.devices[-1] if self.devices else None, self.stream_name, self.capturing))
+
+
+def test_cuda_graphs_warm_up_capture_and_replay_on_the_runtimes_card(
+    model: Model, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torch.cuda.graph captures on the current card's stream: on "cuda:1" without that card made current, the
+    capture and every replay ran on card 0, capturing and replaying nothing (a GPU with one card cannot show it).
+    The warm-up runs go on a side stream before the capture, so cuDNN chooses its algorithms outside it; a run is
+    a replay that reads the captured output, never the module again."""
+    cuda = _FakeCuda(monkeypatch)
+    captured_output = torch.ones(3, 3)
+
+    class OnAnyCard(torch.nn.Module):
+        def to(self, *args: Any, **kwargs: Any) -> OnAnyCard:  # the CPU has no cuda:1 to move to
+            return self
+
+        def forward(self, *inputs: Any) -> torch.Tensor:
+            cuda.record("module")
+            return captured_output
+
+    class Placed:
+        """An input already where the module runs."""
+
+        def to(self, *args: Any) -> Placed:
+            return self
+
+    runtime = make_runtime(Model("on-any-card", OnAnyCard), Point("cudagraphs"), "cuda:1")
+    runtime.load()
+    runtime.set_inputs((Placed(),))
+    warm_up, capture = cuda.log[:-1], cuda.log[-1]
+    assert warm_up and set(warm_up) == {("module", "cuda:1", "side", False)}
+    assert capture == ("module", "cuda:1", "default", True)
+    runtime.run()
+    runtime.run()
+    assert cuda.log[len(warm_up) + 1 :] == [("replay", "cuda:1", "default", False)] * 2
+    assert runtime.last is captured_output
 
 
 @pytest.mark.parametrize(
