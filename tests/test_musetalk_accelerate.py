@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from fake_cuda import FakeCuda
 from test_musetalk_lipsync import speech_file
 
 from engine.core.errors import InputError
@@ -410,6 +411,31 @@ def test_lipsync_with_cuda_graphs_on_a_cpu_stops_before_any_work(weights, tmp_pa
     with pytest.raises(RuntimeUnavailable, match="cuda-graphs MuseTalk runtime needs a CUDA GPU"):
         run_lipsync(config, tmp_path / "out.mp4", settings, device="cpu")
     assert not (tmp_path / "out.mp4").exists()
+
+
+def test_cuda_graphs_replay_each_batch_on_its_own_inputs_on_the_steps_card(
+    networks: MuseTalkNetworks, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torch.cuda faked, the step's own networks on the CPU: a replay reads the graph's static input buffers, so a
+    batch not copied into them got the first batch's faces; its static outputs are overwritten by the next replay,
+    so a batch not cloned out of them became the next one's faces (the GPU test compares one batch at a time, its
+    second a row of its first, and sees neither). Warm-up runs go on a side stream before the one capture; the
+    capture and every replay run with the step's card current ("cuda:1" would capture nothing on card 0)."""
+    import engine.lipsync.musetalk.accelerate as accelerate
+
+    cuda = FakeCuda(monkeypatch)
+    monkeypatch.setattr(accelerate, "CAPTURE_WARMUP_RUNS", 1)  # one is enough to see where they run, and quicker
+    graphs = make_step(dataclasses.replace(networks, device=torch.device("cuda", 1)), "cuda-graphs", 1)
+    graphs.step = cuda.captured(graphs.step, "step")
+    eager = make_step(networks, "eager", 1)
+    first, second = _inputs(networks, 1, seed=1), _inputs(networks, 1, seed=2)
+    first_faces, second_faces = graphs(*first).faces, graphs(*second).faces
+    assert _levels(second_faces, eager(*second).faces) == 0 and _levels(first_faces, eager(*first).faces) == 0
+    assert _levels(first_faces, second_faces) > 0  # the two batches differ, or the checks above say nothing
+    *warm_up, capture, replay_1, replay_2 = cuda.log
+    assert warm_up and set(warm_up) == {("step", "cuda:1", "side", False)}
+    assert capture == ("step", "cuda:1", "default", True) and len(graphs.graphs) == 1
+    assert replay_1 == replay_2 == ("replay", "cuda:1", "default", False)
 
 
 # --------------------------------------------------------------------------- on a GPU

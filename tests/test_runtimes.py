@@ -3,10 +3,8 @@ PyTorch and ONNX Runtime, and the ORT session wrapper (provider options, fallbac
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,6 +16,7 @@ import pytest
 pytest.importorskip("onnxruntime")
 import onnxruntime as ort
 import torch
+from fake_cuda import FakeCuda
 from tiny_onnx import B, W, classifier, mlp
 
 import engine.runtimes.ort_session as ort_session
@@ -632,53 +631,6 @@ def test_cuda_runtimes_accept_any_card_and_still_refuse_an_onnx_model(model: Mod
         make_runtime(Model("onnx-only", onnx_path=model.onnx_path), Point("cudagraphs"), "cuda:0")
 
 
-class _FakeCuda:
-    """torch.cuda's device, stream and graph calls that CudaGraphsRuntime makes, on the CPU: each module run and
-    replay is logged with the card current then, the stream it ran on and whether a capture was under way."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.log: list[tuple[str, str | None, str, bool]] = []
-        self.devices: list[str] = []
-        self.stream_name, self.capturing = "default", False
-        fake = self
-
-        class Stream:
-            def __init__(self, name: str = "side") -> None:
-                self.name = name
-
-            def wait_stream(self, other: Stream) -> None:
-                pass
-
-        class Graph:
-            def replay(self) -> None:
-                fake.record("replay")
-
-        @contextlib.contextmanager
-        def device(name: str) -> Iterator[None]:
-            fake.devices.append(name)
-            yield
-            fake.devices.pop()
-
-        @contextlib.contextmanager
-        def on_stream(stream: Stream) -> Iterator[None]:
-            fake.stream_name = stream.name
-            yield
-            fake.stream_name = "default"
-
-        @contextlib.contextmanager
-        def graph(_: Graph) -> Iterator[None]:
-            fake.capturing = True
-            yield
-            fake.capturing = False
-
-        for name, value in {"device": device, "Stream": Stream, "current_stream": lambda: Stream("default"),
-                            "stream": on_stream, "CUDAGraph": Graph, "graph": graph}.items():  # fmt: skip
-            monkeypatch.setattr(torch.cuda, name, value)
-
-    def record(self, what: str) -> None:
-        self.log.append((what, self.devices[-1] if self.devices else None, self.stream_name, self.capturing))
-
-
 def test_cuda_graphs_warm_up_capture_and_replay_on_the_runtimes_card(
     model: Model, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -686,7 +638,7 @@ def test_cuda_graphs_warm_up_capture_and_replay_on_the_runtimes_card(
     capture and every replay ran on card 0, capturing and replaying nothing (a GPU with one card cannot show it).
     The warm-up runs go on a side stream before the capture, so cuDNN chooses its algorithms outside it; a run is
     a replay that reads the captured output, never the module again."""
-    cuda = _FakeCuda(monkeypatch)
+    cuda = FakeCuda(monkeypatch)
     captured_output = torch.ones(3, 3)
 
     class OnAnyCard(torch.nn.Module):
