@@ -197,13 +197,21 @@ def _meet_pair(pool: Pool, key: str, name: str) -> list[Job]:
 # -- tests ---------------------------------------------------------------------------------------------------------
 
 
-def test_each_gpu_gets_its_workers_and_its_card_type(pool: Pool) -> None:
+def test_each_gpu_gets_its_workers_and_its_card_type(pool: Pool, monkeypatch) -> None:
     workers = pool.workers
     assert workers.workers == {**dict.fromkeys(GPUS, 2), "cpu": 1}
     assert workers.run_on == dict.fromkeys((*GPUS, "cpu"), "cpu")  # the GPUs are only declared here
     assert workers.card_types == dict.fromkeys(GPUS, CARD) and workers.devices_with(CARD) == list(GPUS)
     assert workers.devices_with("H100") == []
     assert sorted(h.device for h in workers.handles()) == sorted([*GPUS, *GPUS, "cpu"])
+    (cpu_worker,) = [h for h in workers.handles() if h.device == "cpu"]
+    assert cpu_worker.about["cuda_visible_devices"] == ""  # it sees no card, so takes no memory on one
+    # a kind whose code a node lacks is refused at start, naming it and the node (not a failed job per kind later)
+    from engine.core.errors import SetupError
+
+    monkeypatch.setattr(workers, "kinds", {**KINDS, "gone": "no_such_module:handle"})
+    with pytest.raises(SetupError, match=r"on Ray nodes \(install avatarbench there\): no_such_module on \S"):
+        workers._describe([cpu_worker.actor])
 
 
 def test_eight_jobs_land_on_four_gpus_two_actors_each(pool: Pool) -> None:
@@ -375,6 +383,33 @@ def test_an_actor_that_cannot_be_reached_fails_its_job_in_those_words(pool: Pool
     assert lost.status == FAILED and lost.error.startswith("its Ray actor could not be reached:"), lost.error
     assert "the node at 10.0.0.2 did not answer" in lost.error
     _until("a replacement", lambda: lost.worker not in pool.broker.pids() and len(_alive(pool, key)) == 2)
+
+
+def test_a_progress_poll_that_cannot_reach_its_actor_is_asked_again(pool: Pool, monkeypatch) -> None:
+    """A poll lost to a node's network for a moment (Ray's ActorUnavailableError) says nothing of the job, which goes
+    on running there: ending the worker for it failed a job that finished, and started a second actor on its card."""
+    import ray
+    from ray.exceptions import ActorUnavailableError
+
+    from engine.jobs import ray_pool
+
+    key, release = "cuda:3", pool.tmp / "release-lost-polls"
+    job = pool.broker.submit("hold", {"release": str(release)}, key, OWNER)
+    _until("the job running", lambda: pool.store.get(job.id).progress == 0.5)
+    real_get, lost = ray.get, []
+
+    def unreachable(ref: Any, timeout: float | None = None) -> Any:
+        if timeout == ray_pool.CALL_TIMEOUT_S:  # a poll (a job's result is read without a timeout)
+            lost.append(ref)
+            raise ActorUnavailableError("the node at 10.0.0.2 did not answer", None)
+        return real_get(ref, timeout=timeout)
+
+    monkeypatch.setattr(ray, "get", unreachable)
+    _until("polls lost", lambda: len(lost) >= 3)
+    monkeypatch.setattr(ray, "get", real_get)
+    release.touch()
+    (done,) = settle(pool.store, [job.id], 60)
+    assert done.status == DONE and done.result["released"], done.error
 
 
 def test_nothing_imports_ray_without_the_setting(tmp_path: Path) -> None:
@@ -578,3 +613,98 @@ def test_an_actors_store_refuses_a_damaged_input_and_keeps_the_inputs_in_use(tmp
         assert store.take_progress()["progress"] == ("j", 1.0, "past the end")
     finally:
         store.close()
+
+
+def test_an_actors_store_drops_the_least_recently_used_inputs_and_only_past_its_budget(tmp_path: Path) -> None:
+    """The inputs an actor keeps for later jobs (a re-run of one model ships nothing): past the budget the oldest go
+    first, and a store exactly at its budget keeps them all."""
+    import hashlib
+
+    from engine.jobs.ray_pool import _ActorStore
+
+    store = _ActorStore(tmp_path / "jobs.sqlite3", tmp_path / "blobs")
+    try:
+        data = {name: name.encode() * 1000 for name in ("old", "mid", "new")}
+        shas = {name: hashlib.sha256(value).hexdigest() for name, value in data.items()}
+        for age, name in enumerate(data):
+            store.receive(shas[name], data[name])
+            os.utime(store.blob_path(shas[name]), (1000 + age, 1000 + age))
+        sizes = {name: len(value) for name, value in data.items()}
+        store.keep_within(sum(sizes.values()), keep=set())  # exactly at the budget: nothing dropped
+        assert all(store.has_blob(sha) for sha in shas.values())
+        store.keep_within(sizes["mid"] + sizes["new"], keep=set())
+        assert [store.has_blob(shas[n]) for n in ("old", "mid", "new")] == [False, True, True]
+    finally:
+        store.close()
+
+
+def test_only_files_a_result_names_inside_the_outputs_folder_travel_back(tmp_path: Path) -> None:
+    """A result may name its outputs folder, a live stream's folder or a file a failed step never wrote: reading
+    those as files failed the whole job; a file outside the outputs folder stays where it is."""
+    from engine.jobs.ray_pool import _outputs_named
+
+    outputs, elsewhere = tmp_path / "outputs", tmp_path / "cache"
+    (outputs / "clip.stream").mkdir(parents=True)
+    elsewhere.mkdir()
+    for path in (outputs / "clip.mp4", elsewhere / "note.txt"):
+        path.write_bytes(b"x")
+    result = {"video": str(outputs / "clip.mp4"), "stream": str(outputs / "clip.stream"), "folder": str(outputs),
+              "missing": [str(outputs / "never.mp4")], "note": str(elsewhere / "note.txt"),
+              "relative": "clip.mp4"}  # fmt: skip
+    assert list(_outputs_named(result, outputs)) == [(str(outputs / "clip.mp4"), "clip.mp4")]
+
+
+def test_a_folder_not_named_by_a_process_id_is_left_alone_by_the_sweep(tmp_path: Path) -> None:
+    """Something else in the actors' folder (an operator's notes, a copy) made every new actor on that node fail to
+    start, reading its name as a process id."""
+    from engine.jobs.ray_pool import _sweep_dead_actor_folders
+
+    (tmp_path / "actors" / "notes").mkdir(parents=True)
+    (tmp_path / "outputs").mkdir()
+    _sweep_dead_actor_folders(tmp_path / "actors", tmp_path / "outputs")
+    assert (tmp_path / "actors" / "notes").is_dir()
+
+
+def test_workers_are_refused_outside_their_ranges_and_after_shutdown(tmp_path: Path, monkeypatch) -> None:
+    """Bad counts are refused before Ray is asked for anything (0 workers per GPU divided by zero); a pool that was
+    shut down starts no late replacement; a device with no workers is refused naming those there are; and with
+    no cluster address and no Ray running there is nothing to connect to."""
+    ray = pytest.importorskip("ray")
+    from engine.core.errors import SetupError
+    from engine.jobs import ray_pool
+    from engine.jobs.worker import WorkerSpec
+
+    settings = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path / "app")})
+    for per_gpu, cpu, message in ((0, 1, "workers per GPU must be 1..64, not 0"),
+                                  (65, 1, "workers per GPU must be 1..64, not 65"),
+                                  (1, -1, "CPU workers must be 0..64, not -1"),
+                                  (1, 65, "CPU workers must be 0..64, not 65")):  # fmt: skip
+        with pytest.raises(InputError, match=message):
+            ray_pool.ray_workers(settings, None, {}, per_gpu, cpu, address="127.0.0.1:1")
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    with pytest.raises(SetupError, match="no Ray cluster to use: set AVATARBENCH_RAY_ADDRESS"):
+        ray_pool._connect(None, {})
+    workers = _bare_pool(tmp_path)
+    workers._slots["cuda:0"] = ray_pool._Slot("cuda:0", None, 0.5, "cuda:0")
+    spec = WorkerSpec("cuda:1", "", "", {})
+    with pytest.raises(InputError, match=r"^no Ray workers for cuda:1; devices: cuda:0$"):
+        workers.launch(spec, threading.Event(), threading.Event())
+    workers.shutdown()
+    with pytest.raises(SetupError, match="the Ray workers were shut down"):
+        workers.launch(spec, threading.Event(), threading.Event())
+
+
+def test_a_nodes_card_type_is_read_from_its_accelerator_resource_while_it_lives(monkeypatch) -> None:
+    """A node Ray lists as dead keeps its resources in ray.nodes(): its card type must not name a live node's keys;
+    a node naming two types gets the first by name, whatever order Ray lists them in."""
+    ray = pytest.importorskip("ray")
+    from engine.jobs.ray_pool import _card_types
+
+    nodes = [
+        {"NodeID": "a", "Alive": True, "Resources": {"GPU": 4.0, "accelerator_type:H100": 1.0, "CPU": 8.0}},
+        {"NodeID": "b", "Alive": False, "Resources": {"GPU": 1.0, "accelerator_type:A10G": 1.0}},
+        {"NodeID": "c", "Alive": True, "Resources": {"accelerator_type:L4": 1.0, "accelerator_type:A10G": 1.0}},
+        {"NodeID": "d", "Alive": True, "Resources": {"CPU": 2.0}},
+    ]
+    monkeypatch.setattr(ray, "nodes", lambda: nodes)
+    assert _card_types() == {"a": "H100", "c": "A10G"}
