@@ -246,6 +246,46 @@ def test_a_cpu_point_estimated_over_the_free_memory_is_not_run_and_the_sweep_goe
     assert rows[2]["samples_per_s"] is None and rows[2]["runs"] is None
 
 
+def test_batch_1_is_run_however_little_memory_seems_free(wav2lip, monkeypatch) -> None:
+    """The estimate is an upper bound: a batch of one sample is always measured (the baseline every speed-up is
+    over), and only larger batches are held back by it."""
+    monkeypatch.setattr(bench, "usable_host_memory", lambda cap: 0)
+    points = [BenchPoint("eager", "fp32", 1, "cpu"), BenchPoint("eager", "fp32", 2, "cpu")]
+    rows = run_sweep(SweepConfig("wav2lip", points, runs=1, warmup=0), wav2lip, None)["results"]
+    assert [r["status"] for r in rows] == ["ok", "oom"]
+
+
+def test_a_networks_memory_profile_by_hand() -> None:
+    """What the network plan and the CPU points' memory check size a batch from: the weights, every parameter at the
+    precision's width and the buffers as they are; per sample, the inputs and every leaf layer's output at that width
+    (a container's output is its last layer's, counted once). At fp16 a value takes 2 bytes, not fp32's 4: a plan at
+    fp16 counted as fp32 recommends half the batch that fits."""
+    from engine.bench.workloads import BenchModel
+
+    def build() -> torch.nn.Module:
+        return torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3)).eval()
+
+    model = BenchModel("tiny", "tiny", None, build, lambda b: (torch.ones(b, 4),))
+    parameters, buffers = 4 * 3 + 3 + 3 + 3, (3 + 3) * 4 + 8  # Linear, BatchNorm; its running stats and int64 count
+    activations = 4 + 3 + 3  # the input, the Linear's output, the BatchNorm's
+    for precision, width in (("fp32", 4), ("fp16", 2), ("bf16", 2)):
+        assert memory_profile(model, precision) == (parameters * width + buffers, activations * width), precision
+
+
+def test_a_rows_energy_is_per_sample_and_its_peak_is_the_runs_own() -> None:
+    """NVML's joules over the timed window are divided by the samples those runs computed (a GPU's only: no CPU row
+    has them), and the allocator's peak is less what the network held before the runs; ONNX Runtime allocates
+    outside PyTorch, so its rows have no allocator peak."""
+    figures = {"peak_allocated_bytes": 5000, "peak_device_used_bytes": 9000, "peak_rss_bytes": 7000, "telemetry": [],
+               "energy_j": 40.0, "energy_source": "nvml", "wall_s": 2.5}  # fmt: skip
+    for runtime, peak in (("eager", 4000), ("ort-cuda", None)):
+        point = BenchPoint(runtime, "fp32", 8, "cuda")
+        row = bench._empty_row(point)
+        bench._record_window(row, figures, point, samples=80, resident=1000)
+        assert (row["energy_j_per_sample"], row["energy_window_s"], row["energy_source"]) == (0.5, 2.5, "nvml")
+        assert (row["peak_allocated_bytes"], row["device_used_bytes"], row["host_rss_bytes"]) == (peak, 9000, 7000)
+
+
 def test_a_point_whose_timed_runs_take_long_says_how_long(wav2lip, monkeypatch) -> None:
     """--runs 10000 on a CPU ran for hours with nothing said; the label now gives the estimate from the warm-up."""
     monkeypatch.setattr(bench, "LONG_RUNS_S", 1e-6)
@@ -510,7 +550,7 @@ def test_liveportrait_networks_are_benchmarkable(tmp_path: Path) -> None:
     points = [BenchPoint("eager", "fp32", 2, "cpu")]  # no ONNX export: ort-* is refused (the test below)
     rows = run_sweep(SweepConfig("liveportrait-motion", points, runs=2, warmup=0), model, None)["results"]
     assert rows[0]["status"] == "ok" and rows[0]["error_vs_fp32"]["rel_l2"] < 1e-5  # every output head compared
-    assert rows[0]["flops_per_sample"] > 1e9  # ConvNeXt-V2-tiny at 256x256: about 2.3 GFLOP
+    assert rows[0]["flops_per_sample"] > 1e9  # ConvNeXt-V2-tiny at 256x256: about 11.6 GFLOP
 
 
 def test_musetalk_networks_are_benchmarkable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -950,3 +990,66 @@ def test_a_gpu_points_memory_leaves_out_what_the_process_held_before_and_its_ene
     assert row["peak_allocated_bytes"] == 64 * 2**20
     assert row["energy_j_per_sample"] == pytest.approx(40.0 / (4 * 2)) and row["energy_source"] == NVML_COUNTER
     assert row["energy_window_s"] >= 0 and row["error_vs_fp32"]["max_abs"] == 0.0
+
+
+def _on_meta(name: str, cache: Path, net: torch.nn.Module | None = None) -> tuple[list[torch.Tensor], object, float]:
+    """A workload's batch of 2, run through its network (or `net`) on the meta device: shapes and the counter's
+    FLOPs without memory or arithmetic, so the real sizes cost nothing. (inputs, outputs, GFLOP per sample)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = builtin_model(name, cache)
+    if net is None:
+        with torch.device("meta"):
+            net = model.build_torch()
+    inputs = [x.to("meta") for x in model.torch_inputs(2)]
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        out = net.to("meta")(*inputs)
+    return inputs, out, counter.get_total_flops() / 2 / 1e9
+
+
+@pytest.mark.slow  # diffusers builds the real UNet on the meta device in seconds
+def test_the_musetalk_workloads_take_the_pipelines_shapes_at_the_readmes_flops(tmp_path: Path) -> None:
+    """A workload given other shapes than the pipeline's still runs, and times another problem: its TFLOP/s and its
+    cost per request are then of a network nobody runs. The UNet takes the avatar's 8 latent channels at 32x32 (a
+    256x256 face) and a (10 rows x 5 whisper layers, 384) audio prompt per frame; the decoder takes the UNet's output.
+    At the real sizes they cost the 177.8 and 622.2 GFLOP a frame the README and results report."""
+    from engine.lipsync.musetalk.audio import PROMPT_DIM, WINDOW_ROWS
+    from engine.lipsync.musetalk.random_weights import LatentDecoder, UNetStep
+    from engine.lipsync.musetalk.weights import UNET_CONFIG, WHISPER_ENCODER_CONFIG, meta_unet, meta_vae
+
+    (latents, prompts), predicted, unet_gflop = _on_meta("musetalk-unet", tmp_path, UNetStep(meta_unet()))
+    assert tuple(latents.shape) == (2, UNET_CONFIG["in_channels"], 32, 32)
+    assert tuple(prompts.shape) == (2, WINDOW_ROWS * (WHISPER_ENCODER_CONFIG["encoder_layers"] + 1), PROMPT_DIM)
+    (decoded,), faces, vae_gflop = _on_meta("musetalk-vae-decoder", tmp_path, LatentDecoder(meta_vae()))
+    assert decoded.shape == predicted.shape == (2, 4, 32, 32) and faces.shape == (2, 3, 256, 256)
+    assert (round(unet_gflop, 1), round(vae_gflop, 1)) == (177.8, 622.2)
+
+
+def test_the_liveportrait_workloads_chain_as_the_portrait_pipeline_does(tmp_path: Path) -> None:
+    """The appearance and motion extractors take the same 256x256 crop; the warping module takes the appearance
+    features and two sets of the motion extractor's 21 keypoints; the decoder takes the warped features and gives
+    512x512 frames (engine/portrait/networks.py). Per-frame FLOPs pinned as counted when the sweep added them."""
+    (crop,), features, appearance = _on_meta("liveportrait-appearance", tmp_path)
+    (motion_crop,), motion_out, motion = _on_meta("liveportrait-motion", tmp_path)
+    (feature, kp_driving, kp_source), warped, warping = _on_meta("liveportrait-warping", tmp_path)
+    (warped_in,), frames, decoder = _on_meta("liveportrait-decoder", tmp_path)
+    assert crop.shape == motion_crop.shape == (2, 3, 256, 256)
+    assert feature.shape == features.shape
+    assert kp_driving.shape == kp_source.shape == (2, motion_out["kp"].shape[1] // 3, 3)  # kp: 21 points, flattened
+    assert warped_in.shape == warped["out"].shape and frames.shape == (2, 3, 512, 512)
+    gflop = [round(g, 1) for g in (appearance, motion, warping, decoder)]
+    assert gflop == [64.1, 11.6, 342.1, 891.6]  # ConvNeXt-V2-tiny: 4.47 GMAC at 224x224, so 11.7 GFLOP at 256x256
+
+
+def test_wav2lip_and_s3fd_workloads_take_their_onnx_exports_shapes(tmp_path: Path) -> None:
+    """The ONNX runtimes run the example exports, whose only free axis is the batch: the PyTorch inputs must be the
+    export's shapes, or the eager and ONNX Runtime rows of one sweep time two different problems."""
+    from engine.onnx.examples import EXAMPLES
+
+    for name, gflop in (("wav2lip", 7.93), ("s3fd", 156.1)):
+        inputs, _, counted = _on_meta(name, tmp_path)
+        with torch.device("meta"):
+            exported = EXAMPLES[name].build()[1]
+        assert [tuple(x.shape) for x in inputs] == [(2, *a.shape[1:]) for a in exported]
+        assert round(counted, 2 if name == "wav2lip" else 1) == gflop
