@@ -256,20 +256,23 @@ def test_batch_1_is_run_however_little_memory_seems_free(wav2lip, monkeypatch) -
 
 
 def test_a_networks_memory_profile_by_hand() -> None:
-    """What the network plan and the CPU points' memory check size a batch from: the weights, every parameter at the
-    precision's width and the buffers as they are; per sample, the inputs and every leaf layer's output at that width
-    (a container's output is its last layer's, counted once). At fp16 a value takes 2 bytes, not fp32's 4: a plan at
-    fp16 counted as fp32 recommends half the batch that fits."""
+    """What the network plan and the CPU points' memory check size a batch from: the weights, every parameter and
+    float buffer at the precision's width (a run casts them all) and an integer buffer as it is; per sample, the inputs
+    and every leaf layer's output at that width (a container's output is its last layer's, counted once). At fp16 a
+    value takes 2 bytes, not fp32's 4: a plan at fp16 counted as fp32 recommends half the batch that fits."""
     from engine.bench.workloads import BenchModel
 
     def build() -> torch.nn.Module:
         return torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3)).eval()
 
     model = BenchModel("tiny", "tiny", None, build, lambda b: (torch.ones(b, 4),))
-    parameters, buffers = 4 * 3 + 3 + 3 + 3, (3 + 3) * 4 + 8  # Linear, BatchNorm; its running stats and int64 count
+    floats, count = 4 * 3 + 3 + 3 + 3 + 3 + 3, 8  # Linear, BatchNorm and its running stats; its int64 count
     activations = 4 + 3 + 3  # the input, the Linear's output, the BatchNorm's
     for precision, width in (("fp32", 4), ("fp16", 2), ("bf16", 2)):
-        assert memory_profile(model, precision) == (parameters * width + buffers, activations * width), precision
+        assert memory_profile(model, precision) == (floats * width + count, activations * width), precision
+    half = build().half()  # what a run at fp16 holds
+    held = sum(t.numel() * t.element_size() for t in (*half.parameters(), *half.buffers()))
+    assert memory_profile(model, "fp16")[0] == held
 
 
 def test_a_rows_energy_is_per_sample_and_its_peak_is_the_runs_own() -> None:

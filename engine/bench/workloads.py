@@ -230,7 +230,8 @@ def memory_profile(model: BenchModel, precision: str) -> tuple[int, int]:
     module = model.build_torch()  # type: ignore[misc]
     width = _BYTES[precision]
     weights = sum(p.numel() for p in module.parameters()) * width
-    weights += sum(b.numel() * b.element_size() for b in module.buffers())
+    # float buffers (BatchNorm's statistics) are cast with the weights, as .half() does; counts stay integers
+    weights += sum(b.numel() * (width if b.is_floating_point() else b.element_size()) for b in module.buffers())
     inputs = model.torch_inputs(1)  # type: ignore[misc]
     total = [sum(t.numel() for t in inputs) * width]
 
