@@ -587,6 +587,40 @@ def test_baseline_local_flow_moves_the_face_only_inside_its_crop() -> None:
     assert positions[60, 80 + 34] == pytest.approx([114, 60], abs=0.02)  # 0.85 box sizes out: past the crop
 
 
+@pytest.mark.parametrize(
+    "box",
+    [
+        (50.0, 30.0, 80.0, 62.0),  # inside the picture: the warp reaches a part of it
+        (-20.0, 10.0, 14.0, 40.0),  # across the left edge
+        (20.0, 10.0, 110.0, 80.0),  # so large that the warp reaches the whole picture
+        (400.0, 300.0, 420.0, 320.0),  # far outside: the warp reaches none of it
+    ],
+)
+def test_the_warp_computed_near_the_face_only_is_the_whole_pictures_to_the_bit(box: tuple[float, ...]) -> None:
+    """SourceWarp computes each frame only where the warp reaches and takes the rest from one still sampling of the
+    source: the frames must be exactly those of the warp computed over the whole picture, for any motion, and for a
+    NaN motion too (it reaches every pixel)."""
+    from engine.portrait.baseline import FLOW_SIZE, SourceWarp
+
+    rng = np.random.default_rng(7)
+    source = torch.from_numpy(rng.random((1, 3, 90, 130), dtype=np.float32))
+    warp = SourceWarp(source, np.array(box))
+    turns = np.radians(rng.uniform(-20, 20, 3))
+    scales = rng.uniform(0.9, 1.1, 3)
+    rotations = scales[:, None, None] * np.stack(
+        [np.stack([np.cos(turns), -np.sin(turns)], -1), np.stack([np.sin(turns), np.cos(turns)], -1)], 1
+    )
+    head = np.concatenate([rotations, rng.uniform(-0.2, 0.2, (3, 2, 1))], -1)
+    flow = rng.uniform(-0.05, 0.05, (3, 2, FLOW_SIZE, FLOW_SIZE)).astype(np.float32)
+    for multiplier in (0.0, 0.7, 1.0, 2.5):
+        whole = warp._warp(warp.u, warp.reach, head, flow, multiplier)
+        assert torch.equal(warp.render(head, flow, multiplier), whole)
+    lost = head.copy()
+    lost[1, 0, 2] = np.nan
+    whole = warp._warp(warp.u, warp.reach, lost, flow, 1.0)
+    torch.testing.assert_close(warp.render(lost, flow, 1.0), whole, rtol=0, atol=0, equal_nan=True)
+
+
 def test_a_driving_video_without_frames_is_an_input_error() -> None:
     from engine.core.errors import InputError
     from engine.portrait.baseline import track_motion

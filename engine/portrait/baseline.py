@@ -133,33 +133,83 @@ def _smoothstep(x: torch.Tensor) -> torch.Tensor:
     return x * x * (3 - 2 * x)
 
 
+class SourceWarp:
+    """The source's half of the warp, computed once for every frame it is moved by (render_batch is `render` of a
+    fresh one). Where the warp has faded out to nothing (`reach` is 0, past HEAD_REACH box sizes from the face) each
+    output pixel samples the source at its own place whatever the motion, so that part of a frame is the same for
+    every frame: it is sampled once (`still`) and only the bounding box of the pixels the warp reaches is computed
+    per frame, by the same operations on the same values as over the whole picture, so the frames are the same to
+    the bit."""
+
+    def __init__(self, source: torch.Tensor, source_box: np.ndarray) -> None:
+        device = source.device
+        _, _, h, w = source.shape
+        self.source, (self.center, self.size) = source, _normaliser(source_box)
+        ys, xs = torch.meshgrid(
+            torch.arange(h, device=device, dtype=torch.float32), torch.arange(w, device=device, dtype=torch.float32),
+            indexing="ij",
+        )  # fmt: skip
+        center, size = self.center, self.size
+        self.u = torch.stack([(xs - center[0]) / size, (ys - center[1]) / size], -1)  # H,W,2 output point, box units
+        self.reach = _smoothstep((HEAD_REACH - self.u.norm(dim=-1)) / 0.5)  # fade the warp out away from the face
+        rows, cols = (torch.nonzero((self.reach > 0).any(dim)).reshape(-1).tolist() for dim in (1, 0))
+        self.region = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)) if rows else None
+        if self.region is not None:  # contiguous copies: the same values, faster to compute with
+            self.region_u = self.u[self.region].contiguous()
+            self.region_reach = self.reach[self.region].contiguous()
+        self._still: torch.Tensor | None = None
+
+    @property
+    def still(self) -> torch.Tensor:
+        """(1, 3, H, W): the source sampled where no motion reaches (sample = u there, as `_warp` computes it)."""
+        if self._still is None:
+            self._still = self._sample(self.u[None])
+        return self._still
+
+    def render(self, head: np.ndarray, flow: np.ndarray, multiplier: float = 1.0) -> torch.Tensor:
+        """(B, 3, H, W) frames: the source moved by B frames of driving motion."""
+        finite = np.isfinite(head).all() and np.isfinite(flow).all() and np.isfinite(multiplier)
+        if not finite:  # a NaN or infinite motion reaches every pixel (0 times it is NaN): the whole picture, as is
+            return self._warp(self.u, self.reach, head, flow, multiplier)
+        out = self.still.expand(head.shape[0], -1, -1, -1).clone()
+        if self.region is not None:
+            rows, cols = self.region
+            out[:, :, rows, cols] = self._warp(self.region_u, self.region_reach, head, flow, multiplier)
+        return out
+
+    def _warp(
+        self, u: torch.Tensor, reach: torch.Tensor, head: np.ndarray, flow: np.ndarray, multiplier: float
+    ) -> torch.Tensor:
+        """The frames' pixels at the output points `u` (h, w, 2) whose warp is faded by `reach` (h, w)."""
+        device = u.device
+        a = torch.as_tensor(head[:, :, :2], dtype=torch.float32, device=device)  # B,2,2
+        t = torch.as_tensor(head[:, :, 2], dtype=torch.float32, device=device)  # B,2
+        a_inv = torch.linalg.inv(a)
+        stab = torch.einsum("bij,bhwj->bhwi", a_inv, u[None] - t[:, None, None, :])  # where it was in frame 0
+        flow_t = torch.as_tensor(flow, dtype=torch.float32, device=device)  # B,2,S,S
+        grid = (stab / CROP_EXTENT).clamp(-2, 2)
+        local = F.grid_sample(flow_t, grid, align_corners=False).permute(0, 2, 3, 1)  # B,h,w,2
+        inside = _smoothstep((1 - stab.abs().amax(-1) / CROP_EXTENT) / 0.25)  # feathered crop square
+        origin = stab + local * inside[..., None]
+        sample = u[None] + (origin - u[None]) * (reach[None] * multiplier)[..., None]
+        return self._sample(sample)
+
+    def _sample(self, sample: torch.Tensor) -> torch.Tensor:
+        """The source at (B, h, w, 2) points in box units (bilinear, the border repeated)."""
+        _, _, h, w = self.source.shape
+        px = sample[..., 0] * self.size + self.center[0]
+        py = sample[..., 1] * self.size + self.center[1]
+        norm_grid = torch.stack([(2 * px + 1) / w - 1, (2 * py + 1) / h - 1], -1)
+        source = self.source.expand(sample.shape[0], -1, -1, -1)
+        return F.grid_sample(source, norm_grid, padding_mode="border", align_corners=False)
+
+
 def render_batch(
     source: torch.Tensor, source_box: np.ndarray, head: np.ndarray, flow: np.ndarray, multiplier: float = 1.0
 ) -> torch.Tensor:
-    """(B, 3, H, W) frames: the source (1, 3, H, W in [0, 1]) moved by B frames of driving motion."""
-    device, b = source.device, head.shape[0]
-    _, _, h, w = source.shape
-    center, size = _normaliser(source_box)
-    ys, xs = torch.meshgrid(
-        torch.arange(h, device=device, dtype=torch.float32), torch.arange(w, device=device, dtype=torch.float32),
-        indexing="ij",
-    )  # fmt: skip
-    u = torch.stack([(xs - center[0]) / size, (ys - center[1]) / size], -1)  # H,W,2 output point in box units
-    a = torch.as_tensor(head[:, :, :2], dtype=torch.float32, device=device)  # B,2,2
-    t = torch.as_tensor(head[:, :, 2], dtype=torch.float32, device=device)  # B,2
-    a_inv = torch.linalg.inv(a)
-    stab = torch.einsum("bij,bhwj->bhwi", a_inv, u[None] - t[:, None, None, :])  # where it was in frame 0
-    flow_t = torch.as_tensor(flow, dtype=torch.float32, device=device)  # B,2,S,S
-    grid = (stab / CROP_EXTENT).clamp(-2, 2)
-    local = F.grid_sample(flow_t, grid, align_corners=False).permute(0, 2, 3, 1)  # B,H,W,2
-    inside = _smoothstep((1 - stab.abs().amax(-1) / CROP_EXTENT) / 0.25)  # feathered crop square
-    origin = stab + local * inside[..., None]
-    reach = _smoothstep((HEAD_REACH - u.norm(dim=-1)) / 0.5)[None]  # fade the warp out away from the face
-    sample = u[None] + (origin - u[None]) * (reach * multiplier)[..., None]
-    px = sample[..., 0] * size + center[0]
-    py = sample[..., 1] * size + center[1]
-    norm_grid = torch.stack([(2 * px + 1) / w - 1, (2 * py + 1) / h - 1], -1)
-    return F.grid_sample(source.expand(b, -1, -1, -1), norm_grid, padding_mode="border", align_corners=False)
+    """(B, 3, H, W) frames: the source (1, 3, H, W in [0, 1]) moved by B frames of driving motion (a run moving one
+    source by many batches keeps one SourceWarp instead)."""
+    return SourceWarp(source, source_box).render(head, flow, multiplier)
 
 
 EYE_CASCADES = ("haarcascade_eye.xml", "haarcascade_eye_tree_eyeglasses.xml")  # OpenCV's, bare and behind glasses
@@ -296,4 +346,12 @@ def pose_transfer(source: StillPose, driving: StillPose, source_box: np.ndarray)
     return np.hstack([a, shift[:, None]]), report
 
 
-__all__ = ["DrivingMotion", "StillPose", "pose_transfer", "render_batch", "still_pose", "track_motion"]
+__all__ = [
+    "DrivingMotion",
+    "SourceWarp",
+    "StillPose",
+    "pose_transfer",
+    "render_batch",
+    "still_pose",
+    "track_motion",
+]

@@ -94,14 +94,16 @@ def baseline_batches(
     flow: np.ndarray,
     result: RunResult,
 ) -> Iterator[torch.Tensor]:
-    """The source moved by each frame's head motion and local flow, batch by batch."""
-    from engine.portrait.baseline import render_batch
+    """The source moved by each frame's head motion and local flow, batch by batch (what depends on the source alone
+    computed once for all of them)."""
+    from engine.portrait.baseline import SourceWarp
 
-    count = head.shape[0]
+    count, warp = head.shape[0], None
     for start in range(0, count, config.batch_size):
         end = start + config.batch_size
         with result.stage("warp", items=min(end, count) - start):
-            out = render_batch(source, box, head[start:end], flow[start:end], config.multiplier)
+            warp = warp or SourceWarp(source, box)  # in the first batch's time
+            out = warp.render(head[start:end], flow[start:end], config.multiplier)
             sync(source.device)
         yield out
 
