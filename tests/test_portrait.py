@@ -732,6 +732,29 @@ def test_frames_with_nan_or_inf_are_written_defined_and_warned_about() -> None:
     assert writer.frames[4][0, 0].tolist() == [127, 0, 255]
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_the_one_pass_finite_check_agrees_with_isfinite_everywhere(dtype: torch.dtype) -> None:
+    """all_finite reads only the least and greatest value: a NaN, +inf or -inf anywhere (the last value of a
+    vectorised loop's tail too) must be found as torch.isfinite(...).all() finds it, in each precision a network
+    writes, and finite frames, however large, must pass."""
+    from engine.portrait.writing import all_finite
+
+    generator = torch.Generator().manual_seed(3)
+    for shape in [(1, 3, 5, 7), (2, 3, 33, 17), (1, 3, 64, 64)]:
+        clean = (torch.rand(shape, generator=generator) * 2 - 0.5).to(dtype)
+        assert (
+            all_finite(clean)
+            and all_finite(clean * 1e4)
+            and all_finite(torch.full(shape, torch.finfo(dtype).max, dtype=dtype))
+        )
+        for bad in (float("nan"), float("inf"), float("-inf")):
+            for where in (0, clean.numel() - 1, int(torch.randint(clean.numel(), (1,), generator=generator))):
+                frames = clean.clone()
+                frames.view(-1)[where] = bad
+                assert not all_finite(frames), (shape, bad, where)
+    assert all_finite(torch.zeros((0, 3, 4, 4), dtype=dtype))
+
+
 def test_crop_off_and_stitching_off_give_the_networks_frame_as_upstream(weights: Path, driving: Path,
                                                                          tmp_path: Path) -> None:  # fmt: skip
     """Upstream pastes back only from a crop and only with stitching: a 640x512 source gives a 640x512 video by

@@ -63,19 +63,34 @@ def encode(
     """Frames in [0, 1] to 8-bit BGR, written in order."""
     done = 0
     for frames in batches:
-        if not bool(torch.isfinite(frames).all()):  # fp16 overflow: casting NaN to uint8 is undefined
+        if not all_finite(frames):  # fp16 overflow: casting NaN to uint8 is undefined
             frames = torch.nan_to_num(frames, nan=0.0, posinf=1.0, neginf=0.0)
             result.warn(
                 "the networks gave NaN or infinite values in some frames; those pixels are written black (white for "
                 "+inf): fp32 or bf16 has the range fp16 lacks"
             )
         # Truncated, not rounded, as upstream converts its frames (np.uint8 of x 255): half a grey level darker.
-        pixels = (frames * 255).clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).flip(-1).cpu().numpy()
+        pixels = (frames * 255).clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+        if pixels.is_cuda:
+            pixels = pixels.contiguous()  # laid out for the host where it is cheap, not row by row on the CPU
+        # RGB to BGR as a view (reversed channels): the write below copies each frame once; torch's flip of the
+        # channels last took 10-15 ms a 512x512 frame on a shared 2-core CPU, numpy's copy about 1 ms
+        pixels = pixels.cpu().numpy()[..., ::-1]
         with result.stage("encode", items=len(pixels)):
             for frame in pixels:
                 writer.write(np.ascontiguousarray(frame))
         done += len(pixels)
         progress(low + (1 - low) * min(1.0, done / max(1, total)), f"frame {done}/{total}")
+
+
+def all_finite(frames: torch.Tensor) -> bool:
+    """Whether no value is NaN or infinite, from the least and the greatest found in one pass: torch's aminmax
+    carries a NaN to both, and an infinity is one of them. torch.isfinite(frames).all() wrote a mask of the
+    frames first and took 2-80 ms a 512x512 frame on a shared 2-core CPU (aminmax about 0.2 ms)."""
+    if frames.numel() == 0:  # aminmax refuses an empty tensor
+        return True
+    low, high = torch.aminmax(frames)
+    return bool(torch.isfinite(torch.stack([low, high])).all())
 
 
 def driving_audio(config: PortraitConfig, fps: float, count: int, settings: Settings, result: RunResult) -> Any:
