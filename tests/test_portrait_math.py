@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from engine.portrait.crop import PasteBack, crop_image, crop_transform, paste_mask
 from engine.portrait.motion import (
@@ -587,24 +588,21 @@ def test_baseline_local_flow_moves_the_face_only_inside_its_crop() -> None:
     assert positions[60, 80 + 34] == pytest.approx([114, 60], abs=0.02)  # 0.85 box sizes out: past the crop
 
 
-@pytest.mark.parametrize(
-    "box",
-    [
-        (50.0, 30.0, 80.0, 62.0),  # inside the picture: the warp reaches a part of it
-        (-20.0, 10.0, 14.0, 40.0),  # across the left edge
-        (20.0, 10.0, 110.0, 80.0),  # so large that the warp reaches the whole picture
-        (400.0, 300.0, 420.0, 320.0),  # far outside: the warp reaches none of it
-    ],
-)
-def test_the_warp_computed_near_the_face_only_is_the_whole_pictures_to_the_bit(box: tuple[float, ...]) -> None:
-    """SourceWarp computes each frame only where the warp reaches and takes the rest from one still sampling of the
-    source: the frames must be exactly those of the warp computed over the whole picture, for any motion, and for a
-    NaN motion too (it reaches every pixel)."""
-    from engine.portrait.baseline import FLOW_SIZE, SourceWarp
+WARP_BOXES = [
+    (50.0, 30.0, 80.0, 62.0),  # inside the picture: the warp reaches a part of it
+    (-20.0, 10.0, 14.0, 40.0),  # across the left edge
+    (20.0, 10.0, 110.0, 80.0),  # so large that the warp reaches the whole picture
+    (400.0, 300.0, 420.0, 320.0),  # far outside: the warp reaches none of it
+]
 
-    rng = np.random.default_rng(7)
+
+def _random_warp_inputs(seed: int = 7) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """A 90x130 source of noise, three frames of head motion (turns of up to 20 degrees, scales of 0.9 to 1.1,
+    moves of 0.2 box sizes) and of local flow."""
+    from engine.portrait.baseline import FLOW_SIZE
+
+    rng = np.random.default_rng(seed)
     source = torch.from_numpy(rng.random((1, 3, 90, 130), dtype=np.float32))
-    warp = SourceWarp(source, np.array(box))
     turns = np.radians(rng.uniform(-20, 20, 3))
     scales = rng.uniform(0.9, 1.1, 3)
     rotations = scales[:, None, None] * np.stack(
@@ -612,6 +610,18 @@ def test_the_warp_computed_near_the_face_only_is_the_whole_pictures_to_the_bit(b
     )
     head = np.concatenate([rotations, rng.uniform(-0.2, 0.2, (3, 2, 1))], -1)
     flow = rng.uniform(-0.05, 0.05, (3, 2, FLOW_SIZE, FLOW_SIZE)).astype(np.float32)
+    return source, head, flow
+
+
+@pytest.mark.parametrize("box", WARP_BOXES)
+def test_the_warp_computed_near_the_face_only_is_the_whole_pictures_to_the_bit(box: tuple[float, ...]) -> None:
+    """SourceWarp computes each frame only where the warp reaches and takes the rest from one still sampling of the
+    source: the frames must be exactly those of the warp computed over the whole picture, for any motion, and for a
+    NaN motion too (it reaches every pixel)."""
+    from engine.portrait.baseline import SourceWarp
+
+    source, head, flow = _random_warp_inputs()
+    warp = SourceWarp(source, np.array(box))
     for multiplier in (0.0, 0.7, 1.0, 2.5):
         whole = warp._warp(warp.u, warp.reach, head, flow, multiplier)
         assert torch.equal(warp.render(head, flow, multiplier), whole)
@@ -619,6 +629,49 @@ def test_the_warp_computed_near_the_face_only_is_the_whole_pictures_to_the_bit(b
     lost[1, 0, 2] = np.nan
     whole = warp._warp(warp.u, warp.reach, lost, flow, 1.0)
     torch.testing.assert_close(warp.render(lost, flow, 1.0), whole, rtol=0, atol=0, equal_nan=True)
+
+
+def _warp_as_written(
+    source: torch.Tensor, box: np.ndarray, head: np.ndarray, flow: np.ndarray, multiplier: float
+) -> torch.Tensor:
+    """The baseline's warp in its plainest form, one step a line over the whole picture: undo the head motion about
+    the face, add the local flow inside the feathered crop, fade the displacement out by HEAD_REACH, sample."""
+    from engine.portrait.baseline import CROP_EXTENT, HEAD_REACH
+
+    _, _, h, w = source.shape
+    cx, cy, size = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2, max(box[2] - box[0], box[3] - box[1])
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+    u = torch.stack([(xs - cx) / size, (ys - cy) / size], -1)
+
+    def smoothstep(x: torch.Tensor) -> torch.Tensor:
+        x = x.clamp(0, 1)
+        return x * x * (3 - 2 * x)
+
+    a_inv = torch.linalg.inv(torch.as_tensor(head[:, :, :2], dtype=torch.float32))
+    t = torch.as_tensor(head[:, :, 2], dtype=torch.float32)
+    stab = torch.einsum("bij,bhwj->bhwi", a_inv, u[None] - t[:, None, None, :])
+    grid = (stab / CROP_EXTENT).clamp(-2, 2)
+    local = F.grid_sample(torch.as_tensor(flow), grid, align_corners=False).permute(0, 2, 3, 1)
+    inside = smoothstep((1 - stab.abs().amax(-1) / CROP_EXTENT) / 0.25)
+    origin = stab + local * inside[..., None]
+    reach = smoothstep((HEAD_REACH - u.norm(dim=-1)) / 0.5)[None]
+    sample = u[None] + (origin - u[None]) * (reach * multiplier)[..., None]
+    px = sample[..., 0] * size + cx
+    py = sample[..., 1] * size + cy
+    grid = torch.stack([(2 * px + 1) / w - 1, (2 * py + 1) / h - 1], -1)
+    return F.grid_sample(source.expand(len(head), -1, -1, -1), grid, padding_mode="border", align_corners=False)
+
+
+@pytest.mark.parametrize("box", WARP_BOXES)
+def test_the_warp_is_its_plain_formula_to_the_bit(box: tuple[float, ...]) -> None:
+    """However render_batch computes the warp (once-per-source parts kept, fewer passes, in place), its frames are
+    those of the formula written out step by step, bit for bit (a 1-ulp change can move a pixel a grey level)."""
+    from engine.portrait.baseline import render_batch
+
+    source, head, flow = _random_warp_inputs(11)
+    for multiplier in (0.0, 0.7, 1.0, 2.5):
+        expected = _warp_as_written(source, np.array(box), head, flow, multiplier)
+        assert torch.equal(render_batch(source, np.array(box), head, flow, multiplier), expected)
 
 
 def test_a_driving_video_without_frames_is_an_input_error() -> None:

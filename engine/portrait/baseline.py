@@ -129,8 +129,9 @@ def still_before(motion: DrivingMotion, frames: int) -> DrivingMotion:
 
 
 def _smoothstep(x: torch.Tensor) -> torch.Tensor:
-    x = x.clamp(0, 1)
-    return x * x * (3 - 2 * x)
+    """3x^2 - 2x^3 of x clamped to [0, 1], as x * x * (3 - 2 * x); `x` is a temporary and is overwritten."""
+    x = x.clamp_(0, 1)
+    return (x * x).mul_(torch.rsub(x * 2, 3))
 
 
 class SourceWarp:
@@ -187,19 +188,23 @@ class SourceWarp:
         a_inv = torch.linalg.inv(a)
         stab = torch.einsum("bij,bhwj->bhwi", a_inv, u[None] - t[:, None, None, :])  # where it was in frame 0
         flow_t = torch.as_tensor(flow, dtype=torch.float32, device=device)  # B,2,S,S
-        grid = (stab / CROP_EXTENT).clamp(-2, 2)
+        grid = (stab / CROP_EXTENT).clamp_(-2, 2)
         local = F.grid_sample(flow_t, grid, align_corners=False).permute(0, 2, 3, 1)  # B,h,w,2
-        inside = _smoothstep((1 - stab.abs().amax(-1) / CROP_EXTENT) / 0.25)  # feathered crop square
-        origin = stab + local * inside[..., None]
-        sample = u[None] + (origin - u[None]) * (reach[None] * multiplier)[..., None]
+        inside = _smoothstep(torch.rsub(stab.abs().amax(-1).div_(CROP_EXTENT), 1).div_(0.25))  # feathered crop
+        origin = stab.add_(local.mul_(inside[..., None]))
+        # u + (origin - u) * reach * multiplier, in place (a sum is the same either way round)
+        sample = origin.sub_(u).mul_((reach * multiplier)[..., None]).add_(u)
         return self._sample(sample)
 
     def _sample(self, sample: torch.Tensor) -> torch.Tensor:
-        """The source at (B, h, w, 2) points in box units (bilinear, the border repeated)."""
+        """The source at (B, h, w, 2) points in box units (bilinear, the border repeated). x and y go through the
+        same float32 steps as one (..., 2) tensor against per-axis values: pixels = point * size + centre, then
+        grid_sample's -1..1 = (2 * pixels + 1) / (width, height) - 1, in 6 passes where x and y apart took 11."""
         _, _, h, w = self.source.shape
-        px = sample[..., 0] * self.size + self.center[0]
-        py = sample[..., 1] * self.size + self.center[1]
-        norm_grid = torch.stack([(2 * px + 1) / w - 1, (2 * py + 1) / h - 1], -1)
+        device = sample.device
+        centre = torch.tensor(self.center, dtype=torch.float32, device=device)
+        extent = torch.tensor([w, h], dtype=torch.float32, device=device)
+        norm_grid = (sample * self.size).add_(centre).mul_(2).add_(1).div_(extent).sub_(1)
         source = self.source.expand(sample.shape[0], -1, -1, -1)
         return F.grid_sample(source, norm_grid, padding_mode="border", align_corners=False)
 
