@@ -102,7 +102,8 @@ def baseline_batches(
     for start in range(0, count, config.batch_size):
         end = start + config.batch_size
         with result.stage("warp", items=min(end, count) - start):
-            warp = warp or SourceWarp(source, box)  # in the first batch's time
+            if warp is None:  # in the first batch's time
+                warp = SourceWarp(source, box)
             out = warp.render(head[start:end], flow[start:end], config.multiplier)
             sync(source.device)
         yield out
