@@ -16,6 +16,7 @@ from engine.bench.workloads import onnx_model
 from engine.onnx.config import EvalConfig
 from engine.onnx.evaluate import evaluate
 from engine.onnx.inspection import inspect_model
+from engine.onnx.timing import spread_warning
 from ui import bench_report, onnx_report
 
 MODEL = Path("model.onnx")  # the request's model name; evaluate() runs the file it is handed
@@ -59,6 +60,8 @@ def test_onnx_report_renders(model) -> None:
     # the CPU's outputs are the reference: its own parity row compared them with themselves (all zeros)
     assert list(report["parity"]) == ["cpu"] and onnx_report.parity_rows(report) == []
     assert "nothing to compare them with" in onnx_report.summary_markdown(report)
+    both = {**report, "parity": {**report["parity"], "cuda": report["parity"]["cpu"]}}
+    assert "nothing to compare them with" not in onnx_report.summary_markdown(both)  # the CUDA row shows
     odd = {"parity": {"cuda": {"y": report["parity"]["cpu"]["y"], "words": {"shape_mismatch": False,
            "exact_match": False}}}, "sessions": {"cuda": {"fell_back": True}}}  # fmt: skip
     assert [row[:2] + row[-1:] for row in onnx_report.parity_rows(odd)][1] == ["cuda ⚠️ fell back", "words", "differs"]
@@ -179,3 +182,219 @@ def test_the_portrait_summary_shows_the_runs_own_figures() -> None:
         "LivePortrait · torch on `cpu` (x86_64, fp32) · reused from the last run: source · torch.compile · 120 frames "
         "at 30 fps · 7.5 frames/s · encoder `libx264`"
     )
+
+
+# Hand-built reports: every figure distinct, so a column showing another's figure, a unit or a rounding changed reads
+# differently in the cell a user quotes.
+_WIDE = {"p50_ms": 1.0, "p95_ms": 5.0, "mean_ms": 2.0, "std_ms": 1.0}  # p95 five times p50: too scattered
+
+
+def _sweep_report() -> dict:
+    """A sweep's report: a GPU row with every figure, a failed row that fell back, a row whose spread is too wide."""
+    gpu = {
+        "label": "cuda ort-cuda fp16 b8", "status": "ok", "ran_on": "CUDAExecutionProvider", "device": "cuda",
+        "runtime": "ort-cuda", "precision": "fp16", "batch": 8,
+        "latency": {"p50_ms": 1.23456, "p95_ms": 2.34567, "mean_ms": 1.5, "std_ms": 0.25},
+        "samples_per_s": 6480.456, "speedup": 3.14159, "achieved_tflops": 0.0123456, "percent_of_peak": 12.36,
+        "peak_allocated_bytes": 1536 * 2**20, "device_used_bytes": 2048 * 2**20,
+        "error_vs_fp32": {"rel_l2": 1.23456e-4},
+        "energy_j_per_sample": 0.123456, "load_s": 1.23456, "first_run_s": 0.98765, "warnings": ["a warning"],
+    }  # fmt: skip
+    failed = {"label": "cuda ort-trt fp16 b8", "status": "error", "error": "x" * 300, "fell_back": True,
+              "device": "cuda", "runtime": "ort-trt", "precision": "fp16", "batch": 8}  # fmt: skip
+    wide = {"label": "cuda ort-cuda fp16 b1", "status": "ok", "device": "cuda", "runtime": "ort-cuda",
+            "precision": "fp16", "batch": 1, "latency": _WIDE, "samples_per_s": 500.0, "speedup": 1.0,
+            "host_rss_bytes": 100 * 2**20, "warnings": ["another", spread_warning(_WIDE)]}  # fmt: skip
+    return {"results": [wide, gpu, failed], "config": {"baseline": 0}, "notes": ["a note"],
+            "model": {"name": "mlp", "title": "The MLP", "flops_per_sample": 2.5e9},
+            "machine": {"gpu": {"name": "NVIDIA H100"}, "torch": "2.5", "onnxruntime": "1.20",
+                        "cpu_count": 8}}  # fmt: skip
+
+
+def test_a_sweeps_table_shows_each_figure_in_its_column_and_unit() -> None:
+    """Each cell is the report's own figure in the unit its header names (MiB, ms, s), rounded as shown."""
+    wide, gpu, failed = bench_report.result_rows(_sweep_report())
+    assert dict(zip(bench_report.RESULT_HEADERS, gpu, strict=True)) == {
+        "configuration": "cuda ort-cuda fp16 b8", "status": "ok", "ran on": "CUDA", "p50 ms": 1.235,
+        "p95 ms": 2.346, "mean ± std ms": "1.500 ± 0.250", "samples/s": 6480.5, "× baseline": 3.14,
+        "TFLOP/s": 0.012, "% of peak": 12.4, "peak alloc MiB": 1536, "device used MiB": 2048,
+        "rel. error vs fp32": "1.23e-04", "J/sample": 0.1235, "load s": 1.23, "first run s": 0.99, "note": "a warning",
+    }  # fmt: skip
+    assert failed[-1] == "x" * 200 + "; ⚠️ fell back to the CPU" and failed[3:6] == ["", "", ""]
+    # the spread's full reason is beside the charts: the row says where, once, after its other warnings
+    assert wide[-1] == "another; ⚠️ wide spread (see beside the charts)"
+    assert bench_report.spread_markdown(_sweep_report()).splitlines() == [
+        f"- ⚠️ **cuda ort-cuda fp16 b1**: {spread_warning(_WIDE)}"
+    ]
+
+
+def test_a_sweeps_compare_table_and_summary_quote_its_own_figures() -> None:
+    report = _sweep_report()
+    rows = bench_report.compare_rows([("job1", "h100", report)])
+    assert rows[1] == ["job1", "h100", "mlp", "cuda ort-cuda fp16 b8", "ok", 1.235, 6480.5, 3.14, 0.012]
+    assert bench_report.summary_markdown(report, {"id": "j1", "imported": True}).splitlines() == [
+        "**The MLP** on NVIDIA H100 · torch 2.5 · onnxruntime 1.20 · 2.50 GFLOP per sample · job `j1` (imported)",
+        "- a note",
+    ]
+    cpu = {**report, "machine": {"cpu_count": 8}, "model": {"name": "mlp"}}
+    assert bench_report.summary_markdown(cpu).startswith("**mlp** on CPU (8 cores) · torch None")
+    assert bench_report.summary_markdown(cpu).endswith("FLOPs unknown\n- a note")
+
+
+def test_a_sweeps_charts_plot_its_own_figures() -> None:
+    """Bars at each configuration's speed-up (red where it fell back), named against the baseline; latency at p50
+    against memory in MiB, from the allocator's peak, else the host's."""
+    report = _sweep_report()
+    report["results"][1]["fell_back"] = True
+    bars = bench_report.speedup_figure(report)
+    assert list(bars.data[0].x) == [1.0, 3.14159] and list(bars.data[0].text) == ["1.00×", "3.14×"]
+    assert list(bars.data[0].marker.color) == ["#76b900", "#d62728"]
+    assert bars.layout.title.text.startswith("Speed-up against cuda ort-cuda fp16 b1")
+    assert bars.layout.xaxis.type != "log"  # 3x apart: linear
+    far = {
+        **report,
+        "results": [{**r, "speedup": s} for r, s in zip(report["results"], (1.0, 21.0, None), strict=True)],
+    }
+    assert bench_report.speedup_figure(far).layout.xaxis.type == "log"  # over 20x apart
+    near = {
+        **report,
+        "results": [{**r, "speedup": s} for r, s in zip(report["results"], (1.0, 20.0, None), strict=True)],
+    }
+    assert bench_report.speedup_figure(near).layout.xaxis.type != "log"
+    points = bench_report.latency_memory_figure(report).data[0]
+    assert list(points.x) == [100.0, 1536.0] and list(points.y) == [1.0, 1.23456]
+    assert [c[1] for c in points.customdata] == ["process RSS peak", "GPU allocator peak"]
+    assert list(points.marker.color) == ["#ff7f0e", "#1f77b4"] and points.text[0].endswith(" ⚠️")
+    title = bench_report.latency_memory_figure(report).layout
+    assert title.title.text.endswith("(⚠️ spread too wide)") and "GPU allocator peak, process RSS peak" in (
+        title.xaxis.title.text
+    )
+    unmeasured = {"results": [{**report["results"][1], "peak_allocated_bytes": None, "device_used_bytes": 2**20}]}
+    assert list(bench_report.latency_memory_figure(unmeasured).data[0].x) == [1.0]
+    lines = bench_report.throughput_figure({"results": report["results"][::-1]}).data  # listed largest batch first
+    assert [(t.name, list(t.x), list(t.y)) for t in lines] == [("cuda ort-cuda fp16", [1, 8], [500.0, 6480.456])]
+    (bars,) = bench_report.compare_figure([("j1", "h100", report)]).data
+    assert (bars.name, list(bars.x), list(bars.y)) == (
+        "j1 h100",
+        [report["results"][0]["label"], report["results"][1]["label"]],
+        [500.0, 6480.456],
+    )
+
+
+def test_the_telemetry_chart_puts_configurations_back_to_back() -> None:
+    """Without a GPU the host's CPU % is drawn; each configuration starts a second after the last one ended."""
+    cpu = [[0.0, None, None, None, 40.0], [0.5, None, None, None, 50.0]]  # seconds, GPU %, memory, watts, CPU %
+    gpu = [[0.0, 90.0, None, 250.0, 10.0]]
+    report = {"results": [{"label": "a", "telemetry": cpu}, {"label": "b", "telemetry": cpu}, {"label": "c",
+              "telemetry": gpu}]}  # fmt: skip
+    traces = {t.name: (list(t.x), list(t.y)) for t in bench_report.telemetry_figure(report).data}
+    assert traces == {
+        "host CPU %": ([0.0, 0.5, None, 1.5, 2.0], [40.0, 50.0, None, 40.0, 50.0]),
+        "GPU utilisation %": ([3.0], [90.0]),
+        "GPU power W": ([3.0], [250.0]),
+    }
+
+
+def test_the_cost_table_quotes_each_figure_under_its_header() -> None:
+    row = {"gpu": "T4", "price_per_hour": 0.35, "samples_per_s": 123.456, "cost_per_1000_requests": 0.0123456,
+           "requests_per_10_usd": 812345.6, "basis": "measured", "price_source": "catalog"}  # fmt: skip
+    assert bench_report.cost_rows([row]) == [["T4", 0.35, 123.5, "0.01235", "812,346", "measured", "catalog"]]
+    none = {**row, "price_per_hour": None, "cost_per_1000_requests": None, "requests_per_10_usd": None}
+    assert bench_report.cost_rows([none])[0][1:5] == ["", 123.5, "", ""]
+    from engine.bench.planner import CPU_ROW
+
+    assert "CPU machine's **$/hour**" in bench_report.cost_notes_markdown([], [], True)
+    assert bench_report.cost_notes_markdown([{**row, "gpu": CPU_ROW}], [], True) == ""
+    assert bench_report.cost_notes_markdown([row], ["L4", "A10G"], False).startswith(
+        "- ℹ️ Left out, with no price: L4, A10G."
+    )
+
+
+def _onnx_report() -> dict:
+    """An evaluation's report: a CUDA row with every figure that fell back to the CPU, an out-of-memory row, a row
+    whose spread is too wide."""
+    full = {
+        "provider": "cuda", "ran_on": "CUDAExecutionProvider", "batch": 4, "fell_back": True,
+        "latency": {"p50_ms": 1.23456, "p90_ms": 2.34567, "p99_ms": 3.45678, "mean_ms": 1.5, "std_ms": 0.25},
+        "samples_per_s": 3240.456, "speedup_vs_cpu": 7.777, "achieved_gflops": 456.789, "first_run_ms": 12.36,
+        "trt_build_s": 45.678, "latency_iobinding": {"p50_ms": 0.98765},
+        "memory": {"gpu_delta_bytes": 12.34 * 2**20, "gpu_process_bytes": 3 * 2**30, "host_rss_delta_bytes": 5 * 2**20},
+    }  # fmt: skip
+    oom = {"provider": "trt", "batch": 64, "error": "out of memory", "out_of_memory": True}
+    wide = {"provider": "cpu", "batch": 1, "latency": {**_WIDE, "p90_ms": 4.0, "p99_ms": 5.0}, "samples_per_s": 900.0,
+            "spread_warning": spread_warning(_WIDE)}  # fmt: skip
+    return {"results": [full, oom, wide], "job": {"model_name": "mlp", "id": "j2", "device": "cuda:0"},
+            "environment": {"onnxruntime": "1.20"}, "symbols": {"N": 1}, "notes": ["a note"],
+            "sessions": {"cpu": {"got": ["CPUExecutionProvider"]}, "cuda": {"got": None}},
+            "warnings": ["cpu at batch 1: " + spread_warning(_WIDE), "a warning"]}  # fmt: skip
+
+
+def test_an_evaluations_table_shows_each_figure_in_its_column_and_unit() -> None:
+    full, oom, wide = onnx_report.result_rows(_onnx_report())
+    assert dict(zip(onnx_report.RESULT_HEADERS, full, strict=True)) == {
+        "provider": "cuda", "ran on": "CUDA", "batch": 4, "p50 ms": 1.235, "p90 ms": 2.346, "p99 ms": 3.457,
+        "mean ± std ms": "1.500 ± 0.250", "samples/s": 3240.5, "× CPU (p50)": 7.78, "GFLOP/s": 456.8,
+        "first run ms": 12.4, "TRT build s": 45.68, "device-resident p50 ms": 0.988, "GPU mem Δ MiB": 12.3,
+        "process GPU MiB": 3072.0, "host RSS Δ MiB": 5.0, "note": "⚠️ fell back to CUDA",
+    }  # fmt: skip
+    assert oom[-1] == "OOM: out of memory" and oom[3] == ""
+    odd = {"results": [{"provider": "cuda", "batch": 1, "error": "e" * 300, "speedup_vs_cpu": float("inf")}]}
+    assert onnx_report.result_rows(odd)[0][8] == "inf" and onnx_report.result_rows(odd)[0][-1] == "e" * 200
+    assert wide[-1] == "⚠️ wide spread (see beside the charts)"
+    assert onnx_report.spread_markdown(_onnx_report()) == f"- ⚠️ **cpu b1**: {spread_warning(_WIDE)}"
+    assert onnx_report.compare_rows([("j2", "mlp", _onnx_report())])[0] == [
+        "j2", "mlp", "cuda", "CUDA", 4, 1.235, 3.457, 3240.5, 7.78
+    ]  # fmt: skip
+
+
+def test_an_evaluations_summary_and_charts_quote_its_own_figures() -> None:
+    """The spread warning already beside the charts is not repeated under the summary; the others are."""
+    report = _onnx_report()
+    assert onnx_report.summary_markdown(report).splitlines() == [
+        "**mlp** · job `j2` on `cuda:0` · onnxruntime 1.20 · symbols {'N': 1} · sessions: cpu → CPU, cuda → failed",
+        "- ℹ️ a note",
+        "- ⚠️ a warning",
+    ]
+    report["results"][2]["times_ms"] = [1.0, 5.0]
+    report["results"][0]["times_ms"] = [1.2, 1.3]
+    boxes = onnx_report.latency_figure(report)
+    assert [(b.name, list(b.y)) for b in boxes.data] == [("cuda b4", [1.2, 1.3]), ("cpu b1 ⚠️", [1.0, 5.0])]
+    assert boxes.layout.title.text.endswith("(⚠️ spread too wide to trust)")
+    lines = onnx_report.throughput_figure([("j2", report)]).data
+    assert [(t.name, list(t.x), list(t.y)) for t in lines] == [("j2 cuda", [4], [3240.456]), ("j2 cpu", [1], [900.0])]
+    unsorted = {"results": [{"provider": "cpu", "batch": 4, "samples_per_s": 2.0}, {**report["results"][2]}]}
+    (line,) = onnx_report.throughput_figure([("", unsorted)]).data
+    assert (line.name, list(line.x), list(line.y)) == ("cpu", [1, 4], [900.0, 2.0])
+
+
+def test_an_evaluations_parity_rows_quote_each_figure() -> None:
+    p = {"max_abs": 0.00123456789, "max_rel": 0.0234567891, "mean_abs": 0.000345678912, "rel_l2": 2.41234e-7,
+         "cosine": 0.99999912, "tolerance_to_pass": 0.0056789123, "nan": {"other": 1, "reference": 0},
+         "inf": {"other": 2, "reference": 3}}  # fmt: skip
+    report = {"parity": {"cpu": {"y": p}, "trt": {"y": p}, "cuda": {"error": "it failed"}}}
+    assert onnx_report.parity_rows(report) == [
+        ["trt", "y", 0.001235, 0.023457, 0.000346, 2.41e-07, 0.999999, 0.005679, "1/2 (ref 0/3)"],
+        ["cuda", "", "", "", "", "", "", "", "it failed"],
+    ]
+
+
+def test_the_onnx_history_shows_the_best_throughput() -> None:
+    from ui.onnx_eval import _best_throughput
+
+    assert _best_throughput(_onnx_report()) == 3240.5
+    assert _best_throughput({"results": _onnx_report()["results"][::-1]}) == 3240.5  # the best, not the first
+    assert _best_throughput({"results": [{"samples_per_s": None}]}) == "" and _best_throughput(None) == ""
+
+
+def test_an_evaluations_accuracy_rows_quote_each_figure_in_its_column() -> None:
+    expected = {"mae": 0.00123456789, "rmse": 0.0023456789, "max_error": 0.0345678912, "cosine": 0.99999912}
+    accuracy = {
+        "expected": {"cuda": {"y": expected, "z": {"error": "shape differs"}}},
+        "topk": {"cuda": {"top1": 0.5, "top5": 0.75, "top5_k": 5, "n": 4, "output": "p"}, "trt": {"error": "bad"}},
+    }
+    assert onnx_report.accuracy_rows({"accuracy": accuracy}) == [
+        ["cuda", "y", 0.001235, 0.002346, 0.034568, 0.999999, "", ""],
+        ["cuda", "z", "", "", "", "", "", "shape differs"],
+        ["cuda", "p top-k over 4 samples", "", "", "", "", 0.5, 0.75],
+        ["trt", "top-k", "", "", "", "", "", "bad"],
+    ]
