@@ -522,7 +522,7 @@ def test_the_cost_table_keeps_small_costs_in_significant_figures() -> None:
     assert float(rows["T4"][3]) == pytest.approx(0.35 / (20_000 * 3600) * 1000, rel=1e-3) and "e-06" in rows["T4"][3]
 
 
-def _bench_tab(settings, store) -> tuple[gr.Blocks, dict, object]:
+def _bench_tab(settings, store, access=None) -> tuple[gr.Blocks, dict, object]:
     """The bench tab built in a Blocks (its broker never started): the Blocks, its handlers by name, its jobs."""
     from engine.bench.jobs import BenchJobs
     from engine.jobs.broker import Broker
@@ -532,7 +532,7 @@ def _bench_tab(settings, store) -> tuple[gr.Blocks, dict, object]:
 
     jobs = BenchJobs(Broker(store, {"bench": "engine.bench.jobs:handle"}, {CPU: 1}), settings)
     with gr.Blocks() as demo:
-        build_bench_tab(settings, jobs, Access())
+        build_bench_tab(settings, jobs, access or Access())
     return demo, {fn.name: fn.fn for fn in demo.fns.values()}, jobs
 
 
@@ -580,6 +580,39 @@ def test_saved_prices_are_shown_on_load_to_their_visitor_only(tmp_path: Path) ->
         assert price(handler["save"](rows, alice), "L4")[1:] == [0.5, "my invoice"]
     text = " ".join(str(b.value) for b in demo.blocks.values() if isinstance(b, gr.Markdown))
     assert str(settings.data_dir) not in text and "prices.json" not in text and "kept for you alone" in text
+
+
+def test_the_operators_saved_prices_are_the_shared_ones_marked_as_the_operators(tmp_path: Path) -> None:
+    """An operator edits the server's price file, which every visitor's cost figures start from: the price is
+    marked as the operator's (not "your price"), no file of their own is written, and a visitor sees it."""
+    import datetime
+
+    from engine.bench.catalog import PriceBook
+    from engine.core.settings import load_settings
+    from engine.jobs.store import JobStore
+    from ui.jobs import Access
+
+    settings = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path / "data")})
+    settings.ensure_dirs()
+    operator = SimpleNamespace(username="op", session_hash="op", cookies={})
+    visitor = SimpleNamespace(username=None, session_hash="bob", cookies={})
+    with JobStore(settings.db_path, settings.data_dir / "blobs") as store:
+        _, handler, _ = _bench_tab(settings, store, Access(operators=frozenset({"op"})))
+        rows = handler["own_prices"](operator)
+        next(r for r in rows if r[0] == "T4")[1] = 0.77
+        saved = next(r for r in handler["save"](rows, operator) if r[0] == "T4")
+        mark = f"set by this server's operator, {datetime.date.today().isoformat()}"
+        assert saved[1:] == [0.77, mark]
+        assert PriceBook.load(settings.prices_path).prices["T4"] == 0.77
+        assert not list((settings.data_dir / "prices").glob("*.json"))  # no file of the operator's own
+        assert next(r for r in handler["own_prices"](visitor) if r[0] == "T4")[1:] == [0.77, mark]
+        rows = handler["own_prices"](operator)
+        next(r for r in rows if r[0] == "L4")[1] = 0.66
+        handler["save"](rows, operator)  # a second edit keeps the first: the whole book is the server's
+        assert {k: v for k, v in PriceBook.load(settings.prices_path).prices.items() if k in ("T4", "L4")} == {
+            "T4": 0.77,
+            "L4": 0.66,
+        }
 
 
 def test_the_onnx_and_bench_histories_list_when_opened_and_a_clicked_row_gives_its_id(tmp_path: Path) -> None:
@@ -672,6 +705,30 @@ def test_a_gpu_configuration_that_fell_back_to_the_cpu_is_priced_as_the_cpu(tmp_
         assert rows[0][0] == "CPU (measured)" and rows[0][1] == 0.34  # the CPU machine, at its price
         assert not [r for r in rows if r[0] == "H100" and r[3] not in ("", None)]  # no card priced from it
         assert notes.startswith("- ⚠️ cuda ort-cuda fp32 b1 fell back to the CPU: it is priced as a CPU measurement")
+
+
+def test_a_card_configuration_is_priced_from_its_throughput_and_the_unpriced_cards_are_named(
+    tmp_path: Path, model
+) -> None:
+    """Measured on a card: that card's row quotes the sweep's samples/s at the card's price, and the catalog's cards
+    without a price are named as left out (not silently missing)."""
+    from engine.bench.catalog import CATALOG
+
+    def on_card(report: dict) -> dict:
+        report["results"][0].update(device="cuda", runtime="ort-cuda", ran_on="CUDAExecutionProvider",
+                                    math_precision=None, label="cuda ort-cuda fp32 b1")  # fmt: skip
+        report["results"][0]["samples_per_s"] = 36_000.0
+        report["machine"]["gpu"] = {"name": "NVIDIA H100 80GB HBM3"}
+        return report
+
+    with _priced_sweep(tmp_path, model, on_card) as (handler, job_id, label, request):
+        rows, notes = handler["price_configuration"](job_id, label, 10, "", request)
+    price = CATALOG["H100"].price_per_hour
+    (h100,) = [r for r in rows if r[0] == "H100"]
+    assert h100[1:3] == [price, 36_000.0]  # 3600 requests/s of 10 samples: 12.96 million an hour
+    assert float(h100[3]) == pytest.approx(price / 12_960, rel=1e-3) and h100[4] == f"{10 / price * 12.96e6:,.0f}"
+    unpriced = [key for key, gpu in CATALOG.items() if gpu.price_per_hour is None]
+    assert notes.startswith(f"- ℹ️ Left out, with no price: {', '.join(unpriced)}.")
 
 
 def test_the_bench_tabs_numbers_out_of_range_are_refused_naming_their_field(tmp_path: Path, model) -> None:
