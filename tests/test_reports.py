@@ -398,3 +398,9 @@ def test_an_evaluations_accuracy_rows_quote_each_figure_in_its_column() -> None:
         ["cuda", "p top-k over 4 samples", "", "", "", "", 0.5, 0.75],
         ["trt", "top-k", "", "", "", "", "", "bad"],
     ]
+    # Fewer than 5 classes: the top-5 column held a top-3 (for 3 classes always 1.0) under its "top-5" header.
+    for k, shown, wider in ((3, 1.0, " (top-5 column: top-3, 3 classes)"), (1, "", " (one class)")):
+        few = {"topk": {"cpu": {"top1": 0.5, "top5": 1.0, "top5_k": k, "n": 4, "output": "p"}}}
+        assert onnx_report.accuracy_rows({"accuracy": few}) == [
+            ["cpu", f"p top-k over 4 samples{wider}", "", "", "", "", 0.5, shown]
+        ]

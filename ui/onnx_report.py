@@ -175,9 +175,11 @@ def accuracy_rows(report: dict) -> list[list]:
         scored = t.get("output", "")  # reports from before the output was named lack it
         if "error" in t:
             rows.append([provider, f"{scored} top-k".strip(), "", "", "", "", "", t["error"]])
-        else:
-            rows.append([provider, f"{scored} top-k over {t['n']} samples".strip(), "", "", "", "", t["top1"],
-                         t["top5"]])  # fmt: skip
+        else:  # fewer than 5 classes: the top-5 column holds top-k of them all, said so (one class: top-1 again)
+            k = t.get("top5_k", 5)  # reports from before k was kept scored 5 or more classes
+            wider = f" (top-5 column: top-{k}, {k} classes)" if 1 < k < 5 else " (one class)" if k == 1 else ""
+            rows.append([provider, f"{scored} top-k over {t['n']} samples{wider}".strip(), "", "", "", "", t["top1"],
+                         t["top5"] if k > 1 else ""])  # fmt: skip
     return rows
 
 
