@@ -158,3 +158,97 @@ def test_every_gpu_shows_its_workers_and_their_jobs_and_the_others_show_on_the_h
     table = render_table(snap)
     assert "Job workers:" in table and "cuda:0        101        lipsync 42%" in table
     assert "101       C     python [lipsync 42%]" in table
+
+
+def _one_gpu(**changes: object) -> Snapshot:
+    """One H100 and its host with round figures, so the test can name each one as the user reads it."""
+    card = GpuSample(
+        index=0,
+        name="NVIDIA H100",
+        util_gpu_percent=42.4,
+        memory_used_bytes=20 * 2**30,
+        memory_total_bytes=80 * 2**30,
+        temperature_c=65.0,
+        power_w=250.4,
+        power_limit_w=700.0,
+        sm_clock_mhz=1980,
+        memory_clock_mhz=2619,
+        encoder_percent=3.0,
+        decoder_percent=0.0,
+        performance_state="P0",
+        throttle_reasons=["idle"],
+    )
+    for name, value in changes.items():
+        setattr(card, name, value)
+    host = HostSample(12.6, 16, 8 * 2**30, 64 * 2**30, 512 * 2**20, 3.2)
+    return Snapshot(1_700_000_000.0, host, [card])
+
+
+def test_the_strip_and_the_panel_show_each_figure_rounded_and_in_its_unit() -> None:
+    """What a user reads: whole percents, GiB of memory (MiB for the app), watts of the power cap, °C."""
+    snap = _one_gpu()
+    strip = strip_html(snap, [snap], 1.0)
+    for shown in ("util 42%<svg", "mem 20.0/80.0 GiB<svg", "250/700 W<svg", "65 °C", "P0",
+                  "CPU 13% of 16<svg", "RAM 8.0/64.0 GiB<svg", "app 512 MiB"):  # fmt: skip
+        assert shown in strip, shown
+    assert "throttled" not in strip  # an idle GPU's clocks are down because it is idle, not throttled
+    assert "jobs:" not in strip  # no workers on it: nothing to say
+    panel = current_values_html(snap)
+    cells = re.findall(r"<td>([^<]*)</td>", panel)
+    assert cells == ["GPU 0: NVIDIA H100", "42%", "20.0 / 80.0 GiB", "65.0 °C", "250 W / 700 W", "1980 / 2619 MHz",
+                     "3% / 0%", "P0", "idle", "no workers"]  # fmt: skip
+    headers = re.findall(r"<th>([^<]*)</th>", panel)
+    assert headers == ["Device", "Util", "Memory", "Temp", "Power", "SM / mem clock", "Enc / dec", "Perf", "Throttle",
+                       "Jobs"]  # fmt: skip
+    assert "Host CPU 13% of 16 cores · RAM 8.0 / 64.0 GiB · this process 512 MiB RSS, 3% CPU" in panel
+
+
+def test_a_throttled_gpu_warns_on_the_strip_and_without_a_total_its_memory_is_na() -> None:
+    """A real throttle reason is flagged beside the idle one; a card that reports no memory total shows N/A in
+    the panel, not a division error."""
+    throttled = _one_gpu(throttle_reasons=["idle", "software power cap"])
+    assert "⚠️ throttled: software power cap</span>" in strip_html(throttled, [throttled], 1.0)
+    no_total = _one_gpu(memory_total_bytes=0)
+    assert re.findall(r"<td>([^<]*)</td>", current_values_html(no_total))[2] == "N/A"
+
+
+def test_the_sparklines_follow_their_own_figure_on_its_own_scale() -> None:
+    """Memory's line is the share of memory used (not utilisation), power's is on the card's limit, and the RAM line
+    is a percentage of the host's RAM."""
+    busy = _one_gpu(util_gpu_percent=100.0, memory_used_bytes=0, power_w=350.0)
+    svgs = re.findall(r"<svg.*?</svg>", strip_html(busy, [busy, busy], 1.0))
+    bottom, middle, top = telemetry.SPARK_HEIGHT - 1, 8, 1
+    util, memory, power, _cpu, ram = (_points(svg)[0][-1][1] for svg in svgs)
+    assert (util, memory, power) == (top, bottom, middle)  # 100% util, 0 GiB used, half of 700 W
+    assert ram == round(1 + (telemetry.SPARK_HEIGHT - 2) * (1 - 8 / 64))  # 8 of 64 GiB
+
+
+def test_a_sparkline_with_no_scale_or_a_gap_draws_no_false_zero() -> None:
+    """A zero top (a counter with no range yet) draws nothing rather than failing the strip; a run of samples without
+    a value stays a gap when averaged down, not a zero."""
+    assert _points(sparkline([5.0, 7.0], 0)) == []
+    values: list[float | None] = [None] * 300 + [50.0] * 300
+    averaged = telemetry.averaged(values, 10)
+    assert averaged[:5] == [None] * 5 and averaged[5:] == [50.0] * 5
+
+
+def test_a_worker_on_a_gpu_nvml_does_not_list_is_shown_on_the_host_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker queued on a "cuda:N" that is none of the GPUs shown (NVML cannot see it) still says what it runs,
+    with the host, rather than vanishing from both the strip and the panel."""
+    from engine.system.telemetry import WorkerActivity
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    snap = _one_gpu()
+    snap.workers = [WorkerActivity("cuda:3", 7, "lipsync", 0.5)]
+    assert "cuda:3: lipsync 50%" in strip_html(snap, [snap], 1.0).split("<b>Host</b>")[1]
+    assert "cuda:3: lipsync 50%" in current_values_html(snap)
+
+
+def test_without_a_gpu_the_panel_says_why_and_its_utilisation_axis_stays_0_to_100() -> None:
+    """The reason NVML gave is in the panel, not only on hover; a percentage chart never rescales to its data; the
+    panel never refreshes faster than the sampler."""
+    snaps = _history(0, seconds=10)
+    assert f"⚠️ {NO_GPU}: host telemetry only." in current_values_html(snaps[-1])
+    utilisation = history_figures(snaps, 1.0, with_power=False)[0]
+    assert list(utilisation.layout.yaxis.range) == [0, 100]
+    assert RefreshPeriods.for_machine(0, False, 7.0).panel_s == 7.0
