@@ -1,6 +1,7 @@
 import importlib.util
 import json
 import logging
+import re
 import sys
 import types
 from collections.abc import Iterator
@@ -12,7 +13,7 @@ from test_telemetry import fake_nvml
 
 from engine.core.settings import load_settings
 from engine.system import doctor, doctor_gpu, doctor_host, doctor_ort, gpu_state
-from engine.system.checks import INFO, NOTHING_TO_FIX, OK, PROBLEM, STATUSES, WARNING, Check, Context
+from engine.system.checks import INFO, NOTHING_TO_FIX, OK, PROBLEM, STATUSES, WARNING, Check, Context, DoctorReport
 from engine.system.doctor import run_doctor
 from engine.system.telemetry import GpuHealth, GpuProcess, GpuSample
 
@@ -1451,3 +1452,61 @@ def test_the_probe_prints_only_its_json_on_stdout(monkeypatch, capsys) -> None:
     ort_probe.main()
     out, err = capsys.readouterr()
     assert json.loads(out) == {"version": "1.31.1"} and "EP Error: falling back to CPU" in err
+
+
+def _system_tab_api(monkeypatch) -> dict:
+    """The System tab built in-process, as app.py builds it: its API functions by name (no server, no doctor run)."""
+    gr = pytest.importorskip("gradio")
+    import torch
+
+    import ui.system
+    from engine.core.device import DeviceChoice
+    from engine.core.settings import load_settings
+    from engine.system.telemetry import TelemetrySampler
+
+    monkeypatch.setattr(ui.system, "run_doctor", lambda settings: DoctorReport([Check("python", OK, "3.12")]))
+    settings = load_settings({})
+    doctor = ui.system.DoctorCache(settings)
+    with gr.Blocks() as demo, gr.Tabs() as tabs, gr.Tab(ui.system.SYSTEM_TAB):
+        choice = DeviceChoice(torch.device("cpu"), "auto", "no CUDA GPU")
+        ui.system.build_system_tab(demo, tabs, settings, TelemetrySampler(), choice, doctor)
+    return {f.api_name: f.fn for f in demo.fns.values()}
+
+
+def test_the_telemetry_api_refuses_odd_history_seconds_and_sends_history_only_when_asked(monkeypatch) -> None:
+    """/telemetry: a negative, boolean or over-long history_seconds is refused in words that say the range; 0 (the
+    default) sends the newest sample and its table without the history."""
+    api = _system_tab_api(monkeypatch)
+    telemetry = api["telemetry"]
+    for odd in (-1, True, 86_401, float("nan"), "30"):
+        with pytest.raises(Exception, match=r"history_seconds must be a number of seconds in 0\.\.86400"):
+            telemetry(odd)
+    now = telemetry()
+    assert set(now) == {"snapshot", "table"} and now["snapshot"]["host"]
+    assert "history" in telemetry(86_400)
+    with pytest.raises(Exception, match="fresh must be true or false"):
+        api["doctor"]("yes")
+    assert api["doctor"]()["status"] == OK and api["device"]()["device"] == "cpu"
+
+
+def test_the_doctor_report_shows_each_status_in_its_colour_and_a_fix_only_where_one_is_needed() -> None:
+    """The System tab's table: a warning amber, a problem red, their fixes shown; an OK check's placeholder fix is
+    not; the summary counts each status under its own name."""
+    pytest.importorskip("gradio")
+    from ui.system import doctor_html
+
+    report = DoctorReport(
+        [
+            Check("python", OK, "3.12", fix="nothing to do here"),
+            Check("driver", WARNING, "old driver", fix="update the driver"),
+            Check("cuda", PROBLEM, "no CUDA", fix="install a CUDA build"),
+            Check("onnx", PROBLEM, "CPU only", fix="install onnxruntime-gpu"),
+        ],
+        seconds=1.25,
+    )
+    shown = doctor_html(report)
+    badges = re.findall(r"background:(#[0-9a-f]{6})'>(\w+)</span>", shown)
+    assert badges[0] == ("#c62828", "problem")  # the summary: the worst status
+    assert badges[1:] == [("#2e7d32", "ok"), ("#b26a00", "warning"), ("#c62828", "problem"), ("#c62828", "problem")]
+    assert "1 ok · 0 info · 1 warning(s) · 2 problem(s) · ran in 1.2s" in shown
+    assert "nothing to do here" not in shown and "update the driver" in shown and "install a CUDA build" in shown
