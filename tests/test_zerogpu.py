@@ -703,3 +703,25 @@ def test_only_gpu_jobs_are_held_to_one_calls_gpu_time(tmp_path: Path) -> None:
         with pytest.raises(InputError, match=r"needs about 16 s of GPU time \(2 result rows"):
             launcher.admit("onnx_eval", job, GPU, store)
         launcher.admit("onnx_eval", job, CPU, store)
+
+
+def test_a_visitor_without_a_token_keeps_none_and_a_calls_request_ends_with_it() -> None:
+    """A request without X-IP-Token (or none at all) stores nothing for its owner: no empty token is sent as theirs.
+    The request context made for one GPU call is gone once the call returns, so the next call on that thread
+    cannot count against that visitor's quota."""
+    gr = pytest.importorskip("gradio")
+    from gradio.context import LocalContext
+
+    from ui.zerogpu import remember_visitor_token, visitor_request
+
+    remember_visitor_token("session:tokenless", gr.Request(headers={"x-ip-token": ""}))
+    remember_visitor_token("session:tokenless", None)
+    assert zerogpu.VISITOR_TOKENS.get("session:tokenless") is None
+    remember_visitor_token("session:with-token", gr.Request(headers={"x-ip-token": "tok-c"}))
+    assert zerogpu.VISITOR_TOKENS.get("session:with-token") == "tok-c"
+    before = LocalContext.request.get(None)
+    with visitor_request("tok-c"):
+        assert LocalContext.request.get().headers["x-ip-token"] == "tok-c"
+    assert LocalContext.request.get(None) is before
+    with visitor_request(None):
+        assert LocalContext.request.get(None) is before
