@@ -908,3 +908,18 @@ def test_the_onnx_and_bench_tabs_say_the_engines_flags_by_their_labels(tmp_path:
     text, _ = bench["plan_form"]("A10G", 1, "llama-2-13b", None, "auto", 0, 0, 64, 0.9, "auto")
     assert "more GPUs (“GPU count” 2 shards it further), an 8-bit KV cache (“KV cache type” fp8_e4m3fn)" in text
     assert " --num-shard 1 --cuda-memory-fraction 0.9 --max-input-tokens 4095 --max-total-tokens 4096 " in text
+
+
+def test_a_clicked_row_goes_first_once_and_a_blank_row_leaves_the_ids_box_alone() -> None:
+    """The ids box after a click: the row's id first, each id once, however the ids there were separated; a row
+    with no id (an empty table's placeholder) keeps what the user typed."""
+    from ui.history import clicked_first
+
+    table = gr.Dataframe()
+
+    def click(job: str) -> gr.SelectData:
+        return gr.SelectData(table, {"index": [0, 0], "value": job, "row_value": [job, "done"]})
+
+    assert clicked_first("b1,c2 a0", click("a0")) == "a0, b1, c2"
+    assert clicked_first(None, click("a0")) == "a0"
+    assert clicked_first("b1, c2", click("")) == "b1, c2"
