@@ -111,3 +111,18 @@ def test_the_panel_renders_and_wires_its_pickers(settings: Settings) -> None:
     assert [b["props"]["visible"] for b in boxes] == [True, False]  # the licence box only where a licence restricts
     with pytest.raises(InputError, match="sadtalker"), gr.Blocks():
         weights_panel(settings, ACCESS, "sadtalker")
+
+
+def test_a_second_fetch_counts_only_what_it_downloaded_and_the_panel_shows_the_licence(
+    hub: StandInHub, settings: Settings
+) -> None:
+    """Files already here are counted as kept, not as downloaded, and add nothing to the size downloaded; the panel
+    states the licence before the button."""
+    actions = _actions(settings, hub, "liveportrait")
+    actions.get(LIVEPORTRAIT.repo, False, VISITOR)
+    again, *_ = actions.get(LIVEPORTRAIT.repo, False, VISITOR)
+    assert "0 file(s) downloaded" in again and "6 already here" in again and "636.3 kB" not in again
+    with gr.Blocks() as demo:
+        weights_panel(settings, ACCESS, "wav2lip")
+    texts = [c["props"].get("value") or "" for c in demo.config["components"] if c["type"] == "markdown"]
+    assert any(WAV2LIP_S3FD.licence in text for text in texts)
