@@ -252,3 +252,14 @@ def test_without_a_gpu_the_panel_says_why_and_its_utilisation_axis_stays_0_to_10
     utilisation = history_figures(snaps, 1.0, with_power=False)[0]
     assert list(utilisation.layout.yaxis.range) == [0, 100]
     assert RefreshPeriods.for_machine(0, False, 7.0).panel_s == 7.0
+
+
+def test_the_zerogpu_panel_gives_each_jobs_energy_in_joules_and_na_where_unmeasured() -> None:
+    """The energy a job's GPU function used, as measured (not in kJ); a job without the reading says N/A."""
+    from engine.jobs.zerogpu import ZeroGpuPanel
+
+    measured = {"kind": "lipsync", "finished": 0.0, "asked_s": 34, "ran_s": 12.5, "energy_j": 1800.0}
+    unmeasured = {"kind": "portrait", "finished": None, "asked_s": 20, "ran_s": None}
+    shown = telemetry.zerogpu_html(ZeroGpuPanel("attached only while a job runs", [measured, unmeasured]))
+    rows = [re.findall(r"<td>([^<]*)</td>", row) for row in shown.split("<tr>")[2:]]
+    assert rows[0][-1] == "1800 J" and rows[1][1:] == ["N/A", "N/A", "0", "N/A", "N/A"]
