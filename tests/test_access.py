@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -231,3 +232,96 @@ def test_one_owner_waits_on_a_few_jobs_at_once_and_a_refused_wait_queues_nothing
                 wait()
             assert submitted == read == [], name  # refused before it was queued or read: no job to wait for
     assert not WAITS.held  # none lost
+
+
+def test_another_owners_job_is_no_job_even_where_its_kind_cannot_stream(tmp_path: Path) -> None:
+    """/job_stream looks up the job's kind before it follows it: a lookup that did not name the requester answered
+    bob with "job X is a benchmark job" for alice's job, so ids told him what others ran."""
+    import gradio as gr
+
+    from engine.jobs.store import CPU, JobStore
+    from ui.jobs import register_job_api
+
+    access, alice, bob = Access(), _request(session="alice"), _request(session="bob")
+    with JobStore(tmp_path / "jobs.db", tmp_path / "blobs") as store, gr.Blocks() as demo:
+        register_job_api(store, {"benchmark": SimpleNamespace(kind="benchmark")}, access)
+        job = store.submit("benchmark", {}, CPU, owner=access.owner(alice)).id
+        (stream,) = [f.fn for f in demo.fns.values() if f.api_name == "job_stream"]
+        with pytest.raises(gr.Error, match=f"no job {job}"):
+            list(stream(job, bob))
+        with pytest.raises(gr.Error, match="is a benchmark job: only lip-sync and portrait jobs stream"):
+            list(stream(job, alice))  # its owner is told why
+
+
+def test_an_owner_is_kept_as_a_digest_too_long_to_collide() -> None:
+    """Two visitors whose digests agree share their jobs: a digest cut to a few hex digits makes that likely among
+    a busy server's sessions. Each is kept at 128 bits at least."""
+    access = Access()
+    for request in (_request(session="s"), _request(session=None, cookie="0123456789abcdef" * 3)):
+        kind, digest = access.owner(request).split(":")
+        assert len(digest) >= 32 and int(digest, 16) >= 0, kind
+
+
+def test_every_job_route_reads_and_changes_the_job_as_its_requester() -> None:
+    """Each route reads the job's kind as the requester, and then reads or changes the job as the requester again:
+    the second is what still keeps bob out should a route find the kind some other way (a kind named in the
+    request, a cache). Checked with a store that would find anyone's job."""
+    import gradio as gr
+
+    from engine.core.hls import LiveStream
+    from ui.jobs import register_job_api
+
+    asked: list[tuple[str, str | None]] = []
+
+    def said(what: str, value: Any) -> Any:
+        return lambda job, owner: asked.append((what, owner)) or value
+
+    segment = LiveStream((Path("part-00000.ts"),), (1.0,), True)
+    kind = SimpleNamespace(
+        kind="lipsync",
+        status=said("status", {"status": "done", "error": None}),
+        result=said("result", {"report": None}),
+        output_files=said("output_files", {}),
+        cancel=said("cancel", {}),
+        live=said("live", segment),
+    )
+    store = SimpleNamespace(get=lambda job, owner: SimpleNamespace(kind="lipsync"))
+    access, bob = Access(), _request(session="bob")
+    with gr.Blocks() as demo:
+        register_job_api(store, {"lipsync": kind}, access)
+    routes = {f.api_name: f.fn for f in demo.fns.values()}
+    for name in ("job_status", "job_result", "job_files", "job_cancel", "job_stream"):
+        asked.clear()
+        list(routes[name]("j1", bob)) if name == "job_stream" else routes[name]("j1", bob)
+        assert asked and {owner for _, owner in asked} == {access.owner(bob)}, (name, asked)
+
+
+def test_a_run_is_its_requesters_job_and_a_visitor_names_no_server_path(tmp_path: Path) -> None:
+    """/lipsync_submit and the tab's button queue the job as the requester's (another owner's reads then find it
+    "no job"), and pass its model files through the operator check first: a visitor's path never reaches a job."""
+    import gradio as gr
+
+    from engine.lipsync.config import LipSyncConfig
+    from ui.jobs import job_endpoints
+
+    settings = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path), "AVATARBENCH_WEIGHTS_DIR": str(tmp_path / "w")})
+    submitted: list[tuple[str, str]] = []
+    jobs = SimpleNamespace(
+        settings=settings, kind="lipsync", files=(),
+        submit=lambda config, owner: submitted.append((owner, config.checkpoint)) or SimpleNamespace(id="j1"),
+        status=lambda job, owner: {"id": job, "status": "queued", "ahead": 0, "device": "cpu"},
+    )  # fmt: skip
+    access, bob = Access(frozenset({"carol"})), _request(session="bob")
+    with gr.Blocks() as demo:
+        tab = job_endpoints(LipSyncConfig, jobs, access, lambda report: (), [gr.JSON()], "lipsync", "about",
+                            lambda seen: (), lambda ended: (ended.reason,))  # fmt: skip
+    (api,) = [f.fn for f in demo.fns.values() if f.api_name == "lipsync_submit"]
+    assert api(face="f.jpg", audio="a.wav", request=bob)["job_id"] == "j1"
+    assert submitted == [(access.owner(bob), None)]
+    with pytest.raises(gr.Error, match="checkpoint: choose one of the weights this server has"):
+        api(face="f.jpg", audio="a.wav", checkpoint="/etc/passwd", request=bob)
+    with pytest.warns(UserWarning, match="paths and downloads are for the operator"):
+        (shown,) = tab({"face": "f.jpg", "audio": "a.wav", "checkpoint": "/etc/passwd"}, lambda *a: None, bob)
+    assert "choose one of the weights" in shown[0] and len(submitted) == 1
+    api(face="f.jpg", audio="a.wav", checkpoint="/etc/passwd", request=_request("carol"))  # the operator may
+    assert submitted[-1] == ("user:carol", "/etc/passwd")

@@ -592,3 +592,38 @@ def test_the_portrait_tab_says_the_engines_flags_by_its_labels(tmp_path: Path) -
     tab, _ = _live_tab("portrait", jobs, tmp_path)
     summary, _ = tab()
     assert summary == "✗ with “Crop around the face” off the source is not cropped: “Source crop scale” changes nothing"
+
+
+def test_the_status_poller_reads_and_renders_only_the_requesters_job() -> None:
+    """The timer sends back the job id the page holds, which a hand-made request can name: the status and the
+    result it shows are read as the requester, so another's job is "no job"."""
+    from ui.widgets import job_poller
+
+    asked: list[tuple[str, str, str | None]] = []
+
+    def status(job: str, reader: str | None) -> dict:
+        asked.append(("status", job, reader))
+        return {"status": "done"}
+
+    def render(job: str, reader: str | None) -> tuple:
+        asked.append(("render", job, reader))
+        return ("table",)
+
+    poll = job_poller(status, str, render, 1, "", SimpleNamespace(reader=lambda request: f"{request}'s"))
+    assert poll("j1", "bob")[2:] == ("table",)
+    assert asked == [("status", "j1", "bob's"), ("render", "j1", "bob's")]
+
+
+def test_a_stopped_jobs_video_and_record_are_read_as_its_reader() -> None:
+    """The panes of a failed or cancelled job show its video so far and its record: both read as the requester."""
+    from engine.core.hls import LiveStream
+    from ui.jobs import JobEnded, stopped
+
+    asked: list[tuple[str, str | None]] = []
+    jobs = SimpleNamespace(
+        live=lambda job, owner: asked.append(("live", owner)) or LiveStream((), (), True),
+        status=lambda job, owner: asked.append(("status", owner)) or {"status": "failed"},
+    )
+    shown = stopped(jobs, JobEnded("j1", "failed", None), "bob")
+    assert asked == [("live", "bob"), ("status", "bob")]
+    assert (shown.video, shown.record, shown.reason) == (None, {"status": "failed"}, "no reason recorded")
