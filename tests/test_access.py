@@ -325,3 +325,34 @@ def test_a_run_is_its_requesters_job_and_a_visitor_names_no_server_path(tmp_path
     assert "choose one of the weights" in shown[0] and len(submitted) == 1
     api(face="f.jpg", audio="a.wav", checkpoint="/etc/passwd", request=_request("carol"))  # the operator may
     assert submitted[-1] == ("user:carol", "/etc/passwd")
+
+
+def test_job_stream_sends_each_segment_once(tmp_path: Path) -> None:
+    """A client joins the segments /job_stream sends one after another: one sent twice plays twice."""
+    import gradio as gr
+
+    from engine.core.hls import LiveStream
+    from ui.jobs import register_job_api
+
+    parts = [tmp_path / f"part-0000{i}.ts" for i in range(2)]
+    for part in parts:
+        part.write_bytes(b"ts")
+    states = iter([("running", 1), ("done", 2), ("done", 2)])
+    now = {"status": "running", "count": 1}
+
+    def status(job: str, owner: str | None) -> dict:
+        now["status"], now["count"] = next(states, ("done", 2))
+        return {"status": now["status"], "error": None, "progress": 0.5, "progress_label": ""}
+
+    kind = SimpleNamespace(
+        kind="lipsync",
+        status=status,
+        live=lambda job, owner: LiveStream(tuple(parts[: now["count"]]), (1.0,) * now["count"], False),
+        result=lambda job, owner: {"report": None},
+    )
+    store = SimpleNamespace(get=lambda job, owner: SimpleNamespace(kind="lipsync"))
+    with gr.Blocks() as demo:
+        register_job_api(store, {"lipsync": kind}, Access())
+    (stream,) = [f.fn for f in demo.fns.values() if f.api_name == "job_stream"]
+    sent = [[Path(p).name for p in new] for new, _ in stream("j1", _request(session="bob"))]
+    assert sent == [["part-00000.ts"], ["part-00001.ts"], []]

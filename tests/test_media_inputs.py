@@ -229,7 +229,7 @@ def test_the_video_so_far_is_shown_each_time_it_doubles_and_a_preview_that_fails
 
     def follow_live(jobs: object, job_id: str, *args: object) -> object:
         yield from (stream(s) for s in (1.0, 1.5, 2.0, 3.0, 4.5))
-        yield stream(5.0, ended=True)  # the whole video: the result shows it
+        yield stream(9.0, ended=True)  # the whole video, doubled again: the result shows it, not a preview
         yield {"video": "done.mp4"}
 
     def live(seen: LiveStream) -> tuple:
