@@ -172,7 +172,8 @@ def test_every_job_route_shows_and_stops_only_the_requesters_jobs(tmp_path: Path
 
 
 def test_the_job_history_takes_a_whole_number_of_jobs_up_to_500() -> None:
-    """/job_history reads the store in one query: its limit is checked before the store is read."""
+    """/job_history reads the store in one query: its limit is checked before the store is read. A whole number
+    sent as 2.0 (a JSON number from some clients) is taken as 2; 2.5 is not whole."""
     import gradio as gr
 
     from ui.jobs import register_job_api
@@ -185,7 +186,7 @@ def test_the_job_history_takes_a_whole_number_of_jobs_up_to_500() -> None:
     for odd in (0, 501, True, 2.5, "10"):
         with pytest.raises(gr.Error, match=r"limit must be a whole number in 1\.\.500"):
             history(odd, None)
-    assert history(1, None) == history(500, None) == [] and asked == [1, 500]
+    assert history(1, None) == history(500, None) == history(2.0, None) == [] and asked == [1, 500, 2]
 
 
 def test_one_owner_waits_on_a_few_jobs_at_once_and_a_refused_wait_queues_nothing() -> None:

@@ -288,6 +288,8 @@ def register_job_api(store: JobStore, kinds: Mapping[str, JobKind], access: Acce
         """Your jobs of every kind and status, newest first (at most `limit`, 1..500): where a script that lost a
         job's id (a dropped connection to /lipsync or /portrait) finds it and its result."""
         with reported("the job history"):
+            if isinstance(limit, float) and limit.is_integer():  # a JSON number some clients send as 2.0
+                limit = int(limit)
             if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 500:
                 raise InputError(f"limit must be a whole number in 1..500, got {limit!r:.40}")
             jobs = store.history(limit, owner=access.reader(request))
