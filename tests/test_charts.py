@@ -910,6 +910,32 @@ def test_the_onnx_and_bench_tabs_say_the_engines_flags_by_their_labels(tmp_path:
     assert " --num-shard 1 --cuda-memory-fraction 0.9 --max-input-tokens 4095 --max-total-tokens 4096 " in text
 
 
+def test_a_custom_grid_with_a_box_group_left_unticked_is_refused_by_its_label(tmp_path: Path) -> None:
+    """With every device unticked the sweep ran on the default device, a grid the form did not show (unticked
+    runtimes or precisions were refused as "runtime is empty ... comma-separated"). Each empty group is named by
+    its label and nothing is queued; a preset, which sets its own grid, ignores the boxes."""
+    from engine.core.settings import load_settings
+    from engine.jobs.store import JobStore
+    from ui.jobs import Access
+
+    settings = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path / "data")})
+    settings.ensure_dirs()
+    request = SimpleNamespace(username=None, session_hash="s1", cookies={})
+    with JobStore(settings.db_path, settings.data_dir / "blobs") as store:
+        _, bench, jobs = _bench_tab(settings, store)
+        form = ["wav2lip", "custom grid", ["eager"], ["fp32"], ["cpu"], "1", "off", "on", "default", 2, 0, request]
+        for boxes, named in (((4,), "“Devices”"), ((2, 3), "“Runtimes (custom grid)” or “Precisions”")):
+            unticked = [[] if i in boxes else v for i, v in enumerate(form)]
+            with pytest.raises(gr.Error) as refused:
+                bench["queue"](*unticked)
+            assert refused.value.message == f"nothing is ticked in {named}: tick one or more"
+        owner = Access().owner(request)
+        assert store.history(10, owner=owner) == []
+        preset = [*form[:1], "wav2lip-ladder", [], [], [], *form[5:]]
+        job_id = bench["queue"](*preset)[0]
+        assert jobs.status(job_id, owner)["status"] == "queued"
+
+
 def test_a_clicked_row_goes_first_once_and_a_blank_row_leaves_the_ids_box_alone() -> None:
     """The ids box after a click: the row's id first, each id once, however the ids there were separated; a row
     with no id (an empty table's placeholder) keeps what the user typed."""

@@ -22,6 +22,7 @@ from engine.bench.catalog import CATALOG, Gpu, PriceBook, detected_gpu, report_g
 from engine.bench.config import (
     DEFAULT_BATCHES,
     PRECISIONS,
+    BenchError,
     CostConfig,
     LlmRequest,
     NetworkPlanConfig,
@@ -247,6 +248,10 @@ def build_bench_tab(settings: Any, jobs: BenchJobs, access: Access) -> None:
         values = {"model": model_name, "runs": n_runs, "warmup": n_warm}
         if preset_choice != CUSTOM:  # a preset sets its configurations: the grid's widgets do not apply
             return SweepRequest.build({**values, "preset": preset_choice})
+        if unticked := [f"“{box.label}”" for box, ticked in ((runtimes, rts), (precisions, precs), (devices, devs))
+                        if not ticked]:  # fmt: skip
+            # an empty device would be the default device: a grid the form did not show
+            raise BenchError(f"nothing is ticked in {' or '.join(unticked)}: tick one or more")
         return SweepRequest.build({
             **values, "runtime": ",".join(rts or []), "precision": ",".join(precs or []),
             "device": ",".join(devs or []), "batch": batch_text, "channels_last": cl or "off",
