@@ -21,8 +21,8 @@ import sys
 import threading
 from collections.abc import Iterator, Sequence
 
-from engine.core.commands import Command, check_output_paths
-from engine.core.errors import AvatarbenchError, InputError
+from engine.core.commands import Command, FailedRunRecord, check_output_paths
+from engine.core.errors import AvatarbenchError, InputError, OutputClash
 from engine.core.options import add_arguments
 
 EXIT_INPUT, EXIT_SETUP, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE, EXIT_TERMINATED = 2, 3, 130, 141, 143
@@ -95,9 +95,18 @@ def main(argv: Sequence[str] | None = None, extra: Sequence[Command] = ()) -> in
         numbers = all(_NEGATIVE_VALUE.match(w) or w.replace(".", "", 1).isdigit() for w in unknown)
         hint = "; several numbers after one flag are written with commas (--pads 0,10,0,0)" if numbers else ""
         parser.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
+    failed: FailedRunRecord | None = None  # set once the outputs are checked: a refused --json is not written
+
+    def fail(exit_status: int, error: str, record: bool = True) -> int:
+        print(f"avatarbench: {error}", file=sys.stderr)
+        if failed and record:
+            failed.write(exit_status, error)
+        return exit_status
+
     try:
         with _sigterm_as_interrupt():
             check_output_paths(args)
+            failed = FailedRunRecord(args)
             code = int(args.run(args) or 0)
             sys.stdout.flush()  # text still buffered meets a reader that went away here, not at exit
             return code
@@ -105,22 +114,21 @@ def main(argv: Sequence[str] | None = None, extra: Sequence[Command] = ()) -> in
         _stdout_to_nowhere()
         return EXIT_BROKEN_PIPE
     except InputError as exc:
-        print(f"avatarbench: {exc}", file=sys.stderr)
-        return EXIT_INPUT
+        return fail(EXIT_INPUT, str(exc), record=not isinstance(exc, OutputClash))
     except AvatarbenchError as exc:
-        print(f"avatarbench: {exc}", file=sys.stderr)
-        return EXIT_SETUP
+        return fail(EXIT_SETUP, str(exc))
     except PermissionError as exc:  # the machine's doing, not a bug: a folder or file this user may not read
         where = f" {exc.filename}" if exc.filename else ""
-        print(f"avatarbench: permission denied:{where}: give this user access, or point the setting that names it "
-              "elsewhere", file=sys.stderr)  # fmt: skip
-        return EXIT_SETUP
+        return fail(EXIT_SETUP, f"permission denied:{where}: give this user access, or point the setting that names "
+                    "it elsewhere")  # fmt: skip
     except Terminated:
-        print("avatarbench: terminated (SIGTERM)", file=sys.stderr)
-        return EXIT_TERMINATED
+        return fail(EXIT_TERMINATED, "terminated (SIGTERM)")
     except KeyboardInterrupt:
-        print("avatarbench: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return fail(EXIT_INTERRUPTED, "interrupted")
+    except Exception as exc:  # a bug: its traceback follows; the file says so too
+        if failed:
+            failed.write(1, f"a bug ({type(exc).__name__}: {exc}); the traceback is on standard error")
+        raise
 
 
 def _stdout_to_nowhere() -> None:

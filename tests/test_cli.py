@@ -291,6 +291,36 @@ def test_an_interrupted_onnx_eval_writes_the_providers_it_finished(tmp_path: Pat
     assert [(r["provider"], r["batch"]) for r in json.loads(report.read_text())["results"]] == [("cpu", 1), ("cpu", 2)]
 
 
+def test_a_failed_run_leaves_its_error_in_json_never_an_earlier_result(tmp_path: Path, capsys) -> None:
+    """A run that failed left the last run's --json in place: a script reading it took that result for this one.
+    The file now holds the error and exit status; a file the failed run wrote itself (a report, then exit 3 for a
+    provider that fell back) is kept, and a bug's record comes with its traceback."""
+    from engine.cli import EXIT_INPUT, EXIT_SETUP, main
+    from engine.core.commands import Command, write_json
+    from engine.core.errors import SetupError
+
+    report = tmp_path / "report.json"
+    report.write_text('{"results": ["an earlier run"]}')
+    assert main(["onnx", "eval", str(tmp_path / "missing.onnx"), "--quiet", "--json", str(report)]) == EXIT_INPUT
+    error = capsys.readouterr().err.removeprefix("avatarbench: ").strip()
+    assert "missing.onnx" in error and json.loads(report.read_text()) == {"error": error, "exit_status": EXIT_INPUT}
+
+    def writes_then_fails(args) -> None:
+        write_json(args.json, '{"results": ["this run"]}')
+        raise SetupError("a provider fell back")
+
+    def crashes(args) -> None:
+        raise RuntimeError("boom")
+
+    commands = [Command(name, "a test command", run, flags=lambda p: p.add_argument("--json"))
+                for name, run in (("writes", writes_then_fails), ("crashes", crashes))]  # fmt: skip
+    assert main(["writes", "--json", str(report)], extra=commands) == EXIT_SETUP
+    assert json.loads(report.read_text()) == {"results": ["this run"]}
+    with pytest.raises(RuntimeError, match="boom"):
+        main(["crashes", "--json", str(report)], extra=commands)
+    assert json.loads(report.read_text())["error"].startswith("a bug (RuntimeError: boom)")
+
+
 def test_a_provider_that_fell_back_fails_the_measuring_commands(tmp_path: Path, monkeypatch, capsys) -> None:
     """onnx eval and bench write their report, then exit 3 when a provider they were asked for did not load: the
     rows marked fell_back measure another provider, and a script must not take them for the one it asked for."""

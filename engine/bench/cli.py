@@ -24,7 +24,7 @@ from engine.core.commands import (
     write_json,
     write_output,
 )
-from engine.core.errors import InputError
+from engine.core.errors import InputError, OutputClash
 from engine.core.options import from_args
 
 
@@ -191,7 +191,7 @@ def _cost(args: argparse.Namespace) -> int:
     same = args.json and (Path(args.json).resolve() == prices.resolve() or (
         prices.exists() and Path(args.json).exists() and os.path.samefile(args.json, prices)))  # fmt: skip
     if same:
-        raise InputError(f"--json {args.json} is the price file cost reads ({prices}): writing it would overwrite "
+        raise OutputClash(f"--json {args.json} is the price file cost reads ({prices}): writing it would overwrite "
                          "your prices; give another file name")  # fmt: skip
     config, book = from_args(CostConfig, args), PriceBook.load(prices)
     rows = cost_for(config, book)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine.core.errors import InputError, SetupError
+from engine.core.errors import InputError, OutputClash, SetupError
 from engine.core.options import Config
 
 if TYPE_CHECKING:
@@ -64,6 +64,32 @@ def write_output(path: str | None, text: str, flag: str) -> None:
             Path(path).write_text(text.rstrip("\n") + "\n")
         except OSError as exc:
             raise InputError(f"{flag} {path} could not be written: {exc.strerror or exc}") from None
+
+
+class FailedRunRecord:
+    """--json FILE after a failed run: its error and exit status, so that a script reading the file never takes an
+    earlier run's result for this one's. A file the run wrote itself (an interrupted sweep's rows, a report whose
+    provider fell back) is kept: only a file as it was before the run is replaced."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        value = getattr(args, "json", None)  # a FILE; a command whose --json prints to standard output has a bool
+        self.path = Path(value) if isinstance(value, str) and value else None
+        self.before = self._stamp()
+
+    def _stamp(self) -> tuple[int, int, int] | None:
+        try:
+            stat = self.path.stat() if self.path else None
+        except OSError:
+            return None
+        return (stat.st_ino, stat.st_mtime_ns, stat.st_size) if stat else None
+
+    def write(self, exit_status: int, error: str) -> None:
+        if self.path is None or self._stamp() != self.before:
+            return
+        try:
+            write_json(str(self.path), strict_json({"error": error, "exit_status": exit_status}))
+        except InputError as exc:  # the run's own error is the one to see; this one only follows it
+            print(f"avatarbench: {exc}", file=sys.stderr)
 
 
 def strict_json(value: Any) -> str:
@@ -126,7 +152,7 @@ def check_output_paths(args: argparse.Namespace) -> None:
     for name, value in outputs.items():
         other = taken.get(_identity(value))
         if other is not None:
-            raise InputError(
+            raise OutputClash(
                 f"--{name} {value} is also --{other.replace('_', '-')}: writing it would overwrite that; "
                 "give another file name"
             )
@@ -139,7 +165,7 @@ def check_outputs_spare(args: argparse.Namespace, what: str, files: list[Path]) 
     read = {_identity(file) for file in files}
     for name, value in _outputs(args).items():
         if isinstance(value, str) and value and _identity(value) in read:
-            raise InputError(f"--{name} {value} is {what}: writing it would overwrite that; give another file name")
+            raise OutputClash(f"--{name} {value} is {what}: writing it would overwrite that; give another file name")
 
 
 def _outputs(args: argparse.Namespace) -> dict[str, Any]:

@@ -18,6 +18,11 @@ class InputError(AvatarbenchError, ValueError):
     """Bad input or options; the message says what was wrong and what is accepted."""
 
 
+class OutputClash(InputError):
+    """An output file that is also an input (a price file, a model's external data): refused, and never written,
+    not even with the run's error."""
+
+
 class SetupError(AvatarbenchError):
     """The machine or installation lacks something the request needs; the message says what and how to fix it."""
 
@@ -28,4 +33,4 @@ def one_line(exc: BaseException | str) -> str:
     return " ".join(str(exc).split())
 
 
-__all__ = ["AvatarbenchError", "InputError", "SetupError", "one_line"]
+__all__ = ["AvatarbenchError", "InputError", "OutputClash", "SetupError", "one_line"]
