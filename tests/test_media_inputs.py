@@ -548,7 +548,7 @@ def test_the_tabs_say_the_engines_flags_by_their_labels_and_the_api_by_its_param
     tab, api = _live_tab("lipsync", jobs, tmp_path)
     summary, toasts = tab()
     words = "a fixed “Fixed face box X1, Y1, X2, Y2” is used as it is: “Face detector” (for detected boxes) changed"
-    assert summary.startswith(f"✗ {words}") and summary.endswith("see \\`--box\\`") and toasts[0].startswith(words)
+    assert summary.startswith(f"✗ {words}") and summary.endswith("see `--box`") and toasts[0].startswith(words)
     with pytest.raises(gr.Error) as by_api:
         list(api(face=str(ASSETS / "face.jpg"), audio=str(ASSETS / "speech.wav")))
     assert by_api.value.message.startswith("a fixed “box” is used as it is: “detector” (for detected boxes)")

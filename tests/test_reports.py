@@ -68,6 +68,8 @@ def test_onnx_report_renders(model) -> None:
     assert onnx_report.parity_rows(odd)[0][0] == "cuda ⚠️ fell back"
     described = onnx_report.inspection_markdown(report["inspection"])
     assert "mlp.onnx" in described and "- 24 FLOP per run at N=1; not counted: Add, Relu" in described  # 0.000 GFLOP
+    starred = onnx_report.inspection_markdown({**report["inspection"], "name": "*mlp*.onnx"})  # the upload's name
+    assert starred.startswith("**\\*mlp\\*.onnx** · IR")
     assert "- batch: `N`, free" in described and "⚠️" not in described  # a free batch is no warning
     old = {**report["inspection"], "warnings": ["dynamic batch: N=1"]}  # as inspections stored before it said
     assert "⚠️" not in onnx_report.inspection_markdown(old)
@@ -404,3 +406,35 @@ def test_an_evaluations_accuracy_rows_quote_each_figure_in_its_column() -> None:
         assert onnx_report.accuracy_rows({"accuracy": few}) == [
             ["cpu", f"p top-k over 4 samples{wider}", "", "", "", "", 0.5, shown]
         ]
+
+
+def test_summaries_show_users_names_as_written_and_keep_their_own_code() -> None:
+    """A warning naming `_take*2*.mp4` showed "take" in italics and lost its stars, and a `<clip>` vanished as a tag;
+    an uploaded model's or an imported report's name did the same in bold. The names show as written, each summary
+    in its pane's Markdown, and a message's own `code` (a command to run) stays code."""
+    from markdown_it import MarkdownIt
+
+    from engine.core.results import RunResult
+    from ui import bench, lipsync, onnx_eval, portrait
+
+    def shown(markdown: str) -> str:
+        return MarkdownIt("commonmark").enable(["table", "strikethrough"]).render(markdown)
+
+    odd = "_take*2*.mp4 <clip> [x](y) a|b #1"
+    result = RunResult(device="cpu", device_name="CPU", precision="fp32")
+    result.metrics.update(engine="baseline", backend="torch", frames=8, fps=25.0, frames_per_second=9.0,
+                          encoder="libx264", engine_label="Wav2Lip", batch_size=1, detector="haar", faces_missed=0,
+                          pipeline_seconds=1.0)  # fmt: skip
+    result.warn(f"no face in {odd}: see `avatarbench doctor`")
+    for text in (lipsync.summary_markdown(result), portrait.summary_markdown(result)):
+        assert "no face in _take*2*.mp4 &lt;clip&gt; [x](y) a|b #1: see <code>avatarbench doctor</code>" in shown(text)
+    report = {"job": {"model_name": "*model*.onnx"}, "notes": [f"output {odd}"], "warnings": [odd]}
+    html = shown(onnx_report.summary_markdown(report))
+    assert "<strong>*model*.onnx</strong>" in html and f"output {odd}".replace("<clip>", "&lt;clip&gt;") in html
+    imported = {"model": {"title": "<b>__init__</b>"}, "machine": {"gpu": {"name": "*A100*"}}, "notes": [odd]}
+    html = shown(bench_report.summary_markdown(imported))
+    assert "<strong>&lt;b&gt;__init__&lt;/b&gt;</strong> on *A100*" in html and "_take*2*.mp4 &lt;clip&gt;" in html
+    failed = {"id": "j1", "status": "failed", "model_name": "*model*.onnx", "model": "*model*.onnx", "points": 1,
+              "device": "cpu", "error": f"cannot read {odd}"}  # fmt: skip
+    for status in (onnx_eval.status_markdown(failed), bench._status_text(failed)):
+        assert "· *model*.onnx " in shown(status) and "❌ cannot read _take*2*.mp4 &lt;clip&gt;" in shown(status)

@@ -74,6 +74,7 @@ from ui.widgets import (
     finished_results,
     job_ids,
     job_poller,
+    markdown_literal,
     optional_number,
     shown_table,
     table,
@@ -90,14 +91,15 @@ HISTORY_HEADERS = ["job", "status", "model", "preset", "configurations", "machin
 
 
 def _status_text(s: dict) -> str:
-    head = f"Sweep `{s['id']}` · **{s['status']}** · {s['model']} · {s['points']} configuration(s) on `{s['device']}`"
+    model = markdown_literal(s["model"])  # an uploaded file's name
+    head = f"Sweep `{s['id']}` · **{s['status']}** · {model} · {s['points']} configuration(s) on `{s['device']}`"
     if s["status"] == "queued":
         return f"{head} · position {s['position']}"
     if s["status"] == "running":
         return f"{head} · {s['progress'] * 100:.0f}% · {s['progress_label']}"
     if s["status"] in (FAILED, CANCELLED):
         kept = f"\n\nThe {s['measured']} configuration(s) it finished are below." if s.get("measured") else ""
-        return f"{head}\n\n❌ {s['error']}{kept}"
+        return f"{head}\n\n❌ {markdown_literal(s['error'] or '')}{kept}"
     return f"{head} · finished {when(s['finished'])}"
 
 
@@ -418,9 +420,9 @@ def build_bench_tab(settings: Any, jobs: BenchJobs, access: Access) -> None:
             return in_pane(exc)
         gpu = cards[gpu_key]
         lines = [
-            f"**{title}** on {gpu.name} at {precision} ({fit.basis}): fixed {fit.weights_bytes / 2**20:.0f} MiB, "
-            f"{fit.activation_bytes_per_sample / 2**20:.1f} MiB per sample, CUDA context "
-            f"{fit.overhead_bytes / 2**20:.0f} MiB",
+            f"**{markdown_literal(title)}** on {gpu.name} at {precision} ({fit.basis}): fixed "
+            f"{fit.weights_bytes / 2**20:.0f} MiB, {fit.activation_bytes_per_sample / 2**20:.1f} MiB per sample, "
+            f"CUDA context {fit.overhead_bytes / 2**20:.0f} MiB",
             f"- largest batch under {fraction:g} of {gpu.memory_bytes / 1e9:.1f} GB (the card's total as CUDA reports "
             f"it): **{fit.max_batch_text}**; recommended "
             f"**{fit.recommended_batch}** (predicted {fit.predicted_bytes / 2**30:.2f} GiB); recommended precision "
@@ -536,8 +538,9 @@ def _plan_markdown(result: dict) -> str:
     verdict = "✅ fits" if result["fits"] else "❌ does not fit"
     m = result["memory"]
     parts = ", ".join(f"{k.removesuffix('_bytes').replace('_', ' ')} {v / 1e9:.2f} GB" for k, v in m["per_gpu"].items())
+    model = markdown_literal(result["model"]["name"] or result["model"]["key"])  # a config's own name
     lines = [
-        f"**{result['model']['name'] or result['model']['key']}** on {m['shards']} × {result['gpu']['name']}"
+        f"**{model}** on {m['shards']} × {result['gpu']['name']}"
         + (f", {result['replicas']} replicas" if result["replicas"] > 1 else "")
         + f": {verdict}",
         f"- per GPU: {parts}",

@@ -9,7 +9,7 @@ import plotly.graph_objects as go
 
 from engine.bench.planner import CPU_ROW
 from engine.onnx.timing import spread_warning
-from ui.widgets import layout, log_axis
+from ui.widgets import layout, log_axis, markdown_literal
 
 RESULT_HEADERS = [
     "configuration",
@@ -96,13 +96,14 @@ def summary_markdown(report: dict, job: dict | None = None) -> str:
     where = gpu.get("name") or f"CPU ({machine.get('cpu_count')} cores)"
     flops = model.get("flops_per_sample")
     cost = f"{flops / 1e9:.2f} GFLOP per sample" if flops else "FLOPs unknown"
+    title = markdown_literal(str(model.get("title", model.get("name"))))  # an imported report's text is anyone's
     lines = [
-        f"**{model.get('title', model.get('name'))}** on {where} · torch {machine.get('torch')} · onnxruntime "
+        f"**{title}** on {markdown_literal(where)} · torch {machine.get('torch')} · onnxruntime "
         f"{machine.get('onnxruntime')} · {cost}",
     ]
     if job:
         lines[0] += f" · job `{job['id']}`" + (" (imported)" if job.get("imported") else "")
-    lines += [f"- {n}" for n in report.get("notes", [])]
+    lines += [f"- {markdown_literal(n)}" for n in report.get("notes", [])]
     return "\n".join(lines)
 
 

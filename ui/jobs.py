@@ -31,7 +31,7 @@ from engine.core.weights import server_files
 from engine.jobs.kinds import JobKind, queue_view, readable_summary, shown_report
 from engine.jobs.store import CANCELLED, DONE, FAILED, FINISHED, Job, JobStore, StoreError
 from ui.forms import Run, api_endpoint, refusal, reported
-from ui.widgets import delivered, joined_video, scroll_into_view, when
+from ui.widgets import delivered, joined_video, markdown_literal, scroll_into_view, when
 from ui.zerogpu import remember_visitor_token
 
 log = logging.getLogger(__name__)
@@ -168,9 +168,6 @@ class JobEnded(AvatarbenchError):
         super().__init__(f"job {job_id} {status}: {self.reason}")
 
 
-_MARKDOWN = re.compile(r"([\\`*_\[\]<>|~#])")
-
-
 @dataclass(frozen=True)
 class Ended:
     """What a tab shows for a job with no result to render: one that failed or was cancelled (why, its record, and
@@ -187,7 +184,7 @@ class Ended:
     def summary(self, terms: Callable[[str], str] = str) -> str:
         """The summary pane's text: the outcome in words, neutral for a cancel, and the reason as written (in the
         form's `terms`)."""
-        reason = _MARKDOWN.sub(r"\\\1", terms(self.reason))  # file names are the user's: never markup
+        reason = markdown_literal(terms(self.reason))
         if self.status is None:
             return f"✗ {reason}"
         headline = "**Cancelled**" if self.status == CANCELLED else f"**✗ {self.status.capitalize()}**"

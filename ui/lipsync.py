@@ -29,6 +29,7 @@ from ui.widgets import (
     ASSETS,
     chart,
     delivered,
+    markdown_literal,
     measurement_line,
     optional_number,
     scroll_into_view,
@@ -63,7 +64,7 @@ def summary_markdown(result: RunResult) -> str:
     if check := m.get("precision_check"):
         lines.append(f"- {precision_summary(result.precision, check)}")
     lines += measurement_line(result) + segments_lines(result)
-    lines += [f"- ⚠️ {w}" for w in result.warnings]
+    lines += [f"- ⚠️ {markdown_literal(w)}" for w in result.warnings]
     return "\n".join(lines)
 
 

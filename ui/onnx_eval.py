@@ -53,6 +53,7 @@ from ui.widgets import (
     finished_results,
     job_ids,
     job_poller,
+    markdown_literal,
     number,
     optional_number,
     shown_table,
@@ -77,14 +78,14 @@ def _provider_choices() -> list[tuple[str, str]]:
 
 def status_markdown(status: dict) -> str:
     state = status["status"]
-    head = f"Job `{status['id']}` · **{state}** · {status['model_name']} on `{status['device']}`"
+    head = f"Job `{status['id']}` · **{state}** · {markdown_literal(status['model_name'])} on `{status['device']}`"
     if state == "queued":
         return f"{head} · position {status['position']} in the `{status['device']}` queue"
     if state == "running":
         return f"{head} · {status['progress'] * 100:.0f}% · {status['progress_label']}"
     if state in (FAILED, CANCELLED):
         kept = f"\n\nThe {status['measured']} result row(s) it finished are below." if status.get("measured") else ""
-        return f"{head}\n\n❌ {status['error']}{kept}"
+        return f"{head}\n\n❌ {markdown_literal(status['error'] or '')}{kept}"
     took = (status["finished"] or 0) - (status["started"] or status["finished"] or 0)
     return f"{head} · finished {when(status['finished'])} in {took:.1f}s"
 

@@ -16,7 +16,7 @@ from engine.core.words import format_bytes
 from engine.onnx.flops import flops_line
 from engine.onnx.model import DEFAULTS_LISTED, type_name
 from engine.onnx.timing import spread_warning
-from ui.widgets import layout, log_axis
+from ui.widgets import layout, log_axis, markdown_literal
 
 RESULT_HEADERS = [
     "provider",
@@ -199,7 +199,7 @@ def inspection_markdown(inspection: dict) -> str:
     at = " at " + (", ".join(f"{name}={value}" for name, value in symbols.items()) or "its fixed shapes")
     ops = ", ".join(f"{op} ×{n}" for op, n in sorted(inspection["op_counts"].items(), key=lambda kv: -kv[1]))
     lines = [
-        f"**{inspection['name']}** · IR {inspection['ir_version']} · opsets {inspection['opsets']} · "
+        f"**{markdown_literal(inspection['name'])}** · IR {inspection['ir_version']} · opsets {inspection['opsets']} · "
         f"producer {inspection['producer'] or 'unknown'}",
         f"- {inspection['parameters']:,} parameters, {format_bytes(inspection['parameter_bytes'])} of weights; "
         f"file {format_bytes(inspection['size_bytes'])}; sha256 `{inspection['sha256'][:16]}…`",
@@ -276,16 +276,17 @@ def summary_markdown(report: dict) -> str:
         f"{key} → {(session.get('got') or ['failed'])[0].replace('ExecutionProvider', '')}"
         for key, session in sessions.items()
     )
+    name = markdown_literal(job.get("model_name", "model"))  # the uploaded file's name
     lines = [
-        f"**{job.get('model_name', 'model')}** · job `{job.get('id', '?')}` on `{job.get('device', '?')}` · "
+        f"**{name}** · job `{job.get('id', '?')}` on `{job.get('device', '?')}` · "
         f"onnxruntime {env.get('onnxruntime', '?')} · symbols {report.get('symbols')} · sessions: {got}",
     ]
     beside_the_charts = {
         f"{r['provider']} at batch {r['batch']}: {r.get('spread_warning')}" for r in report.get("results", [])
     }
-    lines += [f"- ℹ️ {n}" for n in report.get("notes", [])]
+    lines += [f"- ℹ️ {markdown_literal(n)}" for n in report.get("notes", [])]
     if list(report.get("parity") or {}) == [REFERENCE]:  # the parity table stays hidden: say why
         lines.append("- ℹ️ parity: only the CPU ran, and its outputs are the reference: nothing to compare them with "
                      "(choose cuda or trt too)")  # fmt: skip
-    lines += [f"- ⚠️ {w}" for w in report.get("warnings", []) if w not in beside_the_charts]
+    lines += [f"- ⚠️ {markdown_literal(w)}" for w in report.get("warnings", []) if w not in beside_the_charts]
     return "\n".join(lines)

@@ -25,6 +25,7 @@ from ui.widgets import (
     ASSETS,
     chart,
     delivered,
+    markdown_literal,
     measurement_line,
     optional_number,
     scroll_into_view,
@@ -81,7 +82,7 @@ def summary_markdown(result: RunResult) -> str:
         f"encoder `{m['encoder']}`"
     ]
     lines += measurement_line(result) + segments_lines(result)
-    lines += [f"- ⚠️ {w}" for w in result.warnings]
+    lines += [f"- ⚠️ {markdown_literal(w)}" for w in result.warnings]
     return "\n".join(lines)
 
 

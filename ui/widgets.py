@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime
 import math
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -84,6 +85,17 @@ def scroll_into_view(button: gr.Button, pane: Any) -> None:
       }}
     }}"""
     button.click(None, None, None, js=script, queue=False, show_progress="hidden", api_visibility="private")
+
+
+_MARKUP = re.compile(r"([\\`*_\[\]<>|~#])")
+_CODE_SPAN = re.compile(r"(`[^`\n]+`)")
+
+
+def markdown_literal(text: str) -> str:
+    """A message as written, in a Markdown pane: the names in it are the user's (files, models, outputs), and a `*`,
+    a leading `_` or a `<` in one made italics or vanished; the message's own `code` spans stay code."""
+    parts = _CODE_SPAN.split(text)
+    return "".join(part if i % 2 else _MARKUP.sub(r"\\\1", part) for i, part in enumerate(parts))
 
 
 def measurement_line(result: RunResult) -> list[str]:
