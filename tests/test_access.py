@@ -212,8 +212,8 @@ def test_one_owner_waits_on_a_few_jobs_at_once_and_a_refused_wait_queues_nothing
                            kind="lipsync", files=(), status=lambda job, owner: read.append(job))  # fmt: skip
     with gr.Blocks() as demo:
         outputs = [gr.JSON()]
-        tab = job_endpoints(LipSyncConfig, jobs, Access(), lambda report: (), outputs, "lipsync", "about",
-                            lambda seen: (), lambda ended: ())  # fmt: skip
+        tab = job_endpoints(LipSyncConfig, jobs, Access(), lambda report, say: (), outputs, "lipsync", "about",
+                            lambda seen: (), lambda ended, say: ())  # fmt: skip
         run_panel(jobs, Access(), lambda report: (), lambda ended: (), outputs, gr.Button())
         register_job_api(SimpleNamespace(), {}, Access())
     (api,) = [f.fn for f in demo.fns.values() if f.api_name == "lipsync"]
@@ -314,8 +314,8 @@ def test_a_run_is_its_requesters_job_and_a_visitor_names_no_server_path(tmp_path
     )  # fmt: skip
     access, bob = Access(frozenset({"carol"})), _request(session="bob")
     with gr.Blocks() as demo:
-        tab = job_endpoints(LipSyncConfig, jobs, access, lambda report: (), [gr.JSON()], "lipsync", "about",
-                            lambda seen: (), lambda ended: (ended.reason,))  # fmt: skip
+        tab = job_endpoints(LipSyncConfig, jobs, access, lambda report, say: (), [gr.JSON()], "lipsync", "about",
+                            lambda seen: (), lambda ended, say: (ended.reason,))  # fmt: skip
     (api,) = [f.fn for f in demo.fns.values() if f.api_name == "lipsync_submit"]
     assert api(face="f.jpg", audio="a.wav", request=bob)["job_id"] == "j1"
     assert submitted == [(access.owner(bob), None)]

@@ -179,9 +179,9 @@ def _endpoints(jobs: SimpleNamespace) -> tuple:
     access = SimpleNamespace(server_files=lambda values, settings, request: values, owner=lambda r: "o",
                              reader=lambda r: "o")  # fmt: skip
     with gr.Blocks() as demo:
-        tab = job_endpoints(LipSyncConfig, jobs, access, lambda report: (), [gr.Video(), gr.Markdown(), gr.JSON()],
+        tab = job_endpoints(LipSyncConfig, jobs, access, lambda report, say: (), [gr.Video(), gr.Markdown(), gr.JSON()],
                             "t", "t.", lambda seen: (f"{seen.duration:g} s", "so far", None),
-                            lambda ended: (ended.video, ended.summary(), ended.record))  # fmt: skip
+                            lambda ended, say: (ended.video, ended.summary(say), ended.record))  # fmt: skip
     (api,) = [f.fn for f in demo.fns.values() if f.api_name == "t"]
     return tab, api
 
@@ -245,8 +245,8 @@ def test_the_video_so_far_is_shown_each_time_it_doubles_and_a_preview_that_fails
                              reader=lambda r: "o")  # fmt: skip
     with gr.Blocks():
         outputs = [gr.Video(), gr.Markdown(), gr.JSON()]
-        tab = ui.jobs.job_endpoints(LipSyncConfig, jobs, access, lambda report: (report["video"], "done", None),
-                                    outputs, "t", "t.", live, lambda ended: ())  # fmt: skip
+        tab = ui.jobs.job_endpoints(LipSyncConfig, jobs, access, lambda report, say: (report["video"], "done", None),
+                                    outputs, "t", "t.", live, lambda ended, say: ())  # fmt: skip
     updates = list(tab({"face": "f.jpg", "audio": "a.wav"}, lambda *a: None, None))
     assert [u[0] for u in updates] == ["2 s", "4.5 s", "done.mp4"]
 
@@ -532,7 +532,7 @@ def test_the_tabs_say_the_engines_flags_by_their_labels_and_the_api_by_its_param
 ) -> None:
     """A web user was told "--fps applies to a still face" and "a fixed --box changed --detector": flags of a command
     line they never saw. The tab's refusal, toast, failure and result summary name its fields as it labels them;
-    the API's refusal names its parameters."""
+    the API's refusal and result summary name its parameters."""
     import ui.jobs
     from engine.core.errors import InputError
     from engine.core.results import RunResult
@@ -565,6 +565,8 @@ def test_the_tabs_say_the_engines_flags_by_their_labels_and_the_api_by_its_param
     jobs.submit = lambda config, owner: SimpleNamespace(id="j1")
     summary, toasts = tab()
     assert "- ⚠️ “Video: its first frame only, held still” holds a video's first frame" in summary
+    by_api = list(api(face=str(ASSETS / "face.jpg"), audio=str(ASSETS / "speech.wav")))[-1][1]
+    assert "- ⚠️ “static” holds a video's first frame" in by_api  # the API's result names its parameter
 
     def failing(jobs: object, job_id: str, *args: object) -> object:
         raise ui.jobs.JobEnded("j1", "failed", "no face: try --detect-scale 1")

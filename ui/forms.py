@@ -90,6 +90,11 @@ class FormTerms:
             if isinstance(label := getattr(component, "label", None), str) and label
         })  # fmt: skip
 
+    @classmethod
+    def api(cls, config: type[Config]) -> FormTerms:
+        """The terms of a config's API endpoint: its parameters' names."""
+        return cls({f.name: f.name for f in fields(config)})
+
     def __call__(self, text: str) -> str:
         if not self.labels:
             return text
@@ -280,7 +285,7 @@ def api_endpoint(
     with gr.Column(visible=False):
         inputs = hidden_inputs(cls)
         trigger = gr.Button()
-    handler = form_handler(cls, inputs, run, api_name, FormTerms({name: name for name in inputs}))
+    handler = form_handler(cls, inputs, run, api_name, FormTerms.api(cls))
     trigger.click(
         handler, inputs_kwargs=inputs, outputs=outputs, api_name=api_name, api_description=description, **event
     )

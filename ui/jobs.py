@@ -30,7 +30,7 @@ from engine.core.settings import Settings
 from engine.core.weights import server_files
 from engine.jobs.kinds import JobKind, queue_view, readable_summary, shown_report
 from engine.jobs.store import CANCELLED, DONE, FAILED, FINISHED, Job, JobStore, StoreError
-from ui.forms import Run, api_endpoint, refusal, reported
+from ui.forms import FormTerms, Run, api_endpoint, refusal, reported
 from ui.widgets import delivered, joined_video, markdown_literal, scroll_into_view, when
 from ui.zerogpu import remember_visitor_token
 
@@ -333,12 +333,12 @@ def job_endpoints(
     cls: type[Config],
     jobs: JobKind,
     access: Access,
-    render: Callable[[dict[str, Any]], tuple[Any, ...]],
+    render: Callable[[dict[str, Any], Callable[[str], str]], tuple[Any, ...]],
     outputs: list[Any],
     name: str,
     about: str,
     live: Callable[[LiveStream], tuple[Any, ...]],
-    ended: Callable[[Ended], tuple[Any, ...]],
+    ended: Callable[[Ended, Callable[[str], str]], tuple[Any, ...]],
     terms: Callable[[str], str] = str,
 ) -> Run:
     """`/name` (submit, wait, the outputs: the video so far (`live`) each time it has doubled while the job streams
@@ -346,19 +346,23 @@ def job_endpoints(
     /job_result). Returns the tab's button handler: the same outputs, except that a job that failed or was cancelled
     is shown in the panes (`ended`: why, and the video it made before it stopped) instead of raised, so the reason
     stays on the page and a cancel is not an error. /name still raises it: scripts tell the two apart by that. The
-    tab's toasts say it in the form's `terms` (its `ended` and `render` do too)."""
+    tab's toasts, `render` and `ended` say it in the form's `terms`; the API's `render` and `ended` name its
+    parameters."""
+    api_terms = FormTerms.api(cls)
 
     def queued(values: dict[str, Any], request: gr.Request | None) -> Job:
         config = cls.build(access.server_files(values, jobs.settings, request))
         return jobs.submit(config, access.owner(request))
 
-    def shown(job: Job, progress: Callable[[float, str], None], reader: str | None) -> Iterator[tuple[Any, ...]]:
-        """The outputs as the job goes: its video so far each time it has doubled, then its result (JobEnded raised
-        when it ends without one)."""
+    def shown(
+        job: Job, progress: Callable[[float, str], None], reader: str | None, say: Callable[[str], str]
+    ) -> Iterator[tuple[Any, ...]]:
+        """The outputs as the job goes: its video so far each time it has doubled, then its result in `say`'s terms
+        (JobEnded raised when it ends without one)."""
         previewed = 0.0
         for seen in follow_live(jobs, job.id, reader, progress):
             if not isinstance(seen, LiveStream):
-                yield render(seen)
+                yield render(seen, say)
             elif not seen.ended and seen.duration >= 2 * previewed:
                 previewed = seen.duration
                 try:
@@ -374,13 +378,13 @@ def job_endpoints(
         with WAITS.waiting(access.owner(request)):
             job, reader, updates = queued(values, request), access.reader(request), 0
             try:
-                for update in shown(job, progress, reader):
+                for update in shown(job, progress, reader, api_terms):
                     updates += 1
                     yield update
             except JobEnded as exc:
                 if updates:
                     with contextlib.suppress(Exception):
-                        yield ended(stopped(jobs, exc, reader))
+                        yield ended(stopped(jobs, exc, reader), api_terms)
                 raise
 
     def run_in_tab(values: dict[str, Any], progress: Callable[[float, str], None], request: gr.Request | None) -> Any:
@@ -393,15 +397,15 @@ def job_endpoints(
             except AvatarbenchError as exc:
                 log.info("%s refused: %s", name, exc)
                 gr.Warning(terms(str(exc)))
-                yield ended(Ended("", None, str(exc)))
+                yield ended(Ended("", None, str(exc)), terms)
                 return
             try:
-                yield from shown(job, progress, reader)
+                yield from shown(job, progress, reader, terms)
             except JobEnded as exc:
                 log.info("%s job %s %s: %s", name, job.id, exc.status, exc.reason)
                 if exc.status == FAILED:
                     gr.Warning(terms(str(exc)))
-                yield ended(stopped(jobs, exc, reader))
+                yield ended(stopped(jobs, exc, reader), terms)
 
     def submit(values: dict[str, Any], progress: Callable[[float, str], None], request: gr.Request | None) -> dict:
         job = queued(values, request)

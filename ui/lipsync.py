@@ -7,6 +7,7 @@ CLI's names, defaults and checks (ui/forms.py). Both build the config, call the 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import gradio as gr
@@ -185,10 +186,11 @@ def build_lipsync_tab(settings: Settings, jobs: LipSyncJobs, access: Access) -> 
             with gr.Accordion("Full result (JSON)", open=False):
                 details = gr.JSON(label="report", show_label=False)
 
-    def render(report: dict[str, Any]) -> tuple[Any, ...]:
+    def render(report: dict[str, Any], say: Callable[[str], str] | None = None) -> tuple[Any, ...]:
+        """A finished job's panes; its summary in `say`'s terms (the API's), else the tab's."""
         result = RunResult.from_dict(report)
-        video_file = delivered(result.outputs.get("video"))
-        return video_file, terms(summary_markdown(result)), chart(timing_figure(result)), shown_report(report)
+        video_file, summary_text = delivered(result.outputs.get("video")), (say or terms)(summary_markdown(result))
+        return video_file, summary_text, chart(timing_figure(result)), shown_report(report)
 
     inputs = dict(
         face=face, audio=audio, engine=engine, checkpoint=checkpoint, batch_size=batch_size, precision=precision,
@@ -207,10 +209,10 @@ def build_lipsync_tab(settings: Settings, jobs: LipSyncJobs, access: Access) -> 
     def live(seen: LiveStream) -> tuple[Any, ...]:
         return (*video_so_far(seen), gr.update(), gr.update())
 
-    def ended(outcome: Ended) -> tuple[Any, ...]:
+    def ended(outcome: Ended, say: Callable[[str], str] | None = None) -> tuple[Any, ...]:
         """A failed or cancelled job (or an id that names none): the reason, the video it made before it stopped,
         and no earlier job's chart or result."""
-        return outcome.video, outcome.summary(terms), chart(None), outcome.record
+        return outcome.video, outcome.summary(say or terms), chart(None), outcome.record
 
     with api_examples(face="assets/face.jpg", audio="assets/speech.wav"):
         lipsync = job_endpoints(LipSyncConfig, jobs, access, render, outputs, "lipsync", about, live, ended, terms)

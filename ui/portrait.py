@@ -4,6 +4,7 @@ per-stage timings and a side-by-side strip; also registers the `/portrait` API e
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import gradio as gr
@@ -206,12 +207,14 @@ def build_portrait_tab(settings: Settings, jobs: PortraitJobs, access: Access) -
             with gr.Accordion("Full result (JSON)", open=False):
                 details = gr.JSON(label="report", show_label=False)
 
-    def render(report: dict[str, Any]) -> tuple[Any, ...]:
+    def render(report: dict[str, Any], say: Callable[[str], str] | None = None) -> tuple[Any, ...]:
+        """A finished job's panes; its summary in `say`'s terms (the API's), else the tab's."""
         result = RunResult.from_dict(report)
         out = result.outputs
         video_file, strip_file, template_file = (delivered(out.get(k)) for k in ("video", "strip", "template"))
         figure = chart(timing_figure(result))
-        return video_file, terms(summary_markdown(result)), strip_file, figure, template_file, shown_report(report)
+        summary_text = (say or terms)(summary_markdown(result))
+        return video_file, summary_text, strip_file, figure, template_file, shown_report(report)
 
     inputs = dict(
         source=source, driving=driving, engine=engine, weights=weights, backend=backend, precision=precision,
@@ -232,10 +235,10 @@ def build_portrait_tab(settings: Settings, jobs: PortraitJobs, access: Access) -
     def live(seen: LiveStream) -> tuple[Any, ...]:
         return (*video_so_far(seen), *(gr.update(),) * 4)
 
-    def ended(outcome: Ended) -> tuple[Any, ...]:
+    def ended(outcome: Ended, say: Callable[[str], str] | None = None) -> tuple[Any, ...]:
         """A failed or cancelled job (or an id that names none): the reason, the video it made before it stopped,
         and no earlier job's strip, chart, template or result."""
-        return outcome.video, outcome.summary(terms), None, chart(None), None, outcome.record
+        return outcome.video, outcome.summary(say or terms), None, chart(None), None, outcome.record
 
     with api_examples(source="assets/face.jpg", driving="assets/driving.mp4"):
         animate = job_endpoints(PortraitConfig, jobs, access, render, outputs, "portrait", about, live, ended, terms)
