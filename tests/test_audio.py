@@ -389,6 +389,28 @@ def test_random_bytes_named_wav(tmp_path: Path) -> None:
         load_audio(path)
 
 
+def test_two_mp3s_joined_end_to_end_play_one_after_the_other(tmp_path: Path, caplog) -> None:
+    """`cat a.mp3 b.mp3`: the second file's ID3 tag sits mid-stream, one packet no decoder takes. FFmpeg's command
+    line (upstream's decoder) skips it and plays on; it was refused as undecodable. A good first packet followed
+    by more junk than sound stays refused."""
+    first = _write_audio(tmp_path / "a.mp3", "libmp3lame", 16000, 1.0, data=_tone(16000, 1.0, hz=440)[:1])
+    second = _write_audio(tmp_path / "b.mp3", "libmp3lame", 16000, 1.5, data=_tone(16000, 1.5, hz=660)[:1])
+    joined = tmp_path / "joined.mp3"
+    joined.write_bytes(first.read_bytes() + second.read_bytes())
+    assert first.read_bytes()[:3] == second.read_bytes()[:3] == b"ID3"
+    with caplog.at_level("WARNING", logger="engine.core.audio"):
+        sound = load_sound(joined)
+    assert 2.5 <= sound.seconds < 2.7  # both, with each encoder's padding
+    tail = sound.samples[-8000:, 0]  # the second file's last half second: its 660 Hz tone
+    assert np.argmax(np.abs(np.fft.rfft(tail))) * 16000 / len(tail) == pytest.approx(660, abs=4)
+    assert "joined.mp3: 1 of " in caplog.text and "could not be decoded and were skipped" in caplog.text
+    assert len(load_audio(joined)) == len(sound.samples)  # at 16 kHz already
+    junk = np.random.default_rng(0).integers(0, 256, 200_000, dtype=np.uint8).tobytes()
+    (tmp_path / "junk.mp3").write_bytes(first.read_bytes()[:800] + junk)
+    with pytest.raises(AudioError, match="could not be decoded"):
+        load_sound(tmp_path / "junk.mp3")
+
+
 def test_text_file(tmp_path: Path) -> None:
     path = tmp_path / "notes.txt"
     path.write_text("this is not audio\n" * 20)

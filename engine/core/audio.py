@@ -11,6 +11,7 @@ Heavy imports (PyAV, scipy) happen inside the functions, so importing the engine
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import struct
@@ -25,6 +26,8 @@ from engine.core.errors import InputError
 from engine.core.media import check_file, ffmpeg_reason, is_image
 from engine.core.resample import KAISER_BEST, METHODS, resample
 from engine.core.words import counted
+
+log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
 HOP = 200  # mel frames are 80 per second at 16 kHz
@@ -243,9 +246,21 @@ def _decode_stream(
             if max_seconds is not None and native > (max_seconds + _LIMIT_SLACK_S) * rate:
                 raise _too_long(file, stream, container, native / rate, max_seconds)
 
+    packets = skipped = 0
     for packet in container.demux(stream):
         edit_end.saw(packet)
-        for frame in packet.decode():
+        packets += 1
+        try:
+            frames = packet.decode()
+        except av.error.InvalidDataError:
+            # FFmpeg's command line (upstream's decoder) skips a packet it cannot decode and goes on: two MP3s
+            # joined with `cat` hold the second one's ID3 tag mid-stream. A file with no good packet first, or
+            # more bad packets than good, stays refused.
+            skipped += 1
+            if converter is None or 2 * skipped > packets:
+                raise
+            continue
+        for frame in frames:
             edit_end.starts_at(frame)
             if converter is None:
                 rate = _checked_rate(frame.sample_rate, file)
@@ -260,6 +275,8 @@ def _decode_stream(
             keep(converter.resample(frame), shape[2])
     if converter is not None:
         keep(converter.resample(None), shape[2])
+    if skipped:
+        log.warning("%s: %d of %d audio packets could not be decoded and were skipped", file.name, skipped, packets)
     if not native:
         return np.zeros((0, 1) if channels else 0, dtype=np.float32), rate or SAMPLE_RATE
     return np.concatenate(pieces), rate
