@@ -572,11 +572,11 @@ def test_a_batch_whose_frames_cannot_fit_in_memory_is_refused_before_any_work(
 
     free = 64 * 2**20
     monkeypatch.setattr(psutil, "virtual_memory", lambda: SimpleNamespace(available=free))
-    source = ASSETS / "face.jpg"  # 512x512: 32 MiB a frame for the baseline's warp
+    source = ASSETS / "face.jpg"  # 512x512: 16 MiB a frame for the baseline's warp
     config = PortraitConfig(source, driving, engine="baseline", batch_size=256)
-    with pytest.raises(PortraitError, match=r"batch 6 needs about 0\.2 GiB .*\(32 MiB each, baseline on a 512x512 "
+    with pytest.raises(PortraitError, match=r"batch 6 needs about 0\.1 GiB .*\(16 MiB each, baseline on a 512x512 "
                        r"source\) and 0\.1 GiB of memory is free for this job: "
-                       r"use a batch size of at most 1 "):  # fmt: skip
+                       r"use a batch size of at most 3 "):  # fmt: skip
         run_portrait(config, tmp_path / "o.mp4")  # the clip's 6 frames, not 256
     assert run_portrait(replace(config, max_frames=1), tmp_path / "o.mp4").metrics["frames"] == 1
 

@@ -141,10 +141,13 @@ def _faceless_source(
     result.warn(f"no face found in the source {name}: the whole picture is animated, without lip normalisation")
 
 
-# What one frame of a batch holds at its peak, measured on the CPU in fp32: the baseline's warp about 32 float32 maps
-# of the source's size (about 200 MB a frame at 1280x1280); LivePortrait's networks about 470 MB more (issue #17:
-# 4.7 GB at batch 8 against 1.4 GB at batch 1), half that in fp16 or bf16.
-SOURCE_BYTES_PER_PIXEL = 32 * 4
+# What one frame of a batch holds at its peak, measured on the CPU in fp32 (peak RSS at batch 8 against batch 1, a
+# face filling the source): the baseline about 50 bytes a source pixel since its warp works inside the face's reach
+# (1280x1280: 611 to 1124 MiB; 2048x2048: 1047 to 2445 MiB; `/usr/bin/time -f %M avatarbench portrait --engine
+# baseline --max-frames 16 --batch-size 1|8`, 2026-12-06), counted as 16 float32 maps; LivePortrait's paste-back
+# at the source's size as 32 maps, and its networks about 470 MB more (issue #17: 4.7 GB at batch 8 against 1.4 GB
+# at batch 1), half that in fp16 or bf16.
+SOURCE_BYTES_PER_PIXEL = {"baseline": 16 * 4, "liveportrait": 32 * 4}
 LIVEPORTRAIT_FRAME_BYTES = 470 * 2**20
 
 
@@ -153,7 +156,7 @@ def _refuse_a_batch_over_memory(
 ) -> None:
     """A batch whose frames cannot fit in the memory left is refused with one that fits, before any work (batch 256
     of a 1280x1280 source would need about 50 GB, and the out-of-memory killer would end the process)."""
-    per_frame = SOURCE_BYTES_PER_PIXEL * source_shape[0] * source_shape[1]
+    per_frame = SOURCE_BYTES_PER_PIXEL[engine] * source_shape[0] * source_shape[1]
     if engine == "liveportrait":
         per_frame += LIVEPORTRAIT_FRAME_BYTES // (1 if precision == "fp32" else 2)
     free = usable_gpu_memory(device) if device.type == "cuda" else usable_host_memory(settings.job_memory_gb)
