@@ -545,6 +545,19 @@ def test_a_person_must_score_above_0_3() -> None:
     assert best_person(rows, 1.0, (640, 640)) is not None
 
 
+def test_a_person_scoring_float32s_0_3_passes_the_bar_as_in_dwposes_wrapper() -> None:
+    """Guards the bar's comparison: the wrapper's multiclass_nms stacks the float32 scores beside float64 class
+    indices, so `final_scores > 0.3` compares in float64 and float32(0.3) = 0.3000000119 passes; compared in
+    float32 (NumPy 2's rule for a float32 scalar and a Python float) it would equal the bar and fail."""
+    from engine.lipsync.musetalk.dwpose import best_person
+
+    rows = np.zeros((8400, 85), np.float32)
+    rows[11, 4], rows[11, 5] = 1.0, np.float32(0.3)
+    wrapper_score = np.concatenate([rows[11:12, 4:5] * rows[11:12, 5:6], np.zeros((1, 1))], 1)[0, 0]
+    assert wrapper_score > 0.3  # the wrapper keeps this person
+    assert best_person(rows, 1.0, (640, 640)) is not None
+
+
 def test_the_detector_sees_the_frame_top_left_on_grey() -> None:
     """Guards YOLOX's letterbox for a file whose input is not square: the ratio fits the frame's height to the
     input's height and its width to the input's width, and the rest is grey 114."""

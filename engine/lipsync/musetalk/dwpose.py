@@ -192,7 +192,7 @@ def best_person(rows: np.ndarray, ratio: float, side: tuple[int, int]) -> np.nda
     The best box survives YOLOX's class-wise NMS by construction, so NMS is not needed to find it."""
     scores = rows[:, 4] * rows[:, 5]
     best = int(np.argmax(scores))
-    if not scores[best] > PERSON_SCORE:
+    if not float(scores[best]) > PERSON_SCORE:  # in float64, as the wrapper's stacked scores (float32's 0.3 passes)
         return None
     cells, strides = _grid(*side)
     cx, cy = (rows[best, :2] + cells[best]) * strides[best]
