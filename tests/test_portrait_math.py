@@ -213,7 +213,7 @@ def test_crop_transform_and_its_inverse() -> None:
     centre = t.to_original @ np.array([256, 256, 1.0])
     assert centre == pytest.approx([150, 250 - 0.125 * side])  # moved up towards the forehead
     m = np.vstack([t.to_crop, [0, 0, 1]]) @ np.vstack([t.to_original, [0, 0, 1]])
-    assert np.allclose(m, np.eye(3))
+    assert np.allclose(m, np.eye(3), atol=1e-5)  # float32 matrices, as upstream's
     with pytest.raises(ValueError, match="empty"):
         crop_transform((10, 10, 10, 50))
 
@@ -248,6 +248,40 @@ def test_a_crop_not_turned_upright_still_shifts_along_the_tilted_faces_axes() ->
     assert flat.angle == 0.0
     turned = crop_transform((100, 200, 200, 300), 2.3, -0.125, angle=angle)
     assert turned.to_original @ np.array([256, 256, 1.0]) == pytest.approx(centre)  # the same centre, turned
+
+
+def _upstreams_crop_matrix(centre: tuple[float, float], side: float, angle: float, size: int = 512) -> np.ndarray:
+    """LivePortrait's M_INV (_estimate_similar_transform_from_pts; flag_do_rot on) for a crop centre, side and tilt:
+    [[s cos, s sin, t - s (cos cx + sin cy)], [-s sin, s cos, t - s (-sin cx + cos cy)]], stored as float32."""
+    theta = math.radians(angle)
+    c, sn, s, t = math.cos(theta), math.sin(theta), size / side, size / 2
+    cx, cy = centre
+    return np.array([[s * c, s * sn, t - s * (c * cx + sn * cy)], [-s * sn, s * c, t - s * (-sn * cx + c * cy)]],
+                    dtype=np.float32)  # fmt: skip
+
+
+def test_the_crop_warps_with_upstreams_float32_matrix() -> None:
+    """Upstream builds its crop matrix as a float32 array (DTYPE) and its way back as that matrix's float32
+    inverse (crop_image: M_c2o = inv(vstack(M_o2c, [0, 0, 1]))); OpenCV's warp rounds each position to 1/32
+    pixel, so a float64 matrix, a few millionths away, moves about a hundred pixels of a 512 crop across a rounding
+    step. The crop centre and side here are our box's (on purpose), the rest upstream's."""
+    rng = np.random.default_rng(3)
+    frame = rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    for box, angle in (((201.3, 151.7, 333.9, 301.1), 7.3), ((250.5, 120.25, 390.75, 280.5), -12.0)):
+        side = max(box[2] - box[0], box[3] - box[1]) * 2.3
+        theta = math.radians(angle)  # the face's vertical, turned: (-sin, cos); vy = -0.125 moves along it
+        centre = (
+            (box[0] + box[2]) / 2 + side * 0.125 * math.sin(theta),
+            (box[1] + box[3]) / 2 - side * 0.125 * math.cos(theta),
+        )
+        expected = _upstreams_crop_matrix(centre, side, angle)
+        t = crop_transform(box, 2.3, -0.125, angle=angle)
+        assert t.to_crop.dtype == np.float32
+        np.testing.assert_allclose(t.to_crop, expected, rtol=0, atol=1e-4)
+        crop = crop_image(frame, t)
+        assert np.array_equal(crop, cv2.warpAffine(frame, expected, (512, 512), flags=cv2.INTER_LINEAR))
+        back = np.linalg.inv(np.vstack([t.to_crop, np.array([0, 0, 1], np.float32)]))[:2]
+        assert t.to_original.dtype == np.float32 and np.array_equal(t.to_original, back)
 
 
 def test_the_source_is_limited_as_upstreams_resize_to_limit() -> None:
@@ -294,7 +328,7 @@ def test_a_tilted_face_comes_out_upright() -> None:
     assert eyes[0][1] == pytest.approx(eyes[1][1]) and eyes[0][0] < eyes[1][0]  # level, left stays left
     assert t.angle == pytest.approx(15.0) and t.scale == pytest.approx(512 / 230)
     m = np.vstack([t.to_crop, [0, 0, 1]]) @ np.vstack([t.to_original, [0, 0, 1]])
-    assert np.allclose(m, np.eye(3))
+    assert np.allclose(m, np.eye(3), atol=1e-5)  # float32 matrices, as upstream's
     up = t.to_original @ np.array([256, 256, 1.0]) - np.array([150, 250])  # the shift follows the face's vertical
     assert np.hypot(*up) == pytest.approx(0.125 * 230) and up[0] > 0 and up[1] < 0
 

@@ -30,7 +30,8 @@ _FEATHER = 16
 
 @dataclass(frozen=True)
 class CropTransform:
-    """Affine maps between the original image and the crop (2x3, pixel coordinates, OpenCV convention)."""
+    """Affine maps between the original image and the crop (2x3 float32 as upstream's, pixel coordinates, OpenCV
+    convention)."""
 
     to_crop: np.ndarray
     to_original: np.ndarray
@@ -64,17 +65,20 @@ def crop_transform(
     if x2 <= x1 or y2 <= y1:
         raise InputError(f"face box {box} is empty: x2 must exceed x1 and y2 exceed y1")
     side = max(x2 - x1, y2 - y1) * scale
-    c, s_ = np.cos(np.radians(angle)), np.sin(np.radians(angle))
-    turn = np.array([[c, -s_], [s_, c]])  # crop axes -> image axes (y down: positive turns clockwise)
-    centre = np.array([(x1 + x2) / 2, (y1 + y2) / 2]) + side * (turn @ np.array([vx, vy]))
+    theta = math.radians(angle)
+    c, s_ = math.cos(theta), math.sin(theta)
+    across, down = np.array([c, s_]), np.array([-s_, c])  # the face's axes in the image (y down: clockwise)
+    cx, cy = np.array([(x1 + x2) / 2, (y1 + y2) / 2]) + across * (vx * side) + down * (vy * side)
     if not rotate:
-        turn = np.eye(2)
-    k = size / side
-    half = np.array([size / 2, size / 2])
-    forward = k * turn.T
-    backward = turn / k
-    to_crop = np.hstack([forward, (half - forward @ centre)[:, None]])
-    to_original = np.hstack([backward, (centre - backward @ half)[:, None]])
+        c, s_ = 1.0, 0.0
+    k, half = size / side, size / 2
+    # Upstream's M_INV, term by term and stored as float32 (its DTYPE); the way back is that matrix's inverse in
+    # float32 (its M_c2o). OpenCV's warp rounds positions to 1/32 pixel, so float64 entries move some pixels.
+    to_crop = np.array(
+        [[k * c, k * s_, half - k * (c * cx + s_ * cy)], [-k * s_, k * c, half - k * (-s_ * cx + c * cy)]],
+        dtype=np.float32,
+    )
+    to_original = np.linalg.inv(np.vstack([to_crop, np.array([0, 0, 1], np.float32)]))[:2]
     return CropTransform(to_crop, to_original, size)
 
 
