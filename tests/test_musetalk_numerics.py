@@ -511,6 +511,34 @@ def test_the_parsers_region_is_black_past_the_frame() -> None:
     assert tuple(region[20, 10]) == (1, 2, 3) and (region[21:, 11:] == 200).all()
 
 
+def test_the_parsers_region_is_black_past_the_right_and_bottom_of_a_wide_frame() -> None:
+    """Guards region_pixels on a frame wider than tall: the region is cut at the frame's width on the right and at
+    its height below, black beyond both."""
+    frame = np.full((100, 160, 3), 200, np.uint8)
+    frame[99, 159] = (1, 2, 3)
+    region = blend.region_pixels(frame, (130, 70, 190, 130))
+    assert region.shape == (60, 60, 3)
+    assert (region[30:] == 0).all() and (region[:, 30:] == 0).all()
+    assert tuple(region[29, 29]) == (1, 2, 3) and (region[:29, :29] == 200).all()
+
+
+def test_the_jaw_mode_spares_bisenets_class_10_the_nose_only() -> None:
+    """Guards the nose's class number: of the pixels the dilated skin reaches, those BiSeNet labels 10 (nose) stay
+    the frame's, those it labels 9 (an earring, CelebAMask-HQ's "ear_r") are replaced."""
+    labels = np.zeros((512, 512), np.int64)
+    labels[280:351, 200:313] = 1  # skin
+    labels[270:280, 236:256] = 10
+    labels[270:280, 256:276] = 9
+    mask = parsing_mask(labels, "jaw")
+    assert (mask[270:280, 236:256] == 0).all() and (mask[270:280, 256:276] == 255).all()
+
+
+def test_a_face_box_too_small_for_a_blend_region_is_refused() -> None:
+    """Guards prepare_blend's check: a 1-pixel box has a region of side 0, said as such rather than left to PIL."""
+    with pytest.raises(ValueError, match="too small for a blend region"):
+        prepare_blend((10, 10, 11, 11), _skin_labels())
+
+
 def test_a_face_box_without_parsing_labels_is_refused() -> None:
     """Guards prepare_blend's check: a face with no labels would otherwise fail deep inside the mask's resize."""
     with pytest.raises(ValueError, match="parsing labels"):
@@ -547,7 +575,10 @@ def _pil_paste(frame: np.ndarray, face: np.ndarray, plan: BlendPlan) -> np.ndarr
     return np.asarray(body)
 
 
-@pytest.mark.parametrize(("box", "mode"), [(BOX, "jaw"), ((0, 0, 90, 110), "raw"), ((250, 150, 320, 240), "neck")])
+@pytest.mark.parametrize(
+    ("box", "mode"),
+    [(BOX, "jaw"), ((0, 0, 90, 110), "raw"), ((250, 150, 320, 240), "neck"), ((100, 100, 103, 103), "raw")],
+)  # the last: a 3-pixel box reaches past its 2-pixel region, where upstream's paste stops
 def test_blend_matches_pil_paste_even_past_the_frame_edges(box, mode) -> None:
     frame, face = _frame_and_face(box)
     labels = _skin_labels()
