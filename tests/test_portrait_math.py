@@ -398,6 +398,44 @@ def test_paste_back_puts_the_crop_back_where_it_came_from() -> None:
     assert float(white[centre].min()) > 0.999
 
 
+def test_paste_back_is_upstreams_bilinear_warp_and_blend_within_3_grey_levels() -> None:
+    """Guards the paste-back against upstream's (prepare_paste_back and paste_back with our mask template): the
+    generated crop, truncated to uint8 as parse_output does, and the template warped back with OpenCV's bilinear
+    filter, black outside the crop, then mask x warped + (1 - mask) x frame clipped and truncated. Ours samples at
+    exact positions in float (upstream rounds them to 1/32 pixel and the crop to whole grey levels): on a smooth
+    crop at most 3 grey levels apart, and more than 2 on a handful of pixels only. A nearest-pixel warp is 55 away;
+    repeating the crop's edge past it, rather than black, shows beyond its bright far edge."""
+    rng = np.random.default_rng(2)
+    height, width = 360, 480
+    frame = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    t = crop_transform((200, 120, 280, 200), scale=1.5, angle=10.0)
+    ys, xs = np.mgrid[0:512, 0:512] / 512.0
+    generated = np.stack([0.5 + 0.45 * np.sin(2 * np.pi * (4 * xs + k * ys)) for k in (1, 2, 3)], -1)
+    generated[-8:], generated[:, -8:] = 1.0, 1.0  # a bright far edge, where the mask is still 15 / 255
+    generated = generated.astype(np.float32)
+    crop = (np.clip(generated, 0, 1) * 255).astype(np.uint8)
+    template = np.repeat(np.round(paste_mask() * 255).astype(np.uint8)[..., None], 3, axis=2)
+    mask = cv2.warpAffine(template, t.to_original, (width, height), flags=cv2.INTER_LINEAR).astype(np.float32) / 255
+    warped = cv2.warpAffine(crop, t.to_original, (width, height), flags=cv2.INTER_LINEAR)
+    expected = np.clip(mask * warped + (1 - mask) * frame, 0, 255).astype(np.uint8)
+    paste = PasteBack(t, height, width, "cpu")
+    original = torch.from_numpy(frame).permute(2, 0, 1)[None].float() / 255
+    back = paste(torch.from_numpy(generated).permute(2, 0, 1)[None], original)
+    ours = (back * 255).clamp_(0, 255).to(torch.uint8)[0].permute(1, 2, 0).numpy()  # truncated, as writing.encode
+    apart = np.abs(ours.astype(int) - expected.astype(int))
+    assert apart.max() <= 3 and (apart > 2).sum() <= 10
+
+
+def test_the_tilt_of_a_face_a_twentieth_of_a_pixel_tall_is_still_measured() -> None:
+    """Guards upstream's threshold: only eyes and lips within 1e-3 pixel of each other mean no tilt; lips 0.05 px
+    right of the eyes' centre make the face's vertical point right, a tilt of -90 degrees."""
+    from engine.portrait.crop import roll_from_landmarks
+
+    points = np.full((203, 2), 50.0)
+    points[[48, 66]] = (50.05, 50.0)
+    assert roll_from_landmarks(points) == pytest.approx(-90.0)
+
+
 def test_head_rotation_offsets_turn_the_driven_keypoints(tmp_path) -> None:
     from pathlib import Path
 
