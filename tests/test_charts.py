@@ -429,6 +429,22 @@ def test_a_refused_plan_says_why_in_its_pane_in_place_of_the_last_plan(tmp_path:
         assert text.startswith("✗ target throughput and throughput per GPU go together")
 
 
+def test_the_tabs_llm_plan_offers_and_plans_tgis_bitsandbytes_4_bit(tmp_path: Path) -> None:
+    """The Quantize list holds bitsandbytes-nf4 and -fp4, as TGI's launcher spells them, and planning one gives its
+    launch line."""
+    from engine.core.settings import load_settings
+    from engine.jobs.store import JobStore
+
+    settings = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path / "data")})
+    settings.ensure_dirs()
+    with JobStore(settings.db_path, settings.data_dir / "blobs") as store:
+        demo, handler, _ = _bench_tab(settings, store)
+    quantize = next(b for b in demo.blocks.values() if isinstance(b, gr.Dropdown) and b.label == "Quantize")
+    assert {"bitsandbytes-nf4", "bitsandbytes-fp4"} <= {value for _, value in quantize.choices}
+    _, plan = handler["plan_form"]("L4", 1, "mistral-7b", None, "bitsandbytes-nf4", 0, 0, 1, 0.9, "auto")
+    assert plan is not None and plan["flags"]["--quantize"] == "bitsandbytes-nf4"
+
+
 def test_picking_an_llm_in_the_list_lets_go_of_an_uploaded_config(tmp_path: Path) -> None:
     """The model chosen last is planned: an uploaded config.json over the preset the list still shows, and picking in
     the list afterwards lets go of the file (it was planned whatever was picked after it)."""

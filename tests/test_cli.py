@@ -946,3 +946,15 @@ def test_a_run_prints_each_stages_time_and_a_rate_only_where_the_time_shows(caps
         "  mux                 0.200 s",
     ]
     assert json.loads((tmp_path / "r.json").read_text())["stages"][1]["items"] == 30
+
+
+def test_plan_llm_takes_tgis_bitsandbytes_4_bit_quantizations() -> None:
+    """`--quantize bitsandbytes-nf4|bitsandbytes-fp4`, as TGI's launcher spells them, reach the planner."""
+    from engine.bench.config import LlmRequest
+    from engine.cli import build_parser, engine_commands
+    from engine.core.options import from_args
+
+    parser = build_parser(engine_commands())
+    for kind in ("bitsandbytes-nf4", "bitsandbytes-fp4"):
+        args = parser.parse_args(["plan", "llm", "--gpu", "L4", "--llm", "mistral-7b", "--quantize", kind])
+        assert from_args(LlmRequest, args).quantize == kind

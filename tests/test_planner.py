@@ -150,7 +150,10 @@ def test_what_a_16_gb_card_holds_at_fp16_and_at_4_bits() -> None:
     assert crowd["flags"]["--quantize"] == "awq" and crowd["reasons"][0].startswith("nothing tried fits: the launch ")
     assert not any(r.startswith("--quantize") for r in crowd["reasons"])
     wide = plan_llm(LlmRequest("A100-40GB", "llama-2-13b", count=8, concurrent_requests=1000, quantize="none"))
-    advice = "try a larger GPU, 4-bit weights (--quantize awq), an 8-bit KV cache (--kv-cache-dtype fp8_e4m3fn), fewer"
+    advice = (
+        "try a larger GPU, 4-bit weights (--quantize awq, or bitsandbytes-nf4 to quantize this checkpoint at load), "
+        "an 8-bit KV cache (--kv-cache-dtype fp8_e4m3fn), fewer"
+    )
     assert advice in str(wide["warnings"])
     awq = plan_llm(LlmRequest("L4", "llama-2-7b", max_total_tokens=4096, quantize="awq", concurrent_requests=4))
     m = awq["memory"]["per_gpu"]
@@ -619,6 +622,70 @@ def test_auto_never_plans_4_bit_weights_on_a_card_without_marlin() -> None:
     plan = plan_llm(LlmRequest("T4", "llama-2-13b"))
     assert not plan["fits"] and [f["quantize"] for f in plan["considered"]] == ["none", "bitsandbytes"]
     assert plan["flags"]["--quantize"] == "bitsandbytes"
+
+
+def test_bitsandbytes_4_bit_weights_by_hand() -> None:
+    """TGI's bitsandbytes-nf4/fp4 (Params4bit, compress_statistics=True, bitsandbytes' blocksize 64): two codes a byte,
+    an 8-bit absmax per 64 weights, an fp32 scale per 256 of those; embedding and head stay fp16, as for AWQ."""
+    mistral = LLMS["mistral-7b"]
+    embed = 2 * 32000 * 4096
+    per_param = 0.5 + 1 / 64 + 4 / (64 * 256)
+    assert per_param == 0.515869140625
+    for kind in ("bitsandbytes-nf4", "bitsandbytes-fp4"):  # NF4 and FP4 differ in their code values, not their size
+        assert llm_weight_bytes(mistral, kind) == int((7.24e9 - embed) * per_param + embed * 2) == 4_123_948_578
+    plan = plan_llm(LlmRequest("L4", "mistral-7b", quantize="bitsandbytes-fp4"))
+    assert plan["weights_bytes_by_quantization"]["bitsandbytes-nf4"] == 4_123_948_578
+    assert plan["memory"]["per_gpu"]["weights_bytes"] == 4_123_948_578
+
+
+def test_a_model_that_fits_only_at_4_bits_is_planned_with_bitsandbytes_nf4_where_tgi_makes_it() -> None:
+    """Llama-2-13B with two 4096-token requests fits an L4 at 4 bits, not at 8: bitsandbytes-nf4 asked for is planned
+    from the model's own checkpoint (TGI quantizes it at load, no placeholder), without --dtype (TGI refuses both)."""
+    request = dict(max_total_tokens=4096, concurrent_requests=2)
+    assert not plan_llm(LlmRequest("L4", "llama-2-13b", quantize="eetq", **request))["fits"]
+    nf4 = plan_llm(LlmRequest("L4", "llama-2-13b", quantize="bitsandbytes-nf4", **request))
+    m = nf4["memory"]["per_gpu"]
+    kv = m["budget_bytes"] - llm_weight_bytes(LLMS["llama-2-13b"], "bitsandbytes-nf4") - TGI_RUNTIME_BYTES
+    assert nf4["memory"]["kv_token_capacity"] == (kv - m["prefill_activation_bytes"]) // (2 * 40 * 40 * 128 * 2) >= 8192
+    assert nf4["fits"] and nf4["flags"]["--quantize"] == "bitsandbytes-nf4" and "--dtype" not in nf4["flags"]
+    assert nf4["launch"].startswith("text-generation-launcher --model-id meta-llama/Llama-2-13b-hf --num-shard 1 ")
+    assert nf4["launch"].endswith(" --quantize bitsandbytes-nf4")
+    assert "--quantize bitsandbytes-nf4 as asked" in nf4["reasons"]
+    assert not any("ahead of time" in w or "Marlin" in w for w in nf4["warnings"])
+    fp4 = plan_llm(LlmRequest("L4", "llama-2-13b", quantize="bitsandbytes-fp4", **request))
+    assert fp4["fits"] and fp4["launch"] == nf4["launch"].replace("bitsandbytes-nf4", "bitsandbytes-fp4")
+    # auto keeps AWQ as its 4-bit (Marlin's kernels, as many bytes), and its placeholder warning names nf4 instead
+    auto = plan_llm(LlmRequest("L4", "llama-2-13b", **request))
+    assert [f["quantize"] for f in auto["considered"]] == ["none", "eetq", "awq"] and auto["fits"]
+    assert any(
+        w.endswith("--quantize bitsandbytes-nf4 to 4 bits (slower than AWQ's kernels)") for w in auto["warnings"]
+    )
+
+
+def test_bitsandbytes_4_bit_is_ignored_by_tgis_non_flash_path() -> None:
+    """TGI's non-flash path (a T4, a V100) passes transformers only load_in_8bit: bitsandbytes-nf4 or -fp4 asked for
+    loads fp16 weights. Llama-2-13B would fit a T4's 16 GB at 4 bits; it is planned, and refused, as the fp16 it loads,
+    with no 4-bit advice (neither AWQ nor nf4 runs there)."""
+    for kind in ("bitsandbytes-nf4", "bitsandbytes-fp4"):
+        plan = plan_llm(LlmRequest("T4", "llama-2-13b", quantize=kind))
+        assert [f["quantize"] for f in plan["considered"]] == ["none"] and not plan["fits"]
+        assert "--quantize" not in plan["flags"] and plan["flags"]["--dtype"] == "float16"
+        assert (
+            f"quantizes only with 8-bit bitsandbytes: --quantize {kind} is ignored there and the weights load in "
+            "fp16 (ask for bitsandbytes)" in str(plan["warnings"])
+        )
+        assert plan["warnings"][-1].endswith("(1 x 4096); try a larger GPU or shorter sequences")
+        assert not any("Marlin" in w for w in plan["warnings"])  # bitsandbytes' kernels are not Marlin's
+    # nor does auto try it there: 8-bit bitsandbytes is the most the T4 gets
+    assert [f["quantize"] for f in plan_llm(LlmRequest("T4", "llama-2-13b"))["considered"]] == ["none", "bitsandbytes"]
+
+
+def test_4_bit_advice_is_left_out_once_bitsandbytes_4_bit_was_tried() -> None:
+    """nf4 asked for and still too small: 4-bit weights are no advice (AWQ takes as many bytes)."""
+    plan = plan_llm(LlmRequest("A10G", "llama-2-13b", count=8, concurrent_requests=1000, quantize="bitsandbytes-nf4"))
+    assert not plan["fits"] and plan["flags"]["--quantize"] == "bitsandbytes-nf4"
+    assert "try a larger GPU, an 8-bit KV cache (--kv-cache-dtype fp8_e4m3fn), fewer" in plan["warnings"][-1]
+    assert "4-bit" not in plan["warnings"][-1]
 
 
 def test_every_card_is_in_the_cost_table_or_named_as_unpriced_never_both() -> None:

@@ -35,6 +35,16 @@ TGI_DEFAULT_TOTAL_TOKENS = 4096
 TGI_WIGGLE_ROOM = 0.90  # TGI's default (its env TGI_WIGGLE_ROOM)
 TGI_RUNTIME_BYTES = 2**30  # a TGI shard's CUDA context, loaded kernels and cuBLAS workspaces (typical, an estimate)
 TGI_NCCL_BYTES = 512 * 2**20  # NCCL's buffers in each shard of a sharded launch (typical, an estimate)
+# bitsandbytes' 4-bit weights as TGI's flash path makes them at load from an fp16/bf16 checkpoint (its
+# layers/bnb.py Linear4bit: Params4bit(compress_statistics=True, quant_type="nf4" or "fp4"), blocksize left at
+# bitsandbytes' default). Read in bitsandbytes' nn/modules.py (Params4bit: blocksize 64) and functional.py
+# (quantize_4bit): two 4-bit codes a byte (0.5 bytes a weight); one fp32 absmax per block of 64 weights, which
+# compress_statistics ("double quantization") stores as 8-bit codes (1 byte per 64 weights) quantized in blocks of
+# 256 absmaxes with an fp32 absmax each (4 bytes per 64 x 256 weights); per tensor an fp32 offset and a 16-entry
+# code table (bytes a tensor, nothing per parameter). NF4 and FP4 differ only in their 16 code values.
+BNB_4BIT_BLOCK = 64  # weights per absmax (bitsandbytes' Params4bit default)
+BNB_NESTED_BLOCK = 256  # absmaxes per fp32 scale when compress_statistics quantizes them (quantize_blockwise)
+BNB_4BIT_BYTES_PER_PARAM = 0.5 + 1 / BNB_4BIT_BLOCK + 4 / (BNB_4BIT_BLOCK * BNB_NESTED_BLOCK)  # 0.515869140625
 QUANT_BYTES_PER_PARAM = {
     "none": 2.0,  # fp16 / bf16
     "eetq": 1.0 + 2 / 4096,  # int8 weights with a per-row fp16 scale (rows of ~4096)
@@ -43,9 +53,16 @@ QUANT_BYTES_PER_PARAM = {
     # 4-bit weights in groups of 128 with an fp16 scale and a packed 4-bit zero point per group
     "awq": (128 * 0.5 + 2 + 0.5) / 128,
     "gptq": (128 * 0.5 + 2 + 0.5) / 128,
+    "bitsandbytes-nf4": BNB_4BIT_BYTES_PER_PARAM,
+    "bitsandbytes-fp4": BNB_4BIT_BYTES_PER_PARAM,
 }
-FOUR_BIT = ("awq", "gptq")
-LOAD_TIME_8BIT = ("eetq", "fp8")  # quantized by TGI's flash path at load; its non-flash path loads them as fp16
+MARLIN_4BIT = ("awq", "gptq")  # checkpoints quantized ahead of time, run on TGI's Marlin kernels (8.0+)
+BNB_4BIT = ("bitsandbytes-nf4", "bitsandbytes-fp4")  # made by TGI's flash path at load, from any checkpoint
+FOUR_BIT = MARLIN_4BIT + BNB_4BIT
+# Quantized by TGI's flash path at load; its non-flash paths (CausalLM.fallback and, on CUDA,
+# TransformersFlashCausalLM.fallback) pass transformers only load_in_8bit=(quantize == "bitsandbytes"), so they load
+# these as fp16 (a model type without a class of its own in TGI's models/__init__.py is refused instead).
+LOAD_TIME_FLASH_ONLY = ("eetq", "fp8", *BNB_4BIT)
 TGI_DEFAULT_CONCURRENT_REQUESTS = 128  # the launcher's --max-concurrent-requests when none is given
 # TGI's --kv-cache-dtype: the model's own type, or an 8-bit float, which its flash path's attention (flashinfer or
 # paged, on CUDA) stores and its non-flash path (transformers) ignores. Read in launcher/src/main.rs (KVCacheDtype)
@@ -406,8 +423,14 @@ def _what_would_fit(req: LlmRequest, spec: LlmSpec, gpu: Gpu, flash: bool, tried
     advice = ["a larger GPU"]
     if flash and more:
         advice.append(f"more GPUs (--count {more[0]} shards it further)")
-    if gpu.supports("marlin") and not spec.checkpoint_quantize and not any(f["quantize"] in FOUR_BIT for f in tried):
-        advice.append("4-bit weights (--quantize awq)")
+    if not spec.checkpoint_quantize and not any(f["quantize"] in FOUR_BIT for f in tried):
+        # AWQ from a checkpoint quantized so (Marlin, 8.0+); bitsandbytes-nf4 from this one, at load, where TGI's
+        # flash path runs (its non-flash path ignores it): both need 8.0+ on the catalog's cards, nothing older
+        four_bit = (["--quantize awq"] if gpu.supports("marlin") else []) + (
+            ["bitsandbytes-nf4 to quantize this checkpoint at load"] if flash else []
+        )
+        if four_bit:
+            advice.append(f"4-bit weights ({', or '.join(four_bit)})")
     if flash and req.kv_cache_dtype == "auto":  # e4m3fn: the type TGI itself picks for a checkpoint's 8-bit cache
         advice.append("an 8-bit KV cache (--kv-cache-dtype fp8_e4m3fn)")
     if req.concurrent_requests > 1:
@@ -457,16 +480,22 @@ def plan_llm(req: LlmRequest, card: Gpu | None = None) -> dict[str, Any]:
             "attention and paged attention need 8.0+, so TGI runs the slower non-flash path, cannot shard "
             "(one GPU only) and pads the KV cache per request"
         )
-    # TGI's non-flash path (CausalLM.fallback, transformers' loading) honours only bitsandbytes: eetq is ignored
-    # there. EETQ's kernels stop at 8.9; above, FP8 (TGI: "works on H100 and above") beats the deprecated
-    # bitsandbytes, which also turns TGI's CUDA graphs off.
+    # TGI's non-flash path (CausalLM.fallback, transformers' loading) honours only 8-bit bitsandbytes: eetq, fp8 and
+    # bitsandbytes-nf4/fp4 are ignored there. EETQ's kernels stop at 8.9; above, FP8 (TGI: "works on H100 and
+    # above") beats the deprecated bitsandbytes, which also turns TGI's CUDA graphs off (its launcher turns them off
+    # for 8-bit bitsandbytes only: nf4 and fp4 keep them, captured out of the share kept back, as the others).
     int8 = "bitsandbytes"
     if flash and gpu.supports("eetq"):
         int8 = "eetq"
     elif flash and gpu.supports("fp8"):
         int8 = "fp8"
-    # eetq or fp8 asked for on the non-flash path loads fp16 weights (warned below): sized and launched as what runs
-    asked = "none" if req.quantize in LOAD_TIME_8BIT and not flash else req.quantize
+    # eetq, fp8 or bitsandbytes-nf4/fp4 asked for on the non-flash path loads fp16 weights (warned below): sized and
+    # launched as what runs
+    asked = "none" if req.quantize in LOAD_TIME_FLASH_ONLY and not flash else req.quantize
+    # auto's 4-bit is AWQ, not bitsandbytes-nf4: where nf4 runs (the flash path, 8.0+) Marlin runs too, AWQ takes about
+    # as many bytes (0.5195 a weight against 0.5159: nf4 would fit only what misses AWQ by under 1% of the weights),
+    # and TGI's launcher calls bitsandbytes 4-bit "much slower to run than the native f16"; where Marlin is missing
+    # TGI runs its non-flash path, which ignores nf4. AWQ's placeholder warning names nf4 for a checkpoint without AWQ.
     quant_options = ["none", int8, "awq"] if req.quantize == "auto" else [asked]
     kv_dtype_bytes = 1 if req.kv_cache_dtype != "auto" and flash else 2
     if req.kv_cache_dtype != "auto" and not flash:
@@ -474,7 +503,7 @@ def plan_llm(req: LlmRequest, card: Gpu | None = None) -> dict[str, Any]:
             f"--kv-cache-dtype {req.kv_cache_dtype} is ignored by TGI's non-flash path: the KV cache is planned, and "
             "launched, in the model's 16-bit type"
         )
-    if req.quantize in FOUR_BIT and not gpu.supports("marlin"):
+    if req.quantize in MARLIN_4BIT and not gpu.supports("marlin"):
         warnings.append(
             f"{req.quantize.upper()} in current TGI runs on the Marlin kernels, which need compute capability "
             f"8.0+; {gpu.name} may not run it"
@@ -483,9 +512,9 @@ def plan_llm(req: LlmRequest, card: Gpu | None = None) -> dict[str, Any]:
         warnings.append(f"EETQ's kernels cover compute capability 7.0 to 8.9; {gpu.name} may not run it")
     if req.quantize == "fp8" and not gpu.supports("fp8"):
         warnings.append(f"FP8 weights need FP8 tensor cores (compute capability 8.9+); {gpu.name} may not run it")
-    if req.quantize in LOAD_TIME_8BIT and not flash:
+    if req.quantize in LOAD_TIME_FLASH_ONLY and not flash:
         warnings.append(
-            "TGI's non-flash path loads the model through transformers and quantizes only with bitsandbytes: "
+            "TGI's non-flash path loads the model through transformers and quantizes only with 8-bit bitsandbytes: "
             f"--quantize {req.quantize} is ignored there and the weights load in fp16 (ask for bitsandbytes)"
         )
     shard_options = [s for s in (1, 2, 4, 8) if s <= req.count and spec.kv_heads % s == 0 and spec.heads % s == 0]
@@ -495,7 +524,7 @@ def plan_llm(req: LlmRequest, card: Gpu | None = None) -> dict[str, Any]:
     tried = []
     chosen = None
     for q in quant_options:  # least quantization first, then fewest shards: the best quality that fits
-        if q in FOUR_BIT and not gpu.supports("marlin") and req.quantize == "auto":
+        if q in MARLIN_4BIT and not gpu.supports("marlin") and req.quantize == "auto":
             continue
         for shards in shard_options:
             fit = _fit(spec, gpu, req, shards, q, prefill_tokens, kv_dtype_bytes)
@@ -578,13 +607,14 @@ def plan_llm(req: LlmRequest, card: Gpu | None = None) -> dict[str, Any]:
             f"{spec.key} does not say which model it describes (no _name_or_path): put the model's Hub id, or its "
             f"folder, in --model-id (the launch line holds the placeholder {MODEL_ID_PLACEHOLDER})"
         )
-    if best["quantize"] in FOUR_BIT and not spec.checkpoint_quantize:  # TGI makes EETQ, FP8 and bitsandbytes at load
+    if best["quantize"] in MARLIN_4BIT and not spec.checkpoint_quantize:  # TGI makes the others at load
         kind = best["quantize"].upper()
         model_id = f"{kind}-CHECKPOINT-OF-{model_id.split('/')[-1]}"
         warnings.append(
             f"--quantize {best['quantize']}: TGI loads {kind} weights quantized ahead of time and does not make them "
             f"from {title}: put a checkpoint of it quantized with {kind} in --model-id (the launch line holds a "
-            "placeholder); EETQ, FP8 and bitsandbytes quantize at load"
+            "placeholder); EETQ, FP8 and bitsandbytes quantize at load, --quantize bitsandbytes-nf4 to 4 bits "
+            "(slower than AWQ's kernels)"
         )
     launch = " ".join(f"{k} {v}" for k, v in flags.items() if v is not None)
     return {
