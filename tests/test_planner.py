@@ -638,6 +638,14 @@ def test_bitsandbytes_4_bit_weights_by_hand() -> None:
     assert plan["memory"]["per_gpu"]["weights_bytes"] == 4_123_948_578
 
 
+def test_bitsandbytes_8_bit_weights_by_hand() -> None:
+    """TGI's --quantize bitsandbytes (Linear8bitLt, Int8Params) keeps int8 weights and one fp32 scale per output row
+    (bitsandbytes' int8_vectorwise_quant makes its row_stats float32): 4 bytes per row of ~4096, not 2."""
+    mistral = LLMS["mistral-7b"]
+    embed = 2 * 32000 * 4096
+    assert llm_weight_bytes(mistral, "bitsandbytes") == int((7.24e9 - embed) * (1 + 4 / 4096) + embed * 2)
+
+
 def test_a_model_that_fits_only_at_4_bits_is_planned_with_bitsandbytes_nf4_where_tgi_makes_it() -> None:
     """Llama-2-13B with two 4096-token requests fits an L4 at 4 bits, not at 8: bitsandbytes-nf4 asked for is planned
     from the model's own checkpoint (TGI quantizes it at load, no placeholder), without --dtype (TGI refuses both)."""

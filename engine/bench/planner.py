@@ -48,7 +48,8 @@ BNB_4BIT_BYTES_PER_PARAM = 0.5 + 1 / BNB_4BIT_BLOCK + 4 / (BNB_4BIT_BLOCK * BNB_
 QUANT_BYTES_PER_PARAM = {
     "none": 2.0,  # fp16 / bf16
     "eetq": 1.0 + 2 / 4096,  # int8 weights with a per-row fp16 scale (rows of ~4096)
-    "bitsandbytes": 1.0 + 2 / 4096,
+    # int8 weights with a per-row fp32 scale (bitsandbytes' Int8Params: int8_vectorwise_quant's row_stats are float32)
+    "bitsandbytes": 1.0 + 4 / 4096,
     "fp8": 1.0 + 4 / 4096,  # e4m3 weights with a per-row fp32 scale, quantized at load
     # 4-bit weights in groups of 128 with an fp16 scale and a packed 4-bit zero point per group
     "awq": (128 * 0.5 + 2 + 0.5) / 128,
