@@ -263,6 +263,13 @@ def test_a_checkpoint_quantized_ahead_of_time_is_planned_as_tgi_loads_it(tmp_pat
     compressed = {**awq, "quantization_config": {"quant_method": "compressed-tensors"}}
     with pytest.raises(LlmConfigError, match=r"compressed-tensors.*give the unquantized model's config.json"):
         spec_from_config(_config(tmp_path / "ct", compressed))
+    # a bitsandbytes 4-bit upload (load_in_4bit, nf4): TGI auto-selects no --quantize for it and cannot load its packed
+    # weights; it makes nf4 itself at load from the 16-bit model, which the refusal names
+    bnb = {**awq, "quantization_config": {"quant_method": "bitsandbytes", "load_in_4bit": True,
+                                          "bnb_4bit_quant_type": "nf4"}}  # fmt: skip
+    refusal = r"with bitsandbytes ahead of time, which TGI does not load: .*config.json and --quantize bitsandbytes-nf4"
+    with pytest.raises(LlmConfigError, match=refusal):
+        spec_from_config(_config(tmp_path / "bnb", bnb))
 
 
 @pytest.mark.parametrize(

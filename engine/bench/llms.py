@@ -233,6 +233,12 @@ def _checkpoint_quantize(config: dict[str, Any], file: Path) -> str | None:
         return CHECKPOINT_QUANTIZE[method]
     if method == "fp8":
         return CHECKPOINT_QUANTIZE[method]
+    if method == "bitsandbytes":  # TGI's get_model picks no --quantize for it ("Unknown quantization method")
+        raise LlmConfigError(
+            f"{file.name} describes a checkpoint quantized with bitsandbytes ahead of time, which TGI does not load: "
+            "it makes bitsandbytes weights only at load, from 16-bit ones; give the unquantized model's "
+            f"{CONFIG_NAME} and --quantize bitsandbytes-nf4 (4-bit) or bitsandbytes (8-bit)"
+        )
     known = ", ".join(f"{m} (4-bit)" if m != "fp8" else m for m in CHECKPOINT_QUANTIZE)
     shown = f"{method} at {bits} bits" if method in ("awq", "gptq") else method or "an unnamed method"
     raise LlmConfigError(
