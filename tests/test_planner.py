@@ -206,6 +206,10 @@ def test_auto_quantization_sharding_and_old_card_warnings() -> None:
     assert old["replicas"] == 2 and any("non-flash path runs on one GPU" in r for r in old["reasons"])
     # auto skips 4-bit (Marlin needs 8.0+), and TGI's non-flash path ignores eetq: bitsandbytes is its int8
     assert old["flags"]["--quantize"] == "bitsandbytes"
+    # a V100 (7.0) runs bitsandbytes' slow 8-bit matmul: said, as a T4 (7.5, its int8 kernels) is not
+    assert any("8-bit matmul kernels need compute capability 7.5+: on NVIDIA V100" in w for w in old["warnings"])
+    t4 = plan_llm(LlmRequest("T4", "mistral-7b", max_total_tokens=4096, quantize="bitsandbytes"))
+    assert t4["flags"]["--quantize"] == "bitsandbytes" and not any("8-bit matmul" in w for w in t4["warnings"])
     # that path admits max(16000, ...) tokens whatever the memory: the plan states what fits
     assert old["flags"]["--max-batch-total-tokens"] == old["memory"]["kv_token_capacity"] >= 4096
     assert "--dtype" not in old["flags"]

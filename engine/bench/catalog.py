@@ -92,6 +92,8 @@ class Gpu:
             return (7, 0) <= self.compute_capability <= (8, 9)
         if feature == "fp8":  # FP8 tensor cores: Ada (8.9) and Hopper (9.0) on
             return self.compute_capability >= (8, 9)
+        if feature == "int8-matmul":  # bitsandbytes' LLM.int8() kernels (its diagnostics: "slow 8-bit matmul" below)
+            return self.compute_capability >= (7, 5)
         raise KeyError(feature)
 
     def to_dict(self) -> dict[str, Any]:

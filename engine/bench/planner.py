@@ -602,6 +602,11 @@ def plan_llm(req: LlmRequest, card: Gpu | None = None) -> dict[str, Any]:
         )
     if dtype == "float16" and best["quantize"] == "none":
         reasons.append("--dtype float16: this card has no bf16")
+    if best["quantize"] == "bitsandbytes" and not gpu.supports("int8-matmul"):
+        warnings.append(
+            f"bitsandbytes' 8-bit matmul kernels need compute capability 7.5+: on {gpu.name} it runs a slow 8-bit "
+            "matmul, far slower than fp16 weights"
+        )
     model_id = spec.name or MODEL_ID_PLACEHOLDER
     if not spec.name:
         warnings.append(
