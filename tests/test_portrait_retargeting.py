@@ -213,6 +213,13 @@ def test_lip_normalisation_closes_an_open_source_mouth_before_relative_motion(tm
     assert torch.allclose(driven((eyes, 0.01)), still)  # already (nearly) closed: untouched
     assert torch.allclose(driven((eyes, 0.03)), still + 0.02)  # upstream's threshold itself counts as open
     assert torch.allclose(driven((eyes, 0.0299)), still)
+    # Upstream compares the float32 ratio tensor with the scalar 0.03, which torch casts to float32: a ratio whose
+    # float32 value is float32(0.03), just under 0.03 itself, counts as open there.
+    just_under = float(np.float32(0.03))
+    assert just_under < 0.03 and bool(torch.tensor([[just_under]], dtype=torch.float32)[0][0] >= 0.03)
+    assert torch.allclose(driven((eyes, just_under)), still + 0.02)
+    below = float(np.nextafter(np.float32(0.03), np.float32(0)))  # the float32 just under: closed in both
+    assert torch.allclose(driven((eyes, below)), still)
     assert torch.allclose(driven((eyes, 0.1), normalize_lips=False), still)
     assert torch.allclose(driven((eyes, 0.1), relative=False), still)  # upstream: relative motion only
     assert torch.allclose(driven((eyes, 0.1), lip_open=0.4), still + 0.02)  # explicit lip retargeting instead
