@@ -279,7 +279,8 @@ def _normalises_lips(config: PortraitConfig, source_lips: float) -> bool:
     """Upstream closes an open source mouth before relative motion unless it retargets the eyes or lips to the
     driver; a fixed lip openness replaces it too, a fixed eye openness does not."""
     wanted = config.normalize_lips and config.relative and config.lip_open is None and not config.follows_driver
-    return wanted and source_lips >= LIP_NORMALIZE_THRESHOLD
+    # In float32, as upstream compares its float32 ratio tensor with the scalar (torch casts 0.03 to float32).
+    return wanted and bool(np.float32(source_lips) >= np.float32(LIP_NORMALIZE_THRESHOLD))
 
 
 def name_unused_options(config: PortraitConfig, result: RunResult) -> None:
