@@ -42,6 +42,40 @@ def test_openness_from_the_landmark_model(tmp_path: Path) -> None:
         LandmarkModel(tmp_path / "junk.onnx")
 
 
+def test_landmarks_stay_float32_as_upstreams_runner_maps_them(tmp_path: Path) -> None:
+    """Upstream's human_landmark_runner scales the model's float32 output by 224 and maps it back with its float32
+    crop-to-original matrix (`pts @ M[:2, :2].T + M[:2, 2]`): the points, and the openness ratios computed from them,
+    stay float32. Points mapped in float64 gave ratios one float32 step away for most faces."""
+    import cv2
+
+    from engine.portrait.crop import crop_image, crop_transform
+
+    path = landmark_model(tmp_path / "landmark.onnx", tilt_deg=7.0)
+    model = LandmarkModel(path)
+    rgb = cv2.imread(str(FACE))[:, :, ::-1].copy()
+    box = np.array([171.3, 58.7, 283.9, 191.2])
+    points = model(rgb, box)
+    transform = crop_transform(box, scale=1.5, vy=-0.1, size=224)
+    crop = crop_image(rgb, transform).astype(np.float32) / 255
+    output = model.session.run(None, {model.input: crop.transpose(2, 0, 1)[None]})[2]
+    c2o = np.linalg.inv(np.vstack([transform.to_crop, np.array([0, 0, 1], np.float32)]))
+    assert c2o.dtype == np.float32
+    raw = output[0].reshape(-1, 2) * 224
+    expected = raw @ c2o[:2, :2].T + c2o[:2, 2]
+    assert points.dtype == np.float32
+    np.testing.assert_array_equal(points, expected)
+
+    def ratio(a: int, b: int, c: int, d: int) -> np.ndarray:  # upstream's calculate_distance_ratio
+        lmk = expected[None]
+        top = np.linalg.norm(lmk[:, a] - lmk[:, b], axis=1, keepdims=True)
+        return top / (np.linalg.norm(lmk[:, c] - lmk[:, d], axis=1, keepdims=True) + 1e-6)
+
+    np.testing.assert_array_equal(
+        eye_open_ratios(points), np.concatenate([ratio(6, 18, 0, 12), ratio(30, 42, 24, 36)], 1)[0]
+    )
+    assert np.float32(lip_open_ratio(points)) == ratio(90, 102, 48, 66)[0, 0]
+
+
 @pytest.mark.parametrize(
     "inputs",
     [
