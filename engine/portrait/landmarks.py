@@ -76,7 +76,7 @@ class LandmarkModel:
         return inputs[0].name
 
     def __call__(self, rgb: np.ndarray, box: np.ndarray) -> np.ndarray:
-        """(203, 2) landmarks in image pixels for the face in `box`."""
+        """(203, 2) float32 landmarks in image pixels for the face in `box`."""
         transform = crop_transform(box, scale=1.5, vy=-0.1, size=SIZE)
         crop = crop_image(rgb, transform).astype(np.float32) / 255
         try:
@@ -89,8 +89,10 @@ class LandmarkModel:
                 f"the landmark model's {'third' if len(outputs) > 2 else 'only'} output holds "
                 f"{np.asarray(read).size} values, not {POINTS} x 2 (LivePortrait's landmark.onnx is expected)"
             )
-        points = np.asarray(read, np.float64).reshape(POINTS, 2) * SIZE
-        return points @ transform.to_original[:, :2].T + transform.to_original[:, 2]
+        # float32 throughout, as upstream's runner maps them (its float32 matrix back): the openness ratios depend on it
+        points = np.asarray(read, np.float32).reshape(POINTS, 2) * SIZE
+        back = transform.to_original.astype(np.float32)
+        return points @ back[:2, :2].T + back[:2, 2]
 
 
 __all__ = ["LandmarkError", "LandmarkModel", "eye_open_ratios", "lip_open_ratio", "openness"]
