@@ -832,7 +832,40 @@ def test_mel_filterbank_matches_librosa() -> None:
 
     expected = librosa.filters.mel(sr=16000, n_fft=800, n_mels=80, fmin=55, fmax=7600)
     assert _mel_basis().shape == expected.shape
-    np.testing.assert_allclose(_mel_basis(), expected, rtol=1e-6, atol=1e-9)
+    np.testing.assert_array_equal(_mel_basis(), expected)  # not merely close: every float32 value
+
+
+def test_the_stft_window_is_scipys_periodic_hann_to_the_bit() -> None:
+    """librosa's STFT windows with scipy's get_window("hann", 800, fftbins=True): 0.5 + 0.5 cos over 801 points
+    from -pi to pi, the last dropped. 0.5 - 0.5 cos(2 pi n / 800) differs in the last bit at 535 of the 800."""
+    from engine.core.audio import _hann_window
+
+    expected = 0.5 + 0.5 * np.cos(np.linspace(-np.pi, np.pi, 801)[:-1])
+    np.testing.assert_array_equal(_hann_window(), expected)
+    np.testing.assert_array_equal(_hann_window(), get_window("hann", 800, fftbins=True))
+
+
+def test_mel_filterbank_is_librosas_float32_values_to_the_bit() -> None:
+    """librosa.filters.mel (0.7 as today) as upstream's audio.py builds it: each triangle stored as float32, then
+    scaled by the Slaney norm in place (a second rounding). Rounding once, after the norm, moved 184 of the values
+    by a float32 step, and the mel features with them."""
+    from engine.core.audio import _mel_basis
+
+    f_sp, logstep = 200.0 / 3, np.log(6.4) / 27.0
+    min_log_mel = 1000.0 / f_sp
+
+    def to_mel(hz: float) -> float:
+        return min_log_mel + np.log(hz / 1000.0) / logstep if hz >= 1000.0 else hz / f_sp
+
+    mels = np.linspace(to_mel(55.0), to_mel(7600.0), 82)
+    edges = np.where(mels >= min_log_mel, 1000.0 * np.exp(logstep * (mels - min_log_mel)), f_sp * mels)
+    ramps = np.subtract.outer(edges, np.linspace(0, 16000 / 2, 401))
+    fdiff = np.diff(edges)
+    weights = np.zeros((80, 401), np.float32)
+    for i in range(80):
+        weights[i] = np.maximum(0, np.minimum(-ramps[i] / fdiff[i], ramps[i + 2] / fdiff[i + 1]))
+    weights *= (2.0 / (edges[2:] - edges[:-2]))[:, None]
+    np.testing.assert_array_equal(_mel_basis(), weights)
 
 
 def test_a_file_that_changes_rate_and_layout_midway_decodes(tmp_path: Path) -> None:
