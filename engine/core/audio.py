@@ -495,24 +495,31 @@ def _mel_magnitudes(windowed: np.ndarray) -> np.ndarray:
 
 @lru_cache(maxsize=1)
 def _hann_window() -> np.ndarray:
-    """Periodic Hann (scipy's get_window('hann', 800, fftbins=True)), the window librosa's stft uses."""
-    n = np.arange(WIN_LENGTH)
-    window = 0.5 - 0.5 * np.cos(2.0 * np.pi * n / WIN_LENGTH)
+    """Periodic Hann as scipy's get_window('hann', 800, fftbins=True) computes it (the window librosa's stft uses):
+    0.5 + 0.5 cos over WIN_LENGTH + 1 points from -pi to pi, the last dropped; the same values to the last bit."""
+    window = 0.5 + 0.5 * np.cos(np.linspace(-np.pi, np.pi, WIN_LENGTH + 1)[:-1])
     window.setflags(write=False)
     return window
+
+
+# Slaney's mel scale as librosa computes it: 200/3 Hz per mel below 1 kHz, logarithmic above, the break at
+# 1000 / (200 / 3) mels as librosa divides it (14.999999999999998; 15 gives the same filters at Wav2Lip's settings).
+_F_SP = 200.0 / 3
+_MIN_LOG_MEL = 1000.0 / _F_SP
+_LOGSTEP = np.log(6.4) / 27.0
 
 
 def _hz_to_slaney_mel(hz: np.ndarray) -> np.ndarray:
     """Slaney's mel scale: linear below 1 kHz (200/3 Hz per mel), logarithmic above."""
     hz = np.asarray(hz, np.float64)
-    linear = hz / (200.0 / 3)
-    log_part = 15.0 + np.log(np.maximum(hz, 1e-10) / 1000.0) / (np.log(6.4) / 27.0)
+    linear = hz / _F_SP
+    log_part = _MIN_LOG_MEL + np.log(np.maximum(hz, 1e-10) / 1000.0) / _LOGSTEP
     return np.where(hz >= 1000.0, log_part, linear)
 
 
 def _slaney_mel_to_hz(mel: np.ndarray) -> np.ndarray:
     mel = np.asarray(mel, np.float64)
-    return np.where(mel >= 15.0, 1000.0 * np.exp((np.log(6.4) / 27.0) * (mel - 15.0)), mel * (200.0 / 3))
+    return np.where(mel >= _MIN_LOG_MEL, 1000.0 * np.exp(_LOGSTEP * (mel - _MIN_LOG_MEL)), _F_SP * mel)
 
 
 @lru_cache(maxsize=1)
@@ -528,9 +535,12 @@ def _mel_basis() -> np.ndarray:
     ramps = edges[:, None] - fft_hz[None, :]
     lower = -ramps[:-2] / widths[:-1, None]
     upper = ramps[2:] / widths[1:, None]
-    basis = np.maximum(0.0, np.minimum(lower, upper)) * (2.0 / (edges[2:] - edges[:-2]))[:, None]
-    # float32 values as librosa returns them, applied in float64 as upstream's dot product did.
-    basis = basis.astype(np.float32).astype(np.float64)
+    # As librosa: each triangle stored as float32, then scaled by the Slaney norm in place (rounded again).
+    basis = np.maximum(0.0, np.minimum(lower, upper)).astype(np.float32)
+    basis *= (2.0 / (edges[2:] - edges[:-2]))[:, None]
+    # librosa's float32 values, applied in float64 (the dot product is float64 with today's librosa, which keeps
+    # the STFT in complex128; librosa 0.7's complex64 STFT made it float32: within 1e-6 of ours).
+    basis = basis.astype(np.float64)
     basis.setflags(write=False)
     return basis
 
