@@ -29,6 +29,7 @@ def fake_nvml(
     Util = namedtuple("Util", "gpu memory")
     Mem = namedtuple("Mem", "used total free")
     Proc = namedtuple("Proc", "pid usedGpuMemory")
+    Pci = namedtuple("Pci", "busId")
     mod = types.ModuleType("pynvml")
     mod.NVMLError = Exception
     mod.NVML_TEMPERATURE_GPU, mod.NVML_CLOCK_SM, mod.NVML_CLOCK_MEM = 0, 1, 2
@@ -49,6 +50,7 @@ def fake_nvml(
         "nvmlDeviceGetPerformanceState": lambda h: 0,
         "nvmlDeviceGetCurrentClocksEventReasons": lambda h: 0x4 | 0x20,
         "nvmlDeviceGetMigMode": lambda h: [0, 0],
+        "nvmlDeviceGetPciInfo": lambda h: Pci(f"00000000:{0x3B + h:02X}:00.0".encode()),  # pynvml's bytes
         "nvmlDeviceGetComputeRunningProcesses": lambda h: [Proc(1, 3 * 2**30), Proc(999_999_999, None)],
         "nvmlDeviceGetGraphicsRunningProcesses": lambda h: [Proc(1, 3 * 2**30)],
     }
@@ -96,7 +98,7 @@ def test_every_field_is_read_from_nvml(use_fake) -> None:
     source = use_fake(devices=2)
     assert source.status == "" and source.driver_version == "580.159.04" and source.cuda_driver_version == "13.0"
     gpu = source.sample()[1]
-    assert gpu.name == "NVIDIA Test GPU 1" and gpu.uuid == "GPU-0000-1"
+    assert gpu.name == "NVIDIA Test GPU 1" and gpu.uuid == "GPU-0000-1" and gpu.pci_bus_id == "00000000:3C:00.0"
     assert (gpu.util_gpu_percent, gpu.util_memory_percent, gpu.temperature_c) == (87, 40, 61)
     assert gpu.memory_percent == pytest.approx(25.0)
     assert (gpu.power_w, gpu.power_limit_w) == (312.5, 700.0)

@@ -71,6 +71,7 @@ class GpuSample:
     performance_state: str | None = None
     throttle_reasons: list[str] | None = None
     mig_mode: bool | None = None
+    pci_bus_id: str | None = None  # NVML's "00000000:3B:00.0": what the driver's kernel log lines name the GPU by
     processes: list[GpuProcess] = field(default_factory=list)
     error: str | None = None  # why NVML cannot read this GPU at all ("GPU is lost"), shown instead of a row of N/A
 
@@ -231,6 +232,9 @@ class _NvmlDevice:
         self.uuid = self.get(nvml.nvmlDeviceGetUUID)
         mig = self.get(nvml.nvmlDeviceGetMigMode)
         self.mig_mode = bool(mig[0]) if mig is not None else None
+        pci = self.get(getattr(nvml, "nvmlDeviceGetPciInfo", None))
+        bus_id = getattr(pci, "busId", None)
+        self.pci_bus_id = bus_id.decode() if isinstance(bus_id, bytes) else bus_id
 
     def get(self, fn: Callable[..., Any] | None, *args: Any) -> Any:
         """fn(handle, *args), or None when it fails; a call the device does not support is not
@@ -261,7 +265,14 @@ class _NvmlDevice:
 
     def sample(self) -> GpuSample:
         nv = self.nvml
-        s = GpuSample(index=self.index, name=self.name, uuid=self.uuid, mig_mode=self.mig_mode, error=self.error)
+        s = GpuSample(
+            index=self.index,
+            name=self.name,
+            uuid=self.uuid,
+            mig_mode=self.mig_mode,
+            pci_bus_id=self.pci_bus_id,
+            error=self.error,
+        )
         if self.error is not None:
             return s
         util = self.get(nv.nvmlDeviceGetUtilizationRates)
