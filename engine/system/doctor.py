@@ -11,7 +11,7 @@ once, as information, and keeps its install recipes for machines where a GPU exi
 
 This module gathers once the facts several checks need (NVML, the PCI bus, PyTorch's CUDA, the ONNX
 Runtime provider probe in a subprocess) and runs the checks in order; the checks live by layer in
-doctor_gpu.py, gpu_state.py, doctor_ort.py and doctor_host.py.
+doctor_gpu.py, gpu_state.py, xid.py, doctor_ort.py and doctor_host.py.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from engine.system.doctor_host import check_disk, check_python, check_ray, check
 from engine.system.doctor_ort import check_cuda_majors, check_ort_cuda, check_ort_packages, check_ort_tensorrt
 from engine.system.gpu_state import check_gpu_state
 from engine.system.telemetry import GpuHealth, GpuSample, NvmlSource
+from engine.system.xid import check_gpu_errors
 
 PCI_DEVICES = Path("/sys/bus/pci/devices")
 NVIDIA_PCI_VENDOR = "0x10de"
@@ -43,7 +44,10 @@ log = logging.getLogger(__name__)
 def _gather_nvml() -> dict[str, Any]:
     """NVML's facts, as Context's fields: `nvml_gpus` names only the GPUs it can read."""
     source = NvmlSource()
-    devices = [GpuSample(d.index, d.name, d.uuid, mig_mode=d.mig_mode, error=d.error) for d in source.devices]
+    devices = [
+        GpuSample(d.index, d.name, d.uuid, mig_mode=d.mig_mode, pci_bus_id=d.pci_bus_id, error=d.error)
+        for d in source.devices
+    ]
     return {
         "nvml_gpus": [d.name for d in devices if d.error is None],
         "nvml_status": source.status,
@@ -126,6 +130,7 @@ CHECKS: tuple[Callable[[Context], Check], ...] = (
     check_driver,
     check_device,
     check_gpu_state,
+    check_gpu_errors,
     check_ort_packages,
     check_cuda_majors,
     check_ort_cuda,
