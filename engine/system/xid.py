@@ -93,7 +93,7 @@ CATALOG: dict[int, XidInfo] = {
     ),
     61: XidInfo(
         "PMU_BREAKPOINT",
-        "Internal micro-controller breakpoint (unused on Ampere and newer)",
+        "PMU breakpoint, listed as Unused on Ampere and newer GPUs",
         "CONTACT_SUPPORT",
         PROBLEM,
         "support",
