@@ -13,8 +13,8 @@ rendered in batches: warping + decoding + paste-back on the device, encoding in 
 Precision: on CUDA the appearance extractor, warping module and decoder run under fp16 autocast (PyTorch
 keeps grid_sample in fp32 there); the motion extractor always runs in strict fp32 with TF32 off, because
 TF32 moves its pose logits by about 0.1 degree-bins (a deliberate difference: upstream runs it under the same fp16
-autocast as the others when flag_use_half_precision is on, its default). With `compile`, the warping module and decoder go through
-torch.compile at one fixed batch shape (the last batch is padded), so they compile once.
+autocast as the others when flag_use_half_precision is on, its default). With `compile`, the warping module and
+decoder go through torch.compile at one fixed batch shape (the last batch is padded), so they compile once.
 
 Between runs in one process the loaded networks and each source's features stay cached (engine/portrait/cache.py):
 re-animating a portrait with other options costs warping + decoding only.
