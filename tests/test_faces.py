@@ -609,3 +609,24 @@ def test_the_detectors_shrunk_copy_averages_pixels_and_an_enlarged_one_interpola
     assert _downscale(frame, 1.0) is frame
     large = _downscale(frame, 2.0)
     assert large.shape == (16, 32, 3) and 0 < large[0, 5, 0] < 200  # between a dark and a bright column
+
+
+def test_decode_s3fd_rounds_far_corners_as_upstream() -> None:
+    """Upstream's batch_decode (sfd/bbox.py) turns centre and size into corners in place: x1 = cx - w/2, then
+    x2 = x1 + w (not cx + w/2). In float32 the two differ by an ulp on about a box in five, which can move a corner
+    across a whole pixel where the tracker truncates it; pin upstream's rounding, written out here."""
+    height, width, images = 128, 160, 8
+    outputs = _synthetic_outputs(images, height, width)
+    locs = torch.randn(images, 4, generator=torch.Generator().manual_seed(9)) * 0.5
+    for image in range(images):  # head 2 (stride 16, anchor 64), cell (row 3, col 5): centre (88, 56)
+        _set_anchor(outputs, image, head=2, row=3, col=5, score=0.9, loc=locs[image].tolist())
+    prior = torch.tensor([88.0, 56.0, 64.0, 64.0])
+    centre = prior[:2] + locs[:, :2] * 0.1 * prior[2:]
+    size = prior[2:] * torch.exp(locs[:, 2:] * 0.2)
+    near = centre - size / 2
+    upstream = torch.cat([near, near + size], dim=1)
+    dets = decode_s3fd(outputs, (height, width), threshold=0.5, nms_iou=0.3)
+    assert all(d.shape == (1, 5) for d in dets)
+    got = torch.stack([d[0, :4] for d in dets])
+    assert torch.equal(got, upstream)
+    assert not torch.equal(upstream[:, 2:], centre + size / 2)  # the two roundings differ on these inputs
