@@ -630,3 +630,47 @@ def test_decode_s3fd_rounds_far_corners_as_upstream() -> None:
     got = torch.stack([d[0, :4] for d in dets])
     assert torch.equal(got, upstream)
     assert not torch.equal(upstream[:, 2:], centre + size / 2)  # the two roundings differ on these inputs
+
+
+def _upstream_s3fd_pipeline(outputs: list[torch.Tensor], image: int) -> np.ndarray:
+    """Upstream's path from S3FD's raw outputs to one image's boxes, written out (sfd/detect.py batch_detect, then
+    sfd_detector.py detect_from_batch): softmax, every anchor above 0.05 decoded one at a time in float32 (x2 = x1 +
+    w), NMS at 0.3 counting both end pixels, then the boxes scoring above 0.5, highest first."""
+    rows = []
+    for head, stride in enumerate((4, 8, 16, 32, 64, 128)):
+        cls = torch.softmax(outputs[2 * head], dim=1)
+        reg = outputs[2 * head + 1]
+        for _, row, col in zip(*np.where(cls[:, 1] > 0.05), strict=True):
+            # float32 as upstream's torch.Tensor([...]) makes it (numpy's int64 indices would make torch.tensor float64)
+            centre_x, centre_y = stride / 2 + col * stride, stride / 2 + row * stride
+            prior = torch.tensor([centre_x, centre_y, stride * 4.0, stride * 4.0], dtype=torch.float32)
+            loc = reg[image, :, row, col]
+            centre = prior[:2] + loc[:2] * 0.1 * prior[2:]
+            size = prior[2:] * torch.exp(loc[2:] * 0.2)
+            near = centre - size / 2
+            rows.append([*near.tolist(), *(near + size).tolist(), float(cls[image, 1, row, col])])
+    dets = np.array(rows, dtype=np.float32).reshape(-1, 5)
+    kept = dets[_upstream_s3fd_nms(dets, 0.3)]
+    return kept[kept[:, 4] > 0.5]
+
+
+def test_decode_s3fd_gives_upstreams_boxes_on_random_outputs() -> None:
+    """The whole post-processing against upstream's, on random head outputs with many anchors above 0.05 and 0.5:
+    our order (threshold at 0.5, then NMS) keeps the same boxes, bit for bit, as upstream's (threshold at 0.05, NMS,
+    then 0.5), since a box can only be suppressed by a better one. Our boxes are clipped to the image (a documented
+    difference), so upstream's are clipped here too before comparing."""
+    height, width = 64, 96
+    generator = torch.Generator().manual_seed(3)
+    outputs = []
+    for rows, cols in head_map_sizes(height, width):
+        outputs += [
+            torch.randn(2, 2, rows, cols, generator=generator) * 2,
+            torch.randn(2, 4, rows, cols, generator=generator),
+        ]
+    dets = decode_s3fd(outputs, (height, width), threshold=0.5, nms_iou=0.3, max_per_image=10_000)
+    for image in range(2):
+        upstream = _upstream_s3fd_pipeline(outputs, image)
+        upstream[:, [0, 2]] = upstream[:, [0, 2]].clip(0, width)
+        upstream[:, [1, 3]] = upstream[:, [1, 3]].clip(0, height)
+        assert len(upstream) > 5
+        assert np.array_equal(dets[image].numpy(), upstream)
