@@ -19,9 +19,9 @@ gr = pytest.importorskip("gradio")
 from engine.core.options import fields  # noqa: E402
 from engine.lipsync.config import LipSyncConfig  # noqa: E402
 from engine.portrait.config import PortraitConfig  # noqa: E402
-from ui.examples import SIDE, STRIP, Example, thumbnail  # noqa: E402
+from ui.examples import INSET, SIDE, STRIP, Example, thumbnail  # noqa: E402
 from ui.forms import api_examples, form_handler, hidden_inputs  # noqa: E402
-from ui.media_inputs import checked_image, media_choice  # noqa: E402
+from ui.media_inputs import RAW_UPLOAD, checked_image, media_choice  # noqa: E402
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
@@ -48,6 +48,8 @@ def test_setting_one_input_clears_the_others_and_shows_its_tab() -> None:
     keep_one = next(f for f in demo.fns.values() if f.inputs == [image]).fn
     tabs, *others = keep_one("pose.jpg")
     assert tabs.selected == 1 and others == [None, None]  # the video and the template are cleared
+    shown = next(b for b in demo.blocks.values() if isinstance(b, gr.Tab) and b.id == tabs.selected)
+    assert shown.label == "Image"  # the tab selected is the one holding the image
     assert all(update == {"__type__": "update"} for update in keep_one(None))  # clearing one changes nothing else
 
 
@@ -69,6 +71,22 @@ def test_an_image_upload_reaches_the_engine_unread(tmp_path: Path) -> None:
     assert rebuilt.preprocess(upload) == str(broken) and "face" in rebuilt.elem_classes
     with pytest.raises(Exception, match="cannot identify image file"):
         plain.preprocess(upload)  # every other gr.Image is Gradio's own
+    assert checked_image(elem_classes="face", render=False).elem_classes == ["face", RAW_UPLOAD]  # one class, as text
+
+
+def test_a_pasted_or_captured_image_reaches_the_engine_as_a_file(tmp_path: Path) -> None:
+    """A photo pasted from the clipboard or taken with the webcam may come inline (a data: URL, no file): Gradio
+    writes it to a file, which the engine then reads; handing on its missing path sent the job the text "None"."""
+    import base64
+
+    from gradio.components.image import ImageData
+
+    ok, png = cv2.imencode(".png", np.full((8, 8, 3), 200, np.uint8))
+    pasted = ImageData(url="data:image/png;base64," + base64.b64encode(png.tobytes()).decode(), orig_name="face.png")
+    with gr.Blocks():
+        image = checked_image(label="Face photo")
+    written = image.preprocess(pasted)
+    assert ok and Path(written).is_file() and cv2.imread(written).shape == (8, 8, 3)
 
 
 def test_a_thumbnail_shows_the_face_with_its_speech_as_a_waveform(tmp_path: Path) -> None:
@@ -82,6 +100,48 @@ def test_a_thumbnail_shows_the_face_with_its_speech_as_a_waveform(tmp_path: Path
     driven = Example("own clip", (ASSETS / "face.jpg", ASSETS / "driving.mp4"))
     corner = cv2.imread(str(thumbnail(driven, (False, False), tmp_path, "d")))
     assert corner.shape == (SIDE, SIDE, 3) and not np.array_equal(corner, picture)
+
+
+def test_a_drivers_picture_goes_in_the_top_right_corner_and_a_silent_track_draws_a_flat_line(tmp_path: Path) -> None:
+    """The portrait's driver sits in the top-right corner, the face (its upper middle) left whole beside and below;
+    a speech track with no sound at all is drawn as a flat line, where its loudness scale divided by zero."""
+    import wave
+
+    plain = cv2.imread(str(thumbnail(Example("face", (ASSETS / "face.jpg",)), (False,), tmp_path, "f"))).astype(int)
+    driven = Example("own clip", (ASSETS / "face.jpg", ASSETS / "driving.mp4"))
+    corner = cv2.imread(str(thumbnail(driven, (False, False), tmp_path, "d"))).astype(int)
+    changed = np.abs(corner - plain).mean(axis=2)
+    assert changed[:INSET, SIDE - INSET :].mean() > 20  # the driver's picture
+    assert changed[INSET + 4 :].mean() < 3 and changed[:, : SIDE - INSET - 4].mean() < 3  # the face as it was
+    silence = tmp_path / "silence.wav"
+    with wave.open(str(silence), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(16000)
+        out.writeframes(bytes(32000))  # a second of zeros
+    quiet = cv2.imread(str(thumbnail(Example("quiet", (ASSETS / "face.jpg", silence)), (False, True), tmp_path, "q")))
+    assert quiet.shape == (SIDE, SIDE, 3)
+
+
+def test_each_example_shows_its_own_picture_and_a_click_loads_its_files(tmp_path: Path) -> None:
+    """One thumbnail per example, each its own picture and caption, all in one row (wrapping on a phone, ui/style.py),
+    and a click on one loads that example's files, an input it leaves out emptied."""
+    from ui.examples import EXAMPLES_CLASS, example_gallery
+    from ui.style import CSS
+
+    examples = [Example("Photo", (ASSETS / "face.jpg", None)), Example("Video", (None, ASSETS / "driving.mp4")),
+                Example("Both", (ASSETS / "hopper.jpg", ASSETS / "driving.mp4"))]  # fmt: skip
+    with gr.Blocks() as demo:
+        photo, video = gr.Image(type="filepath"), gr.Video()
+        gallery = example_gallery(examples, [photo, video], [False, False], tmp_path, "Examples", "ex")
+    assert [item["caption"] for item in gallery.value] == ["Photo", "Video", "Both"]
+    pictures = [cv2.imread(item["image"]["path"]) for item in gallery.value]
+    assert not any(np.array_equal(a, b) for i, a in enumerate(pictures) for b in pictures[i + 1 :])
+    assert gallery.columns == len(examples) and gallery.rows == 1
+    assert EXAMPLES_CLASS in gallery.elem_classes and f".{EXAMPLES_CLASS} " in CSS
+    (select,) = [f for f in demo.fns.values() if f.outputs == [photo, video]]
+    assert select.fn(gr.SelectData(gallery, {"index": 1, "value": None})) == (None, str(ASSETS / "driving.mp4"))
+    assert select.fn(gr.SelectData(gallery, {"index": 0, "value": None})) == (str(ASSETS / "face.jpg"), None)
 
 
 @pytest.mark.parametrize("cls", [LipSyncConfig, PortraitConfig])
@@ -629,3 +689,56 @@ def test_a_stopped_jobs_video_and_record_are_read_as_its_reader() -> None:
     shown = stopped(jobs, JobEnded("j1", "failed", None), "bob")
     assert asked == [("live", "bob"), ("status", "bob")]
     assert (shown.video, shown.record, shown.reason) == (None, {"status": "failed"}, "no reason recorded")
+
+
+def test_each_tabs_run_button_streams_its_job_as_its_visitor_and_cancel_cancels(tmp_path: Path) -> None:
+    """The buttons under the inputs: "Lip-sync" (or "Animate") runs the tab's job and Cancel cancels, never the other
+    way round. The run handler, rebuilt over the media tabs, must stay a generator (Gradio streams the video so far
+    only from one) and keep its gr.Request (Gradio hands the visitor only to a parameter annotated so: without it,
+    every visitor's job would be one owner's). The engine picker starts at the config's default, each choice named."""
+    import inspect
+
+    from gradio.helpers import special_args
+
+    from ui.forms import default
+
+    with _job_tabs(tmp_path) as (_, _, demo, _):
+
+        def triggered_by(label: str) -> list[Any]:
+            buttons = {i for i, b in demo.blocks.items() if isinstance(b, gr.Button) and b.value == label}
+            return [f for f in demo.fns.values() if f.fn and any(t[0] in buttons for t in f.targets)]
+
+        for label, field, cls in (("Lip-sync", "face__photo", LipSyncConfig), ("Animate", "driving__video",
+                                                                                PortraitConfig)):  # fmt: skip
+            (run,) = [f for f in triggered_by(label) if field in inspect.signature(f.fn).parameters]
+            assert run.types_generator, label
+            params = list(inspect.signature(run.fn).parameters)
+            filled, progress_at, *_ = special_args(run.fn, [None] * (len(params) - 2), request="the visitor")
+            assert filled[params.index("request")] == "the visitor" and progress_at == params.index("progress")
+            (engine,) = [b for b in run.inputs if isinstance(b, gr.Dropdown) and b.label == "Engine"]
+            assert engine.value == default(cls, "engine") and engine.value in [value for _, value in engine.choices]
+            assert all(shown == f"Engine: {value}" for shown, value in engine.choices)
+        assert sorted(f.fn.__name__ for f in triggered_by("Cancel")) == ["cancel_mine", "cancel_mine"]
+
+
+def test_the_media_tabs_wiring_stays_off_the_api_page(tmp_path: Path) -> None:
+    """Setting one input clears the others in the page: those events are no API of ours, which lists the jobs only."""
+    with _job_tabs(tmp_path) as (_, _, demo, _):
+        pass
+    shown = demo.get_api_info()
+    assert sorted(shown["named_endpoints"]) == ["/lipsync", "/lipsync_submit", "/portrait", "/portrait_submit"]
+    assert not shown.get("unnamed_endpoints")
+
+
+def test_a_reloaded_module_leaves_every_other_image_to_gradio() -> None:
+    """Gradio's reload mode runs the module again: the patch must wrap Gradio's own preprocess, not itself (an
+    endless recursion for every image but ours)."""
+    import importlib
+
+    import ui.media_inputs
+
+    importlib.reload(ui.media_inputs)
+    with gr.Blocks():
+        plain = gr.Image(type="filepath")
+    with pytest.raises(Exception, match="cannot identify image file"):
+        plain.preprocess(gr.FileData(path=str(ASSETS / "speech.wav"), orig_name="face.png"))
