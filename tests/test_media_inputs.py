@@ -742,3 +742,42 @@ def test_a_reloaded_module_leaves_every_other_image_to_gradio() -> None:
         plain = gr.Image(type="filepath")
     with pytest.raises(Exception, match="cannot identify image file"):
         plain.preprocess(gr.FileData(path=str(ASSETS / "speech.wav"), orig_name="face.png"))
+
+
+def test_a_segment_written_after_its_job_stopped_is_still_streamed() -> None:
+    """On ZeroGPU a cancelled job's GPU process runs on until it sees the cancel (up to STOP_CHECK_S): a segment it
+    writes after the poll that saw the job end is read once more before the end is reported (/job_stream sends it)."""
+    from engine.core.hls import LiveStream
+    from ui.jobs import JobEnded, follow_live
+
+    parts = tuple(Path(f"part-{i:05d}.ts") for i in range(2))
+    in_playlist = iter([1, 2])  # the second read finds the segment written after the cancel
+    jobs = SimpleNamespace(
+        status=lambda job, owner: {"status": "cancelled", "error": "cancelled by its owner while it ran"},
+        live=lambda job, owner: LiveStream(parts[: (n := next(in_playlist))], (1.0,) * n, False),
+    )
+    streamed = []
+    with pytest.raises(JobEnded, match="job j1 cancelled"):
+        for stream in follow_live(jobs, "j1", "o", lambda fraction, label: None, poll_s=0):
+            streamed.append(len(stream.segments))
+    assert streamed == [1, 2]
+
+
+def test_a_job_that_fails_before_any_video_gives_the_api_its_error_only(monkeypatch, tmp_path: Path) -> None:
+    """/lipsync's outputs are what the job made: after a video so far, a last update stops promising the rest; with
+    none shown there is nothing to take back, and a "✗ Failed" pane before the error would read as a result."""
+    import ui.jobs
+
+    jobs = _stopping_job(monkeypatch, tmp_path, "failed", "no face found in blank_1.png")
+
+    def failing(jobs: object, job_id: str, *args: object) -> object:
+        raise ui.jobs.JobEnded(job_id, "failed", "no face found in blank_1.png")
+        yield
+
+    monkeypatch.setattr(ui.jobs, "follow_live", failing)
+    _, api = _endpoints(jobs)
+    shown = []
+    with pytest.raises(gr.Error, match=r"job j1 failed: no face found in blank_1\.png"):
+        for update in api(face="blank_1.png", audio="a.wav"):
+            shown.append(update)
+    assert shown == []
