@@ -84,6 +84,7 @@ def test_many_values_get_one_two_five_ticks() -> None:
     assert list(axis.tickvals) == [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000]
     assert list(axis.ticktext)[-3:] == ["1,000", "2,000", "5,000"]
     assert widgets.log_axis(go.Figure(), []).layout.xaxis.type is None  # nothing to label: left alone
+    assert list(widgets.log_axis(go.Figure(), [1.5, 3]).layout.xaxis.ticktext) == ["1.5", "3"]  # as they are
 
 
 def test_latency_memory_labels_stay_inside_the_figure(sweep: dict) -> None:
@@ -131,6 +132,22 @@ def test_charts_with_nothing_to_draw_are_hidden(onnx_result: dict, sweep: dict) 
         update = widgets.chart(drawn)
         assert update["visible"] is True and update["value"] is drawn
     assert "yaxis2" not in bench_report.telemetry_figure(sweep).to_plotly_json()["layout"]  # no power axis on a CPU
+
+
+def test_the_stage_chart_lists_the_stages_as_they_ran_the_slowest_in_red() -> None:
+    """The Lip-sync result's chart: one bar per stage, top to bottom in the order they ran, each labelled in seconds,
+    the slowest in the red its title promises; a run with no stages draws nothing (the chart is hidden)."""
+    from engine.core.results import RunResult, StageTiming
+
+    result = RunResult(stages=[StageTiming("detect", 0.5), StageTiming("infer", 2.25), StageTiming("encode", 0.75)])
+    figure = widgets.timing_figure(result)
+    (bars,) = figure.data
+    assert list(bars.y) == ["detect", "infer", "encode"] and figure.layout.yaxis.autorange == "reversed"
+    assert list(bars.x) == [0.5, 2.25, 0.75] and list(bars.text) == ["0.50s", "2.25s", "0.75s"]
+    assert "slowest in red" in figure.layout.title.text and list(bars.marker.color).count("#d62728") == 1
+    assert bars.marker.color[1] == "#d62728"
+    assert widgets.chart(widgets.timing_figure(RunResult()))["visible"] is False
+    assert widgets.chart(None)["visible"] is False  # no figure at all
 
 
 # ---------------------------------------------------------------------------------------------- tables
@@ -965,3 +982,41 @@ def test_a_clicked_row_goes_first_once_and_a_blank_row_leaves_the_ids_box_alone(
     assert clicked_first("b1,c2 a0", click("a0")) == "a0, b1, c2"
     assert clicked_first(None, click("a0")) == "a0"
     assert clicked_first("b1, c2", click("")) == "b1, c2"
+
+
+def test_the_compare_takes_sweeps_stopped_with_results_and_says_why_it_refuses_the_rest(tmp_path: Path, sweep) -> None:
+    """The compare box takes ids as the history shows them (comma- or space-separated): a sweep cancelled part way
+    compares with the rows it finished; a queued one, one that kept no results, an id of none and an empty box are
+    refused with why, never an internal error."""
+    from engine.core.settings import load_settings
+    from engine.jobs.store import CANCELLED, CPU, JobStore
+    from ui.jobs import LOCAL
+
+    settings = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path / "data")})
+    settings.ensure_dirs()
+    with JobStore(settings.db_path, settings.data_dir / "blobs") as store:
+        _, handlers, _ = _bench_tab(settings, store)
+        compare = handlers["compare"]
+
+        def job(ends: str | None, report: dict | None = None) -> str:
+            made = store.submit("bench", {"sweep": sweep["config"]}, CPU, owner=LOCAL)
+            if ends:
+                store.claim_next(CPU)
+                if report:
+                    store.save_partial(made.id, report)
+                store.fail(made.id, f"{ends} on the way", ends)
+            return made.id
+
+        stopped, empty = job(CANCELLED, sweep), job("failed")
+        table, _ = compare(f"{stopped},{stopped}", None)
+        assert [row[0] for row in table["data"]] == [stopped] * (2 * len(sweep["results"]))
+        queued = job(None)
+        for text, refused in (
+            (f"{stopped}, {queued}", f"job {queued} is queued; only jobs with results can be compared"),
+            (empty, f"job {empty} is failed and kept no results; only jobs with results can be compared"),
+            ("deadbeef0000", "no job deadbeef0000"),
+            (" , ", "Give one or more job ids from the history table."),
+        ):
+            with pytest.raises(gr.Error) as error:
+                compare(text, None)
+            assert error.value.message.startswith(refused), error.value.message

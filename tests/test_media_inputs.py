@@ -182,6 +182,29 @@ def test_a_job_not_done_yet_shows_no_earlier_jobs_results() -> None:
     assert poll(None, None)[0] == "No job yet."
     keeping = job_poller(lambda job, reader: {"status": "running"}, str, lambda job, reader: (), 2, "", access, kept=1)
     assert keeping("new", None)[2:] == (None, {"__type__": "update"})  # the ONNX tab's inspection stays
+    # The benchmark tab's: a sweep stopped part way shows the rows it finished, and the timer stops.
+
+    def rendered(job: str, reader: str | None) -> tuple[str, str]:
+        return f"{job} table", f"{job} chart"
+
+    stopping = job_poller(lambda job, reader: {"status": states[job]}, lambda state: state["status"], rendered, 2, "",
+                          access, stopped_too=True)  # fmt: skip
+    text, timer, *outputs = stopping("gone", None)
+    assert text == "cancelled" and not timer.active and outputs == ["gone table", "gone chart"]
+
+
+def test_the_status_poller_says_a_job_that_is_not_there_and_stops() -> None:
+    """A job id the store does not know (another's, or swept): the store's words as the status, and no more ticks
+    (the error escaped every second, a red toast each time)."""
+    from engine.jobs.store import StoreError
+    from ui.widgets import job_poller
+
+    def status(job: str, reader: str | None) -> dict:
+        raise StoreError(f"no job {job}")
+
+    poll = job_poller(status, str, lambda job, reader: (), 1, "", SimpleNamespace(reader=lambda request: "o"))
+    text, timer, *_ = poll("deadbeef0000", None)
+    assert text == "no job deadbeef0000" and not timer.active
 
 
 def test_first_in_line_behind_a_running_job_says_so_not_starting() -> None:
@@ -781,3 +804,36 @@ def test_a_job_that_fails_before_any_video_gives_the_api_its_error_only(monkeypa
         for update in api(face="blank_1.png", audio="a.wav"):
             shown.append(update)
     assert shown == []
+
+
+def test_the_option_boxes_start_at_what_a_run_without_options_does(tmp_path: Path) -> None:
+    """Before a visitor changes anything the form shows the defaults: an empty number box says what empty means
+    ("auto"), never "None" (which the config refuses); a slider spans its field's range at its default; a weights
+    picker starts on its empty choice (the configured file)."""
+    from ui.forms import default, field
+
+    with _job_tabs(tmp_path) as (_, _, demo, _):
+        shown = {b.label: b for b in demo.blocks.values() if isinstance(getattr(b, "label", None), str)}
+    batch_size = shown["Batch size (empty: auto)"]
+    assert (batch_size.value, batch_size.placeholder) == ("", "auto")
+    for label, name in (("Audio offset (frames; + if lips are late)", "audio_offset"), ("Detection scale",
+                                                                                        "detect_scale")):  # fmt: skip
+        slider, option = shown[label], field(LipSyncConfig, name).option
+        assert (slider.minimum, slider.maximum, slider.value) == (option.low, option.high, default(LipSyncConfig, name))
+    picker = shown["Wav2Lip checkpoint (empty: the configured one)"]
+    assert picker.value == "" and picker.choices[0] == ("", "")
+
+
+def test_each_preview_joins_every_segment_so_far_not_an_earlier_shorter_join(tmp_path: Path) -> None:
+    """A preview's MP4 is kept by its count of segments (a reopened stopped job shows the one already made): a later
+    preview, with more segments, must not be handed the earlier, shorter video."""
+    from engine.core.hls import LiveStream, read_stream, stream_folder
+    from engine.core.media import read_frames
+    from ui.widgets import joined_video
+
+    out = tmp_path / "streamed.mp4"
+    _, frames = _streamed(out, frames=75)
+    stream = read_stream(stream_folder(out))
+    first = LiveStream(stream.segments[:1], stream.seconds[:1], False)
+    early = len(list(read_frames(joined_video(first))))
+    assert 0 < early < frames == len(list(read_frames(joined_video(stream))))
