@@ -150,6 +150,14 @@ def test_the_stage_chart_lists_the_stages_as_they_ran_the_slowest_in_red() -> No
     assert widgets.chart(None)["visible"] is False  # no figure at all
 
 
+def test_a_measured_runs_summary_says_its_window_and_why_the_stages_do_not_add_up() -> None:
+    from engine.core.results import RunResult
+
+    (line,) = widgets.measurement_line(RunResult(measurement={"wall_s": 2.0, "peak_rss_bytes": 2**30}))
+    assert line.startswith("- measured: wall 2.00 s, peak RSS") and "do not add up to the wall" in line
+    assert widgets.measurement_line(RunResult()) == []
+
+
 # ---------------------------------------------------------------------------------------------- tables
 
 
