@@ -157,6 +157,52 @@ def test_api_page_examples_are_the_defaults_and_the_given_files(cls) -> None:
             assert example == components[f.name].value, f.name
 
 
+def test_api_page_examples_for_each_kind_of_field() -> None:
+    """What the API page's snippets show beyond the tabs' files: a value given as it is (the bench tab's GPU), the
+    paths of a field of several files one handle_file each (one path too), a required choice its first choice, a
+    required number Gradio's own placeholder (a value the page can write); nested api_examples add up, and none
+    outlives its block."""
+    import json
+
+    from engine.bench.config import CostConfig
+    from engine.onnx.config import EvalConfig
+    from ui.forms import api_example, field
+
+    def handle(path: str) -> dict:
+        return {"path": path, "url": path, "orig_name": Path(path).name, "meta": {"_type": "gradio.FileData"}}
+
+    assert api_example(field(EvalConfig, "images"), {"images": "assets/a.png"}, None) == [handle("assets/a.png")]
+    with gr.Blocks(), api_examples(runs=7), api_examples(images=("assets/a.png", "assets/b.png")):
+        given = hidden_inputs(EvalConfig)
+    with gr.Blocks():
+        cost, after = hidden_inputs(CostConfig), hidden_inputs(EvalConfig)
+        skipping = hidden_inputs(EvalConfig, ("images",))
+    assert given["runs"].example_inputs() == 7
+    assert given["images"].example_inputs() == [handle("assets/a.png"), handle("assets/b.png")]
+    assert given["images"].file_count == "multiple" and "images" not in skipping
+    assert after["runs"].example_inputs() == after["runs"].value  # the block's examples are gone
+    assert cost["measured_on"].example_inputs() == "cpu"
+    json.dumps(cost["throughput"].example_inputs())
+
+
+def test_api_parameters_are_typed_and_described_as_their_fields() -> None:
+    """gradio_client and the API page read each parameter's type and description from its hidden component: a whole
+    number is an integer (not any number), a switch a boolean, the rest text; each is described by its help, and an
+    optional text field starts empty, never None."""
+    with gr.Blocks():
+        components = hidden_inputs(LipSyncConfig)
+    for f in fields(LipSyncConfig):
+        if not f.option.file:
+            kind = (
+                {bool: "boolean", int: "integer", float: "number"}.get(f.type, "string")
+                if f.option.text is None
+                else "string"
+            )
+            assert components[f.name].api_info()["type"] == kind, f.name
+            assert f.option.help in components[f.name].label, f.name
+    assert components["checkpoint"].value == ""
+
+
 def test_a_job_not_done_yet_shows_no_earlier_jobs_results() -> None:
     """The ONNX eval and benchmark tabs kept the previous job's tables and charts under a new job's status until
     it finished; now its outputs are empty until it is done, and rendered once then."""

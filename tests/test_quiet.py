@@ -93,6 +93,8 @@ def test_a_bug_keeps_its_traceback_in_the_log_once(caplog) -> None:
     assert record.levelname == "ERROR" and record.exc_info and record.exc_info[0] is KeyError
     error_id = error.message.rsplit("id ", 1)[1].split()[0]
     assert error_id in record.getMessage()
+    again = _reported(bug, caplog).message.rsplit("id ", 1)[1].split()[0]
+    assert again != error_id  # each bug's id finds its own traceback in the log
 
 
 def test_an_empty_upload_is_one_line_in_the_server_log(running_app: RunningApp) -> None:
