@@ -590,6 +590,9 @@ def test_an_api_handler_takes_the_configs_fields_and_says_its_errors_in_words() 
     assert handler(face="f.jpg", audio="a.wav") == "ok" and seen == [{"face": "f.jpg", "audio": "a.wav"}]
     handler(face="f.jpg", audio="a.wav", request="the caller")  # Gradio's: whose job it is, not a field
     assert seen[-1] == {"face": "f.jpg", "audio": "a.wav"} and callers == [None, "the caller"]
+    said: list[tuple] = []
+    handler(face="f.jpg", audio="a.wav", progress=lambda fraction, desc=None: said.append((fraction, desc)))
+    assert said == [(0.5, "half way")]  # Gradio's progress bar shows the words too
     with pytest.raises(gr.Error) as refused:
         handler(face="f.jpg", audio="a.wav", batch_size=3)
     assert refused.value.message == "three is refused"
@@ -621,6 +624,11 @@ def test_form_terms_name_a_forms_own_flags_by_its_labels_and_leave_the_rest() ->
     assert terms(kept) == kept.replace("(--fps)", "(“Photo: frames per second”)")
     assert terms(r"in \`a --fps\` --fps") == r"in \`a “Photo: frames per second”\` “Photo: frames per second”"
     assert FormTerms({})("--fps") == "--fps"
+    with gr.Blocks():  # only a label's closing note goes; a component with no words is no term
+        noted = FormTerms.of(
+            {"scale": gr.Number(label="Crop (pixels) scale (empty: auto)"), "face": gr.Image(label="")}
+        )
+    assert noted.labels == {"scale": "Crop (pixels) scale"} and noted("--face") == "--face"
 
 
 def _live_tab(kind: str, jobs: object, tmp_path: Path) -> tuple[Any, Any]:
@@ -883,3 +891,26 @@ def test_each_preview_joins_every_segment_so_far_not_an_earlier_shorter_join(tmp
     first = LiveStream(stream.segments[:1], stream.seconds[:1], False)
     early = len(list(read_frames(joined_video(first))))
     assert 0 < early < frames == len(list(read_frames(joined_video(stream))))
+
+
+def test_a_tabs_refusal_names_its_fields_by_their_labels_and_its_api_stays_hidden(tmp_path: Path) -> None:
+    """A refusal escaping a tab's handler names the options as the form labels them (unless told other terms); the
+    API's own inputs, one per config field, are never shown on the page."""
+    from engine.core.errors import InputError
+
+    def run(values: dict, progress, request) -> None:
+        raise InputError("try --batch-size 4")
+
+    with gr.Blocks():
+        handler = form_handler(LipSyncConfig, {"batch_size": gr.Textbox(label="Batch size (empty: auto)")}, run, "t")
+    with pytest.raises(gr.Error, match="try “Batch size” 4"):
+        handler(batch_size="")
+    with _job_tabs(tmp_path) as (_, _, demo, _):
+        (api,) = [f for f in demo.fns.values() if f.api_name == "lipsync"]
+
+    def hidden(block: Any) -> bool:
+        while block is not None and getattr(block, "visible", True) is not False:
+            block = block.parent
+        return block is not None
+
+    assert len(api.inputs) == len(fields(LipSyncConfig)) and all(hidden(b) for b in api.inputs)
