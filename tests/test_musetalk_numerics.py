@@ -696,3 +696,59 @@ def test_features_of_another_shape_are_refused() -> None:
 
     with pytest.raises(ValueError, match=r"gave shape \(1, 80, 1500\), not \(1, 80, 3000\)"):
         audio.whisper_input_features(_tone(1.0), HalfLength())
+
+
+# --------------------------------------------------------------------------- upstream's formulas, written out
+
+
+def _upstream_positional_table(max_len: int = 5000, d_model: int = 384) -> torch.Tensor:
+    """unet.py's PositionalEncoding buffer: the whole max_len table in float32, sin on even features, cos on odd."""
+    table = torch.zeros(max_len, d_model)
+    position = torch.arange(0, max_len, dtype=torch.float).unsqueeze(1)
+    div_term = torch.exp(torch.arange(0, d_model, 2).float() * (-math.log(10000.0) / d_model))
+    table[:, 0::2] = torch.sin(position * div_term)
+    table[:, 1::2] = torch.cos(position * div_term)
+    return table
+
+
+def test_positional_encoding_is_bit_identical_to_upstreams_sliced_table() -> None:
+    """Upstream slices its 5000-row float32 table to the prompt's 50 rows and, in fp16, halves the table before the
+    add; the values (not just within 1e-6) must be the same, or fp16 prompts move by one step."""
+    table = _upstream_positional_table()
+    assert torch.equal(audio.positional_encoding(50, 384), table[:50])
+    prompts = torch.randn(3, 50, 384, generator=torch.Generator().manual_seed(0)).half()
+    assert torch.equal(audio.add_positional_encoding(prompts), prompts + table.half()[:50])
+
+
+def _upstream_vae_input(crop_bgr: np.ndarray, half_mask: bool) -> torch.Tensor:
+    """vae.py's preprocess_img on an already resized crop: RGB, float64 / 255, FloatTensor, the half mask applied
+    as a bool multiply in [0, 1] space, then Normalize(0.5, 0.5)."""
+    x = np.asarray([crop_bgr[..., ::-1]]) / 255.0
+    x = torch.squeeze(torch.FloatTensor(np.transpose(x, (3, 0, 1, 2))))
+    if half_mask:
+        mask = torch.zeros(x.shape[-2], x.shape[-1])
+        mask[: x.shape[-2] // 2, :] = 1
+        x = x * (mask > 0.5)
+    return ((x - 0.5) / 0.5).unsqueeze(0)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_vae_pixels_equal_upstreams_preprocess_for_every_byte(masked: bool) -> None:
+    """Every uint8 value in every channel and row (the 256x256 crop holds all 256 values in each row) must reach the
+    VAE as upstream's float64-then-float32 division makes it; a float32 multiply by 1/255 would not."""
+    ramp = np.arange(256, dtype=np.uint8)
+    crop = np.stack([np.tile(ramp, (256, 1)), np.tile(ramp[::-1], (256, 1)), np.roll(np.tile(ramp, (256, 1)), 7, 1)])
+    crop = np.ascontiguousarray(crop.transpose(1, 2, 0))  # (256, 256, 3) BGR
+    ours = geometry.vae_pixels(torch.from_numpy(crop[None]), masked=masked)
+    assert ours.dtype == torch.float32
+    assert torch.equal(ours, _upstream_vae_input(crop, masked))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_decode_equals_upstreams_decode_latents_on_random_images(dtype) -> None:
+    """vae.py's decode_latents after the decoder: (x / 2 + 0.5).clamp(0, 1) in the decoder's dtype, then float32,
+    x 255 and numpy's round (half to even) to uint8, RGB to BGR. In fp16 the clamp must stay in fp16."""
+    images = (torch.randn(2, 3, 24, 24, generator=torch.Generator().manual_seed(1)) * 1.3).to(dtype)
+    unit = (images / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).float().numpy()
+    expected = (unit * 255).round().astype("uint8")[..., ::-1]
+    assert np.array_equal(geometry.decoded_to_bgr(images).numpy(), expected)
