@@ -752,3 +752,44 @@ def test_decode_equals_upstreams_decode_latents_on_random_images(dtype) -> None:
     unit = (images / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).float().numpy()
     expected = (unit * 255).round().astype("uint8")[..., ::-1]
     assert np.array_equal(geometry.decoded_to_bgr(images).numpy(), expected)
+
+
+def _upstream_whisper_chunks(segment_states: list[torch.Tensor], num_samples: int, fps: int) -> torch.Tensor:
+    """audio_processor.py's get_whisper_chunk after the encoder, left and right padding 2: each segment's hidden
+    states stacked on dim 2, segments joined, trimmed to floor(seconds * 50) rows, zero rows before (2 * ceil(50 /
+    fps)) and after (6 * ceil(50 / fps)), frame f's 10 rows from floor(f * (50 / fps)), flattened 'b c h w -> b (c h)
+    w'."""
+    stacked = torch.cat([torch.stack(list(states), dim=2) for states in segment_states], dim=1)
+    multiplier = 50 / int(fps)
+    stacked = stacked[:, : math.floor((num_samples / SR) * 50)]
+    pad = math.ceil(multiplier)
+    stacked = torch.cat(
+        [torch.zeros_like(stacked[:, : pad * 2]), stacked, torch.zeros_like(stacked[:, : pad * 3 * 2])], 1
+    )
+    clips = []
+    for frame in range(math.floor((num_samples / SR) * int(fps))):
+        start = math.floor(frame * multiplier)
+        clip = stacked[:, start : start + 10]
+        assert clip.shape[1] == 10
+        clips.append(clip)
+    clips = torch.cat(clips, dim=0)
+    return clips.reshape(clips.shape[0], clips.shape[1] * clips.shape[2], clips.shape[3])
+
+
+@pytest.mark.parametrize(("samples", "fps"), [(16000 * 3 + 123, 25), (16000 * 31 + 7, 30), (16000 * 30, 24)])
+def test_audio_prompts_equal_upstreams_whisper_chunks(samples: int, fps: int) -> None:
+    """Random hidden states through encode_speech and the windows give upstream's prompts for every frame upstream
+    makes (at whole frame rates; ours adds the last partial frame after them)."""
+    generator = torch.Generator().manual_seed(samples)
+    segments: list[tuple[torch.Tensor, ...]] = []
+
+    def encode_segment(features: torch.Tensor) -> torch.Tensor:
+        states = tuple(torch.randn(1, 1500, 6, generator=generator) for _ in range(5))  # upstream's hidden_states
+        segments.append(states)
+        return torch.stack(states)[:, 0]
+
+    hidden = encode_speech(np.full(samples, 0.1, np.float32), encode_segment, _FakeExtractor())
+    expected = _upstream_whisper_chunks(segments, samples, fps)
+    ours = audio_prompts(hidden, samples, fps)
+    assert ours.shape[0] >= expected.shape[0]
+    assert torch.equal(ours[: expected.shape[0]], expected)
