@@ -821,3 +821,29 @@ def test_cheek_widths_keep_their_sides_and_fps_must_be_positive(networks, face) 
     assert avatar.cheek_widths == (60, 120) and avatar.fps == 25.0
     with pytest.raises(InputError, match="fps"):
         prepare_avatar([face], parser, detector=StubDetector(), fps=0)
+
+
+def test_whisper_states_are_the_embeddings_each_layers_output_and_the_final_layer_norm(networks) -> None:
+    """Upstream stacks whisper.encoder(..., output_hidden_states=True).hidden_states as transformers 4.39.2 (its pin)
+    made them: the embeddings (conv1, conv2, GELUs, positions), then each layer's output but the last, then the last
+    layer's output after the final layer norm. Written out here so a transformers release that records other
+    tensors (its hooks changed how hidden states are collected) cannot change the prompts unnoticed."""
+    from torch.nn.functional import gelu
+
+    from engine.lipsync.musetalk.audio import whisper_input_features
+    from engine.lipsync.musetalk.generate import whisper_segment_encoder
+
+    t = np.arange(SR) / SR
+    (features,) = whisper_input_features((0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32))
+    whisper = networks.whisper
+    with torch.inference_mode():
+        state = gelu(whisper.conv2(gelu(whisper.conv1(features)))).permute(0, 2, 1) + whisper.embed_positions.weight
+        expected = []
+        for layer in whisper.layers:
+            expected.append(state[0])
+            state = layer(state, None)
+            state = state[0] if isinstance(state, tuple) else state
+        expected.append(whisper.layer_norm(state)[0])
+        ours = whisper_segment_encoder(networks)(features)
+    assert ours.shape == (len(whisper.layers) + 1, 1500, whisper.config.d_model)
+    torch.testing.assert_close(ours, torch.stack(expected), rtol=0, atol=1e-6)
