@@ -847,3 +847,36 @@ def test_whisper_states_are_the_embeddings_each_layers_output_and_the_final_laye
         ours = whisper_segment_encoder(networks)(features)
     assert ours.shape == (len(whisper.layers) + 1, 1500, whisper.config.d_model)
     torch.testing.assert_close(ours, torch.stack(expected), rtol=0, atol=1e-6)
+
+
+class _RandomHalfWhisper(torch.nn.Module):
+    """An fp16 whisper stood in for: five small random fp16 hidden states per segment (fixed by the seed)."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1, dtype=torch.float16))
+        self.width = width
+
+    def forward(self, features: torch.Tensor, output_hidden_states: bool) -> SimpleNamespace:
+        assert features.dtype == torch.float16  # upstream: input_feature.to(device).to(weight_dtype)
+        generator = torch.Generator().manual_seed(3)
+        states = tuple(torch.randn(1, audio.SEGMENT_ROWS, self.width, generator=generator).half() for _ in range(5))
+        return SimpleNamespace(hidden_states=states)
+
+
+def test_fp16_prompts_add_upstreams_halved_encoding_in_fp16_and_latents_reach_the_unet_in_its_dtype() -> None:
+    """Upstream's fp16 path: pe.half() is added to the fp16 whisper windows in fp16 (not in float32 and then
+    rounded, which differs by a step of fp16 on some values), and the latents are cast to the UNet's dtype."""
+    avatar, width = _stub_avatar(), 4
+    unet = SimpleNamespace(config=SimpleNamespace(in_channels=8), dtype=torch.float16)
+    networks = SimpleNamespace(device=torch.device("cpu"), whisper=_RandomHalfWhisper(width), unet=unet)
+    speech = _speech(0.5)
+    step = _SpyStep(networks, 4)
+    list(generate(avatar, speech, 25, networks, 4, extractor=_SilentExtractor(), runtime=step))  # type: ignore[arg-type]
+    states = networks.whisper(torch.zeros(1, dtype=torch.float16), True).hidden_states
+    windows = audio.audio_prompts(torch.stack(states)[:, 0].permute(1, 0, 2), len(speech), 25)
+    with_face = [i for i in range(13) if avatar.source_frame(i) != 1]
+    expected = windows[with_face] + audio.positional_encoding(50, width).half()
+    prompts = torch.cat(step.prompts)
+    assert prompts.dtype == torch.float16 and torch.equal(prompts, expected)
+    assert all(latents.dtype == torch.float16 for latents in step.latents)
