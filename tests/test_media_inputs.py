@@ -241,16 +241,18 @@ def test_a_job_not_done_yet_shows_no_earlier_jobs_results() -> None:
 
 def test_the_status_poller_says_a_job_that_is_not_there_and_stops() -> None:
     """A job id the store does not know (another's, or swept): the store's words as the status, and no more ticks
-    (the error escaped every second, a red toast each time)."""
+    (the error escaped every second, a red toast each time); the panes are emptied, so an earlier job's results do
+    not stand under "no job" (the last `kept`, which other buttons fill, stay as they are)."""
     from engine.jobs.store import StoreError
     from ui.widgets import job_poller
 
     def status(job: str, reader: str | None) -> dict:
         raise StoreError(f"no job {job}")
 
-    poll = job_poller(status, str, lambda job, reader: (), 1, "", SimpleNamespace(reader=lambda request: "o"))
-    text, timer, *_ = poll("deadbeef0000", None)
+    poll = job_poller(status, str, lambda job, reader: (), 2, "", SimpleNamespace(reader=lambda request: "o"), kept=1)
+    text, timer, table, inspection = poll("deadbeef0000", None)
     assert text == "no job deadbeef0000" and not timer.active
+    assert table is None and inspection == gr.update()
 
 
 def test_first_in_line_behind_a_running_job_says_so_not_starting() -> None:

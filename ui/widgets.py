@@ -306,8 +306,8 @@ def job_poller(
         reader = access.reader(request)
         try:
             state = status(job, reader)
-        except StoreError as exc:
-            return (str(exc), gr.Timer(active=False), *blank)
+        except StoreError as exc:  # "no job X": an earlier job's results must not stand under it
+            return (str(exc), gr.Timer(active=False), *cleared)
         ended = state["status"] in FINISHED
         shown = render(job, reader) if state["status"] == DONE or (ended and stopped_too) else None
         return (describe(state), gr.Timer(active=not ended), *(cleared if shown is None else shown))
