@@ -238,6 +238,27 @@ def test_nvdec_decodes_a_clip_as_the_cpu_does(tmp_path) -> None:
     assert all(np.array_equal(a, b) for a, b in zip(frames, cpu, strict=True))
 
 
+def test_s3fd_boxes_from_gpu_outputs_are_the_cpus_bit_for_bit() -> None:
+    """Upstream decodes S3FD's boxes and merges them on the CPU: ours from CUDA outputs are the same to the bit (a
+    decode on the GPU, its exp and fused multiply-adds, moved corners by a float32 step)."""
+    import torch
+
+    from engine.faces.detection import decode_s3fd
+    from engine.models.s3fd import head_map_sizes
+
+    height, width = 256, 384
+    generator = torch.Generator().manual_seed(5)
+    outputs = []
+    for rows, cols in head_map_sizes(height, width):
+        scores = torch.randn(4, 2, rows, cols, generator=generator) * 2
+        outputs += [scores, torch.randn(4, 4, rows, cols, generator=generator)]
+    size, rules = (height, width), {"threshold": 0.5, "nms_iou": 0.3, "max_per_image": 10_000}
+    on_gpu = decode_s3fd([o.cuda() for o in outputs], size, **rules)
+    on_cpu = decode_s3fd(outputs, size, **rules)
+    assert sum(len(d) for d in on_cpu) > 20
+    assert all(g.device.type == "cpu" and torch.equal(g, c) for g, c in zip(on_gpu, on_cpu, strict=True))
+
+
 def _matmul_onnx(path):
     """y = Relu(x @ w) on x[N, 512]: enough work for the GPU providers to take every node."""
     import onnx

@@ -287,23 +287,26 @@ def decode_s3fd(
     nms_iou: float,
     max_per_image: int = 50,
 ) -> list[torch.Tensor]:
-    """Boxes from S3FD's 12 head outputs: one (K, 5) float32 tensor per image, on the outputs' device.
+    """Boxes from S3FD's 12 head outputs: one (K, 5) float32 tensor per image, on the CPU.
 
     ``outputs`` are ``[cls1, reg1, ..., cls6, reg6]`` with raw ``cls`` scores (as :class:`S3FD` returns them);
     ``image_size`` is the network input's (height, width), to which boxes are clipped after NMS. Scores above
     ``threshold`` go into NMS: the same result as upstream (NMS over scores > 0.05, then > 0.5), since a box
     can only be suppressed by a higher-scoring one; overlaps count both end pixels, as upstream's bbox.nms does.
-    At most ``max_per_image`` boxes, highest score first.
-    """
+    At most ``max_per_image`` boxes, highest score first. The scores are taken and ranked on the outputs' device;
+    the best candidates are decoded and merged on the CPU, as upstream moves the outputs there first: a GPU's exp
+    and fused multiply-adds could move a corner by a float32 step."""
     if len(outputs) != 2 * len(STRIDES):
         raise FaceError(f"S3FD gives {2 * len(STRIDES)} head outputs (cls, reg per head), got {len(outputs)}")
     scores, loc = _flatten_heads(outputs)
     priors = s3fd_priors(outputs)
     k = min(PRE_NMS_TOP_K, scores.shape[1])
     top_scores, top_index = scores.topk(k, dim=1)  # sorted, per image
-    top_boxes = _decode_boxes(torch.gather(loc, 1, top_index[..., None].expand(-1, -1, 4)), priors[top_index])
+    top_loc = torch.gather(loc, 1, top_index[..., None].expand(-1, -1, 4))
+    on_cpu = torch.cat([top_loc, priors[top_index], top_scores[..., None]], dim=-1).cpu()  # one copy off the device
+    top_boxes, top_scores = _decode_boxes(on_cpu[..., :4], on_cpu[..., 4:8]), on_cpu[..., 8]
     height, width = image_size
-    limits = torch.tensor([width, height, width, height], device=scores.device, dtype=torch.float32)
+    limits = torch.tensor([width, height, width, height], dtype=torch.float32)
     results = []
     for boxes, image_scores in zip(top_boxes, top_scores, strict=True):
         passed = image_scores > threshold
@@ -383,7 +386,7 @@ class S3FDDetector:
             x = x.flip(-1).permute(0, 3, 1, 2).float().sub_(self._mean).contiguous()
             dets = decode_s3fd(self.model(x), (small_h, small_w), self.threshold, self.nms_iou)
             counts = [len(d) for d in dets]
-            merged = torch.cat(dets).cpu().numpy()  # one device-to-host copy for the whole batch
+            merged = torch.cat(dets).numpy()
         merged[:, [0, 2]] *= width / small_w
         merged[:, [1, 3]] *= height / small_h
         merged = _clip_boxes(merged, width, height).astype(np.float32)
