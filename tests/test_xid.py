@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_doctor import _ctx
 from test_telemetry import fake_nvml
 
-from engine.core.settings import load_settings
 from engine.system import doctor, xid
 from engine.system.checks import INFO, OK, PROBLEM, WARNING, Check, Context, DoctorReport
 from engine.system.telemetry import GpuSample
@@ -26,18 +26,6 @@ def _kmsg(*messages: str, start_us: int = 5_000_000) -> str:
         f"4,{i},{start_us + i * 1_000_000},-;{message}\n SUBSYSTEM=pci\n DEVICE=+pci:0000:3b:00.0\n"
         for i, message in enumerate(messages)
     )
-
-
-def _ctx(tmp_path: Path, **kw) -> Context:
-    base = dict(
-        settings=load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path)}),
-        nvml_gpus=["NVIDIA H100"],
-        nvml_status="",
-        driver_version="580.0",
-        cuda_driver_version="13.0",
-    )
-    base.update(kw)
-    return Context(**base)
 
 
 def _check(tmp_path: Path, log: str, ctx: Context | None = None, **kw) -> Check:
