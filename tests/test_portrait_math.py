@@ -765,3 +765,45 @@ def test_a_late_face_leaves_the_first_frames_still() -> None:
     assert motion.head.shape == (4, 2, 3) and motion.flow.shape == (4, 2, FLOW_SIZE, FLOW_SIZE)
     assert np.array_equal(motion.head[:2], [np.eye(2, 3)] * 2) and not motion.flow[:2].any()
     assert np.array_equal(motion.head[2:], tracked.head) and np.array_equal(motion.flow[2:], tracked.flow)
+
+
+def _upstream_bbox_crop(left: float, top: float, right: float, bottom: float, dsize: int = 512) -> np.ndarray:
+    """Upstream's crop_image_by_bbox (its driving crop), written out: the corners as its float32 bbox array holds
+    them, the centre rounded to float32, the scale from the width, each term computed in float64 (numpy 1.26, which
+    upstream pins, promotes a Python float times a float32 scalar to float64) and the matrix stored as float32."""
+    left, top, right, bottom = (float(np.float32(v)) for v in (left, top, right, bottom))
+    centre = np.array([(left + right) / 2, (top + bottom) / 2], np.float32)
+    s = dsize / (right - left)
+    half = np.float64(np.float32(dsize / 2))
+    return np.array(
+        [[s, 0, half - s * np.float64(centre[0])], [0, s, half - s * np.float64(centre[1])]], dtype=np.float32
+    )
+
+
+def test_the_driving_crop_is_upstreams_crop_by_bbox_of_its_square() -> None:
+    """The driving crop's square (scale x the face box's larger side, shifted by vx and vy of it) becomes the crop
+    as upstream's crop_image_by_bbox makes it from its bbox, float32 rounding included (the source crop's formula
+    gave a matrix one float32 step off in most boxes, and crops that differed in a few pixels)."""
+    from pathlib import Path
+
+    from engine.portrait.config import PortraitConfig
+    from engine.portrait.driving import _driving_transform
+
+    config = PortraitConfig(Path("face.jpg"), Path("d.mp4"), vx_ratio_crop_driving=0.05)
+    rng = np.random.default_rng(7)
+    frame = rng.integers(0, 256, (720, 1280, 3), dtype=np.uint8)
+    differs = 0
+    for _ in range(40):
+        x1, y1, width = rng.uniform(200, 700), rng.uniform(100, 300), rng.uniform(100, 300)
+        box = np.array([x1, y1, x1 + width, y1 + width * rng.uniform(0.9, 1.3)])
+        side = max(box[2] - box[0], box[3] - box[1]) * 2.2
+        cx, cy = (box[0] + box[2]) / 2 + 0.05 * side, (box[1] + box[3]) / 2 - 0.1 * side
+        want = _upstream_bbox_crop(cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2)
+        got = _driving_transform(config, box, 1280, 720)
+        assert got.to_crop.dtype == np.float32 and np.array_equal(got.to_crop, want)
+        inverse = np.linalg.inv(np.vstack([want, np.array([0, 0, 1], np.float32)]))[:2]
+        assert np.array_equal(got.to_original, inverse)
+        ours = crop_image(frame, got)
+        differs += not np.array_equal(ours, crop_image(frame, crop_transform(box, 2.2, -0.1, vx=0.05)))
+        assert np.array_equal(ours, cv2.warpAffine(frame, want, (512, 512), flags=cv2.INTER_LINEAR))
+    assert differs  # boxes where the source crop's arithmetic gives other pixels

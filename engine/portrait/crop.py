@@ -82,6 +82,33 @@ def crop_transform(
     return CropTransform(to_crop, to_original, size)
 
 
+def bbox_crop_transform(
+    box: tuple[float, float, float, float] | np.ndarray,
+    scale: float,
+    vy: float,
+    vx: float = 0.0,
+    size: int = CROP_SIZE,
+) -> CropTransform:
+    """The unturned square crop around a face box (x1, y1, x2, y2) as upstream builds its driving crop: the crop's
+    square (side: scale x the box's larger side; centre moved by vx and vy x side) taken as its bbox of float32 corners
+    and made into the crop by its crop_image_by_bbox: the centre rounded to float32, the scale size / (right - left),
+    each term computed in float64 (numpy 1.26, which upstream pins, promotes a Python float times a float32 scalar to
+    float64) and stored as float32. Within a float32 step of `crop_transform`'s matrix, which moved a few pixels."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    if x2 <= x1 or y2 <= y1:
+        raise InputError(f"face box {box} is empty: x2 must exceed x1 and y2 exceed y1")
+    side = max(x2 - x1, y2 - y1) * scale
+    cx, cy = (x1 + x2) / 2 + vx * side, (y1 + y2) / 2 + vy * side
+    left, top, right, bottom = (
+        float(np.float32(v)) for v in (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2)
+    )
+    centre = np.array([(left + right) / 2, (top + bottom) / 2], np.float32).astype(np.float64)
+    k, half = size / (right - left), float(np.float32(size / 2))
+    to_crop = np.array([[k, 0, half - k * centre[0]], [0, k, half - k * centre[1]]], dtype=np.float32)
+    to_original = np.linalg.inv(np.vstack([to_crop, np.array([0, 0, 1], np.float32)]))[:2]
+    return CropTransform(to_crop, to_original, size)
+
+
 def source_within_limits(image: np.ndarray, max_dim: int, division: int) -> np.ndarray:
     """The source as upstream's pipeline takes it (its resize_to_limit): a longer side above `max_dim` (0: no limit)
     shrunk to it with OpenCV's bilinear resize (the other side truncated to whole pixels), then the bottom and right
@@ -206,6 +233,7 @@ __all__ = [
     "SOURCE_VY",
     "CropTransform",
     "PasteBack",
+    "bbox_crop_transform",
     "crop_image",
     "crop_transform",
     "network_input",

@@ -29,7 +29,7 @@ from engine.core.media import (
 from engine.core.results import RunResult
 from engine.core.settings import Settings
 from engine.portrait.config import TEMPLATE_SUFFIXES, PortraitConfig, PortraitError, is_template
-from engine.portrait.crop import CropTransform, crop_image, crop_transform, network_input, stretched_input
+from engine.portrait.crop import CropTransform, bbox_crop_transform, crop_image, network_input, stretched_input
 from engine.portrait.frames import Progress, largest_face, to_rgb
 from engine.portrait.landmarks import LandmarkModel, openness
 from engine.portrait.motion import KeypointInfo, concatenated
@@ -213,11 +213,14 @@ def clip_motion(
 
 
 def _driving_transform(config: PortraitConfig, box: np.ndarray, width: int, height: int) -> CropTransform | None:
-    """The driving crop around the face (2.2x its box, shifted up 0.1), or None where upstream takes the driving
-    frames whole: a square video or image, unless `crop_driving` asks (upstream's flag_crop_driving_video)."""
+    """The driving crop around the face (2.2x its box, shifted up 0.1; made as upstream's crop_image_by_bbox makes
+    it from its bbox), or None where upstream takes the driving frames whole: a square video or image, unless
+    `crop_driving` asks (upstream's flag_crop_driving_video)."""
     if width == height and not config.crop_driving:
         return None
-    return crop_transform(box, config.scale_crop_driving, config.vy_ratio_crop_driving, vx=config.vx_ratio_crop_driving)
+    return bbox_crop_transform(
+        box, config.scale_crop_driving, config.vy_ratio_crop_driving, vx=config.vx_ratio_crop_driving
+    )
 
 
 def _unused_driving_crop(config: PortraitConfig, transform: CropTransform | None, name: str, result: RunResult) -> None:
