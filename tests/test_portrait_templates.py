@@ -365,3 +365,73 @@ def test_a_template_that_would_meet_the_baseline_is_refused_at_submit(tmp_path: 
         assert store.history() == []
         jobs.submit(PortraitConfig(source, source, engine="auto"), "me")  # an image driver is the baseline's
     assert len(store.history()) == 1
+
+
+def test_the_fps_range_takes_both_its_ends(tmp_path: Path) -> None:
+    """Guards the inclusive bounds of FPS_RANGE: 1 and 240 fps are taken, as the message's "1..240" says."""
+    motion = _angles(2, seed=12)
+    for fps in (1, 240):
+        assert read_template(upstream_pickle(tmp_path / f"d{fps}.pkl", motion, fps=fps)).fps == float(fps)
+        save_template(tmp_path / f"d{fps}.npz", motion, float(fps))
+        assert read_template(tmp_path / f"d{fps}.npz").fps == float(fps)
+
+
+def test_a_scale_too_small_to_divide_by_is_refused(tmp_path: Path) -> None:
+    """Guards MIN_SCALE: a scale of 1e-9 (not 0, but relative motion divides by it) is refused like 0."""
+    motion = _angles(2, seed=13)
+    motion.scale[1] = 1e-9
+    save_template(tmp_path / "tiny.npz", motion, 25.0)
+    with pytest.raises(PortraitError, match="a scale of 0"):
+        read_template(tmp_path / "tiny.npz")
+
+
+def test_a_pickled_rotation_with_nan_is_refused(tmp_path: Path) -> None:
+    """Guards the finiteness check of the rotation matrices themselves: a NaN in an element the Euler angles do not
+    read (R[1][1]) still reaches the driver, which uses the matrix."""
+    path = upstream_pickle(tmp_path / "d.pkl", _angles(2, seed=14))
+    data = pickle.loads(path.read_bytes())
+    data["motion"][1]["R"][0, 1, 1] = np.nan
+    path.write_bytes(pickle.dumps(data))
+    with pytest.raises(PortraitError, match="NaN or infinite"):
+        read_template(path)
+
+
+def test_npz_openness_of_the_wrong_shape_is_refused(tmp_path: Path) -> None:
+    """Guards the eyes' and lips' header shapes: eyes of 3 numbers a frame or lips of a frame too few."""
+    eyes, lips = np.zeros((2, 2), np.float32), np.zeros(2, np.float32)
+    for name, openness in (("eyes3.npz", (np.zeros((2, 3), np.float32), lips)), ("lips1.npz", (eyes, lips[:1]))):
+        save_template(tmp_path / name, _angles(2, seed=15), 25.0, openness)
+        with pytest.raises(PortraitError, match="needs at least one frame"):
+            read_template(tmp_path / name)
+
+
+def test_bad_pickled_frames_and_openness_are_named(tmp_path: Path) -> None:
+    """Guards the pickle's checks by the message each gives: frames that are not dicts, a value that is not numbers
+    (a bool or a string), openness lists one short, an eyes entry of the wrong size (named as the file names it)."""
+    good = upstream_pickle(tmp_path / "good.pkl", _angles(2, seed=16))
+    data = pickle.loads(good.read_bytes())
+    frame, eyes, lips = data["motion"][0], data["c_eyes_lst"], data["c_lip_lst"]
+    cases = [
+        ("no list of frames under 'motion'", {"motion": [1, 2]}),
+        (r"each frame's 'scale' must be 1 numbers", {"motion": [{**frame, "scale": np.array([[True]])}]}),
+        (r"each frame's 'exp' must be 63 numbers", {"motion": [{**frame, "exp": np.full((1, 21, 3), "x")}]}),
+        (r"one entry per frame \(2\)", {**data, "c_lip_lst": lips[:1]}),
+        (r"one entry per frame \(2\)", {**data, "c_eyes_lst": eyes[:1]}),
+        (r"each frame's 'c_eyes_lst' must be 2 numbers", {**data, "c_eyes_lst": [np.zeros(3, np.float32)] * 2}),
+    ]
+    for message, bad in cases:
+        with pytest.raises(PortraitError, match=message):
+            read_template(_bad(tmp_path, bad))
+
+
+def test_pickles_upstream_reads_are_read(tmp_path: Path) -> None:
+    """Guards what is taken, not refused: a .PKL in capitals is a pickle; eyes without lips are no openness (not a
+    refusal); keypoints missing from some frame leave them all zeros (a driver's own keypoints are never used)."""
+    motion = _angles(2, seed=17)
+    path = upstream_pickle(tmp_path / "D.PKL", motion)
+    assert torch.equal(read_template(path).motion.exp, motion.exp)
+    data = pickle.loads(path.read_bytes())
+    del data["c_lip_lst"]
+    del data["motion"][1]["kp"]
+    read = read_template(_bad(tmp_path, data))
+    assert read.openness is None and torch.equal(read.motion.kp, torch.zeros(2, 21, 3))
