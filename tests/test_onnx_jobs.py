@@ -329,3 +329,31 @@ def test_the_tabs_status_line_and_history_show_the_jobs_own_figures() -> None:
     assert status_markdown({**job, "status": DONE, "started": 100.0, "finished": 112.5}).endswith(" in 12.5s")
     rows = [{"samples_per_s": 10.04}, {"samples_per_s": 99.94}, {"samples_per_s": None}]
     assert _best_throughput({"results": rows}) == 99.9 and _best_throughput(None) == ""
+
+
+def test_the_history_is_the_owners_own_fifty_newest_and_an_unreadable_row_says_so(
+    store: JobStore, settings: Settings
+) -> None:
+    """Guards history's owner (another owner's job is never listed), its default of 50 rows, the kind's own summary
+    fields, and a record this version cannot read shown as such (its exception's type) rather than breaking the list."""
+    jobs = _jobs(store, settings)
+    mine = [store.submit(KIND, {"model_name": f"m{i}.onnx"}, CPU, owner=OWNER) for i in range(51)]
+    store.submit(KIND, {}, CPU, owner="someone else")  # the newest of all
+    shown = jobs.history(OWNER)
+    assert [row["id"] for row in shown] == [j.id for j in reversed(mine[1:])]
+    assert shown[0]["model_name"] == "m50.onnx"
+    damaged = store.submit(KIND, {"options": "not a mapping"}, CPU, owner=OWNER)
+    row = jobs.history(OWNER, limit=1)[0]
+    assert row["id"] == damaged.id and row["error"] == "this job's record cannot be read (AttributeError)"
+
+
+def test_a_stopped_or_waiting_jobs_files_are_refused_with_its_status(store: JobStore, settings: Settings) -> None:
+    """Guards output_files' refusals: a cancelled job "was cancelled" (with its reason) and has no files; a queued
+    one's come once it is done; neither is an empty dict."""
+    jobs = _jobs(store, settings)
+    waiting, stopped = (store.submit(KIND, {}, CPU, owner=OWNER) for _ in range(2))
+    jobs.cancel(stopped.id, OWNER)
+    with pytest.raises(InputError, match=r"was cancelled \(cancelled by its owner before it started\) and has no fil"):
+        jobs.output_files(stopped.id, OWNER)
+    with pytest.raises(InputError, match=f"job {waiting.id} is queued: its files come once it is done"):
+        jobs.output_files(waiting.id, OWNER)
