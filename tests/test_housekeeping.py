@@ -362,7 +362,9 @@ def test_an_outputs_folder_replaced_by_a_file_is_the_operators_to_fix_said_befor
     shutil.rmtree(settings.outputs_dir, ignore_errors=True)
     settings.outputs_dir.write_text("a file where the folder goes")
     context = SimpleNamespace(settings=settings, store=store)
-    with pytest.raises(SetupError, match=r"outputs folder cannot be used .*operator must make DATA_DIR/outputs"):
+    with pytest.raises(
+        SetupError, match=r"outputs folder cannot be used \(File exists\): its operator must make DATA_DIR/outputs"
+    ):
         handle(store.claim_next("cpu"), lambda fraction, label: None, context)
     assert job.id
 
@@ -430,6 +432,18 @@ def test_a_file_job_refused_by_its_owners_queue_limit_stores_none_of_its_files(
         with pytest.raises(QueueFull, match="you have 1 job waiting"):
             jobs.submit(config, "alice")
         assert not [p for p in store.blobs_dir.rglob("*") if p.is_file()]
+
+
+def test_an_input_is_stored_under_its_file_name_not_the_servers_path(store: JobStore, tmp_path: Path) -> None:
+    """Guards store_inputs' name: the job's summary and report show it to its owner, who must not see the server's
+    folders (and the decoder needs only its extension)."""
+    from engine.jobs.kinds import store_inputs
+
+    (tmp_path / "uploads").mkdir()
+    (tmp_path / "uploads" / "face.png").write_bytes(b"a face")
+    stored = store_inputs(store, {"face": tmp_path / "uploads" / "face.png"})
+    assert stored["face"]["name"] == "face.png"
+    assert store.blob_path(stored["face"]["sha256"]).read_bytes() == b"a face"
 
 
 def test_a_stored_input_is_staged_in_its_own_folder_whatever_its_recorded_name(store: JobStore, tmp_path: Path) -> None:

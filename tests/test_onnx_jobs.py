@@ -357,3 +357,13 @@ def test_a_stopped_or_waiting_jobs_files_are_refused_with_its_status(store: JobS
         jobs.output_files(stopped.id, OWNER)
     with pytest.raises(InputError, match=f"job {waiting.id} is queued: its files come once it is done"):
         jobs.output_files(waiting.id, OWNER)
+
+
+def test_avatarbench_device_places_a_job_where_it_names(store: JobStore, settings: Settings) -> None:
+    """Guards JobKind.place: AVATARBENCH_DEVICE=cpu keeps a GPU job on the CPU and cuda:1 picks that GPU over the
+    least-loaded cuda:0; any other value leaves the choice to the broker."""
+    from dataclasses import replace
+
+    devices = ("cuda:0", "cuda:1", CPU)
+    for device, placed in (("cpu", CPU), ("cuda:1", "cuda:1"), ("auto", "cuda:0")):
+        assert _jobs(store, replace(settings, device=device), devices).place(True) == placed
