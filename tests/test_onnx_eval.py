@@ -1666,3 +1666,32 @@ def test_inspection_figures_describe_a_run_only_at_the_inspected_symbols(mlp_mod
     assert onnx_plan.inspected_batch(inspected, plan) is None
     plan.values["T"] = 4
     assert onnx_plan.inspected_batch(inspected, plan) == 1
+
+
+def test_parity_of_mixed_kinds_and_nan_matched_outputs() -> None:
+    """Guards the dtype dispatch and the tolerance's own dtype: a string output against a numeric one is an exact
+    comparison (not a float cast that raised), an integer reference against a float output is compared as floats
+    (0.5 apart, not truncated to 0), float16 outputs get their tolerance in float16, where np.allclose compares them
+    (60000 and -60000 differ by more than float16 holds: inf), and outputs NaN at the same places are equal, not an
+    error."""
+    strings = parity({"y": np.zeros(2, np.float32)}, {"y": np.array(["a", "b"])})["y"]
+    assert strings == {"shape_mismatch": False, "exact_match": False}
+    mixed = parity({"y": np.array([1, 2], np.int64)}, {"y": np.array([1.0, 2.5], np.float32)})["y"]
+    assert mixed["max_abs"] == mixed["tolerance_to_pass"] == 0.5
+    wide = parity({"y": np.array([60000], np.float16)}, {"y": np.array([-60000], np.float16)})["y"]
+    assert wide["max_abs"] == 120000.0 and wide["tolerance_to_pass"] == math.inf  # float16's range ends at 65504
+    both_nan = parity({"y": np.full(3, np.nan, np.float32)}, {"y": np.full(3, np.nan, np.float32)})["y"]
+    assert both_nan["tolerance_to_pass"] == both_nan["max_abs"] == 0.0 and not both_nan["nonfinite_differ"]
+    assert both_nan["finite_compared"] == 0 and math.isnan(both_nan["cosine"])
+
+
+def test_expected_outputs_and_labels_the_model_cannot_meet_are_messages() -> None:
+    """Guards the refusals a user reads: an expected output the model did not give is named (not a KeyError), a score
+    of no sample axis needs one label per sample (not an IndexError), and a negative label is outside 0..classes-1
+    (it indexed from the end)."""
+    with pytest.raises(EvalError, match=r"expected outputs \['z'\] are not outputs the model gave"):
+        accuracy({"y": np.zeros(2)}, {"y": np.zeros(2), "z": np.zeros(2)})
+    with pytest.raises(EvalError, match="top-k needs one label per sample"):
+        topk(np.float32(1.0), [0])
+    with pytest.raises(EvalError, match=r"labels \[-1\] are outside 0\.\.2 \(the output has 3 classes\)"):
+        topk(np.zeros((2, 3), np.float32), [0, -1])
