@@ -364,7 +364,11 @@ def test_a_template_that_would_meet_the_baseline_is_refused_at_submit(tmp_path: 
                 jobs.submit(PortraitConfig(source, tmp_path / "d.npz", engine=engine), "me")
         assert store.history() == []
         jobs.submit(PortraitConfig(source, source, engine="auto"), "me")  # an image driver is the baseline's
-    assert len(store.history()) == 1
+    (stored,) = store.history()
+    # the inputs are kept by content under their names; the options hold no server path of them (FileJobs.submit)
+    assert {name: ref["name"] for name, ref in stored.settings["files"].items()} == {"source": "face.jpg",
+                                                                                     "driving": "face.jpg"}  # fmt: skip
+    assert not {"source", "driving"} & set(stored.settings["options"])
 
 
 def test_the_fps_range_takes_both_its_ends(tmp_path: Path) -> None:
