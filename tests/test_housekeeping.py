@@ -457,3 +457,26 @@ def test_a_stored_input_is_staged_in_its_own_folder_whatever_its_recorded_name(s
         assert staged["face"].name == "x.png" and staged["face"].parent.name == "face"
         assert staged["face"].parent.parent.parent == work and staged["face"].read_bytes() == b"a face"
     assert not (tmp_path / "x.png").exists() and not (work / "x.png").exists()
+
+
+def test_a_stopped_jobs_refusal_says_how_much_it_streamed_and_for_how_long_it_stays(
+    settings: Settings, store: JobStore
+) -> None:
+    """Guards FileJobs.streamed_note: a cancelled job keeps no MP4, but its owner is told the seconds its live stream
+    holds (to a tenth) and that /job_stream keeps them STREAM_KEEP_S (600 s: 10 minutes) after it ended."""
+    from engine.core.hls import PLAYLIST, stream_folder
+    from engine.jobs.kinds import output_path
+    from engine.lipsync.jobs import LipSyncJobs
+
+    jobs = LipSyncJobs(Broker(store, {"lipsync": "engine.lipsync.jobs:handle"}, {"cpu": 1}), settings)
+    files = {name: {"sha256": "0" * 64, "name": f"{name}.bin"} for name in ("face", "audio")}
+    job = store.submit("lipsync", {"options": {}, "files": files}, "cpu", owner="me")
+    jobs.cancel(job.id, "me")
+    folder = stream_folder(output_path(settings, job))
+    folder.mkdir(parents=True)
+    (folder / PLAYLIST).write_text("#EXTM3U\n#EXTINF:1.000000,\npart-00000.ts\n#EXTINF:0.960000,\npart-00001.ts\n")
+    note = r"; the first 2\.0 s it streamed come from /job_stream for at least 10 minutes after it ended$"
+    with pytest.raises(
+        InputError, match=r"was cancelled \(.*\) and has no files: only a finished job keeps them" + note
+    ):
+        jobs.output_files(job.id, "me")
