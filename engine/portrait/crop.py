@@ -47,6 +47,13 @@ class CropTransform:
         return float(np.degrees(np.arctan2(self.to_crop[0, 1], self.to_crop[0, 0])))
 
 
+def _corners(box: tuple[float, float, float, float] | np.ndarray) -> tuple[float, float, float, float]:
+    x1, y1, x2, y2 = (float(v) for v in box)
+    if x2 <= x1 or y2 <= y1:
+        raise InputError(f"face box {box} is empty: x2 must exceed x1 and y2 exceed y1")
+    return x1, y1, x2, y2
+
+
 def crop_transform(
     box: tuple[float, float, float, float] | np.ndarray,
     scale: float = SOURCE_SCALE,
@@ -61,9 +68,7 @@ def crop_transform(
     upstream's vx_ratio and vy_ratio), the face's axes being turned `angle` degrees (its clockwise tilt in the image),
     and the crop turned by it too so the face comes out upright unless `rotate` is False (upstream's flag_do_rot off
     still shifts the centre along the tilted face's own axes and leaves only the turn out), resampled to size x size."""
-    x1, y1, x2, y2 = (float(v) for v in box)
-    if x2 <= x1 or y2 <= y1:
-        raise InputError(f"face box {box} is empty: x2 must exceed x1 and y2 exceed y1")
+    x1, y1, x2, y2 = _corners(box)
     side = max(x2 - x1, y2 - y1) * scale
     theta = math.radians(angle)
     c, s_ = math.cos(theta), math.sin(theta)
@@ -94,9 +99,7 @@ def bbox_crop_transform(
     and made into the crop by its crop_image_by_bbox: the centre rounded to float32, the scale size / (right - left),
     each term computed in float64 (numpy 1.26, which upstream pins, promotes a Python float times a float32 scalar to
     float64) and stored as float32. Within a float32 step of `crop_transform`'s matrix, which moved a few pixels."""
-    x1, y1, x2, y2 = (float(v) for v in box)
-    if x2 <= x1 or y2 <= y1:
-        raise InputError(f"face box {box} is empty: x2 must exceed x1 and y2 exceed y1")
+    x1, y1, x2, y2 = _corners(box)
     side = max(x2 - x1, y2 - y1) * scale
     cx, cy = (x1 + x2) / 2 + vx * side, (y1 + y2) / 2 + vy * side
     left, top, right, bottom = (

@@ -44,10 +44,7 @@ log = logging.getLogger(__name__)
 def _gather_nvml() -> dict[str, Any]:
     """NVML's facts, as Context's fields: `nvml_gpus` names only the GPUs it can read."""
     source = NvmlSource()
-    devices = [
-        GpuSample(d.index, d.name, d.uuid, mig_mode=d.mig_mode, pci_bus_id=d.pci_bus_id, error=d.error)
-        for d in source.devices
-    ]
+    devices = [d.identity() for d in source.devices]
     return {
         "nvml_gpus": [d.name for d in devices if d.error is None],
         "nvml_status": source.status,

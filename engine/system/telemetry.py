@@ -263,16 +263,15 @@ class _NvmlDevice:
                 return fn
         return None
 
+    def identity(self) -> GpuSample:
+        """What names this GPU (read once), without a reading: the doctor's list of every GPU NVML numbers."""
+        return GpuSample(
+            self.index, self.name, self.uuid, mig_mode=self.mig_mode, pci_bus_id=self.pci_bus_id, error=self.error
+        )
+
     def sample(self) -> GpuSample:
         nv = self.nvml
-        s = GpuSample(
-            index=self.index,
-            name=self.name,
-            uuid=self.uuid,
-            mig_mode=self.mig_mode,
-            pci_bus_id=self.pci_bus_id,
-            error=self.error,
-        )
+        s = self.identity()
         if self.error is not None:
             return s
         util = self.get(nv.nvmlDeviceGetUtilizationRates)
