@@ -403,6 +403,36 @@ def test_the_export_cache_is_reused_only_when_complete(tmp_path: Path, monkeypat
     assert cached_export(tmp_path, cache, "fp16") == half and len(converted) == len(HALF_NETWORKS)
 
 
+def test_two_workers_converting_one_graph_at_once_both_finish(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers on several GPUs fill one export cache: a conversion that starts and ends while another is writing
+    the same file leaves both whole (with one shared temporary name the first found its file renamed away)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from engine.portrait import onnx_backend
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+    )  # fmt: skip
+    source, target = tmp_path / "relu.onnx", tmp_path / "fp16" / "relu.onnx"
+    onnx.save(helper.make_model(graph), str(source))
+    target.parent.mkdir()
+    save, nested = onnx.save, []
+
+    def save_then_let_another_worker_convert(model: onnx.ModelProto, path: str) -> None:
+        save(model, path)
+        if not nested:
+            nested.append(path)
+            onnx_backend.to_fp16(source, target)
+
+    monkeypatch.setattr(onnx, "save", save_then_let_another_worker_convert)
+    onnx_backend.to_fp16(source, target)
+    onnx.checker.check_model(str(target))
+    assert nested and [p.name for p in target.parent.iterdir()] == ["relu.onnx"]
+
+
 def test_an_export_precision_not_offered_is_refused_before_loading(tmp_path: Path) -> None:
     from engine.portrait.onnx_backend import export_onnx
 

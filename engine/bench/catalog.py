@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.core.errors import InputError
+from engine.core.files import written_whole
 from engine.core.json_text import parse_json
 
 PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "int8")
@@ -448,11 +449,8 @@ class PriceBook:
     def save(self, path: str | os.PathLike, base: PriceBook | None = None) -> None:
         """The whole book; with `base` (the prices this file goes over when loaded), only what differs from it."""
         data = {"prices": self.prices, "sources": self.sources} if base is None else self.changes_from(base)
-        p = Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
-        os.replace(tmp, p)
+        with written_whole(Path(path)) as tmp:
+            tmp.write_text(json.dumps(data, indent=2) + "\n")
 
 
 __all__ = [

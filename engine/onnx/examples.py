@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.core.errors import InputError
+from engine.core.files import written_whole
 
 _FORMAT = 1  # bump when an export below changes, so stale cached files are not reused
 _OPSET = 17
@@ -82,13 +83,8 @@ def example_path(name: str, cache_dir: str | os.PathLike) -> Path:
     with _lock:
         if path.is_file():  # another thread exported it while this one waited
             return path
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
+        with written_whole(path) as tmp:
             _export(EXAMPLES[name], tmp)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
     return path
 
 

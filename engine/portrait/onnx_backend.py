@@ -26,6 +26,7 @@ import torch
 
 from engine.core.device import pad_batch
 from engine.core.errors import InputError
+from engine.core.files import written_whole
 from engine.models.liveportrait import load_liveportrait
 from engine.portrait.motion import KeypointInfo, keypoint_info
 from engine.runtimes.ort_session import OrtOptions, OrtSession
@@ -83,9 +84,8 @@ def to_fp16(source: Path, target: Path) -> None:
         onnx.load(str(source)), keep_io_types=True, op_block_list=[*DEFAULT_OP_BLOCK_LIST, *HALF_KEEP_FP32]
     )
     OnnxModel(model).topological_sort()
-    tmp = target.with_suffix(".tmp")
-    onnx.save(model, str(tmp))
-    os.replace(tmp, target)
+    with written_whole(target) as tmp:
+        onnx.save(model, str(tmp))
 
 
 def export_onnx(weights_dir: str | os.PathLike, out_dir: str | os.PathLike, precision: str = "fp32") -> dict[str, Path]:
@@ -103,17 +103,15 @@ def export_onnx(weights_dir: str | os.PathLike, out_dir: str | os.PathLike, prec
             keys = _MOTION_OUTPUTS if name == "motion" else outputs
             module = _DictOutputs(module, keys)
         path = out / FILES[name]
-        tmp = path.with_suffix(".tmp")
         axes = {n: {0: "batch"} for n in (*inputs, *outputs)}
         if name == "decoder":  # fully convolutional: any feature size (the pipeline uses 64x64 -> 512x512)
             axes = {"feature": {0: "batch", 2: "height", 3: "width"}, "image": {0: "batch", 2: "height8", 3: "width8"}}
-        with warnings.catch_warnings(), torch.no_grad():
+        with written_whole(path) as tmp, warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 module.eval(), args, str(tmp), dynamo=False, opset_version=OPSET, input_names=inputs,
                 output_names=outputs, dynamic_axes=axes,
             )  # fmt: skip
-        os.replace(tmp, path)
         if precision == "fp16" and name in HALF_NETWORKS:
             to_fp16(path, path)
         paths[name] = path
