@@ -106,7 +106,12 @@ def test_a_pickled_template_drives_as_its_npz_twin(tmp_path: Path) -> None:
     assert torch.allclose(x_pickle, x_npz, atol=1e-5)
     save_template(tmp_path / "again.npz", from_pickle, 25.0)
     again = read_template(tmp_path / "again.npz").motion
-    assert torch.allclose(again.rotation, motion.rotation, atol=1e-5)
+    assert torch.equal(again.rotation, from_pickle.rotation)  # its own matrices, not ones remade from their angles
+    assert "R" not in np.load(tmp_path / "d.npz").files  # a clip's motion is its angles: nothing more to keep
+    broken = dict(np.load(tmp_path / "again.npz"))
+    np.savez(tmp_path / "broken.npz", **{**broken, "R": broken["R"][:, :2]})
+    with pytest.raises(PortraitError, match=r"rotations R \(frames, 3, 3\) where kept"):
+        read_template(tmp_path / "broken.npz")
 
 
 def test_a_template_cut_to_one_frame_is_not_a_one_frame_template(tmp_path: Path) -> None:

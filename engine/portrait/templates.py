@@ -1,11 +1,13 @@
 """Motion templates: a driving clip's motion kept for reuse, as our .npz or as upstream LivePortrait's .pkl.
 
 Ours (`save_template`) holds per frame the pose angles, translation, expression, scale and canonical keypoints,
-and the eye and lip openness when they were measured. Upstream's (`make_motion_template` in KwaiVGI/LivePortrait,
-pickled) holds per frame `scale`, the rotation matrix `R` (`R_d` in its older files), `exp` and `t` (`kp` and `x_s`
-in newer ones), and `c_eyes_lst` / `c_lip_lst` (older: `c_d_eyes_lst` / `c_d_lip_lst`; none in its expression
-templates). Driving keypoints need no canonical keypoints of the driver, so a template without them drives all the
-same; its rotations are used as the matrices they are, as upstream uses them.
+the eye and lip openness when they were measured, and the rotation matrices `R` when the motion came as matrices
+(an upstream .pkl saved again as .npz drives with its own matrices, not ones remade from their angles). Upstream's
+(`make_motion_template` in KwaiVGI/LivePortrait, pickled) holds per frame `scale`, the rotation matrix `R` (`R_d`
+in its older files), `exp` and `t` (`kp` and `x_s` in newer ones), and `c_eyes_lst` / `c_lip_lst` (older:
+`c_d_eyes_lst` / `c_d_lip_lst`; none in its expression templates). Driving keypoints need no canonical keypoints of
+the driver, so a template without them drives all the same; its rotations are used as the matrices they
+are, as upstream uses them.
 
 A pickle can run any code while it loads, so an uploaded one is read by an unpickler that builds only dicts,
 lists, numbers and numpy arrays of numbers, and refuses anything else by name.
@@ -35,8 +37,9 @@ UPSTREAM_FPS = 25  # what upstream assumes of a .pkl template without an output_
 MIN_SCALE = 1e-6
 _FIELDS = ("pitch", "yaw", "roll", "t", "exp", "scale", "kp")
 _OPENNESS_FIELDS = ("eyes", "lips")  # optional: each frame's eye (left, right) and lip openness
+_MATRIX = "R"  # optional: each frame's rotation matrix, where the motion came as matrices
 _PER_FRAME = {"pitch": (), "yaw": (), "roll": (), "t": (3,), "exp": (21, 3), "scale": (), "kp": (21, 3), "eyes": (2,),
-              "lips": ()}  # fmt: skip
+              "lips": (), _MATRIX: (3, 3)}  # fmt: skip
 # What numpy's own pickles of arrays and scalars name (numpy 1 wrote numpy.core, numpy 2 numpy._core), and the
 # bytes helper protocol 2 uses: nothing here runs code of the file's choosing.
 _MULTIARRAY = np._core.multiarray
@@ -66,8 +69,10 @@ class Template:
 
 def save_template(path: Path, motion: KeypointInfo, fps: float, openness: Openness | None = None) -> None:
     """The driving motion (per frame: pose, translation, expression, scale, keypoints; the eye and lip openness
-    when measured, for retargeting to the driver) as our .npz."""
+    when measured, for retargeting to the driver; the rotation matrices where it came as matrices) as our .npz."""
     arrays = {f: getattr(motion, f).detach().cpu().numpy() for f in _FIELDS}
+    if motion.matrix is not None:
+        arrays[_MATRIX] = motion.matrix.detach().cpu().numpy()
     if openness is not None:
         arrays.update(zip(_OPENNESS_FIELDS, openness, strict=True))
     np.savez(path, fps=np.float64(fps), **arrays)
@@ -135,6 +140,8 @@ def _read_npz(path: Path, max_seconds: float | None) -> Template:
             _check_length(path, frames, fps, max_seconds)
             arrays = {f: torch.from_numpy(np.asarray(data[f], dtype=np.float32)) for f in _FIELDS}
             saved = [np.asarray(data[f], dtype=np.float32) for f in _OPENNESS_FIELDS if f in data]
+            if _MATRIX in data:
+                arrays["matrix"] = torch.from_numpy(np.asarray(data[_MATRIX], dtype=np.float32))
     except PortraitError:
         raise
     except Exception as exc:  # a member damaged past its header
@@ -163,7 +170,7 @@ def _checked_npz_headers(path: Path, data: Any) -> int:
         raise PortraitError(
             f"{path.name}: a motion template needs at least one frame, keypoints and expressions (frames, 21, 3), "
             "translations (frames, 3), pitch, yaw, roll and scale (frames,), eyes and lips (frames, 2) and "
-            "(frames,), and one fps, all real numbers"
+            "(frames,), rotations R (frames, 3, 3) where kept, and one fps, all real numbers"
         )
     return frames
 
