@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
+from safetensors.torch import save_file
 
 from engine.bench.catalog import CATALOG, DRIVER_RESERVE_MIB, MEMORY_TOTALS, PriceBook, detected_gpu, find_gpu
 from engine.bench.config import CostConfig, LlmRequest
-from engine.bench.llms import LLMS
+from engine.bench.llms import LLMS, spec_from_config
 from engine.bench.planner import (
     CUDA_CONTEXT_BYTES,
+    TGI_FLASH_MODEL_TYPES,
     TGI_NCCL_BYTES,
     TGI_RUNTIME_BYTES,
     PlanError,
@@ -20,6 +25,7 @@ from engine.bench.planner import (
     llm_weight_bytes,
     plan_llm,
     plan_model_memory,
+    tgi_generic_path,
 )
 
 GIB = 2**30
@@ -762,3 +768,124 @@ def test_a_price_files_changes_keep_an_edited_source_of_an_unchanged_price(tmp_p
         "sources": {"T4": "my provider's invoice, 2026-12"},
     }
     assert PriceBook.load(own).sources["T4"] == "my provider's invoice, 2026-12"
+
+
+# Qwen3-8B's config.json (the keys the planner reads): a model type TGI has no class of its own for
+QWEN3_8B = dict(model_type="qwen3", hidden_size=4096, intermediate_size=12288, num_hidden_layers=36,
+                num_attention_heads=32, num_key_value_heads=8, head_dim=128, vocab_size=151936,
+                max_position_embeddings=40960, attention_bias=False, tie_word_embeddings=False,
+                _name_or_path="Qwen/Qwen3-8B")  # fmt: skip
+
+
+def _llm_config(folder: Path, values: dict[str, Any], weights: bool = False) -> Path:
+    """A model's config.json in `folder`; with `weights`, a small .safetensors file beside it to count."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(values))
+    if weights:
+        save_file({"w": torch.zeros(8, 8)}, folder / "model.safetensors")
+    return folder / "config.json"
+
+
+@pytest.mark.parametrize("quantize", ["awq", "gptq", "eetq", "bitsandbytes-nf4", "bitsandbytes-fp4"])
+def test_tgis_generic_path_refuses_the_quantizations_it_refuses_on_any_card(tmp_path: Path, quantize: str) -> None:
+    """A model type without a class of its own in TGI (qwen3) reaches get_model's generic path, which raises "...
+    is not supported for AutoModel" for these before it loads anything, whatever the card: refused, naming the model
+    type and what loads. A type with a class of its own (qwen2) is planned with them as before."""
+    config = _llm_config(tmp_path / "qwen3", QWEN3_8B)
+    for gpu in ("L4", "V100-16GB"):
+        with pytest.raises(PlanError) as refused:
+            plan_llm(LlmRequest(gpu, config=config, quantize=quantize))
+        assert str(refused.value) == (
+            "TGI has no model class of its own for model type 'qwen3' (Qwen/Qwen3-8B): its generic path "
+            f"(transformers' class) refuses --quantize {quantize} ({quantize} is not supported for AutoModel); it "
+            "loads 16-bit weights (quantize none or auto) or 8-bit bitsandbytes (quantize bitsandbytes)"
+        )
+    qwen2 = _llm_config(tmp_path / "qwen2", {**QWEN3_8B, "model_type": "qwen2"})
+    assert plan_llm(LlmRequest("L4", config=qwen2, quantize=quantize))["flags"]["--quantize"] == quantize
+
+
+def test_tgis_generic_path_refuses_a_checkpoint_quantized_with_awq(tmp_path: Path) -> None:
+    """get_model picks --quantize awq from the checkpoint's quantization_config itself, then its generic path
+    refuses it: quantize auto (the checkpoint's own) is refused too."""
+    awq = {**QWEN3_8B, "quantization_config": {"quant_method": "awq", "bits": 4, "group_size": 128}}
+    with pytest.raises(
+        PlanError, match=r"^TGI has no model class .* 'qwen3' .* refuses a checkpoint quantized with awq"
+    ):
+        plan_llm(LlmRequest("L4", config=_llm_config(tmp_path, awq)))
+
+
+def test_tgis_generic_path_is_planned_on_one_gpu_with_8_bit_bitsandbytes_at_most(tmp_path: Path) -> None:
+    """On an L4 (flash attention) qwen3 runs transformers' class: auto tries fp16 and 8-bit bitsandbytes only (no
+    EETQ, no AWQ), one GPU per replica (more serve replicas), --max-batch-total-tokens stated (CausalLM.fallback needs
+    it; TransformersFlashCausalLM ignores it), the warning says which path runs; advice without more GPUs, 4-bit
+    weights or an 8-bit KV cache, none of which it takes."""
+    config = _llm_config(tmp_path, QWEN3_8B)
+    crowded = plan_llm(LlmRequest("L4", config=config, count=2, concurrent_requests=16, max_total_tokens=4096))
+    assert [(f["quantize"], f["shards"]) for f in crowded["considered"]] == [("none", 1), ("bitsandbytes", 1)]
+    assert not crowded["fits"] and crowded["flags"]["--num-shard"] == 1
+    assert crowded["warnings"][-1].endswith("try a larger GPU, fewer concurrent requests or shorter sequences")
+    assert crowded["warnings"][0] == (
+        "TGI has no model class of its own for model type 'qwen3': it serves Qwen/Qwen3-8B through transformers' "
+        "class (only where transformers maps the type to a causal LM; TGI refuses it otherwise), as "
+        "TransformersFlashCausalLM where that class supports TGI's attention backend, else CausalLM.fallback "
+        "(padded KV cache; --max-batch-total-tokens is stated for it and ignored by the other); it quantizes only "
+        "with 8-bit bitsandbytes and is planned on one GPU (--num-shard 1): TGI shards it only through "
+        "transformers' tensor-parallel plan, where its class has one"
+    )
+    two = plan_llm(LlmRequest("L4", config=config, count=2, max_total_tokens=4096))
+    assert two["fits"] and two["replicas"] == 2 and two["flags"]["--num-shard"] == 1
+    assert two["flags"]["--max-batch-total-tokens"] == two["memory"]["kv_token_capacity"] > 4096
+    assert "TGI cannot shard it further: its generic path (transformers' class) is planned on one GPU" in str(
+        two["reasons"]
+    )
+    # the same shape as a model type TGI has a flash class for: sharded over both cards, TGI sizes its batch
+    qwen2 = _llm_config(tmp_path / "qwen2", {**QWEN3_8B, "model_type": "qwen2"})
+    flash = plan_llm(LlmRequest("L4", config=qwen2, count=2, concurrent_requests=16, max_total_tokens=4096))
+    assert [(f["quantize"], f["shards"]) for f in flash["considered"]] == [("none", 1), ("none", 2)]
+    assert flash["fits"] and "--max-batch-total-tokens" not in flash["flags"]
+    assert [f["quantize"] for f in plan_llm(LlmRequest("L4", config=qwen2, concurrent_requests=64))["considered"]] == [
+        "none", "eetq", "awq"
+    ]  # fmt: skip
+
+
+def test_tgis_generic_path_ignores_fp8_weights_and_an_8_bit_kv_cache(tmp_path: Path) -> None:
+    """On an H100 the generic path loads transformers' class with load_in_8bit alone and passes no --kv-cache-dtype:
+    fp8 weights and an fp8 KV cache asked for are planned, and launched, as the 16-bit ones that load, said so."""
+    config = _llm_config(tmp_path, QWEN3_8B)
+    plan = plan_llm(LlmRequest("H100", config=config, quantize="fp8", kv_cache_dtype="fp8_e4m3fn"))
+    spec = spec_from_config(config)
+    assert plan["memory"]["per_gpu"]["weights_bytes"] == llm_weight_bytes(spec, "none")
+    assert plan["memory"]["kv_bytes_per_token"] == 2 * 36 * 8 * 128 * 2
+    assert "--quantize" not in plan["flags"] and "--kv-cache-dtype" not in plan["flags"]
+    assert plan["flags"]["--dtype"] == "bfloat16"
+    assert (
+        "--kv-cache-dtype fp8_e4m3fn is ignored by TGI's generic path (transformers' class): the KV cache is planned, "
+        "and launched, in the model's 16-bit type" in plan["warnings"]
+    )
+    assert (
+        "TGI's generic path loads the model through transformers and quantizes only with 8-bit bitsandbytes: "
+        "--quantize fp8 is ignored there and the weights load in fp16 (ask for bitsandbytes)" in plan["warnings"]
+    )
+
+
+def test_a_multimodal_config_takes_tgis_path_by_its_outer_model_type(tmp_path: Path) -> None:
+    """TGI's get_model reads the config's own model_type, not its text_config's: LLaVA 1.5 ("llava") around a
+    Mistral has no class in TGI (generic path: EETQ refused), LLaVA-NeXT ("llava_next") around a qwen3 has a flash one
+    (EETQ planned on an L4)."""
+    text = {**QWEN3_8B, "model_type": "mistral"}
+    llava = spec_from_config(_llm_config(tmp_path / "llava", {"model_type": "llava", "text_config": text}, True))
+    assert llava.model_type == "llava" and tgi_generic_path(llava)
+    with pytest.raises(PlanError, match=r"model type 'llava' .* refuses --quantize eetq"):
+        plan_llm(LlmRequest("L4", config=tmp_path / "llava" / "config.json", quantize="eetq"))
+    nested = {"model_type": "llava_next", "text_config": QWEN3_8B}
+    plan = plan_llm(LlmRequest("L4", config=_llm_config(tmp_path / "next", nested, True), quantize="eetq"))
+    assert plan["model"]["model_type"] == "llava_next" and plan["flags"]["--quantize"] == "eetq"
+
+
+def test_the_presets_are_model_types_tgi_has_flash_classes_for() -> None:
+    """The presets keep TGI's flash path on a card with flash attention: their model types are in the table."""
+    assert {spec.key: spec.model_type for spec in LLMS.values()} == {
+        "tinyllama-1.1b": "llama", "phi-2": "phi", "gemma-2b": "gemma", "mistral-7b": "mistral",
+        "llama-2-7b": "llama", "llama-2-13b": "llama",
+    }  # fmt: skip
+    assert all(spec.model_type in TGI_FLASH_MODEL_TYPES and not tgi_generic_path(spec) for spec in LLMS.values())

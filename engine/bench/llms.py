@@ -44,6 +44,9 @@ class LlmSpec:
     parameters_basis: str = "the model card's count"
     # a checkpoint quantized ahead of time (its config's quantization_config): the --quantize TGI loads it with
     checkpoint_quantize: str | None = None
+    # config.json's model_type, the outer one of a multimodal config, as TGI's get_model picks its class by it
+    # ("" where not said)
+    model_type: str = ""
 
     @property
     def embedding_parameters(self) -> int:
@@ -54,17 +57,19 @@ class LlmSpec:
         return 2 * self.layers * self.kv_heads * self.head_dim * dtype_bytes
 
 
-LLMS: dict[str, LlmSpec] = {
-    s.key: s
-    for s in (
-        LlmSpec("tinyllama-1.1b", "TinyLlama/TinyLlama-1.1B-Chat-v1.0", 1.10e9, 22, 2048, 32, 4, 64, 32000, 2048),
-        LlmSpec("phi-2", "microsoft/phi-2", 2.78e9, 32, 2560, 32, 32, 80, 51200, 2048),
-        LlmSpec("gemma-2b", "google/gemma-2b", 2.51e9, 18, 2048, 8, 1, 256, 256000, 8192, tied_embeddings=True),
-        LlmSpec("mistral-7b", "mistralai/Mistral-7B-v0.1", 7.24e9, 32, 4096, 32, 8, 128, 32000, 32768),
-        LlmSpec("llama-2-7b", "meta-llama/Llama-2-7b-hf", 6.74e9, 32, 4096, 32, 32, 128, 32000, 4096),
-        LlmSpec("llama-2-13b", "meta-llama/Llama-2-13b-hf", 13.0e9, 40, 5120, 40, 40, 128, 32000, 4096),
-    )
-}
+_PRESETS = (
+    LlmSpec("tinyllama-1.1b", "TinyLlama/TinyLlama-1.1B-Chat-v1.0", 1.10e9, 22, 2048, 32, 4, 64, 32000, 2048,
+            model_type="llama"),
+    LlmSpec("phi-2", "microsoft/phi-2", 2.78e9, 32, 2560, 32, 32, 80, 51200, 2048, model_type="phi"),
+    LlmSpec("gemma-2b", "google/gemma-2b", 2.51e9, 18, 2048, 8, 1, 256, 256000, 8192, tied_embeddings=True,
+            model_type="gemma"),
+    LlmSpec("mistral-7b", "mistralai/Mistral-7B-v0.1", 7.24e9, 32, 4096, 32, 8, 128, 32000, 32768,
+            model_type="mistral"),
+    LlmSpec("llama-2-7b", "meta-llama/Llama-2-7b-hf", 6.74e9, 32, 4096, 32, 32, 128, 32000, 4096, model_type="llama"),
+    LlmSpec("llama-2-13b", "meta-llama/Llama-2-13b-hf", 13.0e9, 40, 5120, 40, 40, 128, 32000, 4096,
+            model_type="llama"),
+)  # fmt: skip
+LLMS: dict[str, LlmSpec] = {s.key: s for s in _PRESETS}
 
 CONFIG_NAME = "config.json"
 MAX_CONFIG_BYTES = 4 * 2**20  # a model's config.json is a few KiB
@@ -157,6 +162,7 @@ def spec_from_config(path: str | Path, name: str | None = None, hub_count: tuple
         key=name or file.name, name=name or _model_id(config, file), parameters=float(parameters), layers=layers,
         hidden=hidden, heads=heads, kv_heads=kv_heads, head_dim=head_dim, vocab=vocab, max_positions=positions,
         tied_embeddings=tied, parameters_basis=basis, checkpoint_quantize=quantize,
+        model_type=str(config.get("model_type") or ""),
     )  # fmt: skip
 
 

@@ -62,8 +62,33 @@ BNB_4BIT = ("bitsandbytes-nf4", "bitsandbytes-fp4")  # made by TGI's flash path 
 FOUR_BIT = MARLIN_4BIT + BNB_4BIT
 # Quantized by TGI's flash path at load; its non-flash paths (CausalLM.fallback and, on CUDA,
 # TransformersFlashCausalLM.fallback) pass transformers only load_in_8bit=(quantize == "bitsandbytes"), so they load
-# these as fp16 (a model type without a class of its own in TGI's models/__init__.py is refused instead).
+# these as fp16 (for a model type without a class of its own in TGI, get_model's generic path refuses eetq and
+# bitsandbytes-nf4/fp4 first and ignores fp8: TGI_GENERIC_REFUSED_QUANTIZE below).
 LOAD_TIME_FLASH_ONLY = ("eetq", "fp8", *BNB_4BIT)
+# Model types (config.json's model_type: the outer one of a multimodal config, the one TGI's get_model reads) that
+# TGI serves with a flash class of its own (FlashCausalLM, VlmCausalLM, MllamaCausalLM or IdeficsCausalLM) where
+# flash attention runs. Read in text-generation-inference's server/text_generation_server/models/__init__.py
+# (get_model) at v3.3.7+1 (commit db931fcf42da018a3657580c64bf2720f167f9ab, January 2026; the project is in
+# maintenance mode since v3.3.7). Newer families (qwen3, olmo2, ...) are not among them.
+TGI_FLASH_MODEL_TYPES = frozenset({
+    "baichuan", "cohere", "dbrx", "deepseek_v2", "deepseek_v3", "falcon", "RefinedWeb", "RefinedWebModel",
+    "gemma", "gemma2", "gemma3", "gemma3_text", "gpt2", "gpt_bigcode", "gpt_neox", "gptj", "granite", "idefics",
+    "idefics2", "idefics3", "llama", "llava_next", "mistral", "mixtral", "mllama", "paligemma", "phi", "phi3",
+    "phimoe", "qwen2", "qwen2_5_vl", "qwen2_vl", "starcoder2",
+})  # fmt: skip
+# Model types get_model gives a class of its own that is not a flash one (Bloom, MPT, OPT and phi-msft through TGI's
+# CausalLM and its weight loader, T5 as Seq2SeqLM, Mamba; Llama 4 through transformers' class by name): planned by
+# the card as before; they never reach the generic path below.
+TGI_OTHER_OWN_MODEL_TYPES = frozenset({"bloom", "llama4", "mamba", "mpt", "opt", "phi-msft", "t5"})
+# Any other model type reaches get_model's generic path, on any card: it refuses these --quantize values first
+# ("... is not supported for AutoModel"), whatever the card; then it loads transformers' own class
+# (AutoModelForCausalLM) with load_in_8bit=(quantize == "bitsandbytes") and nothing else, so fp8 (and marlin) load
+# fp16 weights. With flash attention (8.0+) and a transformers class that supports TGI's attention backend
+# (is_backend_compatible) it runs TransformersFlashCausalLM (paged KV cache, sized from free memory as the flash
+# path; sharded only by transformers' own tensor-parallel plan, tp_plan="auto"), else CausalLM.fallback (one GPU:
+# "sharded is not supported for AutoModel"). Neither passes --kv-cache-dtype on (their fallback() takes none).
+# Read in the same commit's models/__init__.py, models/transformers_flash_causal_lm.py and models/causal_lm.py.
+TGI_GENERIC_REFUSED_QUANTIZE = ("awq", "gptq", "bitsandbytes-nf4", "bitsandbytes-fp4", "eetq")  # and exl2
 TGI_DEFAULT_CONCURRENT_REQUESTS = 128  # the launcher's --max-concurrent-requests when none is given
 # TGI's --kv-cache-dtype: the model's own type, or an 8-bit float, which its flash path's attention (flashinfer or
 # paged, on CUDA) stores and its non-flash path (transformers) ignores. Read in launcher/src/main.rs (KVCacheDtype)
@@ -417,14 +442,17 @@ def _fit(
     }
 
 
-def _what_would_fit(req: LlmRequest, spec: LlmSpec, gpu: Gpu, flash: bool, tried: list[dict[str, Any]]) -> str:
+def _what_would_fit(
+    req: LlmRequest, spec: LlmSpec, gpu: Gpu, flash: bool, tried: list[dict[str, Any]], generic: bool = False
+) -> str:
     """The changes that could make a deployment that does not fit fit: only those this card and model allow
-    (more GPUs only where TGI can shard further; 4-bit weights only where they were not tried and can run)."""
+    (more GPUs only where TGI can shard further; 4-bit weights only where they were not tried and can run, never on
+    TGI's generic path, which refuses them). `flash`: TGI's flash path runs (not its generic one)."""
     more = [s for s in (2, 4, 8) if s > req.count and spec.kv_heads % s == 0 and spec.heads % s == 0]
     advice = ["a larger GPU"]
     if flash and more:
         advice.append(f"more GPUs (--count {more[0]} shards it further)")
-    if not spec.checkpoint_quantize and not any(f["quantize"] in FOUR_BIT for f in tried):
+    if not generic and not spec.checkpoint_quantize and not any(f["quantize"] in FOUR_BIT for f in tried):
         # AWQ from a checkpoint quantized so (Marlin, 8.0+); bitsandbytes-nf4 from this one, at load, where TGI's
         # flash path runs (its non-flash path ignores it): both need 8.0+ on the catalog's cards, nothing older
         four_bit = (["--quantize awq"] if gpu.supports("marlin") else []) + (
@@ -437,6 +465,26 @@ def _what_would_fit(req: LlmRequest, spec: LlmSpec, gpu: Gpu, flash: bool, tried
     if req.concurrent_requests > 1:
         advice.append("fewer concurrent requests")
     return "try " + ", ".join(advice) + " or shorter sequences"
+
+
+def tgi_generic_path(spec: LlmSpec) -> bool:
+    """Whether TGI serves the model through get_model's generic path (transformers' own class), having no class of
+    its own for its model type. A spec that does not say its model type keeps the card's path."""
+    own = TGI_FLASH_MODEL_TYPES | TGI_OTHER_OWN_MODEL_TYPES
+    return bool(spec.model_type) and spec.model_type not in own
+
+
+def _refuse_generic_quantize(spec: LlmSpec, quantize: str) -> None:
+    """TGI's generic path refuses AWQ, GPTQ, EETQ and bitsandbytes' 4-bit before it loads anything: say so here,
+    naming what it does load."""
+    if quantize not in TGI_GENERIC_REFUSED_QUANTIZE:
+        return
+    what = f"a checkpoint quantized with {quantize}" if spec.checkpoint_quantize else f"--quantize {quantize}"
+    raise PlanError(
+        f"TGI has no model class of its own for model type {spec.model_type!r} ({spec.name or spec.key}): its "
+        f"generic path (transformers' class) refuses {what} ({quantize} is not supported for AutoModel); it loads "
+        "16-bit weights (quantize none or auto) or 8-bit bitsandbytes (quantize bitsandbytes)"
+    )
 
 
 def _llm_spec(req: LlmRequest) -> LlmSpec:
@@ -455,6 +503,9 @@ def plan_llm(req: LlmRequest, card: Gpu | None = None) -> dict[str, Any]:
         raise PlanError(f"unknown GPU {req.gpu!r}; known: {', '.join(CATALOG)}")
     spec = _llm_spec(req)
     title = spec.name or spec.key
+    generic = tgi_generic_path(spec)
+    if generic:
+        _refuse_generic_quantize(spec, spec.checkpoint_quantize or req.quantize)
     if spec.checkpoint_quantize:  # its weights are stored quantized: TGI loads them so, whatever else is asked
         if req.quantize not in ("auto", spec.checkpoint_quantize):
             raise PlanError(f"{title} is a checkpoint quantized with {spec.checkpoint_quantize} ahead of time, which "
@@ -475,6 +526,20 @@ def plan_llm(req: LlmRequest, card: Gpu | None = None) -> dict[str, Any]:
         warnings.append(
             f"--max-total-tokens {req.max_total_tokens} exceeds {title}'s context of {spec.max_positions} tokens"
         )
+    if generic:
+        warnings.append(
+            f"TGI has no model class of its own for model type {spec.model_type!r}: it serves {title} through "
+            "transformers' class (only where transformers maps the type to a causal LM; TGI refuses it otherwise), "
+            + (
+                "as TransformersFlashCausalLM where that class supports TGI's attention backend, else "
+                "CausalLM.fallback (padded KV cache; --max-batch-total-tokens is stated for it and ignored by the "
+                "other); "
+                if flash
+                else "as CausalLM.fallback; "
+            )
+            + "it quantizes only with 8-bit bitsandbytes and is planned on one GPU (--num-shard 1): TGI shards it only "
+            "through transformers' tensor-parallel plan, where its class has one"
+        )
     if not flash:
         warnings.append(
             f"{gpu.name} has compute capability {gpu.compute_capability[0]}.{gpu.compute_capability[1]}: flash "
@@ -486,23 +551,28 @@ def plan_llm(req: LlmRequest, card: Gpu | None = None) -> dict[str, Any]:
     # above") beats the deprecated bitsandbytes, which also turns TGI's CUDA graphs off (its launcher turns them off
     # for 8-bit bitsandbytes only: nf4 and fp4 keep them, captured out of the share kept back, as the others).
     int8 = "bitsandbytes"
-    if flash and gpu.supports("eetq"):
+    # TGI's generic path (transformers' loading) makes 8-bit bitsandbytes alone: EETQ refused above, FP8 ignored
+    if flash and not generic and gpu.supports("eetq"):
         int8 = "eetq"
-    elif flash and gpu.supports("fp8"):
+    elif flash and not generic and gpu.supports("fp8"):
         int8 = "fp8"
     # eetq, fp8 or bitsandbytes-nf4/fp4 asked for on the non-flash path loads fp16 weights (warned below): sized and
     # launched as what runs
-    asked = "none" if req.quantize in LOAD_TIME_FLASH_ONLY and not flash else req.quantize
+    transformers_loads = generic or not flash  # load-time quantizers other than 8-bit bitsandbytes are ignored
+    asked = "none" if req.quantize in LOAD_TIME_FLASH_ONLY and transformers_loads else req.quantize
     # auto's 4-bit is AWQ, not bitsandbytes-nf4: where nf4 runs (the flash path, 8.0+) Marlin runs too, AWQ takes about
     # as many bytes (0.5195 a weight against 0.5159: nf4 would fit only what misses AWQ by under 1% of the weights),
     # and TGI's launcher calls bitsandbytes 4-bit "much slower to run than the native f16"; where Marlin is missing
     # TGI runs its non-flash path, which ignores nf4. AWQ's placeholder warning names nf4 for a checkpoint without AWQ.
     quant_options = ["none", int8, "awq"] if req.quantize == "auto" else [asked]
-    kv_dtype_bytes = 1 if req.kv_cache_dtype != "auto" and flash else 2
-    if req.kv_cache_dtype != "auto" and not flash:
+    if generic and req.quantize == "auto":  # AWQ refused there
+        quant_options = ["none", int8]
+    kv_dtype_bytes = 1 if req.kv_cache_dtype != "auto" and flash and not generic else 2
+    if req.kv_cache_dtype != "auto" and kv_dtype_bytes == 2:
         warnings.append(
-            f"--kv-cache-dtype {req.kv_cache_dtype} is ignored by TGI's non-flash path: the KV cache is planned, and "
-            "launched, in the model's 16-bit type"
+            f"--kv-cache-dtype {req.kv_cache_dtype} is ignored by TGI's "
+            + ("generic path (transformers' class)" if generic else "non-flash path")
+            + ": the KV cache is planned, and launched, in the model's 16-bit type"
         )
     if req.quantize in MARLIN_4BIT and not gpu.supports("marlin"):
         warnings.append(
@@ -513,13 +583,14 @@ def plan_llm(req: LlmRequest, card: Gpu | None = None) -> dict[str, Any]:
         warnings.append(f"EETQ's kernels cover compute capability 7.0 to 8.9; {gpu.name} may not run it")
     if req.quantize == "fp8" and not gpu.supports("fp8"):
         warnings.append(f"FP8 weights need FP8 tensor cores (compute capability 8.9+); {gpu.name} may not run it")
-    if req.quantize in LOAD_TIME_FLASH_ONLY and not flash:
+    if req.quantize in LOAD_TIME_FLASH_ONLY and transformers_loads:
+        path = "generic path" if generic else "non-flash path"
         warnings.append(
-            "TGI's non-flash path loads the model through transformers and quantizes only with 8-bit bitsandbytes: "
+            f"TGI's {path} loads the model through transformers and quantizes only with 8-bit bitsandbytes: "
             f"--quantize {req.quantize} is ignored there and the weights load in fp16 (ask for bitsandbytes)"
         )
     shard_options = [s for s in (1, 2, 4, 8) if s <= req.count and spec.kv_heads % s == 0 and spec.heads % s == 0]
-    if not flash:
+    if not flash or generic:
         shard_options = [1]
     prefill_tokens = max(max_input, min(4096, max_input * req.concurrent_requests))
     tried = []
@@ -540,7 +611,7 @@ def plan_llm(req: LlmRequest, card: Gpu | None = None) -> dict[str, Any]:
         warnings.append(
             f"does not fit: at best {best['kv_token_capacity']:,} KV tokens per replica for "
             f"{best['kv_tokens_needed']:,} needed ({req.concurrent_requests} x {req.max_total_tokens}); "
-            + _what_would_fit(req, spec, gpu, flash, tried)
+            + _what_would_fit(req, spec, gpu, flash and not generic, tried, generic)
         )
     if chosen is None:  # the flags below are the closest tried, not a recommendation
         reasons.append(
@@ -570,7 +641,9 @@ def plan_llm(req: LlmRequest, card: Gpu | None = None) -> dict[str, Any]:
                 if any(s > shards for s in shard_options)
                 else "TGI cannot shard it further: "
                 + (
-                    f"its heads do not split over more GPUs ({spec.heads} query, {spec.kv_heads} KV)"
+                    "its generic path (transformers' class) is planned on one GPU"
+                    if generic
+                    else f"its heads do not split over more GPUs ({spec.heads} query, {spec.kv_heads} KV)"
                     if flash
                     else "its non-flash path runs on one GPU"
                 )
@@ -585,7 +658,7 @@ def plan_llm(req: LlmRequest, card: Gpu | None = None) -> dict[str, Any]:
         "--max-batch-prefill-tokens": prefill_tokens,
         # the flash path sizes the batch's KV tokens from free memory itself; the non-flash path takes
         # max(16000, ...) whatever the memory, so the plan states what fits (TGI refuses 0: nothing fits then)
-        "--max-batch-total-tokens": None if flash else best["kv_token_capacity"] or None,
+        "--max-batch-total-tokens": None if flash and not generic else best["kv_token_capacity"] or None,
         # past the launcher's 128, more requests at once are refused whatever the memory holds
         "--max-concurrent-requests": (
             req.concurrent_requests if req.concurrent_requests > TGI_DEFAULT_CONCURRENT_REQUESTS else None
@@ -594,7 +667,7 @@ def plan_llm(req: LlmRequest, card: Gpu | None = None) -> dict[str, Any]:
         "--quantize": None if best["quantize"] == "none" else best["quantize"],
         "--kv-cache-dtype": req.kv_cache_dtype if kv_dtype_bytes == 1 else None,
     }
-    if flash and best["fits"]:
+    if flash and not generic and best["fits"]:
         reasons.append(
             f"the KV cache holds about {best['kv_token_capacity']:,} tokens per replica: "
             f"{best['kv_token_capacity'] // req.max_total_tokens} concurrent requests at --max-total-tokens "
