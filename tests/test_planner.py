@@ -839,6 +839,11 @@ def test_tgis_generic_path_is_planned_on_one_gpu_with_8_bit_bitsandbytes_at_most
         two["reasons"]
     )
     # the same shape as a model type TGI has a flash class for: sharded over both cards, TGI sizes its batch
+    v100 = plan_llm(LlmRequest("V100-16GB", config=config, count=2))  # no flash attention: CausalLM.fallback alone
+    assert v100["warnings"][0].endswith(
+        "otherwise), as CausalLM.fallback; it quantizes only with 8-bit bitsandbytes and is planned on one GPU "
+        "(--num-shard 1): CausalLM.fallback does not shard"
+    )
     qwen2 = _llm_config(tmp_path / "qwen2", {**QWEN3_8B, "model_type": "qwen2"})
     flash = plan_llm(LlmRequest("L4", config=qwen2, count=2, concurrent_requests=16, max_total_tokens=4096))
     assert [(f["quantize"], f["shards"]) for f in flash["considered"]] == [("none", 1), ("none", 2)]

@@ -537,8 +537,12 @@ def plan_llm(req: LlmRequest, card: Gpu | None = None) -> dict[str, Any]:
                 if flash
                 else "as CausalLM.fallback; "
             )
-            + "it quantizes only with 8-bit bitsandbytes and is planned on one GPU (--num-shard 1): TGI shards it only "
-            "through transformers' tensor-parallel plan, where its class has one"
+            + "it quantizes only with 8-bit bitsandbytes and is planned on one GPU (--num-shard 1): "
+            + (
+                "TGI shards it only through transformers' tensor-parallel plan, where its class has one"
+                if flash
+                else "CausalLM.fallback does not shard"
+            )
         )
     if not flash:
         warnings.append(
