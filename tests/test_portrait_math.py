@@ -349,6 +349,97 @@ def test_the_tilt_is_upstreams_from_the_eyes_centre_to_the_lips_centre() -> None
     assert roll_from_landmarks(points + 50.0) == 0.0
 
 
+def _upstream_landmark_crop(
+    pts: np.ndarray,
+    dsize: int = 224,
+    scale: float = 1.5,
+    vy_ratio: float = -0.1,
+    flag_do_rot: bool = True,
+    vx_ratio: float = 0.0,
+) -> np.ndarray:
+    """Upstream's crop_image(img, pts) matrix (M_o2c, its first two rows), written out from parse_pt2_from_pt203,
+    parse_rect_from_landmark and _estimate_similar_transform_from_pts: float32 points, float32 axes, extents and
+    centre (array ops on float32 stay float32), then the matrix's terms as numpy 1.26 (upstream's pin) makes them:
+    `dsize / size[0]` and a Python float with a float32 scalar promote to float64, stored as float32 (DTYPE)."""
+    pts = pts.astype(np.float32)
+    pt2 = np.stack([(np.mean(pts[[0, 6, 12, 18]], axis=0) + np.mean(pts[[24, 30, 36, 42]], axis=0)) / 2,
+                    (pts[48] + pts[66]) / 2])  # fmt: skip
+    uy = pt2[1] - pt2[0]
+    norm = np.linalg.norm(uy)
+    uy = np.array([0, 1], np.float32) if norm <= 1e-3 else uy / norm
+    ux = np.array((uy[1], -uy[0]), dtype=np.float32)
+    angle = math.acos(ux[0]) * (-1 if ux[1] < 0 else 1)
+    center0 = np.mean(pts, axis=0)
+    rpts = (pts - center0) @ np.array([ux, uy]).T
+    lt, rb = np.min(rpts, axis=0), np.max(rpts, axis=0)
+    center1 = (lt + rb) / 2
+    size = rb - lt
+    size[:] = max(size[0], size[1])
+    size *= scale
+    center = center0 + ux * center1[0] + uy * center1[1]
+    center = center + ux * (vx_ratio * size) + uy * (vy_ratio * size)
+    assert center.dtype == size.dtype == np.float32
+    s = np.float64(dsize) / np.float64(size[0])  # numpy 1.26: int / float32 scalar -> float64
+    cx, cy = np.float64(center[0]), np.float64(center[1])
+    t = np.float64(np.float32(dsize / 2))  # tgt_center, a float32 array
+    if not flag_do_rot:
+        return np.array([[s, 0, t - s * cx], [0, s, t - s * cy]], dtype=np.float32)
+    co, si = math.cos(angle), math.sin(angle)
+    return np.array([[s * co, s * si, t - s * (co * cx + si * cy)], [-s * si, s * co, t - s * (-si * cx + co * cy)]],
+                    dtype=np.float32)  # fmt: skip
+
+
+def _face_points(rng: np.random.Generator) -> np.ndarray:
+    """203 points scattered over a face of random size, place and tilt (up to 40 degrees either way), the eyes above
+    the mouth, as the landmark model's are."""
+    points = rng.normal(0.0, 0.25, (203, 2))
+    points[[0, 6, 12, 18]] = np.array([-0.3, -0.2]) + rng.normal(0, 0.03, (4, 2))
+    points[[24, 30, 36, 42]] = np.array([0.3, -0.2]) + rng.normal(0, 0.03, (4, 2))
+    points[[48, 66]] = np.array([[-0.2, 0.35], [0.2, 0.35]]) + rng.normal(0, 0.03, (2, 2))
+    tilt = math.radians(rng.uniform(-40, 40))
+    turn = np.array([[math.cos(tilt), -math.sin(tilt)], [math.sin(tilt), math.cos(tilt)]])
+    return (points * rng.uniform(60, 300)) @ turn.T + rng.uniform(150, 600, 2)
+
+
+def test_the_landmark_crop_is_upstreams_crop_image_from_points_bit_for_bit() -> None:
+    """Guards `landmark_crop_transform` against upstream's crop_image(img, pts) (what its landmark runner reads the
+    next frame's landmarks in: scale 1.5, vy -0.1, 224, and its source crop: 2.3, -0.125, 512), float32 rounding
+    included, on random faces and on points scattered anywhere: the same float32 matrix both ways and the same
+    crop. The square follows the face's axes (its extent there, its middle, the shifts along them), not the image's."""
+    from engine.portrait.crop import landmark_crop_transform, roll_from_landmarks
+
+    rng = np.random.default_rng(11)
+    frame = rng.integers(0, 256, (720, 960, 3), dtype=np.uint8)
+    scattered = [rng.uniform(50, 700, (203, 2)) for _ in range(10)]
+    for points in [_face_points(rng) for _ in range(40)] + scattered:
+        for scale, vy, size in ((1.5, -0.1, 224), (2.3, -0.125, 512)):
+            for rotate in (True, False):
+                want = _upstream_landmark_crop(points, size, scale, vy, rotate)
+                got = landmark_crop_transform(points, scale=scale, vy=vy, size=size, rotate=rotate)
+                assert got.to_crop.dtype == np.float32 and np.array_equal(got.to_crop, want)
+                inverse = np.linalg.inv(np.vstack([want, np.array([0, 0, 1], np.float32)]))[:2]
+                assert got.to_original.dtype == np.float32 and np.array_equal(got.to_original, inverse)
+                assert got.size == size
+        assert got.angle == 0.0  # flag_do_rot off: not turned
+        turned = landmark_crop_transform(points)
+        assert turned.angle == pytest.approx(roll_from_landmarks(points), abs=1e-4)
+        upstream = cv2.warpAffine(frame, _upstream_landmark_crop(points), (224, 224), flags=cv2.INTER_LINEAR)
+        assert np.array_equal(crop_image(frame, turned), upstream)
+    shifted = landmark_crop_transform(scattered[0], vx=0.05)  # parse_rect_from_landmark's vx_ratio, along the face's x
+    assert np.array_equal(shifted.to_crop, _upstream_landmark_crop(scattered[0], vx_ratio=0.05))
+    assert not np.array_equal(shifted.to_crop, landmark_crop_transform(scattered[0]).to_crop)
+
+
+def test_the_landmark_crop_takes_203_points_only() -> None:
+    """Upstream reads another layout's eyes and lips from other indices (106, 68, 5 points); ours has the landmark
+    model's 203 only, so any other array is refused rather than read at the wrong indices."""
+    from engine.core.errors import InputError
+    from engine.portrait.crop import landmark_crop_transform
+
+    with pytest.raises(InputError, match=r"203 x 2 points, got an array of shape \(106, 2\)"):
+        landmark_crop_transform(np.zeros((106, 2)))
+
+
 def test_crops_and_network_inputs_are_upstreams_resizes() -> None:
     """The crop is OpenCV's bilinear warp, black outside the image (upstream's _transform_img); a whole image is
     stretched to 256 with OpenCV's bilinear resize (upstream's cv2.resize(img, (256, 256))) and a 512 crop shrunk

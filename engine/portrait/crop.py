@@ -133,22 +133,74 @@ def source_within_limits(image: np.ndarray, max_dim: int, division: int) -> np.n
     return np.ascontiguousarray(image[:height, :width])
 
 
+def _face_axes(points: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """The face's horizontal and vertical unit axes in the image (float32) and its tilt in radians (positive:
+    clockwise), from the 203-point layout as upstream's parse_rect_from_landmark finds them (parse_pt2_from_pt203,
+    use_lip on): the vertical runs from the eyes' centre (each eye the mean of four points) to the lips' centre (the
+    mouth corners' midpoint), the horizontal is its normal (down_y, -down_x). Eyes and lips within 1e-3 pixel of each
+    other: upright (upstream's uy = (0, 1))."""
+    eyes = (points[[0, 6, 12, 18]].mean(0) + points[[24, 30, 36, 42]].mean(0)) / 2
+    down = (points[48] + points[66]) / 2 - eyes
+    length = np.linalg.norm(down)
+    down = np.array([0, 1], np.float32) if length <= 1e-3 else down / length
+    across = np.array((down[1], -down[0]), np.float32)
+    angle = math.acos(float(across[0]))
+    return across, down, -angle if across[1] < 0 else angle
+
+
+def _landmark_points(points: np.ndarray) -> np.ndarray:
+    pts = np.asarray(points, np.float32)
+    if pts.shape != (203, 2):
+        raise InputError(f"expected the landmark model's 203 x 2 points, got an array of shape {pts.shape}")
+    return pts
+
+
 def roll_from_landmarks(points: np.ndarray) -> float:
     """The face's tilt in degrees (positive: clockwise) from the 203-point layout, as upstream's flag_do_rot measures
     it (parse_rect_from_landmark with parse_pt2_from_pt203, in float32): the face's vertical is the axis from the
     eyes' centre (each eye the mean of four points) to the lips' centre (the mouth corners' midpoint), and the
     tilt is its normal's angle; `crop_transform(..., angle=roll)` turns that axis upright. On a symmetric face this
     is the eye line's angle; where the mouth sits off the eyes' midline (a turned head) the two differ."""
-    pts = np.asarray(points, np.float32)
-    eyes = (pts[[0, 6, 12, 18]].mean(0) + pts[[24, 30, 36, 42]].mean(0)) / 2
-    down = (pts[48] + pts[66]) / 2 - eyes
-    length = float(np.linalg.norm(down))
-    if length <= 1e-3:
-        return 0.0
-    down = down / np.float32(length)
-    across = np.array((down[1], -down[0]), np.float32)
-    angle = math.acos(float(across[0]))
-    return math.degrees(-angle if across[1] < 0 else angle)
+    return math.degrees(_face_axes(_landmark_points(points))[2])
+
+
+def landmark_crop_transform(
+    points: np.ndarray,
+    scale: float = 1.5,
+    vy: float = -0.1,
+    size: int = 224,
+    vx: float = 0.0,
+    rotate: bool = True,
+) -> CropTransform:
+    """The square crop around 203 landmarks as upstream's crop_image(img, pts) builds it (its landmark runner's
+    crop: scale 1.5, vy -0.1, 224; parse_rect_from_landmark, then _estimate_similar_transform_from_pts). In float32
+    as upstream's, its points float32: the points, centred on their mean, turned onto the face's axes
+    (`_face_axes`); the square's side is `scale` x the larger extent there and its centre the middle of that extent,
+    moved by vx and vy x side along the face's horizontal and vertical (upstream's crop_image never passes a vx on:
+    0 there); the crop turned upright by the tilt unless `rotate` is False (flag_do_rot). The matrix's terms come
+    out in float64 (numpy 1.26, which upstream pins, promotes a Python number with a float32 scalar to float64) and
+    are stored as float32; the way back is that matrix's float32 inverse (its M_c2o)."""
+    pts = _landmark_points(points)
+    across, down, angle = _face_axes(pts)
+    mean = pts.mean(0)
+    turned = (pts - mean) @ np.array([across, down]).T
+    low, high = turned.min(0), turned.max(0)
+    middle = (low + high) / 2
+    extent = high - low
+    side = np.full(2, max(extent[0], extent[1]), np.float32)
+    side *= np.float32(scale)
+    centre = mean + across * middle[0] + down * middle[1]
+    centre = centre + across * (np.float32(vx) * side) + down * (np.float32(vy) * side)
+    cx, cy = float(centre[0]), float(centre[1])
+    k, half = size / float(side[0]), float(np.float32(size / 2))
+    if rotate:
+        c, s_ = math.cos(angle), math.sin(angle)
+        rows = [[k * c, k * s_, half - k * (c * cx + s_ * cy)], [-k * s_, k * c, half - k * (-s_ * cx + c * cy)]]
+    else:
+        rows = [[k, 0.0, half - k * cx], [0.0, k, half - k * cy]]
+    to_crop = np.array(rows, dtype=np.float32)
+    to_original = np.linalg.inv(np.vstack([to_crop, np.array([0, 0, 1], np.float32)]))[:2]
+    return CropTransform(to_crop, to_original, size)
 
 
 def crop_image(image: np.ndarray, transform: CropTransform) -> np.ndarray:
@@ -239,6 +291,7 @@ __all__ = [
     "bbox_crop_transform",
     "crop_image",
     "crop_transform",
+    "landmark_crop_transform",
     "network_input",
     "paste_mask",
     "roll_from_landmarks",
