@@ -966,6 +966,56 @@ def test_every_driving_frame_gets_its_motion_in_order_the_last_partial_batch_too
     assert cut.has_audio and [round(f, 3) for f, _ in told] == [0.217, 0.3]
 
 
+class _RecordingLandmarks:
+    """A landmark model stand-in that says how each frame was read: in the face box, or following earlier points.
+    Frame i's points (it reads the frame's grey level 20 * i) are upstream's tiny layout, scaled by 100 + i, so a
+    frame followed from another's points names it."""
+
+    def __init__(self) -> None:
+        from tiny_onnx import landmark_layout
+
+        self.layout, self.reads = landmark_layout(), []
+
+    def _points(self, rgb: np.ndarray) -> np.ndarray:
+        return (self.layout * (100 + round(rgb.mean() / 20))).astype(np.float32)
+
+    def __call__(self, rgb: np.ndarray, box: np.ndarray) -> np.ndarray:
+        self.reads.append(("box", round(rgb.mean() / 20), tuple(box)))
+        return self._points(rgb)
+
+    def following(self, rgb: np.ndarray, points: np.ndarray) -> np.ndarray:
+        self.reads.append(("follow", round(rgb.mean() / 20), round(float(points[0, 0] / self.layout[0, 0])) - 100))
+        return self._points(rgb)
+
+
+def test_driving_landmarks_follow_the_face_from_frame_to_frame_as_upstreams_cropper(tmp_path: Path) -> None:
+    """Upstream's crop_driving_video (and calc_lmks_from_cropped_video) reads the first face from its detection and
+    each later frame in the crop built from the frame before's 203 points, across batches. Ours: the first face
+    frame (here 2) in the clip's face box, frames 3 and 4 following frames 2 and 3; frames 0 and 1, before the face
+    (upstream drops them), in the box. Every frame's openness comes in order, one row a frame."""
+    from engine.core.results import RunResult
+    from engine.portrait.driving import clip_motion
+
+    clip = _grey_clip(tmp_path / "five.mp4", 5)
+    nets = SimpleNamespace(motion=_level_motion, device=torch.device("cpu"))
+    config = PortraitConfig(ASSETS / "face.jpg", clip, batch_size=2)
+    settings = Settings(data_dir=tmp_path, weights_dir=tmp_path)
+    box, info, landmarks = np.array([1.0, 2.0, 60.0, 62.0]), probe_video(clip), _RecordingLandmarks()
+    driving = clip_motion(config, settings, nets, info, box, 2, landmarks, RunResult(), _quiet)
+    assert landmarks.reads == [("box", i, (1.0, 2.0, 60.0, 62.0)) for i in range(3)] + [
+        ("follow", 3, 2),
+        ("follow", 4, 3),
+    ]
+    assert driving.openness is not None
+    eyes, lips = driving.openness
+    assert eyes.shape == (5, 2) and lips.shape == (5,)
+    assert eyes == pytest.approx(np.tile([0.25, 0.2], (5, 1)), abs=1e-4) and lips == pytest.approx([0.2] * 5, abs=1e-4)
+    landmarks.reads.clear()  # a clip with its face from the first frame: only that one is read in the box
+    clip_motion(config, settings, nets, info, box, 0, landmarks, RunResult(), _quiet)
+    assert [kind for kind, _, _ in landmarks.reads] == ["box"] + ["follow"] * 4
+    assert [(frame, source) for _, frame, source in landmarks.reads[1:]] == [(1, 0), (2, 1), (3, 2), (4, 3)]
+
+
 def test_motion_against_a_later_frame_is_warned_of_only_when_relative(tmp_path: Path) -> None:
     """The reference frame matters for relative motion only: absolute motion from a clip that starts without a face
     is not warned of; a one-frame video is warned of only when relative; a clip with no face at all is refused."""

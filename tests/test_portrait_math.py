@@ -430,14 +430,21 @@ def test_the_landmark_crop_is_upstreams_crop_image_from_points_bit_for_bit() -> 
     assert not np.array_equal(shifted.to_crop, landmark_crop_transform(scattered[0]).to_crop)
 
 
-def test_the_landmark_crop_takes_203_points_only() -> None:
+def test_the_landmark_crop_takes_203_points_spanning_an_area_only() -> None:
     """Upstream reads another layout's eyes and lips from other indices (106, 68, 5 points); ours has the landmark
-    model's 203 only, so any other array is refused rather than read at the wrong indices."""
+    model's 203 only, so any other array is refused rather than read at the wrong indices. Points all in one place
+    (or not numbers) make no square: upstream divides by its zero side (an infinite matrix); ours says so."""
     from engine.core.errors import InputError
     from engine.portrait.crop import landmark_crop_transform
 
     with pytest.raises(InputError, match=r"203 x 2 points, got an array of shape \(106, 2\)"):
         landmark_crop_transform(np.zeros((106, 2)))
+    for points in (np.full((203, 2), 50.0), np.full((203, 2), np.nan)):
+        with pytest.raises(InputError, match=r"the 203 landmarks span no area \(a crop side of (0\.0|nan) pixels\)"):
+            landmark_crop_transform(points)
+    line = np.zeros((203, 2))
+    line[:, 0] = np.arange(203)  # a line has an extent along one axis: a square of that side
+    assert landmark_crop_transform(line).scale == pytest.approx(224 / (1.5 * 202))
 
 
 def test_crops_and_network_inputs_are_upstreams_resizes() -> None:

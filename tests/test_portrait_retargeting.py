@@ -136,6 +136,44 @@ def test_the_landmark_model_sees_upstreams_face_crop_in_0_to_1(tmp_path: Path) -
         )
 
 
+def test_the_landmark_model_follows_earlier_points_in_upstreams_crop_from_them(tmp_path: Path) -> None:
+    """Upstream's runner reads a face already found (run(img, lmk)) in crop_image's square around the earlier 203
+    points: 1.5x their extent on the face's axes, moved up 0.1 of it along the face's vertical, turned upright, 224
+    wide; the points come back through that crop's float32 inverse. An image whose pixels hold their own position
+    shows which pixels the crop took."""
+    import cv2
+
+    from engine.portrait.crop import landmark_crop_transform
+
+    model = LandmarkModel(landmark_model(tmp_path / "landmark.onnx", tilt_deg=7.0))
+    seen = []
+    run = model.session.run
+    model.session = SimpleNamespace(run=lambda names, feed: seen.append(feed[model.input]) or run(names, feed))
+    ys, xs = np.mgrid[0:256, 0:256]
+    rgb = np.stack([xs, ys, np.zeros_like(xs)], -1).astype(np.uint8)  # red: x, green: y
+    earlier = np.tile(np.array([[100.0, 100.0], [200.0, 200.0]], np.float32), (102, 1))[:203]  # a 100 px square
+    earlier[[0, 6, 12, 18]], earlier[[24, 30, 36, 42]] = (120.0, 130.0), (180.0, 130.0)
+    earlier[[48, 66]] = (130.0, 180.0), (170.0, 180.0)  # upright: the crop is 150 px at (150, 150 - 0.1 x 150)
+    points = model.following(rgb, earlier)
+    crop = seen[0][0]
+    for (row, col), (x, y) in {(0, 0): (75, 60), (112, 112): (150, 135), (223, 223): (225, 210)}.items():
+        assert crop[0, row, col] * 255 == pytest.approx(x, abs=1.5) and crop[1, row, col] * 255 == pytest.approx(
+            y, abs=1.5
+        )
+    turn = np.radians(20.0)  # the same face tilted 20 degrees clockwise about (150, 150): the crop turns with it
+    tilted = (earlier - 150.0) @ np.array([[np.cos(turn), np.sin(turn)], [-np.sin(turn), np.cos(turn)]]) + 150.0
+    points = model.following(rgb, tilted.astype(np.float32))
+    transform = landmark_crop_transform(tilted, scale=1.5, vy=-0.1, size=224)
+    assert transform.angle == pytest.approx(20.0, abs=1e-3)
+    want = cv2.warpAffine(rgb, transform.to_crop, (224, 224), flags=cv2.INTER_LINEAR).astype(np.float32) / 255
+    np.testing.assert_array_equal(seen[1][0], want.transpose(2, 0, 1))
+    c2o = np.linalg.inv(np.vstack([transform.to_crop, np.array([0, 0, 1], np.float32)]))
+    raw = run(None, {model.input: seen[1]})[2][0].reshape(-1, 2) * 224
+    assert points.dtype == np.float32 and np.array_equal(points, raw @ c2o[:2, :2].T + c2o[:2, 2])
+    with pytest.raises(LandmarkError, match="the landmarks to follow make no face crop: the 203 landmarks span no"):
+        model.following(rgb, np.full((203, 2), 50.0, np.float32))
+
+
 def test_a_landmark_model_whose_output_is_not_203_points_is_an_input_error(tmp_path: Path) -> None:
     """A model that takes the crop but answers with another number of values is refused with what it gave (the
     reshape failed with numpy's own error)."""

@@ -5,10 +5,11 @@ blended on the device the frames are on.
 The official crop is built from InsightFace's 106 landmarks (non-commercial weights); here it comes from the
 face box of engine/faces/detection.py (Haar or S3FD), turned upright by LivePortrait's optional landmark model when the
 user supplied it, its tilt measured as upstream measures it (`roll_from_landmarks`); without it the crop is
-axis-aligned. The landmark model's own 224 crop is the box's, axis-aligned (upstream's follows its 106 points and
-their tilt). The paste-back
-mask is our own formula for the released template (a 512x512 square feathered over 16 pixels with rounded
-corners, within one grey level of it).
+axis-aligned. The landmark model's own 224 crop of a face first found is the box's, axis-aligned (upstream's
+follows InsightFace's 106 points and their tilt); of a face followed from earlier landmarks (a driving clip's next
+frame) it is upstream's crop from those 203 points (`landmark_crop_transform`). The paste-back mask is our own
+formula for the released template (a 512x512 square feathered over 16 pixels with rounded corners, within one grey
+level of it).
 """
 
 from __future__ import annotations
@@ -189,6 +190,8 @@ def landmark_crop_transform(
     extent = high - low
     side = np.full(2, max(extent[0], extent[1]), np.float32)
     side *= np.float32(scale)
+    if not side[0] > 0:  # upstream's division by it gives an infinite matrix and a black crop
+        raise InputError(f"the {len(pts)} landmarks span no area (a crop side of {side[0]} pixels)")
     centre = mean + across * middle[0] + down * middle[1]
     centre = centre + across * (np.float32(vx) * side) + down * (np.float32(vy) * side)
     cx, cy = float(centre[0]), float(centre[1])

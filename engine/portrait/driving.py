@@ -1,8 +1,8 @@
 """The driving input read for a run: a clip streamed twice and never held whole (its frames counted against
 AVATARBENCH_MAX_SECONDS), first to find its face in every frame for one crop box and the reference frame, then to
-crop each frame and measure its motion in batches (with the landmark model's eye and lip openness when asked); a
-driving image measured once; a saved motion template read back. Both engines and the split jobs read the driving
-clip, so its reading lives in one place."""
+crop each frame and measure its motion in batches (with the landmark model's eye and lip openness when asked, its
+landmarks followed from frame to frame as upstream's); a driving image measured once; a saved motion template read
+back. Both engines and the split jobs read the driving clip, so its reading lives in one place."""
 
 from __future__ import annotations
 
@@ -111,11 +111,30 @@ class Driving:
     openness: Openness | None = None  # measured when retargeting to the driver or saving a template
 
 
-def _measured_openness(
-    landmarks: LandmarkModel, images: list[np.ndarray], box: np.ndarray
-) -> list[tuple[np.ndarray, float]]:
-    """Each RGB image's (eyes, lips) openness, the face looked for in `box`."""
-    return [openness(landmarks(rgb, box)) for rgb in images]
+class _FollowedOpenness:
+    """A driving clip's (eyes, lips) openness frame by frame, its landmarks followed as upstream's cropper follows
+    them (crop_driving_video, calc_lmks_from_cropped_video): the first frame with a face (`first_face`) read in the
+    clip's face box (our stand-in for the 106 points of upstream's first InsightFace detection), each later frame
+    in the crop built from the frame before's 203 points (its landmark runner's run(img, lmk)). Frames before the
+    first face, which upstream drops from the clip and ours keeps, are read in the box."""
+
+    def __init__(self, landmarks: LandmarkModel, box: np.ndarray, first_face: int) -> None:
+        self.landmarks, self.box, self.first_face = landmarks, box, first_face
+        self.index = 0
+        self.previous: np.ndarray | None = None
+
+    def __call__(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, float]]:
+        """The next frames' openness, in the clip's order."""
+        rows = []
+        for rgb in images:
+            if self.previous is not None and self.index > self.first_face:
+                points = self.landmarks.following(rgb, self.previous)
+            else:
+                points = self.landmarks(rgb, self.box)
+            self.previous = points
+            self.index += 1
+            rows.append(openness(points))
+        return rows
 
 
 def _stacked(rows: list[tuple[np.ndarray, float]]) -> Openness:
@@ -144,9 +163,9 @@ def driving_motion(
     result: RunResult,
     progress: Progress,
 ) -> Driving:
-    """Motion of every driving frame, with the eye and lip openness of each when `landmarks` is given (measured
-    in the clip's one face box, as the motion is), and the reference frame for relative motion (the first, or
-    the first with a face when the clip starts without one)."""
+    """Motion of every driving frame, with the eye and lip openness of each when `landmarks` is given (the
+    landmarks followed from frame to frame from the first face on, as upstream's), and the reference frame for
+    relative motion (the first, or the first with a face when the clip starts without one)."""
     path = Path(config.driving)
     if is_template(path):
         saved = read_template(path, config.max_frames, settings.max_seconds)
@@ -163,7 +182,7 @@ def driving_motion(
         _unused_driving_crop(config, transform, path.name, result)
         with result.stage("motion", items=1):
             motion = nets.motion(_driving_input(image, transform, nets.device))
-        measured = None if landmarks is None else _stacked(_measured_openness(landmarks, [image], box))
+        measured = None if landmarks is None else _stacked([openness(landmarks(image, box))])
         return Driving(motion, IMAGE_FPS, 1, image=True, openness=measured)
     info = driving_video(path, settings)
     warn_one_frame(info, path, config, result)
@@ -185,7 +204,8 @@ def clip_motion(
     result: RunResult,
     progress: Progress,
 ) -> Driving:
-    """A driving clip's motion in its one face `box`, relative to frame `reference` (the first with a face)."""
+    """A driving clip's motion in its one face `box`, relative to frame `reference` (the first with a face), and
+    with `landmarks` each frame's openness, its landmarks followed from that frame on (`_FollowedOpenness`)."""
     if reference and config.relative:
         result.warn(
             f"the driving clip's first frame shows no face: motion is measured against frame {reference}, the "
@@ -195,6 +215,7 @@ def clip_motion(
     _unused_driving_crop(config, transform, Path(config.driving).name, result)
     infos: list[KeypointInfo] = []
     rows: list[tuple[np.ndarray, float]] = []
+    measure = None if landmarks is None else _FollowedOpenness(landmarks, box, reference)
     frames = clip_frames(Path(config.driving), config.max_frames, settings.max_seconds)
     total = min(info.frames or 1, config.max_frames or info.frames or 1)
     for batch in _timed(_batches(frames, config.batch_size), result, "decode driving"):
@@ -203,9 +224,9 @@ def clip_motion(
             tensor = torch.cat([_driving_input(rgb, transform, nets.device) for rgb in images])
         with result.stage("motion", items=len(batch)):
             infos.append(nets.motion(tensor))
-        if landmarks is not None:
+        if measure is not None:
             with result.stage("driving landmarks", items=len(batch)):
-                rows += _measured_openness(landmarks, images, box)
+                rows += measure(images)
         progress(0.05 + 0.25 * min(1.0, len(infos) * config.batch_size / total), "driving motion")
     merged = concatenated(infos)
     measured = _stacked(rows) if rows else None

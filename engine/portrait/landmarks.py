@@ -2,10 +2,12 @@
 for eye and lip retargeting: the retargeting networks take how open the source's eyes and lips are, and
 retargeting to the driver takes each driving frame's.
 
-The model sees a 224x224 RGB crop (1.5x the face box, shifted up by 0.1) in [0, 1]; its third output (the one
-upstream's human_landmark_runner reads; a model with a single output: that one) holds 203 x 2 values in crop units
-(x 224), which are mapped back to the image. Openness is a distance
-ratio, so it does not depend on the face's size or position.
+The model sees a 224x224 RGB crop in [0, 1]: 1.5x the face box, shifted up by 0.1 (upstream crops around
+InsightFace's 106 points here, which we do not have), or, for a face already found (the driving clip's next frame),
+upstream's crop from the earlier 203 points (its runner's run(img, lmk): `landmark_crop_transform`, turned upright
+by their tilt). Its third output (the one upstream's human_landmark_runner reads; a model with a single output: that
+one) holds 203 x 2 values in crop units (x 224), which are mapped back to the image. Openness is a distance ratio,
+so it does not depend on the face's size or position.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.core.errors import InputError, one_line
-from engine.portrait.crop import crop_image, crop_transform
+from engine.portrait.crop import CropTransform, crop_image, crop_transform, landmark_crop_transform
 
 SIZE = 224
 POINTS = 203
@@ -76,8 +78,21 @@ class LandmarkModel:
         return inputs[0].name
 
     def __call__(self, rgb: np.ndarray, box: np.ndarray) -> np.ndarray:
-        """(203, 2) float32 landmarks in image pixels for the face in `box`."""
-        transform = crop_transform(box, scale=1.5, vy=-0.1, size=SIZE)
+        """(203, 2) float32 landmarks in image pixels for the face in `box` (an axis-aligned crop of it: our stand-in
+        for upstream's crop around InsightFace's 106 points)."""
+        return self._read(rgb, crop_transform(box, scale=1.5, vy=-0.1, size=SIZE))
+
+    def following(self, rgb: np.ndarray, points: np.ndarray) -> np.ndarray:
+        """(203, 2) float32 landmarks in image pixels, read in the crop upstream's runner builds from earlier
+        landmarks `points` (its run(img, lmk): crop_image with scale 1.5, vy -0.1, turned upright by their tilt), as
+        it follows a driving clip's face from each frame's points to the next frame's."""
+        try:
+            transform = landmark_crop_transform(points, scale=1.5, vy=-0.1, size=SIZE)
+        except InputError as exc:
+            raise LandmarkError(f"the landmarks to follow make no face crop: {exc}") from None
+        return self._read(rgb, transform)
+
+    def _read(self, rgb: np.ndarray, transform: CropTransform) -> np.ndarray:
         crop = crop_image(rgb, transform).astype(np.float32) / 255
         try:
             outputs = self.session.run(None, {self.input: crop.transpose(2, 0, 1)[None]})
