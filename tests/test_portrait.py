@@ -1016,6 +1016,53 @@ def test_driving_landmarks_follow_the_face_from_frame_to_frame_as_upstreams_crop
     assert [(frame, source) for _, frame, source in landmarks.reads[1:]] == [(1, 0), (2, 1), (3, 2), (4, 3)]
 
 
+def _upstreams_ratios(lmk: np.ndarray) -> np.ndarray:
+    """Upstream's calc_eye_close_ratio and calc_lip_close_ratio (calculate_distance_ratio) on float32 points: the
+    left eye's, the right eye's, the lips'."""
+
+    def ratio(a: int, b: int, c: int, d: int) -> np.float32:
+        return np.linalg.norm(lmk[a] - lmk[b]) / (np.linalg.norm(lmk[c] - lmk[d]) + 1e-6)
+
+    return np.array([ratio(6, 18, 0, 12), ratio(30, 42, 24, 36), ratio(90, 102, 48, 66)], np.float32)
+
+
+def test_driving_openness_is_measured_in_the_driving_crop_where_upstream_measures_it(tmp_path: Path) -> None:
+    """Upstream's pipeline takes a cropped driving clip's openness from its landmarks mapped into the crop by the
+    crop's float32 matrix (crop_driving_video's lmk_crop) and a clip taken whole from the frame's own (its
+    calc_lmks_from_cropped_video). The ratios agree up to float32 rounding: a step apart in some frames here."""
+    from engine.core.results import RunResult
+    from engine.portrait.crop import bbox_crop_transform
+    from engine.portrait.driving import clip_motion, driving_motion
+
+    class Scattered(_RecordingLandmarks):
+        def _points(self, rgb: np.ndarray) -> np.ndarray:  # frame i: its own scatter over the 64 px frame
+            return np.random.default_rng(round(rgb.mean() / 20)).uniform(0, 64, (203, 2)).astype(np.float32)
+
+    clip = _grey_clip(tmp_path / "five.mp4", 5)
+    nets = SimpleNamespace(motion=_level_motion, device=torch.device("cpu"))
+    settings, info = Settings(data_dir=tmp_path, weights_dir=tmp_path), probe_video(clip)
+    box, landmarks = np.array([8.0, 9.0, 50.0, 55.0]), Scattered()
+    in_frame = [landmarks._points(np.full((2, 2, 3), 20 * i, np.uint8)) for i in range(5)]
+    m = bbox_crop_transform(box, 2.2, -0.1).to_crop
+    in_crop = [points @ m[:2, :2].T + m[:2, 2] for points in in_frame]
+    for crop_driving, seen in ((True, in_crop), (False, in_frame)):
+        config = PortraitConfig(ASSETS / "face.jpg", clip, batch_size=2, crop_driving=crop_driving)
+        driving = clip_motion(config, settings, nets, info, box, 0, landmarks, RunResult(), _quiet)
+        assert driving.openness is not None
+        eyes, lips = driving.openness
+        assert np.array_equal(np.column_stack([eyes, lips]), [_upstreams_ratios(points) for points in seen])
+    steps = [_upstreams_ratios(a) != _upstreams_ratios(b) for a, b in zip(in_crop, in_frame, strict=True)]
+    assert np.any(steps)  # where the two ways part
+    level = int(np.flatnonzero(np.any(steps, axis=1))[0])  # a driving image of that frame, cropped: its crop's too
+    cv2.imwrite(str(tmp_path / "still.png"), np.full((64, 64, 3), 20 * level, np.uint8))
+    detector = SimpleNamespace(detect=lambda images: [np.array([[*box, 0.9]], np.float32)])
+    for crop_driving, seen in ((True, in_crop), (False, in_frame)):
+        config = PortraitConfig(ASSETS / "face.jpg", tmp_path / "still.png", crop_driving=crop_driving)
+        still = driving_motion(config, settings, nets, detector, landmarks, RunResult(), _quiet)
+        assert still.image and still.openness is not None
+        assert np.array_equal(np.column_stack(still.openness)[0], _upstreams_ratios(seen[level]))
+
+
 def test_motion_against_a_later_frame_is_warned_of_only_when_relative(tmp_path: Path) -> None:
     """The reference frame matters for relative motion only: absolute motion from a clip that starts without a face
     is not warned of; a one-frame video is warned of only when relative; a clip with no face at all is refused."""

@@ -116,10 +116,11 @@ class _FollowedOpenness:
     them (crop_driving_video, calc_lmks_from_cropped_video): the first frame with a face (`first_face`) read in the
     clip's face box (our stand-in for the 106 points of upstream's first InsightFace detection), each later frame
     in the crop built from the frame before's 203 points (its landmark runner's run(img, lmk)). Frames before the
-    first face, which upstream drops from the clip and ours keeps, are read in the box."""
+    first face, which upstream drops from the clip and ours keeps, are read in the box. Each frame's openness is
+    measured where upstream measures it (`_openness_in`)."""
 
-    def __init__(self, landmarks: LandmarkModel, box: np.ndarray, first_face: int) -> None:
-        self.landmarks, self.box, self.first_face = landmarks, box, first_face
+    def __init__(self, landmarks: LandmarkModel, box: np.ndarray, first_face: int, crop: CropTransform | None) -> None:
+        self.landmarks, self.box, self.first_face, self.crop = landmarks, box, first_face, crop
         self.index = 0
         self.previous: np.ndarray | None = None
 
@@ -133,8 +134,18 @@ class _FollowedOpenness:
                 points = self.landmarks(rgb, self.box)
             self.previous = points
             self.index += 1
-            rows.append(openness(points))
+            rows.append(_openness_in(points, self.crop))
         return rows
+
+
+def _openness_in(points: np.ndarray, crop: CropTransform | None) -> tuple[np.ndarray, float]:
+    """A driving frame's openness from its landmarks as upstream's pipeline takes them: mapped into the driving crop
+    by its float32 matrix (crop_driving_video's lmk_crop, `pts @ M[:2, :2].T + M[:2, 2]`) where the frame is cropped,
+    in the frame's own pixels where it is taken whole (calc_lmks_from_cropped_video). The ratios are the same up to
+    float32 rounding, which the mapping changes by a step in some frames."""
+    if crop is not None:
+        points = points @ crop.to_crop[:2, :2].T + crop.to_crop[:, 2]
+    return openness(points)
 
 
 def _stacked(rows: list[tuple[np.ndarray, float]]) -> Openness:
@@ -182,7 +193,7 @@ def driving_motion(
         _unused_driving_crop(config, transform, path.name, result)
         with result.stage("motion", items=1):
             motion = nets.motion(_driving_input(image, transform, nets.device))
-        measured = None if landmarks is None else _stacked([openness(landmarks(image, box))])
+        measured = None if landmarks is None else _stacked([_openness_in(landmarks(image, box), transform)])
         return Driving(motion, IMAGE_FPS, 1, image=True, openness=measured)
     info = driving_video(path, settings)
     warn_one_frame(info, path, config, result)
@@ -215,7 +226,7 @@ def clip_motion(
     _unused_driving_crop(config, transform, Path(config.driving).name, result)
     infos: list[KeypointInfo] = []
     rows: list[tuple[np.ndarray, float]] = []
-    measure = None if landmarks is None else _FollowedOpenness(landmarks, box, reference)
+    measure = None if landmarks is None else _FollowedOpenness(landmarks, box, reference, transform)
     frames = clip_frames(Path(config.driving), config.max_frames, settings.max_seconds)
     total = min(info.frames or 1, config.max_frames or info.frames or 1)
     for batch in _timed(_batches(frames, config.batch_size), result, "decode driving"):
