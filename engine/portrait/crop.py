@@ -190,7 +190,7 @@ def landmark_crop_transform(
     extent = high - low
     side = np.full(2, max(extent[0], extent[1]), np.float32)
     side *= np.float32(scale)
-    if not side[0] > 0:  # upstream's division by it gives an infinite matrix and a black crop
+    if not side[0] > 0:  # upstream divides by it: an infinite or NaN matrix
         raise InputError(f"the {len(pts)} landmarks span no area (a crop side of {side[0]} pixels)")
     centre = mean + across * middle[0] + down * middle[1]
     centre = centre + across * (np.float32(vx) * side) + down * (np.float32(vy) * side)
