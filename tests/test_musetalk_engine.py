@@ -880,3 +880,170 @@ def test_fp16_prompts_add_upstreams_halved_encoding_in_fp16_and_latents_reach_th
     prompts = torch.cat(step.prompts)
     assert prompts.dtype == torch.float16 and torch.equal(prompts, expected)
     assert all(latents.dtype == torch.float16 for latents in step.latents)
+
+
+# --------------------------------------------------------------------------- upstream's real-time Avatar, written out
+# scripts/realtime_inference.py's Avatar.prepare_material and process_frames, step by step in PIL, OpenCV and numpy
+# as upstream's code runs them, with the posterior's mean for its sample (our deliberate difference) and every
+# frame holding a face (upstream's cycle of latents slips past a frame without one; ours passes it through).
+
+REALTIME_MARGIN = 10  # upstream's --extra_margin default, v1.5 only
+
+
+class _ColourParser(torch.nn.Module):
+    """A face parser whose labels follow the pixels (skin where red leads, nose where green does, the upper lip
+    where blue does), so the blend masks depend on where the region was cut and how it was resized."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1))  # _parse reads the parser's dtype from its parameters
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from engine.lipsync.musetalk.blend import NOSE, UPPER_LIP
+
+        logits = torch.full((x.shape[0], 19, x.shape[2], x.shape[3]), -10.0, dtype=x.dtype)
+        logits[:, SKIN], logits[:, NOSE], logits[:, UPPER_LIP] = x[:, 0], x[:, 1], x[:, 2]
+        return logits
+
+
+class _BoxPerFrame:
+    """A detector that finds frame i's face at boxes[i]."""
+
+    name = "stub"
+
+    def __init__(self, boxes: list[tuple[int, int, int, int]]) -> None:
+        self.boxes, self.seen = boxes, 0
+
+    def detect(self, frames: list[np.ndarray]) -> list[np.ndarray]:
+        found = [np.array([[*self.boxes[self.seen + i], 0.9]], np.float32) for i in range(len(frames))]
+        self.seen += len(frames)
+        return found
+
+
+class _TexturedStep(_SpyStep):
+    """As _SpyStep, but every decoded face is random texture (a flat face looks the same however it is resized),
+    kept in `faces`."""
+
+    def __init__(self, networks: Any, batch_size: int) -> None:
+        super().__init__(networks, batch_size)
+        self.faces: list[torch.Tensor] = []
+
+    def __call__(self, latents: torch.Tensor, prompts: torch.Tensor, result: RunResult | None = None) -> StepFaces:
+        self.latents.append(latents.clone())
+        rng = np.random.default_rng(len(self.faces))
+        faces = torch.from_numpy(rng.integers(0, 256, (len(latents), 256, 256, 3), dtype=np.uint8))
+        self.faces.append(faces)
+        return StepFaces(faces, torch.ones(len(latents), dtype=torch.bool))
+
+
+def _upstream_latents(crop_bgr: np.ndarray, vae: Any) -> torch.Tensor:
+    """vae.get_latents_for_unet on a 256x256 BGR crop: preprocess_img with and without the half mask (float64
+    division, float32 tensor, rows 128.. zeroed, Normalize(0.5, 0.5)), each encoded alone, [masked, reference]."""
+    import cv2
+
+    rgb = cv2.cvtColor(crop_bgr, cv2.COLOR_BGR2RGB)
+    pixels = torch.FloatTensor(np.transpose(np.asarray([rgb]) / 255.0, (3, 0, 1, 2))).squeeze()
+    mask = torch.zeros(256, 256)
+    mask[:128] = 1
+    encoded = []
+    for image in (pixels * (mask > 0.5), pixels):
+        normalised = ((image - 0.5) / 0.5).unsqueeze(0)
+        with torch.no_grad():
+            encoded.append(vae.config.scaling_factor * vae.encode(normalised).latent_dist.mean)
+    return torch.cat(encoded, dim=1)
+
+
+def _upstream_prepare_material(frame: np.ndarray, box: list[int], parser: torch.nn.Module) -> tuple[np.ndarray, list]:
+    """blending.get_image_prepare_material(frame, box, fp=fp, mode="jaw") with its defaults (upper_boundary_ratio
+    0.5, expand 1.5, blur 0.1), FaceParsing's call (PIL bilinear to 512, ToTensor, ImageNet Normalize, the first
+    output's argmax, the jaw mode with 90-pixel cheeks) and face_seg's resize back (PIL's default filter)."""
+    import cv2
+    from PIL import Image
+
+    from engine.lipsync.musetalk.blend import parsing_mask
+
+    body = Image.fromarray(frame[:, :, ::-1])
+    x, y, x1, y1 = box
+    centre_x, centre_y = (x + x1) // 2, (y + y1) // 2
+    s = int(max(x1 - x, y1 - y) // 2 * 1.5)
+    crop_box = [centre_x - s, centre_y - s, centre_x + s, centre_y + s]
+    x_s, y_s = crop_box[0], crop_box[1]
+    face_large = body.crop(crop_box)
+    ori_shape = face_large.size
+    scaled = np.asarray(face_large.resize((512, 512), Image.BILINEAR)).astype(np.float32) / 255
+    mean, std = np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224, 0.225], np.float32)
+    tensor = torch.from_numpy(((scaled - mean) / std).transpose(2, 0, 1).copy()).unsqueeze(0)
+    with torch.no_grad():
+        labels = parser(tensor)[0].numpy().argmax(0)
+    seg = Image.fromarray(parsing_mask(labels, "jaw", (90, 90))).resize(ori_shape)
+    inner = (x - x_s, y - y_s, x1 - x_s, y1 - y_s)
+    mask_image = Image.new("L", ori_shape, 0)
+    mask_image.paste(seg.crop(inner), inner)
+    width, height = mask_image.size
+    top = int(height * 0.5)
+    kept = Image.new("L", ori_shape, 0)
+    kept.paste(mask_image.crop((0, top, width, height)), (0, top))
+    kernel = int(0.1 * ori_shape[0] // 2 * 2) + 1
+    return cv2.GaussianBlur(np.array(kept), (kernel, kernel), 0), crop_box
+
+
+def _upstream_blending(
+    frame: np.ndarray, face: np.ndarray, box: list[int], mask: np.ndarray, crop_box: list
+) -> np.ndarray:
+    """blending.get_image_blending: the face pasted into the region's crop, the crop pasted through the mask."""
+    from PIL import Image
+
+    body = Image.fromarray(frame[:, :, ::-1])
+    x, y, x1, y1 = box
+    x_s, y_s = crop_box[0], crop_box[1]
+    face_large = body.crop(crop_box)
+    face_large.paste(Image.fromarray(face[:, :, ::-1]), (x - x_s, y - y_s, x1 - x_s, y1 - y_s))
+    body.paste(face_large, crop_box[:2], Image.fromarray(mask).convert("L"))
+    return np.array(body)[:, :, ::-1]
+
+
+def test_a_prepared_avatar_plays_as_upstreams_realtime_avatar(networks) -> None:
+    """Guards every step of the real-time path against upstream's Avatar written out: v1.5's margin below each
+    box, clipped at the bottom; the Lanczos crop and its [masked, reference] latents; the forward-then-backward
+    cycle of frames, boxes, latents and masks; each mask from the parsed region (expand 1.5, the lower half, blur
+    0.1); output frame i taking cycle entry i % len(cycle); the decoded face resized to the box with cv2's default
+    (bilinear) filter and blended through the mask. Boxes reach past the top, left and bottom of the frame."""
+    import cv2
+
+    rng = np.random.default_rng(11)
+    frames = [cv2.GaussianBlur(rng.integers(0, 256, (200, 240, 3), dtype=np.uint8), (9, 9), 0) for _ in range(3)]
+    boxes = [(60, 40, 150, 140), (70, 50, 170, 195), (10, 20, 100, 120)]  # 195 + 10 passes the bottom
+    parsed = dataclasses.replace(networks, face_parser=_ColourParser())
+    avatar = prepare_avatar(frames, parsed, detector=_BoxPerFrame(boxes), batch_size=2)
+
+    coord_list, latent_list = [], []
+    for (x1, y1, x2, y2), frame in zip(boxes, frames, strict=True):
+        y2 = min(y2 + REALTIME_MARGIN, frame.shape[0])
+        coord_list.append([x1, y1, x2, y2])
+        crop = cv2.resize(frame[y1:y2, x1:x2], (256, 256), interpolation=cv2.INTER_LANCZOS4)
+        latent_list.append(_upstream_latents(crop, networks.vae))
+    frame_cycle, coord_cycle = frames + frames[::-1], coord_list + coord_list[::-1]
+    latent_cycle = latent_list + latent_list[::-1]
+    material = [
+        _upstream_prepare_material(f, c, parsed.face_parser) for f, c in zip(frame_cycle, coord_cycle, strict=True)
+    ]
+
+    for i in range(3):
+        plan = avatar.plans[i]
+        assert avatar.boxes[i] == plan.box == tuple(coord_list[i]), i
+        assert list(plan.region) == material[i][1] and np.array_equal(plan.mask.numpy(), material[i][0]), i
+    assert avatar.plans[1].mask.numpy().max() > 0 and coord_list[1][3] == 200  # a real mask; the margin clipped
+
+    speech = _speech(0.5)  # 13 frames: the 6-frame cycle twice and once more
+    stub = _stub_networks()
+    step = _TexturedStep(stub, 4)
+    out = list(generate(avatar, speech, 25, stub, 4, extractor=_SilentExtractor(), runtime=step))  # type: ignore[arg-type]
+    faces, fed = torch.cat(step.faces).numpy(), torch.cat(step.latents)
+    assert len(out) == 13 == len(fed)
+    for i, frame in enumerate(out):
+        k = i % len(frame_cycle)
+        assert torch.allclose(fed[i], latent_cycle[k][0], atol=2e-6), i  # one batched encode against two
+        x1, y1, x2, y2 = coord_cycle[k]
+        face = cv2.resize(faces[i].astype(np.uint8), (x2 - x1, y2 - y1))
+        want = _upstream_blending(frame_cycle[k], face, coord_cycle[k], *material[k])
+        assert np.array_equal(frame, want), i
