@@ -204,6 +204,15 @@ def test_a_v1_avatar_names_its_own_version_in_its_warnings(networks, face) -> No
     assert not any("v1.5" in w for w in avatar.warnings)
 
 
+def test_a_v1_avatar_takes_a_margin_and_parsing_mode_when_given(networks, face) -> None:
+    """Guards the documented difference: upstream's v1.0 path adds no margin and parses "raw" whatever is asked;
+    ours uses what was given (and its defaults, above, are upstream's)."""
+    v1 = dataclasses.replace(networks, version="v1", face_parser=SkinParser())
+    avatar = prepare_avatar([face], v1, detector=StubDetector(), extra_margin=6, parsing_mode="jaw")
+    x1, y1, x2, y2 = detector_box(FACE_BOX, face.shape)
+    assert avatar.extra_margin == 6 and avatar.parsing_mode == "jaw" and avatar.boxes == ((x1, y1, x2, y2 + 6),)
+
+
 def test_a_box_past_the_frame_is_clipped() -> None:
     points = np.full((68, 2), 100.0, np.float32)
     points[16, 0], points[8, 1], points[29, 1] = 140.0, 130.0, 90.0  # right edge past a 120-wide frame

@@ -13,6 +13,10 @@ Where we differ from upstream (on purpose):
 - the cycle is frame indices, not a second copy of every frame, latent row and mask;
 - a face box is clipped to the frame on every side (a landmark box may reach past the right edge, where upstream's
   crop and paste-back then disagree in size), and one smaller than MIN_FACE_SIDE is no face, with a warning;
+- a v1.0 avatar takes an extra margin and a parsing mode when they are given (upstream's v1.0 path adds no margin
+  and parses "raw" whatever is asked); left to version_defaults, both are upstream's;
+- bbox_shift_range is taken over the frames given (run.py gives a speech shorter than the video its first frames
+  only; upstream's is over the whole video);
 - the artefact is one file (save_avatar/load_avatar: tensors and plain values, read back with weights_only, with a
   digest of its contents checked on loading) instead of a folder of PNGs and pickles that upstream decodes again for
   every clip.
@@ -366,7 +370,8 @@ def prepare_avatar(
 
 def version_defaults(version: str, extra_margin: int | None, parsing_mode: str | None) -> tuple[int, str]:
     """The margin below the box and the parsing mode an avatar is prepared with: as asked, else the version's
-    (v1.5: 10 pixels and "jaw"; v1.0: none and "raw")."""
+    (v1.5: 10 pixels and "jaw"; v1.0: none and "raw"). Upstream's v1.0 path ignores what is asked (deliberately
+    different here: an option given is an option used)."""
     margin = (EXTRA_MARGIN if version == V15 else 0) if extra_margin is None else extra_margin
     return margin, parsing_mode or ("jaw" if version == V15 else "raw")
 

@@ -4,11 +4,13 @@ One-shot use of the prepared-avatar path: the face's frames that the speech need
 blend plans), then generate() streams the lip-synced frames, a few at a time, to the encoding thread (encoding.py)
 while it computes and blends the rest. Length policy, as upstream: one output frame per video frame of the speech
 (the real frame rate; the last partial frame kept); a video shorter than the speech plays forward then backward; a
-photo is a still face at 25 fps. The face box comes from the fixed box when one is given; else from DWPose's 68
-face landmarks, as upstream makes it, when its ONNX release is in the weights folder's dwpose/ (dwpose.py), and from
-the chosen detector where it is not or where a frame's landmarks make no usable box (upstream's own fallback). The
-result says which: `landmarks` ("dwpose" or None), `boxes_from_landmarks`, and a warning naming the detector and
-where DWPose's file goes.
+photo is a still face at 25 fps, read with OpenCV's imread as upstream's inference.py reads it (deliberately:
+its realtime_inference.py reads any face file through VideoCapture, whose FFmpeg JPEG decoder gives other pixels;
+a PNG, and a video's frames, are the same either way). The face box comes from the fixed box when one is given;
+else from DWPose's 68 face landmarks, as upstream makes it, when its ONNX release is in the weights folder's dwpose/
+(dwpose.py), and from the chosen detector where it is not or where a frame's landmarks make no usable box
+(upstream's own fallback). The result says which: `landmarks` ("dwpose" or None), `boxes_from_landmarks`, and a
+warning naming the detector and where DWPose's file goes.
 
 Between runs in one process (a job worker, the app's tests) the loaded networks and the two most recent prepared
 avatars stay cached, keyed by everything that changes them; prepared avatars are also kept on disk (DATA_DIR/avatars,
