@@ -503,3 +503,32 @@ def test_an_avatar_prepared_on_one_gpu_serves_every_gpu_of_that_kind(weights, tm
 
     loaded = [load(torch.device("cpu")), load(torch.device("cpu", 1))]
     assert loaded[0].key != loaded[1].key and loaded[0].avatar_key == loaded[1].avatar_key
+
+
+def test_a_videos_avatar_holds_its_first_frames_in_order_as_upstreams_cycle_shows_them(
+    weights, tmp_path, monkeypatch
+) -> None:
+    """Guards which frames an avatar holds: upstream's real-time avatar holds every frame of the video and shows
+    cycle entry i for output frame i (the video forward, then backward). A speech shorter than the video prepares
+    exactly its first frames, which are the ones shown; a longer one prepares them all and plays them back."""
+    from engine.lipsync.musetalk import run
+
+    video = _face_video(tmp_path / "face.mp4", 12)
+    decoded = list(read_frames(video))
+    used = []
+    real_generate = run.generate
+
+    def generate_spy(avatar, *args, **kwargs):
+        used.append(avatar)
+        return real_generate(avatar, *args, **kwargs)
+
+    monkeypatch.setattr(run, "generate", generate_spy)
+    for seconds, frames, held in ((0.2, 5, 5), (0.6, 15, 12)):
+        run.AVATARS.clear()
+        config = LipSyncConfig(face=video, audio=speech_file(tmp_path / f"{seconds}.wav", seconds), engine="musetalk",
+                               musetalk_weights=str(weights), box=BOX)  # fmt: skip
+        result = run_lipsync(config, tmp_path / "out.mp4", _settings(tmp_path), device="cpu")
+        avatar = used[-1]
+        assert result.metrics["frames"] == frames and len(avatar.frames) == held
+        assert all(np.array_equal(a, b) for a, b in zip(avatar.frames, decoded, strict=False))
+    assert [avatar.source_frame(i) for i in range(15)] == [*range(12), 11, 10, 9]
