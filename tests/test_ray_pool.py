@@ -449,10 +449,18 @@ def test_a_cluster_ray_cannot_use_is_a_set_up_error(monkeypatch) -> None:
         address = f"ray://127.0.0.1:{listening.getsockname()[1]}"
         with pytest.raises(SetupError, match=f"cannot use the Ray cluster at {address}: Ray Client requires"):
             ray_pool._connect(address, {})
+        monkeypatch.setattr(ray, "init", lambda address, **kw: _raise(ConnectionError("the GCS did not answer")))
+        with pytest.raises(SetupError, match=r"^could not reach the Ray cluster at ray://127\.0\.0\.1:\d+ \(is `ray "
+                           r"start --head` running\?\): the GCS did not answer$"):  # fmt: skip
+            ray_pool._connect(address, {})
     # nothing answers: refused at once (ray.init retried for good, and the app never started, without a word)
     monkeypatch.setattr(ray, "init", lambda address, **kw: pytest.fail("ray.init asked"))
     with pytest.raises(SetupError, match=r"could not reach the Ray cluster at 127.0.0.1:\d+: nothing answers on"):
         ray_pool._connect(address.removeprefix("ray://"), {})
+
+
+def _raise(error: BaseException) -> None:
+    raise error
 
 
 def test_the_app_runs_its_workers_as_ray_actors_when_given_an_address(tmp_path: Path, monkeypatch) -> None:
@@ -484,11 +492,26 @@ def test_the_app_runs_its_workers_as_ray_actors_when_given_an_address(tmp_path: 
 def test_shutdown_stops_the_actors_and_frees_the_gpus(pool: Pool, cluster: Any) -> None:
     """Last: it ends the module's pool (the fixture's own shutdown then does nothing)."""
     assert cluster.available_resources().get("GPU", 0) == 0  # the four cards are reserved for the workers
+    running = pool.workers.handles()
+    assert sorted(h.device for h in running) == sorted([*GPUS, *GPUS, "cpu"])
     pool.broker.stop(5)
+    # a worker stopped cleanly ends its actor too (its memory, its share of the card), the CPU's (in no bundle) too
+    _until("every stopped worker's actor ended", lambda: all(_ended(h.actor) for h in running))
     handles = pool.workers.handles()
     pool.workers.shutdown()
     _until("the GPUs free", lambda: cluster.available_resources().get("GPU", 0) == len(GPUS))
     assert all(not h.is_alive() for h in handles)
+
+
+def _ended(actor: Any) -> bool:
+    import ray
+    from ray.exceptions import RayActorError
+
+    try:
+        ray.get(actor.poll.remote(), timeout=30)
+    except RayActorError:
+        return True
+    return False
 
 
 def test_a_sigterm_reaches_the_apps_handler_after_ray_starts() -> None:
@@ -652,6 +675,10 @@ def test_only_files_a_result_names_inside_the_outputs_folder_travel_back(tmp_pat
               "missing": [str(outputs / "never.mp4")], "note": str(elsewhere / "note.txt"),
               "relative": "clip.mp4"}  # fmt: skip
     assert list(_outputs_named(result, outputs)) == [(str(outputs / "clip.mp4"), "clip.mp4")]
+    # a handler's frames kept as a tuple travel too (left on the node, the app's result named files it never got)
+    (outputs / "frame-1.png").write_bytes(b"p")
+    frames = {"frames": (str(outputs / "frame-1.png"),)}
+    assert list(_outputs_named(frames, outputs)) == [(str(outputs / "frame-1.png"), "frame-1.png")]
 
 
 def test_a_folder_not_named_by_a_process_id_is_left_alone_by_the_sweep(tmp_path: Path) -> None:
@@ -681,6 +708,11 @@ def test_workers_are_refused_outside_their_ranges_and_after_shutdown(tmp_path: P
                                   (1, 65, "CPU workers must be 0..64, not 65")):  # fmt: skip
         with pytest.raises(InputError, match=message):
             ray_pool.ray_workers(settings, None, {}, per_gpu, cpu, address="127.0.0.1:1")
+    with monkeypatch.context() as patched:
+        patched.setattr(ray_pool, "_connect", lambda address, init_kwargs: _raise(SetupError("Ray asked")))
+        for per_gpu, cpu in ((64, 0), (1, 64)):  # the ends of the ranges are taken: Ray is asked next
+            with pytest.raises(SetupError, match=r"^Ray asked$"):
+                ray_pool.ray_workers(settings, None, {}, per_gpu, cpu, address="127.0.0.1:1")
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     with pytest.raises(SetupError, match="no Ray cluster to use: set AVATARBENCH_RAY_ADDRESS"):
         ray_pool._connect(None, {})
@@ -708,3 +740,414 @@ def test_a_nodes_card_type_is_read_from_its_accelerator_resource_while_it_lives(
     ]
     monkeypatch.setattr(ray, "nodes", lambda: nodes)
     assert _card_types() == {"a": "H100", "c": "A10G"}
+
+
+def _started_with_made_up_answers(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    gpus: dict[str, dict[str, Any]],
+    cards: dict[str, str],
+    local_node: str | None,
+) -> Any:
+    """A RayWorkers started on Ray's answers made up: `gpus` maps each reserved GPU bundle to where its actors said
+    they landed (describe's answer), `cards` node id -> card type; one CPU worker on the first GPU's node."""
+    from engine.jobs import ray_pool
+
+    workers = _bare_pool(tmp_path)
+    workers._local_node = local_node
+    first = next(iter(gpus.values()))
+    cpu_about = {"node_id": first["node_id"], "node_ip": first["node_ip"], "gpu_ids": [], "pid": 7}
+    monkeypatch.setattr(ray_pool, "_reserve_gpus", lambda: list(gpus))
+    monkeypatch.setattr(ray_pool, "_card_types", lambda: cards)
+    monkeypatch.setattr(workers, "_new_actor", lambda slot: SimpleNamespace(slot=slot))
+    monkeypatch.setattr(workers, "_describe", lambda actors: [
+        cpu_about if a.slot.bundle is None else gpus[a.slot.bundle] for a in actors
+    ])  # fmt: skip
+    workers.start(2, 1, gpus_run_on_cpu=False)
+    return workers
+
+
+def test_each_gpu_key_names_its_node_and_card_in_the_brokers_order(tmp_path: Path, monkeypatch) -> None:
+    """A device key is what a user picks and what a job that asks for a card type is placed on: the app's own GPUs
+    are "cuda:K", another node's "IP/cuda:K" with its own card type, GPUs in order of node and number (cuda:2 before
+    cuda:10), then the CPU; and every actor and GPU bundle goes at shutdown, the cluster kept connected when the
+    app did not connect to it."""
+    pytest.importorskip("ray")
+    import ray
+    import ray.util
+
+    def about(node_id: str, ip: str, gpu: str) -> dict[str, Any]:
+        return {"node_id": node_id, "node_ip": ip, "gpu_ids": [gpu], "pid": 7}
+
+    gpus = {"pg-a": about("app-node-1", "10.0.0.1", "10"), "pg-b": about("app-node-1", "10.0.0.1", "2"),
+            "pg-c": about("far-node-2", "10.0.0.2", "0")}  # fmt: skip
+    cards = {"app-node-1": "A10G", "far-node-2": "H100"}
+    workers = _started_with_made_up_answers(tmp_path, monkeypatch, gpus, cards, local_node="app-node-1")
+    assert list(workers.workers.items()) == [("cuda:2", 2), ("cuda:10", 2), ("10.0.0.2/cuda:0", 2), ("cpu", 1)]
+    assert workers.run_on == {"cuda:2": "cuda:0", "cuda:10": "cuda:0", "10.0.0.2/cuda:0": "cuda:0", "cpu": "cpu"}
+    assert workers.card_types == {"cuda:2": "A10G", "cuda:10": "A10G", "10.0.0.2/cuda:0": "H100"}
+    assert workers.devices_with("H100") == ["10.0.0.2/cuda:0"]
+
+    killed, removed, disconnected = [], [], []
+    monkeypatch.setattr(ray, "kill", lambda actor, no_restart: killed.append(actor))
+    monkeypatch.setattr(ray.util, "remove_placement_group", removed.append)
+    monkeypatch.setattr(ray, "shutdown", lambda: disconnected.append(True))
+    workers.shutdown()
+    assert len(killed) == 7 and len({id(a) for a in killed}) == 7  # 2 on each of three GPUs, 1 on the CPU
+    assert removed == ["pg-a", "pg-b", "pg-c"] and disconnected == []
+    workers.shutdown()  # again: nothing more
+    assert len(killed) == 7 and len(removed) == 3
+
+
+def test_two_nodes_behind_one_ip_get_keys_of_their_own(tmp_path: Path, monkeypatch) -> None:
+    """Nodes that share an address (containers on one host) named by IP both gave "IP/cuda:0": one key, half the
+    GPUs lost. They are named by the start of their node ids instead."""
+    pytest.importorskip("ray")
+    gpus = {"pg-a": {"node_id": "aaaaaaaa1111", "node_ip": "10.0.0.5", "gpu_ids": ["0"], "pid": 7},
+            "pg-b": {"node_id": "bbbbbbbb2222", "node_ip": "10.0.0.5", "gpu_ids": ["0"], "pid": 8}}  # fmt: skip
+    workers = _started_with_made_up_answers(tmp_path, monkeypatch, gpus, {}, local_node=None)
+    assert workers.workers == {"aaaaaaaa/cuda:0": 2, "bbbbbbbb/cuda:0": 2, "cpu": 1}
+    assert workers.card_types == {}
+
+
+def test_a_failed_start_frees_the_gpus_it_reserved_and_disconnects(tmp_path: Path, monkeypatch) -> None:
+    """Actors that never answer (the cluster busy, avatarbench missing on a node) end ray_workers with why; the
+    GPUs reserved for them must be given back to the cluster's other users, and the connection made for them closed."""
+    pytest.importorskip("ray")
+    import ray
+    import ray.util
+
+    from engine.core.errors import SetupError
+    from engine.jobs import ray_pool
+
+    def never_answer(self: Any, actors: list[Any]) -> list[dict[str, Any]]:
+        raise SetupError("Ray actors did not start within 120 s (is the cluster busy?)")
+
+    removed, disconnected = [], []
+    monkeypatch.setattr(ray_pool, "_connect", lambda address, init_kwargs: True)
+    monkeypatch.setattr(ray_pool, "_local_node_id", lambda: None)
+    monkeypatch.setattr(ray_pool, "_reserve_gpus", lambda: ["pg-a", "pg-b"])
+    monkeypatch.setattr(ray_pool.RayWorkers, "_new_actor", lambda self, slot: SimpleNamespace(slot=slot))
+    monkeypatch.setattr(ray_pool.RayWorkers, "_describe", never_answer)
+    monkeypatch.setattr(ray.util, "remove_placement_group", removed.append)
+    monkeypatch.setattr(ray, "shutdown", lambda: disconnected.append(True))
+    settings = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path / "app")})
+    with pytest.raises(SetupError, match=r"^Ray actors did not start within 120 s \(is the cluster busy\?\)$"):
+        ray_pool.ray_workers(settings, None, {}, 2, 1, address="auto")
+    assert removed == ["pg-a", "pg-b"] and disconnected == [True]
+
+
+def test_a_ray_already_running_in_the_app_is_used_and_left_running(monkeypatch) -> None:
+    """An app that initialised Ray itself (or a test's local cluster) is not connected again, and is counted as not
+    connected by the pool, so the pool's shutdown leaves it connected."""
+    ray = pytest.importorskip("ray")
+    from engine.jobs import ray_pool
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(ray, "init", lambda **kw: pytest.fail("ray.init asked"))
+    assert ray_pool._connect("auto", {}) is False
+    assert ray_pool._connect(None, {}) is False  # no address needed then
+
+
+class _MadeUpPlacementGroup:
+    """What _reserve_gpus asks of a placement group: a reference that is ready when its GPU is reserved."""
+
+    def __init__(self, number: int) -> None:
+        self.number, self.reference = number, f"ready-{number}"
+
+    def ready(self) -> str:
+        return self.reference
+
+
+def test_gpus_are_reserved_only_where_free_and_a_shortfall_is_said(monkeypatch, caplog) -> None:
+    """The GPUs others hold are not waited for (two minutes, then nothing); every GPU taken, or fewer reserved than
+    were free, is said with the numbers, and a reservation still waiting is withdrawn (it would take its GPU later
+    for nobody)."""
+    pytest.importorskip("ray")
+    import ray
+    import ray.util
+
+    from engine.jobs import ray_pool
+
+    made, removed, waited = [], [], []
+
+    def placement_group(bundles: list[dict[str, float]]) -> _MadeUpPlacementGroup:
+        assert bundles == [{"GPU": 1}]
+        made.append(_MadeUpPlacementGroup(len(made)))
+        return made[-1]
+
+    def wait(refs: list[str], num_returns: int, timeout: float) -> tuple[list[str], list[str]]:
+        waited.append((num_returns, timeout))
+        return refs[:2], refs[2:]  # two GPUs reserved in time, the rest still waiting
+
+    monkeypatch.setattr(ray.util, "placement_group", placement_group)
+    monkeypatch.setattr(ray.util, "remove_placement_group", removed.append)
+    monkeypatch.setattr(ray, "wait", wait)
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"GPU": 8.0, "CPU": 32.0})
+    monkeypatch.setattr(ray, "available_resources", lambda: {"GPU": 3.0, "CPU": 30.0})
+    with caplog.at_level("WARNING", logger="avatarbench.ray"):
+        reserved = ray_pool._reserve_gpus()
+    assert reserved == made[:2] and len(made) == 3 and removed == [made[2]]
+    assert waited == [(3, ray_pool.START_TIMEOUT_S)]
+    assert [r.getMessage() for r in caplog.records] == ["Ray: only 2 of the 3 free GPUs could be reserved; using those"]
+
+    caplog.clear()
+    made.clear()
+    monkeypatch.setattr(ray, "available_resources", lambda: {"CPU": 30.0})  # another app holds all eight
+    with caplog.at_level("WARNING", logger="avatarbench.ray"):
+        assert ray_pool._reserve_gpus() == []
+    assert made == [] and len(waited) == 1
+    assert [r.getMessage() for r in caplog.records] == [
+        "Ray: every GPU of the cluster is taken (another app on it?): this app's jobs run on the CPU"
+    ]
+    caplog.clear()
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 32.0})  # a cluster without GPUs: nothing to say
+    with caplog.at_level("WARNING", logger="avatarbench.ray"):
+        assert ray_pool._reserve_gpus() == []
+    assert caplog.records == []
+
+
+def _actor_without_ray(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ran_on: list[str]) -> Any:
+    """A RayWorkerActor as __init__ leaves it on a node (its own folder under <data dir>/actors, its store), in this
+    process: shipped blobs are their bytes (ray.get hands them back), and run_job is a handler that records the
+    device it was given and writes a video and a live stream as a pipeline does."""
+    ray = pytest.importorskip("ray")
+    from engine.jobs import ray_pool
+    from engine.jobs.worker import WorkerContext
+
+    settings = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path / "node" / "ray-worker")})
+    settings.ensure_dirs()
+    actor = ray_pool.RayWorkerActor.__new__(ray_pool.RayWorkerActor)
+    actor.settings = settings
+    actor.folder = settings.data_dir / "actors" / str(os.getpid())
+    actor.store = ray_pool._ActorStore(actor.folder / "jobs.sqlite3", actor.folder / "blobs")
+    actor.context = WorkerContext(actor.store, settings, "cpu")
+
+    def run_job(job: Job, context: Any, kinds: dict[str, str]) -> None:
+        ran_on.append(context.device)
+        video = context.settings.outputs_dir / f"lipsync-{job.id}.mp4"
+        video.write_bytes(b"video of " + job.id.encode())
+        (context.settings.outputs_dir / f"lipsync-{job.id}.stream").mkdir()
+        context.store.finish(job.id, {"video": str(video)})
+
+    monkeypatch.setattr(ray, "get", lambda refs, timeout=None: list(refs))
+    monkeypatch.setattr(ray_pool, "run_job", run_job)
+    return actor
+
+
+def _job_naming(job_id: str, *shas: str) -> Job:
+    return Job(job_id, "lipsync", None, {"files": list(shas)}, "cuda:0", "running", 0.0, "", None, None, 0.0, 0.0,
+               None)  # fmt: skip
+
+
+def test_an_actor_runs_a_job_on_the_device_it_is_given_and_sends_its_video_back(tmp_path: Path, monkeypatch) -> None:
+    """On a real GPU node a GPU actor's handlers must run on "cuda:0" (its one visible card), not on the CPU its
+    worker context starts with; the video comes back as bytes and leaves nothing on the node; a killed actor's
+    half-made video goes when a job next starts there."""
+    ran_on: list[str] = []
+    actor = _actor_without_ray(tmp_path, monkeypatch, ran_on)
+    try:
+        outputs = actor.settings.outputs_dir
+        killed = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+        dead_folder = actor.folder.parent / killed.stdout.strip()
+        dead_folder.mkdir(parents=True)
+        (dead_folder / "running-job").write_text("killed-job")
+        (outputs / "lipsync-killed-job.mp4").write_bytes(b"half a video")
+        outcome = actor.run(_job_naming("j1"), {}, "cuda:0", {})
+        assert ran_on == ["cuda:0"]
+        video = str(outputs / "lipsync-j1.mp4")
+        assert outcome == {
+            "job": "j1",
+            "result": {"video": video},
+            "files": [(video, "lipsync-j1.mp4", b"video of j1")],
+        }
+        assert list(outputs.iterdir()) == [] and not dead_folder.exists()
+    finally:
+        actor.store.close()
+
+
+def test_an_actor_fails_a_job_whose_inputs_arrive_damaged_and_keeps_the_inputs_used_last(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """A damaged input fails its job saying so (the actor lives on for the next); past the actor's budget the inputs
+    dropped are those used longest ago, not those received first: a model every job uses stays on the node."""
+    import hashlib
+
+    from engine.jobs import ray_pool
+
+    ran_on: list[str] = []
+    actor = _actor_without_ray(tmp_path, monkeypatch, ran_on)
+    try:
+        data = {name: bytes([number]) * 1000 for number, name in enumerate(("model", "once", "new"))}
+        shas = {name: hashlib.sha256(value).hexdigest() for name, value in data.items()}
+        outcome = actor.run(_job_naming("bad", shas["new"]), {}, "cuda:0", {shas["new"]: b"not it"})
+        assert outcome == {"job": "bad", "files": [], "error": "its input files did not arrive: StoreError: the input "
+                           f"{shas['new'][:12]} arrived damaged (its sha256 differs)"}  # fmt: skip
+        assert ran_on == [] and not actor.store.has_blob(shas["new"])
+
+        for age, name in enumerate(("model", "once")):  # the model received first, then an input used once
+            actor.store.receive(shas[name], data[name])
+            os.utime(actor.store.blob_path(shas[name]), (1000 + age, 1000 + age))
+        monkeypatch.setattr(ray_pool, "BLOB_BUDGET_BYTES", 2 * 1000)  # room for two of the three
+        actor.run(_job_naming("again", shas["model"]), {}, "cuda:0", {})  # the model, already there, used again
+        actor.run(_job_naming("next", shas["new"]), {}, "cuda:0", {shas["new"]: data["new"]})
+        assert [actor.store.has_blob(shas[n]) for n in ("model", "once", "new")] == [True, False, True]
+        assert ran_on == ["cuda:0", "cuda:0"]
+    finally:
+        actor.store.close()
+
+
+def test_an_actor_that_dies_as_it_starts_is_a_set_up_error_naming_the_likely_cause(tmp_path: Path, monkeypatch) -> None:
+    """An actor whose process cannot import the engine dies before it answers: the app says to install avatarbench
+    on every node, in Ray's words after, not a traceback of Ray's."""
+    ray = pytest.importorskip("ray")
+    from ray.exceptions import RayActorError
+
+    from engine.core.errors import SetupError
+
+    workers = _bare_pool(tmp_path)
+    actor = SimpleNamespace(describe=SimpleNamespace(remote=lambda kinds: "its answer"))
+    monkeypatch.setattr(ray, "get", lambda refs, timeout: _raise(RayActorError()))
+    with pytest.raises(SetupError, match=r"^a Ray worker could not start \(is avatarbench installed on every node\?\): "
+                       "The actor experienced an error before finishing this task.$"):  # fmt: skip
+        workers._describe([actor])
+
+
+def test_a_driver_whose_store_fails_ends_its_worker_saying_why(tmp_path: Path, monkeypatch) -> None:
+    """The broker fails the job of a worker that ended with the worker's reason: a store error under the app-side
+    driver must reach it in those words (not a bare exit code), the actor be stopped and the handle forgotten."""
+    ray = pytest.importorskip("ray")
+    from engine.jobs import ray_pool
+    from engine.jobs.store import StoreError
+    from engine.jobs.worker import WorkerSpec
+
+    def locked(*_: Any) -> None:
+        raise StoreError("database is locked")
+
+    killed: list[Any] = []
+    monkeypatch.setattr(ray, "kill", lambda actor, no_restart: killed.append(actor))
+    workers = _bare_pool(tmp_path)
+    workers.store = SimpleNamespace(claim_next=locked)
+    actor = SimpleNamespace(name="the actor")
+    workers._slots["cuda:0"] = ray_pool._Slot("cuda:0", "pg-a", 0.5, "cuda:0")
+    workers._ready["cuda:0"] = [(actor, {"node_id": "far-node", "node_ip": "10.0.0.2", "gpu_ids": ["0"], "pid": 7})]
+    handle = workers.launch(WorkerSpec("cuda:0", "", "", {}), threading.Event(), threading.Event())
+    handle.join(10)
+    assert not handle.is_alive() and handle.exitcode == 1
+    assert handle.reason == "its Ray worker's driver failed: StoreError: database is locked"
+    assert killed == [actor] and workers.handles() == []
+    assert handle.pid is not None and handle.pid < 0  # an actor on another node: never a process id here
+
+
+class _MadeUpActor:
+    """An actor handle whose calls return names of answers (ray.get, faked, looks them up): what a driver asks, and
+    what it sent (`asked`: the inputs it asked about, `shipped`: the inputs that came with the job)."""
+
+    def __init__(self) -> None:
+        self.asked: list[list[str]] = []
+        self.shipped: list[dict[str, Any]] = []
+        self.missing_blobs = SimpleNamespace(remote=lambda shas: self.asked.append(shas) or "missing")
+        self.run = SimpleNamespace(remote=lambda job, kinds, run_on, blobs: self.shipped.append(blobs) or "outcome")
+        self.poll = SimpleNamespace(options=lambda concurrency_group: SimpleNamespace(remote=lambda: "poll"))
+        self.close = SimpleNamespace(remote=lambda: "closed")
+
+
+def test_a_failure_around_the_handler_in_an_actor_fails_its_job_naming_it(tmp_path: Path, monkeypatch) -> None:
+    """What fails in the actor outside run_job (reading the result's files back, its own store) reaches the app as
+    Ray's RayTaskError: the job fails as an internal error in its Ray worker, with the cause's type and words, and
+    the worker goes on to the next job."""
+    pytest.importorskip("ray")
+    import ray
+    from ray.exceptions import RayTaskError
+
+    from engine.jobs import ray_pool
+    from engine.jobs.worker import WorkerSpec
+
+    answers = {"missing": [], "poll": {"progress": None, "partial": None, "rss": 2**20}, "closed": None}
+
+    def get(ref: str, timeout: float | None = None) -> Any:
+        if ref == "outcome":
+            raise RayTaskError("run", "Traceback (most recent call last): ...", PermissionError("outputs/a.mp4"))
+        return answers[ref]
+
+    monkeypatch.setattr(ray, "get", get)
+    monkeypatch.setattr(ray, "wait", lambda refs, timeout: (refs, []))
+    monkeypatch.setattr(ray, "kill", lambda actor, no_restart: None)
+    workers = _bare_pool(tmp_path)
+    with JobStore(workers.settings.db_path, workers.settings.data_dir / "blobs") as store:
+        workers.store = store
+        job = store.submit("lipsync", {}, "cuda:0", owner=OWNER)
+        workers._slots["cuda:0"] = ray_pool._Slot("cuda:0", "pg-a", 0.5, "cuda:0")
+        workers._ready["cuda:0"] = [(_MadeUpActor(), {"node_id": "far-node", "node_ip": "10.0.0.2", "pid": 7})]
+        stop = threading.Event()
+        handle = workers.launch(WorkerSpec("cuda:0", "", "", {}, poll_s=0.05), threading.Event(), stop)
+        failed = _until("the job failed", lambda: (j := store.get(job.id)).status == FAILED and j)
+        stop.set()
+        handle.join(10)
+    assert failed.error == "internal error in its Ray worker: PermissionError: outputs/a.mp4"
+    assert not handle.is_alive() and handle.exitcode == 0 and handle.reason is None
+
+
+def test_a_cluster_without_gpus_or_cpu_workers_still_gets_the_brokers_cpu_worker(tmp_path: Path, monkeypatch) -> None:
+    """With no GPU free and no CPU workers asked for, the pool has no devices and the broker falls back to one CPU
+    worker: its launch must start a CPU actor (no GPU share, handlers on the CPU), not refuse the only device."""
+    pytest.importorskip("ray")
+    import ray
+
+    from engine.core.errors import SetupError
+    from engine.jobs import ray_pool
+    from engine.jobs.worker import WorkerSpec
+
+    started: list[Any] = []
+    killed: list[Any] = []
+    monkeypatch.setattr(ray, "kill", lambda actor, no_restart: killed.append(actor))
+
+    def cannot_answer(actors: list[Any]) -> list[dict[str, Any]]:
+        raise SetupError("Ray actors did not start within 120 s (is the cluster busy?)")
+
+    workers = _bare_pool(tmp_path)
+    monkeypatch.setattr(workers, "_new_actor", lambda slot: started.append(slot) or SimpleNamespace(slot=slot))
+    monkeypatch.setattr(workers, "_describe", cannot_answer)
+    assert workers.workers == {}
+    handle = workers.launch(WorkerSpec("cpu", "", "", {}), threading.Event(), threading.Event())
+    handle.join(10)
+    assert started == [ray_pool._Slot("cpu", None, 0, "cpu")]
+    assert handle.reason == "Ray actors did not start within 120 s (is the cluster busy?)"
+    assert [actor.slot for actor in killed] == started  # the actor that never answered is not left to start later
+
+
+def test_only_the_inputs_an_actor_lacks_are_shipped_with_a_job(tmp_path: Path, monkeypatch) -> None:
+    """A model every job of a sweep uses, once on the node, is not sent again (hundreds of MB a job through Ray's
+    object store); the one the actor lacks goes with the job, and the job's result reaches the app's store."""
+    pytest.importorskip("ray")
+    import ray
+
+    from engine.jobs import ray_pool
+    from engine.jobs.worker import WorkerSpec
+
+    put: list[bytes] = []
+    monkeypatch.setattr(ray, "put", lambda data: put.append(data) or f"object-{len(put)}")
+    monkeypatch.setattr(ray, "wait", lambda refs, timeout: (refs, []))
+    monkeypatch.setattr(ray, "kill", lambda actor, no_restart: None)
+    workers = _bare_pool(tmp_path)
+    with JobStore(workers.settings.db_path, workers.settings.data_dir / "blobs") as store:
+        workers.store = store
+        shas = {}
+        for name in ("model", "audio"):
+            (tmp_path / name).write_bytes(name.encode() * 100)
+            shas[name] = store.put_blob(tmp_path / name)
+        answers = {"missing": [shas["audio"]], "poll": {"progress": None, "partial": None, "rss": 2**20},
+                   "closed": None, "outcome": {"job": "", "result": {"score": 0.5}, "files": []}}  # fmt: skip
+        monkeypatch.setattr(ray, "get", lambda ref, timeout=None: answers[ref])
+        job = store.submit("lipsync", {"model": shas["model"], "audio": shas["audio"]}, "cuda:0", owner=OWNER)
+        actor = _MadeUpActor()
+        workers._slots["cuda:0"] = ray_pool._Slot("cuda:0", "pg-a", 0.5, "cuda:0")
+        workers._ready["cuda:0"] = [(actor, {"node_id": "far-node", "node_ip": "10.0.0.2", "pid": 7})]
+        stop = threading.Event()
+        handle = workers.launch(WorkerSpec("cuda:0", "", "", {}, poll_s=0.05), threading.Event(), stop)
+        done = _until("the job done", lambda: (j := store.get(job.id)).status == DONE and j)
+        stop.set()
+        handle.join(10)
+    assert actor.asked == [sorted(shas.values())]
+    assert put == [b"audio" * 100] and actor.shipped == [{shas["audio"]: "object-1"}]
+    assert done.result["score"] == 0.5
