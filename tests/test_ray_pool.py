@@ -568,19 +568,34 @@ def test_a_job_without_an_id_removes_no_outputs_and_an_id_only_its_own(tmp_path:
 def test_only_the_folders_of_actors_that_ended_are_swept(tmp_path: Path) -> None:
     """Every actor that starts on a node sweeps what dead ones left: a living actor's folder (its blobs, its store)
     must stay, or the job it runs loses its inputs under it."""
-    from engine.jobs.ray_pool import RUNNING, _sweep_dead_actor_folders
+    from engine.jobs.ray_pool import RUNNING, _actor_folder, _sweep_dead_actor_folders
 
-    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    dead_pid = int(ended.stdout)
+    ended = [
+        int(
+            subprocess.run(
+                [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+            ).stdout
+        )
+        for _ in range(2)
+    ]
+    dead_pid, earlier_pid = ended
     actors, outputs = tmp_path / "actors", tmp_path / "outputs"
     outputs.mkdir()
-    for pid, job in ((os.getpid(), "living"), (dead_pid, "killed")):
-        (actors / str(pid)).mkdir(parents=True)
-        (actors / str(pid) / RUNNING).write_text(job)
+    folders = {
+        _actor_folder(os.getpid()): "living",
+        _actor_folder(dead_pid): "killed",
+        str(earlier_pid): "earlier-version",  # a bare process id: the folder of a version before hosts were named
+        # a data dir shared by nodes (an NFS home): another host's actor, whose process id means nothing here
+        f"other-node-{dead_pid}": "elsewhere",
+    }
+    for name, job in folders.items():
+        (actors / name).mkdir(parents=True)
+        (actors / name / RUNNING).write_text(job)
         (outputs / f"lipsync-{job}.mp4").write_bytes(b"half a video")
     _sweep_dead_actor_folders(actors, outputs)
-    assert [p.name for p in actors.iterdir()] == [str(os.getpid())]
-    assert [p.name for p in outputs.iterdir()] == ["lipsync-living.mp4"]
+    assert sorted(p.name for p in actors.iterdir()) == sorted([_actor_folder(os.getpid()), f"other-node-{dead_pid}"])
+    assert sorted(p.name for p in outputs.iterdir()) == ["lipsync-elsewhere.mp4", "lipsync-living.mp4"]
+    assert _actor_folder(dead_pid) == f"{socket.gethostname()}-{dead_pid}"
 
 
 def test_an_output_path_from_an_actor_is_written_only_inside_the_apps_outputs_folder(tmp_path: Path) -> None:

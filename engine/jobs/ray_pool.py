@@ -34,7 +34,7 @@ import json
 import logging
 import os
 import shutil
-import tempfile
+import socket
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.core.errors import AvatarbenchError, InputError, SetupError, one_line
+from engine.core.files import written_whole
 from engine.core.settings import PREFIX, RAY_ADDRESS, Settings, ray_reachable
 from engine.jobs.store import CPU, FAILED, Job, JobStore, StoreError, blob_refs
 from engine.jobs.worker import PROGRESS_INTERVAL_S, WorkerContext, WorkerSpec, run_job
@@ -132,12 +133,22 @@ def _outputs_named(value: Any, outputs_dir: Path) -> Iterator[tuple[str, str]]:
             yield from _outputs_named(item, outputs_dir)
 
 
+def _actor_folder(pid: int) -> str:
+    """An actor's folder: its host and process id. A data dir shared by several nodes (an NFS home) holds the actors
+    of all of them; by process id alone, two nodes' actors could share one folder, and one node's sweep took another
+    node's living actor for dead."""
+    return f"{socket.gethostname()}-{pid}"
+
+
 def _sweep_dead_actor_folders(parent: Path, outputs_dir: Path) -> None:
     """Folders of this node's actors that died without cleaning up (ray.kill, a cancel, a time limit give no chance
     to), with what the job each was running had written to the shared outputs folder (a half-made video, its live
-    stream: hundreds of MB a job)."""
+    stream: hundreds of MB a job). Another host's folders are its own sweep's; a bare process id is an earlier
+    version's folder, taken as this node's."""
+    host = socket.gethostname()
     for folder in parent.glob("*"):
-        if folder.is_dir() and folder.name.isdigit() and _gone(int(folder.name)):
+        owner, _, pid = folder.name.rpartition("-")
+        if folder.is_dir() and owner in (host, "") and pid.isdigit() and _gone(int(pid)):
             with contextlib.suppress(OSError):
                 _remove_job_outputs(outputs_dir, (folder / RUNNING).read_text().strip())
             shutil.rmtree(folder, ignore_errors=True)
@@ -190,7 +201,7 @@ class RayWorkerActor:
         actors = self.settings.data_dir / "actors"
         actors.mkdir(parents=True, exist_ok=True)
         _sweep_dead_actor_folders(actors, self.settings.outputs_dir)
-        self.folder = actors / str(os.getpid())
+        self.folder = actors / _actor_folder(os.getpid())
         self.store = _ActorStore(self.folder / "jobs.sqlite3", self.folder / "blobs")
         self.context = WorkerContext(self.store, self.settings, CPU)
 
@@ -621,21 +632,10 @@ def _rewrite(value: Any, moved: Mapping[str, str]) -> Any:
 
 
 def _write_whole(dest: Path, data: bytes) -> None:
-    """`data` at `dest`, whole or not at all, with the permissions a file made here gets (mkstemp's are 0600: the
-    outputs a Ray worker made could not be read by the users a local worker's could)."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".incoming-", dir=dest.parent)
-    with open(fd, "wb") as out:
-        out.write(data)
-    os.chmod(tmp, 0o666 & ~_umask())
-    os.replace(tmp, dest)
-
-
-def _umask() -> int:
-    """This process's umask, read without setting it (os.umask sets it for every thread at once)."""
-    with contextlib.suppress(OSError, StopIteration, ValueError), open("/proc/self/status") as status:
-        return int(next(line for line in status if line.startswith("Umask:")).split()[1], 8)
-    return 0o022
+    """`data` at `dest`, whole or not at all, with the permissions a file made here gets (the outputs a Ray worker
+    made could not be read by the users a local worker's could)."""
+    with written_whole(dest) as tmp:
+        tmp.write_bytes(data)
 
 
 def _connect(address: str | None, init_kwargs: Mapping[str, Any]) -> bool:
