@@ -438,3 +438,57 @@ def test_summaries_show_users_names_as_written_and_keep_their_own_code() -> None
               "device": "cpu", "error": f"cannot read {odd}"}  # fmt: skip
     for status in (onnx_eval.status_markdown(failed), bench._status_text(failed)):
         assert "· *model*.onnx " in shown(status) and "❌ cannot read _take*2*.mp4 &lt;clip&gt;" in shown(status)
+
+
+def _inspection(**changes: object) -> dict:
+    """A hand-built inspection with every field inspection_markdown reads."""
+    return {"name": "m.onnx", "ir_version": 8, "opsets": {"": 17}, "producer": "pytorch 2.5", "parameters": 12,
+            "parameter_bytes": 48, "size_bytes": 300, "sha256": "ab" * 32, "symbols": {}, "flops": None,
+            "flops_not_counted": ["Relu"], "op_counts": {"Relu": 1}, "warnings": [], **changes}  # fmt: skip
+
+
+def test_the_inspection_lists_ops_most_used_first_and_an_unnamed_producer_as_unknown() -> None:
+    described = onnx_report.inspection_markdown(_inspection(op_counts={"Add": 1, "MatMul": 3, "Relu": 2}, producer=""))
+    assert "- ops: MatMul ×3, Relu ×2, Add ×1" in described.splitlines()
+    assert " · producer unknown" in described.splitlines()[0]
+
+
+def test_the_inputs_with_a_default_stop_at_the_listed_count() -> None:
+    """Exactly DEFAULTS_LISTED are all shown with no "… and 0 more"; one more shows DEFAULTS_LISTED and the count."""
+    from engine.onnx.model import DEFAULTS_LISTED
+
+    spec = {"name": "w", "dtype": "float32", "shape": [3]}
+    for count, more in ((DEFAULTS_LISTED, []), (DEFAULTS_LISTED + 1, ["… and 1 more"])):
+        rows = onnx_report.io_rows({"inputs": [], "outputs": [], "overridable_inputs": [spec] * count})
+        assert [r[1] for r in rows] == ["w"] * DEFAULTS_LISTED + more
+
+
+def test_the_inspection_says_at_which_shapes_it_counted_the_flops() -> None:
+    fixed = onnx_report.inspection_markdown(_inspection(flops=24, flops_not_counted=[]))
+    assert "- 24 FLOP per run at its fixed shapes; not counted: nothing" in fixed.splitlines()
+
+
+def test_an_evaluations_summary_names_the_provider_each_session_got_first() -> None:
+    """ORT lists the providers a session got best first: TensorRT's session ran on TensorRT, not on its CPU fallback."""
+    got = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    report = {"sessions": {"trt": {"got": got}}}
+    assert onnx_report.summary_markdown(report).endswith("sessions: trt → Tensorrt")
+
+
+def test_the_latency_chart_is_flagged_when_any_box_is() -> None:
+    """The title warns when any configuration's spread is too wide, not only the last one drawn."""
+    report = _onnx_report()
+    report["results"][2]["times_ms"] = [1.0, 5.0]  # the wide row drawn first, a steady one after it
+    report["results"][0]["times_ms"] = [1.2, 1.3]
+    report["results"] = report["results"][::-1]
+    assert onnx_report.latency_figure(report).layout.title.text.endswith("(⚠️ spread too wide to trust)")
+
+
+def test_an_evaluations_warnings_show_users_names_as_written() -> None:
+    """A warning names the model's outputs: `*logits*` showed in italics and `<raw>` vanished as a tag."""
+    from markdown_it import MarkdownIt
+
+    html = MarkdownIt("commonmark").render(
+        onnx_report.summary_markdown({"warnings": ["output *logits* <raw> differs"]})
+    )
+    assert "⚠️ output *logits* &lt;raw&gt; differs" in html
