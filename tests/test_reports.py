@@ -492,3 +492,34 @@ def test_an_evaluations_warnings_show_users_names_as_written() -> None:
         onnx_report.summary_markdown({"warnings": ["output *logits* <raw> differs"]})
     )
     assert "⚠️ output *logits* &lt;raw&gt; differs" in html
+
+
+def test_a_sweeps_charts_keep_each_configuration_apart_and_in_order() -> None:
+    """The bars read top to bottom in the table's order, each hover naming its whole configuration; a channels-last
+    series is a line of its own; a baseline the report's rows do not reach is named in words, not an IndexError."""
+    report = _sweep_report()
+    bars = bench_report.speedup_figure(report)
+    assert bars.layout.yaxis.autorange == "reversed"  # the first row on top, as in the table
+    assert list(bars.data[0].customdata) == ["cuda ort-cuda fp16 b1", "cuda ort-cuda fp16 b8"]
+    assert list(bars.data[0].y) == ["b1", "b8"]  # "cuda ort-cuda fp16" said once, in the title
+    beyond = {**report, "config": {"baseline": len(report["results"])}}
+    assert bench_report.speedup_figure(beyond).layout.title.text.startswith("Speed-up against the baseline")
+    wide, gpu, _ = report["results"]
+    lines = bench_report.throughput_figure({"results": [wide, {**gpu, "channels_last": True}]}).data
+    assert [(t.name, list(t.x)) for t in lines] == [("cuda ort-cuda fp16", [1]), ("cuda ort-cuda fp16 cl", [8])]
+
+
+def test_a_sweeps_memory_columns_round_to_the_nearest_mib() -> None:
+    """1.6 MiB reads 2, not 1 (truncated)."""
+    gpu = {**_sweep_report()["results"][1], "peak_allocated_bytes": int(1.6 * 2**20), "device_used_bytes": 2**20 - 1}
+    (row,) = bench_report.result_rows({"results": [gpu]})
+    shown = dict(zip(bench_report.RESULT_HEADERS, row, strict=True))
+    assert (shown["peak alloc MiB"], shown["device used MiB"]) == (2, 1)
+
+
+def test_the_telemetry_charts_power_on_its_own_watts_axis() -> None:
+    """250 W on the utilisation axis (0-105 %) ran off the chart."""
+    report = {"results": [{"label": "a", "telemetry": [[0.0, 90.0, None, 250.0, 10.0]]}]}
+    fig = bench_report.telemetry_figure(report)
+    assert {t.name: t.yaxis for t in fig.data} == {"GPU utilisation %": "y", "GPU power W": "y2"}
+    assert fig.layout.yaxis2.title.text == "W" and list(fig.layout.yaxis.range) == [0, 105]
