@@ -523,3 +523,12 @@ def test_the_telemetry_charts_power_on_its_own_watts_axis() -> None:
     fig = bench_report.telemetry_figure(report)
     assert {t.name: t.yaxis for t in fig.data} == {"GPU utilisation %": "y", "GPU power W": "y2"}
     assert fig.layout.yaxis2.title.text == "W" and list(fig.layout.yaxis.range) == [0, 105]
+
+
+def test_a_sweep_row_that_fell_back_names_what_it_ran_on() -> None:
+    """TensorRT falls back to CUDA before the CPU: an ort-trt row on CUDA read "fell back to the CPU"."""
+    failed = {**_sweep_report()["results"][2], "error": None}
+    rows = bench_report.result_rows(
+        {"results": [{**failed, "ran_on": "CUDAExecutionProvider"}, {**failed, "ran_on": "CPUExecutionProvider"}]}
+    )
+    assert [row[-1] for row in rows] == ["⚠️ fell back to CUDA", "⚠️ fell back to the CPU"]

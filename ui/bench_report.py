@@ -46,8 +46,9 @@ def _note(row: dict) -> str:
     parts = []
     if row.get("error"):
         parts.append(row["error"][:200])
-    if row.get("fell_back"):
-        parts.append("⚠️ fell back to the CPU")
+    if row.get("fell_back"):  # TensorRT falls back to CUDA first: name what it ran on
+        ran_on = str(row.get("ran_on") or "CPUExecutionProvider").removesuffix("ExecutionProvider")
+        parts.append(f"⚠️ fell back to {'the CPU' if ran_on == 'CPU' else ran_on}")
     wide = spread_warning(row.get("latency"))
     parts += [w for w in row.get("warnings", []) if w != wide]  # the full reason is beside the charts
     if wide:
