@@ -235,7 +235,7 @@ def test_a_sweeps_compare_table_and_summary_quote_its_own_figures() -> None:
     rows = bench_report.compare_rows([("job1", "h100", report)])
     assert rows[1] == ["job1", "h100", "mlp", "cuda ort-cuda fp16 b8", "ok", 1.235, 6480.5, 3.14, 0.012]
     assert bench_report.summary_markdown(report, {"id": "j1", "imported": True}).splitlines() == [
-        "**The MLP** on NVIDIA H100 · torch 2.5 · onnxruntime 1.20 · 2.50 GFLOP per sample · job `j1` (imported)",
+        "**The MLP** on NVIDIA H100 · torch 2.5 · onnxruntime 1.20 · 2.5 GFLOP per sample · job `j1` (imported)",
         "- a note",
     ]
     cpu = {**report, "machine": {"cpu_count": 8}, "model": {"name": "mlp"}}
@@ -532,3 +532,9 @@ def test_a_sweep_row_that_fell_back_names_what_it_ran_on() -> None:
         {"results": [{**failed, "ran_on": "CUDAExecutionProvider"}, {**failed, "ran_on": "CPUExecutionProvider"}]}
     )
     assert [row[-1] for row in rows] == ["⚠️ fell back to CUDA", "⚠️ fell back to the CPU"]
+
+
+def test_a_small_models_flops_per_sample_read_in_a_unit_that_keeps_them() -> None:
+    """A 24-FLOP model read "0.00 GFLOP per sample": zero, where the inspection said 24 FLOP."""
+    tiny = {**_sweep_report(), "model": {"name": "mlp", "flops_per_sample": 24.0}}
+    assert bench_report.summary_markdown(tiny).splitlines()[0].endswith("· 24 FLOP per sample")

@@ -8,6 +8,7 @@ from typing import Any
 import plotly.graph_objects as go
 
 from engine.bench.planner import CPU_ROW
+from engine.onnx.flops import format_flops
 from engine.onnx.timing import spread_warning
 from ui.widgets import layout, log_axis, markdown_literal
 
@@ -96,7 +97,7 @@ def summary_markdown(report: dict, job: dict | None = None) -> str:
     gpu = machine.get("gpu") or {}
     where = gpu.get("name") or f"CPU ({machine.get('cpu_count')} cores)"
     flops = model.get("flops_per_sample")
-    cost = f"{flops / 1e9:.2f} GFLOP per sample" if flops else "FLOPs unknown"
+    cost = f"{format_flops(flops)} per sample" if flops else "FLOPs unknown"  # a tiny model read 0.00 GFLOP
     title = markdown_literal(str(model.get("title", model.get("name"))))  # an imported report's text is anyone's
     lines = [
         f"**{title}** on {markdown_literal(where)} · torch {machine.get('torch')} · onnxruntime "
