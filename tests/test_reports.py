@@ -538,3 +538,18 @@ def test_a_small_models_flops_per_sample_read_in_a_unit_that_keeps_them() -> Non
     """A 24-FLOP model read "0.00 GFLOP per sample": zero, where the inspection said 24 FLOP."""
     tiny = {**_sweep_report(), "model": {"name": "mlp", "flops_per_sample": 24.0}}
     assert bench_report.summary_markdown(tiny).splitlines()[0].endswith("· 24 FLOP per sample")
+
+
+def test_the_inspection_shows_the_models_own_names_as_written() -> None:
+    """Its warnings name the model's functions, domains and inputs, and its producer is the exporter's text: a
+    dynamo export's `pkg.__main__` domain showed as pkg.<strong>main</strong>, `*` made italics."""
+    from markdown_it import MarkdownIt
+
+    local = "1 model-local function(s): pkg.__main__.Block"
+    opsets = {"": 17, "pkg.__main__": 1}
+    described = onnx_report.inspection_markdown(
+        _inspection(producer="my*exporter* 1.0", warnings=[local], opsets=opsets)
+    )
+    html = MarkdownIt("commonmark").render(described)
+    assert "opsets {'': 17, 'pkg.__main__': 1} · producer my*exporter* 1.0" in html.replace("&#x27;", "'")
+    assert f"⚠️ {local}" in html

@@ -198,9 +198,10 @@ def inspection_markdown(inspection: dict) -> str:
     symbols = inspection["symbols"]
     at = " at " + (", ".join(f"{name}={value}" for name, value in symbols.items()) or "its fixed shapes")
     ops = ", ".join(f"{op} ×{n}" for op, n in sorted(inspection["op_counts"].items(), key=lambda kv: -kv[1]))
+    opsets, producer = str(inspection["opsets"]), inspection["producer"] or "unknown"  # the model's own text
     lines = [
-        f"**{markdown_literal(inspection['name'])}** · IR {inspection['ir_version']} · opsets {inspection['opsets']} · "
-        f"producer {inspection['producer'] or 'unknown'}",
+        f"**{markdown_literal(inspection['name'])}** · IR {inspection['ir_version']} · opsets "
+        f"{markdown_literal(opsets)} · producer {markdown_literal(producer)}",
         f"- {inspection['parameters']:,} parameters, {format_bytes(inspection['parameter_bytes'])} of weights; "
         f"file {format_bytes(inspection['size_bytes'])}; sha256 `{inspection['sha256'][:16]}…`",
         f"- {flops_line(inspection.get('flops'), inspection['flops_not_counted'], at)}",
@@ -209,7 +210,8 @@ def inspection_markdown(inspection: dict) -> str:
     if batch := inspection.get("batch_symbols"):  # reports stored before it have none
         lines.append(f"- batch: {', '.join(f'`{b}`' for b in batch)}, free (an evaluation runs each batch size "
                      "asked for)")  # fmt: skip
-    lines += [f"- ⚠️ {w}" for w in inspection.get("warnings", []) if not w.startswith(_OLD_BATCH_NOTE)]
+    # the warnings name the model's own functions, domains and inputs (a dynamo export's `pkg.__main__`)
+    lines += [f"- ⚠️ {markdown_literal(w)}" for w in inspection.get("warnings", []) if not w.startswith(_OLD_BATCH_NOTE)]
     return "\n".join(lines)
 
 
