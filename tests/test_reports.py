@@ -553,3 +553,13 @@ def test_the_inspection_shows_the_models_own_names_as_written() -> None:
     html = MarkdownIt("commonmark").render(described)
     assert "opsets {'': 17, 'pkg.__main__': 1} · producer my*exporter* 1.0" in html.replace("&#x27;", "'")
     assert f"⚠️ {local}" in html
+
+
+def test_an_output_missing_or_of_another_shape_is_said_in_words() -> None:
+    """No figures to show: the row says why, under the provider that fell back (flagged)."""
+    outputs = {"y": {"missing": True}, "z": {"shape_mismatch": True, "reference_shape": [1, 3], "shape": [1, 4]}}
+    report = {"parity": {"cuda": outputs}, "sessions": {"cuda": {"fell_back": True}}}
+    assert [(row[0], row[1], row[-1]) for row in onnx_report.parity_rows(report)] == [
+        ("cuda ⚠️ fell back", "y", "missing / shape or type differs"),
+        ("cuda ⚠️ fell back", "z", "missing / shape or type differs"),
+    ]
