@@ -415,9 +415,11 @@ def test_the_sweep_table_shows_each_figure_in_its_unit_and_keeps_its_columns_ali
            "device_used_bytes": None, "error_vs_fp32": {"rel_l2": 1e-6}, "error": None,
            "warnings": ["it was slow"]}  # fmt: skip
     report = {"model": {"title": "Net", "flops_per_sample": 3.5e9}, "notes": ["a note", "how it ran"], "results": [row]}
+    _print_sweep({**report, "model": {"title": "Tiny", "flops_per_sample": 24}})
+    assert capsys.readouterr().out.startswith("Tiny (24 FLOP/sample); ")  # it read 0.00 GFLOP/sample
     _print_sweep(report)
     lines = capsys.readouterr().out.splitlines()
-    assert lines[:2] == ["Net (3.50 GFLOP/sample); how it ran", "  note: a note"]
+    assert lines[:2] == ["Net (3.5 GFLOP/sample); how it ran", "  note: a note"]
     header, printed = lines[2], lines[3]
     assert printed.split() == ["cpu", "eager", "fp32", "b1", "ok", "1.500", "12.3", "-", "-", "-", "100", "1.00e-06"]
     assert len(printed) == len(header) and printed.endswith(" 1.00e-06")  # every column where its heading is

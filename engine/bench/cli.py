@@ -26,6 +26,7 @@ from engine.core.commands import (
 )
 from engine.core.errors import InputError, OutputClash
 from engine.core.options import from_args
+from engine.onnx.flops import format_flops
 
 
 @contextlib.contextmanager
@@ -116,8 +117,8 @@ def _fmt(value: Any, spec: str) -> str:
 def _print_sweep(report: dict[str, Any]) -> None:
     model = report["model"]
     flops = model["flops_per_sample"]
-    gflops = f"{flops / 1e9:.2f} GFLOP/sample" if flops else "FLOPs unknown"
-    print(f"{model['title']} ({gflops}); {report['notes'][-1]}")
+    per_sample = f"{format_flops(flops)}/sample" if flops else "FLOPs unknown"  # a small model read 0.00 GFLOP
+    print(f"{model['title']} ({per_sample}); {report['notes'][-1]}")
     for note in report["notes"][:-1]:
         print(f"  note: {note}")
     print(f"{'configuration':<36} {'status':<6} {'p50 ms':>9} {'samples/s':>10} {'x base':>7} {'TFLOP/s':>8} "
