@@ -192,6 +192,15 @@ def test_ort_runtime_takes_numpy_feeds_by_name(model: Model) -> None:
     runtime.close()
 
 
+def test_ort_runtime_refuses_torch_inputs_that_do_not_match_the_models(model: Model) -> None:
+    """A tensor more than the model takes was dropped without a word, and the point measured on the rest."""
+    runtime = make_runtime(model, Point("ort-cpu"), "cpu")
+    runtime.load()
+    with pytest.raises(ValueError, match="zip"):
+        runtime.set_inputs((*_inputs(), torch.zeros(3, 1)))
+    runtime.close()
+
+
 def test_ort_cuda_without_cuda_falls_back_loudly_and_still_runs(model: Model) -> None:
     from engine.system.ort_probe import probe_provider
 
@@ -667,6 +676,99 @@ def test_cuda_graphs_warm_up_capture_and_replay_on_the_runtimes_card(
     assert runtime.last is captured_output
 
 
+def test_cuda_graphs_order_their_streams_and_capture_without_autograd(
+    model: Model, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The side stream waits for the default one (where the inputs were placed) before the warm-ups, and the default
+    one for the warm-ups before the capture: without either wait a run reads inputs or buffers not yet written.
+    Warm-ups and capture run under inference mode (with autograd on, the graph keeps every activation), and a
+    closed runtime lets the captured graph and its output go."""
+    import gc
+    import weakref
+
+    cuda = FakeCuda(monkeypatch)
+    waits: list[tuple[str, str]] = []
+    inference: list[bool] = []
+    outputs: list[torch.Tensor] = []
+
+    class Stream:
+        def __init__(self, device: Any = None, name: str = "side") -> None:
+            self.name = name
+
+        def wait_stream(self, other: Stream) -> None:
+            waits.append((self.name, other.name))
+
+    monkeypatch.setattr(torch.cuda, "Stream", Stream)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: Stream(name="default"))
+
+    class OnAnyCard(torch.nn.Module):
+        def to(self, *args: Any, **kwargs: Any) -> OnAnyCard:
+            return self
+
+        def forward(self, *inputs: Any) -> torch.Tensor:
+            cuda.record("module")
+            inference.append(torch.is_inference_mode_enabled())
+            outputs.append(torch.ones(3))
+            return outputs[-1]
+
+    runtime = make_runtime(Model("on-any-card", OnAnyCard), Point("cudagraphs"), "cuda:1")
+    runtime.load()
+    runtime.inputs = ()
+    runtime._capture()  # type: ignore[attr-defined]
+    assert waits == [("side", "default"), ("default", "side")]
+    assert inference and all(inference)
+    runtime.run()
+    captured = weakref.ref(outputs[-1])
+    outputs.clear()
+    runtime.close()
+    gc.collect()
+    assert captured() is None
+
+
+def test_eager_on_cuda_times_each_run_by_its_own_events_on_the_runtimes_card(
+    model: Model, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each time is its run's start event to its end event, in run order, recorded on the runtime's card (on another
+    card's stream the events time nothing of ours), and read after one synchronize at the end: a sync per run
+    would take away the launch overlap the eager numbers report."""
+    cuda = FakeCuda(monkeypatch)
+    clock = {"ms": 0.0}
+    run_lengths = iter([2.0, 5.0, 7.0])
+    recorded: list[tuple[str, str | None]] = []
+
+    class Event:
+        def __init__(self, enable_timing: bool = False) -> None:
+            assert enable_timing
+            self.at: float | None = None
+
+        def record(self) -> None:
+            self.at = clock["ms"]
+            recorded.append(("event", cuda.devices[-1] if cuda.devices else None))
+
+        def elapsed_time(self, end: Event) -> float:
+            assert self.at is not None and end.at is not None
+            return end.at - self.at
+
+    def synchronize(device: Any = None) -> None:
+        recorded.append(("synchronize", str(device)))
+
+    class Timed(torch.nn.Module):
+        def to(self, *args: Any, **kwargs: Any) -> Timed:  # the CPU has no cuda:1 to move to
+            return self
+
+        def forward(self, *inputs: Any) -> torch.Tensor:
+            clock["ms"] += next(run_lengths)
+            return torch.zeros(1)
+
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch.cuda, "synchronize", synchronize)
+    runtime = make_runtime(Model("timed", Timed), Point("eager"), "cuda:1")
+    runtime.load()
+    runtime.inputs = ()  # set_inputs would move tensors to cuda:1
+    assert runtime.timed_runs(3) == [2.0, 5.0, 7.0]
+    assert recorded == [("event", "cuda:1")] * 6 + [("synchronize", "cuda:1")]
+
+
 @pytest.mark.parametrize(
     ("runtime", "precision", "tf32", "fp16"),
     [("ort-cuda", "fp32", False, False), ("ort-cuda", "tf32", True, False), ("ort-trt", "tf32", True, False),
@@ -690,7 +792,9 @@ def test_an_ort_runtime_on_a_gpu_binds_its_inputs_on_its_card(model: Model, monk
     assert runtime.binding is not None  # type: ignore[attr-defined]
     assert seen["binding"] == [("input", "x", ("cuda", 1)), ("output", "y", ("cuda", 1))]
     runtime.run()
-    assert seen["bound_runs"] == 1 and runtime.output().tolist() == [[1.5] * 3] * 2  # the first output, as float64
+    output = runtime.output()
+    assert seen["bound_runs"] == 1 and output.tolist() == [[1.5] * 3] * 2  # the first output
+    assert output.dtype == np.float64  # as the torch runtimes' outputs are compared
 
 
 def test_eager_sets_tf32_and_cudnn_autotuning_as_the_point_says(model: Model, monkeypatch: pytest.MonkeyPatch) -> None:
