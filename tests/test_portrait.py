@@ -230,7 +230,7 @@ def test_under_tensorrt_the_motion_extractor_runs_on_the_cuda_provider(monkeypat
     monkeypatch.setattr(onnx_backend, "OrtSession", fake_session)
     paths = {name: Path(f"{name}.onnx") for name in onnx_backend.FILES}
     onnx_backend.OnnxNetworks(paths, "onnx-trt", {}, precision="fp16")
-    assert asked["motion"].provider == "cuda" and not asked["motion"].cuda_tf32
+    assert asked["motion"].provider == "cuda" and not asked["motion"].cuda_tf32 and not asked["motion"].trt_fp16
     assert all(asked[name].provider == "trt" and asked[name].trt_fp16 for name in onnx_backend.HALF_NETWORKS)
 
 
@@ -366,8 +366,13 @@ def test_the_export_cache_key_follows_the_weights_and_the_export_version(
     resized = onnx_backend.weights_digest(tmp_path)
     os.utime(weight, ns=(mtime, mtime + 1))  # the same size at another time
     touched = onnx_backend.weights_digest(tmp_path)
+    renamed_weight = weight.rename(weight.with_name("spade_generator.pth"))  # same size and time, another network
+    renamed = onnx_backend.weights_digest(tmp_path)
+    renamed_weight.rename(weight)
     monkeypatch.setattr(onnx_backend, "EXPORT_VERSION", onnx_backend.EXPORT_VERSION + 1)
-    assert len({key, resized, touched, onnx_backend.weights_digest(tmp_path)}) == 4
+    bumped = onnx_backend.weights_digest(tmp_path)
+    monkeypatch.setattr(onnx_backend, "OPSET", onnx_backend.OPSET + 1)  # another opset is another export
+    assert len({key, resized, touched, renamed, bumped, onnx_backend.weights_digest(tmp_path)}) == 6
 
 
 def test_the_export_cache_is_reused_only_when_complete(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -433,11 +438,98 @@ def test_two_workers_converting_one_graph_at_once_both_finish(tmp_path: Path, mo
     assert nested and [p.name for p in target.parent.iterdir()] == ["relu.onnx"]
 
 
+def test_fp16_conversion_keeps_grid_sample_and_the_io_in_fp32_in_a_sorted_graph(tmp_path: Path) -> None:
+    """The real networks' check is slow; a Conv into a GridSample shows the same in a second: the Conv's weights
+    become fp16, GridSample reads fp32 (its fp16 kernel moves the warp), the inputs and outputs stay fp32 for the
+    callers' float32 tensors, and the converter's late casts are sorted before their users."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from engine.portrait import onnx_backend
+
+    rng = np.random.default_rng(0)
+    weight = rng.standard_normal((2, 2, 3, 3)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+         helper.make_node("GridSample", ["c", "grid"], ["y"], align_corners=0)],
+        "conv-sample",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 8, 8]),
+         helper.make_tensor_value_info("grid", TensorProto.FLOAT, [1, 4, 4, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 4, 4])],
+        [numpy_helper.from_array(weight, "w")],
+    )  # fmt: skip
+    source, target = tmp_path / "fp32.onnx", tmp_path / "fp16.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(source))
+    onnx_backend.to_fp16(source, target)
+    onnx.checker.check_model(str(target))  # refuses a node listed before the one that makes its input
+    half = onnx.load(str(target)).graph
+    made_by = {out: n for n in half.node for out in n.output}
+    (sampler,) = [n for n in half.node if n.op_type == "GridSample"]
+    for name in sampler.input:
+        cast = made_by.get(name)
+        assert name == "grid" or (cast.op_type == "Cast" and cast.attribute[0].i == TensorProto.FLOAT), name
+    assert {t.name: t.data_type for t in half.initializer}["w"] == TensorProto.FLOAT16
+    assert all(v.type.tensor_type.elem_type == TensorProto.FLOAT for v in [*half.input, *half.output])
+    feeds = {"x": rng.standard_normal((1, 2, 8, 8)).astype(np.float32),
+             "grid": rng.uniform(-1, 1, (1, 4, 4, 2)).astype(np.float32)}  # fmt: skip
+    (full,) = ort.InferenceSession(str(source), providers=["CPUExecutionProvider"]).run(None, feeds)
+    (rounded,) = ort.InferenceSession(str(target), providers=["CPUExecutionProvider"]).run(None, feeds)
+    assert rounded.dtype == np.float32 and np.abs(rounded - full).max() < 2e-2
+
+
 def test_an_export_precision_not_offered_is_refused_before_loading(tmp_path: Path) -> None:
     from engine.portrait.onnx_backend import export_onnx
 
     with pytest.raises(InputError, match="ONNX export precision 'int8' is not one of fp32, fp16"):
         export_onnx(tmp_path / "no-weights", tmp_path / "out", "int8")
+
+
+def test_the_export_names_orders_and_converts_each_network(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the sessions rely on, without exporting real networks: the motion extractor's outputs in the order the
+    backend reads them back, the warping module's as named, opset 20 (GridSample on 5-D volumes), a free batch axis
+    and a decoder free in size, and fp16 conversion for the half networks of an fp16 export only."""
+    from engine.portrait import onnx_backend
+
+    class Returns(torch.nn.Module):
+        """A network stand-in that answers a dict whose values say which key they came from."""
+
+        def __init__(self, keys: list[str]) -> None:
+            super().__init__()
+            self.keys = keys
+
+        def forward(self, *args: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {k: torch.full((1,), float(i)) for i, k in reversed(list(enumerate(self.keys)))}
+
+    motion_keys = ["pitch", "yaw", "roll", "t", "exp", "scale", "kp"]
+    warping_keys = ["occlusion_map", "deformation", "out"]
+    nets = SimpleNamespace(appearance=torch.nn.Identity(), motion=Returns(motion_keys),
+                           warping=Returns(warping_keys), decoder=torch.nn.Identity())  # fmt: skip
+    exported: dict[str, dict[str, Any]] = {}
+    converted: list[str] = []
+
+    def export(module: torch.nn.Module, args: tuple, path: str, **options: Any) -> None:
+        name = next(n for n, f in onnx_backend.FILES.items() if f in Path(path).name)  # a temporary sibling
+        exported[name] = {"returns": module(*args), **options}
+        Path(path).write_text("graph")
+
+    monkeypatch.setattr(onnx_backend, "load_liveportrait", lambda weights_dir: nets)
+    monkeypatch.setattr(torch.onnx, "export", export)
+    monkeypatch.setattr(onnx_backend, "to_fp16", lambda source, target: converted.append(Path(target).stem))
+    paths = onnx_backend.export_onnx(tmp_path, tmp_path / "fp32")
+    assert converted == [] and {n: p.name for n, p in paths.items()} == onnx_backend.FILES
+    assert all(p.read_text() == "graph" for p in paths.values())
+    motion, warping, decoder = exported["motion"], exported["warping"], exported["decoder"]
+    assert [float(v) for v in motion["returns"]] == list(range(7)) and motion["output_names"] == motion_keys
+    assert [float(v) for v in warping["returns"]] == [0.0, 1.0, 2.0] and warping["output_names"] == warping_keys
+    assert all(e["opset_version"] == 20 for e in exported.values())
+    assert motion["dynamic_axes"] == {n: {0: "batch"} for n in ["image", *motion_keys]}
+    assert decoder["dynamic_axes"] == {
+        "feature": {0: "batch", 2: "height", 3: "width"},
+        "image": {0: "batch", 2: "height8", 3: "width8"},
+    }
+    onnx_backend.export_onnx(tmp_path, tmp_path / "fp16", "fp16")
+    assert converted == [Path(onnx_backend.FILES[n]).stem for n in ("appearance", "warping", "decoder")]
 
 
 def test_fp16_export_keeps_grid_sample_and_the_motion_extractor_in_fp32(weights: Path, onnx_cache: Path) -> None:
