@@ -849,6 +849,18 @@ def test_closing_a_torch_runtime_lets_its_module_go(model: Model) -> None:
     assert module() is None
 
 
+def test_closing_a_torch_runtime_on_cuda_hands_its_cached_memory_back(
+    model: Model, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PyTorch keeps a closed runtime's blocks in its cache: the next point (an ORT session with its own arena, or a
+    measured memory peak) would find the card's memory still taken."""
+    emptied: list[bool] = []
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(True))
+    runtime = make_runtime(model, Point("eager"), "cuda:0")  # built, not loaded: no GPU needed
+    runtime.close()
+    assert emptied == [True]
+
+
 def test_the_compile_runtime_runs_the_module_compiled_in_the_points_mode(
     model: Model, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -894,10 +906,17 @@ def test_each_compile_mode_a_sweep_offers_reaches_torch_compile(
 
 def test_closing_an_ort_runtime_closes_its_session(model: Model) -> None:
     """The session's arena (on a GPU, its share of the card) is released at close, not when Python collects it."""
+    import gc
+    import weakref
+
     runtime = make_runtime(model, Point("ort-cpu"), "cpu")
     runtime.load()
     session = runtime.session  # type: ignore[attr-defined]
+    runtime.set_inputs(_inputs())
+    fed = weakref.ref(runtime.feeds["x"])  # type: ignore[attr-defined]
     runtime.close()
+    gc.collect()
+    assert fed() is None  # the inputs go with the session
     with pytest.raises(RuntimeError, match="closed"):
         session.run({"x": np.zeros((1, 4), np.float32), "k": np.zeros((1, 1), np.int64)})
     with pytest.raises(RuntimeError, match=r"ort-cpu: load\(\) first"):
