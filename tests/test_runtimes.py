@@ -713,8 +713,7 @@ def test_cuda_graphs_order_their_streams_and_capture_without_autograd(
 
     runtime = make_runtime(Model("on-any-card", OnAnyCard), Point("cudagraphs"), "cuda:1")
     runtime.load()
-    runtime.inputs = ()
-    runtime._capture()  # type: ignore[attr-defined]
+    runtime.set_inputs(())  # places nothing, then warms up and captures
     assert waits == [("side", "default"), ("default", "side")]
     assert inference and all(inference)
     runtime.run()
@@ -764,7 +763,7 @@ def test_eager_on_cuda_times_each_run_by_its_own_events_on_the_runtimes_card(
     monkeypatch.setattr(torch.cuda, "synchronize", synchronize)
     runtime = make_runtime(Model("timed", Timed), Point("eager"), "cuda:1")
     runtime.load()
-    runtime.inputs = ()  # set_inputs would move tensors to cuda:1
+    runtime.set_inputs(())  # a module that takes nothing: no tensor to move to cuda:1
     assert runtime.timed_runs(3) == [2.0, 5.0, 7.0]
     assert recorded == [("event", "cuda:1")] * 6 + [("synchronize", "cuda:1")]
 
