@@ -887,6 +887,21 @@ def test_a_multimodal_config_takes_tgis_path_by_its_outer_model_type(tmp_path: P
     assert plan["model"]["model_type"] == "llava_next" and plan["flags"]["--quantize"] == "eetq"
 
 
+def test_a_vision_language_type_tgi_serves_only_with_flash_attention_is_refused_below_8_0(tmp_path: Path) -> None:
+    """get_model raises "Qwen2_VL requires Flash Attention enabled models." without flash attention (a T4, a V100):
+    refused with the card's compute capability, where it was planned; on an L4 it plans as before."""
+    config = _llm_config(tmp_path / "vl", {**QWEN3_8B, "model_type": "qwen2_vl"}, True)
+    for gpu, capability in (("T4", "7.5"), ("V100-16GB", "7.0")):
+        with pytest.raises(PlanError) as refused:
+            plan_llm(LlmRequest(gpu, config=config))
+        assert str(refused.value).startswith(
+            f"TGI serves model type 'qwen2_vl' (Qwen/Qwen3-8B) only on its flash path, which needs compute "
+            f"capability 8.0+; {CATALOG[gpu].name} has {capability} "
+        )
+    assert plan_llm(LlmRequest("L4", config=config))["model"]["model_type"] == "qwen2_vl"
+    assert plan_llm(LlmRequest("T4", config=_llm_config(tmp_path / "qwen2", {**QWEN3_8B, "model_type": "qwen2"}, True)))
+
+
 def test_the_presets_are_model_types_tgi_has_flash_classes_for() -> None:
     """The presets keep TGI's flash path on a card with flash attention: their model types are in the table."""
     assert {spec.key: spec.model_type for spec in LLMS.values()} == {

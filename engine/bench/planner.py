@@ -80,6 +80,11 @@ TGI_FLASH_MODEL_TYPES = frozenset({
 # CausalLM and its weight loader, T5 as Seq2SeqLM, Mamba; Llama 4 through transformers' class by name): planned by
 # the card as before; they never reach the generic path below.
 TGI_OTHER_OWN_MODEL_TYPES = frozenset({"bloom", "llama4", "mamba", "mpt", "opt", "phi-msft", "t5"})
+# Vision-language model types get_model serves only on the flash path: without flash attention (below 8.0, where
+# its transformers fallback cannot load either) it raises "<model> requires Flash Attention enabled models."
+TGI_FLASH_ONLY_MODEL_TYPES = frozenset({
+    "idefics", "idefics2", "idefics3", "llava_next", "mllama", "paligemma", "qwen2_5_vl", "qwen2_vl",
+})  # fmt: skip
 # Any other model type reaches get_model's generic path, on any card: it refuses these --quantize values first
 # ("... is not supported for AutoModel"), whatever the card; then it loads transformers' own class
 # (AutoModelForCausalLM) with load_in_8bit=(quantize == "bitsandbytes") and nothing else, so fp8 (and marlin) load
@@ -522,6 +527,13 @@ def plan_llm(req: LlmRequest, card: Gpu | None = None) -> dict[str, Any]:
     warnings: list[str] = []
     reasons: list[str] = []
     flash = gpu.supports("flash-attention")
+    if spec.model_type in TGI_FLASH_ONLY_MODEL_TYPES and not flash:
+        major, minor = gpu.compute_capability
+        raise PlanError(
+            f"TGI serves model type {spec.model_type!r} ({title}) only on its flash path, which needs compute "
+            f"capability 8.0+; {gpu.name} has {major}.{minor} (TGI stops at load: requires Flash Attention enabled "
+            "models): plan it on an 8.0+ card (A10G, L4, A100, H100, ...)"
+        )
     if req.max_total_tokens > spec.max_positions:
         warnings.append(
             f"--max-total-tokens {req.max_total_tokens} exceeds {title}'s context of {spec.max_positions} tokens"
