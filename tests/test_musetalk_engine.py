@@ -759,6 +759,125 @@ def test_a_store_that_cannot_read_or_write_costs_a_preparation_never_the_run(tmp
     assert "could not keep the prepared avatar" in caplog.text
 
 
+def test_eviction_goes_by_last_use_not_size_and_passes_over_the_kept_avatar(tmp_path: Path) -> None:
+    """Guards evict's order and `keep`: the least recently used go first whatever their size (a large avatar used
+    a moment ago is the one most likely wanted next), and the avatar being kept is passed over, not an end to the
+    eviction: another worker may have stored or used one after it, so it need not be the newest."""
+    import os
+
+    from engine.lipsync.musetalk.avatar_store import AvatarStore
+
+    store = AvatarStore(tmp_path / "avatars", budget_bytes=300)
+    store.folder.mkdir()
+    for name, size, used in (("old_big", 300, 100), ("middle", 200, 200), ("new_small", 100, 300)):
+        (store.folder / f"{name}.avatar").write_bytes(b"\0" * size)
+        os.utime(store.folder / f"{name}.avatar", (used, used))
+    assert [p.stem for p in store.evict()] == ["old_big"]  # 600 bytes: the oldest alone brings them to 300
+
+    (store.folder / "old_big.avatar").write_bytes(b"\0" * 300)
+    os.utime(store.folder / "old_big.avatar", (100, 100))
+    assert [p.stem for p in store.evict(keep=store.folder / "old_big.avatar")] == ["middle", "new_small"]
+    assert [p.stem for p in store.folder.glob("*.avatar")] == ["old_big"]
+
+
+def test_a_full_disk_leaves_no_partial_file_and_costs_only_the_next_run(tmp_path: Path, monkeypatch, caplog) -> None:
+    """Guards the failed save: a disk that fills during the write gives this run its avatar, with a warning, and
+    leaves no half-written .partial file behind to fill the disk further (nothing else ever removes one); the next
+    run prepares the avatar again and stores it."""
+    import errno
+
+    from engine.lipsync.musetalk import avatar_store
+
+    stub = _stub_avatar()
+
+    def disk_fills(avatar: PreparedAvatar, path: Path) -> Path:
+        path.with_name(path.name + ".partial").write_bytes(b"PK\x03\x04 half an avatar")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    store = avatar_store.AvatarStore(tmp_path / "avatars")
+    monkeypatch.setattr(avatar_store, "save_avatar", disk_fills)
+    assert store.get_or_prepare([("face",)], lambda: stub) == (stub, avatar_store.PREPARED)
+    assert "could not keep the prepared avatar" in caplog.text and "No space left" in caplog.text
+    assert not [p.name for p in store.folder.iterdir() if not p.name.endswith(".lock")]
+    monkeypatch.undo()
+    assert store.get_or_prepare([("face",)], lambda: stub)[1] == avatar_store.PREPARED
+    assert store.get_or_prepare([("face",)], lambda: stub)[1] == avatar_store.DISK
+
+
+def test_eviction_leaves_a_lock_another_worker_holds_and_does_not_wait_for_it(tmp_path: Path) -> None:
+    """Guards _remove_idle_locks: while one worker prepares a new face (its lock held, no avatar stored yet) another
+    worker's eviction neither waits for it nor removes that lock; a removed lock would let a third worker that wants
+    the same face take a new lock file at once and prepare it a second time instead of waiting and loading it."""
+    import threading
+
+    from engine.lipsync.musetalk.avatar_store import DISK, AvatarStore
+
+    stub, results, prepared_again = _stub_avatar(), {}, []
+    store = AvatarStore(tmp_path / "avatars", budget_bytes=0)
+    started, go = threading.Event(), threading.Event()
+
+    def slow() -> PreparedAvatar:
+        started.set()
+        go.wait(30)
+        return stub
+
+    first = threading.Thread(target=lambda: store.get_or_prepare([("face",)], slow), daemon=True)
+    evicting = threading.Thread(target=lambda: store.get_or_prepare([("other",)], lambda: stub), daemon=True)
+    third = threading.Thread(
+        target=lambda: results.update(
+            third=store.get_or_prepare([("face",)], lambda: prepared_again.append(1) or stub)
+        ),
+        daemon=True,
+    )
+    first.start()
+    try:
+        assert started.wait(10)
+        evicting.start()
+        evicting.join(10)
+        assert not evicting.is_alive()  # it did not wait for the lock the first worker holds
+        assert store.path(("face",)).with_suffix(".lock").exists()
+        third.start()
+        third.join(0.5)  # it waits for the first worker, not preparing
+        assert not prepared_again
+    finally:
+        go.set()
+        first.join(10)
+    third.join(10)
+    assert results["third"][1] == DISK and not prepared_again
+
+
+def test_a_worker_preparing_one_frame_count_does_not_hold_up_another_of_the_same_face(tmp_path: Path) -> None:
+    """Guards the lock's key: workers take turns on the exact avatar they prepare (the first key), not on the shared
+    whole-video key, so a 13-frame preparation does not wait for a 26-frame one of the same face to finish."""
+    import threading
+
+    from engine.lipsync.musetalk.avatar_store import PREPARED, AvatarStore
+
+    stub, results = _stub_avatar(), {}
+    store = AvatarStore(tmp_path / "avatars")
+    started, go = threading.Event(), threading.Event()
+
+    def slow() -> PreparedAvatar:
+        started.set()
+        go.wait(30)
+        return stub
+
+    first = threading.Thread(target=lambda: store.get_or_prepare([("26 frames",), ("all",)], slow), daemon=True)
+    second = threading.Thread(
+        target=lambda: results.update(second=store.get_or_prepare([("13 frames",), ("all",)], lambda: stub)),
+        daemon=True,
+    )
+    first.start()
+    try:
+        assert started.wait(10)
+        second.start()
+        second.join(10)
+        assert results["second"][1] == PREPARED  # done while the first is still preparing
+    finally:
+        go.set()
+        first.join(10)
+
+
 def test_the_best_detection_is_the_most_confident() -> None:
     """Guards best_detection: upstream takes S3FD's most confident face, not the first or the least confident one,
     and a row with a NaN is no detection."""
