@@ -301,6 +301,11 @@ def test_bbox_shift_range() -> None:
     points[28] = (150, 170.2)
     points[30] = (150, 195.0)
     assert geometry.bbox_shift_range([points, points]) == (-15, 10)
+    # landmark 30 above 29 (a face upside down): means of -2.5 and 7.5 truncate toward zero, as upstream's int()
+    above, further_above = points.copy(), points.copy()
+    above[30], further_above[30] = (150, 178.0), (150, 177.0)
+    further_above[28] = (150, 175.0)
+    assert geometry.bbox_shift_range([above, further_above]) == (2, 7)
 
 
 def test_crop_face_is_lanczos_to_256() -> None:
