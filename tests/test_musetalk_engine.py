@@ -804,6 +804,25 @@ def test_a_full_disk_leaves_no_partial_file_and_costs_only_the_next_run(tmp_path
     assert store.get_or_prepare([("face",)], lambda: stub)[1] == avatar_store.DISK
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs Linux's /dev/full, a device that is always full")
+def test_a_save_onto_a_really_full_device_costs_only_the_next_run(tmp_path: Path, caplog) -> None:
+    """A full disk made the run fail after all its work: torch.save's zip writer reports a failed write (ENOSPC) as a
+    RuntimeError, not an OSError. Here the real save_avatar writes its .partial file onto /dev/full (through a link
+    where that file goes): the run keeps its avatar, the log says why it was not stored, the link is gone, and the
+    next run stores it."""
+    from engine.lipsync.musetalk.avatar_store import DISK, PREPARED, AvatarStore
+
+    stub, store = _stub_avatar(), AvatarStore(tmp_path / "avatars")
+    store.folder.mkdir()
+    partial = store.path(("face",)).with_name(store.path(("face",)).name + ".partial")
+    partial.symlink_to("/dev/full")
+    assert store.get_or_prepare([("face",)], lambda: stub) == (stub, PREPARED)
+    assert "could not keep the prepared avatar" in caplog.text
+    assert not partial.is_symlink() and not store.path(("face",)).exists()
+    assert store.get_or_prepare([("face",)], lambda: stub)[1] == PREPARED
+    assert store.get_or_prepare([("face",)], lambda: stub)[1] == DISK
+
+
 def test_eviction_leaves_a_lock_another_worker_holds_and_does_not_wait_for_it(tmp_path: Path) -> None:
     """Guards _remove_idle_locks: while one worker prepares a new face (its lock held, no avatar stored yet) another
     worker's eviction neither waits for it nor removes that lock; a removed lock would let a third worker that wants

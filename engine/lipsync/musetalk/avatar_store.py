@@ -75,7 +75,7 @@ class AvatarStore:
         try:  # a full disk, or a folder that cannot be made, costs the next run a preparation, never this its result
             self.folder.mkdir(parents=True, exist_ok=True)
             save_avatar(avatar, path)
-        except OSError as exc:
+        except (OSError, RuntimeError) as exc:  # RuntimeError: how torch.save's zip writer reports ENOSPC
             log.warning("could not keep the prepared avatar in %s: %s", self.folder, exc)
             with contextlib.suppress(OSError):
                 path.with_name(path.name + ".partial").unlink(missing_ok=True)  # what an interrupted save left
