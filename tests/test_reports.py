@@ -35,6 +35,9 @@ def test_bench_report_renders(model) -> None:
     rows = bench_report.result_rows(report)
     assert len(rows) == 2 and len(rows[0]) == len(bench_report.RESULT_HEADERS)
     assert "the model's own weights" in bench_report.summary_markdown(report, {"id": "abc", "imported": True})
+    # an imported report's versions are anyone's text: shown as written, not as Markdown
+    edited = {**report, "machine": {**report["machine"], "torch": "2.9*dev*", "onnxruntime": "<b>1.23</b>"}}
+    assert r"torch 2.9\*dev\* · onnxruntime \<b\>1.23\</b\> · " in bench_report.summary_markdown(edited)
     for figure in (
         bench_report.speedup_figure(report),
         bench_report.throughput_figure(report),

@@ -100,8 +100,8 @@ def summary_markdown(report: dict, job: dict | None = None) -> str:
     cost = f"{format_flops(flops)} per sample" if flops else "FLOPs unknown"  # a tiny model read 0.00 GFLOP
     title = markdown_literal(str(model.get("title", model.get("name"))))  # an imported report's text is anyone's
     lines = [
-        f"**{title}** on {markdown_literal(where)} · torch {machine.get('torch')} · onnxruntime "
-        f"{machine.get('onnxruntime')} · {cost}",
+        f"**{title}** on {markdown_literal(where)} · torch {markdown_literal(str(machine.get('torch')))} · "
+        f"onnxruntime {markdown_literal(str(machine.get('onnxruntime')))} · {cost}",
     ]
     if job:
         lines[0] += f" · job `{job['id']}`" + (" (imported)" if job.get("imported") else "")
