@@ -222,10 +222,15 @@ def test_a_sweeps_table_shows_each_figure_in_its_column_and_unit() -> None:
     assert dict(zip(bench_report.RESULT_HEADERS, gpu, strict=True)) == {
         "configuration": "cuda ort-cuda fp16 b8", "status": "ok", "ran on": "CUDA", "p50 ms": 1.235,
         "p95 ms": 2.346, "mean ± std ms": "1.500 ± 0.250", "samples/s": 6480.5, "× baseline": 3.14,
-        "TFLOP/s": 0.012, "% of peak": 12.4, "peak alloc MiB": 1536, "device used MiB": 2048,
+        "TFLOP/s": 0.0123, "% of peak": 12.4, "peak alloc MiB": 1536, "device used MiB": 2048,
         "rel. error vs fp32": "1.23e-04", "J/sample": 0.1235, "load s": 1.23, "first run s": 0.99, "note": "a warning",
     }  # fmt: skip
     assert failed[-1] == "x" * 200 + "; ⚠️ fell back to the CPU" and failed[3:6] == ["", "", ""]
+    # TFLOP/s at three decimals, three significant figures below 0.1 (a tiny model's 0.0004 read 0.0)
+    for tflops, shown in ((1.23456, 1.235), (0.00041234, 0.000412)):
+        measured = {**_sweep_report()["results"][1], "achieved_tflops": tflops}
+        row = bench_report.result_rows({"results": [measured]})[0]
+        assert row[bench_report.RESULT_HEADERS.index("TFLOP/s")] == shown
     # the spread's full reason is beside the charts: the row says where, once, after its other warnings
     assert wide[-1] == "another; ⚠️ wide spread (see beside the charts)"
     assert bench_report.spread_markdown(_sweep_report()).splitlines() == [
@@ -236,7 +241,7 @@ def test_a_sweeps_table_shows_each_figure_in_its_column_and_unit() -> None:
 def test_a_sweeps_compare_table_and_summary_quote_its_own_figures() -> None:
     report = _sweep_report()
     rows = bench_report.compare_rows([("job1", "h100", report)])
-    assert rows[1] == ["job1", "h100", "mlp", "cuda ort-cuda fp16 b8", "ok", 1.235, 6480.5, 3.14, 0.012]
+    assert rows[1] == ["job1", "h100", "mlp", "cuda ort-cuda fp16 b8", "ok", 1.235, 6480.5, 3.14, 0.0123]
     assert bench_report.summary_markdown(report, {"id": "j1", "imported": True}).splitlines() == [
         "**The MLP** on NVIDIA H100 · torch 2.5 · onnxruntime 1.20 · 2.5 GFLOP per sample · job `j1` (imported)",
         "- a note",

@@ -39,6 +39,13 @@ def _num(value: Any, digits: int = 3) -> Any:
     return "" if value is None else round(float(value), digits)
 
 
+def _tflops(value: Any) -> Any:
+    """TFLOP/s at three decimals, or three significant figures below 0.1: a tiny model on a CPU read 0.0."""
+    if value is None or abs(value) >= 0.1:
+        return _num(value, 3)
+    return float(f"{float(value):.3g}")
+
+
 def _mib(value: Any) -> Any:
     return "" if value is None else round(value / 2**20)
 
@@ -78,7 +85,7 @@ def result_rows(report: dict) -> list[list]:
                 f"{lat['mean_ms']:.3f} ± {lat['std_ms']:.3f}" if lat else "",
                 _num(r.get("samples_per_s"), 1),
                 _num(r.get("speedup"), 2),
-                _num(r.get("achieved_tflops"), 3),
+                _tflops(r.get("achieved_tflops")),
                 _num(r.get("percent_of_peak"), 1),
                 _mib(r.get("peak_allocated_bytes")),
                 _mib(r.get("device_used_bytes")),
@@ -268,7 +275,7 @@ def compare_rows(jobs: list[tuple[str, str, dict]]) -> list[list]:
             lat = r.get("latency") or {}
             rows.append(
                 [job_id, machine, model, r["label"], r["status"], _num(lat.get("p50_ms")),
-                 _num(r.get("samples_per_s"), 1), _num(r.get("speedup"), 2), _num(r.get("achieved_tflops"), 3)]
+                 _num(r.get("samples_per_s"), 1), _num(r.get("speedup"), 2), _tflops(r.get("achieved_tflops"))]
             )  # fmt: skip
     return rows
 
