@@ -902,6 +902,18 @@ def test_a_vision_language_type_tgi_serves_only_with_flash_attention_is_refused_
     assert plan_llm(LlmRequest("T4", config=_llm_config(tmp_path / "qwen2", {**QWEN3_8B, "model_type": "qwen2"}, True)))
 
 
+def test_an_fp8_checkpoint_on_the_non_flash_path_is_not_told_to_ask_for_bitsandbytes(tmp_path: Path) -> None:
+    """A checkpoint quantized ahead of time takes only auto or its own --quantize (bitsandbytes is refused): on a
+    T4 its FP8 weights are planned at 16 bits, and the warning no longer points at a request the plan refuses."""
+    fp8 = {**QWEN3_8B, "model_type": "llama", "quantization_config": {"quant_method": "fp8"}}
+    plan = plan_llm(LlmRequest("T4", config=_llm_config(tmp_path / "fp8", fp8)))
+    assert (
+        "TGI's non-flash path loads the model through transformers and quantizes only with 8-bit bitsandbytes: this "
+        "checkpoint's fp8 weights are planned at 16 bits, the most they take there" in plan["warnings"]
+    )
+    assert not any("ask for bitsandbytes" in w for w in plan["warnings"])
+
+
 def test_the_presets_are_model_types_tgi_has_flash_classes_for() -> None:
     """The presets keep TGI's flash path on a card with flash attention: their model types are in the table."""
     assert {spec.key: spec.model_type for spec in LLMS.values()} == {

@@ -603,7 +603,11 @@ def plan_llm(req: LlmRequest, card: Gpu | None = None) -> dict[str, Any]:
         path = "generic path" if generic else "non-flash path"
         warnings.append(
             f"TGI's {path} loads the model through transformers and quantizes only with 8-bit bitsandbytes: "
-            f"--quantize {req.quantize} is ignored there and the weights load in fp16 (ask for bitsandbytes)"
+            + (  # a checkpoint quantized ahead of time cannot be asked for bitsandbytes (refused above)
+                f"this checkpoint's {req.quantize} weights are planned at 16 bits, the most they take there"
+                if spec.checkpoint_quantize
+                else f"--quantize {req.quantize} is ignored there and the weights load in fp16 (ask for bitsandbytes)"
+            )
         )
     shard_options = [s for s in (1, 2, 4, 8) if s <= req.count and spec.kv_heads % s == 0 and spec.heads % s == 0]
     if not flash or generic:
