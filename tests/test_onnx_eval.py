@@ -179,6 +179,35 @@ def test_cuda_fallback_is_loud(mlp_model: tuple[Path, ModelInfo]) -> None:
     json.dumps(report)
 
 
+def test_partial_reports_come_after_each_provider_but_the_last(mlp_model: tuple[Path, ModelInfo]) -> None:
+    """Guards evaluate's `partial`: a stopped evaluation keeps the providers measured so far, and the finished one
+    hands over only its final report (a partial one after the last provider claimed a partial run that ended)."""
+    path, info = mlp_model
+    seen: list[dict] = []
+    evaluate(path, info, EvalConfig(**FAST), partial=seen.append)
+    assert seen == []  # one provider: its report is the final one
+    report = evaluate(path, info, EvalConfig(providers=("cpu", "cuda"), **FAST), partial=seen.append)
+    (first,) = seen
+    assert [r["provider"] for r in first["results"]] == ["cpu"]
+    assert [r["provider"] for r in report["results"]] == ["cpu", "cuda"]
+
+
+def test_a_config_made_in_python_is_refused_as_a_front_end_refuses_it(mlp_model: tuple[Path, ModelInfo]) -> None:
+    """Guards the `config.checked()` in check_request and evaluate: an EvalConfig built in code skips the front
+    ends' checks, so an option for a provider not asked for, or a batch of 0, must still be refused with its words
+    (not run, or fail later in numpy)."""
+    path, info = mlp_model
+    bad = {
+        "trt fp16 applies to the trt provider, not asked for": EvalConfig(trt_fp16=True, **FAST),
+        "batch sizes 0 is outside 1..": EvalConfig(batch_sizes=(0,), **FAST),
+    }
+    for message, config in bad.items():
+        with pytest.raises(EvalError, match=message):
+            check_request(info, config)
+        with pytest.raises(EvalError, match=message):
+            evaluate(path, info, config)
+
+
 def test_every_session_is_closed_after_its_rows_even_when_they_fail(
     mlp_model: tuple[Path, ModelInfo], monkeypatch
 ) -> None:
