@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from test_musetalk_lipsync import speech_file
 
-from engine.core.hls import PLAYLIST, join_segments, read_stream, stream_folder
+from engine.core.hls import PLAYLIST, join_segments, read_stream, stream_folder, stream_note
 from engine.core.media import VideoWriter
 from engine.core.settings import load_settings
 from engine.lipsync.config import LipSyncConfig
@@ -55,7 +55,9 @@ def test_the_segments_are_the_mp4s_frames_and_grow_while_it_is_written(tmp_path)
     assert final.ended and final.segments[: len(seen_mid_run.segments)] == seen_mid_run.segments
     assert final.duration == pytest.approx(4.0, abs=0.05)
     assert len(final.segments) >= 4  # a keyframe about every second (a two-second GOP made two segments)
-    assert "#EXT-X-PLAYLIST-TYPE:EVENT" in (stream_folder(out) / PLAYLIST).read_text()  # played from its start
+    playlist = (stream_folder(out) / PLAYLIST).read_text()
+    assert "#EXT-X-PLAYLIST-TYPE:EVENT" in playlist  # played from its start
+    assert "#EXT-X-INDEPENDENT-SEGMENTS" in playlist  # each segment starts at a keyframe: a player may start at any
     whole = _frames(out)
     streamed = [frame for part in final.segments for frame in _frames(part)]
     assert len(streamed) == len(whole) == 100
@@ -81,6 +83,18 @@ def test_each_segment_starts_at_its_second_whatever_keyframes_the_encoder_chose(
     writer.close()
     frames = [len(_frames(part)) for part in read_stream(stream_folder(out)).segments]
     assert frames == [math.ceil(fps)] * 4
+
+
+def test_a_streams_seconds_are_its_playlists_a_short_last_segment_included(tmp_path) -> None:
+    """Guards read_stream's lengths: they are the playlist's own, so a run of 2.4 s says 2.4 s (a stopped job's
+    note and a preview say it), not three whole seconds."""
+    out = tmp_path / "short.mp4"
+    writer = VideoWriter(out, 25, 64, 64, stream_to=stream_folder(out), codec="libx264")
+    for i in range(60):
+        writer.write(np.full((64, 64, 3), i, np.uint8))
+    writer.close()
+    stream = read_stream(stream_folder(out))
+    assert stream.seconds == pytest.approx((1.0, 1.0, 0.4)) and stream.duration == pytest.approx(2.4)
 
 
 def test_a_failed_join_leaves_no_partial_file(tmp_path) -> None:
@@ -142,12 +156,12 @@ def test_a_second_run_to_the_same_output_starts_a_fresh_stream(tmp_path) -> None
     """The first run's finished playlist (and its later segments) stayed until the second run's first segment: a
     player opened then played the old video."""
     out = tmp_path / "again.mp4"
-    for frames in (100, 10):  # four seconds, then less than one
+    for frames in (275, 10):  # eleven seconds (part-00010.ts too), then less than one
         writer = VideoWriter(out, 25, 64, 64, stream_to=stream_folder(out), codec="libx264")
         if frames == 10:
             assert not list(stream_folder(out).iterdir())  # nothing of the first run's stream is left
         for i in range(frames):
-            writer.write(np.full((64, 64, 3), i, np.uint8))
+            writer.write(np.full((64, 64, 3), i % 256, np.uint8))
         writer.close()
     assert len(read_stream(stream_folder(out)).segments) == 1
 
@@ -158,6 +172,16 @@ def test_a_playlist_cannot_point_outside_its_folder(tmp_path) -> None:
     (folder / PLAYLIST).write_text("#EXTM3U\n#EXTINF:1.0,\n../../etc/passwd\n#EXTINF:oops,\npart-1.ts\n")
     stream = read_stream(folder)
     assert stream.segments == (folder / "passwd", folder / "part-1.ts") and not stream.ended
+
+
+def test_a_command_names_its_playlist_only_when_it_streamed() -> None:
+    """Guards stream_note: the line after a command's result points at talk.stream/index.m3u8 beside talk.mp4, and
+    a run that did not stream prints nothing about a stream."""
+    assert stream_note(False, "out/talk.mp4") == ""
+    assert (
+        stream_note(True, "out/talk.mp4")
+        == f"\nlive stream (HLS, as it was made): {Path('out/talk.stream/index.m3u8')}"
+    )
 
 
 def test_a_lipsync_run_streams_only_when_asked(tmp_path) -> None:
