@@ -1261,11 +1261,15 @@ def test_the_strip_shows_the_last_frame_and_is_saved_beside_the_video(tmp_path: 
 
 def test_liveportrait_renders_every_driving_frame_in_order_batch_by_batch() -> None:
     """Five frames' keypoints in batches of two: three batches of 2, 2 and 1, each frame rendered from its own
-    keypoints, pasted back into the source when there is a paste-back and left as the networks' frames without."""
+    keypoints, pasted back into the source when there is a paste-back and left as the networks' frames without; the
+    warp also takes the source's keypoints (here their mean, 0, and 0.5 in the last check)."""
     from engine.core.results import RunResult
     from engine.portrait.liveportrait_plan import liveportrait_batches
 
-    nets = SimpleNamespace(warp=lambda feature, x_source, x: x[:, :1, :1, None] + feature, decode=lambda w: w * 2)
+    def warp(feature: torch.Tensor, x_source: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return x[:, :1, :1, None] + feature + x_source.mean()
+
+    nets = SimpleNamespace(warp=warp, decode=lambda w: w * 2)
     source = SimpleNamespace(nets=nets, device=torch.device("cpu"), feature=torch.zeros(1), paste=None,
                              original=torch.ones(1))  # fmt: skip
     x_driving = torch.arange(5.0).view(5, 1, 1).expand(5, 21, 3)
@@ -1275,6 +1279,8 @@ def test_liveportrait_renders_every_driving_frame_in_order_batch_by_batch() -> N
     assert {s.name: s.items for s in result.stages} == {"warp": 5, "decode network": 5}
     pasted = SimpleNamespace(**{**vars(source), "paste": lambda frames, original: frames + original})
     batches = list(liveportrait_batches(config, pasted, x_driving, torch.zeros(1, 21, 3), RunResult()))
+    assert [b.flatten().tolist() for b in batches] == [[1.0, 3.0], [5.0, 7.0], [9.0]]
+    batches = list(liveportrait_batches(config, source, x_driving, torch.full((1, 21, 3), 0.5), RunResult()))
     assert [b.flatten().tolist() for b in batches] == [[1.0, 3.0], [5.0, 7.0], [9.0]]
 
 
@@ -1409,3 +1415,107 @@ def test_source_crop_options_are_named_only_with_the_crop_off() -> None:
         told = RunResult()
         _unused_crop_options(PortraitConfig(ASSETS / "face.jpg", ASSETS / "face.jpg", crop=crop, scale=2.5), told)
         assert told.warnings == warned
+
+
+def _stand_in_pixels() -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, (120, 160, 3), np.uint8)
+
+
+def _stand_in_source(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, landmarks: bool = False, precision: str = "fp32", **options: Any
+) -> tuple[Any, Any]:
+    """liveportrait_source on a 160x120 source with a face box, its networks and landmark model stood in (no weights
+    loaded): the appearance features are the pixels the networks saw, each network build is recorded in
+    `tmp_path / builds` and warns once; the landmark model, when there, reads a face tilted by 7 degrees with its
+    lips open 0.1."""
+    import engine.portrait.liveportrait_plan as plan
+    from engine.core.results import RunResult
+    from engine.portrait.head import Head
+
+    def load(config: PortraitConfig, settings: Settings, folder: Path, device: torch.device, precision: str) -> Any:
+        with open(tmp_path / "builds", "a") as f:
+            f.write(precision + "\n")
+        return SimpleNamespace(device=torch.device("cpu"), warnings=["the decoder fell back to the CPU"],
+                               appearance=lambda pixels: pixels, motion=lambda pixels: "motion")  # fmt: skip
+
+    model = (lambda rgb, box: np.zeros((203, 2), np.float32)) if landmarks else None
+    monkeypatch.setattr(plan, "load_networks", load)
+    monkeypatch.setattr(plan, "optional_landmark_model", lambda config, folder, result: model)
+    monkeypatch.setattr(plan, "roll_from_landmarks", lambda points: 7.0)
+    monkeypatch.setattr(plan, "openness", lambda points: (np.array([0.3, 0.25], np.float32), 0.1))
+    (tmp_path / "weights").mkdir(exist_ok=True)
+    config = PortraitConfig(ASSETS / "face.jpg", ASSETS / "face.jpg", **{"batch_size": 1, **options})
+    box = np.array([50.0, 30.0, 110.0, 90.0])
+    head = Head(config, Settings(tmp_path, tmp_path), RunResult(), torch.device("cpu"), precision, None,
+                _stand_in_pixels(), box, "liveportrait", tmp_path / "weights")  # fmt: skip
+    return plan.liveportrait_source(head, _quiet), head.result
+
+
+@pytest.fixture
+def empty_caches() -> Iterator[None]:
+    """The networks and sources cached by other tests are not this test's, nor are its own the next test's."""
+    from engine.portrait import cache
+
+    cache.clear()
+    yield
+    cache.clear()
+
+
+def test_the_source_is_cropped_pasted_back_and_reported_as_its_options_ask(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, empty_caches: None
+) -> None:
+    """Cropped and with stitching the frames are pasted back at the source's size; without stitching or uncropped
+    they are the networks' 512x512 (uncropped the networks see the whole source); the crop is turned upright by the
+    landmarks' tilt, whose openness is kept; the networks' own warnings reach the run."""
+    source, result = _stand_in_source(tmp_path, monkeypatch)
+    assert source.size == (160, 120) and source.paste is not None and source.openness is None
+    assert source.metrics["pasted_back"] is True and source.metrics["crop_angle"] == pytest.approx(0.0, abs=1e-9)
+    assert source.metrics["crop_scale"] == pytest.approx(source.transform.scale)
+    assert "the decoder fell back to the CPU" in result.warnings
+    turned, _ = _stand_in_source(tmp_path, monkeypatch, landmarks=True)
+    assert turned.metrics["crop_angle"] == pytest.approx(7.0, abs=1e-4)
+    assert turned.openness[1] == 0.1 and turned.openness[0].tolist() == pytest.approx([0.3, 0.25])
+    unstitched, _ = _stand_in_source(tmp_path, monkeypatch, stitching=False)
+    assert unstitched.size == (512, 512) and unstitched.paste is None and unstitched.metrics["pasted_back"] is False
+    uncropped, _ = _stand_in_source(tmp_path, monkeypatch, crop=False)
+    assert uncropped.size == (512, 512) and uncropped.paste is None and uncropped.transform is None
+    assert uncropped.metrics["crop_scale"] is None and uncropped.metrics["crop_angle"] is None
+    from engine.portrait.crop import stretched_input
+    from engine.portrait.frames import to_rgb
+
+    assert torch.equal(uncropped.feature, stretched_input(to_rgb(_stand_in_pixels()), "cpu"))
+
+
+def test_networks_and_source_features_are_reused_only_for_what_made_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, empty_caches: None
+) -> None:
+    """The same source and options again reuse both; another crop or source limit re-encodes the source with the
+    same networks; another precision, or another batch size when compiled, loads the networks again, and networks
+    loaded again drop every source encoded before (a source is never reused across a reload)."""
+
+    def cached(**options: Any) -> dict[str, bool]:
+        return _stand_in_source(tmp_path, monkeypatch, **options)[1].metrics["cache"]
+
+    assert cached() == {"networks": False, "source": False}
+    assert cached() == {"networks": True, "source": True}
+    assert cached(scale=2.5) == {"networks": True, "source": False}
+    assert cached(landmarks=True) == {"networks": True, "source": False}  # turned upright: other pixels
+    assert cached(source_max_dim=1000) == {"networks": True, "source": False}
+    assert cached(precision="fp16") == {"networks": False, "source": False}
+    assert cached() == {"networks": False, "source": False}  # its source was encoded before the reload
+    assert (tmp_path / "builds").read_text().split() == ["fp32", "fp16", "fp32"]
+    assert cached(compile=True) == {"networks": False, "source": False}
+    assert cached(compile=True, batch_size=2) == {"networks": False, "source": False}  # compiled for batches of 1
+    assert cached(batch_size=2) == {"networks": False, "source": False}
+    assert cached(batch_size=3) == {"networks": True, "source": True}  # eager networks take any batch
+
+
+def test_a_run_names_both_kinds_of_unused_options() -> None:
+    """The crop options with the crop off and the head offsets under absolute motion of the whole head, together."""
+    from engine.core.results import RunResult
+    from engine.portrait.liveportrait_plan import name_unused_options
+
+    told = RunResult()
+    config = PortraitConfig(ASSETS / "face.jpg", ASSETS / "face.jpg", crop=False, scale=2.5, relative=False, roll=3.0)
+    name_unused_options(config, told)
+    assert [w.split(":")[0] for w in told.warnings] == ["--scale change nothing here", "--roll change nothing here"]

@@ -549,6 +549,22 @@ def test_head_rotation_offsets_turn_the_driven_keypoints(tmp_path) -> None:
     assert torch.allclose(x_source, transform_keypoints(source))  # the warp still starts from the source as it is
 
 
+def test_each_head_rotation_offset_turns_its_own_angle_by_its_sign(tmp_path) -> None:
+    """--pitch, --yaw and --roll each add to the source's own angle of that name (a negative roll turns the other
+    way, not the same)."""
+    from pathlib import Path
+
+    from engine.portrait.config import PortraitConfig
+    from engine.portrait.liveportrait_plan import _driving_keypoints
+
+    face = Path(__file__).resolve().parent.parent / "assets" / "face.jpg"
+    source = _info(seed=4)
+    config = PortraitConfig(face, face, stitching=False, pitch=5.0, yaw=-10.0, roll=-15.0)
+    x, _ = _driving_keypoints(config, source, source, nets=None, driving_image=False)
+    turned = rotation_matrix(source.pitch + 5, source.yaw - 10, source.roll - 15)
+    assert torch.allclose(x, compose(source.kp, turned, source.exp, source.scale, source.t), atol=1e-5)
+
+
 def test_baseline_recovers_a_known_head_motion() -> None:
     """A driving clip we generate by rotating and shifting a face: the tracked similarity must match it."""
     import cv2

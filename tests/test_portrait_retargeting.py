@@ -304,3 +304,94 @@ def test_lip_normalisation_closes_an_open_source_mouth_before_relative_motion(tm
     neutral = replace(source, exp=neutral_expression())
     x, x_source = _driving_keypoints(image, source, neutral, nets, (eyes, 0.1))
     assert torch.allclose(x, x_source + 0.02, atol=1e-6)
+
+
+def test_keypoints_take_the_drivings_reference_frame_and_image_flag_and_save_its_openness(tmp_path: Path) -> None:
+    """What the driving measurement says reaches the keypoints: relative motion against its reference frame (not
+    the first), a template cut to one frame moved against itself (not as an image); the template is saved with the
+    driver's openness and named in the outputs; the source's openness and whether its lips were closed are
+    reported."""
+    from engine.core.results import RunResult
+    from engine.portrait.driving import Driving
+    from engine.portrait.liveportrait_plan import keypoints
+    from engine.portrait.templates import read_template
+
+    source = _source(3)
+    x_source = transform_keypoints(source)
+    clip = _still_clip(source, 3)
+    clip.yaw = torch.tensor([30.0, 0.0, 5.0])  # frame 0 turned away (no face was found there, say)
+    nets = SimpleNamespace(retargeting={"eye": _mlp(66, 0.01), "lip": _mlp(65, 0.02)})
+    stand_in = SimpleNamespace(nets=nets, motion=source, openness=(np.array([0.3, 0.25], np.float32), 0.1))
+    head = SimpleNamespace(config=PortraitConfig(FACE, FACE, stitching=False, normalize_lips=True), result=RunResult())
+    driver_open = (np.full((3, 2), 0.3, np.float32), np.full(3, 0.2, np.float32))
+    template = tmp_path / "motion.npz"
+    x, _ = keypoints(head, stand_in, Driving(clip, 25.0, 3, reference=1, openness=driver_open), template)
+    assert torch.allclose(x[1], x_source[0] + 0.02, atol=1e-6)  # the reference frame: no motion, lips closed
+    assert not torch.allclose(x[0], x[1], atol=1e-3)
+    saved = read_template(template)
+    assert saved.openness is not None and np.array_equal(saved.openness[1], driver_open[1])
+    assert head.result.outputs["template"] == str(template)
+    assert head.result.metrics["source_openness"] == {"eyes": pytest.approx([0.3, 0.25]), "lips": 0.1}
+    assert head.result.metrics["lips_normalised"] is True
+    smiling = replace(source, exp=source.exp + 0.05)  # one frame far from upstream's neutral expression
+    cut = Driving(smiling, 25.0, 1, image=False)
+    x, _ = keypoints(head, SimpleNamespace(nets=nets, motion=source, openness=None), cut, None)
+    assert torch.allclose(x, x_source, atol=1e-6)  # a clip's only frame, against itself: no motion
+
+
+@pytest.mark.parametrize(
+    ("options", "saves", "measured"),
+    [({}, False, False), ({}, True, True), ({"eye_retargeting": True}, False, True)],
+)
+def test_the_driver_is_measured_with_the_landmark_model_only_when_its_openness_is_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, options: dict, saves: bool, measured: bool
+) -> None:
+    """The driver's openness costs a landmark pass a frame: it is measured to retarget to the driver or to keep in
+    a saved template (as upstream's templates keep it), and not otherwise; the plan carries the driving's frame
+    rate, count and sound and the source's frame size."""
+    import engine.portrait.liveportrait_plan as plan
+    from engine.core.results import RunResult
+    from engine.portrait.driving import Driving
+
+    source = _source(4)
+    asked = []
+
+    def driving_motion(config: PortraitConfig, settings: object, nets: object, detector: object, landmarks: object,
+                       *rest: object) -> Driving:  # fmt: skip
+        asked.append(landmarks)
+        return Driving(_still_clip(source), 30.0, 2, has_audio=True, openness=(np.full((2, 2), 0.3), np.full(2, 0.1)))
+
+    monkeypatch.setattr(plan, "driving_motion", driving_motion)
+    nets = SimpleNamespace(retargeting={"eye": _mlp(66, 0.01), "lip": _mlp(65, 0.02)})
+    landmark_model = object()
+    stand_in = SimpleNamespace(nets=nets, motion=source, openness=(np.array([0.3, 0.3]), 0.01),
+                               landmark_model=landmark_model, size=(160, 120), device=torch.device("cpu"),
+                               metrics={})  # fmt: skip
+    head = SimpleNamespace(config=PortraitConfig(FACE, FACE, stitching=False, **options), result=RunResult(),
+                           settings=None, detector=None)  # fmt: skip
+    made = plan.liveportrait_plan(head, stand_in, tmp_path / "t.npz" if saves else None, lambda f, s: None)
+    assert asked == [landmark_model if measured else None]
+    assert (made.fps, made.count, made.has_audio, made.size) == (30.0, 2, True, (160, 120))
+
+
+def test_lip_normalisation_closes_the_source_mouth_to_zero_openness(tmp_path: Path) -> None:
+    """The lip network is asked to go from the source's openness to closed (0), not the other way: with a network
+    whose delta grows with the target, closing adds its bias alone."""
+    source = _source(5)
+    nets = SimpleNamespace(retargeting={"lip": _mlp(65, 0.02, per_target=1.0)})
+    config = PortraitConfig(FACE, FACE, stitching=False, normalize_lips=True)
+    x, x_source = _driving_keypoints(config, source, _still_clip(source), nets, (np.array([0.3, 0.3]), 0.25))
+    assert torch.allclose(x, x_source.expand(2, 21, 3) + 0.02, atol=1e-6)
+
+
+def test_retargeting_to_the_driver_starts_from_the_turned_source(tmp_path: Path) -> None:
+    """With relative motion, retargeting to the driver replaces the motion by the source's keypoints plus the
+    deltas: the source as the head-rotation offsets turned it, not as it was."""
+    source = _source(6)
+    turned = replace(source, yaw=source.yaw + 20.0)
+    nets = SimpleNamespace(retargeting={"eye": _mlp(66, 0.01)})
+    config = PortraitConfig(FACE, FACE, stitching=False, eye_retargeting=True, yaw=20.0)
+    driver = (np.full((2, 2), 0.3, np.float32), np.full(2, 0.1, np.float32))
+    x, _ = _driving_keypoints(config, source, _still_clip(source), nets, (np.array([0.3, 0.3]), 0.1),
+                              driving_openness=driver)  # fmt: skip
+    assert torch.allclose(x, transform_keypoints(turned).expand(2, 21, 3) + 0.01, atol=1e-6)
