@@ -8,6 +8,7 @@ the engine's own eye finder.
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -363,7 +364,109 @@ def test_the_baseline_names_only_the_options_it_does_not_use(tmp_path: Path) -> 
     result = RunResult()
     baseline_checks(PortraitConfig(FACE, FACE, region="lip", relative=False), result)
     assert result.warnings == ["the baseline engine does not use --region, --relative (LivePortrait's options)"]
+    result = RunResult()
+    baseline_checks(PortraitConfig(FACE, FACE, eye_open=0.2, paste_back=False), result)
+    assert result.warnings == ["the baseline engine does not use --paste-back, --eye-open (LivePortrait's options)"]
     template = tmp_path / "motion.NPZ"
     template.write_bytes(b"")
     with pytest.raises(PortraitError, match=r"hold LivePortrait keypoints, .* and the baseline engine was chosen"):
         baseline_checks(PortraitConfig(FACE, template, engine="baseline"), RunResult())
+
+
+def test_the_baseline_warps_every_frame_in_order_batch_by_batch_with_the_multiplier(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Five frames in batches of two: the source's warp made once, each batch given its own frames' head motion and
+    flow and the run's multiplier, the stages counting every frame once."""
+    import torch
+
+    import engine.portrait.baseline as baseline
+    from engine.core.results import RunResult
+    from engine.portrait.baseline_plan import baseline_batches
+
+    made = []
+
+    class Warp:
+        def __init__(self, source: torch.Tensor, box: np.ndarray) -> None:
+            made.append(box)
+
+        def render(self, head: np.ndarray, flow: np.ndarray, multiplier: float) -> torch.Tensor:
+            return torch.from_numpy(np.stack([head, flow, np.full_like(head, multiplier)], axis=1))
+
+    monkeypatch.setattr(baseline, "SourceWarp", Warp)
+    config, result = PortraitConfig(FACE, FACE, engine="baseline", batch_size=2, multiplier=0.5), RunResult()
+    head, flow = np.arange(5.0), -np.arange(5.0)
+    batches = list(baseline_batches(config, torch.zeros(1, 3, 4, 4), np.ones(4), head, flow, result))
+    assert [b[:, 0].tolist() for b in batches] == [[0.0, 1.0], [2.0, 3.0], [4.0]]
+    assert torch.equal(torch.cat(batches)[:, 1], -torch.cat(batches)[:, 0])  # each frame's own flow
+    assert torch.cat(batches)[:, 2].tolist() == [0.5] * 5
+    assert len(made) == 1 and [s.items for s in result.stages] == [5]
+
+
+def test_a_driving_clip_tracked_from_its_first_face_says_which_frame(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Frames 0 and 1 show no face: the motion is tracked from frame 2 on, two still frames put before it, and the
+    warning names frame 2."""
+    import engine.portrait.baseline as baseline
+    import engine.portrait.baseline_plan as plan
+    from engine.core.results import RunResult
+
+    monkeypatch.setattr(plan, "clip_frames", lambda path, max_frames, max_seconds: iter(range(5)))
+    monkeypatch.setattr(baseline, "track_motion", lambda frames, box: list(frames))
+    monkeypatch.setattr(baseline, "still_before", lambda motion, frames: (frames, motion))
+    result = RunResult()
+    config = PortraitConfig(FACE, FACE, engine="baseline")
+    settings = Settings(Path("."), Path("."))
+    motion = plan.baseline_motion(config, settings, np.ones(4), 2, result, lambda fraction, label: None)
+    assert motion == (2, [2, 3, 4])
+    assert result.warnings == [
+        "the driving clip's first frame shows no face: motion is measured against frame 2, the first with a face; "
+        "the frames before it show the source still"
+    ]
+    result = RunResult()
+    assert plan.baseline_motion(config, settings, np.ones(4), 0, result, lambda f, s: None) == (0, [0, 1, 2, 3, 4])
+    assert result.warnings == []
+
+
+def test_a_driving_clips_plan_has_the_sources_size_and_the_tracked_frames(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A wide 160x120 source driven by a clip (its reading and tracking stood in): the frames are the source's
+    width by height, as many as were tracked, at the clip's rate and with its sound, and in fp32 whatever was
+    asked (the baseline's warp always is)."""
+    import torch
+
+    import engine.portrait.baseline_plan as plan
+    from engine.core.results import RunResult
+
+    info = SimpleNamespace(fps=30.0, has_audio=True, frames=4)
+    monkeypatch.setattr(plan, "driving_video", lambda path, settings: info)
+    monkeypatch.setattr(plan, "clip_frames", lambda path, max_frames, max_seconds: iter([]))
+    monkeypatch.setattr(plan, "driving_face_box", lambda frames, name, detector, result: (np.ones(4), 0))
+    tracked = SimpleNamespace(head=np.zeros((3, 2, 3)), flow=np.zeros((3, 2, 8, 8)))
+    monkeypatch.setattr(plan, "baseline_motion", lambda *args: tracked)
+    config = PortraitConfig(FACE, tmp_path / "clip.mp4", engine="baseline", batch_size=2)
+    head = SimpleNamespace(config=config, settings=Settings(tmp_path, tmp_path), result=RunResult(precision="fp16"),
+                           detector=None, source_bgr=np.zeros((120, 160, 3), np.uint8), box=np.ones(4),
+                           device=torch.device("cpu"))  # fmt: skip
+    made = plan.baseline_plan(head, lambda fraction, label: None)
+    assert (made.size, made.count, made.fps, made.has_audio) == ((160, 120), 3, 30.0, True)
+    assert head.result.precision == "fp32"
+
+
+def test_the_source_pose_is_measured_on_the_face_the_run_animates(tmp_path: Path) -> None:
+    """The source's pose comes from the run's own face box, not from a second detection that may find another box:
+    a detector that finds an 80 px face everywhere, against the run's 76 px source box, gives a scale of 80 / 76."""
+    import torch
+
+    from engine.core.results import RunResult
+    from engine.portrait.baseline_plan import baseline_plan
+
+    driver = tmp_path / "driver.png"
+    cv2.imwrite(str(driver), np.full((200, 200, 3), 128, np.uint8))
+    detector = SimpleNamespace(detect=lambda images: [np.array([[50.0, 50.0, 130.0, 130.0, 1.0]])] * len(images))
+    config = PortraitConfig(FACE, driver, engine="baseline")
+    head = SimpleNamespace(config=config, settings=Settings(tmp_path, tmp_path), result=RunResult(), detector=detector,
+                           source_bgr=np.full((200, 200, 3), 128, np.uint8),
+                           box=np.array([52.0, 52.0, 128.0, 128.0]), device=torch.device("cpu"))  # fmt: skip
+    made = baseline_plan(head, lambda fraction, label: None)
+    assert made.metrics["pose_transfer"]["scale"] == pytest.approx(80 / 76, abs=1e-3)
