@@ -565,6 +565,28 @@ def test_each_head_rotation_offset_turns_its_own_angle_by_its_sign(tmp_path) -> 
     assert torch.allclose(x, compose(source.kp, turned, source.exp, source.scale, source.t), atol=1e-5)
 
 
+def test_the_driving_multiplier_keeps_the_head_rotation_offsets(tmp_path) -> None:
+    """--multiplier scales the driving motion, not --yaw's degrees: a still driver with --yaw 20 gives the source
+    turned by 20 degrees at multiplier 0 and 2 as at 1 (before, 0 lost the turn and 2 stretched the face); with the
+    driver's whole pose (absolute, region all) the offsets change nothing, as the run says, at any multiplier."""
+    from pathlib import Path
+
+    from engine.portrait.config import PortraitConfig
+    from engine.portrait.liveportrait_plan import _driving_keypoints
+
+    face = Path(__file__).resolve().parent.parent / "assets" / "face.jpg"
+    source = _info(seed=9)
+    turned = transform_keypoints(replace(source, yaw=source.yaw + 20))
+    for multiplier in (0.0, 1.0, 2.0):
+        config = PortraitConfig(face, face, stitching=False, yaw=20.0, multiplier=multiplier)
+        x, _ = _driving_keypoints(config, source, source, nets=None, driving_image=False)
+        assert torch.allclose(x, turned, atol=1e-5)
+    for region in ("all", "pose"):
+        still = PortraitConfig(face, face, stitching=False, yaw=20.0, multiplier=0.0, relative=False, region=region)
+        x, x_source = _driving_keypoints(still, source, source, nets=None, driving_image=False)
+        assert torch.allclose(x, x_source, atol=1e-6)
+
+
 def test_baseline_recovers_a_known_head_motion() -> None:
     """A driving clip we generate by rotating and shifting a face: the tracked similarity must match it."""
     import cv2

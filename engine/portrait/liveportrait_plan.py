@@ -211,9 +211,9 @@ def _driving_keypoints(
     upstream's neutral expression; absolute motion takes the driver's pose, position and upstream's subset of its
     expression, at the source's scale. Retargeting to the driver (`driving_openness`, per frame) replaces the
     motion, as upstream: the source's keypoints (relative) or the driver's (absolute) plus the deltas. The
-    head-rotation offsets turn the source's own pose wherever it is used (the expression-friendly rescaling
-    re-centres on it too); a fixed eye or lip openness adds its delta to the animated keypoints (both ours, not
-    upstream's)."""
+    head-rotation offsets turn the source's own pose wherever it is used (the expression-friendly rescaling and the
+    driving multiplier re-centre on it too); a fixed eye or lip openness adds its delta to the animated keypoints
+    (both ours, not upstream's)."""
     x_source = transform_keypoints(source)
     posed = source
     if any(config.rotation):  # the head-rotation sliders: the source's own pose, turned by the offsets
@@ -241,7 +241,10 @@ def _driving_keypoints(
             x = stitch(nets.retargeting["stitching"], x_source, x)
         if openness is not None and _normalises_lips(config, openness[1]):
             x = x + retarget(nets.retargeting["lip"], x_source, torch.tensor([[openness[1], 0.0]]))
-    return driving_multiplier(x, x_source, config.multiplier), x_source
+    # The multiplier scales the driving motion about the source as the offsets turned it, so that the offsets stay the
+    # degrees asked whatever the multiplier; where the driver's pose replaces the source's they change nothing.
+    takes_drivers_pose = not config.relative and config.region in ("all", "pose")
+    return driving_multiplier(x, x_source if takes_drivers_pose else x_posed, config.multiplier), x_source
 
 
 def _retargeting_deltas(
