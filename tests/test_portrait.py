@@ -478,6 +478,20 @@ def test_fp16_conversion_keeps_grid_sample_and_the_io_in_fp32_in_a_sorted_graph(
     assert rounded.dtype == np.float32 and np.abs(rounded - full).max() < 2e-2
 
 
+def test_options_that_changed_nothing_are_named_as_the_flags_given() -> None:
+    """A boolean turned off is named by the flag that turned it off (--no-upright, not --upright), and the verb agrees
+    with how many there are ("--scale change nothing here" read as a slip)."""
+    from engine.portrait.config import changed_nothing
+
+    names = ("scale", "vx_ratio", "vy_ratio", "upright")
+    assert changed_nothing(PortraitConfig("s.jpg", "d.mp4"), names) is None
+    assert (
+        changed_nothing(PortraitConfig("s.jpg", "d.mp4", upright=False), names) == "--no-upright changes nothing here"
+    )
+    both = PortraitConfig("s.jpg", "d.mp4", scale=2.5, upright=False)
+    assert changed_nothing(both, names) == "--scale, --no-upright change nothing here"
+
+
 def test_an_export_precision_not_offered_is_refused_before_loading(tmp_path: Path) -> None:
     from engine.portrait.onnx_backend import export_onnx
 
@@ -612,7 +626,7 @@ def test_refusals_are_messages(weights: Path, driving: Path, tmp_path: Path) -> 
         "transfer its expression"
     ) in result.warnings
     assert any("no face found in the source blank.png: the whole picture is animated" in w for w in result.warnings)
-    assert "--scale change nothing here: with --no-crop the source is not cropped" in result.warnings
+    assert "--scale changes nothing here: with --no-crop the source is not cropped" in result.warnings
     from engine.core.results import RunResult
     from engine.portrait.liveportrait_plan import _unused_crop_options
 
@@ -635,8 +649,8 @@ def test_a_split_job_names_the_options_that_change_nothing_as_a_whole_run(
     split = PortraitSegments(config, tmp_path / "split.mp4", load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path)}))
     split.setup(lambda fraction, label: None)
     warnings = split.report(0, 1.0, SimpleNamespace(codec="libx264")).warnings
-    assert "--scale change nothing here: with --no-crop the source is not cropped" in warnings
-    assert any(w.startswith("--yaw change nothing here: with --no-relative and region all") for w in warnings)
+    assert "--scale changes nothing here: with --no-crop the source is not cropped" in warnings
+    assert any(w.startswith("--yaw changes nothing here: with --no-relative and region all") for w in warnings)
 
 
 def test_head_offsets_absolute_motion_leaves_unused_are_named(weights: Path, driving: Path, tmp_path: Path) -> None:
@@ -667,11 +681,11 @@ def test_driving_crop_options_for_a_square_driver_taken_whole_are_named(
     config = PortraitConfig(source, driving, weights=str(weights), scale_crop_driving=2.6, max_frames=1)
     result = run_portrait(config, tmp_path / "whole.mp4")
     assert (
-        "--scale-crop-driving change nothing here: the square drive.mkv is taken whole (--crop-driving crops it)"
+        "--scale-crop-driving changes nothing here: the square drive.mkv is taken whole (--crop-driving crops it)"
         in (result.warnings)
     )
     cropped = run_portrait(replace(config, crop_driving=True), tmp_path / "cropped.mp4")
-    assert not any("change nothing here" in w for w in cropped.warnings)
+    assert not any("nothing here" in w for w in cropped.warnings)
 
 
 def _video(path: Path, frames: list[np.ndarray]) -> Path:
@@ -1293,7 +1307,7 @@ def test_head_offsets_with_absolute_pose_are_named_in_region_pose_too(tmp_path: 
     _unused_head_offsets(PortraitConfig(ASSETS / "face.jpg", ASSETS / "face.jpg", relative=False, region="pose",
                                         pitch=5.0), told)  # fmt: skip
     assert told.warnings == [
-        "--pitch change nothing here: with --no-relative and region pose the head takes the driver's pose, and the "
+        "--pitch changes nothing here: with --no-relative and region pose the head takes the driver's pose, and the "
         "offsets turn the source's (relative motion, or regions exp, lip and eyes)"
     ]
     _unused_head_offsets(
@@ -1409,7 +1423,7 @@ def test_source_crop_options_are_named_only_with_the_crop_off() -> None:
     from engine.portrait.liveportrait_plan import _unused_crop_options
 
     for crop, warned in (
-        (False, ["--scale change nothing here: with --no-crop the source is not cropped"]),
+        (False, ["--scale changes nothing here: with --no-crop the source is not cropped"]),
         (True, []),
     ):
         told = RunResult()
@@ -1518,4 +1532,4 @@ def test_a_run_names_both_kinds_of_unused_options() -> None:
     told = RunResult()
     config = PortraitConfig(ASSETS / "face.jpg", ASSETS / "face.jpg", crop=False, scale=2.5, relative=False, roll=3.0)
     name_unused_options(config, told)
-    assert [w.split(":")[0] for w in told.warnings] == ["--scale change nothing here", "--roll change nothing here"]
+    assert [w.split(":")[0] for w in told.warnings] == ["--scale changes nothing here", "--roll changes nothing here"]

@@ -180,4 +180,29 @@ class PortraitConfig(Config):
         return self.pitch, self.yaw, self.roll
 
 
-__all__ = ["BACKENDS", "DRIVING_OPTIONS", "ENGINES", "PRECISIONS", "REGIONS", "PortraitConfig", "PortraitError"]
+def changed_nothing(config: PortraitConfig, names: tuple[str, ...]) -> str | None:
+    """The options among `names` given other than their defaults, as the flags that gave them (`--no-upright` for
+    upright turned off) and with the verb that agrees: "--scale changes nothing here", "--yaw, --roll change
+    nothing here"; None where none was given. Runs name so the options that had no effect."""
+    defaults = PortraitConfig(config.source, config.driving)
+    turned_off = {name for name in names if getattr(config, name) is False and getattr(defaults, name) is True}
+    flags = [
+        ("--no-" if name in turned_off else "--") + name.replace("_", "-")
+        for name in names
+        if getattr(config, name) != getattr(defaults, name)
+    ]
+    if not flags:
+        return None
+    return f"{', '.join(flags)} {'changes' if len(flags) == 1 else 'change'} nothing here"
+
+
+__all__ = [
+    "BACKENDS",
+    "DRIVING_OPTIONS",
+    "ENGINES",
+    "PRECISIONS",
+    "REGIONS",
+    "PortraitConfig",
+    "PortraitError",
+    "changed_nothing",
+]

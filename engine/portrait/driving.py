@@ -28,7 +28,7 @@ from engine.core.media import (
 )
 from engine.core.results import RunResult
 from engine.core.settings import Settings
-from engine.portrait.config import TEMPLATE_SUFFIXES, PortraitConfig, PortraitError, is_template
+from engine.portrait.config import TEMPLATE_SUFFIXES, PortraitConfig, PortraitError, changed_nothing, is_template
 from engine.portrait.crop import CropTransform, bbox_crop_transform, crop_image, network_input, stretched_input
 from engine.portrait.frames import Progress, largest_face, to_rgb
 from engine.portrait.landmarks import LandmarkModel, openness
@@ -257,13 +257,9 @@ def _driving_transform(config: PortraitConfig, box: np.ndarray, width: int, heig
 
 def _unused_driving_crop(config: PortraitConfig, transform: CropTransform | None, name: str, result: RunResult) -> None:
     """The driving crop's scale and shifts given for a square driver taken whole: they changed nothing, silently."""
-    defaults = PortraitConfig(config.source, config.driving)
-    changed = [n for n in DRIVING_CROP_SHAPE if getattr(config, n) != getattr(defaults, n)]
-    if transform is None and changed:
-        result.warn(
-            f"{', '.join('--' + n.replace('_', '-') for n in changed)} change nothing here: the square {name} is "
-            "taken whole (--crop-driving crops it)"
-        )
+    unused = changed_nothing(config, DRIVING_CROP_SHAPE)
+    if transform is None and unused:
+        result.warn(f"{unused}: the square {name} is taken whole (--crop-driving crops it)")
 
 
 def _driving_input(rgb: np.ndarray, transform: CropTransform | None, device: torch.device) -> torch.Tensor:

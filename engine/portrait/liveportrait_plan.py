@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from engine.core.results import RunResult
-from engine.portrait.config import PortraitConfig, PortraitError, is_template
+from engine.portrait.config import PortraitConfig, PortraitError, changed_nothing, is_template
 from engine.portrait.crop import (
     CropTransform,
     PasteBack,
@@ -300,14 +300,13 @@ def _unused_crop_options(config: PortraitConfig, result: RunResult) -> None:
     """Crop options changed where nothing is cropped are named (they changed nothing, without a word): the
     source's with --no-crop, the driving clip's with a motion template, whose motion was measured before. Upstream
     warns of the second."""
-    defaults = PortraitConfig(config.source, config.driving)
     for names, unused, why in (
         (SOURCE_CROP_OPTIONS, not config.crop, "with --no-crop the source is not cropped"),
         (DRIVING_CROP_OPTIONS, is_template(config.driving), "a motion template's motion was measured when saved"),
     ):
-        changed = [name for name in names if getattr(config, name) != getattr(defaults, name)]
+        changed = changed_nothing(config, names)
         if unused and changed:
-            result.warn(f"{', '.join('--' + n.replace('_', '-') for n in changed)} change nothing here: {why}")
+            result.warn(f"{changed}: {why}")
 
 
 HEAD_OFFSETS = ("pitch", "yaw", "roll")
@@ -316,10 +315,10 @@ HEAD_OFFSETS = ("pitch", "yaw", "roll")
 def _unused_head_offsets(config: PortraitConfig, result: RunResult) -> None:
     """The head-rotation offsets turn the source's own pose, and absolute motion of the whole head (region all or
     pose) puts the driver's pose in its place: offsets given there changed nothing, without a word."""
-    given = [name for name in HEAD_OFFSETS if getattr(config, name)]
+    given = changed_nothing(config, HEAD_OFFSETS)
     if given and not config.relative and config.region in ("all", "pose"):
         result.warn(
-            f"{', '.join('--' + name for name in given)} change nothing here: with --no-relative and region "
+            f"{given}: with --no-relative and region "
             f"{config.region} the head takes the driver's pose, and the offsets turn the source's (relative motion, "
             "or regions exp, lip and eyes)"
         )
