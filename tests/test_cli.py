@@ -424,6 +424,9 @@ def test_the_sweep_table_shows_each_figure_in_its_unit_and_keeps_its_columns_ali
     assert printed.split() == ["cpu", "eager", "fp32", "b1", "ok", "1.500", "12.3", "-", "-", "-", "100", "1.00e-06"]
     assert len(printed) == len(header) and printed.endswith(" 1.00e-06")  # every column where its heading is
     assert lines[4:] == ["    warning: it was slow"]
+    for tflops, shown in ((1.23456, "1.235"), (0.00041234, "0.000412")):  # a tiny model's rate read 0.000
+        _print_sweep({**report, "results": [{**row, "achieved_tflops": tflops, "warnings": []}]})
+        assert capsys.readouterr().out.splitlines()[3].split()[8] == shown
 
 
 def test_onnx_eval_with_images_and_labels(tmp_path: Path) -> None:

@@ -127,9 +127,11 @@ def _print_sweep(report: dict[str, Any]) -> None:
         lat = r["latency"] or {}
         err = (r["error_vs_fp32"] or {}).get("rel_l2")
         peak = r["peak_allocated_bytes"] or r["device_used_bytes"]
+        tflops = r["achieved_tflops"]  # three significant figures below 0.1: a tiny model on a CPU read 0.000
         print(
             f"{r['label']:<36} {r['status']:<6} {_fmt(lat.get('p50_ms'), '9.3f')} {_fmt(r['samples_per_s'], '10.1f')} "
-            f"{_fmt(r['speedup'], '7.2f')} {_fmt(r['achieved_tflops'], '8.3f')} {_fmt(r['percent_of_peak'], '7.1f')} "
+            f"{_fmt(r['speedup'], '7.2f')} {_fmt(tflops, '8.3f' if tflops is None or tflops >= 0.1 else '8.3g')} "
+            f"{_fmt(r['percent_of_peak'], '7.1f')} "
             f"{_fmt(peak / 2**20 if peak else None, '9.0f')} {_fmt(err, '9.2e')}"
         )
         if r["error"]:
