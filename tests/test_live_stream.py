@@ -154,9 +154,12 @@ def test_a_failed_run_ends_its_stream_and_a_missing_one_is_empty(tmp_path) -> No
 
 def test_a_second_run_to_the_same_output_starts_a_fresh_stream(tmp_path) -> None:
     """The first run's finished playlist (and its later segments) stayed until the second run's first segment: a
-    player opened then played the old video."""
+    player opened then played the old video. A killed run's half-written files (FFmpeg's `.tmp` names) go too."""
     out = tmp_path / "again.mp4"
     for frames in (275, 10):  # eleven seconds (part-00010.ts too), then less than one
+        if frames == 10:
+            for half_written in ("part-00011.ts.tmp", PLAYLIST + ".tmp"):
+                (stream_folder(out) / half_written).write_bytes(b"cut short")
         writer = VideoWriter(out, 25, 64, 64, stream_to=stream_folder(out), codec="libx264")
         if frames == 10:
             assert not list(stream_folder(out).iterdir())  # nothing of the first run's stream is left

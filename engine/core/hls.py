@@ -55,8 +55,9 @@ class HlsCopy:
         import av
 
         folder.mkdir(parents=True, exist_ok=True)
-        # an earlier run's stream to the same output goes first: its finished playlist played the old video
-        for old in (folder / PLAYLIST, *folder.glob(SEGMENT_PATTERN.replace("%05d", "*"))):
+        # an earlier run's stream to the same output goes first: its finished playlist played the old video; a
+        # killed run's half-written segment and playlist (FFmpeg's temp_file names, `*.tmp`) go with it
+        for old in (folder / PLAYLIST, *folder.glob(SEGMENT_PATTERN.replace("%05d", "*")), *folder.glob("*.tmp")):
             old.unlink(missing_ok=True)
         self.folder = folder
         self._container = av.open(
