@@ -19,7 +19,7 @@ import torch
 
 from engine.core.audio import SAMPLE_RATE
 from engine.core.errors import SetupError
-from engine.core.media import VideoWriter, probe_video, read_frames
+from engine.core.media import MediaError, VideoWriter, probe_video, read_frames
 from engine.core.settings import load_settings
 from engine.lipsync.config import LipSyncConfig, LipSyncError
 from engine.lipsync.musetalk.audio import frame_count
@@ -320,6 +320,16 @@ def test_tf32_on_the_cpu_is_refused_as_wav2lip_refuses_it(weights, tmp_path) -> 
     config = LipSyncConfig(face=FACE, audio=speech_file(tmp_path / "s.wav", 0.5), engine="musetalk",
                            musetalk_weights=str(weights), box=BOX, precision="tf32")  # fmt: skip
     with pytest.raises(SetupError, match=r"tf32 is not supported on .* \(cpu\); supported: fp32"):
+        run_lipsync(config, tmp_path / "out.mp4", _settings(tmp_path), device="cpu")
+
+
+def test_a_face_in_neither_format_is_told_a_photo_or_a_video_is_taken(weights, tmp_path) -> None:
+    """The video reader's refusal listed videos alone, as though MuseTalk took no photos."""
+    face = tmp_path / "face.heic"
+    face.write_bytes(b"not a picture\n" * 50)
+    config = LipSyncConfig(face=face, audio=speech_file(tmp_path / "s.wav", 0.5), engine="musetalk",
+                           musetalk_weights=str(weights), box=BOX)  # fmt: skip
+    with pytest.raises(MediaError, match=r"face\.heic could not be read as a video .*; accepted: an image \(\.jpg, "):
         run_lipsync(config, tmp_path / "out.mp4", _settings(tmp_path), device="cpu")
 
 

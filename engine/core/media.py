@@ -114,6 +114,9 @@ def pick_h264_encoder() -> str:
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mpg", ".mpeg", ".gif")
+VIDEOS = ", ".join(VIDEO_EXTENSIONS)
+# what an input taking either (a face, a driving clip or image) accepts: a file in neither list is probed as a video
+IMAGES_OR_VIDEOS = f"an image ({', '.join(IMAGE_EXTENSIONS)}) or a video ({VIDEOS})"
 IMAGE_FORMATS = "PNG, JPEG, BMP, WebP or TIFF"
 # A pixel cap besides the side limit: a 36-megapixel camera photo and 8K UHD (33 MP) pass, while a
 # 16-bit RGBA frame at the cap still decodes to no more than 320 MB.
@@ -410,9 +413,9 @@ def _bgr8(image: np.ndarray, name: str) -> np.ndarray:
     return np.ascontiguousarray(colour)
 
 
-def _video_stream(container, name: str):
+def _video_stream(container, name: str, accepted: str = VIDEOS):
     if not container.streams.video:
-        raise MediaError(f"{name} has no video stream; accepted: {', '.join(VIDEO_EXTENSIONS)} videos")
+        raise MediaError(f"{name} has no video stream; accepted: {accepted}")
     return container.streams.video[0]
 
 
@@ -421,24 +424,23 @@ def _frame_rate(stream) -> float:
     return float(rate) if rate else 25.0
 
 
-def _unreadable_video(name: str, exc: Exception) -> MediaError:
-    return MediaError(
-        f"{name} could not be read as a video ({ffmpeg_reason(exc)}); accepted: {', '.join(VIDEO_EXTENSIONS)}"
-    )
+def _unreadable_video(name: str, exc: Exception, accepted: str = VIDEOS) -> MediaError:
+    return MediaError(f"{name} could not be read as a video ({ffmpeg_reason(exc)}); accepted: {accepted}")
 
 
-def probe_video(path: str | os.PathLike, max_side: int = LARGEST_MAX_SIDE) -> VideoInfo:
+def probe_video(path: str | os.PathLike, max_side: int = LARGEST_MAX_SIDE, accepted: str = VIDEOS) -> VideoInfo:
     """Read a video's header: size, frame rate, length, whether it has sound. A still image given as a video is
     checked against `max_side` from its own header first: FFmpeg decodes it to open it (a 2 MB PNG declaring
-    16000x16000, named .mp4, took 2.2 GB before validate_video refused it)."""
+    16000x16000, named .mp4, took 2.2 GB before validate_video refused it). `accepted` is what a refusal offers
+    (IMAGES_OR_VIDEOS where an image was taken too: a face.heic told "accepted: .mp4, ..." read as no photos)."""
     import av
 
     path = Path(path)
-    check_file(path, "video", f"accepted: {', '.join(VIDEO_EXTENSIONS)}")
+    check_file(path, "video", f"accepted: {accepted}")
     _check_still_size(path, max_side)
     try:
         with av.open(str(path), metadata_errors="ignore") as container:
-            stream = _video_stream(container, path.name)
+            stream = _video_stream(container, path.name, accepted)
             fps = _frame_rate(stream)
             duration = None
             if stream.duration is not None and stream.time_base is not None:
@@ -460,7 +462,7 @@ def probe_video(path: str | os.PathLike, max_side: int = LARGEST_MAX_SIDE) -> Vi
                 audio_lag_s=_audio_lag_s(stream, container.streams.audio[0]) if container.streams.audio else 0.0,
             )
     except (av.error.FFmpegError, UnicodeDecodeError) as exc:  # InvalidDataError and friends
-        raise _unreadable_video(path.name, exc) from None
+        raise _unreadable_video(path.name, exc, accepted) from None
 
 
 def _check_still_size(path: Path, max_side: int) -> None:

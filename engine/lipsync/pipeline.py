@@ -57,6 +57,7 @@ from engine.core.device import (
 from engine.core.hls import stream_folder
 from engine.core.hub import where_to_put
 from engine.core.media import (
+    IMAGES_OR_VIDEOS,
     Decoding,
     LosslessWriter,
     VideoWriter,
@@ -320,7 +321,7 @@ def _prepare(
         if config.static:
             result.warn("--static holds a video's first frame: a photo is held still already")
     else:
-        info = probe_video(config.face, settings.max_side)
+        info = probe_video(config.face, settings.max_side, accepted=IMAGES_OR_VIDEOS)
         validate_video(info, Path(config.face).name, settings.max_side, settings.max_seconds)
         edit = VideoEdits.of(config)
         one_frame = info.frames == 1  # a one-frame GIF: a still face (one_frame_words)

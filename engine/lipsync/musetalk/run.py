@@ -55,7 +55,15 @@ from engine.core.device import (
     usable_host_memory,
 )
 from engine.core.hls import stream_folder
-from engine.core.media import VideoWriter, is_image, load_image, probe_video, read_frames, validate_video
+from engine.core.media import (
+    IMAGES_OR_VIDEOS,
+    VideoWriter,
+    is_image,
+    load_image,
+    probe_video,
+    read_frames,
+    validate_video,
+)
 from engine.core.resample import SOXR_HQ
 from engine.core.results import RunResult
 from engine.core.settings import Settings
@@ -176,7 +184,7 @@ def _checked_face(config: Any, settings: Settings, photo_fps: float = IMAGE_FPS)
         if config.box is not None:
             check_fixed_box(config.box, photo.shape[1], photo.shape[0])
         return _Face(photo_fps, photo, None, photo.shape[1], photo.shape[0])
-    info = probe_video(config.face, settings.max_side)
+    info = probe_video(config.face, settings.max_side, accepted=IMAGES_OR_VIDEOS)
     validate_video(info, Path(config.face).name, settings.max_side, settings.max_seconds)
     if config.box is not None:
         check_fixed_box(config.box, info.width, info.height)
