@@ -285,6 +285,16 @@ def test_a_checkpoint_quantized_ahead_of_time_is_planned_as_tgi_loads_it(tmp_pat
         # heads of 4100 / 32 = 128.125 dimensions: no head_dim to say otherwise, so no shape (not 128 by floor)
         ({**MISTRAL, "hidden_size": 4100}, "hidden_size 4100 is not a multiple of 32 heads and no head_dim is given"),
         ([1, 2], "is not a JSON object"),
+        # speculators' configs name their base model (TGI serves it with the heads): it said "no num_hidden_layers"
+        (
+            {"base_model_name_or_path": "mistralai/Mistral-7B-Instruct-v0.2", "medusa_num_heads": 3},
+            r"describes a Medusa speculator \(3 heads\) for mistralai/Mistral-7B-Instruct-v0\.2, not a model: TGI "
+            r"serves its base model with the heads added; plan the base model \(its config\.json or Hub id\)",
+        ),
+        (
+            {**MISTRAL, "model_type": "mlp_speculator", "n_predict": 4, "base_model_name_or_path": "m/base"},
+            r"describes an MLP speculator \(4 heads\) for m/base, not a model",
+        ),
         # the folder is the command line's: an upload (the tab, the API) is the one file
         (
             {"model_type": "llava", "text_config": MISTRAL},

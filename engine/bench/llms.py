@@ -134,6 +134,7 @@ def spec_from_config(path: str | Path, name: str | None = None, hub_count: tuple
     `name` its Hub id where known, `hub_count` the Hub's (parameters, tied embeddings) where it gave them."""
     file = _config_file(Path(path))
     config = _read_config(file)
+    _refuse_speculator(config, file)
     shape = _text_model(config)
     family = str(shape.get("model_type") or config.get("model_type") or "")
     names = ("num_hidden_layers", "hidden_size", "num_attention_heads", "vocab_size")
@@ -188,6 +189,26 @@ def _read_config(file: Path) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise LlmConfigError(f"{file.name} is not a JSON object: give a model's {CONFIG_NAME}")
     return config
+
+
+def _refuse_speculator(config: dict[str, Any], file: Path) -> None:
+    """A Medusa or MLP speculator's config describes heads, not a model: TGI's get_model serves the base model it
+    names (base_model_name_or_path) and adds the heads, which this planner does not size (their weights, a few
+    hundred million parameters for a 7B base, come on top of the base model's)."""
+    if "medusa_num_heads" in config:
+        kind, heads = "a Medusa speculator", config["medusa_num_heads"]
+    elif config.get("model_type") == "mlp_speculator":
+        kind, heads = "an MLP speculator", config.get("n_predict")
+    else:
+        return
+    base = config.get("base_model_name_or_path")
+    base_words = f" for {base}" if isinstance(base, str) and base else ""
+    heads_words = f" ({heads} heads)" if isinstance(heads, int) and not isinstance(heads, bool) else ""
+    raise LlmConfigError(
+        f"{file.name} describes {kind}{heads_words}{base_words}, not a model: TGI serves its base model with the "
+        "heads added; plan the base model (its config.json or Hub id) and leave room for the heads' weights, "
+        "which the planner does not size"
+    )
 
 
 def _text_model(config: dict[str, Any]) -> dict[str, Any]:
