@@ -435,6 +435,10 @@ def test_tracker_truncates_then_pads_as_upstream() -> None:
     assert raw.update(_det(-3.7, -0.2, 50.2, 60.8), (200, 300, 3)).box == (0, 0, 50, 70)
     shrunk = FaceTracker(smooth=False, pads=(-5, -10, 4, -4))
     assert shrunk.update(_det(10.9, 20.6, 110.5, 150.99), (200, 300, 3)).box == (6, 25, 106, 140)
+    # Clipped at 0 before the pads: a box past the top left edge, shrunk by negative pads, starts 4 and 5 pixels in
+    # (truncating -3.7 and -2.2 without the clip would start it at 1 and 3).
+    inward = FaceTracker(smooth=False, pads=(-5, 0, -4, 0))
+    assert inward.update(_det(-3.7, -2.2, 50.5, 60.5), (200, 300, 3)).box == (4, 5, 50, 60)
 
 
 def test_tracker_uses_the_largest_face() -> None:
@@ -490,6 +494,30 @@ def test_tracker_holds_the_box_through_short_gaps_then_passes_through() -> None:
     assert tracker.missed == 13
     # A face after a long gap starts afresh at its own position (no blending with the old one).
     assert tracker.update(_det(400, 50, 500, 180), SHAPE).box == (400, 50, 500, 180)
+
+
+def test_the_default_hold_over_is_the_readmes_12_frames() -> None:
+    """The README promises a frame without a face keeps the last box for up to 12 frames of the same shot."""
+    tracker = FaceTracker(pads=(0, 0, 0, 0))
+    tracker.update(_det(100, 100, 220, 250), SHAPE)
+    assert [tracker.update(NONE, SHAPE).box is None for _ in range(13)] == [False] * 12 + [True]
+
+
+def test_no_hold_over_passes_the_first_frame_without_a_face_through() -> None:
+    """max_gap=0 is a valid choice (no hold-over at all), not a refusal: a missed frame passes through at once."""
+    tracker = FaceTracker(pads=(0, 0, 0, 0), max_gap=0)
+    assert tracker.update(_det(100, 100, 220, 250), SHAPE).box == (100, 100, 220, 250)
+    assert tracker.update(NONE, SHAPE).box is None and tracker.missed == 1
+
+
+def test_a_face_the_pads_leave_nothing_of_is_counted_and_held_over() -> None:
+    """A lip-sync run without a box names the pads where a face was found but padded away (not "no face found"):
+    the tracker counts those frames, and holds the last box over them as over a missed detection."""
+    tracker = FaceTracker(pads=(-40, -40, 0, 0), smooth=False, max_gap=1)
+    assert tracker.update(_det(100, 100, 220, 250), SHAPE).box == (100, 140, 220, 210) and tracker.padded_away == 0
+    track = tracker.update(_det(100, 100, 160, 160), SHAPE)  # 60 px high: 80 px of pads leave nothing
+    assert (track.box, track.detected, tracker.padded_away) == ((100, 140, 220, 210), False, 1)
+    assert tracker.update(_det(100, 100, 160, 160), SHAPE).box is None and tracker.padded_away == 2
 
 
 def test_a_face_back_near_its_old_place_after_a_long_gap_is_not_smoothed_towards_it() -> None:
@@ -563,10 +591,14 @@ def test_tracker_fixed_box_overrides_detection() -> None:
         ({"fixed_box": (10, 10, 10, 20)}, "x2 > x1"),  # no width: every frame would pass through
         ({"fixed_box": (10, 20, 30, 20)}, "y2 > y1"),
         ({"max_gap": -1}, ">= 0"),
+        ({"pads": (0, 10, 0)}, "pads must be (top, bottom, left, right)"),  # else a ValueError at the first frame
     ],
 )
-def test_a_tracker_with_an_empty_fixed_box_or_a_negative_gap_is_refused(options: dict, accepted: str) -> None:
-    """A box of no width or height, or a negative hold-over, is a mistake to say, not one to run with."""
+def test_a_tracker_with_an_empty_fixed_box_a_negative_gap_or_three_pads_is_refused(
+    options: dict, accepted: str
+) -> None:
+    """A box of no width or height, a negative hold-over, or pads that are not four, is a mistake to say, not one to
+    run with."""
     with pytest.raises(FaceError, match=re.escape(accepted)):
         FaceTracker(**options)
 
