@@ -76,11 +76,20 @@ def test_landmarks_stay_float32_as_upstreams_runner_maps_them(tmp_path: Path) ->
     assert np.float32(lip_open_ratio(points)) == ratio(90, 102, 48, 66)[0, 0]
 
 
+def test_an_eye_or_mouth_of_no_width_is_closed_not_nan() -> None:
+    """Upstream's ratio adds 1e-6 to the width it divides by: landmarks all in one place (a model that found no face
+    there) give openness 0, not NaN from 0 / 0, which would turn every retargeted keypoint into NaN."""
+    with np.errstate(all="raise"):  # numpy's 0 / 0 is a warning and a NaN; here an error as well
+        assert eye_open_ratios(np.full((203, 2), 80.0, np.float32)).tolist() == [0.0, 0.0]
+        assert lip_open_ratio(np.full((203, 2), 80.0, np.float32)) == 0.0
+
+
 @pytest.mark.parametrize(
     "inputs",
     [
         [],  # a constant graph
         [("x", TensorProto.FLOAT, [1, 10])],  # another rank
+        [("x", TensorProto.FLOAT, [1, 3, 224, 224, 1])],  # one axis more: the image's four, then another
         [("x", TensorProto.FLOAT, [1, 3, 64, 64])],  # another size
         [("x", TensorProto.INT64, ["n", 3, 224, 224])],  # not an image of floats
         [("x", TensorProto.FLOAT, [1, 3, 224, 224]), ("y", TensorProto.FLOAT, [1])],  # a second input
@@ -100,6 +109,25 @@ def test_a_model_that_takes_no_face_crop_is_refused_when_loaded(tmp_path: Path, 
     )
     with pytest.raises(LandmarkError, match=r"other\.onnx is not a landmark model: it takes .*one float image batch"):
         LandmarkModel(path)
+
+
+def test_a_landmark_model_with_an_unsized_batch_and_a_fourth_output_is_read_at_its_third(tmp_path: Path) -> None:
+    """An exported model may leave its batch axis unsized (neither a number nor a name: any batch), and upstream's
+    runner reads the third output whatever follows it: such a model is taken, and its third output read, not its
+    last (here one with every point in one place, where no eye or lip is open)."""
+    import onnx
+
+    model = onnx.load(landmark_model(tmp_path / "landmark.onnx"))
+    model.graph.input[0].type.tensor_type.shape.dim[0].Clear()
+    model.graph.node.append(helper.make_node("Identity", ["decoy_a"], ["decoy_c"]))
+    model.graph.output.append(helper.make_tensor_value_info("decoy_c", TensorProto.FLOAT, [1, 406]))
+    path = tmp_path / "four.onnx"
+    path.write_bytes(model.SerializeToString())
+    landmarks = LandmarkModel(path)
+    assert landmarks.session.get_inputs()[0].shape[0] is None and len(landmarks.session.get_outputs()) == 4
+    points = landmarks(np.zeros((256, 256, 3), np.uint8), np.array([50.0, 50.0, 200.0, 200.0]))
+    assert eye_open_ratios(points) == pytest.approx([0.25, 0.2], abs=1e-4)
+    assert lip_open_ratio(points) == pytest.approx(0.2, abs=1e-4)
 
 
 def test_a_landmark_model_that_fails_as_it_runs_is_an_input_error(tmp_path: Path) -> None:
