@@ -162,11 +162,17 @@ def test_bad_templates_are_messages(tmp_path: Path) -> None:
         "cannot be read as LivePortrait's motion template": truncated,
         "no list of frames under 'motion'": _bad(tmp_path, {"motion": []}),
         "is not LivePortrait's motion template": _bad(tmp_path, [1, 2, 3]),
-        "its frames lack exp": _bad(tmp_path, {"motion": [{k: v for k, v in frame.items() if k != "exp"}]}),
+        **{
+            f"its frames lack {key}": _bad(tmp_path, {"motion": [{k: v for k, v in frame.items() if k != key}]})
+            for key in ("scale", "exp", "t")
+        },
         "each frame's 'exp' must be 63 numbers": _bad(tmp_path, {"motion": [{**frame, "exp": np.zeros((1, 20, 3))}]}),
         "NaN or infinite": _bad(tmp_path, {"motion": [nan]}),
         "fps must be one number in 1..240": _bad(tmp_path, {"motion": [frame], "output_fps": 0}),
         r"fps must be one number in 1..240 \(it holds '25'\)": _bad(tmp_path, {"motion": [frame], "output_fps": "25"}),
+        r"fps must be one number in 1..240 \(it holds 2 values\)": _bad(
+            tmp_path, {"motion": [frame], "output_fps": [25, 25]}
+        ),
         "one entry per frame": _bad(tmp_path, {"motion": [frame], "c_eyes_lst": [], "c_lip_lst": []}),
     }
     (tmp_path / "text.pkl").write_text("motion, as a text file\n" * 20)
@@ -192,6 +198,10 @@ def test_bad_templates_are_messages(tmp_path: Path) -> None:
         read_template(tmp_path / "half.npz")
     save_template(tmp_path / "whole.npz", _angles(2, seed=5), 25.0)
     whole = (tmp_path / "whole.npz").read_bytes()
+    with np.load(tmp_path / "whole.npz") as data:
+        np.savez(tmp_path / "no_fps.npz", **{k: v for k, v in data.items() if k != "fps"})
+    with pytest.raises(PortraitError, match="not a motion template: missing fps"):  # not "KeyError: 'fps'"
+        read_template(tmp_path / "no_fps.npz")
     for name, data, reason in (
         ("junk.npz", b"not a zip", "it is not an .npz archive"),
         ("empty.npz", b"", "EOFError"),
@@ -322,13 +332,18 @@ def test_an_npz_of_no_frames_is_refused(tmp_path: Path) -> None:
 
 
 def test_a_pickle_over_the_size_limit_is_refused_unread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Guards the size check: a .pkl one byte over MAX_PICKLE_BYTES is refused before it is read."""
+    """Guards the size check: a .pkl one byte over MAX_PICKLE_BYTES is refused before it is read; one of exactly
+    that size is read ("at most")."""
     from engine.portrait import templates
 
     monkeypatch.setattr(templates, "MAX_PICKLE_BYTES", 2**20)
     (tmp_path / "big.pkl").write_bytes(b"\0" * (2**20 + 1))
     with pytest.raises(PortraitError, match=r"may be at most 1 MiB"):
         read_template(tmp_path / "big.pkl")
+    motion = _angles(2, seed=19)
+    good = upstream_pickle(tmp_path / "whole.pkl", motion).read_bytes()
+    (tmp_path / "whole.pkl").write_bytes(good.ljust(2**20, b"\0"))  # the unpickler stops at the pickle's end
+    assert torch.equal(read_template(tmp_path / "whole.pkl").motion.exp, motion.exp)
 
 
 def test_source_folder_and_tiny_source_limit_are_messages(tmp_path: Path) -> None:
@@ -427,10 +442,42 @@ def test_bad_pickled_frames_and_openness_are_named(tmp_path: Path) -> None:
         (r"one entry per frame \(2\)", {**data, "c_lip_lst": lips[:1]}),
         (r"one entry per frame \(2\)", {**data, "c_eyes_lst": eyes[:1]}),
         (r"each frame's 'c_eyes_lst' must be 2 numbers", {**data, "c_eyes_lst": [np.zeros(3, np.float32)] * 2}),
+        (r"one entry per frame \(2\)", {**data, "c_eyes_lst": 0.3}),  # a number, not a list: no len() to take
     ]
     for message, bad in cases:
         with pytest.raises(PortraitError, match=message):
             read_template(_bad(tmp_path, bad))
+
+
+def test_a_pickle_of_float64_arrays_drives_in_float32(tmp_path: Path) -> None:
+    """Upstream pickles float32, but a template saved again in float64 (numpy's default) is read as float32 like
+    every other: float64 rotations met the float32 keypoints in the driver's matrix products."""
+    motion = _angles(2, seed=20)
+    data = pickle.loads(upstream_pickle(tmp_path / "d.pkl", motion).read_bytes())
+    data["motion"] = [{k: np.asarray(v, np.float64) for k, v in frame.items()} for frame in data["motion"]]
+    data["c_eyes_lst"] = [np.asarray(v, np.float64) for v in data["c_eyes_lst"]]
+    data["c_lip_lst"] = [np.asarray(v, np.float64) for v in data["c_lip_lst"]]
+    read = read_template(_bad(tmp_path, data))
+    tensors = {f: getattr(read.motion, f) for f in ("pitch", "yaw", "roll", "t", "exp", "scale", "kp", "matrix")}
+    assert {f: t.dtype for f, t in tensors.items()} == dict.fromkeys(tensors, torch.float32)
+    assert [a.dtype for a in read.openness] == [np.float32, np.float32]
+    assert torch.allclose(read.motion.exp, motion.exp)
+
+
+def test_an_npz_of_float64_arrays_drives_in_float32(tmp_path: Path) -> None:
+    """Ours saves float32, but an .npz written by numpy's defaults (float64; whole numbers as int64) is read as
+    float32 like every other, its rotations and openness too."""
+    motion = _angles(2, seed=21)
+    save_template(tmp_path / "d.npz", read_template(upstream_pickle(tmp_path / "d.pkl", motion)).motion, 25.0,
+                  (np.full((2, 2), 0.3, np.float32), np.full(2, 0.1, np.float32)))  # fmt: skip
+    with np.load(tmp_path / "d.npz") as data:
+        widened = {k: v.astype(np.float64) for k, v in data.items()}
+    np.savez(tmp_path / "wide.npz", **{**widened, "scale": np.array([2, 3], np.int64)})
+    read = read_template(tmp_path / "wide.npz")
+    tensors = {f: getattr(read.motion, f) for f in ("pitch", "yaw", "roll", "t", "exp", "scale", "kp", "matrix")}
+    assert {f: t.dtype for f, t in tensors.items()} == dict.fromkeys(tensors, torch.float32)
+    assert [a.dtype for a in read.openness] == [np.float32, np.float32]
+    assert read.motion.scale.tolist() == [2.0, 3.0] and torch.allclose(read.motion.exp, motion.exp)
 
 
 def test_pickles_upstream_reads_are_read(tmp_path: Path) -> None:
