@@ -563,6 +563,17 @@ def test_scene_cuts_are_changes_of_shot_not_motion() -> None:
     assert float(np.abs(thumbnail(face) - thumbnail(grey)).mean()) < CUT_THRESHOLD / 10
 
 
+def test_a_cut_between_grey_frames_is_seen_both_ways() -> None:
+    """Grey frames' thumbnails are float32 as colour ones are: in uint8 a white frame after a black one is a change
+    of 255, and a black one after a white one wraps around to a change of 1, which no threshold sees."""
+    from engine.faces.tracking import SceneCuts, thumbnail
+
+    black, white = np.zeros((64, 64), np.uint8), np.full((64, 64), 255, np.uint8)
+    assert thumbnail(black).dtype == np.float32
+    cuts = SceneCuts()
+    assert [cuts(frame) for frame in (white, black, white)] == [False, True, True]
+
+
 def test_heavy_camera_noise_is_not_a_scene_cut() -> None:
     """The thumbnail area-averages about 100 pixels a side, so grain (dim light, a high ISO) averages out; one
     sampled from far fewer pixels keeps each pixel's noise and calls every frame of a grainy 720p shot a cut."""
