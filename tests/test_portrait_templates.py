@@ -173,6 +173,9 @@ def test_bad_templates_are_messages(tmp_path: Path) -> None:
         r"fps must be one number in 1..240 \(it holds 2 values\)": _bad(
             tmp_path, {"motion": [frame], "output_fps": [25, 25]}
         ),
+        r"fps must be one number in 1..240 \(it holds a ragged list\)": _bad(
+            tmp_path, {"motion": [frame], "output_fps": [[25, 25], [25]]}
+        ),  # it said "it holds None"
         "one entry per frame": _bad(tmp_path, {"motion": [frame], "c_eyes_lst": [], "c_lip_lst": []}),
     }
     (tmp_path / "text.pkl").write_text("motion, as a text file\n" * 20)

@@ -93,11 +93,11 @@ def _fps(path: Path, value: Any) -> float:
     """The template's frame rate: one real number in FPS_RANGE, checked before any frame is unpacked (its length in
     seconds, which the limit is on, depends on it)."""
     try:
-        array = np.asarray(value)
-    except ValueError:  # a ragged list
-        array = np.asarray(None)
+        array, shown = np.asarray(value), ""
+    except ValueError:  # a ragged list: named so (np.asarray(None) alone showed "None")
+        array, shown = np.asarray(None), "a ragged list"
     if array.size != 1 or array.dtype.kind not in "fiu" or not FPS_RANGE[0] <= float(array.reshape(())) <= FPS_RANGE[1]:
-        shown = repr(array.reshape(()).item())[:40] if array.size == 1 else f"{array.size} values"
+        shown = shown or (repr(array.reshape(()).item())[:40] if array.size == 1 else f"{array.size} values")
         raise PortraitError(
             f"{path.name}: a motion template's fps must be one number in {FPS_RANGE[0]:g}..{FPS_RANGE[1]:g} "
             f"(it holds {shown})"
