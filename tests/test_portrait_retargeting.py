@@ -216,6 +216,13 @@ def test_a_landmark_model_whose_output_is_not_203_points_is_an_input_error(tmp_p
     )
     with pytest.raises(LandmarkError, match=r"the landmark model's only output holds 10 values, not 203 x 2"):
         LandmarkModel(path)(np.zeros((256, 256, 3), np.uint8), np.array([50.0, 50.0, 200.0, 200.0]))
+    graph.node.append(helper.make_node("Identity", ["out"], ["again"]))  # two outputs: the first is read
+    graph.output.append(helper.make_tensor_value_info("again", TensorProto.FLOAT, [1, 10]))
+    path.write_bytes(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9).SerializeToString()
+    )
+    with pytest.raises(LandmarkError, match=r"the landmark model's first output holds 10 values"):  # not its "only"
+        LandmarkModel(path)(np.zeros((256, 256, 3), np.uint8), np.array([50.0, 50.0, 200.0, 200.0]))
 
 
 def _mlp(cin: int, bias: float, per_target: float = 0.0) -> nn.Module:

@@ -5,7 +5,7 @@ retargeting to the driver takes each driving frame's.
 The model sees a 224x224 RGB crop in [0, 1]: 1.5x the face box, shifted up by 0.1 (upstream crops around
 InsightFace's 106 points here, which we do not have), or, for a face already found (the driving clip's next frame),
 upstream's crop from the earlier 203 points (its runner's run(img, lmk): `landmark_crop_transform`, turned upright
-by their tilt). Its third output (the one upstream's human_landmark_runner reads; a model with a single output: that
+by their tilt). Its third output (the one upstream's human_landmark_runner reads; a model with fewer outputs: its first
 one) holds 203 x 2 values in crop units (x 224), which are mapped back to the image. Openness is a distance ratio,
 so it does not depend on the face's size or position.
 """
@@ -100,8 +100,9 @@ class LandmarkModel:
             raise LandmarkError(f"the landmark model failed on a face crop: {one_line(exc)}") from None
         read = outputs[2] if len(outputs) > 2 else outputs[0]
         if np.asarray(read).size != POINTS * 2:
+            which = "third" if len(outputs) > 2 else "only" if len(outputs) == 1 else "first"
             raise LandmarkError(
-                f"the landmark model's {'third' if len(outputs) > 2 else 'only'} output holds "
+                f"the landmark model's {which} output holds "
                 f"{np.asarray(read).size} values, not {POINTS} x 2 (LivePortrait's landmark.onnx is expected)"
             )
         # float32 throughout, as upstream's runner maps them (its float32 matrix back): the openness ratios depend on it
