@@ -4,6 +4,7 @@ every refusal a message (a clip too long for its header included)."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 from collections.abc import Iterator
@@ -140,15 +141,16 @@ def test_a_gpu_backend_on_a_cpu_job_is_refused_before_the_export(
 
 def test_retargeting_to_each_driving_frame(weights: Path, driving: Path, tmp_path: Path) -> None:
     """The landmark model measures every driving frame; the template keeps those measurements, so it can drive
-    retargeting later; a template without them cannot."""
+    retargeting later; a template without them cannot. The driving crop is made from the followed landmarks."""
     from tiny_onnx import landmark_model
 
     model = str(landmark_model(tmp_path / "landmark.onnx"))
     out = tmp_path / "eyes.mp4"
     config = PortraitConfig(ASSETS / "face.jpg", driving, weights=str(weights), landmarks=model, eye_retargeting=True,
-                            max_frames=2, batch_size=2, save_template=True)  # fmt: skip
+                            max_frames=2, batch_size=2, save_template=True, crop_driving=True)  # fmt: skip
     result = run_portrait(config, out)
     assert result.metrics["frames"] == 2 and result.metrics["lips_normalised"] is False  # upstream: not with it
+    assert result.metrics["driving_crop"] == "followed landmarks"
     assert "driving landmarks" in [s.name for s in result.stages]
     with np.load(out.with_suffix(".npz")) as saved:  # the stand-in's eyes (0.25, 0.2) and lips (0.2), each frame
         assert saved["eyes"] == pytest.approx(np.array([[0.25, 0.2]] * 2), abs=1e-3)
@@ -1094,32 +1096,134 @@ class _RecordingLandmarks:
         return self._points(rgb)
 
 
+def _faces_from_frame_2(images: list[np.ndarray]) -> list[np.ndarray]:
+    """A detector stand-in for `_grey_clip`: no face in frames 0 and 1, nor in frame 3 (a miss upstream's tracking
+    does not notice); frames 2 and 4 a face at (i, i + 1, 60, 62), so the clip's face box (their mean) is (3, 4, 60,
+    62) and a read in a frame's own box names it."""
+    found = []
+    for image in images:
+        level = round(image.mean() / 20)
+        face = level >= 2 and level != 3
+        found.append(np.array([[level, level + 1, 60, 62, 0.9]], np.float32) if face else np.zeros((0, 5)))
+    return found
+
+
 def test_driving_landmarks_follow_the_face_from_frame_to_frame_as_upstreams_cropper(tmp_path: Path) -> None:
-    """Upstream's crop_driving_video (and calc_lmks_from_cropped_video) reads the first face from its detection and
-    each later frame in the crop built from the frame before's 203 points, across batches. Ours: the first face
-    frame (here 2) in the clip's face box, frames 3 and 4 following frames 2 and 3; frames 0 and 1, before the face
-    (upstream drops them), in the box. Every frame's openness comes in order, one row a frame."""
+    """Upstream's crop_driving_video (and calc_lmks_from_cropped_video) reads the first face from its detection on
+    that frame and each later frame in the crop built from the frame before's 203 points. Ours, in the scan for faces:
+    the first face frame (here 2) in its own detector box, frames 3 and 4 following frames 2 and 3, each frame read
+    once; frames 0 and 1, before the face (upstream drops them), are read in the motion pass in the clip's face box,
+    for their openness only. The points are followed where the crop box needs them (a cropped clip) or the openness
+    is measured, and not otherwise. Every frame's openness comes in order, one row a frame."""
     from engine.core.results import RunResult
-    from engine.portrait.driving import clip_motion
+    from engine.portrait.driving import driving_motion
 
     clip = _grey_clip(tmp_path / "five.mp4", 5)
     nets = SimpleNamespace(motion=_level_motion, device=torch.device("cpu"))
+    settings, detector = Settings(data_dir=tmp_path, weights_dir=tmp_path), SimpleNamespace(detect=_faces_from_frame_2)
+    followed = [("box", 2, (2.0, 3.0, 60.0, 62.0)), ("follow", 3, 2), ("follow", 4, 3)]
+    before_the_face = [("box", i, (3.0, 4.0, 60.0, 62.0)) for i in (0, 1)]
+    for crop_driving, measure, reads in (
+        (True, True, followed + before_the_face),
+        (False, True, followed + before_the_face),
+        (True, False, followed),
+        (False, False, []),
+    ):
+        config = PortraitConfig(ASSETS / "face.jpg", clip, batch_size=2, crop_driving=crop_driving)
+        landmarks, result = _RecordingLandmarks(), RunResult()
+        driving = driving_motion(config, settings, nets, detector, landmarks, result, _quiet, measure_openness=measure)
+        assert landmarks.reads == reads and driving.reference == 2
+        assert (driving.openness is not None) == measure
+    assert driving.count == 5 and "driving landmarks" not in {stage.name for stage in result.stages}
     config = PortraitConfig(ASSETS / "face.jpg", clip, batch_size=2)
-    settings = Settings(data_dir=tmp_path, weights_dir=tmp_path)
-    box, info, landmarks = np.array([1.0, 2.0, 60.0, 62.0]), probe_video(clip), _RecordingLandmarks()
-    driving = clip_motion(config, settings, nets, info, box, 2, landmarks, RunResult(), _quiet)
-    assert landmarks.reads == [("box", i, (1.0, 2.0, 60.0, 62.0)) for i in range(3)] + [
-        ("follow", 3, 2),
-        ("follow", 4, 3),
-    ]
+    driving = driving_motion(config, settings, nets, detector, _RecordingLandmarks(), RunResult(), _quiet)
     assert driving.openness is not None
     eyes, lips = driving.openness
     assert eyes.shape == (5, 2) and lips.shape == (5,)
     assert eyes == pytest.approx(np.tile([0.25, 0.2], (5, 1)), abs=1e-4) and lips == pytest.approx([0.2] * 5, abs=1e-4)
-    landmarks.reads.clear()  # a clip with its face from the first frame: only that one is read in the box
-    clip_motion(config, settings, nets, info, box, 0, landmarks, RunResult(), _quiet)
-    assert [kind for kind, _, _ in landmarks.reads] == ["box"] + ["follow"] * 4
-    assert [(frame, source) for _, frame, source in landmarks.reads[1:]] == [(1, 0), (2, 1), (3, 2), (4, 3)]
+
+
+def test_the_driving_crop_box_is_made_from_the_followed_landmarks_and_from_the_detector_without_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Upstream crops a driving clip by one box: each followed frame's landmark box (parse_bbox_from_landmark,
+    2.2x, up 0.1) averaged over the frames from the first face on. Ours does with the landmark model (frames 2 to 4
+    here, not the frames before the face nor the detector's boxes); without it, the square around the mean of the
+    detector's boxes. Every frame is cropped by that one box, and the run names which made it."""
+    import engine.portrait.driving as driving_module
+    from engine.core.results import RunResult
+    from engine.portrait.crop import bbox_crop_transform, bbox_transform, landmark_bbox, mean_bbox
+    from engine.portrait.driving import driving_motion
+
+    crops: list[np.ndarray] = []
+    real_crop = driving_module.crop_image
+    monkeypatch.setattr(driving_module, "crop_image", lambda rgb, t: crops.append(t.to_crop) or real_crop(rgb, t))
+    clip = _grey_clip(tmp_path / "five.mp4", 5)
+    nets = SimpleNamespace(motion=_level_motion, device=torch.device("cpu"))
+    settings, detector = Settings(data_dir=tmp_path, weights_dir=tmp_path), SimpleNamespace(detect=_faces_from_frame_2)
+    layout = _RecordingLandmarks().layout
+    boxes = [landmark_bbox(layout * (100 + i), 2.2, -0.1) for i in (2, 3, 4)]
+    from_landmarks = bbox_transform(mean_bbox(boxes)).to_crop
+    from_detector = bbox_crop_transform(np.array([3.0, 4.0, 60.0, 62.0], np.float32), 2.2, -0.1).to_crop
+    assert not np.array_equal(from_landmarks, from_detector)
+    config = PortraitConfig(ASSETS / "face.jpg", clip, batch_size=2, crop_driving=True)
+    for landmarks, crop, made in ((_RecordingLandmarks(), from_landmarks, "followed landmarks"),
+                                  (None, from_detector, "face detector")):  # fmt: skip
+        crops.clear()
+        result = RunResult()
+        driving_motion(config, settings, nets, detector, landmarks, result, _quiet, measure_openness=False)
+        assert len(crops) == 5 and all(np.array_equal(seen, crop) for seen in crops)
+        assert result.metrics["driving_crop"] == made
+    square = RunResult()
+    driving_motion(replace(config, crop_driving=False), settings, nets, detector, None, square, _quiet)
+    assert square.metrics["driving_crop"] == "none (taken whole)"
+
+
+def test_a_split_jobs_parent_follows_the_landmarks_as_the_unsplit_scan(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A split job's segments find the faces; its parent then follows the landmarks from the first face over the
+    whole clip (each frame from the one before, across segment bounds) and hands the clip's motion the unsplit
+    scan's points, so its crop box and openness are the unsplit run's; where neither needs them (a square clip
+    taken whole, no openness) it reads nothing more."""
+    import engine.portrait.segments as segments
+    from engine.core.results import RunResult
+    from engine.portrait.driving import Driving, LandmarkTrack, clip_frames, face_boxes
+    from engine.portrait.liveportrait_plan import Source
+
+    clip = _grey_clip(tmp_path / "five.mp4", 5)
+    settings, detector = Settings(data_dir=tmp_path, weights_dir=tmp_path), SimpleNamespace(detect=_faces_from_frame_2)
+    unsplit = LandmarkTrack(_RecordingLandmarks())
+    face_boxes(clip_frames(clip, None, settings.max_seconds), detector, RunResult(), unsplit)
+    asked: list[tuple[Any, Any]] = []
+
+    def clip_motion(*args: Any) -> Driving:
+        asked.append((args[6], args[9]))  # the openness model, the followed landmarks
+        return Driving(_level_motion(torch.zeros(5, 3, 8, 8)), 25.0, 5)
+
+    monkeypatch.setattr(segments, "clip_motion", clip_motion)
+    monkeypatch.setattr(segments, "keypoints", lambda *args: (torch.zeros(5, 21, 3), torch.zeros(1, 21, 3)))
+    for crop_driving, follows in ((True, True), (False, False)):
+        config = PortraitConfig(ASSETS / "face.jpg", clip, crop_driving=crop_driving)
+        split = _planning_segments(tmp_path, config, monkeypatch)
+        split.source = Source.__new__(Source)
+        split.source.landmark_model, split.source.nets = _RecordingLandmarks(), None
+        parts = [face_boxes(itertools.islice(clip_frames(clip, None, 60.0), a, b), detector, RunResult())
+                 for a, b in ((0, 3), (3, 5))]  # fmt: skip
+        measured = [{"boxes": np.stack([np.zeros(4, np.float32) if b is None else b for b in part]),
+                     "found": np.array([b is not None for b in part])} for part in parts]  # fmt: skip
+        asked.clear()
+        split.plan([(0, 3), (3, None)], measured, _quiet)
+        (landmarks, followed), reads = asked[0], split.source.landmark_model.reads
+        assert landmarks is None  # no openness asked
+        if follows:
+            assert reads == unsplit.model.reads == [("box", 2, (2.0, 3.0, 60.0, 62.0)), ("follow", 3, 2),
+                                                     ("follow", 4, 3)]  # fmt: skip
+            assert len(followed) == 3 and all(
+                np.array_equal(a, b) for a, b in zip(followed, unsplit.points, strict=True)
+            )
+        else:
+            assert followed is None and reads == []
 
 
 def _upstreams_ratios(lmk: np.ndarray) -> np.ndarray:
@@ -1135,10 +1239,15 @@ def _upstreams_ratios(lmk: np.ndarray) -> np.ndarray:
 def test_driving_openness_is_measured_in_the_driving_crop_where_upstream_measures_it(tmp_path: Path) -> None:
     """Upstream's pipeline takes a cropped driving clip's openness from its landmarks mapped into the crop by the
     crop's float32 matrix (crop_driving_video's lmk_crop) and a clip taken whole from the frame's own (its
-    calc_lmks_from_cropped_video). The ratios agree up to float32 rounding: a step apart in some frames here."""
+    calc_lmks_from_cropped_video). The ratios agree up to float32 rounding: a step apart in some frames here. The
+    crop is the one upstream makes of the followed points (their landmark boxes averaged); a driving image's of its
+    own points."""
     from engine.core.results import RunResult
-    from engine.portrait.crop import bbox_crop_transform
+    from engine.portrait.crop import bbox_transform, landmark_bbox, mean_bbox
     from engine.portrait.driving import clip_motion, driving_motion
+
+    def crop_of(followed: list[np.ndarray]) -> np.ndarray:
+        return bbox_transform(mean_bbox([landmark_bbox(points, 2.2, -0.1) for points in followed])).to_crop
 
     class Scattered(_RecordingLandmarks):
         def _points(self, rgb: np.ndarray) -> np.ndarray:  # frame i: its own scatter over the 64 px frame
@@ -1149,20 +1258,22 @@ def test_driving_openness_is_measured_in_the_driving_crop_where_upstream_measure
     settings, info = Settings(data_dir=tmp_path, weights_dir=tmp_path), probe_video(clip)
     box, landmarks = np.array([8.0, 9.0, 50.0, 55.0]), Scattered()
     in_frame = [landmarks._points(np.full((2, 2, 3), 20 * i, np.uint8)) for i in range(5)]
-    m = bbox_crop_transform(box, 2.2, -0.1).to_crop
+    m = crop_of(in_frame)
     in_crop = [points @ m[:2, :2].T + m[:2, 2] for points in in_frame]
     for crop_driving, seen in ((True, in_crop), (False, in_frame)):
         config = PortraitConfig(ASSETS / "face.jpg", clip, batch_size=2, crop_driving=crop_driving)
-        driving = clip_motion(config, settings, nets, info, box, 0, landmarks, RunResult(), _quiet)
+        driving = clip_motion(config, settings, nets, info, box, 0, landmarks, RunResult(), _quiet, in_frame)
         assert driving.openness is not None
         eyes, lips = driving.openness
         assert np.array_equal(np.column_stack([eyes, lips]), [_upstreams_ratios(points) for points in seen])
     steps = [_upstreams_ratios(a) != _upstreams_ratios(b) for a, b in zip(in_crop, in_frame, strict=True)]
     assert np.any(steps)  # where the two ways part
-    level = int(np.flatnonzero(np.any(steps, axis=1))[0])  # a driving image of that frame, cropped: its crop's too
+    alone = [points @ crop_of([points])[:2, :2].T + crop_of([points])[:2, 2] for points in in_frame]
+    parted = [np.any(_upstreams_ratios(a) != _upstreams_ratios(b)) for a, b in zip(alone, in_frame, strict=True)]
+    level = parted.index(True)  # a driving image of that frame, cropped by its own points' box: its crop's too
     cv2.imwrite(str(tmp_path / "still.png"), np.full((64, 64, 3), 20 * level, np.uint8))
     detector = SimpleNamespace(detect=lambda images: [np.array([[*box, 0.9]], np.float32)])
-    for crop_driving, seen in ((True, in_crop), (False, in_frame)):
+    for crop_driving, seen in ((True, alone), (False, in_frame)):
         config = PortraitConfig(ASSETS / "face.jpg", tmp_path / "still.png", crop_driving=crop_driving)
         still = driving_motion(config, settings, nets, detector, landmarks, RunResult(), _quiet)
         assert still.image and still.openness is not None

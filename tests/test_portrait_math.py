@@ -349,19 +349,12 @@ def test_the_tilt_is_upstreams_from_the_eyes_centre_to_the_lips_centre() -> None
     assert roll_from_landmarks(points + 50.0) == 0.0
 
 
-def _upstream_landmark_crop(
-    pts: np.ndarray,
-    dsize: int = 224,
-    scale: float = 1.5,
-    vy_ratio: float = -0.1,
-    flag_do_rot: bool = True,
-    vx_ratio: float = 0.0,
-) -> np.ndarray:
-    """Upstream's crop_image(img, pts) matrix (M_o2c, its first two rows), written out from parse_pt2_from_pt203,
-    parse_rect_from_landmark and _estimate_similar_transform_from_pts: float32 points, float32 axes, extents and
-    centre (array ops on float32 stay float32), then the matrix's terms as numpy 1.26 (upstream's pin) makes them:
-    `dsize / size[0]` and a Python float with a float32 scalar promote to float64, stored as float32 (DTYPE)."""
-    pts = pts.astype(np.float32)
+def _upstream_rect(
+    pts: np.ndarray, scale: float, vy_ratio: float, vx_ratio: float = 0.0
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Upstream's parse_rect_from_landmark (with parse_pt2_from_pt203, use_lip and need_square on) written out:
+    float32 points, float32 axes, extents and centre (array ops on float32 stay float32); its centre, size, angle."""
+    pts = np.asarray(pts).astype(np.float32)
     pt2 = np.stack([(np.mean(pts[[0, 6, 12, 18]], axis=0) + np.mean(pts[[24, 30, 36, 42]], axis=0)) / 2,
                     (pts[48] + pts[66]) / 2])  # fmt: skip
     uy = pt2[1] - pt2[0]
@@ -379,6 +372,22 @@ def _upstream_landmark_crop(
     center = center0 + ux * center1[0] + uy * center1[1]
     center = center + ux * (vx_ratio * size) + uy * (vy_ratio * size)
     assert center.dtype == size.dtype == np.float32
+    return center, size, angle
+
+
+def _upstream_landmark_crop(
+    pts: np.ndarray,
+    dsize: int = 224,
+    scale: float = 1.5,
+    vy_ratio: float = -0.1,
+    flag_do_rot: bool = True,
+    vx_ratio: float = 0.0,
+) -> np.ndarray:
+    """Upstream's crop_image(img, pts) matrix (M_o2c, its first two rows), written out from parse_pt2_from_pt203,
+    parse_rect_from_landmark and _estimate_similar_transform_from_pts: float32 points, float32 axes, extents and
+    centre (array ops on float32 stay float32), then the matrix's terms as numpy 1.26 (upstream's pin) makes them:
+    `dsize / size[0]` and a Python float with a float32 scalar promote to float64, stored as float32 (DTYPE)."""
+    center, size, angle = _upstream_rect(pts, scale, vy_ratio, vx_ratio)
     s = np.float64(dsize) / np.float64(size[0])  # numpy 1.26: int / float32 scalar -> float64
     cx, cy = np.float64(center[0]), np.float64(center[1])
     t = np.float64(np.float32(dsize / 2))  # tgt_center, a float32 array
@@ -428,6 +437,50 @@ def test_the_landmark_crop_is_upstreams_crop_image_from_points_bit_for_bit() -> 
     shifted = landmark_crop_transform(scattered[0], vx=0.05)  # parse_rect_from_landmark's vx_ratio, along the face's x
     assert np.array_equal(shifted.to_crop, _upstream_landmark_crop(scattered[0], vx_ratio=0.05))
     assert not np.array_equal(shifted.to_crop, landmark_crop_transform(scattered[0]).to_crop)
+
+
+def _upstream_driving_bbox(frames: list[np.ndarray], scale: float = 2.2, vy_ratio: float = -0.1) -> list[float]:
+    """Upstream's crop_driving_video box, written out: each frame's parse_bbox_from_landmark (its unturned bbox,
+    corners 0 and 2, in a float32 array; numpy 1.26 makes `cx - w / 2` of float32 scalars in float64; the
+    vx_ratio_crop_driving_video it passes under another name is never used: vx 0), then average_bbox_lst (the
+    boxes' float32 mean, as Python floats)."""
+    bbox_lst = []
+    for pts in frames:
+        center, size, _ = _upstream_rect(pts, scale, vy_ratio)
+        cx, cy, w, h = (np.float64(v) for v in (center[0], center[1], size[0], size[1]))
+        bbox = np.array([[cx - w / 2, cy - h / 2], [cx + w / 2, cy - h / 2], [cx + w / 2, cy + h / 2],
+                         [cx - w / 2, cy + h / 2]], dtype=np.float32)  # fmt: skip
+        bbox_lst.append([bbox[0, 0], bbox[0, 1], bbox[2, 0], bbox[2, 1]])
+    return np.mean(np.array(bbox_lst), axis=0).tolist()
+
+
+def test_the_driving_crop_from_followed_landmarks_is_upstreams_averaged_landmark_box_bit_for_bit() -> None:
+    """Guards the driving crop made from a clip's followed landmarks against upstream's crop_driving_video written
+    out: every frame's landmark box (2.2x the points' square on the face's tilted axes, shifted up 0.1 of it along
+    them, then taken axis-aligned: not turned, not squared again), averaged in float32 over the frames, cropped by
+    crop_image_by_bbox at 512 (no second scale); the same float32 matrix and the same crop. Without landmarks the
+    crop is the detector box's square, another matrix."""
+    from pathlib import Path
+
+    from engine.portrait.config import PortraitConfig
+    from engine.portrait.driving import _driving_transform
+
+    config = PortraitConfig(Path("face.jpg"), Path("d.mp4"))
+    rng = np.random.default_rng(23)
+    frame = rng.integers(0, 256, (720, 1280, 3), dtype=np.uint8)
+    box = np.array([500.0, 200.0, 700.0, 430.0])
+    for count in (1, 2, 7, 30):
+        followed = [_face_points(rng).astype(np.float32) for _ in range(count)]
+        left, top, right, bottom = _upstream_driving_bbox(followed)
+        want = _upstream_bbox_crop(left, top, right, bottom)
+        got = _driving_transform(config, box, 1280, 720, followed)
+        assert got is not None and got.size == 512 and got.angle == 0.0
+        assert got.to_crop.dtype == np.float32 and np.array_equal(got.to_crop, want)
+        inverse = np.linalg.inv(np.vstack([want, np.array([0, 0, 1], np.float32)]))[:2]
+        assert np.array_equal(got.to_original, inverse)
+        assert np.array_equal(crop_image(frame, got), cv2.warpAffine(frame, want, (512, 512), flags=cv2.INTER_LINEAR))
+        assert not np.array_equal(got.to_crop, _driving_transform(config, box, 1280, 720).to_crop)
+    assert _driving_transform(config, box, 720, 720, followed) is None  # a square clip is taken whole, as upstream
 
 
 def test_the_landmark_crop_takes_203_points_spanning_an_area_only() -> None:

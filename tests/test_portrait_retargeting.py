@@ -392,8 +392,8 @@ def test_the_driver_is_measured_with_the_landmark_model_only_when_its_openness_i
     asked = []
 
     def driving_motion(config: PortraitConfig, settings: object, nets: object, detector: object, landmarks: object,
-                       *rest: object) -> Driving:  # fmt: skip
-        asked.append(landmarks)
+                       *rest: object, measure_openness: bool) -> Driving:  # fmt: skip
+        asked.append((landmarks, measure_openness))
         return Driving(_still_clip(source), 30.0, 2, has_audio=True, openness=(np.full((2, 2), 0.3), np.full(2, 0.1)))
 
     monkeypatch.setattr(plan, "driving_motion", driving_motion)
@@ -405,7 +405,7 @@ def test_the_driver_is_measured_with_the_landmark_model_only_when_its_openness_i
     head = SimpleNamespace(config=PortraitConfig(FACE, FACE, stitching=False, **options), result=RunResult(),
                            settings=None, detector=None)  # fmt: skip
     made = plan.liveportrait_plan(head, stand_in, tmp_path / "t.npz" if saves else None, lambda f, s: None)
-    assert asked == [landmark_model if measured else None]
+    assert asked == [(landmark_model, measured)]  # the model is there for the crop box; the openness only if used
     assert (made.fps, made.count, made.has_audio, made.size) == (30.0, 2, True, (160, 120))
 
 

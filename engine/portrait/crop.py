@@ -88,6 +88,34 @@ def crop_transform(
     return CropTransform(to_crop, to_original, size)
 
 
+def square_bbox(
+    box: tuple[float, float, float, float] | np.ndarray, scale: float, vy: float, vx: float = 0.0
+) -> tuple[float, float, float, float]:
+    """The square upstream's driving crop takes around a face box (x1, y1, x2, y2), as its bbox of float32 corners
+    (left, top, right, bottom): side scale x the box's larger side, centre moved by vx and vy x side. Our stand-in
+    where there is no landmark model (upstream makes it from the landmarks: `landmark_bbox`)."""
+    x1, y1, x2, y2 = _corners(box)
+    side = max(x2 - x1, y2 - y1) * scale
+    cx, cy = (x1 + x2) / 2 + vx * side, (y1 + y2) / 2 + vy * side
+    left, top, right, bottom = (
+        float(np.float32(v)) for v in (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2)
+    )
+    return left, top, right, bottom
+
+
+def bbox_transform(bbox: tuple[float, float, float, float] | np.ndarray, size: int = CROP_SIZE) -> CropTransform:
+    """The unturned crop of a bbox (left, top, right, bottom) as upstream's crop_image_by_bbox makes it: the box is
+    not scaled again, its centre rounded to float32, the scale size / (right - left) (the width alone: the box is
+    square up to rounding), each term computed in float64 (numpy 1.26, which upstream pins, promotes a Python float
+    times a float32 scalar to float64) and stored as float32; the way back is that matrix's float32 inverse."""
+    left, top, right, bottom = _corners(bbox)
+    centre = np.array([(left + right) / 2, (top + bottom) / 2], np.float32).astype(np.float64)
+    k, half = size / (right - left), float(np.float32(size / 2))
+    to_crop = np.array([[k, 0, half - k * centre[0]], [0, k, half - k * centre[1]]], dtype=np.float32)
+    to_original = np.linalg.inv(np.vstack([to_crop, np.array([0, 0, 1], np.float32)]))[:2]
+    return CropTransform(to_crop, to_original, size)
+
+
 def bbox_crop_transform(
     box: tuple[float, float, float, float] | np.ndarray,
     scale: float,
@@ -96,21 +124,27 @@ def bbox_crop_transform(
     size: int = CROP_SIZE,
 ) -> CropTransform:
     """The unturned square crop around a face box (x1, y1, x2, y2) as upstream builds its driving crop: the crop's
-    square (side: scale x the box's larger side; centre moved by vx and vy x side) taken as its bbox of float32 corners
-    and made into the crop by its crop_image_by_bbox: the centre rounded to float32, the scale size / (right - left),
-    each term computed in float64 (numpy 1.26, which upstream pins, promotes a Python float times a float32 scalar to
-    float64) and stored as float32. Within a float32 step of `crop_transform`'s matrix, which moved a few pixels."""
-    x1, y1, x2, y2 = _corners(box)
-    side = max(x2 - x1, y2 - y1) * scale
-    cx, cy = (x1 + x2) / 2 + vx * side, (y1 + y2) / 2 + vy * side
-    left, top, right, bottom = (
-        float(np.float32(v)) for v in (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2)
-    )
-    centre = np.array([(left + right) / 2, (top + bottom) / 2], np.float32).astype(np.float64)
-    k, half = size / (right - left), float(np.float32(size / 2))
-    to_crop = np.array([[k, 0, half - k * centre[0]], [0, k, half - k * centre[1]]], dtype=np.float32)
-    to_original = np.linalg.inv(np.vstack([to_crop, np.array([0, 0, 1], np.float32)]))[:2]
-    return CropTransform(to_crop, to_original, size)
+    square (`square_bbox`) made into the crop by its crop_image_by_bbox (`bbox_transform`). Within a float32 step of
+    `crop_transform`'s matrix, which moved a few pixels."""
+    return bbox_transform(square_bbox(box, scale, vy, vx), size)
+
+
+def landmark_bbox(points: np.ndarray, scale: float, vy: float, vx: float = 0.0) -> np.ndarray:
+    """(left, top, right, bottom) float32: the box upstream's crop_driving_video makes of one frame's 203 points
+    (parse_bbox_from_landmark, its unturned bbox's corners 0 and 2): the square of `_landmark_square` (on the face's
+    tilted axes, `scale` x their larger extent, moved by vx and vy x side along them) taken axis-aligned around its
+    centre, each corner computed in float64 from the float32 centre and side (numpy 1.26's promotion of a float32
+    scalar with a Python number) and stored as float32."""
+    centre, side, _ = _landmark_square(points, scale, vy, vx)
+    cx, cy, half = float(centre[0]), float(centre[1]), float(side[0]) / 2
+    return np.array([cx - half, cy - half, cx + half, cy + half], np.float32)
+
+
+def mean_bbox(bboxes: list[np.ndarray]) -> tuple[float, float, float, float]:
+    """One box for a whole clip as upstream's average_bbox_lst makes it: the float32 boxes' mean (numpy's, in
+    float32), as Python floats."""
+    left, top, right, bottom = np.mean(np.array(bboxes, np.float32), axis=0).tolist()
+    return left, top, right, bottom
 
 
 def source_within_limits(image: np.ndarray, max_dim: int, division: int) -> np.ndarray:
@@ -165,6 +199,27 @@ def roll_from_landmarks(points: np.ndarray) -> float:
     return math.degrees(_face_axes(_landmark_points(points))[2])
 
 
+def _landmark_square(points: np.ndarray, scale: float, vy: float, vx: float) -> tuple[np.ndarray, np.ndarray, float]:
+    """The square upstream's parse_rect_from_landmark finds around 203 landmarks, in float32 as upstream's, its points
+    float32: the points, centred on their mean, turned onto the face's axes (`_face_axes`); the side (both entries)
+    `scale` x the larger extent there and the centre the middle of that extent, moved by vx and vy x side along the
+    face's horizontal and vertical; with the face's tilt in radians."""
+    pts = _landmark_points(points)
+    across, down, angle = _face_axes(pts)
+    mean = pts.mean(0)
+    turned = (pts - mean) @ np.array([across, down]).T
+    low, high = turned.min(0), turned.max(0)
+    middle = (low + high) / 2
+    extent = high - low
+    side = np.full(2, max(extent[0], extent[1]), np.float32)
+    side *= np.float32(scale)
+    if not side[0] > 0:  # upstream divides by it: an infinite or NaN matrix
+        raise InputError(f"the {len(pts)} landmarks span no area (a crop side of {side[0]} pixels)")
+    centre = mean + across * middle[0] + down * middle[1]
+    centre = centre + across * (np.float32(vx) * side) + down * (np.float32(vy) * side)
+    return centre, side, angle
+
+
 def landmark_crop_transform(
     points: np.ndarray,
     scale: float = 1.5,
@@ -181,19 +236,7 @@ def landmark_crop_transform(
     0 there); the crop turned upright by the tilt unless `rotate` is False (flag_do_rot). The matrix's terms come
     out in float64 (numpy 1.26, which upstream pins, promotes a Python number with a float32 scalar to float64) and
     are stored as float32; the way back is that matrix's float32 inverse (its M_c2o)."""
-    pts = _landmark_points(points)
-    across, down, angle = _face_axes(pts)
-    mean = pts.mean(0)
-    turned = (pts - mean) @ np.array([across, down]).T
-    low, high = turned.min(0), turned.max(0)
-    middle = (low + high) / 2
-    extent = high - low
-    side = np.full(2, max(extent[0], extent[1]), np.float32)
-    side *= np.float32(scale)
-    if not side[0] > 0:  # upstream divides by it: an infinite or NaN matrix
-        raise InputError(f"the {len(pts)} landmarks span no area (a crop side of {side[0]} pixels)")
-    centre = mean + across * middle[0] + down * middle[1]
-    centre = centre + across * (np.float32(vx) * side) + down * (np.float32(vy) * side)
+    centre, side, angle = _landmark_square(points, scale, vy, vx)
     cx, cy = float(centre[0]), float(centre[1])
     k, half = size / float(side[0]), float(np.float32(size / 2))
     if rotate:
@@ -292,12 +335,16 @@ __all__ = [
     "CropTransform",
     "PasteBack",
     "bbox_crop_transform",
+    "bbox_transform",
     "crop_image",
     "crop_transform",
+    "landmark_bbox",
     "landmark_crop_transform",
+    "mean_bbox",
     "network_input",
     "paste_mask",
     "roll_from_landmarks",
     "source_within_limits",
+    "square_bbox",
     "stretched_input",
 ]

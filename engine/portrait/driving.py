@@ -1,8 +1,10 @@
 """The driving input read for a run: a clip streamed twice and never held whole (its frames counted against
-AVATARBENCH_MAX_SECONDS), first to find its face in every frame for one crop box and the reference frame, then to
-crop each frame and measure its motion in batches (with the landmark model's eye and lip openness when asked, its
-landmarks followed from frame to frame as upstream's); a driving image measured once; a saved motion template read
-back. Both engines and the split jobs read the driving clip, so its reading lives in one place."""
+AVATARBENCH_MAX_SECONDS), first to find its face in every frame (and with the landmark model, its 203 points followed
+from frame to frame as upstream's cropper follows them) for one crop box and the reference frame, then to crop each
+frame and measure its motion in batches (with the eye and lip openness of the followed points when asked); a
+driving image measured once; a saved motion template read back. The crop box is upstream's where the landmark model
+is there (each followed frame's landmark box, averaged); without it, the same square around the mean of our
+detector's face boxes. Both engines and the split jobs read the driving clip, so its reading lives in one place."""
 
 from __future__ import annotations
 
@@ -29,7 +31,16 @@ from engine.core.media import (
 from engine.core.results import RunResult
 from engine.core.settings import Settings
 from engine.portrait.config import TEMPLATE_SUFFIXES, PortraitConfig, PortraitError, changed_nothing, is_template
-from engine.portrait.crop import CropTransform, bbox_crop_transform, crop_image, network_input, stretched_input
+from engine.portrait.crop import (
+    CropTransform,
+    bbox_crop_transform,
+    bbox_transform,
+    crop_image,
+    landmark_bbox,
+    mean_bbox,
+    network_input,
+    stretched_input,
+)
 from engine.portrait.frames import Progress, largest_face, to_rgb
 from engine.portrait.landmarks import LandmarkModel, openness
 from engine.portrait.motion import KeypointInfo, concatenated
@@ -72,22 +83,69 @@ def clip_frames(path: Path, max_frames: int | None, max_seconds: float) -> Itera
     return itertools.islice(read_frames(path, max_seconds=max_seconds), max_frames)
 
 
+class LandmarkTrack:
+    """A driving clip's 203 points from its first face on, followed as upstream's cropper follows them
+    (crop_driving_video, calc_lmks_from_cropped_video): the first frame with a face read in that frame's face box
+    from our detector (our stand-in for the 106 points of upstream's first InsightFace detection), each later frame
+    in the crop built from the frame before's points (its landmark runner's run(img, lmk)), whether or not the
+    detector finds a face there (upstream's tracking does not look again)."""
+
+    def __init__(self, model: LandmarkModel) -> None:
+        self.model = model
+        self.points: list[np.ndarray] = []
+
+    def add(self, rgb: np.ndarray, box: np.ndarray | None) -> None:
+        """The next frame's points; a frame before the first face (no points yet, no `box`) is skipped."""
+        if self.points:
+            self.points.append(self.model.following(rgb, self.points[-1]))
+        elif box is not None:
+            self.points.append(self.model(rgb, box))
+
+
 def driving_face_box(
-    frames: Iterable[np.ndarray], name: str, detector: Any, result: RunResult
+    frames: Iterable[np.ndarray], name: str, detector: Any, result: RunResult, track: LandmarkTrack | None = None
 ) -> tuple[np.ndarray, int]:
-    """One crop box for the whole clip (the mean of the faces found; every frame is scanned once) and the
-    index of the first frame with a face (relative motion is measured against it)."""
-    return clip_box(face_boxes(frames, detector, result), name)
+    """The clip's face box (the mean of the faces found; every frame is scanned once, its landmarks followed on the
+    way into `track` when given) and the index of the first frame with a face (relative motion is measured
+    against it)."""
+    return clip_box(face_boxes(frames, detector, result, track), name)
 
 
-def face_boxes(frames: Iterable[np.ndarray], detector: Any, result: RunResult) -> list[np.ndarray | None]:
-    """Each frame's largest face box (None where there is none); frames are independent, so a split job's segments
-    scan their own frames. A clip decoded as it is scanned counts its decoding as "decode driving", not "detect"."""
+def face_boxes(
+    frames: Iterable[np.ndarray], detector: Any, result: RunResult, track: LandmarkTrack | None = None
+) -> list[np.ndarray | None]:
+    """Each frame's largest face box (None where there is none), and with `track` the landmarks followed from the
+    first face on in the same pass. Detection is frame by frame, so a split job's segments scan their own frames;
+    the following is not (`followed_landmarks`). A clip decoded as it is scanned counts its decoding as "decode
+    driving", not "detect"."""
     boxes = []
     for frame in _timed(frames, result, "decode driving"):
         with result.stage("detect"):
-            boxes.append(largest_face(frame, detector))
+            box = largest_face(frame, detector)
+        boxes.append(box)
+        if track is not None and (track.points or box is not None):
+            with result.stage("driving landmarks"):
+                track.add(to_rgb(frame), box)
     return boxes
+
+
+def followed_landmarks(
+    config: PortraitConfig,
+    settings: Settings,
+    first: int,
+    first_box: np.ndarray,
+    model: LandmarkModel,
+    result: RunResult,
+) -> list[np.ndarray]:
+    """The landmarks of the clip's frames from `first` (its first face, found in `first_box`) on, followed as the
+    unsplit scan follows them: a split job's parent reads the clip once more for them, each frame following the one
+    before across its segments' bounds."""
+    track = LandmarkTrack(model)
+    frames = itertools.islice(clip_frames(Path(config.driving), config.max_frames, settings.max_seconds), first, None)
+    for frame in _timed(frames, result, "decode driving"):
+        with result.stage("driving landmarks"):
+            track.add(to_rgb(frame), None if track.points else first_box)
+    return track.points
 
 
 def clip_box(boxes: list[np.ndarray | None], name: str) -> tuple[np.ndarray, int]:
@@ -112,27 +170,30 @@ class Driving:
 
 
 class _FollowedOpenness:
-    """A driving clip's (eyes, lips) openness frame by frame, its landmarks followed as upstream's cropper follows
-    them (crop_driving_video, calc_lmks_from_cropped_video): the first frame with a face (`first_face`) read in the
-    clip's face box (our stand-in for the 106 points of upstream's first InsightFace detection), each later frame
-    in the crop built from the frame before's 203 points (its landmark runner's run(img, lmk)). Frames before the
-    first face, which upstream drops from the clip and ours keeps, are read in the box. Each frame's openness is
-    measured where upstream measures it (`_openness_in`)."""
+    """A driving clip's (eyes, lips) openness frame by frame from its followed landmarks (`LandmarkTrack`, from the
+    first face `first_face` on). Frames before the first face, which upstream drops from the clip and ours keeps,
+    are read here in the clip's face box. Each frame's openness is measured where upstream measures it
+    (`_openness_in`)."""
 
-    def __init__(self, landmarks: LandmarkModel, box: np.ndarray, first_face: int, crop: CropTransform | None) -> None:
-        self.landmarks, self.box, self.first_face, self.crop = landmarks, box, first_face, crop
+    def __init__(
+        self,
+        landmarks: LandmarkModel,
+        box: np.ndarray,
+        first_face: int,
+        followed: list[np.ndarray],
+        crop: CropTransform | None,
+    ) -> None:
+        self.landmarks, self.box, self.first_face, self.followed, self.crop = landmarks, box, first_face, followed, crop
         self.index = 0
-        self.previous: np.ndarray | None = None
 
     def __call__(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, float]]:
         """The next frames' openness, in the clip's order."""
         rows = []
         for rgb in images:
-            if self.previous is not None and self.index > self.first_face:
-                points = self.landmarks.following(rgb, self.previous)
-            else:
+            if self.index < self.first_face:
                 points = self.landmarks(rgb, self.box)
-            self.previous = points
+            else:
+                points = self.followed[self.index - self.first_face]
             self.index += 1
             rows.append(_openness_in(points, self.crop))
         return rows
@@ -173,10 +234,12 @@ def driving_motion(
     landmarks: LandmarkModel | None,
     result: RunResult,
     progress: Progress,
+    measure_openness: bool = True,
 ) -> Driving:
-    """Motion of every driving frame, with the eye and lip openness of each when `landmarks` is given (the
-    landmarks followed from frame to frame from the first face on, as upstream's), and the reference frame for
-    relative motion (the first, or the first with a face when the clip starts without one)."""
+    """Motion of every driving frame, in upstream's crop box made from the landmarks followed from frame to frame
+    where the landmark model `landmarks` is there (our detector's box without it), with the eye and lip openness of
+    each when `measure_openness` asks (and the model is there), and the reference frame for relative motion (the
+    first, or the first with a face when the clip starts without one)."""
     path = Path(config.driving)
     if is_template(path):
         saved = read_template(path, config.max_frames, settings.max_seconds)
@@ -189,19 +252,27 @@ def driving_motion(
         box = largest_face(image, detector)
         if box is None:
             raise PortraitError(f"no face found in the driving image {path.name}")
-        transform = _driving_transform(config, box, image.shape[1], image.shape[0])
-        _unused_driving_crop(config, transform, path.name, result)
+        height, width = image.shape[:2]
+        points = None
+        if landmarks is not None and (measure_openness or cropped(config, width, height)):
+            with result.stage("driving landmarks", items=1):
+                points = landmarks(image, box)
+        transform = _driving_crop(config, box, width, height, None if points is None else [points], path.name, result)
         with result.stage("motion", items=1):
             motion = nets.motion(_driving_input(image, transform, nets.device))
-        measured = None if landmarks is None else _stacked([_openness_in(landmarks(image, box), transform)])
+        measured = _stacked([_openness_in(points, transform)]) if points is not None and measure_openness else None
         return Driving(motion, IMAGE_FPS, 1, image=True, openness=measured)
     info = driving_video(path, settings)
     warn_one_frame(info, path, config, result)
     progress(0.05, "finding the driving face")
+    follows = measure_openness or cropped(config, info.width, info.height)
+    track = LandmarkTrack(landmarks) if landmarks is not None and follows else None
     box, reference = driving_face_box(
-        clip_frames(path, config.max_frames, settings.max_seconds), path.name, detector, result
+        clip_frames(path, config.max_frames, settings.max_seconds), path.name, detector, result, track
     )
-    return clip_motion(config, settings, nets, info, box, reference, landmarks, result, progress)
+    measuring = landmarks if measure_openness else None
+    followed = None if track is None else track.points
+    return clip_motion(config, settings, nets, info, box, reference, measuring, result, progress, followed)
 
 
 def clip_motion(
@@ -214,19 +285,22 @@ def clip_motion(
     landmarks: LandmarkModel | None,
     result: RunResult,
     progress: Progress,
+    followed: list[np.ndarray] | None = None,
 ) -> Driving:
-    """A driving clip's motion in its one face `box`, relative to frame `reference` (the first with a face), and
-    with `landmarks` each frame's openness, its landmarks followed from that frame on (`_FollowedOpenness`)."""
+    """A driving clip's motion relative to frame `reference` (the first with a face), cropped by upstream's box from
+    the landmarks `followed` from that frame on where given, else around the clip's face `box`; with `landmarks`
+    each frame's openness, from its followed points (`_FollowedOpenness`: `followed` is then needed)."""
     if reference and config.relative:
         result.warn(
             f"the driving clip's first frame shows no face: motion is measured against frame {reference}, the "
             "first with a face (trim the clip to start on the face for the upstream behaviour)"
         )
-    transform = _driving_transform(config, box, info.width, info.height)
-    _unused_driving_crop(config, transform, Path(config.driving).name, result)
+    transform = _driving_crop(config, box, info.width, info.height, followed, Path(config.driving).name, result)
     infos: list[KeypointInfo] = []
     rows: list[tuple[np.ndarray, float]] = []
-    measure = None if landmarks is None else _FollowedOpenness(landmarks, box, reference, transform)
+    if landmarks is not None and followed is None:
+        raise ValueError("the driving openness needs the clip's followed landmarks (LandmarkTrack)")
+    measure = None if landmarks is None else _FollowedOpenness(landmarks, box, reference, followed or [], transform)
     frames = clip_frames(Path(config.driving), config.max_frames, settings.max_seconds)
     total = min(info.frames or 1, config.max_frames or info.frames or 1)
     for batch in _timed(_batches(frames, config.batch_size), result, "decode driving"):
@@ -244,15 +318,44 @@ def clip_motion(
     return Driving(merged, info.fps, merged.kp.shape[0], info.has_audio, reference, openness=measured)
 
 
-def _driving_transform(config: PortraitConfig, box: np.ndarray, width: int, height: int) -> CropTransform | None:
-    """The driving crop around the face (2.2x its box, shifted up 0.1; made as upstream's crop_image_by_bbox makes
-    it from its bbox), or None where upstream takes the driving frames whole: a square video or image, unless
-    `crop_driving` asks (upstream's flag_crop_driving_video)."""
-    if width == height and not config.crop_driving:
+def cropped(config: PortraitConfig, width: int, height: int) -> bool:
+    """Whether the driving frames are cropped: upstream takes a square video or image whole unless `crop_driving`
+    asks (its flag_crop_driving_video)."""
+    return width != height or config.crop_driving
+
+
+def _driving_transform(
+    config: PortraitConfig, box: np.ndarray, width: int, height: int, followed: list[np.ndarray] | None = None
+) -> CropTransform | None:
+    """The driving crop, or None where upstream takes the driving frames whole (`cropped`). With the landmarks
+    `followed` (one array a frame from the first face on) upstream's: each frame's landmark box (2.2x the points'
+    square on the face's axes, shifted up 0.1 of it: `landmark_bbox`) averaged into one (`mean_bbox`) and cropped as
+    its crop_image_by_bbox crops (`bbox_transform`); without them our stand-in, the same square around the face
+    `box` (2.2x its larger side, shifted up 0.1)."""
+    if not cropped(config, width, height):
         return None
-    return bbox_crop_transform(
-        box, config.scale_crop_driving, config.vy_ratio_crop_driving, vx=config.vx_ratio_crop_driving
-    )
+    shape = config.scale_crop_driving, config.vy_ratio_crop_driving, config.vx_ratio_crop_driving
+    if followed:
+        return bbox_transform(mean_bbox([landmark_bbox(points, *shape) for points in followed]))
+    return bbox_crop_transform(box, *shape)
+
+
+def _driving_crop(
+    config: PortraitConfig,
+    box: np.ndarray,
+    width: int,
+    height: int,
+    followed: list[np.ndarray] | None,
+    name: str,
+    result: RunResult,
+) -> CropTransform | None:
+    """`_driving_transform`, with the run's result naming what made the crop (metrics["driving_crop"]) and a
+    warning for crop options that changed nothing."""
+    transform = _driving_transform(config, box, width, height, followed)
+    _unused_driving_crop(config, transform, name, result)
+    made = "followed landmarks" if followed else "face detector"
+    result.metrics["driving_crop"] = "none (taken whole)" if transform is None else made
+    return transform
 
 
 def _unused_driving_crop(config: PortraitConfig, transform: CropTransform | None, name: str, result: RunResult) -> None:

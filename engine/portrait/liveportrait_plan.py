@@ -141,9 +141,10 @@ def liveportrait_plan(head: Head, source: Source, template: Path | None, progres
         head.settings,
         source.nets,
         head.detector,
-        source.landmark_model if measures_driver else None,
+        source.landmark_model,  # the driving crop box follows its landmarks, as upstream's, when it is there
         result,
         progress,
+        measure_openness=measures_driver,
     )
     x_driving, x_source = keypoints(head, source, driving, template)
     batches = liveportrait_batches(config, source, x_driving, x_source, result)

@@ -17,7 +17,7 @@ from engine.core.results import RunResult
 from engine.core.settings import Settings
 from engine.portrait.baseline_plan import baseline_batches, baseline_checks, baseline_motion
 from engine.portrait.config import PortraitConfig, PortraitError, is_template
-from engine.portrait.driving import clip_box, clip_frames, clip_motion, face_boxes
+from engine.portrait.driving import clip_box, clip_frames, clip_motion, cropped, face_boxes, followed_landmarks
 from engine.portrait.frames import Progress, image_tensor
 from engine.portrait.head import Head, run_head
 from engine.portrait.liveportrait_plan import (
@@ -35,8 +35,11 @@ class PortraitSegments:
     """A portrait job with a driving clip split into time segments (engine/jobs/split.py), equal frame for frame to
     the unsplit run.
 
-    Segments scan their own frames for the driving face (frames are independent); the parent makes the one crop box
-    of the clip and its reference frame from all of them, then the motion the unsplit run makes (the baseline's
+    Segments scan their own frames for the driving face (frames are independent); the parent makes the clip's face
+    box and its reference frame from all of them; with the landmark model, reads the clip once more to follow its
+    landmarks from the first face on (each frame follows the one before, across the segments' bounds: the unsplit
+    run follows them in its scan), which make the driving crop box and the openness as the unsplit run's; then the
+    motion the unsplit run makes (the baseline's
     tracking is causal, each frame seeded by the one before; LivePortrait's keypoints are measured against the
     reference frame, with stitching and retargeting), and hands each segment its frames' motion: the baseline's head
     motion and flow, LivePortrait's driving keypoints. Segments load the networks and encode the source while the
@@ -113,10 +116,16 @@ class PortraitSegments:
         if isinstance(self.source, Source):
             template = self.out.with_suffix(NPZ) if head.config.save_template else None
             measures_driver = head.config.follows_driver or template is not None
-            landmarks = self.source.landmark_model if measures_driver else None
+            model, followed = self.source.landmark_model, None
+            if model is not None and (measures_driver or cropped(head.config, info.width, info.height)):
+                first_box = boxes[first]
+                assert first_box is not None
+                followed = followed_landmarks(head.config, self.settings, first, first_box, model, head.result)
+            landmarks = model if measures_driver else None
             driving = clip_motion(
-                head.config, self.settings, self.source.nets, info, box, first, landmarks, head.result, progress
-            )
+                head.config, self.settings, self.source.nets, info, box, first, landmarks, head.result, progress,
+                followed,
+            )  # fmt: skip
             x_driving, x_source = (t.detach().cpu().numpy() for t in keypoints(head, self.source, driving, template))
             states = [{"x": x_driving[a:b], "x_source": x_source} for a, b in final]
         else:
