@@ -7,7 +7,10 @@ face box of engine/faces/detection.py (Haar or S3FD), turned upright by LivePort
 user supplied it, its tilt measured as upstream measures it (`roll_from_landmarks`); without it the crop is
 axis-aligned. The landmark model's own 224 crop of a face first found is the box's, axis-aligned (upstream's
 follows InsightFace's 106 points and their tilt); of a face followed from earlier landmarks (a driving clip's next
-frame) it is upstream's crop from those 203 points (`landmark_crop_transform`). The paste-back mask is our own
+frame) it is upstream's crop from those 203 points (`landmark_crop_transform`). The driving crop is upstream's
+unturned crop of one box (`bbox_transform`): with the landmark model the mean (`mean_bbox`) of each followed frame's
+box from its 203 points (`landmark_bbox`), as upstream makes it; without it the same square around the detector's
+face box (`square_bbox`, `bbox_crop_transform`). The paste-back mask is our own
 formula for the released template (a 512x512 square feathered over 16 pixels with rounded corners, within one grey
 level of it).
 """
