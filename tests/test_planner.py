@@ -25,6 +25,7 @@ from engine.bench.planner import (
     llm_weight_bytes,
     plan_llm,
     plan_model_memory,
+    tgi_budget_bytes,
     tgi_generic_path,
 )
 
@@ -921,3 +922,81 @@ def test_the_presets_are_model_types_tgi_has_flash_classes_for() -> None:
         "llama-2-7b": "llama", "llama-2-13b": "llama",
     }  # fmt: skip
     assert all(spec.model_type in TGI_FLASH_MODEL_TYPES and not tgi_generic_path(spec) for spec in LLMS.values())
+
+
+# facebook/opt-6.7b's config.json (the keys the planner reads): a model type TGI serves through its own non-flash
+# CausalLM on every card
+OPT_6_7B = dict(model_type="opt", hidden_size=4096, ffn_dim=16384, num_hidden_layers=32, num_attention_heads=32,
+                vocab_size=50272, max_position_embeddings=2048, word_embed_proj_dim=4096,
+                _name_or_path="facebook/opt-6.7b")  # fmt: skip
+
+
+def test_tgis_own_non_flash_class_sizes_no_cache_from_free_memory_even_on_an_h100(tmp_path: Path) -> None:
+    """get_model serves OPT through CausalLM's constructor whatever the card: on an H100 the plan takes the non-flash
+    memory rule (torch's allocator stops at the fraction; no cache preallocated), states --max-batch-total-tokens,
+    and drops an fp8 KV cache CausalLM never takes; FP8 weights, made by TGI's own weight loader, stay. The same
+    shape as llama (a flash class) keeps the flash rule."""
+    config = _llm_config(tmp_path / "opt", OPT_6_7B, True)
+    plan = plan_llm(LlmRequest("H100", config=config, quantize="fp8", kv_cache_dtype="fp8_e4m3fn"))
+    h100 = CATALOG["H100"]
+    assert plan["memory"]["per_gpu"]["budget_bytes"] == tgi_budget_bytes(h100, 0.9, False, TGI_RUNTIME_BYTES)
+    assert plan["flags"]["--max-batch-total-tokens"] == plan["memory"]["kv_token_capacity"] > 0
+    assert plan["memory"]["kv_bytes_per_token"] == 2 * 32 * 32 * 128 * 2
+    assert plan["flags"]["--quantize"] == "fp8" and "--kv-cache-dtype" not in plan["flags"]
+    assert plan["memory"]["per_gpu"]["weights_bytes"] == llm_weight_bytes(spec_from_config(config), "fp8")
+    assert plan["warnings"] == [
+        "TGI serves model type 'opt' (facebook/opt-6.7b) through its own non-flash CausalLM class on every card: no "
+        "flash or paged attention, each request's KV cache is padded and grown in torch's allocator rather than "
+        "preallocated from free memory (--max-batch-total-tokens is stated), and --kv-cache-dtype does not apply; "
+        "it shards over GPUs and quantizes at load as the flash path does",
+        "--kv-cache-dtype fp8_e4m3fn is ignored by TGI's non-flash path: the KV cache is planned, and launched, in "
+        "the model's 16-bit type",
+    ]
+    llama = _llm_config(tmp_path / "llama", {**OPT_6_7B, "model_type": "llama"}, True)
+    flash = plan_llm(LlmRequest("H100", config=llama, quantize="fp8", kv_cache_dtype="fp8_e4m3fn"))
+    assert flash["memory"]["per_gpu"]["budget_bytes"] == tgi_budget_bytes(h100, 0.9, True, TGI_RUNTIME_BYTES)
+    assert "--max-batch-total-tokens" not in flash["flags"] and flash["flags"]["--kv-cache-dtype"] == "fp8_e4m3fn"
+    t5 = plan_llm(LlmRequest("H100", config=_llm_config(tmp_path / "t5", {**OPT_6_7B, "model_type": "t5"}, True)))
+    assert "through its own non-flash Seq2SeqLM class on every card" in t5["warnings"][0]
+
+
+def test_tgis_own_non_flash_class_shards_and_quantizes_below_8_0(tmp_path: Path) -> None:
+    """On a T4 CausalLM still shards (torch.distributed, heads split) and TGI's weight loader still makes EETQ and
+    bitsandbytes-nf4 (CausalLM.fallback would do neither): auto tries EETQ, a second card shards, the advice names
+    more GPUs and nf4 but no 8-bit KV cache, and replicas blame the heads, not the path, where they do not split."""
+    config = _llm_config(tmp_path / "opt", OPT_6_7B, True)
+    crowded = plan_llm(LlmRequest("T4", config=config, concurrent_requests=64))
+    assert [f["quantize"] for f in crowded["considered"]] == ["none", "eetq"]
+    assert crowded["warnings"][-1].endswith(
+        "try a larger GPU, more GPUs (--count 2 shards it further), 4-bit weights (bitsandbytes-nf4 to quantize this "
+        "checkpoint at load), fewer concurrent requests or shorter sequences"
+    )
+    assert not any("cannot shard" in w for w in crowded["warnings"])
+    two = plan_llm(LlmRequest("T4", config=config, count=2, concurrent_requests=16))
+    assert [(f["quantize"], f["shards"]) for f in two["considered"]] == [("none", 1), ("none", 2)]
+    assert two["fits"] and two["flags"]["--num-shard"] == 2 and two["flags"]["--max-batch-total-tokens"] >= 16 * 2048
+    nf4 = plan_llm(LlmRequest("T4", config=config, quantize="bitsandbytes-nf4"))
+    assert nf4["flags"]["--quantize"] == "bitsandbytes-nf4" and not any("ignored" in w for w in nf4["warnings"])
+    odd = _llm_config(tmp_path / "odd", {**OPT_6_7B, "hidden_size": 4000, "num_attention_heads": 25}, True)
+    replicas = plan_llm(LlmRequest("T4", config=odd, count=2))  # 25 heads do not split over 2 shards
+    assert replicas["replicas"] == 2 and replicas["reasons"][0].endswith(
+        "TGI cannot shard it further: its heads do not split over more GPUs (25 query, 25 KV)"
+    )
+
+
+def test_legacy_phi_msft_is_refused_where_flash_attention_runs(tmp_path: Path) -> None:
+    """get_model raises "Legacy phi-msft is not supported with Flash Attention" where flash attention loads: refused
+    on an L4 or H100, planned on a T4 through CausalLM."""
+    config = _llm_config(tmp_path / "phi", {**OPT_6_7B, "model_type": "phi-msft"}, True)
+    for gpu, capability in (("L4", "8.9"), ("H100", "9.0")):
+        with pytest.raises(PlanError) as refused:
+            plan_llm(LlmRequest(gpu, config=config))
+        assert str(refused.value) == (
+            "TGI refuses model type 'phi-msft' (facebook/opt-6.7b) where flash attention runs (Legacy phi-msft is not "
+            "supported with Flash Attention): it serves it only below compute capability 8.0, through its non-flash "
+            f"CausalLM; {CATALOG[gpu].name} has {capability}: plan it on a T4 or V100, or use a checkpoint converted "
+            "to transformers' phi"
+        )
+    assert plan_llm(LlmRequest("T4", config=config))["warnings"][0].startswith(
+        "TGI serves model type 'phi-msft' (facebook/opt-6.7b) through its own non-flash CausalLM class"
+    )

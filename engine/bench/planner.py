@@ -76,10 +76,20 @@ TGI_FLASH_MODEL_TYPES = frozenset({
     "idefics2", "idefics3", "llama", "llava_next", "mistral", "mixtral", "mllama", "paligemma", "phi", "phi3",
     "phimoe", "qwen2", "qwen2_5_vl", "qwen2_vl", "starcoder2",
 })  # fmt: skip
-# Model types get_model gives a class of its own that is not a flash one (Bloom, MPT, OPT and phi-msft through TGI's
-# CausalLM and its weight loader, T5 as Seq2SeqLM, Mamba; Llama 4 through transformers' class by name): planned by
-# the card as before; they never reach the generic path below.
+# Model types get_model gives a class of its own that is not a flash one: they never reach the generic path below.
 TGI_OTHER_OWN_MODEL_TYPES = frozenset({"bloom", "llama4", "mamba", "mpt", "opt", "phi-msft", "t5"})
+# Of those, the ones get_model serves through TGI's own non-flash classes whatever the card: CausalLM's constructor
+# (Bloom, MPT, OPT; phi-msft only without flash attention, TGI_FLASH_REFUSED_MODEL_TYPES) or Seq2SeqLM's (T5), never
+# their fallback(). They shard (torch.distributed, heads split over the shards: "num_heads must be divisible by
+# num_shards") and load through TGI's own weight loader (utils/quantization.py get_loader), so EETQ, FP8,
+# bitsandbytes' 8- and 4-bit, AWQ and GPTQ are made or read as on the flash path; but their KV cache is each request's
+# past_key_values, padded and concatenated step by step in torch's allocator (Model.warmup sizes no batch: the
+# non-flash memory rule), and they take no --kv-cache-dtype. Read in the same commit's models/__init__.py (get_model),
+# models/causal_lm.py and models/seq2seq_lm.py (__init__), custom_modeling/{bloom,mpt,opt,phi,t5}_modeling.py. Mamba
+# (no KV cache) and Llama 4 (transformers' class) are planned by the card as before.
+TGI_CAUSAL_LM_MODEL_TYPES = frozenset({"bloom", "mpt", "opt", "phi-msft", "t5"})
+# get_model raises "Legacy phi-msft is not supported with Flash Attention" where flash attention loads (8.0+)
+TGI_FLASH_REFUSED_MODEL_TYPES = frozenset({"phi-msft"})
 # Vision-language model types get_model serves only on the flash path: without flash attention (below 8.0, where
 # its transformers fallback cannot load either) it raises "<model> requires Flash Attention enabled models."
 TGI_FLASH_ONLY_MODEL_TYPES = frozenset({
@@ -417,10 +427,19 @@ def tgi_budget_bytes(gpu: Gpu, memory_fraction: float, flash: bool, runtime: int
 
 
 def _fit(
-    spec: LlmSpec, gpu: Gpu, req: LlmRequest, shards: int, quantize: str, prefill_tokens: int, kv_dtype_bytes: int
+    spec: LlmSpec,
+    gpu: Gpu,
+    req: LlmRequest,
+    shards: int,
+    quantize: str,
+    prefill_tokens: int,
+    kv_dtype_bytes: int,
+    paged: bool,
 ) -> dict[str, Any]:
+    """One launch tried. `paged`: TGI sizes a paged KV cache from the free memory (its flash classes, and the generic
+    path's TransformersFlashCausalLM), not each request's padded cache in torch's allocator."""
     runtime = tgi_runtime_bytes(shards)
-    per_gpu = tgi_budget_bytes(gpu, req.memory_fraction, gpu.supports("flash-attention"), runtime)
+    per_gpu = tgi_budget_bytes(gpu, req.memory_fraction, paged, runtime)
     weights = llm_weight_bytes(spec, quantize) / shards
     prefill = _prefill_bytes(spec, prefill_tokens, shards)
     # what TGI measures as free after its warm-up; the warm-up's own KV blocks (fewer tokens than a fitting plan
@@ -448,20 +467,28 @@ def _fit(
 
 
 def _what_would_fit(
-    req: LlmRequest, spec: LlmSpec, gpu: Gpu, flash: bool, tried: list[dict[str, Any]], generic: bool = False
+    req: LlmRequest,
+    spec: LlmSpec,
+    gpu: Gpu,
+    flash: bool,
+    tried: list[dict[str, Any]],
+    generic: bool = False,
+    causal_lm: bool = False,
 ) -> str:
     """The changes that could make a deployment that does not fit fit: only those this card and model allow
     (more GPUs only where TGI can shard further; 4-bit weights only where they were not tried and can run, never on
-    TGI's generic path, which refuses them). `flash`: TGI's flash path runs (not its generic one)."""
+    TGI's generic path, which refuses them). `flash`: TGI's flash path runs (not its generic one); `causal_lm`: TGI's
+    own non-flash class runs (TGI_CAUSAL_LM_MODEL_TYPES), which shards and quantizes as the flash path but takes no
+    8-bit KV cache."""
     more = [s for s in (2, 4, 8) if s > req.count and spec.kv_heads % s == 0 and spec.heads % s == 0]
     advice = ["a larger GPU"]
-    if flash and more:
+    if (flash or causal_lm) and more:
         advice.append(f"more GPUs (--count {more[0]} shards it further)")
     if not generic and not spec.checkpoint_quantize and not any(f["quantize"] in FOUR_BIT for f in tried):
         # AWQ from a checkpoint quantized so (Marlin, 8.0+); bitsandbytes-nf4 from this one, at load, where TGI's
-        # flash path runs (its non-flash path ignores it): both need 8.0+ on the catalog's cards, nothing older
+        # flash path runs (its non-flash path ignores it; TGI's own non-flash classes make it too)
         four_bit = (["--quantize awq"] if gpu.supports("marlin") else []) + (
-            ["bitsandbytes-nf4 to quantize this checkpoint at load"] if flash else []
+            ["bitsandbytes-nf4 to quantize this checkpoint at load"] if flash or causal_lm else []
         )
         if four_bit:
             advice.append(f"4-bit weights ({', or '.join(four_bit)})")
@@ -534,6 +561,19 @@ def plan_llm(req: LlmRequest, card: Gpu | None = None) -> dict[str, Any]:
             f"capability 8.0+; {gpu.name} has {major}.{minor} (TGI stops at load: requires Flash Attention enabled "
             "models): plan it on an 8.0+ card (A10G, L4, A100, H100, ...)"
         )
+    if spec.model_type in TGI_FLASH_REFUSED_MODEL_TYPES and flash:
+        major, minor = gpu.compute_capability
+        raise PlanError(
+            f"TGI refuses model type {spec.model_type!r} ({title}) where flash attention runs (Legacy phi-msft is not "
+            "supported with Flash Attention): it serves it only below compute capability 8.0, through its non-flash "
+            f"CausalLM; {gpu.name} has {major}.{minor}: plan it on a T4 or V100, or use a checkpoint converted to "
+            "transformers' phi"
+        )
+    # TGI's own non-flash class on every card: no paged KV cache, but sharded and quantized by TGI's weight loader
+    causal_lm = spec.model_type in TGI_CAUSAL_LM_MODEL_TYPES
+    paged = flash and not causal_lm  # a KV cache preallocated from the free memory (flash or generic path)
+    flash_path = paged and not generic  # TGI's own flash class: it alone honours --kv-cache-dtype
+    own_loader = flash_path or causal_lm  # TGI's weight loader makes EETQ, FP8 and bitsandbytes' 4-bit at load
     if req.max_total_tokens > spec.max_positions:
         warnings.append(
             f"--max-total-tokens {req.max_total_tokens} exceeds {title}'s context of {spec.max_positions} tokens"
@@ -556,7 +596,15 @@ def plan_llm(req: LlmRequest, card: Gpu | None = None) -> dict[str, Any]:
                 else "CausalLM.fallback does not shard"
             )
         )
-    if not flash:
+    if causal_lm:
+        warnings.append(
+            f"TGI serves model type {spec.model_type!r} ({title}) through its own non-flash "
+            + ("Seq2SeqLM" if spec.model_type == "t5" else "CausalLM")
+            + " class on every card: no flash or paged attention, each request's KV cache is padded and grown in "
+            "torch's allocator rather than preallocated from free memory (--max-batch-total-tokens is stated), and "
+            "--kv-cache-dtype does not apply; it shards over GPUs and quantizes at load as the flash path does"
+        )
+    elif not flash:
         warnings.append(
             f"{gpu.name} has compute capability {gpu.compute_capability[0]}.{gpu.compute_capability[1]}: flash "
             "attention and paged attention need 8.0+, so TGI runs the slower non-flash path, cannot shard "
@@ -568,13 +616,13 @@ def plan_llm(req: LlmRequest, card: Gpu | None = None) -> dict[str, Any]:
     # for 8-bit bitsandbytes only: nf4 and fp4 keep them, captured out of the share kept back, as the others).
     int8 = "bitsandbytes"
     # TGI's generic path (transformers' loading) makes 8-bit bitsandbytes alone: EETQ refused above, FP8 ignored
-    if flash and not generic and gpu.supports("eetq"):
+    if own_loader and gpu.supports("eetq"):
         int8 = "eetq"
-    elif flash and not generic and gpu.supports("fp8"):
+    elif own_loader and gpu.supports("fp8"):
         int8 = "fp8"
     # eetq, fp8 or bitsandbytes-nf4/fp4 asked for on the non-flash path loads fp16 weights (warned below): sized and
     # launched as what runs
-    transformers_loads = generic or not flash  # load-time quantizers other than 8-bit bitsandbytes are ignored
+    transformers_loads = not own_loader  # load-time quantizers other than 8-bit bitsandbytes are ignored
     asked = "none" if req.quantize in LOAD_TIME_FLASH_ONLY and transformers_loads else req.quantize
     # auto's 4-bit is AWQ, not bitsandbytes-nf4: where nf4 runs (the flash path, 8.0+) Marlin runs too, AWQ takes about
     # as many bytes (0.5195 a weight against 0.5159: nf4 would fit only what misses AWQ by under 1% of the weights),
@@ -583,7 +631,7 @@ def plan_llm(req: LlmRequest, card: Gpu | None = None) -> dict[str, Any]:
     quant_options = ["none", int8, "awq"] if req.quantize == "auto" else [asked]
     if generic and req.quantize == "auto":  # AWQ refused there
         quant_options = ["none", int8]
-    kv_dtype_bytes = 1 if req.kv_cache_dtype != "auto" and flash and not generic else 2
+    kv_dtype_bytes = 1 if req.kv_cache_dtype != "auto" and flash_path else 2
     if req.kv_cache_dtype != "auto" and kv_dtype_bytes == 2:
         warnings.append(
             f"--kv-cache-dtype {req.kv_cache_dtype} is ignored by TGI's "
@@ -610,7 +658,7 @@ def plan_llm(req: LlmRequest, card: Gpu | None = None) -> dict[str, Any]:
             )
         )
     shard_options = [s for s in (1, 2, 4, 8) if s <= req.count and spec.kv_heads % s == 0 and spec.heads % s == 0]
-    if not flash or generic:
+    if not (flash_path or causal_lm):
         shard_options = [1]
     prefill_tokens = max(max_input, min(4096, max_input * req.concurrent_requests))
     tried = []
@@ -619,7 +667,7 @@ def plan_llm(req: LlmRequest, card: Gpu | None = None) -> dict[str, Any]:
         if q in MARLIN_4BIT and not gpu.supports("marlin") and req.quantize == "auto":
             continue
         for shards in shard_options:
-            fit = _fit(spec, gpu, req, shards, q, prefill_tokens, kv_dtype_bytes)
+            fit = _fit(spec, gpu, req, shards, q, prefill_tokens, kv_dtype_bytes, paged)
             tried.append(fit)
             if fit["fits"]:
                 chosen = fit
@@ -631,7 +679,7 @@ def plan_llm(req: LlmRequest, card: Gpu | None = None) -> dict[str, Any]:
         warnings.append(
             f"does not fit: at best {best['kv_token_capacity']:,} KV tokens per replica for "
             f"{best['kv_tokens_needed']:,} needed ({req.concurrent_requests} x {req.max_total_tokens}); "
-            + _what_would_fit(req, spec, gpu, flash and not generic, tried, generic)
+            + _what_would_fit(req, spec, gpu, flash_path, tried, generic, causal_lm)
         )
     if chosen is None:  # the flags below are the closest tried, not a recommendation
         reasons.append(
@@ -664,7 +712,7 @@ def plan_llm(req: LlmRequest, card: Gpu | None = None) -> dict[str, Any]:
                     "its generic path (transformers' class) is planned on one GPU"
                     if generic
                     else f"its heads do not split over more GPUs ({spec.heads} query, {spec.kv_heads} KV)"
-                    if flash
+                    if flash_path or causal_lm
                     else "its non-flash path runs on one GPU"
                 )
             )
@@ -678,7 +726,7 @@ def plan_llm(req: LlmRequest, card: Gpu | None = None) -> dict[str, Any]:
         "--max-batch-prefill-tokens": prefill_tokens,
         # the flash path sizes the batch's KV tokens from free memory itself; the non-flash path takes
         # max(16000, ...) whatever the memory, so the plan states what fits (TGI refuses 0: nothing fits then)
-        "--max-batch-total-tokens": None if flash and not generic else best["kv_token_capacity"] or None,
+        "--max-batch-total-tokens": None if flash_path else best["kv_token_capacity"] or None,
         # past the launcher's 128, more requests at once are refused whatever the memory holds
         "--max-concurrent-requests": (
             req.concurrent_requests if req.concurrent_requests > TGI_DEFAULT_CONCURRENT_REQUESTS else None
@@ -687,7 +735,7 @@ def plan_llm(req: LlmRequest, card: Gpu | None = None) -> dict[str, Any]:
         "--quantize": None if best["quantize"] == "none" else best["quantize"],
         "--kv-cache-dtype": req.kv_cache_dtype if kv_dtype_bytes == 1 else None,
     }
-    if flash and not generic and best["fits"]:
+    if flash_path and best["fits"]:
         reasons.append(
             f"the KV cache holds about {best['kv_token_capacity']:,} tokens per replica: "
             f"{best['kv_token_capacity'] // req.max_total_tokens} concurrent requests at --max-total-tokens "
