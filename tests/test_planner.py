@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 
 from engine.bench.catalog import CATALOG, DRIVER_RESERVE_MIB, MEMORY_TOTALS, PriceBook, detected_gpu, find_gpu
 from engine.bench.config import CostConfig, LlmRequest
-from engine.bench.llms import LLMS, spec_from_config
+from engine.bench.llms import LLMS, LlmConfigError, spec_from_config
 from engine.bench.planner import (
     CUDA_CONTEXT_BYTES,
     TGI_FLASH_MODEL_TYPES,
@@ -956,8 +956,9 @@ def test_tgis_own_non_flash_class_sizes_no_cache_from_free_memory_even_on_an_h10
     flash = plan_llm(LlmRequest("H100", config=llama, quantize="fp8", kv_cache_dtype="fp8_e4m3fn"))
     assert flash["memory"]["per_gpu"]["budget_bytes"] == tgi_budget_bytes(h100, 0.9, True, TGI_RUNTIME_BYTES)
     assert "--max-batch-total-tokens" not in flash["flags"] and flash["flags"]["--kv-cache-dtype"] == "fp8_e4m3fn"
-    t5 = plan_llm(LlmRequest("H100", config=_llm_config(tmp_path / "t5", {**OPT_6_7B, "model_type": "t5"}, True)))
-    assert "through its own non-flash Seq2SeqLM class on every card" in t5["warnings"][0]
+    # T5 (TGI's Seq2SeqLM) is an encoder-decoder: its config is refused before the plan (tests/test_llm_configs.py)
+    with pytest.raises(LlmConfigError, match="describes an encoder-decoder model"):
+        plan_llm(LlmRequest("H100", config=_llm_config(tmp_path / "t5", {**OPT_6_7B, "model_type": "t5"}, True)))
 
 
 def test_tgis_own_non_flash_class_shards_and_quantizes_below_8_0(tmp_path: Path) -> None:

@@ -39,7 +39,7 @@ class LlmSpec:
     kv_heads: int
     head_dim: int
     vocab: int
-    max_positions: int
+    max_positions: int | None  # None: no position table (ALiBi: BLOOM), the config sets no context
     tied_embeddings: bool = False
     parameters_basis: str = "the model card's count"
     # a checkpoint quantized ahead of time (its config's quantization_config): the --quantize TGI loads it with
@@ -135,15 +135,17 @@ def spec_from_config(path: str | Path, name: str | None = None, hub_count: tuple
     file = _config_file(Path(path))
     config = _read_config(file)
     _refuse_speculator(config, file)
-    shape = _text_model(config)
-    family = str(shape.get("model_type") or config.get("model_type") or "")
+    nested = _text_model(config)
+    family = str(nested.get("model_type") or config.get("model_type") or "")
+    _refuse_encoder_decoder(nested, family, file)
+    shape = _standard_names(nested, family)
     names = ("num_hidden_layers", "hidden_size", "num_attention_heads", "vocab_size")
-    layers, hidden, heads, vocab = (_whole(shape, key, file.name) for key in names)
-    kv_heads = _whole(shape, "num_key_value_heads", file.name, heads)
+    layers, hidden, heads, vocab = (_whole(shape, key, file.name, alias=_alias(family, key)) for key in names)
+    kv_heads = _kv_heads(shape, family, heads, file.name)
     head_dim = _head_dim(shape, hidden, heads, file.name)
     if heads % kv_heads:
         raise LlmConfigError(f"{file.name}: {heads} attention heads do not share out over {kv_heads} key/value heads")
-    positions = _whole(shape, "max_position_embeddings", file.name)
+    positions = _max_positions(shape, family, file.name)
     quantize = _checkpoint_quantize(config, file)
     counted = None if quantize else _counted_parameters(file.parent)
     if counted is not None:
@@ -151,7 +153,7 @@ def spec_from_config(path: str | Path, name: str | None = None, hub_count: tuple
     elif hub_count is not None and not quantize:
         (parameters, tied), basis = hub_count, "counted by the Hub from its .safetensors headers"
     else:
-        if shape is not config:  # the language model's shape alone leaves the vision tower and projector uncounted
+        if nested is not config:  # the language model's shape alone leaves the vision tower and projector uncounted
             raise LlmConfigError(
                 f"{file.name} describes a multimodal model: the parameters outside its language model cannot be "
                 "estimated from the config; give its Hub id while online, or on the command line the folder holding "
@@ -219,12 +221,119 @@ def _text_model(config: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
-def _whole(config: dict[str, Any], key: str, where: str, default: int | None = None) -> int:
-    """config[key], a whole number of at least 1 (`default` where it is missing or null); `where` names the file."""
+# Families whose config names the shape otherwise (their config class's attribute_map in transformers 5.x, or for
+# the remote-code types TGI's own config class): {the Llama-style key read here: the family's key}. As transformers
+# reads them, a Llama-style key written in the config wins over the family's (attribute_map redirects it there).
+# MPT's max_seq_len is not in transformers' map; TGI's launcher reads it as the context (launcher/src/main.rs).
+_GPT2_NAMES = {
+    "num_hidden_layers": "n_layer", "hidden_size": "n_embd", "num_attention_heads": "n_head",
+    "max_position_embeddings": "n_positions",
+}  # fmt: skip
+_FALCON_NAMES = {"num_hidden_layers": "n_layer", "num_attention_heads": "n_head"}  # TGI's RWConfig
+FAMILY_NAMES: dict[str, dict[str, str]] = {
+    "gpt2": _GPT2_NAMES,
+    "gpt_bigcode": _GPT2_NAMES,
+    "gptj": _GPT2_NAMES,
+    "phi-msft": _GPT2_NAMES,  # TGI's PhiConfig (custom_modeling/phi_modeling.py) reads these
+    "bloom": {"num_hidden_layers": "n_layer", "num_attention_heads": "n_head"},
+    "mpt": {
+        "num_hidden_layers": "n_layers",
+        "hidden_size": "d_model",
+        "num_attention_heads": "n_heads",
+        "max_position_embeddings": "max_seq_len",
+    },
+    "falcon": _FALCON_NAMES,
+    "RefinedWeb": _FALCON_NAMES,
+    "RefinedWebModel": _FALCON_NAMES,
+}
+# Old keys that win over the Llama-style one where given: BloomConfig, FalconConfig and TGI's RWConfig take an
+# n_embed keyword as the hidden size ("backward compatibility").
+_LEGACY_WINS = {family: {"hidden_size": "n_embed"} for family in ("bloom", "falcon", "RefinedWeb", "RefinedWebModel")}
+_FALCON_TYPES = ("falcon", "RefinedWeb", "RefinedWebModel")
+# The context of a Falcon config that does not say it: transformers' FalconConfig default, and what TGI's RWConfig
+# sets where the config does not say it (a max_position_embeddings in the config overrides it)
+FALCON_DEFAULT_POSITIONS = 2048
+# Families with no position table (ALiBi), whose config sets no context: the planner takes the asked length
+NO_POSITION_LIMIT = frozenset({"bloom"})
+
+
+def _standard_names(config: dict[str, Any], family: str) -> dict[str, Any]:
+    """The config with the family's own key names read as the Llama-style ones the planner reads."""
+    names, legacy = FAMILY_NAMES.get(family, {}), _LEGACY_WINS.get(family, {})
+    if not names and not legacy:
+        return config
+    standard = dict(config)
+    for ours, theirs in names.items():
+        if standard.get(ours) is None and config.get(theirs) is not None:
+            standard[ours] = config[theirs]
+    for ours, theirs in legacy.items():
+        if config.get(theirs) is not None:
+            standard[ours] = config[theirs]
+    return standard
+
+
+def _alias(family: str, key: str) -> str | None:
+    return FAMILY_NAMES.get(family, {}).get(key)
+
+
+def _refuse_encoder_decoder(config: dict[str, Any], family: str, file: Path) -> None:
+    """T5 and other encoder-decoders: the planner's model is a decoder alone, whose KV cache is its self-attention's.
+    An encoder-decoder also keeps each request's cross-attention keys and values over the encoder's output, and runs
+    the encoder on the prompt, which that model does not size."""
+    if family == "t5" or config.get("is_encoder_decoder") is True:
+        raise LlmConfigError(
+            f"{file.name} describes an encoder-decoder model ({family or 'model of unnamed type'}): the planner sizes "
+            "decoder-only models, whose KV cache is the decoder's self-attention; an encoder-decoder also holds "
+            "cross-attention keys and values over the encoder's output for each request, which it does not size"
+        )
+
+
+def _kv_heads(config: dict[str, Any], family: str, heads: int, where: str) -> int:
+    """Key/value heads, where a family says them otherwise than num_key_value_heads."""
+    if family == "gpt_bigcode":  # GPTBigCodeConfig: 1 if multi_query (its default) else n_head
+        return 1 if config.get("multi_query", True) else heads
+    if family == "mpt":
+        attn = config.get("attn_config")
+        attn_type = attn.get("attn_type", "multihead_attention") if isinstance(attn, dict) else "multihead_attention"
+        if attn_type != "multihead_attention":  # TGI's MPTModel raises "Not implemented attn ..."
+            raise LlmConfigError(
+                f"{where}: MPT with attn_type {attn_type!r} is not served by TGI (its MPT class runs only "
+                "multihead_attention)"
+            )
+        return heads
+    if family in _FALCON_TYPES:
+        # FalconAttention: num_kv_heads where the new decoder architecture or no multi_query, else 1. The old
+        # RefinedWeb types name it n_head_kv and default to the new architecture (RefinedWeb) and to no multi-query
+        # (TGI's RWConfig); transformers' FalconConfig defaults to multi_query.
+        new_architecture = config.get("new_decoder_architecture")
+        if new_architecture is None:
+            new_architecture = family == "RefinedWeb"
+        multi_query = config.get("multi_query")
+        if multi_query is None:
+            multi_query = family == "falcon"
+        if multi_query and not new_architecture:
+            return 1
+        key = "num_kv_heads" if config.get("num_kv_heads") is not None else "n_head_kv"
+        return _whole(config, key, where, heads)
+    return _whole(config, "num_key_value_heads", where, heads)
+
+
+def _max_positions(config: dict[str, Any], family: str, where: str) -> int | None:
+    """The context: None for an ALiBi family with no position table (its config sets none)."""
+    if family in NO_POSITION_LIMIT and config.get("max_position_embeddings") is None:
+        return None
+    default = FALCON_DEFAULT_POSITIONS if family in _FALCON_TYPES else None
+    return _whole(config, "max_position_embeddings", where, default, alias=_alias(family, "max_position_embeddings"))
+
+
+def _whole(config: dict[str, Any], key: str, where: str, default: int | None = None, alias: str | None = None) -> int:
+    """config[key], a whole number of at least 1 (`default` where it is missing or null); `where` names the file,
+    `alias` the family's own name for the key."""
     value = config.get(key)
     value = default if value is None else value  # a key written as null means the default, as transformers reads it
     if value is None:
-        raise LlmConfigError(f"{where} has no {key}: the planner needs the model's {_WHY[key]}")
+        named = f"{key} (or {alias})" if alias else key
+        raise LlmConfigError(f"{where} has no {named}: the planner needs the model's {_WHY[key]}")
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise LlmConfigError(f"{where}'s {key} is {value!r}: a whole number of at least 1 is expected")
     return value
@@ -236,6 +345,9 @@ _WHY = {
     "num_attention_heads": "attention heads",
     "vocab_size": "vocabulary size",
     "max_position_embeddings": "context length",
+    "num_key_value_heads": "key/value heads",
+    "num_kv_heads": "key/value heads",
+    "n_head_kv": "key/value heads",
     "intermediate_size": "MLP width, to estimate its parameters (or the .safetensors files beside the config)",
 }
 

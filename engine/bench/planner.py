@@ -544,7 +544,8 @@ def plan_llm(req: LlmRequest, card: Gpu | None = None) -> dict[str, Any]:
                             f"TGI loads as it is: give quantize auto or {spec.checkpoint_quantize}")  # fmt: skip
         req = replace(req, quantize=spec.checkpoint_quantize)
     if req.max_total_tokens is None:  # the context, at most 4096 (TGI_DEFAULT_TOTAL_TOKENS)
-        req = replace(req, max_total_tokens=min(spec.max_positions, TGI_DEFAULT_TOTAL_TOKENS))
+        context = TGI_DEFAULT_TOTAL_TOKENS if spec.max_positions is None else spec.max_positions
+        req = replace(req, max_total_tokens=min(context, TGI_DEFAULT_TOTAL_TOKENS))
     max_input = req.max_input_tokens or req.max_total_tokens - 1
     if not 1 <= max_input < req.max_total_tokens:
         raise PlanError(
@@ -574,7 +575,13 @@ def plan_llm(req: LlmRequest, card: Gpu | None = None) -> dict[str, Any]:
     paged = flash and not causal_lm  # a KV cache preallocated from the free memory (flash or generic path)
     flash_path = paged and not generic  # TGI's own flash class: it alone honours --kv-cache-dtype
     own_loader = flash_path or causal_lm  # TGI's weight loader makes EETQ, FP8 and bitsandbytes' 4-bit at load
-    if req.max_total_tokens > spec.max_positions:
+    if spec.max_positions is None:  # ALiBi (BLOOM): TGI's launcher finds no max_position_embeddings to cap it by
+        warnings.append(
+            f"{title} has no position table (ALiBi) and its config sets no context: --max-total-tokens "
+            f"{req.max_total_tokens} is planned as given ({TGI_DEFAULT_TOTAL_TOKENS} where none is asked); a length "
+            "beyond the one it was trained on is not checked"
+        )
+    elif req.max_total_tokens > spec.max_positions:
         warnings.append(
             f"--max-total-tokens {req.max_total_tokens} exceeds {title}'s context of {spec.max_positions} tokens"
         )
