@@ -408,3 +408,227 @@ def test_a_key_written_as_null_takes_its_default_and_a_multimodal_config_its_lan
     spec = spec_from_config(nested, name="llava-hf/llava-v1.6-mistral-7b-hf", hub_count=(7_566_747_648, False))
     assert (spec.layers, spec.kv_heads, spec.parameters) == (32, 8, 7_566_747_648)
     assert spec.parameters_basis == "counted by the Hub from its .safetensors headers"
+
+
+# Published configs of families whose config class names the shape otherwise (only the keys the planner reads), and
+# the shape TGI plans them with: (layers, hidden, heads, kv_heads, head_dim, max_positions).
+GPT2 = dict(model_type="gpt2", n_embd=768, n_layer=12, n_head=12, n_positions=1024, n_ctx=1024, vocab_size=50257)
+STARCODER = dict(model_type="gpt_bigcode", n_embd=6144, n_layer=40, n_head=48, n_positions=8192, vocab_size=49152,
+                 multi_query=True, _name_or_path="bigcode/starcoder")  # fmt: skip
+BLOOM_560M = dict(model_type="bloom", hidden_size=1024, n_layer=24, n_head=16, vocab_size=250880,
+                  _name_or_path="bigscience/bloom-560m")  # fmt: skip
+FAMILY_CONFIGS = {
+    "gpt2": (GPT2, (12, 768, 12, 12, 64, 1024)),
+    "starcoder": (STARCODER, (40, 6144, 48, 1, 128, 8192)),
+    "gpt-j-6b": (
+        dict(model_type="gptj", n_embd=4096, n_layer=28, n_head=16, n_positions=2048, rotary_dim=64, vocab_size=50400),
+        (28, 4096, 16, 16, 256, 2048),
+    ),
+    "bloom-560m": (BLOOM_560M, (24, 1024, 16, 16, 64, None)),  # ALiBi: no position table
+    "mpt-7b": (
+        dict(
+            model_type="mpt",
+            d_model=4096,
+            n_heads=32,
+            n_layers=32,
+            max_seq_len=2048,
+            vocab_size=50432,
+            expansion_ratio=4,
+            attn_config={"alibi": True, "attn_type": "multihead_attention"},
+        ),
+        (32, 4096, 32, 32, 128, 2048),
+    ),
+    "falcon-7b": (
+        dict(
+            model_type="falcon",
+            hidden_size=4544,
+            num_hidden_layers=32,
+            num_attention_heads=71,
+            multi_query=True,
+            new_decoder_architecture=False,
+            parallel_attn=True,
+            vocab_size=65024,
+        ),
+        (32, 4544, 71, 1, 64, 2048),
+    ),
+    "falcon-40b": (
+        dict(
+            model_type="falcon",
+            hidden_size=8192,
+            num_hidden_layers=60,
+            num_attention_heads=128,
+            num_kv_heads=8,
+            new_decoder_architecture=True,
+            vocab_size=65024,
+        ),
+        (60, 8192, 128, 8, 64, 2048),
+    ),
+}
+SHAPE = ("layers", "hidden", "heads", "kv_heads", "head_dim", "max_positions")
+
+
+def _header_only(folder: Path, shapes: dict[str, list[int]]) -> None:
+    """A .safetensors file holding only its header (the planner reads no more): a checkpoint's count at full size
+    without writing its weights."""
+    header = {name: {"dtype": "F16", "shape": shape, "data_offsets": [0, 0]} for name, shape in shapes.items()}
+    text = json.dumps(header).encode()
+    (folder / "model.safetensors").write_bytes(len(text).to_bytes(8, "little") + text)
+
+
+def _family_folder(folder: Path, values: dict[str, Any], parameters: int = 1000) -> Path:
+    _config(folder, values)
+    _header_only(folder, {"transformer.wte.weight": [parameters]})
+    return folder
+
+
+def _transformers_shape(values: dict[str, Any]) -> tuple[int | None, ...]:
+    """The shape as transformers' config class for the model type reads the same dict (FalconAttention's rule for
+    the KV heads; MPT's context is its max_seq_len, as TGI's launcher reads it; BLOOM has none)."""
+    import transformers
+
+    rest = {key: value for key, value in values.items() if key != "model_type"}
+    config = transformers.AutoConfig.for_model(values["model_type"], **rest)
+    heads = config.num_attention_heads
+    if values["model_type"] == "falcon":
+        kv_heads = config.num_kv_heads if config.new_decoder_architecture or not config.multi_query else 1
+    else:
+        kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    positions = {"bloom": None, "mpt": getattr(config, "max_seq_len", None)}.get(
+        values["model_type"], getattr(config, "max_position_embeddings", None)
+    )
+    return (config.num_hidden_layers, config.hidden_size, heads, kv_heads, config.hidden_size // heads, positions)
+
+
+@pytest.mark.parametrize("name", FAMILY_CONFIGS)
+def test_a_familys_own_key_names_are_read_as_transformers_reads_them(tmp_path: Path, name: str) -> None:
+    """GPT-2, StarCoder, GPT-J, BLOOM, MPT and Falcon configs name layers, width, heads and context through their
+    config class's attribute_map (n_layer, n_embd, d_model, ...): they were refused as having no num_hidden_layers.
+    Multi-query StarCoder and Falcon-7B keep one KV head; Falcon-40B's new architecture eight."""
+    values, published = FAMILY_CONFIGS[name]
+    spec = spec_from_config(_family_folder(tmp_path, values))
+    assert tuple(getattr(spec, k) for k in SHAPE) == published == _transformers_shape(values)
+    assert spec.parameters == 1000 and spec.parameters_basis.startswith("counted from the .safetensors headers")
+
+
+@pytest.mark.parametrize(
+    ("values", "published"),
+    [
+        # TGI's RWConfig (flash_rw_modeling.py) for the remote-code Falcon types: n_layer, n_head, n_head_kv;
+        # RefinedWeb is the new decoder architecture, RefinedWebModel multi-query; the context is 2048
+        (
+            dict(
+                model_type="RefinedWebModel",
+                hidden_size=4544,
+                n_layer=32,
+                n_head=71,
+                multi_query=True,
+                parallel_attn=True,
+                vocab_size=65024,
+            ),
+            (32, 4544, 71, 1, 64, 2048),
+        ),
+        (
+            dict(
+                model_type="RefinedWeb",
+                hidden_size=8192,
+                n_layer=60,
+                n_head=128,
+                n_head_kv=8,
+                parallel_attn=True,
+                vocab_size=65024,
+            ),
+            (60, 8192, 128, 8, 64, 2048),
+        ),
+        # TGI's PhiConfig (phi_modeling.py) for phi-msft: n_embd, n_layer, n_head, n_positions
+        (
+            dict(model_type="phi-msft", n_embd=2560, n_layer=32, n_head=32, n_positions=2048, vocab_size=51200),
+            (32, 2560, 32, 32, 80, 2048),
+        ),
+    ],
+)
+def test_remote_code_falcon_and_phi_msft_configs_are_read_as_tgis_config_classes_read_them(
+    tmp_path: Path, values: dict[str, Any], published: tuple[int, ...]
+) -> None:
+    spec = spec_from_config(_family_folder(tmp_path, values))
+    assert tuple(getattr(spec, k) for k in SHAPE) == published
+
+
+def test_a_llama_style_key_wins_over_the_familys_and_bloom_takes_n_embed_as_transformers_does(tmp_path: Path) -> None:
+    """attribute_map sends num_hidden_layers to n_layer, so a config holding both is read at num_hidden_layers;
+    BloomConfig takes the old n_embed over hidden_size."""
+    import transformers
+
+    both = {**GPT2, "num_hidden_layers": 6, "n_layer": 12}
+    assert spec_from_config(_family_folder(tmp_path / "gpt2", both)).layers == 6
+    assert transformers.GPT2Config(**both).num_hidden_layers == 6
+    old_bloom = {**BLOOM_560M, "n_embed": 2048}
+    assert spec_from_config(_family_folder(tmp_path / "bloom", old_bloom)).hidden == 2048
+    assert transformers.BloomConfig(**old_bloom).hidden_size == 2048
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        # T5: an encoder-decoder, whose cross-attention KV cache the decoder-only model does not size
+        (
+            dict(
+                model_type="t5",
+                d_model=512,
+                num_heads=8,
+                num_layers=6,
+                d_kv=64,
+                vocab_size=32128,
+                is_encoder_decoder=True,
+            ),
+            r"describes an encoder-decoder model \(t5\): the planner sizes decoder-only models",
+        ),
+        # TGI's MPT class runs only multihead_attention ("Not implemented attn ...")
+        (
+            dict(FAMILY_CONFIGS["mpt-7b"][0], attn_config={"attn_type": "multiquery_attention"}),
+            "MPT with attn_type 'multiquery_attention' is not served by TGI",
+        ),
+        # the family's own name is said where neither is given
+        ({**GPT2, "n_layer": None}, r"has no num_hidden_layers \(or n_layer\): the planner needs the model's layer"),
+    ],
+)
+def test_a_family_config_that_cannot_be_planned_says_why(tmp_path: Path, values: Any, message: str) -> None:
+    with pytest.raises(LlmConfigError, match=message):
+        spec_from_config(_family_folder(tmp_path, values))
+
+
+def test_a_family_config_alone_is_refused_for_its_parameters(tmp_path: Path) -> None:
+    """These families are not estimated from the shape: without .safetensors headers (or the Hub's count) the
+    config is refused for its parameters, not for its key names."""
+    with pytest.raises(LlmConfigError, match=r"parameters of a gpt_bigcode model cannot be estimated from its config"):
+        spec_from_config(_config(tmp_path, STARCODER))
+
+
+def test_bloom_and_starcoder_from_their_configs_plan_on_a_card(tmp_path: Path) -> None:
+    """BLOOM-560M (559,214,592 parameters) on a T4: TGI's own CausalLM, the default 4096 tokens as TGI's launcher
+    takes them where the config sets no context (ALiBi), said in a warning; StarCoder's one KV head makes its cache
+    40 layers x 128 dimensions x 2 (keys and values) x 2 bytes a token."""
+    bloom = tmp_path / "bloom"
+    _config(bloom, BLOOM_560M)
+    _header_only(bloom, {"word_embeddings.weight": [250880, 1024], "h.weights": [302_313_472]})
+    plan = plan_llm(LlmRequest("T4", config=bloom / "config.json"))
+    assert plan["model"]["parameters"] == 559_214_592 and plan["flags"]["--max-total-tokens"] == 4096
+    assert plan["memory"]["kv_bytes_per_token"] == 2 * 24 * 16 * 64 * 2
+    assert any("has no position table (ALiBi)" in w for w in plan["warnings"])
+    assert not any("exceeds" in w for w in plan["warnings"])
+    starcoder = _family_folder(tmp_path / "starcoder", STARCODER, 15_517_462_528)
+    plan = plan_llm(LlmRequest("A100-80GB", config=starcoder / "config.json", max_total_tokens=8192))
+    assert plan["memory"]["kv_bytes_per_token"] == 2 * 40 * 1 * 128 * 2
+    assert "--model-id bigcode/starcoder " in plan["launch"] and plan["fits"]
+
+
+def test_falcon_keys_left_unsaid_take_their_config_classs_defaults(tmp_path: Path) -> None:
+    """FalconConfig defaults to multi_query (one KV head) where the config does not say; TGI's RWConfig takes the
+    RefinedWeb type as the new decoder architecture, whose n_head_kv groups hold even with multi_query written."""
+    import transformers
+
+    unsaid = {key: value for key, value in FAMILY_CONFIGS["falcon-7b"][0].items() if key != "multi_query"}
+    assert spec_from_config(_family_folder(tmp_path / "falcon", unsaid)).kv_heads == 1
+    assert transformers.FalconConfig(**{k: v for k, v in unsaid.items() if k != "model_type"}).multi_query is True
+    refined_web = dict(model_type="RefinedWeb", hidden_size=8192, n_layer=60, n_head=128, n_head_kv=8,
+                       multi_query=True, vocab_size=65024)  # fmt: skip
+    assert spec_from_config(_family_folder(tmp_path / "rw", refined_web)).kv_heads == 8
