@@ -79,15 +79,16 @@ TGI_FLASH_MODEL_TYPES = frozenset({
 # Model types get_model gives a class of its own that is not a flash one: they never reach the generic path below.
 TGI_OTHER_OWN_MODEL_TYPES = frozenset({"bloom", "llama4", "mamba", "mpt", "opt", "phi-msft", "t5"})
 # Of those, the ones get_model serves through TGI's own non-flash classes whatever the card: CausalLM's constructor
-# (Bloom, MPT, OPT; phi-msft only without flash attention, TGI_FLASH_REFUSED_MODEL_TYPES) or Seq2SeqLM's (T5), never
-# their fallback(). They shard (torch.distributed, heads split over the shards: "num_heads must be divisible by
-# num_shards") and load through TGI's own weight loader (utils/quantization.py get_loader), so EETQ, FP8,
-# bitsandbytes' 8- and 4-bit, AWQ and GPTQ are made or read as on the flash path; but their KV cache is each request's
-# past_key_values, padded and concatenated step by step in torch's allocator (Model.warmup sizes no batch: the
-# non-flash memory rule), and they take no --kv-cache-dtype. Read in the same commit's models/__init__.py (get_model),
-# models/causal_lm.py and models/seq2seq_lm.py (__init__), custom_modeling/{bloom,mpt,opt,phi,t5}_modeling.py. Mamba
-# (no KV cache) and Llama 4 (transformers' class) are planned by the card as before.
-TGI_CAUSAL_LM_MODEL_TYPES = frozenset({"bloom", "mpt", "opt", "phi-msft", "t5"})
+# (Bloom, MPT, OPT; phi-msft only without flash attention, TGI_FLASH_REFUSED_MODEL_TYPES), never its fallback() (T5's
+# Seq2SeqLM likewise, but an encoder-decoder's config is refused before planning: llms.py). They shard
+# (torch.distributed, heads split over the shards: "num_heads must be divisible by num_shards") and load through TGI's
+# own weight loader (utils/quantization.py get_loader), so EETQ, FP8, bitsandbytes' 8- and 4-bit, AWQ and GPTQ are made
+# or read as on the flash path; but their KV cache is each request's past_key_values, padded and concatenated step by
+# step in torch's allocator (Model.warmup sizes no batch: the non-flash memory rule), and they take no --kv-cache-dtype.
+# Read in the same commit's models/__init__.py (get_model), models/causal_lm.py and models/seq2seq_lm.py (__init__),
+# custom_modeling/{bloom,mpt,opt,phi,t5}_modeling.py. Mamba (no KV cache) and Llama 4 (transformers' class) are planned
+# by the card as before.
+TGI_CAUSAL_LM_MODEL_TYPES = frozenset({"bloom", "mpt", "opt", "phi-msft"})
 # get_model raises "Legacy phi-msft is not supported with Flash Attention" where flash attention loads (8.0+)
 TGI_FLASH_REFUSED_MODEL_TYPES = frozenset({"phi-msft"})
 # Vision-language model types get_model serves only on the flash path: without flash attention (below 8.0, where
@@ -605,9 +606,8 @@ def plan_llm(req: LlmRequest, card: Gpu | None = None) -> dict[str, Any]:
         )
     if causal_lm:
         warnings.append(
-            f"TGI serves model type {spec.model_type!r} ({title}) through its own non-flash "
-            + ("Seq2SeqLM" if spec.model_type == "t5" else "CausalLM")
-            + " class on every card: no flash or paged attention, each request's KV cache is padded and grown in "
+            f"TGI serves model type {spec.model_type!r} ({title}) through its own non-flash CausalLM class on every "
+            "card: no flash or paged attention, each request's KV cache is padded and grown in "
             "torch's allocator rather than preallocated from free memory (--max-batch-total-tokens is stated), and "
             "--kv-cache-dtype does not apply; it shards over GPUs and quantizes at load as the flash path does"
         )
