@@ -181,6 +181,16 @@ def test_an_application_fault_is_a_warning_to_restart_and_debug_the_job(tmp_path
     ("code", "status", "advice"),
     [
         (8, WARNING, "restart the job"),
+        (11, WARNING, "restart the job that hit it"),
+        (32, WARNING, "PCI Express link's quality"),
+        (46, PROBLEM, "sudo nvidia-smi -r -i 0"),
+        (54, PROBLEM, "auxiliary power cables"),
+        (61, PROBLEM, "contact your hardware vendor"),
+        (109, PROBLEM, "sudo nvidia-smi -r -i 0"),
+        (120, PROBLEM, "GPU Debug Guidelines"),
+        (121, INFO, "to retrain the link"),
+        (150, WARNING, "Xid 144-150 table"),
+        (158, PROBLEM, "sudo nvidia-smi -r -i 0"),
         (31, WARNING, "compute-sanitizer"),
         (43, WARNING, "compute-sanitizer"),
         (45, WARNING, "follow the other Xid"),
@@ -203,6 +213,38 @@ def test_each_code_gets_nvidias_action_as_its_status(tmp_path: Path, code: int, 
     assert advice in check.fix, check
 
 
+# NVIDIA's Resolution Bucket (Immediate Action) of each code in the table, as the Xid catalog gives it
+# (https://docs.nvidia.com/deploy/xid-errors/analyzing-xid-catalog.html).
+NVIDIA_ACTIONS = {
+    **dict.fromkeys([8, 11, 13, 31, 32, 68, 69, 94], "RESTART_APP"),
+    **dict.fromkeys([43, 63, 92, 121], "IGNORE"),
+    **dict.fromkeys([46, 62, 64, 95, 109, 119, 120, 140, 143, 158], "RESET_GPU"),
+    **dict.fromkeys(range(144, 151), "WORKFLOW_NVLINK5_ERR"),
+    45: "WORKFLOW_XID_45",
+    48: "WORKFLOW_XID_48",
+    54: "CHECK_MECHANICALS",
+    61: "CONTACT_SUPPORT",
+    74: "WORKFLOW_NVLINK_ERR",
+    79: "RESTART_BM",
+    154: "XID_154",
+}
+# The status an action gives: the card unusable or its data unsafe until a reset, a reboot or the vendor; the job
+# restarted; nothing asked.
+ACTION_STATUS = {
+    **dict.fromkeys(["RESET_GPU", "RESTART_BM", "CONTACT_SUPPORT", "CHECK_MECHANICALS"], PROBLEM),
+    **dict.fromkeys(["WORKFLOW_XID_48", "WORKFLOW_NVLINK_ERR"], PROBLEM),
+    **dict.fromkeys(["RESTART_APP", "WORKFLOW_XID_45", "WORKFLOW_NVLINK5_ERR", "XID_154"], WARNING),
+    "IGNORE": INFO,
+}
+
+
+def test_each_code_carries_nvidias_action_and_the_status_that_action_gives() -> None:
+    assert {code: info.action for code, info in xid.CATALOG.items()} == NVIDIA_ACTIONS
+    job_ended = {43: WARNING}  # IGNORE for the GPU, which stays healthy; but the job that hit it had to end
+    for code, info in xid.CATALOG.items():
+        assert info.status == job_ended.get(code, ACTION_STATUS[info.action]), (code, info)
+
+
 def test_the_recovery_action_xid_154_says_is_its_status(tmp_path: Path) -> None:
     reboot = (
         "NVRM: Xid (PCI:0000:3b:00): 154, GPU recovery action changed from 0x0 (None) to 0x2 (Node Reboot Required)"
@@ -210,6 +252,25 @@ def test_the_recovery_action_xid_154_says_is_its_status(tmp_path: Path) -> None:
     none = "NVRM: Xid (PCI:0000:3b:00): 154, GPU recovery action changed from 0x2 (Node Reboot Required) to 0x0 (None)"
     assert _check(tmp_path, _kmsg(reboot)).status == PROBLEM
     assert _check(tmp_path, _kmsg(reboot, none)).status == INFO  # the latest line counts
+
+
+@pytest.mark.parametrize(
+    ("action", "status"),
+    [
+        ("0x0 (None)", INFO),
+        ("0x3 (Drain P2P)", WARNING),
+        ("0x4 (Drain and Reset)", PROBLEM),
+        ("0x1 (GPU Reset Required)", PROBLEM),
+        ("0x2 (Node Reboot Required)", PROBLEM),
+    ],
+)
+def test_each_recovery_action_nvidia_lists_gives_its_status(tmp_path: Path, action: str, status: str) -> None:
+    line = f"NVRM: Xid (PCI:0000:3b:00): 154, GPU recovery action changed from 0x0 (None) to {action}"
+    assert _check(tmp_path, _kmsg(line)).status == status
+
+
+def test_an_xid_154_that_names_no_recovery_action_is_a_warning(tmp_path: Path) -> None:
+    assert _check(tmp_path, _kmsg("NVRM: Xid (PCI:0000:3b:00): 154, pid=1")).status == WARNING
 
 
 def test_the_worst_code_decides_and_each_gpu_and_code_is_counted_apart(tmp_path: Path) -> None:
@@ -240,3 +301,80 @@ def test_the_report_shows_the_finding_and_each_fix_line(tmp_path: Path) -> None:
 def test_the_doctor_runs_it_after_gpu_state() -> None:
     names = [fn.__name__ for fn in doctor.CHECKS]
     assert names.index("check_gpu_errors") == names.index("check_gpu_state") + 1
+
+
+def test_a_line_with_only_the_code_is_still_an_xid_and_is_shown_as_without_text(tmp_path: Path) -> None:
+    bare = xid.parse_xid("NVRM: Xid (PCI:0000:3b:00): 79")
+    assert (bare.pci, bare.code, bare.rest) == ("0000:3b:00", 79, "")
+    assert xid.parse_xid(LOST + "  \r").rest == "pid=1234, name=python, GPU has fallen off the bus."
+    check = _check(tmp_path, _kmsg("NVRM: Xid (PCI:0000:3b:00): 79"))
+    assert check.status == PROBLEM and check.found.endswith("(no text)"), check
+
+
+def test_a_kmsg_record_without_a_readable_time_keeps_its_message() -> None:
+    """A record of fewer fields or a time that is not a number: the message is kept, its time is unknown, and the
+    read does not fail."""
+    assert xid.parse_kmsg_record("6,1234;" + LOST) == (None, LOST)
+    assert xid.parse_kmsg_record("6,1234,soon,-;" + LOST) == (None, LOST)
+
+
+def test_a_last_kmsg_record_without_its_newline_is_read(tmp_path: Path) -> None:
+    kmsg = tmp_path / "kmsg"
+    kmsg.write_text(_kmsg("usb 1-1: new device") + "4,9,9000000,-;" + LOST)
+    assert xid.read_kmsg(kmsg).lines == [(5.0, "usb 1-1: new device"), (9.0, LOST)]
+
+
+def test_dmesg_at_exactly_its_bound_is_whole_and_the_bound_reaches_it_through_the_fallback(
+    monkeypatch, tmp_path: Path
+) -> None:
+    dmesg = tmp_path / "dmesg"
+    dmesg.write_text(f"#!/bin/sh\necho '[    1.000000] Linux version 6.8'\necho '[ 3600.250000] {LOST}'\n")
+    dmesg.chmod(0o755)
+    whole = xid.read_dmesg((str(dmesg),), max_records=2)
+    assert not whole.truncated and len(whole.lines) == 2
+
+    def refused(path, **kw):
+        raise PermissionError(errno.EPERM, "Operation not permitted", str(path))
+
+    monkeypatch.setattr(xid, "read_kmsg", refused)
+    bounded = xid.read_kernel_log(tmp_path / "kmsg", (str(dmesg),), max_records=1)
+    assert bounded.truncated and bounded.lines == [(3600.25, LOST)]
+
+
+def test_a_bus_id_of_another_shape_numbers_no_gpu_and_does_not_fail() -> None:
+    gpus = [
+        GpuSample(0, "NVIDIA H100", pci_bus_id="00000000:3B:00.0"),
+        GpuSample(1, "NVIDIA H100", pci_bus_id="3C:00.0"),  # no domain
+        GpuSample(2, "NVIDIA H100", pci_bus_id="0000:zz:00.0"),
+        GpuSample(3, "NVIDIA H100", pci_bus_id=None),
+    ]
+    assert xid.gpu_indices(gpus) == {"0000:3b:00": 0}
+
+
+def test_without_nvml_devices_the_gpus_read_in_full_number_the_cards(tmp_path: Path) -> None:
+    sample = GpuSample(2, "NVIDIA H100", pci_bus_id="00000000:3B:00.0")
+    ctx = _ctx(tmp_path, gpu_states=[(sample, None)])
+    check = _check(tmp_path, _kmsg(LOST), ctx)
+    assert "GPU 2 (PCI 0000:3b:00): Xid 79 x1" in check.found and "GPU 2 (PCI 0000:3b:00), Xid 79: reboot" in check.fix
+
+
+def test_the_time_is_the_boot_time_plus_the_seconds_in_utc_whatever_the_local_zone(monkeypatch, tmp_path: Path) -> None:
+    import time
+
+    import psutil
+
+    monkeypatch.setattr(psutil, "boot_time", lambda: 1_800_000_000.0)
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        check = _check(tmp_path, _kmsg(LOST), boot_time=None)  # the boot time psutil gives
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert "latest 2027-01-15 08:00:05 UTC: pid=1234" in check.found, check
+
+
+def test_without_a_boot_time_the_time_is_given_since_boot(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(xid, "_boot_time", lambda: None)
+    check = _check(tmp_path, _kmsg(LOST, start_us=3_600_250_000), boot_time=None)
+    assert "latest 3600 s after boot: pid=1234" in check.found, check
