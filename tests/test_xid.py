@@ -269,8 +269,35 @@ def test_each_recovery_action_nvidia_lists_gives_its_status(tmp_path: Path, acti
     assert _check(tmp_path, _kmsg(line)).status == status
 
 
-def test_an_xid_154_that_names_no_recovery_action_is_a_warning(tmp_path: Path) -> None:
-    assert _check(tmp_path, _kmsg("NVRM: Xid (PCI:0000:3b:00): 154, pid=1")).status == WARNING
+@pytest.mark.parametrize(
+    ("action", "asks", "not_asked"),
+    [
+        ("0x0 (None)", "recovery action for the Xid before it: none needed.", "nvidia-smi -r"),
+        ("0x3 (Drain P2P)", "drain the GPU's peer-to-peer work.", "nvidia-smi -r"),
+        ("0x4 (Drain and Reset)", "drain the GPU's work, then reset it when nothing runs on it", "reboot the machine"),
+        ("0x1 (GPU Reset Required)", "it: reset it when nothing runs on it (`sudo nvidia-smi -r -i 0", "drain"),
+        ("0x2 (Node Reboot Required)", "recovery action for the Xid before it: reboot the machine.", "nvidia-smi -r"),
+    ],
+)
+def test_each_recovery_action_is_told_as_what_it_asks_for(
+    tmp_path: Path, action: str, asks: str, not_asked: str
+) -> None:
+    """A node reboot is not offered as a GPU reset, nor a reset as a drain."""
+    ctx = _ctx(tmp_path, nvml_devices=[GpuSample(0, "NVIDIA H100", pci_bus_id="00000000:3B:00.0")])
+    line = f"NVRM: Xid (PCI:0000:3b:00): 154, GPU recovery action changed from 0x0 (None) to {action}"
+    check = _check(tmp_path, _kmsg(line), ctx)
+    assert asks in check.fix and not_asked not in check.fix, check.fix
+
+
+def test_an_xid_154_whose_recovery_action_is_not_known_is_a_warning_sent_to_the_catalog(tmp_path: Path) -> None:
+    """No drain or reset is made up for an action NVIDIA's catalog does not list, nor for a line that names none."""
+    unnamed = _check(tmp_path, _kmsg("NVRM: Xid (PCI:0000:3b:00): 154, pid=1"))
+    assert unnamed.status == WARNING and "drain" not in unnamed.fix and xid.CATALOG_URL in unnamed.fix, unnamed
+    assert "not named in the line" in unnamed.fix
+    line = "NVRM: Xid (PCI:0000:3b:00): 154, GPU recovery action changed from 0x0 (None) to 0x6 (Bus Reset)"
+    newer = _check(tmp_path, _kmsg(line))
+    assert newer.status == WARNING and "'Bus Reset', an action not in our table" in newer.fix, newer
+    assert "drain" not in newer.fix and xid.CATALOG_URL in newer.fix
 
 
 def test_the_worst_code_decides_and_each_gpu_and_code_is_counted_apart(tmp_path: Path) -> None:

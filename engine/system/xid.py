@@ -149,13 +149,14 @@ CATALOG: dict[int, XidInfo] = {
 }
 
 # Xid 154's recovery actions (NVIDIA's catalog lists None, Drain P2P, Drain and Reset, GPU Reset Required, Node Reboot
-# Required) and the status each gives.
-RECOVERY_STATUS = {
-    "none": INFO,
-    "drain p2p": WARNING,
-    "drain and reset": PROBLEM,
-    "gpu reset required": PROBLEM,
-    "node reboot required": PROBLEM,
+# Required): the status each gives and what it asks for ("{reset}" is the GPU's reset command). An action not listed,
+# or a line that names none, is a warning sent to the catalog: nothing here says what it asks for.
+RECOVERY_ACTIONS = {
+    "none": (INFO, "none needed"),
+    "drain p2p": (WARNING, "drain the GPU's peer-to-peer work"),
+    "drain and reset": (PROBLEM, "drain the GPU's work, then {reset}"),
+    "gpu reset required": (PROBLEM, "{reset}"),
+    "node reboot required": (PROBLEM, "reboot the machine"),
 }
 
 
@@ -314,9 +315,15 @@ def _status(group: XidGroup) -> str:
     if info is None:
         return WARNING
     if group.code == 154:
-        match = RECOVERY_ACTION.search(group.latest.rest)
-        return RECOVERY_STATUS.get(match["action"].strip().lower(), WARNING) if match else WARNING
+        known = RECOVERY_ACTIONS.get(_recovery_action(group).lower())
+        return known[0] if known else WARNING
     return info.status
+
+
+def _recovery_action(group: XidGroup) -> str:
+    """The recovery action Xid 154's latest line changed to, as the driver words it; "" where it names none."""
+    match = RECOVERY_ACTION.search(group.latest.rest)
+    return match["action"].strip() if match else ""
 
 
 def _advice(group: XidGroup, gpu: str, target: str) -> str:
@@ -354,15 +361,21 @@ def _advice(group: XidGroup, gpu: str, target: str) -> str:
         " to retrain the link",
         "nvlink5": f"decode its fields with NVIDIA's Xid 144-150 table ({CATALOG_URL}): some need a GPU reset "
         f"(`sudo nvidia-smi -r -i {target}`), some none",
-        "recovery_action": "the driver's recovery action for the Xid before it: "
-        + {
-            INFO: "none needed",
-            WARNING: "drain the GPU's peer-to-peer work",
-            PROBLEM: f"{reset} as it says",
-        }[_status(group)],
+        "recovery_action": f"the driver's recovery action for the Xid before it: {_recovery_advice(group, reset)}",
         "unknown": f"look it up in NVIDIA's Xid catalog ({CATALOG_URL})",
     }[kind]
     return f"{gpu}, Xid {group.code}: {text}."
+
+
+def _recovery_advice(group: XidGroup, reset: str) -> str:
+    """What Xid 154's recovery action asks for; where it is not one NVIDIA's catalog lists, its words and the
+    catalog."""
+    action = _recovery_action(group)
+    known = RECOVERY_ACTIONS.get(action.lower())
+    if known is not None:
+        return known[1].format(reset=reset)
+    named = f"'{action}'" if action else "not named in the line"
+    return f"{named}, an action not in our table: look it up in NVIDIA's Xid catalog ({CATALOG_URL})"
 
 
 def _when(seconds: float | None, boot_time: float | None) -> str:
