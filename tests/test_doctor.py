@@ -1510,3 +1510,103 @@ def test_the_doctor_report_shows_each_status_in_its_colour_and_a_fix_only_where_
     assert badges[1:] == [("#2e7d32", "ok"), ("#b26a00", "warning"), ("#c62828", "problem"), ("#c62828", "problem")]
     assert "1 ok · 0 info · 1 warning(s) · 2 problem(s) · ran in 1.2s" in shown
     assert "nothing to do here" not in shown and "update the driver" in shown and "install a CUDA build" in shown
+
+
+def test_no_onnxruntime_package_at_all_is_a_problem_with_the_install(monkeypatch, tmp_path: Path) -> None:
+    _installed(monkeypatch, {})
+    check = doctor_ort.check_ort_packages(_ctx(tmp_path))
+    assert check.status == PROBLEM and check.found == "no ONNX Runtime package is installed"
+    assert "pip install onnxruntime-gpu" in check.fix and check.details == {"installed": {}}
+
+
+def test_the_cpu_build_beside_a_gpu_is_advice_only_where_a_gpu_build_exists(monkeypatch, tmp_path: Path) -> None:
+    """onnxruntime-gpu is installed on Linux (requirements.txt): elsewhere the CPU build is what there is."""
+    _installed(monkeypatch, {"onnxruntime": "1.31.1"})
+    monkeypatch.setattr(doctor_ort.sys, "platform", "darwin")
+    check = doctor_ort.check_ort_packages(_ctx(tmp_path))
+    assert check.status == OK and check.found == "onnxruntime 1.31.1", check
+
+
+def test_a_probe_that_did_not_run_is_a_problem_with_its_reason(tmp_path: Path) -> None:
+    check = doctor_ort.check_ort_cuda(_ctx(tmp_path, ort_probe=None, ort_probe_error="timed out after 180 s"))
+    assert check.status == PROBLEM and check.found == "could not probe ONNX Runtime: timed out after 180 s"
+    assert "python -m engine.system.ort_probe" in check.fix
+
+
+def test_a_provider_that_loads_is_ok_with_the_sessions_providers(tmp_path: Path) -> None:
+    probe = _failing_probe()
+    loaded = {"loaded": True, "session_providers": ["CUDAExecutionProvider", "CPUExecutionProvider"], "error": None}
+    probe["providers"]["CUDAExecutionProvider"] = loaded
+    check = doctor_ort.check_ort_cuda(_ctx(tmp_path, ort_probe=probe))
+    assert check.status == OK and check.found.startswith("CUDAExecutionProvider loads and runs (session providers: ")
+
+
+def test_without_a_gpu_a_provider_not_built_in_is_the_cpu_build_working_as_meant(tmp_path: Path) -> None:
+    """The probe makes no session for a provider the package lacks: that is not a session failing on the CPU."""
+    probe = _failing_probe()
+    probe["available"] = ["CPUExecutionProvider"]
+    not_built = {"loaded": False, "session_providers": [], "error": "not built into this onnxruntime package"}
+    probe["providers"]["CUDAExecutionProvider"] = not_built
+    check = doctor_ort.check_ort_cuda(_ctx(tmp_path, nvml_gpus=[], ort_probe=probe))
+    assert check.status == OK and "ONNX models run on the CPU provider" in check.found, check
+
+
+def test_the_cuda_recipe_names_the_cuda_major_and_cudnn_the_build_needs(tmp_path: Path) -> None:
+    probe = _failing_probe()
+    probe["preload"] = {}
+    check = doctor_ort.check_ort_cuda(_ctx(tmp_path, ort_probe=probe))
+    assert "ONNX Runtime 1.31.1 (CUDA 13.0) needs the CUDA 13 runtime and cuDNN 9 libraries" in check.fix, check.fix
+    assert "install the CUDA 13 toolkit and cuDNN 9 system-wide" in check.fix
+
+
+def test_the_drivers_part_is_found_in_the_probes_log_too(tmp_path: Path) -> None:
+    """ORT's own error can be a bare fallback; the captured log is where 'CUDA failure 35' is."""
+    probe = _failing_probe()
+    probe["preload"] = {}
+    failing = probe["providers"]["CUDAExecutionProvider"]
+    failing["error"] = "fell back to CPU"
+    failing["log"] = "CUDA failure 35: CUDA driver version is insufficient for CUDA runtime version"
+    check = doctor_ort.check_ort_cuda(_ctx(tmp_path, cuda_driver_version="12.4", ort_probe=probe))
+    assert "the driver (CUDA 12.4) is too old for onnxruntime-gpu's CUDA 13.0" in check.found, check.found
+    assert "onnxruntime-gpu (CUDA 13.0) needs driver 580 or newer" in check.fix, check.fix
+
+
+def test_on_zero_gpu_inside_a_gpu_function_the_missing_libraries_get_no_zero_gpu_excuse(
+    monkeypatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
+    probe = _failing_probe()
+    probe["preload"] = {}
+    check = doctor_ort.check_ort_cuda(_ctx(tmp_path, nvml_gpus=["NVIDIA H200"], ort_probe=probe))
+    assert check.status == PROBLEM and "@spaces.GPU" not in check.fix and "onnxruntime-gpu[cuda,cudnn]" in check.fix
+
+
+def test_a_cpu_only_or_broken_pytorch_has_no_cuda_major_to_match(monkeypatch, tmp_path: Path) -> None:
+    import builtins
+
+    import torch
+
+    ctx = _ctx(tmp_path, ort_probe={"build_cuda_version": "13.0"})
+    monkeypatch.setattr(torch.version, "cuda", None)  # the CPU-only build
+    assert doctor_ort.check_cuda_majors(ctx).found == "not both CUDA builds: nothing to match"
+    real_import = builtins.__import__
+
+    def broken_torch(name, *args, **kw):  # a PyTorch whose own libraries do not load raises a plain ImportError
+        if name == "torch":
+            raise ImportError("libcudnn.so.9: cannot open shared object file: No such file or directory")
+        return real_import(name, *args, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", broken_torch)
+    check = doctor_ort.check_cuda_majors(ctx)
+    assert check.status == OK and check.details["torch_cuda"] is None, check
+
+
+def test_mismatched_cuda_majors_name_the_pytorch_for_onnxruntimes_major_or_the_onnxruntime_for_torchs(
+    monkeypatch, tmp_path: Path
+) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.version, "cuda", "12.6")
+    check = doctor_ort.check_cuda_majors(_ctx(tmp_path, ort_probe={"build_cuda_version": "13.0"}))
+    assert check.fix.startswith("Install the PyTorch built for CUDA 13: ")
+    assert "; or an onnxruntime-gpu built for CUDA 12 (https://onnxruntime.ai/docs/install/)." in check.fix
