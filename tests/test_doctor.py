@@ -1557,6 +1557,10 @@ def test_the_cuda_recipe_names_the_cuda_major_and_cudnn_the_build_needs(tmp_path
     check = doctor_ort.check_ort_cuda(_ctx(tmp_path, ort_probe=probe))
     assert "ONNX Runtime 1.31.1 (CUDA 13.0) needs the CUDA 13 runtime and cuDNN 9 libraries" in check.fix, check.fix
     assert "install the CUDA 13 toolkit and cuDNN 9 system-wide" in check.fix
+    probe["build_cuda_version"] = "11.8"  # ONNX Runtime's CUDA 11 builds link cuDNN 8, which cuDNN 9 does not serve
+    check = doctor_ort.check_ort_cuda(_ctx(tmp_path, ort_probe=probe))
+    assert "(CUDA 11.8) needs the CUDA 11 runtime and cuDNN 8 libraries" in check.fix, check.fix
+    assert "cuDNN 9" not in check.fix
 
 
 def test_the_drivers_part_is_found_in_the_probes_log_too(tmp_path: Path) -> None:

@@ -57,12 +57,18 @@ def check_ort_packages(ctx: Context) -> Check:
 
 
 _ORT_FIX_CUDA = (
-    "ONNX Runtime {version} (CUDA {cuda}) needs the CUDA {major} runtime and cuDNN 9 libraries. Either\n"
+    "ONNX Runtime {version} (CUDA {cuda}) needs the CUDA {major} runtime and cuDNN {cudnn} libraries. Either\n"
     "pip install 'onnxruntime-gpu[cuda,cudnn]'   (NVIDIA's wheels of them), which a worker finds where PyTorch is "
     "built for CUDA {major} too (it imports torch first, and torch loads them); with another PyTorch put their "
     "site-packages/nvidia/*/lib folders on LD_LIBRARY_PATH;\n"
-    "or install the CUDA {major} toolkit and cuDNN 9 system-wide and put their lib folders on LD_LIBRARY_PATH."
+    "or install the CUDA {major} toolkit and cuDNN {cudnn} system-wide and put their lib folders on LD_LIBRARY_PATH."
 )
+
+
+def _cudnn_major(cuda_major: str) -> int:
+    """The cuDNN major version onnxruntime-gpu's builds for this CUDA major link: 8 for CUDA 11 (ONNX Runtime's
+    requirements table; cuDNN 8 and 9 do not serve each other's builds), 9 for CUDA 12 (from 1.18.1) and 13."""
+    return 8 if cuda_major == "11" else 9
 
 
 def _provider_check(ctx: Context, provider: str, name: str) -> Check:
@@ -78,7 +84,8 @@ def _provider_check(ctx: Context, provider: str, name: str) -> Check:
     preload = (probe.get("preload") or {}).get("providers", {}).get(provider)
     details = {"available": probe["available"], "probe": result, "after_preload": preload}
     cuda = probe.get("build_cuda_version") or "?"
-    fix_cuda = _ORT_FIX_CUDA.format(version=probe["version"], cuda=cuda, major=cuda.split(".")[0])
+    major = cuda.split(".")[0]
+    fix_cuda = _ORT_FIX_CUDA.format(version=probe["version"], cuda=cuda, major=major, cudnn=_cudnn_major(major))
     if result["loaded"]:
         return Check(
             name, OK, f"{provider} loads and runs (session providers: {result['session_providers']})", details=details
