@@ -1280,6 +1280,40 @@ def test_driving_openness_is_measured_in_the_driving_crop_where_upstream_measure
         assert np.array_equal(np.column_stack(still.openness)[0], _upstreams_ratios(seen[level]))
 
 
+def test_a_driving_images_face_is_found_in_bgr_as_a_clips_frames(tmp_path: Path) -> None:
+    """The face detector takes BGR frames (a clip's are read so, and upstream's cropper flips its RGB frames back for
+    InsightFace); a driving image must be searched in the same order, its landmarks and motion read in RGB. A blue
+    picture: the detector sees its blue first, the landmark model and the motion network its blue last."""
+    from engine.core.results import RunResult
+    from engine.portrait.driving import driving_motion
+
+    blue = np.zeros((64, 80, 3), np.uint8)
+    blue[..., 0] = 255  # BGR
+    cv2.imwrite(str(tmp_path / "blue.png"), blue)
+    seen: dict[str, np.ndarray] = {}
+
+    def detect(images: list[np.ndarray]) -> list[np.ndarray]:
+        seen["detector"] = images[0].reshape(-1, 3).mean(0)
+        return [np.array([[8.0, 9.0, 50.0, 55.0, 0.9]], np.float32)]
+
+    class Seeing(_RecordingLandmarks):
+        def __call__(self, rgb: np.ndarray, box: np.ndarray) -> np.ndarray:
+            seen["landmarks"] = rgb.reshape(-1, 3).mean(0)
+            return super().__call__(rgb, box)
+
+    def motion(tensor: torch.Tensor) -> Any:
+        seen["motion"] = tensor.mean(dim=(0, 2, 3)).numpy() * 255
+        return _level_motion(tensor)
+
+    nets = SimpleNamespace(motion=motion, device=torch.device("cpu"))
+    settings = Settings(data_dir=tmp_path, weights_dir=tmp_path)
+    config = PortraitConfig(ASSETS / "face.jpg", tmp_path / "blue.png")
+    driving_motion(config, settings, nets, SimpleNamespace(detect=detect), Seeing(), RunResult(), _quiet)
+    assert seen["detector"].round().tolist() == [255.0, 0.0, 0.0]
+    assert seen["landmarks"].round().tolist() == [0.0, 0.0, 255.0]
+    assert seen["motion"][0] < 1 and seen["motion"][2] > 100  # the crop's black border darkens its blue
+
+
 def test_motion_against_a_later_frame_is_warned_of_only_when_relative(tmp_path: Path) -> None:
     """The reference frame matters for relative motion only: absolute motion from a clip that starts without a face
     is not warned of; a one-frame video is warned of only when relative; a clip with no face at all is refused."""

@@ -248,8 +248,9 @@ def driving_motion(
         # its first frame by max_frames is a clip's first frame, measured against itself as a video's would be
         return Driving(saved.motion, saved.fps, count, image=saved.frames_in_file == 1, openness=saved.openness)
     if is_image(path):
-        image = to_rgb(load_image(path, max_side=settings.max_side))
-        box = largest_face(image, detector)
+        bgr = load_image(path, max_side=settings.max_side)
+        box = largest_face(bgr, detector)  # the detector takes BGR, as it takes a clip's frames
+        image = to_rgb(bgr)
         if box is None:
             raise PortraitError(f"no face found in the driving image {path.name}")
         height, width = image.shape[:2]
