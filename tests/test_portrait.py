@@ -1179,6 +1179,49 @@ def test_the_driving_crop_box_is_made_from_the_followed_landmarks_and_from_the_d
     assert square.metrics["driving_crop"] == "none (taken whole)"
 
 
+def test_a_driving_face_lost_to_the_followed_landmarks_stops_the_run_naming_its_frame(tmp_path: Path) -> None:
+    """The landmarks are followed from frame to frame whatever the frame shows; where the face is lost and the model
+    reads points that span no area, neither the next frame's crop nor the clip's crop box can be made. The run stops
+    naming the driving frame and what to do, in the scan and in a split job's parent alike: mid-clip (frame 3) it
+    was a LandmarkError of the crop for the next frame, on the last frame (4) a bare InputError from the box's
+    arithmetic, neither naming the driving clip nor a frame."""
+    from engine.core.results import RunResult
+    from engine.portrait.config import PortraitError
+    from engine.portrait.driving import driving_motion, followed_landmarks
+    from engine.portrait.landmarks import LandmarkModel
+
+    class Losing(_RecordingLandmarks):
+        """Upstream's layout until frame `lost`, then all 203 points in one place; followed as the real model."""
+
+        def __init__(self, lost: int) -> None:
+            super().__init__()
+            self.lost = lost
+
+        def _points(self, rgb: np.ndarray) -> np.ndarray:
+            level = round(rgb.mean() / 20)
+            return np.full((203, 2), 30.0, np.float32) if level >= self.lost else super()._points(rgb)
+
+        def following(self, rgb: np.ndarray, points: np.ndarray) -> np.ndarray:
+            return LandmarkModel.following(self, rgb, points)  # type: ignore[arg-type]
+
+        def _read(self, rgb: np.ndarray, transform: Any) -> np.ndarray:
+            return self._points(rgb)
+
+    clip = _grey_clip(tmp_path / "five.mp4", 5)
+    nets = SimpleNamespace(motion=_level_motion, device=torch.device("cpu"))
+    settings, detector = Settings(data_dir=tmp_path, weights_dir=tmp_path), SimpleNamespace(detect=_faces_from_frame_2)
+    config = PortraitConfig(ASSETS / "face.jpg", clip, crop_driving=True)
+    for lost in (3, 4):
+        said = rf"driving frame {lost}: the 203 landmarks span no area .* trim the driving clip to the frames that show"
+        with pytest.raises(PortraitError, match=said):
+            driving_motion(config, settings, nets, detector, Losing(lost), RunResult(), _quiet, measure_openness=False)
+        face = np.array([2.0, 3.0, 60.0, 62.0], np.float32)
+        with pytest.raises(PortraitError, match=said):
+            followed_landmarks(config, settings, 2, face, Losing(lost), RunResult())  # type: ignore[arg-type]
+    kept = followed_landmarks(config, settings, 2, face, Losing(5), RunResult())  # type: ignore[arg-type]
+    assert len(kept) == 3
+
+
 def test_a_split_jobs_parent_follows_the_landmarks_as_the_unsplit_scan(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from engine.core.errors import InputError
 from engine.core.media import (
     IMAGE_FORMATS,
     MediaError,
@@ -94,12 +95,25 @@ class LandmarkTrack:
         self.model = model
         self.points: list[np.ndarray] = []
 
-    def add(self, rgb: np.ndarray, box: np.ndarray | None) -> None:
-        """The next frame's points; a frame before the first face (no points yet, no `box`) is skipped."""
+    def add(self, rgb: np.ndarray, box: np.ndarray | None, frame: int) -> None:
+        """The next frame's points (`frame`: its index in the clip); a frame before the first face (no points yet, no
+        `box`) is skipped. Points that span no area (the face lost and the model reading nothing there: all in one
+        place, or not numbers) make neither the next frame's crop nor a crop box: the run stops naming the frame,
+        rather than with a bare error from the crop's arithmetic later."""
         if self.points:
-            self.points.append(self.model.following(rgb, self.points[-1]))
+            points = self.model.following(rgb, self.points[-1])
         elif box is not None:
-            self.points.append(self.model(rgb, box))
+            points = self.model(rgb, box)
+        else:
+            return
+        try:
+            landmark_bbox(points, 1.0, 0.0)
+        except InputError as exc:
+            raise PortraitError(
+                f"driving frame {frame}: {exc}, so the face followed from frame to frame is lost there; trim the "
+                "driving clip to the frames that show the face"
+            ) from None
+        self.points.append(points)
 
 
 def driving_face_box(
@@ -125,7 +139,7 @@ def face_boxes(
         boxes.append(box)
         if track is not None and (track.points or box is not None):
             with result.stage("driving landmarks"):
-                track.add(to_rgb(frame), box)
+                track.add(to_rgb(frame), box, len(boxes) - 1)
     return boxes
 
 
@@ -142,9 +156,9 @@ def followed_landmarks(
     before across its segments' bounds."""
     track = LandmarkTrack(model)
     frames = itertools.islice(clip_frames(Path(config.driving), config.max_frames, settings.max_seconds), first, None)
-    for frame in _timed(frames, result, "decode driving"):
+    for index, frame in enumerate(_timed(frames, result, "decode driving"), first):
         with result.stage("driving landmarks"):
-            track.add(to_rgb(frame), None if track.points else first_box)
+            track.add(to_rgb(frame), None if track.points else first_box, index)
     return track.points
 
 
