@@ -1642,7 +1642,7 @@ def _stand_in_source(
 
     model = (lambda rgb, box: np.zeros((203, 2), np.float32)) if landmarks else None
     monkeypatch.setattr(plan, "load_networks", load)
-    monkeypatch.setattr(plan, "optional_landmark_model", lambda config, folder, result: model)
+    monkeypatch.setattr(plan, "optional_landmark_model", lambda config, folder, result, device: model)
     monkeypatch.setattr(plan, "roll_from_landmarks", lambda points: 7.0)
     monkeypatch.setattr(plan, "openness", lambda points: (np.array([0.3, 0.25], np.float32), 0.1))
     (tmp_path / "weights").mkdir(exist_ok=True)

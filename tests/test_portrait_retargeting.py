@@ -430,3 +430,36 @@ def test_retargeting_to_the_driver_starts_from_the_turned_source(tmp_path: Path)
     x, _ = _driving_keypoints(config, source, _still_clip(source), nets, (np.array([0.3, 0.3]), 0.1),
                               driving_openness=driver)  # fmt: skip
     assert torch.allclose(x, transform_keypoints(turned).expand(2, 21, 3) + 0.01, atol=1e-6)
+
+
+def test_the_landmark_model_runs_on_the_runs_gpu_and_says_when_it_cannot(tmp_path: Path, monkeypatch) -> None:
+    """Upstream's landmark runner runs on the GPU; ours ran on the CPU whatever the run's device, while a cropped
+    driving clip is read by it frame by frame. A CUDA session that fell back is a warning with ORT's reason."""
+    import cv2
+    import onnxruntime as ort
+
+    from engine.core.results import RunResult
+    from engine.portrait import landmarks as module
+    from engine.portrait.networks import optional_landmark_model
+
+    path = landmark_model(tmp_path / "landmark.onnx")
+    asked: list[tuple[Path, str, int]] = []
+
+    class CudaThatFellBack:
+        reason = "libcudnn.so.9: cannot open shared object file"
+
+        def __init__(self, model_path: Path, options) -> None:
+            asked.append((Path(model_path), options.provider, options.device_id))
+            self.session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+            self.fell_back, self.fallback_reason = True, self.reason
+
+    monkeypatch.setattr(module, "OrtSession", CudaThatFellBack)
+    config = PortraitConfig(FACE, FACE, landmarks=str(path))
+    result = RunResult()
+    model = optional_landmark_model(config, tmp_path, result, torch.device("cuda", 1))
+    assert asked == [(path, "cuda", 1)]
+    assert result.warnings == [f"landmark.onnx runs on the CPU, not cuda:1: {CudaThatFellBack.reason}"]
+    rgb = cv2.imread(str(FACE))[:, :, ::-1].copy()
+    assert model is not None and model(rgb, np.array([172.0, 60.0, 280.0, 190.0])).shape == (203, 2)
+    on_cpu = optional_landmark_model(config, tmp_path, cpu_result := RunResult(), torch.device("cpu"))
+    assert len(asked) == 1 and on_cpu is not None and on_cpu.fallback is None and not cpu_result.warnings

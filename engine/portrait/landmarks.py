@@ -19,6 +19,7 @@ import numpy as np
 
 from engine.core.errors import InputError, one_line
 from engine.portrait.crop import CropTransform, crop_image, crop_transform, landmark_crop_transform
+from engine.runtimes.ort_session import OrtOptions, OrtSession
 
 SIZE = 224
 POINTS = 203
@@ -48,14 +49,24 @@ def openness(points: np.ndarray) -> tuple[np.ndarray, float]:
 
 
 class LandmarkModel:
-    def __init__(self, path: str | os.PathLike) -> None:
+    """The model on ONNX Runtime's CPU provider, or with `cuda_device` on that GPU through the CUDA provider, as
+    upstream's landmark runner runs it (a driving clip that is cropped is read by it frame by frame); where ORT cannot
+    run it there, it runs on the CPU and `fallback` says why."""
+
+    def __init__(self, path: str | os.PathLike, cuda_device: int | None = None) -> None:
         import onnxruntime as ort
 
         file = Path(path)
         if not file.is_file():
             raise LandmarkError(f"no landmark model at {file} (LivePortrait's landmark.onnx, next to base_models/)")
+        self.fallback: str | None = None
         try:
-            self.session = ort.InferenceSession(str(file), providers=["CPUExecutionProvider"])
+            if cuda_device is None:
+                self.session = ort.InferenceSession(str(file), providers=["CPUExecutionProvider"])
+            else:
+                opened = OrtSession(file, OrtOptions("cuda", device_id=cuda_device))
+                self.session, self._opened = opened.session, opened
+                self.fallback = opened.fallback_reason if opened.fell_back else None
         except Exception as exc:
             raise LandmarkError(f"{file.name} is not a usable ONNX landmark model: {one_line(exc)}") from None
         self.input = self._checked_input(file.name)

@@ -91,7 +91,7 @@ def liveportrait_source(head: Head, progress: Progress) -> Source:
     result.precision = precision
     device = nets.device  # where the ONNX backend's frames come out
     height, width = source_bgr.shape[:2]
-    landmark_model = optional_landmark_model(config, folder, result)
+    landmark_model = optional_landmark_model(config, folder, result, device)
     landmarks = None
     if landmark_model is not None and box is not None:  # no face: uncropped, nothing to measure (head.py warns of it)
         with result.stage("landmarks"):

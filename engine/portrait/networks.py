@@ -80,10 +80,13 @@ class Networks:
         return self.decode(self.warp(feature, x_source, x_driving))
 
 
-def optional_landmark_model(config: PortraitConfig, folder: Path, result: RunResult) -> LandmarkModel | None:
-    """LivePortrait's optional landmark model (the source's upright crop, the eyes' and lips' openness of the
-    source and, when asked, of the driver, for retargeting and lip normalisation). Retargeting asked for
-    explicitly needs the model; otherwise it is used when it is there."""
+def optional_landmark_model(
+    config: PortraitConfig, folder: Path, result: RunResult, device: torch.device
+) -> LandmarkModel | None:
+    """LivePortrait's optional landmark model (the source's upright crop, the driving crop's box from the driver's
+    followed landmarks, the eyes' and lips' openness of the source and, when asked, of the driver, for retargeting
+    and lip normalisation), on the run's GPU where it has one. Retargeting asked for explicitly needs the model;
+    otherwise it is used when it is there."""
     retargeting = config.eye_open is not None or config.lip_open is not None or config.follows_driver
     path = Path(config.landmarks or folder / "landmark.onnx")
     if not retargeting and not path.is_file():
@@ -91,7 +94,10 @@ def optional_landmark_model(config: PortraitConfig, folder: Path, result: RunRes
         if config.normalize_lips:
             result.warn(f"--normalize-lips needs LivePortrait's landmark model ({path} is missing): not applied")
         return None
-    return LandmarkModel(path)
+    model = LandmarkModel(path, (device.index or 0) if device.type == "cuda" else None)
+    if model.fallback:
+        result.warn(f"{path.name} runs on the CPU, not {device}: {model.fallback}")
+    return model
 
 
 def onnx_precision(config: PortraitConfig, precision: str, device: torch.device, result: RunResult) -> str:
