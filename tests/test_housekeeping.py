@@ -395,15 +395,14 @@ def test_uploads_a_killed_run_left_are_swept_at_start(tmp_path: Path) -> None:
 
 def test_a_job_without_files_says_why_it_has_none(settings: Settings, store: JobStore) -> None:
     """A failed job never made its files (not "they come once it is done": they never will), and a done job whose
-    report names no file made none (not "they were removed")."""
+    report names no file made none (not "they were removed"). One that streamed nothing is told of no stream."""
     from engine.lipsync.jobs import LipSyncJobs
 
     jobs = LipSyncJobs(Broker(store, {}, {"cpu": 1}), settings)
     failed = store.submit("lipsync", {"options": {}, "files": {}}, "cpu")
     store.fail(failed.id, "no face found")
-    with pytest.raises(
-        InputError, match=rf"^job {failed.id} failed \(no face found\) and has no files: only a finished"
-    ):
+    refusal = rf"^job {failed.id} failed \(no face found\) and has no files: only a finished job keeps them$"
+    with pytest.raises(InputError, match=refusal):  # nothing streamed: no word of a stream
         jobs.output_files(failed.id, owner="")
     bare = store.submit("lipsync", {"options": {}, "files": {}}, "cpu")
     store.claim_next("cpu")
@@ -457,6 +456,48 @@ def test_a_stored_input_is_staged_in_its_own_folder_whatever_its_recorded_name(s
         assert staged["face"].name == "x.png" and staged["face"].parent.name == "face"
         assert staged["face"].parent.parent.parent == work and staged["face"].read_bytes() == b"a face"
     assert not (tmp_path / "x.png").exists() and not (work / "x.png").exists()
+
+
+def test_a_file_jobs_report_names_its_inputs_as_uploaded_not_by_the_workers_folder(
+    settings: Settings, store: JobStore
+) -> None:
+    """Guards run_file_job's report: each input the report's config names is the name it was uploaded with, not the
+    worker's staging path (a server folder, gone once the job ends); a field the config does not name stays out."""
+    from types import SimpleNamespace
+
+    from engine.jobs.kinds import run_file_job, store_inputs
+    from engine.lipsync.config import LipSyncConfig
+
+    assets = Path(__file__).resolve().parent.parent / "assets"
+    files = store_inputs(store, {"face": assets / "face.jpg", "audio": assets / "speech.wav"})
+    job = store.submit("lipsync", {"options": {}, "files": files}, "cpu", owner="me")
+    staged: list[str] = []
+
+    def run(config: LipSyncConfig, out: Path, settings: Settings, progress: object, device: str) -> SimpleNamespace:
+        staged.append(str(config.face))
+        return SimpleNamespace(to_dict=lambda: {"config": {"face": str(config.face), "fps": 25.0}})
+
+    context = SimpleNamespace(settings=settings, store=store)
+    report = run_file_job(job, lambda fraction, label: None, context, LipSyncConfig, run)
+    assert staged[0] != "face.jpg" and report["config"] == {"face": "face.jpg", "fps": 25.0}
+
+
+def test_a_failed_file_jobs_half_written_video_is_swept_by_the_name_it_was_written_under(
+    settings: Settings, store: JobStore
+) -> None:
+    """Guards output_path's name: housekeeping knows a job's files by "-<job id>." in their names, so the video a
+    killed lip-sync job left half-written at output_path is removed once the job failed (and kept while it runs)."""
+    from engine.jobs.housekeeping import sweep_unfinished
+    from engine.jobs.kinds import output_path
+
+    job = store.submit("lipsync", {"options": {}, "files": {}}, "cpu", owner="me")
+    video = output_path(settings, job)
+    video.parent.mkdir(parents=True, exist_ok=True)
+    video.write_bytes(b"half a video")
+    store.claim_next("cpu")
+    assert sweep_unfinished(store, settings.outputs_dir) == [] and video.is_file()
+    store.fail(job.id, "its worker was killed")
+    assert sweep_unfinished(store, settings.outputs_dir) == [video] and not video.exists()
 
 
 def test_a_stopped_jobs_refusal_says_how_much_it_streamed_and_for_how_long_it_stays(

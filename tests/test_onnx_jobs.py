@@ -253,6 +253,28 @@ def test_result_of_unknown_or_other_jobs(store: JobStore, settings: Settings) ->
     assert store.get(other.id).status == QUEUED
 
 
+def test_every_read_of_a_kind_finds_another_owners_job_no_job(store: JobStore, settings: Settings) -> None:
+    """Guards the owner each JobKind read passes on: status, result, files, live stream and cancel of another
+    owner's job say "no job" (the web routes check first too, but the kinds are the API the app is built on) and
+    leave it queued; its owner and the operator (None) read it."""
+    from engine.lipsync.jobs import LipSyncJobs
+
+    jobs = LipSyncJobs(Broker(store, {}, {CPU: 1}), settings)  # never started: the job stays queued
+    files = {name: {"sha256": "0" * 64, "name": f"{name}.bin"} for name in ("face", "audio")}
+    theirs = store.submit("lipsync", {"options": {}, "files": files}, CPU, owner="alice").id
+    reads = {
+        "status": jobs.status, "result": jobs.result, "output_files": jobs.output_files, "live": jobs.live,
+        "cancel": jobs.cancel,
+    }  # fmt: skip
+    for name, read in reads.items():
+        with pytest.raises(StoreError, match=f"no job {theirs}"):
+            read(theirs, "bob")
+            pytest.fail(f"{name} read another owner's job")
+    assert store.get(theirs).status == QUEUED
+    for reader in ("alice", None):
+        assert jobs.status(theirs, reader)["face"] == "face.bin"  # each input by the name it came with
+
+
 def test_one_owner_may_have_only_so_many_jobs_waiting(settings: Settings, tmp_path: Path) -> None:
     """Forty sweeps from one session held every other visitor's job for hours: AVATARBENCH_MAX_QUEUED_JOBS."""
     from dataclasses import replace

@@ -26,7 +26,7 @@ from engine.core.results import RunResult
 from engine.core.settings import Settings, load_settings
 from engine.jobs.broker import Broker
 from engine.jobs.split import segment_ranges, split_devices, work_folder
-from engine.jobs.store import CANCELLED, DONE, FAILED, QUEUED, Job, JobStore
+from engine.jobs.store import CANCELLED, DONE, FAILED, QUEUED, RUNNING, Job, JobStore
 from engine.lipsync.config import LipSyncConfig
 from engine.lipsync.jobs import LipSyncJobs
 from engine.portrait.config import PortraitConfig
@@ -483,6 +483,28 @@ def test_a_parent_that_ends_ends_its_segments(tmp_path: Path, ends: str) -> None
     for queued in segments[1:]:
         assert queued.status == CANCELLED
         assert queued.error == f"its parent job {parent.id} failed: the card fell off the bus in setup"
+
+
+def test_cancelling_a_split_leaves_its_running_segments_to_stop_themselves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Guards FileJobs.cancel: the split's queued segments are cancelled with it, but a running one is not stopped
+    through the broker (which would kill its worker and the networks it loaded): it sees its parent ended at its next
+    batch and stops itself."""
+    from engine.jobs.split import segments_of, submit_split
+
+    store = JobStore(tmp_path / "jobs.db", tmp_path / "blobs")
+    broker = Broker(store, KINDS, dict.fromkeys(GPUS[:3], 1))  # never started: only what the test claims runs
+    parent = submit_split(broker, "lipsync", {"files": {}, "options": {}}, list(GPUS[:3]), "alice")
+    running, waiting = segments_of(store, parent)
+    assert store.claim_next(running.device).id == running.id
+    stopped: list[str] = []
+    cancel = broker.cancel
+    monkeypatch.setattr(broker, "cancel", lambda job_id, owner: stopped.append(job_id) or cancel(job_id, owner))
+    LipSyncJobs(broker, _settings(tmp_path)).cancel(parent.id, "alice")
+    assert stopped == [parent.id, waiting.id]
+    assert [store.get(j.id).status for j in (parent, running, waiting)] == [CANCELLED, RUNNING, CANCELLED]
+    store.close()
 
 
 def test_a_split_takes_whole_idle_cards_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
