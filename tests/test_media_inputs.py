@@ -39,6 +39,9 @@ def test_a_choice_hands_the_given_input_to_its_field_and_keeps_the_rest() -> Non
     handler(face__photo="face.jpg", face__video=None, audio="speech.wav", batch_size=8)
     assert [v["face"] for v in seen] == ["clip.mp4", "face.jpg"]
     assert seen[1] == {"face": "face.jpg", "audio": "speech.wav", "batch_size": 8}
+    # Should several come (the page clears the others, a direct call need not), the first tab's input is the one run.
+    handler(face__photo="face.jpg", face__video="clip.mp4", audio="speech.wav", batch_size=None)
+    assert seen[2]["face"] == "face.jpg"
 
 
 def test_setting_one_input_clears_the_others_and_shows_its_tab() -> None:
