@@ -433,6 +433,23 @@ def test_a_file_job_refused_by_its_owners_queue_limit_stores_none_of_its_files(
         assert not [p for p in store.blobs_dir.rglob("*") if p.is_file()]
 
 
+def test_a_config_made_in_code_is_checked_at_submit_before_its_files_are_stored(
+    settings: Settings, store: JobStore
+) -> None:
+    """Guards FileJobs.submit's check: a config made directly (the CLI, a script), not through build(), is checked
+    as a front end's would be, so a crop that keeps no pixels is refused now, with its message, rather than stored,
+    queued and failed in the worker."""
+    from engine.lipsync.config import LipSyncConfig, LipSyncError
+    from engine.lipsync.jobs import LipSyncJobs
+
+    assets = Path(__file__).resolve().parent.parent / "assets"
+    jobs = LipSyncJobs(Broker(store, {"lipsync": "engine.lipsync.jobs:handle"}, {"cpu": 1}), settings)  # not started
+    config = LipSyncConfig(assets / "face.jpg", assets / "speech.wav", engine="baseline", crop=(10, 5, 0, -1))
+    with pytest.raises(LipSyncError, match=r"crop 10,5,0,-1 keeps no pixels"):
+        jobs.submit(config, "alice")
+    assert store.history() == [] and not [p for p in store.blobs_dir.rglob("*") if p.is_file()]
+
+
 def test_an_input_is_stored_under_its_file_name_not_the_servers_path(store: JobStore, tmp_path: Path) -> None:
     """Guards store_inputs' name: the job's summary and report show it to its owner, who must not see the server's
     folders (and the decoder needs only its extension)."""
