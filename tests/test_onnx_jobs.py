@@ -369,6 +369,21 @@ def test_the_history_is_the_owners_own_fifty_newest_and_an_unreadable_row_says_s
     assert row["id"] == damaged.id and row["error"] == "this job's record cannot be read (AttributeError)"
 
 
+def test_a_queued_record_this_version_cannot_read_leaves_the_queue_and_cancel_working(
+    store: JobStore, settings: Settings
+) -> None:
+    """The ONNX tab's queue and the Cancel button (which cancels the owner's queued jobs one by one) read the queue:
+    a queued record this version cannot read (damaged, or written by another version) is shown as such, as the
+    history shows it, and cancelled, rather than an internal error that kept every other queued job too."""
+    jobs = _jobs(store, settings)
+    damaged = store.submit(KIND, {"options": "not a mapping"}, CPU, owner=OWNER)
+    fine = store.submit(KIND, {"model_name": "m.onnx"}, CPU, owner=OWNER)
+    unreadable = "this job's record cannot be read (AttributeError)"
+    assert [(row["id"], row["error"]) for row in jobs.queue(OWNER)] == [(damaged.id, unreadable), (fine.id, None)]
+    cancelled = jobs.cancel(damaged.id, OWNER)
+    assert (cancelled["id"], cancelled["status"], cancelled["error"]) == (damaged.id, CANCELLED, unreadable)
+
+
 def test_a_stopped_or_waiting_jobs_files_are_refused_with_its_status(store: JobStore, settings: Settings) -> None:
     """Guards output_files' refusals: a cancelled job "was cancelled" (with its reason) and has no files; a queued
     one's come once it is done; neither is an empty dict."""

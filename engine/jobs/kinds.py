@@ -138,11 +138,13 @@ class JobKind:
         return [readable_summary(self, job) for job in self.store.history(limit, kind=self.kind, owner=owner)]
 
     def queue(self, owner: str | None) -> list[dict[str, Any]]:
-        return [self.summary(j) for j in self.store.queue(owner) if j.kind == self.kind]
+        """The owner's queued and running jobs of this kind; a record this version cannot read is shown as such, as in
+        the history (the tab's queue and the Cancel button read this list)."""
+        return [readable_summary(self, j) for j in self.store.queue(owner) if j.kind == self.kind]
 
     def cancel(self, job_id: str, owner: str | None) -> dict[str, Any]:
         self._get(job_id, owner)
-        return self.summary(self.broker.cancel(job_id, owner))
+        return readable_summary(self, self.broker.cancel(job_id, owner))
 
 
 def queue_view(store: Any, owner: str | None) -> dict[str, Any]:
