@@ -1222,6 +1222,37 @@ def test_a_driving_face_lost_to_the_followed_landmarks_stops_the_run_naming_its_
     assert len(kept) == 3
 
 
+def test_a_driving_face_followed_out_of_the_picture_is_said_once_naming_the_frame(tmp_path: Path) -> None:
+    """Upstream follows a lost face's landmarks wherever they go, silently, and averages their boxes into the crop;
+    ours does too (parity), and now says at which frame the followed points left the picture, once, in the scan and
+    in a split job's parent alike."""
+    from engine.core.results import RunResult
+    from engine.portrait.driving import driving_motion, followed_landmarks
+
+    class Drifting(_RecordingLandmarks):
+        """Upstream's layout, moved 100 pixels right from frame 3 on (off the 64-pixel frame)."""
+
+        def _points(self, rgb: np.ndarray) -> np.ndarray:
+            points = super()._points(rgb)
+            return points + np.float32([100, 0]) if round(rgb.mean() / 20) >= 3 else points
+
+    clip = _grey_clip(tmp_path / "five.mp4", 5)
+    nets = SimpleNamespace(motion=_level_motion, device=torch.device("cpu"))
+    settings, detector = Settings(data_dir=tmp_path, weights_dir=tmp_path), SimpleNamespace(detect=_faces_from_frame_2)
+    config = PortraitConfig(ASSETS / "face.jpg", clip, crop_driving=True, batch_size=2)
+    said = "the face followed through the driving clip left the picture at frame 3 (its landmarks' centre is outside"
+    scanned = RunResult()
+    driving_motion(config, settings, nets, detector, Drifting(), scanned, _quiet, measure_openness=False)
+    left = [w for w in scanned.warnings if "left the picture" in w]
+    assert len(left) == 1 and left[0].startswith(said)
+    split = RunResult()
+    followed_landmarks(config, settings, 2, np.float32([2, 3, 60, 62]), Drifting(), split)  # type: ignore[arg-type]
+    assert len(split.warnings) == 1 and split.warnings[0].startswith(said)
+    kept = RunResult()
+    followed_landmarks(config, settings, 2, np.float32([2, 3, 60, 62]), _RecordingLandmarks(), kept)  # type: ignore[arg-type]
+    assert not kept.warnings
+
+
 def test_a_split_jobs_parent_follows_the_landmarks_as_the_unsplit_scan(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1236,7 +1267,7 @@ def test_a_split_jobs_parent_follows_the_landmarks_as_the_unsplit_scan(
 
     clip = _grey_clip(tmp_path / "five.mp4", 5)
     settings, detector = Settings(data_dir=tmp_path, weights_dir=tmp_path), SimpleNamespace(detect=_faces_from_frame_2)
-    unsplit = LandmarkTrack(_RecordingLandmarks())
+    unsplit = LandmarkTrack(_RecordingLandmarks(), RunResult())
     face_boxes(clip_frames(clip, None, settings.max_seconds), detector, RunResult(), unsplit)
     asked: list[tuple[Any, Any]] = []
 

@@ -89,11 +89,13 @@ class LandmarkTrack:
     (crop_driving_video, calc_lmks_from_cropped_video): the first frame with a face read in that frame's face box
     from our detector (our stand-in for the 106 points of upstream's first InsightFace detection), each later frame
     in the crop built from the frame before's points (its landmark runner's run(img, lmk)), whether or not the
-    detector finds a face there (upstream's tracking does not look again)."""
+    detector finds a face there (upstream's tracking does not look again). Points that leave the picture (the face
+    lost and followed into nothing, as upstream follows it, silently) are a warning in `result`, once."""
 
-    def __init__(self, model: LandmarkModel) -> None:
-        self.model = model
+    def __init__(self, model: LandmarkModel, result: RunResult) -> None:
+        self.model, self.result = model, result
         self.points: list[np.ndarray] = []
+        self.left_at: int | None = None  # the first frame whose points' centre is outside the picture
 
     def add(self, rgb: np.ndarray, box: np.ndarray | None, frame: int) -> None:
         """The next frame's points (`frame`: its index in the clip); a frame before the first face (no points yet, no
@@ -114,6 +116,14 @@ class LandmarkTrack:
                 "driving clip to the frames that show the face"
             ) from None
         self.points.append(points)
+        x, y = points.mean(0)
+        if self.left_at is None and not (0 <= x < rgb.shape[1] and 0 <= y < rgb.shape[0]):
+            self.left_at = frame
+            self.result.warn(
+                f"the face followed through the driving clip left the picture at frame {frame} (its landmarks' "
+                "centre is outside the frame): the landmarks from there on read no face and move the crop box and "
+                "openness; trim the driving clip to the frames that show the face"
+            )
 
 
 def driving_face_box(
@@ -154,7 +164,7 @@ def followed_landmarks(
     """The landmarks of the clip's frames from `first` (its first face, found in `first_box`) on, followed as the
     unsplit scan follows them: a split job's parent reads the clip once more for them, each frame following the one
     before across its segments' bounds."""
-    track = LandmarkTrack(model)
+    track = LandmarkTrack(model, result)
     frames = itertools.islice(clip_frames(Path(config.driving), config.max_frames, settings.max_seconds), first, None)
     for index, frame in enumerate(_timed(frames, result, "decode driving"), first):
         with result.stage("driving landmarks"):
@@ -281,7 +291,7 @@ def driving_motion(
     warn_one_frame(info, path, config, result)
     progress(0.05, "finding the driving face")
     follows = measure_openness or cropped(config, info.width, info.height)
-    track = LandmarkTrack(landmarks) if landmarks is not None and follows else None
+    track = LandmarkTrack(landmarks, result) if landmarks is not None and follows else None
     box, reference = driving_face_box(
         clip_frames(path, config.max_frames, settings.max_seconds), path.name, detector, result, track
     )
