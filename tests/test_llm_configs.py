@@ -632,3 +632,15 @@ def test_falcon_keys_left_unsaid_take_their_config_classs_defaults(tmp_path: Pat
     refined_web = dict(model_type="RefinedWeb", hidden_size=8192, n_layer=60, n_head=128, n_head_kv=8,
                        multi_query=True, vocab_size=65024)  # fmt: skip
     assert spec_from_config(_family_folder(tmp_path / "rw", refined_web)).kv_heads == 8
+
+
+def test_santacoders_multi_query_gpt2_config_keeps_one_kv_head(tmp_path: Path) -> None:
+    """bigcode/santacoder's config is model_type gpt2 with attention_head_type multiquery (its remote-code
+    GPT2CustomConfig): its weights hold one KV head, and TGI serves it so (FlashSantacoder, num_kv_heads=1); its
+    n_head (16) KV heads made the cache 16 times too large. A plain GPT-2 keeps a KV head per head."""
+    santacoder = dict(model_type="gpt2", n_embd=2048, n_layer=24, n_head=16, n_positions=2048, vocab_size=49280,
+                      attention_head_type="multiquery", _name_or_path="bigcode/santacoder")  # fmt: skip
+    spec = spec_from_config(_family_folder(tmp_path / "santacoder", santacoder))
+    assert (spec.heads, spec.kv_heads, spec.head_dim) == (16, 1, 128)
+    multihead = {**santacoder, "attention_head_type": "multihead"}
+    assert spec_from_config(_family_folder(tmp_path / "multihead", multihead)).kv_heads == 16

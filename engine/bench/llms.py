@@ -292,6 +292,10 @@ def _kv_heads(config: dict[str, Any], family: str, heads: int, where: str) -> in
     """Key/value heads, where a family says them otherwise than num_key_value_heads."""
     if family == "gpt_bigcode":  # GPTBigCodeConfig: 1 if multi_query (its default) else n_head
         return 1 if config.get("multi_query", True) else heads
+    if family == "gpt2" and config.get("attention_head_type") == "multiquery":
+        # SantaCoder's remote-code GPT-2 (GPT2CustomConfig): one KV head, as TGI serves it (FlashSantacoder,
+        # num_kv_heads=1, for a gpt2 model under bigcode/)
+        return 1
     if family == "mpt":
         attn = config.get("attn_config")
         attn_type = attn.get("attn_type", "multihead_attention") if isinstance(attn, dict) else "multihead_attention"
