@@ -644,3 +644,15 @@ def test_santacoders_multi_query_gpt2_config_keeps_one_kv_head(tmp_path: Path) -
     assert (spec.heads, spec.kv_heads, spec.head_dim) == (16, 1, 128)
     multihead = {**santacoder, "attention_head_type": "multihead"}
     assert spec_from_config(_family_folder(tmp_path / "multihead", multihead)).kv_heads == 16
+
+
+def test_an_old_phi_msft_checkpoints_output_head_is_its_own(tmp_path: Path) -> None:
+    """microsoft/phi-2 as phi-msft stores its output head as lm_head.linear (TGI's PhiCausalLMHead loads it there):
+    read as tied, the fp16 embeddings a quantized plan keeps were counted once where they are twice."""
+    phi = dict(model_type="phi-msft", n_embd=2560, n_layer=32, n_head=32, n_positions=2048, vocab_size=51200,
+               tie_word_embeddings=False)  # fmt: skip
+    _config(tmp_path, phi)
+    _header_only(tmp_path, {"transformer.embd.wte.weight": [51200, 2560], "lm_head.ln.weight": [2560],
+                            "lm_head.linear.weight": [51200, 2560], "lm_head.linear.bias": [51200]})  # fmt: skip
+    spec = spec_from_config(tmp_path)
+    assert not spec.tied_embeddings and spec.embedding_parameters == 2 * 51200 * 2560

@@ -409,9 +409,10 @@ def _counted_parameters(folder: Path) -> tuple[int, bool] | None:
 
 
 def _has_output_head(names: Iterable[str]) -> bool:
-    """An output head of its own among a checkpoint's tensors (lm_head, also under a multimodal model's prefix): the
-    embeddings are not tied."""
-    return any(name == "lm_head.weight" or name.endswith(".lm_head.weight") for name in names)
+    """An output head of its own among a checkpoint's tensors (lm_head, also under a multimodal model's prefix; the
+    old phi-msft checkpoints' lm_head.linear, behind a norm of its own): the embeddings are not tied."""
+    heads = ("lm_head.weight", "lm_head.linear.weight")
+    return any(name in heads or name.endswith(tuple(f".{head}" for head in heads)) for name in names)
 
 
 def _safetensors_header(file: Path) -> dict[str, Any]:
