@@ -1001,3 +1001,29 @@ def test_legacy_phi_msft_is_refused_where_flash_attention_runs(tmp_path: Path) -
     assert plan_llm(LlmRequest("T4", config=config))["warnings"][0].startswith(
         "TGI serves model type 'phi-msft' (facebook/opt-6.7b) through its own non-flash CausalLM class"
     )
+
+
+def test_legacy_phi_msft_is_planned_on_one_gpu_where_sharding_would_break_its_class(tmp_path: Path) -> None:
+    """TGI's phi-msft class splits its fused Wqkv over the shards but views it with every head (and loads its MLP
+    whole on each shard): sharded, it breaks. On two T4s the plan stays on one GPU, its advice names no more GPUs and
+    its warning says why, where OPT of the same shape shards."""
+    config = _llm_config(tmp_path / "phi", {**OPT_6_7B, "model_type": "phi-msft"}, True)
+    plan = plan_llm(LlmRequest("T4", config=config, count=2, concurrent_requests=16))
+    assert [(f["quantize"], f["shards"]) for f in plan["considered"]] == [("none", 1), ("eetq", 1)]
+    assert not plan["fits"] and plan["flags"]["--num-shard"] == 1
+    assert plan["warnings"][0].endswith(
+        "--kv-cache-dtype does not apply; it quantizes at load as the flash path does but is planned on one GPU "
+        "(--num-shard 1): its attention keeps every head on each shard, so sharding breaks it"
+    )
+    assert plan["warnings"][-1].endswith(
+        "try a larger GPU, 4-bit weights (bitsandbytes-nf4 to quantize this checkpoint at load), fewer concurrent "
+        "requests or shorter sequences"
+    )
+    replicas = plan_llm(LlmRequest("T4", config=config, count=2))
+    assert replicas["replicas"] == 2 and replicas["reasons"][0].endswith(
+        "TGI cannot shard it further: its class for model type 'phi-msft' runs on one GPU"
+    )
+    opt = plan_llm(
+        LlmRequest("T4", config=_llm_config(tmp_path / "opt", OPT_6_7B, True), count=2, concurrent_requests=16)
+    )
+    assert opt["fits"] and opt["flags"]["--num-shard"] == 2

@@ -91,6 +91,10 @@ TGI_OTHER_OWN_MODEL_TYPES = frozenset({"bloom", "llama4", "mamba", "mpt", "opt",
 TGI_CAUSAL_LM_MODEL_TYPES = frozenset({"bloom", "mpt", "opt", "phi-msft"})
 # get_model raises "Legacy phi-msft is not supported with Flash Attention" where flash attention loads (8.0+)
 TGI_FLASH_REFUSED_MODEL_TYPES = frozenset({"phi-msft"})
+# Of TGI_CAUSAL_LM_MODEL_TYPES, the ones whose class breaks when sharded: phi-msft's PhiMHA splits its fused Wqkv over
+# the shards (TensorParallelColumnLinear) but views the output with all config.n_head heads, and its MLP (fc1, fc2:
+# FastLinear) is loaded whole on every shard (custom_modeling/phi_modeling.py): planned on one GPU
+TGI_UNSHARDED_CAUSAL_LM_MODEL_TYPES = frozenset({"phi-msft"})
 # Vision-language model types get_model serves only on the flash path: without flash attention (below 8.0, where
 # its transformers fallback cannot load either) it raises "<model> requires Flash Attention enabled models."
 TGI_FLASH_ONLY_MODEL_TYPES = frozenset({
@@ -475,15 +479,17 @@ def _what_would_fit(
     tried: list[dict[str, Any]],
     generic: bool = False,
     causal_lm: bool = False,
+    shards_heads: bool = False,
 ) -> str:
     """The changes that could make a deployment that does not fit fit: only those this card and model allow
     (more GPUs only where TGI can shard further; 4-bit weights only where they were not tried and can run, never on
     TGI's generic path, which refuses them). `flash`: TGI's flash path runs (not its generic one); `causal_lm`: TGI's
     own non-flash class runs (TGI_CAUSAL_LM_MODEL_TYPES), which shards and quantizes as the flash path but takes no
-    8-bit KV cache."""
+    8-bit KV cache; `shards_heads`: TGI splits the heads over more GPUs (its flash path, and causal_lm's classes
+    but phi-msft's)."""
     more = [s for s in (2, 4, 8) if s > req.count and spec.kv_heads % s == 0 and spec.heads % s == 0]
     advice = ["a larger GPU"]
-    if (flash or causal_lm) and more:
+    if shards_heads and more:
         advice.append(f"more GPUs (--count {more[0]} shards it further)")
     if not generic and not spec.checkpoint_quantize and not any(f["quantize"] in FOUR_BIT for f in tried):
         # AWQ from a checkpoint quantized so (Marlin, 8.0+); bitsandbytes-nf4 from this one, at load, where TGI's
@@ -576,6 +582,8 @@ def plan_llm(req: LlmRequest, card: Gpu | None = None) -> dict[str, Any]:
     paged = flash and not causal_lm  # a KV cache preallocated from the free memory (flash or generic path)
     flash_path = paged and not generic  # TGI's own flash class: it alone honours --kv-cache-dtype
     own_loader = flash_path or causal_lm  # TGI's weight loader makes EETQ, FP8 and bitsandbytes' 4-bit at load
+    # TGI splits the heads over --num-shard GPUs (not phi-msft's class, which breaks so)
+    shards_heads = flash_path or (causal_lm and spec.model_type not in TGI_UNSHARDED_CAUSAL_LM_MODEL_TYPES)
     if spec.max_positions is None:  # ALiBi (BLOOM): TGI's launcher finds no max_position_embeddings to cap it by
         warnings.append(
             f"{title} has no position table (ALiBi) and its config sets no context: --max-total-tokens "
@@ -609,7 +617,13 @@ def plan_llm(req: LlmRequest, card: Gpu | None = None) -> dict[str, Any]:
             f"TGI serves model type {spec.model_type!r} ({title}) through its own non-flash CausalLM class on every "
             "card: no flash or paged attention, each request's KV cache is padded and grown in "
             "torch's allocator rather than preallocated from free memory (--max-batch-total-tokens is stated), and "
-            "--kv-cache-dtype does not apply; it shards over GPUs and quantizes at load as the flash path does"
+            "--kv-cache-dtype does not apply; "
+            + (
+                "it shards over GPUs and quantizes at load as the flash path does"
+                if shards_heads
+                else "it quantizes at load as the flash path does but is planned on one GPU (--num-shard 1): its "
+                "attention keeps every head on each shard, so sharding breaks it"
+            )
         )
     elif not flash:
         warnings.append(
@@ -665,7 +679,7 @@ def plan_llm(req: LlmRequest, card: Gpu | None = None) -> dict[str, Any]:
             )
         )
     shard_options = [s for s in (1, 2, 4, 8) if s <= req.count and spec.kv_heads % s == 0 and spec.heads % s == 0]
-    if not (flash_path or causal_lm):
+    if not shards_heads:
         shard_options = [1]
     prefill_tokens = max(max_input, min(4096, max_input * req.concurrent_requests))
     tried = []
@@ -686,7 +700,7 @@ def plan_llm(req: LlmRequest, card: Gpu | None = None) -> dict[str, Any]:
         warnings.append(
             f"does not fit: at best {best['kv_token_capacity']:,} KV tokens per replica for "
             f"{best['kv_tokens_needed']:,} needed ({req.concurrent_requests} x {req.max_total_tokens}); "
-            + _what_would_fit(req, spec, gpu, flash_path, tried, generic, causal_lm)
+            + _what_would_fit(req, spec, gpu, flash_path, tried, generic, causal_lm, shards_heads)
         )
     if chosen is None:  # the flags below are the closest tried, not a recommendation
         reasons.append(
@@ -719,7 +733,9 @@ def plan_llm(req: LlmRequest, card: Gpu | None = None) -> dict[str, Any]:
                     "its generic path (transformers' class) is planned on one GPU"
                     if generic
                     else f"its heads do not split over more GPUs ({spec.heads} query, {spec.kv_heads} KV)"
-                    if flash_path or causal_lm
+                    if shards_heads
+                    else f"its class for model type {spec.model_type!r} runs on one GPU"
+                    if causal_lm
                     else "its non-flash path runs on one GPU"
                 )
             )
