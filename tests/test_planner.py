@@ -1027,3 +1027,31 @@ def test_legacy_phi_msft_is_planned_on_one_gpu_where_sharding_would_break_its_cl
         LlmRequest("T4", config=_llm_config(tmp_path / "opt", OPT_6_7B, True), count=2, concurrent_requests=16)
     )
     assert opt["fits"] and opt["flags"]["--num-shard"] == 2
+
+
+@pytest.mark.parametrize("model_type", ["mpt", "phi-msft"])
+def test_tgis_mpt_and_phi_msft_classes_load_no_awq_or_gptq_checkpoint(tmp_path: Path, model_type: str) -> None:
+    """MPT's fused Wqkv (load_col, which also asserts against GPTQ) and phi-msft's MLP (FastLinear.load) read
+    `.weight` past TGI's weight loader, which an AWQ or GPTQ checkpoint does not hold: asked for, they are refused;
+    auto never picks AWQ nor advises it (on an A100 for MPT, a T4 for phi-msft, which TGI refuses on 8.0+), where OPT
+    of the same shape takes it."""
+    gpu = "A100-80GB" if model_type == "mpt" else "T4"
+    config = _llm_config(tmp_path / model_type, {**OPT_6_7B, "model_type": model_type}, True)
+    for quantize in ("awq", "gptq"):
+        with pytest.raises(PlanError) as refused:
+            plan_llm(LlmRequest(gpu, config=config, quantize=quantize))
+        assert str(refused.value) == (
+            f"TGI's own class for model type {model_type!r} (facebook/opt-6.7b) cannot load --quantize {quantize}: it "
+            "reads some layers as 16-bit tensors, past its weight loader, where an "
+            f"{quantize.upper()} checkpoint holds none; plan a 16-bit checkpoint (quantize auto, none, or one TGI "
+            "makes at load: eetq, fp8, bitsandbytes)"
+        )
+    crowded = plan_llm(LlmRequest(gpu, config=config, concurrent_requests=100_000))
+    assert [f["quantize"] for f in crowded["considered"]] == ["none", "eetq"]
+    assert (
+        "--quantize awq" not in crowded["warnings"][-1] and "4-bit weights (bitsandbytes-nf4" in crowded["warnings"][-1]
+    )
+    opt = plan_llm(
+        LlmRequest("A100-80GB", config=_llm_config(tmp_path / "opt", OPT_6_7B, True), concurrent_requests=100_000)
+    )
+    assert [f["quantize"] for f in opt["considered"]] == ["none", "eetq", "awq"]

@@ -95,6 +95,10 @@ TGI_FLASH_REFUSED_MODEL_TYPES = frozenset({"phi-msft"})
 # the shards (TensorParallelColumnLinear) but views the output with all config.n_head heads, and its MLP (fc1, fc2:
 # FastLinear) is loaded whole on every shard (custom_modeling/phi_modeling.py): planned on one GPU
 TGI_UNSHARDED_CAUSAL_LM_MODEL_TYPES = frozenset({"phi-msft"})
+# Of TGI_CAUSAL_LM_MODEL_TYPES, the ones whose class reads some layers' `.weight` as bare tensors, past the weight
+# loader (MPT's fused Wqkv: load_col, which also asserts quantize != "gptq"; phi-msft's MLP: FastLinear.load): an AWQ
+# or GPTQ checkpoint, which holds qweight there, does not load (custom_modeling/{mpt,phi}_modeling.py)
+TGI_NO_4BIT_CHECKPOINT_MODEL_TYPES = frozenset({"mpt", "phi-msft"})
 # Vision-language model types get_model serves only on the flash path: without flash attention (below 8.0, where
 # its transformers fallback cannot load either) it raises "<model> requires Flash Attention enabled models."
 TGI_FLASH_ONLY_MODEL_TYPES = frozenset({
@@ -480,13 +484,14 @@ def _what_would_fit(
     generic: bool = False,
     causal_lm: bool = False,
     shards_heads: bool = False,
+    awq_loads: bool = True,
 ) -> str:
     """The changes that could make a deployment that does not fit fit: only those this card and model allow
     (more GPUs only where TGI can shard further; 4-bit weights only where they were not tried and can run, never on
     TGI's generic path, which refuses them). `flash`: TGI's flash path runs (not its generic one); `causal_lm`: TGI's
     own non-flash class runs (TGI_CAUSAL_LM_MODEL_TYPES), which shards and quantizes as the flash path but takes no
     8-bit KV cache; `shards_heads`: TGI splits the heads over more GPUs (its flash path, and causal_lm's classes
-    but phi-msft's)."""
+    but phi-msft's); `awq_loads`: TGI's class for the model type loads an AWQ checkpoint."""
     more = [s for s in (2, 4, 8) if s > req.count and spec.kv_heads % s == 0 and spec.heads % s == 0]
     advice = ["a larger GPU"]
     if shards_heads and more:
@@ -494,7 +499,7 @@ def _what_would_fit(
     if not generic and not spec.checkpoint_quantize and not any(f["quantize"] in FOUR_BIT for f in tried):
         # AWQ from a checkpoint quantized so (Marlin, 8.0+); bitsandbytes-nf4 from this one, at load, where TGI's
         # flash path runs (its non-flash path ignores it; TGI's own non-flash classes make it too)
-        four_bit = (["--quantize awq"] if gpu.supports("marlin") else []) + (
+        four_bit = (["--quantize awq"] if gpu.supports("marlin") and awq_loads else []) + (
             ["bitsandbytes-nf4 to quantize this checkpoint at load"] if flash or causal_lm else []
         )
         if four_bit:
@@ -545,6 +550,15 @@ def plan_llm(req: LlmRequest, card: Gpu | None = None) -> dict[str, Any]:
     generic = tgi_generic_path(spec)
     if generic:
         _refuse_generic_quantize(spec, spec.checkpoint_quantize or req.quantize)
+    awq_loads = spec.model_type not in TGI_NO_4BIT_CHECKPOINT_MODEL_TYPES
+    if not awq_loads and (spec.checkpoint_quantize or req.quantize) in MARLIN_4BIT:
+        quantize = spec.checkpoint_quantize or req.quantize
+        what = f"a checkpoint quantized with {quantize}" if spec.checkpoint_quantize else f"--quantize {quantize}"
+        raise PlanError(
+            f"TGI's own class for model type {spec.model_type!r} ({title}) cannot load {what}: it reads some layers "
+            f"as 16-bit tensors, past its weight loader, where an {quantize.upper()} checkpoint holds none; plan a "
+            "16-bit checkpoint (quantize auto, none, or one TGI makes at load: eetq, fp8, bitsandbytes)"
+        )
     if spec.checkpoint_quantize:  # its weights are stored quantized: TGI loads them so, whatever else is asked
         if req.quantize not in ("auto", spec.checkpoint_quantize):
             raise PlanError(f"{title} is a checkpoint quantized with {spec.checkpoint_quantize} ahead of time, which "
@@ -650,7 +664,7 @@ def plan_llm(req: LlmRequest, card: Gpu | None = None) -> dict[str, Any]:
     # and TGI's launcher calls bitsandbytes 4-bit "much slower to run than the native f16"; where Marlin is missing
     # TGI runs its non-flash path, which ignores nf4. AWQ's placeholder warning names nf4 for a checkpoint without AWQ.
     quant_options = ["none", int8, "awq"] if req.quantize == "auto" else [asked]
-    if generic and req.quantize == "auto":  # AWQ refused there
+    if (generic or not awq_loads) and req.quantize == "auto":  # AWQ refused, or not loaded, there
         quant_options = ["none", int8]
     kv_dtype_bytes = 1 if req.kv_cache_dtype != "auto" and flash_path else 2
     if req.kv_cache_dtype != "auto" and kv_dtype_bytes == 2:
@@ -700,7 +714,7 @@ def plan_llm(req: LlmRequest, card: Gpu | None = None) -> dict[str, Any]:
         warnings.append(
             f"does not fit: at best {best['kv_token_capacity']:,} KV tokens per replica for "
             f"{best['kv_tokens_needed']:,} needed ({req.concurrent_requests} x {req.max_total_tokens}); "
-            + _what_would_fit(req, spec, gpu, flash_path, tried, generic, causal_lm, shards_heads)
+            + _what_would_fit(req, spec, gpu, flash_path, tried, generic, causal_lm, shards_heads, awq_loads)
         )
     if chosen is None:  # the flags below are the closest tried, not a recommendation
         reasons.append(
