@@ -1028,3 +1028,68 @@ def test_the_compare_takes_sweeps_stopped_with_results_and_says_why_it_refuses_t
             with pytest.raises(gr.Error) as error:
                 compare(text, None)
             assert error.value.message.startswith(refused), error.value.message
+
+
+def test_the_compare_waits_for_a_running_sweep_even_with_rows_so_far(tmp_path: Path, sweep) -> None:
+    """A running sweep's rows so far are not its results yet: the compare says it is running (not that it kept no
+    results), so the user knows to wait."""
+    from engine.core.settings import load_settings
+    from engine.jobs.store import CPU, JobStore
+    from ui.jobs import LOCAL
+
+    settings = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path / "data")})
+    settings.ensure_dirs()
+    with JobStore(settings.db_path, settings.data_dir / "blobs") as store:
+        _, handlers, _ = _bench_tab(settings, store)
+        running = store.submit("bench", {"sweep": sweep["config"]}, CPU, owner=LOCAL)
+        store.claim_next(CPU)
+        store.save_partial(running.id, sweep)
+        with pytest.raises(gr.Error) as error:
+            handlers["compare"](running.id, None)
+    assert error.value.message.startswith(f"job {running.id} is running; only jobs with results can be compared")
+
+
+# ------------------------------------------------------------------------------ the shared widgets' words and values
+
+
+def test_a_users_names_show_as_written_in_a_markdown_pane_and_code_spans_stay_code() -> None:
+    """A model or file name with `*`, `_` or `<` in it made italics or vanished from a Markdown message."""
+    text = "model *best*_v2 <x> in [a]|b~#c, run `python -m x_y*z`"
+    shown = widgets.markdown_literal(text)
+    assert shown == r"model \*best\*\_v2 \<x\> in \[a\]\|b\~\#c, run `python -m x_y*z`"
+    assert widgets.markdown_literal(r"C:\models\a_b.onnx") == r"C:\\models\\a\_b.onnx"
+
+
+def test_the_option_fields_start_at_the_configs_defaults_within_its_range() -> None:
+    """The form shows what the CLI and the API would use: an empty box for "auto", a whole-number box for an int, a
+    slider over the option's own range."""
+    from engine.lipsync.config import LipSyncConfig
+
+    assert widgets.number(LipSyncConfig, "resize_factor", "Shrink").precision == 0  # an int: no "1.5" frames
+    assert widgets.number(LipSyncConfig, "fps", "FPS").precision is None
+    auto = widgets.optional_number(LipSyncConfig, "batch_size", "Batch size", "auto")
+    assert auto.value == "" and auto.placeholder == "auto"  # empty means auto, not the word "None"
+    assert widgets.optional_number(LipSyncConfig, "audio_offset", "Offset", "none").value == "0"
+    offset = widgets.slider(LipSyncConfig, "audio_offset", "Offset", step=1)
+    assert (offset.minimum, offset.maximum, offset.value) == (-25, 25, 0)
+    scale = widgets.slider(LipSyncConfig, "detect_scale", "Scale", step=0.05)
+    assert (scale.minimum, scale.maximum, scale.value) == (0.1, 1.0, 0.5)
+
+
+def test_a_time_is_shown_to_the_second_and_no_time_as_nothing() -> None:
+    import datetime
+
+    moment = datetime.datetime(2026, 3, 4, 5, 6, 7).timestamp()
+    assert widgets.when(moment) == "2026-03-04 05:06:07"
+    assert widgets.when(None) == ""
+
+
+def test_a_log_axis_starts_and_ends_at_the_data_when_it_lies_on_a_step() -> None:
+    """Data from 2 to 50 is labelled 2..50, not from 1 (an empty decade before the first point); eight batch sizes
+    are still few enough to be labelled at themselves; a zero or missing value (a point that did not run) has no
+    place on a log axis."""
+    assert widgets.one_two_five(2, 50) == [2, 5, 10, 20, 50]
+    eight = [2**i for i in range(8)]
+    axis = widgets.log_axis(go.Figure(), eight).layout.xaxis
+    assert list(axis.tickvals) == eight and list(axis.ticktext) == ["1", "2", "4", "8", "16", "32", "64", "128"]
+    assert list(widgets.log_axis(go.Figure(), [0, None, 4, 16]).layout.xaxis.tickvals) == [4, 16]

@@ -330,6 +330,23 @@ def test_the_tabs_summary_lists_each_gpus_part() -> None:
     assert second == "  - `cuda:1`: frames 128-249 (122) in 1.90s"
 
 
+def test_a_gpu_that_did_none_of_the_work_says_so() -> None:
+    """A load of 0 is a measured value (that GPU got no frames' worth of the time), not a missing one."""
+    pytest.importorskip("gradio")
+    from engine.core.results import RunResult
+    from ui.widgets import segments_lines
+
+    result = RunResult(device="cuda:0", device_name="H200", precision="fp16", config={})
+    result.metrics.update(segments=[
+        {"device": "cuda:1", "start": 0, "stop": 1, "frames": 1, "seconds": 0.0, "frames_per_second": None,
+         "load": 0.0},
+    ])  # fmt: skip
+    assert segments_lines(result) == [
+        "- split over 1 GPUs:",
+        "  - `cuda:1`: frames 0-0 (1) in 0.00s, busy 0% of the job",
+    ]
+
+
 # ------------------------------------------------- the split protocol in one process, with frames that carry numbers
 
 
