@@ -147,6 +147,16 @@ def test_each_example_shows_its_own_picture_and_a_click_loads_its_files(tmp_path
     assert select.fn(gr.SelectData(gallery, {"index": 0, "value": None})) == (str(ASSETS / "face.jpg"), None)
 
 
+def test_the_page_hides_empty_result_boxes_and_says_an_event_finished_in_words() -> None:
+    """The CSS hides a box with HIDDEN_WHEN_EMPTY while Gradio shows it empty (the report files, the motion template),
+    and the words app.py adds to Gradio's page: a screen reader heard "common.complete" (the browser tests see both;
+    this one runs without a browser)."""
+    from ui.style import CSS, HIDDEN_WHEN_EMPTY, MISSING_TRANSLATIONS
+
+    assert f".{HIDDEN_WHEN_EMPTY}:has(> .empty) {{ display: none; }}" in CSS
+    assert MISSING_TRANSLATIONS["en"]["common.complete"] == "Complete"
+
+
 @pytest.mark.parametrize("cls", [LipSyncConfig, PortraitConfig])
 def test_api_page_examples_are_the_defaults_and_the_given_files(cls) -> None:
     files = {f.name: f"assets/{f.name}.bin" for f in fields(cls) if f.option.file}
