@@ -131,6 +131,7 @@ def test_charts_with_nothing_to_draw_are_hidden(onnx_result: dict, sweep: dict) 
     for drawn in (bench_report.telemetry_figure(sweep), onnx_report.latency_figure(onnx_result)):
         update = widgets.chart(drawn)
         assert update["visible"] is True and update["value"] is drawn
+    assert widgets.has_data(go.Figure(go.Histogram(x=[1.0])))  # values along x only (a histogram) are drawn too
     assert "yaxis2" not in bench_report.telemetry_figure(sweep).to_plotly_json()["layout"]  # no power axis on a CPU
 
 
