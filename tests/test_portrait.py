@@ -1655,12 +1655,17 @@ def _stand_in_pixels() -> np.ndarray:
 
 
 def _stand_in_source(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, landmarks: bool = False, precision: str = "fp32", **options: Any
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    landmarks: bool = False,
+    precision: str = "fp32",
+    face_points: np.ndarray | bool | None = False,
+    **options: Any,
 ) -> tuple[Any, Any]:
     """liveportrait_source on a 160x120 source with a face box, its networks and landmark model stood in (no weights
     loaded): the appearance features are the pixels the networks saw, each network build is recorded in
     `tmp_path / builds` and warns once; the landmark model, when there, reads a face tilted by 7 degrees with its
-    lips open 0.1."""
+    lips open 0.1, and with InsightFace (`face_points` not False) from those 106 points (None: it found no face)."""
     import engine.portrait.liveportrait_plan as plan
     from engine.core.results import RunResult
     from engine.portrait.head import Head
@@ -1671,7 +1676,12 @@ def _stand_in_source(
         return SimpleNamespace(device=torch.device("cpu"), warnings=["the decoder fell back to the CPU"],
                                appearance=lambda pixels: pixels, motion=lambda pixels: "motion")  # fmt: skip
 
-    model = (lambda rgb, box: np.zeros((203, 2), np.float32)) if landmarks else None
+    with_insightface = face_points is not False
+    model = SimpleNamespace(
+        insightface=object() if with_insightface else None,
+        first_reading=lambda rgb, box: (np.zeros((203, 2), np.float32), face_points if with_insightface else None),
+    )
+    model = model if landmarks else None
     monkeypatch.setattr(plan, "load_networks", load)
     monkeypatch.setattr(plan, "optional_landmark_model", lambda config, folder, result, device: model)
     monkeypatch.setattr(plan, "roll_from_landmarks", lambda points: 7.0)
@@ -1717,6 +1727,29 @@ def test_the_source_is_cropped_pasted_back_and_reported_as_its_options_ask(
     from engine.portrait.frames import to_rgb
 
     assert torch.equal(uncropped.feature, stretched_input(to_rgb(_stand_in_pixels()), "cpu"))
+    assert [turned.metrics["source_crop"], uncropped.metrics["source_crop"]] == [
+        "face box, upright by the 203 landmarks", None,
+    ]  # fmt: skip
+
+
+def test_the_source_is_cropped_from_insightfaces_106_points_where_it_finds_a_face(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, empty_caches: None
+) -> None:
+    """Upstream crops the source around InsightFace's 106 points; where its models find no face there, ours crops
+    around our detector's box and says so."""
+    from test_portrait_insightface import layout_106
+
+    from engine.portrait.crop import landmark_crop_transform
+
+    face = (layout_106(9.0) - 96) / 3 + (80, 60)
+    source, result = _stand_in_source(tmp_path, monkeypatch, landmarks=True, face_points=face)
+    assert np.array_equal(source.transform.to_crop, landmark_crop_transform(face, 2.3, -0.125, 512).to_crop)
+    assert source.metrics["source_crop"] == "insightface 106 points" and not any(
+        "InsightFace" in w for w in result.warnings
+    )
+    missed, result = _stand_in_source(tmp_path, monkeypatch, landmarks=True, face_points=None)
+    assert missed.metrics["source_crop"] == "face box, upright by the 203 landmarks"
+    assert "InsightFace's detector found no face in the source: it is cropped around our detector's" in result.warnings
 
 
 def test_networks_and_source_features_are_reused_only_for_what_made_them(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import replace
 
 import cv2
@@ -483,15 +484,19 @@ def test_the_driving_crop_from_followed_landmarks_is_upstreams_averaged_landmark
     assert _driving_transform(config, box, 720, 720, followed) is None  # a square clip is taken whole, as upstream
 
 
-def test_the_landmark_crop_takes_203_points_spanning_an_area_only() -> None:
-    """Upstream reads another layout's eyes and lips from other indices (106, 68, 5 points); ours has the landmark
-    model's 203 only, so any other array is refused rather than read at the wrong indices. Points all in one place
-    (or not numbers) make no square: upstream divides by its zero side (an infinite matrix); ours says so."""
+def test_the_landmark_crop_takes_203_or_106_points_spanning_an_area_only() -> None:
+    """Upstream reads another layout's eyes and lips from other indices (68, 5 points); ours has the landmark
+    model's 203 and InsightFace's 106 only, so any other array is refused rather than read at the wrong indices.
+    Points all in one place (or not numbers) make no square: upstream divides by its zero side (an infinite matrix);
+    ours says so."""
     from engine.core.errors import InputError
     from engine.portrait.crop import landmark_crop_transform
 
-    with pytest.raises(InputError, match=r"203 x 2 points, got an array of shape \(106, 2\)"):
-        landmark_crop_transform(np.zeros((106, 2)))
+    for shape in ((68, 2), (203, 3), (203,)):
+        with pytest.raises(
+            InputError, match=rf"203 x 2 points or InsightFace's 106 x 2, got .* {re.escape(str(shape))}"
+        ):
+            landmark_crop_transform(np.zeros(shape))
     for points in (np.full((203, 2), 50.0), np.full((203, 2), np.nan)):
         with pytest.raises(InputError, match=r"the 203 landmarks span no area \(a crop side of (0\.0|nan) pixels\)"):
             landmark_crop_transform(points)

@@ -170,3 +170,47 @@ def with_default(path: Path, ir_version: int = 8) -> Path:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=ir_version)
     path.write_bytes(model.SerializeToString())
     return path
+
+
+def _constant_outputs(
+    name: str, input_shape: list, outputs: dict[str, np.ndarray], first_nodes: tuple = ()
+) -> GraphProto:
+    """A graph whose outputs are the given constants (each plus the input summed times zero, so the input is read),
+    `first_nodes` (names of Identity nodes) put first, as an exporter's normalising nodes would be."""
+    nodes = [helper.make_node("Identity", ["zero"], [f"{node}_out"], name=node) for node in first_nodes]
+    nodes += [
+        helper.make_node("ReduceSum", ["input.1"], ["total"], keepdims=0, name="total"),
+        helper.make_node("Mul", ["total", "zero"], ["nothing"], name="nothing"),
+    ]
+    nodes += [helper.make_node("Add", [f"{key}_value", "nothing"], [key], name=key) for key in outputs]
+    return helper.make_graph(
+        nodes,
+        name,
+        [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, input_shape)],
+        [helper.make_tensor_value_info(key, TensorProto.FLOAT, list(value.shape)) for key, value in outputs.items()],
+        [numpy_helper.from_array(np.zeros((), np.float32), "zero")]
+        + [numpy_helper.from_array(value.astype(np.float32), f"{key}_value") for key, value in outputs.items()],
+    )
+
+
+def scrfd_outputs(size: int = 512) -> dict[str, np.ndarray]:
+    """Empty outputs in det_10g.onnx's layout for a size x size input: per stride 8, 16, 32, two anchors a place,
+    (rows, 1) scores, then (rows, 4) box distances, then (rows, 10) key-point offsets (in strides)."""
+    rows = {stride: (size // stride) ** 2 * 2 for stride in (8, 16, 32)}
+    out = {f"score_{s}": np.zeros((n, 1), np.float32) for s, n in rows.items()}
+    out |= {f"bbox_{s}": np.zeros((n, 4), np.float32) for s, n in rows.items()}
+    return out | {f"kps_{s}": np.zeros((n, 10), np.float32) for s, n in rows.items()}
+
+
+def scrfd_detector(path: Path, outputs: dict[str, np.ndarray], fixed: int | None = None) -> Path:
+    """A stand-in for InsightFace's det_10g.onnx ('input.1', any image size unless `fixed`) with constant outputs
+    (`scrfd_outputs` filled in)."""
+    shape = [1, 3, fixed, fixed] if fixed else [1, 3, "height", "width"]
+    return save(_constant_outputs("scrfd", shape, outputs), path)
+
+
+def points_106_model(path: Path, values: np.ndarray, first_nodes: tuple = ()) -> Path:
+    """A stand-in for InsightFace's 2d106det.onnx: 'input.1' (1,3,192,192) -> (1, 212) constant `values` (x, y in
+    [-1, 1] of its input); `first_nodes` named like an MXNet export's normalising nodes (Sub, Mul)."""
+    graph = _constant_outputs("points_106", [1, 3, 192, 192], {"fc1": values.reshape(1, -1)}, first_nodes)
+    return save(graph, path)

@@ -2,10 +2,11 @@
 (scale 2.3 around the face, shifted up by 0.125 of the crop), and the way back with a feathered mask,
 blended on the device the frames are on.
 
-The official crop is built from InsightFace's 106 landmarks (non-commercial weights); here it comes from the
-face box of engine/faces/detection.py (Haar or S3FD), turned upright by LivePortrait's optional landmark model when the
-user supplied it, its tilt measured as upstream measures it (`roll_from_landmarks`); without it the crop is
-axis-aligned. The landmark model's own 224 crop of a face first found is the box's, axis-aligned (upstream's
+The official crop is built from InsightFace's 106 landmarks (non-commercial weights): so is ours where the user
+supplied them (`landmark_crop_transform` of the 106 points, engine/portrait/insightface.py). Otherwise it comes from
+the face box of engine/faces/detection.py (Haar or S3FD), turned upright by LivePortrait's optional landmark model when
+the user supplied it, its tilt measured as upstream measures it (`roll_from_landmarks`); without it the crop is
+axis-aligned. The landmark model's own 224 crop of a face first found is then the box's, axis-aligned (upstream's
 follows InsightFace's 106 points and their tilt); of a face followed from earlier landmarks (a driving clip's next
 frame) it is upstream's crop from those 203 points (`landmark_crop_transform`). The driving crop is upstream's
 unturned crop of one box (`bbox_transform`): with the landmark model the mean (`mean_bbox`) of each followed frame's
@@ -171,14 +172,23 @@ def source_within_limits(image: np.ndarray, max_dim: int, division: int) -> np.n
     return np.ascontiguousarray(image[:height, :width])
 
 
+# Per landmark layout (upstream's parse_pt2_from_pt203 and parse_pt2_from_pt106): the four points averaged for each
+# eye and the two mouth corners whose midpoint is the lips' centre.
+_EYES_AND_LIPS = {
+    203: ([0, 6, 12, 18], [24, 30, 36, 42], 48, 66),  # LivePortrait's landmark.onnx
+    106: ([33, 35, 40, 39], [87, 89, 94, 93], 52, 61),  # InsightFace's 2d106det
+}
+
+
 def _face_axes(points: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     """The face's horizontal and vertical unit axes in the image (float32) and its tilt in radians (positive:
-    clockwise), from the 203-point layout as upstream's parse_rect_from_landmark finds them (parse_pt2_from_pt203,
-    use_lip on): the vertical runs from the eyes' centre (each eye the mean of four points) to the lips' centre (the
-    mouth corners' midpoint), the horizontal is its normal (down_y, -down_x). Eyes and lips within 1e-3 pixel of each
-    other: upright (upstream's uy = (0, 1))."""
-    eyes = (points[[0, 6, 12, 18]].mean(0) + points[[24, 30, 36, 42]].mean(0)) / 2
-    down = (points[48] + points[66]) / 2 - eyes
+    clockwise), from the 203- or 106-point layout as upstream's parse_rect_from_landmark finds them (use_lip on): the
+    vertical runs from the eyes' centre (each eye the mean of four points) to the lips' centre (the mouth corners'
+    midpoint), the horizontal is its normal (down_y, -down_x). Eyes and lips within 1e-3 pixel of each other:
+    upright (upstream's uy = (0, 1))."""
+    left, right, corner, other_corner = _EYES_AND_LIPS[len(points)]
+    eyes = (points[left].mean(0) + points[right].mean(0)) / 2
+    down = (points[corner] + points[other_corner]) / 2 - eyes
     length = np.linalg.norm(down)
     down = np.array([0, 1], np.float32) if length <= 1e-3 else down / length
     across = np.array((down[1], -down[0]), np.float32)
@@ -188,8 +198,10 @@ def _face_axes(points: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
 
 def _landmark_points(points: np.ndarray) -> np.ndarray:
     pts = np.asarray(points, np.float32)
-    if pts.shape != (203, 2):
-        raise InputError(f"expected the landmark model's 203 x 2 points, got an array of shape {pts.shape}")
+    if pts.ndim != 2 or pts.shape[1] != 2 or len(pts) not in _EYES_AND_LIPS:
+        raise InputError(
+            f"expected the landmark model's 203 x 2 points or InsightFace's 106 x 2, got an array of shape {pts.shape}"
+        )
     return pts
 
 
@@ -203,10 +215,10 @@ def roll_from_landmarks(points: np.ndarray) -> float:
 
 
 def _landmark_square(points: np.ndarray, scale: float, vy: float, vx: float) -> tuple[np.ndarray, np.ndarray, float]:
-    """The square upstream's parse_rect_from_landmark finds around 203 landmarks, in float32 as upstream's, its points
-    float32: the points, centred on their mean, turned onto the face's axes (`_face_axes`); the side (both entries)
-    `scale` x the larger extent there and the centre the middle of that extent, moved by vx and vy x side along the
-    face's horizontal and vertical; with the face's tilt in radians."""
+    """The square upstream's parse_rect_from_landmark finds around 203 (or 106) landmarks, in float32 as upstream's, its
+    points float32: the points, centred on their mean, turned onto the face's axes (`_face_axes`); the side (both
+    entries) `scale` x the larger extent there and the centre the middle of that extent, moved by vx and vy x side
+    along the face's horizontal and vertical; with the face's tilt in radians."""
     pts = _landmark_points(points)
     across, down, angle = _face_axes(pts)
     mean = pts.mean(0)
@@ -231,8 +243,9 @@ def landmark_crop_transform(
     vx: float = 0.0,
     rotate: bool = True,
 ) -> CropTransform:
-    """The square crop around 203 landmarks as upstream's crop_image(img, pts) builds it (its landmark runner's
-    crop: scale 1.5, vy -0.1, 224; parse_rect_from_landmark, then _estimate_similar_transform_from_pts). In float32
+    """The square crop around 203 landmarks (or InsightFace's 106) as upstream's crop_image(img, pts) builds it (its
+    landmark runner's crop: scale 1.5, vy -0.1, 224; its source crop from the 106 points: 2.3, -0.125, 512;
+    parse_rect_from_landmark, then _estimate_similar_transform_from_pts). In float32
     as upstream's, its points float32: the points, centred on their mean, turned onto the face's axes
     (`_face_axes`); the square's side is `scale` x the larger extent there and its centre the middle of that extent,
     moved by vx and vy x side along the face's horizontal and vertical (upstream's crop_image never passes a vx on:

@@ -86,8 +86,9 @@ def clip_frames(path: Path, max_frames: int | None, max_seconds: float) -> Itera
 
 class LandmarkTrack:
     """A driving clip's 203 points from its first face on, followed as upstream's cropper follows them
-    (crop_driving_video, calc_lmks_from_cropped_video): the first frame with a face read in that frame's face box
-    from our detector (our stand-in for the 106 points of upstream's first InsightFace detection), each later frame
+    (crop_driving_video, calc_lmks_from_cropped_video): the first frame with a face read as `LandmarkModel` reads a
+    face first found (from InsightFace's 106 points, as upstream, where the user has its models; else in that frame's
+    face box from our detector), each later frame
     in the crop built from the frame before's points (its landmark runner's run(img, lmk)), whether or not the
     detector finds a face there (upstream's tracking does not look again). Points that leave the picture (the face
     lost and followed into nothing, as upstream follows it, silently) are a warning in `result`, once."""

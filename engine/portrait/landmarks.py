@@ -2,24 +2,29 @@
 for eye and lip retargeting: the retargeting networks take how open the source's eyes and lips are, and
 retargeting to the driver takes each driving frame's.
 
-The model sees a 224x224 RGB crop in [0, 1]: 1.5x the face box, shifted up by 0.1 (upstream crops around
-InsightFace's 106 points here, which we do not have), or, for a face already found (the driving clip's next frame),
-upstream's crop from the earlier 203 points (its runner's run(img, lmk): `landmark_crop_transform`, turned upright
-by their tilt). Its third output (the one upstream's human_landmark_runner reads; a model with fewer outputs: its first
-one) holds 203 x 2 values in crop units (x 224), which are mapped back to the image. Openness is a distance ratio,
-so it does not depend on the face's size or position.
+The model sees a 224x224 RGB crop in [0, 1]: for a face first found, upstream's crop around InsightFace's 106 points
+where the user has InsightFace's models (`engine/portrait/insightface.py`), else 1.5x our detector's face box,
+shifted up by 0.1; for a face already found (the driving clip's next frame), upstream's crop from the earlier 203
+points (its runner's run(img, lmk): `landmark_crop_transform`, turned upright by their tilt). Its third output (the
+one upstream's human_landmark_runner reads; a model with fewer outputs: its first one) holds 203 x 2 values in crop
+units (x 224), which are mapped back to the image. Openness is a distance ratio, so it does not depend on the face's
+size or position.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from engine.core.errors import InputError, one_line
 from engine.portrait.crop import CropTransform, crop_image, crop_transform, landmark_crop_transform
 from engine.runtimes.ort_session import OrtOptions, OrtSession
+
+if TYPE_CHECKING:
+    from engine.portrait.insightface import InsightFace
 
 SIZE = 224
 POINTS = 203
@@ -48,25 +53,33 @@ def openness(points: np.ndarray) -> tuple[np.ndarray, float]:
     return eye_open_ratios(points), lip_open_ratio(points)
 
 
+def onnx_session(file: Path, cuda_device: int | None) -> tuple[Any, str | None]:
+    """An ONNX Runtime session on the CPU provider, or with `cuda_device` on that GPU through the CUDA provider, as
+    upstream runs its landmark and face models; with why it runs on the CPU instead where ORT could not (else
+    None)."""
+    if cuda_device is None:
+        import onnxruntime as ort
+
+        return ort.InferenceSession(str(file), providers=["CPUExecutionProvider"]), None
+    opened = OrtSession(file, OrtOptions("cuda", device_id=cuda_device))
+    return opened.session, opened.fallback_reason if opened.fell_back else None
+
+
 class LandmarkModel:
     """The model on ONNX Runtime's CPU provider, or with `cuda_device` on that GPU through the CUDA provider, as
     upstream's landmark runner runs it (a driving clip that is cropped is read by it frame by frame); where ORT cannot
-    run it there, it runs on the CPU and `fallback` says why."""
+    run it there, it runs on the CPU and `fallback` says why. With `insightface` (InsightFace's models, when the user
+    has them) a face first found is read, as upstream reads it, in the crop around the largest face's 106 points."""
 
-    def __init__(self, path: str | os.PathLike, cuda_device: int | None = None) -> None:
-        import onnxruntime as ort
-
+    def __init__(
+        self, path: str | os.PathLike, cuda_device: int | None = None, insightface: InsightFace | None = None
+    ) -> None:
+        self.insightface = insightface
         file = Path(path)
         if not file.is_file():
             raise LandmarkError(f"no landmark model at {file} (LivePortrait's landmark.onnx, next to base_models/)")
-        self.fallback: str | None = None
         try:
-            if cuda_device is None:
-                self.session = ort.InferenceSession(str(file), providers=["CPUExecutionProvider"])
-            else:
-                opened = OrtSession(file, OrtOptions("cuda", device_id=cuda_device))
-                self.session, self._opened = opened.session, opened
-                self.fallback = opened.fallback_reason if opened.fell_back else None
+            self.session, self.fallback = onnx_session(file, cuda_device)
         except Exception as exc:
             raise LandmarkError(f"{file.name} is not a usable ONNX landmark model: {one_line(exc)}") from None
         self.input = self._checked_input(file.name)
@@ -89,14 +102,24 @@ class LandmarkModel:
         return inputs[0].name
 
     def __call__(self, rgb: np.ndarray, box: np.ndarray) -> np.ndarray:
-        """(203, 2) float32 landmarks in image pixels for the face in `box` (an axis-aligned crop of it: our stand-in
-        for upstream's crop around InsightFace's 106 points)."""
-        return self._read(rgb, crop_transform(box, scale=1.5, vy=-0.1, size=SIZE))
+        """(203, 2) float32 landmarks in image pixels of a face first found (`first_reading`)."""
+        return self.first_reading(rgb, box)[0]
+
+    def first_reading(self, rgb: np.ndarray, box: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(203, 2) float32 landmarks in image pixels of a face first found, and the 106 points they were read
+        from: with InsightFace, as upstream, in the crop its runner builds from the largest face's 106 points
+        (`following`); without it, or where it finds no face, in an axis-aligned crop of our detector's `box` (our
+        stand-in), the 106 points None."""
+        points = None if self.insightface is None else self.insightface.largest_face(rgb)
+        if points is None:
+            return self._read(rgb, crop_transform(box, scale=1.5, vy=-0.1, size=SIZE)), None
+        return self.following(rgb, points), points
 
     def following(self, rgb: np.ndarray, points: np.ndarray) -> np.ndarray:
-        """(203, 2) float32 landmarks in image pixels, read in the crop upstream's runner builds from earlier
-        landmarks `points` (its run(img, lmk): crop_image with scale 1.5, vy -0.1, turned upright by their tilt), as
-        it follows a driving clip's face from each frame's points to the next frame's."""
+        """(203, 2) float32 landmarks in image pixels, read in the crop upstream's runner builds from earlier landmarks
+        `points` (203, or InsightFace's 106; its run(img, lmk): crop_image with scale 1.5, vy -0.1, turned
+        upright by their tilt), as it follows a driving clip's face from each frame's points to the next
+        frame's."""
         try:
             transform = landmark_crop_transform(points, scale=1.5, vy=-0.1, size=SIZE)
         except InputError as exc:

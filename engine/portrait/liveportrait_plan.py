@@ -17,10 +17,12 @@ import torch
 from engine.core.results import RunResult
 from engine.portrait.config import PortraitConfig, PortraitError, changed_nothing, is_template
 from engine.portrait.crop import (
+    CROP_SIZE,
     CropTransform,
     PasteBack,
     crop_image,
     crop_transform,
+    landmark_crop_transform,
     network_input,
     roll_from_landmarks,
     stretched_input,
@@ -92,15 +94,13 @@ def liveportrait_source(head: Head, progress: Progress) -> Source:
     device = nets.device  # where the ONNX backend's frames come out
     height, width = source_bgr.shape[:2]
     landmark_model = optional_landmark_model(config, folder, result, device)
-    landmarks = None
+    landmarks = face_points = None
     if landmark_model is not None and box is not None:  # no face: uncropped, nothing to measure (head.py warns of it)
         with result.stage("landmarks"):
-            landmarks = landmark_model(to_rgb(source_bgr), box)
-    transform: CropTransform | None = None  # crop off: upstream stretches the whole source to the networks' size
-    if config.crop:  # upright by the face's tilt when the landmark model is there (upstream crops from landmarks too)
-        tilt = roll_from_landmarks(landmarks) if landmarks is not None else 0.0
-        transform = crop_transform(box, config.scale, config.vy_ratio, angle=tilt, vx=config.vx_ratio,
-                                   rotate=config.upright)  # fmt: skip
+            landmarks, face_points = landmark_model.first_reading(to_rgb(source_bgr), box)
+        if landmark_model.insightface is not None and face_points is None:
+            result.warn("InsightFace's detector found no face in the source: it is cropped around our detector's")
+    transform = _source_crop(config, box, landmarks, face_points)
 
     def encode_source() -> tuple[torch.Tensor, KeypointInfo]:
         with result.stage("crop"):
@@ -126,11 +126,35 @@ def liveportrait_source(head: Head, progress: Progress) -> Source:
     metrics = {"backend": config.backend, "crop_scale": None if transform is None else transform.scale,
                "crop_angle": angle, "pasted_back": pasted}  # fmt: skip
     metrics["compiled"] = config.compile
+    metrics["source_crop"] = None if transform is None else _crop_basis(landmarks, face_points)
     source_openness = None if landmarks is None else openness(landmarks)
     return Source(
         nets, device, landmark_model, source_openness, transform, feature, source_motion, paste, original, size,
         metrics,
     )  # fmt: skip
+
+
+def _source_crop(
+    config: PortraitConfig, box: np.ndarray | None, landmarks: np.ndarray | None, face_points: np.ndarray | None
+) -> CropTransform | None:
+    """None with crop off (upstream stretches the whole source to the networks' size). With InsightFace's 106 points,
+    upstream's crop from them (crop_image), where `vx_ratio` moves it too (upstream's crop_image drops it: the same
+    crop at its default 0); else the crop around our detector's face box, upright by the 203 points' tilt when the
+    landmark model read them."""
+    if not config.crop:
+        return None
+    if face_points is not None:
+        return landmark_crop_transform(face_points, config.scale, config.vy_ratio, size=CROP_SIZE,
+                                       vx=config.vx_ratio, rotate=config.upright)  # fmt: skip
+    tilt = roll_from_landmarks(landmarks) if landmarks is not None else 0.0
+    return crop_transform(box, config.scale, config.vy_ratio, angle=tilt, vx=config.vx_ratio, rotate=config.upright)
+
+
+def _crop_basis(landmarks: np.ndarray | None, face_points: np.ndarray | None) -> str:
+    """What the source crop was built from, for the run's metrics."""
+    if face_points is not None:
+        return "insightface 106 points"
+    return "face box, upright by the 203 landmarks" if landmarks is not None else "face box"
 
 
 def liveportrait_plan(head: Head, source: Source, template: Path | None, progress: Progress) -> Plan:

@@ -15,6 +15,7 @@ from engine.core.device import apply_backend_flags, pad_batch
 from engine.core.results import RunResult
 from engine.core.settings import Settings
 from engine.portrait.config import PortraitConfig
+from engine.portrait.insightface import optional_insightface
 from engine.portrait.landmarks import LandmarkModel
 from engine.portrait.motion import KeypointInfo, keypoint_info
 
@@ -86,7 +87,8 @@ def optional_landmark_model(
     """LivePortrait's optional landmark model (the source's upright crop, the driving crop's box from the driver's
     followed landmarks, the eyes' and lips' openness of the source and, when asked, of the driver, for retargeting
     and lip normalisation), on the run's GPU where it has one. Retargeting asked for explicitly needs the model;
-    otherwise it is used when it is there."""
+    otherwise it is used when it is there. InsightFace's models beside the weights (`buffalo_folder`) go with it:
+    upstream's cropper needs both."""
     retargeting = config.eye_open is not None or config.lip_open is not None or config.follows_driver
     path = Path(config.landmarks or folder / "landmark.onnx")
     if not retargeting and not path.is_file():
@@ -94,9 +96,13 @@ def optional_landmark_model(
         if config.normalize_lips:
             result.warn(f"--normalize-lips needs LivePortrait's landmark model ({path} is missing): not applied")
         return None
-    model = LandmarkModel(path, (device.index or 0) if device.type == "cuda" else None)
+    cuda_device = (device.index or 0) if device.type == "cuda" else None
+    insightface = optional_insightface(folder, cuda_device)
+    model = LandmarkModel(path, cuda_device, insightface)
     if model.fallback:
         result.warn(f"{path.name} runs on the CPU, not {device}: {model.fallback}")
+    for name, reason in insightface.fallbacks if insightface is not None else []:
+        result.warn(f"{name} runs on the CPU, not {device}: {reason}")
     return model
 
 
