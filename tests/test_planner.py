@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from engine.bench.planner import (
     TGI_NCCL_BYTES,
     TGI_RUNTIME_BYTES,
     PlanError,
+    TgiPath,
     calibrate_activations,
     cost_for,
     cost_table,
@@ -1055,3 +1057,36 @@ def test_tgis_mpt_and_phi_msft_classes_load_no_awq_or_gptq_checkpoint(tmp_path: 
         LlmRequest("A100-80GB", config=_llm_config(tmp_path / "opt", OPT_6_7B, True), concurrent_requests=100_000)
     )
     assert [f["quantize"] for f in opt["considered"]] == ["none", "eetq", "awq"]
+
+
+@pytest.mark.parametrize(
+    ("model_type", "gpu", "flags"),
+    [
+        # (flash_attention, generic, causal_lm, paged, flash_path, own_loader, shards_heads, awq_loads)
+        ("llama", "A100-80GB", (True, False, False, True, True, True, True, True)),
+        ("llama", "T4", (False, False, False, False, False, False, False, True)),  # CausalLM.fallback
+        ("qwen3", "L4", (True, True, False, True, False, False, False, True)),  # TransformersFlashCausalLM
+        ("qwen3", "T4", (False, True, False, False, False, False, False, True)),
+        ("opt", "H100", (True, False, True, False, False, True, True, True)),  # CausalLM on every card
+        ("mpt", "A100-80GB", (True, False, True, False, False, True, True, False)),
+        ("phi-msft", "T4", (False, False, True, False, False, True, False, False)),  # breaks when sharded
+    ],
+)
+def test_the_path_tgi_serves_a_model_by_is_get_models_choice_of_class(
+    model_type: str, gpu: str, flags: tuple[bool, ...]
+) -> None:
+    """TgiPath.of says which of get_model's classes runs a model type on a card, and so what it takes: the table
+    of what each path does (paged cache, 8-bit KV cache, TGI's weight loader, sharding, AWQ checkpoints)."""
+    spec = replace(LLMS["llama-2-7b"], model_type=model_type)
+    path = TgiPath.of(spec, CATALOG[gpu])
+    names = (
+        "flash_attention",
+        "generic",
+        "causal_lm",
+        "paged",
+        "flash_path",
+        "own_loader",
+        "shards_heads",
+        "awq_loads",
+    )
+    assert tuple(getattr(path, name) for name in names) == flags

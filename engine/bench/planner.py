@@ -443,12 +443,12 @@ def _fit(
     quantize: str,
     prefill_tokens: int,
     kv_dtype_bytes: int,
-    paged: bool,
+    path: TgiPath,
 ) -> dict[str, Any]:
-    """One launch tried. `paged`: TGI sizes a paged KV cache from the free memory (its flash classes, and the generic
-    path's TransformersFlashCausalLM), not each request's padded cache in torch's allocator."""
+    """One launch tried, on the path TGI serves the model by (its budget: a paged KV cache sized from the free
+    memory, or each request's padded cache in torch's allocator)."""
     runtime = tgi_runtime_bytes(shards)
-    per_gpu = tgi_budget_bytes(gpu, req.memory_fraction, paged, runtime)
+    per_gpu = tgi_budget_bytes(gpu, req.memory_fraction, path.paged, runtime)
     weights = llm_weight_bytes(spec, quantize) / shards
     prefill = _prefill_bytes(spec, prefill_tokens, shards)
     # what TGI measures as free after its warm-up; the warm-up's own KV blocks (fewer tokens than a fitting plan
@@ -475,36 +475,23 @@ def _fit(
     }
 
 
-def _what_would_fit(
-    req: LlmRequest,
-    spec: LlmSpec,
-    gpu: Gpu,
-    flash: bool,
-    tried: list[dict[str, Any]],
-    generic: bool = False,
-    causal_lm: bool = False,
-    shards_heads: bool = False,
-    awq_loads: bool = True,
-) -> str:
-    """The changes that could make a deployment that does not fit fit: only those this card and model allow
-    (more GPUs only where TGI can shard further; 4-bit weights only where they were not tried and can run, never on
-    TGI's generic path, which refuses them). `flash`: TGI's flash path runs (not its generic one); `causal_lm`: TGI's
-    own non-flash class runs (TGI_CAUSAL_LM_MODEL_TYPES), which shards and quantizes as the flash path but takes no
-    8-bit KV cache; `shards_heads`: TGI splits the heads over more GPUs (its flash path, and causal_lm's classes
-    but phi-msft's); `awq_loads`: TGI's class for the model type loads an AWQ checkpoint."""
+def _what_would_fit(req: LlmRequest, spec: LlmSpec, gpu: Gpu, path: TgiPath, tried: list[dict[str, Any]]) -> str:
+    """The changes that could make a deployment that does not fit fit: only those this card and model allow on the
+    path TGI serves it by (more GPUs only where TGI can shard further; 4-bit weights only where they were not tried
+    and can run, never on TGI's generic path, which refuses them; an 8-bit KV cache only on its own flash path)."""
     more = [s for s in (2, 4, 8) if s > req.count and spec.kv_heads % s == 0 and spec.heads % s == 0]
     advice = ["a larger GPU"]
-    if shards_heads and more:
+    if path.shards_heads and more:
         advice.append(f"more GPUs (--count {more[0]} shards it further)")
-    if not generic and not spec.checkpoint_quantize and not any(f["quantize"] in FOUR_BIT for f in tried):
+    if not path.generic and not spec.checkpoint_quantize and not any(f["quantize"] in FOUR_BIT for f in tried):
         # AWQ from a checkpoint quantized so (Marlin, 8.0+); bitsandbytes-nf4 from this one, at load, where TGI's
-        # flash path runs (its non-flash path ignores it; TGI's own non-flash classes make it too)
-        four_bit = (["--quantize awq"] if gpu.supports("marlin") and awq_loads else []) + (
-            ["bitsandbytes-nf4 to quantize this checkpoint at load"] if flash or causal_lm else []
+        # own weight loader runs (its flash path and its own non-flash classes; transformers' loading ignores it)
+        four_bit = (["--quantize awq"] if gpu.supports("marlin") and path.awq_loads else []) + (
+            ["bitsandbytes-nf4 to quantize this checkpoint at load"] if path.own_loader else []
         )
         if four_bit:
             advice.append(f"4-bit weights ({', or '.join(four_bit)})")
-    if flash and req.kv_cache_dtype == "auto":  # e4m3fn: the type TGI itself picks for a checkpoint's 8-bit cache
+    if path.flash_path and req.kv_cache_dtype == "auto":  # e4m3fn: the type TGI picks for a checkpoint's 8-bit cache
         advice.append("an 8-bit KV cache (--kv-cache-dtype fp8_e4m3fn)")
     if req.concurrent_requests > 1:
         advice.append("fewer concurrent requests")
@@ -516,6 +503,41 @@ def tgi_generic_path(spec: LlmSpec) -> bool:
     its own for its model type. A spec that does not say its model type keeps the card's path."""
     own = TGI_FLASH_MODEL_TYPES | TGI_OTHER_OWN_MODEL_TYPES
     return bool(spec.model_type) and spec.model_type not in own
+
+
+@dataclass(frozen=True)
+class TgiPath:
+    """How TGI serves a model on a card: which of get_model's classes runs it, and so what the plan may ask of it
+    (read in text-generation-inference's models/__init__.py, get_model; see the tables above)."""
+
+    flash_attention: bool  # the card runs flash attention (compute capability 8.0+)
+    generic: bool  # get_model's generic path: transformers' own class, TGI having no class for the model type
+    causal_lm: bool  # TGI's own non-flash class on every card (CausalLM's constructor: TGI_CAUSAL_LM_MODEL_TYPES)
+    paged: bool  # a KV cache preallocated from the free memory (a flash class, or TransformersFlashCausalLM)
+    flash_path: bool  # TGI's own flash class: it alone honours --kv-cache-dtype
+    own_loader: bool  # TGI's weight loader: EETQ, FP8 and bitsandbytes' 4-bit made at load, AWQ and GPTQ read
+    shards_heads: bool  # TGI splits the heads over --num-shard GPUs (else one GPU per replica)
+    awq_loads: bool  # TGI's class for the model type loads an AWQ or GPTQ checkpoint
+
+    @classmethod
+    def of(cls, spec: LlmSpec, gpu: Gpu) -> TgiPath:
+        """The path get_model takes for this model on this card."""
+        flash = gpu.supports("flash-attention")
+        generic = tgi_generic_path(spec)
+        causal_lm = spec.model_type in TGI_CAUSAL_LM_MODEL_TYPES
+        paged = flash and not causal_lm  # a KV cache preallocated from the free memory (flash or generic path)
+        flash_path = paged and not generic
+        return cls(
+            flash_attention=flash,
+            generic=generic,
+            causal_lm=causal_lm,
+            paged=paged,
+            flash_path=flash_path,
+            own_loader=flash_path or causal_lm,
+            # phi-msft's class breaks when sharded (TGI_UNSHARDED_CAUSAL_LM_MODEL_TYPES)
+            shards_heads=flash_path or (causal_lm and spec.model_type not in TGI_UNSHARDED_CAUSAL_LM_MODEL_TYPES),
+            awq_loads=spec.model_type not in TGI_NO_4BIT_CHECKPOINT_MODEL_TYPES,
+        )
 
 
 def _refuse_generic_quantize(spec: LlmSpec, quantize: str) -> None:
@@ -547,11 +569,10 @@ def plan_llm(req: LlmRequest, card: Gpu | None = None) -> dict[str, Any]:
         raise PlanError(f"unknown GPU {req.gpu!r}; known: {', '.join(CATALOG)}")
     spec = _llm_spec(req)
     title = spec.name or spec.key
-    generic = tgi_generic_path(spec)
-    if generic:
+    path = TgiPath.of(spec, gpu)
+    if path.generic:
         _refuse_generic_quantize(spec, spec.checkpoint_quantize or req.quantize)
-    awq_loads = spec.model_type not in TGI_NO_4BIT_CHECKPOINT_MODEL_TYPES
-    if not awq_loads and (spec.checkpoint_quantize or req.quantize) in MARLIN_4BIT:
+    if not path.awq_loads and (spec.checkpoint_quantize or req.quantize) in MARLIN_4BIT:
         quantize = spec.checkpoint_quantize or req.quantize
         what = f"a checkpoint quantized with {quantize}" if spec.checkpoint_quantize else f"--quantize {quantize}"
         raise PlanError(
@@ -575,15 +596,14 @@ def plan_llm(req: LlmRequest, card: Gpu | None = None) -> dict[str, Any]:
         )
     warnings: list[str] = []
     reasons: list[str] = []
-    flash = gpu.supports("flash-attention")
-    if spec.model_type in TGI_FLASH_ONLY_MODEL_TYPES and not flash:
+    if spec.model_type in TGI_FLASH_ONLY_MODEL_TYPES and not path.flash_attention:
         major, minor = gpu.compute_capability
         raise PlanError(
             f"TGI serves model type {spec.model_type!r} ({title}) only on its flash path, which needs compute "
             f"capability 8.0+; {gpu.name} has {major}.{minor} (TGI stops at load: requires Flash Attention enabled "
             "models): plan it on an 8.0+ card (A10G, L4, A100, H100, ...)"
         )
-    if spec.model_type in TGI_FLASH_REFUSED_MODEL_TYPES and flash:
+    if spec.model_type in TGI_FLASH_REFUSED_MODEL_TYPES and path.flash_attention:
         major, minor = gpu.compute_capability
         raise PlanError(
             f"TGI refuses model type {spec.model_type!r} ({title}) where flash attention runs (Legacy phi-msft is not "
@@ -591,13 +611,6 @@ def plan_llm(req: LlmRequest, card: Gpu | None = None) -> dict[str, Any]:
             f"CausalLM; {gpu.name} has {major}.{minor}: plan it on a T4 or V100, or use a checkpoint converted to "
             "transformers' phi"
         )
-    # TGI's own non-flash class on every card: no paged KV cache, but sharded and quantized by TGI's weight loader
-    causal_lm = spec.model_type in TGI_CAUSAL_LM_MODEL_TYPES
-    paged = flash and not causal_lm  # a KV cache preallocated from the free memory (flash or generic path)
-    flash_path = paged and not generic  # TGI's own flash class: it alone honours --kv-cache-dtype
-    own_loader = flash_path or causal_lm  # TGI's weight loader makes EETQ, FP8 and bitsandbytes' 4-bit at load
-    # TGI splits the heads over --num-shard GPUs (not phi-msft's class, which breaks so)
-    shards_heads = flash_path or (causal_lm and spec.model_type not in TGI_UNSHARDED_CAUSAL_LM_MODEL_TYPES)
     if spec.max_positions is None:  # ALiBi (BLOOM): TGI's launcher finds no max_position_embeddings to cap it by
         warnings.append(
             f"{title} has no position table (ALiBi) and its config sets no context: --max-total-tokens "
@@ -608,7 +621,7 @@ def plan_llm(req: LlmRequest, card: Gpu | None = None) -> dict[str, Any]:
         warnings.append(
             f"--max-total-tokens {req.max_total_tokens} exceeds {title}'s context of {spec.max_positions} tokens"
         )
-    if generic:
+    if path.generic:
         warnings.append(
             f"TGI has no model class of its own for model type {spec.model_type!r}: it serves {title} through "
             "transformers' class (only where transformers maps the type to a causal LM; TGI refuses it otherwise), "
@@ -616,17 +629,17 @@ def plan_llm(req: LlmRequest, card: Gpu | None = None) -> dict[str, Any]:
                 "as TransformersFlashCausalLM where that class supports TGI's attention backend, else "
                 "CausalLM.fallback (padded KV cache; --max-batch-total-tokens is stated for it and ignored by the "
                 "other); "
-                if flash
+                if path.flash_attention
                 else "as CausalLM.fallback; "
             )
             + "it quantizes only with 8-bit bitsandbytes and is planned on one GPU (--num-shard 1): "
             + (
                 "TGI shards it only through transformers' tensor-parallel plan, where its class has one"
-                if flash
+                if path.flash_attention
                 else "CausalLM.fallback does not shard"
             )
         )
-    if causal_lm:
+    if path.causal_lm:
         warnings.append(
             f"TGI serves model type {spec.model_type!r} ({title}) through its own non-flash CausalLM class on every "
             "card: no flash or paged attention, each request's KV cache is padded and grown in "
@@ -634,12 +647,12 @@ def plan_llm(req: LlmRequest, card: Gpu | None = None) -> dict[str, Any]:
             "--kv-cache-dtype does not apply; "
             + (
                 "it shards over GPUs and quantizes at load as the flash path does"
-                if shards_heads
+                if path.shards_heads
                 else "it quantizes at load as the flash path does but is planned on one GPU (--num-shard 1): its "
                 "attention keeps every head on each shard, so sharding breaks it"
             )
         )
-    elif not flash:
+    elif not path.flash_attention:
         warnings.append(
             f"{gpu.name} has compute capability {gpu.compute_capability[0]}.{gpu.compute_capability[1]}: flash "
             "attention and paged attention need 8.0+, so TGI runs the slower non-flash path, cannot shard "
@@ -651,26 +664,26 @@ def plan_llm(req: LlmRequest, card: Gpu | None = None) -> dict[str, Any]:
     # for 8-bit bitsandbytes only: nf4 and fp4 keep them, captured out of the share kept back, as the others).
     int8 = "bitsandbytes"
     # TGI's generic path (transformers' loading) makes 8-bit bitsandbytes alone: EETQ refused above, FP8 ignored
-    if own_loader and gpu.supports("eetq"):
+    if path.own_loader and gpu.supports("eetq"):
         int8 = "eetq"
-    elif own_loader and gpu.supports("fp8"):
+    elif path.own_loader and gpu.supports("fp8"):
         int8 = "fp8"
     # eetq, fp8 or bitsandbytes-nf4/fp4 asked for on the non-flash path loads fp16 weights (warned below): sized and
     # launched as what runs
-    transformers_loads = not own_loader  # load-time quantizers other than 8-bit bitsandbytes are ignored
+    transformers_loads = not path.own_loader  # load-time quantizers other than 8-bit bitsandbytes are ignored
     asked = "none" if req.quantize in LOAD_TIME_FLASH_ONLY and transformers_loads else req.quantize
     # auto's 4-bit is AWQ, not bitsandbytes-nf4: where nf4 runs (the flash path, 8.0+) Marlin runs too, AWQ takes about
     # as many bytes (0.5195 a weight against 0.5159: nf4 would fit only what misses AWQ by under 1% of the weights),
     # and TGI's launcher calls bitsandbytes 4-bit "much slower to run than the native f16"; where Marlin is missing
     # TGI runs its non-flash path, which ignores nf4. AWQ's placeholder warning names nf4 for a checkpoint without AWQ.
     quant_options = ["none", int8, "awq"] if req.quantize == "auto" else [asked]
-    if (generic or not awq_loads) and req.quantize == "auto":  # AWQ refused, or not loaded, there
+    if (path.generic or not path.awq_loads) and req.quantize == "auto":  # AWQ refused, or not loaded, there
         quant_options = ["none", int8]
-    kv_dtype_bytes = 1 if req.kv_cache_dtype != "auto" and flash_path else 2
+    kv_dtype_bytes = 1 if req.kv_cache_dtype != "auto" and path.flash_path else 2
     if req.kv_cache_dtype != "auto" and kv_dtype_bytes == 2:
         warnings.append(
             f"--kv-cache-dtype {req.kv_cache_dtype} is ignored by TGI's "
-            + ("generic path (transformers' class)" if generic else "non-flash path")
+            + ("generic path (transformers' class)" if path.generic else "non-flash path")
             + ": the KV cache is planned, and launched, in the model's 16-bit type"
         )
     if req.quantize in MARLIN_4BIT and not gpu.supports("marlin"):
@@ -683,9 +696,9 @@ def plan_llm(req: LlmRequest, card: Gpu | None = None) -> dict[str, Any]:
     if req.quantize == "fp8" and not gpu.supports("fp8"):
         warnings.append(f"FP8 weights need FP8 tensor cores (compute capability 8.9+); {gpu.name} may not run it")
     if req.quantize in LOAD_TIME_FLASH_ONLY and transformers_loads:
-        path = "generic path" if generic else "non-flash path"
+        where = "generic path" if path.generic else "non-flash path"
         warnings.append(
-            f"TGI's {path} loads the model through transformers and quantizes only with 8-bit bitsandbytes: "
+            f"TGI's {where} loads the model through transformers and quantizes only with 8-bit bitsandbytes: "
             + (  # a checkpoint quantized ahead of time cannot be asked for bitsandbytes (refused above)
                 f"this checkpoint's {req.quantize} weights are planned at 16 bits, the most they take there"
                 if spec.checkpoint_quantize
@@ -693,7 +706,7 @@ def plan_llm(req: LlmRequest, card: Gpu | None = None) -> dict[str, Any]:
             )
         )
     shard_options = [s for s in (1, 2, 4, 8) if s <= req.count and spec.kv_heads % s == 0 and spec.heads % s == 0]
-    if not shards_heads:
+    if not path.shards_heads:
         shard_options = [1]
     prefill_tokens = max(max_input, min(4096, max_input * req.concurrent_requests))
     tried = []
@@ -702,7 +715,7 @@ def plan_llm(req: LlmRequest, card: Gpu | None = None) -> dict[str, Any]:
         if q in MARLIN_4BIT and not gpu.supports("marlin") and req.quantize == "auto":
             continue
         for shards in shard_options:
-            fit = _fit(spec, gpu, req, shards, q, prefill_tokens, kv_dtype_bytes, paged)
+            fit = _fit(spec, gpu, req, shards, q, prefill_tokens, kv_dtype_bytes, path)
             tried.append(fit)
             if fit["fits"]:
                 chosen = fit
@@ -714,7 +727,7 @@ def plan_llm(req: LlmRequest, card: Gpu | None = None) -> dict[str, Any]:
         warnings.append(
             f"does not fit: at best {best['kv_token_capacity']:,} KV tokens per replica for "
             f"{best['kv_tokens_needed']:,} needed ({req.concurrent_requests} x {req.max_total_tokens}); "
-            + _what_would_fit(req, spec, gpu, flash_path, tried, generic, causal_lm, shards_heads, awq_loads)
+            + _what_would_fit(req, spec, gpu, path, tried)
         )
     if chosen is None:  # the flags below are the closest tried, not a recommendation
         reasons.append(
@@ -745,11 +758,11 @@ def plan_llm(req: LlmRequest, card: Gpu | None = None) -> dict[str, Any]:
                 else "TGI cannot shard it further: "
                 + (
                     "its generic path (transformers' class) is planned on one GPU"
-                    if generic
+                    if path.generic
                     else f"its heads do not split over more GPUs ({spec.heads} query, {spec.kv_heads} KV)"
-                    if shards_heads
+                    if path.shards_heads
                     else f"its class for model type {spec.model_type!r} runs on one GPU"
-                    if causal_lm
+                    if path.causal_lm
                     else "its non-flash path runs on one GPU"
                 )
             )
@@ -763,7 +776,7 @@ def plan_llm(req: LlmRequest, card: Gpu | None = None) -> dict[str, Any]:
         "--max-batch-prefill-tokens": prefill_tokens,
         # the flash path sizes the batch's KV tokens from free memory itself; the non-flash path takes
         # max(16000, ...) whatever the memory, so the plan states what fits (TGI refuses 0: nothing fits then)
-        "--max-batch-total-tokens": None if flash_path else best["kv_token_capacity"] or None,
+        "--max-batch-total-tokens": None if path.flash_path else best["kv_token_capacity"] or None,
         # past the launcher's 128, more requests at once are refused whatever the memory holds
         "--max-concurrent-requests": (
             req.concurrent_requests if req.concurrent_requests > TGI_DEFAULT_CONCURRENT_REQUESTS else None
@@ -772,7 +785,7 @@ def plan_llm(req: LlmRequest, card: Gpu | None = None) -> dict[str, Any]:
         "--quantize": None if best["quantize"] == "none" else best["quantize"],
         "--kv-cache-dtype": req.kv_cache_dtype if kv_dtype_bytes == 1 else None,
     }
-    if flash_path and best["fits"]:
+    if path.flash_path and best["fits"]:
         reasons.append(
             f"the KV cache holds about {best['kv_token_capacity']:,} tokens per replica: "
             f"{best['kv_token_capacity'] // req.max_total_tokens} concurrent requests at --max-total-tokens "
