@@ -553,6 +553,18 @@ def test_remote_code_falcon_and_phi_msft_configs_are_read_as_tgis_config_classes
     assert tuple(getattr(spec, k) for k in SHAPE) == published
 
 
+def test_a_falcons_alibi_key_is_read_for_tgi_to_pick_its_class(tmp_path: Path) -> None:
+    """tiiuae/falcon-rw-1b says alibi: true (TGI's get_model then keeps it off its flash Falcon class); Falcon-7B
+    says nothing (rotary), nor do BLOOM (ALiBi, no key) and MPT (alibi inside attn_config)."""
+    rw = dict(model_type="falcon", alibi=True, hidden_size=2048, num_hidden_layers=24, num_attention_heads=32,
+              multi_query=False, new_decoder_architecture=False, parallel_attn=False, vocab_size=50304)  # fmt: skip
+    spec = spec_from_config(_family_folder(tmp_path / "rw", rw))
+    assert spec.alibi and (spec.layers, spec.kv_heads, spec.head_dim, spec.max_positions) == (24, 32, 64, 2048)
+    assert not spec_from_config(_family_folder(tmp_path / "rotary", {**rw, "alibi": False})).alibi
+    for name in ("falcon-7b", "bloom-560m", "mpt-7b"):
+        assert not spec_from_config(_family_folder(tmp_path / name, FAMILY_CONFIGS[name][0])).alibi
+
+
 def test_a_llama_style_key_wins_over_the_familys_and_bloom_takes_n_embed_as_transformers_does(tmp_path: Path) -> None:
     """attribute_map sends num_hidden_layers to n_layer, so a config holding both is read at num_hidden_layers;
     BloomConfig takes the old n_embed over hidden_size."""

@@ -1060,24 +1060,28 @@ def test_tgis_mpt_and_phi_msft_classes_load_no_awq_or_gptq_checkpoint(tmp_path: 
 
 
 @pytest.mark.parametrize(
-    ("model_type", "gpu", "flags"),
+    ("model_type", "alibi", "gpu", "flags"),
     [
-        # (flash_attention, generic, causal_lm, paged, flash_path, own_loader, shards_heads, awq_loads)
-        ("llama", "A100-80GB", (True, False, False, True, True, True, True, True)),
-        ("llama", "T4", (False, False, False, False, False, False, False, True)),  # CausalLM.fallback
-        ("qwen3", "L4", (True, True, False, True, False, False, False, True)),  # TransformersFlashCausalLM
-        ("qwen3", "T4", (False, True, False, False, False, False, False, True)),
-        ("opt", "H100", (True, False, True, False, False, True, True, True)),  # CausalLM on every card
-        ("mpt", "A100-80GB", (True, False, True, False, False, True, True, False)),
-        ("phi-msft", "T4", (False, False, True, False, False, True, False, False)),  # breaks when sharded
+        # (flash_attention, generic, causal_lm, paged, flash_path, own_loader, shards_heads, awq_loads, alibi_fallback)
+        ("llama", False, "A100-80GB", (True, False, False, True, True, True, True, True, False)),
+        ("llama", False, "T4", (False, False, False, False, False, False, False, True, False)),  # CausalLM.fallback
+        ("qwen3", False, "L4", (True, True, False, True, False, False, False, True, False)),  # TransformersFlash...
+        ("qwen3", False, "T4", (False, True, False, False, False, False, False, True, False)),
+        ("opt", False, "H100", (True, False, True, False, False, True, True, True, False)),  # CausalLM on every card
+        ("mpt", False, "A100-80GB", (True, False, True, False, False, True, True, False, False)),
+        ("phi-msft", False, "T4", (False, False, True, False, False, True, False, False, False)),  # breaks sharded
+        ("falcon", False, "A100-80GB", (True, False, False, True, True, True, True, True, False)),
+        ("falcon", True, "A100-80GB", (True, False, False, False, False, False, False, False, True)),  # fallback
+        ("RefinedWebModel", True, "T4", (False, False, False, False, False, False, False, False, True)),
+        ("llama", True, "A100-80GB", (True, False, False, True, True, True, True, True, False)),  # Falcon's key only
     ],
 )
 def test_the_path_tgi_serves_a_model_by_is_get_models_choice_of_class(
-    model_type: str, gpu: str, flags: tuple[bool, ...]
+    model_type: str, alibi: bool, gpu: str, flags: tuple[bool, ...]
 ) -> None:
     """TgiPath.of says which of get_model's classes runs a model type on a card, and so what it takes: the table
     of what each path does (paged cache, 8-bit KV cache, TGI's weight loader, sharding, AWQ checkpoints)."""
-    spec = replace(LLMS["llama-2-7b"], model_type=model_type)
+    spec = replace(LLMS["llama-2-7b"], model_type=model_type, alibi=alibi)
     path = TgiPath.of(spec, CATALOG[gpu])
     names = (
         "flash_attention",
@@ -1088,5 +1092,80 @@ def test_the_path_tgi_serves_a_model_by_is_get_models_choice_of_class(
         "own_loader",
         "shards_heads",
         "awq_loads",
+        "alibi_fallback",
     )
     assert tuple(getattr(path, name) for name in names) == flags
+
+
+# tiiuae/falcon-rw-1b's config.json (the keys the planner and TGI's get_model read): a Falcon with ALiBi positions
+FALCON_RW_1B = dict(model_type="falcon", alibi=True, hidden_size=2048, num_hidden_layers=24, num_attention_heads=32,
+                    multi_query=False, new_decoder_architecture=False, parallel_attn=False, bias=True,
+                    vocab_size=50304, _name_or_path="tiiuae/falcon-rw-1b")  # fmt: skip
+ALIBI_WARNING = (
+    "TGI serves tiiuae/falcon-rw-1b (model type 'falcon' with alibi: true) through transformers' own class on every "
+    "card (CausalLM.fallback: its flash Falcon class is for rotary positions): no flash or paged attention, each "
+    "request's KV cache is padded and grown in torch's allocator (--max-batch-total-tokens is stated), "
+    "--kv-cache-dtype does not apply, it quantizes only with 8-bit bitsandbytes, and it is planned on one GPU "
+    "(--num-shard 1): TGI refuses it sharded ({})"
+)
+
+
+def test_a_falcon_with_alibi_is_planned_as_tgis_transformers_fallback_on_one_gpu(tmp_path: Path) -> None:
+    """get_model keeps its flash Falcon class for rotary Falcons: with alibi: true it raises "sharded is not supported
+    for this model" sharded and serves it unsharded through CausalLM.fallback (transformers' class, load_in_8bit
+    alone, a padded cache, no --kv-cache-dtype), even on an A100. Planned so: one GPU per replica, the non-flash
+    budget, --max-batch-total-tokens stated, fp16 or 8-bit bitsandbytes tried, a 16-bit KV cache, advice without
+    more GPUs, 4-bit weights or an 8-bit cache. The same shape without ALiBi takes the flash path and shards."""
+    config = _llm_config(tmp_path / "rw", FALCON_RW_1B, True)
+    a100 = CATALOG["A100-80GB"]
+    crowded = plan_llm(
+        LlmRequest("A100-80GB", config=config, count=2, concurrent_requests=100_000, kv_cache_dtype="fp8_e4m3fn")
+    )
+    assert [(f["quantize"], f["shards"]) for f in crowded["considered"]] == [("none", 1), ("bitsandbytes", 1)]
+    assert crowded["memory"]["per_gpu"]["budget_bytes"] == tgi_budget_bytes(a100, 0.9, False, TGI_RUNTIME_BYTES)
+    assert crowded["memory"]["kv_bytes_per_token"] == 2 * 24 * 32 * 64 * 2
+    assert crowded["warnings"][0] == ALIBI_WARNING.format("sharded is not supported for this model")
+    assert "--kv-cache-dtype fp8_e4m3fn is ignored by TGI's non-flash path" in crowded["warnings"][1]
+    assert crowded["warnings"][-1].endswith("try a larger GPU, fewer concurrent requests or shorter sequences")
+    two = plan_llm(LlmRequest("A100-80GB", config=config, count=2))
+    assert two["fits"] and two["replicas"] == 2 and two["flags"]["--num-shard"] == 1
+    assert two["flags"]["--max-batch-total-tokens"] == two["memory"]["kv_token_capacity"] > 2048
+    assert two["reasons"][0].endswith("TGI cannot shard it further: it refuses a Falcon with ALiBi sharded")
+    # below 8.0 every Falcon runs CausalLM.fallback: the warning quotes the refusal TGI gives there
+    t4 = plan_llm(LlmRequest("T4", config=config))
+    assert t4["warnings"] == [ALIBI_WARNING.format("Sharded Falcon requires Flash Attention enabled models")]
+    rotary = _llm_config(tmp_path / "rotary", {**FALCON_RW_1B, "alibi": False}, True)
+    flash = plan_llm(
+        LlmRequest("A100-80GB", config=rotary, count=2, concurrent_requests=100_000, kv_cache_dtype="fp8_e4m3fn")
+    )
+    assert [(f["quantize"], f["shards"]) for f in flash["considered"]][:2] == [("none", 1), ("none", 2)]
+    assert flash["memory"]["per_gpu"]["budget_bytes"] == tgi_budget_bytes(a100, 0.9, True, TGI_RUNTIME_BYTES)
+    assert flash["flags"]["--kv-cache-dtype"] == "fp8_e4m3fn" and "--max-batch-total-tokens" not in flash["flags"]
+
+
+@pytest.mark.parametrize("model_type", ["falcon", "RefinedWeb", "RefinedWebModel"])
+def test_a_falcon_with_alibi_loads_only_16_bit_or_8_bit_bitsandbytes_weights(tmp_path: Path, model_type: str) -> None:
+    """CausalLM.fallback passes transformers load_in_8bit=(quantize == "bitsandbytes") and nothing else: EETQ, FP8
+    and nf4 asked for load fp16 weights (planned and launched so, said so); AWQ or GPTQ, which nothing loads there,
+    is refused naming what loads. Without ALiBi the flash class makes and loads them."""
+    values = {**FALCON_RW_1B, "model_type": model_type}
+    config = _llm_config(tmp_path / model_type, values, True)
+    spec = spec_from_config(config)
+    for quantize in ("eetq", "fp8", "bitsandbytes-nf4"):
+        plan = plan_llm(LlmRequest("H100", config=config, quantize=quantize))
+        assert plan["memory"]["per_gpu"]["weights_bytes"] == llm_weight_bytes(spec, "none")
+        assert "--quantize" not in plan["flags"] and plan["flags"]["--dtype"] == "bfloat16"
+        assert f"--quantize {quantize} is ignored there and the weights load in fp16" in plan["warnings"][-1]
+    assert plan_llm(LlmRequest("H100", config=config, quantize="bitsandbytes"))["flags"]["--quantize"] == "bitsandbytes"
+    for quantize in ("awq", "gptq"):
+        with pytest.raises(PlanError) as refused:
+            plan_llm(LlmRequest("L4", config=config, quantize=quantize))
+        assert str(refused.value) == (
+            f"TGI serves tiiuae/falcon-rw-1b (model type {model_type!r} with alibi: true) only through transformers' "
+            f"own class (CausalLM.fallback: its flash Falcon class is for rotary positions), which loads no "
+            f"{quantize.upper()} weights: --quantize {quantize} cannot be planned; plan a 16-bit checkpoint with "
+            "quantize auto, none or bitsandbytes (8-bit, the only quantization that path makes)"
+        )
+    rotary = _llm_config(tmp_path / "rotary", {**values, "alibi": False}, True)
+    assert plan_llm(LlmRequest("L4", config=rotary, quantize="awq"))["flags"]["--quantize"] == "awq"
+    assert plan_llm(LlmRequest("H100", config=rotary, quantize="fp8"))["flags"]["--quantize"] == "fp8"

@@ -47,6 +47,9 @@ class LlmSpec:
     # config.json's model_type, the outer one of a multimodal config, as TGI's get_model picks its class by it
     # ("" where not said)
     model_type: str = ""
+    # config.json's own alibi key is true (Falcon's ALiBi variants, such as tiiuae/falcon-rw-1b): TGI's get_model reads
+    # it to keep such a Falcon off its flash class (BLOOM's ALiBi, and MPT's in attn_config, set no such key)
+    alibi: bool = False
 
     @property
     def embedding_parameters(self) -> int:
@@ -165,7 +168,7 @@ def spec_from_config(path: str | Path, name: str | None = None, hub_count: tuple
         key=name or file.name, name=name or _model_id(config, file), parameters=float(parameters), layers=layers,
         hidden=hidden, heads=heads, kv_heads=kv_heads, head_dim=head_dim, vocab=vocab, max_positions=positions,
         tied_embeddings=tied, parameters_basis=basis, checkpoint_quantize=quantize,
-        model_type=str(config.get("model_type") or ""),
+        model_type=str(config.get("model_type") or ""), alibi=bool(config.get("alibi", False)),
     )  # fmt: skip
 
 

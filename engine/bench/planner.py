@@ -99,6 +99,14 @@ TGI_UNSHARDED_CAUSAL_LM_MODEL_TYPES = frozenset({"phi-msft"})
 # loader (MPT's fused Wqkv: load_col, which also asserts quantize != "gptq"; phi-msft's MLP: FastLinear.load): an AWQ
 # or GPTQ checkpoint, which holds qweight there, does not load (custom_modeling/{mpt,phi}_modeling.py)
 TGI_NO_4BIT_CHECKPOINT_MODEL_TYPES = frozenset({"mpt", "phi-msft"})
+# Falcon (and its old RefinedWeb types) with ALiBi (config.json's alibi: true): get_model keeps its flash Falcon class
+# (FlashRWForCausalLM, rotary positions) for the others and serves these unsharded through CausalLM.fallback on every
+# card: transformers' own class, loaded with load_in_8bit=(quantize == "bitsandbytes") and nothing else (EETQ, FP8
+# and bitsandbytes' 4-bit load fp16 weights; nothing in TGI's image loads an AWQ or GPTQ checkpoint there), a padded
+# KV cache in torch's allocator, no --kv-cache-dtype. Sharded, it raises "sharded is not supported for this model"
+# with flash attention ("Sharded Falcon requires Flash Attention enabled models" without). Read in the same commit's
+# models/__init__.py (get_model, the falcon branch) and models/causal_lm.py (CausalLM.fallback).
+TGI_ALIBI_FALLBACK_MODEL_TYPES = frozenset({"falcon", "RefinedWeb", "RefinedWebModel"})
 # Vision-language model types get_model serves only on the flash path: without flash attention (below 8.0, where
 # its transformers fallback cannot load either) it raises "<model> requires Flash Attention enabled models."
 TGI_FLASH_ONLY_MODEL_TYPES = frozenset({
@@ -518,6 +526,7 @@ class TgiPath:
     own_loader: bool  # TGI's weight loader: EETQ, FP8 and bitsandbytes' 4-bit made at load, AWQ and GPTQ read
     shards_heads: bool  # TGI splits the heads over --num-shard GPUs (else one GPU per replica)
     awq_loads: bool  # TGI's class for the model type loads an AWQ or GPTQ checkpoint
+    alibi_fallback: bool  # a Falcon with ALiBi: CausalLM.fallback on every card, never sharded
 
     @classmethod
     def of(cls, spec: LlmSpec, gpu: Gpu) -> TgiPath:
@@ -525,7 +534,9 @@ class TgiPath:
         flash = gpu.supports("flash-attention")
         generic = tgi_generic_path(spec)
         causal_lm = spec.model_type in TGI_CAUSAL_LM_MODEL_TYPES
-        paged = flash and not causal_lm  # a KV cache preallocated from the free memory (flash or generic path)
+        alibi_fallback = spec.alibi and spec.model_type in TGI_ALIBI_FALLBACK_MODEL_TYPES
+        # a KV cache preallocated from the free memory (flash or generic path)
+        paged = flash and not causal_lm and not alibi_fallback
         flash_path = paged and not generic
         return cls(
             flash_attention=flash,
@@ -536,7 +547,8 @@ class TgiPath:
             own_loader=flash_path or causal_lm,
             # phi-msft's class breaks when sharded (TGI_UNSHARDED_CAUSAL_LM_MODEL_TYPES)
             shards_heads=flash_path or (causal_lm and spec.model_type not in TGI_UNSHARDED_CAUSAL_LM_MODEL_TYPES),
-            awq_loads=spec.model_type not in TGI_NO_4BIT_CHECKPOINT_MODEL_TYPES,
+            awq_loads=spec.model_type not in TGI_NO_4BIT_CHECKPOINT_MODEL_TYPES and not alibi_fallback,
+            alibi_fallback=alibi_fallback,
         )
 
 
@@ -572,6 +584,15 @@ def plan_llm(req: LlmRequest, card: Gpu | None = None) -> dict[str, Any]:
     path = TgiPath.of(spec, gpu)
     if path.generic:
         _refuse_generic_quantize(spec, spec.checkpoint_quantize or req.quantize)
+    if path.alibi_fallback and (spec.checkpoint_quantize or req.quantize) in MARLIN_4BIT:
+        quantize = spec.checkpoint_quantize or req.quantize
+        what = f"a checkpoint quantized with {quantize}" if spec.checkpoint_quantize else f"--quantize {quantize}"
+        raise PlanError(
+            f"TGI serves {title} (model type {spec.model_type!r} with alibi: true) only through transformers' own "
+            "class (CausalLM.fallback: its flash Falcon class is for rotary positions), which loads no "
+            f"{quantize.upper()} weights: {what} cannot be planned; plan a 16-bit checkpoint with quantize auto, none "
+            "or bitsandbytes (8-bit, the only quantization that path makes)"
+        )
     if not path.awq_loads and (spec.checkpoint_quantize or req.quantize) in MARLIN_4BIT:
         quantize = spec.checkpoint_quantize or req.quantize
         what = f"a checkpoint quantized with {quantize}" if spec.checkpoint_quantize else f"--quantize {quantize}"
@@ -651,6 +672,20 @@ def plan_llm(req: LlmRequest, card: Gpu | None = None) -> dict[str, Any]:
                 else "it quantizes at load as the flash path does but is planned on one GPU (--num-shard 1): its "
                 "attention keeps every head on each shard, so sharding breaks it"
             )
+        )
+    elif path.alibi_fallback:
+        warnings.append(
+            f"TGI serves {title} (model type {spec.model_type!r} with alibi: true) through transformers' own class on "
+            "every card (CausalLM.fallback: its flash Falcon class is for rotary positions): no flash or paged "
+            "attention, each request's KV cache is padded and grown in torch's allocator (--max-batch-total-tokens is "
+            "stated), --kv-cache-dtype does not apply, it quantizes only with 8-bit bitsandbytes, and it is planned "
+            "on one GPU (--num-shard 1): TGI refuses it sharded ("
+            + (
+                "sharded is not supported for this model"
+                if path.flash_attention
+                else "Sharded Falcon requires Flash Attention enabled models"
+            )
+            + ")"
         )
     elif not path.flash_attention:
         warnings.append(
@@ -763,6 +798,8 @@ def plan_llm(req: LlmRequest, card: Gpu | None = None) -> dict[str, Any]:
                     if path.shards_heads
                     else f"its class for model type {spec.model_type!r} runs on one GPU"
                     if path.causal_lm
+                    else "it refuses a Falcon with ALiBi sharded"
+                    if path.alibi_fallback
                     else "its non-flash path runs on one GPU"
                 )
             )
