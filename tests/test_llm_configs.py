@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 
 from engine.bench.config import LlmRequest
 from engine.bench.llms import LLMS, LlmConfigError, parameters_text, spec_from_config
-from engine.bench.planner import MODEL_ID_PLACEHOLDER, PlanError, plan_llm
+from engine.bench.planner import MODEL_ID_PLACEHOLDER, QUANT_BYTES_PER_PARAM, PlanError, llm_weight_bytes, plan_llm
 from engine.core.errors import InputError
 from engine.core.weights import WeightsError
 
@@ -668,3 +668,90 @@ def test_an_old_phi_msft_checkpoints_output_head_is_its_own(tmp_path: Path) -> N
                             "lm_head.linear.weight": [51200, 2560], "lm_head.linear.bias": [51200]})  # fmt: skip
     spec = spec_from_config(tmp_path)
     assert not spec.tied_embeddings and spec.embedding_parameters == 2 * 51200 * 2560
+
+
+def _mpt_7b_tensors() -> dict[str, list[int]]:
+    """mosaicml/mpt-7b's tensors (no biases, output head tied to wte): 6,649,286,656 parameters."""
+    tensors = {"transformer.wte.weight": [50432, 4096], "transformer.norm_f.weight": [4096]}
+    for layer in range(32):
+        block = f"transformer.blocks.{layer}"
+        tensors |= {f"{block}.norm_1.weight": [4096], f"{block}.attn.Wqkv.weight": [3 * 4096, 4096],
+                    f"{block}.attn.out_proj.weight": [4096, 4096], f"{block}.norm_2.weight": [4096],
+                    f"{block}.ffn.up_proj.weight": [16384, 4096],
+                    f"{block}.ffn.down_proj.weight": [4096, 16384]}  # fmt: skip
+    return tensors
+
+
+def _phi_2_msft_tensors() -> dict[str, list[int]]:
+    """microsoft/phi-2's tensors as its phi-msft checkpoint named them (biases everywhere, an output head of its
+    own behind a norm): 2,779,683,840 parameters."""
+    tensors = {"transformer.embd.wte.weight": [51200, 2560], "lm_head.ln.weight": [2560], "lm_head.ln.bias": [2560],
+               "lm_head.linear.weight": [51200, 2560], "lm_head.linear.bias": [51200]}  # fmt: skip
+    for layer in range(32):
+        block = f"transformer.h.{layer}"
+        tensors |= {f"{block}.ln.weight": [2560], f"{block}.ln.bias": [2560],
+                    f"{block}.mixer.Wqkv.weight": [3 * 2560, 2560], f"{block}.mixer.Wqkv.bias": [3 * 2560],
+                    f"{block}.mixer.out_proj.weight": [2560, 2560], f"{block}.mixer.out_proj.bias": [2560],
+                    f"{block}.mlp.fc1.weight": [10240, 2560], f"{block}.mlp.fc1.bias": [10240],
+                    f"{block}.mlp.fc2.weight": [2560, 10240], f"{block}.mlp.fc2.bias": [2560]}  # fmt: skip
+    return tensors
+
+
+MPT_7B = dict(FAMILY_CONFIGS["mpt-7b"][0], no_bias=True, _name_or_path="mosaicml/mpt-7b")
+PHI_2_MSFT = dict(model_type="phi-msft", n_embd=2560, n_layer=32, n_head=32, n_inner=None, n_positions=2048,
+                  rotary_dim=32, vocab_size=51200, tie_word_embeddings=False,
+                  _name_or_path="microsoft/phi-2")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("values", "tensors", "gpu", "quantize"),
+    [
+        (MPT_7B, _mpt_7b_tensors(), "A100-80GB", "eetq"),
+        (MPT_7B, _mpt_7b_tensors(), "A100-80GB", "bitsandbytes"),
+        (MPT_7B, _mpt_7b_tensors(), "A100-80GB", "bitsandbytes-nf4"),
+        (MPT_7B, _mpt_7b_tensors(), "H100", "fp8"),
+        (PHI_2_MSFT, _phi_2_msft_tensors(), "T4", "eetq"),
+        (PHI_2_MSFT, _phi_2_msft_tensors(), "T4", "bitsandbytes"),
+        (PHI_2_MSFT, _phi_2_msft_tensors(), "T4", "bitsandbytes-fp4"),
+    ],
+)
+def test_layers_tgi_reads_past_its_weight_loader_stay_16_bit_when_the_rest_is_quantized(
+    tmp_path: Path, values: dict[str, Any], tensors: dict[str, list[int]], gpu: str, quantize: str
+) -> None:
+    """MPT's fused Wqkv (load_col) and phi-msft's MLP (FastLinear.load) are read as bare tensors past TGI's weight
+    loader: under EETQ, FP8 or bitsandbytes they stay 16-bit, beside the embeddings, while the rest is quantized.
+    By hand from the checkpoint's own tensors (norms and biases, a few million parameters, are sized with the rest,
+    as for every model); sized wholly quantized the plan fell hundreds of MB to GBs short."""
+    _config(tmp_path, values)
+    _header_only(tmp_path, tensors)
+    plan = plan_llm(LlmRequest(gpu, config=tmp_path / "config.json", quantize=quantize))
+    counts = {name: shape[0] * (shape[1] if len(shape) > 1 else 1) for name, shape in tensors.items()}
+    past_loader = (".attn.Wqkv.", ".mlp.fc1.weight", ".mlp.fc2.weight")  # MPT's Wqkv (no bias), phi-msft's MLP
+    embeddings = ("transformer.wte.weight", "transformer.embd.wte.weight", "lm_head.linear.weight")
+    sixteen_bit = sum(n for name, n in counts.items() if name in embeddings or any(p in name for p in past_loader))
+    quantized = sum(counts.values()) - sixteen_bit
+    assert sum(counts.values()) == {"mpt": 6_649_286_656, "phi-msft": 2_779_683_840}[values["model_type"]]
+    expected = int(quantized * QUANT_BYTES_PER_PARAM[quantize] + sixteen_bit * 2)
+    assert plan["flags"]["--quantize"] == quantize
+    assert plan["memory"]["per_gpu"]["weights_bytes"] == expected
+    assert plan["weights_bytes_by_quantization"][quantize] == expected
+    assert plan["weights_bytes_by_quantization"]["none"] == sum(counts.values()) * 2  # unquantized: all 16-bit
+    layer_16_bit = {"mpt": 32 * 3 * 4096 * 4096, "phi-msft": 32 * 2 * 2560 * 10240}[values["model_type"]]
+    assert plan["model"]["past_loader_parameters"] == layer_16_bit
+
+
+def test_only_mpt_and_phi_msft_keep_layers_past_tgis_weight_loader(tmp_path: Path) -> None:
+    """MPT's Wqkv bias counts where no_bias is false (MptConfig defaults it to true); phi-msft's MLP is n_inner wide
+    where said (4 x n_embd otherwise); any other family keeps none (OPT's, Falcon's layers all go through the
+    loader)."""
+    mpt = spec_from_config(_family_folder(tmp_path / "mpt", {**MPT_7B, "no_bias": False}))
+    assert mpt.past_loader_parameters == 32 * (3 * 4096 * 4096 + 3 * 4096)
+    unsaid = {key: value for key, value in MPT_7B.items() if key != "no_bias"}
+    assert spec_from_config(_family_folder(tmp_path / "unsaid", unsaid)).past_loader_parameters == 32 * 3 * 4096**2
+    narrow = spec_from_config(_family_folder(tmp_path / "phi", {**PHI_2_MSFT, "n_inner": 8192}))
+    assert narrow.past_loader_parameters == 32 * 2 * 2560 * 8192
+    for name in ("falcon-7b", "bloom-560m", "gpt2"):
+        assert spec_from_config(_family_folder(tmp_path / name, FAMILY_CONFIGS[name][0])).past_loader_parameters == 0
+    # a checkpoint holding fewer parameters than its config's layers say (1000, _family_folder's) is never sized past
+    # its 16-bit size: nothing is left beside the embeddings to keep 16-bit
+    assert llm_weight_bytes(mpt, "eetq") == llm_weight_bytes(mpt, "none") == mpt.embedding_parameters * 2

@@ -50,6 +50,9 @@ class LlmSpec:
     # config.json's own alibi key is true (Falcon's ALiBi variants, such as tiiuae/falcon-rw-1b): TGI's get_model reads
     # it to keep such a Falcon off its flash class (BLOOM's ALiBi, and MPT's in attn_config, set no such key)
     alibi: bool = False
+    # parameters TGI's class for the model type reads as bare tensors past its weight loader: they stay 16-bit under
+    # any --quantize its loader makes at load (MPT's fused Wqkv, phi-msft's MLP: _past_loader_parameters)
+    past_loader_parameters: int = 0
 
     @property
     def embedding_parameters(self) -> int:
@@ -149,6 +152,7 @@ def spec_from_config(path: str | Path, name: str | None = None, hub_count: tuple
     if heads % kv_heads:
         raise LlmConfigError(f"{file.name}: {heads} attention heads do not share out over {kv_heads} key/value heads")
     positions = _max_positions(shape, family, file.name)
+    past_loader = _past_loader_parameters(shape, family, layers, hidden, file.name)
     quantize = _checkpoint_quantize(config, file)
     counted = None if quantize else _counted_parameters(file.parent)
     if counted is not None:
@@ -169,6 +173,7 @@ def spec_from_config(path: str | Path, name: str | None = None, hub_count: tuple
         hidden=hidden, heads=heads, kv_heads=kv_heads, head_dim=head_dim, vocab=vocab, max_positions=positions,
         tied_embeddings=tied, parameters_basis=basis, checkpoint_quantize=quantize,
         model_type=str(config.get("model_type") or ""), alibi=bool(config.get("alibi", False)),
+        past_loader_parameters=past_loader,
     )  # fmt: skip
 
 
@@ -331,6 +336,21 @@ def _max_positions(config: dict[str, Any], family: str, where: str) -> int | Non
         return None
     default = FALCON_DEFAULT_POSITIONS if family in _FALCON_TYPES else None
     return _whole(config, "max_position_embeddings", where, default, alias=_alias(family, "max_position_embeddings"))
+
+
+def _past_loader_parameters(config: dict[str, Any], family: str, layers: int, hidden: int, where: str) -> int:
+    """The parameters TGI's class for the family reads as bare tensors, past its weight loader, so that EETQ, FP8 and
+    bitsandbytes leave them 16-bit: MPT's fused Wqkv (load_col slices `.weight`, and `.bias` unless no_bias, off the
+    file and casts them to the model's dtype) and phi-msft's MLP (fc1 and fc2 through FastLinear.load, a bare
+    get_tensor; their biases are not loaded). Read in text-generation-inference's
+    server/text_generation_server/models/custom_modeling/mpt_modeling.py (load_col, MultiheadAttention) and
+    phi_modeling.py (PhiMLP) at commit db931fcf."""
+    if family == "mpt":  # Wqkv: (3 x d_model, d_model); MptConfig's no_bias defaults to true
+        bias = 0 if config.get("no_bias", True) else 3 * hidden
+        return layers * (3 * hidden * hidden + bias)
+    if family == "phi-msft":  # fc1: (n_inner, n_embd), fc2: (n_embd, n_inner); PhiConfig's n_inner None: 4 x n_embd
+        return layers * 2 * hidden * _whole(config, "n_inner", where, 4 * hidden)
+    return 0
 
 
 def _whole(config: dict[str, Any], key: str, where: str, default: int | None = None, alias: str | None = None) -> int:

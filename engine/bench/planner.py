@@ -97,7 +97,8 @@ TGI_FLASH_REFUSED_MODEL_TYPES = frozenset({"phi-msft"})
 TGI_UNSHARDED_CAUSAL_LM_MODEL_TYPES = frozenset({"phi-msft"})
 # Of TGI_CAUSAL_LM_MODEL_TYPES, the ones whose class reads some layers' `.weight` as bare tensors, past the weight
 # loader (MPT's fused Wqkv: load_col, which also asserts quantize != "gptq"; phi-msft's MLP: FastLinear.load): an AWQ
-# or GPTQ checkpoint, which holds qweight there, does not load (custom_modeling/{mpt,phi}_modeling.py)
+# or GPTQ checkpoint, which holds qweight there, does not load (custom_modeling/{mpt,phi}_modeling.py); under EETQ, FP8
+# and bitsandbytes those layers stay 16-bit (LlmSpec.past_loader_parameters, which llm_weight_bytes sizes so)
 TGI_NO_4BIT_CHECKPOINT_MODEL_TYPES = frozenset({"mpt", "phi-msft"})
 # Falcon (and its old RefinedWeb types) with ALiBi (config.json's alibi: true): get_model keeps its flash Falcon class
 # (FlashRWForCausalLM, rotary positions) for the others and serves these unsharded through CausalLM.fallback on every
@@ -415,11 +416,14 @@ def cost_for(config: CostConfig, prices: PriceBook) -> list[dict[str, Any]]:
 
 
 def llm_weight_bytes(spec: LlmSpec, quantize: str = "none") -> int:
+    """The weights' bytes under `quantize`: the embeddings, and the layers TGI's class reads past its weight loader
+    (spec.past_loader_parameters: MPT's Wqkv, phi-msft's MLP), stay 16-bit; the rest takes the quantizer's bytes."""
     if quantize not in QUANT_BYTES_PER_PARAM:
         raise PlanError(f"quantize {quantize!r} is not one of {', '.join(QUANT_BYTES_PER_PARAM)}")
     embed = spec.embedding_parameters
     body = max(0.0, spec.parameters - embed)
-    return int(body * QUANT_BYTES_PER_PARAM[quantize] + embed * 2)
+    sixteen_bit = 0.0 if quantize == "none" else min(body, spec.past_loader_parameters)
+    return int((body - sixteen_bit) * QUANT_BYTES_PER_PARAM[quantize] + (embed + sixteen_bit) * 2)
 
 
 def _prefill_bytes(spec: LlmSpec, tokens: int, shards: int) -> int:
