@@ -231,8 +231,6 @@ def test_auto_quantization_sharding_and_old_card_warnings() -> None:
     assert hopper["flags"].get("--quantize") in (None, "bitsandbytes", "awq")  # never EETQ above 8.9
     eetq = plan_llm(LlmRequest("H100", "mistral-7b", quantize="eetq"))
     assert any("EETQ" in w for w in eetq["warnings"])
-    asked = plan_llm(LlmRequest("T4", "mistral-7b", quantize="awq"))
-    assert any("Marlin" in w for w in asked["warnings"])
     long = plan_llm(LlmRequest("H100", "llama-2-7b", max_total_tokens=8192))
     assert any("exceeds" in w for w in long["warnings"])
     for bad, message in (
@@ -1062,18 +1060,24 @@ def test_tgis_mpt_and_phi_msft_classes_load_no_awq_or_gptq_checkpoint(tmp_path: 
 @pytest.mark.parametrize(
     ("model_type", "alibi", "gpu", "flags"),
     [
-        # (flash_attention, generic, causal_lm, paged, flash_path, own_loader, shards_heads, awq_loads, alibi_fallback)
-        ("llama", False, "A100-80GB", (True, False, False, True, True, True, True, True, False)),
-        ("llama", False, "T4", (False, False, False, False, False, False, False, True, False)),  # CausalLM.fallback
-        ("qwen3", False, "L4", (True, True, False, True, False, False, False, True, False)),  # TransformersFlash...
-        ("qwen3", False, "T4", (False, True, False, False, False, False, False, True, False)),
-        ("opt", False, "H100", (True, False, True, False, False, True, True, True, False)),  # CausalLM on every card
-        ("mpt", False, "A100-80GB", (True, False, True, False, False, True, True, False, False)),
-        ("phi-msft", False, "T4", (False, False, True, False, False, True, False, False, False)),  # breaks sharded
-        ("falcon", False, "A100-80GB", (True, False, False, True, True, True, True, True, False)),
-        ("falcon", True, "A100-80GB", (True, False, False, False, False, False, False, False, True)),  # fallback
-        ("RefinedWebModel", True, "T4", (False, False, False, False, False, False, False, False, True)),
-        ("llama", True, "A100-80GB", (True, False, False, True, True, True, True, True, False)),  # Falcon's key only
+        # (flash_attention, generic, causal_lm, paged, flash_path, own_loader, shards_heads, awq_loads, fallback,
+        #  alibi_fallback)
+        ("llama", False, "A100-80GB", (True, False, False, True, True, True, True, True, False, False)),
+        ("llama", False, "T4", (False, False, False, False, False, False, False, False, True, False)),  # fallback
+        ("falcon", False, "V100-16GB", (False, False, False, False, False, False, False, False, True, False)),
+        ("", False, "T4", (False, False, False, False, False, False, False, False, True, False)),  # as TGI's types
+        ("qwen3", False, "L4", (True, True, False, True, False, False, False, True, False, False)),  # TransformersFlash
+        ("qwen3", False, "T4", (False, True, False, False, False, False, False, False, True, False)),  # fallback too
+        ("opt", False, "H100", (True, False, True, False, False, True, True, True, False, False)),  # CausalLM anywhere
+        ("bloom", False, "T4", (False, False, True, False, False, True, True, True, False, False)),  # its own loader
+        ("mpt", False, "A100-80GB", (True, False, True, False, False, True, True, False, False, False)),
+        ("phi-msft", False, "T4", (False, False, True, False, False, True, False, False, False, False)),  # one GPU
+        ("llava_next", False, "T4", (False, False, False, False, False, False, False, True, False, False)),  # refused
+        ("mamba", False, "V100-16GB", (False, False, False, False, False, False, False, True, False, False)),  # Mamba
+        ("falcon", False, "A100-80GB", (True, False, False, True, True, True, True, True, False, False)),
+        ("falcon", True, "A100-80GB", (True, False, False, False, False, False, False, False, True, True)),  # ALiBi
+        ("RefinedWebModel", True, "T4", (False, False, False, False, False, False, False, False, True, True)),
+        ("llama", True, "A100-80GB", (True, False, False, True, True, True, True, True, False, False)),  # Falcon's key
     ],
 )
 def test_the_path_tgi_serves_a_model_by_is_get_models_choice_of_class(
@@ -1092,6 +1096,7 @@ def test_the_path_tgi_serves_a_model_by_is_get_models_choice_of_class(
         "own_loader",
         "shards_heads",
         "awq_loads",
+        "fallback",
         "alibi_fallback",
     )
     assert tuple(getattr(path, name) for name in names) == flags
@@ -1169,3 +1174,61 @@ def test_a_falcon_with_alibi_loads_only_16_bit_or_8_bit_bitsandbytes_weights(tmp
     rotary = _llm_config(tmp_path / "rotary", {**values, "alibi": False}, True)
     assert plan_llm(LlmRequest("L4", config=rotary, quantize="awq"))["flags"]["--quantize"] == "awq"
     assert plan_llm(LlmRequest("H100", config=rotary, quantize="fp8"))["flags"]["--quantize"] == "fp8"
+
+
+@pytest.mark.parametrize("model_type", ["llama", "mistral", "qwen2", "gemma", "phi3", "granite"])
+def test_tgis_flash_model_types_refuse_awq_and_gptq_on_a_card_without_flash_attention(
+    tmp_path: Path, model_type: str
+) -> None:
+    """Below 8.0 get_model serves the model types it has flash classes for through CausalLM.fallback (transformers'
+    AutoModelForCausalLM, load_in_8bit alone), and nothing in TGI's image loads an AWQ or GPTQ checkpoint into
+    transformers: --quantize awq or gptq, and a checkpoint quantized so (whatever quantize is given), are refused on a
+    T4 and a V100, saying why and what loads; auto tries 16 and 8 bits only and advises no 4-bit weights. An A10G
+    (8.0+: the flash class, its own weight loader) plans both."""
+    values = {**QWEN3_8B, "model_type": model_type}
+    config = _llm_config(tmp_path / model_type, values, True)
+    gptq = {**values, "quantization_config": {"quant_method": "gptq", "bits": 4, "group_size": 128}}
+    checkpoint = _llm_config(tmp_path / f"{model_type}-gptq", gptq, True)
+    for gpu in ("T4", "V100-16GB"):
+        card = CATALOG[gpu]
+        major, minor = card.compute_capability
+        for quantize in ("awq", "gptq"):
+            with pytest.raises(PlanError) as refused:
+                plan_llm(LlmRequest(gpu, config=config, count=2, quantize=quantize))
+            assert str(refused.value) == (
+                f"TGI serves Qwen/Qwen3-8B (model type {model_type!r}) on {card.name} (compute capability "
+                f"{major}.{minor}; flash attention needs 8.0+) only through transformers' own class "
+                f"(CausalLM.fallback), which loads no {quantize.upper()} weights (TGI's image has no AWQ or GPTQ "
+                f"loader for transformers): --quantize {quantize} cannot be planned there; plan a 16-bit checkpoint "
+                "with quantize auto, none or bitsandbytes (8-bit, the only quantization that path makes: eetq, fp8 and "
+                "bitsandbytes-nf4/fp4 load as fp16 there), or an 8.0+ card (A10G, L4, A100, H100, ...)"
+            )
+        for quantize in ("auto", "gptq", "none"):  # not "give quantize auto or gptq": neither loads there
+            with pytest.raises(PlanError, match=r"\): a checkpoint quantized with gptq cannot be planned there; plan "):
+                plan_llm(LlmRequest(gpu, config=checkpoint, quantize=quantize))
+        crowded = plan_llm(LlmRequest(gpu, config=config, concurrent_requests=64, max_total_tokens=4096))
+        assert [f["quantize"] for f in crowded["considered"]] == ["none", "bitsandbytes"] and not crowded["fits"]
+        advice = next(w for w in crowded["warnings"] if w.startswith("does not fit"))
+        assert advice.endswith("; try a larger GPU, fewer concurrent requests or shorter sequences")
+        assert not any("awq" in w.lower() for w in crowded["warnings"])
+    assert plan_llm(LlmRequest("A10G", config=config, quantize="gptq"))["flags"]["--quantize"] == "gptq"
+    assert plan_llm(LlmRequest("A10G", config=checkpoint))["flags"]["--quantize"] == "gptq"
+
+
+def test_tgis_own_non_flash_class_still_reads_awq_on_a_card_without_flash_attention(tmp_path: Path) -> None:
+    """OPT runs TGI's own CausalLM (its own weight loader) on every card, not CausalLM.fallback: AWQ asked for on a
+    T4 is planned, with the warning that Marlin's kernels need 8.0+."""
+    plan = plan_llm(LlmRequest("T4", config=_llm_config(tmp_path / "opt", OPT_6_7B, True), quantize="awq"))
+    assert plan["flags"]["--quantize"] == "awq"
+    assert any(w.startswith("AWQ in current TGI runs on the Marlin kernels") for w in plan["warnings"])
+
+
+def test_a_falcon_below_8_0_refuses_awq_saying_why_it_takes_the_fallback(tmp_path: Path) -> None:
+    """Every Falcon runs CausalLM.fallback below 8.0: a rotary one because the card lacks flash attention, one with
+    ALiBi because TGI's flash Falcon class is for rotary positions; each refusal names its own reason."""
+    rotary = _llm_config(tmp_path / "rotary", {**FALCON_RW_1B, "alibi": False}, True)
+    with pytest.raises(PlanError, match=r"^TGI serves tiiuae/falcon-rw-1b \(model type 'falcon'\) on NVIDIA T4 \(comp"):
+        plan_llm(LlmRequest("T4", config=rotary, quantize="awq"))
+    with pytest.raises(PlanError, match=r"^TGI serves tiiuae/falcon-rw-1b \(model type 'falcon' with alibi: true\) "):
+        plan_llm(LlmRequest("T4", config=_llm_config(tmp_path / "alibi", FALCON_RW_1B, True), quantize="awq"))
+    assert plan_llm(LlmRequest("A10G", config=rotary, quantize="awq"))["flags"]["--quantize"] == "awq"

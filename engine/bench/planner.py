@@ -113,6 +113,19 @@ TGI_ALIBI_FALLBACK_MODEL_TYPES = frozenset({"falcon", "RefinedWeb", "RefinedWebM
 TGI_FLASH_ONLY_MODEL_TYPES = frozenset({
     "idefics", "idefics2", "idefics3", "llava_next", "mllama", "paligemma", "qwen2_5_vl", "qwen2_vl",
 })  # fmt: skip
+# Without flash attention (below 8.0, where importing TGI's flash classes fails, and with them its
+# TransformersFlashCausalLM) get_model serves every model type of TGI_FLASH_MODEL_TYPES through the same
+# CausalLM.fallback, unsharded ("Sharded <model> requires Flash Attention enabled models"), and so does its generic
+# path: transformers' AutoModelForCausalLM with load_in_8bit=(quantize == "bitsandbytes") and nothing else. So EETQ,
+# FP8 and bitsandbytes' 4-bit load fp16 weights there (LOAD_TIME_FLASH_ONLY), and an AWQ or GPTQ checkpoint does not
+# load at all: transformers reads it only through autoawq, or optimum with auto-gptq or gptqmodel, none of which TGI's
+# image installs (server/pyproject.toml, its uv.lock and the Dockerfile: its own AWQ kernels serve its own weight
+# loader). Read in the same commit's models/__init__.py (get_model: the else branch of each flash model type's
+# `if FLASH_ATTENTION`) and models/causal_lm.py (CausalLM.fallback). These model types are the exceptions: TGI's own
+# non-flash classes (CausalLM's constructor, Mamba, Seq2SeqLM) and the vision-language types it refuses there. (phi's
+# branch names TransformersFlashCausalLM there, which did not import: a NameError at load; a sharded gpt_neox takes
+# TGI's own CausalLM there, but one GPU is planned.)
+TGI_NOT_FALLBACK_WITHOUT_FLASH_MODEL_TYPES = TGI_CAUSAL_LM_MODEL_TYPES | {"mamba", "t5"} | TGI_FLASH_ONLY_MODEL_TYPES
 # Any other model type reaches get_model's generic path, on any card: it refuses these --quantize values first
 # ("... is not supported for AutoModel"), whatever the card; then it loads transformers' own class
 # (AutoModelForCausalLM) with load_in_8bit=(quantize == "bitsandbytes") and nothing else, so fp8 (and marlin) load
@@ -530,7 +543,11 @@ class TgiPath:
     own_loader: bool  # TGI's weight loader: EETQ, FP8 and bitsandbytes' 4-bit made at load, AWQ and GPTQ read
     shards_heads: bool  # TGI splits the heads over --num-shard GPUs (else one GPU per replica)
     awq_loads: bool  # TGI's class for the model type loads an AWQ or GPTQ checkpoint
-    alibi_fallback: bool  # a Falcon with ALiBi: CausalLM.fallback on every card, never sharded
+    # get_model's CausalLM.fallback: transformers' own class, load_in_8bit alone (no AWQ or GPTQ checkpoint loads),
+    # a padded KV cache, one GPU. A Falcon with ALiBi on every card; without flash attention, every model type but
+    # those TGI_NOT_FALLBACK_WITHOUT_FLASH_MODEL_TYPES names (the generic path's included)
+    fallback: bool
+    alibi_fallback: bool  # why it is the fallback on an 8.0+ card too: a Falcon with ALiBi (never sharded there)
 
     @classmethod
     def of(cls, spec: LlmSpec, gpu: Gpu) -> TgiPath:
@@ -539,8 +556,9 @@ class TgiPath:
         generic = tgi_generic_path(spec)
         causal_lm = spec.model_type in TGI_CAUSAL_LM_MODEL_TYPES
         alibi_fallback = spec.alibi and spec.model_type in TGI_ALIBI_FALLBACK_MODEL_TYPES
+        fallback = alibi_fallback or (not flash and spec.model_type not in TGI_NOT_FALLBACK_WITHOUT_FLASH_MODEL_TYPES)
         # a KV cache preallocated from the free memory (flash or generic path)
-        paged = flash and not causal_lm and not alibi_fallback
+        paged = flash and not causal_lm and not fallback
         flash_path = paged and not generic
         return cls(
             flash_attention=flash,
@@ -551,7 +569,8 @@ class TgiPath:
             own_loader=flash_path or causal_lm,
             # phi-msft's class breaks when sharded (TGI_UNSHARDED_CAUSAL_LM_MODEL_TYPES)
             shards_heads=flash_path or (causal_lm and spec.model_type not in TGI_UNSHARDED_CAUSAL_LM_MODEL_TYPES),
-            awq_loads=spec.model_type not in TGI_NO_4BIT_CHECKPOINT_MODEL_TYPES and not alibi_fallback,
+            awq_loads=spec.model_type not in TGI_NO_4BIT_CHECKPOINT_MODEL_TYPES and not fallback,
+            fallback=fallback,
             alibi_fallback=alibi_fallback,
         )
 
@@ -566,6 +585,29 @@ def _refuse_generic_quantize(spec: LlmSpec, quantize: str) -> None:
         f"TGI has no model class of its own for model type {spec.model_type!r} ({spec.name or spec.key}): its "
         f"generic path (transformers' class) refuses {what} ({quantize} is not supported for AutoModel); it loads "
         "16-bit weights (quantize none or auto) or 8-bit bitsandbytes (quantize bitsandbytes)"
+    )
+
+
+def _refuse_fallback_4bit(spec: LlmSpec, gpu: Gpu, path: TgiPath, quantize: str) -> None:
+    """CausalLM.fallback loads no AWQ or GPTQ checkpoint (transformers has no loader for them in TGI's image): say
+    why the model takes that path on this card, and what loads there."""
+    title = spec.name or spec.key
+    what = f"a checkpoint quantized with {quantize}" if spec.checkpoint_quantize else f"--quantize {quantize}"
+    if path.alibi_fallback:
+        raise PlanError(
+            f"TGI serves {title} (model type {spec.model_type!r} with alibi: true) only through transformers' own "
+            "class (CausalLM.fallback: its flash Falcon class is for rotary positions), which loads no "
+            f"{quantize.upper()} weights: {what} cannot be planned; plan a 16-bit checkpoint with quantize auto, none "
+            "or bitsandbytes (8-bit, the only quantization that path makes)"
+        )
+    major, minor = gpu.compute_capability
+    model_type = f" (model type {spec.model_type!r})" if spec.model_type else ""
+    raise PlanError(
+        f"TGI serves {title}{model_type} on {gpu.name} (compute capability {major}.{minor}; flash attention needs "
+        f"8.0+) only through transformers' own class (CausalLM.fallback), which loads no {quantize.upper()} weights "
+        f"(TGI's image has no AWQ or GPTQ loader for transformers): {what} cannot be planned there; plan a 16-bit "
+        "checkpoint with quantize auto, none or bitsandbytes (8-bit, the only quantization that path makes: eetq, fp8 "
+        "and bitsandbytes-nf4/fp4 load as fp16 there), or an 8.0+ card (A10G, L4, A100, H100, ...)"
     )
 
 
@@ -588,15 +630,8 @@ def plan_llm(req: LlmRequest, card: Gpu | None = None) -> dict[str, Any]:
     path = TgiPath.of(spec, gpu)
     if path.generic:
         _refuse_generic_quantize(spec, spec.checkpoint_quantize or req.quantize)
-    if path.alibi_fallback and (spec.checkpoint_quantize or req.quantize) in MARLIN_4BIT:
-        quantize = spec.checkpoint_quantize or req.quantize
-        what = f"a checkpoint quantized with {quantize}" if spec.checkpoint_quantize else f"--quantize {quantize}"
-        raise PlanError(
-            f"TGI serves {title} (model type {spec.model_type!r} with alibi: true) only through transformers' own "
-            "class (CausalLM.fallback: its flash Falcon class is for rotary positions), which loads no "
-            f"{quantize.upper()} weights: {what} cannot be planned; plan a 16-bit checkpoint with quantize auto, none "
-            "or bitsandbytes (8-bit, the only quantization that path makes)"
-        )
+    if path.fallback and (spec.checkpoint_quantize or req.quantize) in MARLIN_4BIT:
+        _refuse_fallback_4bit(spec, gpu, path, spec.checkpoint_quantize or req.quantize)
     if not path.awq_loads and (spec.checkpoint_quantize or req.quantize) in MARLIN_4BIT:
         quantize = spec.checkpoint_quantize or req.quantize
         what = f"a checkpoint quantized with {quantize}" if spec.checkpoint_quantize else f"--quantize {quantize}"
