@@ -173,8 +173,43 @@ def test_files_that_are_not_insightfaces_are_refused_with_what_is_expected(tmp_p
     with pytest.raises(InsightFaceError, match="has 1 inputs and 8 outputs, where an SCRFD has one input and 6, 9"):
         InsightFace(folder)
     (folder / "det_10g.onnx").write_text("<html>not found</html>")
-    with pytest.raises(InsightFaceError, match=r"det_10g\.onnx is not a usable ONNX model"):
+    with pytest.raises(InsightFaceError, match=r"det_10g\.onnx is not a usable ONNX model: this is a web page"):
         InsightFace(folder)
+
+
+@pytest.mark.parametrize(
+    ("values", "said"),
+    [
+        (np.zeros(3309, np.float32), r"gives \[\[1, 3309\]\]"),  # InsightFace's 3D 68-point model (1k3d68)
+        (np.zeros(136, np.float32), r"gives \[\[1, 136\]\]"),  # 68 points in 2D
+    ],
+)
+def test_a_points_model_of_another_size_is_refused_before_it_gives_points(
+    tmp_path: Path, values: np.ndarray, said: str
+) -> None:
+    """Upstream's Landmark takes its point count from the output's size and its cropper wants 106 of them; a model
+    giving more values than 212 read as their last 212 would be points that are no face's."""
+    folder = _buffalo(tmp_path / "other")
+    points_106_model(folder / "2d106det.onnx", values)
+    with pytest.raises(InsightFaceError, match=r"2d106det\.onnx is not InsightFace's 106-point model: .*" + said):
+        InsightFace(folder)
+
+
+def test_the_wrong_files_in_insightfaces_place_are_said_to_be_what_they_are(tmp_path: Path) -> None:
+    """A Git LFS pointer or an empty download is named as such, not as ORT's protobuf error; the detector put where
+    the 106-point model goes is refused at loading, not as a reshape error when a face is found."""
+    folder = _buffalo(tmp_path / "pointer")
+    (folder / "2d106det.onnx").write_text("version https://git-lfs.github.com/spec/v1\noid sha256:00\nsize 5030888\n")
+    with pytest.raises(InsightFaceError, match=r"2d106det\.onnx is not a usable ONNX model: this is a Git LFS pointer"):
+        InsightFace(folder)
+    (folder / "2d106det.onnx").write_bytes(b"")
+    with pytest.raises(InsightFaceError, match=r"2d106det\.onnx is not a usable ONNX model: the file is empty"):
+        InsightFace(folder)
+    (folder / "2d106det.onnx").write_bytes((folder / "det_10g.onnx").read_bytes())
+    with pytest.raises(InsightFaceError, match=r"2d106det\.onnx is not InsightFace's 106-point model"):
+        InsightFace(folder)
+    with pytest.raises(InsightFaceError, match="holds 213 values, not 106 x 2"):
+        points_from_output(np.zeros(213, np.float32), np.eye(2, 3), 192)
 
 
 def test_a_face_first_found_is_read_in_upstreams_crop_around_its_106_points(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from engine.core.errors import InputError, one_line
+from engine.core.weights import unusable_here
 from engine.portrait.landmarks import onnx_session
 
 BUFFALO_L = Path("insightface/models/buffalo_l")
@@ -160,10 +161,10 @@ def points_from_output(output: np.ndarray, to_input: np.ndarray, size: int) -> n
     (OpenCV's invertAffineTransform) in float64 and stored as float32, as Landmark.get does."""
     import cv2
 
-    values = np.asarray(output, np.float32).reshape(-1, 2)
-    if len(values) < POINTS:
-        raise InsightFaceError(f"the 106-point model's output holds {values.size} values, not {POINTS} x 2")
-    values = values[-POINTS:].copy()
+    flat = np.asarray(output, np.float32).ravel()
+    if flat.size < 2 * POINTS or flat.size % 2:
+        raise InsightFaceError(f"the 106-point model's output holds {flat.size} values, not {POINTS} x 2")
+    values = flat[-2 * POINTS :].reshape(POINTS, 2).copy()
     values += 1
     values *= size // 2
     back = cv2.invertAffineTransform(to_input)
@@ -202,14 +203,37 @@ class InsightFace:
         shape = detector_inputs[0].shape
         fixed = len(shape) == 4 and all(isinstance(side, int) for side in shape[2:])
         self.detect_size = (shape[3], shape[2]) if fixed else (DETECT_SIZE, DETECT_SIZE)
-        points_input = self.points_model.get_inputs()[0]
+        points_input = self._checked_points_model()
         self.points_size = points_input.shape[2] if isinstance(points_input.shape[2], int) else 192
         try:
             self.mean, self.std = input_normalisation(folder / POINTS_FILE)
         except Exception as exc:
             raise InsightFaceError(f"{POINTS_FILE} cannot be read as an ONNX graph: {one_line(exc)}") from None
 
+    def _checked_points_model(self) -> Any:
+        """The 106-point model's input, where the model is shaped as 2d106det.onnx (as InsightFace's Landmark takes
+        it: one image in, one output of 106 x 2 values); another model there (InsightFace's 3D 68-point one, a
+        detector) is refused before it gives points that are no face's."""
+        inputs, outputs = self.points_model.get_inputs(), self.points_model.get_outputs()
+        output_shape = outputs[0].shape if len(outputs) == 1 else []
+        declared = output_shape[-1] if output_shape else None
+        if (
+            len(inputs) != 1
+            or len(inputs[0].shape) != 4
+            or len(outputs) != 1
+            or (isinstance(declared, int) and declared != 2 * POINTS)
+        ):
+            raise InsightFaceError(
+                f"{POINTS_FILE} is not InsightFace's 106-point model: it takes {[i.shape for i in inputs]} and gives "
+                f"{[o.shape for o in outputs]}, where 2d106det.onnx takes one 1x3x192x192 image and gives "
+                f"{2 * POINTS} values"
+            )
+        return inputs[0]
+
     def _session(self, file: Path, cuda_device: int | None) -> Any:
+        problem = unusable_here(file)  # a web page or Git LFS pointer said as such, not as ORT's protobuf error
+        if problem:
+            raise InsightFaceError(f"{file.name} is not a usable ONNX model: {problem}")
         try:
             session, fallback = onnx_session(file, cuda_device)
         except Exception as exc:
