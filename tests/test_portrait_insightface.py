@@ -264,3 +264,145 @@ def test_insightface_is_found_where_the_official_weights_folder_keeps_it(tmp_pat
     model = optional_landmark_model(config, weights, result, torch.device("cpu"))
     assert model is not None and model.insightface is not None and not result.warnings
     assert onnx.load(str(weights / BUFFALO_L / "det_10g.onnx")).graph.input[0].name == "input.1"
+
+
+def test_the_detector_input_truncates_the_fitted_side_to_whole_pixels() -> None:
+    """RetinaFace.detect's int(): a 100x300 image fits 512 high and 170.67 wide, so 170 columns of it, the rest the
+    black canvas (171 where rounded); so too a 300x100 one's rows."""
+    white = np.float32(127.5 / 128)
+    black = np.float32(-127.5 / 128)
+    tall, _ = detector_input(np.full((300, 100, 3), 255, np.uint8))
+    assert np.all(tall[0, :, :, 169] == white) and np.all(tall[0, :, :, 170] == black)
+    wide, _ = detector_input(np.full((100, 300, 3), 255, np.uint8))
+    assert np.all(wide[0, :, 169, :] == white) and np.all(wide[0, :, 170, :] == black)
+
+
+def test_the_normalisation_rule_reads_bn_data_in_the_first_3_nodes_and_sub_mul_in_the_first_8(tmp_path: Path) -> None:
+    values = np.zeros(212, np.float32)
+    third = points_106_model(tmp_path / "third.onnx", values, ("a", "b", "bn_data"))
+    assert input_normalisation(third) == (0.0, 1.0)
+    fourth = points_106_model(tmp_path / "fourth.onnx", values, ("a", "b", "c", "bn_data"))
+    assert input_normalisation(fourth) == (127.5, 128.0)
+    late = points_106_model(tmp_path / "late.onnx", values, ("a", "b", "c", "d", "e", "f", "g", "Sub_1", "Mul_1"))
+    assert input_normalisation(late) == (127.5, 128.0)  # the 8th node subtracts, the 9th is past the rule
+    first_8 = points_106_model(tmp_path / "first_8.onnx", values, ("a", "b", "c", "d", "e", "f", "Sub_1", "Mul_1"))
+    assert input_normalisation(first_8) == (0.0, 1.0)
+
+
+class _Recorded:
+    """An ORT session that keeps each input it was fed, as the network saw it."""
+
+    def __init__(self, session: object) -> None:
+        self.session, self.fed = session, []
+
+    def get_inputs(self) -> list:
+        return self.session.get_inputs()
+
+    def get_outputs(self) -> list:
+        return self.session.get_outputs()
+
+    def run(self, names: list | None, feeds: dict[str, np.ndarray]) -> list:
+        self.fed.append(next(iter(feeds.values())))
+        return self.session.run(names, feeds)
+
+
+def test_both_models_see_the_rgb_image_as_upstreams_see_its_bgr_copy(tmp_path: Path) -> None:
+    """The cropper hands InsightFace BGR (its blobs swap it back to RGB); the 106-point model sees a bilinear 192
+    crop of the largest face, (x - 127.5) / 128."""
+    import cv2
+
+    model = InsightFace(_buffalo(tmp_path / BUFFALO_L))
+    model.detector, model.points_model = _Recorded(model.detector), _Recorded(model.points_model)
+    rgb = np.random.default_rng(2).integers(0, 255, (300, 400, 3), np.uint8)
+    model.largest_face(rgb)
+    bgr = np.ascontiguousarray(rgb[..., ::-1])
+    assert np.array_equal(model.detector.fed[0], detector_input(bgr)[0])
+    largest = model.detect(bgr)[0][1]  # the 50x75 face, scoring lower
+    crop = cv2.warpAffine(bgr, points_transform(largest, 192), (192, 192), borderValue=0.0)
+    expected = (crop[..., ::-1].transpose(2, 0, 1)[None].astype(np.float32) - 127.5) / 128
+    assert np.allclose(model.points_model.fed[0], expected, atol=1e-6)
+
+
+def test_key_points_come_with_their_own_box_best_score_first(tmp_path: Path) -> None:
+    """RetinaFace.detect orders the boxes and their key points by score before suppression; the face decoded first
+    here scores lower."""
+    outputs = scrfd_outputs()
+    _face_at(outputs, 8, x=40, y=30, anchor=0, score=0.5, distances=(1, 1, 1, 1))
+    _face_at(outputs, 16, x=10, y=8, anchor=1, score=0.8, distances=(2, 3, 2, 3))
+    folder = _buffalo(tmp_path / "order", faces=False)
+    scrfd_detector(folder / "det_10g.onnx", outputs)
+    detections, points = InsightFace(folder).detect(np.zeros((300, 400, 3), np.uint8))
+    assert detections[:, 4].tolist() == pytest.approx([0.8, 0.5])
+    offsets = np.arange(10).reshape(5, 2) / 10
+    assert points is not None
+    assert np.allclose(points[0], (offsets * 16 + (160, 128)) / 1.28)
+    assert np.allclose(points[1], (offsets * 8 + (320, 240)) / 1.28)
+
+
+def test_models_with_fixed_input_sizes_are_run_at_their_own_sizes(tmp_path: Path) -> None:
+    """RetinaFace keeps a detector's own input size (width, height) over det_size 512; the 106-point model's crop is
+    its input's side."""
+    folder = _buffalo(tmp_path / "fixed", faces=False)
+    outputs = scrfd_outputs(320, height=256)
+    _face_at(outputs, 16, x=5, y=4, anchor=1, score=0.8, distances=(2, 3, 2, 3), size=320)
+    scrfd_detector(folder / "det_10g.onnx", outputs, fixed=(320, 256))
+    points_106_model(folder / "2d106det.onnx", layout_106() / 96 - 1, size=160)
+    model = InsightFace(folder)
+    assert model.detect_size == (320, 256) and model.points_size == 160
+    rgb = np.zeros((300, 400, 3), np.uint8)  # fitted into 320x240 of the 320x256 input: 0.8x
+    detections, _ = model.detect(rgb)
+    assert len(detections) == 1 and detections[0, :4].tolist() == pytest.approx(
+        [60, 20, 140, 140]
+    )  # (48, 16, 112, 112) / 0.8
+    face = model.largest_face(rgb)
+    assert face is not None and np.allclose(face, (layout_106() - 96) * 180 / 192 + (100, 80), atol=1e-3)
+
+
+def test_insightfaces_models_run_on_the_runs_gpu_and_say_when_they_cannot(tmp_path: Path, monkeypatch) -> None:
+    """As upstream's cropper runs them (CUDAExecutionProvider on its device); a CUDA session that fell back is a
+    warning naming the file, with ORT's reason."""
+    import onnxruntime as ort
+
+    from engine.portrait import landmarks as module
+
+    weights = tmp_path / "liveportrait"
+    weights.mkdir()
+    landmark_model(weights / "landmark.onnx")
+    _buffalo(tmp_path / BUFFALO_L)
+    asked: list[tuple[str, str, int]] = []
+
+    class CudaThatFellBack:
+        reason = "libcudnn.so.9: cannot open shared object file"
+
+        def __init__(self, model_path: Path, options) -> None:
+            asked.append((Path(model_path).name, options.provider, options.device_id))
+            self.session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+            self.fell_back, self.fallback_reason = True, self.reason
+
+    monkeypatch.setattr(module, "OrtSession", CudaThatFellBack)
+    result = RunResult()
+    config = PortraitConfig(str(FACE), str(FACE))
+    model = optional_landmark_model(config, weights, result, torch.device("cuda", 1))
+    names = ["det_10g.onnx", "2d106det.onnx", "landmark.onnx"]
+    assert sorted(asked) == sorted((name, "cuda", 1) for name in names)
+    assert sorted(result.warnings) == sorted(
+        f"{name} runs on the CPU, not cuda:1: {CudaThatFellBack.reason}" for name in names
+    )
+    assert model is not None and model.insightface is not None
+    assert model.insightface.largest_face(np.zeros((300, 400, 3), np.uint8)) is not None
+
+
+def test_a_driving_clips_first_face_is_followed_from_insightfaces_106_points(tmp_path: Path) -> None:
+    """crop_driving_video: the first face frame's 203 points read from InsightFace's 106 (run(img, lmk106)), each
+    later frame's from the frame before's; split jobs follow through the same track (`followed_landmarks`)."""
+    from engine.portrait.driving import LandmarkTrack
+
+    rgb = np.random.default_rng(3).integers(0, 255, (300, 400, 3), np.uint8)
+    insight = InsightFace(_buffalo(tmp_path / "buffalo", tilt_deg=9.0))
+    model = LandmarkModel(landmark_model(tmp_path / "landmark.onnx", tilt_deg=5.0), insightface=insight)
+    track = LandmarkTrack(model, RunResult())
+    track.add(rgb, np.array([90.0, 50.0, 160.0, 150.0]), 0)
+    track.add(rgb, None, 1)
+    face = insight.largest_face(rgb)
+    assert face is not None and np.array_equal(track.points[0], model.following(rgb, face))
+    assert np.array_equal(track.points[1], model.following(rgb, track.points[0]))

@@ -193,24 +193,26 @@ def _constant_outputs(
     )
 
 
-def scrfd_outputs(size: int = 512) -> dict[str, np.ndarray]:
-    """Empty outputs in det_10g.onnx's layout for a size x size input: per stride 8, 16, 32, two anchors a place,
-    (rows, 1) scores, then (rows, 4) box distances, then (rows, 10) key-point offsets (in strides)."""
-    rows = {stride: (size // stride) ** 2 * 2 for stride in (8, 16, 32)}
+def scrfd_outputs(size: int = 512, height: int | None = None) -> dict[str, np.ndarray]:
+    """Empty outputs in det_10g.onnx's layout for a size x size input (size x `height` where given): per stride 8,
+    16, 32, two anchors a place, (rows, 1) scores, then (rows, 4) box distances, then (rows, 10) key-point offsets
+    (in strides)."""
+    rows = {stride: (size // stride) * ((height or size) // stride) * 2 for stride in (8, 16, 32)}
     out = {f"score_{s}": np.zeros((n, 1), np.float32) for s, n in rows.items()}
     out |= {f"bbox_{s}": np.zeros((n, 4), np.float32) for s, n in rows.items()}
     return out | {f"kps_{s}": np.zeros((n, 10), np.float32) for s, n in rows.items()}
 
 
-def scrfd_detector(path: Path, outputs: dict[str, np.ndarray], fixed: int | None = None) -> Path:
-    """A stand-in for InsightFace's det_10g.onnx ('input.1', any image size unless `fixed`) with constant outputs
-    (`scrfd_outputs` filled in)."""
-    shape = [1, 3, fixed, fixed] if fixed else [1, 3, "height", "width"]
+def scrfd_detector(path: Path, outputs: dict[str, np.ndarray], fixed: int | tuple[int, int] | None = None) -> Path:
+    """A stand-in for InsightFace's det_10g.onnx ('input.1', any image size unless `fixed`: a side, or width and
+    height) with constant outputs (`scrfd_outputs` filled in)."""
+    width, height = fixed if isinstance(fixed, tuple) else (fixed, fixed)
+    shape = [1, 3, height, width] if fixed else [1, 3, "height", "width"]
     return save(_constant_outputs("scrfd", shape, outputs), path)
 
 
-def points_106_model(path: Path, values: np.ndarray, first_nodes: tuple = ()) -> Path:
-    """A stand-in for InsightFace's 2d106det.onnx: 'input.1' (1,3,192,192) -> (1, 212) constant `values` (x, y in
-    [-1, 1] of its input); `first_nodes` named like an MXNet export's normalising nodes (Sub, Mul)."""
-    graph = _constant_outputs("points_106", [1, 3, 192, 192], {"fc1": values.reshape(1, -1)}, first_nodes)
+def points_106_model(path: Path, values: np.ndarray, first_nodes: tuple = (), size: int = 192) -> Path:
+    """A stand-in for InsightFace's 2d106det.onnx: 'input.1' (1,3,192,192; `size` a side) -> (1, 212) constant
+    `values` (x, y in [-1, 1] of its input); `first_nodes` named like an MXNet export's normalising nodes (Sub, Mul)."""
+    graph = _constant_outputs("points_106", [1, 3, size, size], {"fc1": values.reshape(1, -1)}, first_nodes)
     return save(graph, path)
