@@ -406,3 +406,26 @@ def test_a_driving_clips_first_face_is_followed_from_insightfaces_106_points(tmp
     face = insight.largest_face(rgb)
     assert face is not None and np.array_equal(track.points[0], model.following(rgb, face))
     assert np.array_equal(track.points[1], model.following(rgb, track.points[0]))
+
+
+def test_detectors_of_the_other_scrfd_layouts_decode_as_retinafaces_reads_them() -> None:
+    """6 outputs: strides 8, 16, 32, two anchors a place, no key points; 15: strides 8 to 128, one anchor a place,
+    with key points (10 without them). A 256x256 input here."""
+    places = {stride: (256 // stride) ** 2 for stride in (8, 16, 32, 64, 128)}
+    two = [np.zeros((places[s] * 2, 1), np.float32) for s in (8, 16, 32)]
+    two += [np.zeros((places[s] * 2, 4), np.float32) for s in (8, 16, 32)]
+    two[1][(16 + 1) * 2 + 1] = 0.9  # stride 16: the place at x 1, y 1 (16 a row), its second anchor
+    two[4][(16 + 1) * 2 + 1] = (1, 1, 1, 1)
+    scores, boxes, points = decode_detections(two, 256, 256)
+    assert scores.tolist() == pytest.approx([0.9]) and boxes.tolist() == [[0, 0, 32, 32]] and points is None
+    one = [np.zeros((places[s], 1), np.float32) for s in places]
+    one += [np.zeros((places[s], 4), np.float32) for s in places]
+    one += [np.zeros((places[s], 10), np.float32) for s in places]
+    one[4][3] = 0.5  # stride 128: the place at x 1, y 1 (2 a row), one anchor
+    one[5 + 4][3] = (0, 0, 1, 1)
+    one[10 + 4][3] = np.arange(10) / 10
+    scores, boxes, points = decode_detections(one, 256, 256)
+    assert boxes.tolist() == [[128, 128, 256, 256]] and points is not None
+    assert np.allclose(points[0], np.arange(10).reshape(5, 2) / 10 * 128 + 128)
+    scores, boxes, points = decode_detections(one[:10], 256, 256)
+    assert boxes.tolist() == [[128, 128, 256, 256]] and points is None
