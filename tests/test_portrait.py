@@ -1749,7 +1749,14 @@ def test_the_source_is_cropped_from_insightfaces_106_points_where_it_finds_a_fac
     )
     missed, result = _stand_in_source(tmp_path, monkeypatch, landmarks=True, face_points=None)
     assert missed.metrics["source_crop"] == "face box, upright by the 203 landmarks"
-    assert "InsightFace's detector found no face in the source: it is cropped around our detector's" in result.warnings
+    assert "InsightFace's detector found no face in the source: it is cropped around our detector's face box" in (
+        result.warnings
+    )
+    whole, result = _stand_in_source(tmp_path, monkeypatch, landmarks=True, face_points=None, crop=False)
+    assert whole.transform is None  # uncropped (upstream's calc_lmk_from_cropped_image): only its landmarks read there
+    assert result.warnings[-1] == (
+        "InsightFace's detector found no face in the source: its landmarks are read in our detector's face box"
+    )
 
 
 def test_networks_and_source_features_are_reused_only_for_what_made_them(

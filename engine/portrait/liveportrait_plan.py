@@ -98,8 +98,11 @@ def liveportrait_source(head: Head, progress: Progress) -> Source:
     if landmark_model is not None and box is not None:  # no face: uncropped, nothing to measure (head.py warns of it)
         with result.stage("landmarks"):
             landmarks, face_points = landmark_model.first_reading(to_rgb(source_bgr), box)
-        if landmark_model.insightface is not None and face_points is None:
-            result.warn("InsightFace's detector found no face in the source: it is cropped around our detector's")
+        if landmark_model.insightface is not None and face_points is None:  # crop off: only the landmarks' read
+            fallback = (
+                "it is cropped around our detector's" if config.crop else "its landmarks are read in our detector's"
+            )
+            result.warn(f"InsightFace's detector found no face in the source: {fallback} face box")
     transform = _source_crop(config, box, landmarks, face_points)
 
     def encode_source() -> tuple[torch.Tensor, KeypointInfo]:
