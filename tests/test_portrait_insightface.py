@@ -5,6 +5,7 @@ the official files' layouts, with known outputs), and the source crop and first 
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import onnx
@@ -429,3 +430,26 @@ def test_detectors_of_the_other_scrfd_layouts_decode_as_retinafaces_reads_them()
     assert np.allclose(points[0], np.arange(10).reshape(5, 2) / 10 * 128 + 128)
     scores, boxes, points = decode_detections(one[:10], 256, 256)
     assert boxes.tolist() == [[128, 128, 256, 256]] and points is None
+
+
+def test_a_driving_image_is_read_from_insightfaces_106_points(tmp_path: Path) -> None:
+    """Upstream crops a driving image as a clip of one frame (crop_driving_video): its 203 points read from
+    InsightFace's 106 points of the image, the same pixels ours reads (RGB)."""
+    import cv2
+
+    from engine.core.settings import Settings
+    from engine.portrait.driving import driving_motion
+    from engine.portrait.frames import to_rgb
+
+    insight = InsightFace(_buffalo(tmp_path / "buffalo", tilt_deg=9.0))
+    seen: list[np.ndarray] = []
+    found = insight.largest_face
+    insight.largest_face = lambda rgb: seen.append(rgb) or found(rgb)  # type: ignore[method-assign]
+    model = LandmarkModel(landmark_model(tmp_path / "landmark.onnx", tilt_deg=5.0), insightface=insight)
+    detector = SimpleNamespace(detect=lambda images: [np.array([[90, 50, 160, 150, 0.9]], np.float32)])
+    nets = SimpleNamespace(motion=lambda pixels: pixels.mean(), device=torch.device("cpu"))
+    config = PortraitConfig(str(FACE), str(FACE), batch_size=1)
+    settings = Settings(data_dir=tmp_path, weights_dir=tmp_path)
+    driving = driving_motion(config, settings, nets, detector, model, RunResult(), lambda *_: None)
+    assert driving.image and driving.openness is not None
+    assert len(seen) == 1 and np.array_equal(seen[0], to_rgb(cv2.imread(str(FACE))))
