@@ -453,3 +453,13 @@ def test_a_driving_image_is_read_from_insightfaces_106_points(tmp_path: Path) ->
     driving = driving_motion(config, settings, nets, detector, model, RunResult(), lambda *_: None)
     assert driving.image and driving.openness is not None
     assert len(seen) == 1 and np.array_equal(seen[0], to_rgb(cv2.imread(str(FACE))))
+
+
+@pytest.mark.parametrize("value", [0.0, np.nan])
+def test_106_points_that_make_no_face_crop_are_said_to_come_from_the_points_model(tmp_path: Path, value: float) -> None:
+    """All 106 points at one place (or not numbers) make no crop: said of 2d106det.onnx when they are read, not as
+    the landmark crop's error about points with no name."""
+    folder = _buffalo(tmp_path / "flat")
+    points_106_model(folder / "2d106det.onnx", np.full(212, value, np.float32))
+    with pytest.raises(InsightFaceError, match=r"106-point model 2d106det\.onnx put every point .* at one place"):
+        InsightFace(folder).largest_face(np.full((300, 400, 3), 90, np.uint8))

@@ -270,7 +270,13 @@ class InsightFace:
             output = self.points_model.run(None, {name: _blob(crop, self.mean, self.std)})[0][0]
         except Exception as exc:
             raise InsightFaceError(f"the 106-point model {POINTS_FILE} failed: {one_line(exc)}") from None
-        return points_from_output(output, to_input, size)
+        points = points_from_output(output, to_input, size)
+        if not np.isfinite(points).all() or not np.ptp(points, axis=0).any():
+            raise InsightFaceError(
+                f"the 106-point model {POINTS_FILE} put every point of the face found at one place (or gave no "
+                "numbers): they make no face crop (InsightFace's buffalo_l 2d106det.onnx is expected)"
+            )
+        return points
 
     def largest_face(self, image_rgb: np.ndarray) -> np.ndarray | None:
         """The 106 points of the image's largest face (upstream's first face, 'large-small'), or None."""
