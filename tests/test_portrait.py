@@ -1091,6 +1091,10 @@ class _RecordingLandmarks:
         self.reads.append(("box", round(rgb.mean() / 20), tuple(box)))
         return self._points(rgb)
 
+    def in_box(self, rgb: np.ndarray, box: np.ndarray) -> np.ndarray:
+        self.reads.append(("in box", round(rgb.mean() / 20), tuple(box)))
+        return self._points(rgb)
+
     def following(self, rgb: np.ndarray, points: np.ndarray) -> np.ndarray:
         self.reads.append(("follow", round(rgb.mean() / 20), round(float(points[0, 0] / self.layout[0, 0])) - 100))
         return self._points(rgb)
@@ -1122,7 +1126,7 @@ def test_driving_landmarks_follow_the_face_from_frame_to_frame_as_upstreams_crop
     nets = SimpleNamespace(motion=_level_motion, device=torch.device("cpu"))
     settings, detector = Settings(data_dir=tmp_path, weights_dir=tmp_path), SimpleNamespace(detect=_faces_from_frame_2)
     followed = [("box", 2, (2.0, 3.0, 60.0, 62.0)), ("follow", 3, 2), ("follow", 4, 3)]
-    before_the_face = [("box", i, (3.0, 4.0, 60.0, 62.0)) for i in (0, 1)]
+    before_the_face = [("in box", i, (3.0, 4.0, 60.0, 62.0)) for i in (0, 1)]  # never from InsightFace's points
     for crop_driving, measure, reads in (
         (True, True, followed + before_the_face),
         (False, True, followed + before_the_face),

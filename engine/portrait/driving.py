@@ -197,8 +197,8 @@ class Driving:
 class _FollowedOpenness:
     """A driving clip's (eyes, lips) openness frame by frame from its followed landmarks (`LandmarkTrack`, from the
     first face `first_face` on). Frames before the first face, which upstream drops from the clip and ours keeps,
-    are read here in the clip's face box. Each frame's openness is measured where upstream measures it
-    (`_openness_in`)."""
+    are read here in the clip's face box (`LandmarkModel.in_box`: no InsightFace detection for them). Each
+    frame's openness is measured where upstream measures it (`_openness_in`)."""
 
     def __init__(
         self,
@@ -216,7 +216,7 @@ class _FollowedOpenness:
         rows = []
         for rgb in images:
             if self.index < self.first_face:
-                points = self.landmarks(rgb, self.box)
+                points = self.landmarks.in_box(rgb, self.box)
             else:
                 points = self.followed[self.index - self.first_face]
             self.index += 1

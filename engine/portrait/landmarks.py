@@ -112,8 +112,14 @@ class LandmarkModel:
         stand-in), the 106 points None."""
         points = None if self.insightface is None else self.insightface.largest_face(rgb)
         if points is None:
-            return self._read(rgb, crop_transform(box, scale=1.5, vy=-0.1, size=SIZE)), None
+            return self.in_box(rgb, box), None
         return self.following(rgb, points), points
+
+    def in_box(self, rgb: np.ndarray, box: np.ndarray) -> np.ndarray:
+        """(203, 2) float32 landmarks in image pixels read in an axis-aligned crop of `box` (1.5x, shifted up 0.1):
+        our stand-in for upstream's crop around InsightFace's 106 points, and how a driving clip's frames before its
+        first face (which upstream drops) are read."""
+        return self._read(rgb, crop_transform(box, scale=1.5, vy=-0.1, size=SIZE))
 
     def following(self, rgb: np.ndarray, points: np.ndarray) -> np.ndarray:
         """(203, 2) float32 landmarks in image pixels, read in the crop upstream's runner builds from earlier landmarks
