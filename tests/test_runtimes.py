@@ -215,6 +215,23 @@ def test_ort_cuda_without_cuda_falls_back_loudly_and_still_runs(model: Model) ->
     runtime.close()
 
 
+def test_the_cuda_providers_own_words_on_the_c_level_stderr_are_the_fallback_reason(
+    model: Model, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where dlopen names no library, ORT's C++ log (written to file descriptor 2, not through Python) is all there is
+    to say why CUDA was not used: the session keeps it rather than say ORT gave no reason."""
+    from engine.system.ort_probe import probe_provider
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("a CPU build of onnxruntime has no CUDA provider to fail")
+    if probe_provider("CUDAExecutionProvider")["loaded"]:
+        pytest.skip("CUDA really loads here: no fallback to observe")
+    monkeypatch.setattr(ort_session, "loader_error", lambda name: None)
+    session = OrtSession(model.onnx_path(), OrtOptions("cuda"))
+    assert session.fell_back and "CUDAExecutionProvider" in session.log
+    assert "CUDAExecutionProvider" in (session.fallback_reason or "")
+
+
 # ---------------------------------------------------------------------------------------------- the ORT session
 
 
@@ -336,8 +353,27 @@ def test_binding_uses_the_sessions_own_device_id(monkeypatch: pytest.MonkeyPatch
     assert cuda == "CUDAExecutionProvider" and cpu == "CPUExecutionProvider"
     assert cuda_options["device_id"] == 3 and cuda_options["use_tf32"] == 0
     assert cuda_options["gpu_mem_limit"] == 40 * 2**30  # half of the card's 80 GiB, read from NVML
+    # the arena grows by what is asked, not to the next power of two (which overshoots the cap), and convolutions
+    # time every cuDNN algorithm once rather than take a heuristic's pick
+    assert cuda_options["arena_extend_strategy"] == "kSameAsRequested"
+    assert cuda_options["cudnn_conv_algo_search"] == "EXHAUSTIVE"
     session.bind({"x": np.zeros((2, 4), np.float32)})
     assert seen["binding"] == [("input", "x", ("cuda", 3)), ("output", "y", ("cuda", 3))]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a CPU build of PyTorch beside onnxruntime-gpu
+    assert session.torch_device == torch.device("cpu")  # torch tensors cannot live on the card: ORT copies them
+
+
+def test_a_bound_run_returns_only_once_its_outputs_are_ready(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ORT's GPU run returns when its work is queued: a host timer around binding.run() measures the device's work
+    only when the run waits for the outputs."""
+    seen = _fake_ort(monkeypatch, ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    runs_when_synchronized: list[int] = []
+    monkeypatch.setattr(
+        _FakeBinding, "synchronize_outputs", lambda self: runs_when_synchronized.append(seen.get("bound_runs", 0))
+    )
+    binding = OrtSession("model.onnx", OrtOptions("cuda")).bind({"x": np.zeros((2, 4), np.float32)})
+    binding.run()
+    assert runs_when_synchronized == [1]  # after the run, once
 
 
 def test_after_a_fallback_the_binding_stays_on_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -487,6 +523,49 @@ def test_sessions_never_switch_providers_after_a_failed_run(tmp_path: Path) -> N
     assert session.session is not None and session.session._enable_fallback is False
 
 
+def test_sessions_apply_every_graph_optimisation(tmp_path: Path) -> None:
+    """The latency a report gives is that of ORT's fully optimised graph (its fusions and layout changes), not of a
+    basic pass a user's deployment would beat."""
+    session = OrtSession(mlp(tmp_path / "m.onnx"), OrtOptions())
+    assert session.session is not None
+    chosen = session.session.get_session_options().graph_optimization_level
+    assert chosen == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+
+
+@pytest.mark.parametrize("dtype", list(ort_session.BITS_ONLY))
+def test_each_type_numpy_lacks_goes_in_and_comes_out_as_its_own_onnx_type(tmp_path: Path, dtype: str) -> None:
+    """Each ml_dtypes array reaches ORT under its own ONNX type code (float8 e5m2 and its fnuz twin are one byte
+    each: a swapped code is a type ORT refuses, or other numbers), and comes back widened to float32."""
+    import ml_dtypes
+    import onnx
+    from onnx import TensorProto, helper
+
+    code = getattr(TensorProto, dtype.replace("_", "").upper())  # BFLOAT16, FLOAT8E5M2FNUZ ...
+    x, y = (helper.make_tensor_value_info(name, code, ["N", 4]) for name in "xy")
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "same", [x], [y])
+    path = tmp_path / f"{dtype}.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10), str(path))
+    values = np.array([[1.5, -2.0, 0.25, 3.0]], getattr(ml_dtypes, dtype))
+    (out,) = OrtSession(path, OrtOptions()).run({"x": values})
+    assert out.dtype == np.float32 and out.tolist() == [[1.5, -2.0, 0.25, 3.0]]
+
+
+def test_a_bfloat16_input_reaches_a_model_whose_outputs_numpy_has(tmp_path: Path) -> None:
+    """Only the input is of a type numpy lacks: it still goes to ORT as its bits, on the plain run path too."""
+    import ml_dtypes
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.BFLOAT16, ["N", 2])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])
+    graph = helper.make_graph([helper.make_node("Cast", ["x"], ["y"], to=TensorProto.FLOAT)], "widen", [x], [y])
+    path = tmp_path / "widen.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10), str(path))
+    session = OrtSession(path, OrtOptions())
+    (out,) = session.run({"x": np.array([[1.5, -2.0]], ml_dtypes.bfloat16)})
+    assert out.dtype == np.float32 and out.tolist() == [[1.5, -2.0]]
+
+
 def test_tensorrt_engines_are_cached_per_model_content(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """ORT names a cached engine after the model's file and graph names, not its weights: two uploads both saved as
     model.onnx with other weights must not share engines; the same bytes elsewhere do."""
@@ -522,6 +601,57 @@ def test_the_model_digest_covers_external_data(tmp_path: Path) -> None:
     assert ort_session.model_digest(first) != ort_session.model_digest(other)
     (tmp_path / "junk.onnx").write_bytes(b"<html>not a model</html>")  # keyed by its bytes; the session will say
     assert len(ort_session.model_digest(tmp_path / "junk.onnx")) == 16
+
+
+def test_a_model_rewritten_in_place_with_weights_of_the_same_size_gets_a_new_digest(tmp_path: Path) -> None:
+    """A re-export over the same file (random weights of one architecture: the same size) must not be served the
+    TensorRT engines built from the old weights."""
+    path = classifier(tmp_path / "model.onnx", np.ones((4, 6), np.float32))
+    before = ort_session.model_digest(path)
+    size, stamp = path.stat().st_size, path.stat().st_mtime_ns
+    classifier(path, np.full((4, 6), 2, np.float32))
+    os.utime(path, ns=(stamp + 10**9, stamp + 10**9))  # a later write, whatever the file system's clock grain
+    assert path.stat().st_size == size and ort_session.model_digest(path) != before
+
+
+@pytest.mark.parametrize("where", ["constant", "subgraph"])
+def test_the_model_digest_covers_external_data_of_constants_and_subgraphs(tmp_path: Path, where: str) -> None:
+    """Weights kept outside the model may belong to a Constant node or to an If branch's graph, not only to the
+    main graph's initializers: their files key the engine cache too."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    def saved(folder: str, fill: float) -> Path:
+        weights = numpy_helper.from_array(np.full((4, 6), fill, np.float32), "Wc")
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 6])
+        inputs = [x]
+        if where == "constant":
+            nodes = [
+                helper.make_node("Constant", [], ["Wc"], value=weights),
+                helper.make_node("MatMul", ["x", "Wc"], ["y"]),
+            ]
+        else:
+            branch = helper.make_graph(
+                [helper.make_node("MatMul", ["x", "Wc"], ["b"])],
+                "branch",
+                [],
+                [helper.make_tensor_value_info("b", TensorProto.FLOAT, ["N", 6])],
+                [weights],
+            )
+            nodes = [helper.make_node("If", ["c"], ["y"], then_branch=branch, else_branch=branch)]
+            inputs.append(helper.make_tensor_value_info("c", TensorProto.BOOL, []))  # the branch alone has weights
+        model = helper.make_model(helper.make_graph(nodes, "g", inputs, [y]), ir_version=8,
+                                  opset_imports=[helper.make_opsetid("", 17)])  # fmt: skip
+        (tmp_path / folder).mkdir()
+        path = tmp_path / folder / "model.onnx"
+        onnx.save(model, str(path), save_as_external_data=True, location="weights.bin", size_threshold=0,
+                  convert_attribute=True)  # fmt: skip
+        return path
+
+    first, other = saved("a", 1.0), saved("b", 2.0)
+    assert first.read_bytes() == other.read_bytes()  # the graph files alone are the same
+    assert ort_session.model_digest(first) != ort_session.model_digest(other)
 
 
 def test_a_session_that_cannot_be_created_is_a_setup_error(monkeypatch: pytest.MonkeyPatch) -> None:
