@@ -159,6 +159,7 @@ def test_a_gpu_on_the_pci_bus_without_a_driver_gets_the_driver_recipe(monkeypatc
     assert driver.status == WARNING and driver.found.startswith("2 NVIDIA GPU(s) on the PCI bus")
     assert "--gpus all" in driver.fix
     assert report.get("pytorch").status == WARNING and "download.pytorch.org/whl/" in report.get("pytorch").fix
+    assert "download.pytorch.org/whl/cu130" in report.get("pytorch").fix  # a driver installed now runs CUDA 13
     assert report.get("onnxruntime-cuda").status == WARNING and report.get("device").status == WARNING
 
 
@@ -203,6 +204,8 @@ def test_zero_gpu_with_a_spaces_that_offers_no_gpu_decorator_is_a_problem(monkey
     monkeypatch.setitem(sys.modules, "spaces", types.ModuleType("spaces"))  # some other package of that name
     check = doctor_gpu.check_device(_ctx(tmp_path, nvml_gpus=[], driver_version=None, cuda_driver_version=None))
     assert check.status == PROBLEM and "has no GPU decorator" in check.found
+    sys.modules["spaces"].GPU = types.ModuleType("spaces.GPU")  # a submodule of that name: not callable
+    assert "has no GPU decorator" in doctor_gpu.spaces_gpu_problem()
     assert "every job runs on the CPU" in check.found and check.details["spaces_problem"] and "Hardware" in check.fix
 
 
@@ -323,7 +326,9 @@ def test_a_gpu_nvml_cannot_use_is_named_with_its_reset_and_the_driver_is_still_r
     assert ctx.nvml_gpus == ["NVIDIA H100 80GB HBM3"] and ctx.cuda_driver_version == "12.4"
     check = doctor_gpu.check_driver(ctx)
     assert check.status == PROBLEM and "GPU 1 (GPU is lost)" in check.found and "driver 550.54.15" in check.found
+    assert "; the others work: NVIDIA H100 80GB HBM3" in check.found
     assert "nvidia-smi -r -i 1" in check.fix and "reboot" in check.fix and "Install the NVIDIA driver" not in check.fix
+    assert "`sudo dmesg | grep -i xid` says why it failed (Xid 79: it fell off the bus" in check.fix
     fake.nvmlDeviceGetCount = lambda: 1
     fake.nvmlDeviceGetHandleByIndex = lambda index: (_ for _ in ()).throw(pynvml.NVMLError_NoPermission())
     only = doctor_gpu.check_driver(_ctx(tmp_path, **doctor._gather_nvml(), pci_gpus=1))  # no GPU left to use
@@ -357,6 +362,47 @@ def test_a_driver_too_old_for_onnxruntime_gets_advice_for_onnxruntime_not_torch(
     cuda = doctor_ort.check_ort_cuda(_ctx(tmp_path, cuda_driver_version="12.4", ort_probe=probe))
     assert cuda.status == PROBLEM and "too old for onnxruntime-gpu's CUDA 13.0" in cuda.found
     assert "cuda-compat" in cuda.fix and "onnxruntime-gpu[cuda,cudnn]" not in cuda.fix
+
+
+def test_a_driver_too_old_for_both_wheels_gets_a_fix_for_each(monkeypatch, tmp_path: Path) -> None:
+    """PyTorch's own build for the driver does nothing for onnxruntime-gpu: both fixes are given, each with its
+    minimum driver; a CUDA 12 onnxruntime-gpu on a CUDA 11 driver gets CUDA 12's minimum and compat package."""
+    import torch
+
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    ctx = _ctx(tmp_path, driver_version="550.54", cuda_driver_version="12.4", ort_probe={"build_cuda_version": "13.0"})
+    check = doctor_gpu.check_driver(ctx)
+    assert check.status == PROBLEM
+    assert "PyTorch is built for CUDA 13.0" in check.found and "onnxruntime-gpu is built for CUDA 13.0" in check.found
+    torch_fix, ort_fix = check.fix.splitlines()
+    assert torch_fix.startswith("PyTorch: Install its build for this driver") and "whl/cu126" in torch_fix
+    assert ort_fix.startswith("onnxruntime-gpu (CUDA 13.0) needs driver 580 or newer")
+    monkeypatch.setattr(torch.version, "cuda", None)
+    old = _ctx(tmp_path, driver_version="470.82", cuda_driver_version="11.4", ort_probe={"build_cuda_version": "12.8"})
+    fix = doctor_gpu.check_driver(old).fix
+    assert fix.startswith("onnxruntime-gpu (CUDA 12.8) needs driver 525.60.13 or newer")
+    assert "apt install cuda-compat-12-0, then put /usr/local/cuda-12.0/compat on LD_LIBRARY_PATH" in fix
+
+
+def test_a_cudnn_that_does_not_load_is_a_warning_with_the_reinstall_of_this_build(monkeypatch, tmp_path) -> None:
+    """CUDA works but cuDNN does not: convolutions fail or crawl, so the check says so and reinstalls this very
+    build (its nvidia-cudnn wheel comes with it)."""
+    import torch
+
+    props = types.SimpleNamespace(name="NVIDIA L4", major=8, minor=9)
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_arch_list", lambda: ["sm_89"])
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: props)
+    monkeypatch.setattr(torch.backends.cudnn, "is_available", lambda: False)
+    check = doctor_gpu.check_torch(_ctx(tmp_path, nvml_gpus=["NVIDIA L4"]))
+    assert check.status == WARNING and "cuDNN not available" in check.found and check.details["cudnn"] is None
+    assert check.fix.startswith("cuDNN does not load: reinstall torch")
+    recipe = (
+        f"pip install --force-reinstall torch=={torch_version()} --index-url https://download.pytorch.org/whl/cu130"
+    )
+    assert recipe in check.fix
 
 
 def test_torch_and_onnxruntime_built_for_different_cuda_majors_is_a_problem(monkeypatch, tmp_path: Path) -> None:
@@ -423,7 +469,7 @@ def test_onnxruntime_failing_even_on_the_cpu_is_a_problem_without_a_gpu(tmp_path
         ("-1", "hides every GPU"),
         ("NoDevFiles", "hides every GPU"),
         (" ", "hides every GPU"),
-        ("1", "names 1, which NVML does not know"),  # NVML numbers its one GPU 0
+        ("1", "names 1, which NVML does not know (it numbers GPUs 0 to 0)"),  # NVML numbers its one GPU 0
         ("3", "names 3, which NVML does not know"),
         ("GPU-deadbeef", "names GPU-deadbeef, which NVML does not know"),
     ],
@@ -444,6 +490,8 @@ def test_cuda_visible_devices_hiding_the_gpus_is_named(monkeypatch, tmp_path: Pa
     assert said in cuda.found and "onnxruntime-gpu[cuda,cudnn]" not in cuda.fix
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,GPU-1234")  # known index and UUID prefix: not the explanation
     assert "CUDA_VISIBLE_DEVICES=" not in doctor_gpu.check_torch(_ctx(tmp_path, nvml_devices=devices)).found
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")  # NVML named its GPU but kept no record of it: still GPU 0
+    assert "CUDA_VISIBLE_DEVICES=" not in doctor_gpu.check_torch(_ctx(tmp_path, nvml_gpus=["NVIDIA L4"])).found
 
 
 def test_mig_mode_without_an_instance_for_cuda_says_how_to_make_one(monkeypatch, tmp_path: Path) -> None:
@@ -456,6 +504,7 @@ def test_mig_mode_without_an_instance_for_cuda_says_how_to_make_one(monkeypatch,
     check = doctor_gpu.check_torch(_ctx(tmp_path, nvml_gpus=["NVIDIA A100-SXM4-80GB"], nvml_devices=devices))
     assert check.status == PROBLEM and "GPU 0 in MIG mode" in check.found
     assert "CUDA_VISIBLE_DEVICES=MIG-<uuid>" in check.fix and "nvidia-smi -i 0 -mig 0" in check.fix
+    assert "sudo nvidia-smi mig -cgi <profile> -C" in check.fix  # -C: with its compute instance, which CUDA uses
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "MIG-5f1e2d3c-aaaa-bbbb-cccc-0123456789ab")  # an instance is given
     given = doctor_gpu.check_torch(_ctx(tmp_path, nvml_gpus=["NVIDIA A100-SXM4-80GB"], nvml_devices=devices))
     assert "MIG mode" not in given.found and "NVML does not know" not in given.found
@@ -495,6 +544,7 @@ def test_driver_older_than_the_wheels_cuda_is_a_problem(monkeypatch, tmp_path: P
     old = doctor_gpu.check_driver(_ctx(tmp_path, cuda_driver_version="11.8", ort_probe={"build_cuda_version": "13.0"}))
     # PyTorch 2.11-2.13 have no CUDA 11 build: the driver is what must change
     assert "download.pytorch.org" not in old.fix and "525.60.13 or newer runs CUDA 12 builds" in old.fix
+    assert "580 or newer CUDA 13 builds" in old.fix
     ok = doctor_gpu.check_driver(_ctx(tmp_path, cuda_driver_version="13.1", ort_probe={"build_cuda_version": "13.0"}))
     assert ok.status == OK
 
@@ -507,6 +557,9 @@ def test_cpu_torch_next_to_a_visible_gpu_is_a_problem(monkeypatch, tmp_path: Pat
     check = doctor_gpu.check_torch(_ctx(tmp_path))
     assert check.status == PROBLEM and "NVIDIA T4" in check.found
     assert "download.pytorch.org/whl/cu126" in check.fix
+    old = doctor_gpu.check_torch(_ctx(tmp_path, driver_version="470.82", cuda_driver_version="11.4"))
+    assert old.status == PROBLEM and old.fix.startswith("No build of the PyTorch this project pins runs on a driver")
+    assert old.fix.endswith("; then install a CUDA build of PyTorch.")  # the driver first, then the wheel
 
 
 def test_the_probe_imports_torch_before_onnxruntime_as_workers_do(real_probe) -> None:
@@ -553,6 +606,7 @@ def torch_version() -> str:
         ("sm_86", (8, 0), False),
         ("sm_80", (9, 0), False),  # not on the next major
         ("compute_80", (9, 0), True),  # PTX is compiled for anything newer on load
+        ("compute_120", (12, 0), True),  # on its own capability too
         ("compute_120", (7, 0), False),  # but not for older GPUs: a Volta has no kernel in a wheel of sm_80+ only
         ("sm_90a", (9, 0), True),
         ("sm_90a", (9, 1), False),  # architecture-specific: that GPU only
@@ -780,7 +834,16 @@ CU130_ARCHES = ["sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120", "compute
     [
         ("NVIDIA GeForce RTX 5090", (12, 0), "12.6", CU126_ARCHES, "a newer CUDA (cu130): pip install"),
         ("Tesla V100-SXM2-16GB", (7, 0), "13.0", CU130_ARCHES, "an older CUDA (cu126): pip install"),
-        ("Tesla K80", (3, 7), "12.6", CU126_ARCHES, "no build of the PyTorch this project pins has kernels"),
+        (
+            "Tesla K80",
+            (3, 7),
+            "12.6",
+            CU126_ARCHES,
+            "no build of the PyTorch this project pins has kernels for "
+            "compute capability 3.7 (they start at 5.0): use a newer GPU, or run on the CPU (AVATARBENCH_DEVICE=cpu)",
+        ),
+        ("Tesla M60", (5, 2), "13.0", CU130_ARCHES, "an older CUDA (cu126): pip install"),  # Maxwell: cu126 has it
+        ("NVIDIA GB10", (12, 1), "12.6", CU126_ARCHES, "a newer CUDA (cu130): pip install"),  # runs cu130's PTX
     ],
 )
 def test_a_gpu_the_build_has_no_kernels_for_gets_the_build_that_has(
@@ -895,10 +958,14 @@ def test_jobs_kept_on_one_of_several_gpus_are_said_with_the_setting_that_keeps_t
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.delenv("SPACES_ZERO_GPU", raising=False)
     gpus = ["NVIDIA A10G"] * 4
-    pinned = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path), "AVATARBENCH_DEVICE": "cuda:0"})
+    pinned_env = {"AVATARBENCH_DATA_DIR": str(tmp_path), "AVATARBENCH_DEVICE": "cuda:0"}
+    pinned = load_settings(pinned_env)
     check = doctor_gpu.check_device(_ctx(tmp_path, settings=pinned, nvml_gpus=gpus))
     assert check.status == INFO and "the other 3 GPU(s) CUDA sees stay idle" in check.found
     assert "AVATARBENCH_DEVICE=auto" in check.fix
+    ray = load_settings({**pinned_env, "AVATARBENCH_RAY_ADDRESS": "head:6379"})
+    on_ray = doctor_gpu.check_device(_ctx(tmp_path, settings=ray, nvml_gpus=gpus))
+    assert on_ray.status == OK and "idle" not in on_ray.found and "spread" not in on_ray.found
     spread = doctor_gpu.check_device(_ctx(tmp_path, nvml_gpus=gpus))
     assert spread.status == OK and "spread over 4 GPUs" in spread.found
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
@@ -922,6 +989,8 @@ def test_one_gpu_named_in_the_device_setting_leaves_none_idle(monkeypatch, tmp_p
     pinned = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path), "AVATARBENCH_DEVICE": "cuda:0"})
     check = doctor_gpu.check_device(_ctx(tmp_path, settings=pinned, nvml_gpus=["NVIDIA L4"]))
     assert check.status == OK and "idle" not in check.found
+    alone = doctor_gpu.check_device(_ctx(tmp_path, nvml_gpus=["NVIDIA L4"]))  # auto, one GPU: nothing to spread
+    assert alone.status == OK and "spread" not in alone.found
 
 
 def test_the_cudnn_version_is_read_as_major_minor_patch(monkeypatch, tmp_path: Path) -> None:
@@ -945,6 +1014,7 @@ def test_a_container_started_without_gpus_is_told_to_start_with_them_not_to_inst
 ) -> None:
     from engine.system.telemetry import INSTALL_DRIVER, NVML_START_ERRORS
 
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     marker = tmp_path / ".dockerenv"
     marker.touch()
     monkeypatch.setattr(doctor_gpu, "CONTAINER_MARKERS", (marker,))
@@ -955,9 +1025,18 @@ def test_a_container_started_without_gpus_is_told_to_start_with_them_not_to_inst
     check = doctor_gpu.check_driver(ctx)
     assert check.status == WARNING and "NVIDIA_VISIBLE_DEVICES='void', which asks for no GPU" in check.found
     assert "--gpus all" in check.fix and "belongs on the host" in check.fix and INSTALL_DRIVER not in check.fix
+    monkeypatch.setenv("NVIDIA_VISIBLE_DEVICES", "none")
+    assert "NVIDIA_VISIBLE_DEVICES='none', which asks for no GPU" in doctor_gpu.check_driver(ctx).found
     monkeypatch.delenv("NVIDIA_VISIBLE_DEVICES")
     assert "a container started without GPUs" in doctor_gpu.check_driver(ctx).found
-    marker.unlink()  # not a container: installing the driver is the fix
+    mismatch, reboot = NVML_START_ERRORS["LibRmVersionMismatch"]
+    other = _ctx(tmp_path, nvml_gpus=[], nvml_status=f"no NVIDIA GPU visible ({mismatch})", nvml_fix=reboot,
+                 pci_gpus=1, driver_version=None)  # fmt: skip
+    assert "container" not in doctor_gpu.check_driver(other).found and doctor_gpu.check_driver(other).fix == reboot
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")  # a pod, without Docker's marker file
+    marker.unlink()
+    assert "nvidia.com/gpu" in doctor_gpu.check_driver(ctx).fix
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST")  # not a container: installing the driver is the fix
     assert doctor_gpu.check_driver(ctx).fix == INSTALL_DRIVER
 
 
