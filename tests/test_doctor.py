@@ -1200,6 +1200,25 @@ def _disk_check_with_free(monkeypatch, tmp_path: Path, free_bytes: int) -> Check
     return doctor_host.check_disk(_ctx(tmp_path))
 
 
+def test_a_folder_that_exists_but_cannot_be_written_is_a_problem(monkeypatch, tmp_path: Path) -> None:
+    """A folder that is there is not yet writable (a read-only mount, a root-owned volume): a file is written to
+    find out, and its refusal is the problem, ahead of a nearly full disk."""
+
+    data_dir = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path)}).data_dir
+    write = doctor_host.tempfile.NamedTemporaryFile
+
+    def read_only_data_dir(*args, dir, **kwargs):  # the other folders can be written
+        if Path(dir) == data_dir:
+            raise OSError(30, "Read-only file system")
+        return write(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(doctor_host.tempfile, "NamedTemporaryFile", read_only_data_dir)
+    check = _disk_check_with_free(monkeypatch, tmp_path, 2**30)  # and only 1 GiB left for them
+    assert check.status == PROBLEM and f"data dir {data_dir} is not writable ([Errno 30] Read-only" in check.found
+    assert check.details["data"]["writable"] is False and check.details["weights"]["writable"] is True
+    assert "AVATARBENCH_DATA_DIR" in check.fix
+
+
 def test_a_nearly_full_disk_is_a_warning_that_says_how_much_is_left(monkeypatch, tmp_path: Path) -> None:
     """Weights, TensorRT engine caches and output videos need several GiB: under 5 GiB free each folder is named with
     the GiB left, and the fix says where to point the data folder; from 5 GiB on the disk is fine."""
@@ -1248,9 +1267,11 @@ def test_each_video_encoder_and_decoder_outcome_gets_its_status_and_fix(monkeypa
     cpu_decode = _video_check(monkeypatch, gpu, nvenc=True, x264=True, nvdec=False)
     assert cpu_decode.status == WARNING and "NVDEC does not decode (no libnvcuvid)" in cpu_decode.found
     assert cpu_decode.fix.startswith("Videos are decoded on the CPU") and "libnvidia-encode" not in cpu_decode.fix
+    assert "NVDEC needs the driver's libnvcuvid.so.1" in cpu_decode.fix
     x264_only = _video_check(monkeypatch, gpu, nvenc=False, x264=True, nvdec=True)
     assert x264_only.status == WARNING and "NVENC does not work (h264_nvenc broke); NVDEC decodes" in x264_only.found
     assert x264_only.fix.startswith("Videos are encoded with libx264 on the CPU")
+    assert "(not A100/H100/H200, which decode on NVDEC but have no encoder)" in x264_only.fix
     cpu_only = _video_check(monkeypatch, no_gpu, nvenc=False, x264=True, nvdec=False)  # the expected encoder here
     assert cpu_only.status == OK and cpu_only.found.endswith("libx264 encodes on the CPU")
     monkeypatch.setenv("SPACES_ZERO_GPU", "true")  # ZeroGPU outside a GPU function: no GPU to encode on either
