@@ -228,8 +228,8 @@ def test_the_cuda_providers_own_words_on_the_c_level_stderr_are_the_fallback_rea
         pytest.skip("CUDA really loads here: no fallback to observe")
     monkeypatch.setattr(ort_session, "loader_error", lambda name: None)
     session = OrtSession(model.onnx_path(), OrtOptions("cuda"))
-    assert session.fell_back and "CUDAExecutionProvider" in session.log
-    assert "CUDAExecutionProvider" in (session.fallback_reason or "")
+    assert session.fell_back and "CUDAExecutionProvider" in session.log  # whichever of ORT's notices it was
+    assert session.fallback_reason and session.fallback_reason != "ORT gave no reason"
 
 
 # ---------------------------------------------------------------------------------------------- the ORT session
