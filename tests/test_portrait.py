@@ -594,6 +594,31 @@ def test_compiled_networks_pad_the_last_batch(weights: Path, monkeypatch: pytest
         PortraitConfig(ASSETS / "face.jpg", ASSETS / "face.jpg", backend="onnx-cpu", compile=True).validate()
 
 
+def test_a_source_face_our_detector_misses_is_looked_for_with_insightface_when_it_is_there(
+    weights: Path, driving: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Upstream finds the source's face with InsightFace's detector: where ours finds none, theirs looks too (its
+    stand-in finds a face at (64, 40, 96, 88) of a 256x256 picture), and the source is cropped there, not refused."""
+    from test_portrait_insightface import _buffalo
+
+    import engine.portrait.head as head_module
+    from engine.portrait.head import run_head
+    from engine.portrait.insightface import InsightFace
+
+    blank = tmp_path / "blank.png"
+    cv2.imwrite(str(blank), np.full((256, 256, 3), 128, np.uint8))
+    config = PortraitConfig(blank, driving, weights=str(weights))
+    settings = Settings(data_dir=tmp_path, weights_dir=tmp_path)
+    monkeypatch.setattr(head_module, "optional_insightface", lambda folder, cuda: InsightFace(_buffalo(tmp_path / "b")))
+    head = run_head(config, settings, "cpu")
+    assert head.box is not None and head.box.tolist() == [64, 40, 96, 88]
+    assert head.result.metrics["source_face"] == "insightface (our detector found none)"
+    assert not any("no face found" in w for w in head.result.warnings)
+    monkeypatch.setattr(head_module, "optional_insightface", lambda folder, cuda: None)
+    with pytest.raises(PortraitError, match=r"no face found in the source blank\.png"):
+        run_head(config, settings, "cpu")
+
+
 def test_refusals_are_messages(weights: Path, driving: Path, tmp_path: Path) -> None:
     source = ASSETS / "face.jpg"
     missing = str(tmp_path / "none")

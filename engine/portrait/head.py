@@ -30,6 +30,7 @@ from engine.portrait.config import PortraitConfig, PortraitError
 from engine.portrait.crop import source_within_limits
 from engine.portrait.driving import driving_frames
 from engine.portrait.frames import largest_face
+from engine.portrait.insightface import optional_insightface
 from engine.portrait.weights import HUB_REPO, pick_engine
 
 GPU_BATCH_SIZE = 8
@@ -87,6 +88,8 @@ def run_head(config: PortraitConfig, settings: Settings, device: str | None, bat
         source_bgr = source_within_limits(source, config.source_max_dim, config.source_division)
     box = largest_face(source_bgr, detector)
     engine, folder = pick_engine(config, settings)
+    if box is None and engine == "liveportrait" and folder is not None:
+        box = _insightface_box(folder, source_bgr, result)
     if engine == "liveportrait":
         _refuse_a_gpu_backend_off_the_gpu(config.backend, choice)
     if box is None:  # a face the source limit shrank past finding is said to be lost to it, not missing
@@ -107,6 +110,18 @@ def run_head(config: PortraitConfig, settings: Settings, device: str | None, bat
             "downloads them), or set AVATARBENCH_LIVEPORTRAIT_DIR to where they are, to use LivePortrait."
         )
     return Head(config, settings, result, choice.device, precision, detector, source_bgr, box, engine, folder)
+
+
+def _insightface_box(folder: Path, source_bgr: np.ndarray, result: RunResult) -> np.ndarray | None:
+    """Upstream finds the source's face with InsightFace's detector: where ours finds none and the user has
+    InsightFace's models beside the weights, theirs looks too (a face ours misses is cropped, as upstream crops it);
+    the run's `source_face` metric says so."""
+    insightface = optional_insightface(folder, None)
+    box = None if insightface is None else insightface.largest_box(source_bgr)
+    if box is None:
+        return None
+    result.metrics["source_face"] = "insightface (our detector found none)"
+    return box.astype(np.float64)
 
 
 def _refuse_a_gpu_backend_off_the_gpu(backend: str, choice: DeviceChoice) -> None:

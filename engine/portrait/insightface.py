@@ -278,13 +278,16 @@ class InsightFace:
             )
         return points
 
-    def largest_face(self, image_rgb: np.ndarray) -> np.ndarray | None:
-        """The 106 points of the image's largest face (upstream's first face, 'large-small'), or None."""
-        image_bgr = np.ascontiguousarray(image_rgb[..., ::-1])
+    def largest_box(self, image_bgr: np.ndarray) -> np.ndarray | None:
+        """(x1, y1, x2, y2) float32 of the image's largest face (upstream's first face, 'large-small'), or None."""
         detections, _ = self.detect(image_bgr)
-        if not len(detections):
-            return None
-        return self.points(image_bgr, detections[largest_first(detections)[0]])
+        return detections[largest_first(detections)[0], :4] if len(detections) else None
+
+    def largest_face(self, image_rgb: np.ndarray) -> np.ndarray | None:
+        """The 106 points of the image's largest face, or None."""
+        image_bgr = np.ascontiguousarray(image_rgb[..., ::-1])
+        box = self.largest_box(image_bgr)
+        return None if box is None else self.points(image_bgr, box)
 
 
 def optional_insightface(weights: Path, cuda_device: int | None) -> InsightFace | None:
