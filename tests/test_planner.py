@@ -197,6 +197,16 @@ def test_token_limits_default_to_the_models_context_at_most_4096_as_tgi() -> Non
     assert "--max-total-tokens 4096 exceeds microsoft/phi-2's context of 2048 tokens" in asked["warnings"]
 
 
+def test_phi_without_flash_attention_is_warned_of_tgis_name_error_there() -> None:
+    """get_model's phi branch without flash attention calls TransformersFlashCausalLM.fallback, a name whose import
+    fails with flash attention's: a NameError at load on the cards the planner takes to lack flash attention."""
+    on_t4 = plan_llm(LlmRequest("T4", "phi-2"))["warnings"]
+    assert any(w.startswith("TGI's 'phi' branch without flash attention calls TransformersFlashCausalLM.fallback")
+               and "NameError on NVIDIA T4" in w for w in on_t4)  # fmt: skip
+    assert not any("NameError" in w for w in plan_llm(LlmRequest("A100-80GB", "phi-2"))["warnings"])
+    assert not any("NameError" in w for w in plan_llm(LlmRequest("T4", "tinyllama-1.1b"))["warnings"])
+
+
 def test_auto_quantization_sharding_and_old_card_warnings() -> None:
     small = plan_llm(LlmRequest("A100-80GB", "mistral-7b", max_total_tokens=8192))
     assert small["fits"] and small["flags"]["--num-shard"] == 1 and "--quantize" not in small["flags"]

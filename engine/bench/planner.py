@@ -125,6 +125,11 @@ TGI_FLASH_ONLY_MODEL_TYPES = frozenset({
 # non-flash classes (CausalLM's constructor, Mamba, Seq2SeqLM) and the vision-language types it refuses there. (phi's
 # branch names TransformersFlashCausalLM there, which did not import: a NameError at load; a sharded gpt_neox takes
 # TGI's own CausalLM there, but one GPU is planned.)
+# get_model's phi branch without flash attention returns TransformersFlashCausalLM.fallback(...), a name imported in a
+# try that fails when flash attention's imports do (transformers_flash_causal_lm imports flash_causal_lm): a NameError
+# at load where the planner assumes no flash attention (below 8.0). Warned of, not refused: on a T4 TGI's image may
+# load flash-attention v1 and serve it on the flash path. Read in the same commit's models/__init__.py.
+TGI_BROKEN_FALLBACK_MODEL_TYPES = frozenset({"phi"})
 TGI_NOT_FALLBACK_WITHOUT_FLASH_MODEL_TYPES = TGI_CAUSAL_LM_MODEL_TYPES | {"mamba", "t5"} | TGI_FLASH_ONLY_MODEL_TYPES
 # Any other model type reaches get_model's generic path, on any card: it refuses these --quantize values first
 # ("... is not supported for AutoModel"), whatever the card; then it loads transformers' own class
@@ -670,6 +675,13 @@ def plan_llm(req: LlmRequest, card: Gpu | None = None) -> dict[str, Any]:
             "supported with Flash Attention): it serves it only below compute capability 8.0, through its non-flash "
             f"CausalLM; {gpu.name} has {major}.{minor}: plan it on a T4 or V100, or use a checkpoint converted to "
             "transformers' phi"
+        )
+    if spec.model_type in TGI_BROKEN_FALLBACK_MODEL_TYPES and not path.flash_attention:
+        warnings.append(
+            f"TGI's {spec.model_type!r} branch without flash attention calls TransformersFlashCausalLM.fallback, "
+            "which is not importable there (its import fails with flash attention's): TGI may stop at load with a "
+            f"NameError on {gpu.name}; it runs {title} where its flash attention loads (8.0+, or a T4 where TGI's "
+            "flash-attention v1 loads)"
         )
     if spec.max_positions is None:  # ALiBi (BLOOM): TGI's launcher finds no max_position_embeddings to cap it by
         warnings.append(
