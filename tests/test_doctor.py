@@ -381,7 +381,7 @@ def test_a_driver_too_old_for_both_wheels_gets_a_fix_for_each(monkeypatch, tmp_p
     old = _ctx(tmp_path, driver_version="470.82", cuda_driver_version="11.4", ort_probe={"build_cuda_version": "12.8"})
     fix = doctor_gpu.check_driver(old).fix
     assert fix.startswith("onnxruntime-gpu (CUDA 12.8) needs driver 525.60.13 or newer")
-    assert "apt install cuda-compat-12-0, then put /usr/local/cuda-12.0/compat on LD_LIBRARY_PATH" in fix
+    assert "apt install cuda-compat-12-8, then put /usr/local/cuda-12.8/compat on LD_LIBRARY_PATH" in fix
 
 
 def test_a_cudnn_that_does_not_load_is_a_warning_with_the_reinstall_of_this_build(monkeypatch, tmp_path) -> None:

@@ -437,12 +437,14 @@ def cuda_major(version: str | None) -> int | None:
 
 def ort_driver_fix(ort_cuda: str) -> str:
     """What lets onnxruntime-gpu built for CUDA `ort_cuda` run where the driver is older: reinstalling PyTorch does
-    nothing for it."""
-    major = cuda_major(ort_cuda)
+    nothing for it. The compat package is the build's own CUDA version, as NVIDIA's forward-compatibility guide
+    pairs them (its libraries go to /usr/local/cuda-X.Y/compat)."""
+    major, minor = _major_minor(ort_cuda) or (0, 0)
     return (
-        f"onnxruntime-gpu (CUDA {ort_cuda}) needs driver {MIN_DRIVER.get(major or 0, 'a newer one')} or newer: "
-        f"update the NVIDIA driver; or, on a data-centre GPU, install NVIDIA's cuda-compat package for CUDA "
-        f"{major} (apt install cuda-compat-{major}-0, then put /usr/local/cuda-{major}.0/compat on LD_LIBRARY_PATH); "
+        f"onnxruntime-gpu (CUDA {ort_cuda}) needs driver {MIN_DRIVER.get(major, 'a newer one')} or newer: "
+        f"update the NVIDIA driver; or, on a data-centre GPU, install NVIDIA's cuda-compat package for the CUDA it "
+        f"was built with (apt install cuda-compat-{major}-{minor}, then put /usr/local/cuda-{major}.{minor}/compat on "
+        "LD_LIBRARY_PATH); "
         "or install an onnxruntime-gpu built for the CUDA major version the driver runs "
         "(https://onnxruntime.ai/docs/install/ lists which release and package index has it)."
     )
