@@ -1677,10 +1677,19 @@ def test_source_crop_options_are_named_only_with_the_crop_off() -> None:
         told = RunResult()
         _unused_crop_options(PortraitConfig(ASSETS / "face.jpg", ASSETS / "face.jpg", crop=crop, scale=2.5), told)
         assert told.warnings == warned
+    told = RunResult()  # each of the source's crop options, --no-upright too
+    offsets = {"vx_ratio": 0.1, "vy_ratio": -0.2, "upright": False}
+    _unused_crop_options(PortraitConfig(ASSETS / "face.jpg", ASSETS / "face.jpg", crop=False, **offsets), told)
+    assert told.warnings == [
+        "--vx-ratio, --vy-ratio, --no-upright change nothing here: with --no-crop the source is not cropped"
+    ]
 
 
 def _stand_in_pixels() -> np.ndarray:
     return np.random.default_rng(0).integers(0, 256, (120, 160, 3), np.uint8)
+
+
+STAND_IN_BOX = np.array([50.0, 30.0, 110.0, 90.0])
 
 
 def _stand_in_source(
@@ -1689,11 +1698,14 @@ def _stand_in_source(
     landmarks: bool = False,
     precision: str = "fp32",
     face_points: np.ndarray | bool | None = False,
+    device: str = "cpu",
+    box: np.ndarray | None = STAND_IN_BOX,
     **options: Any,
 ) -> tuple[Any, Any]:
-    """liveportrait_source on a 160x120 source with a face box, its networks and landmark model stood in (no weights
-    loaded): the appearance features are the pixels the networks saw, each network build is recorded in
-    `tmp_path / builds` and warns once; the landmark model, when there, reads a face tilted by 7 degrees with its
+    """liveportrait_source on a 160x120 source with a face box (None: no face found), its networks and landmark model
+    stood in (no weights loaded) on a job on `device` with `precision`: the appearance features are the pixels the
+    networks saw, each network build is recorded in `tmp_path / builds` and warns once, and the networks run on the
+    CPU (an ONNX backend's providers too); the landmark model, when there, reads a face tilted by 7 degrees with its
     lips open 0.1, and with InsightFace (`face_points` not False) from those 106 points (None: it found no face)."""
     import engine.portrait.liveportrait_plan as plan
     from engine.core.results import RunResult
@@ -1703,7 +1715,8 @@ def _stand_in_source(
         with open(tmp_path / "builds", "a") as f:
             f.write(precision + "\n")
         return SimpleNamespace(device=torch.device("cpu"), warnings=["the decoder fell back to the CPU"],
-                               appearance=lambda pixels: pixels, motion=lambda pixels: "motion")  # fmt: skip
+                               appearance=lambda pixels: pixels, motion=lambda pixels: "motion",
+                               providers={"decoder": ["CPUExecutionProvider"]})  # fmt: skip
 
     with_insightface = face_points is not False
     model = SimpleNamespace(
@@ -1717,9 +1730,8 @@ def _stand_in_source(
     monkeypatch.setattr(plan, "openness", lambda points: (np.array([0.3, 0.25], np.float32), 0.1))
     (tmp_path / "weights").mkdir(exist_ok=True)
     config = PortraitConfig(ASSETS / "face.jpg", ASSETS / "face.jpg", **{"batch_size": 1, **options})
-    box = np.array([50.0, 30.0, 110.0, 90.0])
-    head = Head(config, Settings(tmp_path, tmp_path), RunResult(), torch.device("cpu"), precision, None,
-                _stand_in_pixels(), box, "liveportrait", tmp_path / "weights")  # fmt: skip
+    head = Head(config, Settings(tmp_path, tmp_path), RunResult(precision=precision), torch.device(device), precision,
+                None, _stand_in_pixels(), box, "liveportrait", tmp_path / "weights")  # fmt: skip
     return plan.liveportrait_source(head, _quiet), head.result
 
 
@@ -1810,6 +1822,50 @@ def test_networks_and_source_features_are_reused_only_for_what_made_them(
     assert cached(compile=True, batch_size=2) == {"networks": False, "source": False}  # compiled for batches of 1
     assert cached(batch_size=2) == {"networks": False, "source": False}
     assert cached(batch_size=3) == {"networks": True, "source": True}  # eager networks take any batch
+    assert cached(backend="onnx-trt", batch_size=2) == {"networks": False, "source": False}
+    assert cached(backend="onnx-trt", batch_size=3) == {"networks": False, "source": False}  # one engine per batch
+
+
+def test_every_source_crop_option_reaches_the_crop_and_paste_back_can_be_turned_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, empty_caches: None
+) -> None:
+    """--scale, --vx-ratio, --vy-ratio and --no-upright each shape the crop the networks see (none may be dropped on
+    the way), and --no-paste-back gives the networks' 512x512 frames even from a stitched crop."""
+    from engine.portrait.crop import crop_transform
+
+    options = {"scale": 2.5, "vx_ratio": 0.1, "vy_ratio": -0.2, "upright": False}
+    source, _ = _stand_in_source(tmp_path, monkeypatch, landmarks=True, **options)
+    expected = crop_transform(STAND_IN_BOX, 2.5, -0.2, angle=7.0, vx=0.1, rotate=False)
+    np.testing.assert_allclose(source.transform.to_crop, expected.to_crop, atol=1e-5)
+    assert source.metrics["crop_angle"] == pytest.approx(0.0, abs=1e-9)  # tilted, not turned upright
+    unpasted, _ = _stand_in_source(tmp_path, monkeypatch, paste_back=False)
+    assert unpasted.transform is not None and unpasted.paste is None and unpasted.size == (512, 512)
+    assert unpasted.metrics["pasted_back"] is False
+    assert _stand_in_source(tmp_path, monkeypatch, compile=True)[0].metrics["compiled"] is True
+
+
+def test_onnx_on_the_cpu_provider_runs_and_reports_fp32_on_a_gpu_job(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, empty_caches: None
+) -> None:
+    """A GPU job asks for fp16 by default; --backend onnx-cpu runs fp32 there: the networks are built in fp32, the
+    run says so and reports fp32 (not the fp16 asked), names the providers each network got, and makes its frames
+    where the networks put them (the CPU), not on the job's GPU."""
+    source, result = _stand_in_source(tmp_path, monkeypatch, precision="fp16", device="cuda", backend="onnx-cpu")
+    assert (tmp_path / "builds").read_text().split() == ["fp32"]
+    assert result.precision == "fp32"
+    assert "onnx-cpu on cuda runs fp32 (fp16 needs the CUDA or TensorRT provider on a GPU)" in result.warnings
+    assert result.metrics["providers"] == {"decoder": ["CPUExecutionProvider"]}
+    assert source.device == torch.device("cpu") and source.original.device == torch.device("cpu")
+    assert source.feature.device == torch.device("cpu")
+
+
+def test_a_source_without_a_face_is_not_measured_for_its_openness(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, empty_caches: None
+) -> None:
+    """No face found: LivePortrait animates the whole source uncropped and, as the run says, without lip
+    normalisation: the landmark model, even when there, has no face box to read and is not run."""
+    source, _ = _stand_in_source(tmp_path, monkeypatch, landmarks=True, box=None, crop=False)
+    assert source.openness is None and source.transform is None and source.size == (512, 512)
 
 
 def test_a_run_names_both_kinds_of_unused_options() -> None:

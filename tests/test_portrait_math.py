@@ -645,6 +645,42 @@ def test_the_driving_multiplier_keeps_the_head_rotation_offsets(tmp_path) -> Non
         assert torch.allclose(x, x_source, atol=1e-6)
 
 
+def test_absolute_motion_of_the_expression_alone_keeps_the_head_rotation_offsets(tmp_path) -> None:
+    """With --no-relative in region exp (lip and eyes alike) the head keeps the source's own pose, so --yaw turns it,
+    and --multiplier scales the driving motion about the turned source: a driver that is the source itself gives
+    the turned source at multipliers 0, 1 and 2 (the source as it was, unturned, lost the offset the run kept
+    silent about)."""
+    from pathlib import Path
+
+    from engine.portrait.config import PortraitConfig
+    from engine.portrait.liveportrait_plan import _driving_keypoints
+
+    face = Path(__file__).resolve().parent.parent / "assets" / "face.jpg"
+    source = _info(seed=10)
+    turned = transform_keypoints(replace(source, yaw=source.yaw + 20))
+    for multiplier in (0.0, 1.0, 2.0):
+        config = PortraitConfig(face, face, stitching=False, yaw=20.0, multiplier=multiplier, relative=False,
+                                region="exp")  # fmt: skip
+        x, _ = _driving_keypoints(config, source, source, nets=None, driving_image=False)
+        assert torch.allclose(x, turned, atol=1e-5), multiplier
+
+
+def test_one_driving_image_keeps_the_head_rotation_offsets(tmp_path) -> None:
+    """One driving image keeps the source's pose and moves only its expression: --yaw turns that pose, so an image
+    with upstream's neutral expression gives the turned source."""
+    from pathlib import Path
+
+    from engine.portrait.config import PortraitConfig
+    from engine.portrait.liveportrait_plan import _driving_keypoints
+
+    face = Path(__file__).resolve().parent.parent / "assets" / "face.jpg"
+    source = _info(seed=12)
+    neutral = replace(source, exp=neutral_expression())
+    config = PortraitConfig(face, face, stitching=False, yaw=20.0)
+    x, _ = _driving_keypoints(config, source, neutral, nets=None, driving_image=True)
+    assert torch.allclose(x, transform_keypoints(replace(source, yaw=source.yaw + 20)), atol=1e-5)
+
+
 def test_baseline_recovers_a_known_head_motion() -> None:
     """A driving clip we generate by rotating and shifting a face: the tracked similarity must match it."""
     import cv2

@@ -407,6 +407,10 @@ def test_the_driver_is_measured_with_the_landmark_model_only_when_its_openness_i
     made = plan.liveportrait_plan(head, stand_in, tmp_path / "t.npz" if saves else None, lambda f, s: None)
     assert asked == [(landmark_model, measured)]  # the model is there for the crop box; the openness only if used
     assert (made.fps, made.count, made.has_audio, made.size) == (30.0, 2, True, (160, 120))
+    if saves:  # the template replays at the driver's own rate, not a default one
+        from engine.portrait.templates import read_template
+
+        assert read_template(tmp_path / "t.npz").fps == 30.0
 
 
 def test_lip_normalisation_closes_the_source_mouth_to_zero_openness(tmp_path: Path) -> None:
@@ -430,6 +434,27 @@ def test_retargeting_to_the_driver_starts_from_the_turned_source(tmp_path: Path)
     x, _ = _driving_keypoints(config, source, _still_clip(source), nets, (np.array([0.3, 0.3]), 0.1),
                               driving_openness=driver)  # fmt: skip
     assert torch.allclose(x, transform_keypoints(turned).expand(2, 21, 3) + 0.01, atol=1e-6)
+
+
+def test_stitching_is_given_the_source_the_warp_starts_from_not_the_turned_one(tmp_path: Path) -> None:
+    """Stitching keeps the animated face seamless with the source it is pasted back into, which the head-rotation
+    offsets do not turn: as upstream, the network is given the source's own keypoints (those the warp starts from)
+    beside the driven ones, here turned by --yaw."""
+    from engine.portrait.motion import stitch
+
+    source = _source(7)
+    source.yaw = torch.tensor([5.0])
+    stitching = nn.Linear(126, 65)  # its delta follows the source keypoints it is given, and only them
+    nn.init.zeros_(stitching.weight)
+    nn.init.zeros_(stitching.bias)
+    with torch.no_grad():
+        stitching.weight[:, :63] = 0.1
+    nets = SimpleNamespace(retargeting={"stitching": stitching})
+    config = PortraitConfig(FACE, FACE, yaw=20.0)  # stitching on: the default
+    x, x_source = _driving_keypoints(config, source, _still_clip(source), nets)
+    turned = transform_keypoints(replace(source, yaw=source.yaw + 20.0)).expand(2, 21, 3)
+    assert not torch.allclose(stitch(stitching, turned[:1], turned), stitch(stitching, x_source, turned), atol=1e-4)
+    assert torch.allclose(x, stitch(stitching, x_source, turned), atol=1e-6)
 
 
 def test_the_landmark_model_runs_on_the_runs_gpu_and_says_when_it_cannot(tmp_path: Path, monkeypatch) -> None:
