@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import cv2
 import numpy as np
@@ -410,7 +411,7 @@ def test_a_driving_clip_tracked_from_its_first_face_says_which_frame(monkeypatch
     import engine.portrait.baseline_plan as plan
     from engine.core.results import RunResult
 
-    monkeypatch.setattr(plan, "clip_frames", lambda path, max_frames, max_seconds: iter(range(5)))
+    monkeypatch.setattr(plan, "clip_frames", lambda path, max_frames, max_seconds: iter(range(5)[:max_frames]))
     monkeypatch.setattr(baseline, "track_motion", lambda frames, box: list(frames))
     monkeypatch.setattr(baseline, "still_before", lambda motion, frames: (frames, motion))
     result = RunResult()
@@ -425,6 +426,9 @@ def test_a_driving_clip_tracked_from_its_first_face_says_which_frame(monkeypatch
     result = RunResult()
     assert plan.baseline_motion(config, settings, np.ones(4), 0, result, lambda f, s: None) == (0, [0, 1, 2, 3, 4])
     assert result.warnings == []
+    # --max-frames: the frames past it are neither tracked nor rendered
+    shorter = PortraitConfig(FACE, FACE, engine="baseline", max_frames=4)
+    assert plan.baseline_motion(shorter, settings, np.ones(4), 2, RunResult(), lambda f, s: None) == (2, [2, 3])
 
 
 def test_a_driving_clips_plan_has_the_sources_size_and_the_tracked_frames(
@@ -440,26 +444,37 @@ def test_a_driving_clips_plan_has_the_sources_size_and_the_tracked_frames(
 
     info = SimpleNamespace(fps=30.0, has_audio=True, frames=4)
     monkeypatch.setattr(plan, "driving_video", lambda path, settings: info)
-    monkeypatch.setattr(plan, "clip_frames", lambda path, max_frames, max_seconds: iter([]))
+    scanned: list[int | None] = []
+
+    def clip_frames(path: Path, max_frames: int | None, max_seconds: float) -> Any:
+        scanned.append(max_frames)
+        return iter([])
+
+    monkeypatch.setattr(plan, "clip_frames", clip_frames)
     monkeypatch.setattr(plan, "driving_face_box", lambda frames, name, detector, result: (np.ones(4), 0))
     tracked = SimpleNamespace(head=np.zeros((3, 2, 3)), flow=np.zeros((3, 2, 8, 8)))
     monkeypatch.setattr(plan, "baseline_motion", lambda *args: tracked)
-    config = PortraitConfig(FACE, tmp_path / "clip.mp4", engine="baseline", batch_size=2)
+    config = PortraitConfig(FACE, tmp_path / "clip.mp4", engine="baseline", batch_size=2, max_frames=3)
     head = SimpleNamespace(config=config, settings=Settings(tmp_path, tmp_path), result=RunResult(precision="fp16"),
                            detector=None, source_bgr=np.zeros((120, 160, 3), np.uint8), box=np.ones(4),
                            device=torch.device("cpu"))  # fmt: skip
     made = plan.baseline_plan(head, lambda fraction, label: None)
     assert (made.size, made.count, made.fps, made.has_audio) == ((160, 120), 3, 30.0, True)
+    assert scanned == [3]  # the face is looked for only in the frames --max-frames keeps
     assert head.result.precision == "fp32"
 
 
 def test_the_source_pose_is_measured_on_the_face_the_run_animates(tmp_path: Path) -> None:
     """The source's pose comes from the run's own face box, not from a second detection that may find another box:
-    a detector that finds an 80 px face everywhere, against the run's 76 px source box, gives a scale of 80 / 76."""
+    a detector that finds an 80 px face everywhere, against the run's 76 px source box, gives a scale of 80 / 76.
+    The plan is one frame at a still driver's rate, the source's width by height, and the driving image is held to
+    the run's size limit as any input is."""
     import torch
 
+    from engine.core.media import MediaError
     from engine.core.results import RunResult
     from engine.portrait.baseline_plan import baseline_plan
+    from engine.portrait.driving import IMAGE_FPS
 
     driver = tmp_path / "driver.png"
     cv2.imwrite(str(driver), np.full((200, 200, 3), 128, np.uint8))
@@ -470,3 +485,9 @@ def test_the_source_pose_is_measured_on_the_face_the_run_animates(tmp_path: Path
                            box=np.array([52.0, 52.0, 128.0, 128.0]), device=torch.device("cpu"))  # fmt: skip
     made = baseline_plan(head, lambda fraction, label: None)
     assert made.metrics["pose_transfer"]["scale"] == pytest.approx(80 / 76, abs=1e-3)
+    assert (made.count, made.fps) == (1, IMAGE_FPS)
+    wide = SimpleNamespace(**{**vars(head), "source_bgr": np.full((200, 240, 3), 128, np.uint8), "result": RunResult()})
+    assert baseline_plan(wide, lambda fraction, label: None).size == (240, 200)  # the source's width by height
+    limited = SimpleNamespace(**{**vars(head), "settings": Settings(tmp_path, tmp_path, max_side=150)})
+    with pytest.raises(MediaError, match=r"200x200, larger than the limit of 150 pixels .*AVATARBENCH_MAX_SIDE"):
+        baseline_plan(limited, lambda fraction, label: None)  # the driving image within the run's limit too
