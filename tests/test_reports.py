@@ -571,3 +571,28 @@ def test_an_output_missing_or_of_another_shape_is_said_in_words() -> None:
         ("cuda ⚠️ fell back", "y", "missing / shape or type differs"),
         ("cuda ⚠️ fell back", "z", "missing / shape or type differs"),
     ]
+
+
+def test_the_inspection_quotes_the_weights_the_file_and_the_hash_each_in_its_place() -> None:
+    """The weights' size and the file's size side by side are easy to swap; the hash is cut to 16 characters, enough
+    to tell two uploads apart."""
+    sha = "0123456789abcdef" + "9" * 48
+    described = onnx_report.inspection_markdown(
+        _inspection(parameters=1234567, parameter_bytes=4 * 2**20, size_bytes=5 * 2**20, sha256=sha)
+    )
+    assert "- 1,234,567 parameters, 4.0 MiB of weights; file 5.0 MiB; sha256 `0123456789abcdef…`" in (
+        described.splitlines()
+    )
+
+
+def test_an_older_reports_top_k_row_shows_both_columns() -> None:
+    """Reports stored before the scored output and k were kept scored 5 or more classes: both columns shown, no
+    "(one class)" and no top-k other than 5 said."""
+    old = {"topk": {"cpu": {"top1": 0.5, "top5": 0.75, "n": 4}}}
+    assert onnx_report.accuracy_rows({"accuracy": old}) == [["cpu", "top-k over 4 samples", "", "", "", "", 0.5, 0.75]]
+
+
+def test_a_row_that_fell_back_with_no_provider_named_says_the_cpu() -> None:
+    """A session that got no provider list fell back: the note names the CPU (ORT's own fallback), not nothing."""
+    row = {"provider": "cuda", "batch": 1, "ran_on": None, "fell_back": True}
+    assert onnx_report.result_rows({"results": [row]})[0][-1] == "⚠️ fell back to CPU"
