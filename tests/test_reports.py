@@ -596,3 +596,43 @@ def test_a_row_that_fell_back_with_no_provider_named_says_the_cpu() -> None:
     """A session that got no provider list fell back: the note names the CPU (ORT's own fallback), not nothing."""
     row = {"provider": "cuda", "batch": 1, "ran_on": None, "fell_back": True}
     assert onnx_report.result_rows({"results": [row]})[0][-1] == "⚠️ fell back to CPU"
+
+
+def test_a_sweep_without_a_baseline_in_its_config_is_against_its_first_row() -> None:
+    """SweepConfig's baseline defaults to the first configuration: a report whose config leaves it out (an imported
+    one, say) names that row as the baseline, not the second."""
+    report = {**_sweep_report(), "config": {}}
+    assert bench_report.speedup_figure(report).layout.title.text.startswith("Speed-up against cuda ort-cuda fp16 b1")
+
+
+def test_the_bar_labels_drop_only_the_words_every_configuration_shares() -> None:
+    """A word two of three labels share ("cpu") still tells the third apart: only the words in all of them are said
+    once, in the title."""
+    speedups = {"cpu ort-cpu fp32 b1": 1.0, "cuda ort-cuda fp32 b1": 2.0, "cpu eager fp32 b1": 1.5}
+    rows = [{"label": label, "speedup": speedup} for label, speedup in speedups.items()]
+    bars = bench_report.speedup_figure({"results": rows, "config": {"baseline": 0}})
+    assert list(bars.data[0].y) == ["cpu ort-cpu", "cuda ort-cuda", "cpu eager"]
+    assert bars.layout.title.text == "Speed-up against cpu ort-cpu fp32 b1 (every bar: fp32 b1)"
+
+
+def test_the_latency_memory_axes_leave_room_for_the_labels_beside_the_outermost_points() -> None:
+    """The labels sit beside their points: a margin of a unit or two on an axis spanning a thousand MiB cut them."""
+    fig = bench_report.latency_memory_figure(_sweep_report())
+    (points,) = fig.data
+    for axis, values in ((fig.layout.xaxis, points.x), (fig.layout.yaxis, points.y)):
+        low, high = axis.range
+        room = (max(values) - min(values)) / 10
+        assert low <= min(values) - room and high >= max(values) + room
+
+
+def test_a_gpu_that_reports_no_power_still_draws_its_utilisation() -> None:
+    """Utilisation without a power reading (some cards report none) is the GPU's line, not the host CPU's."""
+    report = {"results": [{"label": "a", "telemetry": [[0.0, 90.0, None, None, 10.0]]}]}
+    fig = bench_report.telemetry_figure(report)
+    assert [(t.name, list(t.y)) for t in fig.data] == [("GPU utilisation %", [90.0])]
+
+
+def test_a_model_with_no_counted_flops_reads_flops_unknown() -> None:
+    """A count of 0 means none of its ops has a FLOP count here (the sweep leaves its TFLOP/s out): not "0 FLOP"."""
+    report = {**_sweep_report(), "model": {"name": "mlp", "flops_per_sample": 0}}
+    assert bench_report.summary_markdown(report).splitlines()[0].endswith("· FLOPs unknown")
