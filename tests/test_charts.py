@@ -1094,3 +1094,162 @@ def test_a_log_axis_starts_and_ends_at_the_data_when_it_lies_on_a_step() -> None
     axis = widgets.log_axis(go.Figure(), eight).layout.xaxis
     assert list(axis.tickvals) == eight and list(axis.ticktext) == ["1", "2", "4", "8", "16", "32", "64", "128"]
     assert list(widgets.log_axis(go.Figure(), [0, None, 4, 16]).layout.xaxis.tickvals) == [4, 16]
+
+
+def _onnx_tab(settings, store, devices: tuple[str, ...]) -> tuple[dict, gr.Blocks]:
+    """The ONNX tab's handlers by name, and its Blocks, over a broker of `devices` that is never started."""
+    from engine.jobs.broker import Broker
+    from engine.onnx.jobs import OnnxEvalJobs
+    from ui.jobs import Access
+    from ui.onnx_eval import build_onnx_eval_tab
+
+    with gr.Blocks() as demo:
+        broker = Broker(store, {"onnx_eval": "engine.onnx.jobs:handle"}, dict.fromkeys(devices, 1))
+        build_onnx_eval_tab(settings, OnnxEvalJobs(broker, settings), Access())
+    return {fn.name: fn.fn for fn in demo.fns.values()}, demo
+
+
+def test_the_onnx_history_row_quotes_the_jobs_own_status_best_throughput_and_error(tmp_path: Path, model) -> None:
+    """A finished evaluation's row shows its best samples/s; a failed one's its error, cut to 160 characters; Open
+    opens the first of the ids given."""
+    from engine.core.settings import load_settings
+    from engine.jobs.store import CPU, FAILED, JobStore
+    from ui.onnx_eval import _best_throughput
+
+    settings = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path / "data")})
+    settings.ensure_dirs()
+    request = SimpleNamespace(username=None, session_hash="s1", cookies={})
+    c = EvalConfig
+    with JobStore(settings.db_path, settings.data_dir / "blobs") as store:
+        handlers, _ = _onnx_tab(settings, store, (CPU,))
+        finished, failed = (
+            handlers["queue_job"](
+                "Upload", None, str(model[0]), ["cpu"], None, None, None, "1,2", 2, 0, 0, False, c.trt_workspace_gb,
+                "", "", c.image_resize, c.image_scaling, c.image_channels, "", "", request,
+            )[0]
+            for _ in range(2)
+        )  # fmt: skip
+        assert store.claim_next(CPU).id == finished
+        path, info = model
+        report = evaluate(path, info, EvalConfig(model=MODEL, providers=["cpu"], batch_sizes=[1, 2], runs=2, warmup=0))
+        store.finish(finished, report)
+        store.fail(failed, "x" * 300, FAILED)
+        rows = {row[0]: row for row in handlers["history_rows"](request)}
+        opened = handlers["open_job"](f"{failed}, {finished}", request)  # Open: the first id in the box
+    assert opened[0] == failed and opened[1].startswith(f"Job `{failed}` · **failed**")
+    best = _best_throughput(report)
+    assert best != "" and rows[finished][2:5] == ["done", "cpu", "cpu"] and rows[finished][6:] == [best, ""]
+    assert rows[failed][2] == "failed" and rows[failed][6:] == ["", "x" * 160]
+
+
+def test_the_onnx_tabs_batch_sizes_start_small_without_a_gpu(tmp_path: Path) -> None:
+    """1,4 on a CPU-only machine (an answer in seconds), 1,8 where a GPU takes jobs."""
+    from engine.core.settings import load_settings
+    from engine.jobs.store import CPU, JobStore
+    from ui.onnx_eval import BATCHES_CPU, BATCHES_GPU
+
+    settings = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path / "data")})
+    settings.ensure_dirs()
+    with JobStore(settings.db_path, settings.data_dir / "blobs") as store:
+        for devices, batches in (((CPU,), BATCHES_CPU), (("cuda:0", CPU), BATCHES_GPU)):
+            _, demo = _onnx_tab(settings, store, devices)
+            (box,) = [
+                b for b in demo.blocks.values() if getattr(b, "label", None) == "Batch sizes (when the batch is free)"
+            ]
+            assert box.value == batches, devices
+    assert (BATCHES_CPU, BATCHES_GPU) == ("1,4", "1,8")
+
+
+def test_the_providers_this_onnxruntime_lacks_are_marked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A provider the installed onnxruntime lacks is still listed, marked as missing; the others by their keys."""
+    import onnxruntime
+
+    from ui.onnx_eval import _provider_choices
+
+    monkeypatch.setattr(
+        onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    )
+    assert _provider_choices() == [("cpu", "cpu"), ("cuda", "cuda"), ("trt (not in this onnxruntime)", "trt")]
+
+
+def test_a_finished_evaluation_fills_each_pane_with_its_own_part(tmp_path: Path, model) -> None:
+    """Open on a finished job: the summary, the results, the spread note beside the charts, parity, accuracy and the
+    report file each land in their own pane (swapped, the parity table showed the accuracy rows under its header),
+    and the model's inspection with them."""
+    from engine.core.settings import load_settings
+    from engine.jobs.store import CPU, JobStore
+
+    settings = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path / "data")})
+    settings.ensure_dirs()
+    request = SimpleNamespace(username=None, session_hash="s1", cookies={})
+    c = EvalConfig
+    with JobStore(settings.db_path, settings.data_dir / "blobs") as store:
+        handlers, _ = _onnx_tab(settings, store, (CPU,))
+        job = handlers["queue_job"](
+            "Upload", None, str(model[0]), ["cpu"], None, None, None, "1", 2, 0, 0, False, c.trt_workspace_gb, "", "",
+            c.image_resize, c.image_scaling, c.image_channels, "", "", request,
+        )[0]  # fmt: skip
+        assert store.claim_next(CPU).id == job
+        path, info = model
+        report = evaluate(path, info, EvalConfig(model=MODEL, providers=["cpu"], batch_sizes=[1], runs=2, warmup=0))
+        report["results"][0]["latency"] = {"p50_ms": 1.0, "p95_ms": 5.0, "mean_ms": 2.0, "std_ms": 1.0}  # scattered
+        report["parity"]["cuda"] = report["parity"]["cpu"]
+        report["accuracy"] = {"topk": {"cpu": {"top1": 0.5, "top5": 0.75, "top5_k": 5, "n": 4, "output": "y"}}}
+        report["inspection"] = {**{k: v for k, v in info.to_dict().items() if k != "path"}, "name": "mlp.onnx"}
+        store.finish(job, report)
+        _, _, summary, results, _, _, spread, parity, accuracy, report_file, described, io = handlers["poll"](
+            job, request
+        )
+    raw = onnx_report.summary_markdown(report)  # the tab says the engine's flags by its fields' labels
+    assert summary.splitlines()[0] == raw.splitlines()[0] and "--runs" in raw and "--runs" not in summary
+    r = onnx_report
+    tables = ((results, r.RESULT_HEADERS, r.result_rows(report)), (parity, r.PARITY_HEADERS, r.parity_rows(report)),
+              (accuracy, r.ACCURACY_HEADERS, r.accuracy_rows(report)))  # fmt: skip
+    for pane, headers, rows in tables:
+        assert pane["value"] == widgets.table(headers, rows) and pane["visible"], headers
+    assert spread == onnx_report.spread_markdown(report) and spread.startswith("- ⚠️ **cpu b1**")
+    assert str(report_file).endswith(f"onnx-eval-{job}.json")
+    assert json.loads(Path(report_file).read_text()) == json.loads(json.dumps(report))  # the full report, every column
+    assert described.startswith("**mlp.onnx** · IR")  # a reopened job shows the inspection of the model it ran
+    assert io == gr.update(value=r.io_rows(report["inspection"]), visible=True)
+
+
+def test_a_waiting_evaluation_clears_the_last_results_but_keeps_the_inspection(tmp_path: Path, model) -> None:
+    """While a job waits, an earlier job's results must not stand under its status; the inspection, which its own
+    button filled, stays (each tick cleared it), also once the job failed, whose error names fields by their labels."""
+    from engine.core.settings import load_settings
+    from engine.jobs.store import CPU, FAILED, JobStore
+
+    settings = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path / "data")})
+    settings.ensure_dirs()
+    request = SimpleNamespace(username=None, session_hash="s1", cookies={})
+    c = EvalConfig
+    with JobStore(settings.db_path, settings.data_dir / "blobs") as store:
+        handlers, _ = _onnx_tab(settings, store, (CPU,))
+        job = handlers["queue_job"](
+            "Upload", None, str(model[0]), ["cpu"], None, None, None, "1", 2, 0, 0, False, c.trt_workspace_gb, "", "",
+            c.image_resize, c.image_scaling, c.image_channels, "", "", request,
+        )[0]  # fmt: skip
+        status, timer, *outputs = handlers["poll"](job, request)
+        assert "**queued**" in status and timer.active
+        assert outputs[:-2] == [None] * 8 and outputs[-2:] == [gr.update(), gr.update()]
+        store.fail(job, "--runs 2 is too few", FAILED)  # the engine's words: the status line says the field's label
+        status, timer, *outputs = handlers["poll"](job, request)
+    assert "❌ “Timed runs” 2 is too few" in status and not timer.active
+    assert outputs[-2:] == [gr.update(), gr.update()]
+
+
+def test_choosing_upload_or_example_shows_its_own_field(tmp_path: Path) -> None:
+    """The model radio shows the examples' list for "Built-in example" and the file box for "Upload", never both."""
+    from engine.core.settings import load_settings
+    from engine.jobs.store import CPU, JobStore
+    from ui.onnx_eval import _EXAMPLE, _UPLOAD
+
+    settings = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path / "data")})
+    settings.ensure_dirs()
+    with JobStore(settings.db_path, settings.data_dir / "blobs") as store:
+        _, demo = _onnx_tab(settings, store, (CPU,))
+    (switch,) = [f for f in demo.fns.values() if [type(o) for o in f.outputs] == [gr.Dropdown, gr.File]]
+    assert switch.outputs[0].label == "Built-in example" and switch.outputs[1].label.startswith("ONNX model")
+    for choice, shown in ((_EXAMPLE, (True, False)), (_UPLOAD, (False, True))):
+        assert tuple(update["visible"] for update in switch.fn(choice)) == shown, choice

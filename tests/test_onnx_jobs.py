@@ -404,3 +404,12 @@ def test_avatarbench_device_places_a_job_where_it_names(store: JobStore, setting
     devices = ("cuda:0", "cuda:1", CPU)
     for device, placed in (("cpu", CPU), ("cuda:1", "cuda:1"), ("auto", "cuda:0")):
         assert _jobs(store, replace(settings, device=device), devices).place(True) == placed
+
+
+def test_a_finished_job_with_no_start_time_took_no_time_not_since_1970() -> None:
+    """A finished job with no start time on record would read as running since 1970: its time is shown as 0.0s."""
+    pytest.importorskip("gradio")
+    from ui.onnx_eval import status_markdown
+
+    job = {"id": "j1", "model_name": "mlp", "device": "cpu", "error": None, "status": DONE, "started": None}
+    assert status_markdown({**job, "finished": 1_733_500_000.0}).endswith(" in 0.0s")
