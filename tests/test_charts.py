@@ -1111,7 +1111,7 @@ def _onnx_tab(settings, store, devices: tuple[str, ...]) -> tuple[dict, gr.Block
 
 def test_the_onnx_history_row_quotes_the_jobs_own_status_best_throughput_and_error(tmp_path: Path, model) -> None:
     """A finished evaluation's row shows its best samples/s; a failed one's its error, cut to 160 characters; Open
-    opens the first of the ids given."""
+    opens the first of the ids given; Compare names each row and line by its job and model."""
     from engine.core.settings import load_settings
     from engine.jobs.store import CPU, FAILED, JobStore
     from ui.onnx_eval import _best_throughput
@@ -1136,7 +1136,11 @@ def test_the_onnx_history_row_quotes_the_jobs_own_status_best_throughput_and_err
         store.fail(failed, "x" * 300, FAILED)
         rows = {row[0]: row for row in handlers["history_rows"](request)}
         opened = handlers["open_job"](f"{failed}, {finished}", request)  # Open: the first id in the box
+        compared, plot = handlers["compare"](finished, request)
     assert opened[0] == failed and opened[1].startswith(f"Job `{failed}` · **failed**")
+    model_name = rows[finished][1]
+    assert [row[:3] for row in compared["data"]] == [[finished, model_name, "cpu"]] * 2
+    assert [line.name for line in plot["value"].data] == [f"{finished} {model_name} cpu"]  # each job's lines named
     best = _best_throughput(report)
     assert best != "" and rows[finished][2:5] == ["done", "cpu", "cpu"] and rows[finished][6:] == [best, ""]
     assert rows[failed][2] == "failed" and rows[failed][6:] == ["", "x" * 160]

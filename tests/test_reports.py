@@ -636,3 +636,19 @@ def test_a_model_with_no_counted_flops_reads_flops_unknown() -> None:
     """A count of 0 means none of its ops has a FLOP count here (the sweep leaves its TFLOP/s out): not "0 FLOP"."""
     report = {**_sweep_report(), "model": {"name": "mlp", "flops_per_sample": 0}}
     assert bench_report.summary_markdown(report).splitlines()[0].endswith("· FLOPs unknown")
+
+
+def test_a_string_tensor_is_listed_as_string_not_numpys_object() -> None:
+    """numpy names ONNX's string tensors "object": the inputs and outputs table says "string"."""
+    spec = {"name": "words", "dtype": "object", "shape": ["N"]}
+    rows = onnx_report.io_rows({"inputs": [spec], "outputs": [{**spec, "name": "ids", "dtype": "int64"}]})
+    assert rows == [["inputs", "words", "string", "['N']"], ["outputs", "ids", "int64", "['N']"]]
+
+
+def test_the_telemetry_hover_says_watts_for_power_and_percent_for_utilisation() -> None:
+    """Each line's hover in its own unit: the power line read "250 %"."""
+    report = {"results": [{"label": "a", "telemetry": [[0.0, 90.0, None, 250.0, 10.0]]}]}
+    hovers = {t.name: t.hovertemplate for t in bench_report.telemetry_figure(report).data}
+    assert hovers["GPU power W"].endswith(" W<extra></extra>") and hovers["GPU utilisation %"].endswith(
+        " %<extra></extra>"
+    )
