@@ -1111,7 +1111,8 @@ def _onnx_tab(settings, store, devices: tuple[str, ...]) -> tuple[dict, gr.Block
 
 def test_the_onnx_history_row_quotes_the_jobs_own_status_best_throughput_and_error(tmp_path: Path, model) -> None:
     """A finished evaluation's row shows its best samples/s; a failed one's its error, cut to 160 characters; Open
-    opens the first of the ids given; Compare names each row and line by its job and model."""
+    opens the first of the ids given; Compare names each row and line by its job and model; each row its providers
+    and device."""
     from engine.core.settings import load_settings
     from engine.jobs.store import CPU, FAILED, JobStore
     from ui.onnx_eval import _best_throughput
@@ -1121,13 +1122,13 @@ def test_the_onnx_history_row_quotes_the_jobs_own_status_best_throughput_and_err
     request = SimpleNamespace(username=None, session_hash="s1", cookies={})
     c = EvalConfig
     with JobStore(settings.db_path, settings.data_dir / "blobs") as store:
-        handlers, _ = _onnx_tab(settings, store, (CPU,))
+        handlers, _ = _onnx_tab(settings, store, ("cuda:0", CPU))
         finished, failed = (
             handlers["queue_job"](
-                "Upload", None, str(model[0]), ["cpu"], None, None, None, "1,2", 2, 0, 0, False, c.trt_workspace_gb,
+                "Upload", None, str(model[0]), providers, None, None, None, "1,2", 2, 0, 0, False, c.trt_workspace_gb,
                 "", "", c.image_resize, c.image_scaling, c.image_channels, "", "", request,
             )[0]
-            for _ in range(2)
+            for providers in (["cpu"], ["cpu", "cuda"])  # the second is placed on the GPU
         )  # fmt: skip
         assert store.claim_next(CPU).id == finished
         path, info = model
@@ -1143,7 +1144,7 @@ def test_the_onnx_history_row_quotes_the_jobs_own_status_best_throughput_and_err
     assert [line.name for line in plot["value"].data] == [f"{finished} {model_name} cpu"]  # each job's lines named
     best = _best_throughput(report)
     assert best != "" and rows[finished][2:5] == ["done", "cpu", "cpu"] and rows[finished][6:] == [best, ""]
-    assert rows[failed][2] == "failed" and rows[failed][6:] == ["", "x" * 160]
+    assert rows[failed][2:5] == ["failed", "cpu,cuda", "cuda:0"] and rows[failed][6:] == ["", "x" * 160]
 
 
 def test_the_onnx_tabs_batch_sizes_start_small_without_a_gpu(tmp_path: Path) -> None:
