@@ -619,3 +619,18 @@ def test_statuses_by_id_prefix_match_only_the_start_of_an_id(store: JobStore, mo
     monkeypatch.setattr(engine.jobs.store.secrets, "token_hex", lambda n: "0123456789ab")
     store.submit("onnx_eval", {}, "cpu")
     assert store.statuses("012345") == {QUEUED} and store.statuses("456789") == set()
+
+
+def test_an_id_collision_draws_again_and_another_constraint_says_what_failed(
+    store: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the id's own uniqueness is a collision to draw again from: a job missing its owner (a caller's bug) said
+    "could not allocate a job id" after five draws, which sent whoever debugged it the wrong way."""
+    import engine.jobs.store
+
+    ids = iter(["0123456789ab", "0123456789ab", "ba9876543210", "00000000000c"])
+    monkeypatch.setattr(engine.jobs.store.secrets, "token_hex", lambda n: next(ids))
+    first, second = store.submit("onnx_eval", {}, "cpu"), store.submit("onnx_eval", {}, "cpu")
+    assert (first.id, second.id) == ("0123456789ab", "ba9876543210")
+    with pytest.raises(StoreError, match=r"^the job could not be stored: NOT NULL constraint failed: jobs\.owner$"):
+        store.submit("onnx_eval", {}, "cpu", owner=None)  # type: ignore[arg-type]

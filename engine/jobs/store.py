@@ -416,7 +416,9 @@ class JobStore:
                         (job_id, kind, model_sha256, settings_text, device, QUEUED, time.time(), owner, int(timed),
                          share),
                     )  # fmt: skip
-            except sqlite3.IntegrityError:  # 48-bit id collision: vanishingly rare, just draw again
+            except sqlite3.IntegrityError as exc:  # 48-bit id collision: vanishingly rare, just draw again
+                if "jobs.id" not in str(exc):  # another constraint (a missing owner) is not a collision
+                    raise StoreError(f"the job could not be stored: {exc}") from None
                 continue
             return self.get(job_id)
         raise StoreError("could not allocate a job id")
