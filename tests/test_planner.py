@@ -1242,3 +1242,21 @@ def test_a_falcon_below_8_0_refuses_awq_saying_why_it_takes_the_fallback(tmp_pat
     with pytest.raises(PlanError, match=r"^TGI serves tiiuae/falcon-rw-1b \(model type 'falcon' with alibi: true\) "):
         plan_llm(LlmRequest("T4", config=_llm_config(tmp_path / "alibi", FALCON_RW_1B, True), quantize="awq"))
     assert plan_llm(LlmRequest("A10G", config=rotary, quantize="awq"))["flags"]["--quantize"] == "awq"
+
+
+def test_a_quantizers_kernel_warning_is_given_only_where_the_quantizer_runs(tmp_path: Path) -> None:
+    """Transformers' loading (CausalLM.fallback: an ALiBi Falcon anywhere, any flash model type below 8.0) ignores
+    --quantize eetq and fp8, so whether the card runs their kernels is moot there: only the fp16 warning is given.
+    TGI's own loader still warns of them, and so does an FP8 checkpoint on the fallback, which transformers reads."""
+    alibi = _llm_config(tmp_path / "rw", FALCON_RW_1B, True)
+    for gpu, quantize in (("H100", "eetq"), ("A100-80GB", "fp8")):
+        warnings = plan_llm(LlmRequest(gpu, config=alibi, quantize=quantize))["warnings"]
+        assert f"--quantize {quantize} is ignored there and the weights load in fp16" in warnings[-1]
+        assert not any("may not run it" in w for w in warnings)
+    assert not any("may not run it" in w for w in plan_llm(LlmRequest("T4", "llama-2-7b", quantize="fp8"))["warnings"])
+    rotary = _llm_config(tmp_path / "rotary", {**FALCON_RW_1B, "alibi": False}, True)
+    assert "EETQ's kernels cover" in plan_llm(LlmRequest("H100", config=rotary, quantize="eetq"))["warnings"][0]
+    assert "FP8 weights need" in plan_llm(LlmRequest("A100-80GB", config=rotary, quantize="fp8"))["warnings"][0]
+    fp8 = {**QWEN3_8B, "model_type": "llama", "quantization_config": {"quant_method": "fp8"}}
+    checkpoint = plan_llm(LlmRequest("T4", config=_llm_config(tmp_path / "fp8", fp8, True)))["warnings"]
+    assert any(w.startswith("FP8 weights need FP8 tensor cores") for w in checkpoint)

@@ -777,9 +777,11 @@ def plan_llm(req: LlmRequest, card: Gpu | None = None) -> dict[str, Any]:
             f"{req.quantize.upper()} in current TGI runs on the Marlin kernels, which need compute capability "
             f"8.0+; {gpu.name} may not run it"
         )
-    if req.quantize == "eetq" and not gpu.supports("eetq"):
+    # the kernels' cards matter only where they run: transformers' loading ignores --quantize eetq and fp8 (warned
+    # below), but an FP8 checkpoint is still read there by transformers' own FP8 quantizer, which wants 8.9+ too
+    if req.quantize == "eetq" and not gpu.supports("eetq") and not transformers_loads:
         warnings.append(f"EETQ's kernels cover compute capability 7.0 to 8.9; {gpu.name} may not run it")
-    if req.quantize == "fp8" and not gpu.supports("fp8"):
+    if req.quantize == "fp8" and not gpu.supports("fp8") and (not transformers_loads or spec.checkpoint_quantize):
         warnings.append(f"FP8 weights need FP8 tensor cores (compute capability 8.9+); {gpu.name} may not run it")
     if req.quantize in LOAD_TIME_FLASH_ONLY and transformers_loads:
         where = "generic path" if path.generic else "non-flash path"
