@@ -565,6 +565,15 @@ def test_a_falcons_alibi_key_is_read_for_tgi_to_pick_its_class(tmp_path: Path) -
         assert not spec_from_config(_family_folder(tmp_path / name, FAMILY_CONFIGS[name][0])).alibi
 
 
+@pytest.mark.parametrize(("value", "alibi"), [(None, False), (0, False), (1, True), ("yes", True)])
+def test_a_falcons_alibi_key_is_read_as_tgis_get_model_tests_it(tmp_path: Path, value: Any, alibi: bool) -> None:
+    """get_model tests config_dict.get("alibi", False) for truth, so a null key is a rotary Falcon and any other
+    truthy value an ALiBi one, as true and false are."""
+    rw = dict(model_type="falcon", alibi=value, hidden_size=2048, num_hidden_layers=24, num_attention_heads=32,
+              vocab_size=50304)  # fmt: skip
+    assert spec_from_config(_family_folder(tmp_path, rw)).alibi is alibi
+
+
 def test_a_llama_style_key_wins_over_the_familys_and_bloom_takes_n_embed_as_transformers_does(tmp_path: Path) -> None:
     """attribute_map sends num_hidden_layers to n_layer, so a config holding both is read at num_hidden_layers;
     BloomConfig takes the old n_embed over hidden_size."""
@@ -755,3 +764,10 @@ def test_only_mpt_and_phi_msft_keep_layers_past_tgis_weight_loader(tmp_path: Pat
     # a checkpoint holding fewer parameters than its config's layers say (1000, _family_folder's) is never sized past
     # its 16-bit size: nothing is left beside the embeddings to keep 16-bit
     assert llm_weight_bytes(mpt, "eetq") == llm_weight_bytes(mpt, "none") == mpt.embedding_parameters * 2
+
+
+def test_an_mpt_saying_no_bias_null_keeps_its_wqkv_bias_16_bit_as_tgi_loads_it(tmp_path: Path) -> None:
+    """TGI's MPT attention loads Wqkv's bias where `not config.no_bias`: a null no_bias (kept so by MptConfig) loads
+    it, as false does; only a missing key takes MptConfig's default, true."""
+    spec = spec_from_config(_family_folder(tmp_path, {**MPT_7B, "no_bias": None}))
+    assert spec.past_loader_parameters == 32 * (3 * 4096 * 4096 + 3 * 4096)
