@@ -1877,3 +1877,309 @@ def test_a_run_names_both_kinds_of_unused_options() -> None:
     config = PortraitConfig(ASSETS / "face.jpg", ASSETS / "face.jpg", crop=False, scale=2.5, relative=False, roll=3.0)
     name_unused_options(config, told)
     assert [w.split(":")[0] for w in told.warnings] == ["--scale changes nothing here", "--roll changes nothing here"]
+
+
+def _liveportrait_plan(
+    tmp_path: Path, config: PortraitConfig, monkeypatch: pytest.MonkeyPatch, measured: list[dict[str, np.ndarray]]
+) -> tuple[list[tuple[int, int]], list[dict[str, np.ndarray]], dict[str, Any]]:
+    """A LivePortrait split job's plan over `measured` segments of `config`'s clip, its clip motion and keypoints
+    stood in: what the clip's motion was asked for, and driving keypoints whose every row is its frame's index."""
+    import engine.portrait.segments as segments
+    from engine.portrait.driving import Driving
+    from engine.portrait.liveportrait_plan import Source
+
+    asked: dict[str, Any] = {}
+
+    def clip_motion(config: PortraitConfig, settings: Settings, nets: Any, info: Any, box: np.ndarray,
+                    reference: int, landmarks: Any, *rest: Any) -> Driving:  # fmt: skip
+        asked.update(box=box, reference=reference, landmarks=landmarks)
+        return Driving(_level_motion(torch.zeros(5, 3, 8, 8)), 25.0, 5, reference=reference)
+
+    def keypoints(head: Any, source: Any, driving: Driving, template: Path | None) -> tuple[torch.Tensor, ...]:
+        asked["template"] = template
+        return torch.arange(5.0)[:, None, None].expand(5, 21, 3), torch.zeros(1, 21, 3)
+
+    monkeypatch.setattr(segments, "clip_motion", clip_motion)
+    monkeypatch.setattr(segments, "keypoints", keypoints)
+    split = _planning_segments(tmp_path, config, monkeypatch)
+    split.source = Source.__new__(Source)
+    split.source.landmark_model, split.source.nets = _RecordingLandmarks(), None
+    final, states = split.plan([(0, 2), (2, None)], measured, _quiet)
+    return final, states, asked
+
+
+def test_a_liveportrait_split_job_hands_each_segment_its_own_frames_measured_against_the_first_face(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """LivePortrait's split plan: the clip's motion is measured against its first face frame (2 here, not 0) in the
+    box averaged over the faces found, each segment gets its own frames' driving keypoints (no frame twice, none
+    dropped at the bound) with the source's, and a saved template has its openness measured and is written beside
+    the output."""
+    clip = _grey_clip(tmp_path / "five.mp4", 5)
+    faces = np.array([[i, 0.0, i + 8.0, 8.0] for i in range(5)], np.float32)
+    found = np.array([False, False, True, False, True])
+    measured = [{"boxes": faces[a:b], "found": found[a:b]} for a, b in ((0, 2), (2, 5))]
+    config = PortraitConfig(ASSETS / "face.jpg", clip)
+    final, states, asked = _liveportrait_plan(tmp_path, config, monkeypatch, measured)
+    assert final == [(0, 2), (2, 5)] and asked["reference"] == 2
+    assert asked["box"].tolist() == [3.0, 0.0, 11.0, 8.0]  # frames 2 and 4's faces, averaged
+    assert [s["x"][:, 0, 0].tolist() for s in states] == [[0.0, 1.0], [2.0, 3.0, 4.0]]
+    assert all(s["x_source"].shape == (1, 21, 3) for s in states)
+    assert asked["landmarks"] is None and asked["template"] is None
+    _, _, saving = _liveportrait_plan(tmp_path, replace(config, save_template=True), monkeypatch, measured)
+    assert saving["template"] == tmp_path / "out.npz" and saving["landmarks"] is not None
+
+
+def test_max_frames_bounds_every_pass_over_the_driving_clip_and_the_split_layout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--max-frames 4 of a five-frame clip: the scan follows the landmarks of frames 2 and 3 only (frame 4 is not
+    rendered, so neither its face nor its points move the crop box), a split job's parent follows as many, its
+    open-ended last segment scans no frame past the cut, and its layout spans the frames kept. A header without a
+    frame count is laid out by its duration."""
+    from engine.core.media import VideoInfo
+    from engine.core.results import RunResult
+    from engine.portrait.driving import driving_motion, followed_landmarks
+
+    clip = _grey_clip(tmp_path / "five.mp4", 5)
+    nets = SimpleNamespace(motion=_level_motion, device=torch.device("cpu"))
+    settings, detector = Settings(data_dir=tmp_path, weights_dir=tmp_path), SimpleNamespace(detect=_faces_from_frame_2)
+    config = PortraitConfig(ASSETS / "face.jpg", clip, crop_driving=True, max_frames=4, batch_size=2)
+    landmarks = _RecordingLandmarks()
+    driving = driving_motion(config, settings, nets, detector, landmarks, RunResult(), _quiet, measure_openness=False)
+    assert driving.count == 4 and landmarks.reads == [("box", 2, (2.0, 3.0, 60.0, 62.0)), ("follow", 3, 2)]
+    face = np.float32([2, 3, 60, 62])
+    assert len(followed_landmarks(config, settings, 2, face, _RecordingLandmarks(), RunResult())) == 2  # type: ignore[arg-type]
+    split = _planning_segments(tmp_path, replace(config, max_frames=3), monkeypatch)
+    split.head.detector = detector
+    assert split.measure(2, None, _quiet)["found"].tolist() == [True]
+    monkeypatch.setattr(split, "_prepare", lambda progress: None)
+    assert split.setup(_quiet)["frames"] == 3
+    split.config = split.head.config = replace(config, max_frames=None)
+    split.info = VideoInfo(64, 64, 25.0, None, 2.0, False, "h264")  # no frame count: 2 s at 25 fps
+    assert split.setup(_quiet)["frames"] == 50
+
+
+def test_every_pass_over_a_headerless_driving_stream_holds_the_seconds_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A raw stream has no duration for its header to be refused by: each pass that reads it (a segment's face
+    scan, the parent's landmark following, the motion) counts its frames and stops at AVATARBENCH_MAX_SECONDS
+    rather than decoding all of it."""
+    from engine.core.results import RunResult
+    from engine.portrait.driving import clip_motion, followed_landmarks
+
+    clip = _raw_h264(tmp_path / "raw.mp4", 60)  # 2.4 s
+    settings = Settings(data_dir=tmp_path, weights_dir=tmp_path, max_seconds=1.0)
+    config, box = PortraitConfig(ASSETS / "face.jpg", clip, batch_size=2), np.float32([8, 8, 56, 56])
+    said = r"longer than the limit of 1 s"
+    with pytest.raises(InputError, match=said):
+        followed_landmarks(config, settings, 0, box, _RecordingLandmarks(), RunResult())  # type: ignore[arg-type]
+    nets = SimpleNamespace(motion=_level_motion, device=torch.device("cpu"))
+    with pytest.raises(InputError, match=said):
+        clip_motion(config, settings, nets, probe_video(clip), box, 0, None, RunResult(), _quiet)
+    split = _planning_segments(tmp_path, config, monkeypatch)
+    split.settings, split.head.detector = settings, SimpleNamespace(detect=lambda images: [np.zeros((0, 5))])
+    with pytest.raises(InputError, match=said):
+        split.measure(0, None, _quiet)
+
+
+def test_the_driving_face_box_is_the_mean_of_the_faces_found() -> None:
+    """The clip's face box averages every face found (frames without one left out), not the middle one nor the
+    first; the reference is the first frame with a face."""
+    from engine.portrait.driving import clip_box
+
+    boxes = [None, np.float32([0, 0, 10, 10]), np.float32([0, 0, 10, 10]), None, np.float32([30, 3, 40, 13])]
+    box, first = clip_box(boxes, "d.mp4")
+    assert box.tolist() == [10.0, 1.0, 20.0, 11.0] and first == 1
+
+
+def test_a_followed_face_is_said_to_leave_the_picture_by_its_centre_on_either_axis() -> None:
+    """A wide frame (160 x 64): a face on its right (x 100, beyond the height) is in the picture; a face half past
+    the left edge, its centre in, is in too; a face whose centre is below the picture has left it, at that frame."""
+    from tiny_onnx import landmark_layout
+
+    from engine.core.results import RunResult
+    from engine.portrait.driving import LandmarkTrack
+
+    face = landmark_layout() * 40 - landmark_layout().mean(0) * 40  # 40 pixels wide, centred on (0, 0)
+    centres = [(100.0, 30.0), (2.0, 30.0), (100.0, 80.0), (100.0, 30.0), (100.0, 90.0)]
+    assert (face + centres[1]).min(0)[0] < 0  # half out of the picture: points past the left edge
+    walk = iter([(face + c).astype(np.float32) for c in centres])
+
+    class Walking:
+        """Reads the next face of the walk, in a box or following."""
+
+        def __call__(self, rgb: np.ndarray, box: np.ndarray) -> np.ndarray:
+            return next(walk)
+
+        def following(self, rgb: np.ndarray, points: np.ndarray) -> np.ndarray:
+            return next(walk)
+
+    result, frame = RunResult(), np.zeros((64, 160, 3), np.uint8)
+    track = LandmarkTrack(Walking(), result)  # type: ignore[arg-type]
+    track.add(frame, np.float32([80, 10, 120, 50]), 0)
+    track.add(frame, None, 1)
+    assert result.warnings == [] and track.left_at is None
+    for index in range(2, 5):
+        track.add(frame, None, index)
+    assert track.left_at == 2 and len(result.warnings) == 1 and "left the picture at frame 2 " in result.warnings[0]
+
+
+def test_a_clip_starting_on_its_face_is_not_warned_of_its_reference_frame(tmp_path: Path) -> None:
+    """Relative motion against frame 0, the clip's first, is upstream's behaviour: nothing to say."""
+    from engine.core.results import RunResult
+    from engine.portrait.driving import clip_motion
+
+    clip = _grey_clip(tmp_path / "three.mp4", 3)
+    nets = SimpleNamespace(motion=_level_motion, device=torch.device("cpu"))
+    settings, result = Settings(data_dir=tmp_path, weights_dir=tmp_path), RunResult()
+    config = PortraitConfig(ASSETS / "face.jpg", clip, relative=True, batch_size=2)
+    clip_motion(config, settings, nets, probe_video(clip), np.float32([0, 0, 64, 64]), 0, None, result, _quiet)
+    assert result.warnings == []
+
+
+def test_a_driving_clips_landmarks_and_motion_are_read_in_rgb(tmp_path: Path) -> None:
+    """A clip's frames are decoded in BGR for the detector; its landmarks (the scan's, a split parent's following,
+    the frames' before the face) and its motion are read in RGB, as upstream's. A blue clip: its blue last."""
+    from engine.core.results import RunResult
+    from engine.portrait.driving import driving_motion, followed_landmarks
+
+    blue = np.zeros((64, 64, 3), np.uint8)
+    blue[..., 0] = 255  # BGR
+    clip = _video(tmp_path / "blue.mp4", [blue] * 3)
+    seen: list[list[float]] = []
+
+    class Seeing(_RecordingLandmarks):
+        def _points(self, rgb: np.ndarray) -> np.ndarray:
+            seen.append(rgb.reshape(-1, 3).mean(0).round().tolist())
+            return super()._points(rgb)
+
+    motion_seen: list[np.ndarray] = []
+
+    def motion(tensor: torch.Tensor) -> Any:
+        motion_seen.append(tensor.mean(dim=(0, 2, 3)).numpy() * 255)
+        return _level_motion(tensor)
+
+    def from_frame_1(images: list[np.ndarray]) -> list[np.ndarray]:
+        return [np.array([[8.0, 9.0, 50.0, 55.0, 0.9]], np.float32) for _ in images]
+
+    nets = SimpleNamespace(motion=motion, device=torch.device("cpu"))
+    settings = Settings(data_dir=tmp_path, weights_dir=tmp_path)
+    config = PortraitConfig(ASSETS / "face.jpg", clip, batch_size=2)  # square, taken whole: the motion sees blue
+    driving_motion(config, settings, nets, SimpleNamespace(detect=from_frame_1), Seeing(), RunResult(), _quiet)
+    followed_landmarks(config, settings, 0, np.float32([8, 9, 50, 55]), Seeing(), RunResult())  # type: ignore[arg-type]
+    assert len(seen) == 6 and all(mean == [0.0, 0.0, 255.0] for mean in seen)
+    assert len(motion_seen) == 2 and all(m[0] < 1 and m[2] > 254 for m in motion_seen)
+
+
+def test_a_driving_input_over_the_runs_size_limit_is_refused_before_any_work(tmp_path: Path) -> None:
+    """AVATARBENCH_MAX_SIDE 64: a 96 x 80 driving image or clip is refused by its size, before a face is looked for
+    (the image was read to the loader's own 4096 limit, the clip's header never checked)."""
+    from engine.core.media import MediaError
+    from engine.core.results import RunResult
+    from engine.portrait.driving import driving_motion
+
+    frame = np.full((80, 96, 3), 90, np.uint8)
+    cv2.imwrite(str(tmp_path / "wide.png"), frame)
+    clip = _video(tmp_path / "wide.mp4", [frame] * 2)
+    settings = Settings(data_dir=tmp_path, weights_dir=tmp_path, max_side=64)
+    nothing = SimpleNamespace(detect=lambda images: pytest.fail("a face looked for"))
+    for driver in (tmp_path / "wide.png", clip):
+        config = PortraitConfig(ASSETS / "face.jpg", driver, batch_size=1)
+        with pytest.raises(MediaError, match=r"96x80, larger than the limit of 64 pixels"):
+            driving_motion(config, settings, None, nothing, None, RunResult(), _quiet)
+
+
+def test_a_cropped_driving_image_is_cropped_by_its_landmarks_even_without_openness(tmp_path: Path) -> None:
+    """Upstream crops a driving image by its landmarks' box; the landmarks are read for that crop alone where no
+    openness is asked (and then none is measured), and not at all for a square image taken whole."""
+    from engine.core.results import RunResult
+    from engine.portrait.driving import driving_motion
+
+    cv2.imwrite(str(tmp_path / "wide.png"), np.full((64, 80, 3), 40, np.uint8))
+    cv2.imwrite(str(tmp_path / "square.png"), np.full((64, 64, 3), 40, np.uint8))
+    nets = SimpleNamespace(motion=_level_motion, device=torch.device("cpu"))
+    detector = SimpleNamespace(detect=lambda images: [np.array([[8.0, 9.0, 50.0, 55.0, 0.9]], np.float32)])
+    settings = Settings(data_dir=tmp_path, weights_dir=tmp_path)
+    for name, reads, made in (("wide.png", 1, "followed landmarks"), ("square.png", 0, "none (taken whole)")):
+        landmarks, result = _RecordingLandmarks(), RunResult()
+        config = PortraitConfig(ASSETS / "face.jpg", tmp_path / name)
+        still = driving_motion(config, settings, nets, detector, landmarks, result, _quiet, measure_openness=False)
+        assert still.image and still.openness is None
+        assert len(landmarks.reads) == reads and result.metrics["driving_crop"] == made
+
+
+def test_a_split_job_reports_the_frames_it_wrote_and_their_rate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """10 frames in 2 s: 5 frames a second, at the clip's frame rate, with the encoder that wrote them."""
+    config = PortraitConfig(ASSETS / "face.jpg", _grey_clip(tmp_path / "c.mp4", 2), engine="baseline")
+    split = _planning_segments(tmp_path, config, monkeypatch)
+    split.head.report = lambda metrics: None
+    metrics = split.report(10, 2.0, SimpleNamespace(codec="libx264")).metrics
+    assert (metrics["frames"], metrics["fps"], metrics["frames_per_second"], metrics["encoder"]) == (
+        10, 25.0, 5.0, "libx264",
+    )  # fmt: skip
+
+
+def test_a_split_jobs_sound_is_cut_to_the_frames_it_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--max-frames 10 of a 1 s clip with sound: the split job's output carries 0.4 s of it, the frames' length, as
+    the unsplit run's does, not the clip's whole second."""
+    from engine.core.audio import load_audio
+
+    clip = _clip_with_sound(tmp_path / "clip.mp4", 0.0)
+    config = PortraitConfig(ASSETS / "face.jpg", clip, engine="baseline", max_frames=10)
+    split = _planning_segments(tmp_path, config, monkeypatch)
+    split.count, split.head.source_bgr = 10, np.zeros((64, 64, 3), np.uint8)
+    writer = split.output_writer(tmp_path / "out.mp4")
+    for _ in range(10):
+        writer.write(np.zeros((64, 64, 3), np.uint8))
+    writer.close()
+    assert abs(len(load_audio(tmp_path / "out.mp4")) / 16000 - 0.4) < 0.03
+
+
+def test_a_split_job_takes_the_parents_batch_size_and_refuses_what_the_unsplit_run_refuses(
+    tmp_path: Path, no_weights: Settings
+) -> None:
+    """A segment joining on another device keeps the parent's batch size (the segments' bounds are laid out on it);
+    a driving image is not split; a driving clip over the run's limits is refused before any frame is read."""
+    from engine.core.media import MediaError
+    from engine.portrait.segments import PortraitSegments
+
+    clip = _grey_clip(tmp_path / "five.mp4", 5)
+    config = PortraitConfig(ASSETS / "face.jpg", clip, engine="baseline")
+    joined = PortraitSegments(config, tmp_path / "o.mp4", no_weights, "cpu")
+    joined.join({"batch_size": 3}, _quiet)
+    assert joined._ready().config.batch_size == 3
+    image = PortraitSegments(replace(config, driving=ASSETS / "face.jpg"), tmp_path / "o.mp4", no_weights, "cpu")
+    with pytest.raises(PortraitError, match=r"face\.jpg: only a driving video is split into segments"):
+        image.setup(_quiet)
+    short = replace(no_weights, max_seconds=0.1)
+    with pytest.raises(MediaError, match=r"five\.mkv lasts 0\.2 s, longer than the limit of 0\.1 s"):
+        PortraitSegments(config, tmp_path / "o.mp4", short, "cpu").setup(_quiet)
+
+
+def test_a_segment_renders_its_planned_motion_and_counts_its_own_frames(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Frames 16..19 from their planned head motion and flow, written in order; its progress ends at its own 4 of
+    4 frames."""
+    import engine.portrait.segments as segments
+
+    config = PortraitConfig(ASSETS / "face.jpg", _grey_clip(tmp_path / "c.mp4", 2), engine="baseline")
+    split = _planning_segments(tmp_path, config, monkeypatch)
+    split.head.box = np.float32([0, 0, 8, 8])
+    given: dict[str, Any] = {}
+
+    def batches(config: PortraitConfig, source: Any, box: Any, head: Any, flow: Any, result: Any) -> Any:
+        given.update(head=head, flow=flow)
+        return [torch.full((2, 3, 8, 8), i / 4) for i in (1, 2)]
+
+    monkeypatch.setattr(segments, "baseline_batches", batches)
+    written: list[np.ndarray] = []
+    told: list[tuple[float, str]] = []
+    state = {"head": np.arange(16, 20), "flow": -np.arange(16, 20)}
+    split.render(16, 20, state, SimpleNamespace(write=written.append), lambda f, s: told.append((f, s)))
+    assert given["head"].tolist() == [16, 17, 18, 19] and given["flow"].tolist() == [-16, -17, -18, -19]
+    assert [int(frame[0, 0, 0]) for frame in written] == [63, 63, 127, 127] and told[-1] == (1.0, "frame 4/4")
