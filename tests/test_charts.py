@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -1177,6 +1178,20 @@ def test_the_providers_this_onnxruntime_lacks_are_marked(monkeypatch: pytest.Mon
     assert _provider_choices() == [("cpu", "cpu"), ("cuda", "cuda"), ("trt (not in this onnxruntime)", "trt")]
 
 
+def _queued_upload(settings: Any, store: Any, path: Path, request: Any) -> tuple[dict, str]:
+    """The ONNX tab's handlers and the job its Queue button made of the uploaded model at `path` (CPU, batch 1, 2
+    runs)."""
+    from engine.jobs.store import CPU
+
+    c = EvalConfig
+    handlers, _ = _onnx_tab(settings, store, (CPU,))
+    job = handlers["queue_job"](
+        "Upload", None, str(path), ["cpu"], None, None, None, "1", 2, 0, 0, False, c.trt_workspace_gb, "", "",
+        c.image_resize, c.image_scaling, c.image_channels, "", "", request,
+    )[0]  # fmt: skip
+    return handlers, job
+
+
 def test_a_finished_evaluation_fills_each_pane_with_its_own_part(tmp_path: Path, model) -> None:
     """Open on a finished job: the summary, the results, the spread note beside the charts, parity, accuracy and the
     report file each land in their own pane (swapped, the parity table showed the accuracy rows under its header),
@@ -1187,13 +1202,8 @@ def test_a_finished_evaluation_fills_each_pane_with_its_own_part(tmp_path: Path,
     settings = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path / "data")})
     settings.ensure_dirs()
     request = SimpleNamespace(username=None, session_hash="s1", cookies={})
-    c = EvalConfig
     with JobStore(settings.db_path, settings.data_dir / "blobs") as store:
-        handlers, _ = _onnx_tab(settings, store, (CPU,))
-        job = handlers["queue_job"](
-            "Upload", None, str(model[0]), ["cpu"], None, None, None, "1", 2, 0, 0, False, c.trt_workspace_gb, "", "",
-            c.image_resize, c.image_scaling, c.image_channels, "", "", request,
-        )[0]  # fmt: skip
+        handlers, job = _queued_upload(settings, store, model[0], request)
         assert store.claim_next(CPU).id == job
         path, info = model
         report = evaluate(path, info, EvalConfig(model=MODEL, providers=["cpu"], batch_sizes=[1], runs=2, warmup=0))
@@ -1223,18 +1233,13 @@ def test_a_waiting_evaluation_clears_the_last_results_but_keeps_the_inspection(t
     """While a job waits, an earlier job's results must not stand under its status; the inspection, which its own
     button filled, stays (each tick cleared it), also once the job failed, whose error names fields by their labels."""
     from engine.core.settings import load_settings
-    from engine.jobs.store import CPU, FAILED, JobStore
+    from engine.jobs.store import FAILED, JobStore
 
     settings = load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path / "data")})
     settings.ensure_dirs()
     request = SimpleNamespace(username=None, session_hash="s1", cookies={})
-    c = EvalConfig
     with JobStore(settings.db_path, settings.data_dir / "blobs") as store:
-        handlers, _ = _onnx_tab(settings, store, (CPU,))
-        job = handlers["queue_job"](
-            "Upload", None, str(model[0]), ["cpu"], None, None, None, "1", 2, 0, 0, False, c.trt_workspace_gb, "", "",
-            c.image_resize, c.image_scaling, c.image_channels, "", "", request,
-        )[0]  # fmt: skip
+        handlers, job = _queued_upload(settings, store, model[0], request)
         status, timer, *outputs = handlers["poll"](job, request)
         assert "**queued**" in status and timer.active
         assert outputs[:-2] == [None] * 8 and outputs[-2:] == [gr.update(), gr.update()]

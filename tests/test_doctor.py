@@ -263,6 +263,18 @@ def test_a_crashing_check_becomes_a_problem_not_an_exception(monkeypatch, tmp_pa
     assert "KeyError" in result.checks[1].found and result.status == PROBLEM
 
 
+def _one_l4_on_cuda_13(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PyTorch built for CUDA 13.0 seeing one NVIDIA L4 (8.9) it has kernels for."""
+    import torch
+
+    props = types.SimpleNamespace(name="NVIDIA L4", major=8, minor=9)
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_arch_list", lambda: ["sm_89"])
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: props)
+
+
 def _ctx(tmp_path: Path, **kw) -> Context:
     base = dict(
         settings=load_settings({"AVATARBENCH_DATA_DIR": str(tmp_path)}),
@@ -389,12 +401,7 @@ def test_a_cudnn_that_does_not_load_is_a_warning_with_the_reinstall_of_this_buil
     build (its nvidia-cudnn wheel comes with it)."""
     import torch
 
-    props = types.SimpleNamespace(name="NVIDIA L4", major=8, minor=9)
-    monkeypatch.setattr(torch.version, "cuda", "13.0")
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "get_arch_list", lambda: ["sm_89"])
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: props)
+    _one_l4_on_cuda_13(monkeypatch)
     monkeypatch.setattr(torch.backends.cudnn, "is_available", lambda: False)
     check = doctor_gpu.check_torch(_ctx(tmp_path, nvml_gpus=["NVIDIA L4"]))
     assert check.status == WARNING and "cuDNN not available" in check.found and check.details["cudnn"] is None
@@ -997,12 +1004,7 @@ def test_the_cudnn_version_is_read_as_major_minor_patch(monkeypatch, tmp_path: P
     """cuDNN 9 reports 91002 for 9.10.2 (major * 10000 + minor * 100 + patch)."""
     import torch
 
-    props = types.SimpleNamespace(name="NVIDIA L4", major=8, minor=9)
-    monkeypatch.setattr(torch.version, "cuda", "13.0")
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "get_arch_list", lambda: ["sm_89"])
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: props)
+    _one_l4_on_cuda_13(monkeypatch)
     monkeypatch.setattr(torch.backends.cudnn, "is_available", lambda: True)
     monkeypatch.setattr(torch.backends.cudnn, "version", lambda: 91002)
     check = doctor_gpu.check_torch(_ctx(tmp_path, nvml_gpus=["NVIDIA L4"]))
